@@ -1,0 +1,112 @@
+/* SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause */
+/* Shared helpers of Bastion's BPF programs: configuration, filtering,
+ * the ring buffer, the drop counter and the common event header. */
+#ifndef BASTION_COMMON_H
+#define BASTION_COMMON_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include "bastion.h"
+
+/* Every shared type, so that each object's BTF carries all of them and
+ * tests/unit/test_abi.py can check the Python mirror against it. */
+struct bastion_abi_types {
+	struct bastion_exec_event exec;
+	struct bastion_fork_event fork;
+	struct bastion_exit_event exit;
+	struct bastion_file_event file;
+	struct bastion_net_event net;
+	struct bastion_ptrace_event ptrace;
+	struct bastion_kill_event kill;
+	struct bastion_bpf_event bpf;
+	struct bastion_memfd_event memfd;
+	struct bastion_cred_event cred;
+	struct bastion_lsm_deny_event lsm_deny;
+	struct bastion_inode_key inode_key;
+	struct bastion_inode_rule inode_rule;
+	enum bastion_event_type event_type;
+	enum bastion_file_op file_op;
+	enum bastion_net_op net_op;
+	enum bastion_cred_op cred_op;
+	enum bastion_kill_syscall kill_syscall;
+	enum bastion_lsm_hook lsm_hook;
+};
+const volatile struct bastion_abi_types bastion_abi_types_anchor __attribute__((unused));
+
+/* ---- configuration, set through .rodata before load ---- */
+const volatile __u32 bastion_abi_version = BASTION_ABI_VERSION;
+const volatile __u32 cfg_self_tgid = 0;      /* events of this process are not reported */
+const volatile __u64 cfg_cgroup_id = 0;      /* 0 = every cgroup, else only this cgroup v2 id */
+const volatile __u64 cfg_event_mask = ~0ULL; /* bit (1 << type) enables an event type */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, BASTION_RINGBUF_BYTES);
+} events SEC(".maps");
+
+/* Failed ring-buffer reserves, per CPU (user space sums them). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} drops SEC(".maps");
+
+static __always_inline void count_drop(void)
+{
+	__u32 k = 0;
+	__u64 *v = bpf_map_lookup_elem(&drops, &k);
+
+	if (v)
+		__sync_fetch_and_add(v, 1);
+}
+
+/* Is an event of this type, from the current task, wanted? Cheap: call it
+ * before any reserve or path walk. */
+static __always_inline bool wanted(__u32 type)
+{
+	if (!(cfg_event_mask & (1ULL << type)))
+		return false;
+	if (cfg_self_tgid && (bpf_get_current_pid_tgid() >> 32) == cfg_self_tgid)
+		return false;
+	if (cfg_cgroup_id && bpf_get_current_cgroup_id() != cfg_cgroup_id)
+		return false;
+	return true;
+}
+
+static __always_inline void fill_hdr(struct bastion_event_hdr *h, __u16 type, __u32 size)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u64 uid_gid = bpf_get_current_uid_gid();
+
+	h->type = type;
+	h->flags = 0;
+	h->size = size;
+	h->ts_ns = bpf_ktime_get_boot_ns();
+	h->pid = (__u32)pid_tgid;
+	h->tgid = pid_tgid >> 32;
+	h->ppid = BPF_CORE_READ(task, real_parent, tgid);
+	h->uid = (__u32)uid_gid;
+	h->gid = uid_gid >> 32;
+	h->euid = BPF_CORE_READ(task, cred, euid.val);
+	h->cgroup_id = bpf_get_current_cgroup_id();
+	h->start_ns = BPF_CORE_READ(task, group_leader, start_boottime);
+	bpf_get_current_comm(h->comm, sizeof(h->comm));
+}
+
+/* Reserve a record of type T on the ring, header filled; NULL (and a drop
+ * counted) when the ring is full. */
+#define RESERVE(T, type_id)                                                   \
+	({                                                                    \
+		T *__e = bpf_ringbuf_reserve(&events, sizeof(T), 0);          \
+		if (__e)                                                      \
+			fill_hdr(&__e->hdr, (type_id), sizeof(T));            \
+		else                                                          \
+			count_drop();                                         \
+		__e;                                                          \
+	})
+
+#endif /* BASTION_COMMON_H */

@@ -1,0 +1,646 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Bastion's event sensor: tracepoints only, so it loads on every kernel
+ * (this includes hosts without BPF LSM).  Each program maps one hook to a
+ * helper; the record layouts are in include/bastion.h. */
+#include "sock.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define ARG(ctx, i) (((struct trace_event_raw_sys_enter *)(ctx))->args[i])
+#define RET(ctx) (((struct trace_event_raw_sys_exit *)(ctx))->ret)
+
+#define O_ACCMODE_ 00000003
+#define O_RDONLY_ 00000000
+#define O_CREAT_ 00000100
+#define O_TRUNC_ 00001000
+
+/* ------------------------------------------------------------------ */
+/* process lifecycle                                                   */
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	struct bastion_exec_event *e;
+	struct file *exe;
+	struct mm_struct *mm;
+	unsigned long arg_start, arg_end, len;
+	struct path fpath;
+
+	if (!wanted(BASTION_EV_EXEC))
+		return 0;
+	e = RESERVE(struct bastion_exec_event, BASTION_EV_EXEC);
+	if (!e)
+		return 0;
+	exe = BPF_CORE_READ(bprm, file);
+	e->exe_ino = BPF_CORE_READ(exe, f_inode, i_ino);
+	e->exe_dev = BPF_CORE_READ(exe, f_inode, i_sb, s_dev);
+	e->exe_nlink = BPF_CORE_READ(exe, f_inode, __i_nlink);
+	if (e->exe_nlink == 0)
+		e->hdr.flags |= BASTION_F_EXE_MEMFD;
+	e->argc = BPF_CORE_READ(bprm, argc);
+	fpath = BPF_CORE_READ(exe, f_path);
+	if (path_to_str(&fpath, e->exe))
+		e->hdr.flags |= BASTION_F_TRUNC_PATH;
+	if (bpf_probe_read_kernel_str(e->filename, sizeof(e->filename),
+				      BPF_CORE_READ(bprm, filename)) == sizeof(e->filename))
+		e->hdr.flags |= BASTION_F_TRUNC_PATH;
+	if (cwd_to_str(e->cwd))
+		e->hdr.flags |= BASTION_F_TRUNC_PATH;
+
+	mm = BPF_CORE_READ(p, mm);
+	arg_start = BPF_CORE_READ(mm, arg_start);
+	arg_end = BPF_CORE_READ(mm, arg_end);
+	len = arg_end - arg_start;
+	if (len > BASTION_ARGV_LEN) {
+		len = BASTION_ARGV_LEN;
+		e->hdr.flags |= BASTION_F_TRUNC_ARGV;
+	}
+	if (bpf_probe_read_user(e->argv, len, (const void *)arg_start))
+		len = 0;
+	e->argv_len = len;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
+{
+	struct bastion_fork_event *e;
+	__u32 pid = BPF_CORE_READ(child, pid), tgid = BPF_CORE_READ(child, tgid);
+
+	if (pid != tgid || !wanted(BASTION_EV_FORK))
+		return 0; /* a new thread, not a new process */
+	e = RESERVE(struct bastion_fork_event, BASTION_EV_FORK);
+	if (!e)
+		return 0;
+	e->child_pid = pid;
+	e->child_tgid = tgid;
+	e->child_start_ns = BPF_CORE_READ(child, start_boottime);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+#define SIGNAL_GROUP_EXIT_ 0x00000004
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(on_exit, struct task_struct *p)
+{
+	struct bastion_exit_event *e;
+	struct signal_struct *sig = BPF_CORE_READ(p, signal);
+
+	/* Only when the last thread of the process goes. */
+	if (BPF_CORE_READ(sig, live.counter) != 0 || !wanted(BASTION_EV_EXIT))
+		return 0;
+	e = RESERVE(struct bastion_exit_event, BASTION_EV_EXIT);
+	if (!e)
+		return 0;
+	if (BPF_CORE_READ(sig, flags) & SIGNAL_GROUP_EXIT_)
+		e->exit_code = BPF_CORE_READ(sig, group_exit_code);
+	else
+		e->exit_code = BPF_CORE_READ(p, exit_code);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* files: opens with write intent are resolved at syscall exit from the  */
+/* new descriptor, so the path is absolute and the inode is known.      */
+
+struct open_args {
+	__s32 flags;
+	__u32 mode;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct open_args);
+} pending_open SEC(".maps");
+
+static __always_inline int open_enter(__s64 flags, __u64 mode)
+{
+	struct open_args a = { .flags = flags, .mode = mode };
+	__u64 id;
+
+	if ((flags & O_ACCMODE_) == O_RDONLY_ && !(flags & (O_CREAT_ | O_TRUNC_)))
+		return 0;
+	if (!wanted(BASTION_EV_FILE))
+		return 0;
+	id = bpf_get_current_pid_tgid();
+	bpf_map_update_elem(&pending_open, &id, &a, BPF_ANY);
+	return 0;
+}
+
+static __always_inline int open_exit(long ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct open_args *a = bpf_map_lookup_elem(&pending_open, &id);
+	struct bastion_file_event *e;
+	struct file *f;
+	struct path fpath;
+
+	if (!a)
+		return 0;
+	if (ret < 0)
+		goto out;
+	e = RESERVE(struct bastion_file_event, BASTION_EV_FILE);
+	if (!e)
+		goto out;
+	e->op = BASTION_FILE_OPEN;
+	e->open_flags = a->flags;
+	e->mode = a->mode;
+	e->owner_uid = (__u32)-1;
+	e->owner_gid = (__u32)-1;
+	e->path[0] = e->dir[0] = e->path2[0] = e->dir2[0] = '\0';
+	f = fd_file(ret);
+	if (f) {
+		e->ino = BPF_CORE_READ(f, f_inode, i_ino);
+		e->dev = BPF_CORE_READ(f, f_inode, i_sb, s_dev);
+		fpath = BPF_CORE_READ(f, f_path);
+		if (path_to_str(&fpath, e->path))
+			e->hdr.flags |= BASTION_F_TRUNC_PATH;
+	}
+	bpf_ringbuf_submit(e, 0);
+out:
+	bpf_map_delete_elem(&pending_open, &id);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_openat")
+int on_openat(void *ctx) { return open_enter(ARG(ctx, 2), ARG(ctx, 3)); }
+SEC("tracepoint/syscalls/sys_exit_openat")
+int on_openat_ret(void *ctx) { return open_exit(RET(ctx)); }
+SEC("tracepoint/syscalls/sys_enter_open")
+int on_open(void *ctx) { return open_enter(ARG(ctx, 1), ARG(ctx, 2)); }
+SEC("tracepoint/syscalls/sys_exit_open")
+int on_open_ret(void *ctx) { return open_exit(RET(ctx)); }
+SEC("tracepoint/syscalls/sys_enter_creat")
+int on_creat(void *ctx) { return open_enter(O_CREAT_ | O_TRUNC_ | 1, ARG(ctx, 1)); }
+SEC("tracepoint/syscalls/sys_exit_creat")
+int on_creat_ret(void *ctx) { return open_exit(RET(ctx)); }
+
+SEC("tracepoint/syscalls/sys_enter_openat2")
+int on_openat2(void *ctx)
+{
+	struct open_how how = {};
+
+	bpf_probe_read_user(&how, sizeof(how), (void *)ARG(ctx, 2));
+	return open_enter(how.flags, how.mode);
+}
+SEC("tracepoint/syscalls/sys_exit_openat2")
+int on_openat2_ret(void *ctx) { return open_exit(RET(ctx)); }
+
+/* A file event about a path argument (unlink, chmod, chown, rename). */
+static __always_inline struct bastion_file_event *file_path_event(__u32 op, int dfd,
+								  const char *upath)
+{
+	struct bastion_file_event *e;
+
+	if (!wanted(BASTION_EV_FILE))
+		return NULL;
+	e = RESERVE(struct bastion_file_event, BASTION_EV_FILE);
+	if (!e)
+		return NULL;
+	e->op = op;
+	e->open_flags = 0;
+	e->mode = 0;
+	e->owner_uid = (__u32)-1;
+	e->owner_gid = (__u32)-1;
+	e->dev = 0;
+	e->ino = 0;
+	e->path[0] = e->dir[0] = e->path2[0] = e->dir2[0] = '\0';
+	e->hdr.flags |= user_path_at(dfd, upath, e->path, e->dir, BASTION_F_RELATIVE);
+	return e;
+}
+
+/* A file event about a descriptor (fchmod, fchown). */
+static __always_inline struct bastion_file_event *file_fd_event(__u32 op, int fd)
+{
+	struct bastion_file_event *e;
+	struct file *f;
+	struct path fpath;
+
+	if (!wanted(BASTION_EV_FILE))
+		return NULL;
+	e = RESERVE(struct bastion_file_event, BASTION_EV_FILE);
+	if (!e)
+		return NULL;
+	e->op = op;
+	e->open_flags = 0;
+	e->mode = 0;
+	e->owner_uid = (__u32)-1;
+	e->owner_gid = (__u32)-1;
+	e->dev = 0;
+	e->ino = 0;
+	e->path[0] = e->dir[0] = e->path2[0] = e->dir2[0] = '\0';
+	f = fd_file(fd);
+	if (f) {
+		e->ino = BPF_CORE_READ(f, f_inode, i_ino);
+		e->dev = BPF_CORE_READ(f, f_inode, i_sb, s_dev);
+		fpath = BPF_CORE_READ(f, f_path);
+		if (path_to_str(&fpath, e->path))
+			e->hdr.flags |= BASTION_F_TRUNC_PATH;
+	}
+	return e;
+}
+
+static __always_inline int unlink_ev(int dfd, const char *upath)
+{
+	struct bastion_file_event *e = file_path_event(BASTION_FILE_UNLINK, dfd, upath);
+
+	if (e)
+		bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_unlinkat")
+int on_unlinkat(void *ctx) { return unlink_ev(ARG(ctx, 0), (const char *)ARG(ctx, 1)); }
+SEC("tracepoint/syscalls/sys_enter_unlink")
+int on_unlink(void *ctx) { return unlink_ev(AT_FDCWD_, (const char *)ARG(ctx, 0)); }
+
+static __always_inline int rename_ev(int odfd, const char *old, int ndfd, const char *new)
+{
+	struct bastion_file_event *e = file_path_event(BASTION_FILE_RENAME, odfd, old);
+
+	if (!e)
+		return 0;
+	e->hdr.flags |= user_path_at(ndfd, new, e->path2, e->dir2, BASTION_F_RELATIVE2);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_renameat2")
+int on_renameat2(void *ctx)
+{
+	return rename_ev(ARG(ctx, 0), (const char *)ARG(ctx, 1), ARG(ctx, 2),
+			 (const char *)ARG(ctx, 3));
+}
+SEC("tracepoint/syscalls/sys_enter_renameat")
+int on_renameat(void *ctx)
+{
+	return rename_ev(ARG(ctx, 0), (const char *)ARG(ctx, 1), ARG(ctx, 2),
+			 (const char *)ARG(ctx, 3));
+}
+SEC("tracepoint/syscalls/sys_enter_rename")
+int on_rename(void *ctx)
+{
+	return rename_ev(AT_FDCWD_, (const char *)ARG(ctx, 0), AT_FDCWD_,
+			 (const char *)ARG(ctx, 1));
+}
+
+static __always_inline int chmod_ev(struct bastion_file_event *e, __u32 mode)
+{
+	if (!e)
+		return 0;
+	e->mode = mode;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_fchmodat")
+int on_fchmodat(void *ctx)
+{
+	return chmod_ev(file_path_event(BASTION_FILE_CHMOD, ARG(ctx, 0), (const char *)ARG(ctx, 1)),
+			ARG(ctx, 2));
+}
+SEC("tracepoint/syscalls/sys_enter_fchmodat2")
+int on_fchmodat2(void *ctx)
+{
+	return chmod_ev(file_path_event(BASTION_FILE_CHMOD, ARG(ctx, 0), (const char *)ARG(ctx, 1)),
+			ARG(ctx, 2));
+}
+SEC("tracepoint/syscalls/sys_enter_chmod")
+int on_chmod(void *ctx)
+{
+	return chmod_ev(file_path_event(BASTION_FILE_CHMOD, AT_FDCWD_, (const char *)ARG(ctx, 0)),
+			ARG(ctx, 1));
+}
+SEC("tracepoint/syscalls/sys_enter_fchmod")
+int on_fchmod(void *ctx)
+{
+	return chmod_ev(file_fd_event(BASTION_FILE_CHMOD, ARG(ctx, 0)), ARG(ctx, 1));
+}
+
+static __always_inline int chown_ev(struct bastion_file_event *e, __u32 uid, __u32 gid)
+{
+	if (!e)
+		return 0;
+	e->owner_uid = uid;
+	e->owner_gid = gid;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_fchownat")
+int on_fchownat(void *ctx)
+{
+	return chown_ev(file_path_event(BASTION_FILE_CHOWN, ARG(ctx, 0), (const char *)ARG(ctx, 1)),
+			ARG(ctx, 2), ARG(ctx, 3));
+}
+SEC("tracepoint/syscalls/sys_enter_chown")
+int on_chown(void *ctx)
+{
+	return chown_ev(file_path_event(BASTION_FILE_CHOWN, AT_FDCWD_, (const char *)ARG(ctx, 0)),
+			ARG(ctx, 1), ARG(ctx, 2));
+}
+SEC("tracepoint/syscalls/sys_enter_lchown")
+int on_lchown(void *ctx)
+{
+	return chown_ev(file_path_event(BASTION_FILE_CHOWN, AT_FDCWD_, (const char *)ARG(ctx, 0)),
+			ARG(ctx, 1), ARG(ctx, 2));
+}
+SEC("tracepoint/syscalls/sys_enter_fchown")
+int on_fchown(void *ctx)
+{
+	return chown_ev(file_fd_event(BASTION_FILE_CHOWN, ARG(ctx, 0)), ARG(ctx, 1), ARG(ctx, 2));
+}
+
+/* ------------------------------------------------------------------ */
+/* network                                                             */
+
+static __always_inline struct bastion_net_event *net_event(__u32 op)
+{
+	struct bastion_net_event *e = RESERVE(struct bastion_net_event, BASTION_EV_NET);
+
+	if (!e)
+		return NULL;
+	e->op = op;
+	e->ret = 0;
+	e->family = 0;
+	e->protocol = 0;
+	e->sport = 0;
+	e->dport = 0;
+	e->backlog = 0;
+	__builtin_memset(e->saddr, 0, sizeof(e->saddr));
+	__builtin_memset(e->daddr, 0, sizeof(e->daddr));
+	return e;
+}
+
+SEC("tracepoint/syscalls/sys_enter_connect")
+int on_connect(void *ctx)
+{
+	struct bastion_net_event *e;
+	struct sock *sk;
+
+	if (!wanted(BASTION_EV_NET))
+		return 0;
+	e = net_event(BASTION_NET_CONNECT);
+	if (!e)
+		return 0;
+	user_sockaddr((const void *)ARG(ctx, 1), &e->family, e->daddr, &e->dport);
+	sk = fd_sock(ARG(ctx, 0));
+	if (sk) {
+		e->protocol = BPF_CORE_READ(sk, sk_protocol);
+		e->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	}
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_bind")
+int on_bind(void *ctx)
+{
+	struct bastion_net_event *e;
+	struct sock *sk;
+
+	if (!wanted(BASTION_EV_NET))
+		return 0;
+	e = net_event(BASTION_NET_BIND);
+	if (!e)
+		return 0;
+	user_sockaddr((const void *)ARG(ctx, 1), &e->family, e->saddr, &e->sport);
+	sk = fd_sock(ARG(ctx, 0));
+	if (sk)
+		e->protocol = BPF_CORE_READ(sk, sk_protocol);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_listen")
+int on_listen(void *ctx)
+{
+	struct bastion_net_event *e;
+	struct sock *sk;
+
+	if (!wanted(BASTION_EV_NET))
+		return 0;
+	sk = fd_sock(ARG(ctx, 0));
+	e = net_event(BASTION_NET_LISTEN);
+	if (!e)
+		return 0;
+	if (sk)
+		sock_addrs(sk, e);
+	e->backlog = ARG(ctx, 1);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+static __always_inline int accept_exit(long ret)
+{
+	struct bastion_net_event *e;
+	struct sock *sk;
+
+	if (ret < 0 || !wanted(BASTION_EV_NET))
+		return 0;
+	sk = fd_sock(ret);
+	if (!sk)
+		return 0;
+	e = net_event(BASTION_NET_ACCEPT);
+	if (!e)
+		return 0;
+	sock_addrs(sk, e);
+	e->ret = ret;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept")
+int on_accept_ret(void *ctx) { return accept_exit(RET(ctx)); }
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int on_accept4_ret(void *ctx) { return accept_exit(RET(ctx)); }
+
+/* ------------------------------------------------------------------ */
+/* process interaction and privilege                                   */
+
+SEC("tracepoint/syscalls/sys_enter_ptrace")
+int on_ptrace(void *ctx)
+{
+	struct bastion_ptrace_event *e;
+
+	if (!wanted(BASTION_EV_PTRACE))
+		return 0;
+	e = RESERVE(struct bastion_ptrace_event, BASTION_EV_PTRACE);
+	if (!e)
+		return 0;
+	e->request = ARG(ctx, 0);
+	e->target_pid = ARG(ctx, 1);
+	e->_pad = 0;
+	e->addr = ARG(ctx, 2);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+static __always_inline int kill_ev(__u32 syscall, __s32 target, __s32 tgid, __s32 sig)
+{
+	struct bastion_kill_event *e;
+
+	if (sig == 0 || !wanted(BASTION_EV_KILL))
+		return 0; /* signal 0 only probes for existence */
+	e = RESERVE(struct bastion_kill_event, BASTION_EV_KILL);
+	if (!e)
+		return 0;
+	e->target_pid = target;
+	e->target_tgid = tgid;
+	e->sig = sig;
+	e->syscall = syscall;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_kill")
+int on_kill(void *ctx) { return kill_ev(BASTION_KILL_KILL, ARG(ctx, 0), 0, ARG(ctx, 1)); }
+SEC("tracepoint/syscalls/sys_enter_tkill")
+int on_tkill(void *ctx) { return kill_ev(BASTION_KILL_TKILL, ARG(ctx, 0), 0, ARG(ctx, 1)); }
+SEC("tracepoint/syscalls/sys_enter_tgkill")
+int on_tgkill(void *ctx)
+{
+	return kill_ev(BASTION_KILL_TGKILL, ARG(ctx, 1), ARG(ctx, 0), ARG(ctx, 2));
+}
+
+SEC("tracepoint/syscalls/sys_enter_pidfd_send_signal")
+int on_pidfd_send_signal(void *ctx)
+{
+	struct file *f = fd_file(ARG(ctx, 0));
+	struct pid *pid;
+	struct upid up = {};
+
+	if (!f)
+		return 0;
+	pid = BPF_CORE_READ(f, private_data);
+	bpf_core_read(&up, sizeof(up), &pid->numbers[0]);
+	return kill_ev(BASTION_KILL_PIDFD, up.nr, 0, ARG(ctx, 1));
+}
+
+/* bpf() commands worth seeing: creation, loading, attaching, pinning and
+ * writes; lookups and id walks are left out. */
+#define BPF_CMD_MASK ((1ULL << BPF_MAP_CREATE) | (1ULL << BPF_MAP_UPDATE_ELEM) |            \
+		      (1ULL << BPF_MAP_DELETE_ELEM) | (1ULL << BPF_PROG_LOAD) |              \
+		      (1ULL << BPF_OBJ_PIN) | (1ULL << BPF_PROG_ATTACH) |                    \
+		      (1ULL << BPF_PROG_DETACH) | (1ULL << BPF_RAW_TRACEPOINT_OPEN) |        \
+		      (1ULL << BPF_BTF_LOAD) | (1ULL << BPF_MAP_FREEZE) |                    \
+		      (1ULL << BPF_LINK_CREATE) | (1ULL << BPF_LINK_UPDATE) |                \
+		      (1ULL << BPF_LINK_DETACH))
+
+SEC("tracepoint/syscalls/sys_enter_bpf")
+int on_bpf(void *ctx)
+{
+	struct bastion_bpf_event *e;
+	int cmd = ARG(ctx, 0);
+	union bpf_attr *uattr = (union bpf_attr *)ARG(ctx, 1);
+
+	if (cmd < 0 || cmd >= 64 || !(BPF_CMD_MASK & (1ULL << cmd)) || !wanted(BASTION_EV_BPF))
+		return 0;
+	e = RESERVE(struct bastion_bpf_event, BASTION_EV_BPF);
+	if (!e)
+		return 0;
+	e->cmd = cmd;
+	e->prog_type = 0;
+	e->map_type = 0;
+	e->attach_type = 0;
+	__builtin_memset(e->name, 0, sizeof(e->name));
+	/* union bpf_attr is uapi: its offsets are stable, no CO-RE needed */
+	if (cmd == BPF_PROG_LOAD) {
+		bpf_probe_read_user(&e->prog_type, 4, &uattr->prog_type);
+		bpf_probe_read_user(&e->attach_type, 4, &uattr->expected_attach_type);
+		bpf_probe_read_user(e->name, sizeof(e->name), &uattr->prog_name);
+	} else if (cmd == BPF_MAP_CREATE) {
+		bpf_probe_read_user(&e->map_type, 4, &uattr->map_type);
+		bpf_probe_read_user(e->name, sizeof(e->name), &uattr->map_name);
+	} else if (cmd == BPF_LINK_CREATE) {
+		bpf_probe_read_user(&e->attach_type, 4, &uattr->link_create.attach_type);
+	} else if (cmd == BPF_PROG_ATTACH || cmd == BPF_PROG_DETACH) {
+		bpf_probe_read_user(&e->attach_type, 4, &uattr->attach_type);
+	}
+	e->name[15] = '\0';
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_memfd_create")
+int on_memfd_create(void *ctx)
+{
+	struct bastion_memfd_event *e;
+
+	if (!wanted(BASTION_EV_MEMFD))
+		return 0;
+	e = RESERVE(struct bastion_memfd_event, BASTION_EV_MEMFD);
+	if (!e)
+		return 0;
+	e->flags = ARG(ctx, 1);
+	e->_pad = 0;
+	if (bpf_probe_read_user_str(e->name, sizeof(e->name), (const char *)ARG(ctx, 0)) < 0)
+		e->name[0] = '\0';
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+static __always_inline int cred_ev(__u32 op, __u32 a0, __u32 a1, __u32 a2)
+{
+	struct bastion_cred_event *e;
+
+	if (!wanted(BASTION_EV_CRED))
+		return 0;
+	e = RESERVE(struct bastion_cred_event, BASTION_EV_CRED);
+	if (!e)
+		return 0;
+	e->op = op;
+	e->a0 = a0;
+	e->a1 = a1;
+	e->a2 = a2;
+	e->cap_effective = 0;
+	e->cap_permitted = 0;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_setuid")
+int on_setuid(void *ctx) { return cred_ev(BASTION_CRED_SETUID, ARG(ctx, 0), -1, -1); }
+SEC("tracepoint/syscalls/sys_enter_setgid")
+int on_setgid(void *ctx) { return cred_ev(BASTION_CRED_SETGID, ARG(ctx, 0), -1, -1); }
+SEC("tracepoint/syscalls/sys_enter_setreuid")
+int on_setreuid(void *ctx) { return cred_ev(BASTION_CRED_SETREUID, ARG(ctx, 0), ARG(ctx, 1), -1); }
+SEC("tracepoint/syscalls/sys_enter_setregid")
+int on_setregid(void *ctx) { return cred_ev(BASTION_CRED_SETREGID, ARG(ctx, 0), ARG(ctx, 1), -1); }
+SEC("tracepoint/syscalls/sys_enter_setresuid")
+int on_setresuid(void *ctx)
+{
+	return cred_ev(BASTION_CRED_SETRESUID, ARG(ctx, 0), ARG(ctx, 1), ARG(ctx, 2));
+}
+SEC("tracepoint/syscalls/sys_enter_setresgid")
+int on_setresgid(void *ctx)
+{
+	return cred_ev(BASTION_CRED_SETRESGID, ARG(ctx, 0), ARG(ctx, 1), ARG(ctx, 2));
+}
+
+SEC("tracepoint/syscalls/sys_enter_capset")
+int on_capset(void *ctx)
+{
+	struct bastion_cred_event *e;
+	struct __user_cap_data_struct d[2] = {};
+
+	if (!wanted(BASTION_EV_CRED))
+		return 0;
+	e = RESERVE(struct bastion_cred_event, BASTION_EV_CRED);
+	if (!e)
+		return 0;
+	e->op = BASTION_CRED_CAPSET;
+	bpf_probe_read_user(&e->a0, 4, (void *)ARG(ctx, 0)); /* header.version */
+	bpf_probe_read_user(&e->a1, 4, (void *)(ARG(ctx, 0) + 4)); /* header.pid */
+	e->a2 = 0;
+	bpf_probe_read_user(d, sizeof(d), (void *)ARG(ctx, 1));
+	e->cap_effective = ((__u64)d[1].effective << 32) | d[0].effective;
+	e->cap_permitted = ((__u64)d[1].permitted << 32) | d[0].permitted;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Bastion needs to build and test, only those missing.
+# Idempotent: when everything is present it installs nothing and prints nothing.
+set -euo pipefail
+pkgs=(clang llvm libbpf-dev bpftool make python3-venv
+      qemu-system-x86 busybox-static cpio iproute2 procps util-linux)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "install-deps: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi

@@ -1,0 +1,296 @@
+"""ctypes mirror of ``bpf/include/bastion.h`` — the one kernel/user contract.
+
+Nothing else in Python knows a byte offset of a kernel record.  The unit
+test ``tests/unit/test_abi.py`` checks every structure here against the BTF
+of the compiled objects (size and each member's offset), so a change to the
+header that is not mirrored here fails the build, and
+:func:`check_abi_version` refuses an object of another ABI major at load.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+from typing import Final
+
+from bastion.errors import AbiMismatchError, Location
+
+ABI_MAJOR: Final = 1
+ABI_MINOR: Final = 0
+ABI_VERSION: Final = (ABI_MAJOR << 16) | ABI_MINOR
+
+COMM_LEN: Final = 16
+PATH_LEN: Final = 256
+ARGV_LEN: Final = 512
+NAME_LEN: Final = 64
+RINGBUF_BYTES: Final = 16 * 1024 * 1024
+
+
+class EventType(enum.IntEnum):
+    EXEC = 1
+    FORK = 2
+    EXIT = 3
+    FILE = 4
+    NET = 5
+    PTRACE = 6
+    KILL = 7
+    BPF = 8
+    MEMFD = 9
+    CRED = 10
+    LSM_DENY = 11
+
+
+class FileOp(enum.IntEnum):
+    OPEN = 1
+    UNLINK = 2
+    RENAME = 3
+    CHMOD = 4
+    CHOWN = 5
+
+
+class NetOp(enum.IntEnum):
+    CONNECT = 1
+    BIND = 2
+    LISTEN = 3
+    ACCEPT = 4
+
+
+class CredOp(enum.IntEnum):
+    SETUID = 1
+    SETGID = 2
+    SETREUID = 3
+    SETREGID = 4
+    SETRESUID = 5
+    SETRESGID = 6
+    CAPSET = 7
+
+
+class KillSyscall(enum.IntEnum):
+    KILL = 1
+    TKILL = 2
+    TGKILL = 3
+    PIDFD = 4
+
+
+class LsmHook(enum.IntEnum):
+    FILE_OPEN = 1
+    BPRM_CHECK = 2
+
+
+F_TRUNC_PATH: Final = 1 << 0
+F_TRUNC_ARGV: Final = 1 << 1
+F_EXE_MEMFD: Final = 1 << 2
+F_RELATIVE: Final = 1 << 3
+F_RELATIVE2: Final = 1 << 4
+
+c_u8 = ctypes.c_uint8
+c_u16 = ctypes.c_uint16
+c_u32 = ctypes.c_uint32
+c_s32 = ctypes.c_int32
+c_u64 = ctypes.c_uint64
+c_s64 = ctypes.c_int64
+
+
+class EventHdr(ctypes.Structure):
+    _fields_ = [
+        ("type", c_u16),
+        ("flags", c_u16),
+        ("size", c_u32),
+        ("ts_ns", c_u64),
+        ("pid", c_u32),
+        ("tgid", c_u32),
+        ("ppid", c_u32),
+        ("uid", c_u32),
+        ("euid", c_u32),
+        ("gid", c_u32),
+        ("cgroup_id", c_u64),
+        ("start_ns", c_u64),
+        ("comm", ctypes.c_char * COMM_LEN),
+    ]
+
+
+class ExecEvent(ctypes.Structure):
+    _fields_ = [
+        ("hdr", EventHdr),
+        ("exe_ino", c_u64),
+        ("exe_dev", c_u32),
+        ("argc", c_u32),
+        ("argv_len", c_u32),
+        ("exe_nlink", c_u32),
+        ("exe", ctypes.c_char * PATH_LEN),
+        ("filename", ctypes.c_char * PATH_LEN),
+        ("cwd", ctypes.c_char * PATH_LEN),
+        ("argv", c_u8 * ARGV_LEN),
+    ]
+
+
+class ForkEvent(ctypes.Structure):
+    _fields_ = [
+        ("hdr", EventHdr),
+        ("child_pid", c_u32),
+        ("child_tgid", c_u32),
+        ("child_start_ns", c_u64),
+    ]
+
+
+class ExitEvent(ctypes.Structure):
+    _fields_ = [("hdr", EventHdr), ("exit_code", c_s32), ("_pad", c_u32)]
+
+
+class FileEvent(ctypes.Structure):
+    _fields_ = [
+        ("hdr", EventHdr),
+        ("op", c_u32),
+        ("open_flags", c_s32),
+        ("mode", c_u32),
+        ("owner_uid", c_u32),
+        ("owner_gid", c_u32),
+        ("dev", c_u32),
+        ("ino", c_u64),
+        ("path", ctypes.c_char * PATH_LEN),
+        ("dir", ctypes.c_char * PATH_LEN),
+        ("path2", ctypes.c_char * PATH_LEN),
+        ("dir2", ctypes.c_char * PATH_LEN),
+    ]
+
+
+class NetEvent(ctypes.Structure):
+    _fields_ = [
+        ("hdr", EventHdr),
+        ("op", c_u32),
+        ("ret", c_s32),
+        ("family", c_u16),
+        ("protocol", c_u16),
+        ("sport", c_u16),
+        ("dport", c_u16),
+        ("saddr", c_u8 * 16),
+        ("daddr", c_u8 * 16),
+        ("backlog", c_u32),
+        ("_pad", c_u32),
+    ]
+
+
+class PtraceEvent(ctypes.Structure):
+    _fields_ = [
+        ("hdr", EventHdr),
+        ("request", c_s64),
+        ("target_pid", c_s32),
+        ("_pad", c_u32),
+        ("addr", c_u64),
+    ]
+
+
+class KillEvent(ctypes.Structure):
+    _fields_ = [
+        ("hdr", EventHdr),
+        ("target_pid", c_s32),
+        ("target_tgid", c_s32),
+        ("sig", c_s32),
+        ("syscall", c_u32),
+    ]
+
+
+class BpfEvent(ctypes.Structure):
+    _fields_ = [
+        ("hdr", EventHdr),
+        ("cmd", c_s32),
+        ("prog_type", c_u32),
+        ("map_type", c_u32),
+        ("attach_type", c_u32),
+        ("name", ctypes.c_char * 16),
+    ]
+
+
+class MemfdEvent(ctypes.Structure):
+    _fields_ = [
+        ("hdr", EventHdr),
+        ("flags", c_u32),
+        ("_pad", c_u32),
+        ("name", ctypes.c_char * NAME_LEN),
+    ]
+
+
+class CredEvent(ctypes.Structure):
+    _fields_ = [
+        ("hdr", EventHdr),
+        ("op", c_u32),
+        ("a0", c_u32),
+        ("a1", c_u32),
+        ("a2", c_u32),
+        ("cap_effective", c_u64),
+        ("cap_permitted", c_u64),
+    ]
+
+
+class LsmDenyEvent(ctypes.Structure):
+    _fields_ = [
+        ("hdr", EventHdr),
+        ("hook", c_u32),
+        ("ret", c_s32),
+        ("ino", c_u64),
+        ("dev", c_u32),
+        ("rule_id", c_u32),
+        ("path", ctypes.c_char * PATH_LEN),
+    ]
+
+
+class InodeKey(ctypes.Structure):
+    _fields_ = [("ino", c_u64), ("dev", c_u32), ("_pad", c_u32)]
+
+
+class InodeRule(ctypes.Structure):
+    _fields_ = [("rule_id", c_u32), ("action", c_u32)]
+
+
+# C struct name in bastion.h -> mirror; the ABI test walks this table.
+STRUCTS: Final[dict[str, type[ctypes.Structure]]] = {
+    "bastion_event_hdr": EventHdr,
+    "bastion_exec_event": ExecEvent,
+    "bastion_fork_event": ForkEvent,
+    "bastion_exit_event": ExitEvent,
+    "bastion_file_event": FileEvent,
+    "bastion_net_event": NetEvent,
+    "bastion_ptrace_event": PtraceEvent,
+    "bastion_kill_event": KillEvent,
+    "bastion_bpf_event": BpfEvent,
+    "bastion_memfd_event": MemfdEvent,
+    "bastion_cred_event": CredEvent,
+    "bastion_lsm_deny_event": LsmDenyEvent,
+    "bastion_inode_key": InodeKey,
+    "bastion_inode_rule": InodeRule,
+}
+
+# Record type -> its struct.
+RECORDS: Final[dict[EventType, type[ctypes.Structure]]] = {
+    EventType.EXEC: ExecEvent,
+    EventType.FORK: ForkEvent,
+    EventType.EXIT: ExitEvent,
+    EventType.FILE: FileEvent,
+    EventType.NET: NetEvent,
+    EventType.PTRACE: PtraceEvent,
+    EventType.KILL: KillEvent,
+    EventType.BPF: BpfEvent,
+    EventType.MEMFD: MemfdEvent,
+    EventType.CRED: CredEvent,
+    EventType.LSM_DENY: LsmDenyEvent,
+}
+
+# C enum name -> mirror, for the same test.
+ENUMS: Final[dict[str, type[enum.IntEnum]]] = {
+    "bastion_event_type": EventType,
+    "bastion_file_op": FileOp,
+    "bastion_net_op": NetOp,
+    "bastion_cred_op": CredOp,
+    "bastion_kill_syscall": KillSyscall,
+    "bastion_lsm_hook": LsmHook,
+}
+
+
+def check_abi_version(found: int, obj: str) -> None:
+    """Refuse an object compiled against another ABI major."""
+    if found >> 16 != ABI_MAJOR:
+        raise AbiMismatchError(
+            f"BPF object speaks ABI {found >> 16}.{found & 0xFFFF}, this Bastion speaks "
+            f"{ABI_MAJOR}.{ABI_MINOR}: rebuild the objects (make bpf)",
+            location=Location(obj),
+        )

@@ -1,0 +1,432 @@
+"""Typed events: pure decode of ring-buffer records and one stable JSON form.
+
+``decode(record, boot_to_wall_ns)`` turns the bytes of one record (layout in
+:mod:`bastion.abi`) into a frozen dataclass.  ``to_json`` / ``from_json`` give
+the one JSON form every event has — the replay format, the store's format and
+the CLI's ``--json`` output: ``type``, ``time`` (RFC 3339, UTC, µs), the
+process fields (``pid`` is the process id, ``tid`` the thread) including
+``exe``, then the type's own fields.  No kernel is needed for any of this.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import ipaddress
+import os
+import signal
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final, Mapping, Union
+
+from bastion import abi
+from bastion.errors import BastionError, DecodeError
+from bastion.timefmt import format_time, parse_time
+
+
+@dataclass(frozen=True, slots=True)
+class Proc:
+    """The process an event is about (the actor)."""
+
+    pid: int
+    tid: int
+    ppid: int
+    uid: int
+    euid: int
+    gid: int
+    cgroup_id: int
+    comm: str
+    start_ns: int = 0
+    exe: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Base:
+    time_ns: int
+    proc: Proc
+    truncated: bool = False
+
+    TYPE: ClassVar[str] = ""
+
+    @property
+    def type(self) -> str:
+        return self.TYPE
+
+
+@dataclass(frozen=True, slots=True)
+class ExecEvent(_Base):
+    TYPE: ClassVar[str] = "exec"
+    filename: str = ""
+    cwd: str = ""
+    argv: tuple[str, ...] = ()
+    exe_dev: int = 0
+    exe_ino: int = 0
+    exe_nlink: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ForkEvent(_Base):
+    TYPE: ClassVar[str] = "fork"
+    child_pid: int = 0
+    child_start_ns: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ExitEvent(_Base):
+    TYPE: ClassVar[str] = "exit"
+    exit_code: int = 0     # the code passed to exit(), 0 when killed
+    signal: int = 0        # the signal that killed it, 0 when it exited
+    status: int = 0        # raw wait(2) status
+
+
+@dataclass(frozen=True, slots=True)
+class FileEvent(_Base):
+    op: str = "open"       # open, unlink, rename, chmod, chown
+    path: str = ""         # absolute where the kernel could resolve it
+    path2: str = ""        # rename: the new name
+    flags: int = 0         # open(2) flags
+    mode: int = 0          # open create mode / chmod mode
+    owner_uid: int = -1    # chown
+    owner_gid: int = -1
+    dev: int = 0
+    ino: int = 0
+
+    @property
+    def type(self) -> str:
+        return self.op
+
+
+@dataclass(frozen=True, slots=True)
+class NetEvent(_Base):
+    op: str = "connect"    # connect, bind, listen, accept
+    family: str = ""       # inet, inet6, unix, or the number
+    protocol: str = ""     # tcp, udp, ... or "" when unknown
+    saddr: str = ""
+    sport: int = 0
+    daddr: str = ""
+    dport: int = 0
+    backlog: int = 0
+    fd: int = -1           # accept: the new descriptor
+
+    @property
+    def type(self) -> str:
+        return self.op
+
+
+@dataclass(frozen=True, slots=True)
+class PtraceEvent(_Base):
+    TYPE: ClassVar[str] = "ptrace"
+    request: int = 0
+    request_name: str = ""
+    target_pid: int = 0
+    addr: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class KillEvent(_Base):
+    TYPE: ClassVar[str] = "kill"
+    target_pid: int = 0
+    target_tgid: int = 0
+    signal: int = 0
+    signal_name: str = ""
+    syscall: str = "kill"
+
+
+@dataclass(frozen=True, slots=True)
+class BpfEvent(_Base):
+    TYPE: ClassVar[str] = "bpf"
+    cmd: str = ""
+    prog_type: int = 0
+    map_type: int = 0
+    attach_type: int = 0
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MemfdEvent(_Base):
+    TYPE: ClassVar[str] = "memfd_create"
+    name: str = ""
+    flags: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CredEvent(_Base):
+    op: str = "setuid"     # setuid, setgid, setreuid, setregid, setresuid, setresgid, capset
+    args: tuple[int, ...] = ()
+    cap_effective: int = 0
+    cap_permitted: int = 0
+
+    @property
+    def type(self) -> str:
+        return self.op
+
+
+@dataclass(frozen=True, slots=True)
+class LsmDenyEvent(_Base):
+    TYPE: ClassVar[str] = "lsm_deny"
+    hook: str = ""
+    path: str = ""
+    dev: int = 0
+    ino: int = 0
+    rule_id: int = 0
+    ret: int = 0
+
+
+Event = Union[
+    ExecEvent, ForkEvent, ExitEvent, FileEvent, NetEvent, PtraceEvent,
+    KillEvent, BpfEvent, MemfdEvent, CredEvent, LsmDenyEvent,
+]
+
+# JSON "type" -> class
+TYPES: Final[dict[str, type[Any]]] = {
+    "exec": ExecEvent, "fork": ForkEvent, "exit": ExitEvent,
+    **{op.name.lower(): FileEvent for op in abi.FileOp},
+    **{op.name.lower(): NetEvent for op in abi.NetOp},
+    "ptrace": PtraceEvent, "kill": KillEvent, "bpf": BpfEvent,
+    "memfd_create": MemfdEvent,
+    **{op.name.lower(): CredEvent for op in abi.CredOp},
+    "lsm_deny": LsmDenyEvent,
+}
+
+_PTRACE: Final = {
+    0: "TRACEME", 1: "PEEKTEXT", 2: "PEEKDATA", 3: "PEEKUSR", 4: "POKETEXT",
+    5: "POKEDATA", 6: "POKEUSR", 7: "CONT", 8: "KILL", 9: "SINGLESTEP",
+    12: "GETREGS", 13: "SETREGS", 16: "ATTACH", 17: "DETACH", 24: "SYSCALL",
+    0x4200: "SETOPTIONS", 0x4201: "GETEVENTMSG", 0x4202: "GETSIGINFO",
+    0x4203: "SETSIGINFO", 0x4204: "GETREGSET", 0x4205: "SETREGSET",
+    0x4206: "SEIZE", 0x4207: "INTERRUPT", 0x4208: "LISTEN",
+}
+_BPF_CMDS: Final = (
+    "MAP_CREATE MAP_LOOKUP_ELEM MAP_UPDATE_ELEM MAP_DELETE_ELEM MAP_GET_NEXT_KEY "
+    "PROG_LOAD OBJ_PIN OBJ_GET PROG_ATTACH PROG_DETACH PROG_TEST_RUN PROG_GET_NEXT_ID "
+    "MAP_GET_NEXT_ID PROG_GET_FD_BY_ID MAP_GET_FD_BY_ID OBJ_GET_INFO_BY_FD PROG_QUERY "
+    "RAW_TRACEPOINT_OPEN BTF_LOAD BTF_GET_FD_BY_ID TASK_FD_QUERY "
+    "MAP_LOOKUP_AND_DELETE_ELEM MAP_FREEZE BTF_GET_NEXT_ID MAP_LOOKUP_BATCH "
+    "MAP_LOOKUP_AND_DELETE_BATCH MAP_UPDATE_BATCH MAP_DELETE_BATCH LINK_CREATE "
+    "LINK_UPDATE LINK_GET_FD_BY_ID LINK_GET_NEXT_ID ENABLE_STATS ITER_CREATE "
+    "LINK_DETACH PROG_BIND_MAP"
+).split()
+_FAMILIES: Final = {1: "unix", 2: "inet", 10: "inet6", 16: "netlink", 17: "packet"}
+_PROTOCOLS: Final = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp", 136: "udplite"}
+
+
+def _str(raw: bytes) -> str:
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def _addr(family: int, raw: Any) -> str:
+    data = bytes(raw)
+    if family == 2:
+        return str(ipaddress.IPv4Address(data[:4]))
+    if family == 10:
+        return str(ipaddress.IPv6Address(data))
+    return ""
+
+
+def _join(flags: int, bit: int, directory: bytes, path: bytes) -> str:
+    p = _str(path)
+    if flags & bit and directory:
+        return os.path.normpath(os.path.join(_str(directory), p))
+    return p
+
+
+def _signame(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"SIG{sig}"
+
+
+def _proc(h: abi.EventHdr) -> Proc:
+    return Proc(
+        pid=h.tgid, tid=h.pid, ppid=h.ppid, uid=h.uid, euid=h.euid, gid=h.gid,
+        cgroup_id=h.cgroup_id, comm=_str(h.comm), start_ns=h.start_ns,
+    )
+
+
+def decode(record: bytes | bytearray | memoryview, boot_to_wall_ns: int) -> Event:
+    """Decode one ring-buffer record.  ``boot_to_wall_ns`` is added to the
+    kernel's CLOCK_BOOTTIME stamp to give wall-clock ns."""
+    size = len(record)
+    if size < ctypes.sizeof(abi.EventHdr):
+        raise DecodeError(f"record of {size} bytes is shorter than the event header")
+    hdr = abi.EventHdr.from_buffer_copy(record[: ctypes.sizeof(abi.EventHdr)])
+    try:
+        etype = abi.EventType(hdr.type)
+    except ValueError:
+        raise DecodeError(f"unknown event type {hdr.type}") from None
+    struct = abi.RECORDS[etype]
+    need = ctypes.sizeof(struct)
+    if size < need:
+        raise DecodeError(f"{etype.name.lower()} record of {size} bytes, expected {need}")
+    r: Any = struct.from_buffer_copy(record[:need])
+    t = hdr.ts_ns + boot_to_wall_ns
+    p = _proc(hdr)
+    trunc = bool(hdr.flags & (abi.F_TRUNC_PATH | abi.F_TRUNC_ARGV))
+    if etype is abi.EventType.EXEC:
+        raw_argv = bytes(r.argv)[: r.argv_len]
+        argv = tuple(_str(a) for a in raw_argv.rstrip(b"\0").split(b"\0")) if raw_argv else ()
+        exe = _str(r.exe)
+        return ExecEvent(
+            t, dataclasses.replace(p, exe=exe), trunc, filename=_str(r.filename),
+            cwd=_str(r.cwd), argv=argv, exe_dev=r.exe_dev, exe_ino=r.exe_ino,
+            exe_nlink=r.exe_nlink,
+        )
+    if etype is abi.EventType.FORK:
+        return ForkEvent(t, p, trunc, child_pid=r.child_tgid, child_start_ns=r.child_start_ns)
+    if etype is abi.EventType.EXIT:
+        st = r.exit_code
+        return ExitEvent(t, p, trunc, exit_code=(st >> 8) & 0xFF, signal=st & 0x7F, status=st)
+    if etype is abi.EventType.FILE:
+        try:
+            op = abi.FileOp(r.op).name.lower()
+        except ValueError:
+            raise DecodeError(f"unknown file op {r.op}") from None
+        return FileEvent(
+            t, p, trunc, op=op,
+            path=_join(hdr.flags, abi.F_RELATIVE, r.dir, r.path),
+            path2=_join(hdr.flags, abi.F_RELATIVE2, r.dir2, r.path2),
+            flags=r.open_flags, mode=r.mode,
+            owner_uid=-1 if r.owner_uid == 0xFFFFFFFF else r.owner_uid,
+            owner_gid=-1 if r.owner_gid == 0xFFFFFFFF else r.owner_gid,
+            dev=r.dev, ino=r.ino,
+        )
+    if etype is abi.EventType.NET:
+        try:
+            nop = abi.NetOp(r.op).name.lower()
+        except ValueError:
+            raise DecodeError(f"unknown net op {r.op}") from None
+        return NetEvent(
+            t, p, trunc, op=nop, family=_FAMILIES.get(r.family, str(r.family)),
+            protocol=_PROTOCOLS.get(r.protocol, "" if r.protocol == 0 else str(r.protocol)),
+            saddr=_addr(r.family, r.saddr), sport=r.sport,
+            daddr=_addr(r.family, r.daddr), dport=r.dport, backlog=r.backlog,
+            fd=r.ret if nop == "accept" else -1,
+        )
+    if etype is abi.EventType.PTRACE:
+        return PtraceEvent(
+            t, p, trunc, request=r.request, request_name=_PTRACE.get(r.request, str(r.request)),
+            target_pid=r.target_pid, addr=r.addr,
+        )
+    if etype is abi.EventType.KILL:
+        return KillEvent(
+            t, p, trunc, target_pid=r.target_pid, target_tgid=r.target_tgid, signal=r.sig,
+            signal_name=_signame(r.sig),
+            syscall=abi.KillSyscall(r.syscall).name.lower()
+            if r.syscall in set(abi.KillSyscall) else str(r.syscall),
+        )
+    if etype is abi.EventType.BPF:
+        cmd = _BPF_CMDS[r.cmd] if 0 <= r.cmd < len(_BPF_CMDS) else str(r.cmd)
+        return BpfEvent(
+            t, p, trunc, cmd=cmd, prog_type=r.prog_type, map_type=r.map_type,
+            attach_type=r.attach_type, name=_str(r.name),
+        )
+    if etype is abi.EventType.MEMFD:
+        return MemfdEvent(t, p, trunc, name=_str(r.name), flags=r.flags)
+    if etype is abi.EventType.CRED:
+        try:
+            cop = abi.CredOp(r.op)
+        except ValueError:
+            raise DecodeError(f"unknown cred op {r.op}") from None
+        nargs = {abi.CredOp.SETUID: 1, abi.CredOp.SETGID: 1, abi.CredOp.SETREUID: 2,
+                 abi.CredOp.SETREGID: 2, abi.CredOp.CAPSET: 2}.get(cop, 3)
+        args = tuple(ctypes.c_int32(v).value for v in (r.a0, r.a1, r.a2)[:nargs])
+        return CredEvent(
+            t, p, trunc, op=cop.name.lower(), args=args,
+            cap_effective=r.cap_effective, cap_permitted=r.cap_permitted,
+        )
+    # LSM_DENY
+    try:
+        hook = abi.LsmHook(r.hook).name.lower()
+    except ValueError:
+        hook = str(r.hook)
+    return LsmDenyEvent(
+        t, p, trunc, hook=hook, path=_str(r.path), dev=r.dev, ino=r.ino,
+        rule_id=r.rule_id, ret=r.ret,
+    )
+
+
+_PROC_KEYS: Final = ("pid", "tid", "ppid", "uid", "euid", "gid", "cgroup_id", "comm", "start_ns", "exe")
+_SKIP: Final = {"time_ns", "proc", "truncated", "op"}
+
+
+def to_json(ev: Event) -> dict[str, Any]:
+    """The stable JSON form of an event (a plain dict, JSON-ready)."""
+    out: dict[str, Any] = {"type": ev.type, "time": format_time(ev.time_ns)}
+    p = ev.proc
+    for k in _PROC_KEYS:
+        out[k] = getattr(p, k)
+    for f in dataclasses.fields(ev):
+        if f.name in _SKIP:
+            continue
+        v = getattr(ev, f.name)
+        out[f.name] = list(v) if isinstance(v, tuple) else v
+    if ev.truncated:
+        out["truncated"] = True
+    return out
+
+
+def from_json(obj: Mapping[str, Any]) -> Event:
+    """Rebuild an event from its JSON form; DecodeError says what is wrong."""
+    if not isinstance(obj, Mapping):
+        raise DecodeError(f"an event must be a JSON object, not {type(obj).__name__}")
+    etype = obj.get("type")
+    cls = TYPES.get(etype) if isinstance(etype, str) else None
+    if cls is None:
+        raise DecodeError(f"unknown event type {etype!r}")
+    try:
+        tsec = parse_time(str(obj["time"]))
+        proc = Proc(**{k: obj[k] for k in _PROC_KEYS if k in obj})
+    except KeyError as exc:
+        raise DecodeError(f"{etype} event lacks field {exc.args[0]!r}") from None
+    except (TypeError, ValueError, BastionError) as exc:
+        raise DecodeError(f"{etype} event: {exc}") from exc
+    kwargs: dict[str, Any] = {}
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    for k, v in obj.items():
+        if k in ("type", "time") or k in _PROC_KEYS:
+            continue
+        if k == "truncated":
+            kwargs["truncated"] = bool(v)
+            continue
+        if k not in names:
+            raise DecodeError(f"{etype} event has unknown field {k!r}")
+        kwargs[k] = tuple(v) if isinstance(v, list) else v
+    if "op" in names:
+        kwargs["op"] = etype
+    try:
+        ev: Event = cls(time_ns=round(tsec * 1_000_000) * 1000, proc=proc, **kwargs)
+    except TypeError as exc:
+        raise DecodeError(f"{etype} event: {exc}") from exc
+    return ev
+
+
+def summary(ev: Event) -> str:
+    """One short human line of the type's own fields."""
+    if isinstance(ev, ExecEvent):
+        return " ".join(ev.argv) or ev.proc.exe
+    if isinstance(ev, ExitEvent):
+        return f"signal {ev.signal}" if ev.signal else f"code {ev.exit_code}"
+    if isinstance(ev, FileEvent):
+        return f"{ev.path} -> {ev.path2}" if ev.op == "rename" else ev.path
+    if isinstance(ev, NetEvent):
+        return f"{ev.daddr}:{ev.dport}" if ev.op == "connect" else f"{ev.saddr}:{ev.sport}"
+    if isinstance(ev, KillEvent):
+        return f"{ev.signal_name} -> {ev.target_pid}"
+    if isinstance(ev, PtraceEvent):
+        return f"{ev.request_name} {ev.target_pid}"
+    if isinstance(ev, ForkEvent):
+        return f"child {ev.child_pid}"
+    if isinstance(ev, BpfEvent):
+        return f"{ev.cmd} {ev.name}".strip()
+    if isinstance(ev, MemfdEvent):
+        return ev.name
+    if isinstance(ev, CredEvent):
+        return f"{ev.op}{ev.args}"
+    return f"{ev.hook} {ev.path}"
+
+
+__all__ = [
+    "Proc", "Event", "ExecEvent", "ForkEvent", "ExitEvent", "FileEvent", "NetEvent",
+    "PtraceEvent", "KillEvent", "BpfEvent", "MemfdEvent", "CredEvent", "LsmDenyEvent",
+    "TYPES", "decode", "to_json", "from_json", "summary",
+]

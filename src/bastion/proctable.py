@@ -1,0 +1,147 @@
+"""The process table: seeded from /proc, kept current from events.
+
+Rules ask it for a process's executable, command line and ancestry.  A
+process is identified by (pid, start time), so a reused pid never inherits
+the history of the process that had it before.  Exited processes are kept
+for ``linger_s`` so late events about them still resolve.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from bastion.events import Event, ExecEvent, ExitEvent, ForkEvent
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_TICK_NS = 1_000_000_000 // _CLK_TCK
+
+
+@dataclass(frozen=True, slots=True)
+class ProcEntry:
+    pid: int
+    ppid: int
+    start_ns: int          # CLOCK_BOOTTIME ns (clock-tick resolution when seeded)
+    exe: str
+    cmdline: tuple[str, ...]
+    uid: int
+    comm: str
+    exited_ns: int = 0     # wall-clock ns of exit, 0 while alive
+
+    def same_process(self, start_ns: int) -> bool:
+        """Is a process that started at ``start_ns`` this one (tick tolerance)?"""
+        return not start_ns or not self.start_ns or abs(self.start_ns - start_ns) < _TICK_NS
+
+
+def _read_proc(proc: Path, pid: int) -> ProcEntry | None:
+    base = proc / str(pid)
+    try:
+        stat = (base / "stat").read_text()
+        # comm is in parentheses and may hold spaces or parentheses itself
+        rparen = stat.rindex(")")
+        comm = stat[stat.index("(") + 1 : rparen]
+        fields = stat[rparen + 2 :].split()
+        ppid = int(fields[1])
+        start = int(fields[19]) * _TICK_NS
+        raw = (base / "cmdline").read_bytes()
+        cmdline = tuple(a.decode("utf-8", "backslashreplace") for a in raw.rstrip(b"\0").split(b"\0")) if raw else ()
+        uid = 0
+        for line in (base / "status").read_text().splitlines():
+            if line.startswith("Uid:"):
+                uid = int(line.split()[1])
+                break
+        try:
+            exe = os.readlink(base / "exe")
+        except OSError:
+            exe = ""  # kernel threads, or a process we may not inspect
+        return ProcEntry(pid, ppid, start, exe, cmdline, uid, comm)
+    except (OSError, ValueError, IndexError):
+        return None  # raced with exit
+
+
+class ProcessTable:
+    def __init__(self, *, max_entries: int = 65536, linger_s: float = 30.0) -> None:
+        self._procs: OrderedDict[int, ProcEntry] = OrderedDict()
+        self.max_entries = max_entries
+        self.linger_ns = int(linger_s * 1e9)
+
+    def seed(self, proc: Path = Path("/proc")) -> int:
+        """Load every live process from /proc; returns how many."""
+        n = 0
+        for d in proc.iterdir():
+            if d.name.isdigit():
+                e = _read_proc(proc, int(d.name))
+                if e is not None:
+                    self._put(e)
+                    n += 1
+        return n
+
+    def _put(self, e: ProcEntry) -> None:
+        self._procs[e.pid] = e
+        self._procs.move_to_end(e.pid)
+        while len(self._procs) > self.max_entries:
+            self._procs.popitem(last=False)
+
+    def get(self, pid: int) -> ProcEntry | None:
+        return self._procs.get(pid)
+
+    def __len__(self) -> int:
+        return len(self._procs)
+
+    def __iter__(self) -> Iterator[ProcEntry]:
+        return iter(list(self._procs.values()))
+
+    def ancestry(self, pid: int, limit: int = 64) -> list[ProcEntry]:
+        """The process and its ancestors, nearest first (stops at a loop or an unknown)."""
+        out: list[ProcEntry] = []
+        seen: set[int] = set()
+        cur = self._procs.get(pid)
+        while cur is not None and cur.pid not in seen and len(out) < limit:
+            out.append(cur)
+            seen.add(cur.pid)
+            cur = self._procs.get(cur.ppid) if cur.ppid else None
+        return out
+
+    def update(self, ev: Event) -> None:
+        """Apply a lifecycle event (exec, fork, exit); others are ignored."""
+        p = ev.proc
+        if isinstance(ev, ExecEvent):
+            self._put(ProcEntry(p.pid, p.ppid, p.start_ns, p.exe, ev.argv, p.uid, p.comm))
+        elif isinstance(ev, ForkEvent):
+            parent = self._procs.get(p.pid)
+            self._put(ProcEntry(
+                ev.child_pid, p.pid, ev.child_start_ns,
+                parent.exe if parent else p.exe, parent.cmdline if parent else (),
+                p.uid, p.comm,
+            ))
+        elif isinstance(ev, ExitEvent):
+            cur = self._procs.get(p.pid)
+            if cur is not None and cur.same_process(p.start_ns):
+                self._procs[p.pid] = dataclasses.replace(cur, exited_ns=ev.time_ns)
+
+    def expire(self, now_ns: int) -> int:
+        """Forget processes that exited more than ``linger_s`` ago."""
+        gone = [pid for pid, e in self._procs.items()
+                if e.exited_ns and now_ns - e.exited_ns > self.linger_ns]
+        for pid in gone:
+            del self._procs[pid]
+        return len(gone)
+
+    def enrich(self, ev: Event) -> Event:
+        """Fill the actor's ``exe`` from the table when the record lacks it.
+
+        A process the table never saw (it started before the table and
+        /proc raced) is read from /proc on first sight."""
+        if ev.proc.exe:
+            return ev
+        e = self._procs.get(ev.proc.pid)
+        if e is None or not e.same_process(ev.proc.start_ns):
+            e = _read_proc(Path("/proc"), ev.proc.pid)
+            if e is None:
+                return ev
+            self._put(e)
+        return dataclasses.replace(ev, proc=dataclasses.replace(ev.proc, exe=e.exe))  # type: ignore[return-value]

@@ -1,0 +1,1 @@
+"""Event sources behind one protocol (see :mod:`bastion.sensors.base`)."""

@@ -1,0 +1,39 @@
+"""Test layers and the CI rule: under CI=true a skipped kernel/e2e/vm test fails.
+
+Each directory is one layer: tests/unit (no kernel), tests/kernel (root, real
+BPF on the host kernel), tests/e2e (the agent as a process), tests/vm (BPF-LSM
+tier, run inside the test VM by vm/run.sh).  The marker is applied from the
+directory so a test cannot sit in the wrong layer.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+_LAYERS = ("unit", "kernel", "e2e", "vm")
+_MUST_RUN = {"kernel", "e2e", "vm"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        for layer in _LAYERS:
+            if layer in parts:
+                item.add_marker(getattr(pytest.mark, layer))
+                break
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    outcome = yield
+    report = outcome.get_result()
+    if os.environ.get("CI") != "true" or not report.skipped:
+        return
+    layers = {m.name for m in item.iter_markers()} & _MUST_RUN
+    if layers and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.longrepr = f"CI=true: a {'/'.join(sorted(layers))} test may not skip ({reason})"
