@@ -51,7 +51,7 @@ static __always_inline int check_file(struct file *file, __u32 hook)
 		fpath = BPF_CORE_READ(file, f_path);
 		if (path_to_str(&fpath, e->path))
 			e->hdr.flags |= BASTION_F_TRUNC_PATH;
-		bpf_ringbuf_submit(e, 0);
+		SUBMIT(e);
 	}
 	return -EPERM_;
 }

@@ -58,7 +58,7 @@ int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 	if (bpf_probe_read_user(e->argv, len, (const void *)arg_start))
 		len = 0;
 	e->argv_len = len;
-	bpf_ringbuf_submit(e, 0);
+	SUBMIT(e);
 	return 0;
 }
 
@@ -76,7 +76,7 @@ int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
 	e->child_pid = pid;
 	e->child_tgid = tgid;
 	e->child_start_ns = BPF_CORE_READ(child, start_boottime);
-	bpf_ringbuf_submit(e, 0);
+	SUBMIT(e);
 	return 0;
 }
 
@@ -98,7 +98,7 @@ int BPF_PROG(on_exit, struct task_struct *p)
 		e->exit_code = BPF_CORE_READ(sig, group_exit_code);
 	else
 		e->exit_code = BPF_CORE_READ(p, exit_code);
-	bpf_ringbuf_submit(e, 0);
+	SUBMIT(e);
 	return 0;
 }
 
@@ -161,7 +161,7 @@ static __always_inline int open_exit(long ret)
 		if (path_to_str(&fpath, e->path))
 			e->hdr.flags |= BASTION_F_TRUNC_PATH;
 	}
-	bpf_ringbuf_submit(e, 0);
+	SUBMIT(e);
 out:
 	bpf_map_delete_elem(&pending_open, &id);
 	return 0;
@@ -250,7 +250,7 @@ static __always_inline int unlink_ev(int dfd, const char *upath)
 	struct bastion_file_event *e = file_path_event(BASTION_FILE_UNLINK, dfd, upath);
 
 	if (e)
-		bpf_ringbuf_submit(e, 0);
+		SUBMIT(e);
 	return 0;
 }
 
@@ -266,7 +266,7 @@ static __always_inline int rename_ev(int odfd, const char *old, int ndfd, const 
 	if (!e)
 		return 0;
 	e->hdr.flags |= user_path_at(ndfd, new, e->path2, e->dir2, BASTION_F_RELATIVE2);
-	bpf_ringbuf_submit(e, 0);
+	SUBMIT(e);
 	return 0;
 }
 
@@ -294,7 +294,7 @@ static __always_inline int chmod_ev(struct bastion_file_event *e, __u32 mode)
 	if (!e)
 		return 0;
 	e->mode = mode;
-	bpf_ringbuf_submit(e, 0);
+	SUBMIT(e);
 	return 0;
 }
 
@@ -328,7 +328,7 @@ static __always_inline int chown_ev(struct bastion_file_event *e, __u32 uid, __u
 		return 0;
 	e->owner_uid = uid;
 	e->owner_gid = gid;
-	bpf_ringbuf_submit(e, 0);
+	SUBMIT(e);
 	return 0;
 }
 
@@ -394,7 +394,7 @@ int on_connect(void *ctx)
 		e->protocol = BPF_CORE_READ(sk, sk_protocol);
 		e->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
 	}
-	bpf_ringbuf_submit(e, 0);
+	SUBMIT(e);
 	return 0;
 }
 
@@ -413,7 +413,7 @@ int on_bind(void *ctx)
 	sk = fd_sock(ARG(ctx, 0));
 	if (sk)
 		e->protocol = BPF_CORE_READ(sk, sk_protocol);
-	bpf_ringbuf_submit(e, 0);
+	SUBMIT(e);
 	return 0;
 }
 
@@ -432,7 +432,7 @@ int on_listen(void *ctx)
 	if (sk)
 		sock_addrs(sk, e);
 	e->backlog = ARG(ctx, 1);
-	bpf_ringbuf_submit(e, 0);
+	SUBMIT(e);
 	return 0;
 }
 
@@ -451,7 +451,7 @@ static __always_inline int accept_exit(long ret)
 		return 0;
 	sock_addrs(sk, e);
 	e->ret = ret;
-	bpf_ringbuf_submit(e, 0);
+	SUBMIT(e);
 	return 0;
 }
 
@@ -477,7 +477,7 @@ int on_ptrace(void *ctx)
 	e->target_pid = ARG(ctx, 1);
 	e->_pad = 0;
 	e->addr = ARG(ctx, 2);
-	bpf_ringbuf_submit(e, 0);
+	SUBMIT(e);
 	return 0;
 }
 
@@ -494,7 +494,7 @@ static __always_inline int kill_ev(__u32 syscall, __s32 target, __s32 tgid, __s3
 	e->target_tgid = tgid;
 	e->sig = sig;
 	e->syscall = syscall;
-	bpf_ringbuf_submit(e, 0);
+	SUBMIT(e);
 	return 0;
 }
 
@@ -563,7 +563,7 @@ int on_bpf(void *ctx)
 		bpf_probe_read_user(&e->attach_type, 4, &uattr->attach_type);
 	}
 	e->name[15] = '\0';
-	bpf_ringbuf_submit(e, 0);
+	SUBMIT(e);
 	return 0;
 }
 
@@ -581,7 +581,7 @@ int on_memfd_create(void *ctx)
 	e->_pad = 0;
 	if (bpf_probe_read_user_str(e->name, sizeof(e->name), (const char *)ARG(ctx, 0)) < 0)
 		e->name[0] = '\0';
-	bpf_ringbuf_submit(e, 0);
+	SUBMIT(e);
 	return 0;
 }
 
@@ -600,7 +600,7 @@ static __always_inline int cred_ev(__u32 op, __u32 a0, __u32 a1, __u32 a2)
 	e->a2 = a2;
 	e->cap_effective = 0;
 	e->cap_permitted = 0;
-	bpf_ringbuf_submit(e, 0);
+	SUBMIT(e);
 	return 0;
 }
 
@@ -641,6 +641,6 @@ int on_capset(void *ctx)
 	bpf_probe_read_user(d, sizeof(d), (void *)ARG(ctx, 1));
 	e->cap_effective = ((__u64)d[1].effective << 32) | d[0].effective;
 	e->cap_permitted = ((__u64)d[1].permitted << 32) | d[0].permitted;
-	bpf_ringbuf_submit(e, 0);
+	SUBMIT(e);
 	return 0;
 }

@@ -109,4 +109,8 @@ static __always_inline void fill_hdr(struct bastion_event_hdr *h, __u16 type, __
 		__e;                                                          \
 	})
 
+/* Commit without waking the reader: user space drains the ring in timed
+ * batches (a wakeup per event costs far more than the event itself). */
+#define SUBMIT(e) bpf_ringbuf_submit((e), BPF_RB_NO_WAKEUP)
+
 #endif /* BASTION_COMMON_H */

@@ -1,0 +1,47 @@
+"""Where Bastion's files live.  Passed around explicitly; nothing global."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from bastion.errors import BpfObjectError, Location
+
+PIN_ROOT = Path("/sys/fs/bpf/bastion")
+DEFAULT_DATA_DIR = Path("/var/lib/bastion")
+DEFAULT_SOCKET = Path("/run/bastion/bastion.sock")
+_INSTALLED_BPF = Path("/usr/lib/bastion/bpf")
+
+
+def bpf_object_dir() -> Path:
+    """The directory of the compiled BPF objects.
+
+    ``BASTION_BPF_DIR`` wins; then ``build/bpf`` of a source checkout (the
+    package installed in editable mode from it); then the installed location.
+    """
+    env = os.environ.get("BASTION_BPF_DIR")
+    if env:
+        return Path(env)
+    checkout = Path(__file__).resolve().parents[2] / "build" / "bpf"
+    if checkout.is_dir():
+        return checkout
+    return _INSTALLED_BPF
+
+
+def bpf_object(name: str) -> Path:
+    """Path of a compiled object; a clear error when it is missing."""
+    path = bpf_object_dir() / name
+    if not path.is_file():
+        raise BpfObjectError(
+            "BPF object missing: build it with 'make bpf' (or set BASTION_BPF_DIR)",
+            location=Location(str(path)),
+        )
+    return path
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    data_dir: Path = DEFAULT_DATA_DIR
+    socket: Path = DEFAULT_SOCKET
+    pin_root: Path = PIN_ROOT
