@@ -144,4 +144,4 @@ class ProcessTable:
             if e is None:
                 return ev
             self._put(e)
-        return dataclasses.replace(ev, proc=dataclasses.replace(ev.proc, exe=e.exe))  # type: ignore[return-value]
+        return dataclasses.replace(ev, proc=dataclasses.replace(ev.proc, exe=e.exe))

@@ -1,0 +1,224 @@
+"""The agent: sensors -> process table -> rules -> response -> store, with a
+control socket, a live alert feed, health alerts and a clean stop.
+
+One thread polls the sensors and writes the store; the control socket runs
+in a second thread and only reads counters.  Everything the agent uses is
+passed in; nothing is global.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence, TextIO
+
+from bastion import __version__
+from bastion.config import Policy
+from bastion.control import ControlServer
+from bastion.detect.engine import Engine, Finding, RuleContext, builtin_rules
+from bastion.enforce.tiers import TierReport
+from bastion.events import Event, to_json
+from bastion.proctable import ProcessTable
+from bastion.respond.dispatch import Dispatcher
+from bastion.sensors.base import Sensor
+from bastion.sensors.bpf import BpfSensor
+from bastion.store.db import Store
+
+log = logging.getLogger("bastion.agent")
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+@dataclass
+class Summary:
+    uptime_s: float = 0.0
+    events: int = 0
+    alerts: int = 0
+    drops: int = 0
+    by_type: dict[str, int] = field(default_factory=dict)
+
+    def line(self) -> str:
+        top = ", ".join(f"{k} {v}" for k, v in sorted(self.by_type.items(), key=lambda kv: -kv[1])[:6])
+        return (f"bastion: stopped after {self.uptime_s:.1f}s: {self.events} events"
+                f"{' (' + top + ')' if top else ''}, {self.alerts} alerts, {self.drops} dropped")
+
+
+class Agent:
+    def __init__(
+        self,
+        *,
+        policy: Policy,
+        sensors: Sequence[Sensor],
+        store: Store,
+        tier: TierReport | None = None,
+        socket_path: Path | None = None,
+        feed: TextIO | None = None,
+        feed_json: bool = False,
+    ) -> None:
+        self.policy = policy
+        self.sensors = list(sensors)
+        self.store = store
+        self.tier = tier
+        self.feed = feed
+        self.feed_json = feed_json
+        self.procs = ProcessTable()
+        self.engine = Engine(builtin_rules())
+        self.ctx = RuleContext(self.procs)
+        self.dispatcher = Dispatcher(self.procs)
+        self.control = ControlServer(socket_path, {
+            "ping": lambda req: {"pid": os.getpid()},
+            "status": lambda req: self.status(),
+        }) if socket_path else None
+        self.summary = Summary()
+        self._started = time.monotonic()
+        self._rate: deque[tuple[float, int]] = deque(maxlen=64)
+        self._last_drops = 0
+        self._lock = threading.Lock()
+        self.ready = threading.Event()   # set once every sensor is open
+
+    # ---- status (control thread) -------------------------------------------------
+
+    def _events_per_s(self) -> float:
+        with self._lock:
+            if len(self._rate) < 2:
+                return 0.0
+            (t0, n0), (t1, n1) = self._rate[0], self._rate[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+
+    def status(self) -> dict[str, Any]:
+        programs = 0
+        ring_fill = 0.0
+        missing: list[str] = []
+        for s in self.sensors:
+            if isinstance(s, BpfSensor):
+                programs += len(s.attached)
+                missing += s.missing
+                ring_fill = max(ring_fill, s.ring_fill())
+        uptime = time.monotonic() - self._started
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "tier": self.tier.tier if self.tier else "unknown",
+            "capabilities": {c.name: {"available": c.available, "mechanism": c.mechanism}
+                             for c in self.tier.capabilities} if self.tier else {},
+            "policy": self.policy.source,
+            "sensors": [s.name for s in self.sensors],
+            "programs_attached": programs,
+            "programs_missing": missing,
+            "events_total": self.summary.events,
+            "events_per_s": round(self._events_per_s(), 1),
+            "drops": self.summary.drops,
+            "ring_fill": round(ring_fill, 4),
+            "alerts_total": self.summary.alerts,
+            "uptime_s": round(uptime, 1),
+            "rss_mb": round(rss_mb(), 1),
+            "cpu_s": round(cpu_seconds(), 2),
+            "data_dir": str(self.store.path.parent),
+            "store_events": self.store.count_events(),
+        }
+
+    # ---- the loop ------------------------------------------------------------------
+
+    def _alert(self, f: Finding) -> None:
+        alert = self.dispatcher.dispatch(f, time.time_ns())
+        self.store.add_alert(alert)
+        self.summary.alerts += 1
+        if self.feed is not None:
+            if self.feed_json:
+                self.feed.write(json.dumps(alert) + "\n")
+            else:
+                p = alert["process"]
+                self.feed.write(
+                    f"{alert['time']} {alert['severity'].upper():8} {alert['rule']} "
+                    f"[{alert['action']}] pid={p['pid']} {p['exe']}: {alert['title']}\n")
+            self.feed.flush()
+
+    def _health(self) -> None:
+        drops = sum(s.stats().get("drops", 0) for s in self.sensors)
+        if drops > self._last_drops:
+            new = drops - self._last_drops
+            self._last_drops = drops
+            self.summary.drops = drops
+            self._alert(Finding(
+                rule="bastion.sensor.drops", title=f"{new} events lost: the ring buffer was full",
+                severity="high", attack=(), action="alert", event=None, pid=os.getpid(),
+                evidence={"dropped": new, "dropped_total": drops},
+            ))
+
+    def process(self, batch: list[Event]) -> None:
+        rows = []
+        by_type = self.summary.by_type
+        for ev in batch:
+            self.procs.update(ev)
+            ev = self.procs.enrich(ev)
+            rows.append(to_json(ev))
+            by_type[ev.type] = by_type.get(ev.type, 0) + 1
+            for f in self.engine.evaluate(ev, self.ctx):
+                self._alert(f)
+        if rows:
+            self.store.add_events(rows)
+        self.summary.events += len(batch)
+
+    def run(self, stop: threading.Event) -> Summary:
+        self.procs.seed()
+        opened: list[Sensor] = []
+        try:
+            for s in self.sensors:
+                s.open()
+                opened.append(s)
+            if self.control is not None:
+                self.control.start()
+            self.ready.set()
+            interval = self.policy.events.poll_interval_s
+            last_health = last_retention = time.monotonic()
+            eof = [False] * len(self.sensors)
+            while not stop.is_set() and not all(eof):
+                for i, s in enumerate(self.sensors):
+                    if eof[i]:
+                        continue
+                    batch = s.poll(interval / len(self.sensors))
+                    if batch is None:
+                        eof[i] = True
+                        continue
+                    self.process(batch)
+                now = time.monotonic()
+                with self._lock:
+                    self._rate.append((now, self.summary.events))
+                if now - last_health >= 1.0:
+                    self._health()
+                    self.procs.expire(time.time_ns())
+                    last_health = now
+                if now - last_retention >= 60.0:
+                    self.store.enforce_retention()
+                    last_retention = now
+            # drain what is left so the summary counts everything seen
+            for i, s in enumerate(self.sensors):
+                if not eof[i]:
+                    batch = s.poll(0)
+                    if batch:
+                        self.process(batch)
+            self._health()
+        finally:
+            if self.control is not None:
+                self.control.stop()
+            for s in opened:
+                s.close()
+        self.summary.uptime_s = time.monotonic() - self._started
+        return self.summary

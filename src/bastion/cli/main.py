@@ -1,0 +1,233 @@
+"""The ``bastion`` command: thin commands over the library.
+
+Every expected failure is a :class:`~bastion.errors.BastionError`; ``main``
+prints it as one line (``bastion: <where>: <what>``) and exits 1.  Usage
+errors (unknown flag, bad value) exit 2 through click.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bastion import __version__
+from bastion.errors import BastionError, KernelError
+from bastion.paths import DEFAULT_DATA_DIR, DEFAULT_SOCKET, PIN_ROOT
+
+from bastion.cli.query import alerts_cmd, events_cmd
+
+log = logging.getLogger("bastion")
+
+_SOCKET_OPT = click.option(
+    "--socket", "socket_path", type=click.Path(path_type=Path), envvar="BASTION_SOCKET",
+    default=DEFAULT_SOCKET, show_default=True, help="The agent's control socket.",
+)
+
+
+def _need_root(what: str) -> None:
+    if os.geteuid() != 0:
+        raise KernelError(f"{what} needs root (BPF programs and pins)")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="bastion")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for libbpf debug).")
+def cli(verbose: int) -> None:
+    """Bastion: host intrusion prevention enforced in the kernel through BPF LSM."""
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(level, logging.DEBUG), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@cli.command()
+@click.option("--policy", "policy_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Policy YAML (default: the embedded default policy).")
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), envvar="BASTION_DATA_DIR",
+              default=DEFAULT_DATA_DIR, show_default=True, help="Store directory.")
+@_SOCKET_OPT
+@click.option("--json", "feed_json", is_flag=True, help="Print the live alert feed as JSON lines.")
+@click.option("--quiet", is_flag=True, help="No live alert feed.")
+def run(policy_path: Path | None, data_dir: Path, socket_path: Path, feed_json: bool, quiet: bool) -> None:
+    """Run the agent in the foreground until SIGINT/SIGTERM."""
+    from bastion.agent import Agent
+    from bastion.config import load_policy
+    from bastion.enforce.tiers import probe
+    from bastion.sensors.bpf import BpfSensor
+    from bastion.store.db import Retention, Store
+
+    policy = load_policy(policy_path)
+    _need_root("bastion run")
+    started = time.monotonic()
+    report = probe()
+    if not report.can_run:
+        raise KernelError("this kernel cannot run Bastion: " + "; ".join(report.problems))
+    store = Store.open(data_dir, retention=Retention(
+        max_age_s=policy.store.max_age_s, max_events=policy.store.max_events,
+        max_bytes=policy.store.max_bytes))
+    sensor = BpfSensor(classes=policy.events.classes, self_tgid=os.getpid())
+    agent = Agent(policy=policy, sensors=[sensor], store=store, tier=report,
+                  socket_path=socket_path, feed=None if quiet else sys.stdout, feed_json=feed_json)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    ready = threading.Thread(target=_announce, args=(agent, sensor, report.tier, started, stop),
+                             daemon=True)
+    ready.start()
+    try:
+        summary = agent.run(stop)
+    finally:
+        store.close()
+    click.echo(summary.line(), err=True)
+
+
+def _announce(agent: Any, sensor: Any, tier: str, started: float, stop: threading.Event) -> None:
+    while not stop.is_set() and not agent.ready.wait(0.05):
+        pass
+    if agent.ready.is_set():
+        click.echo(
+            f"bastion: running (pid {os.getpid()}, tier {tier}, {len(sensor.attached)} programs, "
+            f"policy {agent.policy.source}, ready in {time.monotonic() - started:.2f}s)", err=True)
+
+
+@cli.command()
+@_SOCKET_OPT
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(socket_path: Path, as_json: bool) -> None:
+    """Ask the running agent for its status."""
+    from bastion.control import request
+
+    resp = request(socket_path, "status")
+    resp.pop("ok", None)
+    if as_json:
+        click.echo(json.dumps(resp, indent=2))
+        return
+    caps = resp.pop("capabilities", {})
+    for k, v in resp.items():
+        click.echo(f"{k:18} {v}")
+    for name, c in caps.items():
+        click.echo(f"{'cap ' + name:18} {'yes' if c['available'] else 'NO '} {c['mechanism']}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def doctor(as_json: bool) -> None:
+    """What this kernel lets Bastion enforce, and how to get the rest."""
+    from bastion.enforce.tiers import probe
+
+    _need_root("bastion doctor")
+    report = probe()
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        click.echo(f"kernel   {report.kernel}")
+        click.echo(f"LSMs     {','.join(report.lsm_list) or '(unknown)'}")
+        click.echo(f"tier     {report.tier}")
+        for c in report.capabilities:
+            mark = "yes" if c.available else "NO "
+            click.echo(f"  {c.name:26} {mark} {c.mechanism}")
+            if c.detail:
+                click.echo(f"  {'':26}     {c.detail}")
+            if c.remedy and (not c.available or report.tier != "lsm"):
+                label = "fix" if not c.available else "for in-kernel deny"
+                click.echo(f"  {'':26}     {label}: {c.remedy}")
+        for p in report.problems:
+            click.echo(f"problem: {p}")
+    if not report.can_run:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("output", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True))
+@click.option("--duration", type=click.FloatRange(min=0.1), help="Stop after this many seconds.")
+@click.option("--count", type=click.IntRange(min=1), help="Stop after this many events.")
+@click.option("--class", "classes", multiple=True, help="Event class to record (repeatable; default all).")
+def record(output: Path, duration: float | None, count: int | None, classes: tuple[str, ...]) -> None:
+    """Write live events to OUTPUT as JSON lines (the replay format); '-' is stdout."""
+    from bastion.events import to_json
+    from bastion.proctable import ProcessTable
+    from bastion.sensors.bpf import EVENT_CLASSES, BpfSensor
+
+    _need_root("bastion record")
+    sensor = BpfSensor(classes=classes or tuple(EVENT_CLASSES), self_tgid=os.getpid())
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    procs = ProcessTable()
+    procs.seed()
+    n = 0
+    fh = sys.stdout if str(output) == "-" else output.open("w", encoding="utf-8")
+    sensor.open()
+    deadline = time.monotonic() + duration if duration else None
+    try:
+        while not stop.is_set():
+            batch = sensor.poll(0.02) or []
+            for ev in batch:
+                procs.update(ev)
+                fh.write(json.dumps(to_json(procs.enrich(ev))) + "\n")
+                n += 1
+                if count and n >= count:
+                    stop.set()
+                    break
+            if deadline and time.monotonic() >= deadline:
+                break
+    finally:
+        sensor.close()
+        if fh is not sys.stdout:
+            fh.close()
+    click.echo(f"bastion: recorded {n} events, {sensor.drops()} dropped", err=True)
+
+
+@cli.command()
+@click.option("--emergency", is_flag=True, required=True,
+              help="Confirm: remove every Bastion pin and the programs they hold.")
+@click.option("--pin-root", type=click.Path(path_type=Path), default=PIN_ROOT, show_default=True,
+              hidden=True)
+def reset(emergency: bool, pin_root: Path) -> None:
+    """Break-glass: remove every Bastion BPF pin (programs, links, maps)."""
+    from bastion.kernel import bpffs
+
+    _need_root("bastion reset")
+    removed: list[Path] = []
+    parent = pin_root.parent
+    if parent.is_dir():
+        for p in sorted(parent.iterdir()):
+            if p.name == pin_root.name or p.name.startswith(pin_root.name + "-"):
+                removed += bpffs.remove_pins(p)
+    click.echo(f"bastion: removed {len(removed)} pins and directories under {parent}/{pin_root.name}*")
+
+
+cli.add_command(events_cmd)
+cli.add_command(alerts_cmd)
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("bastion: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except BastionError as exc:
+        click.echo(f"bastion: {exc}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Detection: rules turn events into findings; they never act."""

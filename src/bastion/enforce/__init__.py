@@ -1,0 +1,1 @@
+"""Enforcement backends and the tier report."""

@@ -1,0 +1,197 @@
+"""What this kernel lets Bastion enforce, and through which mechanism.
+
+The one place that decides the tier.  ``probe()`` loads tiny probe programs
+(never attaching anything that denies) and reports, per capability, whether
+it is available, the mechanism, and what an administrator can do about what
+is missing.  ``bastion doctor`` and ``bastion status`` print this report.
+
+- **lsm** tier: a trivial ``lsm/file_open`` program loads and attaches, and
+  ``bpf`` is in the active LSM list: every deny happens in the LSM hook.
+- **compat** tier: no BPF LSM; exec deny by kill-at-exec / fanotify, file
+  deny by fanotify permission events, network deny by cgroup socket
+  programs; signals and ptrace cannot be refused in the kernel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import logging
+import os
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Final, Iterator
+
+from bastion.errors import BastionError, KernelError
+from bastion.kernel import bpffs
+from bastion.kernel.libbpf import BpfObject
+from bastion.paths import bpf_object
+
+LSM_FILE: Final = Path("/sys/kernel/security/lsm")
+BTF_FILE: Final = Path("/sys/kernel/btf/vmlinux")
+
+FAN_CLASS_CONTENT: Final = 0x04
+FAN_CLOEXEC: Final = 0x01
+
+
+@dataclass(frozen=True)
+class Capability:
+    name: str
+    available: bool
+    mechanism: str
+    detail: str = ""
+    remedy: str = ""
+
+
+@dataclass(frozen=True)
+class TierReport:
+    tier: str                       # "lsm" or "compat"
+    kernel: str
+    lsm_list: list[str]
+    can_run: bool                   # can the agent run at all (events)?
+    capabilities: list[Capability] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def capability(self, name: str) -> Capability:
+        for c in self.capabilities:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _lsm_list() -> list[str]:
+    try:
+        bpffs.ensure_securityfs()
+        return [x for x in LSM_FILE.read_text().strip().split(",") if x]
+    except (OSError, BastionError):
+        return []
+
+
+def _try_load(name: str) -> tuple[bool, str]:
+    """Load (not attach) an object; (ok, why-not)."""
+    try:
+        with BpfObject.open(bpf_object(name)) as obj:
+            obj.load()
+        return True, ""
+    except BastionError as exc:
+        return False, str(exc)
+
+
+@contextlib.contextmanager
+def _quiet_libbpf() -> Iterator[None]:
+    """A probe that is expected to fail must not print libbpf's warnings."""
+    lg = logging.getLogger("bastion.libbpf")
+    old = lg.level
+    lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        lg.setLevel(old)
+
+
+def _probe_lsm() -> tuple[bool, str]:
+    """Load and attach the allow-all lsm/file_open probe, then detach it."""
+    with _quiet_libbpf():
+        return _probe_lsm_loud()
+
+
+def _probe_lsm_loud() -> tuple[bool, str]:
+    try:
+        with BpfObject.open(bpf_object("lsm_probe.bpf.o")) as obj:
+            obj.load()
+            link = obj.program("probe_file_open").attach()
+            link.destroy()
+        return True, ""
+    except KernelError as exc:
+        if exc.errno in (errno.EPERM, errno.EACCES):
+            return False, "the kernel refuses BPF LSM programs (EPERM: BPF trampolines are locked on this platform)"
+        if exc.errno == errno.EINVAL:
+            return False, "the kernel lacks BPF LSM support (CONFIG_BPF_LSM)"
+        return False, str(exc)
+    except BastionError as exc:
+        return False, str(exc)
+
+
+def _fanotify_ok() -> tuple[bool, str]:
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    fd = int(libc.fanotify_init(FAN_CLASS_CONTENT | FAN_CLOEXEC, os.O_RDONLY))
+    if fd < 0:
+        err = ctypes.get_errno()
+        return False, f"fanotify_init(FAN_CLASS_CONTENT) failed: {os.strerror(err)}"
+    os.close(fd)
+    return True, ""
+
+
+def probe() -> TierReport:
+    kernel = platform.release()
+    problems: list[str] = []
+    lsms = _lsm_list()
+    btf = BTF_FILE.exists()
+    if not btf:
+        problems.append(f"{BTF_FILE} is missing: the kernel needs CONFIG_DEBUG_INFO_BTF=y")
+    try:
+        bpffs.ensure_bpffs()
+    except BastionError as exc:
+        problems.append(f"bpffs unavailable: {exc}")
+    events_ok, events_why = _try_load("tp_events.bpf.o") if btf else (False, "no BTF")
+    if not events_ok:
+        problems.append(f"the event sensor does not load: {events_why}")
+    lsm_ok, lsm_why = _probe_lsm() if btf else (False, "no BTF")
+    if lsm_ok and "bpf" not in lsms:
+        lsm_ok, lsm_why = False, "bpf is not in the active LSM list"
+    compat_ok, compat_why = _try_load("probe_compat.bpf.o") if btf else (False, "no BTF")
+    fan_ok, fan_why = _fanotify_ok()
+    try:
+        cg_root: Path | None = bpffs.cgroup2_root()
+    except BastionError:
+        cg_root = None
+
+    current = ",".join(lsms) or "<unknown>"
+    lsm_remedy = (
+        f"enable BPF LSM: add 'lsm={current},bpf' to the kernel command line "
+        "(GRUB_CMDLINE_LINUX in /etc/default/grub, then update-grub and reboot); "
+        "the kernel needs CONFIG_BPF_LSM=y"
+        if "bpf" not in lsms else
+        "this kernel lists bpf as an LSM but refuses BPF LSM programs: "
+        "use a kernel that allows BPF trampolines (stock distribution kernels do)"
+    )
+    caps: list[Capability] = [
+        Capability("events", events_ok, "tracepoints (syscalls, sched) + ring buffer",
+                   events_why, "" if events_ok else "a kernel with BTF and BPF tracepoints"),
+    ]
+    if lsm_ok:
+        caps += [
+            Capability("exec_deny", True, "lsm/bprm_check_security"),
+            Capability("file_deny", True, "lsm/file_open, inode_* hooks"),
+            Capability("signal_ptrace_protection", True, "lsm/task_kill, lsm/ptrace_access_check"),
+            Capability("network_deny", True, "lsm/socket_connect, lsm/socket_bind"),
+        ]
+    else:
+        exec_mech = []
+        if compat_ok:
+            exec_mech.append("bpf_send_signal(SIGKILL) at sched_process_exec")
+        if fan_ok:
+            exec_mech.append("fanotify FAN_OPEN_EXEC_PERM")
+        caps += [
+            Capability("exec_deny", bool(exec_mech), " or ".join(exec_mech) or "none",
+                       "" if exec_mech else f"{compat_why}; {fan_why}", lsm_remedy),
+            Capability("file_deny", fan_ok, "fanotify FAN_OPEN_PERM on targeted marks" if fan_ok else "none",
+                       fan_why, lsm_remedy),
+            Capability("signal_ptrace_protection", False, "none",
+                       f"no in-kernel deny of signals or ptrace without BPF LSM ({lsm_why})",
+                       lsm_remedy),
+            Capability("network_deny", compat_ok and cg_root is not None,
+                       f"cgroup/connect4|6, bind, sendmsg on {cg_root}" if cg_root else "none",
+                       "" if compat_ok and cg_root else (compat_why or "no cgroup v2 mount"),
+                       "mount cgroup2 (e.g. /sys/fs/cgroup/unified)" if cg_root is None else lsm_remedy),
+        ]
+    return TierReport(
+        tier="lsm" if lsm_ok else "compat", kernel=kernel, lsm_list=lsms,
+        can_run=btf and events_ok, capabilities=caps, problems=problems,
+    )

@@ -1,0 +1,1 @@
+"""Response: the one place that turns findings into actions and alerts."""
