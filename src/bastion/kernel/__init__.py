@@ -1,0 +1,1 @@
+"""Kernel side: the ctypes libbpf binding, BTF reading, ring buffer, bpffs helpers."""

@@ -1,0 +1,213 @@
+"""Pseudo-filesystems BPF needs: bpffs (pins), tracefs, securityfs, cgroup v2.
+
+On this host kind bpffs and tracefs are not mounted at boot (DESIGN "Kernel
+facts that bite"): :func:`ensure_bpffs` and friends mount them with mount(2)
+through ctypes — no subprocess.  :func:`remove_pins` only ever works on a
+directory that is on bpffs, so a wrong path cannot delete real files.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from bastion.errors import FeatureUnavailableError, KernelError, Location
+from bastion.kernel._ffi import LIBC
+
+BPFFS = Path("/sys/fs/bpf")
+TRACEFS = Path("/sys/kernel/tracing")
+SECURITYFS = Path("/sys/kernel/security")
+MOUNTINFO = Path("/proc/self/mountinfo")
+
+
+@dataclass(frozen=True)
+class MountEntry:
+    """One line of /proc/self/mountinfo (the fields Bastion uses)."""
+
+    mount_point: Path
+    root: str
+    fstype: str
+    source: str
+
+
+def _unescape(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \ooo octal.
+    if "\\" not in field:
+        return field
+    out = []
+    i = 0
+    while i < len(field):
+        c = field[i]
+        octal = field[i + 1 : i + 4]
+        if c == "\\" and len(octal) == 3 and all(ch in "01234567" for ch in octal):
+            out.append(chr(int(octal, 8)))
+            i += 4
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+def parse_mountinfo(text: str) -> list[MountEntry]:
+    """Parse mountinfo text (proc(5)).
+
+    Line format: ``id parent maj:min root mount_point opts [optional...] -
+    fstype source super_opts``.
+    """
+    entries: list[MountEntry] = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) < 7 or "-" not in parts[6:]:
+            continue
+        sep = parts.index("-", 6)
+        if sep + 1 >= len(parts):
+            continue
+        fstype = parts[sep + 1]
+        source = parts[sep + 2] if sep + 2 < len(parts) else ""
+        entries.append(
+            MountEntry(
+                mount_point=Path(_unescape(parts[4])),
+                root=_unescape(parts[3]),
+                fstype=fstype,
+                source=_unescape(source),
+            )
+        )
+    return entries
+
+
+def mounts() -> list[MountEntry]:
+    """The current mount table of this process's mount namespace."""
+    return parse_mountinfo(MOUNTINFO.read_text())
+
+
+def fs_type_of(path: Path, entries: list[MountEntry] | None = None) -> str | None:
+    """Filesystem type of the mount that contains ``path`` (longest prefix; last wins)."""
+    path = Path(os.path.abspath(path))
+    best: MountEntry | None = None
+    for e in mounts() if entries is None else entries:
+        mp = e.mount_point
+        if path == mp or mp in path.parents:
+            if best is None or len(mp.parts) >= len(best.mount_point.parts):
+                best = e
+    return None if best is None else best.fstype
+
+
+def is_mounted(path: Path, fstype: str, entries: list[MountEntry] | None = None) -> bool:
+    """True if a filesystem of ``fstype`` is mounted exactly at ``path``."""
+    path = Path(os.path.abspath(path))
+    for e in mounts() if entries is None else entries:
+        if e.mount_point == path and e.fstype == fstype:
+            return True
+    return False
+
+
+def _mount(fstype: str, path: Path) -> None:
+    if not path.is_dir():
+        raise FeatureUnavailableError(
+            f"mount point for {fstype} does not exist", errno=errno.ENOENT, location=Location(str(path))
+        )
+    rc = int(LIBC.mount(fstype.encode(), os.fsencode(path), fstype.encode(), 0, None))
+    if rc != 0:
+        err = ctypes.get_errno() or errno.EIO
+        raise KernelError(
+            f"cannot mount {fstype}: {os.strerror(err)}", errno=err, location=Location(str(path))
+        )
+
+
+def ensure_mounted(fstype: str, path: Path) -> bool:
+    """Mount ``fstype`` at ``path`` unless it is there; True if this call mounted it."""
+    if is_mounted(path, fstype):
+        return False
+    _mount(fstype, path)
+    return True
+
+
+def ensure_bpffs(path: Path | str = BPFFS) -> Path:
+    """Make sure bpffs is mounted at ``path``; return the path."""
+    p = Path(path)
+    ensure_mounted("bpf", p)
+    return p
+
+
+def ensure_tracefs(path: Path | str = TRACEFS) -> Path:
+    """Make sure tracefs is mounted (libbpf reads tracepoint ids from it)."""
+    p = Path(path)
+    ensure_mounted("tracefs", p)
+    return p
+
+
+def ensure_securityfs(path: Path | str = SECURITYFS) -> Path:
+    """Make sure securityfs is mounted (/sys/kernel/security/lsm)."""
+    p = Path(path)
+    ensure_mounted("securityfs", p)
+    return p
+
+
+def _require_bpffs(root: Path) -> None:
+    kind = fs_type_of(root)
+    if kind != "bpf":
+        raise KernelError(
+            f"not on bpffs (filesystem {kind or 'unknown'})", errno=errno.EXDEV, location=Location(str(root))
+        )
+
+
+def pin_dir(root: Path | str) -> Path:
+    """Create (mode 0700) and return a pin directory; it must be on bpffs."""
+    p = Path(root)
+    _require_bpffs(p)
+    try:
+        p.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise KernelError(
+            f"cannot create pin directory: {exc.strerror}",
+            errno=exc.errno or errno.EIO,
+            location=Location(str(p)),
+        ) from exc
+    return p
+
+
+def remove_pins(root: Path | str) -> list[Path]:
+    """Unlink every pin under ``root`` (files first, then directories, then ``root``).
+
+    Returns what was removed, deepest first.  A missing ``root`` removes
+    nothing.  Refuses a ``root`` that is not on bpffs.
+    """
+    p = Path(root)
+    if not p.exists():
+        return []
+    _require_bpffs(p)
+    removed: list[Path] = []
+    try:
+        for dirpath, dirnames, filenames in os.walk(p, topdown=False):
+            d = Path(dirpath)
+            for f in filenames:
+                (d / f).unlink()
+                removed.append(d / f)
+            for sub in dirnames:
+                (d / sub).rmdir()
+                removed.append(d / sub)
+        p.rmdir()
+        removed.append(p)
+    except OSError as exc:
+        raise KernelError(
+            f"cannot remove pin: {exc.strerror}",
+            errno=exc.errno or errno.EIO,
+            location=Location(str(exc.filename or p)),
+        ) from exc
+    return removed
+
+
+def cgroup2_root(entries: list[MountEntry] | None = None) -> Path:
+    """Mount point of the cgroup v2 hierarchy (its root, not a sub-cgroup bind)."""
+    found = [e for e in (mounts() if entries is None else entries) if e.fstype == "cgroup2"]
+    for e in found:
+        if e.root == "/":
+            return e.mount_point
+    if found:
+        return found[0].mount_point
+    raise FeatureUnavailableError(
+        "no cgroup v2 hierarchy is mounted", errno=errno.ENOENT, location=Location(str(MOUNTINFO))
+    )

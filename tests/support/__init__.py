@@ -1,0 +1,1 @@
+"""Helpers shared by the kernel, e2e and vm tests."""
