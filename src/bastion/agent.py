@@ -180,11 +180,11 @@ class Agent:
         self.procs.seed()
         opened: list[Sensor] = []
         try:
+            if self.control is not None:
+                self.control.start()  # first: a second agent fails before attaching anything
             for s in self.sensors:
                 s.open()
                 opened.append(s)
-            if self.control is not None:
-                self.control.start()
             self.ready.set()
             interval = self.policy.events.poll_interval_s
             last_health = last_retention = time.monotonic()

@@ -105,9 +105,10 @@ class ControlServer:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=2)
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        if self._sock is None:
+            return  # never bound: the socket path is not ours to remove
+        self._sock.close()
+        self._sock = None
         try:
             self.path.unlink()
         except FileNotFoundError:

@@ -56,24 +56,34 @@ def cli(verbose: int) -> None:
 @_SOCKET_OPT
 @click.option("--json", "feed_json", is_flag=True, help="Print the live alert feed as JSON lines.")
 @click.option("--quiet", is_flag=True, help="No live alert feed.")
-def run(policy_path: Path | None, data_dir: Path, socket_path: Path, feed_json: bool, quiet: bool) -> None:
+@click.option("--replay", "replay_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Read events from a recorded JSONL trace instead of the kernel; stops at its end.")
+def run(policy_path: Path | None, data_dir: Path, socket_path: Path, feed_json: bool, quiet: bool,
+        replay_path: Path | None) -> None:
     """Run the agent in the foreground until SIGINT/SIGTERM."""
     from bastion.agent import Agent
     from bastion.config import load_policy
-    from bastion.enforce.tiers import probe
+    from bastion.enforce.tiers import TierReport, probe
+    from bastion.sensors.base import Sensor
     from bastion.sensors.bpf import BpfSensor
+    from bastion.sensors.replay import ReplaySensor
     from bastion.store.db import Retention, Store
 
     policy = load_policy(policy_path)
-    _need_root("bastion run")
     started = time.monotonic()
-    report = probe()
-    if not report.can_run:
-        raise KernelError("this kernel cannot run Bastion: " + "; ".join(report.problems))
+    report: TierReport | None = None
+    sensor: Sensor
+    if replay_path is not None:
+        sensor = ReplaySensor(replay_path)
+    else:
+        _need_root("bastion run")
+        report = probe()
+        if not report.can_run:
+            raise KernelError("this kernel cannot run Bastion: " + "; ".join(report.problems))
+        sensor = BpfSensor(classes=policy.events.classes, self_tgid=os.getpid())
     store = Store.open(data_dir, retention=Retention(
         max_age_s=policy.store.max_age_s, max_events=policy.store.max_events,
         max_bytes=policy.store.max_bytes))
-    sensor = BpfSensor(classes=policy.events.classes, self_tgid=os.getpid())
     agent = Agent(policy=policy, sensors=[sensor], store=store, tier=report,
                   socket_path=socket_path, feed=None if quiet else sys.stdout, feed_json=feed_json)
     stop = threading.Event()
@@ -83,8 +93,8 @@ def run(policy_path: Path | None, data_dir: Path, socket_path: Path, feed_json: 
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    ready = threading.Thread(target=_announce, args=(agent, sensor, report.tier, started, stop),
-                             daemon=True)
+    ready = threading.Thread(target=_announce, args=(agent, sensor, report.tier if report else "replay",
+                                                     started, stop), daemon=True)
     ready.start()
     try:
         summary = agent.run(stop)
@@ -98,7 +108,8 @@ def _announce(agent: Any, sensor: Any, tier: str, started: float, stop: threadin
         pass
     if agent.ready.is_set():
         click.echo(
-            f"bastion: running (pid {os.getpid()}, tier {tier}, {len(sensor.attached)} programs, "
+            f"bastion: running (pid {os.getpid()}, tier {tier}, "
+            f"{len(getattr(sensor, 'attached', ()))} programs, "
             f"policy {agent.policy.source}, ready in {time.monotonic() - started:.2f}s)", err=True)
 
 
@@ -215,7 +226,7 @@ cli.add_command(alerts_cmd)
 
 def main() -> None:
     try:
-        cli.main(standalone_mode=False)
+        rv = cli.main(standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("bastion: aborted", err=True)
         sys.exit(130)
@@ -227,6 +238,7 @@ def main() -> None:
     except BastionError as exc:
         click.echo(f"bastion: {exc}", err=True)
         sys.exit(1)
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 if __name__ == "__main__":

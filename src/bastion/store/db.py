@@ -1,0 +1,619 @@
+"""The event/alert store: one SQLite database in WAL mode under the data dir.
+
+The agent is the only writer (one thread at a time; a lock makes sharing the
+handle between threads safe).  The CLI reads from other processes through a
+read-only handle (``Store.open(..., readonly=True)``); WAL lets them read while
+the agent writes.  Each record is kept as its compact JSON form (the stable
+event/alert JSON) plus the columns that queries filter on.
+
+Every ``sqlite3.Error`` becomes a :class:`~bastion.errors.StoreError` naming the
+database path, with the sqlite error chained.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from bastion.errors import Location, StoreError
+from bastion.store.schema import SCHEMA_VERSION, NewerSchemaError, current_version, migrate
+from bastion.timefmt import parse_time
+
+__all__ = [
+    "DB_NAME",
+    "SEVERITIES",
+    "Retention",
+    "Store",
+    "StoreNotFoundError",
+    "StoreStats",
+    "StoredRecord",
+    "severity_rank",
+]
+
+DB_NAME = "bastion.db"
+SEVERITIES: tuple[str, ...] = ("info", "low", "medium", "high", "critical")
+_GLOB_CHARS = frozenset("*?[")
+# Retention deletes in chunks so one call never holds the write lock (or grows
+# the WAL) for a whole multi-million-row delete.
+_DELETE_CHUNK = 50_000
+_JSON_SEPARATORS = (",", ":")
+
+
+class StoreNotFoundError(StoreError):
+    """A read-only open found no database at the path."""
+
+
+class StoredRecord(NamedTuple):
+    """One stored event or alert: its row id (monotonic) and its JSON dict."""
+
+    rowid: int
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Retention:
+    """Limits on stored events (alerts are never deleted by retention)."""
+
+    max_age_s: float = 7 * 86400
+    max_events: int = 5_000_000
+    max_bytes: int = 2 * 2**30
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    path: Path
+    schema_version: int
+    events: int
+    alerts: int
+    oldest_event_ts: float | None
+    newest_event_ts: float | None
+    db_bytes: int  # page_count * page_size: the measure retention enforces
+    wal_bytes: int
+    alerts_by_severity: Mapping[str, int]
+
+
+def severity_rank(severity: str) -> int:
+    """``info`` -> 0 … ``critical`` -> 4; ValueError for anything else."""
+    try:
+        return SEVERITIES.index(severity)
+    except ValueError:
+        raise ValueError(
+            f"unknown severity {severity!r} (expected one of {', '.join(SEVERITIES)})"
+        ) from None
+
+
+def _text(value: object) -> str:
+    """A str that SQLite can store: lone surrogates (undecodable bytes in a path,
+    from ``surrogateescape``) become U+FFFD in the *column*; the JSON keeps them
+    exactly as ``\\udcXX`` escapes."""
+    s = value if isinstance(value, str) else str(value)
+    if s.isascii():
+        return s
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in s)
+    return s
+
+
+def _is_glob(pattern: str) -> bool:
+    return not _GLOB_CHARS.isdisjoint(pattern)
+
+
+class Store:
+    """Handle on ``<data_dir>/bastion.db``.  Create with :meth:`open`."""
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        path: Path,
+        *,
+        retention: Retention,
+        readonly: bool,
+    ) -> None:
+        self._conn = conn
+        self._path = path
+        self._retention = retention
+        self._readonly = readonly
+        self._lock = threading.RLock()
+        self._closed = False
+
+    # -- lifecycle ---------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        data_dir: Path,
+        *,
+        retention: Retention | None = None,
+        readonly: bool = False,
+    ) -> Store:
+        """Open (creating and migrating unless ``readonly``) the store in ``data_dir``.
+
+        Writer: creates ``data_dir`` (0700) and ``bastion.db`` (0600), WAL mode,
+        ``synchronous=NORMAL``, incremental auto-vacuum, pending migrations.
+        Reader (``readonly=True``): creates nothing; raises
+        :class:`StoreNotFoundError` if the database is missing and
+        :class:`StoreError` if its schema is not this version's.
+        A database with a newer schema is refused untouched in both modes.
+        """
+        data_dir = Path(data_dir)
+        path = data_dir / DB_NAME
+        if readonly:
+            return cls._open_reader(path, retention or Retention())
+        try:
+            created_dir = not data_dir.exists()
+            data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if created_dir:
+                os.chmod(data_dir, 0o700)  # mkdir's mode is masked by the umask
+            if not path.exists():
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                os.close(fd)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create the store: {exc.strerror or exc}", location=Location(str(path))
+            ) from exc
+        try:
+            conn = sqlite3.connect(
+                str(path), isolation_level=None, check_same_thread=False, timeout=10.0
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open: {exc}", location=Location(str(path))) from exc
+        try:
+            version = current_version(conn)
+            if version > SCHEMA_VERSION:
+                raise NewerSchemaError(version, SCHEMA_VERSION)
+            os.chmod(path, 0o600)
+            fresh = conn.execute(
+                "SELECT count(*) FROM sqlite_master"
+            ).fetchone()[0] == 0
+            if fresh:
+                # Must precede the first table; lets retention give pages back.
+                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            if str(mode).lower() != "wal":
+                raise StoreError(
+                    f"cannot switch to WAL mode (journal_mode is {mode})",
+                    location=Location(str(path)),
+                )
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute(f"PRAGMA journal_size_limit = {64 * 2**20}")
+            migrate(conn)
+        except NewerSchemaError as exc:
+            conn.close()
+            raise StoreError(
+                f"database schema version {exc.found} is newer than this Bastion supports "
+                f"({exc.known}); upgrade Bastion — the database was left untouched",
+                location=Location(str(path)),
+            ) from exc
+        except (sqlite3.Error, OSError) as exc:
+            conn.close()
+            raise StoreError(f"cannot open: {exc}", location=Location(str(path))) from exc
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, path, retention=retention or Retention(), readonly=False)
+
+    @classmethod
+    def _open_reader(cls, path: Path, retention: Retention) -> Store:
+        try:
+            if not path.exists():
+                raise StoreNotFoundError("no Bastion store", location=Location(str(path)))
+        except PermissionError as exc:
+            raise StoreError(
+                "permission denied (the store is readable by root only)",
+                location=Location(str(path)),
+            ) from exc
+        try:
+            conn = sqlite3.connect(
+                f"{path.resolve().as_uri()}?mode=ro",
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=10.0,
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open: {exc}", location=Location(str(path))) from exc
+        try:
+            version = current_version(conn)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreError(f"cannot read: {exc}", location=Location(str(path))) from exc
+        if version != SCHEMA_VERSION:
+            conn.close()
+            if version > SCHEMA_VERSION:
+                why = (
+                    f"database schema version {version} is newer than this Bastion "
+                    f"supports ({SCHEMA_VERSION}); upgrade Bastion"
+                )
+            elif version == 0:
+                why = "the store is not initialised yet (start the agent first)"
+            else:
+                why = (
+                    f"database schema version {version} is older than this Bastion's "
+                    f"({SCHEMA_VERSION}); start the agent once to migrate it"
+                )
+            raise StoreError(why, location=Location(str(path)))
+        return cls(conn, path, retention=retention, readonly=True)
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def retention(self) -> Retention:
+        return self._retention
+
+    def close(self) -> None:
+        """Close the handle (idempotent)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                if not self._readonly:
+                    self._conn.execute("PRAGMA optimize")
+            except sqlite3.Error:
+                pass  # best effort; closing must not fail on it
+            finally:
+                self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing ----------------------------------------------------------
+
+    def _error(self, what: str, exc: BaseException) -> StoreError:
+        return StoreError(f"{what}: {exc}", location=Location(str(self._path)))
+
+    @contextmanager
+    def _read(self, what: str) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._closed:
+                raise StoreError(f"{what}: the store is closed", location=Location(str(self._path)))
+            try:
+                yield self._conn
+            except sqlite3.Error as exc:
+                raise self._error(what, exc) from exc
+
+    @contextmanager
+    def _write(self, what: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction; rolled back on any error."""
+        with self._lock:
+            if self._closed:
+                raise StoreError(f"{what}: the store is closed", location=Location(str(self._path)))
+            if self._readonly:
+                raise StoreError(f"{what}: the store is open read-only",
+                                 location=Location(str(self._path)))
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise self._error(what, exc) from exc
+
+    # -- writes ------------------------------------------------------------
+
+    def add_events(self, events: Sequence[Mapping[str, Any]]) -> None:
+        """Store ``events`` in one transaction (all or none).
+
+        Each needs ``type``, ``time`` (RFC 3339), ``pid``; ``exe`` may be absent.
+        A malformed event raises :class:`StoreError` naming its index and nothing
+        of the batch is stored.
+        """
+        if not events:
+            return
+        rows = []
+        dumps = json.dumps
+        for i, ev in enumerate(events):
+            try:
+                rows.append((
+                    parse_time(ev["time"]),
+                    _text(ev["type"]),
+                    int(ev["pid"]),
+                    _text(ev.get("exe") or ""),
+                    dumps(ev if isinstance(ev, dict) else dict(ev), separators=_JSON_SEPARATORS),
+                ))
+            except Exception as exc:  # KeyError, ConfigError, TypeError, ValueError
+                raise StoreError(
+                    f"event {i} of {len(events)} is malformed ({type(exc).__name__}: {exc})",
+                    location=Location(str(self._path)),
+                ) from exc
+        with self._write(f"storing {len(rows)} events") as conn:
+            conn.executemany(
+                "INSERT INTO events(ts, type, pid, exe, data) VALUES (?, ?, ?, ?, ?)", rows
+            )
+
+    def add_alert(self, alert: Mapping[str, Any]) -> str:
+        """Store one alert and return its id (a uuid4 hex is assigned if absent).
+
+        ``alert`` itself is not modified; the stored dict carries the id.
+        """
+        record = dict(alert)
+        if not record.get("id"):
+            record["id"] = uuid.uuid4().hex
+        alert_id = str(record["id"])
+        try:
+            ts = parse_time(record["time"])
+            sev = severity_rank(record["severity"])
+            process = record.get("process") or {}
+            pid = int(process.get("pid", 0))
+            exe = _text(process.get("exe") or "")
+            rule = _text(record.get("rule", ""))
+            data = json.dumps(record, separators=_JSON_SEPARATORS)
+        except Exception as exc:
+            raise StoreError(
+                f"alert {alert_id} is malformed ({type(exc).__name__}: {exc})",
+                location=Location(str(self._path)),
+            ) from exc
+        with self._write(f"storing alert {alert_id}") as conn:
+            conn.execute(
+                "INSERT INTO alerts(alert_id, ts, severity, rule, pid, exe, data) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (alert_id, ts, sev, rule, pid, exe, data),
+            )
+        return alert_id
+
+    # -- queries -----------------------------------------------------------
+
+    def events(
+        self,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        pid: int | None = None,
+        exe: str | None = None,
+        types: Sequence[str] | None = None,
+        after_rowid: int = 0,
+        max_rowid: int | None = None,
+        limit: int | None = None,
+        newest: bool = False,
+    ) -> list[StoredRecord]:
+        """Events matching every given filter, in row-id (insertion) order.
+
+        ``since <= ts < until`` (epoch seconds); ``exe`` is an exact path or, if it
+        contains ``* ? [``, a GLOB pattern; ``types`` empty matches nothing;
+        ``after_rowid < rowid <= max_rowid``.  ``limit`` keeps the first N rows,
+        or the last N with ``newest=True`` (still returned oldest first).
+        """
+        where, params = _filters(
+            since=since, until=until, pid=pid, exe=exe, after_rowid=after_rowid,
+            max_rowid=max_rowid,
+        )
+        if types is not None:
+            if isinstance(types, str):
+                types = [types]
+            where.append(f"type IN ({','.join('?' * len(types))})")
+            params.extend(types)
+        return self._select("events", where, params, limit, newest)
+
+    def alerts(
+        self,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        pid: int | None = None,
+        exe: str | None = None,
+        severity: str | None = None,
+        rule: str | None = None,
+        after_rowid: int = 0,
+        max_rowid: int | None = None,
+        limit: int | None = None,
+        newest: bool = False,
+    ) -> list[StoredRecord]:
+        """Alerts matching every filter; ``severity`` is a minimum (``high`` keeps
+        high and critical); ``rule`` is exact or a GLOB.  Otherwise as :meth:`events`."""
+        where, params = _filters(
+            since=since, until=until, pid=pid, exe=exe, after_rowid=after_rowid,
+            max_rowid=max_rowid,
+        )
+        if severity is not None:
+            try:
+                rank = severity_rank(severity)
+            except ValueError as exc:
+                raise StoreError(str(exc), location=Location(str(self._path))) from exc
+            where.append("severity >= ?")
+            params.append(rank)
+        if rule is not None:
+            where.append("rule GLOB ?" if _is_glob(rule) else "rule = ?")
+            params.append(_text(rule))
+        return self._select("alerts", where, params, limit, newest)
+
+    def _select(
+        self, table: str, where: list[str], params: list[object], limit: int | None,
+        newest: bool,
+    ) -> list[StoredRecord]:
+        sql = f"SELECT seq, data FROM {table}"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seq DESC" if newest else " ORDER BY seq"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(max(0, limit))
+        with self._read(f"querying {table}") as conn:
+            rows = conn.execute(sql, params).fetchall()
+        if newest:
+            rows.reverse()
+        loads = json.loads
+        return [StoredRecord(seq, loads(data)) for seq, data in rows]
+
+    def last_event_rowid(self) -> int:
+        """The highest event row id now stored (0 if none)."""
+        with self._read("reading the last event") as conn:
+            return int(conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
+
+    def last_alert_rowid(self) -> int:
+        """The highest alert row id now stored (0 if none)."""
+        with self._read("reading the last alert") as conn:
+            return int(conn.execute("SELECT coalesce(max(seq), 0) FROM alerts").fetchone()[0])
+
+    def count_events(self) -> int:
+        with self._read("counting events") as conn:
+            return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+
+    def count_alerts(self) -> int:
+        with self._read("counting alerts") as conn:
+            return int(conn.execute("SELECT count(*) FROM alerts").fetchone()[0])
+
+    def db_bytes(self) -> int:
+        """``page_count * page_size``: the size retention's byte limit measures."""
+        with self._read("measuring the database") as conn:
+            return _db_bytes(conn)
+
+    def stats(self) -> StoreStats:
+        with self._read("reading statistics") as conn:
+            n_events, oldest, newest = conn.execute(
+                "SELECT count(*), min(ts), max(ts) FROM events"
+            ).fetchone()
+            by_sev = {name: 0 for name in SEVERITIES}
+            for rank, n in conn.execute(
+                "SELECT severity, count(*) FROM alerts GROUP BY severity"
+            ):
+                if 0 <= rank < len(SEVERITIES):
+                    by_sev[SEVERITIES[rank]] = int(n)
+            version = current_version(conn)
+            size = _db_bytes(conn)
+        wal = self._path.with_name(self._path.name + "-wal")
+        try:
+            wal_bytes = wal.stat().st_size
+        except OSError:
+            wal_bytes = 0
+        return StoreStats(
+            path=self._path,
+            schema_version=version,
+            events=int(n_events),
+            alerts=sum(by_sev.values()),
+            oldest_event_ts=oldest,
+            newest_event_ts=newest,
+            db_bytes=size,
+            wal_bytes=wal_bytes,
+            alerts_by_severity=by_sev,
+        )
+
+    # -- retention ---------------------------------------------------------
+
+    def enforce_retention(self, *, now: float | None = None) -> int:
+        """Delete the oldest events beyond the age, count and byte limits.
+
+        Returns the number of events deleted.  Alerts are never deleted.  Works
+        in chunks of at most 50 000 rows, each its own transaction, and gives
+        freed pages back to the file system (incremental vacuum).
+        """
+        r = self._retention
+        now = time.time() if now is None else now
+        deleted = 0
+        # Age: by event time.
+        cutoff = now - r.max_age_s
+        while True:
+            n = self._delete_chunk(
+                "DELETE FROM events WHERE seq IN "
+                "(SELECT seq FROM events WHERE ts < ? LIMIT ?)",
+                (cutoff, _DELETE_CHUNK),
+            )
+            deleted += n
+            if n < _DELETE_CHUNK:
+                break
+        # Count: oldest by row id (insertion order).
+        excess = self.count_events() - max(0, r.max_events)
+        while excess > 0:
+            n = self._delete_oldest(min(excess, _DELETE_CHUNK))
+            if n == 0:
+                break
+            deleted += n
+            excess -= n
+        # Bytes: page_count * page_size, after giving free pages back.
+        self._reclaim()
+        while True:
+            size = self.db_bytes()
+            over = size - r.max_bytes
+            if over <= 0:
+                break
+            count = self.count_events()
+            if count == 0:
+                break  # alerts alone exceed the limit: they are kept
+            per_event = size / count  # overestimates (alerts, indexes): fine
+            want = min(_DELETE_CHUNK, count, max(1, math.ceil(over / per_event)))
+            n = self._delete_oldest(want)
+            if n == 0:
+                break
+            deleted += n
+        return deleted
+
+    def _reclaim(self) -> None:
+        """Give the free pages back to the file system (auto_vacuum=INCREMENTAL).
+
+        Through ``executescript``: ``execute`` steps the pragma once, freeing one
+        page.  Runs in its own implicit transaction, never inside ``_write``.
+        """
+        with self._read("reclaiming free pages") as conn:
+            conn.executescript("PRAGMA incremental_vacuum;")
+
+    def _delete_oldest(self, n: int) -> int:
+        return self._delete_chunk(
+            "DELETE FROM events WHERE seq IN (SELECT seq FROM events ORDER BY seq LIMIT ?)",
+            (n,),
+        )
+
+    def _delete_chunk(self, sql: str, params: tuple[object, ...]) -> int:
+        with self._write("enforcing retention") as conn:
+            n = conn.execute(sql, params).rowcount
+        if n > 0:
+            self._reclaim()
+        return max(0, n)
+
+
+def _db_bytes(conn: sqlite3.Connection) -> int:
+    (pages,) = conn.execute("PRAGMA page_count").fetchone()
+    (size,) = conn.execute("PRAGMA page_size").fetchone()
+    return int(pages) * int(size)
+
+
+def _filters(
+    *,
+    since: float | None,
+    until: float | None,
+    pid: int | None,
+    exe: str | None,
+    after_rowid: int,
+    max_rowid: int | None,
+) -> tuple[list[str], list[object]]:
+    where: list[str] = []
+    params: list[object] = []
+    if after_rowid > 0:
+        where.append("seq > ?")
+        params.append(after_rowid)
+    if max_rowid is not None:
+        where.append("seq <= ?")
+        params.append(max_rowid)
+    if since is not None:
+        where.append("ts >= ?")
+        params.append(since)
+    if until is not None:
+        where.append("ts < ?")
+        params.append(until)
+    if pid is not None:
+        where.append("pid = ?")
+        params.append(pid)
+    if exe is not None:
+        where.append("exe GLOB ?" if _is_glob(exe) else "exe = ?")
+        params.append(_text(exe))
+    return where, params
