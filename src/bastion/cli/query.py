@@ -112,8 +112,13 @@ def clean(value: object) -> str:
     return "".join(out)
 
 
-_COMMON_KEYS = frozenset({"type", "time", "pid", "ppid", "exe"})
-_NEW_PATH_KEYS = ("new_path", "newpath", "new", "dest", "target")
+# Process identity fields every event carries: columns, or not worth a table cell.
+_COMMON_KEYS = frozenset({"type", "time", "pid", "ppid", "exe", "tid", "uid", "euid", "gid",
+                          "cgroup_id", "comm", "start_ns"})
+# Type fields that only matter in --json (identifiers, raw values, defaults).
+_QUIET_KEYS = frozenset({"filename", "cwd", "exe_dev", "exe_ino", "exe_nlink", "dev", "ino",
+                         "status", "child_start_ns", "request", "addr", "fd", "backlog"})
+_NEW_PATH_KEYS = ("path2", "new_path", "newpath", "new", "dest", "target")
 _ADDR_KEYS = (("daddr", "dport"), ("saddr", "sport"), ("addr", "port"))
 
 
@@ -150,23 +155,42 @@ def event_summary(ev: Mapping[str, Any]) -> str:
         path = _value(ev["path"])
         used.add("path")
         for k in _NEW_PATH_KEYS:
-            if k in ev:
+            if ev.get(k):
                 path += f" -> {_value(ev[k])}"
                 used.add(k)
                 break
         parts.append(path)
+    if kind in ("bind", "listen") and "saddr" in ev:
+        parts.append(_addr(ev["saddr"], ev.get("sport")))
+        used.update(_flatten(_ADDR_KEYS))
+    elif kind == "accept" and "saddr" in ev:
+        parts.append(f"{_addr(ev['saddr'], ev.get('sport'))} <- {_addr(ev.get('daddr'), ev.get('dport'))}")
+        used.update(_flatten(_ADDR_KEYS))
     for a, p in _ADDR_KEYS:
+        if a in used:
+            break
         if a in ev:
             parts.append(_addr(ev[a], ev.get(p)))
-            used.update((a, p))
+            used.update(_flatten(_ADDR_KEYS))
             break
-    if "mode" in ev and isinstance(ev["mode"], int) and not isinstance(ev["mode"], bool):
+    if ev.get("mode") and isinstance(ev["mode"], int) and not isinstance(ev["mode"], bool):
         parts.append(f"mode={ev['mode']:#o}")
         used.add("mode")
+    used |= _QUIET_KEYS
     for k, v in ev.items():
-        if k not in used and v is not None and v != "" and v != []:
-            parts.append(f"{k}={_value(v)}")
+        if k in used or v is None or v == "" or v == [] or v is False:
+            continue
+        if k in ("owner_uid", "owner_gid") and v == -1:
+            continue
+        if k in ("signal", "mode", "prog_type", "map_type", "attach_type",
+                 "target_tgid", "exit_code", "sport", "dport") and v == 0:
+            continue
+        parts.append(f"{k}={_value(v)}")
     return " ".join(parts)
+
+
+def _flatten(pairs: tuple[tuple[str, str], ...]) -> set[str]:
+    return {k for pair in pairs for k in pair}
 
 
 def event_row(ev: Mapping[str, Any]) -> tuple[str, ...]:
