@@ -346,6 +346,7 @@ def decode(record: bytes | bytearray | memoryview, boot_to_wall_ns: int) -> Even
 
 
 _PROC_KEYS: Final = ("pid", "tid", "ppid", "uid", "euid", "gid", "cgroup_id", "comm", "start_ns", "exe")
+_PROC_REQUIRED: Final = ("pid", "tid", "ppid", "uid", "euid", "gid", "cgroup_id", "comm")
 _SKIP: Final = {"time_ns", "proc", "truncated", "op"}
 
 
@@ -373,6 +374,12 @@ def from_json(obj: Mapping[str, Any]) -> Event:
     cls = TYPES.get(etype) if isinstance(etype, str) else None
     if cls is None:
         raise DecodeError(f"unknown event type {etype!r}")
+    for k in ("time", *_PROC_REQUIRED):
+        if k not in obj:
+            raise DecodeError(f"{etype} event lacks field {k!r}")
+    for k in _PROC_KEYS:
+        if k in obj and not isinstance(obj[k], str if k in ("comm", "exe") else int):
+            raise DecodeError(f"{etype} event: field {k!r} has the wrong type")
     try:
         tsec = parse_time(str(obj["time"]))
         proc = Proc(**{k: obj[k] for k in _PROC_KEYS if k in obj})

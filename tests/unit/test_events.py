@@ -160,7 +160,10 @@ def test_file_event_json_round_trip(pid: int, path: str, op: str, us: int) -> No
 @pytest.mark.parametrize("obj,msg", [
     ({"type": "nope", "time": "2026-01-01T00:00:00Z"}, "unknown event type 'nope'"),
     ({"type": "exit", "pid": 1}, "lacks field 'time'"),
-    ({"type": "exit", "time": "yesterday"}, "invalid time"),
+    ({"type": "exit", "time": "yesterday", "pid": 1, "tid": 1, "ppid": 0, "uid": 0,
+      "euid": 0, "gid": 0, "cgroup_id": 0, "comm": "x"}, "invalid time"),
+    ({"type": "exit", "time": "2026-01-01T00:00:00Z", "pid": "1", "tid": 1, "ppid": 0, "uid": 0,
+      "euid": 0, "gid": 0, "cgroup_id": 0, "comm": "x"}, "field 'pid' has the wrong type"),
     ({"type": "exit", "time": "2026-01-01T00:00:00Z", "pid": 1, "tid": 1, "ppid": 0, "uid": 0,
       "euid": 0, "gid": 0, "cgroup_id": 0, "comm": "x", "bogus": 1}, "unknown field 'bogus'"),
     ([1, 2], "must be a JSON object"),

@@ -1,0 +1,55 @@
+"""The process table: seeding, lifecycle updates, ancestry, pid reuse."""
+
+from __future__ import annotations
+
+import os
+
+from bastion.events import ExecEvent, ExitEvent, FileEvent, ForkEvent, Proc
+from bastion.proctable import ProcessTable
+
+
+def _p(pid: int, ppid: int, start: int = 1000, exe: str = "") -> Proc:
+    return Proc(pid, pid, ppid, 0, 0, 0, 1, "x", start, exe)
+
+
+def test_seed_finds_this_process_and_its_parent() -> None:
+    t = ProcessTable()
+    assert t.seed() > 1
+    me = t.get(os.getpid())
+    assert me is not None and me.ppid == os.getppid()
+    assert os.path.realpath(me.exe) == os.path.realpath(os.readlink("/proc/self/exe"))
+    chain = t.ancestry(os.getpid())
+    assert [e.pid for e in chain[:2]] == [os.getpid(), os.getppid()]
+
+
+def test_fork_exec_exit_and_ancestry() -> None:
+    t = ProcessTable(linger_s=1)
+    t.update(ExecEvent(1, _p(100, 1, exe="/usr/sbin/sshd"), argv=("sshd",)))
+    t.update(ForkEvent(2, _p(100, 1), child_pid=200, child_start_ns=5000))
+    child = t.get(200)
+    assert child is not None and child.exe == "/usr/sbin/sshd" and child.ppid == 100
+    t.update(ExecEvent(3, _p(200, 100, 5000, exe="/bin/bash"), argv=("bash", "-i")))
+    assert [(e.pid, e.exe) for e in t.ancestry(200)] == [(200, "/bin/bash"), (100, "/usr/sbin/sshd")]
+    t.update(ExitEvent(4_000_000_000, _p(200, 100, 5000)))
+    e = t.get(200)
+    assert e is not None and e.exited_ns == 4_000_000_000
+    assert t.expire(4_500_000_000) == 0          # lingers
+    assert t.expire(6_000_000_000) == 1 and t.get(200) is None
+
+
+def test_enrich_fills_exe_and_pid_reuse_is_not_inherited() -> None:
+    t = ProcessTable()
+    t.update(ExecEvent(1, _p(300, 1, 10_000, exe="/usr/bin/vim"), argv=("vim",)))
+    ev = FileEvent(2, _p(300, 1, 10_000), op="unlink", path="/tmp/a")
+    assert t.enrich(ev).proc.exe == "/usr/bin/vim"
+    # an exit of a different process that had the same pid does not touch the entry
+    t.update(ExitEvent(3, _p(300, 1, 99_000_000_000)))
+    e = t.get(300)
+    assert e is not None and e.exited_ns == 0
+
+
+def test_bounded() -> None:
+    t = ProcessTable(max_entries=10)
+    for pid in range(1, 50):
+        t.update(ExecEvent(pid, _p(pid, 1, exe="/bin/x")))
+    assert len(t) == 10 and t.get(49) is not None and t.get(1) is None
