@@ -29,6 +29,7 @@ class Finding:
     pid: int
     evidence: dict[str, Any] = field(default_factory=dict)
     enforced_by: str = ""       # mechanism that already enforced it in the kernel, if any
+    meta: dict[str, Any] = field(default_factory=dict)  # top-level alert keys (e.g. sigma id, author)
 
 
 @dataclass

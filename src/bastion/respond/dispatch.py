@@ -67,6 +67,8 @@ class Dispatcher:
             "action": outcome,
             "process": proc,
         }
+        for k, v in f.meta.items():
+            alert.setdefault(k, v)
         if f.enforced_by:
             alert["enforced_by"] = f.enforced_by
         if f.evidence:
