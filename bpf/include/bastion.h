@@ -23,7 +23,7 @@
 #define BASTION_H
 
 #define BASTION_ABI_MAJOR 1
-#define BASTION_ABI_MINOR 0
+#define BASTION_ABI_MINOR 1
 #define BASTION_ABI_VERSION ((BASTION_ABI_MAJOR << 16) | BASTION_ABI_MINOR)
 
 #define BASTION_COMM_LEN 16
@@ -46,7 +46,8 @@ enum bastion_event_type {
 	BASTION_EV_MEMFD = 9,
 	BASTION_EV_CRED = 10,    /* op in bastion_cred_op */
 	BASTION_EV_LSM_DENY = 11,
-	BASTION_EV_MAX = 12,
+	BASTION_EV_HIPS = 12,    /* a HIPS decision: deny, kill or audit */
+	BASTION_EV_MAX = 13,
 };
 
 enum bastion_file_op {
@@ -233,6 +234,144 @@ struct bastion_inode_rule {
 	__u32 action;        /* 1 = deny */
 };
 
+
+/* ==================================================================== */
+/* HIPS: per-program policy compiled into maps (src/bastion/policy/).   */
+/*                                                                      */
+/* Decision for (task, op, object), identical in the kernel and in the  */
+/* Python reference matcher (policy/match.py):                          */
+/*   gen     = hips_state[0].active_gen                                 */
+/*   subject = first hit of hips_subjects[(gen, kind, a, b)] for kind   */
+/*             EXE (exe inode), PARENT_EXE (parent's exe inode), UID,   */
+/*             CGROUP, in that order; else 0 (everyone)                 */
+/*   for s in (subject, 0):                                             */
+/*     for o in (object inode, its ancestor directories (up to 16),     */
+/*               ANY (ino 0, dev 0)):                                   */
+/*       if hips_rules[(gen, s, op, o)] exists: that is the decision    */
+/*   else hips_gens[gen].default_action                                 */
+/* Network ops use hips_net (LPM trie on gen|subject|op|port|addr),     */
+/* port first exact then 0 (any), subject first specific then 0.        */
+/* A policy swap writes generation N+1 completely, flips active_gen in  */
+/* one map update, then deletes generation N: at every instant exactly  */
+/* one complete policy holds.                                           */
+/* ==================================================================== */
+
+enum bastion_hips_op {
+	BASTION_OP_EXEC = 1,
+	BASTION_OP_OPEN_READ = 2,
+	BASTION_OP_OPEN_WRITE = 3,
+	BASTION_OP_CREATE = 4,
+	BASTION_OP_UNLINK = 5,
+	BASTION_OP_RENAME = 6,
+	BASTION_OP_CHMOD = 7,
+	BASTION_OP_CONNECT = 8,
+	BASTION_OP_BIND = 9,
+	BASTION_OP_PTRACE = 10,
+	BASTION_OP_SIGNAL = 11,
+	BASTION_OP_MAX = 12,
+};
+
+enum bastion_hips_action {
+	BASTION_ACT_ALLOW = 1,
+	BASTION_ACT_AUDIT = 2,   /* allow and report */
+	BASTION_ACT_DENY = 3,    /* refuse (EPERM) */
+	BASTION_ACT_KILL = 4,    /* refuse and SIGKILL the caller */
+};
+
+enum bastion_hips_mode {
+	BASTION_MODE_AUDIT = 1,   /* deny/kill decisions are reported, not enforced */
+	BASTION_MODE_ENFORCE = 2,
+};
+
+enum bastion_subject_kind {
+	BASTION_SUBJ_EXE = 1,        /* a = ino, b = dev of the task's executable */
+	BASTION_SUBJ_PARENT_EXE = 2, /* a = ino, b = dev of the parent's executable */
+	BASTION_SUBJ_UID = 3,        /* a = uid */
+	BASTION_SUBJ_CGROUP = 4,     /* a = cgroup v2 id */
+};
+
+/* Where a decision was enforced (bastion_hips_event.mechanism). */
+enum bastion_mechanism {
+	BASTION_MECH_LSM = 1,        /* an LSM hook returned -EPERM */
+	BASTION_MECH_EXEC_KILL = 2,  /* SIGKILL at sched_process_exec (compat) */
+	BASTION_MECH_CGROUP_SOCK = 3,/* cgroup connect/bind program (compat) */
+	BASTION_MECH_FANOTIFY = 4,   /* fanotify permission answer (compat, user space) */
+};
+
+#define BASTION_HIPS_F_DIR_OBJECTS (1u << 0) /* walk ancestor directories */
+
+struct bastion_hips_state {
+	__u32 active_gen;    /* 0 = no policy: everything allowed */
+	__u32 _pad;
+};
+
+struct bastion_hips_gen {
+	__u32 mode;          /* enum bastion_hips_mode */
+	__u32 default_action;/* enum bastion_hips_action */
+	__u32 flags;         /* BASTION_HIPS_F_* */
+	__u32 _pad;
+};
+
+struct bastion_subject_key {
+	__u32 gen;
+	__u32 kind;          /* enum bastion_subject_kind */
+	__u64 a;
+	__u64 b;
+};
+
+struct bastion_rule_key {
+	__u32 gen;
+	__u32 subject;       /* 0 = everyone */
+	__u32 op;            /* enum bastion_hips_op */
+	__u32 dev;           /* object inode's device, 0 with ino 0 = any object */
+	__u64 ino;
+};
+
+struct bastion_rule_val {
+	__u32 action;        /* enum bastion_hips_action */
+	__u32 rule_id;       /* index into the plan's rule table (1-based) */
+};
+
+/* LPM trie key: prefixlen counts bits from gen onwards (128 + address bits). */
+struct bastion_net_key {
+	__u32 prefixlen;
+	__u32 gen;
+	__u32 subject;
+	__u32 op;
+	__u32 port;          /* host order; 0 = any port */
+	__u8 addr[16];       /* IPv6, or IPv4-mapped (::ffff:a.b.c.d) */
+};
+
+/* Per-process subject facts for hooks that cannot read the task (cgroup
+ * socket programs): kept by exec/fork/exit tracepoints, keyed by tgid. */
+struct bastion_task_subject {
+	__u64 exe_ino;
+	__u64 parent_exe_ino;
+	__u32 exe_dev;
+	__u32 parent_exe_dev;
+	__u64 start_ns;
+};
+
+struct bastion_hips_event {
+	struct bastion_event_hdr hdr;
+	__u32 op;            /* enum bastion_hips_op */
+	__u32 action;        /* enum bastion_hips_action decided */
+	__u32 rule_id;       /* 0 = the default action */
+	__u32 subject;
+	__u32 mechanism;     /* enum bastion_mechanism */
+	__s32 ret;           /* what the caller got: -EPERM, or 0 when only audited */
+	__u32 gen;
+	__u32 enforced;      /* 1 = refused/killed, 0 = audit only */
+	__u64 ino;
+	__u32 dev;
+	__u16 family;
+	__u16 port;
+	__u8 addr[16];
+	__s32 target_pid;    /* ptrace/signal */
+	__u32 _pad;
+	char path[BASTION_PATH_LEN];
+};
+
 #ifdef __bpf__
 _Static_assert(sizeof(struct bastion_event_hdr) == 72, "hdr");
 _Static_assert(sizeof(struct bastion_exec_event) == 72 + 24 + 3 * 256 + 512, "exec");
@@ -248,6 +387,14 @@ _Static_assert(sizeof(struct bastion_cred_event) == 72 + 32, "cred");
 _Static_assert(sizeof(struct bastion_lsm_deny_event) == 72 + 24 + 256, "lsm_deny");
 _Static_assert(sizeof(struct bastion_inode_key) == 16, "inode_key");
 _Static_assert(sizeof(struct bastion_inode_rule) == 8, "inode_rule");
+_Static_assert(sizeof(struct bastion_hips_state) == 8, "hips_state");
+_Static_assert(sizeof(struct bastion_hips_gen) == 16, "hips_gen");
+_Static_assert(sizeof(struct bastion_subject_key) == 24, "subject_key");
+_Static_assert(sizeof(struct bastion_rule_key) == 24, "rule_key");
+_Static_assert(sizeof(struct bastion_rule_val) == 8, "rule_val");
+_Static_assert(sizeof(struct bastion_net_key) == 36, "net_key");
+_Static_assert(sizeof(struct bastion_task_subject) == 32, "task_subject");
+_Static_assert(sizeof(struct bastion_hips_event) == 72 + 72 + 256, "hips_event");
 #endif
 
 #endif /* BASTION_H */

@@ -26,12 +26,25 @@ struct bastion_abi_types {
 	struct bastion_lsm_deny_event lsm_deny;
 	struct bastion_inode_key inode_key;
 	struct bastion_inode_rule inode_rule;
+	struct bastion_hips_state hips_state;
+	struct bastion_hips_gen hips_gen;
+	struct bastion_subject_key subject_key;
+	struct bastion_rule_key rule_key;
+	struct bastion_rule_val rule_val;
+	struct bastion_net_key net_key;
+	struct bastion_task_subject task_subject;
+	struct bastion_hips_event hips;
 	enum bastion_event_type event_type;
 	enum bastion_file_op file_op;
 	enum bastion_net_op net_op;
 	enum bastion_cred_op cred_op;
 	enum bastion_kill_syscall kill_syscall;
 	enum bastion_lsm_hook lsm_hook;
+	enum bastion_hips_op hips_op;
+	enum bastion_hips_action hips_action;
+	enum bastion_hips_mode hips_mode;
+	enum bastion_subject_kind subject_kind;
+	enum bastion_mechanism mechanism;
 };
 const volatile struct bastion_abi_types bastion_abi_types_anchor __attribute__((unused));
 

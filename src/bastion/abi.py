@@ -16,7 +16,7 @@ from typing import Final
 from bastion.errors import AbiMismatchError, Location
 
 ABI_MAJOR: Final = 1
-ABI_MINOR: Final = 0
+ABI_MINOR: Final = 1
 ABI_VERSION: Final = (ABI_MAJOR << 16) | ABI_MINOR
 
 COMM_LEN: Final = 16
@@ -38,6 +38,7 @@ class EventType(enum.IntEnum):
     MEMFD = 9
     CRED = 10
     LSM_DENY = 11
+    HIPS = 12
 
 
 class FileOp(enum.IntEnum):
@@ -76,6 +77,48 @@ class LsmHook(enum.IntEnum):
     FILE_OPEN = 1
     BPRM_CHECK = 2
 
+
+class HipsOp(enum.IntEnum):
+    EXEC = 1
+    OPEN_READ = 2
+    OPEN_WRITE = 3
+    CREATE = 4
+    UNLINK = 5
+    RENAME = 6
+    CHMOD = 7
+    CONNECT = 8
+    BIND = 9
+    PTRACE = 10
+    SIGNAL = 11
+
+
+class HipsAction(enum.IntEnum):
+    ALLOW = 1
+    AUDIT = 2
+    DENY = 3
+    KILL = 4
+
+
+class HipsMode(enum.IntEnum):
+    AUDIT = 1
+    ENFORCE = 2
+
+
+class SubjectKind(enum.IntEnum):
+    EXE = 1
+    PARENT_EXE = 2
+    UID = 3
+    CGROUP = 4
+
+
+class Mechanism(enum.IntEnum):
+    LSM = 1
+    EXEC_KILL = 2
+    CGROUP_SOCK = 3
+    FANOTIFY = 4
+
+
+HIPS_F_DIR_OBJECTS: Final = 1 << 0
 
 F_TRUNC_PATH: Final = 1 << 0
 F_TRUNC_ARGV: Final = 1 << 1
@@ -242,6 +285,69 @@ class InodeRule(ctypes.Structure):
     _fields_ = [("rule_id", c_u32), ("action", c_u32)]
 
 
+class HipsState(ctypes.Structure):
+    _fields_ = [("active_gen", c_u32), ("_pad", c_u32)]
+
+
+class HipsGen(ctypes.Structure):
+    _fields_ = [("mode", c_u32), ("default_action", c_u32), ("flags", c_u32), ("_pad", c_u32)]
+
+
+class SubjectKey(ctypes.Structure):
+    _fields_ = [("gen", c_u32), ("kind", c_u32), ("a", c_u64), ("b", c_u64)]
+
+
+class RuleKey(ctypes.Structure):
+    _fields_ = [("gen", c_u32), ("subject", c_u32), ("op", c_u32), ("dev", c_u32), ("ino", c_u64)]
+
+
+class RuleVal(ctypes.Structure):
+    _fields_ = [("action", c_u32), ("rule_id", c_u32)]
+
+
+class NetKey(ctypes.Structure):
+    _fields_ = [
+        ("prefixlen", c_u32),
+        ("gen", c_u32),
+        ("subject", c_u32),
+        ("op", c_u32),
+        ("port", c_u32),
+        ("addr", c_u8 * 16),
+    ]
+
+
+class TaskSubject(ctypes.Structure):
+    _fields_ = [
+        ("exe_ino", c_u64),
+        ("parent_exe_ino", c_u64),
+        ("exe_dev", c_u32),
+        ("parent_exe_dev", c_u32),
+        ("start_ns", c_u64),
+    ]
+
+
+class HipsEvent(ctypes.Structure):
+    _fields_ = [
+        ("hdr", EventHdr),
+        ("op", c_u32),
+        ("action", c_u32),
+        ("rule_id", c_u32),
+        ("subject", c_u32),
+        ("mechanism", c_u32),
+        ("ret", c_s32),
+        ("gen", c_u32),
+        ("enforced", c_u32),
+        ("ino", c_u64),
+        ("dev", c_u32),
+        ("family", c_u16),
+        ("port", c_u16),
+        ("addr", c_u8 * 16),
+        ("target_pid", c_s32),
+        ("_pad", c_u32),
+        ("path", ctypes.c_char * PATH_LEN),
+    ]
+
+
 # C struct name in bastion.h -> mirror; the ABI test walks this table.
 STRUCTS: Final[dict[str, type[ctypes.Structure]]] = {
     "bastion_event_hdr": EventHdr,
@@ -258,6 +364,14 @@ STRUCTS: Final[dict[str, type[ctypes.Structure]]] = {
     "bastion_lsm_deny_event": LsmDenyEvent,
     "bastion_inode_key": InodeKey,
     "bastion_inode_rule": InodeRule,
+    "bastion_hips_state": HipsState,
+    "bastion_hips_gen": HipsGen,
+    "bastion_subject_key": SubjectKey,
+    "bastion_rule_key": RuleKey,
+    "bastion_rule_val": RuleVal,
+    "bastion_net_key": NetKey,
+    "bastion_task_subject": TaskSubject,
+    "bastion_hips_event": HipsEvent,
 }
 
 # Record type -> its struct.
@@ -273,6 +387,7 @@ RECORDS: Final[dict[EventType, type[ctypes.Structure]]] = {
     EventType.MEMFD: MemfdEvent,
     EventType.CRED: CredEvent,
     EventType.LSM_DENY: LsmDenyEvent,
+    EventType.HIPS: HipsEvent,
 }
 
 # C enum name -> mirror, for the same test.
@@ -283,6 +398,11 @@ ENUMS: Final[dict[str, type[enum.IntEnum]]] = {
     "bastion_cred_op": CredOp,
     "bastion_kill_syscall": KillSyscall,
     "bastion_lsm_hook": LsmHook,
+    "bastion_hips_op": HipsOp,
+    "bastion_hips_action": HipsAction,
+    "bastion_hips_mode": HipsMode,
+    "bastion_subject_kind": SubjectKind,
+    "bastion_mechanism": Mechanism,
 }
 
 

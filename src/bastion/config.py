@@ -18,15 +18,12 @@ import yaml
 
 from bastion.errors import ConfigError, Location
 from bastion.sensors.bpf import EVENT_CLASSES
+from bastion.policy.model import HipsPolicy
+from bastion.policy.parse import build, parse_default, parse_mode, parse_rules
+from bastion.yamlparse import NodeParser
 
 SCHEMA_VERSION: Final = 1
 DEFAULT_POLICY_NAME: Final = "<embedded default policy>"
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
-_DUR_UNITS: Final = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|TiB|KB|MB|GB|TB)?\s*$")
-_SIZE_UNITS: Final = {None: 1, "B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40,
-                      "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
 
 
 class PolicyError(ConfigError):
@@ -59,80 +56,14 @@ class Policy:
     source: str
     events: EventsConfig = field(default_factory=EventsConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
-
-
-class _Parser:
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.problems: list[ConfigError] = []
-
-    def loc(self, node: yaml.Node) -> Location:
-        m = node.start_mark
-        return Location(self.source, m.line + 1, m.column + 1)
-
-    def err(self, node: yaml.Node, msg: str) -> None:
-        self.problems.append(ConfigError(msg, location=self.loc(node)))
-
-    def mapping(self, node: yaml.Node, what: str, known: dict[str, Callable[[yaml.Node], None]]) -> None:
-        if not isinstance(node, yaml.MappingNode):
-            self.err(node, f"{what} must be a mapping")
-            return
-        seen: set[str] = set()
-        for knode, vnode in node.value:
-            key = knode.value if isinstance(knode, yaml.ScalarNode) else None
-            if key not in known:
-                self.err(knode, f"unknown key {key!r} in {what} (known: {', '.join(known)})")
-                continue
-            if key in seen:
-                self.err(knode, f"duplicate key {key!r} in {what}")
-                continue
-            seen.add(key)
-            known[key](vnode)
-
-    def scalar(self, node: yaml.Node, what: str) -> str | None:
-        if not isinstance(node, yaml.ScalarNode):
-            self.err(node, f"{what} must be a scalar")
-            return None
-        return str(node.value)
-
-    def duration(self, node: yaml.Node, what: str) -> float | None:
-        text = self.scalar(node, what)
-        if text is None:
-            return None
-        m = _DURATION.match(text)
-        if not m:
-            self.err(node, f"{what}: {text!r} is not a duration (e.g. 20ms, 30s, 10m, 7d)")
-            return None
-        return float(m.group(1)) * _DUR_UNITS[m.group(2)]
-
-    def size(self, node: yaml.Node, what: str) -> int | None:
-        text = self.scalar(node, what)
-        if text is None:
-            return None
-        m = _SIZE.match(text)
-        if not m:
-            self.err(node, f"{what}: {text!r} is not a size (e.g. 500MiB, 2GiB)")
-            return None
-        return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
-
-    def integer(self, node: yaml.Node, what: str, minimum: int = 0) -> int | None:
-        text = self.scalar(node, what)
-        if text is None:
-            return None
-        try:
-            v = int(text)
-        except ValueError:
-            self.err(node, f"{what}: {text!r} is not an integer")
-            return None
-        if v < minimum:
-            self.err(node, f"{what} must be at least {minimum}")
-            return None
-        return v
+    hips: HipsPolicy = field(default_factory=HipsPolicy)
+    text: str = ""                                   # the document as written
+    warnings: tuple[ConfigError, ...] = ()           # need --force to apply
 
 
 def parse_policy(text: str, source: str) -> Policy:
     """Parse and validate a policy document; raises PolicyError with every problem."""
-    p = _Parser(source)
+    p = NodeParser(source)
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
@@ -194,12 +125,26 @@ def parse_policy(text: str, source: str) -> Policy:
     def store(n: yaml.Node) -> None:
         p.mapping(n, "store", {"max_age": max_age, "max_events": max_events, "max_bytes": max_bytes})
 
-    p.mapping(root, "the policy", {"version": version, "events": events, "store": store})
+    hips: dict[str, Any] = {}
+
+    def mode(n: yaml.Node) -> None:
+        hips["mode"] = parse_mode(p, n)
+
+    def default(n: yaml.Node) -> None:
+        hips["default"] = parse_default(p, n)
+
+    def rules(n: yaml.Node) -> None:
+        hips["rules"] = parse_rules(p, n)
+
+    p.mapping(root, "the policy", {"version": version, "events": events, "store": store,
+                                   "mode": mode, "default": default, "rules": rules})
     if "version" not in values and isinstance(root, yaml.MappingNode):
         p.err(root, "the policy lacks 'version: 1'")
+    hips_policy = build(p, root, hips.get("mode"), hips.get("default"), hips.get("rules", ()))
     if p.problems:
         raise PolicyError(p.problems)
-    return Policy(source=source, events=EventsConfig(**ev), store=StoreConfig(**st))
+    return Policy(source=source, events=EventsConfig(**ev), store=StoreConfig(**st),
+                  hips=hips_policy, text=text, warnings=tuple(p.warnings))
 
 
 def load_policy(path: Path | None) -> Policy:

@@ -171,9 +171,34 @@ class LsmDenyEvent(_Base):
     ret: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class HipsEvent(_Base):
+    """A HIPS decision taken in the kernel (or by the fanotify listener)."""
+
+    TYPE: ClassVar[str] = "hips"
+    op: str = ""            # exec, open-read, open-write, create, ... (policy names)
+    action: str = ""        # allow, audit, deny, kill
+    rule_id: int = 0        # 1-based index in the applied plan; 0 = default action
+    subject: int = 0
+    mechanism: str = ""     # lsm, exec-kill, cgroup-sock, fanotify
+    enforced: bool = False  # refused/killed (False: audit only)
+    ret: int = 0
+    gen: int = 0
+    path: str = ""
+    dev: int = 0
+    ino: int = 0
+    daddr: str = ""
+    dport: int = 0
+    target_pid: int = 0
+
+    @property
+    def type(self) -> str:
+        return "hips"
+
+
 Event = Union[
     ExecEvent, ForkEvent, ExitEvent, FileEvent, NetEvent, PtraceEvent,
-    KillEvent, BpfEvent, MemfdEvent, CredEvent, LsmDenyEvent,
+    KillEvent, BpfEvent, MemfdEvent, CredEvent, LsmDenyEvent, HipsEvent,
 ]
 
 # JSON "type" -> class
@@ -185,7 +210,12 @@ TYPES: Final[dict[str, type[Any]]] = {
     "memfd_create": MemfdEvent,
     **{op.name.lower(): CredEvent for op in abi.CredOp},
     "lsm_deny": LsmDenyEvent,
+    "hips": HipsEvent,
 }
+
+OP_NAMES: Final = {op: op.name.lower().replace("_", "-") for op in abi.HipsOp}
+ACTION_NAMES: Final = {a: a.name.lower() for a in abi.HipsAction}
+MECHANISM_NAMES: Final = {m: m.name.lower().replace("_", "-") for m in abi.Mechanism}
 
 _PTRACE: Final = {
     0: "TRACEME", 1: "PEEKTEXT", 2: "PEEKDATA", 3: "PEEKUSR", 4: "POKETEXT",
@@ -334,6 +364,15 @@ def decode(record: bytes | bytearray | memoryview, boot_to_wall_ns: int) -> Even
             t, p, trunc, op=cop.name.lower(), args=args,
             cap_effective=r.cap_effective, cap_permitted=r.cap_permitted,
         )
+    if etype is abi.EventType.HIPS:
+        return HipsEvent(
+            t, p, trunc, op=OP_NAMES.get(r.op, str(r.op)),
+            action=ACTION_NAMES.get(r.action, str(r.action)), rule_id=r.rule_id,
+            subject=r.subject, mechanism=MECHANISM_NAMES.get(r.mechanism, str(r.mechanism)),
+            enforced=bool(r.enforced), ret=r.ret, gen=r.gen, path=_str(r.path), dev=r.dev,
+            ino=r.ino, daddr=_addr(r.family, r.addr) if r.family else "", dport=r.port,
+            target_pid=r.target_pid,
+        )
     # LSM_DENY
     try:
         hook = abi.LsmHook(r.hook).name.lower()
@@ -429,11 +468,14 @@ def summary(ev: Event) -> str:
         return ev.name
     if isinstance(ev, CredEvent):
         return f"{ev.op}{ev.args}"
+    if isinstance(ev, HipsEvent):
+        obj = ev.path or (f"{ev.daddr}:{ev.dport}" if ev.daddr else str(ev.target_pid or ""))
+        return f"{ev.action} {ev.op} {obj} ({ev.mechanism})"
     return f"{ev.hook} {ev.path}"
 
 
 __all__ = [
     "Proc", "Event", "ExecEvent", "ForkEvent", "ExitEvent", "FileEvent", "NetEvent",
-    "PtraceEvent", "KillEvent", "BpfEvent", "MemfdEvent", "CredEvent", "LsmDenyEvent",
+    "PtraceEvent", "KillEvent", "BpfEvent", "MemfdEvent", "CredEvent", "LsmDenyEvent", "HipsEvent",
     "TYPES", "decode", "to_json", "from_json", "summary",
 ]

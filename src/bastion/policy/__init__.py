@@ -1,0 +1,1 @@
+"""HIPS policy: model, parse, resolve, compile (pure), apply, learn."""
