@@ -199,6 +199,11 @@ def parse_rules(p: NodeParser, node: yaml.Node) -> tuple[Rule, ...]:
                 p.err(rnode, f"rule lacks {req!r}")
         ops = vals.get("ops", ())
         objs: tuple[Object, ...] = (AnyObject(),)
+        net_ops = [o for o in ops if o.is_network]
+        if net_ops and len(net_ops) != len(ops) and "objects_node" not in vals:
+            p.err(vals["ops_node"], f"network operations ({', '.join(o.value for o in net_ops)}) and "
+                  f"file/process operations ({', '.join(o.value for o in ops if not o.is_network)}) "
+                  "need separate rules")
         if "objects_node" in vals:
             objs = _objects(p, vals["objects_node"], ops)
         if len(p.problems) > before or not ops:
