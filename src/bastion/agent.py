@@ -23,9 +23,12 @@ from bastion.config import Policy
 from bastion.control import ControlServer
 from bastion.detect.engine import Engine, Finding, RuleContext, builtin_rules
 from bastion.enforce.tiers import TierReport
+from bastion.errors import BastionError
 from bastion.events import Event, to_json
 from bastion.proctable import ProcessTable
 from bastion.respond.dispatch import Dispatcher
+from bastion.policy.manager import PolicyManager
+from bastion.policy.model import Mode
 from bastion.sensors.base import Sensor
 from bastion.sensors.bpf import BpfSensor
 from bastion.store.db import Store
@@ -71,6 +74,8 @@ class Agent:
         socket_path: Path | None = None,
         feed: TextIO | None = None,
         feed_json: bool = False,
+        policies: PolicyManager | None = None,
+        apply_opts: dict[str, Any] | None = None,
     ) -> None:
         self.policy = policy
         self.sensors = list(sensors)
@@ -82,9 +87,14 @@ class Agent:
         self.engine = Engine(builtin_rules())
         self.ctx = RuleContext(self.procs)
         self.dispatcher = Dispatcher(self.procs)
+        self.policies = policies
+        self.apply_opts = apply_opts or {}
+        self._policy_lock = threading.Lock()
         self.control = ControlServer(socket_path, {
             "ping": lambda req: {"pid": os.getpid()},
             "status": lambda req: self.status(),
+            "policy.apply": self._policy_apply,
+            "policy.show": self._policy_show,
         }) if socket_path else None
         self.summary = Summary()
         self._started = time.monotonic()
@@ -92,6 +102,7 @@ class Agent:
         self._last_drops = 0
         self._lock = threading.Lock()
         self.ready = threading.Event()   # set once every sensor is open
+        self._pending: deque[Finding] = deque(maxlen=1024)  # findings raised off the loop thread
 
     # ---- status (control thread) -------------------------------------------------
 
@@ -127,12 +138,45 @@ class Agent:
             "drops": self.summary.drops,
             "ring_fill": round(ring_fill, 4),
             "alerts_total": self.summary.alerts,
+            "policy_mode": (self.policies.current.policy.hips.mode.value
+                            if self.policies and self.policies.current else "none"),
+            "policy_generation": (self.policies.current.gen
+                                  if self.policies and self.policies.current else 0),
+            "policy_degraded": (self.policies.current.degraded
+                                if self.policies and self.policies.current else []),
             "uptime_s": round(uptime, 1),
             "rss_mb": round(rss_mb(), 1),
             "cpu_s": round(cpu_seconds(), 2),
             "data_dir": str(self.store.path.parent),
             "store_events": self.store.count_events(),
         }
+
+    # ---- policy (control thread) -----------------------------------------------------
+
+    def _policy_apply(self, req: dict[str, Any]) -> dict[str, Any]:
+        if self.policies is None:
+            raise ValueError("this agent runs without HIPS enforcement (replay mode)")
+        text, source = req.get("text"), req.get("source", "<control>")
+        if not isinstance(text, str) or not isinstance(source, str):
+            raise ValueError("policy.apply needs 'text' and 'source' strings")
+        mode = Mode(req["mode"]) if req.get("mode") else None
+        try:
+            with self._policy_lock:
+                applied = self.policies.apply_text(
+                    text, source, mode=mode, force=bool(req.get("force")),
+                    allow_degraded=bool(req.get("allow_degraded")))
+        except BastionError as exc:
+            return {"applied": False, "error": str(exc)}
+        for d in applied.degraded:
+            self._pending.append(Finding(
+                rule="bastion.policy.degraded", title=f"Policy rule not enforceable here: {d}",
+                severity="high", attack=(), action="alert", event=None, pid=os.getpid(),
+                evidence={"policy": source, "degraded": d}))
+        return {"applied": True, **applied.summary()}
+
+    def _policy_show(self, req: dict[str, Any]) -> dict[str, Any]:
+        cur = self.policies.current if self.policies else None
+        return {"policy": cur.summary() if cur else None}
 
     # ---- the loop ------------------------------------------------------------------
 
@@ -151,6 +195,8 @@ class Agent:
             self.feed.flush()
 
     def _health(self) -> None:
+        while self._pending:
+            self._alert(self._pending.popleft())
         drops = sum(s.stats().get("drops", 0) for s in self.sensors)
         if drops > self._last_drops:
             new = drops - self._last_drops
@@ -185,6 +231,13 @@ class Agent:
             for s in self.sensors:
                 s.open()
                 opened.append(s)
+            if self.policies is not None and self.policy.hips.rules:
+                applied = self.policies.apply(self.policy, **self.apply_opts)
+                for d in applied.degraded:
+                    self._pending.append(Finding(
+                        rule="bastion.policy.degraded", title=f"Policy rule not enforceable here: {d}",
+                        severity="high", attack=(), action="alert", event=None, pid=os.getpid(),
+                        evidence={"policy": self.policy.source, "degraded": d}))
             self.ready.set()
             interval = self.policy.events.poll_interval_s
             last_health = last_retention = time.monotonic()
@@ -198,6 +251,10 @@ class Agent:
                         eof[i] = True
                         continue
                     self.process(batch)
+                if self.policies is not None:
+                    for hev in self.policies.poll():
+                        self.process([hev])
+                        self._alert(self.policies.finding(hev))
                 now = time.monotonic()
                 with self._lock:
                     self._rate.append((now, self.summary.events))
@@ -220,5 +277,7 @@ class Agent:
                 self.control.stop()
             for s in opened:
                 s.close()
+            if self.policies is not None:
+                self.policies.close()
         self.summary.uptime_s = time.monotonic() - self._started
         return self.summary

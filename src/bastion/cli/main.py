@@ -23,6 +23,7 @@ from bastion import __version__
 from bastion.errors import BastionError, KernelError
 from bastion.paths import DEFAULT_DATA_DIR, DEFAULT_SOCKET, PIN_ROOT
 
+from bastion.cli.policy import policy_group
 from bastion.cli.query import alerts_cmd, events_cmd
 
 log = logging.getLogger("bastion")
@@ -58,8 +59,15 @@ def cli(verbose: int) -> None:
 @click.option("--quiet", is_flag=True, help="No live alert feed.")
 @click.option("--replay", "replay_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Read events from a recorded JSONL trace instead of the kernel; stops at its end.")
+@click.option("--force", is_flag=True, help="Apply the policy despite its warnings.")
+@click.option("--pin-root", type=click.Path(path_type=Path), default=PIN_ROOT, hidden=True)
+@click.option("--test-deadline", type=click.FloatRange(min=1), hidden=True,
+              help="Tests only: enforcement expires by itself after this many seconds.")
+@click.option("--allow-degraded", is_flag=True,
+              help="Accept rules this kernel cannot enforce (audited only; shown in status, alerted).")
 def run(policy_path: Path | None, data_dir: Path, socket_path: Path, feed_json: bool, quiet: bool,
-        replay_path: Path | None) -> None:
+        replay_path: Path | None, force: bool, allow_degraded: bool, pin_root: Path,
+        test_deadline: float | None) -> None:
     """Run the agent in the foreground until SIGINT/SIGTERM."""
     from bastion.agent import Agent
     from bastion.config import load_policy
@@ -81,11 +89,18 @@ def run(policy_path: Path | None, data_dir: Path, socket_path: Path, feed_json: 
         if not report.can_run:
             raise KernelError("this kernel cannot run Bastion: " + "; ".join(report.problems))
         sensor = BpfSensor(classes=policy.events.classes, self_tgid=os.getpid())
+    policies = None
+    if report is not None:
+        from bastion.policy.manager import PolicyManager
+        policies = PolicyManager(report.tier,
+                                 open_backends=_backends(report.tier, pin_root, test_deadline))
+        policies.prepare(policy, force=force, allow_degraded=allow_degraded)  # refuse before attaching
     store = Store.open(data_dir, retention=Retention(
         max_age_s=policy.store.max_age_s, max_events=policy.store.max_events,
         max_bytes=policy.store.max_bytes))
     agent = Agent(policy=policy, sensors=[sensor], store=store, tier=report,
-                  socket_path=socket_path, feed=None if quiet else sys.stdout, feed_json=feed_json)
+                  socket_path=socket_path, feed=None if quiet else sys.stdout, feed_json=feed_json,
+                  policies=policies, apply_opts={"force": force, "allow_degraded": allow_degraded})
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -101,6 +116,31 @@ def run(policy_path: Path | None, data_dir: Path, socket_path: Path, feed_json: 
     finally:
         store.close()
     click.echo(summary.line(), err=True)
+
+
+def _backends(tier: str, pin_root: Path, deadline_s: float | None) -> Any:
+    """A factory for the HIPS enforcement backends of this tier (loaded on first need)."""
+
+    def open_backends() -> Any:
+        from bastion.enforce.hips_kernel import HipsKernel
+
+        kernel = HipsKernel(tier, pin_dir=pin_root / "hips", self_tgid=os.getpid(),
+                            deadline_s=deadline_s)
+        kernel.open()
+        files = None
+        if tier != "lsm":
+            from bastion.enforce.fanotify import FanotifyEnforcer
+
+            files = FanotifyEnforcer(self_tgid=os.getpid(), deadline_s=deadline_s)
+            try:
+                files.open()
+                files.start()
+            except BaseException:
+                kernel.close()
+                raise
+        return kernel, files
+
+    return open_backends
 
 
 def _announce(agent: Any, sensor: Any, tier: str, started: float, stop: threading.Event) -> None:
@@ -222,6 +262,7 @@ def reset(emergency: bool, pin_root: Path) -> None:
 
 cli.add_command(events_cmd)
 cli.add_command(alerts_cmd)
+cli.add_command(policy_group)
 
 
 def main() -> None:

@@ -1,0 +1,168 @@
+"""`bastion policy check|apply|show|diff`."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bastion.config import PolicyError, load_policy
+from bastion.paths import DEFAULT_SOCKET
+from bastion.policy.compile import CompileError
+from bastion.policy.manager import PolicyApplyError, PolicyManager
+
+_SOCKET_OPT = click.option(
+    "--socket", "socket_path", type=click.Path(path_type=Path), envvar="BASTION_SOCKET",
+    default=DEFAULT_SOCKET, show_default=True, help="The agent's control socket.")
+_FILE = click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+
+
+def _tier(tier: str | None) -> str:
+    if tier:
+        return tier
+    if os.geteuid() != 0:
+        return "compat"
+    from bastion.enforce.tiers import probe
+
+    return probe().tier
+
+
+@click.group("policy")
+def policy_group() -> None:
+    """Check, apply, show and compare HIPS policies."""
+
+
+@policy_group.command("check")
+@_FILE
+@click.option("--tier", type=click.Choice(["lsm", "compat"]),
+              help="Judge enforceability for this tier (default: this kernel's).")
+@click.option("--allow-degraded", is_flag=True, help="Accept rules this tier cannot enforce.")
+@click.option("--json", "as_json", is_flag=True)
+def check(file: Path, tier: str | None, allow_degraded: bool, as_json: bool) -> None:
+    """Report every problem of FILE, and per rule the mechanism that enforces it here.
+
+    Exit 0: it can be applied; 1: errors (or, in enforce mode, rules this kernel
+    cannot enforce without --allow-degraded)."""
+    try:
+        policy = load_policy(file)
+    except PolicyError as exc:
+        for p in exc.problems:
+            click.echo(f"error: {p}", err=True)
+        sys.exit(1)
+    t = _tier(tier)
+    mgr = PolicyManager(t)
+    try:
+        applied = mgr.prepare(policy, force=True, allow_degraded=allow_degraded)
+    except (CompileError, PolicyApplyError) as exc:
+        for line in str(exc).splitlines():
+            click.echo(f"error: {line}", err=True)
+        sys.exit(1)
+    summary = applied.summary()
+    summary.pop("text")
+    summary["tier"] = t
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        click.echo(f"{file}: mode {summary['mode']}, default {summary['default']}, "
+                   f"{len(summary['rules'])} rules, tier {t}")
+        for r in summary["rules"]:
+            click.echo(f"  {r['name']} ({r['location']}): {r['action']} "
+                       f"{', '.join(r['operations'])} for {r['subject']}")
+            for op, mech in r["mechanisms"].items():
+                click.echo(f"      {op:11} {mech}")
+        for w in summary["warnings"]:
+            click.echo(f"warning: {w}", err=True)
+        for d in summary["degraded"]:
+            click.echo(f"degraded: {d}", err=True)
+
+
+def _send(socket_path: Path, cmd: str, **args: Any) -> dict[str, Any]:
+    from bastion.control import request
+
+    return request(socket_path, cmd, timeout=30.0, **args)
+
+
+@policy_group.command("apply")
+@_FILE
+@_SOCKET_OPT
+@click.option("--mode", type=click.Choice(["learn", "audit", "enforce"]),
+              help="Override the file's mode (promote a learned profile).")
+@click.option("--force", is_flag=True, help="Apply despite warnings.")
+@click.option("--allow-degraded", is_flag=True, help="Accept rules this kernel cannot enforce.")
+def apply(file: Path, socket_path: Path, mode: str | None, force: bool, allow_degraded: bool) -> None:
+    """Replace the running agent's policy with FILE, atomically."""
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise click.ClickException(f"{file}: {exc.strerror}") from exc
+    resp = _send(socket_path, "policy.apply", text=text, source=str(file.resolve()), mode=mode,
+                 force=force, allow_degraded=allow_degraded)
+    if not resp.get("applied"):
+        for line in str(resp.get("error", "refused")).splitlines():
+            click.echo(f"error: {line}", err=True)
+        click.echo("bastion: policy refused; the running policy is unchanged", err=True)
+        sys.exit(1)
+    click.echo(f"applied {file}: mode {resp['mode']}, generation {resp['generation']}, "
+               f"{len(resp['rules'])} rules")
+    for r in resp["rules"]:
+        for op, mech in r["mechanisms"].items():
+            click.echo(f"  {r['name']}: {r['action']} {op} -> {mech}")
+    for d in resp["degraded"]:
+        click.echo(f"degraded: {d}", err=True)
+
+
+@policy_group.command("show")
+@_SOCKET_OPT
+@click.option("--json", "as_json", is_flag=True)
+def show(socket_path: Path, as_json: bool) -> None:
+    """The running policy."""
+    cur = _send(socket_path, "policy.show").get("policy")
+    if as_json:
+        click.echo(json.dumps(cur, indent=2))
+        return
+    if cur is None:
+        click.echo("no HIPS policy applied")
+        return
+    click.echo(f"# {cur['source']} — mode {cur['mode']}, generation {cur['generation']}")
+    click.echo(cur["text"].rstrip("\n"))
+
+
+def _rules_by_name(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {r["name"]: {k: r[k] for k in ("subject", "operations", "action")} for r in summary["rules"]}
+
+
+@policy_group.command("diff")
+@_FILE
+@_SOCKET_OPT
+def diff(file: Path, socket_path: Path) -> None:
+    """Compare FILE with the running policy, rule by rule (exit 1 when they differ)."""
+    running = _send(socket_path, "policy.show").get("policy")
+    new_policy = load_policy(file)
+    new = PolicyManager(_tier(None)).prepare(new_policy, force=True, allow_degraded=True).summary()
+    old_rules = _rules_by_name(running) if running else {}
+    new_rules = _rules_by_name(new)
+    changed = False
+    if running is None or running["mode"] != new["mode"]:
+        click.echo(f"~ mode: {running['mode'] if running else 'none'} -> {new['mode']}")
+        changed = True
+    if running is not None and running["default"] != new["default"]:
+        click.echo(f"~ default: {running['default']} -> {new['default']}")
+        changed = True
+    for name in sorted(old_rules.keys() | new_rules.keys()):
+        a, b = old_rules.get(name), new_rules.get(name)
+        if a == b:
+            continue
+        changed = True
+        if a is None:
+            click.echo(f"+ {name}: {b}")
+        elif b is None:
+            click.echo(f"- {name}: {a}")
+        else:
+            click.echo(f"~ {name}: {a} -> {b}")
+    if not changed:
+        click.echo("no differences")
+    sys.exit(1 if changed else 0)

@@ -1,0 +1,219 @@
+"""The running HIPS policy: validate, compile and apply atomically; report.
+
+``PolicyManager.apply`` either replaces the running policy completely or
+leaves it untouched: parsing, resolution, compilation, the enforceability
+check and the lockout check all happen before anything in the kernel is
+written, and the kernel swap itself is one generation flip.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+from bastion.config import Policy, PolicyError, parse_policy
+from bastion.detect.engine import Finding
+from bastion.enforce.mechanisms import Enforceability, assess, refusals
+from bastion.errors import ConfigError, Location
+from bastion.events import HipsEvent
+from bastion.policy.compile import (
+    CompileError, FileTarget, MapPlan, ResolvedPolicy, Resolver, compile_plan, kernel_dev, resolve,
+)
+from bastion.policy.model import Action, HipsPolicy, Mode, Op
+
+log = logging.getLogger("bastion.policy")
+
+# Programs whose loss would lock the administrator out (or stop the agent).
+_CRITICAL = ("/bin/sh", "/bin/bash", "/usr/bin/sudo", "/bin/su", "/usr/bin/su",
+             "/bin/login", "/usr/sbin/sshd", "/sbin/init")
+
+
+class KernelBackend(Protocol):
+    """What the manager needs from an enforcement backend (hips_kernel, fanotify)."""
+
+    def apply(self, plan: MapPlan) -> int: ...
+    def clear(self) -> None: ...
+    def poll(self, timeout_s: float) -> list[HipsEvent] | None: ...
+    def close(self) -> None: ...
+
+
+class FileBackend(Protocol):
+    def apply(self, plan: MapPlan, targets: Sequence[FileTarget]) -> None: ...
+    def clear(self) -> None: ...
+    def poll(self, timeout_s: float) -> list[HipsEvent] | None: ...
+    def close(self) -> None: ...
+
+
+Backends = tuple[KernelBackend | None, FileBackend | None]
+
+
+class PolicyApplyError(ConfigError):
+    """The new policy was refused; the running one is unchanged."""
+
+
+@dataclass
+class Applied:
+    policy: Policy
+    resolved: ResolvedPolicy
+    plan: MapPlan
+    assessed: list[Enforceability]
+    gen: int = 0
+    degraded: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "source": self.policy.source,
+            "mode": self.policy.hips.mode.value,
+            "default": self.policy.hips.default.value,
+            "generation": self.gen,
+            "rules": [
+                {"id": r.rule_id, "name": r.name, "location": str(r.location), "subject": r.subject,
+                 "operations": [o.value for o in r.ops], "action": r.action.value,
+                 "mechanisms": {e.op.value: e.mechanism or "none (audited from events)"
+                                for e in self.assessed if e.rule == r.name}}
+                for r in self.resolved.rules
+            ],
+            "entries": {"subjects": len(self.plan.subjects), "rules": len(self.plan.rules),
+                        "nets": len(self.plan.nets)},
+            "degraded": self.degraded,
+            "warnings": [str(w) for w in self.policy.warnings + self.resolved.warnings],
+            "text": self.policy.text,
+        }
+
+
+def lockout_problems(hips: HipsPolicy, resolved: ResolvedPolicy, r: Resolver) -> list[ConfigError]:
+    """Rules that would deny the agent itself or the administrator's way in."""
+    out: list[ConfigError] = []
+    crit: dict[tuple[int, int], str] = {}
+    for path in _CRITICAL + (sys.executable, str(Path(sys.argv[0]).resolve())):
+        try:
+            st = r.stat(path)
+        except OSError:
+            continue
+        crit[(kernel_dev(st.st_dev), st.st_ino)] = path
+    for rule in resolved.rules:
+        if rule.action not in (Action.DENY, Action.KILL) or rule.identities:
+            continue
+        for f in rule.files:
+            hit = crit.get((f.dev, f.ino))
+            if hit and (Op.EXEC in rule.ops or Op.OPEN_READ in rule.ops):
+                out.append(ConfigError(
+                    f"rule {rule.name!r} would {rule.action.value} {hit} for everyone: this locks "
+                    "the administrator out or stops Bastion itself", location=rule.location))
+            if f.path == "any" and Op.EXEC in rule.ops:
+                out.append(ConfigError(
+                    f"rule {rule.name!r} would {rule.action.value} every exec for everyone",
+                    location=rule.location))
+    return out
+
+
+class PolicyManager:
+    def __init__(self, tier: str, *, open_backends: Callable[[], Backends] | None = None,
+                 resolver: Resolver | None = None) -> None:
+        """``open_backends`` loads the enforcement programs; it is called on the first
+        policy that enforces or audits something, so an agent without HIPS rules
+        pays nothing for HIPS."""
+        self.tier = tier
+        self.open_backends = open_backends
+        self.kernel: KernelBackend | None = None
+        self.files: FileBackend | None = None
+        self.resolver = resolver or Resolver()
+        self.current: Applied | None = None
+
+    def prepare(self, policy: Policy, *, mode: Mode | None = None, force: bool = False,
+                allow_degraded: bool = False) -> Applied:
+        """Everything short of touching the kernel; raises PolicyApplyError/CompileError."""
+        hips = policy.hips if mode is None else replace(policy.hips, mode=mode)
+        policy = replace(policy, hips=hips)
+        resolved = resolve(hips, self.resolver)
+        plan = compile_plan(resolved)
+        assessed = assess([(r.name, r.ops, r.action) for r in resolved.rules], self.tier)
+        where = {r.name: r.location for r in resolved.rules}
+        problems = [ConfigError(m, location=where.get(m.split("'")[1], Location(policy.source)))
+                    for m in refusals(assessed, hips.mode, allow_degraded)]
+        if hips.mode is Mode.ENFORCE:
+            problems += lockout_problems(hips, resolved, self.resolver)
+        if not force:
+            for w in policy.warnings:
+                problems.append(ConfigError(f"{w.message} (use --force to apply anyway)",
+                                            location=w.location))
+        if problems:
+            raise PolicyApplyError("\n".join(str(p) for p in problems))
+        degraded = [f"rule {e.rule!r}: {e.action.value} {e.op.value} (no mechanism in the "
+                    f"{self.tier} tier: audited from events)" for e in assessed if e.degraded]
+        return Applied(policy, resolved, plan, assessed, degraded=degraded)
+
+    def apply(self, policy: Policy, **kw: Any) -> Applied:
+        applied = self.prepare(policy, **kw)
+        hips = applied.policy.hips
+        if hips.mode is Mode.LEARN or hips.empty:
+            if self.kernel is not None:
+                self.kernel.clear()
+            if self.files is not None:
+                self.files.clear()
+        else:
+            if self.kernel is None and self.files is None and self.open_backends is not None:
+                self.kernel, self.files = self.open_backends()
+            if self.kernel is not None:
+                applied.gen = self.kernel.apply(applied.plan)
+            if self.files is not None and self.tier != "lsm":
+                targets = [f for r in applied.resolved.rules for f in r.files
+                           if {Op.OPEN_READ, Op.OPEN_WRITE} & set(r.ops) and f.path != "any"]
+                self.files.apply(applied.plan, targets)
+        self.current = applied
+        log.info("policy %s applied (mode %s, generation %d, %d rules)", policy.source,
+                 hips.mode.value, applied.gen, len(applied.resolved.rules))
+        return applied
+
+    def poll(self) -> list[HipsEvent]:
+        out: list[HipsEvent] = []
+        for b in (self.kernel, self.files):
+            if b is not None:
+                out += b.poll(0) or []
+        return out
+
+    def close(self) -> None:
+        for b in (self.kernel, self.files):
+            if b is not None:
+                b.close()
+        self.kernel = self.files = None
+
+    def apply_text(self, text: str, source: str, **kw: Any) -> Applied:
+        return self.apply(parse_policy(text, source), **kw)
+
+    def finding(self, ev: HipsEvent) -> Finding:
+        """A HIPS decision as a finding (the alert names rule, subject, object, mechanism)."""
+        rule_name, subject = "default", "everyone"
+        if self.current is not None and 0 < ev.rule_id <= len(self.current.plan.rule_table):
+            info = self.current.plan.rule_table[ev.rule_id - 1]
+            rule_name, subject = info.name, info.subject
+        obj = ev.path or (f"{ev.daddr}:{ev.dport}" if ev.daddr else
+                          (f"pid {ev.target_pid}" if ev.target_pid else "?"))
+        verb = ev.action if ev.enforced else f"audit ({ev.action} not enforced)"
+        sev = "high" if ev.enforced else "medium"
+        return Finding(
+            rule=f"hips:{rule_name}",
+            title=f"HIPS {verb}: {ev.op} {obj}",
+            severity=sev, attack=(), action=ev.action if ev.enforced else "audit",
+            event=ev, pid=ev.proc.pid,
+            evidence={"op": ev.op, "object": obj, "subject": subject, "rule_id": ev.rule_id,
+                      "generation": ev.gen, "decision": ev.action, "enforced": ev.enforced},
+            enforced_by=ev.mechanism,
+            meta={"hips": {"rule": rule_name, "subject": subject, "object": obj,
+                           "operation": ev.op, "mechanism": ev.mechanism}},
+        )
+
+
+def load_for_apply(path: Path) -> Policy:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyError([ConfigError(f"cannot read policy: {exc.strerror}",
+                                       location=Location(str(path)))]) from exc
+    return parse_policy(text, str(path))
+
+
+__all__ = ["Applied", "CompileError", "PolicyApplyError", "PolicyManager"]
