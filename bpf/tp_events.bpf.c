@@ -103,8 +103,9 @@ int BPF_PROG(on_exit, struct task_struct *p)
 }
 
 /* ------------------------------------------------------------------ */
-/* files: opens with write intent are resolved at syscall exit from the  */
-/* new descriptor, so the path is absolute and the inode is known.      */
+/* files: opens with write intent (and, in learn mode, all opens) are    */
+/* resolved at syscall exit from the new descriptor, so the path is      */
+/* absolute and the inode is known.                                      */
 
 struct open_args {
 	__s32 flags;
@@ -118,12 +119,16 @@ struct {
 	__type(value, struct open_args);
 } pending_open SEC(".maps");
 
+/* Read-only opens are reported only when asked (learn mode, scoped by
+ * cfg_cgroup_id): they are most of all opens. */
+const volatile __u32 cfg_open_reads = 0;
+
 static __always_inline int open_enter(__s64 flags, __u64 mode)
 {
 	struct open_args a = { .flags = flags, .mode = mode };
 	__u64 id;
 
-	if ((flags & O_ACCMODE_) == O_RDONLY_ && !(flags & (O_CREAT_ | O_TRUNC_)))
+	if (!cfg_open_reads && (flags & O_ACCMODE_) == O_RDONLY_ && !(flags & (O_CREAT_ | O_TRUNC_)))
 		return 0;
 	if (!wanted(BASTION_EV_FILE))
 		return 0;

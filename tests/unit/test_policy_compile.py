@@ -14,7 +14,7 @@ from bastion.config import PolicyError, parse_policy
 from bastion.policy.compile import CompileError, Resolver, compile_plan, resolve
 from bastion.policy.match import Matcher, TaskFacts
 from bastion.enforce.mechanisms import assess, refusals
-from bastion.policy.model import Mode
+from bastion.policy.model import Action, AnyObject, Mode, Op
 
 GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "golden"
 DEV = 0x800001  # kernel encoding of 8:1
@@ -213,10 +213,15 @@ def test_lockout_default_deny_warns() -> None:
 def test_enforceability_by_tier() -> None:
     hips = parse_policy(POLICY + "  - {name: u, operations: [unlink], objects: [/etc/shadow], "
                         "action: deny}\n", "p.yaml").hips
-    rules = [(r.name, r.ops, r.action) for r in hips.rules]
+    rules = [(r.name, r.ops, r.action, any(isinstance(o, AnyObject) for o in r.objects))
+             for r in hips.rules]
     assert refusals(assess(rules, "lsm"), Mode.ENFORCE, False) == []
     why = refusals(assess(rules, "compat"), Mode.ENFORCE, False)
     assert len(why) == 2 and "rule 'u': deny unlink cannot be enforced" in why[1]
     assert "rule 'sshd-children': deny ptrace" in why[0]
     assert refusals(assess(rules, "compat"), Mode.ENFORCE, True) == []
     assert refusals(assess(rules, "compat"), Mode.AUDIT, False) == []
+    # fanotify cannot mark "any": an open rule on any object has no compat mechanism
+    anyrule = [("w", (Op.OPEN_WRITE,), Action.DENY, True)]
+    assert "cannot be enforced" in refusals(assess(anyrule, "compat"), Mode.ENFORCE, False)[0]
+    assert refusals(assess(anyrule, "lsm"), Mode.ENFORCE, False) == []

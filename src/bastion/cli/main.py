@@ -23,7 +23,7 @@ from bastion import __version__
 from bastion.errors import BastionError, KernelError
 from bastion.paths import DEFAULT_DATA_DIR, DEFAULT_SOCKET, PIN_ROOT
 
-from bastion.cli.policy import policy_group
+from bastion.cli.policy import learn_cmd, policy_group
 from bastion.cli.query import alerts_cmd, events_cmd
 
 log = logging.getLogger("bastion")
@@ -263,6 +263,7 @@ def reset(emergency: bool, pin_root: Path) -> None:
 cli.add_command(events_cmd)
 cli.add_command(alerts_cmd)
 cli.add_command(policy_group)
+cli.add_command(learn_cmd)
 
 
 def main() -> None:

@@ -166,3 +166,66 @@ def diff(file: Path, socket_path: Path) -> None:
     if not changed:
         click.echo("no differences")
     sys.exit(1 if changed else 0)
+
+
+@click.command("learn")
+@click.option("--for", "selector", required=True, metavar="SELECTOR",
+              help="Whose behaviour to learn: exe=PATH|GLOB, cgroup=PATH, user=NAME or uid=N.")
+@click.option("--duration", required=True, metavar="D", help="How long to watch: 30s, 10m, 1h.")
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="Where to write the profile (a policy document in audit mode).")
+@click.option("--replay", "replay_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Learn from a recorded trace instead of watching live.")
+def learn_cmd(selector: str, duration: str, output: Path, replay_path: Path | None) -> None:
+    """Watch what the selected programs do and write a least-privilege profile."""
+    import pwd
+    import threading
+    import time
+
+    from bastion.kernel.cgroup import cgroup_id
+    from bastion.policy.learn import Learner, Selector
+    from bastion.proctable import ProcessTable
+    from bastion.sensors.base import Sensor
+    from bastion.sensors.bpf import BpfSensor
+    from bastion.sensors.replay import ReplaySensor
+    from bastion.timefmt import parse_since
+    from bastion.errors import ConfigError
+
+    sel = Selector.parse(selector)
+    try:
+        seconds = time.time() - parse_since(duration, time.time())
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--duration") from exc
+    learner = Learner(sel, ProcessTable())
+    scope = 0
+    if sel.kind == "cgroup":
+        learner.cgroup_id = scope = cgroup_id(Path(sel.value))
+    elif sel.kind == "user":
+        try:
+            learner.uid = pwd.getpwnam(sel.value).pw_uid
+        except KeyError:
+            raise click.BadParameter(f"no such user {sel.value!r}", param_hint="--for") from None
+    sensor: Sensor
+    if replay_path is not None:
+        sensor = ReplaySensor(replay_path)
+    else:
+        if os.geteuid() != 0:
+            raise click.ClickException("live learning needs root (use --replay FILE otherwise)")
+        learner.procs.seed()
+        sensor = BpfSensor(self_tgid=os.getpid(), cgroup_id=scope, open_reads=True)
+    stop = threading.Event()
+    import signal as _signal
+    _signal.signal(_signal.SIGINT, lambda *_: stop.set())
+    sensor.open()
+    deadline = time.monotonic() + seconds
+    try:
+        while not stop.is_set() and time.monotonic() < deadline:
+            batch = sensor.poll(0.05)
+            if batch is None:
+                break
+            for ev in batch:
+                learner.observe(ev)
+    finally:
+        sensor.close()
+    output.write_text(learner.profile())
+    click.echo(f"bastion: learned from {learner.events} events of {selector}; wrote {output}", err=True)

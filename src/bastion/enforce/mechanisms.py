@@ -55,9 +55,17 @@ class Enforceability:
         return self.mechanism is None and self.action in (Action.DENY, Action.KILL)
 
 
-def assess(rules: list[tuple[str, tuple[Op, ...], Action]], tier: str) -> list[Enforceability]:
-    return [Enforceability(name, op, action, mechanism(op, tier))
-            for name, ops, action in rules for op in ops]
+def assess(rules: list[tuple[str, tuple[Op, ...], Action, bool]], tier: str) -> list[Enforceability]:
+    """``rules``: (name, operations, action, names 'any' object).  In the compat tier
+    fanotify marks only named files, so an open rule on 'any' has no mechanism."""
+    out = []
+    for name, ops, action, any_object in rules:
+        for op in ops:
+            mech = mechanism(op, tier)
+            if tier != "lsm" and any_object and op in (Op.OPEN_READ, Op.OPEN_WRITE):
+                mech = None
+            out.append(Enforceability(name, op, action, mech))
+    return out
 
 
 def refusals(assessed: list[Enforceability], mode: Mode, allow_degraded: bool) -> list[str]:

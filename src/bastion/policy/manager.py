@@ -130,7 +130,8 @@ class PolicyManager:
         policy = replace(policy, hips=hips)
         resolved = resolve(hips, self.resolver)
         plan = compile_plan(resolved)
-        assessed = assess([(r.name, r.ops, r.action) for r in resolved.rules], self.tier)
+        assessed = assess([(r.name, r.ops, r.action, any(f.path == "any" for f in r.files))
+                           for r in resolved.rules], self.tier)
         where = {r.name: r.location for r in resolved.rules}
         problems = [ConfigError(m, location=where.get(m.split("'")[1], Location(policy.source)))
                     for m in refusals(assessed, hips.mode, allow_degraded)]

@@ -68,12 +68,14 @@ class BpfSensor:
         self_tgid: int = 0,
         cgroup_id: int = 0,
         obj_path: Path | None = None,
+        open_reads: bool = False,
     ) -> None:
         self.classes = tuple(classes)
         self.mask = event_mask(self.classes)
         self.self_tgid = self_tgid
         self.cgroup_id = cgroup_id
         self.obj_path = obj_path
+        self.open_reads = open_reads
         self._obj: BpfObject | None = None
         self._links: list[Link] = []
         self._ring: RingBuffer | None = None
@@ -92,6 +94,7 @@ class BpfSensor:
             "cfg_self_tgid": self.self_tgid,
             "cfg_cgroup_id": self.cgroup_id,
             "cfg_event_mask": self.mask,
+            "cfg_open_reads": int(self.open_reads),
         })
         try:
             version = int.from_bytes(obj.read_rodata("bastion_abi_version"), "little")
