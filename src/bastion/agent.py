@@ -21,7 +21,7 @@ from typing import Any, Sequence, TextIO
 from bastion import __version__
 from bastion.config import Policy
 from bastion.control import ControlServer
-from bastion.detect.engine import Engine, Finding, RuleContext, builtin_rules
+from bastion.detect.engine import Engine, Finding, Rule, RuleContext, builtin_rules
 from bastion.enforce.tiers import TierReport
 from bastion.errors import BastionError
 from bastion.events import Event, to_json
@@ -76,6 +76,7 @@ class Agent:
         feed_json: bool = False,
         policies: PolicyManager | None = None,
         apply_opts: dict[str, Any] | None = None,
+        extra_rules: Sequence[Rule] = (),
     ) -> None:
         self.policy = policy
         self.sensors = list(sensors)
@@ -84,7 +85,7 @@ class Agent:
         self.feed = feed
         self.feed_json = feed_json
         self.procs = ProcessTable()
-        self.engine = Engine(builtin_rules())
+        self.engine = Engine([*builtin_rules(), *extra_rules])
         self.ctx = RuleContext(self.procs)
         self.dispatcher = Dispatcher(self.procs)
         self.policies = policies

@@ -57,6 +57,7 @@ class Policy:
     events: EventsConfig = field(default_factory=EventsConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     hips: HipsPolicy = field(default_factory=HipsPolicy)
+    sigma: tuple[Path, ...] = ()                     # Sigma rule directories
     text: str = ""                                   # the document as written
     warnings: tuple[ConfigError, ...] = ()           # need --force to apply
 
@@ -136,15 +137,25 @@ def parse_policy(text: str, source: str) -> Policy:
     def rules(n: yaml.Node) -> None:
         hips["rules"] = parse_rules(p, n)
 
+    sigma: list[Path] = []
+
+    def sigma_dirs(n: yaml.Node) -> None:
+        for v, vn in p.strings(n, "sigma"):
+            if not v.startswith("/"):
+                p.err(vn, f"sigma directory {v!r} must be an absolute path")
+            else:
+                sigma.append(Path(v))
+
     p.mapping(root, "the policy", {"version": version, "events": events, "store": store,
-                                   "mode": mode, "default": default, "rules": rules})
+                                   "mode": mode, "default": default, "rules": rules,
+                                   "sigma": sigma_dirs})
     if "version" not in values and isinstance(root, yaml.MappingNode):
         p.err(root, "the policy lacks 'version: 1'")
     hips_policy = build(p, root, hips.get("mode"), hips.get("default"), hips.get("rules", ()))
     if p.problems:
         raise PolicyError(p.problems)
     return Policy(source=source, events=EventsConfig(**ev), store=StoreConfig(**st),
-                  hips=hips_policy, text=text, warnings=tuple(p.warnings))
+                  hips=hips_policy, sigma=tuple(sigma), text=text, warnings=tuple(p.warnings))
 
 
 def load_policy(path: Path | None) -> Policy:

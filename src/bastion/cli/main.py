@@ -23,7 +23,10 @@ from bastion import __version__
 from bastion.errors import BastionError, KernelError
 from bastion.paths import DEFAULT_DATA_DIR, DEFAULT_SOCKET, PIN_ROOT
 
+from bastion.cli.integrity import integrity_group
 from bastion.cli.policy import learn_cmd, policy_group
+from bastion.cli.service import install_cmd, uninstall_cmd
+from bastion.cli.sigma import sigma_group
 from bastion.cli.query import alerts_cmd, events_cmd
 
 log = logging.getLogger("bastion")
@@ -59,6 +62,8 @@ def cli(verbose: int) -> None:
 @click.option("--quiet", is_flag=True, help="No live alert feed.")
 @click.option("--replay", "replay_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Read events from a recorded JSONL trace instead of the kernel; stops at its end.")
+@click.option("--sigma", "sigma_dirs", multiple=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Evaluate the Sigma rules under DIR live (repeatable; adds to the policy's sigma list).")
 @click.option("--force", is_flag=True, help="Apply the policy despite its warnings.")
 @click.option("--pin-root", type=click.Path(path_type=Path), default=PIN_ROOT, hidden=True)
 @click.option("--test-deadline", type=click.FloatRange(min=1), hidden=True,
@@ -66,8 +71,8 @@ def cli(verbose: int) -> None:
 @click.option("--allow-degraded", is_flag=True,
               help="Accept rules this kernel cannot enforce (audited only; shown in status, alerted).")
 def run(policy_path: Path | None, data_dir: Path, socket_path: Path, feed_json: bool, quiet: bool,
-        replay_path: Path | None, force: bool, allow_degraded: bool, pin_root: Path,
-        test_deadline: float | None) -> None:
+        replay_path: Path | None, sigma_dirs: tuple[Path, ...], force: bool, allow_degraded: bool,
+        pin_root: Path, test_deadline: float | None) -> None:
     """Run the agent in the foreground until SIGINT/SIGTERM."""
     from bastion.agent import Agent
     from bastion.config import load_policy
@@ -98,7 +103,8 @@ def run(policy_path: Path | None, data_dir: Path, socket_path: Path, feed_json: 
     store = Store.open(data_dir, retention=Retention(
         max_age_s=policy.store.max_age_s, max_events=policy.store.max_events,
         max_bytes=policy.store.max_bytes))
-    agent = Agent(policy=policy, sensors=[sensor], store=store, tier=report,
+    extra_rules = _sigma_rules(tuple(policy.sigma) + sigma_dirs)
+    agent = Agent(policy=policy, sensors=[sensor], store=store, tier=report, extra_rules=extra_rules,
                   socket_path=socket_path, feed=None if quiet else sys.stdout, feed_json=feed_json,
                   policies=policies, apply_opts={"force": force, "allow_degraded": allow_degraded})
     stop = threading.Event()
@@ -116,6 +122,20 @@ def run(policy_path: Path | None, data_dir: Path, socket_path: Path, feed_json: 
     finally:
         store.close()
     click.echo(summary.line(), err=True)
+
+
+def _sigma_rules(dirs: tuple[Path, ...]) -> list[Any]:
+    """Sigma rules for the engine; a malformed file is reported and the rest load."""
+    if not dirs:
+        return []
+    from bastion.detect.sigma.rules import load_sigma
+
+    res = load_sigma(list(dirs))
+    for err in res.errors:
+        click.echo(f"bastion: sigma: {err}", err=True)
+    click.echo(f"bastion: sigma: {len(res.rules)} rules loaded, {len(res.unsupported)} unsupported "
+               f"(bastion sigma check lists them), {len(res.errors)} files with errors", err=True)
+    return list(res.rules)
 
 
 def _backends(tier: str, pin_root: Path, deadline_s: float | None) -> Any:
@@ -264,6 +284,10 @@ cli.add_command(events_cmd)
 cli.add_command(alerts_cmd)
 cli.add_command(policy_group)
 cli.add_command(learn_cmd)
+cli.add_command(sigma_group)
+cli.add_command(integrity_group)
+cli.add_command(install_cmd)
+cli.add_command(uninstall_cmd)
 
 
 def main() -> None:
