@@ -280,6 +280,32 @@ def reset(emergency: bool, pin_root: Path) -> None:
     click.echo(f"bastion: removed {len(removed)} pins and directories under {parent}/{pin_root.name}*")
 
 
+@cli.group("log")
+def log_group() -> None:
+    """The tamper-evident alert log."""
+
+
+@log_group.command("verify")
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), envvar="BASTION_DATA_DIR",
+              default=DEFAULT_DATA_DIR, show_default=True, help="Store directory.")
+@click.option("--json", "as_json", is_flag=True)
+def log_verify(data_dir: Path, as_json: bool) -> None:
+    """Check the alert chain; name every edited, deleted, inserted or reordered record."""
+    from bastion.store.db import Store
+
+    with Store.open(data_dir, readonly=True) as store:
+        n, problems = store.verify_chain()
+    if as_json:
+        click.echo(json.dumps({"alerts": n, "intact": not problems,
+                               "problems": [{"seq": p.seq, "kind": p.kind, "detail": p.detail}
+                                            for p in problems]}, indent=2))
+    else:
+        for p in problems:
+            click.echo(str(p))
+        click.echo(f"{n} alerts: " + ("chain intact" if not problems else f"{len(problems)} problems"))
+    sys.exit(1 if problems else 0)
+
+
 cli.add_command(events_cmd)
 cli.add_command(alerts_cmd)
 cli.add_command(policy_group)

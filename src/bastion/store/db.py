@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from bastion.store import chain
 from bastion.errors import Location, StoreError
 from bastion.store.schema import SCHEMA_VERSION, NewerSchemaError, current_version, migrate
 from bastion.timefmt import parse_time
@@ -123,6 +124,7 @@ class Store:
     ) -> None:
         self._conn = conn
         self._path = path
+        self._key: bytes | None = None
         self._retention = retention
         self._readonly = readonly
         self._lock = threading.RLock()
@@ -365,13 +367,32 @@ class Store:
                 f"alert {alert_id} is malformed ({type(exc).__name__}: {exc})",
                 location=Location(str(self._path)),
             ) from exc
+        key = self._chain_key()
         with self._write(f"storing alert {alert_id}") as conn:
-            conn.execute(
-                "INSERT INTO alerts(alert_id, ts, severity, rule, pid, exe, data) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (alert_id, ts, sev, rule, pid, exe, data),
+            last = conn.execute("SELECT seq, mac FROM alerts ORDER BY seq DESC LIMIT 1").fetchone()
+            prev_seq, prev_mac = (int(last[0]), str(last[1])) if last else (0, "")
+            cur = conn.execute(
+                "INSERT INTO alerts(alert_id, ts, severity, rule, pid, exe, data, prev_seq) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (alert_id, ts, sev, rule, pid, exe, data, prev_seq),
             )
+            seq = int(cur.lastrowid or 0)
+            conn.execute("UPDATE alerts SET mac = ? WHERE seq = ?",
+                         (chain.mac(key, prev_seq, prev_mac, seq, alert_id, data), seq))
         return alert_id
+
+    def _chain_key(self) -> bytes:
+        if self._key is None:
+            self._key = chain.load_key(self._path.parent, create=not self._readonly)
+        return self._key
+
+    def verify_chain(self) -> tuple[int, list[chain.ChainProblem]]:
+        """(alerts checked, problems) of the tamper-evident alert chain."""
+        key = self._chain_key()
+        with self._read("verifying the alert chain") as conn:
+            rows = [(int(a), str(b), str(c), int(d), str(e)) for a, b, c, d, e in conn.execute(
+                "SELECT seq, alert_id, data, prev_seq, mac FROM alerts ORDER BY seq")]
+        return len(rows), chain.verify(key, rows)
 
     # -- queries -----------------------------------------------------------
 

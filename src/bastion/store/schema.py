@@ -56,6 +56,11 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX alerts_pid ON alerts(pid);
     CREATE INDEX alerts_rule ON alerts(rule);
     """,
+    # 2: the tamper-evident alert chain (store/chain.py).
+    """
+    ALTER TABLE alerts ADD COLUMN prev_seq INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE alerts ADD COLUMN mac TEXT NOT NULL DEFAULT '';
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
