@@ -219,6 +219,10 @@ class Agent:
             by_type[ev.type] = by_type.get(ev.type, 0) + 1
             for f in self.engine.evaluate(ev, self.ctx):
                 self._alert(f)
+            if self.policies is not None:
+                late = self.policies.audit_event(ev, self.procs)
+                if late is not None:
+                    self._alert(late)
         if rows:
             self.store.add_events(rows)
         self.summary.events += len(batch)

@@ -225,3 +225,32 @@ def test_enforceability_by_tier() -> None:
     anyrule = [("w", (Op.OPEN_WRITE,), Action.DENY, True)]
     assert "cannot be enforced" in refusals(assess(anyrule, "compat"), Mode.ENFORCE, False)[0]
     assert refusals(assess(anyrule, "lsm"), Mode.ENFORCE, False) == []
+
+
+def test_degraded_rule_is_audited_after_the_fact(tmp_path: Path) -> None:
+    """compat tier: an unlink rule has no mechanism; with --allow-degraded the
+    agent audits matching unlink events from the sensor."""
+    from bastion.events import FileEvent, Proc
+    from bastion.policy.manager import PolicyManager
+    from bastion.proctable import ProcessTable
+
+    d = tmp_path / "data"
+    d.mkdir()
+    victim = d / "keep.txt"
+    victim.write_text("x")
+    text = (f"version: 1\nmode: enforce\nrules:\n  - {{name: keep, operations: [unlink], "
+            f"objects: ['{d}/'], action: deny}}\n")
+    mgr = PolicyManager("compat")
+    with pytest.raises(Exception, match="deny unlink cannot be enforced"):
+        mgr.apply_text(text, "k.yaml")
+    applied = mgr.apply_text(text, "k.yaml", allow_degraded=True)
+    assert applied.degraded and "rule 'keep'" in applied.degraded[0]
+    victim.unlink()
+    ev = FileEvent(1, Proc(os.getpid(), os.getpid(), 1, 0, 0, 0, 1, "rm", 0, "/usr/bin/rm"),
+                   op="unlink", path=str(victim))
+    f = mgr.audit_event(ev, ProcessTable())
+    assert f is not None
+    assert f.rule == "hips:keep" and f.action == "audit" and f.enforced_by == "after-the-fact"
+    assert f.evidence["decision"] == "deny" and f.evidence["enforced"] is False
+    other = FileEvent(1, ev.proc, op="unlink", path=str(tmp_path / "elsewhere"))
+    assert mgr.audit_event(other, ProcessTable()) is None

@@ -9,20 +9,24 @@ written, and the kernel swap itself is one generation flip.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Final, Protocol, Sequence
 
 from bastion.config import Policy, PolicyError, parse_policy
 from bastion.detect.engine import Finding
-from bastion.enforce.mechanisms import Enforceability, assess, refusals
+from bastion import abi
+from bastion.enforce.mechanisms import Enforceability, assess, mechanism, refusals
 from bastion.errors import ConfigError, Location
-from bastion.events import HipsEvent
+from bastion.events import Event, FileEvent, HipsEvent, KillEvent, PtraceEvent
 from bastion.policy.compile import (
     CompileError, FileTarget, MapPlan, ResolvedPolicy, Resolver, compile_plan, kernel_dev, resolve,
 )
+from bastion.policy.match import Matcher, TaskFacts
 from bastion.policy.model import Action, HipsPolicy, Mode, Op
+from bastion.proctable import ProcessTable
 
 log = logging.getLogger("bastion.policy")
 
@@ -48,6 +52,27 @@ class FileBackend(Protocol):
 
 
 Backends = tuple[KernelBackend | None, FileBackend | None]
+
+
+_AFTER_THE_FACT: Final = {"unlink": Op.UNLINK, "rename": Op.RENAME, "chmod": Op.CHMOD,
+                          "chown": Op.CHMOD, "ptrace": Op.PTRACE, "kill": Op.SIGNAL}
+
+
+def _inode(path: str) -> tuple[int, int]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (0, 0)
+    return (kernel_dev(st.st_dev), st.st_ino)
+
+
+def _facts(ev: Event, procs: ProcessTable) -> TaskFacts | None:
+    exe = ev.proc.exe or (e.exe if (e := procs.get(ev.proc.pid)) else "")
+    if not exe:
+        return None
+    parent = procs.get(ev.proc.ppid)
+    return TaskFacts(exe=_inode(exe), parent_exe=_inode(parent.exe) if parent and parent.exe else (0, 0),
+                     uid=ev.proc.uid, cgroup_id=ev.proc.cgroup_id)
 
 
 class PolicyApplyError(ConfigError):
@@ -122,6 +147,7 @@ class PolicyManager:
         self.files: FileBackend | None = None
         self.resolver = resolver or Resolver()
         self.current: Applied | None = None
+        self._matcher: Matcher | None = None
 
     def prepare(self, policy: Policy, *, mode: Mode | None = None, force: bool = False,
                 allow_degraded: bool = False) -> Applied:
@@ -165,9 +191,51 @@ class PolicyManager:
                            if {Op.OPEN_READ, Op.OPEN_WRITE} & set(r.ops) and f.path != "any"]
                 self.files.apply(applied.plan, targets)
         self.current = applied
+        self._matcher = None
         log.info("policy %s applied (mode %s, generation %d, %d rules)", policy.source,
                  hips.mode.value, applied.gen, len(applied.resolved.rules))
         return applied
+
+    def audit_event(self, ev: Event, procs: ProcessTable) -> Finding | None:
+        """After-the-fact audit of an operation this tier cannot refuse (degraded rules).
+
+        The decision uses the same plan and matcher; objects are found by
+        stat()ing the event's path now (a removed file is matched through its
+        directories only)."""
+        cur = self.current
+        if cur is None or not cur.degraded or cur.policy.hips.mode is Mode.LEARN:
+            return None
+        op = _AFTER_THE_FACT.get(ev.type)
+        if op is None or mechanism(op, self.tier) is not None:
+            return None
+        facts = _facts(ev, procs)
+        if facts is None:
+            return None
+        obj: tuple[int, int] = (0, 0)
+        ancestors: list[tuple[int, int]] = []
+        path = ""
+        if isinstance(ev, FileEvent):
+            path = ev.path2 if ev.op == "rename" and ev.path2 else ev.path
+            obj = _inode(path)
+            d = os.path.dirname(path)
+            while d and d != "/" and len(ancestors) < 16:
+                ancestors.append(_inode(d))
+                d = os.path.dirname(d)
+        elif isinstance(ev, (PtraceEvent, KillEvent)):
+            target = procs.get(ev.target_pid)
+            if target is None or not target.exe:
+                return None
+            path = target.exe
+            obj = _inode(target.exe)
+        matcher = self._matcher or Matcher(cur.plan)
+        self._matcher = matcher
+        dec = matcher.decide_file(facts, abi.HipsOp[op.name], obj, ancestors)
+        if dec.action not in (abi.HipsAction.DENY, abi.HipsAction.KILL, abi.HipsAction.AUDIT):
+            return None
+        hev = HipsEvent(ev.time_ns, ev.proc, op=op.value, action=dec.action.name.lower(),
+                        rule_id=dec.rule_id, subject=dec.subject, mechanism="after-the-fact",
+                        enforced=False, gen=cur.gen, path=path)
+        return self.finding(hev)
 
     def poll(self) -> list[HipsEvent]:
         out: list[HipsEvent] = []
