@@ -59,7 +59,7 @@ test-e2e: setup
 
 # The BPF-LSM tier: boots Debian's stock kernel under qemu and runs tests/vm inside.
 test-vm: setup
-	bash vm/run.sh
+	bash vm/run.sh $(VM_ARGS)
 
 test: setup lint
 	$(PYTEST) tests/unit tests/kernel tests/e2e

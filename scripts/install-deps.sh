@@ -3,7 +3,8 @@
 # Idempotent: when everything is present it installs nothing and prints nothing.
 set -euo pipefail
 pkgs=(clang llvm libbpf-dev bpftool make python3-venv
-      qemu-system-x86 busybox-static cpio iproute2 procps util-linux)
+      qemu-system-x86 busybox-static cpio iproute2 procps util-linux
+      rsyslog logrotate systemd gcc)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

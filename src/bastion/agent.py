@@ -25,6 +25,8 @@ from bastion.detect.engine import Engine, Finding, Rule, RuleContext, builtin_ru
 from bastion.enforce.tiers import TierReport
 from bastion.errors import BastionError
 from bastion.events import Event, to_json
+from bastion.metrics import Metrics
+from bastion.outputs import OutputManager
 from bastion.proctable import ProcessTable
 from bastion.respond.dispatch import Dispatcher
 from bastion.policy.manager import PolicyManager
@@ -77,6 +79,8 @@ class Agent:
         policies: PolicyManager | None = None,
         apply_opts: dict[str, Any] | None = None,
         extra_rules: Sequence[Rule] = (),
+        outputs: OutputManager | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.policy = policy
         self.sensors = list(sensors)
@@ -88,6 +92,8 @@ class Agent:
         self.engine = Engine([*builtin_rules(), *extra_rules])
         self.ctx = RuleContext(self.procs)
         self.dispatcher = Dispatcher(self.procs)
+        self.outputs = outputs
+        self.metrics = metrics
         self.policies = policies
         self.apply_opts = apply_opts or {}
         self._policy_lock = threading.Lock()
@@ -185,6 +191,10 @@ class Agent:
         alert = self.dispatcher.dispatch(f, time.time_ns())
         self.store.add_alert(alert)
         self.summary.alerts += 1
+        if self.outputs is not None:
+            self.outputs.publish_alert(alert)
+        if self.metrics is not None:
+            self.metrics.alert(alert["severity"], alert["action"])
         if self.feed is not None:
             if self.feed_json:
                 self.feed.write(json.dumps(alert) + "\n")
@@ -198,7 +208,17 @@ class Agent:
     def _health(self) -> None:
         while self._pending:
             self._alert(self._pending.popleft())
+        if self.outputs is not None:
+            for name, n in self.outputs.new_drops().items():
+                self._alert(Finding(
+                    rule="bastion.output.drops", title=f"{n} records not sent to output {name!r}: "
+                    "its queue was full", severity="medium", attack=(), action="alert", event=None,
+                    pid=os.getpid(), evidence={"output": name, "dropped": n}))
         drops = sum(s.stats().get("drops", 0) for s in self.sensors)
+        if self.metrics is not None:
+            self.metrics.set_sensor_drops(drops)
+            self.metrics.set_ring_fill(max((s.ring_fill() for s in self.sensors
+                                            if isinstance(s, BpfSensor)), default=0.0))
         if drops > self._last_drops:
             new = drops - self._last_drops
             self._last_drops = drops
@@ -212,11 +232,16 @@ class Agent:
     def process(self, batch: list[Event]) -> None:
         rows = []
         by_type = self.summary.by_type
+        batch_types: dict[str, int] = {}
+        t0 = time.perf_counter()
         for ev in batch:
             self.procs.update(ev)
             ev = self.procs.enrich(ev)
-            rows.append(to_json(ev))
-            by_type[ev.type] = by_type.get(ev.type, 0) + 1
+            j = to_json(ev)
+            rows.append(j)
+            if self.outputs is not None:
+                self.outputs.publish_event(j)
+            batch_types[ev.type] = batch_types.get(ev.type, 0) + 1
             for f in self.engine.evaluate(ev, self.ctx):
                 self._alert(f)
             if self.policies is not None:
@@ -225,6 +250,11 @@ class Agent:
                     self._alert(late)
         if rows:
             self.store.add_events(rows)
+        for t, n in batch_types.items():
+            by_type[t] = by_type.get(t, 0) + n
+        if self.metrics is not None and batch:
+            self.metrics.count_events(batch_types)
+            self.metrics.observe_rules(time.perf_counter() - t0)
         self.summary.events += len(batch)
 
     def run(self, stop: threading.Event) -> Summary:
@@ -284,5 +314,9 @@ class Agent:
                 s.close()
             if self.policies is not None:
                 self.policies.close()
+            if self.outputs is not None:
+                self.outputs.close(timeout=5)
+            if self.metrics is not None:
+                self.metrics.close()
         self.summary.uptime_s = time.monotonic() - self._started
         return self.summary

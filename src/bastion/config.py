@@ -18,6 +18,7 @@ import yaml
 
 from bastion.errors import ConfigError, Location
 from bastion.sensors.bpf import EVENT_CLASSES
+from bastion.outputs.config import MetricsSpec, OutputSpec, parse_metrics_section, parse_outputs_section
 from bastion.policy.model import HipsPolicy
 from bastion.policy.parse import build, parse_default, parse_mode, parse_rules
 from bastion.yamlparse import NodeParser
@@ -58,6 +59,8 @@ class Policy:
     store: StoreConfig = field(default_factory=StoreConfig)
     hips: HipsPolicy = field(default_factory=HipsPolicy)
     sigma: tuple[Path, ...] = ()                     # Sigma rule directories
+    outputs: tuple[OutputSpec, ...] = ()             # where events and alerts are shipped
+    metrics: MetricsSpec | None = None               # Prometheus endpoint
     text: str = ""                                   # the document as written
     warnings: tuple[ConfigError, ...] = ()           # need --force to apply
 
@@ -146,7 +149,20 @@ def parse_policy(text: str, source: str) -> Policy:
             else:
                 sigma.append(Path(v))
 
+    out: dict[str, Any] = {}
+
+    def outputs(n: yaml.Node) -> None:
+        specs, problems = parse_outputs_section(n, source)
+        p.problems.extend(problems)
+        out["outputs"] = tuple(specs)
+
+    def metrics(n: yaml.Node) -> None:
+        spec, problems = parse_metrics_section(n, source)
+        p.problems.extend(problems)
+        out["metrics"] = spec
+
     p.mapping(root, "the policy", {"version": version, "events": events, "store": store,
+                                   "outputs": outputs, "metrics": metrics,
                                    "mode": mode, "default": default, "rules": rules,
                                    "sigma": sigma_dirs})
     if "version" not in values and isinstance(root, yaml.MappingNode):
@@ -155,7 +171,8 @@ def parse_policy(text: str, source: str) -> Policy:
     if p.problems:
         raise PolicyError(p.problems)
     return Policy(source=source, events=EventsConfig(**ev), store=StoreConfig(**st),
-                  hips=hips_policy, sigma=tuple(sigma), text=text, warnings=tuple(p.warnings))
+                  hips=hips_policy, sigma=tuple(sigma), text=text, warnings=tuple(p.warnings),
+                  outputs=out.get("outputs", ()), metrics=out.get("metrics"))
 
 
 def load_policy(path: Path | None) -> Policy:

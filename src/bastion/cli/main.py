@@ -104,7 +104,19 @@ def run(policy_path: Path | None, data_dir: Path, socket_path: Path, feed_json: 
         max_age_s=policy.store.max_age_s, max_events=policy.store.max_events,
         max_bytes=policy.store.max_bytes))
     extra_rules = _sigma_rules(tuple(policy.sigma) + sigma_dirs)
+    from bastion.metrics import Metrics
+    from bastion.outputs import build_manager
+
+    outputs = build_manager(list(policy.outputs)) if policy.outputs else None
+    metrics = None
+    if policy.metrics is not None:
+        metrics = Metrics()
+        if outputs is not None:
+            metrics.watch_outputs(outputs.stats)
+        port = metrics.serve(policy.metrics.host, policy.metrics.port)
+        click.echo(f"bastion: metrics on http://{policy.metrics.host}:{port}/metrics", err=True)
     agent = Agent(policy=policy, sensors=[sensor], store=store, tier=report, extra_rules=extra_rules,
+                  outputs=outputs, metrics=metrics,
                   socket_path=socket_path, feed=None if quiet else sys.stdout, feed_json=feed_json,
                   policies=policies, apply_opts={"force": force, "allow_degraded": allow_degraded})
     stop = threading.Event()

@@ -1,0 +1,152 @@
+"""RFC 5424 syslog over UDP (RFC 5426), TCP with octet-counting framing
+(RFC 6587 3.4.1) or a local unix datagram socket (``/dev/log``).
+
+Record: ``<PRI>1 TIMESTAMP HOSTNAME bastion PROCID MSGID [SD] MSG``
+
+- PRI = facility * 8 + severity; an alert's severity maps critical -> 2 (crit),
+  high -> 3 (err), medium -> 4 (warning), low -> 5 (notice), info -> 6
+  (info); events are 6 (info).
+- MSGID is ``alert`` for alerts and the event type (``exec``, ``connect``, ...)
+  for events.
+- Structured data ``[bastion@32473 ...]`` (32473 is the example enterprise
+  number of RFC 5612) carries an alert's id, rule, severity, action, ATT&CK ids
+  (comma-separated), pid and exe, or an event's type, pid and exe.
+- MSG is the record as one JSON object (native or OCSF), without a BOM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from typing import Any, Final, Mapping, Sequence
+
+from bastion.outputs.base import Record
+from bastion.outputs.formats import Formatter, native
+
+FACILITIES: Final = {
+    "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "lpr": 6, "news": 7,
+    "uucp": 8, "cron": 9, "authpriv": 10, "ftp": 11, "local0": 16, "local1": 17, "local2": 18,
+    "local3": 19, "local4": 20, "local5": 21, "local6": 22, "local7": 23,
+}
+SEVERITY: Final = {"critical": 2, "high": 3, "medium": 4, "low": 5, "info": 6}
+SD_ID: Final = "bastion@32473"
+TRANSPORTS: Final = ("udp", "tcp", "unix")
+
+
+def _sd_value(v: object) -> str:
+    s = str(v)
+    return s.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
+
+
+def _printable(s: str, limit: int) -> str:
+    out = "".join(c if 33 <= ord(c) <= 126 else "_" for c in s)[:limit]
+    return out or "-"
+
+
+def structured_data(kind: str, data: Mapping[str, Any]) -> str:
+    params: list[tuple[str, object]] = []
+    if kind == "alert":
+        proc = data.get("process") or {}
+        params = [("id", data.get("id", "")), ("rule", data.get("rule", "")),
+                  ("severity", data.get("severity", "")), ("action", data.get("action", "")),
+                  ("attack", ",".join(str(a) for a in data.get("attack") or ())),
+                  ("pid", proc.get("pid", "")), ("exe", proc.get("exe", ""))]
+    else:
+        params = [("type", data.get("type", "")), ("pid", data.get("pid", "")),
+                  ("exe", data.get("exe", ""))]
+    body = " ".join(f'{k}="{_sd_value(v)}"' for k, v in params)
+    return f"[{SD_ID} {body}]"
+
+
+def format_rfc5424(kind: str, data: Mapping[str, Any], *, facility: int, hostname: str,
+                   app_name: str, procid: int, fmt: Formatter, max_msg: int = 0) -> bytes:
+    """One RFC 5424 record (no transport framing)."""
+    if kind == "alert":
+        sev = SEVERITY.get(str(data.get("severity", "")), 4)
+        msgid = "alert"
+    else:
+        sev = 6
+        msgid = str(data.get("type", "event"))
+    ts = str(data.get("time") or "-")
+    header = (f"<{facility * 8 + sev}>1 {ts} {_printable(hostname, 255)} {_printable(app_name, 48)} "
+              f"{procid} {_printable(msgid, 32)} {structured_data(kind, data)} ")
+    msg = json.dumps(fmt(kind, data), separators=(",", ":"))
+    raw = header.encode("utf-8") + msg.encode("utf-8")
+    if max_msg and len(raw) > max_msg:
+        raw = raw[:max_msg]
+    return raw
+
+
+class SyslogOutput:
+    """Sends each record as one RFC 5424 message.  UDP and unix datagrams are
+    cut at ``max_msg`` bytes (default 8192); TCP frames are ``LEN SP MSG``.
+    A TCP connection that fails is reopened once per batch; a batch that still
+    fails raises (the manager counts it)."""
+
+    def __init__(self, name: str, *, transport: str = "udp", host: str = "127.0.0.1",
+                 port: int = 514, path: str = "/dev/log", facility: str = "local0",
+                 app_name: str = "bastion", hostname: str | None = None,
+                 fmt: Formatter = native, max_msg: int = 8192, timeout: float = 5.0) -> None:
+        if transport not in TRANSPORTS:
+            raise ValueError(f"unknown syslog transport {transport!r}")
+        if facility not in FACILITIES:
+            raise ValueError(f"unknown syslog facility {facility!r}")
+        self.name = name
+        self.transport = transport
+        self.address: tuple[str, int] | str = path if transport == "unix" else (host, port)
+        self.facility = FACILITIES[facility]
+        self.app_name = app_name
+        self.hostname = hostname or socket.gethostname()
+        self.fmt = fmt
+        self.max_msg = max_msg
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+
+    def _connect(self) -> socket.socket:
+        if self.transport == "unix":
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            s.connect(self.address)
+            return s
+        assert isinstance(self.address, tuple)
+        infos = socket.getaddrinfo(self.address[0], self.address[1],
+                                   type=socket.SOCK_STREAM if self.transport == "tcp" else socket.SOCK_DGRAM)
+        family, stype, proto, _, addr = infos[0]
+        s = socket.socket(family, stype, proto)
+        s.settimeout(self.timeout)
+        try:
+            s.connect(addr)
+        except OSError:
+            s.close()
+            raise
+        return s
+
+    def _send(self, msgs: list[bytes]) -> None:
+        if self._sock is None:
+            self._sock = self._connect()
+        if self.transport == "tcp":
+            self._sock.sendall(b"".join(b"%d %s" % (len(m), m) for m in msgs))
+        else:
+            for m in msgs:
+                self._sock.send(m)
+
+    def write(self, batch: Sequence[Record]) -> None:
+        pid = os.getpid()
+        msgs = [format_rfc5424(kind, data, facility=self.facility, hostname=self.hostname,
+                               app_name=self.app_name, procid=pid, fmt=self.fmt,
+                               max_msg=0 if self.transport == "tcp" else self.max_msg)
+                for kind, data in batch]
+        try:
+            self._send(msgs)
+        except OSError:
+            self.close()
+            if self.transport != "tcp":
+                raise
+            self._send(msgs)   # one reconnect; a second failure goes to the manager
+
+    def close(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            finally:
+                self._sock = None

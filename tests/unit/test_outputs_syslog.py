@@ -1,0 +1,125 @@
+"""RFC 5424 records: header, PRI, MSGID, structured data escaping, and the three
+transports against local sockets (rsyslog itself: tests/e2e/test_syslog_rsyslog.py)."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from bastion.outputs.syslog import FACILITIES, SyslogOutput, format_rfc5424
+from bastion.outputs.formats import native
+from support.samples import sample_alert, sample_events
+
+# RFC 5424 section 6: HEADER SP STRUCTURED-DATA [SP MSG]
+RFC5424 = re.compile(
+    r"^<(?P<pri>\d{1,3})>1 (?P<ts>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?(?:Z|[+-]\d\d:\d\d)) "
+    r"(?P<host>[!-~]{1,255}) (?P<app>[!-~]{1,48}) (?P<procid>[!-~]{1,128}) (?P<msgid>[!-~]{1,32}) "
+    r"(?P<sd>-|(?:\[[^ =\]\"]+(?: [^ =\]\"]+=\"(?:[^\"\\\]]|\\.)*\")*\])+)(?: (?P<msg>.*))?$", re.S)
+
+
+def _fmt(kind: str, data: dict, **kw: object) -> str:  # type: ignore[type-arg]
+    args = {"facility": FACILITIES["local0"], "hostname": "h1", "app_name": "bastion",
+            "procid": 77, "fmt": native, **kw}
+    return format_rfc5424(kind, data, **args).decode()  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("sev,code", [("critical", 2), ("high", 3), ("medium", 4), ("low", 5), ("info", 6)])
+def test_alert_record(sev: str, code: int) -> None:
+    rec = _fmt("alert", sample_alert(sev))
+    m = RFC5424.match(rec)
+    assert m, rec
+    assert int(m["pri"]) == 16 * 8 + code
+    assert m["msgid"] == "alert" and m["host"] == "h1" and m["procid"] == "77"
+    assert 'attack="T1055,T1055.008,TA0004"' in m["sd"]
+    assert m["sd"].startswith("[bastion@32473 ")
+    assert 'rule="bastion.ptrace.attach"' in m["sd"]
+    assert json.loads(m["msg"])["title"] == sample_alert()["title"]
+
+
+def test_sd_values_are_escaped() -> None:
+    rec = _fmt("alert", sample_alert(process={"pid": 1, "exe": 'a"b]c\\d'}))
+    m = RFC5424.match(rec)
+    assert m and r'exe="a\"b\]c\\d"' in m["sd"]
+
+
+def test_event_record_and_truncation() -> None:
+    ev = sample_events()[0]
+    m = RFC5424.match(_fmt("event", ev))
+    assert m and m["msgid"] == "exec" and int(m["pri"]) == 16 * 8 + 6
+    assert len(_fmt("event", ev, max_msg=200).encode()) == 200
+
+
+def test_udp() -> None:
+    srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    srv.bind(("127.0.0.1", 0))
+    srv.settimeout(5)
+    out = SyslogOutput("s", transport="udp", port=srv.getsockname()[1], hostname="h1")
+    out.write([("alert", sample_alert()), ("event", sample_events()[9])])
+    out.close()
+    got = [srv.recv(65535).decode() for _ in range(2)]
+    srv.close()
+    assert RFC5424.match(got[0])["msgid"] == "alert"  # type: ignore[index]
+    assert RFC5424.match(got[1])["msgid"] == "connect"  # type: ignore[index]
+
+
+def test_tcp_octet_counting_and_reconnect() -> None:
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    srv.settimeout(5)
+    received: list[bytes] = []
+
+    def serve(n_conns: int) -> None:
+        for _ in range(n_conns):
+            c, _ = srv.accept()
+            c.settimeout(5)
+            data = b""
+            while chunk := c.recv(65536):
+                data += chunk
+            received.append(data)
+            c.close()
+
+    t = threading.Thread(target=serve, args=(2,))
+    t.start()
+    out = SyslogOutput("s", transport="tcp", port=srv.getsockname()[1], hostname="h1")
+    out.write([("alert", sample_alert()), ("alert", sample_alert("low"))])
+    out.close()                   # the server sees EOF; the next write reconnects
+    out.write([("event", sample_events()[0])])
+    out.close()
+    t.join(5)
+    srv.close()
+    msgs = []
+    for data in received:
+        while data:
+            length, _, rest = data.partition(b" ")
+            n = int(length)
+            msgs.append(rest[:n].decode())
+            data = rest[n:]
+    assert [RFC5424.match(m)["msgid"] for m in msgs] == ["alert", "alert", "exec"]  # type: ignore[index]
+
+
+def test_unix_datagram(tmp_path: Path) -> None:
+    path = str(tmp_path / "log.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    srv.bind(path)
+    srv.settimeout(5)
+    out = SyslogOutput("s", transport="unix", path=path, hostname="h1")
+    out.write([("alert", sample_alert())])
+    out.close()
+    assert RFC5424.match(srv.recv(65535).decode())
+    srv.close()
+
+
+def test_unreachable_raises() -> None:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()                     # nothing listens there
+    out = SyslogOutput("s", transport="tcp", port=port, timeout=1)
+    with pytest.raises(OSError):
+        out.write([("alert", sample_alert())])

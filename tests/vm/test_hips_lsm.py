@@ -1,0 +1,293 @@
+"""HIPS enforcement, lsm tier, on Debian's stock kernel (inside the test VM).
+
+One policy denies each operation on its own object; every denial is checked
+inside a test cgroup (EPERM) and outside it (allowed).  The matcher is scoped
+to the cgroup and carries a dead-man deadline; the test process stays outside.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bastion.enforce.hips_kernel import HipsKernel  # noqa: E402
+from bastion.errors import Location  # noqa: E402
+from bastion.events import HipsEvent  # noqa: E402
+from bastion.policy.compile import (  # noqa: E402
+    FileTarget, NetTarget, ResolvedPolicy, ResolvedRule, compile_plan, kernel_dev,
+)
+from bastion.policy.model import Action, Mode, Op  # noqa: E402
+from support.cg import run_in, scoped_cgroup  # noqa: E402
+
+IN_VM = os.environ.get("BASTION_IN_VM") == "1"
+pytestmark = pytest.mark.skipif(
+    not IN_VM, reason="runs only inside the test VM: use `bash vm/run.sh -k hips`"
+)
+PY = sys.executable
+V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
+PTRACE_ATTACH, PTRACE_DETACH = 16, 17
+
+
+def _file(p: Path, is_dir: bool = False) -> FileTarget:
+    st = os.stat(p)
+    return FileTarget(kernel_dev(st.st_dev), st.st_ino, is_dir, str(p))
+
+
+def _rule(rid: int, op: Op, *, files: tuple[FileTarget, ...] = (), nets: tuple[NetTarget, ...] = (),
+          action: Action = Action.DENY) -> ResolvedRule:
+    return ResolvedRule(rid, f"r{rid}-{op.value}", Location("test", rid), (), "everyone", (op,),
+                        files, nets, action)
+
+
+def _lo(port: int) -> NetTarget:
+    return NetTarget(V4_MAPPED + socket.inet_aton("127.0.0.1"), 128, port)
+
+
+@dataclass
+class World:
+    cg: Path
+    hk: HipsKernel
+    d: Path
+    tool: Path
+    secret: Path
+    wfile: Path
+    cdir: Path
+    victim_u: Path
+    victim_r: Path
+    victim_c: Path
+    lport: int
+    bport: int
+    ptraced: subprocess.Popen[bytes]
+    signalled: subprocess.Popen[bytes]
+    listener: socket.socket
+    events: list[HipsEvent]
+
+    def drain(self) -> list[HipsEvent]:
+        time.sleep(0.05)
+        self.events += self.hk.poll(0)
+        return self.events
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    d = tmp_path_factory.mktemp("hips")
+    tool = d / "tool"
+    shutil.copy("/bin/true", tool)
+    secret = d / "secret"
+    secret.write_text("classified\n")
+    wfile = d / "wfile"
+    wfile.write_text("keep\n")
+    cdir = d / "cdir"
+    cdir.mkdir()
+    (cdir / "sub").mkdir()
+    victim_u, victim_r, victim_c = d / "unlink-me", d / "rename-me", d / "chmod-me"
+    for v in (victim_u, victim_r, victim_c):
+        v.write_text("v\n")
+    pt_exe, sig_exe = d / "ptraced", d / "signalled"
+    shutil.copy("/bin/sleep", pt_exe)
+    shutil.copy("/bin/sleep", sig_exe)
+    ptraced = subprocess.Popen([str(pt_exe), "300"])
+    signalled = subprocess.Popen([str(sig_exe), "300"])
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    lport = listener.getsockname()[1]
+    bport = _free_port()
+    rules = (
+        _rule(1, Op.EXEC, files=(_file(tool),)),
+        _rule(2, Op.OPEN_READ, files=(_file(secret),)),
+        _rule(3, Op.OPEN_WRITE, files=(_file(wfile),)),
+        _rule(4, Op.CREATE, files=(_file(cdir, is_dir=True),)),
+        _rule(5, Op.UNLINK, files=(_file(victim_u),)),
+        _rule(6, Op.RENAME, files=(_file(victim_r),)),
+        _rule(7, Op.CHMOD, files=(_file(victim_c),)),
+        _rule(8, Op.CONNECT, nets=(_lo(lport),)),
+        _rule(9, Op.BIND, nets=(_lo(bport),)),
+        _rule(10, Op.PTRACE, files=(_file(pt_exe),)),
+        _rule(11, Op.SIGNAL, files=(_file(sig_exe),)),
+    )
+    plan = compile_plan(ResolvedPolicy(Mode.ENFORCE, Action.ALLOW, rules))
+    try:
+        with scoped_cgroup() as (cg, cgid):
+            hk = HipsKernel("lsm", cgroup_id=cgid, deadline_s=110, self_tgid=os.getpid())
+            hk.open()
+            try:
+                hk.apply(plan)
+                yield World(cg, hk, d, tool, secret, wfile, cdir, victim_u, victim_r, victim_c,
+                            lport, bport, ptraced, signalled, listener, [])
+            finally:
+                hk.close()
+    finally:
+        for p in (ptraced, signalled):
+            p.kill()
+            p.wait()
+        listener.close()
+
+
+def _denied(r: subprocess.CompletedProcess[str]) -> bool:
+    return r.returncode != 0 and "not permitted" in (r.stderr + r.stdout).lower()
+
+
+def _hits(w: World, op: str, rule_id: int) -> list[HipsEvent]:
+    return [e for e in w.drain() if e.op == op and e.rule_id == rule_id]
+
+
+def _check_event(w: World, op: str, rule_id: int) -> None:
+    evs = _hits(w, op, rule_id)
+    assert evs, f"no hips event for {op} rule {rule_id}"
+    e = evs[-1]
+    assert (e.action, e.mechanism, e.enforced, e.ret) == ("deny", "lsm", True, -errno.EPERM)
+    assert e.proc.cgroup_id == w.hk.cgroup_id
+
+
+def test_exec(world: World) -> None:
+    assert _denied(run_in(world.cg, [str(world.tool)], timeout=30))
+    assert subprocess.run([str(world.tool)]).returncode == 0
+    _check_event(world, "exec", 1)
+
+
+def test_open_read(world: World) -> None:
+    assert _denied(run_in(world.cg, ["/bin/cat", str(world.secret)], timeout=30))
+    assert world.secret.read_text() == "classified\n"
+    _check_event(world, "open-read", 2)
+
+
+def test_open_write(world: World) -> None:
+    assert _denied(run_in(world.cg, ["/bin/sh", "-c", f"echo x >> {world.wfile}"], timeout=30))
+    assert _py_errno(world.cg, f"import os\nos.truncate({str(world.wfile)!r}, 0)") == errno.EPERM
+    ok = run_in(world.cg, ["/bin/cat", str(world.wfile)], timeout=30)  # reading stays allowed
+    assert ok.returncode == 0 and ok.stdout == "keep\n"
+    with open(world.wfile, "a") as f:
+        f.write("outside\n")
+    _check_event(world, "open-write", 3)
+
+
+def test_create(world: World) -> None:
+    for target in (world.cdir / "new", world.cdir / "sub" / "deeper"):  # the dir, then a subdir
+        assert _denied(run_in(world.cg, ["/usr/bin/touch", str(target)], timeout=30))
+        assert not target.exists()
+    assert _denied(run_in(world.cg, ["/bin/mkdir", str(world.cdir / "nd")], timeout=30))
+    assert _denied(run_in(world.cg, ["/bin/ln", "-s", "/etc", str(world.cdir / "sl")], timeout=30))
+    assert _denied(run_in(world.cg, ["/bin/ln", str(world.secret), str(world.cdir / "hl")], timeout=30))
+    (world.cdir / "outside").touch()
+    _check_event(world, "create", 4)
+
+
+def test_unlink(world: World) -> None:
+    assert _denied(run_in(world.cg, ["/bin/rm", "-f", str(world.victim_u)], timeout=30))
+    assert world.victim_u.exists()
+    world.victim_u.unlink()
+    _check_event(world, "unlink", 5)
+
+
+def test_rename(world: World) -> None:
+    dst = world.d / "renamed"
+    assert _denied(run_in(world.cg, ["/bin/mv", str(world.victim_r), str(dst)], timeout=30))
+    assert world.victim_r.exists() and not dst.exists()
+    world.victim_r.rename(dst)
+    _check_event(world, "rename", 6)
+
+
+def test_chmod(world: World) -> None:
+    assert _denied(run_in(world.cg, ["/bin/chmod", "600", str(world.victim_c)], timeout=30))
+    assert _denied(run_in(world.cg, ["/bin/chown", "1:1", str(world.victim_c)], timeout=30))
+    os.chmod(world.victim_c, 0o600)
+    _check_event(world, "chmod", 7)
+
+
+def _py_errno(cg: Path, code: str) -> int:
+    r = run_in(cg, [PY, "-c", "import errno, socket, sys\ntry:\n" + "".join(
+        f"    {line}\n" for line in code.splitlines()) +
+        "    print(0)\nexcept OSError as e:\n    print(e.errno)\n"], timeout=60)
+    assert r.returncode == 0, r.stderr
+    return int(r.stdout.strip())
+
+
+def test_connect(world: World) -> None:
+    code = f"s = socket.socket()\ns.connect(('127.0.0.1', {world.lport}))"
+    assert _py_errno(world.cg, code) == errno.EPERM
+    with socket.create_connection(("127.0.0.1", world.lport), timeout=5):
+        pass
+    other = _free_port()
+    assert _py_errno(world.cg, f"s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                               f"s.connect(('127.0.0.1', {other}))") == 0
+    _check_event(world, "connect", 8)
+    e = _hits(world, "connect", 8)[-1]
+    assert (e.daddr, e.dport) == ("127.0.0.1", world.lport)
+
+
+def test_bind(world: World) -> None:
+    code = f"s = socket.socket()\ns.bind(('127.0.0.1', {world.bport}))"
+    assert _py_errno(world.cg, code) == errno.EPERM
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", world.bport))
+    _check_event(world, "bind", 9)
+
+
+def test_ptrace(world: World) -> None:
+    pid = world.ptraced.pid
+    code = f"import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n" \
+           f"if libc.ptrace({PTRACE_ATTACH}, {pid}, 0, 0) != 0: raise OSError(ctypes.get_errno(), 'ptrace')"
+    assert _py_errno(world.cg, code) == errno.EPERM
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.ptrace(PTRACE_ATTACH, pid, 0, 0) == 0, os.strerror(ctypes.get_errno())
+    os.waitpid(pid, 0)
+    assert libc.ptrace(PTRACE_DETACH, pid, 0, 0) == 0
+    _check_event(world, "ptrace", 10)
+    assert _hits(world, "ptrace", 10)[-1].target_pid == pid
+
+
+def test_signal(world: World) -> None:
+    pid = world.signalled.pid
+    assert _py_errno(world.cg, f"import os\nos.kill({pid}, 15)") == errno.EPERM
+    assert _py_errno(world.cg, f"import os\nos.kill({pid}, 0)") == 0  # signal 0 is not a signal
+    assert world.signalled.poll() is None
+    os.kill(pid, signal.SIGTERM)
+    assert world.signalled.wait(10) == -signal.SIGTERM
+    _check_event(world, "signal", 11)
+
+
+def test_compat_object_on_61(tmp_path: Path) -> None:
+    """The compat tier also loads here, and its queued kill works where cgroup
+    programs may not call bpf_send_signal (6.1)."""
+    tool = tmp_path / "tool"
+    shutil.copy("/bin/true", tool)
+    port = _free_port()
+    rules = (_rule(1, Op.EXEC, files=(_file(tool),)),
+             _rule(2, Op.CONNECT, nets=(_lo(port),), action=Action.KILL))
+    plan = compile_plan(ResolvedPolicy(Mode.ENFORCE, Action.ALLOW, rules))
+    with scoped_cgroup() as (cg, cgid):
+        hk = HipsKernel("compat", cgroup_id=cgid, deadline_s=60, cgroup_path=cg)
+        hk.open()
+        try:
+            hk.apply(plan)
+            assert run_in(cg, [str(tool)], timeout=30).returncode == -signal.SIGKILL
+            r = run_in(cg, [PY, "-c", f"import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                                      f"s.sendto(b'x', ('127.0.0.1', {port}))\nprint('survived')"], timeout=60)
+            assert r.returncode == -signal.SIGKILL and "survived" not in r.stdout
+            time.sleep(0.05)
+            evs = hk.poll(0)
+        finally:
+            hk.close()
+    assert {(e.op, e.action, e.mechanism) for e in evs} == {
+        ("exec", "deny", "exec-kill"), ("connect", "kill", "cgroup-sock")}

@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# Runs the `vm`-marked tests (tests/vm) inside Debian's stock kernel under qemu TCG.
+#
+#   bash vm/run.sh [PYTEST ARGS...]      e.g.  bash vm/run.sh -k lsm -x
+#                                              bash vm/run.sh tests/vm/test_vm_smoke.py -v
+#
+# Env:  VM_TIMEOUT=600   hard limit in seconds for boot + suite; qemu is killed
+#                        and the run FAILS when it is reached
+#       VM_MEM=3072 VM_SMP=2
+#       VM_DEBUG=1       kernel boot messages and `set -x` in the guest /init
+#       VM_SHELL=1       interactive shell in the guest after pytest (needs a tty;
+#                        no timeout then)
+#       VM_KEEP=DIR      copy the results share (junit.xml, dmesg.txt, ...) to DIR
+#       CI               propagated into the guest unchanged
+# Exit status: 0 only when the guest wrote exit code 0 and the JUnit report shows
+# at least one test and no failures/errors.  See docs/testing-vm.md.
+set -euo pipefail
+
+die() { echo "vm/run.sh: error: $*" >&2; exit 2; }
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
+cd "$REPO"
+VM_TIMEOUT="${VM_TIMEOUT:-600}"
+VM_MEM="${VM_MEM:-3072}"
+VM_SMP="${VM_SMP:-2}"
+[[ $VM_TIMEOUT =~ ^[0-9]+$ && $VM_TIMEOUT -gt 0 ]] || die "VM_TIMEOUT must be a positive number of seconds, got '$VM_TIMEOUT'"
+
+# The repo path travels on the kernel command line: no blanks or quotes.
+[[ $REPO =~ ^/[A-Za-z0-9._/+@:,=-]*$ ]] || die "the repo path '$REPO' has characters the kernel command line cannot carry; clone it to a plain path"
+VPY="$REPO/.venv/bin/python"
+[[ -x $VPY ]] || die "$VPY missing — run 'make venv' first (the guest runs the host's .venv)"
+# The guest sees the host's / except these, which it mounts afresh.
+for p in "$REPO" "$(readlink -f "$VPY")"; do
+  case "$p/" in
+    /tmp/*|/var/tmp/*|/run/*|/proc/*|/sys/*|/dev/*)
+      die "$p is under a directory the guest replaces (/tmp /var/tmp /run /proc /sys /dev); put the checkout elsewhere" ;;
+  esac
+done
+command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 not found — run 'make deps' (package qemu-system-x86)"
+
+bash "$REPO/vm/build.sh"
+# shellcheck source=/dev/null
+. "$REPO/build/vm/current.env"
+[[ -f ${VMLINUZ:-} && -f ${INITRD:-} ]] || die "vm/build.sh left no kernel/initramfs (build/vm/current.env)"
+
+RES="$(mktemp -d "${TMPDIR:-/tmp}/bastion-vm.XXXXXX")"
+QPID=""
+cleanup() {
+  [[ -n $QPID ]] && kill -KILL "$QPID" 2>/dev/null || true
+  if [[ -n ${VM_KEEP:-} ]]; then
+    mkdir -p "$VM_KEEP" && cp -a "$RES"/. "$VM_KEEP"/ && echo "vm/run.sh: results kept in $VM_KEEP" >&2
+  fi
+  rm -rf "$RES"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Pytest arguments go through the results share (no quoting limits).  Positional
+# arguments under tests/ (files, dirs, node ids) replace the default tests/vm.
+paths=() args=()
+for a in "$@"; do
+  if [[ $a == tests/* || $a == ./tests/* ]]; then paths+=("$a"); else args+=("$a"); fi
+done
+((${#paths[@]})) || paths=(tests/vm)
+term=dumb
+if [[ -t 1 && -n ${TERM:-} ]]; then term="$TERM"; fi   # colours on a terminal only
+{
+  printf 'PYTEST_PATHS=('; printf '%q ' "${paths[@]}"; printf ')\n'
+  printf 'PYTEST_ARGS=('
+  if ((${#args[@]})); then printf '%q ' "${args[@]}"; fi
+  printf ')\n'
+  printf 'TERM=%q\n' "$term"
+} > "$RES/args"
+
+append="console=ttyS0 panic=1 bastion.repo=$REPO"
+if [[ -n ${CI+set} ]]; then
+  [[ $CI =~ ^[A-Za-z0-9._-]*$ ]] || die "CI='$CI' cannot go on the kernel command line"
+  append+=" bastion.ci=$CI"
+fi
+if [[ ${VM_DEBUG:-} == 1 ]]; then append+=" bastion.debug=1"; else append+=" quiet loglevel=3"; fi
+[[ ${VM_SHELL:-} == 1 ]] && append+=" bastion.shell=1"
+
+qemu=(qemu-system-x86_64 -accel tcg,thread=multi -cpu max -m "$VM_MEM" -smp "$VM_SMP"
+      -nographic -no-reboot -nic none
+      -kernel "$VMLINUZ" -initrd "$INITRD" -append "$append"
+      -fsdev "local,id=root,path=/,security_model=none,readonly=on,multidevs=remap"
+      -device "virtio-9p-pci,fsdev=root,mount_tag=hostroot"
+      -fsdev "local,id=results,path=$RES,security_model=none,multidevs=remap"
+      -device "virtio-9p-pci,fsdev=results,mount_tag=results")
+
+echo "vm/run.sh: booting $KVER under qemu TCG (timeout ${VM_TIMEOUT}s); pytest args: ${*:-(none)}" >&2
+start=$EPOCHREALTIME
+set +e
+timed_out=0
+if [[ ${VM_SHELL:-} == 1 ]]; then
+  # Interactive: qemu in the foreground on the terminal, no timeout.
+  "${qemu[@]}"; qrc=$?
+else
+  "${qemu[@]}" < /dev/null & QPID=$!
+  while kill -0 "$QPID" 2>/dev/null; do
+    if ((${EPOCHREALTIME/./} - ${start/./} >= VM_TIMEOUT * 1000000)); then
+      timed_out=1; kill -KILL "$QPID" 2>/dev/null; break
+    fi
+    sleep 0.2
+  done
+  wait "$QPID"; qrc=$?
+  QPID=""
+fi
+set -e
+elapsed="$(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')"
+[[ ${VM_SHELL:-} == 1 && -t 0 ]] && stty sane 2>/dev/null || true
+echo >&2
+
+fail=""
+if ((timed_out)); then
+  fail="timed out after ${VM_TIMEOUT}s (VM_TIMEOUT); qemu killed"
+elif [[ -f $RES/init-error ]]; then
+  fail="guest init failed: $(cat "$RES/init-error")"
+elif [[ ! -f $RES/exit-code ]]; then
+  fail="the guest wrote no exit code (qemu exit status $qrc; the kernel or /init died — rerun with VM_DEBUG=1)"
+fi
+
+summary="$("$VPY" "$REPO/vm/junit_summary.py" "$RES/junit.xml" 2>&1)" || true
+read -r npass nfail nskip ntotal <<<"${summary:-x x x x}"
+if [[ ! $ntotal =~ ^[0-9]+$ ]]; then
+  [[ -n $fail ]] || fail="no usable JUnit report: $summary"
+  npass=0 nfail=0 nskip=0 ntotal=0
+fi
+if [[ -z $fail ]]; then
+  grc="$(cat "$RES/exit-code")"
+  if [[ $grc == 5 ]]; then fail="pytest exit code 5: no tests collected"
+  elif [[ $grc != 0 ]]; then fail="pytest exit code $grc"
+  elif ((nfail > 0)); then fail="$nfail test(s) failed"
+  elif ((ntotal - nskip == 0)); then fail="zero tests ran ($nskip skipped)"
+  fi
+fi
+
+echo "vm: $npass passed, $nfail failed, $nskip skipped (kernel ${KVER}, ${elapsed} s)"
+if [[ -n $fail ]]; then
+  echo "vm/run.sh: FAIL: $fail" >&2
+  exit 1
+fi
