@@ -1,0 +1,461 @@
+"""The compat-tier fanotify enforcer on this host's kernel.
+
+Kernel-safety rules every test here keeps: it marks only files and
+directories under its own ``tmp_path`` (inode marks, never a mount or a
+filesystem); decisions are scoped to a fresh test cgroup; the enforcer has a
+dead-man deadline (<= 60 s) and a watchdog; it is closed in ``finally``.  The
+test process itself is exempt (``self_tgid``), so pytest can never block on
+its own marks.  Every subprocess has a timeout.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bastion import abi
+from bastion.enforce.fanotify import FanotifyEnforcer, supported
+from bastion.errors import ConfigError, Location
+from bastion.events import HipsEvent
+from bastion.policy.compile import FileTarget, MapPlan, ResolvedPolicy, ResolvedRule, compile_plan, kernel_dev
+from bastion.policy.model import Action, Mode, Op
+from support.cg import run_in, scoped_cgroup
+
+DEADLINE_S = 60.0
+TIMEOUT = 30
+pytestmark = pytest.mark.timeout(120)
+
+EPERM_TEXT = "Operation not permitted"
+
+
+@pytest.fixture(autouse=True)
+def _need_fanotify() -> None:
+    why = supported()
+    if why is not None:
+        pytest.skip(f"fanotify permission events unavailable: {why}")
+
+
+def target(path: Path, *, is_dir: bool = False) -> FileTarget:
+    st = os.stat(path)
+    return FileTarget(kernel_dev(st.st_dev), st.st_ino, is_dir, str(path))
+
+
+def rule(rule_id: int, ops: tuple[Op, ...], files: tuple[FileTarget, ...], action: Action,
+         identities: tuple[tuple[int, int, int], ...] = (), name: str = "") -> ResolvedRule:
+    return ResolvedRule(rule_id=rule_id, name=name or f"r{rule_id}", location=Location("test", rule_id),
+                        identities=identities, subject="test", ops=ops, files=files, nets=(),
+                        action=action)
+
+
+def plan_of(*rules: ResolvedRule, mode: Mode = Mode.ENFORCE,
+            default: Action = Action.ALLOW) -> MapPlan:
+    return compile_plan(ResolvedPolicy(mode, default, tuple(rules)))
+
+
+def targets_of(*rules: ResolvedRule) -> list[FileTarget]:
+    return [f for r in rules for f in r.files]
+
+
+@pytest.fixture
+def cg() -> Iterator[tuple[Path, int]]:
+    with scoped_cgroup() as c:
+        yield c
+
+
+@pytest.fixture
+def enforcer(cg: tuple[Path, int]) -> Iterator[FanotifyEnforcer]:
+    enf = FanotifyEnforcer(scope_cgroup_id=cg[1], deadline_s=DEADLINE_S, decision_timeout_s=0.5)
+    try:
+        enf.open()
+        enf.start()
+        yield enf
+    finally:
+        enf.close()
+
+
+def sh_in(cg: Path, script: str) -> subprocess.CompletedProcess[str]:
+    return run_in(cg, ["/bin/sh", "-c", script], timeout=TIMEOUT)
+
+
+def events_until(enf: FanotifyEnforcer, n: int, timeout_s: float = 3.0) -> list[HipsEvent]:
+    out: list[HipsEvent] = []
+    end = time.monotonic() + timeout_s
+    while len(out) < n and time.monotonic() < end:
+        out += enf.poll(0.1)
+    return out
+
+
+def fanotify_marks(enf: FanotifyEnforcer) -> list[str]:
+    """The marks of the group, as /proc/self/fdinfo shows them (procfs: safe).
+
+    Inode marks read ``fanotify ino:...``, mount marks ``fanotify mnt_id:...``
+    and filesystem marks ``fanotify sdev:...``: only the first kind may appear.
+    """
+    fd = enf._fd  # noqa: SLF001 - white-box check of what the kernel holds
+    text = Path(f"/proc/self/fdinfo/{fd}").read_text()
+    marks = [ln for ln in text.splitlines()
+             if ln.startswith("fanotify ") and not ln.startswith("fanotify flags:")]
+    assert all(m.startswith("fanotify ino:") for m in marks), marks
+    return marks
+
+
+# ---- tests ------------------------------------------------------------------------------------
+
+
+def test_supported_here() -> None:
+    assert supported() is None
+
+
+def test_read_denied_in_the_cgroup_only(tmp_path: Path, cg: tuple[Path, int],
+                                        enforcer: FanotifyEnforcer) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("top secret\n")
+    r = rule(1, (Op.OPEN_READ,), (target(secret),), Action.DENY, name="no-secret")
+    enforcer.apply(plan_of(r), targets_of(r))
+    marks = fanotify_marks(enforcer)
+    assert len(marks) == 1 and marks[0].startswith("fanotify ino:"), marks
+
+    inside = run_in(cg[0], ["cat", str(secret)], timeout=TIMEOUT)
+    assert inside.returncode != 0
+    assert EPERM_TEXT in inside.stderr
+    outside = subprocess.run(["cat", str(secret)], capture_output=True, text=True, timeout=TIMEOUT)
+    assert outside.returncode == 0 and outside.stdout == "top secret\n"
+    assert secret.read_text() == "top secret\n"          # this process is exempt
+
+    evs = events_until(enforcer, 1)
+    assert len(evs) == 1, evs
+    ev = evs[0]
+    assert (ev.mechanism, ev.op, ev.action, ev.enforced) == ("fanotify", "open-read", "deny", True)
+    assert ev.path == str(secret) and ev.rule_id == 1 and ev.ret == -1
+    assert (ev.dev, ev.ino) == (target(secret).dev, target(secret).ino)
+    assert ev.proc.cgroup_id == cg[1] and ev.proc.comm == "cat" and ev.proc.exe.endswith("cat")
+    s = enforcer.stats()
+    assert s["denies"] == 1 and s["errors"] == 0 and s["watchdog_allows"] == 0
+    assert s["out_of_scope"] >= 1
+
+
+def test_write_denied_read_allowed(tmp_path: Path, cg: tuple[Path, int],
+                                   enforcer: FanotifyEnforcer) -> None:
+    f = tmp_path / "config"
+    f.write_text("v1\n")
+    r = rule(1, (Op.OPEN_WRITE,), (target(f),), Action.DENY)
+    enforcer.apply(plan_of(r), targets_of(r))
+
+    rd = run_in(cg[0], ["cat", str(f)], timeout=TIMEOUT)
+    assert rd.returncode == 0 and rd.stdout == "v1\n"
+    wr = sh_in(cg[0], f"echo v2 >> {f}")
+    assert wr.returncode != 0 and "not permitted" in wr.stderr
+    rdwr = run_in(cg[0], [sys.executable, "-c", f"open({str(f)!r}, 'r+')"], timeout=TIMEOUT)
+    assert rdwr.returncode != 0 and "PermissionError" in rdwr.stderr
+    assert f.read_text() == "v1\n"
+    evs = events_until(enforcer, 2)
+    assert [e.op for e in evs] == ["open-write", "open-write"]
+    assert enforcer.stats()["denies"] == 2
+
+
+def test_directory_object_protects_a_subdirectory(tmp_path: Path, cg: tuple[Path, int],
+                                                  enforcer: FanotifyEnforcer) -> None:
+    d = tmp_path / "vault"
+    deep = d / "a" / "b"
+    deep.mkdir(parents=True)
+    (deep / "key").write_text("k\n")
+    (d / "top").write_text("t\n")
+    other = tmp_path / "public"
+    other.write_text("p\n")
+    r = rule(1, (Op.OPEN_READ,), (target(d, is_dir=True),), Action.DENY, name="vault")
+    enforcer.apply(plan_of(r), targets_of(r))
+    marks = fanotify_marks(enforcer)
+    assert len(marks) == 3 and all(m.startswith("fanotify ino:") for m in marks), marks
+
+    for f in (deep / "key", d / "top"):
+        p = run_in(cg[0], ["cat", str(f)], timeout=TIMEOUT)
+        assert p.returncode != 0 and EPERM_TEXT in p.stderr, (f, p)
+    ok = run_in(cg[0], ["cat", str(other)], timeout=TIMEOUT)
+    assert ok.returncode == 0 and ok.stdout == "p\n"
+    ls = run_in(cg[0], ["ls", str(deep)], timeout=TIMEOUT)     # directories themselves: not objects
+    assert ls.returncode == 0 and ls.stdout.strip() == "key"
+    evs = events_until(enforcer, 2)
+    assert sorted(e.path for e in evs) == sorted([str(deep / "key"), str(d / "top")])
+    assert {e.rule_id for e in evs} == {1}
+
+
+def test_directory_object_too_large_is_refused(tmp_path: Path, cg: tuple[Path, int]) -> None:
+    d = tmp_path / "big"
+    for i in range(12):
+        (d / f"s{i}").mkdir(parents=True)
+    enf = FanotifyEnforcer(scope_cgroup_id=cg[1], deadline_s=DEADLINE_S, max_dirs=10)
+    try:
+        enf.open()
+        enf.start()
+        r = rule(1, (Op.OPEN_READ,), (target(d, is_dir=True),), Action.DENY)
+        with pytest.raises(ConfigError, match="more than 10 directories"):
+            enf.apply(plan_of(r), targets_of(r))
+        assert fanotify_marks(enf) == []
+    finally:
+        enf.close()
+
+
+def test_audit_mode_allows_and_reports(tmp_path: Path, cg: tuple[Path, int],
+                                       enforcer: FanotifyEnforcer) -> None:
+    f = tmp_path / "watched"
+    f.write_text("w\n")
+    g = tmp_path / "audited"
+    g.write_text("a\n")
+    r1 = rule(1, (Op.OPEN_READ,), (target(f),), Action.DENY)
+    r2 = rule(2, (Op.OPEN_READ,), (target(g),), Action.AUDIT)
+    enforcer.apply(plan_of(r1, r2, mode=Mode.AUDIT), targets_of(r1, r2))
+    p = run_in(cg[0], ["cat", str(f), str(g)], timeout=TIMEOUT)
+    assert p.returncode == 0 and p.stdout == "w\na\n"
+    evs = sorted(events_until(enforcer, 2), key=lambda e: e.rule_id)
+    assert [(e.action, e.enforced, e.ret, e.path) for e in evs] == [
+        ("deny", False, 0, str(f)), ("audit", False, 0, str(g))]
+    s = enforcer.stats()
+    assert s["denies"] == 0 and s["audit_only"] == 1 and s["audits"] == 1
+
+
+def test_exec_denied_and_kill(tmp_path: Path, cg: tuple[Path, int],
+                              enforcer: FanotifyEnforcer) -> None:
+    tool = tmp_path / "mytrue"
+    shutil.copy2("/bin/true", tool)
+    victim = tmp_path / "tripwire"
+    victim.write_text("x\n")
+    r1 = rule(1, (Op.EXEC,), (target(tool),), Action.DENY)
+    r2 = rule(2, (Op.OPEN_READ,), (target(victim),), Action.KILL)
+    enforcer.apply(plan_of(r1, r2), targets_of(r1, r2))
+
+    ex = run_in(cg[0], [str(tool)], timeout=TIMEOUT)
+    assert ex.returncode != 0 and "not permitted" in ex.stderr.lower()
+    rd = sh_in(cg[0], f"cat {tool} > /dev/null")                   # reading it is fine
+    assert rd.returncode == 0
+    k = run_in(cg[0], ["sh", "-c", f"cat {victim}; echo survived"], timeout=TIMEOUT)
+    assert "survived" in k.stdout                                   # the shell lives on
+    k2 = run_in(cg[0], ["cat", str(victim)], timeout=TIMEOUT)
+    assert k2.returncode == -9, (k2.returncode, k2.stderr)
+    evs = events_until(enforcer, 3)
+    assert [(e.op, e.action, e.enforced) for e in evs] == [
+        ("exec", "deny", True), ("open-read", "kill", True), ("open-read", "kill", True)]
+    assert evs[1].target_pid == evs[1].proc.pid
+    assert enforcer.stats()["kills"] == 2 and enforcer.stats()["kill_failures"] == 0
+
+
+def test_subject_facts_exe_and_cgroup(tmp_path: Path, cg: tuple[Path, int],
+                                      enforcer: FanotifyEnforcer) -> None:
+    """exe and cgroup subjects come from /proc: only cat is refused, head is not."""
+    f = tmp_path / "f"
+    f.write_text("hello\n")
+    cat = target(Path(shutil.which("cat") or "/bin/cat"))
+    g = tmp_path / "g"
+    g.write_text("g\n")
+    r1 = rule(1, (Op.OPEN_READ,), (target(f),), Action.DENY,
+              identities=((abi.SubjectKind.EXE, cat.ino, cat.dev),))
+    r2 = rule(2, (Op.OPEN_READ,), (target(g),), Action.DENY,
+              identities=((abi.SubjectKind.CGROUP, cg[1], 0),))
+    enforcer.apply(plan_of(r1, r2), targets_of(r1, r2))
+    assert run_in(cg[0], ["cat", str(f)], timeout=TIMEOUT).returncode != 0
+    h = run_in(cg[0], ["head", str(f)], timeout=TIMEOUT)
+    assert h.returncode == 0 and h.stdout == "hello\n"
+    assert run_in(cg[0], ["head", str(g)], timeout=TIMEOUT).returncode != 0
+    evs = events_until(enforcer, 2)
+    assert [(e.rule_id, e.proc.comm) for e in evs] == [(1, "cat"), (2, "head")]
+    assert all(e.subject != 0 for e in evs)
+
+
+def test_watchdog_answers_a_stalled_decision(tmp_path: Path, cg: tuple[Path, int]) -> None:
+    f = tmp_path / "slow"
+    f.write_text("s\n")
+    release = threading.Event()
+    calls: list[str] = []
+
+    def stall(tid: int, path: str) -> None:
+        calls.append(path)
+        release.wait(3.0)          # far beyond decision_timeout_s
+
+    enf = FanotifyEnforcer(scope_cgroup_id=cg[1], deadline_s=DEADLINE_S, decision_timeout_s=0.2,
+                           decision_hook=stall)
+    try:
+        enf.open()
+        enf.start()
+        r = rule(1, (Op.OPEN_READ,), (target(f),), Action.DENY)
+        enf.apply(plan_of(r), targets_of(r))
+        t0 = time.monotonic()
+        # two opens: the first stalls the listener, the second queues behind it
+        p = run_in(cg[0], ["sh", "-c", f"cat {f}; cat {f}"], timeout=TIMEOUT)
+        took = time.monotonic() - t0
+        assert p.returncode == 0 and p.stdout == "s\ns\n", p.stderr
+        assert took < 2.0, took
+        assert calls
+        release.set()
+        deadline = time.monotonic() + 5
+        while enf.stats()["late_decisions"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        s = enf.stats()
+        assert s["watchdog_allows"] >= 2, s
+        assert s["late_decisions"] >= 1 and s["denies"] == 0, s
+        late = [e for e in events_until(enf, 1) if e.path == str(f)]
+        assert late and not late[0].enforced
+    finally:
+        release.set()
+        enf.close()
+
+
+def test_plan_swap_under_load(tmp_path: Path, cg: tuple[Path, int],
+                              enforcer: FanotifyEnforcer) -> None:
+    allowed = tmp_path / "allowed"
+    allowed.write_text("ok\n")
+    b = tmp_path / "b"
+    b.write_text("b\n")
+    c = tmp_path / "c"
+    c.write_text("c\n")
+    ra = rule(1, (Op.OPEN_READ, Op.OPEN_WRITE), (target(allowed),), Action.ALLOW)
+    rb = rule(2, (Op.OPEN_READ,), (target(b),), Action.DENY)
+    rc = rule(2, (Op.OPEN_READ,), (target(c),), Action.DENY)
+    plans = [(plan_of(ra, rb), targets_of(ra, rb)), (plan_of(ra, rc), targets_of(ra, rc))]
+    enforcer.apply(*plans[0])
+    loop = (f"import os, sys, time\nfail = n = 0\nend = time.monotonic() + 60\n"
+            f"print('ready', flush=True)\n"
+            f"while not os.path.exists({str(tmp_path / 'stop')!r}) and time.monotonic() < end:\n"
+            f"    try:\n        os.close(os.open({str(allowed)!r}, os.O_RDONLY))\n"
+            f"    except OSError as e:\n        fail += 1\n        print(e, file=sys.stderr)\n"
+            f"    n += 1\nprint(n, fail)\n")
+    shell = f'echo $$ > {cg[0]}/cgroup.procs && exec "$@"'
+    proc = subprocess.Popen(["/bin/sh", "-c", shell, "sh", sys.executable, "-c", loop],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        time.sleep(0.05)
+        for i in range(100):
+            enforcer.apply(*plans[(i + 1) % 2])
+            time.sleep(0.002)
+        (tmp_path / "stop").touch()
+        out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    n, fail = map(int, out.split())
+    assert fail == 0, err
+    assert n >= 200, n
+    s = enforcer.stats()
+    assert s["swaps"] == 100 and s["denies"] == 0 and s["errors"] == 0 and s["gen"] == 101
+    assert s["perm_events"] >= n
+    # the final plan (index 0 after 100 swaps: plans[(99 + 1) % 2]) is in force
+    assert run_in(cg[0], ["cat", str(b)], timeout=TIMEOUT).returncode != 0
+    assert run_in(cg[0], ["cat", str(c)], timeout=TIMEOUT).returncode == 0
+    assert len(fanotify_marks(enforcer)) == 2
+
+
+def test_deadline_removes_marks(tmp_path: Path, cg: tuple[Path, int]) -> None:
+    f = tmp_path / "f"
+    f.write_text("f\n")
+    enf = FanotifyEnforcer(scope_cgroup_id=cg[1], deadline_s=1.0)
+    try:
+        enf.open()
+        enf.start()
+        r = rule(1, (Op.OPEN_READ,), (target(f),), Action.DENY)
+        enf.apply(plan_of(r), targets_of(r))
+        assert run_in(cg[0], ["cat", str(f)], timeout=TIMEOUT).returncode != 0
+        time.sleep(1.3)
+        assert enf.stats()["expired"] == 1
+        assert fanotify_marks(enf) == []
+        assert run_in(cg[0], ["cat", str(f)], timeout=TIMEOUT).returncode == 0
+    finally:
+        enf.close()
+
+
+def test_close_leaves_no_marks(tmp_path: Path, cg: tuple[Path, int]) -> None:
+    f = tmp_path / "f"
+    f.write_text("f\n")
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "g").write_text("g\n")
+    enf = FanotifyEnforcer(scope_cgroup_id=cg[1], deadline_s=DEADLINE_S)
+    try:
+        enf.open()
+        enf.start()
+        r = rule(1, (Op.OPEN_READ, Op.OPEN_WRITE, Op.EXEC),
+                 (target(f), target(d, is_dir=True)), Action.DENY)
+        enf.apply(plan_of(r), targets_of(r))
+        assert run_in(cg[0], ["cat", str(f)], timeout=TIMEOUT).returncode != 0
+    finally:
+        enf.close()
+    assert enf.stats()["marks"] == 0
+    # the listener is gone: a leftover mark would block (or refuse) these opens
+    for p in (f, d / "g"):
+        inside = run_in(cg[0], ["timeout", "5", "cat", str(p)], timeout=10)
+        assert inside.returncode == 0, (p, inside)
+        outside = subprocess.run(["timeout", "5", "cat", str(p)], capture_output=True, timeout=10)
+        assert outside.returncode == 0
+
+
+def test_apply_reports_what_it_cannot_enforce(tmp_path: Path, cg: tuple[Path, int],
+                                              enforcer: FanotifyEnforcer) -> None:
+    f = tmp_path / "f"
+    f.write_text("f\n")
+    any_obj = FileTarget(0, 0, False, "any")
+    r1 = rule(1, (Op.OPEN_READ,), (target(f),), Action.DENY)
+    r2 = rule(2, (Op.UNLINK, Op.RENAME), (target(f),), Action.DENY, name="no-delete")
+    r3 = rule(3, (Op.OPEN_WRITE,), (any_obj,), Action.DENY, name="no-writes")
+    enforcer.apply(plan_of(r1, r2, r3), targets_of(r1, r2))
+    notes = " | ".join(enforcer.unenforced())
+    assert "'no-delete'" in notes and "unlink" in notes and "rename" in notes
+    assert "'no-writes'" in notes and "any" in notes
+    assert len(fanotify_marks(enforcer)) == 1
+    # unlink really is not enforced in this tier
+    assert sh_in(cg[0], f"rm {f}").returncode == 0
+
+
+def test_what_this_tier_cannot_refuse(tmp_path: Path, cg: tuple[Path, int],
+                                      enforcer: FanotifyEnforcer) -> None:
+    """Pins the documented caveats: only opens raise permission events."""
+    d = tmp_path / "vault"
+    d.mkdir()
+    f = d / "f"
+    f.write_text("data\n")
+    r = rule(1, (Op.OPEN_WRITE,), (target(d, is_dir=True),), Action.DENY)
+    enforcer.apply(plan_of(r), targets_of(r))
+    # an O_CREAT open is refused, but only after the file was created (empty)
+    p = sh_in(cg[0], f"echo x > {d}/new")
+    assert p.returncode != 0 and EPERM_TEXT in p.stderr
+    assert (d / "new").exists() and (d / "new").stat().st_size == 0
+    # truncate by fd needs a write open (refused); truncate(2) by path is not an open
+    assert sh_in(cg[0], f"truncate -s 0 {f}").returncode != 0
+    t = run_in(cg[0], [sys.executable, "-c", f"import os; os.truncate({str(f)!r}, 1)"],
+               timeout=TIMEOUT)
+    assert t.returncode == 0 and f.stat().st_size == 1
+    # rename, chmod, unlink: no permission event at all
+    assert sh_in(cg[0], f"mv {f} {d}/g && chmod 600 {d}/g && rm {d}/g").returncode == 0
+    assert sorted(e.op for e in events_until(enforcer, 2)) == ["open-write", "open-write"]
+
+
+def test_open_flags_of_a_non_leader_thread(tmp_path: Path, cg: tuple[Path, int],
+                                           enforcer: FanotifyEnforcer) -> None:
+    """Read vs write comes from the blocked *thread's* syscall (FAN_REPORT_TID)."""
+    f = tmp_path / "f"
+    f.write_text("v1\n")
+    r = rule(1, (Op.OPEN_WRITE,), (target(f),), Action.DENY)
+    enforcer.apply(plan_of(r), targets_of(r))
+    code = (
+        "import threading, time\n"
+        "res = {}\n"
+        "def go(mode):\n"
+        "    try:\n"
+        f"        open({str(f)!r}, mode).close(); res[mode] = 'ok'\n"
+        "    except OSError as e:\n"
+        "        res[mode] = type(e).__name__\n"
+        "for mode in ('r', 'a'):\n"
+        "    t = threading.Thread(target=go, args=(mode,)); t.start(); t.join()\n"
+        "print(res['r'], res['a'])\n")
+    p = run_in(cg[0], [sys.executable, "-c", code], timeout=TIMEOUT)
+    assert p.returncode == 0 and p.stdout.split() == ["ok", "PermissionError"], p
+    s = enforcer.stats()
+    assert s["flags_unknown"] == 0 and s["denies"] == 1
+    ev = events_until(enforcer, 1)[0]
+    assert ev.proc.tid != ev.proc.pid
