@@ -85,12 +85,14 @@ def test_record_writes_the_replay_format(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("record needs root")
     out = tmp_path / "trace.jsonl"
-    rec = subprocess.Popen([BASTION, "record", str(out), "--duration", "3", "--class", "exec"],
+    rec = subprocess.Popen([BASTION, "record", str(out), "--duration", "4", "--class", "exec"],
                            stderr=subprocess.PIPE, text=True)
-    time.sleep(1.5)
+    assert rec.stderr is not None
+    first = rec.stderr.readline()  # printed once the programs are attached
+    assert "bastion: recording to" in first, first
     marker = subprocess.Popen(["/bin/echo", "bastion-record-marker"], stdout=subprocess.DEVNULL)
     marker.wait()
-    _, err = rec.communicate(timeout=30)
+    _, err = rec.communicate(timeout=60)
     assert rec.returncode == 0, err
     rows = [json.loads(l) for l in out.read_text().splitlines()]
     assert {r["type"] for r in rows} == {"exec"}

@@ -147,7 +147,7 @@ def _sigma_rules(dirs: tuple[Path, ...]) -> list[Any]:
         click.echo(f"bastion: sigma: {err}", err=True)
     click.echo(f"bastion: sigma: {len(res.rules)} rules loaded, {len(res.unsupported)} unsupported "
                f"(bastion sigma check lists them), {len(res.errors)} files with errors", err=True)
-    return list(res.rules)
+    return list(res.engine_rules())
 
 
 def _backends(tier: str, pin_root: Path, deadline_s: float | None) -> Any:
@@ -253,6 +253,7 @@ def record(output: Path, duration: float | None, count: int | None, classes: tup
     n = 0
     fh = sys.stdout if str(output) == "-" else output.open("w", encoding="utf-8")
     sensor.open()
+    click.echo(f"bastion: recording to {output} ({len(sensor.attached)} programs)", err=True)
     deadline = time.monotonic() + duration if duration else None
     try:
         while not stop.is_set():
