@@ -156,9 +156,14 @@ def _backends(tier: str, pin_root: Path, deadline_s: float | None) -> Any:
     def open_backends() -> Any:
         from bastion.enforce.hips_kernel import HipsKernel
 
-        kernel = HipsKernel(tier, pin_dir=pin_root / "hips", self_tgid=os.getpid(),
-                            deadline_s=deadline_s)
-        kernel.open()
+        pin_dir = pin_root / "hips"
+        if (pin_dir / "links").is_dir() and any((pin_dir / "links").iterdir()):
+            # a previous agent's enforcement is still in force: adopt it, no gap
+            kernel = HipsKernel.adopt(pin_dir)
+            click.echo(f"bastion: adopted the pinned HIPS enforcement under {pin_dir}", err=True)
+        else:
+            kernel = HipsKernel(tier, pin_dir=pin_dir, self_tgid=os.getpid(), deadline_s=deadline_s)
+            kernel.open()
         files = None
         if tier != "lsm":
             from bastion.enforce.fanotify import FanotifyEnforcer

@@ -1,0 +1,498 @@
+/* SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause */
+/* The HIPS matcher shared by the compat (hips_compat.bpf.c) and lsm
+ * (lsm_hips.bpf.c) objects: the policy maps, the decision procedure of the
+ * HIPS section of bastion.h, and the decision report.
+ *
+ * The decision is identical to src/bastion/policy/match.py:
+ *   subject = first hit of hips_subjects[(gen, kind, a, b)] for EXE,
+ *             PARENT_EXE, UID, CGROUP; else 0
+ *   for s in (subject, 0): for o in (object, ancestors (<= 16, only with
+ *   BASTION_HIPS_F_DIR_OBJECTS), ANY): hips_rules[(gen, s, op, o)]
+ *   else hips_gens[gen].default_action; no policy (gen 0): allow.
+ * Network: hips_net LPM trie, subject (specific, 0) x port (exact, 0).
+ *
+ * A policy swap (user space) writes generation N+1, flips active_gen, then
+ * deletes generation N.  A decision reads active_gen before and after it
+ * looked at the maps and starts over when it changed (a seqlock without a
+ * writer lock): a decision never mixes two generations nor sees one that is
+ * being deleted.
+ *
+ * Scope (.rodata, for tests and the agent): cfg_cgroup_id (0 = all),
+ * cfg_deadline_ns (CLOCK_BOOTTIME; 0 = none; past it everything is allowed:
+ * the dead-man), cfg_self_tgid (the agent is never denied). */
+#ifndef BASTION_HIPS_H
+#define BASTION_HIPS_H
+
+#include "path.h"
+
+#define EPERM_ 1
+#define SIGKILL_ 9
+#define HIPS_MAX_ANCESTORS 16
+#define HIPS_WALK_STEPS 32      /* ancestors + mount crossings */
+#define HIPS_RETRIES 3
+
+const volatile __u64 cfg_deadline_ns = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct bastion_hips_state);
+} hips_state SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct bastion_hips_gen);
+} hips_gens SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct bastion_subject_key);
+	__type(value, __u32);
+} hips_subjects SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct bastion_rule_key);
+	__type(value, struct bastion_rule_val);
+} hips_rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct bastion_net_key);
+	__type(value, struct bastion_rule_val);
+} hips_net SEC(".maps");
+
+/* Subject facts of processes, for hooks that cannot read them from the task
+ * (cgroup socket programs); kept by the compat object's tracepoints. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct bastion_task_subject);
+} task_subjects SEC(".maps");
+
+/* Decisions per (op, action) and per-hook counters for stats():
+ * index = op * 8 + action; user space sums the CPUs. */
+#define HIPS_STAT_SLOTS (BASTION_OP_MAX * 8)
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, HIPS_STAT_SLOTS);
+	__type(key, __u32);
+	__type(value, __u64);
+} hips_stats SEC(".maps");
+
+/* What is known of the acting task (match.TaskFacts). */
+struct hips_facts {
+	__u64 exe_ino;
+	__u64 parent_exe_ino;
+	__u32 exe_dev;
+	__u32 parent_exe_dev;
+	__u32 uid;
+	__u32 _pad;
+	__u64 cgroup_id;
+};
+
+struct hips_decision {
+	__u32 gen;
+	__u32 mode;
+	__u32 action;
+	__u32 rule_id;
+	__u32 subject;
+};
+
+/* Is the current task subject to enforcement at all? */
+static __always_inline bool hips_in_scope(void)
+{
+	if (cfg_deadline_ns && bpf_ktime_get_boot_ns() > cfg_deadline_ns)
+		return false; /* dead-man: expired */
+	if (cfg_cgroup_id && bpf_get_current_cgroup_id() != cfg_cgroup_id)
+		return false;
+	if (cfg_self_tgid && (bpf_get_current_pid_tgid() >> 32) == cfg_self_tgid)
+		return false;
+	return true;
+}
+
+static __always_inline __u32 hips_active_gen(void)
+{
+	__u32 zero = 0;
+	struct bastion_hips_state *st = bpf_map_lookup_elem(&hips_state, &zero);
+
+	return st ? *(volatile __u32 *)&st->active_gen : 0;
+}
+
+/* The exe inode of a task (0/0 for kernel threads). */
+static __always_inline void task_exe(struct task_struct *t, __u64 *ino, __u32 *dev)
+{
+	struct file *f = BPF_CORE_READ(t, mm, exe_file);
+
+	*ino = 0;
+	*dev = 0;
+	if (!f)
+		return;
+	*ino = BPF_CORE_READ(f, f_inode, i_ino);
+	*dev = BPF_CORE_READ(f, f_inode, i_sb, s_dev);
+}
+
+/* Facts of the current task read from the task itself (lsm tier, and the
+ * pre-exec image at sys_enter_execve). */
+static __always_inline void hips_facts_current(struct hips_facts *f)
+{
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+
+	task_exe(t, &f->exe_ino, &f->exe_dev);
+	task_exe(BPF_CORE_READ(t, real_parent), &f->parent_exe_ino, &f->parent_exe_dev);
+	f->uid = (__u32)bpf_get_current_uid_gid();
+	f->cgroup_id = bpf_get_current_cgroup_id();
+}
+
+static __always_inline __u32 hips_subject(__u32 gen, const struct hips_facts *f)
+{
+	struct bastion_subject_key k = { .gen = gen };
+	__u32 *sid;
+
+	k.kind = BASTION_SUBJ_EXE;
+	k.a = f->exe_ino;
+	k.b = f->exe_dev;
+	sid = bpf_map_lookup_elem(&hips_subjects, &k);
+	if (sid)
+		return *sid;
+	k.kind = BASTION_SUBJ_PARENT_EXE;
+	k.a = f->parent_exe_ino;
+	k.b = f->parent_exe_dev;
+	sid = bpf_map_lookup_elem(&hips_subjects, &k);
+	if (sid)
+		return *sid;
+	k.kind = BASTION_SUBJ_UID;
+	k.a = f->uid;
+	k.b = 0;
+	sid = bpf_map_lookup_elem(&hips_subjects, &k);
+	if (sid)
+		return *sid;
+	k.kind = BASTION_SUBJ_CGROUP;
+	k.a = f->cgroup_id;
+	sid = bpf_map_lookup_elem(&hips_subjects, &k);
+	if (sid)
+		return *sid;
+	return 0;
+}
+
+/* ---- file objects ------------------------------------------------------ */
+
+/* The object of a file decision: an inode, and where to find its ancestor
+ * directories — a dentry and, when known, its mount (then the walk crosses
+ * mount points like a path does; without one it stops at the root of the
+ * inode's filesystem). */
+struct hips_object {
+	__u64 ino;
+	__u32 dev;
+	__u32 _pad;
+	struct dentry *dentry;     /* the object's dentry (its parent is the first ancestor) */
+	struct vfsmount *mnt;      /* NULL: walk within the filesystem only */
+};
+
+struct hips_walk {
+	struct bastion_rule_key key;
+	struct dentry *d;
+	struct vfsmount *vfsmnt;
+	struct mount *mnt;
+	__u32 seen;
+	__u32 found;
+	struct bastion_rule_val val;
+};
+
+/* One step to the next ancestor directory (crossing a mount point costs a
+ * step without a lookup: the mounted root already stood for it). */
+static long hips_walk_step(__u32 i, void *data)
+{
+	struct hips_walk *w = data;
+	struct dentry *d = w->d, *parent;
+	struct bastion_rule_val *v;
+	struct inode *inode;
+
+	struct vfsmount *vm = w->vfsmnt;
+	struct mount *m = w->mnt;
+
+	if (vm) {
+		struct dentry *root = BPF_CORE_READ(vm, mnt_root);
+
+		if (d == root) {
+			struct mount *pm = BPF_CORE_READ(m, mnt_parent);
+
+			if (pm == m)
+				return 1; /* the global root */
+			w->d = BPF_CORE_READ(m, mnt_mountpoint);
+			w->mnt = pm;
+			w->vfsmnt = &pm->mnt;
+			return 0;
+		}
+	}
+	parent = BPF_CORE_READ(d, d_parent);
+	if (!parent || parent == d)
+		return 1;
+	w->d = parent;
+	inode = BPF_CORE_READ(parent, d_inode);
+	w->key.ino = BPF_CORE_READ(inode, i_ino);
+	w->key.dev = BPF_CORE_READ(inode, i_sb, s_dev);
+	v = bpf_map_lookup_elem(&hips_rules, &w->key);
+	if (v) {
+		w->val = *v;
+		w->found = 1;
+		return 1;
+	}
+	if (++w->seen >= HIPS_MAX_ANCESTORS)
+		return 1;
+	return 0;
+}
+
+/* hips_rules for one subject: object, ancestors, ANY.  True on a hit. */
+static __always_inline bool hips_file_rules(__u32 gen, __u32 subject, __u32 op, __u32 flags,
+					    const struct hips_object *o,
+					    struct bastion_rule_val *out)
+{
+	struct bastion_rule_key k = { .gen = gen, .subject = subject, .op = op };
+	struct bastion_rule_val *v;
+
+	k.dev = o->dev;
+	k.ino = o->ino;
+	v = bpf_map_lookup_elem(&hips_rules, &k);
+	if (v) {
+		*out = *v;
+		return true;
+	}
+	if ((flags & BASTION_HIPS_F_DIR_OBJECTS) && o->dentry) {
+		struct hips_walk w = { .key = k };
+
+		w.d = o->dentry;
+		w.vfsmnt = o->mnt;
+		w.mnt = o->mnt ? container_of(o->mnt, struct mount, mnt) : NULL;
+		bpf_loop(HIPS_WALK_STEPS, hips_walk_step, &w, 0);
+		if (w.found) {
+			*out = w.val;
+			return true;
+		}
+	}
+	k.dev = 0;
+	k.ino = 0;
+	v = bpf_map_lookup_elem(&hips_rules, &k);
+	if (v) {
+		*out = *v;
+		return true;
+	}
+	return false;
+}
+
+/* ---- network objects ----------------------------------------------------- */
+
+static __always_inline bool hips_net_rules(__u32 gen, __u32 subject, __u32 op, __u16 port,
+					   const __u8 addr[16], struct bastion_rule_val *out)
+{
+	struct bastion_net_key k = {
+		.prefixlen = 128 + 128, .gen = gen, .subject = subject, .op = op, .port = port,
+	};
+	struct bastion_rule_val *v;
+
+	__builtin_memcpy(k.addr, addr, 16);
+	v = bpf_map_lookup_elem(&hips_net, &k);
+	if (!v && port) {
+		k.port = 0;
+		v = bpf_map_lookup_elem(&hips_net, &k);
+	}
+	if (v) {
+		*out = *v;
+		return true;
+	}
+	return false;
+}
+
+/* ---- the decision ------------------------------------------------------------ */
+
+/* One attempt at generation @gen.  @o is a file object, or NULL with
+ * @addr/@port for a network op. */
+static __always_inline void hips_decide_once(__u32 gen, __u32 op, const struct hips_facts *f,
+					     const struct hips_object *o, const __u8 *addr,
+					     __u16 port, struct hips_decision *d)
+{
+	struct bastion_hips_gen *g = bpf_map_lookup_elem(&hips_gens, &gen);
+	struct bastion_rule_val val = {};
+	__u32 flags = 0, s;
+	bool hit;
+
+	d->gen = gen;
+	d->mode = BASTION_MODE_ENFORCE;
+	d->action = BASTION_ACT_ALLOW;
+	d->rule_id = 0;
+	d->subject = 0;
+	if (!g)
+		return; /* being swapped out: the caller retries */
+	d->mode = g->mode;
+	d->action = g->default_action;
+	flags = g->flags;
+	s = hips_subject(gen, f);
+	d->subject = s;
+	if (o)
+		hit = hips_file_rules(gen, s, op, flags, o, &val);
+	else
+		hit = hips_net_rules(gen, s, op, port, addr, &val);
+	if (!hit && s) {
+		if (o)
+			hit = hips_file_rules(gen, 0, op, flags, o, &val);
+		else
+			hit = hips_net_rules(gen, 0, op, port, addr, &val);
+	}
+	if (hit) {
+		d->action = val.action;
+		d->rule_id = val.rule_id;
+	}
+}
+
+static __always_inline void hips_count(__u32 op, __u32 action)
+{
+	__u32 k = op * 8 + (action & 7);
+	__u64 *v;
+
+	if (op >= BASTION_OP_MAX)
+		return;
+	v = bpf_map_lookup_elem(&hips_stats, &k);
+	if (v)
+		*v += 1;
+}
+
+/* Decide (op, object) for the acting task described by @f. */
+static __always_inline void hips_decide(__u32 op, const struct hips_facts *f,
+					const struct hips_object *o, const __u8 *addr, __u16 port,
+					struct hips_decision *d)
+{
+	__u32 gen = hips_active_gen(), again;
+	int i;
+
+	d->gen = 0;
+	d->mode = BASTION_MODE_ENFORCE;
+	d->action = BASTION_ACT_ALLOW;
+	d->rule_id = 0;
+	d->subject = 0;
+	for (i = 0; i < HIPS_RETRIES; i++) {
+		if (!gen)
+			break; /* no policy: allow */
+		hips_decide_once(gen, op, f, o, addr, port, d);
+		again = hips_active_gen();
+		if (again == gen)
+			break;
+		gen = again;
+		d->gen = 0;
+		d->action = BASTION_ACT_ALLOW;
+		d->rule_id = 0;
+	}
+	hips_count(op, d->action);
+}
+
+/* Is the decision refused (deny or kill) and enforced (mode ENFORCE)? */
+static __always_inline bool hips_refuses(const struct hips_decision *d)
+{
+	return (d->action == BASTION_ACT_DENY || d->action == BASTION_ACT_KILL) &&
+	       d->mode == BASTION_MODE_ENFORCE;
+}
+
+static __always_inline bool hips_reported(const struct hips_decision *d)
+{
+	return d->action == BASTION_ACT_AUDIT || d->action == BASTION_ACT_DENY ||
+	       d->action == BASTION_ACT_KILL;
+}
+
+/* Reserve and fill a HIPS event for decision @d (NULL when not wanted or the
+ * ring is full); the caller fills the object fields and SUBMITs. */
+static __always_inline struct bastion_hips_event *
+hips_event(__u32 op, const struct hips_decision *d, __u32 mechanism)
+{
+	struct bastion_hips_event *e;
+	bool refused = hips_refuses(d);
+
+	if (!(cfg_event_mask & (1ULL << BASTION_EV_HIPS)))
+		return NULL;
+	e = RESERVE(struct bastion_hips_event, BASTION_EV_HIPS);
+	if (!e)
+		return NULL;
+	e->op = op;
+	e->action = d->action;
+	e->rule_id = d->rule_id;
+	e->subject = d->subject;
+	e->mechanism = mechanism;
+	e->ret = refused ? -EPERM_ : 0;
+	e->gen = d->gen;
+	e->enforced = refused;
+	e->ino = 0;
+	e->dev = 0;
+	e->family = 0;
+	e->port = 0;
+	__builtin_memset(e->addr, 0, sizeof(e->addr));
+	e->target_pid = 0;
+	e->_pad = 0;
+	e->path[0] = '\0';
+	return e;
+}
+
+/* Name of a dentry within its filesystem, or the full path when the mount
+ * is known. */
+static __always_inline bool hips_dentry_path(struct dentry *dentry, struct vfsmount *mnt,
+					     char *out)
+{
+	struct path p = {};
+
+	p.dentry = dentry;
+	p.mnt = mnt;
+	return path_to_str(&p, out);
+}
+
+/* Report a file decision. */
+static __always_inline void hips_report_file(__u32 op, const struct hips_decision *d,
+					     __u32 mechanism, const struct hips_object *o,
+					     struct dentry *name_dentry, struct vfsmount *name_mnt,
+					     __s32 target_pid)
+{
+	struct bastion_hips_event *e;
+
+	if (!hips_reported(d))
+		return;
+	e = hips_event(op, d, mechanism);
+	if (!e)
+		return;
+	e->ino = o->ino;
+	e->dev = o->dev;
+	e->target_pid = target_pid;
+	if (name_dentry && hips_dentry_path(name_dentry, name_mnt, e->path))
+		e->hdr.flags |= BASTION_F_TRUNC_PATH;
+	SUBMIT(e);
+}
+
+static __always_inline void hips_report_net(__u32 op, const struct hips_decision *d,
+					    __u32 mechanism, __u16 family, __u16 port,
+					    const __u8 *addr, __s32 ret)
+{
+	struct bastion_hips_event *e;
+
+	if (!hips_reported(d))
+		return;
+	e = hips_event(op, d, mechanism);
+	if (!e)
+		return;
+	e->family = family;
+	e->port = port;
+	if (family == 2 /* AF_INET */)
+		__builtin_memcpy(e->addr, addr + 12, 4);
+	else
+		__builtin_memcpy(e->addr, addr, 16);
+	if (ret)
+		e->ret = ret;
+	SUBMIT(e);
+}
+
+#endif /* BASTION_HIPS_H */

@@ -1,0 +1,423 @@
+"""HIPS enforcement in the kernel: load the tier's matcher, swap policies into its maps.
+
+``HipsKernel`` loads ``lsm_hips.bpf.o`` (lsm tier: every op decided in its
+LSM hook) or ``hips_compat.bpf.o`` (compat tier: exec killed at
+``sched_process_exec``, connect/bind refused by cgroup sock_addr programs on
+the cgroup v2 root), with its scope written into ``.rodata`` before load:
+``cgroup_id`` (0 = every cgroup), a dead-man deadline (past it every
+decision is "allow") and the agent's own tgid (never refused).
+
+``apply(plan)`` installs a :class:`~bastion.policy.compile.MapPlan` as a new
+generation: its entries are written under gen N+1, ``hips_state[0]`` flips in
+one map update, then generation N is deleted — at every instant exactly one
+complete policy holds (the BPF side re-reads the generation after deciding
+and starts over when it moved, so no decision mixes two).
+
+With ``pin_dir``, maps live at ``pin_dir/maps/<name>`` and links at
+``pin_dir/links/<program>``: closing the agent leaves enforcement in place, and
+:meth:`HipsKernel.adopt` reopens it from the pins, without a gap.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import struct
+import time
+from pathlib import Path
+from typing import Final
+
+from bastion import abi
+from bastion.errors import DecodeError, KernelError, Location
+from bastion.events import HipsEvent, decode
+from bastion.kernel import bpffs
+from bastion.kernel.btf import Btf
+from bastion.kernel.libbpf import BpfObject, Link, Map
+from bastion.kernel.ringbuf import RingBuffer
+from bastion.paths import bpf_object
+from bastion.policy.compile import MapPlan, kernel_dev
+
+log = logging.getLogger("bastion.enforce.hips_kernel")
+
+OBJECTS: Final = {"lsm": "lsm_hips.bpf.o", "compat": "hips_compat.bpf.o"}
+POLICY_MAPS: Final = ("hips_gens", "hips_subjects", "hips_rules", "hips_net")
+MAPS: Final = ("hips_state", *POLICY_MAPS, "task_subjects", "events", "drops", "hips_stats")
+# Offset of the u32 generation in each policy map's key.
+_GEN_OFFSET: Final = {"hips_gens": 0, "hips_subjects": 0, "hips_rules": 0, "hips_net": 4}
+# Programs that tell the tiers apart in a pin directory.
+_TIER_MARK: Final = {"lsm": "hips_file_open", "compat": "hips_connect4"}
+_GEN_MAX: Final = 0xFFFFFFFF
+_BTF_KIND_FUNC: Final = 12
+_VMLINUX_BTF: Final = Path("/sys/kernel/btf/vmlinux")
+_STAT_SLOTS_PER_OP: Final = 8
+
+# What each tier enforces, and how (the table `bastion doctor` can print).
+ENFORCED: Final[dict[str, dict[str, str]]] = {
+    "lsm": {op.name.lower().replace("_", "-"): "lsm" for op in abi.HipsOp},
+    "compat": {"exec": "exec-kill", "connect": "cgroup-sock", "bind": "cgroup-sock"},
+}
+
+
+def _setattr_has_idmap(btf_path: Path = _VMLINUX_BTF) -> bool:
+    """Does the running kernel's ``inode_setattr`` LSM hook take a leading mnt_idmap?"""
+    with Btf.parse(btf_path) as btf:
+        fid = btf.find("bpf_lsm_inode_setattr", _BTF_KIND_FUNC)
+        if fid is None:
+            raise KernelError("kernel BTF has no bpf_lsm_inode_setattr (no BPF LSM?)",
+                              errno=errno.ENOENT, location=Location(str(btf_path)))
+        proto = btf.get_type(btf.get_type(fid).size_or_type)
+        if proto.vlen not in (2, 3):
+            raise KernelError(f"inode_setattr hook has {proto.vlen} arguments (known: 2, 3)",
+                              errno=errno.EINVAL, location=Location(str(btf_path)))
+        return proto.vlen == 3
+
+
+def _proc_facts(pid: int) -> tuple[int, int, int, int] | None:
+    """(ppid, exe ino, exe kernel dev, start ns) of a live process, None if unreadable."""
+    try:
+        st = os.stat(f"/proc/{pid}/exe")
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    fields = raw[raw.rfind(b")") + 2:].split()
+    try:
+        ppid = int(fields[1])
+        start_ticks = int(fields[19])
+    except (IndexError, ValueError):
+        return None
+    start_ns = start_ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    return ppid, st.st_ino, kernel_dev(st.st_dev), start_ns
+
+
+class HipsKernel:
+    """The kernel matcher of one tier: load/adopt, apply plans, drain decisions."""
+
+    def __init__(
+        self,
+        tier: str,
+        *,
+        pin_dir: Path | None = None,
+        cgroup_id: int = 0,
+        deadline_s: float | None = None,
+        self_tgid: int = 0,
+        cgroup_path: Path | None = None,
+    ) -> None:
+        if tier not in OBJECTS:
+            raise KernelError(f"unknown HIPS tier {tier!r} (known: {', '.join(OBJECTS)})",
+                              errno=errno.EINVAL, location=Location("hips"))
+        self.tier = tier
+        self.pin_dir = pin_dir
+        self.cgroup_id = cgroup_id
+        self.deadline_ns = (
+            time.clock_gettime_ns(time.CLOCK_BOOTTIME) + int(deadline_s * 1e9) if deadline_s else 0
+        )
+        self.self_tgid = self_tgid
+        self.cgroup_path = cgroup_path
+        self._obj: BpfObject | None = None
+        self._links: dict[str, Link] = {}
+        self._maps: dict[str, Map] = {}
+        self._owned_maps: list[Map] = []
+        self._ring: RingBuffer | None = None
+        self._written: dict[int, list[tuple[str, bytes]]] = {}
+        self.seeded = 0
+        self.events = 0
+        self.decode_errors = 0
+        self.adopted = False
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    @property
+    def _loc(self) -> Location:
+        return Location(f"hips {self.tier} ({OBJECTS[self.tier]})")
+
+    def _rodata(self) -> dict[str, int | bytes]:
+        ro: dict[str, int | bytes] = {
+            "cfg_cgroup_id": self.cgroup_id,
+            "cfg_deadline_ns": self.deadline_ns,
+            "cfg_self_tgid": self.self_tgid,
+        }
+        if self.tier == "lsm":
+            ro["cfg_setattr_idmap"] = int(_setattr_has_idmap())
+        return ro
+
+    def open(self) -> None:
+        """Load, attach every program (all or nothing), seed, pin."""
+        if self._obj is not None or self._maps:
+            raise KernelError("HipsKernel already open", errno=errno.EALREADY, location=self._loc)
+        if self.pin_dir is not None and any(self.pin_dir.glob("*/*")):
+            raise KernelError("pins of a previous HIPS matcher are present: adopt() them or remove them",
+                              errno=errno.EEXIST, location=Location(str(self.pin_dir)))
+        path = bpf_object(OBJECTS[self.tier])
+        obj = BpfObject.open(path, rodata=self._rodata())
+        cg_fd = -1
+        try:
+            abi.check_abi_version(int.from_bytes(obj.read_rodata("bastion_abi_version"), "little"), str(path))
+            if self.tier == "lsm":
+                obj.map("task_subjects").set_max_entries(1)  # read from the task itself there
+            else:
+                bpffs.ensure_tracefs()
+            obj.load()
+            for name in MAPS:
+                self._maps[name] = obj.map(name)
+            for prog in obj.programs():
+                if prog.section_name.startswith("cgroup/"):
+                    if cg_fd < 0:
+                        cg = self.cgroup_path or bpffs.cgroup2_root()
+                        try:
+                            cg_fd = os.open(cg, os.O_RDONLY | os.O_DIRECTORY)
+                        except OSError as exc:
+                            raise KernelError(f"cannot open cgroup: {exc.strerror}",
+                                              errno=exc.errno or errno.EIO,
+                                              location=Location(str(cg))) from exc
+                    self._links[prog.name] = prog.attach_cgroup(cg_fd)
+                else:
+                    self._links[prog.name] = prog.attach()
+            if self.tier == "compat":
+                self.seeded = self._seed_task_subjects()
+            self._ring = RingBuffer(self._maps["events"])
+            if self.pin_dir is not None:
+                self._pin(self.pin_dir)
+        except BaseException:
+            self._teardown(obj, unpin=True)
+            raise
+        finally:
+            if cg_fd >= 0:
+                os.close(cg_fd)
+        self._obj = obj
+        log.info("hips %s: %d programs attached (scope cgroup %d, deadline %d)", self.tier,
+                 len(self._links), self.cgroup_id, self.deadline_ns)
+
+    def _pin(self, root: Path) -> None:
+        maps = bpffs.pin_dir(root / "maps")
+        links = bpffs.pin_dir(root / "links")
+        for name, m in self._maps.items():
+            m.pin(maps / name)
+        for name, link in self._links.items():
+            link.pin(links / name)
+
+    @classmethod
+    def adopt(cls, pin_dir: Path) -> HipsKernel:
+        """Reopen the maps and links a previous agent pinned under ``pin_dir``."""
+        links_dir, maps_dir = pin_dir / "links", pin_dir / "maps"
+        names = sorted(p.name for p in links_dir.iterdir()) if links_dir.is_dir() else []
+        tier = next((t for t, mark in _TIER_MARK.items() if mark in names), None)
+        if tier is None:
+            raise KernelError("no pinned HIPS matcher here", errno=errno.ENOENT,
+                              location=Location(str(pin_dir)))
+        self = cls(tier, pin_dir=pin_dir)
+        try:
+            for name in MAPS:
+                m = Map.open_pinned(maps_dir / name)
+                self._owned_maps.append(m)
+                self._maps[name] = m
+            for name in names:
+                self._links[name] = Link.open_pinned(links_dir / name)
+            self._ring = RingBuffer(self._maps["events"])
+        except BaseException:
+            self._teardown(None, unpin=False)
+            raise
+        self.adopted = True
+        return self
+
+    def _teardown(self, obj: BpfObject | None, *, unpin: bool) -> None:
+        if unpin:
+            for link in self._links.values():
+                if link.pin_path is not None:
+                    try:
+                        link.unpin()
+                    except KernelError as exc:
+                        log.warning("cannot unpin %s: %s", link.description, exc)
+            for m in self._maps.values():
+                if m.pin_path is not None:
+                    try:
+                        m.unpin()
+                    except KernelError as exc:
+                        log.warning("cannot unpin map %s: %s", m.pin_path, exc)
+        for link in self._links.values():
+            link.destroy()  # unpinned: the last reference, so this detaches
+        self._links.clear()
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+        for m in self._owned_maps:
+            m.close()
+        self._owned_maps.clear()
+        self._maps.clear()
+        if obj is not None:
+            obj.close()
+        if unpin and self.pin_dir is not None:
+            for sub in ("links", "maps"):
+                try:
+                    (self.pin_dir / sub).rmdir()
+                except OSError:
+                    pass
+            try:
+                self.pin_dir.rmdir()
+            except OSError:
+                pass
+
+    def close(self, *, unpin: bool = False) -> None:
+        """Release everything; pinned links stay attached unless ``unpin``."""
+        obj, self._obj = self._obj, None
+        self._teardown(obj, unpin=unpin or self.pin_dir is None)
+
+    # ---- task_subjects --------------------------------------------------------------------
+
+    def _seed_task_subjects(self) -> int:
+        """Facts of every live process (the tracepoints keep them from now on)."""
+        m = self._maps["task_subjects"]
+        facts: dict[int, tuple[int, int, int, int]] = {}
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                f = _proc_facts(int(name))
+                if f is not None:
+                    facts[int(name)] = f
+        n = 0
+        for pid, (ppid, ino, dev, start_ns) in facts.items():
+            parent = facts.get(ppid)
+            ts = abi.TaskSubject(exe_ino=ino, exe_dev=dev, start_ns=start_ns,
+                                 parent_exe_ino=parent[1] if parent else 0,
+                                 parent_exe_dev=parent[2] if parent else 0)
+            try:
+                m.update(struct.pack("<I", pid), bytes(ts), flags=1)  # BPF_NOEXIST: the kernel's is fresher
+                n += 1
+            except KernelError as exc:
+                if exc.errno not in (errno.EEXIST, errno.E2BIG):
+                    raise
+        return n
+
+    def task_subject(self, tgid: int) -> abi.TaskSubject | None:
+        raw = self._map("task_subjects").lookup(struct.pack("<I", tgid))
+        return abi.TaskSubject.from_buffer_copy(raw) if raw is not None else None
+
+    # ---- policy ----------------------------------------------------------------------------
+
+    def _map(self, name: str) -> Map:
+        m = self._maps.get(name)
+        if m is None:
+            raise KernelError("HipsKernel used before open()", errno=errno.ENOENT, location=self._loc)
+        return m
+
+    def active_gen(self) -> int:
+        raw = self._map("hips_state").lookup(b"\0" * 4)
+        return abi.HipsState.from_buffer_copy(raw).active_gen if raw else 0
+
+    def _set_active(self, gen: int) -> None:
+        self._map("hips_state").update(b"\0" * 4, bytes(abi.HipsState(active_gen=gen)))
+
+    def _entries_of(self, gen: int | None) -> list[tuple[str, bytes]]:
+        """Keys of generation ``gen`` (None: every generation), by scanning the maps."""
+        out: list[tuple[str, bytes]] = []
+        for name in POLICY_MAPS:
+            off = _GEN_OFFSET[name]
+            for key in list(self._map(name).keys()):
+                if gen is None or struct.unpack_from("<I", key, off)[0] == gen:
+                    out.append((name, key))
+        return out
+
+    def _delete(self, entries: list[tuple[str, bytes]]) -> None:
+        # gens last: a generation's marker goes when nothing of it is left
+        for name, key in sorted(entries, key=lambda e: e[0] == "hips_gens"):
+            self._map(name).delete(key)
+
+    def apply(self, plan: MapPlan) -> int:
+        """Install ``plan`` as the next generation; return that generation."""
+        old = self.active_gen()
+        new = old + 1 if old < _GEN_MAX else 1
+        # Leftovers of an apply that died half-way (any generation but the active one).
+        gens = {struct.unpack_from("<I", k)[0] for k in self._map("hips_gens").keys()}
+        if gens - {old}:
+            stale = [e for e in self._entries_of(None)
+                     if struct.unpack_from("<I", e[1], _GEN_OFFSET[e[0]])[0] != old]
+            self._delete(stale)
+            for g in gens - {old}:
+                self._written.pop(g, None)
+        written: list[tuple[str, bytes]] = []
+        key_gen = struct.pack("<I", new)
+        try:
+            self._map("hips_gens").update(key_gen, plan.gen_value())
+            written.append(("hips_gens", key_gen))
+            for name, entries in (("hips_subjects", plan.subject_entries(new)),
+                                  ("hips_rules", plan.rule_entries(new)),
+                                  ("hips_net", plan.net_entries(new))):
+                m = self._map(name)
+                for k, v in entries:
+                    m.update(k, v)
+                    written.append((name, k))
+        except BaseException:
+            try:
+                self._delete(written)
+            except KernelError as exc:
+                log.warning("cannot roll back generation %d: %s", new, exc)
+            raise
+        self._set_active(new)  # the one switch
+        self._written[new] = written
+        if old:
+            done = self._written.pop(old, None)
+            self._delete(done if done is not None else self._entries_of(old))
+        log.info("hips %s: generation %d active (%d subjects, %d rules, %d nets)", self.tier, new,
+                 len(plan.subjects), len(plan.rules), len(plan.nets))
+        return new
+
+    def clear(self) -> None:
+        """No policy: active_gen 0 (everything allowed), then delete every entry."""
+        self._set_active(0)
+        self._delete(self._entries_of(None))
+        self._written.clear()
+
+    # ---- decisions -----------------------------------------------------------------------
+
+    def poll(self, timeout_s: float = 0.0) -> list[HipsEvent]:
+        ring = self._ring
+        if ring is None:
+            raise KernelError("HipsKernel polled before open()", errno=errno.ENOENT, location=self._loc)
+        if timeout_s > 0 and not ring.pending_bytes():
+            time.sleep(timeout_s)
+        off = time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        out: list[HipsEvent] = []
+        for rec in ring.drain():
+            try:
+                ev = decode(rec, off)
+            except DecodeError as exc:
+                self.decode_errors += 1
+                log.warning("undecodable hips record dropped: %s", exc)
+                continue
+            if isinstance(ev, HipsEvent):
+                out.append(ev)
+        self.events += len(out)
+        return out
+
+    def _sum_percpu(self, name: str, key: int) -> int:
+        vals = self._map(name).lookup_percpu(struct.pack("<I", key))
+        return sum(struct.unpack_from("<Q", v)[0] for v in vals)
+
+    def decisions(self) -> dict[tuple[str, str], int]:
+        """Decisions taken so far per (op, action), summed over CPUs."""
+        out: dict[tuple[str, str], int] = {}
+        m = self._map("hips_stats")
+        raw_per_key = m.value_size
+        for op in abi.HipsOp:
+            for act in abi.HipsAction:
+                vals = m.lookup_percpu(struct.pack("<I", op * _STAT_SLOTS_PER_OP + act))
+                n = sum(struct.unpack_from("<Q", v[:raw_per_key])[0] for v in vals)
+                if n:
+                    out[(op.name.lower().replace("_", "-"), act.name.lower())] = n
+        return out
+
+    def stats(self) -> dict[str, int]:
+        out = {
+            "events": self.events,
+            "drops": self._sum_percpu("drops", 0),
+            "decode_errors": self.decode_errors,
+            "programs": len(self._links),
+            "active_gen": self.active_gen(),
+            "seeded": self.seeded,
+        }
+        for (op, act), n in self.decisions().items():
+            out[f"decisions.{op}.{act}"] = n
+        return out
+
+
+__all__ = ["ENFORCED", "HipsKernel", "OBJECTS"]
