@@ -217,6 +217,7 @@ def learn_cmd(selector: str, duration: str, output: Path, replay_path: Path | No
     import signal as _signal
     _signal.signal(_signal.SIGINT, lambda *_: stop.set())
     sensor.open()
+    click.echo(f"bastion: learning {selector} for {seconds:g}s", err=True)
     deadline = time.monotonic() + seconds
     try:
         while not stop.is_set() and time.monotonic() < deadline:
