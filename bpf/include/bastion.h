@@ -23,7 +23,7 @@
 #define BASTION_H
 
 #define BASTION_ABI_MAJOR 1
-#define BASTION_ABI_MINOR 1
+#define BASTION_ABI_MINOR 2
 #define BASTION_ABI_VERSION ((BASTION_ABI_MAJOR << 16) | BASTION_ABI_MINOR)
 
 #define BASTION_COMM_LEN 16
@@ -395,6 +395,125 @@ _Static_assert(sizeof(struct bastion_rule_val) == 8, "rule_val");
 _Static_assert(sizeof(struct bastion_net_key) == 36, "net_key");
 _Static_assert(sizeof(struct bastion_task_subject) == 32, "task_subject");
 _Static_assert(sizeof(struct bastion_hips_event) == 72 + 72 + 256, "hips_event");
+#endif
+
+/* ==================================================================== */
+/* Behaviour responses: quarantine (bpf/quarantine.bpf.c compat,        */
+/* bpf/lsm_quarantine.bpf.c lsm).  Map `quarantined`: key __u32 tgid,   */
+/* value below.  Fork copies the mark to the child; exit removes it.    */
+/* Enforcement is reported as a bastion_hips_event with rule_id = the   */
+/* incident, mechanism EXEC_KILL (compat) or LSM, op EXEC/OPEN_WRITE/   */
+/* CONNECT.  (Added in ABI 1.2.)                                        */
+/* ==================================================================== */
+
+struct bastion_quarantine_val {
+	__u64 start_ns;      /* the process's start (boottime ns; /proc tick resolution ok); 0 = any */
+	__u32 incident;      /* the incident that quarantined it */
+	__u32 flags;         /* reserved, 0 */
+};
+
+#ifdef __bpf__
+_Static_assert(sizeof(struct bastion_quarantine_val) == 16, "quarantine_val");
+#endif
+
+/* ==================================================================== */
+/* Tamper protection (bpf/lsm_tamper.bpf.c lsm, bpf/tamper_compat.bpf.c */
+/* compat; user space: src/bastion/guard/).  Self-contained section:    */
+/* its own record type (outside enum bastion_event_type, on its own     */
+/* ring), maps and anchor.  (Added in ABI 1.2, tamper part.)            */
+/*                                                                      */
+/* Maps:                                                                */
+/*  tamper_idents  key __u32 tgid -> bastion_tamper_ident: the agent    */
+/*                 and its guardian.  A task matches only when tgid,    */
+/*                 start (USER_HZ ticks, as /proc/PID/stat field 22)    */
+/*                 and exe inode all match: a reused pid is not exempt  */
+/*                 nor protected.                                       */
+/*  tamper_objs    key bastion_inode_key -> bastion_tamper_obj          */
+/*  tamper_sbs     key __u32 s_dev -> __u32: no umount of these fs      */
+/*  tamper_map_ids / tamper_link_ids  key __u32 id -> __u32: our BPF    */
+/*                 maps (no update/delete/freeze) and links (no detach/ */
+/*                 update) by kernel id.                                */
+/* ==================================================================== */
+
+enum bastion_tamper_record {
+	BASTION_EV_TAMPER = 64,   /* hdr.type of bastion_tamper_event */
+};
+
+enum bastion_tamper_op {
+	BASTION_TAMPER_SIGNAL = 1,      /* arg = signal */
+	BASTION_TAMPER_PTRACE = 2,      /* arg = ptrace mode (lsm) / request (compat) */
+	BASTION_TAMPER_OPEN_WRITE = 3,
+	BASTION_TAMPER_TRUNCATE = 4,
+	BASTION_TAMPER_CREATE = 5,
+	BASTION_TAMPER_UNLINK = 6,
+	BASTION_TAMPER_RENAME = 7,
+	BASTION_TAMPER_LINK = 8,
+	BASTION_TAMPER_SETATTR = 9,
+	BASTION_TAMPER_SETXATTR = 10,
+	BASTION_TAMPER_MOUNT = 11,
+	BASTION_TAMPER_UMOUNT = 12,
+	BASTION_TAMPER_BPF_MAP = 13,    /* arg = bpf cmd, obj_id = map id */
+	BASTION_TAMPER_BPF_LINK = 14,   /* arg = bpf cmd, obj_id = link id */
+	BASTION_TAMPER_PROC_MEM = 15,   /* compat: open of /proc/PID/mem */
+	BASTION_TAMPER_VM_WRITE = 16,   /* compat: process_vm_writev */
+};
+
+enum bastion_tamper_verdict {
+	BASTION_TV_DENIED = 1,   /* the hook returned -EPERM (lsm) */
+	BASTION_TV_KILLED = 2,   /* compat: the operation ran, the sender was SIGKILLed */
+};
+
+enum bastion_tamper_role {
+	BASTION_ROLE_AGENT = 1,
+	BASTION_ROLE_GUARDIAN = 2,
+};
+
+#define BASTION_TOBJ_SELF     (1u << 0)  /* this inode */
+#define BASTION_TOBJ_SUBTREE  (1u << 1)  /* this directory and everything under it */
+#define BASTION_TOBJ_ANCESTOR (1u << 2)  /* holds a protected path: no rename/rmdir/mount over it */
+
+struct bastion_tamper_ident {
+	__u64 start_ticks;   /* group leader's start_boottime / (NSEC_PER_SEC / USER_HZ) */
+	__u64 exe_ino;
+	__u32 exe_dev;       /* kernel dev_t */
+	__u32 role;          /* enum bastion_tamper_role */
+};
+
+struct bastion_tamper_obj {
+	__u32 flags;         /* BASTION_TOBJ_* */
+	__u32 id;            /* index in user space's protected set (1-based) */
+};
+
+struct bastion_tamper_event {
+	struct bastion_event_hdr hdr;   /* the attacker */
+	__u32 op;            /* enum bastion_tamper_op */
+	__u32 verdict;       /* enum bastion_tamper_verdict */
+	__s32 ret;           /* what the caller got (-EPERM), 0 when it ran */
+	__s32 target_pid;    /* signal/ptrace target tgid */
+	__s64 arg;
+	__u64 ino;
+	__u32 dev;
+	__u32 obj_id;
+	char exe[BASTION_PATH_LEN];     /* the attacker's executable */
+	char path[BASTION_PATH_LEN];    /* the object (relative to its fs root for dentry-only hooks) */
+};
+
+#ifdef __bpf__
+_Static_assert(sizeof(struct bastion_tamper_ident) == 24, "tamper_ident");
+_Static_assert(sizeof(struct bastion_tamper_obj) == 8, "tamper_obj");
+_Static_assert(sizeof(struct bastion_tamper_event) == 72 + 40 + 2 * 256, "tamper_event");
+
+/* BTF anchor of this section (tests/unit/test_abi.py reads it from the tamper objects). */
+struct bastion_tamper_types {
+	struct bastion_tamper_ident ident;
+	struct bastion_tamper_obj obj;
+	struct bastion_tamper_event event;
+	enum bastion_tamper_record record;
+	enum bastion_tamper_op op;
+	enum bastion_tamper_verdict verdict;
+	enum bastion_tamper_role role;
+};
+const volatile struct bastion_tamper_types bastion_tamper_types_anchor __attribute__((unused));
 #endif
 
 #endif /* BASTION_H */

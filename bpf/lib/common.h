@@ -34,6 +34,7 @@ struct bastion_abi_types {
 	struct bastion_net_key net_key;
 	struct bastion_task_subject task_subject;
 	struct bastion_hips_event hips;
+	struct bastion_quarantine_val quarantine_val;
 	enum bastion_event_type event_type;
 	enum bastion_file_op file_op;
 	enum bastion_net_op net_op;

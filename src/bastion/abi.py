@@ -16,7 +16,7 @@ from typing import Final
 from bastion.errors import AbiMismatchError, Location
 
 ABI_MAJOR: Final = 1
-ABI_MINOR: Final = 1
+ABI_MINOR: Final = 2
 ABI_VERSION: Final = (ABI_MAJOR << 16) | ABI_MINOR
 
 COMM_LEN: Final = 16
@@ -348,6 +348,85 @@ class HipsEvent(ctypes.Structure):
     ]
 
 
+class QuarantineVal(ctypes.Structure):
+    _fields_ = [("start_ns", c_u64), ("incident", c_u32), ("flags", c_u32)]
+
+
+# ---- tamper protection (bastion.h, tamper section; src/bastion/guard/) ----------------
+
+
+class TamperRecord(enum.IntEnum):
+    EV_TAMPER = 64
+
+
+class TamperOp(enum.IntEnum):
+    SIGNAL = 1
+    PTRACE = 2
+    OPEN_WRITE = 3
+    TRUNCATE = 4
+    CREATE = 5
+    UNLINK = 6
+    RENAME = 7
+    LINK = 8
+    SETATTR = 9
+    SETXATTR = 10
+    MOUNT = 11
+    UMOUNT = 12
+    BPF_MAP = 13
+    BPF_LINK = 14
+    PROC_MEM = 15
+    VM_WRITE = 16
+
+
+class TamperVerdict(enum.IntEnum):
+    DENIED = 1
+    KILLED = 2
+
+
+class TamperRole(enum.IntEnum):
+    AGENT = 1
+    GUARDIAN = 2
+
+
+TOBJ_SELF: Final = 1 << 0
+TOBJ_SUBTREE: Final = 1 << 1
+TOBJ_ANCESTOR: Final = 1 << 2
+
+
+class TamperIdent(ctypes.Structure):
+    _fields_ = [("start_ticks", c_u64), ("exe_ino", c_u64), ("exe_dev", c_u32), ("role", c_u32)]
+
+
+class TamperObj(ctypes.Structure):
+    _fields_ = [("flags", c_u32), ("id", c_u32)]
+
+
+class TamperEvent(ctypes.Structure):
+    _fields_ = [
+        ("hdr", EventHdr),
+        ("op", c_u32),
+        ("verdict", c_u32),
+        ("ret", c_s32),
+        ("target_pid", c_s32),
+        ("arg", c_s64),
+        ("ino", c_u64),
+        ("dev", c_u32),
+        ("obj_id", c_u32),
+        ("exe", ctypes.c_char * PATH_LEN),
+        ("path", ctypes.c_char * PATH_LEN),
+    ]
+
+
+# Enums of the tamper section, by C name (prefixes BASTION_EV_ / BASTION_TAMPER_ /
+# BASTION_TV_ / BASTION_ROLE_); not in ENUMS until tests/unit/test_abi.py knows them.
+TAMPER_ENUMS: Final[dict[str, type[enum.IntEnum]]] = {
+    "bastion_tamper_record": TamperRecord,
+    "bastion_tamper_op": TamperOp,
+    "bastion_tamper_verdict": TamperVerdict,
+    "bastion_tamper_role": TamperRole,
+}
+
+
 # C struct name in bastion.h -> mirror; the ABI test walks this table.
 STRUCTS: Final[dict[str, type[ctypes.Structure]]] = {
     "bastion_event_hdr": EventHdr,
@@ -372,6 +451,10 @@ STRUCTS: Final[dict[str, type[ctypes.Structure]]] = {
     "bastion_net_key": NetKey,
     "bastion_task_subject": TaskSubject,
     "bastion_hips_event": HipsEvent,
+    "bastion_quarantine_val": QuarantineVal,
+    "bastion_tamper_ident": TamperIdent,
+    "bastion_tamper_obj": TamperObj,
+    "bastion_tamper_event": TamperEvent,
 }
 
 # Record type -> its struct.

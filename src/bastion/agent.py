@@ -24,7 +24,9 @@ from bastion.control import ControlServer
 from bastion.detect.engine import Engine, Finding, Rule, RuleContext, builtin_rules
 from bastion.enforce.tiers import TierReport
 from bastion.errors import BastionError
-from bastion.events import Event, to_json
+from bastion.detect.behavior import behavior_rules, live_probes
+from bastion.events import Event, HipsEvent, to_json
+from bastion.respond.quarantine import Quarantine
 from bastion.metrics import Metrics
 from bastion.outputs import OutputManager
 from bastion.proctable import ProcessTable
@@ -56,13 +58,16 @@ class Summary:
     uptime_s: float = 0.0
     events: int = 0
     alerts: int = 0
+    suppressed: int = 0      # repeated alert-only findings within the dedupe window
     drops: int = 0
     by_type: dict[str, int] = field(default_factory=dict)
 
     def line(self) -> str:
         top = ", ".join(f"{k} {v}" for k, v in sorted(self.by_type.items(), key=lambda kv: -kv[1])[:6])
         return (f"bastion: stopped after {self.uptime_s:.1f}s: {self.events} events"
-                f"{' (' + top + ')' if top else ''}, {self.alerts} alerts, {self.drops} dropped")
+                f"{' (' + top + ')' if top else ''}, {self.alerts} alerts"
+                f"{f' (+{self.suppressed} repeats suppressed)' if self.suppressed else ''}, "
+                f"{self.drops} dropped")
 
 
 class Agent:
@@ -81,6 +86,7 @@ class Agent:
         extra_rules: Sequence[Rule] = (),
         outputs: OutputManager | None = None,
         metrics: Metrics | None = None,
+        quarantine: Quarantine | None = None,
     ) -> None:
         self.policy = policy
         self.sensors = list(sensors)
@@ -89,9 +95,13 @@ class Agent:
         self.feed = feed
         self.feed_json = feed_json
         self.procs = ProcessTable()
-        self.engine = Engine([*builtin_rules(), *extra_rules])
+        live = any(isinstance(s, BpfSensor) for s in sensors)
+        self.engine = Engine([*builtin_rules(),
+                              *behavior_rules(policy.behavior, live_probes() if live else None),
+                              *extra_rules])
         self.ctx = RuleContext(self.procs)
-        self.dispatcher = Dispatcher(self.procs)
+        self.quarantine = quarantine
+        self.dispatcher = Dispatcher(self.procs, dry_run=policy.behavior.dry_run, quarantine=quarantine)
         self.outputs = outputs
         self.metrics = metrics
         self.policies = policies
@@ -107,6 +117,9 @@ class Agent:
         self._started = time.monotonic()
         self._rate: deque[tuple[float, int]] = deque(maxlen=64)
         self._last_drops = 0
+        self._last_shed = 0
+        self.dedupe_s = 30.0
+        self._recent: dict[tuple[str, int, str], float] = {}
         self._lock = threading.Lock()
         self.ready = threading.Event()   # set once every sensor is open
         self._pending: deque[Finding] = deque(maxlen=1024)  # findings raised off the loop thread
@@ -145,6 +158,9 @@ class Agent:
             "drops": self.summary.drops,
             "ring_fill": round(ring_fill, 4),
             "alerts_total": self.summary.alerts,
+            "alerts_suppressed": self.summary.suppressed,
+            "engine": self.engine.stats(),
+            "quarantine": "loaded" if self.quarantine is not None else "unavailable (kill instead)",
             "policy_mode": (self.policies.current.policy.hips.mode.value
                             if self.policies and self.policies.current else "none"),
             "policy_generation": (self.policies.current.gen
@@ -188,6 +204,18 @@ class Agent:
     # ---- the loop ------------------------------------------------------------------
 
     def _alert(self, f: Finding) -> None:
+        if f.action in ("alert", "audit"):
+            # the same report about the same process within the window is counted, not repeated
+            key = (f.rule, f.pid, f.title)
+            now = time.monotonic()
+            last = self._recent.get(key)
+            if last is not None and now - last < self.dedupe_s:
+                self.summary.suppressed += 1
+                return
+            self._recent[key] = now
+            if len(self._recent) > 4096:
+                cutoff = now - self.dedupe_s
+                self._recent = {k: t for k, t in self._recent.items() if t >= cutoff}
         alert = self.dispatcher.dispatch(f, time.time_ns())
         self.store.add_alert(alert)
         self.summary.alerts += 1
@@ -208,6 +236,14 @@ class Agent:
     def _health(self) -> None:
         while self._pending:
             self._alert(self._pending.popleft())
+        shed = int(self.engine.stats().get("state_shed", 0))
+        if shed > self._last_shed:
+            self._alert(Finding(
+                rule="bastion.engine.state_shed", title=f"{shed - self._last_shed} behaviour states "
+                "shed: the state bound was reached (many processes or a flood)", severity="medium",
+                attack=(), action="alert", event=None, pid=os.getpid(),
+                evidence={"shed": shed - self._last_shed, "shed_total": shed}))
+            self._last_shed = shed
         if self.outputs is not None:
             for name, n in self.outputs.new_drops().items():
                 self._alert(Finding(
@@ -266,6 +302,17 @@ class Agent:
             for s in self.sensors:
                 s.open()
                 opened.append(s)
+            if self.quarantine is not None:
+                try:
+                    self.quarantine.open()
+                except BastionError as exc:
+                    log.warning("quarantine unavailable, kill instead: %s", exc)
+                    self._pending.append(Finding(
+                        rule="bastion.respond.quarantine_unavailable",
+                        title=f"Quarantine cannot load here; rules asking for it kill instead: {exc}",
+                        severity="medium", attack=(), action="alert", event=None, pid=os.getpid()))
+                    self.quarantine = None
+                    self.dispatcher.quarantine = None
             if self.policies is not None and self.policy.hips.rules:
                 applied = self.policies.apply(self.policy, **self.apply_opts)
                 for d in applied.degraded:
@@ -290,12 +337,18 @@ class Agent:
                     for hev in self.policies.poll():
                         self.process([hev])
                         self._alert(self.policies.finding(hev))
+                if self.quarantine is not None:
+                    for qev in self.quarantine.poll():
+                        self.process([qev])
+                        if isinstance(qev, HipsEvent):
+                            self._alert(Quarantine.finding(qev))
                 now = time.monotonic()
                 with self._lock:
                     self._rate.append((now, self.summary.events))
                 if now - last_health >= 1.0:
                     self._health()
                     self.procs.expire(time.time_ns())
+                    self.engine.expire(time.time_ns())
                     last_health = now
                 if now - last_retention >= 60.0:
                     self.store.enforce_retention()
@@ -314,6 +367,8 @@ class Agent:
                 s.close()
             if self.policies is not None:
                 self.policies.close()
+            if self.quarantine is not None:
+                self.quarantine.close()
             if self.outputs is not None:
                 self.outputs.close(timeout=5)
             if self.metrics is not None:

@@ -18,6 +18,8 @@ import yaml
 
 from bastion.errors import ConfigError, Location
 from bastion.sensors.bpf import EVENT_CLASSES
+from bastion.detect.behavior import rule_names
+from bastion.detect.behavior.config import BehaviorConfig, parse_behavior_node
 from bastion.outputs.config import MetricsSpec, OutputSpec, parse_metrics_section, parse_outputs_section
 from bastion.policy.model import HipsPolicy
 from bastion.policy.parse import build, parse_default, parse_mode, parse_rules
@@ -59,6 +61,7 @@ class Policy:
     store: StoreConfig = field(default_factory=StoreConfig)
     hips: HipsPolicy = field(default_factory=HipsPolicy)
     sigma: tuple[Path, ...] = ()                     # Sigma rule directories
+    behavior: BehaviorConfig = field(default_factory=BehaviorConfig)  # the behaviour rule pack
     outputs: tuple[OutputSpec, ...] = ()             # where events and alerts are shipped
     metrics: MetricsSpec | None = None               # Prometheus endpoint
     text: str = ""                                   # the document as written
@@ -161,8 +164,11 @@ def parse_policy(text: str, source: str) -> Policy:
         p.problems.extend(problems)
         out["metrics"] = spec
 
+    def behavior(n: yaml.Node) -> None:
+        out["behavior"] = parse_behavior_node(n, p, rule_names())
+
     p.mapping(root, "the policy", {"version": version, "events": events, "store": store,
-                                   "outputs": outputs, "metrics": metrics,
+                                   "outputs": outputs, "metrics": metrics, "behavior": behavior,
                                    "mode": mode, "default": default, "rules": rules,
                                    "sigma": sigma_dirs})
     if "version" not in values and isinstance(root, yaml.MappingNode):
@@ -172,7 +178,8 @@ def parse_policy(text: str, source: str) -> Policy:
         raise PolicyError(p.problems)
     return Policy(source=source, events=EventsConfig(**ev), store=StoreConfig(**st),
                   hips=hips_policy, sigma=tuple(sigma), text=text, warnings=tuple(p.warnings),
-                  outputs=out.get("outputs", ()), metrics=out.get("metrics"))
+                  outputs=out.get("outputs", ()), metrics=out.get("metrics"),
+                  behavior=out.get("behavior", BehaviorConfig()))
 
 
 def load_policy(path: Path | None) -> Policy:

@@ -437,7 +437,7 @@ def from_json(obj: Mapping[str, Any]) -> Event:
         if k not in names:
             raise DecodeError(f"{etype} event has unknown field {k!r}")
         kwargs[k] = tuple(v) if isinstance(v, list) else v
-    if "op" in names:
+    if "op" in names and cls is not HipsEvent:
         kwargs["op"] = etype
     try:
         ev: Event = cls(time_ns=round(tsec * 1_000_000) * 1000, proc=proc, **kwargs)

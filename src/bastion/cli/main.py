@@ -115,8 +115,14 @@ def run(policy_path: Path | None, data_dir: Path, socket_path: Path, feed_json: 
             metrics.watch_outputs(outputs.stats)
         port = metrics.serve(policy.metrics.host, policy.metrics.port)
         click.echo(f"bastion: metrics on http://{policy.metrics.host}:{port}/metrics", err=True)
+    quarantine = None
+    if report is not None:
+        from bastion.respond.quarantine import Quarantine
+
+        quarantine = Quarantine(tier=report.tier, self_tgid=os.getpid(),
+                                deadline_s=test_deadline or 0.0)
     agent = Agent(policy=policy, sensors=[sensor], store=store, tier=report, extra_rules=extra_rules,
-                  outputs=outputs, metrics=metrics,
+                  outputs=outputs, metrics=metrics, quarantine=quarantine,
                   socket_path=socket_path, feed=None if quiet else sys.stdout, feed_json=feed_json,
                   policies=policies, apply_opts={"force": force, "allow_degraded": allow_degraded})
     stop = threading.Event()

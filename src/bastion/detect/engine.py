@@ -8,6 +8,7 @@ findings; :mod:`bastion.respond` turns findings into actions.
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
@@ -16,6 +17,9 @@ from bastion.events import Event, LsmDenyEvent
 from bastion.proctable import ProcessTable
 
 SEVERITIES = ("info", "low", "medium", "high", "critical")
+RULE_ERROR = "bastion.engine.rule_error"
+
+log = logging.getLogger("bastion.detect")
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,7 @@ class Finding:
     evidence: dict[str, Any] = field(default_factory=dict)
     enforced_by: str = ""       # mechanism that already enforced it in the kernel, if any
     meta: dict[str, Any] = field(default_factory=dict)  # top-level alert keys (e.g. sigma id, author)
+    dry_run: bool = False       # this rule is in dry-run: the action is reported as would-<action>
 
 
 @dataclass
@@ -61,24 +66,72 @@ class LsmDenyRule:
 
 
 class Engine:
+    """Routes events to the rules that declared their type.
+
+    A rule that raises is isolated: the error is counted, reported once as a
+    ``bastion.engine.rule_error`` finding, and the rule is disabled; the
+    other rules and the engine carry on."""
+
     def __init__(self, rules: Sequence[Rule]) -> None:
         self.rules = list(rules)
         self._by_type: dict[str, list[Rule]] = defaultdict(list)
         for r in self.rules:
             for t in r.event_types:
                 self._by_type[t].append(r)
+        self.errors: dict[str, int] = {}
+        self.disabled: dict[str, str] = {}   # rule name -> the error that disabled it
 
     def wanted_types(self) -> frozenset[str]:
-        return frozenset(self._by_type)
+        return frozenset(t for t, rs in self._by_type.items() if rs)
+
+    def _disable(self, rule: Rule, ev: Event, exc: Exception) -> Finding:
+        name = getattr(rule, "name", type(rule).__name__)
+        self.errors[name] = self.errors.get(name, 0) + 1
+        self.disabled[name] = f"{type(exc).__name__}: {exc}"
+        for rs in self._by_type.values():
+            if rule in rs:
+                rs.remove(rule)
+        log.error("rule %s raised on a %s event and is disabled: %s", name, ev.type, exc,
+                  exc_info=exc)
+        return Finding(
+            rule=RULE_ERROR, title=f"Rule {name} raised {type(exc).__name__} and was disabled",
+            severity="high", attack=(), action="alert", event=ev, pid=ev.proc.pid,
+            evidence={"failed_rule": name, "error": self.disabled[name], "event_type": ev.type})
 
     def evaluate(self, ev: Event, ctx: RuleContext) -> list[Finding]:
         rules = self._by_type.get(ev.type)
         if not rules:
             return []
         out: list[Finding] = []
-        for r in rules:
-            out.extend(r.on_event(ev, ctx))
+        for r in list(rules):
+            try:
+                out.extend(r.on_event(ev, ctx))
+            except Exception as exc:  # noqa: BLE001 - isolation is the point
+                out.append(self._disable(r, ev, exc))
         return out
+
+    def expire(self, now_ns: int) -> int:
+        """Drop idle rule state (rules that keep state expose ``expire``)."""
+        n = 0
+        for r in self.rules:
+            fn = getattr(r, "expire", None)
+            if callable(fn):
+                n += int(fn(now_ns))
+        return n
+
+    def stats(self) -> dict[str, Any]:
+        """Rule errors, disabled rules and state counters (keys, shed, expired)."""
+        keys = shed = expired = 0
+        for r in self.rules:
+            fn = getattr(r, "stats", None)
+            if callable(fn):
+                st = fn()
+                keys += int(st.get("keys", 0))
+                shed += int(st.get("shed", 0))
+                expired += int(st.get("expired", 0))
+        return {"rules": len(self.rules), "rule_errors": dict(self.errors),
+                "disabled": dict(self.disabled), "state_keys": keys, "state_shed": shed,
+                "state_expired": expired}
 
 
 def builtin_rules() -> list[Rule]:

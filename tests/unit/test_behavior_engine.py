@@ -1,0 +1,226 @@
+"""The behaviour engine: windows, sequences, thresholds, expiry, memory
+bounds, isolation of a raising rule, dry-run, and config errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import pytest
+
+from bastion.detect.behavior import behavior_rules, parse_behavior, rule_names
+from bastion.detect.behavior.base import NS, Hit, SequenceRule, SingleEvent, Step, ThresholdRule
+from bastion.detect.behavior.config import BehaviorConfig, BehaviorConfigError
+from bastion.detect.behavior.rules import ReverseShell
+from bastion.detect.behavior.state import BoundedState, Limits, tree_key
+from bastion.detect.engine import RULE_ERROR, Engine, Finding, RuleContext
+from bastion.events import Event, ExecEvent, FileEvent, ForkEvent, NetEvent, Proc
+from bastion.proctable import ProcessTable
+from bastion.respond.dispatch import Dispatcher
+
+T0 = 1_767_225_600 * NS
+
+
+def proc(pid: int, exe: str = "/usr/bin/python3.11", ppid: int = 1) -> Proc:
+    return Proc(pid=pid, tid=pid, ppid=ppid, uid=0, euid=0, gid=0, cgroup_id=1,
+                comm=exe.rsplit("/", 1)[-1][:15], start_ns=pid * 1000, exe=exe)
+
+
+def exec_(pid: int, exe: str, t: float, argv: tuple[str, ...] = (), ppid: int = 1) -> ExecEvent:
+    return ExecEvent(T0 + int(t * NS), proc(pid, exe, ppid), argv=argv or (exe,))
+
+
+def connect(pid: int, t: float, daddr: str = "203.0.113.9", dport: int = 4444,
+            exe: str = "/usr/bin/python3.11") -> NetEvent:
+    return NetEvent(T0 + int(t * NS), proc(pid, exe), op="connect", family="inet",
+                    protocol="tcp", daddr=daddr, dport=dport)
+
+
+def run(engine: Engine, procs: ProcessTable, events: list[Event]) -> list[Finding]:
+    ctx = RuleContext(procs)
+    out: list[Finding] = []
+    for ev in events:
+        procs.update(ev)
+        out += engine.evaluate(ev, ctx)
+    return out
+
+
+# ---- sequences and windows -----------------------------------------------------
+
+def test_sequence_in_window_fires() -> None:
+    e = Engine([ReverseShell()])
+    got = run(e, ProcessTable(), [connect(10, 0), exec_(10, "/usr/bin/dash", 1, ("sh", "-i"))])
+    assert [f.rule for f in got] == ["behavior.reverse_shell"]
+    assert got[0].action == "kill" and got[0].evidence["window_s"] == 1.0
+
+
+def test_sequence_outside_window_does_not_fire() -> None:
+    e = Engine([ReverseShell()])
+    got = run(e, ProcessTable(), [connect(10, 0), exec_(10, "/usr/bin/dash", 31, ("sh",))])
+    assert got == []
+
+
+def test_sequence_order_matters_and_other_process_does_not_complete() -> None:
+    e = Engine([ReverseShell()])
+    evs: list[Event] = [exec_(10, "/usr/bin/dash", 0), connect(10, 1),   # wrong order
+                        connect(11, 2), exec_(12, "/usr/bin/dash", 3)]   # other process
+    assert run(e, ProcessTable(), evs) == []
+
+
+def test_sequence_with_lineage() -> None:
+    class ConnectThenChildShell(SequenceRule):
+        name = "t.lineage"
+        event_types = frozenset({"connect", "exec"})
+        attack = ("T0000",)
+        steps = ReverseShell.steps
+        lineage_depth = 2
+
+    procs = ProcessTable()
+    evs: list[Event] = [exec_(20, "/usr/bin/python3.11", 0), connect(20, 1),
+                        ForkEvent(T0 + 2 * NS, proc(20), child_pid=21, child_start_ns=21000),
+                        exec_(21, "/usr/bin/dash", 3, ppid=20)]
+    got = run(Engine([ConnectThenChildShell()]), procs, evs)
+    assert [f.rule for f in got] == ["t.lineage"]
+
+
+class Burst(ThresholdRule):
+    name = "t.burst"
+    event_types = frozenset({"open"})
+    attack = ("T0000",)
+    count = 5
+    window_ns = 2 * NS
+    distinct = True
+
+    def value(self, ev: Event, ctx: RuleContext) -> str | None:
+        return ev.path if isinstance(ev, FileEvent) else None
+
+
+def opened(pid: int, path: str, t: float) -> FileEvent:
+    return FileEvent(T0 + int(t * NS), proc(pid), op="open", path=path, flags=1)
+
+
+def test_threshold_window_distinct_and_once_per_window() -> None:
+    e = Engine([Burst()])
+    procs = ProcessTable()
+    slow = [opened(1, f"/a{i}", i * 1.0) for i in range(10)]          # 1/s: never 5 in 2 s
+    assert run(e, procs, slow) == []
+    same = [opened(2, "/same", 20 + i * 0.01) for i in range(50)]       # not distinct
+    assert run(e, procs, same) == []
+    fast = [opened(3, f"/b{i}", 30 + i * 0.01) for i in range(50)]
+    got = run(e, procs, fast)
+    assert len(got) == 1 and got[0].evidence["count"] == 5              # fires once per window
+    later = [opened(3, f"/c{i}", 40 + i * 0.01) for i in range(5)]
+    assert len(run(e, procs, later)) == 1                               # and again after it
+
+
+def test_tree_key_groups_fork_workers() -> None:
+    procs = ProcessTable()
+    run(Engine([]), procs, [exec_(50, "/usr/bin/python3.11", 0, ppid=1),
+                            ForkEvent(T0, proc(50), child_pid=51, child_start_ns=51000),
+                            ForkEvent(T0, proc(50), child_pid=52, child_start_ns=52000)])
+    assert tree_key(opened(51, "/x", 1), procs) == (50, 50000)
+    assert tree_key(opened(52, "/x", 1), procs) == (50, 50000)
+
+
+# ---- state bounds and expiry ------------------------------------------------------
+
+def test_bounded_state_expiry_and_shedding() -> None:
+    st: BoundedState[int, int] = BoundedState(Limits(max_keys=3, ttl_ns=10))
+    for k in range(5):
+        st.put(k, k, k)
+    assert len(st) == 3 and st.shed == 2
+    assert st.get(4, 100) is None and st.expired == 1                   # idle past the TTL
+    assert st.expire(100) == 2 and len(st) == 0
+
+
+def test_memory_bounded_under_100k_processes() -> None:
+    rules = behavior_rules(BehaviorConfig(max_keys=1024))
+    e = Engine(rules)
+    procs = ProcessTable(max_entries=4096)
+    ctx = RuleContext(procs)
+    start = time.monotonic()
+    for pid in range(1000, 101000):
+        for ev in (connect(pid, pid * 1e-4, dport=80 + pid % 50), opened(pid, f"/home/a/{pid}", pid * 1e-4)):
+            procs.update(ev)
+            e.evaluate(ev, ctx)
+    stats = e.stats()
+    per_rule_states = sum(len(getattr(r, "_states", ())) for r in rules)
+    assert stats["state_keys"] <= 1024 * per_rule_states
+    assert stats["state_shed"] > 0                                      # counted, not silent
+    assert len(procs) <= 4096
+    assert time.monotonic() - start < 20
+
+
+def test_engine_expire_drops_idle_state() -> None:
+    e = Engine([ReverseShell(limits=Limits(ttl_ns=5 * NS))])
+    run(e, ProcessTable(), [connect(i, 0) for i in range(100)])
+    assert e.stats()["state_keys"] == 100
+    assert e.expire(T0 + 10 * NS) == 100 and e.stats()["state_keys"] == 0
+
+
+# ---- isolation ------------------------------------------------------------------------
+
+class Boom(SingleEvent):
+    name = "t.boom"
+    event_types = frozenset({"exec"})
+    attack = ("T0000",)
+
+    def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
+        raise ZeroDivisionError("bad rule")
+
+
+def test_raising_rule_is_counted_alerted_once_and_disabled() -> None:
+    e = Engine([Boom(), *behavior_rules()])
+    evs: list[Event] = [exec_(7, "/usr/bin/true", i) for i in range(5)]
+    evs.append(exec_(8, "/dev/shm/x", 6))
+    got = run(e, ProcessTable(), evs)
+    errs = [f for f in got if f.rule == RULE_ERROR]
+    assert len(errs) == 1 and errs[0].evidence["failed_rule"] == "t.boom"
+    assert e.errors == {"t.boom": 1} and "ZeroDivisionError" in e.disabled["t.boom"]
+    assert any(f.rule == "behavior.exec_from_tmp" for f in got)         # the others carry on
+
+
+# ---- dry-run and responses --------------------------------------------------------------
+
+def test_dry_run_per_rule_and_global() -> None:
+    evs: list[Event] = [connect(10, 0), exec_(10, "/usr/bin/dash", 1)]
+    cfg = parse_behavior("behavior:\n  rules:\n    behavior.reverse_shell: {dry_run: true}\n",
+                         "p.yaml", rule_names())
+    f = [x for x in run(Engine(behavior_rules(cfg)), ProcessTable(), evs)
+         if x.rule == "behavior.reverse_shell"][0]
+    assert f.dry_run and f.action == "kill"
+    alert = Dispatcher(ProcessTable()).dispatch(f, T0)
+    assert alert["action"] == "would-kill"
+    g = dataclasses.replace(f, dry_run=False, action="kill-tree")
+    assert Dispatcher(ProcessTable(), dry_run=True).dispatch(g, T0)["action"] == "would-kill-tree"
+    cfg2 = parse_behavior("behavior:\n  dry_run: true\n", "p.yaml", rule_names())
+    assert all(getattr(r, "dry_run") for r in behavior_rules(cfg2))
+
+
+def test_overrides_and_disable() -> None:
+    cfg = parse_behavior(
+        "behavior:\n  rules:\n    behavior.exec_from_tmp: {enabled: false}\n"
+        "    behavior.port_scan: {action: kill, severity: critical}\n", "p.yaml", rule_names())
+    rules = {r.name: r for r in behavior_rules(cfg)}
+    assert "behavior.exec_from_tmp" not in rules
+    evs: list[Event] = [connect(9, i * 0.01, "192.0.2.1", 1000 + i) for i in range(30)]
+    f = run(Engine([rules["behavior.port_scan"]]), ProcessTable(), evs)[0]
+    assert (f.action, f.severity) == ("kill", "critical")
+
+
+def test_config_errors_name_file_and_line() -> None:
+    text = ("behavior:\n  dry_run: maybe\n  rules:\n    behavior.nope: {action: kill}\n"
+            "    behavior.port_scan: {action: explode}\n")
+    with pytest.raises(BehaviorConfigError) as ei:
+        parse_behavior(text, "policy.yaml", rule_names())
+    msgs = [str(p.location) + " " + p.message for p in ei.value.problems]
+    assert any(m.startswith("policy.yaml:2:") and "true or false" in m for m in msgs), msgs
+    assert any(m.startswith("policy.yaml:4:") and "unknown behaviour rule" in m for m in msgs), msgs
+    assert any(m.startswith("policy.yaml:5:") and "action must be" in m for m in msgs), msgs
+
+
+def test_quarantine_without_backend_kills_and_says_so() -> None:
+    f = Finding(rule="r", title="t", severity="high", attack=(), action="quarantine", event=None,
+                pid=2**22 + 12345)  # no such process
+    out = Dispatcher(ProcessTable()).dispatch(f, T0)["action"]
+    assert "quarantine unavailable" in out

@@ -1,0 +1,63 @@
+"""Every built-in behaviour rule against its replay fixtures: the positive
+scenario raises it, the benign look-alike does not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bastion.detect.behavior import behavior_rules, rule_names
+from bastion.detect.engine import Engine, Finding, RuleContext, SEVERITIES
+from bastion.proctable import ProcessTable
+from bastion.sensors.replay import read_all
+
+FIX = Path(__file__).resolve().parents[1] / "fixtures" / "behavior"
+RULES = sorted(n.removeprefix("behavior.") for n in rule_names())
+
+
+def replay(path: Path) -> list[Finding]:
+    procs = ProcessTable()
+    engine = Engine(behavior_rules())
+    ctx = RuleContext(procs)
+    out: list[Finding] = []
+    for ev in read_all(path):
+        procs.update(ev)
+        out += engine.evaluate(ev, ctx)
+    assert not engine.errors, engine.disabled
+    return out
+
+
+def test_every_rule_has_fixtures() -> None:
+    for r in RULES:
+        assert (FIX / f"{r}.pos.jsonl").exists(), r
+        assert (FIX / f"{r}.neg.jsonl").exists(), r
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_positive(rule: str) -> None:
+    found = [f for f in replay(FIX / f"{rule}.pos.jsonl") if f.rule == f"behavior.{rule}"]
+    assert found, f"behavior.{rule} did not fire"
+    f = found[0]
+    assert f.severity in SEVERITIES and f.attack and f.action
+    assert all(a.startswith("T") for a in f.attack)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_negative(rule: str) -> None:
+    found = [f for f in replay(FIX / f"{rule}.neg.jsonl") if f.rule == f"behavior.{rule}"]
+    assert not found, [f.title for f in found]
+
+
+def test_negatives_raise_nothing_high() -> None:
+    """No benign look-alike raises a high or critical finding of any rule."""
+    for path in sorted(FIX.glob("*.neg.jsonl")):
+        bad = [(f.rule, f.title) for f in replay(path) if f.severity in ("high", "critical")]
+        assert not bad, (path.name, bad)
+
+
+def test_every_rule_declares_its_metadata() -> None:
+    for r in behavior_rules():
+        assert r.name.startswith("behavior.") and r.event_types
+        assert getattr(r, "attack") and getattr(r, "severity") in SEVERITIES
+        assert getattr(r, "action") in ("alert", "kill", "kill-tree", "quarantine")
