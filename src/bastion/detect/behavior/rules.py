@@ -682,11 +682,18 @@ _FATAL = frozenset({9, 15, 19, 2, 3, 6})  # SIGHUP is a reload, not an attack
 
 
 class KillSecurityTools(SingleEvent):
+    """Signals to, or service stops of, security and audit tools.
+
+    Default response: alert.  By the time the event is seen the signal has
+    been delivered, so killing the sender protects nothing and would hit
+    administrators' shells and test harnesses; protecting Bastion itself is
+    tamper protection's job (refused in the lsm tier)."""
+
     name = "behavior.disable_security_tools"
     event_types = frozenset({"kill", "exec"})
     attack = ("T1562.001",)
     severity = "high"
-    action = "kill"
+    action = "alert"
 
     @staticmethod
     def _names(ctx: RuleContext, pid: int) -> set[str]:
