@@ -41,6 +41,15 @@ from bastion.integrity.text import TextCheck  # noqa: E402
 TRACING = Path("/sys/kernel/tracing")
 
 
+def _append(path: Path, line: str) -> None:
+    """O_APPEND write without a seek: Python's open(..., "a") seeks, which tracefs refuses (EINVAL)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
 def test_vm_kernel_sources_differ_from_the_host() -> None:
     assert Path("/proc/kcore").exists()
     with KernelView() as v:
@@ -63,8 +72,7 @@ def test_kprobe_is_reported_as_kprobe_and_entry_hook_not_as_text_change() -> Non
             pytest.skip("debugfs kprobes/list not readable")
         enable = TRACING / "events/kprobes/bastion_test_kp/enable"
         try:
-            with open(events, "a") as f:
-                f.write("p:bastion_test_kp vfs_read\n")
+            _append(events, "p:bastion_test_kp vfs_read\n")
             enable.write_text("1")
             v.forget_text()
             tf = text.scan(tb)
@@ -72,8 +80,7 @@ def test_kprobe_is_reported_as_kprobe_and_entry_hook_not_as_text_change() -> Non
         finally:
             if enable.exists():
                 enable.write_text("0")
-                with open(events, "a") as f:
-                    f.write("-:bastion_test_kp\n")
+                _append(events, "-:bastion_test_kp\n")
     assert [f for f in tf if f.code == "text.modified"] == [], tf
     hooks = [f for f in tf if f.code == "text.entry_hook" and f.evidence["function"] == "vfs_read"]
     assert hooks, tf
