@@ -265,6 +265,28 @@ class Agent:
                 evidence={"dropped": new, "dropped_total": drops},
             ))
 
+    def _integrity_loop(self, stop: threading.Event) -> None:
+        """Periodic kernel integrity scans, off the event loop (a scan takes ~1 s)."""
+        from bastion.integrity import baseline as baseline_mod
+        from bastion.integrity.base import KernelView
+        from bastion.integrity.checks import default_checks
+        from bastion.integrity.scanner import PeriodicScanner
+
+        cfg = self.policy.integrity
+        path = cfg.baseline or (self.store.path.parent / "integrity-baseline.json")
+
+        def make_checks() -> Any:
+            view = KernelView()
+            return default_checks(view, bpf_allowlist=cfg.allow_bpf), view.close
+
+        scanner = PeriodicScanner(make_checks, lambda: baseline_mod.load(path), cfg.interval_s,
+                                  self._pending.append)
+        while not stop.wait(1.0):
+            try:
+                scanner.tick(time.monotonic())
+            except BastionError as exc:
+                log.warning("integrity scan failed: %s", exc)
+
     def process(self, batch: list[Event]) -> None:
         rows = []
         by_type = self.summary.by_type
@@ -320,6 +342,9 @@ class Agent:
                         rule="bastion.policy.degraded", title=f"Policy rule not enforceable here: {d}",
                         severity="high", attack=(), action="alert", event=None, pid=os.getpid(),
                         evidence={"policy": self.policy.source, "degraded": d}))
+            if self.policy.integrity.interval_s and self.tier is not None:
+                threading.Thread(target=self._integrity_loop, args=(stop,), name="bastion-integrity",
+                                 daemon=True).start()
             self.ready.set()
             interval = self.policy.events.poll_interval_s
             last_health = last_retention = time.monotonic()

@@ -55,6 +55,13 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class IntegrityConfig:
+    interval_s: float = 0.0          # 0 = no periodic scan
+    baseline: Path | None = None     # default: <data dir>/integrity-baseline.json
+    allow_bpf: tuple[str, ...] = ()  # NAME[:TAG] of BPF programs that are expected
+
+
+@dataclass(frozen=True)
 class Policy:
     source: str
     events: EventsConfig = field(default_factory=EventsConfig)
@@ -62,6 +69,7 @@ class Policy:
     hips: HipsPolicy = field(default_factory=HipsPolicy)
     sigma: tuple[Path, ...] = ()                     # Sigma rule directories
     behavior: BehaviorConfig = field(default_factory=BehaviorConfig)  # the behaviour rule pack
+    integrity: IntegrityConfig = field(default_factory=IntegrityConfig)
     outputs: tuple[OutputSpec, ...] = ()             # where events and alerts are shipped
     metrics: MetricsSpec | None = None               # Prometheus endpoint
     text: str = ""                                   # the document as written
@@ -164,11 +172,35 @@ def parse_policy(text: str, source: str) -> Policy:
         p.problems.extend(problems)
         out["metrics"] = spec
 
+    integ: dict[str, Any] = {}
+
+    def integ_interval(n: yaml.Node) -> None:
+        d = p.duration(n, "integrity.interval")
+        if d is not None and d != 0 and d < 10:
+            p.err(n, "integrity.interval must be 0 (off) or at least 10s")
+        elif d is not None:
+            integ["interval_s"] = d
+
+    def integ_baseline(n: yaml.Node) -> None:
+        v = p.scalar(n, "integrity.baseline")
+        if v is not None and not v.startswith("/"):
+            p.err(n, "integrity.baseline must be an absolute path")
+        elif v is not None:
+            integ["baseline"] = Path(v)
+
+    def integ_allow(n: yaml.Node) -> None:
+        integ["allow_bpf"] = tuple(v for v, _ in p.strings(n, "integrity.allow_bpf"))
+
+    def integrity(n: yaml.Node) -> None:
+        p.mapping(n, "integrity", {"interval": integ_interval, "baseline": integ_baseline,
+                                   "allow_bpf": integ_allow})
+
     def behavior(n: yaml.Node) -> None:
         out["behavior"] = parse_behavior_node(n, p, rule_names())
 
     p.mapping(root, "the policy", {"version": version, "events": events, "store": store,
                                    "outputs": outputs, "metrics": metrics, "behavior": behavior,
+                                   "integrity": integrity,
                                    "mode": mode, "default": default, "rules": rules,
                                    "sigma": sigma_dirs})
     if "version" not in values and isinstance(root, yaml.MappingNode):
@@ -179,7 +211,8 @@ def parse_policy(text: str, source: str) -> Policy:
     return Policy(source=source, events=EventsConfig(**ev), store=StoreConfig(**st),
                   hips=hips_policy, sigma=tuple(sigma), text=text, warnings=tuple(p.warnings),
                   outputs=out.get("outputs", ()), metrics=out.get("metrics"),
-                  behavior=out.get("behavior", BehaviorConfig()))
+                  behavior=out.get("behavior", BehaviorConfig()),
+                  integrity=IntegrityConfig(**integ))
 
 
 def load_policy(path: Path | None) -> Policy:

@@ -156,6 +156,19 @@ def page_digests(masked: bytes) -> list[str]:
             for i in range(0, len(masked), PAGE)]
 
 
+def _entry_class(desc: str) -> str:
+    """What kind of hook an entry has, without addresses that legitimately move.
+
+    BPF trampolines are re-generated (at a new address) whenever a program is
+    attached to or detached from the same hook, so a call into BPF/module text
+    is compared as a class: a function hooked at baseline time that is still
+    hooked is not a finding; a newly hooked function, or a hook that now
+    calls into core text, is.  (The BPF inventory check names new programs.)"""
+    if "outside core text" in desc or "(module" in desc:
+        return "call into BPF/module text"
+    return desc
+
+
 def entry_hook_severity(desc: str) -> str:
     if any(f" {t}" in desc for t in FTRACE_TARGETS):
         return "medium"     # ftrace: tracefs/kprobes list should explain it (kernel-state check)
@@ -213,7 +226,7 @@ class TextCheck(Check):
                              "masked_sites": m.n_sites}))
         base_entries: Mapping[str, str] = baseline.get("patched_entries", {})
         for func, desc in sorted(m.patched_entries.items()):
-            if base_entries.get(func) == desc:
+            if func in base_entries and _entry_class(base_entries[func]) == _entry_class(desc):
                 continue
             out.append(self.finding(
                 "text.entry_hook", f"Function entry of {func} patched: {desc}",
