@@ -254,3 +254,43 @@ def test_degraded_rule_is_audited_after_the_fact(tmp_path: Path) -> None:
     assert f.evidence["decision"] == "deny" and f.evidence["enforced"] is False
     other = FileEvent(1, ev.proc, op="unlink", path=str(tmp_path / "elsewhere"))
     assert mgr.audit_event(other, ProcessTable()) is None
+
+
+class _FakeKernel:
+    def __init__(self) -> None:
+        self.applied: list[object] = []
+
+    def apply(self, plan: object) -> int:
+        self.applied.append(plan)
+        return len(self.applied)
+
+    def clear(self) -> None:
+        self.applied.append(None)
+
+    def poll(self, timeout_s: float) -> list[object]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_rejected_policy_never_replaces_the_running_one() -> None:
+    from bastion.policy.manager import PolicyApplyError, PolicyManager
+
+    k = _FakeKernel()
+    mgr = PolicyManager("lsm", open_backends=lambda: (k, None), resolver=FAKE)  # type: ignore[arg-type,return-value]
+    first = mgr.apply_text(POLICY, "good.yaml")
+    assert first.gen == 1 and len(k.applied) == 1
+    bad = POLICY.replace("action: kill", "action: allow") + (
+        "  - {name: lockout, operations: [exec], objects: [/bin/sh], action: deny}\n")
+    with pytest.raises(PolicyApplyError, match="would deny /bin/sh for everyone"):
+        mgr.apply_text(bad, "bad.yaml")
+    with pytest.raises(PolicyError):
+        mgr.apply_text("version: 1\nrules: [{name: x}]\n", "broken.yaml")
+    with pytest.raises(PolicyApplyError, match="use --force"):
+        mgr.apply_text("version: 1\nmode: enforce\ndefault: deny\n", "strict.yaml")
+    assert mgr.current is first and len(k.applied) == 1
+    forced = mgr.apply_text("version: 1\nmode: enforce\ndefault: deny\n"
+                            "rules: [{name: a, operations: [exec], objects: [/usr/sbin/sshd], action: allow}]\n",
+                            "strict.yaml", force=True)
+    assert forced.gen == 2 and mgr.current is forced
