@@ -27,6 +27,7 @@ from bastion.errors import BastionError
 from bastion.detect.behavior import behavior_rules, live_probes
 from bastion.events import Event, HipsEvent, to_json
 from bastion.respond.quarantine import Quarantine
+from bastion.respond.shadow import ShadowKeeper
 from bastion.metrics import Metrics
 from bastion.outputs import OutputManager
 from bastion.proctable import ProcessTable
@@ -87,6 +88,7 @@ class Agent:
         outputs: OutputManager | None = None,
         metrics: Metrics | None = None,
         quarantine: Quarantine | None = None,
+        shadow: ShadowKeeper | None = None,
     ) -> None:
         self.policy = policy
         self.sensors = list(sensors)
@@ -101,6 +103,7 @@ class Agent:
                               *extra_rules])
         self.ctx = RuleContext(self.procs)
         self.quarantine = quarantine
+        self.shadow = shadow
         self.dispatcher = Dispatcher(self.procs, dry_run=policy.behavior.dry_run, quarantine=quarantine)
         self.outputs = outputs
         self.metrics = metrics
@@ -161,6 +164,7 @@ class Agent:
             "alerts_suppressed": self.summary.suppressed,
             "engine": self.engine.stats(),
             "quarantine": "loaded" if self.quarantine is not None else "unavailable (kill instead)",
+            "shadow": self.shadow.stats() if self.shadow is not None else "off",
             "policy_mode": (self.policies.current.policy.hips.mode.value
                             if self.policies and self.policies.current else "none"),
             "policy_generation": (self.policies.current.gen
@@ -217,6 +221,13 @@ class Agent:
                 cutoff = now - self.dedupe_s
                 self._recent = {k: t for k, t in self._recent.items() if t >= cutoff}
         alert = self.dispatcher.dispatch(f, time.time_ns())
+        if self.shadow is not None and f.rule == "behavior.ransomware" \
+                and str(alert["action"]).startswith("kill"):
+            e = self.procs.get(f.pid)
+            start = (f.event.proc.start_ns if f.event is not None and f.event.proc.pid == f.pid
+                     else (e.start_ns if e else 0))
+            alert["shadow_incident"] = self.shadow.open_incident(f.pid, start)
+            alert["title"] += f" (recover: bastion rollback --incident {alert['shadow_incident']})"
         self.store.add_alert(alert)
         self.summary.alerts += 1
         if self.outputs is not None:
@@ -335,6 +346,16 @@ class Agent:
                         severity="medium", attack=(), action="alert", event=None, pid=os.getpid()))
                     self.quarantine = None
                     self.dispatcher.quarantine = None
+            if self.shadow is not None:
+                try:
+                    self.shadow.open()
+                except BastionError as exc:
+                    log.warning("ransomware shield unavailable: %s", exc)
+                    self._pending.append(Finding(
+                        rule="bastion.respond.shadow_unavailable",
+                        title=f"Ransomware shield (shadow copies) cannot start: {exc}",
+                        severity="medium", attack=(), action="alert", event=None, pid=os.getpid()))
+                    self.shadow = None
             if self.policies is not None and self.policy.hips.rules:
                 applied = self.policies.apply(self.policy, **self.apply_opts)
                 for d in applied.degraded:
@@ -377,6 +398,9 @@ class Agent:
                     last_health = now
                 if now - last_retention >= 60.0:
                     self.store.enforce_retention()
+                    if self.shadow is not None:
+                        self.shadow.maintain()
+                        self.shadow.refresh_marks()
                     last_retention = now
             # drain what is left so the summary counts everything seen
             for i, s in enumerate(self.sensors):
@@ -394,6 +418,8 @@ class Agent:
                 self.policies.close()
             if self.quarantine is not None:
                 self.quarantine.close()
+            if self.shadow is not None:
+                self.shadow.close()
             if self.outputs is not None:
                 self.outputs.close(timeout=5)
             if self.metrics is not None:

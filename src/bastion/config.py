@@ -8,6 +8,7 @@ the YAML node marks) and all errors of a document are collected before one
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -62,6 +63,15 @@ class IntegrityConfig:
 
 
 @dataclass(frozen=True)
+class ShieldConfig:
+    """The ransomware shield's shadow copies (docs/ransomware.md); off when empty."""
+
+    protect: tuple[Path, ...] = ()
+    max_bytes: int = 2 * 2**30
+    trusted: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Policy:
     source: str
     events: EventsConfig = field(default_factory=EventsConfig)
@@ -70,6 +80,7 @@ class Policy:
     sigma: tuple[Path, ...] = ()                     # Sigma rule directories
     behavior: BehaviorConfig = field(default_factory=BehaviorConfig)  # the behaviour rule pack
     integrity: IntegrityConfig = field(default_factory=IntegrityConfig)
+    shield: ShieldConfig = field(default_factory=ShieldConfig)
     outputs: tuple[OutputSpec, ...] = ()             # where events and alerts are shipped
     metrics: MetricsSpec | None = None               # Prometheus endpoint
     text: str = ""                                   # the document as written
@@ -195,12 +206,40 @@ def parse_policy(text: str, source: str) -> Policy:
         p.mapping(n, "integrity", {"interval": integ_interval, "baseline": integ_baseline,
                                    "allow_bpf": integ_allow})
 
+    shield: dict[str, Any] = {}
+
+    def shield_protect(n: yaml.Node) -> None:
+        dirs = []
+        for v, vn in p.strings(n, "shield.protect"):
+            if not v.startswith("/") or v == "/":
+                p.err(vn, f"shield.protect {v!r} must be an absolute directory other than /")
+            else:
+                dirs.append(Path(v))
+        shield["protect"] = tuple(dirs)
+
+    def shield_max(n: yaml.Node) -> None:
+        if (sz := p.size(n, "shield.max_bytes")) is not None:
+            shield["max_bytes"] = sz
+
+    def shield_trusted(n: yaml.Node) -> None:
+        trusted = []
+        for v, vn in p.strings(n, "shield.trusted"):
+            if os.path.basename(v).startswith(("python", "perl", "ruby", "node", "bash", "sh", "dash")):
+                p.err(vn, f"shield.trusted {v!r}: an interpreter would trust every script it runs")
+            else:
+                trusted.append(v)
+        shield["trusted"] = tuple(trusted)
+
+    def shield_node(n: yaml.Node) -> None:
+        p.mapping(n, "shield", {"protect": shield_protect, "max_bytes": shield_max,
+                                "trusted": shield_trusted})
+
     def behavior(n: yaml.Node) -> None:
         out["behavior"] = parse_behavior_node(n, p, rule_names())
 
     p.mapping(root, "the policy", {"version": version, "events": events, "store": store,
                                    "outputs": outputs, "metrics": metrics, "behavior": behavior,
-                                   "integrity": integrity,
+                                   "integrity": integrity, "shield": shield_node,
                                    "mode": mode, "default": default, "rules": rules,
                                    "sigma": sigma_dirs})
     if "version" not in values and isinstance(root, yaml.MappingNode):
@@ -212,7 +251,7 @@ def parse_policy(text: str, source: str) -> Policy:
                   hips=hips_policy, sigma=tuple(sigma), text=text, warnings=tuple(p.warnings),
                   outputs=out.get("outputs", ()), metrics=out.get("metrics"),
                   behavior=out.get("behavior", BehaviorConfig()),
-                  integrity=IntegrityConfig(**integ))
+                  integrity=IntegrityConfig(**integ), shield=ShieldConfig(**shield))
 
 
 def load_policy(path: Path | None) -> Policy:

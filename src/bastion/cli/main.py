@@ -23,6 +23,7 @@ from bastion import __version__
 from bastion.errors import BastionError, KernelError
 from bastion.paths import DEFAULT_DATA_DIR, DEFAULT_SOCKET, PIN_ROOT
 
+from bastion.cli.behavior import rollback_cmd
 from bastion.cli.integrity import integrity_group
 from bastion.cli.policy import learn_cmd, policy_group
 from bastion.cli.service import install_cmd, uninstall_cmd
@@ -121,8 +122,16 @@ def run(policy_path: Path | None, data_dir: Path, socket_path: Path, feed_json: 
 
         quarantine = Quarantine(tier=report.tier, self_tgid=os.getpid(),
                                 deadline_s=test_deadline or 0.0)
+    shadow = None
+    if report is not None and policy.shield.protect:
+        from bastion.respond.shadow import ShadowKeeper
+
+        shadow = ShadowKeeper(list(policy.shield.protect), data_dir / "shadow",
+                              max_bytes=policy.shield.max_bytes,
+                              trusted_exes=frozenset(policy.shield.trusted),
+                              self_tgid=os.getpid(), deadline_s=test_deadline)
     agent = Agent(policy=policy, sensors=[sensor], store=store, tier=report, extra_rules=extra_rules,
-                  outputs=outputs, metrics=metrics, quarantine=quarantine,
+                  outputs=outputs, metrics=metrics, quarantine=quarantine, shadow=shadow,
                   socket_path=socket_path, feed=None if quiet else sys.stdout, feed_json=feed_json,
                   policies=policies, apply_opts={"force": force, "allow_degraded": allow_degraded})
     stop = threading.Event()
@@ -334,6 +343,7 @@ cli.add_command(events_cmd)
 cli.add_command(alerts_cmd)
 cli.add_command(policy_group)
 cli.add_command(learn_cmd)
+cli.add_command(rollback_cmd)
 cli.add_command(sigma_group)
 cli.add_command(integrity_group)
 cli.add_command(install_cmd)
