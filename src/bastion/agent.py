@@ -178,6 +178,17 @@ class Agent:
             "store_events": self.store.count_events(),
         }
 
+    def add_handler(self, cmd: str, handler: Any) -> None:
+        """An extra control command (e.g. the token-gated `stop`)."""
+        if self.control is not None:
+            self.control.handlers[cmd] = handler
+
+    def raise_alert(self, rule: str, title: str, severity: str, evidence: dict[str, Any]) -> None:
+        """An alert from another thread (control handlers): queued for the loop."""
+        self._pending.append(Finding(rule=rule, title=title, severity=severity, attack=(),
+                                     action="alert", event=None, pid=int(evidence.get("client_pid") or 0),
+                                     evidence=evidence))
+
     # ---- policy (control thread) -----------------------------------------------------
 
     def _policy_apply(self, req: dict[str, Any]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from bastion.errors import BastionError, KernelError
 from bastion.paths import DEFAULT_DATA_DIR, DEFAULT_SOCKET, PIN_ROOT
 
 from bastion.cli.behavior import rollback_cmd
+from bastion.cli.guard import GUARDIAN_SOCKET, guardian_cmd, require_token, set_token_cmd, stop_cmd
 from bastion.cli.integrity import integrity_group
 from bastion.cli.policy import learn_cmd, policy_group
 from bastion.cli.service import install_cmd, uninstall_cmd
@@ -66,6 +67,8 @@ def cli(verbose: int) -> None:
 @click.option("--sigma", "sigma_dirs", multiple=True, type=click.Path(path_type=Path, file_okay=False),
               help="Evaluate the Sigma rules under DIR live (repeatable; adds to the policy's sigma list).")
 @click.option("--force", is_flag=True, help="Apply the policy despite its warnings.")
+@click.option("--maintenance-token-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Set the maintenance token for `bastion stop` (only its scrypt hash is kept).")
 @click.option("--pin-root", type=click.Path(path_type=Path), default=PIN_ROOT, hidden=True)
 @click.option("--test-deadline", type=click.FloatRange(min=1), hidden=True,
               help="Tests only: enforcement expires by itself after this many seconds.")
@@ -73,7 +76,7 @@ def cli(verbose: int) -> None:
               help="Accept rules this kernel cannot enforce (audited only; shown in status, alerted).")
 def run(policy_path: Path | None, data_dir: Path, socket_path: Path, feed_json: bool, quiet: bool,
         replay_path: Path | None, sigma_dirs: tuple[Path, ...], force: bool, allow_degraded: bool,
-        pin_root: Path, test_deadline: float | None) -> None:
+        maintenance_token_file: Path | None, pin_root: Path, test_deadline: float | None) -> None:
     """Run the agent in the foreground until SIGINT/SIGTERM."""
     from bastion.agent import Agent
     from bastion.config import load_policy
@@ -83,7 +86,10 @@ def run(policy_path: Path | None, data_dir: Path, socket_path: Path, feed_json: 
     from bastion.sensors.replay import ReplaySensor
     from bastion.store.db import Retention, Store
 
+    from bastion.guard.fault import arm_from_env
+
     policy = load_policy(policy_path)
+    arm_from_env()  # tests only: BASTION_TEST_FAULT_AFTER simulates a crash
     started = time.monotonic()
     report: TierReport | None = None
     sensor: Sensor
@@ -141,6 +147,13 @@ def run(policy_path: Path | None, data_dir: Path, socket_path: Path, feed_json: 
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    if maintenance_token_file is not None:
+        from bastion.guard.token import TokenStore, read_token_file
+
+        TokenStore(data_dir).set_token(read_token_file(maintenance_token_file))
+    from bastion.guard.control import agent_stop_handler
+
+    agent.add_handler("stop", agent_stop_handler(data_dir, on_stop=stop.set, alert=agent.raise_alert))
     ready = threading.Thread(target=_announce, args=(agent, sensor, report.tier if report else "replay",
                                                      started, stop), daemon=True)
     ready.start()
@@ -212,8 +225,11 @@ def status(socket_path: Path, as_json: bool) -> None:
     """Ask the running agent for its status."""
     from bastion.control import request
 
+    from bastion.guard.control import guardian_status
+
     resp = request(socket_path, "status")
     resp.pop("ok", None)
+    resp["tamper_protection"] = guardian_status(GUARDIAN_SOCKET).get("tamper_protection", "off")
     if as_json:
         click.echo(json.dumps(resp, indent=2))
         return
@@ -299,11 +315,16 @@ def record(output: Path, duration: float | None, count: int | None, classes: tup
               help="Confirm: remove every Bastion pin and the programs they hold.")
 @click.option("--pin-root", type=click.Path(path_type=Path), default=PIN_ROOT, show_default=True,
               hidden=True)
-def reset(emergency: bool, pin_root: Path) -> None:
+@click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="The maintenance token (needed once tamper protection is on).")
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), envvar="BASTION_DATA_DIR",
+              default=DEFAULT_DATA_DIR, show_default=True, help="Store directory (holds the token's hash).")
+def reset(emergency: bool, pin_root: Path, token_file: Path | None, data_dir: Path) -> None:
     """Break-glass: remove every Bastion BPF pin (programs, links, maps)."""
     from bastion.kernel import bpffs
 
     _need_root("bastion reset")
+    require_token(token_file, what="reset", data_dir=data_dir, pin_root=pin_root)
     removed: list[Path] = []
     parent = pin_root.parent
     if parent.is_dir():
@@ -344,6 +365,9 @@ cli.add_command(alerts_cmd)
 cli.add_command(policy_group)
 cli.add_command(learn_cmd)
 cli.add_command(rollback_cmd)
+cli.add_command(guardian_cmd)
+cli.add_command(stop_cmd)
+cli.add_command(set_token_cmd)
 cli.add_command(sigma_group)
 cli.add_command(integrity_group)
 cli.add_command(install_cmd)

@@ -28,7 +28,13 @@ def install_cmd(prefix: Path, bastion_bin: Path | None) -> None:
 @click.option("--prefix", type=click.Path(path_type=Path, file_okay=False), default=Path("/"),
               show_default=True, help="Staging root the install went to.")
 @click.option("--purge", is_flag=True, help="Also remove /etc/bastion, /var/lib/bastion, /var/log/bastion.")
-def uninstall_cmd(prefix: Path, purge: bool) -> None:
+@click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="The maintenance token (needed once tamper protection is on).")
+def uninstall_cmd(prefix: Path, purge: bool, token_file: Path | None) -> None:
     """Remove the unit and logrotate rule (and with --purge the policy, store and logs)."""
+    from bastion.cli.guard import require_token
+
+    if prefix == Path("/"):
+        require_token(token_file, what="uninstall")
     for step in uninstall(prefix, purge=purge):
         click.echo(str(step))

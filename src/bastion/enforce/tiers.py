@@ -171,6 +171,9 @@ def probe() -> TierReport:
             Capability("file_deny", True, "lsm/file_open, inode_* hooks"),
             Capability("signal_ptrace_protection", True, "lsm/task_kill, lsm/ptrace_access_check"),
             Capability("network_deny", True, "lsm/socket_connect, lsm/socket_bind"),
+            Capability("tamper_protection", True,
+                       "full: lsm/task_kill, ptrace_access_check, file_open, path_truncate, inode_*, "
+                       "sb_mount, move_mount, sb_umount, bpf + guardian"),
         ]
     else:
         exec_mech = []
@@ -190,6 +193,12 @@ def probe() -> TierReport:
                        f"cgroup/connect4|6, bind, sendmsg on {cg_root}" if cg_root else "none",
                        "" if compat_ok and cg_root else (compat_why or "no cgroup v2 mount"),
                        "mount cgroup2 (e.g. /sys/fs/cgroup/unified)" if cg_root is None else lsm_remedy),
+            Capability("tamper_protection", fan_ok,
+                       "partial: kill-the-sender (tp_btf/signal_generate, sys_enter_ptrace/"
+                       "process_vm_writev/open*/bpf) + fanotify write-open deny + guardian restart",
+                       "signals, ptrace and bpf() on Bastion's objects cannot be refused without BPF "
+                       "LSM: the sender is SIGKILLed, the agent restarted or resumed; unlink, rename, "
+                       "truncate(2), chmod, mounts and pin removal are not refused", lsm_remedy),
         ]
     return TierReport(
         tier="lsm" if lsm_ok else "compat", kernel=kernel, lsm_list=lsms,

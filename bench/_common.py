@@ -1,0 +1,349 @@
+"""Shared helpers for the benchmarks (not a benchmark itself: `make bench`
+runs only bench/bench_*.py).
+
+* C workloads (bench/*.c) are compiled into build/bench/ when missing or
+  older than their source; each prints ``<elapsed_s> <iterations>`` and times
+  only its own loop.
+* :class:`AgentProcess` runs ``bastion run --quiet`` as root in a temp dir,
+  waits for ``bastion: running`` and always stops it (SIGTERM, wait).
+* :func:`interleaved` alternates agent-off and agent-on sessions (ABBA order,
+  after one warm-up pair) so drift and noise hit both sides alike; figures
+  are medians and ratios of medians (2 vCPUs, ~10 % run-to-run noise).
+* Targets are checked and printed on stderr; a missed target fails the
+  script only with ``BASTION_BENCH_STRICT=1`` (so one miss does not hide the
+  other figures of ``make bench``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH_DIR = ROOT / "bench"
+BUILD_DIR = ROOT / "build" / "bench"
+BASTION = ROOT / ".venv" / "bin" / "bastion"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+STRICT = os.environ.get("BASTION_BENCH_STRICT") == "1"
+# Workload loops run pinned to the last CPU (the agent is not pinned, so it
+# gets the other one): without this, a loop whose processes wake each other
+# across vCPUs pays the VM's halt/wake-up latency, and a busy agent keeping
+# the other vCPU awake makes the loop *faster* (loopback connect: 61 us ->
+# 38 us per connect).  BASTION_BENCH_PIN=0 turns pinning off.
+PIN_CPU: int | None = (None if os.environ.get("BASTION_BENCH_PIN") == "0"
+                       else max(os.sched_getaffinity(0)))
+
+_RUNNING = "bastion: running"
+_STOPPED = re.compile(r"bastion: stopped after .*: (\d+) events.*, (\d+) alerts, (\d+) dropped")
+
+
+def log(msg: str) -> None:
+    print(f"[{Path(sys.argv[0]).stem}] {msg}", file=sys.stderr, flush=True)
+
+
+def emit(name: str, value: float, unit: str, fmt: str = ".3f") -> None:
+    """The machine-readable result line: ``bench <name> <figure> <unit>``."""
+    print(f"bench {name} {value:{fmt}} {unit}", flush=True)
+
+
+_missed: list[str] = []
+
+
+def check_target(what: str, value: float, limit: float, *, at_most: bool = True) -> bool:
+    ok = value <= limit if at_most else value >= limit
+    rel = "<=" if at_most else ">="
+    log(f"target {what} {rel} {limit:g}: {'met' if ok else 'MISSED'} ({value:.4g})")
+    if not ok:
+        _missed.append(what)
+    return ok
+
+
+def finish() -> None:
+    """Exit status of a script: 0, or 3 for missed targets under STRICT."""
+    if _missed and STRICT:
+        log(f"BASTION_BENCH_STRICT=1 and missed: {', '.join(_missed)}")
+        sys.exit(3)
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        log("needs root (the agent loads BPF programs)")
+        sys.exit(2)
+    if not BASTION.exists():
+        log(f"{BASTION} missing: run `make setup`")
+        sys.exit(2)
+
+
+def median(xs: Sequence[float]) -> float:
+    return statistics.median(xs)
+
+
+# ---- C workloads ------------------------------------------------------------------
+
+
+def _compiler() -> str:
+    for cc in (os.environ.get("CC", ""), "gcc", "cc", "clang"):
+        if cc and shutil.which(cc):
+            return cc
+    log("no C compiler (gcc/cc/clang) found")
+    sys.exit(2)
+
+
+def c_program(name: str) -> Path:
+    """build/bench/<name>, compiled from bench/<name>.c if missing or stale."""
+    src = BENCH_DIR / f"{name}.c"
+    out = BUILD_DIR / name
+    if out.exists() and out.stat().st_mtime >= src.stat().st_mtime:
+        return out
+    BUILD_DIR.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    cmd = [_compiler(), "-O2", "-Wall", "-Werror", "-o", str(tmp), str(src)]
+    subprocess.run(cmd, check=True)
+    tmp.replace(out)
+    log(f"compiled {out.relative_to(ROOT)}")
+    return out
+
+
+@dataclass(frozen=True)
+class LoopResult:
+    seconds: float
+    iterations: int
+
+    @property
+    def per_iter_us(self) -> float:
+        return self.seconds / self.iterations * 1e6
+
+
+def run_loop(argv: Sequence[str | Path | int], timeout: float = 120.0) -> LoopResult:
+    """Run a C workload (pinned to PIN_CPU); it prints ``<elapsed_s> <iterations>`` last."""
+    pin = ["taskset", "-c", str(PIN_CPU)] if PIN_CPU is not None else []
+    cp = subprocess.run(pin + [str(a) for a in argv], check=True, capture_output=True, text=True,
+                        timeout=timeout)
+    secs, iters = cp.stdout.split()[-2:]
+    return LoopResult(float(secs), int(iters))
+
+
+# ---- /proc ------------------------------------------------------------------------
+
+
+def proc_cpu_s(pid: int) -> float:
+    """utime + stime of a process, in seconds (all its threads)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    # after the comm: state is field 3, utime 14 and stime 15 (1-based)
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+# ---- the agent ----------------------------------------------------------------------
+
+
+@dataclass
+class StopSummary:
+    events: int
+    alerts: int
+    drops: int
+    line: str
+
+
+class AgentProcess:
+    """``bastion run --quiet`` in its own temp dir; a context manager that
+    always stops it (SIGTERM, then SIGKILL after a timeout) and cleans up."""
+
+    def __init__(self, *, ready_timeout: float = 30.0) -> None:
+        self.ready_timeout = ready_timeout
+        self.dir = Path(tempfile.mkdtemp(prefix="bastion-bench-"))
+        self.socket = self.dir / "ctl" / "s.sock"
+        self.proc: subprocess.Popen[str] | None = None
+        self.stderr_lines: list[str] = []
+        self.startup_s = 0.0
+        self.stop_summary: StopSummary | None = None
+        self.total_cpu_s = 0.0  # utime + stime at exit (after stop())
+        self._running = threading.Event()
+        self._reader: threading.Thread | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def _read_stderr(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        for line in self.proc.stderr:
+            line = line.rstrip("\n")
+            self.stderr_lines.append(line)
+            if line.startswith(_RUNNING):
+                self._running.set()
+
+    def start(self) -> AgentProcess:
+        cmd = [str(BASTION), "run", "--quiet", "--data-dir", str(self.dir / "data"),
+               "--socket", str(self.socket)]
+        t0 = time.monotonic()
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True)
+        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._reader.start()
+        deadline = t0 + self.ready_timeout
+        while not self._running.wait(0.005):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                tail = "\n".join(self.stderr_lines[-20:])
+                raise RuntimeError(f"agent did not start (rc {self.proc.returncode}):\n{tail}")
+        self.startup_s = time.monotonic() - t0
+        return self
+
+    def status(self) -> dict[str, Any]:
+        """``bastion status --json`` as a user runs it."""
+        cp = subprocess.run([str(BASTION), "status", "--json", "--socket", str(self.socket)],
+                            check=True, capture_output=True, text=True, timeout=30)
+        data = json.loads(cp.stdout)
+        assert isinstance(data, dict)
+        return data
+
+    def cpu_s(self) -> float:
+        return proc_cpu_s(self.pid)
+
+    def rss_mb(self) -> float:
+        return proc_rss_mb(self.pid)
+
+    def stop(self) -> StopSummary | None:
+        proc = self.proc
+        if proc is not None and proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 60
+            while True:  # wait4 (not Popen.wait) to get the agent's total CPU time
+                pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    proc.returncode = os.waitstatus_to_exitcode(status)
+                    self.total_cpu_s = ru.ru_utime + ru.ru_stime
+                    break
+                if time.monotonic() > deadline:
+                    log("agent did not stop on SIGTERM within 60 s: SIGKILL")
+                    proc.kill()
+                    proc.wait()
+                    break
+                time.sleep(0.01)
+            if proc.returncode:
+                log(f"agent exited with status {proc.returncode}: "
+                    + " | ".join(self.stderr_lines[-5:]))
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+        for line in self.stderr_lines:
+            m = _STOPPED.search(line)
+            if m:
+                self.stop_summary = StopSummary(int(m[1]), int(m[2]), int(m[3]), line)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return self.stop_summary
+
+    def __enter__(self) -> AgentProcess:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+# ---- interleaved off/on comparison ----------------------------------------------------
+
+
+Session = Callable[[], Mapping[str, LoopResult]]
+
+
+@dataclass
+class Comparison:
+    off: dict[str, list[float]] = field(default_factory=dict)
+    on: dict[str, list[float]] = field(default_factory=dict)
+    agent_cpu_s: list[float] = field(default_factory=list)
+    agent_events: list[int] = field(default_factory=list)
+    agent_drops: list[int] = field(default_factory=list)
+
+    def ratio(self, name: str) -> float:
+        return median(self.on[name]) / median(self.off[name])
+
+    def pair_ratios(self, name: str) -> list[float]:
+        return [b / a for a, b in zip(self.off[name], self.on[name])]
+
+    def report(self, name: str, unit_per_iter: Callable[[float], str]) -> None:
+        off, on = self.off[name], self.on[name]
+        pr = self.pair_ratios(name)
+        log(f"{name}: off median {median(off):.4f}s  on median {median(on):.4f}s  "
+            f"ratio {self.ratio(name):.4f}  (per pair: median {median(pr):.4f}, "
+            f"min {min(pr):.4f}, max {max(pr):.4f}; {unit_per_iter(median(off))} -> "
+            f"{unit_per_iter(median(on))})")
+
+
+def interleaved(session: Session, rounds: int, *, settle_s: float = 0.5) -> Comparison:
+    """Warm-up pair, then ``rounds`` off/on pairs in ABBA order.
+
+    ``session`` runs the workloads once and returns their results by name; an
+    "on" session runs with a freshly started agent (settled for
+    ``settle_s``), whose CPU time, event count and drops over the session
+    are recorded from /proc and its stop summary.
+    """
+    comp = Comparison()
+    log(f"workload pinned to CPU {PIN_CPU}" if PIN_CPU is not None else "workload not pinned")
+
+    def run(on: bool, keep: bool) -> None:
+        if not on:
+            res = session()
+            agent_note = ""
+        else:
+            with AgentProcess() as agent:
+                time.sleep(settle_s)
+                cpu0 = agent.cpu_s()
+                res = session()
+                summary = agent.stop()
+                cpu = agent.total_cpu_s - cpu0  # the loops, the backlog after them, the stop
+            events = summary.events if summary else -1
+            drops = summary.drops if summary else -1
+            agent_note = f"  [agent: {cpu:.2f}s CPU for the session, {events} events, {drops} dropped]"
+            if keep:
+                comp.agent_cpu_s.append(cpu)
+                comp.agent_events.append(events)
+                comp.agent_drops.append(drops)
+        times = "  ".join(f"{k} {v.seconds:.4f}s" for k, v in res.items())
+        log(f"{'warm-up ' if not keep else ''}{'on ' if on else 'off'}: {times}{agent_note}")
+        if keep:
+            target = comp.on if on else comp.off
+            for k, v in res.items():
+                target.setdefault(k, []).append(v.seconds)
+
+    run(False, False)
+    run(True, False)
+    for i in range(rounds):
+        order = (False, True) if i % 2 == 0 else (True, False)
+        for on in order:
+            run(on, True)
+    return comp
+
+
+def calibrate(measure: Callable[[int], LoopResult], target_s: float, start: int) -> int:
+    """Iterations for a loop of about ``target_s`` seconds (agent off)."""
+    n = start
+    for _ in range(6):
+        r = measure(n)
+        if r.seconds >= 0.2:
+            return max(1, int(n * target_s / r.seconds))
+        n *= 4
+    return n

@@ -1,0 +1,208 @@
+/* SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause */
+/* Tamper protection, shared by lsm_tamper.bpf.c (lsm tier: refuse in the
+ * hook) and tamper_compat.bpf.c (compat tier: detect in tracepoints, kill
+ * the sender).  Maps and layouts: the tamper section of bastion.h.
+ *
+ * Identity: a task is "ours" (the agent or its guardian) only when its tgid
+ * is in tamper_idents AND its group leader's start time (USER_HZ ticks, the
+ * resolution of /proc/PID/stat) AND its executable inode match the entry.
+ * A process that reuses the pid of a dead agent is neither exempt nor
+ * protected.
+ *
+ * Scope (.rodata, set before load): cfg_cgroup_id (0 = every attacker; tests
+ * set their cgroup), cfg_deadline_ns (CLOCK_BOOTTIME; 0 = none; past it
+ * nothing is refused or killed: the dead-man of every test). */
+#ifndef BASTION_TAMPER_H
+#define BASTION_TAMPER_H
+
+#include "path.h"
+
+#define EPERM_ 1
+#define SIGKILL_ 9
+#define TICK_NS_ 10000000ULL    /* NSEC_PER_SEC / USER_HZ (100 on x86-64 and arm64) */
+#define TAMPER_WALK 32          /* ancestors looked at (one filesystem) */
+
+const volatile __u64 cfg_deadline_ns = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u32);
+	__type(value, struct bastion_tamper_ident);
+} tamper_idents SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct bastion_inode_key);
+	__type(value, struct bastion_tamper_obj);
+} tamper_objs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u32);
+	__type(value, __u32);
+} tamper_sbs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u32);
+	__type(value, __u32);
+} tamper_map_ids SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u32);
+	__type(value, __u32);
+} tamper_link_ids SEC(".maps");
+
+static __always_inline bool tamper_expired(void)
+{
+	return cfg_deadline_ns && bpf_ktime_get_boot_ns() > cfg_deadline_ns;
+}
+
+/* Is task @t (any thread) one of ours?  Exact identity, not tgid alone. */
+static __always_inline bool task_is_ours(struct task_struct *t)
+{
+	__u32 tgid = BPF_CORE_READ(t, tgid);
+	struct bastion_tamper_ident *id = bpf_map_lookup_elem(&tamper_idents, &tgid);
+	struct file *exe;
+
+	if (!id)
+		return false;
+	if (BPF_CORE_READ(t, group_leader, start_boottime) / TICK_NS_ != id->start_ticks)
+		return false;
+	exe = BPF_CORE_READ(t, mm, exe_file);
+	if (!exe)
+		return false;
+	return BPF_CORE_READ(exe, f_inode, i_ino) == id->exe_ino &&
+	       BPF_CORE_READ(exe, f_inode, i_sb, s_dev) == id->exe_dev;
+}
+
+/* Is the current task an attacker we act against: in scope, not ours? */
+static __always_inline bool current_in_scope(void)
+{
+	if (tamper_expired())
+		return false;
+	if (cfg_cgroup_id && bpf_get_current_cgroup_id() != cfg_cgroup_id)
+		return false;
+	return !task_is_ours((struct task_struct *)bpf_get_current_task());
+}
+
+struct tamper_hit {
+	__u64 ino;
+	__u32 dev;
+	__u32 id;
+};
+
+struct tw_ctx {
+	struct dentry *d;
+	__u32 self_mask;
+	__u32 found;
+	struct tamper_hit hit;
+};
+
+static long tw_step(__u32 i, void *data)
+{
+	struct tw_ctx *c = data;
+	struct dentry *d = c->d, *parent;
+	struct inode *inode = BPF_CORE_READ(d, d_inode);
+
+	if (inode) {
+		struct bastion_inode_key key = {};
+		struct bastion_tamper_obj *o;
+
+		key.ino = BPF_CORE_READ(inode, i_ino);
+		key.dev = BPF_CORE_READ(inode, i_sb, s_dev);
+		o = bpf_map_lookup_elem(&tamper_objs, &key);
+		if (o && (o->flags & (i == 0 ? c->self_mask : BASTION_TOBJ_SUBTREE))) {
+			c->found = 1;
+			c->hit.ino = key.ino;
+			c->hit.dev = key.dev;
+			c->hit.id = o->id;
+			return 1;
+		}
+	}
+	parent = BPF_CORE_READ(d, d_parent);
+	if (!parent || parent == d)
+		return 1;
+	c->d = parent;
+	return 0;
+}
+
+/* Is @dentry protected: itself (flags in @self_mask) or under a protected
+ * subtree?  The walk stays on the dentry's filesystem. */
+static __always_inline bool dentry_protected(struct dentry *dentry, __u32 self_mask,
+					     struct tamper_hit *hit)
+{
+	struct tw_ctx c = {};
+
+	if (!dentry)
+		return false;
+	c.d = dentry;
+	c.self_mask = self_mask;
+	bpf_loop(TAMPER_WALK, tw_step, &c, 0);
+	if (c.found)
+		*hit = c.hit;
+	return c.found;
+}
+
+static __always_inline void current_exe_str(char *out)
+{
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	struct file *exe = BPF_CORE_READ(t, mm, exe_file);
+	struct path p;
+
+	out[0] = '\0';
+	if (!exe)
+		return;
+	p = BPF_CORE_READ(exe, f_path);
+	path_to_str(&p, out);
+}
+
+/* Report one decision against the current task.  @dentry/@mnt name the
+ * object (mnt may be NULL: path relative to its filesystem root). */
+static __always_inline void tamper_report(__u32 op, __u32 verdict, __s32 ret, __s32 target,
+					  __s64 arg, const struct tamper_hit *hit,
+					  struct dentry *dentry, struct vfsmount *mnt)
+{
+	struct bastion_tamper_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+
+	if (!e) {
+		count_drop();
+		return;
+	}
+	fill_hdr(&e->hdr, BASTION_EV_TAMPER, sizeof(*e));
+	e->op = op;
+	e->verdict = verdict;
+	e->ret = ret;
+	e->target_pid = target;
+	e->arg = arg;
+	e->ino = hit ? hit->ino : 0;
+	e->dev = hit ? hit->dev : 0;
+	e->obj_id = hit ? hit->id : 0;
+	current_exe_str(e->exe);
+	e->path[0] = '\0';
+	if (dentry) {
+		struct path p = {};
+
+		p.dentry = dentry;
+		p.mnt = mnt;
+		if (path_to_str(&p, e->path))
+			e->hdr.flags |= BASTION_F_TRUNC_PATH;
+	}
+	/* tamper attempts are rare and critical: wake the reader */
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* Signals that stop or end a process; the rest (0, SIGCHLD, SIGCONT,
+ * SIGURG, SIGWINCH) may pass. */
+static __always_inline bool harmful_signal(int sig)
+{
+	return !(sig == 0 || sig == 17 || sig == 18 || sig == 23 || sig == 28);
+}
+
+#endif /* BASTION_TAMPER_H */

@@ -1,0 +1,272 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Tamper protection, lsm tier: refuse, in the LSM hook, every operation
+ * that would stop the agent, change its files or undo its BPF objects,
+ * from every task but the agent and its guardian (exact identity: see
+ * bpf/lib/tamper.h).  Each refusal is a bastion_tamper_event.
+ *
+ * Only arguments common to 6.1 and 6.18 are declared (the bpf hook has 3
+ * arguments on 6.1 and 4 on 6.18; inode_setattr gained a leading mnt_idmap:
+ * cfg_setattr_idmap, set by user space from the running kernel's BTF).  The
+ * previous return value is never read: a BPF LSM program runs only while
+ * every earlier one returned 0.
+ *
+ * Protected objects live in tamper_objs (inode keys): files (SELF),
+ * directories with everything under them (SUBTREE, ancestors walked with
+ * bpf_loop on the same filesystem), and the directories above a protected
+ * path (ANCESTOR: no rename, rmdir or mount over them). */
+#include "tamper.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define FMODE_WRITE_ 0x2
+#define PTRACE_MODE_ATTACH_ 0x02
+#define ATTR_MODE_ (1 << 0)
+#define ATTR_UID_ (1 << 1)
+#define ATTR_GID_ (1 << 2)
+#define ATTR_SIZE_ (1 << 3)
+
+#define M_FILE (BASTION_TOBJ_SELF | BASTION_TOBJ_SUBTREE)
+#define M_NAME (BASTION_TOBJ_SELF | BASTION_TOBJ_SUBTREE | BASTION_TOBJ_ANCESTOR)
+
+const volatile __u32 cfg_setattr_idmap = 1;
+
+static __always_inline int deny_obj(__u32 op, struct dentry *d, __u32 mask, struct vfsmount *mnt,
+				    __s64 arg)
+{
+	struct tamper_hit hit = {};
+
+	if (!dentry_protected(d, mask, &hit))
+		return 0;
+	if (!current_in_scope())
+		return 0;
+	tamper_report(op, BASTION_TV_DENIED, -EPERM_, 0, arg, &hit, d, mnt);
+	return -EPERM_;
+}
+
+/* ---- the agent's processes ---- */
+
+SEC("lsm/task_kill")
+int BPF_PROG(tamper_task_kill, struct task_struct *p, struct kernel_siginfo *info, int sig)
+{
+	if (!harmful_signal(sig) || !task_is_ours(p) || !current_in_scope())
+		return 0;
+	tamper_report(BASTION_TAMPER_SIGNAL, BASTION_TV_DENIED, -EPERM_, BPF_CORE_READ(p, tgid), sig,
+		      NULL, NULL, NULL);
+	return -EPERM_;
+}
+
+SEC("lsm/ptrace_access_check")
+int BPF_PROG(tamper_ptrace, struct task_struct *child, unsigned int mode)
+{
+	/* attach, /proc/PID/mem, process_vm_*, pidfd_getfd; read-only /proc
+	 * checks (ps, readlink exe) pass */
+	if (!(mode & PTRACE_MODE_ATTACH_) || !task_is_ours(child) || !current_in_scope())
+		return 0;
+	tamper_report(BASTION_TAMPER_PTRACE, BASTION_TV_DENIED, -EPERM_, BPF_CORE_READ(child, tgid),
+		      mode, NULL, NULL, NULL);
+	return -EPERM_;
+}
+
+/* ---- files ---- */
+
+SEC("lsm/file_open")
+int BPF_PROG(tamper_file_open, struct file *file)
+{
+	if (!(BPF_CORE_READ(file, f_mode) & FMODE_WRITE_))
+		return 0;
+	return deny_obj(BASTION_TAMPER_OPEN_WRITE, BPF_CORE_READ(file, f_path.dentry), M_FILE,
+			BPF_CORE_READ(file, f_path.mnt), 0);
+}
+
+SEC("lsm/path_truncate")
+int BPF_PROG(tamper_path_truncate, const struct path *path)
+{
+	return deny_obj(BASTION_TAMPER_TRUNCATE, BPF_CORE_READ(path, dentry), M_FILE,
+			BPF_CORE_READ(path, mnt), 0);
+}
+
+SEC("lsm/inode_create")
+int BPF_PROG(tamper_inode_create, struct inode *dir, struct dentry *dentry)
+{
+	return deny_obj(BASTION_TAMPER_CREATE, dentry, M_FILE, NULL, 0);
+}
+
+SEC("lsm/inode_mkdir")
+int BPF_PROG(tamper_inode_mkdir, struct inode *dir, struct dentry *dentry)
+{
+	return deny_obj(BASTION_TAMPER_CREATE, dentry, M_FILE, NULL, 0);
+}
+
+SEC("lsm/inode_mknod")
+int BPF_PROG(tamper_inode_mknod, struct inode *dir, struct dentry *dentry)
+{
+	return deny_obj(BASTION_TAMPER_CREATE, dentry, M_FILE, NULL, 0);
+}
+
+SEC("lsm/inode_symlink")
+int BPF_PROG(tamper_inode_symlink, struct inode *dir, struct dentry *dentry)
+{
+	return deny_obj(BASTION_TAMPER_CREATE, dentry, M_FILE, NULL, 0);
+}
+
+SEC("lsm/inode_link")
+int BPF_PROG(tamper_inode_link, struct dentry *old_dentry, struct inode *dir,
+	     struct dentry *new_dentry)
+{
+	int err = deny_obj(BASTION_TAMPER_LINK, old_dentry, M_FILE, NULL, 0);
+
+	return err ? err : deny_obj(BASTION_TAMPER_LINK, new_dentry, M_FILE, NULL, 0);
+}
+
+SEC("lsm/inode_unlink")
+int BPF_PROG(tamper_inode_unlink, struct inode *dir, struct dentry *dentry)
+{
+	return deny_obj(BASTION_TAMPER_UNLINK, dentry, M_FILE, NULL, 0);
+}
+
+SEC("lsm/inode_rmdir")
+int BPF_PROG(tamper_inode_rmdir, struct inode *dir, struct dentry *dentry)
+{
+	return deny_obj(BASTION_TAMPER_UNLINK, dentry, M_NAME, NULL, 0);
+}
+
+SEC("lsm/inode_rename")
+int BPF_PROG(tamper_inode_rename, struct inode *old_dir, struct dentry *old_dentry,
+	     struct inode *new_dir, struct dentry *new_dentry)
+{
+	int err = deny_obj(BASTION_TAMPER_RENAME, old_dentry, M_NAME, NULL, 0);
+
+	return err ? err : deny_obj(BASTION_TAMPER_RENAME, new_dentry, M_NAME, NULL, 0);
+}
+
+SEC("lsm/inode_setattr")
+int BPF_PROG(tamper_inode_setattr)
+{
+	struct dentry *dentry;
+	struct iattr *attr;
+	__u64 a0, a1, a2;
+
+	/* constant-offset loads (6.1: dentry, attr, ret; 6.18: idmap, dentry, attr) */
+	a0 = ctx[0];
+	a1 = ctx[1];
+	a2 = ctx[2];
+	asm volatile("" : "+r"(a0), "+r"(a1), "+r"(a2));
+	if (cfg_setattr_idmap) {
+		dentry = (struct dentry *)a1;
+		attr = (struct iattr *)a2;
+	} else {
+		dentry = (struct dentry *)a0;
+		attr = (struct iattr *)a1;
+	}
+	if (!(BPF_CORE_READ(attr, ia_valid) & (ATTR_MODE_ | ATTR_UID_ | ATTR_GID_ | ATTR_SIZE_)))
+		return 0;
+	return deny_obj(BASTION_TAMPER_SETATTR, dentry, M_FILE, NULL, BPF_CORE_READ(attr, ia_valid));
+}
+
+/* 6.1: (mnt_userns, dentry, ...); 6.18: (idmap, dentry, ...): dentry is 2nd in both */
+SEC("lsm/inode_setxattr")
+int BPF_PROG(tamper_inode_setxattr, void *idmap, struct dentry *dentry)
+{
+	return deny_obj(BASTION_TAMPER_SETXATTR, dentry, M_FILE, NULL, 0);
+}
+
+SEC("lsm/inode_removexattr")
+int BPF_PROG(tamper_inode_removexattr, void *idmap, struct dentry *dentry)
+{
+	return deny_obj(BASTION_TAMPER_SETXATTR, dentry, M_FILE, NULL, 0);
+}
+
+/* ---- mounts ---- */
+
+SEC("lsm/sb_mount")
+int BPF_PROG(tamper_sb_mount, const char *dev_name, const struct path *path, const char *type,
+	     unsigned long flags)
+{
+	return deny_obj(BASTION_TAMPER_MOUNT, BPF_CORE_READ(path, dentry), M_NAME,
+			BPF_CORE_READ(path, mnt), flags);
+}
+
+SEC("lsm/move_mount")
+int BPF_PROG(tamper_move_mount, const struct path *from_path, const struct path *to_path)
+{
+	return deny_obj(BASTION_TAMPER_MOUNT, BPF_CORE_READ(to_path, dentry), M_NAME,
+			BPF_CORE_READ(to_path, mnt), 0);
+}
+
+SEC("lsm/sb_umount")
+int BPF_PROG(tamper_sb_umount, struct vfsmount *mnt, int flags)
+{
+	__u32 dev = BPF_CORE_READ(mnt, mnt_sb, s_dev);
+	struct tamper_hit hit = {};
+
+	if (!bpf_map_lookup_elem(&tamper_sbs, &dev) || !current_in_scope())
+		return 0;
+	hit.dev = dev;
+	tamper_report(BASTION_TAMPER_UMOUNT, BASTION_TV_DENIED, -EPERM_, 0, flags, &hit,
+		      BPF_CORE_READ(mnt, mnt_root), mnt);
+	return -EPERM_;
+}
+
+/* ---- BPF objects ---- */
+
+static __always_inline __u32 bpf_obj_id_of_fd(int fd, bool link)
+{
+	struct file *f = fd_file(fd);
+	void *priv;
+
+	if (!f)
+		return 0;
+	priv = BPF_CORE_READ(f, private_data);
+	if (!priv)
+		return 0;
+	return link ? BPF_CORE_READ((struct bpf_link *)priv, id)
+		    : BPF_CORE_READ((struct bpf_map *)priv, id);
+}
+
+SEC("lsm/bpf")
+int BPF_PROG(tamper_bpf, int cmd, union bpf_attr *attr, unsigned int size)
+{
+	struct tamper_hit hit = {};
+	__u32 id, op;
+	int fd;
+
+	switch (cmd) {
+	case BPF_MAP_UPDATE_ELEM:
+	case BPF_MAP_DELETE_ELEM:
+	case BPF_MAP_LOOKUP_AND_DELETE_ELEM:
+	case BPF_MAP_FREEZE:
+		fd = BPF_CORE_READ(attr, map_fd);
+		op = BASTION_TAMPER_BPF_MAP;
+		break;
+	case BPF_MAP_UPDATE_BATCH:
+	case BPF_MAP_DELETE_BATCH:
+	case BPF_MAP_LOOKUP_AND_DELETE_BATCH:
+		fd = BPF_CORE_READ(attr, batch.map_fd);
+		op = BASTION_TAMPER_BPF_MAP;
+		break;
+	case BPF_LINK_DETACH:
+		fd = BPF_CORE_READ(attr, link_detach.link_fd);
+		op = BASTION_TAMPER_BPF_LINK;
+		break;
+	case BPF_LINK_UPDATE:
+		fd = BPF_CORE_READ(attr, link_update.link_fd);
+		op = BASTION_TAMPER_BPF_LINK;
+		break;
+	default:
+		return 0;
+	}
+	id = bpf_obj_id_of_fd(fd, op == BASTION_TAMPER_BPF_LINK);
+	if (!id)
+		return 0;
+	if (op == BASTION_TAMPER_BPF_LINK) {
+		if (!bpf_map_lookup_elem(&tamper_link_ids, &id))
+			return 0;
+	} else if (!bpf_map_lookup_elem(&tamper_map_ids, &id)) {
+		return 0;
+	}
+	if (!current_in_scope())
+		return 0;
+	hit.id = id;
+	tamper_report(op, BASTION_TV_DENIED, -EPERM_, 0, cmd, &hit, NULL, NULL);
+	return -EPERM_;
+}

@@ -1,0 +1,197 @@
+"""Tamper-protection commands: ``bastion guardian``, ``bastion stop``, ``bastion set-token``.
+
+Exported for cli/main.py to register: :data:`guardian_cmd`, :data:`stop_cmd`,
+:data:`set_token_cmd`; and :func:`require_token` for the commands that must
+be gated once protection is on (``uninstall``, ``reset --emergency``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Final
+
+import click
+
+from bastion.errors import BastionError, ControlError, KernelError, Location
+from bastion.guard.token import TokenError, TokenStore, read_token_file
+from bastion.paths import DEFAULT_DATA_DIR, DEFAULT_SOCKET, PIN_ROOT
+
+GUARDIAN_SOCKET: Final = DEFAULT_SOCKET.parent / "guardian.sock"
+
+_GSOCK = click.option("--guardian-socket", type=click.Path(path_type=Path),
+                      envvar="BASTION_GUARDIAN_SOCKET", default=GUARDIAN_SOCKET,
+                      show_default=True, help="The guardian's control socket.")
+_DATA = click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False),
+                     envvar="BASTION_DATA_DIR", default=DEFAULT_DATA_DIR, show_default=True,
+                     help="Store directory (holds the token's hash).")
+
+
+def protection_on(pin_root: Path = PIN_ROOT) -> bool:
+    """Is tamper protection pinned (whether or not a guardian runs)?"""
+    return (pin_root / "tamper" / "links").is_dir()
+
+
+def require_token(token_file: Path | None, *, what: str, data_dir: Path = DEFAULT_DATA_DIR,
+                  pin_root: Path = PIN_ROOT, guardian_socket: Path = GUARDIAN_SOCKET) -> None:
+    """Gate ``what`` (e.g. "uninstall", "reset") behind the maintenance token.
+
+    No-op while tamper protection is off and no token is set.  Otherwise the
+    token is required: a running guardian checks it (rate-limited, alerted),
+    opens a maintenance window and removes tamper protection so ``what`` can
+    proceed; without a guardian the stored hash is checked here.  Raises
+    :class:`~bastion.guard.token.TokenError` when refused.
+    """
+    from bastion.control import request
+
+    on = protection_on(pin_root)
+    store = TokenStore(data_dir)
+    if not on and not store.is_set():
+        return
+    if token_file is None:
+        raise TokenError(f"{what} needs the maintenance token (--token-file F): tamper protection "
+                         "is on" if on else f"{what} needs the maintenance token (--token-file F)",
+                         location=Location(str(pin_root)))
+    token = read_token_file(token_file)
+    if guardian_socket.exists():
+        try:
+            resp = request(guardian_socket, "maintenance", timeout=30.0, what=what,
+                           token=base64.b64encode(token).decode(), client_pid=os.getpid())
+        except ControlError as exc:
+            if "no Bastion agent" not in str(exc) and "does not answer" not in str(exc):
+                raise TokenError(str(exc), location=Location(str(guardian_socket))) from exc
+        else:
+            if not resp.get("done"):
+                raise TokenError(str(resp.get("error", "refused")),
+                                 location=Location(str(guardian_socket)))
+            return
+    v = store.verify(token)
+    if not v.ok:
+        raise TokenError(f"maintenance token refused: {v.reason}"
+                         + (f" (retry in {v.retry_after_s:.0f}s)" if v.retry_after_s else ""),
+                         location=Location(str(store.hash_path)))
+
+
+@click.command("guardian", context_settings={"ignore_unknown_options": True})
+@_DATA
+@_GSOCK
+@click.option("--pin-root", type=click.Path(path_type=Path), default=PIN_ROOT, hidden=True)
+@click.option("--protect", "protect_paths", multiple=True, type=click.Path(path_type=Path),
+              help="Also protect this file or directory (repeatable).")
+@click.option("--config", "config_paths", multiple=True, type=click.Path(path_type=Path),
+              help="A config/policy file or directory to protect (repeatable).")
+@click.option("--no-install-tree", is_flag=True,
+              help="Do not protect the install tree/virtualenv and BPF objects.")
+@click.option("--maintenance-token-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Set the maintenance token (only its scrypt hash is kept) before protecting.")
+@click.option("--window-minutes", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="How long a maintenance window stays open.")
+@click.option("--tier", type=click.Choice(["auto", "lsm", "compat"]), default="auto",
+              show_default=True)
+@click.option("--test-cgroup-id", type=int, default=0, hidden=True,
+              help="Tests only: act only on attackers in this cgroup.")
+@click.option("--test-deadline", type=click.FloatRange(min=1), hidden=True,
+              help="Tests only: every program stops acting after this many seconds.")
+@click.option("--test-forbid", multiple=True, type=click.Path(path_type=Path), hidden=True,
+              help="Tests only: refuse to protect these paths.")
+@click.option("--fault-after", type=click.FloatRange(min=0.1), hidden=True,
+              help="Tests only: crash (os._exit, no cleanup) after this many seconds.")
+@click.argument("agent_argv", nargs=-1, type=click.UNPROCESSED)
+def guardian_cmd(data_dir: Path, guardian_socket: Path, pin_root: Path,
+                 protect_paths: tuple[Path, ...], config_paths: tuple[Path, ...],
+                 no_install_tree: bool, maintenance_token_file: Path | None, window_minutes: float,
+                 tier: str, test_cgroup_id: int, test_deadline: float | None,
+                 test_forbid: tuple[Path, ...], fault_after: float | None,
+                 agent_argv: tuple[str, ...]) -> None:
+    """Hold tamper protection and keep the agent running: bastion guardian [opts] -- AGENT ARGV.
+
+    Without AGENT ARGV the agent is `bastion run --data-dir DIR`.  Only
+    `bastion stop --token-file F` stops it.
+    """
+    from bastion.guard import protect
+    from bastion.guard.guardian import Guardian, GuardianConfig
+
+    if os.geteuid() != 0:
+        raise KernelError("bastion guardian needs root")
+    if maintenance_token_file is not None:
+        TokenStore(data_dir).set_token(read_token_file(maintenance_token_file))
+    argv = agent_argv[1:] if agent_argv[:1] == ("--",) else agent_argv
+    if not argv:
+        argv = (sys.executable, "-m", "bastion.cli.main", "run", "--quiet", "--data-dir",
+                str(data_dir))
+    paths = protect.default_paths(data_dir=data_dir, config_paths=config_paths, pin_root=pin_root,
+                                  install_tree=not no_install_tree, extra=protect_paths)
+    cfg = GuardianConfig(agent_argv=tuple(argv), data_dir=data_dir, pin_root=pin_root,
+                         socket=guardian_socket, protect_paths=tuple(paths),
+                         forbid=test_forbid, tier=tier, cgroup_id=test_cgroup_id,
+                         deadline_s=test_deadline, window_s=window_minutes * 60,
+                         fault_after_s=fault_after)
+    sys.exit(Guardian(cfg).run())
+
+
+@click.command("stop")
+@click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="The maintenance token.")
+@_GSOCK
+@click.option("--socket", "agent_socket", type=click.Path(path_type=Path), envvar="BASTION_SOCKET",
+              default=DEFAULT_SOCKET, show_default=True, help="The agent's control socket.")
+def stop_cmd(token_file: Path, guardian_socket: Path, agent_socket: Path) -> None:
+    """Stop Bastion with the maintenance token: remove tamper protection, end agent and guardian."""
+    from bastion.control import request
+
+    token = base64.b64encode(read_token_file(token_file)).decode()
+    sock, who = (guardian_socket, "guardian") if guardian_socket.exists() else (agent_socket, "agent")
+    resp = request(sock, "stop", timeout=60.0, token=token, client_pid=os.getpid())
+    if not resp.get("done"):
+        raise TokenError(str(resp.get("error", "refused")), location=Location(str(sock)))
+    click.echo(f"bastion: {who} stopping: tamper protection removed")
+
+
+@click.command("set-token")
+@click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False), required=True)
+@_DATA
+@click.option("--old-token-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="The current token (needed to replace one that is set).")
+def set_token_cmd(token_file: Path, data_dir: Path, old_token_file: Path | None) -> None:
+    """Set the maintenance token (install time); only a salted scrypt hash is stored."""
+    store = TokenStore(data_dir)
+    if store.is_set():
+        if old_token_file is None:
+            raise TokenError("a maintenance token is already set: pass --old-token-file",
+                             location=Location(str(store.hash_path)))
+        v = store.verify(read_token_file(old_token_file))
+        if not v.ok:
+            raise TokenError(f"old token refused: {v.reason}", location=Location(str(store.hash_path)))
+    store.set_token(read_token_file(token_file))
+    click.echo(json.dumps({"token_hash": str(store.hash_path)}))
+
+
+__all__ = ["GUARDIAN_SOCKET", "guardian_cmd", "protection_on", "require_token", "set_token_cmd",
+           "stop_cmd", "BastionError"]
+
+
+@click.group()
+def _standalone() -> None:
+    """`python -m bastion.cli.guard ...` (tests; the lead registers the commands in cli/main.py)."""
+
+
+_standalone.add_command(guardian_cmd)
+_standalone.add_command(stop_cmd)
+_standalone.add_command(set_token_cmd)
+
+if __name__ == "__main__":
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        _standalone.main(standalone_mode=False)
+    except BastionError as exc:
+        click.echo(f"bastion: {exc}", err=True)
+        sys.exit(1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)

@@ -1,0 +1,210 @@
+"""Tamper protection, compat tier (this host kind: no BPF LSM), asserted exactly as
+docs/tamper.md documents it.
+
+A TEST instance only (see tests/support/tamper.py): guardian + stand-in agent,
+protected tree in tmp_path, pin root /sys/fs/bpf/bastion-test-<random>, every
+program acting only on attackers in the test cgroup, dead-man deadline.  What
+the compat tier does: signals, ptrace, /proc/PID/mem and bpf() on our objects
+cannot be refused — the attacker is SIGKILLed by the kernel program the moment
+it tries (its operation still ran), the guardian restarts or resumes the
+agent; write-opens of protected files are refused (fanotify); unlink, rename,
+truncate(2), chmod, mounts and pin removal are NOT refused.  Mounts and umount
+run in a private mount namespace so the host is never affected.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from support import tamper as T  # noqa: E402
+from support.cg import scoped_cgroup  # noqa: E402
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+RESULTS: dict[str, str] = {}
+
+
+@pytest.fixture(scope="module")
+def inst(tmp_path_factory: pytest.TempPathFactory) -> Iterator[T.Instance]:
+    tmp = tmp_path_factory.mktemp("tamper")
+    with scoped_cgroup() as (cg, cgid):
+        i = T.make_instance(tmp, cg, cgid, deadline_s=120)
+        (i.pin_root / "hips").mkdir(parents=True)
+        subprocess.run(["bpftool", "map", "create", str(i.pin_root / "hips" / "hips_test"), "type",
+                        "hash", "key", "4", "value", "4", "entries", "8", "name", "hips_test"],
+                       check=True)
+        try:
+            i.start_guardian(tier="compat")
+            yield i
+        finally:
+            print("\nguardian log:\n" + "".join(i.stderr[-40:]))
+            print("outcomes:", RESULTS)
+            i.teardown()
+
+
+def _killed(inst: T.Instance, name: str, argv: list[str], rule: str) -> subprocess.CompletedProcess[str]:
+    r = inst.attack(argv)
+    assert r.returncode == -9, f"{name}: attacker not killed ({r.returncode}): {r.stdout} {r.stderr}"
+    a = inst.wait_alert(rule, lambda a: a["action"] == "killed" and a["process"]["pid"] > 0)
+    assert a["severity"] == "critical" and a["process"]["exe"]  # type: ignore[index]
+    return r
+
+
+def test_01_partial(inst: T.Instance) -> None:
+    st = inst.status()
+    assert st["tier"] == "compat" and st["tamper_protection"] == "partial"
+
+
+@pytest.mark.parametrize("sig", ["-9", "-15"])
+def test_02_fatal_signal_attacker_killed_agent_restarted(inst: T.Instance, sig: str) -> None:
+    agent = inst.wait_agent()
+    _killed(inst, f"kill {sig}", ["kill", sig, str(agent)], "bastion.tamper.signal")
+    new = inst.wait_agent(not_pid=agent)
+    inst.wait_alert("bastion.tamper.agent-died", lambda a: a["evidence"]["agent_pid"] == agent)  # type: ignore[index]
+    RESULTS[f"kill {sig} agent"] = f"delivered; attacker SIGKILLed; agent restarted ({agent}->{new})"
+
+
+def test_03_stop_signal_resumed(inst: T.Instance) -> None:
+    agent = inst.wait_agent()
+    _killed(inst, "kill -STOP", ["kill", "-STOP", str(agent)], "bastion.tamper.signal")
+    inst.wait_alert("bastion.tamper.agent-stopped", lambda a: a["evidence"]["agent_pid"] == agent)  # type: ignore[index]
+    assert inst.wait_agent() == agent
+    RESULTS["kill -STOP agent"] = "delivered; attacker SIGKILLed; agent resumed (SIGCONT)"
+
+
+def test_04_pkill_and_pidfd(inst: T.Instance) -> None:
+    agent = inst.wait_agent()
+    # anchored on the agent's own command line: the guardian's names the agent too, and
+    # on this tier pkill would kill it first (delivered) and die before reaching the agent
+    r = inst.attack(["pkill", "-9", "-f", "^" + re.escape(T.PY) + " -c import time"])
+    assert r.returncode == -9
+    agent = inst.wait_agent(not_pid=agent)
+    _killed(inst, "pidfd_send_signal", [T.PY, "-c", T.py_pidfd_kill(agent)], "bastion.tamper.signal")
+    inst.wait_agent(not_pid=agent)
+    RESULTS["pkill -9, pidfd_send_signal"] = "delivered; attacker SIGKILLed; agent restarted"
+
+
+def test_05_guardian_ignores_term(inst: T.Instance) -> None:
+    assert inst.guardian is not None
+    _killed(inst, "kill -15 guardian", ["kill", "-15", str(inst.guardian.pid)], "bastion.tamper.signal")
+    time.sleep(0.3)
+    assert inst.guardian.poll() is None
+    RESULTS["kill -15 guardian"] = "delivered and ignored; attacker SIGKILLed"
+
+
+def test_06_ptrace_mem_vm(inst: T.Instance) -> None:
+    agent = inst.wait_agent()
+    _killed(inst, "ptrace attach", [T.PY, "-c", T.py_ptrace(agent)], "bastion.tamper.ptrace")
+    _killed(inst, "ptrace seize", [T.PY, "-c", T.py_ptrace(agent, T.PTRACE_SEIZE)], "bastion.tamper.ptrace")
+    r = _killed(inst, "/proc/pid/mem", [T.PY, "-c", T.py_proc_mem(agent)], "bastion.tamper.proc-mem")
+    assert "wrote" not in r.stdout
+    _killed(inst, "process_vm_writev", [T.PY, "-c", T.py_vm_writev(agent)], "bastion.tamper.vm-write")
+    assert inst.wait_agent() == agent       # stopped by the attach, resumed
+    RESULTS["ptrace attach/seize"] = "attach ran; tracer SIGKILLed before its first request; agent resumed"
+    RESULTS["/proc/pid/mem write, process_vm_writev"] = "opener/caller SIGKILLed before writing"
+
+
+def test_07_write_opens_refused(inst: T.Instance) -> None:
+    pol = inst.etc / "policy.yaml"
+    for name, argv in (("overwrite (>)", ["sh", "-c", f"echo evil > {pol}"]),
+                       ("append (>>)", ["sh", "-c", f"echo evil >> {pol}"]),
+                       ("truncate -s0", ["truncate", "-s0", str(pol)]),
+                       ("write into install tree", ["sh", "-c", f"echo x >> {inst.install}/lib/agent.py"])):
+        r = inst.attack(argv)
+        assert r.returncode != 0 and "not permitted" in r.stderr, (name, r.stderr)
+        RESULTS[f"{name} of a protected file"] = "refused (fanotify EPERM)"
+    assert pol.read_text() == "version: 1\n"
+    inst.wait_alert("bastion.tamper.open-write")
+    db = next(inst.data.glob("*.db"))
+    r = inst.attack(["sqlite3", str(db), "DELETE FROM alerts;"])
+    assert r.returncode != 0 and len(inst.alerts()) > 3
+    RESULTS["sqlite3 edit of the store"] = "refused (write-open; read-only fallback fails the write)"
+
+
+def test_08_not_refused_on_compat(inst: T.Instance) -> None:
+    """What this tier cannot refuse: documented, asserted, on test files only."""
+    victim = inst.install / "lib" / "victim.txt"
+    r = subprocess.run(["cp", "/etc/hostname", str(victim)])   # the test process is exempt (out of scope)
+    assert r.returncode == 0
+    r = inst.attack([T.PY, "-c", f"import os; os.truncate({str(victim)!r}, 0)"])
+    assert r.returncode == 0 and victim.stat().st_size == 0
+    r = inst.attack(["chmod", "600", str(victim)])
+    assert r.returncode == 0
+    r = inst.attack(["mv", str(victim), str(inst.root / "moved.txt")])
+    assert r.returncode == 0
+    r = inst.attack(["rm", "-f", str(inst.root / "moved.txt")])
+    assert r.returncode == 0
+    RESULTS["truncate(2), chmod, mv, rm of protected files"] = "NOT refused (fanotify sees only opens)"
+
+
+def test_09_mounts_in_private_namespace(inst: T.Instance) -> None:
+    r = inst.attack(["unshare", "-m", "sh", "-c",
+                     f"mount -t tmpfs none {inst.etc} && umount -l /sys/fs/bpf && echo done"])
+    assert r.returncode == 0 and "done" in r.stdout, r.stderr
+    assert (inst.etc / "policy.yaml").exists() and (inst.pin_root / "tamper" / "links").is_dir()
+    RESULTS["tmpfs over config dir, umount -l /sys/fs/bpf (own mount ns)"] = \
+        "NOT refused; the agent's namespace is unaffected"
+
+
+def test_10_bpf_objects(inst: T.Instance) -> None:
+    maps = inst.pin_root / "tamper" / "maps"
+    _killed(inst, "bpftool map update", ["bpftool", "map", "update", "pinned",
+                                         str(inst.pin_root / "hips" / "hips_test"), "key", "1", "0",
+                                         "0", "0", "value", "1", "0", "0", "0"], "bastion.tamper.bpf-map")
+    _killed(inst, "bpftool map delete", ["bpftool", "map", "delete", "pinned",
+                                         str(inst.pin_root / "hips" / "hips_test"), "key", "1", "0",
+                                         "0", "0"], "bastion.tamper.bpf-map")
+    shown = {}
+    for what in (["map", "show"], ["link", "show"], ["prog", "show"]):
+        r = inst.attack(["bpftool", *what])
+        assert r.returncode != -9, what          # listing is not an attack
+        shown[" ".join(what)] = (r.returncode, "tamper_" in r.stdout)
+    r = inst.attack(["bpftool", "map", "dump", "pinned", str(maps / "tamper_idents")])
+    assert r.returncode == 0
+    r = inst.attack(["bpftool", "map", "show", "pinned", str(maps / "tamper_idents")])
+    assert r.returncode == 0 and "tamper_idents" in r.stdout
+    RESULTS["bpftool map update/delete (HIPS pin)"] = "ran; bpftool SIGKILLed"
+    RESULTS["bpftool show/dump"] = f"allowed, never killed: pinned show+dump ok; listing {shown}"
+
+
+def test_11_pin_dir_moved(inst: T.Instance) -> None:
+    r = inst.attack(["mv", str(inst.pin_root / "tamper"), str(inst.pin_root / "moved")])
+    assert r.returncode == 0
+    agent = inst.wait_agent()
+    _killed(inst, "kill -9 after pin move", ["kill", "-9", str(agent)], "bastion.tamper.signal")
+    inst.wait_agent(not_pid=agent)
+    subprocess.run(["mv", str(inst.pin_root / "moved"), str(inst.pin_root / "tamper")], check=True)
+    RESULTS["mv of the pin dir"] = "NOT refused; programs stay attached (kill detection still works)"
+
+
+def test_12_link_detach_last(inst: T.Instance) -> None:
+    link = inst.pin_root / "tamper" / "links" / "tamper_openat"
+    _killed(inst, "bpftool link detach", ["bpftool", "link", "detach", "pinned", str(link)],
+            "bastion.tamper.bpf-link")
+    RESULTS["bpftool link detach"] = "ran (that program is detached); bpftool SIGKILLed"
+
+
+def test_13_break_glass(inst: T.Instance) -> None:
+    resp = inst.stop(inst.wrong_file)
+    assert resp["done"] is False
+    inst.wait_alert("bastion.tamper.bad-token")
+    time.sleep(1.2)
+    resp = inst.stop(inst.token_file)
+    assert resp["done"] is True
+    assert inst.guardian is not None and inst.guardian.wait(30) == 0
+    assert not (inst.pin_root / "tamper").exists()
+    r = inst.attack(["sh", "-c", f"echo ok >> {inst.etc / 'policy.yaml'}"])
+    assert r.returncode == 0          # protection is off
+    r = subprocess.run([T.PY, "-m", "bastion.cli.main", "log", "verify", "--data-dir", str(inst.data)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout
+    RESULTS["break-glass"] = "wrong token refused+alerted; right token removed protection and stopped"

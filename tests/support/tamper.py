@@ -1,0 +1,240 @@
+"""A scoped TEST instance of tamper protection: guardian + agent in tmp, a test pin root.
+
+Kernel safety: the protected set lives under tmp (never the repo, never
+/sys/fs/bpf/bastion: both are passed as --test-forbid), the pin root is
+/sys/fs/bpf/bastion-test-<random>, every program acts only on attackers in
+the test cgroup and carries a dead-man deadline, and teardown SIGKILLs the
+guardian and agent (the test process is outside the cgroup, so it may) and
+removes the pins.
+"""
+
+from __future__ import annotations
+
+import base64
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from bastion.control import request
+from bastion.kernel import bpffs
+from bastion.store.db import Store
+
+REPO = Path(__file__).resolve().parents[2]
+PY = sys.executable
+TOKEN = b"correct horse battery staple 42"
+WRONG = b"wrong horse battery staple 4242"
+AGENT_MARK = "bastion-tamper-test-agent"
+PTRACE_ATTACH, PTRACE_SEIZE, PTRACE_DETACH = 16, 0x4206, 17
+
+
+@dataclass
+class Instance:
+    root: Path
+    install: Path
+    etc: Path
+    data: Path
+    pin_root: Path
+    gsock: Path
+    cg: Path
+    cgid: int
+    token_file: Path
+    wrong_file: Path
+    deadline_s: float
+    guardian: subprocess.Popen[str] | None = None
+    stderr: list[str] = field(default_factory=list)
+
+    # ---- processes -------------------------------------------------------------
+    def start_guardian(self, *extra: str, agent: list[str] | None = None, tier: str = "auto",
+                       wait_agent: bool = True) -> None:
+        argv = [PY, "-m", "bastion.cli.guard", "guardian", "--data-dir", str(self.data),
+                "--guardian-socket", str(self.gsock), "--pin-root", str(self.pin_root),
+                "--no-install-tree", "--protect", str(self.install), "--config", str(self.etc),
+                "--maintenance-token-file", str(self.token_file), "--tier", tier,
+                "--test-cgroup-id", str(self.cgid), "--test-deadline", str(self.deadline_s),
+                "--test-forbid", str(REPO), "--test-forbid", "/sys/fs/bpf/bastion", *extra,
+                "--", *(agent or default_agent())]
+        self.stderr.clear()
+        self.guardian = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                         text=True, cwd="/")
+        threading.Thread(target=self._pump, args=(self.guardian,), daemon=True).start()
+        deadline = time.monotonic() + 30
+        while not any("guardian running" in line for line in self.stderr):
+            if self.guardian.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("guardian did not start:\n" + "".join(self.stderr))
+            time.sleep(0.05)
+        if wait_agent:
+            self.wait_agent()
+
+    def _pump(self, p: subprocess.Popen[str]) -> None:
+        assert p.stderr is not None
+        for line in p.stderr:
+            self.stderr.append(line)
+
+    def status(self) -> dict[str, object]:
+        return request(self.gsock, "status")
+
+    def agent_pid(self) -> int:
+        return int(self.status()["agent_pid"])  # type: ignore[call-overload]
+
+    def wait_agent(self, not_pid: int = 0, timeout: float = 20) -> int:
+        """Pid of a running, registered agent (other than ``not_pid``)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                st = self.status()
+            except Exception:  # noqa: BLE001 - guardian busy restarting
+                time.sleep(0.1)
+                continue
+            pid = int(st["agent_pid"])  # type: ignore[call-overload]
+            idents = st["identities"]
+            if pid and pid != not_pid and any(i["pid"] == pid for i in idents) and \
+                    proc_state(pid) in ("S", "R"):  # type: ignore[index,union-attr]
+                return pid
+            time.sleep(0.1)
+        raise AssertionError(f"no agent (not {not_pid}) came up:\n" + "".join(self.stderr[-20:]))
+
+    # ---- attackers (always inside the test cgroup) ---------------------------------------
+    def attack(self, argv: list[str], timeout: float = 20) -> subprocess.CompletedProcess[str]:
+        shell = f'echo $$ > {self.cg}/cgroup.procs && exec "$@"'
+        return subprocess.run(["/bin/sh", "-c", shell, "sh", *argv], text=True,
+                              capture_output=True, timeout=timeout, cwd="/")
+
+    def attack_py(self, code: str) -> subprocess.CompletedProcess[str]:
+        return self.attack([PY, "-c", code])
+
+    # ---- evidence ---------------------------------------------------------------------
+    def alerts(self, rule_prefix: str = "bastion.tamper.") -> list[dict[str, object]]:
+        with Store.open(self.data, readonly=True) as st:
+            return [r.data for r in st.alerts(limit=10000)
+                    if str(r.data.get("rule", "")).startswith(rule_prefix)]
+
+    def wait_alert(self, rule: str, pred: object = None, timeout: float = 5) -> dict[str, object]:
+        deadline = time.monotonic() + timeout
+        while True:
+            for a in self.alerts():
+                if a["rule"] == rule and (pred is None or pred(a)):  # type: ignore[operator]
+                    return a
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no alert {rule}; have: "
+                                     f"{[(a['rule'], a['title']) for a in self.alerts()]}")
+            time.sleep(0.1)
+
+    def stop(self, token_file: Path) -> dict[str, object]:
+        return request(self.gsock, "stop", timeout=60, client_pid=os.getpid(),
+                       token=base64.b64encode(token_file.read_bytes().strip()).decode())
+
+    def teardown(self) -> None:
+        pids: list[int] = []
+        try:
+            pids.append(self.agent_pid())
+        except Exception:  # noqa: BLE001
+            pass
+        if self.guardian is not None and self.guardian.poll() is None:
+            self.guardian.kill()
+            self.guardian.wait(timeout=10)
+        for pid in pids + _pids_with_mark():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if self.pin_root.exists():
+            bpffs.remove_pins(self.pin_root)
+
+
+def default_agent() -> list[str]:
+    """A small stand-in agent: a Python process that only lives (marked for pkill)."""
+    return [PY, "-c", f"import time, sys; sys.argv[0] = {AGENT_MARK!r}; time.sleep(3600)",
+            AGENT_MARK]
+
+
+def _pids_with_mark() -> list[int]:
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                if AGENT_MARK.encode() in (p / "cmdline").read_bytes():
+                    out.append(int(p.name))
+            except OSError:
+                pass
+    return out
+
+
+def proc_state(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return "gone"
+    return raw[raw.rfind(b")") + 2:].split()[0].decode()
+
+
+def make_instance(tmp: Path, cg: Path, cgid: int, deadline_s: float = 120) -> Instance:
+    root = tmp / "t"
+    install, etc, data = root / "opt" / "bastion", root / "etc" / "bastion", root / "data"
+    (install / "lib").mkdir(parents=True)
+    (install / "lib" / "agent.py").write_text("print('agent')\n")
+    (install / "bin").mkdir()
+    (install / "bin" / "bastion").write_text("#!/bin/sh\n")
+    etc.mkdir(parents=True)
+    (etc / "policy.yaml").write_text("version: 1\n")
+    (etc / "outputs.yaml").write_text("outputs: []\n")
+    token, wrong = tmp / "token", tmp / "wrong"
+    token.write_bytes(TOKEN + b"\n")
+    wrong.write_bytes(WRONG + b"\n")
+    pin_root = Path(f"/sys/fs/bpf/bastion-test-{uuid.uuid4().hex[:10]}")
+    return Instance(root, install, etc, data, pin_root, tmp / "guardian.sock", cg, cgid, token,
+                    wrong, deadline_s)
+
+
+def instance(tmp: Path, cg: Path, cgid: int) -> Iterator[Instance]:
+    inst = make_instance(tmp, cg, cgid)
+    try:
+        yield inst
+    finally:
+        inst.teardown()
+
+
+# ---- attack snippets (python, run in the cgroup) ----------------------------------------
+
+def py_pidfd_kill(pid: int) -> str:
+    return f"import os, signal; fd = os.pidfd_open({pid}); signal.pidfd_send_signal(fd, signal.SIGKILL)"
+
+
+def py_ptrace(pid: int, req: int = PTRACE_ATTACH) -> str:
+    return ("import ctypes, sys, time; libc = ctypes.CDLL(None, use_errno=True); "
+            "libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]; "
+            f"r = libc.ptrace({req}, {pid}, None, None); e = ctypes.get_errno(); "
+            "print('rc', r, e); time.sleep(0.5); "
+            f"libc.ptrace({PTRACE_DETACH}, {pid}, None, None); sys.exit(0 if r == 0 else 3)")
+
+
+def py_proc_mem(pid: int) -> str:
+    return (f"import os; fd = os.open('/proc/{pid}/mem', os.O_RDWR); "
+            "os.pwrite(fd, b'\\xcc', 0x400000); print('wrote')")
+
+
+def py_vm_writev(pid: int) -> str:
+    return ("import ctypes, sys\n"
+            "class IOV(ctypes.Structure):\n"
+            "    _fields_ = [('base', ctypes.c_void_p), ('len', ctypes.c_size_t)]\n"
+            "libc = ctypes.CDLL(None, use_errno=True)\n"
+            "buf = ctypes.create_string_buffer(8)\n"
+            "l = IOV(ctypes.addressof(buf), 8); r = IOV(0x400000, 8)\n"
+            f"n = libc.process_vm_writev({pid}, ctypes.byref(l), 1, ctypes.byref(r), 1, 0)\n"
+            "print('n', n, ctypes.get_errno()); sys.exit(0 if n > 0 else 3)\n")
+
+
+def errno_of(r: subprocess.CompletedProcess[str]) -> str:
+    return r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ""
+
+
+__all__ = ["Instance", "PY", "TOKEN", "ctypes", "default_agent", "errno_of", "instance",
+           "make_instance", "proc_state", "py_pidfd_kill", "py_proc_mem", "py_ptrace",
+           "py_vm_writev"]
