@@ -171,8 +171,11 @@ class AgentProcess:
     """``bastion run --quiet`` in its own temp dir; a context manager that
     always stops it (SIGTERM, then SIGKILL after a timeout) and cleans up."""
 
-    def __init__(self, *, ready_timeout: float = 30.0) -> None:
+    def __init__(self, *, ready_timeout: float = 30.0, extra_args: Sequence[str] = (),
+                 pin_root: Path | None = None) -> None:
         self.ready_timeout = ready_timeout
+        self.extra_args = list(extra_args)
+        self.pin_root = pin_root  # pins the agent leaves (HIPS) are removed after stop
         self.dir = Path(tempfile.mkdtemp(prefix="bastion-bench-"))
         self.socket = self.dir / "ctl" / "s.sock"
         self.proc: subprocess.Popen[str] | None = None
@@ -198,7 +201,9 @@ class AgentProcess:
 
     def start(self) -> AgentProcess:
         cmd = [str(BASTION), "run", "--quiet", "--data-dir", str(self.dir / "data"),
-               "--socket", str(self.socket)]
+               "--socket", str(self.socket), *self.extra_args]
+        if self.pin_root is not None:
+            cmd += ["--pin-root", str(self.pin_root)]
         t0 = time.monotonic()
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True)
@@ -253,6 +258,9 @@ class AgentProcess:
             m = _STOPPED.search(line)
             if m:
                 self.stop_summary = StopSummary(int(m[1]), int(m[2]), int(m[3]), line)
+        if self.pin_root is not None and self.pin_root.exists():
+            subprocess.run([str(BASTION), "reset", "--emergency", "--pin-root", str(self.pin_root)],
+                           check=True, capture_output=True, timeout=60)
         shutil.rmtree(self.dir, ignore_errors=True)
         return self.stop_summary
 
@@ -293,7 +301,8 @@ class Comparison:
             f"{unit_per_iter(median(on))})")
 
 
-def interleaved(session: Session, rounds: int, *, settle_s: float = 0.5) -> Comparison:
+def interleaved(session: Session, rounds: int, *, settle_s: float = 0.5,
+                agent: Callable[[], AgentProcess] = AgentProcess) -> Comparison:
     """Warm-up pair, then ``rounds`` off/on pairs in ABBA order.
 
     ``session`` runs the workloads once and returns their results by name; an
@@ -309,12 +318,12 @@ def interleaved(session: Session, rounds: int, *, settle_s: float = 0.5) -> Comp
             res = session()
             agent_note = ""
         else:
-            with AgentProcess() as agent:
+            with agent() as agent_proc:
                 time.sleep(settle_s)
-                cpu0 = agent.cpu_s()
+                cpu0 = agent_proc.cpu_s()
                 res = session()
-                summary = agent.stop()
-                cpu = agent.total_cpu_s - cpu0  # the loops, the backlog after them, the stop
+                summary = agent_proc.stop()
+                cpu = agent_proc.total_cpu_s - cpu0  # the loops, the backlog after them, the stop
             events = summary.events if summary else -1
             drops = summary.drops if summary else -1
             agent_note = f"  [agent: {cpu:.2f}s CPU for the session, {events} events, {drops} dropped]"
