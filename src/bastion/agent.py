@@ -309,6 +309,18 @@ class Agent:
             except BastionError as exc:
                 log.warning("integrity scan failed: %s", exc)
 
+    def _open_optional(self, part: Any, rule: str, what: str) -> bool:
+        """Open an optional part; when it cannot, say so loudly and go on without it."""
+        try:
+            part.open()
+            return True
+        except BastionError as exc:
+            log.warning("%s: %s", what, exc)
+            self._pending.append(Finding(
+                rule=f"bastion.respond.{rule}", title=f"{what}: {exc}", severity="medium",
+                attack=(), action="alert", event=None, pid=os.getpid()))
+            return False
+
     def process(self, batch: list[Event]) -> None:
         rows = []
         by_type = self.summary.by_type
@@ -346,27 +358,14 @@ class Agent:
             for s in self.sensors:
                 s.open()
                 opened.append(s)
-            if self.quarantine is not None:
-                try:
-                    self.quarantine.open()
-                except BastionError as exc:
-                    log.warning("quarantine unavailable, kill instead: %s", exc)
-                    self._pending.append(Finding(
-                        rule="bastion.respond.quarantine_unavailable",
-                        title=f"Quarantine cannot load here; rules asking for it kill instead: {exc}",
-                        severity="medium", attack=(), action="alert", event=None, pid=os.getpid()))
-                    self.quarantine = None
-                    self.dispatcher.quarantine = None
-            if self.shadow is not None:
-                try:
-                    self.shadow.open()
-                except BastionError as exc:
-                    log.warning("ransomware shield unavailable: %s", exc)
-                    self._pending.append(Finding(
-                        rule="bastion.respond.shadow_unavailable",
-                        title=f"Ransomware shield (shadow copies) cannot start: {exc}",
-                        severity="medium", attack=(), action="alert", event=None, pid=os.getpid()))
-                    self.shadow = None
+            if self.quarantine is not None and not self._open_optional(
+                    self.quarantine, "quarantine_unavailable",
+                    "Quarantine cannot load here; rules asking for it kill instead"):
+                self.quarantine = self.dispatcher.quarantine = None
+            if self.shadow is not None and not self._open_optional(
+                    self.shadow, "shadow_unavailable",
+                    "Ransomware shield (shadow copies) cannot start"):
+                self.shadow = None
             if self.policies is not None and self.policy.hips.rules:
                 applied = self.policies.apply(self.policy, **self.apply_opts)
                 for d in applied.degraded:

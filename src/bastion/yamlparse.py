@@ -91,7 +91,8 @@ class NodeParser:
             return None
         return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
 
-    def integer(self, node: yaml.Node, what: str, minimum: int = 0) -> int | None:
+    def integer(self, node: yaml.Node, what: str, minimum: int = 0,
+                maximum: int | None = None) -> int | None:
         text = self.scalar(node, what)
         if text is None:
             return None
@@ -100,7 +101,23 @@ class NodeParser:
         except ValueError:
             self.err(node, f"{what}: {text!r} is not an integer")
             return None
-        if v < minimum:
-            self.err(node, f"{what} must be at least {minimum}")
+        if v < minimum or (maximum is not None and v > maximum):
+            self.err(node, f"{what} must be {minimum}..{maximum}" if maximum is not None
+                     else f"{what} must be at least {minimum}")
             return None
         return v
+
+    def boolean(self, node: yaml.Node, what: str) -> bool | None:
+        if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:bool":
+            return str(node.value).lower() in ("true", "yes", "on", "y")
+        self.err(node, f"{what} must be true or false")
+        return None
+
+    def choice(self, node: yaml.Node, what: str, known: tuple[str, ...] | list[str]) -> str | None:
+        text = self.scalar(node, what)
+        if text is None:
+            return None
+        if text not in known:
+            self.err(node, f"{what}: {text!r} is not one of {', '.join(known)}")
+            return None
+        return text

@@ -45,6 +45,7 @@ from typing import Callable, Final
 
 import yaml
 
+from bastion.yamlparse import NodeParser
 from bastion.errors import ConfigError, Location
 from bastion.outputs.base import DEFAULT_QUEUE
 from bastion.outputs.formats import FORMATS
@@ -53,11 +54,6 @@ from bastion.outputs.syslog import FACILITIES, TRANSPORTS
 OUTPUT_TYPES: Final = ("jsonl", "ocsf", "syslog", "webhook")
 DEFAULT_METRICS_PORT: Final = 9469
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)\s*$")
-_DUR_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|KB|MB|GB)?\s*$")
-_SIZE_UNITS: Final = {None: 1, "B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30,
-                      "KB": 10**3, "MB": 10**6, "GB": 10**9}
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -122,89 +118,8 @@ def _split_hostport(text: str, default_port: int | None) -> tuple[str, int] | st
     return host, port
 
 
-class _P:
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.problems: list[ConfigError] = []
-
-    def loc(self, node: yaml.Node) -> Location:
-        m = node.start_mark
-        return Location(self.source, m.line + 1, m.column + 1)
-
-    def err(self, node: yaml.Node, msg: str) -> None:
-        self.problems.append(ConfigError(msg, location=self.loc(node)))
-
-    def scalar(self, node: yaml.Node, what: str) -> str | None:
-        if not isinstance(node, yaml.ScalarNode):
-            self.err(node, f"{what} must be a scalar")
-            return None
-        return str(node.value)
-
-    def boolean(self, node: yaml.Node, what: str) -> bool | None:
-        if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:bool":
-            return str(node.value).lower() in ("true", "yes", "on", "y")
-        self.err(node, f"{what} must be true or false")
-        return None
-
-    def integer(self, node: yaml.Node, what: str, lo: int, hi: int | None = None) -> int | None:
-        text = self.scalar(node, what)
-        if text is None:
-            return None
-        try:
-            v = int(text)
-        except ValueError:
-            self.err(node, f"{what}: {text!r} is not an integer")
-            return None
-        if v < lo or (hi is not None and v > hi):
-            self.err(node, f"{what} must be {lo}..{hi}" if hi is not None else f"{what} must be at least {lo}")
-            return None
-        return v
-
-    def choice(self, node: yaml.Node, what: str, known: tuple[str, ...] | list[str]) -> str | None:
-        text = self.scalar(node, what)
-        if text is None:
-            return None
-        if text not in known:
-            self.err(node, f"{what}: {text!r} is not one of {', '.join(known)}")
-            return None
-        return text
-
-    def duration(self, node: yaml.Node, what: str) -> float | None:
-        text = self.scalar(node, what)
-        if text is None:
-            return None
-        m = _DURATION.match(text)
-        if not m:
-            self.err(node, f"{what}: {text!r} is not a duration (e.g. 500ms, 10s, 1m)")
-            return None
-        return float(m.group(1)) * _DUR_UNITS[m.group(2)]
-
-    def size(self, node: yaml.Node, what: str) -> int | None:
-        text = self.scalar(node, what)
-        if text is None:
-            return None
-        m = _SIZE.match(text)
-        if not m:
-            self.err(node, f"{what}: {text!r} is not a size (e.g. 64KiB, 100MiB)")
-            return None
-        return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
-
-    def mapping(self, node: yaml.Node, what: str,
-                known: dict[str, Callable[[yaml.Node], None]]) -> None:
-        if not isinstance(node, yaml.MappingNode):
-            self.err(node, f"{what} must be a mapping")
-            return
-        seen: set[str] = set()
-        for knode, vnode in node.value:
-            key = knode.value if isinstance(knode, yaml.ScalarNode) else None
-            if key not in known:
-                self.err(knode, f"unknown key {key!r} in {what} (known: {', '.join(sorted(known))})")
-                continue
-            if key in seen:
-                self.err(knode, f"duplicate key {key!r} in {what}")
-                continue
-            seen.add(key)
-            known[key](vnode)
+# The outputs section is parsed with the policy's own location-aware parser.
+_P = NodeParser
 
 
 _COMMON: Final = ("type", "name", "events", "queue", "format")
