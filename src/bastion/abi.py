@@ -23,7 +23,8 @@ COMM_LEN: Final = 16
 PATH_LEN: Final = 256
 ARGV_LEN: Final = 512
 NAME_LEN: Final = 64
-RINGBUF_BYTES: Final = 16 * 1024 * 1024
+RINGBUF_BYTES: Final = 16 * 1024 * 1024         # as compiled; the sensor sets its own size
+SMALL_RINGBUF_BYTES: Final = 1024 * 1024        # objects whose records are rare (decisions)
 
 
 class EventType(enum.IntEnum):

@@ -46,6 +46,7 @@ class PolicyError(ConfigError):
 class EventsConfig:
     classes: tuple[str, ...] = tuple(EVENT_CLASSES)
     poll_interval_s: float = 0.02
+    ring_bytes: int = 8 * 2**20
 
 
 @dataclass(frozen=True)
@@ -130,8 +131,15 @@ def parse_policy(text: str, source: str) -> Policy:
         elif d is not None:
             ev["poll_interval_s"] = d
 
+    def ring(n: yaml.Node) -> None:
+        size = p.size(n, "events.ring_buffer")
+        if size is not None and (size < 2**16 or size > 2**30 or size & (size - 1)):
+            p.err(n, "events.ring_buffer must be a power of two between 64KiB and 1GiB")
+        elif size is not None:
+            ev["ring_bytes"] = size
+
     def events(n: yaml.Node) -> None:
-        p.mapping(n, "events", {"classes": classes, "poll_interval": poll})
+        p.mapping(n, "events", {"classes": classes, "poll_interval": poll, "ring_buffer": ring})
 
     def max_age(n: yaml.Node) -> None:
         if (d := p.duration(n, "store.max_age")) is not None:

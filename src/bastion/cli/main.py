@@ -100,7 +100,8 @@ def run(policy_path: Path | None, data_dir: Path, socket_path: Path, feed_json: 
         report = probe()
         if not report.can_run:
             raise KernelError("this kernel cannot run Bastion: " + "; ".join(report.problems))
-        sensor = BpfSensor(classes=policy.events.classes, self_tgid=os.getpid())
+        sensor = BpfSensor(classes=policy.events.classes, self_tgid=os.getpid(),
+                           ring_bytes=policy.events.ring_bytes)
     policies = None
     if report is not None:
         from bastion.policy.manager import PolicyManager

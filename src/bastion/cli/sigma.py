@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from bastion.detect.sigma import SigmaLoadResult, load_sigma
+if TYPE_CHECKING:  # pySigma is heavy: imported only when a sigma command runs
+    from bastion.detect.sigma import SigmaLoadResult
 
 
 @click.group("sigma")
@@ -46,6 +47,8 @@ def _report(res: SigmaLoadResult) -> dict[str, Any]:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def check(dirs: tuple[Path, ...], as_json: bool) -> None:
     """Load the Sigma rules under DIR... and report what runs and what cannot."""
+    from bastion.detect.sigma import load_sigma
+
     res = load_sigma(list(dirs))
     if as_json:
         click.echo(json.dumps(_report(res), indent=2))

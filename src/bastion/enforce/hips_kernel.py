@@ -154,6 +154,7 @@ class HipsKernel:
         cg_fd = -1
         try:
             abi.check_abi_version(int.from_bytes(obj.read_rodata("bastion_abi_version"), "little"), str(path))
+            obj.map("events").set_max_entries(abi.SMALL_RINGBUF_BYTES)  # decisions, not every event
             if self.tier == "lsm":
                 obj.map("task_subjects").set_max_entries(1)  # read from the task itself there
             else:

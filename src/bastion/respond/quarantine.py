@@ -68,6 +68,7 @@ class Quarantine:
         try:
             abi.check_abi_version(int.from_bytes(obj.read_rodata("bastion_abi_version"), "little"),
                                   str(self.obj_path))
+            obj.map("events").set_max_entries(abi.SMALL_RINGBUF_BYTES)  # rare records
             obj.load()
             for prog in obj.programs():
                 self._links.append(prog.attach())

@@ -69,6 +69,7 @@ class BpfSensor:
         cgroup_id: int = 0,
         obj_path: Path | None = None,
         open_reads: bool = False,
+        ring_bytes: int = abi.RINGBUF_BYTES,
     ) -> None:
         self.classes = tuple(classes)
         self.mask = event_mask(self.classes)
@@ -76,6 +77,7 @@ class BpfSensor:
         self.cgroup_id = cgroup_id
         self.obj_path = obj_path
         self.open_reads = open_reads
+        self.ring_bytes = ring_bytes
         self._obj: BpfObject | None = None
         self._links: list[Link] = []
         self._ring: RingBuffer | None = None
@@ -99,6 +101,7 @@ class BpfSensor:
         try:
             version = int.from_bytes(obj.read_rodata("bastion_abi_version"), "little")
             abi.check_abi_version(version, str(path))
+            obj.map("events").set_max_entries(self.ring_bytes)
             obj.load()
             for prog in obj.programs():
                 try:
@@ -157,7 +160,7 @@ class BpfSensor:
     def ring_fill(self) -> float:
         if self._ring is None:
             return 0.0
-        return self._ring.pending_bytes() / abi.RINGBUF_BYTES
+        return self._ring.pending_bytes() / self.ring_bytes
 
     def stats(self) -> dict[str, int]:
         return {

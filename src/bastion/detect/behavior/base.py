@@ -222,6 +222,16 @@ class ThresholdRule(BehaviorRule):
             return []
         hit = self.confirm(ev, ctx, values)
         if hit is None:
+            # Not confirmed (say, the content checked is not encrypted-looking):
+            # forget the oldest quarter, so the next check comes after count/4
+            # new values instead of on every further event.  A 20 000-file
+            # checkout or `tar x` otherwise re-ran confirm (8 file reads) per
+            # event, stalled the agent into ring-buffer drops, and overran the
+            # per-key cap (reported as shed state).  An attack that starts
+            # after a benign burst is checked again within count/4 values.
+            for _ in range(max(1, self.count // 4)):
+                if dq:
+                    dq.popleft()
             return []
         self._fired.put(key, now, now)
         self._seen.pop(key)
@@ -246,6 +256,14 @@ SYSTEM_DIRS = ("/usr/bin/", "/usr/sbin/", "/bin/", "/sbin/", "/usr/lib/", "/lib/
 PACKAGE_MANAGERS = frozenset({"dpkg", "apt", "apt-get", "aptitude", "rpm", "dnf", "yum",
                               "zypper", "pacman", "apk", "unattended-upgr", "unattended-upgrade",
                               "packagekitd", "snapd", "ucf", "dpkg-divert", "update-alternatives"})
+
+
+# Python's installers.  They download packages by design and write console
+# scripts (``<venv>/bin/<tool>``) that the user then runs: that is installing,
+# not download-and-execute.  Matched only as the script an interpreter runs
+# (``<venv>/bin/pip install ...``) or as ``python -m pip``, never by a bare
+# process name an arbitrary binary could take.
+PY_INSTALLERS = frozenset({"pip", "pipx"})
 
 
 def base(path: str) -> str:
@@ -308,6 +326,34 @@ def trusted(ev: Event, ctx: RuleContext, names: Iterable[str], depth: int = 3) -
     return any(n in allowed and n not in SESSION_ROOTS for n in ancestry_names(ctx, ev.proc.pid, depth))
 
 
+def package_installer(ev: Event, ctx: RuleContext) -> str | None:
+    """The package manager ``ev``'s process is, if it is one (its name, else None).
+
+    System package managers by executable (dpkg, apt-get, rpm, ...); Python
+    installers only as a Python interpreter running ``.../bin/pip*``,
+    ``-m pip`` or pip's ``pip/__pip-runner__.py`` (pipx likewise): the
+    executable is the genuine interpreter, and the script or module comes
+    from its command line."""
+    exe = base(ev.proc.exe)
+    if exe in PACKAGE_MANAGERS:
+        return exe
+    if norm_interp(exe) not in ("python", "python3"):
+        return None
+    entry = ctx.procs.get(ev.proc.pid)
+    argv = list(entry.cmdline) if entry is not None else []
+    if len(argv) >= 2:
+        script = argv[1]
+        parent = os.path.basename(os.path.dirname(script))
+        if parent == "bin" and base(script).rstrip("0123456789.") in PY_INSTALLERS:
+            return base(script)
+        if parent == "pip" and base(script) == "__pip-runner__.py":
+            return "pip"    # pip's own build-isolation installs (pip/__pip-runner__.py)
+        for i, a in enumerate(argv[1:-1], 1):
+            if a == "-m" and argv[i + 1] in PY_INSTALLERS:
+                return argv[i + 1]
+    return None
+
+
 def is_public_peer(addr: str) -> bool:
     try:
         ip = ipaddress.ip_address(addr)
@@ -330,7 +376,8 @@ def is_loopback(addr: str) -> bool:
 
 __all__ = [
     "NS", "ACTIONS", "RuleSettings", "Hit", "BehaviorRule", "SingleEvent", "Step", "SequenceRule",
-    "ThresholdRule", "SHELLS", "INTERPRETERS", "SYSTEM_DIRS", "PACKAGE_MANAGERS", "base",
+    "ThresholdRule", "SHELLS", "INTERPRETERS", "SYSTEM_DIRS", "PACKAGE_MANAGERS", "PY_INSTALLERS",
+    "package_installer", "base",
     "norm_interp", "is_shell", "is_interpreter", "under", "glob_any", "ancestry_names",
     "actor_names", "trusted", "SESSION_ROOTS", "is_public_peer", "is_loopback",
 ]

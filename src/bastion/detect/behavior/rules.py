@@ -31,7 +31,7 @@ from typing import Any, Callable
 from bastion.detect.behavior.base import (
     NS, PACKAGE_MANAGERS, SYSTEM_DIRS, BehaviorRule, Hit, RuleSettings, SequenceRule,
     SingleEvent, Step, ThresholdRule, actor_names, base, glob_any, is_interpreter,
-    is_loopback, is_public_peer, is_shell, norm_interp, trusted, under,
+    is_loopback, is_public_peer, is_shell, norm_interp, package_installer, trusted, under,
 )
 from bastion.detect.behavior.state import BoundedState, Limits
 from bastion.detect.engine import RuleContext
@@ -163,8 +163,25 @@ _REVSHELL_ARGV = re.compile(
     r"\bsocket\.socket\(.*\bdup2\(|\bfsockopen\(|\bTCPSocket\.(new|open)")
 
 
+# bash's /dev/tcp is also a plain client (wait-for-it port probes, health
+# checks, `exec 3<>/dev/tcp/h/80; ... >&3; cat <&3`).  It is a reverse shell
+# when a shell's own stdio is wired to the connection or a shell reads its
+# commands from it: `>& /dev/tcp`, `&> /dev/tcp`, `0>&1` / `0<&N`, `sh <&N`,
+# `sh -i`, `| sh`, `while read ...; do $line`.
+# Matched against each argv element (the script of `bash -c`), not the joined
+# line, so the outer `bash -c` never counts as the shell being wired.
+_STDIO_WIRING = re.compile(
+    r"&>\s*/dev/(tcp|udp)/|>&\s*/dev/(tcp|udp)/|(^|[\s;(])0[<>]&\s*\d|(^|\s)[12]>&\s*0\b|"
+    r"\b(ba|da|z|k|c|tc|fi)?sh\b[^;|&]*(\s0?<&\s*\d|\s0?<\s*/dev/(tcp|udp)/)|"
+    r"\b(ba|da|z|k|c|tc|fi)?sh\s+-i\b|\|\s*(/bin/|/usr/bin/)?(ba|da|z|k)?sh\b|\bwhile\s+read\b")
+
+
 class ReverseShellCommand(SingleEvent):
-    """The tell-tale command lines, and a shell connecting out (bash /dev/tcp)."""
+    """The tell-tale command lines, and a shell connecting out (bash /dev/tcp).
+
+    A /dev/tcp command line without stdio wiring, and a shell connecting to
+    loopback, are reported (medium, alert) rather than killed: both are how
+    scripts probe ports and wait for local services."""
 
     name = "behavior.reverse_shell_command"
     event_types = frozenset({"exec", "connect"})
@@ -176,13 +193,20 @@ class ReverseShellCommand(SingleEvent):
         if isinstance(ev, ExecEvent):
             line = " ".join(ev.argv)
             m = _REVSHELL_ARGV.search(line)
+            if m and m.group(0).startswith("/dev/") and \
+                    not any(_STDIO_WIRING.search(a) for a in ev.argv):
+                return Hit(f"Shell network redirection (no stdio wiring): {line[:120]}",
+                           {"argv": list(ev.argv), "match": m.group(0)},
+                           severity="medium", action="alert")
             if m:
                 return Hit(f"Reverse shell command line: {line[:120]}", {"argv": list(ev.argv),
                                                                          "match": m.group(0)})
         if isinstance(ev, NetEvent) and ev.op == "connect" and ev.family in ("inet", "inet6") \
                 and is_shell(ev.proc.exe):
+            local = is_loopback(ev.daddr)
             return Hit(f"Shell {base(ev.proc.exe)} connected to {ev.daddr}:{ev.dport}",
-                       {"peer": f"{ev.daddr}:{ev.dport}"})
+                       {"peer": f"{ev.daddr}:{ev.dport}"},
+                       severity="medium" if local else None, action="alert" if local else None)
         return None
 
 
@@ -253,7 +277,11 @@ class DownloadExecute(BehaviorRule):
                 return []
             who = base(ev.proc.exe) or ev.proc.comm
             peer = self._netted.get(key, now)
-            if who in DOWNLOADERS or peer is not None:
+            # A package manager that connected out downloads and installs
+            # executables by design (pip writes <venv>/bin/<tool>, the user runs
+            # it next): installing, not a dropper.  Only such a writer is
+            # exempt; curl/wget stay downloaders whoever runs them.
+            if who in DOWNLOADERS or (peer is not None and package_installer(ev, ctx) is None):
                 self._dropped.put(path, now, (ev.proc.pid, who, peer or ""))
             return []
         if isinstance(ev, FileEvent) and ev.op == "chmod" and ev.mode & 0o111:
