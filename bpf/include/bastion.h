@@ -23,7 +23,7 @@
 #define BASTION_H
 
 #define BASTION_ABI_MAJOR 1
-#define BASTION_ABI_MINOR 2
+#define BASTION_ABI_MINOR 3
 #define BASTION_ABI_VERSION ((BASTION_ABI_MAJOR << 16) | BASTION_ABI_MINOR)
 
 #define BASTION_COMM_LEN 16
@@ -207,6 +207,7 @@ struct bastion_cred_event {
 enum bastion_lsm_hook {
 	BASTION_HOOK_FILE_OPEN = 1,
 	BASTION_HOOK_BPRM_CHECK = 2,
+	BASTION_HOOK_BPF_PROG_LOAD = 3,  /* lsm_bpfguard: a BPF program load refused (ABI 1.3) */
 };
 
 struct bastion_lsm_deny_event {

@@ -16,7 +16,7 @@ from typing import Final
 from bastion.errors import AbiMismatchError, Location
 
 ABI_MAJOR: Final = 1
-ABI_MINOR: Final = 2
+ABI_MINOR: Final = 3
 ABI_VERSION: Final = (ABI_MAJOR << 16) | ABI_MINOR
 
 COMM_LEN: Final = 16
@@ -77,6 +77,7 @@ class KillSyscall(enum.IntEnum):
 class LsmHook(enum.IntEnum):
     FILE_OPEN = 1
     BPRM_CHECK = 2
+    BPF_PROG_LOAD = 3
 
 
 class HipsOp(enum.IntEnum):

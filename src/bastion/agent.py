@@ -109,6 +109,7 @@ class Agent:
         self.metrics = metrics
         self.policies = policies
         self.apply_opts = apply_opts or {}
+        self.test_deadline: float | None = None   # tests: enforcement expires by itself
         self._policy_lock = threading.Lock()
         self.control = ControlServer(socket_path, {
             "ping": lambda req: {"pid": os.getpid()},
@@ -287,6 +288,33 @@ class Agent:
                 evidence={"dropped": new, "dropped_total": drops},
             ))
 
+    def _start_bpf_guard(self, opened: list[Sensor]) -> None:
+        """integrity.refuse_bpf_loads: in the lsm tier only the allowlisted loaders may
+        load BPF programs; elsewhere that cannot be refused, and the agent says so."""
+        cfg = self.policy.integrity
+        if not cfg.refuse_bpf_loads or self.tier is None:
+            return
+        if self.tier.tier != "lsm":
+            self._pending.append(Finding(
+                rule="bastion.policy.degraded", severity="high", attack=(), action="alert",
+                title="integrity.refuse_bpf_loads needs the lsm tier: BPF loads are detected "
+                      "(integrity scan, behavior.bpf_load) but not refused on this kernel",
+                event=None, pid=os.getpid(), evidence={"setting": "integrity.refuse_bpf_loads"}))
+            return
+        from bastion.enforce.lsm import BpfLoadGuard
+
+        guard = BpfLoadGuard(cgroup_id=0, deadline_s=self.test_deadline, self_tgid=os.getpid())
+        if not self._open_optional(guard, "bpf_guard_unavailable",
+                                   "BPF load refusal cannot start"):
+            return
+        for exe in cfg.bpf_loaders:
+            try:
+                guard.allow(exe)
+            except OSError as exc:
+                log.warning("bpf loader %s not allowed: %s", exe, exc)
+        self.sensors.append(guard)
+        opened.append(guard)
+
     def _integrity_loop(self, stop: threading.Event) -> None:
         """Periodic kernel integrity scans, off the event loop (a scan takes ~1 s)."""
         from bastion.integrity import baseline as baseline_mod
@@ -373,6 +401,7 @@ class Agent:
                         rule="bastion.policy.degraded", title=f"Policy rule not enforceable here: {d}",
                         severity="high", attack=(), action="alert", event=None, pid=os.getpid(),
                         evidence={"policy": self.policy.source, "degraded": d}))
+            self._start_bpf_guard(opened)
             if self.policy.integrity.interval_s and self.tier is not None:
                 threading.Thread(target=self._integrity_loop, args=(stop,), name="bastion-integrity",
                                  daemon=True).start()

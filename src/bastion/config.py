@@ -61,6 +61,8 @@ class IntegrityConfig:
     interval_s: float = 0.0          # 0 = no periodic scan
     baseline: Path | None = None     # default: <data dir>/integrity-baseline.json
     allow_bpf: tuple[str, ...] = ()  # NAME[:TAG] of BPF programs that are expected
+    refuse_bpf_loads: bool = False   # lsm tier: only bpf_loaders may load BPF programs
+    bpf_loaders: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -210,9 +212,23 @@ def parse_policy(text: str, source: str) -> Policy:
     def integ_allow(n: yaml.Node) -> None:
         integ["allow_bpf"] = tuple(v for v, _ in p.strings(n, "integrity.allow_bpf"))
 
+    def integ_refuse(n: yaml.Node) -> None:
+        if (b := p.boolean(n, "integrity.refuse_bpf_loads")) is not None:
+            integ["refuse_bpf_loads"] = b
+
+    def integ_loaders(n: yaml.Node) -> None:
+        loaders = []
+        for v, vn in p.strings(n, "integrity.bpf_loaders"):
+            if not v.startswith("/"):
+                p.err(vn, f"integrity.bpf_loaders {v!r} must be an absolute path")
+            else:
+                loaders.append(Path(v))
+        integ["bpf_loaders"] = tuple(loaders)
+
     def integrity(n: yaml.Node) -> None:
         p.mapping(n, "integrity", {"interval": integ_interval, "baseline": integ_baseline,
-                                   "allow_bpf": integ_allow})
+                                   "allow_bpf": integ_allow, "refuse_bpf_loads": integ_refuse,
+                                   "bpf_loaders": integ_loaders})
 
     shield: dict[str, Any] = {}
 

@@ -141,6 +141,7 @@ def run(policy_path: Path | None, data_dir: Path, socket_path: Path, feed_json: 
                   outputs=outputs, metrics=metrics, quarantine=quarantine, shadow=shadow,
                   socket_path=socket_path, feed=None if quiet else sys.stdout, feed_json=feed_json,
                   policies=policies, apply_opts={"force": force, "allow_degraded": allow_degraded})
+    agent.test_deadline = test_deadline
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:

@@ -1,0 +1,70 @@
+// SPDX-License-Identifier: GPL-2.0
+/* lsm tier: refuse BPF program loads except from allowlisted executables.
+ *
+ * The policy's integrity.bpf_loaders become inode keys in bpf_loaders; a
+ * BPF_PROG_LOAD from any other executable gets -EPERM and an lsm_deny record
+ * (hook BPF_PROG_LOAD, path = the loader's executable).  Scope and dead-man
+ * deadline in .rodata as in lsm_scoped.bpf.c; the agent is exempt.
+ *
+ * The bpf hook has 3 arguments on 6.1 and 4 on 6.18: only the common ones
+ * are declared, and the previous program's return value is not read. */
+#include "path.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define EPERM_ 1
+#define BPF_PROG_LOAD_ 5
+
+const volatile __u64 cfg_deadline_ns = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct bastion_inode_key);
+	__type(value, __u32);
+} bpf_loaders SEC(".maps");
+
+static __always_inline bool in_scope(void)
+{
+	if (cfg_deadline_ns && bpf_ktime_get_boot_ns() > cfg_deadline_ns)
+		return false; /* dead-man: expired */
+	if (cfg_cgroup_id && bpf_get_current_cgroup_id() != cfg_cgroup_id)
+		return false;
+	if (cfg_self_tgid && (bpf_get_current_pid_tgid() >> 32) == cfg_self_tgid)
+		return false;
+	return true;
+}
+
+SEC("lsm/bpf")
+int BPF_PROG(guard_bpf, int cmd, union bpf_attr *attr, unsigned int size)
+{
+	struct task_struct *task;
+	struct file *exe;
+	struct bastion_inode_key key = {};
+	struct bastion_lsm_deny_event *e;
+	struct path fpath;
+
+	if (cmd != BPF_PROG_LOAD_ || !in_scope())
+		return 0;
+	task = (struct task_struct *)bpf_get_current_task();
+	exe = BPF_CORE_READ(task, mm, exe_file);
+	if (!exe)
+		return 0; /* kernel threads */
+	key.ino = BPF_CORE_READ(exe, f_inode, i_ino);
+	key.dev = BPF_CORE_READ(exe, f_inode, i_sb, s_dev);
+	if (bpf_map_lookup_elem(&bpf_loaders, &key))
+		return 0;
+	e = RESERVE(struct bastion_lsm_deny_event, BASTION_EV_LSM_DENY);
+	if (e) {
+		e->hook = BASTION_HOOK_BPF_PROG_LOAD;
+		e->ret = -EPERM_;
+		e->ino = key.ino;
+		e->dev = key.dev;
+		e->rule_id = 0;
+		fpath = BPF_CORE_READ(exe, f_path);
+		if (path_to_str(&fpath, e->path))
+			e->hdr.flags |= BASTION_F_TRUNC_PATH;
+		SUBMIT(e);
+	}
+	return -EPERM_;
+}
