@@ -2,7 +2,7 @@
 
 The agent runs with the embedded default policy, i.e. the whole built-in
 behaviour pack with its default severities and responses plus the built-in
-rules, with one change: ``behavior.dry_run: true``.  The agent watches the
+rules, with two changes: ``behavior.dry_run: true`` and a 64 MiB ring.  The agent watches the
 whole machine, and on a shared test host a live kill would land on other
 people's processes (it did: a benchmark's ``bash -c`` loop); in dry-run every
 response is still decided and recorded as ``would-kill`` / ``would-kill-tree``,
@@ -281,9 +281,13 @@ def test_benign_corpus_raises_nothing_high(tmp_path: Path) -> None:
     (tmp_path / "corpus").mkdir()
     default = resources.files("bastion").joinpath("data/default-policy.yaml").read_text()
     assert "\nbehavior:\n  dry_run: false\n" in default
+    assert "\n  ring_buffer: 8MiB\n" in default
     policy = tmp_path / "agent" / "policy.yaml"
+    # the 20,000-file bursts outrun the agent on a 2-vCPU host: a larger ring
+    # absorbs them, so that every step is seen (this test judges the rules)
     policy.write_text(default.replace("\nbehavior:\n  dry_run: false\n",
-                                      "\nbehavior:\n  dry_run: true\n"))
+                                      "\nbehavior:\n  dry_run: true\n")
+                      .replace("\n  ring_buffer: 8MiB\n", "\n  ring_buffer: 64MiB\n"))
     agent = start_agent(tmp_path / "agent", "--quiet", "--policy", str(policy))
     me = os.getpid()
     drops0 = int(_status(agent).get("drops", 0))
