@@ -12,6 +12,7 @@ that is logged as an alert and closes by itself.
 from __future__ import annotations
 
 import hashlib
+import logging
 import hmac
 import json
 import os
@@ -31,6 +32,9 @@ SCRYPT_R: Final = 8
 SCRYPT_P: Final = 1
 BACKOFF_MAX_S: Final = 300.0
 DEFAULT_WINDOW_S: Final = 600.0
+
+
+log = logging.getLogger("bastion.guard.token")
 
 
 class TokenError(BastionError):
@@ -111,8 +115,10 @@ class TokenStore:
         try:
             _write_private(self.attempts_path, json.dumps(
                 {"failures": failures, "next_allowed": next_allowed}).encode())
-        except OSError:
-            pass   # read-only here (protected data dir, not the agent): the agent keeps its own
+        except OSError as exc:
+            # read-only here (a protected data dir seen by a process that is not the
+            # agent): the agent, which may write there, keeps the persistent counter
+            log.warning("token attempt counter not persisted (%s): %s", self.attempts_path, exc)
 
     def verify(self, token: bytes, *, now: float | None = None) -> Verdict:
         """Check ``token``; a failure doubles the wait before the next attempt."""
