@@ -16,27 +16,29 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, Sequence, TextIO
 
 from bastion import __version__
 from bastion.config import Policy
 from bastion.control import ControlServer
-from bastion.detect.engine import Engine, Finding, Rule, RuleContext, builtin_rules
+from bastion.detect.engine import Engine, Finding, RuleContext
 from bastion.enforce.tiers import TierReport
 from bastion.errors import BastionError
-from bastion.detect.behavior import behavior_rules, live_probes
 from bastion.events import Event, HipsEvent, to_json
-from bastion.respond.quarantine import Quarantine
-from bastion.respond.shadow import ShadowKeeper
 from bastion.metrics import Metrics
 from bastion.outputs import OutputManager
-from bastion.proctable import ProcessTable
-from bastion.respond.dispatch import Dispatcher
-from bastion.policy.manager import PolicyManager
 from bastion.policy.model import Mode
+from bastion.proctable import ProcessTable
+from bastion.pump import EventPump, Source
+from bastion.respond.dispatch import Dispatcher
 from bastion.sensors.base import Sensor
-from bastion.sensors.bpf import BpfSensor
 from bastion.store.db import Store
+
+if TYPE_CHECKING:  # the kernel-backed parts are built by bastion.assembly, not imported here
+    from bastion.enforce.lsm import BpfLoadGuard
+    from bastion.policy.manager import PolicyManager
+    from bastion.respond.quarantine import Quarantine
+    from bastion.respond.shadow import ShadowKeeper
 
 log = logging.getLogger("bastion.agent")
 
@@ -62,54 +64,90 @@ class Summary:
     suppressed: int = 0      # repeated alert-only findings within the dedupe window
     drops: int = 0
     by_type: dict[str, int] = field(default_factory=dict)
+    enforcement: str = ""    # what became of pinned HIPS enforcement at the stop
+
 
     def line(self) -> str:
         top = ", ".join(f"{k} {v}" for k, v in sorted(self.by_type.items(), key=lambda kv: -kv[1])[:6])
         return (f"bastion: stopped after {self.uptime_s:.1f}s: {self.events} events"
                 f"{' (' + top + ')' if top else ''}, {self.alerts} alerts"
                 f"{f' (+{self.suppressed} repeats suppressed)' if self.suppressed else ''}, "
-                f"{self.drops} dropped")
+                f"{self.drops} dropped" + (f"; {self.enforcement}" if self.enforcement else ""))
+
+
+@dataclass
+class AgentParts:
+    """The optional parts of an agent, built by :mod:`bastion.assembly`.
+
+    ``quarantine``, ``shadow`` and ``bpf_guard`` are opened by the agent: one
+    that cannot open is reported (medium alert) and the agent goes on
+    without it.  ``notices`` are findings raised at start (e.g. a setting
+    this kernel cannot honour)."""
+
+    policies: PolicyManager | None = None
+    quarantine: Quarantine | None = None
+    shadow: ShadowKeeper | None = None
+    bpf_guard: BpfLoadGuard | None = None
+    bpf_loaders: tuple[Path, ...] = ()
+    outputs: OutputManager | None = None
+    metrics: Metrics | None = None
+    notices: tuple[Finding, ...] = ()
+    sigma: dict[str, Any] = field(default_factory=dict)   # rules live, from where, or why none
 
 
 class Agent:
+    """One running agent: owns the loop that turns events into stored events and alerts.
+
+    It owns the process table's updates, rule evaluation (through the
+    injected :class:`~bastion.detect.engine.Engine`), the hand-off of
+    findings to the :class:`~bastion.respond.dispatch.Dispatcher` (the only
+    part that acts), the store writes, the live alert feed, health alerts
+    (drops, shed state, output drops), the control socket and a clean stop.
+    It builds nothing: :func:`bastion.assembly.build_agent` injects every
+    part, and the sources are drained by the shared :class:`~bastion.pump.EventPump`.
+    """
+
     def __init__(
         self,
         *,
         policy: Policy,
         sensors: Sequence[Sensor],
         store: Store,
+        procs: ProcessTable,
+        engine: Engine,
+        dispatcher: Dispatcher,
+        parts: AgentParts | None = None,
         tier: TierReport | None = None,
         socket_path: Path | None = None,
         feed: TextIO | None = None,
         feed_json: bool = False,
-        policies: PolicyManager | None = None,
         apply_opts: dict[str, Any] | None = None,
-        extra_rules: Sequence[Rule] = (),
-        outputs: OutputManager | None = None,
-        metrics: Metrics | None = None,
-        quarantine: Quarantine | None = None,
-        shadow: ShadowKeeper | None = None,
+        keep_pins: bool = False,
+        pin_dir: Path | None = None,
+        test_deadline: float | None = None,
     ) -> None:
+        parts = parts or AgentParts()
         self.policy = policy
         self.sensors = list(sensors)
         self.store = store
         self.tier = tier
         self.feed = feed
         self.feed_json = feed_json
-        self.procs = ProcessTable()
-        live = any(isinstance(s, BpfSensor) for s in sensors)
-        self.engine = Engine([*builtin_rules(),
-                              *behavior_rules(policy.behavior, live_probes() if live else None),
-                              *extra_rules])
+        self.procs = procs
+        self.engine = engine
         self.ctx = RuleContext(self.procs)
-        self.quarantine = quarantine
-        self.shadow = shadow
-        self.dispatcher = Dispatcher(self.procs, dry_run=policy.behavior.dry_run, quarantine=quarantine)
-        self.outputs = outputs
-        self.metrics = metrics
-        self.policies = policies
+        self.quarantine = parts.quarantine
+        self.shadow = parts.shadow
+        self.bpf_guard = parts.bpf_guard
+        self.bpf_loaders = parts.bpf_loaders
+        self.dispatcher = dispatcher
+        self.outputs = parts.outputs
+        self.metrics = parts.metrics
+        self.policies = parts.policies
         self.apply_opts = apply_opts or {}
-        self.test_deadline: float | None = None   # tests: enforcement expires by itself
+        self.keep_pins = keep_pins        # under the guardian: enforcement outlives restarts
+        self.pin_dir = pin_dir
+        self.test_deadline = test_deadline   # tests: enforcement expires by itself
         self._policy_lock = threading.Lock()
         self.control = ControlServer(socket_path, {
             "ping": lambda req: {"pid": os.getpid()},
@@ -127,6 +165,11 @@ class Agent:
         self._lock = threading.Lock()
         self.ready = threading.Event()   # set once every sensor is open
         self._pending: deque[Finding] = deque(maxlen=1024)  # findings raised off the loop thread
+        self._pending.extend(parts.notices)
+        self.sigma = dict(parts.sigma)
+        self._why_off: dict[str, str] = {}   # optional part -> why it is not running
+        self._last_health = self._last_retention = 0.0
+        self._integrity_note = ""
 
     # ---- status (control thread) -------------------------------------------------
 
@@ -142,10 +185,9 @@ class Agent:
         ring_fill = 0.0
         missing: list[str] = []
         for s in self.sensors:
-            if isinstance(s, BpfSensor):
-                programs += len(s.attached)
-                missing += s.missing
-                ring_fill = max(ring_fill, s.ring_fill())
+            programs += len(s.attached)
+            missing += s.missing
+            ring_fill = max(ring_fill, s.ring_fill())
         uptime = time.monotonic() - self._started
         return {
             "version": __version__,
@@ -177,7 +219,42 @@ class Agent:
             "cpu_s": round(cpu_seconds(), 2),
             "data_dir": str(self.store.path.parent),
             "store_events": self.store.count_events(),
+            "protections": self.protections(),
         }
+
+    def protections(self) -> dict[str, dict[str, Any]]:
+        """Each protection Bastion turns on by default: on or off, and why."""
+        pol = self.policy
+        out: dict[str, dict[str, Any]] = {}
+        behaviour = [r for r in self.engine.rules if r.name.startswith("behavior.")]
+        out["behaviour blocking"] = {
+            "on": bool(behaviour),
+            "detail": f"{len(behaviour)} rules" + (", dry run (responses not taken)"
+                                                   if pol.behavior.dry_run else ", responses taken")}
+        cur = self.policies.current if self.policies else None
+        out["hips"] = {"on": cur is not None and bool(cur.policy.hips.rules),
+                       "detail": (f"{len(cur.policy.hips.rules)} rules, mode {cur.policy.hips.mode.value}"
+                                  if cur is not None and cur.policy.hips.rules else
+                                  "no per-program rules (bastion learn, bastion policy apply)")}
+        if self.shadow is not None:
+            out["ransomware shield"] = {
+                "on": True, "detail": f"shadow copies of {', '.join(map(str, pol.shield.protect))} "
+                f"within {pol.shield.max_bytes // 2**20} MiB"}
+        else:
+            out["ransomware shield"] = {"on": False, "detail": self._why_off.get(
+                "shield", "no shield.protect directories in the policy")}
+        if pol.integrity.interval_s and self.tier is not None:
+            out["kernel integrity guard"] = {
+                "on": True, "detail": f"scan every {pol.integrity.interval_s:g}s"
+                + (f"; {self._integrity_note}" if self._integrity_note else "")}
+        else:
+            out["kernel integrity guard"] = {"on": False, "detail": (
+                "integrity.interval is 0 in the policy" if self.tier is not None
+                else "replay: no kernel")}
+        n = int(self.sigma.get("rules", 0))
+        out["sigma"] = {"on": n > 0, "detail": str(self.sigma.get("detail") or (
+            f"{n} rules live" if n else "no rules installed: bastion sigma update"))}
+        return out
 
     def add_handler(self, cmd: str, handler: Any) -> None:
         """An extra control command (e.g. the token-gated `stop`)."""
@@ -233,13 +310,6 @@ class Agent:
                 cutoff = now - self.dedupe_s
                 self._recent = {k: t for k, t in self._recent.items() if t >= cutoff}
         alert = self.dispatcher.dispatch(f, time.time_ns())
-        if self.shadow is not None and f.rule == "behavior.ransomware" \
-                and str(alert["action"]).startswith("kill"):
-            e = self.procs.get(f.pid)
-            start = (f.event.proc.start_ns if f.event is not None and f.event.proc.pid == f.pid
-                     else (e.start_ns if e else 0))
-            alert["shadow_incident"] = self.shadow.open_incident(f.pid, start)
-            alert["title"] += f" (recover: bastion rollback --incident {alert['shadow_incident']})"
         self.store.add_alert(alert)
         self.summary.alerts += 1
         if self.outputs is not None:
@@ -276,8 +346,7 @@ class Agent:
         drops = sum(s.stats().get("drops", 0) for s in self.sensors)
         if self.metrics is not None:
             self.metrics.set_sensor_drops(drops)
-            self.metrics.set_ring_fill(max((s.ring_fill() for s in self.sensors
-                                            if isinstance(s, BpfSensor)), default=0.0))
+            self.metrics.set_ring_fill(max((s.ring_fill() for s in self.sensors), default=0.0))
         if drops > self._last_drops:
             new = drops - self._last_drops
             self._last_drops = drops
@@ -288,32 +357,19 @@ class Agent:
                 evidence={"dropped": new, "dropped_total": drops},
             ))
 
-    def _start_bpf_guard(self, opened: list[Sensor]) -> None:
-        """integrity.refuse_bpf_loads: in the lsm tier only the allowlisted loaders may
-        load BPF programs; elsewhere that cannot be refused, and the agent says so."""
-        cfg = self.policy.integrity
-        if not cfg.refuse_bpf_loads or self.tier is None:
-            return
-        if self.tier.tier != "lsm":
-            self._pending.append(Finding(
-                rule="bastion.policy.degraded", severity="high", attack=(), action="alert",
-                title="integrity.refuse_bpf_loads needs the lsm tier: BPF loads are detected "
-                      "(integrity scan, behavior.bpf_load) but not refused on this kernel",
-                event=None, pid=os.getpid(), evidence={"setting": "integrity.refuse_bpf_loads"}))
-            return
-        from bastion.enforce.lsm import BpfLoadGuard
-
-        guard = BpfLoadGuard(cgroup_id=0, deadline_s=self.test_deadline, self_tgid=os.getpid())
-        if not self._open_optional(guard, "bpf_guard_unavailable",
-                                   "BPF load refusal cannot start"):
-            return
-        for exe in cfg.bpf_loaders:
+    def _start_bpf_guard(self) -> Source | None:
+        """integrity.refuse_bpf_loads (lsm tier): only the allowlisted loaders may load BPF."""
+        guard = self.bpf_guard
+        if guard is None or not self._open_optional(guard, "bpf_guard_unavailable",
+                                                    "BPF load refusal cannot start"):
+            self.bpf_guard = None
+            return None
+        for exe in self.bpf_loaders:
             try:
                 guard.allow(exe)
             except OSError as exc:
                 log.warning("bpf loader %s not allowed: %s", exe, exc)
-        self.sensors.append(guard)
-        opened.append(guard)
+        return Source(guard.name, guard.poll)
 
     def _integrity_loop(self, stop: threading.Event) -> None:
         """Periodic kernel integrity scans, off the event loop (a scan takes ~1 s)."""
@@ -344,6 +400,8 @@ class Agent:
             return True
         except BastionError as exc:
             log.warning("%s: %s", what, exc)
+            self._why_off[rule.removesuffix("_unavailable").replace("shadow", "shield")] = \
+                f"could not start: {exc}"
             self._pending.append(Finding(
                 rule=f"bastion.respond.{rule}", title=f"{what}: {exc}", severity="medium",
                 attack=(), action="alert", event=None, pid=os.getpid()))
@@ -377,9 +435,49 @@ class Agent:
             self.metrics.observe_rules(time.perf_counter() - t0)
         self.summary.events += len(batch)
 
+    def _handle(self, source: Source, batch: list[Event]) -> None:
+        self.process(batch)
+        if source.findings is not None:
+            for ev in batch:
+                f = source.findings(ev)
+                if f is not None:
+                    self._alert(f)
+
+    def _tick(self, now: float) -> None:
+        with self._lock:
+            self._rate.append((now, self.summary.events))
+        if now - self._last_health >= 1.0:
+            self._health()
+            self.procs.expire(time.time_ns())
+            self.engine.expire(time.time_ns())
+            self._last_health = now
+        if now - self._last_retention >= 60.0:
+            self.store.enforce_retention()
+            if self.shadow is not None:
+                self.shadow.maintain()
+                self.shadow.refresh_marks()
+            self._last_retention = now
+
+    def _enforcement_sources(self) -> list[Source]:
+        """Records of decisions already taken in the kernel, each reported as an alert."""
+        out: list[Source] = []
+        policies, quarantine = self.policies, self.quarantine
+        if policies is not None:
+            out.append(Source("hips", lambda _t: list(policies.poll()), blocking=False,
+                              findings=lambda ev: policies.finding(ev)
+                              if isinstance(ev, HipsEvent) else None))
+        if quarantine is not None:
+            out.append(Source("quarantine", lambda _t: quarantine.poll(), blocking=False,
+                              findings=lambda ev: quarantine.finding(ev)
+                              if isinstance(ev, HipsEvent) else None))
+        return out
+
     def run(self, stop: threading.Event) -> Summary:
+        """Open every source and part, apply the policy, pump events until ``stop``, then
+        close everything (pinned HIPS enforcement is removed unless ``keep_pins``)."""
         self.procs.seed()
         opened: list[Sensor] = []
+        guard_open = False
         try:
             if self.control is not None:
                 self.control.start()  # first: a second agent fails before attaching anything
@@ -401,60 +499,37 @@ class Agent:
                         rule="bastion.policy.degraded", title=f"Policy rule not enforceable here: {d}",
                         severity="high", attack=(), action="alert", event=None, pid=os.getpid(),
                         evidence={"policy": self.policy.source, "degraded": d}))
-            self._start_bpf_guard(opened)
+            pump = EventPump([Source(s.name, s.poll) for s in self.sensors],
+                             self.policy.events.poll_interval_s)
+            for src in self._enforcement_sources():
+                pump.add(src)
+            guard_src = self._start_bpf_guard()
+            if guard_src is not None:
+                guard_open = True
+                pump.add(guard_src)
             if self.policy.integrity.interval_s and self.tier is not None:
                 threading.Thread(target=self._integrity_loop, args=(stop,), name="bastion-integrity",
                                  daemon=True).start()
             self.ready.set()
-            interval = self.policy.events.poll_interval_s
-            last_health = last_retention = time.monotonic()
-            eof = [False] * len(self.sensors)
-            while not stop.is_set() and not all(eof):
-                for i, s in enumerate(self.sensors):
-                    if eof[i]:
-                        continue
-                    batch = s.poll(interval / len(self.sensors))
-                    if batch is None:
-                        eof[i] = True
-                        continue
-                    self.process(batch)
-                if self.policies is not None:
-                    for hev in self.policies.poll():
-                        self.process([hev])
-                        self._alert(self.policies.finding(hev))
-                if self.quarantine is not None:
-                    for qev in self.quarantine.poll():
-                        self.process([qev])
-                        if isinstance(qev, HipsEvent):
-                            self._alert(Quarantine.finding(qev))
-                now = time.monotonic()
-                with self._lock:
-                    self._rate.append((now, self.summary.events))
-                if now - last_health >= 1.0:
-                    self._health()
-                    self.procs.expire(time.time_ns())
-                    self.engine.expire(time.time_ns())
-                    last_health = now
-                if now - last_retention >= 60.0:
-                    self.store.enforce_retention()
-                    if self.shadow is not None:
-                        self.shadow.maintain()
-                        self.shadow.refresh_marks()
-                    last_retention = now
-            # drain what is left so the summary counts everything seen
-            for i, s in enumerate(self.sensors):
-                if not eof[i]:
-                    batch = s.poll(0)
-                    if batch:
-                        self.process(batch)
+            self._last_health = self._last_retention = time.monotonic()
+            pump.run(stop, self._handle, tick=self._tick)
             self._health()
         finally:
             if self.control is not None:
                 self.control.stop()
             for s in opened:
                 s.close()
+            if guard_open and self.bpf_guard is not None:
+                self.bpf_guard.close()
             if self.policies is not None:
-                self.policies.close()
+                state = self.policies.close(unpin=not self.keep_pins)
+                where = f" under {self.pin_dir}" if self.pin_dir else ""
+                if state == "pinned":
+                    self.summary.enforcement = (
+                        f"HIPS enforcement stays pinned{where} and keeps denying with no agent to "
+                        "record it (--keep-pins); `bastion reset --emergency` removes it")
+                elif state == "removed":
+                    self.summary.enforcement = f"HIPS enforcement removed (pins{where} deleted)"
             if self.quarantine is not None:
                 self.quarantine.close()
             if self.shadow is not None:

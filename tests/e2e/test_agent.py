@@ -54,7 +54,12 @@ def test_status_over_the_control_socket(agent: AgentProc) -> None:
         assert key in st
     assert st["drops"] == 0 and st["rss_mb"] > 0
     human = agent.cli("status", "--socket", str(agent.socket))
-    assert f"pid                {agent.proc.pid}" in human.stdout
+    assert f"agent        pid {agent.proc.pid}," in human.stdout
+    # readable text for people: every protection on/off with why, no Python reprs
+    assert "{'" not in human.stdout and "[]" not in human.stdout
+    for name in ("behaviour blocking", "hips", "ransomware shield", "kernel integrity guard", "sigma"):
+        assert any(line.strip().startswith(name) and (" on " in line or " OFF " in line)
+                   for line in human.stdout.splitlines()), (name, human.stdout)
     assert (agent.socket.stat().st_mode & 0o777) == 0o600
 
 

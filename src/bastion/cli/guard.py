@@ -114,8 +114,9 @@ def guardian_cmd(data_dir: Path, guardian_socket: Path, pin_root: Path,
     from bastion.guard import protect
     from bastion.guard.guardian import Guardian, GuardianConfig
 
-    if os.geteuid() != 0:
-        raise KernelError("bastion guardian needs root")
+    from bastion.assembly import prepare_host
+
+    prepare_host("bastion guardian")
     if maintenance_token_file is not None:
         TokenStore(data_dir).set_token(read_token_file(maintenance_token_file))
     argv = agent_argv[1:] if agent_argv[:1] == ("--",) else agent_argv

@@ -31,9 +31,9 @@ _ONLY = click.option("--check", "only", multiple=True, type=click.Choice(CHECK_N
 
 
 def _need_root() -> None:
-    import os
-    if os.geteuid() != 0:
-        raise KernelError("integrity checks need root (BPF programs, kallsyms addresses)")
+    from bastion.assembly import prepare_host
+
+    prepare_host("integrity checks (BPF programs, kallsyms addresses)")
 
 
 @click.group("integrity")

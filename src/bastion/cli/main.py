@@ -40,8 +40,9 @@ _SOCKET_OPT = click.option(
 
 
 def _need_root(what: str) -> None:
-    if os.geteuid() != 0:
-        raise KernelError(f"{what} needs root (BPF programs and pins)")
+    from bastion.assembly import prepare_host
+
+    prepare_host(what)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -74,74 +75,28 @@ def cli(verbose: int) -> None:
               help="Tests only: enforcement expires by itself after this many seconds.")
 @click.option("--allow-degraded", is_flag=True,
               help="Accept rules this kernel cannot enforce (audited only; shown in status, alerted).")
+@click.option("--keep-pins", is_flag=True,
+              help="Leave pinned HIPS enforcement in force after a clean stop (the guardian's agent).")
 def run(policy_path: Path | None, data_dir: Path, socket_path: Path, feed_json: bool, quiet: bool,
         replay_path: Path | None, sigma_dirs: tuple[Path, ...], force: bool, allow_degraded: bool,
-        maintenance_token_file: Path | None, pin_root: Path, test_deadline: float | None) -> None:
-    """Run the agent in the foreground until SIGINT/SIGTERM."""
-    from bastion.agent import Agent
-    from bastion.config import load_policy
-    from bastion.enforce.tiers import TierReport, probe
-    from bastion.sensors.base import Sensor
-    from bastion.sensors.bpf import BpfSensor
-    from bastion.sensors.replay import ReplaySensor
-    from bastion.store.db import Retention, Store
+        maintenance_token_file: Path | None, pin_root: Path, test_deadline: float | None,
+        keep_pins: bool) -> None:
+    """Run the agent in the foreground until SIGINT/SIGTERM (unprotected: development, replay).
 
+    Production runs it under `bastion guardian` (what `make run` starts)."""
+    from bastion.assembly import AgentOptions, build_agent
+    from bastion.config import load_policy
+    from bastion.guard.control import agent_stop_handler
     from bastion.guard.fault import arm_from_env
 
     policy = load_policy(policy_path)
     arm_from_env()  # tests only: BASTION_TEST_FAULT_AFTER simulates a crash
     started = time.monotonic()
-    report: TierReport | None = None
-    sensor: Sensor
-    if replay_path is not None:
-        sensor = ReplaySensor(replay_path)
-    else:
-        _need_root("bastion run")
-        report = probe()
-        if not report.can_run:
-            raise KernelError("this kernel cannot run Bastion: " + "; ".join(report.problems))
-        sensor = BpfSensor(classes=policy.events.classes, self_tgid=os.getpid(),
-                           ring_bytes=policy.events.ring_bytes)
-    policies = None
-    if report is not None:
-        from bastion.policy.manager import PolicyManager
-        policies = PolicyManager(report.tier,
-                                 open_backends=_backends(report.tier, pin_root, test_deadline))
-        policies.prepare(policy, force=force, allow_degraded=allow_degraded)  # refuse before attaching
-    store = Store.open(data_dir, retention=Retention(
-        max_age_s=policy.store.max_age_s, max_events=policy.store.max_events,
-        max_bytes=policy.store.max_bytes))
-    extra_rules = _sigma_rules(tuple(policy.sigma) + sigma_dirs)
-    from bastion.metrics import Metrics
-    from bastion.outputs import build_manager
-
-    outputs = build_manager(list(policy.outputs)) if policy.outputs else None
-    metrics = None
-    if policy.metrics is not None:
-        metrics = Metrics()
-        if outputs is not None:
-            metrics.watch_outputs(outputs.stats)
-        port = metrics.serve(policy.metrics.host, policy.metrics.port)
-        click.echo(f"bastion: metrics on http://{policy.metrics.host}:{port}/metrics", err=True)
-    quarantine = None
-    if report is not None:
-        from bastion.respond.quarantine import Quarantine
-
-        quarantine = Quarantine(tier=report.tier, self_tgid=os.getpid(),
-                                deadline_s=test_deadline or 0.0)
-    shadow = None
-    if report is not None and policy.shield.protect:
-        from bastion.respond.shadow import ShadowKeeper
-
-        shadow = ShadowKeeper(list(policy.shield.protect), data_dir / "shadow",
-                              max_bytes=policy.shield.max_bytes,
-                              trusted_exes=frozenset(policy.shield.trusted),
-                              self_tgid=os.getpid(), deadline_s=test_deadline)
-    agent = Agent(policy=policy, sensors=[sensor], store=store, tier=report, extra_rules=extra_rules,
-                  outputs=outputs, metrics=metrics, quarantine=quarantine, shadow=shadow,
-                  socket_path=socket_path, feed=None if quiet else sys.stdout, feed_json=feed_json,
-                  policies=policies, apply_opts={"force": force, "allow_degraded": allow_degraded})
-    agent.test_deadline = test_deadline
+    agent = build_agent(AgentOptions(
+        policy=policy, data_dir=data_dir, socket_path=socket_path, pin_root=pin_root,
+        replay_path=replay_path, sigma_dirs=sigma_dirs, force=force, allow_degraded=allow_degraded,
+        keep_pins=keep_pins, test_deadline=test_deadline,
+        feed=None if quiet else sys.stdout, feed_json=feed_json), _say)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -153,93 +108,111 @@ def run(policy_path: Path | None, data_dir: Path, socket_path: Path, feed_json: 
         from bastion.guard.token import TokenStore, read_token_file
 
         TokenStore(data_dir).set_token(read_token_file(maintenance_token_file))
-    from bastion.guard.control import agent_stop_handler
-
     agent.add_handler("stop", agent_stop_handler(data_dir, on_stop=stop.set, alert=agent.raise_alert))
-    ready = threading.Thread(target=_announce, args=(agent, sensor, report.tier if report else "replay",
-                                                     started, stop), daemon=True)
+    ready = threading.Thread(target=_announce, args=(agent, started, stop), daemon=True)
     ready.start()
     try:
         summary = agent.run(stop)
     finally:
-        store.close()
+        agent.store.close()
     click.echo(summary.line(), err=True)
 
 
-def _sigma_rules(dirs: tuple[Path, ...]) -> list[Any]:
-    """Sigma rules for the engine; a malformed file is reported and the rest load."""
-    if not dirs:
-        return []
-    from bastion.detect.sigma.rules import load_sigma
-
-    res = load_sigma(list(dirs))
-    for err in res.errors:
-        click.echo(f"bastion: sigma: {err}", err=True)
-    click.echo(f"bastion: sigma: {len(res.rules)} rules loaded, {len(res.unsupported)} unsupported "
-               f"(bastion sigma check lists them), {len(res.errors)} files with errors", err=True)
-    return list(res.engine_rules())
+def _say(line: str) -> None:
+    click.echo(f"bastion: {line}", err=True)
 
 
-def _backends(tier: str, pin_root: Path, deadline_s: float | None) -> Any:
-    """A factory for the HIPS enforcement backends of this tier (loaded on first need)."""
-
-    def open_backends() -> Any:
-        from bastion.enforce.hips_kernel import HipsKernel
-
-        pin_dir = pin_root / "hips"
-        if (pin_dir / "links").is_dir() and any((pin_dir / "links").iterdir()):
-            # a previous agent's enforcement is still in force: adopt it, no gap
-            kernel = HipsKernel.adopt(pin_dir)
-            click.echo(f"bastion: adopted the pinned HIPS enforcement under {pin_dir}", err=True)
-        else:
-            kernel = HipsKernel(tier, pin_dir=pin_dir, self_tgid=os.getpid(), deadline_s=deadline_s)
-            kernel.open()
-        files = None
-        if tier != "lsm":
-            from bastion.enforce.fanotify import FanotifyEnforcer
-
-            files = FanotifyEnforcer(self_tgid=os.getpid(), deadline_s=deadline_s)
-            try:
-                files.open()
-                files.start()
-            except BaseException:
-                kernel.close()
-                raise
-        return kernel, files
-
-    return open_backends
-
-
-def _announce(agent: Any, sensor: Any, tier: str, started: float, stop: threading.Event) -> None:
+def _announce(agent: Any, started: float, stop: threading.Event) -> None:
     while not stop.is_set() and not agent.ready.wait(0.05):
         pass
     if agent.ready.is_set():
+        programs = sum(len(s.attached) for s in agent.sensors)
+        tier = agent.tier.tier if agent.tier else "replay"
         click.echo(
-            f"bastion: running (pid {os.getpid()}, tier {tier}, "
-            f"{len(getattr(sensor, 'attached', ()))} programs, "
+            f"bastion: running (pid {os.getpid()}, tier {tier}, {programs} programs, "
             f"policy {agent.policy.source}, ready in {time.monotonic() - started:.2f}s)", err=True)
 
 
 @cli.command()
 @_SOCKET_OPT
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status(socket_path: Path, as_json: bool) -> None:
-    """Ask the running agent for its status."""
-    from bastion.control import request
+@click.option("--pin-root", type=click.Path(path_type=Path), default=PIN_ROOT, hidden=True)
+def status(socket_path: Path, as_json: bool, pin_root: Path) -> None:
+    """What the running agent does: protections on/off and why, sensor health, counters.
 
+    With no agent running, says so and lists enforcement that is still pinned
+    in the kernel (it keeps denying with nobody recording it); exits 1."""
+    from bastion.control import request
+    from bastion.errors import ControlError
     from bastion.guard.control import guardian_status
 
-    resp = request(socket_path, "status")
+    try:
+        resp = request(socket_path, "status")
+    except ControlError as exc:
+        from bastion.assembly import pinned_enforcement
+
+        pinned = pinned_enforcement(pin_root)
+        if as_json:
+            click.echo(json.dumps({"running": False, "error": str(exc), "pinned": pinned}, indent=2))
+        else:
+            click.echo(f"bastion: {exc}", err=True)
+            click.echo("agent        not running")
+            if pinned:
+                click.echo(f"pinned       enforcement still active in the kernel under {pin_root}, "
+                           "with no agent recording what it denies:")
+                for part, links in pinned.items():
+                    click.echo(f"  {part:10} {len(links)} programs: {', '.join(links)}")
+                click.echo("  remove it: bastion reset --emergency [--token-file F]")
+            else:
+                click.echo("pinned       nothing: no Bastion enforcement is left in the kernel")
+        sys.exit(1)
     resp.pop("ok", None)
     resp["tamper_protection"] = guardian_status(GUARDIAN_SOCKET).get("tamper_protection", "off")
     if as_json:
         click.echo(json.dumps(resp, indent=2))
         return
-    caps = resp.pop("capabilities", {})
-    for k, v in resp.items():
-        click.echo(f"{k:18} {v}")
-    for name, c in caps.items():
-        click.echo(f"{'cap ' + name:18} {'yes' if c['available'] else 'NO '} {c['mechanism']}")
+    for line in format_status(resp):
+        click.echo(line)
+
+
+def format_status(st: dict[str, Any]) -> list[str]:
+    """The status as text for people (``--json`` is for machines)."""
+    out = [f"agent        pid {st.get('pid')}, version {st.get('version')}, up "
+           f"{st.get('uptime_s', 0):.0f}s, {st.get('rss_mb', 0):.0f} MB RSS, "
+           f"{st.get('cpu_s', 0):.1f}s CPU",
+           f"tier         {st.get('tier')}",
+           f"policy       {st.get('policy')} (HIPS mode {st.get('policy_mode')}, generation "
+           f"{st.get('policy_generation')})",
+           f"tamper       {st.get('tamper_protection')}"]
+    prot = st.get("protections") or {}
+    if prot:
+        out.append("protections")
+        for name, p in prot.items():
+            out.append(f"  {name:24} {'on ' if p.get('on') else 'OFF'}  {p.get('detail', '')}")
+    missing = st.get("programs_missing") or []
+    out.append(f"sensor       {', '.join(st.get('sensors') or [])}: {st.get('programs_attached')} "
+               f"programs attached" + (f", missing {', '.join(missing)}" if missing else ""))
+    out.append(f"events       {st.get('events_total')} seen, {st.get('events_per_s')}/s, "
+               f"{st.get('drops')} dropped, ring {float(st.get('ring_fill') or 0) * 100:.1f}% full, "
+               f"{st.get('store_events')} stored in {st.get('data_dir')}")
+    out.append(f"alerts       {st.get('alerts_total')} raised, {st.get('alerts_suppressed')} repeats "
+               "suppressed")
+    eng = st.get("engine") or {}
+    if isinstance(eng, dict) and eng:
+        out.append("engine       " + ", ".join(f"{k} {v}" for k, v in sorted(eng.items())
+                                               if not isinstance(v, (dict, list))))
+    shadow = st.get("shadow")
+    if isinstance(shadow, dict):
+        out.append("shield       " + ", ".join(f"{k} {v}" for k, v in sorted(shadow.items())))
+    out.append(f"quarantine   {st.get('quarantine')}")
+    for d in st.get("policy_degraded") or []:
+        out.append(f"degraded     {d}")
+    caps = st.get("capabilities") or {}
+    if caps:
+        out.append("capabilities")
+        for name, c in caps.items():
+            out.append(f"  {name:24} {'yes' if c['available'] else 'NO '}  {c['mechanism']}")
+    return out
 
 
 @cli.command()
@@ -277,12 +250,12 @@ def doctor(as_json: bool) -> None:
 @click.option("--class", "classes", multiple=True, help="Event class to record (repeatable; default all).")
 def record(output: Path, duration: float | None, count: int | None, classes: tuple[str, ...]) -> None:
     """Write live events to OUTPUT as JSON lines (the replay format); '-' is stdout."""
+    from bastion.assembly import record_sensor
     from bastion.events import to_json
     from bastion.proctable import ProcessTable
-    from bastion.sensors.bpf import EVENT_CLASSES, BpfSensor
+    from bastion.pump import EventPump, Source
 
-    _need_root("bastion record")
-    sensor = BpfSensor(classes=classes or tuple(EVENT_CLASSES), self_tgid=os.getpid())
+    sensor = record_sensor(classes)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -290,26 +263,29 @@ def record(output: Path, duration: float | None, count: int | None, classes: tup
     procs.seed()
     n = 0
     fh = sys.stdout if str(output) == "-" else output.open("w", encoding="utf-8")
+
+    def write(_src: Source, batch: list[Any]) -> None:
+        nonlocal n
+        for ev in batch:
+            if count and n >= count:
+                stop.set()
+                return
+            procs.update(ev)
+            fh.write(json.dumps(to_json(procs.enrich(ev))) + "\n")
+            n += 1
+        if count and n >= count:
+            stop.set()
+
     sensor.open()
     click.echo(f"bastion: recording to {output} ({len(sensor.attached)} programs)", err=True)
-    deadline = time.monotonic() + duration if duration else None
     try:
-        while not stop.is_set():
-            batch = sensor.poll(0.02) or []
-            for ev in batch:
-                procs.update(ev)
-                fh.write(json.dumps(to_json(procs.enrich(ev))) + "\n")
-                n += 1
-                if count and n >= count:
-                    stop.set()
-                    break
-            if deadline and time.monotonic() >= deadline:
-                break
+        EventPump([Source(sensor.name, sensor.poll)]).run(
+            stop, write, deadline=time.monotonic() + duration if duration else None)
     finally:
         sensor.close()
         if fh is not sys.stdout:
             fh.close()
-    click.echo(f"bastion: recorded {n} events, {sensor.drops()} dropped", err=True)
+    click.echo(f"bastion: recorded {n} events, {sensor.stats().get('drops', 0)} dropped", err=True)
 
 
 @cli.command()
@@ -323,17 +299,13 @@ def record(output: Path, duration: float | None, count: int | None, classes: tup
               default=DEFAULT_DATA_DIR, show_default=True, help="Store directory (holds the token's hash).")
 def reset(emergency: bool, pin_root: Path, token_file: Path | None, data_dir: Path) -> None:
     """Break-glass: remove every Bastion BPF pin (programs, links, maps)."""
-    from bastion.kernel import bpffs
+    from bastion.assembly import remove_all_pins
 
     _need_root("bastion reset")
     require_token(token_file, what="reset", data_dir=data_dir, pin_root=pin_root)
-    removed: list[Path] = []
-    parent = pin_root.parent
-    if parent.is_dir():
-        for p in sorted(parent.iterdir()):
-            if p.name == pin_root.name or p.name.startswith(pin_root.name + "-"):
-                removed += bpffs.remove_pins(p)
-    click.echo(f"bastion: removed {len(removed)} pins and directories under {parent}/{pin_root.name}*")
+    removed = remove_all_pins(pin_root)
+    click.echo(f"bastion: removed {len(removed)} pins and directories under "
+               f"{pin_root.parent}/{pin_root.name}*")
 
 
 @cli.group("log")

@@ -26,8 +26,10 @@ def _tier(tier: str | None) -> str:
         return tier
     if os.geteuid() != 0:
         return "compat"
+    from bastion.assembly import prepare_host
     from bastion.enforce.tiers import probe
 
+    prepare_host("bastion policy")
     return probe().tier
 
 
@@ -179,17 +181,17 @@ def diff(file: Path, socket_path: Path) -> None:
 def learn_cmd(selector: str, duration: str, output: Path, replay_path: Path | None) -> None:
     """Watch what the selected programs do and write a least-privilege profile."""
     import pwd
+    import signal
     import threading
     import time
 
-    from bastion.kernel.cgroup import cgroup_id
+    from bastion.errors import ConfigError
     from bastion.policy.learn import Learner, Selector
     from bastion.proctable import ProcessTable
+    from bastion.pump import EventPump, Source
     from bastion.sensors.base import Sensor
-    from bastion.sensors.bpf import BpfSensor
     from bastion.sensors.replay import ReplaySensor
     from bastion.timefmt import parse_since
-    from bastion.errors import ConfigError
 
     sel = Selector.parse(selector)
     try:
@@ -197,10 +199,7 @@ def learn_cmd(selector: str, duration: str, output: Path, replay_path: Path | No
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="--duration") from exc
     learner = Learner(sel, ProcessTable())
-    scope = 0
-    if sel.kind == "cgroup":
-        learner.cgroup_id = scope = cgroup_id(Path(sel.value))
-    elif sel.kind == "user":
+    if sel.kind == "user":
         try:
             learner.uid = pwd.getpwnam(sel.value).pw_uid
         except KeyError:
@@ -208,24 +207,31 @@ def learn_cmd(selector: str, duration: str, output: Path, replay_path: Path | No
     sensor: Sensor
     if replay_path is not None:
         sensor = ReplaySensor(replay_path)
+        if sel.kind == "cgroup":
+            from bastion.assembly import cgroup_id_of
+
+            learner.cgroup_id = cgroup_id_of(Path(sel.value))
     else:
         if os.geteuid() != 0:
             raise click.ClickException("live learning needs root (use --replay FILE otherwise)")
+        from bastion.assembly import learn_sensor
+
         learner.procs.seed()
-        sensor = BpfSensor(self_tgid=os.getpid(), cgroup_id=scope, open_reads=True)
+        sensor, scope = learn_sensor(Path(sel.value) if sel.kind == "cgroup" else None)
+        if sel.kind == "cgroup":
+            learner.cgroup_id = scope
     stop = threading.Event()
-    import signal as _signal
-    _signal.signal(_signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+
+    def observe(_src: Source, batch: list[Any]) -> None:
+        for ev in batch:
+            learner.observe(ev)
+
     sensor.open()
     click.echo(f"bastion: learning {selector} for {seconds:g}s", err=True)
-    deadline = time.monotonic() + seconds
     try:
-        while not stop.is_set() and time.monotonic() < deadline:
-            batch = sensor.poll(0.05)
-            if batch is None:
-                break
-            for ev in batch:
-                learner.observe(ev)
+        EventPump([Source(sensor.name, sensor.poll)], interval_s=0.05).run(
+            stop, observe, deadline=time.monotonic() + seconds)
     finally:
         sensor.close()
     output.write_text(learner.profile())

@@ -146,6 +146,84 @@ def ensure_securityfs(path: Path | str = SECURITYFS) -> Path:
     return p
 
 
+CGROUPFS = Path("/sys/fs/cgroup")
+
+
+@dataclass(frozen=True)
+class PseudoFs:
+    """A pseudo-filesystem Bastion needs, where it goes, and what for."""
+
+    name: str
+    fstype: str
+    path: Path
+    needed_for: str
+
+    def fix(self) -> str:
+        return f"mount -t {self.fstype} {self.fstype} {self.path}"
+
+
+PSEUDO_FILESYSTEMS: tuple[PseudoFs, ...] = (
+    PseudoFs("bpffs", "bpf", BPFFS, "pinning enforcement and tamper protection"),
+    PseudoFs("tracefs", "tracefs", TRACEFS, "attaching the event sensor's tracepoints"),
+    PseudoFs("securityfs", "securityfs", SECURITYFS, "reading the active LSMs and the lockdown mode"),
+    PseudoFs("cgroup2", "cgroup2", CGROUPFS, "cgroup ids of processes and cgroup-scoped enforcement"),
+)
+
+
+@dataclass(frozen=True)
+class HostMounts:
+    """What :func:`prepare_pseudo_filesystems` found already mounted and what it mounted."""
+
+    present: tuple[str, ...]
+    mounted: tuple[str, ...]
+
+
+def _cgroup2_target(entries: list[MountEntry]) -> Path:
+    """Where to mount cgroup v2 when none is mounted: /sys/fs/cgroup itself when nothing is
+    mounted there, else (a v1/hybrid tmpfs) its ``unified`` subdirectory."""
+    if not any(e.mount_point == CGROUPFS for e in entries):
+        return CGROUPFS
+    target = CGROUPFS / "unified"
+    target.mkdir(mode=0o755, exist_ok=True)
+    return target
+
+
+def prepare_pseudo_filesystems(names: tuple[str, ...] | None = None) -> HostMounts:
+    """Check, and mount where missing, the pseudo-filesystems Bastion needs.
+
+    The one place every entry point calls at start: a freshly booted host of
+    this kind has neither tracefs nor securityfs (nor bpffs) mounted.  A
+    filesystem that cannot be mounted raises :class:`FeatureUnavailableError`
+    naming it, what it is needed for, and the command that fixes it.
+    """
+    want = [fs for fs in PSEUDO_FILESYSTEMS if names is None or fs.name in names]
+    unknown = set(names or ()) - {fs.name for fs in PSEUDO_FILESYSTEMS}
+    if unknown:
+        raise ValueError(f"unknown pseudo-filesystems: {sorted(unknown)}")
+    present: list[str] = []
+    mounted: list[str] = []
+    for fs in want:
+        entries = mounts()
+        if fs.fstype == "cgroup2":
+            if any(e.fstype == "cgroup2" for e in entries):
+                present.append(fs.name)
+                continue
+        elif is_mounted(fs.path, fs.fstype, entries):
+            present.append(fs.name)
+            continue
+        try:
+            _mount(fs.fstype, _cgroup2_target(entries) if fs.fstype == "cgroup2" else fs.path)
+        except (KernelError, OSError) as exc:
+            why = exc.message if isinstance(exc, KernelError) else str(exc)
+            raise FeatureUnavailableError(
+                f"{fs.name} is not mounted and mounting it failed ({why}); Bastion needs it for "
+                f"{fs.needed_for}. Fix: {fs.fix()}",
+                errno=getattr(exc, "errno", 0) or errno.ENODEV, location=Location(str(fs.path)),
+            ) from exc
+        mounted.append(fs.name)
+    return HostMounts(present=tuple(present), mounted=tuple(mounted))
+
+
 def _require_bpffs(root: Path) -> None:
     kind = fs_type_of(root)
     if kind != "bpf":

@@ -41,7 +41,7 @@ class KernelBackend(Protocol):
     def apply(self, plan: MapPlan) -> int: ...
     def clear(self) -> None: ...
     def poll(self, timeout_s: float) -> list[HipsEvent] | None: ...
-    def close(self) -> None: ...
+    def close(self, *, unpin: bool = False) -> None: ...
 
 
 class FileBackend(Protocol):
@@ -244,11 +244,18 @@ class PolicyManager:
                 out += b.poll(0) or []
         return out
 
-    def close(self) -> None:
-        for b in (self.kernel, self.files):
-            if b is not None:
-                b.close()
+    def close(self, *, unpin: bool = False) -> str:
+        """Release the backends.  Pinned kernel enforcement outlives this process unless
+        ``unpin``.  Returns what became of it: "none" (nothing was loaded), "removed"
+        or "pinned" (still enforcing with no agent)."""
+        state = "none"
+        if self.kernel is not None:
+            self.kernel.close(unpin=unpin)
+            state = "pinned" if not unpin and getattr(self.kernel, "pin_dir", None) else "removed"
+        if self.files is not None:
+            self.files.close()
         self.kernel = self.files = None
+        return state
 
     def apply_text(self, text: str, source: str, **kw: Any) -> Applied:
         return self.apply(parse_policy(text, source), **kw)

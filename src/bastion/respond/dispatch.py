@@ -21,7 +21,7 @@ import os
 import signal
 import uuid
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from bastion.detect.engine import Finding
 from bastion.events import to_json
@@ -36,6 +36,10 @@ ACTING = frozenset({"kill", "kill-tree", "quarantine"})
 
 class QuarantineBackend(Protocol):
     def add(self, pid: int, start_ns: int, incident: int) -> None: ...
+
+
+# After an action was taken: (the finding, its alert record) -> None; may add to the record.
+ActionHook = Callable[[Finding, dict[str, Any]], None]
 
 
 def _start_ns_of(pid: int) -> int:
@@ -69,6 +73,13 @@ class Dispatcher:
         self.dry_run = dry_run
         self.quarantine = quarantine
         self._incident = 0
+        self._hooks: list[tuple[str, str, ActionHook]] = []
+
+    def after(self, rule: str, outcome_prefix: str, hook: ActionHook) -> None:
+        """Run ``hook`` after ``rule``'s finding was dispatched with an outcome starting with
+        ``outcome_prefix`` (e.g. a ransomware kill opens a shadow-copy incident).  The
+        composition root registers these; the dispatcher knows no rule by name."""
+        self._hooks.append((rule, outcome_prefix, hook))
 
     def _open_checked(self, pid: int, start_ns: int) -> int | str:
         """A pidfd for exactly this process, or why not."""
@@ -210,5 +221,8 @@ class Dispatcher:
             alert["killed"] = killed
         if ev is not None:
             alert["event"] = to_json(ev)
+        for rule, prefix, hook in self._hooks:
+            if rule == f.rule and outcome.startswith(prefix):
+                hook(f, alert)
         log.info("alert %s %s: %s", f.severity, f.rule, f.title)
         return alert

@@ -14,7 +14,14 @@ from bastion.events import Event
 
 
 class Sensor(Protocol):
+    """An event source the agent drains: a kernel sensor, a replay, an LSM object."""
+
     name: str
+    attached: list[str]      # programs attached (kernel sensors); empty otherwise
+    missing: list[str]       # optional programs this kernel refused
+
+    def ring_fill(self) -> float:
+        """Fill level of the kernel ring (0..1); 0 for sources without one."""
 
     def open(self) -> None:
         """Acquire resources (load programs, open files).  Raises BastionError."""

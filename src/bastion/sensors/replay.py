@@ -25,6 +25,11 @@ class ReplaySensor:
         self._fh: IO[str] | None = None
         self._line = 0
         self._events = 0
+        self.attached: list[str] = []
+        self.missing: list[str] = []
+
+    def ring_fill(self) -> float:
+        return 0.0
 
     def open(self) -> None:
         try:

@@ -1,0 +1,282 @@
+"""The one place that assembles Bastion from its configuration.
+
+Commands in :mod:`bastion.cli` parse flags and call into this module; they
+never import :mod:`bastion.kernel`.  Everything an :class:`~bastion.agent.Agent`
+uses is built here and injected.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TextIO
+
+from bastion.agent import Agent, AgentParts
+from bastion.config import Policy
+from bastion.errors import KernelError
+from bastion.kernel.bpffs import HostMounts, prepare_pseudo_filesystems
+from bastion.paths import PIN_ROOT
+from bastion.proctable import ProcessTable
+from bastion.respond.dispatch import ActionHook
+from bastion.sensors.base import Sensor
+
+if TYPE_CHECKING:
+    from bastion.detect.engine import Finding, Rule
+    from bastion.enforce.tiers import TierReport
+
+log = logging.getLogger("bastion")
+
+
+def prepare_host(what: str) -> HostMounts:
+    """Start of every entry point that touches the kernel: root, and the
+    pseudo-filesystems (bpffs, tracefs, securityfs, cgroup2) checked and
+    mounted where missing — a freshly booted host has not all of them."""
+    if os.geteuid() != 0:
+        raise KernelError(f"{what} needs root (BPF programs and pins)")
+    res = prepare_pseudo_filesystems()
+    if res.mounted:
+        log.info("%s: mounted %s", what, ", ".join(res.mounted))
+    return res
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    """Everything ``bastion run`` (and the guardian's agent) is configured with."""
+
+    policy: Policy
+    data_dir: Path
+    socket_path: Path | None
+    pin_root: Path = PIN_ROOT
+    replay_path: Path | None = None
+    sigma_dirs: tuple[Path, ...] = ()
+    force: bool = False
+    allow_degraded: bool = False
+    keep_pins: bool = False
+    test_deadline: float | None = None
+    feed: TextIO | None = None
+    feed_json: bool = False
+
+
+def _open_hips_backends(tier: str, pin_root: Path, deadline_s: float | None,
+                        say: Callable[[str], None]) -> Callable[[], Any]:
+    """A factory for the HIPS enforcement backends of this tier (loaded on first need)."""
+
+    def open_backends() -> Any:
+        from bastion.enforce.hips_kernel import HipsKernel
+
+        pin_dir = pin_root / "hips"
+        if (pin_dir / "links").is_dir() and any((pin_dir / "links").iterdir()):
+            # a previous agent's enforcement is still in force: adopt it, no gap
+            kernel = HipsKernel.adopt(pin_dir)
+            say(f"adopted the pinned HIPS enforcement under {pin_dir}")
+        else:
+            kernel = HipsKernel(tier, pin_dir=pin_dir, self_tgid=os.getpid(), deadline_s=deadline_s)
+            kernel.open()
+        files = None
+        if tier != "lsm":
+            from bastion.enforce.fanotify import FanotifyEnforcer
+
+            files = FanotifyEnforcer(self_tgid=os.getpid(), deadline_s=deadline_s)
+            try:
+                files.open()
+                files.start()
+            except BaseException:
+                kernel.close()
+                raise
+        return kernel, files
+
+    return open_backends
+
+
+def sigma_engine_rules(dirs: Sequence[Path], say: Callable[[str], None]) -> list[Rule]:
+    """Sigma rules for the engine; a malformed file is reported and the rest load."""
+    if not dirs:
+        return []
+    from bastion.detect.sigma.rules import load_sigma
+
+    res = load_sigma(list(dirs))
+    for err in res.errors:
+        say(f"sigma: {err}")
+    say(f"sigma: {len(res.rules)} rules loaded, {len(res.unsupported)} unsupported "
+        f"(bastion sigma check lists them), {len(res.errors)} files with errors")
+    return list(res.engine_rules())
+
+
+def _shadow_incident_hook(agent_ref: list[Agent], procs: ProcessTable) -> ActionHook:
+    """A ransomware kill opens a shadow-copy incident so `bastion rollback` can restore it."""
+
+    def hook(f: Finding, alert: dict[str, Any]) -> None:
+        shadow = agent_ref[0].shadow if agent_ref else None
+        if shadow is None:
+            return
+        e = procs.get(f.pid)
+        start = (f.event.proc.start_ns if f.event is not None and f.event.proc.pid == f.pid
+                 else (e.start_ns if e else 0))
+        alert["shadow_incident"] = shadow.open_incident(f.pid, start)
+        alert["title"] += f" (recover: bastion rollback --incident {alert['shadow_incident']})"
+
+    return hook
+
+
+def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
+    """Assemble an agent: sensors, tier, HIPS, store, rules, responses, outputs, metrics.
+
+    A policy that cannot be applied here is refused before anything is
+    attached.  ``say`` prints one operator-facing line (stderr in the CLI).
+    """
+    from bastion.detect.behavior import behavior_rules, live_probes
+    from bastion.detect.engine import Engine, builtin_rules
+    from bastion.respond.dispatch import Dispatcher
+    from bastion.store.db import Retention, Store
+
+    policy = opts.policy
+    report: TierReport | None = None
+    sensor: Sensor
+    if opts.replay_path is not None:
+        from bastion.sensors.replay import ReplaySensor
+
+        sensor = ReplaySensor(opts.replay_path)
+    else:
+        from bastion.enforce.tiers import probe
+        from bastion.sensors.bpf import BpfSensor
+
+        prepare_host("bastion run")
+        report = probe()
+        if not report.can_run:
+            raise KernelError("this kernel cannot run Bastion: " + "; ".join(report.problems))
+        sensor = BpfSensor(classes=policy.events.classes, self_tgid=os.getpid(),
+                           ring_bytes=policy.events.ring_bytes)
+    parts = AgentParts()
+    if report is not None:
+        from bastion.policy.manager import PolicyManager
+
+        parts.policies = PolicyManager(report.tier, open_backends=_open_hips_backends(
+            report.tier, opts.pin_root, opts.test_deadline, say))
+        parts.policies.prepare(policy, force=opts.force, allow_degraded=opts.allow_degraded)
+    store = Store.open(opts.data_dir, retention=Retention(
+        max_age_s=policy.store.max_age_s, max_events=policy.store.max_events,
+        max_bytes=policy.store.max_bytes))
+    try:
+        procs = ProcessTable()
+        sigma_dirs = tuple(policy.sigma) + opts.sigma_dirs
+        extra = sigma_engine_rules(sigma_dirs, say)
+        parts.sigma = {"rules": len(extra), "dirs": [str(d) for d in sigma_dirs],
+                       "detail": (f"{len(extra)} rules live from {', '.join(map(str, sigma_dirs))}"
+                                  if extra else "")}
+        engine = Engine([*builtin_rules(),
+                         *behavior_rules(policy.behavior, live_probes() if report else None),
+                         *extra])
+        if policy.outputs:
+            from bastion.outputs import build_manager
+
+            parts.outputs = build_manager(list(policy.outputs))
+        if policy.metrics is not None:
+            from bastion.metrics import Metrics
+
+            parts.metrics = Metrics()
+            if parts.outputs is not None:
+                parts.metrics.watch_outputs(parts.outputs.stats)
+            port = parts.metrics.serve(policy.metrics.host, policy.metrics.port)
+            say(f"metrics on http://{policy.metrics.host}:{port}/metrics")
+        if report is not None:
+            _kernel_parts(parts, opts, report)
+        dispatcher = Dispatcher(procs, dry_run=policy.behavior.dry_run, quarantine=parts.quarantine)
+        agent_ref: list[Agent] = []
+        dispatcher.after("behavior.ransomware", "kill", _shadow_incident_hook(agent_ref, procs))
+        agent = Agent(policy=policy, sensors=[sensor], store=store, procs=procs, engine=engine,
+                      dispatcher=dispatcher, parts=parts, tier=report, socket_path=opts.socket_path,
+                      feed=opts.feed, feed_json=opts.feed_json,
+                      apply_opts={"force": opts.force, "allow_degraded": opts.allow_degraded},
+                      keep_pins=opts.keep_pins, pin_dir=opts.pin_root / "hips",
+                      test_deadline=opts.test_deadline)
+        agent_ref.append(agent)
+    except BaseException:
+        store.close()
+        raise
+    return agent
+
+
+def _kernel_parts(parts: AgentParts, opts: AgentOptions, report: TierReport) -> None:
+    """Quarantine, the ransomware shield and BPF-load refusal: the parts that need a kernel."""
+    from bastion.detect.engine import Finding
+    from bastion.respond.quarantine import Quarantine
+
+    policy = opts.policy
+    parts.quarantine = Quarantine(tier=report.tier, self_tgid=os.getpid(),
+                                  deadline_s=opts.test_deadline or 0.0)
+    if policy.shield.protect:
+        from bastion.respond.shadow import ShadowKeeper
+
+        parts.shadow = ShadowKeeper(list(policy.shield.protect), opts.data_dir / "shadow",
+                                    max_bytes=policy.shield.max_bytes,
+                                    trusted_exes=frozenset(policy.shield.trusted),
+                                    self_tgid=os.getpid(), deadline_s=opts.test_deadline)
+    cfg = policy.integrity
+    if cfg.refuse_bpf_loads:
+        if report.tier != "lsm":
+            parts.notices += (Finding(
+                rule="bastion.policy.degraded", severity="high", attack=(), action="alert",
+                title="integrity.refuse_bpf_loads needs the lsm tier: BPF loads are detected "
+                      "(integrity scan, behavior.bpf_load) but not refused on this kernel",
+                event=None, pid=os.getpid(), evidence={"setting": "integrity.refuse_bpf_loads"}),)
+        else:
+            from bastion.enforce.lsm import BpfLoadGuard
+
+            parts.bpf_guard = BpfLoadGuard(cgroup_id=0, deadline_s=opts.test_deadline,
+                                           self_tgid=os.getpid())
+            parts.bpf_loaders = tuple(cfg.bpf_loaders)
+
+
+def record_sensor(classes: Sequence[str]) -> Sensor:
+    """The kernel sensor for ``bastion record`` (every class unless some are named)."""
+    from bastion.sensors.bpf import EVENT_CLASSES, BpfSensor
+
+    prepare_host("bastion record")
+    return BpfSensor(classes=tuple(classes) or tuple(EVENT_CLASSES), self_tgid=os.getpid())
+
+
+def cgroup_id_of(path: Path) -> int:
+    """The kernel id of a cgroup v2 directory (a clear error when it is not one)."""
+    from bastion.kernel.cgroup import cgroup_id
+
+    return cgroup_id(path)
+
+
+def learn_sensor(cgroup_path: Path | None) -> tuple[Sensor, int]:
+    """The kernel sensor for ``bastion learn`` (read-opens on; scoped to a cgroup when given)."""
+    from bastion.sensors.bpf import BpfSensor
+
+    prepare_host("bastion learn")
+    scope = cgroup_id_of(cgroup_path) if cgroup_path is not None else 0
+    return BpfSensor(self_tgid=os.getpid(), cgroup_id=scope, open_reads=True), scope
+
+
+def remove_all_pins(pin_root: Path) -> list[Path]:
+    """Break-glass: every pin under ``<pin root>`` and ``<pin root>-*`` (bpffs only)."""
+    from bastion.kernel import bpffs
+
+    removed: list[Path] = []
+    parent = pin_root.parent
+    if parent.is_dir():
+        for p in sorted(parent.iterdir()):
+            if p.name == pin_root.name or p.name.startswith(pin_root.name + "-"):
+                removed += bpffs.remove_pins(p)
+    return removed
+
+
+def pinned_enforcement(pin_root: Path) -> dict[str, list[str]]:
+    """What is still pinned (and so still enforcing) under ``pin_root``: part -> link names.
+
+    Read by listing bpffs only (no bpf() call touches a pinned object)."""
+    out: dict[str, list[str]] = {}
+    if not pin_root.is_dir():
+        return out
+    for part in sorted(pin_root.iterdir()):
+        links = part / "links"
+        if links.is_dir():
+            names = sorted(p.name for p in links.iterdir())
+            if names:
+                out[part.name] = names
+    return out
