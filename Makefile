@@ -27,9 +27,13 @@ deps:
 $(VENV)/.installed: pyproject.toml
 	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@$(VPY) -m compileall -q -j 0 $(VENV)/lib >/dev/null
 	@touch $@
 
+# Bytecode is compiled here, once: under tamper protection nothing of Bastion's may
+# write into its own tree (Bastion never writes .pyc at run time).
 venv: deps $(VENV)/.installed
+	@$(VPY) -m compileall -q -j 0 src >/dev/null
 
 $(BUILD)/vmlinux.h:
 	@mkdir -p $(BUILD)
@@ -41,9 +45,11 @@ $(BPF_DIR)/%.bpf.o: bpf/%.bpf.c $(BPF_HDRS) $(BUILD)/vmlinux.h
 
 bpf: deps $(BPF_OBJS)
 
-# Start the agent in the foreground with its embedded default policy.
+# Run Bastion as production runs it: the guardian holding tamper protection with the
+# agent under it, in the foreground with the live alert feed (embedded default policy).
+# The first run writes a maintenance token and prints the one command that stops it.
 run: setup
-	$(VENV)/bin/bastion run
+	$(VENV)/bin/bastion guardian
 
 lint: venv
 	$(VPY) -m mypy

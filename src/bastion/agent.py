@@ -33,6 +33,7 @@ from bastion.pump import EventPump, Source
 from bastion.respond.dispatch import Dispatcher
 from bastion.sensors.base import Sensor
 from bastion.store.db import Store
+from bastion.store.remote import store_handlers
 
 if TYPE_CHECKING:  # the kernel-backed parts are built by bastion.assembly, not imported here
     from bastion.enforce.lsm import BpfLoadGuard
@@ -150,10 +151,11 @@ class Agent:
         self.test_deadline = test_deadline   # tests: enforcement expires by itself
         self._policy_lock = threading.Lock()
         self.control = ControlServer(socket_path, {
-            "ping": lambda req: {"pid": os.getpid()},
+            "ping": lambda req: {"pid": os.getpid(), "data_dir": str(self.store.path.parent)},
             "status": lambda req: self.status(),
             "policy.apply": self._policy_apply,
             "policy.show": self._policy_show,
+            **store_handlers(self.store.path.parent),
         }) if socket_path else None
         self.summary = Summary()
         self._started = time.monotonic()

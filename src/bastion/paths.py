@@ -11,6 +11,9 @@ from bastion.errors import BpfObjectError, Location
 PIN_ROOT = Path("/sys/fs/bpf/bastion")
 DEFAULT_DATA_DIR = Path("/var/lib/bastion")
 DEFAULT_SOCKET = Path("/run/bastion/bastion.sock")
+# Where the first run writes the maintenance token: root's home, outside every protected
+# directory, so the administrator can move it off the host (and delete it here).
+DEFAULT_TOKEN_FILE = Path("/root/bastion-maintenance.token")
 _INSTALLED_BPF = Path("/usr/lib/bastion/bpf")
 
 

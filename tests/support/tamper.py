@@ -53,11 +53,11 @@ class Instance:
 
     # ---- processes -------------------------------------------------------------
     def start_guardian(self, *extra: str, agent: list[str] | None = None, tier: str = "auto",
-                       wait_agent: bool = True) -> None:
+                       wait_agent: bool = True, token: bool = True) -> None:
         argv = [PY, "-m", "bastion.cli.guard", "guardian", "--data-dir", str(self.data),
                 "--guardian-socket", str(self.gsock), "--pin-root", str(self.pin_root),
                 "--no-install-tree", "--protect", str(self.install), "--config", str(self.etc),
-                "--maintenance-token-file", str(self.token_file), "--tier", tier,
+                *(("--maintenance-token-file", str(self.token_file)) if token else ()), "--tier", tier,
                 "--test-cgroup-id", str(self.cgid), "--test-deadline", str(self.deadline_s),
                 "--test-forbid", str(REPO), "--test-forbid", "/sys/fs/bpf/bastion", *extra,
                 "--", *(agent or default_agent())]
@@ -68,6 +68,7 @@ class Instance:
         deadline = time.monotonic() + 30
         while not any("guardian running" in line for line in self.stderr):
             if self.guardian.poll() is not None or time.monotonic() > deadline:
+                time.sleep(0.2)   # the rest of its stderr
                 raise AssertionError("guardian did not start:\n" + "".join(self.stderr))
             time.sleep(0.05)
         if wait_agent:

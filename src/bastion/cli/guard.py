@@ -17,8 +17,8 @@ from typing import Final
 import click
 
 from bastion.errors import BastionError, ControlError, KernelError, Location
-from bastion.guard.token import TokenError, TokenStore, read_token_file
-from bastion.paths import DEFAULT_DATA_DIR, DEFAULT_SOCKET, PIN_ROOT
+from bastion.guard.token import TokenError, TokenStore, generate_token_file, read_token_file
+from bastion.paths import DEFAULT_DATA_DIR, DEFAULT_SOCKET, DEFAULT_TOKEN_FILE, PIN_ROOT
 
 GUARDIAN_SOCKET: Final = DEFAULT_SOCKET.parent / "guardian.sock"
 
@@ -87,6 +87,10 @@ def require_token(token_file: Path | None, *, what: str, data_dir: Path = DEFAUL
               help="Do not protect the install tree/virtualenv and BPF objects.")
 @click.option("--maintenance-token-file", type=click.Path(path_type=Path, dir_okay=False),
               help="Set the maintenance token (only its scrypt hash is kept) before protecting.")
+@click.option("--token-out", type=click.Path(path_type=Path, dir_okay=False),
+              default=DEFAULT_TOKEN_FILE, show_default=True,
+              help="First run (no token set, no --maintenance-token-file): write a new token here (0600).")
+@click.option("--quiet", is_flag=True, help="No live alert feed from the agent on stdout.")
 @click.option("--window-minutes", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
               help="How long a maintenance window stays open.")
 @click.option("--tier", type=click.Choice(["auto", "lsm", "compat"]), default="auto",
@@ -102,14 +106,17 @@ def require_token(token_file: Path | None, *, what: str, data_dir: Path = DEFAUL
 @click.argument("agent_argv", nargs=-1, type=click.UNPROCESSED)
 def guardian_cmd(data_dir: Path, guardian_socket: Path, pin_root: Path,
                  protect_paths: tuple[Path, ...], config_paths: tuple[Path, ...],
-                 no_install_tree: bool, maintenance_token_file: Path | None, window_minutes: float,
+                 no_install_tree: bool, maintenance_token_file: Path | None, token_out: Path,
+                 quiet: bool, window_minutes: float,
                  tier: str, test_cgroup_id: int, test_deadline: float | None,
                  test_forbid: tuple[Path, ...], fault_after: float | None,
                  agent_argv: tuple[str, ...]) -> None:
     """Hold tamper protection and keep the agent running: bastion guardian [opts] -- AGENT ARGV.
 
-    Without AGENT ARGV the agent is `bastion run --data-dir DIR`.  Only
-    `bastion stop --token-file F` stops it.
+    Without AGENT ARGV the agent is `bastion run --keep-pins --data-dir DIR`,
+    whose live alert feed goes to stdout.  Only `bastion stop --token-file F`
+    stops it.  On first run (no token set) a new maintenance token is written
+    to --token-out.
     """
     from bastion.guard import protect
     from bastion.guard.guardian import Guardian, GuardianConfig
@@ -117,12 +124,20 @@ def guardian_cmd(data_dir: Path, guardian_socket: Path, pin_root: Path,
     from bastion.assembly import prepare_host
 
     prepare_host("bastion guardian")
+    _refuse_over_stale_pins(data_dir, pin_root, guardian_socket)
+    tokens = TokenStore(data_dir)
     if maintenance_token_file is not None:
-        TokenStore(data_dir).set_token(read_token_file(maintenance_token_file))
+        tokens.set_token(read_token_file(maintenance_token_file))
+    elif not tokens.is_set():
+        tokens.set_token(generate_token_file(token_out))
+        click.echo(f"bastion: first run: a new maintenance token is in {token_out} (mode 0600, root "
+                   "only).\nbastion: stop Bastion with:  bastion stop --token-file "
+                   f"{token_out}\nbastion: keep a copy off this host and delete it here: whoever "
+                   "can read it can stop Bastion.", err=True)
     argv = agent_argv[1:] if agent_argv[:1] == ("--",) else agent_argv
     if not argv:
-        argv = (sys.executable, "-m", "bastion.cli.main", "run", "--quiet", "--data-dir",
-                str(data_dir))
+        argv = (sys.executable, "-m", "bastion.cli.main", "run", "--keep-pins", "--data-dir",
+                str(data_dir), *(("--quiet",) if quiet else ()))
     paths = protect.default_paths(data_dir=data_dir, config_paths=config_paths, pin_root=pin_root,
                                   install_tree=not no_install_tree, extra=protect_paths)
     cfg = GuardianConfig(agent_argv=tuple(argv), data_dir=data_dir, pin_root=pin_root,
@@ -131,6 +146,36 @@ def guardian_cmd(data_dir: Path, guardian_socket: Path, pin_root: Path,
                          deadline_s=test_deadline, window_s=window_minutes * 60,
                          fault_after_s=fault_after)
     sys.exit(Guardian(cfg).run())
+
+
+def _refuse_over_stale_pins(data_dir: Path, pin_root: Path, guardian_socket: Path) -> None:
+    """A guardian must not start over another's protection it cannot take over.
+
+    Pins of an earlier guardian with no guardian answering and no token in this
+    data dir (e.g. after a crash and a wiped data dir): the pinned protection
+    would kill the newcomer with no word.  Say what is there and the ways out.
+    A running guardian is never doubled."""
+    from bastion.control import request
+
+    if guardian_socket.exists():
+        try:
+            resp = request(guardian_socket, "ping", timeout=5.0)
+        except ControlError:
+            pass
+        else:
+            raise KernelError(f"a guardian is already running (pid {resp.get('pid')}): "
+                              "`bastion status` shows it; `bastion stop --token-file F` stops it",
+                              location=Location(str(guardian_socket)))
+    if protection_on(pin_root) and not TokenStore(data_dir).is_set():
+        raise TokenError(
+            f"tamper protection of an earlier guardian is still pinned under {pin_root / 'tamper'}, "
+            f"no guardian runs, and {data_dir} holds no maintenance token (was the data dir "
+            "removed?). A guardian started over it would be killed by that protection. Either "
+            "start the guardian with --data-dir pointing at the directory that holds that "
+            "protection's token (it adopts the pins and the agent), or remove it with the token: "
+            "`bastion reset --emergency --token-file F --data-dir DIR`. Without the token, "
+            "reboot: pins do not survive a reboot (README, Break-glass).",
+            location=Location(str(pin_root / "tamper")))
 
 
 @click.command("stop")

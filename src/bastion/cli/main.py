@@ -316,12 +316,13 @@ def log_group() -> None:
 @log_group.command("verify")
 @click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), envvar="BASTION_DATA_DIR",
               default=DEFAULT_DATA_DIR, show_default=True, help="Store directory.")
+@_SOCKET_OPT
 @click.option("--json", "as_json", is_flag=True)
-def log_verify(data_dir: Path, as_json: bool) -> None:
+def log_verify(data_dir: Path, socket_path: Path, as_json: bool) -> None:
     """Check the alert chain; name every edited, deleted, inserted or reordered record."""
-    from bastion.store.db import Store
+    from bastion.cli.query import _reader
 
-    with Store.open(data_dir, readonly=True) as store:
+    with _reader(data_dir, socket_path) as store:
         n, problems = store.verify_chain()
     if as_json:
         click.echo(json.dumps({"alerts": n, "intact": not problems,

@@ -25,8 +25,9 @@ from typing import IO, Any
 import click
 
 from bastion.errors import ConfigError, StoreError
-from bastion.paths import DEFAULT_DATA_DIR
-from bastion.store import SEVERITIES, Store, StoredRecord, StoreNotFoundError
+from bastion.paths import DEFAULT_DATA_DIR, DEFAULT_SOCKET
+from bastion.store import SEVERITIES, StoredRecord, StoreNotFoundError
+from bastion.store.remote import StoreReader, open_reader
 from bastion.timefmt import parse_since
 
 __all__ = [
@@ -283,6 +284,9 @@ def _common_options(f: Callable[..., Any]) -> Callable[..., Any]:
             show_default=True,
             help="The agent's data directory (env BASTION_DATA_DIR).",
         ),
+        click.option("--socket", "socket_path", type=click.Path(path_type=Path),
+                     envvar="BASTION_SOCKET", default=DEFAULT_SOCKET, show_default=True,
+                     help="The agent's control socket: a running agent answers the query."),
         click.option("--json", "as_json", is_flag=True,
                      help="One JSON object per line: the stored record as is."),
         _time_option("--since", "Only records at or after WHEN: a duration back "
@@ -322,9 +326,13 @@ class NoStoreError(click.ClickException):
 
 
 @contextmanager
-def _reader(data_dir: Path) -> Iterator[Store]:
+def _reader(data_dir: Path, socket_path: Path = DEFAULT_SOCKET) -> Iterator[StoreReader]:
+    """The store, read without ever write-opening a protected one (store/remote.py)."""
+    from bastion.cli.guard import protection_on
+
     try:
-        store = Store.open(data_dir, readonly=True)
+        store = open_reader(data_dir, socket_path, protected=protection_on(),
+                            warn=lambda m: click.echo(f"bastion: {m}", err=True))
     except StoreNotFoundError as exc:
         raise NoStoreError(data_dir) from exc
     except StoreError as exc:
@@ -337,11 +345,12 @@ def _reader(data_dir: Path) -> Iterator[Store]:
 
 def _run(
     data_dir: Path,
+    socket_path: Path,
     as_json: bool,
     limit: int | None,
     follow: bool,
-    fetch: Callable[[Store, int, int, int | None], list[StoredRecord]],
-    last_rowid: Callable[[Store], int],
+    fetch: Callable[[StoreReader, int, int, int | None], list[StoredRecord]],
+    last_rowid: Callable[[StoreReader], int],
     table: Table,
     to_row: Callable[[Mapping[str, Any]], tuple[str, ...]],
 ) -> None:
@@ -356,7 +365,7 @@ def _run(
         click.echo(text, nl=False)
         sys.stdout.flush()
 
-    with _reader(data_dir) as store:
+    with _reader(data_dir, socket_path) as store:
         try:
             follow_rows(
                 lambda after, upto, lim: fetch(store, after, upto, lim),
@@ -383,6 +392,7 @@ def _run(
               help="Only this event type (repeatable): exec, open, connect, ...")
 def events_cmd(
     data_dir: Path,
+    socket_path: Path,
     as_json: bool,
     since: float | None,
     until: float | None,
@@ -394,13 +404,13 @@ def events_cmd(
 ) -> None:
     """Show recorded events, newest last."""
 
-    def fetch(store: Store, after: int, upto: int, lim: int | None) -> list[StoredRecord]:
+    def fetch(store: StoreReader, after: int, upto: int, lim: int | None) -> list[StoredRecord]:
         return store.events(
             since=since, until=until, pid=pid, exe=exe, types=types or None,
             after_rowid=after, max_rowid=upto, limit=lim, newest=True,
         )
 
-    _run(data_dir, as_json, limit, follow, fetch, Store.last_event_rowid,
+    _run(data_dir, socket_path, as_json, limit, follow, fetch, lambda s: s.last_event_rowid(),
          Table(EVENT_HEADERS, right=frozenset({2, 3})), event_row)
 
 
@@ -411,6 +421,7 @@ def events_cmd(
 @click.option("--rule", metavar="RULE", help="Only this rule: an exact id, or a glob.")
 def alerts_cmd(
     data_dir: Path,
+    socket_path: Path,
     as_json: bool,
     since: float | None,
     until: float | None,
@@ -423,11 +434,11 @@ def alerts_cmd(
 ) -> None:
     """Show recorded alerts, newest last."""
 
-    def fetch(store: Store, after: int, upto: int, lim: int | None) -> list[StoredRecord]:
+    def fetch(store: StoreReader, after: int, upto: int, lim: int | None) -> list[StoredRecord]:
         return store.alerts(
             since=since, until=until, pid=pid, exe=exe, severity=severity, rule=rule,
             after_rowid=after, max_rowid=upto, limit=lim, newest=True,
         )
 
-    _run(data_dir, as_json, limit, follow, fetch, Store.last_alert_rowid,
+    _run(data_dir, socket_path, as_json, limit, follow, fetch, lambda s: s.last_alert_rowid(),
          Table(ALERT_HEADERS, right=frozenset({4})), alert_row)

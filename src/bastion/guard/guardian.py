@@ -84,6 +84,16 @@ class _AgentProc:
     started: float = field(default_factory=time.monotonic)
 
 
+def _parent_of(tgid: int) -> int:
+    """The parent pid of ``tgid`` from procfs (never marked); 0 when unknown."""
+    try:
+        with open(f"/proc/{tgid}/stat", "rb") as fh:
+            raw = fh.read()
+        return int(raw[raw.rfind(b")") + 2:].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def _default_signals() -> None:
     """In the agent child: undo the guardian's ignored signals (inherited across exec)."""
     for s in IGNORED_SIGNALS:
@@ -187,12 +197,15 @@ class Guardian:
         for ident in (self.me, self.agent.ident if self.agent else None):
             if ident is not None and ident.tgid == tgid:
                 return ident.alive()
-        return False
+        # the agent between its exec and its enrolment (its first imports): a direct child
+        # of this guardian — only the guardian creates those, and nothing reparents to it
+        return _parent_of(tgid) == os.getpid()
 
     # ---- the agent ------------------------------------------------------------------
 
     def _spawn(self) -> None:
-        env = {**os.environ, **dict(self.cfg.agent_env)}
+        # nothing of ours writes into the protected install tree (no .pyc next to modules)
+        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **dict(self.cfg.agent_env)}
         p = subprocess.Popen(list(self.cfg.agent_argv), start_new_session=True, env=env,
                              stdin=subprocess.DEVNULL, preexec_fn=_default_signals)
         self.agent = _AgentProc(p.pid, p)

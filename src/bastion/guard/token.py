@@ -53,6 +53,31 @@ def read_token_file(path: Path) -> bytes:
     return raw
 
 
+def generate_token_file(path: Path) -> bytes:
+    """First run: a new random token written to ``path`` (created, never overwritten, 0600,
+    not through a symlink).  Returns the token."""
+    import secrets
+
+    token = secrets.token_urlsafe(32).encode()
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except FileExistsError as exc:
+        raise TokenError("a token file is already there and no token is set for this data dir: "
+                         "pass it with --maintenance-token-file, or move it away",
+                         location=Location(str(path))) from exc
+    except OSError as exc:
+        raise TokenError(f"cannot create the token file: {exc.strerror}",
+                         location=Location(str(path))) from exc
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, token + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return token
+
+
 def _derive(token: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
     return hashlib.scrypt(token, salt=salt, n=n, r=r, p=p, maxmem=128 * r * n * 2, dklen=32)
 

@@ -139,6 +139,7 @@ class Store:
         *,
         retention: Retention | None = None,
         readonly: bool = False,
+        immutable: bool = False,
     ) -> Store:
         """Open (creating and migrating unless ``readonly``) the store in ``data_dir``.
 
@@ -152,7 +153,7 @@ class Store:
         data_dir = Path(data_dir)
         path = data_dir / DB_NAME
         if readonly:
-            return cls._open_reader(path, retention or Retention())
+            return cls._open_reader(path, retention or Retention(), immutable=immutable)
         try:
             created_dir = not data_dir.exists()
             data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -207,7 +208,9 @@ class Store:
         return cls(conn, path, retention=retention or Retention(), readonly=False)
 
     @classmethod
-    def _open_reader(cls, path: Path, retention: Retention) -> Store:
+    def _open_reader(cls, path: Path, retention: Retention, *, immutable: bool = False) -> Store:
+        """``immutable``: read the main file only, never opening ``-wal``/``-shm`` (a
+        protected store with no agent to ask; rows still in the WAL are not seen)."""
         try:
             if not path.exists():
                 raise StoreNotFoundError("no Bastion store", location=Location(str(path)))
@@ -218,7 +221,7 @@ class Store:
             ) from exc
         try:
             conn = sqlite3.connect(
-                f"{path.resolve().as_uri()}?mode=ro",
+                f"{path.resolve().as_uri()}?mode=ro" + ("&immutable=1" if immutable else ""),
                 uri=True,
                 isolation_level=None,
                 check_same_thread=False,
