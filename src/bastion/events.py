@@ -386,7 +386,7 @@ def decode(record: bytes | bytearray | memoryview, boot_to_wall_ns: int) -> Even
 
 _PROC_KEYS: Final = ("pid", "tid", "ppid", "uid", "euid", "gid", "cgroup_id", "comm", "start_ns", "exe")
 _PROC_REQUIRED: Final = ("pid", "tid", "ppid", "uid", "euid", "gid", "cgroup_id", "comm")
-_SKIP: Final = {"time_ns", "proc", "truncated", "op"}
+_SKIP: Final = {"time_ns", "proc", "truncated"}
 
 
 def to_json(ev: Event) -> dict[str, Any]:
@@ -396,8 +396,8 @@ def to_json(ev: Event) -> dict[str, Any]:
     for k in _PROC_KEYS:
         out[k] = getattr(p, k)
     for f in dataclasses.fields(ev):
-        if f.name in _SKIP:
-            continue
+        if f.name in _SKIP or (f.name == "op" and not isinstance(ev, HipsEvent)):
+            continue  # file, net and cred events: the op is the type
         v = getattr(ev, f.name)
         out[f.name] = list(v) if isinstance(v, tuple) else v
     if ev.truncated:

@@ -171,3 +171,18 @@ def test_file_event_json_round_trip(pid: int, path: str, op: str, us: int) -> No
 def test_from_json_errors(obj, msg) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(DecodeError, match=msg):
         from_json(obj)
+
+
+def test_hips_event_json_keeps_its_op() -> None:
+    """A HIPS decision's type is "hips"; its op (exec, open-write, ...) travels as "op"."""
+    r = abi.HipsEvent()
+    _hdr(r, abi.EventType.HIPS)
+    r.op, r.action, r.mechanism, r.enforced = abi.HipsOp.OPEN_WRITE, abi.HipsAction.DENY, 4, 1
+    r.path = b"/etc/shadow"
+    ev = decode(bytes(r), OFFSET)
+    j = json.loads(json.dumps(to_json(ev)))
+    assert (j["type"], j["op"], j["action"], j["mechanism"]) == ("hips", "open-write", "deny", "fanotify")
+    assert from_json(j) == dataclasses.replace(ev, time_ns=ev.time_ns // 1000 * 1000)
+    # records stored before the op was in the JSON form still load (op empty)
+    del j["op"]
+    assert from_json(j).op == ""  # type: ignore[union-attr]
