@@ -561,6 +561,7 @@ class Header:
 
     source: str
     structs: dict[str, int]                 # struct name -> line
+    members: dict[str, tuple[str, ...]]     # struct name -> member names (flat bodies only)
     enums: dict[str, int]                   # enum name -> line
     enumerators: dict[str, tuple[str, ...]]  # enum name -> enumerator names, in order
     defines: dict[str, tuple[int, str]]     # object-like macro -> (line, replacement text)
@@ -569,6 +570,8 @@ class Header:
 
 _COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
 _STRUCT = re.compile(r"\bstruct\s+(\w+)\s*\{")
+_FLAT_BODY = re.compile(r"([^{}]*)\}")
+_MEMBER = re.compile(r"(\w+)\s*(?:\[[^\]]*\]\s*)*(?::\s*\w+\s*)?$")
 _ENUM = re.compile(r"\benum\s+(\w+)\s*\{([^}]*)\}")
 _DEFINE = re.compile(r"^[ \t]*#[ \t]*define[ \t]+(\w+)(\()?((?:[^\n]*\\\n)*[^\n]*)$", re.M)
 _IFNDEF = re.compile(r"^[ \t]*#[ \t]*ifndef[ \t]+(\w+)", re.M)
@@ -587,7 +590,14 @@ def parse_header(text: str, source: str = "bastion.h") -> Header:
         return code.count("\n", 0, pos) + 1
 
     guards = set(_IFNDEF.findall(code))
-    structs = {m.group(1): line(m.start()) for m in _STRUCT.finditer(code)}
+    structs: dict[str, int] = {}
+    members: dict[str, tuple[str, ...]] = {}
+    for m in _STRUCT.finditer(code):
+        structs[m.group(1)] = line(m.start())
+        flat = _FLAT_BODY.match(code, m.end())
+        if flat:  # a struct with nested braces (anonymous members) is not listed
+            decls = (_MEMBER.search(d.strip()) for d in flat.group(1).split(";") if d.strip())
+            members[m.group(1)] = tuple(d.group(1) for d in decls if d)
     enums: dict[str, int] = {}
     enumerators: dict[str, tuple[str, ...]] = {}
     for m in _ENUM.finditer(code):
@@ -602,7 +612,7 @@ def parse_header(text: str, source: str = "bastion.h") -> Header:
             macros[name] = line(m.start())
         elif not (body == "" and name in guards):
             defines[name] = (line(m.start()), body)
-    return Header(source, structs, enums, enumerators, defines, macros)
+    return Header(source, structs, members, enums, enumerators, defines, macros)
 
 
 _BINOPS: Final[dict[type[ast.operator], Callable[[int, int], int]]] = {
@@ -697,7 +707,8 @@ def contract_problems(
         if name not in header.structs:
             out.append(f"abi.STRUCTS[{name!r}]: no struct {name} in {src}")
             continue
-        out += _struct_problems(f"{src}:{header.structs[name]}: struct {name}", name, mirror, btf)
+        out += _struct_problems(f"{src}:{header.structs[name]}: struct {name}", name, mirror,
+                                header.members.get(name), btf)
     for name, line in header.enums.items():
         if name not in enums:
             out.append(f"{src}:{line}: enum {name} has no mirror in abi.ENUMS")
@@ -716,13 +727,17 @@ def contract_problems(
 
 
 def _struct_problems(
-    where: str, name: str, mirror: type[ctypes.Structure], btf: ContractBtf
+    where: str, name: str, mirror: type[ctypes.Structure], declared: tuple[str, ...] | None,
+    btf: ContractBtf,
 ) -> list[str]:
     try:
         layout = btf.struct_layout(name)
     except BastionError as exc:
         return [f"{where} is not in the compiled BTF ({exc}): add it to struct "
                 f"bastion_abi_types (bpf/lib/common.h) and rebuild (make bpf)"]
+    if declared is not None and sorted(declared) != sorted(layout.members):
+        return [f"{where}: the compiled BTF has members {sorted(layout.members)}, the header "
+                f"{sorted(declared)}: rebuild the objects (make bpf)"]
     out: list[str] = []
     if ctypes.sizeof(mirror) != layout.size:
         out.append(f"{where}: {layout.size} bytes, {mirror.__name__} has {ctypes.sizeof(mirror)}")

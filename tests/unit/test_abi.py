@@ -288,3 +288,29 @@ def test_eval_define(body: str, value: int) -> None:
 def test_eval_define_refuses(body: str) -> None:
     with pytest.raises(ValueError, match="not an integer constant expression"):
         abi.eval_define(body, {})
+
+
+def test_new_member_with_stale_objects_says_rebuild(header_text: str, events_btf: btf.Btf) -> None:
+    class Rule(ctypes.Structure):
+        _fields_ = [("rule_id", ctypes.c_uint32), ("action", ctypes.c_uint32),
+                    ("hits", ctypes.c_uint64)]
+
+    text = header_text.replace("\t__u32 rule_id;       /* index into the plan's rule table (1-based) */",
+                               "\t__u32 rule_id;\n\t__u64 hits;")
+    assert text != header_text
+    header = abi.parse_header(text)
+    problems = abi.contract_problems(header, events_btf,
+                                     structs={**abi.STRUCTS, "bastion_rule_val": Rule})
+    assert problems == [
+        f"bastion.h:{header.structs['bastion_rule_val']}: struct bastion_rule_val: the compiled "
+        "BTF has members ['action', 'rule_id'], the header ['action', 'hits', 'rule_id']: "
+        "rebuild the objects (make bpf)"]
+
+
+def test_parse_header_member_names() -> None:
+    h = abi.parse_header("struct bastion_s {\n\tstruct bastion_event_hdr hdr;\n"
+                         "\tchar name[BASTION_NAME_LEN]; /* c; */\n\t__u8 addr[4][4];\n"
+                         "\t__u32 bits : 3;\n\tconst volatile __u64 v;\n};\n"
+                         "struct bastion_n {\n\tunion { __u32 a; __u32 b; };\n};\n")
+    assert h.members == {"bastion_s": ("hdr", "name", "addr", "bits", "v")}
+    assert set(h.structs) == {"bastion_s", "bastion_n"}
