@@ -560,19 +560,21 @@ class Header:
     """What ``bastion.h`` declares, by name, with the line of each declaration."""
 
     source: str
-    structs: dict[str, int]                 # struct name -> line
+    structs: dict[str, int]                 # struct (or union) name -> line
     members: dict[str, tuple[str, ...]]     # struct name -> member names (flat bodies only)
     enums: dict[str, int]                   # enum name -> line
     enumerators: dict[str, tuple[str, ...]]  # enum name -> enumerator names, in order
     defines: dict[str, tuple[int, str]]     # object-like macro -> (line, replacement text)
     macros: dict[str, int]                  # function-like macro -> line
+    anonymous: tuple[int, ...] = ()         # lines of enums without a name (not checkable)
 
 
 _COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
-_STRUCT = re.compile(r"\bstruct\s+(\w+)\s*\{")
+_STRUCT = re.compile(r"\b(?:struct|union)\s+(\w+)\s*\{")
 _FLAT_BODY = re.compile(r"([^{}]*)\}")
 _MEMBER = re.compile(r"(\w+)\s*(?:\[[^\]]*\]\s*)*(?::\s*\w+\s*)?$")
 _ENUM = re.compile(r"\benum\s+(\w+)\s*\{([^}]*)\}")
+_ANON = re.compile(r"\b(?:enum|struct|union)\s*\{")
 _DEFINE = re.compile(r"^[ \t]*#[ \t]*define[ \t]+(\w+)(\()?((?:[^\n]*\\\n)*[^\n]*)$", re.M)
 _IFNDEF = re.compile(r"^[ \t]*#[ \t]*ifndef[ \t]+(\w+)", re.M)
 _INT_LITERAL = re.compile(r"\b(0[xX][0-9a-fA-F]+|[0-9]+)[uUlL]*\b")
@@ -612,7 +614,9 @@ def parse_header(text: str, source: str = "bastion.h") -> Header:
             macros[name] = line(m.start())
         elif not (body == "" and name in guards):
             defines[name] = (line(m.start()), body)
-    return Header(source, structs, members, enums, enumerators, defines, macros)
+    anonymous = tuple(line(m.start()) for m in _ANON.finditer(code)  # at top level only
+                      if code.count("{", 0, m.start()) == code.count("}", 0, m.start()))
+    return Header(source, structs, members, enums, enumerators, defines, macros, anonymous)
 
 
 _BINOPS: Final[dict[type[ast.operator], Callable[[int, int], int]]] = {
@@ -629,7 +633,10 @@ def eval_define(body: str, known: Mapping[str, int]) -> int:
     def literal(m: re.Match[str]) -> str:
         digits = m.group(1)
         octal = len(digits) > 1 and digits[0] == "0" and digits[1] not in "xX"
-        return str(int(digits, 8 if octal else 0))
+        try:
+            return str(int(digits, 8 if octal else 0))
+        except ValueError:
+            raise ValueError(f"{digits!r} is not an integer literal") from None
 
     def value(node: ast.expr) -> int:
         if isinstance(node, ast.Constant) and type(node.value) is int:
@@ -640,7 +647,10 @@ def eval_define(body: str, known: Mapping[str, int]) -> int:
             v = value(node.operand)
             return -v if isinstance(node.op, ast.USub) else ~v
         if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-            return _BINOPS[type(node.op)](value(node.left), value(node.right))
+            left, right = value(node.left), value(node.right)
+            if isinstance(node.op, ast.LShift) and not 0 <= right < 64:
+                raise ValueError(f"{ast.unparse(node)!r} shifts by {right}")
+            return _BINOPS[type(node.op)](left, right)
         raise ValueError(f"{ast.unparse(node)!r} is not an integer constant expression")
 
     try:
@@ -723,6 +733,8 @@ def contract_problems(
         out += _enum_problems(where, name, emirror, prefixes[name], sentinels,
                               header.enumerators[name], btf)
     out += _define_problems(header, defines)
+    out += [f"{src}:{line}: an anonymous enum, struct or union cannot be mirrored or checked: "
+            f"name it" for line in header.anonymous]
     return out
 
 

@@ -285,10 +285,29 @@ def test_eval_define(body: str, value: int) -> None:
     assert abi.eval_define(body, {"A": 1, "B": 3}) == value
 
 
-@pytest.mark.parametrize("body", ["UNKNOWN", "(1 <<", "sizeof(int)", "1.5", "\"s\"", "1 / 2"])
-def test_eval_define_refuses(body: str) -> None:
-    with pytest.raises(ValueError, match="not an integer constant expression"):
+@pytest.mark.parametrize("body,msg", [
+    ("UNKNOWN", "'UNKNOWN' is not an integer constant expression"),
+    ("(1 <<", "'\\(1 <<' is not an integer constant expression"),
+    ("sizeof(int)", "'sizeof\\(int\\)' is not an integer constant expression"),
+    ("1.5", "'1.5' is not an integer constant expression"),
+    ("\"s\"", "is not an integer constant expression"),
+    ("1 / 2", "'1 / 2' is not an integer constant expression"),
+    ("08", "'08' is not an integer literal"),
+    ("1 << 100000", "'1 << 100000' shifts by 100000"),
+])
+def test_eval_define_refuses(body: str, msg: str) -> None:
+    with pytest.raises(ValueError, match=msg):
         abi.eval_define(body, {})
+
+
+def test_anonymous_declarations_are_named(header_text: str, events_btf: btf.Btf) -> None:
+    text = _with(header_text, "enum {\n\tBASTION_LOOSE = 1,\n};\n"
+                              "struct bastion_ok {\n\tunion { __u32 a; __u32 b; };\n};")
+    header = abi.parse_header(text)
+    problems = abi.contract_problems(header, events_btf)
+    assert f"bastion.h:{_line_of(text, 'enum {')}: an anonymous enum, struct or union cannot " \
+        "be mirrored or checked: name it" in problems
+    assert header.anonymous == (_line_of(text, "enum {"),)  # the nested union is fine
 
 
 def test_new_member_with_stale_objects_says_rebuild(header_text: str, events_btf: btf.Btf) -> None:
