@@ -315,8 +315,8 @@ def test_new_member_with_stale_objects_says_rebuild(header_text: str, events_btf
         _fields_ = [("rule_id", ctypes.c_uint32), ("action", ctypes.c_uint32),
                     ("hits", ctypes.c_uint64)]
 
-    text = header_text.replace("\t__u32 rule_id;       /* index into the plan's rule table (1-based) */",
-                               "\t__u32 rule_id;\n\t__u64 hits;")
+    old = "\t__u32 rule_id;       /* index into the plan's rule table (1-based) */"
+    text = header_text.replace(old, "\t__u32 rule_id;\n\t__u64 hits;")
     assert text != header_text
     header = abi.parse_header(text)
     problems = abi.contract_problems(header, events_btf,

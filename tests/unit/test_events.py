@@ -122,8 +122,12 @@ def _synthetic(etype: abi.EventType) -> ctypes.Structure:
             continue
         if issubclass(ctype, ctypes.Array):
             n = ctypes.sizeof(ctype)
-            raw = f"/x/{name}".encode() if ctype._type_ is ctypes.c_char else bytes(i % 255 + 1 for i in range(n))
-            ctypes.memmove(ctypes.addressof(rec) + getattr(type(rec), name).offset, raw, min(n, len(raw)))
+            if ctype._type_ is ctypes.c_char:
+                raw = f"/x/{name}".encode()
+            else:
+                raw = bytes(i % 255 + 1 for i in range(n))
+            offset = getattr(type(rec), name).offset
+            ctypes.memmove(ctypes.addressof(rec) + offset, raw, min(n, len(raw)))
         else:
             setattr(rec, name, 1)
     return rec
@@ -149,7 +153,9 @@ def test_every_record_type_decodes_and_round_trips(etype: abi.EventType) -> None
     assert decode(bytes(rec) + bytes(24), OFFSET) == ev
 
 
-@pytest.mark.parametrize("value", [0, abi.EventType.HIPS + 1, int(abi.TamperRecord.EV_TAMPER), 0xFFFF])
+@pytest.mark.parametrize("value", [
+    0, max(abi.EventType) + 1, int(abi.TamperRecord.EV_TAMPER), 0xFFFF,
+])
 def test_unknown_record_type_is_refused_by_number(value: int) -> None:
     data = bytearray(bytes(_synthetic(abi.EventType.EXIT)))
     data[0:2] = value.to_bytes(2, "little")
@@ -236,7 +242,8 @@ def test_hips_event_json_keeps_its_op() -> None:
     r.path = b"/etc/shadow"
     ev = decode(bytes(r), OFFSET)
     j = json.loads(json.dumps(to_json(ev)))
-    assert (j["type"], j["op"], j["action"], j["mechanism"]) == ("hips", "open-write", "deny", "fanotify")
+    assert (j["type"], j["op"], j["action"], j["mechanism"]) == (
+        "hips", "open-write", "deny", "fanotify")
     assert from_json(j) == dataclasses.replace(ev, time_ns=ev.time_ns // 1000 * 1000)
     # records stored before the op was in the JSON form still load (op empty)
     del j["op"]
