@@ -1,19 +1,29 @@
 """ctypes mirror of ``bpf/include/bastion.h`` — the one kernel/user contract.
 
-Nothing else in Python knows a byte offset of a kernel record.  The unit
-test ``tests/unit/test_abi.py`` checks every structure here against the BTF
-of the compiled objects (size and each member's offset), so a change to the
-header that is not mirrored here fails the build, and
+Nothing else in Python knows a byte offset of a kernel record.  The tables at
+the end (``STRUCTS``, ``ENUMS`` with ``ENUM_PREFIXES``, ``DEFINES``) name the C
+declaration each mirror stands for, and :func:`contract_problems` compares
+them with the header both ways: every struct, enum and ``#define`` of the
+header has a mirror here and every mirror a declaration there; struct sizes,
+member names, offsets and sizes and enum values against the BTF of a compiled
+object (the compiler's layout), ``#define`` values against the header's own
+expressions.  ``tests/unit/test_abi.py`` runs it on the real header and every
+object, so a change to the header that is not mirrored here fails the build;
 :func:`check_abi_version` refuses an object of another ABI major at load.
 """
 
 from __future__ import annotations
 
+import ast
 import ctypes
 import enum
-from typing import Final
+import operator
+import re
+from collections.abc import Callable, Mapping, Set
+from dataclasses import dataclass
+from typing import Final, Protocol
 
-from bastion.errors import AbiMismatchError, Location
+from bastion.errors import AbiMismatchError, BastionError, Location
 
 ABI_MAJOR: Final = 1
 ABI_MINOR: Final = 3
@@ -419,16 +429,6 @@ class TamperEvent(ctypes.Structure):
     ]
 
 
-# Enums of the tamper section, by C name (prefixes BASTION_EV_ / BASTION_TAMPER_ /
-# BASTION_TV_ / BASTION_ROLE_); not in ENUMS until tests/unit/test_abi.py knows them.
-TAMPER_ENUMS: Final[dict[str, type[enum.IntEnum]]] = {
-    "bastion_tamper_record": TamperRecord,
-    "bastion_tamper_op": TamperOp,
-    "bastion_tamper_verdict": TamperVerdict,
-    "bastion_tamper_role": TamperRole,
-}
-
-
 # C struct name in bastion.h -> mirror; the ABI test walks this table.
 STRUCTS: Final[dict[str, type[ctypes.Structure]]] = {
     "bastion_event_hdr": EventHdr,
@@ -488,7 +488,58 @@ ENUMS: Final[dict[str, type[enum.IntEnum]]] = {
     "bastion_hips_mode": HipsMode,
     "bastion_subject_kind": SubjectKind,
     "bastion_mechanism": Mechanism,
+    "bastion_tamper_record": TamperRecord,
+    "bastion_tamper_op": TamperOp,
+    "bastion_tamper_verdict": TamperVerdict,
+    "bastion_tamper_role": TamperRole,
 }
+
+# C enum name -> the prefix its enumerators carry in C (BASTION_EV_EXEC is EventType.EXEC).
+ENUM_PREFIXES: Final[dict[str, str]] = {
+    "bastion_event_type": "BASTION_EV_",
+    "bastion_file_op": "BASTION_FILE_",
+    "bastion_net_op": "BASTION_NET_",
+    "bastion_cred_op": "BASTION_CRED_",
+    "bastion_kill_syscall": "BASTION_KILL_",
+    "bastion_lsm_hook": "BASTION_HOOK_",
+    "bastion_hips_op": "BASTION_OP_",
+    "bastion_hips_action": "BASTION_ACT_",
+    "bastion_hips_mode": "BASTION_MODE_",
+    "bastion_subject_kind": "BASTION_SUBJ_",
+    "bastion_mechanism": "BASTION_MECH_",
+    "bastion_tamper_record": "BASTION_",
+    "bastion_tamper_op": "BASTION_TAMPER_",
+    "bastion_tamper_verdict": "BASTION_TV_",
+    "bastion_tamper_role": "BASTION_ROLE_",
+}
+
+# Count sentinels (``X_MAX``): not mirrored, but each must be one past its enum's largest value.
+ENUM_SENTINELS: Final = frozenset({"BASTION_EV_MAX", "BASTION_OP_MAX"})
+
+# C #define name -> mirror value (the header's object-like integer macros, every one).
+DEFINES: Final[dict[str, int]] = {
+    "BASTION_ABI_MAJOR": ABI_MAJOR,
+    "BASTION_ABI_MINOR": ABI_MINOR,
+    "BASTION_ABI_VERSION": ABI_VERSION,
+    "BASTION_COMM_LEN": COMM_LEN,
+    "BASTION_PATH_LEN": PATH_LEN,
+    "BASTION_ARGV_LEN": ARGV_LEN,
+    "BASTION_NAME_LEN": NAME_LEN,
+    "BASTION_RINGBUF_BYTES": RINGBUF_BYTES,
+    "BASTION_F_TRUNC_PATH": F_TRUNC_PATH,
+    "BASTION_F_TRUNC_ARGV": F_TRUNC_ARGV,
+    "BASTION_F_EXE_MEMFD": F_EXE_MEMFD,
+    "BASTION_F_RELATIVE": F_RELATIVE,
+    "BASTION_F_RELATIVE2": F_RELATIVE2,
+    "BASTION_HIPS_F_DIR_OBJECTS": HIPS_F_DIR_OBJECTS,
+    "BASTION_TOBJ_SELF": TOBJ_SELF,
+    "BASTION_TOBJ_SUBTREE": TOBJ_SUBTREE,
+    "BASTION_TOBJ_ANCESTOR": TOBJ_ANCESTOR,
+}
+
+# Structs that exist only to put the others into every object's BTF (struct
+# bastion_abi_types in bpf/lib/common.h, struct bastion_tamper_types in bastion.h).
+ANCHORS: Final = frozenset({"bastion_abi_types", "bastion_tamper_types"})
 
 
 def check_abi_version(found: int, obj: str) -> None:
@@ -499,3 +550,277 @@ def check_abi_version(found: int, obj: str) -> None:
             f"{ABI_MAJOR}.{ABI_MINOR}: rebuild the objects (make bpf)",
             location=Location(obj),
         )
+
+
+# ---- the contract check: bastion.h <-> this module, both ways ---------------------------
+
+
+@dataclass(frozen=True)
+class Header:
+    """What ``bastion.h`` declares, by name, with the line of each declaration."""
+
+    source: str
+    structs: dict[str, int]                 # struct (or union) name -> line
+    members: dict[str, tuple[str, ...]]     # struct name -> member names (flat bodies only)
+    enums: dict[str, int]                   # enum name -> line
+    enumerators: dict[str, tuple[str, ...]]  # enum name -> enumerator names, in order
+    defines: dict[str, tuple[int, str]]     # object-like macro -> (line, replacement text)
+    macros: dict[str, int]                  # function-like macro -> line
+    anonymous: tuple[int, ...] = ()         # lines of enums without a name (not checkable)
+
+
+_COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
+_STRUCT = re.compile(r"\b(?:struct|union)\s+(\w+)\s*\{")
+_FLAT_BODY = re.compile(r"([^{}]*)\}")
+_MEMBER = re.compile(r"(\w+)\s*(?:\[[^\]]*\]\s*)*(?::\s*\w+\s*)?$")
+_ENUM = re.compile(r"\benum\s+(\w+)\s*\{([^}]*)\}")
+_ANON = re.compile(r"\b(?:enum|struct|union)\s*\{")
+_DEFINE = re.compile(r"^[ \t]*#[ \t]*define[ \t]+(\w+)(\()?((?:[^\n]*\\\n)*[^\n]*)$", re.M)
+_IFNDEF = re.compile(r"^[ \t]*#[ \t]*ifndef[ \t]+(\w+)", re.M)
+_INT_LITERAL = re.compile(r"\b(0[xX][0-9a-fA-F]+|[0-9]+)[uUlL]*\b")
+
+
+def parse_header(text: str, source: str = "bastion.h") -> Header:
+    """Find the structs, enums and ``#define`` constants a contract header declares.
+
+    Comments are blanked first (line numbers kept); an include guard (``#ifndef X`` then an
+    empty ``#define X``) is not a constant.
+    """
+    code = _COMMENT.sub(lambda m: re.sub(r"[^\n]", " ", m.group(0)), text)
+
+    def line(pos: int) -> int:
+        return code.count("\n", 0, pos) + 1
+
+    guards = set(_IFNDEF.findall(code))
+    structs: dict[str, int] = {}
+    members: dict[str, tuple[str, ...]] = {}
+    for m in _STRUCT.finditer(code):
+        structs[m.group(1)] = line(m.start())
+        flat = _FLAT_BODY.match(code, m.end())
+        if flat:  # a struct with nested braces (anonymous members) is not listed
+            decls = (_MEMBER.search(d.strip()) for d in flat.group(1).split(";") if d.strip())
+            members[m.group(1)] = tuple(d.group(1) for d in decls if d)
+    enums: dict[str, int] = {}
+    enumerators: dict[str, tuple[str, ...]] = {}
+    for m in _ENUM.finditer(code):
+        enums[m.group(1)] = line(m.start())
+        names = (re.match(r"\s*(\w+)", item) for item in m.group(2).split(","))
+        enumerators[m.group(1)] = tuple(n.group(1) for n in names if n)
+    defines: dict[str, tuple[int, str]] = {}
+    macros: dict[str, int] = {}
+    for m in _DEFINE.finditer(code):
+        name, body = m.group(1), " ".join(m.group(3).replace("\\\n", " ").split())
+        if m.group(2):
+            macros[name] = line(m.start())
+        elif not (body == "" and name in guards):
+            defines[name] = (line(m.start()), body)
+    anonymous = tuple(line(m.start()) for m in _ANON.finditer(code)  # at top level only
+                      if code.count("{", 0, m.start()) == code.count("}", 0, m.start()))
+    return Header(source, structs, members, enums, enumerators, defines, macros, anonymous)
+
+
+_BINOPS: Final[dict[type[ast.operator], Callable[[int, int], int]]] = {
+    ast.LShift: operator.lshift, ast.RShift: operator.rshift, ast.BitOr: operator.or_,
+    ast.BitAnd: operator.and_, ast.BitXor: operator.xor, ast.Add: operator.add,
+    ast.Sub: operator.sub, ast.Mult: operator.mul,
+}
+
+
+def eval_define(body: str, known: Mapping[str, int]) -> int:
+    """Value of a ``#define``'s integer constant expression (literals with C suffixes,
+    ``<< >> | & ^ + - * ~``, parentheses, earlier constants).  ValueError otherwise."""
+
+    def literal(m: re.Match[str]) -> str:
+        digits = m.group(1)
+        octal = len(digits) > 1 and digits[0] == "0" and digits[1] not in "xX"
+        try:
+            return str(int(digits, 8 if octal else 0))
+        except ValueError:
+            raise ValueError(f"{digits!r} is not an integer literal") from None
+
+    def value(node: ast.expr) -> int:
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            return node.value
+        if isinstance(node, ast.Name) and node.id in known:
+            return known[node.id]
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.Invert)):
+            v = value(node.operand)
+            return -v if isinstance(node.op, ast.USub) else ~v
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+            left, right = value(node.left), value(node.right)
+            if isinstance(node.op, ast.LShift) and not 0 <= right < 64:
+                raise ValueError(f"{ast.unparse(node)!r} shifts by {right}")
+            return _BINOPS[type(node.op)](left, right)
+        raise ValueError(f"{ast.unparse(node)!r} is not an integer constant expression")
+
+    try:
+        tree = ast.parse(_INT_LITERAL.sub(literal, body), mode="eval")
+    except SyntaxError:
+        raise ValueError(f"{body!r} is not an integer constant expression") from None
+    return value(tree.body)
+
+
+class MemberLike(Protocol):
+    """One member's place, as :class:`bastion.kernel.btf.MemberInfo` gives it."""
+
+    @property
+    def offset_bytes(self) -> int: ...
+
+    @property
+    def size_bytes(self) -> int: ...
+
+
+class LayoutLike(Protocol):
+    """A struct's layout, as :class:`bastion.kernel.btf.StructLayout` gives it."""
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def members(self) -> Mapping[str, MemberLike]: ...
+
+
+class ContractBtf(Protocol):
+    """The compiled types (:class:`bastion.kernel.btf.Btf` of an object built with the
+    header): each lookup raises a BastionError when the type is absent."""
+
+    def struct_layout(self, name: str) -> LayoutLike: ...
+
+    def enum_values(self, name: str) -> Mapping[str, int]: ...
+
+
+def contract_problems(
+    header: Header,
+    btf: ContractBtf,
+    *,
+    structs: Mapping[str, type[ctypes.Structure]] = STRUCTS,
+    enums: Mapping[str, type[enum.IntEnum]] = ENUMS,
+    prefixes: Mapping[str, str] = ENUM_PREFIXES,
+    sentinels: Set[str] = ENUM_SENTINELS,
+    defines: Mapping[str, int] = DEFINES,
+    anchors: Set[str] = ANCHORS,
+) -> list[str]:
+    """Every disagreement between the header, the compiled BTF and the Python mirror.
+
+    Both ways: each struct, enum and ``#define`` of the header has a mirror here and
+    each mirror a declaration there; struct sizes, member names, offsets and sizes and
+    enum values are compared with the BTF (the compiler's layout), ``#define`` values
+    with the header's own expressions.  Each problem names its place
+    (``bastion.h:LINE`` or ``abi.TABLE[name]``); an empty list means they agree.
+    """
+    src = header.source
+    out: list[str] = []
+    for name, line in header.structs.items():
+        if name not in anchors and name not in structs:
+            out.append(f"{src}:{line}: struct {name} has no mirror in abi.STRUCTS")
+    for name, mirror in structs.items():
+        if name not in header.structs:
+            out.append(f"abi.STRUCTS[{name!r}]: no struct {name} in {src}")
+            continue
+        out += _struct_problems(f"{src}:{header.structs[name]}: struct {name}", name, mirror,
+                                header.members.get(name), btf)
+    for name, line in header.enums.items():
+        if name not in enums:
+            out.append(f"{src}:{line}: enum {name} has no mirror in abi.ENUMS")
+    for name, emirror in enums.items():
+        if name not in header.enums:
+            out.append(f"abi.ENUMS[{name!r}]: no enum {name} in {src}")
+            continue
+        where = f"{src}:{header.enums[name]}: enum {name}"
+        if name not in prefixes:
+            out.append(f"{where}: abi.ENUM_PREFIXES has no prefix for it")
+            continue
+        out += _enum_problems(where, name, emirror, prefixes[name], sentinels,
+                              header.enumerators[name], btf)
+    out += _define_problems(header, defines)
+    out += [f"{src}:{line}: an anonymous enum, struct or union cannot be mirrored or checked: "
+            f"name it" for line in header.anonymous]
+    return out
+
+
+def _struct_problems(
+    where: str, name: str, mirror: type[ctypes.Structure], declared: tuple[str, ...] | None,
+    btf: ContractBtf,
+) -> list[str]:
+    try:
+        layout = btf.struct_layout(name)
+    except BastionError as exc:
+        return [f"{where} is not in the compiled BTF ({exc}): add it to struct "
+                f"bastion_abi_types (bpf/lib/common.h) and rebuild (make bpf)"]
+    if declared is not None and sorted(declared) != sorted(layout.members):
+        return [f"{where}: the compiled BTF has members {sorted(layout.members)}, the header "
+                f"{sorted(declared)}: rebuild the objects (make bpf)"]
+    out: list[str] = []
+    if ctypes.sizeof(mirror) != layout.size:
+        out.append(f"{where}: {layout.size} bytes, {mirror.__name__} has {ctypes.sizeof(mirror)}")
+    fields = [f[0] for f in mirror._fields_]
+    for missing in sorted(set(layout.members) - set(fields)):
+        out.append(f"{where}: member {missing} has no field in {mirror.__name__}")
+    for extra in sorted(set(fields) - set(layout.members)):
+        out.append(f"{where}: {mirror.__name__}.{extra} is not a member")
+    for fname in fields:
+        member = layout.members.get(fname)
+        if member is None:
+            continue
+        field = getattr(mirror, fname)
+        if (field.offset, field.size) != (member.offset_bytes, member.size_bytes):
+            out.append(f"{where}: member {fname} at {member.offset_bytes} ({member.size_bytes} "
+                       f"bytes), {mirror.__name__}.{fname} at {field.offset} ({field.size} bytes)")
+    return out
+
+
+def _enum_problems(
+    where: str, name: str, mirror: type[enum.IntEnum], prefix: str, sentinels: Set[str],
+    declared: tuple[str, ...], btf: ContractBtf,
+) -> list[str]:
+    try:
+        compiled = dict(btf.enum_values(name))
+    except BastionError as exc:
+        return [f"{where} is not in the compiled BTF ({exc}): add it to struct "
+                f"bastion_abi_types (bpf/lib/common.h) and rebuild (make bpf)"]
+    if sorted(compiled) != sorted(declared):
+        return [f"{where}: the compiled BTF has {sorted(compiled)}, the header "
+                f"{sorted(declared)}: rebuild the objects (make bpf)"]
+    out: list[str] = []
+    values: dict[str, int] = {}
+    for cname, v in compiled.items():
+        if not cname.startswith(prefix):
+            out.append(f"{where}: {cname} does not start with {prefix} (abi.ENUM_PREFIXES)")
+        elif cname not in sentinels:
+            values[cname.removeprefix(prefix)] = v
+    for cname in sorted(sentinels & compiled.keys()):
+        if values and compiled[cname] != max(values.values()) + 1:
+            out.append(f"{where}: sentinel {cname} = {compiled[cname]}, not one past the "
+                       f"largest value {max(values.values())}")
+    mirrored = {m.name: m.value for m in mirror}
+    for key in sorted(values.keys() - mirrored.keys()):
+        out.append(f"{where}: {prefix}{key} = {values[key]} has no member in {mirror.__name__}")
+    for key in sorted(mirrored.keys() - values.keys()):
+        out.append(f"{where}: {mirror.__name__}.{key} is not an enumerator ({prefix}{key})")
+    for key in sorted(values.keys() & mirrored.keys()):
+        if values[key] != mirrored[key]:
+            out.append(f"{where}: {prefix}{key} = {values[key]}, "
+                       f"{mirror.__name__}.{key} = {mirrored[key]}")
+    return out
+
+
+def _define_problems(header: Header, mirror: Mapping[str, int]) -> list[str]:
+    src = header.source
+    out = [f"{src}:{line}: function-like macro {name} in the contract cannot be mirrored: "
+           f"move it to bpf/lib/" for name, line in header.macros.items()]
+    known: dict[str, int] = {}
+    for name, (line, body) in header.defines.items():
+        try:
+            known[name] = eval_define(body, known)
+        except ValueError as exc:
+            out.append(f"{src}:{line}: #define {name}: {exc}")
+            continue
+        if name not in mirror:
+            out.append(f"{src}:{line}: #define {name} has no mirror in abi.DEFINES")
+        elif mirror[name] != known[name]:
+            out.append(f"{src}:{line}: #define {name} is {known[name]} ({body}), "
+                       f"abi.DEFINES has {mirror[name]}")
+    for name in mirror:
+        if name not in header.defines:
+            out.append(f"abi.DEFINES[{name!r}]: no #define {name} in {src}")
+    return out

@@ -16,7 +16,8 @@ import ipaddress
 import os
 import signal
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final, Mapping, Union
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Final, Union, assert_never
 
 from bastion import abi
 from bastion.errors import BastionError, DecodeError
@@ -273,107 +274,108 @@ def _proc(h: abi.EventHdr) -> Proc:
     )
 
 
-def decode(record: bytes | bytearray | memoryview, boot_to_wall_ns: int) -> Event:
-    """Decode one ring-buffer record.  ``boot_to_wall_ns`` is added to the
-    kernel's CLOCK_BOOTTIME stamp to give wall-clock ns."""
-    size = len(record)
-    if size < ctypes.sizeof(abi.EventHdr):
-        raise DecodeError(f"record of {size} bytes is shorter than the event header")
-    hdr = abi.EventHdr.from_buffer_copy(record[: ctypes.sizeof(abi.EventHdr)])
+# A decoder gets the record (its abi struct, copied), the wall-clock time, the actor and
+# whether a path or argv was cut; it returns the typed event.
+_Decoder = Callable[[Any, int, Proc, bool], Event]
+
+
+def _exec(r: Any, t: int, p: Proc, trunc: bool) -> Event:
+    raw_argv = bytes(r.argv)[: r.argv_len]
+    argv = tuple(_str(a) for a in raw_argv.rstrip(b"\0").split(b"\0")) if raw_argv else ()
+    return ExecEvent(
+        t, dataclasses.replace(p, exe=_str(r.exe)), trunc, filename=_str(r.filename),
+        cwd=_str(r.cwd), argv=argv, exe_dev=r.exe_dev, exe_ino=r.exe_ino,
+        exe_nlink=r.exe_nlink,
+    )
+
+
+def _fork(r: Any, t: int, p: Proc, trunc: bool) -> Event:
+    return ForkEvent(t, p, trunc, child_pid=r.child_tgid, child_start_ns=r.child_start_ns)
+
+
+def _exit(r: Any, t: int, p: Proc, trunc: bool) -> Event:
+    st = r.exit_code
+    return ExitEvent(t, p, trunc, exit_code=(st >> 8) & 0xFF, signal=st & 0x7F, status=st)
+
+
+def _file(r: Any, t: int, p: Proc, trunc: bool) -> Event:
     try:
-        etype = abi.EventType(hdr.type)
+        op = abi.FileOp(r.op).name.lower()
     except ValueError:
-        raise DecodeError(f"unknown event type {hdr.type}") from None
-    struct = abi.RECORDS[etype]
-    need = ctypes.sizeof(struct)
-    if size < need:
-        raise DecodeError(f"{etype.name.lower()} record of {size} bytes, expected {need}")
-    r: Any = struct.from_buffer_copy(record[:need])
-    t = hdr.ts_ns + boot_to_wall_ns
-    p = _proc(hdr)
-    trunc = bool(hdr.flags & (abi.F_TRUNC_PATH | abi.F_TRUNC_ARGV))
-    if etype is abi.EventType.EXEC:
-        raw_argv = bytes(r.argv)[: r.argv_len]
-        argv = tuple(_str(a) for a in raw_argv.rstrip(b"\0").split(b"\0")) if raw_argv else ()
-        exe = _str(r.exe)
-        return ExecEvent(
-            t, dataclasses.replace(p, exe=exe), trunc, filename=_str(r.filename),
-            cwd=_str(r.cwd), argv=argv, exe_dev=r.exe_dev, exe_ino=r.exe_ino,
-            exe_nlink=r.exe_nlink,
-        )
-    if etype is abi.EventType.FORK:
-        return ForkEvent(t, p, trunc, child_pid=r.child_tgid, child_start_ns=r.child_start_ns)
-    if etype is abi.EventType.EXIT:
-        st = r.exit_code
-        return ExitEvent(t, p, trunc, exit_code=(st >> 8) & 0xFF, signal=st & 0x7F, status=st)
-    if etype is abi.EventType.FILE:
-        try:
-            op = abi.FileOp(r.op).name.lower()
-        except ValueError:
-            raise DecodeError(f"unknown file op {r.op}") from None
-        return FileEvent(
-            t, p, trunc, op=op,
-            path=_join(hdr.flags, abi.F_RELATIVE, r.dir, r.path),
-            path2=_join(hdr.flags, abi.F_RELATIVE2, r.dir2, r.path2),
-            flags=r.open_flags, mode=r.mode,
-            owner_uid=-1 if r.owner_uid == 0xFFFFFFFF else r.owner_uid,
-            owner_gid=-1 if r.owner_gid == 0xFFFFFFFF else r.owner_gid,
-            dev=r.dev, ino=r.ino,
-        )
-    if etype is abi.EventType.NET:
-        try:
-            nop = abi.NetOp(r.op).name.lower()
-        except ValueError:
-            raise DecodeError(f"unknown net op {r.op}") from None
-        return NetEvent(
-            t, p, trunc, op=nop, family=_FAMILIES.get(r.family, str(r.family)),
-            protocol=_PROTOCOLS.get(r.protocol, "" if r.protocol == 0 else str(r.protocol)),
-            saddr=_addr(r.family, r.saddr), sport=r.sport,
-            daddr=_addr(r.family, r.daddr), dport=r.dport, backlog=r.backlog,
-            fd=r.ret if nop == "accept" else -1,
-        )
-    if etype is abi.EventType.PTRACE:
-        return PtraceEvent(
-            t, p, trunc, request=r.request, request_name=_PTRACE.get(r.request, str(r.request)),
-            target_pid=r.target_pid, addr=r.addr,
-        )
-    if etype is abi.EventType.KILL:
-        return KillEvent(
-            t, p, trunc, target_pid=r.target_pid, target_tgid=r.target_tgid, signal=r.sig,
-            signal_name=_signame(r.sig),
-            syscall=abi.KillSyscall(r.syscall).name.lower()
-            if r.syscall in set(abi.KillSyscall) else str(r.syscall),
-        )
-    if etype is abi.EventType.BPF:
-        cmd = _BPF_CMDS[r.cmd] if 0 <= r.cmd < len(_BPF_CMDS) else str(r.cmd)
-        return BpfEvent(
-            t, p, trunc, cmd=cmd, prog_type=r.prog_type, map_type=r.map_type,
-            attach_type=r.attach_type, name=_str(r.name),
-        )
-    if etype is abi.EventType.MEMFD:
-        return MemfdEvent(t, p, trunc, name=_str(r.name), flags=r.flags)
-    if etype is abi.EventType.CRED:
-        try:
-            cop = abi.CredOp(r.op)
-        except ValueError:
-            raise DecodeError(f"unknown cred op {r.op}") from None
-        nargs = {abi.CredOp.SETUID: 1, abi.CredOp.SETGID: 1, abi.CredOp.SETREUID: 2,
-                 abi.CredOp.SETREGID: 2, abi.CredOp.CAPSET: 2}.get(cop, 3)
-        args = tuple(ctypes.c_int32(v).value for v in (r.a0, r.a1, r.a2)[:nargs])
-        return CredEvent(
-            t, p, trunc, op=cop.name.lower(), args=args,
-            cap_effective=r.cap_effective, cap_permitted=r.cap_permitted,
-        )
-    if etype is abi.EventType.HIPS:
-        return HipsEvent(
-            t, p, trunc, op=OP_NAMES.get(r.op, str(r.op)),
-            action=ACTION_NAMES.get(r.action, str(r.action)), rule_id=r.rule_id,
-            subject=r.subject, mechanism=MECHANISM_NAMES.get(r.mechanism, str(r.mechanism)),
-            enforced=bool(r.enforced), ret=r.ret, gen=r.gen, path=_str(r.path), dev=r.dev,
-            ino=r.ino, daddr=_addr(r.family, r.addr) if r.family else "", dport=r.port,
-            target_pid=r.target_pid,
-        )
-    # LSM_DENY
+        raise DecodeError(f"unknown file op {r.op}") from None
+    flags = r.hdr.flags
+    return FileEvent(
+        t, p, trunc, op=op,
+        path=_join(flags, abi.F_RELATIVE, r.dir, r.path),
+        path2=_join(flags, abi.F_RELATIVE2, r.dir2, r.path2),
+        flags=r.open_flags, mode=r.mode,
+        owner_uid=-1 if r.owner_uid == 0xFFFFFFFF else r.owner_uid,
+        owner_gid=-1 if r.owner_gid == 0xFFFFFFFF else r.owner_gid,
+        dev=r.dev, ino=r.ino,
+    )
+
+
+def _net(r: Any, t: int, p: Proc, trunc: bool) -> Event:
+    try:
+        op = abi.NetOp(r.op).name.lower()
+    except ValueError:
+        raise DecodeError(f"unknown net op {r.op}") from None
+    return NetEvent(
+        t, p, trunc, op=op, family=_FAMILIES.get(r.family, str(r.family)),
+        protocol=_PROTOCOLS.get(r.protocol, "" if r.protocol == 0 else str(r.protocol)),
+        saddr=_addr(r.family, r.saddr), sport=r.sport,
+        daddr=_addr(r.family, r.daddr), dport=r.dport, backlog=r.backlog,
+        fd=r.ret if op == "accept" else -1,
+    )
+
+
+def _ptrace(r: Any, t: int, p: Proc, trunc: bool) -> Event:
+    return PtraceEvent(
+        t, p, trunc, request=r.request, request_name=_PTRACE.get(r.request, str(r.request)),
+        target_pid=r.target_pid, addr=r.addr,
+    )
+
+
+def _kill(r: Any, t: int, p: Proc, trunc: bool) -> Event:
+    return KillEvent(
+        t, p, trunc, target_pid=r.target_pid, target_tgid=r.target_tgid, signal=r.sig,
+        signal_name=_signame(r.sig),
+        syscall=abi.KillSyscall(r.syscall).name.lower()
+        if r.syscall in set(abi.KillSyscall) else str(r.syscall),
+    )
+
+
+def _bpf(r: Any, t: int, p: Proc, trunc: bool) -> Event:
+    cmd = _BPF_CMDS[r.cmd] if 0 <= r.cmd < len(_BPF_CMDS) else str(r.cmd)
+    return BpfEvent(
+        t, p, trunc, cmd=cmd, prog_type=r.prog_type, map_type=r.map_type,
+        attach_type=r.attach_type, name=_str(r.name),
+    )
+
+
+def _memfd(r: Any, t: int, p: Proc, trunc: bool) -> Event:
+    return MemfdEvent(t, p, trunc, name=_str(r.name), flags=r.flags)
+
+
+_CRED_NARGS: Final = {
+    abi.CredOp.SETUID: 1, abi.CredOp.SETGID: 1, abi.CredOp.SETREUID: 2,
+    abi.CredOp.SETREGID: 2, abi.CredOp.CAPSET: 2,
+}
+
+
+def _cred(r: Any, t: int, p: Proc, trunc: bool) -> Event:
+    try:
+        op = abi.CredOp(r.op)
+    except ValueError:
+        raise DecodeError(f"unknown cred op {r.op}") from None
+    args = tuple(ctypes.c_int32(v).value for v in (r.a0, r.a1, r.a2)[: _CRED_NARGS.get(op, 3)])
+    return CredEvent(
+        t, p, trunc, op=op.name.lower(), args=args,
+        cap_effective=r.cap_effective, cap_permitted=r.cap_permitted,
+    )
+
+
+def _lsm_deny(r: Any, t: int, p: Proc, trunc: bool) -> Event:
     try:
         hook = abi.LsmHook(r.hook).name.lower()
     except ValueError:
@@ -384,9 +386,61 @@ def decode(record: bytes | bytearray | memoryview, boot_to_wall_ns: int) -> Even
     )
 
 
+def _hips(r: Any, t: int, p: Proc, trunc: bool) -> Event:
+    return HipsEvent(
+        t, p, trunc, op=OP_NAMES.get(r.op, str(r.op)),
+        action=ACTION_NAMES.get(r.action, str(r.action)), rule_id=r.rule_id,
+        subject=r.subject, mechanism=MECHANISM_NAMES.get(r.mechanism, str(r.mechanism)),
+        enforced=bool(r.enforced), ret=r.ret, gen=r.gen, path=_str(r.path), dev=r.dev,
+        ino=r.ino, daddr=_addr(r.family, r.addr) if r.family else "", dport=r.port,
+        target_pid=r.target_pid,
+    )
+
+
+# Record type -> decoder (the struct is abi.RECORDS[type]).  Every abi.EventType has
+# one; tests/unit/test_events.py decodes a synthetic record of each.
+DECODERS: Final[Mapping[abi.EventType, _Decoder]] = {
+    abi.EventType.EXEC: _exec,
+    abi.EventType.FORK: _fork,
+    abi.EventType.EXIT: _exit,
+    abi.EventType.FILE: _file,
+    abi.EventType.NET: _net,
+    abi.EventType.PTRACE: _ptrace,
+    abi.EventType.KILL: _kill,
+    abi.EventType.BPF: _bpf,
+    abi.EventType.MEMFD: _memfd,
+    abi.EventType.CRED: _cred,
+    abi.EventType.LSM_DENY: _lsm_deny,
+    abi.EventType.HIPS: _hips,
+}
+
+
+def decode(record: bytes | bytearray | memoryview, boot_to_wall_ns: int) -> Event:
+    """Decode one ring-buffer record.  ``boot_to_wall_ns`` is added to the
+    kernel's CLOCK_BOOTTIME stamp to give wall-clock ns.  A record too short,
+    of a type without a decoder, or with an unknown op raises DecodeError."""
+    size = len(record)
+    if size < ctypes.sizeof(abi.EventHdr):
+        raise DecodeError(f"record of {size} bytes is shorter than the event header")
+    hdr = abi.EventHdr.from_buffer_copy(record[: ctypes.sizeof(abi.EventHdr)])
+    try:
+        etype = abi.EventType(hdr.type)
+    except ValueError:
+        raise DecodeError(f"unknown event type {hdr.type}") from None
+    decoder, struct = DECODERS.get(etype), abi.RECORDS.get(etype)
+    if decoder is None or struct is None:
+        raise DecodeError(f"no decoder for event type {hdr.type} ({etype.name.lower()})")
+    need = ctypes.sizeof(struct)
+    if size < need:
+        raise DecodeError(f"{etype.name.lower()} record of {size} bytes, expected {need}")
+    trunc = bool(hdr.flags & (abi.F_TRUNC_PATH | abi.F_TRUNC_ARGV))
+    return decoder(struct.from_buffer_copy(record[:need]), hdr.ts_ns + boot_to_wall_ns,
+                   _proc(hdr), trunc)
+
+
 _PROC_KEYS: Final = ("pid", "tid", "ppid", "uid", "euid", "gid", "cgroup_id", "comm", "start_ns", "exe")
 _PROC_REQUIRED: Final = ("pid", "tid", "ppid", "uid", "euid", "gid", "cgroup_id", "comm")
-_SKIP: Final = {"time_ns", "proc", "truncated", "op"}
+_SKIP: Final = {"time_ns", "proc", "truncated"}
 
 
 def to_json(ev: Event) -> dict[str, Any]:
@@ -396,8 +450,8 @@ def to_json(ev: Event) -> dict[str, Any]:
     for k in _PROC_KEYS:
         out[k] = getattr(p, k)
     for f in dataclasses.fields(ev):
-        if f.name in _SKIP:
-            continue
+        if f.name in _SKIP or (f.name == "op" and not isinstance(ev, HipsEvent)):
+            continue  # file, net and cred events: the op is the type
         v = getattr(ev, f.name)
         out[f.name] = list(v) if isinstance(v, tuple) else v
     if ev.truncated:
@@ -471,11 +525,13 @@ def summary(ev: Event) -> str:
     if isinstance(ev, HipsEvent):
         obj = ev.path or (f"{ev.daddr}:{ev.dport}" if ev.daddr else str(ev.target_pid or ""))
         return f"{ev.action} {ev.op} {obj} ({ev.mechanism})"
-    return f"{ev.hook} {ev.path}"
+    if isinstance(ev, LsmDenyEvent):
+        return f"{ev.hook} {ev.path}"
+    assert_never(ev)
 
 
 __all__ = [
     "Proc", "Event", "ExecEvent", "ForkEvent", "ExitEvent", "FileEvent", "NetEvent",
     "PtraceEvent", "KillEvent", "BpfEvent", "MemfdEvent", "CredEvent", "LsmDenyEvent", "HipsEvent",
-    "TYPES", "decode", "to_json", "from_json", "summary",
+    "TYPES", "DECODERS", "decode", "to_json", "from_json", "summary",
 ]
