@@ -177,6 +177,7 @@ class AgentProcess:
         self.extra_args = list(extra_args)
         self.pin_root = pin_root  # pins the agent leaves (HIPS) are removed after stop
         self.dir = Path(tempfile.mkdtemp(prefix="bastion-bench-"))
+        self.shield_dir = self.dir / "shielded"
         self.socket = self.dir / "ctl" / "s.sock"
         self.proc: subprocess.Popen[str] | None = None
         self.stderr_lines: list[str] = []
@@ -200,8 +201,16 @@ class AgentProcess:
                 self._running.set()
 
     def start(self) -> AgentProcess:
+        extra = self.extra_args
+        if "--policy" not in extra:
+            # the embedded default, its ransomware shield on a directory of the bench's own
+            sys.path.insert(0, str(ROOT / "tests"))
+            from support.policies import default_policy
+
+            extra = ["--policy", str(default_policy(self.dir / "default-policy.yaml",
+                                                    self.shield_dir)), *extra]
         cmd = [str(BASTION), "run", "--quiet", "--data-dir", str(self.dir / "data"),
-               "--socket", str(self.socket), *self.extra_args]
+               "--socket", str(self.socket), *extra]
         if self.pin_root is not None:
             cmd += ["--pin-root", str(self.pin_root)]
         t0 = time.monotonic()

@@ -72,6 +72,9 @@ class ShieldConfig:
     protect: tuple[Path, ...] = ()
     max_bytes: int = 2 * 2**30
     trusted: tuple[str, ...] = ()
+    # directory names never shielded (tool caches and toolchains under a home, not documents)
+    exclude: tuple[str, ...] = ()
+    max_dirs: int = 10_000           # directories marked at most; the rest are named in status
 
 
 @dataclass(frozen=True)
@@ -254,9 +257,23 @@ def parse_policy(text: str, source: str) -> Policy:
                 trusted.append(v)
         shield["trusted"] = tuple(trusted)
 
+    def shield_exclude(n: yaml.Node) -> None:
+        names = []
+        for v, vn in p.strings(n, "shield.exclude"):
+            if not v or "/" in v or v in (".", ".."):
+                p.err(vn, f"shield.exclude {v!r} must be a directory name (no '/'), e.g. .cache")
+            else:
+                names.append(v)
+        shield["exclude"] = tuple(names)
+
+    def shield_max_dirs(n: yaml.Node) -> None:
+        if (v := p.integer(n, "shield.max_dirs", minimum=1)) is not None:
+            shield["max_dirs"] = v
+
     def shield_node(n: yaml.Node) -> None:
         p.mapping(n, "shield", {"protect": shield_protect, "max_bytes": shield_max,
-                                "trusted": shield_trusted})
+                                "trusted": shield_trusted, "exclude": shield_exclude,
+                                "max_dirs": shield_max_dirs})
 
     def behavior(n: yaml.Node) -> None:
         out["behavior"] = parse_behavior_node(n, p, rule_names())

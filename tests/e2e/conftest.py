@@ -46,7 +46,14 @@ def _pump(stream: object, sink: list[str]) -> None:
 
 def start_agent(tmp: Path, *extra: str, env: dict[str, str] | None = None,
                 wait: bool = True) -> AgentProc:
+    """``bastion run`` in ``tmp``; without ``--policy`` it runs the embedded default with the
+    ransomware shield on ``tmp/shielded`` (tests mark only their own inodes)."""
+    from support.policies import default_policy
+
     data, sock = tmp / "data", tmp / "ctl.sock"
+    if "--policy" not in extra and "--replay" not in extra:
+        extra = ("--policy", str(default_policy(tmp / "default-policy.yaml", tmp / "shielded")),
+                 *extra)
     proc = subprocess.Popen(
         [BASTION, "run", "--data-dir", str(data), "--socket", str(sock), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -285,9 +285,11 @@ def test_benign_corpus_raises_nothing_high(tmp_path: Path) -> None:
     policy = tmp_path / "agent" / "policy.yaml"
     # the 20,000-file bursts outrun the agent on a 2-vCPU host: a larger ring
     # absorbs them, so that every step is seen (this test judges the rules)
-    policy.write_text(default.replace("\nbehavior:\n  dry_run: false\n",
-                                      "\nbehavior:\n  dry_run: true\n")
-                      .replace("\n  ring_buffer: 8MiB\n", "\n  ring_buffer: 64MiB\n"))
+    from support.policies import default_policy
+
+    default_policy(policy, tmp_path / "agent" / "shielded",
+                   default.replace("\nbehavior:\n  dry_run: false\n", "\nbehavior:\n  dry_run: true\n")
+                   .replace("\n  ring_buffer: 8MiB\n", "\n  ring_buffer: 64MiB\n"))
     agent = start_agent(tmp_path / "agent", "--quiet", "--policy", str(policy))
     me = os.getpid()
     drops0 = int(_status(agent).get("drops", 0))
