@@ -824,3 +824,12 @@ def _define_problems(header: Header, mirror: Mapping[str, int]) -> list[str]:
         if name not in header.defines:
             out.append(f"abi.DEFINES[{name!r}]: no #define {name} in {src}")
     return out
+
+
+# The event classes a policy may name (events.classes): each is one record type.
+EVENT_CLASSES: Final[dict[str, EventType]] = {
+    "exec": EventType.EXEC, "fork": EventType.FORK, "exit": EventType.EXIT,
+    "file": EventType.FILE, "net": EventType.NET, "ptrace": EventType.PTRACE,
+    "kill": EventType.KILL, "bpf": EventType.BPF, "memfd": EventType.MEMFD,
+    "cred": EventType.CRED,
+}

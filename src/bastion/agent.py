@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence, TextIO
 
 from bastion import __version__
-from bastion.config import Policy
+from bastion.config import AgentConfig
 from bastion.control import ControlServer
 from bastion.detect.engine import Engine, Finding, RuleContext
 from bastion.enforce.tiers import TierReport
@@ -111,7 +111,7 @@ class Agent:
     def __init__(
         self,
         *,
-        policy: Policy,
+        policy: AgentConfig,
         sensors: Sequence[Sensor],
         store: Store,
         procs: ProcessTable,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence, TextIO
 
 from bastion.agent import Agent, AgentParts
-from bastion.config import Policy
+from bastion.config import AgentConfig
 from bastion.errors import KernelError
 from bastion.kernel.bpffs import HostMounts, prepare_pseudo_filesystems
 from bastion.paths import PIN_ROOT
@@ -45,7 +45,7 @@ def prepare_host(what: str) -> HostMounts:
 class AgentOptions:
     """Everything ``bastion run`` (and the guardian's agent) is configured with."""
 
-    policy: Policy
+    policy: AgentConfig
     data_dir: Path
     socket_path: Path | None
     pin_root: Path = PIN_ROOT

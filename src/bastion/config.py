@@ -18,7 +18,7 @@ from typing import Any, Callable, Final
 import yaml
 
 from bastion.errors import ConfigError, Location
-from bastion.sensors.bpf import EVENT_CLASSES
+from bastion.abi import EVENT_CLASSES
 from bastion.detect.behavior import rule_names
 from bastion.detect.behavior.config import BehaviorConfig, parse_behavior_node
 from bastion.outputs.config import MetricsSpec, OutputSpec, parse_metrics_section, parse_outputs_section
@@ -78,7 +78,12 @@ class ShieldConfig:
 
 
 @dataclass(frozen=True)
-class Policy:
+class AgentConfig:
+    """The whole configuration of an agent, read from one policy document: events,
+    store, the HIPS policy (``hips``), Sigma, behaviour rules, integrity, shield,
+    outputs and metrics.  Not to be confused with :class:`~bastion.policy.model.HipsPolicy`,
+    the per-program rules alone."""
+
     source: str
     events: EventsConfig = field(default_factory=EventsConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -93,7 +98,7 @@ class Policy:
     warnings: tuple[ConfigError, ...] = ()           # need --force to apply
 
 
-def parse_policy(text: str, source: str) -> Policy:
+def parse_policy(text: str, source: str) -> AgentConfig:
     """Parse and validate a policy document; raises PolicyError with every problem."""
     p = NodeParser(source)
     try:
@@ -288,14 +293,14 @@ def parse_policy(text: str, source: str) -> Policy:
     hips_policy = build(p, root, hips.get("mode"), hips.get("default"), hips.get("rules", ()))
     if p.problems:
         raise PolicyError(p.problems)
-    return Policy(source=source, events=EventsConfig(**ev), store=StoreConfig(**st),
+    return AgentConfig(source=source, events=EventsConfig(**ev), store=StoreConfig(**st),
                   hips=hips_policy, sigma=tuple(sigma), text=text, warnings=tuple(p.warnings),
                   outputs=out.get("outputs", ()), metrics=out.get("metrics"),
                   behavior=out.get("behavior", BehaviorConfig()),
                   integrity=IntegrityConfig(**integ), shield=ShieldConfig(**shield))
 
 
-def load_policy(path: Path | None) -> Policy:
+def load_policy(path: Path | None) -> AgentConfig:
     """The policy at ``path``, or the embedded default when ``path`` is None."""
     if path is None:
         text = resources.files("bastion").joinpath("data/default-policy.yaml").read_text()

@@ -53,3 +53,14 @@ def test_unreadable_file(tmp_path: Path) -> None:
     bad.write_bytes(b"\xff\xfe\x00")
     with pytest.raises(PolicyError, match="bin.yaml: policy is not UTF-8"):
         load_policy(bad)
+
+
+def test_importing_the_configuration_does_not_load_libbpf() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, bastion.config; "
+            "print(sorted(m for m in sys.modules if m.startswith('bastion.kernel')))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Final, Protocol, Sequence
 
-from bastion.config import Policy, PolicyError, parse_policy
+from bastion.config import AgentConfig, PolicyError, parse_policy
 from bastion.detect.engine import Finding
 from bastion import abi
 from bastion.enforce.mechanisms import Enforceability, assess, mechanism, refusals
@@ -81,7 +81,7 @@ class PolicyApplyError(ConfigError):
 
 @dataclass
 class Applied:
-    policy: Policy
+    policy: AgentConfig
     resolved: ResolvedPolicy
     plan: MapPlan
     assessed: list[Enforceability]
@@ -149,7 +149,7 @@ class PolicyManager:
         self.current: Applied | None = None
         self._matcher: Matcher | None = None
 
-    def prepare(self, policy: Policy, *, mode: Mode | None = None, force: bool = False,
+    def prepare(self, policy: AgentConfig, *, mode: Mode | None = None, force: bool = False,
                 allow_degraded: bool = False) -> Applied:
         """Everything short of touching the kernel; raises PolicyApplyError/CompileError."""
         hips = policy.hips if mode is None else replace(policy.hips, mode=mode)
@@ -173,7 +173,7 @@ class PolicyManager:
                     f"{self.tier} tier: audited from events)" for e in assessed if e.degraded]
         return Applied(policy, resolved, plan, assessed, degraded=degraded)
 
-    def apply(self, policy: Policy, **kw: Any) -> Applied:
+    def apply(self, policy: AgentConfig, **kw: Any) -> Applied:
         applied = self.prepare(policy, **kw)
         hips = applied.policy.hips
         if hips.mode is Mode.LEARN or hips.empty:
@@ -283,7 +283,7 @@ class PolicyManager:
         )
 
 
-def load_for_apply(path: Path) -> Policy:
+def load_for_apply(path: Path) -> AgentConfig:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Final, Iterable
 
 from bastion import abi
+from bastion.abi import EVENT_CLASSES
 from bastion.errors import DecodeError, KernelError, Location
 from bastion.events import Event, decode
 from bastion.kernel.libbpf import BpfObject, Link, Map
@@ -26,12 +27,6 @@ from bastion.paths import bpf_object
 log = logging.getLogger("bastion.sensors.bpf")
 
 # Event classes a user can enable; each is one record type.
-EVENT_CLASSES: Final[dict[str, abi.EventType]] = {
-    "exec": abi.EventType.EXEC, "fork": abi.EventType.FORK, "exit": abi.EventType.EXIT,
-    "file": abi.EventType.FILE, "net": abi.EventType.NET, "ptrace": abi.EventType.PTRACE,
-    "kill": abi.EventType.KILL, "bpf": abi.EventType.BPF, "memfd": abi.EventType.MEMFD,
-    "cred": abi.EventType.CRED,
-}
 
 # Programs whose hook may be absent on an older kernel (fchmodat2 is 6.6+).
 OPTIONAL_PROGRAMS: Final = frozenset({"on_fchmodat2"})
