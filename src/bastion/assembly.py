@@ -21,6 +21,7 @@ from bastion.paths import PIN_ROOT
 from bastion.proctable import ProcessTable
 from bastion.respond.dispatch import ActionHook
 from bastion.sensors.base import Sensor
+from bastion.tier import Tier
 
 if TYPE_CHECKING:
     from bastion.detect.engine import Finding, Rule
@@ -59,7 +60,7 @@ class AgentOptions:
     feed_json: bool = False
 
 
-def _open_hips_backends(tier: str, pin_root: Path, deadline_s: float | None,
+def _open_hips_backends(tier: Tier, pin_root: Path, deadline_s: float | None,
                         say: Callable[[str], None]) -> Callable[[], Any]:
     """A factory for the HIPS enforcement backends of this tier (loaded on first need)."""
 
@@ -75,7 +76,7 @@ def _open_hips_backends(tier: str, pin_root: Path, deadline_s: float | None,
             kernel = HipsKernel(tier, pin_dir=pin_dir, self_tgid=os.getpid(), deadline_s=deadline_s)
             kernel.open()
         files = None
-        if tier != "lsm":
+        if tier != Tier.LSM:
             from bastion.enforce.fanotify import FanotifyEnforcer
 
             files = FanotifyEnforcer(self_tgid=os.getpid(), deadline_s=deadline_s)
@@ -215,7 +216,7 @@ def _kernel_parts(parts: AgentParts, opts: AgentOptions, report: TierReport) -> 
                                     self_tgid=os.getpid(), deadline_s=opts.test_deadline)
     cfg = policy.integrity
     if cfg.refuse_bpf_loads:
-        if report.tier != "lsm":
+        if report.tier != Tier.LSM:
             parts.notices += (Finding(
                 rule="bastion.policy.degraded", severity="high", attack=(), action="alert",
                 title="integrity.refuse_bpf_loads needs the lsm tier: BPF loads are detected "

@@ -22,6 +22,7 @@ import click
 from bastion import __version__
 from bastion.errors import BastionError, KernelError
 from bastion.paths import DEFAULT_DATA_DIR, DEFAULT_SOCKET, PIN_ROOT
+from bastion.tier import Tier
 
 from bastion.cli.behavior import rollback_cmd
 from bastion.cli.guard import GUARDIAN_SOCKET, guardian_cmd, require_token, set_token_cmd, stop_cmd
@@ -234,7 +235,7 @@ def doctor(as_json: bool) -> None:
             click.echo(f"  {c.name:26} {mark} {c.mechanism}")
             if c.detail:
                 click.echo(f"  {'':26}     {c.detail}")
-            if c.remedy and (not c.available or report.tier != "lsm"):
+            if c.remedy and (not c.available or report.tier != Tier.LSM):
                 label = "fix" if not c.available else "for in-kernel deny"
                 click.echo(f"  {'':26}     {label}: {c.remedy}")
         for p in report.problems:

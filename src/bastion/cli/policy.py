@@ -12,6 +12,7 @@ import click
 
 from bastion.config import PolicyError, load_policy
 from bastion.paths import DEFAULT_SOCKET
+from bastion.tier import Tier
 from bastion.policy.compile import CompileError
 from bastion.policy.manager import PolicyApplyError, PolicyManager
 
@@ -21,11 +22,11 @@ _SOCKET_OPT = click.option(
 _FILE = click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
 
 
-def _tier(tier: str | None) -> str:
+def _tier(tier: str | None) -> Tier:
     if tier:
-        return tier
+        return Tier(tier)
     if os.geteuid() != 0:
-        return "compat"
+        return Tier.COMPAT
     from bastion.assembly import prepare_host
     from bastion.enforce.tiers import probe
 
@@ -40,7 +41,7 @@ def policy_group() -> None:
 
 @policy_group.command("check")
 @_FILE
-@click.option("--tier", type=click.Choice(["lsm", "compat"]),
+@click.option("--tier", type=click.Choice([t.value for t in Tier]),
               help="Judge enforceability for this tier (default: this kernel's).")
 @click.option("--allow-degraded", is_flag=True, help="Accept rules this tier cannot enforce.")
 @click.option("--json", "as_json", is_flag=True)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from bastion.policy.model import Action, Mode, Op
+from bastion.tier import Tier
 
 LSM: Final[dict[Op, str]] = {
     Op.EXEC: "lsm/bprm_check_security",
@@ -39,8 +40,8 @@ WHY_NOT: Final = ("no BPF LSM on this kernel, and no other hook can refuse it "
                   "(it is still seen by the event sensor and audited after the fact)")
 
 
-def mechanism(op: Op, tier: str) -> str | None:
-    return (LSM if tier == "lsm" else COMPAT).get(op)
+def mechanism(op: Op, tier: Tier) -> str | None:
+    return (LSM if tier == Tier.LSM else COMPAT).get(op)
 
 
 @dataclass(frozen=True)
@@ -55,14 +56,14 @@ class Enforceability:
         return self.mechanism is None and self.action in (Action.DENY, Action.KILL)
 
 
-def assess(rules: list[tuple[str, tuple[Op, ...], Action, bool]], tier: str) -> list[Enforceability]:
+def assess(rules: list[tuple[str, tuple[Op, ...], Action, bool]], tier: Tier) -> list[Enforceability]:
     """``rules``: (name, operations, action, names 'any' object).  In the compat tier
     fanotify marks only named files, so an open rule on 'any' has no mechanism."""
     out = []
     for name, ops, action, any_object in rules:
         for op in ops:
             mech = mechanism(op, tier)
-            if tier != "lsm" and any_object and op in (Op.OPEN_READ, Op.OPEN_WRITE):
+            if tier != Tier.LSM and any_object and op in (Op.OPEN_READ, Op.OPEN_WRITE):
                 mech = None
             out.append(Enforceability(name, op, action, mech))
     return out

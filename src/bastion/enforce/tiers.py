@@ -29,6 +29,7 @@ from bastion.errors import BastionError, KernelError
 from bastion.kernel import bpffs
 from bastion.kernel.libbpf import BpfObject
 from bastion.paths import bpf_object
+from bastion.tier import Tier
 
 LSM_FILE: Final = Path("/sys/kernel/security/lsm")
 BTF_FILE: Final = Path("/sys/kernel/btf/vmlinux")
@@ -48,7 +49,7 @@ class Capability:
 
 @dataclass(frozen=True)
 class TierReport:
-    tier: str                       # "lsm" or "compat"
+    tier: Tier
     kernel: str
     lsm_list: list[str]
     can_run: bool                   # can the agent run at all (events)?
@@ -201,6 +202,6 @@ def probe() -> TierReport:
                        "truncate(2), chmod, mounts and pin removal are not refused", lsm_remedy),
         ]
     return TierReport(
-        tier="lsm" if lsm_ok else "compat", kernel=kernel, lsm_list=lsms,
+        tier=Tier.LSM if lsm_ok else Tier.COMPAT, kernel=kernel, lsm_list=lsms,
         can_run=btf and events_ok, capabilities=caps, problems=problems,
     )

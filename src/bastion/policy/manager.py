@@ -20,6 +20,7 @@ from bastion.detect.engine import Finding
 from bastion import abi
 from bastion.enforce.mechanisms import Enforceability, assess, mechanism, refusals
 from bastion.errors import ConfigError, Location
+from bastion.tier import Tier
 from bastion.events import Event, FileEvent, HipsEvent, KillEvent, PtraceEvent
 from bastion.policy.compile import (
     CompileError, FileTarget, MapPlan, ResolvedPolicy, Resolver, compile_plan, kernel_dev, resolve,
@@ -136,7 +137,7 @@ def lockout_problems(hips: HipsPolicy, resolved: ResolvedPolicy, r: Resolver) ->
 
 
 class PolicyManager:
-    def __init__(self, tier: str, *, open_backends: Callable[[], Backends] | None = None,
+    def __init__(self, tier: Tier, *, open_backends: Callable[[], Backends] | None = None,
                  resolver: Resolver | None = None) -> None:
         """``open_backends`` loads the enforcement programs; it is called on the first
         policy that enforces or audits something, so an agent without HIPS rules
@@ -186,7 +187,7 @@ class PolicyManager:
                 self.kernel, self.files = self.open_backends()
             if self.kernel is not None:
                 applied.gen = self.kernel.apply(applied.plan)
-            if self.files is not None and self.tier != "lsm":
+            if self.files is not None and self.tier != Tier.LSM:
                 targets = [f for r in applied.resolved.rules for f in r.files
                            if {Op.OPEN_READ, Op.OPEN_WRITE} & set(r.ops) and f.path != "any"]
                 self.files.apply(applied.plan, targets)
