@@ -1,7 +1,9 @@
 """The ctypes prototypes of the system libbpf (``libbpf.so.1``) and libc.
 
 Private to :mod:`bastion.kernel`: :mod:`.libbpf`, :mod:`.btf` and
-:mod:`.bpffs` import from here; nothing else in Bastion touches ctypes.
+:mod:`.bpffs` import from here; this is the only module that loads libbpf.
+(Other ctypes users: :mod:`bastion.abi` for the record layouts, and the few
+libc calls Python lacks — fanotify, ``mount``, ``prctl`` — next to their use.)
 
 libbpf 1.x conventions, relied on throughout:
   * int-returning calls return ``-errno`` on failure (and set errno);

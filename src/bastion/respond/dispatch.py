@@ -1,7 +1,11 @@
 """The dispatcher: findings in, actions taken, alert records out.
 
-Only this module acts on processes.  A kill goes through a pidfd opened for
-the exact process (pid + start time checked), so a reused pid is never hit.
+Findings become actions only here: rules and the engine never act.  (Other
+parts act on their own events, not on findings: the guardian restarts the
+agent and kills tamper attackers in the compat tier, the HIPS and quarantine
+programs deny or kill in the kernel, the integrity response stops rogue BPF
+loaders.)  A kill goes through a pidfd opened for the exact process (pid +
+start time checked), so a reused pid is never hit.
 With ``dry_run`` (global) or a finding's own ``dry_run`` (per rule) the action
 is recorded as ``would-<action>`` and not taken.
 
