@@ -312,20 +312,15 @@ class Agent:
                 cutoff = now - self.dedupe_s
                 self._recent = {k: t for k, t in self._recent.items() if t >= cutoff}
         alert = self.dispatcher.dispatch(f, time.time_ns())
-        self.store.add_alert(alert)
+        record = alert.to_json()
+        self.store.add_alert(record)
         self.summary.alerts += 1
         if self.outputs is not None:
-            self.outputs.publish_alert(alert)
+            self.outputs.publish_alert(record)
         if self.metrics is not None:
-            self.metrics.alert(alert["severity"], alert["action"])
+            self.metrics.alert(alert.severity, alert.action)
         if self.feed is not None:
-            if self.feed_json:
-                self.feed.write(json.dumps(alert) + "\n")
-            else:
-                p = alert["process"]
-                self.feed.write(
-                    f"{alert['time']} {alert['severity'].upper():8} {alert['rule']} "
-                    f"[{alert['action']}] pid={p['pid']} {p['exe']}: {alert['title']}\n")
+            self.feed.write((json.dumps(record) if self.feed_json else alert.feed_line()) + "\n")
             self.feed.flush()
 
     def _health(self) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence, TextIO
 
 from bastion.agent import Agent, AgentParts
+from bastion.alert import Alert
 from bastion.config import AgentConfig
 from bastion.errors import KernelError
 from bastion.kernel.bpffs import HostMounts, prepare_pseudo_filesystems
@@ -108,15 +109,16 @@ def sigma_engine_rules(dirs: Sequence[Path], say: Callable[[str], None]) -> list
 def _shadow_incident_hook(agent_ref: list[Agent], procs: ProcessTable) -> ActionHook:
     """A ransomware kill opens a shadow-copy incident so `bastion rollback` can restore it."""
 
-    def hook(f: Finding, alert: dict[str, Any]) -> None:
+    def hook(f: Finding, alert: Alert) -> None:
         shadow = agent_ref[0].shadow if agent_ref else None
         if shadow is None:
             return
         e = procs.get(f.pid)
         start = (f.event.proc.start_ns if f.event is not None and f.event.proc.pid == f.pid
                  else (e.start_ns if e else 0))
-        alert["shadow_incident"] = shadow.open_incident(f.pid, start)
-        alert["title"] += f" (recover: bastion rollback --incident {alert['shadow_incident']})"
+        incident = shadow.open_incident(f.pid, start)
+        alert.meta["shadow_incident"] = incident
+        alert.title += f" (recover: bastion rollback --incident {incident})"
 
     return hook
 

@@ -67,7 +67,7 @@ def test_reverse_shell_alert_and_kill() -> None:
                     ev = procs.enrich(ev)
                     for f in engine.evaluate(ev, ctx):
                         if f.rule == "behavior.reverse_shell":
-                            alerts.append(disp.dispatch(f, time.time_ns()))
+                            alerts.append(disp.dispatch(f, time.time_ns()).to_json())
             assert alerts, "no reverse-shell finding"
             a = alerts[0]
             assert a["action"] == "kill" and a["process"]["pid"] == proc.pid
@@ -205,7 +205,7 @@ def test_dispatcher_kill_tree(tmp_path: Path) -> None:
             from bastion.detect.engine import Finding
             f = Finding(rule="t", title="t", severity="high", attack=(), action="kill-tree",
                         event=None, pid=p.pid)
-            alert = Dispatcher(ProcessTable()).dispatch(f, time.time_ns())
+            alert = Dispatcher(ProcessTable()).dispatch(f, time.time_ns()).to_json()
             assert alert["action"] == "kill-tree" and set(alert["killed"]) == members
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline and (cg / "cgroup.procs").read_text().split():

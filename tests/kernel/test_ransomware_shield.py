@@ -128,7 +128,7 @@ def test_encryptor_stopped_and_rolled_back(tmp_path: Path) -> None:
                             continue
                         # never let a test kill anything outside its own cgroup
                         assert in_cgroup(f.pid, cg), f"finding targets pid {f.pid} outside the test"
-                        alerts.append(disp.dispatch(f, time.time_ns()))
+                        alerts.append(disp.dispatch(f, time.time_ns()).to_json())
                         t_kill = time.monotonic()
                         entry = procs.get(f.pid)
                         start = (f.event.proc.start_ns if f.event is not None

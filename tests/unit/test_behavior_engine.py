@@ -189,10 +189,10 @@ def test_dry_run_per_rule_and_global() -> None:
     f = [x for x in run(Engine(behavior_rules(cfg)), ProcessTable(), evs)
          if x.rule == "behavior.reverse_shell"][0]
     assert f.dry_run and f.action == "kill"
-    alert = Dispatcher(ProcessTable()).dispatch(f, T0)
+    alert = Dispatcher(ProcessTable()).dispatch(f, T0).to_json()
     assert alert["action"] == "would-kill"
     g = dataclasses.replace(f, dry_run=False, action="kill-tree")
-    assert Dispatcher(ProcessTable(), dry_run=True).dispatch(g, T0)["action"] == "would-kill-tree"
+    assert Dispatcher(ProcessTable(), dry_run=True).dispatch(g, T0).action == "would-kill-tree"
     cfg2 = parse_behavior("behavior:\n  dry_run: true\n", "p.yaml", rule_names())
     assert all(getattr(r, "dry_run") for r in behavior_rules(cfg2))
 
@@ -222,5 +222,5 @@ def test_config_errors_name_file_and_line() -> None:
 def test_quarantine_without_backend_kills_and_says_so() -> None:
     f = Finding(rule="r", title="t", severity="high", attack=(), action="quarantine", event=None,
                 pid=2**22 + 12345)  # no such process
-    out = Dispatcher(ProcessTable()).dispatch(f, T0)["action"]
+    out = Dispatcher(ProcessTable()).dispatch(f, T0).action
     assert "quarantine unavailable" in out

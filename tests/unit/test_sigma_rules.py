@@ -258,7 +258,7 @@ def test_finding_and_alert_carry_the_rule_and_its_author(tmp_path: Path) -> None
                                "author": "Jane Doe, Example Org", "path": str(sr.path),
                                "logsource": "process_creation"}
     assert f.evidence["fields"]["Image"] == "/usr/bin/id"
-    alert = Dispatcher(procs).dispatch(f, 0)
+    alert = Dispatcher(procs).dispatch(f, 0).to_json()
     assert alert["author"] == "Jane Doe, Example Org" and alert["sigma"]["id"] == rid
     json.dumps(alert)
 

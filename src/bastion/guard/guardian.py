@@ -35,11 +35,11 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from bastion.alert import Alert, AlertProcess
 from bastion.control import ControlServer
 from bastion.errors import BastionError, KernelError
 from bastion.guard import protect
@@ -285,19 +285,20 @@ class Guardian:
                attack: list[str] | None = None) -> None:
         proc = process or {"pid": os.getpid(), "ppid": os.getppid(), "exe": sys.executable,
                            "cmdline": "bastion guardian", "uid": os.getuid()}
-        alert: dict[str, Any] = {
-            "time": format_time(time.time_ns()), "id": uuid.uuid4().hex, "rule": rule,
-            "title": title, "severity": severity, "attack": attack or [], "action": action,
-            "process": proc, "evidence": evidence}
+        alert = Alert(time=format_time(time.time_ns()), rule=rule, title=title, severity=severity,
+                      action=action, attack=list(attack or []), evidence=evidence,
+                      process=AlertProcess(pid=int(proc["pid"]), ppid=int(proc.get("ppid") or 0),
+                                           exe=str(proc.get("exe") or ""),
+                                           cmdline=str(proc.get("cmdline") or ""),
+                                           uid=int(proc.get("uid") or 0)))
         with self._lock:
             self.alerts += 1
             if self.store is not None:
                 try:
-                    self.store.add_alert(alert)
+                    self.store.add_alert(alert.to_json())
                 except BastionError as exc:
                     log.error("guardian: storing alert failed: %s", exc)
-        print(f"{alert['time']} {severity.upper():8} {rule} [{action}] "
-              f"pid={proc['pid']}: {title}", file=sys.stderr, flush=True)
+        print(alert.feed_line(), file=sys.stderr, flush=True)
 
     def _tamper_alert(self, r: TamperRecord) -> None:
         what = r.op

@@ -27,6 +27,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+from bastion.alert import Alert, AlertProcess
 from bastion.detect.engine import Finding
 from bastion.events import to_json
 from bastion.proctable import ProcessTable
@@ -42,8 +43,8 @@ class QuarantineBackend(Protocol):
     def add(self, pid: int, start_ns: int, incident: int) -> None: ...
 
 
-# After an action was taken: (the finding, its alert record) -> None; may add to the record.
-ActionHook = Callable[[Finding, dict[str, Any]], None]
+# After an action was taken: (the finding, its alert) -> None; may add to the alert.
+ActionHook = Callable[[Finding, Alert], None]
 
 
 def _start_ns_of(pid: int) -> int:
@@ -184,7 +185,9 @@ class Dispatcher:
             return f"quarantine-failed: {exc}"
         return "quarantine"
 
-    def dispatch(self, f: Finding, now_ns: int) -> dict[str, Any]:
+    def dispatch(self, f: Finding, now_ns: int) -> Alert:
+        """Take the finding's action (unless dry run) and return the alert that records
+        what was actually done; then run the hooks registered with :meth:`after`."""
         action = f.action
         outcome = action
         killed: list[int] = []
@@ -198,33 +201,17 @@ class Dispatcher:
             outcome = self._quarantine(f)
         entry = self.procs.get(f.pid)
         ev = f.event
-        proc = {
-            "pid": f.pid,
-            "ppid": entry.ppid if entry else (ev.proc.ppid if ev else 0),
-            "exe": (ev.proc.exe if ev and ev.proc.exe else (entry.exe if entry else "")),
-            "cmdline": " ".join(entry.cmdline) if entry else "",
-            "uid": entry.uid if entry else (ev.proc.uid if ev else 0),
-        }
-        alert: dict[str, Any] = {
-            "time": format_time(ev.time_ns if ev else now_ns),
-            "id": uuid.uuid4().hex,
-            "rule": f.rule,
-            "title": f.title,
-            "severity": f.severity,
-            "attack": list(f.attack),
-            "action": outcome,
-            "process": proc,
-        }
-        for k, v in f.meta.items():
-            alert.setdefault(k, v)
-        if f.enforced_by:
-            alert["enforced_by"] = f.enforced_by
-        if f.evidence:
-            alert["evidence"] = f.evidence
-        if killed:
-            alert["killed"] = killed
-        if ev is not None:
-            alert["event"] = to_json(ev)
+        alert = Alert(
+            time=format_time(ev.time_ns if ev else now_ns), rule=f.rule, title=f.title,
+            severity=f.severity, action=outcome, attack=list(f.attack),
+            process=AlertProcess(
+                pid=f.pid,
+                ppid=entry.ppid if entry else (ev.proc.ppid if ev else 0),
+                exe=(ev.proc.exe if ev and ev.proc.exe else (entry.exe if entry else "")),
+                cmdline=" ".join(entry.cmdline) if entry else "",
+                uid=entry.uid if entry else (ev.proc.uid if ev else 0)),
+            enforced_by=f.enforced_by or "", evidence=dict(f.evidence or {}), killed=killed,
+            event=to_json(ev) if ev is not None else None, meta=dict(f.meta))
         for rule, prefix, hook in self._hooks:
             if rule == f.rule and outcome.startswith(prefix):
                 hook(f, alert)
