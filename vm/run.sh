@@ -34,9 +34,10 @@ VM_SMP="${VM_SMP:-2}"
 # mounted at the same path after the guest's own /tmp /var/tmp /run /dev/shm, so
 # a checkout anywhere works (e.g. `git clone` into a temp dir under /tmp).  Its
 # path travels in the results share, never on the kernel command line or in a
-# mount option: blanks, quotes and commas are fine.  Refused: control characters
-# (the guest reads the path as one line), ':' (PATH), a checkout where the guest has its own
-# kernel file systems, and one that would hide a directory the guest replaces.
+# mount option: blanks, quotes and commas are fine (qemu's option syntax gets
+# commas doubled).  Refused: control characters (the guest reads the path as one
+# line), ':' (PATH), a checkout where the guest has its own kernel file systems,
+# and one that would hide a directory the guest replaces.
 qrepo="$(printf '%q' "$REPO")"
 case $REPO in
   *[[:cntrl:]]*)
