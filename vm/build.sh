@@ -182,9 +182,6 @@ else
   trap - EXIT
 fi
 
-cat > "$OUT/current.env.tmp" <<EOF
-KVER=$KVER
-VMLINUZ=$VMLINUZ
-INITRD=$INITRD
-EOF
+# Sourced by vm/run.sh: quoted, the checkout path may hold blanks or quotes.
+printf 'KVER=%q\nVMLINUZ=%q\nINITRD=%q\n' "$KVER" "$VMLINUZ" "$INITRD" > "$OUT/current.env.tmp"
 mv "$OUT/current.env.tmp" "$OUT/current.env"

@@ -18,24 +18,53 @@ set -euo pipefail
 
 die() { echo "vm/run.sh: error: $*" >&2; exit 2; }
 
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
+# The physical path of the checkout, exactly (a command substitution would
+# drop a trailing newline of the name; the "." sentinel keeps it).
+src="${BASH_SOURCE[0]}"
+if [[ $src == */* ]]; then src="${src%/*}"; else src=.; fi
+REPO="$(cd -- "$src/.." && pwd -P && echo .)"
+REPO="${REPO%$'\n.'}"
 cd "$REPO"
 VM_TIMEOUT="${VM_TIMEOUT:-600}"
 VM_MEM="${VM_MEM:-3072}"
 VM_SMP="${VM_SMP:-2}"
 [[ $VM_TIMEOUT =~ ^[0-9]+$ && $VM_TIMEOUT -gt 0 ]] || die "VM_TIMEOUT must be a positive number of seconds, got '$VM_TIMEOUT'"
 
-# The repo path travels on the kernel command line: no blanks or quotes.
-[[ $REPO =~ ^/[A-Za-z0-9._/+@:,=-]*$ ]] || die "the repo path '$REPO' has characters the kernel command line cannot carry; clone it to a plain path"
+# The checkout goes to the guest as its own read-only 9p share (tag repo),
+# mounted at the same path after the guest's own /tmp /var/tmp /run /dev/shm, so
+# a checkout anywhere works (e.g. `git clone` into a temp dir under /tmp).  Its
+# path travels in the results share, never on the kernel command line or in a
+# mount option: blanks, quotes and commas are fine (qemu's option syntax gets
+# commas doubled).  Refused: control characters (the guest reads the path as one
+# line), ':' (PATH), a checkout where the guest has its own kernel file systems,
+# and one that would hide a directory the guest replaces.
+qrepo="$(printf '%q' "$REPO")"
+case $REPO in
+  *[[:cntrl:]]*)
+    die "the checkout path $qrepo contains a control character (newline, tab, ...); the guest cannot be given it — clone to a path without one" ;;
+  *:*)
+    die "the checkout path $qrepo contains ':', which cannot go on PATH (the guest puts the checkout's .venv/bin first on PATH) — clone to a path without one" ;;
+  /dev/shm/*) ;;
+  /proc/*|/sys/*|/dev/*)
+    die "the checkout $qrepo is under /proc, /sys or /dev, which the guest mounts afresh; put it elsewhere" ;;
+  /run/vm|/run/vm/*|/run/vm-results|/run/vm-results/*)
+    die "the checkout $qrepo is under /run/vm or /run/vm-results, which the guest's /init uses; put it elsewhere" ;;
+esac
+[[ $REPO != / ]] || die "the checkout is /; put it in a subdirectory"
+for d in /tmp /var/tmp /run /dev/shm /proc /sys /dev; do
+  [[ $d/ != "$REPO"/* ]] \
+    || die "the checkout $qrepo is $d or contains it; mounted in the guest it would hide the guest's own $d — put it in a subdirectory"
+done
 VPY="$REPO/.venv/bin/python"
 [[ -x $VPY ]] || die "$VPY missing — run 'make venv' first (the guest runs the host's .venv)"
-# The guest sees the host's / except these, which it mounts afresh.
-for p in "$REPO" "$(readlink -f "$VPY")"; do
-  case "$p/" in
+# The venv's interpreter is found through the host's / unless it lies in the checkout.
+py="$(readlink -f "$VPY")"
+if [[ $py/ != "$REPO"/* ]]; then
+  case "$py/" in
     /tmp/*|/var/tmp/*|/run/*|/proc/*|/sys/*|/dev/*)
-      die "$p is under a directory the guest replaces (/tmp /var/tmp /run /proc /sys /dev); put the checkout elsewhere" ;;
+      die "the venv's interpreter $(printf '%q' "$py") (from $VPY) is under a directory the guest replaces (/tmp /var/tmp /run /proc /sys /dev); only the checkout itself is shared — make the venv from a Python installed elsewhere" ;;
   esac
-done
+fi
 command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 not found — run 'make deps' (package qemu-system-x86)"
 
 bash "$REPO/vm/build.sh"
@@ -71,8 +100,9 @@ if [[ -t 1 && -n ${TERM:-} ]]; then term="$TERM"; fi   # colours on a terminal o
   printf ')\n'
   printf 'TERM=%q\n' "$term"
 } > "$RES/args"
+printf '%s\n' "$REPO" > "$RES/repo"   # where the guest mounts the repo share
 
-append="console=ttyS0 panic=1 bastion.repo=$REPO"
+append="console=ttyS0 panic=1"
 if [[ -n ${CI+set} ]]; then
   [[ $CI =~ ^[A-Za-z0-9._-]*$ ]] || die "CI='$CI' cannot go on the kernel command line"
   append+=" bastion.ci=$CI"
@@ -85,7 +115,9 @@ qemu=(qemu-system-x86_64 -accel tcg,thread=multi -cpu max -m "$VM_MEM" -smp "$VM
       -kernel "$VMLINUZ" -initrd "$INITRD" -append "$append"
       -fsdev "local,id=root,path=/,security_model=none,readonly=on,multidevs=remap"
       -device "virtio-9p-pci,fsdev=root,mount_tag=hostroot"
-      -fsdev "local,id=results,path=$RES,security_model=none,multidevs=remap"
+      -fsdev "local,id=repo,path=${REPO//,/,,},security_model=none,readonly=on,multidevs=remap"
+      -device "virtio-9p-pci,fsdev=repo,mount_tag=repo"
+      -fsdev "local,id=results,path=${RES//,/,,},security_model=none,multidevs=remap"
       -device "virtio-9p-pci,fsdev=results,mount_tag=results")
 
 echo "vm/run.sh: booting $KVER under qemu TCG (timeout ${VM_TIMEOUT}s); pytest args: ${*:-(none)}" >&2

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -24,14 +25,26 @@ pytestmark = pytest.mark.skipif(
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _mounts() -> list[tuple[str, str, str]]:
-    """(mount point, fs type, super options) from /proc/self/mountinfo."""
+def _unescape(field: str) -> str:
+    """A mountinfo field with the kernel's octal escapes (\\040 for a blank) undone."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _mountinfo() -> list[tuple[str, str, str, str, str]]:
+    """(mount point, mount options, fs type, source, super options) per line of
+    /proc/self/mountinfo, the last mount on a path last."""
     out = []
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         left, right = line.split(" - ", 1)
-        fstype, _source, superopts = right.split(" ", 2)
-        out.append((left.split()[4], fstype, superopts))
+        fields = left.split()
+        fstype, source, superopts = right.split(" ", 2)
+        out.append((_unescape(fields[4]), fields[5], fstype, _unescape(source), superopts))
     return out
+
+
+def _mounts() -> list[tuple[str, str, str]]:
+    """(mount point, fs type, super options) from /proc/self/mountinfo."""
+    return [(mnt, fstype, superopts) for mnt, _opts, fstype, _src, superopts in _mountinfo()]
 
 
 def _fstype_at(path: str) -> str | None:
@@ -95,3 +108,27 @@ def test_venv_python_imports_bastion() -> None:
         capture_output=True, text=True, timeout=120, check=True,
     ).stdout.strip()
     assert Path(out).is_relative_to(REPO / "src"), out
+
+
+def test_checkout_is_its_own_read_only_share_at_its_host_path() -> None:
+    # vm/run.sh shares the checkout as 9p tag "repo" and /init mounts it at the
+    # host path after the guest's tmpfs mounts, so a checkout under /tmp works.
+    on_repo = [(opts, fs, src) for mnt, opts, fs, src, _ in _mountinfo() if mnt == str(REPO)]
+    assert on_repo, f"nothing mounted at {REPO}"
+    opts, fs, src = on_repo[-1]
+    assert (fs, src) == ("9p", "repo"), on_repo
+    assert "ro" in opts.split(","), opts
+    assert Path.cwd().resolve() == REPO
+
+
+def test_results_share_is_writable_9p() -> None:
+    res = os.environ["BASTION_VM_RESULTS"]
+    on_res = [(fs, src) for mnt, _opts, fs, src, _ in _mountinfo() if mnt == res]
+    assert on_res and on_res[-1] == ("9p", "results"), on_res
+    assert (Path(res) / "repo").read_text() == f"{REPO}\n"
+    probe = Path(res) / "smoke-write-probe"
+    probe.write_text("ok")
+    try:
+        assert probe.read_text() == "ok"
+    finally:
+        probe.unlink()
