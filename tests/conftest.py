@@ -19,7 +19,7 @@ _MUST_RUN = {"kernel", "e2e", "vm"}
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        parts = Path(str(item.fspath)).parts
+        parts = item.path.relative_to(item.config.rootpath).parts
         for layer in _LAYERS:
             if layer in parts:
                 item.add_marker(getattr(pytest.mark, layer))
