@@ -318,12 +318,20 @@ class PermissionListener:
     def expired(self) -> bool:
         return self._expired
 
-    def open(self) -> PermissionListener:
-        """Create the fanotify group and start the watchdog."""
+    def open(self, *, group_fd: int | None = None) -> PermissionListener:
+        """Create the fanotify group and start the watchdog.
+
+        ``group_fd`` adopts a descriptor instead (the listener closes it):
+        unit tests pass one end of a socketpair that speaks the fanotify
+        wire format; such a group cannot be marked.
+        """
         if self._fd >= 0:
             return self
-        self._libc = _Libc()
-        self._fd = self._libc.init(_INIT_FLAGS, os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC)
+        if group_fd is not None:
+            self._fd = group_fd
+        else:
+            self._libc = _Libc()
+            self._fd = self._libc.init(_INIT_FLAGS, os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC)
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         if self.deadline_s is not None:
             self._deadline_at = time.monotonic() + self.deadline_s
