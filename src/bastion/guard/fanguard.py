@@ -11,8 +11,6 @@ agent write its store.
 
 from __future__ import annotations
 
-from types import TracebackType
-
 from bastion.enforce.fanotify import FanotifyEnforcer
 from bastion.errors import Location
 from bastion.events import HipsEvent
@@ -43,13 +41,6 @@ class FileGuard:
     def close(self) -> None:
         self.enforcer.close()
 
-    def __enter__(self) -> FileGuard:
-        return self.open()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
-
     def protect(self, ps: ProtectedSet) -> tuple[str, ...]:
         """Deny write-opens of ``ps`` (files and whole directory trees)."""
         files = tuple(FileTarget(o.dev, o.ino, o.is_dir, o.path) for o in ps.roots())
@@ -59,15 +50,9 @@ class FileGuard:
         self.enforcer.apply(plan, files)
         return self.enforcer.unenforced()
 
-    def unenforced(self) -> tuple[str, ...]:
-        return self.enforcer.unenforced()
-
     def poll(self, timeout_s: float = 0.0) -> list[HipsEvent]:
         """The refused (and late) write-opens since the last call."""
         return self.enforcer.poll(timeout_s)
-
-    def stats(self) -> dict[str, int | float]:
-        return self.enforcer.stats()
 
 
 __all__ = ["FileGuard", "IsOurs"]

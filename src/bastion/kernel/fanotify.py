@@ -48,7 +48,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Callable, Final, Literal
 
 from bastion.errors import KernelError, Location
@@ -349,13 +348,6 @@ class PermissionListener:
                                               daemon=True)
             self._listener.start()
         return self
-
-    def __enter__(self) -> PermissionListener:
-        return self.open()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
 
     def close(self) -> None:
         """Remove every mark, allow anything pending, close the group."""
