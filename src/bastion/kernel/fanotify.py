@@ -129,6 +129,15 @@ class _Libc:
                               location=Location(path or "fanotify inode marks"))
 
 
+def group_available() -> str | None:
+    """None when a ``FAN_CLASS_CONTENT`` group can be created here; else why not."""
+    try:
+        os.close(_Libc().init(FAN_CLASS_CONTENT | FAN_CLOEXEC, os.O_RDONLY))
+    except KernelError as exc:
+        return exc.message
+    return None
+
+
 def supported() -> str | None:
     """None when fanotify permission events work here; else why not.
 
@@ -640,4 +649,5 @@ class PermissionListener:
 
 __all__ = ["ALLOW", "DEFAULT_MAX_DIRS", "Decide", "FAN_ALLOW", "FAN_DENY", "FAN_EVENT_ON_CHILD",
            "FAN_ONDIR", "FAN_OPEN_EXEC_PERM", "FAN_OPEN_PERM", "ListenerCounters", "PermEvent",
+           "group_available",
            "PermissionListener", "Shortcut", "Verdict", "subdirs", "supported"]
