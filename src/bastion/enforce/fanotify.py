@@ -6,10 +6,10 @@ events from user space.  :class:`FanotifyEnforcer` marks **only the inodes
 the plan names** — files with an inode mark, directory objects with a mark
 carrying ``FAN_EVENT_ON_CHILD`` on the directory and on each of its
 subdirectories — never a mount or a filesystem (a whole-filesystem mark
-costs ~30x per open on this host).  Each permission
-event is decided by :meth:`bastion.policy.match.Matcher.decide_file` over
-the current :class:`~bastion.policy.compile.MapPlan`, with facts gathered
-without opening any file that could be marked:
+costs ~30x per open on this host).  Each permission event is decided by
+:meth:`bastion.policy.match.Matcher.decide_file` over the current
+:class:`~bastion.policy.compile.MapPlan`, with facts gathered without
+opening any file that could be marked:
 
 * the object: ``os.fstat`` of the event's fd (kernel dev encoding);
 * its ancestors: ``os.readlink("/proc/self/fd/N")`` then ``os.stat`` of
