@@ -99,7 +99,7 @@ def fanotify_marks(enf: FanotifyEnforcer) -> list[str]:
     Inode marks read ``fanotify ino:...``, mount marks ``fanotify mnt_id:...``
     and filesystem marks ``fanotify sdev:...``: only the first kind may appear.
     """
-    fd = enf._fd  # noqa: SLF001 - white-box check of what the kernel holds
+    fd = enf.listener.fd   # white-box check of what the kernel holds
     text = Path(f"/proc/self/fdinfo/{fd}").read_text()
     marks = [ln for ln in text.splitlines()
              if ln.startswith("fanotify ") and not ln.startswith("fanotify flags:")]

@@ -15,8 +15,6 @@ is missing.  ``bastion doctor`` and ``bastion status`` print this report.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import errno
 import logging
 import os
@@ -26,16 +24,13 @@ from pathlib import Path
 from typing import Any, Final, Iterator
 
 from bastion.errors import BastionError, KernelError
-from bastion.kernel import bpffs
+from bastion.kernel import bpffs, fanotify
 from bastion.kernel.libbpf import BpfObject
 from bastion.paths import bpf_object
 from bastion.tier import Tier
 
 LSM_FILE: Final = Path("/sys/kernel/security/lsm")
 BTF_FILE: Final = Path("/sys/kernel/btf/vmlinux")
-
-FAN_CLASS_CONTENT: Final = 0x04
-FAN_CLOEXEC: Final = 0x01
 
 
 @dataclass(frozen=True)
@@ -120,13 +115,8 @@ def _probe_lsm_loud() -> tuple[bool, str]:
 
 
 def _fanotify_ok() -> tuple[bool, str]:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    fd = int(libc.fanotify_init(FAN_CLASS_CONTENT | FAN_CLOEXEC, os.O_RDONLY))
-    if fd < 0:
-        err = ctypes.get_errno()
-        return False, f"fanotify_init(FAN_CLASS_CONTENT) failed: {os.strerror(err)}"
-    os.close(fd)
-    return True, ""
+    why = fanotify.group_available()
+    return why is None, why or ""
 
 
 def probe() -> TierReport:

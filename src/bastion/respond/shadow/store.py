@@ -1,20 +1,10 @@
-"""Ransomware shield, recovery half: shadow copies before the first open, and rollback.
-
-:class:`ShadowKeeper` is a fanotify ``FAN_CLASS_CONTENT`` listener with
-``FAN_OPEN_PERM`` marks on the protected directories (each directory and its
-subdirectories, bounded by ``max_dirs``, with ``FAN_EVENT_ON_CHILD`` — inode
-marks only, never a mount or a filesystem).  When an untrusted process opens
-a file under a protected directory (read or write: ransomware reads the
-original, writes NAME.locked and unlinks the original), the opener is held
-in ``open(2)`` while the file's content is copied **from the fd fanotify
-hands us** (``os.pread``; the path is never opened) into the shadow
-directory; then the open is allowed.  A later ``O_TRUNC`` or in-place write
-therefore always finds the copy already taken.
+"""Ransomware shield, storage: the shadow directory (blobs + SQLite index), bounded.
 
 Storage (:class:`ShadowStore`, ``shadow_dir``):
 
 * ``blobs/<aa>/<sha256>`` — content-addressed copies: one blob per content
-  (shared by every copy with that content);
+  (shared by every copy with that content); copies up to ``INLINE_MAX``
+  bytes live in the index instead (no file created);
 * ``index.db`` (SQLite, WAL) — ``copies``: one row per (opener process,
   content generation of an inode) with the original path, dev/inode, size,
   mode, uid/gid, mtime/ctime, sha256, the opener's pid, start time, exe and
@@ -35,25 +25,8 @@ open is allowed.  Every eviction is counted (``evictions``,
 ``evicted_bytes``); an evicted copy's index rows stay while an incident
 names them, so rollback reports the file as "evicted".
 
-Kernel safety: everything :class:`~bastion.enforce.fanotify.FanotifyEnforcer`
-guarantees holds here (this listener *is* one, deciding differently): a
-watchdog answers ALLOW for any open whose copy stalls past
-``decision_timeout_s`` (the copy may finish later; it is kept only if the
-file did not change while it was read, else counted ``changed_during_copy``;
-an open the watchdog drained without the listener seeing it is never copied:
-``stats()["unrecoverable"]`` counts both), ``deadline_s`` is a dead-man
-switch, opens by this process and (with ``scope_cgroup_id``) by tasks outside
-the scope are allowed at once, and the listener never opens a path that
-could be marked: the shadow directory must not be inside (or contain) a
-protected directory — refused with :class:`~bastion.errors.ConfigError`.
-
-Not recoverable (compat tier; see docs/ransomware.md): a file opened before
-the shield started, or written through an inherited/passed fd; files in a
-subdirectory created after :meth:`ShadowKeeper.open` until
-:meth:`ShadowKeeper.refresh_marks`; files larger than ``max_file_bytes``;
-opens the watchdog allowed uncopied; copies evicted or refused for space;
-``truncate(2)`` by path and ``unlink`` of a file nobody untrusted opened (no
-open, no permission event: the content is gone without a copy).
+:meth:`ShadowStore.put` runs on the permission listener's thread: it reads
+the original only through the event fd (``pread``), never by path.
 """
 
 from __future__ import annotations
@@ -61,35 +34,24 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
-import logging
 import os
 import sqlite3
-import stat
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Iterator, Sequence
+from typing import Any, Final, Iterator
 
-from bastion.errors import ConfigError, KernelError, Location, StoreError
-from bastion.enforce.fanotify import (
-    DEFAULT_MAX_DIRS, FAN_ALLOW, FAN_EVENT_ON_CHILD, FAN_MARK_ADD, FAN_OPEN_PERM, FanotifyEnforcer,
-    _fd_path, _read_proc,
-)
+from bastion.errors import Location, StoreError
+from bastion.kernel.opener import TICK_NS
 from bastion.policy.compile import kernel_dev
-
-log = logging.getLogger(__name__)
 
 INDEX_NAME: Final = "index.db"
 BLOB_MIN: Final = 4096               # space accounting: a blob costs at least one block
-_CHUNK: Final = 1 << 20
+CHUNK: Final = 1 << 20
 INLINE_MAX: Final = 64 * 1024        # copies up to this size live in the index (no file create)
-_CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
-_TICK_NS: Final = 1_000_000_000 // _CLK_TCK
-_MAX_ANCESTRY: Final = 32
 _LOW_WATER: Final = 0.9
-O_CREAT: Final = os.O_CREAT
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS blobs (
@@ -125,7 +87,7 @@ def _blob_cost(size: int) -> int:
 
 
 def _same_start(a: int, b: int) -> bool:
-    return not a or not b or abs(a - b) < _TICK_NS
+    return not a or not b or abs(a - b) < TICK_NS
 
 
 @dataclass(frozen=True)
@@ -288,18 +250,18 @@ class ShadowStore:
         except BaseException:
             with self._lock:
                 self.used_bytes -= _blob_cost(st.st_size)
-            _unlink_quiet(tmp)
+            unlink_quiet(tmp)
             raise
         with self._lock:
             self.used_bytes -= _blob_cost(st.st_size)
             # an unlink/rename changes ctime and the link count, not the content
             if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or (
                     after.st_ctime_ns != st.st_ctime_ns and after.st_nlink == st.st_nlink):
-                _unlink_quiet(tmp)   # written while we read it: not a faithful copy
+                unlink_quiet(tmp)   # written while we read it: not a faithful copy
                 self.c.changed_during_copy += 1
                 return CopyOutcome("changed")
             if n != st.st_size:
-                _unlink_quiet(tmp)
+                unlink_quiet(tmp)
                 self.c.changed_during_copy += 1
                 return CopyOutcome("changed")
             self._begin()
@@ -349,7 +311,7 @@ class ShadowStore:
             return
         fd = os.open(self.blob_path(sha), os.O_RDONLY | os.O_CLOEXEC)
         try:
-            while buf := os.read(fd, _CHUNK):
+            while buf := os.read(fd, CHUNK):
                 yield buf
         finally:
             os.close(fd)
@@ -368,7 +330,7 @@ class ShadowStore:
         n = 0
         try:
             while True:
-                buf = os.pread(fd, _CHUNK, n)
+                buf = os.pread(fd, CHUNK, n)
                 if not buf:
                     break
                 h.update(buf)
@@ -384,7 +346,7 @@ class ShadowStore:
     def _commit_blob(self, tmp: Path, sha: str, size: int, data: bytes | None) -> None:
         row = self._db.execute("SELECT evicted FROM blobs WHERE sha = ?", (sha,)).fetchone()
         if row is not None and not row[0]:
-            _unlink_quiet(tmp)          # same content already kept
+            unlink_quiet(tmp)          # same content already kept
             return
         if data is not None:
             self._db.execute("INSERT OR REPLACE INTO blob_data (sha, data) VALUES (?, ?)",
@@ -454,7 +416,7 @@ class ShadowStore:
         return self.used_bytes + need <= self.max_bytes
 
     def _evict(self, sha: str, size: int) -> None:
-        _unlink_quiet(self.blob_path(sha))
+        unlink_quiet(self.blob_path(sha))
         self._db.execute("DELETE FROM blob_data WHERE sha = ?", (sha,))
         self._db.execute("UPDATE blobs SET evicted = 1 WHERE sha = ?", (sha,))
         # rows no incident names go with the blob; the others stay to report "evicted"
@@ -566,455 +528,12 @@ def _pread_all(fd: int, limit: int) -> bytes:
     return b"".join(parts)
 
 
-def _unlink_quiet(p: Path) -> None:
+def unlink_quiet(p: Path) -> None:
     try:
         os.unlink(p)
     except OSError:
         pass
 
 
-# ---- the listener ------------------------------------------------------------------------
-
-
-class _ShadowListener(FanotifyEnforcer):
-    """The fanotify machinery of :class:`FanotifyEnforcer` (group, watchdog, deadline,
-    scope, event reading, answering) with a different decision: copy, then allow."""
-
-    def __init__(self, keeper: ShadowKeeper, **kw: Any) -> None:
-        super().__init__(**kw)
-        self._keeper = keeper
-
-    def _decide_and_answer(self, mask: int, efd: int, tid: int) -> None:
-        if self._expired or (self._deadline_at is not None
-                             and time.monotonic() >= self._deadline_at):
-            self._allow(efd, "deadline_allows")
-            return
-        if self._is_own_thread(tid):
-            self._allow(efd, "self_allows")
-            return
-        if self.scope_cgroup_id and not self._in_scope(tid, self._cgroup_id(tid)):
-            self._allow(efd, "out_of_scope")
-            return
-        self._keeper._on_open(self, efd, tid)
-
-    def answer_allow(self, efd: int) -> bool:
-        """ALLOW once; False when the watchdog (or close) answered first."""
-        if self._answer(efd, FAN_ALLOW):
-            self._c.allows += 1
-            return True
-        self._c.late_decisions += 1
-        return False
-
-    def mark_dir(self, path: str, key: tuple[int, int]) -> None:
-        self._mark_path(FAN_MARK_ADD, FAN_OPEN_PERM | FAN_EVENT_ON_CHILD, path, key)
-
-    def subdirs(self, top: str, st: os.stat_result) -> list[tuple[str, tuple[int, int]]]:
-        return self._subdirs(top, st)
-
-    def open_flags(self, tid: int) -> int | None:
-        return self._open_flags(tid)
-
-
-class ShadowKeeper:
-    """Copy protected files before an untrusted process's first open; group copies
-    into incidents for :func:`rollback`.  See the module docstring.
-
-    Typical use (the agent)::
-
-        keeper = ShadowKeeper([Path("/home")], data_dir / "shadow", max_bytes=2 << 30,
-                              self_tgid=os.getpid())
-        keeper.open()
-        ...
-        iid = keeper.open_incident(finding.pid, start_ns)   # after the kill-tree
-        keeper.close()
-    """
-
-    def __init__(self, protected_dirs: Sequence[Path], shadow_dir: Path, *, max_bytes: int,
-                 trusted_exes: frozenset[str] = frozenset(), scope_cgroup_id: int = 0,
-                 deadline_s: float | None = None, self_tgid: int = 0,
-                 max_file_bytes: int | None = None, keep_pending_s: float = 120.0,
-                 decision_timeout_s: float = 2.0, max_dirs: int = DEFAULT_MAX_DIRS) -> None:
-        if max_bytes <= 0:
-            raise ConfigError("shadow max_bytes must be > 0", location=Location(str(shadow_dir)))
-        if not protected_dirs:
-            raise ConfigError("no protected directories", location=Location("shadow"))
-        self.protected = [Path(os.path.realpath(p)) for p in protected_dirs]
-        self.shadow_dir = Path(os.path.realpath(shadow_dir))
-        for p in self.protected:
-            if not p.is_dir():
-                raise ConfigError("protected directory does not exist", location=Location(str(p)))
-            if self.shadow_dir == p or p in self.shadow_dir.parents or \
-                    self.shadow_dir in p.parents:
-                raise ConfigError(
-                    f"the shadow directory {self.shadow_dir} overlaps the protected directory "
-                    f"{p}: the listener would open files it marks (self-deadlock)",
-                    location=Location(str(shadow_dir)))
-        self.max_bytes = max_bytes
-        self.trusted_exes = trusted_exes
-        self.max_file_bytes = max_file_bytes
-        self.keep_pending_s = keep_pending_s
-        self._listener = _ShadowListener(
-            self, scope_cgroup_id=scope_cgroup_id, deadline_s=deadline_s, self_tgid=self_tgid,
-            decision_timeout_s=decision_timeout_s, max_dirs=max_dirs)
-        self._store: ShadowStore | None = None
-        self._marked: set[tuple[int, int]] = set()
-        self._openers: collections.OrderedDict[ProcId, Opener | None] = collections.OrderedDict()
-        self._copy_us: collections.deque[float] = collections.deque(maxlen=8192)
-        self._stop = threading.Event()
-        self._flusher: threading.Thread | None = None
-
-    # ---- lifecycle ---------------------------------------------------------------------
-
-    def open(self) -> ShadowKeeper:
-        if self._store is not None:
-            return self
-        self._store = ShadowStore(self.shadow_dir, max_bytes=self.max_bytes,
-                                  keep_pending_s=self.keep_pending_s,
-                                  max_file_bytes=self.max_file_bytes)
-        self._flusher = threading.Thread(target=self._flush_loop, name="bastion-shadow-flush",
-                                         daemon=True)
-        self._flusher.start()
-        try:
-            self._listener.open()
-            self._listener.start()      # before marking: no event waits for a missing listener
-            self.refresh_marks()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __enter__(self) -> ShadowKeeper:
-        return self.open()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Remove every mark and allow anything pending (the listener's close), then the index."""
-        self._listener.close()
-        self._stop.set()
-        if self._flusher is not None:
-            self._flusher.join(timeout=2.0)
-        if self._store is not None:
-            self._store.close()
-
-    def _flush_loop(self) -> None:
-        store = self._store
-        while store is not None and not self._stop.wait(store.commit_interval_s):
-            try:
-                store.flush()
-            except sqlite3.Error as exc:
-                log.error("shadow: index commit failed: %s", exc)
-
-    @property
-    def store(self) -> ShadowStore:
-        if self._store is None:
-            raise KernelError("shadow keeper is not open", location=Location("shadow"))
-        return self._store
-
-    def refresh_marks(self) -> int:
-        """Mark protected directories and subdirectories not marked yet; returns how many."""
-        if self._listener._expired:
-            return 0
-        n = 0
-        for top in self.protected:
-            st = os.stat(top)
-            for dpath, key in self._listener.subdirs(str(top), st):
-                if key in self._marked:
-                    continue
-                if len(self._marked) >= self._listener.max_dirs:
-                    raise ConfigError(f"more than {self._listener.max_dirs} protected directories: "
-                                      "name smaller subtrees", location=Location(str(top)))
-                self._listener.mark_dir(dpath, key)
-                self._marked.add(key)
-                n += 1
-        return n
-
-    # ---- incidents (agent thread) ----------------------------------------------------------
-
-    def open_incident(self, root_pid: int, started_ns: int) -> int:
-        return self.store.open_incident(root_pid, started_ns)
-
-    def close_incident(self, incident: int) -> None:
-        self.store.close_incident(incident)
-
-    def maintain(self, max_age_s: float = 86400.0) -> int:
-        return self.store.maintain(max_age_s)
-
-    # ---- the decision (listener thread; never opens a marked path) -----------------------
-
-    def _opener(self, tid: int) -> Opener | None:
-        tgid = ppid = -1
-        for line in _read_proc(f"/proc/{tid}/status").split(b"\n"):
-            k, _, v = line.partition(b":")
-            if k == b"Tgid":
-                tgid = int(v.split()[0])
-                break
-        if tgid <= 0:
-            return None
-        ppid, start = _stat_ppid_start(tgid)
-        if start < 0:
-            return None
-        key = (tgid, start)
-        if key in self._openers:
-            self._openers.move_to_end(key)
-            return self._openers[key]
-        try:
-            exe = os.readlink(f"/proc/{tgid}/exe")
-        except OSError:
-            exe = ""
-        chain: list[ProcId] = [key]
-        p = ppid
-        while p > 0 and len(chain) < _MAX_ANCESTRY:
-            pp, s = _stat_ppid_start(p)
-            if s < 0:
-                break
-            chain.append((p, s))
-            p = pp
-        op = Opener(tgid, start, exe, tuple(chain))
-        self._openers[key] = op
-        if len(self._openers) > 4096:
-            self._openers.popitem(last=False)
-        return op
-
-    def _on_open(self, lis: _ShadowListener, efd: int, tid: int) -> None:
-        t0 = time.monotonic()
-        store = self._store
-        st = os.fstat(efd)
-        if store is None or not stat.S_ISREG(st.st_mode):
-            if store is not None:
-                store.c.not_regular += 1
-            lis.answer_allow(efd)
-            return
-        opener = self._opener(tid)
-        if opener is None:
-            lis._allow(efd, "gone")
-            return
-        if opener.exe in self.trusted_exes:
-            store.c.trusted_allows += 1
-            lis.answer_allow(efd)
-            return
-        created = False
-        if st.st_size == 0:
-            flags = lis.open_flags(tid)
-            created = flags is not None and flags >= 0 and bool(flags & O_CREAT)
-        path = _fd_path(efd)
-        try:
-            out = store.put(efd, st, path, opener, created=created)
-        except (OSError, sqlite3.Error) as exc:
-            store.c.copy_errors += 1
-            log.error("shadow: copy of %s for pid %d failed (%s: %s): allowed, not recoverable",
-                      path, opener.pid, type(exc).__name__, exc)
-            lis.answer_allow(efd)
-            return
-        if not lis.answer_allow(efd) and out.kind == "copied":
-            store.mark_late(out.sha)
-        if out.kind == "copied":
-            self._copy_us.append((time.monotonic() - t0) * 1e6)
-
-    # ---- report -----------------------------------------------------------------------------
-
-    def stats(self) -> dict[str, int | float]:
-        out: dict[str, int | float] = {}
-        if self._store is not None:
-            out.update(self._store.stats())
-        ls = self._listener.stats()
-        for k in ("perm_events", "allows", "watchdog_allows", "late_decisions", "errors",
-                  "self_allows", "out_of_scope", "gone", "deadline_allows", "overflows",
-                  "decision_us_median", "decision_us_p99", "decision_us_max", "expired"):
-            out[k] = ls[k]
-        lat = sorted(self._copy_us)
-        out["copy_us_median"] = lat[len(lat) // 2] if lat else 0.0
-        out["copy_us_p99"] = lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else 0.0
-        out["marked_dirs"] = len(self._marked)
-        uncopied_by_watchdog = max(0, int(ls["watchdog_allows"]) - int(out.get("late_copies", 0)))
-        out["unrecoverable"] = (int(out.get("too_large", 0)) + int(out.get("no_space", 0))
-                                + int(out.get("changed_during_copy", 0))
-                                + int(out.get("copy_errors", 0)) + uncopied_by_watchdog
-                                + int(ls["errors"]))
-        return out
-
-
-def _stat_ppid_start(pid: int) -> tuple[int, int]:
-    """(ppid, start CLOCK_BOOTTIME ns) from /proc/PID/stat; (-1, -1) if gone."""
-    raw = _read_proc(f"/proc/{pid}/stat")
-    try:
-        fields = raw[raw.rindex(b")") + 2:].split()
-        return int(fields[1]), int(fields[19]) * _TICK_NS
-    except (ValueError, IndexError):
-        return -1, -1
-
-
-# ---- rollback ------------------------------------------------------------------------------
-
-
-@dataclass
-class RollbackReport:
-    incident: int
-    dry_run: bool
-    restored: list[str] = field(default_factory=list)
-    intact: list[str] = field(default_factory=list)
-    removed: list[str] = field(default_factory=list)     # renamed/encrypted files the tree left
-    failed: list[tuple[str, str]] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
-
-    def to_json(self) -> dict[str, Any]:
-        return {"incident": self.incident, "dry_run": self.dry_run, "ok": self.ok,
-                "restored": self.restored, "intact": self.intact, "removed": self.removed,
-                "failed": [{"path": p, "reason": r} for p, r in self.failed]}
-
-    def summary(self) -> str:
-        verb = "would restore" if self.dry_run else "restored"
-        rm = "would remove" if self.dry_run else "removed"
-        return (f"incident {self.incident}: {verb} {len(self.restored)}, already intact "
-                f"{len(self.intact)}, {rm} {len(self.removed)}, failed {len(self.failed)}")
-
-
-def _sha_of(path: str | Path) -> str | None:
-    h = hashlib.sha256()
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        while buf := os.read(fd, _CHUNK):
-            h.update(buf)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    return h.hexdigest()
-
-
-def _restore_one(store: ShadowStore, row: dict[str, Any]) -> str:
-    """Write the blob to ``row["path"]`` via a temp file + rename; '' or why it failed."""
-    path = str(row["path"])
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".bastion-restore-{os.getpid()}-{row['id']}")
-    h = hashlib.sha256()
-    try:
-        dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
-                      0o600)
-        try:
-            for buf in store.read_blob(str(row["sha"])):
-                h.update(buf)
-                view = memoryview(buf)
-                while view:
-                    view = view[os.write(dst, view):]
-            if h.hexdigest() != row["sha"]:
-                raise ValueError("shadow copy corrupt (sha256 mismatch)")
-            os.fsync(dst)
-            try:
-                os.fchown(dst, int(row["uid"]), int(row["gid"]))
-            except OSError:
-                pass   # not root: keep ours
-            os.fchmod(dst, stat.S_IMODE(int(row["mode"])))
-        finally:
-            os.close(dst)
-        os.utime(tmp, ns=(int(row["mtime_ns"]), int(row["mtime_ns"])))
-        if _sha_of(tmp) != row["sha"]:
-            raise ValueError("restored bytes differ from the shadow copy")
-        os.replace(tmp, path)
-    except (OSError, ValueError) as exc:
-        _unlink_quiet(Path(tmp))
-        return str(exc) if isinstance(exc, ValueError) else f"write failed: {exc.strerror}"
-    return ""
-
-
-def rollback(shadow_dir: Path, incident: int, *, dry_run: bool = False) -> RollbackReport:
-    """Restore every file incident ``incident`` touched: content, name, mode, owner, mtime.
-
-    Per inode the earliest copy wins (the content before the tree's first
-    open), per original path the earliest inode.  A file whose current
-    content already matches is left alone.  Files the tree created or renamed
-    (found by inode in the directories it touched, changed since the incident
-    began) are removed.  Every restored file is re-read and its sha256
-    compared with the copy's before it takes the original name.
-    """
-    rep = RollbackReport(incident, dry_run)
-    with ShadowStore(Path(shadow_dir), create=False) as store:
-        rows = store.incident_rows(incident)
-        if not rows:
-            return rep
-        t0 = min(int(r["t_ns"]) for r in rows)
-        originals: dict[tuple[int, int], dict[str, Any]] = {}
-        created: set[tuple[int, int]] = set()
-        for r in rows:
-            key = (int(r["dev"]), int(r["ino"]))
-            if r["kind"] == "created":
-                created.add(key)
-            elif key not in originals and key not in created:
-                originals[key] = r
-        by_path: dict[str, dict[str, Any]] = {}
-        for r in originals.values():
-            by_path.setdefault(str(r["path"]), r)
-        tree_inodes = set(originals) | created
-        keep: set[str] = set()
-        for path, r in sorted(by_path.items()):
-            keep.add(path)
-            if r["sha"] is None or r["evicted"]:
-                rep.failed.append((path, "shadow copy evicted (space budget)"))
-                continue
-            if not store.has_blob(str(r["sha"])):
-                rep.failed.append((path, "shadow copy missing"))
-                continue
-            if _sha_of(path) == r["sha"]:
-                rep.intact.append(path)
-                continue
-            if dry_run:
-                rep.restored.append(path)
-                continue
-            why = _restore_one(store, r)
-            if why:
-                rep.failed.append((path, why))
-            else:
-                rep.restored.append(path)
-        # what the tree left behind: renamed originals (x.locked) and files it created
-        dirs = {os.path.dirname(str(r["path"])) for r in rows}
-        for d in sorted(dirs):
-            try:
-                dst = os.stat(d)
-                entries = list(os.scandir(d))
-            except OSError:
-                continue
-            dev = kernel_dev(dst.st_dev)
-            for e in entries:
-                if e.path in keep or (dev, e.inode()) not in tree_inodes:
-                    continue
-                try:
-                    est = e.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                if stat.S_ISDIR(est.st_mode) or est.st_ctime_ns < t0 - 1_000_000_000:
-                    continue   # an older file that merely reuses the inode number
-                if not dry_run:
-                    try:
-                        os.unlink(e.path)
-                    except OSError as exc:
-                        rep.failed.append((e.path, f"cannot remove: {exc.strerror}"))
-                        continue
-                rep.removed.append(e.path)
-        if not dry_run and rep.ok:
-            store.close_incident(incident, "rolled-back")
-    return rep
-
-
-def list_incidents(shadow_dir: Path) -> list[dict[str, Any]]:
-    with ShadowStore(Path(shadow_dir), create=False) as store:
-        return store.incidents()
-
-
-def iter_rows(shadow_dir: Path, incident: int) -> Iterator[dict[str, Any]]:
-    with ShadowStore(Path(shadow_dir), create=False) as store:
-        yield from store.incident_rows(incident)
-
-
-__all__ = ["ShadowKeeper", "ShadowStore", "Opener", "RollbackReport", "rollback",
-           "list_incidents", "CopyOutcome"]
+__all__ = ["BLOB_MIN", "CHUNK", "CopyOutcome", "GenKey", "INDEX_NAME", "INLINE_MAX", "Opener", "ProcId",
+           "ShadowCounters", "ShadowStore", "unlink_quiet"]

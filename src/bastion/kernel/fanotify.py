@@ -1,0 +1,653 @@
+"""The one fanotify permission listener: group, inode marks, listener thread, watchdog.
+
+:class:`PermissionListener` owns a ``FAN_CLASS_CONTENT`` group and answers
+every permission event it reads with the :class:`Verdict` of a ``decide``
+function its owner passes in.  The HIPS file enforcer
+(:mod:`bastion.enforce.fanotify`), the ransomware shield
+(:mod:`bastion.respond.shadow`) and the tamper file guard
+(:mod:`bastion.guard.fanguard`) each compose one; none of them reads or
+answers events itself.
+
+Kernel-safety rules this module keeps (a stalled permission listener freezes
+every process that opens a marked file, including the agent's own shell):
+
+* Only inode marks (:meth:`PermissionListener.mark`), never a mount or a
+  filesystem: a whole-filesystem mark costs ~30x per open on this host.
+* The listener thread never opens a file that could be marked, and neither
+  may ``decide``: facts come from ``fstat`` of the event fd and from procfs
+  (:mod:`bastion.kernel.opener`).  It **must never log to a marked path**:
+  log lines go through :mod:`logging`, whose handlers must write to stderr or
+  a file no mark covers; an exception is logged as frame names only
+  (formatting a traceback opens ``.py`` sources through ``linecache``).
+* A watchdog thread answers ``FAN_ALLOW`` for every permission event whose
+  answer has not been written within ``decision_timeout_s`` (counted as
+  ``watchdog_allows``), and drains and allows the queue itself while the
+  listener is stalled or not running.
+* Every event is answered: an exception in ``decide`` answers ALLOW (counted
+  as ``errors``) and the listener goes on with the next event.
+* ``deadline_s`` (seconds after :meth:`PermissionListener.open`) is a
+  dead-man switch: past it every event is allowed (without calling
+  ``decide``) and all marks are removed.
+* Closing the fanotify fd (also when the process dies) makes the kernel
+  allow every pending event and drop every mark.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import errno
+import logging
+import os
+import select
+import stat
+import statistics
+import struct
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Final, Literal
+
+from bastion.errors import KernelError, Location
+from bastion.policy.compile import kernel_dev
+
+log = logging.getLogger(__name__)
+
+# ---- <linux/fanotify.h> ------------------------------------------------------------
+
+FAN_CLOEXEC: Final = 0x00000001
+FAN_NONBLOCK: Final = 0x00000002
+FAN_CLASS_CONTENT: Final = 0x00000004
+FAN_REPORT_TID: Final = 0x00000100
+
+FAN_MARK_ADD: Final = 0x00000001
+FAN_MARK_REMOVE: Final = 0x00000002
+FAN_MARK_FLUSH: Final = 0x00000080
+FAN_MARK_INODE: Final = 0x00000000   # neither FAN_MARK_MOUNT nor FAN_MARK_FILESYSTEM
+
+FAN_OPEN_PERM: Final = 0x00010000
+FAN_ACCESS_PERM: Final = 0x00020000
+FAN_OPEN_EXEC_PERM: Final = 0x00040000
+FAN_Q_OVERFLOW: Final = 0x00004000
+FAN_EVENT_ON_CHILD: Final = 0x08000000
+FAN_ONDIR: Final = 0x40000000
+FAN_PERM_EVENTS: Final = FAN_OPEN_PERM | FAN_ACCESS_PERM | FAN_OPEN_EXEC_PERM
+
+FAN_ALLOW: Final = 0x01
+FAN_DENY: Final = 0x02
+FANOTIFY_METADATA_VERSION: Final = 3
+
+_META: Final = struct.Struct("<IBBHQii")      # struct fanotify_event_metadata
+_RESPONSE: Final = struct.Struct("<iI")       # struct fanotify_response
+_READ_BUF: Final = 64 * 1024
+_INIT_FLAGS: Final = FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK | FAN_REPORT_TID
+
+AT_FDCWD: Final = -100
+DEFAULT_MAX_DIRS: Final = 10_000
+
+
+# ---- libc ------------------------------------------------------------------------------
+
+
+class _Libc:
+    """fanotify_init / fanotify_mark through ctypes (errno kept)."""
+
+    def __init__(self) -> None:
+        try:
+            lib = ctypes.CDLL(None, use_errno=True)
+            self._init = lib.fanotify_init
+            self._mark = lib.fanotify_mark
+        except (OSError, AttributeError) as exc:
+            raise KernelError(f"fanotify: libc has no fanotify_init/fanotify_mark: {exc}",
+                              location=Location("fanotify")) from exc
+        self._init.argtypes = [ctypes.c_uint, ctypes.c_uint]
+        self._init.restype = ctypes.c_int
+        self._mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int,
+                               ctypes.c_char_p]
+        self._mark.restype = ctypes.c_int
+
+    def init(self, flags: int, event_f_flags: int) -> int:
+        fd = int(self._init(flags, event_f_flags))
+        if fd < 0:
+            err = ctypes.get_errno()
+            why = ("needs CAP_SYS_ADMIN" if err == errno.EPERM else
+                   "kernel built without CONFIG_FANOTIFY_ACCESS_PERMISSIONS or flag unsupported"
+                   if err == errno.EINVAL else os.strerror(err))
+            raise KernelError(f"fanotify_init(FAN_CLASS_CONTENT) failed: {why}", errno=err,
+                              location=Location("fanotify permission events"))
+        return fd
+
+    def mark(self, fan_fd: int, flags: int, mask: int, path: str | None) -> None:
+        rc = int(self._mark(fan_fd, flags, mask, AT_FDCWD,
+                            None if path is None else os.fsencode(path)))
+        if rc < 0:
+            err = ctypes.get_errno()
+            raise KernelError(f"fanotify_mark(flags {flags:#x}, mask {mask:#x}) failed: "
+                              f"{os.strerror(err)}", errno=err,
+                              location=Location(path or "fanotify inode marks"))
+
+
+def group_available() -> str | None:
+    """None when a ``FAN_CLASS_CONTENT`` group can be created here; else why not."""
+    try:
+        os.close(_Libc().init(FAN_CLASS_CONTENT | FAN_CLOEXEC, os.O_RDONLY))
+    except KernelError as exc:
+        return exc.message
+    return None
+
+
+def supported() -> str | None:
+    """None when fanotify permission events work here; else why not.
+
+    Creates a group and puts (then removes) an inode mark on a fresh file in
+    a private temp directory; nothing ever opens that file, so no event is
+    raised.
+    """
+    try:
+        libc = _Libc()
+        fd = libc.init(_INIT_FLAGS, os.O_RDONLY | os.O_LARGEFILE)
+    except KernelError as exc:
+        return str(exc)
+    try:
+        with tempfile.TemporaryDirectory(prefix="bastion-fanotify-probe-") as d:
+            probe = Path(d) / "probe"
+            probe.touch()
+            libc.mark(fd, FAN_MARK_ADD | FAN_MARK_INODE, FAN_OPEN_PERM | FAN_OPEN_EXEC_PERM,
+                      str(probe))
+            libc.mark(fd, FAN_MARK_FLUSH, 0, None)
+    except (KernelError, OSError) as exc:
+        return f"fanotify permission marks unavailable: {exc}"
+    finally:
+        os.close(fd)
+    return None
+
+
+def subdirs(top: str, top_st: os.stat_result, max_dirs: int) -> list[tuple[str, tuple[int, int]]]:
+    """``top`` and its subdirectories on the same filesystem, (path, (dev, ino)) each.
+
+    Symlinks are not followed; another filesystem is not entered (like the
+    kernel's dentry walk).  Stops after a little more than ``max_dirs``: the
+    caller refuses a tree that large.
+    """
+    out = [(top, (kernel_dev(top_st.st_dev), top_st.st_ino))]
+    for root, dirs, _files in os.walk(top, followlinks=False):
+        keep = []
+        for d in dirs:
+            p = os.path.join(root, d)
+            try:
+                st = os.lstat(p)
+            except OSError:
+                continue
+            if st.st_dev != top_st.st_dev or not stat.S_ISDIR(st.st_mode):
+                continue
+            keep.append(d)
+            out.append((p, (kernel_dev(st.st_dev), st.st_ino)))
+            if len(out) > max_dirs:
+                return out
+        dirs[:] = keep
+    return out
+
+
+# ---- what decide() sees and returns ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PermEvent:
+    """One permission event: the opener ``tid`` is blocked until it is answered.
+
+    ``fd`` is the listener's: read it with ``fstat``/``pread``, never close it.
+    """
+
+    mask: int
+    fd: int
+    tid: int
+    t_read: float          # time.monotonic() when the listener read it
+
+    @property
+    def is_exec(self) -> bool:
+        return bool(self.mask & FAN_OPEN_EXEC_PERM)
+
+
+Shortcut = Literal["self_allows", "out_of_scope", "not_marked", "gone", "deadline_allows"]
+"""A counter of :meth:`PermissionListener.stats` an in-time ALLOW also increments."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The answer to one permission event.
+
+    ``after`` is called once the answer is written, with True when it was in
+    time and False when the watchdog (or close) had already allowed the open;
+    it runs on the listener thread and must keep the same rules as ``decide``.
+    """
+
+    response: int = FAN_ALLOW                       # FAN_ALLOW or FAN_DENY
+    shortcut: Shortcut | None = None
+    after: Callable[[bool], None] | None = None
+
+    @staticmethod
+    def allow(shortcut: Shortcut | None = None,
+              after: Callable[[bool], None] | None = None) -> Verdict:
+        return Verdict(FAN_ALLOW, shortcut, after)
+
+    @staticmethod
+    def deny(after: Callable[[bool], None] | None = None) -> Verdict:
+        return Verdict(FAN_DENY, None, after)
+
+
+ALLOW: Final = Verdict()
+
+Decide = Callable[[PermEvent], Verdict]
+
+
+@dataclass
+class ListenerCounters:
+    events: int = 0
+    perm_events: int = 0
+    allows: int = 0              # ALLOW answers written in time by the listener
+    watchdog_allows: int = 0
+    late_decisions: int = 0      # decided after the watchdog (or close) had allowed
+    errors: int = 0
+    self_allows: int = 0
+    out_of_scope: int = 0
+    not_marked: int = 0          # stale mark during a swap, or no plan: allowed
+    gone: int = 0                # the opener vanished before we could look at it
+    deadline_allows: int = 0
+    overflows: int = 0
+    orphan_marks: int = 0        # stale marks whose path moved: removed only at close
+    latencies_us: collections.deque[float] = field(
+        default_factory=lambda: collections.deque(maxlen=4096))
+
+
+_COUNTS: Final = ("events", "perm_events", "allows", "watchdog_allows", "late_decisions",
+                  "errors", "self_allows", "out_of_scope", "not_marked", "gone",
+                  "deadline_allows", "overflows", "orphan_marks")
+
+
+class PermissionListener:
+    """A fanotify permission group answered by ``decide`` (see the module docstring).
+
+    Typical use::
+
+        lis = PermissionListener(decide, deadline_s=None)
+        lis.open(); lis.start()       # start before marking: no event waits for nobody
+        with lis.mark_lock:
+            lis.mark(path, (dev, ino), FAN_OPEN_PERM)
+        ...
+        lis.close()
+
+    Owners change marks under :attr:`mark_lock`, which the deadline and
+    :meth:`close` take to flush every mark: no mark is added after either.
+    """
+
+    def __init__(self, decide: Decide, *, deadline_s: float | None = None,
+                 decision_timeout_s: float = 0.2) -> None:
+        if decision_timeout_s <= 0:
+            raise ValueError("decision_timeout_s must be > 0")
+        self.decide = decide
+        self.deadline_s = deadline_s
+        self.decision_timeout_s = decision_timeout_s
+        self.mark_lock = threading.Lock()
+        self.c = ListenerCounters()
+        self._libc: _Libc | None = None
+        self._fd = -1
+        self._wake_r = -1
+        self._wake_w = -1
+        self._deadline_at: float | None = None
+        self._expired = False
+        self._closed = False
+        self._stop = threading.Event()
+        self._lock = threading.Lock()                 # pending answers, fd lifetime
+        self._pending: dict[int, float] = {}          # event fd -> monotonic time read
+        self._busy_since: float | None = None
+        self._loop_running = False
+        self._listener: threading.Thread | None = None
+        self._watchdog: threading.Thread | None = None
+        self._listener_owns_fd = False
+
+    # ---- lifecycle -----------------------------------------------------------------
+
+    @property
+    def fd(self) -> int:
+        """The fanotify group fd (-1 when not open); for /proc/self/fdinfo checks."""
+        return self._fd
+
+    @property
+    def is_open(self) -> bool:
+        return self._fd >= 0 and not self._closed
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def expired(self) -> bool:
+        return self._expired
+
+    def open(self, *, group_fd: int | None = None) -> PermissionListener:
+        """Create the fanotify group and start the watchdog.
+
+        ``group_fd`` adopts a descriptor instead (the listener closes it):
+        unit tests pass one end of a socketpair that speaks the fanotify
+        wire format; such a group cannot be marked.
+        """
+        if self._fd >= 0:
+            return self
+        if group_fd is not None:
+            self._fd = group_fd
+        else:
+            self._libc = _Libc()
+            self._fd = self._libc.init(_INIT_FLAGS, os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC)
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        if self.deadline_s is not None:
+            self._deadline_at = time.monotonic() + self.deadline_s
+        self._watchdog = threading.Thread(target=self._watchdog_loop, name="bastion-fan-watchdog",
+                                          daemon=True)
+        self._watchdog.start()
+        return self
+
+    def start(self) -> PermissionListener:
+        """Run the listener in a daemon thread."""
+        if self._fd < 0:
+            self.open()
+        if self._listener is None or not self._listener.is_alive():
+            self._listener = threading.Thread(target=self.run, name="bastion-fan-listener",
+                                              daemon=True)
+            self._listener.start()
+        return self
+
+    def close(self) -> None:
+        """Remove every mark, allow anything pending, close the group."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        if self._wake_w >= 0:
+            try:
+                os.write(self._wake_w, b"x")
+            except OSError:
+                pass
+        with self.mark_lock:
+            self.flush_marks("close")
+        listener = self._listener
+        if listener is not None and listener is not threading.current_thread():
+            listener.join(timeout=max(2.0, 4 * self.decision_timeout_s))
+        if self._watchdog is not None and self._watchdog is not threading.current_thread():
+            self._watchdog.join(timeout=2.0)
+        self._allow_all_pending()
+        self._drain(count=False)
+        with self._lock:
+            if listener is not None and listener.is_alive():
+                # stuck in decide(): it closes the fd on its way out, so the fd
+                # number cannot be reused under its feet.
+                self._listener_owns_fd = True
+            else:
+                self._close_fds()
+
+    def _close_fds(self) -> None:
+        for fd in (self._fd, self._wake_r, self._wake_w):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._fd = self._wake_r = self._wake_w = -1
+
+    # ---- marks (callers hold mark_lock) -------------------------------------------------
+
+    def mark(self, path: str, key: tuple[int, int], mask: int) -> None:
+        """Add ``mask`` to the inode mark of ``path``, checked to still be inode ``key``.
+
+        Raises :class:`KernelError` (fanotify_mark) or :class:`OSError` (the path).
+        """
+        self._mark_path(FAN_MARK_ADD, mask, path, key)
+
+    def unmark(self, path: str, key: tuple[int, int], mask: int) -> None:
+        """Remove ``mask`` bits from the mark of inode ``key``; a mark whose path
+        moved stays until close (counted ``orphan_marks``)."""
+        if not mask:
+            return
+        try:
+            self._mark_path(FAN_MARK_REMOVE, mask, path, key)
+        except (OSError, KernelError) as exc:
+            if getattr(exc, "errno", 0) == errno.ENOENT and isinstance(exc, KernelError):
+                return   # the kernel has no such mark (inode gone): nothing to remove
+            self.c.orphan_marks += 1
+            log.warning("fanotify: stale mark on inode %d:%d (%s) kept until close: %s",
+                        key[0], key[1], path, exc)
+
+    def flush_marks(self, why: str) -> None:
+        """Remove every inode mark of the group."""
+        if self._fd < 0 or self._libc is None:
+            return
+        try:
+            self._libc.mark(self._fd, FAN_MARK_FLUSH | FAN_MARK_INODE, 0, None)
+        except KernelError as exc:
+            log.error("fanotify: flushing marks at %s failed: %s", why, exc)
+
+    def _mark_path(self, flags: int, mask: int, path: str, key: tuple[int, int]) -> None:
+        """Mark the inode at ``path`` after checking it is still ``key``.
+
+        An O_PATH open raises no fanotify event; the mark goes through the
+        /proc/self/fd magic link so it lands on exactly that inode.
+        """
+        if self._libc is None or self._fd < 0:
+            raise KernelError("fanotify listener is not open", location=Location("fanotify"))
+        pfd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        try:
+            st = os.fstat(pfd)
+            if (kernel_dev(st.st_dev), st.st_ino) != key:
+                raise OSError(errno.ESTALE, "path now names another inode", path)
+            self._libc.mark(self._fd, flags | FAN_MARK_INODE, mask, f"/proc/self/fd/{pfd}")
+        finally:
+            os.close(pfd)
+
+    def _expire(self) -> None:
+        with self.mark_lock:
+            if self._expired:
+                return
+            self._expired = True
+            self.flush_marks("deadline")
+        log.warning("fanotify: deadline of %.1fs reached: all marks removed, everything allowed",
+                    self.deadline_s or 0.0)
+
+    # ---- answering ---------------------------------------------------------------------
+
+    def _answer(self, efd: int, response: int) -> bool:
+        """Write the answer for a pending event once; False if already answered."""
+        with self._lock:
+            if self._pending.pop(efd, None) is None or self._fd < 0:
+                return False
+            try:
+                os.write(self._fd, _RESPONSE.pack(efd, response))
+            except OSError as exc:
+                self.c.errors += 1
+                log.error("fanotify: answering event fd %d failed: %s", efd, exc)
+                return False
+            return True
+
+    def _reply(self, efd: int, v: Verdict) -> None:
+        in_time = self._answer(efd, v.response)
+        if not in_time:
+            self.c.late_decisions += 1
+        elif v.response == FAN_ALLOW:
+            self.c.allows += 1
+            if v.shortcut is not None:
+                setattr(self.c, v.shortcut, getattr(self.c, v.shortcut) + 1)
+        if v.after is not None:
+            v.after(in_time)
+
+    def _allow_all_pending(self) -> None:
+        with self._lock:
+            fds = list(self._pending)
+        for efd in fds:
+            self._answer(efd, FAN_ALLOW)
+
+    def _read_events(self) -> list[tuple[int, int, int]]:
+        """(mask, event fd, tid) of every event one read returns; [] when none."""
+        try:
+            buf = os.read(self._fd, _READ_BUF)
+        except BlockingIOError:
+            return []
+        out: list[tuple[int, int, int]] = []
+        off = 0
+        while off + _META.size <= len(buf):
+            event_len, vers, _res, _mlen, mask, efd, pid = _META.unpack_from(buf, off)
+            if vers != FANOTIFY_METADATA_VERSION or event_len < _META.size:
+                log.error("fanotify: unexpected metadata version %d / length %d", vers, event_len)
+                if efd >= 0:
+                    out.append((mask, efd, pid))
+                break
+            out.append((mask, efd, pid))
+            off += event_len
+        return out
+
+    def _drain(self, *, count: bool) -> int:
+        """Read and allow whatever is queued (the listener is stalled or gone)."""
+        n = 0
+        while self._fd >= 0:
+            try:
+                evs = self._read_events()
+            except OSError:
+                break
+            if not evs:
+                break
+            for mask, efd, _tid in evs:
+                if efd < 0:
+                    continue
+                if mask & FAN_PERM_EVENTS:
+                    with self._lock:
+                        self._pending[efd] = time.monotonic()
+                    if self._answer(efd, FAN_ALLOW):
+                        n += 1
+                os.close(efd)
+        if count and n:
+            self.c.watchdog_allows += n
+        return n
+
+    # ---- the watchdog ---------------------------------------------------------------------
+
+    def _watchdog_loop(self) -> None:
+        tick = min(0.05, self.decision_timeout_s / 4)
+        while not self._stop.wait(tick):
+            try:
+                now = time.monotonic()
+                if self._deadline_at is not None and now >= self._deadline_at and not self._expired:
+                    self._expire()
+                    self._allow_all_pending()
+                with self._lock:
+                    overdue = [efd for efd, t in self._pending.items()
+                               if now - t >= self.decision_timeout_s]
+                for efd in overdue:
+                    if self._answer(efd, FAN_ALLOW):
+                        self.c.watchdog_allows += 1
+                busy = self._busy_since
+                stalled = busy is not None and now - busy >= self.decision_timeout_s
+                if stalled or not self._loop_running:
+                    self._drain(count=True)
+            except Exception as exc:  # noqa: BLE001 - the watchdog must keep running
+                self.c.errors += 1
+                log.error("fanotify watchdog: %s: %s", type(exc).__name__, exc)
+
+    # ---- the listener ---------------------------------------------------------------------
+
+    def run(self) -> None:
+        """The listener loop (blocking); :meth:`start` runs it in a thread."""
+        if self._fd < 0:
+            raise KernelError("fanotify listener is not open", location=Location("fanotify"))
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        self._loop_running = True
+        try:
+            while not self._stop.is_set():
+                try:
+                    ready = poller.poll(250)
+                except InterruptedError:
+                    continue
+                if self._stop.is_set():
+                    break
+                if not ready:
+                    continue
+                try:
+                    evs = self._read_events()
+                except OSError as exc:
+                    if self._stop.is_set():
+                        break
+                    self.c.errors += 1
+                    log.error("fanotify: read failed: %s", exc)
+                    time.sleep(0.01)
+                    continue
+                if not evs:
+                    continue
+                now = time.monotonic()
+                with self._lock:
+                    for mask, efd, _tid in evs:
+                        if efd >= 0 and mask & FAN_PERM_EVENTS:
+                            self._pending[efd] = now
+                self._busy_since = now
+                try:
+                    for mask, efd, tid in evs:
+                        self._handle(mask, efd, tid, now)
+                finally:
+                    self._busy_since = None
+        finally:
+            self._loop_running = False
+            with self._lock:
+                if self._listener_owns_fd:
+                    self._close_fds()
+
+    def _handle(self, mask: int, efd: int, tid: int, t_read: float) -> None:
+        self.c.events += 1
+        if efd < 0:
+            if mask & FAN_Q_OVERFLOW:
+                self.c.overflows += 1
+                log.warning("fanotify: event queue overflow (the kernel allowed the opens it dropped)")
+            return
+        if not mask & FAN_PERM_EVENTS:
+            os.close(efd)
+            return
+        self.c.perm_events += 1
+        try:
+            if self._expired or (self._deadline_at is not None
+                                 and time.monotonic() >= self._deadline_at):
+                self._reply(efd, Verdict.allow("deadline_allows"))
+            else:
+                self._reply(efd, self.decide(PermEvent(mask, efd, tid, t_read)))
+        except Exception as exc:  # noqa: BLE001 - never leave an event unanswered
+            self.c.errors += 1
+            tb = exc.__traceback__
+            where = []
+            while tb is not None:   # frame names only: formatting source lines opens files
+                where.append(f"{tb.tb_frame.f_code.co_name}:{tb.tb_lineno}")
+                tb = tb.tb_next
+            log.error("fanotify: deciding for tid %d failed (%s: %s at %s): allowed",
+                      tid, type(exc).__name__, exc, " < ".join(reversed(where)))
+            if self._answer(efd, FAN_ALLOW):
+                self.c.allows += 1
+        finally:
+            if self._answer(efd, FAN_ALLOW):   # never reached in normal flow
+                self.c.allows += 1
+            os.close(efd)
+            self.c.latencies_us.append((time.monotonic() - t_read) * 1e6)
+
+    # ---- report -------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, int | float]:
+        c = self.c
+        lat = sorted(c.latencies_us)
+        out: dict[str, int | float] = {k: getattr(c, k) for k in _COUNTS}
+        out["expired"] = int(self._expired)
+        out["decisions_timed"] = len(lat)
+        out["decision_us_median"] = statistics.median(lat) if lat else 0.0
+        out["decision_us_p99"] = lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else 0.0
+        out["decision_us_max"] = lat[-1] if lat else 0.0
+        return out
+
+
+__all__ = ["ALLOW", "DEFAULT_MAX_DIRS", "Decide", "FAN_ALLOW", "FAN_DENY", "FAN_EVENT_ON_CHILD",
+           "FAN_ONDIR", "FAN_OPEN_EXEC_PERM", "FAN_OPEN_PERM", "ListenerCounters", "PermEvent",
+           "group_available",
+           "PermissionListener", "Shortcut", "Verdict", "subdirs", "supported"]

@@ -1,0 +1,295 @@
+"""Ransomware shield, capture: shadow copies before an untrusted process's first open.
+
+:class:`ShadowKeeper` composes a
+:class:`~bastion.kernel.fanotify.PermissionListener` with ``FAN_OPEN_PERM``
+marks on the protected directories (each directory and its subdirectories,
+bounded by ``max_dirs``, with ``FAN_EVENT_ON_CHILD`` — inode marks only,
+never a mount or a filesystem).  When an untrusted process opens a file
+under a protected directory (read or write: ransomware reads the original,
+writes NAME.locked and unlinks the original), the opener is held in
+``open(2)`` while the file's content is copied **from the fd fanotify hands
+us** (``os.pread``; the path is never opened) into the shadow store
+(:mod:`bastion.respond.shadow.store`); then the open is allowed.  A later
+``O_TRUNC`` or in-place write therefore always finds the copy already taken.
+
+Kernel safety: everything the listener guarantees holds here: a watchdog
+answers ALLOW for any open whose copy stalls past ``decision_timeout_s``
+(the copy may finish later; it is kept only if the file did not change while
+it was read, else counted ``changed_during_copy``; an open the watchdog
+drained without the listener seeing it is never copied:
+``stats()["unrecoverable"]`` counts both), ``deadline_s`` is a dead-man
+switch, opens by this process and (with ``scope_cgroup_id``) by tasks
+outside the scope are allowed at once, and the listener never opens a path
+that could be marked: the shadow directory must not be inside (or contain)
+a protected directory — refused with :class:`~bastion.errors.ConfigError`.
+
+Not recoverable (compat tier; see docs/ransomware.md): a file opened before
+the shield started, or written through an inherited/passed fd; files in a
+subdirectory created after :meth:`ShadowKeeper.open` until
+:meth:`ShadowKeeper.refresh_marks`; files larger than ``max_file_bytes``;
+opens the watchdog allowed uncopied; copies evicted or refused for space;
+``truncate(2)`` by path and ``unlink`` of a file nobody untrusted opened (no
+open, no permission event: the content is gone without a copy).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import sqlite3
+import stat
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Final, Sequence
+
+from bastion.errors import ConfigError, KernelError, Location
+from bastion.kernel.fanotify import (
+    ALLOW, DEFAULT_MAX_DIRS, FAN_EVENT_ON_CHILD, FAN_OPEN_PERM, PermEvent, PermissionListener,
+    Verdict, subdirs,
+)
+from bastion.kernel.opener import Scope, fd_path, open_flags, read_proc, stat_ppid_start
+from bastion.respond.shadow.store import Opener, ProcId, ShadowStore
+
+log = logging.getLogger(__name__)
+
+_MAX_ANCESTRY: Final = 32
+
+
+class ShadowKeeper:
+    """Copy protected files before an untrusted process's first open; group copies
+    into incidents for :func:`~bastion.respond.shadow.rollback`.  See the module
+    docstring.
+
+    Typical use (the agent)::
+
+        keeper = ShadowKeeper([Path("/home")], data_dir / "shadow", max_bytes=2 << 30,
+                              self_tgid=os.getpid())
+        keeper.open()
+        ...
+        iid = keeper.open_incident(finding.pid, start_ns)   # after the kill-tree
+        keeper.close()
+    """
+
+    def __init__(self, protected_dirs: Sequence[Path], shadow_dir: Path, *, max_bytes: int,
+                 trusted_exes: frozenset[str] = frozenset(), scope_cgroup_id: int = 0,
+                 deadline_s: float | None = None, self_tgid: int = 0,
+                 max_file_bytes: int | None = None, keep_pending_s: float = 120.0,
+                 decision_timeout_s: float = 2.0, max_dirs: int = DEFAULT_MAX_DIRS) -> None:
+        if max_bytes <= 0:
+            raise ConfigError("shadow max_bytes must be > 0", location=Location(str(shadow_dir)))
+        if not protected_dirs:
+            raise ConfigError("no protected directories", location=Location("shadow"))
+        self.protected = [Path(os.path.realpath(p)) for p in protected_dirs]
+        self.shadow_dir = Path(os.path.realpath(shadow_dir))
+        for p in self.protected:
+            if not p.is_dir():
+                raise ConfigError("protected directory does not exist", location=Location(str(p)))
+            if self.shadow_dir == p or p in self.shadow_dir.parents or \
+                    self.shadow_dir in p.parents:
+                raise ConfigError(
+                    f"the shadow directory {self.shadow_dir} overlaps the protected directory "
+                    f"{p}: the listener would open files it marks (self-deadlock)",
+                    location=Location(str(shadow_dir)))
+        self.max_bytes = max_bytes
+        self.trusted_exes = trusted_exes
+        self.max_file_bytes = max_file_bytes
+        self.keep_pending_s = keep_pending_s
+        self.max_dirs = max_dirs
+        self.scope = Scope(self_tgid=self_tgid, scope_cgroup_id=scope_cgroup_id)
+        self._listener = PermissionListener(self._decide, deadline_s=deadline_s,
+                                            decision_timeout_s=decision_timeout_s)
+        self._store: ShadowStore | None = None
+        self._marked: set[tuple[int, int]] = set()
+        self._openers: collections.OrderedDict[ProcId, Opener | None] = collections.OrderedDict()
+        self._copy_us: collections.deque[float] = collections.deque(maxlen=8192)
+        self._stop = threading.Event()
+        self._flusher: threading.Thread | None = None
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    def open(self) -> ShadowKeeper:
+        if self._store is not None:
+            return self
+        self._store = ShadowStore(self.shadow_dir, max_bytes=self.max_bytes,
+                                  keep_pending_s=self.keep_pending_s,
+                                  max_file_bytes=self.max_file_bytes)
+        self._flusher = threading.Thread(target=self._flush_loop, name="bastion-shadow-flush",
+                                         daemon=True)
+        self._flusher.start()
+        try:
+            self._listener.open()
+            why = self.scope.resolve()
+            if why is not None:
+                log.warning("shadow: no cgroup v2 hierarchy (%s)", why)
+            self._listener.start()      # before marking: no event waits for a missing listener
+            self.refresh_marks()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __enter__(self) -> ShadowKeeper:
+        return self.open()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Remove every mark and allow anything pending (the listener's close), then the index."""
+        self._listener.close()
+        self._stop.set()
+        if self._flusher is not None:
+            self._flusher.join(timeout=2.0)
+        if self._store is not None:
+            self._store.close()
+
+    def _flush_loop(self) -> None:
+        store = self._store
+        while store is not None and not self._stop.wait(store.commit_interval_s):
+            try:
+                store.flush()
+            except sqlite3.Error as exc:
+                log.error("shadow: index commit failed: %s", exc)
+
+    @property
+    def store(self) -> ShadowStore:
+        if self._store is None:
+            raise KernelError("shadow keeper is not open", location=Location("shadow"))
+        return self._store
+
+    def refresh_marks(self) -> int:
+        """Mark protected directories and subdirectories not marked yet; returns how many."""
+        lis = self._listener
+        n = 0
+        with lis.mark_lock:
+            if lis.expired or not lis.is_open:
+                return 0
+            for top in self.protected:
+                st = os.stat(top)
+                for dpath, key in subdirs(str(top), st, self.max_dirs):
+                    if key in self._marked:
+                        continue
+                    if len(self._marked) >= self.max_dirs:
+                        raise ConfigError(f"more than {self.max_dirs} protected directories: "
+                                          "name smaller subtrees", location=Location(str(top)))
+                    lis.mark(dpath, key, FAN_OPEN_PERM | FAN_EVENT_ON_CHILD)
+                    self._marked.add(key)
+                    n += 1
+        return n
+
+    # ---- incidents (agent thread) ----------------------------------------------------------
+
+    def open_incident(self, root_pid: int, started_ns: int) -> int:
+        return self.store.open_incident(root_pid, started_ns)
+
+    def close_incident(self, incident: int) -> None:
+        self.store.close_incident(incident)
+
+    def maintain(self, max_age_s: float = 86400.0) -> int:
+        return self.store.maintain(max_age_s)
+
+    # ---- the decision (listener thread; never opens a marked path) -----------------------
+
+    def _opener(self, tid: int) -> Opener | None:
+        tgid = -1
+        for line in read_proc(f"/proc/{tid}/status").split(b"\n"):
+            k, _, v = line.partition(b":")
+            if k == b"Tgid":
+                tgid = int(v.split()[0])
+                break
+        if tgid <= 0:
+            return None
+        ppid, start = stat_ppid_start(tgid)
+        if start < 0:
+            return None
+        key = (tgid, start)
+        if key in self._openers:
+            self._openers.move_to_end(key)
+            return self._openers[key]
+        try:
+            exe = os.readlink(f"/proc/{tgid}/exe")
+        except OSError:
+            exe = ""
+        chain: list[ProcId] = [key]
+        p = ppid
+        while p > 0 and len(chain) < _MAX_ANCESTRY:
+            pp, s = stat_ppid_start(p)
+            if s < 0:
+                break
+            chain.append((p, s))
+            p = pp
+        op = Opener(tgid, start, exe, tuple(chain))
+        self._openers[key] = op
+        if len(self._openers) > 4096:
+            self._openers.popitem(last=False)
+        return op
+
+    def _decide(self, ev: PermEvent) -> Verdict:
+        """Copy, then allow: every open of a protected file is allowed."""
+        efd, tid = ev.fd, ev.tid
+        if self.scope.is_self(tid):
+            return Verdict.allow("self_allows")
+        if self.scope.out_of_scope(tid):
+            return Verdict.allow("out_of_scope")
+        t0 = time.monotonic()
+        store = self._store
+        st = os.fstat(efd)
+        if store is None or not stat.S_ISREG(st.st_mode):
+            if store is not None:
+                store.c.not_regular += 1
+            return ALLOW
+        opener = self._opener(tid)
+        if opener is None:
+            return Verdict.allow("gone")
+        if opener.exe in self.trusted_exes:
+            store.c.trusted_allows += 1
+            return ALLOW
+        created = False
+        if st.st_size == 0:
+            flags = open_flags(tid)
+            created = flags is not None and flags >= 0 and bool(flags & os.O_CREAT)
+        path = fd_path(efd)
+        try:
+            out = store.put(efd, st, path, opener, created=created)
+        except (OSError, sqlite3.Error) as exc:
+            store.c.copy_errors += 1
+            log.error("shadow: copy of %s for pid %d failed (%s: %s): allowed, not recoverable",
+                      path, opener.pid, type(exc).__name__, exc)
+            return ALLOW
+        if out.kind != "copied":
+            return ALLOW
+
+        def copied(in_time: bool) -> None:
+            if not in_time:
+                store.mark_late(out.sha)
+            self._copy_us.append((time.monotonic() - t0) * 1e6)
+        return Verdict.allow(after=copied)
+
+    # ---- report -----------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, int | float]:
+        out: dict[str, int | float] = {}
+        if self._store is not None:
+            out.update(self._store.stats())
+        ls = self._listener.stats()
+        for k in ("perm_events", "allows", "watchdog_allows", "late_decisions", "errors",
+                  "self_allows", "out_of_scope", "gone", "deadline_allows", "overflows",
+                  "decision_us_median", "decision_us_p99", "decision_us_max", "expired"):
+            out[k] = ls[k]
+        lat = sorted(self._copy_us)
+        out["copy_us_median"] = lat[len(lat) // 2] if lat else 0.0
+        out["copy_us_p99"] = lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else 0.0
+        out["marked_dirs"] = len(self._marked)
+        uncopied_by_watchdog = max(0, int(ls["watchdog_allows"]) - int(out.get("late_copies", 0)))
+        out["unrecoverable"] = (int(out.get("too_large", 0)) + int(out.get("no_space", 0))
+                                + int(out.get("changed_during_copy", 0))
+                                + int(out.get("copy_errors", 0)) + uncopied_by_watchdog
+                                + int(ls["errors"]))
+        return out
+
+
+__all__ = ["ShadowKeeper"]

@@ -1,0 +1,250 @@
+"""The fanotify permission listener with a fake decide function and no kernel.
+
+The group is one end of a socketpair that speaks the fanotify wire format
+(``struct fanotify_event_metadata`` in, ``struct fanotify_response`` out);
+event fds are ``/dev/null``.  What is pinned: every event is answered; an
+exception in ``decide`` answers ALLOW and the listener goes on; a stalled
+``decide`` is answered ALLOW by the watchdog (and the queue behind it
+drained), the late verdict is counted and reported to ``after(False)``;
+past the deadline ``decide`` is not called; a group nobody listens to is
+drained by the watchdog.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from bastion.kernel.fanotify import (
+    FAN_ALLOW, FAN_DENY, FAN_OPEN_EXEC_PERM, FAN_OPEN_PERM, PermEvent, PermissionListener, Verdict,
+)
+
+META = struct.Struct("<IBBHQii")
+RESPONSE = struct.Struct("<iI")
+TIMEOUT_S = 0.2
+
+
+class FakeGroup:
+    """The kernel side of a fake fanotify group."""
+
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours.setblocking(False)          # FAN_NONBLOCK
+        self.kernel = theirs
+        self.group_fd = ours.detach()
+        self.fds: list[int] = []
+
+    def event(self, tid: int, mask: int = FAN_OPEN_PERM) -> int:
+        efd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        self.kernel.sendall(META.pack(META.size, 3, 0, META.size, mask, efd, tid))
+        return efd
+
+    def answers(self, n: int, timeout_s: float = 3.0) -> list[tuple[int, int]]:
+        buf = b""
+        end = time.monotonic() + timeout_s
+        while len(buf) < n * RESPONSE.size:
+            left = end - time.monotonic()
+            if left <= 0 or not select.select([self.kernel], [], [], left)[0]:
+                break
+            buf += self.kernel.recv(n * RESPONSE.size - len(buf))
+        return [RESPONSE.unpack_from(buf, i) for i in range(0, len(buf), RESPONSE.size)]
+
+    def close(self) -> None:
+        self.kernel.close()
+
+
+@pytest.fixture
+def group() -> Iterator[FakeGroup]:
+    g = FakeGroup()
+    yield g
+    g.close()
+
+
+def listener(group: FakeGroup, decide: object, *, start: bool = True,
+             deadline_s: float | None = None) -> PermissionListener:
+    lis = PermissionListener(decide, deadline_s=deadline_s,  # type: ignore[arg-type]
+                             decision_timeout_s=TIMEOUT_S)
+    lis.open(group_fd=group.group_fd)
+    if start:
+        lis.start()
+    return lis
+
+
+def wait_for(cond: object, timeout_s: float = 3.0) -> None:
+    end = time.monotonic() + timeout_s
+    while not cond() and time.monotonic() < end:  # type: ignore[operator]
+        time.sleep(0.01)
+
+
+def test_verdicts_are_answered_and_counted(group: FakeGroup) -> None:
+    seen: list[tuple[int, bool]] = []
+    after: list[bool] = []
+
+    def decide(ev: PermEvent) -> Verdict:
+        seen.append((ev.tid, ev.is_exec))
+        if ev.tid == 1:
+            return Verdict.allow("self_allows", after=after.append)
+        if ev.tid == 2:
+            return Verdict.deny(after=after.append)
+        return Verdict.allow("out_of_scope")
+
+    lis = listener(group, decide)
+    try:
+        a = group.event(1)
+        assert group.answers(1) == [(a, FAN_ALLOW)]
+        b = group.event(2, FAN_OPEN_EXEC_PERM)
+        assert group.answers(1) == [(b, FAN_DENY)]
+        c = group.event(3)
+        assert group.answers(1) == [(c, FAN_ALLOW)]
+        wait_for(lambda: lis.stats()["decisions_timed"] == 3)
+        s = lis.stats()
+    finally:
+        lis.close()
+    assert seen == [(1, False), (2, True), (3, False)]
+    assert after == [True, True]
+    assert (s["perm_events"], s["allows"], s["self_allows"], s["out_of_scope"]) == (3, 2, 1, 1)
+    assert (s["errors"], s["watchdog_allows"], s["late_decisions"]) == (0, 0, 0)
+
+
+def test_an_exception_in_decide_allows_and_the_listener_goes_on(group: FakeGroup) -> None:
+    def decide(ev: PermEvent) -> Verdict:
+        if ev.tid == 1:
+            raise RuntimeError("a bug in a decision")
+        return Verdict.deny()
+
+    lis = listener(group, decide)
+    try:
+        a = group.event(1)
+        assert group.answers(1) == [(a, FAN_ALLOW)]
+        b = group.event(2)
+        assert group.answers(1) == [(b, FAN_DENY)]
+        assert lis._listener is not None and lis._listener.is_alive()  # noqa: SLF001
+        wait_for(lambda: lis.stats()["decisions_timed"] == 2)
+        s = lis.stats()
+    finally:
+        lis.close()
+    assert (s["errors"], s["allows"], s["watchdog_allows"]) == (1, 1, 0)
+
+
+def test_an_exception_in_after_is_counted_and_the_answer_stands(group: FakeGroup) -> None:
+    def boom(_in_time: bool) -> None:
+        raise ValueError("reporting failed")
+
+    lis = listener(group, lambda ev: Verdict.deny(after=boom))
+    try:
+        a = group.event(1)
+        assert group.answers(1) == [(a, FAN_DENY)]
+        b = group.event(2)
+        assert group.answers(1) == [(b, FAN_DENY)]
+        wait_for(lambda: lis.stats()["errors"] == 2)
+        assert lis.stats()["errors"] == 2
+    finally:
+        lis.close()
+
+
+def test_the_watchdog_allows_a_stalled_decision_and_the_queue_behind_it(
+        group: FakeGroup) -> None:
+    release = threading.Event()
+    after: list[bool] = []
+
+    def decide(ev: PermEvent) -> Verdict:
+        if ev.tid == 1:
+            release.wait(5.0)            # far beyond decision_timeout_s
+        return Verdict.deny(after=after.append)
+
+    lis = listener(group, decide)
+    try:
+        t0 = time.monotonic()
+        a = group.event(1)
+        first = group.answers(1)
+        took = time.monotonic() - t0
+        assert first == [(a, FAN_ALLOW)]            # fail-open, not the deny to come
+        assert TIMEOUT_S * 0.9 <= took < 2.0, took
+        b = group.event(2)                           # queued behind the stalled decision
+        assert group.answers(1) == [(b, FAN_ALLOW)]
+        release.set()
+        wait_for(lambda: lis.stats()["late_decisions"] == 1)
+        s = lis.stats()
+        assert after == [False]                      # told its deny came too late
+        assert s["watchdog_allows"] == 2 and s["late_decisions"] == 1, s
+        assert s["allows"] == 0 and s["errors"] == 0, s
+        c = group.event(3)                           # and the listener is back
+        assert group.answers(1) == [(c, FAN_DENY)]
+    finally:
+        release.set()
+        lis.close()
+    assert group.answers(1, timeout_s=0.2) == []     # nothing answered twice
+
+
+def test_past_the_deadline_decide_is_not_called(group: FakeGroup) -> None:
+    calls: list[int] = []
+
+    def decide(ev: PermEvent) -> Verdict:
+        calls.append(ev.tid)
+        return Verdict.deny()
+
+    lis = listener(group, decide, deadline_s=0.0)
+    try:
+        a = group.event(1)
+        assert group.answers(1) == [(a, FAN_ALLOW)]
+        wait_for(lambda: lis.expired)
+        assert lis.expired
+        s = lis.stats()
+        assert s["deadline_allows"] == 1 and s["expired"] == 1 and not calls
+    finally:
+        lis.close()
+
+
+def test_a_group_nobody_listens_to_is_drained_by_the_watchdog(group: FakeGroup) -> None:
+    calls: list[int] = []
+
+    def decide(ev: PermEvent) -> Verdict:
+        calls.append(ev.tid)
+        return Verdict.deny()
+
+    lis = listener(group, decide, start=False)
+    try:
+        a = group.event(1)
+        assert group.answers(1) == [(a, FAN_ALLOW)]
+        assert lis.stats()["watchdog_allows"] == 1 and not calls
+    finally:
+        lis.close()
+
+
+def test_close_answers_what_is_pending(group: FakeGroup) -> None:
+    """close() with decide stuck: the watchdog stops, close allows the pending
+    event after joining the listener for max(2 s, 4 x decision_timeout_s), and
+    the listener closes the group when decide finally returns."""
+    entered = threading.Event()
+    release = threading.Event()
+
+    def decide(ev: PermEvent) -> Verdict:
+        entered.set()
+        release.wait(10.0)
+        return Verdict.deny()
+
+    lis = PermissionListener(decide, decision_timeout_s=0.6)
+    lis.open(group_fd=group.group_fd)
+    lis.start()
+    try:
+        a = group.event(1)
+        assert entered.wait(3.0)
+        closer = threading.Thread(target=lis.close)
+        closer.start()
+        assert group.answers(1, timeout_s=6.0) == [(a, FAN_ALLOW)]
+        closer.join(5.0)
+        assert not closer.is_alive()
+        assert lis.stats()["watchdog_allows"] == 0
+        release.set()
+        wait_for(lambda: lis.fd == -1)
+        assert lis.fd == -1 and lis.stats()["late_decisions"] == 1
+    finally:
+        release.set()
+        lis.close()
