@@ -239,9 +239,13 @@ class Agent:
                                   if cur is not None and cur.policy.hips.rules else
                                   "no per-program rules (bastion learn, bastion policy apply)")}
         if self.shadow is not None:
+            sh = self.shadow
             out["ransomware shield"] = {
-                "on": True, "detail": f"shadow copies of {', '.join(map(str, pol.shield.protect))} "
-                f"within {pol.shield.max_bytes // 2**20} MiB"}
+                "on": True, "detail": f"shadow copies of {', '.join(map(str, sh.protected))} "
+                f"within {pol.shield.max_bytes // 2**20} MiB"
+                + (f"; {sh.over_budget} directories beyond max_dirs {pol.shield.max_dirs} "
+                   "not shielded" if sh.over_budget else "")
+                + (f"; absent here: {', '.join(map(str, sh.missing))}" if sh.missing else "")}
         else:
             out["ransomware shield"] = {"on": False, "detail": self._why_off.get(
                 "shield", "no shield.protect directories in the policy")}

@@ -215,7 +215,9 @@ def _kernel_parts(parts: AgentParts, opts: AgentOptions, report: TierReport) -> 
         parts.shadow = ShadowKeeper(list(policy.shield.protect), opts.data_dir / "shadow",
                                     max_bytes=policy.shield.max_bytes,
                                     trusted_exes=frozenset(policy.shield.trusted),
-                                    self_tgid=os.getpid(), deadline_s=opts.test_deadline)
+                                    self_tgid=os.getpid(), deadline_s=opts.test_deadline,
+                                    max_dirs=policy.shield.max_dirs,
+                                    exclude=policy.shield.exclude)
     cfg = policy.integrity
     if cfg.refuse_bpf_loads:
         if report.tier != Tier.LSM:

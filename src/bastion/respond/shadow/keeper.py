@@ -41,6 +41,7 @@ import sqlite3
 import stat
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Final, Sequence
@@ -48,14 +49,67 @@ from typing import Final, Sequence
 from bastion.errors import ConfigError, KernelError, Location
 from bastion.kernel.fanotify import (
     ALLOW, DEFAULT_MAX_DIRS, FAN_EVENT_ON_CHILD, FAN_OPEN_PERM, PermEvent, PermissionListener,
-    Verdict, subdirs,
+    Verdict,
 )
 from bastion.kernel.opener import Scope, fd_path, open_flags, read_proc, stat_ppid_start
+from bastion.policy.compile import kernel_dev
 from bastion.respond.shadow.store import Opener, ProcId, ShadowStore
 
 log = logging.getLogger(__name__)
 
 _MAX_ANCESTRY: Final = 32
+
+
+@dataclass
+class _Walk:
+    dirs: list[tuple[str, tuple[int, int]]] = field(default_factory=list)
+    left: int = 0           # directories found beyond the budget (at least)
+
+
+def _breadth_first(tops: Sequence[Path], exclude: frozenset[str], budget: int,
+                   marked: set[tuple[int, int]]) -> _Walk:
+    """New directories under ``tops`` (same filesystem, no symlinks), nearest first."""
+    out = _Walk()
+    queue: collections.deque[tuple[str, int]] = collections.deque()
+    for top in tops:
+        try:
+            st = os.lstat(top)
+        except OSError:
+            continue
+        queue.append((str(top), st.st_dev))
+        key = (kernel_dev(st.st_dev), st.st_ino)
+        if key not in marked:
+            if len(out.dirs) < budget:
+                out.dirs.append((str(top), key))
+            else:
+                out.left += 1
+    while queue:
+        path, dev = queue.popleft()
+        try:
+            entries = list(os.scandir(path))
+        except OSError:
+            continue
+        for e in entries:
+            if e.name in exclude:
+                continue
+            try:
+                if not e.is_dir(follow_symlinks=False):
+                    continue
+                st = e.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if st.st_dev != dev:
+                continue
+            key = (kernel_dev(st.st_dev), st.st_ino)
+            if key in marked:
+                queue.append((e.path, dev))
+                continue
+            if len(out.dirs) < budget:
+                out.dirs.append((e.path, key))
+                queue.append((e.path, dev))
+            else:
+                out.left += 1
+    return out
 
 
 class ShadowKeeper:
@@ -77,16 +131,23 @@ class ShadowKeeper:
                  trusted_exes: frozenset[str] = frozenset(), scope_cgroup_id: int = 0,
                  deadline_s: float | None = None, self_tgid: int = 0,
                  max_file_bytes: int | None = None, keep_pending_s: float = 120.0,
-                 decision_timeout_s: float = 2.0, max_dirs: int = DEFAULT_MAX_DIRS) -> None:
+                 decision_timeout_s: float = 2.0, max_dirs: int = DEFAULT_MAX_DIRS,
+                 exclude: Sequence[str] = ()) -> None:
         if max_bytes <= 0:
             raise ConfigError("shadow max_bytes must be > 0", location=Location(str(shadow_dir)))
         if not protected_dirs:
             raise ConfigError("no protected directories", location=Location("shadow"))
-        self.protected = [Path(os.path.realpath(p)) for p in protected_dirs]
+        wanted = [Path(os.path.realpath(p)) for p in protected_dirs]
+        # a listed directory this host does not have (e.g. /srv) is named, not fatal
+        self.protected = [p for p in wanted if p.is_dir()]
+        self.missing = [p for p in wanted if not p.is_dir()]
+        if not self.protected:
+            raise ConfigError("no protected directory exists: "
+                              + ", ".join(map(str, self.missing)), location=Location("shield.protect"))
+        self.exclude = frozenset(exclude)
+        self.over_budget = 0          # directories left unmarked by max_dirs at the last refresh
         self.shadow_dir = Path(os.path.realpath(shadow_dir))
         for p in self.protected:
-            if not p.is_dir():
-                raise ConfigError("protected directory does not exist", location=Location(str(p)))
             if self.shadow_dir == p or p in self.shadow_dir.parents or \
                     self.shadow_dir in p.parents:
                 raise ConfigError(
@@ -162,23 +223,27 @@ class ShadowKeeper:
         return self._store
 
     def refresh_marks(self) -> int:
-        """Mark protected directories and subdirectories not marked yet; returns how many."""
+        """Mark protected directories and subdirectories not marked yet; returns how many.
+
+        Breadth first over every protected tree at once, so a budget that runs out
+        (``max_dirs``) leaves the deepest directories unshielded, never a whole tree;
+        what was left is counted in ``over_budget`` (stats, status).  Directories named
+        in ``exclude`` are skipped with everything under them."""
         lis = self._listener
         n = 0
         with lis.mark_lock:
             if lis.expired or not lis.is_open:
                 return 0
-            for top in self.protected:
-                st = os.stat(top)
-                for dpath, key in subdirs(str(top), st, self.max_dirs):
-                    if key in self._marked:
-                        continue
-                    if len(self._marked) >= self.max_dirs:
-                        raise ConfigError(f"more than {self.max_dirs} protected directories: "
-                                          "name smaller subtrees", location=Location(str(top)))
-                    lis.mark(dpath, key, FAN_OPEN_PERM | FAN_EVENT_ON_CHILD)
-                    self._marked.add(key)
-                    n += 1
+            tree = _breadth_first(self.protected, self.exclude, self.max_dirs - len(self._marked),
+                                  self._marked)
+            for dpath, key in tree.dirs:
+                lis.mark(dpath, key, FAN_OPEN_PERM | FAN_EVENT_ON_CHILD)
+                self._marked.add(key)
+                n += 1
+            self.over_budget = tree.left
+            if tree.left:
+                log.warning("shield: %d directories under %s not shielded (max_dirs %d)",
+                            tree.left, ", ".join(map(str, self.protected)), self.max_dirs)
         return n
 
     # ---- incidents (agent thread) ----------------------------------------------------------
@@ -284,6 +349,7 @@ class ShadowKeeper:
         out["copy_us_median"] = lat[len(lat) // 2] if lat else 0.0
         out["copy_us_p99"] = lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else 0.0
         out["marked_dirs"] = len(self._marked)
+        out["dirs_over_budget"] = self.over_budget
         uncopied_by_watchdog = max(0, int(ls["watchdog_allows"]) - int(out.get("late_copies", 0)))
         out["unrecoverable"] = (int(out.get("too_large", 0)) + int(out.get("no_space", 0))
                                 + int(out.get("changed_during_copy", 0))
