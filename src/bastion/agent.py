@@ -316,21 +316,45 @@ class Agent:
         opened.append(guard)
 
     def _integrity_loop(self, stop: threading.Event) -> None:
-        """Periodic kernel integrity scans, off the event loop (a scan takes ~1 s)."""
+        """The kernel integrity guard, off the event loop: the baseline of this kernel
+        release is taken on first start (~1 s; a new release takes a new one, and an
+        informational alert says so), then a scan every ``interval_s``."""
         from bastion.integrity import baseline as baseline_mod
         from bastion.integrity.base import KernelView
         from bastion.integrity.checks import default_checks
         from bastion.integrity.scanner import PeriodicScanner
 
         cfg = self.policy.integrity
-        path = cfg.baseline or (self.store.path.parent / "integrity-baseline.json")
 
         def make_checks() -> Any:
             view = KernelView()
-            return default_checks(view, bpf_allowlist=cfg.allow_bpf), view.close
+            return default_checks(view, bpf_allowlist=cfg.allow_bpf, trust_self=True), view.close
 
-        scanner = PeriodicScanner(make_checks, lambda: baseline_mod.load(path), cfg.interval_s,
-                                  self._pending.append)
+        path: Path | None = None
+        taken = False
+        try:
+            outcome = baseline_mod.ensure(self.store.path.parent, make_checks, path=cfg.baseline)
+        except BastionError as exc:
+            log.warning("integrity baseline unusable: %s", exc)
+            self._pending.append(Finding(
+                rule="bastion.integrity.baseline_unusable", severity="high", attack=("T1014",),
+                title=f"Integrity baseline unusable ({exc}); only the checks that need no baseline run",
+                action="alert", event=None, pid=os.getpid(), evidence={"error": str(exc)}))
+        else:
+            path, taken, said = outcome.path, outcome.taken, outcome.describe()
+            log.info("%s", said)
+            if taken:
+                self._pending.append(Finding(
+                    rule="bastion.integrity.baseline_taken", severity="info", attack=(),
+                    title=said[0].upper() + said[1:], action="alert",
+                    event=None, pid=os.getpid(), evidence=outcome.to_json()))
+
+        def load() -> baseline_mod.Baseline | None:
+            return baseline_mod.load(path) if path is not None else None
+
+        scanner = PeriodicScanner(make_checks, load, cfg.interval_s, self._pending.append)
+        if taken:
+            scanner.next_due = time.monotonic() + cfg.interval_s   # it was just taken: nothing to compare yet
         while not stop.wait(1.0):
             try:
                 scanner.tick(time.monotonic())

@@ -122,14 +122,22 @@ class Check(ABC):
     :meth:`available` returns None or the reason it cannot run here;
     :meth:`baseline` returns JSON-able state; :meth:`scan` compares now with
     that state (``None``: no baseline for this check) and returns findings.
+
+    ``needs_baseline``: the check judges nothing without a baseline (the
+    scanner does not run it then).  Otherwise ``without_baseline`` says what
+    it judges with none and ``with_baseline`` what only a baseline adds;
+    ``notes`` (reset by each :meth:`scan`) says what a scan left unjudged.
     """
 
     name: ClassVar[str]
     requires: ClassVar[tuple[str, ...]]
     needs_baseline: ClassVar[bool] = True
+    without_baseline: ClassVar[str] = ""
+    with_baseline: ClassVar[str] = ""
 
     def __init__(self, view: KernelView) -> None:
         self.view = view
+        self.notes: list[str] = []
 
     @abstractmethod
     def available(self) -> str | None: ...

@@ -15,7 +15,9 @@ CHECK_NAMES = ("kernel_text", "syscall_dispatch", "bpf_inventory", "hidden_tasks
 
 
 def default_checks(view: KernelView, *, bpf_allowlist: Sequence[str] = (),
-                   only: Sequence[str] = ()) -> list[Check]:
-    checks: list[Check] = [TextCheck(view), SyscallCheck(view), BpfInventoryCheck(view, bpf_allowlist),
+                   only: Sequence[str] = (), trust_self: bool = False) -> list[Check]:
+    """Every check; ``trust_self`` (the agent) leaves the BPF programs this process holds unjudged."""
+    checks: list[Check] = [TextCheck(view), SyscallCheck(view),
+                           BpfInventoryCheck(view, bpf_allowlist, trust_self=trust_self),
                            HiddenTaskCheck(view), KernelStateCheck(view)]
     return [c for c in checks if not only or c.name in only]
