@@ -316,24 +316,22 @@ class Agent:
         opened.append(guard)
 
     def _integrity_loop(self, stop: threading.Event) -> None:
-        """The kernel integrity guard, off the event loop: the baseline of this kernel
-        release is taken on first start (~1 s; a new release takes a new one, and an
+        """The kernel integrity guard, off the event loop and in worker processes (a
+        baseline or scan costs ~0.5 s CPU and 40-100 MB of heap): the baseline of this
+        kernel release is taken on first start (a new release takes a new one; an
         informational alert says so), then a scan every ``interval_s``."""
-        from bastion.integrity import baseline as baseline_mod
-        from bastion.integrity.base import KernelView
-        from bastion.integrity.checks import default_checks
-        from bastion.integrity.scanner import PeriodicScanner
+        from bastion.integrity.worker import WorkerScanner, ensure_in_worker
 
         cfg = self.policy.integrity
-
-        def make_checks() -> Any:
-            view = KernelView()
-            return default_checks(view, bpf_allowlist=cfg.allow_bpf, trust_self=True), view.close
-
+        data_dir = self.store.path.parent
+        me = (os.getpid(),)   # BPF programs held by the agent alone are ours
+        if stop.wait(2.0):    # enforcement and the event loop first
+            return
         path: Path | None = None
         taken = False
         try:
-            outcome = baseline_mod.ensure(self.store.path.parent, make_checks, path=cfg.baseline)
+            outcome, said = ensure_in_worker(data_dir, path=cfg.baseline, allow_bpf=cfg.allow_bpf,
+                                             trusted_pids=me)
         except BastionError as exc:
             log.warning("integrity baseline unusable: %s", exc)
             self._pending.append(Finding(
@@ -341,25 +339,32 @@ class Agent:
                 title=f"Integrity baseline unusable ({exc}); only the checks that need no baseline run",
                 action="alert", event=None, pid=os.getpid(), evidence={"error": str(exc)}))
         else:
-            path, taken, said = outcome.path, outcome.taken, outcome.describe()
+            path, taken = Path(outcome["path"]), outcome["kind"] != "existing"
             log.info("%s", said)
             if taken:
                 self._pending.append(Finding(
                     rule="bastion.integrity.baseline_taken", severity="info", attack=(),
                     title=said[0].upper() + said[1:], action="alert",
-                    event=None, pid=os.getpid(), evidence=outcome.to_json()))
+                    event=None, pid=os.getpid(), evidence=outcome))
 
-        def load() -> baseline_mod.Baseline | None:
-            return baseline_mod.load(path) if path is not None else None
-
-        scanner = PeriodicScanner(make_checks, load, cfg.interval_s, self._pending.append)
+        scanner = WorkerScanner(data_dir, path, cfg.interval_s, self._pending.append,
+                                allow_bpf=cfg.allow_bpf, trusted_pids=me)
         if taken:
             scanner.next_due = time.monotonic() + cfg.interval_s   # it was just taken: nothing to compare yet
+        said_err = ""
         while not stop.wait(1.0):
             try:
                 scanner.tick(time.monotonic())
             except BastionError as exc:
                 log.warning("integrity scan failed: %s", exc)
+                if str(exc) != said_err:   # said once per distinct failure
+                    self._pending.append(Finding(
+                        rule="bastion.integrity.scan_failed", severity="medium", attack=(),
+                        title=f"Kernel integrity scan failed: {exc}", action="alert", event=None,
+                        pid=os.getpid(), evidence={"error": str(exc)}))
+                said_err = str(exc)
+            else:
+                said_err = ""
 
     def _open_optional(self, part: Any, rule: str, what: str) -> bool:
         """Open an optional part; when it cannot, say so loudly and go on without it."""

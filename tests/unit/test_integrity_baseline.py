@@ -228,6 +228,55 @@ def test_bpf_inventory_without_baseline_judges_only_dangerous_programs(monkeypat
     # with a baseline the benign unknown program is judged too
     assert {f.evidence["name"] for f in check.scan({"programs": []})} == {"rk_exit", "counter", "mine_sig"}
     # the agent trusts what it holds itself
-    agent = BpfInventoryCheck(KernelView(), ["allowed_sig"], trust_self=True)
+    agent = BpfInventoryCheck(KernelView(), ["allowed_sig"], trusted_pids=[os.getpid()])
     monkeypatch.setattr(agent, "inventory", lambda: Inventory(progs, [], []))
     assert [f.evidence["name"] for f in agent.scan(None)] == ["rk_exit"]
+
+
+# ---- the agent's worker process -----------------------------------------------------------
+
+
+def test_integrity_finding_round_trips_through_json() -> None:
+    f = IntegrityFinding("bpf_inventory", "bpf.rogue_program", "t", "high", {"name": "x"}, "kill", 42)
+    assert IntegrityFinding.from_json(json.loads(json.dumps(f.to_json()))) == f
+    with pytest.raises(BastionError, match="unknown severity"):
+        IntegrityFinding.from_json({**f.to_json(), "severity": "apocalyptic"})
+
+
+def test_worker_scanner_emits_findings_and_an_unusable_baseline_once(tmp_path: Path) -> None:
+    from bastion.integrity.scanner import to_finding
+    from bastion.integrity.worker import WorkerScan, WorkerScanner
+
+    rogue = to_finding(IntegrityFinding("bpf_inventory", "bpf.rogue_program", "rogue", "high", {}))
+    results = [WorkerScan([rogue], "b.json: baseline is not JSON"), WorkerScan([], "b.json: baseline is not JSON"),
+               WorkerScan([], None), WorkerScan([], "b.json: gone")]
+    calls: list[tuple[Path, Path | None, tuple[int, ...]]] = []
+
+    def scan(data_dir: Path, baseline: Path | None, *, allow_bpf: Sequence[str],
+             trusted_pids: Sequence[int]) -> WorkerScan:
+        calls.append((data_dir, baseline, tuple(trusted_pids)))
+        return results[len(calls) - 1]
+
+    emitted: list[Any] = []
+    ws = WorkerScanner(tmp_path, tmp_path / "b.json", 60.0, emitted.append, trusted_pids=[7], scan=scan)
+    assert ws.tick(100.0) is not None
+    assert [f.rule for f in emitted] == ["bastion.integrity.baseline_unusable", "bastion.integrity.bpf.rogue_program"]
+    assert "not JSON" in emitted[0].title and emitted[0].severity == "high"
+    assert ws.tick(130.0) is None                                # not due yet
+    assert ws.tick(161.0) is not None and len(emitted) == 2      # same error: said once
+    assert ws.tick(222.0) is not None and len(emitted) == 2      # recovered
+    assert ws.tick(283.0) is not None and emitted[-1].rule == "bastion.integrity.baseline_unusable"
+    assert calls[0] == (tmp_path, tmp_path / "b.json", (7,))
+
+
+def test_a_failing_worker_is_an_error_naming_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import sys
+
+    from bastion.integrity import worker
+
+    monkeypatch.setattr(sys, "executable", "/bin/false")
+    with pytest.raises(BastionError, match=r"integrity worker \(scan\): failed \(exit 1\)"):
+        worker.scan_in_worker(tmp_path, None)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "missing-python"))
+    with pytest.raises(BastionError, match=r"integrity worker \(ensure\): cannot start"):
+        worker.ensure_in_worker(tmp_path)

@@ -32,6 +32,17 @@ class IntegrityFinding:
                 "severity": self.severity, "action": self.action, "pid": self.pid,
                 "evidence": self.evidence}
 
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> IntegrityFinding:
+        """The inverse of :meth:`to_json` (a scan run in a worker process)."""
+        sev = str(d.get("severity", ""))
+        if sev not in SEVERITIES:
+            raise BastionError(f"integrity finding with an unknown severity {sev!r}")
+        ev = d.get("evidence", {})
+        return cls(str(d["check"]), str(d["code"]), str(d["title"]), sev,
+                   dict(ev) if isinstance(ev, dict) else {}, str(d.get("action", "alert")),
+                   int(d.get("pid", 0)))
+
 
 class KernelView:
     """What checks share, opened lazily: kallsyms, the BPF kernel reader, /proc.

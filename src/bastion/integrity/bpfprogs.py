@@ -80,11 +80,12 @@ class BpfInventoryCheck(Check):
                         "unless allowlisted")
     with_baseline = "every other program not in the baseline or the allowlist"
 
-    def __init__(self, view: Any, allowlist: Sequence[str] = (), *, trust_self: bool = False) -> None:
+    def __init__(self, view: Any, allowlist: Sequence[str] = (), *, trusted_pids: Sequence[int] = ()) -> None:
         super().__init__(view)
         self.allowlist = tuple(allowlist)
-        #: the agent: programs held by this process alone are its own, not judged
-        self.trust_self = trust_self
+        #: the agent's pid: programs held by trusted processes alone are Bastion's own, not
+        #: judged; a trusted process is never named as a holder to kill
+        self.trusted_pids = frozenset(trusted_pids)
 
     def available(self) -> str | None:
         if os.geteuid() != 0:
@@ -122,12 +123,12 @@ class BpfInventoryCheck(Check):
         self.notes = []
         inv = self.inventory()
         known = {k for k, _ in (baseline or {}).get("programs", [])}
-        me = os.getpid()
+        spare = self.trusted_pids | {os.getpid()}
         out: list[IntegrityFinding] = []
         unjudged: list[str] = []
         for p in inv.progs:
-            if self.trust_self and p.holders and all(h["pid"] == me for h in p.holders):
-                continue   # loaded and held by this very process (the agent's own programs)
+            if self.trusted_pids and p.holders and all(h["pid"] in self.trusted_pids for h in p.holders):
+                continue   # loaded and held by the agent itself
             if p.error:
                 out.append(self.finding("bpf.unreadable_program", f"BPF program id {p.id} cannot be inspected",
                                         "medium", {"id": p.id, "error": p.error}))
@@ -138,7 +139,7 @@ class BpfInventoryCheck(Check):
             if baseline is None and severity == "medium":
                 unjudged.append(p.name or str(p.id))
                 continue
-            holders = [h for h in p.holders if h["pid"] != me]
+            holders = [h for h in p.holders if h["pid"] not in spare]
             act = "kill" if severity in ("high", "critical") and holders else "alert"
             ev = self.describe(p)
             ev["reasons"] = reasons
