@@ -328,12 +328,13 @@ class Agent:
         if stop.wait(2.0):    # enforcement and the event loop first
             return
         path: Path | None = None
-        taken = False
+        taken, said = False, ""
         try:
             outcome, said = ensure_in_worker(data_dir, path=cfg.baseline, allow_bpf=cfg.allow_bpf,
                                              trusted_pids=me)
         except BastionError as exc:
             log.warning("integrity baseline unusable: %s", exc)
+            said = f"baseline unusable: {exc}"
             self._pending.append(Finding(
                 rule="bastion.integrity.baseline_unusable", severity="high", attack=("T1014",),
                 title=f"Integrity baseline unusable ({exc}); only the checks that need no baseline run",
@@ -349,6 +350,8 @@ class Agent:
 
         scanner = WorkerScanner(data_dir, path, cfg.interval_s, self._pending.append,
                                 allow_bpf=cfg.allow_bpf, trusted_pids=me)
+        scanner.baseline_note = said
+        self.integrity_scanner = scanner   # status(): scanner.status()
         if taken:
             scanner.next_due = time.monotonic() + cfg.interval_s   # it was just taken: nothing to compare yet
         said_err = ""

@@ -160,6 +160,7 @@ def test_a_failing_check_does_not_cost_the_others_their_baseline(tmp_path: Path)
     out = bl.ensure(tmp_path, _Maker(checks), release="6.18.0")
     assert set(out.baseline.checks) == {"hidden_tasks"}
     assert "cannot read kernel text" in out.baseline.unavailable["kernel_text"]
+    assert "unavailable here: kernel_text (its baseline failed: cannot read kernel text)" in out.describe()
 
 
 @pytest.mark.parametrize("release", ["../../etc/passwd", "..", ".hidden", "6.1 x", "a/b", "ü-1", "x" * 400])
@@ -267,6 +268,26 @@ def test_worker_scanner_emits_findings_and_an_unusable_baseline_once(tmp_path: P
     assert ws.tick(222.0) is not None and len(emitted) == 2      # recovered
     assert ws.tick(283.0) is not None and emitted[-1].rule == "bastion.integrity.baseline_unusable"
     assert calls[0] == (tmp_path, tmp_path / "b.json", (7,))
+    assert ws.status()["baseline_error"] == "b.json: gone" and ws.status()["last_findings"] == 0
+
+
+def test_worker_scanner_says_which_checks_did_not_run(tmp_path: Path) -> None:
+    from bastion.integrity.worker import WorkerScan, WorkerScanner
+
+    degraded = {"checks": [{"name": "kernel_text", "status": "unavailable",
+                            "reason": "unavailable here, because cannot load the BPF kernel reader"},
+                           {"name": "kernel_state", "status": "ok", "reason": ""}]}
+    results = [WorkerScan([], None, degraded), WorkerScan([], None, degraded),
+               WorkerScan([], None, {"checks": [{"name": "kernel_text", "status": "ok"}]})]
+    emitted: list[Any] = []
+    ws = WorkerScanner(tmp_path, None, 10.0, emitted.append,
+                       scan=lambda *a, **k: results.pop(0))
+    ws.tick(0.0)
+    ws.tick(11.0)
+    ws.tick(22.0)
+    assert [f.rule for f in emitted] == ["bastion.integrity.checks_not_run"]   # once, not per scan
+    assert "kernel_text (unavailable: unavailable here, because cannot load" in emitted[0].title
+    assert ws.status()["checks_not_run"] == {}
 
 
 def test_a_failing_worker_is_an_error_naming_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -182,6 +182,9 @@ class BaselineOutcome:
     def describe(self) -> str:
         rel = self.baseline.kernel
         checks = ", ".join(sorted(self.baseline.checks)) or "no checks"
+        if self.baseline.unavailable:
+            checks += "; unavailable here: " + "; ".join(
+                f"{k} ({v})" for k, v in sorted(self.baseline.unavailable.items()))
         if self.kind == "existing":
             when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.baseline.created))
             return f"integrity baseline of kernel {rel} taken {when}: {self.path}"

@@ -19,6 +19,7 @@ import json
 import logging
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -179,7 +180,21 @@ class WorkerScanner:
         self._scan = scan
         self.next_due = 0.0
         self.last: WorkerScan | None = None
+        self.last_time = 0.0          # wall clock of the last finished scan
+        self.baseline_note = ""       # what the agent's start did with the baseline (for status)
         self._load_error = ""
+        self._not_run: dict[str, str] = {}
+
+    def status(self) -> dict[str, Any]:
+        """For ``bastion status``: the guard is on, against which baseline, and its last scan."""
+        last = self.last
+        return {"on": True, "interval_s": self.interval_s,
+                "baseline": str(self.baseline) if self.baseline is not None else None,
+                "baseline_note": self.baseline_note,
+                "baseline_error": self._load_error or None,
+                "last_scan": self.last_time or None,
+                "last_findings": len(last.findings) if last is not None else None,
+                "checks_not_run": dict(self._not_run)}
 
     def tick(self, now: float) -> WorkerScan | None:
         if now < self.next_due:
@@ -196,9 +211,20 @@ class WorkerScanner:
                       "need no baseline run", action="alert", event=None, pid=0,
                 evidence={"error": res.baseline_error}))
         self._load_error = res.baseline_error or ""
+        not_run = {str(c.get("name")): f"{c.get('status')}: {c.get('reason')}"
+                   for c in res.report.get("checks", [])
+                   if c.get("status") in ("unavailable", "no-baseline", "error")}
+        if not_run and not_run != self._not_run:
+            from bastion.detect.engine import Finding
+            self.emit(Finding(
+                rule="bastion.integrity.checks_not_run", severity="medium", attack=(),
+                title="Kernel integrity checks not run: " + "; ".join(f"{k} ({v})" for k, v in sorted(not_run.items())),
+                action="alert", event=None, pid=0, evidence={"checks": not_run}))
+        self._not_run = not_run
         for f in res.findings:
             self.emit(f)
         self.last = res
+        self.last_time = time.time()
         return res
 
 
