@@ -92,7 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(what: str, data_dir: Path, baseline: Path | None, allow_bpf: Sequence[str],
          trusted_pids: Sequence[int], timeout: float) -> dict[str, Any]:
-    argv = [sys.executable, "-m", "bastion.integrity.worker", what, "--data-dir", str(data_dir)]
+    # -P: the agent's working directory is not put on the worker's import path
+    argv = [sys.executable, "-P", "-m", "bastion.integrity.worker", what, "--data-dir", str(data_dir)]
     if baseline is not None:
         argv += ["--baseline", str(baseline)]
     for a in allow_bpf:
@@ -101,7 +102,7 @@ def _run(what: str, data_dir: Path, baseline: Path | None, allow_bpf: Sequence[s
         argv += ["--trust-pid", str(p)]
     where = Location(f"integrity worker ({what})")
     try:
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False, cwd="/")
     except subprocess.TimeoutExpired as exc:
         raise BastionError(f"did not finish within {timeout:.0f} s", location=where) from exc
     except OSError as exc:
