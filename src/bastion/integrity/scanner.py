@@ -104,11 +104,13 @@ def to_findings(report: ScanReport) -> list[Finding]:
 
 
 class PeriodicScanner:
-    """For the agent: ``tick(now)`` runs a scan when ``interval_s`` has passed and
-    hands each Finding to ``emit``.  ``make_checks`` builds fresh checks (and
-    view) per scan; ``load_baseline`` re-reads the file each time (a new
-    baseline takes effect without a restart) and may return None (no
-    baseline: the checks that need none still run).  A baseline that cannot
+    """In process: ``tick(now)`` runs a scan when ``interval_s`` has passed and
+    hands each Finding to ``emit`` (the agent runs its scans in a worker
+    process instead: :class:`bastion.integrity.worker.WorkerScanner`).
+    ``make_checks`` builds fresh checks (and view) per scan; ``load_baseline``
+    re-reads the file each time (a new baseline takes effect without a
+    restart) and may return None (no baseline: the checks that need none
+    still run).  A baseline that cannot
     be loaded is alerted (high, once per distinct error) and the scan runs as
     without one."""
 
