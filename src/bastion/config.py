@@ -59,7 +59,7 @@ class StoreConfig:
 @dataclass(frozen=True)
 class IntegrityConfig:
     interval_s: float = 0.0          # 0 = no periodic scan
-    baseline: Path | None = None     # default: <data dir>/integrity-baseline.json
+    baseline: Path | None = None     # default: <data dir>/integrity/<kernel release>.json
     allow_bpf: tuple[str, ...] = ()  # NAME[:TAG] of BPF programs that are expected
     refuse_bpf_loads: bool = False   # lsm tier: only bpf_loaders may load BPF programs
     bpf_loaders: tuple[Path, ...] = ()

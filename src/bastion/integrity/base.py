@@ -32,6 +32,17 @@ class IntegrityFinding:
                 "severity": self.severity, "action": self.action, "pid": self.pid,
                 "evidence": self.evidence}
 
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> IntegrityFinding:
+        """The inverse of :meth:`to_json` (a scan run in a worker process)."""
+        sev = str(d.get("severity", ""))
+        if sev not in SEVERITIES:
+            raise BastionError(f"integrity finding with an unknown severity {sev!r}")
+        ev = d.get("evidence", {})
+        return cls(str(d["check"]), str(d["code"]), str(d["title"]), sev,
+                   dict(ev) if isinstance(ev, dict) else {}, str(d.get("action", "alert")),
+                   int(d.get("pid", 0)))
+
 
 class KernelView:
     """What checks share, opened lazily: kallsyms, the BPF kernel reader, /proc.
@@ -122,14 +133,22 @@ class Check(ABC):
     :meth:`available` returns None or the reason it cannot run here;
     :meth:`baseline` returns JSON-able state; :meth:`scan` compares now with
     that state (``None``: no baseline for this check) and returns findings.
+
+    ``needs_baseline``: the check judges nothing without a baseline (the
+    scanner does not run it then).  Otherwise ``without_baseline`` says what
+    it judges with none and ``with_baseline`` what only a baseline adds;
+    ``notes`` (reset by each :meth:`scan`) says what a scan left unjudged.
     """
 
     name: ClassVar[str]
     requires: ClassVar[tuple[str, ...]]
     needs_baseline: ClassVar[bool] = True
+    without_baseline: ClassVar[str] = ""
+    with_baseline: ClassVar[str] = ""
 
     def __init__(self, view: KernelView) -> None:
         self.view = view
+        self.notes: list[str] = []
 
     @abstractmethod
     def available(self) -> str | None: ...

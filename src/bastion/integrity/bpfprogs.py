@@ -75,10 +75,17 @@ class BpfInventoryCheck(Check):
     name = "bpf_inventory"
     requires = ("root (CAP_SYS_ADMIN for BPF ids)", "kallsyms __bpf_call_base to name helpers")
     needs_baseline = False
+    without_baseline = ("loaded programs dangerous by themselves (writing user memory, overriding "
+                        "returns, sending signals, or on a syscall or directory-listing path), "
+                        "unless allowlisted")
+    with_baseline = "every other program not in the baseline or the allowlist"
 
-    def __init__(self, view: Any, allowlist: Sequence[str] = ()) -> None:
+    def __init__(self, view: Any, allowlist: Sequence[str] = (), *, trusted_pids: Sequence[int] = ()) -> None:
         super().__init__(view)
         self.allowlist = tuple(allowlist)
+        #: the agent's pid: programs held by trusted processes alone are Bastion's own, not
+        #: judged; a trusted process is never named as a holder to kill
+        self.trusted_pids = frozenset(trusted_pids)
 
     def available(self) -> str | None:
         if os.geteuid() != 0:
@@ -113,11 +120,15 @@ class BpfInventoryCheck(Check):
                 "links": len(inv.links), "maps": len(inv.maps)}
 
     def scan(self, baseline: Mapping[str, Any] | None) -> list[IntegrityFinding]:
+        self.notes = []
         inv = self.inventory()
         known = {k for k, _ in (baseline or {}).get("programs", [])}
-        me = os.getpid()
+        spare = self.trusted_pids | {os.getpid()}
         out: list[IntegrityFinding] = []
+        unjudged: list[str] = []
         for p in inv.progs:
+            if self.trusted_pids and p.holders and all(h["pid"] in self.trusted_pids for h in p.holders):
+                continue   # loaded and held by the agent itself
             if p.error:
                 out.append(self.finding("bpf.unreadable_program", f"BPF program id {p.id} cannot be inspected",
                                         "medium", {"id": p.id, "error": p.error}))
@@ -125,7 +136,10 @@ class BpfInventoryCheck(Check):
             if prog_key(p) in known or allowed(p, self.allowlist):
                 continue
             severity, reasons = classify(p)
-            holders = [h for h in p.holders if h["pid"] != me]
+            if baseline is None and severity == "medium":
+                unjudged.append(p.name or str(p.id))
+                continue
+            holders = [h for h in p.holders if h["pid"] not in spare]
             act = "kill" if severity in ("high", "critical") and holders else "alert"
             ev = self.describe(p)
             ev["reasons"] = reasons
@@ -134,4 +148,7 @@ class BpfInventoryCheck(Check):
                 "bpf.rogue_program",
                 f"Unexpected BPF program {p.name or p.id} ({p.type}): {'; '.join(reasons)}",
                 severity, ev, action=act, pid=holders[0]["pid"] if holders else 0))
+        if unjudged:
+            self.notes.append(f"{len(unjudged)} other program(s) not judged without a baseline: "
+                              + ", ".join(sorted(set(unjudged))[:12]))
         return out

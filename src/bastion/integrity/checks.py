@@ -15,7 +15,9 @@ CHECK_NAMES = ("kernel_text", "syscall_dispatch", "bpf_inventory", "hidden_tasks
 
 
 def default_checks(view: KernelView, *, bpf_allowlist: Sequence[str] = (),
-                   only: Sequence[str] = ()) -> list[Check]:
-    checks: list[Check] = [TextCheck(view), SyscallCheck(view), BpfInventoryCheck(view, bpf_allowlist),
+                   only: Sequence[str] = (), trusted_pids: Sequence[int] = ()) -> list[Check]:
+    """Every check; BPF programs held only by ``trusted_pids`` (the agent) are not judged."""
+    checks: list[Check] = [TextCheck(view), SyscallCheck(view),
+                           BpfInventoryCheck(view, bpf_allowlist, trusted_pids=trusted_pids),
                            HiddenTaskCheck(view), KernelStateCheck(view)]
     return [c for c in checks if not only or c.name in only]

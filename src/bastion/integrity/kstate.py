@@ -28,6 +28,10 @@ def _read(path: Path) -> str | None:
 class KernelStateCheck(Check):
     name = "kernel_state"
     requires = ("read access to /proc and securityfs; tracefs/debugfs where mounted",)
+    needs_baseline = False
+    without_baseline = "kernel taint"
+    with_baseline = ("new taint flags, lockdown weakened, LSM list or command line changed, modules, "
+                     "kprobes and ftrace hooks added")
 
     def available(self) -> str | None:
         return None if _read(self.view.proc / "sys/kernel/tainted") is not None else "cannot read /proc/sys/kernel/tainted"

@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 from bastion.detect.engine import Finding
 from bastion.errors import BastionError
 from bastion.integrity.base import Check, IntegrityFinding
+from bastion.integrity import baseline as baseline_mod
 from bastion.integrity.baseline import Baseline
 
 log = logging.getLogger("bastion.integrity")
@@ -31,10 +32,13 @@ class CheckResult:
     reason: str = ""
     findings: list[IntegrityFinding] = field(default_factory=list)
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)   # what the scan left unjudged
+    baseline_used: bool = False      # the check compared against a baseline section
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "status": self.status, "reason": self.reason,
-                "seconds": round(self.seconds, 4), "findings": [f.to_json() for f in self.findings]}
+                "seconds": round(self.seconds, 4), "findings": [f.to_json() for f in self.findings],
+                "notes": list(self.notes), "baseline_used": self.baseline_used}
 
 
 @dataclass
@@ -56,14 +60,7 @@ class ScanReport:
 
 
 def take_baseline(checks: Sequence[Check]) -> Baseline:
-    b = Baseline.new()
-    for c in checks:
-        reason = c.available()
-        if reason is not None:
-            b.unavailable[c.name] = reason
-            continue
-        b.checks[c.name] = c.baseline()
-    return b
+    return baseline_mod.take(checks)
 
 
 def run_scan(checks: Sequence[Check], baseline: Baseline | None) -> ScanReport:
@@ -80,7 +77,7 @@ def run_scan(checks: Sequence[Check], baseline: Baseline | None) -> ScanReport:
         section = baseline.checks.get(c.name) if baseline is not None and kernel_ok else None
         if section is None and c.needs_baseline:
             why = ("the baseline was taken on kernel " + baseline.kernel if baseline is not None and not kernel_ok
-                   else "no baseline for this check")
+                   else "needs a baseline" if baseline is None else "no baseline for this check")
             results.append(CheckResult(c.name, "no-baseline", why))
             continue
         try:
@@ -90,7 +87,7 @@ def run_scan(checks: Sequence[Check], baseline: Baseline | None) -> ScanReport:
             results.append(CheckResult(c.name, "error", str(exc), seconds=time.perf_counter() - t0))
             continue
         results.append(CheckResult(c.name, "findings" if found else "ok", "", found,
-                                   time.perf_counter() - t0))
+                                   time.perf_counter() - t0, list(c.notes), section is not None))
     return ScanReport(results, started, time.perf_counter() - w0, time.process_time() - c0,
                       platform.release())
 
@@ -107,13 +104,18 @@ def to_findings(report: ScanReport) -> list[Finding]:
 
 
 class PeriodicScanner:
-    """For the agent: ``tick(now)`` runs a scan when ``interval_s`` has passed and
-    hands each Finding to ``emit``.  ``make_checks`` builds fresh checks (and
-    view) per scan; ``load_baseline`` re-reads the file each time (a new
-    baseline takes effect without a restart)."""
+    """In process: ``tick(now)`` runs a scan when ``interval_s`` has passed and
+    hands each Finding to ``emit`` (the agent runs its scans in a worker
+    process instead: :class:`bastion.integrity.worker.WorkerScanner`).
+    ``make_checks`` builds fresh checks (and view) per scan; ``load_baseline``
+    re-reads the file each time (a new baseline takes effect without a
+    restart) and may return None (no baseline: the checks that need none
+    still run).  A baseline that cannot
+    be loaded is alerted (high, once per distinct error) and the scan runs as
+    without one."""
 
     def __init__(self, make_checks: Callable[[], tuple[Sequence[Check], Callable[[], None]]],
-                 load_baseline: Callable[[], Baseline], interval_s: float,
+                 load_baseline: Callable[[], Baseline | None], interval_s: float,
                  emit: Callable[[Finding], None]) -> None:
         self.make_checks = make_checks
         self.load_baseline = load_baseline
@@ -121,16 +123,27 @@ class PeriodicScanner:
         self.emit = emit
         self.next_due = 0.0
         self.last: ScanReport | None = None
+        self._load_error = ""
 
     def tick(self, now: float) -> ScanReport | None:
         if now < self.next_due:
             return None
         self.next_due = now + self.interval_s
+        base: Baseline | None
         try:
             base = self.load_baseline()
         except BastionError as exc:
-            log.warning("integrity scan skipped: %s", exc)
-            return None
+            base = None
+            log.warning("integrity baseline unusable, scanning without it: %s", exc)
+            if str(exc) != self._load_error:
+                self._load_error = str(exc)
+                self.emit(Finding(
+                    rule="bastion.integrity.baseline_unusable", severity="high", attack=("T1014",),
+                    title=f"Integrity baseline unusable ({exc}); only the checks that need no "
+                          "baseline run", action="alert", event=None, pid=0,
+                    evidence={"error": str(exc)}))
+        else:
+            self._load_error = ""
         checks, close = self.make_checks()
         try:
             report = run_scan(checks, base)

@@ -31,6 +31,9 @@ class SyscallCheck(Check):
     name = "syscall_dispatch"
     requires = ("root", "kallsyms addresses", "BPF raw_tp test_run + bpf_probe_read_kernel")
     needs_baseline = False
+    without_baseline = ("every sys_call_table entry is a __x64_sys_* function; x64_sys_call calls "
+                        "only syscall functions")
+    with_baseline = "the table entry for entry, and x64_sys_call's code, unchanged since the baseline"
 
     def available(self) -> str | None:
         reason = self.view.kallsyms_reason() or self.view.reader_reason()

@@ -43,6 +43,10 @@ def _in_init_pid_ns(proc: str) -> bool:
 class HiddenTaskCheck(Check):
     name = "hidden_tasks"
     requires = ("root", "BPF iter/task")
+    needs_baseline = False
+    without_baseline = "tasks the kernel's task iterator sees that the /proc listing hides"
+    with_baseline = ("tasks listed in /proc that the iterator does not see (the platform's own "
+                     "differences are recorded in the baseline)")
 
     def available(self) -> str | None:
         reason = self.view.reader_reason()
@@ -74,6 +78,7 @@ class HiddenTaskCheck(Check):
                 "proc_only": [{"pid": p, "comm": _comm(proc, p)} for p in proc_only]}
 
     def scan(self, baseline: Mapping[str, Any] | None) -> list[IntegrityFinding]:
+        self.notes = []
         base = baseline or {}
         ok_iter = {(e["pid"], e["comm"]) for e in base.get("iter_only", [])}
         ok_proc = {(e["pid"], e["comm"]) for e in base.get("proc_only", [])}
@@ -90,6 +95,12 @@ class HiddenTaskCheck(Check):
                              "proc_entry_reachable": stat_ok,
                              "seen_by": "iter/task (twice)", "missing_from": f"readdir({proc})"},
                 pid=t.tgid))
+        if baseline is None:
+            # without a baseline a /proc-only task may be the platform's own (here: pid 1)
+            if proc_only:
+                self.notes.append(f"{len(proc_only)} task(s) listed in /proc but not by the iterator "
+                                  f"(pids {', '.join(map(str, proc_only[:8]))}): not judged without a baseline")
+            return out
         for pid in proc_only:
             comm = _comm(proc, pid)
             if (pid, comm) in ok_proc or not os.path.exists(f"{proc}/{pid}"):

@@ -179,6 +179,7 @@ def entry_hook_severity(desc: str) -> str:
 
 class TextCheck(Check):
     name = "kernel_text"
+    with_baseline = "core kernel text page digests (patch sites masked) and function-entry hooks"
     requires = ("root", "kallsyms addresses", "BPF raw_tp test_run + bpf_probe_read_kernel")
 
     def available(self) -> str | None:
