@@ -494,12 +494,13 @@ def _member_parts(name: str, where: str) -> tuple[str, ...]:
     return parts
 
 
-def kept_path(parts: tuple[str, ...]) -> tuple[str, ...] | None:
+def kept_path(parts: tuple[str, ...], top: str | None = None) -> tuple[str, ...] | None:
     """Where a file is kept in the installed set, or None when it is not kept.
 
-    Kept: ``rules*/linux/**.yml`` (optionally under one top folder, as in a
-    GitHub source archive) and top-level ``LICENSE*`` files."""
-    for skip in (0, 1):
+    Kept: ``rules*/linux/**.yml`` and top-level ``LICENSE*`` files, at the
+    archive root or under its top folder ``top`` (a GitHub source archive
+    holds everything under ``<owner>-<repo>-<sha>/``)."""
+    for skip in (0, 1) if top is not None and parts[:1] == (top,) else (0,):
         p = parts[skip:]
         if len(p) == 1 and _LICENSE.fullmatch(p[0]):
             return p
@@ -507,6 +508,13 @@ def kept_path(parts: tuple[str, ...]) -> tuple[str, ...] | None:
                 and p[-1].lower().endswith(_RULE_SUFFIXES)):
             return p
     return None
+
+
+def _top_folder(first: tuple[str, ...], is_dir: bool) -> str | None:
+    """The archive's top folder, judged from its first member (None: rules at the root)."""
+    if not first or (len(first) == 1 and not is_dir) or _RULES_TOP.fullmatch(first[0]):
+        return None
+    return first[0]
 
 
 @dataclass
@@ -572,19 +580,20 @@ def _extract_zip(archive: Path, sink: _Sink) -> None:
                                     location=Location(where))
         for zi in infos:
             parts = _member_parts(zi.filename, where)
-            mode = zi.external_attr >> 16
-            if zi.create_system == 3 and mode:            # unix: the file type is in the mode
-                if stat.S_ISLNK(mode):
+            ftype = stat.S_IFMT(zi.external_attr >> 16)
+            if zi.create_system == 3 and ftype:           # unix, with a file type in the mode
+                if stat.S_ISLNK(ftype):
                     raise SigmaArchiveError(f"symlink member {zi.filename!r} refused", location=Location(where))
-                if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                if not (stat.S_ISREG(ftype) or stat.S_ISDIR(ftype)):
                     raise SigmaArchiveError(f"special-file member {zi.filename!r} refused",
                                             location=Location(where))
             if zi.flag_bits & 0x1:
                 raise SigmaArchiveError(f"encrypted member {zi.filename!r} refused", location=Location(where))
+        top = _top_folder(_member_parts(infos[0].filename, where), infos[0].is_dir()) if infos else None
         for zi in infos:
             if zi.is_dir():
                 continue
-            rel = kept_path(_member_parts(zi.filename, where))
+            rel = kept_path(_member_parts(zi.filename, where), top)
             if rel is None:
                 continue
             try:
@@ -604,6 +613,7 @@ def _extract_tar(archive: Path, sink: _Sink) -> None:
         raise SigmaArchiveError(f"not a readable tar archive: {exc}", location=Location(where)) from exc
     count = 0
     declared = 0
+    top: str | None = None
     try:
         with tf:
             while True:
@@ -615,6 +625,8 @@ def _extract_tar(archive: Path, sink: _Sink) -> None:
                     raise SigmaArchiveError(f"more than the {sink.limits.max_members} members allowed",
                                             location=Location(where))
                 parts = _member_parts(m.name, where)
+                if count == 1:
+                    top = _top_folder(parts, m.isdir())
                 if m.issym() or m.islnk():
                     raise SigmaArchiveError(f"link member {m.name!r} refused", location=Location(where))
                 if m.isdir():
@@ -625,7 +637,7 @@ def _extract_tar(archive: Path, sink: _Sink) -> None:
                 if declared > sink.limits.max_total:
                     raise SigmaArchiveError(f"archive content exceeds the {sink.limits.max_total}-byte cap",
                                             location=Location(where))
-                rel = kept_path(parts)
+                rel = kept_path(parts, top)
                 if rel is None:
                     continue
                 if m.size > sink.limits.max_file:
