@@ -554,6 +554,8 @@ class _Sink:
                                             location=Location(self.where))
                 h.update(chunk)
                 out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())          # durable before the set can go live
         self.digests[key] = h.hexdigest()
         if len(rel) == 1:
             self.licenses.append(rel[0])
@@ -742,6 +744,13 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _write_synced(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def _point(root: Path, link: str, release_id: str) -> None:
     """Atomically make ``root/link`` name ``releases/<release_id>``."""
     tmp = root / f".{link}.{os.getpid()}.tmp"
@@ -820,7 +829,7 @@ def install(data_dir: Path, source: Path, *, release: str, origin: str, sha256: 
                     f"none of its {res.files} rule files loaded ({len(res.unsupported)} unsupported, "
                     f"{len(res.errors)} with errors{': ' + errors[0] if errors else ''}); "
                     "the installed set is unchanged", location=Location(origin))
-            (stage / NOTICE).write_text(DRL_NOTICE + "\n", encoding="utf-8")
+            _write_synced(stage / NOTICE, DRL_NOTICE + "\n")
             manifest = {
                 "format": MANIFEST_FORMAT, "release": release, "source": origin, "sha256": digest,
                 "sha256_of": "directory tree" if sha256 is None else "archive",
@@ -828,8 +837,9 @@ def install(data_dir: Path, source: Path, *, release: str, origin: str, sha256: 
                 "unsupported": len(res.unsupported), "errors": len(res.errors), "files": res.files,
                 "licenses": sorted(sink.licenses), "notice": DRL_NOTICE,
             }
-            mpath = stage / MANIFEST
-            mpath.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+            _write_synced(stage / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+            for d in sorted({p.parent for p in stage.rglob("*")} | {stage}, reverse=True):
+                _fsync_dir(d)
             stage.chmod(0o755)
             dst = releases / rid
             if dst.exists():                 # the previous set or a leftover: replaced
