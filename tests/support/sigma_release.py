@@ -13,6 +13,7 @@ import hashlib
 import http.server
 import json
 import threading
+import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,7 @@ class Route:
     status: int = 200
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
+    trickle: float = 0.0            # seconds between 1 KiB pieces of the body (a slow server)
 
 
 @dataclass
@@ -86,7 +88,16 @@ class ReleaseServer:
                     self.send_header(k, v)
                 self.send_header("Content-Length", str(len(r.body)))
                 self.end_headers()
-                self.wfile.write(r.body)
+                if not r.trickle:
+                    self.wfile.write(r.body)
+                    return
+                for i in range(0, len(r.body), 1024):
+                    time.sleep(r.trickle)
+                    try:
+                        self.wfile.write(r.body[i:i + 1024])
+                        self.wfile.flush()
+                    except OSError:         # the client gave up: what the test wants
+                        return
 
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
                 pass

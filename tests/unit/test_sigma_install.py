@@ -555,3 +555,69 @@ def test_unreachable_server_is_a_download_error(tmp_path: Path) -> None:
     s.close()                                                    # nothing listens there now
     with pytest.raises(SigmaDownloadError, match="request failed"):
         inst.update(tmp_path / "data", url=f"http://127.0.0.1:{port}")
+
+
+def test_gzip_content_encoding_refused(tmp_path: Path) -> None:
+    import gzip
+
+    z = release_zip(tmp_path / "sigma_core.zip", _few_rules(2))
+    with ReleaseServer() as srv:
+        srv.routes["/m/sigma_core.zip"] = Route(body=gzip.compress(z.read_bytes()),
+                                                headers={"Content-Encoding": "gzip"})
+        with pytest.raises(SigmaDownloadError, match="unexpected Content-Encoding 'gzip'"):
+            inst.update(tmp_path / "data", url=srv.base + "/m/sigma_core.zip", sha256=sha256(z))
+        assert srv.seen[0].headers["accept-encoding"] == "identity"
+
+
+def test_slow_server_bounded_by_the_deadline(tmp_path: Path) -> None:
+    import time
+
+    z = release_zip(tmp_path / "sigma_core.zip", _few_rules(40))
+    assert z.stat().st_size > 8 * 1024                           # > 8 pieces: > 1.6 s at the server's pace
+    with ReleaseServer() as srv:
+        srv.routes["/m/sigma_core.zip"] = Route(body=z.read_bytes(), trickle=0.2)
+        t0 = time.monotonic()
+        with pytest.raises(SigmaDownloadError, match="took longer than the deadline"):
+            inst.update(tmp_path / "data", url=srv.base + "/m/sigma_core.zip", sha256=sha256(z),
+                        limits=Limits(deadline=0.5))
+        assert time.monotonic() - t0 < 1.5
+
+
+@pytest.mark.parametrize("tag", ["r1\nFAKE LINE", "../../x", "r1?x=1", ""])
+def test_release_tags_are_plain(tmp_path: Path, tag: str) -> None:
+    z = release_zip(tmp_path / "sigma_core.zip", _few_rules(2))
+    with ReleaseServer() as srv:
+        srv.publish("r1", {"sigma_core.zip": z})
+        body = json.loads(srv.routes["/repos/SigmaHQ/sigma/releases/latest"].body)
+        body["tag_name"] = tag
+        srv.routes["/repos/SigmaHQ/sigma/releases/latest"] = Route(body=json.dumps(body).encode())
+        with pytest.raises(SigmaDownloadError, match="is not a plain tag"):
+            inst.update(tmp_path / "data", url=srv.base)
+        if tag:
+            with pytest.raises(SigmaDownloadError, match="not a release tag") as ei:
+                inst.update(tmp_path / "data", url=srv.base, tag=tag)
+            assert ei.value.location is not None and ei.value.location.source == "--tag"
+    assert inst.installed_info(tmp_path / "data")["installed"] is False
+
+
+def test_yaml_aliases_are_dropped_and_named(tmp_path: Path) -> None:
+    laughs = ("title: lol\nid: 6f2b0a52-0000-4000-8000-000000000001\nlogsource: {product: linux, "
+              "category: process_creation}\ndetection:\n  a: &a ['x','x','x','x','x','x','x','x','x','x']\n"
+              "  b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\n  c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
+              "  selection: {Image: [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]}\n  condition: selection\n")
+    z = release_zip(tmp_path / "r.zip", _few_rules(3),
+                    extra={"rules/linux/process_creation/lol.yml": laughs.encode()})
+    res = inst.update(tmp_path / "data", from_path=z)
+    assert res.rules == 3 and res.files == 4
+    assert res.errors == ["rules/linux/process_creation/lol.yml: YAML anchors and aliases are refused "
+                          "(no Sigma rule needs them)"]
+    assert not (res.path / "rules/linux/process_creation/lol.yml").exists()
+    assert inst.installed_info(tmp_path / "data")["errors"] == 1
+
+
+def test_corrupt_manifest_is_named(tmp_path: Path) -> None:
+    res = inst.update(tmp_path, from_path=release_zip(tmp_path / "a.zip", _few_rules(2)))
+    (res.path / "bastion-sigma.json").write_text("{not json")
+    with pytest.raises(SigmaInstallError, match="unreadable manifest") as ei:
+        inst.installed_info(tmp_path)
+    assert ei.value.location is not None and ei.value.location.source == str(res.path / "bastion-sigma.json")

@@ -67,6 +67,7 @@ import shutil
 import stat
 import tarfile
 import tempfile
+import time
 import zipfile
 import zlib
 from contextlib import contextmanager
@@ -100,6 +101,7 @@ _LICENSE: Final = re.compile(r"LICEN[CS]E(?:\.[A-Za-z0-9.]+)?")  # LICENSE, LICE
 _RULE_SUFFIXES: Final = (".yml", ".yaml")
 _SHA256: Final = re.compile(r"[0-9a-f]{64}")
 _SLUG: Final = re.compile(r"[^A-Za-z0-9._-]+")
+_TAG: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")     # a release tag we accept
 
 
 # ---------------------------------------------------------------- errors
@@ -133,6 +135,7 @@ class Limits:
     max_total: int = 256 << 20          # bytes extracted in all
     max_redirects: int = 5
     timeout: float = 30.0               # seconds per connect/read/write
+    deadline: float = 600.0             # seconds for all the requests of one update
 
 
 @dataclass(frozen=True)
@@ -203,6 +206,11 @@ def _read_manifest(release_dir: Path) -> dict[str, Any]:
     return data
 
 
+def _int(m: dict[str, Any], key: str) -> int:
+    v = m.get(key, 0)
+    return v if isinstance(v, int) and not isinstance(v, bool) else 0
+
+
 def installed_info(data_dir: Path) -> dict[str, Any]:
     """What is installed, from the manifest (no pySigma import).
 
@@ -225,10 +233,10 @@ def installed_info(data_dir: Path) -> dict[str, Any]:
             prev_release = None
     return {
         "installed": True,
-        "rules": int(m.get("rules", 0)),
-        "unsupported": int(m.get("unsupported", 0)),
-        "errors": int(m.get("errors", 0)),
-        "files": int(m.get("files", 0)),
+        "rules": _int(m, "rules"),
+        "unsupported": _int(m, "unsupported"),
+        "errors": _int(m, "errors"),
+        "files": _int(m, "files"),
         "release": str(m.get("release", "")),
         "release_id": cur.name,
         "source": str(m.get("source", "")),
@@ -299,18 +307,33 @@ def _client(limits: Limits) -> httpx.Client:
 
     from bastion import __version__
     return httpx.Client(follow_redirects=False, timeout=httpx.Timeout(limits.timeout),
-                        headers={"User-Agent": f"bastion/{__version__} (sigma update)"})
+                        headers={"User-Agent": f"bastion/{__version__} (sigma update)",
+                                 "Accept-Encoding": "identity"})
+
+
+def _raw_chunks(resp: httpx.Response, url: str, deadline: float) -> Iterator[bytes]:
+    """The body as sent (no transparent decompression: its size is what is capped), within the deadline."""
+    enc = resp.headers.get("content-encoding", "identity").strip().lower()
+    if enc not in ("", "identity"):
+        raise SigmaDownloadError(f"unexpected Content-Encoding {enc!r} (identity was asked for)",
+                                 location=Location(url))
+    for chunk in resp.iter_raw():
+        if time.monotonic() > deadline:
+            raise SigmaDownloadError("download took longer than the deadline", location=Location(url))
+        yield chunk
 
 
 @contextmanager
 def _get(client: httpx.Client, url: str, *, accept: str, auth: _Auth | None,
-         limits: Limits) -> Iterator[httpx.Response]:
+         limits: Limits, deadline: float) -> Iterator[httpx.Response]:
     """GET ``url`` streamed, following redirects by the transport rules; 200 or an error."""
     import httpx
 
     current, previous = url, None
     for _hop in range(limits.max_redirects + 1):
         check_url(current, previous=previous)
+        if time.monotonic() > deadline:
+            raise SigmaDownloadError("update took longer than the deadline", location=Location(current))
         headers = {"Accept": accept}
         if auth is not None and _origin(current) == auth.origin:
             headers["Authorization"] = f"Bearer {auth.token}"
@@ -328,7 +351,7 @@ def _get(client: httpx.Client, url: str, *, accept: str, auth: _Auth | None,
                 previous, current = current, str(resp.url.join(loc))
                 continue
             if resp.status_code != 200:
-                body = _read_capped(resp, 2048, current, what="error body", strict=False)
+                body = _read_capped(resp, 2048, current, what="error body", deadline=deadline, strict=False)
                 text = body.decode("utf-8", "replace").strip().splitlines()
                 detail = f": {text[0][:200]}" if text else ""
                 raise SigmaDownloadError(f"HTTP {resp.status_code} {resp.reason_phrase}{detail}",
@@ -340,12 +363,13 @@ def _get(client: httpx.Client, url: str, *, accept: str, auth: _Auth | None,
     raise SigmaDownloadError(f"more than {limits.max_redirects} redirects", location=Location(url))
 
 
-def _read_capped(resp: httpx.Response, cap: int, url: str, *, what: str, strict: bool = True) -> bytes:
+def _read_capped(resp: httpx.Response, cap: int, url: str, *, what: str, deadline: float,
+                 strict: bool = True) -> bytes:
     import httpx
 
     out = bytearray()
     try:
-        for chunk in resp.iter_bytes():
+        for chunk in _raw_chunks(resp, url, deadline):
             out += chunk
             if len(out) > cap:
                 if not strict:
@@ -358,20 +382,21 @@ def _read_capped(resp: httpx.Response, cap: int, url: str, *, what: str, strict:
 
 
 def _download(client: httpx.Client, url: str, dest: Path, *, auth: _Auth | None,
-              limits: Limits, expected_size: int | None) -> str:
+              limits: Limits, deadline: float, expected_size: int | None) -> str:
     """Stream ``url`` into ``dest`` (size-capped); the sha256 of what was written."""
     import httpx
 
     h = hashlib.sha256()
     n = 0
-    with _get(client, url, accept="application/octet-stream", auth=auth, limits=limits) as resp:
+    with _get(client, url, accept="application/octet-stream", auth=auth, limits=limits,
+              deadline=deadline) as resp:
         declared = resp.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limits.max_download:
             raise SigmaDownloadError(f"archive of {declared} bytes exceeds the {limits.max_download}-byte cap",
                                      location=Location(url))
         try:
             with open(dest, "wb") as f:
-                for chunk in resp.iter_bytes():
+                for chunk in _raw_chunks(resp, url, deadline):
                     n += len(chunk)
                     if n > limits.max_download:
                         raise SigmaDownloadError(
@@ -410,6 +435,9 @@ def _pick_asset(release: Any, asset: str, url: str) -> tuple[str, str, str | Non
     """(tag, download URL, sha256 or None, size or None) of ``asset`` in a release JSON."""
     if not isinstance(release, dict) or not isinstance(release.get("tag_name"), str):
         raise SigmaDownloadError("not a GitHub release (no tag_name)", location=Location(url))
+    if not _TAG.fullmatch(release["tag_name"]):
+        raise SigmaDownloadError(f"release tag_name {release['tag_name'][:120]!r} is not a plain tag",
+                                 location=Location(url))
     assets = release.get("assets")
     if not isinstance(assets, list):
         raise SigmaDownloadError("GitHub release without an assets list", location=Location(url))
@@ -439,7 +467,10 @@ def fetch(dest_dir: Path, *, url: str = DEFAULT_API, tag: str | None = None,
     :class:`SigmaChecksumError` on a mismatch, or when no checksum is
     available and ``allow_unverified`` is false."""
     check_url(url)
+    if tag is not None and not _TAG.fullmatch(tag):
+        raise SigmaDownloadError(f"not a release tag: {tag!r}", location=Location("--tag"))
     pin = _norm_sha(sha256, "--sha256") if sha256 is not None else None
+    deadline = time.monotonic() + limits.deadline
     with _client(limits) as client:
         if is_archive_url(url):
             if pin is None and not allow_unverified:
@@ -448,13 +479,14 @@ def fetch(dest_dir: Path, *, url: str = DEFAULT_API, tag: str | None = None,
                     "(or accept it unverified with --allow-unverified)", location=Location(url))
             name = PurePosixPath(urlsplit(url).path).name
             dest = dest_dir / "download.bin"
-            got = _download(client, url, dest, auth=None, limits=limits, expected_size=None)
+            got = _download(client, url, dest, auth=None, limits=limits, deadline=deadline, expected_size=None)
             return Fetched(dest, _verify(got, None, pin, allow_unverified, url), name, url,
                            "pinned" if pin else "unverified")
         api = release_url(url, tag)
         auth = _Auth(_origin(api), token) if token else None
-        with _get(client, api, accept="application/vnd.github+json", auth=auth, limits=limits) as resp:
-            raw = _read_capped(resp, limits.max_json, api, what="release JSON")
+        with _get(client, api, accept="application/vnd.github+json", auth=auth, limits=limits,
+                  deadline=deadline) as resp:
+            raw = _read_capped(resp, limits.max_json, api, what="release JSON", deadline=deadline)
         try:
             release = json.loads(raw)
         except ValueError as exc:
@@ -465,7 +497,7 @@ def fetch(dest_dir: Path, *, url: str = DEFAULT_API, tag: str | None = None,
                 f"release {rtag} gives no sha256 digest for {asset}: pin one with --sha256 "
                 "(or accept it unverified with --allow-unverified)", location=Location(api))
         dest = dest_dir / "download.bin"
-        got = _download(client, dl, dest, auth=auth, limits=limits, expected_size=size)
+        got = _download(client, dl, dest, auth=auth, limits=limits, deadline=deadline, expected_size=size)
         verified = "+".join(v for v, s in (("github-digest", digest), ("pinned", pin)) if s) or "unverified"
         return Fetched(dest, _verify(got, digest, pin, allow_unverified, dl), rtag, dl, verified)
 
@@ -787,8 +819,8 @@ def _result_from_manifest(path: Path, already_current: bool, previous: str | Non
     m = _read_manifest(path)
     return InstallResult(release=str(m.get("release", "")), release_id=path.name,
                          source=str(m.get("source", "")), sha256=str(m.get("sha256", "")),
-                         verified=str(m.get("verified", "")), path=path, rules=int(m.get("rules", 0)),
-                         unsupported=int(m.get("unsupported", 0)), files=int(m.get("files", 0)),
+                         verified=str(m.get("verified", "")), path=path, rules=_int(m, "rules"),
+                         unsupported=_int(m, "unsupported"), files=_int(m, "files"),
                          errors=[], previous=previous, already_current=already_current)
 
 
@@ -822,19 +854,20 @@ def install(data_dir: Path, source: Path, *, release: str, origin: str, sha256: 
                 return _result_from_manifest(cur, True, _manifest_release(prev))
             from bastion.detect.sigma.rules import load_sigma
 
+            dropped = _drop_yaml_references(stage)
             res = load_sigma([stage])
-            errors = [str(e).replace(str(stage) + "/", "") for e in res.errors]
+            errors = dropped + [str(e).replace(str(stage) + "/", "") for e in res.errors]
             if not res.rules:
                 raise SigmaInstallError(
-                    f"none of its {res.files} rule files loaded ({len(res.unsupported)} unsupported, "
-                    f"{len(res.errors)} with errors{': ' + errors[0] if errors else ''}); "
+                    f"none of its {res.files + len(dropped)} rule files loaded ({len(res.unsupported)} unsupported, "
+                    f"{len(errors)} with errors{': ' + errors[0] if errors else ''}); "
                     "the installed set is unchanged", location=Location(origin))
             _write_synced(stage / NOTICE, DRL_NOTICE + "\n")
             manifest = {
                 "format": MANIFEST_FORMAT, "release": release, "source": origin, "sha256": digest,
                 "sha256_of": "directory tree" if sha256 is None else "archive",
                 "verified": verified, "installed_at": _now(), "rules": len(res.rules),
-                "unsupported": len(res.unsupported), "errors": len(res.errors), "files": res.files,
+                "unsupported": len(res.unsupported), "errors": len(errors), "files": res.files + len(dropped),
                 "licenses": sorted(sink.licenses), "notice": DRL_NOTICE,
             }
             _write_synced(stage / MANIFEST, json.dumps(manifest, indent=2) + "\n")
@@ -862,7 +895,29 @@ def install(data_dir: Path, source: Path, *, release: str, origin: str, sha256: 
         _prune(releases, kept)
         return InstallResult(release=release, release_id=rid, source=origin, sha256=digest, verified=verified,
                              path=dst, rules=len(res.rules), unsupported=len(res.unsupported),
-                             errors=errors, files=res.files, previous=_manifest_release(new_prev))
+                             errors=errors, files=res.files + len(dropped), previous=_manifest_release(new_prev))
+
+
+def _drop_yaml_references(stage: Path) -> list[str]:
+    """Remove rule files using YAML anchors/aliases (no Sigma rule needs them; aliases let a
+    small file expand into a huge structure); one error line per file removed."""
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    out: list[str] = []
+    for path in sorted(stage.rglob("*")):
+        if not path.name.lower().endswith(_RULE_SUFFIXES):
+            continue
+        try:
+            refs = any(isinstance(t, (yaml.AnchorToken, yaml.AliasToken))
+                       for t in yaml.scan(path.read_bytes(), Loader=loader))
+        except yaml.YAMLError:
+            continue                        # malformed: load_sigma reports it
+        if refs:
+            path.unlink()
+            out.append(f"{path.relative_to(stage).as_posix()}: YAML anchors and aliases are refused "
+                       "(no Sigma rule needs them)")
+    return out
 
 
 def _manifest_release(path: Path | None) -> str | None:
