@@ -621,3 +621,14 @@ def test_corrupt_manifest_is_named(tmp_path: Path) -> None:
     with pytest.raises(SigmaInstallError, match="unreadable manifest") as ei:
         inst.installed_info(tmp_path)
     assert ei.value.location is not None and ei.value.location.source == str(res.path / "bastion-sigma.json")
+
+
+def test_os_failure_is_named_and_keeps_the_live_set(tmp_path: Path, live: tuple[Path, tuple[str | None, list[str]]]) -> None:
+    data, before = live
+    lock = data / "sigma" / ".lock"
+    lock.unlink()
+    lock.mkdir()                              # an OS failure root cannot bypass: EISDIR on open
+    with pytest.raises(SigmaInstallError, match="Is a directory; the installed set is unchanged") as ei:
+        inst.update(data, from_path=release_zip(tmp_path / "b.zip", _few_rules(4)))
+    assert ei.value.location is not None and ei.value.location.source == str(lock)
+    assert _state(data) == before

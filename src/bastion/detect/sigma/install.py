@@ -950,7 +950,7 @@ def rollback(data_dir: Path) -> InstallResult:
     root = sigma_root(data_dir)
     if not (root / "releases").is_dir():
         raise SigmaInstallError(f"no Sigma rules installed: {INSTALL_HINT}", location=Location(str(root)))
-    with _locked(root):
+    with _os_errors(root), _locked(root):
         cur = _release_of(root, "current")
         prev = _release_of(root, "previous")
         if prev is None or (cur is not None and prev == cur):
@@ -964,11 +964,31 @@ def rollback(data_dir: Path) -> InstallResult:
         return _result_from_manifest(prev, False, _manifest_release(cur))
 
 
+@contextmanager
+def _os_errors(where: Path) -> Iterator[None]:
+    """An unexpected OS failure (permissions, disk full) as a SigmaInstallError naming the file."""
+    try:
+        yield
+    except OSError as exc:
+        raise SigmaInstallError(f"{exc.strerror or exc}; the installed set is unchanged",
+                                location=Location(str(exc.filename or where))) from exc
+
+
 def update(data_dir: Path, *, from_path: Path | None = None, url: str = DEFAULT_API,
            tag: str | None = None, asset: str = DEFAULT_ASSET, sha256: str | None = None,
            allow_unverified: bool = False, token: str | None = None,
            limits: Limits = Limits()) -> InstallResult:
-    """``bastion sigma update``: fetch (or take ``from_path``), verify, load, swap in."""
+    """``bastion sigma update``: fetch (or take ``from_path``), verify, load, swap in.
+
+    Every failure is a :class:`SigmaInstallError` (or subclass) naming the URL
+    or file, and leaves the live set as it was."""
+    with _os_errors(sigma_root(data_dir)):
+        return _update(data_dir, from_path=from_path, url=url, tag=tag, asset=asset, sha256=sha256,
+                       allow_unverified=allow_unverified, token=token, limits=limits)
+
+
+def _update(data_dir: Path, *, from_path: Path | None, url: str, tag: str | None, asset: str,
+            sha256: str | None, allow_unverified: bool, token: str | None, limits: Limits) -> InstallResult:
     if from_path is not None:
         if not from_path.exists():
             raise SigmaInstallError("no such file or directory", location=Location(str(from_path)))
