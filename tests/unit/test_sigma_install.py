@@ -330,7 +330,12 @@ def _ti(name: str, type_: bytes, **kw: object) -> tarfile.TarInfo:
     (lambda p: _tar_with(p, _ti("rules/linux/fifo.yml", tarfile.FIFOTYPE)), "special-file member"),
     (lambda p: _tar_with(p, _ti("../outside.yml", tarfile.REGTYPE, size=9), b"title: x\n"), "member path with '..'"),
     (lambda p: _tar_with(p, _ti("/abs.yml", tarfile.REGTYPE, size=9), b"title: x\n"), "absolute member path"),
+    (lambda p: _zip_with(p, "rules/linux/" + _few_rules(2)[0].relative_to(CORPUS / "rules/linux").as_posix()),
+     "duplicate member"),
+    (lambda p: _zip_with(p, "rules/linux/" + _few_rules(2)[0].relative_to(CORPUS / "rules/linux").as_posix()
+                         + "/x.yml"), "clashes with another"),
 ])
+@pytest.mark.filterwarnings("ignore:Duplicate name:UserWarning")     # zipfile, building the duplicate
 def test_hostile_archive_refused_whole(tmp_path: Path, live: tuple[Path, tuple[str | None, list[str]]],
                                        make: object, why: str) -> None:
     data, before = live
@@ -632,3 +637,25 @@ def test_os_failure_is_named_and_keeps_the_live_set(tmp_path: Path, live: tuple[
         inst.update(data, from_path=release_zip(tmp_path / "b.zip", _few_rules(4)))
     assert ei.value.location is not None and ei.value.location.source == str(lock)
     assert _state(data) == before
+
+
+# ---------------------------------------------------------------- the CLI's machine output
+
+def test_cli_json(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from bastion.cli.sigma import sigma_group
+
+    runner = CliRunner()
+    r = runner.invoke(sigma_group, ["installed", "--data-dir", str(tmp_path), "--json"])
+    assert r.exit_code == 0 and json.loads(r.output)["installed"] is False
+    r = runner.invoke(sigma_group, ["update", "--data-dir", str(tmp_path), "--from", str(CORPUS), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert (out["rules"], out["unsupported"], out["files"], out["errors"]) == (
+        CORPUS_LOADED, CORPUS_UNSUPPORTED, CORPUS_FILES, [])
+    assert out["already_current"] is False and out["notice"] == inst.DRL_NOTICE
+    info = json.loads(runner.invoke(sigma_group, ["installed", "--data-dir", str(tmp_path), "--json"]).output)
+    assert info["rules"] == CORPUS_LOADED and info["path"] == out["path"]
+    r = runner.invoke(sigma_group, ["update", "--data-dir", str(tmp_path), "--from", str(CORPUS), "--tag", "r1"])
+    assert r.exit_code == 2 and "--from installs offline" in r.output
