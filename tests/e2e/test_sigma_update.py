@@ -4,14 +4,21 @@ One story: nothing installed (status says how) -> the latest release installs,
 verified by its digest -> a release whose rules do not load, and one whose
 digest does not match, are refused with the live set kept -> a newer release
 installs with the first kept for rollback -> rollback -> offline ``--from``.
+Then (root) the agent evaluating an installed set raises an alert keeping the
+rule's author.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import time
+import zipfile
 from pathlib import Path
 
+import pytest
+from conftest import start_agent  # type: ignore[import-not-found]
 from support.sigma_release import (
     CORPUS,
     ReleaseServer,
@@ -43,7 +50,6 @@ def test_sigma_update_from_a_release_server(tmp_path: Path) -> None:
 
     core = release_zip(tmp_path / "core.zip")
     broken = tmp_path / "broken.zip"
-    import zipfile
     with zipfile.ZipFile(broken, "w") as zf:
         zf.writestr("rules/linux/process_creation/broken_a.yml", "title: [unclosed\n")
         zf.writestr("rules/linux/process_creation/broken_b.yml", "just: a mapping\n")
@@ -117,3 +123,35 @@ def test_sigma_update_refusals_name_the_place(tmp_path: Path) -> None:
     r = bastion("update", "--data-dir", str(data), "--from", str(CORPUS), "--url", "https://x")
     assert r.returncode == 2 and "--from installs offline" in r.stderr
     assert installed(data)["installed"] is False
+
+
+def test_installed_set_alerts_live_with_author(tmp_path: Path) -> None:
+    """What ``update`` installs is what the agent evaluates: an alert from it keeps the rule's author."""
+    if os.geteuid() != 0:
+        pytest.skip("the agent needs root")
+    rules = [CORPUS / "rules/linux/process_creation/proc_creation_lnx_base64_decode.yml",
+             *[p for p in corpus_linux_rules() if "network_connection" in p.parts]]
+    z = release_zip(tmp_path / "core.zip", rules)
+    data = tmp_path / "data"
+    with ReleaseServer() as srv:
+        srv.publish("r2026-11-30", {"sigma_core.zip": z})
+        r = bastion("update", "--data-dir", str(data), "--url", srv.base)
+    assert r.returncode == 0, r.stderr
+    live = installed(data)["path"]
+    agent = start_agent(tmp_path, "--quiet", "--sigma", live)
+    try:
+        err = "".join(agent.stderr)
+        assert f"{installed(data)['rules']} rules loaded" in err and "0 files with errors" in err, err
+        b64 = subprocess.Popen(["base64", "--decode"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        b64.communicate("aGk=\n")
+        rule = "sigma:e2072cab-8c9a-459b-b63c-40ae79e27031"
+        deadline, got = time.monotonic() + 15, {}
+        while rule not in got and time.monotonic() < deadline:
+            q = agent.cli("alerts", "--data-dir", str(agent.data_dir), "--json", "--pid", str(b64.pid))
+            got = {a["rule"]: a for a in map(json.loads, filter(str.strip, q.stdout.splitlines()))}
+            time.sleep(0.2)
+        assert rule in got, got
+        assert got[rule]["author"] == "Daniil Yugoslavskiy, oscd.community"
+        assert got[rule]["sigma"]["path"] == f"{live}/rules/linux/process_creation/proc_creation_lnx_base64_decode.yml"
+    finally:
+        agent.stop()
