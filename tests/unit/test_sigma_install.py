@@ -460,8 +460,9 @@ def test_pin_mismatch_refused(tmp_path: Path) -> None:
     z = release_zip(tmp_path / "sigma_core.zip", _few_rules(2))
     with ReleaseServer() as srv:
         srv.publish("r1", {"sigma_core.zip": z})
-        with pytest.raises(SigmaChecksumError, match="--sha256 says 1111"):
+        with pytest.raises(SigmaChecksumError, match="--sha256 1111.* is not the release's digest"):
             inst.update(tmp_path / "data", url=srv.base, sha256="1" * 64)
+        assert len(srv.seen) == 1                                    # refused before downloading
     assert inst.installed_info(tmp_path / "data")["installed"] is False
 
 
@@ -659,3 +660,15 @@ def test_cli_json(tmp_path: Path) -> None:
     assert info["rules"] == CORPUS_LOADED and info["path"] == out["path"]
     r = runner.invoke(sigma_group, ["update", "--data-dir", str(tmp_path), "--from", str(CORPUS), "--tag", "r1"])
     assert r.exit_code == 2 and "--from installs offline" in r.output
+
+
+def test_release_already_live_is_not_downloaded_again(tmp_path: Path) -> None:
+    z = release_zip(tmp_path / "sigma_core.zip", _few_rules(3))
+    with ReleaseServer() as srv:
+        srv.publish("r1", {"sigma_core.zip": z})
+        first = inst.update(tmp_path / "data", url=srv.base)
+        before = _state(tmp_path / "data")
+        again = inst.update(tmp_path / "data", url=srv.base)
+        assert [s.path.rsplit("/", 1)[-1] for s in srv.seen] == ["latest", "sigma_core.zip", "latest"]
+    assert again.already_current and again.release_id == first.release_id and again.rules == 3
+    assert _state(tmp_path / "data") == before

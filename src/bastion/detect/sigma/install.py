@@ -460,12 +460,13 @@ def _pick_asset(release: Any, asset: str, url: str) -> tuple[str, str, str | Non
 
 def fetch(dest_dir: Path, *, url: str = DEFAULT_API, tag: str | None = None,
           asset: str = DEFAULT_ASSET, sha256: str | None = None, allow_unverified: bool = False,
-          token: str | None = None, limits: Limits = Limits()) -> Fetched:
+          token: str | None = None, limits: Limits = Limits(), have: str | None = None) -> Fetched | None:
     """Download SigmaHQ's release asset (or an archive URL) into ``dest_dir``, verified.
 
     ``url`` is the GitHub API base (default) or an archive URL.  Raises
     :class:`SigmaChecksumError` on a mismatch, or when no checksum is
-    available and ``allow_unverified`` is false."""
+    available and ``allow_unverified`` is false.  Returns None, without
+    downloading, when the release's digest is ``have`` (the live set's sha256)."""
     check_url(url)
     if tag is not None and not _TAG.fullmatch(tag):
         raise SigmaDownloadError(f"not a release tag: {tag!r}", location=Location("--tag"))
@@ -492,6 +493,11 @@ def fetch(dest_dir: Path, *, url: str = DEFAULT_API, tag: str | None = None,
         except ValueError as exc:
             raise SigmaDownloadError(f"release JSON is malformed: {exc}", location=Location(api)) from exc
         rtag, dl, digest, size = _pick_asset(release, asset, api)
+        if pin is not None and digest is not None and pin != digest:
+            raise SigmaChecksumError(f"--sha256 {pin} is not the release's digest {digest}; nothing installed",
+                                     location=Location(api))
+        if digest is not None and digest == have:
+            return None
         if digest is None and pin is None and not allow_unverified:
             raise SigmaChecksumError(
                 f"release {rtag} gives no sha256 digest for {asset}: pin one with --sha256 "
@@ -1012,8 +1018,15 @@ def _update(data_dir: Path, *, from_path: Path | None, url: str, tag: str | None
     root = _prepare_root(data_dir)
     tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=root))
     try:
+        cur = _release_of(root, "current")
+        have = str(_read_manifest(cur).get("sha256", "")) if cur is not None else None
         fetched = fetch(tmp, url=url, tag=tag, asset=asset, sha256=sha256, allow_unverified=allow_unverified,
-                        token=token, limits=limits)
+                        token=token, limits=limits, have=have)
+        if fetched is None and cur is not None:         # the live set is that release already
+            return _result_from_manifest(cur, True, _manifest_release(_release_of(root, "previous")))
+        if fetched is None:
+            raise SigmaInstallError("the installed set changed during the update; run it again",
+                                    location=Location(str(root / "current")))
         return install(data_dir, fetched.path, release=fetched.release, origin=fetched.source,
                        sha256=fetched.sha256, verified=fetched.verified, limits=limits)
     finally:
