@@ -189,9 +189,11 @@ def test_install_release_zip_keeps_only_linux_rules(tmp_path: Path) -> None:
     assert manifest["sha256_of"] == "archive" and manifest["licenses"] == []
 
 
-def test_install_source_tarball_with_top_folder(tmp_path: Path) -> None:
-    tgz = tmp_path / "sigma-src.tar.gz"
-    with tarfile.open(tgz, "w:gz") as tf:
+@pytest.mark.parametrize("mode,suffix", [("w:gz", "tar.gz"), ("w:xz", "tar.xz"), ("w:bz2", "tar.bz2"),
+                                         ("w", "tar")])
+def test_install_source_tarball_with_top_folder(tmp_path: Path, mode: str, suffix: str) -> None:
+    tgz = tmp_path / f"sigma-src.{suffix}"
+    with tarfile.open(tgz, mode) as tf:  # type: ignore[call-overload]
         tf.add(CORPUS / "LICENSE", "SigmaHQ-sigma-8eaafff/LICENSE")
         for p in _few_rules(6):
             tf.add(p, "SigmaHQ-sigma-8eaafff/" + p.relative_to(CORPUS).as_posix())
@@ -369,6 +371,18 @@ def test_zip_bomb_bounded(tmp_path: Path, live: tuple[Path, tuple[str | None, li
     with pytest.raises(SigmaArchiveError, match="cannot read member .*bomb.yml.*Bad CRC-32"):
         inst.update(data, from_path=lied)
     assert _state(data) == before
+
+
+def test_tar_headers_bounded_under_tarfile(tmp_path: Path) -> None:
+    """A GNU long name is read into memory by tarfile itself: the decompressed stream is capped."""
+    tgz = tmp_path / "longname.tar.gz"
+    with tarfile.open(tgz, "w:gz", format=tarfile.GNU_FORMAT) as tf:
+        ti = tarfile.TarInfo("rules/linux/" + "x" * (3 << 20) + ".yml")
+        tf.addfile(ti, None)
+    assert tgz.stat().st_size < 64 << 10
+    with pytest.raises(SigmaArchiveError, match="decompressed archive exceeds the 1048576-byte cap"):
+        inst.update(tmp_path / "data", from_path=tgz, limits=Limits(max_total=1 << 20))
+    assert _state(tmp_path / "data") == (None, [])
 
 
 def test_member_count_and_total_size_bounded(tmp_path: Path) -> None:

@@ -58,6 +58,7 @@ import datetime as _dt
 import errno
 import fcntl
 import hashlib
+import io
 import ipaddress
 import json
 import lzma
@@ -645,10 +646,55 @@ def _extract_zip(archive: Path, sink: _Sink) -> None:
                                         location=Location(where)) from exc
 
 
-def _extract_tar(archive: Path, sink: _Sink) -> None:
+class _CappedReader(io.RawIOBase):
+    """The decompressed tar stream, refused past ``cap`` bytes: tarfile itself reads
+    long-name and pax headers into memory, so the bound must sit under it."""
+
+    def __init__(self, inner: IO[bytes], cap: int, where: str) -> None:
+        super().__init__()
+        self._inner, self._cap, self._where, self.n = inner, cap, where, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        want = self._cap + 1 - self.n if size is None or size < 0 else min(size, self._cap + 1 - self.n)
+        data = self._inner.read(max(want, 0))
+        self.n += len(data)
+        if self.n > self._cap:
+            raise SigmaArchiveError(f"decompressed archive exceeds the {self._cap}-byte cap",
+                                    location=Location(self._where))
+        return data
+
+
+_TAR_DECOMPRESSORS: Final = ((b"\x1f\x8b", "gz"), (b"\xfd7zXZ\x00", "xz"), (b"BZh", "bz2"))
+
+
+def _tar_kind(head: bytes) -> str | None:
+    """The tar's compression ("gz", "xz", "bz2", "" for none) from its first 512 bytes; None: no tar."""
+    for magic, kind in _TAR_DECOMPRESSORS:
+        if head.startswith(magic):
+            return kind
+    return "" if head[257:262] == b"ustar" else None
+
+
+def _extract_tar(archive: Path, sink: _Sink, kind: str) -> None:
+    where = sink.where
+    import bz2
+    import gzip
+
+    opener = {"gz": gzip.GzipFile, "xz": lzma.LZMAFile, "bz2": bz2.BZ2File}.get(kind)
+    raw: IO[bytes] = opener(archive, "rb") if opener is not None else open(archive, "rb")
+    try:
+        _read_tar(_CappedReader(raw, sink.limits.max_total, where), sink)
+    finally:
+        raw.close()
+
+
+def _read_tar(stream: _CappedReader, sink: _Sink) -> None:
     where = sink.where
     try:
-        tf = tarfile.open(archive, mode="r:*")
+        tf = tarfile.open(fileobj=stream, mode="r|")      # sequential: never seeks back
     except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
         raise SigmaArchiveError(f"not a readable tar archive: {exc}", location=Location(where)) from exc
     count = 0
@@ -698,13 +744,14 @@ def extract_archive(archive: Path, dest: Path, *, limits: Limits = Limits(),
     sink = _Sink(dest, limits, where or str(archive))
     try:
         with open(archive, "rb") as f:
-            head = f.read(4)
+            head = f.read(512)
     except OSError as exc:
         raise SigmaArchiveError(f"cannot read archive: {exc.strerror}", location=Location(sink.where)) from exc
+    kind = _tar_kind(head)
     if head.startswith(b"PK"):
         _extract_zip(archive, sink)
-    elif tarfile.is_tarfile(archive):
-        _extract_tar(archive, sink)
+    elif kind is not None:
+        _extract_tar(archive, sink, kind)
     else:
         raise SigmaArchiveError("neither a zip nor a tar archive", location=Location(sink.where))
     return sink
