@@ -132,7 +132,9 @@ def test_installed_set_alerts_live_with_author(tmp_path: Path) -> None:
     rules = [CORPUS / "rules/linux/process_creation/proc_creation_lnx_base64_decode.yml",
              *[p for p in corpus_linux_rules() if "network_connection" in p.parts]]
     z = release_zip(tmp_path / "core.zip", rules)
-    data = tmp_path / "data"
+    # installed apart from the agent's own data dir (tmp/data), so that a default policy that
+    # also evaluates what is installed there cannot load the same rules twice
+    data = tmp_path / "installed"
     with ReleaseServer() as srv:
         srv.publish("r2026-11-30", {"sigma_core.zip": z})
         r = bastion("update", "--data-dir", str(data), "--url", srv.base)
