@@ -1,18 +1,28 @@
-"""``bastion sigma check DIR... [--json]``: which Sigma rules Bastion can run.
+"""``bastion sigma``: Sigma rules evaluated on Bastion's events.
 
-Reports the rules loaded (by logsource), the rules listed as unsupported
-(with the reason) and the files that could not be loaded (path and pySigma's
-error).  Exit status 1 when a file could not be loaded, 0 otherwise.
+- ``check DIR... [--json]``: which Sigma rules Bastion can run.  Reports the
+  rules loaded (by logsource), the rules listed as unsupported (with the
+  reason) and the files that could not be loaded (path and pySigma's error).
+  Exit status 1 when a file could not be loaded, 0 otherwise.
+- ``update``: install SigmaHQ's published Linux rules into the data dir
+  (:mod:`bastion.detect.sigma.install`): the latest GitHub release, verified
+  against its sha256 digest, or ``--from DIR|ARCHIVE`` offline.  The previous
+  set stays live when the new one fails.
+- ``installed [--json]``: what is installed (cheap: no pySigma import).
+- ``rollback``: make the previous installed set live again.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+
+from bastion.paths import DEFAULT_DATA_DIR
 
 if TYPE_CHECKING:  # pySigma is heavy: imported only when a sigma command runs
     from bastion.detect.sigma import SigmaLoadResult
@@ -69,3 +79,102 @@ def check(dirs: tuple[Path, ...], as_json: bool) -> None:
                 click.echo(f"  {e}")
     if res.errors:
         sys.exit(1)
+
+
+_DATA_DIR_OPT = click.option(
+    "--data-dir", type=click.Path(path_type=Path, file_okay=False), envvar="BASTION_DATA_DIR",
+    default=DEFAULT_DATA_DIR, show_default=True, help="Data directory (rules go to DATA_DIR/sigma).")
+
+
+@sigma_group.command("update")
+@_DATA_DIR_OPT
+@click.option("--from", "from_path", type=click.Path(path_type=Path, exists=False),
+              help="Install offline from a directory holding rules/linux (a SigmaHQ checkout or "
+                   "unpacked release) or a .zip/.tar.gz archive.")
+@click.option("--url", default=None, metavar="URL",
+              help="GitHub API base (default https://api.github.com) or an archive URL. "
+                   "https only; plain http only to a loopback address.")
+@click.option("--tag", default=None, help="Release tag to install (default: the latest release).")
+@click.option("--asset", default=None, show_default=False,
+              help="Release asset (default sigma_core.zip, SigmaHQ's recommended set; "
+                   "sigma_core+.zip, sigma_core++.zip and sigma_all_rules.zip hold more).")
+@click.option("--sha256", "sha256", default=None, metavar="HEX",
+              help="Expected sha256 of the archive (checked in addition to the release's digest).")
+@click.option("--allow-unverified", is_flag=True,
+              help="Install an archive for which no sha256 is available (neither digest nor --sha256).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def update_cmd(data_dir: Path, from_path: Path | None, url: str | None, tag: str | None,
+               asset: str | None, sha256: str | None, allow_unverified: bool, as_json: bool) -> None:
+    """Install SigmaHQ's Linux rules into the data dir (the previous set stays if they fail to load).
+
+    A GitHub token in GITHUB_TOKEN is sent to the API host only."""
+    from bastion.detect.sigma import install as inst
+
+    if from_path is not None and (url or tag or asset):
+        raise click.UsageError("--from installs offline: it takes no --url, --tag or --asset")
+    if from_path is not None:
+        res = inst.update(data_dir, from_path=from_path, sha256=sha256)
+    else:
+        res = inst.update(data_dir, url=url or inst.DEFAULT_API, tag=tag, asset=asset or inst.DEFAULT_ASSET,
+                          sha256=sha256, allow_unverified=allow_unverified,
+                          token=os.environ.get("GITHUB_TOKEN") or None)
+    if as_json:
+        click.echo(json.dumps({
+            "release": res.release, "release_id": res.release_id, "source": res.source,
+            "sha256": res.sha256, "verified": res.verified, "path": str(res.path), "rules": res.rules,
+            "unsupported": res.unsupported, "errors": res.errors, "files": res.files,
+            "previous": res.previous, "already_current": res.already_current, "notice": inst.DRL_NOTICE,
+        }, indent=2))
+        return
+    what = "local rule set" if res.release == "local" else f"SigmaHQ release {res.release}"
+    checked = {"github-digest": "verified against the release's sha256 digest",
+               "pinned": "verified against --sha256",
+               "github-digest+pinned": "verified against the release's digest and --sha256",
+               "unverified": "NOT verified (--allow-unverified)",
+               "local": "local source"}.get(res.verified, res.verified)
+    if res.already_current:
+        click.echo(f"{what} is already installed and live ({res.rules} rules); nothing changed")
+    else:
+        click.echo(f"installed {what} from {res.source}")
+        click.echo(f"  sha256 {res.sha256} ({checked})")
+        click.echo(f"  {res.rules} rules loaded, {res.unsupported} unsupported, {len(res.errors)} files with errors "
+                   f"(of {res.files}; 'bastion sigma check {res.path}' lists them)")
+        for e in res.errors[:5]:
+            click.echo(f"  error: {e}")
+        click.echo(f"  live at {res.path}")
+        if res.previous is not None:
+            click.echo(f"  previous set ({res.previous}) kept: 'bastion sigma rollback' restores it")
+        click.echo("  a running agent picks the new set up when it restarts")
+    click.echo(inst.DRL_NOTICE)
+
+
+@sigma_group.command("installed")
+@_DATA_DIR_OPT
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def installed_cmd(data_dir: Path, as_json: bool) -> None:
+    """Show the installed SigmaHQ rule set (or how to install one)."""
+    from bastion.detect.sigma import install as inst
+
+    info = inst.installed_info(data_dir)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(inst.describe_installed(info))
+    if info["installed"]:
+        click.echo(f"  source {info['source']}")
+        click.echo(f"  sha256 {info['sha256']} ({info['verified']})")
+        click.echo(f"  path   {info['path']}")
+        if info["previous"]:
+            click.echo(f"  previous set ({info['previous']}) kept for 'bastion sigma rollback'")
+        click.echo(inst.DRL_NOTICE)
+
+
+@sigma_group.command("rollback")
+@_DATA_DIR_OPT
+def rollback_cmd(data_dir: Path) -> None:
+    """Make the previously installed rule set live again."""
+    from bastion.detect.sigma import install as inst
+
+    res = inst.rollback(data_dir)
+    click.echo(f"rolled back to {res.release} ({res.rules} rules) at {res.path}; "
+               f"the set it replaced ({res.previous}) is now the previous one")
