@@ -16,12 +16,12 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TextIO
 
 from bastion import __version__
 from bastion.config import AgentConfig
 from bastion.control import ControlServer
-from bastion.detect.engine import Engine, Finding, RuleContext
+from bastion.detect.engine import Engine, Finding, Rule, RuleContext
 from bastion.enforce.tiers import TierReport
 from bastion.errors import BastionError
 from bastion.events import Event, HipsEvent, to_json
@@ -96,6 +96,9 @@ class AgentParts:
     metrics: Metrics | None = None
     notices: tuple[Finding, ...] = ()
     sigma: dict[str, Any] = field(default_factory=dict)   # rules live, from where, or why none
+    sigma_rules: tuple[Rule, ...] = ()                     # the Sigma group in the engine
+    # reload the Sigma group (after `bastion sigma update`): (rules, info like ``sigma``)
+    sigma_loader: Callable[[], tuple[list[Rule], dict[str, Any]]] | None = None
 
 
 class Agent:
@@ -157,6 +160,8 @@ class Agent:
             "status": lambda req: self.status(),
             "policy.apply": self._policy_apply,
             "policy.show": self._policy_show,
+            "sigma.update": self._sigma_update,
+            "sigma.job": lambda req: {"job": dict(self._sigma_job)},
             **store_handlers(self.store.path.parent),
         }) if socket_path else None
         self.summary = Summary()
@@ -171,6 +176,11 @@ class Agent:
         self._pending: deque[Finding] = deque(maxlen=1024)  # findings raised off the loop thread
         self._pending.extend(parts.notices)
         self.sigma = dict(parts.sigma)
+        self._sigma_rules = list(parts.sigma_rules)
+        self._sigma_loader = parts.sigma_loader
+        self._sigma_swap: deque[tuple[list[Rule], dict[str, Any]]] = deque(maxlen=1)
+        self._sigma_job: dict[str, Any] = {}
+        self._sigma_lock = threading.Lock()
         self._why_off: dict[str, str] = {}   # optional part -> why it is not running
         self._last_health = self._last_retention = 0.0
         self.integrity_scanner: WorkerScanner | None = None   # set by the integrity thread
@@ -310,6 +320,60 @@ class Agent:
     def _policy_show(self, req: dict[str, Any]) -> dict[str, Any]:
         cur = self.policies.current if self.policies else None
         return {"policy": cur.summary() if cur else None}
+
+    # ---- sigma (control thread starts it; a worker thread runs it; the loop swaps) ----------
+
+    def _sigma_update(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Install a Sigma rule set from inside the agent (exempt from tamper protection, so
+        the protected data dir can take it) and make it live without a restart."""
+        args = req.get("args")
+        if not isinstance(args, dict):
+            raise ValueError("sigma.update needs 'args'")
+        with self._sigma_lock:
+            if self._sigma_job.get("state") == "running":
+                return {"started": False, "error": "an update is already running"}
+            job_id = int(self._sigma_job.get("id", 0)) + 1
+            self._sigma_job = {"id": job_id, "state": "running"}
+        threading.Thread(target=self._sigma_update_job, args=(job_id, args), daemon=True,
+                         name="bastion-sigma-update").start()
+        return {"started": True, "id": job_id}
+
+    def _sigma_update_job(self, job_id: int, args: dict[str, Any]) -> None:
+        from bastion.detect.sigma import install as inst
+
+        data_dir = self.store.path.parent
+        try:
+            from_path = args.get("from_path")
+            res = inst.update(data_dir, from_path=Path(from_path) if from_path else None,
+                              url=str(args.get("url") or inst.DEFAULT_API), tag=args.get("tag"),
+                              asset=str(args.get("asset") or inst.DEFAULT_ASSET),
+                              sha256=args.get("sha256"),
+                              allow_unverified=bool(args.get("allow_unverified")),
+                              token=args.get("token"))
+            live = False
+            if self._sigma_loader is not None and self.policy.sigma_installed:
+                self._sigma_swap.append(self._sigma_loader())
+                live = True
+            job: dict[str, Any] = {"id": job_id, "state": "done", "result": res.to_json(),
+                                   "live": live}
+        except BastionError as exc:
+            job = {"id": job_id, "state": "failed", "error": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - a job's failure is reported, never lost
+            log.exception("sigma update failed")
+            job = {"id": job_id, "state": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        with self._sigma_lock:
+            self._sigma_job = job
+
+    def _swap_sigma(self) -> None:
+        while self._sigma_swap:
+            rules, info = self._sigma_swap.popleft()
+            self.engine.replace(self._sigma_rules, rules)
+            self._sigma_rules = list(rules)
+            self.sigma = info
+            self._pending.append(Finding(
+                rule="bastion.sigma.updated", severity="info", attack=(), action="alert",
+                event=None, pid=os.getpid(), title=f"Sigma rules reloaded: {len(rules)} rules live",
+                evidence={k: v for k, v in info.items() if k != "detail"}))
 
     # ---- the loop ------------------------------------------------------------------
 
@@ -488,6 +552,8 @@ class Agent:
                     self._alert(f)
 
     def _tick(self, now: float) -> None:
+        if self._sigma_swap:
+            self._swap_sigma()
         with self._lock:
             self._rate.append((now, self.summary.events))
         if now - self._last_health >= 1.0:

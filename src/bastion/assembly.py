@@ -106,6 +106,33 @@ def sigma_engine_rules(dirs: Sequence[Path], say: Callable[[str], None]) -> list
     return list(res.engine_rules())
 
 
+def _sigma_group(policy: AgentConfig, opts: AgentOptions,
+                 say: Callable[[str], None]) -> tuple[list[Rule], dict[str, Any]]:
+    """The Sigma rules to evaluate: the policy's directories, ``--sigma``, and the set
+    `bastion sigma update` installed (``sigma_installed``); with what status shows."""
+    from bastion.detect.sigma import install as inst
+
+    dirs = list(dict.fromkeys([*policy.sigma, *opts.sigma_dirs]))
+    info: dict[str, Any] = {}
+    if policy.sigma_installed:
+        info = inst.installed_info(opts.data_dir)
+        live = inst.installed_rules_dir(opts.data_dir)
+        if live is not None and live.resolve() not in {d.resolve() for d in dirs}:
+            dirs.append(live)
+    rules = sigma_engine_rules(dirs, say)
+    if rules:
+        say(inst.DRL_NOTICE)
+    where = (f"SigmaHQ release {info['release']}" if info.get("installed") else "")
+    extra_dirs = [str(d) for d in dirs if not info.get("installed") or str(d) != info.get("path")]
+    detail = (f"{len(rules)} rules live from " + ", ".join(filter(None, [where, *extra_dirs]))
+              if rules else ("installed set loads no rule: bastion sigma check "
+                             f"{info.get('path')}" if info.get("installed")
+                             else "no rules installed: bastion sigma update"
+                             if policy.sigma_installed else "off (sigma_installed: false, no sigma dirs)"))
+    return rules, {"rules": len(rules), "dirs": [str(d) for d in dirs], "detail": detail,
+                   "installed": info}
+
+
 def _shadow_incident_hook(agent_ref: list[Agent], procs: ProcessTable) -> ActionHook:
     """A ransomware kill opens a shadow-copy incident so `bastion rollback` can restore it."""
 
@@ -163,11 +190,12 @@ def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
         max_bytes=policy.store.max_bytes))
     try:
         procs = ProcessTable()
-        sigma_dirs = tuple(policy.sigma) + opts.sigma_dirs
-        extra = sigma_engine_rules(sigma_dirs, say)
-        parts.sigma = {"rules": len(extra), "dirs": [str(d) for d in sigma_dirs],
-                       "detail": (f"{len(extra)} rules live from {', '.join(map(str, sigma_dirs))}"
-                                  if extra else "")}
+        def load_sigma_group(quiet: bool = False) -> tuple[list[Rule], dict[str, Any]]:
+            return _sigma_group(policy, opts, (lambda _m: None) if quiet else say)
+
+        extra, parts.sigma = load_sigma_group()
+        parts.sigma_rules = tuple(extra)
+        parts.sigma_loader = lambda: load_sigma_group(quiet=True)
         engine = Engine([*builtin_rules(),
                          *behavior_rules(policy.behavior, live_probes() if report else None),
                          *extra])

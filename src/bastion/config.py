@@ -89,6 +89,7 @@ class AgentConfig:
     store: StoreConfig = field(default_factory=StoreConfig)
     hips: HipsPolicy = field(default_factory=HipsPolicy)
     sigma: tuple[Path, ...] = ()                     # Sigma rule directories
+    sigma_installed: bool = True                     # evaluate the set `bastion sigma update` installed
     behavior: BehaviorConfig = field(default_factory=BehaviorConfig)  # the behaviour rule pack
     integrity: IntegrityConfig = field(default_factory=IntegrityConfig)
     shield: ShieldConfig = field(default_factory=ShieldConfig)
@@ -283,18 +284,23 @@ def parse_policy(text: str, source: str) -> AgentConfig:
     def behavior(n: yaml.Node) -> None:
         out["behavior"] = parse_behavior_node(n, p, rule_names())
 
+    def sigma_installed(n: yaml.Node) -> None:
+        if (b := p.boolean(n, "sigma_installed")) is not None:
+            out["sigma_installed"] = b
+
     p.mapping(root, "the policy", {"version": version, "events": events, "store": store,
                                    "outputs": outputs, "metrics": metrics, "behavior": behavior,
                                    "integrity": integrity, "shield": shield_node,
                                    "mode": mode, "default": default, "rules": rules,
-                                   "sigma": sigma_dirs})
+                                   "sigma": sigma_dirs, "sigma_installed": sigma_installed})
     if "version" not in values and isinstance(root, yaml.MappingNode):
         p.err(root, "the policy lacks 'version: 1'")
     hips_policy = build(p, root, hips.get("mode"), hips.get("default"), hips.get("rules", ()))
     if p.problems:
         raise PolicyError(p.problems)
     return AgentConfig(source=source, events=EventsConfig(**ev), store=StoreConfig(**st),
-                  hips=hips_policy, sigma=tuple(sigma), text=text, warnings=tuple(p.warnings),
+                  hips=hips_policy, sigma=tuple(sigma),
+                  sigma_installed=bool(out.get("sigma_installed", True)), text=text, warnings=tuple(p.warnings),
                   outputs=out.get("outputs", ()), metrics=out.get("metrics"),
                   behavior=out.get("behavior", BehaviorConfig()),
                   integrity=IntegrityConfig(**integ), shield=ShieldConfig(**shield))

@@ -157,3 +157,48 @@ def test_installed_set_alerts_live_with_author(tmp_path: Path) -> None:
         assert got[rule]["sigma"]["path"] == f"{live}/rules/linux/process_creation/proc_creation_lnx_base64_decode.yml"
     finally:
         agent.stop()
+
+
+def test_update_through_the_running_agent_goes_live_without_restart(tmp_path: Path) -> None:
+    """The default policy evaluates what is installed: `sigma update` with an agent running on
+    the data dir is done by that agent (its data dir may be tamper-protected) and the set is
+    live at once; status says how many rules are live, or that none are and how to fix it."""
+    if os.geteuid() != 0:
+        pytest.skip("the agent needs root")
+    agent = start_agent(tmp_path, "--quiet")
+    try:
+        sock = str(agent.socket)
+        st = json.loads(agent.cli("status", "--socket", sock, "--json").stdout)
+        assert st["protections"]["sigma"] == {"on": False, "detail": "no rules installed: bastion sigma update"}
+        human = agent.cli("status", "--socket", sock).stdout
+        assert "sigma" in human and "bastion sigma update" in human
+        rules = [CORPUS / "rules/linux/process_creation/proc_creation_lnx_base64_decode.yml"]
+        src = tmp_path / "src"
+        for p in rules:
+            dest = src / p.relative_to(CORPUS)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(p.read_bytes())
+        r = subprocess.run([BASTION, "sigma", "update", "--from", str(src), "--data-dir",
+                            str(agent.data_dir), "--socket", sock], capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert "the running agent evaluates it now" in r.stdout and DRL in r.stdout, r.stdout
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            st = json.loads(agent.cli("status", "--socket", sock, "--json").stdout)
+            if st["protections"]["sigma"]["on"]:
+                break
+            time.sleep(0.2)
+        assert st["protections"]["sigma"]["on"] and "1 rules live" in st["protections"]["sigma"]["detail"]
+        b64 = subprocess.Popen(["base64", "--decode"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                               text=True)
+        b64.communicate("aGk=\n")
+        rule = "sigma:e2072cab-8c9a-459b-b63c-40ae79e27031"
+        deadline, got = time.monotonic() + 15, {}
+        while rule not in got and time.monotonic() < deadline:
+            q = agent.cli("alerts", "--data-dir", str(agent.data_dir), "--json", "--pid", str(b64.pid))
+            got = {a["rule"]: a for a in map(json.loads, filter(str.strip, q.stdout.splitlines()))}
+            time.sleep(0.2)
+        assert rule in got and got[rule]["author"] == "Daniil Yugoslavskiy, oscd.community", got
+    finally:
+        agent.stop()

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from bastion.paths import DEFAULT_DATA_DIR
+from bastion.paths import DEFAULT_DATA_DIR, DEFAULT_SOCKET
 
 if TYPE_CHECKING:  # pySigma is heavy: imported only when a sigma command runs
     from bastion.detect.sigma import SigmaLoadResult
@@ -103,8 +103,12 @@ _DATA_DIR_OPT = click.option(
 @click.option("--allow-unverified", is_flag=True,
               help="Install an archive for which no sha256 is available (neither digest nor --sha256).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--socket", "socket_path", type=click.Path(path_type=Path), envvar="BASTION_SOCKET",
+              default=DEFAULT_SOCKET, show_default=True,
+              help="A running agent on this data dir installs the set and makes it live.")
 def update_cmd(data_dir: Path, from_path: Path | None, url: str | None, tag: str | None,
-               asset: str | None, sha256: str | None, allow_unverified: bool, as_json: bool) -> None:
+               asset: str | None, sha256: str | None, allow_unverified: bool, as_json: bool,
+               socket_path: Path) -> None:
     """Install SigmaHQ's Linux rules into the data dir (the previous set stays if they fail to load).
 
     A GitHub token in GITHUB_TOKEN is sent to the API host only."""
@@ -112,19 +116,23 @@ def update_cmd(data_dir: Path, from_path: Path | None, url: str | None, tag: str
 
     if from_path is not None and (url or tag or asset):
         raise click.UsageError("--from installs offline: it takes no --url, --tag or --asset")
-    if from_path is not None:
-        res = inst.update(data_dir, from_path=from_path, sha256=sha256)
+    args = {"from_path": str(from_path.resolve()) if from_path is not None else None, "url": url,
+            "tag": tag, "asset": asset, "sha256": sha256, "allow_unverified": allow_unverified,
+            "token": (os.environ.get("GITHUB_TOKEN") or None) if from_path is None else None}
+    live = _update_through_agent(data_dir, socket_path, args)
+    if live is not None:
+        res, made_live = live
     else:
-        res = inst.update(data_dir, url=url or inst.DEFAULT_API, tag=tag, asset=asset or inst.DEFAULT_ASSET,
-                          sha256=sha256, allow_unverified=allow_unverified,
-                          token=os.environ.get("GITHUB_TOKEN") or None)
+        made_live = False
+        if from_path is not None:
+            res = inst.update(data_dir, from_path=from_path, sha256=sha256)
+        else:
+            res = inst.update(data_dir, url=url or inst.DEFAULT_API, tag=tag,
+                              asset=asset or inst.DEFAULT_ASSET, sha256=sha256,
+                              allow_unverified=allow_unverified,
+                              token=os.environ.get("GITHUB_TOKEN") or None)
     if as_json:
-        click.echo(json.dumps({
-            "release": res.release, "release_id": res.release_id, "source": res.source,
-            "sha256": res.sha256, "verified": res.verified, "path": str(res.path), "rules": res.rules,
-            "unsupported": res.unsupported, "errors": res.errors, "files": res.files,
-            "previous": res.previous, "already_current": res.already_current, "notice": inst.DRL_NOTICE,
-        }, indent=2))
+        click.echo(json.dumps({**res.to_json(), "live_in_agent": made_live}, indent=2))
         return
     what = "local rule set" if res.release == "local" else f"SigmaHQ release {res.release}"
     checked = {"github-digest": "verified against the release's sha256 digest",
@@ -144,8 +152,42 @@ def update_cmd(data_dir: Path, from_path: Path | None, url: str | None, tag: str
         click.echo(f"  live at {res.path}")
         if res.previous is not None:
             click.echo(f"  previous set ({res.previous}) kept: 'bastion sigma rollback' restores it")
-        click.echo("  a running agent picks the new set up when it restarts")
+        click.echo("  the running agent evaluates it now" if made_live else
+                   "  a running agent picks the new set up when it restarts")
     click.echo(inst.DRL_NOTICE)
+
+
+def _update_through_agent(data_dir: Path, socket_path: Path,
+                          args: dict[str, Any]) -> tuple[Any, bool] | None:
+    """When an agent keeps ``data_dir``, it installs the set itself (the data dir may be
+    under tamper protection, which the agent is exempt from) and makes it live at once.
+    None when no such agent answers (the command installs here)."""
+    import time
+
+    from bastion.control import request
+    from bastion.detect.sigma.install import InstallResult, SigmaInstallError
+    from bastion.errors import ControlError, Location
+
+    try:
+        ping = request(socket_path, "ping", timeout=5.0)
+    except ControlError:
+        return None
+    if Path(str(ping.get("data_dir", ""))).resolve() != data_dir.resolve():
+        return None
+    started = request(socket_path, "sigma.update", timeout=10.0, args=args)
+    if not started.get("started"):
+        raise SigmaInstallError(str(started.get("error", "refused")), location=Location(str(socket_path)))
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        job = request(socket_path, "sigma.job", timeout=10.0)["job"]
+        if job.get("id") == started.get("id") and job.get("state") != "running":
+            if job["state"] == "failed":
+                raise SigmaInstallError(f"{job['error']} (the installed set is unchanged)",
+                                        location=Location(str(socket_path)))
+            return InstallResult.from_json(job["result"]), bool(job.get("live"))
+        time.sleep(0.3)
+    raise SigmaInstallError("the agent's update did not finish in 15 minutes",
+                            location=Location(str(socket_path)))
 
 
 @sigma_group.command("installed")

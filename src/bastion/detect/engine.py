@@ -81,6 +81,18 @@ class Engine:
         self.errors: dict[str, int] = {}
         self.disabled: dict[str, str] = {}   # rule name -> the error that disabled it
 
+    def replace(self, old: Sequence[Rule], new: Sequence[Rule]) -> None:
+        """Swap a group of rules (e.g. a newly installed Sigma set) between two events."""
+        gone = {id(r) for r in old}
+        self.rules = [r for r in self.rules if id(r) not in gone] + list(new)
+        by_type: dict[str, list[Rule]] = defaultdict(list)
+        for r in self.rules:
+            if getattr(r, "name", "") in self.disabled:
+                continue
+            for t in r.event_types:
+                by_type[t].append(r)
+        self._by_type = by_type
+
     def wanted_types(self) -> frozenset[str]:
         return frozenset(t for t, rs in self._by_type.items() if rs)
 

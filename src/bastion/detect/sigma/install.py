@@ -167,6 +167,22 @@ class InstallResult:
     previous: str | None = None
     already_current: bool = False
 
+    def to_json(self) -> dict[str, Any]:
+        return {"release": self.release, "release_id": self.release_id, "source": self.source,
+                "sha256": self.sha256, "verified": self.verified, "path": str(self.path),
+                "rules": self.rules, "unsupported": self.unsupported, "errors": list(self.errors),
+                "files": self.files, "previous": self.previous,
+                "already_current": self.already_current, "notice": DRL_NOTICE}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> InstallResult:
+        return cls(release=str(d["release"]), release_id=str(d["release_id"]),
+                   source=str(d["source"]), sha256=str(d["sha256"]), verified=str(d["verified"]),
+                   path=Path(str(d["path"])), rules=int(d["rules"]),
+                   unsupported=int(d["unsupported"]), errors=[str(e) for e in d["errors"]],
+                   files=int(d["files"]), previous=d.get("previous"),
+                   already_current=bool(d.get("already_current")))
+
 
 # ---------------------------------------------------------------- cheap queries
 
