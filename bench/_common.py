@@ -172,7 +172,13 @@ class AgentProcess:
     always stops it (SIGTERM, then SIGKILL after a timeout) and cleans up."""
 
     def __init__(self, *, ready_timeout: float = 30.0, extra_args: Sequence[str] = (),
-                 pin_root: Path | None = None) -> None:
+                 pin_root: Path | None = None, sigma_from: Path | None = None,
+                 shield_tree: tuple[int, int] = (0, 0)) -> None:
+        """``sigma_from``: install this Sigma rule tree into the agent's data dir first (what
+        `bastion sigma update --from` does); ``shield_tree``: (directories, files per
+        directory) to create under the shielded directory, like a home."""
+        self.sigma_from = sigma_from
+        self.shield_tree = shield_tree
         self.ready_timeout = ready_timeout
         self.extra_args = list(extra_args)
         self.pin_root = pin_root  # pins the agent leaves (HIPS) are removed after stop
@@ -209,6 +215,16 @@ class AgentProcess:
 
             extra = ["--policy", str(default_policy(self.dir / "default-policy.yaml",
                                                     self.shield_dir)), *extra]
+        ndirs, nfiles = self.shield_tree
+        for i in range(ndirs):
+            d = self.shield_dir / f"d{i // 50}" / f"d{i}"
+            d.mkdir(parents=True, exist_ok=True)
+            for j in range(nfiles):
+                (d / f"f{j}.txt").write_bytes(b"x" * 2048)
+        if self.sigma_from is not None:
+            subprocess.run([str(BASTION), "sigma", "update", "--from", str(self.sigma_from),
+                            "--data-dir", str(self.dir / "data"), "--socket", str(self.socket)],
+                           check=True, capture_output=True, text=True, timeout=300)
         cmd = [str(BASTION), "run", "--quiet", "--data-dir", str(self.dir / "data"),
                "--socket", str(self.socket), *extra]
         if self.pin_root is not None:

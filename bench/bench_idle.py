@@ -1,4 +1,10 @@
-"""The agent at rest: startup time, idle CPU and RSS.
+"""The agent at rest, with every default protection on: startup time, idle CPU and RSS.
+
+The embedded default policy as shipped (behaviour rules, integrity guard with
+its first-start baseline, ransomware shield), the SigmaHQ corpus installed in
+the data dir (what `bastion sigma update` does), and the shield over a tree
+the shape of a home (SHIELD_DIRS directories of SHIELD_FILES files) instead
+of the host's /home, /root and /srv (a benchmark marks only its own inodes).
 
 * startup: wall time from starting ``bastion run --quiet`` (a fresh Python
   process) to its ``bastion: running`` line; median of STARTS starts.  Target
@@ -16,9 +22,20 @@ from __future__ import annotations
 
 import time
 
+from pathlib import Path
+
 from _common import AgentProcess, check_target, emit, finish, log, median, require_root
 
+
+def _agent() -> AgentProcess:
+    return AgentProcess(sigma_from=SIGMA if SIGMA.is_dir() else None,
+                        shield_tree=(SHIELD_DIRS, SHIELD_FILES))
+
 STARTUP_TARGET = 2.0
+IDLE_CPU_TARGET = 1.0      # % of one CPU
+RSS_TARGET = 100.0         # MB
+SIGMA = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "sigma"
+SHIELD_DIRS, SHIELD_FILES = 1000, 5
 STARTS = 3
 SETTLE_S = 3.0
 MEASURE_S = 10.0
@@ -27,11 +44,13 @@ MEASURE_S = 10.0
 def main() -> None:
     require_root()
     startups: list[float] = []
+    if not SIGMA.is_dir():
+        log(f"no Sigma corpus at {SIGMA}: measured without Sigma rules")
     for i in range(STARTS - 1):
-        with AgentProcess() as agent:
+        with _agent() as agent:
             startups.append(agent.startup_s)
             log(f"start {i + 1}: running after {agent.startup_s:.2f}s")
-    with AgentProcess() as agent:
+    with _agent() as agent:
         startups.append(agent.startup_s)
         log(f"start {STARTS}: running after {agent.startup_s:.2f}s "
             f"({agent.stderr_lines[-1] if agent.stderr_lines else ''})")
@@ -49,7 +68,12 @@ def main() -> None:
         f"{events} host events in the window (incl. one `bastion status`); "
         f"RSS {rss:.1f} MB")
     log(f"startup: median {startup:.2f}s of {', '.join(f'{s:.2f}' for s in startups)}")
+    prot = s1.get("protections", {})
+    log("protections: " + "; ".join(f"{k} {'on' if v.get('on') else 'OFF'} ({v.get('detail')})"
+                                   for k, v in prot.items()))
     check_target("startup", startup, STARTUP_TARGET)
+    check_target("idle_cpu", cpu_pct, IDLE_CPU_TARGET)
+    check_target("idle_rss", rss, RSS_TARGET)
     emit("idle_rss", rss, "MB", ".1f")
     emit("startup", startup, "s", ".2f")
     emit("idle_cpu", cpu_pct, "%", ".2f")
