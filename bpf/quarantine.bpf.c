@@ -22,7 +22,7 @@ static __always_inline int quar_kill(__u32 op, const char *upath)
 {
 	struct bastion_quarantine_val *v;
 
-	if (!quar_in_scope())
+	if (!in_scope())
 		return 0;
 	v = quar_current();
 	if (!v)
@@ -35,7 +35,7 @@ static __always_inline int quar_kill(__u32 op, const char *upath)
 SEC("tp_btf/sched_process_fork")
 int BPF_PROG(quar_on_fork, struct task_struct *parent, struct task_struct *child)
 {
-	if (quar_in_scope())
+	if (in_scope())
 		quar_fork(parent, child);
 	return 0;
 }

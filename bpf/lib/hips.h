@@ -31,8 +31,6 @@
 #define HIPS_WALK_STEPS 32      /* ancestors + mount crossings */
 #define HIPS_RETRIES 3
 
-const volatile __u64 cfg_deadline_ns = 0;
-
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
@@ -109,18 +107,6 @@ struct hips_decision {
 	__u32 rule_id;
 	__u32 subject;
 };
-
-/* Is the current task subject to enforcement at all? */
-static __always_inline bool hips_in_scope(void)
-{
-	if (cfg_deadline_ns && bpf_ktime_get_boot_ns() > cfg_deadline_ns)
-		return false; /* dead-man: expired */
-	if (cfg_cgroup_id && bpf_get_current_cgroup_id() != cfg_cgroup_id)
-		return false;
-	if (cfg_self_tgid && (bpf_get_current_pid_tgid() >> 32) == cfg_self_tgid)
-		return false;
-	return true;
-}
 
 static __always_inline __u32 hips_active_gen(void)
 {

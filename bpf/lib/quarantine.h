@@ -11,27 +11,12 @@
 
 #define QUAR_TICK_NS 10000000ULL  /* /proc start times have USER_HZ (100 Hz) resolution */
 
-/* CLOCK_BOOTTIME ns after which nothing is enforced any more (0 = never).
- * Tests always set it together with cfg_cgroup_id. */
-const volatile __u64 cfg_deadline_ns = 0;
-
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
 	__type(key, __u32);
 	__type(value, struct bastion_quarantine_val);
 } quarantined SEC(".maps");
-
-static __always_inline bool quar_in_scope(void)
-{
-	if (cfg_deadline_ns && bpf_ktime_get_boot_ns() > cfg_deadline_ns)
-		return false; /* dead-man: expired */
-	if (cfg_cgroup_id && bpf_get_current_cgroup_id() != cfg_cgroup_id)
-		return false;
-	if (cfg_self_tgid && (bpf_get_current_pid_tgid() >> 32) == cfg_self_tgid)
-		return false;
-	return true;
-}
 
 static __always_inline bool same_start(__u64 have, __u64 want)
 {
