@@ -12,8 +12,6 @@ from bastion.errors import BastionError
 from bastion.integrity import ksyms
 from bastion.integrity.kread import KernelReader
 
-SEVERITIES = ("info", "low", "medium", "high", "critical")
-
 
 @dataclass(frozen=True)
 class IntegrityFinding:
@@ -22,7 +20,7 @@ class IntegrityFinding:
     check: str
     code: str                  # stable id, e.g. "text.modified", "bpf.rogue_program"
     title: str
-    severity: str              # one of SEVERITIES
+    severity: str              # one of bastion.severity.SEVERITIES
     evidence: dict[str, Any] = field(default_factory=dict)
     action: str = "alert"      # "kill": the response layer may kill_loader() the holders
     pid: int = 0               # the process it is about (a rogue loader), 0 if none
