@@ -76,7 +76,7 @@ BAD_RECORDS = [
 
 
 def _loaded(*batches: list[bytes], path: str = "x.bpf.o") -> LoadedObject:
-    lo = LoadedObject(ObjectSpec(path=Path(path)))
+    lo = LoadedObject(ObjectSpec(path=Path(path), drops=None))   # no drop counter to read
     lo.ring = FakeRing(*batches)
     return lo
 

@@ -36,7 +36,7 @@ from bastion.kernel import bpffs
 from bastion.kernel.btf import setattr_has_idmap
 from bastion.kernel.clock import deadline_ns
 from bastion.kernel.libbpf import Map
-from bastion.kernel.loader import LoadedObject, ObjectSpec, pinned_links
+from bastion.kernel.loader import LoadedObject, LoaderUser, ObjectSpec, pinned_links
 from bastion.paths import bpf_object
 from bastion.policy.compile import MapPlan
 from bastion.procstat import read_stat
@@ -70,7 +70,7 @@ def _proc_facts(pid: int) -> tuple[int, int, int, int] | None:
     return ps.ppid, st.st_ino, abi.kernel_dev(st.st_dev), ps.start_ns
 
 
-class HipsKernel:
+class HipsKernel(LoaderUser):
     """The kernel matcher of one tier: load/adopt, apply plans, drain decisions."""
 
     def __init__(
@@ -95,7 +95,6 @@ class HipsKernel:
         self._lo: LoadedObject | None = None
         self._written: dict[int, list[tuple[str, bytes]]] = {}
         self.seeded = 0
-        self.events = 0
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -116,14 +115,6 @@ class HipsKernel:
             sizes["task_subjects"] = 1  # read from the task itself there
         return ObjectSpec(path=bpf_object(OBJECTS[self.tier]), rodata=rodata, max_entries=sizes,
                           cgroup=self.cgroup_path, pin_dir=self.pin_dir, pin_maps=MAPS)
-
-    @property
-    def adopted(self) -> bool:
-        return self._lo is not None and self._lo.adopted
-
-    @property
-    def decode_errors(self) -> int:
-        return self._lo.decode_errors if self._lo is not None else 0
 
     def open(self) -> None:
         """Load, attach every program (all or nothing), pin, seed."""
@@ -270,9 +261,7 @@ class HipsKernel:
         if lo is None or lo.closed:
             raise KernelError("HipsKernel polled before open()", errno=errno.ENOENT, location=self._loc)
         lo.wait(timeout_s)
-        out = [ev for ev in lo.drain(decode) if isinstance(ev, HipsEvent)]
-        self.events += len(out)
-        return out
+        return [ev for ev in lo.drain(decode) if isinstance(ev, HipsEvent)]
 
     def decisions(self) -> dict[tuple[str, str], int]:
         """Decisions taken so far per (op, action), summed over CPUs."""
@@ -288,14 +277,7 @@ class HipsKernel:
         return out
 
     def stats(self) -> dict[str, int]:
-        out = {
-            "events": self.events,
-            "drops": self._lo.drops() if self._lo is not None else 0,
-            "decode_errors": self.decode_errors,
-            "programs": len(self._lo.links) if self._lo is not None else 0,
-            "active_gen": self.active_gen(),
-            "seeded": self.seeded,
-        }
+        out = {**super().stats(), "active_gen": self.active_gen(), "seeded": self.seeded}
         for (op, act), n in self.decisions().items():
             out[f"decisions.{op}.{act}"] = n
         return out

@@ -22,7 +22,7 @@ from bastion import abi
 from bastion.errors import KernelError, Location
 from bastion.events import Event, decode
 from bastion.kernel.clock import deadline_ns
-from bastion.kernel.loader import LoadedObject, ObjectSpec
+from bastion.kernel.loader import LoadedObject, LoaderUser, ObjectSpec
 from bastion.paths import bpf_object
 
 log = logging.getLogger("bastion.enforce.lsm")
@@ -32,7 +32,7 @@ def inode_key(path: Path) -> bytes:
     return bytes(abi.InodeKey(ino=st.st_ino, dev=abi.kernel_dev(st.st_dev)))
 
 
-class _ScopedLsmObject:
+class _ScopedLsmObject(LoaderUser):
     """One scoped LSM object through the loader: attach all, drain, close."""
 
     name = "lsm"
@@ -67,18 +67,6 @@ class _ScopedLsmObject:
         lo = self._need(self.OBJECT)
         lo.wait(timeout_s)
         return lo.drain(decode)
-
-    @property
-    def events(self) -> int:
-        return self._lo.decoded if self._lo is not None else 0
-
-    @property
-    def decode_errors(self) -> int:
-        return self._lo.decode_errors if self._lo is not None else 0
-
-    def stats(self) -> dict[str, int]:
-        drops = self._lo.drops() if self._lo is not None else 0
-        return {"events": self.events, "drops": drops, "decode_errors": self.decode_errors}
 
     def close(self) -> None:
         if self._lo is not None:

@@ -28,7 +28,7 @@ from bastion.kernel import bpffs
 from bastion.kernel.btf import setattr_has_idmap
 from bastion.kernel.clock import deadline_ns
 from bastion.kernel.libbpf import Map, obj_get
-from bastion.kernel.loader import LoadedObject, ObjectSpec
+from bastion.kernel.loader import LoadedObject, LoaderUser, ObjectSpec
 from bastion.paths import bpf_object
 
 log = logging.getLogger("bastion.guard.kernel")
@@ -119,7 +119,7 @@ def decode(rec: bytes, boot_to_wall_ns: int) -> TamperRecord:
         path=bytes(e.path).split(b"\0")[0].decode(errors="replace"))
 
 
-class TamperKernel:
+class TamperKernel(LoaderUser):
     """Tamper protection in the kernel for one tier, pinned under ``pin_dir``."""
 
     def __init__(self, tier: str, *, pin_dir: Path, cgroup_id: int = 0,
@@ -148,14 +148,6 @@ class TamperKernel:
         if self.tier == "lsm":
             rodata["cfg_setattr_idmap"] = int(setattr_has_idmap())
         return replace(self._pinned(), path=bpf_object(OBJECTS[self.tier]), rodata=rodata)
-
-    @property
-    def adopted(self) -> bool:
-        return self._lo is not None and self._lo.adopted
-
-    @property
-    def decode_errors(self) -> int:
-        return self._lo.decode_errors if self._lo is not None else 0
 
     def open(self) -> bool:
         """Adopt the pins when complete (True), else load, attach and pin (False)."""
@@ -249,9 +241,6 @@ class TamperKernel:
         if self._lo is None or self._lo.closed:
             return []
         return self._lo.drain(decode)
-
-    def drops(self) -> int:
-        return self._lo.drops() if self._lo is not None else 0
 
 
 __all__ = ["OBJECTS", "TamperKernel", "TamperRecord", "decode", "fd_object_id", "pinned_ids",

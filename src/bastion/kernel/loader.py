@@ -99,6 +99,12 @@ class _Ring(Protocol):
     def close(self) -> None: ...
 
 
+class _Pinned(Protocol):
+    @property
+    def pin_path(self) -> Path | None: ...
+    def unpin(self) -> None: ...
+
+
 def _open_cgroup(path: Path) -> int:
     try:
         return os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -212,18 +218,13 @@ class LoadedObject:
         """Release everything (idempotent).  Pinned links stay attached unless ``unpin``,
         which also removes the pins and the pin directories this object used."""
         if unpin:
-            for link in self.links.values():
-                if link.pin_path is not None:
+            pins: list[_Pinned] = [*self.links.values(), *self._maps.values()]
+            for pinned in pins:
+                if pinned.pin_path is not None:
                     try:
-                        link.unpin()
+                        pinned.unpin()
                     except KernelError as exc:
-                        log.warning("cannot unpin %s: %s", link.description, exc)
-            for m in self._maps.values():
-                if m.pin_path is not None:
-                    try:
-                        m.unpin()
-                    except KernelError as exc:
-                        log.warning("cannot unpin map %s: %s", m.pin_path, exc)
+                        log.warning("cannot unpin %s: %s", pinned.pin_path, exc)
         for link in self.links.values():
             link.destroy()  # detaches unless pinned
         self.links.clear()
@@ -302,4 +303,32 @@ class LoadedObject:
         return out
 
 
-__all__ = ["LoadedObject", "ObjectSpec", "pinned_links"]
+class LoaderUser:
+    """What every user of the loader reports about its object (held in ``_lo``)."""
+
+    _lo: LoadedObject | None = None
+
+    @property
+    def adopted(self) -> bool:
+        return self._lo is not None and self._lo.adopted
+
+    @property
+    def events(self) -> int:
+        """Records decoded from the ring so far."""
+        return self._lo.decoded if self._lo is not None else 0
+
+    @property
+    def decode_errors(self) -> int:
+        """Records dropped because they did not decode."""
+        return self._lo.decode_errors if self._lo is not None else 0
+
+    def drops(self) -> int:
+        """Records the kernel could not reserve on a full ring."""
+        return self._lo.drops() if self._lo is not None else 0
+
+    def stats(self) -> dict[str, int]:
+        return {"events": self.events, "drops": self.drops(), "decode_errors": self.decode_errors,
+                "programs": len(self._lo.attached) if self._lo is not None else 0}
+
+
+__all__ = ["LoadedObject", "LoaderUser", "ObjectSpec", "pinned_links"]

@@ -32,7 +32,7 @@ from bastion.errors import KernelError, Location
 from bastion.events import Event, HipsEvent, decode
 from bastion.kernel.clock import deadline_ns
 from bastion.kernel.libbpf import Map
-from bastion.kernel.loader import LoadedObject, ObjectSpec
+from bastion.kernel.loader import LoadedObject, LoaderUser, ObjectSpec
 from bastion.paths import bpf_object
 
 log = logging.getLogger("bastion.respond.quarantine")
@@ -40,7 +40,7 @@ log = logging.getLogger("bastion.respond.quarantine")
 OBJECTS = {"compat": "quarantine.bpf.o", "lsm": "lsm_quarantine.bpf.o"}
 
 
-class Quarantine:
+class Quarantine(LoaderUser):
     """Load with :meth:`open`, mark with :meth:`add`, drain with :meth:`poll`."""
 
     def __init__(self, *, tier: str = "compat", cgroup_id: int = 0, deadline_s: float = 0.0,
@@ -112,13 +112,8 @@ class Quarantine:
             return []
         return self._lo.drain(decode)
 
-    @property
-    def decode_errors(self) -> int:
-        return self._lo.decode_errors if self._lo is not None else 0
-
     def stats(self) -> dict[str, int]:
-        return {"marked": self.marked, "events": self._lo.decoded if self._lo is not None else 0,
-                "decode_errors": self.decode_errors}
+        return {**super().stats(), "marked": self.marked}
 
     @staticmethod
     def finding(ev: HipsEvent) -> Finding:

@@ -18,7 +18,7 @@ from typing import Final, Iterable
 from bastion import abi
 from bastion.errors import KernelError, Location
 from bastion.events import Event, decode
-from bastion.kernel.loader import LoadedObject, ObjectSpec
+from bastion.kernel.loader import LoadedObject, LoaderUser, ObjectSpec
 from bastion.paths import bpf_object
 
 log = logging.getLogger("bastion.sensors.bpf")
@@ -47,7 +47,7 @@ def event_mask(classes: Iterable[str]) -> int:
     return mask
 
 
-class BpfSensor:
+class BpfSensor(LoaderUser):
     """The tracepoint sensor: owns ``tp_events.bpf.o`` (through the loader) and its counters."""
 
     name = "bpf"
@@ -99,14 +99,6 @@ class BpfSensor:
     def missing(self) -> list[str]:
         return self._lo.missing if self._lo is not None else []
 
-    @property
-    def events(self) -> int:
-        return self._lo.decoded if self._lo is not None else 0
-
-    @property
-    def decode_errors(self) -> int:
-        return self._lo.decode_errors if self._lo is not None else 0
-
     def poll(self, timeout_s: float) -> list[Event] | None:
         lo = self._lo
         if lo is None:
@@ -114,21 +106,10 @@ class BpfSensor:
         lo.wait(timeout_s)
         return lo.drain(decode)
 
-    def drops(self) -> int:
-        return self._lo.drops() if self._lo is not None else 0
-
     def ring_fill(self) -> float:
         if self._lo is None:
             return 0.0
         return self._lo.pending_bytes() / self.ring_bytes
-
-    def stats(self) -> dict[str, int]:
-        return {
-            "events": self.events,
-            "drops": self.drops(),
-            "decode_errors": self.decode_errors,
-            "programs": len(self.attached),
-        }
 
     def close(self) -> None:
         """Detach and release; the counters stay readable."""
