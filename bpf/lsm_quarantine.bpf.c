@@ -23,21 +23,6 @@ static __always_inline int quar_deny(__u32 op)
 	return -EPERM_;
 }
 
-SEC("tp_btf/sched_process_fork")
-int BPF_PROG(quar_on_fork, struct task_struct *parent, struct task_struct *child)
-{
-	if (in_scope())
-		quar_fork(parent, child);
-	return 0;
-}
-
-SEC("tp_btf/sched_process_exit")
-int BPF_PROG(quar_on_exit, struct task_struct *p)
-{
-	quar_exit(p);
-	return 0;
-}
-
 SEC("lsm/bprm_check_security")
 int BPF_PROG(quar_bprm_check, struct linux_binprm *bprm, int ret)
 {

@@ -32,21 +32,6 @@ static __always_inline int quar_kill(__u32 op, const char *upath)
 	return 0;
 }
 
-SEC("tp_btf/sched_process_fork")
-int BPF_PROG(quar_on_fork, struct task_struct *parent, struct task_struct *child)
-{
-	if (in_scope())
-		quar_fork(parent, child);
-	return 0;
-}
-
-SEC("tp_btf/sched_process_exit")
-int BPF_PROG(quar_on_exit, struct task_struct *p)
-{
-	quar_exit(p);
-	return 0;
-}
-
 /* exec: at entry (the new program is never loaded) and, as a backstop, at
  * sched_process_exec (dies before any instruction of the new image). */
 SEC("tracepoint/syscalls/sys_enter_execve")

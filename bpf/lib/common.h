@@ -144,6 +144,36 @@ static __always_inline void fill_hdr(struct bastion_event_hdr *h, __u16 type, __
 		__e;                                                          \
 	})
 
+/* Reserve a hips record (a HIPS decision, a quarantine enforcement) with its
+ * decision fields set and every object field zero; NULL (and a drop counted)
+ * when the ring is full.  The caller fills what it knows and SUBMITs. */
+static __always_inline struct bastion_hips_event *
+reserve_hips(__u32 op, __u32 action, __u32 rule_id, __u32 subject, __u32 mechanism,
+	     __s32 ret, __u32 gen, __u32 enforced)
+{
+	struct bastion_hips_event *e = RESERVE(struct bastion_hips_event, BASTION_EV_HIPS);
+
+	if (!e)
+		return NULL;
+	e->op = op;
+	e->action = action;
+	e->rule_id = rule_id;
+	e->subject = subject;
+	e->mechanism = mechanism;
+	e->ret = ret;
+	e->gen = gen;
+	e->enforced = enforced;
+	e->ino = 0;
+	e->dev = 0;
+	e->family = 0;
+	e->port = 0;
+	__builtin_memset(e->addr, 0, sizeof(e->addr));
+	e->target_pid = 0;
+	e->_pad = 0;
+	e->path[0] = '\0';
+	return e;
+}
+
 /* Commit without waking the reader: user space drains the ring in timed
  * batches (a wakeup per event costs far more than the event itself). */
 #define SUBMIT(e) bpf_ringbuf_submit((e), BPF_RB_NO_WAKEUP)

@@ -399,31 +399,12 @@ static __always_inline bool hips_reported(const struct hips_decision *d)
 static __always_inline struct bastion_hips_event *
 hips_event(__u32 op, const struct hips_decision *d, __u32 mechanism)
 {
-	struct bastion_hips_event *e;
 	bool refused = hips_refuses(d);
 
 	if (!(cfg_event_mask & (1ULL << BASTION_EV_HIPS)))
 		return NULL;
-	e = RESERVE(struct bastion_hips_event, BASTION_EV_HIPS);
-	if (!e)
-		return NULL;
-	e->op = op;
-	e->action = d->action;
-	e->rule_id = d->rule_id;
-	e->subject = d->subject;
-	e->mechanism = mechanism;
-	e->ret = refused ? -EPERM_ : 0;
-	e->gen = d->gen;
-	e->enforced = refused;
-	e->ino = 0;
-	e->dev = 0;
-	e->family = 0;
-	e->port = 0;
-	__builtin_memset(e->addr, 0, sizeof(e->addr));
-	e->target_pid = 0;
-	e->_pad = 0;
-	e->path[0] = '\0';
-	return e;
+	return reserve_hips(op, d->action, d->rule_id, d->subject, mechanism,
+			    refused ? -EPERM_ : 0, d->gen, refused);
 }
 
 /* Name of a dentry within its filesystem, or the full path when the mount

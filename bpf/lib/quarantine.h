@@ -43,26 +43,10 @@ static __always_inline struct bastion_quarantine_val *quar_current(void)
 static __always_inline void quar_report(__u32 op, __u32 action, __u32 mech, __s32 ret,
 					__u32 incident, const char *upath)
 {
-	struct bastion_hips_event *e = RESERVE(struct bastion_hips_event, BASTION_EV_HIPS);
+	struct bastion_hips_event *e = reserve_hips(op, action, incident, 0, mech, ret, 0, 1);
 
 	if (!e)
 		return;
-	e->op = op;
-	e->action = action;
-	e->rule_id = incident;
-	e->subject = 0;
-	e->mechanism = mech;
-	e->ret = ret;
-	e->gen = 0;
-	e->enforced = 1;
-	e->ino = 0;
-	e->dev = 0;
-	e->family = 0;
-	e->port = 0;
-	__builtin_memset(e->addr, 0, sizeof(e->addr));
-	e->target_pid = 0;
-	e->_pad = 0;
-	e->path[0] = 0;
 	if (upath)
 		bpf_probe_read_user_str(e->path, sizeof(e->path), upath);
 	SUBMIT(e);
@@ -96,6 +80,22 @@ static __always_inline void quar_exit(struct task_struct *p)
 	v = bpf_map_lookup_elem(&quarantined, &tgid);
 	if (v && same_start(BPF_CORE_READ(p, group_leader, start_boottime), v->start_ns))
 		bpf_map_delete_elem(&quarantined, &tgid);
+}
+
+/* The fork and exit programs of both quarantine objects. */
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(quar_on_fork, struct task_struct *parent, struct task_struct *child)
+{
+	if (in_scope())
+		quar_fork(parent, child);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(quar_on_exit, struct task_struct *p)
+{
+	quar_exit(p);
+	return 0;
 }
 
 #endif /* BASTION_QUARANTINE_H */
