@@ -127,6 +127,7 @@ class LoadedObject:
         self.adopted = False
         self.decoded = 0
         self.decode_errors = 0
+        self._drops_at_close = 0
         self.wall_offset = WallOffset()
         self._maps: dict[str, Map] = {}      # pinned (borrowed from obj) or opened from pins
         self._owned: list[Map] = []          # fds this object closes
@@ -217,6 +218,9 @@ class LoadedObject:
     def close(self, *, unpin: bool = False) -> None:
         """Release everything (idempotent).  Pinned links stay attached unless ``unpin``,
         which also removes the pins and the pin directories this object used."""
+        if self.ring is not None and self.spec.drops is not None and (
+                self.obj is not None or self.spec.drops in self._maps):
+            self._drops_at_close = self.sum_percpu_u64(self.spec.drops)  # still readable after
         if unpin:
             pins: list[_Pinned] = [*self.links.values(), *self._maps.values()]
             for pinned in pins:
@@ -268,9 +272,9 @@ class LoadedObject:
         return sum(struct.unpack_from("<Q", v)[0] for v in vals)
 
     def drops(self) -> int:
-        """Records lost to a full ring (0 without a drop counter, or once closed)."""
+        """Records lost to a full ring (0 without a drop counter; once closed, the count then)."""
         if self.spec.drops is None or self.closed:
-            return 0
+            return self._drops_at_close
         return self.sum_percpu_u64(self.spec.drops)
 
     # ---- the ring ----------------------------------------------------------------------
