@@ -17,9 +17,10 @@
  * writer lock): a decision never mixes two generations nor sees one that is
  * being deleted.
  *
- * Scope (.rodata, for tests and the agent): cfg_cgroup_id (0 = all),
- * cfg_deadline_ns (CLOCK_BOOTTIME; 0 = none; past it everything is allowed:
- * the dead-man), cfg_self_tgid (the agent is never denied). */
+ * Scope (.rodata, for tests and the agent; in_scope() of common.h):
+ * cfg_cgroup_id (0 = all), cfg_deadline_ns (CLOCK_BOOTTIME; 0 = none; past it
+ * everything is allowed: the dead-man), cfg_self_tgid (the agent is never
+ * denied). */
 #ifndef BASTION_HIPS_H
 #define BASTION_HIPS_H
 

@@ -9,9 +9,10 @@
  * A process that reuses the pid of a dead agent is neither exempt nor
  * protected.
  *
- * Scope (.rodata, set before load): cfg_cgroup_id (0 = every attacker; tests
- * set their cgroup), cfg_deadline_ns (CLOCK_BOOTTIME; 0 = none; past it
- * nothing is refused or killed: the dead-man of every test). */
+ * Scope (.rodata, set before load; in_scope() of common.h): cfg_cgroup_id
+ * (0 = every attacker; tests set their cgroup), cfg_deadline_ns
+ * (CLOCK_BOOTTIME; 0 = none; past it nothing is refused or killed: the
+ * dead-man of every test). */
 #ifndef BASTION_TAMPER_H
 #define BASTION_TAMPER_H
 
