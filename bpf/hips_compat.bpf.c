@@ -42,7 +42,7 @@ static __always_inline void record_pre_exec(void)
 	struct hips_facts f = {};
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 
-	if (!hips_active_gen() || !hips_in_scope())
+	if (!hips_active_gen() || !in_scope())
 		return;
 	hips_facts_current(&f);
 	bpf_map_update_elem(&exec_pre, &tid, &f, BPF_ANY);
@@ -74,7 +74,7 @@ int BPF_PROG(hips_exec, struct task_struct *p, pid_t old_pid, struct linux_binpr
 	bool decide;
 
 	/* Facts of the pre-exec image, before task_subjects moves on. */
-	decide = hips_in_scope() && hips_active_gen();
+	decide = in_scope() && hips_active_gen();
 	if (decide) {
 		pre = bpf_map_lookup_elem(&exec_pre, &old);
 		if (pre) {
@@ -153,7 +153,7 @@ static __always_inline int hips_sock(struct bpf_sock_addr *ctx, __u32 op, bool v
 	__u8 addr[16] = {};
 	__u16 port, family;
 
-	if (!hips_active_gen() || !hips_in_scope())
+	if (!hips_active_gen() || !in_scope())
 		return 1;
 	ts = bpf_map_lookup_elem(&task_subjects, &tgid);
 	if (ts) {

@@ -15,25 +15,12 @@ char LICENSE[] SEC("license") = "GPL";
 #define EPERM_ 1
 #define BPF_PROG_LOAD_ 5
 
-const volatile __u64 cfg_deadline_ns = 0;
-
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1024);
 	__type(key, struct bastion_inode_key);
 	__type(value, __u32);
 } bpf_loaders SEC(".maps");
-
-static __always_inline bool in_scope(void)
-{
-	if (cfg_deadline_ns && bpf_ktime_get_boot_ns() > cfg_deadline_ns)
-		return false; /* dead-man: expired */
-	if (cfg_cgroup_id && bpf_get_current_cgroup_id() != cfg_cgroup_id)
-		return false;
-	if (cfg_self_tgid && (bpf_get_current_pid_tgid() >> 32) == cfg_self_tgid)
-		return false;
-	return true;
-}
 
 SEC("lsm/bpf")
 int BPF_PROG(guard_bpf, int cmd, union bpf_attr *attr, unsigned int size)

@@ -14,28 +14,13 @@ static __always_inline int quar_deny(__u32 op)
 {
 	struct bastion_quarantine_val *v;
 
-	if (!quar_in_scope())
+	if (!in_scope())
 		return 0;
 	v = quar_current();
 	if (!v)
 		return 0;
 	quar_report(op, BASTION_ACT_DENY, BASTION_MECH_LSM, -EPERM_, v->incident, NULL);
 	return -EPERM_;
-}
-
-SEC("tp_btf/sched_process_fork")
-int BPF_PROG(quar_on_fork, struct task_struct *parent, struct task_struct *child)
-{
-	if (quar_in_scope())
-		quar_fork(parent, child);
-	return 0;
-}
-
-SEC("tp_btf/sched_process_exit")
-int BPF_PROG(quar_on_exit, struct task_struct *p)
-{
-	quar_exit(p);
-	return 0;
 }
 
 SEC("lsm/bprm_check_security")

@@ -22,28 +22,13 @@ static __always_inline int quar_kill(__u32 op, const char *upath)
 {
 	struct bastion_quarantine_val *v;
 
-	if (!quar_in_scope())
+	if (!in_scope())
 		return 0;
 	v = quar_current();
 	if (!v)
 		return 0;
 	bpf_send_signal(SIGKILL_);
 	quar_report(op, BASTION_ACT_KILL, BASTION_MECH_EXEC_KILL, 0, v->incident, upath);
-	return 0;
-}
-
-SEC("tp_btf/sched_process_fork")
-int BPF_PROG(quar_on_fork, struct task_struct *parent, struct task_struct *child)
-{
-	if (quar_in_scope())
-		quar_fork(parent, child);
-	return 0;
-}
-
-SEC("tp_btf/sched_process_exit")
-int BPF_PROG(quar_on_exit, struct task_struct *p)
-{
-	quar_exit(p);
 	return 0;
 }
 

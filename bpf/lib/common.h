@@ -54,6 +54,10 @@ const volatile __u32 bastion_abi_version = BASTION_ABI_VERSION;
 const volatile __u32 cfg_self_tgid = 0;      /* events of this process are not reported */
 const volatile __u64 cfg_cgroup_id = 0;      /* 0 = every cgroup, else only this cgroup v2 id */
 const volatile __u64 cfg_event_mask = ~0ULL; /* bit (1 << type) enables an event type */
+/* The dead-man of enforcing hooks: CLOCK_BOOTTIME ns past which they allow
+ * (and kill) nothing any more; 0 = never.  Tests always set it together
+ * with cfg_cgroup_id, so enforcement a test forgot cannot outlive it. */
+const volatile __u64 cfg_deadline_ns = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -77,17 +81,34 @@ static __always_inline void count_drop(void)
 		__sync_fetch_and_add(v, 1);
 }
 
+/* Is the current task the agent (cfg_self_tgid)? */
+static __always_inline bool current_is_self(void)
+{
+	return cfg_self_tgid && (bpf_get_current_pid_tgid() >> 32) == cfg_self_tgid;
+}
+
+/* Is the current task inside the cgroup scope (cfg_cgroup_id, 0 = all)? */
+static __always_inline bool current_in_cgroup(void)
+{
+	return !cfg_cgroup_id || bpf_get_current_cgroup_id() == cfg_cgroup_id;
+}
+
 /* Is an event of this type, from the current task, wanted? Cheap: call it
  * before any reserve or path walk. */
 static __always_inline bool wanted(__u32 type)
 {
 	if (!(cfg_event_mask & (1ULL << type)))
 		return false;
-	if (cfg_self_tgid && (bpf_get_current_pid_tgid() >> 32) == cfg_self_tgid)
-		return false;
-	if (cfg_cgroup_id && bpf_get_current_cgroup_id() != cfg_cgroup_id)
-		return false;
-	return true;
+	return !current_is_self() && current_in_cgroup();
+}
+
+/* The one scope check of every enforcing hook: before the dead-man
+ * deadline, inside the cgroup scope, and not the agent itself. */
+static __always_inline bool in_scope(void)
+{
+	if (cfg_deadline_ns && bpf_ktime_get_boot_ns() > cfg_deadline_ns)
+		return false; /* dead-man: expired */
+	return current_in_cgroup() && !current_is_self();
 }
 
 static __always_inline void fill_hdr(struct bastion_event_hdr *h, __u16 type, __u32 size)
@@ -122,6 +143,36 @@ static __always_inline void fill_hdr(struct bastion_event_hdr *h, __u16 type, __
 			count_drop();                                         \
 		__e;                                                          \
 	})
+
+/* Reserve a hips record (a HIPS decision, a quarantine enforcement) with its
+ * decision fields set and every object field zero; NULL (and a drop counted)
+ * when the ring is full.  The caller fills what it knows and SUBMITs. */
+static __always_inline struct bastion_hips_event *
+reserve_hips(__u32 op, __u32 action, __u32 rule_id, __u32 subject, __u32 mechanism,
+	     __s32 ret, __u32 gen, __u32 enforced)
+{
+	struct bastion_hips_event *e = RESERVE(struct bastion_hips_event, BASTION_EV_HIPS);
+
+	if (!e)
+		return NULL;
+	e->op = op;
+	e->action = action;
+	e->rule_id = rule_id;
+	e->subject = subject;
+	e->mechanism = mechanism;
+	e->ret = ret;
+	e->gen = gen;
+	e->enforced = enforced;
+	e->ino = 0;
+	e->dev = 0;
+	e->family = 0;
+	e->port = 0;
+	__builtin_memset(e->addr, 0, sizeof(e->addr));
+	e->target_pid = 0;
+	e->_pad = 0;
+	e->path[0] = '\0';
+	return e;
+}
 
 /* Commit without waking the reader: user space drains the ring in timed
  * batches (a wakeup per event costs far more than the event itself). */

@@ -17,9 +17,10 @@
  * writer lock): a decision never mixes two generations nor sees one that is
  * being deleted.
  *
- * Scope (.rodata, for tests and the agent): cfg_cgroup_id (0 = all),
- * cfg_deadline_ns (CLOCK_BOOTTIME; 0 = none; past it everything is allowed:
- * the dead-man), cfg_self_tgid (the agent is never denied). */
+ * Scope (.rodata, for tests and the agent; in_scope() of common.h):
+ * cfg_cgroup_id (0 = all), cfg_deadline_ns (CLOCK_BOOTTIME; 0 = none; past it
+ * everything is allowed: the dead-man), cfg_self_tgid (the agent is never
+ * denied). */
 #ifndef BASTION_HIPS_H
 #define BASTION_HIPS_H
 
@@ -30,8 +31,6 @@
 #define HIPS_MAX_ANCESTORS 16
 #define HIPS_WALK_STEPS 32      /* ancestors + mount crossings */
 #define HIPS_RETRIES 3
-
-const volatile __u64 cfg_deadline_ns = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -109,18 +108,6 @@ struct hips_decision {
 	__u32 rule_id;
 	__u32 subject;
 };
-
-/* Is the current task subject to enforcement at all? */
-static __always_inline bool hips_in_scope(void)
-{
-	if (cfg_deadline_ns && bpf_ktime_get_boot_ns() > cfg_deadline_ns)
-		return false; /* dead-man: expired */
-	if (cfg_cgroup_id && bpf_get_current_cgroup_id() != cfg_cgroup_id)
-		return false;
-	if (cfg_self_tgid && (bpf_get_current_pid_tgid() >> 32) == cfg_self_tgid)
-		return false;
-	return true;
-}
 
 static __always_inline __u32 hips_active_gen(void)
 {
@@ -413,31 +400,12 @@ static __always_inline bool hips_reported(const struct hips_decision *d)
 static __always_inline struct bastion_hips_event *
 hips_event(__u32 op, const struct hips_decision *d, __u32 mechanism)
 {
-	struct bastion_hips_event *e;
 	bool refused = hips_refuses(d);
 
 	if (!(cfg_event_mask & (1ULL << BASTION_EV_HIPS)))
 		return NULL;
-	e = RESERVE(struct bastion_hips_event, BASTION_EV_HIPS);
-	if (!e)
-		return NULL;
-	e->op = op;
-	e->action = d->action;
-	e->rule_id = d->rule_id;
-	e->subject = d->subject;
-	e->mechanism = mechanism;
-	e->ret = refused ? -EPERM_ : 0;
-	e->gen = d->gen;
-	e->enforced = refused;
-	e->ino = 0;
-	e->dev = 0;
-	e->family = 0;
-	e->port = 0;
-	__builtin_memset(e->addr, 0, sizeof(e->addr));
-	e->target_pid = 0;
-	e->_pad = 0;
-	e->path[0] = '\0';
-	return e;
+	return reserve_hips(op, d->action, d->rule_id, d->subject, mechanism,
+			    refused ? -EPERM_ : 0, d->gen, refused);
 }
 
 /* Name of a dentry within its filesystem, or the full path when the mount

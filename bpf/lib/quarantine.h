@@ -11,27 +11,12 @@
 
 #define QUAR_TICK_NS 10000000ULL  /* /proc start times have USER_HZ (100 Hz) resolution */
 
-/* CLOCK_BOOTTIME ns after which nothing is enforced any more (0 = never).
- * Tests always set it together with cfg_cgroup_id. */
-const volatile __u64 cfg_deadline_ns = 0;
-
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
 	__type(key, __u32);
 	__type(value, struct bastion_quarantine_val);
 } quarantined SEC(".maps");
-
-static __always_inline bool quar_in_scope(void)
-{
-	if (cfg_deadline_ns && bpf_ktime_get_boot_ns() > cfg_deadline_ns)
-		return false; /* dead-man: expired */
-	if (cfg_cgroup_id && bpf_get_current_cgroup_id() != cfg_cgroup_id)
-		return false;
-	if (cfg_self_tgid && (bpf_get_current_pid_tgid() >> 32) == cfg_self_tgid)
-		return false;
-	return true;
-}
 
 static __always_inline bool same_start(__u64 have, __u64 want)
 {
@@ -58,26 +43,10 @@ static __always_inline struct bastion_quarantine_val *quar_current(void)
 static __always_inline void quar_report(__u32 op, __u32 action, __u32 mech, __s32 ret,
 					__u32 incident, const char *upath)
 {
-	struct bastion_hips_event *e = RESERVE(struct bastion_hips_event, BASTION_EV_HIPS);
+	struct bastion_hips_event *e = reserve_hips(op, action, incident, 0, mech, ret, 0, 1);
 
 	if (!e)
 		return;
-	e->op = op;
-	e->action = action;
-	e->rule_id = incident;
-	e->subject = 0;
-	e->mechanism = mech;
-	e->ret = ret;
-	e->gen = 0;
-	e->enforced = 1;
-	e->ino = 0;
-	e->dev = 0;
-	e->family = 0;
-	e->port = 0;
-	__builtin_memset(e->addr, 0, sizeof(e->addr));
-	e->target_pid = 0;
-	e->_pad = 0;
-	e->path[0] = 0;
 	if (upath)
 		bpf_probe_read_user_str(e->path, sizeof(e->path), upath);
 	SUBMIT(e);
@@ -111,6 +80,22 @@ static __always_inline void quar_exit(struct task_struct *p)
 	v = bpf_map_lookup_elem(&quarantined, &tgid);
 	if (v && same_start(BPF_CORE_READ(p, group_leader, start_boottime), v->start_ns))
 		bpf_map_delete_elem(&quarantined, &tgid);
+}
+
+/* The fork and exit programs of both quarantine objects. */
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(quar_on_fork, struct task_struct *parent, struct task_struct *child)
+{
+	if (in_scope())
+		quar_fork(parent, child);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(quar_on_exit, struct task_struct *p)
+{
+	quar_exit(p);
+	return 0;
 }
 
 #endif /* BASTION_QUARANTINE_H */

@@ -9,9 +9,10 @@
  * A process that reuses the pid of a dead agent is neither exempt nor
  * protected.
  *
- * Scope (.rodata, set before load): cfg_cgroup_id (0 = every attacker; tests
- * set their cgroup), cfg_deadline_ns (CLOCK_BOOTTIME; 0 = none; past it
- * nothing is refused or killed: the dead-man of every test). */
+ * Scope (.rodata, set before load; in_scope() of common.h): cfg_cgroup_id
+ * (0 = every attacker; tests set their cgroup), cfg_deadline_ns
+ * (CLOCK_BOOTTIME; 0 = none; past it nothing is refused or killed: the
+ * dead-man of every test). */
 #ifndef BASTION_TAMPER_H
 #define BASTION_TAMPER_H
 
@@ -21,8 +22,6 @@
 #define SIGKILL_ 9
 #define TICK_NS_ 10000000ULL    /* NSEC_PER_SEC / USER_HZ (100 on x86-64 and arm64) */
 #define TAMPER_WALK 32          /* ancestors looked at (one filesystem) */
-
-const volatile __u64 cfg_deadline_ns = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -59,11 +58,6 @@ struct {
 	__type(value, __u32);
 } tamper_link_ids SEC(".maps");
 
-static __always_inline bool tamper_expired(void)
-{
-	return cfg_deadline_ns && bpf_ktime_get_boot_ns() > cfg_deadline_ns;
-}
-
 /* Is task @t (any thread) one of ours?  Exact identity, not tgid alone. */
 static __always_inline bool task_is_ours(struct task_struct *t)
 {
@@ -85,11 +79,7 @@ static __always_inline bool task_is_ours(struct task_struct *t)
 /* Is the current task an attacker we act against: in scope, not ours? */
 static __always_inline bool current_in_scope(void)
 {
-	if (tamper_expired())
-		return false;
-	if (cfg_cgroup_id && bpf_get_current_cgroup_id() != cfg_cgroup_id)
-		return false;
-	return !task_is_ours((struct task_struct *)bpf_get_current_task());
+	return in_scope() && !task_is_ours((struct task_struct *)bpf_get_current_task());
 }
 
 struct tamper_hit {

@@ -18,6 +18,7 @@ import ast
 import ctypes
 import enum
 import operator
+import os
 import re
 from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass
@@ -291,6 +292,11 @@ class LsmDenyEvent(ctypes.Structure):
 
 class InodeKey(ctypes.Structure):
     _fields_ = [("ino", c_u64), ("dev", c_u32), ("_pad", c_u32)]
+
+
+def kernel_dev(st_dev: int) -> int:
+    """User-space dev_t -> the kernel's internal encoding (major << 20 | minor), as BPF reads ``s_dev``."""
+    return (os.major(st_dev) << 20) | os.minor(st_dev)
 
 
 class InodeRule(ctypes.Structure):

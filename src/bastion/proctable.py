@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Iterator
 
 from bastion.events import Event, ExecEvent, ExitEvent, ForkEvent
+from bastion.procstat import TICK_NS, read_stat
 
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
-_TICK_NS = 1_000_000_000 // _CLK_TCK
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,19 +33,13 @@ class ProcEntry:
 
     def same_process(self, start_ns: int) -> bool:
         """Is a process that started at ``start_ns`` this one (tick tolerance)?"""
-        return not start_ns or not self.start_ns or abs(self.start_ns - start_ns) < _TICK_NS
+        return not start_ns or not self.start_ns or abs(self.start_ns - start_ns) < TICK_NS
 
 
 def _read_proc(proc: Path, pid: int) -> ProcEntry | None:
     base = proc / str(pid)
     try:
-        stat = (base / "stat").read_text()
-        # comm is in parentheses and may hold spaces or parentheses itself
-        rparen = stat.rindex(")")
-        comm = stat[stat.index("(") + 1 : rparen]
-        fields = stat[rparen + 2 :].split()
-        ppid = int(fields[1])
-        start = int(fields[19]) * _TICK_NS
+        ps = read_stat(pid, proc)
         raw = (base / "cmdline").read_bytes()
         cmdline = tuple(a.decode("utf-8", "backslashreplace") for a in raw.rstrip(b"\0").split(b"\0")) if raw else ()
         uid = 0
@@ -58,7 +51,7 @@ def _read_proc(proc: Path, pid: int) -> ProcEntry | None:
             exe = os.readlink(base / "exe")
         except OSError:
             exe = ""  # kernel threads, or a process we may not inspect
-        return ProcEntry(pid, ppid, start, exe, cmdline, uid, comm)
+        return ProcEntry(pid, ps.ppid, ps.start_ns, exe, cmdline, uid, ps.comm)
     except (OSError, ValueError, IndexError):
         return None  # raced with exit
 

@@ -24,7 +24,8 @@ from bastion.events import Event
 class Source:
     """One event source: ``poll(timeout_s)`` returns a batch, ``[]``, or ``None`` at its end.
 
-    ``blocking`` sources may wait up to their share of the poll interval;
+    ``blocking`` sources may wait up to their share of the poll interval, and the
+    pump ends when all of them ended; non-blocking ones are drained each round;
     ``findings`` turns one of its events into a finding (enforcement records
     are decisions already taken: each is reported as an alert)."""
 
@@ -61,7 +62,10 @@ class EventPump:
                 continue
             if batch:
                 handle(s, batch)
-        return not all(s.done for s in self.sources) if self.sources else False
+        # the blocking sources (sensors, replays) drive the pump; the non-blocking ones
+        # (enforcement rings) are drained alongside and never end it on their own
+        primary = [s for s in self.sources if s.blocking] or self.sources
+        return not all(s.done for s in primary) if primary else False
 
     def run(self, stop: threading.Event, handle: Handler, *,
             tick: Callable[[float], None] | None = None, deadline: float | None = None) -> None:

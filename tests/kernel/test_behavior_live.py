@@ -24,7 +24,8 @@ from bastion.detect.behavior import behavior_rules
 from bastion.detect.engine import Engine, RuleContext
 from bastion.events import HipsEvent
 from bastion.proctable import ProcessTable
-from bastion.respond.dispatch import Dispatcher, _start_ns_of
+from bastion.procstat import start_ns_of
+from bastion.respond.dispatch import Dispatcher
 from bastion.respond.quarantine import Quarantine
 from bastion.sensors.bpf import BpfSensor
 from support.cg import scoped_cgroup
@@ -144,7 +145,7 @@ def test_quarantine_kills_at_next_exec_and_propagates(tmp_path: Path) -> None:
             procs += [marked, child, clean]
             time.sleep(0.3)  # let the wrappers exec python
             for p in (marked, child):
-                q.add(p.pid, _start_ns_of(p.pid), incident=7)
+                q.add(p.pid, start_ns_of(p.pid), incident=7)
             assert set(q.members()) >= {marked.pid, child.pid}
             for p in procs:
                 assert p.stdin is not None
@@ -178,7 +179,7 @@ def test_quarantine_outside_scope_is_ignored() -> None:
         q.open()
         p = subprocess.Popen([sys.executable, "-c", WAITER, "exec"], stdin=subprocess.PIPE)
         try:
-            q.add(p.pid, _start_ns_of(p.pid), incident=1)
+            q.add(p.pid, start_ns_of(p.pid), incident=1)
             assert p.stdin is not None
             p.stdin.write(b"go\n")
             p.stdin.flush()

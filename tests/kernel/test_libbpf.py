@@ -550,3 +550,91 @@ def test_ringbuf_drain_rate_on_a_large_ring() -> None:
     rate = total / spent
     print(f"ringbuf.drain: {total} records in {spent:.3f}s = {rate / 1e6:.2f} M records/s")
     assert rate > 200_000  # a floor against pathologies, not a benchmark
+
+
+# ---- the one loader (bastion.kernel.loader) ------------------------------------------------
+
+TP_EVENTS = ROOT / "build" / "bpf" / "tp_events.bpf.o"
+HIPS_COMPAT = ROOT / "build" / "bpf" / "hips_compat.bpf.o"
+NO_CGROUP = 1 << 62  # a cgroup id no task is in: these loads observe and enforce nothing
+
+
+def _link_fds() -> set[int]:
+    from bastion.guard.kernel import fd_object_id
+
+    out = set()
+    for name in os.listdir("/proc/self/fd"):
+        kid = fd_object_id(int(name))
+        if kid is not None and kid[0] == "link":
+            out.add(kid[1])
+    return out
+
+
+def _quiet_sensor(pin_dir: Path | None) -> "ObjectSpec":
+    from bastion.kernel.loader import ObjectSpec
+
+    return ObjectSpec(path=TP_EVENTS, rodata={"cfg_event_mask": 0, "cfg_cgroup_id": NO_CGROUP},
+                      max_entries={"events": 1 << 16}, optional=frozenset({"on_fchmodat2"}),
+                      pin_dir=pin_dir, pin_maps=("events", "drops"))
+
+
+def test_loader_pins_keeps_enforcement_on_close_adopts_then_unpins(pins: Path) -> None:
+    from bastion.events import decode as decode_event
+    from bastion.kernel.loader import LoadedObject
+
+    spec = _quiet_sensor(pins / "set")
+    lo = LoadedObject.load(spec)
+    attached = lo.attached
+    assert attached and not set(attached) & set(lo.missing)
+    assert lo.ring is not None and lo.ring.size == 1 << 16
+    assert spec.pinned_links() == sorted(attached)
+    assert sorted(p.name for p in spec.maps_dir.iterdir()) == ["drops", "events"]
+    lo.close()                                  # pinned: the links stay attached
+    assert spec.pins_complete()
+    again = LoadedObject.adopt(spec)
+    try:
+        assert again.adopted and again.attached == sorted(attached)
+        assert again.drain(decode_event) == [] and again.drops() == 0
+    finally:
+        again.close(unpin=True)
+    assert not (pins / "set").exists()
+
+
+def test_loader_refuses_to_load_over_existing_pins(pins: Path) -> None:
+    from bastion.kernel.loader import LoadedObject
+
+    spec = _quiet_sensor(pins / "set")
+    lo = LoadedObject.load(spec)
+    try:
+        before = _link_fds()
+        with pytest.raises(KernelError, match="pins of a previous load") as info:
+            LoadedObject.load(spec)
+        assert info.value.errno == errno.EEXIST
+        assert _link_fds() == before
+    finally:
+        lo.close(unpin=True)
+
+
+def test_loader_failure_after_attach_detaches_everything(tmp_path: Path) -> None:
+    """A pin directory off bpffs fails after every program is attached: all are detached."""
+    from bastion.kernel.loader import LoadedObject
+
+    before = _link_fds()
+    with pytest.raises(KernelError, match="not on bpffs"):
+        LoadedObject.load(_quiet_sensor(tmp_path / "pins"))
+    assert _link_fds() == before
+    assert not (tmp_path / "pins").exists()
+
+
+def test_loader_cgroup_attach_failure_detaches_the_tracepoints(tmp_path: Path) -> None:
+    """hips_compat: its tracepoints attach, then its cgroup programs fail on a non-cgroup."""
+    from bastion.kernel.clock import deadline_ns
+    from bastion.kernel.loader import LoadedObject, ObjectSpec
+
+    spec = ObjectSpec(path=HIPS_COMPAT, rodata={"cfg_cgroup_id": NO_CGROUP,
+                                                "cfg_deadline_ns": deadline_ns(30)},
+                      cgroup=tmp_path)
+    before = _link_fds()
+    with pytest.raises(KernelError, match="cgroup attach"):
+        LoadedObject.load(spec)
+    assert _link_fds() == before

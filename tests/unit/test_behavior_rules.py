@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from bastion.detect.behavior import behavior_rules, rule_names
-from bastion.detect.engine import Engine, Finding, RuleContext, SEVERITIES
+from bastion.detect.engine import Engine, Finding, RuleContext
+from bastion.severity import SEVERITIES
 from bastion.proctable import ProcessTable
 from bastion.sensors.replay import read_all
 

@@ -16,7 +16,6 @@ from typing import Any, Protocol, Sequence
 from bastion.events import Event, LsmDenyEvent
 from bastion.proctable import ProcessTable
 
-SEVERITIES = ("info", "low", "medium", "high", "critical")
 RULE_ERROR = "bastion.engine.rule_error"
 
 log = logging.getLogger("bastion.detect")

@@ -15,7 +15,9 @@ and starts over when it moved, so no decision mixes two).
 
 With ``pin_dir``, maps live at ``pin_dir/maps/<name>`` and links at
 ``pin_dir/links/<program>``: closing the agent leaves enforcement in place, and
-:meth:`HipsKernel.adopt` reopens it from the pins, without a gap.
+:meth:`HipsKernel.adopt` reopens it from the pins, without a gap.  Loading,
+attaching (all or nothing, ``cgroup/*`` programs on the cgroup), pinning,
+adopting and draining are the one loader's (:mod:`bastion.kernel.loader`).
 """
 
 from __future__ import annotations
@@ -24,19 +26,20 @@ import errno
 import logging
 import os
 import struct
-import time
 from pathlib import Path
 from typing import Final
 
 from bastion import abi
-from bastion.errors import DecodeError, KernelError, Location
+from bastion.errors import KernelError, Location
 from bastion.events import HipsEvent, decode
 from bastion.kernel import bpffs
-from bastion.kernel.btf import Btf
-from bastion.kernel.libbpf import BpfObject, Link, Map
-from bastion.kernel.ringbuf import RingBuffer
+from bastion.kernel.btf import setattr_has_idmap
+from bastion.kernel.clock import deadline_ns
+from bastion.kernel.libbpf import Map
+from bastion.kernel.loader import LoadedObject, LoaderUser, ObjectSpec, pinned_links
 from bastion.paths import bpf_object
-from bastion.policy.compile import MapPlan, kernel_dev
+from bastion.policy.compile import MapPlan
+from bastion.procstat import read_stat
 
 log = logging.getLogger("bastion.enforce.hips_kernel")
 
@@ -48,8 +51,6 @@ _GEN_OFFSET: Final = {"hips_gens": 0, "hips_subjects": 0, "hips_rules": 0, "hips
 # Programs that tell the tiers apart in a pin directory.
 _TIER_MARK: Final = {"lsm": "hips_file_open", "compat": "hips_connect4"}
 _GEN_MAX: Final = 0xFFFFFFFF
-_BTF_KIND_FUNC: Final = 12
-_VMLINUX_BTF: Final = Path("/sys/kernel/btf/vmlinux")
 _STAT_SLOTS_PER_OP: Final = 8
 
 # What each tier enforces, and how (the table `bastion doctor` can print).
@@ -59,39 +60,17 @@ ENFORCED: Final[dict[str, dict[str, str]]] = {
 }
 
 
-def _setattr_has_idmap(btf_path: Path = _VMLINUX_BTF) -> bool:
-    """Does the running kernel's ``inode_setattr`` LSM hook take a leading mnt_idmap?"""
-    with Btf.parse(btf_path) as btf:
-        fid = btf.find("bpf_lsm_inode_setattr", _BTF_KIND_FUNC)
-        if fid is None:
-            raise KernelError("kernel BTF has no bpf_lsm_inode_setattr (no BPF LSM?)",
-                              errno=errno.ENOENT, location=Location(str(btf_path)))
-        proto = btf.get_type(btf.get_type(fid).size_or_type)
-        if proto.vlen not in (2, 3):
-            raise KernelError(f"inode_setattr hook has {proto.vlen} arguments (known: 2, 3)",
-                              errno=errno.EINVAL, location=Location(str(btf_path)))
-        return proto.vlen == 3
-
-
 def _proc_facts(pid: int) -> tuple[int, int, int, int] | None:
     """(ppid, exe ino, exe kernel dev, start ns) of a live process, None if unreadable."""
     try:
         st = os.stat(f"/proc/{pid}/exe")
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-    except OSError:
+        ps = read_stat(pid)
+    except (OSError, ValueError):
         return None
-    fields = raw[raw.rfind(b")") + 2:].split()
-    try:
-        ppid = int(fields[1])
-        start_ticks = int(fields[19])
-    except (IndexError, ValueError):
-        return None
-    start_ns = start_ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
-    return ppid, st.st_ino, kernel_dev(st.st_dev), start_ns
+    return ps.ppid, st.st_ino, abi.kernel_dev(st.st_dev), ps.start_ns
 
 
-class HipsKernel:
+class HipsKernel(LoaderUser):
     """The kernel matcher of one tier: load/adopt, apply plans, drain decisions."""
 
     def __init__(
@@ -110,21 +89,12 @@ class HipsKernel:
         self.tier = tier
         self.pin_dir = pin_dir
         self.cgroup_id = cgroup_id
-        self.deadline_ns = (
-            time.clock_gettime_ns(time.CLOCK_BOOTTIME) + int(deadline_s * 1e9) if deadline_s else 0
-        )
+        self.deadline_ns = deadline_ns(deadline_s)
         self.self_tgid = self_tgid
         self.cgroup_path = cgroup_path
-        self._obj: BpfObject | None = None
-        self._links: dict[str, Link] = {}
-        self._maps: dict[str, Map] = {}
-        self._owned_maps: list[Map] = []
-        self._ring: RingBuffer | None = None
+        self._lo: LoadedObject | None = None
         self._written: dict[int, list[tuple[str, bytes]]] = {}
         self.seeded = 0
-        self.events = 0
-        self.decode_errors = 0
-        self.adopted = False
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -132,143 +102,60 @@ class HipsKernel:
     def _loc(self) -> Location:
         return Location(f"hips {self.tier} ({OBJECTS[self.tier]})")
 
-    def _rodata(self) -> dict[str, int | bytes]:
-        ro: dict[str, int | bytes] = {
+    def spec(self) -> ObjectSpec:
+        """The matcher of this tier, for the loader."""
+        rodata: dict[str, int | bytes] = {
             "cfg_cgroup_id": self.cgroup_id,
             "cfg_deadline_ns": self.deadline_ns,
             "cfg_self_tgid": self.self_tgid,
         }
+        sizes = {"events": abi.SMALL_RINGBUF_BYTES}  # decisions, not every event
         if self.tier == "lsm":
-            ro["cfg_setattr_idmap"] = int(_setattr_has_idmap())
-        return ro
+            rodata["cfg_setattr_idmap"] = int(setattr_has_idmap())
+            sizes["task_subjects"] = 1  # read from the task itself there
+        return ObjectSpec(path=bpf_object(OBJECTS[self.tier]), rodata=rodata, max_entries=sizes,
+                          cgroup=self.cgroup_path, pin_dir=self.pin_dir, pin_maps=MAPS)
 
     def open(self) -> None:
-        """Load, attach every program (all or nothing), seed, pin."""
-        if self._obj is not None or self._maps:
+        """Load, attach every program (all or nothing), pin, seed."""
+        if self._lo is not None and not self._lo.closed:
             raise KernelError("HipsKernel already open", errno=errno.EALREADY, location=self._loc)
-        if self.pin_dir is not None and any(self.pin_dir.glob("*/*")):
-            raise KernelError("pins of a previous HIPS matcher are present: adopt() them or remove them",
-                              errno=errno.EEXIST, location=Location(str(self.pin_dir)))
-        path = bpf_object(OBJECTS[self.tier])
-        obj = BpfObject.open(path, rodata=self._rodata())
-        cg_fd = -1
+        spec = self.spec()
+        if self.tier == "compat":
+            bpffs.ensure_tracefs()
+        self._lo = lo = LoadedObject.load(spec)
         try:
-            abi.check_abi_version(int.from_bytes(obj.read_rodata("bastion_abi_version"), "little"), str(path))
-            obj.map("events").set_max_entries(abi.SMALL_RINGBUF_BYTES)  # decisions, not every event
-            if self.tier == "lsm":
-                obj.map("task_subjects").set_max_entries(1)  # read from the task itself there
-            else:
-                bpffs.ensure_tracefs()
-            obj.load()
-            for name in MAPS:
-                self._maps[name] = obj.map(name)
-            for prog in obj.programs():
-                if prog.section_name.startswith("cgroup/"):
-                    if cg_fd < 0:
-                        cg = self.cgroup_path or bpffs.cgroup2_root()
-                        try:
-                            cg_fd = os.open(cg, os.O_RDONLY | os.O_DIRECTORY)
-                        except OSError as exc:
-                            raise KernelError(f"cannot open cgroup: {exc.strerror}",
-                                              errno=exc.errno or errno.EIO,
-                                              location=Location(str(cg))) from exc
-                    self._links[prog.name] = prog.attach_cgroup(cg_fd)
-                else:
-                    self._links[prog.name] = prog.attach()
             if self.tier == "compat":
                 self.seeded = self._seed_task_subjects()
-            self._ring = RingBuffer(self._maps["events"])
-            if self.pin_dir is not None:
-                self._pin(self.pin_dir)
         except BaseException:
-            self._teardown(obj, unpin=True)
+            lo.close(unpin=True)
             raise
-        finally:
-            if cg_fd >= 0:
-                os.close(cg_fd)
-        self._obj = obj
         log.info("hips %s: %d programs attached (scope cgroup %d, deadline %d)", self.tier,
-                 len(self._links), self.cgroup_id, self.deadline_ns)
-
-    def _pin(self, root: Path) -> None:
-        maps = bpffs.pin_dir(root / "maps")
-        links = bpffs.pin_dir(root / "links")
-        for name, m in self._maps.items():
-            m.pin(maps / name)
-        for name, link in self._links.items():
-            link.pin(links / name)
+                 len(lo.links), self.cgroup_id, self.deadline_ns)
 
     @classmethod
     def adopt(cls, pin_dir: Path) -> HipsKernel:
         """Reopen the maps and links a previous agent pinned under ``pin_dir``."""
-        links_dir, maps_dir = pin_dir / "links", pin_dir / "maps"
-        names = sorted(p.name for p in links_dir.iterdir()) if links_dir.is_dir() else []
+        names = pinned_links(pin_dir)
         tier = next((t for t, mark in _TIER_MARK.items() if mark in names), None)
         if tier is None:
             raise KernelError("no pinned HIPS matcher here", errno=errno.ENOENT,
                               location=Location(str(pin_dir)))
         self = cls(tier, pin_dir=pin_dir)
-        try:
-            for name in MAPS:
-                m = Map.open_pinned(maps_dir / name)
-                self._owned_maps.append(m)
-                self._maps[name] = m
-            for name in names:
-                self._links[name] = Link.open_pinned(links_dir / name)
-            self._ring = RingBuffer(self._maps["events"])
-        except BaseException:
-            self._teardown(None, unpin=False)
-            raise
-        self.adopted = True
+        self._lo = LoadedObject.adopt(ObjectSpec(path=Path(OBJECTS[tier]), pin_dir=pin_dir,
+                                                 pin_maps=MAPS))
         return self
-
-    def _teardown(self, obj: BpfObject | None, *, unpin: bool) -> None:
-        if unpin:
-            for link in self._links.values():
-                if link.pin_path is not None:
-                    try:
-                        link.unpin()
-                    except KernelError as exc:
-                        log.warning("cannot unpin %s: %s", link.description, exc)
-            for m in self._maps.values():
-                if m.pin_path is not None:
-                    try:
-                        m.unpin()
-                    except KernelError as exc:
-                        log.warning("cannot unpin map %s: %s", m.pin_path, exc)
-        for link in self._links.values():
-            link.destroy()  # unpinned: the last reference, so this detaches
-        self._links.clear()
-        if self._ring is not None:
-            self._ring.close()
-            self._ring = None
-        for m in self._owned_maps:
-            m.close()
-        self._owned_maps.clear()
-        self._maps.clear()
-        if obj is not None:
-            obj.close()
-        if unpin and self.pin_dir is not None:
-            for sub in ("links", "maps"):
-                try:
-                    (self.pin_dir / sub).rmdir()
-                except OSError:
-                    pass
-            try:
-                self.pin_dir.rmdir()
-            except OSError:
-                pass
 
     def close(self, *, unpin: bool = False) -> None:
         """Release everything; pinned links stay attached unless ``unpin``."""
-        obj, self._obj = self._obj, None
-        self._teardown(obj, unpin=unpin or self.pin_dir is None)
+        if self._lo is not None:
+            self._lo.close(unpin=unpin)
 
     # ---- task_subjects --------------------------------------------------------------------
 
     def _seed_task_subjects(self) -> int:
         """Facts of every live process (the tracepoints keep them from now on)."""
-        m = self._maps["task_subjects"]
+        m = self._map("task_subjects")
         facts: dict[int, tuple[int, int, int, int]] = {}
         for name in os.listdir("/proc"):
             if name.isdigit():
@@ -296,10 +183,9 @@ class HipsKernel:
     # ---- policy ----------------------------------------------------------------------------
 
     def _map(self, name: str) -> Map:
-        m = self._maps.get(name)
-        if m is None:
+        if self._lo is None or self._lo.closed:
             raise KernelError("HipsKernel used before open()", errno=errno.ENOENT, location=self._loc)
-        return m
+        return self._lo.map(name)
 
     def active_gen(self) -> int:
         raw = self._map("hips_state").lookup(b"\0" * 4)
@@ -371,28 +257,11 @@ class HipsKernel:
     # ---- decisions -----------------------------------------------------------------------
 
     def poll(self, timeout_s: float = 0.0) -> list[HipsEvent]:
-        ring = self._ring
-        if ring is None:
+        lo = self._lo
+        if lo is None or lo.closed:
             raise KernelError("HipsKernel polled before open()", errno=errno.ENOENT, location=self._loc)
-        if timeout_s > 0 and not ring.pending_bytes():
-            time.sleep(timeout_s)
-        off = time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
-        out: list[HipsEvent] = []
-        for rec in ring.drain():
-            try:
-                ev = decode(rec, off)
-            except DecodeError as exc:
-                self.decode_errors += 1
-                log.warning("undecodable hips record dropped: %s", exc)
-                continue
-            if isinstance(ev, HipsEvent):
-                out.append(ev)
-        self.events += len(out)
-        return out
-
-    def _sum_percpu(self, name: str, key: int) -> int:
-        vals = self._map(name).lookup_percpu(struct.pack("<I", key))
-        return sum(struct.unpack_from("<Q", v)[0] for v in vals)
+        lo.wait(timeout_s)
+        return [ev for ev in lo.drain(decode) if isinstance(ev, HipsEvent)]
 
     def decisions(self) -> dict[tuple[str, str], int]:
         """Decisions taken so far per (op, action), summed over CPUs."""
@@ -408,14 +277,7 @@ class HipsKernel:
         return out
 
     def stats(self) -> dict[str, int]:
-        out = {
-            "events": self.events,
-            "drops": self._sum_percpu("drops", 0),
-            "decode_errors": self.decode_errors,
-            "programs": len(self._links),
-            "active_gen": self.active_gen(),
-            "seeded": self.seeded,
-        }
+        out = {**super().stats(), "active_gen": self.active_gen(), "seeded": self.seeded}
         for (op, act), n in self.decisions().items():
             out[f"decisions.{op}.{act}"] = n
         return out

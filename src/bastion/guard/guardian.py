@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from bastion.procstat import read_stat
 from bastion.alert import Alert, AlertProcess
 from bastion.control import ControlServer
 from bastion.errors import BastionError, KernelError
@@ -46,6 +47,7 @@ from bastion.guard import protect
 from bastion.guard.identity import ROLE_AGENT, ROLE_GUARDIAN, Identity
 from bastion.guard.kernel import TamperKernel, TamperRecord
 from bastion.guard.token import MaintenanceWindow, TokenStore
+from bastion.procstat import read_stat
 from bastion.store.db import Store
 from bastion.timefmt import format_time
 
@@ -87,10 +89,8 @@ class _AgentProc:
 def _parent_of(tgid: int) -> int:
     """The parent pid of ``tgid`` from procfs (never marked); 0 when unknown."""
     try:
-        with open(f"/proc/{tgid}/stat", "rb") as fh:
-            raw = fh.read()
-        return int(raw[raw.rfind(b")") + 2:].split()[1])
-    except (OSError, ValueError, IndexError):
+        return read_stat(tgid).ppid
+    except (OSError, ValueError):
         return 0
 
 
@@ -243,14 +243,12 @@ class Guardian:
             a.popen.returncode = os.waitstatus_to_exitcode(status)
             return "dead"
         try:
-            with open(f"/proc/{a.pid}/stat", "rb") as fh:
-                raw = fh.read()
-        except OSError:
+            state = read_stat(a.pid).state
+        except (OSError, ValueError):
             return "dead"
         if a.ident is not None and not a.ident.alive():
             return "dead"
-        state = raw[raw.rfind(b")") + 2:].split()[0]
-        return "stopped" if state in (b"T", b"t") else ("dead" if state in (b"Z", b"X") else "running")
+        return "stopped" if state in ("T", "t") else ("dead" if state in ("Z", "X") else "running")
 
     def _supervise(self) -> None:
         st = self._agent_state()

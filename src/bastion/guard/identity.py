@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from typing import Final
 
 from bastion.abi import TamperIdent as IdentValue
+from bastion.abi import kernel_dev
 from bastion.errors import KernelError, Location
-from bastion.guard.protect import kernel_dev
+from bastion.procstat import read_stat
 
 ROLE_AGENT: Final = 1
 ROLE_GUARDIAN: Final = 2
@@ -34,14 +35,15 @@ class Identity:
     def of(cls, pid: int, role: int) -> Identity:
         """The identity of a live process (KernelError if it is gone)."""
         try:
-            with open(f"/proc/{pid}/stat", "rb") as fh:
-                raw = fh.read()
+            ps = read_stat(pid)
             st = os.stat(f"/proc/{pid}/exe")
         except OSError as exc:
             raise KernelError(f"cannot read the identity of pid {pid}: {exc.strerror}",
                               errno=exc.errno or 0, location=Location(f"/proc/{pid}")) from exc
-        fields = raw[raw.rfind(b")") + 2:].split()
-        return cls(pid, int(fields[19]), st.st_ino, kernel_dev(st.st_dev), role)
+        except ValueError as exc:
+            raise KernelError(f"cannot read the identity of pid {pid}: {exc}",
+                              location=Location(f"/proc/{pid}/stat")) from exc
+        return cls(pid, ps.start_ticks, st.st_ino, kernel_dev(st.st_dev), role)
 
     def alive(self) -> bool:
         """Is this exact process still running (not a pid reuse)?"""

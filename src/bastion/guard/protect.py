@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Iterable, Sequence
 
+from bastion.abi import kernel_dev  # re-exported: the guard's inode keys
 from bastion.errors import ConfigError, Location
 from bastion.paths import bpf_object_dir
 
@@ -31,11 +32,6 @@ F_ANCESTOR: Final = 1 << 2
 SERVICE_UNITS: Final = (Path("/etc/systemd/system/bastion.service"),
                         Path("/lib/systemd/system/bastion.service"),
                         Path("/usr/lib/systemd/system/bastion.service"))
-
-
-def kernel_dev(st_dev: int) -> int:
-    """User-space dev_t -> the kernel's encoding (major << 20 | minor)."""
-    return (os.major(st_dev) << 20) | os.minor(st_dev)
 
 
 @dataclass(frozen=True)

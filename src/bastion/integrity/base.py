@@ -11,8 +11,7 @@ from typing import Any, ClassVar, Mapping
 from bastion.errors import BastionError
 from bastion.integrity import ksyms
 from bastion.integrity.kread import KernelReader
-
-SEVERITIES = ("info", "low", "medium", "high", "critical")
+from bastion.severity import SEVERITIES
 
 
 @dataclass(frozen=True)
@@ -22,7 +21,7 @@ class IntegrityFinding:
     check: str
     code: str                  # stable id, e.g. "text.modified", "bpf.rogue_program"
     title: str
-    severity: str              # one of SEVERITIES
+    severity: str              # one of bastion.severity.SEVERITIES
     evidence: dict[str, Any] = field(default_factory=dict)
     action: str = "alert"      # "kill": the response layer may kill_loader() the holders
     pid: int = 0               # the process it is about (a rogue loader), 0 if none

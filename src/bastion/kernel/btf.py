@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
-from bastion.errors import BpfObjectError, Location
+from bastion.errors import BpfObjectError, KernelError, Location
 from bastion.kernel import _ffi
 from bastion.kernel._ffi import LIB
 
@@ -263,3 +263,24 @@ def enum_values(obj_path: Path, enum_name: str) -> dict[str, int]:
     """Enumerators of ``enum enum_name`` in the object's BTF."""
     with Btf.parse(obj_path) as btf:
         return btf.enum_values(enum_name)
+
+
+VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
+
+
+def setattr_has_idmap(btf_path: Path = VMLINUX_BTF) -> bool:
+    """Does the running kernel's ``inode_setattr`` LSM hook take a leading mnt_idmap (6.3+)?
+
+    ``cfg_setattr_idmap`` of the objects that hook it: the argument list
+    changed, and a BPF program must read the arguments where they are.
+    """
+    with Btf.parse(btf_path) as btf:
+        fid = btf.find("bpf_lsm_inode_setattr", _ffi.BTF_KIND_FUNC)
+        if fid is None:
+            raise KernelError("kernel BTF has no bpf_lsm_inode_setattr (no BPF LSM?)",
+                              errno=errno.ENOENT, location=Location(str(btf_path)))
+        proto = btf.get_type(btf.get_type(fid).size_or_type)
+        if proto.vlen not in (2, 3):
+            raise KernelError(f"inode_setattr hook has {proto.vlen} arguments (known: 2, 3)",
+                              errno=errno.EINVAL, location=Location(str(btf_path)))
+        return int(proto.vlen) == 3

@@ -16,13 +16,12 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Callable, Final, Mapping
 
+from bastion.procstat import TICK_NS, parse_stat
 from bastion.errors import BastionError, KernelError, Location
 from bastion.kernel.bpffs import cgroup2_root
 from bastion.policy.compile import kernel_dev
 
 MAX_ANCESTORS: Final = 16
-_CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
-TICK_NS: Final = 1_000_000_000 // _CLK_TCK
 
 
 @dataclass(frozen=True)
@@ -103,12 +102,11 @@ def ancestors(path: str) -> list[tuple[int, int]]:
 
 def stat_ppid_start(pid: int) -> tuple[int, int]:
     """(ppid, start CLOCK_BOOTTIME ns) from /proc/PID/stat; (-1, -1) if gone."""
-    raw = read_proc(f"/proc/{pid}/stat")
     try:
-        fields = raw[raw.rindex(b")") + 2:].split()
-        return int(fields[1]), int(fields[19]) * TICK_NS
-    except (ValueError, IndexError):
+        st = parse_stat(pid, read_proc(f"/proc/{pid}/stat"))
+    except ValueError:
         return -1, -1
+    return st.ppid, st.start_ns
 
 
 def open_flags(tid: int) -> int | None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Final
 
 from bastion import abi
+from bastion.abi import kernel_dev  # re-exported: the policy's inode keys
 from bastion.errors import ConfigError, Location
 from bastion.policy.model import (
     Action, AnyObject, FileObject, HipsPolicy, Mode, NetObject, Op, SubjectKind,
@@ -41,11 +42,6 @@ class CompileError(ConfigError):
     def __init__(self, problems: list[ConfigError]) -> None:
         super().__init__("\n".join(str(p) for p in problems))
         self.problems = problems
-
-
-def kernel_dev(st_dev: int) -> int:
-    """User-space dev_t -> the kernel's encoding (major << 20 | minor)."""
-    return (os.major(st_dev) << 20) | os.minor(st_dev)
 
 
 @dataclass(frozen=True)

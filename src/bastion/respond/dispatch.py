@@ -31,6 +31,7 @@ from bastion.alert import Alert, AlertProcess
 from bastion.detect.engine import Finding
 from bastion.events import to_json
 from bastion.proctable import ProcessTable
+from bastion.procstat import TICK_NS, start_ns_of
 from bastion.timefmt import format_time
 
 log = logging.getLogger("bastion.respond")
@@ -45,15 +46,6 @@ class QuarantineBackend(Protocol):
 
 # After an action was taken: (the finding, its alert) -> None; may add to the alert.
 ActionHook = Callable[[Finding, Alert], None]
-
-
-def _start_ns_of(pid: int) -> int:
-    """Boot-time start of ``pid`` from /proc (clock-tick resolution); 0 if gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return int(stat[stat.rindex(")") + 2:].split()[19]) * (1_000_000_000 // os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 def live_children(pid: int) -> list[int]:
@@ -96,8 +88,8 @@ class Dispatcher:
         except ProcessLookupError:
             return "already exited"
         # the pidfd now pins the process: re-check the identity against /proc
-        now = _start_ns_of(pid)
-        if start_ns and now and abs(now - start_ns) >= 1_000_000_000 // os.sysconf("SC_CLK_TCK"):
+        now = start_ns_of(pid)
+        if start_ns and now and abs(now - start_ns) >= TICK_NS:
             os.close(pidfd)
             return "pid reused"
         return pidfd
@@ -180,7 +172,7 @@ class Dispatcher:
         start = f.event.proc.start_ns if f.event is not None and f.event.proc.pid == f.pid else 0
         self._incident += 1
         try:
-            self.quarantine.add(f.pid, start or _start_ns_of(f.pid), self._incident)
+            self.quarantine.add(f.pid, start or start_ns_of(f.pid), self._incident)
         except OSError as exc:
             return f"quarantine-failed: {exc}"
         return "quarantine"

@@ -9,7 +9,11 @@ Two objects share one map layout (``struct bastion_quarantine_val``):
 
 Fork copies the mark to children in the kernel (no race with user space);
 exit removes it.  Every enforcement is a ``hips`` record (``rule_id`` = the
-incident) on the object's own ring, turned into findings by :meth:`poll`.
+incident) on the object's own ring, drained by :meth:`poll` (a record that
+does not decode is counted in ``decode_errors``, never raised into the
+agent's loop) and turned into findings by :meth:`finding`.  Loading, the
+ABI check, attaching and draining are the one loader's
+(:mod:`bastion.kernel.loader`).
 
 Scope for tests: ``cgroup_id`` (only tasks of that cgroup are enforced on)
 and ``deadline_s`` (dead-man: past it nothing is enforced, even if the test
@@ -19,7 +23,6 @@ dies without cleaning up).  The agent uses neither, but passes ``self_tgid``.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from types import TracebackType
 
@@ -27,17 +30,17 @@ from bastion import abi
 from bastion.detect.engine import Finding
 from bastion.errors import KernelError, Location
 from bastion.events import Event, HipsEvent, decode
-from bastion.kernel.libbpf import BpfObject, Link, Map
-from bastion.kernel.ringbuf import RingBuffer
+from bastion.kernel.clock import deadline_ns
+from bastion.kernel.libbpf import Map
+from bastion.kernel.loader import LoadedObject, LoaderUser, ObjectSpec
 from bastion.paths import bpf_object
-from bastion.sensors.bpf import boot_to_wall_ns
 
 log = logging.getLogger("bastion.respond.quarantine")
 
 OBJECTS = {"compat": "quarantine.bpf.o", "lsm": "lsm_quarantine.bpf.o"}
 
 
-class Quarantine:
+class Quarantine(LoaderUser):
     """Load with :meth:`open`, mark with :meth:`add`, drain with :meth:`poll`."""
 
     def __init__(self, *, tier: str = "compat", cgroup_id: int = 0, deadline_s: float = 0.0,
@@ -49,52 +52,26 @@ class Quarantine:
         self.deadline_s = deadline_s
         self.self_tgid = self_tgid
         self.obj_path = obj_path or bpf_object(OBJECTS[tier])
-        self._obj: BpfObject | None = None
-        self._links: list[Link] = []
-        self._map: Map | None = None
-        self._ring: RingBuffer | None = None
-        self._offset = 0
+        self._lo: LoadedObject | None = None
         self.deadline_ns = 0
         self.marked = 0
 
-    def open(self) -> None:
-        deadline = 0
-        if self.deadline_s > 0:
-            deadline = time.clock_gettime_ns(time.CLOCK_BOOTTIME) + int(self.deadline_s * 1e9)
-        obj = BpfObject.open(self.obj_path, rodata={
-            "cfg_cgroup_id": self.cgroup_id, "cfg_deadline_ns": deadline,
-            "cfg_self_tgid": self.self_tgid,
-        })
-        try:
-            abi.check_abi_version(int.from_bytes(obj.read_rodata("bastion_abi_version"), "little"),
-                                  str(self.obj_path))
-            obj.map("events").set_max_entries(abi.SMALL_RINGBUF_BYTES)  # rare records
-            obj.load()
-            for prog in obj.programs():
-                self._links.append(prog.attach())
-            self._map = obj.map("quarantined")
-            self._ring = RingBuffer(obj.map("events"))
-        except BaseException:
-            self._teardown(obj)
-            raise
-        self._obj = obj
-        self.deadline_ns = deadline
-        self._offset = boot_to_wall_ns()
+    def spec(self, deadline: int) -> ObjectSpec:
+        return ObjectSpec(
+            path=self.obj_path,
+            rodata={"cfg_cgroup_id": self.cgroup_id, "cfg_deadline_ns": deadline,
+                    "cfg_self_tgid": self.self_tgid},
+            max_entries={"events": abi.SMALL_RINGBUF_BYTES},  # rare records
+        )
 
-    def _teardown(self, obj: BpfObject | None) -> None:
-        for link in self._links:
-            link.destroy()
-        self._links.clear()
-        if self._ring is not None:
-            self._ring.close()
-            self._ring = None
-        self._map = None
-        if obj is not None:
-            obj.close()
+    def open(self) -> None:
+        deadline = deadline_ns(self.deadline_s)
+        self._lo = LoadedObject.load(self.spec(deadline))
+        self.deadline_ns = deadline
 
     def close(self) -> None:
-        obj, self._obj = self._obj, None
-        self._teardown(obj)
+        if self._lo is not None:
+            self._lo.close()
 
     def __enter__(self) -> Quarantine:
         self.open()
@@ -105,9 +82,9 @@ class Quarantine:
         self.close()
 
     def _need_map(self) -> Map:
-        if self._map is None:
+        if self._lo is None or self._lo.closed:
             raise KernelError("quarantine is not loaded", location=Location(str(self.obj_path)))
-        return self._map
+        return self._lo.map("quarantined")
 
     def add(self, pid: int, start_ns: int, incident: int) -> None:
         """Quarantine process ``pid`` (its boot-time start, 0 = any) for ``incident``."""
@@ -130,10 +107,13 @@ class Quarantine:
         return out
 
     def poll(self) -> list[Event]:
-        """Enforcement records since the last call."""
-        if self._ring is None:
+        """Enforcement records since the last call; undecodable ones are counted, not raised."""
+        if self._lo is None or self._lo.closed:
             return []
-        return [decode(r, self._offset) for r in self._ring.drain()]
+        return self._lo.drain(decode)
+
+    def stats(self) -> dict[str, int]:
+        return {**super().stats(), "marked": self.marked}
 
     @staticmethod
     def finding(ev: HipsEvent) -> Finding:
@@ -144,7 +124,6 @@ class Quarantine:
             severity="high", attack=(), action=ev.action, event=ev, pid=ev.proc.pid,
             evidence={"incident": ev.rule_id, "op": ev.op, "path": ev.path},
             enforced_by="lsm/quarantine" if ev.mechanism == "lsm" else "tracepoint/quarantine")
-
 
 
 __all__ = ["Quarantine", "OBJECTS"]

@@ -17,8 +17,14 @@ class Sensor(Protocol):
     """An event source the agent drains: a kernel sensor, a replay, an LSM object."""
 
     name: str
-    attached: list[str]      # programs attached (kernel sensors); empty otherwise
-    missing: list[str]       # optional programs this kernel refused
+
+    @property
+    def attached(self) -> list[str]:
+        """Programs attached (kernel sensors); empty otherwise."""
+
+    @property
+    def missing(self) -> list[str]:
+        """Optional programs this kernel refused."""
 
     def ring_fill(self) -> float:
         """Fill level of the kernel ring (0..1); 0 for sources without one."""

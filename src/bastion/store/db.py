@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 
 from bastion.store import chain
 from bastion.errors import Location, StoreError
+from bastion.severity import SEVERITIES
 from bastion.store.schema import SCHEMA_VERSION, NewerSchemaError, current_version, migrate
 from bastion.timefmt import parse_time
 
@@ -42,7 +43,6 @@ __all__ = [
 ]
 
 DB_NAME = "bastion.db"
-SEVERITIES: tuple[str, ...] = ("info", "low", "medium", "high", "critical")
 _GLOB_CHARS = frozenset("*?[")
 # Retention deletes in chunks so one call never holds the write lock (or grows
 # the WAL) for a whole multi-million-row delete.

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from bastion.detect.behavior.base import ACTIONS, RuleSettings
-from bastion.detect.engine import SEVERITIES
+from bastion.severity import SEVERITIES
 from bastion.errors import ConfigError, Location
 from bastion.yamlparse import NodeParser
 

@@ -43,6 +43,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Iterator
 
+from bastion.kernel.clock import boot_to_wall_ns
 from bastion.errors import Location, StoreError
 from bastion.kernel.opener import TICK_NS
 from bastion.policy.compile import kernel_dev
@@ -76,10 +77,6 @@ CREATE INDEX IF NOT EXISTS incident_copies_copy ON incident_copies(copy);
 
 GenKey = tuple[int, int, int, int, int]     # (dev, ino, size, mtime_ns, ctime_ns)
 ProcId = tuple[int, int]                    # (pid, start_ns CLOCK_BOOTTIME)
-
-
-def _boot_to_wall_ns() -> int:
-    return time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
 
 
 def _blob_cost(size: int) -> int:
@@ -455,7 +452,7 @@ class ShadowStore:
     def open_incident(self, root_pid: int, started_ns: int) -> int:
         """Group every copy made for ``root_pid`` (started at ``started_ns``, CLOCK_BOOTTIME)
         and its descendants; later copies for that tree join while the incident is open."""
-        start_wall = started_ns + _boot_to_wall_ns() - 2 * 1_000_000_000 if started_ns else 0
+        start_wall = started_ns + boot_to_wall_ns() - 2 * 1_000_000_000 if started_ns else 0
         with self._lock:
             self.flush()
             cur = self._db.execute(

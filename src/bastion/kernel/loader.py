@@ -1,0 +1,338 @@
+"""The one BPF object loader: every Bastion object goes through it.
+
+An :class:`ObjectSpec` declares what one object needs; the loader owns the
+lifecycle, written once for the sensor, the HIPS matcher, the quarantine, the
+tamper objects and the scoped LSM objects:
+
+1. open the ELF with its ``.rodata`` configuration (``const volatile``
+   globals: scope, dead-man deadline, the agent's tgid …);
+2. refuse an object compiled against another ABI (``bastion_abi_version``);
+3. size the maps that are sized at run time (the ring's byte size …);
+4. load (verifier errors name the program);
+5. attach every program, all or nothing: when one fails, everything already
+   attached is detached before the error propagates.  Programs listed in
+   ``optional`` (a hook an older kernel lacks) may be missing; ``cgroup/*``
+   programs attach to ``cgroup`` (the cgroup v2 root by default);
+6. map the ring buffer;
+7. with ``pin_dir``, pin ``pin_maps`` at ``pin_dir/maps/<name>`` and every
+   link at ``pin_dir/links/<program>``, so enforcement outlives the process;
+   :meth:`LoadedObject.adopt` reopens such a set later without a gap.
+
+:meth:`LoadedObject.drain` decodes the ring's records with the caller's
+decoder and a periodically refreshed wall-clock offset; a record that does
+not decode is counted in ``decode_errors`` and logged, never raised into the
+caller's event loop.  :meth:`LoadedObject.close` releases everything; pinned
+links stay attached unless ``unpin``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import struct
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+from bastion import abi
+from bastion.errors import DecodeError, KernelError, Location
+from bastion.kernel import bpffs
+from bastion.kernel.clock import WallOffset
+from bastion.kernel.libbpf import BpfObject, Link, Map
+from bastion.kernel.ringbuf import RingBuffer
+
+log = logging.getLogger("bastion.kernel.loader")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ObjectSpec:
+    """What one BPF object needs; :func:`LoadedObject.load` does the rest."""
+
+    path: Path
+    rodata: Mapping[str, int | bytes] = field(default_factory=dict)
+    ring: str | None = "events"          # the ring buffer map drained by LoadedObject.drain
+    max_entries: Mapping[str, int] = field(default_factory=dict)  # set before load (a ring's bytes)
+    optional: frozenset[str] = frozenset()  # programs whose hook may be absent on this kernel
+    cgroup: Path | None = None           # where cgroup/* programs attach (None: cgroup v2 root)
+    pin_dir: Path | None = None          # pin maps and links below it (None: nothing is pinned)
+    pin_maps: tuple[str, ...] = ()       # the maps pinned, and reopened by adopt()
+    drops: str | None = "drops"          # the per-CPU u64 counter of failed ring reserves
+
+    @property
+    def maps_dir(self) -> Path:
+        return self._pins() / "maps"
+
+    @property
+    def links_dir(self) -> Path:
+        return self._pins() / "links"
+
+    def _pins(self) -> Path:
+        if self.pin_dir is None:
+            raise KernelError("this object is not pinned (no pin_dir)", errno=errno.EINVAL,
+                              location=Location(str(self.path)))
+        return self.pin_dir
+
+    def pinned_links(self) -> list[str]:
+        """Names of the links pinned under ``pin_dir`` (sorted; [] when none)."""
+        return pinned_links(self._pins())
+
+    def pins_complete(self) -> bool:
+        """Is a whole set pinned: every ``pin_maps`` map and at least one link?"""
+        return (all((self.maps_dir / m).exists() for m in self.pin_maps)
+                and bool(self.pinned_links()))
+
+
+def pinned_links(pin_dir: Path) -> list[str]:
+    """Names of the links pinned at ``pin_dir/links`` (sorted; [] when none)."""
+    d = pin_dir / "links"
+    return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
+
+
+class _Ring(Protocol):
+    def pending_bytes(self) -> int: ...
+    def drain(self, limit: int | None = None) -> list[bytes]: ...
+    def close(self) -> None: ...
+
+
+class _Pinned(Protocol):
+    @property
+    def pin_path(self) -> Path | None: ...
+    def unpin(self) -> None: ...
+
+
+def _open_cgroup(path: Path) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise KernelError(f"cannot open cgroup: {exc.strerror}", errno=exc.errno or errno.EIO,
+                          location=Location(str(path))) from exc
+
+
+class LoadedObject:
+    """One loaded (or adopted) BPF object: its links, maps, ring and counters."""
+
+    def __init__(self, spec: ObjectSpec, obj: BpfObject | None = None) -> None:
+        self.spec = spec
+        self.obj = obj
+        self.links: dict[str, Link] = {}
+        self.attached: list[str] = []        # programs attached (or adopted), kept after close
+        self.missing: list[str] = []         # optional programs whose hook is absent
+        self.closed = False
+        self.ring: _Ring | None = None
+        self.adopted = False
+        self.decoded = 0
+        self.decode_errors = 0
+        self._drops_at_close = 0
+        self.wall_offset = WallOffset()
+        self._maps: dict[str, Map] = {}      # pinned (borrowed from obj) or opened from pins
+        self._owned: list[Map] = []          # fds this object closes
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, spec: ObjectSpec) -> LoadedObject:
+        """Open, check, size, load, attach all or nothing, map the ring, pin."""
+        if spec.pin_dir is not None and any(spec.pin_dir.glob("*/*")):
+            raise KernelError("pins of a previous load are present: adopt them or remove them",
+                              errno=errno.EEXIST, location=Location(str(spec.pin_dir)))
+        obj = BpfObject.open(spec.path, rodata=spec.rodata)
+        self = cls(spec, obj)
+        try:
+            version = int.from_bytes(obj.read_rodata("bastion_abi_version"), "little")
+            abi.check_abi_version(version, str(spec.path))
+            for name, n in spec.max_entries.items():
+                obj.map(name).set_max_entries(n)
+            obj.load()
+            self._attach_all(obj)
+            for name in spec.pin_maps:
+                self._maps[name] = obj.map(name)
+            if spec.ring is not None:
+                self.ring = RingBuffer(obj.map(spec.ring))
+            if spec.pin_dir is not None:
+                self._pin()
+        except BaseException:
+            self.close(unpin=True)
+            raise
+        log.info("%s: %d programs attached%s", spec.path.name, len(self.links),
+                 f", pinned at {spec.pin_dir}" if spec.pin_dir is not None else "")
+        return self
+
+    def _attach_all(self, obj: BpfObject) -> None:
+        cg_fd = -1
+        try:
+            for prog in obj.programs():
+                try:
+                    if prog.section_name.startswith("cgroup/"):
+                        if cg_fd < 0:
+                            cg_fd = _open_cgroup(self.spec.cgroup or bpffs.cgroup2_root())
+                        link = prog.attach_cgroup(cg_fd)
+                    else:
+                        link = prog.attach()
+                except KernelError as exc:
+                    if prog.name not in self.spec.optional:
+                        raise
+                    log.info("hook of %s absent on this kernel: %s", prog.name, exc.message)
+                    self.missing.append(prog.name)
+                    continue
+                self.links[prog.name] = link
+                self.attached.append(prog.name)
+        finally:
+            if cg_fd >= 0:
+                os.close(cg_fd)
+
+    def _pin(self) -> None:
+        maps = bpffs.pin_dir(self.spec.maps_dir)
+        links = bpffs.pin_dir(self.spec.links_dir)
+        for name, m in self._maps.items():
+            m.pin(maps / name)
+        for name, link in self.links.items():
+            link.pin(links / name)
+
+    @classmethod
+    def adopt(cls, spec: ObjectSpec) -> LoadedObject:
+        """Reopen the maps and links a previous process pinned under ``spec.pin_dir``."""
+        self = cls(spec)
+        try:
+            for name in spec.pin_maps:
+                m = Map.open_pinned(spec.maps_dir / name)
+                self._owned.append(m)
+                self._maps[name] = m
+            for name in spec.pinned_links():
+                self.links[name] = Link.open_pinned(spec.links_dir / name)
+                self.attached.append(name)
+            if spec.ring is not None:
+                self.ring = RingBuffer(self.map(spec.ring))
+        except BaseException:
+            self.close()
+            raise
+        self.adopted = True
+        log.info("%s: adopted %d links and %d maps from %s", spec.path.name, len(self.links),
+                 len(self._maps), spec.pin_dir)
+        return self
+
+    def close(self, *, unpin: bool = False) -> None:
+        """Release everything (idempotent).  Pinned links stay attached unless ``unpin``,
+        which also removes the pins and the pin directories this object used."""
+        if self.ring is not None and self.spec.drops is not None and (
+                self.obj is not None or self.spec.drops in self._maps):
+            self._drops_at_close = self.sum_percpu_u64(self.spec.drops)  # still readable after
+        if unpin:
+            pins: list[_Pinned] = [*self.links.values(), *self._maps.values()]
+            for pinned in pins:
+                if pinned.pin_path is not None:
+                    try:
+                        pinned.unpin()
+                    except KernelError as exc:
+                        log.warning("cannot unpin %s: %s", pinned.pin_path, exc)
+        for link in self.links.values():
+            link.destroy()  # detaches unless pinned
+        self.links.clear()
+        if self.ring is not None:
+            self.ring.close()
+            self.ring = None
+        for m in self._owned:
+            m.close()
+        self._owned.clear()
+        self._maps.clear()
+        if self.obj is not None:
+            self.obj.close()
+            self.obj = None
+        self.closed = True
+        if unpin and self.spec.pin_dir is not None:
+            for d in (self.spec.links_dir, self.spec.maps_dir, self.spec.pin_dir):
+                try:
+                    d.rmdir()
+                except OSError:
+                    pass  # absent, or holds what is not ours
+
+    # ---- maps --------------------------------------------------------------------------
+
+    def map(self, name: str) -> Map:
+        """A map by name: pinned/adopted ones, else the loaded object's."""
+        m = self._maps.get(name)
+        if m is not None:
+            return m
+        if self.obj is None:
+            raise KernelError(f"no map {name!r}: the object is closed or was adopted without it",
+                              errno=errno.ENOENT, location=Location(str(self.spec.path)))
+        return self.obj.map(name)
+
+    def maps(self) -> Iterable[Map]:
+        """Every map of the loaded object (scratch and .rodata too), or the adopted ones."""
+        return self.obj.maps() if self.obj is not None else list(self._maps.values())
+
+    def sum_percpu_u64(self, name: str, key: int = 0) -> int:
+        """A per-CPU u64 counter summed over CPUs."""
+        vals = self.map(name).lookup_percpu(struct.pack("<I", key))
+        return sum(struct.unpack_from("<Q", v)[0] for v in vals)
+
+    def drops(self) -> int:
+        """Records lost to a full ring (0 without a drop counter; once closed, the count then)."""
+        if self.spec.drops is None or self.closed:
+            return self._drops_at_close
+        return self.sum_percpu_u64(self.spec.drops)
+
+    # ---- the ring ----------------------------------------------------------------------
+
+    def _need_ring(self) -> _Ring:
+        if self.ring is None:
+            raise KernelError("ring polled before load or after close", errno=errno.EBADF,
+                              location=Location(str(self.spec.path)))
+        return self.ring
+
+    def pending_bytes(self) -> int:
+        return self.ring.pending_bytes() if self.ring is not None else 0
+
+    def wait(self, timeout_s: float) -> None:
+        """Sleep ``timeout_s`` unless records are already waiting (batched drain)."""
+        if timeout_s > 0 and not self._need_ring().pending_bytes():
+            time.sleep(timeout_s)
+
+    def drain(self, decode: Callable[[bytes, int], T]) -> list[T]:
+        """Decode every record waiting in the ring; count and skip the undecodable."""
+        offset = self.wall_offset()
+        out: list[T] = []
+        for rec in self._need_ring().drain():
+            try:
+                out.append(decode(rec, offset))
+            except DecodeError as exc:
+                self.decode_errors += 1
+                log.warning("undecodable record from %s dropped: %s", self.spec.path.name, exc)
+        self.decoded += len(out)
+        return out
+
+
+class LoaderUser:
+    """What every user of the loader reports about its object (held in ``_lo``)."""
+
+    _lo: LoadedObject | None = None
+
+    @property
+    def adopted(self) -> bool:
+        return self._lo is not None and self._lo.adopted
+
+    @property
+    def events(self) -> int:
+        """Records decoded from the ring so far."""
+        return self._lo.decoded if self._lo is not None else 0
+
+    @property
+    def decode_errors(self) -> int:
+        """Records dropped because they did not decode."""
+        return self._lo.decode_errors if self._lo is not None else 0
+
+    def drops(self) -> int:
+        """Records the kernel could not reserve on a full ring."""
+        return self._lo.drops() if self._lo is not None else 0
+
+    def stats(self) -> dict[str, int]:
+        return {"events": self.events, "drops": self.drops(), "decode_errors": self.decode_errors,
+                "programs": len(self._lo.attached) if self._lo is not None else 0}
+
+
+__all__ = ["LoadedObject", "LoaderUser", "ObjectSpec", "pinned_links"]

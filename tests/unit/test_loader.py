@@ -1,0 +1,283 @@
+"""The one BPF object loader's user-space half, without a kernel: draining with
+decode-error counts, the wall-clock offset, pin bookkeeping, and the helpers
+that live once (clock, /proc/PID/stat).
+
+The attack: one malformed record on a ring (a kernel/user ABI slip, or a
+corrupted record) raised out of ``Quarantine.poll`` and so ended
+``Agent.run`` — the agent's whole event loop.  Every object now drains
+through :meth:`LoadedObject.drain`, which counts and skips such a record.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from bastion import abi
+from bastion.agent import Agent, AgentParts
+from bastion.detect.engine import Engine
+from bastion.proctable import ProcessTable
+from bastion.respond.dispatch import Dispatcher
+from bastion.config import parse_policy
+from bastion.events import Event, HipsEvent, decode
+from bastion.guard.kernel import TamperKernel
+from bastion.guard.kernel import decode as tamper_decode
+from bastion.kernel import clock
+from bastion.kernel.loader import LoadedObject, ObjectSpec, pinned_links
+from bastion.procstat import TICK_NS, parse_stat, read_stat, start_ns_of
+from bastion.respond.quarantine import Quarantine
+from bastion.store import Store
+
+pytestmark = pytest.mark.unit
+
+OFFSET = 1_700_000_000 * 10**9
+
+
+class FakeRing:
+    """Stands for a ring buffer: hands out queued records, once."""
+
+    def __init__(self, *batches: list[bytes]) -> None:
+        self.batches = list(batches)
+        self.closed = False
+
+    def pending_bytes(self) -> int:
+        return sum(len(r) for r in self.batches[0]) if self.batches else 0
+
+    def drain(self, limit: int | None = None) -> list[bytes]:
+        return self.batches.pop(0) if self.batches else []
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _hips_record(rule_id: int, pid: int = 4242) -> bytes:
+    r = abi.HipsEvent()
+    h = r.hdr
+    h.type = abi.EventType.HIPS
+    h.size = ctypes.sizeof(r)
+    h.ts_ns = 5_000_000_000
+    h.pid = h.tgid = pid
+    h.comm = b"victim"
+    r.op = abi.HipsOp.EXEC
+    r.action = abi.HipsAction.DENY
+    r.rule_id = rule_id
+    r.mechanism = 1
+    r.enforced = 1
+    r.path = b"/tmp/payload"
+    return bytes(r)
+
+
+BAD_RECORDS = [
+    b"\x01\x02",                                              # shorter than any header
+    (999).to_bytes(2, "little") + b"\0" * 200,                # unknown record type
+    _hips_record(1)[:40],                                     # a hips record cut short
+]
+
+
+def _loaded(*batches: list[bytes], path: str = "x.bpf.o") -> LoadedObject:
+    lo = LoadedObject(ObjectSpec(path=Path(path), drops=None))   # no drop counter to read
+    lo.ring = FakeRing(*batches)
+    return lo
+
+
+# ---- LoadedObject.drain ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", BAD_RECORDS)
+def test_drain_counts_a_bad_record_and_keeps_the_good_ones(bad: bytes) -> None:
+    lo = _loaded([_hips_record(1), bad, _hips_record(2)])
+    out = lo.drain(decode)
+    assert [e.rule_id for e in out if isinstance(e, HipsEvent)] == [1, 2]
+    assert lo.decode_errors == 1 and lo.decoded == 2
+
+
+def test_drain_stamps_wall_clock_time() -> None:
+    lo = _loaded([_hips_record(1)])
+    before = clock.boot_to_wall_ns()
+    (ev,) = lo.drain(decode)
+    assert abs(ev.time_ns - (5_000_000_000 + before)) < 1_000_000_000
+
+
+def test_drain_before_load_is_an_error_naming_the_object() -> None:
+    lo = LoadedObject(ObjectSpec(path=Path("some.bpf.o")))
+    with pytest.raises(Exception, match="ring polled before load") as info:
+        lo.drain(decode)
+    assert "some.bpf.o" in str(info.value)
+
+
+def test_close_closes_the_ring_and_keeps_the_counters() -> None:
+    lo = _loaded([BAD_RECORDS[0], _hips_record(1)])
+    lo.drain(decode)
+    ring = lo.ring
+    lo.close()
+    assert isinstance(ring, FakeRing) and ring.closed
+    assert lo.closed and lo.ring is None and lo.drops() == 0
+    assert (lo.decoded, lo.decode_errors) == (1, 1)
+
+
+# ---- the users: a bad record does not escape poll -------------------------------------------
+
+
+def _quarantine_with(*batches: list[bytes]) -> Quarantine:
+    q = Quarantine(tier="compat", obj_path=Path("quarantine.bpf.o"))
+    q._lo = _loaded(*batches, path="quarantine.bpf.o")
+    return q
+
+
+def test_quarantine_poll_counts_a_malformed_record_instead_of_raising() -> None:
+    q = _quarantine_with([_hips_record(7), BAD_RECORDS[1], _hips_record(8)], [BAD_RECORDS[0]])
+    assert [e.rule_id for e in q.poll() if isinstance(e, HipsEvent)] == [7, 8]
+    assert q.poll() == []
+    assert q.decode_errors == 2
+    assert q.stats()["decode_errors"] == 2
+
+
+def test_tamper_poll_counts_a_malformed_record_instead_of_raising(tmp_path: Path) -> None:
+    t = abi.TamperEvent()
+    t.hdr.type = abi.TamperRecord.EV_TAMPER
+    t.hdr.tgid = 99
+    t.op = abi.TamperOp.SIGNAL
+    tk = TamperKernel("compat", pin_dir=tmp_path)
+    tk._lo = _loaded([bytes(t), _hips_record(1), b"\0"])
+    recs = tk.poll()
+    assert [r.pid for r in recs] == [99] and recs[0].op == "signal"
+    assert tk.decode_errors == 2
+    with pytest.raises(Exception, match="not a tamper record"):
+        tamper_decode(b"\0" * 8, 0)
+
+
+class _QuietSensor:
+    """A sensor with nothing to say for a few polls, then EOF."""
+
+    name = "quiet"
+    attached: list[str] = []
+    missing: list[str] = []
+
+    def __init__(self, polls: int) -> None:
+        self.left = polls
+
+    def ring_fill(self) -> float:
+        return 0.0
+
+    def open(self) -> None:
+        pass
+
+    def poll(self, timeout_s: float) -> list[Event] | None:
+        self.left -= 1
+        return [] if self.left > 0 else None
+
+    def stats(self) -> dict[str, int]:
+        return {"events": 0, "drops": 0}
+
+    def close(self) -> None:
+        pass
+
+
+class _FakeLoadedQuarantine(Quarantine):
+    """A quarantine whose ring holds a malformed record between two enforcements."""
+
+    def open(self) -> None:
+        self._lo = _loaded([_hips_record(11, pid=4_000_011), BAD_RECORDS[1]], [],
+                           [_hips_record(12, pid=4_000_012)],
+                           path="quarantine.bpf.o")
+
+
+def test_a_malformed_quarantine_record_does_not_end_the_agent_loop(tmp_path: Path) -> None:
+    policy = parse_policy("version: 1\n", "test.yaml")
+    store = Store.open(tmp_path / "db")
+    q = _FakeLoadedQuarantine(tier="compat", obj_path=Path("quarantine.bpf.o"))
+    procs = ProcessTable()
+    agent = Agent(policy=policy, sensors=[_QuietSensor(polls=5)], store=store, procs=procs,
+                  engine=Engine([]), dispatcher=Dispatcher(procs, quarantine=q),
+                  parts=AgentParts(quarantine=q))
+    try:
+        summary = agent.run(threading.Event())   # raised DecodeError before the fix
+        alerts = [a.data for a in store.alerts(rule="bastion.quarantine.enforced")]
+    finally:
+        store.close()
+    assert q.decode_errors == 1
+    assert sorted(a["evidence"]["incident"] for a in alerts) == [11, 12]
+    assert summary.events == 2
+
+
+# ---- the wall-clock offset ------------------------------------------------------------------
+
+
+def test_wall_offset_is_refreshed_after_its_period(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]
+    step = [0]
+    monkeypatch.setattr(clock.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(clock, "boot_to_wall_ns", lambda: OFFSET + step[0])
+    off = clock.WallOffset(refresh_s=10.0)
+    assert off() == OFFSET
+    step[0] = 3_600 * 10**9          # the wall clock stepped an hour
+    now[0] += 5.0
+    assert off() == OFFSET           # within the period: the cached offset
+    now[0] += 6.0
+    assert off() == OFFSET + step[0]
+
+
+def test_deadline_is_zero_without_seconds_and_in_the_future_with() -> None:
+    assert clock.deadline_ns(None) == 0 and clock.deadline_ns(0) == 0
+    d = clock.deadline_ns(5)
+    assert 4 * 10**9 < d - clock.boot_ns() <= 5 * 10**9
+
+
+# ---- pins -----------------------------------------------------------------------------------
+
+
+def test_pins_complete_needs_every_map_and_a_link(tmp_path: Path) -> None:
+    spec = ObjectSpec(path=Path("t.bpf.o"), pin_dir=tmp_path / "set", pin_maps=("a", "b"))
+    assert not spec.pins_complete() and pinned_links(tmp_path / "set") == []
+    (tmp_path / "set" / "maps").mkdir(parents=True)
+    (tmp_path / "set" / "links").mkdir()
+    (tmp_path / "set" / "maps" / "a").touch()
+    (tmp_path / "set" / "links" / "p2").touch()
+    (tmp_path / "set" / "links" / "p1").touch()
+    assert not spec.pins_complete()
+    (tmp_path / "set" / "maps" / "b").touch()
+    assert spec.pins_complete() and spec.pinned_links() == ["p1", "p2"]
+
+
+def test_an_unpinned_spec_has_no_pin_directories() -> None:
+    with pytest.raises(Exception, match="not pinned") as info:
+        ObjectSpec(path=Path("t.bpf.o")).maps_dir
+    assert "t.bpf.o" in str(info.value)
+
+
+def test_load_refuses_over_the_pins_of_a_previous_load(tmp_path: Path) -> None:
+    (tmp_path / "links").mkdir()
+    (tmp_path / "links" / "prog").touch()
+    with pytest.raises(Exception, match="pins of a previous load") as info:
+        LoadedObject.load(ObjectSpec(path=Path("t.bpf.o"), pin_dir=tmp_path))
+    assert str(tmp_path) in str(info.value)
+
+
+# ---- /proc/PID/stat -------------------------------------------------------------------------
+
+
+def test_parse_stat_counts_fields_from_the_last_parenthesis() -> None:
+    rest = " ".join(["S", "1"] + ["0"] * 17 + ["12345"] + ["0"] * 10)
+    ps = parse_stat(77, f"77 (a) b (c) {rest}\n".encode())
+    assert (ps.comm, ps.state, ps.ppid, ps.start_ticks) == ("a) b (c", "S", 1, 12345)
+    assert ps.start_ns == 12345 * TICK_NS
+
+
+@pytest.mark.parametrize("raw", [b"", b"77 (x) S 1 2", b"77 x S 1 " + b"0 " * 30])
+def test_parse_stat_refuses_what_is_not_a_stat_line(raw: bytes) -> None:
+    with pytest.raises(ValueError, match="/proc/77/stat"):
+        parse_stat(77, raw)
+
+
+def test_read_stat_of_this_process_and_of_a_gone_one(tmp_path: Path) -> None:
+    me = read_stat(os.getpid())
+    assert me.ppid == os.getppid() and me.state in ("R", "S")
+    assert me.start_ns == start_ns_of(os.getpid())
+    assert 0 < me.start_ns <= clock.boot_ns()
+    assert start_ns_of(2**22 + 1, proc=tmp_path) == 0
+    with pytest.raises(OSError):
+        read_stat(1, proc=tmp_path)
