@@ -17,9 +17,9 @@ import errno
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import TypeVar
 
+from bastion.closing import Closing
 from bastion.errors import BpfObjectError, KernelError, Location
 from bastion.kernel import _ffi
 from bastion.kernel._ffi import LIB
@@ -80,7 +80,7 @@ class _Type:
     addr: int  # address of the btf_type record, valid while the Btf lives
 
 
-class Btf:
+class Btf(Closing):
     """A BTF blob: owned (parsed from a file) or borrowed (from a bpf_object)."""
 
     def __init__(self, ptr: int, *, owned: bool, source: str) -> None:
@@ -106,16 +106,6 @@ class Btf:
             LIB.btf__free(self._ptr)
         self._ptr = None
 
-    def __enter__(self) -> Btf:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # ---- low level -------------------------------------------------------------
 

@@ -26,9 +26,9 @@ import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, ClassVar
 
+from bastion.closing import Closing
 from bastion.errors import BpfObjectError, KernelError, Location
 from bastion.kernel import _ffi
 from bastion.kernel._ffi import LIB, LIBC
@@ -211,7 +211,7 @@ def _encode_rodata(obj: Path, var: VarInfo, value: int | bytes) -> bytes:
     return bytes(value).ljust(var.size, b"\0")
 
 
-class BpfObject:
+class BpfObject(Closing):
     """A BPF ELF object: open -> (configure) -> load -> attach programs / use maps.
 
     Programs and maps are owned by the object and invalid after :meth:`close`;
@@ -256,16 +256,6 @@ class BpfObject:
         self._programs.clear()
         self._maps.clear()
 
-    def __enter__(self) -> BpfObject:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self._ptr is None else ("loaded" if self._loaded else "open")
@@ -551,7 +541,7 @@ class Program:
 # ---- links ------------------------------------------------------------------------
 
 
-class Link:
+class Link(Closing):
     """An attachment (``struct bpf_link``).  Lives independently of its object.
 
     :meth:`destroy` releases it (detaching unless it is pinned: a pin keeps
@@ -604,22 +594,16 @@ class Link:
         rc = int(LIB.bpf_link__detach(self.ptr))
         _ffi.check(rc, f"detach link {self.description}", location=Location(self.description))
 
+    def close(self) -> None:
+        """``with link:`` ends in :meth:`destroy`."""
+        self.destroy()
+
     def destroy(self) -> None:
         """Detach (unless pinned) and free.  Idempotent."""
         if self._ptr is not None:
             LIB.bpf_link__destroy(self._ptr)
             self._ptr = None
 
-    def __enter__(self) -> Link:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.destroy()
 
 
 # ---- maps --------------------------------------------------------------------------
@@ -633,7 +617,7 @@ def _map_info(fd: int, where: Location) -> _ffi.BpfMapInfo:
     return info
 
 
-class Map:
+class Map(Closing):
     """A BPF map: from an object (:meth:`BpfObject.map`) or by fd/pin.
 
     A map from an object borrows the object's fd; one made by
@@ -696,16 +680,6 @@ class Map:
             self._own_fd = None
             self._info = None
 
-    def __enter__(self) -> Map:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return (

@@ -24,8 +24,8 @@ import errno
 import mmap
 import select
 from collections.abc import Callable
-from types import TracebackType
 
+from bastion.closing import Closing
 from bastion.errors import KernelError, Location
 from bastion.kernel import _ffi
 from bastion.kernel.libbpf import Map
@@ -36,7 +36,7 @@ LEN_MASK = DISCARD_BIT - 1
 HDR_SIZE = 8
 
 
-class RingBuffer:
+class RingBuffer(Closing):
     """Consume a ring buffer map.  One consumer per ring; not thread-safe."""
 
     def __init__(self, ring_map: Map) -> None:
@@ -195,13 +195,3 @@ class RingBuffer:
         self._cons_mm.close()
         self._data_mm.close()
 
-    def __enter__(self) -> RingBuffer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
