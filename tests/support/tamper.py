@@ -33,6 +33,9 @@ TOKEN = b"correct horse battery staple 42"
 WRONG = b"wrong horse battery staple 4242"
 AGENT_MARK = "bastion-tamper-test-agent"
 PTRACE_ATTACH, PTRACE_SEIZE, PTRACE_DETACH = 16, 0x4206, 17
+# running, sleeping, or in a short uninterruptible wait (page-in over 9p in the VM):
+# alive and not stopped
+ALIVE = ("S", "R", "D")
 
 
 @dataclass
@@ -65,7 +68,7 @@ class Instance:
         self.guardian = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                          text=True, cwd="/")
         threading.Thread(target=self._pump, args=(self.guardian,), daemon=True).start()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90     # a readiness wait (TCG in the VM is slow), not a target
         while not any("guardian running" in line for line in self.stderr):
             if self.guardian.poll() is not None or time.monotonic() > deadline:
                 time.sleep(0.2)   # the rest of its stderr
@@ -97,7 +100,7 @@ class Instance:
             pid = int(st["agent_pid"])  # type: ignore[call-overload]
             idents = st["identities"]
             if pid and pid != not_pid and any(i["pid"] == pid for i in idents) and \
-                    proc_state(pid) in ("S", "R"):  # type: ignore[index,union-attr]
+                    proc_state(pid) in ALIVE:  # type: ignore[index,union-attr]
                 return pid
             time.sleep(0.1)
         raise AssertionError(f"no agent (not {not_pid}) came up:\n" + "".join(self.stderr[-20:]))
@@ -236,6 +239,6 @@ def errno_of(r: subprocess.CompletedProcess[str]) -> str:
     return r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ""
 
 
-__all__ = ["Instance", "PY", "TOKEN", "ctypes", "default_agent", "errno_of", "instance",
+__all__ = ["ALIVE", "Instance", "PY", "TOKEN", "ctypes", "default_agent", "errno_of", "instance",
            "make_instance", "proc_state", "py_pidfd_kill", "py_proc_mem", "py_ptrace",
            "py_vm_writev"]
