@@ -12,16 +12,23 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
+from click.testing import CliRunner
 
+from bastion.cli.behavior import rollback_cmd
+from bastion.kernel import openat2 as o2
 from bastion.respond.shadow import ShadowKeeper, rollback
+from bastion.respond.shadow.store import SCHEMA_VERSION
 from support.cg import scoped_cgroup
 
 pytestmark = pytest.mark.timeout(60)
@@ -246,3 +253,117 @@ def test_path_recorded_in_another_mount_namespace_is_refused(tmp_path: Path) -> 
     assert [p for p, _ in rep.failed] == [str(etc / "passwd")]
     assert "not anchored" in rep.failed[0][1], rep.failed
     assert stats["unanchored"] >= 1 and stats["unrecoverable"] >= 1, stats
+
+
+def test_kernel_without_openat2_restores_nothing(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """No openat2 (here: a syscall number nothing implements, so the kernel answers
+    ENOSYS): rollback refuses every file, naming openat2 -- no fallback path walk."""
+    prot = tmp_path / "data"
+    prot.mkdir()
+    a = prot / "a.txt"
+    a.write_bytes(b"a original\n" * 30)
+    with shield(tmp_path, prot) as (attack, _k):
+        iid = attack(tree(tmp_path, f"lock:{a}"))
+    monkeypatch.setattr(o2, "_SYS_OPENAT2", 1023)
+    rep = rollback(tmp_path / "shadow", iid)
+    assert not a.exists() and sorted(os.listdir(prot)) == ["a.txt.locked"]
+    assert rep.restored == [] and rep.removed == []
+    assert all("openat2(2) is not available" in why for _p, why in rep.failed), rep.failed
+    assert str(a) in dict(rep.failed)
+
+
+def test_index_from_before_anchoring_is_refused(tmp_path: Path) -> None:
+    """A shadow index written before copies were anchored (schema 1) is migrated on
+    open; its copies are refused by name, not restored by walking their paths."""
+    prot = tmp_path / "data"
+    prot.mkdir()
+    a = prot / "a.txt"
+    a.write_bytes(ENCRYPTED)
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    db = sqlite3.connect(str(shadow / "index.db"))
+    db.executescript("""
+        CREATE TABLE blobs (sha TEXT PRIMARY KEY, size INTEGER NOT NULL, t_ns INTEGER NOT NULL,
+            evicted INTEGER NOT NULL DEFAULT 0, inline INTEGER NOT NULL DEFAULT 0);
+        CREATE TABLE blob_data (sha TEXT PRIMARY KEY, data BLOB NOT NULL);
+        CREATE TABLE copies (id INTEGER PRIMARY KEY, t_ns INTEGER NOT NULL, kind TEXT NOT NULL,
+            path TEXT NOT NULL, dev INTEGER NOT NULL, ino INTEGER NOT NULL,
+            size INTEGER NOT NULL, mode INTEGER NOT NULL, uid INTEGER NOT NULL,
+            gid INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, sha TEXT,
+            pid INTEGER NOT NULL, start_ns INTEGER NOT NULL, exe TEXT NOT NULL,
+            ancestry TEXT NOT NULL, late INTEGER NOT NULL DEFAULT 0);
+        CREATE TABLE incidents (id INTEGER PRIMARY KEY, root_pid INTEGER NOT NULL,
+            root_start_ns INTEGER NOT NULL, opened_ns INTEGER NOT NULL, state TEXT NOT NULL,
+            closed_ns INTEGER NOT NULL DEFAULT 0);
+        CREATE TABLE incident_copies (incident INTEGER NOT NULL, copy INTEGER NOT NULL,
+            PRIMARY KEY (incident, copy));""")
+    data = b"a original\n" * 30
+    sha = hashlib.sha256(data).hexdigest()
+    st = a.stat()
+    now = time.time_ns()
+    db.execute("INSERT INTO blobs VALUES (?, ?, ?, 0, 1)", (sha, len(data), now))
+    db.execute("INSERT INTO blob_data VALUES (?, ?)", (sha, data))
+    db.execute("INSERT INTO copies VALUES (1, ?, 'copy', ?, 0, ?, ?, 33188, 0, 0, 1, 1, ?, 7, 0,"
+               " '/bin/x', '[[7, 0]]', 0)", (now, str(a), st.st_ino, len(data), sha))
+    db.execute("INSERT INTO incidents VALUES (1, 7, 0, ?, 'open', 0)", (now,))
+    db.execute("INSERT INTO incident_copies VALUES (1, 1)")
+    db.commit()
+    db.close()
+    rep = rollback(shadow, 1)
+    assert a.read_bytes() == ENCRYPTED
+    assert [p for p, _ in rep.failed] == [str(a)] and "not anchored" in rep.failed[0][1]
+    db = sqlite3.connect(str(shadow / "index.db"))
+    try:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        cols = {r[1] for r in db.execute("PRAGMA table_info(copies)")}
+        assert {"root", "root_dev", "root_ino", "parent_dev", "parent_ino"} <= cols
+    finally:
+        db.close()
+
+
+def _fsuid() -> tuple[int, int]:
+    lines = Path("/proc/thread-self/status").read_text().splitlines()
+    uid = next(x for x in lines if x.startswith("Uid:")).split()
+    gid = next(x for x in lines if x.startswith("Gid:")).split()
+    return int(uid[4]), int(gid[4])
+
+
+def test_fs_identity_is_restored_after_an_error(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"x")
+    os.chmod(secret, 0)                               # only CAP_DAC_OVERRIDE reads it
+    assert _fsuid() == (0, 0)
+    with pytest.raises(PermissionError):
+        with o2.fs_identity(NOBODY, NOBODY):
+            assert _fsuid() == (NOBODY, NOBODY) and os.getgroups() == []
+            secret.read_bytes()
+    assert _fsuid() == (0, 0)
+    assert secret.read_bytes() == b"x"                # root's capabilities are back
+
+
+def test_cli_names_kept_edits_and_files_only_read(tmp_path: Path) -> None:
+    prot = tmp_path / "data"
+    prot.mkdir()
+    a, b = prot / "a.txt", prot / "b.txt"
+    a.write_bytes(b"a original\n" * 30)
+    b.write_bytes(b"b original\n" * 30)
+    with shield(tmp_path, prot) as (attack, _k):
+        iid = attack(tree(tmp_path, f"w:{a}", f"r:{b}"))
+    a.write_bytes(b"saved later\n")
+    b.write_bytes(b"edited later\n")
+    runner = CliRunner()
+    dry = runner.invoke(rollback_cmd, ["--shadow-dir", str(tmp_path / "shadow"),
+                                       "--incident", str(iid), "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert f"would restore  {a}" in dry.output and f"only read {b}" in dry.output
+    assert f"would keep     {a}: later edit kept as a.txt.bastion-kept-<time>" in dry.output
+    assert a.read_bytes() == b"saved later\n"
+    res = runner.invoke(rollback_cmd, ["--shadow-dir", str(tmp_path / "shadow"),
+                                       "--incident", str(iid), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["ok"] and out["restored"] == [str(a)] and out["untouched"] == [str(b)]
+    assert [k["path"] for k in out["kept"]] == [str(a)]
+    assert Path(out["kept"][0]["kept_as"]).read_bytes() == b"saved later\n"
+    assert b.read_bytes() == b"edited later\n"

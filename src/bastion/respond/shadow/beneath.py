@@ -60,14 +60,15 @@ class FileState:
 
 
 def split_beneath(root: str, path: str) -> tuple[str, str]:
-    """(parent relative to ``root`` or ".", name); RestoreRefused unless strictly beneath."""
-    rel = os.path.relpath(path, root) if os.path.isabs(path) else ""
-    if not rel or rel == "." or rel.startswith("..") or os.path.isabs(rel) \
-            or os.path.normpath(path) != path:
+    """(parent relative to ``root`` or ".", name); RestoreRefused unless ``path`` is
+    strictly beneath ``root`` and normal (no empty, "." or ".." component)."""
+    prefix = root.rstrip("/") + "/"
+    rel = path[len(prefix):] if path.startswith(prefix) else ""
+    parts = rel.split("/")
+    if not rel or any(c in ("", ".", "..") for c in parts):
         raise RestoreRefused(f"{path} is not beneath the protected root {root}",
                              location=Location(path))
-    parent, name = os.path.split(rel)
-    return parent or ".", name
+    return "/".join(parts[:-1]) or ".", parts[-1]
 
 
 def lstat_at(dirfd: int, name: str) -> os.stat_result | None:
@@ -149,11 +150,11 @@ class Roots:
         mount namespace, a bind mount, a rename racing the copy)."""
         for root, rfd, rst in self._roots:
             try:
-                split_beneath(root, path)
+                parent, name = split_beneath(root, path)
             except RestoreRefused:
                 continue
             try:
-                pfd, name = self._parent(rfd, root, path)
+                pfd = openat2(rfd, parent, os.O_PATH | os.O_DIRECTORY, RESOLVE_STRICT)
             except OSError:
                 return None
             try:
@@ -168,11 +169,6 @@ class Roots:
                 return None
             return Anchor(root, rst.st_dev, rst.st_ino, pst.st_dev, pst.st_ino)
         return None
-
-    @staticmethod
-    def _parent(rfd: int, root: str, path: str) -> tuple[int, str]:
-        parent, name = split_beneath(root, path)
-        return openat2(rfd, parent, os.O_PATH | os.O_DIRECTORY, RESOLVE_STRICT), name
 
     def state_of(self, anchor: Anchor, path: str) -> FileState | None:
         """What is at ``path`` now, through its anchor; None when it cannot be reached."""
