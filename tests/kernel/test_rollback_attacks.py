@@ -28,7 +28,7 @@ from click.testing import CliRunner
 from bastion.cli.behavior import rollback_cmd
 from bastion.kernel import openat2 as o2
 from bastion.respond.shadow import ShadowKeeper, rollback
-from bastion.respond.shadow.store import SCHEMA_VERSION
+from bastion.respond.shadow.beneath import fd_fstype
 from support.cg import scoped_cgroup
 
 pytestmark = pytest.mark.timeout(60)
@@ -311,6 +311,7 @@ def test_index_from_before_anchoring_is_refused(tmp_path: Path) -> None:
     db.commit()
     db.close()
     rep = rollback(shadow, 1)
+    from bastion.respond.shadow.store import SCHEMA_VERSION
     assert a.read_bytes() == ENCRYPTED
     assert [p for p, _ in rep.failed] == [str(a)] and "not anchored" in rep.failed[0][1]
     db = sqlite3.connect(str(shadow / "index.db"))
@@ -367,3 +368,30 @@ def test_cli_names_kept_edits_and_files_only_read(tmp_path: Path) -> None:
     assert [k["path"] for k in out["kept"]] == [str(a)]
     assert Path(out["kept"][0]["kept_as"]).read_bytes() == b"saved later\n"
     assert b.read_bytes() == b"edited later\n"
+
+
+def test_filesystem_mounted_over_the_root_is_refused(tmp_path: Path) -> None:
+    """Something mounted over the protected root after the copy (a user's FUSE
+    mount over their own home would be the real one; a tmpfs here): refused before
+    anything is written there, and a FUSE mount before anything asks its daemon."""
+    prot = tmp_path / "data"
+    prot.mkdir()
+    a = prot / "a.txt"
+    a.write_bytes(b"a original\n" * 30)
+    with shield(tmp_path, prot) as (attack, _k):
+        iid = attack(tree(tmp_path, f"w:{a}"))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "bastion-test", str(prot)],
+                   check=True)
+    try:
+        rep = rollback(tmp_path / "shadow", iid)
+        assert os.listdir(prot) == []
+    finally:
+        subprocess.run(["umount", str(prot)], check=True)
+    assert a.read_bytes() == ENCRYPTED
+    assert [p for p, _ in rep.failed] == [str(a)]
+    assert "not the directory the copy was taken under" in rep.failed[0][1], rep.failed
+    fd = os.open("/proc", os.O_PATH)
+    try:
+        assert fd_fstype(fd) == "proc"
+    finally:
+        os.close(fd)

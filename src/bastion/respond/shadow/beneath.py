@@ -78,13 +78,35 @@ def lstat_at(dirfd: int, name: str) -> os.stat_result | None:
         return None
 
 
+def fd_fstype(fd: int) -> str:
+    """The filesystem type of the mount ``fd`` is on, from /proc (no call into that
+    filesystem: an ``fstat`` on a FUSE mount can block on its daemon); '' if unknown."""
+    try:
+        with open(f"/proc/thread-self/fdinfo/{fd}", "rb") as fh:
+            mnt = next((ln.split()[1] for ln in fh if ln.startswith(b"mnt_id:")), b"")
+        with open("/proc/thread-self/mountinfo", "rb") as fh:
+            for ln in fh:
+                if ln.split(b" ", 1)[0] == mnt:
+                    return ln.split(b" - ", 1)[1].split()[0].decode()
+    except (OSError, IndexError, UnicodeDecodeError):
+        pass
+    return ""
+
+
 def open_root(root: str, dev: int, ino: int) -> int:
-    """An O_PATH fd on the protected root, refused unless it is still (dev, ino)."""
+    """An O_PATH fd on the protected root, refused unless it is still (dev, ino)
+    and not a user's FUSE mount (checked before anything asks that filesystem)."""
     try:
         fd = openat2(AT_FDCWD, root, os.O_PATH | os.O_DIRECTORY, RESOLVE_NO_SYMLINKS)
     except OSError as exc:
         raise RestoreRefused(f"protected root {root} cannot be opened without symlinks: "
                              f"{exc.strerror}", location=Location(root)) from exc
+    fstype = fd_fstype(fd)
+    if not fstype or fstype.startswith("fuse"):
+        os.close(fd)
+        raise RestoreRefused(f"protected root {root} is on a "
+                             f"{'FUSE' if fstype else 'unknown'} mount now ({fstype or '?'})",
+                             location=Location(root))
     st = os.fstat(fd)
     if (st.st_dev, st.st_ino) != (dev, ino):
         os.close(fd)
@@ -189,5 +211,5 @@ class Roots:
         return None
 
 
-__all__ = ["Anchor", "FileState", "RestoreRefused", "Roots", "lstat_at", "open_parent",
+__all__ = ["Anchor", "FileState", "RestoreRefused", "Roots", "fd_fstype", "lstat_at", "open_parent",
            "open_root", "split_beneath"]
