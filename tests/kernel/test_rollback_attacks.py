@@ -38,7 +38,7 @@ ENCRYPTED = b"ENCRYPTED" * 8
 FAKE_PASSWD = b"root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534::/:/bin/false\n"
 
 # The incident's tree: r:PATH reads, w:PATH rewrites in place, lock:PATH writes
-# PATH.locked and unlinks PATH.
+# PATH.locked and unlinks PATH, rmtree:PATH removes a directory tree.
 TREE = r"""
 import os, sys
 for a in sys.argv[1:]:
@@ -51,6 +51,9 @@ for a in sys.argv[1:]:
         data = open(p, "rb").read()
         open(p + ".locked", "wb").write(bytes(b ^ 0x5A for b in data))
         os.unlink(p)
+    elif op == "rmtree":
+        import shutil
+        shutil.rmtree(p)
 """
 
 Attack = Callable[[list[str]], int]
@@ -395,3 +398,39 @@ def test_filesystem_mounted_over_the_root_is_refused(tmp_path: Path) -> None:
         assert fd_fstype(fd) == "proc"
     finally:
         os.close(fd)
+
+
+def test_directories_the_tree_removed_are_recreated_as_the_owner(tmp_path: Path) -> None:
+    """A wiper reads the files, then removes their directories: rollback recreates
+    them (mode 0700, owned by the files' owner, beneath the root) and restores the
+    files.  A directory removed by the user after the incident is not recreated."""
+    prot = tmp_path / "data"
+    home = prot / "nobody"
+    deep = home / "sub" / "deep"
+    deep.mkdir(parents=True)
+    mine = prot / "mine"
+    mine.mkdir()
+    for d in (home, home / "sub", deep):
+        os.chown(d, NOBODY, NOBODY)
+    files = {deep / "a.txt": b"a original\n" * 30, deep / "b.txt": b"b original\n" * 30}
+    for f, data in files.items():
+        f.write_bytes(data)
+        os.chown(f, NOBODY, NOBODY)
+    (mine / "c.txt").write_bytes(b"c original\n" * 30)
+    with shield(tmp_path, prot) as (attack, _k):
+        iid = attack(tree(tmp_path, *(f"r:{f}" for f in files), f"w:{mine / 'c.txt'}",
+                          f"rmtree:{home / 'sub'}"))
+    shutil.rmtree(mine)                               # the user's own move, afterwards
+    dry = rollback(tmp_path / "shadow", iid, dry_run=True)
+    assert dry.recreated == [str(home / "sub"), str(deep)] and not (home / "sub").exists()
+    rep = rollback(tmp_path / "shadow", iid)
+    assert not mine.exists()
+    assert rep.recreated == [str(home / "sub"), str(deep)]
+    assert sorted(rep.restored) == sorted(map(str, files))
+    for f, data in files.items():
+        assert f.read_bytes() == data and (f.stat().st_uid, f.stat().st_gid) == (NOBODY, NOBODY)
+    for d in (home / "sub", deep):
+        st = d.stat()
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (NOBODY, NOBODY, 0o700)
+    assert [p for p, _ in rep.failed] == [str(mine / "c.txt")]
+    assert "removed after the incident opened" in rep.failed[0][1], rep.failed

@@ -54,6 +54,8 @@ def rollback_cmd(incident: int | None, data_dir: Path, shadow_dir: Path | None, 
         click.echo(json.dumps(rep.to_json(), indent=2))
     else:
         tag = "would " if dry_run else ""
+        for p in rep.recreated:
+            click.echo(f"{tag}recreate {p}/ (mode 0700)")
         for p in rep.restored:
             click.echo(f"{tag}restore  {p}")
         for p in rep.removed:

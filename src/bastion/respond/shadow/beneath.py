@@ -31,6 +31,10 @@ class RestoreRefused(BastionError):
     """This file may not be restored automatically (the message says why)."""
 
 
+class ParentGone(RestoreRefused):
+    """A directory on the way to the file no longer exists."""
+
+
 @dataclass(frozen=True)
 class Anchor:
     """Where a copy was taken: its protected root and its parent directory."""
@@ -51,6 +55,7 @@ class FileState:
     size: int = 0
     mtime_ns: int = 0
     ctime_ns: int = 0
+    parent_gone: bool = False     # absent because a directory on the way was removed
 
     @staticmethod
     def of(st: os.stat_result | None) -> FileState:
@@ -123,6 +128,9 @@ def open_parent(rootfd: int, root: str, path: str, parent_dev: int, parent_ino: 
     parent, name = split_beneath(root, path)
     try:
         fd = openat2(rootfd, parent, flags | os.O_DIRECTORY, RESOLVE_STRICT)
+    except FileNotFoundError as exc:
+        raise ParentGone(f"parent directory of {path} not reachable beneath {root}: it no "
+                         f"longer exists", location=Location(path)) from exc
     except OSError as exc:
         why = {errno.ELOOP: "a symlink is on the way", errno.EXDEV: "it leaves the protected "
                "root or crosses a mount", errno.ENOENT: "it no longer exists",
@@ -200,6 +208,8 @@ class Roots:
             try:
                 pfd, name = open_parent(rfd, root, path, anchor.parent_dev, anchor.parent_ino,
                                         os.O_PATH)
+            except ParentGone:
+                return FileState(False, parent_gone=True)
             except RestoreRefused:
                 return None
             try:
@@ -211,5 +221,5 @@ class Roots:
         return None
 
 
-__all__ = ["Anchor", "FileState", "RestoreRefused", "Roots", "fd_fstype", "lstat_at", "open_parent",
+__all__ = ["Anchor", "FileState", "ParentGone", "RestoreRefused", "Roots", "fd_fstype", "lstat_at", "open_parent",
            "open_root", "split_beneath"]

@@ -8,8 +8,10 @@ file is restored only:
   resolved with ``openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
   RESOLVE_NO_XDEV)`` from an fd on the root -- never by walking the path;
 * into the very parent directory (dev/inode) recorded at copy time -- a
-  directory swapped for a symlink, renamed or replaced is refused, nothing is
-  recreated;
+  directory swapped for a symlink, renamed or replaced is refused; a
+  directory is recreated (mode 0700, as the file's owner, one component at a
+  time beneath the root) only when it was already gone when the incident
+  opened, i.e. the tree removed it;
 * when the incident's tree changed it: a file the tree only read is left
   alone (``untouched``), whatever happened to it since;
 * with the directory operations (create, rename) done under the original
@@ -39,7 +41,7 @@ from bastion.errors import FeatureUnavailableError, KernelError
 from bastion.kernel.openat2 import RESOLVE_STRICT, fs_identity, openat2
 from bastion.policy.compile import kernel_dev
 from bastion.respond.shadow.beneath import (
-    FileState, RestoreRefused, lstat_at, open_parent, open_root,
+    FileState, ParentGone, RestoreRefused, lstat_at, open_parent, open_root, split_beneath,
 )
 from bastion.respond.shadow.store import CHUNK, ShadowStore
 
@@ -55,6 +57,7 @@ class RollbackReport:
     untouched: list[str] = field(default_factory=list)   # only read by the tree: not rewritten
     removed: list[str] = field(default_factory=list)     # renamed/encrypted files the tree left
     kept: list[tuple[str, str]] = field(default_factory=list)   # later edits: (path, kept as)
+    recreated: list[str] = field(default_factory=list)  # directories the tree removed
     failed: list[tuple[str, str]] = field(default_factory=list)
 
     @property
@@ -64,7 +67,7 @@ class RollbackReport:
     def to_json(self) -> dict[str, Any]:
         return {"incident": self.incident, "dry_run": self.dry_run, "ok": self.ok,
                 "restored": self.restored, "intact": self.intact, "untouched": self.untouched,
-                "removed": self.removed,
+                "removed": self.removed, "recreated": self.recreated,
                 "kept": [{"path": p, "kept_as": k} for p, k in self.kept],
                 "failed": [{"path": p, "reason": r} for p, r in self.failed]}
 
@@ -212,11 +215,61 @@ def _chain(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
     yield from rest
 
 
+def _make_parents(rootfd: int, root: str, path: str, uid: int, gid: int,
+                  rep: RollbackReport) -> tuple[int, str]:
+    """Open the directories on the way to ``path`` one component at a time beneath
+    the root (no symlink, no mount crossing), recreating the missing ones as
+    ``uid``/``gid``, mode 0700; (fd on the parent or -1 in a dry run, name)."""
+    parent, name = split_beneath(root, path)
+    comps = [] if parent == "." else parent.split("/")
+    cur = openat2(rootfd, ".", os.O_PATH | os.O_DIRECTORY, RESOLVE_STRICT)
+    done = root.rstrip("/")
+    try:
+        for i, comp in enumerate(comps):
+            done = f"{done}/{comp}"
+            try:
+                nxt = openat2(cur, comp, os.O_PATH | os.O_DIRECTORY, RESOLVE_STRICT)
+            except FileNotFoundError:
+                if rep.dry_run:           # this one and everything below it
+                    for c in [None, *comps[i + 1:]]:
+                        done = done if c is None else f"{done}/{c}"
+                        if done not in rep.recreated:
+                            rep.recreated.append(done)
+                    os.close(cur)
+                    return -1, name
+                try:
+                    with fs_identity(uid, gid):
+                        os.mkdir(comp, 0o700, dir_fd=cur)
+                    rep.recreated.append(done)
+                except FileExistsError:
+                    pass
+                nxt = openat2(cur, comp, os.O_PATH | os.O_DIRECTORY, RESOLVE_STRICT)
+            os.close(cur)
+            cur = nxt
+    except OSError as exc:
+        os.close(cur)
+        raise RestoreRefused(f"cannot recreate {done} beneath {root} as uid {uid}: "
+                             f"{exc.strerror}") from exc
+    return cur, name
+
+
 def _restore_path(store: ShadowStore, roots: _RootFds, path: str, r: dict[str, Any],
                   left: FileState | None, rep: RollbackReport, keep: set[str]) -> None:
     rootfd = roots.get(r)
-    pfd, name = open_parent(rootfd, str(r["root"]), path, int(r["parent_dev"]),
-                            int(r["parent_ino"]))
+    if left is not None and left.parent_gone:
+        # the tree removed a directory on the way (it was gone when the incident opened)
+        pfd, name = _make_parents(rootfd, str(r["root"]), path, int(r["uid"]), int(r["gid"]),
+                                  rep)
+        if pfd < 0:
+            rep.restored.append(path)
+            return
+    else:
+        try:
+            pfd, name = open_parent(rootfd, str(r["root"]), path, int(r["parent_dev"]),
+                                    int(r["parent_ino"]))
+        except ParentGone as exc:
+            raise RestoreRefused(f"{exc.message} (removed after the incident opened: not "
+                                 "recreated)") from exc
     try:
         cur = lstat_at(pfd, name)
         if cur is not None and stat.S_ISREG(cur.st_mode) and cur.st_size == int(r["size"]) \

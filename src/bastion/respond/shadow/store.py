@@ -75,7 +75,8 @@ CREATE TABLE IF NOT EXISTS incident_copies (
     incident INTEGER NOT NULL, copy INTEGER NOT NULL, PRIMARY KEY (incident, copy));
 CREATE INDEX IF NOT EXISTS incident_copies_copy ON incident_copies(copy);
 CREATE TABLE IF NOT EXISTS incident_states (
-    incident INTEGER NOT NULL, path TEXT NOT NULL, present INTEGER NOT NULL,
+    incident INTEGER NOT NULL, path TEXT NOT NULL,
+    present INTEGER NOT NULL,            -- 0 absent, 1 present, 2 a directory on the way gone
     ino INTEGER NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
     ctime_ns INTEGER NOT NULL, PRIMARY KEY (incident, path));
 """
@@ -515,8 +516,8 @@ class ShadowStore:
         for path, *anc in rows:
             fs = state_of(Anchor(str(anc[0]), *map(int, anc[1:])), str(path))
             if fs is not None:
-                out.append((incident, str(path), int(fs.present), fs.ino, fs.size, fs.mtime_ns,
-                            fs.ctime_ns))
+                out.append((incident, str(path), 2 if fs.parent_gone else int(fs.present),
+                            fs.ino, fs.size, fs.mtime_ns, fs.ctime_ns))
         with self._lock:
             self._db.executemany("INSERT OR IGNORE INTO incident_states VALUES (?,?,?,?,?,?,?)",
                                  out)
@@ -527,7 +528,8 @@ class ShadowStore:
             rows = self._db.execute(
                 "SELECT path, present, ino, size, mtime_ns, ctime_ns FROM incident_states "
                 "WHERE incident = ?", (incident,)).fetchall()
-        return {str(r[0]): FileState(bool(r[1]), *map(int, r[2:])) for r in rows}
+        return {str(r[0]): FileState(int(r[1]) == 1, int(r[2]), int(r[3]), int(r[4]), int(r[5]),
+                                     parent_gone=int(r[1]) == 2) for r in rows}
 
     def incident(self, incident: int) -> dict[str, Any]:
         for r in self.incidents():
