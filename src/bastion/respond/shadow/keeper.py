@@ -29,7 +29,10 @@ subdirectory created after :meth:`ShadowKeeper.open` until
 :meth:`ShadowKeeper.refresh_marks`; files larger than ``max_file_bytes``;
 opens the watchdog allowed uncopied; copies evicted or refused for space;
 ``truncate(2)`` by path and ``unlink`` of a file nobody untrusted opened (no
-open, no permission event: the content is gone without a copy).
+open, no permission event: the content is gone without a copy).  Copies whose
+path does not lead, beneath a protected root, to the opened inode (another
+mount namespace, a bind mount) are kept but ``unanchored``: rollback refuses
+them (:mod:`bastion.respond.shadow.beneath`).
 """
 
 from __future__ import annotations
