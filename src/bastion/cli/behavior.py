@@ -2,9 +2,13 @@
 
 Reads the shadow copies the agent's ransomware shield kept under
 ``<data-dir>/shadow`` (see :mod:`bastion.respond.shadow`).  Without
-``--incident`` it lists the incidents.  Exit status: 0 when every touched
-file is restored or already intact, 1 when some could not be (each named
-with its reason) or on an error, 2 on a usage error.
+``--incident`` it lists the incidents.  A file is restored only beneath the
+protected root it was copied under, into the directory it was copied from,
+as its owner; a file the tree only read is left alone; a later edit is kept
+beside the restored file (``NAME.bastion-kept-<time>``).  Exit status: 0
+when every file the tree changed is restored or already intact, 1 when some
+could not be or were refused (each named with its reason) or on an error,
+2 on a usage error.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ SHADOW_SUBDIR = "shadow"
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
 def rollback_cmd(incident: int | None, data_dir: Path, shadow_dir: Path | None, dry_run: bool,
                  as_json: bool) -> None:
-    """Restore every file a ransomware incident touched: content and name, byte-for-byte."""
+    """Restore every file a ransomware incident changed: content and name, byte-for-byte."""
     sdir = shadow_dir or data_dir / SHADOW_SUBDIR
     if incident is None:
         rows = list_incidents(sdir)
@@ -50,10 +54,16 @@ def rollback_cmd(incident: int | None, data_dir: Path, shadow_dir: Path | None, 
         click.echo(json.dumps(rep.to_json(), indent=2))
     else:
         tag = "would " if dry_run else ""
+        for p in rep.recreated:
+            click.echo(f"{tag}recreate {p}/ (mode 0700)")
         for p in rep.restored:
             click.echo(f"{tag}restore  {p}")
         for p in rep.removed:
             click.echo(f"{tag}remove   {p}")
+        for p in rep.untouched:
+            click.echo(f"only read {p} (left as it is)")
+        for p, kept in rep.kept:
+            click.echo(f"{tag}keep     {p}: later edit kept as {kept}")
         for p, why in rep.failed:
             click.echo(f"FAILED   {p}: {why}")
         click.echo(rep.summary())

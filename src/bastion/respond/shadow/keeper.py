@@ -29,7 +29,10 @@ subdirectory created after :meth:`ShadowKeeper.open` until
 :meth:`ShadowKeeper.refresh_marks`; files larger than ``max_file_bytes``;
 opens the watchdog allowed uncopied; copies evicted or refused for space;
 ``truncate(2)`` by path and ``unlink`` of a file nobody untrusted opened (no
-open, no permission event: the content is gone without a copy).
+open, no permission event: the content is gone without a copy).  Copies whose
+path does not lead, beneath a protected root, to the opened inode (another
+mount namespace, a bind mount) are kept but ``unanchored``: rollback refuses
+them (:mod:`bastion.respond.shadow.beneath`).
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ from bastion.kernel.fanotify import (
 )
 from bastion.kernel.opener import Scope, fd_path, open_flags, read_proc, stat_ppid_start
 from bastion.policy.compile import kernel_dev
+from bastion.respond.shadow.beneath import Roots
 from bastion.respond.shadow.store import Opener, ProcId, ShadowStore
 
 log = logging.getLogger(__name__)
@@ -163,6 +167,7 @@ class ShadowKeeper:
         self._listener = PermissionListener(self._decide, deadline_s=deadline_s,
                                             decision_timeout_s=decision_timeout_s)
         self._store: ShadowStore | None = None
+        self._roots: Roots | None = None
         self._marked: set[tuple[int, int]] = set()
         self._openers: collections.OrderedDict[ProcId, Opener | None] = collections.OrderedDict()
         self._copy_us: collections.deque[float] = collections.deque(maxlen=8192)
@@ -177,6 +182,10 @@ class ShadowKeeper:
         self._store = ShadowStore(self.shadow_dir, max_bytes=self.max_bytes,
                                   keep_pending_s=self.keep_pending_s,
                                   max_file_bytes=self.max_file_bytes)
+        self._roots = Roots(self.protected)
+        if self._roots.unavailable:
+            log.error("shadow: %s -- copies are kept but rollback will refuse to restore them",
+                      self._roots.unavailable)
         self._flusher = threading.Thread(target=self._flush_loop, name="bastion-shadow-flush",
                                          daemon=True)
         self._flusher.start()
@@ -207,6 +216,8 @@ class ShadowKeeper:
             self._flusher.join(timeout=2.0)
         if self._store is not None:
             self._store.close()
+        if self._roots is not None:
+            self._roots.close()
 
     def _flush_loop(self) -> None:
         store = self._store
@@ -249,7 +260,12 @@ class ShadowKeeper:
     # ---- incidents (agent thread) ----------------------------------------------------------
 
     def open_incident(self, root_pid: int, started_ns: int) -> int:
-        return self.store.open_incident(root_pid, started_ns)
+        """Open the incident, then record what the (killed) tree left at each path it
+        touched: rollback restores only what the tree changed and keeps later edits."""
+        iid = self.store.open_incident(root_pid, started_ns)
+        if self._roots is not None:
+            self.store.record_states(iid, self._roots.state_of)
+        return iid
 
     def close_incident(self, incident: int) -> None:
         self.store.close_incident(incident)
@@ -318,8 +334,12 @@ class ShadowKeeper:
             flags = open_flags(tid)
             created = flags is not None and flags >= 0 and bool(flags & os.O_CREAT)
         path = fd_path(efd)
+        # where the copy may go back: beneath its root, in this very parent (O_PATH only)
+        anchor = self._roots.anchor(path, st) if self._roots is not None else None
+        if anchor is None:
+            store.c.unanchored += 1
         try:
-            out = store.put(efd, st, path, opener, created=created)
+            out = store.put(efd, st, path, opener, created=created, anchor=anchor)
         except (OSError, sqlite3.Error) as exc:
             store.c.copy_errors += 1
             log.error("shadow: copy of %s for pid %d failed (%s: %s): allowed, not recoverable",
@@ -354,6 +374,7 @@ class ShadowKeeper:
         out["unrecoverable"] = (int(out.get("too_large", 0)) + int(out.get("no_space", 0))
                                 + int(out.get("changed_during_copy", 0))
                                 + int(out.get("copy_errors", 0)) + uncopied_by_watchdog
+                                + int(out.get("unanchored", 0))
                                 + int(ls["errors"]))
         return out
 

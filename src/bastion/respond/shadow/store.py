@@ -41,12 +41,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Iterator
+from typing import Any, Callable, Final, Iterator
 
 from bastion.kernel.clock import boot_to_wall_ns
 from bastion.errors import Location, StoreError
 from bastion.kernel.opener import TICK_NS
 from bastion.policy.compile import kernel_dev
+from bastion.respond.shadow.beneath import Anchor, FileState
 
 INDEX_NAME: Final = "index.db"
 BLOB_MIN: Final = 4096               # space accounting: a blob costs at least one block
@@ -73,7 +74,21 @@ CREATE TABLE IF NOT EXISTS incidents (
 CREATE TABLE IF NOT EXISTS incident_copies (
     incident INTEGER NOT NULL, copy INTEGER NOT NULL, PRIMARY KEY (incident, copy));
 CREATE INDEX IF NOT EXISTS incident_copies_copy ON incident_copies(copy);
+CREATE TABLE IF NOT EXISTS incident_states (
+    incident INTEGER NOT NULL, path TEXT NOT NULL,
+    present INTEGER NOT NULL,            -- 0 absent, 1 present, 2 a directory on the way gone
+    ino INTEGER NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL, PRIMARY KEY (incident, path));
 """
+
+# schema 2: each copy is anchored (beneath.Anchor) -- rows of schema 1 have root ''
+# and are never restored automatically.
+SCHEMA_VERSION: Final = 2
+_ANCHOR_COLUMNS: Final = (("root", "TEXT NOT NULL DEFAULT ''"),
+                          ("root_dev", "INTEGER NOT NULL DEFAULT 0"),
+                          ("root_ino", "INTEGER NOT NULL DEFAULT 0"),
+                          ("parent_dev", "INTEGER NOT NULL DEFAULT 0"),
+                          ("parent_ino", "INTEGER NOT NULL DEFAULT 0"))
 
 GenKey = tuple[int, int, int, int, int]     # (dev, ino, size, mtime_ns, ctime_ns)
 ProcId = tuple[int, int]                    # (pid, start_ns CLOCK_BOOTTIME)
@@ -115,6 +130,7 @@ class ShadowCounters:
     changed_during_copy: int = 0  # not recoverable (the watchdog let the opener go first)
     late_copies: int = 0         # finished after the watchdog allowed; file unchanged: kept
     copy_errors: int = 0         # not recoverable
+    unanchored: int = 0          # path does not lead beneath a root to the inode: not restorable
     evictions: int = 0
     evicted_bytes: int = 0
     pruned_rows: int = 0
@@ -168,6 +184,7 @@ class ShadowStore:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA temp_store=MEMORY")   # never a temp file elsewhere
             self._db.executescript(_SCHEMA)
+            self._migrate()
             row = self._db.execute(
                 "SELECT COALESCE(SUM(MAX(size, ?)), 0), COUNT(*) FROM blobs WHERE evicted = 0",
                 (BLOB_MIN,)).fetchone()
@@ -178,6 +195,16 @@ class ShadowStore:
                 self._open_incidents[int(iid)] = (int(pid), int(start))
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"shadow store: {exc}", location=Location(str(db))) from exc
+
+    def _migrate(self) -> None:
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version >= SCHEMA_VERSION:
+            return
+        have = {str(r[1]) for r in self._db.execute("PRAGMA table_info(copies)")}
+        for name, decl in _ANCHOR_COLUMNS:
+            if name not in have:
+                self._db.execute(f"ALTER TABLE copies ADD COLUMN {name} {decl}")
+        self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
         with self._lock:
@@ -201,7 +228,7 @@ class ShadowStore:
         return self.dir / "blobs" / sha[:2] / sha
 
     def put(self, fd: int, st: os.stat_result, path: str, opener: Opener, *,
-            created: bool = False) -> CopyOutcome:
+            created: bool = False, anchor: Anchor | None = None) -> CopyOutcome:
         """Keep a copy of the content behind ``fd`` (read with pread only) for ``opener``."""
         gen: GenKey = (kernel_dev(st.st_dev), st.st_ino, st.st_size, st.st_mtime_ns,
                        st.st_ctime_ns)
@@ -214,7 +241,7 @@ class ShadowStore:
         if created:
             with self._lock:
                 self._begin()
-                self._add_ref(gen, st, path, None, opener, "created", late=False)
+                self._add_ref(gen, st, path, None, opener, "created", late=False, anchor=anchor)
                 self._maybe_commit()
                 self.c.created_seen += 1
             return CopyOutcome("created")
@@ -223,7 +250,7 @@ class ShadowStore:
             if sha is not None:
                 self._gen_blob.move_to_end(gen)
                 self._begin()
-                self._add_ref(gen, st, path, sha, opener, "copy", late=False)
+                self._add_ref(gen, st, path, sha, opener, "copy", late=False, anchor=anchor)
                 self._maybe_commit()
                 self.c.dedup_hits += 1
                 return CopyOutcome("dedup", sha)
@@ -263,7 +290,7 @@ class ShadowStore:
                 return CopyOutcome("changed")
             self._begin()
             self._commit_blob(tmp, sha, n, data)
-            self._add_ref(gen, st, path, sha, opener, "copy", late=False)
+            self._add_ref(gen, st, path, sha, opener, "copy", late=False, anchor=anchor)
             self._maybe_commit()
             self._gen_blob[gen] = sha
             if len(self._gen_blob) > self._max_cache:
@@ -360,15 +387,17 @@ class ShadowStore:
         self.blob_count += 1
 
     def _add_ref(self, gen: GenKey, st: os.stat_result, path: str, sha: str | None,
-                 opener: Opener, kind: str, *, late: bool) -> None:
+                 opener: Opener, kind: str, *, late: bool, anchor: Anchor | None) -> None:
         now = time.time_ns()
+        anc = anchor or Anchor("", 0, 0, 0, 0)
         cur = self._db.execute(
             "INSERT INTO copies (t_ns, kind, path, dev, ino, size, mode, uid, gid, mtime_ns, "
-            "ctime_ns, sha, pid, start_ns, exe, ancestry, late) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "ctime_ns, sha, pid, start_ns, exe, ancestry, late, root, root_dev, root_ino, "
+            "parent_dev, parent_ino) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (now, kind, path, gen[0], gen[1], st.st_size, st.st_mode, st.st_uid, st.st_gid,
              st.st_mtime_ns, st.st_ctime_ns, sha, opener.pid, opener.start_ns, opener.exe,
-             json.dumps([list(a) for a in opener.ancestry]), int(late)))
+             json.dumps([list(a) for a in opener.ancestry]), int(late), anc.root, anc.root_dev,
+             anc.root_ino, anc.parent_dev, anc.parent_ino))
         cid = cur.lastrowid
         for iid, (rpid, rstart) in self._open_incidents.items():
             if opener.descends_from(rpid, rstart):
@@ -471,6 +500,44 @@ class ShadowStore:
             self.c.incident_links += len(links)
         return iid
 
+    def record_states(self, incident: int, state_of: Callable[[Anchor, str], FileState | None]
+                      ) -> int:
+        """Record what each anchored path of ``incident`` is now (the tree is dead:
+        this is what it left), so rollback can tell a file the tree changed from one
+        it only read, and the tree's bytes from a later legitimate edit.  Returns how
+        many paths were recorded."""
+        with self._lock:
+            self.flush()
+            rows = self._db.execute(
+                "SELECT DISTINCT c.path, c.root, c.root_dev, c.root_ino, c.parent_dev, "
+                "c.parent_ino FROM incident_copies ic JOIN copies c ON c.id = ic.copy "
+                "WHERE ic.incident = ? AND c.root != ''", (incident,)).fetchall()
+        out = []
+        for path, *anc in rows:
+            fs = state_of(Anchor(str(anc[0]), *map(int, anc[1:])), str(path))
+            if fs is not None:
+                out.append((incident, str(path), 2 if fs.parent_gone else int(fs.present),
+                            fs.ino, fs.size, fs.mtime_ns, fs.ctime_ns))
+        with self._lock:
+            self._db.executemany("INSERT OR IGNORE INTO incident_states VALUES (?,?,?,?,?,?,?)",
+                                 out)
+        return len(out)
+
+    def incident_states(self, incident: int) -> dict[str, FileState]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT path, present, ino, size, mtime_ns, ctime_ns FROM incident_states "
+                "WHERE incident = ?", (incident,)).fetchall()
+        return {str(r[0]): FileState(int(r[1]) == 1, int(r[2]), int(r[3]), int(r[4]), int(r[5]),
+                                     parent_gone=int(r[1]) == 2) for r in rows}
+
+    def incident(self, incident: int) -> dict[str, Any]:
+        for r in self.incidents():
+            if r["id"] == incident:
+                return r
+        raise StoreError(f"no incident {incident} in the shadow index",
+                         location=Location(str(self.dir / INDEX_NAME)))
+
     def close_incident(self, incident: int, state: str = "closed") -> None:
         with self._lock:
             self.flush()
@@ -495,7 +562,8 @@ class ShadowStore:
                                  location=Location(str(self.dir / INDEX_NAME)))
             cur = self._db.execute(
                 "SELECT c.id, c.t_ns, c.kind, c.path, c.dev, c.ino, c.size, c.mode, c.uid, c.gid, "
-                "c.mtime_ns, c.ctime_ns, c.sha, c.pid, c.exe, COALESCE(b.evicted, 0) AS evicted "
+                "c.mtime_ns, c.ctime_ns, c.sha, c.pid, c.exe, COALESCE(b.evicted, 0) AS evicted, "
+                "c.root, c.root_dev, c.root_ino, c.parent_dev, c.parent_ino "
                 "FROM incident_copies ic JOIN copies c ON c.id = ic.copy "
                 "LEFT JOIN blobs b ON b.sha = c.sha WHERE ic.incident = ? ORDER BY c.t_ns, c.id",
                 (incident,))
