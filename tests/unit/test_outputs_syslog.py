@@ -123,3 +123,26 @@ def test_unreachable_raises() -> None:
     out = SyslogOutput("s", transport="tcp", port=port, timeout=1)
     with pytest.raises(OSError):
         out.write([("alert", sample_alert())])
+
+
+def test_non_utf8_path_and_newlines_neither_drop_the_batch_nor_forge_records() -> None:
+    """An attacker names a file with undecodable bytes and a newline: the record is still
+    sent (with the bytes escaped), its structured data holds no line break, and the other
+    records of the batch are sent too."""
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    rx.settimeout(5)
+    out = SyslogOutput("s", transport="udp", host="127.0.0.1", port=rx.getsockname()[1])
+    bad = sample_alert()
+    bad["process"] = {**bad["process"], "exe": "/tmp/\udcff\udcfe\n<13>1 - forged - - - - evil"}
+    try:
+        out.write([("alert", bad), ("alert", sample_alert("low"))])
+        got = [rx.recv(65536) for _ in range(2)]
+    finally:
+        out.close()
+        rx.close()
+    first = got[0].decode("utf-8")
+    sd = first[first.index("[bastion@32473"):first.index("] ") + 1]
+    assert "\n" not in sd and "\\x0a" in sd and "\\\\udcff" in sd, sd
+    assert b"\n" not in got[0].split(b"] ", 1)[0]
+    assert b'severity="low"' in got[1]

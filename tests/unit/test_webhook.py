@@ -99,3 +99,37 @@ def test_through_the_manager_in_ocsf(receiver: Receiver) -> None:
     assert stats["w"]["sent"] == 1
     [[finding]] = receiver.bodies
     assert finding["class_uid"] == 2004
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_redirects_are_never_followed(receiver: Receiver, status: int) -> None:
+    """A receiver that redirects: the batch fails (not counted as sent), and the other host
+    gets neither the body nor the Authorization header."""
+    other = Receiver()
+    try:
+        class Redirect(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                self.send_response(status)
+                self.send_header("Location", other.url)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *a: object) -> None:
+                pass
+
+        srv = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+        threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+        url = f"http://127.0.0.1:{srv.server_address[1]}/hook"
+        out = WebhookOutput("w", url, headers={"Authorization": "Bearer secret"}, retries=2,
+                            backoff=0.01)
+        with pytest.raises(WebhookError, match="redirects") as exc:
+            out.write([("alert", sample_alert())])
+        assert other.url in str(exc.value)
+        assert other.bodies == [] and other.headers == []
+        srv.shutdown()
+        srv.server_close()
+        out.close()
+    finally:
+        other.server.shutdown()
+        other.server.server_close()

@@ -35,8 +35,14 @@ TRANSPORTS: Final = ("udp", "tcp", "unix")
 
 
 def _sd_value(v: object) -> str:
-    s = str(v)
-    return s.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
+    """An RFC 5424 PARAM-VALUE: UTF-8 always (a non-UTF-8 path's undecodable bytes, held
+    as surrogates, become ``\\udcXX`` text instead of failing the whole batch), ``\\ " ]``
+    escaped, and control characters (a newline would forge a second record for a
+    line-based receiver) written as ``\\xNN``."""
+    s = str(v).encode("utf-8", "backslashreplace").decode("utf-8")
+    s = s.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
+    return "".join(c if " " <= c and not "\x7f" <= c <= "\x9f" else f"\\x{ord(c):02x}"
+                   for c in s)
 
 
 def _printable(s: str, limit: int) -> str:
