@@ -216,3 +216,33 @@ def test_dispatcher_kill_tree(tmp_path: Path) -> None:
             if p.poll() is None:
                 p.kill()
             p.wait()
+
+
+def test_kill_tree_never_signals_a_pid_reused_since_the_table_saw_it() -> None:
+    """The process table remembers a child of the tree that has since exited; its pid now
+    belongs to an unrelated process.  Kill-tree re-checks each member's start time after
+    pinning it with a pidfd: the unrelated process lives."""
+    from bastion.detect.engine import Finding
+    from bastion.proctable import ProcEntry
+
+    root = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    bystander = subprocess.Popen(["/bin/sleep", "60"])       # not of the tree
+    try:
+        time.sleep(0.3)
+        procs = ProcessTable()
+        # a stale entry: "child of root", with the start time of the process that had the pid
+        procs._put(ProcEntry(bystander.pid, root.pid, 12_345, "/tmp/gone", ("gone",), 0, "gone"))  # noqa: SLF001
+        f = Finding(rule="t", title="t", severity="high", attack=(), action="kill-tree",
+                    event=None, pid=root.pid)
+        disp = Dispatcher(procs)
+        alert = disp.dispatch(f, time.time_ns()).to_json()
+        assert alert["killed"] == [root.pid]
+        assert root.wait(5) == -9
+        time.sleep(0.2)
+        assert bystander.poll() is None, "an unrelated process was killed"
+        assert disp.skipped_reused == 1
+    finally:
+        for p in (root, bystander):
+            if p.poll() is None:
+                p.kill()
+            p.wait()

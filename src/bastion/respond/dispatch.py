@@ -31,7 +31,7 @@ from bastion.alert import Alert, AlertProcess
 from bastion.detect.engine import Finding
 from bastion.events import to_json
 from bastion.proctable import ProcessTable
-from bastion.procstat import TICK_NS, start_ns_of
+from bastion.procstat import TICK_NS, read_stat, start_ns_of
 from bastion.timefmt import format_time
 
 log = logging.getLogger("bastion.respond")
@@ -71,6 +71,7 @@ class Dispatcher:
         self.quarantine = quarantine
         self._incident = 0
         self._hooks: list[tuple[str, str, ActionHook]] = []
+        self.skipped_reused = 0     # kill-tree members whose pid was reused: not signalled
 
     def after(self, rule: str, outcome_prefix: str, hook: ActionHook) -> None:
         """Run ``hook`` after ``rule``'s finding was dispatched with an outcome starting with
@@ -111,23 +112,47 @@ class Dispatcher:
         why = self._signal(f.pid, start, signal.SIGKILL)
         return f"kill-skipped: {why}" if why else "kill"
 
-    def _tree(self, root: int) -> list[int]:
-        """``root`` and its descendants, parents first (table and /proc merged)."""
-        kids: dict[int, set[int]] = {}
+    def _tree(self, root: int) -> list[tuple[int, int]]:
+        """``root`` and its descendants, parents first, each with where it came from:
+        ``(pid, start_ns)`` for a member the process table saw forked into the tree (a
+        re-parented escapee included), ``(pid, 0)`` for a live child found in /proc."""
+        kids: dict[int, dict[int, int]] = {}
         for e in self.procs:
             if not e.exited_ns:
-                kids.setdefault(e.ppid, set()).add(e.pid)
-        out: list[int] = []
+                kids.setdefault(e.ppid, {})[e.pid] = e.start_ns
+        out: list[tuple[int, int]] = []
         seen: set[int] = set()
-        todo = [root]
+        todo: list[tuple[int, int]] = [(root, 0)]
         while todo and len(out) < 65536:
-            pid = todo.pop(0)
+            pid, start = todo.pop(0)
             if pid in seen or pid <= 1:
                 continue
             seen.add(pid)
-            out.append(pid)
-            todo += sorted(kids.get(pid, set()) | set(live_children(pid)))
+            out.append((pid, start))
+            known = kids.get(pid, {})
+            todo += sorted(known.items()) + [(c, 0) for c in sorted(set(live_children(pid)) - set(known))]
         return out
+
+    def _open_member(self, pid: int, start_ns: int, members: dict[int, int]) -> int | None:
+        """A pidfd for ``pid`` if it is still the tree's member: the process the table saw
+        (same start time), or a live child of a member already held.  A pid reused by an
+        unrelated process since the walk is never signalled."""
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return None
+        try:   # after the pidfd pins the process: is it the one we mean?
+            st = read_stat(pid)
+        except (OSError, ValueError):
+            os.close(fd)
+            return None
+        ok = (abs(st.start_ns - start_ns) < TICK_NS) if start_ns else (st.ppid in members)
+        if not ok:
+            os.close(fd)
+            self.skipped_reused += 1
+            log.warning("kill-tree: pid %d is no longer the tree's member (reused); not signalled", pid)
+            return None
+        return fd
 
     def _kill_tree(self, f: Finding) -> tuple[str, list[int]]:
         start = f.event.proc.start_ns if f.event is not None and f.event.proc.pid == f.pid else 0
@@ -140,14 +165,13 @@ class Dispatcher:
             # until no new descendant appears, then kill each through its pidfd
             for _ in range(8):
                 new = False
-                for pid in self._tree(f.pid):
+                for pid, pstart in self._tree(f.pid):
                     if pid in fds:
                         continue
-                    try:
-                        fds[pid] = os.pidfd_open(pid)
+                    pfd = self._open_member(pid, pstart, fds)
+                    if pfd is not None:
+                        fds[pid] = pfd
                         new = True
-                    except ProcessLookupError:
-                        continue
                 for pfd in fds.values():
                     try:
                         signal.pidfd_send_signal(pfd, signal.SIGSTOP)
