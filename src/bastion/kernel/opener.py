@@ -5,10 +5,19 @@ wait on its own answer); procfs and cgroupfs are never marked, so everything
 here reads ``/proc`` (one ``read`` per file), ``stat``s paths (stat raises no
 permission event) or reads magic links.  The opener is blocked in ``open``
 while these run, so its tid cannot be reused unless it is SIGKILLed meanwhile.
+
+Nothing here may wait on the opener: the opener's executable may live on its
+own FUSE filesystem (``stat`` of it would wait for the FUSE daemon, which the
+attacker can stall for ever), and its memory may be backed by such a file or
+by userfaultfd (reading it would wait the same way).  :func:`exe_key` therefore
+uses ``statx(AT_STATX_DONT_SYNC)`` through the ``/proc/TID/exe`` magic link (the
+kernel jumps to the mapped file without a lookup and answers from the cached
+inode), and :func:`open_flags` never reads the opener's memory.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
 from dataclasses import dataclass
@@ -22,6 +31,46 @@ from bastion.kernel.bpffs import cgroup2_root
 from bastion.policy.compile import kernel_dev
 
 MAX_ANCESTORS: Final = 16
+
+AT_FDCWD: Final = -100
+AT_SYMLINK_NOFOLLOW: Final = 0x100
+AT_STATX_DONT_SYNC: Final = 0x4000
+STATX_INO: Final = 0x100
+_STATX_SIZE: Final = 256
+_STX_INO_OFF: Final = 32      # struct statx: __u64 stx_ino
+_STX_DEV_OFF: Final = 136     # __u32 stx_dev_major, __u32 stx_dev_minor
+
+
+class _Statx:
+    """glibc ``statx`` through ctypes (Python 3.11 has no ``os.statx``)."""
+
+    def __init__(self) -> None:
+        fn = ctypes.CDLL(None, use_errno=True).statx
+        fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint,
+                       ctypes.c_void_p]
+        fn.restype = ctypes.c_int
+        self._fn = fn
+
+    def key(self, path: str, flags: int) -> tuple[int, int]:
+        """(kernel dev, ino) of ``path``; raises OSError."""
+        buf = ctypes.create_string_buffer(_STATX_SIZE)
+        if self._fn(AT_FDCWD, os.fsencode(path), flags, STATX_INO, buf) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), path)
+        raw = buf.raw
+        ino = int.from_bytes(raw[_STX_INO_OFF:_STX_INO_OFF + 8], "little")
+        major = int.from_bytes(raw[_STX_DEV_OFF:_STX_DEV_OFF + 4], "little")
+        minor = int.from_bytes(raw[_STX_DEV_OFF + 4:_STX_DEV_OFF + 8], "little")
+        return (major << 20) | minor, ino
+
+
+_STATX: Final = _Statx()
+
+
+def cached_key(path: str, *, follow: bool = True) -> tuple[int, int]:
+    """(kernel dev, ino) of ``path`` from the cached inode (``AT_STATX_DONT_SYNC``:
+    a FUSE or network filesystem is not asked).  Raises OSError."""
+    return _STATX.key(path, AT_STATX_DONT_SYNC | (0 if follow else AT_SYMLINK_NOFOLLOW))
 
 
 @dataclass(frozen=True)
@@ -72,14 +121,16 @@ def fd_path(efd: int) -> str:
 
 
 def exe_key(pid: int) -> tuple[int, int]:
-    """(dev, ino) of the task's executable; (0, 0) for kernel threads and exited tasks."""
+    """(dev, ino) of the task's executable; (0, 0) for kernel threads and exited tasks.
+
+    Never waits on the executable's filesystem (see the module docstring).
+    """
     if pid <= 0:
         return (0, 0)
     try:
-        st = os.stat(f"/proc/{pid}/exe")
+        return cached_key(f"/proc/{pid}/exe")
     except OSError:
         return (0, 0)
-    return (kernel_dev(st.st_dev), st.st_ino)
 
 
 def ancestors(path: str) -> list[tuple[int, int]]:
@@ -112,9 +163,10 @@ def stat_ppid_start(pid: int) -> tuple[int, int]:
 def open_flags(tid: int) -> int | None:
     """The blocked opener's open flags; -1 inside execve; None when unknown.
 
-    Read from ``/proc/TID/syscall`` (x86-64/arm64 native syscalls; ``openat2``
-    reads ``struct open_how`` from the opener's memory).  Unknown for 32-bit
-    compat tasks and io_uring workers.
+    Read from ``/proc/TID/syscall`` (x86-64/arm64 native syscalls).  Unknown
+    for ``openat2`` (its flags are in the opener's memory, which may be backed
+    by a file or userfaultfd the attacker stalls: never read), for 32-bit
+    compat tasks and for io_uring workers.
     """
     sc = _SYS
     if sc is None:
@@ -132,17 +184,7 @@ def open_flags(tid: int) -> int | None:
     idx = sc.open_flags_arg.get(nr)
     if idx is not None:
         return args[idx] & 0xFFFFFFFF
-    if nr == sc.openat2:
-        try:   # struct open_how { u64 flags; ... } in the opener's memory
-            mfd = os.open(f"/proc/{tid}/mem", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                raw = os.pread(mfd, 8, args[2])
-            finally:
-                os.close(mfd)
-            return int.from_bytes(raw, "little") & 0xFFFFFFFF if len(raw) == 8 else None
-        except OSError:
-            return None
-    return None
+    return None   # openat2 (struct open_how in the opener's memory) and the rest
 
 
 @dataclass(frozen=True)
@@ -256,5 +298,6 @@ class Scope:
         return bool(self.scope_cgroup_id) and not self.in_scope(tid, self.cgroup_id(tid))
 
 
-__all__ = ["IsOurs", "MAX_ANCESTORS", "Scope", "Task", "TICK_NS", "ancestors", "exe_key",
+__all__ = ["IsOurs", "MAX_ANCESTORS", "Scope", "Task", "TICK_NS", "ancestors", "cached_key",
+           "exe_key",
            "fd_path", "open_flags", "read_proc", "stat_ppid_start", "status_field"]
