@@ -28,6 +28,7 @@ from bastion.events import HipsEvent
 from bastion.policy.compile import FileTarget, MapPlan, ResolvedPolicy, ResolvedRule, compile_plan, kernel_dev
 from bastion.policy.model import Action, Mode, Op
 from support.cg import run_in, scoped_cgroup
+from support.fuse import FuseFile
 
 DEADLINE_S = 60.0
 TIMEOUT = 30
@@ -325,6 +326,49 @@ def test_a_stalled_decision_fails_closed_on_a_denied_inode(tmp_path: Path,
         enf.close()
 
 
+def test_an_exe_on_a_stalled_fuse_filesystem_does_not_stall_decisions(
+        tmp_path: Path, cg: tuple[Path, int], enforcer: FanotifyEnforcer) -> None:
+    """Attack: run a shell from your own FUSE filesystem, make its daemon stop answering
+    GETATTR, then open a denied file.  stat(/proc/<tid>/exe) in the listener waited on
+    the daemon for ever: the watchdog allowed the open and every decision after it."""
+    secret = tmp_path / "secret"
+    secret.write_text("s\n")
+    mnt = tmp_path / "fuse"
+    mnt.mkdir()
+    true = target(Path("/bin/true"))
+    r1 = rule(1, (Op.OPEN_READ,), (target(secret),), Action.ALLOW,
+              identities=((abi.SubjectKind.EXE, true.ino, true.dev),))   # exe facts are needed
+    r2 = rule(2, (Op.OPEN_READ,), (target(secret),), Action.DENY)
+    enforcer.apply(plan_of(r1, r2), targets_of(r1, r2))
+    script = f"read x; if true 3<{secret}; then echo opened; else echo refused; fi"
+    with FuseFile(mnt, "sh", Path("/bin/dash")) as fuse:
+        proc = subprocess.Popen(["/bin/sh", "-c", f'echo $$ > {cg[0]}/cgroup.procs && exec "$@"',
+                                 "sh", str(fuse.path), "-c", script], text=True,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        try:
+            end = time.monotonic() + 5
+            while time.monotonic() < end:
+                try:
+                    if os.readlink(f"/proc/{proc.pid}/exe") == str(fuse.path):
+                        break
+                except OSError:
+                    pass
+                time.sleep(0.02)
+            fuse.stall_getattr.set()
+            out, err = proc.communicate("go\n", timeout=TIMEOUT)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert out.strip() == "refused", (out, err)
+    s = enforcer.stats()
+    assert (s["watchdog_allows"], s["watchdog_denies"], s["late_decisions"]) == (0, 0, 0), s
+    evs = events_until(enforcer, 1)
+    assert [(e.rule_id, e.enforced) for e in evs] == [(2, True)]
+    assert evs[0].proc.pid == proc.pid        # the FUSE shell itself opened it
+
+
 def test_a_failing_decision_fails_closed_on_a_denied_inode(tmp_path: Path,
                                                            cg: tuple[Path, int]) -> None:
     """An exception in the decision (a vanished /proc entry, a bug) refuses a denied inode."""
@@ -343,7 +387,7 @@ def test_a_failing_decision_fails_closed_on_a_denied_inode(tmp_path: Path,
         enf.apply(plan_of(r), targets_of(r))
         p = run_in(cg[0], ["cat", str(f)], timeout=TIMEOUT)
         assert p.returncode != 0 and EPERM_TEXT in p.stderr, p
-        s = enf.stats()
+        s = _wait_stat(enf, "error_denies", 1)      # counted just after the answer
         assert s["errors"] == 1 and s["error_denies"] == 1 and s["fail_opens"] == 0, s
     finally:
         enf.close()

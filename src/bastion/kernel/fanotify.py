@@ -557,6 +557,10 @@ class PermissionListener:
                 break
             for mask, efd, _tid in evs:
                 if efd < 0:
+                    if count and mask & FAN_Q_OVERFLOW:
+                        self.c.overflows += 1
+                        log.warning("fanotify: event queue overflow (the kernel allowed the "
+                                    "opens it dropped)")
                     continue
                 if mask & FAN_PERM_EVENTS:
                     now = time.monotonic()

@@ -134,17 +134,17 @@ def exe_key(pid: int) -> tuple[int, int]:
 
 
 def ancestors(path: str) -> list[tuple[int, int]]:
-    """(dev, ino) of the parent directories of ``path``, nearest first (stat only)."""
+    """(dev, ino) of the parent directories of ``path``, nearest first (cached statx only;
+    the caller checks the path still names its inode)."""
     out: list[tuple[int, int]] = []
     if not path.startswith("/"):
         return out
     p = os.path.dirname(path)
     while len(out) < MAX_ANCESTORS:
         try:
-            st = os.stat(p)
+            out.append(cached_key(p))
         except OSError:
             break
-        out.append((kernel_dev(st.st_dev), st.st_ino))
         if p == "/":
             break
         p = os.path.dirname(p)
