@@ -25,6 +25,7 @@ from bastion import abi
 from bastion.enforce.fanotify import FanotifyEnforcer, supported
 from bastion.errors import ConfigError, Location
 from bastion.events import HipsEvent
+from bastion.kernel.opener import locate
 from bastion.policy.compile import FileTarget, MapPlan, ResolvedPolicy, ResolvedRule, compile_plan, kernel_dev
 from bastion.policy.model import Action, Mode, Op
 from support.cg import run_in, scoped_cgroup
@@ -367,6 +368,22 @@ def test_an_exe_on_a_stalled_fuse_filesystem_does_not_stall_decisions(
     evs = events_until(enforcer, 1)
     assert [(e.rule_id, e.enforced) for e in evs] == [(2, True)]
     assert evs[0].proc.pid == proc.pid        # the FUSE shell itself opened it
+
+
+def test_locating_a_path_never_waits_on_a_stalled_fuse_file(tmp_path: Path) -> None:
+    """A path a rename race points into the attacker's FUSE filesystem is unconfirmed
+    at once (dentry cache only), instead of waiting on its daemon."""
+    mnt = tmp_path / "fuse"
+    mnt.mkdir()
+    with FuseFile(mnt, "f", Path("/bin/true")) as fuse:
+        key = target(fuse.path)
+        fuse.stall_getattr.set()
+        t0 = time.monotonic()
+        confirmed, parents = locate(str(fuse.path), (key.dev, key.ino))
+        took = time.monotonic() - t0
+        assert not fuse.held, "a request reached the stalled daemon"
+    assert (confirmed, parents) == (False, [])
+    assert took < 0.5, took
 
 
 def test_a_failing_decision_fails_closed_on_a_denied_inode(tmp_path: Path,

@@ -12,10 +12,14 @@ costs ~30x per open on this host).  Each permission event is decided by
 opening any file that could be marked:
 
 * the object: ``os.fstat`` of the event's fd (kernel dev encoding);
-* its ancestors: ``os.readlink("/proc/self/fd/N")`` then ``os.stat`` of
-  each parent directory (stat never raises a permission event);
+* its ancestors: ``os.readlink("/proc/self/fd/N")``, that path checked to
+  still name the event's inode and its parents walked with ``..``, all from
+  the dentry cache (:func:`~bastion.kernel.opener.locate`); when the path
+  does not confirm where the inode is (another mount namespace, a rename
+  race) the strictest directory object applies (counted ``unplaced``);
 * the acting task, from ``/proc/<tid>/``: ``status`` (tgid, ppid, real uid),
-  ``exe`` (stat through the magic link), the parent's ``exe``, ``cgroup``
+  ``exe`` (``statx(AT_STATX_DONT_SYNC)`` through the magic link: never waits
+  on the executable's filesystem), the parent's ``exe``, ``cgroup``
   (the v2 path, stat'ed under the cgroup2 mount for its id) and ``syscall``
   (the blocked ``open``/``openat``/``openat2`` flags: read or write open).
   procfs and cgroupfs are never marked, so reading them is safe.
@@ -52,7 +56,12 @@ What this tier cannot see (the caveats of the compat tier):
 * Decisions are made in user space: every open of a marked inode costs a
   round trip to the listener (~20 us of decision plus two wake-ups here).
   The watchdog shares this process (and its GIL): on a starved host a
-  decision slower than ``decision_timeout_s`` is allowed (fail-open, counted).
+  decision slower than ``decision_timeout_s`` gets the listener's fallback:
+  refused when a deny/kill rule (or a deny/kill default) covers the inode
+  for that kind of open (fail closed, ``watchdog_denies``; an exe a rule
+  would allow is refused too), else allowed (fail-open, ``fail_opens``,
+  raised as an alert by the agent).  A file that is both marked itself and
+  inside a deny-covered directory object falls back on its own rules only.
 * The opener is identified by its tid at decision time through /proc; the
   opener is blocked in ``open`` meanwhile, so its tid cannot be reused unless
   it is SIGKILLed during the decision.
@@ -80,7 +89,7 @@ from bastion.kernel.fanotify import (
     FAN_OPEN_EXEC_PERM, FAN_OPEN_PERM, PermEvent, PermissionListener, Verdict, subdirs, supported,
 )
 from bastion.kernel.opener import (
-    IsOurs, Scope, Task, ancestors, cached_key, exe_key, fd_path, open_flags, read_proc,
+    IsOurs, Scope, Task, exe_key, fd_path, locate, open_flags, read_proc,
 )
 from bastion.policy.compile import FileTarget, MapPlan, kernel_dev
 from bastion.policy.match import Decision, Matcher, TaskFacts
@@ -458,18 +467,14 @@ class FanotifyEnforcer:
         unplaced = False
         if state.needs_parents:
             path = fd_path(efd)
-            parents = ancestors(path)
             # the path names this inode now (another mount namespace's path, a rename
             # race or a bind mount give another inode or none), and a child event's
             # parent is one of our directories: else the strictest directory object rules
-            try:
-                here = cached_key(path, follow=False)
-            except OSError:
-                here = (0, 0)
+            confirmed, parents = locate(path, obj)
             in_dir = bool(parents) and parents[0] in state.child_dirs
-            if here == obj and (in_dir or obj in state.marks):
+            if confirmed and (in_dir or obj in state.marks):
                 pass
-            elif here == obj and parents and parents[0] in state.retired_dirs:
+            elif confirmed and parents and parents[0] in state.retired_dirs:
                 return Verdict.allow("not_marked")   # a mark of an earlier plan
             else:
                 unplaced = True

@@ -12,13 +12,20 @@ attacker can stall for ever), and its memory may be backed by such a file or
 by userfaultfd (reading it would wait the same way).  :func:`exe_key` therefore
 uses ``statx(AT_STATX_DONT_SYNC)`` through the ``/proc/TID/exe`` magic link (the
 kernel jumps to the mapped file without a lookup and answers from the cached
-inode), and :func:`open_flags` never reads the opener's memory.
+inode), :func:`cached_key` resolves a path from the dentry cache only
+(``openat2(RESOLVE_CACHED)``: the ancestors of a file just opened are cached; a
+component that needs I/O or revalidation, such as a FUSE directory slipped into
+the path by a rename, fails instead of waiting), and :func:`open_flags` never
+reads the opener's memory.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
+import struct
+import threading
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +42,12 @@ MAX_ANCESTORS: Final = 16
 AT_FDCWD: Final = -100
 AT_SYMLINK_NOFOLLOW: Final = 0x100
 AT_STATX_DONT_SYNC: Final = 0x4000
+AT_EMPTY_PATH: Final = 0x1000
+RESOLVE_CACHED: Final = 0x20
+_NR_OPENAT2: Final = 437      # the same number on x86-64 and arm64
+_OPEN_HOW: Final = struct.Struct("<QQQ")   # struct open_how {flags, mode, resolve}
+_U64: Final = struct.Struct("<Q")
+_U32X2: Final = struct.Struct("<II")
 STATX_INO: Final = 0x100
 _STATX_SIZE: Final = 256
 _STX_INO_OFF: Final = 32      # struct statx: __u64 stx_ino
@@ -45,32 +58,70 @@ class _Statx:
     """glibc ``statx`` through ctypes (Python 3.11 has no ``os.statx``)."""
 
     def __init__(self) -> None:
-        fn = ctypes.CDLL(None, use_errno=True).statx
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.statx
         fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint,
                        ctypes.c_void_p]
         fn.restype = ctypes.c_int
         self._fn = fn
+        sc = libc.syscall
+        sc.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p,
+                       ctypes.c_size_t]
+        sc.restype = ctypes.c_long
+        self._openat2 = sc
+        self._tls = threading.local()   # one result buffer per thread
 
-    def key(self, path: str, flags: int) -> tuple[int, int]:
+    def key(self, path: str, flags: int, dirfd: int = AT_FDCWD) -> tuple[int, int]:
         """(kernel dev, ino) of ``path``; raises OSError."""
-        buf = ctypes.create_string_buffer(_STATX_SIZE)
-        if self._fn(AT_FDCWD, os.fsencode(path), flags, STATX_INO, buf) != 0:
+        buf = self._tls.__dict__.get("buf")
+        if buf is None:
+            buf = self._tls.buf = ctypes.create_string_buffer(_STATX_SIZE)
+        if self._fn(dirfd, os.fsencode(path), flags, STATX_INO, buf) != 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err), path)
-        raw = buf.raw
-        ino = int.from_bytes(raw[_STX_INO_OFF:_STX_INO_OFF + 8], "little")
-        major = int.from_bytes(raw[_STX_DEV_OFF:_STX_DEV_OFF + 4], "little")
-        minor = int.from_bytes(raw[_STX_DEV_OFF + 4:_STX_DEV_OFF + 8], "little")
+        ino, = _U64.unpack_from(buf, _STX_INO_OFF)
+        major, minor = _U32X2.unpack_from(buf, _STX_DEV_OFF)
         return (major << 20) | minor, ino
+
+    def open_cached(self, path: str, flags: int) -> int:
+        """``openat2(path, flags, RESOLVE_CACHED)``; raises OSError (EAGAIN: not cached)."""
+        how = _OPEN_HOW.pack(flags, 0, RESOLVE_CACHED)
+        fd = int(self._openat2(_NR_OPENAT2, AT_FDCWD, os.fsencode(path), how, len(how)))
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), path)
+        return fd
 
 
 _STATX: Final = _Statx()
 
 
+def inode_key(path: str) -> tuple[int, int]:
+    """(kernel dev, ino) ``path`` leads to, from the cached inode (``AT_STATX_DONT_SYNC``:
+    a FUSE or network filesystem is not asked); for magic links such as
+    ``/proc/PID/exe``.  Raises OSError."""
+    return _STATX.key(path, AT_STATX_DONT_SYNC)
+
+
+def _open_cached_retry(path: str, flags: int) -> int:
+    for attempt in range(3):
+        try:
+            return _STATX.open_cached(path, flags)
+        except OSError as exc:   # EAGAIN also when a concurrent rename ends the RCU walk
+            if exc.errno != errno.EAGAIN or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 def cached_key(path: str, *, follow: bool = True) -> tuple[int, int]:
-    """(kernel dev, ino) of ``path`` from the cached inode (``AT_STATX_DONT_SYNC``:
-    a FUSE or network filesystem is not asked).  Raises OSError."""
-    return _STATX.key(path, AT_STATX_DONT_SYNC | (0 if follow else AT_SYMLINK_NOFOLLOW))
+    """(kernel dev, ino) of ``path`` resolved from the dentry cache only, from the
+    cached inode: nothing on the way may wait on a filesystem.  Raises OSError
+    (EAGAIN: a component is not cached or needs revalidation)."""
+    fd = _open_cached_retry(path, os.O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW))
+    try:
+        return _STATX.key("", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, fd)
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -128,27 +179,46 @@ def exe_key(pid: int) -> tuple[int, int]:
     if pid <= 0:
         return (0, 0)
     try:
-        return cached_key(f"/proc/{pid}/exe")
+        return inode_key(f"/proc/{pid}/exe")
     except OSError:
         return (0, 0)
 
 
-def ancestors(path: str) -> list[tuple[int, int]]:
-    """(dev, ino) of the parent directories of ``path``, nearest first (cached statx only;
-    the caller checks the path still names its inode)."""
-    out: list[tuple[int, int]] = []
+def locate(path: str, expect: tuple[int, int]) -> tuple[bool, list[tuple[int, int]]]:
+    """Does ``path`` name inode ``expect`` now (not following a last symlink), and the
+    (dev, ino) of its parent directories, nearest first ([] when it does not).
+
+    The path is resolved from the dentry cache only (a component that would need
+    I/O or revalidation, such as a FUSE directory a rename slipped into the path,
+    makes it unconfirmed instead of waiting).  Once the path names ``expect`` (an
+    inode on a marked filesystem) its parents are walked with ``..`` and
+    ``fstat``: they are that filesystem's directories and the mount points of this
+    namespace above it, which only root changes.
+    """
     if not path.startswith("/"):
-        return out
-    p = os.path.dirname(path)
-    while len(out) < MAX_ANCESTORS:
-        try:
-            out.append(cached_key(p))
-        except OSError:
-            break
-        if p == "/":
-            break
-        p = os.path.dirname(p)
-    return out
+        return False, []
+    try:
+        if cached_key(path, follow=False) != expect:
+            return False, []
+        dfd = _open_cached_retry(os.path.dirname(path), os.O_PATH | os.O_CLOEXEC | os.O_DIRECTORY)
+    except OSError:
+        return False, []
+    parents: list[tuple[int, int]] = []
+    try:
+        while len(parents) < MAX_ANCESTORS:
+            st = os.fstat(dfd)
+            key = (kernel_dev(st.st_dev), st.st_ino)
+            if parents and key == parents[-1]:
+                break                              # ".." of the root is the root
+            parents.append(key)
+            up = os.open("..", os.O_PATH | os.O_CLOEXEC | os.O_DIRECTORY, dir_fd=dfd)
+            os.close(dfd)
+            dfd = up
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+    return True, parents
 
 
 def stat_ppid_start(pid: int) -> tuple[int, int]:
@@ -298,6 +368,6 @@ class Scope:
         return bool(self.scope_cgroup_id) and not self.in_scope(tid, self.cgroup_id(tid))
 
 
-__all__ = ["IsOurs", "MAX_ANCESTORS", "Scope", "Task", "TICK_NS", "ancestors", "cached_key",
-           "exe_key",
+__all__ = ["IsOurs", "MAX_ANCESTORS", "Scope", "Task", "TICK_NS", "cached_key",
+           "exe_key", "inode_key", "locate",
            "fd_path", "open_flags", "read_proc", "stat_ppid_start", "status_field"]
