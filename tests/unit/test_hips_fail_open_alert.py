@@ -44,7 +44,7 @@ class _Files:
         return dict(self.s)
 
 
-def test_each_interval_with_new_fail_opens_raises_one_alert(tmp_path: Path) -> None:
+def test_each_interval_with_new_fail_opens_or_stalls_raises_one_alert(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "db")
     mgr = PolicyManager(Tier.COMPAT)
     files = _Files()
@@ -61,7 +61,10 @@ def test_each_interval_with_new_fail_opens_raises_one_alert(tmp_path: Path) -> N
         agent._health()                       # nothing new: no second alert
         files.s.update(fail_opens=4, error_allows=1)
         agent._health()
+        files.s.update(watchdog_denies=7)       # a stall that only refused
+        agent._health()
         alerts = [a.data for a in store.alerts(rule="bastion.hips.fail_open")]
+        closed = [a.data for a in store.alerts(rule="bastion.hips.fail_closed")]
         assert agent.status()["hips_files"]["fail_opens"] == 4
     finally:
         store.close()
@@ -70,3 +73,4 @@ def test_each_interval_with_new_fail_opens_raises_one_alert(tmp_path: Path) -> N
     assert ev[0]["fail_opens"] == 3 and ev[0]["overflows"] == 1 and ev[0]["watchdog_denies"] == 5
     assert ev[1]["fail_opens"] == 1 and ev[1]["fail_opens_total"] == 4
     assert all(a["severity"] == "high" for a in alerts)
+    assert [(a["severity"], a["evidence"]["fail_closed"]) for a in closed] == [("medium", 2)]
