@@ -506,8 +506,11 @@ class FanotifyEnforcer:
         decide: _DecideFile = state.matcher.decide_file
         if unplaced:
             self._c.unplaced += 1
-            log.warning("fanotify: %s (inode %d:%d) is not where its path says: the strictest "
-                        "directory object applies", path, obj[0], obj[1])
+            n = self._c.unplaced
+            if n & (n - 1) == 0:   # the 1st, 2nd, 4th...: a flood cannot flood the log
+                log.warning("fanotify: %s (inode %d:%d) is not where its path says: the "
+                            "strictest directory object applies (%d so far)", path, obj[0],
+                            obj[1], n)
             decide = self._strictest(state, obj in state.marks)
         if ev.is_exec:
             op, d = abi.HipsOp.EXEC, decide(facts, abi.HipsOp.EXEC, obj, parents)
