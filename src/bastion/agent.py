@@ -169,6 +169,7 @@ class Agent:
         self._rate: deque[tuple[float, int]] = deque(maxlen=64)
         self._last_drops = 0
         self._last_shed = 0
+        self._last_fail_opens = self._last_fail_closed = 0
         self.dedupe_s = 30.0
         self._recent: dict[tuple[str, int, str], float] = {}
         self._lock = threading.Lock()
@@ -228,6 +229,7 @@ class Agent:
                                   if self.policies and self.policies.current else 0),
             "policy_degraded": (self.policies.current.degraded
                                 if self.policies and self.policies.current else []),
+            "hips_files": self.policies.file_stats() if self.policies else {},
             "uptime_s": round(uptime, 1),
             "rss_mb": round(rss_mb(), 1),
             "cpu_s": round(cpu_seconds(), 2),
@@ -413,6 +415,7 @@ class Agent:
                 attack=(), action="alert", event=None, pid=os.getpid(),
                 evidence={"shed": shed - self._last_shed, "shed_total": shed}))
             self._last_shed = shed
+        self._hips_fail_opens()
         if self.outputs is not None:
             for name, n in self.outputs.new_drops().items():
                 self._alert(Finding(
@@ -432,6 +435,29 @@ class Agent:
                 severity="high", attack=(), action="alert", event=None, pid=os.getpid(),
                 evidence={"dropped": new, "dropped_total": drops},
             ))
+
+    def _hips_fail_opens(self) -> None:
+        """One alert per health interval in which compat HIPS answered opens undecided:
+        high when it allowed any (fail-open), medium when it only refused (fail closed:
+        a stalled listener refuses what a rule would have allowed)."""
+        fs = self.policies.file_stats() if self.policies is not None else {}
+        n, d = int(fs.get("fail_opens", 0)), int(fs.get("watchdog_denies", 0))
+        new, new_d = n - self._last_fail_opens, d - self._last_fail_closed
+        self._last_fail_opens, self._last_fail_closed = n, d
+        if new <= 0 and new_d <= 0:
+            return
+        title = (f"{new} opens of HIPS-marked files allowed undecided (decision stalled or "
+                 "failed, or the fanotify queue overflowed)" if new > 0 else
+                 f"{new_d} opens of HIPS-marked files refused undecided (decision stalled)")
+        self._alert(Finding(
+            rule="bastion.hips.fail_open" if new > 0 else "bastion.hips.fail_closed",
+            title=title, severity="high" if new > 0 else "medium", attack=(), action="alert",
+            event=None, pid=os.getpid(),
+            evidence={"fail_opens": max(new, 0), "fail_opens_total": n,
+                      "fail_closed": max(new_d, 0),
+                      **{k: fs.get(k, 0) for k in ("watchdog_allows", "watchdog_denies",
+                                                    "errors", "error_allows", "error_denies",
+                                                    "overflows")}}))
 
     def _start_bpf_guard(self) -> Source | None:
         """integrity.refuse_bpf_loads (lsm tier): only the allowlisted loaders may load BPF."""

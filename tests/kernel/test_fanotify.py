@@ -28,6 +28,7 @@ from bastion.events import HipsEvent
 from bastion.policy.compile import FileTarget, MapPlan, ResolvedPolicy, ResolvedRule, compile_plan, kernel_dev
 from bastion.policy.model import Action, Mode, Op
 from support.cg import run_in, scoped_cgroup
+from support.fuse import FuseFile
 
 DEADLINE_S = 60.0
 TIMEOUT = 30
@@ -268,9 +269,22 @@ def test_subject_facts_exe_and_cgroup(tmp_path: Path, cg: tuple[Path, int],
     assert all(e.subject != 0 for e in evs)
 
 
-def test_watchdog_answers_a_stalled_decision(tmp_path: Path, cg: tuple[Path, int]) -> None:
+def _wait_stat(enf: FanotifyEnforcer, key: str, n: int, timeout_s: float = 5.0) -> dict[str, int | float]:
+    end = time.monotonic() + timeout_s
+    while enf.stats()[key] < n and time.monotonic() < end:
+        time.sleep(0.05)
+    return enf.stats()
+
+
+def test_a_stalled_decision_fails_closed_on_a_denied_inode(tmp_path: Path,
+                                                           cg: tuple[Path, int]) -> None:
+    """Attack: stall the listener (a slow /proc, a FUSE exe, a flood) so the 0.2 s
+    watchdog answers.  An inode a deny rule covers is refused (fail closed); an
+    inode only audited is allowed and counted as a fail-open."""
     f = tmp_path / "slow"
     f.write_text("s\n")
+    g = tmp_path / "audited"
+    g.write_text("a\n")
     release = threading.Event()
     calls: list[str] = []
 
@@ -284,26 +298,198 @@ def test_watchdog_answers_a_stalled_decision(tmp_path: Path, cg: tuple[Path, int
         enf.open()
         enf.start()
         r = rule(1, (Op.OPEN_READ,), (target(f),), Action.DENY)
-        enf.apply(plan_of(r), targets_of(r))
+        a = rule(2, (Op.OPEN_READ,), (target(g),), Action.AUDIT)
+        enf.apply(plan_of(r, a), targets_of(r, a))
         t0 = time.monotonic()
         # two opens: the first stalls the listener, the second queues behind it
         p = run_in(cg[0], ["sh", "-c", f"cat {f}; cat {f}"], timeout=TIMEOUT)
         took = time.monotonic() - t0
-        assert p.returncode == 0 and p.stdout == "s\ns\n", p.stderr
+        assert p.returncode != 0 and p.stdout == "", p
+        assert p.stderr.count(EPERM_TEXT) == 2, p.stderr
         assert took < 2.0, took
         assert calls
         release.set()
-        deadline = time.monotonic() + 5
-        while enf.stats()["late_decisions"] < 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        s = enf.stats()
-        assert s["watchdog_allows"] >= 2, s
-        assert s["late_decisions"] >= 1 and s["denies"] == 0, s
+        s = _wait_stat(enf, "late_decisions", 1)
+        assert s["watchdog_denies"] >= 2 and s["watchdog_allows"] == 0, s
+        assert s["fail_opens"] == 0 and s["late_decisions"] >= 1, s
         late = [e for e in events_until(enf, 1) if e.path == str(f)]
-        assert late and not late[0].enforced
+        assert late and late[0].enforced     # the late deny was enforced by the fallback
+
+        release.clear()
+        p = run_in(cg[0], ["cat", str(g)], timeout=TIMEOUT)   # audit only: stall allows
+        assert p.returncode == 0 and p.stdout == "a\n", p.stderr
+        release.set()
+        s = _wait_stat(enf, "watchdog_allows", 1)
+        assert s["watchdog_allows"] >= 1 and s["fail_opens"] >= 1, s
     finally:
         release.set()
         enf.close()
+
+
+@pytest.fixture
+def patient(cg: tuple[Path, int]) -> Iterator[FanotifyEnforcer]:
+    """An enforcer whose watchdog waits 3 s: a decision on a loaded host is in time."""
+    enf = FanotifyEnforcer(scope_cgroup_id=cg[1], deadline_s=DEADLINE_S, decision_timeout_s=3.0)
+    try:
+        enf.open()
+        enf.start()
+        yield enf
+    finally:
+        enf.close()
+
+
+def test_an_exe_on_a_stalled_fuse_filesystem_does_not_stall_decisions(
+        tmp_path: Path, cg: tuple[Path, int], patient: FanotifyEnforcer) -> None:
+    """Attack: run a shell from your own FUSE filesystem, make its daemon stop answering
+    GETATTR, then open a denied file.  stat(/proc/<tid>/exe) in the listener waited on
+    the daemon for ever: the watchdog allowed the open and every decision after it."""
+    secret = tmp_path / "secret"
+    secret.write_text("s\n")
+    mnt = tmp_path / "fuse"
+    mnt.mkdir()
+    true = target(Path("/bin/true"))
+    r1 = rule(1, (Op.OPEN_READ,), (target(secret),), Action.ALLOW,
+              identities=((abi.SubjectKind.EXE, true.ino, true.dev),))   # exe facts are needed
+    r2 = rule(2, (Op.OPEN_READ,), (target(secret),), Action.DENY)
+    patient.apply(plan_of(r1, r2), targets_of(r1, r2))
+    script = f"read x; if true 3<{secret}; then echo opened; else echo refused; fi"
+    with FuseFile(mnt, "sh", Path("/bin/dash")) as fuse:
+        proc = subprocess.Popen(["/bin/sh", "-c", f'echo $$ > {cg[0]}/cgroup.procs && exec "$@"',
+                                 "sh", str(fuse.path), "-c", script], text=True,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        try:
+            end = time.monotonic() + 5
+            while time.monotonic() < end:
+                try:
+                    if os.readlink(f"/proc/{proc.pid}/exe") == str(fuse.path):
+                        break
+                except OSError:
+                    pass
+                time.sleep(0.02)
+            fuse.stall_getattr.set()
+            out, err = proc.communicate("go\n", timeout=TIMEOUT)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert out.strip() == "refused", (out, err)
+    s = patient.stats()
+    assert (s["watchdog_allows"], s["watchdog_denies"], s["late_decisions"]) == (0, 0, 0), s
+    evs = events_until(patient, 1)
+    assert [(e.rule_id, e.enforced) for e in evs] == [(2, True)]
+    assert evs[0].proc.pid == proc.pid        # the FUSE shell itself opened it
+
+
+def test_locating_a_path_never_waits_on_a_stalled_fuse_file(tmp_path: Path) -> None:
+    """A path a rename race points into the attacker's FUSE filesystem is unconfirmed
+    at once (dentry cache only), instead of waiting on its daemon."""
+    from bastion.kernel.opener import locate   # here: the other tests run on older code
+
+    mnt = tmp_path / "fuse"
+    mnt.mkdir()
+    with FuseFile(mnt, "f", Path("/bin/true")) as fuse:
+        key = target(fuse.path)
+        fuse.stall_getattr.set()
+        t0 = time.monotonic()
+        confirmed, parents = locate(str(fuse.path), (key.dev, key.ino))
+        took = time.monotonic() - t0
+        assert not fuse.held, "a request reached the stalled daemon"
+    assert (confirmed, parents) == (False, [])
+    assert took < 0.5, took
+
+
+def test_a_failing_decision_fails_closed_on_a_denied_inode(tmp_path: Path,
+                                                           cg: tuple[Path, int]) -> None:
+    """An exception in the decision (a vanished /proc entry, a bug) refuses a denied inode."""
+    f = tmp_path / "boom"
+    f.write_text("b\n")
+
+    def boom(tid: int, path: str) -> None:
+        raise RuntimeError("decision failed")
+
+    enf = FanotifyEnforcer(scope_cgroup_id=cg[1], deadline_s=DEADLINE_S, decision_timeout_s=0.5,
+                           decision_hook=boom)
+    try:
+        enf.open()
+        enf.start()
+        r = rule(1, (Op.OPEN_READ,), (target(f),), Action.DENY)
+        enf.apply(plan_of(r), targets_of(r))
+        p = run_in(cg[0], ["cat", str(f)], timeout=TIMEOUT)
+        assert p.returncode != 0 and EPERM_TEXT in p.stderr, p
+        s = _wait_stat(enf, "error_denies", 1)      # counted just after the answer
+        assert s["errors"] == 1 and s["error_denies"] == 1 and s["fail_opens"] == 0, s
+    finally:
+        enf.close()
+
+
+def test_directory_object_rename_race_is_still_denied(tmp_path: Path,
+                                                      cg: tuple[Path, int]) -> None:
+    """Attack: open vault/key, and rename it out of the vault while the open waits for
+    its decision; the path then says out/key (not in the vault): was allowed."""
+    vault = tmp_path / "vault"
+    vault.mkdir()
+    (vault / "gate").write_text("g\n")
+    (vault / "key").write_text("k\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    go = threading.Event()
+    gated = threading.Event()
+
+    def hold_gate(tid: int, path: str) -> None:
+        if path.endswith("/gate"):
+            gated.set()
+            go.wait(3.0)            # the listener is busy: the next open waits in the queue
+
+    enf = FanotifyEnforcer(scope_cgroup_id=cg[1], deadline_s=DEADLINE_S, decision_timeout_s=6.0,
+                           decision_hook=hold_gate)
+    try:
+        enf.open()
+        enf.start()
+        r = rule(1, (Op.OPEN_READ,), (target(vault, is_dir=True),), Action.DENY, name="vault")
+        enf.apply(plan_of(r), targets_of(r))
+        script = (f'echo $$ > {cg[0]}/cgroup.procs && (cat {vault}/gate 2>/dev/null &) && '
+                  f'sleep 0.3 && cat {vault}/key')
+        proc = subprocess.Popen(["/bin/sh", "-c", script], text=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        try:
+            assert gated.wait(5.0)
+            time.sleep(0.8)                          # cat key is blocked in open now
+            os.rename(vault / "key", out / "key")    # the race, made certain
+            go.set()
+            so, se = proc.communicate(timeout=TIMEOUT)
+        finally:
+            go.set()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode != 0 and so == "" and EPERM_TEXT in se, (so, se)
+        assert enf.stats()["unplaced"] >= 1
+    finally:
+        go.set()
+        enf.close()
+
+
+def test_directory_object_through_a_private_bind_mount_is_still_denied(
+        tmp_path: Path, cg: tuple[Path, int], enforcer: FanotifyEnforcer) -> None:
+    """Attack: bind-mount the vault elsewhere in a private mount namespace and open it
+    there; the listener's path names a directory of its own namespace: was allowed."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare(1) missing")
+    vault = tmp_path / "vault"
+    (vault / "sub").mkdir(parents=True)
+    (vault / "sub" / "key").write_text("k\n")
+    view = tmp_path / "view"
+    view.mkdir()
+    r = rule(1, (Op.OPEN_READ,), (target(vault, is_dir=True),), Action.DENY, name="vault")
+    enforcer.apply(plan_of(r), targets_of(r))
+    p = run_in(cg[0], ["unshare", "-m", "--propagation", "private", "sh", "-c",
+                       f"mount --bind {vault} {view} && cat {view}/sub/key"], timeout=TIMEOUT)
+    assert p.returncode != 0 and EPERM_TEXT in p.stderr and p.stdout == "", p
+    assert enforcer.stats()["unplaced"] >= 1
+    evs = [e for e in events_until(enforcer, 1) if e.enforced]
+    assert evs and evs[0].rule_id == 1
+    assert not any(view.iterdir())           # the bind mount never reached this namespace
 
 
 def test_plan_swap_under_load(tmp_path: Path, cg: tuple[Path, int],

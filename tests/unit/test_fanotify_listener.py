@@ -3,11 +3,12 @@
 The group is one end of a socketpair that speaks the fanotify wire format
 (``struct fanotify_event_metadata`` in, ``struct fanotify_response`` out);
 event fds are ``/dev/null``.  What is pinned: every event is answered; an
-exception in ``decide`` answers ALLOW and the listener goes on; a stalled
-``decide`` is answered ALLOW by the watchdog (and the queue behind it
-drained), the late verdict is counted and reported to ``after(False)``;
-past the deadline ``decide`` is not called; a group nobody listens to is
-drained by the watchdog.
+exception in ``decide`` answers the event's fallback (ALLOW without one) and
+the listener goes on; a stalled ``decide`` is answered with the fallback by
+the watchdog (and the queue behind it drained), the late verdict is counted
+and reported to ``after(False)``; every fail-open is counted in
+``fail_opens``; past the deadline ``decide`` is not called; a group nobody
+listens to is drained by the watchdog.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from bastion.kernel.fanotify import (
-    FAN_ALLOW, FAN_DENY, FAN_OPEN_EXEC_PERM, FAN_OPEN_PERM, PermEvent, PermissionListener, Verdict,
+    FAN_ALLOW, FAN_DENY, FAN_OPEN_EXEC_PERM, FAN_OPEN_PERM, FAN_Q_OVERFLOW, PermEvent,
+    PermissionListener, Verdict,
 )
 
 META = struct.Struct("<IBBHQii")
@@ -68,9 +70,10 @@ def group() -> Iterator[FakeGroup]:
 
 
 def listener(group: FakeGroup, decide: object, *, start: bool = True,
-             deadline_s: float | None = None) -> PermissionListener:
+             deadline_s: float | None = None,
+             fallback: Callable[[PermEvent], int] | None = None) -> PermissionListener:
     lis = PermissionListener(decide, deadline_s=deadline_s,  # type: ignore[arg-type]
-                             decision_timeout_s=TIMEOUT_S)
+                             decision_timeout_s=TIMEOUT_S, fallback=fallback)
     lis.open(group_fd=group.group_fd)
     if start:
         lis.start()
@@ -181,6 +184,79 @@ def test_the_watchdog_allows_a_stalled_decision_and_the_queue_behind_it(
         release.set()
         lis.close()
     assert group.answers(1, timeout_s=0.2) == []     # nothing answered twice
+
+
+def test_a_stalled_decision_gets_its_fallback_and_so_does_the_queue_behind_it(
+        group: FakeGroup) -> None:
+    """The fallback (asked when the event is read) fails closed where it says so."""
+    release = threading.Event()
+    asked: list[int] = []
+
+    def decide(ev: PermEvent) -> Verdict:
+        if ev.tid == 1:
+            release.wait(5.0)            # far beyond decision_timeout_s
+        return Verdict.allow()
+
+    def fallback(ev: PermEvent) -> int:
+        asked.append(ev.tid)
+        return FAN_DENY if ev.tid in (1, 2) else FAN_ALLOW
+
+    lis = listener(group, decide, fallback=fallback)
+    try:
+        a = group.event(1)
+        assert group.answers(1) == [(a, FAN_DENY)]   # fail closed
+        b = group.event(2)                           # drained by the watchdog
+        assert group.answers(1) == [(b, FAN_DENY)]
+        c = group.event(3)
+        assert group.answers(1) == [(c, FAN_ALLOW)]  # fail open, counted
+        wait_for(lambda: lis.stats()["fail_opens"] == 1)   # counted just after the answer
+        s = lis.stats()
+        assert (s["watchdog_denies"], s["watchdog_allows"], s["fail_opens"]) == (2, 1, 1), s
+        assert asked == [1, 2, 3]
+        release.set()
+        wait_for(lambda: lis.stats()["late_decisions"] == 1)
+        d = group.event(4)                           # the listener is back
+        assert group.answers(1) == [(d, FAN_ALLOW)]
+    finally:
+        release.set()
+        lis.close()
+    assert group.answers(1, timeout_s=0.2) == []
+
+
+def test_a_failing_decision_or_fallback_fails_closed(group: FakeGroup) -> None:
+    def decide(ev: PermEvent) -> Verdict:
+        raise RuntimeError("boom")
+
+    def fallback(ev: PermEvent) -> int:
+        if ev.tid == 2:
+            raise OSError("fstat failed")
+        return FAN_DENY if ev.tid == 1 else FAN_ALLOW
+
+    lis = listener(group, decide, fallback=fallback)
+    try:
+        a = group.event(1)
+        assert group.answers(1) == [(a, FAN_DENY)]
+        b = group.event(2)
+        assert group.answers(1) == [(b, FAN_DENY)]   # a failing fallback denies
+        c = group.event(3)
+        assert group.answers(1) == [(c, FAN_ALLOW)]
+        wait_for(lambda: lis.stats()["decisions_timed"] == 3)
+        s = lis.stats()
+        assert (s["error_denies"], s["error_allows"], s["fail_opens"]) == (2, 1, 1), s
+        assert s["errors"] == 4, s                   # three decisions and one fallback
+    finally:
+        lis.close()
+
+
+def test_an_overflow_is_a_fail_open_also_while_nobody_listens(group: FakeGroup) -> None:
+    lis = listener(group, lambda ev: Verdict.deny(), start=False)
+    try:
+        group.kernel.sendall(META.pack(META.size, 3, 0, META.size, FAN_Q_OVERFLOW, -1, 0))
+        wait_for(lambda: lis.stats()["overflows"] == 1)
+        s = lis.stats()
+        assert s["overflows"] == 1 and s["fail_opens"] == 1, s
+    finally:
+        lis.close()
 
 
 def test_past_the_deadline_decide_is_not_called(group: FakeGroup) -> None:

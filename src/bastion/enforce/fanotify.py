@@ -12,10 +12,14 @@ costs ~30x per open on this host).  Each permission event is decided by
 opening any file that could be marked:
 
 * the object: ``os.fstat`` of the event's fd (kernel dev encoding);
-* its ancestors: ``os.readlink("/proc/self/fd/N")`` then ``os.stat`` of
-  each parent directory (stat never raises a permission event);
+* its ancestors: ``os.readlink("/proc/self/fd/N")``, that path checked to
+  still name the event's inode and its parents walked with ``..``, all from
+  the dentry cache (:func:`~bastion.kernel.opener.locate`); when the path
+  does not confirm where the inode is (another mount namespace, a rename
+  race) the strictest directory object applies (counted ``unplaced``);
 * the acting task, from ``/proc/<tid>/``: ``status`` (tgid, ppid, real uid),
-  ``exe`` (stat through the magic link), the parent's ``exe``, ``cgroup``
+  ``exe`` (``statx(AT_STATX_DONT_SYNC)`` through the magic link: never waits
+  on the executable's filesystem), the parent's ``exe``, ``cgroup``
   (the v2 path, stat'ed under the cgroup2 mount for its id) and ``syscall``
   (the blocked ``open``/``openat``/``openat2`` flags: read or write open).
   procfs and cgroupfs are never marked, so reading them is safe.
@@ -52,7 +56,12 @@ What this tier cannot see (the caveats of the compat tier):
 * Decisions are made in user space: every open of a marked inode costs a
   round trip to the listener (~20 us of decision plus two wake-ups here).
   The watchdog shares this process (and its GIL): on a starved host a
-  decision slower than ``decision_timeout_s`` is allowed (fail-open, counted).
+  decision slower than ``decision_timeout_s`` gets the listener's fallback:
+  refused when a deny/kill rule (or a deny/kill default) covers the inode
+  for that kind of open (fail closed, ``watchdog_denies``; an exe a rule
+  would allow is refused too), else allowed (fail-open, ``fail_opens``,
+  raised as an alert by the agent).  A file that is both marked itself and
+  inside a deny-covered directory object falls back on its own rules only.
 * The opener is identified by its tid at decision time through /proc; the
   opener is blocked in ``open`` meanwhile, so its tid cannot be reused unless
   it is SIGKILLed during the decision.
@@ -80,7 +89,7 @@ from bastion.kernel.fanotify import (
     FAN_OPEN_EXEC_PERM, FAN_OPEN_PERM, PermEvent, PermissionListener, Verdict, subdirs, supported,
 )
 from bastion.kernel.opener import (
-    IsOurs, Scope, Task, ancestors, exe_key, fd_path, open_flags, read_proc,
+    IsOurs, Scope, Task, exe_key, fd_path, locate, open_flags, read_proc,
 )
 from bastion.policy.compile import FileTarget, MapPlan, kernel_dev
 from bastion.policy.match import Decision, Matcher, TaskFacts
@@ -116,6 +125,15 @@ class _PlanState:
     child_dirs: frozenset[tuple[int, int]]   # marked with FAN_EVENT_ON_CHILD
     kinds: frozenset[abi.SubjectKind]        # the subject kinds the plan names: facts to gather
     needs_parents: bool                      # directory objects: ancestors are looked up
+    # fail closed (the listener's fallback on a stall or error): the inodes a deny/kill
+    # rule (or a deny/kill default) covers, per event kind; a child event of a directory
+    # object a deny/kill rule covers (``*_dir``)
+    deny_open: frozenset[tuple[int, int]] = frozenset()
+    deny_exec: frozenset[tuple[int, int]] = frozenset()
+    deny_open_dir: bool = False
+    deny_exec_dir: bool = False
+    dir_tops: tuple[tuple[int, int], ...] = ()       # directory objects: candidate ancestors
+    retired_dirs: frozenset[tuple[int, int]] = frozenset()   # child marks of earlier plans
 
 
 @dataclass
@@ -129,10 +147,34 @@ class _Counters:
     emitted: int = 0
     dropped: int = 0
     swaps: int = 0
+    unplaced: int = 0            # a child event whose directory the path did not confirm:
+                                 # decided by the strictest directory object (bind mount, race)
 
+
+@dataclass(frozen=True)
+class _FailClosed:
+    deny_open: frozenset[tuple[int, int]]
+    deny_exec: frozenset[tuple[int, int]]
+    deny_open_dir: bool
+    deny_exec_dir: bool
+    dir_tops: tuple[tuple[int, int], ...]
+
+
+_DecideFile = Callable[[TaskFacts, abi.HipsOp, tuple[int, int], Sequence[tuple[int, int]]],
+                       Decision]
 
 DecisionHook = Callable[[int, str], None]
 """Test seam: called as ``hook(tid, path)`` by the listener before each decision."""
+
+
+def _covered(state: _PlanState, is_exec: bool, obj: tuple[int, int]) -> bool:
+    """Does a deny/kill rule cover ``obj`` (fail closed on a stall)?  An inode not
+    marked itself raised its event through a directory object's mark."""
+    if is_exec:
+        keys, by_dir = state.deny_exec, state.deny_exec_dir
+    else:
+        keys, by_dir = state.deny_open, state.deny_open_dir
+    return obj in keys or (by_dir and obj not in state.marks)
 
 
 class FanotifyEnforcer:
@@ -157,7 +199,8 @@ class FanotifyEnforcer:
                  is_ours: IsOurs | None = None) -> None:
         self.scope = Scope(self_tgid=self_tgid, scope_cgroup_id=scope_cgroup_id, is_ours=is_ours)
         self.listener = PermissionListener(self._decide, deadline_s=deadline_s,
-                                           decision_timeout_s=decision_timeout_s)
+                                           decision_timeout_s=decision_timeout_s,
+                                           fallback=self._fallback)
         self.max_dirs = max_dirs
         self.decision_hook = decision_hook
         self._state: _PlanState | None = None
@@ -242,7 +285,7 @@ class FanotifyEnforcer:
             if lis.expired:
                 raise KernelError("fanotify enforcer is past its deadline: nothing is marked",
                                   location=Location("fanotify"))
-            marks, child_dirs, problems = self._plan_marks(plan, targets)
+            marks, child_dirs, problems, fc = self._plan_marks(plan, targets)
             old = self._state
             old_marks: Mapping[tuple[int, int], _Mark] = old.marks if old is not None else {}
             added: list[tuple[tuple[int, int], _Mark]] = []
@@ -263,10 +306,14 @@ class FanotifyEnforcer:
                                   errno=exc.errno or errno.EIO,
                                   location=Location(exc.filename or "fanotify")) from exc
             self._gen += 1
+            retired = ((old.retired_dirs | old.child_dirs) if old is not None else frozenset())
             self._state = _PlanState(
                 plan, Matcher(plan), self._gen, MappingProxyType(dict(marks)),
                 frozenset(child_dirs), frozenset(abi.SubjectKind(k) for (k, _a, _b), _s in plan.subjects),
-                bool(child_dirs) or bool(plan.flags & abi.HIPS_F_DIR_OBJECTS))
+                bool(child_dirs) or bool(plan.flags & abi.HIPS_F_DIR_OBJECTS),
+                deny_open=fc.deny_open, deny_exec=fc.deny_exec, deny_open_dir=fc.deny_open_dir,
+                deny_exec_dir=fc.deny_exec_dir, dir_tops=fc.dir_tops,
+                retired_dirs=frozenset(retired - child_dirs))
             for key, m in old_marks.items():
                 new = marks.get(key)
                 lis.unmark(m.path, key, m.mask & ~(new.mask if new is not None else 0))
@@ -286,10 +333,12 @@ class FanotifyEnforcer:
             self._unenforced = ()
 
     def _plan_marks(self, plan: MapPlan, targets: Sequence[FileTarget]
-                    ) -> tuple[dict[tuple[int, int], _Mark], set[tuple[int, int]], list[str]]:
+                    ) -> tuple[dict[tuple[int, int], _Mark], set[tuple[int, int]], list[str],
+                               _FailClosed]:
         names = {r.rule_id: r.name for r in plan.rule_table}
         problems: list[str] = []
         ops: dict[tuple[int, int], set[abi.HipsOp]] = {}
+        denied: dict[tuple[int, int], set[abi.HipsOp]] = {}   # ops a deny/kill rule covers
         for (_subj, op_raw, dev, ino), (act, rid) in plan.rules:
             op = abi.HipsOp(op_raw)
             action = abi.HipsAction(act)
@@ -307,6 +356,11 @@ class FanotifyEnforcer:
                                     f"inodes other rules name (no filesystem-wide mark)")
                 continue
             ops.setdefault((dev, ino), set()).add(op)
+            if action in (abi.HipsAction.DENY, abi.HipsAction.KILL):
+                denied.setdefault((dev, ino), set()).add(op)
+        if plan.default_action in (abi.HipsAction.DENY, abi.HipsAction.KILL):
+            for key, key_ops in ops.items():   # the default applies to every marked inode
+                denied.setdefault(key, set()).update(key_ops)
         if plan.default_action is not abi.HipsAction.ALLOW and ops:
             problems.append(f"default {plan.default_action.name.lower()} applies only to opens of "
                             f"the inodes rules name (no filesystem-wide mark)")
@@ -314,6 +368,10 @@ class FanotifyEnforcer:
         child_dirs: set[tuple[int, int]] = set()
         found: set[tuple[int, int]] = set()
         ndirs = 0
+        deny_open: set[tuple[int, int]] = set()
+        deny_exec: set[tuple[int, int]] = set()
+        dir_open = dir_exec = False
+        tops: list[tuple[int, int]] = []
 
         def add(key: tuple[int, int], path: str, mask: int) -> None:
             prev = marks.get(key)
@@ -338,12 +396,21 @@ class FanotifyEnforcer:
                 problems.append(f"{t.path}: is no longer inode {t.dev}:{t.ino}: not marked")
                 continue
             found.add(key)
+            deny = denied.get(key, set())
+            is_dir_object = stat.S_ISDIR(st.st_mode) and t.is_dir
+            if deny & {abi.HipsOp.OPEN_READ, abi.HipsOp.OPEN_WRITE}:
+                deny_open.add(key)
+                dir_open |= is_dir_object
+            if abi.HipsOp.EXEC in deny:
+                deny_exec.add(key)
+                dir_exec |= is_dir_object
             if not stat.S_ISDIR(st.st_mode):
                 add(key, t.path, mask)
                 continue
             if not t.is_dir:
                 add(key, t.path, mask | FAN_ONDIR)   # a rule on opening the directory itself
                 continue
+            tops.append(key)
             # a directory object: the directory and every subdirectory on its filesystem
             for dpath, dkey in subdirs(t.path, st, self.max_dirs):
                 ndirs += 1
@@ -356,7 +423,32 @@ class FanotifyEnforcer:
                 child_dirs.add(dkey)
         for key in ops.keys() - found:
             problems.append(f"inode {key[0]}:{key[1]} has no target path: not marked")
-        return marks, child_dirs, problems
+        if plan.mode is not abi.HipsMode.ENFORCE:   # nothing is refused: never fail closed
+            deny_open.clear()
+            deny_exec.clear()
+            dir_open = dir_exec = False
+        fc = _FailClosed(frozenset(deny_open), frozenset(deny_exec), dir_open, dir_exec,
+                         tuple(dict.fromkeys(tops)))
+        return marks, child_dirs, problems, fc
+
+    # ---- fail closed (listener or watchdog thread: fstat, dict lookups, procfs) ---------
+
+    def _fallback(self, ev: PermEvent) -> int:
+        """The answer a stalled (or failed) decision gets: FAN_DENY for an inode a
+        deny/kill rule covers, else FAN_ALLOW.  Never walks a path."""
+        state = self._state
+        if state is None:
+            return FAN_ALLOW
+        if not (state.deny_exec or state.deny_exec_dir if ev.is_exec
+                else state.deny_open or state.deny_open_dir):
+            return FAN_ALLOW
+        st = os.fstat(ev.fd)
+        if not _covered(state, ev.is_exec, (kernel_dev(st.st_dev), st.st_ino)):
+            return FAN_ALLOW
+        scope = self.scope
+        if scope.is_self(ev.tid) or scope.out_of_scope(ev.tid):
+            return FAN_ALLOW
+        return FAN_DENY
 
     # ---- the decision (listener thread; reads procfs and stats only) --------------------
 
@@ -372,10 +464,21 @@ class FanotifyEnforcer:
         obj = (kernel_dev(st.st_dev), st.st_ino)
         path = ""
         parents: list[tuple[int, int]] = []
+        unplaced = False
         if state.needs_parents:
             path = fd_path(efd)
-            parents = ancestors(path)
-        if obj not in state.marks and not (parents and parents[0] in state.child_dirs):
+            # the path names this inode now (another mount namespace's path, a rename
+            # race or a bind mount give another inode or none), and a child event's
+            # parent is one of our directories: else the strictest directory object rules
+            confirmed, parents = locate(path, obj)
+            in_dir = bool(parents) and parents[0] in state.child_dirs
+            if confirmed and (in_dir or obj in state.marks):
+                pass
+            elif confirmed and parents and parents[0] in state.retired_dirs:
+                return Verdict.allow("not_marked")   # a mark of an earlier plan
+            else:
+                unplaced = True
+        elif obj not in state.marks:
             return Verdict.allow("not_marked")   # a mark of the previous plan, mid-swap
         task: Task | None = None
         scope = self.scope
@@ -400,7 +503,15 @@ class FanotifyEnforcer:
             parent_exe=(exe_key(task.ppid) if task is not None
                         and abi.SubjectKind.PARENT_EXE in state.kinds else (0, 0)),
             uid=task.uid if task is not None else 0, cgroup_id=cgroup_id)
-        decide = state.matcher.decide_file
+        decide: _DecideFile = state.matcher.decide_file
+        if unplaced:
+            self._c.unplaced += 1
+            n = self._c.unplaced
+            if n & (n - 1) == 0:   # the 1st, 2nd, 4th...: a flood cannot flood the log
+                log.warning("fanotify: %s (inode %d:%d) is not where its path says: the "
+                            "strictest directory object applies (%d so far)", path, obj[0],
+                            obj[1], n)
+            decide = self._strictest(state, obj in state.marks)
         if ev.is_exec:
             op, d = abi.HipsOp.EXEC, decide(facts, abi.HipsOp.EXEC, obj, parents)
         else:
@@ -416,6 +527,20 @@ class FanotifyEnforcer:
         if d.action is abi.HipsAction.ALLOW:
             return ALLOW
         return self._enforce(tid, op, d, state, obj, path or fd_path(efd))
+
+    @staticmethod
+    def _strictest(state: _PlanState, own_mark: bool) -> _DecideFile:
+        """decide_file as if the object were in whichever directory object (or, when
+        the inode is marked itself, in none) gives the strictest decision."""
+        m = state.matcher
+
+        def decide(facts: TaskFacts, op: abi.HipsOp, obj: tuple[int, int],
+                   _parents: Sequence[tuple[int, int]] = ()) -> Decision:
+            cands = [m.decide_file(facts, op, obj, [top]) for top in state.dir_tops]
+            if own_mark or not cands:
+                cands.append(m.decide_file(facts, op, obj, ()))
+            return max(cands, key=lambda d: _SEVERITY[d.action])
+        return decide
 
     def _enforce(self, tid: int, op: abi.HipsOp, d: Decision, state: _PlanState,
                  obj: tuple[int, int], path: str) -> Verdict:
@@ -438,9 +563,12 @@ class FanotifyEnforcer:
                 self._c.kill_failures += 1
                 log.error("fanotify: pidfd_open(%d) for kill failed: %s", task.tgid, exc)
 
+        # a late deny the watchdog already answered with the fail-closed fallback
+        fell_closed = _covered(state, op is abi.HipsOp.EXEC, obj)
+
         def denied(in_time: bool) -> None:
             try:
-                if not in_time:
+                if not in_time and not fell_closed:
                     log.warning("fanotify: %s of %s by pid %d decided %s after the watchdog "
                                 "allowed it", _OP_NAMES.get(op, op.name), path, task.tgid,
                                 d.action.name.lower())

@@ -19,12 +19,21 @@ every process that opens a marked file, including the agent's own shell):
   log lines go through :mod:`logging`, whose handlers must write to stderr or
   a file no mark covers; an exception is logged as frame names only
   (formatting a traceback opens ``.py`` sources through ``linecache``).
-* A watchdog thread answers ``FAN_ALLOW`` for every permission event whose
-  answer has not been written within ``decision_timeout_s`` (counted as
-  ``watchdog_allows``), and drains and allows the queue itself while the
-  listener is stalled or not running.
-* Every event is answered: an exception in ``decide`` answers ALLOW (counted
-  as ``errors``) and the listener goes on with the next event.
+* A watchdog thread answers every permission event whose answer has not
+  been written within ``decision_timeout_s`` with the event's *fallback*
+  (counted as ``watchdog_allows`` or ``watchdog_denies``), and drains and
+  answers the queue itself while the listener is stalled or not running.
+  The fallback is ``FAN_ALLOW`` unless the owner passes ``fallback``: a cheap
+  function (``fstat`` of the event fd, dict lookups, procfs reads; never a
+  path walk) that returns ``FAN_DENY`` for the inodes a deny rule covers, so
+  a stalled decision fails closed there.  It is asked once per event, when
+  the event is read (by the listener, or by the watchdog when it drains).
+* Every event is answered: an exception in ``decide`` answers the fallback
+  (counted as ``errors`` and ``error_allows`` or ``error_denies``) and the
+  listener goes on with the next event.
+* Every fail-open is counted: ``fail_opens`` in :meth:`PermissionListener.stats`
+  is ``watchdog_allows + error_allows + overflows`` (a queue overflow makes
+  the kernel allow the opens it dropped); owners raise an alert when it grows.
 * ``deadline_s`` (seconds after :meth:`PermissionListener.open`) is a
   dead-man switch: past it every event is allowed (without calling
   ``decide``) and all marks are removed.
@@ -241,13 +250,22 @@ ALLOW: Final = Verdict()
 
 Decide = Callable[[PermEvent], Verdict]
 
+Fallback = Callable[[PermEvent], int]
+"""``fallback(event)``: ``FAN_ALLOW`` or ``FAN_DENY``, the answer the watchdog (or an
+exception in ``decide``) gives the event.  It runs on the listener or watchdog
+thread before ``decide``: it must be cheap and must never block (no path walk,
+no file open, no read of the opener's memory)."""
+
 
 @dataclass
 class ListenerCounters:
     events: int = 0
     perm_events: int = 0
     allows: int = 0              # ALLOW answers written in time by the listener
-    watchdog_allows: int = 0
+    watchdog_allows: int = 0     # fail-opens: answered ALLOW by the watchdog
+    watchdog_denies: int = 0     # fail-closed: answered DENY by the watchdog (fallback)
+    error_allows: int = 0        # decide raised; the fallback allowed
+    error_denies: int = 0        # decide raised; the fallback denied
     late_decisions: int = 0      # decided after the watchdog (or close) had allowed
     errors: int = 0
     self_allows: int = 0
@@ -261,8 +279,8 @@ class ListenerCounters:
         default_factory=lambda: collections.deque(maxlen=4096))
 
 
-_COUNTS: Final = ("events", "perm_events", "allows", "watchdog_allows", "late_decisions",
-                  "errors", "self_allows", "out_of_scope", "not_marked", "gone",
+_COUNTS: Final = ("events", "perm_events", "allows", "watchdog_allows", "watchdog_denies",
+                  "late_decisions", "errors", "error_allows", "error_denies", "self_allows", "out_of_scope", "not_marked", "gone",
                   "deadline_allows", "overflows", "orphan_marks")
 
 
@@ -283,10 +301,11 @@ class PermissionListener:
     """
 
     def __init__(self, decide: Decide, *, deadline_s: float | None = None,
-                 decision_timeout_s: float = 0.2) -> None:
+                 decision_timeout_s: float = 0.2, fallback: Fallback | None = None) -> None:
         if decision_timeout_s <= 0:
             raise ValueError("decision_timeout_s must be > 0")
         self.decide = decide
+        self.fallback = fallback
         self.deadline_s = deadline_s
         self.decision_timeout_s = decision_timeout_s
         self.mark_lock = threading.Lock()
@@ -300,7 +319,7 @@ class PermissionListener:
         self._closed = False
         self._stop = threading.Event()
         self._lock = threading.Lock()                 # pending answers, fd lifetime
-        self._pending: dict[int, float] = {}          # event fd -> monotonic time read
+        self._pending: dict[int, tuple[float, int]] = {}   # event fd -> (time read, fallback)
         self._busy_since: float | None = None
         self._loop_running = False
         self._listener: threading.Thread | None = None
@@ -468,6 +487,28 @@ class PermissionListener:
                 return False
             return True
 
+    def _fallback_of(self, mask: int, efd: int, tid: int, t_read: float) -> int:
+        """The event's fallback answer (FAN_ALLOW without a ``fallback``); a failing
+        fallback fails closed (counted as ``errors``)."""
+        fb = self.fallback
+        if fb is None:
+            return FAN_ALLOW
+        try:
+            return FAN_DENY if fb(PermEvent(mask, efd, tid, t_read)) == FAN_DENY else FAN_ALLOW
+        except Exception as exc:  # noqa: BLE001 - the event must still get an answer
+            self.c.errors += 1
+            log.error("fanotify: fallback for tid %d failed (%s: %s): deny on stall",
+                      tid, type(exc).__name__, exc)
+            return FAN_DENY
+
+    def _answer_fallback(self, efd: int) -> int:
+        """Answer a pending event with its fallback; the response, or 0 if already answered."""
+        with self._lock:
+            ent = self._pending.get(efd)
+        if ent is None:
+            return 0
+        return ent[1] if self._answer(efd, ent[1]) else 0
+
     def _reply(self, efd: int, v: Verdict) -> None:
         in_time = self._answer(efd, v.response)
         if not in_time:
@@ -516,15 +557,24 @@ class PermissionListener:
                 break
             for mask, efd, _tid in evs:
                 if efd < 0:
+                    if count and mask & FAN_Q_OVERFLOW:
+                        self.c.overflows += 1
+                        log.warning("fanotify: event queue overflow (the kernel allowed the "
+                                    "opens it dropped)")
                     continue
                 if mask & FAN_PERM_EVENTS:
+                    now = time.monotonic()
+                    fb = self._fallback_of(mask, efd, _tid, now) if count else FAN_ALLOW
                     with self._lock:
-                        self._pending[efd] = time.monotonic()
-                    if self._answer(efd, FAN_ALLOW):
+                        self._pending[efd] = (now, fb)
+                    if self._answer(efd, fb):
                         n += 1
+                        if count:
+                            if fb == FAN_DENY:
+                                self.c.watchdog_denies += 1
+                            else:
+                                self.c.watchdog_allows += 1
                 os.close(efd)
-        if count and n:
-            self.c.watchdog_allows += n
         return n
 
     # ---- the watchdog ---------------------------------------------------------------------
@@ -538,10 +588,14 @@ class PermissionListener:
                     self._expire()
                     self._allow_all_pending()
                 with self._lock:
-                    overdue = [efd for efd, t in self._pending.items()
+                    overdue = [efd for efd, (t, _fb) in self._pending.items()
                                if now - t >= self.decision_timeout_s]
                 for efd in overdue:
-                    if self._answer(efd, FAN_ALLOW):
+                    r = self._answer_fallback(efd)
+                    if r == FAN_DENY:
+                        self.c.watchdog_denies += 1
+                        log.warning("fanotify: a decision stalled: denied by its fallback")
+                    elif r == FAN_ALLOW:
                         self.c.watchdog_allows += 1
                 busy = self._busy_since
                 stalled = busy is not None and now - busy >= self.decision_timeout_s
@@ -583,11 +637,14 @@ class PermissionListener:
                 if not evs:
                     continue
                 now = time.monotonic()
-                with self._lock:
-                    for mask, efd, _tid in evs:
-                        if efd >= 0 and mask & FAN_PERM_EVENTS:
-                            self._pending[efd] = now
                 self._busy_since = now
+                fbs = [self._fallback_of(mask, efd, tid, now)
+                       if efd >= 0 and mask & FAN_PERM_EVENTS else FAN_ALLOW
+                       for mask, efd, tid in evs]
+                with self._lock:
+                    for (mask, efd, _tid), fb in zip(evs, fbs):
+                        if efd >= 0 and mask & FAN_PERM_EVENTS:
+                            self._pending[efd] = (now, fb)
                 try:
                     for mask, efd, tid in evs:
                         self._handle(mask, efd, tid, now)
@@ -623,12 +680,17 @@ class PermissionListener:
             while tb is not None:   # frame names only: formatting source lines opens files
                 where.append(f"{tb.tb_frame.f_code.co_name}:{tb.tb_lineno}")
                 tb = tb.tb_next
-            log.error("fanotify: deciding for tid %d failed (%s: %s at %s): allowed",
-                      tid, type(exc).__name__, exc, " < ".join(reversed(where)))
-            if self._answer(efd, FAN_ALLOW):
+            r = self._answer_fallback(efd)
+            if r == FAN_DENY:
+                self.c.error_denies += 1
+            elif r == FAN_ALLOW:
                 self.c.allows += 1
+                self.c.error_allows += 1
+            log.error("fanotify: deciding for tid %d failed (%s: %s at %s): %s", tid,
+                      type(exc).__name__, exc, " < ".join(reversed(where)),
+                      "denied (fallback)" if r == FAN_DENY else "allowed")
         finally:
-            if self._answer(efd, FAN_ALLOW):   # never reached in normal flow
+            if self._answer_fallback(efd) == FAN_ALLOW:   # never reached in normal flow
                 self.c.allows += 1
             os.close(efd)
             self.c.latencies_us.append((time.monotonic() - t_read) * 1e6)
@@ -639,6 +701,7 @@ class PermissionListener:
         c = self.c
         lat = sorted(c.latencies_us)
         out: dict[str, int | float] = {k: getattr(c, k) for k in _COUNTS}
+        out["fail_opens"] = c.watchdog_allows + c.error_allows + c.overflows
         out["expired"] = int(self._expired)
         out["decisions_timed"] = len(lat)
         out["decision_us_median"] = statistics.median(lat) if lat else 0.0
@@ -647,7 +710,7 @@ class PermissionListener:
         return out
 
 
-__all__ = ["ALLOW", "DEFAULT_MAX_DIRS", "Decide", "FAN_ALLOW", "FAN_DENY", "FAN_EVENT_ON_CHILD",
+__all__ = ["ALLOW", "DEFAULT_MAX_DIRS", "Decide", "FAN_ALLOW", "Fallback", "FAN_DENY", "FAN_EVENT_ON_CHILD",
            "FAN_ONDIR", "FAN_OPEN_EXEC_PERM", "FAN_OPEN_PERM", "ListenerCounters", "PermEvent",
            "group_available",
            "PermissionListener", "Shortcut", "Verdict", "subdirs", "supported"]

@@ -5,11 +5,27 @@ wait on its own answer); procfs and cgroupfs are never marked, so everything
 here reads ``/proc`` (one ``read`` per file), ``stat``s paths (stat raises no
 permission event) or reads magic links.  The opener is blocked in ``open``
 while these run, so its tid cannot be reused unless it is SIGKILLed meanwhile.
+
+Nothing here may wait on the opener: the opener's executable may live on its
+own FUSE filesystem (``stat`` of it would wait for the FUSE daemon, which the
+attacker can stall for ever), and its memory may be backed by such a file or
+by userfaultfd (reading it would wait the same way).  :func:`exe_key` therefore
+uses ``statx(AT_STATX_DONT_SYNC)`` through the ``/proc/TID/exe`` magic link (the
+kernel jumps to the mapped file without a lookup and answers from the cached
+inode), :func:`cached_key` resolves a path from the dentry cache only
+(``openat2(RESOLVE_CACHED)``: the ancestors of a file just opened are cached; a
+component that needs I/O or revalidation, such as a FUSE directory slipped into
+the path by a rename, fails instead of waiting), and :func:`open_flags` never
+reads the opener's memory.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
+import struct
+import threading
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +38,90 @@ from bastion.kernel.bpffs import cgroup2_root
 from bastion.policy.compile import kernel_dev
 
 MAX_ANCESTORS: Final = 16
+
+AT_FDCWD: Final = -100
+AT_SYMLINK_NOFOLLOW: Final = 0x100
+AT_STATX_DONT_SYNC: Final = 0x4000
+AT_EMPTY_PATH: Final = 0x1000
+RESOLVE_CACHED: Final = 0x20
+_NR_OPENAT2: Final = 437      # the same number on x86-64 and arm64
+_OPEN_HOW: Final = struct.Struct("<QQQ")   # struct open_how {flags, mode, resolve}
+_U64: Final = struct.Struct("<Q")
+_U32X2: Final = struct.Struct("<II")
+STATX_INO: Final = 0x100
+_STATX_SIZE: Final = 256
+_STX_INO_OFF: Final = 32      # struct statx: __u64 stx_ino
+_STX_DEV_OFF: Final = 136     # __u32 stx_dev_major, __u32 stx_dev_minor
+
+
+class _Statx:
+    """glibc ``statx`` through ctypes (Python 3.11 has no ``os.statx``)."""
+
+    def __init__(self) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.statx
+        fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint,
+                       ctypes.c_void_p]
+        fn.restype = ctypes.c_int
+        self._fn = fn
+        sc = libc.syscall
+        sc.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p,
+                       ctypes.c_size_t]
+        sc.restype = ctypes.c_long
+        self._openat2 = sc
+        self._tls = threading.local()   # one result buffer per thread
+
+    def key(self, path: str, flags: int, dirfd: int = AT_FDCWD) -> tuple[int, int]:
+        """(kernel dev, ino) of ``path``; raises OSError."""
+        buf = self._tls.__dict__.get("buf")
+        if buf is None:
+            buf = self._tls.buf = ctypes.create_string_buffer(_STATX_SIZE)
+        if self._fn(dirfd, os.fsencode(path), flags, STATX_INO, buf) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), path)
+        ino, = _U64.unpack_from(buf, _STX_INO_OFF)
+        major, minor = _U32X2.unpack_from(buf, _STX_DEV_OFF)
+        return (major << 20) | minor, ino
+
+    def open_cached(self, path: str, flags: int) -> int:
+        """``openat2(path, flags, RESOLVE_CACHED)``; raises OSError (EAGAIN: not cached)."""
+        how = _OPEN_HOW.pack(flags, 0, RESOLVE_CACHED)
+        fd = int(self._openat2(_NR_OPENAT2, AT_FDCWD, os.fsencode(path), how, len(how)))
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), path)
+        return fd
+
+
+_STATX: Final = _Statx()
+
+
+def inode_key(path: str) -> tuple[int, int]:
+    """(kernel dev, ino) ``path`` leads to, from the cached inode (``AT_STATX_DONT_SYNC``:
+    a FUSE or network filesystem is not asked); for magic links such as
+    ``/proc/PID/exe``.  Raises OSError."""
+    return _STATX.key(path, AT_STATX_DONT_SYNC)
+
+
+def _open_cached_retry(path: str, flags: int) -> int:
+    for attempt in range(3):
+        try:
+            return _STATX.open_cached(path, flags)
+        except OSError as exc:   # EAGAIN also when a concurrent rename ends the RCU walk
+            if exc.errno != errno.EAGAIN or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def cached_key(path: str, *, follow: bool = True) -> tuple[int, int]:
+    """(kernel dev, ino) of ``path`` resolved from the dentry cache only, from the
+    cached inode: nothing on the way may wait on a filesystem.  Raises OSError
+    (EAGAIN: a component is not cached or needs revalidation)."""
+    fd = _open_cached_retry(path, os.O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW))
+    try:
+        return _STATX.key("", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, fd)
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -72,32 +172,53 @@ def fd_path(efd: int) -> str:
 
 
 def exe_key(pid: int) -> tuple[int, int]:
-    """(dev, ino) of the task's executable; (0, 0) for kernel threads and exited tasks."""
+    """(dev, ino) of the task's executable; (0, 0) for kernel threads and exited tasks.
+
+    Never waits on the executable's filesystem (see the module docstring).
+    """
     if pid <= 0:
         return (0, 0)
     try:
-        st = os.stat(f"/proc/{pid}/exe")
+        return inode_key(f"/proc/{pid}/exe")
     except OSError:
         return (0, 0)
-    return (kernel_dev(st.st_dev), st.st_ino)
 
 
-def ancestors(path: str) -> list[tuple[int, int]]:
-    """(dev, ino) of the parent directories of ``path``, nearest first (stat only)."""
-    out: list[tuple[int, int]] = []
+def locate(path: str, expect: tuple[int, int]) -> tuple[bool, list[tuple[int, int]]]:
+    """Does ``path`` name inode ``expect`` now (not following a last symlink), and the
+    (dev, ino) of its parent directories, nearest first ([] when it does not).
+
+    The path is resolved from the dentry cache only (a component that would need
+    I/O or revalidation, such as a FUSE directory a rename slipped into the path,
+    makes it unconfirmed instead of waiting).  Once the path names ``expect`` (an
+    inode on a marked filesystem) its parents are walked with ``..`` and
+    ``fstat``: they are that filesystem's directories and the mount points of this
+    namespace above it, which only root changes.
+    """
     if not path.startswith("/"):
-        return out
-    p = os.path.dirname(path)
-    while len(out) < MAX_ANCESTORS:
-        try:
-            st = os.stat(p)
-        except OSError:
-            break
-        out.append((kernel_dev(st.st_dev), st.st_ino))
-        if p == "/":
-            break
-        p = os.path.dirname(p)
-    return out
+        return False, []
+    try:
+        if cached_key(path, follow=False) != expect:
+            return False, []
+        dfd = _open_cached_retry(os.path.dirname(path), os.O_PATH | os.O_CLOEXEC | os.O_DIRECTORY)
+    except OSError:
+        return False, []
+    parents: list[tuple[int, int]] = []
+    try:
+        while len(parents) < MAX_ANCESTORS:
+            st = os.fstat(dfd)
+            key = (kernel_dev(st.st_dev), st.st_ino)
+            if parents and key == parents[-1]:
+                break                              # ".." of the root is the root
+            parents.append(key)
+            up = os.open("..", os.O_PATH | os.O_CLOEXEC | os.O_DIRECTORY, dir_fd=dfd)
+            os.close(dfd)
+            dfd = up
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+    return True, parents
 
 
 def stat_ppid_start(pid: int) -> tuple[int, int]:
@@ -112,9 +233,10 @@ def stat_ppid_start(pid: int) -> tuple[int, int]:
 def open_flags(tid: int) -> int | None:
     """The blocked opener's open flags; -1 inside execve; None when unknown.
 
-    Read from ``/proc/TID/syscall`` (x86-64/arm64 native syscalls; ``openat2``
-    reads ``struct open_how`` from the opener's memory).  Unknown for 32-bit
-    compat tasks and io_uring workers.
+    Read from ``/proc/TID/syscall`` (x86-64/arm64 native syscalls).  Unknown
+    for ``openat2`` (its flags are in the opener's memory, which may be backed
+    by a file or userfaultfd the attacker stalls: never read), for 32-bit
+    compat tasks and for io_uring workers.
     """
     sc = _SYS
     if sc is None:
@@ -132,17 +254,7 @@ def open_flags(tid: int) -> int | None:
     idx = sc.open_flags_arg.get(nr)
     if idx is not None:
         return args[idx] & 0xFFFFFFFF
-    if nr == sc.openat2:
-        try:   # struct open_how { u64 flags; ... } in the opener's memory
-            mfd = os.open(f"/proc/{tid}/mem", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                raw = os.pread(mfd, 8, args[2])
-            finally:
-                os.close(mfd)
-            return int.from_bytes(raw, "little") & 0xFFFFFFFF if len(raw) == 8 else None
-        except OSError:
-            return None
-    return None
+    return None   # openat2 (struct open_how in the opener's memory) and the rest
 
 
 @dataclass(frozen=True)
@@ -256,5 +368,6 @@ class Scope:
         return bool(self.scope_cgroup_id) and not self.in_scope(tid, self.cgroup_id(tid))
 
 
-__all__ = ["IsOurs", "MAX_ANCESTORS", "Scope", "Task", "TICK_NS", "ancestors", "exe_key",
+__all__ = ["IsOurs", "MAX_ANCESTORS", "Scope", "Task", "TICK_NS", "cached_key",
+           "exe_key", "inode_key", "locate",
            "fd_path", "open_flags", "read_proc", "stat_ppid_start", "status_field"]

@@ -50,6 +50,7 @@ class FileBackend(Protocol):
     def clear(self) -> None: ...
     def poll(self, timeout_s: float) -> list[HipsEvent] | None: ...
     def close(self) -> None: ...
+    def stats(self) -> dict[str, int | float]: ...
 
 
 Backends = tuple[KernelBackend | None, FileBackend | None]
@@ -237,6 +238,13 @@ class PolicyManager:
                         rule_id=dec.rule_id, subject=dec.subject, mechanism="after-the-fact",
                         enforced=False, gen=cur.gen, path=path)
         return self.finding(hev)
+
+    def file_stats(self) -> dict[str, int | float]:
+        """The compat file enforcer's counters ({} without one): ``fail_opens`` (opens
+        allowed by the watchdog, a failed decision or a queue overflow), ``watchdog_denies``
+        (stalled decisions failed closed), ``errors``, ``overflows``, ``unplaced``..."""
+        files = self.files
+        return dict(files.stats()) if files is not None else {}
 
     def poll(self) -> list[HipsEvent]:
         out: list[HipsEvent] = []
