@@ -27,6 +27,7 @@ from pathlib import Path
 from types import TracebackType
 
 from bastion import abi
+from bastion.tier import Tier
 from bastion.detect.engine import Finding
 from bastion.errors import KernelError, Location
 from bastion.events import Event, HipsEvent, decode
@@ -37,13 +38,13 @@ from bastion.paths import bpf_object
 
 log = logging.getLogger("bastion.respond.quarantine")
 
-OBJECTS = {"compat": "quarantine.bpf.o", "lsm": "lsm_quarantine.bpf.o"}
+OBJECTS = {Tier.COMPAT: "quarantine.bpf.o", Tier.LSM: "lsm_quarantine.bpf.o"}
 
 
 class Quarantine(LoaderUser):
     """Load with :meth:`open`, mark with :meth:`add`, drain with :meth:`poll`."""
 
-    def __init__(self, *, tier: str = "compat", cgroup_id: int = 0, deadline_s: float = 0.0,
+    def __init__(self, *, tier: Tier = Tier.COMPAT, cgroup_id: int = 0, deadline_s: float = 0.0,
                  self_tgid: int = 0, obj_path: Path | None = None) -> None:
         if tier not in OBJECTS:
             raise ValueError(f"unknown tier {tier!r} (compat or lsm)")
