@@ -156,7 +156,8 @@ class Agent:
         self.test_deadline = test_deadline   # tests: enforcement expires by itself
         self._policy_lock = threading.Lock()
         self.control = ControlServer(socket_path, {
-            "ping": lambda req: {"pid": os.getpid(), "data_dir": str(self.store.path.parent)},
+            "ping": lambda req: {"pid": os.getpid(), "data_dir": str(self.store.path.parent),
+                                 "loop_heartbeat_age_s": self.loop_heartbeat_age()},
             "status": lambda req: self.status(),
             "policy.apply": self._policy_apply,
             "policy.show": self._policy_show,
@@ -185,8 +186,19 @@ class Agent:
         self._why_off: dict[str, str] = {}   # optional part -> why it is not running
         self._last_health = self._last_retention = 0.0
         self.integrity_scanner: WorkerScanner | None = None   # set by the integrity thread
+        self._heartbeat = time.monotonic()   # the loop's last round (set by _tick)
 
     # ---- status (control thread) -------------------------------------------------
+
+    def loop_heartbeat_age(self) -> float | None:
+        """Seconds since the event loop last completed a round; None before it runs.
+
+        The control socket answers from its own thread, so a loop stuck in one
+        call (a blocking open, a deadlock) still answers ``ping``: the guardian
+        judges the agent by this age, not by its pid or its socket."""
+        if not self.ready.is_set():
+            return None
+        return round(time.monotonic() - self._heartbeat, 3)
 
     def _events_per_s(self) -> float:
         with self._lock:
@@ -231,6 +243,7 @@ class Agent:
                                 if self.policies and self.policies.current else []),
             "hips_files": self.policies.file_stats() if self.policies else {},
             "uptime_s": round(uptime, 1),
+            "loop_heartbeat_age_s": self.loop_heartbeat_age(),
             "rss_mb": round(rss_mb(), 1),
             "cpu_s": round(cpu_seconds(), 2),
             "data_dir": str(self.store.path.parent),
@@ -578,6 +591,7 @@ class Agent:
                     self._alert(f)
 
     def _tick(self, now: float) -> None:
+        self._heartbeat = now
         if self._sigma_swap:
             self._swap_sigma()
         with self._lock:
@@ -646,8 +660,8 @@ class Agent:
             if self.policy.integrity.interval_s and self.tier is not None:
                 threading.Thread(target=self._integrity_loop, args=(stop,), name="bastion-integrity",
                                  daemon=True).start()
+            self._heartbeat = self._last_health = self._last_retention = time.monotonic()
             self.ready.set()
-            self._last_health = self._last_retention = time.monotonic()
             pump.run(stop, self._handle, tick=self._tick)
             self._health()
         finally:

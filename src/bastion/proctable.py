@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from bastion.abi import kernel_dev
 from bastion.events import Event, ExecEvent, ExitEvent, ForkEvent
 from bastion.procstat import TICK_NS, read_stat
 
@@ -30,6 +31,8 @@ class ProcEntry:
     uid: int
     comm: str
     exited_ns: int = 0     # wall-clock ns of exit, 0 while alive
+    exe_dev: int = 0       # the executable's device (kernel encoding) and inode, 0: unknown
+    exe_ino: int = 0
 
     def same_process(self, start_ns: int) -> bool:
         """Is a process that started at ``start_ns`` this one (tick tolerance)?"""
@@ -49,9 +52,12 @@ def _read_proc(proc: Path, pid: int) -> ProcEntry | None:
                 break
         try:
             exe = os.readlink(base / "exe")
+            st = os.stat(base / "exe")
+            dev, ino = kernel_dev(st.st_dev), st.st_ino
         except OSError:
-            exe = ""  # kernel threads, or a process we may not inspect
-        return ProcEntry(pid, ps.ppid, ps.start_ns, exe, cmdline, uid, ps.comm)
+            exe, dev, ino = "", 0, 0  # kernel threads, or a process we may not inspect
+        return ProcEntry(pid, ps.ppid, ps.start_ns, exe, cmdline, uid, ps.comm,
+                         exe_dev=dev, exe_ino=ino)
     except (OSError, ValueError, IndexError):
         return None  # raced with exit
 
@@ -103,13 +109,15 @@ class ProcessTable:
         """Apply a lifecycle event (exec, fork, exit); others are ignored."""
         p = ev.proc
         if isinstance(ev, ExecEvent):
-            self._put(ProcEntry(p.pid, p.ppid, p.start_ns, p.exe, ev.argv, p.uid, p.comm))
+            self._put(ProcEntry(p.pid, p.ppid, p.start_ns, p.exe, ev.argv, p.uid, p.comm,
+                                exe_dev=ev.exe_dev, exe_ino=ev.exe_ino))
         elif isinstance(ev, ForkEvent):
             parent = self._procs.get(p.pid)
             self._put(ProcEntry(
                 ev.child_pid, p.pid, ev.child_start_ns,
                 parent.exe if parent else p.exe, parent.cmdline if parent else (),
                 p.uid, p.comm,
+                exe_dev=parent.exe_dev if parent else 0, exe_ino=parent.exe_ino if parent else 0,
             ))
         elif isinstance(ev, ExitEvent):
             cur = self._procs.get(p.pid)

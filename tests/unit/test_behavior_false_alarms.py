@@ -11,6 +11,7 @@ from bastion.detect.behavior import behavior_rules
 from bastion.detect.engine import Engine, Finding, RuleContext
 from bastion.events import Event, from_json
 from bastion.proctable import ProcessTable
+from support.trust import RecordedTrust
 
 NS = 1_000_000_000
 
@@ -18,7 +19,8 @@ NS = 1_000_000_000
 class World:
     def __init__(self) -> None:
         self.procs = ProcessTable()
-        self.engine = Engine(behavior_rules())
+        self.trust = RecordedTrust()
+        self.engine = Engine(behavior_rules(trust=self.trust))
         self.ctx = RuleContext(self.procs)
         self.t = 1_767_225_600 * NS
         self.meta: dict[int, dict[str, Any]] = {}
@@ -29,6 +31,7 @@ class World:
         import time as _t
         obj["time"] = _t.strftime("%Y-%m-%dT%H:%M:%S", _t.gmtime(sec)) + f".{ns // 1000:06d}Z"
         ev: Event = from_json(obj)
+        self.trust.learn(ev)
         self.procs.update(ev)
         return self.engine.evaluate(ev, self.ctx)
 

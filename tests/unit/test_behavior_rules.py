@@ -12,6 +12,7 @@ from bastion.detect.engine import Engine, Finding, RuleContext
 from bastion.severity import SEVERITIES
 from bastion.proctable import ProcessTable
 from bastion.sensors.replay import read_all
+from support.trust import RecordedTrust
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "behavior"
 RULES = sorted(n.removeprefix("behavior.") for n in rule_names())
@@ -19,10 +20,12 @@ RULES = sorted(n.removeprefix("behavior.") for n in rule_names())
 
 def replay(path: Path) -> list[Finding]:
     procs = ProcessTable()
-    engine = Engine(behavior_rules())
+    trust = RecordedTrust()
+    engine = Engine(behavior_rules(trust=trust))
     ctx = RuleContext(procs)
     out: list[Finding] = []
     for ev in read_all(path):
+        trust.learn(ev)
         procs.update(ev)
         out += engine.evaluate(ev, ctx)
     assert not engine.errors, engine.disabled

@@ -103,6 +103,10 @@ def require_token(token_file: Path | None, *, what: str, data_dir: Path = DEFAUL
               help="Tests only: refuse to protect these paths.")
 @click.option("--fault-after", type=click.FloatRange(min=0.1), hidden=True,
               help="Tests only: crash (os._exit, no cleanup) after this many seconds.")
+@click.option("--agent-socket", type=click.Path(path_type=Path), default=DEFAULT_SOCKET,
+              show_default=True, help="The agent's control socket: its event-loop heartbeat is watched.")
+@click.option("--agent-stall-after", type=click.FloatRange(min=1), default=30.0, show_default=True,
+              help="Seconds without event-loop progress before the agent is killed and restarted.")
 @click.argument("agent_argv", nargs=-1, type=click.UNPROCESSED)
 def guardian_cmd(data_dir: Path, guardian_socket: Path, pin_root: Path,
                  protect_paths: tuple[Path, ...], config_paths: tuple[Path, ...],
@@ -110,6 +114,7 @@ def guardian_cmd(data_dir: Path, guardian_socket: Path, pin_root: Path,
                  quiet: bool, window_minutes: float,
                  tier: str, test_cgroup_id: int, test_deadline: float | None,
                  test_forbid: tuple[Path, ...], fault_after: float | None,
+                 agent_socket: Path, agent_stall_after: float,
                  agent_argv: tuple[str, ...]) -> None:
     """Hold tamper protection and keep the agent running: bastion guardian [opts] -- AGENT ARGV.
 
@@ -144,7 +149,8 @@ def guardian_cmd(data_dir: Path, guardian_socket: Path, pin_root: Path,
                          socket=guardian_socket, protect_paths=tuple(paths),
                          forbid=test_forbid, tier=tier, cgroup_id=test_cgroup_id,
                          deadline_s=test_deadline, window_s=window_minutes * 60,
-                         fault_after_s=fault_after)
+                         fault_after_s=fault_after, agent_socket=agent_socket,
+                         stall_after_s=agent_stall_after)
     sys.exit(Guardian(cfg).run())
 
 

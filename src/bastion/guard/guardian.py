@@ -41,8 +41,8 @@ from typing import Any, Final
 
 from bastion.procstat import read_stat
 from bastion.alert import Alert, AlertProcess
-from bastion.control import ControlServer
-from bastion.errors import BastionError, KernelError
+from bastion.control import ControlServer, request
+from bastion.errors import BastionError, ControlError, KernelError
 from bastion.guard import protect
 from bastion.guard.identity import ROLE_AGENT, ROLE_GUARDIAN, Identity
 from bastion.guard.kernel import TamperKernel, TamperRecord
@@ -76,6 +76,9 @@ class GuardianConfig:
     window_s: float = 600.0
     fault_after_s: float | None = None  # tests: crash (os._exit) after this long
     agent_env: tuple[tuple[str, str], ...] = ()
+    agent_socket: Path | None = None   # the agent's control socket: its loop heartbeat is watched
+    stall_after_s: float = 30.0        # a loop silent this long is stalled: alert, restart
+    heartbeat_every_s: float = 2.0
 
 
 @dataclass
@@ -84,6 +87,43 @@ class _AgentProc:
     popen: subprocess.Popen[bytes] | None    # None: adopted from a crashed guardian
     ident: Identity | None = None
     started: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class HeartbeatWatch:
+    """Judges the agent's event loop from its ``ping`` answers (``loop_heartbeat_age_s``).
+
+    A pid alone says nothing about the loop: an agent whose loop waits forever in
+    one call still runs and still answers on its control thread.  Stalled when the
+    agent reports a heartbeat older than ``stall_after_s``, or when an agent that
+    answered before has not answered for ``stall_after_s`` (its control thread is
+    stuck too).  An agent that never answered (starting, no socket, a stand-in) is
+    not judged; an answer from another pid (someone else's socket) is no answer."""
+
+    stall_after_s: float
+    pid: int = 0
+    answered: bool = False
+    last_ok: float = 0.0
+    age: float | None = None
+
+    def observe(self, pid: int, resp: dict[str, Any] | None, now: float) -> str | None:
+        """Why the loop of agent ``pid`` is stalled, or None."""
+        if pid != self.pid:
+            self.pid, self.answered, self.last_ok, self.age = pid, False, now, None
+        if resp is not None and resp.get("pid") == pid:
+            self.answered = True
+            raw = resp.get("loop_heartbeat_age_s")
+            if raw is None:
+                self.last_ok, self.age = now, None       # its loop is not running yet
+                return None
+            self.age = float(raw)
+            if self.age > self.stall_after_s:
+                return f"its event loop made no progress for {self.age:.1f}s"
+            self.last_ok = now
+            return None
+        if self.answered and now - self.last_ok > self.stall_after_s:
+            return f"it stopped answering its control socket {now - self.last_ok:.1f}s ago"
+        return None
 
 
 def _parent_of(tgid: int) -> int:
@@ -121,6 +161,9 @@ class Guardian:
         self._remove_req = threading.Event()
         self._control: ControlServer | None = None
         self._started = time.monotonic()
+        self.watch = HeartbeatWatch(cfg.stall_after_s)
+        self.stalls = 0
+        self._stalled: tuple[int, str] | None = None   # (agent pid, why), set by the watch thread
 
     # ---- set-up ---------------------------------------------------------------------
 
@@ -250,9 +293,46 @@ class Guardian:
             return "dead"
         return "stopped" if state in ("T", "t") else ("dead" if state in ("Z", "X") else "running")
 
+    def _watch_heartbeat(self) -> None:
+        """(thread) Ping the agent's socket every ``heartbeat_every_s``; a stalled loop is
+        handed to :meth:`_supervise` (the only place that acts on the agent)."""
+        sock = self.cfg.agent_socket
+        assert sock is not None
+        while not self._stop_req.wait(self.cfg.heartbeat_every_s):
+            a = self.agent
+            if a is None or self._stalled is not None:
+                continue
+            try:
+                resp: dict[str, Any] | None = request(sock, "ping", timeout=2.0)
+            except ControlError:
+                resp = None
+            why = self.watch.observe(a.pid, resp, time.monotonic())
+            if why is not None and self.agent is a:
+                self._stalled = (a.pid, why)
+
+    def _stop_stalled(self) -> bool:
+        """A stalled agent: critical alert, SIGKILL (the supervisor then restarts it)."""
+        stalled, self._stalled = self._stalled, None
+        a = self.agent
+        if stalled is None or a is None or stalled[0] != a.pid:
+            return False
+        self.stalls += 1
+        self._alert("bastion.tamper.agent-stalled",
+                    f"agent pid {a.pid} is alive but {stalled[1]}: no event is processed; "
+                    "killing and restarting it", "critical",
+                    {"agent_pid": a.pid, "why": stalled[1], "heartbeat_age_s": self.watch.age,
+                     "stall_after_s": self.cfg.stall_after_s}, attack=DEFAULT_ATTACK)
+        try:
+            os.kill(a.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return True
+
     def _supervise(self) -> None:
         st = self._agent_state()
         if st == "running":
+            if self._stalled is not None and self._stop_stalled():
+                return
             self._enrol_agent()       # after exec the identity is the same; cheap check
             return
         a = self.agent
@@ -344,6 +424,7 @@ class Guardian:
                 "identities": [i.to_json() for i in self.tk.identities()] if self.tk else [],
                 "protected": [o.path for o in self.protected.roots()] if self.protected else [],
                 "unenforced": self.unenforced,
+                "agent_loop_heartbeat_age_s": self.watch.age, "agent_stalls": self.stalls,
                 "maintenance_until": self.window.until(),
                 "uptime_s": round(time.monotonic() - self._started, 1)}
 
@@ -416,6 +497,9 @@ class Guardian:
         self._control.start()
         if self.agent is None:
             self._spawn()
+        if self.cfg.agent_socket is not None:
+            threading.Thread(target=self._watch_heartbeat, name="bastion-heartbeat",
+                             daemon=True).start()
         print(f"bastion: guardian running (pid {os.getpid()}, tier "
               f"{self.tk.tier if self.tk else '?'}, protection {self.protection}, "
               f"agent pid {self.agent.pid if self.agent else 0})", file=sys.stderr, flush=True)
@@ -467,4 +551,4 @@ class Guardian:
                     "maintenance token", "high", {"agent_pid": a.pid})
 
 
-__all__ = ["Guardian", "GuardianConfig"]
+__all__ = ["Guardian", "GuardianConfig", "HeartbeatWatch"]

@@ -13,6 +13,7 @@ from bastion.detect.behavior.rules import (
     ALL_RULE_CLASSES, PERSISTENCE, PersistenceWrite, Probes, live_probes,
 )
 from bastion.detect.behavior.state import Limits
+from bastion.detect.behavior.trust import ExeTrust
 from bastion.detect.engine import Rule
 
 NS = 1_000_000_000
@@ -22,12 +23,16 @@ def rule_names() -> frozenset[str]:
     return frozenset({c.name for c in ALL_RULE_CLASSES} | {p.rule for p in PERSISTENCE})
 
 
-def behavior_rules(config: BehaviorConfig | None = None, probes: Probes | None = None) -> list[Rule]:
+def behavior_rules(config: BehaviorConfig | None = None, probes: Probes | None = None,
+                   trust: ExeTrust | None = None) -> list[Rule]:
     """The built-in pack, configured.  ``probes``: :func:`live_probes` in the
-    agent (stdio of a new shell, entropy of rewritten files); None for replay."""
+    agent (stdio of a new shell, entropy of rewritten files); None for replay.
+    ``trust``: which executables are the trusted tools (default: the files
+    installed on this host, by inode)."""
     cfg = config or BehaviorConfig()
     limits = Limits(max_keys=cfg.max_keys, ttl_ns=int(cfg.state_ttl_s * NS))
     out: list[Rule] = []
+    trust = trust or ExeTrust()   # one for the pack: tool identities resolved once, refreshed
 
     def settings(name: str) -> RuleSettings:
         s = cfg.rules.get(name, RuleSettings())
@@ -44,13 +49,16 @@ def behavior_rules(config: BehaviorConfig | None = None, probes: Probes | None =
             rule = cls(s, limits, probes=probes)  # type: ignore[call-arg]
         else:
             rule = cls(s, limits)
+        rule.trust = trust
         out.append(rule)
     for pc in PERSISTENCE:
         s = settings(pc.rule)
         if s.enabled:
-            out.append(PersistenceWrite(pc, s, limits))
+            pw = PersistenceWrite(pc, s, limits)
+            pw.trust = trust
+            out.append(pw)
     return out
 
 
-__all__ = ["behavior_rules", "rule_names", "BehaviorConfig", "parse_behavior", "Probes",
+__all__ = ["ExeTrust", "behavior_rules", "rule_names", "BehaviorConfig", "parse_behavior", "Probes",
            "live_probes", "Limits"]

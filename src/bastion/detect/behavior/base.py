@@ -28,6 +28,8 @@ from typing import Any, Callable, Iterable
 from bastion.detect.engine import Finding, RuleContext
 from bastion.events import Event
 from bastion.detect.behavior.state import BoundedState, Limits, ProcKey, proc_key, tree_key
+from bastion.detect.behavior.trust import ExeTrust
+from bastion.proctable import ProcEntry
 
 NS = 1_000_000_000
 ACTIONS = ("alert", "kill", "kill-tree", "quarantine")
@@ -69,6 +71,11 @@ class BehaviorRule:
         self.action_override = s.action
         self.severity_override = s.severity
         self._states: list[BoundedState[Any, Any]] = []
+        self.trust = ExeTrust()   # behavior_rules() shares one among the pack
+
+    def trusted(self, ev: Event, ctx: RuleContext, names: Iterable[str], depth: int = 3) -> bool:
+        """:func:`trusted` with this rule's :class:`ExeTrust`."""
+        return trusted(ev, ctx, names, depth, trust=self.trust)
 
     def state(self) -> BoundedState[Any, Any]:
         """A new bounded state owned by this rule (counted in stats)."""
@@ -313,33 +320,53 @@ SESSION_ROOTS = frozenset({"systemd", "init", "sshd", "sshd-session", "login", "
                            "dash", "zsh"})
 
 
-def trusted(ev: Event, ctx: RuleContext, names: Iterable[str], depth: int = 3) -> bool:
-    """Is the actor (or an ancestor up to ``depth``) one of ``names``?
-
-    Session roots (systemd, sshd, login, shells, ...) count only as the actor
-    itself: everything descends from them, so trusting them as ancestors
-    would exempt every process of a session."""
-    allowed = set(names)
-    own = [base(ev.proc.exe), ev.proc.comm]
-    if any(n in allowed for n in own if n):
-        return True
-    return any(n in allowed and n not in SESSION_ROOTS for n in ancestry_names(ctx, ev.proc.pid, depth))
+def trusted_as(e: ProcEntry, names: Iterable[str], trust: ExeTrust) -> str | None:
+    """The tool of ``names`` process ``e`` runs, by executable inode (or as an
+    interpreter running that tool's installed script); None when it runs none."""
+    ident = (e.exe_dev, e.exe_ino)
+    return trust.is_tool(ident, names) or trust.script_tool(e.exe, ident, e.cmdline, names)
 
 
-def package_installer(ev: Event, ctx: RuleContext) -> str | None:
+def trusted(ev: Event, ctx: RuleContext, names: Iterable[str], depth: int = 3, *,
+            trust: ExeTrust) -> bool:
+    """Does the actor (or an ancestor up to ``depth``) run one of the tools ``names``?
+
+    By executable inode under root-only system directories (:mod:`.trust`), never
+    by basename or ``comm``: ``/tmp/dpkg`` or ``prctl(PR_SET_NAME, "dkms")`` is
+    trusted as nothing.  An actor the process table does not know (or knows as a
+    different process) is not trusted.  Session roots (systemd, sshd, login,
+    shells, ...) count only as the actor itself: everything descends from them,
+    so trusting them as ancestors would exempt every process of a session."""
+    allowed = frozenset(names)
+    chain = ctx.procs.ancestry(ev.proc.pid, depth + 1)
+    if not chain or not chain[0].same_process(ev.proc.start_ns):
+        return False
+    for i, e in enumerate(chain):
+        name = trusted_as(e, allowed, trust)
+        if name is not None and (i == 0 or name not in SESSION_ROOTS):
+            return True
+    return False
+
+
+def package_installer(ev: Event, ctx: RuleContext, trust: ExeTrust) -> str | None:
     """The package manager ``ev``'s process is, if it is one (its name, else None).
 
     System package managers by executable (dpkg, apt-get, rpm, ...); Python
     installers only as a Python interpreter running ``.../bin/pip*``,
     ``-m pip`` or pip's ``pip/__pip-runner__.py`` (pipx likewise): the
     executable is the genuine interpreter, and the script or module comes
-    from its command line."""
-    exe = base(ev.proc.exe)
-    if exe in PACKAGE_MANAGERS:
-        return exe
-    if norm_interp(exe) not in ("python", "python3"):
-        return None
+    from its command line.  Executables are trusted by inode (:func:`trusted_as`),
+    never by name."""
     entry = ctx.procs.get(ev.proc.pid)
+    if entry is None or not entry.same_process(ev.proc.start_ns):
+        return None
+    pm = trusted_as(entry, PACKAGE_MANAGERS, trust)
+    if pm is not None:
+        return pm
+    exe = base(entry.exe)
+    if norm_interp(exe) not in ("python", "python3") \
+            or trust.is_tool((entry.exe_dev, entry.exe_ino), [exe]) is None:
+        return None
     argv = list(entry.cmdline) if entry is not None else []
     if len(argv) >= 2:
         script = argv[1]
@@ -379,5 +406,5 @@ __all__ = [
     "ThresholdRule", "SHELLS", "INTERPRETERS", "SYSTEM_DIRS", "PACKAGE_MANAGERS", "PY_INSTALLERS",
     "package_installer", "base",
     "norm_interp", "is_shell", "is_interpreter", "under", "glob_any", "ancestry_names",
-    "actor_names", "trusted", "SESSION_ROOTS", "is_public_peer", "is_loopback",
+    "actor_names", "trusted", "trusted_as", "ExeTrust", "SESSION_ROOTS", "is_public_peer", "is_loopback",
 ]

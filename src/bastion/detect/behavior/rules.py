@@ -25,13 +25,16 @@ from __future__ import annotations
 import math
 import os
 import re
+import stat
+import threading
+import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from bastion.detect.behavior.base import (
     NS, PACKAGE_MANAGERS, SYSTEM_DIRS, BehaviorRule, Hit, RuleSettings, SequenceRule,
     SingleEvent, Step, ThresholdRule, actor_names, base, glob_any, is_interpreter,
-    is_loopback, is_public_peer, is_shell, norm_interp, package_installer, trusted, under,
+    is_loopback, is_public_peer, is_shell, norm_interp, package_installer, under,
 )
 from bastion.detect.behavior.state import BoundedState, Limits
 from bastion.detect.engine import RuleContext
@@ -47,10 +50,16 @@ O_ACCMODE, O_CREAT, O_TRUNC = 0o3, 0o100, 0o1000
 class Probes:
     """Live-only look-ups a rule may use as extra evidence; all optional, so
     rules stay pure under replay.  ``stdio(pid)`` -> the targets of fds 0-2
-    (e.g. ``socket:[123]``); ``entropy(path)`` -> bits/byte of the file's head."""
+    (e.g. ``socket:[123]``); ``entropy(path)`` -> bits/byte of the file's head;
+    ``entropy_many(paths)`` the same for several files at once, bounded in time
+    (None for a file not sampled: not regular, gone, or its probe timed out);
+    ``stalled()`` -> the paths whose probe timed out since the last call (each
+    once)."""
 
     stdio: Callable[[int], tuple[str, ...] | None] | None = None
     entropy: Callable[[str], float | None] | None = None
+    entropy_many: Callable[[Sequence[str]], list[float | None]] | None = None
+    stalled: Callable[[], list[str]] | None = None
 
 
 def read_stdio(pid: int) -> tuple[str, ...] | None:
@@ -60,12 +69,32 @@ def read_stdio(pid: int) -> tuple[str, ...] | None:
         return None
 
 
+PROBE_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
+
+
 def file_entropy(path: str, size: int = 4096) -> float | None:
+    """Bits/byte of the head of the regular file ``path`` (None: not a regular file,
+    gone, or under 256 bytes).
+
+    The path is named by whoever renamed the file, so nothing here may wait on it:
+    no FIFO, device or socket is opened (``lstat`` first, then ``O_NONBLOCK`` so a
+    FIFO swapped in meanwhile opens at once, ``fstat`` of what was opened), no
+    symlink is followed.  A FUSE file can still block in open or read: callers on
+    the agent's loop use :class:`EntropyProbe`, which runs this off the loop."""
     try:
-        with open(path, "rb") as fh:
-            data = fh.read(size)
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return None
+        fd = os.open(path, PROBE_FLAGS)
+    except (OSError, ValueError):
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        data = os.pread(fd, size, 0)
     except OSError:
         return None
+    finally:
+        os.close(fd)
     if len(data) < 256:
         return None
     counts = [0] * 256
@@ -75,8 +104,107 @@ def file_entropy(path: str, size: int = 4096) -> float | None:
     return -sum(c / n * math.log2(c / n) for c in counts if c)
 
 
+class _Probe:
+    __slots__ = ("path", "done", "value", "reported")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.done = threading.Event()
+        self.value: float | None = None
+        self.reported = False
+
+
+class EntropyProbe:
+    """File entropy off the agent's loop, bounded in time and in threads.
+
+    Each file is read by a daemon thread (a thread stuck in a FUSE open must never
+    hold up the agent's exit, which a ``ThreadPoolExecutor`` would); the loop waits
+    at most ``timeout_s`` for one batch.  A file whose probe has not finished counts
+    as unknown, is reported once through :meth:`stalled` and is never probed again
+    while that probe is outstanding (at most one probe per file); at most
+    ``max_outstanding`` probes are outstanding at once, further files are unknown
+    (``busy``) at once."""
+
+    def __init__(self, *, timeout_s: float = 0.25, max_outstanding: int = 16,
+                 read: Callable[[str], float | None] = file_entropy) -> None:
+        self.timeout_s = timeout_s
+        self.max_outstanding = max_outstanding
+        self._read = read
+        self._lock = threading.Lock()
+        self._inflight: dict[str, _Probe] = {}
+        self._stalled: list[str] = []
+        self.probes = 0
+        self.timeouts = 0
+        self.busy = 0
+
+    def outstanding(self) -> int:
+        with self._lock:
+            return len(self._inflight)
+
+    def _run(self, pr: _Probe) -> None:
+        try:
+            pr.value = self._read(pr.path)
+        finally:
+            pr.done.set()
+            with self._lock:
+                if self._inflight.get(pr.path) is pr:
+                    del self._inflight[pr.path]
+
+    def __call__(self, path: str) -> float | None:
+        return self.many([path])[0]
+
+    def many(self, paths: Sequence[str]) -> list[float | None]:
+        deadline = time.monotonic() + self.timeout_s
+        todo: list[tuple[_Probe, bool] | None] = []
+        for p in paths:
+            with self._lock:
+                pr = self._inflight.get(p)
+                if pr is not None:
+                    todo.append((pr, False))   # still outstanding from an earlier batch
+                    continue
+                if len(self._inflight) >= self.max_outstanding:
+                    self.busy += 1
+                    todo.append(None)
+                    continue
+                pr = _Probe(p)
+                self._inflight[p] = pr
+                self.probes += 1
+            threading.Thread(target=self._run, args=(pr,), name="bastion-entropy",
+                             daemon=True).start()
+            todo.append((pr, True))
+        out: list[float | None] = []
+        for item in todo:
+            if item is None:
+                out.append(None)
+                continue
+            pr, fresh = item
+            if fresh:
+                pr.done.wait(max(0.0, deadline - time.monotonic()))
+            if pr.done.is_set():
+                out.append(pr.value)
+                continue
+            out.append(None)
+            with self._lock:
+                if not pr.reported:
+                    pr.reported = True
+                    self.timeouts += 1
+                    self._stalled.append(pr.path)
+        return out
+
+    def stalled(self) -> list[str]:
+        with self._lock:
+            out, self._stalled = self._stalled, []
+        return out
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {"probes": self.probes, "timeouts": self.timeouts, "busy": self.busy,
+                    "outstanding": len(self._inflight)}
+
+
 def live_probes() -> Probes:
-    return Probes(stdio=read_stdio, entropy=file_entropy)
+    ep = EntropyProbe()
+    return Probes(stdio=read_stdio, entropy=ep, entropy_many=ep.many, stalled=ep.stalled)
 
 
 def write_intent(ev: FileEvent) -> bool:
@@ -281,7 +409,7 @@ class DownloadExecute(BehaviorRule):
             # executables by design (pip writes <venv>/bin/<tool>, the user runs
             # it next): installing, not a dropper.  Only such a writer is
             # exempt; curl/wget stay downloaders whoever runs them.
-            if who in DOWNLOADERS or (peer is not None and package_installer(ev, ctx) is None):
+            if who in DOWNLOADERS or (peer is not None and package_installer(ev, ctx, self.trust) is None):
                 self._dropped.put(path, now, (ev.proc.pid, who, peer or ""))
             return []
         if isinstance(ev, FileEvent) and ev.op == "chmod" and ev.mode & 0o111:
@@ -423,7 +551,7 @@ class CredentialAccess(SingleEvent):
             verb = "opened for writing"
         if path is None or glob_any(path, CRED_STORES) is None:
             return None
-        if trusted(ev, ctx, CRED_TOOLS, depth=1):
+        if self.trusted(ev, ctx, CRED_TOOLS, depth=1):
             return None
         return Hit(f"Credential store {path} {verb} by {base(ev.proc.exe) or ev.proc.comm}",
                    {"path": path, "access": verb})
@@ -446,7 +574,7 @@ class ProcMemAccess(SingleEvent):
     def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
         if isinstance(ev, PtraceEvent):
             if ev.request_name in ("PEEKDATA", "PEEKTEXT") and ev.target_pid != ev.proc.pid \
-                    and not trusted(ev, ctx, DEBUGGERS, depth=1):
+                    and not self.trusted(ev, ctx, DEBUGGERS, depth=1):
                 return Hit(f"Read the memory of process {ev.target_pid} with ptrace",
                            {"target_pid": ev.target_pid, "request": ev.request_name})
             return None
@@ -456,7 +584,7 @@ class ProcMemAccess(SingleEvent):
         m = _PROC_MEM.match(path)
         if not m or m.group(1) in ("self", "thread-self", str(ev.proc.pid)):
             return None
-        if trusted(ev, ctx, DEBUGGERS, depth=1):
+        if self.trusted(ev, ctx, DEBUGGERS, depth=1):
             return None
         write = written_path(ev) is not None
         return Hit(f"{'Wrote' if write else 'Read'} the memory of process {m.group(1)} via {path}",
@@ -474,7 +602,7 @@ class PtraceInjection(SingleEvent):
     def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
         if not isinstance(ev, PtraceEvent) or ev.target_pid == ev.proc.pid:
             return None
-        if trusted(ev, ctx, DEBUGGERS, depth=1):
+        if self.trusted(ev, ctx, DEBUGGERS, depth=1):
             return None
         if ev.request_name in ("POKETEXT", "POKEDATA", "POKEUSR", "SETREGS", "SETREGSET"):
             return Hit(f"ptrace {ev.request_name} into process {ev.target_pid}",
@@ -504,7 +632,7 @@ class LdPreload(SingleEvent):
                                severity="medium", action="alert")
             return None
         path = written_path(ev)
-        if path not in ("/etc/ld.so.preload",) or trusted(ev, ctx, PACKAGE_MANAGERS, depth=3):
+        if path not in ("/etc/ld.so.preload",) or self.trusted(ev, ctx, PACKAGE_MANAGERS, depth=3):
             return None
         return Hit("/etc/ld.so.preload modified: every program will load a chosen library",
                    {"path": path})
@@ -565,7 +693,7 @@ class PersistenceWrite(SingleEvent):
         if path is None or isinstance(ev, FileEvent) and ev.op == "chown":
             return None
         pat = glob_any(path, self.cls.patterns)
-        if pat is None or trusted(ev, ctx, self.cls.tools, depth=3):
+        if pat is None or self.trusted(ev, ctx, self.cls.tools, depth=3):
             return None
         return Hit(f"New or changed {self.cls.what}: {path}", {"path": path, "pattern": pat})
 
@@ -603,7 +731,7 @@ class AccountChange(SingleEvent):
         path = written_path(ev)
         if path is None or path not in ACCOUNT_FILES:
             return None
-        if trusted(ev, ctx, ACCOUNT_TOOLS, depth=2):
+        if self.trusted(ev, ctx, ACCOUNT_TOOLS, depth=2):
             return None
         return Hit(f"{path} modified directly by {base(ev.proc.exe) or ev.proc.comm}",
                    {"path": path}, severity="high")
@@ -621,12 +749,12 @@ class SetuidBits(SingleEvent):
     def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
         if isinstance(ev, ExecEvent):
             if base(ev.proc.exe) == "setcap" and len(ev.argv) > 1 and "-r" not in ev.argv \
-                    and not trusted(ev, ctx, PACKAGE_MANAGERS, depth=3):
+                    and not self.trusted(ev, ctx, PACKAGE_MANAGERS, depth=3):
                 return Hit(f"File capabilities set: {' '.join(ev.argv)[:120]}", {"argv": list(ev.argv)})
             return None
         if not isinstance(ev, FileEvent) or not ev.mode & 0o6000:
             return None
-        if trusted(ev, ctx, PACKAGE_MANAGERS, depth=3):
+        if self.trusted(ev, ctx, PACKAGE_MANAGERS, depth=3):
             return None
         bits = "setuid" if ev.mode & 0o4000 else "setgid"
         return Hit(f"{bits} bit set on {ev.path}", {"path": ev.path, "mode": oct(ev.mode)})
@@ -651,7 +779,7 @@ class SudoersPam(SingleEvent):
         path = written_path(ev)
         if path is None or (pat := glob_any(path, PRIV_CONFIG)) is None:
             return None
-        if trusted(ev, ctx, {"visudo", "pam-auth-update", *PACKAGE_MANAGERS}, depth=3):
+        if self.trusted(ev, ctx, {"visudo", "pam-auth-update", *PACKAGE_MANAGERS}, depth=3):
             return None
         return Hit(f"Privilege configuration changed: {path}", {"path": path, "pattern": pat})
 
@@ -691,7 +819,7 @@ class LogClearing(SingleEvent):
         if glob_any(path, HISTORY):
             return Hit(f"Shell history cleared: {path}", {"path": path, "op": ev.op},
                        severity="medium")
-        if glob_any(path, LOGS) and not trusted(ev, ctx, LOG_WRITERS, depth=3) \
+        if glob_any(path, LOGS) and not self.trusted(ev, ctx, LOG_WRITERS, depth=3) \
                 and not re.search(r"\.(\d+|gz|xz|old|bz2)$", path):
             return Hit(f"Log {'deleted' if ev.op == 'unlink' else 'truncated'}: {path}",
                        {"path": path, "op": ev.op})
@@ -738,8 +866,8 @@ class KillSecurityTools(SingleEvent):
             if ev.signal not in _FATAL or target <= 0 or target == ev.proc.pid:
                 return None
             hit = self._names(ctx, target) & SECURITY_TOOLS
-            if not hit or base(ev.proc.exe) in ("systemd", "init") or \
-                    trusted(ev, ctx, {"logrotate", *PACKAGE_MANAGERS}, 2):
+            if not hit or self.trusted(ev, ctx, {"systemd", "init"}, depth=0) or \
+                    self.trusted(ev, ctx, {"logrotate", *PACKAGE_MANAGERS}, 2):
                 return None
             return Hit(f"{ev.signal_name} sent to security tool {sorted(hit)[0]} ({target})",
                        {"target_pid": target, "signal": ev.signal_name, "tool": sorted(hit)[0]})
@@ -749,7 +877,7 @@ class KillSecurityTools(SingleEvent):
             verbs = {"stop", "disable", "mask", "kill"}
             if tool in ("systemctl", "service") and verbs & set(args) and \
                     {a.removesuffix(".service") for a in args} & SECURITY_TOOLS:
-                if trusted(ev, ctx, PACKAGE_MANAGERS, depth=3):
+                if self.trusted(ev, ctx, PACKAGE_MANAGERS, depth=3):
                     return None
                 return Hit(f"Security service stopped: {' '.join(ev.argv)[:120]}",
                            {"argv": list(ev.argv)}, action="alert")
@@ -791,7 +919,7 @@ class FirewallTamper(SingleEvent):
                or re.search(r"\bflush\s+ruleset\b|\bdelete\s+table\b", line) is not None
                or (argv0 == "ufw" or tool == "ufw") and "disable" in a
                or "--panic-off" in a or re.search(r"--set-default-zone[= ]trusted", line) is not None)
-        if not bad or trusted(ev, ctx, {"netfilter-persistent", "iptables-restore", "firewalld",
+        if not bad or self.trusted(ev, ctx, {"netfilter-persistent", "iptables-restore", "firewalld",
                                         "docker", "dockerd", "libvirtd", *PACKAGE_MANAGERS}, 3):
             return None
         return Hit(f"Firewall rules removed or opened: {' '.join(ev.argv)[:120]}",
@@ -823,7 +951,7 @@ class KernelModuleLoad(SingleEvent):
         if argv0 == "modprobe" and ("-r" in ev.argv or "-q" in ev.argv and
                                     ev.proc.ppid in (0, 2)):
             return None
-        if trusted(ev, ctx, {"systemd", "systemd-udevd", "udevadm", "dkms", "update-initramfs",
+        if self.trusted(ev, ctx, {"systemd", "systemd-udevd", "udevadm", "dkms", "update-initramfs",
                              "kthreadd", "mkinitramfs", *PACKAGE_MANAGERS}, depth=3):
             return None
         target = next((a for a in ev.argv[1:] if not a.startswith("-")), "")
@@ -848,11 +976,10 @@ class BpfLoad(SingleEvent):
     def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
         if not isinstance(ev, BpfEvent) or ev.cmd not in ("PROG_LOAD",):
             return None
-        names = actor_names(ev, ctx, 2)
         e = ctx.procs.get(ev.proc.pid)
         if e is not None and any("bastion" in a for a in e.cmdline[:3]):
             return None
-        if any(n in self.allowed for n in names if n):
+        if self.trusted(ev, ctx, self.allowed, depth=2):
             return None
         return Hit(f"BPF program loaded by {base(ev.proc.exe) or ev.proc.comm}",
                    {"prog_type": ev.prog_type, "name": ev.name})
@@ -954,6 +1081,7 @@ class Ransomware(ThresholdRule):
         super().__init__(settings, limits)
         self.probes = probes or Probes()
         self.data_dirs = data_dirs
+        self.probe_timeouts = 0
         if count is not None:
             self.count = count
 
@@ -982,14 +1110,19 @@ class Ransomware(ThresholdRule):
         ev_: dict[str, Any] = {"files": len(paths), "sample": paths[:10], "renames": len(renames)}
         high = 0
         sampled = 0
-        if self.probes.entropy is not None:
-            for p in paths[-8:]:
-                h = self.probes.entropy(p)
+        probed: list[float | None] | None = None
+        if self.probes.entropy_many is not None:
+            probed = self.probes.entropy_many(paths[-8:])
+        elif self.probes.entropy is not None:
+            probed = [self.probes.entropy(p) for p in paths[-8:]]
+        if probed is not None:
+            for h in probed:
                 if h is not None:
                     sampled += 1
                     high += h >= 7.2
             ev_["entropy_sampled"] = sampled
             ev_["entropy_high"] = high
+            ev_["entropy_unknown"] = len(probed) - sampled
         title = f"Ransomware behaviour: {len(paths)} files rewritten/renamed/deleted in " \
                 f"{self.window_ns / NS:g}s"
         if sampled and high * 2 > sampled:
@@ -1002,6 +1135,24 @@ class Ransomware(ThresholdRule):
         return Hit(f"Mass file rewrite: {len(paths)} files in {self.window_ns / NS:g}s", ev_,
                    severity="medium", action="alert")
 
+    def evaluate(self, ev: Event, ctx: RuleContext) -> list[Hit]:
+        hits = super().evaluate(ev, ctx)
+        if self.probes.stalled is not None:
+            stuck = self.probes.stalled()
+            if stuck:
+                self.probe_timeouts += len(stuck)
+                hits.append(Hit(
+                    f"Ransomware entropy probe timed out on {len(stuck)} file(s) (a FUSE or "
+                    f"otherwise blocking file among the rewritten ones?): judged on "
+                    f"rename/unlink counts alone", {"paths": stuck[:10], "timed_out": len(stuck)},
+                    severity="high", action="alert"))
+        return hits
+
+    def stats(self) -> dict[str, int]:
+        out = super().stats()
+        out["probe_timeouts"] = self.probe_timeouts
+        return out
+
 
 ALL_RULE_CLASSES: tuple[type[BehaviorRule], ...] = (
     ReverseShell, ReverseShellCommand, ServiceSpawnsShell, DownloadExecute, ExecFromTemp, MemfdExec,
@@ -1010,5 +1161,5 @@ ALL_RULE_CLASSES: tuple[type[BehaviorRule], ...] = (
     BpfLoad, PortScan, MiningPool, Ransomware,
 )
 
-__all__ = ["Probes", "live_probes", "read_stdio", "file_entropy", "PERSISTENCE", "PersistenceWrite",
+__all__ = ["Probes", "EntropyProbe", "live_probes", "read_stdio", "file_entropy", "PERSISTENCE", "PersistenceWrite",
            "ALL_RULE_CLASSES", *[c.__name__ for c in ALL_RULE_CLASSES]]

@@ -1,0 +1,127 @@
+"""Which executables the behaviour rules trust: by inode, never by name.
+
+A rule that exempts package managers, debuggers or log writers asks
+:meth:`ExeTrust.is_tool`: is this process's executable (device, inode) the file
+installed as one of these tools?  A tool ``dpkg`` is the file ``<dir>/dpkg``
+for each system directory ``<dir>`` (:data:`TRUST_DIRS`), and only when that
+file is a regular file owned by root, not writable by group or others, and every
+directory above it is owned by root and not writable by group or others: only
+root can have put that inode there.  ``/tmp/dpkg`` or a process that renamed
+itself ``dkms`` with ``prctl(PR_SET_NAME)`` is never trusted, whatever its name.
+
+Scripts (``dkms``, ``update-initramfs``, ``pam-auth-update``...) run as an
+interpreter whose ``argv[1]`` is the script: the interpreter's inode must be a
+trusted system file and ``argv[1]`` an absolute path whose (device, inode) is a
+trusted tool (checked now: the file sits in a root-only directory).
+
+Identities are resolved lazily per tool name and re-resolved every
+``refresh_s`` (an upgrade replaces the inode).  Device numbers are the kernel's
+encoding (``major << 20 | minor``), as exec events carry them.
+
+Limit (said, not hidden): a genuine tool started with an attacker's environment
+(``LD_PRELOAD``, ``BASH_ENV``, ``PERL5OPT``) runs attacker code under a trusted
+inode; the environment is not captured by the sensor.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from typing import Callable, Iterable
+
+from bastion.abi import kernel_dev
+
+TRUST_DIRS: tuple[str, ...] = ("/usr/bin", "/usr/sbin", "/bin", "/sbin", "/usr/local/bin",
+                               "/usr/local/sbin", "/usr/lib/apt", "/usr/lib/systemd", "/usr/libexec")
+
+Ident = tuple[int, int]   # (kernel dev, ino)
+
+
+def secure_file(path: str) -> os.stat_result | None:
+    """``stat`` of the real file behind ``path`` when it is a regular file owned by
+    root and not group/other-writable, below directories that are all owned by root
+    and not group/other-writable; else None."""
+    try:
+        real = os.path.realpath(path, strict=True)
+        st = os.stat(real)
+    except (OSError, ValueError):
+        return None
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return None
+    d = os.path.dirname(real)
+    while True:
+        try:
+            ds = os.stat(d)
+        except OSError:
+            return None
+        if ds.st_uid != 0 or ds.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return None
+        if d == "/":
+            return st
+        d = os.path.dirname(d)
+
+
+def _locate_here(path: str) -> Ident | None:
+    st = secure_file(path)
+    return (kernel_dev(st.st_dev), st.st_ino) if st is not None else None
+
+
+class ExeTrust:
+    """Tool name -> the identities of the root-installed files of that name."""
+
+    def __init__(self, dirs: Iterable[str] = TRUST_DIRS, *, refresh_s: float = 300.0,
+                 clock: Callable[[], float] = time.monotonic,
+                 locate: Callable[[str], Ident | None] | None = None) -> None:
+        """``locate(path)``: the identity of the trusted file at the absolute ``path``
+        (None: absent or not root-only); default :func:`secure_file` on this host.
+        A replay of another host's recording passes that host's table."""
+        self.dirs = tuple(dirs)
+        self.refresh_s = refresh_s
+        self._clock = clock
+        self._locate = locate or _locate_here
+        self._by_name: dict[str, frozenset[Ident]] = {}
+        self._stamp = clock()
+
+    def _fresh(self) -> None:
+        now = self._clock()
+        if now - self._stamp >= self.refresh_s:
+            self._by_name.clear()
+            self._stamp = now
+
+    def idents(self, name: str) -> frozenset[Ident]:
+        """Identities of the trusted files installed as ``name``."""
+        self._fresh()
+        got = self._by_name.get(name)
+        if got is None:
+            out: set[Ident] = set()
+            if name and "/" not in name and name not in (".", ".."):
+                for d in self.dirs:
+                    ident = self._locate(os.path.join(d, name))
+                    if ident is not None:
+                        out.add(ident)
+            got = self._by_name[name] = frozenset(out)
+        return got
+
+    def is_tool(self, ident: Ident, names: Iterable[str]) -> str | None:
+        """The name among ``names`` whose trusted file is ``ident`` (None: none)."""
+        if ident == (0, 0):
+            return None
+        for n in names:
+            if ident in self.idents(n):
+                return n
+        return None
+
+    def script_tool(self, exe: str, exe_ident: Ident, argv: tuple[str, ...],
+                    names: Iterable[str]) -> str | None:
+        """An interpreter (itself the trusted system file named as its ``exe``) running
+        ``argv[1]``, an absolute path to the trusted file of one of ``names``."""
+        if len(argv) < 2 or not argv[1].startswith("/"):
+            return None
+        if self.is_tool(exe_ident, [os.path.basename(exe)]) is None:
+            return None
+        ident = self._locate(argv[1])
+        return self.is_tool(ident, names) if ident is not None else None
+
+
+__all__ = ["ExeTrust", "TRUST_DIRS", "secure_file", "Ident"]

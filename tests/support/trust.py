@@ -1,0 +1,27 @@
+"""Trust for replayed recordings: the recording host's installed files.
+
+A recording's exec events name each executable with its (device, inode) on the
+host that recorded it; an :class:`ExeTrust` over this host's files would trust
+none of them.  ``RecordedTrust`` learns, from the exec events it is shown, which
+inode each system path had there (only paths under the trust directories: a
+``/tmp/dpkg`` is never learnt), and answers as that host would."""
+
+from __future__ import annotations
+
+import os
+
+from bastion.detect.behavior.trust import TRUST_DIRS, ExeTrust, Ident
+from bastion.events import Event, ExecEvent
+
+
+class RecordedTrust(ExeTrust):
+    def __init__(self) -> None:
+        self.table: dict[str, Ident] = {}
+        super().__init__(locate=self.table.get)
+
+    def learn(self, ev: Event) -> None:
+        if isinstance(ev, ExecEvent) and ev.proc.exe and \
+                os.path.dirname(ev.proc.exe) in TRUST_DIRS:
+            # the latest inode at that path (a recording may show an upgrade)
+            self.table[ev.proc.exe] = (ev.exe_dev, ev.exe_ino)
+            self._by_name.clear()

@@ -1,0 +1,192 @@
+"""Behaviour-rule trust is by executable inode under root-only directories, never
+by name (issue 13 item 8).
+
+Attacks kept as tests: a copy of dpkg at /tmp/.../dpkg, and a binary that
+renamed itself (``prctl(PR_SET_NAME, "dkms")``, i.e. its ``comm``), each
+writing /etc/ld.so.preload or loading a module, were exempt from the rules;
+their children too.  The genuine /usr/bin/dpkg stays exempt."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from bastion.abi import kernel_dev
+from bastion.detect.behavior import behavior_rules
+from bastion.detect.behavior.trust import ExeTrust, secure_file
+from bastion.detect.engine import Engine, Finding, RuleContext
+from bastion.events import Event, from_json
+from bastion.proctable import ProcessTable
+
+NS = 1_000_000_000
+DPKG = "/usr/bin/dpkg"
+
+
+def ident(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return kernel_dev(st.st_dev), st.st_ino
+
+
+class Host:
+    """A process table and the default pack, fed events whose executables are real
+    files of this host (their true device and inode)."""
+
+    def __init__(self) -> None:
+        self.procs = ProcessTable()
+        self.engine = Engine(behavior_rules())
+        self.ctx = RuleContext(self.procs)
+        self.t = 1_767_225_600 * NS
+        self.meta: dict[int, dict[str, Any]] = {}
+
+    def feed(self, obj: dict[str, Any]) -> list[Finding]:
+        self.t += NS // 100
+        sec, ns = divmod(self.t, NS)
+        obj["time"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{ns // 1000:06d}Z"
+        ev: Event = from_json(obj)
+        self.procs.update(ev)
+        return self.engine.evaluate(ev, self.ctx)
+
+    def proc(self, pid: int) -> dict[str, Any]:
+        m = self.meta[pid]
+        return {"pid": pid, "tid": pid, "ppid": m["ppid"], "uid": 0, "euid": 0, "gid": 0,
+                "cgroup_id": 1, "comm": m["comm"], "start_ns": pid * 1000, "exe": m["exe"]}
+
+    def exec(self, pid: int, exe: str, argv: list[str], ppid: int = 1,
+             comm: str | None = None) -> list[Finding]:
+        self.meta[pid] = {"ppid": ppid, "exe": exe, "comm": comm or os.path.basename(exe)[:15]}
+        dev, ino = ident(exe)
+        return self.feed({"type": "exec", **self.proc(pid), "filename": exe, "cwd": "/root",
+                          "argv": argv, "exe_dev": dev, "exe_ino": ino, "exe_nlink": 1})
+
+    def write(self, pid: int, path: str) -> list[Finding]:
+        return self.feed({"type": "open", **self.proc(pid), "path": path, "path2": "",
+                          "flags": 0o1101, "mode": 0o644, "owner_uid": -1, "owner_gid": -1,
+                          "dev": 1, "ino": 7})
+
+
+def rule(found: list[Finding], name: str) -> list[Finding]:
+    return [f for f in found if f.rule == name]
+
+
+@pytest.fixture
+def fake_dpkg(tmp_path: Path) -> str:
+    """A copy of the real dpkg binary, named dpkg, in a user-writable place."""
+    p = tmp_path / "dpkg"
+    shutil.copy2(DPKG, p)
+    return str(p)
+
+
+@pytest.fixture
+def root_dir() -> Iterator[Path]:
+    """A directory only root can write, every parent root-only too (/run is 0755 root)."""
+    d = Path(tempfile.mkdtemp(prefix="bastion-trust-", dir="/run"))
+    try:
+        os.chmod(d, 0o755)
+        yield d
+    finally:
+        shutil.rmtree(d)
+
+
+def test_genuine_dpkg_is_trusted() -> None:
+    h = Host()
+    h.exec(50, DPKG, ["dpkg", "-i", "libc.deb"])
+    assert not rule(h.write(50, "/etc/ld.so.preload"), "behavior.ld_preload")
+
+
+def test_copy_of_dpkg_in_tmp_is_not_trusted(fake_dpkg: str) -> None:
+    h = Host()
+    h.exec(51, fake_dpkg, ["dpkg"])
+    got = rule(h.write(51, "/etc/ld.so.preload"), "behavior.ld_preload")
+    assert got and got[0].severity == "critical"
+
+
+def test_children_of_a_fake_dpkg_are_not_trusted(fake_dpkg: str) -> None:
+    h = Host()
+    h.exec(52, fake_dpkg, ["dpkg"])
+    h.exec(53, "/usr/bin/cp", ["cp", "evil.so", "/etc/ld.so.preload"], ppid=52)
+    assert rule(h.write(53, "/etc/ld.so.preload"), "behavior.ld_preload")
+
+
+def test_renamed_comm_is_not_trusted() -> None:
+    """prctl(PR_SET_NAME, "dkms"): the comm says dkms, the executable is python."""
+    h = Host()
+    h.exec(54, os.path.realpath("/usr/bin/python3"), ["python3", "/tmp/x.py"], comm="dpkg")
+    assert rule(h.write(54, "/etc/ld.so.preload"), "behavior.ld_preload")
+    h.exec(55, os.path.realpath("/usr/bin/python3"), ["python3", "/tmp/x.py"], comm="dkms")
+    got = rule(h.exec(56, "/usr/bin/cp", ["modprobe", "/tmp/rk.ko"], ppid=55),
+               "behavior.kernel_module_load")
+    assert got and got[0].severity == "critical"
+
+
+def test_secure_file_demands_root_only_chain(root_dir: Path, tmp_path: Path) -> None:
+    assert secure_file(DPKG) is not None
+    f = root_dir / "tool"
+    shutil.copy2("/usr/bin/true", f)
+    os.chmod(f, 0o755)
+    assert secure_file(str(f)) is not None
+    os.chmod(f, 0o775)                        # group-writable file
+    assert secure_file(str(f)) is None
+    os.chmod(f, 0o755)
+    os.chown(f, 1000, 1000)                   # not root's
+    assert secure_file(str(f)) is None
+    os.chown(f, 0, 0)
+    os.chmod(root_dir, 0o775)                 # a group-writable directory above it
+    assert secure_file(str(f)) is None
+    os.chmod(root_dir, 0o755)
+    g = tmp_path / "tool"                     # /tmp is world-writable (sticky or not)
+    shutil.copy2("/usr/bin/true", g)
+    assert secure_file(str(g)) is None
+    assert secure_file(str(root_dir / "absent")) is None
+    fifo = root_dir / "fifo"
+    os.mkfifo(fifo)
+    assert secure_file(str(fifo)) is None
+
+
+def test_trust_dirs_and_refresh(root_dir: Path) -> None:
+    now = [0.0]
+    t = ExeTrust((str(root_dir),), refresh_s=10, clock=lambda: now[0])
+    f = root_dir / "dpkg"
+    shutil.copy2("/usr/bin/true", f)
+    os.chmod(f, 0o755)
+    first = ident(str(f))
+    assert t.is_tool(first, {"dpkg"}) == "dpkg"
+    assert t.is_tool(first, {"apt"}) is None
+    assert t.is_tool((0, 0), {"dpkg"}) is None
+    new = root_dir / "dpkg.new"               # an upgrade: a new inode renamed over it
+    shutil.copy2("/usr/bin/false", new)
+    os.chmod(new, 0o755)
+    os.rename(new, f)
+    second = ident(str(f))
+    assert second != first
+    assert t.is_tool(second, {"dpkg"}) is None        # cached until the refresh
+    now[0] = 11
+    assert t.is_tool(second, {"dpkg"}) == "dpkg"
+    assert t.is_tool(first, {"dpkg"}) is None
+    assert t.is_tool(second, {"../dpkg", "/x/dpkg"}) is None
+
+
+def test_trusted_script_by_inode(root_dir: Path, tmp_path: Path) -> None:
+    """dkms is a shell script: the interpreter must be the installed one and argv[1]
+    the installed script, both by inode."""
+    script = root_dir / "dkms"
+    script.write_text("#!/bin/sh\n")
+    os.chmod(script, 0o755)
+    sh = os.path.realpath("/bin/sh")
+    t = ExeTrust((str(root_dir), os.path.dirname(sh)))
+    assert t.script_tool(sh, ident(sh), ("sh", str(script)), {"dkms"}) == "dkms"
+    fake = tmp_path / "dkms"
+    fake.write_text("#!/bin/sh\n")
+    assert t.script_tool(sh, ident(sh), ("sh", str(fake)), {"dkms"}) is None
+    assert t.script_tool(sh, ident(sh), ("sh", "dkms"), {"dkms"}) is None   # relative
+    # an interpreter copied out of the system directory is not the installed one
+    sh_copy = tmp_path / os.path.basename(sh)
+    shutil.copy2(sh, sh_copy)
+    assert t.script_tool(str(sh_copy), ident(str(sh_copy)), ("sh", str(script)), {"dkms"}) is None
+    assert stat.S_ISREG(os.stat(script).st_mode)
