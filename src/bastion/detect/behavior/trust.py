@@ -32,8 +32,21 @@ from typing import Callable, Iterable
 
 from bastion.abi import kernel_dev
 
+def _interpreter_dir() -> tuple[str, ...]:
+    """The directory of the Python Bastion itself runs on (e.g. a pyenv build under
+    /root): its ``python3``/``pip`` are this host's genuine ones when the directory is
+    root-only (the same :func:`secure_file` test as every other directory)."""
+    import sys
+
+    try:
+        return (os.path.dirname(os.path.realpath(sys.executable, strict=True)),)
+    except (OSError, ValueError):
+        return ()
+
+
 TRUST_DIRS: tuple[str, ...] = ("/usr/bin", "/usr/sbin", "/bin", "/sbin", "/usr/local/bin",
-                               "/usr/local/sbin", "/usr/lib/apt", "/usr/lib/systemd", "/usr/libexec")
+                               "/usr/local/sbin", "/usr/lib/apt", "/usr/lib/systemd",
+                               "/usr/libexec", *_interpreter_dir())
 
 Ident = tuple[int, int]   # (kernel dev, ino)
 
