@@ -27,7 +27,7 @@ const volatile __u32 cfg_setattr_idmap = 1;
 /* Fast path: no policy, or out of scope. */
 static __always_inline bool hips_off(void)
 {
-	return !hips_active_gen() || !in_scope();
+	return !hips_active_gen() || !hips_in_scope();
 }
 
 static __always_inline int lsm_file(__u32 op, const struct hips_object *o,
