@@ -291,3 +291,12 @@ def test_compat_object_on_61(tmp_path: Path) -> None:
             hk.close()
     assert {(e.op, e.action, e.mechanism) for e in evs} == {
         ("exec", "deny", "exec-kill"), ("connect", "kill", "cgroup-sock")}
+
+
+@pytest.mark.parametrize("tier", ["lsm", "compat"])
+def test_reused_pid_of_dead_agent_is_not_exempt_adopter_is(tier: str, tmp_path: Path) -> None:
+    """Issue 13 item 6: after the agent dies, a process that reuses its pid is not
+    exempt from HIPS; the agent that adopts the pins is (support/hips_ident.py)."""
+    from support.hips_ident import reused_pid_attack
+
+    reused_pid_attack(tier, tmp_path)
