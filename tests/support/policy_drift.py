@@ -61,7 +61,7 @@ def replaced_file_stays_protected(tier: Tier, tmp_path: Path) -> None:
             old_ino = secret.stat().st_ino
             _sed_i(secret, "root:newhash:2\n")       # passwd / sed -i, outside the scope
             assert secret.stat().st_ino != old_ino
-            found = mgr.refresh()
+            found = mgr.refresh(full=False)     # what the agent does every 2 s
             assert [(f.rule, f.evidence["reapplied"]) for f in found] == [
                 ("bastion.policy.drift", True)]
             change = found[0].evidence["changes"][0]

@@ -172,3 +172,22 @@ def test_refresh_never_installs_a_lockout() -> None:
     assert mgr.refresh() == []                  # said once, not every few seconds
     fs.files["/etc/shadow"] = (302, False)      # a harmless replacement is applied again
     assert [f.evidence["reapplied"] for f in mgr.refresh()] == [True] and len(k.applied) == 2
+
+
+def test_fast_refresh_stats_only_resolved_paths() -> None:
+    fs = FakeFS()
+    k = _FakeKernel()
+    calls: list[str] = []
+    r = fs.resolver()
+    counting = Resolver(stat=lambda p: (calls.append(p), r.stat(p))[1], glob=r.glob, uid_of=r.uid_of)
+    mgr = PolicyManager(Tier.LSM, open_backends=lambda: (k, None),  # type: ignore[arg-type,return-value]
+                        resolver=counting)
+    mgr.apply_text(POLICY, "p.yaml")
+    calls.clear()
+    assert mgr.refresh(full=False) == []
+    assert calls == ["/etc/shadow", "/usr/bin/curl"]        # the objects, nothing else
+    fs.files["/usr/sbin/nginx"] = (101, False)               # a subject: only a full refresh sees it
+    assert mgr.refresh(full=False) == []
+    assert [f.evidence["changes"][0]["kind"] for f in mgr.refresh()] == ["subject", "subject"]
+    fs.files["/etc/shadow"] = (301, False)
+    assert [f.evidence["changes"][0]["path"] for f in mgr.refresh(full=False)] == ["/etc/shadow"]

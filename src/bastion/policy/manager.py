@@ -68,6 +68,14 @@ def _inode(path: str) -> tuple[int, int]:
     return (kernel_dev(st.st_dev), st.st_ino)
 
 
+def _inode_via(r: Resolver, path: str) -> tuple[int, int]:
+    try:
+        st = r.stat(path)
+    except OSError:
+        return (0, 0)
+    return (kernel_dev(st.st_dev), st.st_ino)
+
+
 def _facts(ev: Event, procs: ProcessTable) -> TaskFacts | None:
     exe = ev.proc.exe or (e.exe if (e := procs.get(ev.proc.pid)) else "")
     if not exe:
@@ -238,7 +246,7 @@ class PolicyManager:
                         enforced=False, gen=cur.gen, path=path)
         return self.finding(hev)
 
-    def refresh(self) -> list[Finding]:
+    def refresh(self, *, full: bool = True) -> list[Finding]:
         """Re-resolve the running policy; when an object or subject changed inode, install
         the re-resolved policy and return one ``bastion.policy.drift`` finding per change.
 
@@ -247,9 +255,15 @@ class PolicyManager:
         upgrades replace a file by rename, and without this the protection of the
         new file silently ends.  Call it every few seconds (and after a rename into
         a protected directory).  A re-resolution that would lock the administrator
-        out is not installed: the finding says so (critical)."""
+        out is not installed: the finding says so (critical).
+
+        ``full=False`` first stats only the paths resolved last time (a file
+        replaced by rename) and re-resolves only when one changed; a full
+        refresh also expands globs again and re-reads the subjects."""
         cur = self.current
         if cur is None or cur.policy.hips.mode is Mode.LEARN or cur.policy.hips.empty:
+            return []
+        if not full and not self._moved(cur.resolved):
             return []
         try:
             resolved = resolve(cur.policy.hips, self.resolver)
@@ -287,6 +301,14 @@ class PolicyManager:
                     cur.policy.source, len(changes), gen)
         return [self._drift_finding([d], "re-applied to the new inode", applied=True)
                 for d in changes]
+
+    def _moved(self, resolved: ResolvedPolicy) -> bool:
+        """Does a resolved file object's path name another inode now (or nothing)?"""
+        for rule in resolved.rules:
+            for f in rule.files:
+                if f.path != "any" and _inode_via(self.resolver, f.path) != (f.dev, f.ino):
+                    return True
+        return False
 
     def _drift_finding(self, changes: list[Drift], outcome: str, *, applied: bool) -> Finding:
         source = self.current.policy.source if self.current is not None else ""
