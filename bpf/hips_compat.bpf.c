@@ -45,6 +45,7 @@ static __always_inline void record_pre_exec(void)
 	if (!hips_active_gen() || !in_scope())
 		return;
 	hips_facts_current(&f);
+	f.exempt = hips_current_exempt(); /* the agent's image, before the exec replaces it */
 	bpf_map_update_elem(&exec_pre, &tid, &f, BPF_ANY);
 }
 
@@ -80,8 +81,13 @@ int BPF_PROG(hips_exec, struct task_struct *p, pid_t old_pid, struct linux_binpr
 		if (pre) {
 			f = *pre;
 			bpf_map_delete_elem(&exec_pre, &old);
+			if (f.exempt)
+				decide = false;
 		} else {
 			prev = bpf_map_lookup_elem(&task_subjects, &tgid);
+			if (prev && hips_ident_exempt(tgid, prev->start_ns, prev->exe_ino,
+						      prev->exe_dev))
+				decide = false;
 			if (prev) {
 				f.exe_ino = prev->exe_ino;
 				f.exe_dev = prev->exe_dev;
@@ -156,6 +162,9 @@ static __always_inline int hips_sock(struct bpf_sock_addr *ctx, __u32 op, bool v
 	if (!hips_active_gen() || !in_scope())
 		return 1;
 	ts = bpf_map_lookup_elem(&task_subjects, &tgid);
+	/* the agent, by identity (no task pointer in sock_addr programs on 6.1) */
+	if (ts && hips_ident_exempt(tgid, ts->start_ns, ts->exe_ino, ts->exe_dev))
+		return 1;
 	if (ts) {
 		f.exe_ino = ts->exe_ino;
 		f.exe_dev = ts->exe_dev;

@@ -8,6 +8,11 @@
  * user space reads the running kernel's BTF and sets cfg_setattr_idmap, and
  * the verifier drops the other branch (frozen .rodata).
  *
+ * A rename over an existing name is also decided as OPEN_WRITE and UNLINK of
+ * the file it replaces.  Files replaced legitimately (passwd, package
+ * upgrades) get a new inode: user space re-resolves the policy's names
+ * (PolicyManager.refresh) and alerts bastion.policy.drift.
+ *
  * Dentry-only hooks (create, unlink, rename, chmod) have no mount: their
  * ancestor walk stops at the root of the object's filesystem, and the
  * reported path is relative to that root. */
@@ -27,7 +32,7 @@ const volatile __u32 cfg_setattr_idmap = 1;
 /* Fast path: no policy, or out of scope. */
 static __always_inline bool hips_off(void)
 {
-	return !hips_active_gen() || !in_scope();
+	return !hips_active_gen() || !hips_in_scope();
 }
 
 static __always_inline int lsm_file(__u32 op, const struct hips_object *o,
@@ -194,6 +199,17 @@ int BPF_PROG(hips_inode_rename, struct inode *old_dir, struct dentry *old_dentry
 	err = lsm_file_path(BASTION_OP_RENAME, old_dentry, NULL);
 	if (err)
 		return err;
+	/* Renaming over an existing name replaces that file: it is a write of
+	 * its contents and an unlink of its name (issue 13 item 7: `mv t
+	 * /etc/shadow` must not get around "deny open-write /etc/shadow"). */
+	if (BPF_CORE_READ(new_dentry, d_inode)) {
+		err = lsm_file_path(BASTION_OP_OPEN_WRITE, new_dentry, NULL);
+		if (err)
+			return err;
+		err = lsm_file_path(BASTION_OP_UNLINK, new_dentry, NULL);
+		if (err)
+			return err;
+	}
 	o.ino = BPF_CORE_READ(new_dir, i_ino);
 	o.dev = BPF_CORE_READ(new_dir, i_sb, s_dev);
 	o.dentry = BPF_CORE_READ(new_dentry, d_parent);

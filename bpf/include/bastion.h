@@ -255,6 +255,10 @@ struct bastion_inode_rule {
 /* A policy swap writes generation N+1 completely, flips active_gen in  */
 /* one map update, then deletes generation N: at every instant exactly  */
 /* one complete policy holds.                                           */
+/* The agent is exempt by identity: hips_exempt, key __u32 tgid ->      */
+/* bastion_tamper_ident (start ticks + exe inode; role unused), written */
+/* by the agent that loads or adopts the pins (it removes the dead one):*/
+/* a process reusing a dead agent's pid is not exempt.                  */
 /* ==================================================================== */
 
 enum bastion_hips_op {

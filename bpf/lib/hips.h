@@ -19,8 +19,11 @@
  *
  * Scope (.rodata, for tests and the agent; in_scope() of common.h):
  * cfg_cgroup_id (0 = all), cfg_deadline_ns (CLOCK_BOOTTIME; 0 = none; past it
- * everything is allowed: the dead-man), cfg_self_tgid (the agent is never
- * denied). */
+ * everything is allowed: the dead-man).  The agent is never denied, by
+ * identity, not by pid: hips_exempt (tgid -> start ticks + exe inode, the
+ * layout of tamper_idents) is written by the agent that loaded or adopted the
+ * pins, which removes its dead predecessor; a process that reuses a dead
+ * agent's pid is not exempt (cfg_self_tgid stays 0 in these objects). */
 #ifndef BASTION_HIPS_H
 #define BASTION_HIPS_H
 
@@ -71,6 +74,49 @@ struct {
 	__type(value, struct bastion_rule_val);
 } hips_net SEC(".maps");
 
+/* The agent(s) HIPS never refuses: key tgid -> bastion_tamper_ident. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8);
+	__type(key, __u32);
+	__type(value, struct bastion_tamper_ident);
+} hips_exempt SEC(".maps");
+
+#define HIPS_TICK_NS 10000000ULL /* NSEC_PER_SEC / USER_HZ: /proc/PID/stat's unit */
+
+/* Is (tgid, leader start, exe) an exempt agent?  All three must match. */
+static __always_inline bool hips_ident_exempt(__u32 tgid, __u64 start_ns, __u64 exe_ino,
+					      __u32 exe_dev)
+{
+	struct bastion_tamper_ident *id = bpf_map_lookup_elem(&hips_exempt, &tgid);
+
+	return id && exe_ino && start_ns / HIPS_TICK_NS == id->start_ticks &&
+	       exe_ino == id->exe_ino && exe_dev == id->exe_dev;
+}
+
+/* Is the current task an exempt agent (its image now)? */
+static __always_inline bool hips_current_exempt(void)
+{
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct file *f;
+
+	if (!bpf_map_lookup_elem(&hips_exempt, &tgid))
+		return false; /* the fast path: one hash miss */
+	f = BPF_CORE_READ(t, mm, exe_file);
+	if (!f)
+		return false;
+	return hips_ident_exempt(tgid, BPF_CORE_READ(t, group_leader, start_boottime),
+				 BPF_CORE_READ(f, f_inode, i_ino),
+				 BPF_CORE_READ(f, f_inode, i_sb, s_dev));
+}
+
+/* The scope of every HIPS decision taken for the current task. */
+static __always_inline bool hips_in_scope(void)
+{
+	return in_scope() && !hips_current_exempt();
+}
+
 /* Subject facts of processes, for hooks that cannot read them from the task
  * (cgroup socket programs); kept by the compat object's tracepoints. */
 struct {
@@ -97,7 +143,7 @@ struct hips_facts {
 	__u32 exe_dev;
 	__u32 parent_exe_dev;
 	__u32 uid;
-	__u32 _pad;
+	__u32 exempt;      /* the task was an exempt agent (compat: before its exec) */
 	__u64 cgroup_id;
 };
 

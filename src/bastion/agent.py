@@ -16,7 +16,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Final, Sequence, TextIO
 
 from bastion import __version__
 from bastion.config import AgentConfig
@@ -44,6 +44,10 @@ if TYPE_CHECKING:  # the kernel-backed parts are built by bastion.assembly, not 
     from bastion.respond.shadow import ShadowKeeper
 
 log = logging.getLogger("bastion.agent")
+
+# How often the running HIPS policy is re-resolved (files replaced by rename).
+RESOLVE_INTERVAL_S: Final = 2.0        # stat the resolved paths
+FULL_RESOLVE_INTERVAL_S: Final = 30.0  # globs and subjects too
 
 
 def rss_mb() -> float:
@@ -185,6 +189,7 @@ class Agent:
         self._sigma_lock = threading.Lock()
         self._why_off: dict[str, str] = {}   # optional part -> why it is not running
         self._last_health = self._last_retention = 0.0
+        self._last_resolve = self._last_full_resolve = 0.0
         self.integrity_scanner: WorkerScanner | None = None   # set by the integrity thread
         self._heartbeat = time.monotonic()   # the loop's last round (set by _tick)
 
@@ -601,6 +606,17 @@ class Agent:
             self.procs.expire(time.time_ns())
             self.engine.expire(time.time_ns())
             self._last_health = now
+        if self.policies is not None and now - self._last_resolve >= RESOLVE_INTERVAL_S:
+            # files replaced by rename (passwd, sed -i, upgrades): follow the names;
+            # globs and subjects are re-expanded less often
+            full = now - self._last_full_resolve >= FULL_RESOLVE_INTERVAL_S
+            with self._policy_lock:
+                drifted = self.policies.refresh(full=full)
+            for f in drifted:
+                self._alert(f)
+            self._last_resolve = now
+            if full:
+                self._last_full_resolve = now
         if now - self._last_retention >= 60.0:
             self.store.enforce_retention()
             if self.shadow is not None:

@@ -182,6 +182,20 @@ def test_open_write(world: World) -> None:
     _check_event(world, "open-write", 3)
 
 
+def test_rename_over_write_protected_file(world: World) -> None:
+    """Issue 13 item 7: `mv t wfile` replaced a file the policy denies writing to.
+    (Early in the module: the world's dead-man is 110 s and TCG is slow.)"""
+    before = world.wfile.read_text()
+    ino = world.wfile.stat().st_ino
+    tmp = world.d / "replacement"
+    r = run_in(world.cg, ["/bin/sh", "-c", f"cp {world.wfile} {tmp} && echo evil >> {tmp} && "
+                                           f"mv -f {tmp} {world.wfile}"], timeout=30)
+    assert _denied(r), r
+    assert world.wfile.stat().st_ino == ino and world.wfile.read_text() == before
+    tmp.unlink()
+    _check_event(world, "open-write", 3)
+
+
 def test_create(world: World) -> None:
     for target in (world.cdir / "new", world.cdir / "sub" / "deeper"):  # the dir, then a subdir
         assert _denied(run_in(world.cg, ["/usr/bin/touch", str(target)], timeout=30))
@@ -291,3 +305,20 @@ def test_compat_object_on_61(tmp_path: Path) -> None:
             hk.close()
     assert {(e.op, e.action, e.mechanism) for e in evs} == {
         ("exec", "deny", "exec-kill"), ("connect", "kill", "cgroup-sock")}
+
+
+@pytest.mark.parametrize("tier", ["lsm", "compat"])
+def test_reused_pid_of_dead_agent_is_not_exempt_adopter_is(tier: str, tmp_path: Path) -> None:
+    """Issue 13 item 6: after the agent dies, a process that reuses its pid is not
+    exempt from HIPS; the agent that adopts the pins is (support/hips_ident.py)."""
+    from support.hips_ident import reused_pid_attack
+
+    reused_pid_attack(tier, tmp_path)
+
+
+def test_file_replaced_by_rename_stays_protected_and_alerts(tmp_path: Path) -> None:
+    """Issue 13 item 7: after `sed -i` (outside the scope) the policy follows the name."""
+    from bastion.tier import Tier
+    from support.policy_drift import replaced_file_stays_protected
+
+    replaced_file_stays_protected(Tier.LSM, tmp_path)

@@ -4,8 +4,12 @@
 LSM hook) or ``hips_compat.bpf.o`` (compat tier: exec killed at
 ``sched_process_exec``, connect/bind refused by cgroup sock_addr programs on
 the cgroup v2 root), with its scope written into ``.rodata`` before load:
-``cgroup_id`` (0 = every cgroup), a dead-man deadline (past it every
-decision is "allow") and the agent's own tgid (never refused).
+``cgroup_id`` (0 = every cgroup) and a dead-man deadline (past it every
+decision is "allow").  The agent itself is never refused, by identity (tgid +
+start time + exe inode in the ``hips_exempt`` map), not by pid: the agent that
+loads or adopts the pins writes itself there and removes every entry that is
+no longer that exact process, so a process reusing a dead agent's pid is not
+exempt (issue 13 item 6).
 
 ``apply(plan)`` installs a :class:`~bastion.policy.compile.MapPlan` as a new
 generation: its entries are written under gen N+1, ``hips_state[0]`` flips in
@@ -32,6 +36,7 @@ from typing import Final
 from bastion import abi
 from bastion.errors import KernelError, Location
 from bastion.events import HipsEvent, decode
+from bastion.guard.identity import ROLE_AGENT, Identity
 from bastion.kernel import bpffs
 from bastion.kernel.btf import setattr_has_idmap
 from bastion.kernel.clock import deadline_ns
@@ -45,7 +50,8 @@ log = logging.getLogger("bastion.enforce.hips_kernel")
 
 OBJECTS: Final = {"lsm": "lsm_hips.bpf.o", "compat": "hips_compat.bpf.o"}
 POLICY_MAPS: Final = ("hips_gens", "hips_subjects", "hips_rules", "hips_net")
-MAPS: Final = ("hips_state", *POLICY_MAPS, "task_subjects", "events", "drops", "hips_stats")
+MAPS: Final = ("hips_state", *POLICY_MAPS, "task_subjects", "hips_exempt", "events", "drops",
+               "hips_stats")
 # Offset of the u32 generation in each policy map's key.
 _GEN_OFFSET: Final = {"hips_gens": 0, "hips_subjects": 0, "hips_rules": 0, "hips_net": 4}
 # Programs that tell the tiers apart in a pin directory.
@@ -107,7 +113,7 @@ class HipsKernel(LoaderUser):
         rodata: dict[str, int | bytes] = {
             "cfg_cgroup_id": self.cgroup_id,
             "cfg_deadline_ns": self.deadline_ns,
-            "cfg_self_tgid": self.self_tgid,
+            "cfg_self_tgid": 0,  # never by pid: hips_exempt holds the agent's identity
         }
         sizes = {"events": abi.SMALL_RINGBUF_BYTES}  # decisions, not every event
         if self.tier == "lsm":
@@ -125,6 +131,8 @@ class HipsKernel(LoaderUser):
             bpffs.ensure_tracefs()
         self._lo = lo = LoadedObject.load(spec)
         try:
+            if self.self_tgid:
+                self.set_exempt(self.self_tgid)
             if self.tier == "compat":
                 self.seeded = self._seed_task_subjects()
         except BaseException:
@@ -134,17 +142,56 @@ class HipsKernel(LoaderUser):
                  len(lo.links), self.cgroup_id, self.deadline_ns)
 
     @classmethod
-    def adopt(cls, pin_dir: Path) -> HipsKernel:
-        """Reopen the maps and links a previous agent pinned under ``pin_dir``."""
+    def adopt(cls, pin_dir: Path, *, self_tgid: int | None = None) -> HipsKernel:
+        """Reopen the maps and links a previous agent pinned under ``pin_dir``.
+
+        The adopting process (``self_tgid``, default: this process) becomes the
+        exempt agent and every exemption of a process that is gone is removed."""
         names = pinned_links(pin_dir)
         tier = next((t for t, mark in _TIER_MARK.items() if mark in names), None)
         if tier is None:
             raise KernelError("no pinned HIPS matcher here", errno=errno.ENOENT,
                               location=Location(str(pin_dir)))
-        self = cls(tier, pin_dir=pin_dir)
+        if not (pin_dir / "maps" / "hips_exempt").exists():
+            raise KernelError("the pinned HIPS matcher predates the exempt identity map "
+                              "(it exempts the dead agent's pid): unpin it and load anew",
+                              errno=errno.ENOENT, location=Location(str(pin_dir)))
+        tgid = os.getpid() if self_tgid is None else self_tgid
+        self = cls(tier, pin_dir=pin_dir, self_tgid=tgid)
         self._lo = LoadedObject.adopt(ObjectSpec(path=Path(OBJECTS[tier]), pin_dir=pin_dir,
                                                  pin_maps=MAPS))
+        try:
+            self.set_exempt(tgid)
+        except BaseException:
+            self.close()
+            raise
         return self
+
+    # ---- the exempt agent -------------------------------------------------------------
+
+    def set_exempt(self, tgid: int) -> Identity:
+        """Make the live process ``tgid`` the exempt agent; drop every other entry.
+
+        Returns the identity written (tgid, start ticks, exe inode)."""
+        ident = Identity.of(tgid, ROLE_AGENT)
+        m = self._map("hips_exempt")
+        m.update(ident.key(), ident.value())
+        for key in list(m.keys()):
+            if key != ident.key():
+                m.delete(key)
+        log.info("hips %s: exempt agent pid %d (start %d ticks, exe %d:%d)", self.tier, tgid,
+                 ident.start_ticks, ident.exe_dev, ident.exe_ino)
+        return ident
+
+    def exempt(self) -> list[Identity]:
+        """The identities the matcher never refuses."""
+        m = self._map("hips_exempt")
+        out = []
+        for key in m.keys():
+            raw = m.lookup(key)
+            if raw is not None:
+                out.append(Identity.from_map(key, raw))
+        return out
 
     def close(self, *, unpin: bool = False) -> None:
         """Release everything; pinned links stay attached unless ``unpin``."""

@@ -46,10 +46,18 @@ class CompileError(ConfigError):
 
 @dataclass(frozen=True)
 class FileTarget:
+    """A file object as resolved now: its inode, and where that inode was found —
+    the (parent directory inode, name) the policy really names.  A file replaced by
+    rename (``passwd``, ``sed -i``, editors, package upgrades) keeps its (parent,
+    name) but gets a new inode: :func:`drift` finds it and the manager re-resolves."""
+
     dev: int
     ino: int
     is_dir: bool
     path: str
+    parent_dev: int = 0
+    parent_ino: int = 0
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -122,6 +130,16 @@ def _files(pattern: str, r: Resolver) -> list[tuple[str, os.stat_result]]:
     return out
 
 
+def _target(path: str, st: os.stat_result, is_dir: bool, r: Resolver) -> FileTarget:
+    parent, name = os.path.split(path.rstrip("/") or "/")
+    try:
+        pst = r.stat(parent or "/")
+        pdev, pino = kernel_dev(pst.st_dev), pst.st_ino
+    except OSError:
+        pdev = pino = 0
+    return FileTarget(kernel_dev(st.st_dev), st.st_ino, is_dir, path, pdev, pino, name)
+
+
 def resolve(policy: HipsPolicy, r: Resolver | None = None) -> ResolvedPolicy:
     r = r or Resolver()
     warnings: list[ConfigError] = []
@@ -174,7 +192,7 @@ def resolve(policy: HipsPolicy, r: Resolver | None = None) -> ResolvedPolicy:
                         f"rule {rule.name!r}: object {o.pattern!r} matches nothing now",
                         location=rule.location))
                 for path, st in found:
-                    files.append(FileTarget(kernel_dev(st.st_dev), st.st_ino, o.is_dir, path))
+                    files.append(_target(path, st, o.is_dir, r))
         out.append(ResolvedRule(
             rule_id=rule_id, name=rule.name, location=rule.location,
             identities=tuple(sorted(set(ids))), subject=subj.describe(), ops=rule.ops,
@@ -248,6 +266,54 @@ class MapPlan:
         return out
 
 
+@dataclass(frozen=True)
+class Drift:
+    """An object or subject of a rule whose inode changed since it was resolved.
+
+    ``old``/``new`` are (dev, ino); (0, 0) = not there (removed, or newly
+    created).  ``kind`` is ``object`` or ``subject``."""
+
+    rule: str
+    kind: str
+    path: str
+    old: tuple[int, int]
+    new: tuple[int, int]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rule": self.rule, "kind": self.kind, "path": self.path,
+                "old": {"dev": self.old[0], "ino": self.old[1]},
+                "new": {"dev": self.new[0], "ino": self.new[1]}}
+
+
+def drift(before: ResolvedPolicy, now: ResolvedPolicy) -> list[Drift]:
+    """What changed between two resolutions of the same policy (pure).
+
+    Objects are compared by path (the (parent, name) the policy names): a path
+    whose inode changed, appeared or went.  Subjects are compared as sets of
+    identities per rule (a replaced executable shows as one gone, one new)."""
+    out: list[Drift] = []
+    was = {r.rule_id: r for r in before.rules}
+    for rule in now.rules:
+        old = was.pop(rule.rule_id, None)
+        old_files = {f.path: (f.dev, f.ino) for f in old.files} if old is not None else {}
+        new_files = {f.path: (f.dev, f.ino) for f in rule.files}
+        for path in sorted(old_files.keys() | new_files.keys()):
+            a, b = old_files.get(path, (0, 0)), new_files.get(path, (0, 0))
+            if a != b:
+                out.append(Drift(rule.name, "object", path, a, b))
+        old_ids = set(old.identities) if old is not None else set()
+        for kind, ia, ib in sorted(old_ids ^ set(rule.identities)):
+            gone = (kind, ia, ib) in old_ids
+            ident: tuple[int, int] = ((ib, ia) if kind in (abi.SubjectKind.EXE,
+                                                           abi.SubjectKind.PARENT_EXE) else (0, ia))
+            out.append(Drift(rule.name, "subject", rule.subject,
+                             ident if gone else (0, 0), (0, 0) if gone else ident))
+    for old in was.values():    # a rule that selects nobody now
+        for f in old.files:
+            out.append(Drift(old.name, "object", f.path, (f.dev, f.ino), (0, 0)))
+    return out
+
+
 def compile_plan(policy: ResolvedPolicy) -> MapPlan:
     """Pure and deterministic: the same resolved policy always gives the same plan."""
     identities = sorted({i for r in policy.rules for i in r.identities})
@@ -296,5 +362,5 @@ def compile_plan(policy: ResolvedPolicy) -> MapPlan:
     )
 
 
-__all__ = ["CompileError", "FileTarget", "MapPlan", "NetTarget", "ResolvedPolicy", "ResolvedRule",
-           "Resolver", "RuleInfo", "compile_plan", "kernel_dev", "resolve"]
+__all__ = ["CompileError", "Drift", "FileTarget", "MapPlan", "NetTarget", "ResolvedPolicy", "ResolvedRule",
+           "Resolver", "RuleInfo", "compile_plan", "drift", "kernel_dev", "resolve"]

@@ -19,11 +19,12 @@ from bastion.config import AgentConfig, PolicyError, parse_policy
 from bastion.detect.engine import Finding
 from bastion import abi
 from bastion.enforce.mechanisms import Enforceability, assess, mechanism, refusals
-from bastion.errors import ConfigError, Location
+from bastion.errors import BastionError, ConfigError, Location
 from bastion.tier import Tier
 from bastion.events import Event, FileEvent, HipsEvent, KillEvent, PtraceEvent
 from bastion.policy.compile import (
-    CompileError, FileTarget, MapPlan, ResolvedPolicy, Resolver, compile_plan, kernel_dev, resolve,
+    CompileError, Drift, FileTarget, MapPlan, ResolvedPolicy, Resolver, compile_plan, drift,
+    kernel_dev, resolve,
 )
 from bastion.policy.match import Matcher, TaskFacts
 from bastion.policy.model import Action, HipsPolicy, Mode, Op
@@ -63,6 +64,14 @@ _AFTER_THE_FACT: Final = {"unlink": Op.UNLINK, "rename": Op.RENAME, "chmod": Op.
 def _inode(path: str) -> tuple[int, int]:
     try:
         st = os.stat(path)
+    except OSError:
+        return (0, 0)
+    return (kernel_dev(st.st_dev), st.st_ino)
+
+
+def _inode_via(r: Resolver, path: str) -> tuple[int, int]:
+    try:
+        st = r.stat(path)
     except OSError:
         return (0, 0)
     return (kernel_dev(st.st_dev), st.st_ino)
@@ -150,6 +159,7 @@ class PolicyManager:
         self.resolver = resolver or Resolver()
         self.current: Applied | None = None
         self._matcher: Matcher | None = None
+        self._refused: ResolvedPolicy | None = None   # a re-resolution refused (said once)
 
     def prepare(self, policy: AgentConfig, *, mode: Mode | None = None, force: bool = False,
                 allow_degraded: bool = False) -> Applied:
@@ -189,9 +199,7 @@ class PolicyManager:
             if self.kernel is not None:
                 applied.gen = self.kernel.apply(applied.plan)
             if self.files is not None and self.tier != Tier.LSM:
-                targets = [f for r in applied.resolved.rules for f in r.files
-                           if {Op.OPEN_READ, Op.OPEN_WRITE} & set(r.ops) and f.path != "any"]
-                self.files.apply(applied.plan, targets)
+                self.files.apply(applied.plan, _file_targets(applied.resolved))
         self.current = applied
         self._matcher = None
         log.info("policy %s applied (mode %s, generation %d, %d rules)", policy.source,
@@ -246,6 +254,80 @@ class PolicyManager:
         files = self.files
         return dict(files.stats()) if files is not None else {}
 
+    def refresh(self, *, full: bool = True) -> list[Finding]:
+        """Re-resolve the running policy; when an object or subject changed inode, install
+        the re-resolved policy and return one ``bastion.policy.drift`` finding per change.
+
+        File objects are bound to inodes in the kernel, but the policy names paths
+        ((parent directory, name)): ``passwd``, ``sed -i``, editors and package
+        upgrades replace a file by rename, and without this the protection of the
+        new file silently ends.  Call it every few seconds (and after a rename into
+        a protected directory).  A re-resolution that would lock the administrator
+        out is not installed: the finding says so (critical).
+
+        ``full=False`` first stats only the paths resolved last time (a file
+        replaced by rename) and re-resolves only when one changed; a full
+        refresh also expands globs again and re-reads the subjects."""
+        cur = self.current
+        if cur is None or cur.policy.hips.mode is Mode.LEARN or cur.policy.hips.empty:
+            return []
+        if not full and not self._moved(cur.resolved):
+            return []
+        try:
+            resolved = resolve(cur.policy.hips, self.resolver)
+        except CompileError as exc:
+            return [self._drift_finding([], f"cannot re-resolve the policy: {exc}", applied=False)]
+        changes = drift(cur.resolved, resolved)
+        if not changes:
+            return []
+        problems: list[ConfigError] = []
+        if cur.policy.hips.mode is Mode.ENFORCE:
+            problems = lockout_problems(cur.policy.hips, resolved, self.resolver)
+        try:
+            plan = compile_plan(resolved)
+        except CompileError as exc:
+            problems += exc.problems
+        if problems:
+            if resolved == self._refused:
+                return []   # said once; the running plan still holds
+            self._refused = resolved
+            why = "; ".join(str(p) for p in problems)
+            return [self._drift_finding(changes, f"not re-applied: {why}", applied=False)]
+        self._refused = None
+        gen = cur.gen
+        try:
+            if self.kernel is not None:
+                gen = self.kernel.apply(plan)
+            if self.files is not None and self.tier != Tier.LSM:
+                self.files.apply(plan, _file_targets(resolved))
+        except BastionError as exc:
+            log.error("policy %s: cannot re-apply after drift: %s", cur.policy.source, exc)
+            return [self._drift_finding(changes, f"re-apply failed: {exc}", applied=False)]
+        self.current = replace(cur, resolved=resolved, plan=plan, gen=gen)
+        self._matcher = None
+        log.warning("policy %s: %d objects/subjects changed inode; re-applied as generation %d",
+                    cur.policy.source, len(changes), gen)
+        return [self._drift_finding([d], "re-applied to the new inode", applied=True)
+                for d in changes]
+
+    def _moved(self, resolved: ResolvedPolicy) -> bool:
+        """Does a resolved file object's path name another inode now (or nothing)?"""
+        for rule in resolved.rules:
+            for f in rule.files:
+                if f.path != "any" and _inode_via(self.resolver, f.path) != (f.dev, f.ino):
+                    return True
+        return False
+
+    def _drift_finding(self, changes: list[Drift], outcome: str, *, applied: bool) -> Finding:
+        source = self.current.policy.source if self.current is not None else ""
+        what = ", ".join(f"{d.kind} {d.path} of rule {d.rule!r}" for d in changes) or "the policy"
+        return Finding(
+            rule="bastion.policy.drift",
+            title=f"HIPS policy drift: {what} changed inode ({outcome})",
+            severity="high" if applied else "critical", attack=(), action="alert", event=None,
+            pid=0, evidence={"policy": source, "changes": [d.to_json() for d in changes],
+                             "reapplied": applied, "outcome": outcome})
+
     def poll(self) -> list[HipsEvent]:
         out: list[HipsEvent] = []
         for b in (self.kernel, self.files):
@@ -290,6 +372,12 @@ class PolicyManager:
             meta={"hips": {"rule": rule_name, "subject": subject, "object": obj,
                            "operation": ev.op, "mechanism": ev.mechanism}},
         )
+
+
+def _file_targets(resolved: ResolvedPolicy) -> list[FileTarget]:
+    """The file objects the compat tier marks (opens are decided by fanotify)."""
+    return [f for r in resolved.rules for f in r.files
+            if {Op.OPEN_READ, Op.OPEN_WRITE} & set(r.ops) and f.path != "any"]
 
 
 def load_for_apply(path: Path) -> AgentConfig:
