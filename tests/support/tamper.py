@@ -10,7 +10,6 @@ removes the pins.
 
 from __future__ import annotations
 
-import base64
 import ctypes
 import os
 import signal
@@ -129,8 +128,12 @@ class Instance:
             time.sleep(0.1)
 
     def stop(self, token_file: Path) -> dict[str, object]:
-        return request(self.gsock, "stop", timeout=60, client_pid=os.getpid(),
-                       token=base64.b64encode(token_file.read_bytes().strip()).decode())
+        """`bastion stop` as the library does it: the guardian checked, the token proven."""
+        from bastion.guard.control import call_with_token
+        from bastion.guard.identity import ROLE_GUARDIAN
+
+        return call_with_token(self.gsock, "stop", token_file.read_bytes().strip(), "stop",
+                               pin_root=self.pin_root, roles=(ROLE_GUARDIAN,), timeout=60)
 
     def teardown(self) -> None:
         pids: list[int] = []
