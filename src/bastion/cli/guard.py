@@ -188,7 +188,8 @@ def _refuse_over_stale_pins(data_dir: Path, pin_root: Path, guardian_socket: Pat
 @_GSOCK
 @click.option("--socket", "agent_socket", type=click.Path(path_type=Path), envvar="BASTION_SOCKET",
               default=DEFAULT_SOCKET, show_default=True, help="The agent's control socket.")
-@click.option("--pin-root", type=click.Path(path_type=Path), default=PIN_ROOT, hidden=True)
+@click.option("--pin-root", type=click.Path(path_type=Path), default=PIN_ROOT, hidden=True,
+              envvar="BASTION_PIN_ROOT")
 def stop_cmd(token_file: Path, guardian_socket: Path, agent_socket: Path, pin_root: Path) -> None:
     """Stop Bastion with the maintenance token: remove tamper protection, end agent and guardian.
 

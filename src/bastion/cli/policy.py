@@ -99,7 +99,8 @@ def _send(socket_path: Path, cmd: str, **args: Any) -> dict[str, Any]:
 @click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False),
               help="The maintenance token: needed once tamper protection is on (proven by "
                    "challenge-response, never sent).")
-@click.option("--pin-root", type=click.Path(path_type=Path), default=PIN_ROOT, hidden=True)
+@click.option("--pin-root", type=click.Path(path_type=Path), default=PIN_ROOT, hidden=True,
+              envvar="BASTION_PIN_ROOT")
 def apply(file: Path, socket_path: Path, mode: str | None, force: bool, allow_degraded: bool,
           token_file: Path | None, pin_root: Path) -> None:
     """Replace the running agent's policy with FILE, atomically.
