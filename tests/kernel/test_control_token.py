@@ -52,6 +52,13 @@ def impostor(sock: Path, capture: Path, mode: str, *words: str) -> subprocess.Po
     return p
 
 
+def stand_in() -> list[str]:
+    """A stand-in agent that outlives no test (no shared kill-by-name mark: concurrent
+    tamper tests elsewhere on the machine SIGKILL whatever carries that mark, a guardian
+    whose argv names it included)."""
+    return [T.PY, "-c", "import time; time.sleep(300)"]
+
+
 def _env(inst: T.Instance) -> dict[str, str]:
     return {**os.environ, "BASTION_PIN_ROOT": str(inst.pin_root)}
 
@@ -61,7 +68,7 @@ def token_forms(token: bytes) -> list[bytes]:
 
 
 def test_impostor_at_the_guardian_socket_gets_nothing(inst: T.Instance, tmp_path: Path) -> None:
-    inst.start_guardian()
+    inst.start_guardian(agent=stand_in())
     real_pid = int(inst.status()["pid"])  # type: ignore[call-overload]
     # root replaces guardian.sock with its own server, named like the guardian
     inst.gsock.unlink()
@@ -92,7 +99,7 @@ def test_stop_proves_the_token_without_sending_it(inst: T.Instance, tmp_path: Pa
     """The genuine guardian, reached through a recording relay that the client would
     accept only by name: with protection on it is refused (not enrolled); the direct
     stop works and the guardian never saw the token (nothing of it is in the request)."""
-    inst.start_guardian()
+    inst.start_guardian(agent=stand_in())
     relay_sock = tmp_path / "relay.sock"
     capture = tmp_path / "relayed"
     capture.touch()
@@ -214,3 +221,21 @@ def test_policy_apply_needs_the_token_once_protected(inst: T.Instance, tmp_path:
     v = subprocess.run([BASTION, "log", "verify", "--data-dir", str(inst.data)],
                        capture_output=True, text=True, timeout=60)
     assert v.returncode == 0 and "chain intact" in v.stdout, v.stdout + v.stderr
+
+
+def test_maintenance_for_reset_is_proven_to_the_guardian(inst: T.Instance) -> None:
+    """`bastion reset|uninstall` (require_token) through the running guardian: the
+    token proven by challenge-response for exactly "maintenance reset"."""
+    from bastion.cli.guard import require_token
+    from bastion.guard.token import TokenError
+
+    inst.start_guardian(agent=stand_in())
+    with pytest.raises(TokenError, match="wrong token"):
+        require_token(inst.wrong_file, what="reset", data_dir=inst.data, pin_root=inst.pin_root,
+                      guardian_socket=inst.gsock)
+    time.sleep(1.2)
+    require_token(inst.token_file, what="reset", data_dir=inst.data, pin_root=inst.pin_root,
+                  guardian_socket=inst.gsock)
+    opened = [a for a in inst.alerts() if a["rule"] == "bastion.tamper.maintenance"]
+    assert opened and opened[0]["evidence"]["what"] == "maintenance reset"  # type: ignore[index]
+    inst.wait_alert("bastion.tamper.protection-off", timeout=10)

@@ -34,6 +34,10 @@ BASTION = str(T.REPO / ".venv" / "bin" / "bastion")
 IMPOSTOR = str(T.REPO / "tests" / "support" / "impostor.py")
 
 
+def stand_in() -> list[str]:
+    return [T.PY, "-c", "import time; time.sleep(300)"]
+
+
 @pytest.fixture
 def inst(tmp_path: Path) -> Iterator[T.Instance]:
     with scoped_cgroup() as (cg, cgid):
@@ -49,7 +53,7 @@ def inst(tmp_path: Path) -> Iterator[T.Instance]:
 
 
 def test_the_protected_socket_directory_cannot_take_an_impostor(inst: T.Instance) -> None:
-    inst.start_guardian("--protect", str(inst.gsock.parent), tier="lsm")
+    inst.start_guardian("--protect", str(inst.gsock.parent), tier="lsm", agent=stand_in())
     ino = inst.gsock.stat().st_ino
     r = inst.attack(["rm", "-f", str(inst.gsock)])
     assert r.returncode != 0 and "Operation not permitted" in r.stderr, (r.returncode, r.stderr)
@@ -61,7 +65,7 @@ def test_the_protected_socket_directory_cannot_take_an_impostor(inst: T.Instance
 
 
 def test_an_impostor_named_like_the_guardian_gets_nothing(inst: T.Instance, tmp_path: Path) -> None:
-    inst.start_guardian(tier="lsm")
+    inst.start_guardian(tier="lsm", agent=stand_in())
     other = tmp_path / "impostor.sock"
     capture = tmp_path / "captured"
     capture.touch()
