@@ -6,10 +6,11 @@ one JSON object line ``{"cmd": "status"}``; the answer is one JSON line
 ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.
 
 Commands that need the maintenance token never carry it (issue 13 item 11):
-the client first sends ``{"cmd": "auth.challenge"}``; the server answers a
-fresh random nonce (and the token's public derivation parameters, from the
-``challenge`` callable it was given), then reads the real request on the
-same connection and hands it to the handler with the nonce under
+the client asks ``{"cmd": "auth.kdf"}`` for the token's public derivation
+parameters (the ``challenge`` callable the server was given) and derives its
+key (slow, no server waiting); then, on a new connection, it sends
+``{"cmd": "auth.challenge"}``; the server answers a fresh random nonce (with
+the same parameters), then reads the real request on the same connection and hands it to the handler with the nonce under
 ``"_nonce"`` (a client cannot set that key).  The client signs with the
 token (:func:`bastion.guard.token.prove`); the handler verifies.
 
@@ -30,7 +31,7 @@ import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from bastion.errors import ControlError, Location
 
@@ -43,6 +44,7 @@ _MAX_REQUEST = 64 * 1024
 NONCE_KEY = "_nonce"
 PEER_KEY = "_peer_pid"      # the client's pid from SO_PEERCRED (set by the server only)
 CHALLENGE_CMD = "auth.challenge"
+KDF_CMD = "auth.kdf"
 
 
 @dataclass(frozen=True)
@@ -67,8 +69,14 @@ def _peer_uid(conn: socket.socket) -> int:
 
 PeerCheck = Callable[[Peer], None]
 """Raises :class:`ControlError` when the peer is not who the client means to talk to."""
-Prover = Callable[[dict[str, Any], Peer], dict[str, Any]]
-"""(the server's challenge, the server peer) -> fields added to the request (the proof)."""
+class Prover(Protocol):
+    """What a token-proving client brings to :func:`request`."""
+
+    def prepare(self, params: dict[str, Any]) -> None:
+        """The slow part (key derivation) from the server's public parameters."""
+
+    def __call__(self, challenge: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        """(the server's challenge, the server peer) -> fields added to the request."""
 
 
 def _read_line(conn: socket.socket) -> bytes:
@@ -148,16 +156,17 @@ class ControlServer:
                 extra = self.challenge() if self.challenge is not None else {}
                 conn.sendall(json.dumps({"ok": True, "nonce": nonce.hex(), **extra}).encode()
                              + b"\n")
-                conn.settimeout(15.0)     # the client derives its key (scrypt) meanwhile
-                req = self._read_request(conn)
+                req = self._read_request(conn)      # the client only signs meanwhile (fast)
             req.pop(NONCE_KEY, None)
             req[PEER_KEY] = peer.pid
             if nonce is not None:
                 req[NONCE_KEY] = nonce
             cmd = req.get("cmd")
             handler = self.handlers.get(cmd) if isinstance(cmd, str) else None
-            if handler is None:
-                resp: dict[str, Any] = {"ok": False, "error": f"unknown command {cmd!r}"}
+            if cmd == KDF_CMD:
+                resp: dict[str, Any] = {"ok": True, **(self.challenge() if self.challenge else {})}
+            elif handler is None:
+                resp = {"ok": False, "error": f"unknown command {cmd!r}"}
             else:
                 resp = {"ok": True, **handler(req)}
         except ValueError as exc:
@@ -209,6 +218,8 @@ def request(path: Path, cmd: str, timeout: float = 5.0, *, verify_server: PeerCh
     ``verify_server``: checked on the connected socket's peer before anything
     is sent.  ``prover``: the request is preceded by a challenge on the same
     connection and carries what ``prover`` returns (a proof, never a secret)."""
+    if prover is not None:       # the slow key derivation first, with no server waiting on us
+        prover.prepare(request(path, KDF_CMD, timeout=timeout, verify_server=verify_server))
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(timeout)

@@ -52,7 +52,8 @@ class Instance:
 
     # ---- processes -------------------------------------------------------------
     def start_guardian(self, *extra: str, agent: list[str] | None = None, tier: str = "auto",
-                       wait_agent: bool = True, token: bool = True) -> None:
+                       wait_agent: bool = True, token: bool = True,
+                       start_timeout: float = 30) -> None:
         argv = [PY, "-m", "bastion.cli.guard", "guardian", "--data-dir", str(self.data),
                 "--guardian-socket", str(self.gsock), "--pin-root", str(self.pin_root),
                 "--no-install-tree", "--protect", str(self.install), "--config", str(self.etc),
@@ -64,7 +65,7 @@ class Instance:
         self.guardian = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                          text=True, cwd="/")
         threading.Thread(target=self._pump, args=(self.guardian,), daemon=True).start()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + start_timeout
         while not any("guardian running" in line for line in self.stderr):
             if self.guardian.poll() is not None or time.monotonic() > deadline:
                 time.sleep(0.2)   # the rest of its stderr

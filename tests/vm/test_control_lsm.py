@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -53,7 +54,10 @@ def inst(tmp_path: Path) -> Iterator[T.Instance]:
 
 
 def test_the_protected_socket_directory_cannot_take_an_impostor(inst: T.Instance) -> None:
-    inst.start_guardian("--protect", str(inst.gsock.parent), tier="lsm", agent=stand_in())
+    t0 = time.monotonic()
+    inst.start_guardian("--protect", str(inst.gsock.parent), tier="lsm", agent=stand_in(),
+                        start_timeout=240)
+    print(f"guardian up in {time.monotonic() - t0:.1f}s (TCG)")
     ino = inst.gsock.stat().st_ino
     r = inst.attack(["rm", "-f", str(inst.gsock)])
     assert r.returncode != 0 and "Operation not permitted" in r.stderr, (r.returncode, r.stderr)
@@ -65,7 +69,8 @@ def test_the_protected_socket_directory_cannot_take_an_impostor(inst: T.Instance
 
 
 def test_an_impostor_named_like_the_guardian_gets_nothing(inst: T.Instance, tmp_path: Path) -> None:
-    inst.start_guardian(tier="lsm", agent=stand_in())
+    inst.start_guardian(tier="lsm", agent=stand_in(),
+                        start_timeout=240)
     other = tmp_path / "impostor.sock"
     capture = tmp_path / "captured"
     capture.touch()
@@ -76,7 +81,7 @@ def test_an_impostor_named_like_the_guardian_gets_nothing(inst: T.Instance, tmp_
         r = subprocess.run([BASTION, "stop", "--token-file", str(inst.token_file),
                             "--guardian-socket", str(other)],
                            env={**os.environ, "BASTION_PIN_ROOT": str(inst.pin_root)},
-                           capture_output=True, text=True, timeout=120)
+                           capture_output=True, text=True, timeout=300)
         got = capture.read_bytes()
     finally:
         fake.kill()
@@ -88,6 +93,6 @@ def test_an_impostor_named_like_the_guardian_gets_nothing(inst: T.Instance, tmp_
     r = subprocess.run([BASTION, "stop", "--token-file", str(inst.token_file),
                         "--guardian-socket", str(inst.gsock)],
                        env={**os.environ, "BASTION_PIN_ROOT": str(inst.pin_root)},
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert inst.guardian.wait(60) == 0

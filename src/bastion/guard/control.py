@@ -33,7 +33,7 @@ from typing import Any, Callable, Final
 from bastion.control import NONCE_KEY, PEER_KEY, Peer, PeerCheck, Prover, request
 from bastion.errors import BastionError, ControlError, Location
 from bastion.guard.identity import ROLE_AGENT, ROLE_GUARDIAN, ROLE_NAMES, Identity
-from bastion.guard.token import MaintenanceWindow, TokenError, TokenStore, prove, server_binding
+from bastion.guard.token import MaintenanceWindow, Signer, TokenError, TokenStore, server_binding
 
 AlertFn = Callable[[str, str, str, dict[str, Any]], None]
 """``alert(rule, title, severity, evidence)``"""
@@ -107,16 +107,28 @@ def server_check(pin_root: Path, roles: tuple[int, ...], sock: Path) -> PeerChec
     return check
 
 
-def token_prover(token: bytes, what: str) -> Prover:
-    """Sign ``what`` with ``token`` for the server that sent the challenge."""
-    def proof(challenge: dict[str, Any], peer: Peer) -> dict[str, Any]:
-        if "kdf" not in challenge:
+class _TokenProver:
+    """Proves ``token`` for ``what``: the key derived once in :meth:`prepare`."""
+
+    def __init__(self, token: bytes, what: str) -> None:
+        self.signer = Signer(token)
+        self.what = what
+
+    def prepare(self, params: dict[str, Any]) -> None:
+        if "kdf" not in params:
             raise TokenError("the server has no maintenance token to check against (none set, or "
                              "a record older than challenge-response: bastion set-token)",
                              location=Location("control socket"))
-        return {"proof": prove(token, challenge, what, server_binding(peer.pid))}
+        self.signer.key_for(params["kdf"])
 
-    return proof
+    def __call__(self, challenge: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        self.prepare(challenge)
+        return {"proof": self.signer.prove(challenge, self.what, server_binding(peer.pid))}
+
+
+def token_prover(token: bytes, what: str) -> Prover:
+    """Sign ``what`` with ``token`` for the server that sent the challenge."""
+    return _TokenProver(token, what)
 
 
 def call_with_token(sock: Path, cmd: str, token: bytes, subject: str, *, pin_root: Path,

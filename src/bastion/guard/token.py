@@ -126,28 +126,56 @@ def server_binding(pid: int) -> str:
     return f"{pid}:{read_stat(pid).start_ticks}"
 
 
-def prove(token: bytes, challenge: dict[str, Any], what: str, server: str) -> dict[str, str]:
-    """The client's side: sign ``what`` for the server that sent ``challenge``.
+def _bad(what: str, exc: Exception | None = None) -> TokenError:
+    return TokenError(what, location=Location("control socket"))
 
-    Refuses scrypt parameters weaker than ours (an impostor could otherwise
-    ask for a cheap derivation and guess the token offline from the
-    signature) or large enough to exhaust memory."""
-    try:
-        kdf = challenge["kdf"]
-        nonce = bytes.fromhex(str(challenge["nonce"]))
-        salt = bytes.fromhex(str(kdf["salt"]))
-        n, r, p = int(kdf["n"]), int(kdf["r"]), int(kdf["p"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise TokenError(f"the server's challenge is malformed ({exc!r}): nothing was sent",
-                         location=Location("control socket")) from exc
-    if kdf.get("alg") != "scrypt" or len(nonce) < 16 or len(salt) < 16 \
-            or not (SCRYPT_N <= n <= SCRYPT_N_MAX and n & (n - 1) == 0) \
-            or not (SCRYPT_R <= r <= SCRYPT_R_MAX) or not (1 <= p <= SCRYPT_P_MAX):
-        raise TokenError(f"the server's challenge asks for a weak or odd key derivation "
-                         f"({kdf!r}, nonce of {len(nonce)} bytes): refused, nothing was sent",
-                         location=Location("control socket"))
-    sig = _signing_key(_derive(token, salt, n, r, p)).sign(proof_message(what, nonce, server))
-    return {"sig": sig.hex(), "what": what}
+
+class Signer:
+    """The client's side: the token's signing key, derived (slow: scrypt) once per set of
+    server parameters, then a proof per challenge (fast).
+
+    Refuses scrypt parameters weaker than ours (an impostor could otherwise ask
+    for a cheap derivation and guess the token offline from the signature) or
+    large enough to exhaust memory."""
+
+    def __init__(self, token: bytes) -> None:
+        self._token = token
+        self._keys: dict[tuple[bytes, int, int, int], Ed25519PrivateKey] = {}
+
+    def key_for(self, kdf: object) -> Ed25519PrivateKey:
+        try:
+            assert isinstance(kdf, dict)
+            salt = bytes.fromhex(str(kdf["salt"]))
+            n, r, p = int(kdf["n"]), int(kdf["r"]), int(kdf["p"])
+        except (AssertionError, KeyError, TypeError, ValueError) as exc:
+            raise _bad(f"the server's challenge is malformed ({exc!r}): nothing was sent") from exc
+        if kdf.get("alg") != "scrypt" or len(salt) < 16 \
+                or not (SCRYPT_N <= n <= SCRYPT_N_MAX and n & (n - 1) == 0) \
+                or not (SCRYPT_R <= r <= SCRYPT_R_MAX) or not (1 <= p <= SCRYPT_P_MAX):
+            raise _bad(f"the server's challenge asks for a weak or odd key derivation ({kdf!r}): "
+                       "refused, nothing was sent")
+        key = (salt, n, r, p)
+        if key not in self._keys:
+            self._keys[key] = _signing_key(_derive(self._token, salt, n, r, p))
+        return self._keys[key]
+
+    def prove(self, challenge: dict[str, Any], what: str, server: str) -> dict[str, str]:
+        """Sign ``what`` for the server (``"pid:start_ticks"``) that sent ``challenge``."""
+        try:
+            nonce = bytes.fromhex(str(challenge["nonce"]))
+            kdf = challenge["kdf"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise _bad(f"the server's challenge is malformed ({exc!r}): nothing was sent") from exc
+        if len(nonce) < 16:
+            raise _bad(f"the server's challenge asks for a weak or odd key derivation (a nonce "
+                       f"of {len(nonce)} bytes): refused, nothing was sent")
+        sig = self.key_for(kdf).sign(proof_message(what, nonce, server))
+        return {"sig": sig.hex(), "what": what}
+
+
+def prove(token: bytes, challenge: dict[str, Any], what: str, server: str) -> dict[str, str]:
+    """:meth:`Signer.prove` with a key derived for this one challenge."""
+    return Signer(token).prove(challenge, what, server)
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -334,5 +362,5 @@ class MaintenanceWindow:
             pass
 
 
-__all__ = ["MaintenanceWindow", "TokenError", "TokenStore", "Verdict", "proof_message", "prove",
+__all__ = ["MaintenanceWindow", "Signer", "TokenError", "TokenStore", "Verdict", "proof_message", "prove",
            "read_token_file", "server_binding"]
