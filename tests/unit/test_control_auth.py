@@ -177,3 +177,19 @@ def test_policy_applied_alerts_say_how_the_policy_changed(tmp_path: Path) -> Non
     # an unprotected agent lets an apply without the token through; a given proof is checked
     assert g.check({"text": "x"}, None) is None
     assert apply_subject("x", None, False, False) != apply_subject("x", "learn", False, False)
+
+
+def test_the_run_directory_is_made_private_and_protected(tmp_path: Path) -> None:
+    from bastion.errors import ConfigError
+    from bastion.guard import protect
+
+    run = tmp_path / "run" / "bastion"
+    paths = protect.default_paths(data_dir=tmp_path / "data", install_tree=False, run_dir=run)
+    assert run in paths
+    st = run.stat()
+    assert st.st_mode & 0o777 == 0o700 and st.st_uid == os.geteuid()
+    assert protect.RUN_DIR == Path("/run/bastion")
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "data")
+    with pytest.raises(ConfigError, match="not ours"):
+        protect.default_paths(data_dir=tmp_path / "data", install_tree=False, run_dir=link)
