@@ -93,7 +93,10 @@ def default_paths(*, data_dir: Path, config_paths: Sequence[Path] = (),
 def ensure_run_dir(run_dir: Path) -> None:
     """``run_dir`` as a real directory, 0700, owned by root (us); ConfigError otherwise."""
     try:
-        run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir(mode=0o700, parents=True)
+        except FileExistsError:
+            pass           # checked below, without following a symlink
         st = os.lstat(run_dir)
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
             raise ConfigError(f"the run directory is not ours (a symlink, or owned by uid "
