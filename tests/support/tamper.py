@@ -161,14 +161,18 @@ def default_agent() -> list[str]:
 
 
 def _pids_with_mark() -> list[int]:
+    """Stand-in agents (``PY -c CODE MARK``) only: a guardian's argv ends with the same
+    words after ``--`` and must not be killed by another test's teardown (tests of
+    several worktrees run at once on one machine)."""
     out = []
     for p in Path("/proc").iterdir():
         if p.name.isdigit():
             try:
-                if AGENT_MARK.encode() in (p / "cmdline").read_bytes():
-                    out.append(int(p.name))
+                args = (p / "cmdline").read_bytes().rstrip(b"\0").split(b"\0")
             except OSError:
-                pass
+                continue
+            if len(args) == 4 and args[1] == b"-c" and args[3] == AGENT_MARK.encode():
+                out.append(int(p.name))
     return out
 
 
