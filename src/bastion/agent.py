@@ -25,6 +25,7 @@ from bastion.detect.engine import Engine, Finding, Rule, RuleContext
 from bastion.enforce.tiers import TierReport
 from bastion.errors import BastionError
 from bastion.events import Event, HipsEvent, to_json
+from bastion.guard.token import TokenStore
 from bastion.metrics import Metrics
 from bastion.outputs import OutputManager
 from bastion.policy.model import Mode
@@ -168,7 +169,7 @@ class Agent:
             "sigma.update": self._sigma_update,
             "sigma.job": lambda req: {"job": dict(self._sigma_job)},
             **store_handlers(self.store.path.parent),
-        }) if socket_path else None
+        }, challenge=TokenStore(self.store.path.parent).challenge) if socket_path else None
         self.summary = Summary()
         self._started = time.monotonic()
         self._rate: deque[tuple[float, int]] = deque(maxlen=64)
@@ -323,13 +324,23 @@ class Agent:
         if not isinstance(text, str) or not isinstance(source, str):
             raise ValueError("policy.apply needs 'text' and 'source' strings")
         mode = Mode(req["mode"]) if req.get("mode") else None
+        # issue 13 item 10: the token once protection is on; every apply alerted (chained)
+        from bastion.guard.control import PolicyApplyGuard
+
+        guard = PolicyApplyGuard(self.store.path.parent,
+                                 self.pin_dir.parent if self.pin_dir else None, self.raise_alert)
+        refused = guard.check(req, mode.value if mode else None)
+        if refused is not None:
+            return {"applied": False, "error": refused}
         try:
             with self._policy_lock:
+                old = self.policies.current.summary() if self.policies.current else None
                 applied = self.policies.apply_text(
                     text, source, mode=mode, force=bool(req.get("force")),
                     allow_degraded=bool(req.get("allow_degraded")))
         except BastionError as exc:
             return {"applied": False, "error": str(exc)}
+        guard.applied(old, applied.summary(), req)
         for d in applied.degraded:
             self._pending.append(Finding(
                 rule="bastion.policy.degraded", title=f"Policy rule not enforceable here: {d}",

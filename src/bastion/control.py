@@ -4,6 +4,20 @@ The socket lives in a 0700 directory, is itself 0600, and every peer's
 credentials (SO_PEERCRED) are checked: only uid 0 is served.  A request is
 one JSON object line ``{"cmd": "status"}``; the answer is one JSON line
 ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.
+
+Commands that need the maintenance token never carry it (issue 13 item 11):
+the client asks ``{"cmd": "auth.kdf"}`` for the token's public derivation
+parameters (the ``challenge`` callable the server was given) and derives its
+key (slow, no server waiting); then, on a new connection, it sends
+``{"cmd": "auth.challenge"}``; the server answers a fresh random nonce (with
+the same parameters), then reads the real request on the same connection and hands it to the handler with the nonce under
+``"_nonce"`` (a client cannot set that key).  The client signs with the
+token (:func:`bastion.guard.token.prove`); the handler verifies.
+
+Before a client sends anything it may check who listens
+(``verify_server``): the peer's SO_PEERCRED (uid, pid) is read from the
+connected socket, so a root impostor bound at the socket path is refused
+before it sees a byte.
 """
 
 from __future__ import annotations
@@ -12,10 +26,12 @@ import json
 import logging
 import os
 import socket
+import stat
 import struct
 import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from bastion.errors import ControlError, Location
 
@@ -25,23 +41,73 @@ Handler = Callable[[dict[str, Any]], dict[str, Any]]
 _MAX_REQUEST = 64 * 1024
 
 
-def _peer_uid(conn: socket.socket) -> int:
+NONCE_KEY = "_nonce"
+PEER_KEY = "_peer_pid"      # the client's pid from SO_PEERCRED (set by the server only)
+CHALLENGE_CMD = "auth.challenge"
+KDF_CMD = "auth.kdf"
+
+
+@dataclass(frozen=True)
+class Peer:
+    """The other end of a connected unix socket (SO_PEERCRED, taken by the kernel at
+    connect/listen time)."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+def peer_of(conn: socket.socket) -> Peer:
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return int(uid)
+    pid, uid, gid = struct.unpack("3i", creds)
+    return Peer(int(pid), int(uid), int(gid))
+
+
+def _peer_uid(conn: socket.socket) -> int:
+    return peer_of(conn).uid
+
+
+PeerCheck = Callable[[Peer], None]
+"""Raises :class:`ControlError` when the peer is not who the client means to talk to."""
+class Prover(Protocol):
+    """What a token-proving client brings to :func:`request`."""
+
+    def prepare(self, params: dict[str, Any]) -> None:
+        """The slow part (key derivation) from the server's public parameters."""
+
+    def __call__(self, challenge: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        """(the server's challenge, the server peer) -> fields added to the request."""
+
+
+def _read_line(conn: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\n") and len(data) < _MAX_REQUEST:
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 class ControlServer:
-    def __init__(self, path: Path, handlers: dict[str, Handler]) -> None:
+    def __init__(self, path: Path, handlers: dict[str, Handler],
+                 challenge: Callable[[], dict[str, Any]] | None = None) -> None:
         self.path = path
         self.handlers = handlers
+        self.challenge = challenge
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
     def start(self) -> None:
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.path.parent, 0o700)
+        run_dir = self.path.parent
+        run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = os.lstat(run_dir)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            raise ControlError("the socket directory is not a directory of ours (a symlink, or "
+                               f"owned by uid {st.st_uid}): refusing to serve there",
+                               location=Location(str(run_dir)))
+        os.chmod(run_dir, 0o700)
         if self.path.exists():
             if ping(self.path):
                 raise ControlError("another Bastion agent is already running on this socket",
@@ -78,28 +144,41 @@ class ControlServer:
                     log.warning("control request failed: %s", exc)
 
     def _handle(self, conn: socket.socket) -> None:
-        if _peer_uid(conn) != 0:
+        peer = peer_of(conn)
+        if peer.uid != 0:
             conn.sendall(b'{"ok": false, "error": "permission denied: root only"}\n')
             return
-        data = b""
-        while not data.endswith(b"\n") and len(data) < _MAX_REQUEST:
-            chunk = conn.recv(4096)
-            if not chunk:
-                break
-            data += chunk
+        nonce: bytes | None = None
         try:
-            req = json.loads(data)
-            if not isinstance(req, dict):
-                raise ValueError("request must be an object")
+            req = self._read_request(conn)
+            if req.get("cmd") == CHALLENGE_CMD:
+                nonce = os.urandom(32)
+                extra = self.challenge() if self.challenge is not None else {}
+                conn.sendall(json.dumps({"ok": True, "nonce": nonce.hex(), **extra}).encode()
+                             + b"\n")
+                req = self._read_request(conn)      # the client only signs meanwhile (fast)
+            req.pop(NONCE_KEY, None)
+            req[PEER_KEY] = peer.pid
+            if nonce is not None:
+                req[NONCE_KEY] = nonce
             cmd = req.get("cmd")
             handler = self.handlers.get(cmd) if isinstance(cmd, str) else None
-            if handler is None:
-                resp: dict[str, Any] = {"ok": False, "error": f"unknown command {cmd!r}"}
+            if cmd == KDF_CMD:
+                resp: dict[str, Any] = {"ok": True, **(self.challenge() if self.challenge else {})}
+            elif handler is None:
+                resp = {"ok": False, "error": f"unknown command {cmd!r}"}
             else:
                 resp = {"ok": True, **handler(req)}
         except ValueError as exc:
             resp = {"ok": False, "error": f"bad request: {exc}"}
         conn.sendall(json.dumps(resp).encode() + b"\n")
+
+    @staticmethod
+    def _read_request(conn: socket.socket) -> dict[str, Any]:
+        req = json.loads(_read_line(conn))
+        if not isinstance(req, dict):
+            raise ValueError("request must be an object")
+        return req
 
     def stop(self) -> None:
         self._stop.set()
@@ -115,27 +194,13 @@ class ControlServer:
             pass
 
 
-def request(path: Path, cmd: str, timeout: float = 5.0, **args: Any) -> dict[str, Any]:
-    """Send one request to a running agent; ControlError when none answers."""
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout)
-            s.connect(str(path))
-            s.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-    except FileNotFoundError:
-        raise ControlError("no Bastion agent is running (no control socket)",
-                           location=Location(str(path))) from None
-    except PermissionError:
-        raise ControlError("permission denied: the control socket is root-only",
-                           location=Location(str(path))) from None
-    except (ConnectionRefusedError, TimeoutError) as exc:
-        raise ControlError(f"the agent does not answer: {exc}", location=Location(str(path))) from exc
+def _answer(s: socket.socket, path: Path) -> dict[str, Any]:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
     try:
         resp = json.loads(data)
     except ValueError as exc:
@@ -144,6 +209,36 @@ def request(path: Path, cmd: str, timeout: float = 5.0, **args: Any) -> dict[str
         err = resp.get("error", "unknown error") if isinstance(resp, dict) else "unknown error"
         raise ControlError(f"the agent refused: {err}", location=Location(str(path)))
     return resp
+
+
+def request(path: Path, cmd: str, timeout: float = 5.0, *, verify_server: PeerCheck | None = None,
+            prover: Prover | None = None, **args: Any) -> dict[str, Any]:
+    """Send one request to a running agent; ControlError when none answers.
+
+    ``verify_server``: checked on the connected socket's peer before anything
+    is sent.  ``prover``: the request is preceded by a challenge on the same
+    connection and carries what ``prover`` returns (a proof, never a secret)."""
+    if prover is not None:       # the slow key derivation first, with no server waiting on us
+        prover.prepare(request(path, KDF_CMD, timeout=timeout, verify_server=verify_server))
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(str(path))
+            if verify_server is not None:
+                verify_server(peer_of(s))
+            if prover is not None:
+                s.sendall(json.dumps({"cmd": CHALLENGE_CMD}).encode() + b"\n")
+                args = {**args, **prover(_answer(s, path), peer_of(s))}
+            s.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
+            return _answer(s, path)
+    except FileNotFoundError:
+        raise ControlError("no Bastion agent is running (no control socket)",
+                           location=Location(str(path))) from None
+    except PermissionError:
+        raise ControlError("permission denied: the control socket is root-only",
+                           location=Location(str(path))) from None
+    except (ConnectionRefusedError, TimeoutError) as exc:
+        raise ControlError(f"the agent does not answer: {exc}", location=Location(str(path))) from exc
 
 
 def ping(path: Path) -> bool:

@@ -10,7 +10,6 @@ removes the pins.
 
 from __future__ import annotations
 
-import base64
 import ctypes
 import os
 import signal
@@ -56,7 +55,8 @@ class Instance:
 
     # ---- processes -------------------------------------------------------------
     def start_guardian(self, *extra: str, agent: list[str] | None = None, tier: str = "auto",
-                       wait_agent: bool = True, token: bool = True) -> None:
+                       wait_agent: bool = True, token: bool = True,
+                       start_timeout: float = 120) -> None:
         argv = [PY, "-m", "bastion.cli.guard", "guardian", "--data-dir", str(self.data),
                 "--guardian-socket", str(self.gsock), "--pin-root", str(self.pin_root),
                 "--no-install-tree", "--protect", str(self.install), "--config", str(self.etc),
@@ -68,7 +68,7 @@ class Instance:
         self.guardian = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                          text=True, cwd="/")
         threading.Thread(target=self._pump, args=(self.guardian,), daemon=True).start()
-        deadline = time.monotonic() + 90     # a readiness wait (TCG in the VM is slow), not a target
+        deadline = time.monotonic() + start_timeout   # a readiness wait (slow TCG VM), not a target
         while not any("guardian running" in line for line in self.stderr):
             if self.guardian.poll() is not None or time.monotonic() > deadline:
                 time.sleep(0.2)   # the rest of its stderr
@@ -132,8 +132,12 @@ class Instance:
             time.sleep(0.1)
 
     def stop(self, token_file: Path) -> dict[str, object]:
-        return request(self.gsock, "stop", timeout=60, client_pid=os.getpid(),
-                       token=base64.b64encode(token_file.read_bytes().strip()).decode())
+        """`bastion stop` as the library does it: the guardian checked, the token proven."""
+        from bastion.guard.control import call_with_token
+        from bastion.guard.identity import ROLE_GUARDIAN
+
+        return call_with_token(self.gsock, "stop", token_file.read_bytes().strip(), "stop",
+                               pin_root=self.pin_root, roles=(ROLE_GUARDIAN,), timeout=60)
 
     def teardown(self) -> None:
         pids: list[int] = []
@@ -160,14 +164,18 @@ def default_agent() -> list[str]:
 
 
 def _pids_with_mark() -> list[int]:
+    """Stand-in agents (``PY -c CODE MARK``) only: a guardian's argv ends with the same
+    words after ``--`` and must not be killed by another test's teardown (tests of
+    several worktrees run at once on one machine)."""
     out = []
     for p in Path("/proc").iterdir():
         if p.name.isdigit():
             try:
-                if AGENT_MARK.encode() in (p / "cmdline").read_bytes():
-                    out.append(int(p.name))
+                args = (p / "cmdline").read_bytes().rstrip(b"\0").split(b"\0")
             except OSError:
-                pass
+                continue
+            if len(args) == 4 and args[1] == b"-c" and args[3] == AGENT_MARK.encode():
+                out.append(int(p.name))
     return out
 
 

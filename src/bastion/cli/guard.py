@@ -7,9 +7,7 @@ be gated once protection is on (``uninstall``, ``reset --emergency``).
 
 from __future__ import annotations
 
-import base64
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Final
@@ -45,7 +43,8 @@ def require_token(token_file: Path | None, *, what: str, data_dir: Path = DEFAUL
     proceed; without a guardian the stored hash is checked here.  Raises
     :class:`~bastion.guard.token.TokenError` when refused.
     """
-    from bastion.control import request
+    from bastion.guard.control import call_with_token
+    from bastion.guard.identity import ROLE_GUARDIAN
 
     on = protection_on(pin_root)
     store = TokenStore(data_dir)
@@ -58,8 +57,9 @@ def require_token(token_file: Path | None, *, what: str, data_dir: Path = DEFAUL
     token = read_token_file(token_file)
     if guardian_socket.exists():
         try:
-            resp = request(guardian_socket, "maintenance", timeout=30.0, what=what,
-                           token=base64.b64encode(token).decode(), client_pid=os.getpid())
+            resp = call_with_token(guardian_socket, "maintenance", token, f"maintenance {what}",
+                                   pin_root=pin_root, roles=(ROLE_GUARDIAN,), timeout=30.0,
+                                   what=what)
         except ControlError as exc:
             if "no Bastion agent" not in str(exc) and "does not answer" not in str(exc):
                 raise TokenError(str(exc), location=Location(str(guardian_socket))) from exc
@@ -143,8 +143,12 @@ def guardian_cmd(data_dir: Path, guardian_socket: Path, pin_root: Path,
     if not argv:
         argv = (sys.executable, "-m", "bastion.cli.main", "run", "--keep-pins", "--data-dir",
                 str(data_dir), *(("--quiet",) if quiet else ()))
+    # /run/bastion (0700 root) holds the sockets: protected, so root cannot put an impostor
+    # there (lsm tier); a socket elsewhere (tests) leaves its directory alone
+    run_dir = protect.RUN_DIR if guardian_socket.parent == protect.RUN_DIR else None
     paths = protect.default_paths(data_dir=data_dir, config_paths=config_paths, pin_root=pin_root,
-                                  install_tree=not no_install_tree, extra=protect_paths)
+                                  install_tree=not no_install_tree, extra=protect_paths,
+                                  run_dir=run_dir)
     cfg = GuardianConfig(agent_argv=tuple(argv), data_dir=data_dir, pin_root=pin_root,
                          socket=guardian_socket, protect_paths=tuple(paths),
                          forbid=test_forbid, tier=tier, cgroup_id=test_cgroup_id,
@@ -190,13 +194,22 @@ def _refuse_over_stale_pins(data_dir: Path, pin_root: Path, guardian_socket: Pat
 @_GSOCK
 @click.option("--socket", "agent_socket", type=click.Path(path_type=Path), envvar="BASTION_SOCKET",
               default=DEFAULT_SOCKET, show_default=True, help="The agent's control socket.")
-def stop_cmd(token_file: Path, guardian_socket: Path, agent_socket: Path) -> None:
-    """Stop Bastion with the maintenance token: remove tamper protection, end agent and guardian."""
-    from bastion.control import request
+@click.option("--pin-root", type=click.Path(path_type=Path), default=PIN_ROOT, hidden=True,
+              envvar="BASTION_PIN_ROOT")
+def stop_cmd(token_file: Path, guardian_socket: Path, agent_socket: Path, pin_root: Path) -> None:
+    """Stop Bastion with the maintenance token: remove tamper protection, end agent and guardian.
 
-    token = base64.b64encode(read_token_file(token_file)).decode()
-    sock, who = (guardian_socket, "guardian") if guardian_socket.exists() else (agent_socket, "agent")
-    resp = request(sock, "stop", timeout=60.0, token=token, client_pid=os.getpid())
+    The server is checked before anything is sent (SO_PEERCRED against the identity
+    enrolled in the pinned tamper protection) and the token is proven by
+    challenge-response: it never leaves this process."""
+    from bastion.guard.control import call_with_token
+    from bastion.guard.identity import ROLE_AGENT, ROLE_GUARDIAN
+
+    token = read_token_file(token_file)
+    sock, who, role = ((guardian_socket, "guardian", ROLE_GUARDIAN) if guardian_socket.exists()
+                       else (agent_socket, "agent", ROLE_AGENT))
+    resp = call_with_token(sock, "stop", token, "stop", pin_root=pin_root, roles=(role,),
+                           timeout=60.0)
     if not resp.get("done"):
         raise TokenError(str(resp.get("error", "refused")), location=Location(str(sock)))
     click.echo(f"bastion: {who} stopping: tamper protection removed")

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from bastion.config import PolicyError, load_policy
-from bastion.paths import DEFAULT_SOCKET
+from bastion.paths import DEFAULT_SOCKET, PIN_ROOT
 from bastion.tier import Tier
 from bastion.policy.compile import CompileError
 from bastion.policy.manager import PolicyApplyError, PolicyManager
@@ -96,14 +96,34 @@ def _send(socket_path: Path, cmd: str, **args: Any) -> dict[str, Any]:
               help="Override the file's mode (promote a learned profile).")
 @click.option("--force", is_flag=True, help="Apply despite warnings.")
 @click.option("--allow-degraded", is_flag=True, help="Accept rules this kernel cannot enforce.")
-def apply(file: Path, socket_path: Path, mode: str | None, force: bool, allow_degraded: bool) -> None:
-    """Replace the running agent's policy with FILE, atomically."""
+@click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="The maintenance token: needed once tamper protection is on (proven by "
+                   "challenge-response, never sent).")
+@click.option("--pin-root", type=click.Path(path_type=Path), default=PIN_ROOT, hidden=True,
+              envvar="BASTION_PIN_ROOT")
+def apply(file: Path, socket_path: Path, mode: str | None, force: bool, allow_degraded: bool,
+          token_file: Path | None, pin_root: Path) -> None:
+    """Replace the running agent's policy with FILE, atomically.
+
+    Once tamper protection is on, the agent refuses (and alerts) an apply without
+    the maintenance token; every apply is alerted with the old and new policy hashes."""
+    from bastion.control import request
+    from bastion.guard.control import apply_subject, server_check, token_prover
+    from bastion.guard.identity import ROLE_AGENT
+    from bastion.guard.token import read_token_file
+
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise click.ClickException(f"{file}: {exc.strerror}") from exc
-    resp = _send(socket_path, "policy.apply", text=text, source=str(file.resolve()), mode=mode,
-                 force=force, allow_degraded=allow_degraded)
+    prover = None
+    if token_file is not None:
+        prover = token_prover(read_token_file(token_file),
+                              apply_subject(text, mode, force, allow_degraded))
+    resp = request(socket_path, "policy.apply", timeout=30.0,
+                   verify_server=server_check(pin_root, (ROLE_AGENT,), socket_path), prover=prover,
+                   text=text, source=str(file.resolve()), mode=mode, force=force,
+                   allow_degraded=allow_degraded)
     if not resp.get("applied"):
         for line in str(resp.get("error", "refused")).splitlines():
             click.echo(f"error: {line}", err=True)

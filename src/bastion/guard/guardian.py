@@ -26,7 +26,6 @@ can deliver them anyway; on the compat tier the sender is killed.
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 import select
@@ -41,7 +40,7 @@ from typing import Any, Final
 
 from bastion.procstat import read_stat
 from bastion.alert import Alert, AlertProcess
-from bastion.control import ControlServer, request
+from bastion.control import NONCE_KEY, PEER_KEY, ControlServer, request
 from bastion.errors import BastionError, ControlError, KernelError
 from bastion.guard import protect
 from bastion.guard.identity import ROLE_AGENT, ROLE_GUARDIAN, Identity
@@ -429,13 +428,12 @@ class Guardian:
                 "uptime_s": round(time.monotonic() - self._started, 1)}
 
     def _check_token(self, req: dict[str, Any], what: str) -> dict[str, Any] | None:
-        raw = req.get("token")
-        peer = req.get("client_pid", 0)
-        try:
-            token = base64.b64decode(raw) if isinstance(raw, str) else b""
-        except ValueError:
-            token = b""
-        v = self.tokens.verify(token)
+        """The token proven for ``what`` by challenge-response (the token never travels:
+        :mod:`bastion.guard.token`); rate-limited, both outcomes alerted."""
+        peer = req.get(PEER_KEY, 0)
+        nonce = req.get(NONCE_KEY)
+        v = self.tokens.verify_proof(req.get("proof"), nonce if isinstance(nonce, bytes) else None,
+                                     what)
         if v.ok:
             until = self.window.open(what)
             self._alert("bastion.tamper.maintenance",
@@ -460,7 +458,7 @@ class Guardian:
 
     def _h_maintenance(self, req: dict[str, Any]) -> dict[str, Any]:
         what = str(req.get("what", "maintenance"))
-        bad = self._check_token(req, what)
+        bad = self._check_token(req, f"maintenance {what}")
         if bad is not None:
             return bad
         self._remove_req.set()
@@ -493,7 +491,7 @@ class Guardian:
             "status": lambda req: self.status(),
             "stop": self._h_stop,
             "maintenance": self._h_maintenance,
-        })
+        }, challenge=self.tokens.challenge)
         self._control.start()
         if self.agent is None:
             self._spawn()

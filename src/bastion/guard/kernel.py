@@ -119,6 +119,22 @@ def decode(rec: bytes, boot_to_wall_ns: int) -> TamperRecord:
         path=bytes(e.path).split(b"\0")[0].decode(errors="replace"))
 
 
+def enrolled_identities(pin_dir: Path) -> list[Identity]:
+    """The identities (guardian, agent) enrolled in the pinned ``tamper_idents`` under
+    ``pin_dir`` (``<pin root>/tamper``), read without loading anything: what a control
+    client checks a server against (only an enrolled process can write that map)."""
+    m = Map.open_pinned(pin_dir / "maps" / "tamper_idents")
+    try:
+        out = []
+        for k in list(m.keys()):
+            v = m.lookup(k)
+            if v is not None:
+                out.append(Identity.from_map(k, v))
+        return out
+    finally:
+        m.close()
+
+
 class TamperKernel(LoaderUser):
     """Tamper protection in the kernel for one tier, pinned under ``pin_dir``."""
 
@@ -243,5 +259,5 @@ class TamperKernel(LoaderUser):
         return self._lo.drain(decode)
 
 
-__all__ = ["OBJECTS", "TamperKernel", "TamperRecord", "decode", "fd_object_id", "pinned_ids",
+__all__ = ["OBJECTS", "TamperKernel", "enrolled_identities", "TamperRecord", "decode", "fd_object_id", "pinned_ids",
            "setattr_has_idmap"]

@@ -23,11 +23,13 @@ from typing import Final, Iterable, Sequence
 
 from bastion.abi import kernel_dev  # re-exported: the guard's inode keys
 from bastion.errors import ConfigError, Location
-from bastion.paths import bpf_object_dir
+from bastion.paths import DEFAULT_SOCKET, bpf_object_dir
 
 F_SELF: Final = 1 << 0
 F_SUBTREE: Final = 1 << 1
 F_ANCESTOR: Final = 1 << 2
+
+RUN_DIR: Final = DEFAULT_SOCKET.parent     # /run/bastion: the control sockets
 
 SERVICE_UNITS: Final = (Path("/etc/systemd/system/bastion.service"),
                         Path("/lib/systemd/system/bastion.service"),
@@ -63,10 +65,14 @@ class ProtectedSet:
 
 def default_paths(*, data_dir: Path, config_paths: Sequence[Path] = (),
                   pin_root: Path | None = None, install_tree: bool = True,
-                  extra: Sequence[Path] = ()) -> list[Path]:
+                  extra: Sequence[Path] = (), run_dir: Path | None = RUN_DIR) -> list[Path]:
     """What the agent needs intact: its install tree and virtualenv, BPF objects,
-    config and policy files, data dir, service unit, pins."""
+    config and policy files, data dir, service unit, pins, and the run directory of
+    the control sockets (nobody else may replace a socket there: issue 13 item 11)."""
     out: list[Path] = []
+    if run_dir is not None:
+        ensure_run_dir(run_dir)
+        out.append(run_dir)
     if install_tree:
         import bastion
 
@@ -82,6 +88,24 @@ def default_paths(*, data_dir: Path, config_paths: Sequence[Path] = (),
         out.append(pin_root)
     out += list(extra)
     return out
+
+
+def ensure_run_dir(run_dir: Path) -> None:
+    """``run_dir`` as a real directory, 0700, owned by root (us); ConfigError otherwise."""
+    try:
+        try:
+            run_dir.mkdir(mode=0o700, parents=True)
+        except FileExistsError:
+            pass           # checked below, without following a symlink
+        st = os.lstat(run_dir)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            raise ConfigError(f"the run directory is not ours (a symlink, or owned by uid "
+                              f"{st.st_uid}): refusing to protect or use it",
+                              location=Location(str(run_dir)))
+        os.chmod(run_dir, 0o700)
+    except OSError as exc:
+        raise ConfigError(f"cannot prepare the run directory: {exc.strerror}",
+                          location=Location(str(run_dir))) from exc
 
 
 def _ancestors(p: Path) -> Iterable[Path]:
@@ -136,5 +160,5 @@ def resolve(paths: Iterable[Path], *, forbid: Sequence[Path] = ()) -> ProtectedS
     return ProtectedSet(tuple(objs.values()), frozenset(devs), tuple(missing))
 
 
-__all__ = ["F_ANCESTOR", "F_SELF", "F_SUBTREE", "ProtectedObject", "ProtectedSet",
+__all__ = ["RUN_DIR", "ensure_run_dir", "F_ANCESTOR", "F_SELF", "F_SUBTREE", "ProtectedObject", "ProtectedSet",
            "default_paths", "kernel_dev", "resolve"]

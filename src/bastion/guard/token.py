@@ -1,9 +1,21 @@
 """The maintenance token: the only way to turn tamper protection off.
 
 Set at install or with ``bastion run|guardian --maintenance-token-file F``;
-kept ONLY as a salted scrypt hash in ``<data dir>/maintenance-token`` (0600);
-compared in constant time (:func:`hmac.compare_digest` over the derived
-keys); failed attempts are rate-limited with an exponential back-off kept in
+kept ONLY as the public half of a key pair in ``<data dir>/maintenance-token``
+(0600): ``K = scrypt(token, salt)``, an Ed25519 key derived from ``K``, and
+the record holds salt, scrypt parameters and the public key, nothing a
+reader of the record could use in place of the token.
+
+The token never travels (issue 13 item 11): a server (guardian or agent)
+sends a fresh nonce with the salt and parameters (:meth:`TokenStore.challenge`);
+the client derives the key from the token and signs
+``what || nonce || server identity`` (:func:`prove`), where the server
+identity (pid and start time) is taken by the client from SO_PEERCRED.  A
+signature captured by an impostor server names the impostor's pid and that
+one nonce: it opens nothing elsewhere.  :meth:`TokenStore.verify_proof`
+checks it with the public key.  A local check (:meth:`TokenStore.verify`,
+``set-token``) derives the same key and compares public keys in constant
+time.  Failed attempts are rate-limited with an exponential back-off kept in
 ``<data dir>/maintenance-attempts`` (so restarting the CLI does not reset
 it).  A valid token opens a maintenance window (:class:`MaintenanceWindow`)
 that is logged as an alert and closes by itself.
@@ -19,7 +31,10 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from bastion.errors import BastionError, ConfigError, Location
 
@@ -30,6 +45,11 @@ MIN_TOKEN_BYTES: Final = 16
 SCRYPT_N: Final = 1 << 15
 SCRYPT_R: Final = 8
 SCRYPT_P: Final = 1
+SCRYPT_N_MAX: Final = 1 << 20       # a client derives at most this much (memory ~1 GiB at r=8)
+SCRYPT_R_MAX: Final = 16
+SCRYPT_P_MAX: Final = 4
+PROOF_CONTEXT: Final = b"bastion maintenance-token proof v1"
+KEY_CONTEXT: Final = b"bastion maintenance-token signing key v1"
 BACKOFF_MAX_S: Final = 300.0
 DEFAULT_WINDOW_S: Final = 600.0
 
@@ -82,6 +102,82 @@ def _derive(token: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
     return hashlib.scrypt(token, salt=salt, n=n, r=r, p=p, maxmem=128 * r * n * 2, dklen=32)
 
 
+def _signing_key(k: bytes) -> Ed25519PrivateKey:
+    """The Ed25519 key of the derived secret ``k`` (never stored)."""
+    return Ed25519PrivateKey.from_private_bytes(hmac.new(k, KEY_CONTEXT, hashlib.sha256).digest())
+
+
+def _public(k: bytes) -> bytes:
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    return _signing_key(k).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def proof_message(what: str, nonce: bytes, server: str) -> bytes:
+    """What a proof signs: the command it opens, the server's nonce and the server's
+    identity as the client saw it (``"pid:start_ticks"``)."""
+    return b"\0".join((PROOF_CONTEXT, what.encode(), nonce, server.encode()))
+
+
+def server_binding(pid: int) -> str:
+    """``"pid:start_ticks"`` of ``pid`` (the identity a proof is bound to)."""
+    from bastion.procstat import read_stat
+
+    return f"{pid}:{read_stat(pid).start_ticks}"
+
+
+def _bad(what: str, exc: Exception | None = None) -> TokenError:
+    return TokenError(what, location=Location("control socket"))
+
+
+class Signer:
+    """The client's side: the token's signing key, derived (slow: scrypt) once per set of
+    server parameters, then a proof per challenge (fast).
+
+    Refuses scrypt parameters weaker than ours (an impostor could otherwise ask
+    for a cheap derivation and guess the token offline from the signature) or
+    large enough to exhaust memory."""
+
+    def __init__(self, token: bytes) -> None:
+        self._token = token
+        self._keys: dict[tuple[bytes, int, int, int], Ed25519PrivateKey] = {}
+
+    def key_for(self, kdf: object) -> Ed25519PrivateKey:
+        try:
+            assert isinstance(kdf, dict)
+            salt = bytes.fromhex(str(kdf["salt"]))
+            n, r, p = int(kdf["n"]), int(kdf["r"]), int(kdf["p"])
+        except (AssertionError, KeyError, TypeError, ValueError) as exc:
+            raise _bad(f"the server's challenge is malformed ({exc!r}): nothing was sent") from exc
+        if kdf.get("alg") != "scrypt" or len(salt) < 16 \
+                or not (SCRYPT_N <= n <= SCRYPT_N_MAX and n & (n - 1) == 0) \
+                or not (SCRYPT_R <= r <= SCRYPT_R_MAX) or not (1 <= p <= SCRYPT_P_MAX):
+            raise _bad(f"the server's challenge asks for a weak or odd key derivation ({kdf!r}): "
+                       "refused, nothing was sent")
+        key = (salt, n, r, p)
+        if key not in self._keys:
+            self._keys[key] = _signing_key(_derive(self._token, salt, n, r, p))
+        return self._keys[key]
+
+    def prove(self, challenge: dict[str, Any], what: str, server: str) -> dict[str, str]:
+        """Sign ``what`` for the server (``"pid:start_ticks"``) that sent ``challenge``."""
+        try:
+            nonce = bytes.fromhex(str(challenge["nonce"]))
+            kdf = challenge["kdf"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise _bad(f"the server's challenge is malformed ({exc!r}): nothing was sent") from exc
+        if len(nonce) < 16:
+            raise _bad(f"the server's challenge asks for a weak or odd key derivation (a nonce "
+                       f"of {len(nonce)} bytes): refused, nothing was sent")
+        sig = self.key_for(kdf).sign(proof_message(what, nonce, server))
+        return {"sig": sig.hex(), "what": what}
+
+
+def prove(token: bytes, challenge: dict[str, Any], what: str, server: str) -> dict[str, str]:
+    """:meth:`Signer.prove` with a key derived for this one challenge."""
+    return Signer(token).prove(challenge, what, server)
+
+
 def _write_private(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
@@ -96,7 +192,7 @@ def _write_private(path: Path, data: bytes) -> None:
 @dataclass(frozen=True)
 class Verdict:
     ok: bool
-    reason: str             # "ok", "wrong token", "rate limited", "no token set"
+    reason: str             # "ok", "wrong token", "rate limited", "no token set", "no token given"
     retry_after_s: float = 0.0
     failures: int = 0
 
@@ -124,10 +220,77 @@ class TokenStore:
                               location=Location(str(self.hash_path)))
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         salt = os.urandom(16)
-        rec = {"kdf": "scrypt", "n": SCRYPT_N, "r": SCRYPT_R, "p": SCRYPT_P, "salt": salt.hex(),
-               "hash": _derive(token, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P).hex()}
-        _write_private(self.hash_path, json.dumps(rec).encode())
+        _write_private(self.hash_path, json.dumps(self._record(token, salt)).encode())
         self._save_attempts(0, 0.0)
+
+    @staticmethod
+    def _record(token: bytes, salt: bytes) -> dict[str, Any]:
+        k = _derive(token, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
+        return {"v": 2, "kdf": "scrypt", "n": SCRYPT_N, "r": SCRYPT_R, "p": SCRYPT_P,
+                "salt": salt.hex(), "pub": _public(k).hex()}
+
+    def _load(self) -> dict[str, Any] | None:
+        """The stored record (None: no token set); TokenError when unreadable."""
+        try:
+            rec = json.loads(self.hash_path.read_bytes())
+            if not isinstance(rec, dict):
+                raise ValueError("not an object")
+            bytes.fromhex(rec["salt"])
+            int(rec["n"]), int(rec["r"]), int(rec["p"])
+            if "pub" not in rec and "hash" not in rec:
+                raise KeyError("pub")
+            return rec
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise TokenError(f"the token hash is unreadable: {exc}",
+                             location=Location(str(self.hash_path))) from exc
+
+    def challenge(self) -> dict[str, Any]:
+        """What a server sends with its nonce: the public derivation parameters
+        (``{}`` when no token is set, or the record predates challenge-response)."""
+        try:
+            rec = self._load()
+        except TokenError:
+            return {}
+        if rec is None or "pub" not in rec:
+            return {}
+        return {"kdf": {"alg": "scrypt", "salt": rec["salt"], "n": int(rec["n"]),
+                        "r": int(rec["r"]), "p": int(rec["p"])}}
+
+    def _fail(self, failures: int, now: float) -> Verdict:
+        failures += 1
+        wait = min(BACKOFF_MAX_S, 2.0 ** (failures - 1))
+        self._save_attempts(failures, now + wait)
+        return Verdict(False, "wrong token", wait, failures)
+
+    def verify_proof(self, proof: object, nonce: bytes | None, what: str, *,
+                     now: float | None = None) -> Verdict:
+        """Check a client's signature over ``what``, the nonce this server sent on this
+        connection and this server's own identity; rate-limited like :meth:`verify`."""
+        now = time.time() if now is None else now
+        failures, next_allowed = self._load_attempts()
+        if now < next_allowed:
+            return Verdict(False, "rate limited", next_allowed - now, failures)
+        rec = self._load()
+        if rec is None:
+            return Verdict(False, "no token set")
+        if "pub" not in rec:
+            return Verdict(False, "the stored token predates challenge-response: set it again "
+                           "(bastion set-token --old-token-file)")
+        if not isinstance(proof, dict) or nonce is None:
+            return Verdict(False, "no token given", 0.0, failures)
+        if proof.get("what") != what:
+            return Verdict(False, f"the proof is for {proof.get('what')!r}, not {what!r}", 0.0,
+                           failures)
+        try:
+            sig = bytes.fromhex(str(proof.get("sig", "")))
+            Ed25519PublicKey.from_public_bytes(bytes.fromhex(rec["pub"])).verify(
+                sig, proof_message(what, nonce, server_binding(os.getpid())))
+        except (ValueError, InvalidSignature):
+            return self._fail(failures, now)
+        self._save_attempts(0, 0.0)
+        return Verdict(True, "ok")
 
     def _load_attempts(self) -> tuple[int, float]:
         try:
@@ -151,23 +314,24 @@ class TokenStore:
         failures, next_allowed = self._load_attempts()
         if now < next_allowed:
             return Verdict(False, "rate limited", next_allowed - now, failures)
-        try:
-            rec = json.loads(self.hash_path.read_bytes())
-            salt = bytes.fromhex(rec["salt"])
-            want = bytes.fromhex(rec["hash"])
-            n, r, p = int(rec["n"]), int(rec["r"]), int(rec["p"])
-        except FileNotFoundError:
+        rec = self._load()
+        if rec is None:
             return Verdict(False, "no token set")
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise TokenError(f"the token hash is unreadable: {exc}",
-                             location=Location(str(self.hash_path))) from exc
-        if hmac.compare_digest(_derive(token, salt, n, r, p), want):
+        salt = bytes.fromhex(rec["salt"])
+        k = _derive(token, salt, int(rec["n"]), int(rec["r"]), int(rec["p"]))
+        if "pub" in rec:
+            ok = hmac.compare_digest(_public(k), bytes.fromhex(str(rec["pub"])))
+        else:   # a record of the first format: upgrade it (drops the password-equivalent hash)
+            ok = hmac.compare_digest(k, bytes.fromhex(str(rec["hash"])))
+            if ok:
+                try:
+                    _write_private(self.hash_path, json.dumps(self._record(token, salt)).encode())
+                except OSError as exc:
+                    log.warning("token record not upgraded (%s): %s", self.hash_path, exc)
+        if ok:
             self._save_attempts(0, 0.0)
             return Verdict(True, "ok")
-        failures += 1
-        wait = min(BACKOFF_MAX_S, 2.0 ** (failures - 1))
-        self._save_attempts(failures, now + wait)
-        return Verdict(False, "wrong token", wait, failures)
+        return self._fail(failures, now)
 
 
 class MaintenanceWindow:
@@ -198,4 +362,5 @@ class MaintenanceWindow:
             pass
 
 
-__all__ = ["MaintenanceWindow", "TokenError", "TokenStore", "Verdict", "read_token_file"]
+__all__ = ["MaintenanceWindow", "Signer", "TokenError", "TokenStore", "Verdict", "proof_message", "prove",
+           "read_token_file", "server_binding"]
