@@ -247,7 +247,7 @@ def trusted_file(path: Path) -> Path:
             raise KernelError(
                 f"refusing to load {path}: {part} is "
                 + (f"owned by uid {st.st_uid}" if st.st_uid != 0
-                   else f"writable by {'group' if st.st_mode & stat.S_IWGRP else 'others'} "
+                   else f"writable by {'others' if st.st_mode & stat.S_IWOTH else 'group'} "
                         f"(mode {stat.S_IMODE(st.st_mode):04o})")
                 + ": a library the agent loads must be changeable by root alone",
                 errno=errno_mod.EPERM, location=Location(str(part)))
