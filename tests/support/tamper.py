@@ -53,7 +53,8 @@ class Instance:
 
     # ---- processes -------------------------------------------------------------
     def start_guardian(self, *extra: str, agent: list[str] | None = None, tier: str = "auto",
-                       wait_agent: bool = True, token: bool = True) -> None:
+                       wait_agent: bool = True, token: bool = True,
+                       env: dict[str, str] | None = None) -> None:
         argv = [PY, "-m", "bastion.cli.guard", "guardian", "--data-dir", str(self.data),
                 "--guardian-socket", str(self.gsock), "--pin-root", str(self.pin_root),
                 "--no-install-tree", "--protect", str(self.install), "--config", str(self.etc),
@@ -63,7 +64,7 @@ class Instance:
                 "--", *(agent or default_agent())]
         self.stderr.clear()
         self.guardian = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                         text=True, cwd="/")
+                                         text=True, cwd="/", env=env)
         threading.Thread(target=self._pump, args=(self.guardian,), daemon=True).start()
         deadline = time.monotonic() + 30
         while not any("guardian running" in line for line in self.stderr):
