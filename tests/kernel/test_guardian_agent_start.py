@@ -5,8 +5,8 @@ Environment=, `systemctl set-environment`, a wrapper) plants PYTHONPATH with a
 sitecustomize.py, PYTHONSTARTUP, LD_LIBRARY_PATH: before the fix the agent the
 guardian spawned inherited all of it and ran the planted code as the protected
 agent.  After: the agent runs this interpreter with -I -B and an environment of
-PATH, LANG, LC_ALL and BASTION_* only (read back from /proc/<agent>/cmdline and
-environ).  And /etc/ld.so.preload or a unit drop-in directory, whose creation
+PATH, LANG, LC_ALL, PYTHONDONTWRITEBYTECODE and BASTION_* only (read back from
+/proc/<agent>/cmdline and environ).  And /etc/ld.so.preload or a unit drop-in directory, whose creation
 cannot be refused, raises a critical alert when it appears (test paths in tmp).
 
 A TEST instance (tests/support/tamper.py): protected tree and watched paths in
@@ -65,7 +65,8 @@ def test_agent_runs_isolated_with_a_scrubbed_environment(inst: T.Instance, plant
     raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     env = dict(kv.decode().split("=", 1) for kv in raw if kv)
     assert env == {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
-                   "LC_ALL": "C.UTF-8", "BASTION_TEST_KEPT": "kept"}, env
+                   "LC_ALL": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
+                   "BASTION_TEST_KEPT": "kept"}, env
     time.sleep(0.5)
     ran = sorted(p.name for p in planted.glob("ran-*"))
     assert f"ran-{pid}" not in ran, f"the planted sitecustomize ran in the agent: {ran}"

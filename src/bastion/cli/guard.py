@@ -226,8 +226,8 @@ def set_token_cmd(token_file: Path, data_dir: Path, old_token_file: Path | None)
     click.echo(json.dumps({"token_hash": str(store.hash_path)}))
 
 
-__all__ = ["GUARDIAN_SOCKET", "default_agent_argv", "guardian_cmd", "protection_on", "require_token", "set_token_cmd",
-           "stop_cmd", "BastionError"]
+__all__ = ["GUARDIAN_SOCKET", "default_agent_argv", "guardian_cmd", "protection_on",
+           "require_token", "set_token_cmd", "stop_cmd", "BastionError"]
 
 
 @click.group()

@@ -98,9 +98,11 @@ def _parent_of(tgid: int) -> int:
 
 #: The agent's whole environment (plus ``BASTION_*`` of the guardian's and the
 #: configured ``agent_env``): nothing of ``PYTHON*``, ``LD_*``, ``TMPDIR``, ``HOME``
-#: of whoever started the guardian reaches the agent.
+#: of whoever started the guardian reaches the agent.  PYTHONDONTWRITEBYTECODE is
+#: ours: an agent command that is not this interpreter (a wrapper script) still
+#: writes no .pyc into the protected tree.
 AGENT_BASE_ENV: Final = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
-                         "LC_ALL": "C.UTF-8"}
+                         "LC_ALL": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
 #: Isolated (-I: no PYTHON* variables, no user site, no script/working directory on
 #: sys.path) and no bytecode written (-B: -I ignores PYTHONDONTWRITEBYTECODE).
 PYTHON_ISOLATION: Final = ("-I", "-B")
