@@ -139,3 +139,20 @@ def test_the_default_watch_covers_what_cannot_be_refused() -> None:
     assert Path("/run/systemd/system/bastion.service.d") in w
     assert Path("/etc/systemd/system/multi-user.target.wants/bastion.service") in w
     assert Path("/etc/systemd/system/bastion.service") in w
+
+
+def test_system_libraries_are_told_apart_for_the_compat_tier(tmp_path: Path) -> None:
+    """libc & co. (outside the interpreter's prefixes) get no fanotify permission mark
+    on the compat tier (every exec on the host opens them): they are split off and
+    reported; the interpreter, its stdlib and libpython are not."""
+    ps = protect.resolve(protect.default_paths(data_dir=tmp_path / "data"))
+    shared = {o.path for o in protect.system_libraries(ps)}
+    assert str(libbpf_path()) in shared
+    assert any("/libc.so" in p for p in shared)
+    real = os.path.realpath(sys.executable)
+    assert real not in shared and not any(p.startswith(sys.base_prefix + "/") for p in shared
+                                          if sys.base_prefix != "/usr")
+    rest = protect.without(ps, protect.system_libraries(ps))
+    assert {o.path for o in rest.roots()}.isdisjoint(shared)
+    assert real in {o.path for o in rest.roots()}
+    assert len(rest.objects) == len(ps.objects) - len(shared)

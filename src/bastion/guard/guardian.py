@@ -248,8 +248,17 @@ class Guardian:
                        deadline_s=self.cfg.deadline_s, self_tgid=os.getpid())
         fg.open()
         fg.start()
-        self.unenforced = list(fg.protect(self.protected))
+        shared = protect.system_libraries(self.protected)
+        self.unenforced = list(fg.protect(protect.without(self.protected, shared)))
+        self.unenforced += [f"{o.path}: shared library, writes not refused on the compat tier "
+                            "(a permission mark would slow every exec on the host)"
+                            for o in shared]
         self.files = fg
+        if shared:
+            self._alert("bastion.tamper.unenforced",
+                        f"compat tier: writes to {len(shared)} shared libraries the agent runs "
+                        f"(libc, libbpf ...) are not refused; the lsm tier refuses them", "high",
+                        {"paths": [o.path for o in shared], "tier": "compat"})
 
     def _try(self, fn: Any) -> None:
         try:

@@ -160,6 +160,29 @@ def default_paths(*, data_dir: Path, config_paths: Sequence[Path] = (),
     return out
 
 
+def system_libraries(ps: ProtectedSet) -> list[ProtectedObject]:
+    """The protected shared objects outside the interpreter's and the venv's prefixes
+    (libc, the loader, libbpf, libz ...).  Every process on the host opens some of
+    them: the compat tier's fanotify permission mark would put the guardian in the
+    path of every exec (measured: ~240 µs per open of a marked file vs ~30 µs), so
+    there they are left to the lsm tier and reported as unenforced."""
+    own = [Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()]
+    out = []
+    for o in ps.roots():
+        p = Path(o.path)
+        if not o.is_dir and ".so" in p.name and not any(p.is_relative_to(d) for d in own):
+            out.append(o)
+    return out
+
+
+def without(ps: ProtectedSet, drop: Iterable[ProtectedObject]) -> ProtectedSet:
+    """``ps`` less the objects ``drop`` (their ancestors stay)."""
+    gone = {(o.dev, o.ino) for o in drop}
+    kept = tuple(o for o in ps.objects if (o.dev, o.ino) not in gone)
+    return ProtectedSet(kept, frozenset(o.dev for o in kept if o.flags & (F_SELF | F_SUBTREE)),
+                        ps.missing)
+
+
 def _ancestors(p: Path) -> Iterable[Path]:
     for a in p.parents:
         if a == Path(a.anchor):
@@ -271,4 +294,4 @@ class PathWatch:
 __all__ = ["DROPIN_DIRS", "F_ANCESTOR", "F_SELF", "F_SUBTREE", "LD_SO_PRELOAD", "PathChange",
            "PathWatch", "ProtectedObject", "ProtectedSet", "SERVICE_UNITS", "WANTS_LINKS",
            "WATCHED", "default_paths", "interpreter_paths", "kernel_dev", "mapped_libraries",
-           "resolve"]
+           "resolve", "system_libraries", "without"]
