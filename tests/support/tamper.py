@@ -70,7 +70,8 @@ class Instance:
         while not any("guardian running" in line for line in self.stderr):
             if self.guardian.poll() is not None or time.monotonic() > deadline:
                 time.sleep(0.2)   # the rest of its stderr
-                raise AssertionError("guardian did not start:\n" + "".join(self.stderr))
+                raise AssertionError(f"guardian did not start (exit {self.guardian.poll()}):\n"
+                                     + "".join(self.stderr))
             time.sleep(0.05)
         if wait_agent:
             self.wait_agent()
