@@ -85,7 +85,7 @@ def test_04_pkill_and_pidfd(inst: T.Instance) -> None:
     agent = inst.wait_agent()
     # anchored on the agent's own command line: the guardian's names the agent too, and
     # on this tier pkill would kill it first (delivered) and die before reaching the agent
-    r = inst.attack(["pkill", "-9", "-f", "^" + re.escape(T.PY) + " -c import time"])
+    r = inst.attack(["pkill", "-9", "-f", "^" + re.escape(T.PY) + " -I -B -c import time"])
     assert r.returncode == -9
     agent = inst.wait_agent(not_pid=agent)
     _killed(inst, "pidfd_send_signal", [T.PY, "-c", T.py_pidfd_kill(agent)], "bastion.tamper.signal")

@@ -56,7 +56,7 @@ class Instance:
     # ---- processes -------------------------------------------------------------
     def start_guardian(self, *extra: str, agent: list[str] | None = None, tier: str = "auto",
                        wait_agent: bool = True, token: bool = True,
-                       start_timeout: float = 120) -> None:
+                       start_timeout: float = 120, env: dict[str, str] | None = None) -> None:
         argv = [PY, "-m", "bastion.cli.guard", "guardian", "--data-dir", str(self.data),
                 "--guardian-socket", str(self.gsock), "--pin-root", str(self.pin_root),
                 "--no-install-tree", "--protect", str(self.install), "--config", str(self.etc),
@@ -66,13 +66,14 @@ class Instance:
                 "--", *(agent or default_agent())]
         self.stderr.clear()
         self.guardian = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                         text=True, cwd="/")
+                                         text=True, cwd="/", env=env)
         threading.Thread(target=self._pump, args=(self.guardian,), daemon=True).start()
         deadline = time.monotonic() + start_timeout   # a readiness wait (slow TCG VM), not a target
         while not any("guardian running" in line for line in self.stderr):
             if self.guardian.poll() is not None or time.monotonic() > deadline:
                 time.sleep(0.2)   # the rest of its stderr
-                raise AssertionError("guardian did not start:\n" + "".join(self.stderr))
+                raise AssertionError(f"guardian did not start (exit {self.guardian.poll()}):\n"
+                                     + "".join(self.stderr))
             time.sleep(0.05)
         if wait_agent:
             self.wait_agent()

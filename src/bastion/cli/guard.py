@@ -101,6 +101,8 @@ def require_token(token_file: Path | None, *, what: str, data_dir: Path = DEFAUL
               help="Tests only: every program stops acting after this many seconds.")
 @click.option("--test-forbid", multiple=True, type=click.Path(path_type=Path), hidden=True,
               help="Tests only: refuse to protect these paths.")
+@click.option("--test-watch", multiple=True, type=click.Path(path_type=Path), hidden=True,
+              help="Tests only: watch these paths instead of ld.so.preload and the unit's.")
 @click.option("--fault-after", type=click.FloatRange(min=0.1), hidden=True,
               help="Tests only: crash (os._exit, no cleanup) after this many seconds.")
 @click.option("--agent-socket", type=click.Path(path_type=Path), default=DEFAULT_SOCKET,
@@ -113,8 +115,8 @@ def guardian_cmd(data_dir: Path, guardian_socket: Path, pin_root: Path,
                  no_install_tree: bool, maintenance_token_file: Path | None, token_out: Path,
                  quiet: bool, window_minutes: float,
                  tier: str, test_cgroup_id: int, test_deadline: float | None,
-                 test_forbid: tuple[Path, ...], fault_after: float | None,
-                 agent_socket: Path, agent_stall_after: float,
+                 test_forbid: tuple[Path, ...], test_watch: tuple[Path, ...],
+                 fault_after: float | None, agent_socket: Path, agent_stall_after: float,
                  agent_argv: tuple[str, ...]) -> None:
     """Hold tamper protection and keep the agent running: bastion guardian [opts] -- AGENT ARGV.
 
@@ -141,8 +143,7 @@ def guardian_cmd(data_dir: Path, guardian_socket: Path, pin_root: Path,
                    "can read it can stop Bastion.", err=True)
     argv = agent_argv[1:] if agent_argv[:1] == ("--",) else agent_argv
     if not argv:
-        argv = (sys.executable, "-m", "bastion.cli.main", "run", "--keep-pins", "--data-dir",
-                str(data_dir), *(("--quiet",) if quiet else ()))
+        argv = default_agent_argv(data_dir, quiet=quiet)
     # /run/bastion (0700 root) holds the sockets: protected, so root cannot put an impostor
     # there (lsm tier); a socket elsewhere (tests) leaves its directory alone
     run_dir = protect.RUN_DIR if guardian_socket.parent == protect.RUN_DIR else None
@@ -154,8 +155,17 @@ def guardian_cmd(data_dir: Path, guardian_socket: Path, pin_root: Path,
                          forbid=test_forbid, tier=tier, cgroup_id=test_cgroup_id,
                          deadline_s=test_deadline, window_s=window_minutes * 60,
                          fault_after_s=fault_after, agent_socket=agent_socket,
-                         stall_after_s=agent_stall_after)
+                         stall_after_s=agent_stall_after,
+                         watch_paths=tuple(test_watch) if test_watch else protect.WATCHED)
     sys.exit(Guardian(cfg).run())
+
+
+def default_agent_argv(data_dir: Path, *, quiet: bool = False) -> tuple[str, ...]:
+    """The agent the guardian starts when given none: ``bastion run`` in this
+    interpreter, isolated (``-I``: no PYTHON* variables, user site or working
+    directory on sys.path) and writing no bytecode into the protected tree (``-B``)."""
+    return (sys.executable, "-I", "-B", "-m", "bastion.cli.main", "run", "--keep-pins",
+            "--data-dir", str(data_dir), *(("--quiet",) if quiet else ()))
 
 
 def _refuse_over_stale_pins(data_dir: Path, pin_root: Path, guardian_socket: Path) -> None:
@@ -234,8 +244,8 @@ def set_token_cmd(token_file: Path, data_dir: Path, old_token_file: Path | None)
     click.echo(json.dumps({"token_hash": str(store.hash_path)}))
 
 
-__all__ = ["GUARDIAN_SOCKET", "guardian_cmd", "protection_on", "require_token", "set_token_cmd",
-           "stop_cmd", "BastionError"]
+__all__ = ["GUARDIAN_SOCKET", "default_agent_argv", "guardian_cmd", "protection_on",
+           "require_token", "set_token_cmd", "stop_cmd", "BastionError"]
 
 
 @click.group()

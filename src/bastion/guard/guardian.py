@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -78,6 +79,7 @@ class GuardianConfig:
     agent_socket: Path | None = None   # the agent's control socket: its loop heartbeat is watched
     stall_after_s: float = 30.0        # a loop silent this long is stalled: alert, restart
     heartbeat_every_s: float = 2.0
+    watch_paths: tuple[Path, ...] = protect.WATCHED   # see protect.PathWatch
 
 
 @dataclass
@@ -133,6 +135,60 @@ def _parent_of(tgid: int) -> int:
         return 0
 
 
+#: The agent's whole environment (plus ``BASTION_*`` of the guardian's and the
+#: configured ``agent_env``): nothing of ``PYTHON*``, ``LD_*``, ``TMPDIR``, ``HOME``
+#: of whoever started the guardian reaches the agent.  PYTHONDONTWRITEBYTECODE is
+#: ours: an agent command that is not this interpreter (a wrapper script) still
+#: writes no .pyc into the protected tree.
+AGENT_BASE_ENV: Final = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
+                         "LC_ALL": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
+#: Isolated (-I: no PYTHON* variables, no user site, no script/working directory on
+#: sys.path) and no bytecode written (-B: -I ignores PYTHONDONTWRITEBYTECODE).
+PYTHON_ISOLATION: Final = ("-I", "-B")
+
+
+def agent_env(parent: dict[str, str] | os._Environ[str],
+              extra: tuple[tuple[str, str], ...] = ()) -> dict[str, str]:
+    """The agent's environment: :data:`AGENT_BASE_ENV`, the ``BASTION_*`` variables
+    of ``parent`` (the service unit's configuration), then ``extra``."""
+    env = dict(AGENT_BASE_ENV)
+    env.update({k: v for k, v in parent.items() if k.startswith("BASTION_")})
+    env.update(dict(extra))
+    return env
+
+
+def _python_script(path: str) -> bool:
+    """Is ``path`` a script run by this interpreter (a console script's shebang)?"""
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(512)
+    except OSError:
+        return False
+    if not first.startswith(b"#!"):
+        return False
+    interp = first[2:].split()[0].decode("utf-8", "replace") if first[2:].split() else ""
+    return bool(interp) and os.path.realpath(interp) == os.path.realpath(sys.executable)
+
+
+def agent_command(argv: tuple[str, ...]) -> tuple[str, ...]:
+    """``argv`` as the agent runs it: this interpreter runs isolated
+    (:data:`PYTHON_ISOLATION`).  ``python ARGS`` of this interpreter gains the
+    flags; this interpreter's console script (``/usr/bin/bastion run ...``, as
+    the service unit names it) becomes ``python -I -B -m bastion.cli.main ...``
+    (its shebang would start the interpreter without them); any other program
+    runs as given."""
+    if not argv:
+        return argv
+    # a bare name is found on the guardian's PATH (what its starter meant), once:
+    # the agent's own PATH is AGENT_BASE_ENV's
+    exe = argv[0] if "/" in argv[0] else (shutil.which(argv[0]) or argv[0])
+    if os.path.realpath(exe) == os.path.realpath(sys.executable):
+        return (exe, *PYTHON_ISOLATION, *argv[1:])
+    if os.path.basename(exe) == "bastion" and _python_script(exe):
+        return (sys.executable, *PYTHON_ISOLATION, "-m", "bastion.cli.main", *argv[1:])
+    return (exe, *argv[1:])
+
+
 def _default_signals() -> None:
     """In the agent child: undo the guardian's ignored signals (inherited across exec)."""
     for s in IGNORED_SIGNALS:
@@ -163,6 +219,8 @@ class Guardian:
         self.watch = HeartbeatWatch(cfg.stall_after_s)
         self.stalls = 0
         self._stalled: tuple[int, str] | None = None   # (agent pid, why), set by the watch thread
+        self.paths_watch = protect.PathWatch(cfg.watch_paths)
+        self._watched_at = 0.0
 
     # ---- set-up ---------------------------------------------------------------------
 
@@ -217,6 +275,12 @@ class Guardian:
                     {"tier": self.tk.tier, "adopted": self.tk.adopted,
                      "protected": [o.path for o in self.protected.roots()],
                      "missing": list(self.protected.missing)})
+        for path in self.paths_watch.present():
+            if Path(path).name == protect.LD_SO_PRELOAD.name:
+                self._alert("bastion.tamper.ld-preload",
+                            f"{path} exists: every program started on this host, the agent "
+                            "included, loads the libraries it names (protected from now on)",
+                            "high", {"path": path}, attack=["T1574.006"])
 
     def _open_files(self) -> None:
         from bastion.guard.fanguard import FileGuard
@@ -226,8 +290,17 @@ class Guardian:
                        deadline_s=self.cfg.deadline_s, self_tgid=os.getpid())
         fg.open()
         fg.start()
-        self.unenforced = list(fg.protect(self.protected))
+        shared = protect.system_libraries(self.protected)
+        self.unenforced = list(fg.protect(protect.without(self.protected, shared)))
+        self.unenforced += [f"{o.path}: shared library, writes not refused on the compat tier "
+                            "(a permission mark would slow every exec on the host)"
+                            for o in shared]
         self.files = fg
+        if shared:
+            self._alert("bastion.tamper.unenforced",
+                        f"compat tier: writes to {len(shared)} shared libraries the agent runs "
+                        f"(libc, libbpf ...) are not refused; the lsm tier refuses them", "high",
+                        {"paths": [o.path for o in shared], "tier": "compat"})
 
     def _try(self, fn: Any) -> None:
         try:
@@ -246,10 +319,12 @@ class Guardian:
     # ---- the agent ------------------------------------------------------------------
 
     def _spawn(self) -> None:
-        # nothing of ours writes into the protected install tree (no .pyc next to modules)
-        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **dict(self.cfg.agent_env)}
-        p = subprocess.Popen(list(self.cfg.agent_argv), start_new_session=True, env=env,
-                             stdin=subprocess.DEVNULL, preexec_fn=_default_signals)
+        # an isolated interpreter and a scrubbed environment: nothing the guardian was
+        # started with (PYTHONPATH, PYTHONSTARTUP, LD_PRELOAD, ...) runs in the agent;
+        # -B: nothing of ours writes into the protected install tree (no .pyc)
+        env = agent_env(os.environ, self.cfg.agent_env)
+        p = subprocess.Popen(list(agent_command(self.cfg.agent_argv)), start_new_session=True,
+                             env=env, stdin=subprocess.DEVNULL, preexec_fn=_default_signals)
         self.agent = _AgentProc(p.pid, p)
         self._enrol_agent()
         log.warning("guardian: agent started (pid %d)", p.pid)
@@ -399,6 +474,28 @@ class Guardian:
                              "uid": r.uid},
                     action=r.verdict, attack=ATTACK.get(r.op, DEFAULT_ATTACK))
 
+    def _watch_alerts(self) -> None:
+        """Paths whose creation cannot be refused (ld.so.preload, unit drop-ins, the
+        unit and its wants link where absent): say loudly when one appears or changes."""
+        now = time.monotonic()
+        if now - self._watched_at < 1.0:
+            return
+        self._watched_at = now
+        for ch in self.paths_watch.changes():
+            preload = Path(ch.path).name == protect.LD_SO_PRELOAD.name
+            self._alert("bastion.tamper.runtime-path",
+                        f"{ch.path} {ch.kind}: "
+                        + ("every program started from now on, the agent included, loads the "
+                           "libraries it names" if preload else
+                           "changes how systemd starts Bastion")
+                        + " (creation of this path cannot be refused)"
+                        + (" during a maintenance window" if self.window.is_open() else ""),
+                        "high" if self.window.is_open() else "critical",
+                        {"path": ch.path, "change": ch.kind, "before": ch.before,
+                         "after": ch.after, "verdict": "detected"},
+                        action="alert",
+                        attack=["T1574.006"] if preload else ["T1562.001", "T1543.002"])
+
     def _file_alerts(self) -> None:
         if self.files is None:
             return
@@ -424,6 +521,7 @@ class Guardian:
                 "protected": [o.path for o in self.protected.roots()] if self.protected else [],
                 "unenforced": self.unenforced,
                 "agent_loop_heartbeat_age_s": self.watch.age, "agent_stalls": self.stalls,
+                "watched_present": self.paths_watch.present(),
                 "maintenance_until": self.window.until(),
                 "uptime_s": round(time.monotonic() - self._started, 1)}
 
@@ -507,6 +605,7 @@ class Guardian:
                     for r in self.tk.poll():
                         self._tamper_alert(r)
                 self._file_alerts()
+                self._watch_alerts()
                 if self._remove_req.is_set() and self.tk is not None:
                     self._remove_protection()
                 self._supervise()

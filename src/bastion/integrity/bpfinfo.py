@@ -108,11 +108,14 @@ _PROTOS: dict[str, tuple[Any, list[Any]]] = {
 
 
 def _load() -> Any:
+    from bastion.kernel._ffi import libbpf_path  # the one checked, absolute path
+
+    path = libbpf_path()
     try:
-        lib = ctypes.CDLL("libbpf.so.1", use_errno=True)  # a private handle: own prototypes
+        lib = ctypes.CDLL(str(path), use_errno=True)  # a private handle: own prototypes
     except OSError as exc:
-        raise FeatureUnavailableError(f"cannot load libbpf.so.1: {exc}", errno=errno.ENOENT,
-                                      location=Location("libbpf.so.1")) from exc
+        raise FeatureUnavailableError(f"cannot load {path}: {exc}", errno=errno.ENOENT,
+                                      location=Location(str(path))) from exc
     for name, (res, args) in _PROTOS.items():
         fn = getattr(lib, name)
         fn.restype = res

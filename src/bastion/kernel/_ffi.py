@@ -19,11 +19,23 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno as errno_mod
-from typing import Any
+import functools
+import os
+import stat
+import sysconfig
+from pathlib import Path
+from typing import Any, Sequence
 
 from bastion.errors import KernelError, Location
 
 LIBBPF_SONAME = "libbpf.so.1"
+
+#: Where the system libbpf is looked for, in order (the distribution's library
+#: directories; never LD_LIBRARY_PATH, never the working directory).
+LIBBPF_DIRS: tuple[Path, ...] = tuple(dict.fromkeys(
+    Path(d) for d in (*(f"{base}/{sysconfig.get_config_var('MULTIARCH')}"
+                        for base in ("/usr/lib", "/lib") if sysconfig.get_config_var("MULTIARCH")),
+                      "/usr/lib64", "/lib64", "/usr/lib", "/lib")))
 
 c_int = ctypes.c_int
 c_uint = ctypes.c_uint
@@ -216,16 +228,68 @@ _LIBBPF_PROTOS: dict[str, tuple[Any, list[Any]]] = {
 }
 
 
-def _load_libbpf() -> Any:
+def trusted_file(path: Path) -> Path:
+    """``path`` with every symlink resolved, when root alone can change it.
+
+    The file and every directory above it must be owned by root and writable
+    by neither group nor others (a sticky world-writable directory such as
+    /tmp is refused too).  Raises :class:`KernelError` naming the first
+    component that fails.
+    """
     try:
-        lib = ctypes.CDLL(LIBBPF_SONAME, use_errno=True)
+        real = path.resolve(strict=True)
+    except OSError as exc:
+        raise KernelError(f"cannot resolve {path}: {exc.strerror}", errno=exc.errno or 0,
+                          location=Location(str(path))) from exc
+    for part in (real, *real.parents):
+        st = os.stat(part)
+        if st.st_uid != 0 or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise KernelError(
+                f"refusing to load {path}: {part} is "
+                + (f"owned by uid {st.st_uid}" if st.st_uid != 0
+                   else f"writable by {'others' if st.st_mode & stat.S_IWOTH else 'group'} "
+                        f"(mode {stat.S_IMODE(st.st_mode):04o})")
+                + ": a library the agent loads must be changeable by root alone",
+                errno=errno_mod.EPERM, location=Location(str(part)))
+    if not stat.S_ISREG(os.stat(real).st_mode):
+        raise KernelError(f"refusing to load {path}: {real} is not a regular file",
+                          errno=errno_mod.EPERM, location=Location(str(real)))
+    return real
+
+
+def find_libbpf(dirs: Sequence[Path] | None = None) -> Path:
+    """The absolute, resolved path of the system ``libbpf.so.1``, checked by
+    :func:`trusted_file`.  Only ``dirs`` (default :data:`LIBBPF_DIRS`) are
+    searched: ``LD_LIBRARY_PATH`` and the loader's other search rules never
+    choose the library the agent runs."""
+    for d in LIBBPF_DIRS if dirs is None else dirs:
+        cand = d / LIBBPF_SONAME
+        if os.path.lexists(cand):
+            return trusted_file(cand)
+    from bastion.errors import FeatureUnavailableError
+
+    searched = ", ".join(str(d) for d in (LIBBPF_DIRS if dirs is None else dirs))
+    raise FeatureUnavailableError(f"{LIBBPF_SONAME} not found in {searched} (install libbpf1)",
+                                  errno=errno_mod.ENOENT, location=Location(LIBBPF_SONAME))
+
+
+@functools.cache
+def libbpf_path() -> Path:
+    """The libbpf this process loads (resolved once; tamper protection covers it)."""
+    return find_libbpf()
+
+
+def _load_libbpf() -> Any:
+    path = libbpf_path()
+    try:
+        lib = ctypes.CDLL(str(path), use_errno=True)
     except OSError as exc:
         from bastion.errors import FeatureUnavailableError
 
         raise FeatureUnavailableError(
-            f"cannot load {LIBBPF_SONAME} (install libbpf1 / libbpf-dev): {exc}",
+            f"cannot load {path} (install libbpf1 / libbpf-dev): {exc}",
             errno=errno_mod.ENOENT,
-            location=Location(LIBBPF_SONAME),
+            location=Location(str(path)),
         ) from exc
     for name, (restype, argtypes) in _LIBBPF_PROTOS.items():
         fn = getattr(lib, name)
