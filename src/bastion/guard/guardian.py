@@ -306,6 +306,8 @@ class Guardian:
             what = f"signal {SIGNAL_NAMES.get(r.arg, r.arg)} to pid {r.target_pid}"
         elif r.op in ("ptrace", "proc-mem", "vm-write"):
             what = f"{r.op} of pid {r.target_pid}"
+        elif r.op == "bpf-map-fd":
+            what = f"a write-mode fd (fmode {r.arg:#x}) of protected map id {r.obj_id}"
         elif r.op.startswith("bpf-"):
             what = f"{r.op} (bpf cmd {r.arg}) on id {r.obj_id}"
         elif r.path or r.obj_id:
