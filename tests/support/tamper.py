@@ -65,7 +65,7 @@ class Instance:
         self.guardian = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                          text=True, cwd="/")
         threading.Thread(target=self._pump, args=(self.guardian,), daemon=True).start()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120   # TCG on a shared host: a cold start takes >30 s
         while not any("guardian running" in line for line in self.stderr):
             if self.guardian.poll() is not None or time.monotonic() > deadline:
                 time.sleep(0.2)   # the rest of its stderr

@@ -27,6 +27,7 @@ can deliver them anyway; on the compat tier the sender is killed.
 from __future__ import annotations
 
 import base64
+import errno
 import logging
 import os
 import select
@@ -42,7 +43,7 @@ from typing import Any, Final
 from bastion.procstat import read_stat
 from bastion.alert import Alert, AlertProcess
 from bastion.control import ControlServer
-from bastion.errors import BastionError, KernelError
+from bastion.errors import BastionError, KernelError, Location
 from bastion.guard import protect
 from bastion.guard.identity import ROLE_AGENT, ROLE_GUARDIAN, Identity
 from bastion.guard.kernel import TamperKernel, TamperRecord
@@ -139,6 +140,19 @@ class Guardian:
             try:
                 tk.open()
                 return tk
+            except KernelError as exc:
+                if tier == "lsm" and exc.errno == errno.EPERM and (pin / "links").is_dir():
+                    # pinned lsm protection refuses us a read-write fd of its maps (the
+                    # bpf_map hook): we are not enrolled (a guardian restarted after a
+                    # crash, or an impostor).  Enforcement stays as pinned; never fall
+                    # back to another tier (that would try to remove these pins).
+                    raise KernelError(
+                        "the pinned lsm tamper protection refuses this guardian (not an enrolled "
+                        "identity, e.g. restarted after a crash): its enforcement and the running "
+                        "agent's exemption stay in force, unsupervised",
+                        errno=errno.EPERM, location=Location(str(pin))) from exc
+                last = exc
+                log.info("tamper: %s tier unavailable: %s", tier, exc)
             except BastionError as exc:
                 last = exc
                 log.info("tamper: %s tier unavailable: %s", tier, exc)
