@@ -137,11 +137,12 @@ class Guardian:
                 links = {p.name for p in (pin / "links").iterdir()} if (pin / "links").is_dir() else set()
                 if tier == "lsm" and links and "tamper_task_kill" not in links:
                     continue
+            adopting = tk.pins_complete()
             try:
                 tk.open()
                 return tk
             except KernelError as exc:
-                if tier == "lsm" and exc.errno == errno.EPERM and (pin / "links").is_dir():
+                if tier == "lsm" and adopting and exc.errno == errno.EPERM:
                     # pinned lsm protection refuses us a read-write fd of its maps (the
                     # bpf_map hook): we are not enrolled (a guardian restarted after a
                     # crash, or an impostor).  Enforcement stays as pinned; never fall
