@@ -12,6 +12,7 @@ char LICENSE[] SEC("license") = "GPL";
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_RDONLY_PROG);
 	__type(key, struct bastion_inode_key);
 	__type(value, struct bastion_inode_rule);
 } deny_inodes SEC(".maps");

@@ -270,3 +270,26 @@ int BPF_PROG(tamper_bpf, int cmd, union bpf_attr *attr, unsigned int size)
 	tamper_report(op, BASTION_TV_DENIED, -EPERM_, 0, cmd, &hit, NULL, NULL);
 	return -EPERM_;
 }
+
+/* A write-mode fd of a protected map (BPF_MAP_GET_FD_BY_ID, BPF_OBJ_GET of a
+ * pin): refused to all but our identities.  The bpf hook above refuses the
+ * update commands on any fd; this one refuses the fd itself, so nothing can
+ * mmap a writable view of it nor hand it on.  Read-only fds pass (status
+ * tools, the integrity scan); programs cannot write our maps through a
+ * read-only fd either: those maps are BPF_F_RDONLY_PROG (bpf/lib/tamper.h). */
+SEC("lsm/bpf_map")
+int BPF_PROG(tamper_bpf_map, struct bpf_map *map, fmode_t fmode)
+{
+	struct tamper_hit hit = {};
+	__u32 id;
+
+	if (!(fmode & FMODE_WRITE_))
+		return 0;
+	id = BPF_CORE_READ(map, id);
+	if (!id || !bpf_map_lookup_elem(&tamper_map_ids, &id) || !current_in_scope())
+		return 0;
+	hit.id = id;
+	tamper_report(BASTION_TAMPER_BPF_MAP_FD, BASTION_TV_DENIED, -EPERM_, 0, fmode, &hit, NULL,
+		      NULL);
+	return -EPERM_;
+}

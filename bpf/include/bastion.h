@@ -461,6 +461,8 @@ enum bastion_tamper_op {
 	BASTION_TAMPER_BPF_LINK = 14,   /* arg = bpf cmd, obj_id = link id */
 	BASTION_TAMPER_PROC_MEM = 15,   /* compat: open of /proc/PID/mem */
 	BASTION_TAMPER_VM_WRITE = 16,   /* compat: process_vm_writev */
+	BASTION_TAMPER_BPF_MAP_FD = 17, /* lsm: a write-mode fd of a protected map (bpf_map hook:
+					 * GET_FD_BY_ID, OBJ_GET of a pin); arg = fmode, obj_id = map id */
 };
 
 enum bastion_tamper_verdict {

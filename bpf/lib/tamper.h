@@ -12,7 +12,12 @@
  * Scope (.rodata, set before load; in_scope() of common.h): cfg_cgroup_id
  * (0 = every attacker; tests set their cgroup), cfg_deadline_ns
  * (CLOCK_BOOTTIME; 0 = none; past it nothing is refused or killed: the
- * dead-man of every test). */
+ * dead-man of every test).
+ *
+ * Every map below is only read by the programs: BPF_F_RDONLY_PROG, so no
+ * BPF program (ours or one loaded by root) can write them through helpers;
+ * user space fills them with bpf() commands, which the lsm object refuses to
+ * all but our identities. */
 #ifndef BASTION_TAMPER_H
 #define BASTION_TAMPER_H
 
@@ -26,6 +31,7 @@
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 64);
+	__uint(map_flags, BPF_F_RDONLY_PROG);
 	__type(key, __u32);
 	__type(value, struct bastion_tamper_ident);
 } tamper_idents SEC(".maps");
@@ -33,6 +39,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_RDONLY_PROG);
 	__type(key, struct bastion_inode_key);
 	__type(value, struct bastion_tamper_obj);
 } tamper_objs SEC(".maps");
@@ -40,6 +47,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 64);
+	__uint(map_flags, BPF_F_RDONLY_PROG);
 	__type(key, __u32);
 	__type(value, __u32);
 } tamper_sbs SEC(".maps");
@@ -47,6 +55,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 256);
+	__uint(map_flags, BPF_F_RDONLY_PROG);
 	__type(key, __u32);
 	__type(value, __u32);
 } tamper_map_ids SEC(".maps");
@@ -54,6 +63,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 256);
+	__uint(map_flags, BPF_F_RDONLY_PROG);
 	__type(key, __u32);
 	__type(value, __u32);
 } tamper_link_ids SEC(".maps");

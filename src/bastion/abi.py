@@ -394,6 +394,7 @@ class TamperOp(enum.IntEnum):
     BPF_LINK = 14
     PROC_MEM = 15
     VM_WRITE = 16
+    BPF_MAP_FD = 17
 
 
 class TamperVerdict(enum.IntEnum):

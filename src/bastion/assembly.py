@@ -57,6 +57,7 @@ class AgentOptions:
     allow_degraded: bool = False
     keep_pins: bool = False
     test_deadline: float | None = None
+    test_cgroup_id: int = 0   # tests only: the BPF-load guard acts in this cgroup alone
     feed: TextIO | None = None
     feed_json: bool = False
 
@@ -257,8 +258,8 @@ def _kernel_parts(parts: AgentParts, opts: AgentOptions, report: TierReport) -> 
         else:
             from bastion.enforce.lsm import BpfLoadGuard
 
-            parts.bpf_guard = BpfLoadGuard(cgroup_id=0, deadline_s=opts.test_deadline,
-                                           self_tgid=os.getpid())
+            parts.bpf_guard = BpfLoadGuard(cgroup_id=opts.test_cgroup_id,
+                                           deadline_s=opts.test_deadline, self_tgid=os.getpid())
             parts.bpf_loaders = tuple(cfg.bpf_loaders)
 
 

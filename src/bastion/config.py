@@ -56,13 +56,22 @@ class StoreConfig:
     max_bytes: int = 2 * 2**30
 
 
+#: Who may load BPF programs by default: systemd's PID 1 (cgroup device and IP
+#: firewall programs of units).  No generic loader (bpftool, python, bpftrace):
+#: the agent and its integrity worker are exempt by identity, not by exe.
+DEFAULT_BPF_LOADERS: tuple[Path, ...] = (Path("/usr/lib/systemd/systemd"),
+                                         Path("/lib/systemd/systemd"))
+
+
 @dataclass(frozen=True)
 class IntegrityConfig:
     interval_s: float = 0.0          # 0 = no periodic scan
     baseline: Path | None = None     # default: <data dir>/integrity/<kernel release>.json
     allow_bpf: tuple[str, ...] = ()  # NAME[:TAG] of BPF programs that are expected
-    refuse_bpf_loads: bool = False   # lsm tier: only bpf_loaders may load BPF programs
-    bpf_loaders: tuple[Path, ...] = ()
+    # lsm tier: only bpf_loaders (and the agent with its own workers) may load BPF
+    # programs; on the compat tier a degraded alert says loads are detected, not refused
+    refuse_bpf_loads: bool = True
+    bpf_loaders: tuple[Path, ...] = DEFAULT_BPF_LOADERS
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,11 @@ critical alert naming the attacker.
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import json
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -32,6 +36,7 @@ pytestmark = pytest.mark.skipif(
     not IN_VM, reason="runs only inside the test VM: use `bash vm/run.sh tests/vm/test_tamper_lsm.py`"
 )
 RESULTS: dict[str, str] = {}
+BPF_F_RDONLY_PROG = 1 << 7
 
 
 @pytest.fixture(scope="module")
@@ -198,17 +203,17 @@ def test_14_bpf_objects(inst: T.Instance) -> None:
     maps = inst.pin_root / "tamper" / "maps"
     _refused(inst, "bpftool map update (identity map)",
              ["bpftool", "map", "update", "pinned", str(maps / "tamper_idents"), "key", "1", "0", "0",
-              "0", "value", *(["0"] * 24)], "bastion.tamper.bpf-map")
+              "0", "value", *(["0"] * 24)], "bastion.tamper.bpf-map-fd")
     _refused(inst, "bpftool map delete (protected set)",
              ["sh", "-c", f"k=$(bpftool -j map dump pinned {maps}/tamper_objs | python3 -c "
                           "'import json,sys; print(\" \".join(str(int(b,16)) for b in json.load(sys.stdin)[0][\"key\"]))'); "
                           f"bpftool map delete pinned {maps}/tamper_objs key $k"],
-             "bastion.tamper.bpf-map")
+             "bastion.tamper.bpf-map-fd")
     _refused(inst, "bpftool map update (HIPS pin)",
              ["bpftool", "map", "update", "pinned", str(inst.pin_root / "hips" / "hips_test"), "key",
-              "1", "0", "0", "0", "value", "1", "0", "0", "0"], "bastion.tamper.bpf-map")
+              "1", "0", "0", "0", "value", "1", "0", "0", "0"], "bastion.tamper.bpf-map-fd")
     _refused(inst, "bpftool map freeze", ["bpftool", "map", "freeze", "pinned", str(maps / "tamper_sbs")],
-             "bastion.tamper.bpf-map")
+             "bastion.tamper.bpf-map-fd")
     _refused(inst, "bpftool link detach",
              ["bpftool", "link", "detach", "pinned", str(inst.pin_root / "tamper" / "links" / "tamper_task_kill")],
              "bastion.tamper.bpf-link")
@@ -217,19 +222,128 @@ def test_14_bpf_objects(inst: T.Instance) -> None:
              "bastion.tamper.signal")
 
 
+
+# An attacker's way to a write-mode fd of one of our maps, by id or by pin
+# (libbpf's calls, as bpftool makes them).  Exit 1 and the errno when refused.
+FD_GETTER = """\
+import ctypes, os, sys
+lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
+class Opts(ctypes.Structure):
+    _fields_ = [("sz", ctypes.c_size_t), ("open_flags", ctypes.c_uint32)]
+how, what = sys.argv[1], sys.argv[2]
+if how == "rw-id":
+    fd = lib.bpf_map_get_fd_by_id(ctypes.c_uint32(int(what)))
+elif how == "ro-id":
+    o = Opts(ctypes.sizeof(Opts), 1 << 3)   # BPF_F_RDONLY
+    fd = lib.bpf_map_get_fd_by_id_opts(ctypes.c_uint32(int(what)), ctypes.byref(o))
+else:
+    fd = lib.bpf_obj_get(what.encode())
+if fd < 0:
+    print("refused:", os.strerror(-fd))
+    sys.exit(1)
+print("got fd", fd)
+"""
+
+
+def _map_show(path: Path) -> dict[str, object]:
+    """bpftool's view of a pinned map, from the test process (out of scope)."""
+    r = subprocess.run(["bpftool", "-j", "map", "show", "pinned", str(path)], capture_output=True,
+                       text=True, check=True)
+    out: dict[str, object] = json.loads(r.stdout)
+    return out
+
+
+def _count(inst: T.Instance, rule: str) -> int:
+    return sum(1 for a in inst.alerts() if a["rule"] == rule)
+
+
+def test_14a_write_mode_map_fds_refused(inst: T.Instance) -> None:
+    """BPF_MAP_GET_FD_BY_ID / BPF_OBJ_GET of our maps asking for write: EPERM and an
+    alert (lsm bpf_map hook); a read-only fd still works (status tools, the integrity scan)."""
+    maps = inst.pin_root / "tamper" / "maps"
+    mid = int(_map_show(maps / "tamper_idents")["id"])  # type: ignore[call-overload]
+    hips = inst.pin_root / "hips" / "hips_test"
+    for name, argv in (
+            ("BPF_MAP_GET_FD_BY_ID read-write (identity map)", [T.PY, "-c", FD_GETTER, "rw-id", str(mid)]),
+            ("BPF_OBJ_GET read-write (identity map pin)",
+             [T.PY, "-c", FD_GETTER, "pin", str(maps / "tamper_idents")]),
+            ("BPF_OBJ_GET read-write (HIPS pin)", [T.PY, "-c", FD_GETTER, "pin", str(hips)]),
+            ("bpftool map dump id (read-write fd)", ["bpftool", "map", "dump", "id", str(mid)])):
+        before = _count(inst, "bastion.tamper.bpf-map-fd")
+        _refused(inst, name, argv, "bastion.tamper.bpf-map-fd")
+        deadline = time.monotonic() + 5
+        while _count(inst, "bastion.tamper.bpf-map-fd") <= before:
+            assert time.monotonic() < deadline, f"{name}: no new bpf-map-fd alert"
+            time.sleep(0.1)
+    last = [a for a in inst.alerts() if a["rule"] == "bastion.tamper.bpf-map-fd"][-1]
+    ev = last["evidence"]
+    assert isinstance(ev, dict) and ev["obj_id"] == mid and ev["arg"] & 2, ev   # FMODE_WRITE
+    ro = inst.attack([T.PY, "-c", FD_GETTER, "ro-id", str(mid)])
+    assert ro.returncode == 0 and "got fd" in ro.stdout, ro.stdout + ro.stderr
+    RESULTS["read-only fd of our map"] = "allowed"
+
+
+# A socket filter that writes one of our maps through bpf_map_update_elem:
+#   *(u32 *)(r10 - 4) = 0; *(u32 *)(r10 - 8) = 1; r2 = r10 - 4; r3 = r10 - 8; r4 = 0;
+#   r1 = <map fd>; call bpf_map_update_elem; r0 = 0; exit
+def _writer_insns(map_fd: int) -> bytes:
+    def insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
+        return struct.pack("<BBhi", code, (src << 4) | dst, off, imm)
+    return b"".join((
+        insn(0x62, 10, 0, -4, 0), insn(0x62, 10, 0, -8, 1),
+        insn(0xbf, 2, 10), insn(0x07, 2, imm=-4), insn(0xbf, 3, 10), insn(0x07, 3, imm=-8),
+        insn(0xb7, 4), insn(0x18, 1, 1, imm=map_fd), insn(0),   # ld_imm64, BPF_PSEUDO_MAP_FD
+        insn(0x85, imm=2), insn(0xb7, 0), insn(0x95)))
+
+
+def _load_writer(map_path: Path) -> int:
+    """-errno of loading the writer against the pinned map (root, out of scope), or 0."""
+    lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
+    lib.bpf_prog_load.restype = ctypes.c_int
+    lib.bpf_prog_load.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
+                                  ctypes.c_size_t, ctypes.c_void_p]
+    with Map.open_pinned(map_path) as m:
+        code = _writer_insns(m.fd)
+        fd = int(lib.bpf_prog_load(1, b"map_writer", b"GPL", code, len(code) // 8, None))
+    if fd >= 0:
+        os.close(fd)
+        return 0
+    return fd
+
+
+def test_14b_rdonly_prog_maps_refuse_program_writes(inst: T.Instance) -> None:
+    """A BPF program root loads cannot write our maps through helpers (the lsm bpf hook
+    sees only syscall commands): they are BPF_F_RDONLY_PROG and the verifier refuses."""
+    maps = inst.pin_root / "tamper" / "maps"
+    for name in ("tamper_idents", "tamper_objs", "tamper_sbs", "tamper_map_ids", "tamper_link_ids"):
+        flags = int(_map_show(maps / name)["flags"])  # type: ignore[call-overload]
+        assert flags & BPF_F_RDONLY_PROG, f"{name}: flags {flags:#x}"
+    # positive control: the same program loads against a map created without the flag
+    assert _load_writer(inst.pin_root / "hips" / "hips_test") == 0
+    for name in ("tamper_sbs", "tamper_map_ids", "tamper_link_ids"):   # u32 -> u32 maps
+        rc = _load_writer(maps / name)
+        assert rc == -errno.EACCES, f"{name}: a program writing it loaded ({rc})"
+    RESULTS["BPF program writes our map (bpf_map_update_elem)"] = "verifier refuses (EACCES)"
+
+
 def test_15_bpftool_still_shows(inst: T.Instance) -> None:
-    """What an administrator (in the attacker's cgroup) can still list."""
+    """What an administrator (in the attacker's cgroup) can still list.  bpftool 7.1
+    asks for read-write map fds even to show or dump (7.2+ asks read-only): our maps
+    refuse those, so `map show` stops at the first of them and `map dump` is refused."""
     out = {}
-    for what in (["map", "show"], ["link", "show"], ["prog", "show"]):
+    for what in (["link", "show"], ["prog", "show"]):
         r = inst.attack(["bpftool", "-j", *what])
         out[" ".join(what)] = (r.returncode, "tamper_" in r.stdout, r.stdout.count('"id"'))
         assert r.returncode == 0, r.stderr
         if what[0] != "link":          # link entries carry no names
             assert "tamper_" in r.stdout, what
+    r = inst.attack(["bpftool", "-j", "map", "show"])
+    out["map show"] = (r.returncode, "tamper_" in r.stdout, r.stdout.count('"id"'))
+    assert r.returncode != 0 and "not permitted" in r.stdout + r.stderr, r.stdout + r.stderr
     r = inst.attack(["bpftool", "map", "dump", "pinned", str(inst.pin_root / "tamper" / "maps" / "tamper_idents")])
     out["map dump (identities)"] = (r.returncode, "", len(r.stdout))
-    assert r.returncode == 0
-    RESULTS["bpftool map/link/prog show, map dump"] = f"allowed: {out}"
+    assert r.returncode != 0
+    RESULTS["bpftool link/prog show allowed; map show/dump (read-write fds) refused"] = str(out)
 
 
 def test_16_pid_reuse_is_not_exempt(inst: T.Instance) -> None:

@@ -74,6 +74,8 @@ def cli(verbose: int) -> None:
 @click.option("--pin-root", type=click.Path(path_type=Path), default=PIN_ROOT, hidden=True)
 @click.option("--test-deadline", type=click.FloatRange(min=1), hidden=True,
               help="Tests only: enforcement expires by itself after this many seconds.")
+@click.option("--test-cgroup-id", type=click.IntRange(min=1), hidden=True,
+              help="Tests only: BPF loads are refused only in this cgroup (needs --test-deadline).")
 @click.option("--allow-degraded", is_flag=True,
               help="Accept rules this kernel cannot enforce (audited only; shown in status, alerted).")
 @click.option("--keep-pins", is_flag=True,
@@ -81,7 +83,7 @@ def cli(verbose: int) -> None:
 def run(policy_path: Path | None, data_dir: Path, socket_path: Path, feed_json: bool, quiet: bool,
         replay_path: Path | None, sigma_dirs: tuple[Path, ...], force: bool, allow_degraded: bool,
         maintenance_token_file: Path | None, pin_root: Path, test_deadline: float | None,
-        keep_pins: bool) -> None:
+        test_cgroup_id: int | None, keep_pins: bool) -> None:
     """Run the agent in the foreground until SIGINT/SIGTERM (unprotected: development, replay).
 
     Production runs it under `bastion guardian` (what `make run` starts)."""
@@ -90,13 +92,15 @@ def run(policy_path: Path | None, data_dir: Path, socket_path: Path, feed_json: 
     from bastion.guard.control import agent_stop_handler
     from bastion.guard.fault import arm_from_env
 
+    if test_cgroup_id is not None and test_deadline is None:
+        raise click.UsageError("--test-cgroup-id needs --test-deadline")
     policy = load_policy(policy_path)
     arm_from_env()  # tests only: BASTION_TEST_FAULT_AFTER simulates a crash
     started = time.monotonic()
     agent = build_agent(AgentOptions(
         policy=policy, data_dir=data_dir, socket_path=socket_path, pin_root=pin_root,
         replay_path=replay_path, sigma_dirs=sigma_dirs, force=force, allow_degraded=allow_degraded,
-        keep_pins=keep_pins, test_deadline=test_deadline,
+        keep_pins=keep_pins, test_deadline=test_deadline, test_cgroup_id=test_cgroup_id or 0,
         feed=None if quiet else sys.stdout, feed_json=feed_json), _say)
     stop = threading.Event()
 

@@ -26,6 +26,7 @@ can deliver them anyway; on the compat tier the sender is killed.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import select
@@ -42,7 +43,7 @@ from typing import Any, Final
 from bastion.procstat import read_stat
 from bastion.alert import Alert, AlertProcess
 from bastion.control import NONCE_KEY, PEER_KEY, ControlServer, request
-from bastion.errors import BastionError, ControlError, KernelError
+from bastion.errors import BastionError, ControlError, KernelError, Location
 from bastion.guard import protect
 from bastion.guard.identity import ROLE_AGENT, ROLE_GUARDIAN, Identity
 from bastion.guard.kernel import TamperKernel, TamperRecord
@@ -236,9 +237,23 @@ class Guardian:
                 links = {p.name for p in (pin / "links").iterdir()} if (pin / "links").is_dir() else set()
                 if tier == "lsm" and links and "tamper_task_kill" not in links:
                     continue
+            adopting = tk.pins_complete()
             try:
                 tk.open()
                 return tk
+            except KernelError as exc:
+                if tier == "lsm" and adopting and exc.errno == errno.EPERM:
+                    # pinned lsm protection refuses us a read-write fd of its maps (the
+                    # bpf_map hook): we are not enrolled (a guardian restarted after a
+                    # crash, or an impostor).  Enforcement stays as pinned; never fall
+                    # back to another tier (that would try to remove these pins).
+                    raise KernelError(
+                        "the pinned lsm tamper protection refuses this guardian (not an enrolled "
+                        "identity, e.g. restarted after a crash): its enforcement and the running "
+                        "agent's exemption stay in force, unsupervised",
+                        errno=errno.EPERM, location=Location(str(pin))) from exc
+                last = exc
+                log.info("tamper: %s tier unavailable: %s", tier, exc)
             except BastionError as exc:
                 last = exc
                 log.info("tamper: %s tier unavailable: %s", tier, exc)
@@ -460,6 +475,8 @@ class Guardian:
             what = f"signal {SIGNAL_NAMES.get(r.arg, r.arg)} to pid {r.target_pid}"
         elif r.op in ("ptrace", "proc-mem", "vm-write"):
             what = f"{r.op} of pid {r.target_pid}"
+        elif r.op == "bpf-map-fd":
+            what = f"a write-mode fd (fmode {r.arg:#x}) of protected map id {r.obj_id}"
         elif r.op.startswith("bpf-"):
             what = f"{r.op} (bpf cmd {r.arg}) on id {r.obj_id}"
         elif r.path or r.obj_id:

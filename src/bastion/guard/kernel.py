@@ -165,6 +165,10 @@ class TamperKernel(LoaderUser):
             rodata["cfg_setattr_idmap"] = int(setattr_has_idmap())
         return replace(self._pinned(), path=bpf_object(OBJECTS[self.tier]), rodata=rodata)
 
+    def pins_complete(self) -> bool:
+        """Is a complete pinned set of this tier there (so :meth:`open` adopts it)?"""
+        return self._pinned().pins_complete()
+
     def open(self) -> bool:
         """Adopt the pins when complete (True), else load, attach and pin (False)."""
         bpffs.ensure_bpffs()

@@ -19,7 +19,7 @@ import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from bastion.errors import FeatureUnavailableError, KernelError, Location
 
@@ -92,13 +92,22 @@ class BpfMapInfoMini(ctypes.Structure):
                 ("max_entries", c_u32), ("map_flags", c_u32), ("name", ctypes.c_char * BPF_OBJ_NAME_LEN)]
 
 
+class GetFdByIdOpts(ctypes.Structure):
+    """libbpf's ``struct bpf_get_fd_by_id_opts`` (1.1)."""
+
+    _fields_ = [("sz", ctypes.c_size_t), ("open_flags", c_u32)]
+
+
+BPF_F_RDONLY: Final = 1 << 3
+
+
 _PROTOS: dict[str, tuple[Any, list[Any]]] = {
     "bpf_prog_get_next_id": (c_int, [c_u32, ctypes.POINTER(c_u32)]),
     "bpf_link_get_next_id": (c_int, [c_u32, ctypes.POINTER(c_u32)]),
     "bpf_map_get_next_id": (c_int, [c_u32, ctypes.POINTER(c_u32)]),
     "bpf_prog_get_fd_by_id": (c_int, [c_u32]),
     "bpf_link_get_fd_by_id": (c_int, [c_u32]),
-    "bpf_map_get_fd_by_id": (c_int, [c_u32]),
+    "bpf_map_get_fd_by_id_opts": (c_int, [c_u32, ctypes.c_void_p]),
     "bpf_obj_get_info_by_fd": (c_int, [c_int, ctypes.c_void_p, ctypes.POINTER(c_u32)]),
     "bpf_task_fd_query": (c_int, [c_int, c_int, c_u32, ctypes.c_char_p, ctypes.POINTER(c_u32),
                                   ctypes.POINTER(c_u32), ctypes.POINTER(c_u32),
@@ -291,7 +300,10 @@ def read_link(link_id: int) -> LinkRecord | None:
 
 
 def read_map(map_id: int) -> MapRecord | None:
-    fd = int(_LIB.bpf_map_get_fd_by_id(map_id))
+    # a read-only fd: enough for its info, and the only kind the lsm tamper object
+    # grants on a protected map to anyone but our enrolled identities
+    opts = GetFdByIdOpts(sz=ctypes.sizeof(GetFdByIdOpts), open_flags=BPF_F_RDONLY)
+    fd = int(_LIB.bpf_map_get_fd_by_id_opts(map_id, ctypes.byref(opts)))
     if fd < 0:
         return None
     try:

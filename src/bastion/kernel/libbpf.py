@@ -730,6 +730,12 @@ class Map(Closing):
         ptr = self._libbpf_ptr()
         return int(LIB.bpf_map__max_entries(ptr)) if ptr is not None else int(self._get_info().max_entries)
 
+    @property
+    def map_flags(self) -> int:
+        """``BPF_F_*`` creation flags (e.g. ``BPF_F_RDONLY_PROG``: programs only read it)."""
+        ptr = self._libbpf_ptr()
+        return int(LIB.bpf_map__map_flags(ptr)) if ptr is not None else int(self._get_info().map_flags)
+
     def set_max_entries(self, n: int) -> None:
         """Resize before load (e.g. a ring buffer's byte size). Object maps only."""
         ptr = self._libbpf_ptr()
