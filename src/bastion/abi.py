@@ -394,6 +394,10 @@ class TamperOp(enum.IntEnum):
     BPF_LINK = 14
     PROC_MEM = 15
     VM_WRITE = 16
+    PRLIMIT = 17
+    SIGIO = 18
+    PIDFD_GETFD = 19
+    CGROUP_MOVE = 20
 
 
 class TamperVerdict(enum.IntEnum):

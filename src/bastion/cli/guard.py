@@ -95,6 +95,10 @@ def require_token(token_file: Path | None, *, what: str, data_dir: Path = DEFAUL
               help="How long a maintenance window stays open.")
 @click.option("--tier", type=click.Choice(["auto", "lsm", "compat"]), default="auto",
               show_default=True)
+@click.option("--cgroup", "own_cgroup", type=click.Path(path_type=Path),
+              help="Run the guardian and the agent in this cgroup v2 directory (created; its "
+                   "control files protected).  Default: bastion under the cgroup2 root; "
+                   "tests without it: none.")
 @click.option("--test-cgroup-id", type=int, default=0, hidden=True,
               help="Tests only: act only on attackers in this cgroup.")
 @click.option("--test-deadline", type=click.FloatRange(min=1), hidden=True,
@@ -108,7 +112,7 @@ def guardian_cmd(data_dir: Path, guardian_socket: Path, pin_root: Path,
                  protect_paths: tuple[Path, ...], config_paths: tuple[Path, ...],
                  no_install_tree: bool, maintenance_token_file: Path | None, token_out: Path,
                  quiet: bool, window_minutes: float,
-                 tier: str, test_cgroup_id: int, test_deadline: float | None,
+                 tier: str, own_cgroup: Path | None, test_cgroup_id: int, test_deadline: float | None,
                  test_forbid: tuple[Path, ...], fault_after: float | None,
                  agent_argv: tuple[str, ...]) -> None:
     """Hold tamper protection and keep the agent running: bastion guardian [opts] -- AGENT ARGV.
@@ -144,8 +148,18 @@ def guardian_cmd(data_dir: Path, guardian_socket: Path, pin_root: Path,
                          socket=guardian_socket, protect_paths=tuple(paths),
                          forbid=test_forbid, tier=tier, cgroup_id=test_cgroup_id,
                          deadline_s=test_deadline, window_s=window_minutes * 60,
-                         fault_after_s=fault_after)
+                         fault_after_s=fault_after, cgroup=_own_cgroup(own_cgroup, test_cgroup_id))
     sys.exit(Guardian(cfg).run())
+
+
+def _own_cgroup(given: Path | None, test_cgroup_id: int) -> Path | None:
+    """The guardian's cgroup: as given; else ``bastion`` under the cgroup2 root (a test
+    instance without --cgroup gets none)."""
+    if given is not None or test_cgroup_id:
+        return given
+    from bastion.kernel.bpffs import cgroup2_root
+
+    return cgroup2_root() / "bastion"
 
 
 def _refuse_over_stale_pins(data_dir: Path, pin_root: Path, guardian_socket: Path) -> None:
