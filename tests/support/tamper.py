@@ -65,7 +65,8 @@ class Instance:
         self.guardian = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                          text=True, cwd="/")
         threading.Thread(target=self._pump, args=(self.guardian,), daemon=True).start()
-        deadline = time.monotonic() + 30
+        # loading + verifying the tamper object takes ~30 s under qemu TCG on a busy host
+        deadline = time.monotonic() + 120
         while not any("guardian running" in line for line in self.stderr):
             if self.guardian.poll() is not None or time.monotonic() > deadline:
                 time.sleep(0.2)   # the rest of its stderr
