@@ -67,6 +67,33 @@ int BPF_PROG(tamper_ptrace, struct task_struct *child, unsigned int mode)
 	return -EPERM_;
 }
 
+/* The kernel sends SIGIO (or the F_SETSIG signal) to a file's owner when
+ * I/O is ready: F_SETOWN + F_SETSIG(SIGKILL) + O_ASYNC on a pipe is a kill
+ * that task_kill never sees.  @sig 0 means SIGIO. */
+SEC("lsm/file_send_sigiotask")
+int BPF_PROG(tamper_sigiotask, struct task_struct *tsk, struct fown_struct *fown, int sig)
+{
+	int s = sig ? sig : 29;
+
+	if (!harmful_signal(s) || !task_is_ours(tsk) || !current_in_scope())
+		return 0;
+	tamper_report(BASTION_TAMPER_SIGIO, BASTION_TV_DENIED, -EPERM_, BPF_CORE_READ(tsk, tgid), s,
+		      NULL, NULL, NULL);
+	return -EPERM_;
+}
+
+/* prlimit(2) of ours: RLIMIT_CPU makes the kernel SIGKILL them; any other
+ * limit (NOFILE, AS, NPROC) breaks them as surely. */
+SEC("lsm/task_setrlimit")
+int BPF_PROG(tamper_setrlimit, struct task_struct *p, unsigned int resource)
+{
+	if (!task_is_ours(p) || !current_in_scope())
+		return 0;
+	tamper_report(BASTION_TAMPER_PRLIMIT, BASTION_TV_DENIED, -EPERM_, BPF_CORE_READ(p, tgid),
+		      resource, NULL, NULL, NULL);
+	return -EPERM_;
+}
+
 /* ---- files ---- */
 
 SEC("lsm/file_open")
@@ -292,4 +319,10 @@ int BPF_PROG(tamper_bpf_map, struct bpf_map *map, fmode_t fmode)
 	tamper_report(BASTION_TAMPER_BPF_MAP_FD, BASTION_TV_DENIED, -EPERM_, 0, fmode, &hit, NULL,
 		      NULL);
 	return -EPERM_;
+}
+
+SEC("tp_btf/cgroup_attach_task")
+int BPF_PROG(tamper_cgroup_move, struct cgroup *dst, const char *path, struct task_struct *task)
+{
+	return tamper_cgroup_attach(task);
 }

@@ -435,6 +435,11 @@ _Static_assert(sizeof(struct bastion_quarantine_val) == 16, "quarantine_val");
 /*                 nor protected.                                       */
 /*  tamper_objs    key bastion_inode_key -> bastion_tamper_obj          */
 /*  tamper_sbs     key __u32 s_dev -> __u32: no umount of these fs      */
+/*  tamper_tids    key __u32 thread id -> __u32 tgid: the non-leader    */
+/*                 threads of the tgids in tamper_idents (compat: a     */
+/*                 thread id names its process in ptrace, prlimit,      */
+/*                 /proc/TID/mem).  Kept by the kernel (task_newtask,   */
+/*                 sched_process_exit), seeded by user space.           */
 /*  tamper_map_ids / tamper_link_ids  key __u32 id -> __u32: our BPF    */
 /*                 maps (no update/delete/freeze) and links (no detach/ */
 /*                 update) by kernel id.                                */
@@ -461,7 +466,11 @@ enum bastion_tamper_op {
 	BASTION_TAMPER_BPF_LINK = 14,   /* arg = bpf cmd, obj_id = link id */
 	BASTION_TAMPER_PROC_MEM = 15,   /* compat: open of /proc/PID/mem */
 	BASTION_TAMPER_VM_WRITE = 16,   /* compat: process_vm_writev */
-	BASTION_TAMPER_BPF_MAP_FD = 17, /* lsm: a write-mode fd of a protected map (bpf_map hook:
+	BASTION_TAMPER_PRLIMIT = 17,    /* arg = resource (lsm: task_setrlimit; compat: prlimit64) */
+	BASTION_TAMPER_SIGIO = 18,      /* arg = signal (lsm: file_send_sigiotask) / fcntl cmd (compat) */
+	BASTION_TAMPER_PIDFD_GETFD = 19, /* compat: pidfd_getfd of ours (lsm: ptrace_access_check) */
+	BASTION_TAMPER_CGROUP_MOVE = 20, /* both tiers: ours moved to another cgroup (mover killed) */
+	BASTION_TAMPER_BPF_MAP_FD = 21, /* lsm: a write-mode fd of a protected map (bpf_map hook:
 					 * GET_FD_BY_ID, OBJ_GET of a pin); arg = fmode, obj_id = map id */
 };
 

@@ -54,6 +54,13 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u32);
+} tamper_tids SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 256);
 	__uint(map_flags, BPF_F_RDONLY_PROG);
 	__type(key, __u32);
@@ -203,6 +210,38 @@ static __always_inline void tamper_report(__u32 op, __u32 verdict, __s32 ret, __
 static __always_inline bool harmful_signal(int sig)
 {
 	return !(sig == 0 || sig == 17 || sig == 18 || sig == 23 || sig == 28);
+}
+
+/* Is @pid (a tgid or a thread id, as a syscall names a target) one of ours? */
+static __always_inline bool pid_is_ours(__u32 pid)
+{
+	__u32 *tgid;
+
+	if (!pid)
+		return false;
+	if (bpf_map_lookup_elem(&tamper_idents, &pid))
+		return true;
+	tgid = bpf_map_lookup_elem(&tamper_tids, &pid);
+	return tgid && bpf_map_lookup_elem(&tamper_idents, tgid);
+}
+
+/* Ours moved out of the cgroup the guardian runs them in (to cgroup.kill or
+ * cgroup.freeze another cgroup, where our control files protect nothing):
+ * no LSM hook sees a migration, so on both tiers the mover is SIGKILLed
+ * before it can write the other cgroup's cgroup.kill, and the guardian
+ * moves them back.  Shared by both objects (tp_btf/cgroup_attach_task). */
+static __always_inline int tamper_cgroup_attach(struct task_struct *task)
+{
+	struct task_struct *me = (struct task_struct *)bpf_get_current_task();
+
+	if (!task_is_ours(task) || !current_in_scope())
+		return 0;
+	if (BPF_CORE_READ(me, signal, shared_pending.signal.sig[0]) & (1UL << (SIGKILL_ - 1)))
+		return 0;
+	bpf_send_signal(SIGKILL_);
+	tamper_report(BASTION_TAMPER_CGROUP_MOVE, BASTION_TV_KILLED, 0, BPF_CORE_READ(task, tgid), 0,
+		      NULL, NULL, NULL);
+	return 0;
 }
 
 #endif /* BASTION_TAMPER_H */

@@ -394,7 +394,11 @@ class TamperOp(enum.IntEnum):
     BPF_LINK = 14
     PROC_MEM = 15
     VM_WRITE = 16
-    BPF_MAP_FD = 17
+    PRLIMIT = 17
+    SIGIO = 18
+    PIDFD_GETFD = 19
+    CGROUP_MOVE = 20
+    BPF_MAP_FD = 21
 
 
 class TamperVerdict(enum.IntEnum):

@@ -7,6 +7,7 @@ uses is built here and injected.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from dataclasses import dataclass
@@ -72,8 +73,20 @@ def _open_hips_backends(tier: Tier, pin_root: Path, deadline_s: float | None,
         pin_dir = pin_root / "hips"
         if (pin_dir / "links").is_dir() and any((pin_dir / "links").iterdir()):
             # a previous agent's enforcement is still in force: adopt it, no gap
-            kernel = HipsKernel.adopt(pin_dir)
-            say(f"adopted the pinned HIPS enforcement under {pin_dir}")
+            try:
+                kernel = HipsKernel.adopt(pin_dir)
+                say(f"adopted the pinned HIPS enforcement under {pin_dir}")
+            except KernelError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
+                # pins of an older Bastion (no exempt-identity map): replaced, with a gap
+                # of one load, and said
+                say(f"the pinned HIPS enforcement under {pin_dir} predates this version "
+                    f"({exc.message}): replacing it")
+                remove_pins_under(pin_dir)
+                kernel = HipsKernel(tier, pin_dir=pin_dir, self_tgid=os.getpid(),
+                                    deadline_s=deadline_s)
+                kernel.open()
         else:
             kernel = HipsKernel(tier, pin_dir=pin_dir, self_tgid=os.getpid(), deadline_s=deadline_s)
             kernel.open()
@@ -177,6 +190,9 @@ def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
         report = probe()
         if not report.can_run:
             raise KernelError("this kernel cannot run Bastion: " + "; ".join(report.problems))
+        from bastion.guard.mutual import watch_guardian_from_env
+
+        watch_guardian_from_env()   # under a guardian: resume it if someone stops it
         sensor = BpfSensor(classes=policy.events.classes, self_tgid=os.getpid(),
                            ring_bytes=policy.events.ring_bytes)
     parts = AgentParts()
@@ -285,6 +301,13 @@ def learn_sensor(cgroup_path: Path | None) -> tuple[Sensor, int]:
     prepare_host("bastion learn")
     scope = cgroup_id_of(cgroup_path) if cgroup_path is not None else 0
     return BpfSensor(self_tgid=os.getpid(), cgroup_id=scope, open_reads=True), scope
+
+
+def remove_pins_under(path: Path) -> list[Path]:
+    """Every pin under ``path`` (bpffs only)."""
+    from bastion.kernel import bpffs
+
+    return bpffs.remove_pins(path)
 
 
 def remove_all_pins(pin_root: Path) -> list[Path]:

@@ -65,7 +65,7 @@ StartLimitIntervalSec=0
 Type=exec
 # the guardian holds tamper protection and restarts the agent; only
 # `bastion stop --token-file F` stops both
-ExecStart={bin} guardian --data-dir {data} --config {policy} -- {bin} run --policy {policy} --data-dir {data} --socket {run}/bastion.sock --quiet
+ExecStart={bin} guardian --data-dir {data} --config {policy} -- {bin} run --keep-pins --policy {policy} --data-dir {data} --socket {run}/bastion.sock --quiet
 Restart=always
 RestartSec=2s
 TimeoutStopSec=30s

@@ -57,7 +57,7 @@ def test_install_verify_uninstall(tmp_path: Path) -> None:
     assert _mode(unit) == 0o644 and _mode(rot) == 0o644
     text = unit.read_text()
     assert (f"ExecStart={BASTION} guardian --data-dir /var/lib/bastion --config /etc/bastion/policy.yaml"
-            f" -- {BASTION} run --policy /etc/bastion/policy.yaml") in text
+            f" -- {BASTION} run --keep-pins --policy /etc/bastion/policy.yaml") in text
     assert "Restart=always" in text and "CAP_BPF" in text
 
     # idempotent; an edited policy is kept

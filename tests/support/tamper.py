@@ -248,6 +248,69 @@ def errno_of(r: subprocess.CompletedProcess[str]) -> str:
     return r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ""
 
 
-__all__ = ["ALIVE", "Instance", "PY", "TOKEN", "ctypes", "default_agent", "errno_of", "instance",
+def threaded_agent() -> list[str]:
+    """The stand-in agent with a second thread, and the guardian watch the real agent runs."""
+    code = ("import threading, time, sys; sys.argv[0] = %r\n"
+            "from bastion.guard.mutual import watch_guardian_from_env\n"
+            "watch_guardian_from_env()\n"
+            "threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()\n"
+            "time.sleep(3600)\n") % AGENT_MARK
+    return [PY, "-c", code, AGENT_MARK]
+
+
+def other_thread(pid: int) -> int:
+    """A thread id of ``pid`` that is not its leader."""
+    deadline = time.monotonic() + 10     # the agent starts its thread after its imports
+    while True:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid]
+        if tids:
+            return tids[0]
+        assert time.monotonic() < deadline, f"pid {pid} has no second thread"
+        time.sleep(0.05)
+
+
+def cpu_limit(pid: int) -> str:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max cpu time"):
+            return line.split()[3]
+    return "?"
+
+
+def py_sigio(pid: int) -> str:
+    """F_SETOWN + F_SETSIG(SIGKILL) + O_ASYNC on a pipe, then a write: the kernel sends it."""
+    return ("import fcntl, os, signal, time; r, w = os.pipe(); "
+            f"fcntl.fcntl(r, fcntl.F_SETOWN, {pid}); fcntl.fcntl(r, 10, signal.SIGKILL); "
+            "fcntl.fcntl(r, fcntl.F_SETFL, fcntl.fcntl(r, fcntl.F_GETFL) | os.O_ASYNC); "
+            "os.write(w, b'x'); time.sleep(0.5); print('sent')")
+
+
+def py_proc_mem_variant(pid: int, tid: int, variant: str) -> str:
+    path = {"tid": f"/proc/{tid}/mem", "task-tid": f"/proc/{pid}/task/{tid}/mem",
+            "double-slash": f"/proc//{pid}/mem", "dirfd": "mem"}[variant]
+    pre = (f"d = os.open('/proc/{pid}', os.O_PATH | os.O_DIRECTORY); "
+           if variant == "dirfd" else "d = None; ")
+    return (f"import os; {pre}fd = os.open({path!r}, os.O_RDWR, dir_fd=d); "
+            "print('opened', fd)")
+
+
+def py_pidfd_getfd_flush(gpid: int, match: str = "fanotify") -> str:
+    """Steal the guardian's fanotify fd (``match`` in its link; "" = every fd) with
+    pidfd_getfd and flush its marks."""
+    return ("import ctypes, os\n"
+            "libc = ctypes.CDLL(None, use_errno=True)\n"
+            f"fds = [int(f) for f in os.listdir('/proc/{gpid}/fd') "
+            f"if {match!r} in os.readlink('/proc/{gpid}/fd/' + f)]\n"
+            f"pfd = os.pidfd_open({gpid})\n"
+            "for n in fds:\n"
+            "    fd = libc.syscall(438, pfd, n, 0)\n"
+            "    print('stole', n, fd, ctypes.get_errno())\n"
+            "    if fd >= 0:\n"
+            "        libc.fanotify_mark(fd, 0x80, 0, -100, None)   # FAN_MARK_FLUSH\n"
+            "        libc.fanotify_mark(fd, 0x80 | 0x10, 0, -100, None)   # + FAN_MARK_MOUNT\n"
+            "print('flushed', fds)\n")
+
+
+__all__ = ["ALIVE", "Instance", "other_thread", "cpu_limit", "py_sigio", "py_proc_mem_variant",
+           "py_pidfd_getfd_flush", "threaded_agent", "PY", "TOKEN", "ctypes", "default_agent", "errno_of", "instance",
            "make_instance", "proc_state", "py_pidfd_kill", "py_proc_mem", "py_ptrace",
            "py_vm_writev"]

@@ -95,6 +95,10 @@ def require_token(token_file: Path | None, *, what: str, data_dir: Path = DEFAUL
               help="How long a maintenance window stays open.")
 @click.option("--tier", type=click.Choice(["auto", "lsm", "compat"]), default="auto",
               show_default=True)
+@click.option("--cgroup", "own_cgroup", type=click.Path(path_type=Path),
+              help="Run the guardian and the agent in this cgroup v2 directory (created; its "
+                   "control files protected).  Default: bastion under the cgroup2 root; "
+                   "tests without it: none.")
 @click.option("--test-cgroup-id", type=int, default=0, hidden=True,
               help="Tests only: act only on attackers in this cgroup.")
 @click.option("--test-deadline", type=click.FloatRange(min=1), hidden=True,
@@ -114,9 +118,10 @@ def guardian_cmd(data_dir: Path, guardian_socket: Path, pin_root: Path,
                  protect_paths: tuple[Path, ...], config_paths: tuple[Path, ...],
                  no_install_tree: bool, maintenance_token_file: Path | None, token_out: Path,
                  quiet: bool, window_minutes: float,
-                 tier: str, test_cgroup_id: int, test_deadline: float | None,
-                 test_forbid: tuple[Path, ...], test_watch: tuple[Path, ...],
-                 fault_after: float | None, agent_socket: Path, agent_stall_after: float,
+                 tier: str, own_cgroup: Path | None, test_cgroup_id: int,
+                 test_deadline: float | None, test_forbid: tuple[Path, ...],
+                 test_watch: tuple[Path, ...], fault_after: float | None, agent_socket: Path,
+                 agent_stall_after: float,
                  agent_argv: tuple[str, ...]) -> None:
     """Hold tamper protection and keep the agent running: bastion guardian [opts] -- AGENT ARGV.
 
@@ -156,7 +161,8 @@ def guardian_cmd(data_dir: Path, guardian_socket: Path, pin_root: Path,
                          deadline_s=test_deadline, window_s=window_minutes * 60,
                          fault_after_s=fault_after, agent_socket=agent_socket,
                          stall_after_s=agent_stall_after,
-                         watch_paths=tuple(test_watch) if test_watch else protect.WATCHED)
+                         watch_paths=tuple(test_watch) if test_watch else protect.WATCHED,
+                         cgroup=_own_cgroup(own_cgroup, test_cgroup_id))
     sys.exit(Guardian(cfg).run())
 
 
@@ -166,6 +172,16 @@ def default_agent_argv(data_dir: Path, *, quiet: bool = False) -> tuple[str, ...
     directory on sys.path) and writing no bytecode into the protected tree (``-B``)."""
     return (sys.executable, "-I", "-B", "-m", "bastion.cli.main", "run", "--keep-pins",
             "--data-dir", str(data_dir), *(("--quiet",) if quiet else ()))
+
+
+def _own_cgroup(given: Path | None, test_cgroup_id: int) -> Path | None:
+    """The guardian's cgroup: as given; else ``bastion`` under the cgroup2 root (a test
+    instance without --cgroup gets none)."""
+    if given is not None or test_cgroup_id:
+        return given
+    from bastion.kernel.bpffs import cgroup2_root
+
+    return cgroup2_root() / "bastion"
 
 
 def _refuse_over_stale_pins(data_dir: Path, pin_root: Path, guardian_socket: Path) -> None:

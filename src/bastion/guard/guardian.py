@@ -13,8 +13,16 @@ is a small supervisor that
    resumes it when it is stopped (SIGSTOP/SIGTSTP), and re-registers its
    identity on every restart;
 4. turns every tamper record into a critical alert in the agent's store
-   (the same hash-chained alert log; SQLite serialises the two writers);
-5. answers a root-only control socket: ``ping``, ``status``, ``stop`` and
+   (the same hash-chained alert log; SQLite serialises the two writers),
+   and undoes what it can of the attempt: puts back the resource limits a
+   prlimit(2) changed, moves a process of ours back into our cgroup;
+5. runs itself and the agent in their own cgroup (``cgroup``: directly under
+   the cgroup2 root, so no ancestor has a ``cgroup.kill``), protected like
+   the install tree: ``cgroup.kill``, ``cgroup.freeze``, ``cgroup.procs``,
+   ``memory.max`` … cannot be opened for writing by anyone else;
+6. tells the agent who it is (:func:`bastion.guard.mutual.guardian_env`) so
+   the agent resumes a stopped guardian (mutual supervision);
+7. answers a root-only control socket: ``ping``, ``status``, ``stop`` and
    ``maintenance`` — the last two only with the maintenance token.  A valid
    token opens a maintenance window (an alert), removes tamper protection,
    and (``stop``) ends the agent and the guardian.
@@ -28,6 +36,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import resource
 import os
 import select
 import shutil
@@ -45,6 +54,7 @@ from bastion.alert import Alert, AlertProcess
 from bastion.control import NONCE_KEY, PEER_KEY, ControlServer, request
 from bastion.errors import BastionError, ControlError, KernelError, Location
 from bastion.guard import protect
+from bastion.guard.mutual import guardian_env
 from bastion.guard.identity import ROLE_AGENT, ROLE_GUARDIAN, Identity
 from bastion.guard.kernel import TamperKernel, TamperRecord
 from bastion.guard.token import MaintenanceWindow, TokenStore
@@ -57,9 +67,25 @@ log = logging.getLogger("bastion.guard")
 IGNORED_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
                           signal.SIGUSR1, signal.SIGUSR2, signal.SIGPIPE)
 ATTACK: Final = {"signal": ["T1562.001", "T1489"], "ptrace": ["T1562.001", "T1055.008"],
-                 "proc-mem": ["T1562.001", "T1055.009"], "vm-write": ["T1562.001", "T1055"]}
+                 "proc-mem": ["T1562.001", "T1055.009"], "vm-write": ["T1562.001", "T1055"],
+                 "sigio": ["T1562.001", "T1489"], "prlimit": ["T1562.001", "T1489"],
+                 "pidfd-getfd": ["T1562.001", "T1055"], "cgroup-move": ["T1562.001", "T1489"]}
 DEFAULT_ATTACK: Final = ["T1562.001"]
 SIGNAL_NAMES: Final = {s.value: s.name for s in signal.Signals}
+STOP_SIGNALS: Final = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
+RLIMITS: Final = tuple(getattr(resource, n) for n in dir(resource) if n.startswith("RLIMIT_"))
+
+
+def own_cgroup(pid: int) -> str:
+    """The cgroup v2 path of ``pid`` ("" when unknown), as /proc/PID/cgroup names it."""
+    try:
+        text = open(f"/proc/{pid}/cgroup", encoding="ascii").read()   # noqa: SIM115
+    except OSError:
+        return ""
+    for line in text.splitlines():
+        if line.startswith("0::"):
+            return line[3:]
+    return ""
 
 
 @dataclass(frozen=True)
@@ -81,6 +107,7 @@ class GuardianConfig:
     stall_after_s: float = 30.0        # a loop silent this long is stalled: alert, restart
     heartbeat_every_s: float = 2.0
     watch_paths: tuple[Path, ...] = protect.WATCHED   # see protect.PathWatch
+    cgroup: Path | None = None         # run guardian + agent in this cgroup, protected
 
 
 @dataclass
@@ -190,6 +217,17 @@ def agent_command(argv: tuple[str, ...]) -> tuple[str, ...]:
     return (exe, *argv[1:])
 
 
+def _tgid_of(tid: int) -> int:
+    """The process a thread id belongs to (0 when gone)."""
+    try:
+        for line in open(f"/proc/{tid}/status", encoding="ascii"):   # noqa: SIM115
+            if line.startswith("Tgid:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 def _default_signals() -> None:
     """In the agent child: undo the guardian's ignored signals (inherited across exec)."""
     for s in IGNORED_SIGNALS:
@@ -222,6 +260,8 @@ class Guardian:
         self._stalled: tuple[int, str] | None = None   # (agent pid, why), set by the watch thread
         self.paths_watch = protect.PathWatch(cfg.watch_paths)
         self._watched_at = 0.0
+        self._limits: dict[int, tuple[int, int]] = {}
+        self._cg_rel = ""                 # our cgroup as /proc/PID/cgroup names it
 
     # ---- set-up ---------------------------------------------------------------------
 
@@ -263,6 +303,8 @@ class Guardian:
     def setup(self) -> None:
         self.cfg.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.store = Store.open(self.cfg.data_dir)
+        self._limits = {r: resource.getrlimit(r) for r in RLIMITS}
+        self._join_cgroup()
         self.me = Identity.of(os.getpid(), ROLE_GUARDIAN)
         self.tk = self._open_kernel()
         try:
@@ -278,7 +320,8 @@ class Guardian:
                 self.agent = _AgentProc(ident.tgid, None, ident)   # adopt the running agent
             elif not ident.alive():
                 self._try(lambda: self.tk.unregister(ident.tgid) if self.tk else None)
-        self.protected = protect.resolve(self.cfg.protect_paths, forbid=self.cfg.forbid)
+        paths = self.cfg.protect_paths + ((self.cfg.cgroup,) if self.cfg.cgroup else ())
+        self.protected = protect.resolve(paths, forbid=self.cfg.forbid)
         self._try(lambda: self.tk.protect(self.protected) if self.tk and self.protected else None)
         self._try(lambda: self.tk.protect_bpf(self.cfg.pin_root) if self.tk else None)
         self.protection = "full" if self.tk.tier == "lsm" else "partial"
@@ -296,6 +339,33 @@ class Guardian:
                             f"{path} exists: every program started on this host, the agent "
                             "included, loads the libraries it names (protected from now on)",
                             "high", {"path": path}, attack=["T1574.006"])
+
+    def _join_cgroup(self) -> None:
+        """Move the guardian (and so every agent it starts) into ``cfg.cgroup``."""
+        cg = self.cfg.cgroup
+        if cg is None:
+            return
+        from bastion.kernel import cgroup
+
+        cg.mkdir(exist_ok=True)
+        cgroup.move(os.getpid(), cg)
+        self._cg_rel = own_cgroup(os.getpid())
+
+    def _keep_in_cgroup(self, pid: int, who: str) -> None:
+        """Move ``pid`` back into our cgroup when someone moved it out (critical alert)."""
+        if not self._cg_rel or self.cfg.cgroup is None:
+            return
+        now = own_cgroup(pid)
+        if not now or now == self._cg_rel:
+            return
+        try:
+            (self.cfg.cgroup / "cgroup.procs").write_text(f"{pid}\n")
+            done = "moved back"
+        except OSError as exc:
+            done = f"cannot move it back: {exc.strerror}"
+        self._alert("bastion.tamper.cgroup-escape", f"{who} pid {pid} was moved to cgroup {now}: {done}",
+                    "critical", {"pid": pid, "role": who, "cgroup": now, "expected": self._cg_rel},
+                    attack=ATTACK["cgroup-move"])
 
     def _open_files(self) -> None:
         from bastion.guard.fanguard import FileGuard
@@ -337,7 +407,7 @@ class Guardian:
         # an isolated interpreter and a scrubbed environment: nothing the guardian was
         # started with (PYTHONPATH, PYTHONSTARTUP, LD_PRELOAD, ...) runs in the agent;
         # -B: nothing of ours writes into the protected install tree (no .pyc)
-        env = agent_env(os.environ, self.cfg.agent_env)
+        env = agent_env(os.environ, (*guardian_env(os.getpid()).items(), *self.cfg.agent_env))
         p = subprocess.Popen(list(agent_command(self.cfg.agent_argv)), start_new_session=True,
                              env=env, stdin=subprocess.DEVNULL, preexec_fn=_default_signals)
         self.agent = _AgentProc(p.pid, p)
@@ -419,6 +489,9 @@ class Guardian:
 
     def _supervise(self) -> None:
         st = self._agent_state()
+        self._keep_in_cgroup(os.getpid(), "guardian")
+        if self.agent is not None and st != "dead":
+            self._keep_in_cgroup(self.agent.pid, "agent")
         if st == "running":
             if self._stalled is not None and self._stop_stalled():
                 return
@@ -471,8 +544,15 @@ class Guardian:
         what = r.op
         ev: dict[str, Any] = {**r.to_json(), "tier": self.tk.tier if self.tk else "?",
                               "mechanism": "lsm" if r.verdict == "denied" else "kill-sender"}
-        if r.op == "signal":
-            what = f"signal {SIGNAL_NAMES.get(r.arg, r.arg)} to pid {r.target_pid}"
+        if r.op == "sigio" and r.verdict != "denied":
+            what = f"file owner set to pid {r.target_pid} (fcntl/ioctl cmd {r.arg:#x}) for SIGIO"
+        elif r.op in ("signal", "sigio"):
+            what = f"{r.op} {SIGNAL_NAMES.get(r.arg, r.arg)} to pid {r.target_pid}"
+        elif r.op == "prlimit":
+            what = f"prlimit (resource {r.arg}) of pid {r.target_pid}"
+            ev["limits"] = self._undo_prlimit(r.target_pid)
+        elif r.op in ("pidfd-getfd", "cgroup-move"):
+            what = f"{r.op} of pid {r.target_pid}"
         elif r.op in ("ptrace", "proc-mem", "vm-write"):
             what = f"{r.op} of pid {r.target_pid}"
         elif r.op == "bpf-map-fd":
@@ -490,6 +570,39 @@ class Guardian:
                     process={"pid": r.pid, "ppid": r.ppid, "exe": r.exe, "cmdline": r.comm,
                              "uid": r.uid},
                     action=r.verdict, attack=ATTACK.get(r.op, DEFAULT_ATTACK))
+        if r.op == "signal" and r.target_pid == os.getpid() and r.arg in STOP_SIGNALS:
+            # we only get here once resumed (by the agent's watch, or SIGCONT by an admin)
+            self._alert("bastion.tamper.guardian-stopped",
+                        f"guardian pid {r.target_pid} was stopped by {SIGNAL_NAMES[r.arg]} from pid "
+                        f"{r.pid}: resumed", "critical", {"guardian_pid": r.target_pid, "by": r.pid},
+                        attack=ATTACK["signal"])
+
+    def _undo_prlimit(self, pid: int) -> str:
+        """Put the limits back; an agent whose hard limit cannot be raised again (no
+        CAP_SYS_RESOURCE) is restarted: a new agent inherits the guardian's limits."""
+        if self._restore_limits(pid):
+            return "restored"
+        a = self.agent
+        if a is not None and _tgid_of(pid) == a.pid:
+            try:
+                os.kill(a.pid, signal.SIGKILL)    # supervise() restarts it with our limits
+            except ProcessLookupError:
+                pass
+            return "agent restarted (hard limit could not be raised again)"
+        return "NOT restored: restart Bastion to shed the limit"
+
+    def _restore_limits(self, pid: int) -> bool:
+        """Put back every resource limit of ``pid`` (ours: agent or guardian) to the
+        guardian's own at start (the agent inherits them)."""
+        ok = True
+        for r, lim in self._limits.items():
+            try:
+                if resource.prlimit(pid, r) != lim:
+                    resource.prlimit(pid, r, lim)
+            except (OSError, ValueError) as exc:
+                log.error("tamper: cannot restore limit %d of pid %d: %s", r, pid, exc)
+                ok = False
+        return ok
 
     def _watch_alerts(self) -> None:
         """Paths whose creation cannot be refused (ld.so.preload, unit drop-ins, the
@@ -539,6 +652,7 @@ class Guardian:
                 "unenforced": self.unenforced,
                 "agent_loop_heartbeat_age_s": self.watch.age, "agent_stalls": self.stalls,
                 "watched_present": self.paths_watch.present(),
+                "cgroup": str(self.cfg.cgroup or ""),
                 "maintenance_until": self.window.until(),
                 "uptime_s": round(time.monotonic() - self._started, 1)}
 

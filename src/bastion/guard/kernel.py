@@ -34,8 +34,8 @@ from bastion.paths import bpf_object
 log = logging.getLogger("bastion.guard.kernel")
 
 OBJECTS: Final = {"lsm": "lsm_tamper.bpf.o", "compat": "tamper_compat.bpf.o"}
-PINNED_MAPS: Final = ("tamper_idents", "tamper_objs", "tamper_sbs", "tamper_map_ids",
-                      "tamper_link_ids", "events", "drops")
+PINNED_MAPS: Final = ("tamper_idents", "tamper_tids", "tamper_objs", "tamper_sbs",
+                      "tamper_map_ids", "tamper_link_ids", "events", "drops")
 
 
 def fd_object_id(fd: int) -> tuple[str, int] | None:
@@ -208,9 +208,30 @@ class TamperKernel(LoaderUser):
         return self._lo.map(name)
 
     def register(self, ident: Identity) -> None:
+        """Enrol ``ident`` and the threads it has now (the kernel adds the ones it makes)."""
         self._map("tamper_idents").update(ident.key(), ident.value())
+        self.seed_threads(ident.tgid)
+
+    def seed_threads(self, tgid: int) -> int:
+        """Put the non-leader thread ids of ``tgid`` into ``tamper_tids``; how many."""
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{tgid}/task") if t.isdigit()]
+        except OSError:
+            return 0
+        m = self._map("tamper_tids")
+        n = 0
+        for tid in tids:
+            if tid != tgid:
+                m.update(tid.to_bytes(4, "little"), tgid.to_bytes(4, "little"))
+                n += 1
+        return n
 
     def unregister(self, tgid: int) -> bool:
+        tids = self._map("tamper_tids")
+        mine = tgid.to_bytes(4, "little")
+        for k in list(tids.keys()):
+            if tids.lookup(k) == mine:
+                tids.delete(k)
         return self._map("tamper_idents").delete(tgid.to_bytes(4, "little"))
 
     def identities(self) -> list[Identity]:

@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(what: str, data_dir: Path, baseline: Path | None, allow_bpf: Sequence[str],
          trusted_pids: Sequence[int], timeout: float) -> dict[str, Any]:
     # -P: the agent's working directory is not put on the worker's import path
-    argv = [sys.executable, "-P", "-m", "bastion.integrity.worker", what, "--data-dir", str(data_dir)]
+    argv = [sys.executable, "-I", "-B", "-m", "bastion.integrity.worker", what, "--data-dir", str(data_dir)]
     if baseline is not None:
         argv += ["--baseline", str(baseline)]
     for a in allow_bpf:
