@@ -287,6 +287,13 @@ def record_sensor(classes: Sequence[str]) -> Sensor:
     return BpfSensor(classes=tuple(classes) or tuple(EVENT_CLASSES), self_tgid=os.getpid())
 
 
+def cgroup2_root() -> Path:
+    """Where the cgroup v2 hierarchy is mounted (its root)."""
+    from bastion.kernel.bpffs import cgroup2_root as root
+
+    return root()
+
+
 def cgroup_id_of(path: Path) -> int:
     """The kernel id of a cgroup v2 directory (a clear error when it is not one)."""
     from bastion.kernel.cgroup import cgroup_id

@@ -179,7 +179,7 @@ def _own_cgroup(given: Path | None, test_cgroup_id: int) -> Path | None:
     instance without --cgroup gets none)."""
     if given is not None or test_cgroup_id:
         return given
-    from bastion.kernel.bpffs import cgroup2_root
+    from bastion.assembly import cgroup2_root
 
     return cgroup2_root() / "bastion"
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Final
 
 from bastion import abi
+from bastion.tier import Tier
 from bastion.errors import KernelError, Location
 from bastion.events import HipsEvent, decode
 from bastion.guard.identity import ROLE_AGENT, Identity
@@ -81,7 +82,7 @@ class HipsKernel(LoaderUser):
 
     def __init__(
         self,
-        tier: str,
+        tier: Tier,
         *,
         pin_dir: Path | None = None,
         cgroup_id: int = 0,
@@ -116,7 +117,7 @@ class HipsKernel(LoaderUser):
             "cfg_self_tgid": 0,  # never by pid: hips_exempt holds the agent's identity
         }
         sizes = {"events": abi.SMALL_RINGBUF_BYTES}  # decisions, not every event
-        if self.tier == "lsm":
+        if self.tier == Tier.LSM:
             rodata["cfg_setattr_idmap"] = int(setattr_has_idmap())
             sizes["task_subjects"] = 1  # read from the task itself there
         return ObjectSpec(path=bpf_object(OBJECTS[self.tier]), rodata=rodata, max_entries=sizes,
@@ -127,13 +128,13 @@ class HipsKernel(LoaderUser):
         if self._lo is not None and not self._lo.closed:
             raise KernelError("HipsKernel already open", errno=errno.EALREADY, location=self._loc)
         spec = self.spec()
-        if self.tier == "compat":
+        if self.tier == Tier.COMPAT:
             bpffs.ensure_tracefs()
         self._lo = lo = LoadedObject.load(spec)
         try:
             if self.self_tgid:
                 self.set_exempt(self.self_tgid)
-            if self.tier == "compat":
+            if self.tier == Tier.COMPAT:
                 self.seeded = self._seed_task_subjects()
         except BaseException:
             lo.close(unpin=True)
@@ -157,7 +158,7 @@ class HipsKernel(LoaderUser):
                               "(it exempts the dead agent's pid): unpin it and load anew",
                               errno=errno.ENOENT, location=Location(str(pin_dir)))
         tgid = os.getpid() if self_tgid is None else self_tgid
-        self = cls(tier, pin_dir=pin_dir, self_tgid=tgid)
+        self = cls(Tier(tier), pin_dir=pin_dir, self_tgid=tgid)
         self._lo = LoadedObject.adopt(ObjectSpec(path=Path(OBJECTS[tier]), pin_dir=pin_dir,
                                                  pin_maps=MAPS))
         try:

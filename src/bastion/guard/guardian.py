@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from bastion.tier import Tier
 from bastion.procstat import read_stat
 from bastion.alert import Alert, AlertProcess
 from bastion.control import NONCE_KEY, PEER_KEY, ControlServer, request
@@ -270,19 +271,19 @@ class Guardian:
         tiers = ["lsm", "compat"] if self.cfg.tier == "auto" else [self.cfg.tier]
         last: BastionError | None = None
         for tier in tiers:
-            tk = TamperKernel(tier, pin_dir=pin, cgroup_id=self.cfg.cgroup_id,
+            tk = TamperKernel(Tier(tier), pin_dir=pin, cgroup_id=self.cfg.cgroup_id,
                               deadline_s=self.cfg.deadline_s)
             if pin.exists() and self.cfg.tier == "auto":
                 # adopt whatever tier is pinned
                 links = {p.name for p in (pin / "links").iterdir()} if (pin / "links").is_dir() else set()
-                if tier == "lsm" and links and "tamper_task_kill" not in links:
+                if tier == Tier.LSM and links and "tamper_task_kill" not in links:
                     continue
             adopting = tk.pins_complete()
             try:
                 tk.open()
                 return tk
             except KernelError as exc:
-                if tier == "lsm" and adopting and exc.errno == errno.EPERM:
+                if tier == Tier.LSM and adopting and exc.errno == errno.EPERM:
                     # pinned lsm protection refuses us a read-write fd of its maps (the
                     # bpf_map hook): we are not enrolled (a guardian restarted after a
                     # crash, or an impostor).  Enforcement stays as pinned; never fall
@@ -324,8 +325,8 @@ class Guardian:
         self.protected = protect.resolve(paths, forbid=self.cfg.forbid)
         self._try(lambda: self.tk.protect(self.protected) if self.tk and self.protected else None)
         self._try(lambda: self.tk.protect_bpf(self.cfg.pin_root) if self.tk else None)
-        self.protection = "full" if self.tk.tier == "lsm" else "partial"
-        if self.tk.tier == "compat":
+        self.protection = "full" if self.tk.tier == Tier.LSM else "partial"
+        if self.tk.tier == Tier.COMPAT:
             self._open_files()
         self._alert("bastion.tamper.protection-on",
                     f"tamper protection on ({self.protection}, tier {self.tk.tier}"

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Final
 
 from bastion import abi
+from bastion.tier import Tier
 from bastion.errors import DecodeError, KernelError, Location
 from bastion.guard.identity import Identity
 from bastion.guard.protect import ProtectedSet
@@ -138,7 +139,7 @@ def enrolled_identities(pin_dir: Path) -> list[Identity]:
 class TamperKernel(LoaderUser):
     """Tamper protection in the kernel for one tier, pinned under ``pin_dir``."""
 
-    def __init__(self, tier: str, *, pin_dir: Path, cgroup_id: int = 0,
+    def __init__(self, tier: Tier, *, pin_dir: Path, cgroup_id: int = 0,
                  deadline_s: float | None = None) -> None:
         if tier not in OBJECTS:
             raise KernelError(f"unknown tamper tier {tier!r}", errno=errno.EINVAL,
@@ -161,7 +162,7 @@ class TamperKernel(LoaderUser):
         """The object of this tier to load, with its scope in ``.rodata``."""
         rodata: dict[str, int | bytes] = {"cfg_cgroup_id": self.cgroup_id,
                                           "cfg_deadline_ns": self.deadline_ns}
-        if self.tier == "lsm":
+        if self.tier == Tier.LSM:
             rodata["cfg_setattr_idmap"] = int(setattr_has_idmap())
         return replace(self._pinned(), path=bpf_object(OBJECTS[self.tier]), rodata=rodata)
 
