@@ -22,7 +22,6 @@ from bastion import __version__
 from bastion.config import AgentConfig
 from bastion.control import ControlServer
 from bastion.detect.engine import Engine, Finding, Rule, RuleContext
-from bastion.enforce.tiers import TierReport
 from bastion.errors import BastionError
 from bastion.events import Event, HipsEvent, to_json
 from bastion.guard.token import TokenStore
@@ -38,6 +37,7 @@ from bastion.timefmt import format_time
 from bastion.store.remote import store_handlers
 
 if TYPE_CHECKING:  # the kernel-backed parts are built by bastion.assembly, not imported here
+    from bastion.enforce.tiers import TierReport
     from bastion.integrity.worker import WorkerScanner
     from bastion.enforce.lsm import BpfLoadGuard
     from bastion.policy.manager import PolicyManager
