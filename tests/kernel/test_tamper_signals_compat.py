@@ -146,3 +146,19 @@ def test_pidfd_getfd_of_guardian_fanotify(inst: T.Instance) -> None:
     _killed(inst, T.py_pidfd_getfd_flush(gpid), "bastion.tamper.pidfd-getfd")
     r = inst.attack(["sh", "-c", f"echo evil >> {inst.etc / 'policy.yaml'}"])
     assert r.returncode != 0 and "not permitted" in r.stderr
+
+
+def test_new_subdirectory_of_the_install_tree_is_marked_and_alerted(inst: T.Instance) -> None:
+    """``mv lib lib.bak; mkdir lib`` then drop code for the agent's next start: compat sees
+    no rename and a new directory has no fanotify mark.  The guardian marks new
+    directories of the protected trees within ``remark_every_s`` (2 s) and raises a
+    critical alert; writes into it are refused from then on."""
+    lib = inst.install / "lib"
+    r = inst.attack(["sh", "-c", f"mv {lib} {lib}.bak && mkdir {lib}"])
+    assert r.returncode == 0, r.stderr          # compat cannot refuse a rename (said)
+    a = inst.wait_alert("bastion.tamper.tree-changed", timeout=15)
+    assert a["severity"] == "critical" and str(lib) in str(a["evidence"]["new"])  # type: ignore[index]
+    r = inst.attack(["sh", "-c", f"echo 'import os' > {lib}/agent.py"])
+    assert r.returncode != 0 and "not permitted" in r.stderr, r.stderr
+    # fanotify sees opens, not creations: the file may exist, empty; nothing was written
+    assert not (lib / "agent.py").exists() or (lib / "agent.py").read_text() == ""

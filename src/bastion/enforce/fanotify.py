@@ -265,6 +265,11 @@ class FanotifyEnforcer:
 
     # ---- plans ------------------------------------------------------------------------
 
+    def marked(self) -> dict[tuple[int, int], str]:
+        """The inodes marked for the current plan (directories included), with their paths."""
+        st = self._state
+        return {k: m.path for k, m in st.marks.items()} if st is not None else {}
+
     def unenforced(self) -> tuple[str, ...]:
         """What the current plan asks that fanotify marks cannot enforce."""
         return self._unenforced

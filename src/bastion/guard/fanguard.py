@@ -26,6 +26,7 @@ class FileGuard:
     def __init__(self, is_ours: IsOurs, *, scope_cgroup_id: int = 0,
                  deadline_s: float | None = None, self_tgid: int = 0,
                  decision_timeout_s: float = 0.2) -> None:
+        self._ps: ProtectedSet | None = None
         self.enforcer = FanotifyEnforcer(scope_cgroup_id=scope_cgroup_id, deadline_s=deadline_s,
                                          self_tgid=self_tgid,
                                          decision_timeout_s=decision_timeout_s, is_ours=is_ours)
@@ -43,12 +44,23 @@ class FileGuard:
 
     def protect(self, ps: ProtectedSet) -> tuple[str, ...]:
         """Deny write-opens of ``ps`` (files and whole directory trees)."""
+        self._ps = ps
         files = tuple(FileTarget(o.dev, o.ino, o.is_dir, o.path) for o in ps.roots())
         rule = ResolvedRule(1, "tamper-protection", Location("tamper"), (), "everyone",
                             (Op.OPEN_WRITE,), files, (), Action.DENY)
         plan = compile_plan(ResolvedPolicy(Mode.ENFORCE, Action.ALLOW, (rule,)))
         self.enforcer.apply(plan, files)
         return self.enforcer.unenforced()
+
+    def refresh(self) -> list[str]:
+        """Mark what was created in the protected trees since the last call (a directory
+        made after the marks were placed, e.g. ``mv yaml yaml.bak; mkdir yaml``, is not
+        marked: fanotify marks are per inode); returns the paths newly marked."""
+        if self._ps is None:
+            return []
+        before = self.enforcer.marked()
+        self.protect(self._ps)
+        return sorted(p for k, p in self.enforcer.marked().items() if k not in before)
 
     def poll(self, timeout_s: float = 0.0) -> list[HipsEvent]:
         """The refused (and late) write-opens since the last call."""

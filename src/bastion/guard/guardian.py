@@ -108,6 +108,7 @@ class GuardianConfig:
     stall_after_s: float = 30.0        # a loop silent this long is stalled: alert, restart
     heartbeat_every_s: float = 2.0
     watch_paths: tuple[Path, ...] = protect.WATCHED   # see protect.PathWatch
+    remark_every_s: float = 2.0        # compat: new directories in the protected trees marked
     cgroup: Path | None = None         # run guardian + agent in this cgroup, protected
 
 
@@ -261,6 +262,7 @@ class Guardian:
         self._stalled: tuple[int, str] | None = None   # (agent pid, why), set by the watch thread
         self.paths_watch = protect.PathWatch(cfg.watch_paths)
         self._watched_at = 0.0
+        self._marks_at = time.monotonic()
         self._limits: dict[int, tuple[int, int]] = {}
         self._cg_rel = ""                 # our cgroup as /proc/PID/cgroup names it
 
@@ -627,6 +629,29 @@ class Guardian:
                         action="alert",
                         attack=["T1574.006"] if preload else ["T1562.001", "T1543.002"])
 
+    def _refresh_marks(self, now: float) -> None:
+        """Compat: mark directories created in the protected trees since the last pass (the
+        lsm tier protects subtrees by inode ancestry and needs none), and say so: only the
+        agent, the guardian or a maintenance window may create them."""
+        if self.files is None or now - self._marks_at < self.cfg.remark_every_s:
+            return
+        self._marks_at = now
+        try:
+            new = self.files.refresh()
+        except BastionError as exc:
+            log.error("tamper: cannot refresh the protected marks: %s", exc)
+            return
+        if new:
+            inside = self.window.is_open()
+            self._alert("bastion.tamper.tree-changed",
+                        f"{len(new)} new director{'y' if len(new) == 1 else 'ies'} in the protected "
+                        f"tree, now protected: {', '.join(new[:5])}"
+                        + (" during a maintenance window" if inside else
+                           " (created by someone other than Bastion: look at what it holds)"),
+                        "high" if inside else "critical",
+                        {"new": new, "verdict": "detected", "tier": "compat"}, action="alert",
+                        attack=["T1562.001", "T1574"])
+
     def _file_alerts(self) -> None:
         if self.files is None:
             return
@@ -737,6 +762,7 @@ class Guardian:
                     for r in self.tk.poll():
                         self._tamper_alert(r)
                 self._file_alerts()
+                self._refresh_marks(time.monotonic())
                 self._watch_alerts()
                 if self._remove_req.is_set() and self.tk is not None:
                     self._remove_protection()
