@@ -645,3 +645,35 @@ def test_open_flags_of_a_non_leader_thread(tmp_path: Path, cg: tuple[Path, int],
     assert s["flags_unknown"] == 0 and s["denies"] == 1
     ev = events_until(enforcer, 1)[0]
     assert ev.proc.tid != ev.proc.pid
+
+
+def test_a_stall_never_fails_a_read_of_a_write_protected_inode(tmp_path: Path,
+                                                               cg: tuple[Path, int]) -> None:
+    """The tamper guard denies only writes of the install tree (and the stdlib): a stalled
+    decision (a loaded host) must not refuse the *reads* every program does, while a
+    stalled write-open still fails closed."""
+    f = tmp_path / "module.py"
+    f.write_text("x = 1\n")
+    release = threading.Event()
+
+    def stall(tid: int, path: str) -> None:
+        release.wait(3.0)
+
+    enf = FanotifyEnforcer(scope_cgroup_id=cg[1], deadline_s=DEADLINE_S, decision_timeout_s=0.2,
+                           decision_hook=stall)
+    try:
+        enf.open()
+        enf.start()
+        w = rule(1, (Op.OPEN_WRITE,), (target(f),), Action.DENY)
+        enf.apply(plan_of(w), targets_of(w))
+        p = run_in(cg[0], ["cat", str(f)], timeout=TIMEOUT)
+        assert p.returncode == 0 and p.stdout == "x = 1\n", p.stderr
+        p = run_in(cg[0], ["sh", "-c", f"echo evil >> {f}"], timeout=TIMEOUT)
+        assert p.returncode != 0 and EPERM_TEXT in p.stderr, p
+        assert f.read_text() == "x = 1\n"
+        release.set()
+        s = _wait_stat(enf, "watchdog_denies", 1)
+        assert s["watchdog_denies"] >= 1, s
+    finally:
+        release.set()
+        enf.close()

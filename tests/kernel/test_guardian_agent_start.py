@@ -64,9 +64,12 @@ def test_agent_runs_isolated_with_a_scrubbed_environment(inst: T.Instance, plant
     assert [a.decode() for a in argv[:3]] == [T.PY, "-I", "-B"], argv
     raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     env = dict(kv.decode().split("=", 1) for kv in raw if kv)
-    assert env == {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
-                   "LC_ALL": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
-                   "BASTION_TEST_KEPT": "kept"}, env
+    # the guardian tells the agent who it is (mutual supervision): BASTION_GUARDIAN_*
+    ours = {k: v for k, v in env.items() if not k.startswith("BASTION_GUARDIAN_")}
+    assert ours == {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
+                    "LC_ALL": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
+                    "BASTION_TEST_KEPT": "kept"}, env
+    assert env["BASTION_GUARDIAN_PID"] == str(inst.guardian.pid if inst.guardian else 0)
     time.sleep(0.5)
     ran = sorted(p.name for p in planted.glob("ran-*"))
     assert f"ran-{pid}" not in ran, f"the planted sitecustomize ran in the agent: {ran}"

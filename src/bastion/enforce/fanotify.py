@@ -134,6 +134,8 @@ class _PlanState:
     deny_exec_dir: bool = False
     dir_tops: tuple[tuple[int, int], ...] = ()       # directory objects: candidate ancestors
     retired_dirs: frozenset[tuple[int, int]] = frozenset()   # child marks of earlier plans
+    deny_read: frozenset[tuple[int, int]] = frozenset()      # reads denied too (fail closed)
+    deny_read_dir: bool = False
 
 
 @dataclass
@@ -158,6 +160,10 @@ class _FailClosed:
     deny_open_dir: bool
     deny_exec_dir: bool
     dir_tops: tuple[tuple[int, int], ...]
+    # the subset whose *reads* are denied too: a stalled open of an inode only
+    # write-denied fails closed only when the opener's flags say write (or are unknown)
+    deny_read: frozenset[tuple[int, int]] = frozenset()
+    deny_read_dir: bool = False
 
 
 _DecideFile = Callable[[TaskFacts, abi.HipsOp, tuple[int, int], Sequence[tuple[int, int]]],
@@ -318,7 +324,8 @@ class FanotifyEnforcer:
                 bool(child_dirs) or bool(plan.flags & abi.HIPS_F_DIR_OBJECTS),
                 deny_open=fc.deny_open, deny_exec=fc.deny_exec, deny_open_dir=fc.deny_open_dir,
                 deny_exec_dir=fc.deny_exec_dir, dir_tops=fc.dir_tops,
-                retired_dirs=frozenset(retired - child_dirs))
+                retired_dirs=frozenset(retired - child_dirs), deny_read=fc.deny_read,
+                deny_read_dir=fc.deny_read_dir)
             for key, m in old_marks.items():
                 new = marks.get(key)
                 lis.unmark(m.path, key, m.mask & ~(new.mask if new is not None else 0))
@@ -376,6 +383,8 @@ class FanotifyEnforcer:
         deny_open: set[tuple[int, int]] = set()
         deny_exec: set[tuple[int, int]] = set()
         dir_open = dir_exec = False
+        deny_read: set[tuple[int, int]] = set()
+        dir_read = False
         tops: list[tuple[int, int]] = []
 
         def add(key: tuple[int, int], path: str, mask: int) -> None:
@@ -406,6 +415,9 @@ class FanotifyEnforcer:
             if deny & {abi.HipsOp.OPEN_READ, abi.HipsOp.OPEN_WRITE}:
                 deny_open.add(key)
                 dir_open |= is_dir_object
+            if abi.HipsOp.OPEN_READ in deny:
+                deny_read.add(key)
+                dir_read |= is_dir_object
             if abi.HipsOp.EXEC in deny:
                 deny_exec.add(key)
                 dir_exec |= is_dir_object
@@ -431,9 +443,10 @@ class FanotifyEnforcer:
         if plan.mode is not abi.HipsMode.ENFORCE:   # nothing is refused: never fail closed
             deny_open.clear()
             deny_exec.clear()
-            dir_open = dir_exec = False
+            deny_read.clear()
+            dir_open = dir_exec = dir_read = False
         fc = _FailClosed(frozenset(deny_open), frozenset(deny_exec), dir_open, dir_exec,
-                         tuple(dict.fromkeys(tops)))
+                         tuple(dict.fromkeys(tops)), frozenset(deny_read), dir_read)
         return marks, child_dirs, problems, fc
 
     # ---- fail closed (listener or watchdog thread: fstat, dict lookups, procfs) ---------
@@ -448,11 +461,20 @@ class FanotifyEnforcer:
                 else state.deny_open or state.deny_open_dir):
             return FAN_ALLOW
         st = os.fstat(ev.fd)
-        if not _covered(state, ev.is_exec, (kernel_dev(st.st_dev), st.st_ino)):
+        key = (kernel_dev(st.st_dev), st.st_ino)
+        if not _covered(state, ev.is_exec, key):
             return FAN_ALLOW
         scope = self.scope
         if scope.is_self(ev.tid) or scope.out_of_scope(ev.tid):
             return FAN_ALLOW
+        if not ev.is_exec and not (key in state.deny_read
+                                   or (state.deny_read_dir and key not in state.marks)):
+            # only writes are denied here: a read must not fail (a protected install tree
+            # or stdlib is read by every program); the flags come from procfs, no wait
+            flags = open_flags(ev.tid)
+            if flags is not None and flags >= 0 and (flags & os.O_ACCMODE) == os.O_RDONLY \
+                    and not flags & os.O_TRUNC:
+                return FAN_ALLOW
         return FAN_DENY
 
     # ---- the decision (listener thread; reads procfs and stats only) --------------------
