@@ -108,8 +108,13 @@ def _open_hips_backends(tier: Tier, pin_root: Path, deadline_s: float | None,
 
 def sigma_engine_rules(dirs: Sequence[Path], say: Callable[[str], None]) -> list[Rule]:
     """Sigma rules for the engine; a malformed file is reported and the rest load."""
+    return _sigma_load(dirs, say)[0]
+
+
+def _sigma_load(dirs: Sequence[Path], say: Callable[[str], None]) -> tuple[list[Rule], int]:
+    """(engine rules, how many Sigma rules they evaluate)."""
     if not dirs:
-        return []
+        return [], 0
     from bastion.detect.sigma.rules import load_sigma
 
     res = load_sigma(list(dirs))
@@ -117,7 +122,7 @@ def sigma_engine_rules(dirs: Sequence[Path], say: Callable[[str], None]) -> list
         say(f"sigma: {err}")
     say(f"sigma: {len(res.rules)} rules loaded, {len(res.unsupported)} unsupported "
         f"(bastion sigma check lists them), {len(res.errors)} files with errors")
-    return list(res.engine_rules())
+    return list(res.engine_rules()), len(res.rules)
 
 
 def _sigma_group(policy: AgentConfig, opts: AgentOptions,
@@ -133,17 +138,17 @@ def _sigma_group(policy: AgentConfig, opts: AgentOptions,
         live = inst.installed_rules_dir(opts.data_dir)
         if live is not None and live.resolve() not in {d.resolve() for d in dirs}:
             dirs.append(live)
-    rules = sigma_engine_rules(dirs, say)
+    rules, n = _sigma_load(dirs, say)
     if rules:
         say(inst.DRL_NOTICE)
     where = (f"SigmaHQ release {info['release']}" if info.get("installed") else "")
     extra_dirs = [str(d) for d in dirs if not info.get("installed") or str(d) != info.get("path")]
-    detail = (f"{len(rules)} rules live from " + ", ".join(filter(None, [where, *extra_dirs]))
+    detail = (f"{n} rules live from " + ", ".join(filter(None, [where, *extra_dirs]))
               if rules else ("installed set loads no rule: bastion sigma check "
                              f"{info.get('path')}" if info.get("installed")
                              else "no rules installed: bastion sigma update"
                              if policy.sigma_installed else "off (sigma_installed: false, no sigma dirs)"))
-    return rules, {"rules": len(rules), "dirs": [str(d) for d in dirs], "detail": detail,
+    return rules, {"rules": n, "dirs": [str(d) for d in dirs], "detail": detail,
                    "installed": info}
 
 

@@ -42,9 +42,15 @@ Handler = Callable[[Source, list[Event]], None]
 class EventPump:
     """Drains its sources until stopped; owns no source (callers open and close them)."""
 
-    def __init__(self, sources: Sequence[Source] = (), interval_s: float = 0.02) -> None:
+    def __init__(self, sources: Sequence[Source] = (), interval_s: float = 0.02,
+                 idle_factor: int = 4) -> None:
+        """``interval_s``: the poll interval while events flow; after empty rounds the
+        wait doubles up to ``idle_factor`` times it (an idle agent wakes less), and the
+        first event brings it back (the kernel ring absorbs what arrives meanwhile)."""
         self.sources = list(sources)
         self.interval_s = interval_s
+        self.idle_factor = max(1, idle_factor)
+        self._slowdown = 1
 
     def add(self, source: Source) -> None:
         self.sources.append(source)
@@ -52,7 +58,8 @@ class EventPump:
     def step(self, handle: Handler, *, wait: bool = True) -> bool:
         """One round over every source; False once every source has ended."""
         blocking = [s for s in self.sources if s.blocking and not s.done]
-        share = self.interval_s / len(blocking) if wait and blocking else 0.0
+        share = self.interval_s * self._slowdown / len(blocking) if wait and blocking else 0.0
+        busy = False
         for s in self.sources:
             if s.done:
                 continue
@@ -61,7 +68,9 @@ class EventPump:
                 s.done = True
                 continue
             if batch:
+                busy = True
                 handle(s, batch)
+        self._slowdown = 1 if busy else min(self.idle_factor, self._slowdown * 2)
         # the blocking sources (sensors, replays) drive the pump; the non-blocking ones
         # (enforcement rings) are drained alongside and never end it on their own
         primary = [s for s in self.sources if s.blocking] or self.sources
