@@ -128,3 +128,12 @@ def test_no_false_tamper_alarm_from_our_own_restart_and_queries(inst: T.Instance
     assert not [r for r in rules if r not in ("bastion.tamper.agent-died", "bastion.tamper.protection-on")], \
         [(a["rule"], a["title"]) for a in inst.alerts()]
     assert not list((code / "bastion").rglob("*.pyc"))
+
+
+def test_a_failed_start_leaves_nothing_pinned(inst: T.Instance) -> None:
+    """A guardian whose set-up fails after loading its protection (here: a path it may not
+    protect) removes what it pinned: the next start must not meet half-done pins."""
+    with pytest.raises(AssertionError, match="must not be protected|forbid|refus"):
+        inst.start_guardian("--protect", str(T.REPO / "docs"), wait_agent=False)
+    assert inst.guardian is not None and inst.guardian.wait(10) == 1
+    assert not (inst.pin_root / "tamper").exists(), list((inst.pin_root / "tamper").rglob("*"))

@@ -80,7 +80,7 @@ def _try_load(name: str) -> tuple[bool, str]:
 
 
 @contextlib.contextmanager
-def _quiet_libbpf() -> Iterator[None]:
+def quiet_libbpf() -> Iterator[None]:
     """A probe that is expected to fail must not print libbpf's warnings."""
     lg = logging.getLogger("bastion.libbpf")
     old = lg.level
@@ -93,7 +93,7 @@ def _quiet_libbpf() -> Iterator[None]:
 
 def _probe_lsm() -> tuple[bool, str]:
     """Load and attach the allow-all lsm/file_open probe, then detach it."""
-    with _quiet_libbpf():
+    with quiet_libbpf():
         return _probe_lsm_loud()
 
 

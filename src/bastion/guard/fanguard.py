@@ -20,6 +20,9 @@ from bastion.policy.compile import FileTarget, ResolvedPolicy, ResolvedRule, com
 from bastion.policy.model import Action, Mode, Op
 
 
+GUARD_MAX_DIRS = 200_000
+
+
 class FileGuard:
     """Deny write-opens of a protected set to all but ``is_ours`` (and this process)."""
 
@@ -27,8 +30,10 @@ class FileGuard:
                  deadline_s: float | None = None, self_tgid: int = 0,
                  decision_timeout_s: float = 0.2) -> None:
         self._ps: ProtectedSet | None = None
+        # the protected trees are ours (interpreter, stdlib, venv, data dir), not a user's
+        # policy: a Python install holds ~10,000 directories, each one an inode mark here
         self.enforcer = FanotifyEnforcer(scope_cgroup_id=scope_cgroup_id, deadline_s=deadline_s,
-                                         self_tgid=self_tgid,
+                                         self_tgid=self_tgid, max_dirs=GUARD_MAX_DIRS,
                                          decision_timeout_s=decision_timeout_s, is_ours=is_ours)
 
     def open(self) -> FileGuard:

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from bastion.enforce.tiers import quiet_libbpf
 from bastion.tier import Tier
 from bastion.procstat import read_stat
 from bastion.alert import Alert, AlertProcess
@@ -108,7 +109,7 @@ class GuardianConfig:
     stall_after_s: float = 30.0        # a loop silent this long is stalled: alert, restart
     heartbeat_every_s: float = 2.0
     watch_paths: tuple[Path, ...] = protect.WATCHED   # see protect.PathWatch
-    remark_every_s: float = 2.0        # compat: new directories in the protected trees marked
+    remark_every_s: float = 5.0        # compat: new directories in the protected trees marked
     cgroup: Path | None = None         # run guardian + agent in this cgroup, protected
 
 
@@ -282,7 +283,12 @@ class Guardian:
                     continue
             adopting = tk.pins_complete()
             try:
-                tk.open()
+                if tier == Tier.LSM and len(tiers) > 1 and not adopting:
+                    # a probe: a kernel that refuses BPF LSM says so once, below (info)
+                    with quiet_libbpf():
+                        tk.open()
+                else:
+                    tk.open()
                 return tk
             except KernelError as exc:
                 if tier == Tier.LSM and adopting and exc.errno == errno.EPERM:
@@ -310,6 +316,24 @@ class Guardian:
         self._join_cgroup()
         self.me = Identity.of(os.getpid(), ROLE_GUARDIAN)
         self.tk = self._open_kernel()
+        try:
+            self._setup_protection()
+        except BaseException:
+            # a start that fails leaves nothing of its own pinned (an adopted protection,
+            # an earlier guardian's, stays): the next start must not meet our half-done pins
+            tk, self.tk = self.tk, None
+            if tk is not None and not tk.adopted:
+                try:
+                    tk.remove()
+                except BastionError as exc:
+                    log.error("tamper: cannot remove the protection of a failed start: %s", exc)
+            if self.files is not None:
+                self.files.close()
+                self.files = None
+            raise
+
+    def _setup_protection(self) -> None:
+        assert self.tk is not None and self.me is not None
         try:
             self.tk.register(self.me)
         except KernelError as exc:
