@@ -162,3 +162,12 @@ def test_new_subdirectory_of_the_install_tree_is_marked_and_alerted(inst: T.Inst
     assert r.returncode != 0 and "not permitted" in r.stderr, r.stderr
     # fanotify sees opens, not creations: the file may exist, empty; nothing was written
     assert not (lib / "agent.py").exists() or (lib / "agent.py").read_text() == ""
+
+
+def test_directories_the_agent_makes_in_its_data_dir_raise_no_alarm(inst: T.Instance) -> None:
+    """The agent creates integrity/, shadow/, sigma/ in its data dir: marked, not alarmed
+    (seen under `make run`: a critical tree-changed alert against ourselves)."""
+    (inst.data / "integrity-like").mkdir()
+    time.sleep(7)   # > remark_every_s
+    assert not [a for a in inst.alerts("bastion.tamper.tree-changed")
+                if "integrity-like" in str(a.get("evidence"))]

@@ -665,6 +665,10 @@ class Guardian:
         except BastionError as exc:
             log.error("tamper: cannot refresh the protected marks: %s", exc)
             return
+        # the agent's own data dir grows directories of its own (integrity/, shadow/, the
+        # Sigma releases): marked, not alerted; anywhere else only the agent's code lives
+        data = str(self.cfg.data_dir.resolve())
+        new = [p for p in new if p != data and not p.startswith(data + os.sep)]
         if new:
             inside = self.window.is_open()
             self._alert("bastion.tamper.tree-changed",

@@ -196,7 +196,10 @@ class TamperKernel(LoaderUser):
             try:
                 link.detach()
             except KernelError as exc:
-                log.warning("tamper: detach %s: %s", link.description, exc)
+                # tracepoint links have no LINK_DETACH (EOPNOTSUPP): unpinning and closing
+                # below detaches them; anything else is worth a warning
+                (log.debug if exc.errno == errno.EOPNOTSUPP else log.warning)(
+                    "tamper: detach %s: %s", link.description, exc)
         self.close()
         return bpffs.remove_pins(self.pin_dir) if self.pin_dir.exists() else []
 
