@@ -269,12 +269,9 @@ class TokenStore:
         """Check a client's signature over ``what``, the nonce this server sent on this
         connection and this server's own identity; rate-limited like :meth:`verify`."""
         now = time.time() if now is None else now
-        failures, next_allowed = self._load_attempts()
-        if now < next_allowed:
-            return Verdict(False, "rate limited", next_allowed - now, failures)
-        rec = self._load()
-        if rec is None:
-            return Verdict(False, "no token set")
+        refused, failures, rec = self._admit(now)
+        if refused is not None or rec is None:
+            return refused or Verdict(False, "no token set")
         if "pub" not in rec:
             return Verdict(False, "the stored token predates challenge-response: set it again "
                            "(bastion set-token --old-token-file)")
@@ -291,6 +288,17 @@ class TokenStore:
             return self._fail(failures, now)
         self._save_attempts(0, 0.0)
         return Verdict(True, "ok")
+
+    def _admit(self, now: float) -> tuple[Verdict | None, int, dict[str, Any] | None]:
+        """Before any check: (refusal while rate limited or with no token set, the failure
+        count, the stored record)."""
+        failures, next_allowed = self._load_attempts()
+        if now < next_allowed:
+            return Verdict(False, "rate limited", next_allowed - now, failures), failures, None
+        rec = self._load()
+        if rec is None:
+            return Verdict(False, "no token set"), failures, None
+        return None, failures, rec
 
     def _load_attempts(self) -> tuple[int, float]:
         try:
@@ -311,12 +319,9 @@ class TokenStore:
     def verify(self, token: bytes, *, now: float | None = None) -> Verdict:
         """Check ``token``; a failure doubles the wait before the next attempt."""
         now = time.time() if now is None else now
-        failures, next_allowed = self._load_attempts()
-        if now < next_allowed:
-            return Verdict(False, "rate limited", next_allowed - now, failures)
-        rec = self._load()
-        if rec is None:
-            return Verdict(False, "no token set")
+        refused, failures, rec = self._admit(now)
+        if refused is not None or rec is None:
+            return refused or Verdict(False, "no token set")
         salt = bytes.fromhex(rec["salt"])
         k = _derive(token, salt, int(rec["n"]), int(rec["r"]), int(rec["p"]))
         if "pub" in rec:
