@@ -398,13 +398,17 @@ class Agent:
     def _swap_sigma(self) -> None:
         while self._sigma_swap:
             rules, info = self._sigma_swap.popleft()
+            before, after = int(self.sigma.get("rules", 0)), int(info.get("rules", 0))
             self.engine.replace(self._sigma_rules, rules)
             self._sigma_rules = list(rules)
             self.sigma = info
+            # fewer live rules is how a set swapped in to blind detection looks: said loudly
             self._pending.append(Finding(
-                rule="bastion.sigma.updated", severity="info", attack=(), action="alert",
-                event=None, pid=os.getpid(), title=f"Sigma rules reloaded: {len(rules)} rules live",
-                evidence={k: v for k, v in info.items() if k != "detail"}))
+                rule="bastion.sigma.updated", severity="high" if after < before else "info",
+                attack=("T1562.001",) if after < before else (), action="alert", event=None,
+                pid=os.getpid(), title=f"Sigma rules reloaded: {before} -> {after} rules live",
+                evidence={**{k: v for k, v in info.items() if k != "detail"},
+                          "rules_before": before}))
 
     # ---- the loop ------------------------------------------------------------------
 
