@@ -21,7 +21,7 @@ from bastion.errors import KernelError
 from bastion.kernel.bpffs import HostMounts, prepare_pseudo_filesystems
 from bastion.paths import PIN_ROOT
 from bastion.proctable import ProcessTable
-from bastion.respond.dispatch import ActionHook
+from bastion.respond.dispatch import ActionHook, Dispatcher, QuarantineBackend
 from bastion.sensors.base import Sensor
 from bastion.tier import Tier
 
@@ -169,6 +169,18 @@ def _shadow_incident_hook(agent_ref: list[Agent], procs: ProcessTable) -> Action
     return hook
 
 
+def make_dispatcher(procs: ProcessTable, *, dry_run: bool,
+                    quarantine: QuarantineBackend | None) -> Dispatcher:
+    """The response layer with every rule-specific way of acting registered: a rogue
+    BPF program's ``kill`` reaches every holder the scan named, each by pid and start
+    time (never the first holder by pid alone)."""
+    from bastion.integrity.response import RULE as ROGUE_BPF, respond_to_rogue_program
+
+    dispatcher = Dispatcher(procs, dry_run=dry_run, quarantine=quarantine)
+    dispatcher.acts(ROGUE_BPF, "kill", respond_to_rogue_program)
+    return dispatcher
+
+
 def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
     """Assemble an agent: sensors, tier, HIPS, store, rules, responses, outputs, metrics.
 
@@ -177,7 +189,6 @@ def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
     """
     from bastion.detect.behavior import behavior_rules, live_probes
     from bastion.detect.engine import Engine, builtin_rules
-    from bastion.respond.dispatch import Dispatcher
     from bastion.store.db import Retention, Store
 
     policy = opts.policy
@@ -235,7 +246,7 @@ def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
             say(f"metrics on http://{policy.metrics.host}:{port}/metrics")
         if report is not None:
             _kernel_parts(parts, opts, report)
-        dispatcher = Dispatcher(procs, dry_run=policy.behavior.dry_run, quarantine=parts.quarantine)
+        dispatcher = make_dispatcher(procs, dry_run=policy.behavior.dry_run, quarantine=parts.quarantine)
         agent_ref: list[Agent] = []
         dispatcher.after("behavior.ransomware", "kill", _shadow_incident_hook(agent_ref, procs))
         agent = Agent(policy=policy, sensors=[sensor], store=store, procs=procs, engine=engine,

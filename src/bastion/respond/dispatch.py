@@ -47,6 +47,11 @@ class QuarantineBackend(Protocol):
 # After an action was taken: (the finding, its alert) -> None; may add to the alert.
 ActionHook = Callable[[Finding, Alert], None]
 
+# How one rule's action is taken when the finding names its own targets (e.g. every
+# holder of a rogue BPF program, each with its start time): (the finding, dry run) ->
+# (outcome, pids signalled, one record per target for the alert's evidence "response").
+ActionHandler = Callable[[Finding, bool], tuple[str, list[int], list[dict[str, Any]]]]
+
 
 def live_children(pid: int) -> list[int]:
     """Children of ``pid`` as the kernel sees them now (every thread's list)."""
@@ -71,6 +76,7 @@ class Dispatcher:
         self.quarantine = quarantine
         self._incident = 0
         self._hooks: list[tuple[str, str, ActionHook]] = []
+        self._handlers: dict[tuple[str, str], ActionHandler] = {}
         self.skipped_reused = 0     # kill-tree members whose pid was reused: not signalled
 
     def after(self, rule: str, outcome_prefix: str, hook: ActionHook) -> None:
@@ -78,6 +84,13 @@ class Dispatcher:
         ``outcome_prefix`` (e.g. a ransomware kill opens a shadow-copy incident).  The
         composition root registers these; the dispatcher knows no rule by name."""
         self._hooks.append((rule, outcome_prefix, hook))
+
+    def acts(self, rule: str, action: str, handler: ActionHandler) -> None:
+        """Take ``rule``'s ``action`` with ``handler`` instead of the built-in one (which acts
+        on the finding's single pid).  Registered by the composition root."""
+        if action not in ACTING:
+            raise ValueError(f"{action!r} is not an acting action ({', '.join(sorted(ACTING))})")
+        self._handlers[(rule, action)] = handler
 
     def _open_checked(self, pid: int, start_ns: int) -> int | str:
         """A pidfd for exactly this process, or why not."""
@@ -207,7 +220,11 @@ class Dispatcher:
         action = f.action
         outcome = action
         killed: list[int] = []
-        if action in ACTING and (self.dry_run or f.dry_run):
+        response: list[dict[str, Any]] | None = None
+        handler = self._handlers.get((f.rule, action))
+        if handler is not None:
+            outcome, killed, response = handler(f, self.dry_run or f.dry_run)
+        elif action in ACTING and (self.dry_run or f.dry_run):
             outcome = f"would-{action}"
         elif action == "kill":
             outcome = self._kill(f)
@@ -226,7 +243,9 @@ class Dispatcher:
                 exe=(ev.proc.exe if ev and ev.proc.exe else (entry.exe if entry else "")),
                 cmdline=" ".join(entry.cmdline) if entry else "",
                 uid=entry.uid if entry else (ev.proc.uid if ev else 0)),
-            enforced_by=f.enforced_by or "", evidence=dict(f.evidence or {}), killed=killed,
+            enforced_by=f.enforced_by or "",
+            evidence={**(f.evidence or {}), **({"response": response} if response is not None else {})},
+            killed=killed,
             event=to_json(ev) if ev is not None else None, meta=dict(f.meta))
         for rule, prefix, hook in self._hooks:
             if rule == f.rule and outcome.startswith(prefix):
