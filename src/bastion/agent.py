@@ -168,7 +168,7 @@ class Agent:
             "policy.show": self._policy_show,
             "sigma.update": self._sigma_update,
             "sigma.job": lambda req: {"job": dict(self._sigma_job)},
-            **store_handlers(self.store.path.parent),
+            **store_handlers(self.store.path.parent, lambda: self.store.anchor),
         }, challenge=TokenStore(self.store.path.parent).challenge) if socket_path else None
         self.summary = Summary()
         self._started = time.monotonic()
@@ -430,7 +430,9 @@ class Agent:
         self.store.add_alert(record)
         self.summary.alerts += 1
         if self.outputs is not None:
-            self.outputs.publish_alert(record)
+            # with its place in the chain: the remote copy anchors the chain's length and head
+            anchor = self.store.anchor
+            self.outputs.publish_alert({**record, "chain": anchor.to_json()} if anchor else record)
         if self.metrics is not None:
             self.metrics.alert(alert.severity, alert.action)
         if self.feed is not None:

@@ -222,6 +222,14 @@ def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
         max_age_s=policy.store.max_age_s, max_events=policy.store.max_events,
         max_bytes=policy.store.max_bytes))
     try:
+        if store.anchor_note:
+            # the alert chain lost records (or its anchor) while no agent ran: said before
+            # the store is re-anchored at its current head (the alert itself is chained)
+            from bastion.detect.engine import Finding
+            parts.notices += (Finding(
+                rule="bastion.store.chain_anchor", severity="critical", attack=("T1070",),
+                action="alert", title=f"Alert log anchor mismatch at start: {store.anchor_note}",
+                event=None, pid=os.getpid(), evidence={"detail": store.anchor_note}),)
         procs = ProcessTable()
         def load_sigma_group(quiet: bool = False) -> tuple[list[Rule], dict[str, Any]]:
             return _sigma_group(policy, opts, (lambda _m: None) if quiet else say)

@@ -322,21 +322,41 @@ def log_group() -> None:
 @click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), envvar="BASTION_DATA_DIR",
               default=DEFAULT_DATA_DIR, show_default=True, help="Store directory.")
 @_SOCKET_OPT
+@click.option("--anchor", "anchor_files", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="An anchor kept off this host: a JSON file holding the newest alert from the "
+                   "remote log (its \"chain\" object) or {count, seq, mac}. Repeatable.")
 @click.option("--json", "as_json", is_flag=True)
-def log_verify(data_dir: Path, socket_path: Path, as_json: bool) -> None:
-    """Check the alert chain; name every edited, deleted, inserted or reordered record."""
+def log_verify(data_dir: Path, socket_path: Path, anchor_files: tuple[Path, ...], as_json: bool) -> None:
+    """Check the alert chain; name every edited, deleted, inserted or reordered record, and
+    a truncated or rolled-back store (against the anchor file, the agent's and any --anchor)."""
     from bastion.cli.query import _reader
+    from bastion.store.chain import Anchor
 
+    given: list[tuple[str, Anchor]] = []
+    for f in anchor_files:
+        try:
+            doc = json.loads(f.read_text())
+        except (OSError, ValueError) as exc:
+            raise click.ClickException(f"{f}: cannot read the anchor: {exc}") from exc
+        if not isinstance(doc, dict):
+            raise click.ClickException(f"{f}: an anchor is a JSON object")
+        given.append((f"given {f.name}", Anchor.from_json(doc, where=str(f))))
     with _reader(data_dir, socket_path) as store:
-        n, problems = store.verify_chain()
+        report = store.verify_chain(given)
+    problems = report.problems
     if as_json:
-        click.echo(json.dumps({"alerts": n, "intact": not problems,
-                               "problems": [{"seq": p.seq, "kind": p.kind, "detail": p.detail}
-                                            for p in problems]}, indent=2))
+        click.echo(json.dumps(report.to_json(), indent=2))
     else:
         for p in problems:
             click.echo(str(p))
-        click.echo(f"{n} alerts: " + ("chain intact" if not problems else f"{len(problems)} problems"))
+        for note in report.notes:
+            click.echo(f"note: {note}")
+        if report.old_scheme:
+            click.echo(f"{report.old_scheme} alerts written before schema 3 are verified under the old "
+                       "MAC scheme (chain and data; their filter columns checked against the data)")
+        click.echo("anchors checked: " + (", ".join(report.anchors) or "none"))
+        click.echo(f"{report.alerts} alerts: " + ("chain intact" if not problems
+                                                   else f"{len(problems)} problems"))
     sys.exit(1 if problems else 0)
 
 

@@ -107,6 +107,23 @@ def _text(value: object) -> str:
     return s
 
 
+def alert_columns(record: Mapping[str, Any]) -> tuple[float, int, str, int, str]:
+    """The filter columns an alert record gives: (ts, severity rank, rule, pid, exe)."""
+    process = record.get("process") or {}
+    return (parse_time(record["time"]), severity_rank(record["severity"]),
+            _text(record.get("rule", "")), int(process.get("pid", 0)), _text(process.get("exe") or ""))
+
+
+def _derive_columns(data: str) -> tuple[object, ...]:
+    """:func:`alert_columns` of a stored alert's JSON (ValueError if it gives none)."""
+    try:
+        return alert_columns(json.loads(data))
+    except ValueError:
+        raise
+    except Exception as exc:   # KeyError, TypeError, ConfigError from a malformed record
+        raise ValueError(f"{type(exc).__name__}: {exc}") from exc
+
+
 def _is_glob(pattern: str) -> bool:
     return not _GLOB_CHARS.isdisjoint(pattern)
 
@@ -127,8 +144,16 @@ class Store:
         self._key: bytes | None = None
         self._retention = retention
         self._readonly = readonly
+        self._immutable = False
         self._lock = threading.RLock()
         self._closed = False
+        #: the writer's anchor of the alert chain (count, head): kept in memory, in the
+        #: anchor file, and published with every alert (store/chain.py)
+        self.anchor: chain.Anchor | None = None
+        #: set by a writer's open when the anchor file disagreed with the store (truncated
+        #: or rolled back while the agent was down, or the file was removed or forged)
+        self.anchor_note = ""
+        self._alert_count = 0
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -191,7 +216,7 @@ class Store:
                 )
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute(f"PRAGMA journal_size_limit = {64 * 2**20}")
-            migrate(conn)
+            before, _ = migrate(conn)
         except NewerSchemaError as exc:
             conn.close()
             raise StoreError(
@@ -205,7 +230,47 @@ class Store:
         except BaseException:
             conn.close()
             raise
-        return cls(conn, path, retention=retention or Retention(), readonly=False)
+        store = cls(conn, path, retention=retention or Retention(), readonly=False)
+        try:
+            store._take_anchor(first=before < 3)
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    def _anchor_path(self) -> Path:
+        return self._path.parent / chain.ANCHOR_NAME
+
+    def _head(self, conn: sqlite3.Connection) -> chain.Anchor:
+        n = int(conn.execute("SELECT count(*) FROM alerts").fetchone()[0])
+        last = conn.execute("SELECT seq, mac FROM alerts ORDER BY seq DESC LIMIT 1").fetchone()
+        return chain.Anchor(n, int(last[0]), str(last[1])) if last else chain.Anchor(n, 0, "")
+
+    def _take_anchor(self, *, first: bool) -> None:
+        """Writer open: compare the anchor file with the store (what happened while no agent
+        ran), say so in :attr:`anchor_note` if they disagree, then anchor the store's head.
+        ``first``: the store predates anchors (schema < 3): its head is anchored silently."""
+        key = self._chain_key()
+        with self._read("anchoring the alert chain") as conn:
+            head = self._head(conn)
+            rows = [chain.ChainRow.from_sql(r) for r in conn.execute(
+                "SELECT seq, '', '', prev_seq, mac, 0, NULL, NULL, NULL, NULL, NULL "
+                "FROM alerts ORDER BY seq")] if not first else []
+        if not first:
+            try:
+                saved = chain.read_anchor(self._anchor_path(), key)
+            except StoreError as exc:
+                self.anchor_note = f"{exc}"
+            else:
+                if saved is None:
+                    self.anchor_note = (f"the alert chain anchor {self._anchor_path()} is missing "
+                                        f"(removed?); re-anchored at {head.count} alerts")
+                else:
+                    problems, _ = chain.check_anchor(saved, rows, "file")
+                    if problems:
+                        self.anchor_note = "; ".join(str(p) for p in problems)
+        chain.write_anchor(self._anchor_path(), key, head)
+        self.anchor, self._alert_count = head, head.count
 
     @classmethod
     def _open_reader(cls, path: Path, retention: Retention, *, immutable: bool = False) -> Store:
@@ -249,7 +314,9 @@ class Store:
                     f"({SCHEMA_VERSION}); start the agent once to migrate it"
                 )
             raise StoreError(why, location=Location(str(path)))
-        return cls(conn, path, retention=retention, readonly=True)
+        store = cls(conn, path, retention=retention, readonly=True)
+        store._immutable = immutable
+        return store
 
     @property
     def path(self) -> Path:
@@ -358,12 +425,7 @@ class Store:
             record["id"] = uuid.uuid4().hex
         alert_id = str(record["id"])
         try:
-            ts = parse_time(record["time"])
-            sev = severity_rank(record["severity"])
-            process = record.get("process") or {}
-            pid = int(process.get("pid", 0))
-            exe = _text(process.get("exe") or "")
-            rule = _text(record.get("rule", ""))
+            ts, sev, rule, pid, exe = alert_columns(record)
             data = json.dumps(record, separators=_JSON_SEPARATORS)
         except Exception as exc:
             raise StoreError(
@@ -375,13 +437,19 @@ class Store:
             last = conn.execute("SELECT seq, mac FROM alerts ORDER BY seq DESC LIMIT 1").fetchone()
             prev_seq, prev_mac = (int(last[0]), str(last[1])) if last else (0, "")
             cur = conn.execute(
-                "INSERT INTO alerts(alert_id, ts, severity, rule, pid, exe, data, prev_seq) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (alert_id, ts, sev, rule, pid, exe, data, prev_seq),
+                "INSERT INTO alerts(alert_id, ts, severity, rule, pid, exe, data, prev_seq, mac_v) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (alert_id, ts, sev, rule, pid, exe, data, prev_seq, chain.SCHEME),
             )
             seq = int(cur.lastrowid or 0)
-            conn.execute("UPDATE alerts SET mac = ? WHERE seq = ?",
-                         (chain.mac(key, prev_seq, prev_mac, seq, alert_id, data), seq))
+            # the MAC covers the row as SQLite will give it back (stored types included)
+            row = chain.ChainRow.from_sql(conn.execute(
+                f"SELECT {chain.COLUMNS} FROM alerts WHERE seq = ?", (seq,)).fetchone())
+            mac = chain.row_mac(key, row, prev_mac)
+            conn.execute("UPDATE alerts SET mac = ? WHERE seq = ?", (mac, seq))
+        self._alert_count += 1
+        self.anchor = chain.Anchor(self._alert_count, seq, mac)
+        chain.write_anchor(self._anchor_path(), key, self.anchor)
         return alert_id
 
     def _chain_key(self) -> bytes:
@@ -389,13 +457,37 @@ class Store:
             self._key = chain.load_key(self._path.parent, create=not self._readonly)
         return self._key
 
-    def verify_chain(self) -> tuple[int, list[chain.ChainProblem]]:
-        """(alerts checked, problems) of the tamper-evident alert chain."""
+    def verify_chain(self, anchors: Sequence[tuple[str, chain.Anchor]] = ()) -> chain.ChainReport:
+        """The tamper-evident alert chain checked row by row, then against the anchor file
+        and each of ``anchors`` (``(source, anchor)``: the agent's own, one given by hand)."""
         key = self._chain_key()
         with self._read("verifying the alert chain") as conn:
-            rows = [(int(a), str(b), str(c), int(d), str(e)) for a, b, c, d, e in conn.execute(
-                "SELECT seq, alert_id, data, prev_seq, mac FROM alerts ORDER BY seq")]
-        return len(rows), chain.verify(key, rows)
+            rows = [chain.ChainRow.from_sql(r) for r in conn.execute(
+                f"SELECT {chain.COLUMNS} FROM alerts ORDER BY seq")]
+        report = chain.ChainReport(len(rows), chain.verify(key, rows, _derive_columns),
+                                   sum(1 for r in rows if r.mac_v == 1))
+        try:
+            saved = chain.read_anchor(self._anchor_path(), key)
+        except StoreError as exc:
+            report.problems.append(chain.ChainProblem(0, "unanchored", str(exc)))
+            saved = None
+        else:
+            if saved is None and rows:
+                report.problems.append(chain.ChainProblem(
+                    0, "unanchored", f"the anchor file {self._anchor_path()} is missing: "
+                                     "truncation cannot be ruled out"))
+        checks = ([("file", saved)] if saved is not None else []) + list(anchors)
+        for source, a in checks:
+            problems, notes = chain.check_anchor(a, rows, source)
+            report.anchors.append(f"{source} ({a.count} alerts, head seq {a.seq})")
+            if problems and self._immutable:
+                # a snapshot does not see rows still in the WAL: shorter is expected
+                notes += [f"snapshot read, not decided: {p}" for p in problems]
+                problems = []
+            report.problems += problems
+            report.notes += notes
+        report.problems.sort(key=lambda p: (p.seq, p.kind))
+        return report
 
     # -- queries -----------------------------------------------------------
 

@@ -39,7 +39,7 @@ class StoreReader(Protocol):
 
     def last_event_rowid(self) -> int: ...
     def last_alert_rowid(self) -> int: ...
-    def verify_chain(self) -> tuple[int, list[chain.ChainProblem]]: ...
+    def verify_chain(self, anchors: Sequence[tuple[str, chain.Anchor]] = ()) -> chain.ChainReport: ...
     def close(self) -> None: ...
 
 
@@ -99,20 +99,22 @@ class RemoteStore:
     def last_alert_rowid(self) -> int:
         return int(self._ask("store.last_rowid", table="alerts")["rowid"])
 
-    def verify_chain(self) -> tuple[int, list[chain.ChainProblem]]:
-        resp = self._ask("store.verify")
-        return int(resp["alerts"]), [chain.ChainProblem(p["seq"], p["kind"], p["detail"])
-                                     for p in resp["problems"]]
+    def verify_chain(self, anchors: Sequence[tuple[str, chain.Anchor]] = ()) -> chain.ChainReport:
+        """Verified by the agent, against its file anchor, its own in-memory anchor and ``anchors``."""
+        resp = self._ask("store.verify", anchors=[[s, a.to_json()] for s, a in anchors])
+        return chain.ChainReport.from_json(resp["report"])
 
     def close(self) -> None:
         pass
 
 
-def store_handlers(data_dir: Path) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
+def store_handlers(data_dir: Path, anchor: Callable[[], chain.Anchor | None] = lambda: None,
+                   ) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
     """Control-socket commands that answer store queries from inside the agent.
 
     One read-only connection for the control thread (the agent is exempt from
-    tamper protection, so its reader may open the WAL files)."""
+    tamper protection, so its reader may open the WAL files).  ``anchor``: the
+    writer's in-memory anchor of the alert chain, checked by ``store.verify``."""
     reader: list[Store] = []
 
     def store() -> Store:
@@ -137,9 +139,14 @@ def store_handlers(data_dir: Path) -> dict[str, Callable[[dict[str, Any]], dict[
         return {"rowid": s.last_event_rowid() if req.get("table") == "events" else s.last_alert_rowid()}
 
     def verify(req: dict[str, Any]) -> dict[str, Any]:
-        n, problems = store().verify_chain()
-        return {"alerts": n, "problems": [{"seq": p.seq, "kind": p.kind, "detail": p.detail}
-                                          for p in problems]}
+        given = req.get("anchors") or []
+        if not isinstance(given, list) or not all(isinstance(g, list) and len(g) == 2 for g in given):
+            raise ValueError("store.verify: anchors must be [[source, {count, seq, mac}], ...]")
+        anchors = [(str(s), chain.Anchor.from_json(a, where="store.verify request")) for s, a in given]
+        live = anchor()   # read first: rows it names are committed, so the reader sees them
+        if live is not None:
+            anchors.insert(0, ("agent", live))
+        return {"report": store().verify_chain(anchors).to_json()}
 
     return {"store.query": query, "store.last_rowid": last_rowid, "store.verify": verify}
 

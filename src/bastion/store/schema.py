@@ -61,6 +61,11 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE alerts ADD COLUMN prev_seq INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE alerts ADD COLUMN mac TEXT NOT NULL DEFAULT '';
     """,
+    # 3: the chain's MAC covers every column (scheme 2); rows written before keep scheme 1
+    # and are verified under it (store/chain.py).
+    """
+    ALTER TABLE alerts ADD COLUMN mac_v INTEGER NOT NULL DEFAULT 1;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
