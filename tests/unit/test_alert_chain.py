@@ -252,3 +252,14 @@ def test_agent_in_memory_anchor_catches_truncation_with_the_file_rewritten(store
     assert [(p.kind, p.detail.split(" (")[0]) for p in report.problems] == \
         [("truncated", "store has 4 rows, anchor says 6")]
     assert report.anchors[1].startswith("agent (6 alerts")
+
+
+def test_two_writers_agent_and_guardian_keep_one_exact_anchor(tmp_path: Path) -> None:
+    """The guardian writes tamper alerts into the agent's store: the anchor counts both."""
+    with Store.open(tmp_path) as agent, Store.open(tmp_path) as guardian:
+        for i in range(1, 7):
+            (agent if i % 2 else guardian).add_alert(_alert(i))
+        assert guardian.anchor is not None and guardian.anchor.count == 6
+    assert chain.read_anchor(tmp_path / chain.ANCHOR_NAME, chain.load_key(tmp_path, create=False)) \
+        == guardian.anchor
+    assert _verify(tmp_path) == []

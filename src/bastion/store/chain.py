@@ -40,6 +40,7 @@ import hmac
 import json
 import os
 import struct
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -204,9 +205,22 @@ def write_anchor(path: Path, key: bytes, a: Anchor) -> None:
                          location=Location(str(path))) from exc
 
 
-def read_anchor(path: Path, key: bytes) -> Anchor | None:
+def read_anchor(path: Path, key: bytes, *, tries: int = 3) -> Anchor | None:
     """The anchor file's anchor; None if there is none; StoreError naming the file if it
-    is damaged or its MAC does not verify (forged or torn)."""
+    is damaged or its MAC does not verify (forged or torn).  A read that races the
+    writer's in-place rewrite can see a torn record: read again before saying so."""
+    tries = max(1, tries)
+    for attempt in range(tries):
+        try:
+            return _read_anchor(path, key)
+        except StoreError:
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.05)
+    raise AssertionError("unreachable")
+
+
+def _read_anchor(path: Path, key: bytes) -> Anchor | None:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:

@@ -153,7 +153,6 @@ class Store:
         #: set by a writer's open when the anchor file disagreed with the store (truncated
         #: or rolled back while the agent was down, or the file was removed or forged)
         self.anchor_note = ""
-        self._alert_count = 0
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -270,7 +269,7 @@ class Store:
                     if problems:
                         self.anchor_note = "; ".join(str(p) for p in problems)
         chain.write_anchor(self._anchor_path(), key, head)
-        self.anchor, self._alert_count = head, head.count
+        self.anchor = head
 
     @classmethod
     def _open_reader(cls, path: Path, retention: Retention, *, immutable: bool = False) -> Store:
@@ -447,8 +446,11 @@ class Store:
                 f"SELECT {chain.COLUMNS} FROM alerts WHERE seq = ?", (seq,)).fetchone())
             mac = chain.row_mac(key, row, prev_mac)
             conn.execute("UPDATE alerts SET mac = ? WHERE seq = ?", (mac, seq))
-        self._alert_count += 1
-        self.anchor = chain.Anchor(self._alert_count, seq, mac)
+            # counted under the write lock: the guardian writes alerts into the same store
+            count = int(conn.execute("SELECT count(*) FROM alerts").fetchone()[0])
+        # after the commit: an anchor never names a row that is not committed (two writers
+        # may leave the file one alert behind the store: shorter is never a false alarm)
+        self.anchor = chain.Anchor(count, seq, mac)
         chain.write_anchor(self._anchor_path(), key, self.anchor)
         return alert_id
 
@@ -461,21 +463,22 @@ class Store:
         """The tamper-evident alert chain checked row by row, then against the anchor file
         and each of ``anchors`` (``(source, anchor)``: the agent's own, one given by hand)."""
         key = self._chain_key()
+        # the anchors first: every row they name is committed, so the rows read next hold it
+        unanchored = ""
+        try:
+            saved = chain.read_anchor(self._anchor_path(), key)
+        except StoreError as exc:
+            unanchored, saved = str(exc), None
         with self._read("verifying the alert chain") as conn:
             rows = [chain.ChainRow.from_sql(r) for r in conn.execute(
                 f"SELECT {chain.COLUMNS} FROM alerts ORDER BY seq")]
         report = chain.ChainReport(len(rows), chain.verify(key, rows, _derive_columns),
                                    sum(1 for r in rows if r.mac_v == 1))
-        try:
-            saved = chain.read_anchor(self._anchor_path(), key)
-        except StoreError as exc:
-            report.problems.append(chain.ChainProblem(0, "unanchored", str(exc)))
-            saved = None
-        else:
-            if saved is None and rows:
-                report.problems.append(chain.ChainProblem(
-                    0, "unanchored", f"the anchor file {self._anchor_path()} is missing: "
-                                     "truncation cannot be ruled out"))
+        if saved is None and rows and not unanchored:
+            unanchored = (f"the anchor file {self._anchor_path()} is missing: truncation cannot "
+                          "be ruled out")
+        if unanchored:
+            report.problems.append(chain.ChainProblem(0, "unanchored", unanchored))
         checks = ([("file", saved)] if saved is not None else []) + list(anchors)
         for source, a in checks:
             problems, notes = chain.check_anchor(a, rows, source)
