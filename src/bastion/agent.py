@@ -180,6 +180,7 @@ class Agent:
         self._recent: dict[tuple[str, int, str], float] = {}
         self._lock = threading.Lock()
         self.ready = threading.Event()   # set once every sensor is open
+        self._anchor_said = ""   # the alert chain anchor-file failure last alerted
         self._pending: deque[Finding] = deque(maxlen=1024)  # findings raised off the loop thread
         self._pending.extend(parts.notices)
         self.sigma = dict(parts.sigma)
@@ -429,6 +430,13 @@ class Agent:
         record = alert.to_json()
         self.store.add_alert(record)
         self.summary.alerts += 1
+        if self.store.anchor_error != self._anchor_said:   # said once per distinct failure
+            self._anchor_said = self.store.anchor_error
+            if self._anchor_said:
+                self._pending.append(Finding(
+                    rule="bastion.store.chain_anchor", severity="critical", attack=("T1070",),
+                    action="alert", title=f"Alert log anchor file not written: {self._anchor_said}",
+                    event=None, pid=os.getpid(), evidence={"detail": self._anchor_said}))
         if self.outputs is not None:
             # with its place in the chain: the remote copy anchors the chain's length and head
             anchor = self.store.anchor

@@ -263,3 +263,20 @@ def test_two_writers_agent_and_guardian_keep_one_exact_anchor(tmp_path: Path) ->
     assert chain.read_anchor(tmp_path / chain.ANCHOR_NAME, chain.load_key(tmp_path, create=False)) \
         == guardian.anchor
     assert _verify(tmp_path) == []
+
+
+def test_unwritable_anchor_never_loses_an_alert_and_is_said(store_dir: Path) -> None:
+    """A directory planted where the anchor file goes: alerts are still stored, the
+    failure is kept for the agent to raise, and verify says the store is unanchored."""
+    anchor = store_dir / chain.ANCHOR_NAME
+    anchor.unlink()
+    anchor.mkdir()
+    try:
+        with Store.open(store_dir) as s:
+            assert "anchor" in s.anchor_note and s.anchor_error
+            s.add_alert(_alert(7))
+            assert s.anchor_error and s.anchor is not None and s.anchor.count == 7
+        code, out = _cli_verify(store_dir)
+        assert code == 1 and "alert store: unanchored: " in out and "cannot read the alert chain anchor" in out, out
+    finally:
+        anchor.rmdir()

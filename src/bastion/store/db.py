@@ -13,6 +13,7 @@ database path, with the sqlite error chained.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sqlite3
@@ -48,6 +49,7 @@ _GLOB_CHARS = frozenset("*?[")
 # the WAL) for a whole multi-million-row delete.
 _DELETE_CHUNK = 50_000
 _JSON_SEPARATORS = (",", ":")
+log = logging.getLogger("bastion.store")
 
 
 class StoreNotFoundError(StoreError):
@@ -153,6 +155,8 @@ class Store:
         #: set by a writer's open when the anchor file disagreed with the store (truncated
         #: or rolled back while the agent was down, or the file was removed or forged)
         self.anchor_note = ""
+        #: why the anchor file could not be written the last time ("" : it was)
+        self.anchor_error = ""
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -268,8 +272,10 @@ class Store:
                     problems, _ = chain.check_anchor(saved, rows, "file")
                     if problems:
                         self.anchor_note = "; ".join(str(p) for p in problems)
-        chain.write_anchor(self._anchor_path(), key, head)
         self.anchor = head
+        self._write_anchor(key)
+        if self.anchor_error:
+            self.anchor_note = "; ".join(x for x in (self.anchor_note, self.anchor_error) if x)
 
     @classmethod
     def _open_reader(cls, path: Path, retention: Retention, *, immutable: bool = False) -> Store:
@@ -451,8 +457,23 @@ class Store:
         # after the commit: an anchor never names a row that is not committed (two writers
         # may leave the file one alert behind the store: shorter is never a false alarm)
         self.anchor = chain.Anchor(count, seq, mac)
-        chain.write_anchor(self._anchor_path(), key, self.anchor)
+        self._write_anchor(key)
         return alert_id
+
+    def _write_anchor(self, key: bytes) -> None:
+        """The anchor file follows :attr:`anchor`.  A failure (the file made unwritable, a
+        directory planted in its place) never fails the alert, which is committed: it is
+        kept in :attr:`anchor_error` for the agent to raise, and the file stays behind
+        (shorter, so never a false alarm; the agent's and the remote anchors go on)."""
+        assert self.anchor is not None
+        try:
+            chain.write_anchor(self._anchor_path(), key, self.anchor)
+        except StoreError as exc:
+            if str(exc) != self.anchor_error:
+                log.warning("%s", exc)
+            self.anchor_error = str(exc)
+        else:
+            self.anchor_error = ""
 
     def _chain_key(self) -> bytes:
         if self._key is None:
