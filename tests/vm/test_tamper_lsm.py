@@ -176,6 +176,13 @@ def test_11_store(inst: T.Instance) -> None:
     RESULTS["sqlite3 edit of the store"] = "refused (write-open EPERM; sqlite falls back to read-only)"
     _refused(inst, "rm chain key", ["rm", "-f", str(inst.data / "alert-chain.key")],
              "bastion.tamper.unlink", lambda: (inst.data / "alert-chain.key").exists())
+    # issue 14.7: the chain's anchor (count, head) beside the store is as protected as the store
+    anchor = inst.data / "alert-chain.anchor"
+    assert anchor.exists()
+    anchored = lambda: b'"count":' in anchor.read_bytes() and b'"hmac":' in anchor.read_bytes()  # noqa: E731
+    _refused(inst, "overwrite chain anchor", ["sh", "-c", f"echo '{{\"count\":0}}' > {anchor}"],
+             "bastion.tamper.open-write", anchored)
+    _refused(inst, "rm chain anchor", ["rm", "-f", str(anchor)], "bastion.tamper.unlink", anchored)
 
 
 def test_12_mounts(inst: T.Instance) -> None:
