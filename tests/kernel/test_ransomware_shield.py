@@ -244,7 +244,7 @@ def test_eviction_policy(tmp_path: Path) -> None:
     other = Opener(5151, 2 * 10**12, "/usr/bin/other", ((5151, 2 * 10**12), (1, 0)))
     # the total budget's policy alone: no uid/tree quota below it (tests/unit/test_shadow_quota.py)
     store = ShadowStore(tmp_path / "shadow", max_bytes=5 * 8192, keep_pending_s=0,
-                        quotas=Quotas(uid_max_bytes=5 * 8192, tree_max_bytes=5 * 8192))
+                        quotas=Quotas(uid_max_bytes=1 << 30, tree_max_bytes=1 << 30))
     try:
         for p in files[:3]:
             assert _put(store, p, victim) == "copied"

@@ -68,6 +68,7 @@ from types import TracebackType
 from typing import Final, Sequence
 
 from bastion.detect.behavior.trust import ExeTrust, Ident, secure_file
+from bastion.detect.engine import Finding
 from bastion.errors import ConfigError, KernelError, Location
 from bastion.kernel.fanotify import (
     ALLOW, DEFAULT_MAX_DIRS, FAN_EVENT_ON_CHILD, FAN_OPEN_PERM, PermEvent, PermissionListener,
@@ -76,7 +77,7 @@ from bastion.kernel.fanotify import (
 from bastion.kernel.opener import Scope, fd_path, open_flags, read_proc, stat_ppid_start
 from bastion.policy.compile import kernel_dev
 from bastion.respond.shadow.beneath import Roots
-from bastion.respond.shadow.store import Opener, ProcId, Quotas, ShadowStore
+from bastion.respond.shadow.store import Opener, ProcId, QuotaBite, Quotas, ShadowStore
 
 log = logging.getLogger(__name__)
 
@@ -379,6 +380,11 @@ class ShadowKeeper:
     def maintain(self, max_age_s: float = 86400.0) -> int:
         return self.store.maintain(max_age_s)
 
+    def quota_finding(self, pid: int) -> Finding | None:
+        """One alert for every cap reached since the last call (the agent asks once per
+        interval), naming each uid and tree; None when no cap was reached."""
+        return quota_finding(self.store.take_quota_bites(), pid)
+
     # ---- the decision (listener thread; never opens a marked path) -----------------------
 
     @property
@@ -508,4 +514,26 @@ class ShadowKeeper:
         return out
 
 
-__all__ = ["ShadowKeeper", "ShieldTrust", "charged_uid"]
+def _bite_text(b: QuotaBite) -> str:
+    who = {"uid": f"uid {b.key}", "tree": f"tree {b.key or '(unanchored)'}",
+           "total": "the whole shield"}[b.kind]
+    what = "copies" if b.resource == "bytes" else "index rows"
+    return f"{who} {b.resource}: {b.refused} {what} refused, {b.evicted} evicted"
+
+
+def quota_finding(bites: Sequence[QuotaBite], pid: int) -> Finding | None:
+    """The alert for ``bites`` (None when empty): high when copies were refused (those
+    files are not recoverable), low when the quota only evicted older copies."""
+    if not bites:
+        return None
+    refused = sum(b.refused for b in bites)
+    return Finding(
+        rule="bastion.shield.quota", severity="high" if refused else "low",
+        attack=("T1499",) if refused else (), action="alert", event=None, pid=pid,
+        title="ransomware shield quota reached: " + "; ".join(map(_bite_text, bites)),
+        evidence={"bites": [{"kind": b.kind, "key": b.key, "resource": b.resource,
+                             "refused": b.refused, "evicted": b.evicted} for b in bites],
+                  "refused": refused})
+
+
+__all__ = ["ShadowKeeper", "ShieldTrust", "charged_uid", "quota_finding"]

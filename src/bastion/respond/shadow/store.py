@@ -752,6 +752,7 @@ class ShadowStore:
             self._evict_orphans()
             self.c.pruned_rows += n
             self._seen.clear()
+            self._no_victims.clear()
             for sc in [k for k, v in self._rows.items() if v <= 0 and k != TOTAL]:
                 if self._bytes[sc] <= 0:
                     del self._rows[sc]
@@ -850,6 +851,7 @@ class ShadowStore:
             self._db.execute("UPDATE incidents SET state = ?, closed_ns = ? WHERE id = ?",
                              (state, time.time_ns(), incident))
             self._open_incidents.pop(incident, None)
+            self._no_victims.clear()        # its copies may be evicted now
 
     def incidents(self) -> list[dict[str, Any]]:
         with self._lock:
