@@ -235,3 +235,57 @@ def test_trusted_process_that_execs_an_untrusted_binary_loses_trust(
             assert st["trusted_allows"] == 1 and st["copies"] == 1, st
         finally:
             keeper.close()
+
+
+SUBUID = 231072           # a subordinate uid of user A (as /etc/subuid would grant)
+
+
+def test_subordinate_uids_in_a_user_namespace_are_charged_to_their_owner(
+        homes: Path, tmp_path: Path) -> None:
+    """User A spends its byte quota, then makes a user namespace in which it runs as
+    a subordinate uid (root writes the map, as newuidmap would for a rootless
+    container: A is 0 inside, 1 is the subuid) and floods again:
+    those copies are charged to A (refused), not to a fresh quota of the subuid."""
+    sub = homes / "sub"
+    sub.mkdir(mode=0o700)
+    os.chown(sub, SUBUID, SUBUID)
+    go = homes / "go"                  # where A's namespace can see it
+
+    def flood(d: Path, n: int) -> str:
+        return (f"cd {d} && i=0; while [ $i -lt {n} ]; do head -c 16384 /dev/urandom > f$i; "
+                "cat f$i > /dev/null; i=$((i+1)); done")
+    inner = (f"while [ ! -e {go} ]; do sleep 0.05; done; "
+             f"exec setpriv --reuid=1 --regid=1 --clear-groups /bin/sh -c '{flood(sub, 32)}'")
+    with scoped_cgroup() as (cg, cgid):
+        keeper = ShadowKeeper([homes], tmp_path / "shadow", max_bytes=1 << 20,
+                              scope_cgroup_id=cgid, deadline_s=80, self_tgid=os.getpid())
+        ns: subprocess.Popen[bytes] | None = None
+        try:
+            keeper.open()
+            a = _spawn_in(cg, _as(USER_A, flood(homes / "a", 24)))
+            assert a.wait(60) == 0
+            spent = keeper.store.usage("uid", str(USER_A)).bytes
+            assert spent >= (1 << 20) // 4 - 16384, spent
+            ns = _spawn_in(cg, ["setpriv", f"--reuid={USER_A}", f"--regid={USER_A}",
+                                "--clear-groups", "unshare", "-U", "/bin/sh", "-c", inner])
+            for _ in range(100):      # wait for the unshare (its own user namespace)
+                try:
+                    if os.readlink(f"/proc/{ns.pid}/ns/user") != os.readlink("/proc/self/ns/user"):
+                        break
+                except OSError:
+                    pass
+                subprocess.run(["sleep", "0.05"], check=True)
+            # as newuidmap maps it for rootless containers: A is root inside, uid 1 a subuid
+            Path(f"/proc/{ns.pid}/uid_map").write_text(f"0 {USER_A} 1\n1 {SUBUID} 1\n")
+            Path(f"/proc/{ns.pid}/gid_map").write_text(f"0 {USER_A} 1\n1 {SUBUID} 1\n")
+            go.touch()
+            assert ns.wait(60) == 0
+            assert len(os.listdir(sub)) == 32 and (sub / "f0").stat().st_uid == SUBUID
+            assert keeper.store.usage("uid", str(SUBUID)).bytes == 0
+            assert keeper.store.usage("uid", str(USER_A)).bytes <= (1 << 20) // 4
+            assert keeper.stats()["quota_refused_bytes"] >= 32
+        finally:
+            if ns is not None and ns.poll() is None:
+                ns.kill()
+                ns.wait(5)
+            keeper.close()
