@@ -47,7 +47,7 @@ the executable's identity too, so a trusted process that ``execve()``\ s
 something else is decided afresh.
 
 Charging (quotas, :mod:`bastion.respond.shadow.store`): an opener is charged
-to its effective uid; a process in a user namespace is charged to the uid
+to its real uid (a setuid program to the user who ran it); a process in a user namespace is charged to the uid
 that owns the outermost namespace below ours (a user with subordinate uids
 must not multiply its quota by running as them).
 """
@@ -138,16 +138,16 @@ def _userns_ino(path: str) -> int:
         return 0
 
 
-def charged_uid(tgid: int, euid: int, own_userns: int) -> int:
-    """The uid a process's copies are charged to: ``euid``, or, inside a user
+def charged_uid(tgid: int, uid: int, own_userns: int) -> int:
+    """The uid a process's copies are charged to: ``uid``, or, inside a user
     namespace, the uid that owns the outermost one below ``own_userns`` (ours)."""
     try:
         fd = os.open(f"/proc/{tgid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
-        return euid
+        return uid
     try:
         if own_userns == 0 or os.fstat(fd).st_ino == own_userns:
-            return euid
+            return uid
         for _ in range(33):                   # the kernel nests at most 32
             try:
                 parent = fcntl.ioctl(fd, _NS_GET_PARENT)
@@ -162,7 +162,7 @@ def charged_uid(tgid: int, euid: int, own_userns: int) -> int:
         fcntl.ioctl(fd, _NS_GET_OWNER_UID, buf, True)
         return int.from_bytes(buf, "little")
     except OSError:
-        return euid
+        return uid
     finally:
         os.close(fd)
 
@@ -395,13 +395,13 @@ class ShadowKeeper:
     def _opener(self, tid: int) -> tuple[Opener, Ident] | None:
         """The opener and its executable's identity; cached per (process, executable):
         an ``execve()`` keeps pid and start time, not the executable."""
-        tgid, euid = -1, -1
+        tgid, ruid = -1, -1
         for line in read_proc(f"/proc/{tid}/status").split(b"\n"):
             k, _, v = line.partition(b":")
             if k == b"Tgid":
                 tgid = int(v.split()[0])
             elif k == b"Uid":
-                euid = int(v.split()[1])
+                ruid = int(v.split()[0])     # real: a setuid program is charged to its caller
                 break
         if tgid <= 0:
             return None
@@ -431,7 +431,7 @@ class ShadowKeeper:
             chain.append((p, s))
             p = pp
         op = Opener(tgid, start, exe, tuple(chain),
-                    uid=charged_uid(tgid, euid, self._own_userns))
+                    uid=charged_uid(tgid, ruid, self._own_userns))
         self._openers[ckey] = op
         if len(self._openers) > 4096:
             self._openers.popitem(last=False)

@@ -27,7 +27,7 @@ names them, so rollback reports the file as "evicted".
 
 Quotas (:class:`Quotas`, issue 14.3): one user must not exhaust the shield
 for the others.  Every index row and every blob is *charged* to a uid (the
-opener's, :attr:`Opener.uid`; the keeper charges a process in a user
+opener's real uid, :attr:`Opener.uid`; the keeper charges a process in a user
 namespace to the uid that owns the namespace) and to a tree (the protected
 directory the file lies under).  A blob is charged to the row that brought
 its bytes; a later row of another uid for the same content costs that uid a
