@@ -80,7 +80,7 @@ class ShieldConfig:
 
     protect: tuple[Path, ...] = ()
     max_bytes: int = 2 * 2**30
-    trusted: tuple[str, ...] = ()
+    trusted: tuple[str, ...] = ()     # root-only executables (path or tool name), trusted by inode
     # directory names never shielded (tool caches and toolchains under a home, not documents)
     exclude: tuple[str, ...] = ()
     max_dirs: int = 10_000           # directories marked at most; the rest are named in status

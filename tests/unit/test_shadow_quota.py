@@ -239,3 +239,28 @@ def test_quota_config() -> None:
     assert any("shield.quota.max_age must be at least 10m" in g for g in got), got
     assert any("unknown key 'bogus' in shield.quota" in g for g in got), got
     assert any("shield.quota.uid_bytes 2147483648 exceeds shield.max_bytes" in g for g in got), got
+
+
+def test_row_cap_evicts_decided_incidents_first_never_an_open_one(tmp_path: Path) -> None:
+    f = files(tmp_path / "a", 1, size=100)[0]
+    store = ShadowStore(tmp_path / "shadow", max_bytes=1 << 20,
+                        quotas=Quotas(uid_max_rows=10), keep_pending_s=0)
+    try:
+        closed_tree, open_tree = opener(700, 1001), opener(800, 1001)
+        for i in range(3):
+            assert put(store, f, opener(500 + i, 1001)) in ("copied", "dedup")   # pending
+        put(store, f, closed_tree)
+        put(store, f, open_tree)
+        closed = store.open_incident(closed_tree.pid, closed_tree.start_ns)
+        store.close_incident(closed)
+        live = store.open_incident(open_tree.pid, open_tree.start_ns)
+        for i in range(5):
+            put(store, f, opener(600 + i, 1001))
+        assert store.usage("uid", "1001").rows == 10
+        assert put(store, f, opener(900, 1001)) == "dedup"      # evicts down to 9, then adds
+        pids = {r[0] for r in store._db.execute("SELECT pid FROM copies")}
+        # one row had to go (down to 9): the decided incident's, though 500 is older
+        assert 700 not in pids and {500, 800, 900} <= pids and len(pids) == 10
+        assert store.incident(closed)["copies"] == 0 and store.incident(live)["copies"] == 1
+    finally:
+        store.close()
