@@ -77,6 +77,7 @@ BLOB_MIN: Final = 4096               # space accounting: a blob costs at least o
 CHUNK: Final = 1 << 20
 INLINE_MAX: Final = 64 * 1024        # copies up to this size live in the index (no file create)
 _LOW_WATER: Final = 0.9
+_ROW_BATCH: Final = 1024             # rows evicted per pass at most (~20 ms)
 _NO_VICTIMS_BACKOFF_S: Final = 1.0   # a scope with nothing evictable is not searched again sooner
 
 _SCHEMA: Final = """
@@ -250,6 +251,7 @@ class ShadowStore:
         self._lock = threading.RLock()
         self._max_cache = max_cache
         self._gen_blob: collections.OrderedDict[GenKey, str] = collections.OrderedDict()
+        self._dead_shas: set[str] = set()
         self._seen: collections.OrderedDict[tuple[ProcId, GenKey], None] = collections.OrderedDict()
         self._open_incidents: dict[int, ProcId] = {}
         self._tmp_seq = 0
@@ -360,25 +362,23 @@ class ShadowStore:
             return CopyOutcome("created")
         cost = _blob_cost(st.st_size)
         with self._lock:
+            self._begin()
+            # room for the row first: evicting rows may evict the very blob of this content
+            if not self._room_for_row(charge):
+                self._maybe_commit()
+                return CopyOutcome("quota_rows")
             sha = self._gen_blob.get(gen)
             if sha is not None:
                 self._gen_blob.move_to_end(gen)
-                self._begin()
-                if not self._room_for_row(charge):
-                    self._maybe_commit()
-                    return CopyOutcome("quota_rows")
                 self._add_ref(gen, st, path, sha, opener, "copy", late=False, anchor=anchor,
                               charge=charge)
                 self._maybe_commit()
                 self.c.dedup_hits += 1
                 return CopyOutcome("dedup", sha)
             if st.st_size > self.max_file_bytes:
+                self._maybe_commit()
                 self.c.too_large += 1
                 return CopyOutcome("too_large")
-            self._begin()
-            if not self._room_for_row(charge):
-                self._maybe_commit()
-                return CopyOutcome("quota_rows")
             refused = self._make_room(cost, charge)
             self._maybe_commit()
             if refused is not None:
@@ -575,6 +575,12 @@ class ShadowStore:
     def _make_room(self, need: int, charge: tuple[Scope, Scope]) -> Scope | None:
         """Evict (policy in the module doc) until ``need`` more bytes fit the total budget
         and the quotas of ``charge``; the scope that could not make room, else None."""
+        try:
+            return self._make_room_in(need, charge)
+        finally:
+            self._purge_gens()
+
+    def _make_room_in(self, need: int, charge: tuple[Scope, Scope]) -> Scope | None:
         if self.max_bytes <= 0:
             return TOTAL
         for sc in (charge[0], charge[1], TOTAL):
@@ -584,7 +590,8 @@ class ShadowStore:
                 continue
             evicted = 0
             if need <= cap and self._searchable(sc, "bytes"):
-                evicted = self._evict_bytes(sc, min(cap - need, int(cap * _LOW_WATER)))
+                evicted = self._evict_bytes(sc, min(cap - need, int(cap * _LOW_WATER)),
+                                            cap - need)
                 if not evicted:
                     self._no_victims[(sc, "bytes")] = time.monotonic() + _NO_VICTIMS_BACKOFF_S
             used = self.used_bytes if sc == TOTAL else self._bytes[sc]
@@ -597,13 +604,18 @@ class ShadowStore:
                 self._bite(sc, "bytes", evicted=evicted)
         return None
 
-    def _evict_bytes(self, sc: Scope, target: int) -> int:
+    def _evict_bytes(self, sc: Scope, target: int, enough: int) -> int:
         """Evict blobs charged to ``sc`` (any, for the total) until its use is at most
-        ``target``; returns how many."""
+        ``target`` -- or at most ``enough`` once _ROW_BATCH blobs went in this pass (the
+        opener waits for it: the next pass goes on); returns how many."""
         cutoff = time.time_ns() - self.keep_pending_ns
+
+        def used() -> int:
+            return self.used_bytes if sc == TOTAL else self._bytes[sc]
         where, args = self._scope_sql("b", sc)
         n = 0
-        while (self.used_bytes if sc == TOTAL else self._bytes[sc]) > target:
+        while used() > target and not (n >= _ROW_BATCH and used() <= enough):
+            limit = min(_ROW_BATCH, (used() - target) // BLOB_MIN + 1)
             victims = self._db.execute(
                 f"""SELECT b.sha, b.size,
                           MAX(c.t_ns) AS newest,
@@ -615,13 +627,13 @@ class ShadowStore:
                    WHERE b.evicted = 0 {where}
                    GROUP BY b.sha
                    HAVING cls = 0 OR (cls = 1 AND newest < ?)
-                   ORDER BY cls, newest LIMIT 256""", (*args, cutoff)).fetchall()
+                   ORDER BY cls, newest LIMIT ?""", (*args, cutoff, limit)).fetchall()
             if not victims:
                 break
             for sha, size, _newest, _cls in victims:
                 self._evict(str(sha), int(size))
                 n += 1
-                if (self.used_bytes if sc == TOTAL else self._bytes[sc]) <= target:
+                if used() <= target or (n >= _ROW_BATCH and used() <= enough):
                     break
         return n
 
@@ -636,13 +648,20 @@ class ShadowStore:
     def _room_for_row(self, charge: tuple[Scope, Scope]) -> bool:
         """Evict rows until one more fits the row caps of ``charge`` and the index;
         False (counted, a bite) when it does not."""
+        try:
+            return self._room_for_row_in(charge)
+        finally:
+            self._purge_gens()
+
+    def _room_for_row_in(self, charge: tuple[Scope, Scope]) -> bool:
         for sc in (charge[0], charge[1], TOTAL):
             cap = self._row_cap(sc)
             if self._rows[sc] + 1 <= cap:
                 continue
             evicted = 0
             if self._searchable(sc, "rows"):
-                evicted = self._evict_rows(sc, int(cap * _LOW_WATER))
+                # down to 90 %, at most _ROW_BATCH rows a pass: the opener waits for it
+                evicted = self._evict_rows(sc, max(int(cap * _LOW_WATER), cap - _ROW_BATCH))
                 if not evicted:
                     self._no_victims[(sc, "rows")] = time.monotonic() + _NO_VICTIMS_BACKOFF_S
             if self._rows[sc] + 1 > cap:
@@ -656,34 +675,35 @@ class ShadowStore:
         """Drop rows charged to ``sc`` (any, for the index) down to ``target``: rows only
         decided incidents name first, then pending rows older than keep_pending_s,
         oldest first; never a row of an open incident.  Blobs no row names any more go
-        too.  Returns the rows dropped."""
+        too.  Returns the rows dropped.  Both searches walk an index and stop at what
+        is needed (the pending one in (cuid|tree, t_ns) order)."""
         cutoff = time.time_ns() - self.keep_pending_ns
         where, args = self._scope_sql("c", sc)
-        dropped = 0
-        while self._rows[sc] > target:
-            want = min(4096, self._rows[sc] - target)
-            victims = self._db.execute(
-                f"""SELECT c.id, c.sha, c.t_ns,
-                          MAX(CASE WHEN ic.copy IS NULL THEN 1
-                                   WHEN i.state = 'open' THEN 9 ELSE 0 END) AS cls
-                   FROM copies c
-                   LEFT JOIN incident_copies ic ON ic.copy = c.id
-                   LEFT JOIN incidents i ON i.id = ic.incident
-                   WHERE 1 {where}
-                   GROUP BY c.id
-                   HAVING cls = 0 OR (cls = 1 AND c.t_ns < ?)
-                   ORDER BY cls, c.t_ns LIMIT ?""", (*args, cutoff, want)).fetchall()
-            if not victims:
-                break
-            ids = [int(v[0]) for v in victims]
+        want = self._rows[sc] - target
+        decided = self._db.execute(
+            # CROSS JOIN keeps this order: from the (few) incident rows, not all of sc's
+            f"""SELECT c.id, c.sha FROM incident_copies ic
+                CROSS JOIN incidents i CROSS JOIN copies c
+                WHERE i.id = ic.incident AND c.id = ic.copy {where}
+                GROUP BY c.id HAVING MAX(i.state = 'open') = 0
+                ORDER BY c.t_ns LIMIT ?""", (*args, want)).fetchall()
+        victims = list(decided)
+        if len(victims) < want:
+            victims += self._db.execute(
+                f"""SELECT c.id, c.sha FROM copies c
+                    WHERE c.t_ns < ? {where}
+                      AND NOT EXISTS (SELECT 1 FROM incident_copies ic WHERE ic.copy = c.id)
+                    ORDER BY c.t_ns LIMIT ?""", (cutoff, *args, want - len(victims))).fetchall()
+        if not victims:
+            return 0
+        ids = [int(v[0]) for v in victims]
+        if decided:
             self._db.executemany("DELETE FROM incident_copies WHERE copy = ?",
-                                 [(i,) for i in ids])
-            n = self._delete_rows(ids)
-            dropped += n
-            self.c.row_evictions += n
-            shas = {str(v[1]) for v in victims if v[1] is not None}
-            self._evict_orphans(shas)
-        return dropped
+                                 [(int(v[0]),) for v in decided])
+        n = self._delete_rows(ids)
+        self.c.row_evictions += n
+        self._evict_orphans({str(v[1]) for v in victims if v[1] is not None})
+        return n
 
     def _delete_rows(self, ids: list[int]) -> int:
         """Delete the rows ``ids`` and uncharge them; returns how many."""
@@ -718,6 +738,14 @@ class ShadowStore:
         for sha, size in rows:
             self._evict(str(sha), int(size))
 
+    def _purge_gens(self) -> None:
+        """Drop evicted blobs from the generation cache (one pass per eviction pass)."""
+        if self._dead_shas:
+            dead = self._dead_shas
+            for g in [g for g, s in self._gen_blob.items() if s in dead]:
+                del self._gen_blob[g]
+            dead.clear()
+
     def _evict(self, sha: str, size: int) -> None:
         unlink_quiet(self.blob_path(sha))
         charged = self._db.execute("SELECT cuid, tree FROM blobs WHERE sha = ?",
@@ -729,8 +757,7 @@ class ShadowStore:
             "SELECT id FROM copies WHERE sha = ? AND id NOT IN (SELECT copy FROM incident_copies)",
             (sha,))]
         self.c.pruned_rows += self._delete_rows(ids)
-        for g in [g for g, s in self._gen_blob.items() if s == sha]:
-            del self._gen_blob[g]
+        self._dead_shas.add(sha)       # out of the generation cache at the end of the pass
         self.used_bytes -= _blob_cost(size)
         if charged is not None:
             self._bytes[("uid", str(charged[0]))] -= _blob_cost(size)
@@ -750,6 +777,7 @@ class ShadowStore:
                 "(SELECT copy FROM incident_copies)", (cutoff,))]
             n = self._delete_rows(ids)
             self._evict_orphans()
+            self._purge_gens()
             self.c.pruned_rows += n
             self._seen.clear()
             self._no_victims.clear()
