@@ -86,9 +86,14 @@ def test_user_flooding_the_shield_leaves_room_for_another_user(homes: Path,
             rows = keeper.store.incident_rows(iid)
             assert [(r["path"], r["kind"], bool(r["sha"])) for r in rows] == \
                 [(str(thesis), "copy", True)], (rows, st)
-            bites = keeper.store.take_quota_bites()
-            assert any(q.kind == "uid" and q.key == str(USER_A) and q.refused for q in bites), bites
-            assert not any(q.kind == "uid" and q.key == str(USER_B) for q in bites), bites
+            alert = keeper.quota_finding(os.getpid())       # what the agent raises
+            assert alert is not None and alert.rule == "bastion.shield.quota", alert
+            bites = alert.evidence["bites"]
+            assert any(q["kind"] == "uid" and q["key"] == str(USER_A) and q["refused"]
+                       for q in bites), bites
+            assert not any(q["kind"] == "uid" and q["key"] == str(USER_B) for q in bites), bites
+            assert f"uid {USER_A} bytes:" in alert.title
+            assert keeper.quota_finding(os.getpid()) is None   # once per interval
         finally:
             keeper.close()
     assert thesis.read_bytes() == ENCRYPTED

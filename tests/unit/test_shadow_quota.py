@@ -264,3 +264,21 @@ def test_row_cap_evicts_decided_incidents_first_never_an_open_one(tmp_path: Path
         assert store.incident(closed)["copies"] == 0 and store.incident(live)["copies"] == 1
     finally:
         store.close()
+
+
+def test_row_eviction_that_takes_the_content_s_last_row_copies_it_afresh(tmp_path: Path) -> None:
+    """The row cap evicts the only row of f (its blob goes with it); the next open of
+    the same f must take a fresh copy, not a row pointing at the evicted blob."""
+    f = files(tmp_path / "a", 1)[0]
+    gs = files(tmp_path / "g", 9, prefix="g")
+    store = ShadowStore(tmp_path / "shadow", max_bytes=1 << 20,
+                        quotas=Quotas(uid_max_rows=10), keep_pending_s=0)
+    try:
+        assert put(store, f, opener(100, 1001)) == "copied"
+        assert all(put(store, g, opener(200 + i, 1001)) == "copied" for i, g in enumerate(gs))
+        out = put(store, f, opener(300, 1001))
+        assert out == "copied", out
+        sha = store._db.execute("SELECT sha FROM copies WHERE pid = 300").fetchone()[0]
+        assert store.has_blob(sha)
+    finally:
+        store.close()
