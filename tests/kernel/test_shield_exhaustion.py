@@ -294,3 +294,31 @@ def test_subordinate_uids_in_a_user_namespace_are_charged_to_their_owner(
                 ns.kill()
                 ns.wait(5)
             keeper.close()
+
+
+def test_setuid_program_is_charged_to_the_user_who_ran_it(
+        homes: Path, tmp_path: Path, root_only_dir: Path) -> None:
+    """User A spends its byte quota, then has a setuid-root program open 8 fresh files
+    of its own: those copies are charged to A (refused), not to root's quota."""
+    src = tmp_path / "opener.c"
+    src.write_text(OPENER_C)
+    tool = root_only_dir / "suid-opener"
+    subprocess.run(["cc", "-O1", "-o", str(tool), str(src)], check=True)
+    os.chmod(tool, 0o4755)
+    a_home = homes / "a"
+    flood = (f"cd {a_home} && i=0; while [ $i -lt 24 ]; do head -c 16384 /dev/urandom > f$i; "
+             "cat f$i > /dev/null; i=$((i+1)); done")
+    via_suid = (f"cd {a_home} && i=0; while [ $i -lt 8 ]; do head -c 16384 /dev/urandom > s$i; "
+                f"{tool} s$i /bin/true || exit 9; i=$((i+1)); done")
+    with scoped_cgroup() as (cg, cgid):
+        keeper = ShadowKeeper([homes], tmp_path / "shadow", max_bytes=1 << 20,
+                              scope_cgroup_id=cgid, deadline_s=80, self_tgid=os.getpid())
+        try:
+            keeper.open()
+            assert _spawn_in(cg, _as(USER_A, flood)).wait(60) == 0
+            refused = keeper.stats()["quota_refused_bytes"]
+            assert _spawn_in(cg, _as(USER_A, via_suid)).wait(60) == 0
+            assert keeper.store.usage("uid", "0").bytes == 0
+            assert keeper.stats()["quota_refused_bytes"] >= refused + 8
+        finally:
+            keeper.close()
