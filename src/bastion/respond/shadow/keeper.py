@@ -47,9 +47,10 @@ the executable's identity too, so a trusted process that ``execve()``\ s
 something else is decided afresh.
 
 Charging (quotas, :mod:`bastion.respond.shadow.store`): an opener is charged
-to its real uid (a setuid program to the user who ran it); a process in a user namespace is charged to the uid
-that owns the outermost namespace below ours (a user with subordinate uids
-must not multiply its quota by running as them).
+to its real uid (a setuid program to the user who ran it); a process in a
+user namespace is charged to the uid that owns the outermost namespace below
+ours (a user with subordinate uids must not multiply its quota by running as
+them).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ import logging
 import os
 import sqlite3
 import stat
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -160,7 +162,7 @@ def charged_uid(tgid: int, uid: int, own_userns: int) -> int:
             fd = parent
         buf = bytearray(4)
         fcntl.ioctl(fd, _NS_GET_OWNER_UID, buf, True)
-        return int.from_bytes(buf, "little")
+        return int.from_bytes(buf, sys.byteorder)
     except OSError:
         return uid
     finally:
