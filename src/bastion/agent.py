@@ -242,6 +242,7 @@ class Agent:
             "engine": self.engine.stats(),
             "quarantine": "loaded" if self.quarantine is not None else "unavailable (kill instead)",
             "shadow": self.shadow.stats() if self.shadow is not None else "off",
+            "shield_usage": self.shadow.store.top_usage() if self.shadow is not None else {},
             "policy_mode": (self.policies.current.policy.hips.mode.value
                             if self.policies and self.policies.current else "none"),
             "policy_generation": (self.policies.current.gen
@@ -279,7 +280,9 @@ class Agent:
                 f"within {pol.shield.max_bytes // 2**20} MiB"
                 + (f"; {sh.over_budget} directories beyond max_dirs {pol.shield.max_dirs} "
                    "not shielded" if sh.over_budget else "")
-                + (f"; absent here: {', '.join(map(str, sh.missing))}" if sh.missing else "")}
+                + (f"; absent here: {', '.join(map(str, sh.missing))}" if sh.missing else "")
+                + (f"; trusted entries that trust nothing (not root-only files): "
+                   f"{', '.join(sh.untrusted_entries)}" if sh.untrusted_entries else "")}
         else:
             out["ransomware shield"] = {"on": False, "detail": self._why_off.get(
                 "shield", "no shield.protect directories in the policy")}
@@ -645,8 +648,11 @@ class Agent:
         if now - self._last_retention >= 60.0:
             self.store.enforce_retention()
             if self.shadow is not None:
-                self.shadow.maintain()
+                self.shadow.maintain(self.policy.shield.max_age_s)
                 self.shadow.refresh_marks()
+                # one alert per interval naming each uid/tree whose quota bit
+                if (qf := self.shadow.quota_finding(os.getpid())) is not None:
+                    self._alert(qf)
             self._last_retention = now
 
     def _enforcement_sources(self) -> list[Source]:

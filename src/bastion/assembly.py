@@ -280,9 +280,16 @@ def _kernel_parts(parts: AgentParts, opts: AgentOptions, report: TierReport) -> 
                                   deadline_s=opts.test_deadline or 0.0)
     if policy.shield.protect:
         from bastion.respond.shadow import ShadowKeeper
+        from bastion.respond.shadow.store import Quotas
 
+        sh = policy.shield
         parts.shadow = ShadowKeeper(list(policy.shield.protect), opts.data_dir / "shadow",
                                     max_bytes=policy.shield.max_bytes,
+                                    quotas=Quotas(uid_max_bytes=sh.uid_max_bytes,
+                                                  tree_max_bytes=sh.tree_max_bytes,
+                                                  max_rows=sh.max_rows,
+                                                  uid_max_rows=sh.uid_max_rows,
+                                                  tree_max_rows=sh.tree_max_rows),
                                     trusted_exes=frozenset(policy.shield.trusted),
                                     self_tgid=os.getpid(), deadline_s=opts.test_deadline,
                                     max_dirs=policy.shield.max_dirs,

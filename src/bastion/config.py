@@ -80,10 +80,18 @@ class ShieldConfig:
 
     protect: tuple[Path, ...] = ()
     max_bytes: int = 2 * 2**30
-    trusted: tuple[str, ...] = ()
+    trusted: tuple[str, ...] = ()     # root-only executables (path or tool name), trusted by inode
     # directory names never shielded (tool caches and toolchains under a home, not documents)
     exclude: tuple[str, ...] = ()
     max_dirs: int = 10_000           # directories marked at most; the rest are named in status
+    # quotas (issue 14.3; respond/shadow/store.py): what one uid, one protected directory
+    # ("tree") and the whole index may hold; 0 = a quarter (uid) / half (tree) of the total
+    uid_max_bytes: int = 0
+    tree_max_bytes: int = 0
+    max_rows: int = 500_000
+    uid_max_rows: int = 0
+    tree_max_rows: int = 0
+    max_age_s: float = 86400.0       # pending index rows older than this are dropped
 
 
 @dataclass(frozen=True)
@@ -285,10 +293,53 @@ def parse_policy(text: str, source: str) -> AgentConfig:
         if (v := p.integer(n, "shield.max_dirs", minimum=1)) is not None:
             shield["max_dirs"] = v
 
+    def quota_size(key: str, field_: str) -> Callable[[yaml.Node], None]:
+        def parse(n: yaml.Node) -> None:
+            if (sz := p.size(n, f"shield.quota.{key}")) is not None:
+                if sz < 2**20:
+                    p.err(n, f"shield.quota.{key} must be at least 1MiB")
+                else:
+                    shield[field_] = sz
+                    quota_nodes[field_] = (key, n)
+        return parse
+
+    def quota_rows(key: str, field_: str) -> Callable[[yaml.Node], None]:
+        def parse(n: yaml.Node) -> None:
+            if (v := p.integer(n, f"shield.quota.{key}", minimum=100)) is not None:
+                shield[field_] = v
+                quota_nodes[field_] = (key, n)
+        return parse
+
+    def quota_age(n: yaml.Node) -> None:
+        if (d := p.duration(n, "shield.quota.max_age")) is not None:
+            if d < 600:
+                p.err(n, "shield.quota.max_age must be at least 10m (rows outlive detection)")
+            else:
+                shield["max_age_s"] = d
+
+    quota_nodes: dict[str, tuple[str, yaml.Node]] = {}
+
+    def shield_quota(n: yaml.Node) -> None:
+        p.mapping(n, "shield.quota", {
+            "uid_bytes": quota_size("uid_bytes", "uid_max_bytes"),
+            "tree_bytes": quota_size("tree_bytes", "tree_max_bytes"),
+            "rows": quota_rows("rows", "max_rows"),
+            "uid_rows": quota_rows("uid_rows", "uid_max_rows"),
+            "tree_rows": quota_rows("tree_rows", "tree_max_rows"),
+            "max_age": quota_age})
+
     def shield_node(n: yaml.Node) -> None:
         p.mapping(n, "shield", {"protect": shield_protect, "max_bytes": shield_max,
                                 "trusted": shield_trusted, "exclude": shield_exclude,
-                                "max_dirs": shield_max_dirs})
+                                "max_dirs": shield_max_dirs, "quota": shield_quota})
+        total = {"uid_max_bytes": ("max_bytes", shield.get("max_bytes", ShieldConfig.max_bytes)),
+                 "tree_max_bytes": ("max_bytes", shield.get("max_bytes", ShieldConfig.max_bytes)),
+                 "uid_max_rows": ("quota.rows", shield.get("max_rows", ShieldConfig.max_rows)),
+                 "tree_max_rows": ("quota.rows", shield.get("max_rows", ShieldConfig.max_rows))}
+        for field_, (what, cap) in total.items():
+            if field_ in quota_nodes and shield[field_] > cap:
+                key, node = quota_nodes[field_]
+                p.err(node, f"shield.quota.{key} {shield[field_]} exceeds shield.{what} {cap}")
 
     def behavior(n: yaml.Node) -> None:
         out["behavior"] = parse_behavior_node(n, p, rule_names())

@@ -26,6 +26,7 @@ from bastion.errors import ConfigError
 from bastion.proctable import ProcessTable
 from bastion.respond.dispatch import Dispatcher
 from bastion.respond.shadow import Opener, ShadowKeeper, ShadowStore, rollback
+from bastion.respond.shadow.store import Quotas
 from bastion.sensors.bpf import BpfSensor
 from support.cg import scoped_cgroup
 
@@ -241,7 +242,9 @@ def test_eviction_policy(tmp_path: Path) -> None:
         files.append(p)
     victim = Opener(4242, 10**12, "/usr/bin/evil", ((4242, 10**12), (1, 0)))
     other = Opener(5151, 2 * 10**12, "/usr/bin/other", ((5151, 2 * 10**12), (1, 0)))
-    store = ShadowStore(tmp_path / "shadow", max_bytes=5 * 8192, keep_pending_s=0)
+    # the total budget's policy alone: no uid/tree quota below it (tests/unit/test_shadow_quota.py)
+    store = ShadowStore(tmp_path / "shadow", max_bytes=5 * 8192, keep_pending_s=0,
+                        quotas=Quotas(uid_max_bytes=1 << 30, tree_max_bytes=1 << 30))
     try:
         for p in files[:3]:
             assert _put(store, p, victim) == "copied"

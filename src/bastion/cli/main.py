@@ -209,6 +209,12 @@ def format_status(st: dict[str, Any]) -> list[str]:
     shadow = st.get("shadow")
     if isinstance(shadow, dict):
         out.append("shield       " + ", ".join(f"{k} {v}" for k, v in sorted(shadow.items())))
+    usage = st.get("shield_usage")
+    if isinstance(usage, dict):
+        for kind in ("uid", "tree"):
+            for key, u in (usage.get(kind) or {}).items():
+                out.append(f"shield use   {kind} {key or '(unanchored)'}: "
+                           f"{u['bytes'] / 2**20:.1f} MiB, {u['rows']} rows")
     out.append(f"quarantine   {st.get('quarantine')}")
     for d in st.get("policy_degraded") or []:
         out.append(f"degraded     {d}")

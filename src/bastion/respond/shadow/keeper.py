@@ -33,15 +33,35 @@ open, no permission event: the content is gone without a copy).  Copies whose
 path does not lead, beneath a protected root, to the opened inode (another
 mount namespace, a bind mount) are kept but ``unanchored``: rollback refuses
 them (:mod:`bastion.respond.shadow.beneath`).
+
+Trust (issue 14.3): a ``trusted`` entry (an absolute path, or a bare tool name
+looked up in the system directories of
+:mod:`bastion.detect.behavior.trust`) is the *inode* of a root-owned file in
+root-only directories, re-resolved every five minutes; an opener is trusted
+when the file its ``/proc/PID/exe`` leads to is that inode.  The path the exe
+link reads as proves nothing: a copy of ``/usr/bin/cat`` bind-mounted over
+``/usr/bin/cat`` in a private mount namespace reads as ``/usr/bin/cat``.  An
+entry that is not a root-only file trusts nothing (named in
+:attr:`ShadowKeeper.untrusted_entries`).  The per-process cache is keyed by
+the executable's identity too, so a trusted process that ``execve()``\ s
+something else is decided afresh.
+
+Charging (quotas, :mod:`bastion.respond.shadow.store`): an opener is charged
+to its real uid (a setuid program to the user who ran it); a process in a
+user namespace is charged to the uid that owns the outermost namespace below
+ours (a user with subordinate uids must not multiply its quota by running as
+them).
 """
 
 from __future__ import annotations
 
 import collections
+import fcntl
 import logging
 import os
 import sqlite3
 import stat
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -49,6 +69,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Sequence
 
+from bastion.detect.behavior.trust import ExeTrust, Ident, secure_file
+from bastion.detect.engine import Finding
 from bastion.errors import ConfigError, KernelError, Location
 from bastion.kernel.fanotify import (
     ALLOW, DEFAULT_MAX_DIRS, FAN_EVENT_ON_CHILD, FAN_OPEN_PERM, PermEvent, PermissionListener,
@@ -57,11 +79,94 @@ from bastion.kernel.fanotify import (
 from bastion.kernel.opener import Scope, fd_path, open_flags, read_proc, stat_ppid_start
 from bastion.policy.compile import kernel_dev
 from bastion.respond.shadow.beneath import Roots
-from bastion.respond.shadow.store import Opener, ProcId, ShadowStore
+from bastion.respond.shadow.store import Opener, ProcId, QuotaBite, Quotas, ShadowStore
 
 log = logging.getLogger(__name__)
 
 _MAX_ANCESTRY: Final = 32
+_NS_GET_PARENT: Final = 0xB702        # _IO(0xb7, 0x2), linux/nsfs.h
+_NS_GET_OWNER_UID: Final = 0xB704     # _IO(0xb7, 0x4)
+_TRUST_REFRESH_S: Final = 300.0
+
+
+class ShieldTrust:
+    """The ``trusted`` entries as executable identities (device, inode), by
+    :func:`~bastion.detect.behavior.trust.secure_file`: never a name or a path string."""
+
+    def __init__(self, entries: frozenset[str], *, refresh_s: float = _TRUST_REFRESH_S) -> None:
+        self.paths = tuple(sorted(e for e in entries if e.startswith("/")))
+        self.names = tuple(sorted(e for e in entries if not e.startswith("/")))
+        self._tools = ExeTrust(refresh_s=refresh_s)
+        self.refresh_s = refresh_s
+        self._stamp = -refresh_s
+        self._idents: frozenset[Ident] = frozenset()
+        self.unresolved: tuple[str, ...] = ()
+
+    def _resolve(self) -> None:
+        now = time.monotonic()
+        if now - self._stamp < self.refresh_s:
+            return
+        self._stamp = now
+        out: set[Ident] = set()
+        bad = []
+        for p in self.paths:
+            st = secure_file(p)
+            if st is None:
+                bad.append(p)
+            else:
+                out.add((kernel_dev(st.st_dev), st.st_ino))
+        for n in self.names:
+            got = self._tools.idents(n)
+            if not got:
+                bad.append(n)
+            out |= got
+        if tuple(bad) != self.unresolved and bad:
+            log.warning("shield.trusted: %s not a root-owned file in root-only directories: "
+                        "trusts nothing", ", ".join(bad))
+        self.unresolved = tuple(bad)
+        self._idents = frozenset(out)
+
+    def trusted(self, ident: Ident) -> bool:
+        if not (self.paths or self.names) or ident == (0, 0):
+            return False
+        self._resolve()
+        return ident in self._idents
+
+
+def _userns_ino(path: str) -> int:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return 0
+
+
+def charged_uid(tgid: int, uid: int, own_userns: int) -> int:
+    """The uid a process's copies are charged to: ``uid``, or, inside a user
+    namespace, the uid that owns the outermost one below ``own_userns`` (ours)."""
+    try:
+        fd = os.open(f"/proc/{tgid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return uid
+    try:
+        if own_userns == 0 or os.fstat(fd).st_ino == own_userns:
+            return uid
+        for _ in range(33):                   # the kernel nests at most 32
+            try:
+                parent = fcntl.ioctl(fd, _NS_GET_PARENT)
+            except OSError:
+                break
+            if os.fstat(parent).st_ino == own_userns:
+                os.close(parent)
+                break
+            os.close(fd)
+            fd = parent
+        buf = bytearray(4)
+        fcntl.ioctl(fd, _NS_GET_OWNER_UID, buf, True)
+        return int.from_bytes(buf, sys.byteorder)
+    except OSError:
+        return uid
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -136,7 +241,7 @@ class ShadowKeeper:
                  deadline_s: float | None = None, self_tgid: int = 0,
                  max_file_bytes: int | None = None, keep_pending_s: float = 120.0,
                  decision_timeout_s: float = 2.0, max_dirs: int = DEFAULT_MAX_DIRS,
-                 exclude: Sequence[str] = ()) -> None:
+                 exclude: Sequence[str] = (), quotas: Quotas | None = None) -> None:
         if max_bytes <= 0:
             raise ConfigError("shadow max_bytes must be > 0", location=Location(str(shadow_dir)))
         if not protected_dirs:
@@ -159,7 +264,10 @@ class ShadowKeeper:
                     f"{p}: the listener would open files it marks (self-deadlock)",
                     location=Location(str(shadow_dir)))
         self.max_bytes = max_bytes
+        self.quotas = quotas
         self.trusted_exes = trusted_exes
+        self._trust = ShieldTrust(trusted_exes)
+        self._own_userns = _userns_ino("/proc/self/ns/user")
         self.max_file_bytes = max_file_bytes
         self.keep_pending_s = keep_pending_s
         self.max_dirs = max_dirs
@@ -169,7 +277,8 @@ class ShadowKeeper:
         self._store: ShadowStore | None = None
         self._roots: Roots | None = None
         self._marked: set[tuple[int, int]] = set()
-        self._openers: collections.OrderedDict[ProcId, Opener | None] = collections.OrderedDict()
+        self._openers: collections.OrderedDict[tuple[int, int, Ident], Opener] = \
+            collections.OrderedDict()
         self._copy_us: collections.deque[float] = collections.deque(maxlen=8192)
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
@@ -181,7 +290,7 @@ class ShadowKeeper:
             return self
         self._store = ShadowStore(self.shadow_dir, max_bytes=self.max_bytes,
                                   keep_pending_s=self.keep_pending_s,
-                                  max_file_bytes=self.max_file_bytes)
+                                  max_file_bytes=self.max_file_bytes, quotas=self.quotas)
         self._roots = Roots(self.protected)
         if self._roots.unavailable:
             log.error("shadow: %s -- copies are kept but rollback will refuse to restore them",
@@ -273,28 +382,48 @@ class ShadowKeeper:
     def maintain(self, max_age_s: float = 86400.0) -> int:
         return self.store.maintain(max_age_s)
 
+    def quota_finding(self, pid: int) -> Finding | None:
+        """One alert for every cap reached since the last call (the agent asks once per
+        interval), naming each uid and tree; None when no cap was reached."""
+        return quota_finding(self.store.take_quota_bites(), pid)
+
     # ---- the decision (listener thread; never opens a marked path) -----------------------
 
-    def _opener(self, tid: int) -> Opener | None:
-        tgid = -1
+    @property
+    def untrusted_entries(self) -> tuple[str, ...]:
+        """``trusted`` entries that are not a root-only file here (they trust nothing)."""
+        return self._trust.unresolved
+
+    def _opener(self, tid: int) -> tuple[Opener, Ident] | None:
+        """The opener and its executable's identity; cached per (process, executable):
+        an ``execve()`` keeps pid and start time, not the executable."""
+        tgid, ruid = -1, -1
         for line in read_proc(f"/proc/{tid}/status").split(b"\n"):
             k, _, v = line.partition(b":")
             if k == b"Tgid":
                 tgid = int(v.split()[0])
+            elif k == b"Uid":
+                ruid = int(v.split()[0])     # real: a setuid program is charged to its caller
                 break
         if tgid <= 0:
             return None
         ppid, start = stat_ppid_start(tgid)
         if start < 0:
             return None
-        key = (tgid, start)
-        if key in self._openers:
-            self._openers.move_to_end(key)
-            return self._openers[key]
+        try:
+            est = os.stat(f"/proc/{tgid}/exe")      # the inode itself, whatever its path reads
+            ident: Ident = (kernel_dev(est.st_dev), est.st_ino)
+        except OSError:
+            ident = (0, 0)
+        ckey = (tgid, start, ident)
+        if ckey in self._openers:
+            self._openers.move_to_end(ckey)
+            return self._openers[ckey], ident
         try:
             exe = os.readlink(f"/proc/{tgid}/exe")
         except OSError:
             exe = ""
+        key = (tgid, start)
         chain: list[ProcId] = [key]
         p = ppid
         while p > 0 and len(chain) < _MAX_ANCESTRY:
@@ -303,11 +432,12 @@ class ShadowKeeper:
                 break
             chain.append((p, s))
             p = pp
-        op = Opener(tgid, start, exe, tuple(chain))
-        self._openers[key] = op
+        op = Opener(tgid, start, exe, tuple(chain),
+                    uid=charged_uid(tgid, ruid, self._own_userns))
+        self._openers[ckey] = op
         if len(self._openers) > 4096:
             self._openers.popitem(last=False)
-        return op
+        return op, ident
 
     def _decide(self, ev: PermEvent) -> Verdict:
         """Copy, then allow: every open of a protected file is allowed."""
@@ -323,10 +453,11 @@ class ShadowKeeper:
             if store is not None:
                 store.c.not_regular += 1
             return ALLOW
-        opener = self._opener(tid)
-        if opener is None:
+        who = self._opener(tid)
+        if who is None:
             return Verdict.allow("gone")
-        if opener.exe in self.trusted_exes:
+        opener, ident = who
+        if self._trust.trusted(ident):
             store.c.trusted_allows += 1
             return ALLOW
         created = False
@@ -339,7 +470,10 @@ class ShadowKeeper:
         if anchor is None:
             store.c.unanchored += 1
         try:
-            out = store.put(efd, st, path, opener, created=created, anchor=anchor)
+            # the tree charged is the verified root, never the path's text: a copy the
+            # anchor refused (another mount namespace) is charged to the tree ''
+            out = store.put(efd, st, path, opener, created=created, anchor=anchor,
+                            tree=anchor.root if anchor is not None else "")
         except (OSError, sqlite3.Error) as exc:
             store.c.copy_errors += 1
             log.error("shadow: copy of %s for pid %d failed (%s: %s): allowed, not recoverable",
@@ -371,7 +505,10 @@ class ShadowKeeper:
         out["marked_dirs"] = len(self._marked)
         out["dirs_over_budget"] = self.over_budget
         uncopied_by_watchdog = max(0, int(ls["watchdog_allows"]) - int(out.get("late_copies", 0)))
+        out["untrusted_entries"] = len(self._trust.unresolved)
         out["unrecoverable"] = (int(out.get("too_large", 0)) + int(out.get("no_space", 0))
+                                + int(out.get("quota_refused_bytes", 0))
+                                + int(out.get("quota_refused_rows", 0))
                                 + int(out.get("changed_during_copy", 0))
                                 + int(out.get("copy_errors", 0)) + uncopied_by_watchdog
                                 + int(out.get("unanchored", 0))
@@ -379,4 +516,26 @@ class ShadowKeeper:
         return out
 
 
-__all__ = ["ShadowKeeper"]
+def _bite_text(b: QuotaBite) -> str:
+    who = {"uid": f"uid {b.key}", "tree": f"tree {b.key or '(unanchored)'}",
+           "total": "the whole shield"}[b.kind]
+    what = "copies" if b.resource == "bytes" else "index rows"
+    return f"{who} {b.resource}: {b.refused} {what} refused, {b.evicted} evicted"
+
+
+def quota_finding(bites: Sequence[QuotaBite], pid: int) -> Finding | None:
+    """The alert for ``bites`` (None when empty): high when copies were refused (those
+    files are not recoverable), low when the quota only evicted older copies."""
+    if not bites:
+        return None
+    refused = sum(b.refused for b in bites)
+    return Finding(
+        rule="bastion.shield.quota", severity="high" if refused else "low",
+        attack=("T1499",) if refused else (), action="alert", event=None, pid=pid,
+        title="ransomware shield quota reached: " + "; ".join(map(_bite_text, bites)),
+        evidence={"bites": [{"kind": b.kind, "key": b.key, "resource": b.resource,
+                             "refused": b.refused, "evicted": b.evicted} for b in bites],
+                  "refused": refused})
+
+
+__all__ = ["ShadowKeeper", "ShieldTrust", "charged_uid", "quota_finding"]

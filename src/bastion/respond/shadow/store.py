@@ -25,6 +25,29 @@ open is allowed.  Every eviction is counted (``evictions``,
 ``evicted_bytes``); an evicted copy's index rows stay while an incident
 names them, so rollback reports the file as "evicted".
 
+Quotas (:class:`Quotas`, issue 14.3): one user must not exhaust the shield
+for the others.  Every index row and every blob is *charged* to a uid (the
+opener's real uid, :attr:`Opener.uid`; the keeper charges a process in a user
+namespace to the uid that owns the namespace) and to a tree (the protected
+directory the file lies under).  A blob is charged to the row that brought
+its bytes; a later row of another uid for the same content costs that uid a
+row, no bytes.  Each uid and each tree has a byte and a row cap, the index
+a total row cap: a new copy or row that would pass a cap first evicts, by
+the policy above but only among what that uid (tree) was charged for --
+the flooding user pays with its own oldest copies, never another user's --
+and is refused when that frees nothing (``quota_refused_bytes``,
+``quota_refused_rows``: not recoverable, the open is allowed).  Rows are
+evicted like copies: rows of decided incidents first, then pending rows
+older than ``keep_pending_s``, oldest first; a blob no row names any more
+goes with its last row.  Why young pending copies are still never evicted,
+even inside a quota: a ransomware run has read its victims before anyone
+decided about it, and oldest-first eviction of young copies would let it
+flush its victims' originals with a burst of junk; refusing the junk instead
+loses only files it reaches after its own quota is spent (and that burst
+is itself reported).  Every refusal or quota-forced eviction is recorded as
+a bite (:meth:`ShadowStore.take_quota_bites`, one alert per interval naming
+the uid or tree).  Rows are also bounded in age (:meth:`ShadowStore.maintain`).
+
 :meth:`ShadowStore.put` runs on the permission listener's thread: it reads
 the original only through the event fd (``pread``), never by path.
 """
@@ -54,6 +77,8 @@ BLOB_MIN: Final = 4096               # space accounting: a blob costs at least o
 CHUNK: Final = 1 << 20
 INLINE_MAX: Final = 64 * 1024        # copies up to this size live in the index (no file create)
 _LOW_WATER: Final = 0.9
+_ROW_BATCH: Final = 1024             # rows evicted per pass at most (~20 ms)
+_NO_VICTIMS_BACKOFF_S: Final = 1.0   # a scope with nothing evictable is not searched again sooner
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS blobs (
@@ -83,7 +108,11 @@ CREATE TABLE IF NOT EXISTS incident_states (
 
 # schema 2: each copy is anchored (beneath.Anchor) -- rows of schema 1 have root ''
 # and are never restored automatically.
-SCHEMA_VERSION: Final = 2
+# schema 3: rows and blobs are charged to a uid and a tree (quotas); older rows are
+# charged to uid -1 and tree '' (their own buckets).
+SCHEMA_VERSION: Final = 3
+_CHARGE_COLUMNS: Final = (("cuid", "INTEGER NOT NULL DEFAULT -1"),
+                          ("tree", "TEXT NOT NULL DEFAULT ''"))
 _ANCHOR_COLUMNS: Final = (("root", "TEXT NOT NULL DEFAULT ''"),
                           ("root_dev", "INTEGER NOT NULL DEFAULT 0"),
                           ("root_ino", "INTEGER NOT NULL DEFAULT 0"),
@@ -92,6 +121,52 @@ _ANCHOR_COLUMNS: Final = (("root", "TEXT NOT NULL DEFAULT ''"),
 
 GenKey = tuple[int, int, int, int, int]     # (dev, ino, size, mtime_ns, ctime_ns)
 ProcId = tuple[int, int]                    # (pid, start_ns CLOCK_BOOTTIME)
+Scope = tuple[str, str]                     # ("uid", "1001"), ("tree", "/home"), ("total", "")
+TOTAL: Final[Scope] = ("total", "")
+
+
+@dataclass(frozen=True)
+class Quotas:
+    """Caps per uid and per tree (bytes, index rows), and of the whole index (rows).
+
+    0 picks the default: a uid may hold a quarter of ``max_bytes`` and of
+    ``max_rows``, a tree half (so no single user, and no single protected
+    directory, can take the shield from the others)."""
+
+    uid_max_bytes: int = 0
+    tree_max_bytes: int = 0
+    max_rows: int = 500_000          # ~150 MB of index at most
+    uid_max_rows: int = 0
+    tree_max_rows: int = 0
+
+    def resolved(self, max_bytes: int) -> Quotas:
+        for name in ("uid_max_bytes", "tree_max_bytes", "max_rows", "uid_max_rows",
+                     "tree_max_rows"):
+            if getattr(self, name) < 0:
+                raise StoreError(f"shield quota {name} must be >= 0",
+                                 location=Location(f"shield.{name}"))
+        rows = self.max_rows or 500_000
+        return Quotas(uid_max_bytes=self.uid_max_bytes or max(1, max_bytes // 4),
+                      tree_max_bytes=self.tree_max_bytes or max(1, max_bytes // 2),
+                      max_rows=rows, uid_max_rows=self.uid_max_rows or max(1, rows // 4),
+                      tree_max_rows=self.tree_max_rows or max(1, rows // 2))
+
+
+@dataclass(frozen=True)
+class Usage:
+    bytes: int
+    rows: int
+
+
+@dataclass(frozen=True)
+class QuotaBite:
+    """A cap was reached since the last :meth:`ShadowStore.take_quota_bites`."""
+
+    kind: str          # "uid", "tree" or "total"
+    key: str           # the uid, the protected directory, or ""
+    resource: str      # "bytes" or "rows"
+    refused: int       # copies/rows not taken (not recoverable)
+    evicted: int       # copies/rows of that uid/tree evicted to make room
 
 
 def _blob_cost(size: int) -> int:
@@ -110,6 +185,7 @@ class Opener:
     start_ns: int                       # CLOCK_BOOTTIME, clock-tick resolution
     exe: str
     ancestry: tuple[ProcId, ...]        # itself first, then its ancestors
+    uid: int = -1                       # charged for its copies (quotas)
 
     def descends_from(self, pid: int, start_ns: int) -> bool:
         return any(p == pid and _same_start(s, start_ns) for p, s in self.ancestry)
@@ -134,6 +210,10 @@ class ShadowCounters:
     evictions: int = 0
     evicted_bytes: int = 0
     pruned_rows: int = 0
+    quota_refused_bytes: int = 0  # not recoverable: the opener's uid/tree byte quota was spent
+    quota_refused_rows: int = 0   # not recoverable: a row cap (uid, tree, total) was reached
+    quota_evictions: int = 0      # copies evicted to make room within a uid/tree quota
+    row_evictions: int = 0        # rows evicted for a row cap
     incidents: int = 0
     incident_links: int = 0
     commits: int = 0
@@ -141,7 +221,8 @@ class ShadowCounters:
 
 @dataclass(frozen=True)
 class CopyOutcome:
-    kind: str          # "copied", "dedup", "seen", "created", "too_large", "no_space", "changed"
+    kind: str          # "copied", "dedup", "seen", "created", "too_large", "no_space",
+                       # "quota_bytes", "quota_rows", "changed"
     sha: str | None = None
 
 
@@ -154,9 +235,15 @@ class ShadowStore:
 
     def __init__(self, shadow_dir: Path, *, max_bytes: int = 0, keep_pending_s: float = 120.0,
                  max_file_bytes: int | None = None, max_cache: int = 65536,
-                 commit_interval_s: float = 0.05, create: bool = True) -> None:
+                 commit_interval_s: float = 0.05, create: bool = True,
+                 quotas: Quotas | None = None) -> None:
         self.dir = Path(shadow_dir)
         self.max_bytes = max_bytes
+        self.quotas = (quotas or Quotas()).resolved(max_bytes)
+        self._bytes: collections.Counter[Scope] = collections.Counter()
+        self._rows: collections.Counter[Scope] = collections.Counter()
+        self._bites: dict[tuple[str, str, str], list[int]] = {}
+        self._no_victims: dict[tuple[Scope, str], float] = {}
         self.keep_pending_ns = int(keep_pending_s * 1e9)
         self.max_file_bytes = (max_file_bytes if max_file_bytes is not None
                                else max(0, max_bytes // 4))
@@ -164,6 +251,7 @@ class ShadowStore:
         self._lock = threading.RLock()
         self._max_cache = max_cache
         self._gen_blob: collections.OrderedDict[GenKey, str] = collections.OrderedDict()
+        self._dead_shas: set[str] = set()
         self._seen: collections.OrderedDict[tuple[ProcId, GenKey], None] = collections.OrderedDict()
         self._open_incidents: dict[int, ProcId] = {}
         self._tmp_seq = 0
@@ -190,6 +278,16 @@ class ShadowStore:
                 (BLOB_MIN,)).fetchone()
             self.used_bytes = int(row[0])
             self.blob_count = int(row[1])
+            for cuid, tree, cost in self._db.execute(
+                    "SELECT cuid, tree, SUM(MAX(size, ?)) FROM blobs WHERE evicted = 0 "
+                    "GROUP BY cuid, tree", (BLOB_MIN,)):
+                self._bytes[("uid", str(cuid))] += int(cost)
+                self._bytes[("tree", str(tree))] += int(cost)
+            for cuid, tree, n in self._db.execute(
+                    "SELECT cuid, tree, COUNT(*) FROM copies GROUP BY cuid, tree"):
+                self._rows[("uid", str(cuid))] += int(n)
+                self._rows[("tree", str(tree))] += int(n)
+                self._rows[TOTAL] += int(n)
             for iid, pid, start in self._db.execute(
                     "SELECT id, root_pid, root_start_ns FROM incidents WHERE state = 'open'"):
                 self._open_incidents[int(iid)] = (int(pid), int(start))
@@ -201,9 +299,18 @@ class ShadowStore:
         if version >= SCHEMA_VERSION:
             return
         have = {str(r[1]) for r in self._db.execute("PRAGMA table_info(copies)")}
-        for name, decl in _ANCHOR_COLUMNS:
+        for name, decl in _ANCHOR_COLUMNS + _CHARGE_COLUMNS:
             if name not in have:
                 self._db.execute(f"ALTER TABLE copies ADD COLUMN {name} {decl}")
+        have = {str(r[1]) for r in self._db.execute("PRAGMA table_info(blobs)")}
+        for name, decl in _CHARGE_COLUMNS:
+            if name not in have:
+                self._db.execute(f"ALTER TABLE blobs ADD COLUMN {name} {decl}")
+        self._db.executescript(
+            "CREATE INDEX IF NOT EXISTS copies_cuid ON copies(cuid, t_ns);"
+            "CREATE INDEX IF NOT EXISTS copies_tree ON copies(tree, t_ns);"
+            "CREATE INDEX IF NOT EXISTS blobs_cuid ON blobs(cuid);"
+            "CREATE INDEX IF NOT EXISTS blobs_tree ON blobs(tree);")
         self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -228,11 +335,15 @@ class ShadowStore:
         return self.dir / "blobs" / sha[:2] / sha
 
     def put(self, fd: int, st: os.stat_result, path: str, opener: Opener, *,
-            created: bool = False, anchor: Anchor | None = None) -> CopyOutcome:
-        """Keep a copy of the content behind ``fd`` (read with pread only) for ``opener``."""
+            created: bool = False, anchor: Anchor | None = None,
+            tree: str | None = None) -> CopyOutcome:
+        """Keep a copy of the content behind ``fd`` (read with pread only) for ``opener``,
+        charged to ``opener.uid`` and ``tree`` (default: the anchor's root)."""
         gen: GenKey = (kernel_dev(st.st_dev), st.st_ino, st.st_size, st.st_mtime_ns,
                        st.st_ctime_ns)
         me: ProcId = (opener.pid, opener.start_ns)
+        charge = (("uid", str(opener.uid)),
+                  ("tree", tree if tree is not None else anchor.root if anchor else ""))
         with self._lock:
             if (me, gen) in self._seen:
                 self._seen.move_to_end((me, gen))
@@ -241,26 +352,44 @@ class ShadowStore:
         if created:
             with self._lock:
                 self._begin()
-                self._add_ref(gen, st, path, None, opener, "created", late=False, anchor=anchor)
+                if not self._room_for_row(charge):
+                    self._maybe_commit()
+                    return CopyOutcome("quota_rows")
+                self._add_ref(gen, st, path, None, opener, "created", late=False, anchor=anchor,
+                              charge=charge)
                 self._maybe_commit()
                 self.c.created_seen += 1
             return CopyOutcome("created")
+        cost = _blob_cost(st.st_size)
         with self._lock:
+            self._begin()
+            # room for the row first: evicting rows may evict the very blob of this content
+            if not self._room_for_row(charge):
+                self._maybe_commit()
+                return CopyOutcome("quota_rows")
             sha = self._gen_blob.get(gen)
             if sha is not None:
                 self._gen_blob.move_to_end(gen)
-                self._begin()
-                self._add_ref(gen, st, path, sha, opener, "copy", late=False, anchor=anchor)
+                self._add_ref(gen, st, path, sha, opener, "copy", late=False, anchor=anchor,
+                              charge=charge)
                 self._maybe_commit()
                 self.c.dedup_hits += 1
                 return CopyOutcome("dedup", sha)
             if st.st_size > self.max_file_bytes:
+                self._maybe_commit()
                 self.c.too_large += 1
                 return CopyOutcome("too_large")
-            if not self._make_room(_blob_cost(st.st_size)):
-                self.c.no_space += 1
-                return CopyOutcome("no_space")
-            self.used_bytes += _blob_cost(st.st_size)      # reserved while we copy
+            refused = self._make_room(cost, charge)
+            self._maybe_commit()
+            if refused is not None:
+                if refused == TOTAL:
+                    self.c.no_space += 1
+                    return CopyOutcome("no_space")
+                self.c.quota_refused_bytes += 1
+                return CopyOutcome("quota_bytes")
+            self.used_bytes += cost      # reserved while we copy
+            for sc in charge:
+                self._bytes[sc] += cost
             self._tmp_seq += 1
             tmp = self.dir / "tmp" / f"{os.getpid()}-{threading.get_ident()}-{self._tmp_seq}"
         data: bytes | None = None
@@ -273,11 +402,15 @@ class ShadowStore:
             after = os.fstat(fd)
         except BaseException:
             with self._lock:
-                self.used_bytes -= _blob_cost(st.st_size)
+                self.used_bytes -= cost
+                for sc in charge:
+                    self._bytes[sc] -= cost
             unlink_quiet(tmp)
             raise
         with self._lock:
-            self.used_bytes -= _blob_cost(st.st_size)
+            self.used_bytes -= cost
+            for sc in charge:
+                self._bytes[sc] -= cost
             # an unlink/rename changes ctime and the link count, not the content
             if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or (
                     after.st_ctime_ns != st.st_ctime_ns and after.st_nlink == st.st_nlink):
@@ -289,8 +422,9 @@ class ShadowStore:
                 self.c.changed_during_copy += 1
                 return CopyOutcome("changed")
             self._begin()
-            self._commit_blob(tmp, sha, n, data)
-            self._add_ref(gen, st, path, sha, opener, "copy", late=False, anchor=anchor)
+            self._commit_blob(tmp, sha, n, data, charge)
+            self._add_ref(gen, st, path, sha, opener, "copy", late=False, anchor=anchor,
+                          charge=charge)
             self._maybe_commit()
             self._gen_blob[gen] = sha
             if len(self._gen_blob) > self._max_cache:
@@ -367,7 +501,8 @@ class ShadowStore:
             os.close(out)
         return h.hexdigest(), n
 
-    def _commit_blob(self, tmp: Path, sha: str, size: int, data: bytes | None) -> None:
+    def _commit_blob(self, tmp: Path, sha: str, size: int, data: bytes | None,
+                     charge: tuple[Scope, Scope]) -> None:
         row = self._db.execute("SELECT evicted FROM blobs WHERE sha = ?", (sha,)).fetchone()
         if row is not None and not row[0]:
             unlink_quiet(tmp)          # same content already kept
@@ -381,23 +516,31 @@ class ShadowStore:
                 dst.parent.mkdir(exist_ok=True)
                 self._subdirs.add(sha[:2])
             os.replace(tmp, dst)
-        self._db.execute("INSERT OR REPLACE INTO blobs (sha, size, t_ns, evicted, inline) "
-                         "VALUES (?,?,?,0,?)", (sha, size, time.time_ns(), int(data is not None)))
+        self._db.execute("INSERT OR REPLACE INTO blobs (sha, size, t_ns, evicted, inline, cuid, "
+                         "tree) VALUES (?,?,?,0,?,?,?)", (sha, size, time.time_ns(),
+                                                         int(data is not None),
+                                                         int(charge[0][1]), charge[1][1]))
         self.used_bytes += _blob_cost(size)
+        for sc in charge:
+            self._bytes[sc] += _blob_cost(size)
         self.blob_count += 1
 
     def _add_ref(self, gen: GenKey, st: os.stat_result, path: str, sha: str | None,
-                 opener: Opener, kind: str, *, late: bool, anchor: Anchor | None) -> None:
+                 opener: Opener, kind: str, *, late: bool, anchor: Anchor | None,
+                 charge: tuple[Scope, Scope]) -> None:
         now = time.time_ns()
         anc = anchor or Anchor("", 0, 0, 0, 0)
         cur = self._db.execute(
             "INSERT INTO copies (t_ns, kind, path, dev, ino, size, mode, uid, gid, mtime_ns, "
             "ctime_ns, sha, pid, start_ns, exe, ancestry, late, root, root_dev, root_ino, "
-            "parent_dev, parent_ino) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "parent_dev, parent_ino, cuid, tree) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (now, kind, path, gen[0], gen[1], st.st_size, st.st_mode, st.st_uid, st.st_gid,
              st.st_mtime_ns, st.st_ctime_ns, sha, opener.pid, opener.start_ns, opener.exe,
              json.dumps([list(a) for a in opener.ancestry]), int(late), anc.root, anc.root_dev,
-             anc.root_ino, anc.parent_dev, anc.parent_ino))
+             anc.root_ino, anc.parent_dev, anc.parent_ino, int(charge[0][1]), charge[1][1]))
+        for sc in (*charge, TOTAL):
+            self._rows[sc] += 1
         cid = cur.lastrowid
         for iid, (rpid, rstart) in self._open_incidents.items():
             if opener.descends_from(rpid, rstart):
@@ -408,51 +551,217 @@ class ShadowStore:
             self._seen.popitem(last=False)
         self.c.refs += 1
 
-    # ---- space ---------------------------------------------------------------------------
+    # ---- space and quotas ------------------------------------------------------------------
 
-    def _make_room(self, need: int) -> bool:
-        """Evict (policy in the module doc) until ``need`` more bytes fit; False if not."""
+    def _byte_cap(self, sc: Scope) -> int:
+        if sc == TOTAL:
+            return self.max_bytes
+        return self.quotas.uid_max_bytes if sc[0] == "uid" else self.quotas.tree_max_bytes
+
+    def _row_cap(self, sc: Scope) -> int:
+        if sc == TOTAL:
+            return self.quotas.max_rows
+        return self.quotas.uid_max_rows if sc[0] == "uid" else self.quotas.tree_max_rows
+
+    def _bite(self, sc: Scope, resource: str, *, refused: int = 0, evicted: int = 0) -> None:
+        b = self._bites.setdefault((sc[0], sc[1], resource), [0, 0])
+        b[0] += refused
+        b[1] += evicted
+
+    def _searchable(self, sc: Scope, resource: str) -> bool:
+        """False while a scope that had nothing evictable is backing off."""
+        return self._no_victims.get((sc, resource), 0.0) <= time.monotonic()
+
+    def _make_room(self, need: int, charge: tuple[Scope, Scope]) -> Scope | None:
+        """Evict (policy in the module doc) until ``need`` more bytes fit the total budget
+        and the quotas of ``charge``; the scope that could not make room, else None."""
+        try:
+            return self._make_room_in(need, charge)
+        finally:
+            self._purge_gens()
+
+    def _make_room_in(self, need: int, charge: tuple[Scope, Scope]) -> Scope | None:
         if self.max_bytes <= 0:
-            return False
-        if self.used_bytes + need <= self.max_bytes:
-            return True
-        if need > self.max_bytes:
-            return False
-        target = min(self.max_bytes - need, int(self.max_bytes * _LOW_WATER))
+            return TOTAL
+        for sc in (charge[0], charge[1], TOTAL):
+            cap = self._byte_cap(sc)
+            used = self.used_bytes if sc == TOTAL else self._bytes[sc]
+            if used + need <= cap:
+                continue
+            evicted = 0
+            if need <= cap and self._searchable(sc, "bytes"):
+                evicted = self._evict_bytes(sc, min(cap - need, int(cap * _LOW_WATER)),
+                                            cap - need)
+                if not evicted:
+                    self._no_victims[(sc, "bytes")] = time.monotonic() + _NO_VICTIMS_BACKOFF_S
+            used = self.used_bytes if sc == TOTAL else self._bytes[sc]
+            if sc != TOTAL:
+                self.c.quota_evictions += evicted
+            if used + need > cap:
+                self._bite(sc, "bytes", refused=1, evicted=evicted)
+                return sc
+            if sc != TOTAL:
+                self._bite(sc, "bytes", evicted=evicted)
+        return None
+
+    def _evict_bytes(self, sc: Scope, target: int, enough: int) -> int:
+        """Evict blobs charged to ``sc`` (any, for the total) until its use is at most
+        ``target`` -- or at most ``enough`` once _ROW_BATCH blobs went in this pass (the
+        opener waits for it: the next pass goes on); returns how many."""
         cutoff = time.time_ns() - self.keep_pending_ns
-        while self.used_bytes > target:
+
+        def used() -> int:
+            return self.used_bytes if sc == TOTAL else self._bytes[sc]
+        where, args = self._scope_sql("b", sc)
+        n = 0
+        while used() > target and not (n >= _ROW_BATCH and used() <= enough):
+            limit = min(_ROW_BATCH, (used() - target) // BLOB_MIN + 1)
             victims = self._db.execute(
-                """SELECT b.sha, b.size,
+                f"""SELECT b.sha, b.size,
                           MAX(c.t_ns) AS newest,
                           MAX(CASE WHEN ic.copy IS NULL THEN 1
                                    WHEN i.state = 'open' THEN 9 ELSE 0 END) AS cls
                    FROM blobs b JOIN copies c ON c.sha = b.sha
                    LEFT JOIN incident_copies ic ON ic.copy = c.id
                    LEFT JOIN incidents i ON i.id = ic.incident
-                   WHERE b.evicted = 0
+                   WHERE b.evicted = 0 {where}
                    GROUP BY b.sha
                    HAVING cls = 0 OR (cls = 1 AND newest < ?)
-                   ORDER BY cls, newest LIMIT 256""", (cutoff,)).fetchall()
+                   ORDER BY cls, newest LIMIT ?""", (*args, cutoff, limit)).fetchall()
             if not victims:
                 break
             for sha, size, _newest, _cls in victims:
                 self._evict(str(sha), int(size))
-                if self.used_bytes <= target:
+                n += 1
+                if used() <= target or (n >= _ROW_BATCH and used() <= enough):
                     break
-        return self.used_bytes + need <= self.max_bytes
+        return n
+
+    @staticmethod
+    def _scope_sql(alias: str, sc: Scope) -> tuple[str, tuple[Any, ...]]:
+        if sc == TOTAL:
+            return "", ()
+        if sc[0] == "uid":
+            return f"AND {alias}.cuid = ?", (int(sc[1]),)
+        return f"AND {alias}.tree = ?", (sc[1],)
+
+    def _room_for_row(self, charge: tuple[Scope, Scope]) -> bool:
+        """Evict rows until one more fits the row caps of ``charge`` and the index;
+        False (counted, a bite) when it does not."""
+        try:
+            return self._room_for_row_in(charge)
+        finally:
+            self._purge_gens()
+
+    def _room_for_row_in(self, charge: tuple[Scope, Scope]) -> bool:
+        for sc in (charge[0], charge[1], TOTAL):
+            cap = self._row_cap(sc)
+            if self._rows[sc] + 1 <= cap:
+                continue
+            evicted = 0
+            if self._searchable(sc, "rows"):
+                # down to 90 %, at most _ROW_BATCH rows a pass: the opener waits for it
+                evicted = self._evict_rows(sc, max(int(cap * _LOW_WATER), cap - _ROW_BATCH))
+                if not evicted:
+                    self._no_victims[(sc, "rows")] = time.monotonic() + _NO_VICTIMS_BACKOFF_S
+            if self._rows[sc] + 1 > cap:
+                self._bite(sc, "rows", refused=1, evicted=evicted)
+                self.c.quota_refused_rows += 1
+                return False
+            self._bite(sc, "rows", evicted=evicted)
+        return True
+
+    def _evict_rows(self, sc: Scope, target: int) -> int:
+        """Drop rows charged to ``sc`` (any, for the index) down to ``target``: rows only
+        decided incidents name first, then pending rows older than keep_pending_s,
+        oldest first; never a row of an open incident.  Blobs no row names any more go
+        too.  Returns the rows dropped.  Both searches walk an index and stop at what
+        is needed (the pending one in (cuid|tree, t_ns) order)."""
+        cutoff = time.time_ns() - self.keep_pending_ns
+        where, args = self._scope_sql("c", sc)
+        want = self._rows[sc] - target
+        decided = self._db.execute(
+            # CROSS JOIN keeps this order: from the (few) incident rows, not all of sc's
+            f"""SELECT c.id, c.sha FROM incident_copies ic
+                CROSS JOIN incidents i CROSS JOIN copies c
+                WHERE i.id = ic.incident AND c.id = ic.copy {where}
+                GROUP BY c.id HAVING MAX(i.state = 'open') = 0
+                ORDER BY c.t_ns LIMIT ?""", (*args, want)).fetchall()
+        victims = list(decided)
+        if len(victims) < want:
+            victims += self._db.execute(
+                f"""SELECT c.id, c.sha FROM copies c
+                    WHERE c.t_ns < ? {where}
+                      AND NOT EXISTS (SELECT 1 FROM incident_copies ic WHERE ic.copy = c.id)
+                    ORDER BY c.t_ns LIMIT ?""", (cutoff, *args, want - len(victims))).fetchall()
+        if not victims:
+            return 0
+        ids = [int(v[0]) for v in victims]
+        if decided:
+            self._db.executemany("DELETE FROM incident_copies WHERE copy = ?",
+                                 [(int(v[0]),) for v in decided])
+        n = self._delete_rows(ids)
+        self.c.row_evictions += n
+        self._evict_orphans({str(v[1]) for v in victims if v[1] is not None})
+        return n
+
+    def _delete_rows(self, ids: list[int]) -> int:
+        """Delete the rows ``ids`` and uncharge them; returns how many."""
+        n = 0
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            for cuid, tree, k in self._db.execute(
+                    f"SELECT cuid, tree, COUNT(*) FROM copies WHERE id IN ({marks}) "
+                    "GROUP BY cuid, tree", chunk).fetchall():
+                self._rows[("uid", str(cuid))] -= int(k)
+                self._rows[("tree", str(tree))] -= int(k)
+                self._rows[TOTAL] -= int(k)
+                n += int(k)
+            self._db.execute(f"DELETE FROM copies WHERE id IN ({marks})", chunk)
+        return n
+
+    def _evict_orphans(self, shas: set[str] | None = None) -> None:
+        """Evict live blobs no row names any more (among ``shas``, or all)."""
+        if shas is None:
+            rows = self._db.execute(
+                "SELECT sha, size FROM blobs WHERE evicted = 0 AND sha NOT IN "
+                "(SELECT sha FROM copies WHERE sha IS NOT NULL)").fetchall()
+        else:
+            rows = []
+            for sha in shas:
+                r = self._db.execute(
+                    "SELECT size FROM blobs WHERE sha = ? AND evicted = 0 AND NOT EXISTS "
+                    "(SELECT 1 FROM copies WHERE sha = ?)", (sha, sha)).fetchone()
+                if r is not None:
+                    rows.append((sha, r[0]))
+        for sha, size in rows:
+            self._evict(str(sha), int(size))
+
+    def _purge_gens(self) -> None:
+        """Drop evicted blobs from the generation cache (one pass per eviction pass)."""
+        if self._dead_shas:
+            dead = self._dead_shas
+            for g in [g for g, s in self._gen_blob.items() if s in dead]:
+                del self._gen_blob[g]
+            dead.clear()
 
     def _evict(self, sha: str, size: int) -> None:
         unlink_quiet(self.blob_path(sha))
+        charged = self._db.execute("SELECT cuid, tree FROM blobs WHERE sha = ?",
+                                   (sha,)).fetchone()
         self._db.execute("DELETE FROM blob_data WHERE sha = ?", (sha,))
         self._db.execute("UPDATE blobs SET evicted = 1 WHERE sha = ?", (sha,))
         # rows no incident names go with the blob; the others stay to report "evicted"
-        cur = self._db.execute(
-            "DELETE FROM copies WHERE sha = ? AND id NOT IN (SELECT copy FROM incident_copies)",
-            (sha,))
-        self.c.pruned_rows += max(cur.rowcount, 0)
-        for g in [g for g, s in self._gen_blob.items() if s == sha]:
-            del self._gen_blob[g]
+        ids = [int(r[0]) for r in self._db.execute(
+            "SELECT id FROM copies WHERE sha = ? AND id NOT IN (SELECT copy FROM incident_copies)",
+            (sha,))]
+        self.c.pruned_rows += self._delete_rows(ids)
+        self._dead_shas.add(sha)       # out of the generation cache at the end of the pass
         self.used_bytes -= _blob_cost(size)
+        if charged is not None:
+            self._bytes[("uid", str(charged[0]))] -= _blob_cost(size)
+            self._bytes[("tree", str(charged[1]))] -= _blob_cost(size)
         self.blob_count -= 1
         self.c.evictions += 1
         self.c.evicted_bytes += size
@@ -463,18 +772,44 @@ class ShadowStore:
         cutoff = time.time_ns() - int(max_age_s * 1e9)
         with self._lock:
             self.flush()
-            cur = self._db.execute(
-                "DELETE FROM copies WHERE t_ns < ? AND id NOT IN (SELECT copy FROM incident_copies)",
-                (cutoff,))
-            n = max(cur.rowcount, 0)
-            orphans = self._db.execute(
-                "SELECT sha, size FROM blobs WHERE evicted = 0 AND sha NOT IN "
-                "(SELECT sha FROM copies WHERE sha IS NOT NULL)").fetchall()
-            for sha, size in orphans:
-                self._evict(str(sha), int(size))
+            ids = [int(r[0]) for r in self._db.execute(
+                "SELECT id FROM copies WHERE t_ns < ? AND id NOT IN "
+                "(SELECT copy FROM incident_copies)", (cutoff,))]
+            n = self._delete_rows(ids)
+            self._evict_orphans()
+            self._purge_gens()
             self.c.pruned_rows += n
             self._seen.clear()
+            self._no_victims.clear()
+            for sc in [k for k, v in self._rows.items() if v <= 0 and k != TOTAL]:
+                if self._bytes[sc] <= 0:
+                    del self._rows[sc]
+                    self._bytes.pop(sc, None)
         return n
+
+    def take_quota_bites(self) -> list[QuotaBite]:
+        """The caps reached since the last call (and reset): one entry per uid/tree/total
+        and resource, with the copies/rows refused and evicted because of it."""
+        with self._lock:
+            out = [QuotaBite(k, key, res, v[0], v[1])
+                   for (k, key, res), v in sorted(self._bites.items())]
+            self._bites.clear()
+        return out
+
+    def usage(self, kind: str, key: str) -> Usage:
+        """What the uid (``kind`` "uid") or tree ("tree") is charged for now."""
+        with self._lock:
+            return Usage(self._bytes[(kind, key)], self._rows[(kind, key)])
+
+    def top_usage(self, n: int = 5) -> dict[str, dict[str, dict[str, int]]]:
+        """The ``n`` uids and trees charged the most bytes (status)."""
+        with self._lock:
+            out: dict[str, dict[str, dict[str, int]]] = {"uid": {}, "tree": {}}
+            for kind in ("uid", "tree"):
+                keys = {sc for sc in (*self._bytes, *self._rows) if sc[0] == kind}
+                for sc in sorted(keys, key=lambda k: (-self._bytes[k], -self._rows[k]))[:n]:
+                    out[kind][sc[1]] = {"bytes": self._bytes[sc], "rows": self._rows[sc]}
+        return out
 
     # ---- incidents -------------------------------------------------------------------------
 
@@ -544,6 +879,7 @@ class ShadowStore:
             self._db.execute("UPDATE incidents SET state = ?, closed_ns = ? WHERE id = ?",
                              (state, time.time_ns(), incident))
             self._open_incidents.pop(incident, None)
+            self._no_victims.clear()        # its copies may be evicted now
 
     def incidents(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -577,6 +913,12 @@ class ShadowStore:
             out["used_bytes"] = self.used_bytes
             out["max_bytes"] = self.max_bytes
             out["blobs"] = self.blob_count
+            out["rows"] = self._rows[TOTAL]
+            out["max_rows"] = self.quotas.max_rows
+            out["uid_max_bytes"] = self.quotas.uid_max_bytes
+            out["tree_max_bytes"] = self.quotas.tree_max_bytes
+            out["uid_max_rows"] = self.quotas.uid_max_rows
+            out["tree_max_rows"] = self.quotas.tree_max_rows
             out["open_incidents"] = len(self._open_incidents)
         return out
 
@@ -601,4 +943,5 @@ def unlink_quiet(p: Path) -> None:
 
 
 __all__ = ["BLOB_MIN", "CHUNK", "CopyOutcome", "GenKey", "INDEX_NAME", "INLINE_MAX", "Opener", "ProcId",
-           "ShadowCounters", "ShadowStore", "unlink_quiet"]
+           "QuotaBite", "Quotas", "Scope", "ShadowCounters", "ShadowStore", "TOTAL", "Usage",
+           "unlink_quiet"]
