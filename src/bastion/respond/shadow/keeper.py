@@ -43,7 +43,7 @@ link reads as proves nothing: a copy of ``/usr/bin/cat`` bind-mounted over
 ``/usr/bin/cat`` in a private mount namespace reads as ``/usr/bin/cat``.  An
 entry that is not a root-only file trusts nothing (named in
 :attr:`ShadowKeeper.untrusted_entries`).  The per-process cache is keyed by
-the executable's identity too, so a trusted process that ``execve()``\ s
+the executable's identity too, so a trusted process that ``execve()``s
 something else is decided afresh.
 
 Charging (quotas, :mod:`bastion.respond.shadow.store`): an opener is charged
