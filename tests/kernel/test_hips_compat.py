@@ -320,9 +320,10 @@ def test_kernel_matches_reference_matcher(world: World, tmp_path: Path) -> None:
 
 LOOP = r"""
 import os, socket, subprocess, sys, time
-allowed_port, tool, stop = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+allowed_port, tool, stop, progress = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 n = bad = execs = 0
+print("ready", flush=True)
 while not os.path.exists(stop):
     try:
         s.sendto(b"x", ("127.0.0.1", allowed_port))
@@ -335,6 +336,8 @@ while not os.path.exists(stop):
             bad += 1
             print("spurious exec", flush=True)
         execs += 1
+        with open(progress, "w") as f:
+            f.write(f"{n} {execs}")
 print("done", n, execs, bad, flush=True)
 """
 
@@ -371,25 +374,37 @@ def test_swaps_under_load(world: World, tmp_path: Path) -> None:
         assert Matcher(plan_b).decide_net(TaskFacts((0, 0)), abi.HipsOp.CONNECT, "127.0.0.1", allowed).action \
             is abi.HipsAction.ALLOW
         world.hk.apply(plan_a)
-        stop = tmp_path / "stop"
+        stop, progress = tmp_path / "stop", tmp_path / "progress"
         shell = f'echo $$ > {world.cg}/cgroup.procs && exec "$@"'
         loop = subprocess.Popen(["/bin/sh", "-c", shell, "sh", PY, "-c", LOOP, str(allowed), str(ok_tool),
-                                 str(stop)], stdout=subprocess.PIPE, text=True)
+                                 str(stop), str(progress)], stdout=subprocess.PIPE, text=True)
         probe = subprocess.Popen(["/bin/sh", "-c", shell, "sh", PY, "-c", PROBE, str(banned)],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert probe.stdin is not None and probe.stdout is not None and loop.stdout is not None
         leaked = []
+        def loop_progress() -> tuple[int, int]:
+            try:
+                n, execs = progress.read_text().split()
+                return int(n), int(execs)
+            except (OSError, ValueError):
+                return 0, 0
+
         try:
-            time.sleep(0.3)
+            # the swaps must overlap the loop's traffic whatever the host's load: start
+            # once the loop runs, and go on swapping until it has done enough under them
+            assert loop.stdout.readline().strip() == "ready"
             t0 = time.monotonic()
-            for i in range(100):
+            i = 0
+            while i < 100 or (min(a - b for a, b in zip(loop_progress(), (250, 4))) < 0
+                                and time.monotonic() - t0 < 120):
                 world.hk.apply(plan_b if i % 2 == 0 else plan_a)
                 probe.stdin.write("x\n")
                 probe.stdin.flush()
                 got = int(probe.stdout.readline())
                 if got != errno.EPERM:
                     leaked.append((i, got))
-            swap_s = time.monotonic() - t0
+                i += 1
+            swap_s = (time.monotonic() - t0) / i * 100
         finally:
             stop.touch()
             out, _ = loop.communicate(timeout=30)

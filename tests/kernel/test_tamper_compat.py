@@ -46,15 +46,20 @@ def inst(tmp_path_factory: pytest.TempPathFactory) -> Iterator[T.Instance]:
             i.start_guardian(tier="compat")
             yield i
         finally:
-            print("\nguardian log:\n" + "".join(i.stderr[-40:]))
+            print("\nguardian log:\n" + "".join(i.stderr[-150:]))
             print("outcomes:", RESULTS)
             i.teardown()
 
 
-def _killed(inst: T.Instance, name: str, argv: list[str], rule: str) -> subprocess.CompletedProcess[str]:
+def _killed(inst: T.Instance, name: str, argv: list[str], rule: str,
+            target: int | None = None) -> subprocess.CompletedProcess[str]:
+    """The attacker is SIGKILLed and a new alert (after those already stored) says so,
+    aimed at ``target`` when given."""
+    seen = len(inst.alerts())
     r = inst.attack(argv)
     assert r.returncode == -9, f"{name}: attacker not killed ({r.returncode}): {r.stdout} {r.stderr}"
-    a = inst.wait_alert(rule, lambda a: a["action"] == "killed" and a["process"]["pid"] > 0)
+    a = inst.wait_alert(rule, lambda a: a["action"] == "killed" and a["process"]["pid"] > 0
+                        and (target is None or a["evidence"]["target_pid"] == target), after=seen)
     assert a["severity"] == "critical" and a["process"]["exe"]  # type: ignore[index]
     return r
 
@@ -67,7 +72,7 @@ def test_01_partial(inst: T.Instance) -> None:
 @pytest.mark.parametrize("sig", ["-9", "-15"])
 def test_02_fatal_signal_attacker_killed_agent_restarted(inst: T.Instance, sig: str) -> None:
     agent = inst.wait_agent()
-    _killed(inst, f"kill {sig}", ["kill", sig, str(agent)], "bastion.tamper.signal")
+    _killed(inst, f"kill {sig}", ["kill", sig, str(agent)], "bastion.tamper.signal", agent)
     new = inst.wait_agent(not_pid=agent)
     inst.wait_alert("bastion.tamper.agent-died", lambda a: a["evidence"]["agent_pid"] == agent)  # type: ignore[index]
     RESULTS[f"kill {sig} agent"] = f"delivered; attacker SIGKILLed; agent restarted ({agent}->{new})"
@@ -75,7 +80,7 @@ def test_02_fatal_signal_attacker_killed_agent_restarted(inst: T.Instance, sig: 
 
 def test_03_stop_signal_resumed(inst: T.Instance) -> None:
     agent = inst.wait_agent()
-    _killed(inst, "kill -STOP", ["kill", "-STOP", str(agent)], "bastion.tamper.signal")
+    _killed(inst, "kill -STOP", ["kill", "-STOP", str(agent)], "bastion.tamper.signal", agent)
     inst.wait_alert("bastion.tamper.agent-stopped", lambda a: a["evidence"]["agent_pid"] == agent)  # type: ignore[index]
     assert inst.wait_agent() == agent
     RESULTS["kill -STOP agent"] = "delivered; attacker SIGKILLed; agent resumed (SIGCONT)"

@@ -30,7 +30,9 @@ REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
 TOKEN = b"correct horse battery staple 42"
 WRONG = b"wrong horse battery staple 4242"
-AGENT_MARK = "bastion-tamper-test-agent"
+# one mark per test process: a teardown kills the stand-in agents of its own run only,
+# never those of a suite running at the same time from another checkout
+AGENT_MARK = f"bastion-tamper-test-agent-{os.getpid()}"
 PTRACE_ATTACH, PTRACE_SEIZE, PTRACE_DETACH = 16, 0x4206, 17
 # running, sleeping, or in a short uninterruptible wait (page-in over 9p in the VM):
 # alive and not stopped
@@ -121,10 +123,13 @@ class Instance:
             return [r.data for r in st.alerts(limit=10000)
                     if str(r.data.get("rule", "")).startswith(rule_prefix)]
 
-    def wait_alert(self, rule: str, pred: object = None, timeout: float = 5) -> dict[str, object]:
+    def wait_alert(self, rule: str, pred: object = None, timeout: float = 5,
+                   after: int = 0) -> dict[str, object]:
+        """The first alert ``rule`` matching ``pred`` among the tamper alerts stored
+        after the first ``after`` ones."""
         deadline = time.monotonic() + timeout
         while True:
-            for a in self.alerts():
+            for a in self.alerts()[after:]:
                 if a["rule"] == rule and (pred is None or pred(a)):  # type: ignore[operator]
                     return a
             if time.monotonic() > deadline:

@@ -35,6 +35,7 @@ can deliver them anyway; on the compat tier the sender is killed.
 from __future__ import annotations
 
 import errno
+import faulthandler
 import logging
 import resource
 import os
@@ -110,6 +111,9 @@ class GuardianConfig:
     heartbeat_every_s: float = 2.0
     watch_paths: tuple[Path, ...] = protect.WATCHED   # see protect.PathWatch
     remark_every_s: float = 5.0        # compat: new directories in the protected trees marked
+    # the guardian's own loop silent this long: every thread's stack to stderr (the
+    # journal), so a stall of the supervisor itself is never silent
+    self_stall_dump_s: float = 10.0
     cgroup: Path | None = None         # run guardian + agent in this cgroup, protected
 
 
@@ -786,6 +790,8 @@ class Guardian:
               f"agent pid {self.agent.pid if self.agent else 0})", file=sys.stderr, flush=True)
         try:
             while not self._stop_req.is_set():
+                if self.cfg.self_stall_dump_s > 0:
+                    faulthandler.dump_traceback_later(self.cfg.self_stall_dump_s, exit=False)
                 if self.tk is not None:
                     for r in self.tk.poll():
                         self._tamper_alert(r)
@@ -799,6 +805,7 @@ class Guardian:
             self._shutdown_agent()
             return 0
         finally:
+            faulthandler.cancel_dump_traceback_later()
             if self._control is not None:
                 self._control.stop()
             if self.files is not None:

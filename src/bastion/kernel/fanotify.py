@@ -520,11 +520,15 @@ class PermissionListener:
         if v.after is not None:
             v.after(in_time)
 
-    def _allow_all_pending(self) -> None:
+    def _allow_all_pending(self, counter: Shortcut | None = None) -> None:
+        """Allow every event still waiting for an answer, counted in ``counter`` (an
+        event the listener had read and this answers first is counted here, once)."""
         with self._lock:
             fds = list(self._pending)
         for efd in fds:
-            self._answer(efd, FAN_ALLOW)
+            if self._answer(efd, FAN_ALLOW) and counter is not None:
+                self.c.allows += 1
+                setattr(self.c, counter, getattr(self.c, counter) + 1)
 
     def _read_events(self) -> list[tuple[int, int, int]]:
         """(mask, event fd, tid) of every event one read returns; [] when none."""
@@ -586,7 +590,7 @@ class PermissionListener:
                 now = time.monotonic()
                 if self._deadline_at is not None and now >= self._deadline_at and not self._expired:
                     self._expire()
-                    self._allow_all_pending()
+                    self._allow_all_pending("deadline_allows")
                 with self._lock:
                     overdue = [efd for efd, (t, _fb) in self._pending.items()
                                if now - t >= self.decision_timeout_s]
