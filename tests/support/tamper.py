@@ -201,6 +201,8 @@ def make_instance(tmp: Path, cg: Path, cgid: int, deadline_s: float = 120) -> In
     token, wrong = tmp / "token", tmp / "wrong"
     token.write_bytes(TOKEN + b"\n")
     wrong.write_bytes(WRONG + b"\n")
+    token.chmod(0o600)            # token files others may read or write are refused
+    wrong.chmod(0o600)
     pin_root = Path(f"/sys/fs/bpf/bastion-test-{uuid.uuid4().hex[:10]}")
     return Instance(root, install, etc, data, pin_root, tmp / "guardian.sock", cg, cgid, token,
                     wrong, deadline_s)
