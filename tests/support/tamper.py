@@ -61,6 +61,8 @@ class Instance:
                 "--guardian-socket", str(self.gsock), "--pin-root", str(self.pin_root),
                 "--no-install-tree", "--protect", str(self.install), "--config", str(self.etc),
                 *(("--maintenance-token-file", str(self.token_file)) if token else ()), "--tier", tier,
+                # the first-run token file in tmp (a test's own --token-out, later, wins)
+                "--token-out", str(self.root / "first-run.token"),
                 "--test-cgroup-id", str(self.cgid), "--test-deadline", str(self.deadline_s),
                 "--test-forbid", str(REPO), "--test-forbid", "/sys/fs/bpf/bastion", *extra,
                 "--", *(agent or default_agent())]

@@ -765,8 +765,12 @@ class Guardian:
     def _h_maintenance_end(self, req: dict[str, Any]) -> dict[str, Any]:
         """`bastion maintenance end`: close the window now and re-arm protection (no token:
         it only gives protection back)."""
-        if not self.window.is_open() and not self._removed_for:
-            return {"done": True, "rearmed": False, "why": "no maintenance window is open"}
+        if self.tk is not None and not self._remove_req.is_set():
+            was_open = self.window.is_open()
+            self.window.close()
+            return {"done": True, "rearmed": False, "tamper_protection": self.protection,
+                    "why": "tamper protection is on: the window is closed" if was_open
+                    else "no maintenance window is open"}
         self._end_req.set()
         self._removed_for = self._removed_for or "maintenance"
         deadline = time.monotonic() + 60
@@ -793,7 +797,7 @@ class Guardian:
         what = self._removed_for
         try:
             self._arm()
-        except BastionError as exc:
+        except (BastionError, OSError) as exc:
             self._rearm_at = time.monotonic() + self.cfg.rearm_retry_s
             self._alert("bastion.tamper.rearm-failed",
                         f"maintenance window for {what} closed ({why}) but tamper protection "
