@@ -708,11 +708,17 @@ class Guardian:
 
     def status(self) -> dict[str, Any]:
         a = self.agent
-        return {"pid": os.getpid(), "tier": self.tk.tier if self.tk else "none",
+        tk = self.tk            # the loop may be removing or re-arming it right now
+        try:
+            idents = [i.to_json() for i in tk.identities()] if tk else []
+            idents_error = ""
+        except BastionError as exc:
+            idents, idents_error = [], f"being removed or re-armed: {exc}"
+        return {"pid": os.getpid(), "tier": tk.tier if tk else "none",
                 "tamper_protection": self.protection,
                 "agent_pid": a.pid if a else 0, "restarts": self.restarts, "resumes": self.resumes,
-                "alerts": self.alerts, "adopted": bool(self.tk and self.tk.adopted),
-                "identities": [i.to_json() for i in self.tk.identities()] if self.tk else [],
+                "alerts": self.alerts, "adopted": bool(tk and tk.adopted),
+                "identities": idents, "identities_error": idents_error,
                 "protected": [o.path for o in self.protected.roots()] if self.protected else [],
                 "unenforced": self.unenforced,
                 "agent_loop_heartbeat_age_s": self.watch.age, "agent_stalls": self.stalls,
