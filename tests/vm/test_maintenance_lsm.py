@@ -47,8 +47,12 @@ def _wait(inst: T.Instance, want: str, timeout: float) -> None:
 
 
 def _write_refused(inst: T.Instance) -> bool:
-    r = inst.attack(["sh", "-c", f"echo evil >> {inst.etc / 'policy.yaml'}"])
-    return r.returncode != 0 and "ermission" in r.stderr
+    pol = inst.etc / "policy.yaml"
+    before = pol.read_bytes()
+    r = inst.attack(["sh", "-c", f"echo evil >> {pol}"])
+    refused = r.returncode != 0 and ("ermission" in r.stderr or "not permitted" in r.stderr)
+    assert refused == (pol.read_bytes() == before), (r.returncode, r.stderr)
+    return refused
 
 
 def test_the_window_re_arms_lsm_protection(inst: T.Instance) -> None:
