@@ -167,6 +167,7 @@ class Agent:
             "policy.apply": self._policy_apply,
             "policy.show": self._policy_show,
             "sigma.update": self._sigma_update,
+            "sigma.rollback": self._sigma_rollback,
             "sigma.job": lambda req: {"job": dict(self._sigma_job)},
             **store_handlers(self.store.path.parent, lambda: self.store.anchor),
         }, challenge=TokenStore(self.store.path.parent).challenge) if socket_path else None
@@ -358,33 +359,56 @@ class Agent:
 
     # ---- sigma (control thread starts it; a worker thread runs it; the loop swaps) ----------
 
+    def _sigma_gate(self, req: dict[str, Any], cmd: str, args: dict[str, Any]) -> str | None:
+        """Issue 14.4: once tamper protection is on, replacing the live Sigma set (update or
+        rollback) needs the maintenance token, like ``policy.apply``; refusals alerted."""
+        from bastion.guard.control import TokenGate, sigma_subject
+
+        gate = TokenGate(self.store.path.parent, self.pin_dir.parent if self.pin_dir else None,
+                         self.raise_alert)
+        return gate.gate(req, sigma_subject(cmd, args), cmd, cmd.replace(".", " "))
+
     def _sigma_update(self, req: dict[str, Any]) -> dict[str, Any]:
         """Install a Sigma rule set from inside the agent (exempt from tamper protection, so
         the protected data dir can take it) and make it live without a restart."""
         args = req.get("args")
         if not isinstance(args, dict):
             raise ValueError("sigma.update needs 'args'")
+        return self._sigma_start(req, "sigma.update", args)
+
+    def _sigma_rollback(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Make the previous installed set live again (in the agent, like an update)."""
+        return self._sigma_start(req, "sigma.rollback", {})
+
+    def _sigma_start(self, req: dict[str, Any], cmd: str, args: dict[str, Any]) -> dict[str, Any]:
+        refused = self._sigma_gate(req, cmd, args)
+        if refused is not None:
+            return {"started": False, "error": refused}
         with self._sigma_lock:
             if self._sigma_job.get("state") == "running":
                 return {"started": False, "error": "an update is already running"}
             job_id = int(self._sigma_job.get("id", 0)) + 1
-            self._sigma_job = {"id": job_id, "state": "running"}
-        threading.Thread(target=self._sigma_update_job, args=(job_id, args), daemon=True,
+            self._sigma_job = {"id": job_id, "state": "running", "cmd": cmd}
+        threading.Thread(target=self._sigma_update_job, args=(job_id, cmd, args), daemon=True,
                          name="bastion-sigma-update").start()
         return {"started": True, "id": job_id}
 
-    def _sigma_update_job(self, job_id: int, args: dict[str, Any]) -> None:
+    def _sigma_update_job(self, job_id: int, cmd: str, args: dict[str, Any]) -> None:
         from bastion.detect.sigma import install as inst
 
         data_dir = self.store.path.parent
         try:
-            from_path = args.get("from_path")
-            res = inst.update(data_dir, from_path=Path(from_path) if from_path else None,
-                              url=str(args.get("url") or inst.DEFAULT_API), tag=args.get("tag"),
-                              asset=str(args.get("asset") or inst.DEFAULT_ASSET),
-                              sha256=args.get("sha256"),
-                              allow_unverified=bool(args.get("allow_unverified")),
-                              token=args.get("token"))
+            if cmd == "sigma.rollback":
+                res = inst.rollback(data_dir)
+            else:
+                from_path = args.get("from_path")
+                res = inst.update(data_dir, from_path=Path(from_path) if from_path else None,
+                                  url=str(args.get("url") or inst.DEFAULT_API),
+                                  tag=args.get("tag"),
+                                  asset=str(args.get("asset") or inst.DEFAULT_ASSET),
+                                  sha256=args.get("sha256"),
+                                  allow_unverified=bool(args.get("allow_unverified")),
+                                  token=args.get("token"))
             live = False
             if self._sigma_loader is not None and self.policy.sigma_installed:
                 self._sigma_swap.append(self._sigma_loader())
@@ -394,7 +418,7 @@ class Agent:
         except BastionError as exc:
             job = {"id": job_id, "state": "failed", "error": str(exc)}
         except Exception as exc:  # noqa: BLE001 - a job's failure is reported, never lost
-            log.exception("sigma update failed")
+            log.exception("%s failed", cmd)
             job = {"id": job_id, "state": "failed", "error": f"{type(exc).__name__}: {exc}"}
         with self._sigma_lock:
             self._sigma_job = job

@@ -27,6 +27,7 @@ def test_a_relaying_impostor_learns_nothing_and_opens_nothing(tmp_path: Path) ->
     token = b"correct horse battery staple 42"
     good = tmp_path / "good.token"
     good.write_bytes(token + b"\n")
+    good.chmod(0o600)
     agent = start_agent(tmp_path, "--quiet", "--maintenance-token-file", str(good))
     fake_sock, capture = tmp_path / "fake.sock", tmp_path / "captured"
     capture.touch()

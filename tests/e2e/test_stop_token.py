@@ -20,6 +20,8 @@ def test_stop_needs_the_token(tmp_path: Path) -> None:
     good, bad = tmp_path / "good.token", tmp_path / "bad.token"
     good.write_text("correct horse battery staple\n")
     bad.write_text("a wrong guess of sixteen+ bytes\n")
+    good.chmod(0o600)
+    bad.chmod(0o600)
     agent = start_agent(tmp_path, "--quiet", "--maintenance-token-file", str(good))
     try:
         assert not list(agent.data_dir.glob("*token*plain*"))

@@ -63,6 +63,8 @@ class Instance:
                 "--guardian-socket", str(self.gsock), "--pin-root", str(self.pin_root),
                 "--no-install-tree", "--protect", str(self.install), "--config", str(self.etc),
                 *(("--maintenance-token-file", str(self.token_file)) if token else ()), "--tier", tier,
+                # the first-run token file in tmp (a test's own --token-out, later, wins)
+                "--token-out", str(self.root / "first-run.token"),
                 "--test-cgroup-id", str(self.cgid), "--test-deadline", str(self.deadline_s),
                 "--test-forbid", str(REPO), "--test-forbid", "/sys/fs/bpf/bastion", *extra,
                 "--", *(agent or default_agent())]
@@ -206,6 +208,8 @@ def make_instance(tmp: Path, cg: Path, cgid: int, deadline_s: float = 120) -> In
     token, wrong = tmp / "token", tmp / "wrong"
     token.write_bytes(TOKEN + b"\n")
     wrong.write_bytes(WRONG + b"\n")
+    token.chmod(0o600)            # token files others may read or write are refused
+    wrong.chmod(0o600)
     pin_root = Path(f"/sys/fs/bpf/bastion-test-{uuid.uuid4().hex[:10]}")
     return Instance(root, install, etc, data, pin_root, tmp / "guardian.sock", cg, cgid, token,
                     wrong, deadline_s)

@@ -20,8 +20,8 @@ from bastion.errors import ControlError
 from bastion.guard.control import (PolicyApplyGuard, agent_stop_handler, apply_subject,
                                    server_check, token_prover)
 from bastion.guard.identity import ROLE_GUARDIAN
-from bastion.guard.token import (SCRYPT_N, SCRYPT_P, SCRYPT_R, TokenError, TokenStore, _derive,
-                                 prove, server_binding)
+from bastion.guard.token import (GLOBAL_BURST, SCRYPT_N, SCRYPT_P, SCRYPT_R, Attempts, TokenError,
+                                 TokenStore, _derive, prove, server_binding)
 
 TOKEN = b"correct horse battery staple 42"
 WRONG = b"wrong horse battery staple 4242"
@@ -71,7 +71,7 @@ def test_stop_proves_the_token_and_the_server_never_receives_it(
         bad = request(sock, "stop", prover=token_prover(WRONG, "stop"))
         assert bad["done"] is False and "wrong token" in bad["error"]
         assert alerts[-1] == ("bastion.tamper.bad-token", "critical") and not stopped
-        store._save_attempts(0, 0.0)      # past the back-off
+        store._save_attempts(Attempts(GLOBAL_BURST, {}))      # past the back-off
         good = request(sock, "stop", prover=token_prover(TOKEN, "stop"))
         assert good["done"] is True and stopped == [True]
         assert alerts[-1] == ("bastion.tamper.maintenance", "high")
@@ -93,10 +93,10 @@ def test_a_proof_opens_only_its_nonce_its_server_and_its_command(store: TokenSto
     proof = prove(TOKEN, ch, "stop", me)
     assert store.verify_proof(proof, nonce, "stop").ok
     assert store.verify_proof(proof, os.urandom(32), "stop").reason == "wrong token"   # replay
-    store._save_attempts(0, 0.0)
+    store._save_attempts(Attempts(GLOBAL_BURST, {}))
     other = prove(TOKEN, ch, "stop", server_binding(os.getppid()))     # signed for another server
     assert store.verify_proof(other, nonce, "stop").reason == "wrong token"
-    store._save_attempts(0, 0.0)
+    store._save_attempts(Attempts(GLOBAL_BURST, {}))
     assert not store.verify_proof(proof, nonce, "maintenance uninstall").ok  # another command
     assert store.verify_proof(None, nonce, "stop").reason == "no token given"
     v = store.verify_proof(prove(WRONG, ch, "stop", me), nonce, "stop")

@@ -3,13 +3,17 @@ failures back off exponentially, a maintenance window closes by itself."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from bastion.errors import ConfigError
-from bastion.guard.token import MaintenanceWindow, TokenStore, read_token_file
+from bastion.guard.token import (BACKOFF_MAX_S, GLOBAL_BURST, GLOBAL_REFILL_S, MAX_SOURCES,
+                                 MaintenanceWindow, TokenStore, read_token_file, source_of)
 
 TOKEN = b"correct horse battery staple"
 
@@ -48,12 +52,122 @@ def test_no_token_and_short_tokens(tmp_path: Path) -> None:
         s.set_token(b"short")
     f = tmp_path / "t"
     f.write_bytes(b"tiny\n")
+    f.chmod(0o600)
     with pytest.raises(ConfigError, match=f"{f}: the maintenance token must have at least"):
         read_token_file(f)
     with pytest.raises(ConfigError, match="cannot read the token file"):
         read_token_file(tmp_path / "missing")
     f.write_bytes(TOKEN + b"\n")
     assert read_token_file(f) == TOKEN
+
+
+# ---- issue 14.4 -----------------------------------------------------------------------
+
+def guess(s: TokenStore, source: str, now: float) -> str:
+    """A wrong proof (cheap: no key derivation) from ``source``: the verdict's reason."""
+    return s.verify_proof({"what": "stop", "sig": "00" * 64}, b"n" * 32, "stop", source=source,
+                          now=now).reason
+
+def test_wrong_tries_from_one_source_never_lock_out_the_right_token_from_another(
+        tmp_path: Path) -> None:
+    """Attack: an attacker's wrong tries made the back-off global, so the admin's right
+    token was refused ("rate limited") for up to 300 s after each of them."""
+    s = TokenStore(tmp_path)
+    s.set_token(TOKEN)
+    t = 1000.0
+    for i in range(8):           # the attacker keeps trying as soon as it may
+        v = s.verify(b"guess %02d of the attacker" % i, source="attacker", now=t)
+        assert v.reason == "wrong token" and v.failures == i + 1
+        assert s.verify(TOKEN, source="attacker", now=t + v.retry_after_s / 2).reason \
+            == "rate limited"    # its own source waits, even with the right token
+        t += v.retry_after_s
+    admin = s.verify(TOKEN, source="admin", now=t - 1)
+    assert admin.ok, admin
+    # the attacker's back-off is untouched by the admin's success
+    assert s.verify(b"another guess, wrong one", source="attacker", now=t).failures == 9
+
+
+def test_a_global_ceiling_bounds_guesses_from_fresh_sources(tmp_path: Path) -> None:
+    """A new source per try (setsid, a copied interpreter) escapes the per-source back-off:
+    the global ceiling still allows only GLOBAL_BURST + t / GLOBAL_REFILL_S guesses."""
+    s = TokenStore(tmp_path)
+    s.set_token(TOKEN)
+    t, tried = 5000.0, 0
+    for i in range(int(GLOBAL_BURST) + 5):
+        tried += guess(s, f"fresh {i}", t) == "wrong token"
+    assert tried == GLOBAL_BURST
+    v = s.verify(TOKEN, source="admin", now=t)
+    assert v.reason.startswith("rate limited") and "all sources" in v.reason
+    assert v.retry_after_s == pytest.approx(GLOBAL_REFILL_S)
+    # an hour later: at most 3600 / GLOBAL_REFILL_S more guesses went through
+    for i in range(1000):
+        tried += guess(s, f"later {i}", t + 1 + i * 3600 / 1000) == "wrong token"
+    assert tried <= GLOBAL_BURST + 3600 / GLOBAL_REFILL_S + 1
+    assert s.verify(TOKEN, source="admin", now=t + 3600 + GLOBAL_REFILL_S + 1).ok
+
+
+def test_one_source_alone_never_empties_the_global_ceiling(tmp_path: Path) -> None:
+    s = TokenStore(tmp_path)
+    s.set_token(TOKEN)
+    t = 0.0
+    for i in range(200):           # ~15 hours of a single source trying as soon as allowed
+        v = s.verify_proof({"what": "stop", "sig": "00" * 64}, b"n" * 32, "stop",
+                           source="attacker", now=t)
+        assert v.reason == "wrong token"
+        t += v.retry_after_s
+    assert v.retry_after_s == BACKOFF_MAX_S
+    assert s.verify(TOKEN, source="admin", now=t - 1).ok
+
+
+def test_per_source_state_is_bounded(tmp_path: Path) -> None:
+    s = TokenStore(tmp_path)
+    s.set_token(TOKEN)
+    for i in range(3 * MAX_SOURCES):
+        assert guess(s, f"src {i}", i * GLOBAL_REFILL_S) == "wrong token"
+    rec = json.loads(s.attempts_path.read_bytes())
+    assert len(rec["sources"]) <= MAX_SOURCES
+    assert f"src {3 * MAX_SOURCES - 1}" in rec["sources"]      # the newest kept
+
+
+def test_a_damaged_counter_is_the_ceiling_not_a_reset(tmp_path: Path) -> None:
+    s = TokenStore(tmp_path)
+    s.set_token(TOKEN)
+    s.attempts_path.write_text("{not json")
+    v = s.verify(TOKEN, source="admin", now=100.0)
+    assert v.reason.startswith("rate limited") and not v.ok
+    assert s.verify(TOKEN, source="admin", now=100.0 + GLOBAL_REFILL_S).ok
+
+
+def test_the_source_of_a_client_is_its_uid_session_and_program() -> None:
+    me = source_of(os.getpid())
+    assert me == f"uid {os.geteuid()} sid {os.getsid(0)} exe " \
+        f"{os.stat('/proc/self/exe').st_dev}:{os.stat('/proc/self/exe').st_ino}"
+    child = subprocess.run([sys.executable, "-c", "import os, sys; os.setsid(); "
+                            "from bastion.guard.token import own_source; print(own_source())"],
+                           capture_output=True, text=True, check=True)
+    assert child.stdout.strip() != me and child.stdout.startswith(f"uid {os.geteuid()} sid ")
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o620, 0o602, 0o644])
+def test_a_token_file_others_can_read_or_write_is_refused(tmp_path: Path, mode: int) -> None:
+    """Attack: a token file group/other can write (or read) was used as is."""
+    f = tmp_path / "token"
+    f.write_bytes(TOKEN + b"\n")
+    f.chmod(mode)
+    with pytest.raises(ConfigError, match=f"{f}: the token file's permissions {mode:04o} are too "
+                                          "open.*chmod 600"):
+        read_token_file(f)
+
+
+def test_a_token_file_owned_by_someone_else_is_refused(tmp_path: Path) -> None:
+    f = tmp_path / "token"
+    f.write_bytes(TOKEN + b"\n")
+    f.chmod(0o600)
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the file to another uid")
+    os.chown(f, 65534, 65534)
+    with pytest.raises(ConfigError, match=f"{f}: the token file is owned by uid 65534, not by you"):
+        read_token_file(f)
 
 
 def test_maintenance_window_closes_by_itself(tmp_path: Path) -> None:

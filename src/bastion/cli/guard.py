@@ -1,7 +1,7 @@
 """Tamper-protection commands: ``bastion guardian``, ``bastion stop``, ``bastion set-token``.
 
 Exported for cli/main.py to register: :data:`guardian_cmd`, :data:`stop_cmd`,
-:data:`set_token_cmd`; and :func:`require_token` for the commands that must
+:data:`set_token_cmd`, :data:`maintenance_group` (``bastion maintenance start|end``); and :func:`require_token` for the commands that must
 be gated once protection is on (``uninstall``, ``reset --emergency``).
 """
 
@@ -50,6 +50,10 @@ def require_token(token_file: Path | None, *, what: str, data_dir: Path = DEFAUL
     store = TokenStore(data_dir)
     if not on and not store.is_set():
         return
+    if on:
+        # the record checked here must be the one of the pinned protection, not one in a
+        # directory the caller made (issue 14.4): the data dir must be a protected root
+        enrolled_data_dir(data_dir, pin_root)
     if token_file is None:
         raise TokenError(f"{what} needs the maintenance token (--token-file F): tamper protection "
                          "is on" if on else f"{what} needs the maintenance token (--token-file F)",
@@ -73,6 +77,39 @@ def require_token(token_file: Path | None, *, what: str, data_dir: Path = DEFAUL
         raise TokenError(f"maintenance token refused: {v.reason}"
                          + (f" (retry in {v.retry_after_s:.0f}s)" if v.retry_after_s else ""),
                          location=Location(str(store.hash_path)))
+
+
+def token_file_warnings(guardian: dict[str, object], first_run_file: Path = DEFAULT_TOKEN_FILE
+                        ) -> list[str]:
+    """What ``bastion status`` says while a first-run token file is still on the host (the
+    guardian's own ``--token-out`` and the default path)."""
+    paths = {str(first_run_file)} if first_run_file.exists() else set()
+    if guardian.get("token_file_on_host"):
+        paths.add(str(guardian["token_file_on_host"]))
+    return [f"the maintenance token is still in {p} on this host: whoever can read it can stop "
+            "Bastion; keep a copy off the host and delete it here" for p in sorted(paths)]
+
+
+def enrolled_data_dir(data_dir: Path, pin_root: Path) -> None:
+    """Refuse ``data_dir`` unless it is a directory protected as a whole by the tamper
+    protection pinned under ``pin_root`` (its inode in the pinned ``tamper_objs``, which
+    only the guardian fills): a directory the caller made holds no enrolled token record."""
+    from bastion.guard.kernel import protected_subtree
+
+    where = Location(str(data_dir))
+    try:
+        ok = protected_subtree(pin_root / "tamper", data_dir)
+    except OSError as exc:
+        raise TokenError(f"the data dir cannot be read ({exc.strerror}): no enrolled token record "
+                         "to check against", location=where) from exc
+    except BastionError as exc:
+        raise TokenError(f"the pinned tamper protection cannot be read ({exc}): the token is "
+                         "checked only against its enrolled data dir", location=where) from exc
+    if not ok:
+        raise TokenError(f"{data_dir} is not the data dir of the tamper protection pinned under "
+                         f"{pin_root / 'tamper'} (not one of its protected directories): its token "
+                         "record is not the enrolled one; pass the guardian's --data-dir",
+                         location=where)
 
 
 @click.command("guardian", context_settings={"ignore_unknown_options": True})
@@ -162,7 +199,8 @@ def guardian_cmd(data_dir: Path, guardian_socket: Path, pin_root: Path,
                          fault_after_s=fault_after, agent_socket=agent_socket,
                          stall_after_s=agent_stall_after,
                          watch_paths=tuple(test_watch) if test_watch else protect.WATCHED,
-                         cgroup=_own_cgroup(own_cgroup, test_cgroup_id))
+                         cgroup=_own_cgroup(own_cgroup, test_cgroup_id),
+                         token_file=token_out)
     sys.exit(Guardian(cfg).run())
 
 
@@ -241,6 +279,59 @@ def stop_cmd(token_file: Path, guardian_socket: Path, agent_socket: Path, pin_ro
     click.echo(f"bastion: {who} stopping: tamper protection removed")
 
 
+@click.group("maintenance")
+def maintenance_group() -> None:
+    """Maintenance windows: tamper protection off for a while, with the token."""
+
+
+@maintenance_group.command("start")
+@click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="The maintenance token.")
+@click.option("--what", default="maintenance", show_default=True,
+              help="What the window is for (in its alerts).")
+@_GSOCK
+@click.option("--pin-root", type=click.Path(path_type=Path), default=PIN_ROOT, hidden=True,
+              envvar="BASTION_PIN_ROOT")
+def maintenance_start_cmd(token_file: Path, what: str, guardian_socket: Path,
+                          pin_root: Path) -> None:
+    """Open a maintenance window: tamper protection is removed until the window closes
+    (--window-minutes of the guardian) or `bastion maintenance end`, then re-armed."""
+    from bastion.guard.control import call_with_token
+    from bastion.guard.identity import ROLE_GUARDIAN
+
+    token = read_token_file(token_file)
+    resp = call_with_token(guardian_socket, "maintenance", token, f"maintenance {what}",
+                           pin_root=pin_root, roles=(ROLE_GUARDIAN,), timeout=60.0, what=what)
+    if not resp.get("done"):
+        raise TokenError(str(resp.get("error", "refused")), location=Location(str(guardian_socket)))
+    from bastion.timefmt import format_time
+
+    click.echo(f"bastion: maintenance window open until "
+               f"{format_time(int(float(resp.get('until', 0)) * 1e9))}: tamper protection removed; "
+               "`bastion maintenance end` re-arms it sooner")
+
+
+@maintenance_group.command("end")
+@_GSOCK
+@click.option("--pin-root", type=click.Path(path_type=Path), default=PIN_ROOT, hidden=True,
+              envvar="BASTION_PIN_ROOT")
+def maintenance_end_cmd(guardian_socket: Path, pin_root: Path) -> None:
+    """Close the maintenance window now: tamper protection is re-armed (no token needed)."""
+    from bastion.control import request
+    from bastion.guard.control import server_check
+    from bastion.guard.identity import ROLE_GUARDIAN
+
+    resp = request(guardian_socket, "maintenance.end", timeout=90.0,
+                   verify_server=server_check(pin_root, (ROLE_GUARDIAN,), guardian_socket))
+    if not resp.get("done"):
+        raise ControlError(f"the guardian could not re-arm tamper protection (it keeps trying; "
+                           f"its alerts say why): {resp}", location=Location(str(guardian_socket)))
+    if not resp.get("rearmed"):
+        click.echo(f"bastion: {resp.get('why', 'nothing to end')}")
+        return
+    click.echo(f"bastion: maintenance window closed: tamper protection {resp.get('tamper_protection')}")
+
+
 @click.command("set-token")
 @click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False), required=True)
 @_DATA
@@ -260,7 +351,8 @@ def set_token_cmd(token_file: Path, data_dir: Path, old_token_file: Path | None)
     click.echo(json.dumps({"token_hash": str(store.hash_path)}))
 
 
-__all__ = ["GUARDIAN_SOCKET", "default_agent_argv", "guardian_cmd", "protection_on",
+__all__ = ["GUARDIAN_SOCKET", "default_agent_argv", "enrolled_data_dir", "token_file_warnings", "guardian_cmd",
+           "maintenance_group", "protection_on",
            "require_token", "set_token_cmd", "stop_cmd", "BastionError"]
 
 
@@ -272,6 +364,7 @@ def _standalone() -> None:
 _standalone.add_command(guardian_cmd)
 _standalone.add_command(stop_cmd)
 _standalone.add_command(set_token_cmd)
+_standalone.add_command(maintenance_group)
 
 if __name__ == "__main__":
     import logging

@@ -25,7 +25,8 @@ from bastion.paths import DEFAULT_DATA_DIR, DEFAULT_SOCKET, PIN_ROOT
 from bastion.tier import Tier
 
 from bastion.cli.behavior import rollback_cmd
-from bastion.cli.guard import GUARDIAN_SOCKET, guardian_cmd, require_token, set_token_cmd, stop_cmd
+from bastion.cli.guard import (GUARDIAN_SOCKET, guardian_cmd, maintenance_group, require_token,
+                               set_token_cmd, stop_cmd)
 from bastion.cli.integrity import integrity_group
 from bastion.cli.policy import learn_cmd, policy_group
 from bastion.cli.service import install_cmd, uninstall_cmd
@@ -142,15 +143,20 @@ def _announce(agent: Any, started: float, stop: threading.Event) -> None:
 @_SOCKET_OPT
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--pin-root", type=click.Path(path_type=Path), default=PIN_ROOT, hidden=True)
-def status(socket_path: Path, as_json: bool, pin_root: Path) -> None:
+@click.option("--guardian-socket", type=click.Path(path_type=Path), envvar="BASTION_GUARDIAN_SOCKET",
+              default=GUARDIAN_SOCKET, hidden=True)
+def status(socket_path: Path, as_json: bool, pin_root: Path, guardian_socket: Path) -> None:
     """What the running agent does: protections on/off and why, sensor health, counters.
 
     With no agent running, says so and lists enforcement that is still pinned
     in the kernel (it keeps denying with nobody recording it); exits 1."""
     from bastion.control import request
     from bastion.errors import ControlError
+    from bastion.cli.guard import token_file_warnings
     from bastion.guard.control import guardian_status
 
+    gst = guardian_status(guardian_socket)
+    warnings = token_file_warnings(gst)
     try:
         resp = request(socket_path, "status")
     except ControlError as exc:
@@ -158,9 +164,12 @@ def status(socket_path: Path, as_json: bool, pin_root: Path) -> None:
 
         pinned = pinned_enforcement(pin_root)
         if as_json:
-            click.echo(json.dumps({"running": False, "error": str(exc), "pinned": pinned}, indent=2))
+            click.echo(json.dumps({"running": False, "error": str(exc), "pinned": pinned,
+                                   "warnings": warnings}, indent=2))
         else:
             click.echo(f"bastion: {exc}", err=True)
+            for w in warnings:
+                click.echo(f"WARNING      {w}")
             click.echo("agent        not running")
             if pinned:
                 click.echo(f"pinned       enforcement still active in the kernel under {pin_root}, "
@@ -172,10 +181,13 @@ def status(socket_path: Path, as_json: bool, pin_root: Path) -> None:
                 click.echo("pinned       nothing: no Bastion enforcement is left in the kernel")
         sys.exit(1)
     resp.pop("ok", None)
-    resp["tamper_protection"] = guardian_status(GUARDIAN_SOCKET).get("tamper_protection", "off")
+    resp["tamper_protection"] = gst.get("tamper_protection", "off")
+    resp["warnings"] = warnings
     if as_json:
         click.echo(json.dumps(resp, indent=2))
         return
+    for w in warnings:
+        click.echo(f"WARNING      {w}")
     for line in format_status(resp):
         click.echo(line)
 
@@ -374,6 +386,7 @@ cli.add_command(rollback_cmd)
 cli.add_command(guardian_cmd)
 cli.add_command(stop_cmd)
 cli.add_command(set_token_cmd)
+cli.add_command(maintenance_group)
 cli.add_command(sigma_group)
 cli.add_command(integrity_group)
 cli.add_command(install_cmd)

@@ -10,6 +10,12 @@
   set stays live when the new one fails.
 - ``installed [--json]``: what is installed (cheap: no pySigma import).
 - ``rollback``: make the previous installed set live again.
+
+``update`` and ``rollback`` go through a running agent on the data dir (which
+makes the set live at once); once tamper protection is on, the agent refuses
+both without the maintenance token (``--token-file F``, proven by
+challenge-response, never sent), and without an agent they are refused here
+(the data dir is the agent's to change).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from bastion.paths import DEFAULT_DATA_DIR, DEFAULT_SOCKET
+from bastion.paths import DEFAULT_DATA_DIR, DEFAULT_SOCKET, PIN_ROOT
 
 if TYPE_CHECKING:  # pySigma is heavy: imported only when a sigma command runs
     from bastion.detect.sigma import SigmaLoadResult
@@ -84,6 +90,16 @@ def check(dirs: tuple[Path, ...], as_json: bool) -> None:
 _DATA_DIR_OPT = click.option(
     "--data-dir", type=click.Path(path_type=Path, file_okay=False), envvar="BASTION_DATA_DIR",
     default=DEFAULT_DATA_DIR, show_default=True, help="Data directory (rules go to DATA_DIR/sigma).")
+_TOKEN_OPT = click.option(
+    "--token-file", type=click.Path(path_type=Path, dir_okay=False),
+    help="The maintenance token: needed once tamper protection is on (proven to the agent by "
+         "challenge-response, never sent).")
+_PIN_ROOT_OPT = click.option("--pin-root", type=click.Path(path_type=Path), default=PIN_ROOT,
+                             hidden=True, envvar="BASTION_PIN_ROOT")
+_SOCKET_OPT = click.option(
+    "--socket", "socket_path", type=click.Path(path_type=Path), envvar="BASTION_SOCKET",
+    default=DEFAULT_SOCKET, show_default=True,
+    help="A running agent on this data dir installs the set and makes it live.")
 
 
 @sigma_group.command("update")
@@ -103,12 +119,12 @@ _DATA_DIR_OPT = click.option(
 @click.option("--allow-unverified", is_flag=True,
               help="Install an archive for which no sha256 is available (neither digest nor --sha256).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--socket", "socket_path", type=click.Path(path_type=Path), envvar="BASTION_SOCKET",
-              default=DEFAULT_SOCKET, show_default=True,
-              help="A running agent on this data dir installs the set and makes it live.")
+@_SOCKET_OPT
+@_TOKEN_OPT
+@_PIN_ROOT_OPT
 def update_cmd(data_dir: Path, from_path: Path | None, url: str | None, tag: str | None,
                asset: str | None, sha256: str | None, allow_unverified: bool, as_json: bool,
-               socket_path: Path) -> None:
+               socket_path: Path, token_file: Path | None, pin_root: Path) -> None:
     """Install SigmaHQ's Linux rules into the data dir (the previous set stays if they fail to load).
 
     A GitHub token in GITHUB_TOKEN is sent to the API host only."""
@@ -119,10 +135,11 @@ def update_cmd(data_dir: Path, from_path: Path | None, url: str | None, tag: str
     args = {"from_path": str(from_path.resolve()) if from_path is not None else None, "url": url,
             "tag": tag, "asset": asset, "sha256": sha256, "allow_unverified": allow_unverified,
             "token": (os.environ.get("GITHUB_TOKEN") or None) if from_path is None else None}
-    live = _update_through_agent(data_dir, socket_path, args)
+    live = _through_agent(data_dir, socket_path, "sigma.update", args, token_file, pin_root)
     if live is not None:
         res, made_live = live
     else:
+        _refuse_when_protected(pin_root, data_dir, "sigma update")
         made_live = False
         if from_path is not None:
             res = inst.update(data_dir, from_path=from_path, sha256=sha256)
@@ -157,24 +174,45 @@ def update_cmd(data_dir: Path, from_path: Path | None, url: str | None, tag: str
     click.echo(inst.DRL_NOTICE)
 
 
-def _update_through_agent(data_dir: Path, socket_path: Path,
-                          args: dict[str, Any]) -> tuple[Any, bool] | None:
-    """When an agent keeps ``data_dir``, it installs the set itself (the data dir may be
-    under tamper protection, which the agent is exempt from) and makes it live at once.
-    None when no such agent answers (the command installs here)."""
+def _refuse_when_protected(pin_root: Path, data_dir: Path, what: str) -> None:
+    """With tamper protection on, the Sigma set is changed only by the agent (which checks
+    the maintenance token): never here."""
+    from bastion.detect.sigma.install import SigmaInstallError
+    from bastion.errors import Location
+    from bastion.guard.control import protection_pinned
+
+    if protection_pinned(pin_root):
+        raise SigmaInstallError(
+            f"tamper protection is on and no agent on {data_dir} answers: `bastion {what}` goes "
+            "through the running agent (with --token-file F); nothing was changed",
+            location=Location(str(pin_root / "tamper")))
+
+
+def _through_agent(data_dir: Path, socket_path: Path, cmd: str, args: dict[str, Any],
+                   token_file: Path | None, pin_root: Path) -> tuple[Any, bool] | None:
+    """When an agent keeps ``data_dir``, it runs ``cmd`` itself (the data dir may be
+    under tamper protection, which the agent is exempt from) and makes the set live at once;
+    the token, when given, is proven for exactly this command and these arguments.
+    None when no such agent answers (the command runs here)."""
     import time
 
     from bastion.control import request
     from bastion.detect.sigma.install import InstallResult, SigmaInstallError
     from bastion.errors import ControlError, Location
+    from bastion.guard.control import server_check, sigma_subject, token_prover
+    from bastion.guard.identity import ROLE_AGENT
+    from bastion.guard.token import read_token_file
 
+    token = read_token_file(token_file) if token_file is not None else None
     try:
         ping = request(socket_path, "ping", timeout=5.0)
     except ControlError:
         return None
     if Path(str(ping.get("data_dir", ""))).resolve() != data_dir.resolve():
         return None
-    started = request(socket_path, "sigma.update", timeout=10.0, args=args)
+    prover = token_prover(token, sigma_subject(cmd, args)) if token is not None else None
+    started = request(socket_path, cmd, timeout=60.0, args=args, prover=prover,
+                      verify_server=server_check(pin_root, (ROLE_AGENT,), socket_path))
     if not started.get("started"):
         raise SigmaInstallError(str(started.get("error", "refused")), location=Location(str(socket_path)))
     deadline = time.monotonic() + 900
@@ -186,7 +224,7 @@ def _update_through_agent(data_dir: Path, socket_path: Path,
                                         location=Location(str(socket_path)))
             return InstallResult.from_json(job["result"]), bool(job.get("live"))
         time.sleep(0.3)
-    raise SigmaInstallError("the agent's update did not finish in 15 minutes",
+    raise SigmaInstallError(f"the agent's {cmd} did not finish in 15 minutes",
                             location=Location(str(socket_path)))
 
 
@@ -213,10 +251,20 @@ def installed_cmd(data_dir: Path, as_json: bool) -> None:
 
 @sigma_group.command("rollback")
 @_DATA_DIR_OPT
-def rollback_cmd(data_dir: Path) -> None:
+@_SOCKET_OPT
+@_TOKEN_OPT
+@_PIN_ROOT_OPT
+def rollback_cmd(data_dir: Path, socket_path: Path, token_file: Path | None,
+                 pin_root: Path) -> None:
     """Make the previously installed rule set live again."""
     from bastion.detect.sigma import install as inst
 
-    res = inst.rollback(data_dir)
+    live = _through_agent(data_dir, socket_path, "sigma.rollback", {}, token_file, pin_root)
+    if live is not None:
+        res, made_live = live
+    else:
+        _refuse_when_protected(pin_root, data_dir, "sigma rollback")
+        res, made_live = inst.rollback(data_dir), False
     click.echo(f"rolled back to {res.release} ({res.rules} rules) at {res.path}; "
-               f"the set it replaced ({res.previous}) is now the previous one")
+               f"the set it replaced ({res.previous}) is now the previous one"
+               + ("; the running agent evaluates it now" if made_live else ""))

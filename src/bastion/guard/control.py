@@ -25,6 +25,7 @@ Client side (issue 13 item 11):
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 from pathlib import Path
@@ -33,7 +34,8 @@ from typing import Any, Callable, Final
 from bastion.control import NONCE_KEY, PEER_KEY, Peer, PeerCheck, Prover, request
 from bastion.errors import BastionError, ControlError, Location
 from bastion.guard.identity import ROLE_AGENT, ROLE_GUARDIAN, ROLE_NAMES, Identity
-from bastion.guard.token import MaintenanceWindow, Signer, TokenError, TokenStore, server_binding
+from bastion.guard.token import (MaintenanceWindow, Signer, TokenError, TokenStore, server_binding,
+                                 source_of)
 
 AlertFn = Callable[[str, str, str, dict[str, Any]], None]
 """``alert(rule, title, severity, evidence)``"""
@@ -146,6 +148,13 @@ def apply_subject(text: str, mode: str | None, force: bool, allow_degraded: bool
     return f"policy.apply {digest} mode={mode or ''} force={int(force)} degraded={int(allow_degraded)}"
 
 
+def sigma_subject(cmd: str, args: dict[str, Any]) -> str:
+    """What a token proof for ``sigma.update``/``sigma.rollback`` names: exactly this
+    command with these arguments."""
+    canon = json.dumps(args, sort_keys=True, separators=(",", ":"), default=str)
+    return f"{cmd} {hashlib.sha256(canon.encode()).hexdigest()}"
+
+
 def guardian_status(socket: Path) -> dict[str, Any]:
     """The guardian's status, or ``{"tamper_protection": "off"}`` when none answers."""
     try:
@@ -167,7 +176,8 @@ def agent_stop_handler(data_dir: Path, on_stop: Callable[[], None], alert: Alert
     window = MaintenanceWindow(data_dir, window_s)
 
     def handle(req: dict[str, Any]) -> dict[str, Any]:
-        v = tokens.verify_proof(req.get("proof"), _nonce(req), "stop")
+        v = tokens.verify_proof(req.get("proof"), _nonce(req), "stop",
+                                source=source_of(int(req.get(PEER_KEY, 0))))
         ev = {"what": "stop", "client_pid": req.get(PEER_KEY, 0), "reason": v.reason,
               "failures": v.failures}
         if not v.ok:
@@ -191,9 +201,9 @@ def _policy_fingerprint(summary: dict[str, Any] | None) -> dict[str, Any]:
             "rules": sorted(str(r.get("name")) for r in summary.get("rules", []))}
 
 
-class PolicyApplyGuard:
-    """``policy.apply`` on the agent's socket: the token once protection is on, and an
-    alert on every apply (issue 13 item 10)."""
+class TokenGate:
+    """A command on the agent's socket that needs the token once protection is on
+    (without protection, none: a proof given anyway is still checked)."""
 
     def __init__(self, data_dir: Path, pin_root: Path | None, alert: AlertFn) -> None:
         self.tokens = TokenStore(data_dir)
@@ -203,25 +213,35 @@ class PolicyApplyGuard:
     def protected(self) -> bool:
         return self.pin_root is not None and protection_pinned(self.pin_root)
 
+    def gate(self, req: dict[str, Any], what: str, cmd: str, label: str) -> str | None:
+        """None when command ``cmd`` (``label`` to people; proven for ``what``) may go on,
+        else why it is refused (alerted critical)."""
+        on = self.protected()
+        if not on and req.get("proof") is None:
+            return None
+        peer = int(req.get(PEER_KEY, 0))
+        v = self.tokens.verify_proof(req.get("proof"), _nonce(req), what, source=source_of(peer))
+        if v.ok:
+            return None
+        why = (f"tamper protection is on: {label} needs the maintenance token (--token-file F)"
+               if v.reason == "no token given" else f"maintenance token refused: {v.reason}"
+               + (f" (retry in {v.retry_after_s:.0f}s)" if v.retry_after_s else ""))
+        self.alert("bastion.tamper.bad-token", f"{label} refused: {why}", "critical",
+                   {"what": cmd, "reason": v.reason, "failures": v.failures,
+                    "protection": on, "client_pid": peer, "source": str(req.get("source", ""))})
+        return why
+
+
+class PolicyApplyGuard(TokenGate):
+    """``policy.apply`` on the agent's socket: the token once protection is on, and an
+    alert on every apply (issue 13 item 10)."""
+
     def check(self, req: dict[str, Any], mode: str | None) -> str | None:
         """None when the apply may go on, else why it is refused (alerted)."""
         text = req.get("text")
         what = apply_subject(text if isinstance(text, str) else "", mode,
                              bool(req.get("force")), bool(req.get("allow_degraded")))
-        on = self.protected()
-        if not on and req.get("proof") is None:
-            return None
-        v = self.tokens.verify_proof(req.get("proof"), _nonce(req), what)
-        if v.ok:
-            return None
-        why = ("tamper protection is on: policy apply needs the maintenance token (--token-file F)"
-               if v.reason == "no token given" else f"maintenance token refused: {v.reason}"
-               + (f" (retry in {v.retry_after_s:.0f}s)" if v.retry_after_s else ""))
-        self.alert("bastion.tamper.bad-token", f"policy apply refused: {why}", "critical",
-                   {"what": "policy.apply", "reason": v.reason, "failures": v.failures,
-                    "protection": on, "client_pid": req.get(PEER_KEY, 0),
-                    "source": str(req.get("source", ""))})
-        return why
+        return self.gate(req, what, "policy.apply", "policy apply")
 
     def applied(self, old: dict[str, Any] | None, new: dict[str, Any], req: dict[str, Any]) -> None:
         """The chained alert of an apply: critical when it weakens HIPS."""
@@ -245,5 +265,5 @@ class PolicyApplyGuard:
                     "protection": self.protected()})
 
 
-__all__ = ["AlertFn", "PolicyApplyGuard", "agent_stop_handler", "apply_subject", "call_with_token",
+__all__ = ["AlertFn", "PolicyApplyGuard", "TokenGate", "sigma_subject", "agent_stop_handler", "apply_subject", "call_with_token",
            "guardian_status", "protection_pinned", "server_check", "token_prover"]

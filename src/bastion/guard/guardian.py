@@ -60,7 +60,7 @@ from bastion.guard import protect
 from bastion.guard.mutual import guardian_env
 from bastion.guard.identity import ROLE_AGENT, ROLE_GUARDIAN, Identity
 from bastion.guard.kernel import TamperKernel, TamperRecord
-from bastion.guard.token import MaintenanceWindow, TokenStore
+from bastion.guard.token import MaintenanceWindow, TokenStore, source_of
 from bastion.procstat import read_stat
 from bastion.store.db import Store
 from bastion.timefmt import format_time
@@ -115,6 +115,9 @@ class GuardianConfig:
     # journal), so a stall of the supervisor itself is never silent
     self_stall_dump_s: float = 10.0
     cgroup: Path | None = None         # run guardian + agent in this cgroup, protected
+    token_file: Path | None = None     # the first-run token file: alerted while it is on the host
+    token_file_every_s: float = 3600.0
+    rearm_retry_s: float = 30.0        # a re-arm that failed is tried again after this long
 
 
 @dataclass
@@ -270,6 +273,10 @@ class Guardian:
         self._marks_at = time.monotonic()
         self._limits: dict[int, tuple[int, int]] = {}
         self._cg_rel = ""                 # our cgroup as /proc/PID/cgroup names it
+        self._end_req = threading.Event()  # `bastion maintenance end`: re-arm now
+        self._removed_for: str = ""        # what a maintenance window removed protection for
+        self._rearm_at = 0.0               # monotonic: next re-arm try after a failure
+        self._token_file_at: float | None = None   # monotonic: last token-file alert
 
     # ---- set-up ---------------------------------------------------------------------
 
@@ -319,6 +326,10 @@ class Guardian:
         self._limits = {r: resource.getrlimit(r) for r in RLIMITS}
         self._join_cgroup()
         self.me = Identity.of(os.getpid(), ROLE_GUARDIAN)
+        self._arm()
+
+    def _arm(self) -> None:
+        """Load (or adopt) the tamper object and fill it; a failure leaves nothing of ours."""
         self.tk = self._open_kernel()
         try:
             self._setup_protection()
@@ -701,26 +712,34 @@ class Guardian:
 
     def status(self) -> dict[str, Any]:
         a = self.agent
-        return {"pid": os.getpid(), "tier": self.tk.tier if self.tk else "none",
+        tk = self.tk            # the loop may be removing or re-arming it right now
+        try:
+            idents = [i.to_json() for i in tk.identities()] if tk else []
+            idents_error = ""
+        except BastionError as exc:
+            idents, idents_error = [], f"being removed or re-armed: {exc}"
+        return {"pid": os.getpid(), "tier": tk.tier if tk else "none",
                 "tamper_protection": self.protection,
                 "agent_pid": a.pid if a else 0, "restarts": self.restarts, "resumes": self.resumes,
-                "alerts": self.alerts, "adopted": bool(self.tk and self.tk.adopted),
-                "identities": [i.to_json() for i in self.tk.identities()] if self.tk else [],
+                "alerts": self.alerts, "adopted": bool(tk and tk.adopted),
+                "identities": idents, "identities_error": idents_error,
                 "protected": [o.path for o in self.protected.roots()] if self.protected else [],
                 "unenforced": self.unenforced,
                 "agent_loop_heartbeat_age_s": self.watch.age, "agent_stalls": self.stalls,
                 "watched_present": self.paths_watch.present(),
                 "cgroup": str(self.cfg.cgroup or ""),
                 "maintenance_until": self.window.until(),
+                "token_file_on_host": str(self.cfg.token_file) if self.cfg.token_file
+                and self.cfg.token_file.exists() else "",
                 "uptime_s": round(time.monotonic() - self._started, 1)}
 
     def _check_token(self, req: dict[str, Any], what: str) -> dict[str, Any] | None:
         """The token proven for ``what`` by challenge-response (the token never travels:
         :mod:`bastion.guard.token`); rate-limited, both outcomes alerted."""
-        peer = req.get(PEER_KEY, 0)
+        peer = int(req.get(PEER_KEY, 0))
         nonce = req.get(NONCE_KEY)
         v = self.tokens.verify_proof(req.get("proof"), nonce if isinstance(nonce, bytes) else None,
-                                     what)
+                                     what, source=source_of(peer))
         if v.ok:
             until = self.window.open(what)
             self._alert("bastion.tamper.maintenance",
@@ -748,8 +767,83 @@ class Guardian:
         bad = self._check_token(req, f"maintenance {what}")
         if bad is not None:
             return bad
+        self._removed_for = f"maintenance {what}"
+        self._end_req.clear()
         self._remove_req.set()
         return {"done": True, "until": self.window.until()}
+
+    def _h_maintenance_end(self, req: dict[str, Any]) -> dict[str, Any]:
+        """`bastion maintenance end`: close the window now and re-arm protection (no token:
+        it only gives protection back)."""
+        if self.tk is not None and not self._remove_req.is_set():
+            was_open = self.window.is_open()
+            self.window.close()
+            return {"done": True, "rearmed": False, "tamper_protection": self.protection,
+                    "why": "tamper protection is on: the window is closed" if was_open
+                    else "no maintenance window is open"}
+        self._end_req.set()
+        self._removed_for = self._removed_for or "maintenance"
+        deadline = time.monotonic() + 60
+        while self._end_req.is_set() and time.monotonic() < deadline \
+                and not self._stop_req.is_set():
+            time.sleep(0.05)
+        return {"done": not self._end_req.is_set(), "rearmed": self.tk is not None,
+                "tamper_protection": self.protection}
+
+    def _rearm_due(self, now: float) -> str:
+        """Why protection removed for a maintenance window comes back now ("" = not yet)."""
+        if self.tk is not None or not self._removed_for or self._remove_req.is_set() \
+                or self._stop_req.is_set() or now < self._rearm_at:
+            return ""
+        if self._end_req.is_set():
+            return "ended with `bastion maintenance end`"
+        if not self.window.is_open():
+            return "its deadline passed"
+        return ""
+
+    def _rearm(self, why: str) -> None:
+        """Issue 14.4: the maintenance window closed: tamper protection back on, the agent
+        enrolled again, and an alert says so (critical when it cannot be re-armed)."""
+        what = self._removed_for
+        try:
+            self._arm()
+        except (BastionError, OSError) as exc:
+            self._rearm_at = time.monotonic() + self.cfg.rearm_retry_s
+            self._alert("bastion.tamper.rearm-failed",
+                        f"maintenance window for {what} closed ({why}) but tamper protection "
+                        f"could not be re-armed: {exc}; trying again in "
+                        f"{self.cfg.rearm_retry_s:.0f}s", "critical",
+                        {"what": what, "why": why, "error": str(exc)}, attack=DEFAULT_ATTACK)
+            self._end_req.clear()
+            return
+        a = self.agent
+        if a is not None:
+            a.ident = None            # the new object enrols it afresh
+            self._enrol_agent()
+        self.window.close()
+        self._removed_for = ""
+        self._end_req.clear()
+        self._alert("bastion.tamper.rearmed",
+                    f"maintenance window for {what} closed ({why}): tamper protection re-armed "
+                    f"({self.protection}, tier {self.tk.tier if self.tk else '?'})", "high",
+                    {"what": what, "why": why, "protection": self.protection,
+                     "agent_pid": a.pid if a else 0})
+
+    def _token_file_alert(self, now: float) -> None:
+        """The first-run token file left on the host: whoever reads it stops Bastion.  Said at
+        start and every ``token_file_every_s`` while it is there."""
+        path = self.cfg.token_file
+        if path is None or (self._token_file_at is not None
+                            and now - self._token_file_at < self.cfg.token_file_every_s):
+            return
+        if not path.exists():
+            self._token_file_at = None
+            return
+        self._token_file_at = now
+        self._alert("bastion.tamper.token-file-on-host",
+                    f"the maintenance token is still in {path} on this host: whoever can read it "
+                    "can stop Bastion; keep a copy off the host and delete it here", "high",
+                    {"path": str(path)}, attack=["T1552.001"])
 
     # ---- the loop ---------------------------------------------------------------------
 
@@ -778,6 +872,7 @@ class Guardian:
             "status": lambda req: self.status(),
             "stop": self._h_stop,
             "maintenance": self._h_maintenance,
+            "maintenance.end": self._h_maintenance_end,
         }, challenge=self.tokens.challenge)
         self._control.start()
         if self.agent is None:
@@ -798,8 +893,14 @@ class Guardian:
                 self._file_alerts()
                 self._refresh_marks(time.monotonic())
                 self._watch_alerts()
-                if self._remove_req.is_set() and self.tk is not None:
-                    self._remove_protection()
+                if self._remove_req.is_set():
+                    if self.tk is not None:
+                        self._remove_protection()
+                    self._remove_req.clear()
+                why = self._rearm_due(time.monotonic())
+                if why:
+                    self._rearm(why)
+                self._token_file_alert(time.monotonic())
                 self._supervise()
                 self._stop_req.wait(0.1)
             self._shutdown_agent()

@@ -24,7 +24,7 @@ from bastion import abi
 from bastion.tier import Tier
 from bastion.errors import DecodeError, KernelError, Location
 from bastion.guard.identity import Identity
-from bastion.guard.protect import ProtectedSet
+from bastion.guard.protect import F_SUBTREE, ProtectedSet
 from bastion.kernel import bpffs
 from bastion.kernel.btf import setattr_has_idmap
 from bastion.kernel.clock import deadline_ns
@@ -134,6 +134,21 @@ def enrolled_identities(pin_dir: Path) -> list[Identity]:
         return out
     finally:
         m.close()
+
+
+def protected_subtree(pin_dir: Path, path: Path) -> bool:
+    """Is directory ``path`` protected as a whole (``F_SUBTREE``) by the tamper protection
+    pinned under ``pin_dir``?  Its inode is looked up in the pinned ``tamper_objs``, which
+    only an enrolled guardian fills: a directory made by someone else is not there.
+    OSError when ``path`` cannot be read."""
+    st = os.stat(path)
+    key = bytes(abi.InodeKey(ino=st.st_ino, dev=abi.kernel_dev(st.st_dev)))
+    m = Map.open_pinned(pin_dir / "maps" / "tamper_objs")
+    try:
+        raw = m.lookup(key)
+    finally:
+        m.close()
+    return raw is not None and bool(abi.TamperObj.from_buffer_copy(raw).flags & F_SUBTREE)
 
 
 class TamperKernel(LoaderUser):
@@ -288,5 +303,5 @@ class TamperKernel(LoaderUser):
         return self._lo.drain(decode)
 
 
-__all__ = ["OBJECTS", "TamperKernel", "enrolled_identities", "TamperRecord", "decode", "fd_object_id", "pinned_ids",
+__all__ = ["OBJECTS", "TamperKernel", "enrolled_identities", "protected_subtree", "TamperRecord", "decode", "fd_object_id", "pinned_ids",
            "setattr_has_idmap"]

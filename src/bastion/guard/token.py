@@ -15,10 +15,25 @@ signature captured by an impostor server names the impostor's pid and that
 one nonce: it opens nothing elsewhere.  :meth:`TokenStore.verify_proof`
 checks it with the public key.  A local check (:meth:`TokenStore.verify`,
 ``set-token``) derives the same key and compares public keys in constant
-time.  Failed attempts are rate-limited with an exponential back-off kept in
-``<data dir>/maintenance-attempts`` (so restarting the CLI does not reset
-it).  A valid token opens a maintenance window (:class:`MaintenanceWindow`)
-that is logged as an alert and closes by itself.
+time.  A valid token opens a maintenance window (:class:`MaintenanceWindow`)
+that is logged as an alert and closes by itself (the guardian then re-arms
+tamper protection).
+
+Failed attempts (issue 14 item 4) are limited twice, in
+``<data dir>/maintenance-attempts`` (so restarting the CLI does not reset it):
+
+* per source (:func:`source_of`: the client's uid, session and executable):
+  an exponential back-off (1 s, 2 s, 4 s ... 300 s) for that source only, so
+  wrong tries from an attacker's session never lock out the admin's right
+  token from another session; at most :data:`MAX_SOURCES` sources are kept
+  (the least recently seen is forgotten first);
+* a global ceiling over all sources: a bucket of :data:`GLOBAL_BURST` wrong
+  tries refilled by one every :data:`GLOBAL_REFILL_S`; with it empty nothing is
+  checked.  A single source backed off never empties it (its back-off rate,
+  one try per 300 s, is below the refill), so only an attacker that makes a
+  new source per try (``setsid``, a copied interpreter) can contend with the
+  admin, and then for at most ``GLOBAL_BURST + t / GLOBAL_REFILL_S`` guesses in
+  ``t`` seconds (20 + 2,880 a day) against a token of at least 16 bytes.
 """
 
 from __future__ import annotations
@@ -28,6 +43,7 @@ import logging
 import hmac
 import json
 import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +67,10 @@ SCRYPT_P_MAX: Final = 4
 PROOF_CONTEXT: Final = b"bastion maintenance-token proof v1"
 KEY_CONTEXT: Final = b"bastion maintenance-token signing key v1"
 BACKOFF_MAX_S: Final = 300.0
+MAX_SOURCES: Final = 128            # per-source back-off states kept (least recently seen dropped)
+GLOBAL_BURST: Final = 20.0          # wrong tries over all sources before the ceiling bites
+GLOBAL_REFILL_S: Final = 30.0       # then one more every this many seconds
+LOCAL_SOURCE: Final = "local"
 DEFAULT_WINDOW_S: Final = 600.0
 
 
@@ -62,15 +82,55 @@ class TokenError(BastionError):
 
 
 def read_token_file(path: Path) -> bytes:
+    """The token in ``path``: refused (naming the file) when it is not a regular file owned
+    by the caller, or when group or others may read or write it (like ssh's keys)."""
+    loc = Location(str(path))
     try:
-        raw = path.read_bytes().strip()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
     except OSError as exc:
-        raise ConfigError(f"cannot read the token file: {exc.strerror}",
-                          location=Location(str(path))) from exc
+        raise ConfigError(f"cannot read the token file: {exc.strerror}", location=loc) from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError("the token file is not a regular file", location=loc)
+        if st.st_uid != os.geteuid():
+            raise ConfigError(f"the token file is owned by uid {st.st_uid}, not by you (uid "
+                              f"{os.geteuid()}): refused (someone else could have written it)",
+                              location=loc)
+        if st.st_mode & 0o077:
+            raise ConfigError(f"the token file's permissions {stat.S_IMODE(st.st_mode):04o} are "
+                              "too open (group or others may read or write it): refused; "
+                              f"chmod 600 {path}", location=loc)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            raw = f.read(1 << 16).strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the token file: {exc.strerror}", location=loc) from exc
+    finally:
+        os.close(fd)
     if len(raw) < MIN_TOKEN_BYTES:
         raise ConfigError(f"the maintenance token must have at least {MIN_TOKEN_BYTES} bytes",
-                          location=Location(str(path)))
+                          location=loc)
     return raw
+
+
+def source_of(pid: int) -> str:
+    """The source a token attempt is counted against: the client's uid, session id and
+    executable (device:inode).  A session is a login (or a service); a process of the
+    same uid, session and program is the same source (``LOCAL_SOURCE`` for 0)."""
+    if pid <= 0:
+        return LOCAL_SOURCE
+    try:
+        uid = os.stat(f"/proc/{pid}").st_uid
+        sid = os.getsid(pid)
+        exe = os.stat(f"/proc/{pid}/exe")
+    except OSError:
+        return f"pid {pid} (gone)"
+    return f"uid {uid} sid {sid} exe {exe.st_dev}:{exe.st_ino}"
+
+
+def own_source() -> str:
+    """:func:`source_of` this process (a check made here, not by a server)."""
+    return source_of(os.getpid())
 
 
 def generate_token_file(path: Path) -> bytes:
@@ -189,6 +249,50 @@ def _write_private(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+@dataclass
+class Attempts:
+    """The attempt counters: global credits (refilled up to :data:`GLOBAL_BURST`) and, per
+    source, (failures, next allowed, last seen), oldest seen first."""
+
+    credits: float
+    sources: dict[str, tuple[int, float, float]]
+    at: float = 0.0                  # when ``credits`` was counted
+    valid: bool = True               # False: read from a damaged file
+
+    @classmethod
+    def from_json(cls, rec: object, now: float) -> Attempts:
+        if not isinstance(rec, dict) or rec.get("v") != 2:
+            # the first format's single counter: one source for everybody
+            try:
+                assert isinstance(rec, dict)
+                n, nxt = int(rec["failures"]), float(rec["next_allowed"])
+            except (AssertionError, KeyError, TypeError, ValueError):
+                return cls(0.0, {}, valid=False)
+            return cls(GLOBAL_BURST, {LOCAL_SOURCE: (n, nxt, now)} if n else {})
+        try:
+            credits, at = float(rec["credits"]), float(rec["at"])
+            sources = {str(k): (int(v[0]), float(v[1]), float(v[2]))
+                       for k, v in dict(rec["sources"]).items()}
+        except (KeyError, TypeError, ValueError, IndexError):
+            return cls(0.0, {}, valid=False)
+        credits = min(GLOBAL_BURST, credits + max(0.0, now - at) / GLOBAL_REFILL_S)
+        return cls(credits, dict(sorted(sources.items(), key=lambda kv: kv[1][2])), now)
+
+    def prune(self, now: float) -> None:
+        """At most :data:`MAX_SOURCES`: first those no longer backed off, then the least
+        recently seen (its back-off is forgotten; the global ceiling still holds)."""
+        for key in [k for k, (_, nxt, _) in self.sources.items() if nxt <= now]:
+            if len(self.sources) <= MAX_SOURCES:
+                return
+            del self.sources[key]
+        while len(self.sources) > MAX_SOURCES:
+            del self.sources[next(iter(self.sources))]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"v": 2, "credits": self.credits, "at": self.at,
+                "sources": {k: list(v) for k, v in self.sources.items()}}
+
+
 @dataclass(frozen=True)
 class Verdict:
     ok: bool
@@ -221,7 +325,7 @@ class TokenStore:
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         salt = os.urandom(16)
         _write_private(self.hash_path, json.dumps(self._record(token, salt)).encode())
-        self._save_attempts(0, 0.0)
+        self._save_attempts(Attempts(GLOBAL_BURST, {}))
 
     @staticmethod
     def _record(token: bytes, salt: bytes) -> dict[str, Any]:
@@ -258,18 +362,30 @@ class TokenStore:
         return {"kdf": {"alg": "scrypt", "salt": rec["salt"], "n": int(rec["n"]),
                         "r": int(rec["r"]), "p": int(rec["p"])}}
 
-    def _fail(self, failures: int, now: float) -> Verdict:
-        failures += 1
+    def _fail(self, source: str, now: float) -> Verdict:
+        """A wrong token from ``source``: its back-off doubles; one global credit spent."""
+        att = self._load_attempts(now)
+        src = att.sources.pop(source, None)
+        failures = (src[0] if src else 0) + 1
         wait = min(BACKOFF_MAX_S, 2.0 ** (failures - 1))
-        self._save_attempts(failures, now + wait)
+        att.sources[source] = (failures, now + wait, now)     # newest last
+        att.credits -= 1.0
+        att.prune(now)
+        self._save_attempts(att)
         return Verdict(False, "wrong token", wait, failures)
 
+    def _succeed(self, source: str, now: float) -> None:
+        att = self._load_attempts(now)
+        if att.sources.pop(source, None) is not None:
+            self._save_attempts(att)
+
     def verify_proof(self, proof: object, nonce: bytes | None, what: str, *,
-                     now: float | None = None) -> Verdict:
+                     source: str = LOCAL_SOURCE, now: float | None = None) -> Verdict:
         """Check a client's signature over ``what``, the nonce this server sent on this
-        connection and this server's own identity; rate-limited like :meth:`verify`."""
+        connection and this server's own identity; rate-limited like :meth:`verify`
+        (``source``: :func:`source_of` the client)."""
         now = time.time() if now is None else now
-        refused, failures, rec = self._admit(now)
+        refused, failures, rec = self._admit(source, now)
         if refused is not None or rec is None:
             return refused or Verdict(False, "no token set")
         if "pub" not in rec:
@@ -285,41 +401,56 @@ class TokenStore:
             Ed25519PublicKey.from_public_bytes(bytes.fromhex(rec["pub"])).verify(
                 sig, proof_message(what, nonce, server_binding(os.getpid())))
         except (ValueError, InvalidSignature):
-            return self._fail(failures, now)
-        self._save_attempts(0, 0.0)
+            return self._fail(source, now)
+        self._succeed(source, now)
         return Verdict(True, "ok")
 
-    def _admit(self, now: float) -> tuple[Verdict | None, int, dict[str, Any] | None]:
-        """Before any check: (refusal while rate limited or with no token set, the failure
-        count, the stored record)."""
-        failures, next_allowed = self._load_attempts()
+    def _admit(self, source: str, now: float) -> tuple[Verdict | None, int, dict[str, Any] | None]:
+        """Before any check: (refusal while ``source`` is backed off, while the global
+        ceiling is reached, or with no token set; the source's failure count; the record)."""
+        att = self._load_attempts(now)
+        failures, next_allowed, _ = att.sources.get(source, (0, 0.0, 0.0))
         if now < next_allowed:
             return Verdict(False, "rate limited", next_allowed - now, failures), failures, None
+        if att.credits < 1.0:
+            return (Verdict(False, "rate limited (too many wrong tokens from all sources lately)",
+                            (1.0 - att.credits) * GLOBAL_REFILL_S, failures), failures, None)
         rec = self._load()
         if rec is None:
             return Verdict(False, "no token set"), failures, None
         return None, failures, rec
 
-    def _load_attempts(self) -> tuple[int, float]:
+    def _load_attempts(self, now: float) -> Attempts:
         try:
-            rec = json.loads(self.attempts_path.read_bytes())
-            return int(rec["failures"]), float(rec["next_allowed"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return 0, 0.0
+            att = Attempts.from_json(json.loads(self.attempts_path.read_bytes()), now)
+        except FileNotFoundError:
+            att = Attempts(GLOBAL_BURST, {})
+        except (OSError, ValueError) as exc:
+            att = Attempts(0.0, {}, valid=False)
+            log.error("token attempt counter unreadable (%s): %s", self.attempts_path, exc)
+        att.at = now
+        if not att.valid:
+            # never a silent reset: a damaged counter is the global ceiling reached, refilling
+            # from now on (written back so the refill can proceed)
+            att.valid = True
+            self._save_attempts(att)
+        return att
 
-    def _save_attempts(self, failures: int, next_allowed: float) -> None:
+    def _save_attempts(self, att: Attempts) -> None:
         try:
-            _write_private(self.attempts_path, json.dumps(
-                {"failures": failures, "next_allowed": next_allowed}).encode())
+            _write_private(self.attempts_path, json.dumps(att.to_json()).encode())
         except OSError as exc:
             # read-only here (a protected data dir seen by a process that is not the
             # agent): the agent, which may write there, keeps the persistent counter
             log.warning("token attempt counter not persisted (%s): %s", self.attempts_path, exc)
 
-    def verify(self, token: bytes, *, now: float | None = None) -> Verdict:
-        """Check ``token``; a failure doubles the wait before the next attempt."""
+    def verify(self, token: bytes, *, source: str | None = None,
+               now: float | None = None) -> Verdict:
+        """Check ``token`` here (``source``: this process's, :func:`own_source`); a failure
+        doubles that source's wait before its next attempt."""
         now = time.time() if now is None else now
-        refused, failures, rec = self._admit(now)
+        source = own_source() if source is None else source
+        refused, failures, rec = self._admit(source, now)
         if refused is not None or rec is None:
             return refused or Verdict(False, "no token set")
         salt = bytes.fromhex(rec["salt"])
@@ -334,9 +465,9 @@ class TokenStore:
                 except OSError as exc:
                     log.warning("token record not upgraded (%s): %s", self.hash_path, exc)
         if ok:
-            self._save_attempts(0, 0.0)
+            self._succeed(source, now)
             return Verdict(True, "ok")
-        return self._fail(failures, now)
+        return self._fail(source, now)
 
 
 class MaintenanceWindow:
@@ -367,5 +498,5 @@ class MaintenanceWindow:
             pass
 
 
-__all__ = ["MaintenanceWindow", "Signer", "TokenError", "TokenStore", "Verdict", "proof_message", "prove",
+__all__ = ["Attempts", "MaintenanceWindow", "Signer", "own_source", "source_of", "TokenError", "TokenStore", "Verdict", "proof_message", "prove",
            "read_token_file", "server_binding"]
