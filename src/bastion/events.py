@@ -324,7 +324,9 @@ def _exec(r: Any, t: int, p: Proc, trunc: bool) -> Event:
     flags = r.hdr.flags
     cwd = _str(r.cwd)
     script = _str(r.script) if flags & abi.F_SCRIPT else ""
-    if script and not script.startswith("/") and cwd.startswith("/"):
+    if script and not r.script_ino and not script.startswith("/") and cwd.startswith("/"):
+        # the filename as passed (relative to cwd); a descriptor's file (script_ino) is
+        # the kernel's own name for it (memfd:NAME, a pseudo file) and stays as it is
         script = os.path.normpath(os.path.join(cwd, script))
     return ExecEvent(
         t, dataclasses.replace(p, exe=_str(r.exe)), trunc or bool(flags & abi.F_TRUNC_ENV),
