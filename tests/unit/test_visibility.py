@@ -209,3 +209,19 @@ def test_other_process_environ_read_is_medium() -> None:
     assert [(f.rule, f.severity) for f in found if f.rule in (
         "behavior.proc_mem_access", "behavior.credential_access")] == [
         ("behavior.proc_mem_access", "medium")]
+
+
+# ---- the policy ------------------------------------------------------------------------
+
+def test_policy_sensitive_paths() -> None:
+    from bastion.config import PolicyError, load_policy, parse_policy
+    from bastion.sensors.sensitive import patterns_for
+
+    assert load_policy(None).events.sensitive_defaults is True
+    c = parse_policy("version: 1\nevents:\n  sensitive_defaults: false\n  sensitive: [/srv/s, ~/.t]\n",
+                     "p.yaml")
+    assert patterns_for(c.events.sensitive_defaults, c.events.sensitive) == (
+        ("/srv/s", abi.SensClass.CUSTOM), ("~/.t", abi.SensClass.CUSTOM))
+    assert len(patterns_for(True, ())) == len(DEFAULT_SENSITIVE)
+    with pytest.raises(PolicyError, match=r"p\.yaml:3:15: events\.sensitive: 'etc/x'"):
+        parse_policy("version: 1\nevents:\n  sensitive: [etc/x]\n", "p.yaml")

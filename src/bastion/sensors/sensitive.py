@@ -92,6 +92,14 @@ def check_patterns(patterns: Sequence[str], source: str = "policy") -> None:
                               location=Location(source))
 
 
+def patterns_for(defaults: bool, extra: Sequence[str],
+                 source: str = "policy") -> tuple[tuple[str, abi.SensClass], ...]:
+    """The policy's set: the shipped default (``events.sensitive_defaults``) plus
+    ``events.sensitive`` paths as class ``custom``."""
+    check_patterns(extra, source)
+    return (*(DEFAULT_SENSITIVE if defaults else ()), *((p, C.CUSTOM) for p in extra))
+
+
 def resolve(patterns: Iterable[tuple[str, abi.SensClass]], *,
             homes: Callable[[], Sequence[str]] = login_homes,
             glob: Callable[[str], Sequence[str]] = _glob.glob,
@@ -127,5 +135,5 @@ def entry_bytes(e: SensEntry) -> tuple[bytes, bytes]:
             bytes(abi.SensVal(sens_class=int(e.sens_class), sens_id=e.sens_id)))
 
 
-__all__ = ["DEFAULT_SENSITIVE", "SensEntry", "resolve", "login_homes", "entry_bytes",
+__all__ = ["DEFAULT_SENSITIVE", "SensEntry", "resolve", "patterns_for", "login_homes", "entry_bytes",
            "check_patterns"]
