@@ -15,6 +15,7 @@ char LICENSE[] SEC("license") = "GPL";
 #define O_RDONLY_ 00000000
 #define O_CREAT_ 00000100
 #define O_TRUNC_ 00001000
+#define O_PATH_ 010000000
 
 /* ------------------------------------------------------------------ */
 /* process lifecycle                                                   */
@@ -183,6 +184,8 @@ static __always_inline int sens_open_exit(long ret)
 	if (ret < 0 || !cfg_sensitive || !wanted(BASTION_EV_FILE))
 		return 0;
 	f = fd_file(ret);
+	if (!f || (BPF_CORE_READ(f, f_flags) & O_PATH_))
+		return 0; /* an O_PATH descriptor reads nothing */
 	if (!sens_match(f, &sclass, &sid))
 		return 0;
 	e = RESERVE(struct bastion_file_event, BASTION_EV_FILE);

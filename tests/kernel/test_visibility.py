@@ -110,6 +110,7 @@ def test_key_hunt_and_subtree(recorded) -> None:  # type: ignore[no-untyped-def]
 def test_plain_reads_stay_in_the_kernel(recorded) -> None:  # type: ignore[no-untyped-def]
     events, work, _, _ = recorded
     assert not _reads(events, str(work / "plain.txt"))
+    assert not _reads(events, "/etc/gshadow")      # an O_PATH descriptor reads nothing
     assert all(e.sensitive for e in events if isinstance(e, FileEvent) and e.op == "open"
                and not e.flags & 3 and not e.flags & 0o1100)
 

@@ -12,6 +12,7 @@ python3 -c "open('/etc/shadow').read()"
 cat "$W/elsewhere/link-to-key" > /dev/null
 find "$W/home" -name id_rsa -exec cat {} \; > /dev/null
 cat "$W/plain.txt" > /dev/null
+python3 -c "import os; os.close(os.open('/etc/gshadow', os.O_PATH))"
 sleep 30 & SL=$!
 cat /proc/$SL/environ > /dev/null
 kill $SL
