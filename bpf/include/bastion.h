@@ -244,7 +244,7 @@ struct bastion_sens_val {
 	__u32 sens_class;    /* enum bastion_sens_class */
 	__u32 sens_id;       /* 1-based index of the entry in user space's table */
 };
-#define BASTION_SENS_DEPTH 8
+#define BASTION_SENS_DEPTH 4
 #define BASTION_SENS_MAX 4096
 
 /* LSM-tier hooks that can deny. */

@@ -25,21 +25,18 @@ const volatile __u32 cfg_sensitive = 0;
 #define S_IFMT_ 00170000
 #define S_IFDIR_ 0040000
 
-static __always_inline struct bastion_sens_val *sens_lookup(struct dentry *d, __u32 dev)
+static __always_inline struct bastion_sens_val *sens_lookup(__u64 ino, __u32 dev)
 {
 	struct bastion_inode_key k = {};
 
-	k.ino = BPF_CORE_READ(d, d_inode, i_ino);
+	k.ino = ino;
 	k.dev = dev;
-	if (!k.ino)
-		return NULL;
 	return bpf_map_lookup_elem(&sens_inodes, &k);
 }
 
 /* /proc/<pid>/{mem,environ} (or task/<tid>/...) of a process other than the caller. */
-static __always_inline bool proc_mem_of_other(struct file *f)
+static __always_inline bool proc_mem_of_other(struct file *f, struct inode *inode)
 {
-	struct inode *inode = BPF_CORE_READ(f, f_inode);
 	struct dentry *d = BPF_CORE_READ(f, f_path.dentry);
 	struct qstr name = BPF_CORE_READ(d, d_name);
 	struct proc_inode *pi;
@@ -47,8 +44,6 @@ static __always_inline bool proc_mem_of_other(struct file *f)
 	char n[8] = {};
 	__u32 nr;
 
-	if (BPF_CORE_READ(inode, i_sb, s_magic) != PROC_SUPER_MAGIC_)
-		return false;
 	if (name.len != 3 && name.len != 7)
 		return false;
 	bpf_probe_read_kernel(n, sizeof(n), name.name);
@@ -66,38 +61,47 @@ static __always_inline bool proc_mem_of_other(struct file *f)
 }
 
 /* The class and entry of @f in the sensitive set; false when it is not in it
- * (directories themselves are not reported: listing ~/.ssh reads no key). */
+ * (directories themselves are not reported: listing ~/.ssh reads no key).
+ * procfs is told apart first (its files are never in the map); elsewhere the
+ * file's own inode, then up to BASTION_SENS_DEPTH ancestors, stopping at the
+ * file system's root. */
 static __always_inline bool sens_match(struct file *f, __u32 *sclass, __u32 *sid)
 {
 	struct bastion_sens_val *v;
+	struct inode *inode;
+	struct super_block *sb;
 	struct dentry *d, *parent;
 	__u32 dev;
 	int i;
 
 	if (!cfg_sensitive || !f)
 		return false;
-	if ((BPF_CORE_READ(f, f_inode, i_mode) & S_IFMT_) == S_IFDIR_)
+	inode = BPF_CORE_READ(f, f_inode);
+	if ((BPF_CORE_READ(inode, i_mode) & S_IFMT_) == S_IFDIR_)
 		return false;
-	dev = BPF_CORE_READ(f, f_inode, i_sb, s_dev);
-	d = BPF_CORE_READ(f, f_path.dentry);
-	for (i = 0; i <= BASTION_SENS_DEPTH; i++) {
-		v = sens_lookup(d, dev);
-		if (v) {
-			*sclass = v->sens_class;
-			*sid = v->sens_id;
-			return true;
-		}
-		parent = BPF_CORE_READ(d, d_parent);
-		if (!parent || parent == d)
-			break;
-		d = parent;
-	}
-	if (proc_mem_of_other(f)) {
+	sb = BPF_CORE_READ(inode, i_sb);
+	if (BPF_CORE_READ(sb, s_magic) == PROC_SUPER_MAGIC_) {
+		if (!proc_mem_of_other(f, inode))
+			return false;
 		*sclass = BASTION_SENS_PROC_MEM;
 		*sid = 0;
 		return true;
 	}
-	return false;
+	dev = BPF_CORE_READ(sb, s_dev);
+	v = sens_lookup(BPF_CORE_READ(inode, i_ino), dev);
+	d = BPF_CORE_READ(f, f_path.dentry);
+	for (i = 0; i < BASTION_SENS_DEPTH && !v; i++) {
+		parent = BPF_CORE_READ(d, d_parent);
+		if (!parent || parent == d)
+			break;
+		d = parent;
+		v = sens_lookup(BPF_CORE_READ(d, d_inode, i_ino), dev);
+	}
+	if (!v)
+		return false;
+	*sclass = v->sens_class;
+	*sid = v->sens_id;
+	return true;
 }
 
 #endif /* BASTION_SENSITIVE_H */
