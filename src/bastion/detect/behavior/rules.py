@@ -597,6 +597,10 @@ class CredentialAccess(SingleEvent):
         tools = SECRET_TOOLS.get(sclass, CRED_TOOLS)
         if self.trusted(ev, ctx, tools, depth=1):
             return None
+        if sclass and self.trusted(ev, ctx, PACKAGE_MANAGERS, depth=3):
+            # maintainer scripts under apt/dpkg (dpkg-preconfigure, postinst via sh) read
+            # shadow and sudoers as part of an install
+            return None
         who = base(ev.proc.exe) or ev.proc.comm
         if sclass:
             # by inode: a hard link or a bind mount of the secret is the same secret
