@@ -1,9 +1,10 @@
 """Open overhead: C loops of open+close on one existing file, with and
 without the agent (interleaved).  Two loops per session:
 
-* read  (O_RDONLY): the common case; the sensor drops it in-kernel at
-  sys_enter_openat (and sys_exit_openat finds no pending entry).  This ratio
-  is the figure.  Target <= 1.10.
+* read  (O_RDONLY): the common case; the sensor keeps nothing at
+  sys_enter_openat, and sys_exit_openat checks the opened inode and its
+  ancestors against the sensitive set (issue 15.1) and reports nothing for a
+  file outside it.  This ratio is the figure.  Target <= 1.10.
 * write (O_WRONLY): every open is a file event (path resolved at exit, one
   ~1.1 KiB ring record); its ratio and the agent's drops go to stderr.
 * null  (getppid, no Bastion program on it): the floor every syscall pays

@@ -3,6 +3,8 @@
  * (this includes hosts without BPF LSM).  Each program maps one hook to a
  * helper; the record layouts are in include/bastion.h. */
 #include "sock.h"
+#include "sensitive.h"
+#include "exectx.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -13,6 +15,7 @@ char LICENSE[] SEC("license") = "GPL";
 #define O_RDONLY_ 00000000
 #define O_CREAT_ 00000100
 #define O_TRUNC_ 00001000
+#define O_PATH_ 010000000
 
 /* ------------------------------------------------------------------ */
 /* process lifecycle                                                   */
@@ -25,6 +28,7 @@ int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 	struct mm_struct *mm;
 	unsigned long arg_start, arg_end, len;
 	struct path fpath;
+	int fdn;
 
 	if (!wanted(BASTION_EV_EXEC))
 		return 0;
@@ -47,7 +51,38 @@ int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 	if (cwd_to_str(e->cwd))
 		e->hdr.flags |= BASTION_F_TRUNC_PATH;
 
+	/* ABI 1.4: exec context.  A script: binfmt_script/misc replaced bprm->interp
+	 * (it was bprm->filename) with the interpreter; filename is the file the
+	 * kernel opened first.  /dev/fd/N is a descriptor exec (AT_EMPTY_PATH,
+	 * fexecve): resolve N, which is still open (a CLOEXEC one cannot run a
+	 * script, and an ELF is bprm->file anyway). */
+	e->script_ino = 0;
+	e->script_dev = 0;
+	e->script[0] = '\0';
+	fdn = devfd_num(BPF_CORE_READ(bprm, filename));
+	if (fdn >= 0)
+		e->hdr.flags |= BASTION_F_EXEC_FD;
+	if (BPF_CORE_READ(bprm, interp) != BPF_CORE_READ(bprm, filename)) {
+		struct file *sf = fdn >= 0 ? fd_file(fdn) : NULL;
+
+		e->hdr.flags |= BASTION_F_SCRIPT;
+		if (sf) {
+			e->script_ino = BPF_CORE_READ(sf, f_inode, i_ino);
+			e->script_dev = BPF_CORE_READ(sf, f_inode, i_sb, s_dev);
+			fpath = BPF_CORE_READ(sf, f_path);
+			if (path_to_str(&fpath, e->script))
+				e->hdr.flags |= BASTION_F_TRUNC_PATH;
+		} else {
+			__builtin_memcpy(e->script, e->filename, sizeof(e->script));
+		}
+	}
+	fd_kind(0, &e->stdin_type, &e->stdin_ino);
+	fd_kind(1, &e->stdout_type, &e->stdout_ino);
+	e->_pad2 = 0;
+
 	mm = BPF_CORE_READ(p, mm);
+	if (env_scan(mm, e->env, &e->env_len))
+		e->hdr.flags |= BASTION_F_TRUNC_ENV;
 	arg_start = BPF_CORE_READ(mm, arg_start);
 	arg_end = BPF_CORE_READ(mm, arg_end);
 	len = arg_end - arg_start;
@@ -137,6 +172,43 @@ static __always_inline int open_enter(__s64 flags, __u64 mode)
 	return 0;
 }
 
+/* A read-only open nobody asked for (not learn mode): reported only when the
+ * inode is in the sensitive set, decided here in the kernel. */
+static __always_inline int sens_open_exit(long ret)
+{
+	struct bastion_file_event *e;
+	struct file *f;
+	struct path fpath;
+	__u32 sclass = 0, sid = 0;
+
+	if (ret < 0 || !cfg_sensitive || !wanted(BASTION_EV_FILE))
+		return 0;
+	f = fd_file(ret);
+	if (!f || (BPF_CORE_READ(f, f_flags) & O_PATH_))
+		return 0; /* an O_PATH descriptor reads nothing */
+	if (!sens_match(f, &sclass, &sid))
+		return 0;
+	e = RESERVE(struct bastion_file_event, BASTION_EV_FILE);
+	if (!e)
+		return 0;
+	e->op = BASTION_FILE_OPEN;
+	e->open_flags = BPF_CORE_READ(f, f_flags);
+	e->mode = 0;
+	e->owner_uid = (__u32)-1;
+	e->owner_gid = (__u32)-1;
+	e->path[0] = e->dir[0] = e->path2[0] = e->dir2[0] = '\0';
+	e->ino = BPF_CORE_READ(f, f_inode, i_ino);
+	e->dev = BPF_CORE_READ(f, f_inode, i_sb, s_dev);
+	e->sens_class = sclass;
+	e->sens_id = sid;
+	e->hdr.flags |= BASTION_F_SENSITIVE;
+	fpath = BPF_CORE_READ(f, f_path);
+	if (path_to_str(&fpath, e->path))
+		e->hdr.flags |= BASTION_F_TRUNC_PATH;
+	SUBMIT(e);
+	return 0;
+}
+
 static __always_inline int open_exit(long ret)
 {
 	__u64 id = bpf_get_current_pid_tgid();
@@ -144,9 +216,10 @@ static __always_inline int open_exit(long ret)
 	struct bastion_file_event *e;
 	struct file *f;
 	struct path fpath;
+	__u32 sclass = 0, sid = 0;
 
 	if (!a)
-		return 0;
+		return sens_open_exit(ret);
 	if (ret < 0)
 		goto out;
 	e = RESERVE(struct bastion_file_event, BASTION_EV_FILE);
@@ -158,6 +231,8 @@ static __always_inline int open_exit(long ret)
 	e->owner_uid = (__u32)-1;
 	e->owner_gid = (__u32)-1;
 	e->path[0] = e->dir[0] = e->path2[0] = e->dir2[0] = '\0';
+	e->sens_class = 0;
+	e->sens_id = 0;
 	f = fd_file(ret);
 	if (f) {
 		e->ino = BPF_CORE_READ(f, f_inode, i_ino);
@@ -165,6 +240,11 @@ static __always_inline int open_exit(long ret)
 		fpath = BPF_CORE_READ(f, f_path);
 		if (path_to_str(&fpath, e->path))
 			e->hdr.flags |= BASTION_F_TRUNC_PATH;
+		if (sens_match(f, &sclass, &sid)) {
+			e->sens_class = sclass;
+			e->sens_id = sid;
+			e->hdr.flags |= BASTION_F_SENSITIVE;
+		}
 	}
 	SUBMIT(e);
 out:
@@ -215,6 +295,8 @@ static __always_inline struct bastion_file_event *file_path_event(__u32 op, int 
 	e->dev = 0;
 	e->ino = 0;
 	e->path[0] = e->dir[0] = e->path2[0] = e->dir2[0] = '\0';
+	e->sens_class = 0;
+	e->sens_id = 0;
 	e->hdr.flags |= user_path_at(dfd, upath, e->path, e->dir, BASTION_F_RELATIVE);
 	return e;
 }
@@ -239,6 +321,8 @@ static __always_inline struct bastion_file_event *file_fd_event(__u32 op, int fd
 	e->dev = 0;
 	e->ino = 0;
 	e->path[0] = e->dir[0] = e->path2[0] = e->dir2[0] = '\0';
+	e->sens_class = 0;
+	e->sens_id = 0;
 	f = fd_file(fd);
 	if (f) {
 		e->ino = BPF_CORE_READ(f, f_inode, i_ino);

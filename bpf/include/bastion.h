@@ -23,13 +23,14 @@
 #define BASTION_H
 
 #define BASTION_ABI_MAJOR 1
-#define BASTION_ABI_MINOR 3
+#define BASTION_ABI_MINOR 4
 #define BASTION_ABI_VERSION ((BASTION_ABI_MAJOR << 16) | BASTION_ABI_MINOR)
 
 #define BASTION_COMM_LEN 16
 #define BASTION_PATH_LEN 256   /* resolved paths; longer ones are cut, flag set */
 #define BASTION_ARGV_LEN 512   /* NUL-separated argv, bounded */
 #define BASTION_NAME_LEN 64
+#define BASTION_ENV_LEN 512    /* exec: the loader/interpreter variables found, NUL-separated (ABI 1.4) */
 
 /* Ring buffer size (bytes, power of two, multiple of the page size). */
 #define BASTION_RINGBUF_BYTES (16 * 1024 * 1024)
@@ -88,6 +89,11 @@ enum bastion_kill_syscall {
 #define BASTION_F_EXE_MEMFD   (1u << 2)  /* executable has no link (memfd, deleted) */
 #define BASTION_F_RELATIVE    (1u << 3)  /* path is relative to dir */
 #define BASTION_F_RELATIVE2   (1u << 4)  /* path2 is relative to dir2 */
+/* ABI 1.4 (issue 15: visibility) */
+#define BASTION_F_SENSITIVE   (1u << 5)  /* FILE: the opened inode is in the sensitive set (sens_class) */
+#define BASTION_F_SCRIPT      (1u << 6)  /* EXEC: an interpreted file (#!, binfmt_misc): script is set */
+#define BASTION_F_EXEC_FD     (1u << 7)  /* EXEC: executed through a descriptor (execveat AT_EMPTY_PATH, fexecve) */
+#define BASTION_F_TRUNC_ENV   (1u << 8)  /* EXEC: the environment scan stopped before its end */
 
 /* Common header of every ring-buffer record. */
 struct bastion_event_hdr {
@@ -117,6 +123,19 @@ struct bastion_exec_event {
 	char filename[BASTION_PATH_LEN]; /* path as passed to execve (script for #!) */
 	char cwd[BASTION_PATH_LEN];
 	char argv[BASTION_ARGV_LEN];
+	/* ABI 1.4: exec context read in the kernel at exec */
+	__u64 script_ino;    /* F_SCRIPT and run through a descriptor: that file's inode, else 0 */
+	__u32 script_dev;
+	__u32 env_len;       /* bytes used in env */
+	__u64 stdin_ino;     /* inode of fd 0 / fd 1 (pipe:[ino], socket:[ino]); 0 = closed */
+	__u64 stdout_ino;
+	__u16 stdin_type;    /* S_IFMT >> 12 of fd 0: 1 fifo, 2 chr, 4 dir, 8 reg, 12 sock; 0 closed */
+	__u16 stdout_type;
+	__u32 _pad2;
+	char script[BASTION_PATH_LEN];   /* F_SCRIPT: the script the kernel ran (filename, or the
+					    descriptor's file for /dev/fd/N); may be relative to cwd */
+	char env[BASTION_ENV_LEN];       /* NUL-separated NAME=value of the watched variables
+					    (loader and interpreter injection), each cut at 255 bytes */
 };
 
 struct bastion_fork_event {
@@ -145,6 +164,9 @@ struct bastion_file_event {
 	char dir[BASTION_PATH_LEN];    /* base of a relative path */
 	char path2[BASTION_PATH_LEN];  /* RENAME: new */
 	char dir2[BASTION_PATH_LEN];
+	/* ABI 1.4: OPEN of an inode in the sensitive set (F_SENSITIVE) */
+	__u32 sens_class;    /* enum bastion_sens_class, 0 = not sensitive */
+	__u32 sens_id;       /* the entry of the set that matched (the file or an ancestor dir) */
 };
 
 struct bastion_net_event {
@@ -202,6 +224,28 @@ struct bastion_cred_event {
 	__u64 cap_effective; /* CAPSET: requested sets (first 32-bit words) */
 	__u64 cap_permitted;
 };
+
+/* Classes of the sensitive read set (sens_inodes values; ABI 1.4). */
+enum bastion_sens_class {
+	BASTION_SENS_CREDENTIALS = 1,  /* shadow, gshadow, opasswd, keytabs, sssd cache */
+	BASTION_SENS_AUTH_CONFIG = 2,  /* sudoers, sudoers.d */
+	BASTION_SENS_HOST_KEY = 3,     /* ssh host private keys */
+	BASTION_SENS_USER_KEYS = 4,    /* ~/.ssh, ~/.gnupg */
+	BASTION_SENS_CLOUD = 5,        /* ~/.aws, ~/.config/gcloud, ~/.kube, ~/.docker/config.json, ~/.azure */
+	BASTION_SENS_BROWSER = 6,      /* browser credential and cookie stores */
+	BASTION_SENS_HISTORY = 7,      /* shell and tool histories, .netrc, .pgpass, .git-credentials */
+	BASTION_SENS_PROC_MEM = 8,     /* /proc/<pid>/mem or environ of another process (by name, not map) */
+	BASTION_SENS_CUSTOM = 9,       /* named by the policy */
+};
+
+/* Value of sens_inodes (key struct bastion_inode_key): an inode, or a
+ * directory whose subtree (up to BASTION_SENS_DEPTH levels below) is sensitive. */
+struct bastion_sens_val {
+	__u32 sens_class;    /* enum bastion_sens_class */
+	__u32 sens_id;       /* 1-based index of the entry in user space's table */
+};
+#define BASTION_SENS_DEPTH 4
+#define BASTION_SENS_MAX 4096
 
 /* LSM-tier hooks that can deny. */
 enum bastion_lsm_hook {
@@ -379,10 +423,11 @@ struct bastion_hips_event {
 
 #ifdef __bpf__
 _Static_assert(sizeof(struct bastion_event_hdr) == 72, "hdr");
-_Static_assert(sizeof(struct bastion_exec_event) == 72 + 24 + 3 * 256 + 512, "exec");
+_Static_assert(sizeof(struct bastion_exec_event) == 72 + 24 + 3 * 256 + 512 + 40 + 256 + 512, "exec");
 _Static_assert(sizeof(struct bastion_fork_event) == 72 + 16, "fork");
 _Static_assert(sizeof(struct bastion_exit_event) == 72 + 8, "exit");
-_Static_assert(sizeof(struct bastion_file_event) == 72 + 32 + 4 * 256, "file");
+_Static_assert(sizeof(struct bastion_file_event) == 72 + 32 + 4 * 256 + 8, "file");
+_Static_assert(sizeof(struct bastion_sens_val) == 8, "sens_val");
 _Static_assert(sizeof(struct bastion_net_event) == 72 + 56, "net");
 _Static_assert(sizeof(struct bastion_ptrace_event) == 72 + 24, "ptrace");
 _Static_assert(sizeof(struct bastion_kill_event) == 72 + 16, "kill");

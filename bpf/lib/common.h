@@ -35,6 +35,8 @@ struct bastion_abi_types {
 	struct bastion_task_subject task_subject;
 	struct bastion_hips_event hips;
 	struct bastion_quarantine_val quarantine_val;
+	struct bastion_sens_val sens_val;
+	enum bastion_sens_class sens_class;
 	enum bastion_event_type event_type;
 	enum bastion_file_op file_op;
 	enum bastion_net_op net_op;

@@ -27,13 +27,16 @@ from typing import Final, Protocol
 from bastion.errors import AbiMismatchError, BastionError, Location
 
 ABI_MAJOR: Final = 1
-ABI_MINOR: Final = 3
+ABI_MINOR: Final = 4
 ABI_VERSION: Final = (ABI_MAJOR << 16) | ABI_MINOR
 
 COMM_LEN: Final = 16
 PATH_LEN: Final = 256
 ARGV_LEN: Final = 512
 NAME_LEN: Final = 64
+ENV_LEN: Final = 512
+SENS_DEPTH: Final = 4
+SENS_MAX: Final = 4096
 RINGBUF_BYTES: Final = 16 * 1024 * 1024         # as compiled; the sensor sets its own size
 SMALL_RINGBUF_BYTES: Final = 1024 * 1024        # objects whose records are rare (decisions)
 
@@ -138,6 +141,10 @@ F_TRUNC_ARGV: Final = 1 << 1
 F_EXE_MEMFD: Final = 1 << 2
 F_RELATIVE: Final = 1 << 3
 F_RELATIVE2: Final = 1 << 4
+F_SENSITIVE: Final = 1 << 5
+F_SCRIPT: Final = 1 << 6
+F_EXEC_FD: Final = 1 << 7
+F_TRUNC_ENV: Final = 1 << 8
 
 c_u8 = ctypes.c_uint8
 c_u16 = ctypes.c_uint16
@@ -177,6 +184,17 @@ class ExecEvent(ctypes.Structure):
         ("filename", ctypes.c_char * PATH_LEN),
         ("cwd", ctypes.c_char * PATH_LEN),
         ("argv", c_u8 * ARGV_LEN),
+        # ABI 1.4: exec context
+        ("script_ino", c_u64),
+        ("script_dev", c_u32),
+        ("env_len", c_u32),
+        ("stdin_ino", c_u64),
+        ("stdout_ino", c_u64),
+        ("stdin_type", c_u16),
+        ("stdout_type", c_u16),
+        ("_pad2", c_u32),
+        ("script", ctypes.c_char * PATH_LEN),
+        ("env", c_u8 * ENV_LEN),
     ]
 
 
@@ -207,6 +225,9 @@ class FileEvent(ctypes.Structure):
         ("dir", ctypes.c_char * PATH_LEN),
         ("path2", ctypes.c_char * PATH_LEN),
         ("dir2", ctypes.c_char * PATH_LEN),
+        # ABI 1.4: sensitive read set
+        ("sens_class", c_u32),
+        ("sens_id", c_u32),
     ]
 
 
@@ -366,6 +387,22 @@ class HipsEvent(ctypes.Structure):
     ]
 
 
+class SensClass(enum.IntEnum):
+    CREDENTIALS = 1
+    AUTH_CONFIG = 2
+    HOST_KEY = 3
+    USER_KEYS = 4
+    CLOUD = 5
+    BROWSER = 6
+    HISTORY = 7
+    PROC_MEM = 8
+    CUSTOM = 9
+
+
+class SensVal(ctypes.Structure):
+    _fields_ = [("sens_class", c_u32), ("sens_id", c_u32)]
+
+
 class QuarantineVal(ctypes.Structure):
     _fields_ = [("start_ns", c_u64), ("incident", c_u32), ("flags", c_u32)]
 
@@ -465,6 +502,7 @@ STRUCTS: Final[dict[str, type[ctypes.Structure]]] = {
     "bastion_task_subject": TaskSubject,
     "bastion_hips_event": HipsEvent,
     "bastion_quarantine_val": QuarantineVal,
+    "bastion_sens_val": SensVal,
     "bastion_tamper_ident": TamperIdent,
     "bastion_tamper_obj": TamperObj,
     "bastion_tamper_event": TamperEvent,
@@ -499,6 +537,7 @@ ENUMS: Final[dict[str, type[enum.IntEnum]]] = {
     "bastion_hips_mode": HipsMode,
     "bastion_subject_kind": SubjectKind,
     "bastion_mechanism": Mechanism,
+    "bastion_sens_class": SensClass,
     "bastion_tamper_record": TamperRecord,
     "bastion_tamper_op": TamperOp,
     "bastion_tamper_verdict": TamperVerdict,
@@ -518,6 +557,7 @@ ENUM_PREFIXES: Final[dict[str, str]] = {
     "bastion_hips_mode": "BASTION_MODE_",
     "bastion_subject_kind": "BASTION_SUBJ_",
     "bastion_mechanism": "BASTION_MECH_",
+    "bastion_sens_class": "BASTION_SENS_",
     "bastion_tamper_record": "BASTION_",
     "bastion_tamper_op": "BASTION_TAMPER_",
     "bastion_tamper_verdict": "BASTION_TV_",
@@ -536,6 +576,13 @@ DEFINES: Final[dict[str, int]] = {
     "BASTION_PATH_LEN": PATH_LEN,
     "BASTION_ARGV_LEN": ARGV_LEN,
     "BASTION_NAME_LEN": NAME_LEN,
+    "BASTION_ENV_LEN": ENV_LEN,
+    "BASTION_SENS_DEPTH": SENS_DEPTH,
+    "BASTION_SENS_MAX": SENS_MAX,
+    "BASTION_F_SENSITIVE": F_SENSITIVE,
+    "BASTION_F_SCRIPT": F_SCRIPT,
+    "BASTION_F_EXEC_FD": F_EXEC_FD,
+    "BASTION_F_TRUNC_ENV": F_TRUNC_ENV,
     "BASTION_RINGBUF_BYTES": RINGBUF_BYTES,
     "BASTION_F_TRUNC_PATH": F_TRUNC_PATH,
     "BASTION_F_TRUNC_ARGV": F_TRUNC_ARGV,

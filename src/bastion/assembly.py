@@ -209,8 +209,12 @@ def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
         from bastion.guard.mutual import watch_guardian_from_env
 
         watch_guardian_from_env()   # under a guardian: resume it if someone stops it
+        from bastion.sensors.sensitive import patterns_for
+
         sensor = BpfSensor(classes=policy.events.classes, self_tgid=os.getpid(),
-                           ring_bytes=policy.events.ring_bytes)
+                           ring_bytes=policy.events.ring_bytes,
+                           sensitive=patterns_for(policy.events.sensitive_defaults,
+                                                  policy.events.sensitive, policy.source))
     parts = AgentParts()
     if report is not None:
         from bastion.policy.manager import PolicyManager

@@ -47,6 +47,10 @@ class EventsConfig:
     classes: tuple[str, ...] = tuple(EVENT_CLASSES)
     poll_interval_s: float = 0.02
     ring_bytes: int = 8 * 2**20
+    # issue 15.1: the sensitive read set whose read-opens the kernel reports
+    # (sensors/sensitive.py): the shipped default set, plus these paths (class custom).
+    sensitive_defaults: bool = True
+    sensitive: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -166,8 +170,22 @@ def parse_policy(text: str, source: str) -> AgentConfig:
         elif size is not None:
             ev["ring_bytes"] = size
 
+    def sens_defaults(n: yaml.Node) -> None:
+        if (b := p.boolean(n, "events.sensitive_defaults")) is not None:
+            ev["sensitive_defaults"] = b
+
+    def sensitive(n: yaml.Node) -> None:
+        out = []
+        for text, item in p.strings(n, "events.sensitive"):
+            if not (text.startswith("/") or text.startswith("~/")) or "\0" in text:
+                p.err(item, f"events.sensitive: {text!r} must be an absolute path or start with ~/")
+                continue
+            out.append(text)
+        ev["sensitive"] = tuple(dict.fromkeys(out))
+
     def events(n: yaml.Node) -> None:
-        p.mapping(n, "events", {"classes": classes, "poll_interval": poll, "ring_buffer": ring})
+        p.mapping(n, "events", {"classes": classes, "poll_interval": poll, "ring_buffer": ring,
+                                "sensitive_defaults": sens_defaults, "sensitive": sensitive})
 
     def max_age(n: yaml.Node) -> None:
         if (d := p.duration(n, "store.max_age")) is not None:

@@ -62,6 +62,14 @@ class ExecEvent(_Base):
     exe_dev: int = 0
     exe_ino: int = 0
     exe_nlink: int = 1
+    # ABI 1.4 (issue 15.2/15.3), read in the kernel at exec:
+    script: str = ""        # an interpreted file (#!): the script the kernel ran, absolute
+    script_dev: int = 0     # run through a descriptor: the script's inode
+    script_ino: int = 0
+    exec_fd: bool = False   # executed through a descriptor (execveat AT_EMPTY_PATH, fexecve)
+    env: tuple[str, ...] = ()  # NAME=value of the watched variables (WATCHED_ENV) it started with
+    stdin: str = ""         # fd 0 as /proc shows it: pipe:[ino], socket:[ino], tty, file, ...; "" closed
+    stdout: str = ""        # fd 1, the same way
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +98,10 @@ class FileEvent(_Base):
     owner_gid: int = -1
     dev: int = 0
     ino: int = 0
+    # ABI 1.4 (issue 15.1): the inode is in the sensitive read set (by inode, so a
+    # hard link to /etc/shadow is "credentials" too); "" when it is not.
+    sensitive: str = ""     # credentials, auth-config, host-key, user-keys, cloud, browser, ...
+    sensitive_id: int = 0   # the entry of the set that matched (sensors.sensitive), 0 = by name
 
     @property
     def type(self) -> str:
@@ -236,6 +248,17 @@ _BPF_CMDS: Final = (
     "LINK_UPDATE LINK_GET_FD_BY_ID LINK_GET_NEXT_ID ENABLE_STATS ITER_CREATE "
     "LINK_DETACH PROG_BIND_MAP"
 ).split()
+# The loader and interpreter variables the kernel reports at exec (it pre-filters on
+# their first 8 bytes, bpf/lib/exectx.h; the exact name is checked here).
+WATCHED_ENV: Final = frozenset({
+    "LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME",
+    "PERL5LIB", "PERL5OPT", "PERLLIB", "RUBYOPT", "RUBYLIB", "NODE_OPTIONS", "NODE_PATH",
+    "BASH_ENV", "GCONV_PATH",
+})
+SENS_NAMES: Final = {c: c.name.lower().replace("_", "-") for c in abi.SensClass}
+# S_IFMT >> 12 of a descriptor -> how fds 0/1 are shown (pipe and socket with the inode,
+# as /proc/PID/fd shows them, so a writer's stdout and a reader's stdin can be paired).
+_FD_KINDS: Final = {1: "pipe", 2: "tty", 4: "dir", 6: "block", 8: "file", 10: "symlink", 12: "socket"}
 _FAMILIES: Final = {1: "unix", 2: "inet", 10: "inet6", 16: "netlink", 17: "packet"}
 _PROTOCOLS: Final = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp", 136: "udplite"}
 
@@ -279,13 +302,39 @@ def _proc(h: abi.EventHdr) -> Proc:
 _Decoder = Callable[[Any, int, Proc, bool], Event]
 
 
+def _fd_kind(kind: int, ino: int) -> str:
+    if kind == 0:
+        return ""
+    name = _FD_KINDS.get(kind, str(kind))
+    return f"{name}:[{ino}]" if kind in (1, 12) else name
+
+
+def _env(raw: bytes) -> tuple[str, ...]:
+    out = []
+    for entry in raw.split(b"\0"):
+        name, eq, _ = entry.partition(b"=")
+        if eq and _str(name) in WATCHED_ENV:
+            out.append(_str(entry))
+    return tuple(out)
+
+
 def _exec(r: Any, t: int, p: Proc, trunc: bool) -> Event:
     raw_argv = bytes(r.argv)[: r.argv_len]
     argv = tuple(_str(a) for a in raw_argv.rstrip(b"\0").split(b"\0")) if raw_argv else ()
+    flags = r.hdr.flags
+    cwd = _str(r.cwd)
+    script = _str(r.script) if flags & abi.F_SCRIPT else ""
+    if script and not r.script_ino and not script.startswith("/") and cwd.startswith("/"):
+        # the filename as passed (relative to cwd); a descriptor's file (script_ino) is
+        # the kernel's own name for it (memfd:NAME, a pseudo file) and stays as it is
+        script = os.path.normpath(os.path.join(cwd, script))
     return ExecEvent(
-        t, dataclasses.replace(p, exe=_str(r.exe)), trunc, filename=_str(r.filename),
-        cwd=_str(r.cwd), argv=argv, exe_dev=r.exe_dev, exe_ino=r.exe_ino,
-        exe_nlink=r.exe_nlink,
+        t, dataclasses.replace(p, exe=_str(r.exe)), trunc or bool(flags & abi.F_TRUNC_ENV),
+        filename=_str(r.filename), cwd=cwd, argv=argv, exe_dev=r.exe_dev, exe_ino=r.exe_ino,
+        exe_nlink=r.exe_nlink, script=script, script_dev=r.script_dev, script_ino=r.script_ino,
+        exec_fd=bool(flags & abi.F_EXEC_FD),
+        env=_env(bytes(r.env)[: min(r.env_len, abi.ENV_LEN)]),
+        stdin=_fd_kind(r.stdin_type, r.stdin_ino), stdout=_fd_kind(r.stdout_type, r.stdout_ino),
     )
 
 
@@ -312,6 +361,9 @@ def _file(r: Any, t: int, p: Proc, trunc: bool) -> Event:
         owner_uid=-1 if r.owner_uid == 0xFFFFFFFF else r.owner_uid,
         owner_gid=-1 if r.owner_gid == 0xFFFFFFFF else r.owner_gid,
         dev=r.dev, ino=r.ino,
+        sensitive=SENS_NAMES.get(r.sens_class, str(r.sens_class))
+        if flags & abi.F_SENSITIVE and r.sens_class else "",
+        sensitive_id=r.sens_id if flags & abi.F_SENSITIVE else 0,
     )
 
 
@@ -533,5 +585,5 @@ def summary(ev: Event) -> str:
 __all__ = [
     "Proc", "Event", "ExecEvent", "ForkEvent", "ExitEvent", "FileEvent", "NetEvent",
     "PtraceEvent", "KillEvent", "BpfEvent", "MemfdEvent", "CredEvent", "LsmDenyEvent", "HipsEvent",
-    "TYPES", "DECODERS", "decode", "to_json", "from_json", "summary",
+    "TYPES", "DECODERS", "decode", "to_json", "from_json", "summary", "WATCHED_ENV", "SENS_NAMES",
 ]

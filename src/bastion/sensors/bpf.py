@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Final, Iterable
+from typing import Callable, Final, Iterable, Sequence
 
 from bastion import abi
 from bastion.abi import EVENT_CLASSES
@@ -21,6 +21,7 @@ from bastion.errors import KernelError, Location
 from bastion.events import Event, decode
 from bastion.kernel.loader import LoadedObject, LoaderUser, ObjectSpec
 from bastion.paths import bpf_object
+from bastion.sensors.sensitive import DEFAULT_SENSITIVE, SensEntry, entry_bytes, resolve
 
 log = logging.getLogger("bastion.sensors.bpf")
 
@@ -56,7 +57,14 @@ class BpfSensor(LoaderUser):
         obj_path: Path | None = None,
         open_reads: bool = False,
         ring_bytes: int = abi.RINGBUF_BYTES,
+        sensitive: Sequence[tuple[str, abi.SensClass]] = DEFAULT_SENSITIVE,
+        sensitive_refresh_s: float = 30.0,
+        resolve_sensitive: Callable[[Sequence[tuple[str, abi.SensClass]]], list[SensEntry]]
+        = resolve,
     ) -> None:
+        """``sensitive``: the patterns of the sensitive read set (empty: no read-open
+        is reported outside learn mode); resolved to inodes at open and again every
+        ``sensitive_refresh_s`` (a replaced /etc/shadow has a new inode)."""
         self.classes = tuple(classes)
         self.mask = event_mask(self.classes)
         self.self_tgid = self_tgid
@@ -66,6 +74,11 @@ class BpfSensor(LoaderUser):
         self.ring_bytes = ring_bytes
         self._lo: LoadedObject | None = None
         self.opened_at = 0.0
+        self.sensitive = tuple(sensitive)
+        self.sensitive_refresh_s = sensitive_refresh_s
+        self._resolve = resolve_sensitive
+        self._sens: dict[bytes, SensEntry] = {}
+        self._sens_at = 0.0
 
     def spec(self) -> ObjectSpec:
         return ObjectSpec(
@@ -75,6 +88,7 @@ class BpfSensor(LoaderUser):
                 "cfg_cgroup_id": self.cgroup_id,
                 "cfg_event_mask": self.mask,
                 "cfg_open_reads": int(self.open_reads),
+                "cfg_sensitive": int(bool(self.sensitive)),
             },
             max_entries={"events": self.ring_bytes},
             optional=OPTIONAL_PROGRAMS,
@@ -84,7 +98,43 @@ class BpfSensor(LoaderUser):
         spec = self.spec()
         self._lo = LoadedObject.load(spec)
         self.opened_at = time.monotonic()
+        try:
+            self.refresh_sensitive()
+        except BaseException:
+            self._lo.close()
+            self._lo = None
+            raise
         log.info("bpf sensor: %d programs attached from %s", len(self.attached), spec.path)
+
+    @property
+    def sensitive_entries(self) -> list[SensEntry]:
+        """The entries of the sensitive set now in the kernel map."""
+        return list(self._sens.values())
+
+    def sensitive_entry(self, sens_id: int) -> SensEntry | None:
+        return next((e for e in self._sens.values() if e.sens_id == sens_id), None)
+
+    def refresh_sensitive(self) -> int:
+        """Resolve the sensitive patterns again and bring ``sens_inodes`` up to date
+        (new inodes added, gone ones removed); returns the number of entries."""
+        lo = self._lo
+        if lo is None or not self.sensitive:
+            return 0
+        m = lo.map("sens_inodes")
+        fresh: dict[bytes, tuple[bytes, SensEntry]] = {}
+        for e in self._resolve(self.sensitive):
+            k, v = entry_bytes(e)
+            fresh[k] = (v, e)
+        for k in [k for k in self._sens if k not in fresh]:
+            m.delete(k)
+            del self._sens[k]
+        for k, (v, e) in fresh.items():
+            old = self._sens.get(k)
+            if old is None or entry_bytes(old)[1] != v:
+                m.update(k, v)
+            self._sens[k] = e
+        self._sens_at = time.monotonic()
+        return len(self._sens)
 
     @property
     def attached(self) -> list[str]:
@@ -98,6 +148,8 @@ class BpfSensor(LoaderUser):
         lo = self._lo
         if lo is None:
             raise KernelError("bpf sensor polled before open()", location=Location("tp_events.bpf.o"))
+        if self.sensitive and time.monotonic() - self._sens_at >= self.sensitive_refresh_s:
+            self.refresh_sensitive()
         lo.wait(timeout_s)
         return lo.drain(decode)
 

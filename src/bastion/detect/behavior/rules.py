@@ -10,12 +10,15 @@ file:line.  Each rule declares its event types, ATT&CK ids, severity and
 default response.
 
 What the sensor can and cannot see (say it, never pretend):
-* file ``open`` events are write-opens only (read-opens only in learn mode),
-  so *reads* of credential stores or /proc/PID/mem are seen only when a HIPS
-  audit rule on those paths emits ``hips`` events (``op`` ``open-read``) or in
-  learn mode; both are consumed here.
-* the environment is not captured: ``LD_PRELOAD=`` is seen only through the
-  optional stdio/environ probe (live) — /etc/ld.so.preload writes always.
+* file ``open`` events are write-opens, plus (ABI 1.4, issue 15.1) read-opens of
+  the sensitive set, filtered in the kernel by inode and directory subtree
+  (``FileEvent.sensitive`` names the class: a hard link to /etc/shadow is
+  ``credentials`` whatever its path) and other processes' /proc/PID/mem|environ;
+  other reads only in learn mode or as HIPS ``open-read`` audits.
+* the exec context is read in the kernel at exec (ABI 1.4, issue 15.2): the script
+  of a ``#!`` file (``ExecEvent.script``), the watched loader/interpreter variables
+  (``ExecEvent.env``), what fds 0/1 are (``stdin``/``stdout``, pipes with their
+  inode so a writer and a reader pair up), and descriptor execs (``exec_fd``).
 * setxattr (file capabilities) and init_module are not traced: ``setcap`` and
   ``insmod``/``modprobe`` executions are the signal.
 """
@@ -453,6 +456,12 @@ class ExecFromTemp(SingleEvent):
     def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
         if not isinstance(ev, ExecEvent):
             return None
+        script = ev.script
+        if script and under(script, ("/dev/shm", "/run/shm", "/tmp", "/var/tmp")):
+            shm = under(script, ("/dev/shm", "/run/shm"))
+            where = "shared memory" if shm else "a temporary directory"
+            return Hit(f"Executed a script from {where}: {script} (run by {ev.proc.exe})",
+                       {"exe": ev.proc.exe, "script": script}, severity="high" if shm else None)
         exe = ev.proc.exe or ev.filename
         if under(exe, ("/dev/shm", "/run/shm")):
             return Hit(f"Executed a program from shared memory: {exe}", {"exe": exe}, severity="high")
@@ -479,9 +488,16 @@ class MemfdExec(SingleEvent):
         if not isinstance(ev, ExecEvent):
             return None
         exe = ev.proc.exe
-        if exe.startswith("/memfd:") or (ev.exe_nlink == 0 and ev.exe_ino):
+        if exe.startswith(("/memfd:", "memfd:")) or (ev.exe_nlink == 0 and ev.exe_ino):
             return Hit(f"Fileless execution from {exe or 'an unlinked file'}",
-                       {"exe": exe, "nlink": ev.exe_nlink, "filename": ev.filename})
+                       {"exe": exe, "nlink": ev.exe_nlink, "filename": ev.filename,
+                        "exec_fd": ev.exec_fd})
+        script = ev.script
+        if script.startswith(("/memfd:", "memfd:")) or \
+                (ev.exec_fd and script.endswith(" (deleted)")):
+            return Hit(f"Fileless script execution from {script} (run by {exe})",
+                       {"exe": exe, "script": script, "filename": ev.filename,
+                        "exec_fd": ev.exec_fd})
         return None
 
 
@@ -536,6 +552,30 @@ CRED_TOOLS = frozenset({"passwd", "chpasswd", "useradd", "usermod", "userdel", "
                         *PACKAGE_MANAGERS})
 
 
+# Sensitive-set classes (ABI 1.4) -> the tools that read them for a living (trusted
+# by executable inode, never by name) and the severity of a read by anyone else.
+SECRET_TOOLS: dict[str, frozenset[str]] = {
+    "credentials": CRED_TOOLS,
+    "auth-config": frozenset({"sudo", "visudo", "sudoedit", "sudoreplay", "cvtsudoers", *CRED_TOOLS}),
+    "host-key": frozenset({"sshd", "sshd-session", "ssh-keygen", "ssh-keyscan", "ssh-keysign",
+                           *PACKAGE_MANAGERS}),
+    "user-keys": frozenset({"ssh", "sshd", "sshd-session", "scp", "sftp", "ssh-agent", "ssh-add",
+                            "ssh-keygen", "git", "git-remote-http", "rsync", "gpg", "gpg-agent",
+                            "gpgsm", "gpgconf", "keychain", "mosh-client"}),
+    "cloud": frozenset({"aws", "gcloud", "gsutil", "bq", "kubectl", "helm", "k9s", "docker",
+                        "docker-credential-helper", "podman", "az", "terraform", "kubelet",
+                        "containerd", "dockerd", "eksctl", "minikube", "kind"}),
+    "browser": frozenset({"firefox", "firefox-esr", "chrome", "google-chrome", "chromium",
+                          "chromium-browser", "gnome-keyring-daemon", "seahorse", "kwalletd5",
+                          "kwalletd6"}),
+    "history": frozenset({"bash", "zsh", "sh", "dash", "git", "git-credential-store", "psql",
+                          "mysql", "mariadb", "curl", "wget", "ftp", "lftp", "sshd", "login"}),
+}
+SECRET_SEVERITY: dict[str, str] = {"credentials": "high", "host-key": "high", "user-keys": "high",
+                                   "cloud": "high", "browser": "high", "auth-config": "medium",
+                                   "history": "medium", "custom": "medium"}
+
+
 class CredentialAccess(SingleEvent):
     name = "behavior.credential_access"
     event_types = frozenset({"open", "hips"})
@@ -549,19 +589,33 @@ class CredentialAccess(SingleEvent):
         if path is None:
             path = written_path(ev) if isinstance(ev, (FileEvent, HipsEvent)) else None
             verb = "opened for writing"
-        if path is None or glob_any(path, CRED_STORES) is None:
+        sclass = ev.sensitive if isinstance(ev, FileEvent) else ""
+        if sclass == "proc-mem":
+            return None   # behavior.proc_mem_access
+        if path is None or (not sclass and glob_any(path, CRED_STORES) is None):
             return None
-        if self.trusted(ev, ctx, CRED_TOOLS, depth=1):
+        tools = SECRET_TOOLS.get(sclass, CRED_TOOLS)
+        if self.trusted(ev, ctx, tools, depth=1):
             return None
-        return Hit(f"Credential store {path} {verb} by {base(ev.proc.exe) or ev.proc.comm}",
-                   {"path": path, "access": verb})
+        if sclass and self.trusted(ev, ctx, PACKAGE_MANAGERS, depth=3):
+            # maintainer scripts under apt/dpkg (dpkg-preconfigure, postinst via sh) read
+            # shadow and sudoers as part of an install
+            return None
+        who = base(ev.proc.exe) or ev.proc.comm
+        if sclass:
+            # by inode: a hard link or a bind mount of the secret is the same secret
+            return Hit(f"Secret ({sclass}) {path} {verb} by {who}",
+                       {"path": path, "access": verb, "class": sclass,
+                        "inode": f"{ev.dev}:{ev.ino}" if isinstance(ev, FileEvent) else ""},
+                       severity=SECRET_SEVERITY.get(sclass))
+        return Hit(f"Credential store {path} {verb} by {who}", {"path": path, "access": verb})
 
 
 # ---- 8./9. other processes' memory, ptrace injection -----------------------------------
 
 DEBUGGERS = frozenset({"gdb", "lldb", "strace", "ltrace", "perf", "rr", "criu", "valgrind",
                        "gdbserver", "py-spy", "pstack", "gcore", "eu-stack", "bpftrace"})
-_PROC_MEM = re.compile(r"^/proc/(\d+|self|thread-self)/(mem|task/\d+/mem)$")
+_PROC_MEM = re.compile(r"^/proc/(\d+|self|thread-self)/(?:task/\d+/)?(mem|environ)$")
 
 
 class ProcMemAccess(SingleEvent):
@@ -587,6 +641,11 @@ class ProcMemAccess(SingleEvent):
         if self.trusted(ev, ctx, DEBUGGERS, depth=1):
             return None
         write = written_path(ev) is not None
+        if m.group(2) == "environ":
+            if write:
+                return None
+            return Hit(f"Read the environment of process {m.group(1)} via {path}",
+                       {"path": path, "target_pid": int(m.group(1))}, severity="medium")
         return Hit(f"{'Wrote' if write else 'Read'} the memory of process {m.group(1)} via {path}",
                    {"path": path, "target_pid": int(m.group(1)), "write": write},
                    severity="critical" if write else None, action="kill" if write else None)
@@ -636,6 +695,177 @@ class LdPreload(SingleEvent):
             return None
         return Hit("/etc/ld.so.preload modified: every program will load a chosen library",
                    {"path": path})
+
+
+# ---- 10b. loader / interpreter environment injection (ABI 1.4: env read at exec) ----
+
+# Variables that make a program load a library or run code the program never asked for.
+_LIB_VARS = frozenset({"LD_PRELOAD", "LD_AUDIT"})
+_PATH_VARS = frozenset({"LD_LIBRARY_PATH", "PYTHONPATH", "PERL5LIB", "PERLLIB", "RUBYLIB",
+                        "NODE_PATH", "GCONV_PATH", "PYTHONHOME"})
+_FILE_VARS = frozenset({"PYTHONSTARTUP", "BASH_ENV"})
+_OPT_CODE = {"PERL5OPT": re.compile(r"(^|\s)-[a-zA-Z]*[Mmd]"),
+             "RUBYOPT": re.compile(r"(^|\s)-[a-zA-Z]*r"),
+             "NODE_OPTIONS": re.compile(r"(^|\s)(-r|--require|--import|--loader|--experimental-loader)\b")}
+TEMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/shm")
+
+
+def _values(v: str, sep: str) -> list[str]:
+    return [x for x in re.split(sep, v) if x]
+
+
+class LoaderEnvInjection(BehaviorRule):
+    """A program started with a loader or interpreter variable that injects code:
+    ``LD_PRELOAD``/``LD_AUDIT`` of a library outside the system library directories
+    (high), a search path (``LD_LIBRARY_PATH``, ``PYTHONPATH``, ``PERL5LIB``...) or a
+    start-up file (``BASH_ENV``, ``PYTHONSTARTUP``) in a temporary directory or relative
+    (medium), ``PERL5OPT -M``/``RUBYOPT -r``/``NODE_OPTIONS --require`` (medium).
+
+    Read in the kernel from the new image's environment, not from a command line.
+    Children inherit the environment: one alert per injection, not one per exec of
+    the tree (a child whose parent was reported with the same value is not)."""
+
+    name = "behavior.loader_env"
+    event_types = frozenset({"exec"})
+    attack = ("T1574.006", "T1574.007")
+    severity = "high"
+    action = "alert"
+    window_ns = 600 * NS
+
+    def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None) -> None:
+        super().__init__(settings, limits)
+        self._seen: BoundedState[int, frozenset[str]] = self.state()
+
+    @staticmethod
+    def judge(entry: str) -> tuple[str, str] | None:
+        """(severity, why) for one NAME=value, None when it is harmless."""
+        name, _, value = entry.partition("=")
+        if not value:
+            return None
+        if name in _LIB_VARS:
+            libs = _values(value, r"[:\s]")
+            odd = [lib for lib in libs if not (lib.startswith("/") and under(lib, SYSTEM_DIRS))
+                   and "/" in lib or under(lib, TEMP_DIRS)]
+            if odd:
+                return "high", f"{name} loads {odd[0]}"
+            return None
+        if name in _PATH_VARS:
+            dirs = _values(value, ":")
+            odd = [d for d in dirs if under(d, TEMP_DIRS) or not d.startswith("/")]
+            if odd:
+                return "medium", f"{name} searches {odd[0] or '.'} first"
+            return None
+        if name in _FILE_VARS:
+            if under(value, TEMP_DIRS) or not value.startswith("/"):
+                return "medium", f"{name} runs {value} at start-up"
+            return None
+        rx = _OPT_CODE.get(name)
+        if rx is not None and rx.search(value):
+            return "medium", f"{name} loads code: {value[:80]}"
+        return None
+
+    def evaluate(self, ev: Event, ctx: RuleContext) -> list[Hit]:
+        if not isinstance(ev, ExecEvent) or not ev.env:
+            return []
+        now = ev.time_ns
+        entries = frozenset(ev.env)
+        inherited = self._seen.get(ev.proc.ppid, now) or frozenset()
+        self._seen.put(ev.proc.pid, now, entries)
+        worst: tuple[str, str, str] | None = None
+        for entry in sorted(entries - inherited):
+            got = self.judge(entry)
+            if got is not None and (worst is None or got[0] == "high" and worst[0] != "high"):
+                worst = (got[0], got[1], entry)
+        if worst is None:
+            return []
+        return [Hit(f"Loader/interpreter injection: {worst[1]} ({base(ev.proc.exe)})",
+                    {"env": list(ev.env), "exe": ev.proc.exe, "argv": list(ev.argv)},
+                    severity=worst[0])]
+
+
+# ---- 10c. a decoded or downloaded payload piped into a shell (ABI 1.4: fds at exec) ----
+
+_DECODERS = {"base64": ("-d", "--decode", "-D"), "base32": ("-d", "--decode"),
+             "basenc": ("-d", "--decode"), "xxd": ("-r",), "uudecode": ("",),
+             "openssl": ("-d", "-base64", "base64", "-a")}
+
+
+def _decoder(ev: ExecEvent) -> str | None:
+    tool = base(ev.proc.exe)
+    flags = _DECODERS.get(tool)
+    if flags is None:
+        return None
+    args = ev.argv[1:]
+    if flags == ("",) or any(a in flags or (a.startswith("-") and not a.startswith("--")
+                                            and "d" in a and "-d" in flags) for a in args):
+        return tool
+    return None
+
+
+def _shell_reads_stdin(ev: ExecEvent) -> bool:
+    """A shell whose commands come from stdin: no script operand, no -c."""
+    if not is_shell(ev.proc.exe) or ev.script:
+        return False
+    for a in ev.argv[1:]:
+        if a in ("-", "--", "-s") or a.startswith("-") and "c" not in a.lstrip("-"):
+            continue
+        return False
+    return True
+
+
+class PipedPayload(BehaviorRule):
+    """A shell reading its commands from a pipe whose writer is a decoder
+    (``base64 -d``, ``xxd -r``, ``openssl base64 -d``: high) or a downloader
+    (``curl``/``wget``: medium — installers do it too).  The kernel reports fds 0
+    and 1 of every exec with the pipe's inode; the two ends pair up here, in
+    whichever order the two execs arrive."""
+
+    name = "behavior.piped_payload"
+    event_types = frozenset({"exec"})
+    attack = ("T1027", "T1140", "T1059.004")
+    severity = "high"
+    action = "alert"
+    window_ns = 120 * NS
+
+    def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None) -> None:
+        super().__init__(settings, limits)
+        self._writers: BoundedState[str, tuple[int, str, tuple[str, ...], str]] = self.state()
+        self._shells: BoundedState[str, tuple[int, str, tuple[str, ...]]] = self.state()
+
+    def _hit(self, kind: str, writer: tuple[int, str, tuple[str, ...], str],
+             shell: tuple[int, str, tuple[str, ...]], pipe: str) -> Hit:
+        w_pid, w_exe, w_argv, _ = writer
+        s_pid, s_exe, s_argv = shell
+        decoded = kind == "decoder"
+        return Hit(f"{'Decoded' if decoded else 'Downloaded'} payload piped into a shell: "
+                   f"{' '.join(w_argv)[:60]} | {' '.join(s_argv)[:40]}",
+                   {"writer_pid": w_pid, "writer": w_exe, "writer_argv": list(w_argv),
+                    "shell_pid": s_pid, "shell": s_exe, "pipe": pipe},
+                   severity=None if decoded else "medium")
+
+    def evaluate(self, ev: Event, ctx: RuleContext) -> list[Hit]:
+        if not isinstance(ev, ExecEvent):
+            return []
+        now = ev.time_ns
+        hits: list[Hit] = []
+        if ev.stdout.startswith("pipe:"):
+            kind = "decoder" if _decoder(ev) else \
+                "downloader" if base(ev.proc.exe) in ("curl", "wget") else None
+            if kind is not None:
+                w = (ev.proc.pid, ev.proc.exe, ev.argv, kind)
+                sh = self._shells.pop(ev.stdout)
+                if sh is not None:
+                    hits.append(self._hit(kind, w, sh, ev.stdout))
+                else:
+                    self._writers.put(ev.stdout, now, w)
+        if ev.stdin.startswith("pipe:") and _shell_reads_stdin(ev):
+            s = (ev.proc.pid, ev.proc.exe, ev.argv)
+            wr = self._writers.pop(ev.stdin)
+            if wr is not None:
+                hits.append(self._hit(wr[3], wr, s, ev.stdin))
+            else:
+                self._shells.put(ev.stdin, now, s)
+        return hits
 
 
 # ---- 11. persistence ----------------------------------------------------------------------
@@ -1156,7 +1386,8 @@ class Ransomware(ThresholdRule):
 
 ALL_RULE_CLASSES: tuple[type[BehaviorRule], ...] = (
     ReverseShell, ReverseShellCommand, ServiceSpawnsShell, DownloadExecute, ExecFromTemp, MemfdExec,
-    Masquerade, CredentialAccess, ProcMemAccess, PtraceInjection, LdPreload, AccountChange,
+    Masquerade, CredentialAccess, ProcMemAccess, PtraceInjection, LdPreload, LoaderEnvInjection,
+    PipedPayload, AccountChange,
     SetuidBits, SudoersPam, LogClearing, KillSecurityTools, FirewallTamper, KernelModuleLoad,
     BpfLoad, PortScan, MiningPool, Ransomware,
 )

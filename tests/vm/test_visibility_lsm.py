@@ -1,0 +1,33 @@
+"""Issue 15.1-15.3 on Debian's stock kernel (lsm tier, inside the test VM): the same
+tracepoint sensor object serves both tiers, so the attacks of
+tests/kernel/test_visibility.py run here unchanged — this checks that the 6.1
+verifier takes the sensitive-set walk and the bounded environment scan, and that
+the fields come out the same."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+IN_VM = os.environ.get("BASTION_IN_VM") == "1"
+pytestmark = pytest.mark.skipif(
+    not IN_VM, reason="runs only inside the test VM: use `bash vm/run.sh` (make test-vm)"
+)
+
+from kernel.test_visibility import (  # noqa: E402,F401
+    recorded, test_decoded_payload_piped_into_shell, test_execveat_memfd,
+    test_hard_link_is_caught_by_inode, test_key_hunt_and_subtree, test_loader_env_read_in_the_kernel,
+    test_other_process_environ, test_plain_reads_stay_in_the_kernel,
+    test_script_in_shm_reports_the_script, test_shadow_reads_by_cat_and_python,
+)
+
+
+def test_tier_is_lsm() -> None:
+    from bastion.enforce.tiers import probe
+
+    assert probe().tier == "lsm"
