@@ -56,6 +56,7 @@ enum bastion_file_op {
 	BASTION_FILE_RENAME = 3,
 	BASTION_FILE_CHMOD = 4,
 	BASTION_FILE_CHOWN = 5,
+	BASTION_FILE_LINK = 6,   /* a hard link: path = the file, path2 = the new name */
 };
 
 enum bastion_net_op {

@@ -174,3 +174,55 @@ def test_compat_link_out_of_a_directory_object_is_not_refused_but_named(
     assert direct.returncode != 0 and EPERM_TEXT in direct.stderr
     leak = run_in(cg[0], ["/bin/sh", "-c", f"ln {vault}/key {out}/k && cat {out}/k"], timeout=TIMEOUT)
     assert leak.returncode == 0 and leak.stdout == "data\n"   # the caveat, pinned
+
+
+def test_compat_link_or_rename_out_of_a_directory_object_is_alerted(tmp_path: Path,
+                                                                     cg: tuple[Path, int]) -> None:
+    """What this tier can do instead of refusing: the sensor sees the link and the
+    rename, and the policy manager raises an after-the-fact alert for a new name out
+    of a directory object the task may not read (none for a new name inside it).
+    Before: the sensor had no link event and nothing compared the two names."""
+    from bastion.events import FileEvent
+    from bastion.policy.manager import PolicyManager
+    from bastion.proctable import ProcessTable
+    from bastion.sensors.bpf import BpfSensor
+    from bastion.tier import Tier
+
+    vault, out = tmp_path / "vault", tmp_path / "out"
+    vault.mkdir()
+    out.mkdir()
+    for n in ("key", "key2", "key3"):
+        (vault / n).write_text("data\n")
+    mgr = PolicyManager(Tier.COMPAT)
+    mgr.apply_text(f"version: 1\nmode: enforce\nrules:\n  - {{name: vault, operations: [open-read], "
+                   f"objects: ['{vault}/'], action: deny}}\n", "v.yaml")
+    sensor = BpfSensor(cgroup_id=cg[1])
+    sensor.open()
+    try:
+        r = run_in(cg[0], ["/bin/sh", "-c", f"ln {vault}/key {out}/k && mv {vault}/key2 {out}/k2 && "
+                                            f"mv {vault}/key3 {vault}/key4"], timeout=TIMEOUT)
+        assert r.returncode == 0, r
+        evs = []
+        end = time.monotonic() + 2
+        while time.monotonic() < end:
+            evs += sensor.poll(0.05) or []
+    finally:
+        sensor.close()
+    procs = ProcessTable()
+    seen = []
+    for e in evs:        # as the agent's loop does before audit_event
+        procs.update(e)
+        seen.append(procs.enrich(e))
+    names = [e for e in seen if isinstance(e, FileEvent) and e.op in ("link", "rename")]
+    assert all(e.proc.exe for e in names), names
+    assert {(e.op, e.path, e.path2) for e in names} >= {
+        ("link", f"{vault}/key", f"{out}/k"), ("rename", f"{vault}/key2", f"{out}/k2"),
+        ("rename", f"{vault}/key3", f"{vault}/key4")}, names
+    found = {e.path2: mgr.audit_event(e, procs) for e in names}
+    assert found[f"{vault}/key4"] is None
+    for new in (f"{out}/k", f"{out}/k2"):
+        f = found[new]
+        assert f is not None, new
+        assert (f.rule, f.severity, f.enforced_by) == ("hips:vault", "high", "after-the-fact")
+        assert f.evidence["decision"] == "deny" and f.evidence["enforced"] is False
+        assert f.evidence["object"] == new

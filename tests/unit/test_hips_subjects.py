@@ -149,3 +149,40 @@ def test_a_subject_rule_still_beats_the_rule_for_everyone() -> None:
     assert m.decide_file(TASKS["chkpwd-in-app"], OP.OPEN_READ, SHADOW).action is A.KILL
     # nginx's "allow any" is a rule of its own subject: it beats everyone's deny
     assert m.decide_file(TASKS["nginx"], OP.OPEN_READ, SHADOW).action is A.ALLOW
+
+
+def test_compat_new_name_out_of_a_directory_object_is_an_alert(tmp_path: Path) -> None:
+    """compat cannot refuse a link/rename; the manager alerts one that leaves a dir/
+    object the task may not read or write (the lsm tier refuses it in the kernel)."""
+    from bastion.events import FileEvent, Proc
+    from bastion.policy.manager import PolicyManager
+    from bastion.proctable import ProcessTable
+    from bastion.tier import Tier
+
+    vault, out = tmp_path / "vault", tmp_path / "out"
+    vault.mkdir()
+    out.mkdir()
+    (vault / "key").write_text("k\n")
+    (vault / "w").write_text("w\n")
+    text = (f"version: 1\nmode: enforce\nrules:\n"
+            f"  - {{name: vault, operations: [open-write], objects: ['{vault}/'], action: audit}}\n")
+    proc = Proc(os.getpid(), os.getpid(), 1, 0, 0, 0, 1, "ln", 0, "/bin/ln")
+    os.link(vault / "key", out / "k")
+    os.link(vault / "key", vault / "k-inside")
+    link_out = FileEvent(1, proc, op="link", path=f"{vault}/key", path2=f"{out}/k")
+    link_in = FileEvent(1, proc, op="link", path=f"{vault}/key", path2=f"{vault}/k-inside")
+    failed = FileEvent(1, proc, op="link", path=f"{vault}/key", path2=f"{out}/never-made")
+    procs = ProcessTable()
+    for tier in (Tier.COMPAT, Tier.LSM):
+        mgr = PolicyManager(tier)
+        mgr.apply_text(text, "v.yaml")
+        f = mgr.audit_event(link_out, procs)
+        if tier is Tier.LSM:
+            assert f is None            # refused in inode_link, never after the fact
+            continue
+        assert f is not None and (f.rule, f.severity) == ("hips:vault", "medium")   # an audit rule
+        assert f.evidence["op"] == "link" and f.evidence["object"] == f"{out}/k"
+        assert mgr.audit_event(link_in, procs) is None
+        assert mgr.audit_event(failed, procs) is None
+        mgr.apply_text(text.replace("enforce", "learn"), "v.yaml")
+        assert mgr.audit_event(link_out, procs) is None

@@ -435,8 +435,8 @@ class FanotifyEnforcer:
             for rname in guarded.get(key, ()):
                 problems.append(
                     f"rule {rname!r}: a hard link or rename out of directory object {t.path} is "
-                    f"neither refused nor seen (fanotify has no link or rename permission event): "
-                    f"opens through the new name are not decided")
+                    f"not refused (fanotify has no link or rename permission event) and opens "
+                    f"through the new name are not decided; the agent alerts it after the fact")
             # a directory object: the directory and every subdirectory on its filesystem
             for dpath, dkey in subdirs(t.path, st, self.max_dirs):
                 ndirs += 1
