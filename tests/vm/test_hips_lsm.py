@@ -382,7 +382,7 @@ def test_link_and_rename_out_of_a_protected_tree(tmp_path: Path) -> None:
              _rule(2, Op.OPEN_WRITE, files=(_file(wvault, is_dir=True),)))
     plan = compile_plan(ResolvedPolicy(Mode.ENFORCE, Action.ALLOW, rules))
     with scoped_cgroup() as (cg, cgid):
-        hk = HipsKernel("lsm", cgroup_id=cgid, deadline_s=60, self_tgid=os.getpid())
+        hk = HipsKernel("lsm", cgroup_id=cgid, deadline_s=100, self_tgid=os.getpid())
         hk.open()
         try:
             hk.apply(plan)
@@ -391,6 +391,11 @@ def test_link_and_rename_out_of_a_protected_tree(tmp_path: Path) -> None:
             mvdir = run_in(cg, ["/bin/mv", f"{vault}/sub", f"{out}/sub"], timeout=30)
             wlink = run_in(cg, ["/bin/ln", f"{wvault}/f", f"{out}/f"], timeout=30)
             inside = run_in(cg, ["/bin/mv", f"{vault}/key2", f"{vault}/key3"], timeout=30)
+            # RENAME_EXCHANGE with the protected file as the *new* name: it moves out too
+            (out / "decoy").write_text("decoy\n")
+            exch = _py_errno(cg, "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                                 f"if libc.renameat2(-100, b'{out}/decoy', -100, b'{vault}/key', 2) != 0:\n"
+                                 "    raise OSError(ctypes.get_errno(), 'renameat2')")
             time.sleep(0.05)
             evs = hk.poll(0)
         finally:
@@ -401,6 +406,7 @@ def test_link_and_rename_out_of_a_protected_tree(tmp_path: Path) -> None:
     assert _denied(mvdir) and (vault / "sub" / "inner").exists() and not (out / "sub").exists(), mvdir
     assert _denied(wlink) and not (out / "f").exists(), wlink
     assert inside.returncode == 0, inside     # a new name inside the tree stays covered
+    assert exch == errno.EPERM and (vault / "key").read_text() == "data\n"
     assert (vault / "key3").exists()
     os.link(vault / "key", out / "k")         # outside the cgroup: allowed
     got = {(e.op, e.rule_id, e.enforced, e.path.rsplit("/", 1)[-1]) for e in evs}
