@@ -281,19 +281,17 @@ static long hips_walk_step(__u32 i, void *data)
 	return 0;
 }
 
-/* hips_rules for one subject: object, ancestors, ANY.  1 on a hit.
- * A global function: the verifier checks it once per program, not at each of
- * the (up to 5 per decision, 8 decisions per rename) places it is called
- * (6.1 verifies static functions again at every call site). */
-__attribute__((noinline)) int hips_file_search(const struct bastion_rule_key *who, __u32 flags,
+/* hips_rules for one subject: object, ancestors, ANY.  True on a hit.
+ * Inlined, never a global BPF function: a global function of a loaded
+ * program is a target for BPF_PROG_TYPE_EXT (freplace), which would let
+ * root swap our matcher out without detaching anything. */
+static __always_inline bool hips_file_search(const struct bastion_rule_key *who, __u32 flags,
 					     const struct hips_object *o,
 					     struct bastion_rule_val *out)
 {
 	struct bastion_rule_key k = {};
 	struct bastion_rule_val *v;
 
-	if (!who || !o || !out)
-		return 0;
 	k.gen = who->gen;
 	k.subject = who->subject;
 	k.op = who->op;
@@ -302,7 +300,7 @@ __attribute__((noinline)) int hips_file_search(const struct bastion_rule_key *wh
 	v = bpf_map_lookup_elem(&hips_rules, &k);
 	if (v) {
 		*out = *v;
-		return 1;
+		return true;
 	}
 	if ((flags & BASTION_HIPS_F_DIR_OBJECTS) && o->dentry) {
 		struct hips_walk w = { .key = k };
@@ -313,7 +311,7 @@ __attribute__((noinline)) int hips_file_search(const struct bastion_rule_key *wh
 		bpf_loop(HIPS_WALK_STEPS, hips_walk_step, &w, 0);
 		if (w.found) {
 			*out = w.val;
-			return 1;
+			return true;
 		}
 	}
 	k.dev = 0;
@@ -321,9 +319,9 @@ __attribute__((noinline)) int hips_file_search(const struct bastion_rule_key *wh
 	v = bpf_map_lookup_elem(&hips_rules, &k);
 	if (v) {
 		*out = *v;
-		return 1;
+		return true;
 	}
-	return 0;
+	return false;
 }
 
 /* ---- network objects ----------------------------------------------------- */
@@ -359,7 +357,7 @@ static __always_inline bool hips_rules_of(__u32 gen, __u32 subject, __u32 op, __
 	if (o) {
 		struct bastion_rule_key who = { .gen = gen, .subject = subject, .op = op };
 
-		return hips_file_search(&who, flags, o, out) != 0;
+		return hips_file_search(&who, flags, o, out);
 	}
 	return hips_net_rules(gen, subject, op, port, addr, out);
 }
