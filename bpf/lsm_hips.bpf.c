@@ -8,6 +8,9 @@
  * user space reads the running kernel's BTF and sets cfg_setattr_idmap, and
  * the verifier drops the other branch (frozen .rodata).
  *
+ * A hard link or a rename that takes a file or directory out of a directory
+ * object the task may not read or write is refused (lsm_new_name).
+ *
  * A rename over an existing name is also decided as OPEN_WRITE and UNLINK of
  * the file it replaces.  Files replaced legitimately (passwd, package
  * upgrades) get a new inode: user space re-resolves the policy's names
@@ -68,6 +71,43 @@ static __always_inline int lsm_file_path(__u32 op, struct dentry *dentry, struct
 
 	obj_of_path(&o, dentry, mnt);
 	return lsm_file(op, &o, dentry, mnt, 0);
+}
+
+/* A new name for the file or directory @old: a hard link, or a rename, to
+ * @new_dentry (its parent is the directory that gets the name).  Refused
+ * when the task's open-read or open-write decision for @old where it is now
+ * is stricter than it would be under the new name: a hard link or a move
+ * out of a protected directory object would give the data a name no rule
+ * covers (issue 14 item 2).  Reported as that open-read/open-write decision
+ * with the new name's path.  Only directory objects can be escaped this
+ * way: a rule on the inode itself follows it to every name. */
+static __always_inline int lsm_new_name(struct dentry *old, struct dentry *new_dentry)
+{
+	struct hips_object here = {}, there;
+	struct hips_decision d_here, d_there;
+	struct hips_facts f = {};
+	__u32 op;
+
+	obj_of_path(&here, old, NULL);
+	there = here;
+	there.dentry = new_dentry;
+	hips_facts_current(&f);
+#pragma clang loop unroll(full)
+	for (op = BASTION_OP_OPEN_READ; op <= BASTION_OP_OPEN_WRITE; op++) {
+		hips_decide(op, &f, &here, NULL, 0, &d_here);
+		if (d_here.action <= BASTION_ACT_ALLOW)
+			continue;
+		hips_decide(op, &f, &there, NULL, 0, &d_there);
+		if (d_there.action >= d_here.action)
+			continue;
+		hips_report_file(op, &d_here, BASTION_MECH_LSM, &here, new_dentry, NULL, 0);
+		if (!hips_refuses(&d_here))
+			continue;
+		if (d_here.action == BASTION_ACT_KILL)
+			bpf_send_signal(SIGKILL_);
+		return -EPERM_;
+	}
+	return 0;
 }
 
 /* Create-like ops: the object is the directory that gets the new name. */
@@ -166,8 +206,13 @@ SEC("lsm/inode_link")
 int BPF_PROG(hips_inode_link, struct dentry *old_dentry, struct inode *dir,
 	     struct dentry *new_dentry)
 {
+	int err;
+
 	if (hips_off())
 		return 0;
+	err = lsm_new_name(old_dentry, new_dentry);
+	if (err)
+		return err;
 	return lsm_create(dir, new_dentry);
 }
 
@@ -197,6 +242,9 @@ int BPF_PROG(hips_inode_rename, struct inode *old_dir, struct dentry *old_dentry
 	if (hips_off())
 		return 0;
 	err = lsm_file_path(BASTION_OP_RENAME, old_dentry, NULL);
+	if (err)
+		return err;
+	err = lsm_new_name(old_dentry, new_dentry);
 	if (err)
 		return err;
 	/* Renaming over an existing name replaces that file: it is a write of

@@ -276,7 +276,7 @@ int on_openat2(void *ctx)
 SEC("tracepoint/syscalls/sys_exit_openat2")
 int on_openat2_ret(void *ctx) { return open_exit(RET(ctx)); }
 
-/* A file event about a path argument (unlink, chmod, chown, rename). */
+/* A file event about a path argument (unlink, chmod, chown, rename, link). */
 static __always_inline struct bastion_file_event *file_path_event(__u32 op, int dfd,
 								  const char *upath)
 {
@@ -348,15 +348,22 @@ int on_unlinkat(void *ctx) { return unlink_ev(ARG(ctx, 0), (const char *)ARG(ctx
 SEC("tracepoint/syscalls/sys_enter_unlink")
 int on_unlink(void *ctx) { return unlink_ev(AT_FDCWD_, (const char *)ARG(ctx, 0)); }
 
-static __always_inline int rename_ev(int odfd, const char *old, int ndfd, const char *new)
+/* rename and link: the existing name, and the new one in path2. */
+static __always_inline int two_path_ev(__u32 op, int odfd, const char *old, int ndfd,
+				       const char *new)
 {
-	struct bastion_file_event *e = file_path_event(BASTION_FILE_RENAME, odfd, old);
+	struct bastion_file_event *e = file_path_event(op, odfd, old);
 
 	if (!e)
 		return 0;
 	e->hdr.flags |= user_path_at(ndfd, new, e->path2, e->dir2, BASTION_F_RELATIVE2);
 	SUBMIT(e);
 	return 0;
+}
+
+static __always_inline int rename_ev(int odfd, const char *old, int ndfd, const char *new)
+{
+	return two_path_ev(BASTION_FILE_RENAME, odfd, old, ndfd, new);
 }
 
 SEC("tracepoint/syscalls/sys_enter_renameat2")
@@ -376,6 +383,20 @@ int on_rename(void *ctx)
 {
 	return rename_ev(AT_FDCWD_, (const char *)ARG(ctx, 0), AT_FDCWD_,
 			 (const char *)ARG(ctx, 1));
+}
+
+/* A hard link (AT_SYMLINK_FOLLOW of linkat is not resolved: path is the name given). */
+SEC("tracepoint/syscalls/sys_enter_linkat")
+int on_linkat(void *ctx)
+{
+	return two_path_ev(BASTION_FILE_LINK, ARG(ctx, 0), (const char *)ARG(ctx, 1), ARG(ctx, 2),
+			   (const char *)ARG(ctx, 3));
+}
+SEC("tracepoint/syscalls/sys_enter_link")
+int on_link(void *ctx)
+{
+	return two_path_ev(BASTION_FILE_LINK, AT_FDCWD_, (const char *)ARG(ctx, 0), AT_FDCWD_,
+			   (const char *)ARG(ctx, 1));
 }
 
 static __always_inline int chmod_ev(struct bastion_file_event *e, __u32 mode)

@@ -57,6 +57,7 @@ enum bastion_file_op {
 	BASTION_FILE_RENAME = 3,
 	BASTION_FILE_CHMOD = 4,
 	BASTION_FILE_CHOWN = 5,
+	BASTION_FILE_LINK = 6,   /* a hard link: path = the file, path2 = the new name */
 };
 
 enum bastion_net_op {
@@ -286,16 +287,16 @@ struct bastion_inode_rule {
 /* Decision for (task, op, object), identical in the kernel and in the  */
 /* Python reference matcher (policy/match.py):                          */
 /*   gen     = hips_state[0].active_gen                                 */
-/*   subject = first hit of hips_subjects[(gen, kind, a, b)] for kind   */
+/*   subjects = every hit of hips_subjects[(gen, kind, a, b)] for kind  */
 /*             EXE (exe inode), PARENT_EXE (parent's exe inode), UID,   */
-/*             CGROUP, in that order; else 0 (everyone)                 */
-/*   for s in (subject, 0):                                             */
-/*     for o in (object inode, its ancestor directories (up to 16),     */
-/*               ANY (ino 0, dev 0)):                                   */
-/*       if hips_rules[(gen, s, op, o)] exists: that is the decision    */
-/*   else hips_gens[gen].default_action                                 */
+/*             CGROUP (four lookups, in that order)                     */
+/*   rule(s) = first hips_rules[(gen, s, op, o)] for o in (object       */
+/*             inode, its ancestor directories (up to 16), ANY (0, 0))  */
+/*   decision = the strictest rule(s) over the subjects (action value:  */
+/*             kill > deny > audit > allow; a tie: the earlier subject);*/
+/*             none: rule(0) (everyone); none: hips_gens[gen].default   */
 /* Network ops use hips_net (LPM trie on gen|subject|op|port|addr),     */
-/* port first exact then 0 (any), subject first specific then 0.        */
+/* port first exact then 0 (any), the same subject procedure.           */
 /* A policy swap writes generation N+1 completely, flips active_gen in  */
 /* one map update, then deletes generation N: at every instant exactly  */
 /* one complete policy holds.                                           */

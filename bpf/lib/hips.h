@@ -4,12 +4,14 @@
  * HIPS section of bastion.h, and the decision report.
  *
  * The decision is identical to src/bastion/policy/match.py:
- *   subject = first hit of hips_subjects[(gen, kind, a, b)] for EXE,
- *             PARENT_EXE, UID, CGROUP; else 0
- *   for s in (subject, 0): for o in (object, ancestors (<= 16, only with
- *   BASTION_HIPS_F_DIR_OBJECTS), ANY): hips_rules[(gen, s, op, o)]
- *   else hips_gens[gen].default_action; no policy (gen 0): allow.
- * Network: hips_net LPM trie, subject (specific, 0) x port (exact, 0).
+ *   subjects = every hit of hips_subjects[(gen, kind, a, b)] for EXE,
+ *              PARENT_EXE, UID, CGROUP (four lookups)
+ *   rule(s) = first of hips_rules[(gen, s, op, o)] for o in (object,
+ *             ancestors (<= 16, only with BASTION_HIPS_F_DIR_OBJECTS), ANY)
+ *   the strictest rule(s) over the subjects (kill > deny > audit > allow;
+ *   a tie: the earlier subject); none: rule(0) (everyone); none:
+ *   hips_gens[gen].default_action; no policy (gen 0): allow.
+ * Network: hips_net LPM trie, port (exact, 0), the same subject order.
  *
  * A policy swap (user space) writes generation N+1, flips active_gen, then
  * deletes generation N.  A decision reads active_gen before and after it
@@ -189,35 +191,26 @@ static __always_inline void hips_facts_current(struct hips_facts *f)
 	f->cgroup_id = bpf_get_current_cgroup_id();
 }
 
-static __always_inline __u32 hips_subject(__u32 gen, const struct hips_facts *f)
-{
-	struct bastion_subject_key k = { .gen = gen };
-	__u32 *sid;
+/* Every subject the task matches, one lookup per kind, in the order EXE,
+ * PARENT_EXE, UID, CGROUP; 0 where that kind names no subject. */
+#define HIPS_SUBJ_KINDS 4
 
-	k.kind = BASTION_SUBJ_EXE;
-	k.a = f->exe_ino;
-	k.b = f->exe_dev;
-	sid = bpf_map_lookup_elem(&hips_subjects, &k);
-	if (sid)
-		return *sid;
-	k.kind = BASTION_SUBJ_PARENT_EXE;
-	k.a = f->parent_exe_ino;
-	k.b = f->parent_exe_dev;
-	sid = bpf_map_lookup_elem(&hips_subjects, &k);
-	if (sid)
-		return *sid;
-	k.kind = BASTION_SUBJ_UID;
-	k.a = f->uid;
-	k.b = 0;
-	sid = bpf_map_lookup_elem(&hips_subjects, &k);
-	if (sid)
-		return *sid;
-	k.kind = BASTION_SUBJ_CGROUP;
-	k.a = f->cgroup_id;
-	sid = bpf_map_lookup_elem(&hips_subjects, &k);
-	if (sid)
-		return *sid;
-	return 0;
+static __always_inline __u32 hips_subject_of(__u32 gen, __u32 kind, __u64 a, __u64 b)
+{
+	struct bastion_subject_key k = { .gen = gen, .kind = kind, .a = a, .b = b };
+	__u32 *sid = bpf_map_lookup_elem(&hips_subjects, &k);
+
+	return sid ? *sid : 0;
+}
+
+static __always_inline void hips_subjects_of(__u32 gen, const struct hips_facts *f,
+					     __u32 sids[HIPS_SUBJ_KINDS])
+{
+	sids[0] = hips_subject_of(gen, BASTION_SUBJ_EXE, f->exe_ino, f->exe_dev);
+	sids[1] = hips_subject_of(gen, BASTION_SUBJ_PARENT_EXE, f->parent_exe_ino,
+				  f->parent_exe_dev);
+	sids[2] = hips_subject_of(gen, BASTION_SUBJ_UID, f->uid, 0);
+	sids[3] = hips_subject_of(gen, BASTION_SUBJ_CGROUP, f->cgroup_id, 0);
 }
 
 /* ---- file objects ------------------------------------------------------ */
@@ -288,14 +281,20 @@ static long hips_walk_step(__u32 i, void *data)
 	return 0;
 }
 
-/* hips_rules for one subject: object, ancestors, ANY.  True on a hit. */
-static __always_inline bool hips_file_rules(__u32 gen, __u32 subject, __u32 op, __u32 flags,
-					    const struct hips_object *o,
-					    struct bastion_rule_val *out)
+/* hips_rules for one subject: object, ancestors, ANY.  True on a hit.
+ * Inlined, never a global BPF function: a global function of a loaded
+ * program is a target for BPF_PROG_TYPE_EXT (freplace), which would let
+ * root swap our matcher out without detaching anything. */
+static __always_inline bool hips_file_search(const struct bastion_rule_key *who, __u32 flags,
+					     const struct hips_object *o,
+					     struct bastion_rule_val *out)
 {
-	struct bastion_rule_key k = { .gen = gen, .subject = subject, .op = op };
+	struct bastion_rule_key k = {};
 	struct bastion_rule_val *v;
 
+	k.gen = who->gen;
+	k.subject = who->subject;
+	k.op = who->op;
 	k.dev = o->dev;
 	k.ino = o->ino;
 	v = bpf_map_lookup_elem(&hips_rules, &k);
@@ -350,16 +349,35 @@ static __always_inline bool hips_net_rules(__u32 gen, __u32 subject, __u32 op, _
 
 /* ---- the decision ------------------------------------------------------------ */
 
+/* hips_rules or hips_net for one subject: its most specific rule. */
+static __always_inline bool hips_rules_of(__u32 gen, __u32 subject, __u32 op, __u32 flags,
+					  const struct hips_object *o, const __u8 *addr, __u16 port,
+					  struct bastion_rule_val *out)
+{
+	if (o) {
+		struct bastion_rule_key who = { .gen = gen, .subject = subject, .op = op };
+
+		return hips_file_search(&who, flags, o, out);
+	}
+	return hips_net_rules(gen, subject, op, port, addr, out);
+}
+
 /* One attempt at generation @gen.  @o is a file object, or NULL with
- * @addr/@port for a network op. */
+ * @addr/@port for a network op.  Every subject the task matches is asked
+ * for its most specific rule and the strictest answer wins (actions are
+ * ordered allow < audit < deny < kill; on a tie the earlier subject); only
+ * when none of them has a rule do the rules for everyone (subject 0), then
+ * the default, decide.  At most HIPS_SUBJ_KINDS + 1 rule searches. */
 static __always_inline void hips_decide_once(__u32 gen, __u32 op, const struct hips_facts *f,
 					     const struct hips_object *o, const __u8 *addr,
 					     __u16 port, struct hips_decision *d)
 {
 	struct bastion_hips_gen *g = bpf_map_lookup_elem(&hips_gens, &gen);
-	struct bastion_rule_val val = {};
-	__u32 flags = 0, s;
-	bool hit;
+	struct bastion_rule_val val = {}, best = {};
+	__u32 sids[HIPS_SUBJ_KINDS];
+	__u32 flags = 0, first = 0, win = 0;
+	bool found = false;
+	int i;
 
 	d->gen = gen;
 	d->mode = BASTION_MODE_ENFORCE;
@@ -371,21 +389,31 @@ static __always_inline void hips_decide_once(__u32 gen, __u32 op, const struct h
 	d->mode = g->mode;
 	d->action = g->default_action;
 	flags = g->flags;
-	s = hips_subject(gen, f);
-	d->subject = s;
-	if (o)
-		hit = hips_file_rules(gen, s, op, flags, o, &val);
-	else
-		hit = hips_net_rules(gen, s, op, port, addr, &val);
-	if (!hit && s) {
-		if (o)
-			hit = hips_file_rules(gen, 0, op, flags, o, &val);
-		else
-			hit = hips_net_rules(gen, 0, op, port, addr, &val);
+	hips_subjects_of(gen, f, sids);
+	/* Unrolled: 6.1's verifier refuses the back-edge of the loop clang makes. */
+#pragma clang loop unroll(full)
+	for (i = 0; i < HIPS_SUBJ_KINDS; i++) {
+		__u32 s = sids[i];
+
+		if (!s)
+			continue;
+		if (!first)
+			first = s;
+		if (hips_rules_of(gen, s, op, flags, o, addr, port, &val) &&
+		    (!found || val.action > best.action)) {
+			best = val;
+			win = s;
+			found = true;
+		}
 	}
-	if (hit) {
-		d->action = val.action;
-		d->rule_id = val.rule_id;
+	if (!found) {
+		win = first; /* reported: the task's first subject */
+		found = hips_rules_of(gen, 0, op, flags, o, addr, port, &best);
+	}
+	d->subject = win;
+	if (found) {
+		d->action = best.action;
+		d->rule_id = best.rule_id;
 	}
 }
 

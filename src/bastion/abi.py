@@ -62,6 +62,7 @@ class FileOp(enum.IntEnum):
     RENAME = 3
     CHMOD = 4
     CHOWN = 5
+    LINK = 6
 
 
 class NetOp(enum.IntEnum):

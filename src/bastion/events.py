@@ -89,9 +89,9 @@ class ExitEvent(_Base):
 
 @dataclass(frozen=True, slots=True)
 class FileEvent(_Base):
-    op: str = "open"       # open, unlink, rename, chmod, chown
+    op: str = "open"       # open, unlink, rename, chmod, chown, link
     path: str = ""         # absolute where the kernel could resolve it
-    path2: str = ""        # rename: the new name
+    path2: str = ""        # rename, link: the new name
     flags: int = 0         # open(2) flags
     mode: int = 0          # open create mode / chmod mode
     owner_uid: int = -1    # chown
@@ -559,7 +559,7 @@ def summary(ev: Event) -> str:
     if isinstance(ev, ExitEvent):
         return f"signal {ev.signal}" if ev.signal else f"code {ev.exit_code}"
     if isinstance(ev, FileEvent):
-        return f"{ev.path} -> {ev.path2}" if ev.op == "rename" else ev.path
+        return f"{ev.path} -> {ev.path2}" if ev.op in ("rename", "link") else ev.path
     if isinstance(ev, NetEvent):
         return f"{ev.daddr}:{ev.dport}" if ev.op == "connect" else f"{ev.saddr}:{ev.sport}"
     if isinstance(ev, KillEvent):

@@ -24,6 +24,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bastion import abi  # noqa: E402
 from bastion.enforce.hips_kernel import HipsKernel  # noqa: E402
 from bastion.errors import Location  # noqa: E402
 from bastion.events import HipsEvent  # noqa: E402
@@ -322,3 +323,92 @@ def test_file_replaced_by_rename_stays_protected_and_alerts(tmp_path: Path) -> N
     from support.policy_drift import replaced_file_stays_protected
 
     replaced_file_stays_protected(Tier.LSM, tmp_path)
+
+
+# ---- issue 14 item 2: several subjects, strictest wins; new names out of protected trees ----
+
+
+def _subject_rule(rid: int, op: Op, files: tuple[FileTarget, ...], action: Action,
+                  ids: tuple[tuple[int, int, int], ...]) -> ResolvedRule:
+    return ResolvedRule(rid, f"s{rid}-{op.value}", Location("test", rid), ids, "test", (op,),
+                        files, (), action)
+
+
+def test_cgroup_and_uid_deny_not_shadowed_by_an_exe_allow(tmp_path: Path) -> None:
+    """Before: a task had one subject, the first of exe, parent, uid, cgroup that some
+    rule named; an exe rule (even one that allows) hid every uid and cgroup rule."""
+    mycat = tmp_path / "mycat"
+    shutil.copy("/bin/cat", mycat)
+    s1, s2 = tmp_path / "s1", tmp_path / "s2"
+    s1.write_text("one\n")
+    s2.write_text("two\n")
+    cat_id = (abi.SubjectKind.EXE, _file(mycat).ino, _file(mycat).dev)
+    with scoped_cgroup() as (cg, cgid):
+        rules = (
+            _subject_rule(1, Op.OPEN_READ, (_file(s1),), Action.DENY, ((abi.SubjectKind.CGROUP, cgid, 0),)),
+            _subject_rule(2, Op.OPEN_READ, (_file(s1),), Action.ALLOW, (cat_id,)),
+            _subject_rule(3, Op.OPEN_READ, (_file(s2),), Action.DENY, ((abi.SubjectKind.UID, 0, 0),)),
+            _subject_rule(4, Op.OPEN_READ, (FileTarget(0, 0, False, "any"),), Action.ALLOW, (cat_id,)),
+        )
+        plan = compile_plan(ResolvedPolicy(Mode.ENFORCE, Action.ALLOW, rules))
+        hk = HipsKernel("lsm", cgroup_id=cgid, deadline_s=60, self_tgid=os.getpid())
+        hk.open()
+        try:
+            hk.apply(plan)
+            r1 = run_in(cg, [str(mycat), str(s1)], timeout=30)
+            r2 = run_in(cg, [str(mycat), str(s2)], timeout=30)
+            r3 = run_in(cg, ["/bin/cat", str(s2)], timeout=30)
+            time.sleep(0.05)
+            evs = [e for e in hk.poll(0) if e.op == "open-read"]
+        finally:
+            hk.close()
+    assert _denied(r1) and "one" not in r1.stdout, r1
+    assert _denied(r2) and "two" not in r2.stdout, r2
+    assert _denied(r3), r3
+    assert s1.read_text() == "one\n"     # outside the cgroup: allowed
+    got = {(e.rule_id, e.action, e.enforced) for e in evs}
+    assert {(1, "deny", True), (3, "deny", True)} <= got, evs
+
+
+def test_link_and_rename_out_of_a_protected_tree(tmp_path: Path) -> None:
+    """Before: `ln vault/key out/k` or `mv vault/key out/` gave the data a name
+    outside the directory object, which no rule covered."""
+    vault, wvault, out = tmp_path / "vault", tmp_path / "wvault", tmp_path / "out"
+    for d in (vault, wvault, out, vault / "sub"):
+        d.mkdir()
+    for f in (vault / "key", vault / "key2", vault / "sub" / "inner", wvault / "f"):
+        f.write_text("data\n")
+    rules = (_rule(1, Op.OPEN_READ, files=(_file(vault, is_dir=True),)),
+             _rule(2, Op.OPEN_WRITE, files=(_file(wvault, is_dir=True),)))
+    plan = compile_plan(ResolvedPolicy(Mode.ENFORCE, Action.ALLOW, rules))
+    with scoped_cgroup() as (cg, cgid):
+        hk = HipsKernel("lsm", cgroup_id=cgid, deadline_s=100, self_tgid=os.getpid())
+        hk.open()
+        try:
+            hk.apply(plan)
+            link = run_in(cg, ["/bin/sh", "-c", f"ln {vault}/key {out}/k && cat {out}/k"], timeout=30)
+            mv = run_in(cg, ["/bin/mv", f"{vault}/key2", f"{out}/k2"], timeout=30)
+            mvdir = run_in(cg, ["/bin/mv", f"{vault}/sub", f"{out}/sub"], timeout=30)
+            wlink = run_in(cg, ["/bin/ln", f"{wvault}/f", f"{out}/f"], timeout=30)
+            inside = run_in(cg, ["/bin/mv", f"{vault}/key2", f"{vault}/key3"], timeout=30)
+            # RENAME_EXCHANGE with the protected file as the *new* name: it moves out too
+            (out / "decoy").write_text("decoy\n")
+            exch = _py_errno(cg, "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                                 f"if libc.renameat2(-100, b'{out}/decoy', -100, b'{vault}/key', 2) != 0:\n"
+                                 "    raise OSError(ctypes.get_errno(), 'renameat2')")
+            time.sleep(0.05)
+            evs = hk.poll(0)
+        finally:
+            hk.close()
+    assert _denied(link) and "data" not in link.stdout, link
+    assert not (out / "k").exists()
+    assert _denied(mv) and not (out / "k2").exists(), mv
+    assert _denied(mvdir) and (vault / "sub" / "inner").exists() and not (out / "sub").exists(), mvdir
+    assert _denied(wlink) and not (out / "f").exists(), wlink
+    assert inside.returncode == 0, inside     # a new name inside the tree stays covered
+    assert exch == errno.EPERM and (vault / "key").read_text() == "data\n"
+    assert (vault / "key3").exists()
+    os.link(vault / "key", out / "k")         # outside the cgroup: allowed
+    got = {(e.op, e.rule_id, e.enforced, e.path.rsplit("/", 1)[-1]) for e in evs}
+    assert {("open-read", 1, True, "k"), ("open-read", 1, True, "k2"), ("open-read", 1, True, "sub"),
+            ("open-write", 2, True, "f")} <= got, evs

@@ -351,6 +351,7 @@ class FanotifyEnforcer:
         problems: list[str] = []
         ops: dict[tuple[int, int], set[abi.HipsOp]] = {}
         denied: dict[tuple[int, int], set[abi.HipsOp]] = {}   # ops a deny/kill rule covers
+        guarded: dict[tuple[int, int], list[str]] = {}        # rules that restrict opens
         for (_subj, op_raw, dev, ino), (act, rid) in plan.rules:
             op = abi.HipsOp(op_raw)
             action = abi.HipsAction(act)
@@ -368,6 +369,9 @@ class FanotifyEnforcer:
                                     f"inodes other rules name (no filesystem-wide mark)")
                 continue
             ops.setdefault((dev, ino), set()).add(op)
+            if action is not abi.HipsAction.ALLOW and op is not abi.HipsOp.EXEC \
+                    and rname not in guarded.get((dev, ino), ()):
+                guarded.setdefault((dev, ino), []).append(rname)
             if action in (abi.HipsAction.DENY, abi.HipsAction.KILL):
                 denied.setdefault((dev, ino), set()).add(op)
         if plan.default_action in (abi.HipsAction.DENY, abi.HipsAction.KILL):
@@ -428,6 +432,11 @@ class FanotifyEnforcer:
                 add(key, t.path, mask | FAN_ONDIR)   # a rule on opening the directory itself
                 continue
             tops.append(key)
+            for rname in guarded.get(key, ()):
+                problems.append(
+                    f"rule {rname!r}: a hard link or rename out of directory object {t.path} is "
+                    f"not refused (fanotify has no link or rename permission event) and opens "
+                    f"through the new name are not decided; the agent alerts it after the fact")
             # a directory object: the directory and every subdirectory on its filesystem
             for dpath, dkey in subdirs(t.path, st, self.max_dirs):
                 ndirs += 1

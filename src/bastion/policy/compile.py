@@ -6,11 +6,14 @@ users and cgroups to numbers.  ``compile_plan`` is a pure, deterministic
 function from the resolved policy to the exact map entries the kernel
 matcher reads (layout in bpf/include/bastion.h); golden tests pin its output.
 
-Precedence (documented in docs/policy.md): a process has one subject — the
-first of its exe, its parent's exe, its uid, its cgroup that some rule names;
-a rule for that subject beats a rule for everyone; then the most specific
-object wins (the file, then its nearest ancestor directory, then ``any``);
-then the policy's default.  Two rules giving different actions to the same
+Precedence (documented in docs/policy.md): a process matches every subject
+some rule names — its exe, its parent's exe, its uid, its cgroup; for each the
+most specific object wins (the file, then its nearest ancestor directory, then
+``any``) and across them the strictest action (kill > deny > audit > allow);
+only when none of its subjects has a rule, the rule for everyone; then the
+policy's default.  The plan needs no order between subjects: each identity is
+its own subject id, and the matcher (kernel and policy/match.py) asks them
+all.  Two rules giving different actions to the same
 (subject, operation, object) are a contradiction and an error.
 """
 

@@ -69,6 +69,16 @@ def _inode(path: str) -> tuple[int, int]:
     return (kernel_dev(st.st_dev), st.st_ino)
 
 
+def _ancestors(path: str) -> list[tuple[int, int]]:
+    """The directories above ``path``, nearest first (up to 16, as the kernel walks)."""
+    out: list[tuple[int, int]] = []
+    d = os.path.dirname(path)
+    while d and d != "/" and len(out) < 16:
+        out.append(_inode(d))
+        d = os.path.dirname(d)
+    return out
+
+
 def _inode_via(r: Resolver, path: str) -> tuple[int, int]:
     try:
         st = r.stat(path)
@@ -213,7 +223,13 @@ class PolicyManager:
         stat()ing the event's path now (a removed file is matched through its
         directories only)."""
         cur = self.current
-        if cur is None or not cur.degraded or cur.policy.hips.mode is Mode.LEARN:
+        if cur is None or cur.policy.hips.mode is Mode.LEARN:
+            return None
+        if isinstance(ev, FileEvent) and ev.op in ("link", "rename") and self.tier != Tier.LSM:
+            escaped = self._new_name(ev, procs, cur)
+            if escaped is not None:
+                return escaped
+        if not cur.degraded:
             return None
         op = _AFTER_THE_FACT.get(ev.type)
         if op is None or mechanism(op, self.tier) is not None:
@@ -246,6 +262,40 @@ class PolicyManager:
                         rule_id=dec.rule_id, subject=dec.subject, mechanism="after-the-fact",
                         enforced=False, gen=cur.gen, path=path)
         return self.finding(hev)
+
+    def _new_name(self, ev: FileEvent, procs: ProcessTable, cur: Applied) -> Finding | None:
+        """compat tier: a hard link or rename cannot be refused (fanotify has no such
+        permission event), and a directory object marks only directories: a new name
+        out of a ``dir/`` object the task may not read or write escapes its rule.  The
+        lsm tier refuses it (``inode_link``/``inode_rename``); here it is an alert after
+        the fact, when the task's open-read or open-write decision for the file at the
+        old name is stricter than at the new one."""
+        if not ev.path2 or not cur.plan.flags & abi.HIPS_F_DIR_OBJECTS:
+            return None
+        obj = _inode(ev.path2)
+        if obj == (0, 0):
+            return None          # the link/rename failed, or the new name is gone again
+        facts = _facts(ev, procs)
+        if facts is None:
+            return None
+        matcher = self._matcher or Matcher(cur.plan)
+        self._matcher = matcher
+        here, there = _ancestors(ev.path), _ancestors(ev.path2)
+        for op in (abi.HipsOp.OPEN_READ, abi.HipsOp.OPEN_WRITE):
+            d_here = matcher.decide_file(facts, op, obj, here)
+            if d_here.action is abi.HipsAction.ALLOW:
+                continue
+            if matcher.decide_file(facts, op, obj, there).action >= d_here.action:
+                continue
+            hev = HipsEvent(ev.time_ns, ev.proc, op=ev.op, action=d_here.action.name.lower(),
+                            rule_id=d_here.rule_id, subject=d_here.subject,
+                            mechanism="after-the-fact", enforced=False, gen=cur.gen,
+                            path=ev.path2, dev=obj[0], ino=obj[1])
+            refused_here = d_here.action in (abi.HipsAction.DENY, abi.HipsAction.KILL)
+            return replace(self.finding(hev), severity="high" if refused_here else "medium",
+                           title=f"HIPS {ev.op} out of a protected directory (not refusable on "
+                                 f"this tier): {ev.path} -> {ev.path2}")
+        return None
 
     def file_stats(self) -> dict[str, int | float]:
         """The compat file enforcer's counters ({} without one): ``fail_opens`` (opens
