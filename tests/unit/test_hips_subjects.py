@@ -2,7 +2,7 @@
 and the strictest wins (kill > deny > audit > allow).  Golden: the compiled plan
 of a policy with overlapping subjects and the reference matcher's decision for
 each kind of task (the kernel matcher is held to the same decisions by
-tests/kernel/test_hips_subjects.py and tests/vm/test_hips_lsm.py)."""
+tests/kernel/test_hips_subjects_live.py and tests/vm/test_hips_lsm.py)."""
 
 from __future__ import annotations
 
