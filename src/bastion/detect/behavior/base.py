@@ -23,13 +23,16 @@ import ipaddress
 import os
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from bastion.detect.engine import Finding, RuleContext
 from bastion.events import Event
 from bastion.detect.behavior.state import BoundedState, Limits, ProcKey, proc_key, tree_key
 from bastion.detect.behavior.trust import ExeTrust
 from bastion.proctable import ProcEntry
+
+if TYPE_CHECKING:
+    from bastion.detect.behavior.provenance import Provenance
 
 NS = 1_000_000_000
 ACTIONS = ("alert", "kill", "kill-tree", "quarantine")
@@ -72,6 +75,14 @@ class BehaviorRule:
         self.severity_override = s.severity
         self._states: list[BoundedState[Any, Any]] = []
         self.trust = ExeTrust()   # behavior_rules() shares one among the pack
+        self.prov: Provenance | None = None   # behavior_rules() shares the pack's tracker
+
+    def untrusted(self, ev: Event, ctx: RuleContext) -> tuple[dict[str, str], ProcKey | None]:
+        """The actor's untrusted-provenance reasons and the tree to stop (see
+        :mod:`.provenance`); none without a tracker."""
+        if self.prov is None:
+            return {}, None
+        return self.prov.reasons(ev, ctx)
 
     def trusted(self, ev: Event, ctx: RuleContext, names: Iterable[str], depth: int = 3) -> bool:
         """:func:`trusted` with this rule's :class:`ExeTrust`."""

@@ -36,12 +36,14 @@ from bastion.detect.behavior.base import (
     SingleEvent, Step, ThresholdRule, actor_names, base, glob_any, is_interpreter,
     is_loopback, is_public_peer, is_shell, norm_interp, package_installer, under,
 )
-from bastion.detect.behavior.state import BoundedState, Limits
+from bastion.detect.behavior.provenance import block, script_of
+from bastion.detect.behavior.state import BoundedState, Limits, ProcKey, proc_key
 from bastion.detect.engine import RuleContext
 from bastion.events import (
     BpfEvent, Event, ExecEvent, FileEvent, HipsEvent, KillEvent, NetEvent,
     PtraceEvent,
 )
+from bastion.proctable import ProcEntry
 
 O_ACCMODE, O_CREAT, O_TRUNC = 0o3, 0o100, 0o1000
 
@@ -286,9 +288,46 @@ class ReverseShell(SequenceRule):
         return hits
 
 
-_REVSHELL_ARGV = re.compile(
-    r"/dev/(tcp|udp)/|\b(nc|ncat|netcat)\b.*\s-(e|c)\s|socat\b.*\b(exec|system):|"
-    r"\bsocket\.socket\(.*\bdup2\(|\bfsockopen\(|\bTCPSocket\.(new|open)")
+# Matched on structure: the /dev/tcp redirection in a shell's own script; the
+# socket-and-dup2 idiom in the code an interpreter runs (the argument of -c/-e/-r);
+# nc/ncat/netcat run with an exec option; socat with an EXEC/SYSTEM address.
+# Never on the joined command line: `python -c ...` run from a directory named
+# `nc` is no netcat (the old `\b(nc|ncat|netcat)\b.*\s-(e|c)\s` killed it).
+_DEV_TCP = re.compile(r"/dev/(tcp|udp)/")
+_INTERP_SOCKET = re.compile(r"\bsocket\.socket\(.*\bdup2\(|\bfsockopen\(|\bTCPSocket\.(new|open)|"
+                            r"\bsocket\(.*\bopen\(\s*STD(IN|OUT)|\bnet\.(connect|Socket)\(.*spawn",
+                            re.S)
+NETCATS = frozenset({"nc", "ncat", "netcat", "nc.traditional", "nc.openbsd"})
+_NC_EXEC = frozenset({"-e", "-c", "--exec", "--sh-exec", "--lua-exec"})
+
+
+def revshell_structure(ev: ExecEvent) -> str | None:
+    """What in this exec is a reverse/bind-shell construct (None: nothing)."""
+    exe = base(ev.proc.exe)
+    argv0 = base(ev.argv[0]) if ev.argv else ""
+    args = list(ev.argv[1:])
+    if exe in NETCATS or argv0 in NETCATS:
+        for a in args:
+            # -e PROG, -c CMD, or bundled short options ending in e/c (-lvpe, -nve)
+            if a in _NC_EXEC or (a.startswith("-") and not a.startswith("--") and len(a) > 2
+                                 and a[-1] in "ec" and a[1:].isalpha()):
+                return f"{exe or argv0} {a}"
+        return None
+    if exe == "socat" or argv0 == "socat":
+        for a in args:
+            if re.match(r"(?i)(exec|system):", a):
+                return f"socat {a.split(',')[0][:40]}"
+        return None
+    if is_shell(ev.proc.exe):
+        for i, a in enumerate(args):
+            if i > 0 and args[i - 1] == "-c" and _DEV_TCP.search(a):
+                return _DEV_TCP.search(a).group(0)  # type: ignore[union-attr]
+        return None
+    if is_interpreter(ev.proc.exe):
+        for i, a in enumerate(args):
+            if i > 0 and args[i - 1] in ("-c", "-e", "-r", "-E") and _INTERP_SOCKET.search(a):
+                return _INTERP_SOCKET.search(a).group(0)[:40]  # type: ignore[union-attr]
+    return None
 
 
 # bash's /dev/tcp is also a plain client (wait-for-it port probes, health
@@ -320,15 +359,16 @@ class ReverseShellCommand(SingleEvent):
     def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
         if isinstance(ev, ExecEvent):
             line = " ".join(ev.argv)
-            m = _REVSHELL_ARGV.search(line)
-            if m and m.group(0).startswith("/dev/") and \
+            m = revshell_structure(ev)
+            if m and m.startswith("/dev/") and \
                     not any(_STDIO_WIRING.search(a) for a in ev.argv):
                 return Hit(f"Shell network redirection (no stdio wiring): {line[:120]}",
-                           {"argv": list(ev.argv), "match": m.group(0)},
+                           {"argv": list(ev.argv), "match": m},
                            severity="medium", action="alert")
             if m:
-                return Hit(f"Reverse shell command line: {line[:120]}", {"argv": list(ev.argv),
-                                                                         "match": m.group(0)})
+                return Hit(f"Reverse shell command line: {line[:120]}",
+                           {"argv": list(ev.argv), "match": m,
+                            "prevented": "the shell's session over the network"})
         if isinstance(ev, NetEvent) and ev.op == "connect" and ev.family in ("inet", "inet6") \
                 and is_shell(ev.proc.exe):
             local = is_loopback(ev.daddr)
@@ -421,15 +461,22 @@ class DownloadExecute(BehaviorRule):
                             action="alert")]
             return []
         if isinstance(ev, ExecEvent):
-            for p in {ev.proc.exe, ev.filename, *(ev.argv[1:2] if ev.argv and
-                                                  (is_shell(ev.proc.exe) or is_interpreter(ev.proc.exe))
-                                                  else ())}:
+            script = script_of(ev)
+            for p in {ev.proc.exe, ev.filename, *([script] if script else [])}:
                 got = self._dropped.get(p, now) if p else None
+                if got is None and p and self.prov is not None:
+                    pw = self.prov.from_network(p, now)
+                    if pw is not None:
+                        who, _, peer = pw.partition(" ")
+                        got = (0, who, peer)
                 if got is not None:
                     self._dropped.pop(p)
+                    tmp = under(p, ("/tmp", "/var/tmp", "/dev/shm", "/run/shm"))
                     return [Hit(f"Executed a freshly downloaded file: {p}",
                                 {"path": p, "writer": got[1], "writer_pid": got[0], "peer": got[2],
-                                 "argv": list(ev.argv)})]
+                                 "argv": list(ev.argv),
+                                 "prevented": f"the downloaded program {p} (killed at exec)"},
+                                severity="critical" if tmp else None)]
         return []
 
     def _dropped_time(self, path: str, now: int) -> int:
@@ -553,8 +600,12 @@ class CredentialAccess(SingleEvent):
             return None
         if self.trusted(ev, ctx, CRED_TOOLS, depth=1):
             return None
-        return Hit(f"Credential store {path} {verb} by {base(ev.proc.exe) or ev.proc.comm}",
-                   {"path": path, "access": verb})
+        hit = Hit(f"Credential store {path} {verb} by {base(ev.proc.exe) or ev.proc.comm}",
+                  {"path": path, "access": verb})
+        reasons, origin = self.untrusted(ev, ctx)
+        if reasons:
+            return block(hit, reasons, origin, ev, f"use of the credentials in {path}")
+        return hit
 
 
 # ---- 8./9. other processes' memory, ptrace injection -----------------------------------
@@ -634,8 +685,12 @@ class LdPreload(SingleEvent):
         path = written_path(ev)
         if path not in ("/etc/ld.so.preload",) or self.trusted(ev, ctx, PACKAGE_MANAGERS, depth=3):
             return None
-        return Hit("/etc/ld.so.preload modified: every program will load a chosen library",
-                   {"path": path})
+        hit = Hit("/etc/ld.so.preload modified: every program will load a chosen library",
+                  {"path": path})
+        reasons, origin = self.untrusted(ev, ctx)
+        if reasons:
+            return block(hit, reasons, origin, ev, "the rest of the preload write")
+        return hit
 
 
 # ---- 11. persistence ----------------------------------------------------------------------
@@ -695,7 +750,12 @@ class PersistenceWrite(SingleEvent):
         pat = glob_any(path, self.cls.patterns)
         if pat is None or self.trusted(ev, ctx, self.cls.tools, depth=3):
             return None
-        return Hit(f"New or changed {self.cls.what}: {path}", {"path": path, "pattern": pat})
+        hit = Hit(f"New or changed {self.cls.what}: {path}", {"path": path, "pattern": pat})
+        reasons, origin = self.untrusted(ev, ctx)
+        if reasons:
+            return block(hit, reasons, origin, ev,
+                         f"the {self.cls.what} write to {path} (writer stopped at the open)")
+        return hit
 
 
 # ---- 12. accounts -------------------------------------------------------------------------
@@ -733,8 +793,12 @@ class AccountChange(SingleEvent):
             return None
         if self.trusted(ev, ctx, ACCOUNT_TOOLS, depth=2):
             return None
-        return Hit(f"{path} modified directly by {base(ev.proc.exe) or ev.proc.comm}",
-                   {"path": path}, severity="high")
+        hit = Hit(f"{path} modified directly by {base(ev.proc.exe) or ev.proc.comm}",
+                  {"path": path}, severity="high")
+        reasons, origin = self.untrusted(ev, ctx)
+        if reasons:
+            return block(hit, reasons, origin, ev, f"the account change in {path}")
+        return hit
 
 
 # ---- 13. setuid/setgid bits, file capabilities -------------------------------------------
@@ -781,7 +845,11 @@ class SudoersPam(SingleEvent):
             return None
         if self.trusted(ev, ctx, {"visudo", "pam-auth-update", *PACKAGE_MANAGERS}, depth=3):
             return None
-        return Hit(f"Privilege configuration changed: {path}", {"path": path, "pattern": pat})
+        hit = Hit(f"Privilege configuration changed: {path}", {"path": path, "pattern": pat})
+        reasons, origin = self.untrusted(ev, ctx)
+        if reasons:
+            return block(hit, reasons, origin, ev, f"the privilege configuration write to {path}")
+        return hit
 
 
 # ---- 15. history and log clearing ----------------------------------------------------------
@@ -801,6 +869,15 @@ class LogClearing(SingleEvent):
     action = "alert"
 
     def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
+        hit = self._match(ev, ctx)
+        if hit is None:
+            return None
+        reasons, origin = self.untrusted(ev, ctx)
+        if reasons:
+            return block(hit, reasons, origin, ev, "the log/history wipe (the actor's tree stopped)")
+        return hit
+
+    def _match(self, ev: Event, ctx: RuleContext) -> Hit | None:
         if isinstance(ev, ExecEvent):
             tool = base(ev.proc.exe)
             args = ev.argv[1:]
@@ -861,6 +938,15 @@ class KillSecurityTools(SingleEvent):
         return names
 
     def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
+        hit = self._match(ev, ctx)
+        if hit is None:
+            return None
+        reasons, origin = self.untrusted(ev, ctx)
+        if reasons:
+            return block(hit, reasons, origin, ev, "the security tool's shutdown (the actor's tree stopped)")
+        return hit
+
+    def _match(self, ev: Event, ctx: RuleContext) -> Hit | None:
         if isinstance(ev, KillEvent):
             target = ev.target_tgid or ev.target_pid
             if ev.signal not in _FATAL or target <= 0 or target == ev.proc.pid:
@@ -987,35 +1073,242 @@ class BpfLoad(SingleEvent):
 
 # ---- 19. port scanning -------------------------------------------------------------------------
 
-class PortScan(ThresholdRule):
+LAUNCHER_PARENTS = frozenset({"xargs", "parallel", "timeout", "env", "nohup", "setsid"})
+
+
+class PortScan(BehaviorRule):
+    """Connections to many distinct ports of a host (a port scan) or to many hosts of
+    one network on a few ports (a host sweep), counted per process and per the
+    shell/launcher that runs one short-lived client per port (``for p in ...; do nc -z
+    host $p; done``).  Loopback scans count with a higher bar (``loopback_count``) and
+    are reported medium: local test harnesses probe ports too.
+
+    The sensor reports connect attempts, not their results: a refused connect counts
+    like any other (a hook for a result field: ``refused`` in the evidence when present)."""
+
     name = "behavior.port_scan"
     event_types = frozenset({"connect"})
     attack = ("T1046",)
     severity = "high"
     action = "alert"
-    description = "Port scan: connections to many distinct ports"
+    description = "Port scan"
     count = 25
+    loopback_count = 50
+    sweep_count = 64     # a client pool or a crawler reaches dozens of hosts of one /24 on 443
     window_ns = 10 * NS
-    distinct = True
 
     def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None,
-                 include_loopback: bool = False) -> None:
+                 include_loopback: bool = True) -> None:
         super().__init__(settings, limits)
         self.include_loopback = include_loopback
+        self._seen: BoundedState[ProcKey, dict[tuple[str, int], int]] = self.state()
+        self._fired: BoundedState[ProcKey, int] = self.state()
 
-    def value(self, ev: Event, ctx: RuleContext) -> str | None:
+    def _keys(self, ev: Event, ctx: RuleContext) -> list[ProcKey]:
+        keys = [proc_key(ev)]
+        parent = ctx.procs.get(ev.proc.ppid)
+        if parent is not None and parent.pid > 1 and (
+                is_shell(parent.exe) or base(parent.exe) in LAUNCHER_PARENTS):
+            keys.append((parent.pid, parent.start_ns))
+        return keys
+
+    def evaluate(self, ev: Event, ctx: RuleContext) -> list[Hit]:
         if not isinstance(ev, NetEvent) or ev.op != "connect" or ev.family not in ("inet", "inet6"):
-            return None
-        if not self.include_loopback and is_loopback(ev.daddr):
-            return None
-        return f"{ev.daddr}:{ev.dport}"
+            return []
+        local = is_loopback(ev.daddr)
+        if local and not self.include_loopback:
+            return []
+        now = ev.time_ns
+        for key in self._keys(ev, ctx):
+            fired = self._fired.get(key, now)
+            if fired is not None and now - fired < self.window_ns:
+                continue
+            seen = self._seen.setdefault(key, now, dict)
+            seen[(ev.daddr, ev.dport)] = now
+            if len(seen) > 4 * max(self.count, self.loopback_count):
+                for k in sorted(seen, key=seen.__getitem__)[:len(seen) // 4]:
+                    del seen[k]
+            for k in [k for k, t in seen.items() if now - t > self.window_ns]:
+                del seen[k]
+            hit = self._judge(seen, local)
+            if hit is not None:
+                self._fired.put(key, now, now)
+                self._seen.pop(key)
+                if key != proc_key(ev):
+                    hit.pid = key[0]
+                    hit.evidence["scope"] = "launcher"
+                return [hit]
+        return []
 
-    def confirm(self, ev: Event, ctx: RuleContext, values: list[str]) -> Hit | None:
-        ports = {v.rsplit(":", 1)[1] for v in values}
-        if len(ports) < self.count * 3 // 4:
-            return None  # many hosts on one port: a crawler or a client pool, not a scan
-        return Hit(f"Port scan: {len(values)} distinct peers, {len(ports)} ports in "
-                   f"{self.window_ns / NS:g}s", {"count": len(values), "sample": values[:10]})
+    def _judge(self, seen: dict[tuple[str, int], int], local: bool) -> Hit | None:
+        by_host: dict[str, set[int]] = {}
+        for h, port in seen:
+            by_host.setdefault(h, set()).add(port)
+        host, ports = max(by_host.items(), key=lambda kv: len(kv[1]))
+        need = self.loopback_count if is_loopback(host) else self.count
+        sample = [f"{h}:{p}" for h, p in list(seen)[:10]]
+        if len(ports) >= need:
+            return Hit(f"Port scan: {len(ports)} ports of {host} in {self.window_ns / NS:g}s",
+                       {"host": host, "ports": len(ports), "hosts": len(by_host), "sample": sample},
+                       severity="medium" if is_loopback(host) else None)
+        # host sweep: many hosts of one /24 (IPv4) on a few ports
+        nets: dict[str, set[str]] = {}
+        allports: set[int] = set()
+        for h, p in seen:
+            if ":" not in h and not is_loopback(h):
+                nets.setdefault(h.rsplit(".", 1)[0], set()).add(h)
+                allports.add(p)
+        if nets:
+            net, hosts = max(nets.items(), key=lambda kv: len(kv[1]))
+            if len(hosts) >= self.sweep_count and len(allports) <= 5:
+                return Hit(f"Host sweep: {len(hosts)} hosts of {net}.0/24 in "
+                           f"{self.window_ns / NS:g}s", {"network": f"{net}.0/24",
+                                                          "hosts": len(hosts), "ports": len(allports),
+                                                          "sample": sample},
+                           severity="medium")
+        return None
+
+
+# ---- 19b. shell over a pty whose master is held by a networked process ------------------------
+
+PTY_HOSTS = frozenset({"sshd", "sshd-session", "telnetd", "in.telnetd", "login", "tmux",
+                       "screen", "script", "expect", "ssh", "mosh-server", "dropbear",
+                       "gdm-session-worker", "xterm", "gnome-terminal-server", "konsole",
+                       "containerd-shim", "containerd-shim-runc-v2", "runc", "docker"})
+
+
+class PtySocketShell(SingleEvent):
+    """A shell started on a pty by a process that holds a network connection (it
+    connected out, or listens/accepts) and is no terminal or remote-login program:
+    python ``pty.spawn`` reverse and bind shells (socket -> pty -> shell).  Live, the
+    shell's stdin must be a pty; the whole tree of the pty holder is stopped."""
+
+    name = "behavior.pty_socket_shell"
+    event_types = frozenset({"exec"})
+    attack = ("T1059.004", "T1059.006")
+    severity = "critical"
+    action = "kill-tree"
+
+    def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None,
+                 probes: Probes | None = None) -> None:
+        super().__init__(settings, limits)
+        self.probes = probes or Probes()
+
+    def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
+        if not isinstance(ev, ExecEvent) or not is_shell(ev.proc.exe) or self.prov is None:
+            return None
+        parent = ctx.procs.get(ev.proc.ppid)
+        if parent is None or parent.pid <= 1:
+            return None
+        pkey = (parent.pid, parent.start_ns)
+        peer = self.prov.netted(pkey, ev.time_ns)
+        svc = self.prov.reasons_of(pkey, ev.time_ns).get("network-service")
+        if peer is None and svc is None:
+            return None
+        if self._trusted_entry(parent, PTY_HOSTS):
+            return None
+        ev_: dict[str, Any] = {"pty_holder": parent.exe, "pty_holder_pid": parent.pid,
+                               "network": peer or svc, "argv": list(ev.argv)}
+        if self.probes.stdio is not None:
+            fds = self.probes.stdio(ev.proc.pid)
+            if fds is None or not (fds[0].startswith("/dev/pts/") or fds[0] == "/dev/ptmx"):
+                return None
+            ev_["stdio"] = list(fds)
+        elif not (is_interpreter(parent.exe) or is_shell(parent.exe)):
+            return None
+        ev_["prevented"] = "an interactive shell over the network (pty holder and shell stopped)"
+        return Hit(f"Shell on a pty held by networked {base(parent.exe)} ({peer or svc})", ev_,
+                   pid=parent.pid)
+
+    def _trusted_entry(self, e: ProcEntry, names: frozenset[str]) -> bool:
+        from bastion.detect.behavior.base import trusted_as
+        return trusted_as(e, names, self.trust) is not None
+
+
+# ---- 19c. decoded payload piped into a shell -------------------------------------------------------
+
+def decoder(ev: ExecEvent) -> str | None:
+    """Is this exec a decoder writing its output (``base64 -d``, ``xxd -r``, ...)?"""
+    tool = base(ev.proc.exe)
+    args = list(ev.argv[1:])
+    if tool in ("base64", "base32", "basenc") and any(
+            a in ("-d", "--decode", "-D") or (a.startswith("-") and not a.startswith("--")
+                                              and "d" in a[1:]) for a in args):
+        return f"{tool} -d"
+    if tool == "xxd" and any(a.startswith("-r") or a == "-revert" for a in args):
+        return "xxd -r"
+    if tool in ("uudecode",):
+        return tool
+    if tool == "openssl" and ("-d" in args or "-base64" in args and "-d" in args) and \
+            any(a in ("base64", "enc", "-a", "-base64") for a in args):
+        return "openssl -d"
+    return None
+
+
+def reads_commands_from_stdin(ev: ExecEvent) -> bool:
+    if not (is_shell(ev.proc.exe) or is_interpreter(ev.proc.exe)) or base(ev.proc.exe) in \
+            ("nc", "ncat", "netcat", "socat", "telnet", "awk", "gawk"):
+        return False
+    args = ev.argv[1:]
+    if any(a in ("-c", "-e", "-m", "--command") for a in args):
+        return False
+    return script_of(ev) is None
+
+
+class DecodedPayloadShell(SingleEvent):
+    """A shell or interpreter reading its commands from stdin, started beside a
+    decoder by the same parent within seconds (``echo ... | base64 -d | sh``); live,
+    the shell's stdin must be a pipe.  Whichever exec comes second raises it; the
+    shell is killed."""
+
+    name = "behavior.decoded_payload_shell"
+    event_types = frozenset({"exec"})
+    attack = ("T1140", "T1059.004", "T1027")
+    severity = "critical"
+    action = "kill"
+    window_ns = 3 * NS
+
+    def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None,
+                 probes: Probes | None = None) -> None:
+        super().__init__(settings, limits)
+        self.probes = probes or Probes()
+        self._decoders: BoundedState[ProcKey, tuple[int, str]] = self.state()
+        self._shells: BoundedState[ProcKey, tuple[int, int, int, str]] = self.state()
+
+    def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
+        if not isinstance(ev, ExecEvent):
+            return None
+        parent = ctx.procs.get(ev.proc.ppid)
+        if parent is None or parent.pid <= 1:
+            return None
+        pkey = (parent.pid, parent.start_ns)
+        now = ev.time_ns
+        dec = decoder(ev)
+        if dec is not None:
+            sh = self._shells.get(pkey, now)
+            if sh is not None and now - sh[0] <= self.window_ns:
+                self._shells.pop(pkey)
+                return self._hit(ev, dec, sh[1], sh[2], sh[3])
+            self._decoders.put(pkey, now, (now, dec))
+            return None
+        if not reads_commands_from_stdin(ev):
+            return None
+        if self.probes.stdio is not None:
+            fds = self.probes.stdio(ev.proc.pid)
+            if fds is None or not fds[0].startswith("pipe:"):
+                return None
+        got = self._decoders.get(pkey, now)
+        if got is not None and now - got[0] <= self.window_ns:
+            return self._hit(ev, got[1], ev.proc.pid, ev.proc.start_ns, ev.proc.exe)
+        self._shells.put(pkey, now, (now, ev.proc.pid, ev.proc.start_ns, ev.proc.exe))
+        return None
+
+    def _hit(self, ev: Event, dec: str, pid: int, start_ns: int, exe: str) -> Hit:
+        if self.prov is not None:
+            self.prov.taint((pid, start_ns), ev.time_ns, "decoded-payload", dec)
+        return Hit(f"Decoded payload piped into {base(exe)} ({dec} | {base(exe)})",
+                   {"decoder": dec, "shell": exe, "shell_pid": pid,
+                    "prevented": "the decoded commands (the shell killed)"}, pid=pid)
 
 
 # ---- 20. mining pools ------------------------------------------------------------------------------
@@ -1054,6 +1347,15 @@ class MiningPool(SingleEvent):
 # ---- 21. ransomware -----------------------------------------------------------------------------
 
 DATA_DIRS = ("/home", "/root", "/srv", "/var/www", "/data", "/mnt", "/media", "/opt/data")
+# Judged anywhere (issue 15) but pseudo-filesystems, which hold no one's data.
+NOT_DATA = ("/proc", "/sys", "/dev", "/run/user")
+# Programs that rewrite many files by design: package managers, builds, backups,
+# compressors without encryption, indexers.  Trusted by inode, actor or parent.
+MASS_WRITERS = frozenset({*PACKAGE_MANAGERS, "git", "tar", "rsync", "cp", "mv", "make", "cmake",
+                          "ninja", "gcc", "cc", "ld", "as", "cargo", "go", "gzip", "gunzip",
+                          "bzip2", "xz", "zstd", "lz4", "pigz", "restic", "borg", "duplicity",
+                          "rsnapshot", "updatedb", "mandb", "ldconfig", "find", "unzip",
+                          "systemd-tmpfiles", "logrotate", "dpkg-deb"})
 RANSOM_EXT = re.compile(r"\.(locked|encrypted|enc|crypt|crypted|lock|ransom|cry|pay|[a-z0-9]{5,10})$",
                         re.I)
 
@@ -1076,7 +1378,7 @@ class Ransomware(ThresholdRule):
     per_tree = True
 
     def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None,
-                 probes: Probes | None = None, data_dirs: tuple[str, ...] = DATA_DIRS,
+                 probes: Probes | None = None, data_dirs: tuple[str, ...] | None = None,
                  count: int | None = None) -> None:
         super().__init__(settings, limits)
         self.probes = probes or Probes()
@@ -1099,11 +1401,15 @@ class Ransomware(ThresholdRule):
             path, tag = ev.path, "u"
         else:
             return None
-        if not under(path, self.data_dirs):
+        if self.data_dirs is not None and not under(path, self.data_dirs):
+            return None
+        if under(path, NOT_DATA):
             return None
         return f"{tag}:{path}"
 
     def confirm(self, ev: Event, ctx: RuleContext, values: list[str]) -> Hit | None:
+        if self.trusted(ev, ctx, MASS_WRITERS, depth=1):
+            return None   # noise handled by trust (by inode), not by location
         paths = [v[2:] for v in values]
         renames = [p for v, p in zip(values, paths) if v[0] == "r"]
         exts = {os.path.splitext(p)[1] for p in renames if RANSOM_EXT.search(p)}
@@ -1158,7 +1464,7 @@ ALL_RULE_CLASSES: tuple[type[BehaviorRule], ...] = (
     ReverseShell, ReverseShellCommand, ServiceSpawnsShell, DownloadExecute, ExecFromTemp, MemfdExec,
     Masquerade, CredentialAccess, ProcMemAccess, PtraceInjection, LdPreload, AccountChange,
     SetuidBits, SudoersPam, LogClearing, KillSecurityTools, FirewallTamper, KernelModuleLoad,
-    BpfLoad, PortScan, MiningPool, Ransomware,
+    BpfLoad, PortScan, MiningPool, Ransomware, PtySocketShell, DecodedPayloadShell,
 )
 
 __all__ = ["Probes", "EntropyProbe", "live_probes", "read_stdio", "file_entropy", "PERSISTENCE", "PersistenceWrite",
