@@ -25,7 +25,8 @@ def proc(pid: int, exe: str, ppid: int = 1) -> Proc:
 
 def ex(pid: int, exe: str, t: float, argv: tuple[str, ...], ppid: int = 1,
        cwd: str = "/root") -> ExecEvent:
-    return ExecEvent(T0 + int(t * NS), proc(pid, exe, ppid), filename=exe, cwd=cwd, argv=argv)
+    return ExecEvent(T0 + int(t * NS), proc(pid, exe, ppid), filename=exe, cwd=cwd, argv=argv,
+                     exe_dev=1, exe_ino=sum(map(ord, exe)))
 
 
 def wopen(pid: int, exe: str, t: float, path: str, ppid: int = 1) -> FileEvent:
@@ -188,3 +189,24 @@ def test_ransomware_is_judged_anywhere() -> None:
                           path2=p + ".locked")]
     f = run(evs, [Ransomware()])
     assert f and f[0].action == "kill-tree" and f[0].severity == "critical"
+
+
+def test_an_admin_at_a_terminal_running_a_tmp_script_is_alerted_not_stopped() -> None:
+    from bastion.detect.behavior.rules import Probes
+    from support.trust import RecordedTrust
+
+    def scenario(tty: str) -> Finding:
+        trust = RecordedTrust()
+        rules = behavior_rules(probes=Probes(stdio=lambda pid: (tty, tty, tty)), trust=trust)
+        evs: list[Event] = [ex(5, "/usr/sbin/sshd", 0, ("sshd: root@pts/0",)),
+                            ex(6, "/usr/bin/bash", 0.1, ("-bash",), ppid=5),
+                            ex(10, SH, 1, ("sh", "/tmp/setup.sh"), ppid=6),
+                            wopen(10, SH, 2, "/etc/cron.d/job", ppid=6)]
+        for e in evs:
+            trust.learn(e)
+        return [x for x in run(evs, rules) if x.rule == "behavior.persistence_cron"][0]
+
+    f = scenario("/dev/pts/0")
+    assert (f.severity, f.action) == ("high", "alert")
+    f = scenario("pipe:[1234]")          # the same script with no terminal: stopped
+    assert f.action == "kill" and f.severity == "critical"

@@ -34,7 +34,8 @@ def behavior_rules(config: BehaviorConfig | None = None, probes: Probes | None =
     limits = Limits(max_keys=cfg.max_keys, ttl_ns=int(cfg.state_ttl_s * NS))
     out: list[Rule] = []
     trust = trust or ExeTrust()   # one for the pack: tool identities resolved once, refreshed
-    prov = Provenance(RuleSettings(dry_run=cfg.dry_run), limits)   # first: later rules see this event's provenance
+    prov = Provenance(RuleSettings(dry_run=cfg.dry_run), limits,
+                      stdio=probes.stdio if probes is not None else None)   # first: later rules see this event's provenance
     prov.trust = trust
     out.append(prov)
 

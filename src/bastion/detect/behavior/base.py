@@ -82,7 +82,12 @@ class BehaviorRule:
         :mod:`.provenance`); none without a tracker."""
         if self.prov is None:
             return {}, None
-        return self.prov.reasons(ev, ctx)
+        reasons, origin = self.prov.reasons(ev, ctx)
+        if reasons and set(reasons) <= {"tmp-script", "tmp-binary"}:
+            login = self.prov.interactive_admin(ev, ctx)
+            if login is not None:
+                return {}, None   # an administrator at a terminal: alerted, not stopped
+        return reasons, origin
 
     def trusted(self, ev: Event, ctx: RuleContext, names: Iterable[str], depth: int = 3) -> bool:
         """:func:`trusted` with this rule's :class:`ExeTrust`."""

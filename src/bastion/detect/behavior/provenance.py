@@ -36,15 +36,22 @@ said in the threat model.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 from bastion.detect.behavior.base import (
     PACKAGE_MANAGERS, BehaviorRule, Hit, RuleSettings, base, is_interpreter, is_shell,
-    package_installer, under,
+    package_installer, trusted_as, under,
 )
 from bastion.detect.behavior.state import BoundedState, Limits, ProcKey, proc_key
 from bastion.detect.engine import RuleContext
 from bastion.events import Event, ExecEvent, FileEvent, ForkEvent, NetEvent
 
 TMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/shm")
+# Reasons an administrator's own interactive session may carry (running a script
+# or a build product from /tmp by hand): alerted, not stopped.  Network,
+# fileless, service and decoded-payload reasons are stopped in any session.
+LOCAL_REASONS = frozenset({"tmp-script", "tmp-binary"})
+LOGIN_LINEAGE = frozenset({"sshd", "sshd-session", "login", "su", "sudo", "gdm-session-worker",
+                           "lightdm", "tmux", "screen"})
 O_ACCMODE, O_CREAT, O_TRUNC = 0o3, 0o100, 0o1000
 
 # Processes that listen or accept by design and whose trees are sessions, not
@@ -78,8 +85,10 @@ class Provenance(BehaviorRule):
     action = "alert"
     description = "provenance tracking (no findings)"
 
-    def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None) -> None:
+    def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None,
+                 stdio: Callable[[int], tuple[str, ...] | None] | None = None) -> None:
         super().__init__(settings, limits)
+        self.stdio = stdio     # live only: the actor's fds 0-2 (is it on a terminal?)
         self._netted: BoundedState[ProcKey, str] = self.state()       # proc -> first peer
         self._service: BoundedState[ProcKey, str] = self.state()      # proc -> listen addr
         self._dropped: BoundedState[str, str] = self.state()          # path -> "writer peer"
@@ -117,6 +126,21 @@ class Provenance(BehaviorRule):
                     # stop the tree the service spawned, not the service (unless it acts itself)
                     origin = keys[i - 1] if i > 0 else k
         return out, origin
+
+    def interactive_admin(self, ev: Event, ctx: RuleContext) -> str | None:
+        """The login program of an administrator's interactive session ``ev``'s actor is
+        in: stdin on a terminal and a login lineage (sshd, login, su, sudo, by inode);
+        None otherwise, and always None under replay (no terminal to look at)."""
+        if self.stdio is None:
+            return None
+        fds = self.stdio(ev.proc.pid)
+        if not fds or not (fds[0].startswith("/dev/pts/") or fds[0].startswith("/dev/tty")):
+            return None
+        for anc in ctx.procs.ancestry(ev.proc.pid, 16)[1:]:
+            name = trusted_as(anc, LOGIN_LINEAGE, self.trust)
+            if name is not None:
+                return name
+        return None
 
     def from_network(self, path: str, now_ns: int) -> str | None:
         """Who wrote ``path`` after connecting out ("writer peer"), if a downloader did."""
