@@ -36,6 +36,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -128,6 +129,38 @@ def skip_reason(cmd: str) -> str | None:
     return None
 
 
+def sandbox_trust() -> Any:
+    """Trusted tools by inode, as the sandbox's executables are seen.
+
+    Inside the overlay every executable has the overlay's device number, so the
+    host's (device, inode) identities of ``/usr/sbin/useradd`` and friends match
+    nothing, and the rules that exempt trusted tools would over-report.  This
+    measurement shim (never used by the agent) learns, from exec events, the
+    overlay identity of each path under the trust directories whose host file is a
+    trusted file.  Limit: a system binary replaced inside the sandbox would be
+    trusted here; no selected atomic does that."""
+    from bastion.detect.behavior.trust import TRUST_DIRS, ExeTrust, secure_file
+    from bastion.abi import kernel_dev
+    from bastion.events import Event, ExecEvent
+
+    class SandboxTrust(ExeTrust):
+        def __init__(self) -> None:
+            self.extra: dict[str, set[tuple[int, int]]] = {}
+            super().__init__()
+
+        def idents(self, name: str) -> frozenset[tuple[int, int]]:
+            return super().idents(name) | frozenset(self.extra.get(name, ()))
+
+        def learn(self, ev: Event) -> None:
+            if isinstance(ev, ExecEvent) and os.path.dirname(ev.proc.exe) in TRUST_DIRS:
+                st = secure_file(ev.proc.exe)
+                if st is not None and (kernel_dev(st.st_dev), st.st_ino) != (ev.exe_dev, ev.exe_ino):
+                    self.extra.setdefault(os.path.basename(ev.proc.exe), set()).add(
+                        (ev.exe_dev, ev.exe_ino))
+
+    return SandboxTrust()
+
+
 class Watch:
     def __init__(self, cgid: int) -> None:
         from bastion.config import load_policy
@@ -141,7 +174,9 @@ class Watch:
         self.sensor = BpfSensor(cgroup_id=cgid, self_tgid=os.getpid(),
                                 classes=policy.events.classes)
         self.procs = ProcessTable()
-        self.engine = Engine([*builtin_rules(), *behavior_rules(policy.behavior, live_probes())])
+        self.trust = sandbox_trust()
+        self.engine = Engine([*builtin_rules(),
+                              *behavior_rules(policy.behavior, live_probes(), trust=self.trust)])
         self.disp = Dispatcher(self.procs, dry_run=policy.behavior.dry_run)
         self.ctx = RuleContext(self.procs)
         self.lock = threading.Lock()
@@ -156,6 +191,7 @@ class Watch:
             for ev in self.sensor.poll(0.01) or []:
                 self.procs.update(ev)
                 ev = self.procs.enrich(ev)
+                self.trust.learn(ev)
                 with self.lock:
                     self.events += 1
                     if ev.type == "exec":
@@ -217,6 +253,8 @@ def main() -> int:
     from bastion.kernel.bpffs import prepare_pseudo_filesystems
 
     prepare_pseudo_filesystems()
+    # a SIGTERM unwinds like an exception, so the cgroup and sandbox dirs are removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     tech = {t.strip() for t in args.techniques.split(",") if t.strip()} or None
     tests = atomics(args.atomics.resolve(), tech)
     cg = cgroup.create(f"bastion-atomics-{uuid.uuid4().hex[:8]}")

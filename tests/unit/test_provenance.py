@@ -210,3 +210,21 @@ def test_an_admin_at_a_terminal_running_a_tmp_script_is_alerted_not_stopped() ->
     assert (f.severity, f.action) == ("high", "alert")
     f = scenario("pipe:[1234]")          # the same script with no terminal: stopped
     assert f.action == "kill" and f.severity == "critical"
+
+
+def test_a_script_in_tmp_run_by_an_interpreter_is_exec_from_tmp() -> None:
+    """``sh /tmp/x.sh`` runs as /bin/sh: the script, not the interpreter, is the program."""
+    from bastion.detect.behavior.rules import ExecFromTemp
+
+    f = run([ex(90, SH, 0, ("sh", "/dev/shm/x.sh"))], [ExecFromTemp()])
+    assert f and f[0].severity == "high" and f[0].evidence["script"] == "/dev/shm/x.sh"
+    assert run([ex(91, SH, 0, ("sh", "-c", "ls /tmp/x"))], [ExecFromTemp()]) == []
+
+
+def test_setuid_search_by_find_operand() -> None:
+    from bastion.detect.behavior.rules import SetuidBits
+
+    f = run([ex(92, "/usr/bin/find", 0, ("find", "/", "-perm", "-4000", "-type", "f"))],
+            [SetuidBits()])
+    assert f and f[0].severity == "medium"
+    assert run([ex(93, "/usr/bin/find", 0, ("find", ".", "-name", "-perm"))], [SetuidBits()]) == []

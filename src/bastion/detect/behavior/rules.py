@@ -505,6 +505,14 @@ class ExecFromTemp(SingleEvent):
             return Hit(f"Executed a program from shared memory: {exe}", {"exe": exe}, severity="high")
         if under(exe, ("/tmp", "/var/tmp")):
             return Hit(f"Executed a program from a temporary directory: {exe}", {"exe": exe})
+        # an interpreted program runs as /bin/sh or python: the script is the program
+        script = script_of(ev)
+        if script and under(script, ("/dev/shm", "/run/shm")):
+            return Hit(f"Ran a script from shared memory: {script}", {"exe": exe, "script": script},
+                       severity="high")
+        if script and under(script, ("/tmp", "/var/tmp")):
+            return Hit(f"Ran a script from a temporary directory: {script}",
+                       {"exe": exe, "script": script})
         parts = exe.split("/")[:-1]
         hidden = [p for p in parts if p.startswith(".") and p not in (".", "..")]
         if hidden and not any(h in HIDDEN_OK for h in hidden):
@@ -722,7 +730,12 @@ PERSISTENCE = (
                  ("/etc/profile", "/etc/profile.d/*", "/etc/bash.bashrc", "/etc/zsh/*",
                   "/root/.bashrc", "/root/.profile", "/root/.bash_profile", "/root/.bash_login",
                   "/root/.zshrc", "/home/*/.bashrc", "/home/*/.profile", "/home/*/.bash_profile",
-                  "/home/*/.bash_login", "/home/*/.zshrc", "/etc/environment"),
+                  "/home/*/.bash_login", "/home/*/.zshrc", "/etc/environment",
+                  "/root/.shrc", "/home/*/.shrc", "/root/.kshrc", "/home/*/.kshrc",
+                  "/root/.zprofile", "/home/*/.zprofile", "/root/.zlogin", "/home/*/.zlogin",
+                  "/root/.bash_logout", "/home/*/.bash_logout", "/etc/zprofile", "/etc/zshrc",
+                  "/root/.config/fish/config.fish", "/home/*/.config/fish/config.fish",
+                  "/etc/fish/config.fish", "/etc/shells"),
                  frozenset({*PACKAGE_MANAGERS}), severity="medium"),
     PersistClass("behavior.persistence_authorized_keys", "SSH authorized_keys", ("T1098.004",),
                  ("/root/.ssh/authorized_keys*", "/home/*/.ssh/authorized_keys*",
@@ -815,6 +828,17 @@ class SetuidBits(SingleEvent):
             if base(ev.proc.exe) == "setcap" and len(ev.argv) > 1 and "-r" not in ev.argv \
                     and not self.trusted(ev, ctx, PACKAGE_MANAGERS, depth=3):
                 return Hit(f"File capabilities set: {' '.join(ev.argv)[:120]}", {"argv": list(ev.argv)})
+            # a search for setuid/setgid files (privilege-escalation recon): find's own
+            # -perm operand, not a substring of the command line
+            if base(ev.proc.exe) == "find":
+                args = list(ev.argv[1:])
+                for i, a in enumerate(args[:-1]):
+                    if a == "-perm" and re.fullmatch(r"[-/+]?(0?[246]000|u=s|g=s|u\+s|g\+s)",
+                                                     args[i + 1]):
+                        if self.trusted(ev, ctx, PACKAGE_MANAGERS | {"updatedb", "aide"}, depth=3):
+                            return None
+                        return Hit(f"Search for setuid/setgid files: {' '.join(ev.argv)[:120]}",
+                                   {"argv": list(ev.argv)}, severity="medium")
             return None
         if not isinstance(ev, FileEvent) or not ev.mode & 0o6000:
             return None
