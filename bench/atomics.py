@@ -86,6 +86,13 @@ mount -t tmpfs run "$M/run"
 mount -t tmpfs tmp "$M/tmp"
 mkdir -p "$M/AtomicRedTeam/atomics"
 mount --bind -o ro "$ATOMICS" "$M/AtomicRedTeam/atomics"
+# Invoke-AtomicTest runs as root; many atomics prefix `sudo`, which is not installed
+# here: a pass-through shim in the overlay (vanishes with it), options dropped
+if ! command -v sudo >/dev/null; then
+  printf '%s\n' '#!/bin/sh' 'while [ $# -gt 0 ]; do case "$1" in -u|-g) shift 2;; -*) shift;; *) break;; esac; done' \
+    '[ $# -eq 0 ] && exec /bin/sh' 'exec "$@"' > "$M/usr/local/bin/sudo"
+  chmod 755 "$M/usr/local/bin/sudo"
+fi
 ip link set lo up 2>/dev/null || true
 hostname atomic-sandbox
 # pivot_root (not chroot alone): the sensor names paths from the mount namespace's
@@ -277,8 +284,13 @@ def main() -> int:
                 setup = {"/usr/bin/unshare", "/usr/bin/mount", "/bin/mount", "/usr/bin/mkdir",
                          "/usr/bin/mknod", "/usr/bin/ln", "/usr/sbin/ip", "/usr/bin/ip",
                          "/usr/bin/hostname", "/bin/hostname", "/usr/sbin/chroot", "/usr/bin/env",
-                         "/bin/sh", "/usr/bin/dash", "/bin/mkdir", "/bin/mknod", "/bin/ln"}
+                         "/bin/sh", "/usr/bin/dash", "/bin/mkdir", "/bin/mknod", "/bin/ln",
+                         "/usr/sbin/pivot_root", "/usr/bin/umount", "/usr/bin/chmod",
+                         "/usr/bin/printf"}
+                # the executor shell itself counts as nothing the atomic did
                 own = [x for x in execs if x not in setup]
+                if own and own[0] in ("/bin/bash", "/usr/bin/bash"):
+                    own = own[1:]     # the bash executor itself
                 row["events"] = events
                 row["execs"] = own[:30]
                 row["alert_count"] = len(alerts)

@@ -271,3 +271,36 @@ def test_port_scan_is_alerted() -> None:
         got = w.wait_for(lambda a: a["rule"] == "behavior.port_scan", 5)
         assert got and got[0]["severity"] in ("medium", "high", "critical")
         assert got[0]["evidence"]["ports"] >= 25
+
+
+REWRITE = ("import os, sys, time\n"
+           "root = sys.argv[1]\n"
+           "for i in range(200):\n"
+           "    p = os.path.join(root, f'doc{i:03}.txt')\n"
+           "    open(p, 'w').write(f'quarterly report {i}\\n' * 400)\n"
+           "for i in range(200):\n"
+           "    p = os.path.join(root, f'doc{i:03}.txt')\n"
+           "    with open(p, 'r+b') as f:\n"
+           "        f.write(os.urandom(4096))\n"   # intermittent: the head only, no rename
+           "    time.sleep(0.02)\n")
+
+
+def test_ransomware_in_another_mount_namespace_is_judged_on_its_own_files() -> None:
+    """The tree encrypts in place, without renames, files that exist only in its mount
+    namespace (a tmpfs over a directory whose host copy holds plaintext at the same
+    paths).  The entropy probe must read the writer's files, not the host's."""
+    d = Path(tempfile.mkdtemp(prefix="bastion-test-mntns-", dir="/var/tmp"))
+    try:
+        for i in range(200):
+            (d / f"doc{i:03}.txt").write_text(f"quarterly report {i}\n" * 400)
+        with watching() as (cg, w):
+            inner = f'mount -t tmpfs bastion-test "{d}" && exec "$0" -c "$1" "$2"'
+            p = spawn_in(cg, ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c",
+                              inner, sys.executable, REWRITE, str(d)])
+            rc = reap(p, 40)
+            got = [a for a in w.alerts if a["rule"] == "behavior.ransomware"]
+            assert got and got[0]["action"] == "kill-tree", [(a["rule"], a["action"], a["title"])
+                                                             for a in w.alerts]
+            assert rc == -signal.SIGKILL
+    finally:
+        shutil.rmtree(d)

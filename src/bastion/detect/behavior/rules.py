@@ -62,6 +62,15 @@ class Probes:
     entropy: Callable[[str], float | None] | None = None
     entropy_many: Callable[[Sequence[str]], list[float | None]] | None = None
     stalled: Callable[[], list[str]] | None = None
+    # the root directory through which ``pid`` sees its files (None: gone; the agent's)
+    root_of: Callable[[int], str | None] | None = None
+
+
+def proc_root(pid: int) -> str | None:
+    """``/proc/PID/root`` while the process lives: a container's or another mount
+    namespace's files as that process sees them."""
+    r = f"/proc/{pid}/root"
+    return r if os.path.exists(r) else None
 
 
 def read_stdio(pid: int) -> tuple[str, ...] | None:
@@ -206,7 +215,8 @@ class EntropyProbe:
 
 def live_probes() -> Probes:
     ep = EntropyProbe()
-    return Probes(stdio=read_stdio, entropy=ep, entropy_many=ep.many, stalled=ep.stalled)
+    return Probes(stdio=read_stdio, entropy=ep, entropy_many=ep.many, stalled=ep.stalled,
+                  root_of=proc_root)
 
 
 def write_intent(ev: FileEvent) -> bool:
@@ -1441,10 +1451,17 @@ class Ransomware(ThresholdRule):
         high = 0
         sampled = 0
         probed: list[float | None] | None = None
+        # The files as the writer sees them: through its own root (/proc/PID/root), so a
+        # tree in a container or another mount namespace is judged on its files, not on
+        # whatever the agent's namespace has at the same path; the plain paths only when
+        # the writer is gone.
+        sample = paths[-8:]
+        root = self.probes.root_of(ev.proc.pid) if self.probes.root_of is not None else None
+        rooted = [f"{root}{p}" for p in sample] if root else sample
         if self.probes.entropy_many is not None:
-            probed = self.probes.entropy_many(paths[-8:])
+            probed = self.probes.entropy_many(rooted)
         elif self.probes.entropy is not None:
-            probed = [self.probes.entropy(p) for p in paths[-8:]]
+            probed = [self.probes.entropy(p) for p in rooted]
         if probed is not None:
             for h in probed:
                 if h is not None:
