@@ -122,6 +122,10 @@ def test_script_of() -> None:
     assert script_of(ex(1, SH, 0, ("sh", "-c", "/tmp/x"))) is None
     assert script_of(ex(1, "/usr/bin/python3.11", 0, ("python3", "-m", "http.server"))) is None
     assert script_of(ex(1, "/usr/bin/ls", 0, ("ls", "/tmp/x"))) is None
+    # bundled options: `sh -ec TEXT` runs TEXT, no script file (the false-alarm corpus's steps)
+    assert script_of(ex(1, SH, 0, ("/bin/sh", "-ec", "make"), cwd="/tmp/w")) is None
+    assert script_of(ex(1, "/usr/bin/python3.11", 0, ("python3", "-uc", "pass"))) is None
+    assert script_of(ex(1, "/usr/bin/python3.11", 0, ("python3", "-E", "/tmp/a.py"))) == "/tmp/a.py"
 
 
 # ---- structure, not substrings --------------------------------------------------

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Callable
 from bastion.detect.behavior.base import (
     PACKAGE_MANAGERS, BehaviorRule, Hit, RuleSettings, base, is_interpreter, is_shell,
-    package_installer, trusted_as, under,
+    norm_interp, package_installer, trusted_as, under,
 )
 from bastion.detect.behavior.state import BoundedState, Limits, ProcKey, proc_key
 from bastion.detect.engine import RuleContext
@@ -232,12 +232,16 @@ def script_of(ev: ExecEvent) -> str | None:
     if not (is_shell(ev.proc.exe) or is_interpreter(ev.proc.exe)):
         return None
     args = list(ev.argv[1:])
-    code = ("-c", "-s", "-", "--command") if is_shell(ev.proc.exe) else \
-        ("-c", "-e", "-E", "-m", "-p", "-r", "--eval", "-")
+    # the short options that mean "code follows, no script file" (bundled too: sh -ec)
+    fam = norm_interp(base(ev.proc.exe))
+    letters = "cs" if is_shell(ev.proc.exe) else {"python": "cm", "python2": "cm", "python3": "cm",
+                                                  "perl": "eE", "ruby": "e", "node": "ep",
+                                                  "php": "r"}.get(fam, "ce")
     i = 0
     while i < len(args):
         a = args[i]
-        if a in code:
+        if a in ("-", "--command", "--eval") or (
+                a.startswith("-") and not a.startswith("--") and any(c in letters for c in a[1:])):
             return None
         if a.startswith("-") and len(a) > 1:
             if a in ("-W", "-X", "-O", "-o", "--rcfile", "--init-file"):
