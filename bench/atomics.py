@@ -303,8 +303,9 @@ def main() -> int:
                 top = max((SEV.get(x["severity"], 0) for x in alerts), default=-1)
                 row["detected"] = top >= SEV["medium"]
                 row["top_severity"] = next((k for k, v in SEV.items() if v == top), "")
+                # taken, not attempted: "kill-skipped: already exited" stopped nothing
                 row["blocked"] = any(x["action"] in ("kill", "kill-tree", "quarantine")
-                                     or x["action"].startswith("kill") for x in alerts)
+                                     for x in alerts)
                 results.append(row)
                 print(f"{a['technique']}-{a['n']} rc={row['rc']} det={row['detected']}"
                       f"({row['top_severity']}) blk={row['blocked']} {a['name'][:50]}", flush=True)

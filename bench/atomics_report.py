@@ -15,9 +15,16 @@ from typing import Any
 # variable assignments): no exec, so no alert is possible; listed apart.
 
 
+TAKEN = ("kill", "kill-tree", "quarantine")
+
+
 def load(path: str) -> dict[tuple[str, int], dict[str, Any]]:
     d = json.load(open(path))
-    return {(r["technique"], r["n"]): r for r in d["results"]}
+    rows = {(r["technique"], r["n"]): r for r in d["results"]}
+    for r in rows.values():   # a block is an action taken ("kill-skipped: ..." is none)
+        if "skipped" not in r:
+            r["blocked"] = any(a["action"] in TAKEN for a in r["alerts"])
+    return rows
 
 
 def counted(r: dict[str, Any]) -> bool:
@@ -32,7 +39,7 @@ def cell(r: dict[str, Any]) -> str:
     if "skipped" in r:
         return "skipped"
     if r["blocked"]:
-        acts = sorted({a["action"] for a in r["alerts"] if a["action"].startswith(("kill", "quar"))})
+        acts = sorted({a["action"] for a in r["alerts"] if a["action"] in TAKEN})
         return f"**blocked** ({'/'.join(acts)}; {r['top_severity']})"
     if r["detected"]:
         return f"detected ({r['top_severity']})"
@@ -51,6 +58,10 @@ def why(r: dict[str, Any]) -> str:
     if invisible(r):
         return "nothing a kernel sensor sees (shell builtins only)"
     rules = sorted({a["rule"].removeprefix("behavior.") for a in r["alerts"]})
+    if not r["detected"]:
+        ran = sorted({e.rsplit("/", 1)[-1] for e in r.get("execs", [])})
+        low = f"; low/info: {', '.join(rules)}" if rules else ""
+        return f"no medium+ alert (ran: {', '.join(ran)[:60]}){low}"
     return ", ".join(rules)[:90]
 
 
