@@ -232,3 +232,15 @@ def test_setuid_search_by_find_operand() -> None:
             [SetuidBits()])
     assert f and f[0].severity == "medium"
     assert run([ex(93, "/usr/bin/find", 0, ("find", ".", "-name", "-perm"))], [SetuidBits()]) == []
+
+
+def test_every_block_says_what_it_prevented() -> None:
+    """Each acting finding of the pack carries evidence["prevented"] (issue 15)."""
+    py = "/usr/bin/python3.11"
+    got = run([ex(95, py, 0, ("python3", "x.py")), net(95, py, 1, daddr="203.0.113.9", dport=4444),
+               ex(95, SH, 2, ("sh", "-i")),
+               ExecEvent(T0 + 3 * NS, proc(96, "/memfd:x (deleted)"), argv=("x",), exe_ino=5,
+                         exe_nlink=0)])
+    acting = [f for f in got if f.action in ("kill", "kill-tree", "quarantine")]
+    assert {f.rule for f in acting} >= {"behavior.reverse_shell", "behavior.fileless_exec"}
+    assert all(f.evidence.get("prevented") for f in acting)

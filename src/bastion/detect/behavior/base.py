@@ -66,6 +66,7 @@ class BehaviorRule:
     severity: str = "medium"
     action: str = "alert"
     description: str = ""
+    prevents: str = ""      # what a block of this rule stops (evidence "prevented")
 
     def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None) -> None:
         s = settings or RuleSettings()
@@ -117,6 +118,10 @@ class BehaviorRule:
 
     def finding(self, ev: Event, h: Hit) -> Finding:
         action = self.action_override or h.action or self.action
+        if action in ("kill", "kill-tree", "quarantine") and "prevented" not in h.evidence:
+            # every block says what it stopped (issue 15); rules that know better say it
+            h.evidence["prevented"] = (self.prevents or
+                                       f"what the process would do next ({self.name})")
         return Finding(
             rule=self.name, title=h.title,
             severity=self.severity_override or h.severity or self.severity,

@@ -268,6 +268,7 @@ class ReverseShell(SequenceRule):
     interpreter: the dup2-and-exec pattern of nc -e, python/perl one-liners."""
 
     name = "behavior.reverse_shell"
+    prevents = "an interactive shell over the network connection"
     event_types = frozenset({"connect", "exec"})
     attack = ("T1059.004", "T1071.001")
     severity = "critical"
@@ -400,6 +401,7 @@ NETWORK_SERVICES = frozenset({
 
 class ServiceSpawnsShell(SingleEvent):
     name = "behavior.service_shell"
+    prevents = "the shell a network service spawned (web shell / exploit)"
     event_types = frozenset({"exec"})
     attack = ("T1190", "T1059.004", "T1505.003")
     severity = "high"
@@ -535,6 +537,7 @@ class ExecFromTemp(SingleEvent):
 
 class MemfdExec(SingleEvent):
     name = "behavior.fileless_exec"
+    prevents = "the in-memory (fileless) program"
     event_types = frozenset({"exec"})
     attack = ("T1620", "T1027.011")
     severity = "critical"
@@ -1357,6 +1360,7 @@ _STRATUM = re.compile(r"stratum\+(tcp|ssl|tls)://|--donate-level|\b(pool|moneroo
 
 class MiningPool(SingleEvent):
     name = "behavior.mining"
+    prevents = "the cryptominer"
     event_types = frozenset({"exec", "connect"})
     attack = ("T1496",)
     severity = "critical"
@@ -1401,6 +1405,7 @@ class Ransomware(ThresholdRule):
     tree); without the probe (replay) a uniform new extension on renames does."""
 
     name = "behavior.ransomware"
+    prevents = "the rest of the tree's file encryption / destruction"
     event_types = frozenset({"open", "rename", "unlink"})
     attack = ("T1486",)
     severity = "critical"
