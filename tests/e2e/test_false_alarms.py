@@ -35,6 +35,9 @@ ransomware rule's data directories.
   commit in the clone, a pull and gc;
 * archives: a tree of 20 000 files generated, ``tar czf`` of /usr/share/doc
   and of the tree, listed and extracted, ``gzip``/``gunzip`` of a large file;
+* armed rules' look-alikes (issue 15): a local .deb shipping a cron job and a
+  systemd unit, installed and purged with dpkg; a build script run from a temp
+  dir and its product; visudo on a copy of sudoers (when installed); run-parts;
 * this project's own unit tests (a < 30 s slice).
 
 Everything the corpus writes is under ``tmp_path`` (the pip cache too); the
@@ -215,6 +218,44 @@ def _archives(c: Corpus) -> None:
         expect=("gzip -6 big.tar", "gunzip big.tar.gz", "cmp - big.tar"))
 
 
+def _armed(c: Corpus) -> None:
+    """Benign look-alikes of what the provenance model now stops (issue 15): a local
+    .deb that ships a cron job and a systemd unit (installed and purged by dpkg, a
+    trusted tool); a build script and its product run from a temp dir (temp-dir
+    provenance without any sensitive act); a downloader's file that is never run;
+    visudo checking and editing a copy of sudoers (when sudo is installed); cron's
+    run-parts listing its jobs."""
+    work = c.tmp / "armed"
+    work.mkdir()
+    name = f"bastion-corpus-{os.getpid()}"
+    pkg = work / "pkg"
+    (pkg / "DEBIAN").mkdir(parents=True)
+    (pkg / "etc" / "cron.d").mkdir(parents=True)
+    (pkg / "lib" / "systemd" / "system").mkdir(parents=True)
+    (pkg / "DEBIAN" / "control").write_text(
+        f"Package: {name}\nVersion: 1.0\nArchitecture: all\nMaintainer: corpus <c@example.org>\n"
+        "Description: benign corpus package\n")
+    (pkg / "etc" / "cron.d" / name).write_text("# corpus\n17 3 * * * root /bin/true\n")
+    (pkg / "lib" / "systemd" / "system" / f"{name}.service").write_text(
+        "[Service]\nExecStart=/bin/true\n")
+    c.run("local .deb with a cron job and a unit: dpkg -i, dpkg --purge",
+          f"dpkg-deb --build pkg {name}.deb\ndpkg -i {name}.deb\n"
+          f"test -f /etc/cron.d/{name}\ndpkg --purge {name}\ntest ! -e /etc/cron.d/{name}\n",
+          work, expect=("dpkg-deb --build pkg", f"dpkg -i {name}.deb", f"dpkg --purge {name}"))
+    (work / "build.sh").write_text("#!/bin/sh\nset -e\nprintf 'int main(void){return 0;}\\n' > t.c\n"
+                                   "gcc -o t t.c\n./t\ncat /etc/passwd > /dev/null\n")
+    c.run("a build script and its product run from a temp dir", "sh ./build.sh", work,
+          expect=("sh ./build.sh", "gcc -o t t.c"))
+    if shutil.which("visudo"):
+        c.run("visudo -c and an edit of a copy with visudo", (
+            "cp /etc/sudoers sudoers.copy\n"
+            "EDITOR='sh -c \"echo \\\"# corpus\\\" >> \\$0\"' visudo -f sudoers.copy\n"
+            "visudo -c -f sudoers.copy\n"), work, expect=("visudo -c -f sudoers.copy",))
+    if shutil.which("run-parts") and os.path.isdir("/etc/cron.daily"):
+        c.run("cron's run-parts listing the daily jobs", "run-parts --test /etc/cron.daily",
+              work, expect=("run-parts --test",))
+
+
 def _unit_tests(c: Corpus) -> None:
     py = REPO / ".venv" / "bin" / "python"
     c.run("unit tests (events or config or store)",
@@ -300,6 +341,7 @@ def test_benign_corpus_raises_nothing_high(tmp_path: Path) -> None:
             _build(corpus)
             _git(corpus)
             _archives(corpus)
+            _armed(corpus)
             _unit_tests(corpus)
             _quiesce(agent)
         time.sleep(1.5)   # the agent's health pass (drop counter) runs every second

@@ -12,6 +12,7 @@ from bastion.detect.behavior.config import BehaviorConfig, parse_behavior
 from bastion.detect.behavior.rules import (
     ALL_RULE_CLASSES, PERSISTENCE, PersistenceWrite, Probes, live_probes,
 )
+from bastion.detect.behavior.provenance import Provenance
 from bastion.detect.behavior.state import Limits
 from bastion.detect.behavior.trust import ExeTrust
 from bastion.detect.engine import Rule
@@ -33,6 +34,10 @@ def behavior_rules(config: BehaviorConfig | None = None, probes: Probes | None =
     limits = Limits(max_keys=cfg.max_keys, ttl_ns=int(cfg.state_ttl_s * NS))
     out: list[Rule] = []
     trust = trust or ExeTrust()   # one for the pack: tool identities resolved once, refreshed
+    prov = Provenance(RuleSettings(dry_run=cfg.dry_run), limits,
+                      stdio=probes.stdio if probes is not None else None)   # first: later rules see this event's provenance
+    prov.trust = trust
+    out.append(prov)
 
     def settings(name: str) -> RuleSettings:
         s = cfg.rules.get(name, RuleSettings())
@@ -50,15 +55,17 @@ def behavior_rules(config: BehaviorConfig | None = None, probes: Probes | None =
         else:
             rule = cls(s, limits)
         rule.trust = trust
+        rule.prov = prov
         out.append(rule)
     for pc in PERSISTENCE:
         s = settings(pc.rule)
         if s.enabled:
             pw = PersistenceWrite(pc, s, limits)
             pw.trust = trust
+            pw.prov = prov
             out.append(pw)
     return out
 
 
 __all__ = ["ExeTrust", "behavior_rules", "rule_names", "BehaviorConfig", "parse_behavior", "Probes",
-           "live_probes", "Limits"]
+           "live_probes", "Limits", "Provenance"]

@@ -23,13 +23,16 @@ import ipaddress
 import os
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from bastion.detect.engine import Finding, RuleContext
 from bastion.events import Event
 from bastion.detect.behavior.state import BoundedState, Limits, ProcKey, proc_key, tree_key
 from bastion.detect.behavior.trust import ExeTrust
 from bastion.proctable import ProcEntry
+
+if TYPE_CHECKING:
+    from bastion.detect.behavior.provenance import Provenance
 
 NS = 1_000_000_000
 ACTIONS = ("alert", "kill", "kill-tree", "quarantine")
@@ -63,6 +66,7 @@ class BehaviorRule:
     severity: str = "medium"
     action: str = "alert"
     description: str = ""
+    prevents: str = ""      # what a block of this rule stops (evidence "prevented")
 
     def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None) -> None:
         s = settings or RuleSettings()
@@ -72,6 +76,19 @@ class BehaviorRule:
         self.severity_override = s.severity
         self._states: list[BoundedState[Any, Any]] = []
         self.trust = ExeTrust()   # behavior_rules() shares one among the pack
+        self.prov: Provenance | None = None   # behavior_rules() shares the pack's tracker
+
+    def untrusted(self, ev: Event, ctx: RuleContext) -> tuple[dict[str, str], ProcKey | None]:
+        """The actor's untrusted-provenance reasons and the tree to stop (see
+        :mod:`.provenance`); none without a tracker."""
+        if self.prov is None:
+            return {}, None
+        reasons, origin = self.prov.reasons(ev, ctx)
+        if reasons and set(reasons) <= {"tmp-script", "tmp-binary"}:
+            login = self.prov.interactive_admin(ev, ctx)
+            if login is not None:
+                return {}, None   # an administrator at a terminal: alerted, not stopped
+        return reasons, origin
 
     def trusted(self, ev: Event, ctx: RuleContext, names: Iterable[str], depth: int = 3) -> bool:
         """:func:`trusted` with this rule's :class:`ExeTrust`."""
@@ -101,6 +118,10 @@ class BehaviorRule:
 
     def finding(self, ev: Event, h: Hit) -> Finding:
         action = self.action_override or h.action or self.action
+        if action in ("kill", "kill-tree", "quarantine") and "prevented" not in h.evidence:
+            # every block says what it stopped (issue 15); rules that know better say it
+            h.evidence["prevented"] = (self.prevents or
+                                       f"what the process would do next ({self.name})")
         return Finding(
             rule=self.name, title=h.title,
             severity=self.severity_override or h.severity or self.severity,

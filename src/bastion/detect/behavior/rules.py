@@ -39,12 +39,14 @@ from bastion.detect.behavior.base import (
     SingleEvent, Step, ThresholdRule, actor_names, base, glob_any, is_interpreter,
     is_loopback, is_public_peer, is_shell, norm_interp, package_installer, under,
 )
-from bastion.detect.behavior.state import BoundedState, Limits
+from bastion.detect.behavior.provenance import block, script_of
+from bastion.detect.behavior.state import BoundedState, Limits, ProcKey, proc_key
 from bastion.detect.engine import RuleContext
 from bastion.events import (
     BpfEvent, Event, ExecEvent, FileEvent, HipsEvent, KillEvent, NetEvent,
     PtraceEvent,
 )
+from bastion.proctable import ProcEntry
 
 O_ACCMODE, O_CREAT, O_TRUNC = 0o3, 0o100, 0o1000
 
@@ -63,6 +65,15 @@ class Probes:
     entropy: Callable[[str], float | None] | None = None
     entropy_many: Callable[[Sequence[str]], list[float | None]] | None = None
     stalled: Callable[[], list[str]] | None = None
+    # the root directory through which ``pid`` sees its files (None: gone; the agent's)
+    root_of: Callable[[int], str | None] | None = None
+
+
+def proc_root(pid: int) -> str | None:
+    """``/proc/PID/root`` while the process lives: a container's or another mount
+    namespace's files as that process sees them."""
+    r = f"/proc/{pid}/root"
+    return r if os.path.exists(r) else None
 
 
 def read_stdio(pid: int) -> tuple[str, ...] | None:
@@ -207,7 +218,8 @@ class EntropyProbe:
 
 def live_probes() -> Probes:
     ep = EntropyProbe()
-    return Probes(stdio=read_stdio, entropy=ep, entropy_many=ep.many, stalled=ep.stalled)
+    return Probes(stdio=read_stdio, entropy=ep, entropy_many=ep.many, stalled=ep.stalled,
+                  root_of=proc_root)
 
 
 def write_intent(ev: FileEvent) -> bool:
@@ -259,6 +271,7 @@ class ReverseShell(SequenceRule):
     interpreter: the dup2-and-exec pattern of nc -e, python/perl one-liners."""
 
     name = "behavior.reverse_shell"
+    prevents = "an interactive shell over the network connection"
     event_types = frozenset({"connect", "exec"})
     attack = ("T1059.004", "T1071.001")
     severity = "critical"
@@ -289,9 +302,46 @@ class ReverseShell(SequenceRule):
         return hits
 
 
-_REVSHELL_ARGV = re.compile(
-    r"/dev/(tcp|udp)/|\b(nc|ncat|netcat)\b.*\s-(e|c)\s|socat\b.*\b(exec|system):|"
-    r"\bsocket\.socket\(.*\bdup2\(|\bfsockopen\(|\bTCPSocket\.(new|open)")
+# Matched on structure: the /dev/tcp redirection in a shell's own script; the
+# socket-and-dup2 idiom in the code an interpreter runs (the argument of -c/-e/-r);
+# nc/ncat/netcat run with an exec option; socat with an EXEC/SYSTEM address.
+# Never on the joined command line: `python -c ...` run from a directory named
+# `nc` is no netcat (the old `\b(nc|ncat|netcat)\b.*\s-(e|c)\s` killed it).
+_DEV_TCP = re.compile(r"/dev/(tcp|udp)/")
+_INTERP_SOCKET = re.compile(r"\bsocket\.socket\(.*\bdup2\(|\bfsockopen\(|\bTCPSocket\.(new|open)|"
+                            r"\bsocket\(.*\bopen\(\s*STD(IN|OUT)|\bnet\.(connect|Socket)\(.*spawn",
+                            re.S)
+NETCATS = frozenset({"nc", "ncat", "netcat", "nc.traditional", "nc.openbsd"})
+_NC_EXEC = frozenset({"-e", "-c", "--exec", "--sh-exec", "--lua-exec"})
+
+
+def revshell_structure(ev: ExecEvent) -> str | None:
+    """What in this exec is a reverse/bind-shell construct (None: nothing)."""
+    exe = base(ev.proc.exe)
+    argv0 = base(ev.argv[0]) if ev.argv else ""
+    args = list(ev.argv[1:])
+    if exe in NETCATS or argv0 in NETCATS:
+        for a in args:
+            # -e PROG, -c CMD, or bundled short options ending in e/c (-lvpe, -nve)
+            if a in _NC_EXEC or (a.startswith("-") and not a.startswith("--") and len(a) > 2
+                                 and a[-1] in "ec" and a[1:].isalpha()):
+                return f"{exe or argv0} {a}"
+        return None
+    if exe == "socat" or argv0 == "socat":
+        for a in args:
+            if re.match(r"(?i)(exec|system):", a):
+                return f"socat {a.split(',')[0][:40]}"
+        return None
+    if is_shell(ev.proc.exe):
+        for i, a in enumerate(args):
+            if i > 0 and args[i - 1] == "-c" and _DEV_TCP.search(a):
+                return _DEV_TCP.search(a).group(0)  # type: ignore[union-attr]
+        return None
+    if is_interpreter(ev.proc.exe):
+        for i, a in enumerate(args):
+            if i > 0 and args[i - 1] in ("-c", "-e", "-r", "-E") and _INTERP_SOCKET.search(a):
+                return _INTERP_SOCKET.search(a).group(0)[:40]  # type: ignore[union-attr]
+    return None
 
 
 # bash's /dev/tcp is also a plain client (wait-for-it port probes, health
@@ -323,15 +373,16 @@ class ReverseShellCommand(SingleEvent):
     def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
         if isinstance(ev, ExecEvent):
             line = " ".join(ev.argv)
-            m = _REVSHELL_ARGV.search(line)
-            if m and m.group(0).startswith("/dev/") and \
+            m = revshell_structure(ev)
+            if m and m.startswith("/dev/") and \
                     not any(_STDIO_WIRING.search(a) for a in ev.argv):
                 return Hit(f"Shell network redirection (no stdio wiring): {line[:120]}",
-                           {"argv": list(ev.argv), "match": m.group(0)},
+                           {"argv": list(ev.argv), "match": m},
                            severity="medium", action="alert")
             if m:
-                return Hit(f"Reverse shell command line: {line[:120]}", {"argv": list(ev.argv),
-                                                                         "match": m.group(0)})
+                return Hit(f"Reverse shell command line: {line[:120]}",
+                           {"argv": list(ev.argv), "match": m,
+                            "prevented": "the shell's session over the network"})
         if isinstance(ev, NetEvent) and ev.op == "connect" and ev.family in ("inet", "inet6") \
                 and is_shell(ev.proc.exe):
             local = is_loopback(ev.daddr)
@@ -353,6 +404,7 @@ NETWORK_SERVICES = frozenset({
 
 class ServiceSpawnsShell(SingleEvent):
     name = "behavior.service_shell"
+    prevents = "the shell a network service spawned (web shell / exploit)"
     event_types = frozenset({"exec"})
     attack = ("T1190", "T1059.004", "T1505.003")
     severity = "high"
@@ -424,15 +476,22 @@ class DownloadExecute(BehaviorRule):
                             action="alert")]
             return []
         if isinstance(ev, ExecEvent):
-            for p in {ev.proc.exe, ev.filename, *(ev.argv[1:2] if ev.argv and
-                                                  (is_shell(ev.proc.exe) or is_interpreter(ev.proc.exe))
-                                                  else ())}:
+            script = script_of(ev)
+            for p in {ev.proc.exe, ev.filename, *([script] if script else [])}:
                 got = self._dropped.get(p, now) if p else None
+                if got is None and p and self.prov is not None:
+                    pw = self.prov.from_network(p, now)
+                    if pw is not None:
+                        who, _, peer = pw.partition(" ")
+                        got = (0, who, peer)
                 if got is not None:
                     self._dropped.pop(p)
+                    tmp = under(p, ("/tmp", "/var/tmp", "/dev/shm", "/run/shm"))
                     return [Hit(f"Executed a freshly downloaded file: {p}",
                                 {"path": p, "writer": got[1], "writer_pid": got[0], "peer": got[2],
-                                 "argv": list(ev.argv)})]
+                                 "argv": list(ev.argv),
+                                 "prevented": f"the downloaded program {p} (killed at exec)"},
+                                severity="critical" if tmp else None)]
         return []
 
     def _dropped_time(self, path: str, now: int) -> int:
@@ -467,6 +526,14 @@ class ExecFromTemp(SingleEvent):
             return Hit(f"Executed a program from shared memory: {exe}", {"exe": exe}, severity="high")
         if under(exe, ("/tmp", "/var/tmp")):
             return Hit(f"Executed a program from a temporary directory: {exe}", {"exe": exe})
+        # an interpreted program runs as /bin/sh or python: the script is the program
+        script = script_of(ev)
+        if script and under(script, ("/dev/shm", "/run/shm")):
+            return Hit(f"Ran a script from shared memory: {script}", {"exe": exe, "script": script},
+                       severity="high")
+        if script and under(script, ("/tmp", "/var/tmp")):
+            return Hit(f"Ran a script from a temporary directory: {script}",
+                       {"exe": exe, "script": script})
         parts = exe.split("/")[:-1]
         hidden = [p for p in parts if p.startswith(".") and p not in (".", "..")]
         if hidden and not any(h in HIDDEN_OK for h in hidden):
@@ -479,6 +546,7 @@ class ExecFromTemp(SingleEvent):
 
 class MemfdExec(SingleEvent):
     name = "behavior.fileless_exec"
+    prevents = "the in-memory (fileless) program"
     event_types = frozenset({"exec"})
     attack = ("T1620", "T1027.011")
     severity = "critical"
@@ -604,11 +672,16 @@ class CredentialAccess(SingleEvent):
         who = base(ev.proc.exe) or ev.proc.comm
         if sclass:
             # by inode: a hard link or a bind mount of the secret is the same secret
-            return Hit(f"Secret ({sclass}) {path} {verb} by {who}",
-                       {"path": path, "access": verb, "class": sclass,
-                        "inode": f"{ev.dev}:{ev.ino}" if isinstance(ev, FileEvent) else ""},
-                       severity=SECRET_SEVERITY.get(sclass))
-        return Hit(f"Credential store {path} {verb} by {who}", {"path": path, "access": verb})
+            hit = Hit(f"Secret ({sclass}) {path} {verb} by {who}",
+                      {"path": path, "access": verb, "class": sclass,
+                       "inode": f"{ev.dev}:{ev.ino}" if isinstance(ev, FileEvent) else ""},
+                      severity=SECRET_SEVERITY.get(sclass))
+        else:
+            hit = Hit(f"Credential store {path} {verb} by {who}", {"path": path, "access": verb})
+        reasons, origin = self.untrusted(ev, ctx)
+        if reasons:
+            return block(hit, reasons, origin, ev, f"use of the credentials in {path}")
+        return hit
 
 
 # ---- 8./9. other processes' memory, ptrace injection -----------------------------------
@@ -693,8 +766,12 @@ class LdPreload(SingleEvent):
         path = written_path(ev)
         if path not in ("/etc/ld.so.preload",) or self.trusted(ev, ctx, PACKAGE_MANAGERS, depth=3):
             return None
-        return Hit("/etc/ld.so.preload modified: every program will load a chosen library",
-                   {"path": path})
+        hit = Hit("/etc/ld.so.preload modified: every program will load a chosen library",
+                  {"path": path})
+        reasons, origin = self.untrusted(ev, ctx)
+        if reasons:
+            return block(hit, reasons, origin, ev, "the rest of the preload write")
+        return hit
 
 
 # ---- 10b. loader / interpreter environment injection (ABI 1.4: env read at exec) ----
@@ -897,7 +974,12 @@ PERSISTENCE = (
                  ("/etc/profile", "/etc/profile.d/*", "/etc/bash.bashrc", "/etc/zsh/*",
                   "/root/.bashrc", "/root/.profile", "/root/.bash_profile", "/root/.bash_login",
                   "/root/.zshrc", "/home/*/.bashrc", "/home/*/.profile", "/home/*/.bash_profile",
-                  "/home/*/.bash_login", "/home/*/.zshrc", "/etc/environment"),
+                  "/home/*/.bash_login", "/home/*/.zshrc", "/etc/environment",
+                  "/root/.shrc", "/home/*/.shrc", "/root/.kshrc", "/home/*/.kshrc",
+                  "/root/.zprofile", "/home/*/.zprofile", "/root/.zlogin", "/home/*/.zlogin",
+                  "/root/.bash_logout", "/home/*/.bash_logout", "/etc/zprofile", "/etc/zshrc",
+                  "/root/.config/fish/config.fish", "/home/*/.config/fish/config.fish",
+                  "/etc/fish/config.fish", "/etc/shells"),
                  frozenset({*PACKAGE_MANAGERS}), severity="medium"),
     PersistClass("behavior.persistence_authorized_keys", "SSH authorized_keys", ("T1098.004",),
                  ("/root/.ssh/authorized_keys*", "/home/*/.ssh/authorized_keys*",
@@ -925,7 +1007,12 @@ class PersistenceWrite(SingleEvent):
         pat = glob_any(path, self.cls.patterns)
         if pat is None or self.trusted(ev, ctx, self.cls.tools, depth=3):
             return None
-        return Hit(f"New or changed {self.cls.what}: {path}", {"path": path, "pattern": pat})
+        hit = Hit(f"New or changed {self.cls.what}: {path}", {"path": path, "pattern": pat})
+        reasons, origin = self.untrusted(ev, ctx)
+        if reasons:
+            return block(hit, reasons, origin, ev,
+                         f"the {self.cls.what} write to {path} (writer stopped at the open)")
+        return hit
 
 
 # ---- 12. accounts -------------------------------------------------------------------------
@@ -963,8 +1050,12 @@ class AccountChange(SingleEvent):
             return None
         if self.trusted(ev, ctx, ACCOUNT_TOOLS, depth=2):
             return None
-        return Hit(f"{path} modified directly by {base(ev.proc.exe) or ev.proc.comm}",
-                   {"path": path}, severity="high")
+        hit = Hit(f"{path} modified directly by {base(ev.proc.exe) or ev.proc.comm}",
+                  {"path": path}, severity="high")
+        reasons, origin = self.untrusted(ev, ctx)
+        if reasons:
+            return block(hit, reasons, origin, ev, f"the account change in {path}")
+        return hit
 
 
 # ---- 13. setuid/setgid bits, file capabilities -------------------------------------------
@@ -981,6 +1072,17 @@ class SetuidBits(SingleEvent):
             if base(ev.proc.exe) == "setcap" and len(ev.argv) > 1 and "-r" not in ev.argv \
                     and not self.trusted(ev, ctx, PACKAGE_MANAGERS, depth=3):
                 return Hit(f"File capabilities set: {' '.join(ev.argv)[:120]}", {"argv": list(ev.argv)})
+            # a search for setuid/setgid files (privilege-escalation recon): find's own
+            # -perm operand, not a substring of the command line
+            if base(ev.proc.exe) == "find":
+                args = list(ev.argv[1:])
+                for i, a in enumerate(args[:-1]):
+                    if a == "-perm" and re.fullmatch(r"[-/+]?(0?[246]000|u=s|g=s|u\+s|g\+s)",
+                                                     args[i + 1]):
+                        if self.trusted(ev, ctx, PACKAGE_MANAGERS | {"updatedb", "aide"}, depth=3):
+                            return None
+                        return Hit(f"Search for setuid/setgid files: {' '.join(ev.argv)[:120]}",
+                                   {"argv": list(ev.argv)}, severity="medium")
             return None
         if not isinstance(ev, FileEvent) or not ev.mode & 0o6000:
             return None
@@ -1011,7 +1113,11 @@ class SudoersPam(SingleEvent):
             return None
         if self.trusted(ev, ctx, {"visudo", "pam-auth-update", *PACKAGE_MANAGERS}, depth=3):
             return None
-        return Hit(f"Privilege configuration changed: {path}", {"path": path, "pattern": pat})
+        hit = Hit(f"Privilege configuration changed: {path}", {"path": path, "pattern": pat})
+        reasons, origin = self.untrusted(ev, ctx)
+        if reasons:
+            return block(hit, reasons, origin, ev, f"the privilege configuration write to {path}")
+        return hit
 
 
 # ---- 15. history and log clearing ----------------------------------------------------------
@@ -1031,6 +1137,15 @@ class LogClearing(SingleEvent):
     action = "alert"
 
     def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
+        hit = self._match(ev, ctx)
+        if hit is None:
+            return None
+        reasons, origin = self.untrusted(ev, ctx)
+        if reasons:
+            return block(hit, reasons, origin, ev, "the log/history wipe (the actor's tree stopped)")
+        return hit
+
+    def _match(self, ev: Event, ctx: RuleContext) -> Hit | None:
         if isinstance(ev, ExecEvent):
             tool = base(ev.proc.exe)
             args = ev.argv[1:]
@@ -1091,6 +1206,15 @@ class KillSecurityTools(SingleEvent):
         return names
 
     def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
+        hit = self._match(ev, ctx)
+        if hit is None:
+            return None
+        reasons, origin = self.untrusted(ev, ctx)
+        if reasons:
+            return block(hit, reasons, origin, ev, "the security tool's shutdown (the actor's tree stopped)")
+        return hit
+
+    def _match(self, ev: Event, ctx: RuleContext) -> Hit | None:
         if isinstance(ev, KillEvent):
             target = ev.target_tgid or ev.target_pid
             if ev.signal not in _FATAL or target <= 0 or target == ev.proc.pid:
@@ -1217,35 +1341,242 @@ class BpfLoad(SingleEvent):
 
 # ---- 19. port scanning -------------------------------------------------------------------------
 
-class PortScan(ThresholdRule):
+LAUNCHER_PARENTS = frozenset({"xargs", "parallel", "timeout", "env", "nohup", "setsid"})
+
+
+class PortScan(BehaviorRule):
+    """Connections to many distinct ports of a host (a port scan) or to many hosts of
+    one network on a few ports (a host sweep), counted per process and per the
+    shell/launcher that runs one short-lived client per port (``for p in ...; do nc -z
+    host $p; done``).  Loopback scans count with a higher bar (``loopback_count``) and
+    are reported medium: local test harnesses probe ports too.
+
+    The sensor reports connect attempts, not their results: a refused connect counts
+    like any other (a hook for a result field: ``refused`` in the evidence when present)."""
+
     name = "behavior.port_scan"
     event_types = frozenset({"connect"})
     attack = ("T1046",)
     severity = "high"
     action = "alert"
-    description = "Port scan: connections to many distinct ports"
+    description = "Port scan"
     count = 25
+    loopback_count = 50
+    sweep_count = 64     # a client pool or a crawler reaches dozens of hosts of one /24 on 443
     window_ns = 10 * NS
-    distinct = True
 
     def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None,
-                 include_loopback: bool = False) -> None:
+                 include_loopback: bool = True) -> None:
         super().__init__(settings, limits)
         self.include_loopback = include_loopback
+        self._seen: BoundedState[ProcKey, dict[tuple[str, int], int]] = self.state()
+        self._fired: BoundedState[ProcKey, int] = self.state()
 
-    def value(self, ev: Event, ctx: RuleContext) -> str | None:
+    def _keys(self, ev: Event, ctx: RuleContext) -> list[ProcKey]:
+        keys = [proc_key(ev)]
+        parent = ctx.procs.get(ev.proc.ppid)
+        if parent is not None and parent.pid > 1 and (
+                is_shell(parent.exe) or base(parent.exe) in LAUNCHER_PARENTS):
+            keys.append((parent.pid, parent.start_ns))
+        return keys
+
+    def evaluate(self, ev: Event, ctx: RuleContext) -> list[Hit]:
         if not isinstance(ev, NetEvent) or ev.op != "connect" or ev.family not in ("inet", "inet6"):
-            return None
-        if not self.include_loopback and is_loopback(ev.daddr):
-            return None
-        return f"{ev.daddr}:{ev.dport}"
+            return []
+        local = is_loopback(ev.daddr)
+        if local and not self.include_loopback:
+            return []
+        now = ev.time_ns
+        for key in self._keys(ev, ctx):
+            fired = self._fired.get(key, now)
+            if fired is not None and now - fired < self.window_ns:
+                continue
+            seen = self._seen.setdefault(key, now, dict)
+            seen[(ev.daddr, ev.dport)] = now
+            if len(seen) > 4 * max(self.count, self.loopback_count):
+                for k in sorted(seen, key=seen.__getitem__)[:len(seen) // 4]:
+                    del seen[k]
+            for k in [k for k, t in seen.items() if now - t > self.window_ns]:
+                del seen[k]
+            hit = self._judge(seen, local)
+            if hit is not None:
+                self._fired.put(key, now, now)
+                self._seen.pop(key)
+                if key != proc_key(ev):
+                    hit.pid = key[0]
+                    hit.evidence["scope"] = "launcher"
+                return [hit]
+        return []
 
-    def confirm(self, ev: Event, ctx: RuleContext, values: list[str]) -> Hit | None:
-        ports = {v.rsplit(":", 1)[1] for v in values}
-        if len(ports) < self.count * 3 // 4:
-            return None  # many hosts on one port: a crawler or a client pool, not a scan
-        return Hit(f"Port scan: {len(values)} distinct peers, {len(ports)} ports in "
-                   f"{self.window_ns / NS:g}s", {"count": len(values), "sample": values[:10]})
+    def _judge(self, seen: dict[tuple[str, int], int], local: bool) -> Hit | None:
+        by_host: dict[str, set[int]] = {}
+        for h, port in seen:
+            by_host.setdefault(h, set()).add(port)
+        host, ports = max(by_host.items(), key=lambda kv: len(kv[1]))
+        need = self.loopback_count if is_loopback(host) else self.count
+        sample = [f"{h}:{p}" for h, p in list(seen)[:10]]
+        if len(ports) >= need:
+            return Hit(f"Port scan: {len(ports)} ports of {host} in {self.window_ns / NS:g}s",
+                       {"host": host, "ports": len(ports), "hosts": len(by_host), "sample": sample},
+                       severity="medium" if is_loopback(host) else None)
+        # host sweep: many hosts of one /24 (IPv4) on a few ports
+        nets: dict[str, set[str]] = {}
+        allports: set[int] = set()
+        for h, p in seen:
+            if ":" not in h and not is_loopback(h):
+                nets.setdefault(h.rsplit(".", 1)[0], set()).add(h)
+                allports.add(p)
+        if nets:
+            net, hosts = max(nets.items(), key=lambda kv: len(kv[1]))
+            if len(hosts) >= self.sweep_count and len(allports) <= 5:
+                return Hit(f"Host sweep: {len(hosts)} hosts of {net}.0/24 in "
+                           f"{self.window_ns / NS:g}s", {"network": f"{net}.0/24",
+                                                          "hosts": len(hosts), "ports": len(allports),
+                                                          "sample": sample},
+                           severity="medium")
+        return None
+
+
+# ---- 19b. shell over a pty whose master is held by a networked process ------------------------
+
+PTY_HOSTS = frozenset({"sshd", "sshd-session", "telnetd", "in.telnetd", "login", "tmux",
+                       "screen", "script", "expect", "ssh", "mosh-server", "dropbear",
+                       "gdm-session-worker", "xterm", "gnome-terminal-server", "konsole",
+                       "containerd-shim", "containerd-shim-runc-v2", "runc", "docker"})
+
+
+class PtySocketShell(SingleEvent):
+    """A shell started on a pty by a process that holds a network connection (it
+    connected out, or listens/accepts) and is no terminal or remote-login program:
+    python ``pty.spawn`` reverse and bind shells (socket -> pty -> shell).  Live, the
+    shell's stdin must be a pty; the whole tree of the pty holder is stopped."""
+
+    name = "behavior.pty_socket_shell"
+    event_types = frozenset({"exec"})
+    attack = ("T1059.004", "T1059.006")
+    severity = "critical"
+    action = "kill-tree"
+
+    def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None,
+                 probes: Probes | None = None) -> None:
+        super().__init__(settings, limits)
+        self.probes = probes or Probes()
+
+    def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
+        if not isinstance(ev, ExecEvent) or not is_shell(ev.proc.exe) or self.prov is None:
+            return None
+        parent = ctx.procs.get(ev.proc.ppid)
+        if parent is None or parent.pid <= 1:
+            return None
+        pkey = (parent.pid, parent.start_ns)
+        peer = self.prov.netted(pkey, ev.time_ns)
+        svc = self.prov.reasons_of(pkey, ev.time_ns).get("network-service")
+        if peer is None and svc is None:
+            return None
+        if self._trusted_entry(parent, PTY_HOSTS):
+            return None
+        ev_: dict[str, Any] = {"pty_holder": parent.exe, "pty_holder_pid": parent.pid,
+                               "network": peer or svc, "argv": list(ev.argv)}
+        if self.probes.stdio is not None:
+            fds = self.probes.stdio(ev.proc.pid)
+            if fds is None or not (fds[0].startswith("/dev/pts/") or fds[0] == "/dev/ptmx"):
+                return None
+            ev_["stdio"] = list(fds)
+        elif not (is_interpreter(parent.exe) or is_shell(parent.exe)):
+            return None
+        ev_["prevented"] = "an interactive shell over the network (pty holder and shell stopped)"
+        return Hit(f"Shell on a pty held by networked {base(parent.exe)} ({peer or svc})", ev_,
+                   pid=parent.pid)
+
+    def _trusted_entry(self, e: ProcEntry, names: frozenset[str]) -> bool:
+        from bastion.detect.behavior.base import trusted_as
+        return trusted_as(e, names, self.trust) is not None
+
+
+# ---- 19c. decoded payload piped into a shell -------------------------------------------------------
+
+def decoder(ev: ExecEvent) -> str | None:
+    """Is this exec a decoder writing its output (``base64 -d``, ``xxd -r``, ...)?"""
+    tool = base(ev.proc.exe)
+    args = list(ev.argv[1:])
+    if tool in ("base64", "base32", "basenc") and any(
+            a in ("-d", "--decode", "-D") or (a.startswith("-") and not a.startswith("--")
+                                              and "d" in a[1:]) for a in args):
+        return f"{tool} -d"
+    if tool == "xxd" and any(a.startswith("-r") or a == "-revert" for a in args):
+        return "xxd -r"
+    if tool in ("uudecode",):
+        return tool
+    if tool == "openssl" and ("-d" in args or "-base64" in args and "-d" in args) and \
+            any(a in ("base64", "enc", "-a", "-base64") for a in args):
+        return "openssl -d"
+    return None
+
+
+def reads_commands_from_stdin(ev: ExecEvent) -> bool:
+    if not (is_shell(ev.proc.exe) or is_interpreter(ev.proc.exe)) or base(ev.proc.exe) in \
+            ("nc", "ncat", "netcat", "socat", "telnet", "awk", "gawk"):
+        return False
+    args = ev.argv[1:]
+    if any(a in ("-c", "-e", "-m", "--command") for a in args):
+        return False
+    return script_of(ev) is None
+
+
+class DecodedPayloadShell(SingleEvent):
+    """A shell or interpreter reading its commands from stdin, started beside a
+    decoder by the same parent within seconds (``echo ... | base64 -d | sh``); live,
+    the shell's stdin must be a pipe.  Whichever exec comes second raises it; the
+    shell is killed."""
+
+    name = "behavior.decoded_payload_shell"
+    event_types = frozenset({"exec"})
+    attack = ("T1140", "T1059.004", "T1027")
+    severity = "critical"
+    action = "kill"
+    window_ns = 3 * NS
+
+    def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None,
+                 probes: Probes | None = None) -> None:
+        super().__init__(settings, limits)
+        self.probes = probes or Probes()
+        self._decoders: BoundedState[ProcKey, tuple[int, str]] = self.state()
+        self._shells: BoundedState[ProcKey, tuple[int, int, int, str]] = self.state()
+
+    def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
+        if not isinstance(ev, ExecEvent):
+            return None
+        parent = ctx.procs.get(ev.proc.ppid)
+        if parent is None or parent.pid <= 1:
+            return None
+        pkey = (parent.pid, parent.start_ns)
+        now = ev.time_ns
+        dec = decoder(ev)
+        if dec is not None:
+            sh = self._shells.get(pkey, now)
+            if sh is not None and now - sh[0] <= self.window_ns:
+                self._shells.pop(pkey)
+                return self._hit(ev, dec, sh[1], sh[2], sh[3])
+            self._decoders.put(pkey, now, (now, dec))
+            return None
+        if not reads_commands_from_stdin(ev):
+            return None
+        if self.probes.stdio is not None:
+            fds = self.probes.stdio(ev.proc.pid)
+            if fds is None or not fds[0].startswith("pipe:"):
+                return None
+        got = self._decoders.get(pkey, now)
+        if got is not None and now - got[0] <= self.window_ns:
+            return self._hit(ev, got[1], ev.proc.pid, ev.proc.start_ns, ev.proc.exe)
+        self._shells.put(pkey, now, (now, ev.proc.pid, ev.proc.start_ns, ev.proc.exe))
+        return None
+
+    def _hit(self, ev: Event, dec: str, pid: int, start_ns: int, exe: str) -> Hit:
+        if self.prov is not None:
+            self.prov.taint((pid, start_ns), ev.time_ns, "decoded-payload", dec)
+        return Hit(f"Decoded payload piped into {base(exe)} ({dec} | {base(exe)})",
+                   {"decoder": dec, "shell": exe, "shell_pid": pid,
+                    "prevented": "the decoded commands (the shell killed)"}, pid=pid)
 
 
 # ---- 20. mining pools ------------------------------------------------------------------------------
@@ -1260,6 +1591,7 @@ _STRATUM = re.compile(r"stratum\+(tcp|ssl|tls)://|--donate-level|\b(pool|moneroo
 
 class MiningPool(SingleEvent):
     name = "behavior.mining"
+    prevents = "the cryptominer"
     event_types = frozenset({"exec", "connect"})
     attack = ("T1496",)
     severity = "critical"
@@ -1284,6 +1616,15 @@ class MiningPool(SingleEvent):
 # ---- 21. ransomware -----------------------------------------------------------------------------
 
 DATA_DIRS = ("/home", "/root", "/srv", "/var/www", "/data", "/mnt", "/media", "/opt/data")
+# Judged anywhere (issue 15) but pseudo-filesystems, which hold no one's data.
+NOT_DATA = ("/proc", "/sys", "/dev", "/run/user")
+# Programs that rewrite many files by design: package managers, builds, backups,
+# compressors without encryption, indexers.  Trusted by inode, actor or parent.
+MASS_WRITERS = frozenset({*PACKAGE_MANAGERS, "git", "tar", "rsync", "cp", "mv", "make", "cmake",
+                          "ninja", "gcc", "cc", "ld", "as", "cargo", "go", "gzip", "gunzip",
+                          "bzip2", "xz", "zstd", "lz4", "pigz", "restic", "borg", "duplicity",
+                          "rsnapshot", "updatedb", "mandb", "ldconfig", "find", "unzip",
+                          "systemd-tmpfiles", "logrotate", "dpkg-deb"})
 RANSOM_EXT = re.compile(r"\.(locked|encrypted|enc|crypt|crypted|lock|ransom|cry|pay|[a-z0-9]{5,10})$",
                         re.I)
 
@@ -1295,6 +1636,7 @@ class Ransomware(ThresholdRule):
     tree); without the probe (replay) a uniform new extension on renames does."""
 
     name = "behavior.ransomware"
+    prevents = "the rest of the tree's file encryption / destruction"
     event_types = frozenset({"open", "rename", "unlink"})
     attack = ("T1486",)
     severity = "critical"
@@ -1306,7 +1648,7 @@ class Ransomware(ThresholdRule):
     per_tree = True
 
     def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None,
-                 probes: Probes | None = None, data_dirs: tuple[str, ...] = DATA_DIRS,
+                 probes: Probes | None = None, data_dirs: tuple[str, ...] | None = None,
                  count: int | None = None) -> None:
         super().__init__(settings, limits)
         self.probes = probes or Probes()
@@ -1329,11 +1671,15 @@ class Ransomware(ThresholdRule):
             path, tag = ev.path, "u"
         else:
             return None
-        if not under(path, self.data_dirs):
+        if self.data_dirs is not None and not under(path, self.data_dirs):
+            return None
+        if under(path, NOT_DATA):
             return None
         return f"{tag}:{path}"
 
     def confirm(self, ev: Event, ctx: RuleContext, values: list[str]) -> Hit | None:
+        if self.trusted(ev, ctx, MASS_WRITERS, depth=1):
+            return None   # noise handled by trust (by inode), not by location
         paths = [v[2:] for v in values]
         renames = [p for v, p in zip(values, paths) if v[0] == "r"]
         exts = {os.path.splitext(p)[1] for p in renames if RANSOM_EXT.search(p)}
@@ -1341,10 +1687,17 @@ class Ransomware(ThresholdRule):
         high = 0
         sampled = 0
         probed: list[float | None] | None = None
+        # The files as the writer sees them: through its own root (/proc/PID/root), so a
+        # tree in a container or another mount namespace is judged on its files, not on
+        # whatever the agent's namespace has at the same path; the plain paths only when
+        # the writer is gone.
+        sample = paths[-8:]
+        root = self.probes.root_of(ev.proc.pid) if self.probes.root_of is not None else None
+        rooted = [f"{root}{p}" for p in sample] if root else sample
         if self.probes.entropy_many is not None:
-            probed = self.probes.entropy_many(paths[-8:])
+            probed = self.probes.entropy_many(rooted)
         elif self.probes.entropy is not None:
-            probed = [self.probes.entropy(p) for p in paths[-8:]]
+            probed = [self.probes.entropy(p) for p in rooted]
         if probed is not None:
             for h in probed:
                 if h is not None:
@@ -1389,7 +1742,7 @@ ALL_RULE_CLASSES: tuple[type[BehaviorRule], ...] = (
     Masquerade, CredentialAccess, ProcMemAccess, PtraceInjection, LdPreload, LoaderEnvInjection,
     PipedPayload, AccountChange,
     SetuidBits, SudoersPam, LogClearing, KillSecurityTools, FirewallTamper, KernelModuleLoad,
-    BpfLoad, PortScan, MiningPool, Ransomware,
+    BpfLoad, PortScan, MiningPool, Ransomware, PtySocketShell, DecodedPayloadShell,
 )
 
 __all__ = ["Probes", "EntropyProbe", "live_probes", "read_stdio", "file_entropy", "PERSISTENCE", "PersistenceWrite",

@@ -1,0 +1,332 @@
+"""Atomic Red Team's Linux atomics against the behaviour pack, in a throwaway sandbox.
+
+Not part of ``make test``.  Run as root on a host whose kernel runs Bastion::
+
+    flock /work/_prompts/heavy.lock .venv/bin/python bench/atomics.py \\
+        --atomics /path/to/atomic-red-team/atomics --out results.json \\
+        [--techniques T1053.003,T1059.004] [--timeout 20]
+
+Each atomic runs the way Invoke-AtomicTest runs it on Linux: its ``sh`` or
+``bash`` executor with ``-c`` and the command, ``#{input}`` replaced by the
+input's default, ``PathToAtomicsFolder`` by the atomics folder (mounted
+read-only at /AtomicRedTeam/atomics); prerequisites are not fetched (offline).
+
+Sandbox (never damage the host): ``unshare --mount --pid --fork --net --uts
+--ipc`` with a private mount tree; an overlayfs over / whose upper dir is a
+tmpfs, made the namespace's root (pivot_root, the old root unmounted), so every file change vanishes with the namespace; a
+fresh /proc (with /proc/sys and /proc/sysrq-trigger read-only), a minimal
+tmpfs /dev (null, zero, full, random, urandom, tty, ptmx + devpts), /sys
+read-only, an empty network namespace (loopback only) and its own hostname.
+Atomics that would touch kernel state no namespace isolates (module loads,
+sysctl writes, the clock, swap, audit rules, AppArmor, BPF programs, reboot)
+are skipped and listed with the reason.
+
+The agent side is the embedded default policy's behaviour pack plus the
+built-in rules, fed by the live BPF sensor scoped to the sandbox's cgroup and
+armed: its kills can only land on the sandbox's processes.  (The full agent
+would watch the whole shared host, where an armed response could hit other
+people's processes.)  Per atomic: exit code, events seen, alerts (rule,
+severity, action as taken).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SKIP = [
+    (re.compile(r"\b(reboot|shutdown|halt|poweroff)\b|\binit\s+[06]\b|systemctl\s+(reboot|poweroff|halt)"),
+     "reboot/shutdown"),
+    (re.compile(r"\b(insmod|rmmod|modprobe|kmod)\b|\.ko\b"), "kernel module load"),
+    (re.compile(r"\bsysctl\b|/proc/sys/|sysrq"), "sysctl write"),
+    (re.compile(r"\b(hwclock|timedatectl)\b|\bdate\s+-s\b|\bdate\s+--set"), "system clock"),
+    (re.compile(r"\bswapo(ff|n)\b"), "swap"),
+    (re.compile(r"\bauditctl\b|\bauditd\b"), "kernel audit rules (not namespaced)"),
+    (re.compile(r"\b(aa-teardown|aa-disable|apparmor_parser|setenforce)\b"), "LSM state"),
+    (re.compile(r"\bbpftrace\b|\bbpftool\b"), "BPF programs (global)"),
+    (re.compile(r"\bmkfs\b|\bwipefs\b|of=/dev/[sv]d|/dev/[sv]d[a-z]"), "block devices"),
+    (re.compile(r"\bkillall5\b|kill\s+-9\s+-1\b|:\(\)\s*\{"), "kills everything / fork bomb"),
+    (re.compile(r"\bdocker\b|\bkubectl\b|\bpodman\b"), "container runtime (host daemon)"),
+]
+
+SETUP = r"""
+set -e
+T="$1"; shift
+mount -t tmpfs -o size=512m bastion-sbx "$T"
+mkdir -p "$T/u" "$T/w" "$T/m"
+mount -t overlay overlay -o "lowerdir=/,upperdir=$T/u,workdir=$T/w" "$T/m"
+M="$T/m"
+mount -t proc proc "$M/proc"
+mount --bind -o ro "$M/proc/sys" "$M/proc/sys" && mount -o remount,bind,ro "$M/proc/sys"
+if [ -e "$M/proc/sysrq-trigger" ]; then mount --bind /dev/null "$M/proc/sysrq-trigger"; fi
+mount -t sysfs -o ro sysfs "$M/sys" 2>/dev/null || true
+mount -t tmpfs -o mode=755 devtmp "$M/dev"
+mknod -m 666 "$M/dev/null" c 1 3; mknod -m 666 "$M/dev/zero" c 1 5
+mknod -m 666 "$M/dev/full" c 1 7; mknod -m 666 "$M/dev/random" c 1 8
+mknod -m 666 "$M/dev/urandom" c 1 9; mknod -m 666 "$M/dev/tty" c 5 0
+mkdir -p "$M/dev/pts" "$M/dev/shm"
+mount -t devpts -o newinstance,ptmxmode=0666 devpts "$M/dev/pts"
+ln -s pts/ptmx "$M/dev/ptmx"
+mount -t tmpfs shm "$M/dev/shm"
+mount -t tmpfs run "$M/run"
+mount -t tmpfs tmp "$M/tmp"
+mkdir -p "$M/AtomicRedTeam/atomics"
+mount --bind -o ro "$ATOMICS" "$M/AtomicRedTeam/atomics"
+# Invoke-AtomicTest runs as root; many atomics prefix `sudo`, which is not installed
+# here: a pass-through shim in the overlay (vanishes with it), options dropped
+if ! command -v sudo >/dev/null; then
+  printf '%s\n' '#!/bin/sh' 'while [ $# -gt 0 ]; do case "$1" in -u|-g) shift 2;; -*) shift;; *) break;; esac; done' \
+    '[ $# -eq 0 ] && exec /bin/sh' 'exec "$@"' > "$M/usr/local/bin/sudo"
+  chmod 755 "$M/usr/local/bin/sudo"
+fi
+ip link set lo up 2>/dev/null || true
+hostname atomic-sandbox
+# pivot_root (not chroot alone): the sensor names paths from the mount namespace's
+# root, so the atomic's /etc/cron.d/x is reported as such, not under the sandbox dir
+mkdir -p "$M/.oldroot"
+cd "$M"
+pivot_root . .oldroot
+exec /usr/sbin/chroot . /bin/sh -c 'umount -l /.oldroot && exec "$@"' sandbox /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+  HOME=/root TERM=dumb PathToAtomicsFolder=/AtomicRedTeam/atomics "$@"
+"""
+
+
+def atomics(root: Path, techniques: set[str] | None) -> list[dict[str, Any]]:
+    out = []
+    for f in sorted(root.glob("T*/T*.yaml")):
+        tech = f.parent.name
+        if techniques and tech not in techniques and tech.split(".")[0] not in techniques:
+            continue
+        doc = yaml.safe_load(f.read_text())
+        for i, t in enumerate(doc.get("atomic_tests") or [], 1):
+            if "linux" not in (t.get("supported_platforms") or []):
+                continue
+            ex = t.get("executor") or {}
+            if ex.get("name") not in ("sh", "bash"):
+                continue
+            cmd = ex.get("command") or ""
+            for name, arg in (t.get("input_arguments") or {}).items():
+                cmd = cmd.replace("#{" + name + "}", str(arg.get("default", "")))
+            cmd = cmd.replace("PathToAtomicsFolder", "/AtomicRedTeam/atomics").replace(
+                "$/AtomicRedTeam", "/AtomicRedTeam")
+            out.append({"technique": tech, "n": i, "name": t.get("name", ""),
+                        "guid": t.get("auto_generated_guid", ""), "executor": ex["name"],
+                        "command": cmd})
+    return out
+
+
+def skip_reason(cmd: str) -> str | None:
+    for rx, why in SKIP:
+        if rx.search(cmd):
+            return why
+    return None
+
+
+def sandbox_trust() -> Any:
+    """Trusted tools by inode, as the sandbox's executables are seen.
+
+    Inside the overlay every executable has the overlay's device number, so the
+    host's (device, inode) identities of ``/usr/sbin/useradd`` and friends match
+    nothing, and the rules that exempt trusted tools would over-report.  This
+    measurement shim (never used by the agent) learns, from exec events, the
+    overlay identity of each path under the trust directories whose host file is a
+    trusted file.  Limit: a system binary replaced inside the sandbox would be
+    trusted here; no selected atomic does that."""
+    from bastion.detect.behavior.trust import TRUST_DIRS, ExeTrust, secure_file
+    from bastion.abi import kernel_dev
+    from bastion.events import Event, ExecEvent
+
+    class SandboxTrust(ExeTrust):
+        def __init__(self) -> None:
+            self.extra: dict[str, set[tuple[int, int]]] = {}
+            super().__init__()
+
+        def idents(self, name: str) -> frozenset[tuple[int, int]]:
+            return super().idents(name) | frozenset(self.extra.get(name, ()))
+
+        def learn(self, ev: Event) -> None:
+            if isinstance(ev, ExecEvent) and os.path.dirname(ev.proc.exe) in TRUST_DIRS:
+                st = secure_file(ev.proc.exe)
+                if st is not None and (kernel_dev(st.st_dev), st.st_ino) != (ev.exe_dev, ev.exe_ino):
+                    self.extra.setdefault(os.path.basename(ev.proc.exe), set()).add(
+                        (ev.exe_dev, ev.exe_ino))
+
+    return SandboxTrust()
+
+
+class Watch:
+    def __init__(self, cgid: int) -> None:
+        from bastion.config import load_policy
+        from bastion.detect.behavior import behavior_rules, live_probes
+        from bastion.detect.engine import Engine, RuleContext, builtin_rules
+        from bastion.proctable import ProcessTable
+        from bastion.respond.dispatch import Dispatcher
+        from bastion.sensors.bpf import BpfSensor
+
+        policy = load_policy(None)
+        self.sensor = BpfSensor(cgroup_id=cgid, self_tgid=os.getpid(),
+                                classes=policy.events.classes)
+        self.procs = ProcessTable()
+        self.trust = sandbox_trust()
+        self.engine = Engine([*builtin_rules(),
+                              *behavior_rules(policy.behavior, live_probes(), trust=self.trust)])
+        self.disp = Dispatcher(self.procs, dry_run=policy.behavior.dry_run)
+        self.ctx = RuleContext(self.procs)
+        self.lock = threading.Lock()
+        self.alerts: list[dict[str, Any]] = []
+        self.events = 0
+        self.execs: list[str] = []
+        self.stop = threading.Event()
+        self.t = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for ev in self.sensor.poll(0.01) or []:
+                self.procs.update(ev)
+                ev = self.procs.enrich(ev)
+                self.trust.learn(ev)
+                with self.lock:
+                    self.events += 1
+                    if ev.type == "exec":
+                        self.execs.append(getattr(ev, "filename", "") or ev.proc.exe)
+                for f in self.engine.evaluate(ev, self.ctx):
+                    a = self.disp.dispatch(f, time.time_ns()).to_json()
+                    with self.lock:
+                        self.alerts.append(a)
+
+    def take(self) -> tuple[int, list[str], list[dict[str, Any]]]:
+        with self.lock:
+            out = (self.events, self.execs, self.alerts)
+            self.events, self.execs, self.alerts = 0, [], []
+        return out
+
+
+def run_one(a: dict[str, Any], cg: Path, root: Path, timeout: float) -> dict[str, Any]:
+    base = Path(tempfile.mkdtemp(prefix="bastion-sbx-"))
+    shell = "/bin/bash" if a["executor"] == "bash" else "/bin/sh"
+    argv = ["/bin/sh", "-c", f'echo $$ > {cg}/cgroup.procs && exec "$@"', "join",
+            "unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--net",
+            "--uts", "--ipc", "--kill-child", "/bin/sh", "-c", SETUP, "setup", str(base),
+            shell, "-c", a["command"]]
+    t0 = time.monotonic()
+    try:
+        r = subprocess.run(argv, env={"ATOMICS": str(root), "PATH": os.environ["PATH"]},
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                           errors="replace", timeout=timeout)
+        rc, out = r.returncode, (r.stdout + r.stderr)[-600:]
+    except subprocess.TimeoutExpired as e:
+        rc, out = "timeout", str(e.stdout or "")[-300:]
+        subprocess.run(["sh", "-c", f"for p in $(cat {cg}/cgroup.procs); do kill -9 $p; done"],
+                       check=False)
+    finally:
+        time.sleep(0.3)
+        try:
+            base.rmdir()
+        except OSError:
+            shutil.rmtree(base, ignore_errors=True)
+    return {"rc": rc, "seconds": round(time.monotonic() - t0, 2), "output": out}
+
+
+SEV = {"info": 0, "low": 1, "medium": 2, "high": 3, "critical": 4}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--atomics", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--techniques", default="")
+    ap.add_argument("--timeout", type=float, default=20.0)
+    ap.add_argument("--label", default="")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("atomics: needs root (namespaces, overlayfs, the BPF sensor)", file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from bastion.kernel import cgroup
+    from bastion.kernel.bpffs import prepare_pseudo_filesystems
+
+    prepare_pseudo_filesystems()
+    # a SIGTERM unwinds like an exception, so the cgroup and sandbox dirs are removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    tech = {t.strip() for t in args.techniques.split(",") if t.strip()} or None
+    tests = atomics(args.atomics.resolve(), tech)
+    cg = cgroup.create(f"bastion-atomics-{uuid.uuid4().hex[:8]}")
+    results = []
+    try:
+        w = Watch(cgroup.cgroup_id(cg))
+        w.sensor.open()
+        w.t.start()
+        try:
+            for a in tests:
+                why = skip_reason(a["command"])
+                row: dict[str, Any] = {k: a[k] for k in ("technique", "n", "name", "guid", "executor")}
+                if why:
+                    row["skipped"] = why
+                    results.append(row)
+                    continue
+                row.update(run_one(a, cg, args.atomics.resolve(), args.timeout))
+                time.sleep(0.5)
+                events, execs, alerts = w.take()
+                setup = {"/usr/bin/unshare", "/usr/bin/mount", "/bin/mount", "/usr/bin/mkdir",
+                         "/usr/bin/mknod", "/usr/bin/ln", "/usr/sbin/ip", "/usr/bin/ip",
+                         "/usr/bin/hostname", "/bin/hostname", "/usr/sbin/chroot", "/usr/bin/env",
+                         "/bin/sh", "/usr/bin/dash", "/bin/mkdir", "/bin/mknod", "/bin/ln",
+                         "/usr/sbin/pivot_root", "/usr/bin/umount", "/usr/bin/chmod",
+                         "/usr/bin/printf"}
+                # the executor shell itself counts as nothing the atomic did
+                own = [x for x in execs if x not in setup]
+                if own and own[0] in ("/bin/bash", "/usr/bin/bash"):
+                    own = own[1:]     # the bash executor itself
+                row["events"] = events
+                row["execs"] = own[:30]
+                row["alert_count"] = len(alerts)
+                keep: dict[tuple[str, str], dict[str, Any]] = {}
+                for x in alerts:   # one per (rule, action): a scan loop raises hundreds
+                    keep.setdefault((x["rule"], x["action"]), {
+                        "rule": x["rule"], "severity": x["severity"], "action": x["action"],
+                        "title": x["title"][:160]})
+                row["alerts"] = list(keep.values())[:20]
+                top = max((SEV.get(x["severity"], 0) for x in alerts), default=-1)
+                row["detected"] = top >= SEV["medium"]
+                row["top_severity"] = next((k for k, v in SEV.items() if v == top), "")
+                # taken, not attempted: "kill-skipped: already exited" stopped nothing
+                row["blocked"] = any(x["action"] in ("kill", "kill-tree", "quarantine")
+                                     for x in alerts)
+                results.append(row)
+                print(f"{a['technique']}-{a['n']} rc={row['rc']} det={row['detected']}"
+                      f"({row['top_severity']}) blk={row['blocked']} {a['name'][:50]}", flush=True)
+        finally:
+            w.stop.set()
+            w.t.join(5)
+            w.sensor.close()
+            errs = w.engine.errors
+    finally:
+        cgroup.remove(cg)
+    args.out.write_text(json.dumps({"label": args.label, "results": results,
+                                    "rule_errors": errs}, indent=1))
+    ran = [r for r in results if "skipped" not in r]
+    # ran to completion, or was stopped by a block (a killed atomic exits non-zero)
+    ok = [r for r in ran if r["rc"] == 0 or r["blocked"]]
+    print(f"bench atomics_ran {len(ran)} count")
+    print(f"bench atomics_completed {len(ok)} count")
+    print(f"bench atomics_detected_medium_plus {sum(r['detected'] for r in ok)} count")
+    print(f"bench atomics_blocked {sum(r['blocked'] for r in ran)} count")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

