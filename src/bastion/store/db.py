@@ -140,6 +140,7 @@ class Store:
         retention: Retention | None = None,
         readonly: bool = False,
         immutable: bool = False,
+        busy_timeout_s: float = 10.0,
     ) -> Store:
         """Open (creating and migrating unless ``readonly``) the store in ``data_dir``.
 
@@ -149,6 +150,8 @@ class Store:
         :class:`StoreNotFoundError` if the database is missing and
         :class:`StoreError` if its schema is not this version's.
         A database with a newer schema is refused untouched in both modes.
+        ``busy_timeout_s``: how long a write waits for another writer's lock (the
+        agent keeps it short: its event loop must not stall on a locked store).
         """
         data_dir = Path(data_dir)
         path = data_dir / DB_NAME
@@ -168,7 +171,7 @@ class Store:
             ) from exc
         try:
             conn = sqlite3.connect(
-                str(path), isolation_level=None, check_same_thread=False, timeout=10.0
+                str(path), isolation_level=None, check_same_thread=False, timeout=busy_timeout_s
             )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open: {exc}", location=Location(str(path))) from exc
