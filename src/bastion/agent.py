@@ -209,6 +209,7 @@ class Agent:
         self.store_health = StoreHealth()
         self._store_queue: deque[dict[str, Any]] = deque()   # alerts waiting for the store
         self._store_retry_at = 0.0
+        self._stored_events: int | None = None   # counted once at start, then kept by the loop
         self._lock = threading.Lock()
         self.ready = threading.Event()   # set once every sensor is open
         self._pending: deque[Finding] = deque(maxlen=1024)  # findings raised off the loop thread
@@ -293,13 +294,9 @@ class Agent:
         }
 
     def _count_stored_events(self) -> int | None:
-        """Events in the store, or None when it cannot be read (status must still answer)."""
-        if self.store_health.state != "ok":
-            return None
-        try:
-            return self.store.count_events()
-        except StoreError:
-            return None
+        """Events in the store (kept by the loop: a count(*) of millions of rows under the
+        store lock would stall status and the loop alike); None while the store fails."""
+        return self._stored_events if self.store_health.state == "ok" else None
 
     def protections(self) -> dict[str, dict[str, Any]]:
         """Each protection Bastion turns on by default: on or off, and why."""
@@ -548,6 +545,8 @@ class Agent:
             self.store_health.events_not_stored += len(rows)
             self._store_failed(f"storing {len(rows)} events", exc)
             return
+        if self._stored_events is not None:
+            self._stored_events += len(rows)
         self._drain_store_queue()
 
     def _store_recovered(self, written: int) -> None:
@@ -802,7 +801,9 @@ class Agent:
                 self._last_full_resolve = now
         if now - self._last_retention >= 60.0 and self._store_usable():
             try:
-                self.store.enforce_retention()
+                deleted = self.store.enforce_retention()
+                if self._stored_events is not None:
+                    self._stored_events = max(0, self._stored_events - deleted)
             except StoreError as exc:
                 self._store_failed("enforcing retention", exc)
             if self.shadow is not None:
@@ -828,6 +829,10 @@ class Agent:
         """Open every source and part, apply the policy, pump events until ``stop``, then
         close everything (pinned HIPS enforcement is removed unless ``keep_pins``)."""
         self.procs.seed()
+        try:
+            self._stored_events = self.store.count_events()
+        except StoreError as exc:
+            self._store_failed("counting stored events", exc)
         opened: list[Sensor] = []
         guard_open = False
         try:
