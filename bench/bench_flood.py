@@ -98,6 +98,9 @@ def main() -> None:
             with Store.open(agent.dir / "data", readonly=True) as store:
                 stored = store.count_alerts()
                 drop_alerts = len(store.alerts(rule="bastion.sensor.drops"))
+                by_rule: dict[str, int] = {}
+                for rec in store.alerts():
+                    by_rule[str(rec.data["rule"])] = by_rule.get(str(rec.data["rule"]), 0) + 1
             summary = agent.stop()
     finally:
         os.unlink(path)
@@ -109,6 +112,7 @@ def main() -> None:
     log(f"chmod_flood: {calls} calls in {secs:.2f}s ({calls / secs / 1e3:.0f} k/s)")
     log(f"agent: {events} events in {t1 - t0:.2f}s ({rate:.0f}/s), {drops} drops, "
         f"{alerts} alerts ({drop_alerts} bastion.sensor.drops), {stored} alerts stored")
+    log(f"alerts stored by rule: {by_rule}")
     log(f"status during the flood: {len(latencies)} answers, median {median(latencies):.0f} ms, "
         f"max {max(latencies):.0f} ms; {len(failures)} failed" if latencies else
         f"status during the flood: no answer; {len(failures)} failed: {failures[:3]}")
