@@ -209,7 +209,7 @@ def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
         parts.policies.prepare(policy, force=opts.force, allow_degraded=opts.allow_degraded)
     store = Store.open(opts.data_dir, retention=Retention(
         max_age_s=policy.store.max_age_s, max_events=policy.store.max_events,
-        max_bytes=policy.store.max_bytes), busy_timeout_s=1.0)
+        max_bytes=policy.store.max_bytes, max_alerts=policy.store.max_alerts), busy_timeout_s=1.0)
     try:
         procs = ProcessTable()
         def load_sigma_group(quiet: bool = False) -> tuple[list[Rule], dict[str, Any]]:

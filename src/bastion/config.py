@@ -55,6 +55,7 @@ class StoreConfig:
     max_age_s: float = 7 * 86400
     max_events: int = 5_000_000
     max_bytes: int = 2 * 2**30
+    max_alerts: int = 1_000_000
 
 
 #: Who may load BPF programs by default: systemd's PID 1 (cgroup device and IP
@@ -178,8 +179,13 @@ def parse_policy(text: str, source: str) -> AgentConfig:
             else:
                 st["max_bytes"] = s
 
+    def max_alerts(n: yaml.Node) -> None:
+        if (i := p.integer(n, "store.max_alerts", 1000)) is not None:
+            st["max_alerts"] = i
+
     def store(n: yaml.Node) -> None:
-        p.mapping(n, "store", {"max_age": max_age, "max_events": max_events, "max_bytes": max_bytes})
+        p.mapping(n, "store", {"max_age": max_age, "max_events": max_events, "max_bytes": max_bytes,
+                               "max_alerts": max_alerts})
 
     hips: dict[str, Any] = {}
 

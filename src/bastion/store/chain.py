@@ -57,16 +57,49 @@ class ChainProblem:
 Row = tuple[int, str, str, int, str]   # seq, alert_id, data, prev_seq, mac
 
 
-def verify(key: bytes, rows: list[Row]) -> list[ChainProblem]:
-    """Problems in a chain given its rows in ascending seq order (empty: intact)."""
+@dataclass(frozen=True)
+class Anchor:
+    """Alert retention deleted the records before ``first_seq``: its predecessor's seq
+    and MAC, signed, so the shortened chain still verifies from its first record."""
+
+    first_seq: int
+    prev_seq: int
+    prev_mac: str
+    deleted: int
+    mac: str
+
+
+def anchor_mac(key: bytes, first_seq: int, prev_seq: int, prev_mac: str, deleted: int) -> str:
+    msg = f"retention|{first_seq}|{prev_seq}|{prev_mac}|{deleted}".encode()
+    return hmac.new(key, msg, hashlib.sha256).hexdigest()
+
+
+def verify(key: bytes, rows: list[Row], anchor: Anchor | None = None) -> list[ChainProblem]:
+    """Problems in a chain given its rows in ascending seq order (empty: intact).
+
+    ``anchor``: retention deleted the records before the first row; accepted only for
+    the first row and only when its MAC verifies (a forged or misplaced anchor, or a
+    record deleted after the retention point, is reported)."""
     problems: list[ChainProblem] = []
     by_seq = {r[0]: r for r in rows}
+    if rows and anchor is not None and anchor.first_seq == rows[0][0] \
+            and anchor.prev_seq == rows[0][3] and hmac.compare_digest(anchor.mac, anchor_mac(
+                key, anchor.first_seq, anchor.prev_seq, anchor.prev_mac, anchor.deleted)):
+        # the retained-out predecessor stands in, by its signed seq and MAC
+        by_seq[anchor.prev_seq] = (anchor.prev_seq, "", "", 0, anchor.prev_mac)
+        rows = [(anchor.prev_seq, "", "", 0, anchor.prev_mac), *rows]
+        skip_first = True
+    else:
+        skip_first = False   # no valid anchor: a missing predecessor is reported below
     successors: dict[int, int] = {}
     for r in rows:
         successors[r[3]] = successors.get(r[3], 0) + 1
     last = rows[-1][0] if rows else 0
     prev_seq = 0
-    for seq, alert_id, data, rprev, rmac in rows:
+    for i, (seq, alert_id, data, rprev, rmac) in enumerate(rows):
+        if skip_first and i == 0:
+            prev_seq = seq
+            continue
         if rprev != prev_seq:
             if rprev and rprev not in by_seq:
                 problems.append(ChainProblem(seq, "deleted",

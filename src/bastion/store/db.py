@@ -63,11 +63,13 @@ class StoredRecord(NamedTuple):
 
 @dataclass(frozen=True)
 class Retention:
-    """Limits on stored events (alerts are never deleted by retention)."""
+    """Limits on stored events, and on alerts by count only (``max_alerts``: the oldest
+    beyond it are deleted, with a signed anchor that keeps the alert chain verifiable)."""
 
     max_age_s: float = 7 * 86400
     max_events: int = 5_000_000
     max_bytes: int = 2 * 2**30
+    max_alerts: int = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -398,7 +400,46 @@ class Store:
         with self._read("verifying the alert chain") as conn:
             rows = [(int(a), str(b), str(c), int(d), str(e)) for a, b, c, d, e in conn.execute(
                 "SELECT seq, alert_id, data, prev_seq, mac FROM alerts ORDER BY seq")]
-        return len(rows), chain.verify(key, rows)
+            anchor = None
+            if rows:
+                r = conn.execute("SELECT first_seq, prev_seq, prev_mac, deleted, mac FROM "
+                                 "alert_anchor WHERE first_seq = ?", (rows[0][0],)).fetchone()
+                if r is not None:
+                    anchor = chain.Anchor(int(r[0]), int(r[1]), str(r[2]), int(r[3]), str(r[4]))
+        return len(rows), chain.verify(key, rows, anchor)
+
+    def retain_alerts(self) -> int:
+        """Delete the oldest alerts beyond ``max_alerts`` (in chunks) and anchor the
+        chain at the first one kept; the number deleted."""
+        excess = self.count_alerts() - max(0, self._retention.max_alerts)
+        if excess <= 0:
+            return 0
+        key = self._chain_key()
+        deleted = 0
+        while excess > 0:
+            n = min(excess, _DELETE_CHUNK)
+            with self._write("retaining alerts") as conn:
+                cut = conn.execute("SELECT seq, mac FROM alerts ORDER BY seq LIMIT 1 OFFSET ?",
+                                   (n - 1,)).fetchone()
+                first = conn.execute("SELECT seq, prev_seq FROM alerts WHERE seq > ? "
+                                     "ORDER BY seq LIMIT 1", (int(cut[0]),)).fetchone()
+                if first is None:
+                    break
+                before = conn.execute("SELECT coalesce(max(deleted), 0) FROM alert_anchor"
+                                      ).fetchone()[0]
+                gone = conn.execute("DELETE FROM alerts WHERE seq <= ?", (int(cut[0]),)).rowcount
+                total = int(before) + gone
+                conn.execute("DELETE FROM alert_anchor")
+                conn.execute(
+                    "INSERT INTO alert_anchor(first_seq, prev_seq, prev_mac, deleted, at, mac) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (int(first[0]), int(first[1]), str(cut[1]), total, time.time(),
+                     chain.anchor_mac(key, int(first[0]), int(first[1]), str(cut[1]), total)))
+            deleted += gone
+            excess -= gone
+        if deleted:
+            self._reclaim()
+        return deleted
 
     # -- queries -----------------------------------------------------------
 
@@ -541,12 +582,14 @@ class Store:
     def enforce_retention(self, *, now: float | None = None) -> int:
         """Delete the oldest events beyond the age, count and byte limits.
 
-        Returns the number of events deleted.  Alerts are never deleted.  Works
+        Returns the number of events deleted.  Alerts are deleted by count only
+        (:meth:`retain_alerts`, called here), never by age or bytes.  Works
         in chunks of at most 50 000 rows, each its own transaction, and gives
         freed pages back to the file system (incremental vacuum).
         """
         r = self._retention
         now = time.time() if now is None else now
+        self.retain_alerts()
         deleted = 0
         # Age: by event time.
         cutoff = now - r.max_age_s

@@ -61,6 +61,18 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE alerts ADD COLUMN prev_seq INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE alerts ADD COLUMN mac TEXT NOT NULL DEFAULT '';
     """,
+    # 3: alert retention (issue 14.1): where the oldest alerts were deleted, a signed
+    # anchor for the first kept one (its deleted predecessor's seq and MAC).
+    """
+    CREATE TABLE alert_anchor (
+        first_seq INTEGER PRIMARY KEY,  -- the first alert kept
+        prev_seq  INTEGER NOT NULL,     -- its deleted predecessor
+        prev_mac  TEXT    NOT NULL,
+        deleted   INTEGER NOT NULL,     -- alerts deleted by retention so far
+        at        REAL    NOT NULL,
+        mac       TEXT    NOT NULL
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
