@@ -600,8 +600,13 @@ class Agent:
                     pid=os.getpid(), evidence={"output": name, "dropped": n}))
         drops = 0
         by_class: dict[str, int] = {}
-        for sensor in self.sensors:
-            st = sensor.stats()
+        # every ring the agent drains: the sensor's, and the HIPS and quarantine decisions'
+        counters = [s.stats() for s in self.sensors]
+        if self.policies is not None:
+            counters.append(self.policies.kernel_stats())
+        if self.quarantine is not None:
+            counters.append(self.quarantine.stats())
+        for st in counters:
             drops += int(st.get("drops", 0))
             for key, n in st.items():
                 if key.startswith("drops."):

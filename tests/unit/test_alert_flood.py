@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from bastion.agent import Agent
+from bastion.agent import Agent, AgentParts
 from bastion.config import parse_policy
 from bastion.detect.engine import Engine, Finding
 from bastion.events import ExecEvent, Proc
@@ -250,3 +250,30 @@ def test_the_store_queue_is_bounded_and_counts_what_it_lost(tmp_path: Path) -> N
         store.close()
     assert st["alerts_queued"] == 100 and st["alerts_lost"] == 150
     assert len(_fed(feed)) == 250          # every one reached the outputs
+
+
+def test_lost_hips_decision_records_count_as_drops(tmp_path: Path) -> None:
+    """Blinding: fill the HIPS decision ring (the decisions go on in the kernel, their
+    records are lost).  Before: those losses were in no status figure and no alert."""
+    from bastion.policy.manager import PolicyManager
+    from bastion.tier import Tier
+
+    class _Kernel:
+        def stats(self) -> dict[str, int]:
+            return {"drops": 700, "drops.hips": 700, "decisions.exec.deny": 9}
+
+    mgr = PolicyManager(Tier.COMPAT)
+    mgr.kernel = _Kernel()  # type: ignore[assignment]
+    store = Store.open(tmp_path / "db")
+    procs = ProcessTable()
+    agent = Agent(policy=parse_policy("version: 1\n", "test.yaml"), sensors=[_Sensor()],
+                  store=store, procs=procs, engine=Engine([]), dispatcher=_Dispatcher(procs),
+                  parts=AgentParts(policies=mgr))
+    try:
+        agent._health()
+        st = agent.status()
+        drops = [a.data for a in store.alerts(rule="bastion.sensor.drops")]
+    finally:
+        store.close()
+    assert st["drops"] == 700 and st["drops_by_class"] == {"hips": 700}
+    assert [a["evidence"]["by_class"] for a in drops] == [{"hips": 700}]

@@ -247,6 +247,14 @@ class PolicyManager:
                         enforced=False, gen=cur.gen, path=path)
         return self.finding(hev)
 
+    def kernel_stats(self) -> dict[str, int]:
+        """The kernel matcher's integer counters ({} without one): ``drops`` and
+        ``drops.<class>`` (decision records lost to a full ring), ``decisions.*``."""
+        stats = getattr(self.kernel, "stats", None)
+        if not callable(stats):
+            return {}
+        return {str(k): v for k, v in stats().items() if isinstance(v, int)}
+
     def file_stats(self) -> dict[str, int | float]:
         """The compat file enforcer's counters ({} without one): ``fail_opens`` (opens
         allowed by the watchdog, a failed decision or a queue overflow), ``watchdog_denies``
