@@ -34,7 +34,7 @@ from bastion.proctable import ProcessTable
 from bastion.pump import EventPump, Source
 from bastion.respond.dispatch import Dispatcher
 from bastion.sensors.base import Sensor
-from bastion.store.db import Store
+from bastion.store.db import MalformedRecordError, Store
 from bastion.timefmt import format_time
 from bastion.store.remote import store_handlers
 
@@ -95,12 +95,14 @@ class StoreHealth:
     failures: int = 0            # failed writes
     events_not_stored: int = 0   # events given to the outputs but not stored
     alerts_lost: int = 0         # alerts neither stored nor held (the queue was full)
+    malformed: int = 0           # records the store refused as malformed (the store works)
     recovered: int = 0           # times the store came back
 
     def to_json(self, queued: int) -> dict[str, Any]:
         return {"state": self.state, "error": self.error, "since": self.since,
                 "failures": self.failures, "alerts_queued": queued,
                 "alerts_lost": self.alerts_lost, "events_not_stored": self.events_not_stored,
+                "malformed": self.malformed,
                 "recovered": self.recovered}
 
 
@@ -528,6 +530,11 @@ class Agent:
         while q:
             try:
                 self.store.add_alert(q[0])
+            except MalformedRecordError as exc:   # the record, not the store: never wedges
+                log.error("alert not stored: %s", exc)
+                self.store_health.malformed += 1
+                q.popleft()
+                continue
             except StoreError as exc:
                 self._store_failed("storing an alert", exc)
                 return
@@ -541,6 +548,11 @@ class Agent:
             return
         try:
             self.store.add_events(rows)
+        except MalformedRecordError as exc:
+            log.error("event batch not stored: %s", exc)
+            self.store_health.malformed += 1
+            self.store_health.events_not_stored += len(rows)
+            return
         except StoreError as exc:
             self.store_health.events_not_stored += len(rows)
             self._store_failed(f"storing {len(rows)} events", exc)

@@ -277,3 +277,18 @@ def test_lost_hips_decision_records_count_as_drops(tmp_path: Path) -> None:
         store.close()
     assert st["drops"] == 700 and st["drops_by_class"] == {"hips": 700}
     assert [a["evidence"]["by_class"] for a in drops] == [{"hips": 700}]
+
+
+def test_a_malformed_alert_neither_stops_the_agent_nor_wedges_the_store(tmp_path: Path) -> None:
+    """A finding whose severity the store refuses (a rule's typo, or a crafted value).
+    Before: StoreError out of the alert path (the agent died)."""
+    agent, store, _, feed = _agent(tmp_path)
+    try:
+        agent._alert(_finding(9000, severity="severe"))
+        agent._alert(_finding(9001, exe="/tmp/next"))
+        st = agent.status()["store"]
+        rules = [a.data["process"]["pid"] for a in store.alerts()]
+    finally:
+        store.close()
+    assert rules == [9001] and st["state"] == "ok" and st["malformed"] == 1
+    assert len(_fed(feed)) == 2

@@ -34,6 +34,7 @@ from bastion.timefmt import parse_time
 __all__ = [
     "DB_NAME",
     "SEVERITIES",
+    "MalformedRecordError",
     "Retention",
     "Store",
     "StoreNotFoundError",
@@ -52,6 +53,10 @@ _JSON_SEPARATORS = (",", ":")
 
 class StoreNotFoundError(StoreError):
     """A read-only open found no database at the path."""
+
+
+class MalformedRecordError(StoreError):
+    """A record that cannot be stored as it is (the store itself works)."""
 
 
 class StoredRecord(NamedTuple):
@@ -344,7 +349,7 @@ class Store:
                     dumps(ev if isinstance(ev, dict) else dict(ev), separators=_JSON_SEPARATORS),
                 ))
             except Exception as exc:  # KeyError, ConfigError, TypeError, ValueError
-                raise StoreError(
+                raise MalformedRecordError(
                     f"event {i} of {len(events)} is malformed ({type(exc).__name__}: {exc})",
                     location=Location(str(self._path)),
                 ) from exc
@@ -371,7 +376,7 @@ class Store:
             rule = _text(record.get("rule", ""))
             data = json.dumps(record, separators=_JSON_SEPARATORS)
         except Exception as exc:
-            raise StoreError(
+            raise MalformedRecordError(
                 f"alert {alert_id} is malformed ({type(exc).__name__}: {exc})",
                 location=Location(str(self._path)),
             ) from exc
