@@ -48,7 +48,7 @@ PIN_CPU: int | None = (None if os.environ.get("BASTION_BENCH_PIN") == "0"
                        else max(os.sched_getaffinity(0)))
 
 _RUNNING = "bastion: running"
-_STOPPED = re.compile(r"bastion: stopped after .*: (\d+) events.*, (\d+) alerts, (\d+) dropped")
+_STOPPED = re.compile(r"bastion: stopped after .*: (\d+) events.*, (\d+) alerts(?: \([^)]*\))?, (\d+) dropped")
 
 
 def log(msg: str) -> None:

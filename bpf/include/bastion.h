@@ -35,6 +35,12 @@
 /* Ring buffer size (bytes, power of two, multiple of the page size). */
 #define BASTION_RINGBUF_BYTES (16 * 1024 * 1024)
 
+/* The per-CPU "drops" counter of every object with a ring: slot 0 counts every
+ * failed reserve, slot BASTION_EV_<type> (1 .. BASTION_EV_MAX - 1) the records of
+ * that type, slot BASTION_DROP_SLOT_TAMPER the tamper records (issue 14.1). */
+#define BASTION_DROP_SLOTS 16
+#define BASTION_DROP_SLOT_TAMPER 15
+
 enum bastion_event_type {
 	BASTION_EV_EXEC = 1,
 	BASTION_EV_FORK = 2,

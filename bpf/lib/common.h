@@ -66,19 +66,25 @@ struct {
 	__uint(max_entries, BASTION_RINGBUF_BYTES);
 } events SEC(".maps");
 
-/* Failed ring-buffer reserves, per CPU (user space sums them). */
+/* Failed ring-buffer reserves, per CPU (user space sums them): slot 0 all of
+ * them, slot <slot> those of one record type (BASTION_DROP_SLOTS in bastion.h). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, BASTION_DROP_SLOTS);
 	__type(key, __u32);
 	__type(value, __u64);
 } drops SEC(".maps");
 
-static __always_inline void count_drop(void)
+static __always_inline void count_drop(__u32 slot)
 {
 	__u32 k = 0;
 	__u64 *v = bpf_map_lookup_elem(&drops, &k);
 
+	if (v)
+		__sync_fetch_and_add(v, 1);
+	if (!slot || slot >= BASTION_DROP_SLOTS)
+		return;
+	v = bpf_map_lookup_elem(&drops, &slot);
 	if (v)
 		__sync_fetch_and_add(v, 1);
 }
@@ -142,7 +148,7 @@ static __always_inline void fill_hdr(struct bastion_event_hdr *h, __u16 type, __
 		if (__e)                                                      \
 			fill_hdr(&__e->hdr, (type_id), sizeof(T));            \
 		else                                                          \
-			count_drop();                                         \
+			count_drop(type_id);                                  \
 		__e;                                                          \
 	})
 

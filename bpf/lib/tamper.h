@@ -179,7 +179,7 @@ static __always_inline void tamper_report(__u32 op, __u32 verdict, __s32 ret, __
 	struct bastion_tamper_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 
 	if (!e) {
-		count_drop();
+		count_drop(BASTION_DROP_SLOT_TAMPER);
 		return;
 	}
 	fill_hdr(&e->hdr, BASTION_EV_TAMPER, sizeof(*e));

@@ -38,6 +38,8 @@ ENV_LEN: Final = 512
 SENS_DEPTH: Final = 4
 SENS_MAX: Final = 4096
 RINGBUF_BYTES: Final = 16 * 1024 * 1024         # as compiled; the sensor sets its own size
+DROP_SLOTS: Final = 16          # the drops map: slot 0 all, slot <event type> that type's
+DROP_SLOT_TAMPER: Final = 15    # the tamper records' slot
 SMALL_RINGBUF_BYTES: Final = 1024 * 1024        # objects whose records are rare (decisions)
 
 
@@ -585,6 +587,8 @@ DEFINES: Final[dict[str, int]] = {
     "BASTION_F_EXEC_FD": F_EXEC_FD,
     "BASTION_F_TRUNC_ENV": F_TRUNC_ENV,
     "BASTION_RINGBUF_BYTES": RINGBUF_BYTES,
+    "BASTION_DROP_SLOTS": DROP_SLOTS,
+    "BASTION_DROP_SLOT_TAMPER": DROP_SLOT_TAMPER,
     "BASTION_F_TRUNC_PATH": F_TRUNC_PATH,
     "BASTION_F_TRUNC_ARGV": F_TRUNC_ARGV,
     "BASTION_F_EXE_MEMFD": F_EXE_MEMFD,

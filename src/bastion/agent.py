@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Final, Sequence, TextIO
 
 from bastion import __version__
+from bastion.alert import Alert, AlertProcess
+from bastion.alertgate import QUOTA_RULE, Aggregate, AlertGate
 from bastion.config import AgentConfig
 from bastion.control import ControlServer
 from bastion.detect.engine import Engine, Finding, Rule, RuleContext
-from bastion.errors import BastionError
+from bastion.errors import BastionError, StoreError
 from bastion.events import Event, HipsEvent, to_json
 from bastion.guard.token import TokenStore
 from bastion.metrics import Metrics
@@ -32,7 +34,7 @@ from bastion.proctable import ProcessTable
 from bastion.pump import EventPump, Source
 from bastion.respond.dispatch import Dispatcher
 from bastion.sensors.base import Sensor
-from bastion.store.db import Store
+from bastion.store.db import MalformedRecordError, Store
 from bastion.timefmt import format_time
 from bastion.store.remote import store_handlers
 
@@ -69,7 +71,7 @@ class Summary:
     uptime_s: float = 0.0
     events: int = 0
     alerts: int = 0
-    suppressed: int = 0      # repeated alert-only findings within the dedupe window
+    suppressed: int = 0      # alerts held back by the rate limit or quota (in aggregates)
     drops: int = 0
     by_type: dict[str, int] = field(default_factory=dict)
     enforcement: str = ""    # what became of pinned HIPS enforcement at the stop
@@ -79,8 +81,32 @@ class Summary:
         top = ", ".join(f"{k} {v}" for k, v in sorted(self.by_type.items(), key=lambda kv: -kv[1])[:6])
         return (f"bastion: stopped after {self.uptime_s:.1f}s: {self.events} events"
                 f"{' (' + top + ')' if top else ''}, {self.alerts} alerts"
-                f"{f' (+{self.suppressed} repeats suppressed)' if self.suppressed else ''}, "
+                f"{f' (+{self.suppressed} summarised in aggregates)' if self.suppressed else ''}, "
                 f"{self.drops} dropped" + (f"; {self.enforcement}" if self.enforcement else ""))
+
+
+@dataclass
+class StoreHealth:
+    """Whether the store takes writes; what could not be written meanwhile."""
+
+    state: str = "ok"            # ok | failing
+    error: str = ""
+    since: str = ""              # when it started failing (RFC 3339)
+    failures: int = 0            # failed writes
+    events_not_stored: int = 0   # events given to the outputs but not stored
+    alerts_lost: int = 0         # alerts neither stored nor held (the queue was full)
+    malformed: int = 0           # records the store refused as malformed (the store works)
+    recovered: int = 0           # times the store came back
+
+    def to_json(self, queued: int) -> dict[str, Any]:
+        return {"state": self.state, "error": self.error, "since": self.since,
+                "failures": self.failures, "alerts_queued": queued,
+                "alerts_lost": self.alerts_lost, "events_not_stored": self.events_not_stored,
+                "malformed": self.malformed,
+                "recovered": self.recovered}
+
+
+STORE_RETRY_S: Final = 5.0   # a failing store is tried again this often
 
 
 @dataclass
@@ -177,8 +203,16 @@ class Agent:
         self._last_drops = 0
         self._last_shed = 0
         self._last_fail_opens = self._last_fail_closed = 0
-        self.dedupe_s = 30.0
-        self._recent: dict[tuple[str, int, str], float] = {}
+        self.limits = policy.alerts
+        self.gate = AlertGate(self.limits, self._started)
+        self._last_flush = self._started
+        self._last_drop_alert = self._last_store_alert = float("-inf")
+        self._drops_by_class: dict[str, int] = {}
+        self._drops_alerted: dict[str, int] = {}
+        self.store_health = StoreHealth()
+        self._store_queue: deque[dict[str, Any]] = deque()   # alerts waiting for the store
+        self._store_retry_at = 0.0
+        self._stored_events: int | None = None   # counted once at start, then kept by the loop
         self._lock = threading.Lock()
         self.ready = threading.Event()   # set once every sensor is open
         self._anchor_said = ""   # the alert chain anchor-file failure last alerted
@@ -237,9 +271,12 @@ class Agent:
             "events_total": self.summary.events,
             "events_per_s": round(self._events_per_s(), 1),
             "drops": self.summary.drops,
+            "drops_by_class": dict(self._drops_by_class),
             "ring_fill": round(ring_fill, 4),
             "alerts_total": self.summary.alerts,
             "alerts_suppressed": self.summary.suppressed,
+            "alert_limits": {"interval_s": self.limits.interval_s, "per_rule": self.limits.per_rule,
+                             "quota": self.limits.quota},
             "engine": self.engine.stats(),
             "quarantine": "loaded" if self.quarantine is not None else "unavailable (kill instead)",
             "shadow": self.shadow.stats() if self.shadow is not None else "off",
@@ -256,9 +293,15 @@ class Agent:
             "rss_mb": round(rss_mb(), 1),
             "cpu_s": round(cpu_seconds(), 2),
             "data_dir": str(self.store.path.parent),
-            "store_events": self.store.count_events(),
+            "store_events": self._count_stored_events(),
+            "store": self.store_health.to_json(len(self._store_queue)),
             "protections": self.protections(),
         }
+
+    def _count_stored_events(self) -> int | None:
+        """Events in the store (kept by the loop: a count(*) of millions of rows under the
+        store lock would stall status and the loop alike); None while the store fails."""
+        return self._stored_events if self.store_health.state == "ok" else None
 
     def protections(self) -> dict[str, dict[str, Any]]:
         """Each protection Bastion turns on by default: on or off, and why."""
@@ -441,21 +484,19 @@ class Agent:
     # ---- the loop ------------------------------------------------------------------
 
     def _alert(self, f: Finding) -> None:
-        if f.action in ("alert", "audit"):
-            # the same report about the same process within the window is counted, not repeated
-            key = (f.rule, f.pid, f.title)
-            now = time.monotonic()
-            last = self._recent.get(key)
-            if last is not None and now - last < self.dedupe_s:
-                self.summary.suppressed += 1
-                return
-            self._recent[key] = now
-            if len(self._recent) > 4096:
-                cutoff = now - self.dedupe_s
-                self._recent = {k: t for k, t in self._recent.items() if t >= cutoff}
-        alert = self.dispatcher.dispatch(f, time.time_ns())
+        """Act (the dispatcher always takes the action), then emit the alert unless the
+        rate limit or quota holds it back; held-back alerts come out in aggregates."""
+        now_ns = time.time_ns()
+        alert = self.dispatcher.dispatch(f, now_ns)
+        if not self.gate.admit(f.rule, alert.process.exe, f.title, alert.severity, alert.action,
+                               f.pid, time.monotonic(), now_ns):
+            self.summary.suppressed += 1
+            return
+        self._emit(alert)
+
+    def _emit(self, alert: Alert) -> None:
         record = alert.to_json()
-        self.store.add_alert(record)
+        self._store_alert(record)
         self.summary.alerts += 1
         if self.store.anchor_error != self._anchor_said:   # said once per distinct failure
             self._anchor_said = self.store.anchor_error
@@ -474,7 +515,121 @@ class Agent:
             self.feed.write((json.dumps(record) if self.feed_json else alert.feed_line()) + "\n")
             self.feed.flush()
 
-    def _health(self) -> None:
+    def _flush_aggregates(self, now: float) -> None:
+        """One alert per key held back since the last flush: "N more like this"."""
+        self._last_flush = now
+        for agg, reason in self.gate.flush(now):
+            self._emit(self._aggregate_alert(agg, reason))
+
+    @staticmethod
+    def _aggregate_alert(agg: Aggregate, reason: str) -> Alert:
+        span = f"{format_time(agg.first_ns)} .. {format_time(agg.last_ns)}"
+        acts = ", ".join(f"{a} {n}" for a, n in sorted(agg.actions.items(), key=lambda kv: -kv[1]))
+        if agg.rule == QUOTA_RULE:
+            rules = ", ".join(f"{r} {n}" for r, n in list(agg.by_rule.items())[:5])
+            title = (f"Alert quota exceeded: {agg.count} alerts summarised ({rules}; "
+                     f"actions: {acts}) {span}")
+        else:
+            title = f"{agg.count} more like this ({acts}) {span}: {agg.title}"
+        return Alert(time=format_time(agg.last_ns), rule=agg.rule, title=title,
+                     severity=agg.severity, action="aggregate",
+                     process=AlertProcess(pid=agg.pids[0] if agg.pids else 0, exe=agg.exe),
+                     evidence=agg.evidence(reason))
+
+    # ---- the store: a failing store never stops the loop --------------------------------
+
+    def _store_failed(self, what: str, exc: StoreError) -> None:
+        h = self.store_health
+        h.failures += 1
+        h.error = f"{what}: {exc}"
+        if h.state == "ok":
+            h.state, h.since = "failing", format_time(time.time_ns())
+            log.error("store failing (%s); enforcement and outputs go on, alerts are held in "
+                      "memory (up to %d)", exc, self.limits.store_queue)
+        self._store_retry_at = time.monotonic() + STORE_RETRY_S
+
+    def _store_usable(self) -> bool:
+        return self.store_health.state == "ok" or time.monotonic() >= self._store_retry_at
+
+    def _store_alert(self, record: dict[str, Any]) -> None:
+        self._store_queue.append(record)
+        if len(self._store_queue) > self.limits.store_queue:
+            self._store_queue.pop()          # the newest goes: it reached the outputs already
+            self.store_health.alerts_lost += 1
+        self._drain_store_queue()
+
+    def _drain_store_queue(self) -> None:
+        """Write the held alerts, oldest first, while the store takes them."""
+        if not self._store_usable():
+            return
+        q = self._store_queue
+        written = 0
+        while q:
+            try:
+                self.store.add_alert(q[0])
+            except MalformedRecordError as exc:   # the record, not the store: never wedges
+                log.error("alert not stored: %s", exc)
+                self.store_health.malformed += 1
+                q.popleft()
+                continue
+            except StoreError as exc:
+                self._store_failed("storing an alert", exc)
+                return
+            q.popleft()
+            written += 1
+        self._store_recovered(written)
+
+    def _store_events(self, rows: list[dict[str, Any]]) -> None:
+        if not self._store_usable():
+            self.store_health.events_not_stored += len(rows)
+            return
+        try:
+            self.store.add_events(rows)
+        except MalformedRecordError as exc:
+            log.error("event batch not stored: %s", exc)
+            self.store_health.malformed += 1
+            self.store_health.events_not_stored += len(rows)
+            return
+        except StoreError as exc:
+            self.store_health.events_not_stored += len(rows)
+            self._store_failed(f"storing {len(rows)} events", exc)
+            return
+        if self._stored_events is not None:
+            self._stored_events += len(rows)
+        self._drain_store_queue()
+
+    def _store_recovered(self, written: int) -> None:
+        h = self.store_health
+        if h.state == "ok":
+            return
+        h.state, h.recovered = "ok", h.recovered + 1
+        log.warning("store works again: %d held alerts written", written)
+        self._pending.append(Finding(
+            rule="bastion.store.recovered", severity="medium", attack=(), action="alert",
+            event=None, pid=os.getpid(),
+            title=f"Store works again after failing since {h.since}: {written} held alerts "
+                  f"written, {h.alerts_lost} alerts and {h.events_not_stored} events not stored",
+            evidence=h.to_json(len(self._store_queue))))
+        h.error = ""
+
+    def _store_alarm(self, now: float, force: bool = False) -> None:
+        """While the store fails: one high alert per interval (outputs and feed get it)."""
+        h = self.store_health
+        if h.state == "ok" or (not force and now - self._last_store_alert < self.limits.interval_s):
+            return
+        self._last_store_alert = now
+        self._alert(Finding(
+            rule="bastion.store.failing", severity="high", attack=("T1562",), action="alert",
+            event=None, pid=os.getpid(),
+            title=f"Store failing since {h.since} ({h.error}); enforcement goes on, "
+                  f"{len(self._store_queue)} alerts held in memory, {h.alerts_lost} lost, "
+                  f"{h.events_not_stored} events not stored",
+            evidence=h.to_json(len(self._store_queue))))
+
+    def _health(self, final: bool = False) -> None:
+        """Health alerts (each at most once per ``alerts.interval``, and once more at the
+        stop for what is left), queued findings, and the aggregates that are due."""
+        now = time.monotonic()
         while self._pending:
             self._alert(self._pending.popleft())
         shed = int(self.engine.stats().get("state_shed", 0))
@@ -492,19 +647,48 @@ class Agent:
                     rule="bastion.output.drops", title=f"{n} records not sent to output {name!r}: "
                     "its queue was full", severity="medium", attack=(), action="alert", event=None,
                     pid=os.getpid(), evidence={"output": name, "dropped": n}))
-        drops = sum(s.stats().get("drops", 0) for s in self.sensors)
+        drops = 0
+        by_class: dict[str, int] = {}
+        # every ring the agent drains: the sensor's, and the HIPS and quarantine decisions'
+        counters = [s.stats() for s in self.sensors]
+        if self.policies is not None:
+            counters.append(self.policies.kernel_stats())
+        if self.quarantine is not None:
+            counters.append(self.quarantine.stats())
+        for st in counters:
+            drops += int(st.get("drops", 0))
+            for key, n in st.items():
+                if key.startswith("drops."):
+                    by_class[key[6:]] = by_class.get(key[6:], 0) + int(n)
+        self.summary.drops = drops
+        self._drops_by_class = by_class
         if self.metrics is not None:
             self.metrics.set_sensor_drops(drops)
             self.metrics.set_ring_fill(max((s.ring_fill() for s in self.sensors), default=0.0))
-        if drops > self._last_drops:
+        if drops > self._last_drops and (
+                final or now - self._last_drop_alert >= self.limits.interval_s):
+            # once per interval however many batches lost records (a flood is one alert
+            # a minute, not one a second), with the losses per event class
             new = drops - self._last_drops
-            self._last_drops = drops
-            self.summary.drops = drops
+            new_by_class = {c: n - self._drops_alerted.get(c, 0) for c, n in by_class.items()
+                            if n > self._drops_alerted.get(c, 0)}
+            self._last_drops, self._drops_alerted = drops, dict(by_class)
+            self._last_drop_alert = now
+            classes = ", ".join(f"{c} {n}" for c, n in
+                                sorted(new_by_class.items(), key=lambda kv: -kv[1]))
             self._alert(Finding(
-                rule="bastion.sensor.drops", title=f"{new} events lost: the ring buffer was full",
-                severity="high", attack=(), action="alert", event=None, pid=os.getpid(),
-                evidence={"dropped": new, "dropped_total": drops},
+                rule="bastion.sensor.drops", severity="high", attack=(), action="alert",
+                event=None, pid=os.getpid(),
+                title=f"{new} events lost: the ring buffer was full"
+                      + (f" ({classes})" if classes else ""),
+                evidence={"dropped": new, "dropped_total": drops, "by_class": new_by_class,
+                          "by_class_total": by_class},
             ))
+        self._store_alarm(now, force=final)
+        if self.store_health.state != "ok":
+            self._drain_store_queue()
+        if final or now - self._last_flush >= self.limits.interval_s:
+            self._flush_aggregates(now)
 
     def _hips_fail_opens(self) -> None:
         """One alert per health interval in which compat HIPS answered opens undecided:
@@ -631,7 +815,7 @@ class Agent:
                 if late is not None:
                     self._alert(late)
         if rows:
-            self.store.add_events(rows)
+            self._store_events(rows)
         for t, n in batch_types.items():
             by_type[t] = by_type.get(t, 0) + n
         if self.metrics is not None and batch:
@@ -669,8 +853,13 @@ class Agent:
             self._last_resolve = now
             if full:
                 self._last_full_resolve = now
-        if now - self._last_retention >= 60.0:
-            self.store.enforce_retention()
+        if now - self._last_retention >= 60.0 and self._store_usable():
+            try:
+                deleted = self.store.enforce_retention()
+                if self._stored_events is not None:
+                    self._stored_events = max(0, self._stored_events - deleted)
+            except StoreError as exc:
+                self._store_failed("enforcing retention", exc)
             if self.shadow is not None:
                 self.shadow.maintain(self.policy.shield.max_age_s)
                 self.shadow.refresh_marks()
@@ -697,6 +886,10 @@ class Agent:
         """Open every source and part, apply the policy, pump events until ``stop``, then
         close everything (pinned HIPS enforcement is removed unless ``keep_pins``)."""
         self.procs.seed()
+        try:
+            self._stored_events = self.store.count_events()
+        except StoreError as exc:
+            self._store_failed("counting stored events", exc)
         opened: list[Sensor] = []
         guard_open = False
         try:
@@ -734,7 +927,7 @@ class Agent:
             self._heartbeat = self._last_health = self._last_retention = time.monotonic()
             self.ready.set()
             pump.run(stop, self._handle, tick=self._tick)
-            self._health()
+            self._health(final=True)
         finally:
             if self.control is not None:
                 self.control.stop()

@@ -224,7 +224,7 @@ def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
         parts.policies.prepare(policy, force=opts.force, allow_degraded=opts.allow_degraded)
     store = Store.open(opts.data_dir, retention=Retention(
         max_age_s=policy.store.max_age_s, max_events=policy.store.max_events,
-        max_bytes=policy.store.max_bytes))
+        max_bytes=policy.store.max_bytes, max_alerts=policy.store.max_alerts), busy_timeout_s=1.0)
     try:
         if store.anchor_note:
             # the alert chain lost records (or its anchor) while no agent ran: said before

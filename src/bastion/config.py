@@ -17,6 +17,7 @@ from typing import Any, Callable, Final
 
 import yaml
 
+from bastion.alertgate import AlertLimits
 from bastion.errors import ConfigError, Location
 from bastion.abi import EVENT_CLASSES
 from bastion.detect.behavior import rule_names
@@ -58,6 +59,7 @@ class StoreConfig:
     max_age_s: float = 7 * 86400
     max_events: int = 5_000_000
     max_bytes: int = 2 * 2**30
+    max_alerts: int = 1_000_000
 
 
 #: Who may load BPF programs by default: systemd's PID 1 (cgroup device and IP
@@ -116,6 +118,7 @@ class AgentConfig:
     shield: ShieldConfig = field(default_factory=ShieldConfig)
     outputs: tuple[OutputSpec, ...] = ()             # where events and alerts are shipped
     metrics: MetricsSpec | None = None               # Prometheus endpoint
+    alerts: AlertLimits = field(default_factory=AlertLimits)  # rate limits, quota, store queue
     text: str = ""                                   # the document as written
     warnings: tuple[ConfigError, ...] = ()           # need --force to apply
 
@@ -202,8 +205,13 @@ def parse_policy(text: str, source: str) -> AgentConfig:
             else:
                 st["max_bytes"] = s
 
+    def max_alerts(n: yaml.Node) -> None:
+        if (i := p.integer(n, "store.max_alerts", 1000)) is not None:
+            st["max_alerts"] = i
+
     def store(n: yaml.Node) -> None:
-        p.mapping(n, "store", {"max_age": max_age, "max_events": max_events, "max_bytes": max_bytes})
+        p.mapping(n, "store", {"max_age": max_age, "max_events": max_events, "max_bytes": max_bytes,
+                               "max_alerts": max_alerts})
 
     hips: dict[str, Any] = {}
 
@@ -359,6 +367,32 @@ def parse_policy(text: str, source: str) -> AgentConfig:
                 key, node = quota_nodes[field_]
                 p.err(node, f"shield.quota.{key} {shield[field_]} exceeds shield.{what} {cap}")
 
+    al: dict[str, Any] = {}
+    al_nodes: dict[str, yaml.Node] = {}
+
+    def al_interval(n: yaml.Node) -> None:
+        d = p.duration(n, "alerts.interval")
+        if d is not None and not 1.0 <= d <= 3600.0:
+            p.err(n, "alerts.interval must be between 1s and 1h")
+        elif d is not None:
+            al["interval_s"] = d
+
+    def al_int(key: str, attr: str, minimum: int, maximum: int) -> Callable[[yaml.Node], None]:
+        def parse(n: yaml.Node) -> None:
+            v = p.integer(n, f"alerts.{key}", minimum, maximum)
+            if v is not None:
+                al[attr] = v
+                al_nodes[attr] = n
+        return parse
+
+    def alerts(n: yaml.Node) -> None:
+        p.mapping(n, "alerts", {
+            "interval": al_interval,
+            "per_rule": al_int("per_rule", "per_rule", 1, 100_000),
+            "quota": al_int("quota", "quota", 1, 1_000_000),
+            "max_aggregates": al_int("max_aggregates", "max_aggregates", 1, 10_000),
+            "store_queue": al_int("store_queue", "store_queue", 100, 1_000_000)})
+
     def behavior(n: yaml.Node) -> None:
         out["behavior"] = parse_behavior_node(n, p, rule_names())
 
@@ -368,15 +402,19 @@ def parse_policy(text: str, source: str) -> AgentConfig:
 
     p.mapping(root, "the policy", {"version": version, "events": events, "store": store,
                                    "outputs": outputs, "metrics": metrics, "behavior": behavior,
+                                   "alerts": alerts,
                                    "integrity": integrity, "shield": shield_node,
                                    "mode": mode, "default": default, "rules": rules,
                                    "sigma": sigma_dirs, "sigma_installed": sigma_installed})
     if "version" not in values and isinstance(root, yaml.MappingNode):
         p.err(root, "the policy lacks 'version: 1'")
     hips_policy = build(p, root, hips.get("mode"), hips.get("default"), hips.get("rules", ()))
+    if "per_rule" in al and al["per_rule"] > al.get("quota", AlertLimits.quota):
+        p.err(al_nodes["per_rule"], f"alerts.per_rule ({al['per_rule']}) exceeds alerts.quota "
+              f"({al.get('quota', AlertLimits.quota)})")
     if p.problems:
         raise PolicyError(p.problems)
-    return AgentConfig(source=source, events=EventsConfig(**ev), store=StoreConfig(**st),
+    return AgentConfig(alerts=AlertLimits(**al), source=source, events=EventsConfig(**ev), store=StoreConfig(**st),
                   hips=hips_policy, sigma=tuple(sigma),
                   sigma_installed=bool(out.get("sigma_installed", True)), text=text, warnings=tuple(p.warnings),
                   outputs=out.get("outputs", ()), metrics=out.get("metrics"),

@@ -212,8 +212,20 @@ def format_status(st: dict[str, Any]) -> list[str]:
     out.append(f"events       {st.get('events_total')} seen, {st.get('events_per_s')}/s, "
                f"{st.get('drops')} dropped, ring {float(st.get('ring_fill') or 0) * 100:.1f}% full, "
                f"{st.get('store_events')} stored in {st.get('data_dir')}")
-    out.append(f"alerts       {st.get('alerts_total')} raised, {st.get('alerts_suppressed')} repeats "
-               "suppressed")
+    byc = st.get("drops_by_class") or {}
+    if isinstance(byc, dict) and byc:
+        out.append("dropped      " + ", ".join(f"{c} {n}" for c, n in
+                                               sorted(byc.items(), key=lambda kv: -int(kv[1]))))
+    lim = st.get("alert_limits") or {}
+    out.append(f"alerts       {st.get('alerts_total')} raised, {st.get('alerts_suppressed')} "
+               "summarised in aggregates"
+               + (f" (at most {lim.get('per_rule')} per rule and executable and {lim.get('quota')} "
+                  f"in all per {lim.get('interval_s')}s)" if isinstance(lim, dict) and lim else ""))
+    store = st.get("store")
+    if isinstance(store, dict) and store.get("state") != "ok":
+        out.append(f"STORE        FAILING since {store.get('since')}: {store.get('error')}; "
+                   f"{store.get('alerts_queued')} alerts held in memory, {store.get('alerts_lost')} "
+                   f"lost, {store.get('events_not_stored')} events not stored")
     eng = st.get("engine") or {}
     if isinstance(eng, dict) and eng:
         out.append("engine       " + ", ".join(f"{k} {v}" for k, v in sorted(eng.items())

@@ -128,6 +128,8 @@ class LoadedObject:
         self.decoded = 0
         self.decode_errors = 0
         self._drops_at_close = 0
+        self._slots_at_close: dict[str, int] = {}
+        self._slots_cache: tuple[int, dict[str, int]] = (0, {})
         self.wall_offset = WallOffset()
         self._maps: dict[str, Map] = {}      # pinned (borrowed from obj) or opened from pins
         self._owned: list[Map] = []          # fds this object closes
@@ -221,6 +223,7 @@ class LoadedObject:
         if self.ring is not None and self.spec.drops is not None and (
                 self.obj is not None or self.spec.drops in self._maps):
             self._drops_at_close = self.sum_percpu_u64(self.spec.drops)  # still readable after
+            self._slots_at_close = self._read_drop_slots()
         if unpin:
             pins: list[_Pinned] = [*self.links.values(), *self._maps.values()]
             for pinned in pins:
@@ -277,6 +280,33 @@ class LoadedObject:
             return self._drops_at_close
         return self.sum_percpu_u64(self.spec.drops)
 
+    def drops_by_class(self) -> dict[str, int]:
+        """Records lost to a full ring per record type (``exec``, ``file``, ``hips``,
+        ``tamper``, ...), the types that lost any; read again only when the total moved."""
+        if self.spec.drops is None or self.closed:
+            return dict(self._slots_at_close)
+        total = self.drops()
+        if total == 0:
+            return {}
+        if total != self._slots_cache[0]:
+            self._slots_cache = (total, self._read_drop_slots())
+        return dict(self._slots_cache[1])
+
+    def _read_drop_slots(self) -> dict[str, int]:
+        assert self.spec.drops is not None
+        m = self.map(self.spec.drops)
+        if m.max_entries < abi.DROP_SLOTS:   # an object built before issue 14.1: no slots
+            return {}
+        out: dict[str, int] = {}
+        for slot in range(1, abi.DROP_SLOTS):
+            n = self.sum_percpu_u64(self.spec.drops, slot)
+            if n:
+                name = ("tamper" if slot == abi.DROP_SLOT_TAMPER else
+                        abi.EventType(slot).name.lower() if slot in abi.EventType._value2member_map_
+                        else f"slot{slot}")
+                out[name] = n
+        return out
+
     # ---- the ring ----------------------------------------------------------------------
 
     def _need_ring(self) -> _Ring:
@@ -331,7 +361,9 @@ class LoaderUser:
         return self._lo.drops() if self._lo is not None else 0
 
     def stats(self) -> dict[str, int]:
+        by_class = self._lo.drops_by_class() if self._lo is not None else {}
         return {"events": self.events, "drops": self.drops(), "decode_errors": self.decode_errors,
+                **{f"drops.{c}": n for c, n in by_class.items()},
                 "programs": len(self._lo.attached) if self._lo is not None else 0}
 
 

@@ -297,6 +297,14 @@ class PolicyManager:
                                  f"this tier): {ev.path} -> {ev.path2}")
         return None
 
+    def kernel_stats(self) -> dict[str, int]:
+        """The kernel matcher's integer counters ({} without one): ``drops`` and
+        ``drops.<class>`` (decision records lost to a full ring), ``decisions.*``."""
+        stats = getattr(self.kernel, "stats", None)
+        if not callable(stats):
+            return {}
+        return {str(k): v for k, v in stats().items() if isinstance(v, int)}
+
     def file_stats(self) -> dict[str, int | float]:
         """The compat file enforcer's counters ({} without one): ``fail_opens`` (opens
         allowed by the watchdog, a failed decision or a queue overflow), ``watchdog_denies``

@@ -30,6 +30,13 @@ the outputs (``chain``), the copy a root attacker on this host cannot
 rewrite.  Which copy a root attacker can rewrite on each tier is in
 ``docs/threat-model.md``.
 
+**Retention** (``store.max_alerts``) deletes the oldest rows and signs a
+:class:`RetentionAnchor` (the ``alert_anchor`` row: the first kept seq, its deleted
+predecessor's seq and MAC, how many retention deleted in all) with
+:func:`retention_mac`, keyed and :func:`encode`-d like scheme 2.  It excuses only the
+missing predecessor of the first row it names, and only if its MAC verifies; the
+count anchors then count ``deleted`` plus the rows present (:func:`check_anchor`).
+
 The key (32 random bytes) lives beside the database, mode 0600.
 """
 
@@ -53,6 +60,7 @@ SCHEME = 2                    # the MAC scheme new rows are written under
 ANCHOR_BYTES = 512            # the anchor file is one fixed-size record, rewritten in place
 _V2 = b"bastion-alert-chain-v2\0"
 _ANCHOR = b"bastion-alert-chain-anchor\0"
+_RETENTION = b"bastion-alert-retention\0"
 #: the columns a row is read with, in :class:`ChainRow` order
 COLUMNS = "seq, alert_id, data, prev_seq, mac, mac_v, ts, severity, rule, pid, exe"
 #: the filter columns (``ChainRow.cols``), in order
@@ -240,26 +248,76 @@ def _read_anchor(path: Path, key: bytes) -> Anchor | None:
     return a
 
 
-def check_anchor(a: Anchor, rows: Sequence[ChainRow], source: str) -> tuple[list[ChainProblem], list[str]]:
+def check_anchor(a: Anchor, rows: Sequence[ChainRow], source: str,
+                 retained: RetentionAnchor | None = None) -> tuple[list[ChainProblem], list[str]]:
     """(problems, notes) of ``rows`` against anchor ``a`` from ``source``: the anchor's head
-    must still be there, unchanged, and the store must hold at least its count."""
+    must still be there, unchanged, and the rows present plus those retention deleted
+    must make at least its count.  ``retained``: the retention anchor, already checked
+    with :func:`retention_valid` (None if there is none or it does not verify: then
+    nothing is excused)."""
     problems: list[ChainProblem] = []
     notes: list[str] = []
     by_seq = {r.seq: r for r in rows}
-    n = len(rows)
+    gone = retained.deleted if retained is not None else 0
+    n = len(rows) + gone
+    have = f"store has {len(rows)} rows" + (f" and {gone} deleted by retention" if gone else "")
     head = by_seq.get(a.seq)
-    if a.seq and head is None:
-        problems.append(ChainProblem(a.seq, "truncated", f"store has {n} rows, anchor says {a.count} "
+    if retained is not None and a.seq and a.seq < retained.first_seq:
+        # retention deleted the anchor's head: only its MAC, if it was the last one deleted,
+        # and the count can be checked
+        if a.seq == retained.prev_seq and not hmac.compare_digest(retained.prev_mac, a.mac):
+            problems.append(ChainProblem(a.seq, "rolled-back", f"the record at seq {a.seq} is not "
+                                         f"the one the {source} anchor names (an older or "
+                                         "rewritten copy of the store)"))
+        elif n < a.count:
+            problems.append(ChainProblem(0, "deleted", f"{have}, anchor says {a.count} "
+                                         f"({source} anchor; its head, seq {a.seq}, was "
+                                         "deleted by retention)"))
+        else:
+            notes.append(f"the {source} anchor's head, seq {a.seq}, was deleted by retention")
+    elif a.seq and head is None:
+        problems.append(ChainProblem(a.seq, "truncated", f"{have}, anchor says {a.count} "
                                      f"(the {source} anchor's head, seq {a.seq}, is gone)"))
     elif a.seq and not hmac.compare_digest(head.mac if head else "", a.mac):
         problems.append(ChainProblem(a.seq, "rolled-back", f"the record at seq {a.seq} is not the one "
                                      f"the {source} anchor names (an older or rewritten copy of the store)"))
     elif n < a.count:   # the head is intact: records before it were removed
-        problems.append(ChainProblem(0, "deleted", f"store has {n} rows, anchor says {a.count} "
+        problems.append(ChainProblem(0, "deleted", f"{have}, anchor says {a.count} "
                                      f"({source} anchor; its head, seq {a.seq}, is intact)"))
     if n > a.count and not problems:
         notes.append(f"{n - a.count} alerts were written after the {source} anchor (seq {a.seq})")
     return problems, notes
+
+
+# ---- retention ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetentionAnchor:
+    """Alert retention deleted the records before ``first_seq``: its predecessor's seq
+    and MAC, and how many alerts retention has deleted in all, signed (the
+    ``alert_anchor`` row), so the shortened chain still verifies from its first record
+    and the count anchors still add up."""
+
+    first_seq: int
+    prev_seq: int
+    prev_mac: str
+    deleted: int
+    mac: str
+
+
+def retention_mac(key: bytes, first_seq: int, prev_seq: int, prev_mac: str, deleted: int) -> str:
+    """The retention anchor's MAC: keyed and length-prefixed like row scheme 2 (:func:`encode`)."""
+    msg = _RETENTION + encode(first_seq, prev_seq, prev_mac, deleted)
+    return hmac.new(key, msg, hashlib.sha256).hexdigest()
+
+
+def retention_valid(key: bytes, r: RetentionAnchor | None, rows: Sequence[ChainRow]) -> bool:
+    """``r`` excuses the records before ``rows[0]``: it names that first row and its
+    predecessor, and its MAC verifies."""
+    return bool(rows) and r is not None and r.first_seq == rows[0].seq \
+        and r.prev_seq == rows[0].prev_seq and hmac.compare_digest(
+            r.mac, retention_mac(key, r.first_seq, r.prev_seq, r.prev_mac, r.deleted))
 
 
 # ---- verification ---------------------------------------------------------------------
@@ -291,21 +349,35 @@ class ChainReport:
 Derive = Callable[[str], tuple[object, ...]]
 
 
-def verify(key: bytes, rows: list[ChainRow], derive: Derive | None = None) -> list[ChainProblem]:
+def verify(key: bytes, rows: list[ChainRow], derive: Derive | None = None,
+           retained: RetentionAnchor | None = None) -> list[ChainProblem]:
     """Problems in a chain given its rows in ascending seq order (empty: intact).
 
     ``derive(data)`` gives the filter columns a scheme-1 row's ``data`` implies; with
-    it, a scheme-1 row whose columns differ is reported as edited."""
+    it, a scheme-1 row whose columns differ is reported as edited.
+
+    ``retained``: retention deleted the records before the first row; accepted only for
+    the first row and only when its MAC verifies (:func:`retention_valid`: a forged or
+    misplaced anchor, or a record deleted after the retention point, is reported)."""
     problems: list[ChainProblem] = []
     by_seq = {r.seq: r for r in rows}
+    skip_first = retention_valid(key, retained, rows)
+    if skip_first and retained is not None:
+        # the retained-out predecessor stands in, by its signed seq and MAC (of either scheme)
+        stand_in = ChainRow(retained.prev_seq, "", "", 0, retained.prev_mac, 0)
+        by_seq[stand_in.seq] = stand_in
+        rows = [stand_in, *rows]
     successors: dict[int, int] = {}
     for r in rows:
         successors[r.prev_seq] = successors.get(r.prev_seq, 0) + 1
     last = rows[-1].seq if rows else 0
     prev_seq = 0
     seen_v2 = False
-    for row in rows:
+    for i, row in enumerate(rows):
         seq, rprev = row.seq, row.prev_seq
+        if skip_first and i == 0:
+            prev_seq = seq
+            continue
         if rprev != prev_seq:
             if rprev and rprev not in by_seq:
                 problems.append(ChainProblem(seq, "deleted",

@@ -12,6 +12,8 @@ database path, with the sqlite error chained.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import math
@@ -35,6 +37,7 @@ from bastion.timefmt import parse_time
 __all__ = [
     "DB_NAME",
     "SEVERITIES",
+    "MalformedRecordError",
     "Retention",
     "Store",
     "StoreNotFoundError",
@@ -56,6 +59,10 @@ class StoreNotFoundError(StoreError):
     """A read-only open found no database at the path."""
 
 
+class MalformedRecordError(StoreError):
+    """A record that cannot be stored as it is (the store itself works)."""
+
+
 class StoredRecord(NamedTuple):
     """One stored event or alert: its row id (monotonic) and its JSON dict."""
 
@@ -65,11 +72,13 @@ class StoredRecord(NamedTuple):
 
 @dataclass(frozen=True)
 class Retention:
-    """Limits on stored events (alerts are never deleted by retention)."""
+    """Limits on stored events, and on alerts by count only (``max_alerts``: the oldest
+    beyond it are deleted, with a signed anchor that keeps the alert chain verifiable)."""
 
     max_age_s: float = 7 * 86400
     max_events: int = 5_000_000
     max_bytes: int = 2 * 2**30
+    max_alerts: int = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -168,6 +177,7 @@ class Store:
         retention: Retention | None = None,
         readonly: bool = False,
         immutable: bool = False,
+        busy_timeout_s: float = 10.0,
     ) -> Store:
         """Open (creating and migrating unless ``readonly``) the store in ``data_dir``.
 
@@ -177,6 +187,8 @@ class Store:
         :class:`StoreNotFoundError` if the database is missing and
         :class:`StoreError` if its schema is not this version's.
         A database with a newer schema is refused untouched in both modes.
+        ``busy_timeout_s``: how long a write waits for another writer's lock (the
+        agent keeps it short: its event loop must not stall on a locked store).
         """
         data_dir = Path(data_dir)
         path = data_dir / DB_NAME
@@ -196,7 +208,7 @@ class Store:
             ) from exc
         try:
             conn = sqlite3.connect(
-                str(path), isolation_level=None, check_same_thread=False, timeout=10.0
+                str(path), isolation_level=None, check_same_thread=False, timeout=busy_timeout_s
             )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open: {exc}", location=Location(str(path))) from exc
@@ -219,6 +231,7 @@ class Store:
                 )
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute(f"PRAGMA journal_size_limit = {64 * 2**20}")
+            retention_v3 = _upgrade_retention_v3(conn)
             before, _ = migrate(conn)
         except NewerSchemaError as exc:
             conn.close()
@@ -235,17 +248,36 @@ class Store:
             raise
         store = cls(conn, path, retention=retention or Retention(), readonly=False)
         try:
-            store._take_anchor(first=before < 3)
+            if retention_v3:
+                store._resign_retention_v3()
+            store._take_anchor(first=before < 3 or retention_v3)
         except BaseException:
             store.close()
             raise
         return store
 
+    def _resign_retention_v3(self) -> None:
+        """A store of the alert-retention build (see :func:`_upgrade_retention_v3`): its
+        retention anchor was signed over ``retention|first|prev|mac|deleted``; one whose
+        old MAC verifies is signed again under :func:`chain.retention_mac`.  One that does
+        not verify is left as it is (verify reports the deletion it claims to excuse)."""
+        key = self._chain_key()
+        with self._write("re-signing the alert retention anchor") as conn:
+            for first, prev, pmac, deleted, mac in conn.execute(
+                    "SELECT first_seq, prev_seq, prev_mac, deleted, mac FROM alert_anchor").fetchall():
+                old = hmac.new(key, f"retention|{first}|{prev}|{pmac}|{deleted}".encode(),
+                               hashlib.sha256).hexdigest()
+                if isinstance(mac, str) and hmac.compare_digest(mac, old):
+                    conn.execute("UPDATE alert_anchor SET mac = ? WHERE first_seq = ?",
+                                 (chain.retention_mac(key, int(first), int(prev), str(pmac),
+                                                      int(deleted)), first))
+
     def _anchor_path(self) -> Path:
         return self._path.parent / chain.ANCHOR_NAME
 
-    def _head(self, conn: sqlite3.Connection) -> chain.Anchor:
-        n = int(conn.execute("SELECT count(*) FROM alerts").fetchone()[0])
+    def _head(self, conn: sqlite3.Connection, key: bytes) -> chain.Anchor:
+        """The chain's anchor now: its count is the rows present plus those retention deleted."""
+        n = int(conn.execute("SELECT count(*) FROM alerts").fetchone()[0]) + self._retained(conn, key)
         last = conn.execute("SELECT seq, mac FROM alerts ORDER BY seq DESC LIMIT 1").fetchone()
         return chain.Anchor(n, int(last[0]), str(last[1])) if last else chain.Anchor(n, 0, "")
 
@@ -255,10 +287,12 @@ class Store:
         ``first``: the store predates anchors (schema < 3): its head is anchored silently."""
         key = self._chain_key()
         with self._read("anchoring the alert chain") as conn:
-            head = self._head(conn)
+            head = self._head(conn, key)
             rows = [chain.ChainRow.from_sql(r) for r in conn.execute(
                 "SELECT seq, '', '', prev_seq, mac, 0, NULL, NULL, NULL, NULL, NULL "
                 "FROM alerts ORDER BY seq")] if not first else []
+            stored = self._retention_anchor(conn, rows)
+        retained = stored if chain.retention_valid(key, stored, rows) else None
         if not first:
             try:
                 saved = chain.read_anchor(self._anchor_path(), key)
@@ -269,7 +303,7 @@ class Store:
                     self.anchor_note = (f"the alert chain anchor {self._anchor_path()} is missing "
                                         f"(removed?); re-anchored at {head.count} alerts")
                 else:
-                    problems, _ = chain.check_anchor(saved, rows, "file")
+                    problems, _ = chain.check_anchor(saved, rows, "file", retained)
                     if problems:
                         self.anchor_note = "; ".join(str(p) for p in problems)
         self.anchor = head
@@ -411,7 +445,7 @@ class Store:
                     dumps(ev if isinstance(ev, dict) else dict(ev), separators=_JSON_SEPARATORS),
                 ))
             except Exception as exc:  # KeyError, ConfigError, TypeError, ValueError
-                raise StoreError(
+                raise MalformedRecordError(
                     f"event {i} of {len(events)} is malformed ({type(exc).__name__}: {exc})",
                     location=Location(str(self._path)),
                 ) from exc
@@ -433,7 +467,7 @@ class Store:
             ts, sev, rule, pid, exe = alert_columns(record)
             data = json.dumps(record, separators=_JSON_SEPARATORS)
         except Exception as exc:
-            raise StoreError(
+            raise MalformedRecordError(
                 f"alert {alert_id} is malformed ({type(exc).__name__}: {exc})",
                 location=Location(str(self._path)),
             ) from exc
@@ -453,7 +487,8 @@ class Store:
             mac = chain.row_mac(key, row, prev_mac)
             conn.execute("UPDATE alerts SET mac = ? WHERE seq = ?", (mac, seq))
             # counted under the write lock: the guardian writes alerts into the same store
-            count = int(conn.execute("SELECT count(*) FROM alerts").fetchone()[0])
+            count = int(conn.execute("SELECT count(*) FROM alerts").fetchone()[0]) \
+                + self._retained(conn, key)
         # after the commit: an anchor never names a row that is not committed (two writers
         # may leave the file one alert behind the store: shorter is never a false alarm)
         self.anchor = chain.Anchor(count, seq, mac)
@@ -493,8 +528,13 @@ class Store:
         with self._read("verifying the alert chain") as conn:
             rows = [chain.ChainRow.from_sql(r) for r in conn.execute(
                 f"SELECT {chain.COLUMNS} FROM alerts ORDER BY seq")]
-        report = chain.ChainReport(len(rows), chain.verify(key, rows, _derive_columns),
+            stored = self._retention_anchor(conn, rows)
+        retained = stored if chain.retention_valid(key, stored, rows) else None
+        report = chain.ChainReport(len(rows), chain.verify(key, rows, _derive_columns, stored),
                                    sum(1 for r in rows if r.mac_v == 1))
+        if retained is not None:
+            report.notes.append(f"{retained.deleted} alerts before seq {retained.first_seq} were "
+                                "deleted by retention (store.max_alerts; signed anchor verified)")
         if saved is None and rows and not unanchored:
             unanchored = (f"the anchor file {self._anchor_path()} is missing: truncation cannot "
                           "be ruled out")
@@ -502,7 +542,7 @@ class Store:
             report.problems.append(chain.ChainProblem(0, "unanchored", unanchored))
         checks = ([("file", saved)] if saved is not None else []) + list(anchors)
         for source, a in checks:
-            problems, notes = chain.check_anchor(a, rows, source)
+            problems, notes = chain.check_anchor(a, rows, source, retained)
             report.anchors.append(f"{source} ({a.count} alerts, head seq {a.seq})")
             if problems and self._immutable:
                 # a snapshot does not see rows still in the WAL: shorter is expected
@@ -512,6 +552,62 @@ class Store:
             report.notes += notes
         report.problems.sort(key=lambda p: (p.seq, p.kind))
         return report
+
+    @staticmethod
+    def _retention_anchor(conn: sqlite3.Connection,
+                          rows: Sequence[chain.ChainRow]) -> chain.RetentionAnchor | None:
+        """The retention anchor row naming the first alert kept (None: none; not verified)."""
+        if not rows:
+            return None
+        r = conn.execute("SELECT first_seq, prev_seq, prev_mac, deleted, mac FROM alert_anchor "
+                         "WHERE first_seq = ?", (rows[0].seq,)).fetchone()
+        if r is None:
+            return None
+        try:
+            return chain.RetentionAnchor(int(r[0]), int(r[1]), str(r[2]), int(r[3]), str(r[4]))
+        except (TypeError, ValueError):     # hand-edited to a non-number: never verifies
+            return None
+
+    def _retained(self, conn: sqlite3.Connection, key: bytes) -> int:
+        """How many alerts retention deleted, by the verified retention anchor (0 if there
+        is none, or it does not verify: a forged anchor excuses nothing)."""
+        first = conn.execute(f"SELECT {chain.COLUMNS} FROM alerts ORDER BY seq LIMIT 1").fetchone()
+        rows = [chain.ChainRow.from_sql(first)] if first else []
+        r = self._retention_anchor(conn, rows)
+        return r.deleted if r is not None and chain.retention_valid(key, r, rows) else 0
+
+    def retain_alerts(self) -> int:
+        """Delete the oldest alerts beyond ``max_alerts`` (in chunks) and anchor the
+        chain at the first one kept; the number deleted.  The count anchors go on
+        counting the deleted ones (the retention anchor's signed ``deleted``)."""
+        excess = self.count_alerts() - max(0, self._retention.max_alerts)
+        if excess <= 0:
+            return 0
+        key = self._chain_key()
+        deleted = 0
+        while excess > 0:
+            n = min(excess, _DELETE_CHUNK)
+            with self._write("retaining alerts") as conn:
+                before = self._retained(conn, key)
+                cut = conn.execute("SELECT seq, mac FROM alerts ORDER BY seq LIMIT 1 OFFSET ?",
+                                   (n - 1,)).fetchone()
+                first = conn.execute("SELECT seq, prev_seq FROM alerts WHERE seq > ? "
+                                     "ORDER BY seq LIMIT 1", (int(cut[0]),)).fetchone()
+                if first is None:
+                    break
+                gone = conn.execute("DELETE FROM alerts WHERE seq <= ?", (int(cut[0]),)).rowcount
+                total = before + gone
+                conn.execute("DELETE FROM alert_anchor")
+                conn.execute(
+                    "INSERT INTO alert_anchor(first_seq, prev_seq, prev_mac, deleted, at, mac) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (int(first[0]), int(first[1]), str(cut[1]), total, time.time(),
+                     chain.retention_mac(key, int(first[0]), int(first[1]), str(cut[1]), total)))
+            deleted += gone
+            excess -= gone
+        if deleted:
+            self._reclaim()
+        return deleted
 
     # -- queries -----------------------------------------------------------
 
@@ -654,12 +750,14 @@ class Store:
     def enforce_retention(self, *, now: float | None = None) -> int:
         """Delete the oldest events beyond the age, count and byte limits.
 
-        Returns the number of events deleted.  Alerts are never deleted.  Works
+        Returns the number of events deleted.  Alerts are deleted by count only
+        (:meth:`retain_alerts`, called here), never by age or bytes.  Works
         in chunks of at most 50 000 rows, each its own transaction, and gives
         freed pages back to the file system (incremental vacuum).
         """
         r = self._retention
         now = time.time() if now is None else now
+        self.retain_alerts()
         deleted = 0
         # Age: by event time.
         cutoff = now - r.max_age_s
@@ -719,6 +817,31 @@ class Store:
         if n > 0:
             self._reclaim()
         return max(0, n)
+
+
+def _upgrade_retention_v3(conn: sqlite3.Connection) -> bool:
+    """A store written by the alert-retention build (never released) recorded schema
+    version 3 as its ``alert_anchor`` table, without this version 3's ``mac_v``.  Give
+    it ``mac_v`` (its rows are scheme 1) and record version 4 (migration 4 then has
+    nothing to do); True if this was such a store.  Under the write lock, so two
+    writers opening it at once upgrade it once."""
+    if current_version(conn) != 3:
+        return False
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        cols = {str(r[1]) for r in conn.execute("PRAGMA table_info(alerts)")}
+        tables = {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if current_version(conn) != 3 or "mac_v" in cols or "alert_anchor" not in tables:
+            conn.execute("COMMIT")
+            return False
+        conn.execute("ALTER TABLE alerts ADD COLUMN mac_v INTEGER NOT NULL DEFAULT 1")
+        conn.execute("INSERT INTO schema(version, applied_at) VALUES (4, ?)", (time.time(),))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return True
 
 
 def _db_bytes(conn: sqlite3.Connection) -> int:

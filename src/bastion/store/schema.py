@@ -66,6 +66,20 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE alerts ADD COLUMN mac_v INTEGER NOT NULL DEFAULT 1;
     """,
+    # 4: alert retention (issue 14.1): where the oldest alerts were deleted, a signed
+    # anchor for the first kept one (its deleted predecessor's seq and MAC).  IF NOT
+    # EXISTS: a store of the unreleased alert-retention build recorded this table as
+    # its version 3 (store/db.py adds its missing mac_v first, then this is a no-op).
+    """
+    CREATE TABLE IF NOT EXISTS alert_anchor (
+        first_seq INTEGER PRIMARY KEY,  -- the first alert kept
+        prev_seq  INTEGER NOT NULL,     -- its deleted predecessor
+        prev_mac  TEXT    NOT NULL,
+        deleted   INTEGER NOT NULL,     -- alerts deleted by retention so far
+        at        REAL    NOT NULL,
+        mac       TEXT    NOT NULL
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

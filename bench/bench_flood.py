@@ -1,0 +1,142 @@
+"""The agent under an event flood beyond its capacity (issue 14.1).
+
+``bastion run --quiet`` (default policy) while ``chmod_flood`` chmods one file in a
+tight loop for ``FLOOD_S`` seconds, pinned to one CPU.  Meanwhile the bench asks the
+control socket for ``status`` every 0.2 s (the raw request, no CLI start-up) and
+samples the agent's RSS from /proc.  After the flood it waits for the agent to
+catch up and reads the store.
+
+Figures (``bench <name> <figure> <unit>``):
+- ``flood_events``: events the agent processed per second of the flood (status
+  events_total delta over the flood's wall time);
+- ``flood_drops``: records the kernel could not put on the full ring;
+- ``flood_rss``: the agent's peak RSS during the flood (MB);
+- ``flood_status_latency``: the slowest ``status`` answer during the flood (ms);
+  target <= 1000 ms;
+- ``flood_loop_age``: the oldest event-loop heartbeat a ``status`` answer showed
+  (how long one round of the loop took at worst, as the guardian sees it);
+- ``flood_alerts``: alerts raised over the run (drop alerts: once per interval,
+  not per batch), and ``flood_alerts_stored``: alerts the store holds.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import threading
+import time
+from typing import Any
+
+from _common import (
+    PIN_CPU, AgentProcess, c_program, check_target, emit, finish, log, median, proc_rss_mb,
+    require_root,
+)
+
+from bastion.control import request
+from bastion.store.db import Store
+
+FLOOD_S = float(os.environ.get("BASTION_BENCH_FLOOD_S", "6"))
+STATUS_TARGET_MS = 1000.0
+
+
+def main() -> None:
+    require_root()
+    exe = c_program("chmod_flood")
+    fd, path = tempfile.mkstemp(prefix="bastion-bench-flood-")
+    os.close(fd)
+    pin = ["taskset", "-c", str(PIN_CPU)] if PIN_CPU is not None else []
+    latencies: list[float] = []
+    rss: list[float] = []
+    ages: list[float] = []
+    failures: list[str] = []
+    try:
+        with AgentProcess() as agent:
+            time.sleep(1.0)
+            s0 = request(agent.socket, "status", timeout=30)
+            rss0 = agent.rss_mb()
+            done = threading.Event()
+
+            def sample() -> None:
+                while not done.wait(0.2):
+                    t = time.perf_counter()
+                    try:
+                        st = request(agent.socket, "status", timeout=30)
+                    except Exception as exc:  # noqa: BLE001 - counted and reported
+                        failures.append(str(exc))
+                        continue
+                    latencies.append((time.perf_counter() - t) * 1e3)
+                    ages.append(float(st.get("loop_heartbeat_age_s") or 0.0))
+                    rss.append(proc_rss_mb(agent.pid))
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            t0 = time.monotonic()
+            fl = subprocess.Popen(pin + [str(exe), str(FLOOD_S), path], stdout=subprocess.PIPE,
+                                  text=True)
+            sampler.start()
+            try:
+                out, _ = fl.communicate(timeout=FLOOD_S + 60)
+            finally:
+                if fl.poll() is None:
+                    fl.kill()
+                    fl.wait()
+            s1 = request(agent.socket, "status", timeout=30)
+            t1 = time.monotonic()
+            done.set()
+            sampler.join()
+            if fl.returncode:
+                raise RuntimeError(f"chmod_flood failed ({fl.returncode})")
+            secs, calls = float(out.split()[0]), int(out.split()[1])
+            # the backlog, then one more health interval for the drop alerts
+            deadline = time.monotonic() + 60
+            last: dict[str, Any] = s1
+            while time.monotonic() < deadline:
+                time.sleep(1.5)
+                st = request(agent.socket, "status", timeout=30)
+                if float(st["ring_fill"]) < 0.01 and st["drops"] == last["drops"] \
+                        and st["alerts_total"] == last["alerts_total"]:
+                    break
+                last = st
+            time.sleep(11)   # a drop alert interval after the last drop
+            st = request(agent.socket, "status", timeout=30)
+            with Store.open(agent.dir / "data", readonly=True) as store:
+                stored = store.count_alerts()
+                drop_alerts = len(store.alerts(rule="bastion.sensor.drops"))
+                by_rule: dict[str, int] = {}
+                for rec in store.alerts():
+                    by_rule[str(rec.data["rule"])] = by_rule.get(str(rec.data["rule"]), 0) + 1
+            summary = agent.stop()
+    finally:
+        os.unlink(path)
+    assert summary is not None, "no stop summary from the agent"
+    events = int(s1["events_total"]) - int(s0["events_total"])
+    drops = int(st["drops"]) - int(s0["drops"])
+    alerts = int(st["alerts_total"]) - int(s0["alerts_total"])
+    rate = events / (t1 - t0)
+    log(f"chmod_flood: {calls} calls in {secs:.2f}s ({calls / secs / 1e3:.0f} k/s)")
+    log(f"agent: {events} events in {t1 - t0:.2f}s ({rate:.0f}/s), {drops} drops, "
+        f"{alerts} alerts ({drop_alerts} bastion.sensor.drops), {stored} alerts stored")
+    log(f"alerts stored by rule: {by_rule}")
+    log(f"status during the flood: {len(latencies)} answers, median {median(latencies):.0f} ms, "
+        f"max {max(latencies):.0f} ms; {len(failures)} failed" if latencies else
+        f"status during the flood: no answer; {len(failures)} failed: {failures[:3]}")
+    log(f"event loop: last round at most {max(ages, default=0.0) * 1e3:.0f} ms before a status "
+        f"answer (median {median(ages) * 1e3 if ages else 0:.0f} ms)")
+    log(f"RSS: {rss0:.1f} MB before, peak {max(rss, default=0.0):.1f} MB during the flood")
+    if "drops_by_class" in st:
+        log(f"drops by class: {st['drops_by_class']}")
+    log(f"stop summary: {summary.line}")
+    emit("flood_events", rate, "events/s", ".0f")
+    emit("flood_drops", drops, "events", ".0f")
+    emit("flood_rss", max(rss, default=0.0), "MB", ".1f")
+    worst = max(latencies, default=float("inf")) if not failures else float("inf")
+    emit("flood_status_latency", worst, "ms", ".0f")
+    emit("flood_loop_age", max(ages, default=0.0) * 1e3, "ms", ".0f")
+    emit("flood_alerts", alerts, "alerts", ".0f")
+    emit("flood_alerts_stored", stored, "alerts", ".0f")
+    check_target("flood_status_latency", worst, STATUS_TARGET_MS)
+    finish()
+
+
+if __name__ == "__main__":
+    main()
