@@ -240,6 +240,16 @@ def written_path(ev: Event) -> str | None:
     return None
 
 
+
+def stop_if_untrusted(rule: BehaviorRule, ev: Event, ctx: RuleContext, hit: Hit,
+                      prevented: str) -> Hit:
+    """``hit`` as a block of ``prevented`` when the actor has an untrusted provenance
+    (see :mod:`.provenance`); otherwise the alert it is."""
+    reasons, origin = rule.untrusted(ev, ctx)
+    if reasons:
+        return block(hit, reasons, origin, ev, prevented)
+    return hit
+
 def read_path(ev: Event) -> str | None:
     if isinstance(ev, FileEvent) and ev.op == "open" and not write_intent(ev):
         return ev.path
@@ -679,10 +689,7 @@ class CredentialAccess(SingleEvent):
                       severity=SECRET_SEVERITY.get(sclass))
         else:
             hit = Hit(f"Credential store {path} {verb} by {who}", {"path": path, "access": verb})
-        reasons, origin = self.untrusted(ev, ctx)
-        if reasons:
-            return block(hit, reasons, origin, ev, f"use of the credentials in {path}")
-        return hit
+        return stop_if_untrusted(self, ev, ctx, hit, f"use of the credentials in {path}")
 
 
 # ---- 8./9. other processes' memory, ptrace injection -----------------------------------
@@ -769,10 +776,7 @@ class LdPreload(SingleEvent):
             return None
         hit = Hit("/etc/ld.so.preload modified: every program will load a chosen library",
                   {"path": path})
-        reasons, origin = self.untrusted(ev, ctx)
-        if reasons:
-            return block(hit, reasons, origin, ev, "the rest of the preload write")
-        return hit
+        return stop_if_untrusted(self, ev, ctx, hit, "the rest of the preload write")
 
 
 # ---- 10b. loader / interpreter environment injection (ABI 1.4: env read at exec) ----
@@ -992,11 +996,7 @@ class PersistenceWrite(SingleEvent):
         if pat is None or self.trusted(ev, ctx, self.cls.tools, depth=3):
             return None
         hit = Hit(f"New or changed {self.cls.what}: {path}", {"path": path, "pattern": pat})
-        reasons, origin = self.untrusted(ev, ctx)
-        if reasons:
-            return block(hit, reasons, origin, ev,
-                         f"the {self.cls.what} write to {path} (writer stopped at the open)")
-        return hit
+        return stop_if_untrusted(self, ev, ctx, hit, f"the {self.cls.what} write to {path} (writer stopped at the open)")
 
 
 # ---- 12. accounts -------------------------------------------------------------------------
@@ -1036,10 +1036,7 @@ class AccountChange(SingleEvent):
             return None
         hit = Hit(f"{path} modified directly by {base(ev.proc.exe) or ev.proc.comm}",
                   {"path": path}, severity="high")
-        reasons, origin = self.untrusted(ev, ctx)
-        if reasons:
-            return block(hit, reasons, origin, ev, f"the account change in {path}")
-        return hit
+        return stop_if_untrusted(self, ev, ctx, hit, f"the account change in {path}")
 
 
 # ---- 13. setuid/setgid bits, file capabilities -------------------------------------------
@@ -1098,10 +1095,7 @@ class SudoersPam(SingleEvent):
         if self.trusted(ev, ctx, {"visudo", "pam-auth-update", *PACKAGE_MANAGERS}, depth=3):
             return None
         hit = Hit(f"Privilege configuration changed: {path}", {"path": path, "pattern": pat})
-        reasons, origin = self.untrusted(ev, ctx)
-        if reasons:
-            return block(hit, reasons, origin, ev, f"the privilege configuration write to {path}")
-        return hit
+        return stop_if_untrusted(self, ev, ctx, hit, f"the privilege configuration write to {path}")
 
 
 # ---- 15. history and log clearing ----------------------------------------------------------
@@ -1124,10 +1118,7 @@ class LogClearing(SingleEvent):
         hit = self._match(ev, ctx)
         if hit is None:
             return None
-        reasons, origin = self.untrusted(ev, ctx)
-        if reasons:
-            return block(hit, reasons, origin, ev, "the log/history wipe (the actor's tree stopped)")
-        return hit
+        return stop_if_untrusted(self, ev, ctx, hit, "the log/history wipe (the actor's tree stopped)")
 
     def _match(self, ev: Event, ctx: RuleContext) -> Hit | None:
         if isinstance(ev, ExecEvent):
@@ -1193,10 +1184,7 @@ class KillSecurityTools(SingleEvent):
         hit = self._match(ev, ctx)
         if hit is None:
             return None
-        reasons, origin = self.untrusted(ev, ctx)
-        if reasons:
-            return block(hit, reasons, origin, ev, "the security tool's shutdown (the actor's tree stopped)")
-        return hit
+        return stop_if_untrusted(self, ev, ctx, hit, "the security tool's shutdown (the actor's tree stopped)")
 
     def _match(self, ev: Event, ctx: RuleContext) -> Hit | None:
         if isinstance(ev, KillEvent):
