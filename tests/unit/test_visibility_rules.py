@@ -143,7 +143,17 @@ def test_secret_read_through_a_hard_link() -> None:
            FileEvent(2 * 10**6, _proc(10, 1, "/tmp/x/grab"), op="open", path="/srv/l", flags=0,
                      dev=1, ino=10, sensitive="credentials", sensitive_id=1)]
     hits = [f for f in _run(evs) if f.rule == "behavior.credential_access"]
-    assert len(hits) == 1 and hits[0].severity == "high"
+    # a program in /tmp is an untrusted provenance: the read of a secret is stopped
+    assert len(hits) == 1 and hits[0].severity == "critical" and hits[0].action == "kill"
+    assert hits[0].evidence["class"] == "credentials" and "/srv/l" in hits[0].title
+
+
+def test_secret_read_through_a_hard_link_by_an_ordinary_program_is_an_alert() -> None:
+    evs = [_exec(10, 1, "/usr/local/bin/grab", ("grab",)),
+           FileEvent(2 * 10**6, _proc(10, 1, "/usr/local/bin/grab"), op="open", path="/srv/l",
+                     flags=0, dev=1, ino=10, sensitive="credentials", sensitive_id=1)]
+    hits = [f for f in _run(evs) if f.rule == "behavior.credential_access"]
+    assert len(hits) == 1 and hits[0].severity == "high" and hits[0].action == "alert"
     assert hits[0].evidence["class"] == "credentials" and "/srv/l" in hits[0].title
 
 

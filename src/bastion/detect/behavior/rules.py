@@ -240,6 +240,16 @@ def written_path(ev: Event) -> str | None:
     return None
 
 
+
+def stop_if_untrusted(rule: BehaviorRule, ev: Event, ctx: RuleContext, hit: Hit,
+                      prevented: str) -> Hit:
+    """``hit`` as a block of ``prevented`` when the actor has an untrusted provenance
+    (see :mod:`.provenance`); otherwise the alert it is."""
+    reasons, origin = rule.untrusted(ev, ctx)
+    if reasons:
+        return block(hit, reasons, origin, ev, prevented)
+    return hit
+
 def read_path(ev: Event) -> str | None:
     if isinstance(ev, FileEvent) and ev.op == "open" and not write_intent(ev):
         return ev.path
@@ -527,13 +537,14 @@ class ExecFromTemp(SingleEvent):
         if under(exe, ("/tmp", "/var/tmp")):
             return Hit(f"Executed a program from a temporary directory: {exe}", {"exe": exe})
         # an interpreted program runs as /bin/sh or python: the script is the program
-        script = script_of(ev)
-        if script and under(script, ("/dev/shm", "/run/shm")):
-            return Hit(f"Ran a script from shared memory: {script}", {"exe": exe, "script": script},
+        # (named on the command line: `sh /tmp/x`, which the kernel does not report as one)
+        operand = script_of(ev)
+        if operand and under(operand, ("/dev/shm", "/run/shm")):
+            return Hit(f"Ran a script from shared memory: {operand}", {"exe": exe, "script": operand},
                        severity="high")
-        if script and under(script, ("/tmp", "/var/tmp")):
-            return Hit(f"Ran a script from a temporary directory: {script}",
-                       {"exe": exe, "script": script})
+        if operand and under(operand, ("/tmp", "/var/tmp")):
+            return Hit(f"Ran a script from a temporary directory: {operand}",
+                       {"exe": exe, "script": operand})
         parts = exe.split("/")[:-1]
         hidden = [p for p in parts if p.startswith(".") and p not in (".", "..")]
         if hidden and not any(h in HIDDEN_OK for h in hidden):
@@ -678,10 +689,7 @@ class CredentialAccess(SingleEvent):
                       severity=SECRET_SEVERITY.get(sclass))
         else:
             hit = Hit(f"Credential store {path} {verb} by {who}", {"path": path, "access": verb})
-        reasons, origin = self.untrusted(ev, ctx)
-        if reasons:
-            return block(hit, reasons, origin, ev, f"use of the credentials in {path}")
-        return hit
+        return stop_if_untrusted(self, ev, ctx, hit, f"use of the credentials in {path}")
 
 
 # ---- 8./9. other processes' memory, ptrace injection -----------------------------------
@@ -768,10 +776,7 @@ class LdPreload(SingleEvent):
             return None
         hit = Hit("/etc/ld.so.preload modified: every program will load a chosen library",
                   {"path": path})
-        reasons, origin = self.untrusted(ev, ctx)
-        if reasons:
-            return block(hit, reasons, origin, ev, "the rest of the preload write")
-        return hit
+        return stop_if_untrusted(self, ev, ctx, hit, "the rest of the preload write")
 
 
 # ---- 10b. loader / interpreter environment injection (ABI 1.4: env read at exec) ----
@@ -862,23 +867,6 @@ class LoaderEnvInjection(BehaviorRule):
 
 # ---- 10c. a decoded or downloaded payload piped into a shell (ABI 1.4: fds at exec) ----
 
-_DECODERS = {"base64": ("-d", "--decode", "-D"), "base32": ("-d", "--decode"),
-             "basenc": ("-d", "--decode"), "xxd": ("-r",), "uudecode": ("",),
-             "openssl": ("-d", "-base64", "base64", "-a")}
-
-
-def _decoder(ev: ExecEvent) -> str | None:
-    tool = base(ev.proc.exe)
-    flags = _DECODERS.get(tool)
-    if flags is None:
-        return None
-    args = ev.argv[1:]
-    if flags == ("",) or any(a in flags or (a.startswith("-") and not a.startswith("--")
-                                            and "d" in a and "-d" in flags) for a in args):
-        return tool
-    return None
-
-
 def _shell_reads_stdin(ev: ExecEvent) -> bool:
     """A shell whose commands come from stdin: no script operand, no -c."""
     if not is_shell(ev.proc.exe) or ev.script:
@@ -926,7 +914,7 @@ class PipedPayload(BehaviorRule):
         now = ev.time_ns
         hits: list[Hit] = []
         if ev.stdout.startswith("pipe:"):
-            kind = "decoder" if _decoder(ev) else \
+            kind = "decoder" if decoder(ev) else \
                 "downloader" if base(ev.proc.exe) in ("curl", "wget") else None
             if kind is not None:
                 w = (ev.proc.pid, ev.proc.exe, ev.argv, kind)
@@ -1008,11 +996,7 @@ class PersistenceWrite(SingleEvent):
         if pat is None or self.trusted(ev, ctx, self.cls.tools, depth=3):
             return None
         hit = Hit(f"New or changed {self.cls.what}: {path}", {"path": path, "pattern": pat})
-        reasons, origin = self.untrusted(ev, ctx)
-        if reasons:
-            return block(hit, reasons, origin, ev,
-                         f"the {self.cls.what} write to {path} (writer stopped at the open)")
-        return hit
+        return stop_if_untrusted(self, ev, ctx, hit, f"the {self.cls.what} write to {path} (writer stopped at the open)")
 
 
 # ---- 12. accounts -------------------------------------------------------------------------
@@ -1052,10 +1036,7 @@ class AccountChange(SingleEvent):
             return None
         hit = Hit(f"{path} modified directly by {base(ev.proc.exe) or ev.proc.comm}",
                   {"path": path}, severity="high")
-        reasons, origin = self.untrusted(ev, ctx)
-        if reasons:
-            return block(hit, reasons, origin, ev, f"the account change in {path}")
-        return hit
+        return stop_if_untrusted(self, ev, ctx, hit, f"the account change in {path}")
 
 
 # ---- 13. setuid/setgid bits, file capabilities -------------------------------------------
@@ -1114,10 +1095,7 @@ class SudoersPam(SingleEvent):
         if self.trusted(ev, ctx, {"visudo", "pam-auth-update", *PACKAGE_MANAGERS}, depth=3):
             return None
         hit = Hit(f"Privilege configuration changed: {path}", {"path": path, "pattern": pat})
-        reasons, origin = self.untrusted(ev, ctx)
-        if reasons:
-            return block(hit, reasons, origin, ev, f"the privilege configuration write to {path}")
-        return hit
+        return stop_if_untrusted(self, ev, ctx, hit, f"the privilege configuration write to {path}")
 
 
 # ---- 15. history and log clearing ----------------------------------------------------------
@@ -1140,10 +1118,7 @@ class LogClearing(SingleEvent):
         hit = self._match(ev, ctx)
         if hit is None:
             return None
-        reasons, origin = self.untrusted(ev, ctx)
-        if reasons:
-            return block(hit, reasons, origin, ev, "the log/history wipe (the actor's tree stopped)")
-        return hit
+        return stop_if_untrusted(self, ev, ctx, hit, "the log/history wipe (the actor's tree stopped)")
 
     def _match(self, ev: Event, ctx: RuleContext) -> Hit | None:
         if isinstance(ev, ExecEvent):
@@ -1209,10 +1184,7 @@ class KillSecurityTools(SingleEvent):
         hit = self._match(ev, ctx)
         if hit is None:
             return None
-        reasons, origin = self.untrusted(ev, ctx)
-        if reasons:
-            return block(hit, reasons, origin, ev, "the security tool's shutdown (the actor's tree stopped)")
-        return hit
+        return stop_if_untrusted(self, ev, ctx, hit, "the security tool's shutdown (the actor's tree stopped)")
 
     def _match(self, ev: Event, ctx: RuleContext) -> Hit | None:
         if isinstance(ev, KillEvent):
@@ -1523,6 +1495,13 @@ def reads_commands_from_stdin(ev: ExecEvent) -> bool:
     return script_of(ev) is None
 
 
+def _same_pipe(writer_stdout: str, reader_stdin: str) -> bool:
+    """Can the decoder's stdout be the shell's stdin?  When the kernel reported both
+    ends (ABI 1.4) they must be the same pipe; a side the sensor did not report (older
+    records, replay) cannot rule the pair out."""
+    return not (writer_stdout and reader_stdin) or writer_stdout == reader_stdin
+
+
 class DecodedPayloadShell(SingleEvent):
     """A shell or interpreter reading its commands from stdin, started beside a
     decoder by the same parent within seconds (``echo ... | base64 -d | sh``); live,
@@ -1540,8 +1519,8 @@ class DecodedPayloadShell(SingleEvent):
                  probes: Probes | None = None) -> None:
         super().__init__(settings, limits)
         self.probes = probes or Probes()
-        self._decoders: BoundedState[ProcKey, tuple[int, str]] = self.state()
-        self._shells: BoundedState[ProcKey, tuple[int, int, int, str]] = self.state()
+        self._decoders: BoundedState[ProcKey, tuple[int, str, str]] = self.state()
+        self._shells: BoundedState[ProcKey, tuple[int, int, int, str, str]] = self.state()
 
     def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
         if not isinstance(ev, ExecEvent):
@@ -1554,21 +1533,24 @@ class DecodedPayloadShell(SingleEvent):
         dec = decoder(ev)
         if dec is not None:
             sh = self._shells.get(pkey, now)
-            if sh is not None and now - sh[0] <= self.window_ns:
+            if sh is not None and now - sh[0] <= self.window_ns and _same_pipe(ev.stdout, sh[4]):
                 self._shells.pop(pkey)
                 return self._hit(ev, dec, sh[1], sh[2], sh[3])
-            self._decoders.put(pkey, now, (now, dec))
+            self._decoders.put(pkey, now, (now, dec, ev.stdout))
             return None
         if not reads_commands_from_stdin(ev):
             return None
-        if self.probes.stdio is not None:
+        if ev.stdin:
+            if not ev.stdin.startswith("pipe:"):    # the kernel's word (ABI 1.4)
+                return None
+        elif self.probes.stdio is not None:
             fds = self.probes.stdio(ev.proc.pid)
             if fds is None or not fds[0].startswith("pipe:"):
                 return None
         got = self._decoders.get(pkey, now)
-        if got is not None and now - got[0] <= self.window_ns:
+        if got is not None and now - got[0] <= self.window_ns and _same_pipe(got[2], ev.stdin):
             return self._hit(ev, got[1], ev.proc.pid, ev.proc.start_ns, ev.proc.exe)
-        self._shells.put(pkey, now, (now, ev.proc.pid, ev.proc.start_ns, ev.proc.exe))
+        self._shells.put(pkey, now, (now, ev.proc.pid, ev.proc.start_ns, ev.proc.exe, ev.stdin))
         return None
 
     def _hit(self, ev: Event, dec: str, pid: int, start_ns: int, exe: str) -> Hit:
