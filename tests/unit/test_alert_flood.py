@@ -217,22 +217,6 @@ def test_a_locked_store_does_not_stop_the_loop_alerts_are_held_then_written(
     assert rules == ["behavior.test", "bastion.store.failing", "bastion.store.recovered"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through file modes")
-def test_a_read_only_store_keeps_the_agent_running(tmp_path: Path) -> None:
-    """Failure: the database file made read-only under the running agent."""
-    agent, store, _, feed = _agent(tmp_path)
-    try:
-        agent._alert(_finding(7000))
-        os.chmod(store.path, stat.S_IRUSR)
-        agent._alert(_finding(7001, exe="/tmp/other"))
-        st = agent.status()["store"]
-    finally:
-        os.chmod(store.path, stat.S_IRUSR | stat.S_IWUSR)
-        store.close()
-    assert st["state"] == "failing" and st["alerts_queued"] == 1
-    assert len(_fed(feed)) == 2
-
-
 def test_the_store_queue_is_bounded_and_counts_what_it_lost(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "db")
     store._conn.execute("PRAGMA busy_timeout = 10")
