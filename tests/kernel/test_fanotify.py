@@ -677,3 +677,29 @@ def test_a_stall_never_fails_a_read_of_a_write_protected_inode(tmp_path: Path,
     finally:
         release.set()
         enf.close()
+
+
+def test_a_subdirectory_removed_during_apply_does_not_refuse_the_policy(
+        tmp_path: Path, cg: tuple[Path, int], enforcer: FanotifyEnforcer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A directory object's subdirectory removed between the walk and its mark (a
+    build's or a job runner's temp dir, seen on a learned profile of /tmp): the
+    policy is applied, the rest of the tree protected; before, `policy apply` was
+    refused whole ("fanotify: cannot mark: No such file or directory")."""
+    d = tmp_path / "vault"
+    (d / "gone").mkdir(parents=True)
+    (d / "kept").mkdir()
+    (d / "kept" / "key").write_text("k\n")
+    r = rule(1, (Op.OPEN_READ,), (target(d, is_dir=True),), Action.DENY, name="vault")
+    real_mark = enforcer.listener.mark
+
+    def racing_mark(path: str, key: tuple[int, int], mask: int) -> None:
+        if path == str(d / "gone"):
+            (d / "gone").rmdir()         # the race, made certain
+        real_mark(path, key, mask)
+
+    monkeypatch.setattr(enforcer.listener, "mark", racing_mark)
+    enforcer.apply(plan_of(r), targets_of(r))
+    assert str(d / "gone") not in enforcer.marked().values()
+    p = run_in(cg[0], ["cat", str(d / "kept" / "key")], timeout=TIMEOUT)
+    assert p.returncode != 0 and EPERM_TEXT in p.stderr, p

@@ -300,13 +300,27 @@ class FanotifyEnforcer:
             old = self._state
             old_marks: Mapping[tuple[int, int], _Mark] = old.marks if old is not None else {}
             added: list[tuple[tuple[int, int], _Mark]] = []
+            vanished: list[tuple[int, int]] = []
             try:
                 for key, m in marks.items():
                     prev = old_marks.get(key)
                     extra = m.mask & ~(prev.mask if prev is not None else 0)
                     if extra:
-                        lis.mark(m.path, key, extra)
+                        try:
+                            lis.mark(m.path, key, extra)
+                        except OSError as exc:
+                            # a subdirectory of a directory object removed (or replaced)
+                            # since the walk found it: nothing is left there to protect,
+                            # and a directory made there later is a new inode, decided as
+                            # unplaced (the strictest directory object)
+                            if key in child_dirs and exc.errno in (errno.ENOENT, errno.ESTALE):
+                                vanished.append(key)
+                                continue
+                            raise
                         added.append((key, _Mark(m.path, extra)))
+                for key in vanished:
+                    del marks[key]
+                    child_dirs.discard(key)
             except (KernelError, OSError) as exc:
                 for key, m in added:   # roll back: the old plan stays in force
                     prev = old_marks.get(key)
