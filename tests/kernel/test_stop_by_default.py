@@ -218,7 +218,7 @@ def test_decoded_payload_into_a_shell_is_killed() -> None:
     d = Path(tempfile.mkdtemp(prefix="bastion-test-b64-"))
     try:
         marker = d / "ran"
-        payload = base64.b64encode(f"sleep 1; touch {marker}\n".encode()).decode()
+        payload = base64.b64encode(f"sleep 5; touch {marker}\n".encode()).decode()
         with watching() as (cg, w):
             p = spawn_in(cg, ["/bin/sh", "-c", f"echo {payload} | base64 -d | sh"])
             reap(p, 15)
