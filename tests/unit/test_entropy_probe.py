@@ -86,7 +86,7 @@ class Blocking:
 
 def test_probe_times_out_once_per_file_and_is_bounded() -> None:
     r = Blocking({"/home/a/fuse"})
-    p = EntropyProbe(timeout_s=0.2, max_outstanding=3, read=r)
+    p = EntropyProbe(timeout_s=0.2, max_outstanding=3, report_after_s=0.0, read=r)
     try:
         t0 = time.monotonic()
         got = p.many(["/home/a/x", "/home/a/fuse", "/home/a/y"])
@@ -117,6 +117,33 @@ def test_probe_times_out_once_per_file_and_is_bounded() -> None:
     assert p.many(["/home/a/fuse"]) == [None]           # probed again once released
 
 
+def test_a_slow_read_on_a_loaded_host_is_not_reported_a_stuck_one_is() -> None:
+    """Seen in the benign corpus under load: a .pyc pip wrote took longer than the
+    loop's 0.25 s wait and raised a high "probe timed out" alert.  Only a probe still
+    outstanding ``report_after_s`` later is a finding."""
+    slow_done = threading.Event()
+
+    def read(path: str) -> float | None:
+        if path.endswith("slow"):
+            time.sleep(0.4)
+            slow_done.set()
+            return 7.9
+        return stuck_reader(path)
+
+    stuck_reader = Blocking({"/home/a/fuse"})
+    p = EntropyProbe(timeout_s=0.1, report_after_s=1.0, read=read)
+    try:
+        assert p.many(["/home/a/slow", "/home/a/fuse"]) == [None, None]
+        assert p.stats()["timeouts"] == 2
+        assert p.stalled() == []                  # neither is a finding yet
+        assert slow_done.wait(5)
+        time.sleep(1.1)
+        assert p.stalled() == ["/home/a/fuse"]    # still stuck: reported, once
+        assert p.stalled() == []
+    finally:
+        stuck_reader.release.set()
+
+
 def _world(probes: Probes) -> tuple[ProcessTable, Engine, RuleContext]:
     procs = ProcessTable()
     return procs, Engine([Ransomware(probes=probes)]), RuleContext(procs)
@@ -136,7 +163,7 @@ def _feed(procs: ProcessTable, engine: Engine, ctx: RuleContext, i: int,
 
 def test_ransomware_still_fires_with_a_stuck_file_and_says_so() -> None:
     r = Blocking({f"/home/a/d{i}.locked" for i in range(30, 40)})
-    p = EntropyProbe(timeout_s=0.2, read=r)
+    p = EntropyProbe(timeout_s=0.2, report_after_s=0.0, read=r)
     procs, engine, ctx = _world(Probes(entropy=p, entropy_many=p.many, stalled=p.stalled))
     found: list[Finding] = []
     try:

@@ -119,13 +119,14 @@ def file_entropy(path: str, size: int = 4096) -> float | None:
 
 
 class _Probe:
-    __slots__ = ("path", "done", "value", "reported")
+    __slots__ = ("path", "done", "value", "reported", "late_since")
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.done = threading.Event()
         self.value: float | None = None
         self.reported = False
+        self.late_since: float | None = None   # when the loop stopped waiting for it
 
 
 class EntropyProbe:
@@ -134,19 +135,22 @@ class EntropyProbe:
     Each file is read by a daemon thread (a thread stuck in a FUSE open must never
     hold up the agent's exit, which a ``ThreadPoolExecutor`` would); the loop waits
     at most ``timeout_s`` for one batch.  A file whose probe has not finished counts
-    as unknown, is reported once through :meth:`stalled` and is never probed again
-    while that probe is outstanding (at most one probe per file); at most
+    as unknown and is never probed again while that probe is outstanding (at most
+    one probe per file); it is reported once through :meth:`stalled` when it is
+    still outstanding ``report_after_s`` later (a FUSE file stays stuck; a read
+    that was only slow on a loaded host finishes and is not a finding); at most
     ``max_outstanding`` probes are outstanding at once, further files are unknown
     (``busy``) at once."""
 
     def __init__(self, *, timeout_s: float = 0.25, max_outstanding: int = 16,
+                 report_after_s: float = 5.0,
                  read: Callable[[str], float | None] = file_entropy) -> None:
         self.timeout_s = timeout_s
+        self.report_after_s = report_after_s
         self.max_outstanding = max_outstanding
         self._read = read
         self._lock = threading.Lock()
         self._inflight: dict[str, _Probe] = {}
-        self._stalled: list[str] = []
         self.probes = 0
         self.timeouts = 0
         self.busy = 0
@@ -199,15 +203,21 @@ class EntropyProbe:
                 continue
             out.append(None)
             with self._lock:
-                if not pr.reported:
-                    pr.reported = True
+                if pr.late_since is None:
+                    pr.late_since = time.monotonic()
                     self.timeouts += 1
-                    self._stalled.append(pr.path)
         return out
 
     def stalled(self) -> list[str]:
+        """Files whose probe is still outstanding ``report_after_s`` after the loop
+        stopped waiting for it; each reported once."""
+        now = time.monotonic()
         with self._lock:
-            out, self._stalled = self._stalled, []
+            out = [pr.path for pr in self._inflight.values()
+                   if not pr.reported and pr.late_since is not None
+                   and now - pr.late_since >= self.report_after_s]
+            for path in out:
+                self._inflight[path].reported = True
         return out
 
     def stats(self) -> dict[str, int]:
