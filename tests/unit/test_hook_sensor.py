@@ -69,3 +69,36 @@ def test_hook_object_uses_no_syscall_tracepoint() -> None:
                  "on_task_kill", "on_ptrace_access", "on_bpf"):
         assert prog in secs, prog
     assert set(HOOK_OPTIONAL_PROGRAMS) <= set(secs)
+
+
+def _fake_kernel(monkeypatch: pytest.MonkeyPatch, *, hooks: bool, lsm_attach: bool,
+                 lsms: list[str]) -> None:
+    from bastion.enforce import tiers
+
+    monkeypatch.setattr(tiers, "_lsm_list", lambda: lsms)
+    monkeypatch.setattr(tiers.BTF_FILE.__class__, "exists", lambda self: True)
+    monkeypatch.setattr(tiers.bpffs, "ensure_bpffs", lambda: None)
+    monkeypatch.setattr(tiers.bpffs, "cgroup2_root", lambda: Path("/sys/fs/cgroup"))
+    monkeypatch.setattr(tiers, "_quiet_try_load", lambda name: (hooks, "" if hooks else "EPERM"))
+    monkeypatch.setattr(tiers, "_try_load", lambda name: (True, ""))
+    monkeypatch.setattr(tiers, "_probe_lsm", lambda: (lsm_attach, "" if lsm_attach else "EPERM"))
+    monkeypatch.setattr(tiers, "_fanotify_ok", lambda: (True, ""))
+
+
+@pytest.mark.parametrize("hooks,lsm_attach,lsms,tier,source,detail", [
+    (True, True, ["capability", "bpf"], "lsm", "hooks", ""),
+    (True, True, ["capability", "apparmor"], "compat", "hooks", "fentry"),   # lsm= without bpf
+    (False, False, ["capability", "bpf"], "compat", "tracepoints", "unavailable"),  # locked
+])
+def test_probe_chooses_the_event_source(monkeypatch: pytest.MonkeyPatch, hooks: bool,
+                                        lsm_attach: bool, lsms: list[str], tier: str,
+                                        source: str, detail: str) -> None:
+    from bastion.enforce.tiers import probe
+
+    _fake_kernel(monkeypatch, hooks=hooks, lsm_attach=lsm_attach, lsms=lsms)
+    r = probe()
+    assert (r.tier, r.event_source) == (tier, source)
+    ev = r.capability("events")
+    assert ev.available
+    assert ev.mechanism.startswith("kernel hooks" if hooks else "tracepoints")
+    assert detail in ev.detail and (detail or ev.detail == "")
