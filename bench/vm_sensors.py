@@ -6,6 +6,8 @@ Not run by ``make bench`` (the host cannot load fentry programs).  Run it in the
     .venv/bin/python bench/vm_sensors.py --compile   # on the host: the C loops
     flock /work/_prompts/heavy.lock bash vm/run.sh tests/vm/test_vm_smoke.py bench/vm_sensors.py -s
 
+(or in the no-BPF-LSM boot: VM_LSM=... bash vm/run.sh tests/vm/variant_nobpflsm.py bench/vm_sensors.py -s)
+
 Each loop (exec, read-open, write-open, connect; bench/*_loop.c) runs with no
 sensor, the tracepoint sensor and the hook sensor, interleaved over rounds; each
 sensor watches every cgroup (as the agent does) and is drained by a thread.  Prints
@@ -25,6 +27,13 @@ from typing import Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as c  # noqa: E402
+
+try:
+    import pytest
+
+    pytestmark = pytest.mark.vm   # vm/init runs `pytest -m vm`
+except ImportError:  # run as a script without pytest
+    pass
 
 IN_VM = os.environ.get("BASTION_IN_VM") == "1"
 ROUNDS = int(os.environ.get("BENCH_VM_ROUNDS", "3"))
@@ -92,7 +101,7 @@ def test_vm_sensor_bench() -> None:
     """Entry point under pytest in the VM (prints the bench lines; asserts nothing)."""
     import pytest
 
-    if not IN_VM:
+    if not IN_VM:  # pragma: no cover
         pytest.skip("runs in the test VM only")
     measure()
 

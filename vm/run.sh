@@ -10,7 +10,7 @@
 #       VM_DEBUG=1       kernel boot messages and `set -x` in the guest /init
 #       VM_LSM=LIST      boot with lsm=LIST, e.g. VM_LSM=lockdown,capability,landlock,yama,apparmor
 #                        (no bpf: the Ubuntu-like variant, trampolines without BPF LSM;
-#                        run tests/vm/test_hook_sensor_nobpflsm.py there)
+#                        run tests/vm/variant_nobpflsm.py there)
 #       VM_SHELL=1       interactive shell in the guest after pytest (needs a tty;
 #                        no timeout then)
 #       VM_KEEP=DIR      copy the results share (junit.xml, dmesg.txt, ...) to DIR
