@@ -63,6 +63,8 @@ int BPF_PROG(on_exit, struct task_struct *p)
  * key struct bastion_inode_key, value BASTION_TOBJ_SELF (this inode) or
  * BASTION_TOBJ_SUBTREE (a directory: the files directly in it). */
 const volatile __u32 cfg_open_reads = 0;
+/* 0: no sensitive set, a read-open is dropped after two loads (no map lookup) */
+const volatile __u32 cfg_sensitive_reads = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -156,12 +158,15 @@ int BPF_PROG(on_file_open, struct file *file)
 	bool write;
 	long n;
 
-	if (!wanted(BASTION_EV_FILE))
-		return 0;
+	/* cheapest first: most opens are reads, dropped here */
 	fflags = BPF_CORE_READ(file, f_flags);
 	fmode = BPF_CORE_READ(file, f_mode);
 	write = (fmode & FMODE_WRITE_) || (fflags & (O_CREAT_ | O_TRUNC_)) ||
 		(fmode & FMODE_CREATED_);
+	if (!write && !cfg_open_reads && !cfg_sensitive_reads)
+		return 0;
+	if (!wanted(BASTION_EV_FILE))
+		return 0;
 	inode = BPF_CORE_READ(file, f_inode);
 	if (!write && !cfg_open_reads && !sensitive(inode, BPF_CORE_READ(file, f_path.dentry)))
 		return 0;

@@ -99,6 +99,8 @@ static __always_inline bool wanted(__u32 type)
 {
 	if (!(cfg_event_mask & (1ULL << type)))
 		return false;
+	if (current_is_self() || !current_in_cgroup())
+		return false;
 #ifdef BASTION_QUIET_TGIDS
 	/* an object that keeps a set of quiet processes (the agent, its guardian)
 	 * defines BASTION_QUIET_TGIDS to the map's name before including us */
@@ -109,7 +111,7 @@ static __always_inline bool wanted(__u32 type)
 			return false;
 	}
 #endif
-	return !current_is_self() && current_in_cgroup();
+	return true;
 }
 
 /* The one scope check of every enforcing hook: before the dead-man

@@ -24,6 +24,8 @@ def test_spec_names_the_hook_object_and_its_filters() -> None:
     assert spec.rodata["cfg_open_dedup_ns"] == 250_000_000
     assert spec.rodata["cfg_self_tgid"] == 11 and spec.rodata["cfg_cgroup_id"] == 5
     assert spec.rodata["cfg_open_reads"] == 1
+    assert spec.rodata["cfg_sensitive_reads"] == 0
+    assert HookSensor(sensitive=[(1, 2, 1)]).spec().rodata["cfg_sensitive_reads"] == 1
     assert spec.optional == HOOK_OPTIONAL_PROGRAMS
     assert (s.name, BpfSensor().name) == ("lsm-hooks", "bpf")
     assert s.source.startswith("kernel hooks") and BpfSensor.source == "tracepoints"

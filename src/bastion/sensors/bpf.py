@@ -146,7 +146,9 @@ class HookSensor(BpfSensor):
     itself is always one; the guardian is added by the assembly).
     ``open_dedup_s``: the per-(process, inode, access) open dedup window (0 = off).
     ``sensitive``: ``(dev, ino, flags)`` of files (``TOBJ_SELF``) or directories
-    (``TOBJ_SUBTREE``: the files directly in them) whose read-opens are reported.
+    (``TOBJ_SUBTREE``: the files directly in them) whose read-opens are reported;
+    ``sensitive_reads`` turns the lookup on for a set filled later
+    (:meth:`mark_sensitive`); without either, read-opens cost no map lookup.
     """
 
     name = "lsm-hooks"
@@ -164,6 +166,7 @@ class HookSensor(BpfSensor):
         quiet_tgids: Iterable[int] = (),
         open_dedup_s: float = DEFAULT_OPEN_DEDUP_S,
         sensitive: Iterable[tuple[int, int, int]] = (),
+        sensitive_reads: bool = False,
     ) -> None:
         super().__init__(classes=classes, self_tgid=self_tgid, cgroup_id=cgroup_id,
                          obj_path=obj_path, open_reads=open_reads, ring_bytes=ring_bytes)
@@ -173,12 +176,15 @@ class HookSensor(BpfSensor):
         self.quiet_tgids = tuple(dict.fromkeys(t for t in quiet_tgids if t > 0))
         self.open_dedup_ns = int(open_dedup_s * 1e9)
         self.sensitive = tuple(sensitive)
+        # read-opens looked up in sensitive_inodes at all (off: dropped before any lookup)
+        self.sensitive_reads = sensitive_reads or bool(self.sensitive)
 
     def spec(self) -> ObjectSpec:
         base = super().spec()
         return ObjectSpec(
             path=self.obj_path or bpf_object("lsm_events.bpf.o"),
-            rodata={**base.rodata, "cfg_open_dedup_ns": self.open_dedup_ns},
+            rodata={**base.rodata, "cfg_open_dedup_ns": self.open_dedup_ns,
+                    "cfg_sensitive_reads": int(self.sensitive_reads)},
             max_entries=base.max_entries,
             optional=HOOK_OPTIONAL_PROGRAMS,
         )
