@@ -2,9 +2,7 @@
 /* Bastion's event sensor: tracepoints only, so it loads on every kernel
  * (this includes hosts without BPF LSM).  Each program maps one hook to a
  * helper; the record layouts are in include/bastion.h. */
-#include "sock.h"
-#include "sensitive.h"
-#include "exectx.h"
+#include "events.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -23,118 +21,19 @@ char LICENSE[] SEC("license") = "GPL";
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 {
-	struct bastion_exec_event *e;
-	struct file *exe;
-	struct mm_struct *mm;
-	unsigned long arg_start, arg_end, len;
-	struct path fpath;
-	int fdn;
-
-	if (!wanted(BASTION_EV_EXEC))
-		return 0;
-	e = RESERVE(struct bastion_exec_event, BASTION_EV_EXEC);
-	if (!e)
-		return 0;
-	exe = BPF_CORE_READ(bprm, file);
-	e->exe_ino = BPF_CORE_READ(exe, f_inode, i_ino);
-	e->exe_dev = BPF_CORE_READ(exe, f_inode, i_sb, s_dev);
-	e->exe_nlink = BPF_CORE_READ(exe, f_inode, __i_nlink);
-	if (e->exe_nlink == 0)
-		e->hdr.flags |= BASTION_F_EXE_MEMFD;
-	e->argc = BPF_CORE_READ(bprm, argc);
-	fpath = BPF_CORE_READ(exe, f_path);
-	if (path_to_str(&fpath, e->exe))
-		e->hdr.flags |= BASTION_F_TRUNC_PATH;
-	if (bpf_probe_read_kernel_str(e->filename, sizeof(e->filename),
-				      BPF_CORE_READ(bprm, filename)) == sizeof(e->filename))
-		e->hdr.flags |= BASTION_F_TRUNC_PATH;
-	if (cwd_to_str(e->cwd))
-		e->hdr.flags |= BASTION_F_TRUNC_PATH;
-
-	/* ABI 1.4: exec context.  A script: binfmt_script/misc replaced bprm->interp
-	 * (it was bprm->filename) with the interpreter; filename is the file the
-	 * kernel opened first.  /dev/fd/N is a descriptor exec (AT_EMPTY_PATH,
-	 * fexecve): resolve N, which is still open (a CLOEXEC one cannot run a
-	 * script, and an ELF is bprm->file anyway). */
-	e->script_ino = 0;
-	e->script_dev = 0;
-	e->script[0] = '\0';
-	fdn = devfd_num(BPF_CORE_READ(bprm, filename));
-	if (fdn >= 0)
-		e->hdr.flags |= BASTION_F_EXEC_FD;
-	if (BPF_CORE_READ(bprm, interp) != BPF_CORE_READ(bprm, filename)) {
-		struct file *sf = fdn >= 0 ? fd_file(fdn) : NULL;
-
-		e->hdr.flags |= BASTION_F_SCRIPT;
-		if (sf) {
-			e->script_ino = BPF_CORE_READ(sf, f_inode, i_ino);
-			e->script_dev = BPF_CORE_READ(sf, f_inode, i_sb, s_dev);
-			fpath = BPF_CORE_READ(sf, f_path);
-			if (path_to_str(&fpath, e->script))
-				e->hdr.flags |= BASTION_F_TRUNC_PATH;
-		} else {
-			__builtin_memcpy(e->script, e->filename, sizeof(e->script));
-		}
-	}
-	fd_kind(0, &e->stdin_type, &e->stdin_ino);
-	fd_kind(1, &e->stdout_type, &e->stdout_ino);
-	e->_pad2 = 0;
-
-	mm = BPF_CORE_READ(p, mm);
-	if (env_scan(mm, e->env, &e->env_len))
-		e->hdr.flags |= BASTION_F_TRUNC_ENV;
-	arg_start = BPF_CORE_READ(mm, arg_start);
-	arg_end = BPF_CORE_READ(mm, arg_end);
-	len = arg_end - arg_start;
-	if (len > BASTION_ARGV_LEN) {
-		len = BASTION_ARGV_LEN;
-		e->hdr.flags |= BASTION_F_TRUNC_ARGV;
-	}
-	if (bpf_probe_read_user(e->argv, len, (const void *)arg_start))
-		len = 0;
-	e->argv_len = len;
-	SUBMIT(e);
-	return 0;
+	return emit_exec(p, bprm);
 }
 
 SEC("tp_btf/sched_process_fork")
 int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
 {
-	struct bastion_fork_event *e;
-	__u32 pid = BPF_CORE_READ(child, pid), tgid = BPF_CORE_READ(child, tgid);
-
-	if (pid != tgid || !wanted(BASTION_EV_FORK))
-		return 0; /* a new thread, not a new process */
-	e = RESERVE(struct bastion_fork_event, BASTION_EV_FORK);
-	if (!e)
-		return 0;
-	e->child_pid = pid;
-	e->child_tgid = tgid;
-	e->child_start_ns = BPF_CORE_READ(child, start_boottime);
-	SUBMIT(e);
-	return 0;
+	return emit_fork(child);
 }
-
-#define SIGNAL_GROUP_EXIT_ 0x00000004
 
 SEC("tp_btf/sched_process_exit")
 int BPF_PROG(on_exit, struct task_struct *p)
 {
-	struct bastion_exit_event *e;
-	struct signal_struct *sig = BPF_CORE_READ(p, signal);
-
-	/* Only when the last thread of the process goes. */
-	if (BPF_CORE_READ(sig, live.counter) != 0 || !wanted(BASTION_EV_EXIT))
-		return 0;
-	e = RESERVE(struct bastion_exit_event, BASTION_EV_EXIT);
-	if (!e)
-		return 0;
-	if (BPF_CORE_READ(sig, flags) & SIGNAL_GROUP_EXIT_)
-		e->exit_code = BPF_CORE_READ(sig, group_exit_code);
-	else
-		e->exit_code = BPF_CORE_READ(p, exit_code);
-	SUBMIT(e);
-	return 0;
+	return emit_exit(p);
 }
 
 /* ------------------------------------------------------------------ */
@@ -284,19 +183,9 @@ static __always_inline struct bastion_file_event *file_path_event(__u32 op, int 
 
 	if (!wanted(BASTION_EV_FILE))
 		return NULL;
-	e = RESERVE(struct bastion_file_event, BASTION_EV_FILE);
+	e = file_event(op);
 	if (!e)
 		return NULL;
-	e->op = op;
-	e->open_flags = 0;
-	e->mode = 0;
-	e->owner_uid = (__u32)-1;
-	e->owner_gid = (__u32)-1;
-	e->dev = 0;
-	e->ino = 0;
-	e->path[0] = e->dir[0] = e->path2[0] = e->dir2[0] = '\0';
-	e->sens_class = 0;
-	e->sens_id = 0;
 	e->hdr.flags |= user_path_at(dfd, upath, e->path, e->dir, BASTION_F_RELATIVE);
 	return e;
 }
@@ -310,19 +199,9 @@ static __always_inline struct bastion_file_event *file_fd_event(__u32 op, int fd
 
 	if (!wanted(BASTION_EV_FILE))
 		return NULL;
-	e = RESERVE(struct bastion_file_event, BASTION_EV_FILE);
+	e = file_event(op);
 	if (!e)
 		return NULL;
-	e->op = op;
-	e->open_flags = 0;
-	e->mode = 0;
-	e->owner_uid = (__u32)-1;
-	e->owner_gid = (__u32)-1;
-	e->dev = 0;
-	e->ino = 0;
-	e->path[0] = e->dir[0] = e->path2[0] = e->dir2[0] = '\0';
-	e->sens_class = 0;
-	e->sens_id = 0;
 	f = fd_file(fd);
 	if (f) {
 		e->ino = BPF_CORE_READ(f, f_inode, i_ino);
@@ -469,24 +348,6 @@ int on_fchown(void *ctx)
 /* ------------------------------------------------------------------ */
 /* network                                                             */
 
-static __always_inline struct bastion_net_event *net_event(__u32 op)
-{
-	struct bastion_net_event *e = RESERVE(struct bastion_net_event, BASTION_EV_NET);
-
-	if (!e)
-		return NULL;
-	e->op = op;
-	e->ret = 0;
-	e->family = 0;
-	e->protocol = 0;
-	e->sport = 0;
-	e->dport = 0;
-	e->backlog = 0;
-	__builtin_memset(e->saddr, 0, sizeof(e->saddr));
-	__builtin_memset(e->daddr, 0, sizeof(e->daddr));
-	return e;
-}
-
 SEC("tracepoint/syscalls/sys_enter_connect")
 int on_connect(void *ctx)
 {
@@ -591,23 +452,6 @@ int on_ptrace(void *ctx)
 	return 0;
 }
 
-static __always_inline int kill_ev(__u32 syscall, __s32 target, __s32 tgid, __s32 sig)
-{
-	struct bastion_kill_event *e;
-
-	if (sig == 0 || !wanted(BASTION_EV_KILL))
-		return 0; /* signal 0 only probes for existence */
-	e = RESERVE(struct bastion_kill_event, BASTION_EV_KILL);
-	if (!e)
-		return 0;
-	e->target_pid = target;
-	e->target_tgid = tgid;
-	e->sig = sig;
-	e->syscall = syscall;
-	SUBMIT(e);
-	return 0;
-}
-
 SEC("tracepoint/syscalls/sys_enter_kill")
 int on_kill(void *ctx) { return kill_ev(BASTION_KILL_KILL, ARG(ctx, 0), 0, ARG(ctx, 1)); }
 SEC("tracepoint/syscalls/sys_enter_tkill")
@@ -632,16 +476,6 @@ int on_pidfd_send_signal(void *ctx)
 	return kill_ev(BASTION_KILL_PIDFD, up.nr, 0, ARG(ctx, 1));
 }
 
-/* bpf() commands worth seeing: creation, loading, attaching, pinning and
- * writes; lookups and id walks are left out. */
-#define BPF_CMD_MASK ((1ULL << BPF_MAP_CREATE) | (1ULL << BPF_MAP_UPDATE_ELEM) |            \
-		      (1ULL << BPF_MAP_DELETE_ELEM) | (1ULL << BPF_PROG_LOAD) |              \
-		      (1ULL << BPF_OBJ_PIN) | (1ULL << BPF_PROG_ATTACH) |                    \
-		      (1ULL << BPF_PROG_DETACH) | (1ULL << BPF_RAW_TRACEPOINT_OPEN) |        \
-		      (1ULL << BPF_BTF_LOAD) | (1ULL << BPF_MAP_FREEZE) |                    \
-		      (1ULL << BPF_LINK_CREATE) | (1ULL << BPF_LINK_UPDATE) |                \
-		      (1ULL << BPF_LINK_DETACH))
-
 SEC("tracepoint/syscalls/sys_enter_bpf")
 int on_bpf(void *ctx)
 {
@@ -649,30 +483,12 @@ int on_bpf(void *ctx)
 	int cmd = ARG(ctx, 0);
 	union bpf_attr *uattr = (union bpf_attr *)ARG(ctx, 1);
 
-	if (cmd < 0 || cmd >= 64 || !(BPF_CMD_MASK & (1ULL << cmd)) || !wanted(BASTION_EV_BPF))
+	if (!bpf_cmd_wanted(cmd))
 		return 0;
 	e = RESERVE(struct bastion_bpf_event, BASTION_EV_BPF);
 	if (!e)
 		return 0;
-	e->cmd = cmd;
-	e->prog_type = 0;
-	e->map_type = 0;
-	e->attach_type = 0;
-	__builtin_memset(e->name, 0, sizeof(e->name));
-	/* union bpf_attr is uapi: its offsets are stable, no CO-RE needed */
-	if (cmd == BPF_PROG_LOAD) {
-		bpf_probe_read_user(&e->prog_type, 4, &uattr->prog_type);
-		bpf_probe_read_user(&e->attach_type, 4, &uattr->expected_attach_type);
-		bpf_probe_read_user(e->name, sizeof(e->name), &uattr->prog_name);
-	} else if (cmd == BPF_MAP_CREATE) {
-		bpf_probe_read_user(&e->map_type, 4, &uattr->map_type);
-		bpf_probe_read_user(e->name, sizeof(e->name), &uattr->map_name);
-	} else if (cmd == BPF_LINK_CREATE) {
-		bpf_probe_read_user(&e->attach_type, 4, &uattr->link_create.attach_type);
-	} else if (cmd == BPF_PROG_ATTACH || cmd == BPF_PROG_DETACH) {
-		bpf_probe_read_user(&e->attach_type, 4, &uattr->attach_type);
-	}
-	e->name[15] = '\0';
+	FILL_BPF_EVENT(e, cmd, uattr, bpf_probe_read_user);
 	SUBMIT(e);
 	return 0;
 }
@@ -691,25 +507,6 @@ int on_memfd_create(void *ctx)
 	e->_pad = 0;
 	if (bpf_probe_read_user_str(e->name, sizeof(e->name), (const char *)ARG(ctx, 0)) < 0)
 		e->name[0] = '\0';
-	SUBMIT(e);
-	return 0;
-}
-
-static __always_inline int cred_ev(__u32 op, __u32 a0, __u32 a1, __u32 a2)
-{
-	struct bastion_cred_event *e;
-
-	if (!wanted(BASTION_EV_CRED))
-		return 0;
-	e = RESERVE(struct bastion_cred_event, BASTION_EV_CRED);
-	if (!e)
-		return 0;
-	e->op = op;
-	e->a0 = a0;
-	e->a1 = a1;
-	e->a2 = a2;
-	e->cap_effective = 0;
-	e->cap_permitted = 0;
 	SUBMIT(e);
 	return 0;
 }

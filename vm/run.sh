@@ -8,6 +8,9 @@
 #                        and the run FAILS when it is reached
 #       VM_MEM=3072 VM_SMP=2
 #       VM_DEBUG=1       kernel boot messages and `set -x` in the guest /init
+#       VM_LSM=LIST      boot with lsm=LIST, e.g. VM_LSM=lockdown,capability,landlock,yama,apparmor
+#                        (no bpf: the Ubuntu-like variant, trampolines without BPF LSM;
+#                        run tests/vm/variant_nobpflsm.py there)
 #       VM_SHELL=1       interactive shell in the guest after pytest (needs a tty;
 #                        no timeout then)
 #       VM_KEEP=DIR      copy the results share (junit.xml, dmesg.txt, ...) to DIR
@@ -108,6 +111,10 @@ if [[ -n ${CI+set} ]]; then
   append+=" bastion.ci=$CI"
 fi
 if [[ ${VM_DEBUG:-} == 1 ]]; then append+=" bastion.debug=1"; else append+=" quiet loglevel=3"; fi
+if [[ -n ${VM_LSM:-} ]]; then
+  [[ $VM_LSM =~ ^[a-z0-9_]+(,[a-z0-9_]+)*$ ]] || die "VM_LSM='$VM_LSM' must be a comma-separated list of LSM names"
+  append+=" lsm=$VM_LSM"
+fi
 [[ ${VM_SHELL:-} == 1 ]] && append+=" bastion.shell=1"
 
 qemu=(qemu-system-x86_64 -accel tcg,thread=multi -cpu max -m "$VM_MEM" -smp "$VM_SMP"

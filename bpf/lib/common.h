@@ -107,7 +107,19 @@ static __always_inline bool wanted(__u32 type)
 {
 	if (!(cfg_event_mask & (1ULL << type)))
 		return false;
-	return !current_is_self() && current_in_cgroup();
+	if (current_is_self() || !current_in_cgroup())
+		return false;
+#ifdef BASTION_QUIET_TGIDS
+	/* an object that keeps a set of quiet processes (the agent, its guardian)
+	 * defines BASTION_QUIET_TGIDS to the map's name before including us */
+	{
+		__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+
+		if (bpf_map_lookup_elem(&BASTION_QUIET_TGIDS, &tgid))
+			return false;
+	}
+#endif
+	return true;
 }
 
 /* The one scope check of every enforcing hook: before the dead-man

@@ -266,6 +266,7 @@ class Agent:
                              for c in self.tier.capabilities} if self.tier else {},
             "policy": self.policy.source,
             "sensors": [s.name for s in self.sensors],
+            "event_source": ", ".join(str(getattr(s, "source", s.name)) for s in self.sensors),
             "programs_attached": programs,
             "programs_missing": missing,
             "events_total": self.summary.events,

@@ -27,6 +27,8 @@ from bastion.tier import Tier
 
 if TYPE_CHECKING:
     from bastion.detect.engine import Finding, Rule
+    from bastion.sensors.bpf import BpfSensor
+    from bastion.abi import SensClass
     from bastion.enforce.tiers import TierReport
 
 log = logging.getLogger("bastion")
@@ -200,7 +202,6 @@ def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
         sensor = ReplaySensor(opts.replay_path)
     else:
         from bastion.enforce.tiers import probe
-        from bastion.sensors.bpf import BpfSensor
 
         prepare_host("bastion run")
         report = probe()
@@ -211,10 +212,11 @@ def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
         watch_guardian_from_env()   # under a guardian: resume it if someone stops it
         from bastion.sensors.sensitive import patterns_for
 
-        sensor = BpfSensor(classes=policy.events.classes, self_tgid=os.getpid(),
-                           ring_bytes=policy.events.ring_bytes,
-                           sensitive=patterns_for(policy.events.sensitive_defaults,
-                                                  policy.events.sensitive, policy.source))
+        sensor = event_sensor(report.event_source, classes=policy.events.classes,
+                              ring_bytes=policy.events.ring_bytes,
+                              sensitive=patterns_for(policy.events.sensitive_defaults,
+                                                     policy.events.sensitive, policy.source))
+        say(f"events from {sensor.source} ({sensor.name})")
     parts = AgentParts()
     if report is not None:
         from bastion.policy.manager import PolicyManager
@@ -314,12 +316,45 @@ def _kernel_parts(parts: AgentParts, opts: AgentOptions, report: TierReport) -> 
             parts.bpf_loaders = tuple(cfg.bpf_loaders)
 
 
+def event_sensor(source: str, *, classes: Sequence[str] | None = None, cgroup_id: int = 0,
+                 open_reads: bool = False, ring_bytes: int | None = None,
+                 sensitive: Sequence[tuple[str, SensClass]] | None = None) -> BpfSensor:
+    """The kernel event sensor for an event source of the tier report: ``hooks`` (the
+    LSM/fentry sensor, where BPF trampolines work) or ``tracepoints`` (compat).
+    Our own processes (this one, the guardian named in the environment) are quiet.
+    ``sensitive``: the patterns of the sensitive read set (None: the defaults);
+    both sensors fill the same ``sens_inodes`` map from them."""
+    from bastion import abi
+    from bastion.sensors.bpf import EVENT_CLASSES, BpfSensor as Tp, HookSensor
+
+    kw: dict[str, Any] = {"classes": tuple(classes) if classes else tuple(EVENT_CLASSES),
+                          "self_tgid": os.getpid(), "cgroup_id": cgroup_id,
+                          "open_reads": open_reads,
+                          "ring_bytes": ring_bytes or abi.RINGBUF_BYTES}
+    if sensitive is not None:
+        kw["sensitive"] = tuple(sensitive)
+    if source == "hooks":
+        from bastion.guard.mutual import ENV_PID
+
+        quiet = [os.getpid()]
+        if os.environ.get(ENV_PID, "").isdigit():
+            quiet.append(int(os.environ[ENV_PID]))
+        return HookSensor(quiet_tgids=quiet, **kw)
+    if source != "tracepoints":
+        raise KernelError(f"unknown event source {source!r} (hooks, tracepoints)")
+    return Tp(**kw)
+
+
+def _event_source() -> str:
+    from bastion.enforce.tiers import probe
+
+    return probe().event_source
+
+
 def record_sensor(classes: Sequence[str]) -> Sensor:
     """The kernel sensor for ``bastion record`` (every class unless some are named)."""
-    from bastion.sensors.bpf import EVENT_CLASSES, BpfSensor
-
     prepare_host("bastion record")
-    return BpfSensor(classes=tuple(classes) or tuple(EVENT_CLASSES), self_tgid=os.getpid())
+    return event_sensor(_event_source(), classes=classes)
 
 
 def cgroup2_root() -> Path:
@@ -338,11 +373,9 @@ def cgroup_id_of(path: Path) -> int:
 
 def learn_sensor(cgroup_path: Path | None) -> tuple[Sensor, int]:
     """The kernel sensor for ``bastion learn`` (read-opens on; scoped to a cgroup when given)."""
-    from bastion.sensors.bpf import BpfSensor
-
     prepare_host("bastion learn")
     scope = cgroup_id_of(cgroup_path) if cgroup_path is not None else 0
-    return BpfSensor(self_tgid=os.getpid(), cgroup_id=scope, open_reads=True), scope
+    return event_sensor(_event_source(), cgroup_id=scope, open_reads=True), scope
 
 
 def remove_pins_under(path: Path) -> list[Path]:

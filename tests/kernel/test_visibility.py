@@ -1,6 +1,8 @@
 """Issue 15.1-15.3 on this host's kernel (compat tier, tracepoints): real reads of
 secrets and real execs, in a scoped test cgroup, seen through the sensor and judged
-by the behaviour rules.
+by the behaviour rules.  The sensor is the one the assembly picks for the kernel's
+event source (``event_sensor``): tracepoints here, the hook sensor in the lsm VM
+(tests/vm/test_visibility_lsm.py runs these tests there).
 
 * secret reads filtered in the kernel: ``cat /etc/shadow``, a Python ``open()``, a
   hard link to a marked file read under another name, ``find -name id_rsa`` + read,
@@ -22,11 +24,11 @@ from typing import Any
 import pytest
 
 from bastion import abi
+from bastion.assembly import event_sensor
 from bastion.detect.behavior import behavior_rules
 from bastion.detect.engine import Engine, RuleContext
 from bastion.events import Event, ExecEvent, FileEvent
 from bastion.proctable import ProcessTable
-from bastion.sensors.bpf import BpfSensor
 from bastion.sensors.sensitive import DEFAULT_SENSITIVE
 from support.cg import run_in, scoped_cgroup
 
@@ -34,7 +36,16 @@ WORKLOAD = Path(__file__).resolve().parents[1] / "support" / "visibility_workloa
 
 
 @pytest.fixture(scope="module")
-def recorded(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Event], Path, str, list[Any]]:
+def event_source() -> str:
+    """The event source of this kernel's tier report (hooks or tracepoints)."""
+    from bastion.enforce.tiers import probe
+
+    return probe().event_source
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory,
+             event_source: str) -> tuple[list[Event], Path, str, list[Any]]:
     work = tmp_path_factory.mktemp("vis")
     tag = uuid.uuid4().hex[:8]
     (work / "secret").mkdir()
@@ -47,7 +58,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Event], Pat
     patterns = (*DEFAULT_SENSITIVE, (str(work / "secret" / "key"), abi.SensClass.CUSTOM),
                 (str(work / "home" / ".ssh"), abi.SensClass.USER_KEYS))
     with scoped_cgroup() as (cg, cgid):
-        sensor = BpfSensor(cgroup_id=cgid, sensitive=patterns)
+        sensor = event_sensor(event_source, cgroup_id=cgid, sensitive=patterns)
         sensor.open()
         try:
             assert {e.path for e in sensor.sensitive_entries} >= {

@@ -207,6 +207,8 @@ def format_status(st: dict[str, Any]) -> list[str]:
         for name, p in prot.items():
             out.append(f"  {name:24} {'on ' if p.get('on') else 'OFF'}  {p.get('detail', '')}")
     missing = st.get("programs_missing") or []
+    if st.get("event_source"):
+        out.append(f"event source {st.get('event_source')}")
     out.append(f"sensor       {', '.join(st.get('sensors') or [])}: {st.get('programs_attached')} "
                f"programs attached" + (f", missing {', '.join(missing)}" if missing else ""))
     out.append(f"events       {st.get('events_total')} seen, {st.get('events_per_s')}/s, "
@@ -264,6 +266,9 @@ def doctor(as_json: bool) -> None:
         click.echo(f"kernel   {report.kernel}")
         click.echo(f"LSMs     {','.join(report.lsm_list) or '(unknown)'}")
         click.echo(f"tier     {report.tier}")
+        click.echo(f"events   {report.event_source}"
+                   + (" (BPF LSM off: events from fentry, compat-style enforcement)"
+                      if report.event_source == "hooks" and report.tier != Tier.LSM else ""))
         for c in report.capabilities:
             mark = "yes" if c.available else "NO "
             click.echo(f"  {c.name:26} {mark} {c.mechanism}")

@@ -50,6 +50,9 @@ class TierReport:
     can_run: bool                   # can the agent run at all (events)?
     capabilities: list[Capability] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    # where events come from: "hooks" (lsm_events.bpf.o: fentry on the security_*
+    # hook callers, tp_btf; needs BPF trampolines, not BPF LSM) or "tracepoints"
+    event_source: str = "tracepoints"
 
     def capability(self, name: str) -> Capability:
         for c in self.capabilities:
@@ -114,6 +117,18 @@ def _probe_lsm_loud() -> tuple[bool, str]:
         return False, str(exc)
 
 
+HOOK_SENSOR: Final = "lsm_events.bpf.o"
+
+
+def _quiet_try_load(name: str) -> tuple[bool, str]:
+    """:func:`_try_load` for a probe expected to fail on some kernels (no libbpf noise)."""
+    with quiet_libbpf():
+        ok, why = _try_load(name)
+    if not ok and ("EPERM" in why or "Operation not permitted" in why):
+        why = "the kernel refuses fentry programs (EPERM: BPF trampolines are locked)"
+    return ok, why
+
+
 def _fanotify_ok() -> tuple[bool, str]:
     why = fanotify.group_available()
     return why is None, why or ""
@@ -130,7 +145,11 @@ def probe() -> TierReport:
         bpffs.ensure_bpffs()
     except BastionError as exc:
         problems.append(f"bpffs unavailable: {exc}")
-    events_ok, events_why = _try_load("tp_events.bpf.o") if btf else (False, "no BTF")
+    # Kernel hooks first: an fentry object loads only where BPF trampolines work
+    # (loading alone proves it: the locked-trampoline kernel refuses the load).
+    hooks_ok, hooks_why = (_quiet_try_load(HOOK_SENSOR) if btf else (False, "no BTF"))
+    events_ok, events_why = (True, "") if hooks_ok else (
+        _try_load("tp_events.bpf.o") if btf else (False, "no BTF"))
     if not events_ok:
         problems.append(f"the event sensor does not load: {events_why}")
     lsm_ok, lsm_why = _probe_lsm() if btf else (False, "no BTF")
@@ -152,10 +171,17 @@ def probe() -> TierReport:
         "this kernel lists bpf as an LSM but refuses BPF LSM programs: "
         "use a kernel that allows BPF trampolines (stock distribution kernels do)"
     )
-    caps: list[Capability] = [
-        Capability("events", events_ok, "tracepoints (syscalls, sched) + ring buffer",
-                   events_why, "" if events_ok else "a kernel with BTF and BPF tracepoints"),
-    ]
+    if hooks_ok:
+        events_cap = Capability(
+            "events", True, "kernel hooks: fentry on the security_* LSM hook callers, "
+            "fexit/inet_csk_accept, tp_btf sched + ring buffer (no syscall tracepoints)",
+            "" if lsm_ok else "BPF LSM is off but trampolines work: events from fentry")
+    else:
+        events_cap = Capability(
+            "events", events_ok, "tracepoints (syscalls, sched) + ring buffer",
+            events_why if not events_ok else f"kernel-hook sensor unavailable: {hooks_why}",
+            "" if events_ok else "a kernel with BTF and BPF tracepoints")
+    caps: list[Capability] = [events_cap]
     if lsm_ok:
         caps += [
             Capability("exec_deny", True, "lsm/bprm_check_security"),
@@ -194,4 +220,5 @@ def probe() -> TierReport:
     return TierReport(
         tier=Tier.LSM if lsm_ok else Tier.COMPAT, kernel=kernel, lsm_list=lsms,
         can_run=btf and events_ok, capabilities=caps, problems=problems,
+        event_source="hooks" if hooks_ok else "tracepoints",
     )

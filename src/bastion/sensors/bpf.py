@@ -1,4 +1,15 @@
-"""The live sensor: Bastion's tracepoint programs and their ring buffer.
+"""The live sensors: Bastion's event programs and their ring buffer.
+
+Two objects emit the same records (``bpf/include/bastion.h``), chosen by the
+assembly from the tier report (:mod:`bastion.enforce.tiers`):
+
+* :class:`BpfSensor` — ``tp_events.bpf.o``, syscall and sched tracepoints
+  (the compat tier: kernels whose BPF trampolines are locked);
+* :class:`HookSensor` — ``lsm_events.bpf.o``, fentry on the ``security_*``
+  functions that call the LSM hooks, ``fexit/inet_csk_accept`` and tp_btf
+  (kernels with trampolines, with or without BPF LSM): no syscall
+  tracepoint, io_uring covered, paths from kernel objects, read-opens
+  filtered and repeat opens deduplicated in the kernel.
 
 Declares ``tp_events.bpf.o`` to the one loader (:mod:`bastion.kernel.loader`)
 with its configuration for ``.rodata`` (own tgid to ignore, optional cgroup
@@ -11,6 +22,7 @@ batches and keeps the counters the agent reports.
 from __future__ import annotations
 
 import logging
+import struct
 import time
 from pathlib import Path
 from typing import Callable, Final, Iterable, Sequence
@@ -19,6 +31,7 @@ from bastion import abi
 from bastion.abi import EVENT_CLASSES
 from bastion.errors import KernelError, Location
 from bastion.events import Event, decode
+from bastion.kernel.libbpf import Map
 from bastion.kernel.loader import LoadedObject, LoaderUser, ObjectSpec
 from bastion.paths import bpf_object
 from bastion.sensors.sensitive import DEFAULT_SENSITIVE, SensEntry, entry_bytes, resolve
@@ -47,6 +60,7 @@ class BpfSensor(LoaderUser):
     """The tracepoint sensor: owns ``tp_events.bpf.o`` (through the loader) and its counters."""
 
     name = "bpf"
+    source = "tracepoints"   # what status and doctor say the events come from
 
     def __init__(
         self,
@@ -164,4 +178,94 @@ class BpfSensor(LoaderUser):
             self._lo.close()
 
 
-__all__ = ["BpfSensor", "EVENT_CLASSES", "OPTIONAL_PROGRAMS", "event_mask"]
+# Hooks of lsm_events.bpf.o a kernel may lack (CONFIG_SECURITY_PATH off, older kernels).
+HOOK_OPTIONAL_PROGRAMS: Final = frozenset({
+    "on_path_unlink", "on_path_rmdir", "on_path_rename", "on_path_chmod", "on_path_chown",
+    "on_path_link", "on_fix_setgid", "on_accept", "on_capset",
+})
+
+# Repeat opens of one inode by one process within this window cross the ring once.
+DEFAULT_OPEN_DEDUP_S: Final = 1.0
+
+_U32 = struct.Struct("<I")
+
+
+class HookSensor(BpfSensor):
+    """The kernel-first sensor: ``lsm_events.bpf.o`` (see the module docstring).
+
+    ``quiet_tgids``: processes whose events are dropped in the kernel (the agent
+    itself is always one; the guardian is added by the assembly).
+    ``open_dedup_s``: the per-(process, inode, access) open dedup window (0 = off).
+    ``sensitive``: the sensitive read set, as for :class:`BpfSensor`: the same
+    patterns resolved into the same ``sens_inodes`` map (``bpf/lib/sensitive.h``),
+    checked in ``security_file_open`` (the file, then up to ``BASTION_SENS_DEPTH``
+    ancestors); empty: read-opens cost no map lookup.
+    """
+
+    name = "lsm-hooks"
+    source = "kernel hooks (fentry on security_*, tp_btf)"
+
+    def __init__(
+        self,
+        *,
+        classes: Iterable[str] = tuple(EVENT_CLASSES),
+        self_tgid: int = 0,
+        cgroup_id: int = 0,
+        obj_path: Path | None = None,
+        open_reads: bool = False,
+        ring_bytes: int = abi.RINGBUF_BYTES,
+        quiet_tgids: Iterable[int] = (),
+        open_dedup_s: float = DEFAULT_OPEN_DEDUP_S,
+        sensitive: Sequence[tuple[str, abi.SensClass]] = DEFAULT_SENSITIVE,
+        sensitive_refresh_s: float = 30.0,
+        resolve_sensitive: Callable[[Sequence[tuple[str, abi.SensClass]]], list[SensEntry]]
+        = resolve,
+    ) -> None:
+        super().__init__(classes=classes, self_tgid=self_tgid, cgroup_id=cgroup_id,
+                         obj_path=obj_path, open_reads=open_reads, ring_bytes=ring_bytes,
+                         sensitive=sensitive, sensitive_refresh_s=sensitive_refresh_s,
+                         resolve_sensitive=resolve_sensitive)
+        if open_dedup_s < 0:
+            raise KernelError(f"open_dedup_s must be >= 0, got {open_dedup_s}",
+                              location=Location("lsm_events.bpf.o"))
+        self.quiet_tgids = tuple(dict.fromkeys(t for t in quiet_tgids if t > 0))
+        self.open_dedup_ns = int(open_dedup_s * 1e9)
+
+    def spec(self) -> ObjectSpec:
+        base = super().spec()
+        return ObjectSpec(
+            path=self.obj_path or bpf_object("lsm_events.bpf.o"),
+            rodata={**base.rodata, "cfg_open_dedup_ns": self.open_dedup_ns},
+            max_entries=base.max_entries,
+            optional=HOOK_OPTIONAL_PROGRAMS,
+        )
+
+    def open(self) -> None:
+        super().open()
+        try:
+            for tgid in self.quiet_tgids:
+                self.quiet(tgid)
+        except BaseException:
+            self.close()
+            raise
+
+    def _map(self, name: str) -> Map:
+        if self._lo is None:
+            raise KernelError(f"{name}: the hook sensor is not open",
+                              location=Location("lsm_events.bpf.o"))
+        return self._lo.map(name)
+
+    def quiet(self, tgid: int) -> None:
+        """Drop every event of process ``tgid`` in the kernel."""
+        self._map("quiet_tgids").update(_U32.pack(tgid), _U32.pack(1))
+
+    def deduplicated(self) -> int:
+        """Opens the kernel did not report because one like it was within the window."""
+        return self._lo.sum_percpu_u64("open_deduped") if self._lo is not None else 0
+
+    def stats(self) -> dict[str, int]:
+        return {**super().stats(), "open_deduplicated": self.deduplicated()}
+
+
+__all__ = ["BpfSensor", "EVENT_CLASSES", "HOOK_OPTIONAL_PROGRAMS", "HookSensor",
+           "OPTIONAL_PROGRAMS", "event_mask"]

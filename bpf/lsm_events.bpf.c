@@ -1,0 +1,560 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Bastion's kernel-first event sensor (lsm tier, and kernels with BPF
+ * trampolines but without `bpf` in lsm=).  Hooks only: every program is an
+ * fentry on the security_*() function that calls the LSM hooks (the same
+ * point, the same kernel objects as an lsm/ program, but it loads whether or
+ * not BPF LSM is active), an fexit, or a tp_btf.  No syscall tracepoint:
+ * nothing puts every syscall of the host on the slow path; io_uring and
+ * every other in-kernel path reach these hooks; every path and address is
+ * read from the kernel's own objects (struct file, dentries, the kernel's
+ * copy of a sockaddr or bpf_attr) after the kernel resolved it, so a thread
+ * that rewrites a user buffer after syscall entry changes nothing.
+ * Records: the same as tp_events.bpf.c (include/bastion.h). */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+
+/* Processes whose events never cross the ring (the agent, its guardian):
+ * user space writes their tgids; checked in wanted() before any work. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u32);
+	__type(value, __u32);
+} quiet_tgids SEC(".maps");
+#define BASTION_QUIET_TGIDS quiet_tgids
+
+#include "events.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* ------------------------------------------------------------------ */
+/* process lifecycle: the tracepoints on kernel objects (not syscalls)  */
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	return emit_exec(p, bprm);
+}
+
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
+{
+	return emit_fork(child);
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(on_exit, struct task_struct *p)
+{
+	return emit_exit(p);
+}
+
+/* ------------------------------------------------------------------ */
+/* file open, filtered in the kernel                                    */
+
+#define O_ACCMODE_ 00000003
+#define O_CREAT_ 00000100
+#define O_TRUNC_ 00001000
+#define FMODE_WRITE_ 0x2
+#define FMODE_CREATED_ 0x100000
+
+/* Read-only opens are most of all opens: reported only when asked (learn
+ * mode) or when the file is in the sensitive set: wt-sensor's sens_inodes
+ * map (bpf/lib/sensitive.h, the same map and the same filler,
+ * sensors/sensitive.py, as the tracepoint sensor), the file's inode then up
+ * to BASTION_SENS_DEPTH ancestors, and other processes' /proc/PID/mem|environ.
+ * With cfg_sensitive off a read-open is dropped after two loads. */
+const volatile __u32 cfg_open_reads = 0;
+
+/* Per-(process, inode, access) open dedup: an open like one reported less
+ * than cfg_open_dedup_ns ago is not reported again (0 = off). */
+const volatile __u64 cfg_open_dedup_ns = 0;
+
+struct open_seen_key {
+	__u32 tgid;
+	__u32 dev;
+	__u64 ino;
+	__u64 start_ns;     /* process identity: a reused tgid is another key */
+	__u32 write;
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct open_seen_key);
+	__type(value, __u64);
+} open_seen SEC(".maps");
+
+/* Opens dropped by the dedup window (user space sums the per-CPU slots). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} open_deduped SEC(".maps");
+
+/* true: an open like this one was reported within the window */
+static __always_inline bool seen_recently(__u32 dev, __u64 ino, bool write)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct open_seen_key k = {};
+	__u64 now, *last;
+	__u32 zero = 0;
+
+	if (!cfg_open_dedup_ns)
+		return false;
+	k.tgid = bpf_get_current_pid_tgid() >> 32;
+	k.dev = dev;
+	k.ino = ino;
+	k.start_ns = BPF_CORE_READ(task, group_leader, start_boottime);
+	k.write = write;
+	now = bpf_ktime_get_boot_ns();
+	last = bpf_map_lookup_elem(&open_seen, &k);
+	if (last && now - *last < cfg_open_dedup_ns) {
+		__u64 *n = bpf_map_lookup_elem(&open_deduped, &zero);
+
+		if (n)
+			__sync_fetch_and_add(n, 1);
+		return true;
+	}
+	bpf_map_update_elem(&open_seen, &k, &now, BPF_ANY);
+	return false;
+}
+
+SEC("fentry/security_file_open")
+int BPF_PROG(on_file_open, struct file *file)
+{
+	struct bastion_file_event *e;
+	struct inode *inode;
+	__u32 fflags, fmode, dev, sclass = 0, sid = 0;
+	__u64 ino;
+	bool write, sens;
+	long n;
+
+	/* cheapest first: most opens are reads, dropped here */
+	fflags = BPF_CORE_READ(file, f_flags);
+	fmode = BPF_CORE_READ(file, f_mode);
+	write = (fmode & FMODE_WRITE_) || (fflags & (O_CREAT_ | O_TRUNC_)) ||
+		(fmode & FMODE_CREATED_);
+	if (!write && !cfg_open_reads && !cfg_sensitive)
+		return 0;
+	if (!wanted(BASTION_EV_FILE))
+		return 0;
+	inode = BPF_CORE_READ(file, f_inode);
+	/* as the compat sensor: every reported open carries its sensitive class */
+	sens = sens_match(file, &sclass, &sid);
+	if (!write && !cfg_open_reads && !sens)
+		return 0;
+	ino = BPF_CORE_READ(inode, i_ino);
+	dev = BPF_CORE_READ(inode, i_sb, s_dev);
+	if (seen_recently(dev, ino, write))
+		return 0;
+	e = file_event(BASTION_FILE_OPEN);
+	if (!e)
+		return 0;
+	if (fmode & FMODE_CREATED_) {
+		fflags |= O_CREAT_;
+		e->mode = BPF_CORE_READ(inode, i_mode) & 07777;
+	}
+	e->open_flags = fflags;
+	e->ino = ino;
+	e->dev = dev;
+	if (sens) {
+		e->sens_class = sclass;
+		e->sens_id = sid;
+		e->hdr.flags |= BASTION_F_SENSITIVE;
+	}
+	/* the path of the file the kernel opened, from its struct file */
+	n = bpf_d_path((struct path *)&file->f_path, e->path, sizeof(e->path));
+	if (n < 0) {
+		struct path fpath = BPF_CORE_READ(file, f_path);
+
+		if (path_to_str(&fpath, e->path))
+			e->hdr.flags |= BASTION_F_TRUNC_PATH;
+	}
+	SUBMIT(e);
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* unlink, rename, chmod, chown: the path hooks (the directory's struct   */
+/* path and the entry's dentry, after the kernel's lookup)               */
+
+static __always_inline void dentry_name(struct dentry *d, char *out)
+{
+	struct qstr name = BPF_CORE_READ(d, d_name);
+
+	if (bpf_probe_read_kernel_str(out, BASTION_PATH_LEN, name.name) < 0)
+		out[0] = '\0';
+}
+
+/* path = dir + '/' + dentry name, as a relative pair (BASTION_F_RELATIVE*) */
+static __always_inline __u16 dir_entry(const struct path *dir, struct dentry *d, char *path,
+				       char *dirbuf, __u16 rel_flag)
+{
+	__u16 flags = rel_flag;
+
+	dentry_name(d, path);
+	if (path_to_str(dir, dirbuf))
+		flags |= BASTION_F_TRUNC_PATH;
+	return flags;
+}
+
+static __always_inline int unlink_ev(const struct path *dir, struct dentry *d)
+{
+	struct bastion_file_event *e;
+
+	if (!wanted(BASTION_EV_FILE))
+		return 0;
+	e = file_event(BASTION_FILE_UNLINK);
+	if (!e)
+		return 0;
+	e->ino = BPF_CORE_READ(d, d_inode, i_ino);
+	e->dev = BPF_CORE_READ(d, d_inode, i_sb, s_dev);
+	e->hdr.flags |= dir_entry(dir, d, e->path, e->dir, BASTION_F_RELATIVE);
+	SUBMIT(e);
+	return 0;
+}
+
+SEC("fentry/security_path_unlink")
+int BPF_PROG(on_path_unlink, const struct path *dir, struct dentry *dentry)
+{
+	return unlink_ev(dir, dentry);
+}
+
+SEC("fentry/security_path_rmdir")
+int BPF_PROG(on_path_rmdir, const struct path *dir, struct dentry *dentry)
+{
+	return unlink_ev(dir, dentry);
+}
+
+SEC("fentry/security_path_rename")
+int BPF_PROG(on_path_rename, const struct path *old_dir, struct dentry *old_dentry,
+	     const struct path *new_dir, struct dentry *new_dentry)
+{
+	struct bastion_file_event *e;
+
+	if (!wanted(BASTION_EV_FILE))
+		return 0;
+	e = file_event(BASTION_FILE_RENAME);
+	if (!e)
+		return 0;
+	e->ino = BPF_CORE_READ(old_dentry, d_inode, i_ino);
+	e->dev = BPF_CORE_READ(old_dentry, d_inode, i_sb, s_dev);
+	e->hdr.flags |= dir_entry(old_dir, old_dentry, e->path, e->dir, BASTION_F_RELATIVE);
+	e->hdr.flags |= dir_entry(new_dir, new_dentry, e->path2, e->dir2, BASTION_F_RELATIVE2);
+	SUBMIT(e);
+	return 0;
+}
+
+/* A hard link: the existing file (its inode, and its path from the dentry
+ * the kernel resolved) and the new name in path2/dir2, as the compat
+ * sensor's linkat record (BASTION_FILE_LINK). */
+SEC("fentry/security_path_link")
+int BPF_PROG(on_path_link, struct dentry *old_dentry, const struct path *new_dir,
+	     struct dentry *new_dentry)
+{
+	struct bastion_file_event *e;
+	struct inode *inode;
+
+	if (!wanted(BASTION_EV_FILE))
+		return 0;
+	e = file_event(BASTION_FILE_LINK);
+	if (!e)
+		return 0;
+	inode = BPF_CORE_READ(old_dentry, d_inode);
+	e->ino = BPF_CORE_READ(inode, i_ino);
+	e->dev = BPF_CORE_READ(inode, i_sb, s_dev);
+	/* old_dentry has no vfsmount here; a link never crosses one, so the
+	 * new directory's mount names it */
+	{
+		struct path op = {};
+
+		op.mnt = BPF_CORE_READ(new_dir, mnt);
+		op.dentry = old_dentry;
+		if (path_to_str(&op, e->path))
+			e->hdr.flags |= BASTION_F_TRUNC_PATH;
+	}
+	e->hdr.flags |= dir_entry(new_dir, new_dentry, e->path2, e->dir2, BASTION_F_RELATIVE2);
+	SUBMIT(e);
+	return 0;
+}
+
+static __always_inline struct bastion_file_event *path_event(__u32 op, const struct path *p)
+{
+	struct bastion_file_event *e;
+
+	if (!wanted(BASTION_EV_FILE))
+		return NULL;
+	e = file_event(op);
+	if (!e)
+		return NULL;
+	e->ino = BPF_CORE_READ(p, dentry, d_inode, i_ino);
+	e->dev = BPF_CORE_READ(p, dentry, d_inode, i_sb, s_dev);
+	if (path_to_str(p, e->path))
+		e->hdr.flags |= BASTION_F_TRUNC_PATH;
+	return e;
+}
+
+/* raw context: kuid_t/kgid_t and umode_t arguments are read as integers */
+SEC("fentry/security_path_chmod")
+int on_path_chmod(unsigned long long *ctx)
+{
+	struct bastion_file_event *e = path_event(BASTION_FILE_CHMOD, (const struct path *)ctx[0]);
+
+	if (!e)
+		return 0;
+	e->mode = (__u32)ctx[1] & 07777;
+	SUBMIT(e);
+	return 0;
+}
+
+SEC("fentry/security_path_chown")
+int on_path_chown(unsigned long long *ctx)
+{
+	struct bastion_file_event *e = path_event(BASTION_FILE_CHOWN, (const struct path *)ctx[0]);
+
+	if (!e)
+		return 0;
+	e->owner_uid = (__u32)ctx[1];
+	e->owner_gid = (__u32)ctx[2];
+	SUBMIT(e);
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* network: the kernel's copy of the address, and the socket itself      */
+
+static __always_inline void kern_sockaddr(const struct sockaddr *sa, __u16 *family, __u8 addr[16],
+					  __u16 *port)
+{
+	__u16 fam = 0, p = 0;
+
+	bpf_probe_read_kernel(&fam, sizeof(fam), sa);
+	*family = fam;
+	if (fam == AF_INET_) {
+		struct sockaddr_in sin = {};
+
+		bpf_probe_read_kernel(&sin, sizeof(sin), sa);
+		__builtin_memcpy(addr, &sin.sin_addr.s_addr, 4);
+		p = sin.sin_port;
+	} else if (fam == AF_INET6_) {
+		struct sockaddr_in6 sin6 = {};
+
+		bpf_probe_read_kernel(&sin6, sizeof(sin6), sa);
+		__builtin_memcpy(addr, &sin6.sin6_addr, 16);
+		p = sin6.sin6_port;
+	}
+	*port = be16(p);
+}
+
+SEC("fentry/security_socket_connect")
+int BPF_PROG(on_socket_connect, struct socket *sock, struct sockaddr *address, int addrlen)
+{
+	struct bastion_net_event *e;
+	struct sock *sk;
+
+	if (!wanted(BASTION_EV_NET))
+		return 0;
+	e = net_event(BASTION_NET_CONNECT);
+	if (!e)
+		return 0;
+	kern_sockaddr(address, &e->family, e->daddr, &e->dport);
+	sk = BPF_CORE_READ(sock, sk);
+	if (sk) {
+		e->protocol = BPF_CORE_READ(sk, sk_protocol);
+		e->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	}
+	SUBMIT(e);
+	return 0;
+}
+
+SEC("fentry/security_socket_bind")
+int BPF_PROG(on_socket_bind, struct socket *sock, struct sockaddr *address, int addrlen)
+{
+	struct bastion_net_event *e;
+	struct sock *sk;
+
+	if (!wanted(BASTION_EV_NET))
+		return 0;
+	e = net_event(BASTION_NET_BIND);
+	if (!e)
+		return 0;
+	kern_sockaddr(address, &e->family, e->saddr, &e->sport);
+	sk = BPF_CORE_READ(sock, sk);
+	if (sk)
+		e->protocol = BPF_CORE_READ(sk, sk_protocol);
+	SUBMIT(e);
+	return 0;
+}
+
+SEC("fentry/security_socket_listen")
+int BPF_PROG(on_socket_listen, struct socket *sock, int backlog)
+{
+	struct bastion_net_event *e;
+	struct sock *sk;
+
+	if (!wanted(BASTION_EV_NET))
+		return 0;
+	e = net_event(BASTION_NET_LISTEN);
+	if (!e)
+		return 0;
+	sk = BPF_CORE_READ(sock, sk);
+	if (sk)
+		sock_addrs(sk, e);
+	e->backlog = backlog;
+	SUBMIT(e);
+	return 0;
+}
+
+/* accept: the new connection's socket, when the kernel hands it out (TCP;
+ * io_uring accepts included).  The descriptor is not known here: ret = 0. */
+SEC("fexit/inet_csk_accept")
+int on_accept(void *ctx)
+{
+	struct bastion_net_event *e;
+	__u64 ret = 0;
+	struct sock *sk;
+
+	if (!wanted(BASTION_EV_NET))
+		return 0;
+	if (bpf_get_func_ret(ctx, &ret) || !ret)
+		return 0;
+	sk = (struct sock *)ret;
+	e = net_event(BASTION_NET_ACCEPT);
+	if (!e)
+		return 0;
+	sock_addrs(sk, e);
+	SUBMIT(e);
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* process interaction and privilege                                   */
+
+/* Every signal the kernel checks for delivery to a task, whatever the
+ * syscall: the record names the target thread and its process (tgkill form). */
+SEC("fentry/security_task_kill")
+int BPF_PROG(on_task_kill, struct task_struct *p, struct kernel_siginfo *info, int sig)
+{
+	return kill_ev(BASTION_KILL_TGKILL, BPF_CORE_READ(p, pid), BPF_CORE_READ(p, tgid), sig);
+}
+
+#define PTRACE_TRACEME_ 0
+#define PTRACE_ATTACH_ 16
+#define PTRACE_MODE_ATTACH_ 0x02
+
+static __always_inline int ptrace_ev(__s64 request, __s32 target)
+{
+	struct bastion_ptrace_event *e;
+
+	if (!wanted(BASTION_EV_PTRACE))
+		return 0;
+	e = RESERVE(struct bastion_ptrace_event, BASTION_EV_PTRACE);
+	if (!e)
+		return 0;
+	e->request = request;
+	e->target_pid = target;
+	e->_pad = 0;
+	e->addr = 0;
+	SUBMIT(e);
+	return 0;
+}
+
+/* Attach-mode access only (PTRACE_ATTACH/SEIZE, process_vm_writev, /proc/PID/mem
+ * writes): read-mode checks are every `ps`. */
+SEC("fentry/security_ptrace_access_check")
+int BPF_PROG(on_ptrace_access, struct task_struct *child, unsigned int mode)
+{
+	if (!(mode & PTRACE_MODE_ATTACH_))
+		return 0;
+	return ptrace_ev(PTRACE_ATTACH_, BPF_CORE_READ(child, pid));
+}
+
+SEC("fentry/security_ptrace_traceme")
+int BPF_PROG(on_ptrace_traceme, struct task_struct *parent)
+{
+	return ptrace_ev(PTRACE_TRACEME_, BPF_CORE_READ(parent, pid));
+}
+
+/* bpf(): the kernel's copy of the attributes (3 arguments on 6.1, 4 later:
+ * only the first two are declared). */
+SEC("fentry/security_bpf")
+int BPF_PROG(on_bpf, int cmd, union bpf_attr *attr)
+{
+	struct bastion_bpf_event *e;
+
+	if (!bpf_cmd_wanted(cmd))
+		return 0;
+	e = RESERVE(struct bastion_bpf_event, BASTION_EV_BPF);
+	if (!e)
+		return 0;
+	FILL_BPF_EVENT(e, cmd, attr, bpf_probe_read_kernel);
+	SUBMIT(e);
+	return 0;
+}
+
+#define LSM_SETID_ID_ 1
+#define LSM_SETID_RE_ 2
+#define LSM_SETID_RES_ 4
+
+/* set*uid / set*gid: the new credentials the kernel is about to commit */
+static __always_inline int setid_ev(struct cred *new, int flags, bool gid)
+{
+	__u32 r, e, s;
+
+	if (gid) {
+		r = BPF_CORE_READ(new, gid.val);
+		e = BPF_CORE_READ(new, egid.val);
+		s = BPF_CORE_READ(new, sgid.val);
+	} else {
+		r = BPF_CORE_READ(new, uid.val);
+		e = BPF_CORE_READ(new, euid.val);
+		s = BPF_CORE_READ(new, suid.val);
+	}
+	if (flags == LSM_SETID_ID_)
+		return cred_ev(gid ? BASTION_CRED_SETGID : BASTION_CRED_SETUID, e, -1, -1);
+	if (flags == LSM_SETID_RE_)
+		return cred_ev(gid ? BASTION_CRED_SETREGID : BASTION_CRED_SETREUID, r, e, -1);
+	if (flags == LSM_SETID_RES_)
+		return cred_ev(gid ? BASTION_CRED_SETRESGID : BASTION_CRED_SETRESUID, r, e, s);
+	return 0; /* setfsuid/setfsgid: not reported by either sensor */
+}
+
+SEC("fentry/security_task_fix_setuid")
+int BPF_PROG(on_fix_setuid, struct cred *new, const struct cred *old, int flags)
+{
+	return setid_ev(new, flags, false);
+}
+
+SEC("fentry/security_task_fix_setgid")
+int BPF_PROG(on_fix_setgid, struct cred *new, const struct cred *old, int flags)
+{
+	return setid_ev(new, flags, true);
+}
+
+#define LINUX_CAPABILITY_VERSION_3_ 0x20080522
+
+SEC("fentry/security_capset")
+int BPF_PROG(on_capset, struct cred *new, const struct cred *old, const kernel_cap_t *effective,
+	     const kernel_cap_t *inheritable, const kernel_cap_t *permitted)
+{
+	struct bastion_cred_event *e;
+
+	if (!wanted(BASTION_EV_CRED))
+		return 0;
+	e = RESERVE(struct bastion_cred_event, BASTION_EV_CRED);
+	if (!e)
+		return 0;
+	e->op = BASTION_CRED_CAPSET;
+	e->a0 = LINUX_CAPABILITY_VERSION_3_; /* the header is gone by now: the current version */
+	e->a1 = 0;
+	e->a2 = 0;
+	/* kernel_cap_t is 8 bytes on every kernel (u32[2] up to 6.2, u64 since) */
+	e->cap_effective = 0;
+	e->cap_permitted = 0;
+	bpf_probe_read_kernel(&e->cap_effective, 8, effective);
+	bpf_probe_read_kernel(&e->cap_permitted, 8, permitted);
+	SUBMIT(e);
+	return 0;
+}
