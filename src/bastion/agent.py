@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Final, Sequence, TextIO
 
 from bastion import __version__
 from bastion.alert import Alert, AlertProcess
-from bastion.alertgate import QUOTA_RULE, Aggregate, AlertGate
+from bastion.alertgate import AlertGate, aggregate_alert
 from bastion.config import AgentConfig
 from bastion.control import ControlServer
 from bastion.detect.engine import Engine, Finding, Rule, RuleContext
@@ -520,22 +520,7 @@ class Agent:
         """One alert per key held back since the last flush: "N more like this"."""
         self._last_flush = now
         for agg, reason in self.gate.flush(now):
-            self._emit(self._aggregate_alert(agg, reason))
-
-    @staticmethod
-    def _aggregate_alert(agg: Aggregate, reason: str) -> Alert:
-        span = f"{format_time(agg.first_ns)} .. {format_time(agg.last_ns)}"
-        acts = ", ".join(f"{a} {n}" for a, n in sorted(agg.actions.items(), key=lambda kv: -kv[1]))
-        if agg.rule == QUOTA_RULE:
-            rules = ", ".join(f"{r} {n}" for r, n in list(agg.by_rule.items())[:5])
-            title = (f"Alert quota exceeded: {agg.count} alerts summarised ({rules}; "
-                     f"actions: {acts}) {span}")
-        else:
-            title = f"{agg.count} more like this ({acts}) {span}: {agg.title}"
-        return Alert(time=format_time(agg.last_ns), rule=agg.rule, title=title,
-                     severity=agg.severity, action="aggregate",
-                     process=AlertProcess(pid=agg.pids[0] if agg.pids else 0, exe=agg.exe),
-                     evidence=agg.evidence(reason))
+            self._emit(aggregate_alert(agg, reason))
 
     # ---- the store: a failing store never stops the loop --------------------------------
 

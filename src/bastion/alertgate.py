@@ -26,9 +26,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from bastion.alert import Alert, AlertProcess
 from bastion.severity import SEVERITIES
+from bastion.timefmt import format_time
 
-__all__ = ["Aggregate", "AlertGate", "AlertLimits", "QUOTA_RULE"]
+__all__ = ["Aggregate", "AlertGate", "AlertLimits", "QUOTA_RULE", "aggregate_alert"]
 
 QUOTA_RULE: Final = "bastion.alerts.quota_exceeded"
 _RANK: Final = {s: i for i, s in enumerate(SEVERITIES)}
@@ -179,3 +181,20 @@ class AlertGate:
     def stats(self) -> dict[str, int]:
         return {"keys": len(self._keys), "suppressed_total": self.suppressed_total,
                 "window_used": self._used}
+
+
+def aggregate_alert(agg: Aggregate, reason: str) -> Alert:
+    """The alert that says what ``agg`` held back: "N more like this" for one key, or
+    the quota's summary (the agent's and the guardian's alike)."""
+    span = f"{format_time(agg.first_ns)} .. {format_time(agg.last_ns)}"
+    acts = ", ".join(f"{a} {n}" for a, n in sorted(agg.actions.items(), key=lambda kv: -kv[1]))
+    if agg.rule == QUOTA_RULE:
+        rules = ", ".join(f"{r} {n}" for r, n in list(agg.by_rule.items())[:5])
+        title = (f"Alert quota exceeded: {agg.count} alerts summarised ({rules}; "
+                 f"actions: {acts}) {span}")
+    else:
+        title = f"{agg.count} more like this ({acts}) {span}: {agg.title}"
+    return Alert(time=format_time(agg.last_ns), rule=agg.rule, title=title,
+                 severity=agg.severity, action="aggregate",
+                 process=AlertProcess(pid=agg.pids[0] if agg.pids else 0, exe=agg.exe),
+                 evidence=agg.evidence(reason))

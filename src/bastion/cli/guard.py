@@ -150,6 +150,9 @@ def enrolled_data_dir(data_dir: Path, pin_root: Path) -> None:
               show_default=True, help="The agent's control socket: its event-loop heartbeat is watched.")
 @click.option("--agent-stall-after", type=click.FloatRange(min=1), default=30.0, show_default=True,
               help="Seconds without event-loop progress before the agent is killed and restarted.")
+@click.option("--test-alert-limits", type=(click.FloatRange(min=0.1), click.IntRange(min=1)),
+              default=None, hidden=True,
+              help="tests: the guardian's alert gate (interval seconds, alerts per rule).")
 @click.argument("agent_argv", nargs=-1, type=click.UNPROCESSED)
 def guardian_cmd(data_dir: Path, guardian_socket: Path, pin_root: Path,
                  protect_paths: tuple[Path, ...], config_paths: tuple[Path, ...],
@@ -158,7 +161,7 @@ def guardian_cmd(data_dir: Path, guardian_socket: Path, pin_root: Path,
                  tier: str, own_cgroup: Path | None, test_cgroup_id: int,
                  test_deadline: float | None, test_forbid: tuple[Path, ...],
                  test_watch: tuple[Path, ...], fault_after: float | None, agent_socket: Path,
-                 agent_stall_after: float,
+                 agent_stall_after: float, test_alert_limits: tuple[float, int] | None,
                  agent_argv: tuple[str, ...]) -> None:
     """Hold tamper protection and keep the agent running: bastion guardian [opts] -- AGENT ARGV.
 
@@ -168,6 +171,7 @@ def guardian_cmd(data_dir: Path, guardian_socket: Path, pin_root: Path,
     to --token-out.
     """
     from bastion.guard import protect
+    from bastion.alertgate import AlertLimits
     from bastion.guard.guardian import Guardian, GuardianConfig
 
     from bastion.assembly import prepare_host
@@ -200,7 +204,10 @@ def guardian_cmd(data_dir: Path, guardian_socket: Path, pin_root: Path,
                          stall_after_s=agent_stall_after,
                          watch_paths=tuple(test_watch) if test_watch else protect.WATCHED,
                          cgroup=_own_cgroup(own_cgroup, test_cgroup_id),
-                         token_file=token_out)
+                         token_file=token_out,
+                         alert_limits=(AlertLimits(interval_s=test_alert_limits[0],
+                                                   per_rule=test_alert_limits[1])
+                                       if test_alert_limits else AlertLimits()))
     sys.exit(Guardian(cfg).run())
 
 

@@ -52,8 +52,8 @@ from typing import Any, Final
 
 from bastion.enforce.tiers import quiet_libbpf
 from bastion.tier import Tier
-from bastion.procstat import read_stat
 from bastion.alert import Alert, AlertProcess
+from bastion.alertgate import AlertGate, AlertLimits, aggregate_alert
 from bastion.control import NONCE_KEY, PEER_KEY, ControlServer, request
 from bastion.errors import BastionError, ControlError, KernelError, Location
 from bastion.guard import protect
@@ -118,6 +118,9 @@ class GuardianConfig:
     token_file: Path | None = None     # the first-run token file: alerted while it is on the host
     token_file_every_s: float = 3600.0
     rearm_retry_s: float = 30.0        # a re-arm that failed is tried again after this long
+    # the guardian's own alerts are rate limited like the agent's (a loop of refused
+    # tamper attempts on the lsm tier must not flood the store): N more like this
+    alert_limits: AlertLimits = field(default_factory=AlertLimits)
 
 
 @dataclass
@@ -258,6 +261,9 @@ class Guardian:
         self.restarts = 0
         self.resumes = 0
         self.alerts = 0
+        self.suppressed = 0                # alerts the gate held back (in aggregates)
+        self.gate = AlertGate(cfg.alert_limits, time.monotonic())
+        self._flushed_at = time.monotonic()
         self.protection = "off"           # "full", "partial", "off"
         self.unenforced: list[str] = []
         self._lock = threading.Lock()
@@ -574,12 +580,29 @@ class Guardian:
                                            cmdline=str(proc.get("cmdline") or ""),
                                            uid=int(proc.get("uid") or 0)))
         with self._lock:
-            self.alerts += 1
-            if self.store is not None:
-                try:
-                    self.store.add_alert(alert.to_json())
-                except BastionError as exc:
-                    log.error("guardian: storing alert failed: %s", exc)
+            if not self.gate.admit(rule, alert.process.exe, title, severity, action,
+                                   alert.process.pid, time.monotonic(), time.time_ns()):
+                self.suppressed += 1
+                return
+            self._emit(alert)
+
+    def _flush_alerts(self, now: float) -> None:
+        """Every interval: one alert per key the gate held back ("N more like this")."""
+        if now - self._flushed_at < self.cfg.alert_limits.interval_s:
+            return
+        self._flushed_at = now
+        with self._lock:
+            for agg, reason in self.gate.flush(now):
+                self._emit(aggregate_alert(agg, reason))
+
+    def _emit(self, alert: Alert) -> None:
+        """Store and print one alert (the caller holds ``_lock``)."""
+        self.alerts += 1
+        if self.store is not None:
+            try:
+                self.store.add_alert(alert.to_json())
+            except BastionError as exc:
+                log.error("guardian: storing alert failed: %s", exc)
         print(alert.feed_line(), file=sys.stderr, flush=True)
 
     def _tamper_alert(self, r: TamperRecord) -> None:
@@ -721,7 +744,8 @@ class Guardian:
         return {"pid": os.getpid(), "tier": tk.tier if tk else "none",
                 "tamper_protection": self.protection,
                 "agent_pid": a.pid if a else 0, "restarts": self.restarts, "resumes": self.resumes,
-                "alerts": self.alerts, "adopted": bool(tk and tk.adopted),
+                "alerts": self.alerts, "alerts_suppressed": self.suppressed,
+                "adopted": bool(tk and tk.adopted),
                 "identities": idents, "identities_error": idents_error,
                 "protected": [o.path for o in self.protected.roots()] if self.protected else [],
                 "unenforced": self.unenforced,
@@ -893,6 +917,7 @@ class Guardian:
                 self._file_alerts()
                 self._refresh_marks(time.monotonic())
                 self._watch_alerts()
+                self._flush_alerts(time.monotonic())
                 if self._remove_req.is_set():
                     if self.tk is not None:
                         self._remove_protection()
