@@ -1262,6 +1262,111 @@ class FirewallTamper(SingleEvent):
                    {"argv": list(ev.argv)})
 
 
+# ---- 17b. security and logging tools' configuration --------------------------------------
+
+SECURITY_CONFIGS = ("/etc/audit/*", "/etc/audit/*/*", "/etc/audisp/*", "/etc/audisp/*/*",
+                    "/etc/libaudit.conf", "/etc/rsyslog.conf", "/etc/rsyslog.d/*",
+                    "/etc/syslog.conf", "/etc/syslog-ng/*", "/etc/syslog-ng/*/*",
+                    "/etc/systemd/journald.conf", "/etc/systemd/journald.conf.d/*",
+                    "/etc/ufw/*", "/etc/ufw/*/*", "/etc/default/ufw", "/etc/selinux/config",
+                    "/etc/apparmor.d/*", "/etc/apparmor.d/*/*", "/etc/firewalld/*",
+                    "/etc/firewalld/*/*", "/etc/nftables.conf", "/etc/iptables/*",
+                    "/etc/sysconfig/iptables", "/etc/sysconfig/ip6tables", "/etc/falco/*",
+                    "/etc/osquery/*", "/etc/aide.conf", "/etc/aide/*", "/etc/fail2ban/*",
+                    "/etc/fail2ban/*/*")
+# the tools that own these files rewrite them as part of their work
+SECURITY_CONFIG_WRITERS = frozenset({"ufw", "firewall-cmd", "firewalld", "augenrules", "auditctl",
+                                     "semanage", "setsebool", "aa-enforce", "aa-complain",
+                                     "aa-disable", "apparmor_parser", "netfilter-persistent",
+                                     "iptables-save", "ip6tables-save", "fail2ban-server",
+                                     "fail2ban-client", "aideinit", "update-aide.conf"})
+
+
+class SecurityConfigTamper(SingleEvent):
+    """A write, rename onto or delete of a security or logging tool's configuration
+    (audit, syslog, journald, firewall, SELinux/AppArmor, IDS): the quiet way to blind
+    them without a stop that a watchdog would notice.  Package managers and the tools
+    that own the files (by executable inode) are not reported; an administrator's edit
+    is a medium alert; from an untrusted provenance it is stopped."""
+
+    name = "behavior.security_config_tamper"
+    event_types = frozenset({"open", "rename", "unlink", "hips"})
+    attack = ("T1562.001", "T1562.004", "T1562.006")
+    severity = "medium"
+    action = "alert"
+
+    def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
+        path = written_path(ev)
+        op = "changed"
+        if path is None and isinstance(ev, FileEvent) and ev.op == "unlink":
+            path, op = ev.path, "deleted"
+        if path is None or glob_any(path, SECURITY_CONFIGS) is None:
+            return None
+        if self.trusted(ev, ctx, PACKAGE_MANAGERS, depth=3) or \
+                self.trusted(ev, ctx, SECURITY_CONFIG_WRITERS, depth=2):
+            return None
+        who = base(ev.proc.exe) or ev.proc.comm
+        hit = Hit(f"Security/logging configuration {path} {op} by {who}",
+                  {"path": path, "op": op})
+        return stop_if_untrusted(self, ev, ctx, hit, f"the change of {path} (the actor's tree stopped)")
+
+
+# ---- 17c. hunting for secrets by name ------------------------------------------------------
+
+SEARCH_TOOLS = frozenset({"find", "bfs", "locate", "plocate", "mlocate", "slocate", "fd", "fdfind"})
+_FIND_NAME_OPTS = frozenset({"-name", "-iname", "-path", "-ipath", "-wholename", "-iwholename",
+                             "-regex", "-iregex", "-lname", "-ilname"})
+SECRET_NAMES = re.compile(
+    r"id_(rsa|dsa|ecdsa|ed25519)|\.ppk\b|\.kdbx\b|\.p12\b|\.pfx\b|\.jks\b|\.keystore\b"
+    r"|git-credentials|\.netrc\b|\.pgpass\b|credentials|authorized_keys|known_hosts"
+    r"|\.aws\b|\.azure\b|\.kube\b|kubeconfig|\.gnupg\b|secring|pubring|\.gpg\b|wallet\.dat"
+    r"|accesstokens\.json|azureprofile\.json|application_default_credentials|\.vault-token"
+    r"|\.docker/config\.json|\.ssh\b|\bshadow\b|passw(or)?d|secret|private.?key|\.pem\b|\.key\b",
+    re.IGNORECASE)
+# certificate maintenance looks for *.pem / *.key by design
+CERT_TOOLS = frozenset({"update-ca-certificates", "c_rehash", "certbot", "update-ca-trust",
+                        "trust", "p11-kit"})
+
+
+def search_patterns(argv: tuple[str, ...] | list[str]) -> list[str]:
+    """The name patterns a filesystem search looks for: ``find``'s ``-name``-style
+    operands; for ``locate``/``fd``, every non-option argument."""
+    tool = base(argv[0]) if argv else ""
+    args = list(argv[1:])
+    if tool in ("find", "bfs"):
+        return [args[i + 1] for i, a in enumerate(args[:-1]) if a in _FIND_NAME_OPTS]
+    return [a for a in args if not a.startswith("-")]
+
+
+class SecretHunt(SingleEvent):
+    """A filesystem search for the names of keys and credential stores (``find``
+    with ``-name id_rsa``, ``locate .git-credentials``...): the discovery step of a
+    credential theft (the reads that follow are ``behavior.credential_access``)."""
+
+    name = "behavior.secret_hunt"
+    event_types = frozenset({"exec"})
+    attack = ("T1552.001", "T1552.004", "T1083")
+    severity = "medium"
+    action = "alert"
+
+    def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
+        if not isinstance(ev, ExecEvent) or not ev.argv:
+            return None
+        tool = base(ev.proc.exe)
+        if tool not in SEARCH_TOOLS and base(ev.argv[0]) not in SEARCH_TOOLS:
+            return None
+        argv = [tool if tool in SEARCH_TOOLS else base(ev.argv[0]), *ev.argv[1:]]
+        found = sorted({m.group(0).lower() for p in search_patterns(argv)
+                        for m in [SECRET_NAMES.search(p)] if m})
+        if not found:
+            return None
+        if self.trusted(ev, ctx, PACKAGE_MANAGERS, depth=3) or \
+                self.trusted(ev, ctx, CERT_TOOLS, depth=2):
+            return None
+        return Hit(f"Search for secret files ({', '.join(found)[:80]}): {' '.join(ev.argv)[:120]}",
+                   {"argv": list(ev.argv), "names": found})
+
+
 # ---- 18. kernel modules and BPF --------------------------------------------------------------
 
 BPF_LOADERS = frozenset({"bastion", "systemd", "bpftool", "falco", "tracee", "tetragon", "cilium-agent",
@@ -1733,7 +1838,8 @@ ALL_RULE_CLASSES: tuple[type[BehaviorRule], ...] = (
     ReverseShell, ReverseShellCommand, ServiceSpawnsShell, DownloadExecute, ExecFromTemp, MemfdExec,
     Masquerade, CredentialAccess, ProcMemAccess, PtraceInjection, LdPreload, LoaderEnvInjection,
     PipedPayload, AccountChange,
-    SetuidBits, SudoersPam, LogClearing, KillSecurityTools, FirewallTamper, KernelModuleLoad,
+    SetuidBits, SudoersPam, LogClearing, KillSecurityTools, FirewallTamper, SecurityConfigTamper,
+    SecretHunt, KernelModuleLoad,
     BpfLoad, PortScan, MiningPool, Ransomware, PtySocketShell, DecodedPayloadShell,
 )
 
