@@ -1367,6 +1367,64 @@ class SecretHunt(SingleEvent):
                    {"argv": list(ev.argv), "names": found})
 
 
+# ---- 17d. hidden files and directories in the shared temp dirs --------------------------
+
+TEMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+# the hidden entries the system itself keeps there (X, ICE, font server, PostgreSQL sockets)
+_SYSTEM_HIDDEN = re.compile(r"^\.(X\d+-lock|X11-unix|ICE-unix|font-unix|XIM-unix|Test-unix"
+                            r"|s\.PGSQL\.\d+(\.lock)?|com\.google\.Chrome\..*|org\.chromium\..*"
+                            r"|java_pid\d+|attach_pid\d+)$")
+HIDDEN_WRITERS = frozenset({"systemd", "systemd-tmpfiles", "Xorg", "Xwayland", "gdm", "gdm3",
+                            "sddm", "lightdm", "postgres", "postmaster", "java", *PACKAGE_MANAGERS})
+
+
+def hidden_temp_entry(path: str) -> str | None:
+    """The hidden entry directly under a shared temp dir that ``path`` is, or lies in
+    (``/var/tmp/.x`` for ``/var/tmp/.x`` and ``/var/tmp/.x/y``); None otherwise."""
+    for d in TEMP_DIRS:
+        if path.startswith(d + "/"):
+            top = path[len(d) + 1:].split("/", 1)[0]
+            if top.startswith(".") and top not in (".", "..") and not _SYSTEM_HIDDEN.match(top):
+                return f"{d}/{top}"
+    return None
+
+
+class HiddenTempArtifact(SingleEvent):
+    """A hidden file or directory made in /tmp, /var/tmp or /dev/shm (``mkdir
+    /var/tmp/.x``, a file created in it, a rename to a dot name): where droppers stage
+    payloads out of a casual ``ls``.  The system's own hidden entries there (X, ICE,
+    PostgreSQL sockets) and their daemons are not reported."""
+
+    name = "behavior.hidden_temp_artifact"
+    event_types = frozenset({"exec", "open", "rename", "hips"})
+    attack = ("T1564.001",)
+    severity = "medium"
+    action = "alert"
+
+    def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
+        if isinstance(ev, ExecEvent):
+            if base(ev.proc.exe) != "mkdir":
+                return None
+            made = [h for a in ev.argv[1:] if not a.startswith("-")
+                    for h in [hidden_temp_entry(os.path.normpath(os.path.join(ev.cwd, a)))] if h]
+            if not made:
+                return None
+            entry = made[0]
+        else:
+            path = written_path(ev)
+            if path is None or (isinstance(ev, FileEvent) and ev.op == "open"
+                                and not ev.flags & O_CREAT):
+                return None
+            h = hidden_temp_entry(path)
+            if h is None:
+                return None
+            entry = h
+        if self.trusted(ev, ctx, HIDDEN_WRITERS, depth=2):
+            return None
+        who = base(ev.proc.exe) or ev.proc.comm
+        return Hit(f"Hidden temp-dir artefact {entry} made by {who}", {"path": entry})
+
+
 # ---- 18. kernel modules and BPF --------------------------------------------------------------
 
 BPF_LOADERS = frozenset({"bastion", "systemd", "bpftool", "falco", "tracee", "tetragon", "cilium-agent",
@@ -1839,7 +1897,7 @@ ALL_RULE_CLASSES: tuple[type[BehaviorRule], ...] = (
     Masquerade, CredentialAccess, ProcMemAccess, PtraceInjection, LdPreload, LoaderEnvInjection,
     PipedPayload, AccountChange,
     SetuidBits, SudoersPam, LogClearing, KillSecurityTools, FirewallTamper, SecurityConfigTamper,
-    SecretHunt, KernelModuleLoad,
+    SecretHunt, HiddenTempArtifact, KernelModuleLoad,
     BpfLoad, PortScan, MiningPool, Ransomware, PtySocketShell, DecodedPayloadShell,
 )
 
