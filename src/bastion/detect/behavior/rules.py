@@ -1369,7 +1369,6 @@ class SecretHunt(SingleEvent):
 
 # ---- 17d. hidden files and directories in the shared temp dirs --------------------------
 
-TEMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
 # the hidden entries the system itself keeps there (X, ICE, font server, PostgreSQL sockets)
 _SYSTEM_HIDDEN = re.compile(r"^\.(X\d+-lock|X11-unix|ICE-unix|font-unix|XIM-unix|Test-unix"
                             r"|s\.PGSQL\.\d+(\.lock)?|com\.google\.Chrome\..*|org\.chromium\..*"
