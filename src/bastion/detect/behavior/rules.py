@@ -1115,6 +1115,12 @@ LOGS = ("/var/log/*", "/var/log/*/*", "/var/log/journal/*/*")
 LOG_WRITERS = frozenset({"logrotate", "rsyslogd", "systemd-journald", "journalctl", "syslog-ng",
                          "auditd", "apache2", "nginx", "systemd", "sshd", "login", "utmpdump",
                          "cron", "systemd-tmpfiles", *PACKAGE_MANAGERS})
+# mail spools: truncating one erases the mail a compromise produced (cron output, bounces)
+MAIL_SPOOLS = ("/var/spool/mail/*", "/var/mail/*")
+MAIL_WRITERS = frozenset({"mutt", "neomutt", "mail", "mailx", "s-nail", "bsd-mailx", "alpine",
+                          "procmail", "dovecot", "dovecot-lda", "deliver", "postfix", "local",
+                          "exim", "exim4", "sendmail", "dma", "movemail", "fetchmail",
+                          "logrotate", *PACKAGE_MANAGERS})
 
 
 class LogClearing(SingleEvent):
@@ -1149,6 +1155,10 @@ class LogClearing(SingleEvent):
         if glob_any(path, HISTORY):
             return Hit(f"Shell history cleared: {path}", {"path": path, "op": ev.op},
                        severity="medium")
+        if glob_any(path, MAIL_SPOOLS) and ev.op != "rename" \
+                and not self.trusted(ev, ctx, MAIL_WRITERS, depth=3):
+            return Hit(f"Mail spool {'deleted' if ev.op == 'unlink' else 'truncated'}: {path}",
+                       {"path": path, "op": ev.op}, severity="medium")
         if glob_any(path, LOGS) and not self.trusted(ev, ctx, LOG_WRITERS, depth=3) \
                 and not re.search(r"\.(\d+|gz|xz|old|bz2)$", path):
             return Hit(f"Log {'deleted' if ev.op == 'unlink' else 'truncated'}: {path}",
