@@ -80,3 +80,12 @@ def test_issue15_detection_rules_fire_on_each_variant() -> None:
     assert any("id_rsa" in t and "kdbx" in t for t in hunt) and any("git-credentials" in t for t in hunt)
     hidden = titles("hidden_temp_artifact")
     assert any("/var/tmp/.cache-x" in t for t in hidden) and any("/dev/shm/.x" in t for t in hidden)
+
+
+def test_security_service_stopped_by_unit_name() -> None:
+    """A unit is not its binary: ``systemctl stop rsyslog`` (rsyslogd) and a commercial
+    sensor's unit (falcon-sensor.service) are security-service stops."""
+    titles = [f.title for f in replay(FIX / "disable_security_tools.pos.jsonl")
+              if f.rule == "behavior.disable_security_tools"]
+    assert any("falcon-sensor.service" in t for t in titles), titles
+    assert any("disable rsyslog" in t for t in titles), titles

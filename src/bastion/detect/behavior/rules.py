@@ -1174,6 +1174,13 @@ SECURITY_TOOLS = frozenset({"auditd", "falco", "osqueryd", "auditbeat", "wazuh-a
                             "ossec-agentd", "clamd", "freshclam", "aide", "rsyslogd",
                             "systemd-journald", "tracee", "tetragon", "crowdsec", "fail2ban-server",
                             "apparmor", "sysdig", "filebeat", "elastic-agent", "sshguard"})
+# the unit names of those tools and of commercial sensors (a unit is not its binary:
+# ``systemctl stop rsyslog`` stops rsyslogd)
+SECURITY_SERVICES = frozenset({*SECURITY_TOOLS, "rsyslog", "syslog", "syslog-ng", "auditd",
+                               "falcon-sensor", "cbdaemon", "cb-psc-sensor", "osqueryd",
+                               "wazuh-agent", "ossec", "clamav-daemon", "clamav-freshclam",
+                               "mdatp", "sentinelone", "sentinelagent", "elastic-endpoint",
+                               "systemd-journald", "auditbeat", "falco", "aide"})
 _FATAL = frozenset({9, 15, 19, 2, 3, 6})  # SIGHUP is a reload, not an attack
 
 
@@ -1222,7 +1229,7 @@ class KillSecurityTools(SingleEvent):
             args = list(ev.argv[1:])
             verbs = {"stop", "disable", "mask", "kill"}
             if tool in ("systemctl", "service") and verbs & set(args) and \
-                    {a.removesuffix(".service") for a in args} & SECURITY_TOOLS:
+                    {a.removesuffix(".service") for a in args} & SECURITY_SERVICES:
                 if self.trusted(ev, ctx, PACKAGE_MANAGERS, depth=3):
                     return None
                 return Hit(f"Security service stopped: {' '.join(ev.argv)[:120]}",
