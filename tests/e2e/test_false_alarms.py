@@ -263,15 +263,11 @@ def _admin_searches(c: Corpus) -> None:
     work = c.tmp / "admin"
     work.mkdir()
     c.run("find certificates and configs by name; read and copy the syslog config", (
-        "find /etc/ssl/certs -name '*.pem' | wc -l
-"
-        "find /usr/share/doc -maxdepth 2 -name 'copyright' | head -3
-"
-        "find /etc -maxdepth 1 -name '*.conf' | wc -l
-"
+        "find /etc/ssl/certs -name '*.pem' | wc -l\n"
+        "find /usr/share/doc -maxdepth 2 -name 'copyright' | head -3\n"
+        "find /etc -maxdepth 1 -name '*.conf' | wc -l\n"
         "if [ -f /etc/rsyslog.conf ]; then cat /etc/rsyslog.conf > rsyslog.copy; "
-        "sed -i '$ a # corpus' rsyslog.copy; fi
-"), work,
+        "sed -i '$ a # corpus' rsyslog.copy; fi\n"), work,
         expect=("-name *.pem", "-name *.conf"))
 
 
