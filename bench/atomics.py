@@ -17,6 +17,10 @@ tmpfs, made the namespace's root (pivot_root, the old root unmounted), so every 
 fresh /proc (with /proc/sys and /proc/sysrq-trigger read-only), a minimal
 tmpfs /dev (null, zero, full, random, urandom, tty, ptmx + devpts), /sys
 read-only, an empty network namespace (loopback only) and its own hostname.
+The kernel's sensitive read set is keyed by the host file's (dev, ino); a file
+read through the overlay keeps its inode number but has the overlay's device, so
+the runner adds the same inodes on the sandbox's overlay device to the set before
+the atomic starts (the sandbox waits on a FIFO, a shell builtin, until then).
 Atomics that would touch kernel state no namespace isolates (module loads,
 sysctl writes, the clock, swap, audit rules, AppArmor, BPF programs, reboot)
 are skipped and listed with the reason.
@@ -98,6 +102,9 @@ hostname atomic-sandbox
 # pivot_root (not chroot alone): the sensor names paths from the mount namespace's
 # root, so the atomic's /etc/cron.d/x is reported as such, not under the sandbox dir
 mkdir -p "$M/.oldroot"
+# wait (a builtin, no exec) until the runner has put the overlay's device into the
+# sensitive set: a file read through the overlay has the overlay's dev, not the host's
+if [ -n "$SBX_GO" ]; then read -r _ < "$SBX_GO"; fi
 cd "$M"
 pivot_root . .oldroot
 exec /usr/sbin/chroot . /bin/sh -c 'umount -l /.oldroot && exec "$@"' sandbox /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
@@ -177,9 +184,22 @@ class Watch:
         from bastion.respond.dispatch import Dispatcher
         from bastion.sensors.bpf import BpfSensor
 
+        from bastion.sensors.sensitive import SensEntry, resolve
+
         policy = load_policy(None)
+        # the sandbox's overlay device, set per atomic (see overlay_dev())
+        self.overlay_dev: tuple[int, ...] = ()
+
+        def sandbox_sensitive(patterns: Any) -> list[SensEntry]:
+            """The host's sensitive entries plus the same inodes on the sandbox's overlay
+            device (an overlayfs file keeps the lower inode number, not the device)."""
+            host = resolve(patterns)
+            return host + [SensEntry(e.sens_id, e.path, e.pattern, e.sens_class, d, e.ino)
+                           for d in self.overlay_dev for e in host]
+
         self.sensor = BpfSensor(cgroup_id=cgid, self_tgid=os.getpid(),
-                                classes=policy.events.classes)
+                                classes=policy.events.classes,
+                                resolve_sensitive=sandbox_sensitive, sensitive_refresh_s=0.2)
         self.procs = ProcessTable()
         self.trust = sandbox_trust()
         self.engine = Engine([*builtin_rules(),
@@ -215,24 +235,80 @@ class Watch:
         return out
 
 
-def run_one(a: dict[str, Any], cg: Path, root: Path, timeout: float) -> dict[str, Any]:
+def overlay_dev(cg: Path, mnt: str, deadline: float) -> tuple[int, ...]:
+    """The kernel devs a file read through the overlay mounted at ``mnt`` by the sandbox
+    in cgroup ``cg`` can carry: the overlay superblock's (from a sandbox process's
+    mountinfo) and the lower layer's pseudo device that ``stat`` reports; () when the
+    mount did not appear before ``deadline``."""
+    while time.monotonic() < deadline:
+        for pid in (cg / "cgroup.procs").read_text().split():
+            try:
+                info = Path(f"/proc/{pid}/mountinfo").read_text()
+            except OSError:
+                continue
+            for line in info.splitlines():
+                f = line.split()
+                if len(f) > 4 and f[4] == mnt and " - overlay " in line:
+                    major, minor = (int(x) for x in f[2].split(":"))
+                    devs = {(major << 20) | minor}
+                    try:   # a non-directory of the lower layer: overlayfs's per-layer st_dev
+                        st = os.stat(f"/proc/{pid}/root{mnt}/etc/passwd")
+                        devs.add((os.major(st.st_dev) << 20) | os.minor(st.st_dev))
+                    except OSError:
+                        pass
+                    return tuple(sorted(devs))
+        time.sleep(0.02)
+    return ()
+
+
+def release(fifo: str, deadline: float) -> bool:
+    """Open the sandbox's go-FIFO for writing once its reader is there; write a line."""
+    while time.monotonic() < deadline:
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:       # ENXIO: no reader yet
+            time.sleep(0.02)
+            continue
+        try:
+            os.write(fd, b"go\n")
+        finally:
+            os.close(fd)
+        return True
+    return False
+
+
+def run_one(a: dict[str, Any], cg: Path, root: Path, timeout: float,
+            watch: "Watch | None" = None) -> dict[str, Any]:
     base = Path(tempfile.mkdtemp(prefix="bastion-sbx-"))
+    fifo = f"{base}.go"
+    os.mkfifo(fifo, 0o600)
     shell = "/bin/bash" if a["executor"] == "bash" else "/bin/sh"
     argv = ["/bin/sh", "-c", f'echo $$ > {cg}/cgroup.procs && exec "$@"', "join",
             "unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--net",
             "--uts", "--ipc", "--kill-child", "/bin/sh", "-c", SETUP, "setup", str(base),
             shell, "-c", a["command"]]
     t0 = time.monotonic()
+    p = subprocess.Popen(argv, env={"ATOMICS": str(root), "PATH": os.environ["PATH"],
+                                    "SBX_GO": fifo},
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, errors="replace")
     try:
-        r = subprocess.run(argv, env={"ATOMICS": str(root), "PATH": os.environ["PATH"]},
-                           stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                           errors="replace", timeout=timeout)
-        rc, out = r.returncode, (r.stdout + r.stderr)[-600:]
-    except subprocess.TimeoutExpired as e:
-        rc, out = "timeout", str(e.stdout or "")[-300:]
+        if watch is not None:
+            watch.overlay_dev = overlay_dev(cg, f"{base}/m", t0 + 10)
+            time.sleep(0.5)   # two refreshes of the sensitive set (every 0.2 s)
+        release(fifo, t0 + 10)
+        stdout, _ = p.communicate(timeout=max(1.0, timeout - (time.monotonic() - t0)))
+        rc, out = p.returncode, stdout[-600:]
+    except subprocess.TimeoutExpired:
+        rc, out = "timeout", ""
         subprocess.run(["sh", "-c", f"for p in $(cat {cg}/cgroup.procs); do kill -9 $p; done"],
                        check=False)
+        stdout, _ = p.communicate()
+        out = (stdout or "")[-300:]
     finally:
+        if watch is not None:
+            watch.overlay_dev = ()
+        os.unlink(fifo)
         time.sleep(0.3)
         try:
             base.rmdir()
@@ -278,7 +354,7 @@ def main() -> int:
                     row["skipped"] = why
                     results.append(row)
                     continue
-                row.update(run_one(a, cg, args.atomics.resolve(), args.timeout))
+                row.update(run_one(a, cg, args.atomics.resolve(), args.timeout, w))
                 time.sleep(0.5)
                 events, execs, alerts = w.take()
                 setup = {"/usr/bin/unshare", "/usr/bin/mount", "/bin/mount", "/usr/bin/mkdir",

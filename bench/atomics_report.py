@@ -76,22 +76,31 @@ def summary(rows: dict[tuple[str, int], dict[str, Any]]) -> dict[str, int]:
 
 
 def main() -> int:
-    before, after = load(sys.argv[1]), load(sys.argv[2])
-    sb, sa = summary(before), summary(after)
-    print("| figure | before | after |\n|---|---|---|")
-    for k in sb:
-        print(f"| {k.replace('_', ' ')} | {sb[k]} | {sa[k]} |")
-    for s, label in ((sb, "before"), (sa, "after")):
+    """Two or more runs, oldest first: one column per run (named by its file), the
+    rules or the reason of the last."""
+    paths = sys.argv[1:]
+    if len(paths) < 2:
+        print("usage: atomics_report.py run1.json run2.json [run3.json ...]", file=sys.stderr)
+        return 2
+    runs = [load(p) for p in paths]
+    names = [p.rsplit("/", 1)[-1].removesuffix(".json") for p in paths]
+    sums = [summary(r) for r in runs]
+    print(f"| figure | {' | '.join(names)} |\n|---|{'---|' * len(names)}")
+    for k in sums[0]:
+        print(f"| {k.replace('_', ' ')} | {' | '.join(str(s[k]) for s in sums)} |")
+    for s, label in zip(sums, names):
         if s["counted"]:
             print(f"\n{label}: {s['detected']} of {s['counted']} visible atomics that completed or "
                   f"were blocked raised medium or higher ({100 * s['detected'] // s['counted']} %); "
                   f"{s['blocked']} blocked.", end="")
-    print("\n\n| atomic | name | before | after | rules (after) / why missed |\n|---|---|---|---|---|")
-    for key in sorted(after, key=lambda k: (k[0], k[1])):
-        a, b = after[key], before.get(key, {"skipped": "not run"})
-        print(f"| {key[0]}-{key[1]} | {a['name'][:60]} | {cell(b)} | {cell(a)} | {why(a)} |")
+    last = runs[-1]
+    print(f"\n\n| atomic | name | {' | '.join(names)} | rules ({names[-1]}) / why missed |\n"
+          f"|---|---|{'---|' * len(names)}---|")
+    for key in sorted(last, key=lambda k: (k[0], k[1])):
+        a = last[key]
+        cells = [cell(r.get(key, {"skipped": "not run"})) for r in runs]
+        print(f"| {key[0]}-{key[1]} | {a['name'][:60]} | {' | '.join(cells)} | {why(a)} |")
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -256,6 +256,21 @@ def _armed(c: Corpus) -> None:
               work, expect=("run-parts --test",))
 
 
+def _admin_searches(c: Corpus) -> None:
+    """Benign look-alikes of behavior.secret_hunt and behavior.security_config_tamper:
+    an administrator listing certificates and configs by name, reading the logging
+    configuration, and editing a copy of it outside /etc (medium at most; nothing high)."""
+    work = c.tmp / "admin"
+    work.mkdir()
+    c.run("find certificates and configs by name; read and copy the syslog config", (
+        "find /etc/ssl/certs -name '*.pem' | wc -l\n"
+        "find /usr/share/doc -maxdepth 2 -name 'copyright' | head -3\n"
+        "find /etc -maxdepth 1 -name '*.conf' | wc -l\n"
+        "if [ -f /etc/rsyslog.conf ]; then cat /etc/rsyslog.conf > rsyslog.copy; "
+        "sed -i '$ a # corpus' rsyslog.copy; fi\n"), work,
+        expect=("-name *.pem", "-name *.conf"))
+
+
 def _unit_tests(c: Corpus) -> None:
     py = REPO / ".venv" / "bin" / "python"
     c.run("unit tests (events or config or store)",
@@ -342,6 +357,7 @@ def test_benign_corpus_raises_nothing_high(tmp_path: Path) -> None:
             _git(corpus)
             _archives(corpus)
             _armed(corpus)
+            _admin_searches(corpus)
             _unit_tests(corpus)
             _quiesce(agent)
         time.sleep(1.5)   # the agent's health pass (drop counter) runs every second

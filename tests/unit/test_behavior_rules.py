@@ -65,3 +65,27 @@ def test_every_rule_declares_its_metadata() -> None:
         assert r.name.startswith("behavior.") and r.event_types
         assert getattr(r, "attack") and getattr(r, "severity") in SEVERITIES
         assert getattr(r, "action") in ("alert", "kill", "kill-tree", "quarantine")
+
+
+def test_issue15_detection_rules_fire_on_each_variant() -> None:
+    """Each behaviour of the issue-15 detection rules in the positive fixtures raises
+    its own finding (not just the first event of the fixture)."""
+    def titles(rule: str) -> list[str]:
+        return [f.title for f in replay(FIX / f"{rule}.pos.jsonl") if f.rule == f"behavior.{rule}"]
+
+    assert any("Mail spool truncated: /var/spool/mail/root" in t for t in titles("log_clearing"))
+    cfg = titles("security_config_tamper")
+    assert any("/etc/rsyslog.conf" in t for t in cfg) and any("/etc/audit/auditd.conf" in t for t in cfg)
+    hunt = titles("secret_hunt")
+    assert any("id_rsa" in t and "kdbx" in t for t in hunt) and any("git-credentials" in t for t in hunt)
+    hidden = titles("hidden_temp_artifact")
+    assert any("/var/tmp/.cache-x" in t for t in hidden) and any("/dev/shm/.x" in t for t in hidden)
+
+
+def test_security_service_stopped_by_unit_name() -> None:
+    """A unit is not its binary: ``systemctl stop rsyslog`` (rsyslogd) and a commercial
+    sensor's unit (falcon-sensor.service) are security-service stops."""
+    titles = [f.title for f in replay(FIX / "disable_security_tools.pos.jsonl")
+              if f.rule == "behavior.disable_security_tools"]
+    assert any("falcon-sensor.service" in t for t in titles), titles
+    assert any("disable rsyslog" in t for t in titles), titles

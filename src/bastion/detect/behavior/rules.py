@@ -1115,6 +1115,12 @@ LOGS = ("/var/log/*", "/var/log/*/*", "/var/log/journal/*/*")
 LOG_WRITERS = frozenset({"logrotate", "rsyslogd", "systemd-journald", "journalctl", "syslog-ng",
                          "auditd", "apache2", "nginx", "systemd", "sshd", "login", "utmpdump",
                          "cron", "systemd-tmpfiles", *PACKAGE_MANAGERS})
+# mail spools: truncating one erases the mail a compromise produced (cron output, bounces)
+MAIL_SPOOLS = ("/var/spool/mail/*", "/var/mail/*")
+MAIL_WRITERS = frozenset({"mutt", "neomutt", "mail", "mailx", "s-nail", "bsd-mailx", "alpine",
+                          "procmail", "dovecot", "dovecot-lda", "deliver", "postfix", "local",
+                          "exim", "exim4", "sendmail", "dma", "movemail", "fetchmail",
+                          "logrotate", *PACKAGE_MANAGERS})
 
 
 class LogClearing(SingleEvent):
@@ -1149,6 +1155,10 @@ class LogClearing(SingleEvent):
         if glob_any(path, HISTORY):
             return Hit(f"Shell history cleared: {path}", {"path": path, "op": ev.op},
                        severity="medium")
+        if glob_any(path, MAIL_SPOOLS) and ev.op != "rename" \
+                and not self.trusted(ev, ctx, MAIL_WRITERS, depth=3):
+            return Hit(f"Mail spool {'deleted' if ev.op == 'unlink' else 'truncated'}: {path}",
+                       {"path": path, "op": ev.op}, severity="medium")
         if glob_any(path, LOGS) and not self.trusted(ev, ctx, LOG_WRITERS, depth=3) \
                 and not re.search(r"\.(\d+|gz|xz|old|bz2)$", path):
             return Hit(f"Log {'deleted' if ev.op == 'unlink' else 'truncated'}: {path}",
@@ -1164,6 +1174,13 @@ SECURITY_TOOLS = frozenset({"auditd", "falco", "osqueryd", "auditbeat", "wazuh-a
                             "ossec-agentd", "clamd", "freshclam", "aide", "rsyslogd",
                             "systemd-journald", "tracee", "tetragon", "crowdsec", "fail2ban-server",
                             "apparmor", "sysdig", "filebeat", "elastic-agent", "sshguard"})
+# the unit names of those tools and of commercial sensors (a unit is not its binary:
+# ``systemctl stop rsyslog`` stops rsyslogd)
+SECURITY_SERVICES = frozenset({*SECURITY_TOOLS, "rsyslog", "syslog", "syslog-ng", "auditd",
+                               "falcon-sensor", "cbdaemon", "cb-psc-sensor", "osqueryd",
+                               "wazuh-agent", "ossec", "clamav-daemon", "clamav-freshclam",
+                               "mdatp", "sentinelone", "sentinelagent", "elastic-endpoint",
+                               "systemd-journald", "auditbeat", "falco", "aide"})
 _FATAL = frozenset({9, 15, 19, 2, 3, 6})  # SIGHUP is a reload, not an attack
 
 
@@ -1212,7 +1229,7 @@ class KillSecurityTools(SingleEvent):
             args = list(ev.argv[1:])
             verbs = {"stop", "disable", "mask", "kill"}
             if tool in ("systemctl", "service") and verbs & set(args) and \
-                    {a.removesuffix(".service") for a in args} & SECURITY_TOOLS:
+                    {a.removesuffix(".service") for a in args} & SECURITY_SERVICES:
                 if self.trusted(ev, ctx, PACKAGE_MANAGERS, depth=3):
                     return None
                 return Hit(f"Security service stopped: {' '.join(ev.argv)[:120]}",
@@ -1260,6 +1277,168 @@ class FirewallTamper(SingleEvent):
             return None
         return Hit(f"Firewall rules removed or opened: {' '.join(ev.argv)[:120]}",
                    {"argv": list(ev.argv)})
+
+
+# ---- 17b. security and logging tools' configuration --------------------------------------
+
+SECURITY_CONFIGS = ("/etc/audit/*", "/etc/audit/*/*", "/etc/audisp/*", "/etc/audisp/*/*",
+                    "/etc/libaudit.conf", "/etc/rsyslog.conf", "/etc/rsyslog.d/*",
+                    "/etc/syslog.conf", "/etc/syslog-ng/*", "/etc/syslog-ng/*/*",
+                    "/etc/systemd/journald.conf", "/etc/systemd/journald.conf.d/*",
+                    "/etc/ufw/*", "/etc/ufw/*/*", "/etc/default/ufw", "/etc/selinux/config",
+                    "/etc/apparmor.d/*", "/etc/apparmor.d/*/*", "/etc/firewalld/*",
+                    "/etc/firewalld/*/*", "/etc/nftables.conf", "/etc/iptables/*",
+                    "/etc/sysconfig/iptables", "/etc/sysconfig/ip6tables", "/etc/falco/*",
+                    "/etc/osquery/*", "/etc/aide.conf", "/etc/aide/*", "/etc/fail2ban/*",
+                    "/etc/fail2ban/*/*")
+# the tools that own these files rewrite them as part of their work
+SECURITY_CONFIG_WRITERS = frozenset({"ufw", "firewall-cmd", "firewalld", "augenrules", "auditctl",
+                                     "semanage", "setsebool", "aa-enforce", "aa-complain",
+                                     "aa-disable", "apparmor_parser", "netfilter-persistent",
+                                     "iptables-save", "ip6tables-save", "fail2ban-server",
+                                     "fail2ban-client", "aideinit", "update-aide.conf"})
+
+
+class SecurityConfigTamper(SingleEvent):
+    """A write, rename onto or delete of a security or logging tool's configuration
+    (audit, syslog, journald, firewall, SELinux/AppArmor, IDS): the quiet way to blind
+    them without a stop that a watchdog would notice.  Package managers and the tools
+    that own the files (by executable inode) are not reported; an administrator's edit
+    is a medium alert; from an untrusted provenance it is stopped."""
+
+    name = "behavior.security_config_tamper"
+    event_types = frozenset({"open", "rename", "unlink", "hips"})
+    attack = ("T1562.001", "T1562.004", "T1562.006")
+    severity = "medium"
+    action = "alert"
+
+    def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
+        path = written_path(ev)
+        op = "changed"
+        if path is None and isinstance(ev, FileEvent) and ev.op == "unlink":
+            path, op = ev.path, "deleted"
+        if path is None or glob_any(path, SECURITY_CONFIGS) is None:
+            return None
+        if self.trusted(ev, ctx, PACKAGE_MANAGERS, depth=3) or \
+                self.trusted(ev, ctx, SECURITY_CONFIG_WRITERS, depth=2):
+            return None
+        who = base(ev.proc.exe) or ev.proc.comm
+        hit = Hit(f"Security/logging configuration {path} {op} by {who}",
+                  {"path": path, "op": op})
+        return stop_if_untrusted(self, ev, ctx, hit, f"the change of {path} (the actor's tree stopped)")
+
+
+# ---- 17c. hunting for secrets by name ------------------------------------------------------
+
+SEARCH_TOOLS = frozenset({"find", "bfs", "locate", "plocate", "mlocate", "slocate", "fd", "fdfind"})
+_FIND_NAME_OPTS = frozenset({"-name", "-iname", "-path", "-ipath", "-wholename", "-iwholename",
+                             "-regex", "-iregex", "-lname", "-ilname"})
+SECRET_NAMES = re.compile(
+    r"id_(rsa|dsa|ecdsa|ed25519)|\.ppk\b|\.kdbx\b|\.p12\b|\.pfx\b|\.jks\b|\.keystore\b"
+    r"|git-credentials|\.netrc\b|\.pgpass\b|credentials|authorized_keys|known_hosts"
+    r"|\.aws\b|\.azure\b|\.kube\b|kubeconfig|\.gnupg\b|secring|pubring|\.gpg\b|wallet\.dat"
+    r"|accesstokens\.json|azureprofile\.json|application_default_credentials|\.vault-token"
+    r"|\.docker/config\.json|\.ssh\b|\bshadow\b|passw(or)?d|secret|private.?key|\.pem\b|\.key\b",
+    re.IGNORECASE)
+# certificate maintenance looks for *.pem / *.key by design
+CERT_TOOLS = frozenset({"update-ca-certificates", "c_rehash", "certbot", "update-ca-trust",
+                        "trust", "p11-kit"})
+
+
+def search_patterns(argv: tuple[str, ...] | list[str]) -> list[str]:
+    """The name patterns a filesystem search looks for: ``find``'s ``-name``-style
+    operands; for ``locate``/``fd``, every non-option argument."""
+    tool = base(argv[0]) if argv else ""
+    args = list(argv[1:])
+    if tool in ("find", "bfs"):
+        return [args[i + 1] for i, a in enumerate(args[:-1]) if a in _FIND_NAME_OPTS]
+    return [a for a in args if not a.startswith("-")]
+
+
+class SecretHunt(SingleEvent):
+    """A filesystem search for the names of keys and credential stores (``find``
+    with ``-name id_rsa``, ``locate .git-credentials``...): the discovery step of a
+    credential theft (the reads that follow are ``behavior.credential_access``)."""
+
+    name = "behavior.secret_hunt"
+    event_types = frozenset({"exec"})
+    attack = ("T1552.001", "T1552.004", "T1083")
+    severity = "medium"
+    action = "alert"
+
+    def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
+        if not isinstance(ev, ExecEvent) or not ev.argv:
+            return None
+        tool = base(ev.proc.exe)
+        if tool not in SEARCH_TOOLS and base(ev.argv[0]) not in SEARCH_TOOLS:
+            return None
+        argv = [tool if tool in SEARCH_TOOLS else base(ev.argv[0]), *ev.argv[1:]]
+        found = sorted({m.group(0).lower() for p in search_patterns(argv)
+                        for m in [SECRET_NAMES.search(p)] if m})
+        if not found:
+            return None
+        if self.trusted(ev, ctx, PACKAGE_MANAGERS, depth=3) or \
+                self.trusted(ev, ctx, CERT_TOOLS, depth=2):
+            return None
+        return Hit(f"Search for secret files ({', '.join(found)[:80]}): {' '.join(ev.argv)[:120]}",
+                   {"argv": list(ev.argv), "names": found})
+
+
+# ---- 17d. hidden files and directories in the shared temp dirs --------------------------
+
+# the hidden entries the system itself keeps there (X, ICE, font server, PostgreSQL sockets)
+_SYSTEM_HIDDEN = re.compile(r"^\.(X\d+-lock|X11-unix|ICE-unix|font-unix|XIM-unix|Test-unix"
+                            r"|s\.PGSQL\.\d+(\.lock)?|com\.google\.Chrome\..*|org\.chromium\..*"
+                            r"|java_pid\d+|attach_pid\d+)$")
+HIDDEN_WRITERS = frozenset({"systemd", "systemd-tmpfiles", "Xorg", "Xwayland", "gdm", "gdm3",
+                            "sddm", "lightdm", "postgres", "postmaster", "java", *PACKAGE_MANAGERS})
+
+
+def hidden_temp_entry(path: str) -> str | None:
+    """The hidden entry directly under a shared temp dir that ``path`` is, or lies in
+    (``/var/tmp/.x`` for ``/var/tmp/.x`` and ``/var/tmp/.x/y``); None otherwise."""
+    for d in TEMP_DIRS:
+        if path.startswith(d + "/"):
+            top = path[len(d) + 1:].split("/", 1)[0]
+            if top.startswith(".") and top not in (".", "..") and not _SYSTEM_HIDDEN.match(top):
+                return f"{d}/{top}"
+    return None
+
+
+class HiddenTempArtifact(SingleEvent):
+    """A hidden file or directory made in /tmp, /var/tmp or /dev/shm (``mkdir
+    /var/tmp/.x``, a file created in it, a rename to a dot name): where droppers stage
+    payloads out of a casual ``ls``.  The system's own hidden entries there (X, ICE,
+    PostgreSQL sockets) and their daemons are not reported."""
+
+    name = "behavior.hidden_temp_artifact"
+    event_types = frozenset({"exec", "open", "rename", "hips"})
+    attack = ("T1564.001",)
+    severity = "medium"
+    action = "alert"
+
+    def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
+        if isinstance(ev, ExecEvent):
+            if base(ev.proc.exe) != "mkdir":
+                return None
+            made = [h for a in ev.argv[1:] if not a.startswith("-")
+                    for h in [hidden_temp_entry(os.path.normpath(os.path.join(ev.cwd, a)))] if h]
+            if not made:
+                return None
+            entry = made[0]
+        else:
+            path = written_path(ev)
+            if path is None or (isinstance(ev, FileEvent) and ev.op == "open"
+                                and not ev.flags & O_CREAT):
+                return None
+            h = hidden_temp_entry(path)
+            if h is None:
+                return None
+            entry = h
+        if self.trusted(ev, ctx, HIDDEN_WRITERS, depth=2):
+            return None
+        who = base(ev.proc.exe) or ev.proc.comm
+        return Hit(f"Hidden temp-dir artefact {entry} made by {who}", {"path": entry})
 
 
 # ---- 18. kernel modules and BPF --------------------------------------------------------------
@@ -1733,7 +1912,8 @@ ALL_RULE_CLASSES: tuple[type[BehaviorRule], ...] = (
     ReverseShell, ReverseShellCommand, ServiceSpawnsShell, DownloadExecute, ExecFromTemp, MemfdExec,
     Masquerade, CredentialAccess, ProcMemAccess, PtraceInjection, LdPreload, LoaderEnvInjection,
     PipedPayload, AccountChange,
-    SetuidBits, SudoersPam, LogClearing, KillSecurityTools, FirewallTamper, KernelModuleLoad,
+    SetuidBits, SudoersPam, LogClearing, KillSecurityTools, FirewallTamper, SecurityConfigTamper,
+    SecretHunt, HiddenTempArtifact, KernelModuleLoad,
     BpfLoad, PortScan, MiningPool, Ransomware, PtySocketShell, DecodedPayloadShell,
 )
 
