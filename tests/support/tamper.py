@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 from bastion.control import request
+from bastion.errors import ControlError
 from bastion.kernel import bpffs
 from bastion.store.db import Store
 
@@ -88,7 +89,17 @@ class Instance:
             self.stderr.append(line)
 
     def status(self) -> dict[str, object]:
-        return request(self.gsock, "status")
+        try:
+            return request(self.gsock, "status")
+        except ControlError as exc:
+            raise AssertionError(f"guardian does not answer ({exc}); {self.guardian_state()}") from exc
+
+    def guardian_state(self) -> str:
+        """Whether the guardian lives, and the end of its stderr: what a failure report needs."""
+        g = self.guardian
+        alive = "not started" if g is None else (
+            "alive" if g.poll() is None else f"exited with {g.returncode}")
+        return f"guardian {alive}; its stderr ends:\n" + "".join(self.stderr[-40:])
 
     def agent_pid(self) -> int:
         return int(self.status()["agent_pid"])  # type: ignore[call-overload]
@@ -108,7 +119,7 @@ class Instance:
                     proc_state(pid) in ALIVE:  # type: ignore[index,union-attr]
                 return pid
             time.sleep(0.1)
-        raise AssertionError(f"no agent (not {not_pid}) came up:\n" + "".join(self.stderr[-20:]))
+        raise AssertionError(f"no agent (not {not_pid}) came up; " + self.guardian_state())
 
     # ---- attackers (always inside the test cgroup) ---------------------------------------
     def attack(self, argv: list[str], timeout: float = 20) -> subprocess.CompletedProcess[str]:
@@ -136,7 +147,8 @@ class Instance:
                     return a
             if time.monotonic() > deadline:
                 raise AssertionError(f"no alert {rule}; have: "
-                                     f"{[(a['rule'], a['title']) for a in self.alerts()]}")
+                                     f"{[(a['rule'], a['title']) for a in self.alerts()]}; "
+                                     + self.guardian_state())
             time.sleep(0.1)
 
     def stop(self, token_file: Path) -> dict[str, object]:

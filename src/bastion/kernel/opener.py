@@ -26,6 +26,7 @@ import errno
 import os
 import struct
 import threading
+import time
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,6 +231,34 @@ def stat_ppid_start(pid: int) -> tuple[int, int]:
     return st.ppid, st.start_ns
 
 
+SYSCALL_SETTLE_S: Final = 0.05
+"""How long :func:`open_flags` waits for a blocked opener to be seen asleep."""
+
+
+def _blocked_syscall(tid: int, settle_s: float = SYSCALL_SETTLE_S) -> bytes:
+    """``/proc/TID/syscall`` of a task that is blocking in the kernel.
+
+    A permission event is queued (and the listener woken) *before* the opener
+    sleeps in fanotify's wait; read in that window the kernel answers
+    ``running`` with no arguments.  The opener cannot return until answered, so
+    it is asleep within microseconds: yield, then sleep briefly, until it is, for
+    at most ``settle_s`` (then ``running`` is returned: flags unknown, the caller
+    fails closed)."""
+    line = read_proc(f"/proc/{tid}/syscall")
+    if not line.startswith(b"running"):
+        return line
+    deadline = time.monotonic() + settle_s
+    spins = 0
+    while line.startswith(b"running") and time.monotonic() < deadline:
+        if spins < 50:
+            os.sched_yield()
+        else:
+            time.sleep(0.0005)
+        spins += 1
+        line = read_proc(f"/proc/{tid}/syscall")
+    return line
+
+
 def open_flags(tid: int) -> int | None:
     """The blocked opener's open flags; -1 inside execve; None when unknown.
 
@@ -242,7 +271,7 @@ def open_flags(tid: int) -> int | None:
     if sc is None:
         return None
     try:
-        fields = read_proc(f"/proc/{tid}/syscall").split()
+        fields = _blocked_syscall(tid).split()
         nr = int(fields[0])
         args = [int(x, 16) for x in fields[1:7]]
     except (OSError, ValueError, IndexError):
