@@ -62,7 +62,7 @@ from bastion.guard.identity import ROLE_AGENT, ROLE_GUARDIAN, Identity
 from bastion.guard.kernel import TamperKernel, TamperRecord
 from bastion.guard.token import MaintenanceWindow, TokenStore, source_of
 from bastion.procstat import read_stat
-from bastion.store.db import Store
+from bastion.store.owned import OwnedStore
 from bastion.timefmt import format_time
 
 log = logging.getLogger("bastion.guard")
@@ -254,7 +254,7 @@ class Guardian:
         self.window = MaintenanceWindow(cfg.data_dir, cfg.window_s)
         self.tk: TamperKernel | None = None
         self.files: Any = None            # FileGuard on the compat tier
-        self.store: Store | None = None
+        self.store: OwnedStore | None = None   # its own fd table: see store/owned.py
         self.protected: protect.ProtectedSet | None = None
         self.me: Identity | None = None
         self.agent: _AgentProc | None = None
@@ -328,7 +328,7 @@ class Guardian:
 
     def setup(self) -> None:
         self.cfg.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.store = Store.open(self.cfg.data_dir)
+        self.store = OwnedStore.open(self.cfg.data_dir)
         self._limits = {r: resource.getrlimit(r) for r in RLIMITS}
         self._join_cgroup()
         self.me = Identity.of(os.getpid(), ROLE_GUARDIAN)
