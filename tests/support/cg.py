@@ -17,7 +17,9 @@ def scoped_cgroup() -> Iterator[tuple[Path, int]]:
     try:
         yield path, cgroup.cgroup_id(path)
     finally:
-        cgroup.remove(path)
+        # a SIGKILLed agent can take seconds to be freed on a loaded host (its BPF
+        # objects released, its zombie reaped): the cgroup stays busy until then
+        cgroup.remove(path, timeout_s=30.0)
 
 
 def run_in(cg: Path, argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
