@@ -1,0 +1,76 @@
+"""A real nats-server (Debian's package) with JetStream for the fleet tests: a free
+port, a temporary store dir; stop/start keeps the store (a broker outage)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+NATS_SERVER = shutil.which("nats-server") or "/usr/bin/nats-server"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class NatsServer:
+    def __init__(self, store: Path, config: str = "") -> None:
+        self.store = store
+        self.port = free_port()
+        self.config = config
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = store.parent / f"nats-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        args = [NATS_SERVER, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store),
+                "-l", str(self.log)]
+        if self.config:
+            conf = self.store.parent / f"nats-{self.port}.conf"
+            conf.write_text(self.config)
+            args += ["-c", str(conf)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError("nats-server exited: " + (self.log.read_text()
+                                                               if self.log.exists() else ""))
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("nats-server did not listen")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+
+def nats_server(tmp: Path, config: str = "") -> Iterator[NatsServer]:
+    if not Path(NATS_SERVER).exists():
+        pytest.fail("nats-server is not installed (scripts/install-deps.sh installs it)")
+    tmp.mkdir(parents=True, exist_ok=True)
+    srv = NatsServer(tmp / "js", config)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
