@@ -88,7 +88,7 @@ def test_fleet_section_parses(tmp_path: Path, keys: tuple[Ed25519PrivateKey, Pat
     ("  servers: [nats://u:p@x:1]\n", 3, "not in the URL"),
     ("  servers: [nats://x]\n  host: a.b\n", 4, "one subject token"),
     ("  servers: [nats://x]\n  user: a\n", 4, "user and password go together"),
-    ("  servers: [nats://x]\n  token: t\n  user: a\n  password: b\n", 4, "use one of"),
+    ("  servers: [nats://x]\n  token: t\n  user: a\n  password: b\n", 5, "use one of"),
     ("  servers: [nats://x]\n  creds: /nonexistent/h.creds\n", 4, "does not exist"),
     ("  servers: [nats://x]\n  tls: {ca: /nonexistent/ca.pem}\n", 4, "does not exist"),
     ("  servers: [nats://x]\n  public_key: {PRIV}\n", 4, "not a PEM public key"),
