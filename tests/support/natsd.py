@@ -74,3 +74,50 @@ def nats_server(tmp: Path, config: str = "") -> Iterator[NatsServer]:
         yield srv
     finally:
         srv.stop()
+
+
+def stream_messages(url: str, stream: str = "BASTION", **conn: object) -> list[tuple[str, str, dict]]:  # type: ignore[type-arg]
+    """Every message the stream holds: (subject, Nats-Msg-Id, decoded JSON)."""
+    import asyncio
+    import json
+
+    import nats
+
+    async def go() -> list[tuple[str, str, dict]]:  # type: ignore[type-arg]
+        nc = await nats.connect(url, **conn)  # type: ignore[arg-type]
+        try:
+            js = nc.jetstream()
+            info = await js.stream_info(stream)
+            out = []
+            for seq in range(info.state.first_seq, info.state.last_seq + 1):
+                if info.state.messages == 0:
+                    break
+                m = await js.get_msg(stream, seq)
+                out.append((m.subject, (m.headers or {}).get("Nats-Msg-Id", ""),
+                            json.loads(m.data or b"{}")))
+            return out
+        finally:
+            await nc.close()
+
+    return asyncio.run(go())
+
+
+def kv_get(url: str, bucket: str, key: str) -> bytes | None:
+    import asyncio
+
+    import nats
+    import nats.js.errors
+
+    async def go() -> bytes | None:
+        nc = await nats.connect(url)
+        try:
+            kv = await nc.jetstream().key_value(bucket)
+            try:
+                e = await kv.get(key)
+            except nats.js.errors.KeyNotFoundError:
+                return None
+            return bytes(e.value or b"")
+        finally:
+            await nc.close()
+
+    return asyncio.run(go())
