@@ -121,3 +121,43 @@ def kv_get(url: str, bucket: str, key: str) -> bytes | None:
             await nc.close()
 
     return asyncio.run(go())
+
+
+class Consumer:
+    """One durable JetStream pull consumer on ``subject``: each :meth:`drain` returns the
+    messages delivered since the previous one (acked), as (subject, msg id, JSON)."""
+
+    def __init__(self, url: str, subject: str = "bastion.*.alerts.>", stream: str = "BASTION",
+                 durable: str = "test-consumer") -> None:
+        self.url, self.subject, self.stream, self.durable = url, subject, stream, durable
+        self.seen: list[tuple[str, str, dict]] = []  # type: ignore[type-arg]
+
+    def drain(self) -> list[tuple[str, str, dict]]:  # type: ignore[type-arg]
+        import asyncio
+        import json
+
+        import nats
+        import nats.errors
+
+        async def go() -> list[tuple[str, str, dict]]:  # type: ignore[type-arg]
+            nc = await nats.connect(self.url)
+            out = []
+            try:
+                js = nc.jetstream()
+                sub = await js.pull_subscribe(self.subject, durable=self.durable, stream=self.stream)
+                while True:
+                    try:
+                        msgs = await sub.fetch(100, timeout=0.5)
+                    except nats.errors.TimeoutError:
+                        break
+                    for m in msgs:
+                        out.append((m.subject, (m.headers or {}).get("Nats-Msg-Id", ""),
+                                    json.loads(m.data)))
+                        await m.ack()
+            finally:
+                await nc.close()
+            return out
+
+        new = asyncio.run(go())
+        self.seen += new
+        return new
