@@ -116,3 +116,17 @@ def test_disk_queue_is_bounded_and_survives_reopen(tmp_path: Path) -> None:
     q2 = DiskQueue(tmp_path / "q.db", max_records=100)
     assert len(q2) == 90 and q2.peek(1)[0][1] == "id10"   # oldest first, after restart
     q2.close()
+
+
+def test_guardian_protects_the_files_the_fleet_section_names(tmp_path: Path,
+                                                             keys: tuple[Ed25519PrivateKey, Path]) -> None:
+    from bastion.fleet.config import referenced_files
+
+    _, pub = keys
+    creds = tmp_path / "h.creds"
+    creds.write_text("x")
+    pol = tmp_path / "p.yaml"
+    pol.write_text(f"version: 1\nfleet:\n  servers: [nats://x]\n  creds: {creds}\n  public_key: {pub}\n")
+    plain = tmp_path / "q.yaml"
+    plain.write_text("version: 1\n")
+    assert referenced_files([pol, plain]) == [pub, creds]

@@ -273,3 +273,20 @@ def parse_fleet_text(text: str, source: str) -> FleetSpec | None:
 
 __all__ = ["ConnSpec", "FleetSpec", "TlsSpec", "parse_fleet_section", "parse_fleet_text",
            "subject_token", "default_host", "STREAM", "POLICY_BUCKET", "HOSTS_BUCKET", "POLICY_KEY"]
+
+
+def referenced_files(policy_paths: list[Path] | tuple[Path, ...]) -> list[Path]:
+    """The files the ``fleet:`` sections of these policy files name (public key, creds,
+    TLS): the guardian protects them with the policy (a replaced public key would let
+    its holder push policy at the next start)."""
+    out: list[Path] = []
+    for path in policy_paths:
+        if not path.is_file():
+            continue
+        spec = parse_fleet_text(path.read_text(encoding="utf-8"), str(path))
+        if spec is None:
+            continue
+        tls = spec.conn.tls or TlsSpec()
+        out += [f for f in (spec.public_key, spec.conn.creds, tls.ca, tls.cert, tls.key)
+                if f is not None]
+    return out
