@@ -90,7 +90,9 @@ class FleetSpec:
 
 
 def default_host() -> str:
-    return subject_token(socket.gethostname().split(".")[0])
+    """``BASTION_FLEET_HOST`` (the DaemonSet sets the node name), else the short hostname."""
+    env = os.environ.get("BASTION_FLEET_HOST", "")
+    return subject_token(env or socket.gethostname().split(".")[0])
 
 
 def _readable(p: NodeParser, n: yaml.Node, what: str) -> Path | None:
