@@ -180,3 +180,22 @@ def test_policy_rollout_refusals(srv: NatsServer, tmp_path: Path) -> None:
         assert rec2.applied[0][0] == "version: 1\nmode: enforce\n"
     finally:
         link2.close()
+
+
+def test_a_full_queue_is_alerted_not_silent(srv: NatsServer, tmp_path: Path) -> None:
+    srv.stop()                                   # the broker is away for the whole test
+    spec = FleetSpec(conn=ConnSpec(servers=(srv.url,)), host="host-a")
+    q = DiskQueue(tmp_path / "q.db", 100)
+    link = FleetLink(spec, data_dir=tmp_path, queue=q)
+    rec = Recorder()
+    link.bind(None, rec.alert, lambda: {})
+    out = FleetOutput(spec, q, link)
+    out.write([("alert", _alert(i)) for i in range(100)])
+    with pytest.raises(OverflowError, match="fleet queue full"):
+        out.write([("alert", _alert(i)) for i in range(30)])
+    with pytest.raises(OverflowError):
+        out.write([("alert", _alert(0))])
+    full = [a for a in rec.alerts if a[0] == "bastion.fleet.queue_full"]
+    assert len(full) == 1 and full[0][3]["refused"] == 30 and full[0][2] == "high"
+    assert len(q) == 100 and q.refused == 31
+    q.close()

@@ -116,6 +116,8 @@ class FleetLink:
         self._stop = threading.Event()
         self._last_revision = 0
         self._live_sha = ""      # the fleet policy this process applied
+        self._refused_unsaid = 0
+        self._refused_said_at = float("-inf")
         self._status_put: Callable[[], Any] | None = None
 
     def bind(self, apply: ApplyFn | None, alert: AlertFn, info: InfoFn) -> None:
@@ -176,6 +178,20 @@ class FleetLink:
                 "queue_refused": self.queue.refused if self.queue is not None else 0,
                 "publish_errors": self.publish_errors, "policy_version": self.state.version,
                 "policy_sha256": self.state.sha256}
+
+    def queue_full(self, refused: int) -> None:
+        """Records refused by the full disk queue (output worker): alerted at most once a
+        minute (that alert itself may find the queue full: it stays in the local store)."""
+        self._refused_unsaid += refused
+        now = time.monotonic()
+        if now - self._refused_said_at < 60.0:
+            return
+        n, self._refused_unsaid, self._refused_said_at = self._refused_unsaid, 0, now
+        self._say("bastion.fleet.queue_full",
+                  f"Fleet queue full ({len(self.queue or [])} records waiting for the broker): "
+                  f"{n} records not queued for the fleet", "high",
+                  {"refused": n, "queue_refused_total": self.queue.refused if self.queue else 0,
+                   "connected": self.connected})
 
     # ---- the policy path (fleet thread; apply runs the agent's own path) -----------
 

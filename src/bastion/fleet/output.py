@@ -44,6 +44,7 @@ class FleetOutput:
             refused = self.queue.put_many(recs)
             self.link.wake()
             if refused:
+                self.link.queue_full(refused)
                 raise OverflowError(f"fleet queue full ({self.queue.max_records} records): "
                                     f"{refused} records not queued")
 
