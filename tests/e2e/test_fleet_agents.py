@@ -130,6 +130,9 @@ def test_two_agents_one_consumer_outage_and_signed_rollout(fleet: dict[str, Any]
     time.sleep(2)
     ids = [m[2]["id"] for m in consumer.seen]
     assert len(ids) == len(set(ids)), "an alert arrived twice"
+    from support.natsd import stream_messages  # type: ignore[import-not-found]
+    stored = [m[2]["id"] for m in stream_messages(url)]
+    assert len(stored) == len(set(stored)) and set(ids) <= set(stored)
     got = outage_alerts()
     assert len(got) == 8
     assert sorted(m[0] for m in got) == sorted(f"bastion.{h}.alerts.high" for h in HOSTS for _ in range(4))
@@ -140,7 +143,10 @@ def test_two_agents_one_consumer_outage_and_signed_rollout(fleet: dict[str, Any]
     pol = tmp_path / "fleet-policy.yaml"
     pol.write_text("version: 1\nmode: enforce\nrules:\n" + _rule("fleet-no-whoami", shared,
                                                                   "/usr/bin/whoami"))
-    assert _runs(shared, "/usr/bin/whoami")
+    r0 = subprocess.run([str(shared), "-c", "/usr/bin/whoami"], capture_output=True, text=True,
+                        timeout=30)
+    assert r0.returncode == 0, (r0.returncode, r0.stdout, r0.stderr,
+                                [m[2]["title"] for m in consumer.seen[-5:]])
     r = subprocess.run([BASTION, "fleet", "push", str(pol), "--key", str(fleet["key"]),
                         "--server", url], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr

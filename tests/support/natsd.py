@@ -125,12 +125,18 @@ def kv_get(url: str, bucket: str, key: str) -> bytes | None:
 
 class Consumer:
     """One durable JetStream pull consumer on ``subject``: each :meth:`drain` returns the
-    messages delivered since the previous one (acked), as (subject, msg id, JSON)."""
+    messages delivered since the previous one (acked), as (subject, msg id, JSON).
+
+    A redelivery (an ack lost, or a message caught by a fetch that timed out: nats-py
+    says such a request can outlive its client) has the stream sequence already seen and
+    is not counted twice; two stream sequences with one alert id would be a real
+    duplicate.  ``ack_wait`` is short so such a message comes back quickly."""
 
     def __init__(self, url: str, subject: str = "bastion.*.alerts.>", stream: str = "BASTION",
                  durable: str = "test-consumer") -> None:
         self.url, self.subject, self.stream, self.durable = url, subject, stream, durable
         self.seen: list[tuple[str, str, dict]] = []  # type: ignore[type-arg]
+        self._seqs: set[int] = set()
 
     def drain(self) -> list[tuple[str, str, dict]]:  # type: ignore[type-arg]
         import asyncio
@@ -138,21 +144,26 @@ class Consumer:
 
         import nats
         import nats.errors
+        from nats.js.api import ConsumerConfig
 
         async def go() -> list[tuple[str, str, dict]]:  # type: ignore[type-arg]
             nc = await nats.connect(self.url)
             out = []
             try:
                 js = nc.jetstream()
-                sub = await js.pull_subscribe(self.subject, durable=self.durable, stream=self.stream)
+                sub = await js.pull_subscribe(self.subject, durable=self.durable, stream=self.stream,
+                                              config=ConsumerConfig(ack_wait=2.0))
                 while True:
                     try:
                         msgs = await sub.fetch(100, timeout=0.5)
-                    except nats.errors.TimeoutError:
-                        break
+                    except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                        break   # nothing more now (nats-py raises either)
                     for m in msgs:
-                        out.append((m.subject, (m.headers or {}).get("Nats-Msg-Id", ""),
-                                    json.loads(m.data)))
+                        seq = m.metadata.sequence.stream
+                        if seq not in self._seqs:
+                            self._seqs.add(seq)
+                            out.append((m.subject, (m.headers or {}).get("Nats-Msg-Id", ""),
+                                        json.loads(m.data)))
                         await m.ack()
             finally:
                 await nc.close()
