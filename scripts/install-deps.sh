@@ -19,6 +19,8 @@ fi
 # starts its own service; Bastion's tests run their own servers, so that one is disabled.
 if ! dpkg-query -W -f='${Status}' nats-server 2>/dev/null | grep -q "install ok installed"; then
   export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
   apt-get install -y -qq --no-install-recommends nats-server >/dev/null
-  systemctl disable --now nats-server >/dev/null 2>&1 || systemctl disable nats-server >/dev/null 2>&1 || true
+  if [ -d /run/systemd/system ]; then systemctl disable --now nats-server
+  else systemctl disable nats-server; fi   # no systemd running: only the wants link
 fi
