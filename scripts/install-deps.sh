@@ -15,3 +15,12 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# Fleet (docs/deploy.md): nats-server for the NATS tests. The Debian package enables and
+# starts its own service; Bastion's tests run their own servers, so that one is disabled.
+if ! dpkg-query -W -f='${Status}' nats-server 2>/dev/null | grep -q "install ok installed"; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends nats-server >/dev/null
+  if [ -d /run/systemd/system ]; then systemctl disable --now nats-server
+  else systemctl disable nats-server; fi   # no systemd running: only the wants link
+fi

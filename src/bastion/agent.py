@@ -39,6 +39,7 @@ from bastion.timefmt import format_time
 from bastion.store.remote import store_handlers
 
 if TYPE_CHECKING:  # the kernel-backed parts are built by bastion.assembly, not imported here
+    from bastion.fleet.link import FleetLink
     from bastion.enforce.tiers import TierReport
     from bastion.integrity.worker import WorkerScanner
     from bastion.enforce.lsm import BpfLoadGuard
@@ -124,6 +125,7 @@ class AgentParts:
     bpf_guard: BpfLoadGuard | None = None
     bpf_loaders: tuple[Path, ...] = ()
     outputs: OutputManager | None = None
+    fleet: FleetLink | None = None       # NATS fleet link (policy rollout, host status)
     metrics: Metrics | None = None
     notices: tuple[Finding, ...] = ()
     sigma: dict[str, Any] = field(default_factory=dict)   # rules live, from where, or why none
@@ -181,6 +183,10 @@ class Agent:
         self.outputs = parts.outputs
         self.metrics = parts.metrics
         self.policies = parts.policies
+        self.fleet = parts.fleet
+        if self.fleet is not None:
+            self.fleet.bind(self._fleet_apply if self.policies is not None else None,
+                            self.raise_fleet_alert, self._fleet_info)
         self.apply_opts = apply_opts or {}
         self.keep_pins = keep_pins        # under the guardian: enforcement outlives restarts
         self.pin_dir = pin_dir
@@ -297,6 +303,7 @@ class Agent:
             "store_events": self._count_stored_events(),
             "store": self.store_health.to_json(len(self._store_queue)),
             "protections": self.protections(),
+            "fleet": self.fleet.stats() if self.fleet is not None else "off",
         }
 
     def _count_stored_events(self) -> int | None:
@@ -363,6 +370,32 @@ class Agent:
         self._pending.append(Finding(rule=rule, title=title, severity=severity, attack=(),
                                      action="alert", event=None, pid=int(evidence.get("client_pid") or 0),
                                      evidence=evidence))
+
+    # ---- fleet (the fleet link's thread) ----------------------------------------------
+
+    def raise_fleet_alert(self, rule: str, title: str, severity: str,
+                          evidence: dict[str, Any]) -> None:
+        self._pending.append(Finding(rule=rule, title=title, severity=severity,
+                                     attack=("T1072",) if severity != "info" else (),
+                                     action="alert", event=None, pid=os.getpid(),
+                                     evidence=evidence))
+
+    def _fleet_info(self) -> dict[str, Any]:
+        return {"tier": str(self.tier.tier) if self.tier is not None else "replay",
+                "agent_pid": os.getpid(), "events_total": self.summary.events}
+
+    def _fleet_apply(self, text: str, source: str) -> dict[str, Any]:
+        """A verified fleet policy: the same path as ``policy.apply`` (parse, compile and
+        check everything, then one atomic swap); its signature stands for the token."""
+        assert self.policies is not None
+        with self._policy_lock:
+            applied = self.policies.apply_text(text, source, **self.apply_opts)
+        for d in applied.degraded:
+            self._pending.append(Finding(
+                rule="bastion.policy.degraded", title=f"Policy rule not enforceable here: {d}",
+                severity="high", attack=(), action="alert", event=None, pid=os.getpid(),
+                evidence={"policy": source, "degraded": d}))
+        return applied.summary()
 
     # ---- policy (control thread) -----------------------------------------------------
 
@@ -910,6 +943,8 @@ class Agent:
             if self.policy.integrity.interval_s and self.tier is not None:
                 threading.Thread(target=self._integrity_loop, args=(stop,), name="bastion-integrity",
                                  daemon=True).start()
+            if self.fleet is not None:
+                self.fleet.start()   # after the local policy: a fleet policy replaces it
             self._heartbeat = self._last_health = self._last_retention = time.monotonic()
             self.ready.set()
             pump.run(stop, self._handle, tick=self._tick)
@@ -936,6 +971,8 @@ class Agent:
                 self.shadow.close()
             if self.outputs is not None:
                 self.outputs.close(timeout=5)
+            if self.fleet is not None:
+                self.fleet.close(timeout=5)
             if self.metrics is not None:
                 self.metrics.close()
         self.summary.uptime_s = time.monotonic() - self._started

@@ -246,10 +246,13 @@ def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
         engine = Engine([*builtin_rules(),
                          *behavior_rules(policy.behavior, live_probes() if report else None),
                          *extra])
-        if policy.outputs:
+        if policy.outputs or policy.fleet is not None:
             from bastion.outputs import build_manager
 
-            parts.outputs = build_manager(list(policy.outputs))
+            parts.outputs = build_manager(list(policy.outputs), start=False)
+            if policy.fleet is not None:
+                _fleet_parts(parts, policy, opts.data_dir)
+            parts.outputs.start()
         if policy.metrics is not None:
             from bastion.metrics import Metrics
 
@@ -274,6 +277,21 @@ def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
         store.close()
         raise
     return agent
+
+
+def _fleet_parts(parts: AgentParts, policy: AgentConfig, data_dir: Path) -> None:
+    """The NATS fleet link (policy rollout, host status) and its output (alerts, events)."""
+    from bastion.fleet.link import FleetLink
+    from bastion.fleet.output import FleetOutput
+    from bastion.fleet.queue import DiskQueue
+
+    spec = policy.fleet
+    assert spec is not None and parts.outputs is not None
+    queue = (DiskQueue(data_dir / "fleet-queue.db", spec.queue_max)
+             if spec.alerts or spec.events else None)
+    parts.fleet = FleetLink(spec, data_dir=data_dir, queue=queue)
+    if queue is not None:
+        parts.outputs.add(FleetOutput(spec, queue, parts.fleet), events=spec.events)
 
 
 def _kernel_parts(parts: AgentParts, opts: AgentOptions, report: TierReport) -> None:

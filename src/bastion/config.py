@@ -23,6 +23,7 @@ from bastion.abi import EVENT_CLASSES
 from bastion.detect.behavior import rule_names
 from bastion.detect.behavior.config import BehaviorConfig, parse_behavior_node
 from bastion.outputs.config import MetricsSpec, OutputSpec, parse_metrics_section, parse_outputs_section
+from bastion.fleet.config import FleetSpec, parse_fleet_section
 from bastion.policy.model import HipsPolicy
 from bastion.policy.parse import build, parse_default, parse_mode, parse_rules
 from bastion.yamlparse import NodeParser
@@ -119,6 +120,7 @@ class AgentConfig:
     outputs: tuple[OutputSpec, ...] = ()             # where events and alerts are shipped
     metrics: MetricsSpec | None = None               # Prometheus endpoint
     alerts: AlertLimits = field(default_factory=AlertLimits)  # rate limits, quota, store queue
+    fleet: FleetSpec | None = None                   # NATS fleet link (bastion/fleet)
     text: str = ""                                   # the document as written
     warnings: tuple[ConfigError, ...] = ()           # need --force to apply
 
@@ -396,6 +398,9 @@ def parse_policy(text: str, source: str) -> AgentConfig:
     def behavior(n: yaml.Node) -> None:
         out["behavior"] = parse_behavior_node(n, p, rule_names())
 
+    def fleet(n: yaml.Node) -> None:
+        out["fleet"] = parse_fleet_section(p, n)
+
     def sigma_installed(n: yaml.Node) -> None:
         if (b := p.boolean(n, "sigma_installed")) is not None:
             out["sigma_installed"] = b
@@ -405,7 +410,8 @@ def parse_policy(text: str, source: str) -> AgentConfig:
                                    "alerts": alerts,
                                    "integrity": integrity, "shield": shield_node,
                                    "mode": mode, "default": default, "rules": rules,
-                                   "sigma": sigma_dirs, "sigma_installed": sigma_installed})
+                                   "sigma": sigma_dirs, "sigma_installed": sigma_installed,
+                                   "fleet": fleet})
     if "version" not in values and isinstance(root, yaml.MappingNode):
         p.err(root, "the policy lacks 'version: 1'")
     hips_policy = build(p, root, hips.get("mode"), hips.get("default"), hips.get("rules", ()))
@@ -417,7 +423,7 @@ def parse_policy(text: str, source: str) -> AgentConfig:
     return AgentConfig(alerts=AlertLimits(**al), source=source, events=EventsConfig(**ev), store=StoreConfig(**st),
                   hips=hips_policy, sigma=tuple(sigma),
                   sigma_installed=bool(out.get("sigma_installed", True)), text=text, warnings=tuple(p.warnings),
-                  outputs=out.get("outputs", ()), metrics=out.get("metrics"),
+                  outputs=out.get("outputs", ()), metrics=out.get("metrics"), fleet=out.get("fleet"),
                   behavior=out.get("behavior", BehaviorConfig()),
                   integrity=IntegrityConfig(**integ), shield=ShieldConfig(**shield))
 

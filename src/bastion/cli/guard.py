@@ -193,6 +193,10 @@ def guardian_cmd(data_dir: Path, guardian_socket: Path, pin_root: Path,
     # /run/bastion (0700 root) holds the sockets: protected, so root cannot put an impostor
     # there (lsm tier); a socket elsewhere (tests) leaves its directory alone
     run_dir = protect.RUN_DIR if guardian_socket.parent == protect.RUN_DIR else None
+    from bastion.fleet.config import referenced_files
+
+    # the fleet section's public key, creds and TLS files are protected with the policy
+    config_paths = (*config_paths, *referenced_files(config_paths))
     paths = protect.default_paths(data_dir=data_dir, config_paths=config_paths, pin_root=pin_root,
                                   install_tree=not no_install_tree, extra=protect_paths,
                                   run_dir=run_dir)

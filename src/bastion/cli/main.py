@@ -27,6 +27,7 @@ from bastion.tier import Tier
 from bastion.cli.behavior import rollback_cmd
 from bastion.cli.guard import (GUARDIAN_SOCKET, guardian_cmd, maintenance_group, require_token,
                                set_token_cmd, stop_cmd)
+from bastion.cli.fleet import fleet_group
 from bastion.cli.integrity import integrity_group
 from bastion.cli.policy import learn_cmd, policy_group
 from bastion.cli.service import install_cmd, uninstall_cmd
@@ -396,6 +397,7 @@ def log_verify(data_dir: Path, socket_path: Path, anchor_files: tuple[Path, ...]
 
 
 cli.add_command(events_cmd)
+cli.add_command(fleet_group)
 cli.add_command(alerts_cmd)
 cli.add_command(policy_group)
 cli.add_command(learn_cmd)
