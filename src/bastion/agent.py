@@ -25,6 +25,7 @@ from bastion.config import AgentConfig
 from bastion.control import ControlServer
 from bastion.detect.engine import Engine, Finding, Rule, RuleContext
 from bastion.errors import BastionError, StoreError
+from bastion.containers import ContainerResolver
 from bastion.events import Event, HipsEvent, to_json
 from bastion.guard.token import TokenStore
 from bastion.metrics import Metrics
@@ -130,6 +131,8 @@ class AgentParts:
     sigma_rules: tuple[Rule, ...] = ()                     # the Sigma group in the engine
     # reload the Sigma group (after `bastion sigma update`): (rules, info like ``sigma``)
     sigma_loader: Callable[[], tuple[list[Rule], dict[str, Any]]] | None = None
+    # container context on every event (local cgroup + runtime state, cached by cgroup id)
+    containers: ContainerResolver | None = None
 
 
 class Agent:
@@ -181,6 +184,7 @@ class Agent:
         self.outputs = parts.outputs
         self.metrics = parts.metrics
         self.policies = parts.policies
+        self.containers = parts.containers
         self.apply_opts = apply_opts or {}
         self.keep_pins = keep_pins        # under the guardian: enforcement outlives restarts
         self.pin_dir = pin_dir
@@ -781,14 +785,19 @@ class Agent:
                 attack=(), action="alert", event=None, pid=os.getpid()))
             return False
 
-    def process(self, batch: list[Event]) -> None:
+    def process(self, batch: list[Event]) -> list[Event]:
+        """Handle a batch; returns it enriched (process table, container context)."""
         rows = []
+        seen: list[Event] = []
         by_type = self.summary.by_type
         batch_types: dict[str, int] = {}
         t0 = time.perf_counter()
         for ev in batch:
             self.procs.update(ev)
             ev = self.procs.enrich(ev)
+            if self.containers is not None:
+                ev = self.containers.enrich(ev)
+            seen.append(ev)
             j = to_json(ev)
             rows.append(j)
             if self.outputs is not None:
@@ -808,9 +817,10 @@ class Agent:
             self.metrics.count_events(batch_types)
             self.metrics.observe_rules(time.perf_counter() - t0)
         self.summary.events += len(batch)
+        return seen
 
     def _handle(self, source: Source, batch: list[Event]) -> None:
-        self.process(batch)
+        batch = self.process(batch)
         if source.findings is not None:
             for ev in batch:
                 f = source.findings(ev)
@@ -932,6 +942,8 @@ class Agent:
                     self.summary.enforcement = f"HIPS enforcement removed (pins{where} deleted)"
             if self.quarantine is not None:
                 self.quarantine.close()
+            if self.containers is not None:
+                self.containers.close()
             if self.shadow is not None:
                 self.shadow.close()
             if self.outputs is not None:

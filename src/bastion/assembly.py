@@ -260,6 +260,10 @@ def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
             say(f"metrics on http://{policy.metrics.host}:{port}/metrics")
         if report is not None:
             _kernel_parts(parts, opts, report)
+            from bastion.containers import ContainerResolver
+            from bastion.kernel.bpffs import cgroup2_root
+
+            parts.containers = ContainerResolver(cgroup2=str(cgroup2_root()))
         dispatcher = make_dispatcher(procs, dry_run=policy.behavior.dry_run, quarantine=parts.quarantine)
         agent_ref: list[Agent] = []
         dispatcher.after("behavior.ransomware", "kill", _shadow_incident_hook(agent_ref, procs))

@@ -1,0 +1,527 @@
+"""Container context: which container (runtime, id, name, image, pod) a process runs in.
+
+Resolved from local facts only, never from the network:
+
+1. **The cgroup**, by the event's cgroup id (cgroup v2, the id the kernel stamps on
+   every record): ``open_by_handle_at`` on the cgroup2 mount turns the id into the
+   directory the kernel knows (no pid race, a dead process still resolves).  When
+   the v2 path names no container (a runtime that uses only the v1 hierarchies),
+   every line of ``/proc/<pid>/cgroup`` is read instead, checked against the
+   event's start time.  :func:`parse_cgroup_path` knows the names the runtimes
+   give: ``libpod-<id>`` (podman), ``docker-<id>.scope`` / ``docker/<id>``,
+   ``cri-containerd-<id>.scope``, ``crio-<id>``, ``kubepods…/pod<uid>/<id>``.
+2. **The runtime's own state on disk** for that id: podman/CRI-O
+   (``containers/storage`` ``containers.json`` and the bundle's ``config.json``),
+   containerd (``/run/containerd/io.containerd.runtime.v2.task/<ns>/<id>/config.json``),
+   docker (``/var/lib/docker/containers/<id>/config.v2.json``), runc
+   (``/run/runc/<id>/state.json``).  Names, image and the Kubernetes pod,
+   namespace and container name come from there (OCI annotations
+   ``io.kubernetes.*``).
+
+**What is trusted.**  A cgroup *name* is not an identity: anyone holding a
+delegated cgroup subtree (rootless podman, a systemd user manager) can create
+``libpod-<64 hex>``.  A container is ``verified`` only when (a) its cgroup
+directory and every ancestor are owned by root and writable by nobody else,
+and (b) the runtime state for that id exists in root-owned files reached
+without a symlink (``openat2`` ``RESOLVE_NO_SYMLINKS|RESOLVE_NO_MAGICLINKS``,
+``O_NOFOLLOW``, regular file, size-capped).  Only verified containers carry
+metadata and only they match ``container:`` selectors in policy and rule
+trust; an unverified one is still reported (``verified: false`` with the
+reason) so nothing is hidden.  Everything read from runtime state is
+attacker-influenced (an image's labels, a pod's names): it is size-capped,
+type-checked and cut to :data:`FIELD_MAX` characters, and it never decides
+whether a process *is* in a container — only what it is called.
+
+Results are cached by cgroup id (bounded LRU); the event path does a dict
+lookup, the first event of a new cgroup a few small reads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import fnmatch
+import json
+import os
+import re
+import stat
+import struct
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from bastion.errors import DecodeError
+from bastion.kernel.openat2 import RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS, openat2
+
+if TYPE_CHECKING:
+    from bastion.events import Event, Proc
+
+RUNTIMES: Final = ("docker", "containerd", "cri-o", "podman", "runc")
+STATE_MAX_BYTES: Final = 4 << 20     # a runtime state file larger than this is refused
+FIELD_MAX: Final = 256               # longest name/image/pod kept (characters)
+CAP_SYS_ADMIN: Final = 21
+_HEX64 = r"[0-9a-f]{64}"
+_UID = r"[0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12}"
+# leaf component -> runtime (a conmon / pause helper is not the workload)
+_LEAF: Final = (
+    (re.compile(rf"^libpod-({_HEX64})(?:\.scope)?$"), "podman"),
+    (re.compile(rf"^docker-({_HEX64})\.scope$"), "docker"),
+    (re.compile(rf"^cri-containerd-({_HEX64})\.scope$"), "containerd"),
+    (re.compile(rf"^crio-({_HEX64})(?:\.scope)?$"), "cri-o"),
+)
+_BARE: Final = re.compile(rf"^({_HEX64})$")
+_POD: Final = re.compile(rf"pod({_UID})(?:\.slice)?$")
+_RUNC_ID: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Container:
+    """The container a process runs in.  ``runtime`` and ``id`` always; the rest
+    where the runtime's state says so (verified containers only)."""
+
+    runtime: str
+    id: str
+    name: str = ""
+    image: str = ""
+    pod: str = ""            # Kubernetes pod name
+    namespace: str = ""      # Kubernetes namespace
+    pod_uid: str = ""
+    verified: bool = False
+    why: str = ""            # why not verified ("" when verified)
+    privileged: bool = False  # first process seen had CAP_SYS_ADMIN in the initial user namespace
+    cgroup: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"runtime": self.runtime, "id": self.id}
+        for k in ("name", "image", "pod", "namespace", "pod_uid"):
+            if v := getattr(self, k):
+                out[k] = v
+        out["verified"] = self.verified
+        if self.why:
+            out["why"] = self.why
+        if self.privileged:
+            out["privileged"] = True
+        if self.cgroup:
+            out["cgroup"] = self.cgroup
+        return out
+
+    @staticmethod
+    def from_json(obj: Any) -> Container:
+        if not isinstance(obj, Mapping):
+            raise DecodeError(f"container must be an object, not {type(obj).__name__}")
+        kw: dict[str, Any] = {}
+        for f in dataclasses.fields(Container):
+            if f.name not in obj:
+                continue
+            v = obj[f.name]
+            want = bool if f.name in ("verified", "privileged") else str
+            if not isinstance(v, want):
+                raise DecodeError(f"container field {f.name!r} has the wrong type")
+            kw[f.name] = v
+        unknown = set(obj) - {f.name for f in dataclasses.fields(Container)}
+        if unknown:
+            raise DecodeError(f"container has unknown field(s) {sorted(unknown)}")
+        if "runtime" not in kw or "id" not in kw:
+            raise DecodeError("container lacks 'runtime' or 'id'")
+        return Container(**kw)
+
+
+@dataclass(frozen=True, slots=True)
+class Selector:
+    """``container: {image: GLOB, name: GLOB, id: PREFIX, runtime: NAME, pod: GLOB,
+    namespace: GLOB}`` (every given key must match) or ``host: true`` (no container).
+    A container selector matches verified containers only: a cgroup that merely
+    looks like a container never gets a container's rules."""
+
+    host: bool = False
+    image: str = ""
+    name: str = ""
+    id: str = ""
+    runtime: str = ""
+    pod: str = ""
+    namespace: str = ""
+
+    KEYS: Final = ("image", "name", "id", "runtime", "pod", "namespace")  # type: ignore[misc]
+
+    def matches(self, c: Container | None) -> bool:
+        if self.host:
+            return c is None
+        if c is None or not c.verified:
+            return False
+        for key in ("image", "name", "pod", "namespace"):
+            pat = getattr(self, key)
+            if pat and not fnmatch.fnmatchcase(getattr(c, key), pat):
+                return False
+        if self.id and not (len(self.id) >= 12 and c.id.startswith(self.id)):
+            return False
+        return not self.runtime or self.runtime == c.runtime
+
+    def describe(self) -> str:
+        if self.host:
+            return "host"
+        return "container " + ", ".join(f"{k}={getattr(self, k)}" for k in self.KEYS
+                                        if getattr(self, k))
+
+
+def parse_cgroup_path(path: str) -> tuple[str, str, str] | None:
+    """(runtime, id, pod uid) named by a cgroup path, or None.  Pure.  A bare
+    64-hex leaf is a container of runtime ``""`` (the state decides which)."""
+    parts = [p for p in path.split("/") if p]
+    if not parts:
+        return None
+    pod = ""
+    for p in parts[:-1]:
+        if m := _POD.search(p):
+            pod = m.group(1).replace("_", "-")
+    leaf = parts[-1]
+    for rx, runtime in _LEAF:
+        if m := rx.match(leaf):
+            return runtime, m.group(1), pod
+    if m := _BARE.match(leaf):
+        parent = parts[-2] if len(parts) > 1 else ""
+        return ("docker" if parent == "docker" else ""), m.group(1), pod
+    return None
+
+
+def _cut(v: Any) -> str:
+    return v[:FIELD_MAX] if isinstance(v, str) else ""
+
+
+class StateReader:
+    """Reads runtime state files without following any symlink, root-owned only,
+    size-capped.  ``root`` prefixes every path (tests point it at a fake tree)."""
+
+    def __init__(self, root: str = "/", *, require_root_owner: bool = True) -> None:
+        self.root = root.rstrip("/") or ""
+        self.require_root_owner = require_root_owner
+
+    def read_json(self, path: str) -> Any:
+        """The JSON document at ``path``; OSError / ValueError name what is wrong."""
+        full = self.root + path
+        fd = openat2(-100, full, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK,
+                     RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise ValueError(f"{full}: not a regular file")
+            if self.require_root_owner and (st.st_uid != 0 or st.st_mode & 0o002):
+                raise ValueError(f"{full}: not owned by root (uid {st.st_uid}) or world-writable")
+            if st.st_size > STATE_MAX_BYTES:
+                raise ValueError(f"{full}: {st.st_size} bytes, more than {STATE_MAX_BYTES}")
+            chunks, left = [], STATE_MAX_BYTES + 1
+            while left > 0:
+                b = os.read(fd, min(left, 1 << 16))
+                if not b:
+                    break
+                chunks.append(b)
+                left -= len(b)
+            data = b"".join(chunks)
+            if len(data) > STATE_MAX_BYTES:
+                raise ValueError(f"{full}: grew past {STATE_MAX_BYTES} bytes while read")
+        finally:
+            os.close(fd)
+        try:
+            return json.loads(data)
+        except (ValueError, RecursionError) as exc:
+            raise ValueError(f"{full}: not JSON ({exc})") from None
+
+    def exists_dir(self, path: str) -> bool:
+        try:
+            fd = openat2(-100, self.root + path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
+                         RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)
+        except OSError:
+            return False
+        try:
+            st = os.fstat(fd)
+            return not self.require_root_owner or st.st_uid == 0
+        finally:
+            os.close(fd)
+
+    def listdir(self, path: str) -> list[str]:
+        try:
+            fd = openat2(-100, self.root + path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
+                         RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)
+        except OSError:
+            return []
+        try:
+            return os.listdir(fd)[:256]
+        finally:
+            os.close(fd)
+
+
+_STORAGE: Final = ("/var/lib/containers/storage", "/run/containers/storage")
+_CONTAINERD_TASKS: Final = ("/run/containerd/io.containerd.runtime.v2.task",
+                            "/run/containerd/io.containerd.runtime.v1.linux")
+
+
+def _annotations(doc: Any) -> dict[str, str]:
+    ann = doc.get("annotations") if isinstance(doc, dict) else None
+    if not isinstance(ann, dict):
+        return {}
+    return {k: v for k, v in list(ann.items())[:512] if isinstance(k, str) and isinstance(v, str)}
+
+
+def _k8s(ann: Mapping[str, str]) -> dict[str, str]:
+    """Kubernetes names from OCI annotations (containerd CRI and CRI-O spellings)."""
+    def first(*keys: str) -> str:
+        return next((_cut(ann[k]) for k in keys if k in ann), "")
+    return {"pod": first("io.kubernetes.cri.sandbox-name", "io.kubernetes.pod.name"),
+            "namespace": first("io.kubernetes.cri.sandbox-namespace", "io.kubernetes.pod.namespace"),
+            "name": first("io.kubernetes.cri.container-name", "io.kubernetes.container.name"),
+            "image": first("io.kubernetes.cri.image-name", "io.kubernetes.cri-o.ImageName"),
+            "pod_uid": first("io.kubernetes.cri.sandbox-uid", "io.kubernetes.pod.uid")}
+
+
+def read_state(reader: StateReader, runtime: str, cid: str) -> tuple[str, dict[str, str]]:
+    """(runtime, metadata) from the runtime's state for ``cid``; runtime ``""`` when no
+    runtime knows the id.  Raises ValueError for a state file that exists but is bad."""
+    meta: dict[str, str] = {}
+    if runtime in ("podman", "cri-o", ""):
+        for base in _STORAGE:
+            ud = f"{base}/overlay-containers/{cid}/userdata"
+            if not reader.exists_dir(ud):
+                continue
+            try:
+                ann = _annotations(reader.read_json(f"{ud}/config.json"))
+            except FileNotFoundError:
+                ann = {}
+            rt = runtime or ("podman" if ann.get("io.container.manager") == "libpod" else "cri-o")
+            meta.update({k: v for k, v in _k8s(ann).items() if v})
+            try:
+                listing = reader.read_json(f"{_STORAGE[0]}/overlay-containers/containers.json")
+            except FileNotFoundError:
+                listing = []
+            for entry in listing if isinstance(listing, list) else []:
+                if isinstance(entry, dict) and entry.get("id") == cid:
+                    names = entry.get("names")
+                    if isinstance(names, list) and names and "name" not in meta:
+                        meta["name"] = _cut(names[0])
+                    md = entry.get("metadata")
+                    try:
+                        mdd = json.loads(md) if isinstance(md, str) and len(md) < 65536 else {}
+                    except ValueError:
+                        mdd = {}
+                    if isinstance(mdd, dict) and mdd.get("image-name") and "image" not in meta:
+                        meta["image"] = _cut(mdd["image-name"])
+                    break
+            return rt, meta
+    if runtime in ("containerd", ""):
+        for base in _CONTAINERD_TASKS:
+            for ns in reader.listdir(base):
+                if not _RUNC_ID.match(ns):
+                    continue
+                bundle = f"{base}/{ns}/{cid}"
+                if reader.exists_dir(bundle):
+                    try:
+                        meta.update({k: v for k, v in
+                                     _k8s(_annotations(reader.read_json(f"{bundle}/config.json"))).items() if v})
+                    except FileNotFoundError:
+                        pass
+                    return "containerd", meta
+    if runtime in ("docker", ""):
+        d = f"/var/lib/docker/containers/{cid}"
+        if reader.exists_dir(d):
+            doc = reader.read_json(f"{d}/config.v2.json")
+            if isinstance(doc, dict):
+                meta["name"] = _cut(doc.get("Name", "")).lstrip("/")
+                cfg = doc.get("Config")
+                if isinstance(cfg, dict):
+                    meta["image"] = _cut(cfg.get("Image", ""))
+                    labels = cfg.get("Labels")
+                    if isinstance(labels, dict):
+                        meta.update({k: v for k, v in _k8s(
+                            {k: v for k, v in labels.items() if isinstance(v, str)}).items() if v})
+            return "docker", meta
+    if _RUNC_ID.match(cid) and reader.exists_dir(f"/run/runc/{cid}"):
+        doc = reader.read_json(f"/run/runc/{cid}/state.json")
+        if not isinstance(doc, dict) or doc.get("id") != cid:
+            raise ValueError(f"/run/runc/{cid}/state.json: does not describe {cid}")
+        return runtime or "runc", meta
+    return "", meta
+
+
+def _owner_ok(path: str, stop: str) -> str:
+    """"" when ``path`` and every ancestor down to ``stop`` are root-owned and
+    writable by root only; else the first offender."""
+    p = path
+    while True:
+        try:
+            st = os.lstat(p)
+        except OSError as exc:
+            return f"{p}: {exc.strerror}"
+        if st.st_uid != 0 or st.st_mode & 0o022:
+            return f"{p}: owned by uid {st.st_uid}, mode {st.st_mode & 0o777:o} (delegated cgroup)"
+        if p.rstrip("/") == stop.rstrip("/") or p in ("/", ""):
+            return ""
+        p = os.path.dirname(p.rstrip("/"))
+
+
+class _Handles:
+    """cgroup id -> v2 path through ``open_by_handle_at`` (kernfs handle type 0xfe)."""
+
+    def __init__(self, mount: str) -> None:
+        self.mount = mount
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._mfd = -1
+
+    def path(self, cgroup_id: int) -> str | None:
+        if self._mfd < 0:
+            try:
+                self._mfd = os.open(self.mount, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:
+                return None
+        raw = struct.pack("=IiQ", 8, 0xFE, cgroup_id)
+        buf = ctypes.create_string_buffer(raw, len(raw))
+        fd = int(self._libc.open_by_handle_at(self._mfd, buf, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+        if fd < 0:
+            return None
+        try:
+            return os.readlink(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        if self._mfd >= 0:
+            os.close(self._mfd)
+            self._mfd = -1
+
+
+def _proc_cgroups(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cgroup", "rb") as f:
+            raw = f.read(65536)
+    except OSError:
+        return []
+    return [line.split(b":", 2)[2].decode("utf-8", "replace")
+            for line in raw.splitlines() if line.count(b":") >= 2]
+
+
+def _privileged(pid: int) -> bool:
+    """CAP_SYS_ADMIN effective in the initial user namespace (kernel facts only)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            status = f.read(16384)
+        with open(f"/proc/{pid}/uid_map", "rb") as f:
+            uid_map = f.read(4096).split()
+    except OSError:
+        return False
+    if uid_map[:3] != [b"0", b"0", b"4294967295"]:
+        return False
+    for line in status.splitlines():
+        if line.startswith(b"CapEff:"):
+            return bool(int(line.split()[1], 16) >> CAP_SYS_ADMIN & 1)
+    return False
+
+
+class ContainerResolver:
+    """cgroup id (+ pid as a fallback) -> :class:`Container` or None, cached."""
+
+    def __init__(self, *, cgroup2: str = "/sys/fs/cgroup/unified", cgroup_v1: str = "/sys/fs/cgroup",
+                 state: StateReader | None = None, max_entries: int = 4096) -> None:
+        self.cgroup2 = cgroup2
+        self.cgroup_v1 = cgroup_v1
+        self.state = state or StateReader()
+        self.max_entries = max_entries
+        self._by_cgroup: OrderedDict[int, Container | None] = OrderedDict()
+        self._by_proc: OrderedDict[tuple[int, int], Container | None] = OrderedDict()
+        self._handles = _Handles(cgroup2)
+        self.lookups = 0
+        self.misses = 0
+        self.errors: dict[str, int] = {}
+
+    def close(self) -> None:
+        self._handles.close()
+
+    def _put(self, cache: OrderedDict[Any, Container | None], key: Any, c: Container | None) -> None:
+        cache[key] = c
+        while len(cache) > self.max_entries:
+            cache.popitem(last=False)
+
+    def for_proc(self, proc: Proc) -> Container | None:
+        self.lookups += 1
+        cid = proc.cgroup_id
+        if cid in self._by_cgroup:
+            self._by_cgroup.move_to_end(cid)
+            c = self._by_cgroup[cid]
+        else:
+            self.misses += 1
+            c = self._resolve_v2(cid, proc.pid)
+            self._put(self._by_cgroup, cid, c)
+        if c is not None:
+            return c
+        # the v2 cgroup names no container: a runtime may use the v1 hierarchies only
+        key = (proc.pid, proc.start_ns)
+        if key in self._by_proc:
+            self._by_proc.move_to_end(key)
+            return self._by_proc[key]
+        c = self._resolve_paths(_proc_cgroups(proc.pid), self.cgroup_v1, proc.pid, v1=True)
+        self._put(self._by_proc, key, c)
+        return c
+
+    def _resolve_v2(self, cgroup_id: int, pid: int) -> Container | None:
+        path = self._handles.path(cgroup_id) if cgroup_id else None
+        if path is None:
+            return None
+        rel = path[len(self.cgroup2):] if path.startswith(self.cgroup2) else path
+        return self._resolve_paths([rel or "/"], self.cgroup2, pid, v1=False)
+
+    def _resolve_paths(self, paths: list[str], mount: str, pid: int, *, v1: bool) -> Container | None:
+        for rel in paths:
+            parsed = parse_cgroup_path(rel)
+            if parsed is None:
+                continue
+            runtime, cid, pod_uid = parsed
+            full = self._find_dir(mount, rel, v1)
+            why = _owner_ok(full, mount) if full else f"cgroup {rel} not found under {mount}"
+            try:
+                found, meta = read_state(self.state, runtime, cid)
+            except (OSError, ValueError) as exc:
+                self.errors[type(exc).__name__] = self.errors.get(type(exc).__name__, 0) + 1
+                found, meta = "", {}
+                why = why or f"runtime state unreadable: {exc}"
+            if not found:
+                if not runtime:
+                    continue      # a bare hex name no runtime knows: not a container
+                why = why or f"no {runtime} state for {cid[:12]}"
+            verified = not why
+            return Container(
+                runtime=found or runtime, id=cid,
+                pod_uid=meta.get("pod_uid") or pod_uid,
+                **({k: meta[k] for k in ("name", "image", "pod", "namespace") if k in meta}
+                   if verified else {}),
+                verified=verified, why=why, privileged=_privileged(pid), cgroup=rel)
+        return None
+
+    def _find_dir(self, mount: str, rel: str, v1: bool) -> str:
+        if not v1:
+            return mount + rel
+        try:
+            hier = os.listdir(mount)
+        except OSError:
+            return ""
+        for h in sorted(hier):
+            if h == "unified":
+                continue
+            cand = f"{mount}/{h}{rel}"
+            if os.path.isdir(cand) and not os.path.islink(f"{mount}/{h}"):
+                return cand
+        return ""
+
+    def enrich(self, ev: Event) -> Event:
+        """The event with ``proc.container`` filled (the same object for host processes)."""
+        if ev.proc.container is not None:
+            return ev
+        c = self.for_proc(ev.proc)
+        if c is None:
+            return ev
+        return dataclasses.replace(ev, proc=dataclasses.replace(ev.proc, container=c))
+
+    def stats(self) -> dict[str, Any]:
+        return {"lookups": self.lookups, "misses": self.misses, "cached": len(self._by_cgroup),
+                "errors": dict(self.errors)}
+
+
+__all__ = ["Container", "ContainerResolver", "Selector", "StateReader", "parse_cgroup_path",
+           "read_state", "RUNTIMES", "STATE_MAX_BYTES", "FIELD_MAX"]
