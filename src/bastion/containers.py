@@ -47,12 +47,15 @@ import re
 import stat
 import struct
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
+
+import yaml
 
 from bastion.errors import DecodeError
+from bastion.yamlparse import NodeParser
 from bastion.kernel.openat2 import RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS, openat2
 
 if TYPE_CHECKING:
@@ -143,7 +146,7 @@ class Selector:
     pod: str = ""
     namespace: str = ""
 
-    KEYS: Final = ("image", "name", "id", "runtime", "pod", "namespace")  # type: ignore[misc]
+    KEYS: ClassVar[tuple[str, ...]] = ("image", "name", "id", "runtime", "pod", "namespace")
 
     def matches(self, c: Container | None) -> bool:
         if self.host:
@@ -165,23 +168,67 @@ class Selector:
                                         if getattr(self, k))
 
 
-def parse_cgroup_path(path: str) -> tuple[str, str, str] | None:
-    """(runtime, id, pod uid) named by a cgroup path, or None.  Pure.  A bare
-    64-hex leaf is a container of runtime ``""`` (the state decides which)."""
-    parts = [p for p in path.split("/") if p]
-    if not parts:
+def parse_selector(p: NodeParser, key: str, node: yaml.Node, what: str) -> Selector | None:
+    """``container: {image: .., name: ..}`` or ``host: true`` from YAML; problems go to
+    ``p`` with file:line:col."""
+    if key == "host":
+        v = p.scalar(node, f"{what}.host")
+        if v is None:
+            return None
+        if v.lower() not in ("true", "yes", "on"):
+            p.err(node, f"{what}.host must be true (to select processes outside every container), "
+                        f"not {v!r}")
+            return None
+        return Selector(host=True)
+    got: dict[str, str] = {}
+
+    def field_(k: str) -> Callable[[yaml.Node], None]:
+        def take(n: yaml.Node) -> None:
+            v = p.scalar(n, f"{what}.container.{k}")
+            if v is None:
+                return
+            if not v or len(v) > FIELD_MAX or "\0" in v:
+                p.err(n, f"{what}.container.{k} must be 1..{FIELD_MAX} characters")
+            elif k == "id" and not re.fullmatch(r"[0-9a-f]{12,64}", v):
+                p.err(n, f"{what}.container.id {v!r} must be 12 to 64 lowercase hex digits "
+                         "(a prefix of the container id)")
+            elif k == "runtime" and v not in RUNTIMES:
+                p.err(n, f"{what}.container.runtime {v!r} is not one of {', '.join(RUNTIMES)}")
+            else:
+                got[k] = v
+        return take
+
+    if not isinstance(node, yaml.MappingNode) or not node.value:
+        p.err(node, f"{what}.container must be a non-empty mapping of "
+                    f"{', '.join(Selector.KEYS)}")
         return None
+    before = len(p.problems)
+    p.mapping(node, f"{what}.container", {k: field_(k) for k in Selector.KEYS})
+    if len(p.problems) != before or not got:
+        return None
+    return Selector(image=got.get("image", ""), name=got.get("name", ""), id=got.get("id", ""),
+                    runtime=got.get("runtime", ""), pod=got.get("pod", ""),
+                    namespace=got.get("namespace", ""))
+
+
+def parse_cgroup_path(path: str) -> tuple[str, str, str] | None:
+    """(runtime, id, pod uid) named by a cgroup path, or None.  Pure.  The nearest
+    component that names a container counts (a container's own sub-cgroups, e.g.
+    systemd inside it, belong to it).  A bare 64-hex component is a container of
+    runtime ``""`` (the runtime state decides which, or that it is none)."""
+    parts = [p for p in path.split("/") if p]
     pod = ""
-    for p in parts[:-1]:
+    for p in parts:
         if m := _POD.search(p):
             pod = m.group(1).replace("_", "-")
-    leaf = parts[-1]
-    for rx, runtime in _LEAF:
-        if m := rx.match(leaf):
-            return runtime, m.group(1), pod
-    if m := _BARE.match(leaf):
-        parent = parts[-2] if len(parts) > 1 else ""
-        return ("docker" if parent == "docker" else ""), m.group(1), pod
+    for i in range(len(parts) - 1, -1, -1):
+        comp = parts[i]
+        for rx, runtime in _LEAF:
+            if m := rx.match(comp):
+                return runtime, m.group(1), pod
+        if m := _BARE.match(comp):
+            parent = parts[i - 1] if i else ""
+            return ("docker" if parent == "docker" else ""), m.group(1), pod
     return None
 
 
@@ -518,10 +565,37 @@ class ContainerResolver:
             return ev
         return dataclasses.replace(ev, proc=dataclasses.replace(ev.proc, container=c))
 
+    def inventory(self, *, max_dirs: int = 65536) -> list[tuple[int, Container | None]]:
+        """Every cgroup v2 directory now, as (cgroup id, its container or None for
+        the host).  For policy subjects (``container:`` / ``host:``); bounded, never
+        follows a symlink."""
+        out: list[tuple[int, Container | None]] = []
+        seen: dict[str, Container | None] = {}
+        stack = [(self.cgroup2, "")]
+        while stack and len(out) < max_dirs:
+            full, rel = stack.pop()
+            try:
+                st = os.lstat(full)
+                entries = list(os.scandir(full))
+            except OSError:
+                continue
+            parsed = parse_cgroup_path(rel or "/")
+            c: Container | None = None
+            if parsed is not None:
+                key = parsed[1]
+                if key not in seen:
+                    seen[key] = self._resolve_paths([rel], self.cgroup2, 0, v1=False)
+                c = seen[key]
+            out.append((st.st_ino, c))
+            for e in entries:
+                if e.is_dir(follow_symlinks=False):
+                    stack.append((e.path, f"{rel}/{e.name}"))
+        return sorted(out, key=lambda x: x[0])
+
     def stats(self) -> dict[str, Any]:
         return {"lookups": self.lookups, "misses": self.misses, "cached": len(self._by_cgroup),
                 "errors": dict(self.errors)}
 
 
-__all__ = ["Container", "ContainerResolver", "Selector", "StateReader", "parse_cgroup_path",
+__all__ = ["Container", "ContainerResolver", "Selector", "parse_selector", "StateReader", "parse_cgroup_path",
            "read_state", "RUNTIMES", "STATE_MAX_BYTES", "FIELD_MAX"]
