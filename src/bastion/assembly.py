@@ -189,7 +189,7 @@ def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
     A policy that cannot be applied here is refused before anything is
     attached.  ``say`` prints one operator-facing line (stderr in the CLI).
     """
-    from bastion.detect.behavior import behavior_rules, live_probes
+    from bastion.detect.behavior import behavior_rules, live_container_probes, live_probes
     from bastion.detect.engine import Engine, builtin_rules
     from bastion.store.db import Retention, Store
 
@@ -244,7 +244,8 @@ def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
         parts.sigma_rules = tuple(extra)
         parts.sigma_loader = lambda: load_sigma_group(quiet=True)
         engine = Engine([*builtin_rules(),
-                         *behavior_rules(policy.behavior, live_probes() if report else None),
+                         *behavior_rules(policy.behavior, live_probes() if report else None,
+                                         cprobes=live_container_probes() if report else None),
                          *extra])
         if policy.outputs:
             from bastion.outputs import build_manager

@@ -56,10 +56,21 @@ import yaml
 
 from bastion.errors import DecodeError
 from bastion.yamlparse import NodeParser
-from bastion.kernel.openat2 import RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS, openat2
 
 if TYPE_CHECKING:
     from bastion.events import Event, Proc
+
+# openat2 RESOLVE_* bits (kernel ABI; bastion.kernel.openat2 is imported only when a file
+# is read: importing the configuration must not load the kernel layer)
+RESOLVE_NO_MAGICLINKS: Final = 0x02
+RESOLVE_NO_SYMLINKS: Final = 0x04
+
+
+def openat2(dirfd: int, path: str, flags: int, resolve: int) -> int:
+    from bastion.kernel.openat2 import openat2 as _openat2
+
+    return _openat2(dirfd, path, flags, resolve)
+
 
 RUNTIMES: Final = ("docker", "containerd", "cri-o", "podman", "runc")
 STATE_MAX_BYTES: Final = 4 << 20     # a runtime state file larger than this is refused
