@@ -104,7 +104,7 @@ class Container:
     pod_uid: str = ""
     verified: bool = False
     why: str = ""            # why not verified ("" when verified)
-    privileged: bool = False  # first process seen had CAP_SYS_ADMIN in the initial user namespace
+    privileged: bool = False  # the runtime's state says privileged (podman annotation, docker HostConfig)
     cgroup: str = ""
 
     def to_json(self) -> dict[str, Any]:
@@ -346,6 +346,8 @@ def read_state(reader: StateReader, runtime: str, cid: str) -> tuple[str, dict[s
             except FileNotFoundError:
                 ann = {}
             rt = runtime or ("podman" if ann.get("io.container.manager") == "libpod" else "cri-o")
+            if ann.get("io.podman.annotations.privileged", "").upper() == "TRUE":
+                meta["privileged"] = "true"
             meta.update({k: v for k, v in _k8s(ann).items() if v})
             try:
                 listing = reader.read_json(f"{_STORAGE[0]}/overlay-containers/containers.json")
@@ -391,6 +393,12 @@ def read_state(reader: StateReader, runtime: str, cid: str) -> tuple[str, dict[s
                     if isinstance(labels, dict):
                         meta.update({k: v for k, v in _k8s(
                             {k: v for k, v in labels.items() if isinstance(v, str)}).items() if v})
+            try:
+                hc = reader.read_json(f"{d}/hostconfig.json")
+            except FileNotFoundError:
+                hc = {}
+            if isinstance(hc, dict) and hc.get("Privileged") is True:
+                meta["privileged"] = "true"
             return "docker", meta
     if _RUNC_ID.match(cid) and reader.exists_dir(f"/run/runc/{cid}"):
         doc = reader.read_json(f"/run/runc/{cid}/state.json")
@@ -454,23 +462,6 @@ def _proc_cgroups(pid: int) -> list[str]:
         return []
     return [line.split(b":", 2)[2].decode("utf-8", "replace")
             for line in raw.splitlines() if line.count(b":") >= 2]
-
-
-def _privileged(pid: int) -> bool:
-    """CAP_SYS_ADMIN effective in the initial user namespace (kernel facts only)."""
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            status = f.read(16384)
-        with open(f"/proc/{pid}/uid_map", "rb") as f:
-            uid_map = f.read(4096).split()
-    except OSError:
-        return False
-    if uid_map[:3] != [b"0", b"0", b"4294967295"]:
-        return False
-    for line in status.splitlines():
-        if line.startswith(b"CapEff:"):
-            return bool(int(line.split()[1], 16) >> CAP_SYS_ADMIN & 1)
-    return False
 
 
 class ContainerResolver:
@@ -549,7 +540,8 @@ class ContainerResolver:
                 pod_uid=meta.get("pod_uid") or pod_uid,
                 **({k: meta[k] for k in ("name", "image", "pod", "namespace") if k in meta}
                    if verified else {}),
-                verified=verified, why=why, privileged=_privileged(pid), cgroup=rel)
+                verified=verified, why=why,
+                privileged=verified and meta.get("privileged") == "true", cgroup=rel)
         return None
 
     def _find_dir(self, mount: str, rel: str, v1: bool) -> str:

@@ -29,7 +29,7 @@ def recorded_probes(path: Path) -> ContainerProbes | None:
     doc = json.loads(side.read_text())
     mi, ns = doc["mountinfo"], doc["mnt_ns"]
     return ContainerProbes(
-        mounts=lambda pid: parse_mountinfo(mi[str(pid)]) if str(pid) in mi else None,
+        mounts=lambda pid, cg: parse_mountinfo(mi[str(pid)]) if str(pid) in mi else None,
         mnt_ns=lambda pid: ns.get(str(pid)),
         host_mounts=parse_mountinfo(doc["host_mountinfo"]), host_mnt_ns=doc["host_mnt_ns"])
 

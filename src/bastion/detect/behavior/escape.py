@@ -33,6 +33,7 @@ O_CREAT: Final = 0o100
 O_TRUNC: Final = 0o1000
 RUNTIME_SOCKETS: Final = frozenset({"docker.sock", "containerd.sock", "podman.sock", "crio.sock",
                                     "dockershim.sock", "cri-dockerd.sock"})
+RUNTIME_HELPERS: Final = ("runc", "crun", "conmon", "containerd-shim-runc-v2", "runsc")
 # host directories whose files are the host's code, configuration or credentials
 HOST_SYSTEM: Final = ("/etc", "/root", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/boot",
                       "/var/spool/cron", "/var/lib/kubelet", "/var/lib/docker", "/var/lib/containers",
@@ -86,13 +87,18 @@ def under(path: str, prefixes: tuple[str, ...]) -> bool:
 
 @dataclass(frozen=True)
 class ContainerProbes:
-    """Live look-ups (None in replay): the mounts and mount namespace of a pid,
-    the host's mounts and mount namespace."""
+    """Live look-ups (None in replay).  ``mounts(pid, cgroup)``: the mount table of
+    the pid, or — the pid already gone (``touch``, ``logger`` are over before the
+    event is read) — of a live process of the same container cgroup (they share
+    the container's mount namespace); ``mnt_ns(pid)``; ``privileged(pid, cgroup)``:
+    CAP_SYS_ADMIN effective in the initial user namespace (the same fallback); the
+    host's mounts and mount namespace."""
 
-    mounts: Callable[[int], list[Mount] | None]
+    mounts: Callable[[int, str], list[Mount] | None]
     mnt_ns: Callable[[int], int | None]
     host_mounts: list[Mount]
     host_mnt_ns: int
+    privileged: Callable[[int, str], bool | None] = lambda pid, cg: None
 
 
 def _read(path: str, limit: int = 1 << 20) -> str | None:
@@ -110,18 +116,46 @@ def _ns(pid: int | str) -> int | None:
         return None
 
 
-def live_container_probes() -> ContainerProbes:
+def _caps_admin(pid: int) -> bool | None:
+    status, uid_map = _read(f"/proc/{pid}/status", 16384), _read(f"/proc/{pid}/uid_map", 4096)
+    if status is None or uid_map is None:
+        return None
+    if uid_map.split()[:3] != ["0", "0", "4294967295"]:
+        return False       # a user namespace: its capabilities are not the host's
+    for line in status.splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) >> 21 & 1)
+    return None
+
+
+def live_container_probes(cgroup2: str = "/sys/fs/cgroup/unified") -> ContainerProbes:
     """The host is what pid 1 sees, or (pid 1 unreadable, as on some platforms)
     what the agent sees: the agent runs in the host's mount namespace."""
     host = _ns(1) or _ns("self") or 0
     mi = _read("/proc/1/mountinfo") or _read("/proc/self/mountinfo") or ""
 
-    def mounts(pid: int) -> list[Mount] | None:
-        t = _read(f"/proc/{pid}/mountinfo")
-        return parse_mountinfo(t) if t is not None else None
+    def members(cg: str) -> list[int]:
+        if not cg.startswith("/") or ".." in cg.split("/"):
+            return []
+        procs = _read(f"{cgroup2}{cg}/cgroup.procs", 65536) or ""
+        return [int(x) for x in procs.split()[:16] if x.isdigit()]
+
+    def mounts(pid: int, cg: str) -> list[Mount] | None:
+        for p in (pid, *members(cg)):
+            t = _read(f"/proc/{p}/mountinfo")
+            if t is not None:
+                return parse_mountinfo(t)
+        return None
+
+    def privileged(pid: int, cg: str) -> bool | None:
+        for p in (pid, *members(cg)):
+            v = _caps_admin(p)
+            if v is not None:
+                return v
+        return None
 
     return ContainerProbes(mounts=mounts, mnt_ns=_ns, host_mounts=parse_mountinfo(mi),
-                           host_mnt_ns=host)
+                           host_mnt_ns=host, privileged=privileged)
 
 
 def host_path(m: Mount, path: str, host: list[Mount]) -> str | None:
@@ -203,7 +237,7 @@ class HostPathWrite(_ContainerRule):
         path = _write_intent(ev)
         if c is None or not path or self.cprobes is None or not path.startswith("/"):
             return None
-        mounts = self.cprobes.mounts(ev.proc.pid)
+        mounts = self.cprobes.mounts(ev.proc.pid, c.cgroup)
         if not mounts:
             return None
         m = mount_of(mounts, path)
@@ -241,7 +275,7 @@ class HostNamespace(_ContainerRule):
         # the runtime's own helpers (runc/crun init, conmon) start in the host namespace
         # before they join the container's: trusted by inode of the installed file only
         if isinstance(ev, ExecEvent) and self.trust.is_tool((ev.exe_dev, ev.exe_ino),
-                                                             ("runc", "crun", "conmon")):
+                                                             RUNTIME_HELPERS):
             return None
         return Hit(f"Process {ev.proc.exe or ev.proc.comm} in container {c.runtime}:{c.id[:12]} "
                    f"runs in the host's mount namespace", {**self.evidence(ev), "mnt_ns": ns})
@@ -249,7 +283,7 @@ class HostNamespace(_ContainerRule):
 
 class BlockDeviceMount(_ContainerRule):
     name = "behavior.container_block_mount"
-    event_types = frozenset({"exec"})
+    event_types = frozenset({"exec", "open", "connect"})
     attack = ("T1611", "T1006")
     severity = "critical"
     description = ("A container's mount table holds the root of a block-device filesystem "
@@ -264,7 +298,7 @@ class BlockDeviceMount(_ContainerRule):
         c = ev.proc.container
         if c is None or self.cprobes is None:
             return None
-        mounts = self.cprobes.mounts(ev.proc.pid)
+        mounts = self.cprobes.mounts(ev.proc.pid, c.cgroup)
         for m in mounts or ():
             if m.point == "/" or m.root != "/" or m.fstype not in BLOCK_FS or m.dev.startswith("0:"):
                 continue
@@ -292,7 +326,7 @@ class RuntimeSocket(_ContainerRule):
         c = ev.proc.container
         if c is None or self.cprobes is None or not isinstance(ev, NetEvent) or ev.family != "unix":
             return None
-        for m in self.cprobes.mounts(ev.proc.pid) or ():
+        for m in self.cprobes.mounts(ev.proc.pid, c.cgroup) or ():
             if os.path.basename(m.root) in RUNTIME_SOCKETS:
                 return Hit(f"Container {c.runtime}:{c.id[:12]} process {ev.proc.exe or ev.proc.comm} "
                            f"connected a unix socket with runtime socket {m.root} mounted at {m.point}",
@@ -315,11 +349,17 @@ class PrivilegedStart(_ContainerRule):
 
     def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
         c = ev.proc.container
-        if c is None or not c.privileged or self._said.get(c.id, ev.time_ns) is not None:
+        if c is None or not isinstance(ev, ExecEvent) or self._said.get(c.id, ev.time_ns) is not None:
+            return None
+        if self.trust.is_tool((ev.exe_dev, ev.exe_ino), RUNTIME_HELPERS):
+            return None   # runc/crun init holds every capability before it drops them
+        live = self.cprobes.privileged(ev.proc.pid, c.cgroup) if self.cprobes else None
+        if not (live or c.privileged):
             return None
         self._said.put(c.id, ev.time_ns, True)
+        why = "CAP_SYS_ADMIN in the host's user namespace" if live else "the runtime's state says so"
         return Hit(f"Privileged container started: {c.runtime}:{c.id[:12]}"
-                   f"{' (' + c.name + ')' if c.name else ''}", self.evidence(ev))
+                   f"{' (' + c.name + ')' if c.name else ''} ({why})", self.evidence(ev))
 
 
 ESCAPE_RULES: Final = (ReleaseAgentWrite, HostPathWrite, HostNamespace, BlockDeviceMount,
