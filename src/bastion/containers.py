@@ -560,13 +560,18 @@ class ContainerResolver:
         return ""
 
     def enrich(self, ev: Event) -> Event:
-        """The event with ``proc.container`` filled (the same object for host processes)."""
+        """The event with ``proc.container`` filled (the same object for host processes).
+
+        The actor record is filled in place: every decoded event has its own ``Proc``
+        and enrichment runs before the event is stored, published or evaluated, so no
+        one has seen it yet — two ``dataclasses.replace`` calls cost 7-12 µs per
+        container event here, the in-place fill 0.3 µs (bench/bench_containers.py)."""
         if ev.proc.container is not None:
             return ev
         c = self.for_proc(ev.proc)
-        if c is None:
-            return ev
-        return dataclasses.replace(ev, proc=dataclasses.replace(ev.proc, container=c))
+        if c is not None:
+            object.__setattr__(ev.proc, "container", c)
+        return ev
 
     def inventory(self, *, max_dirs: int = 65536) -> list[tuple[int, Container | None]]:
         """Every cgroup v2 directory now, as (cgroup id, its container or None for
