@@ -578,7 +578,6 @@ class ContainerResolver:
         the host).  For policy subjects (``container:`` / ``host:``); bounded, never
         follows a symlink."""
         out: list[tuple[int, Container | None]] = []
-        seen: dict[str, Container | None] = {}
         stack = [(self.cgroup2, "")]
         while stack and len(out) < max_dirs:
             full, rel = stack.pop()
@@ -587,13 +586,10 @@ class ContainerResolver:
                 entries = list(os.scandir(full))
             except OSError:
                 continue
-            parsed = parse_cgroup_path(rel or "/")
-            c: Container | None = None
-            if parsed is not None:
-                key = parsed[1]
-                if key not in seen:
-                    seen[key] = self._resolve_paths([rel], self.cgroup2, 0, v1=False)
-                c = seen[key]
+            # every directory on its own: two cgroups named after the same container id
+            # (the real one and a look-alike in a delegated subtree) are verified apart
+            c = (self._resolve_paths([rel], self.cgroup2, 0, v1=False)
+                 if parse_cgroup_path(rel or "/") is not None else None)
             out.append((st.st_ino, c))
             for e in entries:
                 if e.is_dir(follow_symlinks=False):

@@ -228,3 +228,75 @@ def test_escape_acts_from_a_privileged_container(rootfs: Path, containers: list[
     finally:
         listener.close()
         marker.unlink(missing_ok=True)
+
+
+def test_look_alike_cgroup_gets_no_container_policy(rootfs: Path, containers: list[str]) -> None:
+    """Attack: an unprivileged user with a delegated cgroup subtree (rootless podman, a
+    user systemd) names a cgroup after a REAL running container (``libpod-<its id>``,
+    so the runtime state exists) to get that container's looser policy.  The cgroup is
+    not root-owned: reported as a container, never verified, never matched by a
+    ``container:`` subject; a ``host: true`` rule still covers it.  The same for a
+    root-owned look-alike with an id no runtime knows."""
+    from bastion.config import parse_policy
+    from bastion.events import Proc
+    from bastion.policy.compile import resolve
+
+    name = f"bastion-test-{uuid.uuid4().hex[:8]}"
+    containers.append(name)
+    real = podman(*RUN, "--name", name, "--rootfs", str(rootfs), "/bin/sleep", "30")
+    root = cgroup2_root()
+    base = root / f"bastion-test-{uuid.uuid4().hex[:10]}"
+    delegated = base / "user"
+    fake_dirs = [delegated / f"libpod-{real}", base / f"libpod-{'ab' * 32}"]
+    victims: list[subprocess.Popen[bytes]] = []
+    try:
+        delegated.mkdir(parents=True)
+        os.chown(delegated, 65534, 65534)        # what systemd delegation does
+        for d in fake_dirs:
+            d.mkdir()
+            victims.append(subprocess.Popen(
+                ["/bin/sh", "-c", f'echo $$ > {d}/cgroup.procs && exec sleep 30']))
+        time.sleep(0.3)
+        r = ContainerResolver(cgroup2=str(root))
+        try:
+            got = []
+            for d, v in zip(fake_dirs, victims):
+                c = r.for_proc(Proc(v.pid, v.pid, 0, 65534, 65534, 65534, os.stat(d).st_ino, "sleep"))
+                assert c is not None and c.runtime == "podman" and not c.verified, c
+                assert not c.name, "no metadata for an unverified container"
+                got.append(c)
+            assert "delegated" in got[0].why and "uid 65534" in got[0].why
+            assert "no podman state" in got[1].why
+            inv = dict(r.inventory())
+        finally:
+            r.close()
+        real_c = next(c for c in inv.values() if c is not None and c.id == real and c.verified)
+        assert real_c.name == name
+        policy = parse_policy(
+            "version: 1\nmode: audit\ndefault: allow\nrules:\n"
+            f"  - name: ctr-allow\n    subject: {{container: {{name: '{name}'}}}}\n"
+            "    operations: [open-read]\n    objects: [/etc/shadow]\n    action: allow\n"
+            "  - name: host-audit\n    subject: {host: true}\n"
+            "    operations: [open-read]\n    objects: [/etc/shadow]\n    action: audit\n",
+            "p.yaml").hips
+        rp = resolve(policy)
+        ctr_ids = {i[1] for i in rp.rules[0].identities}
+        host_ids = {i[1] for i in rp.rules[1].identities}
+        fake_ids = {os.stat(d).st_ino for d in fake_dirs}
+        real_ids = {cg for cg, c in inv.items() if c is not None and c.id == real and c.verified}
+        assert real_ids and real_ids <= ctr_ids
+        assert not fake_ids & ctr_ids, "a look-alike cgroup got the container's rule"
+        assert fake_ids <= host_ids and not real_ids & host_ids
+    finally:
+        for v in victims:
+            v.kill()
+            v.wait()
+        for d in [*fake_dirs, delegated, base]:
+            for _ in range(50):
+                try:
+                    d.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.1)
