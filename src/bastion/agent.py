@@ -185,6 +185,7 @@ class Agent:
         self.metrics = parts.metrics
         self.policies = parts.policies
         self.containers = parts.containers
+        self._ctr_gen = 0
         self.apply_opts = apply_opts or {}
         self.keep_pins = keep_pins        # under the guardian: enforcement outlives restarts
         self.pin_dir = pin_dir
@@ -842,6 +843,10 @@ class Agent:
             # files replaced by rename (passwd, sed -i, upgrades): follow the names;
             # globs and subjects are re-expanded less often
             full = now - self._last_full_resolve >= FULL_RESOLVE_INTERVAL_S
+            if self.containers is not None and self.containers.generation != self._ctr_gen:
+                # a container appeared: container:/host: subjects are re-resolved now
+                self._ctr_gen = self.containers.generation
+                full = True
             with self._policy_lock:
                 drifted = self.policies.refresh(full=full)
             for f in drifted:

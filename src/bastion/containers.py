@@ -478,6 +478,7 @@ class ContainerResolver:
         self._handles = _Handles(cgroup2)
         self.lookups = 0
         self.misses = 0
+        self.generation = 0          # grows with every newly seen verified container
         self.errors: dict[str, int] = {}
 
     def close(self) -> None:
@@ -514,7 +515,10 @@ class ContainerResolver:
         if path is None:
             return None
         rel = path[len(self.cgroup2):] if path.startswith(self.cgroup2) else path
-        return self._resolve_paths([rel or "/"], self.cgroup2, pid, v1=False)
+        c = self._resolve_paths([rel or "/"], self.cgroup2, pid, v1=False)
+        if c is not None and c.verified:
+            self.generation += 1     # the agent re-resolves container:/host: subjects
+        return c
 
     def _resolve_paths(self, paths: list[str], mount: str, pid: int, *, v1: bool) -> Container | None:
         for rel in paths:
