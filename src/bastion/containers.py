@@ -454,6 +454,17 @@ class _Handles:
             self._mfd = -1
 
 
+def _same_process(pid: int, start_ns: int) -> bool:
+    """Is ``pid`` still the process that started at ``start_ns`` (tick tolerance)?"""
+    from bastion.procstat import TICK_NS, read_stat
+
+    try:
+        st = read_stat(pid, Path("/proc"))
+    except (OSError, ValueError, IndexError):
+        return False
+    return not start_ns or abs(st.start_ns - start_ns) < TICK_NS
+
+
 def _proc_cgroups(pid: int) -> list[str]:
     try:
         with open(f"/proc/{pid}/cgroup", "rb") as f:
@@ -506,6 +517,8 @@ class ContainerResolver:
         if key in self._by_proc:
             self._by_proc.move_to_end(key)
             return self._by_proc[key]
+        if not _same_process(proc.pid, proc.start_ns):
+            return None      # gone, or the pid is another process's now: nothing to read
         c = self._resolve_paths(_proc_cgroups(proc.pid), self.cgroup_v1, proc.pid, v1=True)
         self._put(self._by_proc, key, c)
         return c
