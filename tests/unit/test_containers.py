@@ -284,3 +284,45 @@ def test_container_subject_errors_name_the_place() -> None:
     assert "c.yaml:6:27: unknown key 'imag' in subject.container" in msg
     assert "c.yaml:11:59: subject.container.id 'ZZZ' must be 12 to 64 lowercase hex digits" in msg
     assert "c.yaml:20:21: subject.host must be true" in msg
+
+
+# ---- behaviour-rule trust ---------------------------------------------------------------
+
+def test_rule_trust_selects_verified_containers_and_the_host() -> None:
+    from bastion.detect.behavior import behavior_rules, parse_behavior, rule_names
+    from bastion.detect.engine import Engine, RuleContext
+    from bastion.events import FileEvent
+    from bastion.proctable import ProcessTable
+
+    cfg = parse_behavior(
+        "behavior:\n  rules:\n    behavior.container_release_agent:\n"
+        "      trust: [{container: {name: 'cgroup-admin'}}]\n", "b.yaml", rule_names())
+    rules = behavior_rules(cfg)
+    eng, ctx = Engine(rules), RuleContext(ProcessTable())
+
+    def write_release_agent(c: Container) -> list[str]:
+        ev = FileEvent(1, Proc(5, 5, 1, 0, 0, 0, 9000, "sh", exe="/bin/sh", container=c),
+                       op="open", path="/sys/fs/cgroup/x/release_agent", flags=0o1)
+        return [f.rule for f in eng.evaluate(ev, ctx)]
+
+    admin = Container("podman", H, name="cgroup-admin", verified=True)
+    assert "behavior.container_release_agent" not in write_release_agent(admin)
+    # the same name on an unverified (look-alike) container is not trusted
+    assert "behavior.container_release_agent" in write_release_agent(
+        dataclasses.replace(admin, verified=False, why="no podman state"))
+    assert "behavior.container_release_agent" in write_release_agent(
+        dataclasses.replace(admin, name="web"))
+
+
+def test_rule_trust_errors_name_the_place() -> None:
+    from bastion.detect.behavior import parse_behavior, rule_names
+    from bastion.detect.behavior.config import BehaviorConfigError
+
+    with pytest.raises(BehaviorConfigError) as exc:
+        parse_behavior("behavior:\n  rules:\n    behavior.container_privileged:\n"
+                       "      trust: [{container: {runtime: lxc}}, {host: no}, {exe: /x}]\n",
+                       "b.yaml", rule_names())
+    msg = str(exc.value)
+    assert "b.yaml:4:37: behavior.rules.behavior.container_privileged.trust.container.runtime 'lxc'" in msg
+    assert "b.yaml:4:51: behavior.rules.behavior.container_privileged.trust.host must be true" in msg
+    assert "b.yaml:4:56: behavior.rules.behavior.container_privileged.trust entries are" in msg
