@@ -305,3 +305,45 @@ def test_look_alike_cgroup_gets_no_container_policy(rootfs: Path, containers: li
                     break
                 except OSError:
                     time.sleep(0.1)
+
+
+def test_container_subject_is_enforced_on_a_real_container(rootfs: Path, containers: list[str]) -> None:
+    """A ``container: {name: ...}`` rule compiled against the live cgroups kills an exec
+    inside that podman container (compat tier: SIGKILL at sched_process_exec), scoped
+    to the container's cgroup with a dead-man deadline; the object is the rootfs's own
+    busybox copy.  The same policy gives a host process nothing (not its subject)."""
+    from bastion.config import parse_policy
+    from bastion.enforce.hips_kernel import HipsKernel
+    from bastion.policy.compile import compile_plan, resolve
+
+    name = f"bastion-test-{uuid.uuid4().hex[:8]}"
+    containers.append(name)
+    cid = podman(*RUN, "--name", name, "--rootfs", str(rootfs), "/bin/sleep", "30")
+    pid = int(podman("inspect", "-f", "{{.State.Pid}}", cid))
+    rel = _v2_path(pid)
+    cg_path = cgroup2_root() / rel.lstrip("/")
+    bb = rootfs / "bin" / "busybox"
+    policy = parse_policy(
+        "version: 1\nmode: enforce\ndefault: allow\nrules:\n"
+        f"  - name: no-busybox-in-{name}\n    subject: {{container: {{name: '{name}'}}}}\n"
+        f"    operations: [exec]\n    objects: ['{bb}']\n    action: deny\n", "c.yaml").hips
+    rp = resolve(policy)
+    cg_id = os.stat(cg_path).st_ino
+    assert rp.rules and {i[1] for i in rp.rules[0].identities} == {cg_id}
+    hk = HipsKernel("compat", cgroup_id=cg_id, deadline_s=60, self_tgid=os.getpid(),
+                    cgroup_path=cg_path)
+    hk.open()
+    try:
+        hk.apply(compile_plan(rp))
+        hk.poll(0)
+        p = subprocess.run([str(PODMAN), *BASE, "exec", name, "/bin/ls", "/"], capture_output=True,
+                           text=True, timeout=120)
+        time.sleep(0.05)
+        evs = hk.poll(0)
+    finally:
+        hk.close()
+    assert p.returncode == 137, (p.returncode, p.stdout, p.stderr)
+    assert any(e.op == "exec" and e.action == "deny" and e.enforced and e.rule_id == 1
+               for e in evs), evs
+    host = subprocess.run([str(bb), "true"], timeout=30)
+    assert host.returncode == 0
