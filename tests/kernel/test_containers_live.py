@@ -7,7 +7,7 @@ manager on this cgroup v1 hybrid host) runs a busybox rootfs built here, offline
 * escape acts done from inside a real privileged container, each scoped so the
   host is not harmed: a write to a test-only file under /tmp through the host's
   root bound at /host; ``nsenter`` into the test's own (host) mount namespace to
-  run the host's ``sh -c 'sleep 1'``; the ext2 filesystem of a test loop device mounted at /mnt; an
+  run the host's ``/bin/true`` (gone before its event is read); the ext2 filesystem of a test loop device mounted at /mnt; an
   open of core_pattern for appending with nothing written; a unix connect with a
   test-owned socket named podman.sock bound in.  Each raises its rule, with the
   container in the alert.
@@ -193,7 +193,7 @@ def test_escape_acts_from_a_privileged_container(rootfs: Path, containers: list[
     listener.bind(str(sockdir / "podman.sock"))                    # a test-owned look-alike
     listener.listen(1)
     script = (f"touch /host{marker}; "
-              f"nsenter -t {os.getpid()} -m /bin/sh -c 'sleep 1'; "
+              f"nsenter -t {os.getpid()} -m /bin/true; "
               f"mount -t ext2 {loopdev} /mnt && ls /mnt; "
               "exec 3>>/proc/sys/kernel/core_pattern; exec 3>&-; "
               "logger bastion-test 2>/dev/null; "
@@ -226,6 +226,8 @@ def test_escape_acts_from_a_privileged_container(rootfs: Path, containers: list[
             bms = {a["evidence"]["source"]: a for a in w.alerts_of(cid, "behavior.container_block_mount")}
             assert bms[loopdev]["evidence"]["fstype"] == "ext2" and bms[loopdev]["evidence"]["mount"] == "/mnt"
             assert any(a["evidence"]["mount"] == "/host" for a in bms.values())
+            hn = w.alerts_of(cid, "behavior.container_host_namespace")[0]
+            assert hn["evidence"].get("host_file") == "/usr/bin/true" or "mnt_ns" in hn["evidence"]
             ra = w.alerts_of(cid, "behavior.container_release_agent")[0]
             assert ra["evidence"]["path"] == "/proc/sys/kernel/core_pattern"
             rs = w.alerts_of(cid, "behavior.container_runtime_socket")[0]

@@ -11,7 +11,7 @@ silent there rather than guess.
 |---|---|---|
 | ``behavior.container_release_agent`` | a container process opens a cgroup ``release_agent`` or ``/proc/sys/kernel/core_pattern`` for writing | T1611 |
 | ``behavior.container_host_write`` | a container process writes a file that its mount table maps to a host path outside the container's own root (a bind of ``/`` or of a system directory) | T1611 |
-| ``behavior.container_host_namespace`` | a process in a container's cgroup runs in the host's mount namespace (``nsenter``/``setns`` into the host) | T1611 |
+| ``behavior.container_host_namespace`` | a process in a container's cgroup runs in the host's mount namespace, or executes the host's own file at the host's path for it (``nsenter``/``setns``/``chroot`` into the host) | T1611 |
 | ``behavior.container_block_mount`` | a container's mount table holds the root of a block-device filesystem (``mount /dev/vda /mnt``) | T1611, T1006 |
 | ``behavior.container_runtime_socket`` | a container process connects a unix socket while its mount table exposes a runtime socket (docker, containerd, podman, cri-o) | T1610, T1611 |
 | ``behavior.container_privileged`` | the first process seen in a container has CAP_SYS_ADMIN in the initial user namespace | T1610, T1611 |
@@ -99,6 +99,8 @@ class ContainerProbes:
     host_mounts: list[Mount]
     host_mnt_ns: int
     privileged: Callable[[int, str], bool | None] = lambda pid, cg: None
+    # (kernel dev, ino) of a path as the host (the agent) sees it; None: no such file
+    host_ident: Callable[[str], tuple[int, int] | None] = lambda path: None
 
 
 def _read(path: str, limit: int = 1 << 20) -> str | None:
@@ -154,8 +156,17 @@ def live_container_probes(cgroup2: str = "/sys/fs/cgroup/unified") -> ContainerP
                 return v
         return None
 
+    def host_ident(path: str) -> tuple[int, int] | None:
+        from bastion.abi import kernel_dev
+
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return kernel_dev(st.st_dev), st.st_ino
+
     return ContainerProbes(mounts=mounts, mnt_ns=_ns, host_mounts=parse_mountinfo(mi),
-                           host_mnt_ns=host, privileged=privileged)
+                           host_mnt_ns=host, privileged=privileged, host_ident=host_ident)
 
 
 def host_path(m: Mount, path: str, host: list[Mount]) -> str | None:
@@ -267,18 +278,25 @@ class HostNamespace(_ContainerRule):
 
     def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
         c = ev.proc.container
-        if c is None or self.cprobes is None or not self.cprobes.host_mnt_ns:
-            return None
-        ns = self.cprobes.mnt_ns(ev.proc.pid)
-        if ns is None or ns != self.cprobes.host_mnt_ns:
+        if c is None or self.cprobes is None or not isinstance(ev, ExecEvent):
             return None
         # the runtime's own helpers (runc/crun init, conmon) start in the host namespace
         # before they join the container's: trusted by inode of the installed file only
-        if isinstance(ev, ExecEvent) and self.trust.is_tool((ev.exe_dev, ev.exe_ino),
-                                                             RUNTIME_HELPERS):
+        if self.trust.is_tool((ev.exe_dev, ev.exe_ino), RUNTIME_HELPERS):
             return None
-        return Hit(f"Process {ev.proc.exe or ev.proc.comm} in container {c.runtime}:{c.id[:12]} "
-                   f"runs in the host's mount namespace", {**self.evidence(ev), "mnt_ns": ns})
+        ns = self.cprobes.mnt_ns(ev.proc.pid)
+        if ns is not None and self.cprobes.host_mnt_ns and ns == self.cprobes.host_mnt_ns:
+            return Hit(f"Process {ev.proc.exe or ev.proc.comm} in container {c.runtime}:{c.id[:12]} "
+                       f"runs in the host's mount namespace", {**self.evidence(ev), "mnt_ns": ns})
+        # gone already (a short `nsenter ... /bin/true`), or chroot into a host bind: the
+        # record itself says it executed the host's own file at the host's path for it
+        exe = ev.proc.exe or ev.filename
+        if ev.exe_ino and exe.startswith("/") and \
+                self.cprobes.host_ident(exe) == (ev.exe_dev, ev.exe_ino):
+            return Hit(f"Process in container {c.runtime}:{c.id[:12]} executed the host's {exe} "
+                       "at the host's path: it sees the host's root filesystem (nsenter/setns or "
+                       "chroot into the host)", {**self.evidence(ev), "host_file": exe})
+        return None
 
 
 class BlockDeviceMount(_ContainerRule):
