@@ -294,6 +294,8 @@ class Agent:
             "policy_degraded": (self.policies.current.degraded
                                 if self.policies and self.policies.current else []),
             "hips_files": self.policies.file_stats() if self.policies else {},
+            # container context: lookups, first resolutions, cached cgroups, state read errors
+            "containers": self.containers.stats() if self.containers is not None else "off",
             "uptime_s": round(uptime, 1),
             "loop_heartbeat_age_s": self.loop_heartbeat_age(),
             "rss_mb": round(rss_mb(), 1),

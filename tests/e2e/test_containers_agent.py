@@ -55,6 +55,8 @@ def test_agent_stores_container_context(tmp_path: Path) -> None:
         c = execs[-1].get("container")
         assert c is not None, execs[-1]
         assert (c["runtime"], c["id"], c["name"], c["verified"]) == ("podman", cid, name, True)
+        st = json.loads(agent.cli("status", "--socket", str(agent.socket), "--json").stdout)
+        assert st["containers"]["misses"] >= 1 and st["containers"]["cached"] >= 1, st["containers"]
         host = agent.cli("events", "--data-dir", str(agent.data_dir), "--json", "--pid",
                          str(agent.proc.pid))
         assert all("container" not in json.loads(line) for line in host.stdout.splitlines()
