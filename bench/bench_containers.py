@@ -3,13 +3,15 @@
 ``container_lookup_cached``: µs per ``ContainerResolver.enrich`` of an event from a
 podman container whose cgroup is cached (the event path); ``container_lookup_host``:
 the same for a host process (v2 cgroup names no container; the per-process v1
-check is cached); ``container_resolve_miss``: µs of the first resolution of a new
+check is cached); ``container_lookup_host_new``: the first event of a host
+process (its v1 lines read once); ``container_resolve_miss``: µs of the first resolution of a new
 container (open_by_handle_at, ownership walk, podman state read).  Run as root with
 podman installed; the container is removed at the end.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import statistics
@@ -78,10 +80,30 @@ def main() -> None:
                 assert (batch[-1].proc.container is None) == (label == "host")
                 res[label] = statistics.median(runs)
             r.close()
+            # the first event of a host process: the v2 cgroup (cached) names no container,
+            # so its /proc/<pid>/stat and /proc/<pid>/cgroup (every v1 line) are read once
+            from bastion.procstat import read_stat
+            pids = [int(d) for d in os.listdir("/proc") if d.isdigit()][:400]
+            facts = []
+            for p in pids:
+                try:
+                    facts.append(Proc(p, p, 1, 0, 0, 0, _v2(p), "x", start_ns=read_stat(p).start_ns))
+                except (OSError, SystemExit, ValueError):
+                    continue
+            r = ContainerResolver(cgroup2=str(cgroup2_root()))
+            for f in facts:
+                r.for_proc(dataclasses.replace(f, pid=os.getpid()))   # warm the v2 cache only
+            r._by_proc.clear()
+            t = time.perf_counter()
+            for f in facts:
+                r.for_proc(f)
+            res["host_new"] = (time.perf_counter() - t) / max(len(facts), 1) * 1e6
+            r.close()
         finally:
             subprocess.run([*BASE, "rm", "-f", "-t", "0", name], capture_output=True)
     print(f"bench container_resolve_miss {statistics.median(misses):.0f} us")
     print(f"bench container_lookup_host {res['host']:.2f} us")
+    print(f"bench container_lookup_host_new {res['host_new']:.1f} us")
     print(f"bench container_lookup_cached {res['cached']:.2f} us")
     sys.stdout.flush()
 

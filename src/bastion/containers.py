@@ -5,8 +5,9 @@ Resolved from local facts only, never from the network:
 1. **The cgroup**, by the event's cgroup id (cgroup v2, the id the kernel stamps on
    every record): ``open_by_handle_at`` on the cgroup2 mount turns the id into the
    directory the kernel knows (no pid race, a dead process still resolves).  When
-   the v2 path names no container (a runtime that uses only the v1 hierarchies),
-   every line of ``/proc/<pid>/cgroup`` is read instead, checked against the
+   the v2 path names no container and a v1 hierarchy holds container cgroups the v2
+   tree lacks (a runtime that uses only the v1 hierarchies), every line of
+   ``/proc/<pid>/cgroup`` is read instead, for the process that started at the
    event's start time.  :func:`parse_cgroup_path` knows the names the runtimes
    give: ``libpod-<id>`` (podman), ``docker-<id>.scope`` / ``docker/<id>``,
    ``cri-containerd-<id>.scope``, ``crio-<id>``, ``kubepods…/pod<uid>/<id>``.
@@ -46,6 +47,7 @@ import os
 import re
 import stat
 import struct
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -490,6 +492,9 @@ class ContainerResolver:
         self.lookups = 0
         self.misses = 0
         self.generation = 0          # grows with every newly seen verified container
+        self.v1_check_s = 10.0
+        self._v1_checked = -1e18
+        self._v1_only = False
         self.errors: dict[str, int] = {}
 
     def close(self) -> None:
@@ -510,9 +515,10 @@ class ContainerResolver:
             self.misses += 1
             c = self._resolve_v2(cid, proc.pid)
             self._put(self._by_cgroup, cid, c)
-        if c is not None:
+        if c is not None or not self._v1_only_containers():
             return c
-        # the v2 cgroup names no container: a runtime may use the v1 hierarchies only
+        # the v2 cgroup names no container, and some v1 hierarchy holds a container
+        # cgroup the v2 tree lacks (a runtime that uses the v1 hierarchies only)
         key = (proc.pid, proc.start_ns)
         if key in self._by_proc:
             self._by_proc.move_to_end(key)
@@ -522,6 +528,46 @@ class ContainerResolver:
         c = self._resolve_paths(_proc_cgroups(proc.pid), self.cgroup_v1, proc.pid, v1=True)
         self._put(self._by_proc, key, c)
         return c
+
+    def _v1_only_containers(self, now: float | None = None) -> bool:
+        """Does a v1 hierarchy hold a cgroup naming a container that the v2 tree does not
+        have?  Checked every :attr:`v1_check_s` (a bounded walk); while none does, the
+        per-process read of ``/proc/<pid>/cgroup`` (~80 µs per new process on a loaded
+        host, bench/bench_containers.py) is skipped."""
+        t = time.monotonic() if now is None else now
+        if t - self._v1_checked < self.v1_check_s:
+            return self._v1_only
+        self._v1_checked = t
+        found = False
+        try:
+            hiers = [h for h in os.listdir(self.cgroup_v1)
+                     if os.path.join(self.cgroup_v1, h).rstrip("/") != self.cgroup2.rstrip("/")]
+        except OSError:
+            hiers = []
+        budget = 4096
+        for h in sorted(hiers):
+            base = os.path.join(self.cgroup_v1, h)
+            if os.path.islink(base) or not os.path.isdir(base):
+                continue
+            stack = [("", 0)]
+            while stack and budget > 0 and not found:
+                rel, depth = stack.pop()
+                budget -= 1
+                if rel and parse_cgroup_path(rel) is not None:
+                    found = not os.path.isdir(self.cgroup2 + rel)
+                    continue
+                if depth >= 6:
+                    continue
+                try:
+                    for e in os.scandir(base + rel):
+                        if e.is_dir(follow_symlinks=False):
+                            stack.append((f"{rel}/{e.name}", depth + 1))
+                except OSError:
+                    continue
+            if found:
+                break
+        self._v1_only = found
+        return found
 
     def _resolve_v2(self, cgroup_id: int, pid: int) -> Container | None:
         path = self._handles.path(cgroup_id) if cgroup_id else None
@@ -615,7 +661,7 @@ class ContainerResolver:
 
     def stats(self) -> dict[str, Any]:
         return {"lookups": self.lookups, "misses": self.misses, "cached": len(self._by_cgroup),
-                "errors": dict(self.errors)}
+                "v1_fallback": self._v1_only, "errors": dict(self.errors)}
 
 
 __all__ = ["Container", "ContainerResolver", "Selector", "parse_selector", "StateReader", "parse_cgroup_path",

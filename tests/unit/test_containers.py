@@ -326,3 +326,17 @@ def test_rule_trust_errors_name_the_place() -> None:
     assert "b.yaml:4:37: behavior.rules.behavior.container_privileged.trust.container.runtime 'lxc'" in msg
     assert "b.yaml:4:51: behavior.rules.behavior.container_privileged.trust.host must be true" in msg
     assert "b.yaml:4:56: behavior.rules.behavior.container_privileged.trust entries are" in msg
+
+
+def test_v1_fallback_only_when_a_v1_hierarchy_has_containers_v2_lacks(tmp_path: Path) -> None:
+    """Reading /proc/<pid>/cgroup for every new process costs ~80 µs on a loaded host:
+    done only while some v1 hierarchy holds a container cgroup absent from v2."""
+    v1, v2 = tmp_path / "cg", tmp_path / "cg" / "unified"
+    (v1 / "memory" / "libpod_parent" / f"libpod-{H}").mkdir(parents=True)
+    (v2 / "libpod_parent" / f"libpod-{H}").mkdir(parents=True)
+    r = ContainerResolver(cgroup2=str(v2), cgroup_v1=str(v1))
+    assert not r._v1_only_containers(now=0.0)          # podman here: in both trees
+    (v1 / "memory" / "docker" / H2).mkdir(parents=True)
+    assert not r._v1_only_containers(now=5.0)          # cached for v1_check_s
+    assert r._v1_only_containers(now=11.0)             # a v1-only container appeared
+    assert r.stats()["v1_fallback"] is True
