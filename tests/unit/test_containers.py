@@ -142,7 +142,10 @@ def test_delegated_cgroup_is_not_verified(tmp_path: Path) -> None:
     why = _owner_ok(str(leaf), str(base))
     assert "user.slice" in why and "delegated" in why
     os.chmod(base / "user.slice", 0o755)
-    assert _owner_ok(str(leaf), str(base)) == ("" if os.geteuid() == 0 else _owner_ok(str(leaf), str(base)))
+    if os.geteuid() == 0:          # root-owned, writable by root only: accepted
+        assert _owner_ok(str(leaf), str(base)) == ""
+    os.chmod(leaf, 0o775)          # group-writable: refused
+    assert "delegated" in _owner_ok(str(leaf), str(base))
 
 
 def test_resolver_marks_a_look_alike_cgroup_unverified(tmp_path: Path) -> None:
