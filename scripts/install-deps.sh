@@ -5,6 +5,7 @@ set -euo pipefail
 pkgs=(clang llvm libbpf-dev bpftool make python3-venv
       qemu-system-x86 busybox-static cpio iproute2 procps util-linux
       rsyslog logrotate systemd gcc)
+pkgs+=(podman runc e2fsprogs)   # issue 17: container tests (real runtime, offline --rootfs)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -25,6 +25,7 @@ from bastion.config import AgentConfig
 from bastion.control import ControlServer
 from bastion.detect.engine import Engine, Finding, Rule, RuleContext
 from bastion.errors import BastionError, StoreError
+from bastion.containers import ContainerResolver
 from bastion.events import Event, HipsEvent, to_json
 from bastion.guard.token import TokenStore
 from bastion.metrics import Metrics
@@ -132,6 +133,8 @@ class AgentParts:
     sigma_rules: tuple[Rule, ...] = ()                     # the Sigma group in the engine
     # reload the Sigma group (after `bastion sigma update`): (rules, info like ``sigma``)
     sigma_loader: Callable[[], tuple[list[Rule], dict[str, Any]]] | None = None
+    # container context on every event (local cgroup + runtime state, cached by cgroup id)
+    containers: ContainerResolver | None = None
 
 
 class Agent:
@@ -187,6 +190,8 @@ class Agent:
         if self.fleet is not None:
             self.fleet.bind(self._fleet_apply if self.policies is not None else None,
                             self.raise_fleet_alert, self._fleet_info)
+        self.containers = parts.containers
+        self._ctr_gen = 0
         self.apply_opts = apply_opts or {}
         self.keep_pins = keep_pins        # under the guardian: enforcement outlives restarts
         self.pin_dir = pin_dir
@@ -295,6 +300,8 @@ class Agent:
             "policy_degraded": (self.policies.current.degraded
                                 if self.policies and self.policies.current else []),
             "hips_files": self.policies.file_stats() if self.policies else {},
+            # container context: lookups, first resolutions, cached cgroups, state read errors
+            "containers": self.containers.stats() if self.containers is not None else "off",
             "uptime_s": round(uptime, 1),
             "loop_heartbeat_age_s": self.loop_heartbeat_age(),
             "rss_mb": round(rss_mb(), 1),
@@ -814,14 +821,19 @@ class Agent:
                 attack=(), action="alert", event=None, pid=os.getpid()))
             return False
 
-    def process(self, batch: list[Event]) -> None:
+    def process(self, batch: list[Event]) -> list[Event]:
+        """Handle a batch; returns it enriched (process table, container context)."""
         rows = []
+        seen: list[Event] = []
         by_type = self.summary.by_type
         batch_types: dict[str, int] = {}
         t0 = time.perf_counter()
         for ev in batch:
             self.procs.update(ev)
             ev = self.procs.enrich(ev)
+            if self.containers is not None:
+                ev = self.containers.enrich(ev)
+            seen.append(ev)
             j = to_json(ev)
             rows.append(j)
             if self.outputs is not None:
@@ -841,9 +853,10 @@ class Agent:
             self.metrics.count_events(batch_types)
             self.metrics.observe_rules(time.perf_counter() - t0)
         self.summary.events += len(batch)
+        return seen
 
     def _handle(self, source: Source, batch: list[Event]) -> None:
-        self.process(batch)
+        batch = self.process(batch)
         if source.findings is not None:
             for ev in batch:
                 f = source.findings(ev)
@@ -865,6 +878,10 @@ class Agent:
             # files replaced by rename (passwd, sed -i, upgrades): follow the names;
             # globs and subjects are re-expanded less often
             full = now - self._last_full_resolve >= FULL_RESOLVE_INTERVAL_S
+            if self.containers is not None and self.containers.generation != self._ctr_gen:
+                # a container appeared: container:/host: subjects are re-resolved now
+                self._ctr_gen = self.containers.generation
+                full = True
             with self._policy_lock:
                 drifted = self.policies.refresh(full=full)
             for f in drifted:
@@ -967,6 +984,8 @@ class Agent:
                     self.summary.enforcement = f"HIPS enforcement removed (pins{where} deleted)"
             if self.quarantine is not None:
                 self.quarantine.close()
+            if self.containers is not None:
+                self.containers.close()
             if self.shadow is not None:
                 self.shadow.close()
             if self.outputs is not None:

@@ -43,12 +43,15 @@ class Alert:
     killed: list[int] = field(default_factory=list)
     event: dict[str, Any] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    container: dict[str, Any] | None = None   # the actor's container (containers.Container JSON)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"time": self.time, "id": self.id, "rule": self.rule,
                                "title": self.title, "severity": self.severity,
                                "attack": list(self.attack), "action": self.action,
                                "process": self.process.to_json()}
+        if self.container is not None:
+            out["container"] = self.container
         for k, v in self.meta.items():
             out.setdefault(k, v)
         if self.enforced_by:

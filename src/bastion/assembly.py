@@ -189,7 +189,7 @@ def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
     A policy that cannot be applied here is refused before anything is
     attached.  ``say`` prints one operator-facing line (stderr in the CLI).
     """
-    from bastion.detect.behavior import behavior_rules, live_probes
+    from bastion.detect.behavior import behavior_rules, live_container_probes, live_probes
     from bastion.detect.engine import Engine, builtin_rules
     from bastion.store.db import Retention, Store
 
@@ -244,7 +244,8 @@ def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
         parts.sigma_rules = tuple(extra)
         parts.sigma_loader = lambda: load_sigma_group(quiet=True)
         engine = Engine([*builtin_rules(),
-                         *behavior_rules(policy.behavior, live_probes() if report else None),
+                         *behavior_rules(policy.behavior, live_probes() if report else None,
+                                         cprobes=live_container_probes() if report else None),
                          *extra])
         if policy.outputs or policy.fleet is not None:
             from bastion.outputs import build_manager
@@ -263,6 +264,10 @@ def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
             say(f"metrics on http://{policy.metrics.host}:{port}/metrics")
         if report is not None:
             _kernel_parts(parts, opts, report)
+            from bastion.containers import ContainerResolver
+            from bastion.kernel.bpffs import cgroup2_root
+
+            parts.containers = ContainerResolver(cgroup2=str(cgroup2_root()))
         dispatcher = make_dispatcher(procs, dry_run=policy.behavior.dry_run, quarantine=parts.quarantine)
         agent_ref: list[Agent] = []
         dispatcher.after("behavior.ransomware", "kill", _shadow_incident_hook(agent_ref, procs))

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Final, Union, assert_never
 
 from bastion import abi
+from bastion.containers import Container
 from bastion.errors import BastionError, DecodeError
 from bastion.timefmt import format_time, parse_time
 
@@ -38,6 +39,7 @@ class Proc:
     comm: str
     start_ns: int = 0
     exe: str = ""
+    container: Container | None = None   # filled by containers.ContainerResolver (None: host)
 
 
 @dataclass(frozen=True, slots=True)
@@ -501,6 +503,8 @@ def to_json(ev: Event) -> dict[str, Any]:
     p = ev.proc
     for k in _PROC_KEYS:
         out[k] = getattr(p, k)
+    if p.container is not None:
+        out["container"] = p.container.to_json()
     for f in dataclasses.fields(ev):
         if f.name in _SKIP or (f.name == "op" and not isinstance(ev, HipsEvent)):
             continue  # file, net and cred events: the op is the type
@@ -527,7 +531,8 @@ def from_json(obj: Mapping[str, Any]) -> Event:
             raise DecodeError(f"{etype} event: field {k!r} has the wrong type")
     try:
         tsec = parse_time(str(obj["time"]))
-        proc = Proc(**{k: obj[k] for k in _PROC_KEYS if k in obj})
+        proc = Proc(**{k: obj[k] for k in _PROC_KEYS if k in obj},
+                    container=Container.from_json(obj["container"]) if "container" in obj else None)
     except KeyError as exc:
         raise DecodeError(f"{etype} event lacks field {exc.args[0]!r}") from None
     except (TypeError, ValueError, BastionError) as exc:
@@ -535,7 +540,7 @@ def from_json(obj: Mapping[str, Any]) -> Event:
     kwargs: dict[str, Any] = {}
     names = {f.name: f for f in dataclasses.fields(cls)}
     for k, v in obj.items():
-        if k in ("type", "time") or k in _PROC_KEYS:
+        if k in ("type", "time", "container") or k in _PROC_KEYS:
             continue
         if k == "truncated":
             kwargs["truncated"] = bool(v)

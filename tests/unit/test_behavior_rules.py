@@ -3,11 +3,13 @@ scenario raises it, the benign look-alike does not."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from bastion.detect.behavior import behavior_rules, rule_names
+from bastion.detect.behavior import ContainerProbes, behavior_rules, rule_names
+from bastion.detect.behavior.escape import parse_mountinfo
 from bastion.detect.engine import Engine, Finding, RuleContext
 from bastion.severity import SEVERITIES
 from bastion.proctable import ProcessTable
@@ -18,10 +20,24 @@ FIX = Path(__file__).resolve().parents[1] / "fixtures" / "behavior"
 RULES = sorted(n.removeprefix("behavior.") for n in rule_names())
 
 
+def recorded_probes(path: Path) -> ContainerProbes | None:
+    """The container escape rules' live look-ups, recorded next to a fixture
+    (``<rule>.<pos|neg>.probes.json``: mountinfo and mount namespace per pid)."""
+    side = path.with_name(path.name.removesuffix(".jsonl") + ".probes.json")
+    if not side.exists():
+        return None
+    doc = json.loads(side.read_text())
+    mi, ns = doc["mountinfo"], doc["mnt_ns"]
+    return ContainerProbes(
+        mounts=lambda pid, cg: parse_mountinfo(mi[str(pid)]) if str(pid) in mi else None,
+        mnt_ns=lambda pid: ns.get(str(pid)),
+        host_mounts=parse_mountinfo(doc["host_mountinfo"]), host_mnt_ns=doc["host_mnt_ns"])
+
+
 def replay(path: Path) -> list[Finding]:
     procs = ProcessTable()
     trust = RecordedTrust()
-    engine = Engine(behavior_rules(trust=trust))
+    engine = Engine(behavior_rules(trust=trust, cprobes=recorded_probes(path)))
     ctx = RuleContext(procs)
     out: list[Finding] = []
     for ev in read_all(path):

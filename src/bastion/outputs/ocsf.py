@@ -42,7 +42,8 @@ _SEVERITY_NAME: Final = {1: "Informational", 2: "Low", 3: "Medium", 4: "High", 5
 _O_CREAT: Final = 0o100
 _INJECT_REQUESTS: Final = frozenset({"POKETEXT", "POKEDATA", "POKEUSR", "SETREGS", "SETREGSET"})
 _PROC_KEYS: Final = frozenset({"type", "time", "pid", "tid", "ppid", "uid", "euid", "gid",
-                               "cgroup_id", "comm", "start_ns", "exe", "truncated"})
+                               "cgroup_id", "comm", "start_ns", "exe", "truncated",
+                               "container"})
 
 
 def _ms(time_str: str) -> int:
@@ -60,7 +61,24 @@ def _file(path: str) -> dict[str, Any]:
     return out
 
 
-def _process(ev: Mapping[str, Any], cmdline: str = "") -> dict[str, Any]:
+def _container(c: Mapping[str, Any]) -> dict[str, Any]:
+    """The OCSF container object (process.container) of a containers.Container JSON."""
+    out: dict[str, Any] = {"uid": str(c.get("id", "")), "runtime": str(c.get("runtime", ""))}
+    if c.get("name"):
+        out["name"] = str(c["name"])
+    if c.get("image"):
+        name, _, tag = str(c["image"]).rpartition(":")
+        out["image"] = ({"name": name, "tag": tag} if name and "/" not in tag
+                        else {"name": str(c["image"])})
+    if c.get("pod_uid"):
+        out["pod_uuid"] = str(c["pod_uid"])
+    if c.get("pod") or c.get("namespace"):
+        out["orchestrator"] = "kubernetes"
+        out["labels"] = [f"k8s.{k}={c[k]}" for k in ("namespace", "pod") if c.get(k)]
+    return out
+
+
+def _process(ev: Mapping[str, Any], cmdline: str = "", container: Any = None) -> dict[str, Any]:
     """The OCSF process object for the actor of an event JSON (or alert process)."""
     out: dict[str, Any] = {"pid": int(ev.get("pid", 0))}
     if "tid" in ev:
@@ -77,6 +95,9 @@ def _process(ev: Mapping[str, Any], cmdline: str = "") -> dict[str, Any]:
         out["user"] = {"uid": str(ev["uid"])}
     if ev.get("ppid"):
         out["parent_process"] = {"pid": int(ev["ppid"])}
+    c = container if container is not None else ev.get("container")
+    if isinstance(c, Mapping):
+        out["container"] = _container(c)
     return out
 
 
@@ -251,7 +272,7 @@ def alert_to_ocsf(alert: Mapping[str, Any], *, hostname: str, product_version: s
     proc = alert.get("process") or {}
     evidence: dict[str, Any] = {}
     if proc:
-        evidence["process"] = _process(proc, str(proc.get("cmdline", "")))
+        evidence["process"] = _process(proc, str(proc.get("cmdline", "")), alert.get("container"))
     ev = alert.get("event")
     if isinstance(ev, Mapping):
         if ev.get("path"):

@@ -28,6 +28,7 @@ from typing import Any, Callable, Final
 
 from bastion import abi
 from bastion.abi import kernel_dev  # re-exported: the policy's inode keys
+from bastion.containers import Container
 from bastion.errors import ConfigError, Location
 from bastion.policy.model import (
     Action, AnyObject, FileObject, HipsPolicy, Mode, NetObject, Op, SubjectKind,
@@ -107,6 +108,19 @@ class Resolver:
     stat: Callable[[str], os.stat_result] = os.stat
     glob: Callable[[str], list[str]] = lambda pat: sorted(globmod.glob(pat))
     uid_of: Callable[[str], int] = lambda name: pwd.getpwnam(name).pw_uid
+    # every cgroup v2 directory now: (cgroup id, its verified-or-not container, None = host)
+    cgroups: Callable[[], list[tuple[int, Container | None]]] = lambda: _cgroup_inventory()
+
+
+def _cgroup_inventory() -> list[tuple[int, Container | None]]:
+    from bastion.containers import ContainerResolver
+    from bastion.kernel.bpffs import cgroup2_root
+
+    r = ContainerResolver(cgroup2=str(cgroup2_root()))
+    try:
+        return r.inventory()
+    finally:
+        r.close()
 
 
 def _net_target(o: NetObject) -> NetTarget:
@@ -148,6 +162,7 @@ def resolve(policy: HipsPolicy, r: Resolver | None = None) -> ResolvedPolicy:
     warnings: list[ConfigError] = []
     errors: list[ConfigError] = []
     out: list[ResolvedRule] = []
+    inventory: list[tuple[int, Container | None]] | None = None
     for rule_id, rule in enumerate(policy.rules, start=1):
         ids: list[tuple[int, int, int]] = []
         subj = rule.subject
@@ -176,6 +191,19 @@ def resolve(policy: HipsPolicy, r: Resolver | None = None) -> ResolvedPolicy:
                 except OSError:
                     errors.append(ConfigError(f"rule {rule.name!r}: no such cgroup {v!r}",
                                               location=rule.location))
+        elif subj.kind is SubjectKind.CONTAINER and subj.container is not None:
+            # the cgroups the selector names now: a container selector only verified
+            # containers (root-owned cgroup + runtime state), host every cgroup that is
+            # not a verified container (a look-alike name stays "host")
+            if inventory is None:
+                inventory = r.cgroups()
+            sel = subj.container
+            ids += [(abi.SubjectKind.CGROUP, cg, 0) for cg, c in inventory
+                    if sel.matches(c if c is not None and c.verified else None)]
+            if not ids:
+                warnings.append(ConfigError(
+                    f"rule {rule.name!r}: subject {sel.describe()} matches no cgroup now",
+                    location=rule.location))
         if subj.kind is not SubjectKind.EVERYONE and not ids:
             continue  # selects nobody now (warned or errored above)
         files: list[FileTarget] = []

@@ -6,6 +6,7 @@ import enum
 import ipaddress
 from dataclasses import dataclass, field
 
+from bastion.containers import Selector
 from bastion.errors import Location
 
 
@@ -49,6 +50,7 @@ class SubjectKind(enum.Enum):
     PARENT = "parent"
     USER = "user"
     CGROUP = "cgroup"
+    CONTAINER = "container"   # container: {...} / host: true -> cgroup ids when applied
     EVERYONE = "everyone"
 
 
@@ -57,10 +59,13 @@ class Subject:
     kind: SubjectKind
     values: tuple[str, ...] = ()      # exe/parent: paths or globs; user: names or uids; cgroup: paths
     inodes: tuple[tuple[int, int], ...] = ()  # exe_inode selectors: (dev, ino), kernel dev encoding
+    container: Selector | None = None         # container / host selector
 
     def describe(self) -> str:
         if self.kind is SubjectKind.EVERYONE:
             return "everyone"
+        if self.container is not None:
+            return self.container.describe()
         vals = list(self.values) + [f"inode {d}:{i}" for d, i in self.inodes]
         return f"{self.kind.value} {', '.join(vals)}"
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from bastion.containers import parse_selector
 from bastion.policy.model import (
     Action, AnyObject, FileObject, HipsPolicy, Mode, NetObject, Object, Op, Rule, Subject,
     SubjectKind,
@@ -75,15 +76,18 @@ def _glob_ok(pattern: str) -> str | None:
 
 def _subject(p: NodeParser, node: yaml.Node) -> Subject | None:
     if not isinstance(node, yaml.MappingNode):
-        p.err(node, "subject must be a mapping (exe, exe_inode, parent, user, uid or cgroup)")
+        p.err(node, "subject must be a mapping (exe, exe_inode, parent, user, uid, cgroup, container or host)")
         return None
     if not node.value:
         return Subject(SubjectKind.EVERYONE)
     if len(node.value) > 1:
-        p.err(node, "a subject has exactly one selector (exe, exe_inode, parent, user, uid or cgroup)")
+        p.err(node, "a subject has exactly one selector (exe, exe_inode, parent, user, uid, cgroup, container or host)")
         return None
     knode, vnode = node.value[0]
     key = knode.value
+    if key in ("container", "host"):
+        sel = parse_selector(p, key, vnode, "subject")
+        return Subject(SubjectKind.CONTAINER, container=sel) if sel is not None else None
     if key == "exe_inode":
         inodes: list[tuple[int, int]] = []
         items = vnode.value if isinstance(vnode, yaml.SequenceNode) else [vnode]
@@ -97,7 +101,7 @@ def _subject(p: NodeParser, node: yaml.Node) -> Subject | None:
         return Subject(SubjectKind.EXE, inodes=tuple(inodes)) if inodes else None
     kind = _SUBJECT_KEYS.get(key)
     if kind is None:
-        p.err(knode, f"unknown subject selector {key!r} (known: exe, exe_inode, parent, user, uid, cgroup)")
+        p.err(knode, f"unknown subject selector {key!r} (known: exe, exe_inode, parent, user, uid, cgroup, container, host)")
         return None
     values = []
     for v, vn in p.strings(vnode, f"subject.{key}"):

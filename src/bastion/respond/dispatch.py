@@ -246,7 +246,8 @@ class Dispatcher:
             enforced_by=f.enforced_by or "",
             evidence={**(f.evidence or {}), **({"response": response} if response is not None else {})},
             killed=killed,
-            event=to_json(ev) if ev is not None else None, meta=dict(f.meta))
+            event=to_json(ev) if ev is not None else None, meta=dict(f.meta),
+            container=ev.proc.container.to_json() if ev is not None and ev.proc.container else None)
         for rule, prefix, hook in self._hooks:
             if rule == f.rule and outcome.startswith(prefix):
                 hook(f, alert)

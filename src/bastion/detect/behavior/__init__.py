@@ -12,6 +12,7 @@ from bastion.detect.behavior.config import BehaviorConfig, parse_behavior
 from bastion.detect.behavior.rules import (
     ALL_RULE_CLASSES, PERSISTENCE, PersistenceWrite, Probes, live_probes,
 )
+from bastion.detect.behavior.escape import ESCAPE_RULES, ContainerProbes, live_container_probes
 from bastion.detect.behavior.provenance import Provenance
 from bastion.detect.behavior.state import Limits
 from bastion.detect.behavior.trust import ExeTrust
@@ -21,15 +22,18 @@ NS = 1_000_000_000
 
 
 def rule_names() -> frozenset[str]:
-    return frozenset({c.name for c in ALL_RULE_CLASSES} | {p.rule for p in PERSISTENCE})
+    return frozenset({c.name for c in ALL_RULE_CLASSES} | {p.rule for p in PERSISTENCE}
+                     | {c.name for c in ESCAPE_RULES})
 
 
 def behavior_rules(config: BehaviorConfig | None = None, probes: Probes | None = None,
-                   trust: ExeTrust | None = None) -> list[Rule]:
+                   trust: ExeTrust | None = None,
+                   cprobes: ContainerProbes | None = None) -> list[Rule]:
     """The built-in pack, configured.  ``probes``: :func:`live_probes` in the
     agent (stdio of a new shell, entropy of rewritten files); None for replay.
     ``trust``: which executables are the trusted tools (default: the files
-    installed on this host, by inode)."""
+    installed on this host, by inode).  ``cprobes``: the live mount/namespace
+    look-ups of the container escape rules (:mod:`.escape`); None for replay."""
     cfg = config or BehaviorConfig()
     limits = Limits(max_keys=cfg.max_keys, ttl_ns=int(cfg.state_ttl_s * NS))
     out: list[Rule] = []
@@ -42,7 +46,8 @@ def behavior_rules(config: BehaviorConfig | None = None, probes: Probes | None =
     def settings(name: str) -> RuleSettings:
         s = cfg.rules.get(name, RuleSettings())
         if cfg.dry_run and not s.dry_run:
-            s = RuleSettings(action=s.action, severity=s.severity, dry_run=True, enabled=s.enabled)
+            s = RuleSettings(action=s.action, severity=s.severity, dry_run=True, enabled=s.enabled,
+                             trust=s.trust)
         return s
 
     for cls in ALL_RULE_CLASSES:
@@ -57,6 +62,13 @@ def behavior_rules(config: BehaviorConfig | None = None, probes: Probes | None =
         rule.trust = trust
         rule.prov = prov
         out.append(rule)
+    for ecls in ESCAPE_RULES:
+        s = settings(ecls.name)
+        if s.enabled:
+            er = ecls(s, limits, cprobes=cprobes)
+            er.trust = trust
+            er.prov = prov
+            out.append(er)
     for pc in PERSISTENCE:
         s = settings(pc.rule)
         if s.enabled:
@@ -68,4 +80,4 @@ def behavior_rules(config: BehaviorConfig | None = None, probes: Probes | None =
 
 
 __all__ = ["ExeTrust", "behavior_rules", "rule_names", "BehaviorConfig", "parse_behavior", "Probes",
-           "live_probes", "Limits", "Provenance"]
+           "live_probes", "Limits", "Provenance", "ContainerProbes", "live_container_probes"]

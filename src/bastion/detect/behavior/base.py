@@ -25,6 +25,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
+from bastion.containers import Selector
 from bastion.detect.engine import Finding, RuleContext
 from bastion.events import Event
 from bastion.detect.behavior.state import BoundedState, Limits, ProcKey, proc_key, tree_key
@@ -46,6 +47,9 @@ class RuleSettings:
     severity: str | None = None
     dry_run: bool = False
     enabled: bool = True
+    # ``trust: [{container: {...}}, {host: true}]``: actors this rule does not report
+    # (containers.Selector; a container selector matches verified containers only)
+    trust: tuple[Selector, ...] = ()
 
 
 @dataclass
@@ -74,6 +78,7 @@ class BehaviorRule:
         self.dry_run = s.dry_run
         self.action_override = s.action
         self.severity_override = s.severity
+        self.trusted_actors = s.trust
         self._states: list[BoundedState[Any, Any]] = []
         self.trust = ExeTrust()   # behavior_rules() shares one among the pack
         self.prov: Provenance | None = None   # behavior_rules() shares the pack's tracker
@@ -103,6 +108,8 @@ class BehaviorRule:
     # -- engine protocol
 
     def on_event(self, ev: Event, ctx: RuleContext) -> list[Finding]:
+        if self.trusted_actors and any(t.matches(ev.proc.container) for t in self.trusted_actors):
+            return []
         return [self.finding(ev, h) for h in self.evaluate(ev, ctx)]
 
     def evaluate(self, ev: Event, ctx: RuleContext) -> list[Hit]:

@@ -9,6 +9,8 @@ behavior:
     behavior.port_scan: {action: kill, severity: critical}
     behavior.exec_from_tmp: {enabled: false}
     behavior.ransomware: {dry_run: true}
+    behavior.container_runtime_socket:          # actors the rule does not report
+      trust: [{container: {image: "registry.example/portainer:*"}}]
 ```
 """
 
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from bastion.containers import Selector, parse_selector
 from bastion.detect.behavior.base import ACTIONS, RuleSettings
 from bastion.severity import SEVERITIES
 from bastion.errors import ConfigError, Location
@@ -106,8 +109,27 @@ def parse_behavior_node(node: yaml.Node, p: NodeParser, known_rules: frozenset[s
                 if (b := _bool(p, x, "enabled")) is not None:
                     s["enabled"] = b
 
+            def trust(x: yaml.Node) -> None:
+                if not isinstance(x, yaml.SequenceNode) or not x.value:
+                    p.err(x, f"behavior.rules.{name}.trust must be a non-empty list of "
+                             "{container: {...}} or {host: true}")
+                    return
+                sels: list[Selector] = []
+                for item in x.value:
+                    if not isinstance(item, yaml.MappingNode) or len(item.value) != 1 or \
+                            item.value[0][0].value not in ("container", "host"):
+                        p.err(item, f"behavior.rules.{name}.trust entries are {{container: {{...}}}} "
+                                    "or {host: true}")
+                        continue
+                    sel = parse_selector(p, item.value[0][0].value, item.value[0][1],
+                                         f"behavior.rules.{name}.trust")
+                    if sel is not None:
+                        sels.append(sel)
+                s["trust"] = tuple(sels)
+
             p.mapping(vn, f"behavior.rules.{name}", {"action": action, "severity": severity,
-                                                     "dry_run": rdry, "enabled": enabled})
+                                                     "dry_run": rdry, "enabled": enabled,
+                                                     "trust": trust})
             rules[name] = RuleSettings(**s)  # type: ignore[arg-type]
 
     p.mapping(node, "behavior", {"dry_run": dry, "max_keys": max_keys, "state_ttl": ttl,
