@@ -26,6 +26,7 @@ from bastion.control import ControlServer
 from bastion.detect.engine import Engine, Finding, Rule, RuleContext
 from bastion.errors import BastionError, StoreError
 from bastion.events import Event, HipsEvent, to_json
+from bastion.eventwriter import EventWriter
 from bastion.guard.token import TokenStore
 from bastion.metrics import Metrics
 from bastion.outputs import OutputManager
@@ -107,6 +108,9 @@ class StoreHealth:
 
 
 STORE_RETRY_S: Final = 5.0   # a failing store is tried again this often
+# Events waiting for the writer thread (store rows, event outputs); beyond, batches are shed
+# (counted in the store's events_not_stored and events_shed, alerted once per interval).
+WRITER_MAX_EVENTS: Final = 50_000
 
 
 @dataclass
@@ -229,6 +233,11 @@ class Agent:
         self._last_resolve = self._last_full_resolve = 0.0
         self.integrity_scanner: WorkerScanner | None = None   # set by the integrity thread
         self._heartbeat = time.monotonic()   # the loop's last round (set by _tick)
+        # store rows and event outputs: off the loop while run() runs (inline otherwise)
+        self._writer: EventWriter[Event] | None = None
+        self._last_shed_events = 0
+        self._last_shed_alert = float("-inf")
+        self.writer_max_events = WRITER_MAX_EVENTS
 
     # ---- status (control thread) -------------------------------------------------
 
@@ -295,7 +304,9 @@ class Agent:
             "cpu_s": round(cpu_seconds(), 2),
             "data_dir": str(self.store.path.parent),
             "store_events": self._count_stored_events(),
-            "store": self.store_health.to_json(len(self._store_queue)),
+            "store": {**self.store_health.to_json(len(self._store_queue)),
+                      "events_queued": self._writer.queued if self._writer is not None else 0,
+                      "events_shed": self._writer.shed if self._writer is not None else 0},
             "protections": self.protections(),
         }
 
@@ -565,7 +576,7 @@ class Agent:
             written += 1
         self._store_recovered(written)
 
-    def _store_events(self, rows: list[dict[str, Any]]) -> None:
+    def _store_events(self, rows: list[dict[str, Any]], drain_alerts: bool = True) -> None:
         if not self._store_usable():
             self.store_health.events_not_stored += len(rows)
             return
@@ -582,7 +593,8 @@ class Agent:
             return
         if self._stored_events is not None:
             self._stored_events += len(rows)
-        self._drain_store_queue()
+        if drain_alerts:   # (not from the writer thread: alerts are the loop's)
+            self._drain_store_queue()
 
     def _store_recovered(self, written: int) -> None:
         h = self.store_health
@@ -627,6 +639,17 @@ class Agent:
                 evidence={"shed": shed - self._last_shed, "shed_total": shed}))
             self._last_shed = shed
         self._hips_fail_opens()
+        w = self._writer
+        if w is not None and w.shed > self._last_shed_events and (
+                final or now - self._last_shed_alert >= self.limits.interval_s):
+            new_shed, self._last_shed_events = w.shed - self._last_shed_events, w.shed
+            self._last_shed_alert = now
+            self._alert(Finding(
+                rule="bastion.store.events_shed", severity="medium", attack=(), action="alert",
+                event=None, pid=os.getpid(),
+                title=f"{new_shed} events not stored nor sent to event outputs: the writer "
+                      "fell behind (detection saw them)",
+                evidence={"shed": new_shed, "shed_total": w.shed, "queue_max": w.max_items}))
         if self.outputs is not None:
             for name, n in self.outputs.new_drops().items():
                 self._alert(Finding(
@@ -782,32 +805,52 @@ class Agent:
             return False
 
     def process(self, batch: list[Event]) -> None:
-        rows = []
+        """Process table, rules, HIPS audit and alerts on this thread; the store rows and
+        event outputs (the events' JSON) on the writer thread while :meth:`run` runs
+        (inline otherwise)."""
         by_type = self.summary.by_type
         batch_types: dict[str, int] = {}
         t0 = time.perf_counter()
+        update, enrich, evaluate, ctx = self.procs.update, self.procs.enrich, \
+            self.engine.evaluate, self.ctx
+        policies = self.policies
+        seen: list[Event] = []
+        keep = seen.append
         for ev in batch:
-            self.procs.update(ev)
-            ev = self.procs.enrich(ev)
-            j = to_json(ev)
-            rows.append(j)
-            if self.outputs is not None:
-                self.outputs.publish_event(j)
-            batch_types[ev.type] = batch_types.get(ev.type, 0) + 1
-            for f in self.engine.evaluate(ev, self.ctx):
+            update(ev)
+            ev = enrich(ev)
+            keep(ev)
+            t = ev.type
+            batch_types[t] = batch_types.get(t, 0) + 1
+            for f in evaluate(ev, ctx):
                 self._alert(f)
-            if self.policies is not None:
-                late = self.policies.audit_event(ev, self.procs)
+            if policies is not None:
+                late = policies.audit_event(ev, self.procs)
                 if late is not None:
                     self._alert(late)
-        if rows:
-            self._store_events(rows)
+        if seen:
+            w = self._writer
+            if w is None:
+                self._write_events(seen, drain_alerts=True)
+            elif not w.offer(seen):
+                self.store_health.events_not_stored += len(seen)   # shed: counted, alerted
         for t, n in batch_types.items():
             by_type[t] = by_type.get(t, 0) + n
         if self.metrics is not None and batch:
             self.metrics.count_events(batch_types)
             self.metrics.observe_rules(time.perf_counter() - t0)
         self.summary.events += len(batch)
+
+    def _write_events(self, events: Sequence[Event], drain_alerts: bool = False) -> None:
+        """The events' JSON form to the event outputs (only when one takes events) and to
+        the store.  On the writer thread, or inline when no writer runs."""
+        outputs = self.outputs
+        publish = outputs.publish_event if outputs is not None and outputs.wants_events else None
+        rows = [to_json(ev) for ev in events]
+        if publish is not None:
+            for j in rows:
+                publish(j)
+        self._store_events(rows, drain_alerts=drain_alerts)
 
     def _handle(self, source: Source, batch: list[Event]) -> None:
         self.process(batch)
@@ -910,11 +953,18 @@ class Agent:
             if self.policy.integrity.interval_s and self.tier is not None:
                 threading.Thread(target=self._integrity_loop, args=(stop,), name="bastion-integrity",
                                  daemon=True).start()
+            writer = EventWriter(self._write_events, max_items=self.writer_max_events)
+            self._writer = writer
+            writer.start()
             self._heartbeat = self._last_health = self._last_retention = time.monotonic()
             self.ready.set()
             pump.run(stop, self._handle, tick=self._tick)
+            writer.close(timeout=30)   # what the loop saw is stored before the stop
             self._health(final=True)
         finally:
+            if self._writer is not None:
+                self._writer.close(timeout=5)
+                self._writer = None
             if self.control is not None:
                 self.control.stop()
             for s in opened:
