@@ -14,6 +14,7 @@ import collections
 import ctypes
 import dataclasses
 import ipaddress
+import operator
 import os
 import signal
 import struct as _struct
@@ -644,6 +645,22 @@ _JSON_FIELDS: Final[dict[type[Any], tuple[str, ...]]] = {
     cls: _json_fields(cls) for cls in set(TYPES.values())}
 
 
+_ALL_FIELDS: Final[dict[type[Any], Callable[[Any], tuple[Any, ...]]]] = {
+    cls: operator.attrgetter(*(f.name for f in dataclasses.fields(cls)))
+    for cls in set(TYPES.values())}
+
+
+def with_proc(ev: Event, proc: Proc) -> Event:
+    """``ev`` with another actor: ``dataclasses.replace(ev, proc=proc)``, without its
+    per-call field introspection (the agent enriches every event)."""
+    get = _ALL_FIELDS.get(type(ev))
+    if get is None:
+        return dataclasses.replace(ev, proc=proc)
+    vals = get(ev)
+    new: Event = type(ev)(vals[0], proc, *vals[2:])
+    return new
+
+
 def to_json(ev: Event) -> dict[str, Any]:
     """The stable JSON form of an event (a plain dict, JSON-ready)."""
     p = ev.proc
@@ -734,5 +751,5 @@ def summary(ev: Event) -> str:
 __all__ = [
     "Proc", "Event", "ExecEvent", "ForkEvent", "ExitEvent", "FileEvent", "NetEvent",
     "PtraceEvent", "KillEvent", "BpfEvent", "MemfdEvent", "CredEvent", "LsmDenyEvent", "HipsEvent",
-    "TYPES", "DECODERS", "Decoder", "decode", "decode_reference", "to_json", "from_json", "summary", "WATCHED_ENV", "SENS_NAMES",
+    "TYPES", "DECODERS", "Decoder", "decode", "decode_reference", "with_proc", "to_json", "from_json", "summary", "WATCHED_ENV", "SENS_NAMES",
 ]

@@ -196,3 +196,30 @@ def test_the_sigma_memo_is_bounded() -> None:
     groups = [*ev._groups.values(), *ev._audit.values()]
     assert all(len(g._memo) <= 16 for g in groups)
     assert any(len(g._memo) > 0 for g in groups)
+
+
+def test_with_proc_equals_dataclasses_replace_for_every_event_class() -> None:
+    from bastion.events import TYPES, with_proc
+    from bastion.events import Proc as P
+
+    other = P(pid=7, tid=8, ppid=1, uid=2, euid=3, gid=4, cgroup_id=5, comm="c", start_ns=6,
+              exe="/x")
+    for ev in _corpus():
+        assert with_proc(ev, other) == dataclasses.replace(ev, proc=other)
+    assert {type(e) for e in _corpus()} >= {TYPES["exec"], TYPES["open"], TYPES["fork"]}
+
+
+def test_cached_enrichment_follows_the_table() -> None:
+    """The actor's exe comes from the table entry of the moment: a cached enrichment is
+    never reused after an exec replaced the entry (same pid, same start)."""
+    from bastion.events import Proc as P
+
+    procs = ProcessTable()
+    bare = P(pid=300, tid=300, ppid=1, uid=0, euid=0, gid=0, cgroup_id=1, comm="sh", start_ns=5)
+    opened = FileEvent(1, bare, op="open", path="/etc/x", flags=1)
+    procs.update(ExecEvent(0, dataclasses.replace(bare, exe="/usr/bin/sh"), filename="/usr/bin/sh"))
+    first = [procs.enrich(opened).proc.exe for _ in range(3)]
+    procs.update(ExecEvent(2, dataclasses.replace(bare, exe="/tmp/evil"), filename="/tmp/evil"))
+    after = procs.enrich(opened)
+    assert first == ["/usr/bin/sh"] * 3 and after.proc.exe == "/tmp/evil"
+    assert after == dataclasses.replace(opened, proc=dataclasses.replace(bare, exe="/tmp/evil"))
