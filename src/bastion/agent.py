@@ -576,12 +576,13 @@ class Agent:
             written += 1
         self._store_recovered(written)
 
-    def _store_events(self, rows: list[dict[str, Any]], drain_alerts: bool = True) -> None:
+    def _store_events(self, rows: list[dict[str, Any]], drain_alerts: bool = True,
+                      times_ns: Sequence[int] | None = None) -> None:
         if not self._store_usable():
             self.store_health.events_not_stored += len(rows)
             return
         try:
-            self.store.add_events(rows)
+            self.store.add_events(rows, times_ns=times_ns)
         except MalformedRecordError as exc:
             log.error("event batch not stored: %s", exc)
             self.store_health.malformed += 1
@@ -850,7 +851,7 @@ class Agent:
         if publish is not None:
             for j in rows:
                 publish(j)
-        self._store_events(rows, drain_alerts=drain_alerts)
+        self._store_events(rows, drain_alerts=drain_alerts, times_ns=[ev.time_ns for ev in events])
 
     def _handle(self, source: Source, batch: list[Event]) -> None:
         self.process(batch)

@@ -223,3 +223,25 @@ def test_cached_enrichment_follows_the_table() -> None:
     after = procs.enrich(opened)
     assert first == ["/usr/bin/sh"] * 3 and after.proc.exe == "/tmp/evil"
     assert after == dataclasses.replace(opened, proc=dataclasses.replace(bare, exe="/tmp/evil"))
+
+
+def test_store_rows_from_event_times_equal_rows_from_parsed_times(tmp_path: Path) -> None:
+    """The writer hands the store the events' ns times instead of the RFC 3339 text to
+    parse back: the stored rows are the same."""
+    import sqlite3
+
+    from bastion.events import to_json
+    from bastion.store import Store
+
+    rng = random.Random(3)
+    evs = [dataclasses.replace(ev, time_ns=rng.randrange(0, 2**62)) for ev in _corpus()[:300]]
+    rows = [to_json(ev) for ev in evs]
+    for name, kw in (("a", {}), ("b", {"times_ns": [ev.time_ns for ev in evs]})):
+        with Store.open(tmp_path / name) as s:
+            s.add_events(rows, **kw)   # type: ignore[arg-type]
+    dumped = []
+    for name in ("a", "b"):
+        db = next((tmp_path / name).glob("*.db"))
+        with sqlite3.connect(db) as c:
+            dumped.append(c.execute("SELECT ts, type, pid, exe, data FROM events ORDER BY seq").fetchall())
+    assert dumped[0] == dumped[1] and len(dumped[0]) == 300
