@@ -237,6 +237,7 @@ class Agent:
         self._writer: EventWriter[Event] | None = None
         self._last_shed_events = 0
         self._last_shed_alert = float("-inf")
+        self._writer_said = ""   # the writer error last alerted
         self.writer_max_events = WRITER_MAX_EVENTS
 
     # ---- status (control thread) -------------------------------------------------
@@ -842,6 +843,19 @@ class Agent:
             self.metrics.observe_rules(time.perf_counter() - t0)
         self.summary.events += len(batch)
 
+    def _writer_failed(self, events: Sequence[Event], exc: Exception) -> None:
+        """A batch the writer could not turn into rows (not a store failure: those are
+        counted by ``_store_events``): counted as not stored, said once per distinct error."""
+        self.store_health.events_not_stored += len(events)
+        said = f"{type(exc).__name__}: {exc}"
+        if said != self._writer_said:
+            self._writer_said = said
+            self._pending.append(Finding(
+                rule="bastion.store.writer_error", severity="high", attack=(), action="alert",
+                event=None, pid=os.getpid(),
+                title=f"{len(events)} events neither stored nor sent to event outputs: {said}",
+                evidence={"error": said, "events": len(events)}))
+
     def _write_events(self, events: Sequence[Event], drain_alerts: bool = False) -> None:
         """The events' JSON form to the event outputs (only when one takes events) and to
         the store.  On the writer thread, or inline when no writer runs."""
@@ -954,7 +968,8 @@ class Agent:
             if self.policy.integrity.interval_s and self.tier is not None:
                 threading.Thread(target=self._integrity_loop, args=(stop,), name="bastion-integrity",
                                  daemon=True).start()
-            writer = EventWriter(self._write_events, max_items=self.writer_max_events)
+            writer = EventWriter(self._write_events, max_items=self.writer_max_events,
+                                 on_error=self._writer_failed)
             self._writer = writer
             writer.start()
             self._heartbeat = self._last_health = self._last_retention = time.monotonic()

@@ -30,11 +30,15 @@ class EventWriter(Generic[T]):
     """A thread that calls ``write(batch)`` for each offered batch, in order."""
 
     def __init__(self, write: Callable[[Sequence[T]], None], *, max_items: int = 65536,
-                 share: float = 0.5, name: str = "bastion-writer") -> None:
+                 share: float = 0.5, name: str = "bastion-writer",
+                 on_error: Callable[[Sequence[T], Exception], None] | None = None) -> None:
+        """``on_error(batch, exc)``: a batch whose ``write`` raised (its items are lost:
+        the owner counts them); the thread goes on."""
         if max_items <= 0 or not 0.0 < share <= 1.0:
             raise ValueError(f"EventWriter: max_items must be > 0 and 0 < share <= 1 "
                              f"(got {max_items}, {share})")
         self._write = write
+        self._on_error = on_error
         self.max_items = max_items
         self.share = share
         self._q: deque[Sequence[T]] = deque()
@@ -44,7 +48,8 @@ class EventWriter(Generic[T]):
         self._busy = False
         self.shed = 0           # items refused because the queue was full
         self.written = 0        # items handed to ``write``
-        self.errors = 0         # batches whose ``write`` raised (logged; the thread goes on)
+        self.errors = 0         # batches whose ``write`` raised (logged, ``on_error``; goes on)
+        self.failed = 0         # items of those batches
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
@@ -83,9 +88,15 @@ class EventWriter(Generic[T]):
             t0 = time.thread_time()
             try:
                 self._write(batch)
-            except Exception:  # noqa: BLE001 - counted and logged; the writer must not die
+            except Exception as exc:  # noqa: BLE001 - counted and logged; the writer must not die
                 self.errors += 1
+                self.failed += len(batch)
                 log.exception("writing %d events failed", len(batch))
+                if self._on_error is not None:
+                    try:
+                        self._on_error(batch, exc)
+                    except Exception:  # noqa: BLE001 - the count above stands
+                        log.exception("reporting a failed write failed")
             self.written += len(batch)
             if backlog and self.share < 1.0 and not self._stop:
                 time.sleep((time.thread_time() - t0) * (1.0 / self.share - 1.0))
