@@ -976,6 +976,8 @@ class Agent:
             self.ready.set()
             pump.run(stop, self._handle, tick=self._tick)
             writer.close(timeout=30)   # what the loop saw is stored before the stop
+            if writer.queued:          # a store too slow to finish: counted, not silent
+                self.store_health.events_not_stored += writer.queued
             self._health(final=True)
         finally:
             if self._writer is not None:
