@@ -27,6 +27,7 @@ from bastion.detect.engine import Engine, Finding, Rule, RuleContext
 from bastion.errors import BastionError, StoreError
 from bastion.containers import ContainerResolver
 from bastion.events import Event, HipsEvent, to_json
+from bastion.eventwriter import EventWriter
 from bastion.guard.token import TokenStore
 from bastion.metrics import Metrics
 from bastion.outputs import OutputManager
@@ -109,6 +110,9 @@ class StoreHealth:
 
 
 STORE_RETRY_S: Final = 5.0   # a failing store is tried again this often
+# Events waiting for the writer thread (store rows, event outputs); beyond, batches are shed
+# (counted in the store's events_not_stored and events_shed, alerted once per interval).
+WRITER_MAX_EVENTS: Final = 50_000
 
 
 @dataclass
@@ -240,6 +244,12 @@ class Agent:
         self._last_resolve = self._last_full_resolve = 0.0
         self.integrity_scanner: WorkerScanner | None = None   # set by the integrity thread
         self._heartbeat = time.monotonic()   # the loop's last round (set by _tick)
+        # store rows and event outputs: off the loop while run() runs (inline otherwise)
+        self._writer: EventWriter[Event] | None = None
+        self._last_shed_events = 0
+        self._last_shed_alert = float("-inf")
+        self._writer_said = ""   # the writer error last alerted
+        self.writer_max_events = WRITER_MAX_EVENTS
 
     # ---- status (control thread) -------------------------------------------------
 
@@ -308,7 +318,9 @@ class Agent:
             "cpu_s": round(cpu_seconds(), 2),
             "data_dir": str(self.store.path.parent),
             "store_events": self._count_stored_events(),
-            "store": self.store_health.to_json(len(self._store_queue)),
+            "store": {**self.store_health.to_json(len(self._store_queue)),
+                      "events_queued": self._writer.queued if self._writer is not None else 0,
+                      "events_shed": self._writer.shed if self._writer is not None else 0},
             "protections": self.protections(),
             "fleet": self.fleet.stats() if self.fleet is not None else "off",
         }
@@ -605,12 +617,13 @@ class Agent:
             written += 1
         self._store_recovered(written)
 
-    def _store_events(self, rows: list[dict[str, Any]]) -> None:
+    def _store_events(self, rows: list[dict[str, Any]], drain_alerts: bool = True,
+                      times_ns: Sequence[int] | None = None) -> None:
         if not self._store_usable():
             self.store_health.events_not_stored += len(rows)
             return
         try:
-            self.store.add_events(rows)
+            self.store.add_events(rows, times_ns=times_ns)
         except MalformedRecordError as exc:
             log.error("event batch not stored: %s", exc)
             self.store_health.malformed += 1
@@ -622,7 +635,8 @@ class Agent:
             return
         if self._stored_events is not None:
             self._stored_events += len(rows)
-        self._drain_store_queue()
+        if drain_alerts:   # (not from the writer thread: alerts are the loop's)
+            self._drain_store_queue()
 
     def _store_recovered(self, written: int) -> None:
         h = self.store_health
@@ -667,6 +681,17 @@ class Agent:
                 evidence={"shed": shed - self._last_shed, "shed_total": shed}))
             self._last_shed = shed
         self._hips_fail_opens()
+        w = self._writer
+        if w is not None and w.shed > self._last_shed_events and (
+                final or now - self._last_shed_alert >= self.limits.interval_s):
+            new_shed, self._last_shed_events = w.shed - self._last_shed_events, w.shed
+            self._last_shed_alert = now
+            self._alert(Finding(
+                rule="bastion.store.events_shed", severity="medium", attack=(), action="alert",
+                event=None, pid=os.getpid(),
+                title=f"{new_shed} events not stored nor sent to event outputs: the writer "
+                      "fell behind (detection saw them)",
+                evidence={"shed": new_shed, "shed_total": w.shed, "queue_max": w.max_items}))
         if self.outputs is not None:
             for name, n in self.outputs.new_drops().items():
                 self._alert(Finding(
@@ -822,31 +847,37 @@ class Agent:
             return False
 
     def process(self, batch: list[Event]) -> list[Event]:
-        """Handle a batch; returns it enriched (process table, container context)."""
-        rows = []
-        seen: list[Event] = []
+        """Process table, container context, rules, HIPS audit and alerts on this thread;
+        the store rows and event outputs (the events' JSON) on the writer thread while
+        :meth:`run` runs (inline otherwise).  Returns the batch enriched."""
         by_type = self.summary.by_type
         batch_types: dict[str, int] = {}
         t0 = time.perf_counter()
+        update, enrich, evaluate, ctx = self.procs.update, self.procs.enrich, \
+            self.engine.evaluate, self.ctx
+        policies, containers = self.policies, self.containers
+        seen: list[Event] = []
+        keep = seen.append
         for ev in batch:
-            self.procs.update(ev)
-            ev = self.procs.enrich(ev)
-            if self.containers is not None:
-                ev = self.containers.enrich(ev)
-            seen.append(ev)
-            j = to_json(ev)
-            rows.append(j)
-            if self.outputs is not None:
-                self.outputs.publish_event(j)
-            batch_types[ev.type] = batch_types.get(ev.type, 0) + 1
-            for f in self.engine.evaluate(ev, self.ctx):
+            update(ev)
+            ev = enrich(ev)
+            if containers is not None:
+                ev = containers.enrich(ev)
+            keep(ev)
+            t = ev.type
+            batch_types[t] = batch_types.get(t, 0) + 1
+            for f in evaluate(ev, ctx):
                 self._alert(f)
-            if self.policies is not None:
-                late = self.policies.audit_event(ev, self.procs)
+            if policies is not None:
+                late = policies.audit_event(ev, self.procs)
                 if late is not None:
                     self._alert(late)
-        if rows:
-            self._store_events(rows)
+        if seen:
+            w = self._writer
+            if w is None:
+                self._write_events(seen, drain_alerts=True)
+            elif not w.offer(seen):
+                self.store_health.events_not_stored += len(seen)   # shed: counted, alerted
         for t, n in batch_types.items():
             by_type[t] = by_type.get(t, 0) + n
         if self.metrics is not None and batch:
@@ -854,6 +885,30 @@ class Agent:
             self.metrics.observe_rules(time.perf_counter() - t0)
         self.summary.events += len(batch)
         return seen
+
+    def _writer_failed(self, events: Sequence[Event], exc: Exception) -> None:
+        """A batch the writer could not turn into rows (not a store failure: those are
+        counted by ``_store_events``): counted as not stored, said once per distinct error."""
+        self.store_health.events_not_stored += len(events)
+        said = f"{type(exc).__name__}: {exc}"
+        if said != self._writer_said:
+            self._writer_said = said
+            self._pending.append(Finding(
+                rule="bastion.store.writer_error", severity="high", attack=(), action="alert",
+                event=None, pid=os.getpid(),
+                title=f"{len(events)} events neither stored nor sent to event outputs: {said}",
+                evidence={"error": said, "events": len(events)}))
+
+    def _write_events(self, events: Sequence[Event], drain_alerts: bool = False) -> None:
+        """The events' JSON form to the event outputs (only when one takes events) and to
+        the store.  On the writer thread, or inline when no writer runs."""
+        outputs = self.outputs
+        publish = outputs.publish_event if outputs is not None and outputs.wants_events else None
+        rows = [to_json(ev) for ev in events]
+        if publish is not None:
+            for j in rows:
+                publish(j)
+        self._store_events(rows, drain_alerts=drain_alerts, times_ns=[ev.time_ns for ev in events])
 
     def _handle(self, source: Source, batch: list[Event]) -> None:
         batch = self.process(batch)
@@ -960,13 +1015,23 @@ class Agent:
             if self.policy.integrity.interval_s and self.tier is not None:
                 threading.Thread(target=self._integrity_loop, args=(stop,), name="bastion-integrity",
                                  daemon=True).start()
+            writer = EventWriter(self._write_events, max_items=self.writer_max_events,
+                                 on_error=self._writer_failed)
+            self._writer = writer
+            writer.start()
             if self.fleet is not None:
                 self.fleet.start()   # after the local policy: a fleet policy replaces it
             self._heartbeat = self._last_health = self._last_retention = time.monotonic()
             self.ready.set()
             pump.run(stop, self._handle, tick=self._tick)
+            writer.close(timeout=30)   # what the loop saw is stored before the stop
+            if writer.queued:          # a store too slow to finish: counted, not silent
+                self.store_health.events_not_stored += writer.queued
             self._health(final=True)
         finally:
+            if self._writer is not None:
+                self._writer.close(timeout=5)
+                self._writer = None
             if self.control is not None:
                 self.control.stop()
             for s in opened:

@@ -10,11 +10,14 @@ process fields (``pid`` is the process id, ``tid`` the thread) including
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import dataclasses
 import ipaddress
+import operator
 import os
 import signal
+import struct as _struct
 from dataclasses import dataclass
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Final, Union, assert_never
@@ -340,6 +343,10 @@ def _exec(r: Any, t: int, p: Proc, trunc: bool) -> Event:
     )
 
 
+_FILE_OPS: Final = {int(o): o.name.lower() for o in abi.FileOp}
+_NET_OPS: Final = {int(o): o.name.lower() for o in abi.NetOp}
+
+
 def _fork(r: Any, t: int, p: Proc, trunc: bool) -> Event:
     return ForkEvent(t, p, trunc, child_pid=r.child_tgid, child_start_ns=r.child_start_ns)
 
@@ -350,10 +357,9 @@ def _exit(r: Any, t: int, p: Proc, trunc: bool) -> Event:
 
 
 def _file(r: Any, t: int, p: Proc, trunc: bool) -> Event:
-    try:
-        op = abi.FileOp(r.op).name.lower()
-    except ValueError:
-        raise DecodeError(f"unknown file op {r.op}") from None
+    op = _FILE_OPS.get(r.op)
+    if op is None:
+        raise DecodeError(f"unknown file op {r.op}")
     flags = r.hdr.flags
     return FileEvent(
         t, p, trunc, op=op,
@@ -370,10 +376,9 @@ def _file(r: Any, t: int, p: Proc, trunc: bool) -> Event:
 
 
 def _net(r: Any, t: int, p: Proc, trunc: bool) -> Event:
-    try:
-        op = abi.NetOp(r.op).name.lower()
-    except ValueError:
-        raise DecodeError(f"unknown net op {r.op}") from None
+    op = _NET_OPS.get(r.op)
+    if op is None:
+        raise DecodeError(f"unknown net op {r.op}")
     return NetEvent(
         t, p, trunc, op=op, family=_FAMILIES.get(r.family, str(r.family)),
         protocol=_PROTOCOLS.get(r.protocol, "" if r.protocol == 0 else str(r.protocol)),
@@ -469,10 +474,10 @@ DECODERS: Final[Mapping[abi.EventType, _Decoder]] = {
 }
 
 
-def decode(record: bytes | bytearray | memoryview, boot_to_wall_ns: int) -> Event:
-    """Decode one ring-buffer record.  ``boot_to_wall_ns`` is added to the
-    kernel's CLOCK_BOOTTIME stamp to give wall-clock ns.  A record too short,
-    of a type without a decoder, or with an unknown op raises DecodeError."""
+def decode_reference(record: bytes | bytearray | memoryview, boot_to_wall_ns: int) -> Event:
+    """Decode one record through its ctypes mirror (:mod:`bastion.abi`): the reference
+    the fast :func:`decode` and :class:`Decoder` are tested against (the same event
+    for every record, the same :class:`DecodeError` for every bad one)."""
     size = len(record)
     if size < ctypes.sizeof(abi.EventHdr):
         raise DecodeError(f"record of {size} bytes is shorter than the event header")
@@ -481,15 +486,150 @@ def decode(record: bytes | bytearray | memoryview, boot_to_wall_ns: int) -> Even
         etype = abi.EventType(hdr.type)
     except ValueError:
         raise DecodeError(f"unknown event type {hdr.type}") from None
-    decoder, struct = DECODERS.get(etype), abi.RECORDS.get(etype)
-    if decoder is None or struct is None:
+    decoder, struct_ = DECODERS.get(etype), abi.RECORDS.get(etype)
+    if decoder is None or struct_ is None:
         raise DecodeError(f"no decoder for event type {hdr.type} ({etype.name.lower()})")
-    need = ctypes.sizeof(struct)
+    need = ctypes.sizeof(struct_)
     if size < need:
         raise DecodeError(f"{etype.name.lower()} record of {size} bytes, expected {need}")
     trunc = bool(hdr.flags & (abi.F_TRUNC_PATH | abi.F_TRUNC_ARGV))
-    return decoder(struct.from_buffer_copy(record[:need]), hdr.ts_ns + boot_to_wall_ns,
+    return decoder(struct_.from_buffer_copy(record[:need]), hdr.ts_ns + boot_to_wall_ns,
                    _proc(hdr), trunc)
+
+
+# ---- the fast decode: one struct.unpack_from per record, no ctypes objects -------------
+#
+# Each record layout (abi.RECORDS) is compiled once into a ``_Layout``: one little-endian
+# struct for every scalar field (explicit padding from the ctypes offsets), and the
+# offsets of its char arrays (cut at the first NUL, as ctypes does) and byte arrays.  The
+# decoders above get a namedtuple with the same attribute names as the ctypes record.
+
+_SCALAR_CODES: Final = {
+    ctypes.c_uint8: "B", ctypes.c_int8: "b", ctypes.c_uint16: "H", ctypes.c_int16: "h",
+    ctypes.c_uint32: "I", ctypes.c_int32: "i", ctypes.c_uint64: "Q", ctypes.c_int64: "q",
+}
+_HDR_SIZE: Final = ctypes.sizeof(abi.EventHdr)
+_HDR_FIXED: Final = _struct.Struct("<HHIQ")      # type, flags, size, ts_ns
+# the actor's part of the header (pid .. comm): equal bytes, equal Proc
+_PROC_AT: Final = abi.EventHdr.pid.offset
+_PROC_STRUCT: Final = _struct.Struct("<IIIIIIQQ")
+
+
+def _code(t: Any) -> str:
+    for ct, code in _SCALAR_CODES.items():
+        if t is ct or (ctypes.sizeof(t) == ctypes.sizeof(ct)
+                       and getattr(t, "_type_", None) == getattr(ct, "_type_", "")):
+            return code
+    raise TypeError(f"no struct code for {t!r}")
+
+
+class _Layout:
+    """How to read one record type without ctypes (built from its ctypes mirror)."""
+
+    def __init__(self, cls: type[ctypes.Structure], *, header: bool = True) -> None:
+        scalars: list[tuple[str, int, str]] = []
+        self.strings: list[tuple[int, int]] = []
+        self.raws: list[tuple[int, int]] = []
+        names_s: list[str] = []
+        names_r: list[str] = []
+        for name, typ in cls._fields_:          # type: ignore[misc]
+            off = getattr(cls, name).offset
+            if name == "hdr" and header:
+                continue
+            if issubclass(typ, ctypes.Array):
+                if getattr(typ, "_type_", None) is ctypes.c_char:
+                    self.strings.append((off, ctypes.sizeof(typ)))
+                    names_s.append(name)
+                else:
+                    self.raws.append((off, ctypes.sizeof(typ)))
+                    names_r.append(name)
+            else:
+                scalars.append((name, off, _code(typ)))
+        fmt, pos = "<", 0
+        for _name, off, code in scalars:
+            if off < pos:
+                raise TypeError(f"{cls.__name__}: overlapping field at {off}")
+            fmt += "x" * (off - pos) + code
+            pos = off + _struct.calcsize("<" + code)
+        self.struct = _struct.Struct(fmt)
+        self.size = ctypes.sizeof(cls)
+        fields = (["hdr"] if header else []) + [n for n, _o, _c in scalars] + names_s + names_r
+        self.tuple = collections.namedtuple(f"_{cls.__name__}", fields, rename=True)  # type: ignore[misc]
+
+
+# what the decoders read of the header besides the actor (Proc) and the time: the flags
+_Hdr = collections.namedtuple("_Hdr", ["flags"])
+_LAYOUTS: Final[dict[int, tuple[abi.EventType, _Layout]]] = {
+    int(t): (t, _Layout(abi.RECORDS[t])) for t in abi.EventType if t in abi.RECORDS
+}
+
+
+def _cstr(rec: bytes, off: int, n: int) -> bytes:
+    end = rec.find(b"\0", off, off + n)
+    return rec[off:end if end >= 0 else off + n]
+
+
+class Decoder:
+    """Decodes ring records fast, keeping a bounded cache of the actors it saw.
+
+    Equal header bytes (pid .. comm) give the same :class:`Proc` object, so a
+    flood from one process builds its ``Proc`` once.  Same events and same
+    :class:`DecodeError` as :func:`decode_reference` (``tests/unit/test_pipeline_equivalence.py``)."""
+
+    def __init__(self, proc_cache: int = 4096) -> None:
+        self._procs: dict[bytes, Proc] = {}
+        self.proc_cache = proc_cache
+
+    def _proc(self, rec: bytes) -> Proc:
+        key = rec[_PROC_AT:_HDR_SIZE]
+        p = self._procs.get(key)
+        if p is None:
+            tid, tgid, ppid, uid, euid, gid, cg, start = _PROC_STRUCT.unpack_from(rec, _PROC_AT)
+            p = Proc(pid=tgid, tid=tid, ppid=ppid, uid=uid, euid=euid, gid=gid, cgroup_id=cg,
+                     comm=_str(_cstr(rec, abi.EventHdr.comm.offset, abi.COMM_LEN)),
+                     start_ns=start)
+            if self.proc_cache > 0:
+                if len(self._procs) >= self.proc_cache:
+                    self._procs.clear()
+                self._procs[key] = p
+        return p
+
+    def __call__(self, record: bytes | bytearray | memoryview, boot_to_wall_ns: int) -> Event:
+        return self.decode(record, boot_to_wall_ns)
+
+    def decode(self, record: bytes | bytearray | memoryview, boot_to_wall_ns: int) -> Event:
+        rec = record if isinstance(record, bytes) else bytes(record)
+        size = len(rec)
+        if size < _HDR_SIZE:
+            raise DecodeError(f"record of {size} bytes is shorter than the event header")
+        etype_n, flags, _size, ts = _HDR_FIXED.unpack_from(rec, 0)
+        entry = _LAYOUTS.get(etype_n)
+        decoder = DECODERS.get(entry[0]) if entry is not None else None
+        if entry is None or decoder is None:
+            try:
+                etype = abi.EventType(etype_n)
+            except ValueError:
+                raise DecodeError(f"unknown event type {etype_n}") from None
+            raise DecodeError(f"no decoder for event type {etype_n} ({etype.name.lower()})")
+        etype, lay = entry
+        if size < lay.size:
+            raise DecodeError(f"{etype.name.lower()} record of {size} bytes, expected {lay.size}")
+        r = lay.tuple(_Hdr(flags), *lay.struct.unpack_from(rec, 0),
+                      *[_cstr(rec, o, n) for o, n in lay.strings],
+                      *[rec[o:o + n] for o, n in lay.raws])
+        return decoder(r, ts + boot_to_wall_ns, self._proc(rec),
+                       bool(flags & _TRUNC_FLAGS))
+
+
+_TRUNC_FLAGS: Final = abi.F_TRUNC_PATH | abi.F_TRUNC_ARGV
+
+
+def decode(record: bytes | bytearray | memoryview, boot_to_wall_ns: int) -> Event:
+    """Decode one ring-buffer record.  ``boot_to_wall_ns`` is added to the
+    kernel's CLOCK_BOOTTIME stamp to give wall-clock ns.  A record too short,
+    of a type without a decoder, or with an unknown op raises DecodeError.
+    (A :class:`Decoder` does the same and keeps its actors cached: the sensors use one.)"""
+    return Decoder(proc_cache=0).decode(record, boot_to_wall_ns)
 
 
 _PROC_KEYS: Final = ("pid", "tid", "ppid", "uid", "euid", "gid", "cgroup_id", "comm", "start_ns", "exe")
@@ -497,19 +637,45 @@ _PROC_REQUIRED: Final = ("pid", "tid", "ppid", "uid", "euid", "gid", "cgroup_id"
 _SKIP: Final = {"time_ns", "proc", "truncated"}
 
 
+def _json_fields(cls: type[Any]) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls)
+                 if f.name not in _SKIP and (f.name != "op" or cls is HipsEvent))
+
+
+# event class -> its own fields in the JSON form (file, net and cred events: the op is the type)
+_JSON_FIELDS: Final[dict[type[Any], tuple[str, ...]]] = {
+    cls: _json_fields(cls) for cls in set(TYPES.values())}
+
+
+_ALL_FIELDS: Final[dict[type[Any], Callable[[Any], tuple[Any, ...]]]] = {
+    cls: operator.attrgetter(*(f.name for f in dataclasses.fields(cls)))
+    for cls in set(TYPES.values())}
+
+
+def with_proc(ev: Event, proc: Proc) -> Event:
+    """``ev`` with another actor: ``dataclasses.replace(ev, proc=proc)``, without its
+    per-call field introspection (the agent enriches every event)."""
+    get = _ALL_FIELDS.get(type(ev))
+    if get is None:
+        return dataclasses.replace(ev, proc=proc)
+    vals = get(ev)
+    new: Event = type(ev)(vals[0], proc, *vals[2:])
+    return new
+
+
 def to_json(ev: Event) -> dict[str, Any]:
     """The stable JSON form of an event (a plain dict, JSON-ready)."""
-    out: dict[str, Any] = {"type": ev.type, "time": format_time(ev.time_ns)}
     p = ev.proc
-    for k in _PROC_KEYS:
-        out[k] = getattr(p, k)
+    out: dict[str, Any] = {"type": ev.type, "time": format_time(ev.time_ns),
+                           "pid": p.pid, "tid": p.tid, "ppid": p.ppid, "uid": p.uid,
+                           "euid": p.euid, "gid": p.gid, "cgroup_id": p.cgroup_id,
+                           "comm": p.comm, "start_ns": p.start_ns, "exe": p.exe}
     if p.container is not None:
         out["container"] = p.container.to_json()
-    for f in dataclasses.fields(ev):
-        if f.name in _SKIP or (f.name == "op" and not isinstance(ev, HipsEvent)):
-            continue  # file, net and cred events: the op is the type
-        v = getattr(ev, f.name)
-        out[f.name] = list(v) if isinstance(v, tuple) else v
+    names = _JSON_FIELDS.get(type(ev))
+    for name in names if names is not None else _json_fields(type(ev)):
+        v = getattr(ev, name)
+        out[name] = list(v) if isinstance(v, tuple) else v
     if ev.truncated:
         out["truncated"] = True
     return out
@@ -590,5 +756,5 @@ def summary(ev: Event) -> str:
 __all__ = [
     "Proc", "Event", "ExecEvent", "ForkEvent", "ExitEvent", "FileEvent", "NetEvent",
     "PtraceEvent", "KillEvent", "BpfEvent", "MemfdEvent", "CredEvent", "LsmDenyEvent", "HipsEvent",
-    "TYPES", "DECODERS", "decode", "to_json", "from_json", "summary", "WATCHED_ENV", "SENS_NAMES",
+    "TYPES", "DECODERS", "Decoder", "decode", "decode_reference", "with_proc", "to_json", "from_json", "summary", "WATCHED_ENV", "SENS_NAMES",
 ]

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from bastion.abi import kernel_dev
-from bastion.events import Event, ExecEvent, ExitEvent, ForkEvent
+from bastion.events import Event, ExecEvent, ExitEvent, ForkEvent, Proc, with_proc
 from bastion.procstat import TICK_NS, read_stat
 
 
@@ -67,6 +67,10 @@ class ProcessTable:
         self._procs: OrderedDict[int, ProcEntry] = OrderedDict()
         self.max_entries = max_entries
         self.linger_ns = int(linger_s * 1e9)
+        # actor -> (the entry it was enriched from, the enriched actor); bounded, emptied
+        # when full; an entry replaced by exec/fork/exit is a miss (identity check)
+        self._enriched: dict[Proc, tuple[ProcEntry, Proc]] = {}
+        self.enrich_cache = 4096
 
     def seed(self, proc: Path = Path("/proc")) -> int:
         """Load every live process from /proc; returns how many."""
@@ -145,4 +149,12 @@ class ProcessTable:
             if e is None:
                 return ev
             self._put(e)
-        return dataclasses.replace(ev, proc=dataclasses.replace(ev.proc, exe=e.exe))
+        p = ev.proc
+        hit = self._enriched.get(p)
+        if hit is None or hit[0] is not e:
+            hit = (e, Proc(p.pid, p.tid, p.ppid, p.uid, p.euid, p.gid, p.cgroup_id, p.comm,
+                           p.start_ns, e.exe))
+            if len(self._enriched) >= self.enrich_cache:
+                self._enriched.clear()
+            self._enriched[p] = hit
+        return with_proc(ev, hit[1])

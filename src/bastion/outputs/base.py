@@ -122,6 +122,11 @@ class OutputManager:
 
     # ---- the publishing side (agent loop; never blocks) ---------------------------
 
+    @property
+    def wants_events(self) -> bool:
+        """Does any output take events (not only alerts)?  If none, no event JSON is built for them."""
+        return bool(self._event_lanes)
+
     def publish_event(self, ev_json: dict[str, Any]) -> None:
         rec: Record = ("event", ev_json)
         for lane in self._event_lanes:

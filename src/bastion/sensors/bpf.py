@@ -30,7 +30,7 @@ from typing import Callable, Final, Iterable, Sequence
 from bastion import abi
 from bastion.abi import EVENT_CLASSES
 from bastion.errors import KernelError, Location
-from bastion.events import Event, decode
+from bastion.events import Decoder, Event
 from bastion.kernel.libbpf import Map
 from bastion.kernel.loader import LoadedObject, LoaderUser, ObjectSpec
 from bastion.paths import bpf_object
@@ -93,6 +93,7 @@ class BpfSensor(LoaderUser):
         self._resolve = resolve_sensitive
         self._sens: dict[bytes, SensEntry] = {}
         self._sens_at = 0.0
+        self._decoder = Decoder()   # keeps the actors of a flood decoded once (bounded)
 
     def spec(self) -> ObjectSpec:
         return ObjectSpec(
@@ -165,7 +166,7 @@ class BpfSensor(LoaderUser):
         if self.sensitive and time.monotonic() - self._sens_at >= self.sensitive_refresh_s:
             self.refresh_sensitive()
         lo.wait(timeout_s)
-        return lo.drain(decode)
+        return lo.drain(self._decoder)
 
     def ring_fill(self) -> float:
         if self._lo is None:

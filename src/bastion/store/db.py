@@ -52,6 +52,8 @@ _GLOB_CHARS = frozenset("*?[")
 # the WAL) for a whole multi-million-row delete.
 _DELETE_CHUNK = 50_000
 _JSON_SEPARATORS = (",", ":")
+# one encoder for the event rows (json.dumps with separators builds one per call)
+_ENCODER = json.JSONEncoder(separators=_JSON_SEPARATORS)
 log = logging.getLogger("bastion.store")
 
 
@@ -424,25 +426,31 @@ class Store:
 
     # -- writes ------------------------------------------------------------
 
-    def add_events(self, events: Sequence[Mapping[str, Any]]) -> None:
+    def add_events(self, events: Sequence[Mapping[str, Any]], *,
+                   times_ns: Sequence[int] | None = None) -> None:
         """Store ``events`` in one transaction (all or none).
 
         Each needs ``type``, ``time`` (RFC 3339), ``pid``; ``exe`` may be absent.
+        ``times_ns``: the events' times as epoch ns, when the caller has them (the
+        agent's writer): ``time`` is then not parsed back (same column value).
         A malformed event raises :class:`StoreError` naming its index and nothing
         of the batch is stored.
         """
         if not events:
             return
+        if times_ns is not None and len(times_ns) != len(events):
+            raise MalformedRecordError(f"{len(times_ns)} times for {len(events)} events",
+                                       location=Location(str(self._path)))
         rows = []
-        dumps = json.dumps
+        dumps = _ENCODER.encode
         for i, ev in enumerate(events):
             try:
                 rows.append((
-                    parse_time(ev["time"]),
+                    parse_time(ev["time"]) if times_ns is None else times_ns[i] // 1000 / 1e6,
                     _text(ev["type"]),
                     int(ev["pid"]),
                     _text(ev.get("exe") or ""),
-                    dumps(ev if isinstance(ev, dict) else dict(ev), separators=_JSON_SEPARATORS),
+                    dumps(ev if isinstance(ev, dict) else dict(ev)),
                 ))
             except Exception as exc:  # KeyError, ConfigError, TypeError, ValueError
                 raise MalformedRecordError(

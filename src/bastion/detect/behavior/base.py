@@ -19,6 +19,7 @@ Time is the event's own ``time_ns``, so replay behaves exactly like live.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import ipaddress
 import os
 from collections import deque
@@ -409,6 +410,9 @@ def package_installer(ev: Event, ctx: RuleContext, trust: ExeTrust) -> str | Non
     return None
 
 
+# Pure functions of an address string, asked for on every connect (and by the port-scan
+# rule for every peer it holds): cached, bounded (issue 16.3: cheap per-event work).
+@functools.lru_cache(maxsize=4096)
 def is_public_peer(addr: str) -> bool:
     try:
         ip = ipaddress.ip_address(addr)
@@ -419,6 +423,7 @@ def is_public_peer(addr: str) -> bool:
     return not (ip.is_loopback or ip.is_unspecified or ip.is_link_local or ip.is_multicast)
 
 
+@functools.lru_cache(maxsize=4096)
 def is_loopback(addr: str) -> bool:
     try:
         ip = ipaddress.ip_address(addr)

@@ -127,29 +127,56 @@ def audit_record_types(cond: object) -> frozenset[str]:
 # ---------------------------------------------------------------- the evaluator
 
 class _Group:
-    """The compiled rules of one view kind and their prefilter index."""
+    """The compiled rules of one view kind and their prefilter index.
 
-    def __init__(self, members: Sequence[tuple[int, CompiledRule]]) -> None:
+    A group's verdict on a view is a pure function of the values of the fields its
+    rules read (every view of a keyword group: all of it), so verdicts are memoised
+    by those values in a bounded table (``memo_max`` views; emptied when full): a
+    flood of like events (one process chmodding one file, a build opening the same
+    headers) costs one dict lookup per view after the first.  An attacker varying
+    the values only makes every view a miss, which costs what it cost before."""
+
+    def __init__(self, members: Sequence[tuple[int, CompiledRule]], memo_max: int = 4096) -> None:
         self.ids = tuple(i for i, _ in members)          # global rule numbers, by position
         self.preds = tuple(c.pred for _, c in members)
         self.index = RuleIndex([c.anchors for _, c in members])
         self.keywords = any(KEYWORDS in c.fields for _, c in members)
         self.reads = frozenset().union(*(c.fields for _, c in members))  # only these are lowered
-        self.views = 0          # statistics: views seen, predicates run
+        # the memo key: the values of the fields read, in a fixed order (None: absent)
+        self._key_fields: tuple[str, ...] | None = None if self.keywords else tuple(sorted(self.reads))
+        self._memo: dict[tuple[Any, ...], tuple[int, ...]] = {}
+        self.memo_max = memo_max
+        self.views = 0          # statistics: views seen, predicates run, memo hits
         self.touched = 0
+        self.memo_hits = 0
 
-    def run(self, view: View, hits: dict[int, dict[str, Any]], evidence: dict[str, Any]) -> None:
+    def verdict(self, view: View) -> tuple[int, ...]:
+        """The global numbers of the rules of this group that match ``view`` (no memo)."""
         if self.keywords:
             view[KEYWORDS] = " ".join(view.values())
         reads = self.reads
         low = {k: v.lower() for k, v in view.items() if k in reads}
         preds, ids = self.preds, self.ids
         cands = self.index.candidates(low)
-        self.views += 1
         self.touched += len(cands)
-        for i in cands:
-            if preds[i](view, low):
-                hits.setdefault(ids[i], evidence)
+        return tuple(ids[i] for i in cands if preds[i](view, low))
+
+    def run(self, view: View, hits: dict[int, dict[str, Any]], evidence: dict[str, Any]) -> None:
+        self.views += 1
+        kf = self._key_fields
+        key = tuple(view.items()) if kf is None else tuple(map(view.get, kf))
+        memo = self._memo
+        found = memo.get(key)
+        if found is None:
+            found = self.verdict(view)
+            if self.memo_max > 0:       # 0: memo off (tests compare against it)
+                if len(memo) >= self.memo_max:
+                    memo.clear()
+                memo[key] = found
+        else:
+            self.memo_hits += 1   # (the evidence never shows KEYWORDS: _render drops it)
+        for n in found:
+            hits.setdefault(n, evidence)
 
 
 class SigmaEvaluator:
@@ -174,10 +201,17 @@ class SigmaEvaluator:
         self._last: dict[int, dict[str, Any]] = {}
         self.evaluated = 0
 
+    def set_memo(self, memo_max: int) -> None:
+        """Bound every group's verdict memo to ``memo_max`` views (0: no memo)."""
+        for g in (*self._groups.values(), *self._audit.values()):
+            g.memo_max = memo_max
+            g._memo.clear()
+
     def stats(self) -> dict[str, dict[str, int]]:
         """Per view kind: rules, views evaluated, predicates run (the prefilter's effect)."""
         groups = {**self._groups, **{f"auditd:{t}": g for t, g in self._audit.items()}}
-        return {k: {"rules": len(g.ids), "views": g.views, "touched": g.touched}
+        return {k: {"rules": len(g.ids), "views": g.views, "touched": g.touched,
+                    "memo_hits": g.memo_hits}
                 for k, g in sorted(groups.items())}
 
     def match(self, ev: Event, ctx: RuleContext) -> dict[int, dict[str, Any]]:
