@@ -110,6 +110,7 @@ class BpfSensor(LoaderUser):
         self._resolve = resolve_sensitive
         self._sens: dict[bytes, SensEntry] = {}
         self._sens_at = 0.0
+        self._dedup_final = (0, 0)   # the dedup counters as they were at close()
 
     def spec(self) -> ObjectSpec:
         return ObjectSpec(
@@ -194,15 +195,23 @@ class BpfSensor(LoaderUser):
     def close(self) -> None:
         """Detach and release; the counters stay readable."""
         if self._lo is not None:
+            if not self._lo.closed:
+                self._dedup_final = (self.deduplicated(), self.net_deduplicated())
             self._lo.close()
+
+    def _dedup(self, name: str, final: int) -> int:
+        lo = self._lo
+        if lo is None:
+            return 0
+        return final if lo.closed else lo.sum_percpu_u64(name)
 
     def deduplicated(self) -> int:
         """Opens the kernel did not report because one like it was within the window."""
-        return self._lo.sum_percpu_u64("open_deduped") if self._lo is not None else 0
+        return self._dedup("open_deduped", self._dedup_final[0])
 
     def net_deduplicated(self) -> int:
         """Connects/accepts the kernel did not report: one like it was within the window."""
-        return self._lo.sum_percpu_u64("net_deduped") if self._lo is not None else 0
+        return self._dedup("net_deduped", self._dedup_final[1])
 
     def stats(self) -> dict[str, int]:
         return {**super().stats(), "open_deduplicated": self.deduplicated(),
