@@ -22,6 +22,9 @@ struct {
 	__type(value, __u32);
 } quiet_tgids SEC(".maps");
 #define BASTION_QUIET_TGIDS quiet_tgids
+/* every program here gets BTF-typed arguments: the sensitive-set walk uses
+ * plain loads, not a helper call per field (bpf/lib/sensitive.h) */
+#define BASTION_BTF_LOADS 1
 
 #include "events.h"
 #include "dedup.h"
@@ -79,21 +82,25 @@ int BPF_PROG(on_file_open, struct file *file)
 	bool write, sens;
 	long n;
 
-	/* cheapest first: most opens are reads, dropped here */
-	fflags = BPF_CORE_READ(file, f_flags);
-	fmode = BPF_CORE_READ(file, f_mode);
+	/* cheapest first: most opens are reads, dropped here (plain loads from
+	 * the BTF-typed argument, no helper call) */
+	fflags = file->f_flags;
+	fmode = file->f_mode;
 	write = (fmode & FMODE_WRITE_) || (fflags & (O_CREAT_ | O_TRUNC_)) ||
 		(fmode & FMODE_CREATED_);
 	if (!write && !cfg_open_reads && !cfg_sensitive)
 		return 0;
-	if (!wanted(BASTION_EV_FILE))
-		return 0;
-	inode = BPF_CORE_READ(file, f_inode);
-	/* as the compat sensor: every reported open carries its sensitive class */
+	/* a read outside the sensitive set (the common case) is dropped on the
+	 * set's own walk, before the quiet-process lookup of wanted() */
 	sens = sens_match(file, &sclass, &sid);
 	if (!write && !cfg_open_reads && !sens)
 		return 0;
-	ino = BPF_CORE_READ(inode, i_ino);
+	if (!wanted(BASTION_EV_FILE))
+		return 0;
+	inode = file->f_inode;
+	if (!inode)
+		return 0;
+	ino = inode->i_ino;
 	dev = BPF_CORE_READ(inode, i_sb, s_dev);
 	if (open_seen_recently(dev, ino, write))
 		return 0;

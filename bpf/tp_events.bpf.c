@@ -87,7 +87,7 @@ static __always_inline int sens_open_exit(long ret)
 	f = fd_file(ret);
 	if (!f || (BPF_CORE_READ(f, f_flags) & O_PATH_))
 		return 0; /* an O_PATH descriptor reads nothing */
-	if (!sens_match(f, &sclass, &sid))
+	if (!sens_match_cached(f, &sclass, &sid))
 		return 0;
 	ino = BPF_CORE_READ(f, f_inode, i_ino);
 	dev = BPF_CORE_READ(f, f_inode, i_sb, s_dev);
@@ -158,7 +158,7 @@ static __always_inline int open_exit(long ret)
 		fpath = BPF_CORE_READ(f, f_path);
 		if (path_to_str(&fpath, e->path))
 			e->hdr.flags |= BASTION_F_TRUNC_PATH;
-		if (sens_match(f, &sclass, &sid)) {
+		if (sens_match_cached(f, &sclass, &sid)) {
 			e->sens_class = sclass;
 			e->sens_id = sid;
 			e->hdr.flags |= BASTION_F_SENSITIVE;
@@ -282,6 +282,16 @@ int on_rename(void *ctx)
 	return rename_ev(AT_FDCWD_, (const char *)ARG(ctx, 0), AT_FDCWD_,
 			 (const char *)ARG(ctx, 1));
 }
+
+/* A rename may move a directory into or out of a sensitive subtree: the
+ * read-open verdicts cached before it are void once it is done (the epoch
+ * moves at exit, so a verdict computed during the rename is void too). */
+SEC("tracepoint/syscalls/sys_exit_renameat2")
+int on_renameat2_ret(void *ctx) { sens_epoch_bump(); return 0; }
+SEC("tracepoint/syscalls/sys_exit_renameat")
+int on_renameat_ret(void *ctx) { sens_epoch_bump(); return 0; }
+SEC("tracepoint/syscalls/sys_exit_rename")
+int on_rename_ret(void *ctx) { sens_epoch_bump(); return 0; }
 
 /* A hard link (AT_SYMLINK_FOLLOW of linkat is not resolved: path is the name given). */
 SEC("tracepoint/syscalls/sys_enter_linkat")

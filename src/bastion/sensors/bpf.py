@@ -159,16 +159,32 @@ class BpfSensor(LoaderUser):
         for e in self._resolve(self.sensitive):
             k, v = entry_bytes(e)
             fresh[k] = (v, e)
+        changed = False
         for k in [k for k in self._sens if k not in fresh]:
             m.delete(k)
             del self._sens[k]
+            changed = True
         for k, (v, e) in fresh.items():
             old = self._sens.get(k)
             if old is None or entry_bytes(old)[1] != v:
                 m.update(k, v)
+                changed = True
             self._sens[k] = e
+        if changed:   # after the set changed: the kernel's cached verdicts are void
+            self._bump_sens_epoch(lo)
         self._sens_at = time.monotonic()
         return len(self._sens)
+
+    @staticmethod
+    def _bump_sens_epoch(lo: LoadedObject) -> None:
+        """Move ``sens_epoch`` on (``bpf/lib/sensitive.h``: the read-open verdict cache)."""
+        m = lo.map("sens_epoch")
+        key = _U32.pack(0)
+        raw = m.lookup(key)
+        if raw is None:
+            raise KernelError("sens_epoch has no slot 0", location=Location("sensitive.h"))
+        (cur,) = _U64.unpack(raw)
+        m.update(key, _U64.pack(cur + 1))
 
     @property
     def attached(self) -> list[str]:
@@ -226,6 +242,7 @@ HOOK_OPTIONAL_PROGRAMS: Final = frozenset({
 
 
 _U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
 
 
 class HookSensor(BpfSensor):
