@@ -15,6 +15,10 @@ loops, interleaved; figures = median(monitor) / median(none).
 * **bastion**: the agent as ``bench_exec`` runs it (``bastion run``, embedded
   default policy, a fresh agent per session).
 
+``bench side_bastion_<loop>_bpf_ns <ns> ns``: the kernel run time of the agent's
+BPF programs per iteration, from one more Bastion session with BPF run-time
+statistics on.
+
 Each loop is calibrated to ~``LOOP_S`` with no monitor.  Lines:
 ``bench side_<loop>_auditd <x> x``, ``bench side_<loop>_bastion <x> x`` and
 ``bench side_<loop>_bastion_vs_auditd <f> fraction`` (Bastion's overhead over
@@ -37,8 +41,8 @@ from pathlib import Path
 from types import FrameType
 
 from _common import (
-    AgentProcess, LoopResult, c_program, calibrate, check_target, emit, finish, log, median,
-    require_root, run_loop,
+    AgentProcess, LoopResult, bpf_cost, c_program, calibrate, check_target, emit, finish, log,
+    median, report_bpf_cost, require_root, run_loop,
 )
 
 ROUNDS = int(os.environ.get("BASTION_BENCH_ROUNDS", "5"))
@@ -178,7 +182,7 @@ def main() -> None:
             "write_open": calibrate(lambda k: run_loop([opn, "write", k, path]), LOOP_S, 20_000),
             "connect": calibrate(lambda k: run_loop([conn, k]), LOOP_S, 2000),
         }
-        argv = {
+        argv: dict[str, list[str | Path | int]] = {
             "exec": [exe, n["exec"]],
             "read_open": [opn, "read", n["read_open"], path],
             "write_open": [opn, "write", n["write_open"], path],
@@ -198,8 +202,12 @@ def main() -> None:
                 if r:
                     for k, v in res.items():
                         times.setdefault((k, mode), []).append(v.seconds)
+        # Bastion's kernel side per iteration (BPF run-time statistics: not moved by
+        # other load on the host, unlike the wall-clock ratios)
+        cost = bpf_cost(AgentProcess, {k: argv[k] for k in LOOPS})
     finally:
         os.unlink(path)
+    report_bpf_cost("side_bastion", cost)
     for loop in LOOPS:
         base = median(times[(loop, "none")])
         aud = median(times[(loop, "auditd")]) / base
