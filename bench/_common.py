@@ -381,3 +381,58 @@ def calibrate(measure: Callable[[int], LoopResult], target_s: float, start: int)
             return max(1, int(n * target_s / r.seconds))
         n *= 4
     return n
+
+
+# ---- kernel run time of the agent's BPF programs -------------------------------------
+
+
+def _bpf_progs() -> dict[int, dict[str, Any]]:
+    cp = subprocess.run(["bpftool", "prog", "show", "-j"], check=True, capture_output=True,
+                        text=True, timeout=60)
+    return {p["id"]: p for p in json.loads(cp.stdout)}
+
+
+def bpf_cost(agent: Callable[[], AgentProcess],
+             loops: Mapping[str, Sequence[str | Path | int]]) -> dict[str, dict[str, float]]:
+    """Kernel run time of the agent's BPF programs per loop iteration, by program:
+    ``{loop: {program: ns per iteration}}``, from the kernel's own run-time statistics
+    (``BPF_ENABLE_STATS``, on only while this holds the fd), not from wall clock, so
+    other load on the host does not move it.  The agent's programs are those that
+    appear when it starts (another process loading programs meanwhile would count)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    attr = (ctypes.c_uint32 * 2)(0, 0)           # BPF_STATS_RUN_TIME
+    fd = libc.syscall(321, 32, attr, 8)          # bpf(BPF_ENABLE_STATS, ...)
+    if fd < 0:
+        raise RuntimeError(f"BPF_ENABLE_STATS refused: {os.strerror(ctypes.get_errno())}")
+    out: dict[str, dict[str, float]] = {}
+    try:
+        base = set(_bpf_progs())
+        with agent() as proc:
+            time.sleep(0.5)
+            for name, argv in loops.items():
+                before = {i: p for i, p in _bpf_progs().items() if i not in base}
+                res = run_loop(argv)
+                after = {i: p for i, p in _bpf_progs().items() if i not in base}
+                per: dict[str, float] = {}
+                for i, p in after.items():
+                    ns = p.get("run_time_ns", 0) - before.get(i, {}).get("run_time_ns", 0)
+                    if ns > 0:
+                        key = str(p.get("name", i))
+                        per[key] = per.get(key, 0.0) + ns / res.iterations
+                out[name] = per
+            proc.stop()
+    finally:
+        os.close(fd)
+    return out
+
+
+def report_bpf_cost(prefix: str, cost: Mapping[str, Mapping[str, float]], top: int = 6) -> None:
+    """``bench <prefix>_<loop>_bpf_ns <ns> ns`` per loop, the top programs on stderr."""
+    for loop, per in cost.items():
+        total = sum(per.values())
+        tops = sorted(per.items(), key=lambda kv: -kv[1])[:top]
+        log(f"{loop}: {total:.0f} ns of BPF per iteration: "
+            + ", ".join(f"{k} {v:.0f}" for k, v in tops))
+        emit(f"{prefix}_{loop}_bpf_ns", total, "ns", ".0f")

@@ -72,12 +72,17 @@ def _with_sensor(make: Callable[[], object] | None, run: Callable[[], c.LoopResu
 
 
 def measure() -> None:
-    from bastion.sensors.bpf import BpfSensor, HookSensor
+    from bastion.sensors.bpf import (
+        DEFAULT_NET_DEDUP_S, DEFAULT_OPEN_DEDUP_S, BpfSensor, HookSensor,
+    )
 
+    # both as the agent sets them (assembly.event_sensor): the sensitive set on, the
+    # same dedup windows
+    dedup = {"open_dedup_s": DEFAULT_OPEN_DEDUP_S, "net_dedup_s": DEFAULT_NET_DEDUP_S}
     makers: dict[str, Callable[[], object] | None] = {
         "none": None,
-        "tp": lambda: BpfSensor(self_tgid=os.getpid()),
-        "hooks": lambda: HookSensor(self_tgid=os.getpid(), quiet_tgids=[os.getpid()]),
+        "tp": lambda: BpfSensor(self_tgid=os.getpid(), **dedup),
+        "hooks": lambda: HookSensor(self_tgid=os.getpid(), quiet_tgids=[os.getpid()], **dedup),
     }
     with tempfile.TemporaryDirectory(prefix="bastion-vmbench-") as d:
         loops = _loops(Path(d))

@@ -22,8 +22,12 @@ struct {
 	__type(value, __u32);
 } quiet_tgids SEC(".maps");
 #define BASTION_QUIET_TGIDS quiet_tgids
+/* every program here gets BTF-typed arguments: the sensitive-set walk uses
+ * plain loads, not a helper call per field (bpf/lib/sensitive.h) */
+#define BASTION_BTF_LOADS 1
 
 #include "events.h"
+#include "dedup.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -65,61 +69,8 @@ int BPF_PROG(on_exit, struct task_struct *p)
  * With cfg_sensitive off a read-open is dropped after two loads. */
 const volatile __u32 cfg_open_reads = 0;
 
-/* Per-(process, inode, access) open dedup: an open like one reported less
- * than cfg_open_dedup_ns ago is not reported again (0 = off). */
-const volatile __u64 cfg_open_dedup_ns = 0;
-
-struct open_seen_key {
-	__u32 tgid;
-	__u32 dev;
-	__u64 ino;
-	__u64 start_ns;     /* process identity: a reused tgid is another key */
-	__u32 write;
-	__u32 _pad;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, struct open_seen_key);
-	__type(value, __u64);
-} open_seen SEC(".maps");
-
-/* Opens dropped by the dedup window (user space sums the per-CPU slots). */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u64);
-} open_deduped SEC(".maps");
-
-/* true: an open like this one was reported within the window */
-static __always_inline bool seen_recently(__u32 dev, __u64 ino, bool write)
-{
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct open_seen_key k = {};
-	__u64 now, *last;
-	__u32 zero = 0;
-
-	if (!cfg_open_dedup_ns)
-		return false;
-	k.tgid = bpf_get_current_pid_tgid() >> 32;
-	k.dev = dev;
-	k.ino = ino;
-	k.start_ns = BPF_CORE_READ(task, group_leader, start_boottime);
-	k.write = write;
-	now = bpf_ktime_get_boot_ns();
-	last = bpf_map_lookup_elem(&open_seen, &k);
-	if (last && now - *last < cfg_open_dedup_ns) {
-		__u64 *n = bpf_map_lookup_elem(&open_deduped, &zero);
-
-		if (n)
-			__sync_fetch_and_add(n, 1);
-		return true;
-	}
-	bpf_map_update_elem(&open_seen, &k, &now, BPF_ANY);
-	return false;
-}
+/* Repeat opens (same process, inode, access) within cfg_open_dedup_ns are
+ * counted in open_deduped and not reported: bpf/lib/dedup.h. */
 
 SEC("fentry/security_file_open")
 int BPF_PROG(on_file_open, struct file *file)
@@ -131,23 +82,27 @@ int BPF_PROG(on_file_open, struct file *file)
 	bool write, sens;
 	long n;
 
-	/* cheapest first: most opens are reads, dropped here */
-	fflags = BPF_CORE_READ(file, f_flags);
-	fmode = BPF_CORE_READ(file, f_mode);
+	/* cheapest first: most opens are reads, dropped here (plain loads from
+	 * the BTF-typed argument, no helper call) */
+	fflags = file->f_flags;
+	fmode = file->f_mode;
 	write = (fmode & FMODE_WRITE_) || (fflags & (O_CREAT_ | O_TRUNC_)) ||
 		(fmode & FMODE_CREATED_);
 	if (!write && !cfg_open_reads && !cfg_sensitive)
 		return 0;
-	if (!wanted(BASTION_EV_FILE))
-		return 0;
-	inode = BPF_CORE_READ(file, f_inode);
-	/* as the compat sensor: every reported open carries its sensitive class */
+	/* a read outside the sensitive set (the common case) is dropped on the
+	 * set's own walk, before the quiet-process lookup of wanted() */
 	sens = sens_match(file, &sclass, &sid);
 	if (!write && !cfg_open_reads && !sens)
 		return 0;
-	ino = BPF_CORE_READ(inode, i_ino);
+	if (!wanted(BASTION_EV_FILE))
+		return 0;
+	inode = file->f_inode;
+	if (!inode)
+		return 0;
+	ino = inode->i_ino;
 	dev = BPF_CORE_READ(inode, i_sb, s_dev);
-	if (seen_recently(dev, ino, write))
+	if (open_seen_recently(dev, ino, write))
 		return 0;
 	e = file_event(BASTION_FILE_OPEN);
 	if (!e)
@@ -354,12 +309,20 @@ int BPF_PROG(on_socket_connect, struct socket *sock, struct sockaddr *address, i
 	struct bastion_net_event *e;
 	struct sock *sk;
 
+	__u8 daddr[16] = {};
+	__u16 family = 0, dport = 0;
+
 	if (!wanted(BASTION_EV_NET))
+		return 0;
+	kern_sockaddr(address, &family, daddr, &dport);
+	if (net_seen_recently(BASTION_NET_CONNECT, family, daddr, dport))
 		return 0;
 	e = net_event(BASTION_NET_CONNECT);
 	if (!e)
 		return 0;
-	kern_sockaddr(address, &e->family, e->daddr, &e->dport);
+	e->family = family;
+	e->dport = dport;
+	__builtin_memcpy(e->daddr, daddr, 16);
 	sk = BPF_CORE_READ(sock, sk);
 	if (sk) {
 		e->protocol = BPF_CORE_READ(sk, sk_protocol);
@@ -421,6 +384,8 @@ int on_accept(void *ctx)
 	if (bpf_get_func_ret(ctx, &ret) || !ret)
 		return 0;
 	sk = (struct sock *)ret;
+	if (accept_seen_recently(sk))
+		return 0;
 	e = net_event(BASTION_NET_ACCEPT);
 	if (!e)
 		return 0;

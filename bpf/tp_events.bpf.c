@@ -3,6 +3,7 @@
  * (this includes hosts without BPF LSM).  Each program maps one hook to a
  * helper; the record layouts are in include/bastion.h. */
 #include "events.h"
+#include "dedup.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -78,14 +79,19 @@ static __always_inline int sens_open_exit(long ret)
 	struct bastion_file_event *e;
 	struct file *f;
 	struct path fpath;
-	__u32 sclass = 0, sid = 0;
+	__u32 sclass = 0, sid = 0, dev;
+	__u64 ino;
 
 	if (ret < 0 || !cfg_sensitive || !wanted(BASTION_EV_FILE))
 		return 0;
 	f = fd_file(ret);
 	if (!f || (BPF_CORE_READ(f, f_flags) & O_PATH_))
 		return 0; /* an O_PATH descriptor reads nothing */
-	if (!sens_match(f, &sclass, &sid))
+	if (!sens_match_cached(f, &sclass, &sid))
+		return 0;
+	ino = BPF_CORE_READ(f, f_inode, i_ino);
+	dev = BPF_CORE_READ(f, f_inode, i_sb, s_dev);
+	if (open_seen_recently(dev, ino, false))
 		return 0;
 	e = RESERVE(struct bastion_file_event, BASTION_EV_FILE);
 	if (!e)
@@ -96,8 +102,8 @@ static __always_inline int sens_open_exit(long ret)
 	e->owner_uid = (__u32)-1;
 	e->owner_gid = (__u32)-1;
 	e->path[0] = e->dir[0] = e->path2[0] = e->dir2[0] = '\0';
-	e->ino = BPF_CORE_READ(f, f_inode, i_ino);
-	e->dev = BPF_CORE_READ(f, f_inode, i_sb, s_dev);
+	e->ino = ino;
+	e->dev = dev;
 	e->sens_class = sclass;
 	e->sens_id = sid;
 	e->hdr.flags |= BASTION_F_SENSITIVE;
@@ -115,12 +121,24 @@ static __always_inline int open_exit(long ret)
 	struct bastion_file_event *e;
 	struct file *f;
 	struct path fpath;
-	__u32 sclass = 0, sid = 0;
+	__u32 sclass = 0, sid = 0, dev = 0;
+	__u64 ino = 0;
+	bool write;
 
 	if (!a)
 		return sens_open_exit(ret);
 	if (ret < 0)
 		goto out;
+	f = fd_file(ret);
+	if (f) {
+		/* a repeat of a reported open (same process, inode, access) stops here,
+		 * before the reserve and the path walk */
+		ino = BPF_CORE_READ(f, f_inode, i_ino);
+		dev = BPF_CORE_READ(f, f_inode, i_sb, s_dev);
+		write = (a->flags & O_ACCMODE_) != O_RDONLY_ || (a->flags & (O_CREAT_ | O_TRUNC_));
+		if (open_seen_recently(dev, ino, write))
+			goto out;
+	}
 	e = RESERVE(struct bastion_file_event, BASTION_EV_FILE);
 	if (!e)
 		goto out;
@@ -132,14 +150,15 @@ static __always_inline int open_exit(long ret)
 	e->path[0] = e->dir[0] = e->path2[0] = e->dir2[0] = '\0';
 	e->sens_class = 0;
 	e->sens_id = 0;
-	f = fd_file(ret);
+	e->ino = 0;
+	e->dev = 0;
 	if (f) {
-		e->ino = BPF_CORE_READ(f, f_inode, i_ino);
-		e->dev = BPF_CORE_READ(f, f_inode, i_sb, s_dev);
+		e->ino = ino;
+		e->dev = dev;
 		fpath = BPF_CORE_READ(f, f_path);
 		if (path_to_str(&fpath, e->path))
 			e->hdr.flags |= BASTION_F_TRUNC_PATH;
-		if (sens_match(f, &sclass, &sid)) {
+		if (sens_match_cached(f, &sclass, &sid)) {
 			e->sens_class = sclass;
 			e->sens_id = sid;
 			e->hdr.flags |= BASTION_F_SENSITIVE;
@@ -264,6 +283,16 @@ int on_rename(void *ctx)
 			 (const char *)ARG(ctx, 1));
 }
 
+/* A rename may move a directory into or out of a sensitive subtree: the
+ * read-open verdicts cached before it are void once it is done (the epoch
+ * moves at exit, so a verdict computed during the rename is void too). */
+SEC("tracepoint/syscalls/sys_exit_renameat2")
+int on_renameat2_ret(void *ctx) { sens_epoch_bump(); return 0; }
+SEC("tracepoint/syscalls/sys_exit_renameat")
+int on_renameat_ret(void *ctx) { sens_epoch_bump(); return 0; }
+SEC("tracepoint/syscalls/sys_exit_rename")
+int on_rename_ret(void *ctx) { sens_epoch_bump(); return 0; }
+
 /* A hard link (AT_SYMLINK_FOLLOW of linkat is not resolved: path is the name given). */
 SEC("tracepoint/syscalls/sys_enter_linkat")
 int on_linkat(void *ctx)
@@ -353,13 +382,20 @@ int on_connect(void *ctx)
 {
 	struct bastion_net_event *e;
 	struct sock *sk;
+	__u8 daddr[16] = {};
+	__u16 family = 0, dport = 0;
 
 	if (!wanted(BASTION_EV_NET))
+		return 0;
+	user_sockaddr((const void *)ARG(ctx, 1), &family, daddr, &dport);
+	if (net_seen_recently(BASTION_NET_CONNECT, family, daddr, dport))
 		return 0;
 	e = net_event(BASTION_NET_CONNECT);
 	if (!e)
 		return 0;
-	user_sockaddr((const void *)ARG(ctx, 1), &e->family, e->daddr, &e->dport);
+	e->family = family;
+	e->dport = dport;
+	__builtin_memcpy(e->daddr, daddr, 16);
 	sk = fd_sock(ARG(ctx, 0));
 	if (sk) {
 		e->protocol = BPF_CORE_READ(sk, sk_protocol);
@@ -415,7 +451,7 @@ static __always_inline int accept_exit(long ret)
 	if (ret < 0 || !wanted(BASTION_EV_NET))
 		return 0;
 	sk = fd_sock(ret);
-	if (!sk)
+	if (!sk || accept_seen_recently(sk))
 		return 0;
 	e = net_event(BASTION_NET_ACCEPT);
 	if (!e)

@@ -21,6 +21,50 @@ struct {
 /* 0 = the sensitive set is off (no lookups at all). */
 const volatile __u32 cfg_sensitive = 0;
 
+/* The verdict cache of the tracepoint sensor's read-open path (issue 16.6):
+ * (file inode, its directory's inode, device) -> class and entry (class 0:
+ * not sensitive), valid while sens_epoch[0] is what it was when the verdict
+ * was computed.  The epoch moves whenever a verdict may change without the
+ * key changing: user space after each change of sens_inodes, the kernel at
+ * the exit of every rename (a directory moved into or out of a sensitive
+ * subtree; the file's own directory is in the key).  A verdict computed
+ * while the epoch moved is stored under the old epoch and never used. */
+struct sens_cache_key {
+	__u64 ino;
+	__u64 dir_ino;
+	__u32 dev;
+	__u32 _pad;
+};
+
+struct sens_cache_val {
+	__u64 epoch;
+	__u32 sclass;
+	__u32 sid;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct sens_cache_key);
+	__type(value, struct sens_cache_val);
+} sens_cache SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} sens_epoch SEC(".maps");
+
+static __always_inline void sens_epoch_bump(void)
+{
+	__u32 zero = 0;
+	__u64 *e = bpf_map_lookup_elem(&sens_epoch, &zero);
+
+	if (e)
+		__sync_fetch_and_add(e, 1);
+}
+
 #define PROC_SUPER_MAGIC_ 0x9fa0
 #define S_IFMT_ 00170000
 #define S_IFDIR_ 0040000
@@ -65,6 +109,18 @@ static __always_inline bool proc_mem_of_other(struct file *f, struct inode *inod
  * procfs is told apart first (its files are never in the map); elsewhere the
  * file's own inode, then up to BASTION_SENS_DEPTH ancestors, stopping at the
  * file system's root. */
+/* SENS_RD(p, field): one kernel load.  Tracepoint programs read through
+ * bpf_probe_read_kernel (BPF_CORE_READ: a helper call per field); an object
+ * whose programs get BTF-typed arguments (fentry, tp_btf: lsm_events.bpf.c)
+ * defines BASTION_BTF_LOADS before including this header, and the same walk
+ * is plain loads the verifier turns into fault-safe PROBE_MEM loads (no
+ * helper call: issue 16, the read-open path of the hook sensor). */
+#ifdef BASTION_BTF_LOADS
+#define SENS_RD(p, field) ((p)->field)
+#else
+#define SENS_RD(p, field) BPF_CORE_READ(p, field)
+#endif
+
 static __always_inline bool sens_match(struct file *f, __u32 *sclass, __u32 *sid)
 {
 	struct bastion_sens_val *v;
@@ -76,32 +132,86 @@ static __always_inline bool sens_match(struct file *f, __u32 *sclass, __u32 *sid
 
 	if (!cfg_sensitive || !f)
 		return false;
-	inode = BPF_CORE_READ(f, f_inode);
-	if ((BPF_CORE_READ(inode, i_mode) & S_IFMT_) == S_IFDIR_)
+	inode = SENS_RD(f, f_inode);
+	if (!inode || (SENS_RD(inode, i_mode) & S_IFMT_) == S_IFDIR_)
 		return false;
-	sb = BPF_CORE_READ(inode, i_sb);
-	if (BPF_CORE_READ(sb, s_magic) == PROC_SUPER_MAGIC_) {
+	sb = SENS_RD(inode, i_sb);
+	if (!sb)
+		return false;
+	if (SENS_RD(sb, s_magic) == PROC_SUPER_MAGIC_) {
 		if (!proc_mem_of_other(f, inode))
 			return false;
 		*sclass = BASTION_SENS_PROC_MEM;
 		*sid = 0;
 		return true;
 	}
-	dev = BPF_CORE_READ(sb, s_dev);
-	v = sens_lookup(BPF_CORE_READ(inode, i_ino), dev);
-	d = BPF_CORE_READ(f, f_path.dentry);
-	for (i = 0; i < BASTION_SENS_DEPTH && !v; i++) {
-		parent = BPF_CORE_READ(d, d_parent);
+	dev = SENS_RD(sb, s_dev);
+	v = sens_lookup(SENS_RD(inode, i_ino), dev);
+	d = SENS_RD(f, f_path.dentry);
+	for (i = 0; i < BASTION_SENS_DEPTH && !v && d; i++) {
+		struct inode *pi;
+
+		parent = SENS_RD(d, d_parent);
 		if (!parent || parent == d)
 			break;
 		d = parent;
-		v = sens_lookup(BPF_CORE_READ(d, d_inode, i_ino), dev);
+		pi = SENS_RD(d, d_inode);
+		if (!pi)
+			break;
+		v = sens_lookup(SENS_RD(pi, i_ino), dev);
 	}
 	if (!v)
 		return false;
 	*sclass = v->sens_class;
 	*sid = v->sens_id;
 	return true;
+}
+
+/* sens_match through the verdict cache (see sens_cache above): on a hit, the
+ * file's inode, its directory and two map lookups instead of up to
+ * BASTION_SENS_DEPTH + 1 lookups and the dentry walk. */
+static __always_inline bool sens_match_cached(struct file *f, __u32 *sclass, __u32 *sid)
+{
+	struct sens_cache_key k = {};
+	struct sens_cache_val nv = {}, *cv;
+	struct inode *inode;
+	struct super_block *sb;
+	struct dentry *d, *parent;
+	__u64 *ep, epoch;
+	__u32 zero = 0;
+	bool hit;
+
+	if (!cfg_sensitive || !f)
+		return false;
+	ep = bpf_map_lookup_elem(&sens_epoch, &zero);
+	if (!ep)
+		return sens_match(f, sclass, sid);
+	epoch = *(volatile __u64 *)ep;   /* before the verdict is computed */
+	inode = SENS_RD(f, f_inode);
+	sb = inode ? SENS_RD(inode, i_sb) : NULL;
+	d = SENS_RD(f, f_path.dentry);
+	parent = d ? SENS_RD(d, d_parent) : NULL;
+	/* procfs verdicts depend on who opens (another process's mem): never cached */
+	if (!sb || !parent || SENS_RD(sb, s_magic) == PROC_SUPER_MAGIC_)
+		return sens_match(f, sclass, sid);
+	k.ino = SENS_RD(inode, i_ino);
+	k.dev = SENS_RD(sb, s_dev);
+	k.dir_ino = BPF_CORE_READ(parent, d_inode, i_ino);
+	cv = bpf_map_lookup_elem(&sens_cache, &k);
+	if (cv && cv->epoch == epoch) {
+		if (!cv->sclass)
+			return false;
+		*sclass = cv->sclass;
+		*sid = cv->sid;
+		return true;
+	}
+	hit = sens_match(f, sclass, sid);
+	nv.epoch = epoch;
+	nv.sclass = hit ? *sclass : 0;
+	nv.sid = hit ? *sid : 0;
+	if (!hit || nv.sclass)   /* a class 0 entry cannot be cached as sensitive */
+		bpf_map_update_elem(&sens_cache, &k, &nv, BPF_ANY);
+	return hit;
 }
 
 #endif /* BASTION_SENSITIVE_H */

@@ -20,14 +20,16 @@ static __always_inline __u16 be16(__u16 v)
 static __always_inline void user_sockaddr(const void *uaddr, __u16 *family, __u8 addr[16],
 					  __u16 *port)
 {
+	struct sockaddr_in sin = {};
 	__u16 fam = 0, p = 0;
 
-	bpf_probe_read_user(&fam, sizeof(fam), uaddr);
+	/* one read for the family and an IPv4 address (a sockaddr_in is 16 bytes;
+	 * a shorter user buffer fails it: then the family alone) */
+	if (bpf_probe_read_user(&sin, sizeof(sin), uaddr))
+		bpf_probe_read_user(&sin.sin_family, sizeof(sin.sin_family), uaddr);
+	fam = sin.sin_family;
 	*family = fam;
 	if (fam == AF_INET_) {
-		struct sockaddr_in sin = {};
-
-		bpf_probe_read_user(&sin, sizeof(sin), uaddr);
 		__builtin_memcpy(addr, &sin.sin_addr.s_addr, 4);
 		p = sin.sin_port;
 	} else if (fam == AF_INET6_) {

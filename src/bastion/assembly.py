@@ -348,12 +348,17 @@ def event_sensor(source: str, *, classes: Sequence[str] | None = None, cgroup_id
     ``sensitive``: the patterns of the sensitive read set (None: the defaults);
     both sensors fill the same ``sens_inodes`` map from them."""
     from bastion import abi
-    from bastion.sensors.bpf import EVENT_CLASSES, BpfSensor as Tp, HookSensor
+    from bastion.sensors.bpf import (
+        DEFAULT_NET_DEDUP_S, DEFAULT_OPEN_DEDUP_S, EVENT_CLASSES, BpfSensor as Tp, HookSensor,
+    )
 
     kw: dict[str, Any] = {"classes": tuple(classes) if classes else tuple(EVENT_CLASSES),
                           "self_tgid": os.getpid(), "cgroup_id": cgroup_id,
                           "open_reads": open_reads,
-                          "ring_bytes": ring_bytes or abi.RINGBUF_BYTES}
+                          "ring_bytes": ring_bytes or abi.RINGBUF_BYTES,
+                          # repeats filtered in the kernel, the same on both sensors
+                          "open_dedup_s": DEFAULT_OPEN_DEDUP_S,
+                          "net_dedup_s": DEFAULT_NET_DEDUP_S}
     if sensitive is not None:
         kw["sensitive"] = tuple(sensitive)
     if source == "hooks":

@@ -40,6 +40,11 @@ log = logging.getLogger("bastion.sensors.bpf")
 
 # Event classes a user can enable; each is one record type.
 
+# Repeat opens of one inode (repeat connects to one address and port) by one process
+# within this window cross the ring once (the agent's setting for both sensors).
+DEFAULT_OPEN_DEDUP_S: Final = 1.0
+DEFAULT_NET_DEDUP_S: Final = 1.0
+
 # Programs whose hook may be absent on an older kernel (fchmodat2 is 6.6+).
 OPTIONAL_PROGRAMS: Final = frozenset({"on_fchmodat2"})
 
@@ -61,6 +66,7 @@ class BpfSensor(LoaderUser):
 
     name = "bpf"
     source = "tracepoints"   # what status and doctor say the events come from
+    object_name = "tp_events.bpf.o"
 
     def __init__(
         self,
@@ -75,10 +81,21 @@ class BpfSensor(LoaderUser):
         sensitive_refresh_s: float = 30.0,
         resolve_sensitive: Callable[[Sequence[tuple[str, abi.SensClass]]], list[SensEntry]]
         = resolve,
+        open_dedup_s: float = 0.0,
+        net_dedup_s: float = 0.0,
     ) -> None:
         """``sensitive``: the patterns of the sensitive read set (empty: no read-open
         is reported outside learn mode); resolved to inodes at open and again every
-        ``sensitive_refresh_s`` (a replaced /etc/shadow has a new inode)."""
+        ``sensitive_refresh_s`` (a replaced /etc/shadow has a new inode).
+        ``open_dedup_s`` / ``net_dedup_s``: the in-kernel dedup windows
+        (``bpf/lib/dedup.h``) of repeat opens (same process, inode, access) and of
+        repeat connects/accepts (same process, address, port); 0 = off."""
+        for what, v in (("open_dedup_s", open_dedup_s), ("net_dedup_s", net_dedup_s)):
+            if v < 0:
+                raise KernelError(f"{what} must be >= 0, got {v}",
+                                  location=Location(self.object_name))
+        self.open_dedup_ns = int(open_dedup_s * 1e9)
+        self.net_dedup_ns = int(net_dedup_s * 1e9)
         self.classes = tuple(classes)
         self.mask = event_mask(self.classes)
         self.self_tgid = self_tgid
@@ -94,16 +111,19 @@ class BpfSensor(LoaderUser):
         self._sens: dict[bytes, SensEntry] = {}
         self._sens_at = 0.0
         self._decoder = Decoder()   # keeps the actors of a flood decoded once (bounded)
+        self._dedup_final = (0, 0)   # the dedup counters as they were at close()
 
     def spec(self) -> ObjectSpec:
         return ObjectSpec(
-            path=self.obj_path or bpf_object("tp_events.bpf.o"),
+            path=self.obj_path or bpf_object(self.object_name),
             rodata={
                 "cfg_self_tgid": self.self_tgid,
                 "cfg_cgroup_id": self.cgroup_id,
                 "cfg_event_mask": self.mask,
                 "cfg_open_reads": int(self.open_reads),
                 "cfg_sensitive": int(bool(self.sensitive)),
+                "cfg_open_dedup_ns": self.open_dedup_ns,
+                "cfg_net_dedup_ns": self.net_dedup_ns,
             },
             max_entries={"events": self.ring_bytes},
             optional=OPTIONAL_PROGRAMS,
@@ -140,16 +160,32 @@ class BpfSensor(LoaderUser):
         for e in self._resolve(self.sensitive):
             k, v = entry_bytes(e)
             fresh[k] = (v, e)
+        changed = False
         for k in [k for k in self._sens if k not in fresh]:
             m.delete(k)
             del self._sens[k]
+            changed = True
         for k, (v, e) in fresh.items():
             old = self._sens.get(k)
             if old is None or entry_bytes(old)[1] != v:
                 m.update(k, v)
+                changed = True
             self._sens[k] = e
+        if changed:   # after the set changed: the kernel's cached verdicts are void
+            self._bump_sens_epoch(lo)
         self._sens_at = time.monotonic()
         return len(self._sens)
+
+    @staticmethod
+    def _bump_sens_epoch(lo: LoadedObject) -> None:
+        """Move ``sens_epoch`` on (``bpf/lib/sensitive.h``: the read-open verdict cache)."""
+        m = lo.map("sens_epoch")
+        key = _U32.pack(0)
+        raw = m.lookup(key)
+        if raw is None:
+            raise KernelError("sens_epoch has no slot 0", location=Location("sensitive.h"))
+        (cur,) = _U64.unpack(raw)
+        m.update(key, _U64.pack(cur + 1))
 
     @property
     def attached(self) -> list[str]:
@@ -176,7 +212,27 @@ class BpfSensor(LoaderUser):
     def close(self) -> None:
         """Detach and release; the counters stay readable."""
         if self._lo is not None:
+            if not self._lo.closed:
+                self._dedup_final = (self.deduplicated(), self.net_deduplicated())
             self._lo.close()
+
+    def _dedup(self, name: str, final: int) -> int:
+        lo = self._lo
+        if lo is None:
+            return 0
+        return final if lo.closed else lo.sum_percpu_u64(name)
+
+    def deduplicated(self) -> int:
+        """Opens the kernel did not report because one like it was within the window."""
+        return self._dedup("open_deduped", self._dedup_final[0])
+
+    def net_deduplicated(self) -> int:
+        """Connects/accepts the kernel did not report: one like it was within the window."""
+        return self._dedup("net_deduped", self._dedup_final[1])
+
+    def stats(self) -> dict[str, int]:
+        return {**super().stats(), "open_deduplicated": self.deduplicated(),
+                "net_deduplicated": self.net_deduplicated()}
 
 
 # Hooks of lsm_events.bpf.o a kernel may lack (CONFIG_SECURITY_PATH off, older kernels).
@@ -185,10 +241,9 @@ HOOK_OPTIONAL_PROGRAMS: Final = frozenset({
     "on_path_link", "on_fix_setgid", "on_accept", "on_capset",
 })
 
-# Repeat opens of one inode by one process within this window cross the ring once.
-DEFAULT_OPEN_DEDUP_S: Final = 1.0
 
 _U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
 
 
 class HookSensor(BpfSensor):
@@ -205,6 +260,7 @@ class HookSensor(BpfSensor):
 
     name = "lsm-hooks"
     source = "kernel hooks (fentry on security_*, tp_btf)"
+    object_name = "lsm_events.bpf.o"
 
     def __init__(
         self,
@@ -217,6 +273,7 @@ class HookSensor(BpfSensor):
         ring_bytes: int = abi.RINGBUF_BYTES,
         quiet_tgids: Iterable[int] = (),
         open_dedup_s: float = DEFAULT_OPEN_DEDUP_S,
+        net_dedup_s: float = 0.0,
         sensitive: Sequence[tuple[str, abi.SensClass]] = DEFAULT_SENSITIVE,
         sensitive_refresh_s: float = 30.0,
         resolve_sensitive: Callable[[Sequence[tuple[str, abi.SensClass]]], list[SensEntry]]
@@ -225,18 +282,15 @@ class HookSensor(BpfSensor):
         super().__init__(classes=classes, self_tgid=self_tgid, cgroup_id=cgroup_id,
                          obj_path=obj_path, open_reads=open_reads, ring_bytes=ring_bytes,
                          sensitive=sensitive, sensitive_refresh_s=sensitive_refresh_s,
-                         resolve_sensitive=resolve_sensitive)
-        if open_dedup_s < 0:
-            raise KernelError(f"open_dedup_s must be >= 0, got {open_dedup_s}",
-                              location=Location("lsm_events.bpf.o"))
+                         resolve_sensitive=resolve_sensitive, open_dedup_s=open_dedup_s,
+                         net_dedup_s=net_dedup_s)
         self.quiet_tgids = tuple(dict.fromkeys(t for t in quiet_tgids if t > 0))
-        self.open_dedup_ns = int(open_dedup_s * 1e9)
 
     def spec(self) -> ObjectSpec:
         base = super().spec()
         return ObjectSpec(
-            path=self.obj_path or bpf_object("lsm_events.bpf.o"),
-            rodata={**base.rodata, "cfg_open_dedup_ns": self.open_dedup_ns},
+            path=base.path,
+            rodata=base.rodata,
             max_entries=base.max_entries,
             optional=HOOK_OPTIONAL_PROGRAMS,
         )
@@ -260,13 +314,7 @@ class HookSensor(BpfSensor):
         """Drop every event of process ``tgid`` in the kernel."""
         self._map("quiet_tgids").update(_U32.pack(tgid), _U32.pack(1))
 
-    def deduplicated(self) -> int:
-        """Opens the kernel did not report because one like it was within the window."""
-        return self._lo.sum_percpu_u64("open_deduped") if self._lo is not None else 0
-
-    def stats(self) -> dict[str, int]:
-        return {**super().stats(), "open_deduplicated": self.deduplicated()}
 
 
-__all__ = ["BpfSensor", "EVENT_CLASSES", "HOOK_OPTIONAL_PROGRAMS", "HookSensor",
-           "OPTIONAL_PROGRAMS", "event_mask"]
+__all__ = ["BpfSensor", "DEFAULT_NET_DEDUP_S", "DEFAULT_OPEN_DEDUP_S", "EVENT_CLASSES",
+           "HOOK_OPTIONAL_PROGRAMS", "HookSensor", "OPTIONAL_PROGRAMS", "event_mask"]

@@ -1,0 +1,131 @@
+/* SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause */
+/* Repeat records filtered in the kernel (issue 16.2), shared by both event
+ * sensors: an open of the same inode with the same access, or a connect
+ * (accept) to (from) the same address and port, by the same process (tgid +
+ * leader start time: a reused tgid is another process) within the window is
+ * counted and not sent.  The first one always crosses the ring, so every rule
+ * still sees that the process did it; what is lost is the count of repeats
+ * within one window (no rule counts them: port scans count distinct
+ * addresses and ports, which are distinct keys).  Windows are .rodata
+ * (0 = off); the check runs after every cheaper filter and before the ring
+ * reserve and the path walk it saves. */
+#ifndef BASTION_DEDUP_H
+#define BASTION_DEDUP_H
+
+#include "common.h"
+
+const volatile __u64 cfg_open_dedup_ns = 0;
+const volatile __u64 cfg_net_dedup_ns = 0;
+
+#define DEDUP_OPEN_READ 1
+#define DEDUP_OPEN_WRITE 2
+#define DEDUP_NET 16 /* + the BASTION_NET_* op */
+
+struct dedup_key {
+	__u32 tgid;
+	__u32 kind;
+	__u64 start_ns;
+	__u64 a;   /* open: inode;  net: address bytes 0-7 */
+	__u64 b;   /* open: device; net: address bytes 8-15 */
+	__u32 c;   /* net: family << 16 | port */
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct dedup_key);
+	__type(value, __u64);
+} dedup_seen SEC(".maps");
+
+/* Records not sent because one like them was within the window, per CPU
+ * (user space sums them). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} open_deduped SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} net_deduped SEC(".maps");
+
+/* true: a record with key @k (tgid and start filled here) was sent less than
+ * @window ns ago; counted in @counter.  Else the key is stamped now. */
+static __always_inline bool dedup_hit(struct dedup_key *k, __u64 window, void *counter)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	__u64 now, *last;
+	__u32 zero = 0;
+
+	k->tgid = bpf_get_current_pid_tgid() >> 32;
+	k->start_ns = BPF_CORE_READ(task, group_leader, start_boottime);
+	now = bpf_ktime_get_boot_ns();
+	last = bpf_map_lookup_elem(&dedup_seen, k);
+	if (last && now - *last < window) {
+		__u64 *n = bpf_map_lookup_elem(counter, &zero);
+
+		if (n)
+			__sync_fetch_and_add(n, 1);
+		return true;
+	}
+	bpf_map_update_elem(&dedup_seen, k, &now, BPF_ANY);
+	return false;
+}
+
+/* An open like this one (same process, inode, access) was reported within the window. */
+static __always_inline bool open_seen_recently(__u32 dev, __u64 ino, bool write)
+{
+	struct dedup_key k = {};
+
+	if (!cfg_open_dedup_ns)
+		return false;
+	k.kind = write ? DEDUP_OPEN_WRITE : DEDUP_OPEN_READ;
+	k.a = ino;
+	k.b = dev;
+	return dedup_hit(&k, cfg_open_dedup_ns, &open_deduped);
+}
+
+/* A network record like this one (same process, op, family, address, port)
+ * was reported within the window. */
+static __always_inline bool net_seen_recently(__u32 op, __u16 family, const __u8 addr[16],
+					      __u16 port)
+{
+	struct dedup_key k = {};
+
+	if (!cfg_net_dedup_ns)
+		return false;
+	k.kind = DEDUP_NET + op;
+	__builtin_memcpy(&k.a, addr, 8);
+	__builtin_memcpy(&k.b, addr + 8, 8);
+	k.c = (__u32)family << 16 | port;
+	return dedup_hit(&k, cfg_net_dedup_ns, &net_deduped);
+}
+
+/* An accepted connection like this one (same process, peer address, local
+ * port: the peer's port changes with every connection) was reported within
+ * the window. */
+static __always_inline bool accept_seen_recently(struct sock *sk)
+{
+	__u16 fam, lport;
+	__u8 peer[16] = {};
+
+	if (!cfg_net_dedup_ns)
+		return false;
+	fam = BPF_CORE_READ(sk, __sk_common.skc_family);
+	lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	if (fam == 2 /* AF_INET */) {
+		__u32 d = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+
+		__builtin_memcpy(peer, &d, 4);
+	} else if (fam == 10 /* AF_INET6 */) {
+		BPF_CORE_READ_INTO(&peer, sk, __sk_common.skc_v6_daddr);
+	}
+	return net_seen_recently(BASTION_NET_ACCEPT, fam, peer, lport);
+}
+
+#endif /* BASTION_DEDUP_H */

@@ -1,0 +1,103 @@
+"""In-kernel dedup on the tracepoint sensor (issue 16.2, bpf/lib/dedup.h): a repeat
+write-open of one inode, or a repeat connect to one address and port, by one process
+within the window crosses the ring once; a different inode, port or process, and
+every repeat with the window off, still does.
+
+The flood this answers: a loop of write-opens of one file (or of connects to one
+service) fills the ring faster than the agent drains it, and whatever else
+happens in that second is dropped with it (the agent is blinded)."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from bastion.events import Event, FileEvent, NetEvent
+from bastion.sensors.bpf import BpfSensor
+from support.cg import run_in, scoped_cgroup
+
+pytestmark = pytest.mark.kernel
+
+REPEATS = 50
+
+WORKLOAD = textwrap.dedent("""
+    import os, socket, sys
+    work, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    for name in ("a", "b"):
+        for _ in range(n):
+            fd = os.open(os.path.join(work, name), os.O_WRONLY | os.O_CREAT, 0o600)
+            os.close(fd)
+    for p in (port, port + 1 if port < 65535 else port - 1):
+        for _ in range(n):
+            s = socket.socket()
+            s.settimeout(2)
+            try:
+                s.connect(("127.0.0.1", p))
+            except OSError:
+                pass
+            s.close()
+    """)
+
+
+def _record(tmp: Path, port: int, **kw: float) -> tuple[list[Event], BpfSensor]:
+    with scoped_cgroup() as (cg, cgid):
+        sensor = BpfSensor(cgroup_id=cgid, **kw)  # type: ignore[arg-type]
+        sensor.open()
+        try:
+            for _ in range(2):   # two processes: the window is per process
+                proc = run_in(cg, [sys.executable, "-c", WORKLOAD, str(tmp), str(port),
+                                   str(REPEATS)], timeout=60)
+                assert proc.returncode == 0, proc.stderr
+            events: list[Event] = []
+            deadline = time.monotonic() + 1.5
+            while time.monotonic() < deadline:
+                events += sensor.poll(0.05) or []
+            assert sensor.drops() == 0
+        finally:
+            sensor.close()
+    return events, sensor
+
+
+def _counts(events: list[Event], tmp: Path, port: int) -> dict[str, int]:
+    out = {}
+    for name in ("a", "b"):
+        out[name] = sum(1 for e in events if isinstance(e, FileEvent) and e.op == "open"
+                        and e.path == str(tmp / name))
+    out["port"] = sum(1 for e in events if isinstance(e, NetEvent) and e.op == "connect"
+                      and e.dport == port and e.daddr == "127.0.0.1")
+    return out
+
+
+@pytest.fixture()
+def listener() -> object:
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(256)
+    try:
+        yield srv
+    finally:
+        srv.close()
+
+
+def test_repeats_cross_the_ring_once_per_process(tmp_path: Path, listener: socket.socket) -> None:
+    port = listener.getsockname()[1]
+    events, sensor = _record(tmp_path, port, open_dedup_s=30, net_dedup_s=30)
+    # one report per process and object, not REPEATS
+    assert _counts(events, tmp_path, port) == {"a": 2, "b": 2, "port": 2}
+    st = sensor.stats()
+    assert st["open_deduplicated"] >= 2 * 2 * (REPEATS - 1)
+    assert st["net_deduplicated"] >= 2 * (REPEATS - 1)
+
+
+def test_window_off_reports_every_repeat(tmp_path: Path, listener: socket.socket) -> None:
+    port = listener.getsockname()[1]
+    events, sensor = _record(tmp_path, port)
+    assert _counts(events, tmp_path, port) == {"a": 2 * REPEATS, "b": 2 * REPEATS,
+                                               "port": 2 * REPEATS}
+    assert sensor.stats()["open_deduplicated"] == 0
+    assert sensor.stats()["net_deduplicated"] == 0
