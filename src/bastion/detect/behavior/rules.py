@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from bastion.detect.behavior.base import (
-    NS, PACKAGE_MANAGERS, SYSTEM_DIRS, BehaviorRule, Hit, RuleSettings, SequenceRule,
+    NS, PACKAGE_MANAGERS, SHELLS, SYSTEM_DIRS, BehaviorRule, Hit, RuleSettings, SequenceRule,
     SingleEvent, Step, ThresholdRule, actor_names, base, glob_any, is_interpreter,
     is_loopback, is_public_peer, is_shell, norm_interp, package_installer, under,
 )
@@ -965,6 +965,7 @@ PERSISTENCE = (
                  ("/etc/systemd/system/*", "/etc/systemd/system/*/*", "/lib/systemd/system/*",
                   "/usr/lib/systemd/system/*", "/etc/systemd/user/*", "/root/.config/systemd/user/*",
                   "/home/*/.config/systemd/user/*", "/etc/init.d/*", "/etc/rc.local",
+                  "/etc/rc.common", "/etc/rc.d/*", "/etc/rc.d/*/*", "/etc/rc[0-6S].d/*",
                   "/etc/xdg/autostart/*", "/home/*/.config/autostart/*"),
                  frozenset({"systemctl", "systemd", "deb-systemd-helper", "update-rc.d",
                             "insserv", *PACKAGE_MANAGERS})),
@@ -1908,6 +1909,98 @@ class Ransomware(ThresholdRule):
         return out
 
 
+
+# ---- 19d. shell escapes: an interactive shell launched by a utility -------------------------
+
+# Utilities that can run an interactive shell on request (GTFOBins' "shell" function):
+# a shell with no command, no script and no piped input whose launcher is one of them is
+# the escape (``awk 'BEGIN{system("/bin/sh")}'``, ``cpan`` ``! exec "/bin/sh"``, ``vim
+# :sh``, ``less !sh``, ``find -exec /bin/sh \;``, ``python -c 'os.system("/bin/sh")'``),
+# whether to break out of a restricted command (sudo rules, rbash) or to get a shell
+# without a shell in the command line.  Terminals, multiplexers and logins are not
+# launchers here: that is how every interactive shell starts.
+ESCAPE_LAUNCHERS = frozenset({
+    "awk", "gawk", "mawk", "nawk", "perl", "cpan", "python", "python2", "python3", "ruby",
+    "irb", "lua", "php", "node", "tclsh", "wish", "expect", "find", "vi", "vim", "rvim",
+    "nvim", "view", "ex", "ed", "less", "more", "man", "pg", "most", "ftp", "gdb", "nmap",
+    "tar", "zip", "rsync", "git", "mysql", "psql", "sqlite3", "scp", "sftp", "xargs",
+    "flock", "strace", "ltrace", "watch", "emacs", "nano", "pico", "mail", "mailx",
+    "journalctl", "systemctl", "dmesg", "crash", "aria2c", "apt", "apt-get", "dpkg"})
+
+
+def interactive_shell(ev: ExecEvent) -> bool:
+    """A shell started with no command (``-c``), no script and no piped input:
+    one that waits for commands on a terminal, a socket or nothing."""
+    if not is_shell(ev.proc.exe) or base(ev.proc.exe) == "busybox" and \
+            (len(ev.argv) < 2 or not is_shell(ev.argv[1])):
+        return False
+    args = list(ev.argv[1:])
+    if base(ev.proc.exe) == "busybox":
+        args = args[1:]
+    if any(a.startswith("-") and not a.startswith("--") and "c" in a[1:] or a == "--command"
+           for a in args):
+        return False
+    if any(not a.startswith("-") and not a.startswith("+") for a in args):
+        return False     # a script (or busybox applet arguments)
+    if ev.stdin.startswith("pipe:"):
+        return False     # commands from a pipe: behavior.piped_payload's business
+    # a regular file on stdin is a script fed by redirection, not an interactive shell
+    return not ev.stdin.startswith("/") or ev.stdin.startswith("/dev/")
+
+
+class ShellEscape(BehaviorRule):
+    """An interactive shell whose launcher (the nearest program that is not a shell,
+    through ``sh -c`` wrappers and exec-in-place) is a utility able to run one on
+    request (:data:`ESCAPE_LAUNCHERS`): a shell escape.  The launcher is read from the
+    process images the stream showed (exec history per process), so ``perl`` that
+    exec'd ``sh -c "/bin/sh &"`` in place is still the launcher.  Medium: an
+    administrator's ``:sh`` in vim is the same act."""
+
+    name = "behavior.shell_escape"
+    event_types = frozenset({"exec"})
+    attack = ("T1059.004", "T1548")
+    severity = "medium"
+    action = "alert"
+
+    def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None) -> None:
+        super().__init__(settings, limits)
+        # (pid, start) -> the images it ran before this one, newest last (at most 4)
+        self._images: BoundedState[tuple[int, int], tuple[str, ...]] = self.state()
+
+    def _launcher(self, ev: ExecEvent, ctx: RuleContext) -> str | None:
+        """The nearest non-shell image before the shell: its own earlier images,
+        then each ancestor's current and earlier images."""
+        now = ev.time_ns
+        own = self._images.get((ev.proc.pid, ev.proc.start_ns), now) or ()
+        chain: list[str] = list(reversed(own))
+        for anc in ctx.procs.ancestry(ev.proc.pid, 6)[1:]:
+            chain.append(norm_interp(base(anc.exe) or anc.comm))
+            chain.extend(reversed(self._images.get((anc.pid, anc.start_ns), now) or ()))
+        for name in chain:
+            if name and name not in SHELLS and name != "env":
+                return name
+        return None
+
+    def evaluate(self, ev: Event, ctx: RuleContext) -> list[Hit]:
+        if not isinstance(ev, ExecEvent):
+            return []
+        hits: list[Hit] = []
+        if interactive_shell(ev):
+            launcher = self._launcher(ev, ctx)
+            if launcher in ESCAPE_LAUNCHERS:
+                hits.append(Hit(f"Interactive shell launched by {launcher}: "
+                                f"{' '.join(ev.argv)[:80]}",
+                                {"launcher": launcher, "argv": list(ev.argv),
+                                 "stdin": ev.stdin}))
+        key = (ev.proc.pid, ev.proc.start_ns)
+        prev = self._images.get(key, ev.time_ns) or ()
+        name = norm_interp(base(ev.proc.exe))
+        if len(ev.argv) > 1 and is_interpreter(ev.proc.exe) and base(ev.argv[1]) in ESCAPE_LAUNCHERS:
+            name = base(ev.argv[1])     # an interpreter running a launcher's script (cpan)
+        self._images.put(key, ev.time_ns, (*prev, name)[-4:])
+        return hits
+
+
 ALL_RULE_CLASSES: tuple[type[BehaviorRule], ...] = (
     ReverseShell, ReverseShellCommand, ServiceSpawnsShell, DownloadExecute, ExecFromTemp, MemfdExec,
     Masquerade, CredentialAccess, ProcMemAccess, PtraceInjection, LdPreload, LoaderEnvInjection,
@@ -1915,6 +2008,7 @@ ALL_RULE_CLASSES: tuple[type[BehaviorRule], ...] = (
     SetuidBits, SudoersPam, LogClearing, KillSecurityTools, FirewallTamper, SecurityConfigTamper,
     SecretHunt, HiddenTempArtifact, KernelModuleLoad,
     BpfLoad, PortScan, MiningPool, Ransomware, PtySocketShell, DecodedPayloadShell,
+    ShellEscape,
 )
 
 __all__ = ["Probes", "EntropyProbe", "live_probes", "read_stdio", "file_entropy", "PERSISTENCE", "PersistenceWrite",
