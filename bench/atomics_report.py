@@ -1,6 +1,7 @@
 """Markdown tables for docs/detection.md from two runs of bench/atomics.py.
 
     python bench/atomics_report.py before.json after.json > table.md
+    python bench/atomics_report.py --blocking shell.json tmp-script.json > blocking.md
 """
 
 from __future__ import annotations
@@ -16,6 +17,40 @@ from typing import Any
 
 
 TAKEN = ("kill", "kill-tree", "quarantine")
+
+# The issue's must-stop list, by the behaviour an atomic performs (technique, or
+# technique-n where a technique mixes behaviours).  "always": stopped whatever the
+# provenance; "untrusted": stopped when it comes from an untrusted provenance (the
+# ``--provenance tmp-script`` run: the command as a script dropped in /tmp), alerted
+# from an administrator's shell (the default run).
+MUST_STOP: dict[str, tuple[str, str]] = {
+    "T1053.003": ("persistence write (cron)", "untrusted"),
+    "T1543.002": ("persistence write (systemd unit)", "untrusted"),
+    "T1546.004": ("persistence write (shell profile)", "untrusted"),
+    "T1098.004": ("persistence write (authorized_keys)", "untrusted"),
+    "T1037.004": ("persistence write (rc scripts)", "untrusted"),
+    "T1574.006-1": ("persistence write (ld.so.preload)", "untrusted"),
+    "T1548.003": ("persistence write (sudoers)", "untrusted"),
+    "T1556.003": ("persistence write (PAM)", "untrusted"),
+    "T1003.008-1": ("credential-store read (/etc/shadow)", "untrusted"),
+    "T1003.008-2": ("credential-store read (master.passwd)", "untrusted"),
+    "T1003.008-4": ("credential-store read (/etc/shadow)", "untrusted"),
+    "T1003.008-5": ("credential-store read (/etc/shadow)", "untrusted"),
+    "T1552.004": ("credential-store read (private keys)", "untrusted"),
+    "T1562.001": ("security-tool shutdown", "untrusted"),
+    "T1562.004": ("security-tool shutdown (firewall)", "untrusted"),
+    "T1562.006": ("security-tool shutdown (logging configuration)", "untrusted"),
+    "T1070.002": ("log wiping", "untrusted"),
+    "T1070.003": ("log wiping (shell history)", "untrusted"),
+    "T1059.004-9": ("decoded payload piped to a shell", "always"),
+    "T1140-9": ("decoded payload piped to a shell", "always"),
+    "T1486": ("ransomware", "always"),
+    "T1105-27": ("exec from tmp of a downloaded binary", "always"),
+}
+
+
+def must_stop(key: tuple[str, int]) -> tuple[str, str] | None:
+    return MUST_STOP.get(f"{key[0]}-{key[1]}") or MUST_STOP.get(key[0])
 
 
 def load(path: str) -> dict[tuple[str, int], dict[str, Any]]:
@@ -75,10 +110,39 @@ def summary(rows: dict[tuple[str, int], dict[str, Any]]) -> dict[str, int]:
             "blocked": sum(r["blocked"] for r in ran)}
 
 
+def blocking(shell_path: str, tmp_path: str) -> int:
+    """The must-stop atomics: outcome from an administrator's shell and from a script
+    dropped in /tmp; counted when the atomic did its act (completed, or was stopped)."""
+    sh, tmp = load(shell_path), load(tmp_path)
+    print("| atomic | behaviour | stopped | from a shell (-c) | from a /tmp script | rules (/tmp script) |\n"
+          "|---|---|---|---|---|---|")
+    need = done = 0
+    for key in sorted(sh, key=lambda k: (k[0], k[1])):
+        ms = must_stop(key)
+        if ms is None or "skipped" in sh[key]:
+            continue
+        a, b = sh[key], tmp.get(key, {"skipped": "not run"})
+        did = counted(a) and not invisible(a) or ("skipped" not in b and b["blocked"])
+        if not did:
+            continue
+        want = b if ms[1] == "untrusted" else a
+        ok = "skipped" not in want and want["blocked"]
+        need += 1
+        done += ok
+        rules = sorted({x["rule"].removeprefix("behavior.") for x in b.get("alerts", [])
+                        if x["action"] in TAKEN})
+        print(f"| {key[0]}-{key[1]} | {ms[0]} | {ms[1]} | {cell(a)} | {cell(b)} | "
+              f"{', '.join(rules) or why(b)[:60]} |")
+    print(f"\nmust-stop atomics that did their act: {need}; blocked where required: {done}")
+    return 0
+
+
 def main() -> int:
     """Two or more runs, oldest first: one column per run (named by its file), the
     rules or the reason of the last."""
     paths = sys.argv[1:]
+    if paths[:1] == ["--blocking"] and len(paths) == 3:
+        return blocking(paths[1], paths[2])
     if len(paths) < 2:
         print("usage: atomics_report.py run1.json run2.json [run3.json ...]", file=sys.stderr)
         return 2

@@ -38,6 +38,8 @@ ransomware rule's data directories.
 * armed rules' look-alikes (issue 15): a local .deb shipping a cron job and a
   systemd unit, installed and purged with dpkg; a build script run from a temp
   dir and its product; visudo on a copy of sudoers (when installed); run-parts;
+* launchers running commands (awk ``system()``, python ``subprocess``, ``find -exec
+  sh``, ``xargs sh``): look-alikes of ``behavior.shell_escape``;
 * this project's own unit tests (a < 30 s slice).
 
 Everything the corpus writes is under ``tmp_path`` (the pip cache too); the
@@ -271,6 +273,22 @@ def _admin_searches(c: Corpus) -> None:
         expect=("-name *.pem", "-name *.conf"))
 
 
+def _launchers(c: Corpus) -> None:
+    """Benign look-alikes of behavior.shell_escape: awk, python and find running
+    commands through ``sh -c`` and shell scripts (never an interactive shell), and
+    xargs feeding a script to a shell."""
+    work = c.tmp / "launchers"
+    work.mkdir()
+    (work / "step.sh").write_text("#!/bin/sh\necho step \"$@\"\n")
+    py = REPO / ".venv" / "bin" / "python"
+    c.run("awk system(), python subprocess, find -exec sh, xargs sh script", (
+        "awk 'BEGIN { system(\"ls / > /dev/null\") }'\n"
+        f"{py} -c 'import subprocess; subprocess.run([\"sh\", \"-c\", \"uname -r\"], check=True)'\n"
+        "find . -maxdepth 1 -name 'step.sh' -exec sh {} found \\;\n"
+        "printf 'a\\nb\\n' | xargs sh ./step.sh\n"), work,
+        expect=("system(", "uname -r", "-exec sh", "xargs sh ./step.sh"))
+
+
 def _unit_tests(c: Corpus) -> None:
     py = REPO / ".venv" / "bin" / "python"
     c.run("unit tests (events or config or store)",
@@ -358,6 +376,7 @@ def test_benign_corpus_raises_nothing_high(tmp_path: Path) -> None:
             _archives(corpus)
             _armed(corpus)
             _admin_searches(corpus)
+            _launchers(corpus)
             _unit_tests(corpus)
             _quiesce(agent)
         time.sleep(1.5)   # the agent's health pass (drop counter) runs every second
