@@ -33,7 +33,6 @@ MUST_STOP: dict[str, tuple[str, str]] = {
     "T1548.003": ("persistence write (sudoers)", "untrusted"),
     "T1556.003": ("persistence write (PAM)", "untrusted"),
     "T1003.008-1": ("credential-store read (/etc/shadow)", "untrusted"),
-    "T1003.008-2": ("credential-store read (master.passwd)", "untrusted"),
     "T1003.008-4": ("credential-store read (/etc/shadow)", "untrusted"),
     "T1003.008-5": ("credential-store read (/etc/shadow)", "untrusted"),
     "T1552.004": ("credential-store read (private keys)", "untrusted"),
@@ -42,6 +41,7 @@ MUST_STOP: dict[str, tuple[str, str]] = {
     "T1562.006": ("security-tool shutdown (logging configuration)", "untrusted"),
     "T1070.002": ("log wiping", "untrusted"),
     "T1070.003": ("log wiping (shell history)", "untrusted"),
+    "T1070.003-8": ("", "not on the list"),   # hostname, whoami with a leading space
     "T1059.004-9": ("decoded payload piped to a shell", "always"),
     "T1140-9": ("decoded payload piped to a shell", "always"),
     "T1486": ("ransomware", "always"),
@@ -50,7 +50,8 @@ MUST_STOP: dict[str, tuple[str, str]] = {
 
 
 def must_stop(key: tuple[str, int]) -> tuple[str, str] | None:
-    return MUST_STOP.get(f"{key[0]}-{key[1]}") or MUST_STOP.get(key[0])
+    got = MUST_STOP.get(f"{key[0]}-{key[1]}") or MUST_STOP.get(key[0])
+    return got if got is not None and got[1] != "not on the list" else None
 
 
 def load(path: str) -> dict[tuple[str, int], dict[str, Any]]:
@@ -110,13 +111,29 @@ def summary(rows: dict[tuple[str, int], dict[str, Any]]) -> dict[str, int]:
             "blocked": sum(r["blocked"] for r in ran)}
 
 
+def decided(r: dict[str, Any]) -> bool:
+    """A block was the response (taken, or skipped because the target had exited)."""
+    return any(a["action"] in TAKEN or a["action"].startswith(("kill-skipped", "kill-tree-skipped"))
+               for a in r.get("alerts", []))
+
+
+def bcell(r: dict[str, Any]) -> str:
+    if "skipped" in r:
+        return "skipped"
+    if r["blocked"]:
+        return cell(r)
+    if decided(r):
+        return f"block decided, target exited first ({r['top_severity']})"
+    return cell(r)
+
+
 def blocking(shell_path: str, tmp_path: str) -> int:
     """The must-stop atomics: outcome from an administrator's shell and from a script
     dropped in /tmp; counted when the atomic did its act (completed, or was stopped)."""
     sh, tmp = load(shell_path), load(tmp_path)
-    print("| atomic | behaviour | stopped | from a shell (-c) | from a /tmp script | rules (/tmp script) |\n"
+    print("| atomic | behaviour | stopped | from a shell (-c) | from a /tmp script | blocking rules |\n"
           "|---|---|---|---|---|---|")
-    need = done = 0
+    need = done = dec = 0
     for key in sorted(sh, key=lambda k: (k[0], k[1])):
         ms = must_stop(key)
         if ms is None or "skipped" in sh[key]:
@@ -129,11 +146,13 @@ def blocking(shell_path: str, tmp_path: str) -> int:
         ok = "skipped" not in want and want["blocked"]
         need += 1
         done += ok
-        rules = sorted({x["rule"].removeprefix("behavior.") for x in b.get("alerts", [])
-                        if x["action"] in TAKEN})
-        print(f"| {key[0]}-{key[1]} | {ms[0]} | {ms[1]} | {cell(a)} | {cell(b)} | "
+        dec += "skipped" not in want and decided(want)
+        rules = sorted({x["rule"].removeprefix("behavior.") for x in want.get("alerts", [])
+                        if x["action"] in TAKEN or x["action"].startswith("kill")})
+        print(f"| {key[0]}-{key[1]} | {ms[0]} | {ms[1]} | {bcell(a)} | {bcell(b)} | "
               f"{', '.join(rules) or why(b)[:60]} |")
-    print(f"\nmust-stop atomics that did their act: {need}; blocked where required: {done}")
+    print(f"\nmust-stop atomics that did their act: {need}; a block decided where required: "
+          f"{dec}; taken (the target still running): {done}")
     return 0
 
 

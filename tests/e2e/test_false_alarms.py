@@ -244,10 +244,15 @@ def _armed(c: Corpus) -> None:
           f"dpkg-deb --build pkg {name}.deb\ndpkg -i {name}.deb\n"
           f"test -f /etc/cron.d/{name}\ndpkg --purge {name}\ntest ! -e /etc/cron.d/{name}\n",
           work, expect=("dpkg-deb --build pkg", f"dpkg -i {name}.deb", f"dpkg --purge {name}"))
+    # a build script in a temp dir: its product run, certificates looked up by name and
+    # the firewall rules listed (secret_hunt and firewall_tamper stop a temp-dir script
+    # that hunts private keys or flushes the firewall, not these)
     (work / "build.sh").write_text("#!/bin/sh\nset -e\nprintf 'int main(void){return 0;}\\n' > t.c\n"
-                                   "gcc -o t t.c\n./t\ncat /etc/passwd > /dev/null\n")
+                                   "gcc -o t t.c\n./t\ncat /etc/passwd > /dev/null\n"
+                                   "find /etc/ssl -maxdepth 2 -name '*.pem' | head -1\n"
+                                   "if command -v iptables >/dev/null; then iptables -S >/dev/null; fi\n")
     c.run("a build script and its product run from a temp dir", "sh ./build.sh", work,
-          expect=("sh ./build.sh", "gcc -o t t.c"))
+          expect=("sh ./build.sh", "gcc -o t t.c", "-name *.pem"))
     if shutil.which("visudo"):
         c.run("visudo -c and an edit of a copy with visudo", (
             "cp /etc/sudoers sudoers.copy\n"

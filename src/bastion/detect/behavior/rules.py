@@ -1252,6 +1252,11 @@ FIREWALL_TOOLS = frozenset({"iptables", "ip6tables", "iptables-legacy", "iptable
                             "xtables-legacy-multi"})
 
 
+# managers that rewrite the rules as their job: distinct executables from the tools
+FIREWALL_MANAGERS = frozenset({"netfilter-persistent", "firewalld", "docker", "dockerd",
+                               "libvirtd", *PACKAGE_MANAGERS})
+
+
 class FirewallTamper(SingleEvent):
     name = "behavior.firewall_tamper"
     event_types = frozenset({"exec"})
@@ -1273,11 +1278,17 @@ class FirewallTamper(SingleEvent):
                or re.search(r"\bflush\s+ruleset\b|\bdelete\s+table\b", line) is not None
                or (argv0 == "ufw" or tool == "ufw") and "disable" in a
                or "--panic-off" in a or re.search(r"--set-default-zone[= ]trusted", line) is not None)
-        if not bad or self.trusted(ev, ctx, {"netfilter-persistent", "iptables-restore", "firewalld",
-                                        "docker", "dockerd", "libvirtd", *PACKAGE_MANAGERS}, 3):
+        # iptables-restore is not a trusted tool here: on nft hosts it is the same
+        # multi-call binary (xtables-nft-multi, one inode) as iptables, so trusting it
+        # by inode trusted every ``iptables -F``
+        if not bad or self.trusted(ev, ctx, FIREWALL_MANAGERS, 3):
             return None
-        return Hit(f"Firewall rules removed or opened: {' '.join(ev.argv)[:120]}",
-                   {"argv": list(ev.argv)})
+        hit = Hit(f"Firewall rules removed or opened: {' '.join(ev.argv)[:120]}",
+                  {"argv": list(ev.argv)})
+        # a security tool shut down (issue 15's must-stop list): from an untrusted
+        # provenance the actor's tree is stopped; an administrator's flush is alerted
+        return stop_if_untrusted(self, ev, ctx, hit,
+                                 "the rest of the firewall teardown (the actor's tree stopped)")
 
 
 # ---- 17b. security and logging tools' configuration --------------------------------------
@@ -1341,6 +1352,15 @@ SECRET_NAMES = re.compile(
     r"|accesstokens\.json|azureprofile\.json|application_default_credentials|\.vault-token"
     r"|\.docker/config\.json|\.ssh\b|\bshadow\b|passw(or)?d|secret|private.?key|\.pem\b|\.key\b",
     re.IGNORECASE)
+# Names that are only ever a credential store or a private key (never a certificate, a
+# config or a word like "secret"): a search for them from an untrusted provenance is the
+# first step of a theft and is stopped; the wider SECRET_NAMES are alerted only.
+KEY_STORE_NAMES = re.compile(
+    r"id_(rsa|dsa|ecdsa|ed25519)|\.ppk\b|\.kdbx\b|\.p12\b|\.pfx\b|\.jks\b|\.keystore\b"
+    r"|git-credentials|\.netrc\b|\.pgpass\b|credentials|\.aws\b|\.azure\b|\.kube\b"
+    r"|kubeconfig|\.gnupg\b|secring|wallet\.dat|accesstokens\.json|azureprofile\.json"
+    r"|application_default_credentials|\.vault-token|\.docker/config\.json|\.ssh\b"
+    r"|\bshadow\b", re.IGNORECASE)
 # certificate maintenance looks for *.pem / *.key by design
 CERT_TOOLS = frozenset({"update-ca-certificates", "c_rehash", "certbot", "update-ca-trust",
                         "trust", "p11-kit"})
@@ -1381,8 +1401,14 @@ class SecretHunt(SingleEvent):
         if self.trusted(ev, ctx, PACKAGE_MANAGERS, depth=3) or \
                 self.trusted(ev, ctx, CERT_TOOLS, depth=2):
             return None
-        return Hit(f"Search for secret files ({', '.join(found)[:80]}): {' '.join(ev.argv)[:120]}",
-                   {"argv": list(ev.argv), "names": found})
+        hit = Hit(f"Search for secret files ({', '.join(found)[:80]}): {' '.join(ev.argv)[:120]}",
+                  {"argv": list(ev.argv), "names": found})
+        if not any(KEY_STORE_NAMES.search(p) for p in search_patterns(argv)):
+            return hit
+        # hunting private keys / credential stores: the theft's first step, stopped
+        # from an untrusted provenance before the copies (credential_access) follow
+        return stop_if_untrusted(self, ev, ctx, hit,
+                                 "the copy of the keys and credential stores the search finds")
 
 
 # ---- 17d. hidden files and directories in the shared temp dirs --------------------------
