@@ -177,6 +177,16 @@ def main() -> int:
                   f"were blocked raised medium or higher ({100 * s['detected'] // s['counted']} %); "
                   f"{s['blocked']} blocked.", end="")
     last = runs[-1]
+    # per technique: detected of counted, in each run (counted by that run)
+    techs = sorted({k[0] for r in runs for k in r})
+    print(f"\n\n| technique | {' | '.join(names)} |\n|---|{'---|' * len(names)}")
+    for t in techs:
+        cells = []
+        for r in runs:
+            vis = [x for k, x in r.items() if k[0] == t and counted(x) and not invisible(x)]
+            cells.append(f"{sum(x['detected'] for x in vis)}/{len(vis)}" if vis else "-")
+        if any(c != "-" for c in cells):
+            print(f"| {t} | {' | '.join(cells)} |")
     print(f"\n\n| atomic | name | {' | '.join(names)} | rules ({names[-1]}) / why missed |\n"
           f"|---|---|{'---|' * len(names)}---|")
     for key in sorted(last, key=lambda k: (k[0], k[1])):

@@ -43,7 +43,7 @@ from bastion.detect.behavior.provenance import block, script_of
 from bastion.detect.behavior.state import BoundedState, Limits, ProcKey, proc_key
 from bastion.detect.engine import RuleContext
 from bastion.events import (
-    BpfEvent, Event, ExecEvent, FileEvent, HipsEvent, KillEvent, NetEvent,
+    BpfEvent, Event, ExecEvent, FileEvent, ForkEvent, HipsEvent, KillEvent, NetEvent,
     PtraceEvent,
 )
 from bastion.proctable import ProcEntry
@@ -1979,51 +1979,61 @@ class ShellEscape(BehaviorRule):
     through ``sh -c`` wrappers and exec-in-place) is a utility able to run one on
     request (:data:`ESCAPE_LAUNCHERS`): a shell escape.  The launcher is read from the
     process images the stream showed (exec history per process), so ``perl`` that
-    exec'd ``sh -c "/bin/sh &"`` in place is still the launcher.  Medium: an
+    exec'd ``sh -c "/bin/sh &"`` in place is still the launcher, and from the fork
+    (``sh -c "/bin/sh &"`` exits at once: by the child's exec it has been re-parented,
+    so the exec's parent is no longer the launcher's tree).  Medium: an
     administrator's ``:sh`` in vim is the same act."""
 
     name = "behavior.shell_escape"
-    event_types = frozenset({"exec"})
+    event_types = frozenset({"exec", "fork"})
     attack = ("T1059.004", "T1548")
     severity = "medium"
     action = "alert"
 
     def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None) -> None:
         super().__init__(settings, limits)
-        # (pid, start) -> the images it ran before this one, newest last (at most 4)
+        # (pid, start) -> the images it ran, newest last (at most 4)
         self._images: BoundedState[tuple[int, int], tuple[str, ...]] = self.state()
+        # (pid, start) of a forked child -> its parent's launcher chain at the fork
+        self._born: BoundedState[tuple[int, int], tuple[str, ...]] = self.state()
 
-    def _launcher(self, ev: ExecEvent, ctx: RuleContext) -> str | None:
-        """The nearest non-shell image before the shell: its own earlier images,
-        then each ancestor's current and earlier images."""
-        now = ev.time_ns
-        own = self._images.get((ev.proc.pid, ev.proc.start_ns), now) or ()
-        chain: list[str] = list(reversed(own))
-        for anc in ctx.procs.ancestry(ev.proc.pid, 6)[1:]:
+    def _chain(self, pid: int, start_ns: int, ctx: RuleContext, now: int) -> list[str]:
+        """Image names before and around ``pid``, nearest first: its own images (newest
+        first), what its fork inherited, then each live ancestor's images."""
+        key = (pid, start_ns)
+        chain: list[str] = list(reversed(self._images.get(key, now) or ()))
+        born = self._born.get(key, now)
+        if born is not None:
+            return chain + list(born)
+        for anc in ctx.procs.ancestry(pid, 6)[1:]:
             chain.append(norm_interp(base(anc.exe) or anc.comm))
             chain.extend(reversed(self._images.get((anc.pid, anc.start_ns), now) or ()))
-        for name in chain:
-            if name and name not in SHELLS and name != "env":
-                return name
-        return None
+        return chain
 
     def evaluate(self, ev: Event, ctx: RuleContext) -> list[Hit]:
+        now = ev.time_ns
+        if isinstance(ev, ForkEvent):
+            if ev.child_pid:
+                self._born.put((ev.child_pid, ev.child_start_ns), now,
+                               tuple(self._chain(ev.proc.pid, ev.proc.start_ns, ctx, now)[:8]))
+            return []
         if not isinstance(ev, ExecEvent):
             return []
         hits: list[Hit] = []
+        key = (ev.proc.pid, ev.proc.start_ns)
         if interactive_shell(ev):
-            launcher = self._launcher(ev, ctx)
+            launcher = next((n for n in self._chain(ev.proc.pid, ev.proc.start_ns, ctx, now)
+                             if n and n not in SHELLS and n != "env"), None)
             if launcher in ESCAPE_LAUNCHERS:
                 hits.append(Hit(f"Interactive shell launched by {launcher}: "
                                 f"{' '.join(ev.argv)[:80]}",
                                 {"launcher": launcher, "argv": list(ev.argv),
                                  "stdin": ev.stdin}))
-        key = (ev.proc.pid, ev.proc.start_ns)
-        prev = self._images.get(key, ev.time_ns) or ()
+        prev = self._images.get(key, now) or ()
         name = norm_interp(base(ev.proc.exe))
         if len(ev.argv) > 1 and is_interpreter(ev.proc.exe) and base(ev.argv[1]) in ESCAPE_LAUNCHERS:
             name = base(ev.argv[1])     # an interpreter running a launcher's script (cpan)
-        self._images.put(key, ev.time_ns, (*prev, name)[-4:])
+        self._images.put(key, now, (*prev, name)[-4:])
         return hits
 
 
