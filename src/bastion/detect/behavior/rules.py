@@ -1994,7 +1994,7 @@ class ShellEscape(BehaviorRule):
         super().__init__(settings, limits)
         # (pid, start) -> the images it ran, newest last (at most 4)
         self._images: BoundedState[tuple[int, int], tuple[str, ...]] = self.state()
-        # (pid, start) of a forked child -> its parent's launcher chain at the fork
+        # (pid, start) of a forked child of a launcher's tree -> (that launcher,)
         self._born: BoundedState[tuple[int, int], tuple[str, ...]] = self.state()
 
     def _chain(self, pid: int, start_ns: int, ctx: RuleContext, now: int) -> list[str]:
@@ -2010,20 +2010,25 @@ class ShellEscape(BehaviorRule):
             chain.extend(reversed(self._images.get((anc.pid, anc.start_ns), now) or ()))
         return chain
 
+    @staticmethod
+    def _launcher(chain: list[str]) -> str | None:
+        return next((n for n in chain if n and n not in SHELLS and n != "env"), None)
+
     def evaluate(self, ev: Event, ctx: RuleContext) -> list[Hit]:
         now = ev.time_ns
         if isinstance(ev, ForkEvent):
-            if ev.child_pid:
-                self._born.put((ev.child_pid, ev.child_start_ns), now,
-                               tuple(self._chain(ev.proc.pid, ev.proc.start_ns, ctx, now)[:8]))
+            # kept only for children of a launcher's tree (bounded state, not one entry
+            # per fork on the host); any other child falls back to its live ancestry
+            launcher = self._launcher(self._chain(ev.proc.pid, ev.proc.start_ns, ctx, now))
+            if ev.child_pid and launcher in ESCAPE_LAUNCHERS:
+                self._born.put((ev.child_pid, ev.child_start_ns), now, (launcher,))
             return []
         if not isinstance(ev, ExecEvent):
             return []
         hits: list[Hit] = []
         key = (ev.proc.pid, ev.proc.start_ns)
         if interactive_shell(ev):
-            launcher = next((n for n in self._chain(ev.proc.pid, ev.proc.start_ns, ctx, now)
-                             if n and n not in SHELLS and n != "env"), None)
+            launcher = self._launcher(self._chain(ev.proc.pid, ev.proc.start_ns, ctx, now))
             if launcher in ESCAPE_LAUNCHERS:
                 hits.append(Hit(f"Interactive shell launched by {launcher}: "
                                 f"{' '.join(ev.argv)[:80]}",
