@@ -1935,7 +1935,6 @@ class Ransomware(ThresholdRule):
         return out
 
 
-
 # ---- 19d. shell escapes: an interactive shell launched by a utility -------------------------
 
 # Utilities that can run an interactive shell on request (GTFOBins' "shell" function):
@@ -1944,10 +1943,11 @@ class Ransomware(ThresholdRule):
 # :sh``, ``less !sh``, ``find -exec /bin/sh \;``, ``python -c 'os.system("/bin/sh")'``),
 # whether to break out of a restricted command (sudo rules, rbash) or to get a shell
 # without a shell in the command line.  Terminals, multiplexers and logins are not
-# launchers here: that is how every interactive shell starts.
+# launchers here: that is how every interactive shell starts (nor is expect, which
+# drives shells on a pty by design: see PTY_HOSTS).
 ESCAPE_LAUNCHERS = frozenset({
     "awk", "gawk", "mawk", "nawk", "perl", "cpan", "python", "python2", "python3", "ruby",
-    "irb", "lua", "php", "node", "tclsh", "wish", "expect", "find", "vi", "vim", "rvim",
+    "irb", "lua", "php", "node", "tclsh", "wish", "find", "vi", "vim", "rvim",
     "nvim", "view", "ex", "ed", "less", "more", "man", "pg", "most", "ftp", "gdb", "nmap",
     "tar", "zip", "rsync", "git", "mysql", "psql", "sqlite3", "scp", "sftp", "xargs",
     "flock", "strace", "ltrace", "watch", "emacs", "nano", "pico", "mail", "mailx",
