@@ -277,16 +277,26 @@ def release(fifo: str, deadline: float) -> bool:
     return False
 
 
+# How a dropper runs what it fetched: the command as a script in /tmp, run by the shell
+# (``sh /tmp/x.sh``), stdin not a terminal.  Written inside the sandbox (its /tmp is
+# a tmpfs of the namespace), so nothing of the host is touched.
+AS_TMP_SCRIPT = 'printf "%s\\n" "$1" > /tmp/atomic-payload.sh && exec "$0" /tmp/atomic-payload.sh'
+
+
 def run_one(a: dict[str, Any], cg: Path, root: Path, timeout: float,
-            watch: "Watch | None" = None) -> dict[str, Any]:
+            watch: "Watch | None" = None, provenance: str = "shell") -> dict[str, Any]:
     base = Path(tempfile.mkdtemp(prefix="bastion-sbx-"))
     fifo = f"{base}.go"
     os.mkfifo(fifo, 0o600)
     shell = "/bin/bash" if a["executor"] == "bash" else "/bin/sh"
+    # "shell": the executor's ``-c``, as Invoke-AtomicTest runs it (an administrator's
+    # provenance); "tmp-script": the same command as a script in /tmp (untrusted)
+    run = [shell, "-c", a["command"]] if provenance == "shell" else \
+        ["/bin/sh", "-c", AS_TMP_SCRIPT, shell, a["command"]]
     argv = ["/bin/sh", "-c", f'echo $$ > {cg}/cgroup.procs && exec "$@"', "join",
             "unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--net",
             "--uts", "--ipc", "--kill-child", "/bin/sh", "-c", SETUP, "setup", str(base),
-            shell, "-c", a["command"]]
+            *run]
     t0 = time.monotonic()
     p = subprocess.Popen(argv, env={"ATOMICS": str(root), "PATH": os.environ["PATH"],
                                     "SBX_GO": fifo},
@@ -327,6 +337,9 @@ def main() -> int:
     ap.add_argument("--techniques", default="")
     ap.add_argument("--timeout", type=float, default=20.0)
     ap.add_argument("--label", default="")
+    ap.add_argument("--provenance", choices=("shell", "tmp-script"), default="shell",
+                    help="run each atomic as its executor's -c (default) or as a script "
+                         "dropped in /tmp (an untrusted provenance: measures blocking)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("atomics: needs root (namespaces, overlayfs, the BPF sensor)", file=sys.stderr)
@@ -354,7 +367,7 @@ def main() -> int:
                     row["skipped"] = why
                     results.append(row)
                     continue
-                row.update(run_one(a, cg, args.atomics.resolve(), args.timeout, w))
+                row.update(run_one(a, cg, args.atomics.resolve(), args.timeout, w, args.provenance))
                 time.sleep(0.5)
                 events, execs, alerts = w.take()
                 setup = {"/usr/bin/unshare", "/usr/bin/mount", "/bin/mount", "/usr/bin/mkdir",
@@ -392,7 +405,8 @@ def main() -> int:
             errs = w.engine.errors
     finally:
         cgroup.remove(cg)
-    args.out.write_text(json.dumps({"label": args.label, "results": results,
+    args.out.write_text(json.dumps({"label": args.label, "provenance": args.provenance,
+                                    "results": results,
                                     "rule_errors": errs}, indent=1))
     ran = [r for r in results if "skipped" not in r]
     # ran to completion, or was stopped by a block (a killed atomic exits non-zero)

@@ -38,6 +38,8 @@ ransomware rule's data directories.
 * armed rules' look-alikes (issue 15): a local .deb shipping a cron job and a
   systemd unit, installed and purged with dpkg; a build script run from a temp
   dir and its product; visudo on a copy of sudoers (when installed); run-parts;
+* launchers running commands (awk ``system()``, python ``subprocess``, ``find -exec
+  sh``, ``xargs sh``): look-alikes of ``behavior.shell_escape``;
 * this project's own unit tests (a < 30 s slice).
 
 Everything the corpus writes is under ``tmp_path`` (the pip cache too); the
@@ -242,10 +244,15 @@ def _armed(c: Corpus) -> None:
           f"dpkg-deb --build pkg {name}.deb\ndpkg -i {name}.deb\n"
           f"test -f /etc/cron.d/{name}\ndpkg --purge {name}\ntest ! -e /etc/cron.d/{name}\n",
           work, expect=("dpkg-deb --build pkg", f"dpkg -i {name}.deb", f"dpkg --purge {name}"))
+    # a build script in a temp dir: its product run, certificates looked up by name and
+    # the firewall rules listed (secret_hunt and firewall_tamper stop a temp-dir script
+    # that hunts private keys or flushes the firewall, not these)
     (work / "build.sh").write_text("#!/bin/sh\nset -e\nprintf 'int main(void){return 0;}\\n' > t.c\n"
-                                   "gcc -o t t.c\n./t\ncat /etc/passwd > /dev/null\n")
+                                   "gcc -o t t.c\n./t\ncat /etc/passwd > /dev/null\n"
+                                   "find /etc/ssl -maxdepth 2 -name '*.pem' | head -1\n"
+                                   "if command -v iptables >/dev/null; then iptables -S >/dev/null; fi\n")
     c.run("a build script and its product run from a temp dir", "sh ./build.sh", work,
-          expect=("sh ./build.sh", "gcc -o t t.c"))
+          expect=("sh ./build.sh", "gcc -o t t.c", "-name *.pem"))
     if shutil.which("visudo"):
         c.run("visudo -c and an edit of a copy with visudo", (
             "cp /etc/sudoers sudoers.copy\n"
@@ -269,6 +276,22 @@ def _admin_searches(c: Corpus) -> None:
         "if [ -f /etc/rsyslog.conf ]; then cat /etc/rsyslog.conf > rsyslog.copy; "
         "sed -i '$ a # corpus' rsyslog.copy; fi\n"), work,
         expect=("-name *.pem", "-name *.conf"))
+
+
+def _launchers(c: Corpus) -> None:
+    """Benign look-alikes of behavior.shell_escape: awk, python and find running
+    commands through ``sh -c`` and shell scripts (never an interactive shell), and
+    xargs feeding a script to a shell."""
+    work = c.tmp / "launchers"
+    work.mkdir()
+    (work / "step.sh").write_text("#!/bin/sh\necho step \"$@\"\n")
+    py = REPO / ".venv" / "bin" / "python"
+    c.run("awk system(), python subprocess, find -exec sh, xargs sh script", (
+        "awk 'BEGIN { system(\"ls / > /dev/null\") }'\n"
+        f"{py} -c 'import subprocess; subprocess.run([\"sh\", \"-c\", \"uname -r\"], check=True)'\n"
+        "find . -maxdepth 1 -name 'step.sh' -exec sh {} found \\;\n"
+        "printf 'a\\nb\\n' | xargs sh ./step.sh\n"), work,
+        expect=("system(", "uname -r", "-exec sh", "xargs sh ./step.sh"))
 
 
 def _unit_tests(c: Corpus) -> None:
@@ -358,6 +381,7 @@ def test_benign_corpus_raises_nothing_high(tmp_path: Path) -> None:
             _archives(corpus)
             _armed(corpus)
             _admin_searches(corpus)
+            _launchers(corpus)
             _unit_tests(corpus)
             _quiesce(agent)
         time.sleep(1.5)   # the agent's health pass (drop counter) runs every second

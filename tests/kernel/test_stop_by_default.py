@@ -32,6 +32,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+import pytest
+
 from bastion.detect.behavior import behavior_rules, live_probes
 from bastion.detect.engine import Engine, RuleContext
 from bastion.proctable import ProcessTable
@@ -304,3 +306,60 @@ def test_ransomware_in_another_mount_namespace_is_judged_on_its_own_files() -> N
             assert rc == -signal.SIGKILL
     finally:
         shutil.rmtree(d)
+
+
+def test_tmp_script_hunting_for_private_keys_is_stopped() -> None:
+    """A script in /tmp searching for private keys by name (the first step of T1552.004):
+    its tree is stopped before the copy of what it found."""
+    d = Path(tempfile.mkdtemp(prefix="bastion-test-hunt-", dir="/tmp"))
+    try:
+        (d / "home" / ".ssh").mkdir(parents=True)
+        (d / "home" / ".ssh" / "id_rsa").write_text("not a real key\n")
+        s = d / "hunt.sh"
+        s.write_text(f"#!/bin/sh\nfind {d}/home -name id_rsa > {d}/found\nsleep 5\n"
+                     f"cp $(cat {d}/found) {d}/loot\n")
+        with watching() as (cg, w):
+            p = spawn_in(cg, ["/bin/sh", str(s)], stdin=subprocess.DEVNULL)
+            rc = reap(p, 15)
+            got = [a for a in w.alerts if a["rule"] == "behavior.secret_hunt"]
+            assert got and blocked(got[0]), [(a["rule"], a["action"]) for a in w.alerts]
+            assert got[0]["severity"] == "critical"
+            assert "tmp-script" in got[0]["evidence"]["provenance"]
+            assert rc == -signal.SIGKILL
+            assert not (d / "loot").exists()
+    finally:
+        shutil.rmtree(d)
+
+
+def _in_netns(cg: Path, argv: list[str]) -> subprocess.Popen[bytes]:
+    # a private network namespace: the flush empties its (empty) tables, not the host's
+    return spawn_in(cg, ["unshare", "--net", *argv], stdin=subprocess.DEVNULL)
+
+
+def test_tmp_script_flushing_the_firewall_is_stopped() -> None:
+    """A script in /tmp flushing the firewall (T1562.004, a security tool shut down):
+    the tree is stopped; run in a private network namespace."""
+    if shutil.which("iptables") is None:
+        pytest.skip("iptables is not installed")
+    d = Path(tempfile.mkdtemp(prefix="bastion-test-fw-", dir="/tmp"))
+    try:
+        s = d / "fw.sh"
+        s.write_text(f"#!/bin/sh\niptables -F\nsleep 5\ntouch {d}/after\n")
+        with watching() as (cg, w):
+            rc = reap(_in_netns(cg, ["/bin/sh", str(s)]), 15)
+            got = [a for a in w.alerts if a["rule"] == "behavior.firewall_tamper"]
+            assert got and blocked(got[0]), [(a["rule"], a["action"]) for a in w.alerts]
+            assert got[0]["severity"] == "critical"
+            assert "tmp-script" in got[0]["evidence"]["provenance"]
+            assert rc == -signal.SIGKILL and not (d / "after").exists()
+    finally:
+        shutil.rmtree(d)
+
+
+def test_same_firewall_flush_without_untrusted_provenance_is_alerted_not_killed() -> None:
+    if shutil.which("iptables") is None:
+        pytest.skip("iptables is not installed")
+    with watching() as (cg, w):
+        assert reap(_in_netns(cg, ["/bin/sh", "-c", "iptables -F; sleep 1; true"]), 15) == 0
+        got = w.wait_for(lambda a: a["rule"] == "behavior.firewall_tamper", 3)
+        assert got and got[0]["action"] == "alert" and got[0]["severity"] == "high"

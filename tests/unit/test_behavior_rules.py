@@ -105,3 +105,21 @@ def test_security_service_stopped_by_unit_name() -> None:
               if f.rule == "behavior.disable_security_tools"]
     assert any("falcon-sensor.service" in t for t in titles), titles
     assert any("disable rsyslog" in t for t in titles), titles
+
+
+def test_shell_escape_names_each_launcher() -> None:
+    """awk's system(), cpan (perl exec'd ``sh -c`` in place: the launcher is read from
+    the process's earlier image), python's os.system and gawk whose `sh -c` exited before
+    the shell's exec (re-parented: the launcher is read from the fork) each raise one."""
+    found = [f for f in replay(FIX / "shell_escape.pos.jsonl") if f.rule == "behavior.shell_escape"]
+    assert sorted(f.evidence["launcher"] for f in found) == ["awk", "cpan", "gawk", "python3"], \
+        [f.title for f in found]
+    assert all(f.severity == "medium" and f.action == "alert" for f in found)
+
+
+def test_boot_rc_scripts_are_persistence() -> None:
+    """rc.common, rc.d and the SysV runlevel directories run at boot like rc.local."""
+    titles = [f.title for f in replay(FIX / "persistence_systemd.pos.jsonl")
+              if f.rule == "behavior.persistence_systemd"]
+    for path in ("/etc/rc.common", "/etc/rc.d/rc.local", "/etc/rc3.d/S99evil"):
+        assert any(path in t for t in titles), (path, titles)

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from bastion.detect.behavior.base import (
-    NS, PACKAGE_MANAGERS, SYSTEM_DIRS, BehaviorRule, Hit, RuleSettings, SequenceRule,
+    NS, PACKAGE_MANAGERS, SHELLS, SYSTEM_DIRS, BehaviorRule, Hit, RuleSettings, SequenceRule,
     SingleEvent, Step, ThresholdRule, actor_names, base, glob_any, is_interpreter,
     is_loopback, is_public_peer, is_shell, norm_interp, package_installer, under,
 )
@@ -43,7 +43,7 @@ from bastion.detect.behavior.provenance import block, script_of
 from bastion.detect.behavior.state import BoundedState, Limits, ProcKey, proc_key
 from bastion.detect.engine import RuleContext
 from bastion.events import (
-    BpfEvent, Event, ExecEvent, FileEvent, HipsEvent, KillEvent, NetEvent,
+    BpfEvent, Event, ExecEvent, FileEvent, ForkEvent, HipsEvent, KillEvent, NetEvent,
     PtraceEvent,
 )
 from bastion.proctable import ProcEntry
@@ -965,6 +965,7 @@ PERSISTENCE = (
                  ("/etc/systemd/system/*", "/etc/systemd/system/*/*", "/lib/systemd/system/*",
                   "/usr/lib/systemd/system/*", "/etc/systemd/user/*", "/root/.config/systemd/user/*",
                   "/home/*/.config/systemd/user/*", "/etc/init.d/*", "/etc/rc.local",
+                  "/etc/rc.common", "/etc/rc.d/*", "/etc/rc.d/*/*", "/etc/rc[0-6S].d/*",
                   "/etc/xdg/autostart/*", "/home/*/.config/autostart/*"),
                  frozenset({"systemctl", "systemd", "deb-systemd-helper", "update-rc.d",
                             "insserv", *PACKAGE_MANAGERS})),
@@ -1251,6 +1252,11 @@ FIREWALL_TOOLS = frozenset({"iptables", "ip6tables", "iptables-legacy", "iptable
                             "xtables-legacy-multi"})
 
 
+# managers that rewrite the rules as their job: distinct executables from the tools
+FIREWALL_MANAGERS = frozenset({"netfilter-persistent", "firewalld", "docker", "dockerd",
+                               "libvirtd", *PACKAGE_MANAGERS})
+
+
 class FirewallTamper(SingleEvent):
     name = "behavior.firewall_tamper"
     event_types = frozenset({"exec"})
@@ -1272,11 +1278,17 @@ class FirewallTamper(SingleEvent):
                or re.search(r"\bflush\s+ruleset\b|\bdelete\s+table\b", line) is not None
                or (argv0 == "ufw" or tool == "ufw") and "disable" in a
                or "--panic-off" in a or re.search(r"--set-default-zone[= ]trusted", line) is not None)
-        if not bad or self.trusted(ev, ctx, {"netfilter-persistent", "iptables-restore", "firewalld",
-                                        "docker", "dockerd", "libvirtd", *PACKAGE_MANAGERS}, 3):
+        # iptables-restore is not a trusted tool here: on nft hosts it is the same
+        # multi-call binary (xtables-nft-multi, one inode) as iptables, so trusting it
+        # by inode trusted every ``iptables -F``
+        if not bad or self.trusted(ev, ctx, FIREWALL_MANAGERS, 3):
             return None
-        return Hit(f"Firewall rules removed or opened: {' '.join(ev.argv)[:120]}",
-                   {"argv": list(ev.argv)})
+        hit = Hit(f"Firewall rules removed or opened: {' '.join(ev.argv)[:120]}",
+                  {"argv": list(ev.argv)})
+        # a security tool shut down (issue 15's must-stop list): from an untrusted
+        # provenance the actor's tree is stopped; an administrator's flush is alerted
+        return stop_if_untrusted(self, ev, ctx, hit,
+                                 "the rest of the firewall teardown (the actor's tree stopped)")
 
 
 # ---- 17b. security and logging tools' configuration --------------------------------------
@@ -1340,6 +1352,15 @@ SECRET_NAMES = re.compile(
     r"|accesstokens\.json|azureprofile\.json|application_default_credentials|\.vault-token"
     r"|\.docker/config\.json|\.ssh\b|\bshadow\b|passw(or)?d|secret|private.?key|\.pem\b|\.key\b",
     re.IGNORECASE)
+# Names that are only ever a credential store or a private key (never a certificate, a
+# config or a word like "secret"): a search for them from an untrusted provenance is the
+# first step of a theft and is stopped; the wider SECRET_NAMES are alerted only.
+KEY_STORE_NAMES = re.compile(
+    r"id_(rsa|dsa|ecdsa|ed25519)|\.ppk\b|\.kdbx\b|\.p12\b|\.pfx\b|\.jks\b|\.keystore\b"
+    r"|git-credentials|\.netrc\b|\.pgpass\b|credentials|\.aws\b|\.azure\b|\.kube\b"
+    r"|kubeconfig|\.gnupg\b|secring|wallet\.dat|accesstokens\.json|azureprofile\.json"
+    r"|application_default_credentials|\.vault-token|\.docker/config\.json|\.ssh\b"
+    r"|\bshadow\b", re.IGNORECASE)
 # certificate maintenance looks for *.pem / *.key by design
 CERT_TOOLS = frozenset({"update-ca-certificates", "c_rehash", "certbot", "update-ca-trust",
                         "trust", "p11-kit"})
@@ -1380,8 +1401,14 @@ class SecretHunt(SingleEvent):
         if self.trusted(ev, ctx, PACKAGE_MANAGERS, depth=3) or \
                 self.trusted(ev, ctx, CERT_TOOLS, depth=2):
             return None
-        return Hit(f"Search for secret files ({', '.join(found)[:80]}): {' '.join(ev.argv)[:120]}",
-                   {"argv": list(ev.argv), "names": found})
+        hit = Hit(f"Search for secret files ({', '.join(found)[:80]}): {' '.join(ev.argv)[:120]}",
+                  {"argv": list(ev.argv), "names": found})
+        if not any(KEY_STORE_NAMES.search(p) for p in search_patterns(argv)):
+            return hit
+        # hunting private keys / credential stores: the theft's first step, stopped
+        # from an untrusted provenance before the copies (credential_access) follow
+        return stop_if_untrusted(self, ev, ctx, hit,
+                                 "the copy of the keys and credential stores the search finds")
 
 
 # ---- 17d. hidden files and directories in the shared temp dirs --------------------------
@@ -1908,6 +1935,113 @@ class Ransomware(ThresholdRule):
         return out
 
 
+# ---- 19d. shell escapes: an interactive shell launched by a utility -------------------------
+
+# Utilities that can run an interactive shell on request (GTFOBins' "shell" function):
+# a shell with no command, no script and no piped input whose launcher is one of them is
+# the escape (``awk 'BEGIN{system("/bin/sh")}'``, ``cpan`` ``! exec "/bin/sh"``, ``vim
+# :sh``, ``less !sh``, ``find -exec /bin/sh \;``, ``python -c 'os.system("/bin/sh")'``),
+# whether to break out of a restricted command (sudo rules, rbash) or to get a shell
+# without a shell in the command line.  Terminals, multiplexers and logins are not
+# launchers here: that is how every interactive shell starts (nor is expect, which
+# drives shells on a pty by design: see PTY_HOSTS).
+ESCAPE_LAUNCHERS = frozenset({
+    "awk", "gawk", "mawk", "nawk", "perl", "cpan", "python", "python2", "python3", "ruby",
+    "irb", "lua", "php", "node", "tclsh", "wish", "find", "vi", "vim", "rvim",
+    "nvim", "view", "ex", "ed", "less", "more", "man", "pg", "most", "ftp", "gdb", "nmap",
+    "tar", "zip", "rsync", "git", "mysql", "psql", "sqlite3", "scp", "sftp", "xargs",
+    "flock", "strace", "ltrace", "watch", "emacs", "nano", "pico", "mail", "mailx",
+    "journalctl", "systemctl", "dmesg", "crash", "aria2c", "apt", "apt-get", "dpkg"})
+
+
+def interactive_shell(ev: ExecEvent) -> bool:
+    """A shell started with no command (``-c``), no script and no piped input:
+    one that waits for commands on a terminal, a socket or nothing."""
+    if not is_shell(ev.proc.exe) or base(ev.proc.exe) == "busybox" and \
+            (len(ev.argv) < 2 or not is_shell(ev.argv[1])):
+        return False
+    args = list(ev.argv[1:])
+    if base(ev.proc.exe) == "busybox":
+        args = args[1:]
+    if any(a.startswith("-") and not a.startswith("--") and "c" in a[1:] or a == "--command"
+           for a in args):
+        return False
+    if any(not a.startswith("-") and not a.startswith("+") for a in args):
+        return False     # a script (or busybox applet arguments)
+    if ev.stdin.startswith("pipe:"):
+        return False     # commands from a pipe: behavior.piped_payload's business
+    # a regular file on stdin is a script fed by redirection, not an interactive shell
+    return not ev.stdin.startswith("/") or ev.stdin.startswith("/dev/")
+
+
+class ShellEscape(BehaviorRule):
+    """An interactive shell whose launcher (the nearest program that is not a shell,
+    through ``sh -c`` wrappers and exec-in-place) is a utility able to run one on
+    request (:data:`ESCAPE_LAUNCHERS`): a shell escape.  The launcher is read from the
+    process images the stream showed (exec history per process), so ``perl`` that
+    exec'd ``sh -c "/bin/sh &"`` in place is still the launcher, and from the fork
+    (``sh -c "/bin/sh &"`` exits at once: by the child's exec it has been re-parented,
+    so the exec's parent is no longer the launcher's tree).  Medium: an
+    administrator's ``:sh`` in vim is the same act."""
+
+    name = "behavior.shell_escape"
+    event_types = frozenset({"exec", "fork"})
+    attack = ("T1059.004", "T1548")
+    severity = "medium"
+    action = "alert"
+
+    def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None) -> None:
+        super().__init__(settings, limits)
+        # (pid, start) -> the images it ran, newest last (at most 4)
+        self._images: BoundedState[tuple[int, int], tuple[str, ...]] = self.state()
+        # (pid, start) of a forked child of a launcher's tree -> (that launcher,)
+        self._born: BoundedState[tuple[int, int], tuple[str, ...]] = self.state()
+
+    def _chain(self, pid: int, start_ns: int, ctx: RuleContext, now: int) -> list[str]:
+        """Image names before and around ``pid``, nearest first: its own images (newest
+        first), what its fork inherited, then each live ancestor's images."""
+        key = (pid, start_ns)
+        chain: list[str] = list(reversed(self._images.get(key, now) or ()))
+        born = self._born.get(key, now)
+        if born is not None:
+            return chain + list(born)
+        for anc in ctx.procs.ancestry(pid, 6)[1:]:
+            chain.append(norm_interp(base(anc.exe) or anc.comm))
+            chain.extend(reversed(self._images.get((anc.pid, anc.start_ns), now) or ()))
+        return chain
+
+    @staticmethod
+    def _launcher(chain: list[str]) -> str | None:
+        return next((n for n in chain if n and n not in SHELLS and n != "env"), None)
+
+    def evaluate(self, ev: Event, ctx: RuleContext) -> list[Hit]:
+        now = ev.time_ns
+        if isinstance(ev, ForkEvent):
+            # kept only for children of a launcher's tree (bounded state, not one entry
+            # per fork on the host); any other child falls back to its live ancestry
+            launcher = self._launcher(self._chain(ev.proc.pid, ev.proc.start_ns, ctx, now))
+            if ev.child_pid and launcher in ESCAPE_LAUNCHERS:
+                self._born.put((ev.child_pid, ev.child_start_ns), now, (launcher,))
+            return []
+        if not isinstance(ev, ExecEvent):
+            return []
+        hits: list[Hit] = []
+        key = (ev.proc.pid, ev.proc.start_ns)
+        if interactive_shell(ev):
+            launcher = self._launcher(self._chain(ev.proc.pid, ev.proc.start_ns, ctx, now))
+            if launcher in ESCAPE_LAUNCHERS:
+                hits.append(Hit(f"Interactive shell launched by {launcher}: "
+                                f"{' '.join(ev.argv)[:80]}",
+                                {"launcher": launcher, "argv": list(ev.argv),
+                                 "stdin": ev.stdin}))
+        prev = self._images.get(key, now) or ()
+        name = norm_interp(base(ev.proc.exe))
+        if len(ev.argv) > 1 and is_interpreter(ev.proc.exe) and base(ev.argv[1]) in ESCAPE_LAUNCHERS:
+            name = base(ev.argv[1])     # an interpreter running a launcher's script (cpan)
+        self._images.put(key, now, (*prev, name)[-4:])
+        return hits
+
+
 ALL_RULE_CLASSES: tuple[type[BehaviorRule], ...] = (
     ReverseShell, ReverseShellCommand, ServiceSpawnsShell, DownloadExecute, ExecFromTemp, MemfdExec,
     Masquerade, CredentialAccess, ProcMemAccess, PtraceInjection, LdPreload, LoaderEnvInjection,
@@ -1915,6 +2049,7 @@ ALL_RULE_CLASSES: tuple[type[BehaviorRule], ...] = (
     SetuidBits, SudoersPam, LogClearing, KillSecurityTools, FirewallTamper, SecurityConfigTamper,
     SecretHunt, HiddenTempArtifact, KernelModuleLoad,
     BpfLoad, PortScan, MiningPool, Ransomware, PtySocketShell, DecodedPayloadShell,
+    ShellEscape,
 )
 
 __all__ = ["Probes", "EntropyProbe", "live_probes", "read_stdio", "file_entropy", "PERSISTENCE", "PersistenceWrite",
