@@ -136,6 +136,42 @@ class _PlanState:
     retired_dirs: frozenset[tuple[int, int]] = frozenset()   # child marks of earlier plans
     deny_read: frozenset[tuple[int, int]] = frozenset()      # reads denied too (fail closed)
     deny_read_dir: bool = False
+    # precomputed from the plan: the marked inodes whose opens (``allow_open``: read and
+    # write) or execs (``allow_exec``) every task is allowed, whoever it is; their events
+    # are answered without a procfs read.  Empty when directory objects exist (an
+    # ancestor's rule could apply).
+    allow_open: frozenset[tuple[int, int]] = frozenset()
+    allow_exec: frozenset[tuple[int, int]] = frozenset()
+
+
+def _allow_sets(plan: MapPlan, marks: Mapping[tuple[int, int], object], dirs: bool
+                ) -> tuple[frozenset[tuple[int, int]], frozenset[tuple[int, int]]]:
+    """(allow_open, allow_exec) of :class:`_PlanState`: the marked inodes for which
+    :meth:`Matcher.decide_file` (no ancestors) gives ALLOW whatever the task's
+    subjects: every rule a subject could hit (on the inode or on ``any``) allows,
+    and a task with no rule of its own gets the rule for everyone or the default,
+    which allows too."""
+    if dirs:
+        return frozenset(), frozenset()
+    strict: set[tuple[int, int, int]] = set()      # (op, dev, ino) a non-allow rule names
+    everyone: set[tuple[int, int, int]] = set()    # (op, dev, ino) the rule for everyone names
+    for (subj, op, dev, ino), (act, _rid) in plan.rules:
+        if act != abi.HipsAction.ALLOW:
+            strict.add((op, dev, ino))
+        if subj == 0:
+            everyone.add((op, dev, ino))
+    default_allows = plan.default_action is abi.HipsAction.ALLOW
+
+    def allowed(key: tuple[int, int], op: abi.HipsOp) -> bool:
+        here, anyk = (int(op), *key), (int(op), 0, 0)
+        if here in strict or anyk in strict:
+            return False
+        return default_allows or here in everyone or anyk in everyone
+
+    opn = frozenset(k for k in marks if allowed(k, abi.HipsOp.OPEN_READ)
+                    and allowed(k, abi.HipsOp.OPEN_WRITE))
+    exe = frozenset(k for k in marks if allowed(k, abi.HipsOp.EXEC))
+    return opn, exe
 
 
 @dataclass
@@ -332,14 +368,15 @@ class FanotifyEnforcer:
                                   location=Location(exc.filename or "fanotify")) from exc
             self._gen += 1
             retired = ((old.retired_dirs | old.child_dirs) if old is not None else frozenset())
+            needs_parents = bool(child_dirs) or bool(plan.flags & abi.HIPS_F_DIR_OBJECTS)
+            allow_open, allow_exec = _allow_sets(plan, marks, needs_parents)
             self._state = _PlanState(
                 plan, Matcher(plan), self._gen, MappingProxyType(dict(marks)),
                 frozenset(child_dirs), frozenset(abi.SubjectKind(k) for (k, _a, _b), _s in plan.subjects),
-                bool(child_dirs) or bool(plan.flags & abi.HIPS_F_DIR_OBJECTS),
-                deny_open=fc.deny_open, deny_exec=fc.deny_exec, deny_open_dir=fc.deny_open_dir,
+                needs_parents, deny_open=fc.deny_open, deny_exec=fc.deny_exec, deny_open_dir=fc.deny_open_dir,
                 deny_exec_dir=fc.deny_exec_dir, dir_tops=fc.dir_tops,
                 retired_dirs=frozenset(retired - child_dirs), deny_read=fc.deny_read,
-                deny_read_dir=fc.deny_read_dir)
+                deny_read_dir=fc.deny_read_dir, allow_open=allow_open, allow_exec=allow_exec)
             for key, m in old_marks.items():
                 new = marks.get(key)
                 lis.unmark(m.path, key, m.mask & ~(new.mask if new is not None else 0))
@@ -512,6 +549,9 @@ class FanotifyEnforcer:
         efd, tid = ev.fd, ev.tid
         st = os.fstat(efd)
         obj = (kernel_dev(st.st_dev), st.st_ino)
+        if (obj in (state.allow_exec if ev.is_exec else state.allow_open)
+                and self.decision_hook is None):
+            return ALLOW   # the plan allows every task this open: no fact to gather
         path = ""
         parents: list[tuple[int, int]] = []
         unplaced = False

@@ -247,6 +247,18 @@ class Verdict:
 
 
 ALLOW: Final = Verdict()
+_DEADLINE_ALLOW: Final = Verdict(FAN_ALLOW, "deadline_allows")
+_BATCH_HOLD_S: Final = 0.0005   # a batch's ready answers wait at most ~this for the next decision
+
+
+def _frames(exc: BaseException) -> str:
+    """Where ``exc`` was raised, as frame names only (formatting source lines opens files)."""
+    tb = exc.__traceback__
+    where = []
+    while tb is not None:
+        where.append(f"{tb.tb_frame.f_code.co_name}:{tb.tb_lineno}")
+        tb = tb.tb_next
+    return " < ".join(reversed(where))
 
 Decide = Callable[[PermEvent], Verdict]
 
@@ -509,17 +521,6 @@ class PermissionListener:
             return 0
         return ent[1] if self._answer(efd, ent[1]) else 0
 
-    def _reply(self, efd: int, v: Verdict) -> None:
-        in_time = self._answer(efd, v.response)
-        if not in_time:
-            self.c.late_decisions += 1
-        elif v.response == FAN_ALLOW:
-            self.c.allows += 1
-            if v.shortcut is not None:
-                setattr(self.c, v.shortcut, getattr(self.c, v.shortcut) + 1)
-        if v.after is not None:
-            v.after(in_time)
-
     def _allow_all_pending(self, counter: Shortcut | None = None) -> None:
         """Allow every event still waiting for an answer, counted in ``counter`` (an
         event the listener had read and this answers first is counted here, once)."""
@@ -642,48 +643,65 @@ class PermissionListener:
                     continue
                 now = time.monotonic()
                 self._busy_since = now
-                fbs = [self._fallback_of(mask, efd, tid, now)
-                       if efd >= 0 and mask & FAN_PERM_EVENTS else FAN_ALLOW
-                       for mask, efd, tid in evs]
-                with self._lock:
-                    for (mask, efd, _tid), fb in zip(evs, fbs):
-                        if efd >= 0 and mask & FAN_PERM_EVENTS:
-                            self._pending[efd] = (now, fb)
+                fallback = self.fallback
+                pending = self._pending
+                if fallback is None:
+                    with self._lock:
+                        for mask, efd, _tid in evs:
+                            if efd >= 0 and mask & FAN_PERM_EVENTS:
+                                pending[efd] = (now, FAN_ALLOW)
+                else:
+                    fbs = [self._fallback_of(mask, efd, tid, now)
+                           if efd >= 0 and mask & FAN_PERM_EVENTS else FAN_ALLOW
+                           for mask, efd, tid in evs]
+                    with self._lock:
+                        for (mask, efd, _tid), fb in zip(evs, fbs):
+                            if efd >= 0 and mask & FAN_PERM_EVENTS:
+                                pending[efd] = (now, fb)
+                batch: list[tuple[int, Verdict]] = []
                 try:
+                    flushed = now
                     for mask, efd, tid in evs:
-                        self._handle(mask, efd, tid, now)
+                        v = self._handle(mask, efd, tid, now)
+                        if v is not None:
+                            batch.append((efd, v))
+                            t = time.monotonic()
+                            if t - flushed >= _BATCH_HOLD_S:   # a slow decision: answer what
+                                self._flush(batch, now)        # is ready before the next one
+                                batch = []
+                                flushed = t
                 finally:
-                    self._busy_since = None
+                    try:
+                        self._flush(batch, now)
+                    finally:
+                        self._busy_since = None
         finally:
             self._loop_running = False
             with self._lock:
                 if self._listener_owns_fd:
                     self._close_fds()
 
-    def _handle(self, mask: int, efd: int, tid: int, t_read: float) -> None:
+    def _handle(self, mask: int, efd: int, tid: int, t_read: float) -> Verdict | None:
+        """The verdict of one event, to be written by :meth:`_flush`; None when the
+        event needs no answer from the batch (not a permission event, or answered
+        here after ``decide`` failed)."""
         self.c.events += 1
         if efd < 0:
             if mask & FAN_Q_OVERFLOW:
                 self.c.overflows += 1
                 log.warning("fanotify: event queue overflow (the kernel allowed the opens it dropped)")
-            return
+            return None
         if not mask & FAN_PERM_EVENTS:
             os.close(efd)
-            return
+            return None
         self.c.perm_events += 1
         try:
             if self._expired or (self._deadline_at is not None
                                  and time.monotonic() >= self._deadline_at):
-                self._reply(efd, Verdict.allow("deadline_allows"))
-            else:
-                self._reply(efd, self.decide(PermEvent(mask, efd, tid, t_read)))
+                return _DEADLINE_ALLOW
+            return self.decide(PermEvent(mask, efd, tid, t_read))
         except Exception as exc:  # noqa: BLE001 - never leave an event unanswered
             self.c.errors += 1
-            tb = exc.__traceback__
-            where = []
-            while tb is not None:   # frame names only: formatting source lines opens files
-                where.append(f"{tb.tb_frame.f_code.co_name}:{tb.tb_lineno}")
-                tb = tb.tb_next
             r = self._answer_fallback(efd)
             if r == FAN_DENY:
                 self.c.error_denies += 1
@@ -691,13 +709,56 @@ class PermissionListener:
                 self.c.allows += 1
                 self.c.error_allows += 1
             log.error("fanotify: deciding for tid %d failed (%s: %s at %s): %s", tid,
-                      type(exc).__name__, exc, " < ".join(reversed(where)),
+                      type(exc).__name__, exc, _frames(exc),
                       "denied (fallback)" if r == FAN_DENY else "allowed")
-        finally:
-            if self._answer_fallback(efd) == FAN_ALLOW:   # never reached in normal flow
-                self.c.allows += 1
             os.close(efd)
             self.c.latencies_us.append((time.monotonic() - t_read) * 1e6)
+            return None
+
+    def _flush(self, batch: list[tuple[int, Verdict]], t_read: float) -> None:
+        """Write the answers of ``batch`` in one ``write`` (those the watchdog has not
+        given yet), then count them, run their ``after`` and close their fds."""
+        if not batch:
+            return
+        in_time: list[bool] = []
+        with self._lock:
+            fd = self._fd
+            pending = self._pending
+            for efd, _v in batch:
+                in_time.append(pending.pop(efd, None) is not None and fd >= 0)
+            out = [(efd, v.response) for (efd, v), ok in zip(batch, in_time) if ok]
+            if out:
+                try:
+                    os.write(fd, b"".join([_RESPONSE.pack(efd, r) for efd, r in out]))
+                except OSError as exc:
+                    # the kernel stops at the first response it refuses: answer the
+                    # rest one by one (an already answered one fails again, harmlessly)
+                    self.c.errors += 1
+                    log.error("fanotify: answering %d events failed: %s", len(out), exc)
+                    for efd, r in out:
+                        try:
+                            os.write(fd, _RESPONSE.pack(efd, r))
+                        except OSError:
+                            self.c.errors += 1
+        c = self.c
+        latencies = c.latencies_us
+        for (efd, v), ok in zip(batch, in_time):
+            try:
+                if not ok:
+                    c.late_decisions += 1
+                elif v.response == FAN_ALLOW:
+                    c.allows += 1
+                    if v.shortcut is not None:
+                        setattr(c, v.shortcut, getattr(c, v.shortcut) + 1)
+                if v.after is not None:
+                    v.after(ok)
+            except Exception as exc:  # noqa: BLE001 - the answer stands; the next event goes on
+                c.errors += 1
+                log.error("fanotify: reporting the answer for event fd %d failed (%s: %s at %s)",
+                          efd, type(exc).__name__, exc, _frames(exc))
+            finally:
+                os.close(efd)
+                latencies.append((time.monotonic() - t_read) * 1e6)
 
     # ---- report -------------------------------------------------------------------------
 
