@@ -520,8 +520,7 @@ class FanotifyEnforcer:
         if not (state.deny_exec or state.deny_exec_dir if ev.is_exec
                 else state.deny_open or state.deny_open_dir):
             return FAN_ALLOW
-        st = os.fstat(ev.fd)
-        key = (kernel_dev(st.st_dev), st.st_ino)
+        key = ev.key
         if not _covered(state, ev.is_exec, key):
             return FAN_ALLOW
         scope = self.scope
@@ -547,8 +546,7 @@ class FanotifyEnforcer:
         if state is None:
             return Verdict.allow("not_marked")   # no plan applied (yet, or any more)
         efd, tid = ev.fd, ev.tid
-        st = os.fstat(efd)
-        obj = (kernel_dev(st.st_dev), st.st_ino)
+        obj = ev.key
         if (obj in (state.allow_exec if ev.is_exec else state.allow_open)
                 and self.decision_hook is None):
             return ALLOW   # the plan allows every task this open: no fact to gather

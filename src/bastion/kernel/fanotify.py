@@ -46,6 +46,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import errno
+import functools
 import logging
 import os
 import select
@@ -217,6 +218,13 @@ class PermEvent:
     @property
     def is_exec(self) -> bool:
         return bool(self.mask & FAN_OPEN_EXEC_PERM)
+
+    @functools.cached_property
+    def key(self) -> tuple[int, int]:
+        """(dev, ino) of the opened inode (kernel dev encoding), from one ``fstat`` of
+        the event fd shared by the fallback and ``decide``."""
+        st = os.fstat(self.fd)
+        return (kernel_dev(st.st_dev), st.st_ino)
 
 
 Shortcut = Literal["self_allows", "out_of_scope", "not_marked", "gone", "deadline_allows"]
@@ -499,18 +507,18 @@ class PermissionListener:
                 return False
             return True
 
-    def _fallback_of(self, mask: int, efd: int, tid: int, t_read: float) -> int:
+    def _fallback_of(self, ev: PermEvent) -> int:
         """The event's fallback answer (FAN_ALLOW without a ``fallback``); a failing
         fallback fails closed (counted as ``errors``)."""
         fb = self.fallback
         if fb is None:
             return FAN_ALLOW
         try:
-            return FAN_DENY if fb(PermEvent(mask, efd, tid, t_read)) == FAN_DENY else FAN_ALLOW
+            return FAN_DENY if fb(ev) == FAN_DENY else FAN_ALLOW
         except Exception as exc:  # noqa: BLE001 - the event must still get an answer
             self.c.errors += 1
             log.error("fanotify: fallback for tid %d failed (%s: %s): deny on stall",
-                      tid, type(exc).__name__, exc)
+                      ev.tid, type(exc).__name__, exc)
             return FAN_DENY
 
     def _answer_fallback(self, efd: int) -> int:
@@ -569,7 +577,7 @@ class PermissionListener:
                     continue
                 if mask & FAN_PERM_EVENTS:
                     now = time.monotonic()
-                    fb = self._fallback_of(mask, efd, _tid, now) if count else FAN_ALLOW
+                    fb = self._fallback_of(PermEvent(mask, efd, _tid, now)) if count else FAN_ALLOW
                     with self._lock:
                         self._pending[efd] = (now, fb)
                     if self._answer(efd, fb):
@@ -643,26 +651,20 @@ class PermissionListener:
                     continue
                 now = time.monotonic()
                 self._busy_since = now
-                fallback = self.fallback
-                pending = self._pending
-                if fallback is None:
-                    with self._lock:
-                        for mask, efd, _tid in evs:
-                            if efd >= 0 and mask & FAN_PERM_EVENTS:
-                                pending[efd] = (now, FAN_ALLOW)
-                else:
-                    fbs = [self._fallback_of(mask, efd, tid, now)
-                           if efd >= 0 and mask & FAN_PERM_EVENTS else FAN_ALLOW
-                           for mask, efd, tid in evs]
-                    with self._lock:
-                        for (mask, efd, _tid), fb in zip(evs, fbs):
-                            if efd >= 0 and mask & FAN_PERM_EVENTS:
-                                pending[efd] = (now, fb)
+                pes = [PermEvent(mask, efd, tid, now) if efd >= 0 and mask & FAN_PERM_EVENTS
+                       else None for mask, efd, tid in evs]
+                fbs = ([FAN_ALLOW] * len(pes) if self.fallback is None else
+                       [FAN_ALLOW if pe is None else self._fallback_of(pe) for pe in pes])
+                with self._lock:
+                    pending = self._pending
+                    for pe, fb in zip(pes, fbs):
+                        if pe is not None:
+                            pending[pe.fd] = (now, fb)
                 batch: list[tuple[int, Verdict]] = []
                 try:
                     flushed = now
-                    for mask, efd, tid in evs:
-                        v = self._handle(mask, efd, tid, now)
+                    for (mask, efd, _tid), pe in zip(evs, pes):
+                        v = self._handle(mask, efd, pe)
                         if v is not None:
                             batch.append((efd, v))
                             t = time.monotonic()
@@ -681,7 +683,7 @@ class PermissionListener:
                 if self._listener_owns_fd:
                     self._close_fds()
 
-    def _handle(self, mask: int, efd: int, tid: int, t_read: float) -> Verdict | None:
+    def _handle(self, mask: int, efd: int, ev: PermEvent | None) -> Verdict | None:
         """The verdict of one event, to be written by :meth:`_flush`; None when the
         event needs no answer from the batch (not a permission event, or answered
         here after ``decide`` failed)."""
@@ -691,7 +693,7 @@ class PermissionListener:
                 self.c.overflows += 1
                 log.warning("fanotify: event queue overflow (the kernel allowed the opens it dropped)")
             return None
-        if not mask & FAN_PERM_EVENTS:
+        if ev is None:
             os.close(efd)
             return None
         self.c.perm_events += 1
@@ -699,7 +701,7 @@ class PermissionListener:
             if self._expired or (self._deadline_at is not None
                                  and time.monotonic() >= self._deadline_at):
                 return _DEADLINE_ALLOW
-            return self.decide(PermEvent(mask, efd, tid, t_read))
+            return self.decide(ev)
         except Exception as exc:  # noqa: BLE001 - never leave an event unanswered
             self.c.errors += 1
             r = self._answer_fallback(efd)
@@ -708,11 +710,11 @@ class PermissionListener:
             elif r == FAN_ALLOW:
                 self.c.allows += 1
                 self.c.error_allows += 1
-            log.error("fanotify: deciding for tid %d failed (%s: %s at %s): %s", tid,
+            log.error("fanotify: deciding for tid %d failed (%s: %s at %s): %s", ev.tid,
                       type(exc).__name__, exc, _frames(exc),
                       "denied (fallback)" if r == FAN_DENY else "allowed")
             os.close(efd)
-            self.c.latencies_us.append((time.monotonic() - t_read) * 1e6)
+            self.c.latencies_us.append((time.monotonic() - ev.t_read) * 1e6)
             return None
 
     def _flush(self, batch: list[tuple[int, Verdict]], t_read: float) -> None:
