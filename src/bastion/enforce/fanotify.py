@@ -153,20 +153,26 @@ def _allow_sets(plan: MapPlan, marks: Mapping[tuple[int, int], object], dirs: bo
     which allows too."""
     if dirs:
         return frozenset(), frozenset()
-    strict: set[tuple[int, int, int]] = set()      # (op, dev, ino) a non-allow rule names
-    everyone: set[tuple[int, int, int]] = set()    # (op, dev, ino) the rule for everyone names
+    acts: dict[tuple[int, int, int, int], int] = {}   # (subject, op, dev, ino) -> action
+    subjects: set[int] = {0}
     for (subj, op, dev, ino), (act, _rid) in plan.rules:
-        if act != abi.HipsAction.ALLOW:
-            strict.add((op, dev, ino))
-        if subj == 0:
-            everyone.add((op, dev, ino))
-    default_allows = plan.default_action is abi.HipsAction.ALLOW
+        acts[(subj, op, dev, ino)] = act
+        subjects.add(subj)
+    default = int(plan.default_action)
 
     def allowed(key: tuple[int, int], op: abi.HipsOp) -> bool:
-        here, anyk = (int(op), *key), (int(op), 0, 0)
-        if here in strict or anyk in strict:
-            return False
-        return default_allows or here in everyone or anyk in everyone
+        # each subject's most specific rule (the inode, then ``any``) decides for a task
+        # with that subject; a task with none of them gets the rule for everyone, then
+        # the default (such a task always exists)
+        for subj in subjects:
+            act = acts.get((subj, op, *key))
+            if act is None:
+                act = acts.get((subj, op, 0, 0))
+            if act is None and subj == 0:
+                act = default
+            if act is not None and act != abi.HipsAction.ALLOW:
+                return False
+        return True
 
     opn = frozenset(k for k in marks if allowed(k, abi.HipsOp.OPEN_READ)
                     and allowed(k, abi.HipsOp.OPEN_WRITE))
