@@ -668,8 +668,12 @@ class PermissionListener:
                         if v is not None:
                             batch.append((efd, v))
                             t = time.monotonic()
-                            if t - flushed >= _BATCH_HOLD_S:   # a slow decision: answer what
-                                self._flush(batch, now)        # is ready before the next one
+                            # a deny (or a reported decision) is written at once: a later
+                            # decision that stalls must not turn it into its fallback; so is
+                            # everything ready once the batch took a while
+                            if (v.response != FAN_ALLOW or v.after is not None
+                                    or t - flushed >= _BATCH_HOLD_S):
+                                self._flush(batch, now)
                                 batch = []
                                 flushed = t
                 finally:
