@@ -2,8 +2,9 @@
 enforcer marks (and the policy allows) vs an unmarked file, interleaved.
 
 Every open of a marked inode is a permission event decided in user space
-(Python: read the event, gather facts from /proc, Matcher.decide_file, write
-the answer), so a large ratio is expected; it is reported as measured.  An
+(Python: read the event, fstat its fd, answer from the plan's precomputed
+allow set — the marked file is allowed to every task, so no /proc read —
+write the answer), so a large ratio is expected; it is reported as measured.  An
 unmarked file pays nothing (inode marks, never a mount or filesystem mark):
 its loop with the enforcer running is compared, on stderr, with the same
 loop before the enforcer exists.
