@@ -12,8 +12,11 @@ loop before the enforcer exists.
 Safety: only two temp files are marked; a dead-man deadline of 300 s and the
 watchdog are on; the enforcer is closed in ``finally``.
 
-Final line: ``bench fanotify_open_overhead <ratio> x`` (marked / unmarked,
-ratio of median ns per open+close).
+Final lines: ``bench fanotify_decision_median <us> us`` (listener read ->
+answer), ``bench fanotify_open_added <us> us`` (marked minus unmarked median
+per open+close) and ``bench fanotify_open_overhead <ratio> x`` (marked /
+unmarked, ratio of median ns per open+close; the unmarked figure is ~2.5-5.5
+us on this shared host, so the ratio swings with it).
 """
 
 from __future__ import annotations
@@ -98,6 +101,8 @@ def main() -> None:
         f"{s['decision_us_median']:.1f} us, p99 {s['decision_us_p99']:.1f} us, max "
         f"{s['decision_us_max']:.1f} us; denies {s['denies']}, watchdog_allows "
         f"{s['watchdog_allows']}, errors {s['errors']}")
+    emit("fanotify_decision_median", float(s["decision_us_median"]), "us", ".1f")
+    emit("fanotify_open_added", (median(on) - median(off)) / 1000, "us", ".1f")
     emit("fanotify_open_overhead", ratio, "x", ".2f")
     finish()
 
