@@ -326,3 +326,59 @@ def test_close_answers_what_is_pending(group: FakeGroup) -> None:
     finally:
         release.set()
         lis.close()
+
+
+def test_the_answers_of_one_read_go_out_in_one_write(group: FakeGroup,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 16 item 4: a read of several events allowed is answered with one ``write``
+    (a deny is written at once: see the next test)."""
+    writes: list[int] = []
+    real_write = os.write
+    lis = listener(group, lambda ev: Verdict.allow("self_allows" if ev.tid % 2 else None),
+                   start=False)
+
+    def counting_write(fd: int, data: bytes) -> int:
+        if fd == lis.fd:
+            writes.append(len(data) // RESPONSE.size)
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", counting_write)
+    try:
+        fds = [group.event(tid) for tid in range(1, 6)]   # queued before the listener reads
+        lis.start()
+        got = group.answers(5)
+        wait_for(lambda: lis.stats()["decisions_timed"] == 5)
+        s = lis.stats()
+    finally:
+        lis.close()
+    assert sorted(got) == sorted((fd, FAN_ALLOW) for fd in fds)
+    assert writes == [5]
+    assert (s["allows"], s["self_allows"], s["errors"], s["watchdog_allows"]) == (5, 3, 0, 0)
+
+
+def test_a_slow_decision_does_not_hold_back_a_deny_ready_before_it(group: FakeGroup) -> None:
+    """A deny batched behind a decision that stalls past the watchdog would be answered
+    with its fallback (an allow where only writes are denied): it is written at once."""
+    release = threading.Event()
+
+    def decide(ev: PermEvent) -> Verdict:
+        if ev.tid == 2:
+            release.wait(TIMEOUT_S * 3)
+            return Verdict.allow()
+        return Verdict.deny()
+
+    lis = listener(group, decide, start=False)
+    try:
+        a = group.event(1)
+        b = group.event(2)
+        lis.start()
+        assert group.answers(1, timeout_s=TIMEOUT_S / 2) == [(a, FAN_DENY)]
+        assert not release.is_set()
+        assert group.answers(1) == [(b, FAN_ALLOW)]    # the watchdog's fallback
+        release.set()
+        wait_for(lambda: lis.stats()["decisions_timed"] == 2)
+        s = lis.stats()
+    finally:
+        release.set()
+        lis.close()
+    assert (s["watchdog_allows"], s["late_decisions"], s["watchdog_denies"]) == (1, 1, 0)

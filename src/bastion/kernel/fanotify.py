@@ -46,6 +46,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import errno
+import functools
 import logging
 import os
 import select
@@ -218,6 +219,13 @@ class PermEvent:
     def is_exec(self) -> bool:
         return bool(self.mask & FAN_OPEN_EXEC_PERM)
 
+    @functools.cached_property
+    def key(self) -> tuple[int, int]:
+        """(dev, ino) of the opened inode (kernel dev encoding), from one ``fstat`` of
+        the event fd shared by the fallback and ``decide``."""
+        st = os.fstat(self.fd)
+        return (kernel_dev(st.st_dev), st.st_ino)
+
 
 Shortcut = Literal["self_allows", "out_of_scope", "not_marked", "gone", "deadline_allows"]
 """A counter of :meth:`PermissionListener.stats` an in-time ALLOW also increments."""
@@ -247,6 +255,18 @@ class Verdict:
 
 
 ALLOW: Final = Verdict()
+_DEADLINE_ALLOW: Final = Verdict(FAN_ALLOW, "deadline_allows")
+_BATCH_HOLD_S: Final = 0.0005   # a batch's ready answers wait at most ~this for the next decision
+
+
+def _frames(exc: BaseException) -> str:
+    """Where ``exc`` was raised, as frame names only (formatting source lines opens files)."""
+    tb = exc.__traceback__
+    where = []
+    while tb is not None:
+        where.append(f"{tb.tb_frame.f_code.co_name}:{tb.tb_lineno}")
+        tb = tb.tb_next
+    return " < ".join(reversed(where))
 
 Decide = Callable[[PermEvent], Verdict]
 
@@ -487,18 +507,18 @@ class PermissionListener:
                 return False
             return True
 
-    def _fallback_of(self, mask: int, efd: int, tid: int, t_read: float) -> int:
+    def _fallback_of(self, ev: PermEvent) -> int:
         """The event's fallback answer (FAN_ALLOW without a ``fallback``); a failing
         fallback fails closed (counted as ``errors``)."""
         fb = self.fallback
         if fb is None:
             return FAN_ALLOW
         try:
-            return FAN_DENY if fb(PermEvent(mask, efd, tid, t_read)) == FAN_DENY else FAN_ALLOW
+            return FAN_DENY if fb(ev) == FAN_DENY else FAN_ALLOW
         except Exception as exc:  # noqa: BLE001 - the event must still get an answer
             self.c.errors += 1
             log.error("fanotify: fallback for tid %d failed (%s: %s): deny on stall",
-                      tid, type(exc).__name__, exc)
+                      ev.tid, type(exc).__name__, exc)
             return FAN_DENY
 
     def _answer_fallback(self, efd: int) -> int:
@@ -508,17 +528,6 @@ class PermissionListener:
         if ent is None:
             return 0
         return ent[1] if self._answer(efd, ent[1]) else 0
-
-    def _reply(self, efd: int, v: Verdict) -> None:
-        in_time = self._answer(efd, v.response)
-        if not in_time:
-            self.c.late_decisions += 1
-        elif v.response == FAN_ALLOW:
-            self.c.allows += 1
-            if v.shortcut is not None:
-                setattr(self.c, v.shortcut, getattr(self.c, v.shortcut) + 1)
-        if v.after is not None:
-            v.after(in_time)
 
     def _allow_all_pending(self, counter: Shortcut | None = None) -> None:
         """Allow every event still waiting for an answer, counted in ``counter`` (an
@@ -568,7 +577,7 @@ class PermissionListener:
                     continue
                 if mask & FAN_PERM_EVENTS:
                     now = time.monotonic()
-                    fb = self._fallback_of(mask, efd, _tid, now) if count else FAN_ALLOW
+                    fb = self._fallback_of(PermEvent(mask, efd, _tid, now)) if count else FAN_ALLOW
                     with self._lock:
                         self._pending[efd] = (now, fb)
                     if self._answer(efd, fb):
@@ -642,62 +651,120 @@ class PermissionListener:
                     continue
                 now = time.monotonic()
                 self._busy_since = now
-                fbs = [self._fallback_of(mask, efd, tid, now)
-                       if efd >= 0 and mask & FAN_PERM_EVENTS else FAN_ALLOW
-                       for mask, efd, tid in evs]
+                pes = [PermEvent(mask, efd, tid, now) if efd >= 0 and mask & FAN_PERM_EVENTS
+                       else None for mask, efd, tid in evs]
+                fbs = ([FAN_ALLOW] * len(pes) if self.fallback is None else
+                       [FAN_ALLOW if pe is None else self._fallback_of(pe) for pe in pes])
                 with self._lock:
-                    for (mask, efd, _tid), fb in zip(evs, fbs):
-                        if efd >= 0 and mask & FAN_PERM_EVENTS:
-                            self._pending[efd] = (now, fb)
+                    pending = self._pending
+                    for pe, fb in zip(pes, fbs):
+                        if pe is not None:
+                            pending[pe.fd] = (now, fb)
+                batch: list[tuple[int, Verdict]] = []
                 try:
-                    for mask, efd, tid in evs:
-                        self._handle(mask, efd, tid, now)
+                    flushed = now
+                    for (mask, efd, _tid), pe in zip(evs, pes):
+                        v = self._handle(mask, efd, pe)
+                        if v is not None:
+                            batch.append((efd, v))
+                            t = time.monotonic()
+                            # a deny (or a reported decision) is written at once: a later
+                            # decision that stalls must not turn it into its fallback; so is
+                            # everything ready once the batch took a while
+                            if (v.response != FAN_ALLOW or v.after is not None
+                                    or t - flushed >= _BATCH_HOLD_S):
+                                self._flush(batch, now)
+                                batch = []
+                                flushed = t
                 finally:
-                    self._busy_since = None
+                    try:
+                        self._flush(batch, now)
+                    finally:
+                        self._busy_since = None
         finally:
             self._loop_running = False
             with self._lock:
                 if self._listener_owns_fd:
                     self._close_fds()
 
-    def _handle(self, mask: int, efd: int, tid: int, t_read: float) -> None:
+    def _handle(self, mask: int, efd: int, ev: PermEvent | None) -> Verdict | None:
+        """The verdict of one event, to be written by :meth:`_flush`; None when the
+        event needs no answer from the batch (not a permission event, or answered
+        here after ``decide`` failed)."""
         self.c.events += 1
         if efd < 0:
             if mask & FAN_Q_OVERFLOW:
                 self.c.overflows += 1
                 log.warning("fanotify: event queue overflow (the kernel allowed the opens it dropped)")
-            return
-        if not mask & FAN_PERM_EVENTS:
+            return None
+        if ev is None:
             os.close(efd)
-            return
+            return None
         self.c.perm_events += 1
         try:
             if self._expired or (self._deadline_at is not None
                                  and time.monotonic() >= self._deadline_at):
-                self._reply(efd, Verdict.allow("deadline_allows"))
-            else:
-                self._reply(efd, self.decide(PermEvent(mask, efd, tid, t_read)))
+                return _DEADLINE_ALLOW
+            return self.decide(ev)
         except Exception as exc:  # noqa: BLE001 - never leave an event unanswered
             self.c.errors += 1
-            tb = exc.__traceback__
-            where = []
-            while tb is not None:   # frame names only: formatting source lines opens files
-                where.append(f"{tb.tb_frame.f_code.co_name}:{tb.tb_lineno}")
-                tb = tb.tb_next
             r = self._answer_fallback(efd)
             if r == FAN_DENY:
                 self.c.error_denies += 1
             elif r == FAN_ALLOW:
                 self.c.allows += 1
                 self.c.error_allows += 1
-            log.error("fanotify: deciding for tid %d failed (%s: %s at %s): %s", tid,
-                      type(exc).__name__, exc, " < ".join(reversed(where)),
+            log.error("fanotify: deciding for tid %d failed (%s: %s at %s): %s", ev.tid,
+                      type(exc).__name__, exc, _frames(exc),
                       "denied (fallback)" if r == FAN_DENY else "allowed")
-        finally:
-            if self._answer_fallback(efd) == FAN_ALLOW:   # never reached in normal flow
-                self.c.allows += 1
             os.close(efd)
-            self.c.latencies_us.append((time.monotonic() - t_read) * 1e6)
+            self.c.latencies_us.append((time.monotonic() - ev.t_read) * 1e6)
+            return None
+
+    def _flush(self, batch: list[tuple[int, Verdict]], t_read: float) -> None:
+        """Write the answers of ``batch`` in one ``write`` (those the watchdog has not
+        given yet), then count them, run their ``after`` and close their fds."""
+        if not batch:
+            return
+        in_time: list[bool] = []
+        with self._lock:
+            fd = self._fd
+            pending = self._pending
+            for efd, _v in batch:
+                in_time.append(pending.pop(efd, None) is not None and fd >= 0)
+            out = [(efd, v.response) for (efd, v), ok in zip(batch, in_time) if ok]
+            if out:
+                try:
+                    os.write(fd, b"".join([_RESPONSE.pack(efd, r) for efd, r in out]))
+                except OSError as exc:
+                    # the kernel stops at the first response it refuses: answer the
+                    # rest one by one (an already answered one fails again, harmlessly)
+                    self.c.errors += 1
+                    log.error("fanotify: answering %d events failed: %s", len(out), exc)
+                    for efd, r in out:
+                        try:
+                            os.write(fd, _RESPONSE.pack(efd, r))
+                        except OSError:
+                            self.c.errors += 1
+        c = self.c
+        latencies = c.latencies_us
+        for (efd, v), ok in zip(batch, in_time):
+            try:
+                if not ok:
+                    c.late_decisions += 1
+                elif v.response == FAN_ALLOW:
+                    c.allows += 1
+                    if v.shortcut is not None:
+                        setattr(c, v.shortcut, getattr(c, v.shortcut) + 1)
+                if v.after is not None:
+                    v.after(ok)
+            except Exception as exc:  # noqa: BLE001 - the answer stands; the next event goes on
+                c.errors += 1
+                log.error("fanotify: reporting the answer for event fd %d failed (%s: %s at %s)",
+                          efd, type(exc).__name__, exc, _frames(exc))
+            finally:
+                os.close(efd)
+                latencies.append((time.monotonic() - t_read) * 1e6)
 
     # ---- report -------------------------------------------------------------------------
 
