@@ -703,3 +703,46 @@ def test_a_subdirectory_removed_during_apply_does_not_refuse_the_policy(
     assert str(d / "gone") not in enforcer.marked().values()
     p = run_in(cg[0], ["cat", str(d / "kept" / "key")], timeout=TIMEOUT)
     assert p.returncode != 0 and EPERM_TEXT in p.stderr, p
+
+
+def test_every_answer_of_a_batch_reaches_the_kernel(tmp_path: Path) -> None:
+    """Issue 16 item 4 (the wt-fandecide e2e hang): the kernel takes one
+    ``fanotify_response`` per ``write()``; a batch written as one joined buffer
+    answered its first event only and left the other openers blocked until the
+    group closed.  Here the first decision is slowed (well inside the watchdog's
+    timeout) so the other openers queue and are read, decided and answered as one
+    batch: every one of them must finish while the group is still open."""
+    from bastion.kernel.fanotify import FAN_OPEN_PERM, PermEvent, PermissionListener, Verdict
+    f = tmp_path / "hot"
+    f.write_text("hot\n")
+    st = os.stat(f)
+    first = threading.Event()
+
+    def decide(ev: PermEvent) -> Verdict:
+        if not first.is_set():
+            first.set()
+            time.sleep(0.3)      # the others queue meanwhile (timeout: 2 s)
+        return Verdict.allow()
+
+    lis = PermissionListener(decide, deadline_s=DEADLINE_S, decision_timeout_s=2.0)
+    kids: list[subprocess.Popen[bytes]] = []
+    try:
+        lis.open()
+        lis.start()
+        with lis.mark_lock:
+            lis.mark(str(f), (kernel_dev(st.st_dev), st.st_ino), FAN_OPEN_PERM)
+        kids.append(subprocess.Popen(["cat", str(f)], stdout=subprocess.DEVNULL))
+        assert first.wait(5)
+        kids += [subprocess.Popen(["cat", str(f)], stdout=subprocess.DEVNULL) for _ in range(6)]
+        end = time.monotonic() + 5
+        while time.monotonic() < end and any(k.poll() is None for k in kids):
+            time.sleep(0.02)
+        blocked = [k.pid for k in kids if k.poll() is None]
+        s = lis.stats()
+    finally:
+        lis.close()              # allows whatever is still blocked
+        for k in kids:
+            k.wait(timeout=TIMEOUT)
+    assert blocked == []
+    assert [k.returncode for k in kids] == [0] * 7
+    assert s["perm_events"] == 7 and s["allows"] == 7 and s["fail_opens"] == 0

@@ -92,6 +92,7 @@ FANOTIFY_METADATA_VERSION: Final = 3
 _META: Final = struct.Struct("<IBBHQii")      # struct fanotify_event_metadata
 _RESPONSE: Final = struct.Struct("<iI")       # struct fanotify_response
 _READ_BUF: Final = 64 * 1024
+_IOV_MAX: Final = 1024                        # UIO_MAXIOV: iovecs per writev
 _INIT_FLAGS: Final = FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK | FAN_REPORT_TID
 
 AT_FDCWD: Final = -100
@@ -507,6 +508,41 @@ class PermissionListener:
                 return False
             return True
 
+    def _write_responses(self, fd: int, out: list[bytes]) -> None:
+        """Write every response of ``out`` (caller holds ``_lock``; each was popped from
+        ``_pending``, so nothing else will answer it).
+
+        The kernel takes ONE ``struct fanotify_response`` per ``write()``
+        (``fanotify_write`` returns ``sizeof(response)`` and ignores the rest of the
+        buffer): a joined buffer answers only its first event and leaves the other
+        openers blocked until the group closes.  ``writev`` with one response per
+        iovec is one syscall that the kernel loops over (``do_loop_readv_writev``:
+        fanotify has no ``write_iter``); it stops at the first response it refuses,
+        which the next call then fails on alone: counted, skipped, the rest written.
+        """
+        i, n = 0, len(out)
+        while i < n:
+            chunk = out[i:i + _IOV_MAX]
+            try:
+                done = os.writev(fd, chunk) // _RESPONSE.size
+            except OSError as exc:
+                # chunk[0] was refused (ENOENT: no such pending event): skip it
+                self.c.errors += 1
+                log.error("fanotify: answering event fd %d failed: %s",
+                          _RESPONSE.unpack(chunk[0])[0], exc)
+                done = 1
+            if done <= 0:   # never seen: the kernel wrote nothing and raised nothing
+                self.c.errors += 1
+                log.error("fanotify: writev answered no event; answering one by one")
+                for r in out[i:]:
+                    try:
+                        if os.write(fd, r) != _RESPONSE.size:
+                            self.c.errors += 1
+                    except OSError:
+                        self.c.errors += 1
+                return
+            i += done
+
     def _fallback_of(self, ev: PermEvent) -> int:
         """The event's fallback answer (FAN_ALLOW without a ``fallback``); a failing
         fallback fails closed (counted as ``errors``)."""
@@ -732,20 +768,9 @@ class PermissionListener:
             pending = self._pending
             for efd, _v in batch:
                 in_time.append(pending.pop(efd, None) is not None and fd >= 0)
-            out = [(efd, v.response) for (efd, v), ok in zip(batch, in_time) if ok]
+            out = [_RESPONSE.pack(efd, v.response) for (efd, v), ok in zip(batch, in_time) if ok]
             if out:
-                try:
-                    os.write(fd, b"".join([_RESPONSE.pack(efd, r) for efd, r in out]))
-                except OSError as exc:
-                    # the kernel stops at the first response it refuses: answer the
-                    # rest one by one (an already answered one fails again, harmlessly)
-                    self.c.errors += 1
-                    log.error("fanotify: answering %d events failed: %s", len(out), exc)
-                    for efd, r in out:
-                        try:
-                            os.write(fd, _RESPONSE.pack(efd, r))
-                        except OSError:
-                            self.c.errors += 1
+                self._write_responses(fd, out)
         c = self.c
         latencies = c.latencies_us
         for (efd, v), ok in zip(batch, in_time):
