@@ -452,3 +452,32 @@ def test_a_slow_decision_does_not_hold_back_a_deny_ready_before_it(group: FakeGr
         release.set()
         lis.close()
     assert (s["watchdog_allows"], s["late_decisions"], s["watchdog_denies"]) == (1, 1, 0)
+
+
+def _thread_nice(native_id: int) -> int:
+    stat = open(f"/proc/self/task/{native_id}/stat").read()
+    return int(stat.rsplit(")", 1)[1].split()[16])     # field 19: nice
+
+
+def test_the_listener_and_watchdog_threads_run_at_a_raised_priority(group: FakeGroup) -> None:
+    """Every marked open waits for these threads: at nice 0 the woken opener preempts
+    the listener mid-answer and a CPU hog stretches decisions toward the fallback."""
+    if os.geteuid() != 0:
+        pytest.skip("raising a thread's priority needs CAP_SYS_NICE")
+    lis = listener(group, lambda ev: Verdict.allow())
+    try:
+        a = group.event(1)
+        assert group.answers(1) == [(a, FAN_ALLOW)]
+        threads = {t.name: t.native_id for t in threading.enumerate()
+                   if t.name in ("bastion-fan-listener", "bastion-fan-watchdog")}
+        assert len(threads) == 2 and all(tid is not None for tid in threads.values())
+        nices = {name: _thread_nice(tid) for name, tid in threads.items() if tid is not None}
+    finally:
+        lis.close()
+    assert nices == {"bastion-fan-listener": -10, "bastion-fan-watchdog": -10}
+    assert _thread_nice(threading.get_native_id()) == os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def test_a_nice_value_out_of_range_is_refused() -> None:
+    with pytest.raises(ValueError, match="thread_nice"):
+        PermissionListener(lambda ev: Verdict.allow(), thread_nice=-21)

@@ -26,8 +26,12 @@ every process that opens a marked file, including the agent's own shell):
   The fallback is ``FAN_ALLOW`` unless the owner passes ``fallback``: a cheap
   function (``fstat`` of the event fd, dict lookups, procfs reads; never a
   path walk) that returns ``FAN_DENY`` for the inodes a deny rule covers, so
-  a stalled decision fails closed there.  It is asked once per event, when
-  the event is read (by the listener, or by the watchdog when it drains).
+  a stalled decision fails closed there.  It is asked at most once per
+  event and only when needed: by the watchdog when the decision is overdue
+  or when it drains the queue, by the listener when ``decide`` raised; an
+  event answered in time never asks it (the hot path stays one ``fstat``).
+  An overdue answer is written only if the event is still the one pending
+  under that fd number (the listener may answer and close it meanwhile).
 * Every event is answered: an exception in ``decide`` answers the fallback
   (counted as ``errors`` and ``error_allows`` or ``error_denies``) and the
   listener goes on with the next event.
@@ -46,7 +50,6 @@ from __future__ import annotations
 import collections
 import ctypes
 import errno
-import functools
 import logging
 import os
 import select
@@ -96,6 +99,12 @@ _IOV_MAX: Final = 1024                        # UIO_MAXIOV: iovecs per writev
 _INIT_FLAGS: Final = FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK | FAN_REPORT_TID
 
 AT_FDCWD: Final = -100
+THREAD_NICE: Final = -10
+"""Nice value of the listener and watchdog threads.  Every open of a marked inode
+on the host waits for them: at the default weight the opener woken by an answer
+preempts the listener before it has closed the event (half of the measured
+decision time here), and a CPU hog at nice 0 stretches decisions toward the
+watchdog's fallback (a fail-open where only writes are denied)."""
 DEFAULT_MAX_DIRS: Final = 10_000
 
 
@@ -204,28 +213,38 @@ def subdirs(top: str, top_st: os.stat_result, max_dirs: int) -> list[tuple[str, 
 # ---- what decide() sees and returns ---------------------------------------------------
 
 
-@dataclass(frozen=True)
 class PermEvent:
     """One permission event: the opener ``tid`` is blocked until it is answered.
 
     ``fd`` is the listener's: read it with ``fstat``/``pread``, never close it.
+    A plain slotted class (built once per event on the hot path).
     """
 
-    mask: int
-    fd: int
-    tid: int
-    t_read: float          # time.monotonic() when the listener read it
+    __slots__ = ("mask", "fd", "tid", "t_read", "_key")
+
+    def __init__(self, mask: int, fd: int, tid: int, t_read: float) -> None:
+        self.mask = mask
+        self.fd = fd
+        self.tid = tid
+        self.t_read = t_read          # time.monotonic() when the listener read it
+        self._key: tuple[int, int] | None = None
+
+    def __repr__(self) -> str:
+        return f"PermEvent(mask={self.mask:#x}, fd={self.fd}, tid={self.tid})"
 
     @property
     def is_exec(self) -> bool:
         return bool(self.mask & FAN_OPEN_EXEC_PERM)
 
-    @functools.cached_property
+    @property
     def key(self) -> tuple[int, int]:
         """(dev, ino) of the opened inode (kernel dev encoding), from one ``fstat`` of
         the event fd shared by the fallback and ``decide``."""
-        st = os.fstat(self.fd)
-        return (kernel_dev(st.st_dev), st.st_ino)
+        key = self._key
+        if key is None:
+            st_dev = os.fstat(self.fd)
+            key = self._key = (kernel_dev(st_dev.st_dev), st_dev.st_ino)
+        return key
 
 
 Shortcut = Literal["self_allows", "out_of_scope", "not_marked", "gone", "deadline_allows"]
@@ -273,9 +292,10 @@ Decide = Callable[[PermEvent], Verdict]
 
 Fallback = Callable[[PermEvent], int]
 """``fallback(event)``: ``FAN_ALLOW`` or ``FAN_DENY``, the answer the watchdog (or an
-exception in ``decide``) gives the event.  It runs on the listener or watchdog
-thread before ``decide``: it must be cheap and must never block (no path walk,
-no file open, no read of the opener's memory)."""
+exception in ``decide``) gives the event.  It runs on the watchdog thread
+(overdue, drained) or the listener thread (``decide`` raised), possibly while
+``decide`` still runs: it must be cheap, must never block (no path walk, no
+file open, no read of the opener's memory) and must not rely on ``decide``."""
 
 
 @dataclass
@@ -322,9 +342,13 @@ class PermissionListener:
     """
 
     def __init__(self, decide: Decide, *, deadline_s: float | None = None,
-                 decision_timeout_s: float = 0.2, fallback: Fallback | None = None) -> None:
+                 decision_timeout_s: float = 0.2, fallback: Fallback | None = None,
+                 thread_nice: int | None = THREAD_NICE) -> None:
         if decision_timeout_s <= 0:
             raise ValueError("decision_timeout_s must be > 0")
+        if thread_nice is not None and not -20 <= thread_nice <= 19:
+            raise ValueError(f"thread_nice must be in -20..19, not {thread_nice}")
+        self.thread_nice = thread_nice
         self.decide = decide
         self.fallback = fallback
         self.deadline_s = deadline_s
@@ -340,7 +364,9 @@ class PermissionListener:
         self._closed = False
         self._stop = threading.Event()
         self._lock = threading.Lock()                 # pending answers, fd lifetime
-        self._pending: dict[int, tuple[float, int]] = {}   # event fd -> (time read, fallback)
+        # event fd -> (time read, event, its fallback or 0 until asked: on a stall, a
+        # failed decide or a drain; the hot path never asks it)
+        self._pending: dict[int, tuple[float, PermEvent, int]] = {}
         self._busy_since: float | None = None
         self._loop_running = False
         self._listener: threading.Thread | None = None
@@ -495,10 +521,16 @@ class PermissionListener:
 
     # ---- answering ---------------------------------------------------------------------
 
-    def _answer(self, efd: int, response: int) -> bool:
-        """Write the answer for a pending event once; False if already answered."""
+    def _answer(self, efd: int, response: int,
+                expect: tuple[float, PermEvent, int] | None = None) -> bool:
+        """Write the answer for a pending event once; False if already answered (or,
+        with ``expect``, if ``efd`` no longer holds that entry: answered meanwhile,
+        its number now another event's)."""
         with self._lock:
-            if self._pending.pop(efd, None) is None or self._fd < 0:
+            pending = self._pending
+            if expect is not None and pending.get(efd) is not expect:
+                return False
+            if pending.pop(efd, None) is None or self._fd < 0:
                 return False
             try:
                 os.write(self._fd, _RESPONSE.pack(efd, response))
@@ -558,12 +590,15 @@ class PermissionListener:
             return FAN_DENY
 
     def _answer_fallback(self, efd: int) -> int:
-        """Answer a pending event with its fallback; the response, or 0 if already answered."""
+        """Answer a pending event with its fallback (asked now if it was not yet, outside
+        the lock: the answer goes out only if the entry is still the same one); the
+        response, or 0 if already answered."""
         with self._lock:
             ent = self._pending.get(efd)
         if ent is None:
             return 0
-        return ent[1] if self._answer(efd, ent[1]) else 0
+        fb = ent[2] or self._fallback_of(ent[1])
+        return fb if self._answer(efd, fb, ent) else 0
 
     def _allow_all_pending(self, counter: Shortcut | None = None) -> None:
         """Allow every event still waiting for an answer, counted in ``counter`` (an
@@ -613,9 +648,10 @@ class PermissionListener:
                     continue
                 if mask & FAN_PERM_EVENTS:
                     now = time.monotonic()
-                    fb = self._fallback_of(PermEvent(mask, efd, _tid, now)) if count else FAN_ALLOW
+                    ev = PermEvent(mask, efd, _tid, now)
+                    fb = self._fallback_of(ev) if count else FAN_ALLOW
                     with self._lock:
-                        self._pending[efd] = (now, fb)
+                        self._pending[efd] = (now, ev, fb)
                     if self._answer(efd, fb):
                         n += 1
                         if count:
@@ -628,7 +664,19 @@ class PermissionListener:
 
     # ---- the watchdog ---------------------------------------------------------------------
 
+    def _prioritize(self, which: str) -> None:
+        """Give the calling thread ``thread_nice`` (per-thread on Linux); a refusal
+        (no CAP_SYS_NICE) is logged and the thread runs at its inherited priority."""
+        if self.thread_nice is None:
+            return
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.thread_nice)
+        except OSError as exc:
+            log.warning("fanotify: %s thread keeps its priority (nice %d refused: %s)",
+                        which, self.thread_nice, exc)
+
     def _watchdog_loop(self) -> None:
+        self._prioritize("watchdog")
         tick = min(0.05, self.decision_timeout_s / 4)
         while not self._stop.wait(tick):
             try:
@@ -637,7 +685,7 @@ class PermissionListener:
                     self._expire()
                     self._allow_all_pending("deadline_allows")
                 with self._lock:
-                    overdue = [efd for efd, (t, _fb) in self._pending.items()
+                    overdue = [efd for efd, (t, _ev, _fb) in self._pending.items()
                                if now - t >= self.decision_timeout_s]
                 for efd in overdue:
                     r = self._answer_fallback(efd)
@@ -660,6 +708,7 @@ class PermissionListener:
         """The listener loop (blocking); :meth:`start` runs it in a thread."""
         if self._fd < 0:
             raise KernelError("fanotify listener is not open", location=Location("fanotify"))
+        self._prioritize("listener")
         poller = select.poll()
         poller.register(self._fd, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
@@ -689,13 +738,12 @@ class PermissionListener:
                 self._busy_since = now
                 pes = [PermEvent(mask, efd, tid, now) if efd >= 0 and mask & FAN_PERM_EVENTS
                        else None for mask, efd, tid in evs]
-                fbs = ([FAN_ALLOW] * len(pes) if self.fallback is None else
-                       [FAN_ALLOW if pe is None else self._fallback_of(pe) for pe in pes])
+                fb0 = FAN_ALLOW if self.fallback is None else 0   # 0: asked when needed
                 with self._lock:
                     pending = self._pending
-                    for pe, fb in zip(pes, fbs):
+                    for pe in pes:
                         if pe is not None:
-                            pending[pe.fd] = (now, fb)
+                            pending[pe.fd] = (now, pe, fb0)
                 batch: list[tuple[int, Verdict]] = []
                 try:
                     flushed = now
@@ -806,7 +854,7 @@ class PermissionListener:
         return out
 
 
-__all__ = ["ALLOW", "DEFAULT_MAX_DIRS", "Decide", "FAN_ALLOW", "Fallback", "FAN_DENY", "FAN_EVENT_ON_CHILD",
+__all__ = ["ALLOW", "DEFAULT_MAX_DIRS", "THREAD_NICE", "Decide", "FAN_ALLOW", "Fallback", "FAN_DENY", "FAN_EVENT_ON_CHILD",
            "FAN_ONDIR", "FAN_OPEN_EXEC_PERM", "FAN_OPEN_PERM", "ListenerCounters", "PermEvent",
            "group_available",
            "PermissionListener", "Shortcut", "Verdict", "subdirs", "supported"]
