@@ -461,7 +461,7 @@ def _thread_nice(native_id: int) -> int:
 
 def test_the_listener_and_watchdog_threads_run_at_a_raised_priority(group: FakeGroup) -> None:
     """Every marked open waits for these threads: at nice 0 the woken opener preempts
-    the listener mid-answer and a CPU hog stretches decisions toward the fallback."""
+    the listener mid-answer (half the measured decision time on this host)."""
     if os.geteuid() != 0:
         pytest.skip("raising a thread's priority needs CAP_SYS_NICE")
     lis = listener(group, lambda ev: Verdict.allow())

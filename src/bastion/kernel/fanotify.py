@@ -103,8 +103,8 @@ THREAD_NICE: Final = -10
 """Nice value of the listener and watchdog threads.  Every open of a marked inode
 on the host waits for them: at the default weight the opener woken by an answer
 preempts the listener before it has closed the event (half of the measured
-decision time here), and a CPU hog at nice 0 stretches decisions toward the
-watchdog's fallback (a fail-open where only writes are denied)."""
+decision time here); under CPU load from other tasks they are scheduled ahead of
+them, keeping decisions away from the watchdog's fallback."""
 DEFAULT_MAX_DIRS: Final = 10_000
 
 
