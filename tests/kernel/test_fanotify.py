@@ -725,3 +725,132 @@ def test_reads_of_a_write_protected_file_never_fail_on_a_busy_host(tmp_path: Pat
     s = enforcer.stats()
     assert outs == ["0", "0"] and s["flags_unknown"] == 0, (outs, s)
     assert sh_in(cg[0], f"echo x >> {f}").returncode != 0     # writes still refused
+def test_every_answer_of_a_batch_reaches_the_kernel(tmp_path: Path) -> None:
+    """Issue 16 item 4 (the wt-fandecide e2e hang): the kernel takes one
+    ``fanotify_response`` per ``write()``; a batch written as one joined buffer
+    answered its first event only and left the other openers blocked until the
+    group closed.  Here the first decision is slowed (well inside the watchdog's
+    timeout) so the other openers queue and are read, decided and answered as one
+    batch: every one of them must finish while the group is still open."""
+    from bastion.kernel.fanotify import FAN_OPEN_PERM, PermEvent, PermissionListener, Verdict
+    f = tmp_path / "hot"
+    f.write_text("hot\n")
+    st = os.stat(f)
+    first = threading.Event()
+
+    def decide(ev: PermEvent) -> Verdict:
+        if not first.is_set():
+            first.set()
+            time.sleep(0.3)      # the others queue meanwhile (timeout: 2 s)
+        return Verdict.allow()
+
+    lis = PermissionListener(decide, deadline_s=DEADLINE_S, decision_timeout_s=2.0)
+    kids: list[subprocess.Popen[bytes]] = []
+    try:
+        lis.open()
+        lis.start()
+        with lis.mark_lock:
+            lis.mark(str(f), (kernel_dev(st.st_dev), st.st_ino), FAN_OPEN_PERM)
+        kids.append(subprocess.Popen(["cat", str(f)], stdout=subprocess.DEVNULL))
+        assert first.wait(5)
+        kids += [subprocess.Popen(["cat", str(f)], stdout=subprocess.DEVNULL) for _ in range(6)]
+        end = time.monotonic() + 5
+        while time.monotonic() < end and any(k.poll() is None for k in kids):
+            time.sleep(0.02)
+        blocked = [k.pid for k in kids if k.poll() is None]
+        s = lis.stats()
+    finally:
+        lis.close()              # allows whatever is still blocked
+        for k in kids:
+            k.wait(timeout=TIMEOUT)
+    assert blocked == []
+    assert [k.returncode for k in kids] == [0] * 7
+    assert s["perm_events"] == 7 and s["allows"] == 7 and s["fail_opens"] == 0
+
+
+# ---- issue 16 item 4: the precomputed allow sets never outlive what they were built from ----
+
+
+def _allow_open(enf: FanotifyEnforcer) -> frozenset[tuple[int, int]]:
+    state = enf._state   # white box: which inodes the fast path answers without facts
+    assert state is not None
+    return state.allow_open
+
+
+def test_a_fast_path_allow_does_not_outlive_a_policy_change(tmp_path: Path, cg: tuple[Path, int],
+                                                            enforcer: FanotifyEnforcer) -> None:
+    """A hot file every task may open is answered from the plan's allow set; the next
+    plan denies it: the very next open is refused, and allowed again after a swap back."""
+    hot = tmp_path / "hot"
+    hot.write_text("hot\n")
+    key = (target(hot).dev, target(hot).ino)
+    allow = rule(1, (Op.OPEN_READ, Op.OPEN_WRITE), (target(hot),), Action.ALLOW)
+    deny = rule(2, (Op.OPEN_READ,), (target(hot),), Action.DENY)
+    enforcer.apply(plan_of(allow), targets_of(allow))
+    assert key in _allow_open(enforcer)
+    for _ in range(3):
+        assert run_in(cg[0], ["cat", str(hot)], timeout=TIMEOUT).returncode == 0
+    enforcer.apply(plan_of(deny), targets_of(deny))
+    assert key not in _allow_open(enforcer)
+    r = run_in(cg[0], ["cat", str(hot)], timeout=TIMEOUT)
+    assert r.returncode != 0 and EPERM_TEXT in r.stderr
+    enforcer.apply(plan_of(allow), targets_of(allow))
+    assert run_in(cg[0], ["cat", str(hot)], timeout=TIMEOUT).returncode == 0
+    assert enforcer.stats()["denies"] == 1
+
+
+def test_an_exec_into_a_denied_binary_keeps_the_pid_but_not_the_allow(
+        tmp_path: Path, cg: tuple[Path, int], enforcer: FanotifyEnforcer) -> None:
+    """A process allowed to open a file execs (same pid) into a binary that is denied
+    it: the open after the exec is refused.  A decision cached per pid, or per pid
+    and a stale exe identity, would allow it."""
+    secret = tmp_path / "secret"
+    secret.write_text("s\n")
+    hot = tmp_path / "hot"
+    hot.write_text("hot\n")
+    denied_cat = tmp_path / "denied_cat"
+    shutil.copy(shutil.which("cat") or "/bin/cat", denied_cat)
+    dc = target(denied_cat)
+    r1 = rule(1, (Op.OPEN_READ,), (target(secret),), Action.DENY,
+              identities=((abi.SubjectKind.EXE, dc.ino, dc.dev),))
+    r2 = rule(2, (Op.OPEN_READ, Op.OPEN_WRITE), (target(hot),), Action.ALLOW)
+    enforcer.apply(plan_of(r1, r2), targets_of(r1, r2))
+    assert (target(hot).dev, target(hot).ino) in _allow_open(enforcer)
+    assert (target(secret).dev, target(secret).ino) not in _allow_open(enforcer)
+    script = (f"import os\nfor _ in range(3):\n"
+              f"    open({str(secret)!r}).read(); open({str(hot)!r}).read()\n"
+              f"print(os.getpid(), flush=True)\n"
+              f"os.execv({str(denied_cat)!r}, ['cat', {str(hot)!r}, {str(secret)!r}])\n")
+    r = run_in(cg[0], [sys.executable, "-c", script], timeout=TIMEOUT)
+    assert r.stdout.startswith(f"{r.stdout.split()[0]}\nhot\n"), r.stdout   # allowed before the exec
+    assert r.returncode != 0 and EPERM_TEXT in r.stderr, (r.stdout, r.stderr)
+    evs = events_until(enforcer, 1)
+    assert [(e.rule_id, e.proc.pid, e.proc.exe) for e in evs] == \
+        [(1, int(r.stdout.split()[0]), str(denied_cat))]
+
+
+def test_a_file_moved_or_linked_over_an_allowed_path_keeps_its_own_rule(
+        tmp_path: Path, cg: tuple[Path, int], enforcer: FanotifyEnforcer) -> None:
+    """The allow set is keyed by inode, never by path: a denied file renamed over a
+    hot allowed path, or hard-linked next to it, is still refused; a new file at the
+    allowed path (a new inode, unmarked) is not answered from the old inode's entry."""
+    hot = tmp_path / "hot"
+    hot.write_text("hot\n")
+    secret = tmp_path / "secret"
+    secret.write_text("s\n")
+    r1 = rule(1, (Op.OPEN_READ, Op.OPEN_WRITE), (target(hot),), Action.ALLOW)
+    r2 = rule(2, (Op.OPEN_READ,), (target(secret),), Action.DENY)
+    enforcer.apply(plan_of(r1, r2), targets_of(r1, r2))
+    old_hot = (target(hot).dev, target(hot).ino)
+    assert old_hot in _allow_open(enforcer)
+    assert run_in(cg[0], ["cat", str(hot)], timeout=TIMEOUT).returncode == 0
+    os.link(secret, tmp_path / "alias")
+    assert run_in(cg[0], ["cat", str(tmp_path / "alias")], timeout=TIMEOUT).returncode != 0
+    os.rename(secret, hot)          # the hot path now names the denied inode
+    r = run_in(cg[0], ["cat", str(hot)], timeout=TIMEOUT)
+    assert r.returncode != 0 and EPERM_TEXT in r.stderr
+    os.unlink(tmp_path / "alias")
+    os.unlink(hot)
+    hot.write_text("new\n")         # a new inode (even if its number is reused: no mark)
+    assert run_in(cg[0], ["cat", str(hot)], timeout=TIMEOUT).stdout == "new\n"
+    assert enforcer.stats()["denies"] == 2

@@ -26,8 +26,12 @@ every process that opens a marked file, including the agent's own shell):
   The fallback is ``FAN_ALLOW`` unless the owner passes ``fallback``: a cheap
   function (``fstat`` of the event fd, dict lookups, procfs reads; never a
   path walk) that returns ``FAN_DENY`` for the inodes a deny rule covers, so
-  a stalled decision fails closed there.  It is asked once per event, when
-  the event is read (by the listener, or by the watchdog when it drains).
+  a stalled decision fails closed there.  It is asked at most once per
+  event and only when needed: by the watchdog when the decision is overdue
+  or when it drains the queue, by the listener when ``decide`` raised; an
+  event answered in time never asks it (the hot path stays one ``fstat``).
+  An overdue answer is written only if the event is still the one pending
+  under that fd number (the listener may answer and close it meanwhile).
 * Every event is answered: an exception in ``decide`` answers the fallback
   (counted as ``errors`` and ``error_allows`` or ``error_denies``) and the
   listener goes on with the next event.
@@ -91,9 +95,16 @@ FANOTIFY_METADATA_VERSION: Final = 3
 _META: Final = struct.Struct("<IBBHQii")      # struct fanotify_event_metadata
 _RESPONSE: Final = struct.Struct("<iI")       # struct fanotify_response
 _READ_BUF: Final = 64 * 1024
+_IOV_MAX: Final = 1024                        # UIO_MAXIOV: iovecs per writev
 _INIT_FLAGS: Final = FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK | FAN_REPORT_TID
 
 AT_FDCWD: Final = -100
+THREAD_NICE: Final = -10
+"""Nice value of the listener and watchdog threads.  Every open of a marked inode
+on the host waits for them: at the default weight the opener woken by an answer
+preempts the listener before it has closed the event (half of the measured
+decision time here); under CPU load from other tasks they are scheduled ahead of
+them, keeping decisions away from the watchdog's fallback."""
 DEFAULT_MAX_DIRS: Final = 10_000
 
 
@@ -202,21 +213,38 @@ def subdirs(top: str, top_st: os.stat_result, max_dirs: int) -> list[tuple[str, 
 # ---- what decide() sees and returns ---------------------------------------------------
 
 
-@dataclass(frozen=True)
 class PermEvent:
     """One permission event: the opener ``tid`` is blocked until it is answered.
 
     ``fd`` is the listener's: read it with ``fstat``/``pread``, never close it.
+    A plain slotted class (built once per event on the hot path).
     """
 
-    mask: int
-    fd: int
-    tid: int
-    t_read: float          # time.monotonic() when the listener read it
+    __slots__ = ("mask", "fd", "tid", "t_read", "_key")
+
+    def __init__(self, mask: int, fd: int, tid: int, t_read: float) -> None:
+        self.mask = mask
+        self.fd = fd
+        self.tid = tid
+        self.t_read = t_read          # time.monotonic() when the listener read it
+        self._key: tuple[int, int] | None = None
+
+    def __repr__(self) -> str:
+        return f"PermEvent(mask={self.mask:#x}, fd={self.fd}, tid={self.tid})"
 
     @property
     def is_exec(self) -> bool:
         return bool(self.mask & FAN_OPEN_EXEC_PERM)
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """(dev, ino) of the opened inode (kernel dev encoding), from one ``fstat`` of
+        the event fd shared by the fallback and ``decide``."""
+        key = self._key
+        if key is None:
+            st_dev = os.fstat(self.fd)
+            key = self._key = (kernel_dev(st_dev.st_dev), st_dev.st_ino)
+        return key
 
 
 Shortcut = Literal["self_allows", "out_of_scope", "not_marked", "gone", "deadline_allows"]
@@ -247,14 +275,27 @@ class Verdict:
 
 
 ALLOW: Final = Verdict()
+_DEADLINE_ALLOW: Final = Verdict(FAN_ALLOW, "deadline_allows")
+_BATCH_HOLD_S: Final = 0.0005   # a batch's ready answers wait at most ~this for the next decision
+
+
+def _frames(exc: BaseException) -> str:
+    """Where ``exc`` was raised, as frame names only (formatting source lines opens files)."""
+    tb = exc.__traceback__
+    where = []
+    while tb is not None:
+        where.append(f"{tb.tb_frame.f_code.co_name}:{tb.tb_lineno}")
+        tb = tb.tb_next
+    return " < ".join(reversed(where))
 
 Decide = Callable[[PermEvent], Verdict]
 
 Fallback = Callable[[PermEvent], int]
 """``fallback(event)``: ``FAN_ALLOW`` or ``FAN_DENY``, the answer the watchdog (or an
-exception in ``decide``) gives the event.  It runs on the listener or watchdog
-thread before ``decide``: it must be cheap and must never block (no path walk,
-no file open, no read of the opener's memory)."""
+exception in ``decide``) gives the event.  It runs on the watchdog thread
+(overdue, drained) or the listener thread (``decide`` raised), possibly while
+``decide`` still runs: it must be cheap, must never block (no path walk, no
+file open, no read of the opener's memory) and must not rely on ``decide``."""
 
 
 @dataclass
@@ -301,9 +342,13 @@ class PermissionListener:
     """
 
     def __init__(self, decide: Decide, *, deadline_s: float | None = None,
-                 decision_timeout_s: float = 0.2, fallback: Fallback | None = None) -> None:
+                 decision_timeout_s: float = 0.2, fallback: Fallback | None = None,
+                 thread_nice: int | None = THREAD_NICE) -> None:
         if decision_timeout_s <= 0:
             raise ValueError("decision_timeout_s must be > 0")
+        if thread_nice is not None and not -20 <= thread_nice <= 19:
+            raise ValueError(f"thread_nice must be in -20..19, not {thread_nice}")
+        self.thread_nice = thread_nice
         self.decide = decide
         self.fallback = fallback
         self.deadline_s = deadline_s
@@ -319,7 +364,9 @@ class PermissionListener:
         self._closed = False
         self._stop = threading.Event()
         self._lock = threading.Lock()                 # pending answers, fd lifetime
-        self._pending: dict[int, tuple[float, int]] = {}   # event fd -> (time read, fallback)
+        # event fd -> (time read, event, its fallback or 0 until asked: on a stall, a
+        # failed decide or a drain; the hot path never asks it)
+        self._pending: dict[int, tuple[float, PermEvent, int]] = {}
         self._busy_since: float | None = None
         self._loop_running = False
         self._listener: threading.Thread | None = None
@@ -474,10 +521,16 @@ class PermissionListener:
 
     # ---- answering ---------------------------------------------------------------------
 
-    def _answer(self, efd: int, response: int) -> bool:
-        """Write the answer for a pending event once; False if already answered."""
+    def _answer(self, efd: int, response: int,
+                expect: tuple[float, PermEvent, int] | None = None) -> bool:
+        """Write the answer for a pending event once; False if already answered (or,
+        with ``expect``, if ``efd`` no longer holds that entry: answered meanwhile,
+        its number now another event's)."""
         with self._lock:
-            if self._pending.pop(efd, None) is None or self._fd < 0:
+            pending = self._pending
+            if expect is not None and pending.get(efd) is not expect:
+                return False
+            if pending.pop(efd, None) is None or self._fd < 0:
                 return False
             try:
                 os.write(self._fd, _RESPONSE.pack(efd, response))
@@ -487,38 +540,65 @@ class PermissionListener:
                 return False
             return True
 
-    def _fallback_of(self, mask: int, efd: int, tid: int, t_read: float) -> int:
+    def _write_responses(self, fd: int, out: list[bytes]) -> None:
+        """Write every response of ``out`` (caller holds ``_lock``; each was popped from
+        ``_pending``, so nothing else will answer it).
+
+        The kernel takes ONE ``struct fanotify_response`` per ``write()``
+        (``fanotify_write`` returns ``sizeof(response)`` and ignores the rest of the
+        buffer): a joined buffer answers only its first event and leaves the other
+        openers blocked until the group closes.  ``writev`` with one response per
+        iovec is one syscall that the kernel loops over (``do_loop_readv_writev``:
+        fanotify has no ``write_iter``); it stops at the first response it refuses,
+        which the next call then fails on alone: counted, skipped, the rest written.
+        """
+        i, n = 0, len(out)
+        while i < n:
+            chunk = out[i:i + _IOV_MAX]
+            try:
+                done = os.writev(fd, chunk) // _RESPONSE.size
+            except OSError as exc:
+                # chunk[0] was refused (ENOENT: no such pending event): skip it
+                self.c.errors += 1
+                log.error("fanotify: answering event fd %d failed: %s",
+                          _RESPONSE.unpack(chunk[0])[0], exc)
+                done = 1
+            if done <= 0:   # never seen: the kernel wrote nothing and raised nothing
+                self.c.errors += 1
+                log.error("fanotify: writev answered no event; answering one by one")
+                for r in out[i:]:
+                    try:
+                        if os.write(fd, r) != _RESPONSE.size:
+                            self.c.errors += 1
+                    except OSError:
+                        self.c.errors += 1
+                return
+            i += done
+
+    def _fallback_of(self, ev: PermEvent) -> int:
         """The event's fallback answer (FAN_ALLOW without a ``fallback``); a failing
         fallback fails closed (counted as ``errors``)."""
         fb = self.fallback
         if fb is None:
             return FAN_ALLOW
         try:
-            return FAN_DENY if fb(PermEvent(mask, efd, tid, t_read)) == FAN_DENY else FAN_ALLOW
+            return FAN_DENY if fb(ev) == FAN_DENY else FAN_ALLOW
         except Exception as exc:  # noqa: BLE001 - the event must still get an answer
             self.c.errors += 1
             log.error("fanotify: fallback for tid %d failed (%s: %s): deny on stall",
-                      tid, type(exc).__name__, exc)
+                      ev.tid, type(exc).__name__, exc)
             return FAN_DENY
 
     def _answer_fallback(self, efd: int) -> int:
-        """Answer a pending event with its fallback; the response, or 0 if already answered."""
+        """Answer a pending event with its fallback (asked now if it was not yet, outside
+        the lock: the answer goes out only if the entry is still the same one); the
+        response, or 0 if already answered."""
         with self._lock:
             ent = self._pending.get(efd)
         if ent is None:
             return 0
-        return ent[1] if self._answer(efd, ent[1]) else 0
-
-    def _reply(self, efd: int, v: Verdict) -> None:
-        in_time = self._answer(efd, v.response)
-        if not in_time:
-            self.c.late_decisions += 1
-        elif v.response == FAN_ALLOW:
-            self.c.allows += 1
-            if v.shortcut is not None:
-                setattr(self.c, v.shortcut, getattr(self.c, v.shortcut) + 1)
-        if v.after is not None:
-            v.after(in_time)
+        fb = ent[2] or self._fallback_of(ent[1])
+        return fb if self._answer(efd, fb, ent) else 0
 
     def _allow_all_pending(self, counter: Shortcut | None = None) -> None:
         """Allow every event still waiting for an answer, counted in ``counter`` (an
@@ -568,9 +648,10 @@ class PermissionListener:
                     continue
                 if mask & FAN_PERM_EVENTS:
                     now = time.monotonic()
-                    fb = self._fallback_of(mask, efd, _tid, now) if count else FAN_ALLOW
+                    ev = PermEvent(mask, efd, _tid, now)
+                    fb = self._fallback_of(ev) if count else FAN_ALLOW
                     with self._lock:
-                        self._pending[efd] = (now, fb)
+                        self._pending[efd] = (now, ev, fb)
                     if self._answer(efd, fb):
                         n += 1
                         if count:
@@ -583,7 +664,19 @@ class PermissionListener:
 
     # ---- the watchdog ---------------------------------------------------------------------
 
+    def _prioritize(self, which: str) -> None:
+        """Give the calling thread ``thread_nice`` (per-thread on Linux); a refusal
+        (no CAP_SYS_NICE) is logged and the thread runs at its inherited priority."""
+        if self.thread_nice is None:
+            return
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.thread_nice)
+        except OSError as exc:
+            log.warning("fanotify: %s thread keeps its priority (nice %d refused: %s)",
+                        which, self.thread_nice, exc)
+
     def _watchdog_loop(self) -> None:
+        self._prioritize("watchdog")
         tick = min(0.05, self.decision_timeout_s / 4)
         while not self._stop.wait(tick):
             try:
@@ -592,7 +685,7 @@ class PermissionListener:
                     self._expire()
                     self._allow_all_pending("deadline_allows")
                 with self._lock:
-                    overdue = [efd for efd, (t, _fb) in self._pending.items()
+                    overdue = [efd for efd, (t, _ev, _fb) in self._pending.items()
                                if now - t >= self.decision_timeout_s]
                 for efd in overdue:
                     r = self._answer_fallback(efd)
@@ -615,6 +708,7 @@ class PermissionListener:
         """The listener loop (blocking); :meth:`start` runs it in a thread."""
         if self._fd < 0:
             raise KernelError("fanotify listener is not open", location=Location("fanotify"))
+        self._prioritize("listener")
         poller = select.poll()
         poller.register(self._fd, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
@@ -642,62 +736,108 @@ class PermissionListener:
                     continue
                 now = time.monotonic()
                 self._busy_since = now
-                fbs = [self._fallback_of(mask, efd, tid, now)
-                       if efd >= 0 and mask & FAN_PERM_EVENTS else FAN_ALLOW
-                       for mask, efd, tid in evs]
+                pes = [PermEvent(mask, efd, tid, now) if efd >= 0 and mask & FAN_PERM_EVENTS
+                       else None for mask, efd, tid in evs]
+                fb0 = FAN_ALLOW if self.fallback is None else 0   # 0: asked when needed
                 with self._lock:
-                    for (mask, efd, _tid), fb in zip(evs, fbs):
-                        if efd >= 0 and mask & FAN_PERM_EVENTS:
-                            self._pending[efd] = (now, fb)
+                    pending = self._pending
+                    for pe in pes:
+                        if pe is not None:
+                            pending[pe.fd] = (now, pe, fb0)
+                batch: list[tuple[int, Verdict]] = []
                 try:
-                    for mask, efd, tid in evs:
-                        self._handle(mask, efd, tid, now)
+                    flushed = now
+                    for (mask, efd, _tid), pe in zip(evs, pes):
+                        v = self._handle(mask, efd, pe)
+                        if v is not None:
+                            batch.append((efd, v))
+                            t = time.monotonic()
+                            # a deny (or a reported decision) is written at once: a later
+                            # decision that stalls must not turn it into its fallback; so is
+                            # everything ready once the batch took a while
+                            if (v.response != FAN_ALLOW or v.after is not None
+                                    or t - flushed >= _BATCH_HOLD_S):
+                                self._flush(batch, now)
+                                batch = []
+                                flushed = t
                 finally:
-                    self._busy_since = None
+                    try:
+                        self._flush(batch, now)
+                    finally:
+                        self._busy_since = None
         finally:
             self._loop_running = False
             with self._lock:
                 if self._listener_owns_fd:
                     self._close_fds()
 
-    def _handle(self, mask: int, efd: int, tid: int, t_read: float) -> None:
+    def _handle(self, mask: int, efd: int, ev: PermEvent | None) -> Verdict | None:
+        """The verdict of one event, to be written by :meth:`_flush`; None when the
+        event needs no answer from the batch (not a permission event, or answered
+        here after ``decide`` failed)."""
         self.c.events += 1
         if efd < 0:
             if mask & FAN_Q_OVERFLOW:
                 self.c.overflows += 1
                 log.warning("fanotify: event queue overflow (the kernel allowed the opens it dropped)")
-            return
-        if not mask & FAN_PERM_EVENTS:
+            return None
+        if ev is None:
             os.close(efd)
-            return
+            return None
         self.c.perm_events += 1
         try:
             if self._expired or (self._deadline_at is not None
                                  and time.monotonic() >= self._deadline_at):
-                self._reply(efd, Verdict.allow("deadline_allows"))
-            else:
-                self._reply(efd, self.decide(PermEvent(mask, efd, tid, t_read)))
+                return _DEADLINE_ALLOW
+            return self.decide(ev)
         except Exception as exc:  # noqa: BLE001 - never leave an event unanswered
             self.c.errors += 1
-            tb = exc.__traceback__
-            where = []
-            while tb is not None:   # frame names only: formatting source lines opens files
-                where.append(f"{tb.tb_frame.f_code.co_name}:{tb.tb_lineno}")
-                tb = tb.tb_next
             r = self._answer_fallback(efd)
             if r == FAN_DENY:
                 self.c.error_denies += 1
             elif r == FAN_ALLOW:
                 self.c.allows += 1
                 self.c.error_allows += 1
-            log.error("fanotify: deciding for tid %d failed (%s: %s at %s): %s", tid,
-                      type(exc).__name__, exc, " < ".join(reversed(where)),
+            log.error("fanotify: deciding for tid %d failed (%s: %s at %s): %s", ev.tid,
+                      type(exc).__name__, exc, _frames(exc),
                       "denied (fallback)" if r == FAN_DENY else "allowed")
-        finally:
-            if self._answer_fallback(efd) == FAN_ALLOW:   # never reached in normal flow
-                self.c.allows += 1
             os.close(efd)
-            self.c.latencies_us.append((time.monotonic() - t_read) * 1e6)
+            self.c.latencies_us.append((time.monotonic() - ev.t_read) * 1e6)
+            return None
+
+    def _flush(self, batch: list[tuple[int, Verdict]], t_read: float) -> None:
+        """Write the answers of ``batch`` in one ``write`` (those the watchdog has not
+        given yet), then count them, run their ``after`` and close their fds."""
+        if not batch:
+            return
+        in_time: list[bool] = []
+        with self._lock:
+            fd = self._fd
+            pending = self._pending
+            for efd, _v in batch:
+                in_time.append(pending.pop(efd, None) is not None and fd >= 0)
+            out = [_RESPONSE.pack(efd, v.response) for (efd, v), ok in zip(batch, in_time) if ok]
+            if out:
+                self._write_responses(fd, out)
+        c = self.c
+        latencies = c.latencies_us
+        for (efd, v), ok in zip(batch, in_time):
+            try:
+                if not ok:
+                    c.late_decisions += 1
+                elif v.response == FAN_ALLOW:
+                    c.allows += 1
+                    if v.shortcut is not None:
+                        setattr(c, v.shortcut, getattr(c, v.shortcut) + 1)
+                if v.after is not None:
+                    v.after(ok)
+            except Exception as exc:  # noqa: BLE001 - the answer stands; the next event goes on
+                c.errors += 1
+                log.error("fanotify: reporting the answer for event fd %d failed (%s: %s at %s)",
+                          efd, type(exc).__name__, exc, _frames(exc))
+            finally:
+                os.close(efd)
+                latencies.append((time.monotonic() - t_read) * 1e6)
 
     # ---- report -------------------------------------------------------------------------
 
@@ -714,7 +854,7 @@ class PermissionListener:
         return out
 
 
-__all__ = ["ALLOW", "DEFAULT_MAX_DIRS", "Decide", "FAN_ALLOW", "Fallback", "FAN_DENY", "FAN_EVENT_ON_CHILD",
+__all__ = ["ALLOW", "DEFAULT_MAX_DIRS", "THREAD_NICE", "Decide", "FAN_ALLOW", "Fallback", "FAN_DENY", "FAN_EVENT_ON_CHILD",
            "FAN_ONDIR", "FAN_OPEN_EXEC_PERM", "FAN_OPEN_PERM", "ListenerCounters", "PermEvent",
            "group_available",
            "PermissionListener", "Shortcut", "Verdict", "subdirs", "supported"]

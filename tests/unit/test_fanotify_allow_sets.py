@@ -1,0 +1,116 @@
+"""The fanotify enforcer's precomputed allow sets (issue 16 item 4).
+
+An open of a marked inode in ``allow_open`` (or an exec of one in
+``allow_exec``) is answered ALLOW without reading a single procfs fact, so
+these sets must hold exactly the inodes for which the reference
+:class:`~bastion.policy.match.Matcher` allows *every* task, whatever its exe,
+parent exe, uid and cgroup.  Pinned against the matcher by brute force over
+seeded random plans, plus the cases an attacker would aim at: a deny for one
+subject on an inode everyone else may open, a deny on ``any``, a deny default
+with no rule for everyone, an audit rule (must still be reported).
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from bastion import abi
+from bastion.enforce.fanotify import _allow_sets
+from bastion.errors import Location
+from bastion.policy.compile import (
+    CompileError, FileTarget, MapPlan, ResolvedPolicy, ResolvedRule, compile_plan,
+)
+from bastion.policy.match import Matcher, TaskFacts
+from bastion.policy.model import Action, Mode, Op
+
+INODES = [(8, 100 + i) for i in range(4)]
+ANY = FileTarget(0, 0, False, "any")
+IDENTITIES = [(), ((abi.SubjectKind.EXE, 7, 8),), ((abi.SubjectKind.PARENT_EXE, 9, 8),),
+              ((abi.SubjectKind.UID, 1000, 0),), ((abi.SubjectKind.CGROUP, 55, 0),)]
+# every task the plan can tell apart: each kind matched or not
+TASKS = [TaskFacts(exe, pexe, uid, cg) for exe, pexe, uid, cg in itertools.product(
+    [(8, 7), (8, 70)], [(8, 9), (8, 90)], [1000, 1001], [55, 56])]
+
+
+def rule(rid: int, ident: tuple[tuple[int, int, int], ...], ops: tuple[Op, ...],
+         files: tuple[FileTarget, ...], action: Action) -> ResolvedRule:
+    return ResolvedRule(rid, f"r{rid}", Location("test"), ident, "s", ops, files, (), action)
+
+
+def target(key: tuple[int, int]) -> FileTarget:
+    return FileTarget(key[0], key[1], False, f"/f{key[1]}")
+
+
+def brute(plan: MapPlan, op: abi.HipsOp, key: tuple[int, int]) -> bool:
+    m = Matcher(plan)
+    return all(m.decide_file(t, op, key).action is abi.HipsAction.ALLOW for t in TASKS)
+
+
+def check(plan: MapPlan) -> None:
+    marks = {k: None for k in INODES}
+    opn, exe = _allow_sets(plan, marks, False)
+    for k in INODES:
+        want_open = brute(plan, abi.HipsOp.OPEN_READ, k) and brute(plan, abi.HipsOp.OPEN_WRITE, k)
+        assert (k in opn) == want_open, (k, plan.rules)
+        assert (k in exe) == brute(plan, abi.HipsOp.EXEC, k), (k, plan.rules)
+
+
+def plan_of(default: Action, *rules: ResolvedRule) -> MapPlan:
+    return compile_plan(ResolvedPolicy(Mode.ENFORCE, default, rules))
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_the_allow_sets_are_exactly_what_the_matcher_allows_every_task(seed: int) -> None:
+    rnd = random.Random(seed)
+    rules: list[ResolvedRule] = []
+    for rid in range(1, rnd.randint(1, 6) + 1):
+        files = tuple(rnd.sample([*map(target, INODES), ANY], rnd.randint(1, 2)))
+        ops = tuple(rnd.sample([Op.OPEN_READ, Op.OPEN_WRITE, Op.EXEC], rnd.randint(1, 3)))
+        action = rnd.choice([Action.ALLOW, Action.ALLOW, Action.AUDIT, Action.DENY, Action.KILL])
+        new = rule(rid, rnd.choice(IDENTITIES), ops, files, action)
+        try:   # a rule contradicting an earlier one for the same subject is refused
+            plan_of(Action.ALLOW, *rules, new)
+        except CompileError:
+            continue
+        rules.append(new)
+    check(plan_of(rnd.choice([Action.ALLOW, Action.DENY, Action.AUDIT]), *rules))
+
+
+def test_a_deny_for_one_subject_keeps_the_inode_out_of_the_allow_set() -> None:
+    f = target(INODES[0])
+    plan = plan_of(Action.ALLOW,
+                   rule(1, (), (Op.OPEN_READ, Op.OPEN_WRITE), (f,), Action.ALLOW),
+                   rule(2, ((abi.SubjectKind.UID, 1000, 0),), (Op.OPEN_WRITE,), (f,), Action.DENY))
+    opn, exe = _allow_sets(plan, {INODES[0]: None}, False)
+    assert INODES[0] not in opn and INODES[0] in exe
+    check(plan)
+
+
+def test_a_deny_on_any_or_an_audit_keeps_every_inode_out() -> None:
+    f = target(INODES[0])
+    for extra in (rule(2, ((abi.SubjectKind.EXE, 7, 8),), (Op.OPEN_READ,), (ANY,), Action.DENY),
+                  rule(2, ((abi.SubjectKind.CGROUP, 55, 0),), (Op.OPEN_READ,), (f,), Action.AUDIT)):
+        plan = plan_of(Action.ALLOW, rule(1, (), (Op.OPEN_READ, Op.OPEN_WRITE), (f,),
+                                          Action.ALLOW), extra)
+        assert _allow_sets(plan, {INODES[0]: None}, False)[0] == frozenset()
+        check(plan)
+
+
+def test_a_deny_default_allows_only_what_the_rule_for_everyone_allows() -> None:
+    f, g = target(INODES[0]), target(INODES[1])
+    plan = plan_of(Action.DENY,
+                   rule(1, (), (Op.OPEN_READ, Op.OPEN_WRITE), (f,), Action.ALLOW),
+                   rule(2, ((abi.SubjectKind.UID, 1000, 0),), (Op.OPEN_READ, Op.OPEN_WRITE), (g,),
+                        Action.ALLOW))
+    opn, _exe = _allow_sets(plan, {INODES[0]: None, INODES[1]: None}, False)
+    assert opn == {INODES[0]}    # uid 1001 falls to the default on g
+    check(plan)
+
+
+def test_directory_objects_disable_the_allow_sets() -> None:
+    plan = plan_of(Action.ALLOW, rule(1, (), (Op.OPEN_READ, Op.OPEN_WRITE), (target(INODES[0]),),
+                                      Action.ALLOW))
+    assert _allow_sets(plan, {INODES[0]: None}, True) == (frozenset(), frozenset())
