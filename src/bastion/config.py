@@ -26,7 +26,7 @@ from bastion.outputs.config import MetricsSpec, OutputSpec, parse_metrics_sectio
 from bastion.fleet.config import FleetSpec, parse_fleet_section
 from bastion.policy.model import HipsPolicy
 from bastion.policy.parse import build, parse_default, parse_mode, parse_rules
-from bastion.yamlparse import NodeParser
+from bastion.yamlparse import NodeParser, compose
 
 SCHEMA_VERSION: Final = 1
 DEFAULT_POLICY_NAME: Final = "<embedded default policy>"
@@ -129,11 +129,9 @@ def parse_policy(text: str, source: str) -> AgentConfig:
     """Parse and validate a policy document; raises PolicyError with every problem."""
     p = NodeParser(source)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        loc = Location(source, mark.line + 1, mark.column + 1) if mark else Location(source)
-        raise PolicyError([ConfigError(f"invalid YAML: {exc.problem}", location=loc)]) from exc
+        root = compose(text, source)
+    except ConfigError as exc:
+        raise PolicyError([exc]) from exc
     if root is None:
         raise PolicyError([ConfigError("empty policy document", location=Location(source))])
     values: dict[str, Any] = {}

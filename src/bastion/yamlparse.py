@@ -21,6 +21,17 @@ _SIZE_UNITS: Final = {None: 1, "B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30,
                       "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
 
 
+def compose(text: str, source: str) -> yaml.Node | None:
+    """The node tree of a YAML document (None when empty); invalid YAML raises
+    :class:`ConfigError` naming file:line:col."""
+    try:
+        return yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        loc = Location(source, mark.line + 1, mark.column + 1) if mark else Location(source)
+        raise ConfigError(f"invalid YAML: {exc.problem}", location=loc) from exc
+
+
 class NodeParser:
     def __init__(self, source: str) -> None:
         self.source = source

@@ -33,7 +33,7 @@ from typing import Any, Callable, Final
 import yaml
 
 from bastion.errors import Location
-from bastion.yamlparse import NodeParser
+from bastion.yamlparse import NodeParser, compose
 
 DEFAULT_PREFIX: Final = "bastion"
 POLICY_BUCKET: Final = "bastion-policy"
@@ -258,11 +258,9 @@ def parse_fleet_text(text: str, source: str) -> FleetSpec | None:
 
     p = NodeParser(source)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        loc = Location(source, mark.line + 1, mark.column + 1) if mark else Location(source)
-        raise PolicyError([ConfigError(f"invalid YAML: {exc.problem}", location=loc)]) from exc
+        root = compose(text, source)
+    except ConfigError as exc:
+        raise PolicyError([exc]) from exc
     spec = None
     if isinstance(root, yaml.MappingNode):
         for k, v in root.value:

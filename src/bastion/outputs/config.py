@@ -45,7 +45,7 @@ from typing import Callable, Final
 
 import yaml
 
-from bastion.yamlparse import NodeParser
+from bastion.yamlparse import NodeParser, compose
 from bastion.errors import ConfigError, Location
 from bastion.outputs.base import DEFAULT_QUEUE
 from bastion.outputs.formats import FORMATS
@@ -333,11 +333,9 @@ def parse_outputs(root: yaml.Node, source: str) -> tuple[list[OutputSpec], Metri
 def parse_outputs_text(text: str, source: str) -> tuple[list[OutputSpec], MetricsSpec | None, list[ConfigError]]:
     """A whole YAML document (e.g. the policy file's text)."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        loc = Location(source, mark.line + 1, mark.column + 1) if mark else Location(source)
-        return [], None, [ConfigError(f"invalid YAML: {exc.problem}", location=loc)]
+        root = compose(text, source)
+    except ConfigError as exc:
+        return [], None, [exc]
     if root is None:
         return [], None, []
     return parse_outputs(root, source)

@@ -23,8 +23,8 @@ import yaml
 from bastion.containers import Selector, parse_selector
 from bastion.detect.behavior.base import ACTIONS, RuleSettings
 from bastion.severity import SEVERITIES
-from bastion.errors import ConfigError, Location
-from bastion.yamlparse import NodeParser
+from bastion.errors import ConfigError
+from bastion.yamlparse import NodeParser, compose
 
 
 class BehaviorConfigError(ConfigError):
@@ -141,11 +141,9 @@ def parse_behavior(text: str, source: str, known_rules: frozenset[str]) -> Behav
     """Parse a YAML document whose top level holds ``behavior:`` (or is it)."""
     p = NodeParser(source)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        loc = Location(source, mark.line + 1, mark.column + 1) if mark else Location(source)
-        raise BehaviorConfigError([ConfigError(f"invalid YAML: {exc.problem}", location=loc)]) from exc
+        root = compose(text, source)
+    except ConfigError as exc:
+        raise BehaviorConfigError([exc]) from exc
     if root is None:
         return BehaviorConfig()
     node = root
