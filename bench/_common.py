@@ -436,3 +436,64 @@ def report_bpf_cost(prefix: str, cost: Mapping[str, Mapping[str, float]], top: i
         log(f"{loop}: {total:.0f} ns of BPF per iteration: "
             + ", ".join(f"{k} {v:.0f}" for k, v in tops))
         emit(f"{prefix}_{loop}_bpf_ns", total, "ns", ".0f")
+
+
+@dataclass
+class StatusSampled:
+    """A chmod flood run against an agent while ``status`` was asked every 0.2 s."""
+
+    status_before: dict[str, Any]
+    status_after: dict[str, Any]
+    seconds: float                     # flood start to the status after it
+    flood_seconds: float               # the flood's own timing and syscall count
+    flood_calls: int
+    latencies_ms: list[float] = field(default_factory=list)
+    rss_mb: list[float] = field(default_factory=list)
+    loop_ages_s: list[float] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+
+def chmod_flood_under_status(agent: AgentProcess, path: str, flood_s: float) -> StatusSampled:
+    """Run ``chmod_flood`` on ``path`` for ``flood_s`` seconds while a thread asks the
+    agent's ``status`` every 0.2 s (latency, loop heartbeat age, RSS, failures)."""
+    from bastion.control import request
+
+    exe = c_program("chmod_flood")
+    pin = ["taskset", "-c", str(PIN_CPU)] if PIN_CPU is not None else []
+    done = threading.Event()
+    lat: list[float] = []
+    rss: list[float] = []
+    ages: list[float] = []
+    fails: list[str] = []
+
+    def sample() -> None:
+        while not done.wait(0.2):
+            t = time.perf_counter()
+            try:
+                st = request(agent.socket, "status", timeout=30)
+            except Exception as exc:  # noqa: BLE001 - counted and reported
+                fails.append(str(exc))
+                continue
+            lat.append((time.perf_counter() - t) * 1e3)
+            ages.append(float(st.get("loop_heartbeat_age_s") or 0.0))
+            rss.append(proc_rss_mb(agent.pid))
+
+    s0 = request(agent.socket, "status", timeout=30)
+    sampler = threading.Thread(target=sample, daemon=True)
+    t0 = time.monotonic()
+    fl = subprocess.Popen(pin + [str(exe), str(flood_s), path], stdout=subprocess.PIPE, text=True)
+    sampler.start()
+    try:
+        out, _ = fl.communicate(timeout=flood_s + 60)
+    finally:
+        if fl.poll() is None:
+            fl.kill()
+            fl.wait()
+        done.set()
+    s1 = request(agent.socket, "status", timeout=30)
+    t1 = time.monotonic()
+    sampler.join()
+    if fl.returncode:
+        raise RuntimeError(f"chmod_flood failed ({fl.returncode})")
+    return StatusSampled(s0, s1, t1 - t0, float(out.split()[0]), int(out.split()[1]),
+                         lat, rss, ages, fails)

@@ -25,7 +25,6 @@ Two producers:
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -35,14 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
-    PIN_CPU, ROOT, AgentProcess, c_program, check_target, emit, finish, log, proc_rss_mb,
+    ROOT, AgentProcess, check_target, chmod_flood_under_status, emit, finish, log,
 )
 
 # BASTION_BENCH_SRC: another checkout's src (a before/after comparison on one build)
 sys.path.insert(0, os.environ.get("BASTION_BENCH_SRC", str(ROOT / "src")))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from bastion.control import request  # noqa: E402
 from bastion.events import Event  # noqa: E402
 
 FLOOD_S = float(os.environ.get("BASTION_BENCH_FLOOD_S", "6"))
@@ -53,55 +51,23 @@ STATUS_TARGET_MS = 1000.0
 
 
 def kernel_producer() -> dict[str, float]:
-    exe = c_program("chmod_flood")
     fd, path = tempfile.mkstemp(prefix="bastion-bench-pipe-")
     os.close(fd)
-    pin = ["taskset", "-c", str(PIN_CPU)] if PIN_CPU is not None else []
-    lat: list[float] = []
-    rss: list[float] = []
-    fails: list[str] = []
     try:
         with AgentProcess(sigma_from=SIGMA if SIGMA.is_dir() else None) as agent:
             time.sleep(1.0)
-            s0 = request(agent.socket, "status", timeout=30)
             cpu0 = agent.cpu_s()
-            log(f"sigma: {s0['protections']['sigma']['detail']}")
-            done = threading.Event()
-
-            def sample() -> None:
-                while not done.wait(0.2):
-                    t = time.perf_counter()
-                    try:
-                        request(agent.socket, "status", timeout=30)
-                    except Exception as exc:  # noqa: BLE001 - counted and reported
-                        fails.append(str(exc))
-                        continue
-                    lat.append((time.perf_counter() - t) * 1e3)
-                    rss.append(proc_rss_mb(agent.pid))
-
-            sampler = threading.Thread(target=sample, daemon=True)
-            t0 = time.monotonic()
-            fl = subprocess.Popen(pin + [str(exe), str(FLOOD_S), path], stdout=subprocess.PIPE,
-                                  text=True)
-            sampler.start()
-            try:
-                out, _ = fl.communicate(timeout=FLOOD_S + 60)
-            finally:
-                if fl.poll() is None:
-                    fl.kill()
-                    fl.wait()
-            s1 = request(agent.socket, "status", timeout=30)
-            t1 = time.monotonic()
-            done.set()
-            sampler.join()
-            secs, calls = float(out.split()[0]), int(out.split()[1])
+            run = chmod_flood_under_status(agent, path, FLOOD_S)
             cpu = agent.cpu_s() - cpu0
     finally:
         os.unlink(path)
+    s0, s1, lat, rss, fails = run.status_before, run.status_after, run.latencies_ms, run.rss_mb, run.failures
+    secs, calls = run.flood_seconds, run.flood_calls
+    log(f"sigma: {s0['protections']['sigma']['detail']}")
     events = int(s1["events_total"]) - int(s0["events_total"])
-    rate = events / (t1 - t0)
+    rate = events / run.seconds
     log(f"kernel producer: chmod_flood {calls / secs / 1e3:.0f} k calls/s; agent {events} events "
-        f"in {t1 - t0:.2f}s = {rate:.0f}/s, {int(s1['drops']) - int(s0['drops'])} ring drops, "
+        f"in {run.seconds:.2f}s = {rate:.0f}/s, {int(s1['drops']) - int(s0['drops'])} ring drops, "
         f"store {s1['store']}; agent CPU {cpu:.2f}s over the flood = {events / cpu:.0f} "
         "events per CPU-second (the host's other load takes the rest)")
     log(f"status during the flood: {len(lat)} answers, max {max(lat, default=0):.0f} ms; "
@@ -140,7 +106,7 @@ class _QueueSensor:
         return out
 
 
-def replay_producer() -> float:
+def replay_producer() -> tuple[float, float]:
     from support.policies import default_policy
 
     from bastion.assembly import AgentOptions, build_agent
@@ -174,7 +140,7 @@ def replay_producer() -> float:
             socket_path=None, replay_path=empty,
             sigma_dirs=(SIGMA / "rules",) if SIGMA.is_dir() else ()), lambda _m: None)
         sensor = _QueueSensor()
-        agent.sensors = [sensor]   # type: ignore[list-item]
+        agent.sensors = [sensor]
         stop = threading.Event()
         cap = 200_000   # events queued at most: the producer waits (a full ring) beyond
 

@@ -22,15 +22,12 @@ Figures (``bench <name> <figure> <unit>``):
 from __future__ import annotations
 
 import os
-import subprocess
 import tempfile
-import threading
 import time
 from typing import Any
 
 from _common import (
-    PIN_CPU, AgentProcess, c_program, check_target, emit, finish, log, median, proc_rss_mb,
-    require_root,
+    AgentProcess, check_target, chmod_flood_under_status, emit, finish, log, median, require_root,
 )
 
 from bastion.control import request
@@ -42,51 +39,16 @@ STATUS_TARGET_MS = 1000.0
 
 def main() -> None:
     require_root()
-    exe = c_program("chmod_flood")
     fd, path = tempfile.mkstemp(prefix="bastion-bench-flood-")
     os.close(fd)
-    pin = ["taskset", "-c", str(PIN_CPU)] if PIN_CPU is not None else []
-    latencies: list[float] = []
-    rss: list[float] = []
-    ages: list[float] = []
-    failures: list[str] = []
     try:
         with AgentProcess() as agent:
             time.sleep(1.0)
-            s0 = request(agent.socket, "status", timeout=30)
             rss0 = agent.rss_mb()
-            done = threading.Event()
-
-            def sample() -> None:
-                while not done.wait(0.2):
-                    t = time.perf_counter()
-                    try:
-                        st = request(agent.socket, "status", timeout=30)
-                    except Exception as exc:  # noqa: BLE001 - counted and reported
-                        failures.append(str(exc))
-                        continue
-                    latencies.append((time.perf_counter() - t) * 1e3)
-                    ages.append(float(st.get("loop_heartbeat_age_s") or 0.0))
-                    rss.append(proc_rss_mb(agent.pid))
-
-            sampler = threading.Thread(target=sample, daemon=True)
-            t0 = time.monotonic()
-            fl = subprocess.Popen(pin + [str(exe), str(FLOOD_S), path], stdout=subprocess.PIPE,
-                                  text=True)
-            sampler.start()
-            try:
-                out, _ = fl.communicate(timeout=FLOOD_S + 60)
-            finally:
-                if fl.poll() is None:
-                    fl.kill()
-                    fl.wait()
-            s1 = request(agent.socket, "status", timeout=30)
-            t1 = time.monotonic()
-            done.set()
-            sampler.join()
-            if fl.returncode:
-                raise RuntimeError(f"chmod_flood failed ({fl.returncode})")
-            secs, calls = float(out.split()[0]), int(out.split()[1])
+            run = chmod_flood_under_status(agent, path, FLOOD_S)
+            s0, s1 = run.status_before, run.status_after
+            latencies, rss, ages, failures = run.latencies_ms, run.rss_mb, run.loop_ages_s, run.failures
+            secs, calls = run.flood_seconds, run.flood_calls
             # the backlog, then one more health interval for the drop alerts
             deadline = time.monotonic() + 60
             last: dict[str, Any] = s1
@@ -112,9 +74,9 @@ def main() -> None:
     events = int(s1["events_total"]) - int(s0["events_total"])
     drops = int(st["drops"]) - int(s0["drops"])
     alerts = int(st["alerts_total"]) - int(s0["alerts_total"])
-    rate = events / (t1 - t0)
+    rate = events / run.seconds
     log(f"chmod_flood: {calls} calls in {secs:.2f}s ({calls / secs / 1e3:.0f} k/s)")
-    log(f"agent: {events} events in {t1 - t0:.2f}s ({rate:.0f}/s), {drops} drops, "
+    log(f"agent: {events} events in {run.seconds:.2f}s ({rate:.0f}/s), {drops} drops, "
         f"{alerts} alerts ({drop_alerts} bastion.sensor.drops), {stored} alerts stored")
     log(f"alerts stored by rule: {by_rule}")
     log(f"status during the flood: {len(latencies)} answers, median {median(latencies):.0f} ms, "
