@@ -75,3 +75,30 @@ def test_fd_path_of_a_deleted_file(tmp_path: Path) -> None:
         assert fd_path(fd) == p
     finally:
         os.close(fd)
+
+
+def test_a_blocked_opener_caught_running_is_waited_for_then_given_up(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``/proc/TID/syscall`` says ``running`` while the opener is on its way to fanotify's
+    wait: it is read again until the kernel shows the syscall; one that never settles is
+    given up within the bound (the caller then fails closed), and a zombie's ``-1`` is not
+    waited for (an opener SIGKILLed and left unreaped cannot make the listener wait)."""
+    from bastion.kernel import opener
+
+    answers = [b"running\n"] * 3 + [b"257 0xffffff9c 0x7ffd 0x0 0x0 0x0 0x0 0x7ffd 0x7f\n"]
+    reads: list[int] = []
+
+    def fake(path: str) -> bytes:
+        reads.append(1)
+        return answers[min(len(reads) - 1, len(answers) - 1)]
+
+    monkeypatch.setattr(opener, "read_proc", fake)
+    assert opener._blocked_syscall(1).startswith(b"257 ")
+    assert len(reads) == 4
+    monkeypatch.setattr(opener, "read_proc", lambda path: b"running\n")
+    t0 = time.monotonic()
+    assert opener._blocked_syscall(1, settle_s=0.02) == b"running\n"
+    assert time.monotonic() - t0 < 1.0          # given up, not stuck
+    reads.clear()
+    monkeypatch.setattr(opener, "read_proc", lambda path: (reads.append(1), b"-1 0x0 0x0\n")[1])
+    assert opener._blocked_syscall(1) == b"-1 0x0 0x0\n" and len(reads) == 1
