@@ -20,24 +20,14 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pytest
 
 from conftest import BASTION, AgentProc, start_agent  # type: ignore[import-not-found]
-from support.natsd import Consumer, NatsServer, kv_get, nats_server  # type: ignore[import-not-found]
+from support.natsd import Consumer, NatsServer, kv_get, nats_server, wait  # type: ignore[import-not-found]
 
 HOSTS = ("fleet-a", "fleet-b")
-
-
-def wait(cond: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _runs(demo: Path, tool: str) -> bool:

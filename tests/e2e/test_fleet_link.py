@@ -10,7 +10,7 @@ import json
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -20,22 +20,12 @@ from bastion.fleet.link import FleetLink
 from bastion.fleet.output import FleetOutput
 from bastion.fleet.queue import DiskQueue
 from bastion.fleet.sign import keygen, load_private_key, sign_policy
-from support.natsd import NatsServer, kv_get, nats_server, stream_messages  # type: ignore[import-not-found]
+from support.natsd import NatsServer, kv_get, nats_server, stream_messages, wait  # type: ignore[import-not-found]
 
 
 @pytest.fixture
 def srv(tmp_path: Path) -> Iterator[NatsServer]:
     yield from nats_server(tmp_path / "nats")
-
-
-def wait(cond: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Recorder:

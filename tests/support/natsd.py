@@ -8,7 +8,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -172,3 +172,14 @@ class Consumer:
         new = asyncio.run(go())
         self.seen += new
         return new
+
+
+def wait(cond: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
+    """``cond()``'s first true value, polled every 0.1 s; AssertionError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
