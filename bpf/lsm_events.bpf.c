@@ -119,15 +119,17 @@ int BPF_PROG(on_file_open, struct file *file)
 		e->sens_id = sid;
 		e->hdr.flags |= BASTION_F_SENSITIVE;
 	}
-	/* the path of the file the kernel opened, from its struct file */
-	n = bpf_d_path((struct path *)&file->f_path, e->path, sizeof(e->path));
+	/* the path of the file the kernel opened, from its struct file (bpf_d_path
+	 * refuses a path longer than the buffer: then the walk, which keeps its end) */
+	n = bpf_d_path((struct path *)&file->f_path, file_next(e), BASTION_PATH_LEN);
 	if (n < 0) {
 		struct path fpath = BPF_CORE_READ(file, f_path);
 
-		if (path_to_str(&fpath, e->path))
-			e->hdr.flags |= BASTION_F_TRUNC_PATH;
+		file_put_path(e, FS_PATH, &fpath);
+	} else {
+		file_set(e, FS_PATH, n, 0);
 	}
-	SUBMIT(e);
+	file_submit(e);
 	return 0;
 }
 
@@ -135,24 +137,16 @@ int BPF_PROG(on_file_open, struct file *file)
 /* unlink, rename, chmod, chown: the path hooks (the directory's struct   */
 /* path and the entry's dentry, after the kernel's lookup)               */
 
-static __always_inline void dentry_name(struct dentry *d, char *out)
+/* path = dir + '/' + dentry name, as a relative pair (BASTION_F_RELATIVE*): the name
+ * into @slot (FS_PATH or FS_PATH2), the directory into the slot after it */
+static __always_inline void dir_entry(struct bastion_file_event *e, enum file_slot slot,
+				      const struct path *dir, struct dentry *d, __u16 rel_flag)
 {
 	struct qstr name = BPF_CORE_READ(d, d_name);
 
-	if (bpf_probe_read_kernel_str(out, BASTION_PATH_LEN, name.name) < 0)
-		out[0] = '\0';
-}
-
-/* path = dir + '/' + dentry name, as a relative pair (BASTION_F_RELATIVE*) */
-static __always_inline __u16 dir_entry(const struct path *dir, struct dentry *d, char *path,
-				       char *dirbuf, __u16 rel_flag)
-{
-	__u16 flags = rel_flag;
-
-	dentry_name(d, path);
-	if (path_to_str(dir, dirbuf))
-		flags |= BASTION_F_TRUNC_PATH;
-	return flags;
+	e->hdr.flags |= rel_flag;
+	file_put_name(e, slot, name.name);
+	file_put_path(e, slot == FS_PATH ? FS_DIR : FS_DIR2, dir);
 }
 
 static __always_inline int unlink_ev(const struct path *dir, struct dentry *d)
@@ -166,8 +160,8 @@ static __always_inline int unlink_ev(const struct path *dir, struct dentry *d)
 		return 0;
 	e->ino = BPF_CORE_READ(d, d_inode, i_ino);
 	e->dev = BPF_CORE_READ(d, d_inode, i_sb, s_dev);
-	e->hdr.flags |= dir_entry(dir, d, e->path, e->dir, BASTION_F_RELATIVE);
-	SUBMIT(e);
+	dir_entry(e, FS_PATH, dir, d, BASTION_F_RELATIVE);
+	file_submit(e);
 	return 0;
 }
 
@@ -196,9 +190,9 @@ int BPF_PROG(on_path_rename, const struct path *old_dir, struct dentry *old_dent
 		return 0;
 	e->ino = BPF_CORE_READ(old_dentry, d_inode, i_ino);
 	e->dev = BPF_CORE_READ(old_dentry, d_inode, i_sb, s_dev);
-	e->hdr.flags |= dir_entry(old_dir, old_dentry, e->path, e->dir, BASTION_F_RELATIVE);
-	e->hdr.flags |= dir_entry(new_dir, new_dentry, e->path2, e->dir2, BASTION_F_RELATIVE2);
-	SUBMIT(e);
+	dir_entry(e, FS_PATH, old_dir, old_dentry, BASTION_F_RELATIVE);
+	dir_entry(e, FS_PATH2, new_dir, new_dentry, BASTION_F_RELATIVE2);
+	file_submit(e);
 	return 0;
 }
 
@@ -227,11 +221,10 @@ int BPF_PROG(on_path_link, struct dentry *old_dentry, const struct path *new_dir
 
 		op.mnt = BPF_CORE_READ(new_dir, mnt);
 		op.dentry = old_dentry;
-		if (path_to_str(&op, e->path))
-			e->hdr.flags |= BASTION_F_TRUNC_PATH;
+		file_put_path(e, FS_PATH, &op);
 	}
-	e->hdr.flags |= dir_entry(new_dir, new_dentry, e->path2, e->dir2, BASTION_F_RELATIVE2);
-	SUBMIT(e);
+	dir_entry(e, FS_PATH2, new_dir, new_dentry, BASTION_F_RELATIVE2);
+	file_submit(e);
 	return 0;
 }
 
@@ -246,8 +239,7 @@ static __always_inline struct bastion_file_event *path_event(__u32 op, const str
 		return NULL;
 	e->ino = BPF_CORE_READ(p, dentry, d_inode, i_ino);
 	e->dev = BPF_CORE_READ(p, dentry, d_inode, i_sb, s_dev);
-	if (path_to_str(p, e->path))
-		e->hdr.flags |= BASTION_F_TRUNC_PATH;
+	file_put_path(e, FS_PATH, p);
 	return e;
 }
 
@@ -260,7 +252,7 @@ int on_path_chmod(unsigned long long *ctx)
 	if (!e)
 		return 0;
 	e->mode = (__u32)ctx[1] & 07777;
-	SUBMIT(e);
+	file_submit(e);
 	return 0;
 }
 
@@ -273,7 +265,7 @@ int on_path_chown(unsigned long long *ctx)
 		return 0;
 	e->owner_uid = (__u32)ctx[1];
 	e->owner_gid = (__u32)ctx[2];
-	SUBMIT(e);
+	file_submit(e);
 	return 0;
 }
 

@@ -93,24 +93,18 @@ static __always_inline int sens_open_exit(long ret)
 	dev = BPF_CORE_READ(f, f_inode, i_sb, s_dev);
 	if (open_seen_recently(dev, ino, false))
 		return 0;
-	e = RESERVE(struct bastion_file_event, BASTION_EV_FILE);
+	e = file_event(BASTION_FILE_OPEN);
 	if (!e)
 		return 0;
-	e->op = BASTION_FILE_OPEN;
 	e->open_flags = BPF_CORE_READ(f, f_flags);
-	e->mode = 0;
-	e->owner_uid = (__u32)-1;
-	e->owner_gid = (__u32)-1;
-	e->path[0] = e->dir[0] = e->path2[0] = e->dir2[0] = '\0';
 	e->ino = ino;
 	e->dev = dev;
 	e->sens_class = sclass;
 	e->sens_id = sid;
 	e->hdr.flags |= BASTION_F_SENSITIVE;
 	fpath = BPF_CORE_READ(f, f_path);
-	if (path_to_str(&fpath, e->path))
-		e->hdr.flags |= BASTION_F_TRUNC_PATH;
-	SUBMIT(e);
+	file_put_path(e, FS_PATH, &fpath);
+	file_submit(e);
 	return 0;
 }
 
@@ -139,32 +133,23 @@ static __always_inline int open_exit(long ret)
 		if (open_seen_recently(dev, ino, write))
 			goto out;
 	}
-	e = RESERVE(struct bastion_file_event, BASTION_EV_FILE);
+	e = file_event(BASTION_FILE_OPEN);
 	if (!e)
 		goto out;
-	e->op = BASTION_FILE_OPEN;
 	e->open_flags = a->flags;
 	e->mode = a->mode;
-	e->owner_uid = (__u32)-1;
-	e->owner_gid = (__u32)-1;
-	e->path[0] = e->dir[0] = e->path2[0] = e->dir2[0] = '\0';
-	e->sens_class = 0;
-	e->sens_id = 0;
-	e->ino = 0;
-	e->dev = 0;
 	if (f) {
 		e->ino = ino;
 		e->dev = dev;
 		fpath = BPF_CORE_READ(f, f_path);
-		if (path_to_str(&fpath, e->path))
-			e->hdr.flags |= BASTION_F_TRUNC_PATH;
+		file_put_path(e, FS_PATH, &fpath);
 		if (sens_match_cached(f, &sclass, &sid)) {
 			e->sens_class = sclass;
 			e->sens_id = sid;
 			e->hdr.flags |= BASTION_F_SENSITIVE;
 		}
 	}
-	SUBMIT(e);
+	file_submit(e);
 out:
 	bpf_map_delete_elem(&pending_open, &id);
 	return 0;
@@ -194,6 +179,35 @@ int on_openat2(void *ctx)
 SEC("tracepoint/syscalls/sys_exit_openat2")
 int on_openat2_ret(void *ctx) { return open_exit(RET(ctx)); }
 
+/* A path argument of a *at() syscall into @slot (FS_PATH or FS_PATH2): the string as
+ * passed and, when it is relative, the directory it is relative to (@dfd or the cwd)
+ * into the slot after it. */
+static __always_inline void file_put_user_at(struct bastion_file_event *e, enum file_slot slot,
+					     int dfd, const char *upath, __u16 rel_flag)
+{
+	char *out = file_next(e);
+	long n = file_put_user(e, slot, upath);
+	enum file_slot dir = slot == FS_PATH ? FS_DIR : FS_DIR2;
+
+	if (n > 1 && out[0] == '/')
+		return;
+	e->hdr.flags |= rel_flag;
+	if (dfd == AT_FDCWD_) {
+		struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+		struct path pwd = BPF_CORE_READ(task, fs, pwd);
+
+		file_put_path(e, dir, &pwd);
+	} else {
+		struct file *f = fd_file(dfd);
+
+		if (f) {
+			struct path p = BPF_CORE_READ(f, f_path);
+
+			file_put_path(e, dir, &p);
+		}
+	}
+}
+
 /* A file event about a path argument (unlink, chmod, chown, rename, link). */
 static __always_inline struct bastion_file_event *file_path_event(__u32 op, int dfd,
 								  const char *upath)
@@ -205,7 +219,7 @@ static __always_inline struct bastion_file_event *file_path_event(__u32 op, int 
 	e = file_event(op);
 	if (!e)
 		return NULL;
-	e->hdr.flags |= user_path_at(dfd, upath, e->path, e->dir, BASTION_F_RELATIVE);
+	file_put_user_at(e, FS_PATH, dfd, upath, BASTION_F_RELATIVE);
 	return e;
 }
 
@@ -226,8 +240,7 @@ static __always_inline struct bastion_file_event *file_fd_event(__u32 op, int fd
 		e->ino = BPF_CORE_READ(f, f_inode, i_ino);
 		e->dev = BPF_CORE_READ(f, f_inode, i_sb, s_dev);
 		fpath = BPF_CORE_READ(f, f_path);
-		if (path_to_str(&fpath, e->path))
-			e->hdr.flags |= BASTION_F_TRUNC_PATH;
+		file_put_path(e, FS_PATH, &fpath);
 	}
 	return e;
 }
@@ -237,7 +250,7 @@ static __always_inline int unlink_ev(int dfd, const char *upath)
 	struct bastion_file_event *e = file_path_event(BASTION_FILE_UNLINK, dfd, upath);
 
 	if (e)
-		SUBMIT(e);
+		file_submit(e);
 	return 0;
 }
 
@@ -254,8 +267,8 @@ static __always_inline int two_path_ev(__u32 op, int odfd, const char *old, int 
 
 	if (!e)
 		return 0;
-	e->hdr.flags |= user_path_at(ndfd, new, e->path2, e->dir2, BASTION_F_RELATIVE2);
-	SUBMIT(e);
+	file_put_user_at(e, FS_PATH2, ndfd, new, BASTION_F_RELATIVE2);
+	file_submit(e);
 	return 0;
 }
 
@@ -312,7 +325,7 @@ static __always_inline int chmod_ev(struct bastion_file_event *e, __u32 mode)
 	if (!e)
 		return 0;
 	e->mode = mode;
-	SUBMIT(e);
+	file_submit(e);
 	return 0;
 }
 
@@ -346,7 +359,7 @@ static __always_inline int chown_ev(struct bastion_file_event *e, __u32 uid, __u
 		return 0;
 	e->owner_uid = uid;
 	e->owner_gid = gid;
-	SUBMIT(e);
+	file_submit(e);
 	return 0;
 }
 

@@ -22,8 +22,8 @@
 #ifndef BASTION_H
 #define BASTION_H
 
-#define BASTION_ABI_MAJOR 1
-#define BASTION_ABI_MINOR 4
+#define BASTION_ABI_MAJOR 2
+#define BASTION_ABI_MINOR 0
 #define BASTION_ABI_VERSION ((BASTION_ABI_MAJOR << 16) | BASTION_ABI_MINOR)
 
 #define BASTION_COMM_LEN 16
@@ -31,6 +31,15 @@
 #define BASTION_ARGV_LEN 512   /* NUL-separated argv, bounded */
 #define BASTION_NAME_LEN 64
 #define BASTION_ENV_LEN 512    /* exec: the loader/interpreter variables found, NUL-separated (ABI 1.4) */
+/* ABI 2.0: a file record carries its strings at their real length (at most this many
+ * bytes each, no NUL; a longer one is cut to it and BASTION_F_TRUNC_PATH is set) */
+#define BASTION_FILE_STR_MAX (BASTION_PATH_LEN - 1)
+#define BASTION_FILE_STRS 4    /* path, dir, path2, dir2: the order of bastion_file_event.data */
+/* a file record's *_len: the string's bytes in the low bits, and where it was cut */
+#define BASTION_FILE_LEN_MASK 0x0fff
+#define BASTION_FILE_CUT_END   0x8000  /* the end was cut: the string is the beginning (a name as passed) */
+#define BASTION_FILE_CUT_START 0x4000  /* the beginning was cut: the string is the end (a path walked
+					* up from the file: its last components) */
 
 /* Ring buffer size (bytes, power of two, multiple of the page size). */
 #define BASTION_RINGBUF_BYTES (16 * 1024 * 1024)
@@ -158,6 +167,11 @@ struct bastion_exit_event {
 	__u32 _pad;
 };
 
+/* A file record is variable-size (ABI 2.0; 1,128 bytes each before): the fixed part,
+ * then its four strings back to back in data[], in the order path, dir, path2, dir2,
+ * each exactly *_len bytes (no NUL; 0 = absent; at most BASTION_FILE_STR_MAX).
+ * hdr.size = sizeof(struct bastion_file_event) + the four lengths: the ring record's
+ * own length.  User space refuses a record whose lengths disagree with its size. */
 struct bastion_file_event {
 	struct bastion_event_hdr hdr;
 	__u32 op;            /* enum bastion_file_op */
@@ -167,13 +181,15 @@ struct bastion_file_event {
 	__u32 owner_gid;
 	__u32 dev;           /* OPEN: inode's device */
 	__u64 ino;           /* OPEN: inode number */
-	char path[BASTION_PATH_LEN];   /* target (RENAME: old) */
-	char dir[BASTION_PATH_LEN];    /* base of a relative path */
-	char path2[BASTION_PATH_LEN];  /* RENAME: new */
-	char dir2[BASTION_PATH_LEN];
-	/* ABI 1.4: OPEN of an inode in the sensitive set (F_SENSITIVE) */
-	__u32 sens_class;    /* enum bastion_sens_class, 0 = not sensitive */
+	__u32 sens_class;    /* OPEN of an inode in the sensitive set (F_SENSITIVE): enum
+				bastion_sens_class, 0 = not sensitive */
 	__u32 sens_id;       /* the entry of the set that matched (the file or an ancestor dir) */
+	__u16 path_len;      /* target (RENAME: old); each *_len: bytes | BASTION_FILE_CUT_* */
+	__u16 dir_len;       /* base of a relative path */
+	__u16 path2_len;     /* RENAME, LINK: new */
+	__u16 dir2_len;
+	char data[0];        /* path, dir, path2, dir2 (a zero-length array, not a flexible one:
+				the struct sits inside struct bastion_abi_types) */
 };
 
 struct bastion_net_event {
@@ -433,7 +449,7 @@ _Static_assert(sizeof(struct bastion_event_hdr) == 72, "hdr");
 _Static_assert(sizeof(struct bastion_exec_event) == 72 + 24 + 3 * 256 + 512 + 40 + 256 + 512, "exec");
 _Static_assert(sizeof(struct bastion_fork_event) == 72 + 16, "fork");
 _Static_assert(sizeof(struct bastion_exit_event) == 72 + 8, "exit");
-_Static_assert(sizeof(struct bastion_file_event) == 72 + 32 + 4 * 256 + 8, "file");
+_Static_assert(sizeof(struct bastion_file_event) == 72 + 48, "file");
 _Static_assert(sizeof(struct bastion_sens_val) == 8, "sens_val");
 _Static_assert(sizeof(struct bastion_net_event) == 72 + 56, "net");
 _Static_assert(sizeof(struct bastion_ptrace_event) == 72 + 24, "ptrace");

@@ -129,13 +129,44 @@ static __always_inline int emit_exit(struct task_struct *p)
 	return 0;
 }
 
-/* A file record with every field neutral; NULL (drop counted) on a full ring. */
+/* ---- file records: variable-size (ABI 2.0) ---------------------------------------
+ * A file record is built in a per-CPU scratch buffer: the fixed part, then its strings
+ * appended in the order path, dir, path2, dir2 (file_put_*; a string left out has length
+ * 0), then file_submit() copies exactly the bytes used onto the ring with
+ * bpf_ringbuf_output (the same helper on 6.1 and 6.18; the size is known only after the
+ * strings, so a dynptr reserve would still reserve the worst case).  Every offset and
+ * the size are masked to the scratch buffer, so the verifier bounds them. */
+#define FILE_SCRATCH_BYTES 2048   /* >= the fixed part + BASTION_FILE_STRS * BASTION_PATH_LEN */
+#define FILE_OFF_MASK 1023        /* a string's offset in data: <= 3 * BASTION_FILE_STR_MAX */
+#define FILE_STR_BITS BASTION_FILE_STR_MAX   /* 255: a length's bytes, as a mask */
+
+_Static_assert(((BASTION_FILE_STR_MAX + 1) & BASTION_FILE_STR_MAX) == 0, "str max is 2^n - 1");
+_Static_assert(BASTION_FILE_STRS * BASTION_FILE_STR_MAX <= FILE_OFF_MASK, "offsets fit the mask");
+_Static_assert(sizeof(struct bastion_file_event) + FILE_OFF_MASK + BASTION_PATH_LEN
+	       <= FILE_SCRATCH_BYTES, "a string written at any offset stays in the scratch");
+
+struct file_scratch {
+	char buf[FILE_SCRATCH_BYTES];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct file_scratch);
+} file_scratch SEC(".maps");
+
+/* A file record with every field neutral and no strings; NULL if the scratch is missing. */
 static __always_inline struct bastion_file_event *file_event(__u32 op)
 {
-	struct bastion_file_event *e = RESERVE(struct bastion_file_event, BASTION_EV_FILE);
+	__u32 zero = 0;
+	struct file_scratch *s = bpf_map_lookup_elem(&file_scratch, &zero);
+	struct bastion_file_event *e;
 
-	if (!e)
+	if (!s)
 		return NULL;
+	e = (struct bastion_file_event *)s->buf;
+	fill_hdr(&e->hdr, BASTION_EV_FILE, sizeof(*e));
 	e->op = op;
 	e->open_flags = 0;
 	e->mode = 0;
@@ -143,10 +174,84 @@ static __always_inline struct bastion_file_event *file_event(__u32 op)
 	e->owner_gid = (__u32)-1;
 	e->dev = 0;
 	e->ino = 0;
-	e->path[0] = e->dir[0] = e->path2[0] = e->dir2[0] = '\0';
 	e->sens_class = 0;
 	e->sens_id = 0;
+	e->path_len = e->dir_len = e->path2_len = e->dir2_len = 0;
 	return e;
+}
+
+/* Bytes of the strings appended so far. */
+static __always_inline __u32 file_used(struct bastion_file_event *e)
+{
+	return (e->path_len & FILE_STR_BITS) + (e->dir_len & FILE_STR_BITS) +
+	       (e->path2_len & FILE_STR_BITS) + (e->dir2_len & FILE_STR_BITS);
+}
+
+/* Where the next string goes: right after the ones appended (room for BASTION_PATH_LEN). */
+static __always_inline char *file_next(struct bastion_file_event *e)
+{
+	return (char *)e + sizeof(*e) + (file_used(e) & FILE_OFF_MASK);
+}
+
+enum file_slot { FS_PATH, FS_DIR, FS_PATH2, FS_DIR2 };
+
+/* Record the string a *_str helper just wrote at file_next(): @n is what it returned
+ * (bytes written, NUL included; < 2: empty or failed), @cut a BASTION_FILE_CUT_* bit. */
+static __always_inline void file_set(struct bastion_file_event *e, enum file_slot slot, long n,
+				     __u16 cut)
+{
+	__u16 len = n > 1 ? ((__u16)(n - 1) & FILE_STR_BITS) : 0;
+
+	if (cut) {
+		len |= cut;
+		e->hdr.flags |= BASTION_F_TRUNC_PATH;
+	}
+	if (slot == FS_PATH)
+		e->path_len = len;
+	else if (slot == FS_DIR)
+		e->dir_len = len;
+	else if (slot == FS_PATH2)
+		e->path2_len = len;
+	else
+		e->dir2_len = len;
+}
+
+/* Append the absolute path of @p (walked up from its dentry: a cut keeps the end). */
+static __always_inline void file_put_path(struct bastion_file_event *e, enum file_slot slot,
+					  const struct path *p)
+{
+	long n;
+	bool cut = path_to_str_n(p, file_next(e), &n);
+
+	file_set(e, slot, n, cut ? BASTION_FILE_CUT_START : 0);
+}
+
+/* Append a kernel string that is never longer than a name (a dentry's d_name). */
+static __always_inline void file_put_name(struct bastion_file_event *e, enum file_slot slot,
+					  const unsigned char *name)
+{
+	file_set(e, slot, bpf_probe_read_kernel_str(file_next(e), BASTION_PATH_LEN, name), 0);
+}
+
+/* Append a path argument as the caller passed it (a user string: a cut keeps the
+ * beginning; a string of exactly BASTION_FILE_STR_MAX bytes counts as cut). */
+static __always_inline long file_put_user(struct bastion_file_event *e, enum file_slot slot,
+					  const char *upath)
+{
+	long n = bpf_probe_read_user_str(file_next(e), BASTION_PATH_LEN, upath);
+
+	file_set(e, slot, n, n == BASTION_PATH_LEN ? BASTION_FILE_CUT_END : 0);
+	return n;
+}
+
+/* Put the record on the ring: exactly the bytes used (a drop counted when it is full). */
+static __always_inline void file_submit(struct bastion_file_event *e)
+{
+	__u32 size = sizeof(*e) + file_used(e);
+
+	e->hdr.size = size;
+	if (bpf_ringbuf_output(&events, e, size & (FILE_SCRATCH_BYTES - 1), BPF_RB_NO_WAKEUP))
+		count_drop(BASTION_EV_FILE);
 }
 
 /* A network record with every field neutral. */

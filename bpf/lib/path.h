@@ -75,9 +75,11 @@ static long walk_step(__u32 i, void *data)
 	return 0;
 }
 
-/* Write the absolute path of @path into @out (BASTION_PATH_LEN bytes).
- * Returns true when the path was cut (too deep or too long). */
-static __always_inline bool path_to_str(const struct path *path, char *out)
+/* Write the absolute path of @path into @out (BASTION_PATH_LEN bytes) and what the
+ * last string copy returned into @n (bytes written, NUL included; < 1: nothing).
+ * Returns true when the path was cut (too deep or too long): then @out holds its
+ * last components, not its beginning. */
+static __always_inline bool path_to_str_n(const struct path *path, char *out, long *n)
 {
 	__u32 zero = 0;
 	struct path_scratch *s = bpf_map_lookup_elem(&path_scratch, &zero);
@@ -85,6 +87,7 @@ static __always_inline bool path_to_str(const struct path *path, char *out)
 	struct qstr name;
 
 	out[0] = '\0';
+	*n = 1;
 	if (!s)
 		return true;
 	c.dentry = BPF_CORE_READ(path, dentry);
@@ -101,15 +104,24 @@ static __always_inline bool path_to_str(const struct path *path, char *out)
 
 		name = BPF_CORE_READ(d, d_name);
 		if (d != BPF_CORE_READ(vm, mnt_root) && name.len) {
-			bpf_probe_read_kernel_str(out, BASTION_PATH_LEN, name.name);
+			*n = bpf_probe_read_kernel_str(out, BASTION_PATH_LEN, name.name);
 		} else {
 			out[0] = '/';
 			out[1] = '\0';
+			*n = 2;
 		}
 		return c.cut;
 	}
-	bpf_probe_read_kernel_str(out, BASTION_PATH_LEN, &s->buf[c.pos & (SCRATCH_HALF - 1)]);
+	*n = bpf_probe_read_kernel_str(out, BASTION_PATH_LEN, &s->buf[c.pos & (SCRATCH_HALF - 1)]);
 	return c.cut;
+}
+
+/* path_to_str_n without the length. */
+static __always_inline bool path_to_str(const struct path *path, char *out)
+{
+	long n;
+
+	return path_to_str_n(path, out, &n);
 }
 
 /* The struct file behind descriptor @fd of the current task, or NULL. */
@@ -135,36 +147,6 @@ static __always_inline bool cwd_to_str(char *out)
 	struct path pwd = BPF_CORE_READ(task, fs, pwd);
 
 	return path_to_str(&pwd, out);
-}
-
-/* A path argument of a *at() syscall: copy the user string into @out and,
- * when it is relative, the directory it is relative to (@dfd or the cwd)
- * into @dir.  Returns BASTION_F_* flags to OR into the header. */
-static __always_inline __u16 user_path_at(int dfd, const char *upath, char *out,
-					  char *dir, __u16 rel_flag)
-{
-	__u16 flags = 0;
-	long n = bpf_probe_read_user_str(out, BASTION_PATH_LEN, upath);
-
-	if (n == BASTION_PATH_LEN)
-		flags |= BASTION_F_TRUNC_PATH;
-	if (n > 0 && out[0] == '/')
-		return flags;
-	flags |= rel_flag;
-	if (dfd == AT_FDCWD_) {
-		if (cwd_to_str(dir))
-			flags |= BASTION_F_TRUNC_PATH;
-	} else {
-		struct file *f = fd_file(dfd);
-
-		if (f) {
-			struct path p = BPF_CORE_READ(f, f_path);
-
-			if (path_to_str(&p, dir))
-				flags |= BASTION_F_TRUNC_PATH;
-		}
-	}
-	return flags;
 }
 
 #endif /* BASTION_PATH_H */

@@ -20,14 +20,15 @@ import enum
 import operator
 import os
 import re
+import struct
 from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from bastion.errors import AbiMismatchError, BastionError, Location
+from bastion.errors import AbiMismatchError, BastionError, DecodeError, Location
 
-ABI_MAJOR: Final = 1
-ABI_MINOR: Final = 4
+ABI_MAJOR: Final = 2
+ABI_MINOR: Final = 0
 ABI_VERSION: Final = (ABI_MAJOR << 16) | ABI_MINOR
 
 COMM_LEN: Final = 16
@@ -35,6 +36,11 @@ PATH_LEN: Final = 256
 ARGV_LEN: Final = 512
 NAME_LEN: Final = 64
 ENV_LEN: Final = 512
+FILE_STR_MAX: Final = PATH_LEN - 1   # ABI 2.0: bytes of one string of a file record
+FILE_STRS: Final = 4                 # path, dir, path2, dir2
+FILE_LEN_MASK: Final = 0x0FFF        # a file record's *_len: the bytes ...
+FILE_CUT_END: Final = 0x8000         # ... and where the string was cut: its end (beginning kept)
+FILE_CUT_START: Final = 0x4000       # its beginning (end kept: a path walked up from the file)
 SENS_DEPTH: Final = 4
 SENS_MAX: Final = 4096
 RINGBUF_BYTES: Final = 16 * 1024 * 1024         # as compiled; the sensor sets its own size
@@ -215,6 +221,9 @@ class ExitEvent(ctypes.Structure):
 
 
 class FileEvent(ctypes.Structure):
+    """The fixed part of a file record (ABI 2.0); its strings follow it: see
+    :func:`file_strings` and :func:`pack_file_record`."""
+
     _fields_ = [
         ("hdr", EventHdr),
         ("op", c_u32),
@@ -224,14 +233,80 @@ class FileEvent(ctypes.Structure):
         ("owner_gid", c_u32),
         ("dev", c_u32),
         ("ino", c_u64),
-        ("path", ctypes.c_char * PATH_LEN),
-        ("dir", ctypes.c_char * PATH_LEN),
-        ("path2", ctypes.c_char * PATH_LEN),
-        ("dir2", ctypes.c_char * PATH_LEN),
-        # ABI 1.4: sensitive read set
         ("sens_class", c_u32),
         ("sens_id", c_u32),
+        ("path_len", c_u16),
+        ("dir_len", c_u16),
+        ("path2_len", c_u16),
+        ("dir2_len", c_u16),
+        ("data", ctypes.c_char * 0),
     ]
+
+
+# The strings of a file record, in their order in ``data`` (each has a ``<name>_len``).
+FILE_STRINGS: Final = ("path", "dir", "path2", "dir2")
+
+
+_FILE_FIXED: Final = ctypes.sizeof(FileEvent)
+_FILE_LENS_AT: Final = FileEvent.path_len.offset
+_U16X4: Final = struct.Struct("<4H")
+_U32: Final = struct.Struct("<I")
+_CUT_BITS: Final = FILE_CUT_END | FILE_CUT_START
+
+
+def file_strings(rec: bytes) -> tuple[tuple[bytes, bytes, bytes, bytes], tuple[int, int, int, int]]:
+    """The four strings of a file record (path, dir, path2, dir2) and where each was
+    cut (0 or a ``FILE_CUT_*`` bit), checked against the record's own fields.
+
+    The header's ``size``, the four ``*_len`` fields and the bytes the ring handed over
+    must agree exactly, no length may pass ``FILE_STR_MAX`` or carry unknown bits, and a
+    string may not hold a NUL: otherwise :class:`DecodeError` names the byte offset in
+    the record of the field that lies, and nothing of the record is used."""
+    n = len(rec)
+    if n < _FILE_FIXED:
+        raise DecodeError(f"file record of {n} bytes is shorter than its fixed part "
+                          f"({_FILE_FIXED})")
+    lens = _U16X4.unpack_from(rec, _FILE_LENS_AT)
+    at = _FILE_FIXED
+    out: list[bytes] = []
+    for i, raw in enumerate(lens):
+        ln = raw & FILE_LEN_MASK
+        field = f"{FILE_STRINGS[i]}_len at record offset {_FILE_LENS_AT + 2 * i}"
+        if raw & ~(FILE_LEN_MASK | _CUT_BITS) or ln > FILE_STR_MAX:
+            raise DecodeError(f"file record: {field} is {raw:#06x}: more than "
+                              f"{FILE_STR_MAX} bytes or unknown bits")
+        if at + ln > n:
+            raise DecodeError(f"file record: {field} says {ln} bytes at offset {at}, past the "
+                              f"record's end ({n} bytes)")
+        s = rec[at:at + ln]
+        nul = s.find(b"\0")
+        if nul >= 0:
+            raise DecodeError(f"file record: {field} says {ln} bytes, but a NUL is at record "
+                              f"offset {at + nul}")
+        out.append(s)
+        at += ln
+    (size,) = _U32.unpack_from(rec, EventHdr.size.offset)
+    if size != n or at != n:
+        raise DecodeError(f"file record: size at record offset {EventHdr.size.offset} says "
+                          f"{size} bytes, its lengths {at}, the ring handed over {n}")
+    return ((out[0], out[1], out[2], out[3]),
+            (lens[0] & _CUT_BITS, lens[1] & _CUT_BITS, lens[2] & _CUT_BITS, lens[3] & _CUT_BITS))
+
+
+def pack_file_record(fixed: FileEvent, path: bytes = b"", dir: bytes = b"",
+                     path2: bytes = b"", dir2: bytes = b"",
+                     cut: tuple[int, int, int, int] = (0, 0, 0, 0)) -> bytes:
+    """A file record as the kernel writes it: ``fixed`` with its lengths and ``hdr.size``
+    set from the strings (each at most ``FILE_STR_MAX`` bytes), then the strings.
+    (Tests, and converting a record of the fixed ABI 1.x layout.)"""
+    strs = (path, dir, path2, dir2)
+    rec = FileEvent.from_buffer_copy(bytes(fixed))
+    for name, s, c in zip(FILE_STRINGS, strs, cut):
+        if len(s) > FILE_STR_MAX or b"\0" in s:
+            raise ValueError(f"{name}: {len(s)} bytes (at most {FILE_STR_MAX}, no NUL)")
+        setattr(rec, f"{name}_len", len(s) | c)
+    rec.hdr.size = ctypes.sizeof(FileEvent) + sum(len(s) for s in strs)
+    return bytes(rec) + b"".join(strs)
 
 
 class NetEvent(ctypes.Structure):
@@ -580,6 +655,11 @@ DEFINES: Final[dict[str, int]] = {
     "BASTION_ARGV_LEN": ARGV_LEN,
     "BASTION_NAME_LEN": NAME_LEN,
     "BASTION_ENV_LEN": ENV_LEN,
+    "BASTION_FILE_STR_MAX": FILE_STR_MAX,
+    "BASTION_FILE_STRS": FILE_STRS,
+    "BASTION_FILE_LEN_MASK": FILE_LEN_MASK,
+    "BASTION_FILE_CUT_END": FILE_CUT_END,
+    "BASTION_FILE_CUT_START": FILE_CUT_START,
     "BASTION_SENS_DEPTH": SENS_DEPTH,
     "BASTION_SENS_MAX": SENS_MAX,
     "BASTION_F_SENSITIVE": F_SENSITIVE,

@@ -281,11 +281,26 @@ def _addr(family: int, raw: Any) -> str:
     return ""
 
 
-def _join(flags: int, bit: int, directory: bytes, path: bytes) -> str:
-    p = _str(path)
+def _join(flags: int, bit: int, directory: bytes, path: bytes, dcut: int = 0, pcut: int = 0) -> str:
+    p = _cut(path, pcut)
     if flags & bit and directory:
-        return os.path.normpath(os.path.join(_str(directory), p))
+        return os.path.normpath(os.path.join(_cut(directory, dcut), p))
     return p
+
+
+CUT_MARK: Final = "\u2026"   # where a file record's string was cut ("…")
+
+
+def _cut(raw: bytes, cut: int) -> str:
+    """A string of a file record, marked where the kernel cut it: a path that lost its
+    beginning (walked up from the file: its last components) is shown as ``…/c/d``, never
+    as the absolute path ``/c/d`` it is not; one that lost its end as ``/a/b…``."""
+    s = _str(raw)
+    if cut & abi.FILE_CUT_START:
+        return CUT_MARK + s
+    if cut & abi.FILE_CUT_END:
+        return s + CUT_MARK
+    return s
 
 
 def _signame(sig: int) -> str:
@@ -361,10 +376,11 @@ def _file(r: Any, t: int, p: Proc, trunc: bool) -> Event:
     if op is None:
         raise DecodeError(f"unknown file op {r.op}")
     flags = r.hdr.flags
+    (path, dir_, path2, dir2), (pc, dc, p2c, d2c) = r.strings
     return FileEvent(
         t, p, trunc, op=op,
-        path=_join(flags, abi.F_RELATIVE, r.dir, r.path),
-        path2=_join(flags, abi.F_RELATIVE2, r.dir2, r.path2),
+        path=_join(flags, abi.F_RELATIVE, dir_, path, dc, pc),
+        path2=_join(flags, abi.F_RELATIVE2, dir2, path2, d2c, p2c),
         flags=r.open_flags, mode=r.mode,
         owner_uid=-1 if r.owner_uid == 0xFFFFFFFF else r.owner_uid,
         owner_gid=-1 if r.owner_gid == 0xFFFFFFFF else r.owner_gid,
@@ -493,8 +509,21 @@ def decode_reference(record: bytes | bytearray | memoryview, boot_to_wall_ns: in
     if size < need:
         raise DecodeError(f"{etype.name.lower()} record of {size} bytes, expected {need}")
     trunc = bool(hdr.flags & (abi.F_TRUNC_PATH | abi.F_TRUNC_ARGV))
-    return decoder(struct_.from_buffer_copy(record[:need]), hdr.ts_ns + boot_to_wall_ns,
-                   _proc(hdr), trunc)
+    r: Any = struct_.from_buffer_copy(record[:need])
+    if etype is abi.EventType.FILE:   # variable-size: its strings follow the fixed part
+        r = _WithStrings(r, abi.file_strings(bytes(record)))
+    return decoder(r, hdr.ts_ns + boot_to_wall_ns, _proc(hdr), trunc)
+
+
+class _WithStrings:
+    """A ctypes record with the strings that follow its fixed part (``strings``)."""
+
+    def __init__(self, rec: ctypes.Structure, strings: Any) -> None:
+        self._rec = rec
+        self.strings = strings
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._rec, name)
 
 
 # ---- the fast decode: one struct.unpack_from per record, no ctypes objects -------------
@@ -537,6 +566,8 @@ class _Layout:
             if name == "hdr" and header:
                 continue
             if issubclass(typ, ctypes.Array):
+                if ctypes.sizeof(typ) == 0:
+                    continue        # the start of a variable part (abi.file_strings)
                 if getattr(typ, "_type_", None) is ctypes.c_char:
                     self.strings.append((off, ctypes.sizeof(typ)))
                     names_s.append(name)
@@ -553,7 +584,10 @@ class _Layout:
             pos = off + _struct.calcsize("<" + code)
         self.struct = _struct.Struct(fmt)
         self.size = ctypes.sizeof(cls)
-        fields = (["hdr"] if header else []) + [n for n, _o, _c in scalars] + names_s + names_r
+        # a file record's strings follow its fixed part (ABI 2.0): abi.file_strings
+        self.var = cls is abi.FileEvent
+        fields = (["hdr"] if header else []) + [n for n, _o, _c in scalars] + names_s + names_r \
+            + (["strings"] if self.var else [])
         self.tuple = collections.namedtuple(f"_{cls.__name__}", fields, rename=True)  # type: ignore[misc]
 
 
@@ -616,7 +650,8 @@ class Decoder:
             raise DecodeError(f"{etype.name.lower()} record of {size} bytes, expected {lay.size}")
         r = lay.tuple(_Hdr(flags), *lay.struct.unpack_from(rec, 0),
                       *[_cstr(rec, o, n) for o, n in lay.strings],
-                      *[rec[o:o + n] for o, n in lay.raws])
+                      *[rec[o:o + n] for o, n in lay.raws],
+                      *((abi.file_strings(rec),) if lay.var else ()))
         return decoder(r, ts + boot_to_wall_ns, self._proc(rec),
                        bool(flags & _TRUNC_FLAGS))
 

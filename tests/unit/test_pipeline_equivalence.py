@@ -58,12 +58,22 @@ def _random_record(rng: random.Random, etype: abi.EventType) -> bytes:
             elif isinstance(typ, type) and issubclass(typ, ctypes.Array) \
                     and getattr(typ, "_type_", None) is ctypes.c_char:
                 n = ctypes.sizeof(typ)
-                if rng.random() < 0.9:
+                if n and rng.random() < 0.9:
                     at = rng.randrange(n)
                     raw[off + at] = 0
                     if rng.random() < 0.5:   # printable text, as paths mostly are
                         raw[off:off + at] = bytes(rng.choice(b"/abcxyz._-0189") for _ in range(at))
     cut(cls, 0)
+    if etype is abi.EventType.FILE:   # variable-size (ABI 2.0): strings after the fixed part
+        strs = [bytes(rng.choice(b"/abcxyz._-0189") for _ in range(rng.choice((0, rng.randrange(256)))))
+                for _ in abi.FILE_STRINGS]
+        cuts = tuple(rng.choice((0, 0, 0, abi.FILE_CUT_END, abi.FILE_CUT_START))
+                     for _ in abi.FILE_STRINGS)
+        out = bytearray(abi.pack_file_record(abi.FileEvent.from_buffer_copy(bytes(raw)), *strs,
+                                             cut=cuts))  # type: ignore[arg-type]
+        if rng.random() < 0.05:     # a length that lies
+            out[abi.FileEvent.path_len.offset + rng.randrange(8)] ^= 1 << rng.randrange(8)
+        return bytes(out)
     return bytes(raw)
 
 
@@ -108,13 +118,15 @@ def test_one_actor_cache_entry_never_leaks_into_another_actor() -> None:
     """Two records differing only in their actor (uid, then comm) decode to their own actors."""
     rng = random.Random(9)
     base = abi.FileEvent.from_buffer_copy(_random_record(rng, abi.EventType.FILE))
+    base.op = abi.FileOp.OPEN
     dec = Decoder()
     seen = []
     for uid, comm in ((0, b"a"), (1000, b"a"), (1000, b"b"), (0, b"a")):
         base.hdr.uid, base.hdr.comm = uid, comm
-        ev = dec(bytes(base), 0)
+        rec = abi.pack_file_record(base, b"/etc/x")
+        ev = dec(rec, 0)
         seen.append((ev.proc.uid, ev.proc.comm))
-        assert ev == decode_reference(bytes(base), 0)
+        assert ev == decode_reference(rec, 0)
     assert seen == [(0, "a"), (1000, "a"), (1000, "b"), (0, "a")]
 
 
