@@ -303,3 +303,39 @@ def test_connect_via_socket_object_is_seen() -> None:
             sensor.close()
     ops = {e.op for e in events if isinstance(e, NetEvent) and e.family == "inet"}
     assert {"bind", "listen", "connect", "accept"} <= ops, ops
+
+
+# Issue 16.2 (ABI 2.0, variable-size file records): a path longer than a record's
+# string is cut, flagged and marked where it was cut, on both sensors; the dentry walk
+# keeps a long path's end, which used to read as the absolute path it is not.
+LONG_PATHS = r'''
+import os, sys
+deep = sys.argv[1]
+fd = os.open(os.path.join(deep, "passwd"), os.O_WRONLY | os.O_CREAT, 0o600)
+os.close(fd)
+os.chmod(os.path.join(deep, "passwd"), 0o640)
+os.unlink(os.path.join(deep, "passwd"))
+sys.exit(9)
+'''
+
+
+@pytest.mark.parametrize("kind", [HookSensor, BpfSensor], ids=["hooks", "tracepoints"])
+def test_a_long_path_is_cut_flagged_and_never_misread(kind: Any, tmp_path: Path) -> None:
+    deep = tmp_path / ("a" * 250) / "etc"
+    deep.mkdir(parents=True)
+    with scoped_cgroup() as (cg, cgid):
+        sensor = kind(cgroup_id=cgid, open_dedup_s=0, sensitive=())
+        sensor.open()
+        try:
+            r = run_in(cg, [PY, "-c", LONG_PATHS, str(deep)], timeout=60)
+            assert r.returncode == 9, r.stderr
+            events = _collect(sensor, _exited(9))
+            assert sensor.decode_errors == 0 and sensor.drops() == 0
+        finally:
+            sensor.close()
+    files = {e.op: e for e in events if isinstance(e, FileEvent)
+             and e.op in ("open", "chmod", "unlink") and e.path.endswith("/etc/passwd")}
+    assert set(files) == {"open", "chmod", "unlink"}, events
+    for ev in files.values():
+        assert ev.truncated, ev
+        assert ev.path.startswith("\u2026/") and ev.path != "/etc/passwd", ev
