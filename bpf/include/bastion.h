@@ -14,6 +14,8 @@
  *    the prefix it knows);
  *  - changing or removing a field, or an enum value: bump the major part.
  *  User space refuses an object whose major differs from its own.
+ *  A variable-size record (the file record since 2.0: strings after its fixed
+ *  part, its size exact) cannot gain fixed fields in a minor: that is a major.
  *
  * Plain C types only (__u8.. __u64): this header is included both by BPF
  * programs (after vmlinux.h) and by nothing else in C; the Python mirror is
