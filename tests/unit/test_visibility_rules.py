@@ -68,11 +68,12 @@ def test_plain_exec_has_no_script() -> None:
 def test_sensitive_file_decodes() -> None:
     r = abi.FileEvent()
     _hdr(r, abi.EventType.FILE, abi.F_SENSITIVE)
-    r.op, r.path, r.sens_class, r.sens_id = abi.FileOp.OPEN, b"/x/link", abi.SensClass.CREDENTIALS, 3
-    ev = decode(bytes(r), OFFSET)
+    r.op, r.sens_class, r.sens_id = abi.FileOp.OPEN, abi.SensClass.CREDENTIALS, 3
+    ev = decode(abi.pack_file_record(r, b"/x/link"), OFFSET)
     assert isinstance(ev, FileEvent) and ev.sensitive == "credentials" and ev.sensitive_id == 3
+    assert ev.path == "/x/link"
     r.hdr.flags = 0
-    ev = decode(bytes(r), OFFSET)
+    ev = decode(abi.pack_file_record(r, b"/x/link"), OFFSET)
     assert isinstance(ev, FileEvent) and ev.sensitive == "" and ev.sensitive_id == 0
 
 
