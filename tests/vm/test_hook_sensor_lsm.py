@@ -313,8 +313,9 @@ import os, sys
 deep = sys.argv[1]
 fd = os.open(os.path.join(deep, "passwd"), os.O_WRONLY | os.O_CREAT, 0o600)
 os.close(fd)
-os.chmod(os.path.join(deep, "passwd"), 0o640)
-os.unlink(os.path.join(deep, "passwd"))
+os.chdir(deep)                 # relative names: the tracepoint sensor walks the cwd
+os.chmod("passwd", 0o640)
+os.unlink("passwd")
 sys.exit(9)
 '''
 
@@ -339,3 +340,5 @@ def test_a_long_path_is_cut_flagged_and_never_misread(kind: Any, tmp_path: Path)
     for ev in files.values():
         assert ev.truncated, ev
         assert ev.path.startswith("\u2026/") and ev.path != "/etc/passwd", ev
+    # the open's walk from the file kept "/etc/passwd"; the others name the directory
+    assert files["open"].path == "\u2026/etc/passwd"
