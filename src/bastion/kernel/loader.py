@@ -323,11 +323,12 @@ class LoadedObject:
         if timeout_s > 0 and not self._need_ring().pending_bytes():
             time.sleep(timeout_s)
 
-    def drain(self, decode: Callable[[bytes, int], T]) -> list[T]:
-        """Decode every record waiting in the ring; count and skip the undecodable."""
+    def drain(self, decode: Callable[[bytes, int], T], limit: int | None = None) -> list[T]:
+        """Decode the records waiting in the ring (at most ``limit``, None: all of them);
+        count and skip the undecodable."""
         offset = self.wall_offset()
         out: list[T] = []
-        for rec in self._need_ring().drain():
+        for rec in self._need_ring().drain(limit):
             try:
                 out.append(decode(rec, offset))
             except DecodeError as exc:
