@@ -200,3 +200,10 @@ def test_enforcement_falls_back_to_compat_mechanisms(tmp_path: Path) -> None:
     mechs = {(e.op, e.mechanism, e.enforced) for e in got}
     assert mechs == {("exec", "exec-kill", True), ("open-write", "fanotify", True)}, got
     assert not any(e.mechanism == abi.Mechanism.LSM.name.lower() for e in got)
+
+
+def test_exec_memory_and_memfd_without_bpf_lsm(tmp_path: Path) -> None:
+    """ABI 1.5 records come from the same fentry programs without BPF LSM."""
+    from test_xmem_lsm import check_loader_records
+
+    check_loader_records(tmp_path)
