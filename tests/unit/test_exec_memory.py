@@ -69,6 +69,17 @@ def test_ordinary_process_anonymous_exec_after_connect_is_alerted_once() -> None
     assert f[0].evidence["peer"] == "198.51.100.7:4444"
 
 
+def test_installed_interpreter_with_ffi_closure_after_connect_is_quiet() -> None:
+    """python's ctypes callback maps RWX (libffi): the installed interpreter (by inode)
+    is not alerted for it; the same bytes from a native program in /root are."""
+    evs: list[Event] = [ex(32, PY, 0, (PY, "/root/app.py")), net(32, PY, 0.5),
+                        xm(32, PY, 1, ("anon", "write-exec"), op="mmap")]
+    assert ours(evs, RecordedTrust()) == []
+    f = ours([ex(33, "/root/ldr", 0, ("/root/ldr",)), net(33, "/root/ldr", 0.5),
+              xm(33, "/root/ldr", 1, ("anon", "write-exec"), op="mmap")], RecordedTrust())
+    assert len(f) == 1 and f[0].severity == "medium"
+
+
 def test_order_does_not_matter_mapping_first_then_connect() -> None:
     # mapping before the connect (a pre-warmed buffer, or a dedup window hiding the repeat)
     f = ours([ex(31, PY, 0, (PY, "/root/fetch.py")),

@@ -7,8 +7,9 @@ mappings (filtered in the kernel, ``bpf/lib/xmem.h``: ld.so loading installed
 libraries never crosses the ring), once per process and kind within the dedup window.
 
 Who does it legitimately: JIT runtimes (node, java, dotnet, pypy, luajit, browsers),
-trusted by executable inode (:mod:`.trust`), never by name; libffi's closures (a
-memfd mapped executable) in any program using ctypes/cffi callbacks.  So:
+trusted by executable inode (:mod:`.trust`), never by name; libffi's closures in any
+interpreter using ctypes/cffi callbacks (anonymous RWX memory, or a memfd mapped
+executable: measured, python's ctypes callback maps RWX).  So:
 
 * a process of **untrusted provenance** (:mod:`.provenance`: a downloaded or temp
   binary or script, a fileless program, a network service's tree, a decoded payload)
@@ -16,9 +17,13 @@ memfd mapped executable) in any program using ctypes/cffi callbacks.  So:
 * an ordinary process that maps **anonymous** executable memory (RWX, or a W->X flip)
   and has itself connected over TCP/IP (before or after the mapping, whichever comes
   second fires) is alerted (medium): code fetched over the network and run from memory.
-  A memfd or temp-file mapping alone is not (libffi); under untrusted provenance it is.
+  Not when the process is an installed interpreter (python, perl, ruby, ... as the
+  trusted file of its own name: libffi), nor for a memfd or temp-file mapping alone;
+  under untrusted provenance all of these are stopped.
 
-Limits (said): the sensor does not see reads, so "after a network read" is "a process
+Limits (said): an installed python running a loader script of ordinary provenance
+(written locally, not downloaded, not in a temp dir, not under a service) after a
+connect is not alerted: its RWX memory looks like libffi's.  The sensor does not see reads, so "after a network read" is "a process
 that connected"; a loader that maps its memory in one process and connects from
 another (a parent) is judged by its provenance only.
 """
@@ -27,7 +32,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bastion.detect.behavior.base import BehaviorRule, Hit
+from bastion.detect.behavior.base import BehaviorRule, Hit, base, is_interpreter
 from bastion.detect.behavior.provenance import block
 from bastion.detect.behavior.state import BoundedState, ProcKey, proc_key
 from bastion.detect.engine import RuleContext
@@ -78,6 +83,11 @@ class ExecMemory(BehaviorRule):
     def _jit(self, ev: Event, ctx: RuleContext) -> bool:
         return self.trusted(ev, ctx, JIT_RUNTIMES, depth=0)
 
+    def _interpreter(self, ev: Event, ctx: RuleContext) -> bool:
+        """An installed interpreter (the trusted file of its own name): libffi closures."""
+        name = base(ev.proc.exe)
+        return is_interpreter(ev.proc.exe) and self.trusted(ev, ctx, (name,), depth=0)
+
     def evaluate(self, ev: Event, ctx: RuleContext) -> list[Hit]:
         key = proc_key(ev)
         now = ev.time_ns
@@ -101,6 +111,8 @@ class ExecMemory(BehaviorRule):
             return [hit]
         if not set(ev.why) & ANON_KINDS or ev.path:
             return []    # a memfd (libffi) or temp file alone: judged by provenance only
+        if self._interpreter(ev, ctx):
+            return []    # libffi's closures: RWX memory in any ctypes/cffi callback user
         peer = self.prov.netted(key, now) if self.prov is not None else None
         if peer is None:
             if self._mapped.get(key, now) is None:
@@ -115,7 +127,7 @@ class ExecMemory(BehaviorRule):
                 ev.protocol not in ("tcp", ""):
             return []
         mapping = self._mapped.get(key, now)
-        if mapping is None or self._jit(ev, ctx):
+        if mapping is None or self._jit(ev, ctx) or self._interpreter(ev, ctx):
             return []
         self._fired.put(key, now, True)
         peer = f"{ev.daddr}:{ev.dport}"
