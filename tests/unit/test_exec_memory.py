@@ -80,6 +80,21 @@ def test_installed_interpreter_with_ffi_closure_after_connect_is_quiet() -> None
     assert len(f) == 1 and f[0].severity == "medium"
 
 
+def test_temp_dir_program_is_alerted_and_a_temp_script_in_python_is_quiet() -> None:
+    """tmp-binary / tmp-script only (a build product, a script put in /tmp by hand): a
+    native program's RWX is alerted, not stopped; python running a /tmp script with a
+    ctypes callback (libffi RWX: the benign corpus's ffi.py under pytest's /tmp) is quiet."""
+    f = ours([ex(34, "/tmp/b/ldr", 0, ("/tmp/b/ldr",)),
+              xm(34, "/tmp/b/ldr", 1, ("anon", "write-exec"), op="mmap")])
+    assert len(f) == 1 and (f[0].severity, f[0].action) == ("medium", "alert"), f
+    assert f[0].evidence["provenance"] == {"tmp-binary": "/tmp/b/ldr"}
+    assert ours([ex(35, PY, 0, (PY, "/tmp/corpus/jit/ffi.py")), net(35, PY, 0.5),
+                 xm(35, PY, 1, ("anon", "write-exec"), op="mmap")], RecordedTrust()) == []
+    # its own library staged next to it: nothing
+    assert ours([ex(36, "/tmp/b/app", 0, ("/tmp/b/app",)),
+                 xm(36, "/tmp/b/app", 1, ("tmp-file",), op="mmap", path="/tmp/b/libapp.so")]) == []
+
+
 def test_order_does_not_matter_mapping_first_then_connect() -> None:
     # mapping before the connect (a pre-warmed buffer, or a dedup window hiding the repeat)
     f = ours([ex(31, PY, 0, (PY, "/root/fetch.py")),

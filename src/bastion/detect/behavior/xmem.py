@@ -11,9 +11,13 @@ trusted by executable inode (:mod:`.trust`), never by name; libffi's closures in
 interpreter using ctypes/cffi callbacks (anonymous RWX memory, or a memfd mapped
 executable: measured, python's ctypes callback maps RWX).  So:
 
-* a process of **untrusted provenance** (:mod:`.provenance`: a downloaded or temp
-  binary or script, a fileless program, a network service's tree, a decoded payload)
-  mapping executable memory of any kind is stopped (high);
+* a process of **untrusted provenance** (:mod:`.provenance`: a downloaded binary or
+  script, a fileless program, a network service's tree, a decoded payload) mapping
+  executable memory of any kind is stopped (high);
+* a program whose only mark is that it runs from a temp dir (``tmp-binary``,
+  ``tmp-script``: build products, scripts put there by hand) is alerted (medium) for
+  anonymous executable memory, and not at all when it is an installed interpreter
+  (libffi) or maps a file (its own libraries);
 * an ordinary process that maps **anonymous** executable memory (RWX, or a W->X flip)
   and has itself connected over TCP/IP (before or after the mapping, whichever comes
   second fires) is alerted (medium): code fetched over the network and run from memory.
@@ -33,7 +37,7 @@ from __future__ import annotations
 from typing import Any
 
 from bastion.detect.behavior.base import BehaviorRule, Hit, base, is_interpreter
-from bastion.detect.behavior.provenance import block
+from bastion.detect.behavior.provenance import LOCAL_REASONS, block
 from bastion.detect.behavior.state import BoundedState, ProcKey, proc_key
 from bastion.detect.engine import RuleContext
 from bastion.events import Event, MmapEvent, NetEvent
@@ -102,6 +106,16 @@ class ExecMemory(BehaviorRule):
         if self._jit(ev, ctx):
             return []
         reasons, origin = self.untrusted(ev, ctx)
+        anon = bool(set(ev.why) & ANON_KINDS) and not ev.path
+        if reasons and set(reasons) <= LOCAL_REASONS:
+            # only "it runs from a temp dir": a build product or a script someone put
+            # there; an interpreter's RWX is libffi's, a staged file its own library
+            if not anon or self._interpreter(ev, ctx):
+                return []
+            self._fired.put(key, now, True)
+            return [Hit(f"Executable memory in a program run from a temporary directory: "
+                        f"{ev.proc.exe or ev.proc.comm} {_what(ev)}",
+                        {"mapping": _mapping(ev), "provenance": dict(reasons)})]
         if reasons:
             self._fired.put(key, now, True)
             hit = Hit(f"Executable memory in a process of untrusted provenance: "
@@ -109,7 +123,7 @@ class ExecMemory(BehaviorRule):
             hit = block(hit, reasons, origin, ev, self.prevents)
             hit.severity = "high"
             return [hit]
-        if not set(ev.why) & ANON_KINDS or ev.path:
+        if not anon:
             return []    # a memfd (libffi) or temp file alone: judged by provenance only
         if self._interpreter(ev, ctx):
             return []    # libffi's closures: RWX memory in any ctypes/cffi callback user
