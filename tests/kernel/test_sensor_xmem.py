@@ -64,3 +64,68 @@ def test_jit_flips_without_dedup_each_cross(tmp_path: Path) -> None:
     flips = [g for g in xmem_records(events, pid) if g[0] == "mprotect" and "w2x" in g[1]]
     assert len(flips) >= REPEATS, len(flips)
     assert sensor.mmap_deduplicated() == 0
+
+
+LOADER_C = r"""
+#include <string.h>
+#include <sys/mman.h>
+int main(void) {
+    unsigned char *p = mmap(0, 4096, PROT_READ | PROT_WRITE | PROT_EXEC,
+                            MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return 2;
+    p[0] = 0xc3;                     /* ret */
+    ((void (*)(void))p)();
+    return 0;
+}
+"""
+
+DOWNLOAD = ("import shutil, socket, sys\n"
+            "s = socket.create_connection(('127.0.0.1', int(sys.argv[1]))); s.close()\n"
+            "shutil.copyfile(sys.argv[2], sys.argv[3])\n")
+
+
+def test_downloaded_loader_is_stopped_live(tmp_path: Path) -> None:
+    """The live chain: a process connects out and writes a binary; the binary maps
+    RWX memory and runs it -> the tracepoint sensor's record reaches
+    behavior.exec_memory, which stops it (untrusted provenance: network-binary)."""
+    import shutil
+    import socket
+    import subprocess
+
+    from bastion.detect.behavior import behavior_rules
+    from bastion.detect.engine import Engine, Finding, RuleContext
+    from bastion.proctable import ProcessTable
+
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    src, built, ldr = tmp_path / "l.c", tmp_path / "built", tmp_path / "ldr"
+    src.write_text(LOADER_C)
+    subprocess.run(["gcc", "-O1", "-o", str(built), str(src)], check=True, timeout=60)
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(1)
+    with lst, scoped_cgroup() as (cg, cgid):
+        sensor = BpfSensor(cgroup_id=cgid, mmap_dedup_s=10)
+        sensor.open()
+        try:
+            procs, engine = ProcessTable(), Engine(behavior_rules())
+            ctx = RuleContext(procs)
+            r = run_in(cg, [sys.executable, "-c", DOWNLOAD, str(lst.getsockname()[1]), str(built),
+                            str(ldr)], timeout=60)
+            assert r.returncode == 0, r.stderr
+            os.chmod(ldr, 0o755)
+            r = run_in(cg, [str(ldr)], timeout=60)
+            assert r.returncode == 0, r.stderr
+            found: list[Finding] = []
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline:
+                for ev in sensor.poll(0.05) or []:
+                    procs.update(ev)
+                    found += engine.evaluate(ev, ctx)
+        finally:
+            sensor.close()
+    xm = [f for f in found if f.rule == "behavior.exec_memory"]
+    assert len(xm) == 1, [f.title for f in found]
+    assert (xm[0].severity, xm[0].action) == ("high", "kill"), xm[0]
+    assert "network-binary" in xm[0].evidence["provenance"]
+    assert "ldr mapped writable+executable memory" in xm[0].title, xm[0].title
