@@ -15,7 +15,7 @@ BPF_HDRS   := $(wildcard bpf/include/*.h bpf/lib/*.h)
 PYTEST     := $(VPY) -m pytest -p no:cacheprovider
 
 .PHONY: all setup deps venv bpf run test test-unit test-kernel test-e2e test-vm \
-        lint bench reset clean
+        test-vm-variant lint bench reset clean
 
 all: setup
 
@@ -67,9 +67,17 @@ test-e2e: setup
 test-vm: setup
 	bash vm/run.sh $(VM_ARGS)
 
+# The same kernel booted without bpf in lsm= (Ubuntu's default list): trampolines but no
+# BPF LSM, so compat enforcement with events from the fentry sensor.  A second, short
+# boot running tests/vm/variant_nobpflsm.py alone.
+VM_VARIANT_LSM := lockdown,capability,landlock,yama,apparmor,tomoyo
+test-vm-variant: setup
+	VM_LSM=$(VM_VARIANT_LSM) VM_TIMEOUT=300 bash vm/run.sh tests/vm/variant_nobpflsm.py
+
 test: setup lint
 	$(PYTEST) tests/unit tests/kernel tests/e2e
 	bash vm/run.sh
+	VM_LSM=$(VM_VARIANT_LSM) VM_TIMEOUT=300 bash vm/run.sh tests/vm/variant_nobpflsm.py
 
 bench: setup
 	@for b in bench/bench_*.py; do $(VPY) $$b || exit 1; done

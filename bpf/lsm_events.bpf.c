@@ -28,6 +28,7 @@ struct {
 
 #include "events.h"
 #include "dedup.h"
+#include "xmem.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -512,6 +513,76 @@ int BPF_PROG(on_capset, struct cred *new, const struct cred *old, const kernel_c
 	e->cap_permitted = 0;
 	bpf_probe_read_kernel(&e->cap_effective, 8, effective);
 	bpf_probe_read_kernel(&e->cap_permitted, 8, permitted);
+	SUBMIT(e);
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* executable memory and memfd (ABI 2.1): bpf/lib/xmem.h               */
+
+#define XM_PROT_EXEC_ BASTION_PROT_EXEC
+
+/* every mmap with PROT_EXEC (the caller's prot, before READ_IMPLIES_EXEC):
+ * the file is NULL for anonymous memory, shared anonymous included (shmem is
+ * set up after this hook) */
+SEC("fentry/security_mmap_file")
+int BPF_PROG(on_mmap_file, struct file *file, unsigned long prot, unsigned long flags)
+{
+	__u32 why;
+
+	if (!(prot & XM_PROT_EXEC_))
+		return 0;
+	why = xmem_file_why(file);
+	if (prot & XM_PROT_WRITE_)
+		why |= BASTION_XM_WRITE;
+	return emit_xmem(BASTION_MMAP_MMAP, why, prot, flags, 0, 0, file);
+}
+
+/* every vma an mprotect with PROT_EXEC changes: its flags before the change
+ * tell a W->X flip and memory that was not executable */
+SEC("fentry/security_file_mprotect")
+int BPF_PROG(on_file_mprotect, struct vm_area_struct *vma, unsigned long reqprot,
+	     unsigned long prot)
+{
+	__u64 vm_flags, start;
+	struct file *f;
+
+	if (!(reqprot & XM_PROT_EXEC_))
+		return 0;
+	vm_flags = BPF_CORE_READ(vma, vm_flags);
+	f = BPF_CORE_READ(vma, vm_file);
+	start = BPF_CORE_READ(vma, vm_start);
+	return emit_xmem(BASTION_MMAP_MPROTECT, xmem_mprotect_why(reqprot, vm_flags, f), reqprot,
+			 (__u32)vm_flags, start, BPF_CORE_READ(vma, vm_end) - start, f);
+}
+
+#define MEMFD_PREFIX_LEN 6 /* "memfd:" */
+
+/* memfd_create: at the syscall function's exit, from the file the kernel made
+ * (its dentry is "memfd:NAME"), so the name is the kernel's copy; no LSM hook
+ * sees a memfd being created (fexit on the x86-64 syscall function: BTF names
+ * it on Debian's 6.1 and on 6.18). */
+SEC("fexit/__x64_sys_memfd_create")
+int BPF_PROG(on_memfd_create, const struct pt_regs *regs, long ret)
+{
+	struct bastion_memfd_event *e;
+	struct file *f;
+	struct qstr name;
+
+	if (ret < 0 || !wanted(BASTION_EV_MEMFD))
+		return 0;
+	f = fd_file(ret);
+	if (!f)
+		return 0;
+	e = RESERVE(struct bastion_memfd_event, BASTION_EV_MEMFD);
+	if (!e)
+		return 0;
+	e->flags = BPF_CORE_READ(regs, si);
+	e->_pad = 0;
+	name = BPF_CORE_READ(f, f_path.dentry, d_name);
+	if (name.len < MEMFD_PREFIX_LEN ||
+	    bpf_probe_read_kernel_str(e->name, sizeof(e->name), name.name + MEMFD_PREFIX_LEN) < 0)
+		e->name[0] = '\0';
 	SUBMIT(e);
 	return 0;
 }

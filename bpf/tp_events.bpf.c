@@ -4,6 +4,7 @@
  * helper; the record layouts are in include/bastion.h. */
 #include "events.h"
 #include "dedup.h"
+#include "xmem.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -599,4 +600,63 @@ int on_capset(void *ctx)
 	e->cap_permitted = ((__u64)d[1].permitted << 32) | d[0].permitted;
 	SUBMIT(e);
 	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* executable memory (ABI 2.1): bpf/lib/xmem.h.  Arguments at syscall    */
+/* entry (another thread may remap the range before the kernel acts:     */
+/* the hook sensor reads the kernel's vma instead).                      */
+
+#define XM_PROT_EXEC_ BASTION_PROT_EXEC
+
+SEC("tracepoint/syscalls/sys_enter_mmap")
+int on_mmap(void *ctx)
+{
+	__u32 prot = ARG(ctx, 2), flags = ARG(ctx, 3), why = 0;
+	struct file *f = NULL;
+
+	if (!(prot & XM_PROT_EXEC_))
+		return 0;   /* most mmaps: one load and out */
+	if (prot & XM_PROT_WRITE_)
+		why |= BASTION_XM_WRITE;
+	if (flags & XM_MAP_ANONYMOUS_) {
+		why |= BASTION_XM_ANON;
+	} else {
+		f = fd_file(ARG(ctx, 4));
+		if (f)
+			why |= xmem_file_why(f);
+	}
+	return emit_xmem(BASTION_MMAP_MMAP, why, prot, flags, ARG(ctx, 0), ARG(ctx, 1), f);
+}
+
+struct xvma {
+	__u64 vm_flags;
+	struct file *file;
+};
+
+static long xvma_found(struct task_struct *task, struct vm_area_struct *vma, void *data)
+{
+	struct xvma *x = data;
+
+	x->vm_flags = BPF_CORE_READ(vma, vm_flags);
+	x->file = BPF_CORE_READ(vma, vm_file);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_mprotect")
+int on_mprotect(void *ctx)
+{
+	__u32 prot = ARG(ctx, 2);
+	__u64 start = ARG(ctx, 0);
+	struct xvma x = {};
+
+	if (!(prot & XM_PROT_EXEC_))
+		return 0;
+	if (!wanted(BASTION_EV_MMAP))
+		return 0;
+	/* the region's flags before the change (the first vma of the range) */
+	if (bpf_find_vma(bpf_get_current_task_btf(), start, xvma_found, &x, 0))
+		return 0;   /* no mapping there: the mprotect fails with ENOMEM */
+	return emit_xmem(BASTION_MMAP_MPROTECT, xmem_mprotect_why(prot, x.vm_flags, x.file), prot,
+			 (__u32)x.vm_flags, start, ARG(ctx, 1), x.file);
 }

@@ -174,7 +174,9 @@ if [[ -z $fail ]]; then
   fi
 fi
 
-echo "vm: $npass passed, $nfail failed, $nskip skipped (kernel ${KVER}, ${elapsed} s)"
+variant=""
+[[ -n ${VM_LSM:-} ]] && variant=", lsm=$VM_LSM"
+echo "vm: $npass passed, $nfail failed, $nskip skipped (kernel ${KVER}${variant}, ${elapsed} s)"
 if [[ -n $fail ]]; then
   echo "vm/run.sh: FAIL: $fail" >&2
   exit 1

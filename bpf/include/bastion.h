@@ -25,7 +25,7 @@
 #define BASTION_H
 
 #define BASTION_ABI_MAJOR 2
-#define BASTION_ABI_MINOR 0
+#define BASTION_ABI_MINOR 1
 #define BASTION_ABI_VERSION ((BASTION_ABI_MAJOR << 16) | BASTION_ABI_MINOR)
 
 #define BASTION_COMM_LEN 16
@@ -65,7 +65,8 @@ enum bastion_event_type {
 	BASTION_EV_CRED = 10,    /* op in bastion_cred_op */
 	BASTION_EV_LSM_DENY = 11,
 	BASTION_EV_HIPS = 12,    /* a HIPS decision: deny, kill or audit */
-	BASTION_EV_MAX = 13,
+	BASTION_EV_MMAP = 13,    /* executable memory: struct bastion_mmap_event (ABI 2.1, end of file) */
+	BASTION_EV_MAX = 14,
 };
 
 enum bastion_file_op {
@@ -600,6 +601,51 @@ struct bastion_tamper_types {
 	enum bastion_tamper_role role;
 };
 const volatile struct bastion_tamper_types bastion_tamper_types_anchor __attribute__((unused));
+#endif
+
+/* ==================================================================== */
+/* Executable memory (ABI 2.1): an mmap or mprotect that makes memory    */
+/* executable where code does not normally come from: anonymous memory, */
+/* memory writable and executable at once, a region that was writable   */
+/* (W->X flip), a file in a shared temp directory (sticky and world-     */
+/* writable: /tmp, /var/tmp, /dev/shm) or a file without a link (memfd,  */
+/* deleted).  Exec mappings of ordinary installed files (ld.so loading   */
+/* libraries) never cross the ring.  Hook sensor: security_mmap_file,    */
+/* security_file_mprotect; tracepoint sensor: sys_enter_mmap/mprotect.   */
+/* One record per (process, op, reasons, file) within the dedup window.  */
+/* Record type BASTION_EV_MMAP.                                          */
+/* ==================================================================== */
+
+enum bastion_mmap_op {
+	BASTION_MMAP_MMAP = 1,
+	BASTION_MMAP_MPROTECT = 2,
+};
+
+/* Bits of bastion_mmap_event.why: what made the mapping worth a record. */
+#define BASTION_XM_ANON     (1u << 0)  /* anonymous memory (no file) */
+#define BASTION_XM_WRITE    (1u << 1)  /* writable and executable at once (PROT_WRITE|PROT_EXEC) */
+#define BASTION_XM_W2X      (1u << 2)  /* mprotect: the region was writable until now (W->X flip) */
+#define BASTION_XM_TMPFILE  (1u << 3)  /* a file in a sticky world-writable directory */
+#define BASTION_XM_NOLINK   (1u << 4)  /* a file without a link: a memfd or a deleted file */
+
+#define BASTION_PROT_EXEC 0x4
+
+struct bastion_mmap_event {
+	struct bastion_event_hdr hdr;
+	__u32 op;            /* enum bastion_mmap_op */
+	__u32 why;           /* BASTION_XM_* */
+	__u32 prot;          /* PROT_* asked for */
+	__u32 flags;         /* MMAP: MAP_* flags; MPROTECT: the region's vm_flags (low 32 bits) */
+	__u64 addr;          /* MPROTECT: the region's start (hooks) or the argument; MMAP: the hint or 0 */
+	__u64 len;           /* MPROTECT: the region's length (hooks) or the argument; MMAP: length (tracepoints) or 0 */
+	__u64 ino;           /* the mapped file's inode, 0 for anonymous memory */
+	__u32 dev;
+	__u32 _pad;
+	char path[BASTION_PATH_LEN];  /* the mapped file (memfd:NAME for a memfd) */
+};
+
+#ifdef __bpf__
+_Static_assert(sizeof(struct bastion_mmap_event) == 72 + 48 + 256, "mmap_event");
 #endif
 
 #endif /* BASTION_H */

@@ -48,6 +48,8 @@ struct bastion_abi_types {
 	enum bastion_hips_mode hips_mode;
 	enum bastion_subject_kind subject_kind;
 	enum bastion_mechanism mechanism;
+	struct bastion_mmap_event mmap;
+	enum bastion_mmap_op mmap_op;
 };
 const volatile struct bastion_abi_types bastion_abi_types_anchor __attribute__((unused));
 

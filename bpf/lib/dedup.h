@@ -128,4 +128,32 @@ static __always_inline bool accept_seen_recently(struct sock *sk)
 	return net_seen_recently(BASTION_NET_ACCEPT, fam, peer, lport);
 }
 
+/* Executable-memory records (ABI 2.1): one per (process, op, reasons, file)
+ * within cfg_mmap_dedup_ns.  JIT runtimes flip pages W->X all the time; the
+ * first flip of a process crosses the ring, its repeats are counted in
+ * mmap_deduped.  The mapped file is part of the key (anonymous memory: 0). */
+const volatile __u64 cfg_mmap_dedup_ns = 0;
+
+#define DEDUP_MMAP 32 /* + the BASTION_MMAP_* op */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} mmap_deduped SEC(".maps");
+
+static __always_inline bool mmap_seen_recently(__u32 op, __u32 why, __u32 dev, __u64 ino)
+{
+	struct dedup_key k = {};
+
+	if (!cfg_mmap_dedup_ns)
+		return false;
+	k.kind = DEDUP_MMAP + op;
+	k.a = ino;
+	k.b = dev;
+	k.c = why;
+	return dedup_hit(&k, cfg_mmap_dedup_ns, &mmap_deduped);
+}
+
 #endif /* BASTION_DEDUP_H */

@@ -28,7 +28,7 @@ from typing import Final, Protocol
 from bastion.errors import AbiMismatchError, BastionError, DecodeError, Location
 
 ABI_MAJOR: Final = 2
-ABI_MINOR: Final = 0
+ABI_MINOR: Final = 1
 ABI_VERSION: Final = (ABI_MAJOR << 16) | ABI_MINOR
 
 COMM_LEN: Final = 16
@@ -62,6 +62,7 @@ class EventType(enum.IntEnum):
     CRED = 10
     LSM_DENY = 11
     HIPS = 12
+    MMAP = 13      # ABI 2.1: executable memory (MmapEvent, end of this module)
 
 
 class FileOp(enum.IntEnum):
@@ -976,3 +977,47 @@ EVENT_CLASSES: Final[dict[str, EventType]] = {
     "kill": EventType.KILL, "bpf": EventType.BPF, "memfd": EventType.MEMFD,
     "cred": EventType.CRED,
 }
+
+
+# ---- executable memory (bastion.h, ABI 2.1 section; record type EventType.MMAP) --------
+
+
+class MmapOp(enum.IntEnum):
+    MMAP = 1
+    MPROTECT = 2
+
+
+XM_ANON: Final = 1 << 0      # anonymous memory
+XM_WRITE: Final = 1 << 1     # writable and executable at once
+XM_W2X: Final = 1 << 2       # mprotect of a region that was writable (W->X flip)
+XM_TMPFILE: Final = 1 << 3   # a file in a sticky world-writable directory
+XM_NOLINK: Final = 1 << 4    # a file without a link (memfd, deleted)
+PROT_EXEC: Final = 0x4
+
+
+class MmapEvent(ctypes.Structure):
+    _fields_ = [
+        ("hdr", EventHdr),
+        ("op", c_u32),
+        ("why", c_u32),
+        ("prot", c_u32),
+        ("flags", c_u32),
+        ("addr", c_u64),
+        ("len", c_u64),
+        ("ino", c_u64),
+        ("dev", c_u32),
+        ("_pad", c_u32),
+        ("path", ctypes.c_char * PATH_LEN),
+    ]
+
+
+STRUCTS["bastion_mmap_event"] = MmapEvent
+RECORDS[EventType.MMAP] = MmapEvent
+ENUMS["bastion_mmap_op"] = MmapOp
+ENUM_PREFIXES["bastion_mmap_op"] = "BASTION_MMAP_"
+DEFINES.update({
+    "BASTION_XM_ANON": XM_ANON, "BASTION_XM_WRITE": XM_WRITE, "BASTION_XM_W2X": XM_W2X,
+    "BASTION_XM_TMPFILE": XM_TMPFILE, "BASTION_XM_NOLINK": XM_NOLINK,
+    "BASTION_PROT_EXEC": PROT_EXEC,
+})
+EVENT_CLASSES["mmap"] = EventType.MMAP

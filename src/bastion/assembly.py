@@ -349,7 +349,8 @@ def event_sensor(source: str, *, classes: Sequence[str] | None = None, cgroup_id
     both sensors fill the same ``sens_inodes`` map from them."""
     from bastion import abi
     from bastion.sensors.bpf import (
-        DEFAULT_NET_DEDUP_S, DEFAULT_OPEN_DEDUP_S, EVENT_CLASSES, BpfSensor as Tp, HookSensor,
+        DEFAULT_MMAP_DEDUP_S, DEFAULT_NET_DEDUP_S, DEFAULT_OPEN_DEDUP_S, EVENT_CLASSES,
+        BpfSensor as Tp, HookSensor,
     )
 
     kw: dict[str, Any] = {"classes": tuple(classes) if classes else tuple(EVENT_CLASSES),
@@ -358,7 +359,8 @@ def event_sensor(source: str, *, classes: Sequence[str] | None = None, cgroup_id
                           "ring_bytes": ring_bytes or abi.RINGBUF_BYTES,
                           # repeats filtered in the kernel, the same on both sensors
                           "open_dedup_s": DEFAULT_OPEN_DEDUP_S,
-                          "net_dedup_s": DEFAULT_NET_DEDUP_S}
+                          "net_dedup_s": DEFAULT_NET_DEDUP_S,
+                          "mmap_dedup_s": DEFAULT_MMAP_DEDUP_S}
     if sensitive is not None:
         kw["sensitive"] = tuple(sensitive)
     if source == "hooks":

@@ -167,6 +167,27 @@ class MemfdEvent(_Base):
 
 
 @dataclass(frozen=True, slots=True)
+class MmapEvent(_Base):
+    """Executable memory (ABI 2.1): an mmap/mprotect with PROT_EXEC of anonymous memory,
+    of memory writable at the same time or until now (W->X), or of a file in a shared
+    temp directory or without a link (memfd, deleted).  ``why`` names which."""
+
+    op: str = "mmap"        # mmap, mprotect
+    why: tuple[str, ...] = ()   # anon, write-exec, w2x, tmp-file, no-link (abi.XM_*)
+    prot: int = 0           # PROT_* asked for
+    flags: int = 0          # mmap: MAP_*; mprotect: the region's vm_flags (hook sensor)
+    addr: int = 0
+    length: int = 0
+    path: str = ""          # the mapped file; "" for anonymous memory
+    dev: int = 0
+    ino: int = 0
+
+    @property
+    def type(self) -> str:
+        return self.op
+
+
+@dataclass(frozen=True, slots=True)
 class CredEvent(_Base):
     op: str = "setuid"     # setuid, setgid, setreuid, setregid, setresuid, setresgid, capset
     args: tuple[int, ...] = ()
@@ -216,7 +237,7 @@ class HipsEvent(_Base):
 
 Event = Union[
     ExecEvent, ForkEvent, ExitEvent, FileEvent, NetEvent, PtraceEvent,
-    KillEvent, BpfEvent, MemfdEvent, CredEvent, LsmDenyEvent, HipsEvent,
+    KillEvent, BpfEvent, MemfdEvent, CredEvent, LsmDenyEvent, HipsEvent, MmapEvent,
 ]
 
 # JSON "type" -> class
@@ -229,6 +250,7 @@ TYPES: Final[dict[str, type[Any]]] = {
     **{op.name.lower(): CredEvent for op in abi.CredOp},
     "lsm_deny": LsmDenyEvent,
     "hips": HipsEvent,
+    **{op.name.lower(): MmapEvent for op in abi.MmapOp},
 }
 
 OP_NAMES: Final = {op: op.name.lower().replace("_", "-") for op in abi.HipsOp}
@@ -472,6 +494,22 @@ def _hips(r: Any, t: int, p: Proc, trunc: bool) -> Event:
     )
 
 
+# abi.XM_* bits -> the names MmapEvent.why carries, in bit order
+XM_NAMES: Final = ((abi.XM_ANON, "anon"), (abi.XM_WRITE, "write-exec"), (abi.XM_W2X, "w2x"),
+                   (abi.XM_TMPFILE, "tmp-file"), (abi.XM_NOLINK, "no-link"))
+_MMAP_OPS: Final = {op.value: op.name.lower() for op in abi.MmapOp}
+
+
+def _mmap(r: Any, t: int, p: Proc, trunc: bool) -> Event:
+    op = _MMAP_OPS.get(r.op)
+    if op is None:
+        raise DecodeError(f"mmap record with unknown op {r.op}")
+    return MmapEvent(
+        t, p, trunc, op=op, why=tuple(n for bit, n in XM_NAMES if r.why & bit), prot=r.prot,
+        flags=r.flags, addr=r.addr, length=r.len, path=_str(r.path), dev=r.dev, ino=r.ino,
+    )
+
+
 # Record type -> decoder (the struct is abi.RECORDS[type]).  Every abi.EventType has
 # one; tests/unit/test_events.py decodes a synthetic record of each.
 DECODERS: Final[Mapping[abi.EventType, _Decoder]] = {
@@ -487,6 +525,7 @@ DECODERS: Final[Mapping[abi.EventType, _Decoder]] = {
     abi.EventType.CRED: _cred,
     abi.EventType.LSM_DENY: _lsm_deny,
     abi.EventType.HIPS: _hips,
+    abi.EventType.MMAP: _mmap,
 }
 
 
@@ -785,11 +824,13 @@ def summary(ev: Event) -> str:
         return f"{ev.action} {ev.op} {obj} ({ev.mechanism})"
     if isinstance(ev, LsmDenyEvent):
         return f"{ev.hook} {ev.path}"
+    if isinstance(ev, MmapEvent):
+        return f"{','.join(ev.why)} {ev.path or 'anonymous'}"
     assert_never(ev)
 
 
 __all__ = [
     "Proc", "Event", "ExecEvent", "ForkEvent", "ExitEvent", "FileEvent", "NetEvent",
     "PtraceEvent", "KillEvent", "BpfEvent", "MemfdEvent", "CredEvent", "LsmDenyEvent", "HipsEvent",
-    "TYPES", "DECODERS", "Decoder", "decode", "decode_reference", "with_proc", "to_json", "from_json", "summary", "WATCHED_ENV", "SENS_NAMES",
+    "MmapEvent", "XM_NAMES", "TYPES", "DECODERS", "Decoder", "decode", "decode_reference", "with_proc", "to_json", "from_json", "summary", "WATCHED_ENV", "SENS_NAMES",
 ]

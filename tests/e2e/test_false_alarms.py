@@ -40,6 +40,8 @@ ransomware rule's data directories.
   dir and its product; visudo on a copy of sudoers (when installed); run-parts;
 * launchers running commands (awk ``system()``, python ``subprocess``, ``find -exec
   sh``, ``xargs sh``): look-alikes of ``behavior.shell_escape``;
+* executable memory that is no shellcode loader (``behavior.exec_memory``): ld.so,
+  a python ctypes callback after a connect (libffi), node's and java's JITs;
 * this project's own unit tests (a < 30 s slice).
 
 Everything the corpus writes is under ``tmp_path`` (the pip cache too); the
@@ -294,6 +296,46 @@ def _launchers(c: Corpus) -> None:
         expect=("system(", "uname -r", "-exec sh", "xargs sh ./step.sh"))
 
 
+# ctypes with a callback (libffi: a closure, on a memfd mapped executable or RWX memory),
+# a loopback connect, and ld.so loading the C extension modules
+_PY_FFI = (
+    "import ctypes, json, socket, ssl, sqlite3\n"
+    "l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen(1)\n"
+    "c = socket.create_connection(l.getsockname()); l.accept()[0].close(); c.close()\n"
+    "CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)\n"
+    "cmp = CB(lambda a, b: 0)\n"
+    "arr = (ctypes.c_int * 4)(4, 3, 2, 1)\n"
+    "ctypes.CDLL(None).qsort(arr, 4, ctypes.sizeof(ctypes.c_int), cmp)\n"
+    "print('ffi ok')\n")
+# a JIT at work after a (loopback) connection: node's V8, Java's HotSpot
+_NODE_JIT = (
+    "const net = require('net');\n"
+    "const srv = net.createServer(s => s.end()).listen(0, '127.0.0.1', () => {\n"
+    "  const c = net.connect(srv.address().port, '127.0.0.1', () => {\n"
+    "    let x = 0; for (let i = 0; i < 3e7; i++) x = (x + i * 7) % 1000003;\n"
+    "    console.log('jit', x); c.end(); srv.close(); });\n"
+    "});\n")
+
+
+def _jit_and_loaders(c: Corpus) -> None:
+    """Executable memory that is not a shellcode loader (ABI 2.1, behavior.exec_memory):
+    ld.so loading libraries, python with a ctypes callback after a connect (libffi),
+    node's JIT after a connect, java's JIT (when installed)."""
+    work = c.tmp / "jit"
+    work.mkdir()
+    py = REPO / ".venv" / "bin" / "python"
+    (work / "ffi.py").write_text(_PY_FFI)
+    script, expect = f"{py} ffi.py\n", ["ffi.py"]
+    if shutil.which("node"):
+        (work / "jit.js").write_text(_NODE_JIT)
+        script += "node jit.js\n"
+        expect.append("node jit.js")
+    if shutil.which("java"):
+        script += "java -Xshare:off -version 2>&1 | head -1\n"
+        expect.append("-Xshare:off -version")
+    c.run("ld.so, python ctypes callback, node/java JIT", script, work, expect=tuple(expect))
+
+
 def _unit_tests(c: Corpus) -> None:
     py = REPO / ".venv" / "bin" / "python"
     c.run("unit tests (events or config or store)",
@@ -382,6 +424,7 @@ def test_benign_corpus_raises_nothing_high(tmp_path: Path) -> None:
             _armed(corpus)
             _admin_searches(corpus)
             _launchers(corpus)
+            _jit_and_loaders(corpus)
             _unit_tests(corpus)
             _quiesce(agent)
         time.sleep(1.5)   # the agent's health pass (drop counter) runs every second
@@ -436,6 +479,9 @@ def test_benign_corpus_raises_nothing_high(tmp_path: Path) -> None:
     failed = [s for s in corpus.steps if s.rc != 0 and not s.skipped]
     assert not failed, "corpus steps failed:\n" + "\n".join(f"--- {s.name}\n{s.output}"
                                                              for s in failed)
+    # JITs, libffi and ld.so are not shellcode loaders: not even a medium alert
+    xmem = [a for a in ours if a["rule"] == "behavior.exec_memory"]
+    assert not xmem, "executable memory of benign runtimes alerted:\n" + _table(xmem)
     bad = [a for a in ours if a["severity"] in ("high", "critical")]
     assert not bad, f"{len(bad)} high/critical alerts on a benign corpus:\n" + report
     # a blind agent raises nothing: the result only counts if the corpus was seen

@@ -211,11 +211,14 @@ def test_enum_value_added_in_the_object_is_named(header_text: str, events_btf: b
 
 
 def test_sentinel_must_follow_the_largest_value(header_text: str, events_btf: btf.Btf) -> None:
-    values = {**events_btf.enum_values("bastion_event_type"), "BASTION_EV_MAX": 12}
+    largest = max(v for k, v in events_btf.enum_values("bastion_event_type").items()
+                  if k != "BASTION_EV_MAX")
+    values = {**events_btf.enum_values("bastion_event_type"), "BASTION_EV_MAX": largest}
     problems = abi.contract_problems(abi.parse_header(header_text),
                                      _Override(events_btf, {"bastion_event_type": values}))
     assert len(problems) == 1
-    assert "sentinel BASTION_EV_MAX = 12, not one past the largest value 12" in problems[0]
+    assert (f"sentinel BASTION_EV_MAX = {largest}, not one past the largest value {largest}"
+            in problems[0])
 
 
 def test_enum_without_prefix_is_named(header_text: str, events_btf: btf.Btf) -> None:

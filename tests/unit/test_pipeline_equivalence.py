@@ -36,7 +36,7 @@ if not CORPUS.is_dir():
     CORPUS = Path("/work/shared/corpus/sigma/rules")
 
 _VALID_OPS = {abi.EventType.FILE: list(abi.FileOp), abi.EventType.NET: list(abi.NetOp),
-              abi.EventType.CRED: list(abi.CredOp)}
+              abi.EventType.CRED: list(abi.CredOp), abi.EventType.MMAP: list(abi.MmapOp)}
 
 
 def _random_record(rng: random.Random, etype: abi.EventType) -> bytes:

@@ -44,6 +44,9 @@ log = logging.getLogger("bastion.sensors.bpf")
 # within this window cross the ring once (the agent's setting for both sensors).
 DEFAULT_OPEN_DEDUP_S: Final = 1.0
 DEFAULT_NET_DEDUP_S: Final = 1.0
+# Executable-memory records (ABI 2.1): one per (process, op, reasons, file) in this
+# window; JIT runtimes flip pages W->X all the time and the rules need the first.
+DEFAULT_MMAP_DEDUP_S: Final = 10.0
 
 # Records decoded per poll at most: the ring holds ~82 k typical file records since they
 # are variable-size (ABI 2.0; ~14.7 k before), and a poll that took them all held them
@@ -89,19 +92,24 @@ class BpfSensor(LoaderUser):
         = resolve,
         open_dedup_s: float = 0.0,
         net_dedup_s: float = 0.0,
+        mmap_dedup_s: float = 0.0,
     ) -> None:
         """``sensitive``: the patterns of the sensitive read set (empty: no read-open
         is reported outside learn mode); resolved to inodes at open and again every
         ``sensitive_refresh_s`` (a replaced /etc/shadow has a new inode).
         ``open_dedup_s`` / ``net_dedup_s``: the in-kernel dedup windows
         (``bpf/lib/dedup.h``) of repeat opens (same process, inode, access) and of
-        repeat connects/accepts (same process, address, port); 0 = off."""
-        for what, v in (("open_dedup_s", open_dedup_s), ("net_dedup_s", net_dedup_s)):
+        repeat connects/accepts (same process, address, port); 0 = off.
+        ``mmap_dedup_s``: the window of repeat executable-memory records (same process,
+        op, reasons, file; ``bpf/lib/xmem.h``); 0 = off."""
+        for what, v in (("open_dedup_s", open_dedup_s), ("net_dedup_s", net_dedup_s),
+                        ("mmap_dedup_s", mmap_dedup_s)):
             if v < 0:
                 raise KernelError(f"{what} must be >= 0, got {v}",
                                   location=Location(self.object_name))
         self.open_dedup_ns = int(open_dedup_s * 1e9)
         self.net_dedup_ns = int(net_dedup_s * 1e9)
+        self.mmap_dedup_ns = int(mmap_dedup_s * 1e9)
         self.classes = tuple(classes)
         self.mask = event_mask(self.classes)
         self.self_tgid = self_tgid
@@ -117,7 +125,7 @@ class BpfSensor(LoaderUser):
         self._sens: dict[bytes, SensEntry] = {}
         self._sens_at = 0.0
         self._decoder = Decoder()   # keeps the actors of a flood decoded once (bounded)
-        self._dedup_final = (0, 0)   # the dedup counters as they were at close()
+        self._dedup_final = (0, 0, 0)   # the dedup counters as they were at close()
 
     def spec(self) -> ObjectSpec:
         return ObjectSpec(
@@ -130,6 +138,7 @@ class BpfSensor(LoaderUser):
                 "cfg_sensitive": int(bool(self.sensitive)),
                 "cfg_open_dedup_ns": self.open_dedup_ns,
                 "cfg_net_dedup_ns": self.net_dedup_ns,
+                "cfg_mmap_dedup_ns": self.mmap_dedup_ns,
             },
             max_entries={"events": self.ring_bytes},
             optional=OPTIONAL_PROGRAMS,
@@ -219,7 +228,8 @@ class BpfSensor(LoaderUser):
         """Detach and release; the counters stay readable."""
         if self._lo is not None:
             if not self._lo.closed:
-                self._dedup_final = (self.deduplicated(), self.net_deduplicated())
+                self._dedup_final = (self.deduplicated(), self.net_deduplicated(),
+                                     self.mmap_deduplicated())
             self._lo.close()
 
     def _dedup(self, name: str, final: int) -> int:
@@ -236,15 +246,21 @@ class BpfSensor(LoaderUser):
         """Connects/accepts the kernel did not report: one like it was within the window."""
         return self._dedup("net_deduped", self._dedup_final[1])
 
+    def mmap_deduplicated(self) -> int:
+        """Executable-memory records the kernel did not send: one like it was within the window."""
+        return self._dedup("mmap_deduped", self._dedup_final[2])
+
     def stats(self) -> dict[str, int]:
         return {**super().stats(), "open_deduplicated": self.deduplicated(),
-                "net_deduplicated": self.net_deduplicated()}
+                "net_deduplicated": self.net_deduplicated(),
+                "mmap_deduplicated": self.mmap_deduplicated()}
 
 
 # Hooks of lsm_events.bpf.o a kernel may lack (CONFIG_SECURITY_PATH off, older kernels).
 HOOK_OPTIONAL_PROGRAMS: Final = frozenset({
     "on_path_unlink", "on_path_rmdir", "on_path_rename", "on_path_chmod", "on_path_chown",
     "on_path_link", "on_fix_setgid", "on_accept", "on_capset",
+    "on_memfd_create",   # fexit on the x86-64 syscall function: absent where BTF lacks it
 })
 
 
@@ -280,6 +296,7 @@ class HookSensor(BpfSensor):
         quiet_tgids: Iterable[int] = (),
         open_dedup_s: float = DEFAULT_OPEN_DEDUP_S,
         net_dedup_s: float = 0.0,
+        mmap_dedup_s: float = 0.0,
         sensitive: Sequence[tuple[str, abi.SensClass]] = DEFAULT_SENSITIVE,
         sensitive_refresh_s: float = 30.0,
         resolve_sensitive: Callable[[Sequence[tuple[str, abi.SensClass]]], list[SensEntry]]
@@ -289,7 +306,7 @@ class HookSensor(BpfSensor):
                          obj_path=obj_path, open_reads=open_reads, ring_bytes=ring_bytes,
                          sensitive=sensitive, sensitive_refresh_s=sensitive_refresh_s,
                          resolve_sensitive=resolve_sensitive, open_dedup_s=open_dedup_s,
-                         net_dedup_s=net_dedup_s)
+                         net_dedup_s=net_dedup_s, mmap_dedup_s=mmap_dedup_s)
         self.quiet_tgids = tuple(dict.fromkeys(t for t in quiet_tgids if t > 0))
 
     def spec(self) -> ObjectSpec:
@@ -322,5 +339,5 @@ class HookSensor(BpfSensor):
 
 
 
-__all__ = ["BpfSensor", "DEFAULT_NET_DEDUP_S", "DEFAULT_OPEN_DEDUP_S", "EVENT_CLASSES",
+__all__ = ["BpfSensor", "DEFAULT_MMAP_DEDUP_S", "DEFAULT_NET_DEDUP_S", "DEFAULT_OPEN_DEDUP_S", "EVENT_CLASSES",
            "HOOK_OPTIONAL_PROGRAMS", "HookSensor", "OPTIONAL_PROGRAMS", "event_mask"]

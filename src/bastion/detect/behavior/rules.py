@@ -40,6 +40,7 @@ from bastion.detect.behavior.base import (
     is_loopback, is_public_peer, is_shell, norm_interp, package_installer, under,
 )
 from bastion.detect.behavior.provenance import block, script_of
+from bastion.detect.behavior.xmem import ExecMemory
 from bastion.detect.behavior.state import BoundedState, Limits, ProcKey, proc_key
 from bastion.detect.engine import RuleContext
 from bastion.events import (
@@ -2049,7 +2050,7 @@ ALL_RULE_CLASSES: tuple[type[BehaviorRule], ...] = (
     SetuidBits, SudoersPam, LogClearing, KillSecurityTools, FirewallTamper, SecurityConfigTamper,
     SecretHunt, HiddenTempArtifact, KernelModuleLoad,
     BpfLoad, PortScan, MiningPool, Ransomware, PtySocketShell, DecodedPayloadShell,
-    ShellEscape,
+    ShellEscape, ExecMemory,
 )
 
 __all__ = ["Probes", "EntropyProbe", "live_probes", "read_stdio", "file_entropy", "PERSISTENCE", "PersistenceWrite",
