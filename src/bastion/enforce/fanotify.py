@@ -386,6 +386,12 @@ class FanotifyEnforcer:
                 deny_exec_dir=fc.deny_exec_dir, dir_tops=fc.dir_tops,
                 retired_dirs=frozenset(retired - child_dirs), deny_read=fc.deny_read,
                 deny_read_dir=fc.deny_read_dir, allow_open=allow_open, allow_exec=allow_exec)
+            # the compiled loop answers these itself (never with a decision hook: the
+            # hook must see every decided event); from here on, not from the old sets
+            if self.decision_hook is None:
+                lis.set_fast_allow(allow_open, allow_exec)
+            else:
+                lis.set_fast_allow(frozenset(), frozenset())
             for key, m in old_marks.items():
                 new = marks.get(key)
                 lis.unmark(m.path, key, m.mask & ~(new.mask if new is not None else 0))
@@ -402,6 +408,7 @@ class FanotifyEnforcer:
         with self.listener.mark_lock:
             self.listener.flush_marks("clear")
             self._state = None
+            self.listener.set_fast_allow(frozenset(), frozenset())
             self._unenforced = ()
 
     def _plan_marks(self, plan: MapPlan, targets: Sequence[FileTarget]
