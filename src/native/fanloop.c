@@ -267,7 +267,9 @@ static int wait_events(struct bfan_ctx *c, int fan_fd, int wake_fd, int timeout_
 				return -errno;
 			if (atomic_load(&c->stop))
 				return 0;
-			__builtin_ia32_pause();
+			/* the opener we just answered may be queued on this CPU (its loop
+			 * pinned here): let it run rather than spin ahead of it */
+			sched_yield();
 		} while (now_ns() < until);
 	}
 	for (;;) {

@@ -247,11 +247,11 @@ class FanotifyEnforcer:
                  self_tgid: int = 0, decision_timeout_s: float = 0.2,
                  max_dirs: int = DEFAULT_MAX_DIRS, max_events: int = 4096,
                  decision_hook: DecisionHook | None = None,
-                 is_ours: IsOurs | None = None) -> None:
+                 is_ours: IsOurs | None = None, compiled: bool = True) -> None:
         self.scope = Scope(self_tgid=self_tgid, scope_cgroup_id=scope_cgroup_id, is_ours=is_ours)
         self.listener = PermissionListener(self._decide, deadline_s=deadline_s,
                                            decision_timeout_s=decision_timeout_s,
-                                           fallback=self._fallback)
+                                           fallback=self._fallback, compiled=compiled)
         self.max_dirs = max_dirs
         self.decision_hook = decision_hook
         self._state: _PlanState | None = None
