@@ -105,6 +105,7 @@ def test_the_compiled_loop_answers_the_allow_set_and_python_the_rest(
         p = run_in(cg[0], ["sh", "-c", f"for i in 1 2 3 4 5 6 7 8; do cat {hot}; done; cat {secret}"],
                    timeout=TIMEOUT)
         assert p.stdout == "hot\n" * 8 and p.returncode != 0 and EPERM_TEXT in p.stderr, p
+        assert _wait(lambda: enf.stats()["fast_allows"] >= 8)
         s = enf.stats()
         assert s["compiled_loop"] == 1 and s["fast_allows"] >= 8, s
         assert s["denies"] == 1 and s["fail_opens"] == 0 and s["errors"] == 0, s
@@ -132,12 +133,15 @@ def test_a_stalled_compiled_loop_is_answered_by_the_watchdog(tmp_path: Path,
         took = time.monotonic() - t0
         assert p.returncode == 0 and p.stdout == "hot\n", p
         assert took < 2.0, took
+        assert _wait(lambda: enf.stats()["watchdog_allows"] >= 1)
         s = enf.stats()
         assert s["watchdog_allows"] == 1 and s["fail_opens"] == 1 and s["fast_allows"] == 0, s
         _fast(enf).set_stall(0)
         assert _wait(lambda: _fast(enf).busy_s() is None)   # the stalled batch ended
         p = run_in(cg[0], ["cat", str(hot)], timeout=TIMEOUT)
         assert p.returncode == 0 and p.stdout == "hot\n", p
+        # counted once the answer is written (the opener may finish first)
+        assert _wait(lambda: enf.stats()["fast_allows"] >= 1)
         s = enf.stats()
         assert s["fast_allows"] == 1 and s["watchdog_allows"] == 1 and s["errors"] == 0, s
     finally:
@@ -169,6 +173,7 @@ def test_a_stalled_compiled_batch_gets_the_new_plans_fallback(tmp_path: Path,
         assert time.monotonic() - t0 < 0.4
         out, err = kid.communicate(timeout=TIMEOUT)
         assert kid.returncode != 0 and out == "" and EPERM_TEXT in err, (out, err)
+        assert _wait(lambda: enf.stats()["watchdog_denies"] >= 1)
         s = enf.stats()
         assert s["watchdog_denies"] == 1 and s["fast_allows"] == 0 and s["fail_opens"] == 0, s
     finally:

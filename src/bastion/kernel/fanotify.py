@@ -43,6 +43,20 @@ every process that opens a marked file, including the agent's own shell):
   ``decide``) and all marks are removed.
 * Closing the fanotify fd (also when the process dies) makes the kernel
   allow every pending event and drop every mark.
+
+The loop itself is compiled when it can be (:class:`FastLoop`,
+``src/native/fanloop.c``, built by ``make native`` and loaded only from a path
+root alone can change): it reads the events, answers ``FAN_ALLOW`` itself for
+the inodes its owner published with :meth:`PermissionListener.set_fast_allow`
+(inodes ``decide`` would allow for every task: statx of the event fd, a table
+lookup, one ``writev``), and hands every other event to the Python loop
+above, unchanged.  It keeps reading for ``spin_us`` after an event before it
+sleeps in ``poll``.  The events of the batch it holds sit in slots a
+compare-and-swap hands to exactly one answerer: the loop, or the watchdog once
+the batch is ``decision_timeout_s`` old (answered with their fallback,
+counted like any overdue event).  A publish waits for the batches still using
+the previous table.  Without the library the listener runs in Python
+(logged; ``compiled_loop`` is 0 in :meth:`PermissionListener.stats`).
 """
 
 from __future__ import annotations
@@ -243,6 +257,7 @@ class FastLoop:
         self._rescued = (_BfanEvent * _SLOTS)()
         self._counts = (ctypes.c_uint64 * 4)()
         self._lat = (ctypes.c_float * 4096)()
+        self._free_lock = threading.Lock()   # stats() from any thread vs free() at close
 
     def _c(self) -> int:
         if self._ctx is None:
@@ -294,17 +309,19 @@ class FastLoop:
 
     def stats(self) -> tuple[int, list[float]]:
         """(fast allows so far, latencies in us of the fast answers since the last call)."""
-        n = self._lib.bfan_stats(self._c(), self._counts, self._lat, len(self._lat))
-        return int(self._counts[2]), [float(self._lat[i]) for i in range(n)]
+        with self._free_lock:
+            n = self._lib.bfan_stats(self._c(), self._counts, self._lat, len(self._lat))
+            return int(self._counts[2]), [float(self._lat[i]) for i in range(n)]
 
     def errors(self) -> int:
         return int(self._counts[3])
 
     def free(self) -> None:
         """Free the context (only once the loop has returned for good)."""
-        if self._ctx is not None:
-            self._lib.bfan_free(self._ctx)
-            self._ctx = None
+        with self._free_lock:
+            if self._ctx is not None:
+                self._lib.bfan_free(self._ctx)
+                self._ctx = None
 
 
 def load_fast_loop(spin_us: int = DEFAULT_SPIN_US) -> tuple[FastLoop | None, str | None]:
@@ -605,7 +622,7 @@ class PermissionListener:
             listener = self._listener
             if listener is None or not listener.is_alive() \
                     or listener is threading.current_thread():
-                self._fast_allows += fast.stats()[0]
+                self._fast_allows = fast.stats()[0]
                 fast.free()
                 self._fast = None
         for fd in (self._fd, self._wake_r, self._wake_w):
@@ -1074,8 +1091,11 @@ class PermissionListener:
         c = self.c
         fast = self._fast
         if fast is not None:
-            self._fast_allows, lats = fast.stats()
-            c.latencies_us.extend(lats)
+            try:
+                self._fast_allows, lats = fast.stats()
+                c.latencies_us.extend(lats)
+            except KernelError:   # freed by close() meanwhile: its count was kept
+                fast = None
         lat = sorted(c.latencies_us)
         out: dict[str, int | float] = {k: getattr(c, k) for k in _COUNTS}
         fa = self._fast_allows   # answered by the compiled loop: counted as in-time allows
