@@ -92,6 +92,7 @@ struct bfan_ctx {
 	struct table *table;          /* current allow table (NULL: none) */
 	_Atomic int64_t busy_ns;      /* CLOCK_MONOTONIC ns the current batch was read; 0 idle */
 	_Atomic int stop;
+	_Atomic int has_table;        /* spin only when there is something to answer here */
 	_Atomic int64_t stall_ns;     /* test seam: sleep this long after each read */
 	uint32_t spin_us;
 	uint64_t seq;
@@ -179,6 +180,7 @@ int bfan_publish(struct bfan_ctx *c, const uint64_t *triples, size_t n)
 	pthread_mutex_lock(&c->mu);
 	old = c->table;
 	c->table = t;
+	atomic_store(&c->has_table, t != NULL);
 	if (old) {
 		/* a batch that took the old table finishes with it (microseconds: statx of
 		 * cached inodes and lookups); wait for it, so that no answer comes from the
@@ -253,7 +255,7 @@ static int wait_events(struct bfan_ctx *c, int fan_fd, int wake_fd, int timeout_
 	struct pollfd p[2] = { { fan_fd, POLLIN, 0 }, { wake_fd, POLLIN, 0 } };
 
 	*got = 0;
-	if (c->spin_us) {
+	if (c->spin_us && atomic_load(&c->has_table)) {
 		int64_t until = now_ns() + (int64_t)c->spin_us * 1000;
 
 		do {

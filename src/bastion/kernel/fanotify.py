@@ -50,8 +50,9 @@ root alone can change): it reads the events, answers ``FAN_ALLOW`` itself for
 the inodes its owner published with :meth:`PermissionListener.set_fast_allow`
 (inodes ``decide`` would allow for every task: statx of the event fd, a table
 lookup, one ``writev``), and hands every other event to the Python loop
-above, unchanged.  It keeps reading for ``spin_us`` after an event before it
-sleeps in ``poll``.  The events of the batch it holds sit in slots a
+above, unchanged.  While a table is published it keeps reading for
+``spin_us`` after an event before it sleeps in ``poll`` (a listener whose
+events all go to Python never spins).  The events of the batch it holds sit in slots a
 compare-and-swap hands to exactly one answerer: the loop, or the watchdog once
 the batch is ``decision_timeout_s`` old (answered with their fallback,
 counted like any overdue event).  A publish waits for the batches still using
