@@ -13,13 +13,15 @@ BPF_SRCS   := $(wildcard bpf/*.bpf.c)
 BPF_OBJS   := $(patsubst bpf/%.bpf.c,$(BPF_DIR)/%.bpf.o,$(BPF_SRCS))
 BPF_HDRS   := $(wildcard bpf/include/*.h bpf/lib/*.h)
 PYTEST     := $(VPY) -m pytest -p no:cacheprovider
+NATIVE_DIR := $(BUILD)/lib
+NATIVE_CFLAGS := -O2 -g -Wall -Wextra -Werror -fPIC -shared -pthread
 
-.PHONY: all setup deps venv bpf run test test-unit test-kernel test-e2e test-vm \
+.PHONY: all setup deps venv bpf native run test test-unit test-kernel test-e2e test-vm \
         test-vm-variant lint bench reset clean
 
 all: setup
 
-setup: deps venv bpf
+setup: deps venv bpf native
 
 deps:
 	@bash scripts/install-deps.sh
@@ -44,6 +46,13 @@ $(BPF_DIR)/%.bpf.o: bpf/%.bpf.c $(BPF_HDRS) $(BUILD)/vmlinux.h
 	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
 
 bpf: deps $(BPF_OBJS)
+
+# The compiled fast path of the fanotify listener (bastion.kernel.fanotify loads it).
+$(NATIVE_DIR)/libbastion_fanloop.so: src/native/fanloop.c
+	@mkdir -p $(NATIVE_DIR)
+	$(CLANG) $(NATIVE_CFLAGS) $< -o $@
+
+native: deps $(NATIVE_DIR)/libbastion_fanloop.so
 
 # Run Bastion as production runs it: the guardian holding tamper protection with the
 # agent under it, in the foreground with the live alert feed (embedded default policy).

@@ -15,6 +15,7 @@ DEFAULT_SOCKET = Path("/run/bastion/bastion.sock")
 # directory, so the administrator can move it off the host (and delete it here).
 DEFAULT_TOKEN_FILE = Path("/root/bastion-maintenance.token")
 _INSTALLED_BPF = Path("/usr/lib/bastion/bpf")
+_INSTALLED_NATIVE = Path("/usr/lib/bastion/lib")
 
 
 def bpf_object_dir() -> Path:
@@ -41,6 +42,19 @@ def bpf_object(name: str) -> Path:
             location=Location(str(path)),
         )
     return path
+
+
+def native_library(name: str) -> Path:
+    """Path of a compiled helper library (``make native``): ``BASTION_NATIVE_DIR``,
+    then ``build/lib`` of a source checkout, then the installed location (the
+    caller checks that it exists and that root alone can change it)."""
+    env = os.environ.get("BASTION_NATIVE_DIR")
+    if env:
+        return Path(env) / name
+    checkout = Path(__file__).resolve().parents[2] / "build" / "lib"
+    if checkout.is_dir():
+        return checkout / name
+    return _INSTALLED_NATIVE / name
 
 
 @dataclass(frozen=True)

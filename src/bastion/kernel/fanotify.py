@@ -43,6 +43,21 @@ every process that opens a marked file, including the agent's own shell):
   ``decide``) and all marks are removed.
 * Closing the fanotify fd (also when the process dies) makes the kernel
   allow every pending event and drop every mark.
+
+The loop itself is compiled when it can be (:class:`FastLoop`,
+``src/native/fanloop.c``, built by ``make native`` and loaded only from a path
+root alone can change): it reads the events, answers ``FAN_ALLOW`` itself for
+the inodes its owner published with :meth:`PermissionListener.set_fast_allow`
+(inodes ``decide`` would allow for every task: statx of the event fd, a table
+lookup, one ``writev``), and hands every other event to the Python loop
+above, unchanged.  While a table is published it keeps reading for
+``spin_us`` after an event before it sleeps in ``poll`` (a listener whose
+events all go to Python never spins).  The events of the batch it holds sit in slots a
+compare-and-swap hands to exactly one answerer: the loop, or the watchdog once
+the batch is ``decision_timeout_s`` old (answered with their fallback,
+counted like any overdue event).  A publish waits for the batches still using
+the previous table.  Without the library the listener runs in Python
+(logged; ``compiled_loop`` is 0 in :meth:`PermissionListener.stats`).
 """
 
 from __future__ import annotations
@@ -182,6 +197,140 @@ def supported() -> str | None:
     finally:
         os.close(fd)
     return None
+
+
+# ---- the compiled fast path ---------------------------------------------------------------
+
+FANLOOP_LIB: Final = "libbastion_fanloop.so"
+_FANLOOP_ABI: Final = 1
+_SLOTS: Final = 1024              # fanloop.c SLOTS: events a call can hand back
+DEFAULT_SPIN_US: Final = 50
+"""How long the compiled loop keeps reading after its last event before it sleeps in
+``poll``: the next open of a hot marked file is then read without a wake-up of the
+listener (bounded: an idle host spends nothing, a busy one at most this per event)."""
+
+
+class _BfanEvent(ctypes.Structure):
+    _fields_ = [("fd", ctypes.c_int32), ("pid", ctypes.c_int32), ("mask", ctypes.c_uint64)]
+
+
+class FastLoop:
+    """``src/native/fanloop.c`` through ctypes: the listener loop that answers the
+    published allow table itself and hands every other event to Python (see
+    that file for the contract with the watchdog).  Calls release the GIL."""
+
+    def __init__(self, path: Path | None = None, spin_us: int = DEFAULT_SPIN_US) -> None:
+        from bastion.kernel._ffi import trusted_file
+        from bastion.paths import native_library
+
+        lib_path = trusted_file(path or native_library(FANLOOP_LIB))
+        try:
+            lib = ctypes.CDLL(str(lib_path), use_errno=True)
+        except OSError as exc:
+            raise KernelError(f"cannot load the compiled fanotify loop: {exc}",
+                              location=Location(str(lib_path))) from exc
+        p, i32, i64, u32 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_uint32
+        ev_p = ctypes.POINTER(_BfanEvent)
+        for name, res, args in (
+                ("bfan_abi", i32, []), ("bfan_new", p, [u32]), ("bfan_free", None, [p]),
+                ("bfan_publish", i32, [p, ctypes.POINTER(ctypes.c_uint64), ctypes.c_size_t]),
+                ("bfan_run", i32, [p, i32, i32, i32, ev_p, i32]),
+                ("bfan_rescue", i32, [p, i64, ev_p, i32]),
+                ("bfan_stop", None, [p, i32]), ("bfan_set_stall", None, [p, i64]),
+                ("bfan_busy_ns", i64, [p]),
+                ("bfan_stats", i32, [p, ctypes.POINTER(ctypes.c_uint64),
+                                     ctypes.POINTER(ctypes.c_float), i32])):
+            fn = getattr(lib, name)
+            fn.restype = res
+            fn.argtypes = args
+        if lib.bfan_abi() != _FANLOOP_ABI:
+            raise KernelError(f"compiled fanotify loop speaks ABI {lib.bfan_abi()}, not "
+                              f"{_FANLOOP_ABI}: rebuild it with 'make native'",
+                              location=Location(str(lib_path)))
+        ctx = lib.bfan_new(spin_us)
+        if not ctx:
+            raise KernelError("compiled fanotify loop: out of memory", location=Location(str(lib_path)))
+        self._lib = lib
+        self._ctx: int | None = ctx
+        self.path = lib_path
+        self.spin_us = spin_us
+        self._out = (_BfanEvent * _SLOTS)()
+        self._rescued = (_BfanEvent * _SLOTS)()
+        self._counts = (ctypes.c_uint64 * 4)()
+        self._lat = (ctypes.c_float * 4096)()
+        self._free_lock = threading.Lock()   # stats() from any thread vs free() at close
+
+    def _c(self) -> int:
+        if self._ctx is None:
+            raise KernelError("compiled fanotify loop is closed", location=Location("fanotify"))
+        return self._ctx
+
+    def publish(self, allow_open: frozenset[tuple[int, int]],
+                allow_exec: frozenset[tuple[int, int]]) -> None:
+        """Make these the inodes answered ALLOW without Python (open, exec); when it
+        returns, no batch answers from the previous table any more."""
+        bits: dict[tuple[int, int], int] = {}
+        for k in allow_open:
+            bits[k] = bits.get(k, 0) | 1
+        for k in allow_exec:
+            bits[k] = bits.get(k, 0) | 2
+        flat = (ctypes.c_uint64 * (3 * len(bits) or 1))()
+        for n, ((dev, ino), b) in enumerate(bits.items()):
+            flat[3 * n], flat[3 * n + 1], flat[3 * n + 2] = dev, ino, b
+        if self._lib.bfan_publish(self._c(), flat, len(bits)) != 0:
+            raise KernelError("compiled fanotify loop: out of memory for the allow table",
+                              location=Location("fanotify"))
+
+    def run(self, fan_fd: int, wake_fd: int, timeout_ms: int) -> list[tuple[int, int, int]]:
+        """Block until events need Python (mask, fd, tid each), or [] on timeout/wake."""
+        n = self._lib.bfan_run(self._c(), fan_fd, wake_fd, timeout_ms, self._out, _SLOTS)
+        if n < 0:
+            raise OSError(-n, os.strerror(-n))
+        out = self._out
+        return [(out[i].mask, out[i].fd, out[i].pid) for i in range(n)]
+
+    def rescue(self, timeout_s: float) -> list[tuple[int, int, int]]:
+        """(mask, fd, tid) of the events of a batch held ``timeout_s`` or more, now the
+        caller's to answer and close; [] when the loop is not stalled."""
+        n = self._lib.bfan_rescue(self._c(), int(timeout_s * 1e9), self._rescued, _SLOTS)
+        r = self._rescued
+        return [(r[i].mask, r[i].fd, r[i].pid) for i in range(n)]
+
+    def busy_s(self) -> float | None:
+        """``time.monotonic()`` at which the batch being handled was read; None if idle."""
+        ns = int(self._lib.bfan_busy_ns(self._c()))
+        return ns / 1e9 if ns else None
+
+    def stop(self) -> None:
+        self._lib.bfan_stop(self._c(), 1)
+
+    def set_stall(self, seconds: float) -> None:
+        """Test seam: the loop sleeps this long after each read (0: never)."""
+        self._lib.bfan_set_stall(self._c(), int(seconds * 1e9))
+
+    def stats(self) -> tuple[int, list[float]]:
+        """(fast allows so far, latencies in us of the fast answers since the last call)."""
+        with self._free_lock:
+            n = self._lib.bfan_stats(self._c(), self._counts, self._lat, len(self._lat))
+            return int(self._counts[2]), [float(self._lat[i]) for i in range(n)]
+
+    def errors(self) -> int:
+        return int(self._counts[3])
+
+    def free(self) -> None:
+        """Free the context (only once the loop has returned for good)."""
+        with self._free_lock:
+            if self._ctx is not None:
+                self._lib.bfan_free(self._ctx)
+                self._ctx = None
+
+
+def load_fast_loop(spin_us: int = DEFAULT_SPIN_US) -> tuple[FastLoop | None, str | None]:
+    """(the compiled loop, None), or (None, why not) when it is missing or refused."""
+    try:
+        return FastLoop(spin_us=spin_us), None
+    except KernelError as exc:
+        return None, str(exc)
 
 
 def subdirs(top: str, top_st: os.stat_result, max_dirs: int) -> list[tuple[str, tuple[int, int]]]:
@@ -343,12 +492,20 @@ class PermissionListener:
 
     def __init__(self, decide: Decide, *, deadline_s: float | None = None,
                  decision_timeout_s: float = 0.2, fallback: Fallback | None = None,
-                 thread_nice: int | None = THREAD_NICE) -> None:
+                 thread_nice: int | None = THREAD_NICE, compiled: bool = True,
+                 spin_us: int = DEFAULT_SPIN_US) -> None:
         if decision_timeout_s <= 0:
             raise ValueError("decision_timeout_s must be > 0")
         if thread_nice is not None and not -20 <= thread_nice <= 19:
             raise ValueError(f"thread_nice must be in -20..19, not {thread_nice}")
+        if not 0 <= spin_us <= 10_000:
+            raise ValueError(f"spin_us must be in 0..10000, not {spin_us}")
         self.thread_nice = thread_nice
+        self.compiled = compiled
+        self.spin_us = spin_us
+        self.compiled_why: str | None = None   # why the compiled loop is not used
+        self._fast: FastLoop | None = None
+        self._fast_allows = 0
         self.decide = decide
         self.fallback = fallback
         self.deadline_s = deadline_s
@@ -407,6 +564,12 @@ class PermissionListener:
             self._libc = _Libc()
             self._fd = self._libc.init(_INIT_FLAGS, os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC)
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        if self.compiled and self._fast is None:
+            self._fast, self.compiled_why = load_fast_loop(self.spin_us)
+            if self._fast is None:
+                log.warning("fanotify: compiled listener loop unavailable (%s): every event "
+                            "is decided in Python (slower; 'make native' builds it)",
+                            self.compiled_why)
         if self.deadline_s is not None:
             self._deadline_at = time.monotonic() + self.deadline_s
         self._watchdog = threading.Thread(target=self._watchdog_loop, name="bastion-fan-watchdog",
@@ -430,6 +593,8 @@ class PermissionListener:
             return
         self._closed = True
         self._stop.set()
+        if self._fast is not None:
+            self._fast.stop()
         if self._wake_w >= 0:
             try:
                 os.write(self._wake_w, b"x")
@@ -453,6 +618,14 @@ class PermissionListener:
                 self._close_fds()
 
     def _close_fds(self) -> None:
+        fast = self._fast
+        if fast is not None and self._watchdog is not None and not self._watchdog.is_alive():
+            listener = self._listener
+            if listener is None or not listener.is_alive() \
+                    or listener is threading.current_thread():
+                self._fast_allows = fast.stats()[0]
+                fast.free()
+                self._fast = None
         for fd in (self._fd, self._wake_r, self._wake_w):
             if fd >= 0:
                 try:
@@ -493,6 +666,21 @@ class PermissionListener:
         except KernelError as exc:
             log.error("fanotify: flushing marks at %s failed: %s", why, exc)
 
+    def set_fast_allow(self, allow_open: frozenset[tuple[int, int]],
+                       allow_exec: frozenset[tuple[int, int]]) -> None:
+        """The inodes whose open (``allow_open``) or exec (``allow_exec``) events the
+        compiled loop answers ALLOW itself, without calling ``decide``: only inodes
+        ``decide`` would allow for every task and every kind of open.  Replaces the
+        previous sets; when it returns, no event is answered from them any more.
+        Without the compiled loop, nothing to do (``decide`` sees every event)."""
+        if self._fast is not None and not self._expired:
+            self._fast.publish(allow_open, allow_exec)
+
+    @property
+    def compiled_loop(self) -> bool:
+        """Does the compiled loop answer the fast allows (see :meth:`set_fast_allow`)?"""
+        return self._fast is not None
+
     def _mark_path(self, flags: int, mask: int, path: str, key: tuple[int, int]) -> None:
         """Mark the inode at ``path`` after checking it is still ``key``.
 
@@ -515,6 +703,8 @@ class PermissionListener:
             if self._expired:
                 return
             self._expired = True
+            if self._fast is not None:   # every event to Python: it answers deadline_allows
+                self._fast.publish(frozenset(), frozenset())
             self.flush_marks("deadline")
         log.warning("fanotify: deadline of %.1fs reached: all marks removed, everything allowed",
                     self.deadline_s or 0.0)
@@ -694,13 +884,40 @@ class PermissionListener:
                         log.warning("fanotify: a decision stalled: denied by its fallback")
                     elif r == FAN_ALLOW:
                         self.c.watchdog_allows += 1
+                fast = self._fast
                 busy = self._busy_since
+                if fast is not None:
+                    self._rescue(fast)
+                    cbusy = fast.busy_s()
+                    if cbusy is not None and (busy is None or cbusy < busy):
+                        busy = cbusy
                 stalled = busy is not None and now - busy >= self.decision_timeout_s
                 if stalled or not self._loop_running:
                     self._drain(count=True)
             except Exception as exc:  # noqa: BLE001 - the watchdog must keep running
                 self.c.errors += 1
                 log.error("fanotify watchdog: %s: %s", type(exc).__name__, exc)
+
+    def _rescue(self, fast: FastLoop) -> None:
+        """Answer, with their fallback, the events of a compiled batch held past
+        ``decision_timeout_s`` (the loop gave up each one it did not answer yet)."""
+        for mask, efd, tid in fast.rescue(self.decision_timeout_s):
+            try:
+                if not mask & FAN_PERM_EVENTS:
+                    continue
+                now = time.monotonic()
+                ev = PermEvent(mask, efd, tid, now)
+                fb = self._fallback_of(ev)
+                with self._lock:
+                    self._pending[efd] = (now, ev, fb)
+                if self._answer(efd, fb):
+                    if fb == FAN_DENY:
+                        self.c.watchdog_denies += 1
+                        log.warning("fanotify: the compiled loop stalled: denied by the fallback")
+                    else:
+                        self.c.watchdog_allows += 1
+            finally:
+                os.close(efd)
 
     # ---- the listener ---------------------------------------------------------------------
 
@@ -709,6 +926,9 @@ class PermissionListener:
         if self._fd < 0:
             raise KernelError("fanotify listener is not open", location=Location("fanotify"))
         self._prioritize("listener")
+        if self._fast is not None:
+            self._run_compiled(self._fast)
+            return
         poller = select.poll()
         poller.register(self._fd, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
@@ -734,42 +954,69 @@ class PermissionListener:
                     continue
                 if not evs:
                     continue
-                now = time.monotonic()
-                self._busy_since = now
-                pes = [PermEvent(mask, efd, tid, now) if efd >= 0 and mask & FAN_PERM_EVENTS
-                       else None for mask, efd, tid in evs]
-                fb0 = FAN_ALLOW if self.fallback is None else 0   # 0: asked when needed
-                with self._lock:
-                    pending = self._pending
-                    for pe in pes:
-                        if pe is not None:
-                            pending[pe.fd] = (now, pe, fb0)
-                batch: list[tuple[int, Verdict]] = []
-                try:
-                    flushed = now
-                    for (mask, efd, _tid), pe in zip(evs, pes):
-                        v = self._handle(mask, efd, pe)
-                        if v is not None:
-                            batch.append((efd, v))
-                            t = time.monotonic()
-                            # a deny (or a reported decision) is written at once: a later
-                            # decision that stalls must not turn it into its fallback; so is
-                            # everything ready once the batch took a while
-                            if (v.response != FAN_ALLOW or v.after is not None
-                                    or t - flushed >= _BATCH_HOLD_S):
-                                self._flush(batch, now)
-                                batch = []
-                                flushed = t
-                finally:
-                    try:
-                        self._flush(batch, now)
-                    finally:
-                        self._busy_since = None
+                self._process(evs)
         finally:
             self._loop_running = False
             with self._lock:
                 if self._listener_owns_fd:
                     self._close_fds()
+
+    def _run_compiled(self, fast: FastLoop) -> None:
+        """The listener loop with the compiled fast path: it answers the fast allows and
+        returns the other events, decided here as in :meth:`run`."""
+        self._loop_running = True
+        try:
+            while not self._stop.is_set():
+                try:
+                    evs = fast.run(self._fd, self._wake_r, 250)
+                except OSError as exc:
+                    if self._stop.is_set():
+                        break
+                    self.c.errors += 1
+                    log.error("fanotify: compiled loop: read failed: %s", exc)
+                    time.sleep(0.01)
+                    continue
+                if evs:
+                    self._process(evs)   # handed over: answered even when stopping
+        finally:
+            self._loop_running = False
+            with self._lock:
+                if self._listener_owns_fd:
+                    self._close_fds()
+
+    def _process(self, evs: list[tuple[int, int, int]]) -> None:
+        """Decide and answer one batch of (mask, event fd, tid)."""
+        now = time.monotonic()
+        self._busy_since = now
+        pes = [PermEvent(mask, efd, tid, now) if efd >= 0 and mask & FAN_PERM_EVENTS
+               else None for mask, efd, tid in evs]
+        fb0 = FAN_ALLOW if self.fallback is None else 0   # 0: asked when needed
+        with self._lock:
+            pending = self._pending
+            for pe in pes:
+                if pe is not None:
+                    pending[pe.fd] = (now, pe, fb0)
+        batch: list[tuple[int, Verdict]] = []
+        try:
+            flushed = now
+            for (mask, efd, _tid), pe in zip(evs, pes):
+                v = self._handle(mask, efd, pe)
+                if v is not None:
+                    batch.append((efd, v))
+                    t = time.monotonic()
+                    # a deny (or a reported decision) is written at once: a later
+                    # decision that stalls must not turn it into its fallback; so is
+                    # everything ready once the batch took a while
+                    if (v.response != FAN_ALLOW or v.after is not None
+                            or t - flushed >= _BATCH_HOLD_S):
+                        self._flush(batch, now)
+                        batch = []
+                        flushed = t
+        finally:
+            try:
+                self._flush(batch, now)
+            finally:
+                self._busy_since = None
 
     def _handle(self, mask: int, efd: int, ev: PermEvent | None) -> Verdict | None:
         """The verdict of one event, to be written by :meth:`_flush`; None when the
@@ -843,8 +1090,21 @@ class PermissionListener:
 
     def stats(self) -> dict[str, int | float]:
         c = self.c
+        fast = self._fast
+        if fast is not None:
+            try:
+                self._fast_allows, lats = fast.stats()
+                c.latencies_us.extend(lats)
+            except KernelError:   # freed by close() meanwhile: its count was kept
+                fast = None
         lat = sorted(c.latencies_us)
         out: dict[str, int | float] = {k: getattr(c, k) for k in _COUNTS}
+        fa = self._fast_allows   # answered by the compiled loop: counted as in-time allows
+        out["events"] += fa
+        out["perm_events"] += fa
+        out["allows"] += fa
+        out["fast_allows"] = fa
+        out["compiled_loop"] = int(fast is not None)
         out["fail_opens"] = c.watchdog_allows + c.error_allows + c.overflows
         out["expired"] = int(self._expired)
         out["decisions_timed"] = len(lat)

@@ -1,0 +1,468 @@
+/* fanloop: the compiled fast path of Bastion's fanotify permission listener.
+ *
+ * bastion.kernel.fanotify.PermissionListener runs bfan_run() on its listener
+ * thread (ctypes releases the GIL).  It waits for events (spinning up to
+ * spin_us after the last one, then poll()), reads a batch, answers FAN_ALLOW
+ * itself for every permission event whose inode is in the published allow
+ * table for its kind (open or exec: inodes the plan allows every task), in
+ * one writev with one response per iovec, closes those event fds, and returns
+ * the other events to Python, which decides them as before.
+ *
+ * Kernel-safety contract with the Python watchdog:
+ *  - every event of the batch being handled sits in a slot whose state word is
+ *    (batch seq << 8 | state); the loop publishes busy_ns while it holds one;
+ *  - whoever moves a slot from PENDING (by compare-and-swap) answers the event
+ *    and closes its fd: the loop (DONE after a fast allow, HANDED when it gives
+ *    the event to Python) or bfan_rescue() called by the watchdog when the
+ *    batch is overdue (CLAIMED: the watchdog answers its fallback);
+ *  - a slot reused by the next batch carries a new seq, so a stale
+ *    compare-and-swap fails and a torn read of fd/mask is discarded.
+ * Nothing here opens a path or may wait on a filesystem: the inode comes from
+ * statx(AT_EMPTY_PATH | AT_STATX_DONT_SYNC) of the event fd.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#define BFAN_ABI 1
+#define SLOTS 1024            /* events per read: 64 KiB / 24-byte metadata < 2731 */
+#define READ_BUF (SLOTS * 24)
+#define LAT_RING 4096
+
+#define FAN_OPEN_PERM 0x00010000u
+#define FAN_ACCESS_PERM 0x00020000u
+#define FAN_OPEN_EXEC_PERM 0x00040000u
+#define FAN_PERM_EVENTS (FAN_OPEN_PERM | FAN_ACCESS_PERM | FAN_OPEN_EXEC_PERM)
+#define FAN_ALLOW 0x01
+#define META_VERSION 3
+
+enum { ST_FREE = 0, ST_FILLING = 1, ST_PENDING = 2, ST_DONE = 3, ST_HANDED = 4, ST_CLAIMED = 5 };
+
+struct meta {                 /* struct fanotify_event_metadata */
+	uint32_t event_len;
+	uint8_t vers, reserved;
+	uint16_t metadata_len;
+	uint64_t mask;
+	int32_t fd, pid;
+} __attribute__((packed));
+
+struct response {
+	int32_t fd;
+	uint32_t response;
+};
+
+struct bfan_event {           /* what bfan_run / bfan_rescue hand to Python */
+	int32_t fd;
+	int32_t pid;
+	uint64_t mask;
+};
+
+struct entry {
+	uint64_t dev, ino;
+	uint32_t bits;            /* 1: allow open, 2: allow exec; 0: empty */
+	uint32_t pad;
+};
+
+struct table {
+	size_t cap;               /* power of two */
+	int users;                /* batches using it (under ctx->mu) */
+	int retired;
+	struct entry e[];
+};
+
+struct slot {
+	_Atomic uint64_t word;    /* seq << 8 | state */
+	int32_t fd, pid;
+	uint64_t mask;
+};
+
+struct bfan_ctx {
+	pthread_mutex_t mu;
+	struct table *table;          /* current allow table (NULL: none) */
+	_Atomic int64_t busy_ns;      /* CLOCK_MONOTONIC ns the current batch was read; 0 idle */
+	_Atomic int stop;
+	_Atomic int has_table;        /* spin only when there is something to answer here */
+	_Atomic int64_t stall_ns;     /* test seam: sleep this long after each read */
+	uint32_t spin_us;
+	uint64_t seq;
+	_Atomic int nslots;
+	struct slot slots[SLOTS];
+	/* counters (read by Python under mu) */
+	uint64_t events, perm_events, fast_allows, errors;
+	uint64_t lat_head, lat_tail;
+	float lat_us[LAT_RING];
+	char buf[READ_BUF] __attribute__((aligned(8)));
+};
+
+static int64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static uint64_t mix(uint64_t dev, uint64_t ino)
+{
+	uint64_t h = ino * 0x9E3779B97F4A7C15ull ^ (dev + 0x632BE59BD9B4E019ull);
+
+	h ^= h >> 31;
+	h *= 0xBF58476D1CE4E5B9ull;
+	return h ^ (h >> 29);
+}
+
+int bfan_abi(void)
+{
+	return BFAN_ABI;
+}
+
+struct bfan_ctx *bfan_new(uint32_t spin_us)
+{
+	struct bfan_ctx *c = calloc(1, sizeof(*c));
+
+	if (!c)
+		return NULL;
+	pthread_mutex_init(&c->mu, NULL);
+	c->spin_us = spin_us;
+	return c;
+}
+
+void bfan_free(struct bfan_ctx *c)
+{
+	if (!c)
+		return;
+	free(c->table);
+	pthread_mutex_destroy(&c->mu);
+	free(c);
+}
+
+/* Publish a new allow table: n (dev, ino, bits) triples.  The previous table is
+ * freed once no batch uses it.  n == 0 publishes none (every event goes to
+ * Python).  Returns 0 or -ENOMEM. */
+int bfan_publish(struct bfan_ctx *c, const uint64_t *triples, size_t n)
+{
+	struct table *t = NULL, *old;
+
+	if (n) {
+		size_t cap = 16;
+
+		while (cap < n * 2)
+			cap <<= 1;
+		t = calloc(1, sizeof(*t) + cap * sizeof(struct entry));
+		if (!t)
+			return -ENOMEM;
+		t->cap = cap;
+		for (size_t i = 0; i < n; i++) {
+			uint64_t dev = triples[3 * i], ino = triples[3 * i + 1];
+			uint32_t bits = (uint32_t)triples[3 * i + 2] & 3;
+			size_t j = mix(dev, ino) & (cap - 1);
+
+			if (!bits)
+				continue;
+			while (t->e[j].bits && !(t->e[j].dev == dev && t->e[j].ino == ino))
+				j = (j + 1) & (cap - 1);
+			t->e[j].dev = dev;
+			t->e[j].ino = ino;
+			t->e[j].bits |= bits;
+		}
+	}
+	pthread_mutex_lock(&c->mu);
+	old = c->table;
+	c->table = t;
+	atomic_store(&c->has_table, t != NULL);
+	if (old) {
+		/* a batch that took the old table finishes with it (microseconds: statx of
+		 * cached inodes and lookups); wait for it, so that no answer comes from the
+		 * old table once this returns.  After 1 s the batch is stalled: the
+		 * watchdog answers its events, and the table is freed by the batch. */
+		int64_t until = now_ns() + 1000000000;
+
+		while (old->users && now_ns() < until) {
+			pthread_mutex_unlock(&c->mu);
+			sched_yield();
+			pthread_mutex_lock(&c->mu);
+		}
+		if (old->users)
+			old->retired = 1;
+		else
+			free(old);
+	}
+	pthread_mutex_unlock(&c->mu);
+	return 0;
+}
+
+static uint32_t lookup(const struct table *t, uint64_t dev, uint64_t ino)
+{
+	size_t j = mix(dev, ino) & (t->cap - 1);
+
+	while (t->e[j].bits) {
+		if (t->e[j].dev == dev && t->e[j].ino == ino)
+			return t->e[j].bits;
+		j = (j + 1) & (t->cap - 1);
+	}
+	return 0;
+}
+
+/* (kernel dev, ino) of an event fd from the cached inode: never asks a filesystem. */
+static int fd_key(int fd, uint64_t *dev, uint64_t *ino)
+{
+	struct statx sx;
+
+	if (statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_INO, &sx) != 0)
+		return -1;
+	*dev = ((uint64_t)sx.stx_dev_major << 20) | sx.stx_dev_minor;
+	*ino = sx.stx_ino;
+	return 0;
+}
+
+static int claim(struct slot *s, uint64_t seq, int to)
+{
+	uint64_t want = seq << 8 | ST_PENDING;
+
+	return atomic_compare_exchange_strong(&s->word, &want, seq << 8 | (uint64_t)to);
+}
+
+void bfan_stop(struct bfan_ctx *c, int stop)
+{
+	atomic_store(&c->stop, stop);
+}
+
+void bfan_set_stall(struct bfan_ctx *c, int64_t ns)
+{
+	atomic_store(&c->stall_ns, ns);
+}
+
+int64_t bfan_busy_ns(struct bfan_ctx *c)
+{
+	return atomic_load(&c->busy_ns);
+}
+
+/* Wait for events (spin, then poll up to timeout_ms); 1: readable, 0: timeout or
+ * wake fd, -errno on error.  ``got`` receives the bytes read while spinning. */
+static int wait_events(struct bfan_ctx *c, int fan_fd, int wake_fd, int timeout_ms, ssize_t *got)
+{
+	struct pollfd p[2] = { { fan_fd, POLLIN, 0 }, { wake_fd, POLLIN, 0 } };
+
+	*got = 0;
+	if (c->spin_us && atomic_load(&c->has_table)) {
+		int64_t until = now_ns() + (int64_t)c->spin_us * 1000;
+
+		do {
+			ssize_t n = read(fan_fd, c->buf, sizeof(c->buf));
+
+			if (n > 0) {
+				*got = n;
+				return 1;
+			}
+			if (n < 0 && errno != EAGAIN && errno != EINTR)
+				return -errno;
+			if (atomic_load(&c->stop))
+				return 0;
+			/* the opener we just answered may be queued on this CPU (its loop
+			 * pinned here): let it run rather than spin ahead of it */
+			sched_yield();
+		} while (now_ns() < until);
+	}
+	for (;;) {
+		int r = poll(p, 2, timeout_ms);
+
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (r == 0 || (p[1].revents & POLLIN) || atomic_load(&c->stop))
+			return 0;
+		return 1;
+	}
+}
+
+/* One call: wait, read batches and answer the fast ones until some event must go
+ * to Python (returned: their count, copied to out), the wake fd or stop, or
+ * timeout_ms without events (0).  -errno on a read error (nothing pending). */
+int bfan_run(struct bfan_ctx *c, int fan_fd, int wake_fd, int timeout_ms,
+	     struct bfan_event *out, int cap)
+{
+	static __thread struct iovec iov[SLOTS];
+	static __thread struct response resp[SLOTS];
+	static __thread int done_idx[SLOTS];
+
+	if (cap < SLOTS)
+		return -EINVAL;
+	for (;;) {
+		ssize_t n;
+		int r = wait_events(c, fan_fd, wake_fd, timeout_ms, &n);
+		int64_t t0;
+		struct table *t;
+		int ns = 0, nout = 0, nd = 0;
+		uint64_t seq;
+
+		if (r <= 0)
+			return r;
+		if (n == 0) {
+			n = read(fan_fd, c->buf, sizeof(c->buf));
+			if (n < 0) {
+				if (errno == EAGAIN || errno == EINTR)
+					continue;
+				return -errno;
+			}
+			if (n == 0)
+				continue;
+		}
+		t0 = now_ns();
+		seq = ++c->seq;
+		atomic_store(&c->busy_ns, t0);
+		/* slots first: the watchdog can answer every event from here on */
+		for (ssize_t off = 0; off + (ssize_t)sizeof(struct meta) <= n && ns < SLOTS;) {
+			struct meta m;
+			struct slot *s = &c->slots[ns++];
+
+			memcpy(&m, c->buf + off, sizeof(m));
+			atomic_store(&s->word, seq << 8 | ST_FILLING);
+			s->fd = m.fd;
+			s->pid = m.pid;
+			s->mask = m.mask;
+			atomic_store(&s->word, seq << 8 | ST_PENDING);
+			if (m.vers != META_VERSION || m.event_len < sizeof(m))
+				break;   /* handed to Python as is: it logs the version */
+			off += m.event_len;
+		}
+		atomic_store(&c->nslots, ns);
+		if (atomic_load(&c->stall_ns) > 0) {
+			int64_t st = atomic_load(&c->stall_ns);
+			struct timespec ts = { st / 1000000000, st % 1000000000 };
+
+			nanosleep(&ts, NULL);
+		}
+		pthread_mutex_lock(&c->mu);
+		t = c->table;
+		if (t)
+			t->users++;
+		pthread_mutex_unlock(&c->mu);
+		for (int i = 0; i < ns; i++) {
+			struct slot *s = &c->slots[i];
+			uint64_t dev, ino;
+			uint32_t want;
+
+			c->events++;
+			if (s->fd < 0 || !(s->mask & FAN_PERM_EVENTS))
+				continue;
+			c->perm_events++;
+			if (!t)
+				continue;
+			want = (s->mask & FAN_OPEN_EXEC_PERM) ? 2 : (s->mask & FAN_ACCESS_PERM) ? 0 : 1;
+			if (!want || fd_key(s->fd, &dev, &ino) != 0 || !(lookup(t, dev, ino) & want))
+				continue;
+			if (!claim(s, seq, ST_DONE))
+				continue;    /* the watchdog took it: it answers and closes */
+			resp[nd].fd = s->fd;
+			resp[nd].response = FAN_ALLOW;
+			iov[nd].iov_base = &resp[nd];
+			iov[nd].iov_len = sizeof(resp[nd]);
+			done_idx[nd++] = i;
+		}
+		for (int i = 0; i < nd;) {
+			/* one response per iovec: fanotify_write takes one per write and the
+			 * readv/writev loop stops at the first it refuses */
+			ssize_t w = writev(fan_fd, iov + i, nd - i);
+
+			if (w < 0) {
+				c->errors++;   /* iov[i] refused (no such pending event): skip it */
+				i++;
+			} else if (w == 0) {
+				c->errors++;
+				for (; i < nd; i++)
+					if (write(fan_fd, &resp[i], sizeof(resp[i])) != sizeof(resp[i]))
+						c->errors++;
+			} else {
+				i += (int)(w / (ssize_t)sizeof(struct response));
+			}
+		}
+		for (int i = 0; i < nd; i++)
+			close(c->slots[done_idx[i]].fd);
+		{
+			float us = (float)(now_ns() - t0) / 1000.0f;
+
+			pthread_mutex_lock(&c->mu);
+			c->fast_allows += (uint64_t)nd;
+			for (int i = 0; i < nd; i++)
+				c->lat_us[c->lat_head++ % LAT_RING] = us;
+			if (t && --t->users == 0 && t->retired)
+				free(t);
+			pthread_mutex_unlock(&c->mu);
+		}
+		for (int i = 0; i < ns; i++) {
+			struct slot *s = &c->slots[i];
+			uint64_t w = atomic_load(&s->word);
+
+			if ((w & 0xff) != ST_PENDING || !claim(s, seq, ST_HANDED))
+				continue;
+			out[nout].fd = s->fd;
+			out[nout].pid = s->pid;
+			out[nout].mask = s->mask;
+			nout++;
+		}
+		atomic_store(&c->busy_ns, 0);
+		if (nout)
+			return nout;
+	}
+}
+
+/* Watchdog: when the loop has held its batch for timeout_ns or more, claim every
+ * event of it still pending and copy it to out (the caller answers and closes
+ * each).  Returns how many were claimed. */
+int bfan_rescue(struct bfan_ctx *c, int64_t timeout_ns, struct bfan_event *out, int cap)
+{
+	int64_t busy = atomic_load(&c->busy_ns);
+	int ns, nout = 0;
+
+	if (busy == 0 || now_ns() - busy < timeout_ns)
+		return 0;
+	ns = atomic_load(&c->nslots);
+	for (int i = 0; i < ns && nout < cap; i++) {
+		struct slot *s = &c->slots[i];
+		uint64_t w = atomic_load(&s->word);
+		int32_t fd = s->fd, pid = s->pid;
+		uint64_t mask = s->mask;
+
+		if ((w & 0xff) != ST_PENDING || fd < 0)
+			continue;
+		if (!atomic_compare_exchange_strong(&s->word, &w, (w & ~0xffull) | ST_CLAIMED))
+			continue;   /* taken meanwhile, or the slot is another batch's now */
+		out[nout].fd = fd;
+		out[nout].pid = pid;
+		out[nout].mask = mask;
+		nout++;
+	}
+	return nout;
+}
+
+/* Counters: out[0..3] = events, perm_events, fast_allows, errors; latencies (us)
+ * of fast answers since the last call into lat (up to cap); returns their count. */
+int bfan_stats(struct bfan_ctx *c, uint64_t *out, float *lat, int cap)
+{
+	int n = 0;
+
+	pthread_mutex_lock(&c->mu);
+	out[0] = c->events;
+	out[1] = c->perm_events;
+	out[2] = c->fast_allows;
+	out[3] = c->errors;
+	if (c->lat_head - c->lat_tail > LAT_RING)
+		c->lat_tail = c->lat_head - LAT_RING;
+	while (c->lat_tail < c->lat_head && n < cap)
+		lat[n++] = c->lat_us[c->lat_tail++ % LAT_RING];
+	pthread_mutex_unlock(&c->mu);
+	return n;
+}

@@ -1,0 +1,210 @@
+"""Issue 16 item 4: the compiled listener loop (src/native/fanloop.c) on this host.
+
+It answers the plan's precomputed allow sets itself and hands every other event
+to Python.  What it must never do: answer from a table a plan change replaced,
+leave an event unanswered when it stalls, or answer a stalled event with
+anything but the current plan's fallback.
+
+Kernel-safety rules as in test_fanotify.py: only files under ``tmp_path`` are
+marked (inode marks), decisions are scoped to a fresh test cgroup, a dead-man
+deadline and the watchdog are on, the enforcer is closed in ``finally``, every
+subprocess has a timeout.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bastion.enforce.fanotify import FanotifyEnforcer, supported
+from bastion.errors import KernelError, Location
+from bastion.kernel.fanotify import FastLoop, PermissionListener
+from bastion.policy.compile import FileTarget, MapPlan, ResolvedPolicy, ResolvedRule, compile_plan, kernel_dev
+from bastion.policy.model import Action, Mode, Op
+from support.cg import run_in, scoped_cgroup
+
+DEADLINE_S = 60.0
+TIMEOUT = 30
+EPERM_TEXT = "Operation not permitted"
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(autouse=True)
+def _need_fanotify() -> None:
+    why = supported()
+    if why is not None:
+        pytest.skip(f"fanotify permission events unavailable: {why}")
+
+
+def target(path: Path) -> FileTarget:
+    st = os.stat(path)
+    return FileTarget(kernel_dev(st.st_dev), st.st_ino, False, str(path))
+
+
+def rule(rule_id: int, ops: tuple[Op, ...], path: Path, action: Action) -> ResolvedRule:
+    return ResolvedRule(rule_id=rule_id, name=f"r{rule_id}", location=Location("test", rule_id),
+                        identities=(), subject="test", ops=ops, files=(target(path),), nets=(),
+                        action=action)
+
+
+def plan_of(*rules: ResolvedRule) -> MapPlan:
+    return compile_plan(ResolvedPolicy(Mode.ENFORCE, Action.ALLOW, tuple(rules)))
+
+
+def targets_of(*rules: ResolvedRule) -> list[FileTarget]:
+    return [f for r in rules for f in r.files]
+
+
+@pytest.fixture
+def cg() -> Iterator[tuple[Path, int]]:
+    with scoped_cgroup() as c:
+        yield c
+
+
+def _enforcer(cg_id: int, timeout_s: float) -> FanotifyEnforcer:
+    enf = FanotifyEnforcer(scope_cgroup_id=cg_id, deadline_s=DEADLINE_S, decision_timeout_s=timeout_s)
+    enf.open()
+    enf.start()
+    return enf
+
+
+def _fast(enf: FanotifyEnforcer) -> FastLoop:
+    fast = enf.listener._fast   # white box: the test seams of the compiled loop
+    assert fast is not None, enf.listener.compiled_why
+    return fast
+
+
+def _wait(pred: object, timeout_s: float = 5.0) -> bool:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if pred():  # type: ignore[operator]
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_the_compiled_loop_answers_the_allow_set_and_python_the_rest(
+        tmp_path: Path, cg: tuple[Path, int]) -> None:
+    """Hot opens of an inode every task may open are answered by the compiled loop
+    (timed, counted as in-time allows); a denied inode next to it still reaches the
+    Python decision and is refused and reported."""
+    hot, secret = tmp_path / "hot", tmp_path / "secret"
+    hot.write_text("hot\n")
+    secret.write_text("s\n")
+    enf = _enforcer(cg[1], 2.0)
+    try:
+        assert enf.listener.compiled_loop, enf.listener.compiled_why
+        a = rule(1, (Op.OPEN_READ, Op.OPEN_WRITE), hot, Action.ALLOW)
+        d = rule(2, (Op.OPEN_READ,), secret, Action.DENY)
+        enf.apply(plan_of(a, d), targets_of(a, d))
+        p = run_in(cg[0], ["sh", "-c", f"for i in 1 2 3 4 5 6 7 8; do cat {hot}; done; cat {secret}"],
+                   timeout=TIMEOUT)
+        assert p.stdout == "hot\n" * 8 and p.returncode != 0 and EPERM_TEXT in p.stderr, p
+        assert _wait(lambda: enf.stats()["fast_allows"] >= 8)
+        s = enf.stats()
+        assert s["compiled_loop"] == 1 and s["fast_allows"] >= 8, s
+        assert s["denies"] == 1 and s["fail_opens"] == 0 and s["errors"] == 0, s
+        assert s["allows"] >= s["fast_allows"] and s["decisions_timed"] >= 9, s
+    finally:
+        enf.close()
+
+
+def test_a_stalled_compiled_loop_is_answered_by_the_watchdog(tmp_path: Path,
+                                                              cg: tuple[Path, int]) -> None:
+    """Attack: the compiled loop stalls holding a batch (a test seam sleeps 3 s after
+    the read; in life: starved, or a kernel call that waits).  The watchdog claims
+    the batch's events and answers them within its timeout (an allowed inode:
+    allowed, counted as a fail-open); the loop, once back, answers none of them
+    again and goes on deciding."""
+    hot = tmp_path / "hot"
+    hot.write_text("hot\n")
+    enf = _enforcer(cg[1], 0.3)
+    try:
+        a = rule(1, (Op.OPEN_READ, Op.OPEN_WRITE), hot, Action.ALLOW)
+        enf.apply(plan_of(a), targets_of(a))
+        _fast(enf).set_stall(3.0)
+        t0 = time.monotonic()
+        p = run_in(cg[0], ["cat", str(hot)], timeout=TIMEOUT)
+        took = time.monotonic() - t0
+        assert p.returncode == 0 and p.stdout == "hot\n", p
+        assert took < 2.0, took
+        assert _wait(lambda: enf.stats()["watchdog_allows"] >= 1)
+        s = enf.stats()
+        assert s["watchdog_allows"] == 1 and s["fail_opens"] == 1 and s["fast_allows"] == 0, s
+        _fast(enf).set_stall(0)
+        assert _wait(lambda: _fast(enf).busy_s() is None)   # the stalled batch ended
+        p = run_in(cg[0], ["cat", str(hot)], timeout=TIMEOUT)
+        assert p.returncode == 0 and p.stdout == "hot\n", p
+        # counted once the answer is written (the opener may finish first)
+        assert _wait(lambda: enf.stats()["fast_allows"] >= 1)
+        s = enf.stats()
+        assert s["fast_allows"] == 1 and s["watchdog_allows"] == 1 and s["errors"] == 0, s
+    finally:
+        enf.close()
+
+
+def test_a_stalled_compiled_batch_gets_the_new_plans_fallback(tmp_path: Path,
+                                                               cg: tuple[Path, int]) -> None:
+    """Attack: open an allowed hot file while the compiled loop is stalled on it, and
+    have the plan change to deny it meanwhile.  The event is answered with the new
+    plan's fallback (refused), never with the old table's allow; the apply does not
+    wait for the stalled loop."""
+    hot = tmp_path / "hot"
+    hot.write_text("hot\n")
+    enf = _enforcer(cg[1], 0.5)
+    kid: subprocess.Popen[str] | None = None
+    try:
+        a = rule(1, (Op.OPEN_READ, Op.OPEN_WRITE), hot, Action.ALLOW)
+        d = rule(2, (Op.OPEN_READ,), hot, Action.DENY)
+        enf.apply(plan_of(a), targets_of(a))
+        fast = _fast(enf)
+        fast.set_stall(3.0)
+        shell = f'echo $$ > {cg[0]}/cgroup.procs && exec cat {hot}'
+        kid = subprocess.Popen(["/bin/sh", "-c", shell], text=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+        assert _wait(lambda: fast.busy_s() is not None), "the loop never read the open"
+        t0 = time.monotonic()
+        enf.apply(plan_of(d), targets_of(d))
+        assert time.monotonic() - t0 < 0.4
+        out, err = kid.communicate(timeout=TIMEOUT)
+        assert kid.returncode != 0 and out == "" and EPERM_TEXT in err, (out, err)
+        assert _wait(lambda: enf.stats()["watchdog_denies"] >= 1)
+        s = enf.stats()
+        assert s["watchdog_denies"] == 1 and s["fast_allows"] == 0 and s["fail_opens"] == 0, s
+    finally:
+        if kid is not None and kid.poll() is None:
+            kid.kill()
+        enf.close()
+        if kid is not None:
+            kid.wait(timeout=TIMEOUT)
+
+
+def test_the_compiled_loop_is_loaded_only_from_a_root_only_path(tmp_path: Path) -> None:
+    """Attack: a helper library in a directory another user can write would be code in
+    the agent.  It is refused; the listener then decides in Python (logged, and
+    ``compiled_loop`` is 0 in its stats), never silently."""
+    d = tmp_path / "lib"
+    d.mkdir()
+    lib = d / "libbastion_fanloop.so"
+    lib.write_bytes(b"\x7fELF not really")
+    os.chmod(d, 0o777)
+    with pytest.raises(KernelError, match="writable by others"):
+        FastLoop(path=lib)
+    old = os.environ.get("BASTION_NATIVE_DIR")
+    os.environ["BASTION_NATIVE_DIR"] = str(d)
+    lis = PermissionListener(lambda ev: pytest.fail("no event expected"), deadline_s=DEADLINE_S)
+    try:
+        lis.open()
+        assert not lis.compiled_loop and lis.compiled_why and "writable by others" in lis.compiled_why
+        assert lis.stats()["compiled_loop"] == 0
+    finally:
+        lis.close()
+        if old is None:
+            del os.environ["BASTION_NATIVE_DIR"]
+        else:
+            os.environ["BASTION_NATIVE_DIR"] = old
