@@ -9,6 +9,9 @@ directory so a test cannot sit in the wrong layer.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,3 +40,38 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
         report.outcome = "failed"
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.longrepr = f"CI=true: a {'/'.join(sorted(layers))} test may not skip ({reason})"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _native_libraries_root_only() -> Iterator[None]:
+    """The compiled helpers (``make native``) load only from a path root alone can
+    change (:func:`bastion.kernel._ffi.trusted_file`).  A checkout cloned under
+    /tmp (sticky, world-writable) is not one: the agent would run the Python
+    listener and say so.  So that the tests exercise what production runs
+    wherever the checkout is, the session copies them to a root-only directory
+    under /run and points ``BASTION_NATIVE_DIR`` at it (removed at the end)."""
+    from bastion.errors import BastionError
+    from bastion.kernel._ffi import trusted_file
+
+    lib_dir = Path(__file__).resolve().parents[1] / "build" / "lib"
+    libs = sorted(lib_dir.glob("*.so")) if lib_dir.is_dir() else []
+    if os.geteuid() != 0 or "BASTION_NATIVE_DIR" in os.environ or not libs:
+        yield
+        return
+    try:
+        for lib in libs:
+            trusted_file(lib)
+    except BastionError:
+        pass
+    else:
+        yield
+        return
+    copy = Path(tempfile.mkdtemp(prefix="bastion-native-", dir="/run"))
+    try:
+        for lib in libs:
+            shutil.copy2(lib, copy / lib.name)
+        os.environ["BASTION_NATIVE_DIR"] = str(copy)
+        yield
+    finally:
+        os.environ.pop("BASTION_NATIVE_DIR", None)
+        shutil.rmtree(copy)
