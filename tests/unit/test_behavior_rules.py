@@ -112,8 +112,8 @@ def test_shell_escape_names_each_launcher() -> None:
     the process's earlier image), python's os.system and gawk whose `sh -c` exited before
     the shell's exec (re-parented: the launcher is read from the fork) each raise one."""
     found = [f for f in replay(FIX / "shell_escape.pos.jsonl") if f.rule == "behavior.shell_escape"]
-    assert sorted(f.evidence["launcher"] for f in found) == ["awk", "cpan", "gawk", "python3"], \
-        [f.title for f in found]
+    assert sorted(f.evidence["launcher"] for f in found) == ["awk", "busybox", "cpan", "gawk",
+                                                             "python3"], [f.title for f in found]
     assert all(f.severity == "medium" and f.action == "alert" for f in found)
 
 
@@ -123,3 +123,37 @@ def test_boot_rc_scripts_are_persistence() -> None:
               if f.rule == "behavior.persistence_systemd"]
     for path in ("/etc/rc.common", "/etc/rc.d/rc.local", "/etc/rc3.d/S99evil"):
         assert any(path in t for t in titles), (path, titles)
+
+
+def test_shell_escape_through_busybox_applet() -> None:
+    """``busybox ash`` started with no command from a script is a shell reached through a
+    multi-call binary (the sudo-rule escape); Alpine's ``-sh`` login shell, ``busybox sh
+    -c`` and ``busybox sh script`` are not (the negative fixture)."""
+    found = [f for f in replay(FIX / "shell_escape.pos.jsonl")
+             if f.rule == "behavior.shell_escape" and f.evidence["launcher"] == "busybox"]
+    assert [f.evidence["argv"] for f in found] == [["busybox", "ash"]]
+
+
+def test_discovery_burst_counts_facts_of_one_script() -> None:
+    """A script asking four different facts its own way (id in a subshell, the account
+    file through awk, the kernel through /proc/version, ``ip -4 addr``) raises one medium
+    finding on the script; three facts, a prompt, or facts spread over minutes do not."""
+    found = [f for f in replay(FIX / "discovery_burst.pos.jsonl")
+             if f.rule == "behavior.discovery_burst"]
+    assert len(found) == 1, [f.title for f in found]
+    f = found[0]
+    assert f.severity == "medium" and f.action == "alert" and f.pid == 2400
+    assert f.evidence["facts"] == ["id", "/etc/passwd", "/proc/version", "ip addr"]
+
+
+def test_decoded_file_exec_follows_the_decoded_file() -> None:
+    """The decoder's output (its output operand, its own write, the shell's redirect of
+    its stdout) is followed through a rename to the exec; inline perl decoding into
+    system() is the medium variant."""
+    found = [f for f in replay(FIX / "decoded_file_exec.pos.jsonl")
+             if f.rule == "behavior.decoded_file_exec"]
+    got = sorted((f.severity, f.evidence.get("path", ""), f.evidence["decoder"]) for f in found)
+    assert got == [("high", "/home/alice/.cache/upd", "xxd -r"),
+                   ("high", "/home/alice/.local/bin/kworker", "python3 -c"),
+                   ("high", "/home/alice/run.bin", "base64 -d"),
+                   ("medium", "", "perl -e")], got
