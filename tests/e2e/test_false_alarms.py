@@ -42,8 +42,9 @@ ransomware rule's data directories.
   sh``, ``xargs sh``): look-alikes of ``behavior.shell_escape``;
 * decoding and discovery (s13-det3): an installer asking three facts of the host, a
   base64 config and a hex blob decoded into files that are read, never run, python -c
-  running a shell command without decoding, ``busybox sh -c``: look-alikes of
-  ``behavior.discovery_burst``, ``behavior.decoded_file_exec`` and ``shell_escape``;
+  running a shell command without decoding, ``busybox sh -c``, a program replaced by cp
+  and stripped: look-alikes of ``behavior.discovery_burst``, ``behavior.decoded_file_exec``,
+  ``shell_escape`` and ``behavior.binary_padding``;
 * this project's own unit tests (a < 30 s slice).
 
 Everything the corpus writes is under ``tmp_path`` (the pip cache too); the
@@ -303,7 +304,8 @@ def _decode_and_discovery(c: Corpus) -> None:
     busybox case of behavior.shell_escape: an installer asking three facts about the host
     (architecture, uid, OS release; uname twice), a base64 configuration and a hex blob
     decoded into files that are read, never run; python -c running a shell command
-    without decoding anything; ``busybox sh -c`` (a command, not an interactive shell)."""
+    without decoding anything; ``busybox sh -c`` (a command, not an interactive shell);
+    a program run, replaced by cp and stripped (look-alikes of binary padding)."""
     work = c.tmp / "decode"
     work.mkdir()
     (work / "install.sh").write_text(
@@ -318,8 +320,12 @@ def _decode_and_discovery(c: Corpus) -> None:
         f"{py} -c 'import base64; open(\"k.pem\", \"wb\").write(base64.b64decode(b\"aGk=\"))'\n"
         "od -c blob.bin k.pem > /dev/null\n"
         f"{py} -c 'import subprocess; subprocess.run(\"ls > /dev/null\", shell=True, check=True)'\n"
-        + ("busybox sh -c 'echo hi' > /dev/null\n" if shutil.which("busybox") else "")),
-        work, expect=("./install.sh", "cfg.b64", "od -c blob.bin", "ls > /dev/null"))
+        + ("busybox sh -c 'echo hi' > /dev/null\n" if shutil.which("busybox") else "")
+        # a program run, replaced (cp truncates), stripped (a new file renamed over it)
+        + "cp /bin/true ./tool && ./tool && cp /bin/echo ./tool && ./tool ok >> tool.log\n"
+        + "strip ./tool && ./tool stripped >> tool.log\n"),
+        work, expect=("./install.sh", "cfg.b64", "od -c blob.bin", "ls > /dev/null",
+                      "strip ./tool"))
 
 
 def _unit_tests(c: Corpus) -> None:

@@ -157,3 +157,34 @@ def test_decoded_file_exec_follows_the_decoded_file() -> None:
                    ("high", "/home/alice/.local/bin/kworker", "python3 -c"),
                    ("high", "/home/alice/run.bin", "base64 -d"),
                    ("medium", "", "perl -e")], got
+
+
+def test_binary_padding_follows_the_program() -> None:
+    """A program that ran, grown by a shell's ``>>`` and, renamed, by ``truncate -s +1``
+    (no O_TRUNC): two medium findings; rebuilt by the linker, replaced by cp, a log or a
+    script appended to: none (the negative fixture)."""
+    found = [f for f in replay(FIX / "binary_padding.pos.jsonl")
+             if f.rule == "behavior.binary_padding"]
+    assert [(f.evidence["path"], f.severity) for f in found] == [
+        ("/var/tmp/agent", "medium"), ("/home/alice/.local/bin/agent", "medium")], \
+        [f.title for f in found]
+
+
+def test_binary_padding_live_probe_reads_the_file(tmp_path: Path) -> None:
+    """Live, a file the stream never showed running counts when it is an executable ELF:
+    the probe reads the mode and the header through the writer's root."""
+    from bastion.detect.behavior.rules import elf_exec
+    import os
+    import shutil
+    exe = tmp_path / "prog"
+    shutil.copy("/bin/true", exe)
+    script = tmp_path / "s.sh"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    data = tmp_path / "data.bin"
+    data.write_bytes(b"\x7fELF....")
+    pid = os.getpid()
+    assert elf_exec(pid, str(exe)) is True
+    assert elf_exec(pid, str(script)) is False
+    assert elf_exec(pid, str(data)) is False          # an ELF header, no execute bit
+    assert elf_exec(pid, str(tmp_path / "gone")) is None

@@ -67,6 +67,8 @@ class Probes:
     stalled: Callable[[], list[str]] | None = None
     # the root directory through which ``pid`` sees its files (None: gone; the agent's)
     root_of: Callable[[int], str | None] | None = None
+    # is ``path``, as process ``pid`` sees it, an executable ELF file (None: cannot tell)
+    elf_exec: Callable[[int, str], bool | None] | None = None
 
 
 def proc_root(pid: int) -> str | None:
@@ -226,10 +228,32 @@ class EntropyProbe:
                     "outstanding": len(self._inflight)}
 
 
+def elf_exec(pid: int, path: str) -> bool | None:
+    """Is ``path`` (seen through ``pid``'s root) a regular file with an execute bit and
+    an ELF header?  None when it cannot be read (gone, no such process)."""
+    root = proc_root(pid)
+    if root is None or not path.startswith("/"):
+        return None
+    full = os.path.join(root, path.lstrip("/"))
+    try:
+        fd = os.open(full, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        return bool(st.st_mode & 0o111) and os.pread(fd, 4, 0) == b"\x7fELF"
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def live_probes() -> Probes:
     ep = EntropyProbe()
     return Probes(stdio=read_stdio, entropy=ep, entropy_many=ep.many, stalled=ep.stalled,
-                  root_of=proc_root)
+                  root_of=proc_root, elf_exec=elf_exec)
 
 
 def write_intent(ev: FileEvent) -> bool:
@@ -2172,6 +2196,70 @@ class DiscoveryBurst(BehaviorRule):
                     pid=top.pid)]
 
 
+# ---- binary padding (issue 15) -------------------------------------------------------------
+
+# Programs that write executables for a living (trusted by executable inode, never by name).
+BINARY_WRITERS = frozenset({
+    "ld", "ld.bfd", "ld.gold", "ld.lld", "mold", "collect2", "gcc", "cc", "g++", "c++", "clang",
+    "clang++", "as", "strip", "objcopy", "patchelf", "chrpath", "install", "upx", "go", "rustc",
+    "cargo", "make", "cmake", "ninja", "dh_strip", "debugedit", "prelink", "ldconfig",
+    *PACKAGE_MANAGERS})
+O_APPEND = 0o2000
+
+
+class BinaryPadding(BehaviorRule):
+    """An executable program rewritten in place — opened for writing without truncation
+    (``>>`` append, ``dd conv=notrunc``, ``truncate -s +N``) — by something that is not a
+    linker, compiler, strip/patchelf or package manager: bytes added to change its hash
+    (binary padding, T1027.001) or a patch.  Builds and packages replace a binary
+    (truncate or rename a new file over it); nothing benign appends to one.  Which files
+    are executables: the programs the stream showed running, and (live) the file itself
+    (an execute bit and an ELF header, read through the writer's root)."""
+
+    name = "behavior.binary_padding"
+    event_types = frozenset({"exec", "open", "rename"})
+    attack = ("T1027.001",)
+    severity = "medium"
+    action = "alert"
+
+    def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None,
+                 probes: Probes | None = None) -> None:
+        super().__init__(settings, limits)
+        self.probes = probes or Probes()
+        self._exes: BoundedState[str, int] = self.state()
+
+    def evaluate(self, ev: Event, ctx: RuleContext) -> list[Hit]:
+        now = ev.time_ns
+        if isinstance(ev, ExecEvent):
+            if ev.proc.exe.startswith("/") and not ev.exec_fd:
+                self._exes.put(ev.proc.exe, now, now)
+            return []
+        if not isinstance(ev, FileEvent):
+            return []
+        if ev.op == "rename":
+            if self._exes.get(ev.path, now) is not None:
+                self._exes.pop(ev.path)
+                self._exes.put(ev.path2, now, now)
+            return []
+        if not write_intent(ev) or ev.flags & O_TRUNC or not (ev.flags & O_ACCMODE):
+            return []
+        path = ev.path
+        known = self._exes.get(path, now) is not None
+        if not known:
+            if self.probes.elf_exec is None or not path.startswith("/") or \
+                    under(path, ("/proc", "/sys", "/dev")):
+                return []
+            if not self.probes.elf_exec(ev.proc.pid, path):
+                return []
+        if self.trusted(ev, ctx, BINARY_WRITERS, depth=3):
+            return []
+        who = base(ev.proc.exe) or ev.proc.comm
+        how = "appended to" if ev.flags & O_APPEND else "rewritten in place"
+        return [Hit(f"Executable {path} {how} by {who} (binary padding or patching)",
+                    {"path": path, "flags": oct(ev.flags), "writer": ev.proc.exe,
+                     "known_from": "exec" if known else "file"})]
+
+
 # ---- decoded payload run (issue 15) ----------------------------------------------------
 
 # Inline code (``python -c``, ``perl -e``...) that decodes data: the decoding calls of the
@@ -2291,7 +2379,7 @@ ALL_RULE_CLASSES: tuple[type[BehaviorRule], ...] = (
     SetuidBits, SudoersPam, LogClearing, KillSecurityTools, FirewallTamper, SecurityConfigTamper,
     SecretHunt, HiddenTempArtifact, KernelModuleLoad,
     BpfLoad, PortScan, MiningPool, Ransomware, PtySocketShell, DecodedPayloadShell,
-    ShellEscape, DiscoveryBurst, DecodedFileExec,
+    ShellEscape, DiscoveryBurst, DecodedFileExec, BinaryPadding,
 )
 
 __all__ = ["Probes", "EntropyProbe", "live_probes", "read_stdio", "file_entropy", "PERSISTENCE", "PersistenceWrite",
