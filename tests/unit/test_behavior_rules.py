@@ -188,3 +188,13 @@ def test_binary_padding_live_probe_reads_the_file(tmp_path: Path) -> None:
     assert elf_exec(pid, str(script)) is False
     assert elf_exec(pid, str(data)) is False          # an ELF header, no execute bit
     assert elf_exec(pid, str(tmp_path / "gone")) is None
+
+
+def test_history_linked_to_dev_null_or_replaced() -> None:
+    """``ln -s /dev/null`` onto a history (a symlinkat, which the sensor does not trace:
+    the exec says it) and a file renamed over a history raise medium log_clearing; zsh
+    saving its history through a renamed .new file does not (the negative fixture)."""
+    titles = [f.title for f in replay(FIX / "log_clearing.pos.jsonl")
+              if f.rule == "behavior.log_clearing" and f.severity == "medium"]
+    assert any("linked to /dev/null" in t and ".zsh_history" in t for t in titles), titles
+    assert any("replaced by /tmp/empty" in t for t in titles), titles

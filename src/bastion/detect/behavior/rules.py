@@ -1148,6 +1148,10 @@ MAIL_WRITERS = frozenset({"mutt", "neomutt", "mail", "mailx", "s-nail", "bsd-mai
                           "logrotate", *PACKAGE_MANAGERS})
 
 
+HISTORY_WRITERS = frozenset({"bash", "zsh", "sh", "dash", "ksh", "mksh", "fish", "tcsh", "csh",
+                             "python3", "python", "psql", "mysql", "sqlite3"})
+
+
 class LogClearing(SingleEvent):
     name = "behavior.log_clearing"
     event_types = frozenset({"open", "unlink", "rename", "exec"})
@@ -1169,9 +1173,20 @@ class LogClearing(SingleEvent):
                     glob_any(a, (*LOGS, *HISTORY)) for a in args):
                 return Hit(f"Log/history wiped with {tool}: {' '.join(ev.argv)[:120]}",
                            {"argv": list(ev.argv)})
+            if tool == "ln" and "/dev/null" in args and any(glob_any(a, HISTORY) for a in args):
+                # the history made a link to /dev/null: what the shell writes is gone (the
+                # sensor traces no symlinkat; over an existing history ln renames, below)
+                return Hit(f"Shell history linked to /dev/null: {' '.join(ev.argv)[:120]}",
+                           {"argv": list(ev.argv)}, severity="medium")
             return None
         if not isinstance(ev, FileEvent):
             return None
+        if ev.op == "rename" and glob_any(ev.path2, HISTORY) and not glob_any(ev.path, HISTORY) \
+                and not self.trusted(ev, ctx, HISTORY_WRITERS, depth=1):
+            # another file renamed over the history (``ln -sf /dev/null`` and ``mv`` do this);
+            # zsh saves its history this way (a .new file renamed over it): trusted shells
+            return Hit(f"Shell history replaced by {ev.path}: {ev.path2}",
+                       {"path": ev.path2, "from": ev.path, "op": ev.op}, severity="medium")
         destructive = ev.op == "unlink" or (ev.op == "open" and bool(ev.flags & O_TRUNC)) \
             or (ev.op == "rename" and ev.path2 in ("/dev/null",))
         if not destructive:
