@@ -236,14 +236,14 @@ def elf_exec(pid: int, path: str) -> bool | None:
         return None
     full = os.path.join(root, path.lstrip("/"))
     try:
+        st = os.lstat(full)     # never open a device, a FIFO or a file without an x bit
+        if not stat.S_ISREG(st.st_mode) or not st.st_mode & 0o111:
+            return False
         fd = os.open(full, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY)
     except OSError:
         return None
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return False
-        return bool(st.st_mode & 0o111) and os.pread(fd, 4, 0) == b"\x7fELF"
+        return os.pread(fd, 4, 0) == b"\x7fELF"
     except OSError:
         return None
     finally:
@@ -2262,7 +2262,7 @@ class BinaryPadding(BehaviorRule):
         known = self._exes.get(path, now) is not None
         if not known:
             if self.probes.elf_exec is None or not path.startswith("/") or \
-                    under(path, ("/proc", "/sys", "/dev")):
+                    under(path, ("/proc", "/sys", "/dev", "/var/log", "/run/log")):
                 return []
             if not self.probes.elf_exec(ev.proc.pid, path):
                 return []
