@@ -2331,7 +2331,7 @@ class DecodedFileExec(BehaviorRule):
         self._decoded: BoundedState[str, tuple[str, int]] = self.state()
 
     def _record(self, path: str, dec: str, pid: int, now: int) -> None:
-        self._decoded.put(path, now, (dec, pid))
+        self._decoded.put(os.path.normpath(path), now, (dec, pid))
 
     def evaluate(self, ev: Event, ctx: RuleContext) -> list[Hit]:
         now = ev.time_ns
@@ -2354,7 +2354,9 @@ class DecodedFileExec(BehaviorRule):
             return []
         hits: list[Hit] = []
         redirect = self._last_write.pop(key)
-        ran = {p for p in (ev.proc.exe, ev.filename, ev.script, script_of(ev)) if p}
+        # normalised: a script operand is as typed (``sh ./x``: /dir/./x), the kernel's paths are not
+        ran = {os.path.normpath(p) for p in (ev.proc.exe, ev.filename, ev.script, script_of(ev))
+               if p and p.startswith("/")}
         for p in ran:
             got = self._decoded.get(p, now)
             if got is not None:
