@@ -107,7 +107,10 @@ mkdir -p "$M/.oldroot"
 if [ -n "$SBX_GO" ]; then read -r _ < "$SBX_GO"; fi
 cd "$M"
 pivot_root . .oldroot
-exec /usr/sbin/chroot . /bin/sh -c 'umount -l /.oldroot && exec "$@"' sandbox /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+# the namespace's init (pid 1) outlives the executor by a moment: when pid 1 exits the
+# kernel kills the namespace, and an atomic that backgrounds a program (`awk
+# 'BEGIN{system("/bin/sh &")}'`, `busybox sh &`) exits before that program's exec
+exec /usr/sbin/chroot . /bin/sh -c 'umount -l /.oldroot || exit 125; "$@"; rc=$?; sleep 0.51; exit $rc' sandbox /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
   HOME=/root TERM=dumb PathToAtomicsFolder=/AtomicRedTeam/atomics "$@"
 """
 
@@ -209,7 +212,7 @@ class Watch:
         self.lock = threading.Lock()
         self.alerts: list[dict[str, Any]] = []
         self.events = 0
-        self.execs: list[str] = []
+        self.execs: list[tuple[str, tuple[str, ...]]] = []
         self.stop = threading.Event()
         self.t = threading.Thread(target=self.run, daemon=True)
 
@@ -222,13 +225,14 @@ class Watch:
                 with self.lock:
                     self.events += 1
                     if ev.type == "exec":
-                        self.execs.append(getattr(ev, "filename", "") or ev.proc.exe)
+                        self.execs.append((getattr(ev, "filename", "") or ev.proc.exe,
+                                           tuple(getattr(ev, "argv", ()))))
                 for f in self.engine.evaluate(ev, self.ctx):
                     a = self.disp.dispatch(f, time.time_ns()).to_json()
                     with self.lock:
                         self.alerts.append(a)
 
-    def take(self) -> tuple[int, list[str], list[dict[str, Any]]]:
+    def take(self) -> tuple[int, list[tuple[str, tuple[str, ...]]], list[dict[str, Any]]]:
         with self.lock:
             out = (self.events, self.execs, self.alerts)
             self.events, self.execs, self.alerts = 0, [], []
@@ -327,6 +331,20 @@ def run_one(a: dict[str, Any], cg: Path, root: Path, timeout: float,
     return {"rc": rc, "seconds": round(time.monotonic() - t0, 2), "output": out}
 
 
+def atomic_execs(execs: list[tuple[str, tuple[str, ...]]], provenance: str) -> list[str]:
+    """The programs the atomic ran: the execs after the sandbox's ``env -i`` that starts
+    it, less its executor shell (and, as a /tmp script, the shell that runs the script)
+    and the namespace init's closing ``sleep``.  By position, not by name: an atomic's
+    own ``ln``, ``mkdir`` or ``sh`` counts (a name list of the setup's tools hid them)."""
+    start = min((i for i, (f, a) in enumerate(execs) if f.endswith("/env") and a[1:2] == ("-i",)),
+                default=-1)
+    if start < 0:
+        return []
+    own = execs[start + 1:]
+    own = own[1:] if provenance == "shell" else own[2:]
+    return [f for f, a in own if a != ("sleep", "0.51")]
+
+
 SEV = {"info": 0, "low": 1, "medium": 2, "high": 3, "critical": 4}
 
 
@@ -370,16 +388,7 @@ def main() -> int:
                 row.update(run_one(a, cg, args.atomics.resolve(), args.timeout, w, args.provenance))
                 time.sleep(0.5)
                 events, execs, alerts = w.take()
-                setup = {"/usr/bin/unshare", "/usr/bin/mount", "/bin/mount", "/usr/bin/mkdir",
-                         "/usr/bin/mknod", "/usr/bin/ln", "/usr/sbin/ip", "/usr/bin/ip",
-                         "/usr/bin/hostname", "/bin/hostname", "/usr/sbin/chroot", "/usr/bin/env",
-                         "/bin/sh", "/usr/bin/dash", "/bin/mkdir", "/bin/mknod", "/bin/ln",
-                         "/usr/sbin/pivot_root", "/usr/bin/umount", "/usr/bin/chmod",
-                         "/usr/bin/printf"}
-                # the executor shell itself counts as nothing the atomic did
-                own = [x for x in execs if x not in setup]
-                if own and own[0] in ("/bin/bash", "/usr/bin/bash"):
-                    own = own[1:]     # the bash executor itself
+                own = atomic_execs(execs, args.provenance)
                 row["events"] = events
                 row["execs"] = own[:30]
                 row["alert_count"] = len(alerts)

@@ -42,6 +42,11 @@ ransomware rule's data directories.
   sh``, ``xargs sh``): look-alikes of ``behavior.shell_escape``;
 * executable memory that is no shellcode loader (``behavior.exec_memory``): ld.so,
   a python ctypes callback after a connect (libffi), node's and java's JITs;
+* decoding and discovery (s13-det3): an installer asking three facts of the host, a
+  base64 config and a hex blob decoded into files that are read, never run, python -c
+  running a shell command without decoding, ``busybox sh -c``, a program replaced by cp
+  and stripped: look-alikes of ``behavior.discovery_burst``, ``behavior.decoded_file_exec``,
+  ``shell_escape`` and ``behavior.binary_padding``;
 * this project's own unit tests (a < 30 s slice).
 
 Everything the corpus writes is under ``tmp_path`` (the pip cache too); the
@@ -336,6 +341,35 @@ def _jit_and_loaders(c: Corpus) -> None:
     c.run("ld.so, python ctypes callback, node/java JIT", script, work, expect=tuple(expect))
 
 
+def _decode_and_discovery(c: Corpus) -> None:
+    """Benign look-alikes of behavior.discovery_burst, behavior.decoded_file_exec and the
+    busybox case of behavior.shell_escape: an installer asking three facts about the host
+    (architecture, uid, OS release; uname twice), a base64 configuration and a hex blob
+    decoded into files that are read, never run; python -c running a shell command
+    without decoding anything; ``busybox sh -c`` (a command, not an interactive shell);
+    a program run, replaced by cp and stripped (look-alikes of binary padding)."""
+    work = c.tmp / "decode"
+    work.mkdir()
+    (work / "install.sh").write_text(
+        "#!/bin/sh\narch=$(uname -m)\n[ \"$(id -u)\" -eq 0 ] || exit 1\n"
+        ". /etc/os-release 2>/dev/null; cat /etc/os-release > /dev/null\n"
+        "kernel=$(uname -r)\necho \"install for $arch $kernel\"\n")
+    py = REPO / ".venv" / "bin" / "python"
+    c.run("installer asking three facts; decoded config and blob read, not run", (
+        "sh ./install.sh\n"
+        "printf '{\"a\": 1}' | base64 > cfg.b64 && base64 -d cfg.b64 > cfg.json && cat cfg.json\n"
+        "echo 7f454c46 | xxd -r -p > blob.bin 2>/dev/null || printf '\\177ELF' > blob.bin\n"
+        f"{py} -c 'import base64; open(\"k.pem\", \"wb\").write(base64.b64decode(b\"aGk=\"))'\n"
+        "od -c blob.bin k.pem > /dev/null\n"
+        f"{py} -c 'import subprocess; subprocess.run(\"ls > /dev/null\", shell=True, check=True)'\n"
+        + ("busybox sh -c 'echo hi' > /dev/null\n" if shutil.which("busybox") else "")
+        # a program run, replaced (cp truncates), stripped (a new file renamed over it)
+        + "cp /bin/true ./tool && ./tool && cp /bin/echo ./tool && ./tool ok >> tool.log\n"
+        + "strip ./tool && ./tool stripped >> tool.log\n"),
+        work, expect=("./install.sh", "cfg.b64", "od -c blob.bin", "ls > /dev/null",
+                      "strip ./tool"))
+
+
 def _unit_tests(c: Corpus) -> None:
     py = REPO / ".venv" / "bin" / "python"
     c.run("unit tests (events or config or store)",
@@ -425,6 +459,7 @@ def test_benign_corpus_raises_nothing_high(tmp_path: Path) -> None:
             _admin_searches(corpus)
             _launchers(corpus)
             _jit_and_loaders(corpus)
+            _decode_and_discovery(corpus)
             _unit_tests(corpus)
             _quiesce(agent)
         time.sleep(1.5)   # the agent's health pass (drop counter) runs every second

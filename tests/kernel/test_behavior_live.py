@@ -246,3 +246,43 @@ def test_kill_tree_never_signals_a_pid_reused_since_the_table_saw_it() -> None:
             if p.poll() is None:
                 p.kill()
             p.wait()
+
+
+def test_decoded_file_run_and_padded_program_are_seen_live(tmp_path: Path) -> None:
+    """On the live sensor (s13-det3): a shell's ``base64 -d > file`` then ``sh file``
+    raises behavior.decoded_file_exec (high: the redirect's write-open, then the exec of
+    a decoder whose stdout is a regular file); a copied program appended a byte from a
+    shell's ``>>`` raises behavior.binary_padding; the program replaced by cp (truncating)
+    does not.  Nothing is killed: both rules alert."""
+    from bastion.detect.behavior import live_probes
+    work = tmp_path / "w"
+    work.mkdir()
+    script = (f"cd {work}\n"
+              "printf 'ZWNobyBkZWNvZGVk' | base64 -d > ./payload\n"   # "echo decoded"
+              "sh ./payload\n"
+              "cp /bin/true ./prog && ./prog && cp /bin/true ./prog && ./prog\n"
+              "printf 'X' >> ./prog && ./prog\n")
+    with scoped_cgroup() as (cg, cgid):
+        sensor = BpfSensor(cgroup_id=cgid)
+        sensor.open()
+        try:
+            procs = ProcessTable()
+            engine = Engine(behavior_rules(probes=live_probes()))
+            ctx = RuleContext(procs)
+            proc = spawn_in(cg, ["/bin/sh", "-c", script], stdout=subprocess.DEVNULL)
+            assert proc.wait(20) == 0
+            found = []
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline:
+                for ev in sensor.poll(0.2) or []:
+                    procs.update(ev)
+                    found += engine.evaluate(procs.enrich(ev), ctx)
+            decoded = [f for f in found if f.rule == "behavior.decoded_file_exec"]
+            padded = [f for f in found if f.rule == "behavior.binary_padding"]
+            assert [(f.severity, f.evidence["path"]) for f in decoded] == \
+                [("high", f"{work}/payload")], [f.title for f in found]
+            assert [f.evidence["path"] for f in padded] == [f"{work}/prog"], \
+                [f.title for f in found]
+            assert not engine.errors
+        finally:
+            sensor.close()

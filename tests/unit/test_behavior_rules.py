@@ -112,8 +112,8 @@ def test_shell_escape_names_each_launcher() -> None:
     the process's earlier image), python's os.system and gawk whose `sh -c` exited before
     the shell's exec (re-parented: the launcher is read from the fork) each raise one."""
     found = [f for f in replay(FIX / "shell_escape.pos.jsonl") if f.rule == "behavior.shell_escape"]
-    assert sorted(f.evidence["launcher"] for f in found) == ["awk", "cpan", "gawk", "python3"], \
-        [f.title for f in found]
+    assert sorted(f.evidence["launcher"] for f in found) == ["awk", "busybox", "cpan", "gawk",
+                                                             "python3"], [f.title for f in found]
     assert all(f.severity == "medium" and f.action == "alert" for f in found)
 
 
@@ -123,3 +123,78 @@ def test_boot_rc_scripts_are_persistence() -> None:
               if f.rule == "behavior.persistence_systemd"]
     for path in ("/etc/rc.common", "/etc/rc.d/rc.local", "/etc/rc3.d/S99evil"):
         assert any(path in t for t in titles), (path, titles)
+
+
+def test_shell_escape_through_busybox_applet() -> None:
+    """``busybox ash`` started with no command from a script is a shell reached through a
+    multi-call binary (the sudo-rule escape); Alpine's ``-sh`` login shell, ``busybox sh
+    -c`` and ``busybox sh script`` are not (the negative fixture)."""
+    found = [f for f in replay(FIX / "shell_escape.pos.jsonl")
+             if f.rule == "behavior.shell_escape" and f.evidence["launcher"] == "busybox"]
+    assert [f.evidence["argv"] for f in found] == [["busybox", "ash"]]
+
+
+def test_discovery_burst_counts_facts_of_one_script() -> None:
+    """A script asking four different facts its own way (id in a subshell, the account
+    file through awk, the kernel through /proc/version, ``ip -4 addr``) raises one medium
+    finding on the script; three facts, a prompt, or facts spread over minutes do not."""
+    found = [f for f in replay(FIX / "discovery_burst.pos.jsonl")
+             if f.rule == "behavior.discovery_burst"]
+    assert len(found) == 1, [f.title for f in found]
+    f = found[0]
+    assert f.severity == "medium" and f.action == "alert" and f.pid == 2400
+    assert f.evidence["facts"] == ["id", "/etc/passwd", "/proc/version", "ip addr"]
+
+
+def test_decoded_file_exec_follows_the_decoded_file() -> None:
+    """The decoder's output (its output operand, its own write, the shell's redirect of
+    its stdout) is followed through a rename to the exec; inline perl decoding into
+    system() is the medium variant."""
+    found = [f for f in replay(FIX / "decoded_file_exec.pos.jsonl")
+             if f.rule == "behavior.decoded_file_exec"]
+    got = sorted((f.severity, f.evidence.get("path", ""), f.evidence["decoder"]) for f in found)
+    assert got == [("high", "/home/alice/.cache/upd", "xxd -r"),
+                   ("high", "/home/alice/.local/bin/kworker", "python3 -c"),
+                   ("high", "/home/alice/run.bin", "base64 -d"),
+                   ("medium", "", "perl -e")], got
+
+
+def test_binary_padding_follows_the_program() -> None:
+    """A program that ran, grown by a shell's ``>>`` and, renamed, by ``truncate -s +1``
+    (no O_TRUNC): two medium findings; rebuilt by the linker, replaced by cp, a log or a
+    script appended to: none (the negative fixture)."""
+    found = [f for f in replay(FIX / "binary_padding.pos.jsonl")
+             if f.rule == "behavior.binary_padding"]
+    assert [(f.evidence["path"], f.severity) for f in found] == [
+        ("/var/tmp/agent", "medium"), ("/home/alice/.local/bin/agent", "medium")], \
+        [f.title for f in found]
+
+
+def test_binary_padding_live_probe_reads_the_file(tmp_path: Path) -> None:
+    """Live, a file the stream never showed running counts when it is an executable ELF:
+    the probe reads the mode and the header through the writer's root."""
+    from bastion.detect.behavior.rules import elf_exec
+    import os
+    import shutil
+    exe = tmp_path / "prog"
+    shutil.copy("/bin/true", exe)
+    script = tmp_path / "s.sh"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    data = tmp_path / "data.bin"
+    data.write_bytes(b"\x7fELF....")
+    pid = os.getpid()
+    assert elf_exec(pid, str(exe)) is True
+    assert elf_exec(pid, str(script)) is False
+    assert elf_exec(pid, str(data)) is False          # an ELF header, no execute bit
+    assert elf_exec(pid, str(tmp_path / "gone")) is None
+
+
+def test_history_linked_to_dev_null_or_replaced() -> None:
+    """``ln -s /dev/null`` onto a history (a symlinkat, which the sensor does not trace:
+    the exec says it) and a file renamed over a history raise medium log_clearing; zsh
+    saving its history through a renamed .new file does not (the negative fixture)."""
+    titles = [f.title for f in replay(FIX / "log_clearing.pos.jsonl")
+              if f.rule == "behavior.log_clearing" and f.severity == "medium"]
+    assert any("linked to /dev/null" in t and ".zsh_history" in t for t in titles), titles
+    assert any("replaced by /tmp/empty" in t for t in titles), titles

@@ -68,6 +68,8 @@ class Probes:
     stalled: Callable[[], list[str]] | None = None
     # the root directory through which ``pid`` sees its files (None: gone; the agent's)
     root_of: Callable[[int], str | None] | None = None
+    # is ``path``, as process ``pid`` sees it, an executable ELF file (None: cannot tell)
+    elf_exec: Callable[[int, str], bool | None] | None = None
 
 
 def proc_root(pid: int) -> str | None:
@@ -227,10 +229,32 @@ class EntropyProbe:
                     "outstanding": len(self._inflight)}
 
 
+def elf_exec(pid: int, path: str) -> bool | None:
+    """Is ``path`` (seen through ``pid``'s root) a regular file with an execute bit and
+    an ELF header?  None when it cannot be read (gone, no such process)."""
+    root = proc_root(pid)
+    if root is None or not path.startswith("/"):
+        return None
+    full = os.path.join(root, path.lstrip("/"))
+    try:
+        st = os.lstat(full)     # never open a device, a FIFO or a file without an x bit
+        if not stat.S_ISREG(st.st_mode) or not st.st_mode & 0o111:
+            return False
+        fd = os.open(full, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY)
+    except OSError:
+        return None
+    try:
+        return os.pread(fd, 4, 0) == b"\x7fELF"
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def live_probes() -> Probes:
     ep = EntropyProbe()
     return Probes(stdio=read_stdio, entropy=ep, entropy_many=ep.many, stalled=ep.stalled,
-                  root_of=proc_root)
+                  root_of=proc_root, elf_exec=elf_exec)
 
 
 def write_intent(ev: FileEvent) -> bool:
@@ -1125,6 +1149,10 @@ MAIL_WRITERS = frozenset({"mutt", "neomutt", "mail", "mailx", "s-nail", "bsd-mai
                           "logrotate", *PACKAGE_MANAGERS})
 
 
+HISTORY_WRITERS = frozenset({"bash", "zsh", "sh", "dash", "ksh", "mksh", "fish", "tcsh", "csh",
+                             "python3", "python", "psql", "mysql", "sqlite3"})
+
+
 class LogClearing(SingleEvent):
     name = "behavior.log_clearing"
     event_types = frozenset({"open", "unlink", "rename", "exec"})
@@ -1146,9 +1174,20 @@ class LogClearing(SingleEvent):
                     glob_any(a, (*LOGS, *HISTORY)) for a in args):
                 return Hit(f"Log/history wiped with {tool}: {' '.join(ev.argv)[:120]}",
                            {"argv": list(ev.argv)})
+            if tool == "ln" and "/dev/null" in args and any(glob_any(a, HISTORY) for a in args):
+                # the history made a link to /dev/null: what the shell writes is gone (the
+                # sensor traces no symlinkat; over an existing history ln renames, below)
+                return Hit(f"Shell history linked to /dev/null: {' '.join(ev.argv)[:120]}",
+                           {"argv": list(ev.argv)}, severity="medium")
             return None
         if not isinstance(ev, FileEvent):
             return None
+        if ev.op == "rename" and glob_any(ev.path2, HISTORY) and not glob_any(ev.path, HISTORY) \
+                and not self.trusted(ev, ctx, HISTORY_WRITERS, depth=1):
+            # another file renamed over the history (``ln -sf /dev/null`` and ``mv`` do this);
+            # zsh saves its history this way (a .new file renamed over it): trusted shells
+            return Hit(f"Shell history replaced by {ev.path}: {ev.path2}",
+                       {"path": ev.path2, "from": ev.path, "op": ev.op}, severity="medium")
         destructive = ev.op == "unlink" or (ev.op == "open" and bool(ev.flags & O_TRUNC)) \
             or (ev.op == "rename" and ev.path2 in ("/dev/null",))
         if not destructive:
@@ -1952,7 +1991,7 @@ ESCAPE_LAUNCHERS = frozenset({
     "nvim", "view", "ex", "ed", "less", "more", "man", "pg", "most", "ftp", "gdb", "nmap",
     "tar", "zip", "rsync", "git", "mysql", "psql", "sqlite3", "scp", "sftp", "xargs",
     "flock", "strace", "ltrace", "watch", "emacs", "nano", "pico", "mail", "mailx",
-    "journalctl", "systemctl", "dmesg", "crash", "aria2c", "apt", "apt-get", "dpkg"})
+    "journalctl", "systemctl", "dmesg", "crash", "aria2c", "apt", "apt-get", "dpkg", "busybox"})
 
 
 def interactive_shell(ev: ExecEvent) -> bool:
@@ -2030,6 +2069,12 @@ class ShellEscape(BehaviorRule):
         key = (ev.proc.pid, ev.proc.start_ns)
         if interactive_shell(ev):
             launcher = self._launcher(self._chain(ev.proc.pid, ev.proc.start_ns, ctx, now))
+            if base(ev.proc.exe) == "busybox":
+                # a shell reached through a multi-call binary's applet (``busybox sh``,
+                # ``busybox ash``): the binary a sudo rule or a restricted PATH allowed
+                # is itself the launcher (GTFOBins).  Alpine's own shells run as
+                # busybox with argv[0] ``sh`` and no applet argument: not this.
+                launcher = "busybox"
             if launcher in ESCAPE_LAUNCHERS:
                 hits.append(Hit(f"Interactive shell launched by {launcher}: "
                                 f"{' '.join(ev.argv)[:80]}",
@@ -2043,6 +2088,308 @@ class ShellEscape(BehaviorRule):
         return hits
 
 
+# ---- discovery burst (issue 15) ------------------------------------------------------
+
+# What a host-reconnaissance script asks, one fact per tool or file: who am I and who else
+# is here, which host, kernel, OS and hardware, which network, processes and environment.
+# Each is routine alone (installers ask ``uname -m``, ``id -u``); a script asking four or
+# more different ones within a minute is surveying the host (LinPEAS, LinEnum, a
+# dropper's first stage).  Facts, not command lines: ``cat /etc/passwd``, ``getent
+# passwd`` and ``awk -F: '{print $1}' /etc/passwd`` are each one fact of their own tool
+# or file, whatever else the command line says.
+DISCOVERY_TOOLS = frozenset({
+    "whoami", "id", "groups", "users", "who", "w", "last", "lastlog", "getent", "hostname",
+    "hostnamectl", "uname", "lsb_release", "lscpu", "lspci", "lsusb", "dmidecode", "lsmod",
+    "ifconfig", "netstat", "ss", "arp", "route", "iwconfig", "ps", "pstree", "printenv",
+    "lsblk", "lsof", "systemd-detect-virt", "virt-what"})
+# tools that are discovery only with these first arguments (or none, for env)
+DISCOVERY_SUBCOMMANDS: dict[str, frozenset[str]] = {
+    "ip": frozenset({"a", "addr", "address", "r", "route", "n", "neigh"}),
+    "crontab": frozenset({"-l"}),
+    "sudo": frozenset({"-l", "-ll"}),
+    "systemctl": frozenset({"list-units", "list-unit-files", "list-timers"}),
+}
+DISCOVERY_FILES = ("/etc/passwd", "/etc/group", "/etc/shells", "/etc/os-release",
+                   "/usr/lib/os-release", "/etc/issue", "/etc/*-release", "/etc/*_version",
+                   "/etc/hosts", "/etc/resolv.conf", "/etc/crontab", "/etc/fstab",
+                   "/etc/machine-id", "/proc/version", "/proc/cpuinfo", "/proc/mounts",
+                   "/proc/net/*", "/proc/self/environ", "/etc/ssh/sshd_config")
+
+
+def discovery_fact(ev: ExecEvent) -> str | None:
+    """The fact about the host this exec asks for (its tool, or the discovery file it
+    names as an operand), or None."""
+    tool = base(ev.proc.exe)
+    args = list(ev.argv[1:])
+    for a in args:
+        if a.startswith("/") and glob_any(a, DISCOVERY_FILES):
+            return a
+    if tool in DISCOVERY_TOOLS:
+        return tool
+    if tool == "env" and not args:
+        return "printenv"
+    sub = DISCOVERY_SUBCOMMANDS.get(tool)
+    if sub is not None:
+        # the subcommand after options (``ip -4 addr``), or the option itself (``crontab -l``)
+        for a in args[:3]:
+            if a in sub:
+                return f"{tool} {a}"
+            if not a.startswith("-"):
+                break
+    return None
+
+
+def runs_code(e: ProcEntry) -> bool:
+    """Does this shell or interpreter run a script or ``-c`` code (not wait at a prompt)?"""
+    if not (is_shell(e.exe) or is_interpreter(e.exe)):
+        return False
+    args = list(e.cmdline[1:])
+    return any(not a.startswith("-") or a in ("-c", "-e") or
+               (a.startswith("-") and not a.startswith("--") and "c" in a[1:]) for a in args)
+
+
+class DiscoveryBurst(BehaviorRule):
+    """Four or more different host-discovery facts (:func:`discovery_fact`) asked by the
+    children of one script (a shell or interpreter running a file or ``-c`` code, forked
+    subshells of command substitutions and pipelines folded into it) within a minute.
+    A single command, and whatever an administrator types at a prompt (the children of
+    an interactive shell), stay silent; package managers' maintainer scripts are trusted."""
+
+    name = "behavior.discovery_burst"
+    event_types = frozenset({"exec"})
+    attack = ("T1082", "T1033", "T1087.001", "T1016", "T1057")
+    severity = "medium"
+    action = "alert"
+    count = 4
+    window_ns = 60 * NS
+
+    def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None) -> None:
+        super().__init__(settings, limits)
+        self._facts: BoundedState[ProcKey, list[tuple[int, str]]] = self.state()
+        self._fired: BoundedState[ProcKey, int] = self.state()
+
+    @staticmethod
+    def script_of_tree(ev: Event, ctx: RuleContext) -> ProcEntry | None:
+        chain = ctx.procs.ancestry(ev.proc.pid, 10)
+        if len(chain) < 2 or not chain[0].same_process(ev.proc.start_ns):
+            return None
+        i = 1   # climb over forked copies: a subshell keeps its parent's image and argv
+        while i + 1 < len(chain) and chain[i + 1].exe == chain[i].exe and \
+                chain[i + 1].cmdline == chain[i].cmdline:
+            i += 1
+        top = chain[i]
+        return top if runs_code(top) else None
+
+    def evaluate(self, ev: Event, ctx: RuleContext) -> list[Hit]:
+        if not isinstance(ev, ExecEvent):
+            return []
+        fact = discovery_fact(ev)
+        if fact is None:
+            return []
+        top = self.script_of_tree(ev, ctx)
+        if top is None:
+            return []
+        now = ev.time_ns
+        key = (top.pid, top.start_ns)
+        fired = self._fired.get(key, now)
+        if fired is not None and now - fired < self.window_ns:
+            return []
+        seen = [(t, f) for t, f in (self._facts.get(key, now) or []) if now - t <= self.window_ns]
+        if all(f != fact for _, f in seen):
+            seen.append((now, fact))
+        self._facts.put(key, now, seen[-2 * self.count:])
+        if len(seen) < self.count:
+            return []
+        if self.trusted(ev, ctx, PACKAGE_MANAGERS, depth=8):
+            return []
+        self._fired.put(key, now, now)
+        self._facts.pop(key)
+        facts = [f for _, f in seen]
+        script = " ".join(top.cmdline)[:100]
+        return [Hit(f"Host discovery burst: {len(facts)} different facts asked by one script "
+                    f"({', '.join(facts[:6])}) from {script}",
+                    {"facts": facts, "script": list(top.cmdline)[:8], "script_pid": top.pid},
+                    pid=top.pid)]
+
+
+# ---- binary padding (issue 15) -------------------------------------------------------------
+
+# Programs that write executables for a living (trusted by executable inode, never by name).
+BINARY_WRITERS = frozenset({
+    "ld", "ld.bfd", "ld.gold", "ld.lld", "mold", "collect2", "gcc", "cc", "g++", "c++", "clang",
+    "clang++", "as", "strip", "objcopy", "patchelf", "chrpath", "install", "upx", "go", "rustc",
+    "cargo", "make", "cmake", "ninja", "dh_strip", "debugedit", "prelink", "ldconfig",
+    *PACKAGE_MANAGERS})
+O_APPEND = 0o2000
+
+
+class BinaryPadding(BehaviorRule):
+    """An executable program rewritten in place — opened for writing without truncation
+    (``>>`` append, ``dd conv=notrunc``, ``truncate -s +N``) — by something that is not a
+    linker, compiler, strip/patchelf or package manager: bytes added to change its hash
+    (binary padding, T1027.001) or a patch.  Builds and packages replace a binary
+    (truncate or rename a new file over it); nothing benign appends to one.  Which files
+    are executables: the programs the stream showed running, and (live) the file itself
+    (an execute bit and an ELF header, read through the writer's root)."""
+
+    name = "behavior.binary_padding"
+    event_types = frozenset({"exec", "open", "rename"})
+    attack = ("T1027.001",)
+    severity = "medium"
+    action = "alert"
+
+    def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None,
+                 probes: Probes | None = None) -> None:
+        super().__init__(settings, limits)
+        self.probes = probes or Probes()
+        self._exes: BoundedState[str, int] = self.state()
+
+    def evaluate(self, ev: Event, ctx: RuleContext) -> list[Hit]:
+        now = ev.time_ns
+        if isinstance(ev, ExecEvent):
+            if ev.proc.exe.startswith("/") and not ev.exec_fd:
+                self._exes.put(ev.proc.exe, now, now)
+            return []
+        if not isinstance(ev, FileEvent):
+            return []
+        if ev.op == "rename":
+            if self._exes.get(ev.path, now) is not None:
+                self._exes.pop(ev.path)
+                self._exes.put(ev.path2, now, now)
+            return []
+        if not write_intent(ev) or ev.flags & O_TRUNC or not (ev.flags & O_ACCMODE):
+            return []
+        path = ev.path
+        known = self._exes.get(path, now) is not None
+        if not known:
+            if self.probes.elf_exec is None or not path.startswith("/") or \
+                    under(path, ("/proc", "/sys", "/dev", "/var/log", "/run/log")):
+                return []
+            if not self.probes.elf_exec(ev.proc.pid, path):
+                return []
+        if self.trusted(ev, ctx, BINARY_WRITERS, depth=3):
+            return []
+        who = base(ev.proc.exe) or ev.proc.comm
+        how = "appended to" if ev.flags & O_APPEND else "rewritten in place"
+        return [Hit(f"Executable {path} {how} by {who} (binary padding or patching)",
+                    {"path": path, "flags": oct(ev.flags), "writer": ev.proc.exe,
+                     "known_from": "exec" if known else "file"})]
+
+
+# ---- decoded payload run (issue 15) ----------------------------------------------------
+
+# Inline code (``python -c``, ``perl -e``...) that decodes data: the decoding calls of the
+# interpreters' standard libraries.
+_DECODE_CALL = re.compile(r"\b(b(64|32|16|85)decode|a85decode|decodebytes|unhexlify|fromhex|"
+                          r"decode_base64|base64_decode|hex2bin)\b|['\"](base64|hex)['\"]")
+
+
+def inline_decoder(argv: Sequence[str], exe: str) -> str | None:
+    """An interpreter running inline code (``-c``/``-e``) that decodes data: its name."""
+    if not is_interpreter(exe) or is_shell(exe):
+        return None
+    args = list(argv[1:])
+    for i, a in enumerate(args[:-1]):
+        if a in ("-c", "-e", "-E", "-r", "-le", "-ne", "-pe") and _DECODE_CALL.search(args[i + 1]):
+            return f"{norm_interp(base(exe))} {a}"
+    return None
+
+
+def _output_operand(ev: ExecEvent) -> str | None:
+    """Where a decoder writes when told by an argument (``xxd -r in out``, ``-o``/``-out``)."""
+    args = list(ev.argv[1:])
+    for i, a in enumerate(args[:-1]):
+        if a in ("-o", "--output", "-out", "--outfile"):
+            return args[i + 1]
+    if base(ev.proc.exe) == "xxd":
+        ops = [a for a in args if not a.startswith("-")]
+        if len(ops) >= 2:
+            return ops[-1]
+    return None
+
+
+class DecodedFileExec(BehaviorRule):
+    """A file a decoder wrote, then executed (as the program, the script an interpreter
+    or shell runs, or renamed first): ``base64 -d > /tmp/x; chmod +x /tmp/x; /tmp/x``,
+    ``xxd -r -p hex ~/.cache/upd; sh ~/.cache/upd``, a Python one-liner that
+    b64decodes into a file later run.  The output file is what the decoder wrote
+    (its own write-opens, its ``-o``/``xxd`` output operand) or the file the shell
+    opened as its stdout just before exec'ing it (``> /tmp/x``; the exec's stdout is
+    a regular file).  High.  And (medium) inline interpreter code that decodes data
+    and hands the result to a shell (``subprocess(decoded, shell=True)``,
+    ``system(decode_base64(...))``): the decoded command is run."""
+
+    name = "behavior.decoded_file_exec"
+    event_types = frozenset({"exec", "open", "rename"})
+    attack = ("T1140", "T1027", "T1059.004")
+    severity = "high"
+    action = "alert"
+
+    def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None) -> None:
+        super().__init__(settings, limits)
+        self._last_write: BoundedState[ProcKey, str] = self.state()   # shells' redirects
+        self._decoders: BoundedState[ProcKey, str] = self.state()
+        self._decoded: BoundedState[str, tuple[str, int]] = self.state()
+
+    def _record(self, path: str, dec: str, pid: int, now: int) -> None:
+        self._decoded.put(os.path.normpath(path), now, (dec, pid))
+
+    def evaluate(self, ev: Event, ctx: RuleContext) -> list[Hit]:
+        now = ev.time_ns
+        key = proc_key(ev)
+        if isinstance(ev, FileEvent):
+            if ev.op == "rename":
+                got = self._decoded.get(ev.path, now)
+                if got is not None:
+                    self._decoded.put(ev.path2, now, got)
+                return []
+            if not write_intent(ev) or not ev.path.startswith("/") or ev.path.startswith("/dev/"):
+                return []
+            dec = self._decoders.get(key, now)
+            if dec is not None:
+                self._record(ev.path, dec, ev.proc.pid, now)
+            elif is_shell(ev.proc.exe):
+                self._last_write.put(key, now, ev.path)
+            return []
+        if not isinstance(ev, ExecEvent):
+            return []
+        hits: list[Hit] = []
+        redirect = self._last_write.pop(key)
+        # normalised: a script operand is as typed (``sh ./x``: /dir/./x), the kernel's paths are not
+        ran = {os.path.normpath(p) for p in (ev.proc.exe, ev.filename, ev.script, script_of(ev))
+               if p and p.startswith("/")}
+        for p in ran:
+            got = self._decoded.get(p, now)
+            if got is not None:
+                hits.append(Hit(f"Ran a file written by a decoder ({got[0]}): {p} "
+                                f"(run as {base(ev.proc.exe) or ev.proc.comm})",
+                                {"path": p, "decoder": got[0], "decoder_pid": got[1],
+                                 "exe": ev.proc.exe, "argv": list(ev.argv)[:8]}))
+                break
+        dec = decoder(ev) or inline_decoder(ev.argv, ev.proc.exe)
+        if dec is not None:
+            self._decoders.put(key, now, dec)
+            if ev.stdout == "file" and redirect:
+                self._record(redirect, dec, ev.proc.pid, now)
+            out = _output_operand(ev)
+            if out:
+                self._record(out if out.startswith("/") else os.path.join(ev.cwd or "/", out),
+                             dec, ev.proc.pid, now)
+        else:
+            self._decoders.pop(key)
+        if is_shell(ev.proc.exe) and any(a == "-c" or (a.startswith("-") and not a.startswith("--")
+                                                        and "c" in a[1:]) for a in ev.argv[1:3]):
+            parent = ctx.procs.get(ev.proc.ppid)
+            if parent is not None:
+                pdec = inline_decoder(parent.cmdline, parent.exe)
+                if pdec is not None:
+                    hits.append(Hit(f"Inline {pdec} code decoded data and ran it in a shell: "
+                                    f"{' '.join(ev.argv)[:80]}",
+                                    {"decoder": pdec, "argv": list(ev.argv)[:8],
+                                     "parent": list(parent.cmdline)[:4]}, severity="medium"))
+        return hits
+
+
 ALL_RULE_CLASSES: tuple[type[BehaviorRule], ...] = (
     ReverseShell, ReverseShellCommand, ServiceSpawnsShell, DownloadExecute, ExecFromTemp, MemfdExec,
     Masquerade, CredentialAccess, ProcMemAccess, PtraceInjection, LdPreload, LoaderEnvInjection,
@@ -2050,7 +2397,7 @@ ALL_RULE_CLASSES: tuple[type[BehaviorRule], ...] = (
     SetuidBits, SudoersPam, LogClearing, KillSecurityTools, FirewallTamper, SecurityConfigTamper,
     SecretHunt, HiddenTempArtifact, KernelModuleLoad,
     BpfLoad, PortScan, MiningPool, Ransomware, PtySocketShell, DecodedPayloadShell,
-    ShellEscape, ExecMemory,
+    ShellEscape, ExecMemory, DiscoveryBurst, DecodedFileExec, BinaryPadding,
 )
 
 __all__ = ["Probes", "EntropyProbe", "live_probes", "read_stdio", "file_entropy", "PERSISTENCE", "PersistenceWrite",
