@@ -253,6 +253,9 @@ _FILE_LENS_AT: Final = FileEvent.path_len.offset
 _U16X4: Final = struct.Struct("<4H")
 _U32: Final = struct.Struct("<I")
 _CUT_BITS: Final = FILE_CUT_END | FILE_CUT_START
+_STR_BITS: Final = FILE_STR_MAX          # as a mask: 255 = 2**8 - 1 (tests/unit/test_file_records.py)
+_BAD_BITS: Final = 0xFFFF & ~(_CUT_BITS | _STR_BITS)   # a length above 255, or unknown bits
+_SIZE_AT: Final = EventHdr.size.offset
 
 
 def file_strings(rec: bytes) -> tuple[tuple[bytes, bytes, bytes, bytes], tuple[int, int, int, int]]:
@@ -264,34 +267,41 @@ def file_strings(rec: bytes) -> tuple[tuple[bytes, bytes, bytes, bytes], tuple[i
     string may not hold a NUL: otherwise :class:`DecodeError` names the byte offset in
     the record of the field that lies, and nothing of the record is used."""
     n = len(rec)
+    if n >= _FILE_FIXED:
+        l0, l1, l2, l3 = _U16X4.unpack_from(rec, _FILE_LENS_AT)
+        a, b, c, d = l0 & _STR_BITS, l1 & _STR_BITS, l2 & _STR_BITS, l3 & _STR_BITS
+        p1 = _FILE_FIXED + a
+        p2 = p1 + b
+        p3 = p2 + c
+        # the common case in one test: lengths in range, sizes equal, no NUL in the strings
+        if not (l0 | l1 | l2 | l3) & _BAD_BITS and p3 + d == n \
+                and _U32.unpack_from(rec, _SIZE_AT)[0] == n and rec.find(b"\0", _FILE_FIXED) < 0:
+            return ((rec[_FILE_FIXED:p1], rec[p1:p2], rec[p2:p3], rec[p3:n]),
+                    (l0 & _CUT_BITS, l1 & _CUT_BITS, l2 & _CUT_BITS, l3 & _CUT_BITS))
+    raise DecodeError(_file_record_problem(rec))
+
+
+def _file_record_problem(rec: bytes) -> str:
+    """What is wrong with a file record :func:`file_strings` refused (the first lie)."""
+    n = len(rec)
     if n < _FILE_FIXED:
-        raise DecodeError(f"file record of {n} bytes is shorter than its fixed part "
-                          f"({_FILE_FIXED})")
-    lens = _U16X4.unpack_from(rec, _FILE_LENS_AT)
+        return f"file record of {n} bytes is shorter than its fixed part ({_FILE_FIXED})"
     at = _FILE_FIXED
-    out: list[bytes] = []
-    for i, raw in enumerate(lens):
+    for i, raw in enumerate(_U16X4.unpack_from(rec, _FILE_LENS_AT)):
         ln = raw & FILE_LEN_MASK
         field = f"{FILE_STRINGS[i]}_len at record offset {_FILE_LENS_AT + 2 * i}"
         if raw & ~(FILE_LEN_MASK | _CUT_BITS) or ln > FILE_STR_MAX:
-            raise DecodeError(f"file record: {field} is {raw:#06x}: more than "
-                              f"{FILE_STR_MAX} bytes or unknown bits")
+            return f"file record: {field} is {raw:#06x}: more than {FILE_STR_MAX} bytes or unknown bits"
         if at + ln > n:
-            raise DecodeError(f"file record: {field} says {ln} bytes at offset {at}, past the "
-                              f"record's end ({n} bytes)")
-        s = rec[at:at + ln]
-        nul = s.find(b"\0")
+            return (f"file record: {field} says {ln} bytes at offset {at}, past the record's "
+                    f"end ({n} bytes)")
+        nul = rec.find(b"\0", at, at + ln)
         if nul >= 0:
-            raise DecodeError(f"file record: {field} says {ln} bytes, but a NUL is at record "
-                              f"offset {at + nul}")
-        out.append(s)
+            return f"file record: {field} says {ln} bytes, but a NUL is at record offset {nul}"
         at += ln
-    (size,) = _U32.unpack_from(rec, EventHdr.size.offset)
-    if size != n or at != n:
-        raise DecodeError(f"file record: size at record offset {EventHdr.size.offset} says "
-                          f"{size} bytes, its lengths {at}, the ring handed over {n}")
-    return ((out[0], out[1], out[2], out[3]),
-            (lens[0] & _CUT_BITS, lens[1] & _CUT_BITS, lens[2] & _CUT_BITS, lens[3] & _CUT_BITS))
+    (size,) = _U32.unpack_from(rec, _SIZE_AT)
+    return (f"file record: size at record offset {_SIZE_AT} says {size} bytes, its lengths "
+            f"{at}, the ring handed over {n}")
 
 
 def pack_file_record(fixed: FileEvent, path: bytes = b"", dir: bytes = b"",

@@ -318,11 +318,9 @@ def _cut(raw: bytes, cut: int) -> str:
     beginning (walked up from the file: its last components) is shown as ``…/c/d``, never
     as the absolute path ``/c/d`` it is not; one that lost its end as ``/a/b…``."""
     s = _str(raw)
-    if cut & abi.FILE_CUT_START:
-        return CUT_MARK + s
-    if cut & abi.FILE_CUT_END:
-        return s + CUT_MARK
-    return s
+    if not cut:
+        return s
+    return CUT_MARK + s if cut & abi.FILE_CUT_START else s + CUT_MARK
 
 
 def _signame(sig: int) -> str:

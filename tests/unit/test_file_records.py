@@ -160,3 +160,9 @@ def test_a_poll_decodes_at_most_a_batch_and_leaves_the_rest_for_the_next() -> No
     assert len(lo.drain(Decoder())) == 1
     from bastion.sensors import bpf
     assert 0 < bpf.DRAIN_BATCH <= abi.RINGBUF_BYTES // 1144   # at most a 1.x ring's worth
+
+
+def test_the_longest_string_is_a_mask() -> None:
+    """The decoder's fast path and the BPF builder mask lengths with FILE_STR_MAX."""
+    assert abi.FILE_STR_MAX == 255 and (abi.FILE_STR_MAX + 1) & abi.FILE_STR_MAX == 0
+    assert abi.FILE_STR_MAX <= abi.FILE_LEN_MASK
