@@ -95,6 +95,21 @@ def test_temp_dir_program_is_alerted_and_a_temp_script_in_python_is_quiet() -> N
                  xm(36, "/tmp/b/app", 1, ("tmp-file",), op="mmap", path="/tmp/b/libapp.so")]) == []
 
 
+def test_network_service_alone_alerts_natives_and_spares_interpreters() -> None:
+    """A service (it listens) with libffi callbacks or PCRE's JIT: an installed python
+    service is quiet, a native service's RWX alerted (medium), neither stopped; the
+    benign corpus's ffi.py listens on loopback and runs from /tmp."""
+    evs: list[Event] = [ex(37, PY, 0, (PY, "/tmp/corpus/jit/ffi.py")),
+                        net(37, PY, 0.2, op="listen"), net(37, PY, 0.5),
+                        xm(37, PY, 1, ("anon", "write-exec"), op="mmap")]
+    assert ours(evs, RecordedTrust()) == []
+    svc = "/opt/app/server"
+    f = ours([ex(38, svc, 0, (svc,)), net(38, svc, 0.2, op="listen"),
+              xm(38, svc, 1, ("anon", "w2x"))], RecordedTrust())
+    assert len(f) == 1 and (f[0].severity, f[0].action) == ("medium", "alert"), f
+    assert "network service" in f[0].title
+
+
 def test_order_does_not_matter_mapping_first_then_connect() -> None:
     # mapping before the connect (a pre-warmed buffer, or a dedup window hiding the repeat)
     f = ours([ex(31, PY, 0, (PY, "/root/fetch.py")),

@@ -12,12 +12,13 @@ interpreter using ctypes/cffi callbacks (anonymous RWX memory, or a memfd mapped
 executable: measured, python's ctypes callback maps RWX).  So:
 
 * a process of **untrusted provenance** (:mod:`.provenance`: a downloaded binary or
-  script, a fileless program, a network service's tree, a decoded payload) mapping
-  executable memory of any kind is stopped (high);
-* a program whose only mark is that it runs from a temp dir (``tmp-binary``,
-  ``tmp-script``: build products, scripts put there by hand) is alerted (medium) for
-  anonymous executable memory, and not at all when it is an installed interpreter
-  (libffi) or maps a file (its own libraries);
+  script, a fileless program, a decoded payload) mapping executable memory of any
+  kind is stopped (high);
+* a program whose only marks are that it runs from a temp dir (``tmp-binary``,
+  ``tmp-script``: build products, scripts put there by hand) or is (under) a network
+  service (``network-service``: services use libffi and PCRE's JIT) is alerted
+  (medium) for anonymous executable memory, and not at all when it is an installed
+  interpreter (libffi) or maps a file (its own libraries);
 * an ordinary process that maps **anonymous** executable memory (RWX, or a W->X flip)
   and has itself connected over TCP/IP (before or after the mapping, whichever comes
   second fires) is alerted (medium): code fetched over the network and run from memory.
@@ -49,6 +50,8 @@ JIT_RUNTIMES = frozenset({"node", "nodejs", "java", "dotnet", "pypy", "pypy3", "
                           "julia", "mono", "php", "php-fpm", "qemu-x86_64", "valgrind",
                           "gdb", "lldb"})
 ANON_KINDS = frozenset({"anon", "write-exec", "w2x"})
+# Provenance that alone does not stop a process for executable memory (alerted at most).
+WEAK_REASONS = LOCAL_REASONS | {"network-service"}
 
 
 def _mapping(ev: MmapEvent) -> dict[str, Any]:
@@ -107,14 +110,16 @@ class ExecMemory(BehaviorRule):
             return []
         reasons, origin = self.untrusted(ev, ctx)
         anon = bool(set(ev.why) & ANON_KINDS) and not ev.path
-        if reasons and set(reasons) <= LOCAL_REASONS:
-            # only "it runs from a temp dir": a build product or a script someone put
-            # there; an interpreter's RWX is libffi's, a staged file its own library
+        if reasons and set(reasons) <= WEAK_REASONS:
+            # only "it runs from a temp dir" (a build product, a script put there) or "it
+            # is (under) a network service" (services use libffi and PCRE's JIT): an
+            # interpreter's RWX is libffi's, a file mapping its own library
             if not anon or self._interpreter(ev, ctx):
                 return []
             self._fired.put(key, now, True)
-            return [Hit(f"Executable memory in a program run from a temporary directory: "
-                        f"{ev.proc.exe or ev.proc.comm} {_what(ev)}",
+            where = ("a network service" if "network-service" in reasons
+                     else "a program run from a temporary directory")
+            return [Hit(f"Executable memory in {where}: {ev.proc.exe or ev.proc.comm} {_what(ev)}",
                         {"mapping": _mapping(ev), "provenance": dict(reasons)})]
         if reasons:
             self._fired.put(key, now, True)
