@@ -63,6 +63,8 @@ class AgentOptions:
     test_cgroup_id: int = 0   # tests only: the BPF-load guard acts in this cgroup alone
     feed: TextIO | None = None
     feed_json: bool = False
+    # event rows written by a writer process of their own (issue 16.3); False: a thread
+    store_process: bool = True
 
 
 def _open_hips_backends(tier: Tier, pin_root: Path, deadline_s: float | None,
@@ -276,7 +278,7 @@ def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
                       feed=opts.feed, feed_json=opts.feed_json,
                       apply_opts={"force": opts.force, "allow_degraded": opts.allow_degraded},
                       keep_pins=opts.keep_pins, pin_dir=opts.pin_root / "hips",
-                      test_deadline=opts.test_deadline)
+                      test_deadline=opts.test_deadline, store_process=opts.store_process)
         agent_ref.append(agent)
     except BaseException:
         store.close()

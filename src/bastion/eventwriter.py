@@ -59,12 +59,14 @@ class EventWriter(Generic[T]):
     def queued(self) -> int:
         return self._queued
 
-    def offer(self, batch: Sequence[T]) -> bool:
-        """Queue ``batch``; False (and counted in ``shed``) when the queue is full."""
+    def offer(self, batch: Sequence[T], *, force: bool = False) -> bool:
+        """Queue ``batch``; False (and counted in ``shed``) when the queue is full.
+        ``force``: queued whatever the queue holds (the few events that raised a
+        finding: their storage is never shed; their number is bounded by the alerts')."""
         if not batch:
             return True
         with self._cv:
-            if self._queued + len(batch) > self.max_items:
+            if not force and self._queued + len(batch) > self.max_items:
                 self.shed += len(batch)
                 return False
             self._q.append(batch)
