@@ -140,6 +140,9 @@ class AgentParts:
     sigma_loader: Callable[[], tuple[list[Rule], dict[str, Any]]] | None = None
     # container context on every event (local cgroup + runtime state, cached by cgroup id)
     containers: ContainerResolver | None = None
+    # under the guardian: enrol the event writer process (pid) with tamper protection so
+    # it may write the protected store; returns the undo (bastion.assembly)
+    writer_enrol: Callable[[int], Callable[[], None]] | None = None
 
 
 class Agent:
@@ -255,6 +258,7 @@ class Agent:
         self._writer_said = ""   # the writer error last alerted
         self.writer_max_events = WRITER_MAX_EVENTS
         self.store_process = store_process
+        self._writer_enrol = parts.writer_enrol
         self._store_proc: EventStoreProcess | None = None   # while run() runs, if asked
         self._proc_said = ""    # the writer process's error last alerted
 
@@ -792,7 +796,8 @@ class Agent:
         """The event writer process; one that cannot start is alerted and the rows are
         written by the in-process writer thread instead (said, never silent)."""
         sp = EventStoreProcess(self.store.path.parent, max_items=self.writer_max_events,
-                               on_result=self._store_result, on_died=self._store_writer_died)
+                               on_result=self._store_result, on_died=self._store_writer_died,
+                               enrol=self._writer_enrol)
         try:
             sp.start()
         except (StoreError, OSError) as exc:
@@ -903,7 +908,7 @@ class Agent:
         flagged: list[Event] = []   # events that raised a finding: their rows are never shed
         for ev in batch:
             update(ev)
-            ev = enrich(ev)
+            ev = enrich(ev, True)
             if containers is not None:
                 ev = containers.enrich(ev)
             keep(ev)
@@ -937,8 +942,7 @@ class Agent:
         if sp is not None:
             if not sp.offer(seen):
                 self.store_health.events_not_stored += len(seen) - len(flagged)
-                if flagged:
-                    sp.offer(flagged, force=True)
+                sp.keep(flagged)
             if w is not None:
                 w.offer(seen)     # the outputs' copy (its sheds are counted in w.shed)
             return
@@ -946,8 +950,7 @@ class Agent:
             self._write_events(seen, drain_alerts=True)
         elif not w.offer(seen):
             self.store_health.events_not_stored += len(seen) - len(flagged)
-            if flagged:
-                w.offer(flagged, force=True)
+            w.keep(flagged)
 
     def _store_result(self, kind: str, n: int, detail: str) -> None:
         """An answer of the writer process (its reader thread)."""

@@ -270,6 +270,7 @@ def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
             from bastion.kernel.bpffs import cgroup2_root
 
             parts.containers = ContainerResolver(cgroup2=str(cgroup2_root()))
+            parts.writer_enrol = tamper_writer_enrol(opts.pin_root / "tamper")
         dispatcher = make_dispatcher(procs, dry_run=policy.behavior.dry_run, quarantine=parts.quarantine)
         agent_ref: list[Agent] = []
         dispatcher.after("behavior.ransomware", "kill", _shadow_incident_hook(agent_ref, procs))
@@ -284,6 +285,32 @@ def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
         store.close()
         raise
     return agent
+
+
+def tamper_writer_enrol(tamper_dir: Path) -> Callable[[int], Callable[[], None]] | None:
+    """Under the guardian's tamper protection (its pins under ``tamper_dir``): enrol the
+    agent's event writer process in ``tamper_idents`` (role writer; exact identity, as
+    the agent's) so that it may write the protected store, and take it out once it is
+    gone.  None without tamper pins (no protection: nothing to enrol in)."""
+    idents = tamper_dir / "maps" / "tamper_idents"
+    if not idents.exists():
+        return None
+
+    def enrol(pid: int) -> Callable[[], None]:
+        from bastion.guard.identity import ROLE_WRITER, Identity
+        from bastion.kernel.libbpf import Map
+
+        ident = Identity.of(pid, ROLE_WRITER)
+        with Map.open_pinned(idents) as m:
+            m.update(ident.key(), ident.value())
+
+        def undo() -> None:
+            with Map.open_pinned(idents) as m:
+                if m.lookup(ident.key()) == ident.value():
+                    m.delete(ident.key())
+        return undo
+
+    return enrol
 
 
 def _fleet_parts(parts: AgentParts, policy: AgentConfig, data_dir: Path) -> None:

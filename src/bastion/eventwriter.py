@@ -40,6 +40,7 @@ class EventWriter(Generic[T]):
         self._write = write
         self._on_error = on_error
         self.max_items = max_items
+        self.reserve = max(1, max_items // 16)   # room beyond max_items for keep()
         self.share = share
         self._q: deque[Sequence[T]] = deque()
         self._queued = 0
@@ -59,20 +60,32 @@ class EventWriter(Generic[T]):
     def queued(self) -> int:
         return self._queued
 
-    def offer(self, batch: Sequence[T], *, force: bool = False) -> bool:
-        """Queue ``batch``; False (and counted in ``shed``) when the queue is full.
-        ``force``: queued whatever the queue holds (the few events that raised a
-        finding: their storage is never shed; their number is bounded by the alerts')."""
+    def offer(self, batch: Sequence[T]) -> bool:
+        """Queue ``batch``; False (and counted in ``shed``) when the queue is full."""
         if not batch:
             return True
         with self._cv:
-            if not force and self._queued + len(batch) > self.max_items:
+            if self._queued + len(batch) > self.max_items:
                 self.shed += len(batch)
                 return False
             self._q.append(batch)
             self._queued += len(batch)
             self._cv.notify()
         return True
+
+    def keep(self, items: Sequence[T]) -> None:
+        """Queue ``items`` of a batch :meth:`offer` just shed, whatever the queue holds,
+        and take them out of ``shed`` (the events that raised a finding: their storage is
+        never shed while ``reserve`` items beyond ``max_items`` hold them)."""
+        if not items:
+            return
+        with self._cv:
+            if self._queued + len(items) > self.max_items + self.reserve:
+                return      # beyond the reserve too: they stay shed (counted)
+            self.shed -= len(items)
+            self._q.append(items)
+            self._queued += len(items)
+            self._cv.notify()
 
     def _run(self) -> None:
         while True:

@@ -39,7 +39,7 @@ from typing import IO, Any, Final
 
 from bastion.containers import Container
 from bastion.eventwriter import EventWriter
-from bastion.events import TYPES, Event, Proc
+from bastion.events import TYPES, Event, Proc, all_fields
 
 log = logging.getLogger("bastion.store.eventproc")
 
@@ -50,15 +50,6 @@ _CLASS_NO: Final[dict[type[Any], int]] = {c: i for i, c in enumerate(_CLASSES)}
 PIPE_BYTES: Final = 1 << 20        # the child's stdin (F_SETPIPE_SZ; the kernel may cap it)
 CHILD_NICE: Final = 5              # storage yields to the loop that decides
 RESTART_BACKOFF_S: Final = (0.0, 0.5, 2.0, 5.0)   # by consecutive restarts within a minute
-
-
-def _fields(cls: type[Any]) -> tuple[str, ...]:
-    import dataclasses
-
-    return tuple(f.name for f in dataclasses.fields(cls))
-
-
-_FIELDS: Final[dict[type[Any], tuple[str, ...]]] = {c: _fields(c) for c in _CLASSES}
 
 
 def pack(events: Sequence[Event]) -> bytes:
@@ -75,9 +66,8 @@ def pack(events: Sequence[Event]) -> bytes:
             c = p.container
             actors.append((p.pid, p.tid, p.ppid, p.uid, p.euid, p.gid, p.cgroup_id, p.comm,
                            p.start_ns, p.exe, c.to_json() if c is not None else None))
-        cls = type(ev)
-        names = _FIELDS[cls]
-        rows.append((no[cls], i, *[getattr(ev, n) for n in names if n != "proc"]))
+        vals = all_fields(ev)
+        rows.append((no[type(ev)], i, vals[0], *vals[2:]))
     return marshal.dumps((actors, rows))
 
 
@@ -114,6 +104,13 @@ def child_main(data_dir: Path, stdin: IO[bytes], stdout: IO[str]) -> int:
     from bastion.events import to_json
     from bastion.store.db import MalformedRecordError, Store
 
+    # the go: the agent has enrolled this process with tamper protection (when it runs
+    # under the guardian) before this first frame; the store is opened only after it
+    head = _read_exact(stdin, _FRAME.size)
+    if head is None or _FRAME.unpack(head) != (0, 0):
+        stdout.write("fatal 0 no go frame from the agent\n")
+        stdout.flush()
+        return 2
     try:
         store = Store.open_event_writer(data_dir)
     except StoreError as exc:
@@ -180,6 +177,7 @@ class _Child:
         self.ready = threading.Event()
         self.fatal = ""
         self.reader: threading.Thread | None = None
+        self.unenrol: Callable[[], None] | None = None
 
 
 class EventStoreProcess:
@@ -192,13 +190,18 @@ class EventStoreProcess:
     def __init__(self, data_dir: Path, *, max_items: int,
                  on_result: Callable[[str, int, str], None],
                  on_died: Callable[[str, int], None],
-                 argv: Sequence[str] | None = None, nice: int = CHILD_NICE) -> None:
+                 argv: Sequence[str] | None = None, nice: int = CHILD_NICE,
+                 enrol: Callable[[int], Callable[[], None]] | None = None) -> None:
+        """``enrol(pid)``: make a new child one of ours for tamper protection before it
+        opens the store (under the guardian: the protected data dir); returns the undo,
+        called once the child is gone."""
         self.data_dir = Path(data_dir)
         self._argv = list(argv) if argv is not None else [
             sys.executable, "-I", "-B", "-m", "bastion.store.eventproc",
             "--data-dir", str(self.data_dir), "--nice", str(nice)]
         self._on_result = on_result
         self._on_died = on_died
+        self._enrol = enrol
         self._lock = threading.Lock()
         self._child: _Child | None = None
         self._closing = False
@@ -253,6 +256,17 @@ class EventStoreProcess:
             pass   # a smaller pipe only means the feeder waits sooner
         child = _Child(p)
         self._child = child
+        if self._enrol is not None:
+            try:
+                child.unenrol = self._enrol(p.pid)
+            except Exception as exc:  # noqa: BLE001 - said; the child then fails to open, alerted
+                log.error("event writer process %d not enrolled with tamper protection: %s",
+                          p.pid, exc)
+        try:
+            p.stdin.write(_FRAME.pack(0, 0))
+            p.stdin.flush()
+        except OSError:
+            pass   # it died already: the reader reports it
         child.reader = threading.Thread(target=self._read, args=(child,),
                                         name="bastion-store-acks", daemon=True)
         child.reader.start()
@@ -284,6 +298,12 @@ class EventStoreProcess:
         self._child_gone(child)
 
     def _child_gone(self, child: _Child) -> None:
+        if child.unenrol is not None:
+            try:
+                child.unenrol()
+            except Exception as exc:  # noqa: BLE001 - a stale entry never matches (start time)
+                log.warning("event writer process %d not unenrolled: %s", child.popen.pid, exc)
+            child.unenrol = None
         with self._lock:
             if self._child is not child:
                 return
@@ -327,12 +347,14 @@ class EventStoreProcess:
 
     # -- the loop's side
 
-    def offer(self, batch: Sequence[Event], *, force: bool = False) -> bool:
-        """Queue ``batch``; False (counted in ``shed``) when the queue is full, unless
-        ``force`` (events that raised findings: always kept)."""
-        if force:
-            return self._feeder.offer(batch, force=True)
+    def offer(self, batch: Sequence[Event]) -> bool:
+        """Queue ``batch``; False (counted in ``shed``) when the queue is full."""
         return self._feeder.offer(batch)
+
+    def keep(self, events: Sequence[Event]) -> None:
+        """Queue ``events`` of a batch just shed whatever the queue holds (those that
+        raised a finding), out of the shed count."""
+        self._feeder.keep(events)
 
     # -- the feeder thread
 
