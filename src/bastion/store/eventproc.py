@@ -311,8 +311,9 @@ class EventStoreProcess:
             self.lost += lost
             rc = child.popen.returncode
             if self._closing:
-                if lost:
-                    self._on_died(f"exited with status {rc} at the stop", lost)
+                if lost:   # counted as not stored (the agent is stopping: no restart)
+                    self._on_result("failed", lost, f"not confirmed by the writer process, "
+                                    f"which exited with status {rc} at the stop")
                 return
             why = (f"killed by signal {-rc}" if rc is not None and rc < 0
                    else f"exited with status {rc}" + (f": {child.fatal}" if child.fatal else ""))
