@@ -109,10 +109,22 @@ def test_the_repeat_decoder_equals_the_decoder(etype: abi.EventType) -> None:
             j = rng.randrange(ctypes.sizeof(abi.EventHdr), len(r))
             r = r[:j] + bytes([r[j] ^ 1]) + r[j + 1:]
         stream.append(_retimed(r, rng.randrange(1 << 62)))
-    rep = RepeatDecoder(cache=32)    # small: emptied and refilled
+    rep = RepeatDecoder(cache=32, window=64)    # small: emptied and refilled
     for rec in stream:
         assert _outcome(rep, rec) == _outcome(Decoder(), rec)
     assert rep.hits > 100
+
+
+def test_the_repeat_decoder_stops_keying_a_stream_without_repeats() -> None:
+    rng = random.Random(77)
+    recs = [_random_record(rng, abi.EventType.FILE) for _ in range(400)]
+    rep = RepeatDecoder(window=50)
+    for rec in recs:                      # no repeats: keying stops after one window
+        assert _outcome(rep, rec) == _outcome(Decoder(), rec)
+    assert rep.hits == 0 and len(rep._seen) <= 50
+    for i in range(500):                  # then a flood: keyed again after the pause
+        rep(_retimed(recs[0], i), 0)
+    assert rep.hits > 0
 
 
 def test_bad_records_are_refused_alike() -> None:
