@@ -302,6 +302,13 @@ def tamper_writer_enrol(tamper_dir: Path) -> Callable[[int], Callable[[], None]]
 
         ident = Identity.of(pid, ROLE_WRITER)
         with Map.open_pinned(idents) as m:
+            # writers of an agent that died without taking them out (64 entries at most)
+            for k in list(m.keys()):
+                v = m.lookup(k)
+                if v is not None:
+                    old = Identity.from_map(k, v)
+                    if old.role == ROLE_WRITER and not old.alive():
+                        m.delete(k)
             m.update(ident.key(), ident.value())
 
         def undo() -> None:
