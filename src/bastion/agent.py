@@ -37,6 +37,7 @@ from bastion.pump import EventPump, Source
 from bastion.respond.dispatch import Dispatcher
 from bastion.sensors.base import Sensor
 from bastion.store.db import MalformedRecordError, Store
+from bastion.store.eventproc import EventStoreProcess
 from bastion.timefmt import format_time
 from bastion.store.remote import store_handlers
 
@@ -139,6 +140,9 @@ class AgentParts:
     sigma_loader: Callable[[], tuple[list[Rule], dict[str, Any]]] | None = None
     # container context on every event (local cgroup + runtime state, cached by cgroup id)
     containers: ContainerResolver | None = None
+    # under the guardian: enrol the event writer process (pid) with tamper protection so
+    # it may write the protected store; returns the undo (bastion.assembly)
+    writer_enrol: Callable[[int], Callable[[], None]] | None = None
 
 
 class Agent:
@@ -171,7 +175,10 @@ class Agent:
         keep_pins: bool = False,
         pin_dir: Path | None = None,
         test_deadline: float | None = None,
+        store_process: bool = False,
     ) -> None:
+        """``store_process``: event rows are written by a writer process of their own
+        (:mod:`bastion.store.eventproc`; the assembly's choice) instead of a thread."""
         parts = parts or AgentParts()
         self.policy = policy
         self.sensors = list(sensors)
@@ -250,6 +257,10 @@ class Agent:
         self._last_shed_alert = float("-inf")
         self._writer_said = ""   # the writer error last alerted
         self.writer_max_events = WRITER_MAX_EVENTS
+        self.store_process = store_process
+        self._writer_enrol = parts.writer_enrol
+        self._store_proc: EventStoreProcess | None = None   # while run() runs, if asked
+        self._proc_said = ""    # the writer process's error last alerted
 
     # ---- status (control thread) -------------------------------------------------
 
@@ -319,11 +330,27 @@ class Agent:
             "data_dir": str(self.store.path.parent),
             "store_events": self._count_stored_events(),
             "store": {**self.store_health.to_json(len(self._store_queue)),
-                      "events_queued": self._writer.queued if self._writer is not None else 0,
-                      "events_shed": self._writer.shed if self._writer is not None else 0},
+                      "events_queued": self._events_queued(),
+                      "events_shed": self._events_shed(),
+                      "writer": self._writer_status()},
             "protections": self.protections(),
             "fleet": self.fleet.stats() if self.fleet is not None else "off",
         }
+
+    def _events_queued(self) -> int:
+        sp, w = self._store_proc, self._writer
+        return (sp.queued if sp is not None else 0) + (w.queued if w is not None else 0)
+
+    def _events_shed(self) -> int:
+        """Events whose storage (or event-output delivery) was shed above capacity."""
+        sp, w = self._store_proc, self._writer
+        return (sp.shed if sp is not None else 0) + (w.shed if w is not None else 0)
+
+    def _writer_status(self) -> dict[str, Any]:
+        sp = self._store_proc
+        if sp is None:
+            return {"kind": "thread" if self._writer is not None else "inline"}
+        return {"kind": "process", "pid": sp.pid, "restarts": sp.restarts, "lost": sp.lost}
 
     def _count_stored_events(self) -> int | None:
         """Events in the store (kept by the loop: a count(*) of millions of rows under the
@@ -681,17 +708,18 @@ class Agent:
                 evidence={"shed": shed - self._last_shed, "shed_total": shed}))
             self._last_shed = shed
         self._hips_fail_opens()
-        w = self._writer
-        if w is not None and w.shed > self._last_shed_events and (
+        shed_total = self._events_shed()
+        if shed_total > self._last_shed_events and (
                 final or now - self._last_shed_alert >= self.limits.interval_s):
-            new_shed, self._last_shed_events = w.shed - self._last_shed_events, w.shed
+            new_shed, self._last_shed_events = shed_total - self._last_shed_events, shed_total
             self._last_shed_alert = now
             self._alert(Finding(
                 rule="bastion.store.events_shed", severity="medium", attack=(), action="alert",
                 event=None, pid=os.getpid(),
                 title=f"{new_shed} events not stored nor sent to event outputs: the writer "
-                      "fell behind (detection saw them)",
-                evidence={"shed": new_shed, "shed_total": w.shed, "queue_max": w.max_items}))
+                      "fell behind (detection saw them; events that raised a finding are kept)",
+                evidence={"shed": new_shed, "shed_total": shed_total,
+                          "queue_max": self.writer_max_events}))
         if self.outputs is not None:
             for name, n in self.outputs.new_drops().items():
                 self._alert(Finding(
@@ -763,6 +791,25 @@ class Agent:
                       **{k: fs.get(k, 0) for k in ("watchdog_allows", "watchdog_denies",
                                                     "errors", "error_allows", "error_denies",
                                                     "overflows")}}))
+
+    def _start_store_process(self) -> None:
+        """The event writer process; one that cannot start is alerted and the rows are
+        written by the in-process writer thread instead (said, never silent)."""
+        sp = EventStoreProcess(self.store.path.parent, max_items=self.writer_max_events,
+                               on_result=self._store_result, on_died=self._store_writer_died,
+                               enrol=self._writer_enrol)
+        try:
+            sp.start()
+        except (StoreError, OSError) as exc:
+            log.error("event writer process: %s", exc)
+            self._pending.append(Finding(
+                rule="bastion.store.writer_unavailable", severity="high", attack=(),
+                action="alert", event=None, pid=os.getpid(),
+                title=f"Event writer process cannot start ({exc}); events are stored by the "
+                      "agent's writer thread (lower capacity under a flood)",
+                evidence={"error": str(exc)}))
+            return
+        self._store_proc = sp
 
     def _start_bpf_guard(self) -> Source | None:
         """integrity.refuse_bpf_loads (lsm tier): only the allowlisted loaders may load BPF."""
@@ -858,26 +905,27 @@ class Agent:
         policies, containers = self.policies, self.containers
         seen: list[Event] = []
         keep = seen.append
+        flagged: list[Event] = []   # events that raised a finding: their rows are never shed
         for ev in batch:
             update(ev)
-            ev = enrich(ev)
+            ev = enrich(ev, True)
             if containers is not None:
                 ev = containers.enrich(ev)
             keep(ev)
             t = ev.type
             batch_types[t] = batch_types.get(t, 0) + 1
-            for f in evaluate(ev, ctx):
+            found = evaluate(ev, ctx)
+            for f in found:
                 self._alert(f)
             if policies is not None:
                 late = policies.audit_event(ev, self.procs)
                 if late is not None:
                     self._alert(late)
+                    found = [late]
+            if found:
+                flagged.append(ev)
         if seen:
-            w = self._writer
-            if w is None:
-                self._write_events(seen, drain_alerts=True)
-            elif not w.offer(seen):
-                self.store_health.events_not_stored += len(seen)   # shed: counted, alerted
+            self._hand_off(seen, flagged)
         for t, n in batch_types.items():
             by_type[t] = by_type.get(t, 0) + n
         if self.metrics is not None and batch:
@@ -885,6 +933,64 @@ class Agent:
             self.metrics.observe_rules(time.perf_counter() - t0)
         self.summary.events += len(batch)
         return seen
+
+    def _hand_off(self, seen: list[Event], flagged: list[Event]) -> None:
+        """The batch's rows to the writer process (or thread) and, when an output takes
+        events, to the outputs' thread; above capacity whole batches are shed (counted,
+        alerted) except the events that raised a finding."""
+        sp, w = self._store_proc, self._writer
+        if sp is not None:
+            if not sp.offer(seen):
+                self.store_health.events_not_stored += len(seen) - len(flagged)
+                sp.keep(flagged)
+            if w is not None:
+                w.offer(seen)     # the outputs' copy (its sheds are counted in w.shed)
+            return
+        if w is None:
+            self._write_events(seen, drain_alerts=True)
+        elif not w.offer(seen):
+            self.store_health.events_not_stored += len(seen) - len(flagged)
+            w.keep(flagged)
+
+    def _store_result(self, kind: str, n: int, detail: str) -> None:
+        """An answer of the writer process (its reader thread)."""
+        if kind == "stored":
+            with self._lock:
+                if self._stored_events is not None:
+                    self._stored_events += n
+            return
+        self.store_health.events_not_stored += n
+        if kind == "malformed":
+            self.store_health.malformed += 1
+        said = f"{kind}: {detail}"
+        if said != self._proc_said:   # once per distinct error
+            self._proc_said = said
+            self._pending.append(Finding(
+                rule="bastion.store.writer_error", severity="high", attack=(), action="alert",
+                event=None, pid=os.getpid(),
+                title=f"{n} events not stored by the event writer process: {detail}",
+                evidence={"error": detail, "kind": kind, "events": n}))
+
+    def _store_writer_died(self, why: str, lost: int) -> None:
+        """The writer process exited or was killed (it was restarted): always alerted."""
+        self.store_health.events_not_stored += lost
+        sp = self._store_proc
+        self._pending.append(Finding(
+            rule="bastion.store.writer_died", severity="high", attack=("T1562.001",),
+            action="alert", event=None, pid=os.getpid(),
+            title=f"Event writer process {why}; restarted ({lost} events it had not "
+                  "confirmed are not stored)",
+            evidence={"why": why, "lost": lost,
+                      "restarts": sp.restarts if sp is not None else 0}))
+
+    def _write_outputs(self, events: Sequence[Event]) -> None:
+        """The events' JSON form to the event outputs (the writer process stores them)."""
+        outputs = self.outputs
+        if outputs is None or not outputs.wants_events:
+            return
+        publish = outputs.publish_event
+        for ev in events:
+            publish(to_json(ev))
 
     def _writer_failed(self, events: Sequence[Event], exc: Exception) -> None:
         """A batch the writer could not turn into rows (not a store failure: those are
@@ -925,6 +1031,8 @@ class Agent:
         with self._lock:
             self._rate.append((now, self.summary.events))
         if now - self._last_health >= 1.0:
+            if self._store_proc is not None:
+                self._store_proc.check()
             self._health()
             self.procs.expire(time.time_ns())
             self.engine.expire(time.time_ns())
@@ -947,8 +1055,9 @@ class Agent:
         if now - self._last_retention >= 60.0 and self._store_usable():
             try:
                 deleted = self.store.enforce_retention()
-                if self._stored_events is not None:
-                    self._stored_events = max(0, self._stored_events - deleted)
+                with self._lock:
+                    if self._stored_events is not None:
+                        self._stored_events = max(0, self._stored_events - deleted)
             except StoreError as exc:
                 self._store_failed("enforcing retention", exc)
             if self.shadow is not None:
@@ -1015,23 +1124,37 @@ class Agent:
             if self.policy.integrity.interval_s and self.tier is not None:
                 threading.Thread(target=self._integrity_loop, args=(stop,), name="bastion-integrity",
                                  daemon=True).start()
-            writer = EventWriter(self._write_events, max_items=self.writer_max_events,
-                                 on_error=self._writer_failed)
+            if self.store_process:
+                self._start_store_process()
+            writer: EventWriter[Event] | None = None
+            if self._store_proc is None:
+                writer = EventWriter(self._write_events, max_items=self.writer_max_events,
+                                     on_error=self._writer_failed)
+            elif self.outputs is not None and self.outputs.wants_events:
+                writer = EventWriter(self._write_outputs, max_items=self.writer_max_events,
+                                     on_error=self._writer_failed, name="bastion-outputs")
             self._writer = writer
-            writer.start()
+            if writer is not None:
+                writer.start()
             if self.fleet is not None:
                 self.fleet.start()   # after the local policy: a fleet policy replaces it
             self._heartbeat = self._last_health = self._last_retention = time.monotonic()
             self.ready.set()
             pump.run(stop, self._handle, tick=self._tick)
-            writer.close(timeout=30)   # what the loop saw is stored before the stop
-            if writer.queued:          # a store too slow to finish: counted, not silent
-                self.store_health.events_not_stored += writer.queued
+            if writer is not None:
+                writer.close(timeout=30)   # what the loop saw is stored before the stop
+                if writer.queued and self._store_proc is None:   # counted, not silent
+                    self.store_health.events_not_stored += writer.queued
+            if self._store_proc is not None:
+                self.store_health.events_not_stored += self._store_proc.close(timeout=30)
             self._health(final=True)
         finally:
             if self._writer is not None:
                 self._writer.close(timeout=5)
                 self._writer = None
+            if self._store_proc is not None:
+                self._store_proc.close(timeout=5)
+                self._store_proc = None
             if self.control is not None:
                 self.control.stop()
             for s in opened:

@@ -63,6 +63,8 @@ class AgentOptions:
     test_cgroup_id: int = 0   # tests only: the BPF-load guard acts in this cgroup alone
     feed: TextIO | None = None
     feed_json: bool = False
+    # event rows written by a writer process of their own (issue 16.3); False: a thread
+    store_process: bool = True
 
 
 def _open_hips_backends(tier: Tier, pin_root: Path, deadline_s: float | None,
@@ -268,6 +270,7 @@ def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
             from bastion.kernel.bpffs import cgroup2_root
 
             parts.containers = ContainerResolver(cgroup2=str(cgroup2_root()))
+            parts.writer_enrol = tamper_writer_enrol(opts.pin_root / "tamper")
         dispatcher = make_dispatcher(procs, dry_run=policy.behavior.dry_run, quarantine=parts.quarantine)
         agent_ref: list[Agent] = []
         dispatcher.after("behavior.ransomware", "kill", _shadow_incident_hook(agent_ref, procs))
@@ -276,12 +279,45 @@ def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
                       feed=opts.feed, feed_json=opts.feed_json,
                       apply_opts={"force": opts.force, "allow_degraded": opts.allow_degraded},
                       keep_pins=opts.keep_pins, pin_dir=opts.pin_root / "hips",
-                      test_deadline=opts.test_deadline)
+                      test_deadline=opts.test_deadline, store_process=opts.store_process)
         agent_ref.append(agent)
     except BaseException:
         store.close()
         raise
     return agent
+
+
+def tamper_writer_enrol(tamper_dir: Path) -> Callable[[int], Callable[[], None]] | None:
+    """Under the guardian's tamper protection (its pins under ``tamper_dir``): enrol the
+    agent's event writer process in ``tamper_idents`` (role writer; exact identity, as
+    the agent's) so that it may write the protected store, and take it out once it is
+    gone.  None without tamper pins (no protection: nothing to enrol in)."""
+    idents = tamper_dir / "maps" / "tamper_idents"
+    if not idents.exists():
+        return None
+
+    def enrol(pid: int) -> Callable[[], None]:
+        from bastion.guard.identity import ROLE_WRITER, Identity
+        from bastion.kernel.libbpf import Map
+
+        ident = Identity.of(pid, ROLE_WRITER)
+        with Map.open_pinned(idents) as m:
+            # writers of an agent that died without taking them out (64 entries at most)
+            for k in list(m.keys()):
+                v = m.lookup(k)
+                if v is not None:
+                    old = Identity.from_map(k, v)
+                    if old.role == ROLE_WRITER and not old.alive():
+                        m.delete(k)
+            m.update(ident.key(), ident.value())
+
+        def undo() -> None:
+            with Map.open_pinned(idents) as m:
+                if m.lookup(ident.key()) == ident.value():
+                    m.delete(ident.key())
+        return undo
+
+    return enrol
 
 
 def _fleet_parts(parts: AgentParts, policy: AgentConfig, data_dir: Path) -> None:

@@ -696,6 +696,57 @@ class Decoder:
 _TRUNC_FLAGS: Final = abi.F_TRUNC_PATH | abi.F_TRUNC_ARGV
 
 
+_TS_AT: Final = abi.EventHdr.ts_ns.offset
+_TS: Final = _struct.Struct("<Q")
+
+
+class RepeatDecoder:
+    """A :class:`Decoder` in front of which a record equal to one decoded recently (every
+    byte but the timestamp) is not decoded again: the event is rebuilt from the values
+    kept for it, with this record's time (issue 16.3: a flood repeats one record).
+
+    The key is the record's bytes, so any difference (a mode, a path, another actor,
+    stale bytes after a string's NUL in a fixed-size record) is a miss and decodes as
+    before; bounded (``cache`` records, emptied when full).  When fewer than 1 in 8 of
+    the last ``window`` records hit, keying is skipped for the next ``8 * window``
+    (a mix with no repeats pays for no key).  Same events as the decoder
+    (``tests/unit/test_pipeline_equivalence.py``)."""
+
+    def __init__(self, decoder: Decoder | None = None, cache: int = 1024,
+                 window: int = 4096) -> None:
+        self.decoder = decoder if decoder is not None else Decoder()
+        self.cache = cache
+        self.window = window
+        self._seen: dict[bytes, tuple[Callable[..., Event], tuple[Any, ...]]] = {}
+        self.hits = 0
+        self._tried = 0          # records keyed in this window
+        self._hits_at = 0        # hits when the window began
+        self._skip = 0           # records left to decode without a key
+
+    def __call__(self, record: bytes | bytearray | memoryview, boot_to_wall_ns: int) -> Event:
+        rec = record if isinstance(record, bytes) else bytes(record)
+        if self._skip:
+            self._skip -= 1
+            return self.decoder.decode(rec, boot_to_wall_ns)
+        self._tried += 1
+        if self._tried >= self.window:
+            if (self.hits - self._hits_at) * 8 < self._tried:
+                self._skip = 8 * self.window
+            self._tried, self._hits_at = 0, self.hits
+        key = rec[:_TS_AT] + rec[_TS_AT + 8:]
+        hit = self._seen.get(key)
+        if hit is not None and len(rec) >= _HDR_SIZE:
+            self.hits += 1
+            return hit[0](_TS.unpack_from(rec, _TS_AT)[0] + boot_to_wall_ns, *hit[1])
+        ev = self.decoder.decode(rec, boot_to_wall_ns)
+        get = _ALL_FIELDS.get(type(ev))
+        if get is not None and self.cache > 0:
+            if len(self._seen) >= self.cache:
+                self._seen.clear()
+            self._seen[key] = (type(ev), get(ev)[1:])
+        return ev
+
+
 def decode(record: bytes | bytearray | memoryview, boot_to_wall_ns: int) -> Event:
     """Decode one ring-buffer record.  ``boot_to_wall_ns`` is added to the
     kernel's CLOCK_BOOTTIME stamp to give wall-clock ns.  A record too short,
@@ -722,6 +773,15 @@ _JSON_FIELDS: Final[dict[type[Any], tuple[str, ...]]] = {
 _ALL_FIELDS: Final[dict[type[Any], Callable[[Any], tuple[Any, ...]]]] = {
     cls: operator.attrgetter(*(f.name for f in dataclasses.fields(cls)))
     for cls in set(TYPES.values())}
+
+
+def all_fields(ev: Event) -> tuple[Any, ...]:
+    """Every field of ``ev`` in declaration order (``time_ns``, ``proc``, ``truncated``, then
+    the type's own): one C call for the known classes."""
+    get = _ALL_FIELDS.get(type(ev))
+    if get is None:
+        return tuple(getattr(ev, f.name) for f in dataclasses.fields(ev))
+    return get(ev)
 
 
 def with_proc(ev: Event, proc: Proc) -> Event:
@@ -830,5 +890,5 @@ def summary(ev: Event) -> str:
 __all__ = [
     "Proc", "Event", "ExecEvent", "ForkEvent", "ExitEvent", "FileEvent", "NetEvent",
     "PtraceEvent", "KillEvent", "BpfEvent", "MemfdEvent", "CredEvent", "LsmDenyEvent", "HipsEvent",
-    "MmapEvent", "XM_NAMES", "TYPES", "DECODERS", "Decoder", "decode", "decode_reference", "with_proc", "to_json", "from_json", "summary", "WATCHED_ENV", "SENS_NAMES",
+    "MmapEvent", "XM_NAMES", "TYPES", "DECODERS", "Decoder", "RepeatDecoder", "all_fields", "decode", "decode_reference", "with_proc", "to_json", "from_json", "summary", "WATCHED_ENV", "SENS_NAMES",
 ]

@@ -40,6 +40,7 @@ class EventWriter(Generic[T]):
         self._write = write
         self._on_error = on_error
         self.max_items = max_items
+        self.reserve = max(1, max_items // 16)   # room beyond max_items for keep()
         self.share = share
         self._q: deque[Sequence[T]] = deque()
         self._queued = 0
@@ -71,6 +72,20 @@ class EventWriter(Generic[T]):
             self._queued += len(batch)
             self._cv.notify()
         return True
+
+    def keep(self, items: Sequence[T]) -> None:
+        """Queue ``items`` of a batch :meth:`offer` just shed, whatever the queue holds,
+        and take them out of ``shed`` (the events that raised a finding: their storage is
+        never shed while ``reserve`` items beyond ``max_items`` hold them)."""
+        if not items:
+            return
+        with self._cv:
+            if self._queued + len(items) > self.max_items + self.reserve:
+                return      # beyond the reserve too: they stay shed (counted)
+            self.shed -= len(items)
+            self._q.append(items)
+            self._queued += len(items)
+            self._cv.notify()
 
     def _run(self) -> None:
         while True:

@@ -137,7 +137,8 @@ def test_a_stalled_store_does_not_stall_detection_and_sheds_counted(
         assert not release.is_set()          # ... while the store write is still blocked
         st = agent.status()
         assert st["store"]["events_shed"] > 0
-        assert st["store"]["events_queued"] <= 5_000
+        # the bound, plus the reserve kept for events that raised a finding (never shed)
+        assert st["store"]["events_queued"] <= 5_000 + 5_000 // 16
         assert st["store"]["events_not_stored"] >= st["store"]["events_shed"]
     finally:
         release.set()

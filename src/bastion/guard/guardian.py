@@ -58,7 +58,7 @@ from bastion.control import NONCE_KEY, PEER_KEY, ControlServer, request
 from bastion.errors import BastionError, ControlError, KernelError, Location
 from bastion.guard import protect
 from bastion.guard.mutual import guardian_env
-from bastion.guard.identity import ROLE_AGENT, ROLE_GUARDIAN, Identity
+from bastion.guard.identity import ROLE_AGENT, ROLE_GUARDIAN, ROLE_WRITER, Identity
 from bastion.guard.kernel import TamperKernel, TamperRecord
 from bastion.guard.token import MaintenanceWindow, TokenStore, source_of
 from bastion.procstat import read_stat
@@ -447,7 +447,19 @@ class Guardian:
                 return ident.alive()
         # the agent between its exec and its enrolment (its first imports): a direct child
         # of this guardian — only the guardian creates those, and nothing reparents to it
-        return _parent_of(tgid) == os.getpid()
+        parent = _parent_of(tgid)
+        if parent == os.getpid():
+            return True
+        # the agent's event writer process: enrolled (role writer) by the agent, which alone
+        # (with us) may write tamper_idents, and a direct child of the enrolled agent
+        a = self.agent.ident if self.agent else None
+        if a is None or parent != a.tgid or self.tk is None:
+            return False
+        try:
+            return any(i.tgid == tgid and i.role == ROLE_WRITER and i.alive()
+                       for i in self.tk.identities())
+        except KernelError:
+            return False
 
     # ---- the agent ------------------------------------------------------------------
 

@@ -20,7 +20,10 @@ from bastion.procstat import read_stat
 
 ROLE_AGENT: Final = 1
 ROLE_GUARDIAN: Final = 2
-ROLE_NAMES: Final = {ROLE_AGENT: "agent", ROLE_GUARDIAN: "guardian"}
+# the agent's event writer process (bastion.store.eventproc): a direct child of the agent,
+# enrolled by the agent so that it may write the protected store (issue 16.3)
+ROLE_WRITER: Final = 3
+ROLE_NAMES: Final = {ROLE_AGENT: "agent", ROLE_GUARDIAN: "guardian", ROLE_WRITER: "writer"}
 
 
 @dataclass(frozen=True)
@@ -69,4 +72,4 @@ class Identity:
                 "exe_dev": self.exe_dev, "role": ROLE_NAMES.get(self.role, str(self.role))}
 
 
-__all__ = ["Identity", "IdentValue", "ROLE_AGENT", "ROLE_GUARDIAN", "ROLE_NAMES"]
+__all__ = ["Identity", "IdentValue", "ROLE_AGENT", "ROLE_GUARDIAN", "ROLE_NAMES", "ROLE_WRITER"]

@@ -30,7 +30,7 @@ from typing import Callable, Final, Iterable, Sequence
 from bastion import abi
 from bastion.abi import EVENT_CLASSES
 from bastion.errors import KernelError, Location
-from bastion.events import Decoder, Event
+from bastion.events import Event, RepeatDecoder
 from bastion.kernel.libbpf import Map
 from bastion.kernel.loader import LoadedObject, LoaderUser, ObjectSpec
 from bastion.paths import bpf_object
@@ -124,7 +124,8 @@ class BpfSensor(LoaderUser):
         self._resolve = resolve_sensitive
         self._sens: dict[bytes, SensEntry] = {}
         self._sens_at = 0.0
-        self._decoder = Decoder()   # keeps the actors of a flood decoded once (bounded)
+        # keeps the actors of a flood decoded once, and a record repeated by a flood
+        self._decoder = RepeatDecoder()
         self._dedup_final = (0, 0, 0)   # the dedup counters as they were at close()
 
     def spec(self) -> ObjectSpec:

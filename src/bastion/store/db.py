@@ -258,6 +258,39 @@ class Store:
             raise
         return store
 
+    @classmethod
+    def open_event_writer(cls, data_dir: Path, *, busy_timeout_s: float = 10.0) -> Store:
+        """A second writer that only inserts event rows (the agent's writer process,
+        :mod:`bastion.store.eventproc`): the store must exist at this schema version
+        (the agent opened and migrated it); nothing is created or migrated and the
+        alert chain and its anchor are never read or written here."""
+        path = Path(data_dir) / DB_NAME
+        if not path.exists():
+            raise StoreNotFoundError("no Bastion store (the agent creates it)",
+                                     location=Location(str(path)))
+        try:
+            conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False,
+                                   timeout=busy_timeout_s)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open: {exc}", location=Location(str(path))) from exc
+        try:
+            version = current_version(conn)
+            if version != SCHEMA_VERSION:
+                raise StoreError(f"schema version {version}, expected {SCHEMA_VERSION} (the agent "
+                                 "migrates the store before it starts its writer)",
+                                 location=Location(str(path)))
+            (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
+            if str(mode).lower() != "wal":
+                raise StoreError(f"journal_mode is {mode}, not wal", location=Location(str(path)))
+            conn.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreError(f"cannot open: {exc}", location=Location(str(path))) from exc
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, path, retention=Retention(), readonly=False)
+
     def _resign_retention_v3(self) -> None:
         """A store of the alert-retention build (see :func:`_upgrade_retention_v3`): its
         retention anchor was signed over ``retention|first|prev|mac|deleted``; one whose

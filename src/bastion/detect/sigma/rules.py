@@ -66,7 +66,7 @@ from bastion.detect.sigma.views import (
     process_view,
 )
 from bastion.errors import Location
-from bastion.events import Event, ExecEvent, FileEvent, NetEvent
+from bastion.events import Event, ExecEvent, FileEvent, NetEvent, all_fields as _all_fields
 
 _SEVERITY: Final = {"informational": "info", "low": "low", "medium": "medium",
                     "high": "high", "critical": "critical"}
@@ -200,12 +200,20 @@ class SigmaEvaluator:
         self._last_ctx: RuleContext | None = None
         self._last: dict[int, dict[str, Any]] = {}
         self.evaluated = 0
+        # the hits of an event like one seen recently (every field but the time, the same
+        # actor object): the views of file, network and audit events are a pure function
+        # of those (exec views read the process table: never memoised).  Bounded; 0: off
+        self._like: dict[tuple[Any, ...], tuple[Any, dict[int, dict[str, Any]]]] = {}
+        self.like_max = 4096
+        self.like_hits = 0
 
     def set_memo(self, memo_max: int) -> None:
         """Bound every group's verdict memo to ``memo_max`` views (0: no memo)."""
         for g in (*self._groups.values(), *self._audit.values()):
             g.memo_max = memo_max
             g._memo.clear()
+        self.like_max = memo_max
+        self._like.clear()
 
     def stats(self) -> dict[str, dict[str, int]]:
         """Per view kind: rules, views evaluated, predicates run (the prefilter's effect)."""
@@ -218,6 +226,15 @@ class SigmaEvaluator:
         """Rule number -> evidence for every rule of the load matching ``ev``."""
         if ev is self._last_ev and ctx is self._last_ctx:
             return self._last
+        key: tuple[Any, ...] | None = None
+        if self.like_max > 0 and not isinstance(ev, ExecEvent):
+            vals = _all_fields(ev)
+            key = (type(ev), id(vals[1]), *vals[2:])
+            like = self._like.get(key)
+            if like is not None and like[0] is vals[1]:
+                self.like_hits += 1
+                self._last_ev, self._last_ctx, self._last = ev, ctx, like[1]
+                return like[1]
         self.evaluated += 1
         hits: dict[int, dict[str, Any]] = {}
         etype = ev.type
@@ -247,6 +264,10 @@ class SigmaEvaluator:
                         rec[KEYWORDS] = audit_text(rec)
                     g.run(rec, hits, _evidence("auditd", rec))
         self._last_ev, self._last_ctx, self._last = ev, ctx, hits
+        if key is not None:
+            if len(self._like) >= self.like_max:
+                self._like.clear()
+            self._like[key] = (ev.proc, hits)   # the actor kept: its id cannot be reused
         return hits
 
 

@@ -1,0 +1,438 @@
+"""The store's event rows in a writer process of their own (issue 16.3).
+
+Turning an event into its stored row (the JSON form, its encoding, the SQLite
+insert) is ~15 µs of Python per event; in the agent it shared the interpreter
+lock with the loop that decides, so a flood cost detection throughput.  Here the
+loop hands each processed batch to :meth:`EventStoreProcess.offer` (a bounded
+queue, as :class:`~bastion.eventwriter.EventWriter`); a feeder thread packs the
+events as compact tuples (:func:`pack`: ``marshal``, no pickle, no JSON) and
+writes them to the child's stdin, and the child
+(``python -I -B -m bastion.store.eventproc --data-dir D``) rebuilds the events,
+writes their rows with its own SQLite connection (:meth:`Store.open_event_writer`:
+no migration, the alert chain never touched) and answers one line per batch.
+
+* Above the child's capacity the pipe fills, the feeder waits, the queue fills and
+  whole batches are shed: counted (``shed``), alerted by the agent.  Events that
+  raised a finding are offered with ``force``: their rows are kept whatever the
+  queue holds (what is shed is only storage of benign events).
+* A child that exits or is killed is restarted at once and reported through
+  ``on_died`` (the agent raises a high alert); the batches it had not confirmed
+  are counted as not stored (``lost``), never silently.
+* Alerts are not written here: they stay in the agent, in order, with their hash
+  chain and anchor (``store/chain.py``).  The child inserts event rows only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import marshal
+import os
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, Any, Final
+
+from bastion.containers import Container
+from bastion.eventwriter import EventWriter
+from bastion.events import TYPES, Event, Proc, all_fields
+
+log = logging.getLogger("bastion.store.eventproc")
+
+_FRAME: Final = struct.Struct("<II")   # payload bytes, events in it
+# event classes by a small number, both ways (the same module on both sides of the pipe)
+_CLASSES: Final[tuple[type[Any], ...]] = tuple(sorted(set(TYPES.values()), key=lambda c: c.__name__))
+_CLASS_NO: Final[dict[type[Any], int]] = {c: i for i, c in enumerate(_CLASSES)}
+PIPE_BYTES: Final = 1 << 20        # the child's stdin (F_SETPIPE_SZ; the kernel may cap it)
+CHILD_NICE: Final = 5              # storage yields to the loop that decides
+RESTART_BACKOFF_S: Final = (0.0, 0.5, 2.0, 5.0)   # by consecutive restarts within a minute
+
+
+def pack(events: Sequence[Event]) -> bytes:
+    """``events`` as one ``marshal`` payload: (actors, rows); each actor once per batch."""
+    procs: dict[int, int] = {}
+    actors: list[tuple[Any, ...]] = []
+    rows: list[tuple[Any, ...]] = []
+    no = _CLASS_NO
+    for ev in events:
+        p = ev.proc
+        i = procs.get(id(p))
+        if i is None:
+            i = procs[id(p)] = len(actors)
+            c = p.container
+            actors.append((p.pid, p.tid, p.ppid, p.uid, p.euid, p.gid, p.cgroup_id, p.comm,
+                           p.start_ns, p.exe, c.to_json() if c is not None else None))
+        vals = all_fields(ev)
+        rows.append((no[type(ev)], i, vals[0], *vals[2:]))
+    return marshal.dumps((actors, rows))
+
+
+def unpack(payload: bytes) -> list[Event]:
+    """The events :func:`pack` packed (ValueError/TypeError on a malformed payload)."""
+    actors, rows = marshal.loads(payload)
+    procs = [Proc(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9],
+                  Container.from_json(a[10]) if a[10] is not None else None)
+             for a in actors]
+    out: list[Event] = []
+    for r in rows:
+        cls = _CLASSES[r[0]]
+        ev: Event = cls(r[2], procs[r[1]], *r[3:])
+        out.append(ev)
+    return out
+
+
+# ---- the child ---------------------------------------------------------------------------
+
+
+def _read_exact(f: IO[bytes], n: int) -> bytes | None:
+    buf = f.read(n)
+    if not buf:
+        return None
+    if len(buf) != n:
+        raise EOFError(f"short frame: {len(buf)} of {n} bytes")
+    return buf
+
+
+def child_main(data_dir: Path, stdin: IO[bytes], stdout: IO[str]) -> int:
+    """Read frames until EOF; store each batch; one answer line per batch:
+    ``stored N`` / ``failed N <error>`` / ``malformed N <error>``."""
+    from bastion.errors import StoreError
+    from bastion.events import to_json
+    from bastion.store.db import MalformedRecordError, Store
+
+    # the go: the agent has enrolled this process with tamper protection (when it runs
+    # under the guardian) before this first frame; the store is opened only after it
+    head = _read_exact(stdin, _FRAME.size)
+    if head is None or _FRAME.unpack(head) != (0, 0):
+        stdout.write("fatal 0 no go frame from the agent\n")
+        stdout.flush()
+        return 2
+    try:
+        store = Store.open_event_writer(data_dir)
+    except StoreError as exc:
+        stdout.write(f"fatal 0 {exc}\n")
+        stdout.flush()
+        return 2
+    stdout.write("ready 0\n")
+    stdout.flush()
+    try:
+        while True:
+            head = _read_exact(stdin, _FRAME.size)
+            if head is None:
+                return 0
+            size, n = _FRAME.unpack(head)
+            body = _read_exact(stdin, size)
+            if body is None:
+                raise EOFError("frame cut short")
+            try:
+                events = unpack(body)
+                if len(events) != n:
+                    raise ValueError(f"{len(events)} events in a frame of {n}")
+            except (ValueError, TypeError, EOFError, IndexError) as exc:
+                stdout.write(f"malformed {n} undecodable batch: {type(exc).__name__}: {exc}\n")
+                stdout.flush()
+                continue
+            try:
+                store.add_events([to_json(ev) for ev in events],
+                                 times_ns=[ev.time_ns for ev in events])
+            except MalformedRecordError as exc:
+                stdout.write(f"malformed {n} {_oneline(exc)}\n")
+            except StoreError as exc:
+                stdout.write(f"failed {n} {_oneline(exc)}\n")
+            else:
+                stdout.write(f"stored {n}\n")
+            stdout.flush()
+    finally:
+        store.close()
+
+
+def _oneline(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bastion.store.eventproc")
+    ap.add_argument("--data-dir", type=Path, required=True)
+    ap.add_argument("--nice", type=int, default=CHILD_NICE)
+    args = ap.parse_args(argv)
+    if args.nice:
+        os.nice(args.nice)
+    return child_main(args.data_dir, sys.stdin.buffer, sys.stdout)
+
+
+# ---- the agent's side ------------------------------------------------------------------------
+
+
+class _Child:
+    """One running child: its process, and what it was sent and confirmed."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self.popen = popen
+        self.sent = 0          # events written to its pipe
+        self.answered = 0      # events it answered for (stored, failed or malformed)
+        self.ready = threading.Event()
+        self.fatal = ""
+        self.reader: threading.Thread | None = None
+        self.unenrol: Callable[[], None] | None = None
+
+
+class EventStoreProcess:
+    """The agent's handle on the writer process (see the module docstring).
+
+    ``on_result(kind, n, detail)``: called from the reader thread for each answer
+    (``stored``, ``failed``, ``malformed``); ``on_died(why, lost)``: the child exited
+    or was killed (``lost`` events it had not confirmed); it was restarted."""
+
+    def __init__(self, data_dir: Path, *, max_items: int,
+                 on_result: Callable[[str, int, str], None],
+                 on_died: Callable[[str, int], None],
+                 argv: Sequence[str] | None = None, nice: int = CHILD_NICE,
+                 enrol: Callable[[int], Callable[[], None]] | None = None) -> None:
+        """``enrol(pid)``: make a new child one of ours for tamper protection before it
+        opens the store (under the guardian: the protected data dir); returns the undo,
+        called once the child is gone."""
+        self.data_dir = Path(data_dir)
+        self._argv = list(argv) if argv is not None else [
+            sys.executable, "-I", "-B", "-m", "bastion.store.eventproc",
+            "--data-dir", str(self.data_dir), "--nice", str(nice)]
+        self._on_result = on_result
+        self._on_died = on_died
+        self._enrol = enrol
+        self._lock = threading.Lock()
+        self._child: _Child | None = None
+        self._closing = False
+        self.restarts = 0
+        self.lost = 0               # events sent to a child that died before confirming
+        self._recent: list[float] = []
+        self._feeder: EventWriter[Event] = EventWriter(
+            self._send, max_items=max_items, share=1.0, name="bastion-store-feeder",
+            on_error=self._send_failed)
+
+    # -- counters the agent reports
+
+    @property
+    def shed(self) -> int:
+        return self._feeder.shed
+
+    @property
+    def queued(self) -> int:
+        return self._feeder.queued
+
+    @property
+    def max_items(self) -> int:
+        return self._feeder.max_items
+
+    @property
+    def pid(self) -> int | None:
+        c = self._child
+        return c.popen.pid if c is not None else None
+
+    # -- lifecycle
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start the child (waiting until its store is open) and the feeder thread."""
+        with self._lock:
+            child = self._spawn()
+        if not child.ready.wait(timeout) or child.fatal:
+            why = child.fatal or f"not ready within {timeout:g}s"
+            self._kill(child)
+            from bastion.errors import StoreError
+            raise StoreError(f"the event writer process did not start: {why}")
+        self._feeder.start()
+
+    def _spawn(self) -> _Child:
+        p = subprocess.Popen(self._argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=None, close_fds=True)
+        assert p.stdin is not None
+        try:
+            import fcntl
+
+            fcntl.fcntl(p.stdin.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
+        except OSError:
+            pass   # a smaller pipe only means the feeder waits sooner
+        child = _Child(p)
+        self._child = child
+        if self._enrol is not None:
+            try:
+                child.unenrol = self._enrol(p.pid)
+            except Exception as exc:  # noqa: BLE001 - said; the child then fails to open, alerted
+                log.error("event writer process %d not enrolled with tamper protection: %s",
+                          p.pid, exc)
+        try:
+            p.stdin.write(_FRAME.pack(0, 0))
+            p.stdin.flush()
+        except OSError:
+            pass   # it died already: the reader reports it
+        child.reader = threading.Thread(target=self._read, args=(child,),
+                                        name="bastion-store-acks", daemon=True)
+        child.reader.start()
+        return child
+
+    def _read(self, child: _Child) -> None:
+        """The child's answers until EOF; then, unless closing, report and restart."""
+        out = child.popen.stdout
+        assert out is not None
+        for raw in out:
+            kind, _, rest = raw.decode("utf-8", "replace").rstrip("\n").partition(" ")
+            n_s, _, detail = rest.partition(" ")
+            try:
+                n = int(n_s)
+            except ValueError:
+                n, detail = 0, raw.decode("utf-8", "replace").strip()
+                kind = "malformed"
+            if kind == "ready":
+                child.ready.set()
+                continue
+            if kind == "fatal":
+                child.fatal = detail
+                child.ready.set()
+                continue
+            child.answered += n
+            self._on_result(kind, n, detail)
+        child.popen.wait()
+        child.ready.set()
+        self._child_gone(child)
+
+    def _child_gone(self, child: _Child) -> None:
+        if child.unenrol is not None:
+            try:
+                child.unenrol()
+            except Exception as exc:  # noqa: BLE001 - a stale entry never matches (start time)
+                log.warning("event writer process %d not unenrolled: %s", child.popen.pid, exc)
+            child.unenrol = None
+        with self._lock:
+            if self._child is not child:
+                return
+            lost = max(0, child.sent - child.answered)
+            self.lost += lost
+            rc = child.popen.returncode
+            if self._closing:
+                if lost:   # counted as not stored (the agent is stopping: no restart)
+                    self._on_result("failed", lost, f"not confirmed by the writer process, "
+                                    f"which exited with status {rc} at the stop")
+                return
+            why = (f"killed by signal {-rc}" if rc is not None and rc < 0
+                   else f"exited with status {rc}" + (f": {child.fatal}" if child.fatal else ""))
+            now = time.monotonic()
+            self._recent = [t for t in self._recent if now - t < 60.0] + [now]
+            delay = RESTART_BACKOFF_S[min(len(self._recent) - 1, len(RESTART_BACKOFF_S) - 1)]
+            self.restarts += 1
+        log.error("event writer process %d %s; %d events not confirmed; restarting",
+                  child.popen.pid, why, lost)
+        self._on_died(why, lost)
+        if delay:
+            time.sleep(delay)
+        with self._lock:
+            if self._closing or self._child is not child:
+                return
+            try:
+                self._spawn()
+            except OSError as exc:
+                log.error("event writer process cannot restart: %s", exc)
+                self._child = None
+                self._on_died(f"cannot restart: {exc}", 0)
+
+    def check(self) -> None:
+        """From the loop's tick: a child that died without the reader noticing yet
+        (it cannot: EOF comes with the death) or none at all after a failed restart."""
+        with self._lock:
+            if self._child is None and not self._closing:
+                try:
+                    self._spawn()
+                except OSError as exc:
+                    log.error("event writer process cannot restart: %s", exc)
+
+    # -- the loop's side
+
+    def offer(self, batch: Sequence[Event]) -> bool:
+        """Queue ``batch``; False (counted in ``shed``) when the queue is full."""
+        return self._feeder.offer(batch)
+
+    def keep(self, events: Sequence[Event]) -> None:
+        """Queue ``events`` of a batch just shed whatever the queue holds (those that
+        raised a finding), out of the shed count."""
+        self._feeder.keep(events)
+
+    # -- the feeder thread
+
+    def _send(self, batch: Sequence[Event]) -> None:
+        payload = pack(batch)
+        frame = _FRAME.pack(len(payload), len(batch)) + payload
+        for _ in range(2):
+            child = self._child
+            if child is None:
+                time.sleep(0.1)
+                continue
+            stdin = child.popen.stdin
+            assert stdin is not None
+            try:
+                stdin.write(frame)
+                stdin.flush()
+            except (BrokenPipeError, ValueError, OSError):
+                # the child is gone: the reader reports it and restarts one; wait for it
+                deadline = time.monotonic() + 10.0
+                while self._child is child and time.monotonic() < deadline and not self._closing:
+                    time.sleep(0.01)
+                continue
+            child.sent += len(batch)
+            return
+        raise OSError("no event writer process to take the batch")
+
+    def _send_failed(self, batch: Sequence[Event], exc: Exception) -> None:
+        with self._lock:
+            self.lost += len(batch)
+        self._on_result("failed", len(batch), f"not sent to the writer process: {exc}")
+
+    def flush(self, timeout: float) -> bool:
+        """Every queued batch sent and answered (tests, the stop)."""
+        deadline = time.monotonic() + timeout
+        if not self._feeder.flush(timeout):
+            return False
+        while time.monotonic() < deadline:
+            c = self._child
+            if c is None or c.answered >= c.sent:
+                return True
+            time.sleep(0.005)
+        return False
+
+    def close(self, timeout: float = 30.0) -> int:
+        """Send what is queued (up to ``timeout``), let the child finish and exit; the
+        number of events never sent (those sent but not confirmed go to ``on_died``)."""
+        deadline = time.monotonic() + timeout
+        self._feeder.close(timeout)
+        left = self._feeder.queued
+        with self._lock:
+            self._closing = True
+            child = self._child
+        if child is not None:
+            stdin = child.popen.stdin
+            try:
+                if stdin is not None:
+                    stdin.close()
+            except OSError:
+                pass
+            try:
+                child.popen.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self._kill(child)
+            # the reader thread sees EOF and reports what was not confirmed
+            if child.reader is not None:
+                child.reader.join(max(0.1, deadline - time.monotonic()))
+        return left
+
+    @staticmethod
+    def _kill(child: _Child) -> None:
+        if child.popen.poll() is None:
+            child.popen.kill()
+        child.popen.wait()
+
+
+__all__ = ["EventStoreProcess", "child_main", "main", "pack", "unpack"]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,212 @@
+"""Issue 16.3: the store's event rows in a writer process of their own.
+
+* the packing between the agent and the writer process gives back the same events;
+* an attack event interleaved in a flood, while the writer process cannot keep up
+  (stopped: its pipe fills, the queue fills, batches are shed), still raises its alert,
+  and its row is stored: what is shed is only storage of benign events, counted;
+* a writer process that is killed is restarted and alerted (high), and storage goes on;
+  never a silent stop.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bastion.agent import Agent
+from bastion.config import parse_policy
+from bastion.containers import Container
+from bastion.detect.engine import Engine, Finding, RuleContext
+from bastion.events import Event, ExecEvent, FileEvent, NetEvent, Proc
+from bastion.proctable import ProcessTable
+from bastion.respond.dispatch import Dispatcher
+from bastion.store import Store
+from bastion.store.eventproc import pack, unpack
+
+pytestmark = pytest.mark.unit
+
+T0 = 1_767_225_600 * 1_000_000_000
+ACTOR = Proc(4242, 4242, 1, 1000, 1000, 1000, 1, "flood", exe="/usr/bin/flood")
+EVIL = Proc(6666, 6666, 1, 0, 0, 0, 1, "evil", exe="/tmp/evil")
+
+
+def test_packing_gives_back_the_same_events() -> None:
+    ctr = Container(runtime="docker", id="a" * 64, verified=True, cgroup="/docker/" + "a" * 64)
+    boxed = Proc(7, 8, 1, 0, 0, 0, 99, "c\udcff", exe="/bin/sh", container=ctr)
+    evs: list[Event] = [
+        FileEvent(T0, ACTOR, op="chmod", path="/tmp/f", mode=0o644),
+        FileEvent(T0 + 1, ACTOR, True, op="rename", path="/a", path2="/b\udcfe", sensitive="cloud"),
+        ExecEvent(T0 + 2, boxed, argv=("sh", "-c", "x"), env=("LD_PRELOAD=/x",), filename="/bin/sh"),
+        NetEvent(T0 + 3, EVIL, op="connect", family="inet", daddr="10.0.0.1", dport=4444),
+    ]
+    back = unpack(pack(evs))
+    assert back == evs
+    assert back[2].proc.container == ctr
+
+
+class _Sensor:
+    """Floods chmods by ACTOR; ``attack_at`` (batch numbers) carry one exec of /tmp/evil
+    in the middle of the batch; ``hold`` pauses the flood until set."""
+
+    name = "flood"
+    attached: list[str] = []
+    missing: list[str] = []
+
+    def __init__(self, batches: int, size: int = 500, attack_at: tuple[int, ...] = ()) -> None:
+        self.left = batches
+        self.size = size
+        self.attack_at = attack_at
+        self.sent = 0
+        self.batch_no = 0
+        self.hold = threading.Event()
+        self.hold.set()
+        self.done = threading.Event()
+
+    def open(self) -> None: ...
+    def close(self) -> None: ...
+    def ring_fill(self) -> float:
+        return 0.0
+
+    def stats(self) -> dict[str, int]:
+        return {"events": self.sent, "drops": 0}
+
+    def poll(self, timeout_s: float) -> list[Event] | None:
+        if self.left <= 0 or not self.hold.is_set():
+            if self.left <= 0:
+                self.done.set()
+            time.sleep(min(timeout_s, 0.01))
+            return []
+        self.left -= 1
+        t = T0 + self.sent * 1000
+        out: list[Event] = [FileEvent(t + i, ACTOR, op="chmod", path=f"/tmp/f{i % 7}",
+                                      mode=0o644) for i in range(self.size)]
+        if self.batch_no in self.attack_at:
+            out.insert(self.size // 2, ExecEvent(t + self.size // 2, EVIL, filename="/tmp/evil",
+                                                 argv=("/tmp/evil", str(self.batch_no))))
+        self.batch_no += 1
+        self.sent += len(out)
+        return out
+
+
+class _EvilExec:
+    name = "behavior.test_evil_exec"
+    event_types = frozenset({"exec"})
+
+    def on_event(self, ev: Event, ctx: RuleContext) -> list[Finding]:
+        if isinstance(ev, ExecEvent) and ev.filename == "/tmp/evil":
+            return [Finding(rule=self.name, title="evil exec", severity="high", attack=(),
+                            action="alert", event=ev, pid=ev.proc.pid)]
+        return []
+
+
+def _agent(tmp_path: Path, sensor: _Sensor, writer_max: int) -> tuple[Agent, threading.Event,
+                                                                        threading.Thread]:
+    store = Store.open(tmp_path / "db")
+    procs = ProcessTable()
+    agent = Agent(policy=parse_policy("version: 1\n", "test.yaml"), sensors=[sensor],
+                  store=store, procs=procs, engine=Engine([_EvilExec()]),
+                  dispatcher=Dispatcher(procs), store_process=True)
+    agent.procs.seed = lambda proc=Path("/proc"): 0   # type: ignore[method-assign]
+    agent.writer_max_events = writer_max
+    stop = threading.Event()
+    th = threading.Thread(target=agent.run, args=(stop,), daemon=True)
+    th.start()
+    assert agent.ready.wait(30)
+    assert agent._store_proc is not None, "the writer process did not start"
+    return agent, stop, th
+
+
+def _wait(cond: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def test_an_attack_event_inside_a_flood_alerts_and_is_stored_only_benign_shed(
+        tmp_path: Path) -> None:
+    """Attack: flood chmods so the store falls behind, with an exec of /tmp/evil in the
+    middle of flood batches.  The writer process is stopped (SIGSTOP: a slow disk, a
+    stalled writer) so its pipe and queue fill and batches are shed.  The exec must still
+    raise its alert, and its row must be stored: shedding drops only benign rows,
+    counted.  Before (the thread writer, PR 16.3 first step): the whole batch with the
+    attack event in it was shed, the attack's row lost with the benign ones."""
+    sensor = _Sensor(batches=120, attack_at=(60, 90))
+    sensor.hold.clear()
+    agent, stop, th = _agent(tmp_path, sensor, writer_max=2_000)
+    sp = agent._store_proc
+    assert sp is not None and sp.pid is not None
+    child = sp.pid
+    os.kill(child, signal.SIGSTOP)
+    try:
+        sensor.hold.set()
+        assert sensor.done.wait(30)
+        _wait(lambda: agent.summary.events >= sensor.sent, 30, "the loop to see every event")
+        assert agent.summary.alerts >= 2   # both attack execs alerted while storage was stuck
+        assert sp.shed > 0                 # ... and storage was shed meanwhile
+    finally:
+        os.kill(child, signal.SIGCONT)
+    assert sp.flush(30)
+    stop.set()
+    th.join(60)
+    assert not th.is_alive()
+    store = Store.open(tmp_path / "db")
+    try:
+        evil_rows = [r.data for r in store.events(types=["exec"])]
+        stored = store.count_events()
+        alerts = [a.data for a in store.alerts(rule=_EvilExec.name)]
+        shed_alerts = [a.data for a in store.alerts(rule="bastion.store.events_shed")]
+    finally:
+        store.close()
+    assert len(alerts) == 2
+    assert sorted(r["argv"][1] for r in evil_rows) == ["60", "90"]   # both attack rows kept
+    assert shed_alerts and shed_alerts[-1]["evidence"]["shed_total"] > 0
+    # every event is stored or counted as not stored: nothing silently lost
+    assert stored + agent.store_health.events_not_stored == sensor.sent
+    assert agent.store_health.events_not_stored > 0
+
+
+def test_a_killed_writer_process_is_restarted_and_alerted(tmp_path: Path) -> None:
+    """Attack: kill the writer process (root, or a crash) so that events stop being
+    stored while detection runs on.  It must be restarted, the death alerted (high), and
+    events after it stored."""
+    sensor = _Sensor(batches=4)
+    agent, stop, th = _agent(tmp_path, sensor, writer_max=50_000)
+    sp = agent._store_proc
+    assert sp is not None
+    try:
+        assert sensor.done.wait(30)
+        assert sp.flush(30)
+        first = sp.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        _wait(lambda: sp.pid not in (None, first), 15, "a new writer process")
+        sensor.left = 4          # more events after the restart
+        sensor.done.clear()
+        assert sensor.done.wait(30)
+        _wait(lambda: agent.summary.events >= sensor.sent, 30, "the loop")
+        assert sp.flush(30)
+        st = agent.status()
+        assert st["store"]["writer"]["kind"] == "process"
+        assert st["store"]["writer"]["restarts"] == 1
+        assert st["store"]["writer"]["pid"] != first
+    finally:
+        stop.set()
+        th.join(60)
+    assert not th.is_alive()
+    store = Store.open(tmp_path / "db")
+    try:
+        died = [a.data for a in store.alerts(rule="bastion.store.writer_died")]
+        stored = store.count_events()
+    finally:
+        store.close()
+    assert len(died) == 1 and died[0]["severity"] == "high"
+    assert "killed by signal 9" in died[0]["title"]
+    assert stored == sensor.sent    # nothing was in flight at the kill: all stored

@@ -1,0 +1,84 @@
+"""The agent's event writer process under the guardian's tamper protection, lsm tier,
+inside the test VM (issue 16.3).
+
+The writer process (``bastion.store.eventproc``) is a second writer of the protected
+store.  Attack on our own integrity: were it not one of ours, the kernel would refuse
+its write-opens of ``bastion.db*`` (alerted as tamper), or anything passing as it
+would be let in.  The agent enrols it (role ``writer``, exact identity) in
+``tamper_idents`` before it opens the store: no tamper alarm, its rows are stored.
+
+A TEST instance only (tests/support/tamper.py): hooks act only on attackers in the test
+cgroup, with a dead-man deadline; teardown kills and unpins.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from support import tamper as T  # noqa: E402
+from support.cg import scoped_cgroup  # noqa: E402
+
+IN_VM = os.environ.get("BASTION_IN_VM") == "1"
+pytestmark = pytest.mark.skipif(
+    not IN_VM, reason="runs only inside the test VM: use `bash vm/run.sh tests/vm/test_store_writer_lsm.py`")
+
+
+@pytest.fixture
+def inst(tmp_path: Path) -> Iterator[T.Instance]:
+    with scoped_cgroup() as (cg, cgid):
+        i = T.make_instance(tmp_path, cg, cgid, deadline_s=200)
+        try:
+            yield i
+        finally:
+            print("\nguardian log:\n" + "".join(i.stderr[-40:]))
+            i.teardown()
+
+
+def test_the_writer_process_stores_under_lsm_tamper_protection(inst: T.Instance,
+                                                                tmp_path: Path) -> None:
+    code = inst.install / "lib"
+    shutil.copytree(T.REPO / "src" / "bastion", code / "bastion",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    pol = tmp_path / "agent-policy.yaml"
+    pol.write_text("version: 1\n")
+    sock = tmp_path / "agent.sock"
+    env = f"PYTHONPATH={code} BASTION_BPF_DIR={T.REPO / 'build' / 'bpf'}"
+    run = (f"{T.PY} -m bastion.cli.main run --quiet --keep-pins --policy {pol} "
+           f"--data-dir {inst.data} --socket {sock} --pin-root {inst.pin_root} --test-deadline 150")
+    inst.start_guardian(tier="lsm", agent=["/bin/sh", "-c",
+                                           f"echo $$ > {inst.cg}/cgroup.procs && {env} exec {run}"])
+    deadline = time.monotonic() + 90
+    while not sock.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert sock.exists(), "".join(inst.stderr[-30:])
+    # activity for the store: the agent sees these (not in the test cgroup's scope: no denial)
+    work = tmp_path / "work"
+    work.mkdir()
+    stored = 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for i in range(50):
+            (work / f"f{i}").write_text("x")
+            (work / f"f{i}").chmod(0o600)
+        time.sleep(1.0)
+        with sqlite3.connect(f"file:{inst.data / 'bastion.db'}?mode=ro", uri=True) as db:
+            stored = int(db.execute("SELECT count(*) FROM events").fetchone()[0])
+        if stored:
+            break
+    rules = [str(a["rule"]) for a in inst.alerts()]
+    assert stored > 0, ("no event rows stored by the writer process", rules, inst.stderr[-30:])
+    assert not [r for r in rules if r.startswith("bastion.tamper.open")], \
+        [(a["rule"], a["title"]) for a in inst.alerts()]
+    with sqlite3.connect(f"file:{inst.data / 'bastion.db'}?mode=ro", uri=True) as db:
+        bad = [r[0] for r in db.execute("SELECT data FROM alerts WHERE rule LIKE 'bastion.store.writer%'")]
+    assert not bad, bad
