@@ -86,6 +86,7 @@ def _env(tmp_path: Path) -> Iterator[Env]:
                     GateObject(str(tmp_path / "home" / ".bashrc"), "persistence"),
                     GateObject(str(tmp_path / "cron.d"), "persistence"),
                     GateObject(str(tmp_path / "creds" / "shadow"), "credential"),
+                    GateObject(str(tmp_path / "home"), "profile-dir"),
                 ]) == []
                 yield Env(tmp_path, cg, prov, gate)
             finally:
@@ -126,7 +127,8 @@ def test_shebang_script_run_by_path_and_a_cron_drop_are_refused(env: Env) -> Non
     assert r.returncode != 0
     # O_CREAT in a marked directory: refused at the open, the empty file stays (fanotify
     # decides opens, not creates: docs/threat-model.md); nothing was written into it
-    assert (env.cron / "evil").read_text() == "" if (env.cron / "evil").exists() else True
+    if (env.cron / "evil").exists():
+        assert (env.cron / "evil").read_text() == ""
     assert any(e.action == "deny" and e.path == str(env.cron / "evil") for e in env.events())
 
 
@@ -236,3 +238,13 @@ def test_the_entry_lives_as_long_as_the_process(env: Env) -> None:
             proc.kill()
             proc.wait()
     assert env.prov.get(pid) is None     # dropped at exit: a reused pid inherits nothing
+
+
+def test_a_new_profile_in_a_home_directory_is_refused_other_files_are_not(env: Env) -> None:
+    home = env.profile.parent
+    p = env.script("newprof.sh", f"echo evil > {home}/.bash_profile; echo notes > {home}/notes\n")
+    r = env.run(["/bin/sh", str(p)])
+    assert "Operation not permitted" in r.stderr
+    assert (home / ".bash_profile").read_text() == ""   # created by O_CREAT, never written
+    assert (home / "notes").read_text() == "notes\n"
+    assert [(e.action, e.path) for e in env.events()] == [("deny", str(home / ".bash_profile"))]

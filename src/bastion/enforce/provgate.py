@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import glob
 import logging
 import os
 import stat
@@ -60,12 +61,59 @@ from bastion.sensors.provenance import ProvenanceMap, reason_names
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["persistence", "credential"]
-_KINDS: Final = ("persistence", "credential")
+Kind = Literal["persistence", "credential", "profile-dir"]
+_KINDS: Final = ("persistence", "credential", "profile-dir")
+# "profile-dir": a home directory, marked itself only (no subdirectories): a write open of
+# one of these names in it is a persistence write (a profile created where none was)
+PROFILE_NAMES: Final = frozenset({
+    ".bashrc", ".bash_profile", ".bash_login", ".bash_logout", ".profile", ".shrc", ".kshrc",
+    ".zshrc", ".zprofile", ".zlogin", ".zlogout", ".zshenv", ".cshrc", ".tcshrc", ".login",
+    ".logout", ".inputrc", ".xinitrc", ".xprofile", ".xsession"})
 @dataclass(frozen=True)
 class GateObject:
     path: str
     kind: Kind
+
+
+# The must-stop objects of issue 15 (globs; a path that does not exist is not marked:
+# fanotify marks inodes, so a file created later in an unmarked directory, such as a
+# first /etc/ld.so.preload, is not seen on this tier).
+DEFAULT_PERSISTENCE: Final = (
+    "/etc/crontab", "/etc/cron.d", "/etc/cron.hourly", "/etc/cron.daily", "/etc/cron.weekly",
+    "/etc/cron.monthly", "/var/spool/cron", "/etc/anacrontab",
+    "/etc/systemd/system", "/etc/systemd/user", "/usr/lib/systemd/system", "/lib/systemd/system",
+    "/etc/profile", "/etc/profile.d", "/etc/bash.bashrc", "/etc/bash.bash_logout",
+    "/etc/environment", "/etc/zsh", "/root/.bashrc", "/root/.bash_profile", "/root/.profile",
+    "/root/.bash_login", "/root/.bash_logout", "/root/.zshrc", "/root/.zprofile",
+    "/home/*/.bashrc", "/home/*/.bash_profile", "/home/*/.profile", "/home/*/.bash_login",
+    "/home/*/.bash_logout", "/home/*/.zshrc",
+    "/etc/sudoers", "/etc/sudoers.d", "/etc/pam.d", "/etc/security/pam_env.conf",
+    "/etc/ld.so.preload", "/etc/ld.so.conf", "/etc/ld.so.conf.d",
+    "/etc/rc.local", "/etc/init.d", "/etc/rc0.d", "/etc/rc1.d", "/etc/rc2.d", "/etc/rc3.d",
+    "/etc/rc4.d", "/etc/rc5.d", "/etc/rc6.d", "/etc/rcS.d",
+    "/etc/udev/rules.d", "/etc/modules-load.d", "/etc/modules", "/etc/modprobe.d",
+    "/etc/xdg/autostart",
+)
+DEFAULT_PROFILE_DIRS: Final = ("/root", "/home/*")
+DEFAULT_CREDENTIAL: Final = (
+    "/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-", "/etc/security/opasswd",
+    "/root/.ssh", "/home/*/.ssh", "/etc/ssh/ssh_host_*_key",
+    "/root/.aws", "/home/*/.aws", "/root/.kube", "/home/*/.kube", "/etc/kubernetes/admin.conf",
+    "/root/.config/gcloud", "/home/*/.config/gcloud", "/root/.azure", "/home/*/.azure",
+    "/root/.docker/config.json", "/home/*/.docker/config.json",
+)
+
+
+def default_objects(root: str = "") -> list[GateObject]:
+    """The default must-stop objects that exist under ``root`` (a prefix such as
+    ``/proc/PID/root`` to mark another mount namespace's view; "" = this one)."""
+    out: list[GateObject] = []
+    kind: Kind
+    for kind, pats in (("persistence", DEFAULT_PERSISTENCE), ("credential", DEFAULT_CREDENTIAL),
+                       ("profile-dir", DEFAULT_PROFILE_DIRS)):
+        for pat in pats:
+            out.extend(GateObject(p, kind) for p in sorted(glob.glob(root + pat)))
+    return out
 
 
 @dataclass(frozen=True)
@@ -183,6 +231,13 @@ class ProvenanceGate:
                 problems.append(f"{o.path}: {exc.strerror}: not marked")
                 continue
             key = (kernel_dev(st.st_dev), st.st_ino)
+            if o.kind == "profile-dir":
+                if not stat.S_ISDIR(st.st_mode):
+                    raise ConfigError("a profile-dir object must be a directory",
+                                      location=Location(o.path))
+                dirs[key], paths[key] = o.kind, o.path
+                marks.append((o.path, key, FAN_OPEN_PERM | FAN_EVENT_ON_CHILD))
+                continue
             if not stat.S_ISDIR(st.st_mode):
                 kinds[key], paths[key] = o.kind, o.path
                 marks.append((o.path, key, FAN_OPEN_PERM))
@@ -209,18 +264,23 @@ class ProvenanceGate:
 
     # ---- the decision (listener thread) -------------------------------------------
 
-    def _kind(self, state: _State, ev: PermEvent) -> Kind | None:
+    def _kind(self, state: _State, ev: PermEvent, path: str) -> Kind | None:
+        """What the opened object is: persistence, credential, or None (a file of a
+        home directory that is no profile)."""
         key = ev.key
         k = state.kinds.get(key)
         if k is not None:
             return k
-        if len(state.dir_kinds) == 1:        # a child of a marked dir: one kind only
-            return next(iter(state.dir_kinds))
+        if len(state.dir_kinds) == 1 and "profile-dir" not in state.dir_kinds:
+            return next(iter(state.dir_kinds))   # a child of a marked dir: one kind only
         if not state.dir_kinds:
             return None
-        confirmed, parents = locate(fd_path(ev.fd), key)
+        confirmed, parents = locate(path, key)
         if confirmed and parents and parents[0] in state.dirs:
-            return state.dirs[parents[0]]
+            k = state.dirs[parents[0]]
+            if k == "profile-dir":
+                return "persistence" if os.path.basename(path) in PROFILE_NAMES else None
+            return k
         return "credential"   # not placed: the stricter kind (any open refused)
 
     def _fallback(self, ev: PermEvent) -> int:
@@ -251,7 +311,8 @@ class ProvenanceGate:
         val = self.prov.get(tgid)
         if val is None or not val.reasons & ~abi.PROV_ADMIN_TTY:
             return ALLOW                      # no untrusted provenance
-        kind = self._kind(state, ev)
+        path = fd_path(ev.fd)
+        kind = self._kind(state, ev, path)
         if kind is None:
             return Verdict.allow("not_marked")
         flags = open_flags(tid)
@@ -265,7 +326,6 @@ class ProvenanceGate:
             return ALLOW                      # reading a profile or a crontab harms nothing
         reasons = val.reasons & ~abi.PROV_ADMIN_TTY
         exempt = bool(val.reasons & abi.PROV_ADMIN_TTY) and not reasons & ~abi.PROV_LOCAL_MASK
-        path = fd_path(ev.fd)
         exe = exe_key(tid)
         trusted = self.trusted(exe) if self.trusted is not None else None
         op = "open-write" if write else "open-read"
@@ -335,4 +395,5 @@ def _untrusted(bits: int) -> bool:
     return not (bits & abi.PROV_ADMIN_TTY and not reasons & ~abi.PROV_LOCAL_MASK)
 
 
-__all__ = ["GateDecision", "GateObject", "Kind", "ProvenanceGate"]
+__all__ = ["DEFAULT_CREDENTIAL", "DEFAULT_PERSISTENCE", "GateDecision", "GateObject", "Kind",
+           "ProvenanceGate", "default_objects"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import stat
 import struct
-from typing import Final, Mapping, Protocol, Sequence
+from typing import Callable, Final, Mapping, Protocol, Sequence
 
 from bastion import abi
 from bastion.errors import ConfigError, Location
@@ -132,5 +132,24 @@ def default_interpreters() -> list[tuple[str, str]]:
 
 
 
-__all__ = ["INTERPRETERS", "MapLike", "ProvenanceMap", "TMP_DIRS", "default_interpreters",
+REASON_BITS: Final[Mapping[str, int]] = {
+    **{name: bit for bit, name in abi.PROV_REASONS.items()}, "admin-tty": abi.PROV_ADMIN_TTY}
+
+
+def publisher(prov: ProvenanceMap) -> Callable[[tuple[int, int], str], None]:
+    """The Provenance rule's ``publish``: a reason of process ``(pid, start_ns)`` ORed
+    into the kernel map (start_ns is the event header's, the kernel's own clock, so an
+    entry of a reused pid never takes it).  An unknown reason is an error."""
+
+    def publish(key: tuple[int, int], reason: str) -> None:
+        bit = REASON_BITS.get(reason)
+        if bit is None:
+            raise ConfigError(f"no kernel bit for provenance reason {reason!r}",
+                              location=Location("bastion.sensors.provenance"))
+        prov.add(key[0], key[1], bit)
+
+    return publish
+
+
+__all__ = ["INTERPRETERS", "REASON_BITS", "publisher", "MapLike", "ProvenanceMap", "TMP_DIRS", "default_interpreters",
            "letters_mask", "reason_names"]
