@@ -37,6 +37,7 @@ Choices (docs/threat-model.md, "Provenance before the act"):
 from __future__ import annotations
 
 import collections
+import dataclasses
 import errno
 import glob
 import logging
@@ -50,6 +51,7 @@ from typing import Callable, Final, Literal, Mapping, Protocol, Sequence
 
 from bastion import abi
 from bastion.errors import ConfigError, KernelError, Location
+from bastion.detect.engine import Finding
 from bastion.events import HipsEvent, Proc
 from bastion.kernel.fanotify import (
     ALLOW, DEFAULT_MAX_DIRS, FAN_ALLOW, FAN_DENY, FAN_EVENT_ON_CHILD, FAN_OPEN_PERM, PermEvent,
@@ -57,7 +59,9 @@ from bastion.kernel.fanotify import (
 )
 from bastion.kernel.opener import Scope, exe_key, fd_path, locate, open_flags, read_proc, status_field
 from bastion.policy.compile import kernel_dev
-from bastion.sensors.provenance import ProvenanceMap, reason_names
+from bastion.sensors.provenance import (
+    TMP_DIRS, ProvenanceMap, default_interpreters, reason_names,
+)
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +134,7 @@ class GateDecision:
     action: str             # deny, audit (the admin's session: allowed)
     prevented: str
     trusted: str | None
+    event: HipsEvent | None = None   # the record of it (set once reported)
 
 
 @dataclass
@@ -139,6 +144,8 @@ class _State:
     dir_kinds: frozenset[Kind]
     paths: Mapping[tuple[int, int], str]
 
+
+GATE_RULE: Final = "bastion.provenance.gate"
 
 Trusted = Callable[[tuple[int, int]], "str | None"]
 """exe (dev, ino) -> the trusted tool's name, or None (detect/behavior/trust.py)."""
@@ -356,11 +363,11 @@ class ProvenanceGate:
                        ret=-errno.EPERM if enforced else 0, path=d.path, dev=d.obj[0],
                        ino=d.obj[1])
         with self._cv:
-            if len(self._events) >= self._max_events:
+            if len(self._decisions) == self._decisions.maxlen:
                 self.dropped += 1
-                return
-            self._events.append(ev)
-            self._decisions.append(d)
+            self._decisions.append(dataclasses.replace(d, event=ev))
+            if len(self._events) < self._max_events:
+                self._events.append(ev)
             self._cv.notify_all()
 
     def poll(self, timeout_s: float = 0.0) -> list[HipsEvent]:
@@ -373,12 +380,29 @@ class ProvenanceGate:
             self._events.clear()
         return out
 
-    def decisions(self) -> list[GateDecision]:
-        """The full decisions behind the events (reasons, what was prevented, trust)."""
+    def decisions(self, timeout_s: float = 0.0) -> list[GateDecision]:
+        """The full decisions (reasons, what was prevented, trust, the event), drained,
+        waiting up to ``timeout_s`` for one; a queue apart from :meth:`poll`'s."""
         with self._cv:
+            if not self._decisions and timeout_s > 0 and not self.listener.closed:
+                self._cv.wait(timeout_s)
             out = list(self._decisions)
             self._decisions.clear()
         return out
+
+    def finding(self, d: GateDecision) -> Finding:
+        """A refusal (or an admin session's allowed act) as a finding: action ``deny``
+        (taken in the kernel's answer) or ``audit``, what was prevented, the reasons."""
+        what = "Persistence write" if d.kind != "credential" else "Credential-store read"
+        verb = "refused" if d.action == "deny" else "allowed (administrator's interactive session)"
+        return Finding(
+            rule=GATE_RULE, severity="critical" if d.action == "deny" else "high",
+            attack=("T1003.008",) if d.kind == "credential" else ("T1546", "T1053", "T1543"),
+            action=d.action, event=d.event, pid=d.tgid,
+            title=f"{what} {verb}: {d.path} [untrusted provenance: {', '.join(d.reasons)}]",
+            evidence={"prevented": d.prevented, "provenance": list(d.reasons),
+                      "operation": d.op, "object": d.path, "trusted_tool": d.trusted},
+            enforced_by=self.mechanism)
 
     def stats(self) -> dict[str, int | float]:
         out = self.listener.stats()
@@ -395,5 +419,72 @@ def _untrusted(bits: int) -> bool:
     return not (bits & abi.PROV_ADMIN_TTY and not reasons & ~abi.PROV_LOCAL_MASK)
 
 
-__all__ = ["DEFAULT_CREDENTIAL", "DEFAULT_PERSISTENCE", "GateDecision", "GateObject", "Kind",
+
+class AgentGate:
+    """The gate as a part of the agent (:mod:`bastion.assembly` builds it): opened once
+    the event sensor is (its object holds the provenance maps), the policy's temp dirs
+    and interpreters written, the default must-stop objects marked; its decisions are an
+    enforcement source (:meth:`poll`, :meth:`finding`)."""
+
+    name: Final = "provgate"
+
+    def __init__(self, maps: Callable[[], ProvenanceMap], *, self_tgid: int,
+                 deadline_s: float | None, scope_cgroup_id: int = 0,
+                 on_map: Callable[[ProvenanceMap], None] | None = None,
+                 objects: Callable[[], list[GateObject]] = default_objects,
+                 tmp_dirs: Sequence[str] = TMP_DIRS,
+                 interpreters: Callable[[], list[tuple[str, str]]] = default_interpreters) -> None:
+        self._maps = maps
+        self._on_map = on_map
+        self._objects = objects
+        self._tmp_dirs = tuple(tmp_dirs)
+        self._interpreters = interpreters
+        self._kw = dict(self_tgid=self_tgid, deadline_s=deadline_s,
+                        scope_cgroup_id=scope_cgroup_id)
+        self.gate: ProvenanceGate | None = None
+        self.unmarked: list[str] = []
+        self._pending: dict[int, GateDecision] = {}
+
+    def open(self) -> None:
+        prov = self._maps()
+        prov.set_dirs(self._tmp_dirs)
+        prov.set_interpreters(self._interpreters())
+        gate = ProvenanceGate(prov, self_tgid=int(self._kw["self_tgid"] or 0),
+                              deadline_s=self._kw["deadline_s"],
+                              scope_cgroup_id=int(self._kw["scope_cgroup_id"] or 0))
+        gate.start()
+        try:
+            self.unmarked = gate.apply(self._objects())
+        except BaseException:
+            gate.close()
+            raise
+        self.gate = gate
+        if self._on_map is not None:
+            self._on_map(prov)
+
+    def poll(self, _timeout_s: float) -> list[HipsEvent]:
+        gate = self.gate
+        if gate is None:
+            return []
+        out: list[HipsEvent] = []
+        for d in gate.decisions():
+            if d.event is not None:
+                self._pending[id(d.event)] = d
+                out.append(d.event)
+        return out
+
+    def finding(self, ev: HipsEvent) -> Finding | None:
+        d = self._pending.pop(id(ev), None)
+        return self.gate.finding(d) if d is not None and self.gate is not None else None
+
+    def stats(self) -> dict[str, int | float]:
+        return self.gate.stats() if self.gate is not None else {}
+
+    def close(self) -> None:
+        if self.gate is not None:
+            self.gate.close()
+            self.gate = None
+
+
+__all__ = ["AgentGate", "GATE_RULE", "DEFAULT_CREDENTIAL", "DEFAULT_PERSISTENCE", "GateDecision", "GateObject", "Kind",
            "ProvenanceGate", "default_objects"]
