@@ -299,6 +299,9 @@ struct bastion_inode_rule {
  * provenance.
  * Map `prov_dirs`: LPM trie of path prefixes (bastion_prov_prefix): the
  * temp dirs the policy names, each as "/tmp/" and "/tmp\0" (the dir itself).
+ * Map `prov_dir_inodes`: bastion_inode_key of the same dirs -> __u32: an
+ * executable's (or a descriptor script's) dentry chain is walked up to them,
+ * so a path too long to name still counts.
  * Map `prov_interp`: bastion_inode_key of a shell or interpreter ->
  * bastion_prov_interp: its first non-option argument is the script it runs. */
 #define BASTION_PROV_TMP_BINARY      (1u << 0)

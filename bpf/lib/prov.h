@@ -35,6 +35,72 @@ struct {
 	__type(value, struct bastion_prov_interp);
 } prov_interp SEC(".maps");
 
+/* The same temp dirs by inode (bastion_inode_key of the directory as stat() sees it:
+ * a tmpfs mounted there is its root): a file's dentry chain is walked up to them, so a
+ * path too deep or too long to name in full is still placed. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, struct bastion_inode_key);
+	__type(value, __u32);
+} prov_dir_inodes SEC(".maps");
+
+#define PROV_WALK_MAX 256
+
+struct prov_walk {
+	struct dentry *dentry;
+	struct vfsmount *vfsmnt;
+	struct mount *mnt;
+	bool hit;
+};
+
+/* One dentry up (bpf_loop callback); stops on a prov_dir_inodes hit or the root. */
+static long prov_walk_step(__u32 i, void *data)
+{
+	struct prov_walk *c = data;
+	struct dentry *d = c->dentry, *parent, *mnt_root;
+	struct vfsmount *vfsmnt = c->vfsmnt;
+	struct mount *mnt = c->mnt, *mnt_parent;
+	struct bastion_inode_key k = {};
+	struct inode *ino = BPF_CORE_READ(d, d_inode);
+
+	if (ino) {
+		k.ino = BPF_CORE_READ(ino, i_ino);
+		k.dev = BPF_CORE_READ(ino, i_sb, s_dev);
+		if (bpf_map_lookup_elem(&prov_dir_inodes, &k)) {
+			c->hit = true;
+			return 1;
+		}
+	}
+	mnt_root = BPF_CORE_READ(vfsmnt, mnt_root);
+	parent = BPF_CORE_READ(d, d_parent);
+	if (d == mnt_root || d == parent) {
+		if (d != mnt_root)
+			return 1;
+		mnt_parent = BPF_CORE_READ(mnt, mnt_parent);
+		if (mnt == mnt_parent)
+			return 1;
+		c->dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
+		c->mnt = mnt_parent;
+		c->vfsmnt = &mnt_parent->mnt;
+		return 0;
+	}
+	c->dentry = parent;
+	return 0;
+}
+
+/* Is the file at @p (its dentry chain, across mounts) under one of prov_dir_inodes? */
+static __always_inline bool prov_file_under_dir(const struct path *p)
+{
+	struct prov_walk c = {};
+
+	c.dentry = BPF_CORE_READ(p, dentry);
+	c.vfsmnt = BPF_CORE_READ(p, mnt);
+	c.mnt = container_of(c.vfsmnt, struct mount, mnt);
+	bpf_loop(PROV_WALK_MAX, prov_walk_step, &c, 0);
+	return c.hit;
+}
+
 /* Failed updates of `prov` (full map): user space reads it and says so. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -185,7 +251,8 @@ static __always_inline void prov_exec(struct task_struct *p, struct linux_binprm
 	if (BPF_CORE_READ(exe, f_inode, __i_nlink) == 0)
 		bits |= BASTION_PROV_FILELESS;
 	fpath = BPF_CORE_READ(exe, f_path);
-	if (!path_to_str(&fpath, s->path) && prov_under_dir(s, s->path))
+	if (prov_file_under_dir(&fpath) ||
+	    (!path_to_str(&fpath, s->path) && prov_under_dir(s, s->path)))
 		bits |= BASTION_PROV_TMP_BINARY;
 
 	/* a #! (or binfmt_misc) script: the file the kernel opened first */
@@ -198,7 +265,8 @@ static __always_inline void prov_exec(struct task_struct *p, struct linux_binprm
 				if (BPF_CORE_READ(sf, f_inode, __i_nlink) == 0)
 					bits |= BASTION_PROV_FILELESS;
 				fpath = BPF_CORE_READ(sf, f_path);
-				if (!path_to_str(&fpath, s->path) && prov_under_dir(s, s->path))
+				if (prov_file_under_dir(&fpath) ||
+				    (!path_to_str(&fpath, s->path) && prov_under_dir(s, s->path)))
 					bits |= BASTION_PROV_TMP_SCRIPT;
 			}
 		} else if (bpf_probe_read_kernel_str(s->argv, BASTION_PATH_LEN, fname) > 0 &&

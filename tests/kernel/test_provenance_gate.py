@@ -248,3 +248,21 @@ def test_a_new_profile_in_a_home_directory_is_refused_other_files_are_not(env: E
     assert (home / ".bash_profile").read_text() == ""   # created by O_CREAT, never written
     assert (home / "notes").read_text() == "notes\n"
     assert [(e.action, e.path) for e in env.events()] == [("deny", str(home / ".bash_profile"))]
+
+
+def test_a_binary_too_deep_to_name_in_full_is_still_placed_by_inode(env: Env) -> None:
+    """The exe's path is cut past 256 bytes (the string prefix is lost): the dentry
+    walk to the temp dir's inode still finds it."""
+    tee = shutil.which("tee")
+    assert tee
+    deep = env.drop
+    for i in range(12):
+        deep = deep / (f"d{i}" + "x" * 28)
+    deep.mkdir(parents=True)
+    fake = deep / "helper"
+    shutil.copy2(tee, fake)
+    assert len(str(fake)) > 256
+    r = env.run(["/bin/sh", "-c", f"echo evil | {fake} -a {env.profile}"])
+    assert r.returncode != 0 and env.profile.read_text() == PROFILE
+    (d,) = env.gate.decisions()
+    assert d.reasons == ("tmp-binary",)

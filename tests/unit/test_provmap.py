@@ -47,9 +47,12 @@ def test_letters_mask() -> None:
         letters_mask("c-")
 
 
-def test_dirs_are_two_prefixes_each_and_replaced_as_a_set() -> None:
-    m, _p, d, _i = pmap()
-    m.set_dirs(["/tmp", "/dev/shm/"])
+def test_dirs_are_two_prefixes_each_and_replaced_as_a_set(tmp_path: Path) -> None:
+    p, d, i, ino = FakeMap(), FakeMap(), FakeMap(), FakeMap()
+    m = ProvenanceMap(p, d, i, dir_inodes=ino)
+    m.set_dirs(["/tmp", "/dev/shm/", "/absent-bprov"])
+    assert len(ino.d) == 2 - (not Path("/dev/shm").exists())   # existing dirs by inode
+    d.d = {k: v for k, v in d.d.items() if b"absent" not in k}
     got = {(abi.ProvPrefix.from_buffer_copy(k).prefixlen,
             abi.ProvPrefix.from_buffer_copy(k).path) for k in d.d}
     # "/tmp/x" under it, and "/tmp" itself (a cwd); never "/tmpfoo"

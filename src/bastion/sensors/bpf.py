@@ -195,7 +195,7 @@ class BpfSensor(LoaderUser):
             raise KernelError("provenance: the sensor is not open",
                               location=Location(self.object_name))
         return ProvenanceMap(lo.map("prov"), lo.map("prov_dirs"), lo.map("prov_interp"),
-                             lo.map("prov_errors"))
+                             lo.map("prov_errors"), lo.map("prov_dir_inodes"))
 
     @property
     def attached(self) -> list[str]:

@@ -57,9 +57,11 @@ class ProvenanceMap:
     user space fills."""
 
     def __init__(self, prov: MapLike, dirs: MapLike, interp: MapLike,
-                 errors: MapLike | None = None) -> None:
+                 errors: MapLike | None = None, dir_inodes: MapLike | None = None) -> None:
         self.prov, self.dirs, self.interp, self.errors_map = prov, dirs, interp, errors
+        self.dir_inodes = dir_inodes
         self._dirs: list[bytes] = []
+        self._dir_inodes: list[bytes] = []
         self._interp: list[bytes] = []
 
     def get(self, tgid: int) -> abi.ProvVal | None:
@@ -96,6 +98,21 @@ class ProvenanceMap:
         for k in keys:
             self.dirs.update(k, _U32.pack(1))
         self._dirs = keys
+        if self.dir_inodes is None:
+            return
+        inodes: list[bytes] = []
+        for p in paths:
+            try:
+                st = os.stat(p)   # a tmpfs mounted there: its root, as the walk meets it
+            except OSError:
+                continue          # named by prefix only until it exists (next set_dirs)
+            inodes.append(bytes(abi.InodeKey(ino=st.st_ino, dev=kernel_dev(st.st_dev))))
+        for k in self._dir_inodes:
+            if k not in inodes:
+                self.dir_inodes.delete(k)
+        for k in inodes:
+            self.dir_inodes.update(k, _U32.pack(1))
+        self._dir_inodes = inodes
 
     def set_interpreters(self, interps: Sequence[tuple[str, str]]) -> int:
         """(path, code letters) of the shells and interpreters whose script argument is
