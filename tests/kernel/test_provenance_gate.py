@@ -266,3 +266,48 @@ def test_a_binary_too_deep_to_name_in_full_is_still_placed_by_inode(env: Env) ->
     assert r.returncode != 0 and env.profile.read_text() == PROFILE
     (d,) = env.gate.decisions()
     assert d.reasons == ("tmp-binary",)
+
+
+def test_the_agent_part_reports_a_deny_finding_with_what_was_prevented() -> None:
+    """AgentGate as the agent runs it: the sensor's maps, the policy's temp dirs, the
+    marks, and each refusal an enforcement finding (action deny, prevented, reasons)."""
+    from bastion.enforce.provgate import GATE_RULE, AgentGate
+
+    root = Path(tempfile.mkdtemp(prefix="bprov-"))
+    try:
+        (root / "drop").mkdir()
+        (root / "etc").mkdir()
+        shadow = root / "etc" / "shadow"
+        shadow.write_text("root:$6$x:1::::::\n")
+        script = root / "drop" / "p.sh"
+        script.write_text(f"cat {shadow}\n")
+        with scoped_cgroup() as (cg, cgid):
+            sensor = BpfSensor(cgroup_id=cgid, classes=("exec",), ring_bytes=1 << 20)
+            sensor.open()
+            mirrored: list[ProvenanceMap] = []
+            part = AgentGate(sensor.provenance, self_tgid=os.getpid(), deadline_s=DEADLINE_S,
+                             scope_cgroup_id=cgid, on_map=mirrored.append,
+                             objects=lambda: [GateObject(str(shadow), "credential")],
+                             tmp_dirs=[str(root / "drop")])
+            try:
+                part.open()
+                assert mirrored and part.unmarked == []
+                r = run_in(cg, ["/bin/sh", str(script)], timeout=TIMEOUT)
+                assert "Operation not permitted" in r.stderr and "$6$" not in r.stdout
+                evs: list[HipsEvent] = []
+                end = time.monotonic() + 3
+                while not evs and time.monotonic() < end:
+                    evs = part.poll(0.1)
+                    time.sleep(0.05)
+                (ev,) = evs
+                f = part.finding(ev)
+                assert f is not None and f.rule == GATE_RULE and f.action == "deny"
+                assert f.severity == "critical" and f.enforced_by == "fanotify-provenance"
+                assert f.evidence["prevented"] == f"read of credential store {shadow}"
+                assert f.evidence["provenance"] == ["tmp-script"]
+                assert part.finding(ev) is None     # reported once
+            finally:
+                part.close()
+                sensor.close()
+    finally:
+        shutil.rmtree(root)
