@@ -319,7 +319,8 @@ def _provenance_gate(parts: AgentParts, opts: AgentOptions, sensor: Sensor,
 
     parts.provgate = AgentGate(sensor.provenance, self_tgid=os.getpid(),
                                deadline_s=opts.test_deadline,
-                               scope_cgroup_id=opts.test_cgroup_id, on_map=mirror)
+                               scope_cgroup_id=opts.test_cgroup_id, on_map=mirror,
+                               dry_run=opts.policy.behavior.dry_run)
 
 
 def _kernel_parts(parts: AgentParts, opts: AgentOptions, report: TierReport) -> None:

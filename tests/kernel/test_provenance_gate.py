@@ -311,3 +311,14 @@ def test_the_agent_part_reports_a_deny_finding_with_what_was_prevented() -> None
                 sensor.close()
     finally:
         shutil.rmtree(root)
+
+
+def test_dry_run_decides_reports_and_allows(env: Env) -> None:
+    env.gate.dry_run = True
+    p = env.script("dry.sh", f"echo watched >> {env.profile}\n")
+    r = env.run(["/bin/sh", str(p)])
+    assert r.returncode == 0 and env.profile.read_text() == PROFILE + "watched\n"
+    (d,) = env.gate.decisions(timeout_s=3)
+    f = env.gate.finding(d)
+    assert (f.action, f.dry_run, f.severity) == ("would-deny", True, "critical")
+    assert "would be refused" in f.title

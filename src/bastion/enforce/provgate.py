@@ -168,8 +168,12 @@ class ProvenanceGate:
     def __init__(self, prov: ProvenanceMap, *, scope_cgroup_id: int = 0,
                  deadline_s: float | None = None, self_tgid: int = 0,
                  decision_timeout_s: float = 0.2, max_dirs: int = DEFAULT_MAX_DIRS,
-                 trusted: Trusted | None = None, max_events: int = 4096) -> None:
+                 trusted: Trusted | None = None, max_events: int = 4096,
+                 dry_run: bool = False) -> None:
+        """``dry_run`` (the policy's ``behavior.dry_run``): every refusal is decided and
+        reported (not enforced: the finding says would-deny) and the open allowed."""
         self.prov = prov
+        self.dry_run = dry_run
         self.scope = Scope(self_tgid=self_tgid, scope_cgroup_id=scope_cgroup_id)
         self.trusted = trusted
         self.max_dirs = max_dirs
@@ -182,6 +186,7 @@ class ProvenanceGate:
         self._max_events = max_events
         self._cv = threading.Condition()
         self.denies = 0
+        self.dry_runs = 0      # refusals decided in dry-run (allowed)
         self.audits = 0
         self.dropped = 0
 
@@ -340,7 +345,7 @@ class ProvenanceGate:
                      f"{path}")
         d = GateDecision(tid, tgid, kind, op, path, ev.key, tuple(reason_names(reasons)),
                          "audit" if exempt else "deny", prevented, trusted)
-        if exempt:
+        if exempt or self.dry_run:
             return Verdict.allow(after=lambda in_time: self._report(d, enforced=False))
         return Verdict.deny(after=lambda in_time: self._report(d, enforced=in_time))
 
@@ -349,6 +354,8 @@ class ProvenanceGate:
     def _report(self, d: GateDecision, *, enforced: bool) -> None:
         if d.action == "deny" and enforced:
             self.denies += 1
+        elif d.action == "deny":
+            self.dry_runs += 1
         elif d.action == "audit":
             self.audits += 1
         comm = read_proc(f"/proc/{d.tid}/comm").decode(errors="replace").strip()
@@ -395,10 +402,13 @@ class ProvenanceGate:
         (taken in the kernel's answer) or ``audit``, what was prevented, the reasons."""
         what = "Persistence write" if d.kind != "credential" else "Credential-store read"
         verb = "refused" if d.action == "deny" else "allowed (administrator's interactive session)"
+        dry = d.action == "deny" and d.event is not None and not d.event.enforced
+        if dry:
+            verb = "would be refused (dry run: allowed)"
         return Finding(
-            rule=GATE_RULE, severity="critical" if d.action == "deny" else "high",
+            rule=GATE_RULE, severity="critical" if d.action == "deny" else "high", dry_run=dry,
             attack=("T1003.008",) if d.kind == "credential" else ("T1546", "T1053", "T1543"),
-            action=d.action, event=d.event, pid=d.tgid,
+            action="would-deny" if dry else d.action, event=d.event, pid=d.tgid,
             title=f"{what} {verb}: {d.path} [untrusted provenance: {', '.join(d.reasons)}]",
             evidence={"prevented": d.prevented, "provenance": list(d.reasons),
                       "operation": d.op, "object": d.path, "trusted_tool": d.trusted},
@@ -406,7 +416,7 @@ class ProvenanceGate:
 
     def stats(self) -> dict[str, int | float]:
         out = self.listener.stats()
-        out.update(denies=self.denies, audits=self.audits, dropped=self.dropped,
+        out.update(denies=self.denies, dry_runs=self.dry_runs, audits=self.audits, dropped=self.dropped,
                    marks=len(self._state.kinds) if self._state is not None else 0,
                    prov_errors=self.prov.errors())
         return out
@@ -433,7 +443,9 @@ class AgentGate:
                  on_map: Callable[[ProvenanceMap], None] | None = None,
                  objects: Callable[[], list[GateObject]] = default_objects,
                  tmp_dirs: Sequence[str] = TMP_DIRS,
-                 interpreters: Callable[[], list[tuple[str, str]]] = default_interpreters) -> None:
+                 interpreters: Callable[[], list[tuple[str, str]]] = default_interpreters,
+                 dry_run: bool = False) -> None:
+        self.dry_run = dry_run
         self._maps = maps
         self._on_map = on_map
         self._objects = objects
@@ -451,7 +463,8 @@ class AgentGate:
         prov.set_interpreters(self._interpreters())
         gate = ProvenanceGate(prov, self_tgid=int(self._kw["self_tgid"] or 0),
                               deadline_s=self._kw["deadline_s"],
-                              scope_cgroup_id=int(self._kw["scope_cgroup_id"] or 0))
+                              scope_cgroup_id=int(self._kw["scope_cgroup_id"] or 0),
+                              dry_run=self.dry_run)
         gate.start()
         try:
             self.unmarked = gate.apply(self._objects())
