@@ -313,16 +313,18 @@ class ProvenanceGate:
         if state is None or ev.is_exec:
             return Verdict.allow("not_marked")
         tid, scope = ev.tid, self.scope
-        if scope.is_self(tid):
-            return Verdict.allow("self_allows")
-        if scope.scope_cgroup_id and scope.out_of_scope(tid):
-            return Verdict.allow("out_of_scope")
+        # the clean path (every open of a marked object by an untainted process): one
+        # procfs read for the tgid and one map lookup; scope checks only for the tainted
         tgid = status_field(tid, b"Tgid")
         if tgid <= 0:
             return Verdict.allow("gone")
         val = self.prov.get(tgid)
         if val is None or not val.reasons & ~abi.PROV_ADMIN_TTY:
             return ALLOW                      # no untrusted provenance
+        if scope.is_self(tid):
+            return Verdict.allow("self_allows")
+        if scope.scope_cgroup_id and scope.out_of_scope(tid):
+            return Verdict.allow("out_of_scope")
         path = fd_path(ev.fd)
         kind = self._kind(state, ev, path)
         if kind is None:
