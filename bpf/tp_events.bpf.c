@@ -3,7 +3,6 @@
  * (this includes hosts without BPF LSM).  Each program maps one hook to a
  * helper; the record layouts are in include/bastion.h. */
 #include "events.h"
-#include "prov.h"
 #include "dedup.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -23,8 +22,7 @@ char LICENSE[] SEC("license") = "GPL";
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 {
-	prov_exec(p, bprm);
-	return emit_exec(p, bprm);
+	return emit_exec(p, bprm); /* provenance too (bpf/lib/prov.h) */
 }
 
 SEC("tp_btf/sched_process_fork")

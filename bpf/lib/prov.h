@@ -231,8 +231,11 @@ static __always_inline void prov_count_error(void)
 		__sync_fetch_and_add(v, 1);
 }
 
-/* sched_process_exec: add what the kernel can tell about the new image. */
-static __always_inline void prov_exec(struct task_struct *p, struct linux_binprm *bprm)
+/* sched_process_exec: add what the kernel can tell about the new image.  @exe_path:
+ * the executable's path when the caller already built it (the exec record's, @exe_cut
+ * when cut), or NULL. */
+static __always_inline void prov_exec(struct task_struct *p, struct linux_binprm *bprm,
+				      const char *exe_path, bool exe_cut)
 {
 	__u32 zero = 0, tgid = BPF_CORE_READ(p, tgid), bits = 0;
 	struct prov_scratch *s = bpf_map_lookup_elem(&prov_scratch, &zero);
@@ -251,8 +254,12 @@ static __always_inline void prov_exec(struct task_struct *p, struct linux_binprm
 	if (BPF_CORE_READ(exe, f_inode, __i_nlink) == 0)
 		bits |= BASTION_PROV_FILELESS;
 	fpath = BPF_CORE_READ(exe, f_path);
-	if (prov_file_under_dir(&fpath) ||
-	    (!path_to_str(&fpath, s->path) && prov_under_dir(s, s->path)))
+	if (!exe_path) {
+		exe_cut = path_to_str(&fpath, s->path);
+		exe_path = s->path;
+	}
+	/* by its path; a path too long to name in full, by the dentry walk to the dirs' inodes */
+	if (exe_cut ? prov_file_under_dir(&fpath) : prov_under_dir(s, exe_path))
 		bits |= BASTION_PROV_TMP_BINARY;
 
 	/* a #! (or binfmt_misc) script: the file the kernel opened first */
@@ -265,8 +272,8 @@ static __always_inline void prov_exec(struct task_struct *p, struct linux_binprm
 				if (BPF_CORE_READ(sf, f_inode, __i_nlink) == 0)
 					bits |= BASTION_PROV_FILELESS;
 				fpath = BPF_CORE_READ(sf, f_path);
-				if (prov_file_under_dir(&fpath) ||
-				    (!path_to_str(&fpath, s->path) && prov_under_dir(s, s->path)))
+				if (path_to_str(&fpath, s->path) ? prov_file_under_dir(&fpath)
+								 : prov_under_dir(s, s->path))
 					bits |= BASTION_PROV_TMP_SCRIPT;
 			}
 		} else if (bpf_probe_read_kernel_str(s->argv, BASTION_PATH_LEN, fname) > 0 &&
