@@ -47,7 +47,7 @@ import threading
 import time
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Callable, Final, Literal, Mapping, Protocol, Sequence
+from typing import Callable, Final, Literal, Mapping, Sequence
 
 from bastion import abi
 from bastion.errors import ConfigError, KernelError, Location
