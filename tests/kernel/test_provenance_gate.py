@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -322,3 +323,15 @@ def test_dry_run_decides_reports_and_allows(env: Env) -> None:
     f = env.gate.finding(d)
     assert (f.action, f.dry_run, f.severity) == ("would-deny", True, "critical")
     assert "would be refused" in f.title
+
+
+def test_a_memfd_executable_is_fileless_and_refused(env: Env) -> None:
+    tee = shutil.which("tee")
+    assert tee
+    code = ("import os, sys; fd = os.memfd_create('x', 0); "
+            f"os.write(fd, open({tee!r}, 'rb').read()); "
+            f"os.execve(fd, ['tee', '-a', {str(env.profile)!r}], {{}})")
+    r = env.run([sys.executable, "-c", code], input="evil\n")
+    assert r.returncode != 0 and env.profile.read_text() == PROFILE
+    (d,) = env.gate.decisions(timeout_s=3)
+    assert d.reasons == ("fileless",)
