@@ -31,7 +31,7 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture
-def setup() -> Iterator[tuple[Path, Path, int, ProvenanceMap]]:
+def vmenv() -> Iterator[tuple[Path, Path, int, ProvenanceMap]]:
     root = Path(tempfile.mkdtemp(prefix="bprov-"))
     try:
         (root / "drop").mkdir()
@@ -64,8 +64,8 @@ def _entry_of(cg: Path, argv: list[str], pidfile: Path, prov: ProvenanceMap) -> 
         p.communicate("go\n", timeout=10)
 
 
-def test_the_hook_sensor_sets_tmp_script_and_tmp_binary(setup) -> None:  # type: ignore[no-untyped-def]
-    root, cg, _cgid, prov = setup
+def test_the_hook_sensor_sets_tmp_script_and_tmp_binary(vmenv) -> None:  # type: ignore[no-untyped-def]
+    root, cg, _cgid, prov = vmenv
     script = root / "drop" / "wait.sh"
     script.write_text(f"echo $$ > {root}/pid1; read go\n")
     assert _entry_of(cg, ["/bin/sh", str(script)], root / "pid1", prov) == abi.PROV_TMP_SCRIPT
@@ -76,8 +76,8 @@ def test_the_hook_sensor_sets_tmp_script_and_tmp_binary(setup) -> None:  # type:
     assert reasons == abi.PROV_TMP_BINARY
 
 
-def test_the_gate_refuses_there_too(setup) -> None:  # type: ignore[no-untyped-def]
-    root, cg, cgid, prov = setup
+def test_the_gate_refuses_there_too(vmenv) -> None:  # type: ignore[no-untyped-def]
+    root, cg, cgid, prov = vmenv
     (root / "home").mkdir()
     profile = root / "home" / ".bashrc"
     profile.write_text("# profile\n")
