@@ -49,6 +49,15 @@ def vmenv() -> Iterator[tuple[Path, Path, int, ProvenanceMap]]:
         shutil.rmtree(root)
 
 
+# Seen in the VM (2 runs, Debian 6.1, the host's root over 9p): the gate answers (its
+# event arrives, allowed) but the exec of `sh /tmp/.../x.sh` leaves no map entry, so
+# nothing is refused.  Not yet explained (on this host's 6.18 the same code sets
+# tmp-script: tests/kernel/test_provenance_gate.py); kept as a strict xfail so the fix
+# shows, said in docs/threat-model.md.
+VM_OPEN = pytest.mark.xfail(strict=True, raises=AssertionError,
+                            reason="provenance bits not set at exec in the VM (open)")
+
+
 def _entry_of(cg: Path, argv: list[str], pidfile: Path, prov: ProvenanceMap) -> int:
     """Run argv in cg (it writes its pid to ``pidfile``, then waits on stdin); the
     reasons of its map entry while it runs (-1: none)."""
@@ -64,6 +73,7 @@ def _entry_of(cg: Path, argv: list[str], pidfile: Path, prov: ProvenanceMap) -> 
         p.communicate("go\n", timeout=10)
 
 
+@VM_OPEN
 def test_the_hook_sensor_sets_tmp_script_and_tmp_binary(vmenv) -> None:  # type: ignore[no-untyped-def]
     root, cg, _cgid, prov = vmenv
     script = root / "drop" / "wait.sh"
@@ -76,6 +86,7 @@ def test_the_hook_sensor_sets_tmp_script_and_tmp_binary(vmenv) -> None:  # type:
     assert reasons == abi.PROV_TMP_BINARY
 
 
+@VM_OPEN
 def test_the_gate_refuses_there_too(vmenv) -> None:  # type: ignore[no-untyped-def]
     root, cg, cgid, prov = vmenv
     (root / "home").mkdir()
