@@ -51,7 +51,8 @@ def vmenv() -> Iterator[tuple[Path, Path, int, ProvenanceMap]]:
 
 # Seen in the VM (2 runs, Debian 6.1, the host's root over 9p): the gate answers (its
 # event arrives, allowed) but the exec of `sh /tmp/.../x.sh` leaves no map entry, so
-# nothing is refused.  Not yet explained (on this host's 6.18 the same code sets
+# nothing is refused (a diagnostic run: tmp-binary is set there; the interpreter's key
+# is present; the argv scan is what differs).  Not yet explained (on this host's 6.18 the same code sets
 # tmp-script: tests/kernel/test_provenance_gate.py); kept as a strict xfail so the fix
 # shows, said in docs/threat-model.md.
 VM_OPEN = pytest.mark.xfail(strict=True, raises=AssertionError,
