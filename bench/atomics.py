@@ -203,6 +203,8 @@ class Watch:
         self.sensor = BpfSensor(cgroup_id=cgid, self_tgid=os.getpid(),
                                 classes=policy.events.classes,
                                 resolve_sensitive=sandbox_sensitive, sensitive_refresh_s=0.2)
+        self.cgid = cgid
+        self.gate: Any = None     # the compat tier's provenance gate (open_gate), per sandbox marks
         self.procs = ProcessTable()
         self.trust = sandbox_trust()
         self.engine = Engine([*builtin_rules(),
@@ -216,8 +218,56 @@ class Watch:
         self.stop = threading.Event()
         self.t = threading.Thread(target=self.run, daemon=True)
 
+    def open_gate(self, deadline_s: float) -> None:
+        """The provenance gate (issue 15) on the sensor's provenance map: temp dirs and
+        interpreters of the policy, reasons from the Provenance rule mirrored into the
+        map; marks are set per sandbox (:meth:`mark_sandbox`)."""
+        from bastion.detect.behavior.provenance import Provenance
+        from bastion.enforce.provgate import ProvenanceGate
+        from bastion.sensors.provenance import TMP_DIRS, default_interpreters, publisher
+
+        prov = self.sensor.provenance()
+        prov.set_dirs(list(TMP_DIRS))
+        self.interps = default_interpreters()
+        prov.set_interpreters(self.interps)
+        for r in self.engine.rules:
+            if isinstance(r, Provenance):
+                r.publish = publisher(prov)
+        self.gate = ProvenanceGate(prov, scope_cgroup_id=self.cgid, self_tgid=os.getpid(),
+                                   deadline_s=deadline_s, decision_timeout_s=0.5)
+        self.gate.start()
+
+    def mark_sandbox(self, root: str, devs: tuple[int, ...]) -> None:
+        """Mark the must-stop objects as the sandbox sees them (``root``: its overlay
+        from the runner's side) and add the interpreters' overlay identities."""
+        from bastion.enforce.provgate import default_objects
+        from bastion.abi import InodeKey, ProvInterp
+        from bastion.sensors.provenance import letters_mask
+
+        if self.gate is None:
+            return
+        self.gate.apply(default_objects(root))
+        prov = self.gate.prov
+        for path, letters in self.interps:
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            for d in devs:
+                prov.interp.update(bytes(InodeKey(ino=st.st_ino, dev=d)),
+                                   bytes(ProvInterp(code_letters=letters_mask(letters))))
+
     def run(self) -> None:
         while not self.stop.is_set():
+            if self.gate is not None:
+                self.gate.poll(0)            # the HipsEvents (unused here): keep the queue short
+                for d in self.gate.decisions():
+                    a = {"rule": "provenance.gate", "severity": "critical",
+                         "action": d.action,
+                         "title": f"{d.prevented} refused [untrusted provenance: "
+                                  f"{', '.join(d.reasons)}]"}
+                    with self.lock:
+                        self.alerts.append(a)
             for ev in self.sensor.poll(0.01) or []:
                 self.procs.update(ev)
                 ev = self.procs.enrich(ev)
@@ -309,6 +359,9 @@ def run_one(a: dict[str, Any], cg: Path, root: Path, timeout: float,
     try:
         if watch is not None:
             watch.overlay_dev = overlay_dev(cg, f"{base}/m", t0 + 10)
+            if watch.gate is not None:
+                pid = next(iter((cg / "cgroup.procs").read_text().split()), "")
+                watch.mark_sandbox(f"/proc/{pid}/root{base}/m", watch.overlay_dev)
             time.sleep(0.5)   # two refreshes of the sensitive set (every 0.2 s)
         release(fifo, t0 + 10)
         stdout, _ = p.communicate(timeout=max(1.0, timeout - (time.monotonic() - t0)))
@@ -355,6 +408,9 @@ def main() -> int:
     ap.add_argument("--techniques", default="")
     ap.add_argument("--timeout", type=float, default=20.0)
     ap.add_argument("--label", default="")
+    ap.add_argument("--gate", action="store_true",
+                    help="run the compat tier's provenance gate (issue 15: must-stop opens of "
+                         "an untrusted tree refused) on the sandbox's must-stop files")
     ap.add_argument("--provenance", choices=("shell", "tmp-script"), default="shell",
                     help="run each atomic as its executor's -c (default) or as a script "
                          "dropped in /tmp (an untrusted provenance: measures blocking)")
@@ -376,6 +432,8 @@ def main() -> int:
     try:
         w = Watch(cgroup.cgroup_id(cg))
         w.sensor.open()
+        if args.gate:
+            w.open_gate(deadline_s=max(600.0, 4 * args.timeout * len(tests)))
         w.t.start()
         try:
             for a in tests:
@@ -402,7 +460,7 @@ def main() -> int:
                 row["detected"] = top >= SEV["medium"]
                 row["top_severity"] = next((k for k, v in SEV.items() if v == top), "")
                 # taken, not attempted: "kill-skipped: already exited" stopped nothing
-                row["blocked"] = any(x["action"] in ("kill", "kill-tree", "quarantine")
+                row["blocked"] = any(x["action"] in ("kill", "kill-tree", "quarantine", "deny")
                                      for x in alerts)
                 results.append(row)
                 print(f"{a['technique']}-{a['n']} rc={row['rc']} det={row['detected']}"
@@ -410,6 +468,8 @@ def main() -> int:
         finally:
             w.stop.set()
             w.t.join(5)
+            if w.gate is not None:
+                w.gate.close()
             w.sensor.close()
             errs = w.engine.errors
     finally:

@@ -16,7 +16,7 @@ from typing import Any
 # variable assignments): no exec, so no alert is possible; listed apart.
 
 
-TAKEN = ("kill", "kill-tree", "quarantine")
+TAKEN = ("kill", "kill-tree", "quarantine", "deny")   # deny: the open refused (issue 15)
 
 # The issue's must-stop list, by the behaviour an atomic performs (technique, or
 # technique-n where a technique mixes behaviours).  "always": stopped whatever the

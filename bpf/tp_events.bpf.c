@@ -23,18 +23,20 @@ char LICENSE[] SEC("license") = "GPL";
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 {
-	return emit_exec(p, bprm);
+	return emit_exec(p, bprm); /* provenance too (bpf/lib/prov.h) */
 }
 
 SEC("tp_btf/sched_process_fork")
 int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
 {
+	prov_fork(parent, child);
 	return emit_fork(child);
 }
 
 SEC("tp_btf/sched_process_exit")
 int BPF_PROG(on_exit, struct task_struct *p)
 {
+	prov_exit(p);
 	return emit_exit(p);
 }
 

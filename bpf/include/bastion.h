@@ -25,7 +25,7 @@
 #define BASTION_H
 
 #define BASTION_ABI_MAJOR 2
-#define BASTION_ABI_MINOR 1
+#define BASTION_ABI_MINOR 2
 #define BASTION_ABI_VERSION ((BASTION_ABI_MAJOR << 16) | BASTION_ABI_MINOR)
 
 #define BASTION_COMM_LEN 16
@@ -305,6 +305,53 @@ struct bastion_inode_rule {
 	__u32 action;        /* 1 = deny */
 };
 
+/* ---- provenance (issue 15; ABI 2.2; bpf/lib/prov.h) ----
+ * Map `prov`: key __u32 tgid -> bastion_prov_val, the untrusted-provenance
+ * reasons of a live process.  Set in the kernel at exec (a binary or a
+ * script under a directory of `prov_dirs`, a memfd or unlinked executable),
+ * copied to the child at every fork (a child of an untainted parent has its
+ * slot deleted: a reused pid never sees a dead process's bits), deleted at
+ * the process's exit; user space ORs in the reasons only it knows
+ * (network-binary/-script, network-service, decoded-payload, the admin
+ * session bit).  start_ns is the group leader's start_boottime: user space
+ * writes only over an entry of the same start.  No entry = no untrusted
+ * provenance.
+ * Map `prov_dirs`: LPM trie of path prefixes (bastion_prov_prefix): the
+ * temp dirs the policy names, each as "/tmp/" and "/tmp\0" (the dir itself).
+ * Map `prov_dir_inodes`: bastion_inode_key of the same dirs -> __u32: an
+ * executable's (or a descriptor script's) dentry chain is walked up to them,
+ * so a path too long to name still counts.
+ * Map `prov_interp`: bastion_inode_key of a shell or interpreter ->
+ * bastion_prov_interp: its first non-option argument is the script it runs. */
+#define BASTION_PROV_TMP_BINARY      (1u << 0)
+#define BASTION_PROV_TMP_SCRIPT      (1u << 1)
+#define BASTION_PROV_FILELESS        (1u << 2)
+#define BASTION_PROV_NETWORK_BINARY  (1u << 3)
+#define BASTION_PROV_NETWORK_SCRIPT  (1u << 4)
+#define BASTION_PROV_NETWORK_SERVICE (1u << 5)
+#define BASTION_PROV_DECODED_PAYLOAD (1u << 6)
+#define BASTION_PROV_LOCAL_MASK      (BASTION_PROV_TMP_BINARY | BASTION_PROV_TMP_SCRIPT)
+/* an administrator's interactive session (set by user space on the login
+ * shell, inherited): the LOCAL_MASK reasons are alerted, not refused */
+#define BASTION_PROV_ADMIN_TTY       (1u << 31)
+#define BASTION_PROV_PREFIX_LEN 64   /* bytes of a prov_dirs prefix */
+#define BASTION_PROV_MAX 65536       /* live tainted processes tracked */
+
+struct bastion_prov_val {
+	__u64 start_ns;      /* group leader's start_boottime (ns) */
+	__u32 reasons;       /* BASTION_PROV_* */
+	__u32 origin_tgid;   /* the process that gained the first reason */
+};
+
+struct bastion_prov_prefix {
+	__u32 prefixlen;     /* bits (LPM trie key) */
+	char path[BASTION_PROV_PREFIX_LEN];
+};
+
+struct bastion_prov_interp {
+	__u64 code_letters;  /* bit (c - 'a') / (26 + c - 'A'): an option letter meaning "code follows, no script" */
+};
+
 
 /* ==================================================================== */
 /* HIPS: per-program policy compiled into maps (src/bastion/policy/).   */
@@ -471,6 +518,9 @@ _Static_assert(sizeof(struct bastion_rule_val) == 8, "rule_val");
 _Static_assert(sizeof(struct bastion_net_key) == 36, "net_key");
 _Static_assert(sizeof(struct bastion_task_subject) == 32, "task_subject");
 _Static_assert(sizeof(struct bastion_hips_event) == 72 + 72 + 256, "hips_event");
+_Static_assert(sizeof(struct bastion_prov_val) == 16, "prov_val");
+_Static_assert(sizeof(struct bastion_prov_prefix) == 4 + 64, "prov_prefix");
+_Static_assert(sizeof(struct bastion_prov_interp) == 8, "prov_interp");
 #endif
 
 /* ==================================================================== */

@@ -36,6 +36,9 @@ struct bastion_abi_types {
 	struct bastion_hips_event hips;
 	struct bastion_quarantine_val quarantine_val;
 	struct bastion_sens_val sens_val;
+	struct bastion_prov_val prov_val;
+	struct bastion_prov_prefix prov_prefix;
+	struct bastion_prov_interp prov_interp;
 	enum bastion_sens_class sens_class;
 	enum bastion_event_type event_type;
 	enum bastion_file_op file_op;

@@ -8,6 +8,7 @@
 #include "sock.h"
 #include "sensitive.h"
 #include "exectx.h"
+#include "prov.h"
 
 /* exec: after the new binary is bound (tp_btf/sched_process_exec), the same
  * program in both sensors.  By this point exec_binprm() has swapped
@@ -24,11 +25,17 @@ static __always_inline int emit_exec(struct task_struct *p, struct linux_binprm 
 	struct path fpath;
 	int fdn;
 
-	if (!wanted(BASTION_EV_EXEC))
+	bool exe_cut;
+
+	if (!wanted(BASTION_EV_EXEC)) {
+		prov_exec(p, bprm, NULL, false); /* provenance is kept for every process */
 		return 0;
+	}
 	e = RESERVE(struct bastion_exec_event, BASTION_EV_EXEC);
-	if (!e)
+	if (!e) {
+		prov_exec(p, bprm, NULL, false);
 		return 0;
+	}
 	exe = BPF_CORE_READ(bprm, file);
 	e->exe_ino = BPF_CORE_READ(exe, f_inode, i_ino);
 	e->exe_dev = BPF_CORE_READ(exe, f_inode, i_sb, s_dev);
@@ -37,7 +44,8 @@ static __always_inline int emit_exec(struct task_struct *p, struct linux_binprm 
 		e->hdr.flags |= BASTION_F_EXE_MEMFD;
 	e->argc = BPF_CORE_READ(bprm, argc);
 	fpath = BPF_CORE_READ(exe, f_path);
-	if (path_to_str(&fpath, e->exe))
+	exe_cut = path_to_str(&fpath, e->exe);
+	if (exe_cut)
 		e->hdr.flags |= BASTION_F_TRUNC_PATH;
 	if (bpf_probe_read_kernel_str(e->filename, sizeof(e->filename),
 				      BPF_CORE_READ(bprm, filename)) == sizeof(e->filename))
@@ -87,6 +95,7 @@ static __always_inline int emit_exec(struct task_struct *p, struct linux_binprm 
 	if (bpf_probe_read_user(e->argv, len, (const void *)arg_start))
 		len = 0;
 	e->argv_len = len;
+	prov_exec(p, bprm, e->exe, exe_cut); /* the exe's path built once, for both */
 	SUBMIT(e);
 	return 0;
 }

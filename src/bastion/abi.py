@@ -23,12 +23,13 @@ import re
 import struct
 from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Final, Protocol
 
 from bastion.errors import AbiMismatchError, BastionError, DecodeError, Location
 
 ABI_MAJOR: Final = 2
-ABI_MINOR: Final = 1
+ABI_MINOR: Final = 2
 ABI_VERSION: Final = (ABI_MAJOR << 16) | ABI_MINOR
 
 COMM_LEN: Final = 16
@@ -496,6 +497,40 @@ class QuarantineVal(ctypes.Structure):
     _fields_ = [("start_ns", c_u64), ("incident", c_u32), ("flags", c_u32)]
 
 
+# ---- provenance (bastion.h "provenance", ABI 2.2; bpf/lib/prov.h) ---------------------
+
+PROV_TMP_BINARY: Final = 1 << 0
+PROV_TMP_SCRIPT: Final = 1 << 1
+PROV_FILELESS: Final = 1 << 2
+PROV_NETWORK_BINARY: Final = 1 << 3
+PROV_NETWORK_SCRIPT: Final = 1 << 4
+PROV_NETWORK_SERVICE: Final = 1 << 5
+PROV_DECODED_PAYLOAD: Final = 1 << 6
+PROV_LOCAL_MASK: Final = PROV_TMP_BINARY | PROV_TMP_SCRIPT
+PROV_ADMIN_TTY: Final = 1 << 31
+PROV_PREFIX_LEN: Final = 64
+PROV_MAX: Final = 65536
+
+# reason bit -> the name the behaviour rules use (detect/behavior/provenance.py)
+PROV_REASONS: Final = MappingProxyType({
+    PROV_TMP_BINARY: "tmp-binary", PROV_TMP_SCRIPT: "tmp-script", PROV_FILELESS: "fileless",
+    PROV_NETWORK_BINARY: "network-binary", PROV_NETWORK_SCRIPT: "network-script",
+    PROV_NETWORK_SERVICE: "network-service", PROV_DECODED_PAYLOAD: "decoded-payload",
+})
+
+
+class ProvVal(ctypes.Structure):
+    _fields_ = [("start_ns", c_u64), ("reasons", c_u32), ("origin_tgid", c_u32)]
+
+
+class ProvPrefix(ctypes.Structure):
+    _fields_ = [("prefixlen", c_u32), ("path", ctypes.c_char * PROV_PREFIX_LEN)]
+
+
+class ProvInterp(ctypes.Structure):
+    _fields_ = [("code_letters", c_u64)]
+
+
 # ---- tamper protection (bastion.h, tamper section; src/bastion/guard/) ----------------
 
 
@@ -591,6 +626,9 @@ STRUCTS: Final[dict[str, type[ctypes.Structure]]] = {
     "bastion_task_subject": TaskSubject,
     "bastion_hips_event": HipsEvent,
     "bastion_quarantine_val": QuarantineVal,
+    "bastion_prov_val": ProvVal,
+    "bastion_prov_prefix": ProvPrefix,
+    "bastion_prov_interp": ProvInterp,
     "bastion_sens_val": SensVal,
     "bastion_tamper_ident": TamperIdent,
     "bastion_tamper_obj": TamperObj,
@@ -671,6 +709,17 @@ DEFINES: Final[dict[str, int]] = {
     "BASTION_FILE_LEN_MASK": FILE_LEN_MASK,
     "BASTION_FILE_CUT_END": FILE_CUT_END,
     "BASTION_FILE_CUT_START": FILE_CUT_START,
+    "BASTION_PROV_TMP_BINARY": PROV_TMP_BINARY,
+    "BASTION_PROV_TMP_SCRIPT": PROV_TMP_SCRIPT,
+    "BASTION_PROV_FILELESS": PROV_FILELESS,
+    "BASTION_PROV_NETWORK_BINARY": PROV_NETWORK_BINARY,
+    "BASTION_PROV_NETWORK_SCRIPT": PROV_NETWORK_SCRIPT,
+    "BASTION_PROV_NETWORK_SERVICE": PROV_NETWORK_SERVICE,
+    "BASTION_PROV_DECODED_PAYLOAD": PROV_DECODED_PAYLOAD,
+    "BASTION_PROV_LOCAL_MASK": PROV_LOCAL_MASK,
+    "BASTION_PROV_ADMIN_TTY": PROV_ADMIN_TTY,
+    "BASTION_PROV_PREFIX_LEN": PROV_PREFIX_LEN,
+    "BASTION_PROV_MAX": PROV_MAX,
     "BASTION_SENS_DEPTH": SENS_DEPTH,
     "BASTION_SENS_MAX": SENS_MAX,
     "BASTION_F_SENSITIVE": F_SENSITIVE,

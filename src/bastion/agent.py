@@ -49,6 +49,7 @@ if TYPE_CHECKING:  # the kernel-backed parts are built by bastion.assembly, not 
     from bastion.policy.manager import PolicyManager
     from bastion.respond.quarantine import Quarantine
     from bastion.respond.shadow import ShadowKeeper
+    from bastion.enforce.provgate import AgentGate
 
 log = logging.getLogger("bastion.agent")
 
@@ -128,6 +129,8 @@ class AgentParts:
     policies: PolicyManager | None = None
     quarantine: Quarantine | None = None
     shadow: ShadowKeeper | None = None
+    # issue 15: must-stop opens of an untrusted tree refused (opened after the sensors)
+    provgate: AgentGate | None = None
     bpf_guard: BpfLoadGuard | None = None
     bpf_loaders: tuple[Path, ...] = ()
     outputs: OutputManager | None = None
@@ -191,6 +194,7 @@ class Agent:
         self.ctx = RuleContext(self.procs)
         self.quarantine = parts.quarantine
         self.shadow = parts.shadow
+        self.provgate = parts.provgate
         self.bpf_guard = parts.bpf_guard
         self.bpf_loaders = parts.bpf_loaders
         self.dispatcher = dispatcher
@@ -1076,6 +1080,11 @@ class Agent:
             out.append(Source("hips", lambda _t: list(policies.poll()), blocking=False,
                               findings=lambda ev: policies.finding(ev)
                               if isinstance(ev, HipsEvent) else None))
+        gate = self.provgate
+        if gate is not None:
+            out.append(Source("provgate", lambda t: list(gate.poll(t)), blocking=False,
+                              findings=lambda ev: gate.finding(ev)
+                              if isinstance(ev, HipsEvent) else None))
         if quarantine is not None:
             out.append(Source("quarantine", lambda _t: quarantine.poll(), blocking=False,
                               findings=lambda ev: quarantine.finding(ev)
@@ -1106,6 +1115,11 @@ class Agent:
                     self.shadow, "shadow_unavailable",
                     "Ransomware shield (shadow copies) cannot start"):
                 self.shadow = None
+            if self.provgate is not None and not self._open_optional(
+                    self.provgate, "provgate_unavailable",
+                    "Provenance gate cannot start: must-stop file acts of untrusted trees "
+                    "are killed after the act, not refused"):
+                self.provgate = None
             if self.policies is not None and self.policy.hips.rules:
                 applied = self.policies.apply(self.policy, **self.apply_opts)
                 for d in applied.degraded:
@@ -1176,6 +1190,8 @@ class Agent:
                 self.containers.close()
             if self.shadow is not None:
                 self.shadow.close()
+            if self.provgate is not None:
+                self.provgate.close()
             if self.outputs is not None:
                 self.outputs.close(timeout=5)
             if self.fleet is not None:

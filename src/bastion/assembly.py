@@ -26,7 +26,7 @@ from bastion.sensors.base import Sensor
 from bastion.tier import Tier
 
 if TYPE_CHECKING:
-    from bastion.detect.engine import Finding, Rule
+    from bastion.detect.engine import Engine, Finding, Rule
     from bastion.sensors.bpf import BpfSensor
     from bastion.abi import SensClass
     from bastion.enforce.tiers import TierReport
@@ -266,6 +266,7 @@ def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
             say(f"metrics on http://{policy.metrics.host}:{port}/metrics")
         if report is not None:
             _kernel_parts(parts, opts, report)
+            _provenance_gate(parts, opts, sensor, engine)
             from bastion.containers import ContainerResolver
             from bastion.kernel.bpffs import cgroup2_root
 
@@ -333,6 +334,29 @@ def _fleet_parts(parts: AgentParts, policy: AgentConfig, data_dir: Path) -> None
     parts.fleet = FleetLink(spec, data_dir=data_dir, queue=queue)
     if queue is not None:
         parts.outputs.add(FleetOutput(spec, queue, parts.fleet), events=spec.events)
+
+
+def _provenance_gate(parts: AgentParts, opts: AgentOptions, sensor: Sensor,
+                     engine: Engine) -> None:
+    """Issue 15: the fanotify gate on the must-stop objects, reading the event sensor's
+    kernel provenance map; the Provenance rule mirrors its user-space reasons into it."""
+    from bastion.detect.behavior.provenance import Provenance
+    from bastion.enforce.provgate import AgentGate
+    from bastion.sensors.bpf import BpfSensor
+    from bastion.sensors.provenance import ProvenanceMap, publisher
+
+    if not isinstance(sensor, BpfSensor):
+        return
+
+    def mirror(prov: ProvenanceMap) -> None:
+        for r in engine.rules:
+            if isinstance(r, Provenance):
+                r.publish = publisher(prov)
+
+    parts.provgate = AgentGate(sensor.provenance, self_tgid=os.getpid(),
+                               deadline_s=opts.test_deadline,
+                               scope_cgroup_id=opts.test_cgroup_id, on_map=mirror,
+                               dry_run=opts.policy.behavior.dry_run)
 
 
 def _kernel_parts(parts: AgentParts, opts: AgentOptions, report: TierReport) -> None:

@@ -34,6 +34,7 @@ from bastion.events import Event, RepeatDecoder
 from bastion.kernel.libbpf import Map
 from bastion.kernel.loader import LoadedObject, LoaderUser, ObjectSpec
 from bastion.paths import bpf_object
+from bastion.sensors.provenance import ProvenanceMap
 from bastion.sensors.sensitive import DEFAULT_SENSITIVE, SensEntry, entry_bytes, resolve
 
 log = logging.getLogger("bastion.sensors.bpf")
@@ -202,6 +203,15 @@ class BpfSensor(LoaderUser):
             raise KernelError("sens_epoch has no slot 0", location=Location("sensitive.h"))
         (cur,) = _U64.unpack(raw)
         m.update(key, _U64.pack(cur + 1))
+
+    def provenance(self) -> ProvenanceMap:
+        """The kernel provenance maps this object keeps (``bpf/lib/prov.h``)."""
+        lo = self._lo
+        if lo is None:
+            raise KernelError("provenance: the sensor is not open",
+                              location=Location(self.object_name))
+        return ProvenanceMap(lo.map("prov"), lo.map("prov_dirs"), lo.map("prov_interp"),
+                             lo.map("prov_errors"), lo.map("prov_dir_inodes"))
 
     @property
     def attached(self) -> list[str]:

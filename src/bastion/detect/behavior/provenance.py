@@ -93,6 +93,10 @@ class Provenance(BehaviorRule):
         self._service: BoundedState[ProcKey, str] = self.state()      # proc -> listen addr
         self._dropped: BoundedState[str, str] = self.state()          # path -> "writer peer"
         self._taint: BoundedState[ProcKey, Taint] = self.state()
+        # live only: mirrors each reason (and "admin-tty", an administrator's interactive
+        # shell) into the kernel's provenance map, where the decision paths read it
+        # (bastion.sensors.provenance.publisher); the kernel sets the tmp/fileless ones itself
+        self.publish: Callable[[ProcKey, str], None] | None = None
 
     # -- public questions
 
@@ -101,8 +105,11 @@ class Provenance(BehaviorRule):
         t = self._taint.get(key, now_ns)
         if t is None:
             t = Taint({}, key)
+        fresh = reason not in t.reasons
         t.reasons.setdefault(reason, detail)
         self._taint.put(key, now_ns, t)
+        if fresh and self.publish is not None:
+            self.publish(key, reason)
 
     def reasons(self, ev: Event, ctx: RuleContext, depth: int = 16) -> tuple[dict[str, str], ProcKey | None]:
         """The untrusted-provenance reasons of ``ev``'s actor (own and inherited), and the
@@ -174,6 +181,8 @@ class Provenance(BehaviorRule):
                         ev, ctx, SERVICE_EXEMPT, depth=0):
                 self._service.put(key, now, f"{base(ev.proc.exe) or ev.proc.comm} {ev.op} "
                                             f"{ev.saddr}:{ev.sport}")
+                if self.publish is not None:
+                    self.publish(key, "network-service")
             return []
         if isinstance(ev, ForkEvent):
             t = self._taint.get(key, now)
@@ -184,12 +193,16 @@ class Provenance(BehaviorRule):
             if svc is not None and ev.child_pid:
                 # a forked worker of the service is the service too; its exec'd children are its tree
                 self._service.put((ev.child_pid, ev.child_start_ns), now, svc)
+                # (the kernel copied the parent's map entry to the child at fork)
             return []
         if isinstance(ev, FileEvent) and ev.op in ("open", "rename"):
             self._track_write(ev, ctx, key, now)
             return []
         if isinstance(ev, ExecEvent):
             self._track_exec(ev, key, now)
+            if self.publish is not None and is_shell(ev.proc.exe) \
+                    and self.interactive_admin(ev, ctx) is not None:
+                self.publish(key, "admin-tty")
         return []
 
     def _track_write(self, ev: FileEvent, ctx: RuleContext, key: ProcKey, now: int) -> None:

@@ -1,0 +1,505 @@
+"""Stop before the harm (issue 15): refuse the must-stop file acts of an untrusted tree.
+
+The compat tier's kill lands after the syscall: when a dropped script's last step is
+``echo ... >> ~/.bashrc`` or ``cat /etc/shadow`` the act is done before the kill.
+This gate refuses the *open* instead, with a fanotify permission decision on the
+must-stop objects only (inode marks on the files, ``FAN_EVENT_ON_CHILD`` marks on
+the directories and their subdirectories; never a mount or a filesystem):
+
+* ``persistence`` objects (cron, systemd units and timers, shell profiles,
+  authorized_keys, sudoers and PAM, ld.so.preload, rc scripts, udev and
+  module-load configs): a *write* open (``O_WRONLY``/``O_RDWR``/``O_TRUNC``;
+  unknown flags count as a write: fail closed) is refused;
+* ``credential`` objects (/etc/shadow and gshadow, private keys, cloud and kube
+  credentials): *any* open is refused;
+
+when the opener's process has untrusted provenance in the kernel's ``prov`` map
+(:class:`ProvenanceMap`; ``bpf/lib/prov.h``): one map lookup by tgid, no /proc
+ancestry walk (the tgid and the open flags are one read each of the opener's own
+``/proc/<tid>/status`` and ``syscall``).  A missing entry is no untrusted
+provenance: allowed, unseen.
+
+Choices (docs/threat-model.md, "Provenance before the act"):
+
+* **Trusted administrator tools by inode** get nothing against a tainted tree: the
+  taint is the tree's, so a /tmp script that runs ``crontab`` or ``tee`` is
+  refused like the script.  A trusted tool in a clean tree has no entry and is
+  allowed; a binary copied to a trusted tool's name lives where it was dropped
+  (tmp-binary) or came from the network: refused.  The refusal alert names the
+  trusted tool when the opener is one (``trusted`` of :class:`GateDecision`).
+* **An administrator's interactive session** is carried by the kernel bit
+  ``BASTION_PROV_ADMIN_TTY`` (user space sets it on the session's login shell,
+  the fork path copies it down): with it, the *local* reasons (tmp-script,
+  tmp-binary) are allowed and reported (action ``audit``); every other reason
+  is refused in any session.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import errno
+import glob
+import logging
+import os
+import stat
+import threading
+import time
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Callable, Final, Literal, Mapping, Sequence
+
+from bastion import abi
+from bastion.errors import ConfigError, KernelError, Location
+from bastion.detect.engine import Finding
+from bastion.events import HipsEvent, Proc
+from bastion.kernel.fanotify import (
+    ALLOW, DEFAULT_MAX_DIRS, FAN_ALLOW, FAN_DENY, FAN_EVENT_ON_CHILD, FAN_OPEN_PERM, PermEvent,
+    PermissionListener, Verdict, subdirs,
+)
+from bastion.kernel.opener import Scope, exe_key, fd_path, locate, open_flags, read_proc, status_field
+from bastion.policy.compile import kernel_dev
+from bastion.sensors.provenance import (
+    TMP_DIRS, ProvenanceMap, default_interpreters, reason_names,
+)
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["persistence", "credential", "profile-dir"]
+_KINDS: Final = ("persistence", "credential", "profile-dir")
+# "profile-dir": a home directory, marked itself only (no subdirectories): a write open of
+# one of these names in it is a persistence write (a profile created where none was)
+PROFILE_NAMES: Final = frozenset({
+    ".bashrc", ".bash_profile", ".bash_login", ".bash_logout", ".profile", ".shrc", ".kshrc",
+    ".zshrc", ".zprofile", ".zlogin", ".zlogout", ".zshenv", ".cshrc", ".tcshrc", ".login",
+    ".logout", ".inputrc", ".xinitrc", ".xprofile", ".xsession"})
+@dataclass(frozen=True)
+class GateObject:
+    path: str
+    kind: Kind
+
+
+# The must-stop objects of issue 15 (globs; a path that does not exist is not marked:
+# fanotify marks inodes, so a file created later in an unmarked directory, such as a
+# first /etc/ld.so.preload, is not seen on this tier).
+DEFAULT_PERSISTENCE: Final = (
+    "/etc/crontab", "/etc/cron.d", "/etc/cron.hourly", "/etc/cron.daily", "/etc/cron.weekly",
+    "/etc/cron.monthly", "/var/spool/cron", "/etc/anacrontab",
+    "/etc/systemd/system", "/etc/systemd/user", "/usr/lib/systemd/system", "/lib/systemd/system",
+    "/etc/profile", "/etc/profile.d", "/etc/bash.bashrc", "/etc/bash.bash_logout",
+    "/etc/environment", "/etc/zsh", "/root/.bashrc", "/root/.bash_profile", "/root/.profile",
+    "/root/.bash_login", "/root/.bash_logout", "/root/.zshrc", "/root/.zprofile",
+    "/home/*/.bashrc", "/home/*/.bash_profile", "/home/*/.profile", "/home/*/.bash_login",
+    "/home/*/.bash_logout", "/home/*/.zshrc",
+    "/etc/sudoers", "/etc/sudoers.d", "/etc/pam.d", "/etc/security/pam_env.conf",
+    "/etc/ld.so.preload", "/etc/ld.so.conf", "/etc/ld.so.conf.d",
+    "/etc/rc.local", "/etc/init.d", "/etc/rc0.d", "/etc/rc1.d", "/etc/rc2.d", "/etc/rc3.d",
+    "/etc/rc4.d", "/etc/rc5.d", "/etc/rc6.d", "/etc/rcS.d",
+    "/etc/udev/rules.d", "/etc/modules-load.d", "/etc/modules", "/etc/modprobe.d",
+    "/etc/xdg/autostart",
+)
+DEFAULT_PROFILE_DIRS: Final = ("/root", "/home/*")
+DEFAULT_CREDENTIAL: Final = (
+    "/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-", "/etc/security/opasswd",
+    "/root/.ssh", "/home/*/.ssh", "/etc/ssh/ssh_host_*_key",
+    "/root/.aws", "/home/*/.aws", "/root/.kube", "/home/*/.kube", "/etc/kubernetes/admin.conf",
+    "/root/.config/gcloud", "/home/*/.config/gcloud", "/root/.azure", "/home/*/.azure",
+    "/root/.docker/config.json", "/home/*/.docker/config.json",
+)
+
+
+def default_objects(root: str = "") -> list[GateObject]:
+    """The default must-stop objects that exist under ``root`` (a prefix such as
+    ``/proc/PID/root`` to mark another mount namespace's view; "" = this one)."""
+    out: list[GateObject] = []
+    kind: Kind
+    for kind, pats in (("persistence", DEFAULT_PERSISTENCE), ("credential", DEFAULT_CREDENTIAL),
+                       ("profile-dir", DEFAULT_PROFILE_DIRS)):
+        for pat in pats:
+            out.extend(GateObject(p, kind) for p in sorted(glob.glob(root + pat)))
+    return out
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """What the gate decided for one open (reported once answered)."""
+
+    tid: int
+    tgid: int
+    kind: Kind
+    op: str                 # open-read / open-write
+    path: str
+    obj: tuple[int, int]
+    reasons: tuple[str, ...]
+    action: str             # deny, audit (the admin's session: allowed)
+    prevented: str
+    trusted: str | None
+    event: HipsEvent | None = None   # the record of it (set once reported)
+
+
+@dataclass
+class _State:
+    kinds: Mapping[tuple[int, int], Kind]          # marked files and dirs
+    dirs: Mapping[tuple[int, int], Kind]           # marked dirs (events on children)
+    dir_kinds: frozenset[Kind]
+    paths: Mapping[tuple[int, int], str]
+
+
+GATE_RULE: Final = "bastion.provenance.gate"
+
+Trusted = Callable[[tuple[int, int]], "str | None"]
+"""exe (dev, ino) -> the trusted tool's name, or None (detect/behavior/trust.py)."""
+
+
+class ProvenanceGate:
+    """The compat tier's provenance decision on the must-stop objects.
+
+    Typical use::
+
+        gate = ProvenanceGate(provmap, deadline_s=None)
+        gate.open(); gate.start()
+        gate.apply([GateObject("/etc/cron.d", "persistence"), ...])
+        for ev in gate.poll(0.5): ...        # HipsEvent, mechanism "fanotify-provenance"
+        gate.close()
+    """
+
+    mechanism: Final = "fanotify-provenance"
+
+    def __init__(self, prov: ProvenanceMap, *, scope_cgroup_id: int = 0,
+                 deadline_s: float | None = None, self_tgid: int = 0,
+                 decision_timeout_s: float = 0.2, max_dirs: int = DEFAULT_MAX_DIRS,
+                 trusted: Trusted | None = None, max_events: int = 4096,
+                 dry_run: bool = False) -> None:
+        """``dry_run`` (the policy's ``behavior.dry_run``): every refusal is decided and
+        reported (not enforced: the finding says would-deny) and the open allowed."""
+        self.prov = prov
+        self.dry_run = dry_run
+        self.scope = Scope(self_tgid=self_tgid, scope_cgroup_id=scope_cgroup_id)
+        self.trusted = trusted
+        self.max_dirs = max_dirs
+        self.listener = PermissionListener(self._decide, deadline_s=deadline_s,
+                                           decision_timeout_s=decision_timeout_s,
+                                           fallback=self._fallback)
+        self._state: _State | None = None
+        self._events: collections.deque[HipsEvent] = collections.deque()
+        self._decisions: collections.deque[GateDecision] = collections.deque(maxlen=max_events)
+        self._max_events = max_events
+        self._cv = threading.Condition()
+        self.denies = 0
+        self.dry_runs = 0      # refusals decided in dry-run (allowed)
+        self.audits = 0
+        self.dropped = 0
+
+    # ---- lifecycle ---------------------------------------------------------------
+
+    def open(self) -> ProvenanceGate:
+        if self.listener.fd < 0:
+            self.listener.open()
+            why = self.scope.resolve()
+            if why is not None:
+                log.warning("provenance gate: no cgroup v2 hierarchy (%s)", why)
+        return self
+
+    def start(self) -> ProvenanceGate:
+        self.open()
+        self.listener.start()
+        return self
+
+    def close(self) -> None:
+        with self.listener.mark_lock:
+            self._state = None
+        self.listener.close()
+        with self._cv:
+            self._cv.notify_all()
+
+    def __enter__(self) -> ProvenanceGate:
+        return self.open()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # ---- marks -------------------------------------------------------------------
+
+    def apply(self, objects: Sequence[GateObject]) -> list[str]:
+        """Mark the objects (replacing the previous set); returns what was not marked
+        (paths that do not exist)."""
+        lis = self.listener
+        if not lis.is_open:
+            raise KernelError("provenance gate is not open", location=Location("fanotify"))
+        problems: list[str] = []
+        kinds: dict[tuple[int, int], Kind] = {}
+        dirs: dict[tuple[int, int], Kind] = {}
+        paths: dict[tuple[int, int], str] = {}
+        marks: list[tuple[str, tuple[int, int], int]] = []
+        ndirs = 0
+        for o in objects:
+            if o.kind not in _KINDS:
+                raise ConfigError(f"provenance object kind {o.kind!r} is not one of "
+                                  f"{', '.join(_KINDS)}", location=Location(o.path))
+            try:
+                st = os.stat(o.path)
+            except OSError as exc:
+                problems.append(f"{o.path}: {exc.strerror}: not marked")
+                continue
+            key = (kernel_dev(st.st_dev), st.st_ino)
+            if o.kind == "profile-dir":
+                if not stat.S_ISDIR(st.st_mode):
+                    raise ConfigError("a profile-dir object must be a directory",
+                                      location=Location(o.path))
+                dirs[key], paths[key] = o.kind, o.path
+                marks.append((o.path, key, FAN_OPEN_PERM | FAN_EVENT_ON_CHILD))
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                kinds[key], paths[key] = o.kind, o.path
+                marks.append((o.path, key, FAN_OPEN_PERM))
+                continue
+            for dpath, dkey in subdirs(o.path, st, self.max_dirs):
+                ndirs += 1
+                if ndirs > self.max_dirs:
+                    raise ConfigError(f"provenance objects have more than {self.max_dirs} "
+                                      f"directories", location=Location(o.path))
+                kinds[dkey] = dirs[dkey] = o.kind
+                paths[dkey] = dpath
+                marks.append((dpath, dkey, FAN_OPEN_PERM | FAN_EVENT_ON_CHILD))
+        with lis.mark_lock:
+            if lis.expired:
+                raise KernelError("provenance gate is past its deadline: nothing is marked",
+                                  location=Location("fanotify"))
+            lis.flush_marks("provenance apply")
+            self._state = _State(kinds, dirs, frozenset(dirs.values()), paths)
+            for path, key, mask in marks:
+                lis.mark(path, key, mask)
+        for p in problems:
+            log.warning("provenance gate: %s", p)
+        return problems
+
+    # ---- the decision (listener thread) -------------------------------------------
+
+    def _kind(self, state: _State, ev: PermEvent, path: str) -> Kind | None:
+        """What the opened object is: persistence, credential, or None (a file of a
+        home directory that is no profile)."""
+        key = ev.key
+        k = state.kinds.get(key)
+        if k is not None:
+            return k
+        if len(state.dir_kinds) == 1 and "profile-dir" not in state.dir_kinds:
+            return next(iter(state.dir_kinds))   # a child of a marked dir: one kind only
+        if not state.dir_kinds:
+            return None
+        confirmed, parents = locate(path, key)
+        if confirmed and parents and parents[0] in state.dirs:
+            k = state.dirs[parents[0]]
+            if k == "profile-dir":
+                return "persistence" if os.path.basename(path) in PROFILE_NAMES else None
+            return k
+        return "credential"   # not placed: the stricter kind (any open refused)
+
+    def _fallback(self, ev: PermEvent) -> int:
+        """A stalled decision: refused when the opener's process is in the map with an
+        untrusted reason (one map lookup by the tid: a thread's tid is not in the map,
+        allowed), else allowed.  No path walk."""
+        state = self._state
+        if state is None or self.scope.is_self(ev.tid) or self.scope.out_of_scope(ev.tid):
+            return FAN_ALLOW
+        try:
+            val = self.prov.get(ev.tid)
+        except KernelError:
+            return FAN_ALLOW
+        return FAN_DENY if val is not None and _untrusted(val.reasons) else FAN_ALLOW
+
+    def _decide(self, ev: PermEvent) -> Verdict:
+        state = self._state
+        if state is None or ev.is_exec:
+            return Verdict.allow("not_marked")
+        tid, scope = ev.tid, self.scope
+        # the clean path (every open of a marked object by an untainted process): one
+        # procfs read for the tgid and one map lookup; scope checks only for the tainted
+        tgid = status_field(tid, b"Tgid")
+        if tgid <= 0:
+            return Verdict.allow("gone")
+        val = self.prov.get(tgid)
+        if val is None or not val.reasons & ~abi.PROV_ADMIN_TTY:
+            return ALLOW                      # no untrusted provenance
+        if scope.is_self(tid):
+            return Verdict.allow("self_allows")
+        if scope.scope_cgroup_id and scope.out_of_scope(tid):
+            return Verdict.allow("out_of_scope")
+        path = fd_path(ev.fd)
+        kind = self._kind(state, ev, path)
+        if kind is None:
+            return Verdict.allow("not_marked")
+        flags = open_flags(tid)
+        if flags is not None and flags < 0:
+            return ALLOW                      # the open execve does
+        if flags is None:
+            write = True                      # unknown: fail closed
+        else:
+            write = (flags & os.O_ACCMODE) != os.O_RDONLY or bool(flags & os.O_TRUNC)
+        if kind == "persistence" and not write:
+            return ALLOW                      # reading a profile or a crontab harms nothing
+        reasons = val.reasons & ~abi.PROV_ADMIN_TTY
+        exempt = bool(val.reasons & abi.PROV_ADMIN_TTY) and not reasons & ~abi.PROV_LOCAL_MASK
+        exe = exe_key(tid)
+        trusted = self.trusted(exe) if self.trusted is not None else None
+        op = "open-write" if write else "open-read"
+        prevented = (f"{'write to persistence object' if kind == 'persistence' else 'read of credential store'} "
+                     f"{path}")
+        d = GateDecision(tid, tgid, kind, op, path, ev.key, tuple(reason_names(reasons)),
+                         "audit" if exempt else "deny", prevented, trusted)
+        if exempt or self.dry_run:
+            return Verdict.allow(after=lambda in_time: self._report(d, enforced=False))
+        return Verdict.deny(after=lambda in_time: self._report(d, enforced=in_time))
+
+    # ---- reports -----------------------------------------------------------------
+
+    def _report(self, d: GateDecision, *, enforced: bool) -> None:
+        if d.action == "deny" and enforced:
+            self.denies += 1
+        elif d.action == "deny":
+            self.dry_runs += 1
+        elif d.action == "audit":
+            self.audits += 1
+        comm = read_proc(f"/proc/{d.tid}/comm").decode(errors="replace").strip()
+        try:
+            exe = os.readlink(f"/proc/{d.tid}/exe")
+        except OSError:
+            exe = ""
+        proc = Proc(pid=d.tgid, tid=d.tid, ppid=-1, uid=-1, euid=-1, gid=-1, cgroup_id=0,
+                    comm=comm, exe=exe)
+        ev = HipsEvent(time.time_ns(), proc, False, op=d.op, action=d.action,
+                       mechanism=self.mechanism, enforced=enforced,
+                       ret=-errno.EPERM if enforced else 0, path=d.path, dev=d.obj[0],
+                       ino=d.obj[1])
+        with self._cv:
+            if len(self._decisions) == self._decisions.maxlen:
+                self.dropped += 1
+            self._decisions.append(dataclasses.replace(d, event=ev))
+            if len(self._events) < self._max_events:
+                self._events.append(ev)
+            self._cv.notify_all()
+
+    def poll(self, timeout_s: float = 0.0) -> list[HipsEvent]:
+        """The decisions reported so far (HipsEvent: action deny/audit, mechanism
+        ``fanotify-provenance``), waiting up to ``timeout_s`` for one."""
+        with self._cv:
+            if not self._events and timeout_s > 0 and not self.listener.closed:
+                self._cv.wait(timeout_s)
+            out = list(self._events)
+            self._events.clear()
+        return out
+
+    def decisions(self, timeout_s: float = 0.0) -> list[GateDecision]:
+        """The full decisions (reasons, what was prevented, trust, the event), drained,
+        waiting up to ``timeout_s`` for one; a queue apart from :meth:`poll`'s."""
+        with self._cv:
+            if not self._decisions and timeout_s > 0 and not self.listener.closed:
+                self._cv.wait(timeout_s)
+            out = list(self._decisions)
+            self._decisions.clear()
+        return out
+
+    def finding(self, d: GateDecision) -> Finding:
+        """A refusal (or an admin session's allowed act) as a finding: action ``deny``
+        (taken in the kernel's answer) or ``audit``, what was prevented, the reasons."""
+        what = "Persistence write" if d.kind != "credential" else "Credential-store read"
+        verb = "refused" if d.action == "deny" else "allowed (administrator's interactive session)"
+        dry = d.action == "deny" and d.event is not None and not d.event.enforced
+        if dry:
+            verb = "would be refused (dry run: allowed)"
+        return Finding(
+            rule=GATE_RULE, severity="critical" if d.action == "deny" else "high", dry_run=dry,
+            attack=("T1003.008",) if d.kind == "credential" else ("T1546", "T1053", "T1543"),
+            action="would-deny" if dry else d.action, event=d.event, pid=d.tgid,
+            title=f"{what} {verb}: {d.path} [untrusted provenance: {', '.join(d.reasons)}]",
+            evidence={"prevented": d.prevented, "provenance": list(d.reasons),
+                      "operation": d.op, "object": d.path, "trusted_tool": d.trusted},
+            enforced_by=self.mechanism)
+
+    def stats(self) -> dict[str, int | float]:
+        out = self.listener.stats()
+        out.update(denies=self.denies, dry_runs=self.dry_runs, audits=self.audits, dropped=self.dropped,
+                   marks=len(self._state.kinds) if self._state is not None else 0,
+                   prov_errors=self.prov.errors())
+        return out
+
+
+def _untrusted(bits: int) -> bool:
+    reasons = bits & ~abi.PROV_ADMIN_TTY
+    if not reasons:
+        return False
+    return not (bits & abi.PROV_ADMIN_TTY and not reasons & ~abi.PROV_LOCAL_MASK)
+
+
+
+class AgentGate:
+    """The gate as a part of the agent (:mod:`bastion.assembly` builds it): opened once
+    the event sensor is (its object holds the provenance maps), the policy's temp dirs
+    and interpreters written, the default must-stop objects marked; its decisions are an
+    enforcement source (:meth:`poll`, :meth:`finding`)."""
+
+    name: Final = "provgate"
+
+    def __init__(self, maps: Callable[[], ProvenanceMap], *, self_tgid: int,
+                 deadline_s: float | None, scope_cgroup_id: int = 0,
+                 on_map: Callable[[ProvenanceMap], None] | None = None,
+                 objects: Callable[[], list[GateObject]] = default_objects,
+                 tmp_dirs: Sequence[str] = TMP_DIRS,
+                 interpreters: Callable[[], list[tuple[str, str]]] = default_interpreters,
+                 dry_run: bool = False) -> None:
+        self.dry_run = dry_run
+        self._maps = maps
+        self._on_map = on_map
+        self._objects = objects
+        self._tmp_dirs = tuple(tmp_dirs)
+        self._interpreters = interpreters
+        self._kw = dict(self_tgid=self_tgid, deadline_s=deadline_s,
+                        scope_cgroup_id=scope_cgroup_id)
+        self.gate: ProvenanceGate | None = None
+        self.unmarked: list[str] = []
+        self._pending: dict[int, GateDecision] = {}
+
+    def open(self) -> None:
+        prov = self._maps()
+        prov.set_dirs(self._tmp_dirs)
+        prov.set_interpreters(self._interpreters())
+        gate = ProvenanceGate(prov, self_tgid=int(self._kw["self_tgid"] or 0),
+                              deadline_s=self._kw["deadline_s"],
+                              scope_cgroup_id=int(self._kw["scope_cgroup_id"] or 0),
+                              dry_run=self.dry_run)
+        gate.start()
+        try:
+            self.unmarked = gate.apply(self._objects())
+        except BaseException:
+            gate.close()
+            raise
+        self.gate = gate
+        if self._on_map is not None:
+            self._on_map(prov)
+
+    def poll(self, _timeout_s: float) -> list[HipsEvent]:
+        gate = self.gate
+        if gate is None:
+            return []
+        out: list[HipsEvent] = []
+        for d in gate.decisions():
+            if d.event is not None:
+                self._pending[id(d.event)] = d
+                out.append(d.event)
+        return out
+
+    def finding(self, ev: HipsEvent) -> Finding | None:
+        d = self._pending.pop(id(ev), None)
+        return self.gate.finding(d) if d is not None and self.gate is not None else None
+
+    def stats(self) -> dict[str, int | float]:
+        return self.gate.stats() if self.gate is not None else {}
+
+    def close(self) -> None:
+        if self.gate is not None:
+            self.gate.close()
+            self.gate = None
+
+
+__all__ = ["AgentGate", "GATE_RULE", "DEFAULT_CREDENTIAL", "DEFAULT_PERSISTENCE", "GateDecision", "GateObject", "Kind",
+           "ProvenanceGate", "default_objects"]

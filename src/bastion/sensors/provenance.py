@@ -1,0 +1,172 @@
+"""The kernel's provenance maps (``bpf/lib/prov.h``; bastion.h "provenance"): what the
+provenance gate reads and what user space fills (the temp dirs and interpreters the
+policy names, the reasons only user space knows)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+from typing import Callable, Final, Mapping, Protocol, Sequence
+
+from bastion import abi
+from bastion.errors import ConfigError, Location
+from bastion.policy.compile import kernel_dev
+
+_U32: Final = struct.Struct("<I")
+_U64: Final = struct.Struct("<Q")
+TMP_DIRS: Final = ("/tmp", "/var/tmp", "/dev/shm", "/run/shm")
+
+# shells and interpreters whose first non-option argument is the script they run, with
+# the option letters that mean "code follows, no script" (detect/behavior/provenance.py)
+INTERPRETERS: Final[Mapping[str, str]] = {
+    "sh": "cs", "dash": "cs", "bash": "cs", "zsh": "cs", "ksh": "cs", "mksh": "cs",
+    "busybox": "cs", "python3": "cm", "python": "cm", "perl": "eE", "ruby": "e",
+    "node": "ep", "php": "r",
+}
+INTERPRETER_DIRS: Final = ("/bin", "/usr/bin", "/usr/local/bin")
+
+
+def letters_mask(letters: str) -> int:
+    """``bastion_prov_interp.code_letters`` of option letters."""
+    out = 0
+    for c in letters:
+        if "a" <= c <= "z":
+            out |= 1 << (ord(c) - ord("a"))
+        elif "A" <= c <= "Z":
+            out |= 1 << (26 + ord(c) - ord("A"))
+        else:
+            raise ConfigError(f"option letter {c!r} is not a-z or A-Z",
+                              location=Location("provenance interpreters"))
+    return out
+
+
+def reason_names(bits: int) -> list[str]:
+    return [name for bit, name in abi.PROV_REASONS.items() if bits & bit]
+
+
+class MapLike(Protocol):
+    def lookup(self, key: bytes) -> bytes | None: ...
+    def update(self, key: bytes, value: bytes, flags: int = ...) -> None: ...
+    def delete(self, key: bytes) -> bool: ...
+
+
+class ProvenanceMap:
+    """The kernel's provenance maps (``prov``, ``prov_dirs``, ``prov_interp``,
+    ``prov_errors`` of the event sensor's object): what the gate reads and what
+    user space fills."""
+
+    def __init__(self, prov: MapLike, dirs: MapLike, interp: MapLike,
+                 errors: MapLike | None = None, dir_inodes: MapLike | None = None) -> None:
+        self.prov, self.dirs, self.interp, self.errors_map = prov, dirs, interp, errors
+        self.dir_inodes = dir_inodes
+        self._dirs: list[bytes] = []
+        self._dir_inodes: list[bytes] = []
+        self._interp: list[bytes] = []
+
+    def get(self, tgid: int) -> abi.ProvVal | None:
+        raw = self.prov.lookup(_U32.pack(tgid))
+        return abi.ProvVal.from_buffer_copy(raw) if raw is not None else None
+
+    def add(self, tgid: int, start_ns: int, bits: int) -> bool:
+        """OR ``bits`` into the live process ``tgid`` started at ``start_ns`` (the
+        reasons only user space knows).  An entry of another start (a reused pid) is
+        left alone; returns whether the bits were written."""
+        cur = self.get(tgid)
+        if cur is not None and cur.start_ns != start_ns:
+            return False
+        val = abi.ProvVal(start_ns=start_ns, reasons=bits | (cur.reasons if cur else 0),
+                          origin_tgid=cur.origin_tgid if cur else tgid)
+        self.prov.update(_U32.pack(tgid), bytes(val))
+        return True
+
+    def set_dirs(self, paths: Sequence[str]) -> None:
+        """The temp dirs whose binaries and scripts are untrusted (replaces the set)."""
+        keys: list[bytes] = []
+        for p in paths:
+            if not p.startswith("/"):
+                raise ConfigError(f"provenance dir {p!r} is not absolute", location=Location(p))
+            base = os.path.normpath(p).encode()
+            for pfx in (base.rstrip(b"/") + b"/", base.rstrip(b"/") + b"\0"):
+                if len(pfx) > abi.PROV_PREFIX_LEN:
+                    raise ConfigError(f"provenance dir longer than {abi.PROV_PREFIX_LEN - 1} "
+                                      f"bytes", location=Location(p))
+                keys.append(bytes(abi.ProvPrefix(prefixlen=8 * len(pfx), path=pfx)))
+        for k in self._dirs:
+            if k not in keys:
+                self.dirs.delete(k)
+        for k in keys:
+            self.dirs.update(k, _U32.pack(1))
+        self._dirs = keys
+        if self.dir_inodes is None:
+            return
+        inodes: list[bytes] = []
+        for p in paths:
+            try:
+                st = os.stat(p)   # a tmpfs mounted there: its root, as the walk meets it
+            except OSError:
+                continue          # named by prefix only until it exists (next set_dirs)
+            inodes.append(bytes(abi.InodeKey(ino=st.st_ino, dev=kernel_dev(st.st_dev))))
+        for k in self._dir_inodes:
+            if k not in inodes:
+                self.dir_inodes.delete(k)
+        for k in inodes:
+            self.dir_inodes.update(k, _U32.pack(1))
+        self._dir_inodes = inodes
+
+    def set_interpreters(self, interps: Sequence[tuple[str, str]]) -> int:
+        """(path, code letters) of the shells and interpreters whose script argument is
+        checked at exec, by inode; paths that do not exist are skipped.  Returns how
+        many inodes were set."""
+        keys: dict[bytes, bytes] = {}
+        for path, letters in interps:
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            k = bytes(abi.InodeKey(ino=st.st_ino, dev=kernel_dev(st.st_dev)))
+            keys[k] = bytes(abi.ProvInterp(code_letters=letters_mask(letters)))
+        for k in self._interp:
+            if k not in keys:
+                self.interp.delete(k)
+        for k, v in keys.items():
+            self.interp.update(k, v)
+        self._interp = list(keys)
+        return len(keys)
+
+    def errors(self) -> int:
+        if self.errors_map is None:
+            return 0
+        raw = self.errors_map.lookup(_U32.pack(0))
+        return _U64.unpack(raw)[0] if raw is not None else 0
+
+
+def default_interpreters() -> list[tuple[str, str]]:
+    return [(f"{d}/{name}", letters) for name, letters in INTERPRETERS.items()
+            for d in INTERPRETER_DIRS]
+
+
+
+REASON_BITS: Final[Mapping[str, int]] = {
+    **{name: bit for bit, name in abi.PROV_REASONS.items()}, "admin-tty": abi.PROV_ADMIN_TTY}
+
+
+def publisher(prov: ProvenanceMap) -> Callable[[tuple[int, int], str], None]:
+    """The Provenance rule's ``publish``: a reason of process ``(pid, start_ns)`` ORed
+    into the kernel map (start_ns is the event header's, the kernel's own clock, so an
+    entry of a reused pid never takes it).  An unknown reason is an error."""
+
+    def publish(key: tuple[int, int], reason: str) -> None:
+        bit = REASON_BITS.get(reason)
+        if bit is None:
+            raise ConfigError(f"no kernel bit for provenance reason {reason!r}",
+                              location=Location("bastion.sensors.provenance"))
+        prov.add(key[0], key[1], bit)
+
+    return publish
+
+
+__all__ = ["INTERPRETERS", "REASON_BITS", "publisher", "MapLike", "ProvenanceMap", "TMP_DIRS", "default_interpreters",
+           "letters_mask", "reason_names"]

