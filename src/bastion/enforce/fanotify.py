@@ -231,6 +231,17 @@ def _covered(state: _PlanState, is_exec: bool, obj: tuple[int, int]) -> bool:
     return obj in keys or (by_dir and obj not in state.marks)
 
 
+def _identity(task: Task) -> tuple[str, str]:
+    """(comm, exe path) of the acting task from procfs ('' for an exe that cannot be read:
+    a kernel thread, a task that is gone)."""
+    comm = read_proc(f"/proc/{task.tid}/comm").decode(errors="replace").strip()
+    try:
+        exe = os.readlink(f"/proc/{task.tid}/exe")
+    except OSError:
+        exe = ""
+    return comm, exe
+
+
 class FanotifyEnforcer:
     """Decide opens of the plan's inodes in user space (compat tier).
 
@@ -653,6 +664,9 @@ class FanotifyEnforcer:
                  obj: tuple[int, int], path: str) -> Verdict:
         """The answer to a deny/kill/audit decision; it is reported once answered."""
         task = self.scope.task(tid) or Task(tid, tid, 0, -1, -1, -1, 0)
+        # the actor's comm and exe read now, while its open waits for our answer: the
+        # record is built after the answer, when a refused process may be gone
+        ident = _identity(task)
         if d.action is abi.HipsAction.AUDIT or state.plan.mode is not abi.HipsMode.ENFORCE:
             def audited(in_time: bool) -> None:
                 if in_time:
@@ -660,7 +674,7 @@ class FanotifyEnforcer:
                         self._c.audits += 1
                     else:
                         self._c.audit_only += 1
-                self._emit(task, op, d, state.gen, path, obj, enforced=False)
+                self._emit(task, ident, op, d, state.gen, path, obj, enforced=False)
             return Verdict.allow(after=audited)
         pidfd = -1
         if d.action is abi.HipsAction.KILL:
@@ -679,7 +693,7 @@ class FanotifyEnforcer:
                     log.warning("fanotify: %s of %s by pid %d decided %s after the watchdog "
                                 "allowed it", _OP_NAMES.get(op, op.name), path, task.tgid,
                                 d.action.name.lower())
-                    self._emit(task, op, d, state.gen, path, obj, enforced=False)
+                    self._emit(task, ident, op, d, state.gen, path, obj, enforced=False)
                     return
                 if d.action is abi.HipsAction.KILL:
                     self._c.kills += 1
@@ -691,7 +705,7 @@ class FanotifyEnforcer:
                             log.error("fanotify: kill of pid %d failed: %s", task.tgid, exc)
                 else:
                     self._c.denies += 1
-                self._emit(task, op, d, state.gen, path, obj, enforced=True)
+                self._emit(task, ident, op, d, state.gen, path, obj, enforced=True)
             finally:
                 if pidfd >= 0:
                     os.close(pidfd)
@@ -715,13 +729,9 @@ class FanotifyEnforcer:
 
     # ---- events -----------------------------------------------------------------------------
 
-    def _emit(self, task: Task, op: abi.HipsOp, d: Decision, gen: int, path: str,
-              obj: tuple[int, int], *, enforced: bool) -> None:
-        comm = read_proc(f"/proc/{task.tid}/comm").decode(errors="replace").strip()
-        try:
-            exe = os.readlink(f"/proc/{task.tid}/exe")
-        except OSError:
-            exe = ""
+    def _emit(self, task: Task, ident: tuple[str, str], op: abi.HipsOp, d: Decision, gen: int,
+              path: str, obj: tuple[int, int], *, enforced: bool) -> None:
+        comm, exe = ident
         proc = Proc(pid=task.tgid, tid=task.tid, ppid=task.ppid, uid=task.uid, euid=task.euid,
                     gid=task.gid, cgroup_id=task.cgroup_id, comm=comm, exe=exe)
         ev = HipsEvent(time.time_ns(), proc, False, op=_OP_NAMES.get(op, op.name.lower()),
