@@ -244,3 +244,19 @@ def test_every_block_says_what_it_prevented() -> None:
     acting = [f for f in got if f.action in ("kill", "kill-tree", "quarantine")]
     assert {f.rule for f in acting} >= {"behavior.reverse_shell", "behavior.fileless_exec"}
     assert all(f.evidence.get("prevented") for f in acting)
+
+
+def test_script_of_busybox_reads_past_the_applet() -> None:
+    """busybox is one binary for many applets: ``busybox sh -c TEXT`` runs TEXT (no
+    script; before, the applet name was read as a script ``<cwd>/sh``: a false
+    exec-from-tmp in a temp dir and a tmp-script reason for the tree), ``busybox sh
+    /tmp/x.sh`` runs that script, ``busybox cat /tmp/x`` runs no script at all, and a
+    busybox called through its ``sh`` link parses like sh."""
+    bb = "/usr/bin/busybox"
+    assert script_of(ex(1, bb, 0, ("busybox", "sh", "-c", "echo hi"), cwd="/tmp/w")) is None
+    assert script_of(ex(1, bb, 0, ("busybox", "ash", "/tmp/x.sh"), cwd="/")) == "/tmp/x.sh"
+    assert script_of(ex(1, bb, 0, ("busybox", "sh", "run.sh"), cwd="/tmp/w")) == "/tmp/w/run.sh"
+    assert script_of(ex(1, bb, 0, ("busybox", "cat", "/tmp/x"), cwd="/tmp/w")) is None
+    assert script_of(ex(1, bb, 0, ("busybox",), cwd="/tmp/w")) is None
+    assert script_of(ex(1, bb, 0, ("sh", "/tmp/y.sh"), cwd="/")) == "/tmp/y.sh"
+    assert script_of(ex(1, bb, 0, ("/bin/ls", "/tmp/z"), cwd="/")) is None

@@ -38,7 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 from bastion.detect.behavior.base import (
-    PACKAGE_MANAGERS, BehaviorRule, Hit, RuleSettings, base, is_interpreter, is_shell,
+    PACKAGE_MANAGERS, SHELLS, BehaviorRule, Hit, RuleSettings, base, is_interpreter, is_shell,
     norm_interp, package_installer, trusted_as, under,
 )
 from bastion.detect.behavior.state import BoundedState, Limits, ProcKey, proc_key
@@ -245,6 +245,14 @@ def script_of(ev: ExecEvent) -> str | None:
     if not (is_shell(ev.proc.exe) or is_interpreter(ev.proc.exe)):
         return None
     args = list(ev.argv[1:])
+    if base(ev.proc.exe) == "busybox":
+        # one binary, many applets: the applet is argv[0]'s name (a link such as sh),
+        # or argv[1] when called as busybox; only its shells run a script file
+        applet = base(ev.argv[0]) if ev.argv else "busybox"
+        if applet == "busybox":
+            applet, args = (args[0], args[1:]) if args else ("busybox", [])
+        if applet not in SHELLS or applet == "busybox":
+            return None
     # the short options that mean "code follows, no script file" (bundled too: sh -ec)
     fam = norm_interp(base(ev.proc.exe))
     letters = "cs" if is_shell(ev.proc.exe) else {"python": "cm", "python2": "cm", "python3": "cm",
