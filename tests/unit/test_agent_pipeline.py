@@ -23,11 +23,12 @@ import pytest
 from bastion.agent import Agent
 from bastion.config import parse_policy
 from bastion.control import request
-from bastion.detect.engine import Engine, Finding, RuleContext
+from bastion.detect.engine import Engine, Finding
 from bastion.events import Event, ExecEvent, FileEvent, Proc
 from bastion.proctable import ProcessTable
 from bastion.respond.dispatch import Dispatcher
 from bastion.store import Store
+from support.rules import EvilExec
 
 pytestmark = pytest.mark.unit
 
@@ -76,24 +77,13 @@ class _FloodSensor:
         return []
 
 
-class _EvilExec:
-    name = "behavior.test_evil_exec"
-    event_types = frozenset({"exec"})
-
-    def on_event(self, ev: Event, ctx: RuleContext) -> list[Finding]:
-        if isinstance(ev, ExecEvent) and ev.filename == "/tmp/evil":
-            return [Finding(rule=self.name, title="evil exec", severity="high", attack=(),
-                            action="alert", event=ev, pid=ev.proc.pid)]
-        return []
-
-
 class _Recorder(Dispatcher):
     def __init__(self, procs: ProcessTable) -> None:
         super().__init__(procs)
         self.seen = threading.Event()
 
     def dispatch(self, f: Finding, now_ns: int) -> Any:
-        if f.rule == _EvilExec.name:
+        if f.rule == EvilExec.name:
             self.seen.set()
         return super().dispatch(f, now_ns)
 
@@ -103,7 +93,7 @@ def _run(tmp_path: Path, sensor: _FloodSensor, *, writer_max: int = 50_000,
     store = Store.open(tmp_path / "db")
     procs = ProcessTable()
     agent = Agent(policy=parse_policy("version: 1\n", "test.yaml"), sensors=[sensor],
-                  store=store, procs=procs, engine=Engine([_EvilExec()]),
+                  store=store, procs=procs, engine=Engine([EvilExec()]),
                   dispatcher=_Recorder(procs),
                   socket_path=tmp_path / "ctl.sock" if socket else None)
     agent.procs.seed = lambda proc=Path("/proc"): 0   # type: ignore[method-assign]

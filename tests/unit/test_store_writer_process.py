@@ -22,12 +22,13 @@ import pytest
 from bastion.agent import Agent
 from bastion.config import parse_policy
 from bastion.containers import Container
-from bastion.detect.engine import Engine, Finding, RuleContext
+from bastion.detect.engine import Engine
 from bastion.events import Event, ExecEvent, FileEvent, NetEvent, Proc
 from bastion.proctable import ProcessTable
 from bastion.respond.dispatch import Dispatcher
 from bastion.store import Store
 from bastion.store.eventproc import pack, unpack
+from support.rules import EvilExec
 
 pytestmark = pytest.mark.unit
 
@@ -94,23 +95,12 @@ class _Sensor:
         return out
 
 
-class _EvilExec:
-    name = "behavior.test_evil_exec"
-    event_types = frozenset({"exec"})
-
-    def on_event(self, ev: Event, ctx: RuleContext) -> list[Finding]:
-        if isinstance(ev, ExecEvent) and ev.filename == "/tmp/evil":
-            return [Finding(rule=self.name, title="evil exec", severity="high", attack=(),
-                            action="alert", event=ev, pid=ev.proc.pid)]
-        return []
-
-
 def _agent(tmp_path: Path, sensor: _Sensor, writer_max: int) -> tuple[Agent, threading.Event,
                                                                         threading.Thread]:
     store = Store.open(tmp_path / "db")
     procs = ProcessTable()
     agent = Agent(policy=parse_policy("version: 1\n", "test.yaml"), sensors=[sensor],
-                  store=store, procs=procs, engine=Engine([_EvilExec()]),
+                  store=store, procs=procs, engine=Engine([EvilExec()]),
                   dispatcher=Dispatcher(procs), store_process=True)
     agent.procs.seed = lambda proc=Path("/proc"): 0   # type: ignore[method-assign]
     agent.writer_max_events = writer_max
@@ -161,7 +151,7 @@ def test_an_attack_event_inside_a_flood_alerts_and_is_stored_only_benign_shed(
     try:
         evil_rows = [r.data for r in store.events(types=["exec"])]
         stored = store.count_events()
-        alerts = [a.data for a in store.alerts(rule=_EvilExec.name)]
+        alerts = [a.data for a in store.alerts(rule=EvilExec.name)]
         shed_alerts = [a.data for a in store.alerts(rule="bastion.store.events_shed")]
     finally:
         store.close()
