@@ -88,6 +88,19 @@ def require_root() -> None:
         sys.exit(2)
 
 
+def require_fanotify(why_root: str) -> None:
+    """Exit 2 with a reason unless this runs as root with fanotify permission events."""
+    from bastion.kernel.fanotify import supported
+
+    if os.geteuid() != 0:
+        log(f"needs root ({why_root})")
+        sys.exit(2)
+    why = supported()
+    if why is not None:
+        log(f"fanotify permission events unavailable: {why}")
+        sys.exit(2)
+
+
 def median(xs: Sequence[float]) -> float:
     return statistics.median(xs)
 

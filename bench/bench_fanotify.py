@@ -30,9 +30,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from _common import c_program, calibrate, check_target, emit, finish, log, median, run_loop
+from _common import c_program, calibrate, check_target, emit, finish, log, median, require_fanotify, run_loop
 
-from bastion.enforce.fanotify import FanotifyEnforcer, supported
+from bastion.enforce.fanotify import FanotifyEnforcer
 from bastion.errors import Location
 from bastion.policy.compile import FileTarget, ResolvedPolicy, ResolvedRule, compile_plan, kernel_dev
 from bastion.policy.model import Action, Mode, Op
@@ -103,13 +103,7 @@ def _report(name: str, on: list[float], off: list[float], s: dict[str, int | flo
 
 
 def main() -> None:
-    if os.geteuid() != 0:
-        log("needs root (fanotify permission events)")
-        raise SystemExit(2)
-    why = supported()
-    if why is not None:
-        log(f"fanotify permission events unavailable: {why}")
-        raise SystemExit(2)
+    require_fanotify("fanotify permission events")
     exe = c_program("open_loop")
     log("load average at start: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
     with tempfile.TemporaryDirectory(prefix="bastion-bench-fan-") as d:

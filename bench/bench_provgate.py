@@ -18,10 +18,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from _common import c_program, calibrate, emit, finish, log, median, run_loop
+from _common import c_program, calibrate, emit, finish, log, median, require_fanotify, run_loop
 
 from bastion.enforce.provgate import GateObject, ProvenanceGate
-from bastion.kernel.fanotify import supported
 from bastion.sensors.bpf import BpfSensor
 
 ROUNDS = 7
@@ -29,13 +28,7 @@ LOOP_S = 0.5
 
 
 def main() -> None:
-    if os.geteuid() != 0:
-        log("needs root (fanotify permission events, the BPF sensor)")
-        raise SystemExit(2)
-    why = supported()
-    if why is not None:
-        log(f"fanotify permission events unavailable: {why}")
-        raise SystemExit(2)
+    require_fanotify("fanotify permission events, the BPF sensor")
     exe = c_program("open_loop")
     with tempfile.TemporaryDirectory(prefix="bastion-bench-prov-") as d:
         marked, plain = Path(d) / "profile", Path(d) / "plain"
