@@ -16,31 +16,21 @@ import pytest
 from bastion.events import Event, MemfdEvent, MmapEvent
 from bastion.sensors.bpf import BpfSensor
 from support.cg import run_in, scoped_cgroup
-from support.xmem import WORKLOAD, xmem_records
+from support.xmem import REPEATS, collect_workload, xmem_records
 
 pytestmark = pytest.mark.kernel
 
-REPEATS = 40
 
 
 def _run(tmp_path: Path, **kw: float) -> tuple[list[Event], int, BpfSensor]:
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    os.chmod(shared, 0o1777)
     with scoped_cgroup() as (cg, cgid):
         sensor = BpfSensor(cgroup_id=cgid, **kw)  # type: ignore[arg-type]
         sensor.open()
         try:
-            r = run_in(cg, [sys.executable, "-c", WORKLOAD, str(shared), str(REPEATS)], timeout=60)
-            assert r.returncode == 0, r.stderr
-            events: list[Event] = []
-            deadline = time.monotonic() + 1.5
-            while time.monotonic() < deadline:
-                events += sensor.poll(0.05) or []
-            assert sensor.drops() == 0
+            events, pid = collect_workload(sensor, cg, tmp_path, timeout=60, settle_s=1.5)
         finally:
             sensor.close()
-    return events, int(r.stdout.split()[-1]), sensor
+    return events, pid, sensor
 
 
 def test_exec_memory_reported_and_ld_so_quiet(tmp_path: Path) -> None:

@@ -16,7 +16,18 @@ directory) exits 0 after, in this order:
 
 from __future__ import annotations
 
-from typing import Any
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+REPEATS = 40
+
+
+class _Sensor(Protocol):
+    def poll(self, timeout_s: float) -> list[Any]: ...
+    def drops(self) -> int: ...
 
 WORKLOAD = r'''
 import ctypes, os, sys
@@ -62,3 +73,22 @@ def xmem_records(events: list[Any], pid: int) -> list[tuple[str, tuple[str, ...]
     from bastion.events import MmapEvent
 
     return [(e.op, e.why, e.path) for e in events if isinstance(e, MmapEvent) and e.proc.pid == pid]
+
+
+def collect_workload(sensor: _Sensor, cg: Path, tmp_path: Path, *, timeout: float,
+                     settle_s: float) -> tuple[list[Any], int]:
+    """Run WORKLOAD in the test cgroup ``cg`` with an open ``sensor``; the events it
+    polled for ``settle_s`` after the workload exited (none dropped) and the pid."""
+    from support.cg import run_in
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    r = run_in(cg, [sys.executable, "-c", WORKLOAD, str(shared), str(REPEATS)], timeout=timeout)
+    assert r.returncode == 0, r.stderr
+    events: list[Any] = []
+    deadline = time.monotonic() + settle_s
+    while time.monotonic() < deadline:
+        events += sensor.poll(0.05) or []
+    assert sensor.drops() == 0
+    return events, int(r.stdout.split()[-1])

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,35 +21,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bastion.events import Event, MemfdEvent  # noqa: E402
 from bastion.sensors.bpf import HookSensor  # noqa: E402
-from support.cg import run_in, scoped_cgroup  # noqa: E402
-from support.xmem import WORKLOAD, xmem_records  # noqa: E402
+from support.cg import scoped_cgroup  # noqa: E402
+from support.xmem import REPEATS, collect_workload, xmem_records  # noqa: E402
 
 IN_VM = os.environ.get("BASTION_IN_VM") == "1"
 pytestmark = pytest.mark.skipif(
     not IN_VM, reason="runs only inside the test VM: use `bash vm/run.sh` (make test-vm)")
-REPEATS = 40
 
 
 def run_workload(tmp_path: Path, mmap_dedup_s: float) -> tuple[list[Event], int, HookSensor]:
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    os.chmod(shared, 0o1777)
     with scoped_cgroup() as (cg, cgid):
         sensor = HookSensor(cgroup_id=cgid, mmap_dedup_s=mmap_dedup_s)
         sensor.open()
         try:
             assert {"on_mmap_file", "on_file_mprotect", "on_memfd_create"} <= set(sensor.attached), \
                 sensor.missing
-            r = run_in(cg, [sys.executable, "-c", WORKLOAD, str(shared), str(REPEATS)], timeout=120)
-            assert r.returncode == 0, r.stderr
-            events: list[Event] = []
-            deadline = time.monotonic() + 2.0
-            while time.monotonic() < deadline:
-                events += sensor.poll(0.05) or []
-            assert sensor.drops() == 0
+            events, pid = collect_workload(sensor, cg, tmp_path, timeout=120, settle_s=2.0)
         finally:
             sensor.close()
-    return events, int(r.stdout.split()[-1]), sensor
+    return events, pid, sensor
 
 
 def check_loader_records(tmp_path: Path) -> None:
