@@ -111,10 +111,24 @@ struct {
 
 #define PROV_ARGV 256
 
+/* The argv scan's state.  It lives in the map value, not on the stack: a verifier
+ * before 6.7 (Debian's 6.1) checks a bpf_loop callback once, from the caller's
+ * stack as it is before the loop, and carries that one pass's result back; from
+ * constants on the stack (argi 0, found -1) it proved found stays -1 and
+ * hard-wired the script test away, so no interpreter's script was ever placed.
+ * Loads from a map value are unknown to every verifier: nothing is folded. */
+struct prov_argv_ctx {
+	__u64 code;
+	__u32 len;
+	int argi, optlen, found;
+	bool at_start, opt;
+};
+
 struct prov_scratch {
 	struct bastion_prov_prefix k;
 	char path[BASTION_PATH_LEN];
 	char argv[PROV_ARGV + BASTION_PROV_PREFIX_LEN];
+	struct prov_argv_ctx scan;
 };
 
 struct {
@@ -156,22 +170,19 @@ static __always_inline __u64 prov_letter(char c)
 	return 0;
 }
 
-struct prov_argv_ctx {
-	__u64 code;
-	__u32 len;
-	int argi, optlen, found;
-	bool at_start, opt;
-};
-
-/* One byte of the argv scan (bpf_loop callback: verified once, not unrolled). */
+/* One byte of the argv scan (bpf_loop callback: verified once, not unrolled);
+ * its state is s->scan (see struct prov_argv_ctx). */
 static long prov_argv_step(__u32 i, void *data)
 {
-	struct prov_argv_ctx *c = data;
 	__u32 zero = 0;
 	struct prov_scratch *s = bpf_map_lookup_elem(&prov_scratch, &zero);
+	struct prov_argv_ctx *c;
 	char ch = 0;
 
-	if (!s || i >= c->len || i >= PROV_ARGV)
+	if (!s)
+		return 1;
+	c = &s->scan;
+	if (i >= c->len || i >= PROV_ARGV)
 		return 1;
 	/* a helper read: the compiler drops a mask the range check already implies */
 	if (bpf_probe_read_kernel(&ch, 1, &s->argv[i]))
@@ -214,12 +225,19 @@ static long prov_argv_step(__u32 i, void *data)
 /* The index in s->argv of the script argument of an interpreter (its first
  * argument that is no option), or -1: code on the command line (an option
  * letter of @code), stdin ("-"), or none within the bytes read. */
-static __always_inline int prov_script_arg(__u32 len, __u64 code)
+static __always_inline int prov_script_arg(struct prov_scratch *s, __u32 len, __u64 code)
 {
-	struct prov_argv_ctx c = {.code = code, .len = len, .found = -1};
+	struct prov_argv_ctx *c = &s->scan;
 
-	bpf_loop(PROV_ARGV, prov_argv_step, &c, 0);
-	return c.found;
+	c->code = code;
+	c->len = len;
+	c->argi = 0;
+	c->optlen = 0;
+	c->found = -1;
+	c->at_start = false;
+	c->opt = false;
+	bpf_loop(PROV_ARGV, prov_argv_step, NULL, 0);
+	return c->found;
 }
 
 static __always_inline void prov_count_error(void)
@@ -297,7 +315,7 @@ static __always_inline void prov_exec(struct task_struct *p, struct linux_binprm
 			len = PROV_ARGV;
 		if (len && !bpf_probe_read_user(s->argv, len & (PROV_ARGV * 2 - 1),
 						(const void *)arg_start)) {
-			at = prov_script_arg(len, code);
+			at = prov_script_arg(s, len, code);
 			if (at >= 0 && prov_script_under_dir(s, &s->argv[at & (PROV_ARGV - 1)]))
 				bits |= BASTION_PROV_TMP_SCRIPT;
 		}
