@@ -11,9 +11,26 @@
 #define ENV_CHUNK 256           /* one read; an entry is cut at ENV_CHUNK - 1 bytes */
 #define ENV_STEPS 192           /* reads per exec (entries, plus one per extra chunk of a long one) */
 
+struct env_ctx {
+	unsigned long pos, end;
+	__u32 out_len;
+	bool mid;      /* pos is inside an entry longer than a chunk */
+	bool full;     /* out had no room for a match */
+};
+
+/* The scan's state lives in the map value, never on the caller's stack: a
+ * verifier before Linux 6.7 (Debian 12's 6.1) checks a bpf_loop callback once,
+ * from the state before the loop, so a stack context of known constants
+ * (out_len 0) let it prove `off > BASTION_ENV_LEN - ENV_CHUNK` never true and
+ * remove the branch as dead code; clang had dropped the index mask the branch
+ * implied, so at run time out_len grew without a bound and each watched
+ * variable of a long environment was copied past the end of this value (an
+ * unprivileged exec writing its own bytes into kernel memory).  A map value's
+ * contents are unknown to every verifier: the bound stays. */
 struct env_scratch {
 	char chunk[ENV_CHUNK];
 	char out[BASTION_ENV_LEN];
+	struct env_ctx ctx;
 };
 
 struct {
@@ -22,13 +39,6 @@ struct {
 	__type(key, __u32);
 	__type(value, struct env_scratch);
 } env_scratch SEC(".maps");
-
-struct env_ctx {
-	unsigned long pos, end;
-	__u32 out_len;
-	bool mid;      /* pos is inside an entry longer than a chunk */
-	bool full;     /* out had no room for a match */
-};
 
 #define PFX8(a, b, c, d, e, f, g, h)                                                      \
 	((__u64)(a) | (__u64)(b) << 8 | (__u64)(c) << 16 | (__u64)(d) << 24 |            \
@@ -61,16 +71,19 @@ static __always_inline bool env_watched(__u64 v)
 
 static long env_step(__u32 i, void *data)
 {
-	struct env_ctx *c = data;
 	__u32 zero = 0;
 	struct env_scratch *s = bpf_map_lookup_elem(&env_scratch, &zero);
+	struct env_ctx *c;
 	unsigned long left;
 	long n;
 	__u64 v;
 	__u32 off;
 	bool head;
 
-	if (!s || c->pos >= c->end)
+	if (!s)
+		return 1;
+	c = &s->ctx;
+	if (c->pos >= c->end)
 		return 1;
 	left = c->end - c->pos;
 	if (left > ENV_CHUNK)
@@ -111,23 +124,27 @@ static __always_inline bool env_scan(struct mm_struct *mm, char *out, __u32 *len
 {
 	__u32 zero = 0;
 	struct env_scratch *s = bpf_map_lookup_elem(&env_scratch, &zero);
-	struct env_ctx c = {};
+	struct env_ctx *c;
 
 	*len = 0;
 	if (!s)
 		return true;
-	c.pos = BPF_CORE_READ(mm, env_start);
-	c.end = BPF_CORE_READ(mm, env_end);
-	bpf_loop(ENV_STEPS, env_step, &c, 0);
-	if (c.out_len) {
-		__u32 n = c.out_len;
+	c = &s->ctx;
+	c->pos = BPF_CORE_READ(mm, env_start);
+	c->end = BPF_CORE_READ(mm, env_end);
+	c->out_len = 0;
+	c->mid = false;
+	c->full = false;
+	bpf_loop(ENV_STEPS, env_step, NULL, 0);
+	if (c->out_len) {
+		__u32 n = c->out_len;
 
 		if (n > BASTION_ENV_LEN)
 			n = BASTION_ENV_LEN;
 		bpf_probe_read_kernel(out, BASTION_ENV_LEN, s->out); /* env_len says how much counts */
 		*len = n;
 	}
-	return c.full || c.pos < c.end;
+	return c->full || c->pos < c->end;
 }
 
 /* "/dev/fd/N" (execveat AT_EMPTY_PATH, fexecve) -> N; "/dev/fd/N/..." -> -2; else -1. */

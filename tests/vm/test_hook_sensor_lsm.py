@@ -342,3 +342,33 @@ def test_a_long_path_is_cut_flagged_and_never_misread(kind: Any, tmp_path: Path)
         assert ev.path.startswith("\u2026/") and ev.path != "/etc/passwd", ev
     # the open's walk from the file kept "/etc/passwd"; the others name the directory
     assert files["open"].path == "\u2026/etc/passwd"
+
+
+@pytest.mark.parametrize("sensor_cls", [HookSensor, BpfSensor], ids=["hooks", "tracepoints"])
+def test_a_long_loader_environment_stays_inside_the_scan_buffer(sensor_cls: type[BpfSensor]) -> None:
+    """Three watched variables of ~140 bytes: the exec scan's buffer (512 bytes, a
+    match copied only while at most 256 are used) keeps two; the third is left out and
+    the record says truncated.  On Debian's 6.1 the verifier checked the scan's
+    bpf_loop callback once, from a stack context of constants (nothing copied yet),
+    removed the full-buffer branch as dead code and clang had dropped the index mask
+    it implied: every match was copied at a growing offset, past the map value for a
+    longer environment (an unprivileged exec writing its own bytes into kernel
+    memory).  Before the fix all three came through untruncated; this size keeps the
+    old code's writes inside the value."""
+    val = "/opt/" + "x" * 125
+    env = {"PATH": "/usr/bin:/bin", "LD_PRELOAD": val + "/a.so", "LD_LIBRARY_PATH": val,
+           "PYTHONPATH": val}
+    with scoped_cgroup() as (cg, cgid):
+        sensor = sensor_cls(cgroup_id=cgid)
+        sensor.open()
+        try:
+            r = run_in(cg, ["/bin/true"], env=env, timeout=60)
+            assert r.returncode == 0, r.stderr
+            events = _collect(sensor, lambda evs: any(
+                isinstance(e, ExecEvent) and e.proc.exe.endswith("/true") for e in evs))
+        finally:
+            sensor.close()
+    ex = [e for e in events if isinstance(e, ExecEvent) and e.proc.exe.endswith("/true")]
+    assert len(ex) == 1, events
+    assert f"LD_PRELOAD={val}/a.so" in ex[0].env and f"LD_LIBRARY_PATH={val}" in ex[0].env, ex[0].env
+    assert "PYTHONPATH=" not in str(ex[0].env) and ex[0].truncated, (ex[0].env, ex[0].truncated)
