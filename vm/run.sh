@@ -4,7 +4,7 @@
 #   bash vm/run.sh [PYTEST ARGS...]      e.g.  bash vm/run.sh -k lsm -x
 #                                              bash vm/run.sh tests/vm/test_vm_smoke.py -v
 #
-# Env:  VM_TIMEOUT=600   hard limit in seconds for boot + suite; qemu is killed
+# Env:  VM_TIMEOUT=900   hard limit in seconds for boot + suite; qemu is killed
 #                        and the run FAILS when it is reached
 #       VM_MEM=3072 VM_SMP=2
 #       VM_DEBUG=1       kernel boot messages and `set -x` in the guest /init
@@ -28,7 +28,7 @@ if [[ $src == */* ]]; then src="${src%/*}"; else src=.; fi
 REPO="$(cd -- "$src/.." && pwd -P && echo .)"
 REPO="${REPO%$'\n.'}"
 cd "$REPO"
-VM_TIMEOUT="${VM_TIMEOUT:-600}"
+VM_TIMEOUT="${VM_TIMEOUT:-900}"
 VM_MEM="${VM_MEM:-3072}"
 VM_SMP="${VM_SMP:-2}"
 [[ $VM_TIMEOUT =~ ^[0-9]+$ && $VM_TIMEOUT -gt 0 ]] || die "VM_TIMEOUT must be a positive number of seconds, got '$VM_TIMEOUT'"
