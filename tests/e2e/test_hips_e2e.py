@@ -47,6 +47,12 @@ def test_learn_enforce_deviation_blocked(tmp_path: Path, pin_root: Path) -> None
     script.write_text(SCRIPT)
     work = tmp_path / "work"
     work.mkdir()
+    # a crowded /tmp, as on a busy host (a CI run once failed here): the learned profile
+    # allows writes under /tmp/, and the compat tier must not try to mark that tree
+    crowd = tmp_path / "crowd"
+    crowd.mkdir()
+    for i in range(10_050):
+        os.mkdir(crowd / str(i))
     profile = tmp_path / "profile.yaml"
 
     learn = subprocess.Popen([BASTION, "learn", "--for", f"exe={demo}", "--duration", "5s",

@@ -204,6 +204,36 @@ def test_directory_object_too_large_is_refused(tmp_path: Path, cg: tuple[Path, i
         enf.close()
 
 
+def test_an_allow_only_directory_object_is_not_marked(tmp_path: Path, cg: tuple[Path, int]) -> None:
+    """A learned profile allows its program to write under /tmp/: only allow rules
+    name that tree, so every decision in it is ALLOW and marking it costs without
+    effect.  Before, the tree's every directory was marked, and a host whose /tmp held
+    more than max_dirs directories refused the whole profile (a CI failure)."""
+    d = tmp_path / "big"
+    for i in range(12):
+        (d / f"s{i}").mkdir(parents=True)
+    secret = d / "s3" / "secret"
+    secret.write_text("s\n")
+    enf = FanotifyEnforcer(scope_cgroup_id=cg[1], deadline_s=DEADLINE_S, max_dirs=10)
+    try:
+        enf.open()
+        enf.start()
+        allow = rule(1, (Op.OPEN_WRITE, Op.OPEN_READ), (target(d, is_dir=True),), Action.ALLOW)
+        deny = rule(2, (Op.OPEN_READ,), (target(secret),), Action.DENY)
+        enf.apply(plan_of(allow, deny), targets_of(allow, deny))
+        assert set(enf.marked().values()) == {str(secret)}
+        p = run_in(cg[0], ["cat", str(secret)], timeout=TIMEOUT)
+        assert p.returncode != 0 and EPERM_TEXT in p.stderr, p
+        w = run_in(cg[0], ["sh", "-c", f"echo x > {d}/s5/new && cat {d}/s5/new"], timeout=TIMEOUT)
+        assert w.returncode == 0 and w.stdout == "x\n", w
+        # with a default deny the allow rules do decide: the tree is marked (and too big)
+        with pytest.raises(ConfigError, match="more than 10 directories"):
+            enf.apply(plan_of(allow, deny, default=Action.DENY), targets_of(allow, deny))
+        assert set(enf.marked().values()) == {str(secret)}   # the running plan is unchanged
+    finally:
+        enf.close()
+
+
 def test_audit_mode_allows_and_reports(tmp_path: Path, cg: tuple[Path, int],
                                        enforcer: FanotifyEnforcer) -> None:
     f = tmp_path / "watched"

@@ -432,6 +432,7 @@ class FanotifyEnforcer:
         problems: list[str] = []
         ops: dict[tuple[int, int], set[abi.HipsOp]] = {}
         denied: dict[tuple[int, int], set[abi.HipsOp]] = {}   # ops a deny/kill rule covers
+        acted: set[tuple[int, int]] = set()    # inodes a deny/kill/audit rule names
         guarded: dict[tuple[int, int], list[str]] = {}        # rules that restrict opens
         for (_subj, op_raw, dev, ino), (act, rid) in plan.rules:
             op = abi.HipsOp(op_raw)
@@ -450,6 +451,8 @@ class FanotifyEnforcer:
                                     f"inodes other rules name (no filesystem-wide mark)")
                 continue
             ops.setdefault((dev, ino), set()).add(op)
+            if action is not abi.HipsAction.ALLOW:
+                acted.add((dev, ino))
             if action is not abi.HipsAction.ALLOW and op is not abi.HipsOp.EXEC \
                     and rname not in guarded.get((dev, ino), ()):
                 guarded.setdefault((dev, ino), []).append(rname)
@@ -476,10 +479,18 @@ class FanotifyEnforcer:
             prev = marks.get(key)
             marks[key] = _Mark(prev.path if prev else path, mask | (prev.mask if prev else 0))
 
+        default_allows = plan.default_action is abi.HipsAction.ALLOW
         for t in targets:
             key = (t.dev, t.ino)
             want = ops.get(key)
             if not want:
+                continue
+            if t.is_dir and default_allows and key not in acted:
+                # a directory object only allow rules name: every decision in it would
+                # be ALLOW (an 'any' deny applies only to marked inodes, and an
+                # ancestor's rule is found through the path, not the mark), so marking
+                # its whole tree would only cost -- and a learned 'allow /tmp/' would
+                # be refused on a host whose /tmp holds more than max_dirs directories
                 continue
             mask = 0
             if want & {abi.HipsOp.OPEN_READ, abi.HipsOp.OPEN_WRITE}:
