@@ -1120,6 +1120,12 @@ class Agent:
                     "Provenance gate cannot start: must-stop file acts of untrusted trees "
                     "are killed after the act, not refused"):
                 self.provgate = None
+            if self.provgate is not None:
+                for why in self.provgate.over_budget():   # a tree someone filled: say so
+                    self._pending.append(Finding(
+                        rule="bastion.provenance.gate_partial", severity="high",
+                        title=f"Provenance gate marks a must-stop tree only in part: {why}",
+                        attack=("T1562",), action="alert", event=None, pid=os.getpid()))
             if self.policies is not None and self.policy.hips.rules:
                 applied = self.policies.apply(self.policy, **self.apply_opts)
                 for d in applied.degraded:

@@ -335,3 +335,57 @@ def test_a_memfd_executable_is_fileless_and_refused(env: Env) -> None:
     assert r.returncode != 0 and env.profile.read_text() == PROFILE
     (d,) = env.gate.decisions(timeout_s=3)
     assert d.reasons == ("fileless",)
+
+
+def test_a_tree_an_unprivileged_user_filled_does_not_turn_the_gate_off(tmp_path: Path) -> None:
+    """An unprivileged user fills a credential directory they own (~/.ssh) with
+    directories.  Before, the walk past max_dirs raised a ConfigError: the agent ran
+    without its gate, for every tree on the host.  Now that tree is marked breadth
+    first up to its share and named; root's objects are walked first and keep theirs."""
+    root = Path(tempfile.mkdtemp(prefix="bprov-"))
+    try:
+        drop, cron, ssh = root / "drop", root / "cron.d", root / "ssh"
+        drop.mkdir()
+        deep = cron
+        for i in range(5):
+            deep = deep / f"d{i}"
+        deep.mkdir(parents=True)
+        ssh.mkdir()
+        (ssh / "id_rsa").write_text("KEY\n")
+        for i in range(60):
+            (ssh / f"x{i}").mkdir()
+        for p in [ssh, *ssh.rglob("*")]:
+            os.chown(p, 65534, 65534)
+        with scoped_cgroup() as (cg, cgid):
+            sensor = BpfSensor(cgroup_id=cgid, classes=("exec",), ring_bytes=1 << 20)
+            sensor.open()
+            try:
+                prov = sensor.provenance()
+                prov.set_dirs([str(drop)])
+                assert prov.set_interpreters(default_interpreters()) >= 1
+                gate = ProvenanceGate(prov, scope_cgroup_id=cgid, deadline_s=DEADLINE_S,
+                                      decision_timeout_s=0.5, self_tgid=os.getpid(),
+                                      max_dirs=25, per_object_dirs=20)
+                try:
+                    gate.start()
+                    # the user's tree first in the list: the budget must not go to it first
+                    problems = gate.apply([GateObject(str(ssh), "credential"),
+                                           GateObject(str(cron), "persistence")])
+                    assert len(problems) == 1 and problems[0].startswith(f"{ssh}: more than 19")
+                    assert gate.over_budget == problems
+                    assert gate.stats()["over_budget"] == 1
+                    s = drop / "p.sh"
+                    s.write_text(f"echo evil > {deep}/job\n")
+                    r = run_in(cg, ["/bin/sh", str(s)], timeout=TIMEOUT)
+                    assert r.returncode != 0 and "Operation not permitted" in r.stderr, r
+                    # refused at the open: an empty file may stay (fanotify decides opens)
+                    assert not (deep / "job").exists() or (deep / "job").read_text() == ""
+                    s.write_text(f"cat {ssh}/id_rsa\n")
+                    r = run_in(cg, ["/bin/sh", str(s)], timeout=TIMEOUT)
+                    assert r.returncode != 0 and "KEY" not in r.stdout, r
+                finally:
+                    gate.close()
+            finally:
+                sensor.close()
+    finally:
+        shutil.rmtree(root)

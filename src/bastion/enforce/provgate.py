@@ -168,6 +168,7 @@ class ProvenanceGate:
     def __init__(self, prov: ProvenanceMap, *, scope_cgroup_id: int = 0,
                  deadline_s: float | None = None, self_tgid: int = 0,
                  decision_timeout_s: float = 0.2, max_dirs: int = DEFAULT_MAX_DIRS,
+                 per_object_dirs: int = 1_000,
                  trusted: Trusted | None = None, max_events: int = 4096,
                  dry_run: bool = False) -> None:
         """``dry_run`` (the policy's ``behavior.dry_run``): every refusal is decided and
@@ -177,6 +178,8 @@ class ProvenanceGate:
         self.scope = Scope(self_tgid=self_tgid, scope_cgroup_id=scope_cgroup_id)
         self.trusted = trusted
         self.max_dirs = max_dirs
+        self.per_object_dirs = min(per_object_dirs, max_dirs)
+        self.over_budget: list[str] = []   # objects whose tree was marked only in part
         self.listener = PermissionListener(self._decide, deadline_s=deadline_s,
                                            decision_timeout_s=decision_timeout_s,
                                            fallback=self._fallback)
@@ -223,25 +226,33 @@ class ProvenanceGate:
 
     def apply(self, objects: Sequence[GateObject]) -> list[str]:
         """Mark the objects (replacing the previous set); returns what was not marked
-        (paths that do not exist)."""
+        (paths that do not exist, trees marked only in part: :attr:`over_budget`)."""
         lis = self.listener
         if not lis.is_open:
             raise KernelError("provenance gate is not open", location=Location("fanotify"))
         problems: list[str] = []
+        over: list[str] = []
         kinds: dict[tuple[int, int], Kind] = {}
         dirs: dict[tuple[int, int], Kind] = {}
         paths: dict[tuple[int, int], str] = {}
         marks: list[tuple[str, tuple[int, int], int]] = []
-        ndirs = 0
+        found: list[tuple[GateObject, os.stat_result]] = []
         for o in objects:
             if o.kind not in _KINDS:
                 raise ConfigError(f"provenance object kind {o.kind!r} is not one of "
                                   f"{', '.join(_KINDS)}", location=Location(o.path))
             try:
-                st = os.stat(o.path)
+                found.append((o, os.stat(o.path)))
             except OSError as exc:
                 problems.append(f"{o.path}: {exc.strerror}: not marked")
-                continue
+        # The walk's budget: max_dirs directories for the whole set, per_object_dirs for
+        # one object, root's objects walked first.  A tree over its share is marked
+        # breadth first up to it and named (warning, status, finding), never refused
+        # whole: an unprivileged user who fills ~/.ssh with directories must not turn
+        # the gate off for the host (before: a ConfigError, and the agent ran without it).
+        found.sort(key=lambda os_: os_[1].st_uid != 0)
+        ndirs = 0
+        for o, st in found:
             key = (kernel_dev(st.st_dev), st.st_ino)
             if o.kind == "profile-dir":
                 if not stat.S_ISDIR(st.st_mode):
@@ -254,14 +265,20 @@ class ProvenanceGate:
                 kinds[key], paths[key] = o.kind, o.path
                 marks.append((o.path, key, FAN_OPEN_PERM))
                 continue
-            for dpath, dkey in subdirs(o.path, st, self.max_dirs):
+            share = max(1, min(self.per_object_dirs, self.max_dirs - ndirs))
+            tree = subdirs(o.path, st, share)
+            if len(tree) > share:
+                tree = tree[:share]
+                over.append(f"{o.path}: more than {share} directories: the {share} nearest "
+                            f"its top are gated, files deeper are not refused (alerted after "
+                            f"the act)")
+            for dpath, dkey in tree:
                 ndirs += 1
-                if ndirs > self.max_dirs:
-                    raise ConfigError(f"provenance objects have more than {self.max_dirs} "
-                                      f"directories", location=Location(o.path))
                 kinds[dkey] = dirs[dkey] = o.kind
                 paths[dkey] = dpath
                 marks.append((dpath, dkey, FAN_OPEN_PERM | FAN_EVENT_ON_CHILD))
+        self.over_budget = over
+        problems.extend(over)
         with lis.mark_lock:
             if lis.expired:
                 raise KernelError("provenance gate is past its deadline: nothing is marked",
@@ -420,6 +437,7 @@ class ProvenanceGate:
         out = self.listener.stats()
         out.update(denies=self.denies, dry_runs=self.dry_runs, audits=self.audits, dropped=self.dropped,
                    marks=len(self._state.kinds) if self._state is not None else 0,
+                   over_budget=len(self.over_budget),
                    prov_errors=self.prov.errors())
         return out
 
@@ -476,6 +494,10 @@ class AgentGate:
         self.gate = gate
         if self._on_map is not None:
             self._on_map(prov)
+
+    def over_budget(self) -> list[str]:
+        """The must-stop trees marked only in part (too many directories)."""
+        return list(self.gate.over_budget) if self.gate is not None else []
 
     def poll(self, _timeout_s: float) -> list[HipsEvent]:
         gate = self.gate

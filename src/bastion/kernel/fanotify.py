@@ -334,16 +334,24 @@ def load_fast_loop(spin_us: int = DEFAULT_SPIN_US) -> tuple[FastLoop | None, str
 
 
 def subdirs(top: str, top_st: os.stat_result, max_dirs: int) -> list[tuple[str, tuple[int, int]]]:
-    """``top`` and its subdirectories on the same filesystem, (path, (dev, ino)) each.
+    """``top`` and its subdirectories on the same filesystem, (path, (dev, ino)) each,
+    breadth first (the shallowest first: a caller that keeps only ``max_dirs`` of a
+    tree too large keeps the levels nearest its top).
 
     Symlinks are not followed; another filesystem is not entered (like the
     kernel's dentry walk).  Stops after a little more than ``max_dirs``: the
-    caller refuses a tree that large.
+    caller refuses a tree that large, or keeps its first ``max_dirs``.
     """
     out = [(top, (kernel_dev(top_st.st_dev), top_st.st_ino))]
-    for root, dirs, _files in os.walk(top, followlinks=False):
-        keep = []
-        for d in dirs:
+    queue = collections.deque([top])
+    while queue:
+        root = queue.popleft()
+        try:
+            with os.scandir(root) as it:
+                names = sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
+        except OSError:
+            continue
+        for d in names:
             p = os.path.join(root, d)
             try:
                 st = os.lstat(p)
@@ -351,11 +359,10 @@ def subdirs(top: str, top_st: os.stat_result, max_dirs: int) -> list[tuple[str, 
                 continue
             if st.st_dev != top_st.st_dev or not stat.S_ISDIR(st.st_mode):
                 continue
-            keep.append(d)
             out.append((p, (kernel_dev(st.st_dev), st.st_ino)))
             if len(out) > max_dirs:
                 return out
-        dirs[:] = keep
+            queue.append(p)
     return out
 
 
