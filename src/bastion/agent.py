@@ -407,6 +407,12 @@ class Agent:
             out["kernel integrity guard"] = {"on": False, "detail": (
                 "integrity.interval is 0 in the policy" if self.tier is not None
                 else "replay: no kernel")}
+        if self.provgate is not None:
+            gate_state = self.provgate.overflow_state()
+            out["provenance gate"] = {
+                "on": self.provgate.gate is not None,
+                "detail": ("dry run" if self.provgate.dry_run else "must-stop objects refused "
+                           "to untrusted trees") + (f"; {gate_state}" if gate_state else "")}
         n = int(self.sigma.get("rules", 0))
         out["sigma"] = {"on": n > 0, "detail": str(self.sigma.get("detail") or (
             f"{n} rules live" if n else "no rules installed: bastion sigma update"))}
@@ -714,6 +720,10 @@ class Agent:
                 evidence={"shed": shed - self._last_shed, "shed_total": shed}))
             self._last_shed = shed
         self._hips_fail_opens()
+        if self.provgate is not None:
+            overflow = self.provgate.overflow_finding()
+            if overflow is not None:
+                self._alert(overflow)
         shed_total = self._events_shed()
         if shed_total > self._last_shed_events and (
                 final or now - self._last_shed_alert >= self.limits.interval_s):

@@ -10,7 +10,7 @@ import struct
 from typing import Callable, Final, Mapping, Protocol, Sequence
 
 from bastion import abi
-from bastion.errors import ConfigError, Location
+from bastion.errors import ConfigError, KernelError, Location
 from bastion.policy.compile import kernel_dev
 
 _U32: Final = struct.Struct("<I")
@@ -42,7 +42,8 @@ def letters_mask(letters: str) -> int:
 
 
 def reason_names(bits: int) -> list[str]:
-    return [name for bit, name in abi.PROV_REASONS.items() if bits & bit]
+    out = [name for bit, name in abi.PROV_REASONS.items() if bits & bit]
+    return out + ["untracked"] if bits & abi.PROV_UNTRACKED else out
 
 
 class MapLike(Protocol):
@@ -57,9 +58,11 @@ class ProvenanceMap:
     user space fills."""
 
     def __init__(self, prov: MapLike, dirs: MapLike, interp: MapLike,
-                 errors: MapLike | None = None, dir_inodes: MapLike | None = None) -> None:
+                 errors: MapLike | None = None, dir_inodes: MapLike | None = None,
+                 lost: MapLike | None = None) -> None:
         self.prov, self.dirs, self.interp, self.errors_map = prov, dirs, interp, errors
         self.dir_inodes = dir_inodes
+        self.lost = lost   # prov_lost: processes the full map could not take (prov.h)
         self._dirs: list[bytes] = []
         self._dir_inodes: list[bytes] = []
         self._interp: list[bytes] = []
@@ -77,8 +80,40 @@ class ProvenanceMap:
             return False
         val = abi.ProvVal(start_ns=start_ns, reasons=bits | (cur.reasons if cur else 0),
                           origin_tgid=cur.origin_tgid if cur else tgid)
-        self.prov.update(_U32.pack(tgid), bytes(val))
+        try:
+            self.prov.update(_U32.pack(tgid), bytes(val))
+        except KernelError:
+            if cur is not None or self.lost is None or self.errors_map is None:
+                raise
+            self._lose(tgid, start_ns)   # the full map: fail closed, as the kernel does
+            return False
         return True
+
+    def _lose(self, tgid: int, start_ns: int) -> None:
+        """What ``prov_lose`` does in the kernel (bpf/lib/prov.h), from user space: count
+        the failed update (slot 0), keep ``tgid`` in ``prov_lost`` (slot 1 if that fails)."""
+        assert self.lost is not None
+        self._count(0)
+        try:
+            self.lost.update(_U32.pack(tgid), _U64.pack(start_ns))
+        except KernelError:
+            self._count(1)
+
+    def _count(self, slot: int) -> None:
+        assert self.errors_map is not None
+        raw = self.errors_map.lookup(_U32.pack(slot))
+        cur = _U64.unpack(raw)[0] if raw is not None else 0
+        self.errors_map.update(_U32.pack(slot), _U64.pack(cur + 1))
+
+    def untracked(self, tgid: int) -> bool:
+        """Whether ``tgid``, which has no entry, may be a tainted process the full map
+        could not take: in ``prov_lost``, or any process once ``prov_lost`` overflowed
+        too.  False at once while the map never overflowed (the normal case)."""
+        if self.lost is None or not self.errors():
+            return False
+        if self.lost_errors():
+            return True
+        return self.lost.lookup(_U32.pack(tgid)) is not None
 
     def set_dirs(self, paths: Sequence[str]) -> None:
         """The temp dirs whose binaries and scripts are untrusted (replaces the set)."""
@@ -137,9 +172,18 @@ class ProvenanceMap:
         return len(keys)
 
     def errors(self) -> int:
+        """Failed updates of ``prov`` (the map full): processes not tracked."""
+        return self._slot(0)
+
+    def lost_errors(self) -> int:
+        """Failed updates of ``prov_lost``: from the first, untracked processes cannot be
+        told apart (every one counts as untracked until the sensor is reloaded)."""
+        return self._slot(1)
+
+    def _slot(self, slot: int) -> int:
         if self.errors_map is None:
             return 0
-        raw = self.errors_map.lookup(_U32.pack(0))
+        raw = self.errors_map.lookup(_U32.pack(slot))
         return _U64.unpack(raw)[0] if raw is not None else 0
 
 
