@@ -420,3 +420,54 @@ def test_lost_tracking_itself_lost_fails_closed_for_every_untracked_process(
         for h in holders:
             h.kill()
             h.wait()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_bytes()
+            except OSError:
+                continue
+            if int(stat[stat.rfind(b")") + 2:].split()[1]) == pid:
+                out.append(int(d.name))
+    return out
+
+
+def test_a_python_reason_reaches_the_children_forked_before_it(env: Env) -> None:
+    """Attack: a process forks its worker first, then gains a reason only user space
+    knows (here network-binary: the Provenance rule's publish), and the worker, already
+    forked, does the must-stop act.  Before: the reason was written to the publishing
+    tgid alone, the worker had no entry and wrote the profile.  After: the publisher
+    writes the live descendants too (process table + /proc), so the worker is refused."""
+    from bastion.procstat import read_stat
+    from bastion.proctable import ProcessTable
+    from bastion.sensors.provenance import publisher
+
+    go = env.root / "go"
+    shell = f'echo $$ > {env.cg}/cgroup.procs && exec "$@"'
+    worker = (f"(while [ ! -e {go} ]; do sleep 0.02; done; echo evil >> {env.profile}) & "
+              "wait")
+    parent = subprocess.Popen(["/bin/sh", "-c", shell, "sh", "/bin/sh", "-c", worker],
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not _children(parent.pid):
+            assert time.monotonic() < deadline, "the worker did not start"
+            time.sleep(0.02)
+        (child,) = _children(parent.pid)
+        assert env.prov.get(parent.pid) is None and env.prov.get(child) is None
+        procs = ProcessTable()
+        procs.seed()
+        publish = publisher(env.prov, procs.live_descendants)
+        publish((parent.pid, read_stat(parent.pid).start_ns), "network-binary")
+        go.touch()
+        _, err = parent.communicate(timeout=TIMEOUT)
+        assert env.profile.read_text() == PROFILE, "the worker forked before the reason wrote"
+        assert "Operation not permitted" in err
+        assert [d.reasons for d in env.gate.decisions()] == [("network-binary",)]
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()

@@ -12,6 +12,7 @@ from typing import Callable, Final, Mapping, Protocol, Sequence
 from bastion import abi
 from bastion.errors import ConfigError, KernelError, Location
 from bastion.policy.compile import kernel_dev
+from bastion.procstat import TICK_NS
 
 _U32: Final = struct.Struct("<I")
 _U64: Final = struct.Struct("<Q")
@@ -71,12 +72,13 @@ class ProvenanceMap:
         raw = self.prov.lookup(_U32.pack(tgid))
         return abi.ProvVal.from_buffer_copy(raw) if raw is not None else None
 
-    def add(self, tgid: int, start_ns: int, bits: int) -> bool:
+    def add(self, tgid: int, start_ns: int, bits: int, *, tolerance_ns: int = 0) -> bool:
         """OR ``bits`` into the live process ``tgid`` started at ``start_ns`` (the
         reasons only user space knows).  An entry of another start (a reused pid) is
-        left alone; returns whether the bits were written."""
+        left alone; returns whether the bits were written.  ``tolerance_ns``: a start
+        time read from /proc is in clock ticks (``TICK_NS``)."""
         cur = self.get(tgid)
-        if cur is not None and cur.start_ns != start_ns:
+        if cur is not None and abs(cur.start_ns - start_ns) > tolerance_ns:
             return False
         val = abi.ProvVal(start_ns=start_ns, reasons=bits | (cur.reasons if cur else 0),
                           origin_tgid=cur.origin_tgid if cur else tgid)
@@ -197,10 +199,23 @@ REASON_BITS: Final[Mapping[str, int]] = {
     **{name: bit for bit, name in abi.PROV_REASONS.items()}, "admin-tty": abi.PROV_ADMIN_TTY}
 
 
-def publisher(prov: ProvenanceMap) -> Callable[[tuple[int, int], str], None]:
+def publisher(prov: ProvenanceMap,
+              descendants: Callable[[int], list[tuple[int, int]]] | None = None,
+              ) -> Callable[[tuple[int, int], str], None]:
     """The Provenance rule's ``publish``: a reason of process ``(pid, start_ns)`` ORed
     into the kernel map (start_ns is the event header's, the kernel's own clock, so an
-    entry of a reused pid never takes it).  An unknown reason is an error."""
+    entry of a reused pid never takes it).  An unknown reason is an error.
+
+    ``descendants(pid)``: its live descendants, (pid, start_ns) (the process table's
+    :meth:`~bastion.proctable.ProcessTable.live_descendants`): a reason user space
+    learns after the process forked reaches the children it already has too (the
+    kernel copies an entry only at fork).  The reason is written to the process first,
+    so every fork after that inherits it in the kernel; then to the descendants found,
+    and the walk is repeated until it finds none without the reason (a child forked by
+    a descendant before that descendant's entry was written).  The window left: a
+    descendant that left the tree (its parent exited: reparented to init or a
+    subreaper) before its fork reached the loop and before the walk; ``admin-tty`` is
+    the session shell's own and not spread."""
 
     def publish(key: tuple[int, int], reason: str) -> None:
         bit = REASON_BITS.get(reason)
@@ -208,6 +223,16 @@ def publisher(prov: ProvenanceMap) -> Callable[[tuple[int, int], str], None]:
             raise ConfigError(f"no kernel bit for provenance reason {reason!r}",
                               location=Location("bastion.sensors.provenance"))
         prov.add(key[0], key[1], bit)
+        if descendants is None or bit == abi.PROV_ADMIN_TTY:
+            return
+        written: set[int] = set()
+        for _ in range(4):
+            fresh = [(p, s) for p, s in descendants(key[0]) if p not in written]
+            if not fresh:
+                return
+            for pid, start_ns in fresh:
+                written.add(pid)
+                prov.add(pid, start_ns, bit, tolerance_ns=TICK_NS)
 
     return publish
 
