@@ -208,8 +208,9 @@ def test_a_stopped_writer_process_is_killed_restarted_and_alerted(tmp_path: Path
     was shed (the attack's row kept in the queue but never written) and no alert named
     the stop.  After: a writer that answers nothing for ``writer_stall_s`` while it has
     work is killed and replaced, ``bastion.store.writer_stalled`` (high) is raised, and
-    the attack's row is stored by the new writer."""
-    sensor = _Sensor(batches=60, attack_at=(40,))
+    the attack rows are stored by the new writer: the one kept in the queue and the one
+    already in the stopped writer's pipe (its unanswered batches are sent again)."""
+    sensor = _Sensor(batches=60, attack_at=(2, 40))   # 2: in the stopped writer's pipe
     sensor.hold.clear()
     store = Store.open(tmp_path / "db")
     procs = ProcessTable()
@@ -251,8 +252,10 @@ def test_a_stopped_writer_process_is_killed_restarted_and_alerted(tmp_path: Path
         stored = store.count_events()
     finally:
         store.close()
-    assert len(alerts) == 1
-    assert [r["argv"][1] for r in evil_rows] == ["40"]
+    assert len(alerts) == 2
+    # both attack rows stored: the one kept in the queue, and the one in the stopped
+    # writer's pipe (sent again to the new writer)
+    assert sorted(r["argv"][1] for r in evil_rows) == ["2", "40"]
     assert len(stalled) == 1 and stalled[0]["severity"] == "high"
     assert stalled[0]["evidence"]["pid"] == first
     assert stored + agent.store_health.events_not_stored == sensor.sent

@@ -16,8 +16,9 @@ no migration, the alert chain never touched) and answers one line per batch.
   raised a finding are offered with ``force``: their rows are kept whatever the
   queue holds (what is shed is only storage of benign events).
 * A child that exits or is killed is restarted at once and reported through
-  ``on_died`` (the agent raises a high alert); the batches it had not confirmed
-  are counted as not stored (``lost``), never silently.
+  ``on_died`` (the agent raises a high alert); the batches it had not confirmed are
+  sent again to the new child, once; a batch whose second writer dies too is counted
+  as not stored (``lost``), never silently.
 * A child that has work (a frame in its pipe, or the feeder blocked writing one) and
   answers nothing for ``stall_s`` (SIGSTOP, a hang) is killed and replaced the same way,
   reported as stalled (the agent raises a high alert).  ``stall_s`` is above the store's
@@ -38,6 +39,7 @@ no migration, the alert chain never touched) and answers one line per batch.
 from __future__ import annotations
 
 import argparse
+import collections
 import hashlib
 import hmac
 import logging
@@ -254,6 +256,11 @@ class _Child:
         self.sent = 0          # events written to its pipe
         self.answered = 0      # events it answered for (stored, failed or malformed)
         self.writing = False   # the feeder is in a write to its pipe
+        # the batches written and not answered yet, in order (the answers come in order),
+        # each with whether it is a second try: a batch a dead writer had not answered is
+        # sent once more to the next one (the rows of events that raised a finding in it
+        # too); a second death loses it (a batch that kills its writer does not loop)
+        self.inflight: collections.deque[tuple[Sequence[Event], bool]] = collections.deque()
         self.progress_at = time.monotonic()   # its last answer, or the start of its work
         self.stalled = ""      # why the agent killed it for making no progress
         self.tampered = ""     # why its pipes cannot be trusted (it was killed)
@@ -293,6 +300,7 @@ class EventStoreProcess:
             raise ValueError(f"EventStoreProcess: stall_s must be > 0 (got {stall_s})")
         self.stall_s = stall_s
         self._lock = threading.Lock()
+        self._send_lock = threading.Lock()   # one writer of a child's pipe at a time
         self._child: _Child | None = None
         self._closing = False
         self.restarts = 0
@@ -396,6 +404,8 @@ class EventStoreProcess:
                 child.tampered = detail
                 continue
             child.answered += n
+            if child.inflight:
+                child.inflight.popleft()
             self._on_result(kind, n, detail)
         child.popen.wait()
         child.ready.set()
@@ -411,7 +421,12 @@ class EventStoreProcess:
         with self._lock:
             if self._child is not child:
                 return
-            lost = max(0, child.sent - child.answered)
+            if self._closing:
+                redo: list[Sequence[Event]] = []
+                lost = max(0, child.sent - child.answered)
+            else:
+                redo = [b for b, retried in child.inflight if not retried]
+                lost = sum(len(b) for b, retried in child.inflight if retried)
             self.lost += lost
             rc = child.popen.returncode
             if self._closing and not child.tampered:
@@ -430,8 +445,9 @@ class EventStoreProcess:
             self._recent = [t for t in self._recent if now - t < 60.0] + [now]
             delay = RESTART_BACKOFF_S[min(len(self._recent) - 1, len(RESTART_BACKOFF_S) - 1)]
             self.restarts += 1
-        log.error("event writer process %d %s; %d events not confirmed; restarting",
-                  child.popen.pid, why, lost)
+        log.error("event writer process %d %s; %d events not confirmed for the second time "
+                  "(lost), %d batches sent again; restarting", child.popen.pid, why, lost,
+                  len(redo))
         self._on_died(why, lost, cause, child.popen.pid)
         if self._closing:
             return
@@ -439,13 +455,25 @@ class EventStoreProcess:
             time.sleep(delay)
         with self._lock:
             if self._closing or self._child is not child:
-                return
-            try:
-                self._spawn()
-            except OSError as exc:
-                log.error("event writer process cannot restart: %s", exc)
-                self._child = None
-                self._on_died(f"cannot restart: {exc}", 0, "died", child.popen.pid)
+                new = None
+            else:
+                try:
+                    new = self._spawn()
+                except OSError as exc:
+                    log.error("event writer process cannot restart: %s", exc)
+                    self._child = None
+                    new = None
+                    self._on_died(f"cannot restart: {exc}", 0, "died", child.popen.pid)
+        unsent = 0
+        for batch in redo:
+            with self._send_lock:
+                if new is None or not self._write_to(new, batch, retried=True):
+                    unsent += len(batch)
+        if unsent:
+            with self._lock:
+                self.lost += unsent
+            self._on_result("failed", unsent, "not confirmed by a writer process that died, "
+                            "and no new one to send them to")
 
     def check(self, now: float | None = None) -> None:
         """From the loop's tick: no child at all after a failed restart (start one), or a
@@ -504,32 +532,40 @@ class EventStoreProcess:
 
     # -- the feeder thread
 
+    def _write_to(self, child: _Child, batch: Sequence[Event], *, retried: bool) -> bool:
+        """One frame of ``batch`` to ``child`` (under ``_send_lock``); False: it is gone."""
+        stdin = child.popen.stdin
+        assert stdin is not None
+        data = frame(child.key, child.seq + 1, batch)
+        if child.sent <= child.answered:
+            child.progress_at = time.monotonic()   # its work starts now
+        child.writing = True
+        try:
+            stdin.write(data)
+            stdin.flush()
+        except (BrokenPipeError, ValueError, OSError):
+            return False
+        finally:
+            child.writing = False
+        child.seq += 1
+        child.sent += len(batch)
+        child.inflight.append((batch, retried))
+        return True
+
     def _send(self, batch: Sequence[Event]) -> None:
         for _ in range(2):
             child = self._child
             if child is None:
                 time.sleep(0.1)
                 continue
-            stdin = child.popen.stdin
-            assert stdin is not None
-            data = frame(child.key, child.seq + 1, batch)
-            if child.sent <= child.answered:
-                child.progress_at = time.monotonic()   # its work starts now
-            child.writing = True
-            try:
-                stdin.write(data)
-                stdin.flush()
-            except (BrokenPipeError, ValueError, OSError):
-                child.writing = False
-                # the child is gone: the reader reports it and restarts one; wait for it
-                deadline = time.monotonic() + 10.0
-                while self._child is child and time.monotonic() < deadline and not self._closing:
-                    time.sleep(0.01)
-                continue
-            child.seq += 1
-            child.sent += len(batch)
-            child.writing = False
-            return
+            with self._send_lock:
+                ok = self._write_to(child, batch, retried=False)
+            if ok:
+                return
+            # the child is gone: the reader reports it and restarts one; wait for it
+            deadline = time.monotonic() + 10.0
+            while self._child is child and time.monotonic() < deadline and not self._closing:
+                time.sleep(0.01)
         raise OSError("no event writer process to take the batch")
 
     def _send_failed(self, batch: Sequence[Event], exc: Exception) -> None:
