@@ -348,3 +348,38 @@ def test_answers_forged_into_the_agents_pipe_are_refused(tmp_path: Path) -> None
     finally:
         store.close()
     assert len(tampered) == 1 and tampered[0]["severity"] == "critical"
+
+
+def test_a_batch_resent_once_is_lost_if_its_second_writer_dies_too(tmp_path: Path) -> None:
+    """A batch a dead writer had not answered is sent once more; if the second writer
+    dies with it unanswered as well (a batch that crashes the writer), it is counted as
+    lost, never sent a third time (no crash loop), and storage goes on."""
+    from bastion.store.eventproc import EventStoreProcess
+
+    Store.open(tmp_path / "db").close()
+    results: list[tuple[str, int]] = []
+    died: list[tuple[str, int, str]] = []
+    sp = EventStoreProcess(tmp_path / "db", max_items=10_000,
+                           on_result=lambda k, n, d: results.append((k, n)),
+                           on_died=lambda why, lost, cause, pid: died.append((why, lost, cause)))
+    sp.start()
+    try:
+        batch = [FileEvent(T0 + i, ACTOR, op="chmod", path=f"/tmp/r{i}", mode=0o644)
+                 for i in range(7)]
+        for n in range(2):                       # two writers die with the batch unanswered
+            pid = sp.pid
+            assert pid is not None
+            os.kill(pid, signal.SIGSTOP)
+            if n == 0:
+                assert sp.offer(batch)
+            _wait(lambda: sp._child is not None and sp._child.sent >= len(batch), 15,
+                  "the batch in the stopped writer's pipe")
+            os.kill(pid, signal.SIGKILL)
+            _wait(lambda: sp.pid not in (None, pid), 15, "a new writer")
+        assert sp.flush(30)
+        assert [d[1] for d in died] == [0, 7]    # resent after the first, lost after the second
+        assert sp.lost == 7 and sp.restarts == 2
+        assert sp.offer(batch[:3]) and sp.flush(30)
+        assert ("stored", 3) in results and ("stored", 7) not in results
+    finally:
+        sp.close()
