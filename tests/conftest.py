@@ -20,6 +20,25 @@ _LAYERS = ("unit", "kernel", "e2e", "vm")
 _MUST_RUN = {"kernel", "e2e", "vm"}
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Remove what SIGKILLed sessions left (tests/support/stale.py): empty test cgroups,
+    native copies and test pins whose owner is dead, never a live session's; what was
+    removed (or kept: busy) is said in the header."""
+    if os.geteuid() != 0:
+        return
+    from bastion.kernel.bpffs import cgroup2_root
+    from support.stale import sweep
+
+    session.config.stash[_SWEPT] = sweep(cgroup_root=cgroup2_root()).lines()
+
+
+_SWEPT = pytest.StashKey[list[str]]()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return config.stash.get(_SWEPT, [])
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         parts = item.path.relative_to(item.config.rootpath).parts
@@ -66,7 +85,9 @@ def _native_libraries_root_only() -> Iterator[None]:
     else:
         yield
         return
-    copy = Path(tempfile.mkdtemp(prefix="bastion-native-", dir="/run"))
+    from support.stale import owner_tag
+
+    copy = Path(tempfile.mkdtemp(prefix=f"bastion-native-{owner_tag()}-", dir="/run"))
     try:
         for lib in libs:
             shutil.copy2(lib, copy / lib.name)

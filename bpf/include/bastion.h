@@ -334,8 +334,12 @@ struct bastion_inode_rule {
 /* an administrator's interactive session (set by user space on the login
  * shell, inherited): the LOCAL_MASK reasons are alerted, not refused */
 #define BASTION_PROV_ADMIN_TTY       (1u << 31)
+/* never in the map: user space's name for a process the full map could not take
+ * (map `prov_lost`, bpf/lib/prov.h); the gate refuses it like any untrusted reason */
+#define BASTION_PROV_UNTRACKED       (1u << 30)
 #define BASTION_PROV_PREFIX_LEN 64   /* bytes of a prov_dirs prefix */
 #define BASTION_PROV_MAX 65536       /* live tainted processes tracked */
+#define BASTION_PROV_LOST_MAX 4096   /* processes the full `prov` could not take (prov.h) */
 
 struct bastion_prov_val {
 	__u64 start_ns;      /* group leader's start_boottime (ns) */

@@ -101,13 +101,26 @@ static __always_inline bool prov_file_under_dir(const struct path *p)
 	return c.hit;
 }
 
-/* Failed updates of `prov` (full map): user space reads it and says so. */
+/* Overflow, failing closed (docs/threat-model.md "Provenance map overflow"):
+ * slot 0 counts failed updates of `prov` (full map); the process whose entry was
+ * not taken goes to `prov_lost` (tgid -> start_boottime), and so does every child
+ * it forks, so the gate refuses them as "untracked" instead of trusting them; slot
+ * 1 counts failed updates of `prov_lost`: from then on no untracked process can be
+ * told apart and the gate refuses every one on must-stop objects.  While slot 0 is
+ * 0 (the normal case) `prov_lost` is not touched. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, 2);
 	__type(key, __u32);
 	__type(value, __u64);
 } prov_errors SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, BASTION_PROV_LOST_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} prov_lost SEC(".maps");
 
 #define PROV_ARGV 256
 
@@ -240,13 +253,28 @@ static __always_inline int prov_script_arg(struct prov_scratch *s, __u32 len, __
 	return c->found;
 }
 
-static __always_inline void prov_count_error(void)
+static __always_inline void prov_count(__u32 k)
 {
-	__u32 k = 0;
 	__u64 *v = bpf_map_lookup_elem(&prov_errors, &k);
 
 	if (v)
 		__sync_fetch_and_add(v, 1);
+}
+
+static __always_inline bool prov_overflowed(void)
+{
+	__u32 k = 0;
+	__u64 *v = bpf_map_lookup_elem(&prov_errors, &k);
+
+	return v && *v;
+}
+
+/* `prov` could not take @tgid's entry: count it and keep @tgid as lost. */
+static __always_inline void prov_lose(__u32 tgid, __u64 start_ns)
+{
+	prov_count(0);
+	if (bpf_map_update_elem(&prov_lost, &tgid, &start_ns, BPF_ANY))
+		prov_count(1);
 }
 
 /* sched_process_exec: add what the kernel can tell about the new image.  @exe_path:
@@ -333,7 +361,7 @@ static __always_inline void prov_exec(struct task_struct *p, struct linux_binprm
 		val.origin_tgid = tgid;
 	}
 	if (bpf_map_update_elem(&prov, &tgid, &val, BPF_ANY))
-		prov_count_error();
+		prov_lose(tgid, BPF_CORE_READ(p, group_leader, start_boottime));
 }
 
 /* sched_process_fork: the child gets the creator's reasons, or no entry. */
@@ -347,12 +375,18 @@ static __always_inline void prov_fork(struct task_struct *parent, struct task_st
 	cur = bpf_map_lookup_elem(&prov, &ptgid);
 	if (!cur) {
 		bpf_map_delete_elem(&prov, &ctgid); /* nothing a dead holder of this pid left */
+		if (prov_overflowed()) {
+			if (bpf_map_lookup_elem(&prov_lost, &ptgid))
+				prov_lose(ctgid, BPF_CORE_READ(child, start_boottime));
+			else
+				bpf_map_delete_elem(&prov_lost, &ctgid);
+		}
 		return;
 	}
 	val = *cur;
 	val.start_ns = BPF_CORE_READ(child, start_boottime);
 	if (bpf_map_update_elem(&prov, &ctgid, &val, BPF_ANY))
-		prov_count_error();
+		prov_lose(ctgid, val.start_ns);
 }
 
 /* sched_process_exit: the last thread of the process drops its entry. */
@@ -363,6 +397,8 @@ static __always_inline void prov_exit(struct task_struct *p)
 	if (BPF_CORE_READ(p, signal, live.counter) != 0)
 		return;
 	bpf_map_delete_elem(&prov, &tgid);
+	if (prov_overflowed())
+		bpf_map_delete_elem(&prov_lost, &tgid);
 }
 
 #endif /* BASTION_PROV_H */

@@ -37,6 +37,7 @@ from bastion.pump import EventPump, Source
 from bastion.respond.dispatch import Dispatcher
 from bastion.sensors.base import Sensor
 from bastion.store.db import MalformedRecordError, Store
+from bastion.store.eventproc import STALL_S as WRITER_STALL_S
 from bastion.store.eventproc import EventStoreProcess
 from bastion.timefmt import format_time
 from bastion.store.remote import store_handlers
@@ -261,6 +262,7 @@ class Agent:
         self._last_shed_alert = float("-inf")
         self._writer_said = ""   # the writer error last alerted
         self.writer_max_events = WRITER_MAX_EVENTS
+        self.writer_stall_s = WRITER_STALL_S   # the writer process: no answer with work
         self.store_process = store_process
         self._writer_enrol = parts.writer_enrol
         self._store_proc: EventStoreProcess | None = None   # while run() runs, if asked
@@ -405,6 +407,12 @@ class Agent:
             out["kernel integrity guard"] = {"on": False, "detail": (
                 "integrity.interval is 0 in the policy" if self.tier is not None
                 else "replay: no kernel")}
+        if self.provgate is not None:
+            gate_state = self.provgate.overflow_state()
+            out["provenance gate"] = {
+                "on": self.provgate.gate is not None,
+                "detail": ("dry run" if self.provgate.dry_run else "must-stop objects refused "
+                           "to untrusted trees") + (f"; {gate_state}" if gate_state else "")}
         n = int(self.sigma.get("rules", 0))
         out["sigma"] = {"on": n > 0, "detail": str(self.sigma.get("detail") or (
             f"{n} rules live" if n else "no rules installed: bastion sigma update"))}
@@ -712,6 +720,10 @@ class Agent:
                 evidence={"shed": shed - self._last_shed, "shed_total": shed}))
             self._last_shed = shed
         self._hips_fail_opens()
+        if self.provgate is not None:
+            overflow = self.provgate.overflow_finding()
+            if overflow is not None:
+                self._alert(overflow)
         shed_total = self._events_shed()
         if shed_total > self._last_shed_events and (
                 final or now - self._last_shed_alert >= self.limits.interval_s):
@@ -801,7 +813,7 @@ class Agent:
         written by the in-process writer thread instead (said, never silent)."""
         sp = EventStoreProcess(self.store.path.parent, max_items=self.writer_max_events,
                                on_result=self._store_result, on_died=self._store_writer_died,
-                               enrol=self._writer_enrol)
+                               enrol=self._writer_enrol, stall_s=self.writer_stall_s)
         try:
             sp.start()
         except (StoreError, OSError) as exc:
@@ -975,16 +987,21 @@ class Agent:
                 title=f"{n} events not stored by the event writer process: {detail}",
                 evidence={"error": detail, "kind": kind, "events": n}))
 
-    def _store_writer_died(self, why: str, lost: int) -> None:
-        """The writer process exited or was killed (it was restarted): always alerted."""
+    def _store_writer_died(self, why: str, lost: int, cause: str, pid: int) -> None:
+        """The writer process exited, was killed, stopped making progress (stopped,
+        hung: killed by us) or its pipes carried what it or we did not write (killed):
+        restarted, always alerted; tampering is critical."""
         self.store_health.events_not_stored += lost
         sp = self._store_proc
+        rule, severity = {"stalled": ("bastion.store.writer_stalled", "high"),
+                          "tampered": ("bastion.store.writer_tampered", "critical")}.get(
+                              cause, ("bastion.store.writer_died", "high"))
         self._pending.append(Finding(
-            rule="bastion.store.writer_died", severity="high", attack=("T1562.001",),
+            rule=rule, severity=severity, attack=("T1562.001",),
             action="alert", event=None, pid=os.getpid(),
-            title=f"Event writer process {why}; restarted ({lost} events it had not "
+            title=f"Event writer process {pid} {why}; restarted ({lost} events it had not "
                   "confirmed are not stored)",
-            evidence={"why": why, "lost": lost,
+            evidence={"why": why, "lost": lost, "pid": pid, "cause": cause,
                       "restarts": sp.restarts if sp is not None else 0}))
 
     def _write_outputs(self, events: Sequence[Event]) -> None:

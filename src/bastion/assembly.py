@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence, TextIO
@@ -20,10 +21,13 @@ from bastion.config import AgentConfig
 from bastion.errors import KernelError
 from bastion.kernel.bpffs import HostMounts, prepare_pseudo_filesystems
 from bastion.paths import PIN_ROOT
+from bastion.procstat import PROC
 from bastion.proctable import ProcessTable
 from bastion.respond.dispatch import ActionHook, Dispatcher, QuarantineBackend
 from bastion.sensors.base import Sensor
 from bastion.tier import Tier
+
+PUBLISH_SCAN_S = 0.05   # a provenance publish walks /proc for descendants at most this often
 
 if TYPE_CHECKING:
     from bastion.detect.engine import Engine, Finding, Rule
@@ -266,7 +270,7 @@ def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
             say(f"metrics on http://{policy.metrics.host}:{port}/metrics")
         if report is not None:
             _kernel_parts(parts, opts, report)
-            _provenance_gate(parts, opts, sensor, engine)
+            _provenance_gate(parts, opts, sensor, engine, procs)
             from bastion.containers import ContainerResolver
             from bastion.kernel.bpffs import cgroup2_root
 
@@ -337,9 +341,11 @@ def _fleet_parts(parts: AgentParts, policy: AgentConfig, data_dir: Path) -> None
 
 
 def _provenance_gate(parts: AgentParts, opts: AgentOptions, sensor: Sensor,
-                     engine: Engine) -> None:
+                     engine: Engine, procs: ProcessTable) -> None:
     """Issue 15: the fanotify gate on the must-stop objects, reading the event sensor's
-    kernel provenance map; the Provenance rule mirrors its user-space reasons into it."""
+    kernel provenance map; the Provenance rule mirrors its user-space reasons into it,
+    and into the live descendants the process already has (the process table, and
+    /proc at most every ``PUBLISH_SCAN_S``: a flood of publishes costs table walks)."""
     from bastion.detect.behavior.provenance import Provenance
     from bastion.enforce.provgate import AgentGate
     from bastion.sensors.bpf import BpfSensor
@@ -348,10 +354,19 @@ def _provenance_gate(parts: AgentParts, opts: AgentOptions, sensor: Sensor,
     if not isinstance(sensor, BpfSensor):
         return
 
+    last_scan = [0.0]
+
+    def descendants(pid: int) -> list[tuple[int, int]]:
+        now = time.monotonic()
+        scan = now - last_scan[0] >= PUBLISH_SCAN_S
+        if scan:
+            last_scan[0] = now
+        return procs.live_descendants(pid, proc=PROC if scan else None)
+
     def mirror(prov: ProvenanceMap) -> None:
         for r in engine.rules:
             if isinstance(r, Provenance):
-                r.publish = publisher(prov)
+                r.publish = publisher(prov, descendants)
 
     parts.provgate = AgentGate(sensor.provenance, self_tgid=os.getpid(),
                                deadline_s=opts.test_deadline,

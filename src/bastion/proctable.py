@@ -17,7 +17,7 @@ from typing import Iterator
 
 from bastion.abi import kernel_dev
 from bastion.events import Event, ExecEvent, ExitEvent, ForkEvent, Proc, with_proc
-from bastion.procstat import TICK_NS, read_stat
+from bastion.procstat import PROC, TICK_NS, parse_stat, read_stat
 
 
 
@@ -97,6 +97,43 @@ class ProcessTable:
 
     def __iter__(self) -> Iterator[ProcEntry]:
         return iter(list(self._procs.values()))
+
+    def live_descendants(self, pid: int, *, proc: Path | None = PROC,
+                         limit: int = 4096) -> list[tuple[int, int]]:
+        """(pid, start_ns) of the live descendants of ``pid``: the table's (fork events,
+        a reparented child included while its fork was seen) and, with ``proc``, the
+        kernel's as /proc has them now (children whose fork event the loop has not
+        processed yet).  At most ``limit``."""
+        kids: dict[int, list[tuple[int, int]]] = {}
+        for e in self._procs.values():
+            if not e.exited_ns:
+                kids.setdefault(e.ppid, []).append((e.pid, e.start_ns))
+        if proc is not None:
+            known = {p for v in kids.values() for p, _ in v}
+            try:
+                names = os.listdir(proc)
+            except OSError:
+                names = []
+            for name in names:
+                if not name.isdigit():
+                    continue
+                try:
+                    with open(proc / name / "stat", "rb") as f:
+                        st = parse_stat(int(name), f.read())
+                except (OSError, ValueError):
+                    continue
+                if st.ppid and st.pid not in known:
+                    kids.setdefault(st.ppid, []).append((st.pid, st.start_ns))
+        out: list[tuple[int, int]] = []
+        done = {pid}
+        todo = [pid]
+        while todo and len(out) < limit:
+            for child in kids.get(todo.pop(), ()):
+                if child[0] not in done:
+                    done.add(child[0])
+                    out.append(child)
+                    todo.append(child[0])
+        return out[:limit]
 
     def ancestry(self, pid: int, limit: int = 64) -> list[ProcEntry]:
         """The process and its ancestors, nearest first (stops at a loop or an unknown)."""

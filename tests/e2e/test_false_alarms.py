@@ -372,9 +372,9 @@ def _decode_and_discovery(c: Corpus) -> None:
 
 def _unit_tests(c: Corpus) -> None:
     py = REPO / ".venv" / "bin" / "python"
-    c.run("unit tests (events or config or store)",
+    c.run("unit tests (events or config)",
           f"{py} -m pytest -q -p no:cacheprovider --basetemp={c.tmp / 'unit-tmp'} "
-          "tests/unit -x -k 'events or config or store'", REPO,
+          "tests/unit -x -k 'events or config'", REPO,
           expect=("-m pytest -q -p no:cacheprovider",), timeout=120)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import secrets
 import struct
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from bastion.kernel.libbpf import (
     obj_pin,
 )
 from bastion.kernel.ringbuf import RingBuffer
+from support.stale import owned_name
 
 ROOT = Path(__file__).resolve().parents[2]
 SELFTEST = ROOT / "build" / "bpf" / "selftest.bpf.o"
@@ -69,7 +69,7 @@ def _root_and_objects() -> None:
 
 @pytest.fixture
 def pins() -> Iterator[Path]:
-    root = Path("/sys/fs/bpf") / f"bastion-test-{secrets.token_hex(6)}"
+    root = Path("/sys/fs/bpf") / owned_name("bastion-test-")
     try:
         yield bpffs.pin_dir(root)
     finally:
@@ -414,7 +414,7 @@ def test_link_pin_survives_destroy_until_unpinned(
 
 
 def test_cgroup_attach_runs_for_processes_in_the_cgroup(obj: BpfObject) -> None:
-    cg = bpffs.cgroup2_root() / f"bastion-test-{secrets.token_hex(6)}"
+    cg = bpffs.cgroup2_root() / owned_name("bastion-test-")
     cg.mkdir()
     try:
         fd = os.open(cg, os.O_RDONLY | os.O_DIRECTORY)

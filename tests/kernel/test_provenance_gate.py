@@ -21,7 +21,7 @@ from typing import Iterator
 import pytest
 
 from bastion import abi
-from bastion.enforce.provgate import GateObject, ProvenanceGate
+from bastion.enforce.provgate import OVERFLOW_RULE, AgentGate, GateObject, ProvenanceGate
 from bastion.events import HipsEvent
 from bastion.sensors.bpf import BpfSensor
 from bastion.sensors.provenance import ProvenanceMap, default_interpreters
@@ -66,14 +66,15 @@ def env() -> Iterator[Env]:
         shutil.rmtree(tmp_path)
 
 
-def _env(tmp_path: Path) -> Iterator[Env]:
+def _env(tmp_path: Path, prov_max: int | None = None) -> Iterator[Env]:
     for d in ("drop", "home", "cron.d", "creds"):
         (tmp_path / d).mkdir()
     (tmp_path / "home" / ".bashrc").write_text("# profile\n")
     (tmp_path / "cron.d" / "job").write_text("# cron\n")
     (tmp_path / "creds" / "shadow").write_text("root:$6$secret:1:0:99999:7:::\n")
     with scoped_cgroup() as (cg, cgid):
-        sensor = BpfSensor(cgroup_id=cgid, classes=("exec",), ring_bytes=1 << 20)
+        sensor = BpfSensor(cgroup_id=cgid, classes=("exec",), ring_bytes=1 << 20,
+                           prov_max_entries=prov_max)
         sensor.open()
         try:
             prov = sensor.provenance()
@@ -389,3 +390,136 @@ def test_a_tree_an_unprivileged_user_filled_does_not_turn_the_gate_off(tmp_path:
                 sensor.close()
     finally:
         shutil.rmtree(root)
+PROV_SMALL = 3
+
+
+@pytest.fixture
+def small_env() -> Iterator[Env]:
+    """The gate over a provenance map of PROV_SMALL entries (set before load)."""
+    tmp_path = Path(tempfile.mkdtemp(prefix="bprov-"))
+    try:
+        yield from _env(tmp_path, prov_max=PROV_SMALL)
+    finally:
+        shutil.rmtree(tmp_path)
+
+
+def _fill_prov_map(env: Env) -> list[subprocess.Popen[str]]:
+    """PROV_SMALL live tmp-script processes in the test cgroup: the map is full."""
+    hold = env.script("hold.sh", "exec sleep 60\n")
+    shell = f'echo $$ > {env.cg}/cgroup.procs && exec "$@"'
+    holders = [subprocess.Popen(["/bin/sh", "-c", shell, "sh", "/bin/sh", str(hold)], text=True)
+               for _ in range(PROV_SMALL)]
+    deadline = time.monotonic() + TIMEOUT
+    while not all(env.prov.get(h.pid) is not None for h in holders):
+        assert time.monotonic() < deadline, "the holders were not tracked"
+        time.sleep(0.02)
+    return holders
+
+
+def test_a_full_provenance_map_fails_closed_for_the_untracked_tree(small_env: Env) -> None:
+    """Attack: fill the provenance map (live tainted processes: a fork storm of /tmp
+    scripts) so the next tainted process gets no entry and, untracked, counts as trusted.
+    Before: its write to a profile (and its child's) went through.  After: a process
+    whose entry the full map could not take is kept in ``prov_lost`` (its children
+    too) and refused as ``untracked``; a clean process stays allowed; the overflow is
+    counted for the alert and status."""
+    env = small_env
+    holders = _fill_prov_map(env)
+    try:
+        p = env.script("late.sh", f"echo evil >> {env.profile}\n"
+                       f"sh -c 'echo child >> {env.profile}'\n")
+        r = env.run(["/bin/sh", str(p)])
+        assert env.profile.read_text() == PROFILE, "an untracked tainted tree wrote"
+        assert r.stderr.count("Operation not permitted") == 2
+        assert env.prov.errors() >= 1
+        assert all(d.reasons == ("untracked",) for d in env.gate.decisions())
+        # a process outside the lost tree: no entry, not lost: allowed as before
+        r = env.run(["/bin/sh", "-c", f"echo ok >> {env.profile}"])
+        assert r.returncode == 0 and env.profile.read_text() == PROFILE + "ok\n"
+        assert env.gate.stats()["prov_errors"] >= 1
+        # the agent's part: one high alert per growth, and the status line
+        part = AgentGate(lambda: env.prov, self_tgid=os.getpid(), deadline_s=DEADLINE_S)
+        part.gate = env.gate
+        f = part.overflow_finding()
+        assert f is not None and f.rule == OVERFLOW_RULE and f.severity == "high"
+        assert f.evidence["failed_updates"] == env.prov.errors()
+        assert part.overflow_finding() is None          # said once until it grows
+        assert "refused on must-stop objects as untracked" in part.overflow_state()
+    finally:
+        for h in holders:
+            h.kill()
+            h.wait()
+
+
+def test_lost_tracking_itself_lost_fails_closed_for_every_untracked_process(
+        small_env: Env) -> None:
+    """Both the map and the lost list full (``prov_errors[1]``): no untracked process
+    can be told apart, every one is refused on must-stop objects until the sensor is
+    reloaded (said in status and the alert)."""
+    env = small_env
+    holders = _fill_prov_map(env)
+    try:
+        late = env.script("late.sh", "true\n")          # one the full map cannot take
+        env.run(["/bin/sh", str(late)])
+        assert env.prov.errors() >= 1
+        # the lost list full too (4096 lost processes): the kernel sets slot 1
+        assert env.prov.errors_map is not None
+        env.prov.errors_map.update((1).to_bytes(4, "little"), (1).to_bytes(8, "little"))
+        r = env.run(["/bin/sh", "-c", f"echo clean >> {env.profile}"])
+        assert "Operation not permitted" in r.stderr and env.profile.read_text() == PROFILE
+        assert [d.reasons for d in env.gate.decisions()] == [("untracked",)]
+    finally:
+        for h in holders:
+            h.kill()
+            h.wait()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_bytes()
+            except OSError:
+                continue
+            if int(stat[stat.rfind(b")") + 2:].split()[1]) == pid:
+                out.append(int(d.name))
+    return out
+
+
+def test_a_python_reason_reaches_the_children_forked_before_it(env: Env) -> None:
+    """Attack: a process forks its worker first, then gains a reason only user space
+    knows (here network-binary: the Provenance rule's publish), and the worker, already
+    forked, does the must-stop act.  Before: the reason was written to the publishing
+    tgid alone, the worker had no entry and wrote the profile.  After: the publisher
+    writes the live descendants too (process table + /proc), so the worker is refused."""
+    from bastion.procstat import read_stat
+    from bastion.proctable import ProcessTable
+    from bastion.sensors.provenance import publisher
+
+    go = env.root / "go"
+    shell = f'echo $$ > {env.cg}/cgroup.procs && exec "$@"'
+    worker = (f"(while [ ! -e {go} ]; do sleep 0.02; done; echo evil >> {env.profile}) & "
+              "wait")
+    parent = subprocess.Popen(["/bin/sh", "-c", shell, "sh", "/bin/sh", "-c", worker],
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not _children(parent.pid):
+            assert time.monotonic() < deadline, "the worker did not start"
+            time.sleep(0.02)
+        (child,) = _children(parent.pid)
+        assert env.prov.get(parent.pid) is None and env.prov.get(child) is None
+        procs = ProcessTable()
+        procs.seed()
+        publish = publisher(env.prov, procs.live_descendants)
+        publish((parent.pid, read_stat(parent.pid).start_ns), "network-binary")
+        go.touch()
+        _, err = parent.communicate(timeout=TIMEOUT)
+        assert env.profile.read_text() == PROFILE, "the worker forked before the reason wrote"
+        assert "Operation not permitted" in err
+        assert [d.reasons for d in env.gate.decisions()] == [("network-binary",)]
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import subprocess
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 from bastion.kernel import cgroup
+from support.stale import owned_name
 
 
 @contextmanager
 def scoped_cgroup() -> Iterator[tuple[Path, int]]:
-    path = cgroup.create(f"bastion-test-{uuid.uuid4().hex[:10]}")
+    """A cgroup named after this process (:func:`support.stale.owned_name`): one a
+    SIGKILLed session leaves behind is removed by the next session's start, empty."""
+    path = cgroup.create(owned_name("bastion-test-"))
     try:
         yield path, cgroup.cgroup_id(path)
     finally:

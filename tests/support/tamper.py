@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -26,6 +25,7 @@ from bastion.control import request
 from bastion.errors import ControlError
 from bastion.kernel import bpffs
 from bastion.store.db import Store
+from support.stale import owned_name
 
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -222,7 +222,7 @@ def make_instance(tmp: Path, cg: Path, cgid: int, deadline_s: float = 120) -> In
     wrong.write_bytes(WRONG + b"\n")
     token.chmod(0o600)            # token files others may read or write are refused
     wrong.chmod(0o600)
-    pin_root = Path(f"/sys/fs/bpf/bastion-test-{uuid.uuid4().hex[:10]}")
+    pin_root = Path("/sys/fs/bpf") / owned_name("bastion-test-")   # swept if we die
     return Instance(root, install, etc, data, pin_root, tmp / "guardian.sock", cg, cgid, token,
                     wrong, deadline_s)
 

@@ -200,3 +200,186 @@ def test_a_killed_writer_process_is_restarted_and_alerted(tmp_path: Path) -> Non
     assert len(died) == 1 and died[0]["severity"] == "high"
     assert "killed by signal 9" in died[0]["title"]
     assert stored == sensor.sent    # nothing was in flight at the kill: all stored
+
+
+def test_a_stopped_writer_process_is_killed_restarted_and_alerted(tmp_path: Path) -> None:
+    """Attack (root): SIGSTOP the event writer process and leave it stopped, then act
+    inside a flood.  Before: nothing noticed the stop: the pipe filled, every later row
+    was shed (the attack's row kept in the queue but never written) and no alert named
+    the stop.  After: a writer that answers nothing for ``writer_stall_s`` while it has
+    work is killed and replaced, ``bastion.store.writer_stalled`` (high) is raised, and
+    the attack rows are stored by the new writer: the one kept in the queue and the one
+    already in the stopped writer's pipe (its unanswered batches are sent again)."""
+    sensor = _Sensor(batches=60, attack_at=(2, 40))   # 2: in the stopped writer's pipe
+    sensor.hold.clear()
+    store = Store.open(tmp_path / "db")
+    procs = ProcessTable()
+    agent = Agent(policy=parse_policy("version: 1\n", "test.yaml"), sensors=[sensor],
+                  store=store, procs=procs, engine=Engine([EvilExec()]),
+                  dispatcher=Dispatcher(procs), store_process=True)
+    agent.procs.seed = lambda proc=Path("/proc"): 0   # type: ignore[method-assign]
+    agent.writer_max_events = 2_000
+    agent.writer_stall_s = 2.0
+    stop = threading.Event()
+    th = threading.Thread(target=agent.run, args=(stop,), daemon=True)
+    th.start()
+    assert agent.ready.wait(30)
+    sp = agent._store_proc
+    assert sp is not None and sp.pid is not None
+    first = sp.pid
+    os.kill(first, signal.SIGSTOP)
+    try:
+        sensor.hold.set()
+        assert sensor.done.wait(30)
+        _wait(lambda: agent.summary.events >= sensor.sent, 30, "the loop to see every event")
+        _wait(lambda: sp.pid not in (None, first), 20, "the stopped writer to be replaced")
+        assert sp.flush(30)
+    finally:
+        stop.set()
+        th.join(60)
+        try:
+            os.kill(first, signal.SIGKILL)      # before the fix: still there, stopped
+        except ProcessLookupError:
+            pass
+    assert not th.is_alive()
+    with pytest.raises(ProcessLookupError):     # the stopped writer was killed and reaped
+        os.kill(first, 0)
+    store = Store.open(tmp_path / "db")
+    try:
+        evil_rows = [r.data for r in store.events(types=["exec"])]
+        stalled = [a.data for a in store.alerts(rule="bastion.store.writer_stalled")]
+        alerts = [a.data for a in store.alerts(rule=EvilExec.name)]
+        stored = store.count_events()
+    finally:
+        store.close()
+    assert len(alerts) == 2
+    # both attack rows stored: the one kept in the queue, and the one in the stopped
+    # writer's pipe (sent again to the new writer)
+    assert sorted(r["argv"][1] for r in evil_rows) == ["2", "40"]
+    assert len(stalled) == 1 and stalled[0]["severity"] == "high"
+    assert stalled[0]["evidence"]["pid"] == first
+    assert stored + agent.store_health.events_not_stored == sensor.sent
+
+
+def _open_fd_of(pid: int, fd: int) -> int:
+    return os.open(f"/proc/{pid}/fd/{fd}", os.O_WRONLY)
+
+
+def test_frames_injected_into_the_writer_pipe_store_no_row(tmp_path: Path) -> None:
+    """Attack (root): open the writer process's stdin through /proc/PID/fd/0 and write
+    frames of made-up events (fake history in a store whose files tamper protection
+    guards).  Before: the rows were stored as if the sensor had seen them.  After: each
+    frame carries a sequence number and a MAC under a key only the agent and the child
+    hold; the child refuses the frame and exits, the agent replaces it and raises
+    ``bastion.store.writer_tampered`` (critical); no fake row is stored."""
+    import struct
+    sensor = _Sensor(batches=2)
+    agent, stop, th = _agent(tmp_path, sensor, writer_max=50_000)
+    sp = agent._store_proc
+    assert sp is not None
+    try:
+        assert sensor.done.wait(30)
+        _wait(lambda: agent.summary.events >= sensor.sent, 30, "the loop")
+        assert sp.flush(30)
+        first = sp.pid
+        assert first is not None
+        fake = ExecEvent(T0, EVIL, filename="/usr/bin/innocent", argv=("/usr/bin/innocent",))
+        payload = pack([fake])
+        fd = _open_fd_of(first, 0)
+        try:
+            os.write(fd, struct.pack("<II", len(payload), 1) + payload)
+        finally:
+            os.close(fd)
+        _wait(lambda: sp.pid not in (None, first), 15, "the writer to refuse the frame")
+        assert sp.flush(30)
+    except AssertionError:
+        stop.set()
+        th.join(60)
+        raise
+    stop.set()
+    th.join(60)
+    assert not th.is_alive()
+    store = Store.open(tmp_path / "db")
+    try:
+        fake_rows = [r.data for r in store.events(types=["exec"])]
+        tampered = [a.data for a in store.alerts(rule="bastion.store.writer_tampered")]
+        stored = store.count_events()
+    finally:
+        store.close()
+    assert fake_rows == []
+    assert len(tampered) == 1 and tampered[0]["severity"] == "critical"
+    assert stored == sensor.sent
+
+
+def test_answers_forged_into_the_agents_pipe_are_refused(tmp_path: Path) -> None:
+    """Attack (root): stop the writer (or steal its frames) and write ``stored N`` lines
+    into the pipe the agent reads its answers from (/proc/PID/fd/1 of the writer), so the
+    agent counts rows as stored that never were and sees progress.  Before: the agent
+    took the answer (its stored count grew by N, nothing alerted).  After: answers carry
+    the sequence number and a MAC; a forged one kills the writer, alerted
+    (``bastion.store.writer_tampered``), and the count is unchanged."""
+    sensor = _Sensor(batches=2)
+    agent, stop, th = _agent(tmp_path, sensor, writer_max=50_000)
+    sp = agent._store_proc
+    assert sp is not None
+    try:
+        assert sensor.done.wait(30)
+        _wait(lambda: agent.summary.events >= sensor.sent, 30, "the loop")
+        assert sp.flush(30)
+        _wait(lambda: agent._stored_events is not None and agent._stored_events >= sensor.sent,
+              15, "the stored count")
+        before = agent._stored_events
+        first = sp.pid
+        assert first is not None
+        fd = _open_fd_of(first, 1)
+        try:
+            os.write(fd, b"stored 100000\n")
+        finally:
+            os.close(fd)
+        _wait(lambda: sp.pid not in (None, first), 15, "the writer to be replaced")
+        assert agent._stored_events == before
+    finally:
+        stop.set()
+        th.join(60)
+    assert not th.is_alive()
+    store = Store.open(tmp_path / "db")
+    try:
+        tampered = [a.data for a in store.alerts(rule="bastion.store.writer_tampered")]
+    finally:
+        store.close()
+    assert len(tampered) == 1 and tampered[0]["severity"] == "critical"
+
+
+def test_a_batch_resent_once_is_lost_if_its_second_writer_dies_too(tmp_path: Path) -> None:
+    """A batch a dead writer had not answered is sent once more; if the second writer
+    dies with it unanswered as well (a batch that crashes the writer), it is counted as
+    lost, never sent a third time (no crash loop), and storage goes on."""
+    from bastion.store.eventproc import EventStoreProcess
+
+    Store.open(tmp_path / "db").close()
+    results: list[tuple[str, int]] = []
+    died: list[tuple[str, int, str]] = []
+    sp = EventStoreProcess(tmp_path / "db", max_items=10_000,
+                           on_result=lambda k, n, d: results.append((k, n)),
+                           on_died=lambda why, lost, cause, pid: died.append((why, lost, cause)))
+    sp.start()
+    try:
+        batch = [FileEvent(T0 + i, ACTOR, op="chmod", path=f"/tmp/r{i}", mode=0o644)
+                 for i in range(7)]
+        for n in range(2):                       # two writers die with the batch unanswered
+            pid = sp.pid
+            assert pid is not None
+            os.kill(pid, signal.SIGSTOP)
+            if n == 0:
+                assert sp.offer(batch)
+            _wait(lambda: sp._child is not None and sp._child.sent >= len(batch), 15,
+                  "the batch in the stopped writer's pipe")
+            os.kill(pid, signal.SIGKILL)
+            _wait(lambda: sp.pid not in (None, pid), 15, "a new writer")
+        assert sp.flush(30)
+        assert [d[1] for d in died] == [0, 7]    # resent after the first, lost after the second
+        assert sp.lost == 7 and sp.restarts == 2
+        assert sp.offer(batch[:3]) and sp.flush(30)
+        assert ("stored", 3) in results and ("stored", 7) not in results
+    finally:
+        sp.close()

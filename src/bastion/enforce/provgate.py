@@ -146,6 +146,7 @@ class _State:
 
 
 GATE_RULE: Final = "bastion.provenance.gate"
+OVERFLOW_RULE: Final = "bastion.provenance.map_full"
 
 Trusted = Callable[[tuple[int, int]], "str | None"]
 """exe (dev, ino) -> the trusted tool's name, or None (detect/behavior/trust.py)."""
@@ -321,6 +322,8 @@ class ProvenanceGate:
             return FAN_ALLOW
         try:
             val = self.prov.get(ev.tid)
+            if val is None and self.prov.untracked(ev.tid):
+                return FAN_DENY
         except KernelError:
             return FAN_ALLOW
         return FAN_DENY if val is not None and _untrusted(val.reasons) else FAN_ALLOW
@@ -336,6 +339,10 @@ class ProvenanceGate:
         if tgid <= 0:
             return Verdict.allow("gone")
         val = self.prov.get(tgid)
+        if val is None and self.prov.untracked(tgid):
+            # the map was full when this process (or an ancestor) gained a reason: fail
+            # closed for must-stop objects (docs/threat-model.md, provenance map overflow)
+            val = abi.ProvVal(start_ns=0, reasons=abi.PROV_UNTRACKED, origin_tgid=tgid)
         if val is None or not val.reasons & ~abi.PROV_ADMIN_TTY:
             return ALLOW                      # no untrusted provenance
         if scope.is_self(tid):
@@ -476,6 +483,7 @@ class AgentGate:
         self.gate: ProvenanceGate | None = None
         self.unmarked: list[str] = []
         self._pending: dict[int, GateDecision] = {}
+        self._said_overflow = (0, 0)
 
     def open(self) -> None:
         prov = self._maps()
@@ -517,11 +525,48 @@ class AgentGate:
     def stats(self) -> dict[str, int | float]:
         return self.gate.stats() if self.gate is not None else {}
 
+    def overflow(self) -> tuple[int, int]:
+        """(failed ``prov`` updates, failed ``prov_lost`` updates) so far."""
+        gate = self.gate
+        if gate is None:
+            return (0, 0)
+        return (gate.prov.errors(), gate.prov.lost_errors())
+
+    def overflow_state(self) -> str:
+        """The status line: '' while the map never overflowed."""
+        full, lost = self.overflow()
+        if not full:
+            return ""
+        if lost:
+            return (f"provenance map overflowed ({full} processes not taken, {lost} not even "
+                    "listed): every process without an entry is refused on must-stop objects "
+                    "until the sensor is reloaded")
+        return (f"provenance map overflowed ({full} processes not taken): those and their "
+                "children are refused on must-stop objects as untracked")
+
+    def overflow_finding(self) -> Finding | None:
+        """A high finding when the map's overflow counters grew since the last one."""
+        now = self.overflow()
+        if now == self._said_overflow or now[0] == 0:
+            return None
+        new = now[0] - self._said_overflow[0]
+        self._said_overflow = now
+        return Finding(
+            rule=OVERFLOW_RULE, severity="high", attack=("T1562.001",), action="alert",
+            event=None, pid=os.getpid(),
+            title=f"Provenance map full: {new} more processes could not be tracked; "
+                  "the gate fails closed for them" + (
+                      " and, the lost list full too, for every untracked process"
+                      if now[1] else ""),
+            evidence={"failed_updates": now[0], "lost_list_failed": now[1],
+                      "map_max": abi.PROV_MAX, "lost_max": abi.PROV_LOST_MAX,
+                      "state": self.overflow_state()})
+
     def close(self) -> None:
         if self.gate is not None:
             self.gate.close()
             self.gate = None
 
 
-__all__ = ["AgentGate", "GATE_RULE", "DEFAULT_CREDENTIAL", "DEFAULT_PERSISTENCE", "GateDecision", "GateObject", "Kind",
+__all__ = ["AgentGate", "GATE_RULE", "OVERFLOW_RULE", "DEFAULT_CREDENTIAL", "DEFAULT_PERSISTENCE", "GateDecision", "GateObject", "Kind",
            "ProvenanceGate", "default_objects"]

@@ -10,8 +10,9 @@ import struct
 from typing import Callable, Final, Mapping, Protocol, Sequence
 
 from bastion import abi
-from bastion.errors import ConfigError, Location
+from bastion.errors import ConfigError, KernelError, Location
 from bastion.policy.compile import kernel_dev
+from bastion.procstat import TICK_NS
 
 _U32: Final = struct.Struct("<I")
 _U64: Final = struct.Struct("<Q")
@@ -42,7 +43,8 @@ def letters_mask(letters: str) -> int:
 
 
 def reason_names(bits: int) -> list[str]:
-    return [name for bit, name in abi.PROV_REASONS.items() if bits & bit]
+    out = [name for bit, name in abi.PROV_REASONS.items() if bits & bit]
+    return out + ["untracked"] if bits & abi.PROV_UNTRACKED else out
 
 
 class MapLike(Protocol):
@@ -57,9 +59,11 @@ class ProvenanceMap:
     user space fills."""
 
     def __init__(self, prov: MapLike, dirs: MapLike, interp: MapLike,
-                 errors: MapLike | None = None, dir_inodes: MapLike | None = None) -> None:
+                 errors: MapLike | None = None, dir_inodes: MapLike | None = None,
+                 lost: MapLike | None = None) -> None:
         self.prov, self.dirs, self.interp, self.errors_map = prov, dirs, interp, errors
         self.dir_inodes = dir_inodes
+        self.lost = lost   # prov_lost: processes the full map could not take (prov.h)
         self._dirs: list[bytes] = []
         self._dir_inodes: list[bytes] = []
         self._interp: list[bytes] = []
@@ -68,17 +72,50 @@ class ProvenanceMap:
         raw = self.prov.lookup(_U32.pack(tgid))
         return abi.ProvVal.from_buffer_copy(raw) if raw is not None else None
 
-    def add(self, tgid: int, start_ns: int, bits: int) -> bool:
+    def add(self, tgid: int, start_ns: int, bits: int, *, tolerance_ns: int = 0) -> bool:
         """OR ``bits`` into the live process ``tgid`` started at ``start_ns`` (the
         reasons only user space knows).  An entry of another start (a reused pid) is
-        left alone; returns whether the bits were written."""
+        left alone; returns whether the bits were written.  ``tolerance_ns``: a start
+        time read from /proc is in clock ticks (``TICK_NS``)."""
         cur = self.get(tgid)
-        if cur is not None and cur.start_ns != start_ns:
+        if cur is not None and abs(cur.start_ns - start_ns) > tolerance_ns:
             return False
         val = abi.ProvVal(start_ns=start_ns, reasons=bits | (cur.reasons if cur else 0),
                           origin_tgid=cur.origin_tgid if cur else tgid)
-        self.prov.update(_U32.pack(tgid), bytes(val))
+        try:
+            self.prov.update(_U32.pack(tgid), bytes(val))
+        except KernelError:
+            if cur is not None or self.lost is None or self.errors_map is None:
+                raise
+            self._lose(tgid, start_ns)   # the full map: fail closed, as the kernel does
+            return False
         return True
+
+    def _lose(self, tgid: int, start_ns: int) -> None:
+        """What ``prov_lose`` does in the kernel (bpf/lib/prov.h), from user space: count
+        the failed update (slot 0), keep ``tgid`` in ``prov_lost`` (slot 1 if that fails)."""
+        assert self.lost is not None
+        self._count(0)
+        try:
+            self.lost.update(_U32.pack(tgid), _U64.pack(start_ns))
+        except KernelError:
+            self._count(1)
+
+    def _count(self, slot: int) -> None:
+        assert self.errors_map is not None
+        raw = self.errors_map.lookup(_U32.pack(slot))
+        cur = _U64.unpack(raw)[0] if raw is not None else 0
+        self.errors_map.update(_U32.pack(slot), _U64.pack(cur + 1))
+
+    def untracked(self, tgid: int) -> bool:
+        """Whether ``tgid``, which has no entry, may be a tainted process the full map
+        could not take: in ``prov_lost``, or any process once ``prov_lost`` overflowed
+        too.  False at once while the map never overflowed (the normal case)."""
+        if self.lost is None or not self.errors():
+            return False
+        if self.lost_errors():
+            return True
+        return self.lost.lookup(_U32.pack(tgid)) is not None
 
     def set_dirs(self, paths: Sequence[str]) -> None:
         """The temp dirs whose binaries and scripts are untrusted (replaces the set)."""
@@ -137,9 +174,18 @@ class ProvenanceMap:
         return len(keys)
 
     def errors(self) -> int:
+        """Failed updates of ``prov`` (the map full): processes not tracked."""
+        return self._slot(0)
+
+    def lost_errors(self) -> int:
+        """Failed updates of ``prov_lost``: from the first, untracked processes cannot be
+        told apart (every one counts as untracked until the sensor is reloaded)."""
+        return self._slot(1)
+
+    def _slot(self, slot: int) -> int:
         if self.errors_map is None:
             return 0
-        raw = self.errors_map.lookup(_U32.pack(0))
+        raw = self.errors_map.lookup(_U32.pack(slot))
         return _U64.unpack(raw)[0] if raw is not None else 0
 
 
@@ -153,10 +199,23 @@ REASON_BITS: Final[Mapping[str, int]] = {
     **{name: bit for bit, name in abi.PROV_REASONS.items()}, "admin-tty": abi.PROV_ADMIN_TTY}
 
 
-def publisher(prov: ProvenanceMap) -> Callable[[tuple[int, int], str], None]:
+def publisher(prov: ProvenanceMap,
+              descendants: Callable[[int], list[tuple[int, int]]] | None = None,
+              ) -> Callable[[tuple[int, int], str], None]:
     """The Provenance rule's ``publish``: a reason of process ``(pid, start_ns)`` ORed
     into the kernel map (start_ns is the event header's, the kernel's own clock, so an
-    entry of a reused pid never takes it).  An unknown reason is an error."""
+    entry of a reused pid never takes it).  An unknown reason is an error.
+
+    ``descendants(pid)``: its live descendants, (pid, start_ns) (the process table's
+    :meth:`~bastion.proctable.ProcessTable.live_descendants`): a reason user space
+    learns after the process forked reaches the children it already has too (the
+    kernel copies an entry only at fork).  The reason is written to the process first,
+    so every fork after that inherits it in the kernel; then to the descendants found,
+    and the walk is repeated until it finds none without the reason (a child forked by
+    a descendant before that descendant's entry was written).  The window left: a
+    descendant that left the tree (its parent exited: reparented to init or a
+    subreaper) before its fork reached the loop and before the walk; ``admin-tty`` is
+    the session shell's own and not spread."""
 
     def publish(key: tuple[int, int], reason: str) -> None:
         bit = REASON_BITS.get(reason)
@@ -164,6 +223,16 @@ def publisher(prov: ProvenanceMap) -> Callable[[tuple[int, int], str], None]:
             raise ConfigError(f"no kernel bit for provenance reason {reason!r}",
                               location=Location("bastion.sensors.provenance"))
         prov.add(key[0], key[1], bit)
+        if descendants is None or bit == abi.PROV_ADMIN_TTY:
+            return
+        written: set[int] = set()
+        for _ in range(4):
+            fresh = [(p, s) for p, s in descendants(key[0]) if p not in written]
+            if not fresh:
+                return
+            for pid, start_ns in fresh:
+                written.add(pid)
+                prov.add(pid, start_ns, bit, tolerance_ns=TICK_NS)
 
     return publish
 

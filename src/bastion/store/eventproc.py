@@ -16,8 +16,22 @@ no migration, the alert chain never touched) and answers one line per batch.
   raised a finding are offered with ``force``: their rows are kept whatever the
   queue holds (what is shed is only storage of benign events).
 * A child that exits or is killed is restarted at once and reported through
-  ``on_died`` (the agent raises a high alert); the batches it had not confirmed
-  are counted as not stored (``lost``), never silently.
+  ``on_died`` (the agent raises a high alert); the batches it had not confirmed are
+  sent again to the new child, once; a batch whose second writer dies too is counted
+  as not stored (``lost``), never silently.
+* A child that has work (a frame in its pipe, or the feeder blocked writing one) and
+  answers nothing for ``stall_s`` (SIGSTOP, a hang) is killed and replaced the same way,
+  reported as stalled (the agent raises a high alert).  ``stall_s`` is above the store's
+  busy timeout, the longest a healthy child waits without answering.
+* The pipes are authenticated (issue 16 notes, s14): a root attacker can open
+  ``/proc/PID/fd/0`` of the child and write frames (rows of made-up events in a store
+  tamper protection guards), read frames out of it (rows silently gone), or write
+  answers into the agent's end (``/proc/PID/fd/1``: rows counted as stored that never
+  were, progress faked).  Each child gets a fresh random key in its go frame; every
+  frame carries a sequence number and a MAC (HMAC-SHA256, 128 bits) over its header and
+  payload, every answer a sequence number and a MAC too.  A frame or answer that does
+  not verify, or out of sequence, ends the child (framing cannot be trusted after it):
+  replaced, reported as tampered (the agent raises a critical alert).
 * Alerts are not written here: they stay in the agent, in order, with their hash
   chain and anchor (``store/chain.py``).  The child inserts event rows only.
 """
@@ -25,9 +39,14 @@ no migration, the alert chain never touched) and answers one line per batch.
 from __future__ import annotations
 
 import argparse
+import collections
+import hashlib
+import hmac
 import logging
 import marshal
 import os
+import secrets
+import signal
 import struct
 import subprocess
 import sys
@@ -43,13 +62,51 @@ from bastion.events import TYPES, Event, Proc, all_fields
 
 log = logging.getLogger("bastion.store.eventproc")
 
-_FRAME: Final = struct.Struct("<II")   # payload bytes, events in it
+_FRAME: Final = struct.Struct("<IIQ")   # payload bytes, events in it, sequence number
+KEY_BYTES: Final = 32
+TAG_BYTES: Final = 16
+MAX_FRAME_BYTES: Final = 256 << 20   # far above any batch; a bigger size is not ours
+STALL_S: Final = 20.0              # no answer with work outstanding: killed, replaced
 # event classes by a small number, both ways (the same module on both sides of the pipe)
 _CLASSES: Final[tuple[type[Any], ...]] = tuple(sorted(set(TYPES.values()), key=lambda c: c.__name__))
 _CLASS_NO: Final[dict[type[Any], int]] = {c: i for i, c in enumerate(_CLASSES)}
 PIPE_BYTES: Final = 1 << 20        # the child's stdin (F_SETPIPE_SZ; the kernel may cap it)
 CHILD_NICE: Final = 5              # storage yields to the loop that decides
 RESTART_BACKOFF_S: Final = (0.0, 0.5, 2.0, 5.0)   # by consecutive restarts within a minute
+
+
+def _tag(key: bytes, data: bytes) -> bytes:
+    return hmac.new(key, data, hashlib.sha256).digest()[:TAG_BYTES]
+
+
+def frame(key: bytes, seq: int, events: Sequence[Event]) -> bytes:
+    """One authenticated frame: header (size, count, ``seq``), payload, MAC of both."""
+    payload = pack(events)
+    head = _FRAME.pack(len(payload), len(events), seq)
+    return head + payload + _tag(key, head + payload)
+
+
+def answer_line(key: bytes, seq: int, kind: str, n: int, detail: str = "") -> str:
+    """One authenticated answer: ``<mac hex> <kind> <n> <seq> <detail>``."""
+    body = f"{kind} {n} {seq} {_oneline_s(detail)}".rstrip(" ")
+    return f"{_tag(key, body.encode()).hex()} {body}\n"
+
+
+def verify_answer(key: bytes, line: str) -> tuple[str, int, int, str]:
+    """(kind, n, seq, detail) of an answer line; ValueError when it does not verify."""
+    mac, _, body = line.rstrip("\n").partition(" ")
+    try:
+        got = bytes.fromhex(mac)
+    except ValueError:
+        raise ValueError(f"answer without a MAC: {line[:80]!r}") from None
+    if not hmac.compare_digest(got, _tag(key, body.encode())):
+        raise ValueError(f"answer with a wrong MAC: {line[:80]!r}")
+    kind, n_s, seq_s, *rest = body.split(" ", 3) + ["", ""]
+    return kind, int(n_s), int(seq_s), rest[0] if rest else ""
+
+
+def _oneline_s(text: str) -> str:
+    return " ".join(text.split())
 
 
 def pack(events: Sequence[Event]) -> bytes:
@@ -98,54 +155,75 @@ def _read_exact(f: IO[bytes], n: int) -> bytes | None:
 
 
 def child_main(data_dir: Path, stdin: IO[bytes], stdout: IO[str]) -> int:
-    """Read frames until EOF; store each batch; one answer line per batch:
-    ``stored N`` / ``failed N <error>`` / ``malformed N <error>``."""
+    """Read frames until EOF; store each batch; one authenticated answer per batch:
+    ``stored N`` / ``failed N <error>`` / ``malformed N <error>``; a frame that does not
+    verify: ``tampered 0 <why>`` and exit status 3."""
     from bastion.errors import StoreError
     from bastion.events import to_json
     from bastion.store.db import MalformedRecordError, Store
 
     # the go: the agent has enrolled this process with tamper protection (when it runs
-    # under the guardian) before this first frame; the store is opened only after it
+    # under the guardian) before this first frame; the store is opened only after it.
+    # It carries this child's key.
     head = _read_exact(stdin, _FRAME.size)
-    if head is None or _FRAME.unpack(head) != (0, 0):
-        stdout.write("fatal 0 no go frame from the agent\n")
+    key = _read_exact(stdin, KEY_BYTES) if head is not None and \
+        _FRAME.unpack(head) == (KEY_BYTES, 0, 0) else None
+    if key is None:
+        stdout.write("fatal 0 0 no go frame from the agent\n")
         stdout.flush()
         return 2
+    out_seq = 0
+
+    def say(kind: str, n: int, detail: str = "") -> None:
+        nonlocal out_seq
+        out_seq += 1
+        stdout.write(answer_line(key, out_seq, kind, n, detail))
+        stdout.flush()
+
     try:
         store = Store.open_event_writer(data_dir)
     except StoreError as exc:
-        stdout.write(f"fatal 0 {exc}\n")
-        stdout.flush()
+        say("fatal", 0, str(exc))
         return 2
-    stdout.write("ready 0\n")
-    stdout.flush()
+    say("ready", 0)
+    expect = 1
     try:
         while True:
             head = _read_exact(stdin, _FRAME.size)
             if head is None:
                 return 0
-            size, n = _FRAME.unpack(head)
-            body = _read_exact(stdin, size)
+            size, n, seq = _FRAME.unpack(head)
+            if seq != expect or size > MAX_FRAME_BYTES:
+                say("tampered", 0, f"frame {seq} (expected {expect}, {size} bytes): "
+                    "not from the agent")
+                return 3
+            body = _read_exact(stdin, size + TAG_BYTES)
             if body is None:
                 raise EOFError("frame cut short")
+            payload, tag = body[:size], body[size:]
+            if not hmac.compare_digest(tag, _tag(key, head + payload)):
+                say("tampered", 0, f"frame {seq} with a wrong MAC: not from the agent")
+                return 3
+            expect += 1
             try:
-                events = unpack(body)
+                events = unpack(payload)
                 if len(events) != n:
                     raise ValueError(f"{len(events)} events in a frame of {n}")
             except (ValueError, TypeError, EOFError, IndexError) as exc:
-                stdout.write(f"malformed {n} undecodable batch: {type(exc).__name__}: {exc}\n")
-                stdout.flush()
+                say("malformed", n, f"undecodable batch: {type(exc).__name__}: {exc}")
                 continue
             try:
                 store.add_events([to_json(ev) for ev in events],
                                  times_ns=[ev.time_ns for ev in events])
             except MalformedRecordError as exc:
-                stdout.write(f"malformed {n} {_oneline(exc)}\n")
+                say("malformed", n, _oneline(exc))
             except StoreError as exc:
-                stdout.write(f"failed {n} {_oneline(exc)}\n")
+                say("failed", n, _oneline(exc))
             else:
-                stdout.write(f"stored {n}\n")
-            stdout.flush()
+                say("stored", n)
+    except EOFError as exc:
+        say("tampered", 0, f"frame cut short: {exc}")
+        return 3
     finally:
         store.close()
 
@@ -170,10 +248,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 class _Child:
     """One running child: its process, and what it was sent and confirmed."""
 
-    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+    def __init__(self, popen: subprocess.Popen[bytes], key: bytes) -> None:
         self.popen = popen
+        self.key = key         # this child's MAC key (sent in the go frame)
+        self.seq = 0           # the last frame's sequence number
+        self.answers = 0       # the last answer's sequence number
         self.sent = 0          # events written to its pipe
         self.answered = 0      # events it answered for (stored, failed or malformed)
+        self.writing = False   # the feeder is in a write to its pipe
+        # the batches written and not answered yet, in order (the answers come in order),
+        # each with whether it is a second try: a batch a dead writer had not answered is
+        # sent once more to the next one (the rows of events that raised a finding in it
+        # too); a second death loses it (a batch that kills its writer does not loop)
+        self.inflight: collections.deque[tuple[Sequence[Event], bool]] = collections.deque()
+        self.progress_at = time.monotonic()   # its last answer, or the start of its work
+        self.stalled = ""      # why the agent killed it for making no progress
+        self.tampered = ""     # why its pipes cannot be trusted (it was killed)
         self.ready = threading.Event()
         self.fatal = ""
         self.reader: threading.Thread | None = None
@@ -184,14 +274,18 @@ class EventStoreProcess:
     """The agent's handle on the writer process (see the module docstring).
 
     ``on_result(kind, n, detail)``: called from the reader thread for each answer
-    (``stored``, ``failed``, ``malformed``); ``on_died(why, lost)``: the child exited
-    or was killed (``lost`` events it had not confirmed); it was restarted."""
+    (``stored``, ``failed``, ``malformed``); ``on_died(why, lost, cause, pid)``: the child
+    exited or was killed (``lost`` events it had not confirmed); it was restarted.
+    ``cause``: ``died`` (exited, killed by someone else), ``stalled`` (no progress for
+    ``stall_s`` with work outstanding: killed by us) or ``tampered`` (a frame or answer
+    that did not verify: killed by us or exited)."""
 
     def __init__(self, data_dir: Path, *, max_items: int,
                  on_result: Callable[[str, int, str], None],
-                 on_died: Callable[[str, int], None],
+                 on_died: Callable[[str, int, str, int], None],
                  argv: Sequence[str] | None = None, nice: int = CHILD_NICE,
-                 enrol: Callable[[int], Callable[[], None]] | None = None) -> None:
+                 enrol: Callable[[int], Callable[[], None]] | None = None,
+                 stall_s: float = STALL_S) -> None:
         """``enrol(pid)``: make a new child one of ours for tamper protection before it
         opens the store (under the guardian: the protected data dir); returns the undo,
         called once the child is gone."""
@@ -202,7 +296,11 @@ class EventStoreProcess:
         self._on_result = on_result
         self._on_died = on_died
         self._enrol = enrol
+        if not stall_s > 0:
+            raise ValueError(f"EventStoreProcess: stall_s must be > 0 (got {stall_s})")
+        self.stall_s = stall_s
         self._lock = threading.Lock()
+        self._send_lock = threading.Lock()   # one writer of a child's pipe at a time
         self._child: _Child | None = None
         self._closing = False
         self.restarts = 0
@@ -254,7 +352,7 @@ class EventStoreProcess:
             fcntl.fcntl(p.stdin.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
         except OSError:
             pass   # a smaller pipe only means the feeder waits sooner
-        child = _Child(p)
+        child = _Child(p, secrets.token_bytes(KEY_BYTES))
         self._child = child
         if self._enrol is not None:
             try:
@@ -263,7 +361,7 @@ class EventStoreProcess:
                 log.error("event writer process %d not enrolled with tamper protection: %s",
                           p.pid, exc)
         try:
-            p.stdin.write(_FRAME.pack(0, 0))
+            p.stdin.write(_FRAME.pack(KEY_BYTES, 0, 0) + child.key)
             p.stdin.flush()
         except OSError:
             pass   # it died already: the reader reports it
@@ -273,17 +371,28 @@ class EventStoreProcess:
         return child
 
     def _read(self, child: _Child) -> None:
-        """The child's answers until EOF; then, unless closing, report and restart."""
+        """The child's answers until EOF; then, unless closing, report and restart.
+        An answer that does not verify (or out of sequence) ends the child: tampered."""
         out = child.popen.stdout
         assert out is not None
         for raw in out:
-            kind, _, rest = raw.decode("utf-8", "replace").rstrip("\n").partition(" ")
-            n_s, _, detail = rest.partition(" ")
+            if child.tampered:
+                continue       # killed: read to EOF
+            line = raw.decode("utf-8", "replace")
             try:
-                n = int(n_s)
-            except ValueError:
-                n, detail = 0, raw.decode("utf-8", "replace").strip()
-                kind = "malformed"
+                kind, n, seq, detail = verify_answer(child.key, line)
+                if seq != child.answers + 1:
+                    raise ValueError(f"answer {seq} (expected {child.answers + 1}): {line[:80]!r}")
+            except ValueError as exc:
+                if line.startswith("fatal ") and not child.ready.is_set():
+                    child.fatal = line.rstrip("\n").split(" ", 3)[-1]   # before its key
+                    child.ready.set()
+                    continue
+                child.tampered = f"an answer not from the writer process: {exc}"
+                self._kill_now(child)
+                continue
+            child.answers = seq
+            child.progress_at = time.monotonic()
             if kind == "ready":
                 child.ready.set()
                 continue
@@ -291,7 +400,12 @@ class EventStoreProcess:
                 child.fatal = detail
                 child.ready.set()
                 continue
+            if kind == "tampered":
+                child.tampered = detail
+                continue
             child.answered += n
+            if child.inflight:
+                child.inflight.popleft()
             self._on_result(kind, n, detail)
         child.popen.wait()
         child.ready.set()
@@ -307,44 +421,103 @@ class EventStoreProcess:
         with self._lock:
             if self._child is not child:
                 return
-            lost = max(0, child.sent - child.answered)
+            if self._closing:
+                redo: list[Sequence[Event]] = []
+                lost = max(0, child.sent - child.answered)
+            else:
+                redo = [b for b, retried in child.inflight if not retried]
+                lost = sum(len(b) for b, retried in child.inflight if retried)
             self.lost += lost
             rc = child.popen.returncode
-            if self._closing:
+            if self._closing and not child.tampered:
                 if lost:   # counted as not stored (the agent is stopping: no restart)
                     self._on_result("failed", lost, f"not confirmed by the writer process, "
                                     f"which exited with status {rc} at the stop")
                 return
             why = (f"killed by signal {-rc}" if rc is not None and rc < 0
                    else f"exited with status {rc}" + (f": {child.fatal}" if child.fatal else ""))
+            cause = "died"
+            if child.tampered:
+                cause, why = "tampered", f"{child.tampered} ({why})"
+            elif child.stalled:
+                cause, why = "stalled", f"{child.stalled}; killed by the agent"
             now = time.monotonic()
             self._recent = [t for t in self._recent if now - t < 60.0] + [now]
             delay = RESTART_BACKOFF_S[min(len(self._recent) - 1, len(RESTART_BACKOFF_S) - 1)]
             self.restarts += 1
-        log.error("event writer process %d %s; %d events not confirmed; restarting",
-                  child.popen.pid, why, lost)
-        self._on_died(why, lost)
+        log.error("event writer process %d %s; %d events not confirmed for the second time "
+                  "(lost), %d batches sent again; restarting", child.popen.pid, why, lost,
+                  len(redo))
+        self._on_died(why, lost, cause, child.popen.pid)
+        if self._closing:
+            return
         if delay:
             time.sleep(delay)
         with self._lock:
             if self._closing or self._child is not child:
-                return
-            try:
-                self._spawn()
-            except OSError as exc:
-                log.error("event writer process cannot restart: %s", exc)
-                self._child = None
-                self._on_died(f"cannot restart: {exc}", 0)
+                new = None
+            else:
+                try:
+                    new = self._spawn()
+                except OSError as exc:
+                    log.error("event writer process cannot restart: %s", exc)
+                    self._child = None
+                    new = None
+                    self._on_died(f"cannot restart: {exc}", 0, "died", child.popen.pid)
+        unsent = 0
+        for batch in redo:
+            with self._send_lock:
+                if new is None or not self._write_to(new, batch, retried=True):
+                    unsent += len(batch)
+        if unsent:
+            with self._lock:
+                self.lost += unsent
+            self._on_result("failed", unsent, "not confirmed by a writer process that died, "
+                            "and no new one to send them to")
 
-    def check(self) -> None:
-        """From the loop's tick: a child that died without the reader noticing yet
-        (it cannot: EOF comes with the death) or none at all after a failed restart."""
+    def check(self, now: float | None = None) -> None:
+        """From the loop's tick: no child at all after a failed restart (start one), or a
+        child that has work and has answered nothing for ``stall_s`` (stopped, hung):
+        killed; the reader then reports it (cause ``stalled``) and starts another."""
+        now = time.monotonic() if now is None else now
         with self._lock:
-            if self._child is None and not self._closing:
+            child = self._child
+            if self._closing:
+                return
+            if child is None:
                 try:
                     self._spawn()
                 except OSError as exc:
                     log.error("event writer process cannot restart: %s", exc)
+                return
+            busy = child.writing or child.sent > child.answered
+            idle_s = now - child.progress_at
+            if not busy or idle_s <= self.stall_s or child.stalled or child.tampered:
+                return
+            child.stalled = (f"answered nothing for {idle_s:.0f}s with "
+                             f"{max(child.sent - child.answered, 0)} events outstanding"
+                             + (" and the feeder blocked on its full pipe"
+                                if child.writing else "")
+                             + f" ({self._state(child.popen.pid)})")
+        log.error("event writer process %d %s: killing it", child.popen.pid, child.stalled)
+        self._kill_now(child)
+
+    @staticmethod
+    def _state(pid: int) -> str:
+        """The process state letter from /proc (T: stopped), for the report."""
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            return f"state {stat.rpartition(')')[2].split()[0]}"
+        except (OSError, IndexError):
+            return "state unknown"
+
+    @staticmethod
+    def _kill_now(child: _Child) -> None:
+        """SIGKILL (works on a stopped process too); the reader reaps it and reports."""
+        try:
+            os.kill(child.popen.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     # -- the loop's side
 
@@ -359,27 +532,40 @@ class EventStoreProcess:
 
     # -- the feeder thread
 
+    def _write_to(self, child: _Child, batch: Sequence[Event], *, retried: bool) -> bool:
+        """One frame of ``batch`` to ``child`` (under ``_send_lock``); False: it is gone."""
+        stdin = child.popen.stdin
+        assert stdin is not None
+        data = frame(child.key, child.seq + 1, batch)
+        if child.sent <= child.answered:
+            child.progress_at = time.monotonic()   # its work starts now
+        child.writing = True
+        try:
+            stdin.write(data)
+            stdin.flush()
+        except (BrokenPipeError, ValueError, OSError):
+            return False
+        finally:
+            child.writing = False
+        child.seq += 1
+        child.sent += len(batch)
+        child.inflight.append((batch, retried))
+        return True
+
     def _send(self, batch: Sequence[Event]) -> None:
-        payload = pack(batch)
-        frame = _FRAME.pack(len(payload), len(batch)) + payload
         for _ in range(2):
             child = self._child
             if child is None:
                 time.sleep(0.1)
                 continue
-            stdin = child.popen.stdin
-            assert stdin is not None
-            try:
-                stdin.write(frame)
-                stdin.flush()
-            except (BrokenPipeError, ValueError, OSError):
-                # the child is gone: the reader reports it and restarts one; wait for it
-                deadline = time.monotonic() + 10.0
-                while self._child is child and time.monotonic() < deadline and not self._closing:
-                    time.sleep(0.01)
-                continue
-            child.sent += len(batch)
-            return
+            with self._send_lock:
+                ok = self._write_to(child, batch, retried=False)
+            if ok:
+                return
+            # the child is gone: the reader reports it and restarts one; wait for it
+            deadline = time.monotonic() + 10.0
+            while self._child is child and time.monotonic() < deadline and not self._closing:
+                time.sleep(0.01)
         raise OSError("no event writer process to take the batch")
 
     def _send_failed(self, batch: Sequence[Event], exc: Exception) -> None:
