@@ -227,6 +227,16 @@ struct hips_object {
 	struct vfsmount *mnt;      /* NULL: walk within the filesystem only */
 };
 
+/* The ancestor walk's state.  It lives in a per-CPU map value, never on the
+ * caller's stack: a verifier before Linux 6.7 (Debian 12's 6.1) checks a
+ * bpf_loop callback once, from the caller's state before the loop, so from a
+ * stack context of constants (seen 0) it can prove `++seen >= HIPS_MAX_ANCESTORS`
+ * never true and remove that branch as dead code; the walk would then run to
+ * HIPS_WALK_STEPS ancestors and a directory rule 17-32 levels up would decide
+ * what match.py (16 ancestors) allows.  It survived only because clang had
+ * shared the branch's target with the loop's other exits.  A map value's
+ * contents are unknown to every verifier: the bound stays (the exectx.h and
+ * prov.h fixes of s13). */
 struct hips_walk {
 	struct bastion_rule_key key;
 	struct dentry *d;
@@ -237,17 +247,30 @@ struct hips_walk {
 	struct bastion_rule_val val;
 };
 
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct hips_walk);
+} hips_walk_scratch SEC(".maps");
+
 /* One step to the next ancestor directory (crossing a mount point costs a
  * step without a lookup: the mounted root already stood for it). */
 static long hips_walk_step(__u32 i, void *data)
 {
-	struct hips_walk *w = data;
-	struct dentry *d = w->d, *parent;
+	__u32 zero = 0;
+	struct hips_walk *w = bpf_map_lookup_elem(&hips_walk_scratch, &zero);
+	struct dentry *d, *parent;
 	struct bastion_rule_val *v;
 	struct inode *inode;
+	struct vfsmount *vm;
+	struct mount *m;
 
-	struct vfsmount *vm = w->vfsmnt;
-	struct mount *m = w->mnt;
+	if (!w)
+		return 1;
+	d = w->d;
+	vm = w->vfsmnt;
+	m = w->mnt;
 
 	if (vm) {
 		struct dentry *root = BPF_CORE_READ(vm, mnt_root);
@@ -303,15 +326,21 @@ static __always_inline bool hips_file_search(const struct bastion_rule_key *who,
 		return true;
 	}
 	if ((flags & BASTION_HIPS_F_DIR_OBJECTS) && o->dentry) {
-		struct hips_walk w = { .key = k };
+		__u32 zero = 0;
+		struct hips_walk *w = bpf_map_lookup_elem(&hips_walk_scratch, &zero);
 
-		w.d = o->dentry;
-		w.vfsmnt = o->mnt;
-		w.mnt = o->mnt ? container_of(o->mnt, struct mount, mnt) : NULL;
-		bpf_loop(HIPS_WALK_STEPS, hips_walk_step, &w, 0);
-		if (w.found) {
-			*out = w.val;
-			return true;
+		if (w) {
+			w->key = k;
+			w->d = o->dentry;
+			w->vfsmnt = o->mnt;
+			w->mnt = o->mnt ? container_of(o->mnt, struct mount, mnt) : NULL;
+			w->seen = 0;
+			w->found = 0;
+			bpf_loop(HIPS_WALK_STEPS, hips_walk_step, NULL, 0);
+			if (w->found) {
+				*out = w->val;
+				return true;
+			}
 		}
 	}
 	k.dev = 0;

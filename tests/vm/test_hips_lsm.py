@@ -412,3 +412,53 @@ def test_link_and_rename_out_of_a_protected_tree(tmp_path: Path) -> None:
     got = {(e.op, e.rule_id, e.enforced, e.path.rsplit("/", 1)[-1]) for e in evs}
     assert {("open-read", 1, True, "k"), ("open-read", 1, True, "k2"), ("open-read", 1, True, "sub"),
             ("open-write", 2, True, "f")} <= got, evs
+
+
+# ---- s14: the ancestor walk's bound on 6.1's verifier ----
+
+
+def test_directory_rule_reaches_sixteen_ancestors_and_no_further(tmp_path: Path) -> None:
+    """A directory object covers what lies at most HIPS_MAX_ANCESTORS (16) levels
+    below it, as match.py decides.  Before: the walk's counter was on the stack,
+    and a verifier before 6.7 that proved `++seen >= 16` dead from its constants
+    would let the walk run to HIPS_WALK_STEPS (32): a file 17 levels down refused
+    by the kernel, allowed by the compat tier's matcher."""
+    from bastion.policy.match import Matcher, TaskFacts
+
+    top = tmp_path / "top"
+    near, far = top, top
+    for i in range(15):
+        near = near / f"n{i}"
+    for i in range(16):
+        far = far / f"f{i}"
+    for sub in (near, far):
+        sub.mkdir(parents=True)
+        (sub / "data").write_text("payload\n")
+    # the directory object is the 16th ancestor of near/data, the 17th of far/data
+    assert len((near / "data").relative_to(top).parts) == 16
+    assert len((far / "data").relative_to(top).parts) == 17
+    plan = compile_plan(ResolvedPolicy(Mode.ENFORCE, Action.ALLOW,
+                                       (_rule(1, Op.OPEN_READ, files=(_file(top, is_dir=True),)),)))
+    ref = Matcher(plan)
+
+    def ref_action(f: Path) -> abi.HipsAction:
+        anc = [(_file(p).dev, _file(p).ino) for p in f.parents]
+        return ref.decide_file(TaskFacts((0, 0)), abi.HipsOp.OPEN_READ,
+                               (_file(f).dev, _file(f).ino), anc).action
+
+    assert (ref_action(near / "data"), ref_action(far / "data")) == (
+        abi.HipsAction.DENY, abi.HipsAction.ALLOW)
+    with scoped_cgroup() as (cg, cgid):
+        hk = HipsKernel("lsm", cgroup_id=cgid, deadline_s=60, self_tgid=os.getpid())
+        hk.open()   # the object loads on this kernel (6.1) with the walk as it is
+        try:
+            hk.apply(plan)
+            rnear = run_in(cg, ["/bin/cat", str(near / "data")], timeout=30)
+            rfar = run_in(cg, ["/bin/cat", str(far / "data")], timeout=30)
+            time.sleep(0.05)
+            evs = [e for e in hk.poll(0) if e.op == "open-read"]
+        finally:
+            hk.close()
+    assert _denied(rnear) and "payload" not in rnear.stdout, rnear
+    assert rfar.returncode == 0 and rfar.stdout == "payload\n", rfar
+    assert [(e.rule_id, e.action, e.path.rsplit("/", 1)[-1]) for e in evs] == [(1, "deny", "data")], evs
