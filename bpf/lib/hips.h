@@ -236,12 +236,24 @@ struct hips_object {
  * what match.py (16 ancestors) allows.  It survived only because clang had
  * shared the branch's target with the loop's other exits.  A map value's
  * contents are unknown to every verifier: the bound stays (the exectx.h and
- * prov.h fixes of s13). */
+ * prov.h fixes of s13).
+ *
+ * Unlike the stack, the value is shared by every HIPS program on the CPU, and
+ * an LSM program runs with migration, not preemption, disabled (no recursion
+ * guard for BPF_PROG_TYPE_LSM): on a preemptible kernel another task's walk
+ * can run between two steps of this one.  Each walk takes a ticket (seq) and
+ * its owner's pid; a walk that finds either changed after the loop was
+ * overrun and fails closed (deny, rule 0: reported like any refusal).  One
+ * walk call site per search, no retry: a second one costs the 6.1 verifier
+ * ~10 s per load of lsm_hips under the VM suite's TCG, for an event a kernel
+ * without full preemption never sees. */
 struct hips_walk {
 	struct bastion_rule_key key;
 	struct dentry *d;
 	struct vfsmount *vfsmnt;
 	struct mount *mnt;
+	__u64 owner;            /* bpf_get_current_pid_tgid() of the walk */
+	__u64 seq;              /* ticket: bumped by every walk on this CPU */
 	__u32 seen;
 	__u32 found;
 	struct bastion_rule_val val;
@@ -304,6 +316,25 @@ static long hips_walk_step(__u32 i, void *data)
 	return 0;
 }
 
+/* One walk from @o's parent with the state in @w; true when another walk
+ * overran it (its result is then not its own). */
+static __always_inline bool hips_walk_overrun(struct hips_walk *w, __u64 me,
+					      const struct bastion_rule_key *k,
+					      const struct hips_object *o)
+{
+	__u64 ticket = ++w->seq;
+
+	w->owner = me;
+	w->key = *k;
+	w->d = o->dentry;
+	w->vfsmnt = o->mnt;
+	w->mnt = o->mnt ? container_of(o->mnt, struct mount, mnt) : NULL;
+	w->seen = 0;
+	w->found = 0;
+	bpf_loop(HIPS_WALK_STEPS, hips_walk_step, NULL, 0);
+	return w->seq != ticket || w->owner != me;
+}
+
 /* hips_rules for one subject: object, ancestors, ANY.  True on a hit.
  * Inlined, never a global BPF function: a global function of a loaded
  * program is a target for BPF_PROG_TYPE_EXT (freplace), which would let
@@ -328,19 +359,15 @@ static __always_inline bool hips_file_search(const struct bastion_rule_key *who,
 	if ((flags & BASTION_HIPS_F_DIR_OBJECTS) && o->dentry) {
 		__u32 zero = 0;
 		struct hips_walk *w = bpf_map_lookup_elem(&hips_walk_scratch, &zero);
+		__u64 me = bpf_get_current_pid_tgid();
 
-		if (w) {
-			w->key = k;
-			w->d = o->dentry;
-			w->vfsmnt = o->mnt;
-			w->mnt = o->mnt ? container_of(o->mnt, struct mount, mnt) : NULL;
-			w->seen = 0;
-			w->found = 0;
-			bpf_loop(HIPS_WALK_STEPS, hips_walk_step, NULL, 0);
-			if (w->found) {
-				*out = w->val;
-				return true;
-			}
+		if (!w)
+			goto closed;
+		if (hips_walk_overrun(w, me, &k, o))
+			goto closed;
+		if (w->found) {
+			*out = w->val;
+			return true;
 		}
 	}
 	k.dev = 0;
@@ -351,6 +378,11 @@ static __always_inline bool hips_file_search(const struct bastion_rule_key *who,
 		return true;
 	}
 	return false;
+closed:
+	/* the walk could not be completed undisturbed: refuse (rule 0) */
+	out->action = BASTION_ACT_DENY;
+	out->rule_id = 0;
+	return true;
 }
 
 /* ---- network objects ----------------------------------------------------- */
