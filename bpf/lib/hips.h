@@ -316,11 +316,14 @@ static long hips_walk_step(__u32 i, void *data)
 	return 0;
 }
 
-/* One walk from @o's parent with the state in @w; true when another walk
- * overran it (its result is then not its own). */
+/* One walk from @o's parent with the state in @w; its result is copied to
+ * @found/@val before the ticket is checked (a walk that ran after the check
+ * would overwrite it).  True when another walk overran this one: then the copy
+ * is not its own. */
 static __always_inline bool hips_walk_overrun(struct hips_walk *w, __u64 me,
 					      const struct bastion_rule_key *k,
-					      const struct hips_object *o)
+					      const struct hips_object *o, __u32 *found,
+					      struct bastion_rule_val *val)
 {
 	__u64 ticket = ++w->seq;
 
@@ -332,6 +335,9 @@ static __always_inline bool hips_walk_overrun(struct hips_walk *w, __u64 me,
 	w->seen = 0;
 	w->found = 0;
 	bpf_loop(HIPS_WALK_STEPS, hips_walk_step, NULL, 0);
+	*found = w->found;
+	*val = w->val;
+	asm volatile("" ::: "memory"); /* the copy first, then the ticket */
 	return w->seq != ticket || w->owner != me;
 }
 
@@ -360,13 +366,15 @@ static __always_inline bool hips_file_search(const struct bastion_rule_key *who,
 		__u32 zero = 0;
 		struct hips_walk *w = bpf_map_lookup_elem(&hips_walk_scratch, &zero);
 		__u64 me = bpf_get_current_pid_tgid();
+		struct bastion_rule_val wv = {};
+		__u32 found = 0;
 
 		if (!w)
 			goto closed;
-		if (hips_walk_overrun(w, me, &k, o))
+		if (hips_walk_overrun(w, me, &k, o, &found, &wv))
 			goto closed;
-		if (w->found) {
-			*out = w->val;
+		if (found) {
+			*out = wv;
 			return true;
 		}
 	}
