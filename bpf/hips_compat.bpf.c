@@ -39,12 +39,27 @@ struct {
 
 static __always_inline void record_pre_exec(void)
 {
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)id, tgid = id >> 32;
+	struct bastion_task_subject *ts;
 	struct hips_facts f = {};
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 
 	if (!hips_active_gen() || !in_scope())
 		return;
-	hips_facts_current(&f);
+	/* The image that calls execve: task_subjects has it (kept at every exec and
+	 * fork since this object loaded) -- one lookup instead of four dependent reads;
+	 * a process older than the object has none: read it.  The parent's exe is
+	 * read live, as the lsm tier does (a reparented task's parent changes).  uid
+	 * and cgroup are taken at sched_process_exec. */
+	ts = bpf_map_lookup_elem(&task_subjects, &tgid);
+	if (ts) {
+		f.exe_ino = ts->exe_ino;
+		f.exe_dev = ts->exe_dev;
+	} else {
+		task_exe(t, &f.exe_ino, &f.exe_dev);
+	}
+	task_exe(BPF_CORE_READ(t, real_parent), &f.parent_exe_ino, &f.parent_exe_dev);
 	f.exempt = hips_current_exempt(); /* the agent's image, before the exec replaces it */
 	bpf_map_update_elem(&exec_pre, &tid, &f, BPF_ANY);
 }
@@ -121,15 +136,32 @@ int BPF_PROG(hips_exec, struct task_struct *p, pid_t old_pid, struct linux_binpr
 SEC("tp_btf/sched_process_fork")
 int BPF_PROG(hips_fork, struct task_struct *parent, struct task_struct *child)
 {
-	struct bastion_task_subject ts = {};
+	struct bastion_task_subject ts = {}, *pts;
 	__u32 pid = BPF_CORE_READ(child, pid), tgid = BPF_CORE_READ(child, tgid);
+	__u32 ptgid = BPF_CORE_READ(parent, tgid);
+	struct task_struct *rp;
 
 	if (pid != tgid)
 		return 0; /* a thread */
-	/* The child runs the parent's image; its parent's exe is that image
-	 * (the real parent's exe, as the lsm tier and /proc see it). */
-	task_exe(parent, &ts.exe_ino, &ts.exe_dev);
-	task_exe(BPF_CORE_READ(child, real_parent), &ts.parent_exe_ino, &ts.parent_exe_dev);
+	/* The child runs the parent's image: the parent's entry has it (kept at its
+	 * exec and fork) -- one lookup instead of four dependent reads per fork; a
+	 * parent older than this object has none: read it. */
+	pts = bpf_map_lookup_elem(&task_subjects, &ptgid);
+	if (pts) {
+		ts.exe_ino = pts->exe_ino;
+		ts.exe_dev = pts->exe_dev;
+	} else {
+		task_exe(parent, &ts.exe_ino, &ts.exe_dev);
+	}
+	/* Its parent's exe is its real parent's (as the lsm tier and /proc see it):
+	 * the same image unless CLONE_PARENT made it the forker's parent. */
+	rp = BPF_CORE_READ(child, real_parent);
+	if (BPF_CORE_READ(rp, tgid) == ptgid) {
+		ts.parent_exe_ino = ts.exe_ino;
+		ts.parent_exe_dev = ts.exe_dev;
+	} else {
+		task_exe(rp, &ts.parent_exe_ino, &ts.parent_exe_dev);
+	}
 	ts.start_ns = BPF_CORE_READ(child, start_boottime);
 	bpf_map_update_elem(&task_subjects, &tgid, &ts, BPF_ANY);
 	return 0;

@@ -227,27 +227,62 @@ struct hips_object {
 	struct vfsmount *mnt;      /* NULL: walk within the filesystem only */
 };
 
+/* The ancestor walk's state.  It lives in a per-CPU map value, never on the
+ * caller's stack: a verifier before Linux 6.7 (Debian 12's 6.1) checks a
+ * bpf_loop callback once, from the caller's state before the loop, so from a
+ * stack context of constants (seen 0) it can prove `++seen >= HIPS_MAX_ANCESTORS`
+ * never true and remove that branch as dead code; the walk would then run to
+ * HIPS_WALK_STEPS ancestors and a directory rule 17-32 levels up would decide
+ * what match.py (16 ancestors) allows.  It survived only because clang had
+ * shared the branch's target with the loop's other exits.  A map value's
+ * contents are unknown to every verifier: the bound stays (the exectx.h and
+ * prov.h fixes of s13).
+ *
+ * Unlike the stack, the value is shared by every HIPS program on the CPU, and
+ * an LSM program runs with migration, not preemption, disabled (no recursion
+ * guard for BPF_PROG_TYPE_LSM): on a preemptible kernel another task's walk
+ * can run between two steps of this one.  Each walk takes a ticket (seq) and
+ * its owner's pid; a walk that finds either changed after the loop was
+ * overrun and fails closed (deny, rule 0: reported like any refusal).  One
+ * walk call site per search, no retry: a second one costs the 6.1 verifier
+ * ~10 s per load of lsm_hips under the VM suite's TCG, for an event a kernel
+ * without full preemption never sees. */
 struct hips_walk {
 	struct bastion_rule_key key;
 	struct dentry *d;
 	struct vfsmount *vfsmnt;
 	struct mount *mnt;
+	__u64 owner;            /* bpf_get_current_pid_tgid() of the walk */
+	__u64 seq;              /* ticket: bumped by every walk on this CPU */
 	__u32 seen;
 	__u32 found;
 	struct bastion_rule_val val;
 };
 
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct hips_walk);
+} hips_walk_scratch SEC(".maps");
+
 /* One step to the next ancestor directory (crossing a mount point costs a
  * step without a lookup: the mounted root already stood for it). */
 static long hips_walk_step(__u32 i, void *data)
 {
-	struct hips_walk *w = data;
-	struct dentry *d = w->d, *parent;
+	__u32 zero = 0;
+	struct hips_walk *w = bpf_map_lookup_elem(&hips_walk_scratch, &zero);
+	struct dentry *d, *parent;
 	struct bastion_rule_val *v;
 	struct inode *inode;
+	struct vfsmount *vm;
+	struct mount *m;
 
-	struct vfsmount *vm = w->vfsmnt;
-	struct mount *m = w->mnt;
+	if (!w)
+		return 1;
+	d = w->d;
+	vm = w->vfsmnt;
+	m = w->mnt;
 
 	if (vm) {
 		struct dentry *root = BPF_CORE_READ(vm, mnt_root);
@@ -281,6 +316,31 @@ static long hips_walk_step(__u32 i, void *data)
 	return 0;
 }
 
+/* One walk from @o's parent with the state in @w; its result is copied to
+ * @found/@val before the ticket is checked (a walk that ran after the check
+ * would overwrite it).  True when another walk overran this one: then the copy
+ * is not its own. */
+static __always_inline bool hips_walk_overrun(struct hips_walk *w, __u64 me,
+					      const struct bastion_rule_key *k,
+					      const struct hips_object *o, __u32 *found,
+					      struct bastion_rule_val *val)
+{
+	__u64 ticket = ++w->seq;
+
+	w->owner = me;
+	w->key = *k;
+	w->d = o->dentry;
+	w->vfsmnt = o->mnt;
+	w->mnt = o->mnt ? container_of(o->mnt, struct mount, mnt) : NULL;
+	w->seen = 0;
+	w->found = 0;
+	bpf_loop(HIPS_WALK_STEPS, hips_walk_step, NULL, 0);
+	*found = w->found;
+	*val = w->val;
+	asm volatile("" ::: "memory"); /* the copy first, then the ticket */
+	return w->seq != ticket || w->owner != me;
+}
+
 /* hips_rules for one subject: object, ancestors, ANY.  True on a hit.
  * Inlined, never a global BPF function: a global function of a loaded
  * program is a target for BPF_PROG_TYPE_EXT (freplace), which would let
@@ -303,14 +363,18 @@ static __always_inline bool hips_file_search(const struct bastion_rule_key *who,
 		return true;
 	}
 	if ((flags & BASTION_HIPS_F_DIR_OBJECTS) && o->dentry) {
-		struct hips_walk w = { .key = k };
+		__u32 zero = 0;
+		struct hips_walk *w = bpf_map_lookup_elem(&hips_walk_scratch, &zero);
+		__u64 me = bpf_get_current_pid_tgid();
+		struct bastion_rule_val wv = {};
+		__u32 found = 0;
 
-		w.d = o->dentry;
-		w.vfsmnt = o->mnt;
-		w.mnt = o->mnt ? container_of(o->mnt, struct mount, mnt) : NULL;
-		bpf_loop(HIPS_WALK_STEPS, hips_walk_step, &w, 0);
-		if (w.found) {
-			*out = w.val;
+		if (!w)
+			goto closed;
+		if (hips_walk_overrun(w, me, &k, o, &found, &wv))
+			goto closed;
+		if (found) {
+			*out = wv;
 			return true;
 		}
 	}
@@ -322,6 +386,11 @@ static __always_inline bool hips_file_search(const struct bastion_rule_key *who,
 		return true;
 	}
 	return false;
+closed:
+	/* the walk could not be completed undisturbed: refuse (rule 0) */
+	out->action = BASTION_ACT_DENY;
+	out->rule_id = 0;
+	return true;
 }
 
 /* ---- network objects ----------------------------------------------------- */

@@ -208,3 +208,59 @@ def test_the_compiled_loop_is_loaded_only_from_a_root_only_path(tmp_path: Path) 
             del os.environ["BASTION_NATIVE_DIR"]
         else:
             os.environ["BASTION_NATIVE_DIR"] = old
+
+
+def _cpus_allowed(tid: int) -> set[int]:
+    for line in Path(f"/proc/self/task/{tid}/status").read_text().splitlines():
+        if line.startswith("Cpus_allowed_list:"):
+            out: set[int] = set()
+            for part in line.split(":", 1)[1].strip().split(","):
+                lo, _, hi = part.partition("-")
+                out.update(range(int(lo), int(hi or lo) + 1))
+            return out
+    raise AssertionError(f"no Cpus_allowed_list for task {tid}")
+
+
+def test_the_compiled_loop_answers_beside_a_hot_opener_then_lets_go(
+        tmp_path: Path, cg: tuple[Path, int]) -> None:
+    """Issue 16 item 4 (s14): a hot marked file is answered from the opener's own CPU
+    (free while the opener waits: no cross-CPU wake-up per event); once the opens stop
+    and the loop sleeps, its thread has its own CPU mask again.  Before: the loop
+    stayed wherever the scheduler left it."""
+    own = os.sched_getaffinity(0)
+    if len(own) < 2:
+        pytest.skip("one CPU: nothing to follow")
+    cpu = max(own)
+    hot = tmp_path / "hot"
+    hot.write_text("hot\n")
+    enf = _enforcer(cg[1], 2.0)
+    try:
+        a = rule(1, (Op.OPEN_READ, Op.OPEN_WRITE), hot, Action.ALLOW)
+        enf.apply(plan_of(a), targets_of(a))
+        thread = enf.listener._listener   # white box: the thread that runs the compiled loop
+        assert thread is not None and thread.native_id is not None
+        tid = thread.native_id
+        before = _cpus_allowed(tid)
+        assert before == own, before
+        code = (f"import time\nend = time.monotonic() + 3\nn = 0\n"
+                f"while time.monotonic() < end:\n    open({str(hot)!r}).close()\n    n += 1\n"
+                f"print(n)")
+        opener = subprocess.Popen(["taskset", "-c", str(cpu), "python3", "-c", code],
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            # moved into the cgroup: its opens are the test's only decided events
+            (cg[0] / "cgroup.procs").write_text(str(opener.pid))
+            seen: list[set[int]] = []
+            pinned = _wait(lambda: seen.append(_cpus_allowed(tid)) or seen[-1] == {cpu}, 2.5)
+            out, _ = opener.communicate(timeout=TIMEOUT)
+        finally:
+            if opener.poll() is None:
+                opener.kill()
+                opener.wait()
+        assert opener.returncode == 0 and int(out) > 100, out
+        assert pinned, f"the loop never moved to the opener's CPU {cpu}: {seen[-5:]}"
+        assert _wait(lambda: _cpus_allowed(tid) == before, 3.0), _cpus_allowed(tid)
+        s = enf.stats()
+        assert s["fast_allows"] > 100 and s["errors"] == 0 and s["fail_opens"] == 0, s
+    finally:
+        enf.close()

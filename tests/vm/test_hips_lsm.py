@@ -29,7 +29,7 @@ from bastion.enforce.hips_kernel import HipsKernel  # noqa: E402
 from bastion.errors import Location  # noqa: E402
 from bastion.events import HipsEvent  # noqa: E402
 from bastion.policy.compile import (  # noqa: E402
-    FileTarget, NetTarget, ResolvedPolicy, ResolvedRule, compile_plan, kernel_dev,
+    FileTarget, MapPlan, NetTarget, ResolvedPolicy, ResolvedRule, compile_plan, kernel_dev,
 )
 from bastion.policy.model import Action, Mode, Op  # noqa: E402
 from support.cg import run_in, scoped_cgroup  # noqa: E402
@@ -75,12 +75,24 @@ class World:
     ptraced: subprocess.Popen[bytes]
     signalled: subprocess.Popen[bytes]
     listener: socket.socket
+    deep: Path             # a directory object; near/data 16 levels below it, far/data 17
+    plan: MapPlan
     events: list[HipsEvent]
 
     def drain(self) -> list[HipsEvent]:
         time.sleep(0.05)
         self.events += self.hk.poll(0)
         return self.events
+
+
+def _nest(top: Path, prefix: str, levels: int) -> Path:
+    """top/<prefix>0/.../<prefix>{levels-1}/data: ``top`` is the data's (levels + 1)th ancestor."""
+    sub = top
+    for i in range(levels):
+        sub = sub / f"{prefix}{i}"
+    sub.mkdir(parents=True)
+    (sub / "data").write_text("payload\n")
+    return sub / "data"
 
 
 def _free_port() -> int:
@@ -114,6 +126,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     listener.listen(64)
     lport = listener.getsockname()[1]
     bport = _free_port()
+    deep = d / "deep"
+    _nest(deep, "n", 15)
+    _nest(deep, "f", 16)
     rules = (
         _rule(1, Op.EXEC, files=(_file(tool),)),
         _rule(2, Op.OPEN_READ, files=(_file(secret),)),
@@ -126,6 +141,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         _rule(9, Op.BIND, nets=(_lo(bport),)),
         _rule(10, Op.PTRACE, files=(_file(pt_exe),)),
         _rule(11, Op.SIGNAL, files=(_file(sig_exe),)),
+        _rule(12, Op.OPEN_READ, files=(_file(deep, is_dir=True),)),
     )
     plan = compile_plan(ResolvedPolicy(Mode.ENFORCE, Action.ALLOW, rules))
     try:
@@ -135,7 +151,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             try:
                 hk.apply(plan)
                 yield World(cg, hk, d, tool, secret, wfile, cdir, victim_u, victim_r, victim_c,
-                            lport, bport, ptraced, signalled, listener, [])
+                            lport, bport, ptraced, signalled, listener, deep, plan, [])
             finally:
                 hk.close()
     finally:
@@ -282,6 +298,38 @@ def test_signal(world: World) -> None:
     _check_event(world, "signal", 11)
 
 
+# ---- s14: the ancestor walk's bound on 6.1's verifier ----
+
+
+def test_directory_rule_reaches_sixteen_ancestors_and_no_further(world: World) -> None:
+    """A directory object covers what lies at most HIPS_MAX_ANCESTORS (16) levels
+    below it, as match.py decides.  Before: the walk's counter was on the stack, and
+    6.1's verifier, which checks a bpf_loop callback once from the caller's constants,
+    removed `++seen >= 16` as dead code when clang gave that exit a block of its own
+    (seen on this kernel with such a build): the walk ran to HIPS_WALK_STEPS (32) and a
+    file 17 levels down was refused here, allowed by the compat tier's matcher."""
+    from bastion.policy.match import Matcher, TaskFacts
+
+    near = world.deep.joinpath(*(f"n{i}" for i in range(15)), "data")
+    far = world.deep.joinpath(*(f"f{i}" for i in range(16)), "data")
+    assert (len(near.relative_to(world.deep).parts), len(far.relative_to(world.deep).parts)) == (16, 17)
+    ref = Matcher(world.plan)
+
+    def ref_action(f: Path) -> abi.HipsAction:
+        anc = [(_file(p).dev, _file(p).ino) for p in f.parents]
+        return ref.decide_file(TaskFacts((0, 0)), abi.HipsOp.OPEN_READ,
+                               (_file(f).dev, _file(f).ino), anc).action
+
+    assert (ref_action(near), ref_action(far)) == (abi.HipsAction.DENY, abi.HipsAction.ALLOW)
+    rnear = run_in(world.cg, ["/bin/cat", str(near)], timeout=30)
+    rfar = run_in(world.cg, ["/bin/cat", str(far)], timeout=30)
+    assert _denied(rnear) and "payload" not in rnear.stdout, rnear
+    assert rfar.returncode == 0 and rfar.stdout == "payload\n", rfar
+    evs = _hits(world, "open-read", 12)
+    assert [e.path.rsplit("/", 2)[-2:] for e in evs] == [["n14", "data"]], evs
+    _check_event(world, "open-read", 12)
+
+
 def test_compat_object_on_61(tmp_path: Path) -> None:
     """The compat tier also loads here, and its queued kill works where cgroup
     programs may not call bpf_send_signal (6.1)."""
@@ -412,3 +460,4 @@ def test_link_and_rename_out_of_a_protected_tree(tmp_path: Path) -> None:
     got = {(e.op, e.rule_id, e.enforced, e.path.rsplit("/", 1)[-1]) for e in evs}
     assert {("open-read", 1, True, "k"), ("open-read", 1, True, "k2"), ("open-read", 1, True, "sub"),
             ("open-write", 2, True, "f")} <= got, evs
+

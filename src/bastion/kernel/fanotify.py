@@ -52,7 +52,10 @@ the inodes its owner published with :meth:`PermissionListener.set_fast_allow`
 lookup, one ``writev``), and hands every other event to the Python loop
 above, unchanged.  While a table is published it keeps reading for
 ``spin_us`` after an event before it sleeps in ``poll`` (a listener whose
-events all go to Python never spins).  The events of the batch it holds sit in slots a
+events all go to Python never spins); while it spins after fast answers its
+thread is pinned to the CPU its last opener ran on (an opener waits for its
+answer, so that CPU is free: no cross-CPU wake-up per event) and unpinned before it
+sleeps.  The events of the batch it holds sit in slots a
 compare-and-swap hands to exactly one answerer: the loop, or the watchdog once
 the batch is ``decision_timeout_s`` old (answered with their fallback,
 counted like any overdue event).  A publish waits for the batches still using
