@@ -313,6 +313,43 @@ def test_dispatch_by_declared_type_loses_no_finding() -> None:
     assert got == want and len(got) >= 50
 
 
+def test_a_single_event_rule_s_direct_path_finds_what_the_generic_path_finds() -> None:
+    """SingleEvent.on_event skips the evaluate layer (issue 16.3): on the recorded corpus
+    every such rule finds, event for event, what BehaviorRule.on_event finds (a second
+    pack, its own table), and a subclass overriding evaluate still goes through it."""
+    from bastion.detect.behavior.base import BehaviorRule, Hit, SingleEvent
+
+    events = _corpus()
+    direct, generic = behavior_rules(), behavior_rules()
+    singles = [i for i, r in enumerate(direct) if isinstance(r, SingleEvent)]
+    assert len(singles) >= 10
+    procs_a, procs_b = ProcessTable(), ProcessTable()
+    ctx_a, ctx_b = RuleContext(procs_a), RuleContext(procs_b)
+    got, want = [], []
+    for ev in events:
+        procs_a.update(ev)
+        procs_b.update(ev)
+        for i in singles:
+            if ev.type in direct[i].event_types:
+                got += [(f.rule, f.title, f.pid, f.action) for f in direct[i].on_event(ev, ctx_a)]
+                want += [(f.rule, f.title, f.pid, f.action)
+                         for f in BehaviorRule.on_event(generic[i], ev, ctx_b)]
+    assert got == want and len(got) >= 20
+
+    class Twice(SingleEvent):
+        name = "test.twice"
+        event_types = frozenset({"open"})
+
+        def match(self, ev: Event, ctx: Any) -> Hit | None:
+            return Hit("one", {})
+
+        def evaluate(self, ev: Event, ctx: Any) -> list[Hit]:
+            return [Hit("one", {}), Hit("two", {})]
+
+    ev = next(e for e in events if e.type == "open")
+    assert [f.title for f in Twice().on_event(ev, ctx_a)] == ["one", "two"]
+
+
 def _findings(engine: Engine, events: list[Event]) -> list[tuple[Any, ...]]:
     procs = ProcessTable()
     ctx = RuleContext(procs)
@@ -418,6 +455,31 @@ def test_cached_enrichment_follows_the_table() -> None:
     after = procs.enrich(opened)
     assert first == ["/usr/bin/sh"] * 3 and after.proc.exe == "/tmp/evil"
     assert after == dataclasses.replace(opened, proc=dataclasses.replace(bare, exe="/tmp/evil"))
+
+
+def test_enrichment_keyed_by_actor_identity_never_gives_another_actor_s_exe() -> None:
+    """The enrichment cache is keyed by the actor object's identity (issue 16.3): actors
+    made and freed in turn (their ids reused by CPython), equal actors that are distinct
+    objects, and a cache emptied every few events each get their own process's exe."""
+    from bastion.events import Proc as P
+
+    procs = ProcessTable()
+    procs.enrich_cache = 3
+    exes = {300: "/usr/bin/a", 301: "/usr/bin/b", 302: "/usr/bin/c"}
+    for pid, exe in exes.items():
+        procs.update(ExecEvent(0, P(pid=pid, tid=pid, ppid=1, uid=0, euid=0, gid=0, cgroup_id=1,
+                                    comm="x", start_ns=5, exe=exe), filename=exe))
+    rng = random.Random(11)
+    ids: set[int] = set()
+    for i in range(3000):
+        pid, tid, uid = rng.choice(list(exes)), rng.randrange(300, 310), rng.randrange(3)
+        actor = P(pid=pid, tid=tid, ppid=1, uid=uid, euid=0, gid=0, cgroup_id=1, comm="x",
+                  start_ns=5)   # a thread of the process, with its own credentials
+        ids.add(id(actor))
+        ev = procs.enrich(FileEvent(i, actor, op="open", path="/etc/x"), in_place=rng.random() < 0.5)
+        assert ev.proc == dataclasses.replace(actor, exe=exes[pid])
+        del actor, ev
+    assert len(ids) < 1000      # ids were reused: the identity check was exercised
 
 
 def test_store_rows_from_event_times_equal_rows_from_parsed_times(tmp_path: Path) -> None:
