@@ -23,7 +23,8 @@ from bastion.detect.engine import Engine
 from bastion.proctable import ProcessTable
 from bastion.respond.dispatch import Dispatcher
 from bastion.config import parse_policy
-from bastion.events import Event, HipsEvent, decode
+from bastion.errors import DecodeError
+from bastion.events import Event, HipsEvent, RepeatDecoder, decode
 from bastion.guard.kernel import TamperKernel
 from bastion.guard.kernel import decode as tamper_decode
 from bastion.kernel import clock
@@ -93,6 +94,26 @@ def test_drain_counts_a_bad_record_and_keeps_the_good_ones(bad: bytes) -> None:
     out = lo.drain(decode)
     assert [e.rule_id for e in out if isinstance(e, HipsEvent)] == [1, 2]
     assert lo.decode_errors == 1 and lo.decoded == 2
+
+
+@pytest.mark.parametrize("bad", BAD_RECORDS)
+def test_a_batch_drain_counts_a_bad_record_and_keeps_the_good_ones(bad: bytes,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """The sensors' batch decode (issue 16.3): a record that does not decode is counted and
+    logged with the decoder's message, as :meth:`LoadedObject.drain` does."""
+    lo = _loaded([_hips_record(1), bad, _hips_record(2), _hips_record(2)])
+    rep = RepeatDecoder()
+    out = lo.drain_batch(rep.decode_batch)
+    assert [e.rule_id for e in out if isinstance(e, HipsEvent)] == [1, 2, 2]
+    assert lo.decode_errors == 1 and lo.decoded == 3 and rep.hits == 1
+    want = _outcome_error(bad)
+    assert any(want in r.getMessage() and "x.bpf.o" in r.getMessage() for r in caplog.records)
+
+
+def _outcome_error(rec: bytes) -> str:
+    with pytest.raises(DecodeError) as info:
+        decode(rec, 0)
+    return str(info.value)
 
 
 def test_drain_stamps_wall_clock_time() -> None:

@@ -24,8 +24,8 @@ from bastion.detect.behavior import behavior_rules
 from bastion.detect.engine import Engine, RuleContext
 from bastion.detect.sigma import load_sigma
 from bastion.errors import DecodeError
-from bastion.events import (DECODERS, Decoder, Event, ExecEvent, FileEvent, RepeatDecoder, decode,
-                            decode_reference)
+from bastion.events import (_MAKERS, DECODERS, Decoder, Event, ExecEvent, FileEvent, RepeatDecoder,
+                            all_fields, decode, decode_reference)
 from bastion.proctable import ProcessTable
 from bastion.sensors.replay import read_all
 
@@ -153,6 +153,126 @@ def test_bad_records_are_refused_alike() -> None:
         assert _outcome(dec, rec) == want
 
 
+RECORDED = Path(__file__).resolve().parents[1] / "fixtures" / "records" / "tp_events_chmod_flood_and_mix.hex"
+
+
+def _recorded() -> list[bytes]:
+    lines = RECORDED.read_text().splitlines()
+    return [bytes.fromhex(ln) for ln in lines if ln and not ln.startswith("#")]
+
+
+def _malformed(rng: random.Random, good: list[bytes]) -> list[bytes]:
+    """Records a hostile or broken producer could hand over: cut short, an unknown type,
+    a type without a decoder's size, a file record whose lengths lie."""
+    out: list[bytes] = [b"", b"\x01\x02", (999).to_bytes(2, "little") + b"\0" * 200]
+    for _ in range(40):
+        r = rng.choice(good)
+        kind = rng.randrange(4)
+        if kind == 0:
+            out.append(r[:rng.randrange(len(r))])
+        elif kind == 1:
+            out.append(rng.choice((0, 200, 4242)).to_bytes(2, "little") + r[2:])
+        elif kind == 2 and r[0] == int(abi.EventType.FILE):
+            at = abi.FileEvent.path_len.offset + rng.randrange(8)
+            out.append(r[:at] + bytes([r[at] ^ (1 << rng.randrange(8))]) + r[at + 1:])
+        else:
+            out.append(r + b"\0")     # one byte more than the record says
+    return out
+
+
+def _batch_outcome(rep: RepeatDecoder, stream: list[bytes], batch: int) -> list[Any]:
+    """decode_batch over ``stream`` in batches; events and errors in stream order."""
+    out: list[Any] = []
+    for i in range(0, len(stream), batch):
+        chunk = stream[i:i + batch]
+        errs: list[DecodeError] = []
+        evs = rep.decode_batch(chunk, 123_456_789, errs.append)
+        # rebuild the per-record order: a record either became the next event or an error
+        ev_it, err_it = iter(evs), iter(errs)
+        for rec in chunk:
+            want = _outcome(Decoder(), rec)
+            got = (("DecodeError", str(next(err_it))) if isinstance(want, tuple)
+                   else next(ev_it))
+            out.append(got)
+        assert next(ev_it, None) is None and next(err_it, None) is None
+    return out
+
+
+@pytest.mark.parametrize("window", [1000, 16], ids=["keyed", "pausing"])
+def test_the_batch_decoder_equals_the_decoder_on_recorded_fuzzed_and_malformed_records(
+        window: int) -> None:
+    """A drained batch decoded in one pass (issue 16.3) gives, record for record, what the
+    decoder gives: the same events (type and every field, the time of its own record) and,
+    for every malformed record, the same DecodeError (naming the offset where the decoder
+    names one), handed to the error callback and left out of the events."""
+    rng = random.Random(1603 + window)
+    recorded = _recorded()
+    assert len(recorded) > 100 and len({r[0] for r in recorded}) >= 5
+    fuzzed = [_random_record(rng, t) for t in sorted(DECODERS, key=int) for _ in range(25)]
+    good = recorded + fuzzed
+    hot = rng.sample(good, 40)
+    stream: list[bytes] = []
+    for r in recorded:                               # the recording, in ring order
+        stream.append(r)
+    for _ in range(3000):                            # repeats, near-repeats, junk
+        x = rng.random()
+        r = rng.choice(hot if rng.random() < 0.7 else good)   # a flood's few records, mostly
+        if x < 0.1:
+            j = rng.randrange(ctypes.sizeof(abi.EventHdr), len(r))
+            r = r[:j] + bytes([r[j] ^ 1]) + r[j + 1:]
+        elif x < 0.15:
+            r = rng.choice(_malformed(rng, good))
+        stream.append(_retimed(r, rng.randrange(1 << 62)) if len(r) >= 16 else r)
+    rep = RepeatDecoder(cache=64, window=window)
+    got = _batch_outcome(rep, stream, 700)
+    want = [_outcome(Decoder(), r) for r in stream]
+    assert len(got) == len(want)
+    for g, w, r in zip(got, want, stream):
+        assert type(g) is type(w) and g == w, r[:24].hex()
+        if not isinstance(w, tuple):
+            assert all_fields(g) == all_fields(w)
+    bad = [w for w in want if isinstance(w, tuple)]
+    assert len(bad) > 50 and any("offset" in w[1] for w in bad)
+    assert sum(not isinstance(w, tuple) for w in want) > 2500
+    if window == 1000:
+        assert rep.hits > 1000
+    else:
+        assert rep._skip or rep.hits < 1000     # the no-repeat pause was taken
+
+
+def test_the_batch_decoder_and_the_per_record_call_share_one_cache() -> None:
+    """A record first decoded by a call and repeated in a batch (and the other way) is
+    still the decoder's event."""
+    rec = [r for r in _recorded() if r[0] == int(abi.EventType.FILE)][0]
+    rep = RepeatDecoder()
+    first = rep(rec, 0)
+    (again,) = rep.decode_batch([_retimed(rec, 77)], 0, pytest.fail)
+    assert rep.hits == 1 and again == Decoder()(_retimed(rec, 77), 0) and again != first
+    rep2 = RepeatDecoder()
+    rep2.decode_batch([rec], 0, pytest.fail)
+    assert rep2(_retimed(rec, 5), 0) == Decoder()(_retimed(rec, 5), 0) and rep2.hits == 1
+
+
+def test_the_direct_constructor_builds_what_the_class_builds() -> None:
+    """Every event class: the slots set directly equal the dataclass constructor's object,
+    and the object stays frozen."""
+    rng = random.Random(3)
+    for etype in sorted(DECODERS, key=int):
+        for _ in range(20):
+            out = _outcome(Decoder(), _random_record(rng, etype))
+            if isinstance(out, tuple):
+                continue
+            vals = all_fields(out)
+            made = _MAKERS[type(out)](*vals)
+            assert type(made) is type(out) and made == out and all_fields(made) == vals
+            assert hash(made.proc) == hash(out.proc)
+            with pytest.raises(dataclasses.FrozenInstanceError):
+                made.time_ns = 1   # type: ignore[misc]
+            break
+        else:
+            pytest.fail(f"no {etype.name} record decoded")
+
+
 def test_one_actor_cache_entry_never_leaks_into_another_actor() -> None:
     """Two records differing only in their actor (uid, then comm) decode to their own actors."""
     rng = random.Random(9)
@@ -191,6 +311,43 @@ def test_dispatch_by_declared_type_loses_no_finding() -> None:
         for r in every:
             want += [(f.rule, f.title, f.pid) for f in r.on_event(ev, ctx)]
     assert got == want and len(got) >= 50
+
+
+def test_a_single_event_rule_s_direct_path_finds_what_the_generic_path_finds() -> None:
+    """SingleEvent.on_event skips the evaluate layer (issue 16.3): on the recorded corpus
+    every such rule finds, event for event, what BehaviorRule.on_event finds (a second
+    pack, its own table), and a subclass overriding evaluate still goes through it."""
+    from bastion.detect.behavior.base import BehaviorRule, Hit, SingleEvent
+
+    events = _corpus()
+    direct, generic = behavior_rules(), behavior_rules()
+    singles = [i for i, r in enumerate(direct) if isinstance(r, SingleEvent)]
+    assert len(singles) >= 10
+    procs_a, procs_b = ProcessTable(), ProcessTable()
+    ctx_a, ctx_b = RuleContext(procs_a), RuleContext(procs_b)
+    got, want = [], []
+    for ev in events:
+        procs_a.update(ev)
+        procs_b.update(ev)
+        for i in singles:
+            if ev.type in direct[i].event_types:
+                got += [(f.rule, f.title, f.pid, f.action) for f in direct[i].on_event(ev, ctx_a)]
+                want += [(f.rule, f.title, f.pid, f.action)
+                         for f in BehaviorRule.on_event(generic[i], ev, ctx_b)]
+    assert got == want and len(got) >= 20
+
+    class Twice(SingleEvent):
+        name = "test.twice"
+        event_types = frozenset({"open"})
+
+        def match(self, ev: Event, ctx: Any) -> Hit | None:
+            return Hit("one", {})
+
+        def evaluate(self, ev: Event, ctx: Any) -> list[Hit]:
+            return [Hit("one", {}), Hit("two", {})]
+
+    ev = next(e for e in events if e.type == "open")
+    assert [f.title for f in Twice().on_event(ev, ctx_a)] == ["one", "two"]
 
 
 def _findings(engine: Engine, events: list[Event]) -> list[tuple[Any, ...]]:
@@ -298,6 +455,31 @@ def test_cached_enrichment_follows_the_table() -> None:
     after = procs.enrich(opened)
     assert first == ["/usr/bin/sh"] * 3 and after.proc.exe == "/tmp/evil"
     assert after == dataclasses.replace(opened, proc=dataclasses.replace(bare, exe="/tmp/evil"))
+
+
+def test_enrichment_keyed_by_actor_identity_never_gives_another_actor_s_exe() -> None:
+    """The enrichment cache is keyed by the actor object's identity (issue 16.3): actors
+    made and freed in turn (their ids reused by CPython), equal actors that are distinct
+    objects, and a cache emptied every few events each get their own process's exe."""
+    from bastion.events import Proc as P
+
+    procs = ProcessTable()
+    procs.enrich_cache = 3
+    exes = {300: "/usr/bin/a", 301: "/usr/bin/b", 302: "/usr/bin/c"}
+    for pid, exe in exes.items():
+        procs.update(ExecEvent(0, P(pid=pid, tid=pid, ppid=1, uid=0, euid=0, gid=0, cgroup_id=1,
+                                    comm="x", start_ns=5, exe=exe), filename=exe))
+    rng = random.Random(11)
+    ids: set[int] = set()
+    for i in range(3000):
+        pid, tid, uid = rng.choice(list(exes)), rng.randrange(300, 310), rng.randrange(3)
+        actor = P(pid=pid, tid=tid, ppid=1, uid=uid, euid=0, gid=0, cgroup_id=1, comm="x",
+                  start_ns=5)   # a thread of the process, with its own credentials
+        ids.add(id(actor))
+        ev = procs.enrich(FileEvent(i, actor, op="open", path="/etc/x"), in_place=rng.random() < 0.5)
+        assert ev.proc == dataclasses.replace(actor, exe=exes[pid])
+        del actor, ev
+    assert len(ids) < 1000      # ids were reused: the identity check was exercised
 
 
 def test_store_rows_from_event_times_equal_rows_from_parsed_times(tmp_path: Path) -> None:

@@ -77,6 +77,8 @@ class Engine:
         for r in self.rules:
             for t in r.event_types:
                 self._by_type[t].append(r)
+        self._routes: dict[str, tuple[Rule, ...]] = {}
+        self._route()
         self.errors: dict[str, int] = {}
         self.disabled: dict[str, str] = {}   # rule name -> the error that disabled it
 
@@ -91,6 +93,7 @@ class Engine:
             for t in r.event_types:
                 by_type[t].append(r)
         self._by_type = by_type
+        self._route()
 
     def wanted_types(self) -> frozenset[str]:
         return frozenset(t for t, rs in self._by_type.items() if rs)
@@ -102,6 +105,7 @@ class Engine:
         for rs in self._by_type.values():
             if rule in rs:
                 rs.remove(rule)
+        self._route()
         log.error("rule %s raised on a %s event and is disabled: %s", name, ev.type, exc,
                   exc_info=exc)
         return Finding(
@@ -110,16 +114,23 @@ class Engine:
             evidence={"failed_rule": name, "error": self.disabled[name], "event_type": ev.type})
 
     def evaluate(self, ev: Event, ctx: RuleContext) -> list[Finding]:
-        rules = self._by_type.get(ev.type)
+        rules = self._routes.get(ev.type)
         if not rules:
             return []
         out: list[Finding] = []
-        for r in list(rules):
+        for r in rules:     # a tuple: _disable builds new ones, this event's stays whole
             try:
-                out.extend(r.on_event(ev, ctx))
+                found = r.on_event(ev, ctx)
             except Exception as exc:  # noqa: BLE001 - isolation is the point
                 out.append(self._disable(r, ev, exc))
+                continue
+            if found:
+                out += found
         return out
+
+    def _route(self) -> None:
+        """Event type -> its rules as a tuple, from ``_by_type`` (after every change of it)."""
+        self._routes = {t: tuple(rs) for t, rs in self._by_type.items() if rs}
 
     def expire(self, now_ns: int) -> int:
         """Drop idle rule state (rules that keep state expose ``expire``)."""

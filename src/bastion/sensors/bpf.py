@@ -238,7 +238,7 @@ class BpfSensor(LoaderUser):
         if self.sensitive and time.monotonic() - self._sens_at >= self.sensitive_refresh_s:
             self.refresh_sensitive()
         lo.wait(timeout_s)
-        return lo.drain(self._decoder, DRAIN_BATCH)
+        return lo.drain_batch(self._decoder.decode_batch, DRAIN_BATCH)
 
     def ring_fill(self) -> float:
         if self._lo is None:

@@ -24,7 +24,7 @@ import ipaddress
 import os
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Final, Iterable
 
 from bastion.containers import Selector
 from bastion.detect.engine import Finding, RuleContext
@@ -146,6 +146,20 @@ class SingleEvent(BehaviorRule):
     def evaluate(self, ev: Event, ctx: RuleContext) -> list[Hit]:
         h = self.match(ev, ctx)
         return [h] if h is not None else []
+
+    def on_event(self, ev: Event, ctx: RuleContext) -> list[Finding]:
+        """:meth:`BehaviorRule.on_event` without the ``evaluate`` layer and its lists (the
+        engine calls this for every event of the rule's types, issue 16.3); a subclass
+        that overrides ``evaluate`` goes through it as before."""
+        if type(self).evaluate is not _SINGLE_EVALUATE:
+            return BehaviorRule.on_event(self, ev, ctx)
+        if self.trusted_actors and any(t.matches(ev.proc.container) for t in self.trusted_actors):
+            return []
+        h = self.match(ev, ctx)
+        return [] if h is None else [self.finding(ev, h)]
+
+
+_SINGLE_EVALUATE: Final = SingleEvent.evaluate
 
 
 Pred = Callable[[Event, RuleContext], "dict[str, Any] | None"]
