@@ -11,14 +11,7 @@
 #define BASTION_PROV_H
 
 #include "path.h"
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, BASTION_PROV_MAX);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, __u32);
-	__type(value, struct bastion_prov_val);
-} prov SEC(".maps");
+#include "prov_map.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
