@@ -414,6 +414,11 @@ class AgentGate:
         self.unmarked: list[str] = []
         self._pending: dict[int, GateDecision] = {}
 
+    def marks_off(self) -> None:
+        """The lsm tier's in-hook gate decides: fill the provenance maps, mark nothing
+        (one decision per act)."""
+        self._objects = list
+
     def open(self) -> None:
         prov = self._maps()
         prov.set_dirs(self._tmp_dirs)
