@@ -25,7 +25,7 @@
 #define BASTION_H
 
 #define BASTION_ABI_MAJOR 2
-#define BASTION_ABI_MINOR 2
+#define BASTION_ABI_MINOR 4
 #define BASTION_ABI_VERSION ((BASTION_ABI_MAJOR << 16) | BASTION_ABI_MINOR)
 
 #define BASTION_COMM_LEN 16
@@ -356,6 +356,55 @@ struct bastion_prov_interp {
 	__u64 code_letters;  /* bit (c - 'a') / (26 + c - 'A'): an option letter meaning "code follows, no script" */
 };
 
+/* ---- the provenance gate in the hook (issue 15, lsm tier; ABI 2.3;
+ * bpf/lsm_provgate.bpf.c) ----
+ * The must-stop objects of src/bastion/enforce/muststop.py, by class:
+ * Map `pgate_objs`: bastion_inode_key of a file (flags 0) or of a directory
+ *   whose children are must-stop (BASTION_PGATE_F_DIR; every subdirectory is
+ *   an entry of its own) -> bastion_pgate_obj.
+ * Map `pgate_names`: (directory inode, name) -> bastion_pgate_obj: a
+ *   must-stop name that may not exist yet (/etc/ld.so.preload, a profile in a
+ *   home directory): creating, linking or renaming to it is refused too.
+ * Map `pgate_tools`: tgid -> bastion_pgate_tool: a security tool (auditd,
+ *   syslog, journald, the agent, its guardian) a tainted tree may not signal.
+ * Map `pgate_cfg` (array, 1): bastion_pgate_cfg: the classes in dry run
+ *   (decided and reported as would-deny, allowed).
+ * Refusals and dry-run/admin decisions are bastion_hips_event records,
+ * mechanism BASTION_MECH_LSM_PROV, rule_id = the class, subject = the
+ * actor's provenance reasons. */
+enum bastion_pgate_class {
+	BASTION_PGATE_PERSISTENCE = 1, /* write, create, link, rename, unlink, truncate, chmod */
+	BASTION_PGATE_CREDENTIAL = 2,  /* any open, and every name change */
+	BASTION_PGATE_LOG = 3,         /* write open with O_TRUNC, truncate, unlink, rename, chmod */
+	BASTION_PGATE_SECURITY_TOOL = 4, /* a harmful signal to the process */
+};
+
+#define BASTION_PGATE_F_DIR (1u << 0)   /* a directory: its children are objects */
+#define BASTION_PGATE_NAME_LEN 32
+
+struct bastion_pgate_obj {
+	__u32 cls;           /* enum bastion_pgate_class */
+	__u32 flags;         /* BASTION_PGATE_F_* */
+};
+
+struct bastion_pgate_name {
+	__u64 ino;           /* the directory */
+	__u32 dev;
+	__u32 _pad;
+	char name[BASTION_PGATE_NAME_LEN];
+};
+
+struct bastion_pgate_tool {
+	__u64 start_ticks;   /* group leader's start_boottime in USER_HZ ticks (/proc/PID/stat): a reused pid is no tool */
+	__u32 cls;           /* BASTION_PGATE_SECURITY_TOOL */
+	__u32 _pad;
+};
+
+struct bastion_pgate_cfg {
+	__u32 dry_run;       /* bit (1 << class): decided, reported, allowed */
+	__u32 _pad;
+};
+
 
 /* ==================================================================== */
 /* HIPS: per-program policy compiled into maps (src/bastion/policy/).   */
@@ -422,6 +471,7 @@ enum bastion_mechanism {
 	BASTION_MECH_EXEC_KILL = 2,  /* SIGKILL at sched_process_exec (compat) */
 	BASTION_MECH_CGROUP_SOCK = 3,/* cgroup connect/bind program (compat) */
 	BASTION_MECH_FANOTIFY = 4,   /* fanotify permission answer (compat, user space) */
+	BASTION_MECH_LSM_PROV = 5,   /* the provenance gate's LSM hook (lsm_provgate.bpf.c) */
 };
 
 #define BASTION_HIPS_F_DIR_OBJECTS (1u << 0) /* walk ancestor directories */
@@ -525,6 +575,10 @@ _Static_assert(sizeof(struct bastion_hips_event) == 72 + 72 + 256, "hips_event")
 _Static_assert(sizeof(struct bastion_prov_val) == 16, "prov_val");
 _Static_assert(sizeof(struct bastion_prov_prefix) == 4 + 64, "prov_prefix");
 _Static_assert(sizeof(struct bastion_prov_interp) == 8, "prov_interp");
+_Static_assert(sizeof(struct bastion_pgate_obj) == 8, "pgate_obj");
+_Static_assert(sizeof(struct bastion_pgate_name) == 16 + 32, "pgate_name");
+_Static_assert(sizeof(struct bastion_pgate_tool) == 16, "pgate_tool");
+_Static_assert(sizeof(struct bastion_pgate_cfg) == 8, "pgate_cfg");
 #endif
 
 /* ==================================================================== */

@@ -39,6 +39,11 @@ struct bastion_abi_types {
 	struct bastion_prov_val prov_val;
 	struct bastion_prov_prefix prov_prefix;
 	struct bastion_prov_interp prov_interp;
+	struct bastion_pgate_obj pgate_obj;
+	struct bastion_pgate_name pgate_name;
+	struct bastion_pgate_tool pgate_tool;
+	struct bastion_pgate_cfg pgate_cfg;
+	enum bastion_pgate_class pgate_class;
 	enum bastion_sens_class sens_class;
 	enum bastion_event_type event_type;
 	enum bastion_file_op file_op;

@@ -29,7 +29,7 @@ from typing import Final, Protocol
 from bastion.errors import AbiMismatchError, BastionError, DecodeError, Location
 
 ABI_MAJOR: Final = 2
-ABI_MINOR: Final = 2
+ABI_MINOR: Final = 4
 ABI_VERSION: Final = (ABI_MAJOR << 16) | ABI_MINOR
 
 COMM_LEN: Final = 16
@@ -143,6 +143,7 @@ class Mechanism(enum.IntEnum):
     EXEC_KILL = 2
     CGROUP_SOCK = 3
     FANOTIFY = 4
+    LSM_PROV = 5
 
 
 HIPS_F_DIR_OBJECTS: Final = 1 << 0
@@ -533,6 +534,37 @@ class ProvInterp(ctypes.Structure):
     _fields_ = [("code_letters", c_u64)]
 
 
+# ---- the provenance gate in the hook (bastion.h, ABI 2.3; bpf/lsm_provgate.bpf.c) -----
+
+
+class PgateClass(enum.IntEnum):
+    PERSISTENCE = 1
+    CREDENTIAL = 2
+    LOG = 3
+    SECURITY_TOOL = 4
+
+
+PGATE_F_DIR: Final = 1 << 0
+PGATE_NAME_LEN: Final = 32
+
+
+class PgateObj(ctypes.Structure):
+    _fields_ = [("cls", c_u32), ("flags", c_u32)]
+
+
+class PgateName(ctypes.Structure):
+    _fields_ = [("ino", c_u64), ("dev", c_u32), ("_pad", c_u32),
+                ("name", ctypes.c_char * PGATE_NAME_LEN)]
+
+
+class PgateTool(ctypes.Structure):
+    _fields_ = [("start_ticks", c_u64), ("cls", c_u32), ("_pad", c_u32)]
+
+
+class PgateCfg(ctypes.Structure):
+    _fields_ = [("dry_run", c_u32), ("_pad", c_u32)]
+
+
 # ---- tamper protection (bastion.h, tamper section; src/bastion/guard/) ----------------
 
 
@@ -631,6 +663,10 @@ STRUCTS: Final[dict[str, type[ctypes.Structure]]] = {
     "bastion_prov_val": ProvVal,
     "bastion_prov_prefix": ProvPrefix,
     "bastion_prov_interp": ProvInterp,
+    "bastion_pgate_obj": PgateObj,
+    "bastion_pgate_name": PgateName,
+    "bastion_pgate_tool": PgateTool,
+    "bastion_pgate_cfg": PgateCfg,
     "bastion_sens_val": SensVal,
     "bastion_tamper_ident": TamperIdent,
     "bastion_tamper_obj": TamperObj,
@@ -666,6 +702,7 @@ ENUMS: Final[dict[str, type[enum.IntEnum]]] = {
     "bastion_hips_mode": HipsMode,
     "bastion_subject_kind": SubjectKind,
     "bastion_mechanism": Mechanism,
+    "bastion_pgate_class": PgateClass,
     "bastion_sens_class": SensClass,
     "bastion_tamper_record": TamperRecord,
     "bastion_tamper_op": TamperOp,
@@ -686,6 +723,7 @@ ENUM_PREFIXES: Final[dict[str, str]] = {
     "bastion_hips_mode": "BASTION_MODE_",
     "bastion_subject_kind": "BASTION_SUBJ_",
     "bastion_mechanism": "BASTION_MECH_",
+    "bastion_pgate_class": "BASTION_PGATE_",
     "bastion_sens_class": "BASTION_SENS_",
     "bastion_tamper_record": "BASTION_",
     "bastion_tamper_op": "BASTION_TAMPER_",
@@ -724,6 +762,8 @@ DEFINES: Final[dict[str, int]] = {
     "BASTION_PROV_PREFIX_LEN": PROV_PREFIX_LEN,
     "BASTION_PROV_MAX": PROV_MAX,
     "BASTION_PROV_LOST_MAX": PROV_LOST_MAX,
+    "BASTION_PGATE_F_DIR": PGATE_F_DIR,
+    "BASTION_PGATE_NAME_LEN": PGATE_NAME_LEN,
     "BASTION_SENS_DEPTH": SENS_DEPTH,
     "BASTION_SENS_MAX": SENS_MAX,
     "BASTION_F_SENSITIVE": F_SENSITIVE,

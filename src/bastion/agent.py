@@ -51,6 +51,7 @@ if TYPE_CHECKING:  # the kernel-backed parts are built by bastion.assembly, not 
     from bastion.respond.quarantine import Quarantine
     from bastion.respond.shadow import ShadowKeeper
     from bastion.enforce.provgate import AgentGate
+    from bastion.enforce.provgate_lsm import AgentLsmGate
 
 log = logging.getLogger("bastion.agent")
 
@@ -132,6 +133,10 @@ class AgentParts:
     shadow: ShadowKeeper | None = None
     # issue 15: must-stop opens of an untrusted tree refused (opened after the sensors)
     provgate: AgentGate | None = None
+    # issue 15, lsm tier: the same decision in the LSM hooks (creates, renames, unlinks,
+    # truncates, log wiping, security-tool kills too); when it runs, the fanotify gate
+    # keeps the provenance maps filled and marks nothing
+    lsmgate: AgentLsmGate | None = None
     bpf_guard: BpfLoadGuard | None = None
     bpf_loaders: tuple[Path, ...] = ()
     outputs: OutputManager | None = None
@@ -196,6 +201,7 @@ class Agent:
         self.quarantine = parts.quarantine
         self.shadow = parts.shadow
         self.provgate = parts.provgate
+        self.lsmgate = parts.lsmgate
         self.bpf_guard = parts.bpf_guard
         self.bpf_loaders = parts.bpf_loaders
         self.dispatcher = dispatcher
@@ -390,6 +396,21 @@ class Agent:
         else:
             out["ransomware shield"] = {"on": False, "detail": self._why_off.get(
                 "shield", "no shield.protect directories in the policy")}
+        if self.lsmgate is not None and self.lsmgate.gate is not None:
+            gs = self.lsmgate.stats()
+            out["provenance gate"] = {
+                "on": True, "detail": f"in the LSM hook: {gs.get('objects', 0)} objects, "
+                f"{gs.get('names', 0)} names, {gs.get('tools', 0)} security-tool processes"
+                + (", dry run (would-deny)" if self.lsmgate.dry_run else "")}
+        elif self.provgate is not None and self.provgate.gate is not None:
+            why = self._why_off.get("lsmgate")
+            out["provenance gate"] = {
+                "on": True, "detail": "fanotify (open refusals of existing objects only)"
+                + (f"; the in-hook gate {why}: creates, renames, unlinks, log wiping and "
+                   "security-tool kills of untrusted trees are NOT refused" if why else "")}
+        else:
+            out["provenance gate"] = {"on": False, "detail": self._why_off.get(
+                "lsmgate", self._why_off.get("provgate", "no kernel event sensor"))}
         if pol.integrity.interval_s and self.tier is not None:
             st = self.integrity_scanner.status() if self.integrity_scanner is not None else {}
             last = st.get("last_scan")
@@ -1081,6 +1102,11 @@ class Agent:
                         self._stored_events = max(0, self._stored_events - deleted)
             except StoreError as exc:
                 self._store_failed("enforcing retention", exc)
+            if self.lsmgate is not None:
+                try:
+                    self.lsmgate.refresh_tools()   # a restarted syslog daemon has a new pid
+                except BastionError as exc:
+                    log.warning("provenance gate: security tools not refreshed: %s", exc)
             if self.shadow is not None:
                 self.shadow.maintain(self.policy.shield.max_age_s)
                 self.shadow.refresh_marks()
@@ -1096,6 +1122,11 @@ class Agent:
         if policies is not None:
             out.append(Source("hips", lambda _t: list(policies.poll()), blocking=False,
                               findings=lambda ev: policies.finding(ev)
+                              if isinstance(ev, HipsEvent) else None))
+        lgate = self.lsmgate
+        if lgate is not None:
+            out.append(Source("lsmgate", lambda t: list(lgate.poll(t)), blocking=False,
+                              findings=lambda ev: lgate.finding(ev)
                               if isinstance(ev, HipsEvent) else None))
         gate = self.provgate
         if gate is not None:
@@ -1132,6 +1163,14 @@ class Agent:
                     self.shadow, "shadow_unavailable",
                     "Ransomware shield (shadow copies) cannot start"):
                 self.shadow = None
+            if self.lsmgate is not None and not self._open_optional(
+                    self.lsmgate, "lsmgate_unavailable",
+                    "Provenance gate in the LSM hook cannot load: creates, renames, unlinks, "
+                    "log wiping and security-tool kills of untrusted trees are not refused "
+                    "(the fanotify gate refuses opens of existing objects only)"):
+                self.lsmgate = None
+            if self.lsmgate is not None and self.provgate is not None:
+                self.provgate.marks_off()
             if self.provgate is not None and not self._open_optional(
                     self.provgate, "provgate_unavailable",
                     "Provenance gate cannot start: must-stop file acts of untrusted trees "
@@ -1215,6 +1254,8 @@ class Agent:
                 self.shadow.close()
             if self.provgate is not None:
                 self.provgate.close()
+            if self.lsmgate is not None:
+                self.lsmgate.close()
             if self.outputs is not None:
                 self.outputs.close(timeout=5)
             if self.fleet is not None:

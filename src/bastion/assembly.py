@@ -270,7 +270,7 @@ def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
             say(f"metrics on http://{policy.metrics.host}:{port}/metrics")
         if report is not None:
             _kernel_parts(parts, opts, report)
-            _provenance_gate(parts, opts, sensor, engine, procs)
+            _provenance_gate(parts, opts, sensor, engine, procs, report.tier)
             from bastion.containers import ContainerResolver
             from bastion.kernel.bpffs import cgroup2_root
 
@@ -341,7 +341,7 @@ def _fleet_parts(parts: AgentParts, policy: AgentConfig, data_dir: Path) -> None
 
 
 def _provenance_gate(parts: AgentParts, opts: AgentOptions, sensor: Sensor,
-                     engine: Engine, procs: ProcessTable) -> None:
+                     engine: Engine, procs: ProcessTable, tier: Tier) -> None:
     """Issue 15: the fanotify gate on the must-stop objects, reading the event sensor's
     kernel provenance map; the Provenance rule mirrors its user-space reasons into it,
     and into the live descendants the process already has (the process table, and
@@ -372,6 +372,13 @@ def _provenance_gate(parts: AgentParts, opts: AgentOptions, sensor: Sensor,
                                deadline_s=opts.test_deadline,
                                scope_cgroup_id=opts.test_cgroup_id, on_map=mirror,
                                dry_run=opts.policy.behavior.dry_run)
+    if tier == Tier.LSM:
+        from bastion.enforce.provgate_lsm import AgentLsmGate
+
+        parts.lsmgate = AgentLsmGate(sensor.provenance, self_tgid=os.getpid(),
+                                     deadline_s=opts.test_deadline,
+                                     scope_cgroup_id=opts.test_cgroup_id,
+                                     dry_run=opts.policy.behavior.dry_run)
 
 
 def _kernel_parts(parts: AgentParts, opts: AgentOptions, report: TierReport) -> None:

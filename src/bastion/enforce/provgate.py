@@ -39,7 +39,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import errno
-import glob
 import logging
 import os
 import stat
@@ -58,6 +57,11 @@ from bastion.kernel.fanotify import (
     PermissionListener, Verdict, subdirs,
 )
 from bastion.kernel.opener import Scope, exe_key, fd_path, locate, open_flags, read_proc, status_field
+from bastion.enforce import muststop as _ms
+from bastion.enforce.muststop import (
+    DEFAULT_CREDENTIAL, DEFAULT_PERSISTENCE, DEFAULT_PROFILE_DIRS, PROFILE_NAMES, GateObject,
+    default_objects,
+)
 from bastion.policy.compile import kernel_dev
 from bastion.sensors.provenance import (
     TMP_DIRS, ProvenanceMap, default_interpreters, reason_names,
@@ -65,59 +69,10 @@ from bastion.sensors.provenance import (
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["persistence", "credential", "profile-dir"]
-_KINDS: Final = ("persistence", "credential", "profile-dir")
-# "profile-dir": a home directory, marked itself only (no subdirectories): a write open of
-# one of these names in it is a persistence write (a profile created where none was)
-PROFILE_NAMES: Final = frozenset({
-    ".bashrc", ".bash_profile", ".bash_login", ".bash_logout", ".profile", ".shrc", ".kshrc",
-    ".zshrc", ".zprofile", ".zlogin", ".zlogout", ".zshenv", ".cshrc", ".tcshrc", ".login",
-    ".logout", ".inputrc", ".xinitrc", ".xprofile", ".xsession"})
-@dataclass(frozen=True)
-class GateObject:
-    path: str
-    kind: Kind
-
-
-# The must-stop objects of issue 15 (globs; a path that does not exist is not marked:
-# fanotify marks inodes, so a file created later in an unmarked directory, such as a
-# first /etc/ld.so.preload, is not seen on this tier).
-DEFAULT_PERSISTENCE: Final = (
-    "/etc/crontab", "/etc/cron.d", "/etc/cron.hourly", "/etc/cron.daily", "/etc/cron.weekly",
-    "/etc/cron.monthly", "/var/spool/cron", "/etc/anacrontab",
-    "/etc/systemd/system", "/etc/systemd/user", "/usr/lib/systemd/system", "/lib/systemd/system",
-    "/etc/profile", "/etc/profile.d", "/etc/bash.bashrc", "/etc/bash.bash_logout",
-    "/etc/environment", "/etc/zsh", "/root/.bashrc", "/root/.bash_profile", "/root/.profile",
-    "/root/.bash_login", "/root/.bash_logout", "/root/.zshrc", "/root/.zprofile",
-    "/home/*/.bashrc", "/home/*/.bash_profile", "/home/*/.profile", "/home/*/.bash_login",
-    "/home/*/.bash_logout", "/home/*/.zshrc",
-    "/etc/sudoers", "/etc/sudoers.d", "/etc/pam.d", "/etc/security/pam_env.conf",
-    "/etc/ld.so.preload", "/etc/ld.so.conf", "/etc/ld.so.conf.d",
-    "/etc/rc.local", "/etc/init.d", "/etc/rc0.d", "/etc/rc1.d", "/etc/rc2.d", "/etc/rc3.d",
-    "/etc/rc4.d", "/etc/rc5.d", "/etc/rc6.d", "/etc/rcS.d",
-    "/etc/udev/rules.d", "/etc/modules-load.d", "/etc/modules", "/etc/modprobe.d",
-    "/etc/xdg/autostart",
-)
-DEFAULT_PROFILE_DIRS: Final = ("/root", "/home/*")
-DEFAULT_CREDENTIAL: Final = (
-    "/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-", "/etc/security/opasswd",
-    "/root/.ssh", "/home/*/.ssh", "/etc/ssh/ssh_host_*_key",
-    "/root/.aws", "/home/*/.aws", "/root/.kube", "/home/*/.kube", "/etc/kubernetes/admin.conf",
-    "/root/.config/gcloud", "/home/*/.config/gcloud", "/root/.azure", "/home/*/.azure",
-    "/root/.docker/config.json", "/home/*/.docker/config.json",
-)
-
-
-def default_objects(root: str = "") -> list[GateObject]:
-    """The default must-stop objects that exist under ``root`` (a prefix such as
-    ``/proc/PID/root`` to mark another mount namespace's view; "" = this one)."""
-    out: list[GateObject] = []
-    kind: Kind
-    for kind, pats in (("persistence", DEFAULT_PERSISTENCE), ("credential", DEFAULT_CREDENTIAL),
-                       ("profile-dir", DEFAULT_PROFILE_DIRS)):
-        for pat in pats:
-            out.extend(GateObject(p, kind) for p in sorted(glob.glob(root + pat)))
-    return out
+# The must-stop objects: one list for both tiers (this gate and the lsm tier's hook,
+# enforce/provgate_lsm.py); this gate marks the kinds of COMPAT_KINDS.
+Kind = _ms.Kind
+_KINDS: Final = _ms.COMPAT_KINDS
 
 
 @dataclass(frozen=True)
@@ -484,6 +439,11 @@ class AgentGate:
         self.unmarked: list[str] = []
         self._pending: dict[int, GateDecision] = {}
         self._said_overflow = (0, 0)
+
+    def marks_off(self) -> None:
+        """The lsm tier's in-hook gate decides: fill the provenance maps, mark nothing
+        (one decision per act)."""
+        self._objects = list
 
     def open(self) -> None:
         prov = self._maps()

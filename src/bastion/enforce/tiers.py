@@ -191,6 +191,12 @@ def probe() -> TierReport:
             Capability("tamper_protection", True,
                        "full: lsm/task_kill, ptrace_access_check, file_open, path_truncate, inode_*, "
                        "sb_mount, move_mount, sb_umount, bpf + guardian"),
+            Capability("provenance_gate", True,
+                       "in the hook: lsm/file_open, path_truncate, inode_create|link|rename|unlink|"
+                       "setattr, task_kill on the sensor's prov map (lsm_provgate.bpf.o)",
+                       "if it cannot load, `bastion status` says so and the agent raises "
+                       "bastion.respond.lsmgate_unavailable: the fanotify gate then refuses "
+                       "opens of existing objects only"),
         ]
     else:
         exec_mech = []
@@ -216,6 +222,11 @@ def probe() -> TierReport:
                        "signals, ptrace and bpf() on Bastion's objects cannot be refused without BPF "
                        "LSM: the sender is SIGKILLed, the agent restarted or resumed; unlink, rename, "
                        "truncate(2), chmod, mounts and pin removal are not refused", lsm_remedy),
+            Capability("provenance_gate", fan_ok,
+                       "fanotify FAN_OPEN_PERM on the must-stop objects" if fan_ok else "none",
+                       "opens of existing objects only: a new must-stop name (/etc/ld.so.preload), "
+                       "renames, unlinks, truncate(2), log wiping and security-tool kills of an "
+                       "untrusted tree are killed after the act, not refused", lsm_remedy),
         ]
     return TierReport(
         tier=Tier.LSM if lsm_ok else Tier.COMPAT, kernel=kernel, lsm_list=lsms,

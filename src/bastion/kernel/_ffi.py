@@ -204,6 +204,7 @@ _LIBBPF_PROTOS: dict[str, tuple[Any, list[Any]]] = {
     "bpf_map__max_entries": (c_u32, [c_void_p]),
     "bpf_map__map_flags": (c_u32, [c_void_p]),
     "bpf_map__set_max_entries": (c_int, [c_void_p, c_u32]),
+    "bpf_map__reuse_fd": (c_int, [c_void_p, c_int]),
     "bpf_map__is_internal": (c_bool, [c_void_p]),
     "bpf_map__initial_value": (c_void_p, [c_void_p, ctypes.POINTER(c_size_t)]),
     "bpf_map__set_initial_value": (c_int, [c_void_p, c_void_p, c_size_t]),

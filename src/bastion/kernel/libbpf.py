@@ -747,6 +747,15 @@ class Map(Closing):
             )
         _ffi.check(int(LIB.bpf_map__set_max_entries(ptr, n)), "set_max_entries", location=self._loc())
 
+    def reuse_fd(self, fd: int) -> None:
+        """Before load: this object's map is the existing map ``fd`` (another object's,
+        shared: libbpf checks the definitions match).  Object maps only."""
+        ptr = self._libbpf_ptr()
+        if ptr is None:
+            raise KernelError("only an object's map can reuse another map, before load",
+                              errno=errno.EINVAL, location=self._loc())
+        _ffi.check(int(LIB.bpf_map__reuse_fd(ptr, fd)), "reuse_fd", location=self._loc())
+
     @property
     def fd(self) -> int:
         ptr = self._libbpf_ptr()

@@ -7,7 +7,8 @@ tamper objects and the scoped LSM objects:
 1. open the ELF with its ``.rodata`` configuration (``const volatile``
    globals: scope, dead-man deadline, the agent's tgid …);
 2. refuse an object compiled against another ABI (``bastion_abi_version``);
-3. size the maps that are sized at run time (the ring's byte size …);
+3. size the maps that are sized at run time (the ring's byte size …) and share the
+   maps named in ``reuse_maps`` with the object that owns them (``bpf_map__reuse_fd``);
 4. load (verifier errors name the program);
 5. attach every program, all or nothing: when one fails, everything already
    attached is detached before the error propagates.  Programs listed in
@@ -62,6 +63,7 @@ class ObjectSpec:
     pin_dir: Path | None = None          # pin maps and links below it (None: nothing is pinned)
     pin_maps: tuple[str, ...] = ()       # the maps pinned, and reopened by adopt()
     drops: str | None = "drops"          # the per-CPU u64 counter of failed ring reserves
+    reuse_maps: Mapping[str, int] = field(default_factory=dict)  # map name -> another object's map fd (shared)
 
     @property
     def maps_dir(self) -> Path:
@@ -149,6 +151,8 @@ class LoadedObject:
             abi.check_abi_version(version, str(spec.path))
             for name, n in spec.max_entries.items():
                 obj.map(name).set_max_entries(n)
+            for name, fd in spec.reuse_maps.items():
+                obj.map(name).reuse_fd(fd)
             obj.load()
             self._attach_all(obj)
             for name in spec.pin_maps:

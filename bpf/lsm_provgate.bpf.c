@@ -1,0 +1,362 @@
+// SPDX-License-Identifier: GPL-2.0
+/* The provenance gate in the hook (issue 15, lsm tier): the must-stop acts of
+ * a process tree with untrusted provenance are refused in the LSM hook, before
+ * the harm.  The actor's reasons come from `prov` (bpf/lib/prov.h), the event
+ * sensor's map, given to this object at load (ObjectSpec.reuse_maps): one map,
+ * kept by the sensor's exec/fork/exit programs.  The objects and their classes
+ * (include/bastion.h, "the provenance gate in the hook") come from
+ * src/bastion/enforce/muststop.py, the list the compat tier's fanotify gate
+ * marks.
+ *
+ * The trust rules are the fanotify gate's (src/bastion/enforce/provgate.py):
+ * no entry, or the admin-session bit alone: allowed, unseen; the admin-session
+ * bit with only local reasons (tmp-script, tmp-binary): allowed and reported
+ * (audit); any other untrusted tree, trusted administrator tools run by it
+ * included: refused (or, for a class in dry run, reported as would-deny).
+ *
+ * Cheap for everyone else: the first thing every hook does after the scope
+ * check is one hash lookup of the current tgid in `prov`; an untainted task
+ * (nearly all) stops there.  No loop: an object is its own inode, a child of a
+ * directory entry (user space enters every subdirectory), or a name in a
+ * directory.  Dentry-only hooks report the path within the filesystem. */
+#include "path.h"
+#include "prov_map.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define EPERM_ 1
+#define FMODE_WRITE_ 0x2
+#define O_APPEND_ 02000
+#define ATTR_MODE_ (1 << 0)
+#define ATTR_UID_ (1 << 1)
+#define ATTR_GID_ (1 << 2)
+#define ATTR_SIZE_ (1 << 3)
+#define TICK_NS_ 10000000ULL    /* NSEC_PER_SEC / USER_HZ (100 on x86-64 and arm64) */
+
+const volatile __u32 cfg_setattr_idmap = 1;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_RDONLY_PROG);
+	__type(key, struct bastion_inode_key);
+	__type(value, struct bastion_pgate_obj);
+} pgate_objs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__uint(map_flags, BPF_F_RDONLY_PROG);
+	__type(key, struct bastion_pgate_name);
+	__type(value, struct bastion_pgate_obj);
+} pgate_names SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__uint(map_flags, BPF_F_RDONLY_PROG);
+	__type(key, __u32);
+	__type(value, struct bastion_pgate_tool);
+} pgate_tools SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_RDONLY_PROG);
+	__type(key, __u32);
+	__type(value, struct bastion_pgate_cfg);
+} pgate_cfg SEC(".maps");
+
+/* The current task's untrusted reasons (admin bit included), 0 = none or out of
+ * scope.  The one cost every hook pays. */
+static __always_inline __u32 pgate_actor(void)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct bastion_prov_val *v;
+
+	if (!in_scope())
+		return 0;
+	v = bpf_map_lookup_elem(&prov, &tgid);
+	if (!v) {
+		/* no entry: clean, unless the full map could not take it (prov_map.h,
+		 * "Overflow, failing closed"): then it is refused as untracked */
+		__u32 k = 0;
+		__u64 *e = bpf_map_lookup_elem(&prov_errors, &k);
+
+		if (!e || !*e)
+			return 0;      /* the map never overflowed: the normal case */
+		k = 1;
+		e = bpf_map_lookup_elem(&prov_errors, &k);
+		if ((e && *e) || bpf_map_lookup_elem(&prov_lost, &tgid))
+			return BASTION_PROV_UNTRACKED;
+		return 0;
+	}
+	if (!(v->reasons & ~BASTION_PROV_ADMIN_TTY))
+		return 0;
+	return v->reasons;
+}
+
+struct pgate_hit {
+	__u64 ino;
+	__u32 dev;
+	__u32 cls;
+};
+
+static __always_inline __u32 inode_class(struct inode *ino, bool dir_only, struct pgate_hit *h)
+{
+	struct bastion_inode_key k = {};
+	struct bastion_pgate_obj *o;
+
+	if (!ino)
+		return 0;
+	k.ino = BPF_CORE_READ(ino, i_ino);
+	k.dev = BPF_CORE_READ(ino, i_sb, s_dev);
+	o = bpf_map_lookup_elem(&pgate_objs, &k);
+	if (!o || (dir_only && !(o->flags & BASTION_PGATE_F_DIR)))
+		return 0;
+	h->ino = k.ino;
+	h->dev = k.dev;
+	h->cls = o->cls;
+	return o->cls;
+}
+
+/* The class of the object @d names: its inode, else its directory's (a
+ * directory entry: its children are objects), else its name in that directory
+ * (a must-stop name that may not exist yet).  0: none. */
+static __always_inline __u32 dentry_class(struct dentry *d, struct pgate_hit *h)
+{
+	struct dentry *parent = BPF_CORE_READ(d, d_parent);
+	struct inode *dir = BPF_CORE_READ(parent, d_inode);
+	struct bastion_pgate_name nk = {};
+	struct bastion_pgate_obj *o;
+	struct qstr name;
+
+	if (inode_class(BPF_CORE_READ(d, d_inode), false, h))
+		return h->cls;
+	if (parent == d || !dir)
+		return 0;
+	if (inode_class(dir, true, h))
+		return h->cls;
+	nk.ino = BPF_CORE_READ(dir, i_ino);
+	nk.dev = BPF_CORE_READ(dir, i_sb, s_dev);
+	name = BPF_CORE_READ(d, d_name);
+	if (name.len >= BASTION_PGATE_NAME_LEN)
+		return 0;
+	if (bpf_probe_read_kernel_str(nk.name, sizeof(nk.name), name.name) <= 0)
+		return 0;
+	o = bpf_map_lookup_elem(&pgate_names, &nk);
+	if (!o)
+		return 0;
+	h->ino = nk.ino;
+	h->dev = nk.dev;
+	h->cls = o->cls;
+	return o->cls;
+}
+
+/* Decide and report one must-stop act of an actor with @reasons: -EPERM when
+ * refused, 0 when allowed (admin session, dry run). */
+static __always_inline int pgate_decide(__u32 op, __u32 reasons, const struct pgate_hit *h,
+					struct dentry *d, struct vfsmount *mnt, __s32 target)
+{
+	__u32 local = reasons & ~BASTION_PROV_ADMIN_TTY, zero = 0, action = BASTION_ACT_DENY;
+	struct bastion_pgate_cfg *cfg = bpf_map_lookup_elem(&pgate_cfg, &zero);
+	struct bastion_hips_event *e;
+	bool enforced;
+
+	if ((reasons & BASTION_PROV_ADMIN_TTY) && !(local & ~BASTION_PROV_LOCAL_MASK))
+		action = BASTION_ACT_AUDIT;
+	enforced = action == BASTION_ACT_DENY &&
+		   !(cfg && h->cls < 32 && (cfg->dry_run & (1u << h->cls)));
+	e = reserve_hips(op, action, h->cls, local, BASTION_MECH_LSM_PROV,
+			 enforced ? -EPERM_ : 0, 0, enforced);
+	if (e) {
+		e->ino = h->ino;
+		e->dev = h->dev;
+		e->target_pid = target;
+		if (d) {
+			struct path p = {};
+
+			p.dentry = d;
+			p.mnt = mnt;
+			if (path_to_str(&p, e->path))
+				e->hdr.flags |= BASTION_F_TRUNC_PATH;
+		}
+		SUBMIT(e);
+	}
+	return enforced ? -EPERM_ : 0;
+}
+
+/* A name change (create, link, rename, unlink) of @d by the current task:
+ * refused for the classes in @classes (bit 1 << class). */
+static __always_inline int pgate_name(__u32 op, struct dentry *d, __u32 classes)
+{
+	__u32 reasons = pgate_actor();
+	struct pgate_hit h = {};
+	__u32 cls;
+
+	if (!reasons)
+		return 0;
+	cls = dentry_class(d, &h);
+	if (!cls || cls >= 32 || !(classes & (1u << cls)))
+		return 0;
+	return pgate_decide(op, reasons, &h, d, NULL, 0);
+}
+
+#define C_PERSIST (1u << BASTION_PGATE_PERSISTENCE)
+#define C_CRED (1u << BASTION_PGATE_CREDENTIAL)
+#define C_LOG (1u << BASTION_PGATE_LOG)
+#define C_FILES (C_PERSIST | C_CRED | C_LOG)
+
+SEC("lsm/file_open")
+int BPF_PROG(pgate_file_open, struct file *file)
+{
+	__u32 reasons = pgate_actor(), cls;
+	struct pgate_hit h = {};
+	struct dentry *d;
+	bool write;
+
+	if (!reasons)
+		return 0;
+	d = BPF_CORE_READ(file, f_path.dentry);
+	cls = dentry_class(d, &h);
+	if (!cls)
+		return 0;
+	write = BPF_CORE_READ(file, f_mode) & FMODE_WRITE_;
+	if (cls == BASTION_PGATE_PERSISTENCE && !write)
+		return 0; /* reading a profile or a crontab harms nothing */
+	if (cls == BASTION_PGATE_LOG &&
+	    (!write || (BPF_CORE_READ(file, f_flags) & O_APPEND_)))
+		return 0; /* reading or appending to a log is no wiping */
+	if (cls == BASTION_PGATE_SECURITY_TOOL)
+		return 0;
+	return pgate_decide(write ? BASTION_OP_OPEN_WRITE : BASTION_OP_OPEN_READ, reasons, &h, d,
+			    BPF_CORE_READ(file, f_path.mnt), 0);
+}
+
+/* truncate(2), ftruncate(2), open with O_TRUNC */
+SEC("lsm/path_truncate")
+int BPF_PROG(pgate_path_truncate, const struct path *path)
+{
+	__u32 reasons = pgate_actor(), cls;
+	struct pgate_hit h = {};
+	struct dentry *d;
+
+	if (!reasons)
+		return 0;
+	d = BPF_CORE_READ(path, dentry);
+	cls = dentry_class(d, &h);
+	if (!cls || cls >= 32 || !(C_FILES & (1u << cls)))
+		return 0;
+	return pgate_decide(BASTION_OP_OPEN_WRITE, reasons, &h, d, BPF_CORE_READ(path, mnt), 0);
+}
+
+/* A new name: a persistence or credential name may not be created (a first
+ * /etc/ld.so.preload, a cron.d entry, ~/.ssh/authorized_keys); new logs may. */
+SEC("lsm/inode_create")
+int BPF_PROG(pgate_inode_create, struct inode *dir, struct dentry *dentry)
+{
+	return pgate_name(BASTION_OP_CREATE, dentry, C_PERSIST | C_CRED);
+}
+
+SEC("lsm/inode_mkdir")
+int BPF_PROG(pgate_inode_mkdir, struct inode *dir, struct dentry *dentry)
+{
+	return pgate_name(BASTION_OP_CREATE, dentry, C_PERSIST | C_CRED);
+}
+
+SEC("lsm/inode_mknod")
+int BPF_PROG(pgate_inode_mknod, struct inode *dir, struct dentry *dentry)
+{
+	return pgate_name(BASTION_OP_CREATE, dentry, C_PERSIST | C_CRED);
+}
+
+SEC("lsm/inode_symlink")
+int BPF_PROG(pgate_inode_symlink, struct inode *dir, struct dentry *dentry)
+{
+	return pgate_name(BASTION_OP_CREATE, dentry, C_PERSIST | C_CRED);
+}
+
+/* A hard link: to a persistence or credential file (a name outside every
+ * object: `ln /etc/shadow /tmp/s`), or into a must-stop place. */
+SEC("lsm/inode_link")
+int BPF_PROG(pgate_inode_link, struct dentry *old_dentry, struct inode *dir,
+	     struct dentry *new_dentry)
+{
+	int err = pgate_name(BASTION_OP_CREATE, old_dentry, C_PERSIST | C_CRED);
+
+	return err ? err : pgate_name(BASTION_OP_CREATE, new_dentry, C_PERSIST | C_CRED);
+}
+
+/* Removing a name: a cron entry, a key, a log (log wiping). */
+SEC("lsm/inode_unlink")
+int BPF_PROG(pgate_inode_unlink, struct inode *dir, struct dentry *dentry)
+{
+	return pgate_name(BASTION_OP_UNLINK, dentry, C_FILES);
+}
+
+SEC("lsm/inode_rmdir")
+int BPF_PROG(pgate_inode_rmdir, struct inode *dir, struct dentry *dentry)
+{
+	return pgate_name(BASTION_OP_UNLINK, dentry, C_FILES);
+}
+
+/* A rename out of (a log moved away, a unit taken out) or into a must-stop
+ * place or over a must-stop file (`mv x /etc/cron.d/y`). */
+SEC("lsm/inode_rename")
+int BPF_PROG(pgate_inode_rename, struct inode *old_dir, struct dentry *old_dentry,
+	     struct inode *new_dir, struct dentry *new_dentry)
+{
+	int err = pgate_name(BASTION_OP_RENAME, old_dentry, C_FILES);
+
+	return err ? err : pgate_name(BASTION_OP_RENAME, new_dentry, C_FILES);
+}
+
+SEC("lsm/inode_setattr")
+int BPF_PROG(pgate_inode_setattr)
+{
+	struct dentry *dentry;
+	struct iattr *attr;
+	__u64 a0, a1, a2;
+
+	/* constant-offset loads (6.1: dentry, attr, ret; 6.18: idmap, dentry, attr) */
+	a0 = ctx[0];
+	a1 = ctx[1];
+	a2 = ctx[2];
+	asm volatile("" : "+r"(a0), "+r"(a1), "+r"(a2));
+	if (cfg_setattr_idmap) {
+		dentry = (struct dentry *)a1;
+		attr = (struct iattr *)a2;
+	} else {
+		dentry = (struct dentry *)a0;
+		attr = (struct iattr *)a1;
+	}
+	if (!(BPF_CORE_READ(attr, ia_valid) & (ATTR_MODE_ | ATTR_UID_ | ATTR_GID_ | ATTR_SIZE_)))
+		return 0;
+	return pgate_name(BASTION_OP_CHMOD, dentry, C_FILES);
+}
+
+static __always_inline bool harmful_signal(int sig)
+{
+	return !(sig == 0 || sig == 17 || sig == 18 || sig == 23 || sig == 28);
+}
+
+/* Security-tool shutdown: a harmful signal to a registered tool process. */
+SEC("lsm/task_kill")
+int BPF_PROG(pgate_task_kill, struct task_struct *p, struct kernel_siginfo *info, int sig)
+{
+	__u32 reasons, tgid;
+	struct bastion_pgate_tool *t;
+	struct pgate_hit h = {};
+
+	if (!harmful_signal(sig))
+		return 0;
+	reasons = pgate_actor();
+	if (!reasons)
+		return 0;
+	tgid = BPF_CORE_READ(p, tgid);
+	t = bpf_map_lookup_elem(&pgate_tools, &tgid);
+	if (!t || BPF_CORE_READ(p, group_leader, start_boottime) / TICK_NS_ != t->start_ticks)
+		return 0;
+	h.cls = BASTION_PGATE_SECURITY_TOOL;
+	return pgate_decide(BASTION_OP_SIGNAL, reasons, &h, NULL, NULL, (__s32)tgid);
+}

@@ -1,0 +1,123 @@
+"""The must-stop objects of issue 15: one list for both tiers.
+
+The compat tier's fanotify gate (:mod:`bastion.enforce.provgate`) marks the
+``persistence``, ``credential`` and ``profile-dir`` objects that exist; the lsm
+tier's in-hook gate (:mod:`bastion.enforce.provgate_lsm`) enters the same
+objects in its kernel maps, and also:
+
+* the *names* of the file objects in their directories, so a file that does not
+  exist yet (a first ``/etc/ld.so.preload``, ``/etc/rc.local``, a profile in a
+  home directory) cannot be created, linked or renamed into place;
+* the ``log`` objects (``/var/log``, shell histories): wiping them (truncate,
+  unlink, rename away, an overwriting open) is refused;
+* the security tools (:data:`DEFAULT_SECURITY_TOOLS`, by executable name, plus
+  the agent and its guardian): a harmful signal to them is refused.
+
+All of it only for an actor whose tree has untrusted provenance (the ``prov``
+map); everyone else is not looked at.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+from typing import Final, Literal
+
+Kind = Literal["persistence", "credential", "profile-dir", "log"]
+KINDS: Final = ("persistence", "credential", "profile-dir", "log")
+COMPAT_KINDS: Final = ("persistence", "credential", "profile-dir")
+
+# "profile-dir": a home directory, marked itself only (no subdirectories): a write open of
+# one of these names in it is a persistence write (a profile created where none was)
+PROFILE_NAMES: Final = frozenset({
+    ".bashrc", ".bash_profile", ".bash_login", ".bash_logout", ".profile", ".shrc", ".kshrc",
+    ".zshrc", ".zprofile", ".zlogin", ".zlogout", ".zshenv", ".cshrc", ".tcshrc", ".login",
+    ".logout", ".inputrc", ".xinitrc", ".xprofile", ".xsession"})
+# shell histories in a home directory (lsm tier: log objects by name)
+HISTORY_NAMES: Final = frozenset({
+    ".bash_history", ".zsh_history", ".sh_history", ".ash_history", ".history",
+    ".python_history", ".mysql_history", ".psql_history", ".lesshst", ".viminfo"})
+
+
+@dataclass(frozen=True)
+class GateObject:
+    path: str
+    kind: Kind
+
+
+# The must-stop objects of issue 15 (globs; a path that does not exist is not marked by
+# the fanotify gate: fanotify marks inodes, so a file created later in an unmarked
+# directory, such as a first /etc/ld.so.preload, is not seen on that tier; the lsm tier
+# enters the name in its directory, see names_of).
+DEFAULT_PERSISTENCE: Final = (
+    "/etc/crontab", "/etc/cron.d", "/etc/cron.hourly", "/etc/cron.daily", "/etc/cron.weekly",
+    "/etc/cron.monthly", "/var/spool/cron", "/etc/anacrontab",
+    "/etc/systemd/system", "/etc/systemd/user", "/usr/lib/systemd/system", "/lib/systemd/system",
+    "/etc/profile", "/etc/profile.d", "/etc/bash.bashrc", "/etc/bash.bash_logout",
+    "/etc/environment", "/etc/zsh", "/root/.bashrc", "/root/.bash_profile", "/root/.profile",
+    "/root/.bash_login", "/root/.bash_logout", "/root/.zshrc", "/root/.zprofile",
+    "/home/*/.bashrc", "/home/*/.bash_profile", "/home/*/.profile", "/home/*/.bash_login",
+    "/home/*/.bash_logout", "/home/*/.zshrc",
+    "/etc/sudoers", "/etc/sudoers.d", "/etc/pam.d", "/etc/security/pam_env.conf",
+    "/etc/ld.so.preload", "/etc/ld.so.conf", "/etc/ld.so.conf.d",
+    "/etc/rc.local", "/etc/init.d", "/etc/rc0.d", "/etc/rc1.d", "/etc/rc2.d", "/etc/rc3.d",
+    "/etc/rc4.d", "/etc/rc5.d", "/etc/rc6.d", "/etc/rcS.d",
+    "/etc/udev/rules.d", "/etc/modules-load.d", "/etc/modules", "/etc/modprobe.d",
+    "/etc/xdg/autostart",
+)
+DEFAULT_PROFILE_DIRS: Final = ("/root", "/home/*")
+DEFAULT_CREDENTIAL: Final = (
+    "/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-", "/etc/security/opasswd",
+    "/root/.ssh", "/home/*/.ssh", "/etc/ssh/ssh_host_*_key",
+    "/root/.aws", "/home/*/.aws", "/root/.kube", "/home/*/.kube", "/etc/kubernetes/admin.conf",
+    "/root/.config/gcloud", "/home/*/.config/gcloud", "/root/.azure", "/home/*/.azure",
+    "/root/.docker/config.json", "/home/*/.docker/config.json",
+)
+DEFAULT_LOG: Final = (
+    "/var/log", "/root/.bash_history", "/root/.zsh_history", "/home/*/.bash_history",
+    "/home/*/.zsh_history",
+)
+# Security tools a tainted tree may not stop (executable basenames; lsm tier).
+DEFAULT_SECURITY_TOOLS: Final = frozenset({
+    "auditd", "audispd", "rsyslogd", "syslog-ng", "systemd-journald", "syslogd", "klogd"})
+
+_DEFAULTS: Final[tuple[tuple[Kind, tuple[str, ...]], ...]] = (
+    ("persistence", DEFAULT_PERSISTENCE), ("credential", DEFAULT_CREDENTIAL),
+    ("profile-dir", DEFAULT_PROFILE_DIRS), ("log", DEFAULT_LOG))
+
+
+def default_objects(root: str = "", kinds: tuple[str, ...] = COMPAT_KINDS) -> list[GateObject]:
+    """The default must-stop objects of ``kinds`` that exist under ``root`` (a prefix
+    such as ``/proc/PID/root`` to mark another mount namespace's view; "" = this one)."""
+    out: list[GateObject] = []
+    for kind, pats in _DEFAULTS:
+        if kind not in kinds:
+            continue
+        for pat in pats:
+            out.extend(GateObject(p, kind) for p in sorted(glob.glob(root + pat)))
+    return out
+
+
+def default_names(root: str = "") -> list[tuple[str, str, Kind]]:
+    """(directory, name, kind) of every default file object whose directory exists, the
+    file itself or not (the lsm tier refuses creating it), and of the profile and
+    history names in every profile directory."""
+    out: list[tuple[str, str, Kind]] = []
+    for kind, pats in _DEFAULTS:
+        for pat in pats:
+            if kind == "profile-dir":
+                for d in sorted(glob.glob(root + pat)):
+                    out.extend((d, n, "persistence") for n in sorted(PROFILE_NAMES))
+                    out.extend((d, n, "log") for n in sorted(HISTORY_NAMES))
+                continue
+            parent, name = os.path.split(pat)
+            if glob.has_magic(name):
+                continue
+            out.extend((d, name, kind) for d in sorted(glob.glob(root + parent)))
+    return out
+
+
+__all__ = ["COMPAT_KINDS", "DEFAULT_CREDENTIAL", "DEFAULT_LOG", "DEFAULT_PERSISTENCE",
+           "DEFAULT_PROFILE_DIRS", "DEFAULT_SECURITY_TOOLS", "GateObject", "HISTORY_NAMES",
+           "KINDS", "Kind", "PROFILE_NAMES", "default_names", "default_objects"]

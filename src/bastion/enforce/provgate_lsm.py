@@ -1,0 +1,400 @@
+"""Stop before the harm on the lsm tier (issue 15): the provenance decision in the hook.
+
+``lsm_provgate.bpf.o`` refuses, in the LSM hooks, the must-stop acts of a process
+whose tree has untrusted provenance (the event sensor's ``prov`` map, shared with
+this object at load: one map, kept by the sensor's exec/fork/exit programs):
+
+* ``persistence`` (cron, systemd units, profiles, sudoers, PAM, ld.so.preload, rc
+  scripts, udev/module configs): a write open, a truncate, a chmod/chown, and every
+  name change: creating a file in a must-stop directory or at a must-stop name that
+  does not exist yet (a first ``/etc/ld.so.preload``), a hard link into one, a rename
+  into, out of or over one, an unlink;
+* ``credential`` (shadow, keys, cloud and kube credentials): any open, a hard link
+  to one (``ln /etc/shadow /tmp/x``), and every name change as above;
+* ``log`` (``/var/log``, shell histories): log wiping: an overwriting write open
+  (without ``O_APPEND``), a truncate, an unlink, a rename away or over, a chmod;
+* ``security-tool`` (auditd, syslog, journald, the agent and its guardian, by
+  tgid and start time): a harmful signal.
+
+The objects are the fanotify gate's list (:mod:`bastion.enforce.muststop`); the
+trust rules are its rules (:mod:`bastion.enforce.provgate`): an untainted process
+is allowed unseen; an administrator's interactive session with only local
+reasons is allowed and reported (``audit``); every other tainted tree is refused,
+trusted administrator tools run by it included.  A class in dry run is decided and
+reported (would-deny) and allowed: the kernel reads the flag from ``pgate_cfg``.
+
+Every refusal is a ``hips`` record (mechanism ``lsm-prov``, rule id = the class,
+subject = the actor's reasons) turned into the ``bastion.provenance.gate`` finding.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import struct
+from typing import Callable, Final, Iterable, Sequence
+
+from bastion import abi
+from bastion.detect.engine import Finding
+from bastion.enforce.muststop import (
+    DEFAULT_SECURITY_TOOLS, KINDS, GateObject, Kind, default_names, default_objects,
+)
+from bastion.enforce.provgate import GATE_RULE
+from bastion.errors import ConfigError, KernelError, Location
+from bastion.events import HipsEvent, decode
+from bastion.kernel.btf import setattr_has_idmap
+from bastion.kernel.clock import deadline_ns
+from bastion.kernel.fanotify import DEFAULT_MAX_DIRS, subdirs
+from bastion.kernel.libbpf import Map
+from bastion.kernel.loader import LoadedObject, LoaderUser, ObjectSpec
+from bastion.paths import bpf_object
+from bastion.policy.compile import kernel_dev
+from bastion.procstat import read_stat
+from bastion.sensors.provenance import ProvenanceMap, reason_names
+
+log = logging.getLogger(__name__)
+
+OBJECT: Final = "lsm_provgate.bpf.o"
+MECHANISM: Final = "lsm-prov"
+_CLASS_OF: Final[dict[str, abi.PgateClass]] = {
+    "persistence": abi.PgateClass.PERSISTENCE, "credential": abi.PgateClass.CREDENTIAL,
+    "log": abi.PgateClass.LOG, "security-tool": abi.PgateClass.SECURITY_TOOL}
+CLASS_NAMES: Final = {c: n for n, c in _CLASS_OF.items()}
+_U32: Final = struct.Struct("<I")
+_PREVENTED: Final = {
+    abi.PgateClass.PERSISTENCE: "persistence write", abi.PgateClass.CREDENTIAL:
+    "credential-store access", abi.PgateClass.LOG: "log wiping",
+    abi.PgateClass.SECURITY_TOOL: "security-tool shutdown"}
+
+
+def find_tools(names: Iterable[str] = DEFAULT_SECURITY_TOOLS) -> list[int]:
+    """The live processes whose executable's name is one of ``names``."""
+    want = frozenset(names)
+    out: list[int] = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            exe = os.readlink(f"/proc/{d}/exe")
+        except OSError:
+            continue
+        if os.path.basename(exe.removesuffix(" (deleted)")) in want:
+            out.append(int(d))
+    return sorted(out)
+
+
+class LsmProvenanceGate(LoaderUser):
+    """The in-hook gate: load (sharing ``prov``), fill the objects, drain the refusals.
+
+    Typical use::
+
+        gate = LsmProvenanceGate(sensor.provenance(), cgroup_id=cgid, deadline_s=60)
+        gate.open()
+        gate.apply(default_objects(kinds=KINDS), default_names())
+        gate.set_tools(find_tools() + [agent_pid])
+        for ev in gate.poll(0.5): gate.finding(ev)
+        gate.close()
+    """
+
+    name: Final = "lsmgate"
+    mechanism: Final = MECHANISM
+
+    def __init__(self, prov: ProvenanceMap, *, cgroup_id: int = 0,
+                 deadline_s: float | None = None, self_tgid: int = 0,
+                 dry_run: bool | Iterable[str] = False,
+                 max_dirs: int = DEFAULT_MAX_DIRS) -> None:
+        """``dry_run``: True (every class) or the class names whose refusals are only
+        reported (would-deny), the act allowed."""
+        if not isinstance(prov.prov, Map):
+            raise KernelError("the in-hook gate needs the sensor's kernel map `prov`",
+                              errno=errno.EINVAL, location=Location(OBJECT))
+        self.prov = prov
+        self.cgroup_id = cgroup_id
+        self.deadline_ns = deadline_ns(deadline_s)
+        self.self_tgid = self_tgid
+        self.max_dirs = max_dirs
+        self.dry_classes = self._classes(dry_run)
+        self._lo: LoadedObject | None = None
+        self._objs: set[bytes] = set()
+        self._names: set[bytes] = set()
+        self._tools: set[bytes] = set()
+        self.denies = self.dry_runs = self.audits = 0
+
+    @staticmethod
+    def _classes(dry_run: bool | Iterable[str]) -> frozenset[abi.PgateClass]:
+        if dry_run is True:
+            return frozenset(abi.PgateClass)
+        if dry_run is False:
+            return frozenset()
+        out = set()
+        for n in dry_run:
+            if n not in _CLASS_OF:
+                raise ConfigError(f"provenance gate class {n!r} is not one of "
+                                  f"{', '.join(_CLASS_OF)}", location=Location("dry_run"))
+            out.add(_CLASS_OF[n])
+        return frozenset(out)
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    def spec(self) -> ObjectSpec:
+        prov_map = self.prov.prov
+        assert isinstance(prov_map, Map)
+        return ObjectSpec(
+            path=bpf_object(OBJECT),
+            rodata={"cfg_cgroup_id": self.cgroup_id, "cfg_deadline_ns": self.deadline_ns,
+                    "cfg_self_tgid": self.self_tgid,
+                    "cfg_setattr_idmap": int(setattr_has_idmap())},
+            max_entries={"events": abi.SMALL_RINGBUF_BYTES},
+            reuse_maps=self._reuse(prov_map))
+
+    def _reuse(self, prov_map: Map) -> dict[str, int]:
+        """The sensor's provenance maps this object shares: ``prov`` and, where the
+        sensor has them, its overflow maps (an untracked process is refused here too)."""
+        out = {"prov": prov_map.fd}
+        for name, m in (("prov_lost", self.prov.lost), ("prov_errors", self.prov.errors_map)):
+            if m is None:
+                raise KernelError(f"the event sensor has no {name} map: the in-hook gate "
+                                  f"would trust a process the full map could not take",
+                                  location=Location(OBJECT))
+            assert isinstance(m, Map)
+            out[name] = m.fd
+        return out
+
+    def open(self) -> None:
+        if self._lo is not None and not self._lo.closed:
+            raise KernelError("the in-hook gate is already open", errno=errno.EALREADY,
+                              location=Location(OBJECT))
+        self._lo = lo = LoadedObject.load(self.spec())
+        try:
+            self.set_dry_run(self.dry_classes)
+        except BaseException:
+            lo.close()
+            raise
+        log.info("in-hook provenance gate: %d programs attached (scope cgroup %d)",
+                 len(lo.links), self.cgroup_id)
+
+    def close(self) -> None:
+        if self._lo is not None:
+            self._lo.close()
+
+    @property
+    def is_open(self) -> bool:
+        return self._lo is not None and not self._lo.closed
+
+    def _map(self, name: str) -> Map:
+        if self._lo is None or self._lo.closed:
+            raise KernelError("the in-hook gate is not open", errno=errno.ENOENT,
+                              location=Location(OBJECT))
+        return self._lo.map(name)
+
+    # ---- configuration ----------------------------------------------------------------
+
+    def set_dry_run(self, classes: bool | Iterable[str] | frozenset[abi.PgateClass]) -> None:
+        """The classes whose refusals are reported, not enforced (the kernel's flag)."""
+        if isinstance(classes, frozenset) and all(isinstance(c, abi.PgateClass) for c in classes):
+            cls: frozenset[abi.PgateClass] = classes
+        else:
+            cls = self._classes(classes)  # type: ignore[arg-type]
+        self.dry_classes = cls
+        mask = 0
+        for c in cls:
+            mask |= 1 << int(c)
+        self._map("pgate_cfg").update(_U32.pack(0), bytes(abi.PgateCfg(dry_run=mask)))
+
+    def apply(self, objects: Sequence[GateObject],
+              names: Sequence[tuple[str, str, Kind]] = ()) -> list[str]:
+        """Enter the objects (files; directories with every subdirectory, their children
+        objects) and the must-stop names, replacing the previous set; returns what was
+        not entered (paths that do not exist, names too long)."""
+        problems: list[str] = []
+        objs: dict[bytes, bytes] = {}
+        ndirs = 0
+        for o in objects:
+            if o.kind not in KINDS:
+                raise ConfigError(f"provenance object kind {o.kind!r} is not one of "
+                                  f"{', '.join(KINDS)}", location=Location(o.path))
+            if o.kind == "profile-dir":
+                continue   # by name (default_names): the profiles in it
+            cls = _CLASS_OF[o.kind]
+            try:
+                st = os.stat(o.path)
+            except OSError as exc:
+                problems.append(f"{o.path}: {exc.strerror}: not entered")
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                objs[_key(st)] = bytes(abi.PgateObj(cls=cls, flags=0))
+                continue
+            for dpath, (dev, ino) in subdirs(o.path, st, self.max_dirs):
+                ndirs += 1
+                if ndirs > self.max_dirs:
+                    raise ConfigError(f"provenance objects have more than {self.max_dirs} "
+                                      f"directories", location=Location(dpath))
+                objs[bytes(abi.InodeKey(ino=ino, dev=dev))] = bytes(
+                    abi.PgateObj(cls=cls, flags=abi.PGATE_F_DIR))
+        nkeys: dict[bytes, bytes] = {}
+        for d, n, kind in names:
+            if kind not in _CLASS_OF:
+                raise ConfigError(f"provenance name kind {kind!r} is not one of "
+                                  f"{', '.join(_CLASS_OF)}", location=Location(os.path.join(d, n)))
+            raw = n.encode()
+            if not raw or b"/" in raw or len(raw) >= abi.PGATE_NAME_LEN:
+                problems.append(f"{os.path.join(d, n)}: name not entered (empty, a path, or "
+                                f"{abi.PGATE_NAME_LEN} bytes or longer)")
+                continue
+            try:
+                st = os.stat(d)
+            except OSError as exc:
+                problems.append(f"{d}: {exc.strerror}: {n} not entered")
+                continue
+            nkeys[bytes(abi.PgateName(ino=st.st_ino, dev=kernel_dev(st.st_dev), name=raw))] = \
+                bytes(abi.PgateObj(cls=_CLASS_OF[kind], flags=0))
+        self._objs = _replace(self._map("pgate_objs"), self._objs, objs)
+        self._names = _replace(self._map("pgate_names"), self._names, nkeys)
+        for p in problems:
+            log.info("in-hook provenance gate: %s", p)
+        return problems
+
+    def set_tools(self, tgids: Iterable[int]) -> list[int]:
+        """The security-tool processes (replacing the set); returns the tgids entered
+        (a process gone meanwhile is skipped)."""
+        vals: dict[bytes, bytes] = {}
+        done: list[int] = []
+        for t in tgids:
+            try:
+                ticks = read_stat(t).start_ticks
+            except (OSError, ValueError):
+                continue
+            vals[_U32.pack(t)] = bytes(abi.PgateTool(start_ticks=ticks,
+                                                     cls=abi.PgateClass.SECURITY_TOOL))
+            done.append(t)
+        self._tools = _replace(self._map("pgate_tools"), self._tools, vals)
+        return done
+
+    # ---- decisions ----------------------------------------------------------------------
+
+    def poll(self, timeout_s: float = 0.0) -> list[HipsEvent]:
+        lo = self._lo
+        if lo is None or lo.closed:
+            return []
+        lo.wait(timeout_s)
+        out = [ev for ev in lo.drain(decode) if isinstance(ev, HipsEvent)]
+        for ev in out:
+            if ev.action == "deny" and ev.enforced:
+                self.denies += 1
+            elif ev.action == "deny":
+                self.dry_runs += 1
+            else:
+                self.audits += 1
+        return out
+
+    def finding(self, ev: HipsEvent) -> Finding | None:
+        """A refusal (or an admin session's allowed act) as the gate's finding."""
+        if ev.mechanism != MECHANISM:
+            return None
+        try:
+            cls = abi.PgateClass(ev.rule_id)
+        except ValueError:
+            return None
+        reasons = reason_names(ev.subject)
+        dry = ev.action == "deny" and not ev.enforced
+        verb = ("would be refused (dry run: allowed)" if dry else "refused" if ev.action == "deny"
+                else "allowed (administrator's interactive session)")
+        if cls == abi.PgateClass.SECURITY_TOOL:
+            obj = f"pid {ev.target_pid}"
+            attack: tuple[str, ...] = ("T1562.001",)
+        else:
+            obj = ev.path
+            attack = {abi.PgateClass.CREDENTIAL: ("T1003.008",),
+                      abi.PgateClass.LOG: ("T1070.002", "T1070.003")}.get(
+                          cls, ("T1546", "T1053", "T1543", "T1574.006"))
+        prevented = f"{_PREVENTED[cls]} ({ev.op}) {obj}"
+        return Finding(
+            rule=GATE_RULE, severity="critical" if ev.action == "deny" else "high", dry_run=dry,
+            attack=attack, action="would-deny" if dry else ev.action, event=ev, pid=ev.proc.pid,
+            title=f"{_PREVENTED[cls].capitalize()} {verb}: {ev.op} {obj} "
+                  f"[untrusted provenance: {', '.join(reasons)}]",
+            evidence={"prevented": prevented, "provenance": reasons, "operation": ev.op,
+                      "object": obj, "class": CLASS_NAMES[cls], "target_pid": ev.target_pid},
+            enforced_by=MECHANISM)
+
+    def stats(self) -> dict[str, int]:
+        out = super().stats()
+        out.update(denies=self.denies, dry_runs=self.dry_runs, audits=self.audits,
+                   objects=len(self._objs), names=len(self._names), tools=len(self._tools),
+                   prov_errors=self.prov.errors())
+        return out
+
+
+def _key(st: os.stat_result) -> bytes:
+    return bytes(abi.InodeKey(ino=st.st_ino, dev=kernel_dev(st.st_dev)))
+
+
+def _replace(m: Map, old: set[bytes], new: dict[bytes, bytes]) -> set[bytes]:
+    for k, v in new.items():
+        m.update(k, v)
+    for k in old - new.keys():
+        m.delete(k)
+    return set(new)
+
+
+class AgentLsmGate:
+    """The in-hook gate as a part of the agent (:mod:`bastion.assembly`, lsm tier): opened
+    once the event sensor is; the default objects, names and security tools entered (the
+    agent and its guardian among them); its records are an enforcement source.  When it
+    cannot load the agent says so (status, doctor) and falls back to the fanotify gate."""
+
+    name: Final = "lsmgate"
+
+    def __init__(self, maps: Callable[[], ProvenanceMap], *, self_tgid: int,
+                 deadline_s: float | None, scope_cgroup_id: int = 0, dry_run: bool = False,
+                 guardian_tgid: Callable[[], int | None] | None = None) -> None:
+        self._maps = maps
+        self._kw = dict(cgroup_id=scope_cgroup_id, deadline_s=deadline_s, self_tgid=self_tgid)
+        self.dry_run = dry_run
+        self._guardian = guardian_tgid
+        self.gate: LsmProvenanceGate | None = None
+        self.unentered: list[str] = []
+        self.tools: list[int] = []
+
+    def open(self) -> None:
+        gate = LsmProvenanceGate(self._maps(), cgroup_id=int(self._kw["cgroup_id"] or 0),
+                                 deadline_s=self._kw["deadline_s"],
+                                 self_tgid=int(self._kw["self_tgid"] or 0), dry_run=self.dry_run)
+        gate.open()
+        try:
+            self.unentered = gate.apply(default_objects(kinds=KINDS), default_names())
+            self.refresh_tools(gate)
+        except BaseException:
+            gate.close()
+            raise
+        self.gate = gate
+
+    def refresh_tools(self, gate: LsmProvenanceGate | None = None) -> None:
+        """Re-enter the security tools' processes (a restarted rsyslogd has a new pid)."""
+        gate = gate or self.gate
+        if gate is None:
+            return
+        tgids = find_tools() + [os.getpid()]
+        g = self._guardian() if self._guardian is not None else None
+        if g:
+            tgids.append(g)
+        self.tools = gate.set_tools(sorted(set(tgids)))
+
+    def poll(self, timeout_s: float) -> list[HipsEvent]:
+        return self.gate.poll(0.0) if self.gate is not None else []
+
+    def finding(self, ev: HipsEvent) -> Finding | None:
+        return self.gate.finding(ev) if self.gate is not None else None
+
+    def stats(self) -> dict[str, int]:
+        return self.gate.stats() if self.gate is not None else {}
+
+    def close(self) -> None:
+        if self.gate is not None:
+            self.gate.close()
+            self.gate = None
+
+
+__all__ = ["AgentLsmGate", "CLASS_NAMES", "LsmProvenanceGate", "MECHANISM", "OBJECT", "find_tools"]
