@@ -47,6 +47,11 @@ ransomware rule's data directories.
   running a shell command without decoding, ``busybox sh -c``, a program replaced by cp
   and stripped: look-alikes of ``behavior.discovery_burst``, ``behavior.decoded_file_exec``,
   ``shell_escape`` and ``behavior.binary_padding``;
+* detection depth (s14-det): a stdin-reading shell in a pipeline, python running ``sh
+  -c`` after a loopback connect, ``touch -d``/``-r`` on build files, curl uploading a work
+  file to a file:// URL, a hard link of a work file, ``journalctl --disk-usage``:
+  look-alikes of ``behavior.relayed_shell``, ``timestomp``, ``exfil_upload``,
+  ``credential_link`` and the journal vacuum of ``log_clearing``;
 * this project's own unit tests (a < 30 s slice).
 
 Everything the corpus writes is under ``tmp_path`` (the pip cache too); the
@@ -370,6 +375,32 @@ def _decode_and_discovery(c: Corpus) -> None:
                       "strip ./tool"))
 
 
+def _depth_lookalikes(c: Corpus) -> None:
+    """Benign look-alikes of the s14-det rules: a stdin-reading shell in a pipeline
+    (``sh -s < x | tee``) and python feeding ``sh`` a script after a loopback connect
+    it made itself but with ``-c`` (behavior.relayed_shell); ``touch -d``/``-r`` on build
+    files (behavior.timestomp); curl uploading a work file to a file:// URL
+    (behavior.exfil_upload); a hard link of a work file (behavior.credential_link);
+    ``journalctl --disk-usage`` (log_clearing's vacuum)."""
+    work = c.tmp / "depth"
+    work.mkdir()
+    (work / "steps.sh").write_text("echo one\necho two\n")
+    (work / "report.txt").write_text("ok\n")
+    py = REPO / ".venv" / "bin" / "python"
+    c.run("pipelines, build stamps, a local upload, a hard link", (
+        "sh -s < steps.sh | tee steps.log > /dev/null\n"
+        f"{py} -c 'import socket,subprocess\n"
+        "s=socket.socket();s.bind((\"127.0.0.1\",0));s.listen(1)\n"
+        "c=socket.create_connection(s.getsockname())\n"
+        "subprocess.run([\"sh\",\"-c\",\"true\"],stdin=subprocess.PIPE,check=True)'\n"
+        "touch -d @0 steps.log && touch -r steps.sh report.txt\n"
+        f"curl -s -T report.txt file://{work}/uploaded.txt && cmp report.txt uploaded.txt\n"
+        "ln report.txt report.link\n"
+        "journalctl --disk-usage > /dev/null 2>&1 || true\n"),
+        work, expect=("tee steps.log", "socket,subprocess", "touch -d @0 steps.log",
+                      "curl -s -T report.txt", "ln report.txt report.link"))
+
+
 def _unit_tests(c: Corpus) -> None:
     py = REPO / ".venv" / "bin" / "python"
     c.run("unit tests (events or config)",
@@ -460,6 +491,7 @@ def test_benign_corpus_raises_nothing_high(tmp_path: Path) -> None:
             _launchers(corpus)
             _jit_and_loaders(corpus)
             _decode_and_discovery(corpus)
+            _depth_lookalikes(corpus)
             _unit_tests(corpus)
             _quiesce(agent)
         time.sleep(1.5)   # the agent's health pass (drop counter) runs every second

