@@ -411,6 +411,13 @@ class Agent:
         else:
             out["provenance gate"] = {"on": False, "detail": self._why_off.get(
                 "lsmgate", self._why_off.get("provgate", "no kernel event sensor"))}
+        if self.provgate is not None:   # the maps both gates read: overflow, dry run
+            pg = out["provenance gate"]
+            gate_state = self.provgate.overflow_state()
+            if self.provgate.dry_run and self.lsmgate is None:
+                pg["detail"] = f"{pg['detail']}; dry run (would-deny)"
+            if gate_state:
+                pg["detail"] = f"{pg['detail']}; {gate_state}"
         if pol.integrity.interval_s and self.tier is not None:
             st = self.integrity_scanner.status() if self.integrity_scanner is not None else {}
             last = st.get("last_scan")
@@ -428,12 +435,6 @@ class Agent:
             out["kernel integrity guard"] = {"on": False, "detail": (
                 "integrity.interval is 0 in the policy" if self.tier is not None
                 else "replay: no kernel")}
-        if self.provgate is not None:
-            gate_state = self.provgate.overflow_state()
-            out["provenance gate"] = {
-                "on": self.provgate.gate is not None,
-                "detail": ("dry run" if self.provgate.dry_run else "must-stop objects refused "
-                           "to untrusted trees") + (f"; {gate_state}" if gate_state else "")}
         n = int(self.sigma.get("rules", 0))
         out["sigma"] = {"on": n > 0, "detail": str(self.sigma.get("detail") or (
             f"{n} rules live" if n else "no rules installed: bastion sigma update"))}
