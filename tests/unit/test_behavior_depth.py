@@ -103,6 +103,26 @@ def test_relayed_shell_leaves_pipelines_and_scripts(tmp_path: Path) -> None:
     assert not of(found, "relayed_shell") and not of(found, "pty_socket_shell")
 
 
+def test_a_pipeline_into_a_database_client_is_alerted_not_killed(tmp_path: Path) -> None:
+    """``sh -s < gen.sql | psql -h db`` and ``bash <<EOF | mysql -h db`` (bash feeds a
+    heredoc through a pipe): the shape of a relay, an administrator's habit.  A shell
+    that is not interactive writing to a networked client is alerted (high), not
+    killed; ``sh -i`` in the same place still is (s14 review; killed before)."""
+    r = Rec().exec(200, 100, "/usr/bin/dash", ["sh", "-s"], stdin="pipe:[70]",
+                   stdout="pipe:[71]")
+    r.exec(201, 100, "/usr/bin/psql", ["psql", "-h", "db"], stdin="pipe:[71]",
+           stdout="tty").connect(201, "10.0.0.5", 5432)
+    r.exec(300, 100, "/usr/bin/mysql", ["mysql", "-h", "db"], stdin="pipe:[81]",
+           stdout="tty").connect(300, "10.0.0.6", 3306)
+    r.exec(301, 100, "/usr/bin/bash", ["bash"], stdin="pipe:[80]", stdout="pipe:[81]")
+    r.exec(400, 100, "/usr/bin/dash", ["sh", "-si"], stdin="pipe:[90]", stdout="pipe:[91]")
+    r.exec(401, 100, "/usr/bin/ncat", ["ncat", "203.0.113.7", "443"], stdin="pipe:[91]",
+           stdout="pipe:[90]").connect(401, "203.0.113.7", 443)
+    got = of(r.run(tmp_path), "relayed_shell")
+    assert sorted((f.pid, f.severity, f.action) for f in got) == [
+        (200, "high", "alert"), (301, "high", "alert"), (400, "critical", "kill")]
+
+
 def test_bind_shell_socket_stdio_from_the_kernel(tmp_path: Path) -> None:
     """A shell handed an accepted socket as fd 0 and 1 (``Popen(['/bin/sh'], stdin=conn,
     stdout=conn)``) is a bind/reverse shell by the kernel's report alone (no /proc look-up:

@@ -1,35 +1,98 @@
-"""The must-stop object list shared by the fanotify gate and the lsm tier's in-hook gate."""
+"""The must-stop object list's expansion, shared by both provenance gates: links a
+user controls, inodes reached twice, and trees a user filled (issue 15, s14 review)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from bastion.enforce import muststop, provgate
+import pytest
+
+from bastion.enforce.muststop import GateObject, expand, redirected
+
+NOBODY = 65534
 
 
-def test_the_fanotify_gate_uses_the_shared_list_and_its_kinds_only(tmp_path: Path) -> None:
-    for d in ("etc/cron.d", "var/log", "root"):
-        (tmp_path / d).mkdir(parents=True)
-    (tmp_path / "etc" / "crontab").write_text("")
-    compat = provgate.default_objects(str(tmp_path))
-    assert {o.kind for o in compat} == {"persistence", "profile-dir"}
-    assert provgate.DEFAULT_PERSISTENCE is muststop.DEFAULT_PERSISTENCE
-    both = muststop.default_objects(str(tmp_path), kinds=muststop.KINDS)
-    assert muststop.GateObject(str(tmp_path / "var/log"), "log") in both
-    assert not any(o.kind == "log" for o in compat)
+def _user_link(link: Path, target: Path) -> None:
+    link.symlink_to(target)
+    os.lchown(link, NOBODY, NOBODY)
 
 
-def test_names_cover_files_that_do_not_exist_yet(tmp_path: Path) -> None:
-    (tmp_path / "etc").mkdir()
-    (tmp_path / "root").mkdir()
-    names = muststop.default_names(str(tmp_path))
-    etc, root = str(tmp_path / "etc"), str(tmp_path / "root")
-    assert (etc, "ld.so.preload", "persistence") in names   # absent: named in its directory
-    assert (etc, "rc.local", "persistence") in names
-    assert (etc, "shadow", "credential") in names
-    assert (root, ".bash_profile", "persistence") in names  # a profile dir's names
-    assert (root, ".bash_history", "log") in names
-    # a glob in the last component (ssh host keys) is by existing file only
-    assert not any("*" in n for _d, n, _k in names)
-    # a directory that does not exist names nothing
-    assert not any(d.startswith(str(tmp_path / "home")) for d, _n, _k in names)
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    h = tmp_path / "home"
+    h.mkdir()
+    os.chown(h, NOBODY, NOBODY)
+    return h
+
+
+def test_a_link_a_user_placed_is_not_followed(tmp_path: Path, home: Path) -> None:
+    """`ln -s ~/.bashrc ~/.zsh_history`: the profile would become a log object (appends
+    allowed, new names allowed); `ln -s /etc/cron.d ~/.bash_history` the same for a
+    persistence directory.  Before, os.stat followed the link and the last kind won."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (lchown)")
+    profile = home / ".bashrc"
+    profile.write_text("# profile\n")
+    cron = tmp_path / "cron.d"
+    cron.mkdir()
+    _user_link(home / ".zsh_history", profile)
+    _user_link(home / ".bash_history", cron)
+    objs = [GateObject(str(profile), "persistence"), GateObject(str(cron), "persistence"),
+            GateObject(str(home / ".zsh_history"), "log"),
+            GateObject(str(home / ".bash_history"), "log")]
+    entries, problems, over = expand(objs, max_dirs=100, per_object_dirs=50)
+    assert {(e.path, e.kind) for e in entries} == {(str(profile), "persistence"),
+                                                   (str(cron), "persistence")}
+    assert sorted(problems) == sorted(
+        f"{p}: {p} is a symbolic link a user controls: not entered"
+        for p in (home / ".zsh_history", home / ".bash_history"))
+    assert over == []
+    # a link in the middle of the path is a link too
+    _user_link(home / ".config", tmp_path)
+    assert redirected(str(home / ".config" / "cron.d")) == \
+        f"{home / '.config'} is a symbolic link a user controls"
+
+
+def test_root_links_in_root_directories_are_followed(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root-owned links")
+    real = tmp_path / "usr" / "lib" / "systemd"
+    real.mkdir(parents=True)
+    (tmp_path / "lib").symlink_to("usr/lib")        # as merged /usr: root's, relative
+    os.chown(tmp_path, 0, 0)
+    assert redirected(str(tmp_path / "lib" / "systemd")) is None
+    entries, problems, _ = expand([GateObject(str(tmp_path / "lib" / "systemd"), "persistence")],
+                                  max_dirs=10, per_object_dirs=10)
+    assert problems == [] and [e.kind for e in entries] == ["persistence"]
+
+
+def test_an_inode_reached_twice_keeps_its_strictest_kind(tmp_path: Path) -> None:
+    f = tmp_path / "shadow"
+    f.write_text("x\n")
+    os.link(f, tmp_path / "hist")                    # one inode, two objects
+    for order in ([("log", "hist"), ("credential", "shadow")],
+                  [("credential", "shadow"), ("log", "hist")]):
+        entries, _, _ = expand([GateObject(str(tmp_path / n), k) for k, n in order],  # type: ignore[arg-type]
+                               max_dirs=10, per_object_dirs=10)
+        assert [e.kind for e in entries] == ["credential"], order
+
+
+def test_a_tree_over_its_share_is_entered_breadth_first_and_named(tmp_path: Path) -> None:
+    big = tmp_path / "big"
+    deep = big / "a" / "b" / "c"
+    deep.mkdir(parents=True)
+    for i in range(30):
+        (big / f"x{i:02d}").mkdir()
+    small = tmp_path / "small"
+    (small / "s").mkdir(parents=True)
+    entries, problems, over = expand([GateObject(str(big), "credential"),
+                                      GateObject(str(small), "persistence")],
+                                     max_dirs=100, per_object_dirs=20)
+    paths = {e.path for e in entries}
+    assert str(big) in paths and str(big / "a") in paths and str(deep) not in paths
+    assert {str(small), str(small / "s")} <= paths
+    assert sum(1 for e in entries if e.kind == "credential") == 20
+    assert over == [f"{big}: more than 20 directories: the 20 nearest its top are entered, "
+                    f"files deeper are not refused (alerted after the act)"]
+    assert problems == []

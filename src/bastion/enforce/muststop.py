@@ -21,8 +21,14 @@ from __future__ import annotations
 
 import glob
 import os
+import stat
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
+
+from bastion.errors import ConfigError, Location
+from bastion.kernel.fanotify import subdirs
+from bastion.policy.compile import kernel_dev
 
 Kind = Literal["persistence", "credential", "profile-dir", "log"]
 KINDS: Final = ("persistence", "credential", "profile-dir", "log")
@@ -118,6 +124,111 @@ def default_names(root: str = "") -> list[tuple[str, str, Kind]]:
     return out
 
 
-__all__ = ["COMPAT_KINDS", "DEFAULT_CREDENTIAL", "DEFAULT_LOG", "DEFAULT_PERSISTENCE",
+# When one inode is reached as two objects (a hard link, or a path through a link),
+# the strictest kind is kept: credential (any open) > persistence (writes) > log.
+STRICTNESS: Final[dict[str, int]] = {"log": 1, "persistence": 2, "credential": 3,
+                                     "profile-dir": 0}
+
+
+def redirected(path: str) -> str | None:
+    """Why ``path`` cannot be trusted to name its object: a symbolic link on the way
+    that a user other than root owns or placed (``ln -s ~/.bashrc ~/.zsh_history``
+    would make a profile a log object, ``ln -s /etc/cron.d ~/.bash_history`` a
+    persistence directory a log one); None when every link on it is root's own, in
+    a directory root owns (``/lib`` -> ``usr/lib``)."""
+    cur = "/"
+    rest = [c for c in os.path.normpath(path).split("/") if c]
+    hops = 0
+    while rest:
+        cur = os.path.join(cur, rest.pop(0))
+        try:
+            st = os.lstat(cur)
+        except OSError:
+            return None          # absent: the caller's stat says so
+        if not stat.S_ISLNK(st.st_mode):
+            continue
+        hops += 1
+        parent = os.path.dirname(cur)
+        try:
+            pst = os.lstat(parent)
+        except OSError:
+            return f"{cur}: its directory is gone"
+        if st.st_uid != 0 or pst.st_uid != 0 or hops > 40:
+            return f"{cur} is a symbolic link a user controls"
+        target = os.readlink(cur)
+        base = parent if not target.startswith("/") else "/"
+        cur = "/"
+        rest = [c for c in os.path.normpath(os.path.join(base, target)).split("/") if c] + rest
+    return None
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One inode a gate enters: a file object, or a directory of a directory object
+    (``is_dir``: its children are objects), or a profile directory itself."""
+    kind: Kind
+    path: str
+    key: tuple[int, int]       # (kernel dev, ino)
+    is_dir: bool
+
+
+def expand(objects: Sequence[GateObject], *, max_dirs: int, per_object_dirs: int
+           ) -> tuple[list[Entry], list[str], list[str]]:
+    """The inodes of ``objects``: (entries, problems, over budget).
+
+    Root's objects are walked first; one directory object gets at most
+    ``per_object_dirs`` of the ``max_dirs`` budget, breadth first (the levels
+    nearest its top).  A tree over its share is entered in part and named in the
+    third list, never refused whole: an unprivileged user who fills ``~/.ssh`` with
+    directories must not turn a gate off for the host.  A path through a link a
+    user controls is not entered (a problem).  An inode reached twice keeps its
+    strictest kind (:data:`STRICTNESS`)."""
+    problems: list[str] = []
+    over: list[str] = []
+    found: list[tuple[GateObject, os.stat_result]] = []
+    for o in objects:
+        if o.kind not in KINDS:
+            raise ConfigError(f"provenance object kind {o.kind!r} is not one of "
+                              f"{', '.join(KINDS)}", location=Location(o.path))
+        why = redirected(o.path)
+        if why is not None:
+            problems.append(f"{o.path}: {why}: not entered")
+            continue
+        try:
+            found.append((o, os.stat(o.path)))
+        except OSError as exc:
+            problems.append(f"{o.path}: {exc.strerror}: not entered")
+    found.sort(key=lambda f: f[1].st_uid != 0)
+    chosen: dict[tuple[int, int], Entry] = {}
+
+    def put(e: Entry) -> None:
+        prev = chosen.get(e.key)
+        if prev is None or STRICTNESS[e.kind] > STRICTNESS[prev.kind]:
+            chosen[e.key] = e
+    ndirs = 0
+    for o, st in found:
+        key = (kernel_dev(st.st_dev), st.st_ino)
+        if o.kind == "profile-dir":
+            if not stat.S_ISDIR(st.st_mode):
+                raise ConfigError("a profile-dir object must be a directory",
+                                  location=Location(o.path))
+            put(Entry(o.kind, o.path, key, True))
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            put(Entry(o.kind, o.path, key, False))
+            continue
+        share = max(1, min(per_object_dirs, max_dirs - ndirs))
+        tree = subdirs(o.path, st, share)
+        if len(tree) > share:
+            tree = tree[:share]
+            over.append(f"{o.path}: more than {share} directories: the {share} nearest its "
+                        f"top are entered, files deeper are not refused (alerted after the act)")
+        for dpath, dkey in tree:
+            ndirs += 1
+            put(Entry(o.kind, dpath, dkey, True))
+    return list(chosen.values()), problems, over
+
+
+__all__ = ["COMPAT_KINDS", "Entry", "STRICTNESS", "expand", "redirected", "DEFAULT_CREDENTIAL", "DEFAULT_LOG", "DEFAULT_PERSISTENCE",
            "DEFAULT_PROFILE_DIRS", "DEFAULT_SECURITY_TOOLS", "GateObject", "HISTORY_NAMES",
            "KINDS", "Kind", "PROFILE_NAMES", "default_names", "default_objects"]

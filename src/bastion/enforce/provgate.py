@@ -41,7 +41,6 @@ import dataclasses
 import errno
 import logging
 import os
-import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -54,7 +53,7 @@ from bastion.detect.engine import Finding
 from bastion.events import HipsEvent, Proc
 from bastion.kernel.fanotify import (
     ALLOW, DEFAULT_MAX_DIRS, FAN_ALLOW, FAN_DENY, FAN_EVENT_ON_CHILD, FAN_OPEN_PERM, PermEvent,
-    PermissionListener, Verdict, subdirs,
+    PermissionListener, Verdict,
 )
 from bastion.kernel.opener import Scope, exe_key, fd_path, locate, open_flags, read_proc, status_field
 from bastion.enforce import muststop as _ms
@@ -62,7 +61,6 @@ from bastion.enforce.muststop import (
     DEFAULT_CREDENTIAL, DEFAULT_PERSISTENCE, DEFAULT_PROFILE_DIRS, PROFILE_NAMES, GateObject,
     default_objects,
 )
-from bastion.policy.compile import kernel_dev
 from bastion.sensors.provenance import (
     TMP_DIRS, ProvenanceMap, default_interpreters, reason_names,
 )
@@ -186,53 +184,27 @@ class ProvenanceGate:
         lis = self.listener
         if not lis.is_open:
             raise KernelError("provenance gate is not open", location=Location("fanotify"))
-        problems: list[str] = []
-        over: list[str] = []
         kinds: dict[tuple[int, int], Kind] = {}
         dirs: dict[tuple[int, int], Kind] = {}
         paths: dict[tuple[int, int], str] = {}
         marks: list[tuple[str, tuple[int, int], int]] = []
-        found: list[tuple[GateObject, os.stat_result]] = []
         for o in objects:
             if o.kind not in _KINDS:
                 raise ConfigError(f"provenance object kind {o.kind!r} is not one of "
                                   f"{', '.join(_KINDS)}", location=Location(o.path))
-            try:
-                found.append((o, os.stat(o.path)))
-            except OSError as exc:
-                problems.append(f"{o.path}: {exc.strerror}: not marked")
-        # The walk's budget: max_dirs directories for the whole set, per_object_dirs for
-        # one object, root's objects walked first.  A tree over its share is marked
-        # breadth first up to it and named (warning, status, finding), never refused
-        # whole: an unprivileged user who fills ~/.ssh with directories must not turn
-        # the gate off for the host (before: a ConfigError, and the agent ran without it).
-        found.sort(key=lambda os_: os_[1].st_uid != 0)
-        ndirs = 0
-        for o, st in found:
-            key = (kernel_dev(st.st_dev), st.st_ino)
-            if o.kind == "profile-dir":
-                if not stat.S_ISDIR(st.st_mode):
-                    raise ConfigError("a profile-dir object must be a directory",
-                                      location=Location(o.path))
-                dirs[key], paths[key] = o.kind, o.path
-                marks.append((o.path, key, FAN_OPEN_PERM | FAN_EVENT_ON_CHILD))
-                continue
-            if not stat.S_ISDIR(st.st_mode):
-                kinds[key], paths[key] = o.kind, o.path
-                marks.append((o.path, key, FAN_OPEN_PERM))
-                continue
-            share = max(1, min(self.per_object_dirs, self.max_dirs - ndirs))
-            tree = subdirs(o.path, st, share)
-            if len(tree) > share:
-                tree = tree[:share]
-                over.append(f"{o.path}: more than {share} directories: the {share} nearest "
-                            f"its top are gated, files deeper are not refused (alerted after "
-                            f"the act)")
-            for dpath, dkey in tree:
-                ndirs += 1
-                kinds[dkey] = dirs[dkey] = o.kind
-                paths[dkey] = dpath
-                marks.append((dpath, dkey, FAN_OPEN_PERM | FAN_EVENT_ON_CHILD))
+        entries, problems, over = _ms.expand(objects, max_dirs=self.max_dirs,
+                                             per_object_dirs=self.per_object_dirs)
+        for e in entries:
+            paths[e.key] = e.path
+            if e.kind == "profile-dir":      # the home directory itself, no subdirectories
+                dirs[e.key] = e.kind
+                marks.append((e.path, e.key, FAN_OPEN_PERM | FAN_EVENT_ON_CHILD))
+            elif e.is_dir:
+                kinds[e.key] = dirs[e.key] = e.kind
+                marks.append((e.path, e.key, FAN_OPEN_PERM | FAN_EVENT_ON_CHILD))
+            else:
+                kinds[e.key] = e.kind
+                marks.append((e.path, e.key, FAN_OPEN_PERM))
         self.over_budget = over
         problems.extend(over)
         with lis.mark_lock:

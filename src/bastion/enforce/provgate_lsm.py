@@ -32,21 +32,21 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import stat
 import struct
 from typing import Callable, Final, Iterable, Sequence
 
 from bastion import abi
 from bastion.detect.engine import Finding
 from bastion.enforce.muststop import (
-    DEFAULT_SECURITY_TOOLS, KINDS, GateObject, Kind, default_names, default_objects,
+    DEFAULT_SECURITY_TOOLS, KINDS, STRICTNESS, GateObject, Kind, default_names,
+    default_objects, expand, redirected,
 )
 from bastion.enforce.provgate import GATE_RULE
 from bastion.errors import ConfigError, KernelError, Location
 from bastion.events import HipsEvent, decode
 from bastion.kernel.btf import setattr_has_idmap
 from bastion.kernel.clock import deadline_ns
-from bastion.kernel.fanotify import DEFAULT_MAX_DIRS, subdirs
+from bastion.kernel.fanotify import DEFAULT_MAX_DIRS
 from bastion.kernel.libbpf import Map
 from bastion.kernel.loader import LoadedObject, LoaderUser, ObjectSpec
 from bastion.paths import bpf_object
@@ -61,6 +61,8 @@ MECHANISM: Final = "lsm-prov"
 _CLASS_OF: Final[dict[str, abi.PgateClass]] = {
     "persistence": abi.PgateClass.PERSISTENCE, "credential": abi.PgateClass.CREDENTIAL,
     "log": abi.PgateClass.LOG, "security-tool": abi.PgateClass.SECURITY_TOOL}
+PGATE_MAX_NAMES: Final = 4096   # pgate_names' max_entries (bpf/lsm_provgate.bpf.c)
+_STRICT_CLS: Final[dict[int, int]] = {int(c): STRICTNESS.get(k, 0) for k, c in _CLASS_OF.items()}
 CLASS_NAMES: Final = {c: n for n, c in _CLASS_OF.items()}
 _U32: Final = struct.Struct("<I")
 _PREVENTED: Final = {
@@ -104,7 +106,8 @@ class LsmProvenanceGate(LoaderUser):
     def __init__(self, prov: ProvenanceMap, *, cgroup_id: int = 0,
                  deadline_s: float | None = None, self_tgid: int = 0,
                  dry_run: bool | Iterable[str] = False,
-                 max_dirs: int = DEFAULT_MAX_DIRS) -> None:
+                 max_dirs: int = DEFAULT_MAX_DIRS, per_object_dirs: int = 1_000,
+                 max_names: int = PGATE_MAX_NAMES) -> None:
         """``dry_run``: True (every class) or the class names whose refusals are only
         reported (would-deny), the act allowed."""
         if not isinstance(prov.prov, Map):
@@ -115,6 +118,9 @@ class LsmProvenanceGate(LoaderUser):
         self.deadline_ns = deadline_ns(deadline_s)
         self.self_tgid = self_tgid
         self.max_dirs = max_dirs
+        self.per_object_dirs = min(per_object_dirs, max_dirs)
+        self.max_names = max_names
+        self.over_budget: list[str] = []   # objects whose tree was entered only in part
         self.dry_classes = self._classes(dry_run)
         self._lo: LoadedObject | None = None
         self._objs: set[bytes] = set()
@@ -208,31 +214,16 @@ class LsmProvenanceGate(LoaderUser):
         """Enter the objects (files; directories with every subdirectory, their children
         objects) and the must-stop names, replacing the previous set; returns what was
         not entered (paths that do not exist, names too long)."""
-        problems: list[str] = []
+        entries, problems, over = expand(objects, max_dirs=self.max_dirs,
+                                         per_object_dirs=self.per_object_dirs)
+        self.over_budget = over
+        problems.extend(over)
         objs: dict[bytes, bytes] = {}
-        ndirs = 0
-        for o in objects:
-            if o.kind not in KINDS:
-                raise ConfigError(f"provenance object kind {o.kind!r} is not one of "
-                                  f"{', '.join(KINDS)}", location=Location(o.path))
-            if o.kind == "profile-dir":
+        for e in entries:
+            if e.kind == "profile-dir":
                 continue   # by name (default_names): the profiles in it
-            cls = _CLASS_OF[o.kind]
-            try:
-                st = os.stat(o.path)
-            except OSError as exc:
-                problems.append(f"{o.path}: {exc.strerror}: not entered")
-                continue
-            if not stat.S_ISDIR(st.st_mode):
-                objs[_key(st)] = bytes(abi.PgateObj(cls=cls, flags=0))
-                continue
-            for dpath, (dev, ino) in subdirs(o.path, st, self.max_dirs):
-                ndirs += 1
-                if ndirs > self.max_dirs:
-                    raise ConfigError(f"provenance objects have more than {self.max_dirs} "
-                                      f"directories", location=Location(dpath))
-                objs[bytes(abi.InodeKey(ino=ino, dev=dev))] = bytes(
-                    abi.PgateObj(cls=cls, flags=abi.PGATE_F_DIR))
+            objs[bytes(abi.InodeKey(ino=e.key[1], dev=e.key[0]))] = bytes(abi.PgateObj(
+                cls=_CLASS_OF[e.kind], flags=abi.PGATE_F_DIR if e.is_dir else 0))
         nkeys: dict[bytes, bytes] = {}
         for d, n, kind in names:
             if kind not in _CLASS_OF:
@@ -243,13 +234,25 @@ class LsmProvenanceGate(LoaderUser):
                 problems.append(f"{os.path.join(d, n)}: name not entered (empty, a path, or "
                                 f"{abi.PGATE_NAME_LEN} bytes or longer)")
                 continue
+            why = redirected(d)
+            if why is not None:
+                problems.append(f"{os.path.join(d, n)}: {why}: not entered")
+                continue
             try:
                 st = os.stat(d)
             except OSError as exc:
                 problems.append(f"{d}: {exc.strerror}: {n} not entered")
                 continue
-            nkeys[bytes(abi.PgateName(ino=st.st_ino, dev=kernel_dev(st.st_dev), name=raw))] = \
-                bytes(abi.PgateObj(cls=_CLASS_OF[kind], flags=0))
+            nk = bytes(abi.PgateName(ino=st.st_ino, dev=kernel_dev(st.st_dev), name=raw))
+            prev = nkeys.get(nk)
+            if prev is not None and _STRICT_CLS[abi.PgateObj.from_buffer_copy(prev).cls] >= \
+                    _STRICT_CLS[_CLASS_OF[kind]]:
+                continue   # one name reached twice: the strictest class stays
+            if nk not in nkeys and len(nkeys) >= self.max_names:
+                problems.append(f"{os.path.join(d, n)}: more than {self.max_names} names: "
+                                f"not entered")
+                continue
+            nkeys[nk] = bytes(abi.PgateObj(cls=_CLASS_OF[kind], flags=0))
         self._objs = _replace(self._map("pgate_objs"), self._objs, objs)
         self._names = _replace(self._map("pgate_names"), self._names, nkeys)
         for p in problems:

@@ -126,9 +126,28 @@ class RelayedShell(BehaviorRule):
              relay_pid: int, pipe: str, feeds: str = "stdout") -> Hit:
         pid, exe, argv = shell
         how = "reads its commands from" if feeds == "stdin" else "writes its output to"
-        return Hit(f"Shell {base(exe)} {how} {relay} ({relay_pid}), connected to {peer}",
-                   {"argv": list(argv), "relay": relay, "relay_pid": relay_pid, "peer": peer,
-                    "pipe": pipe, "prevented": self.prevents}, pid=pid)
+        hit = Hit(f"Shell {base(exe)} {how} {relay} ({relay_pid}), connected to {peer}",
+                  {"argv": list(argv), "relay": relay, "relay_pid": relay_pid, "peer": peer,
+                   "pipe": pipe, "prevented": self.prevents}, pid=pid)
+        if feeds == "stdout" and not _interactive(argv):
+            # `sh -s < gen | psql -h db`, `bash <<EOF | mysql`: an administrator's pipeline
+            # has this shape too; only the interactive shell (`sh -i < fifo | openssl
+            # ...`) is killed, the rest alerted (s14 review: a kill of benign pipelines)
+            hit.severity, hit.action = "high", "alert"
+            hit.evidence.pop("prevented")
+        return hit
+
+
+def _interactive(argv: tuple[str, ...]) -> bool:
+    """``-i`` (alone or among short options, before the first operand) or ``--interactive``."""
+    for a in argv[1:]:
+        if a == "--interactive":
+            return True
+        if a == "--" or not a.startswith("-"):
+            return False
+        if not a.startswith("--") and "i" in a[1:]:
+            return True
+    return False
 
 
 # ---- a second name for a credential store ---------------------------------------------------
