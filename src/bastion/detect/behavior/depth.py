@@ -25,6 +25,7 @@ from bastion.detect.behavior.provenance import TMP_DIRS
 from bastion.detect.behavior.rules import (
     CRED_STORES, PTY_HOSTS, _shell_reads_stdin, stop_if_untrusted,
 )
+from bastion.detect.behavior.shellargs import parse_shell_argv
 from bastion.detect.behavior.state import BoundedState, Limits, ProcKey, proc_key
 from bastion.detect.engine import RuleContext
 from bastion.events import Event, ExecEvent, FileEvent, NetEvent
@@ -129,7 +130,7 @@ class RelayedShell(BehaviorRule):
         hit = Hit(f"Shell {base(exe)} {how} {relay} ({relay_pid}), connected to {peer}",
                   {"argv": list(argv), "relay": relay, "relay_pid": relay_pid, "peer": peer,
                    "pipe": pipe, "prevented": self.prevents}, pid=pid)
-        if feeds == "stdout" and not _interactive(argv):
+        if feeds == "stdout" and not _interactive(exe, argv):
             # `sh -s < gen | psql -h db`, `bash <<EOF | mysql`: an administrator's pipeline
             # has this shape too; only the interactive shell (`sh -i < fifo | openssl
             # ...`) is killed, the rest alerted (s14 review: a kill of benign pipelines)
@@ -138,16 +139,10 @@ class RelayedShell(BehaviorRule):
         return hit
 
 
-def _interactive(argv: tuple[str, ...]) -> bool:
-    """``-i`` (alone or among short options, before the first operand) or ``--interactive``."""
-    for a in argv[1:]:
-        if a == "--interactive":
-            return True
-        if a == "--" or not a.startswith("-"):
-            return False
-        if not a.startswith("--") and "i" in a[1:]:
-            return True
-    return False
+def _interactive(exe: str, argv: tuple[str, ...]) -> bool:
+    """``-i`` (alone or in a cluster, before the first operand) or ``--interactive``,
+    read by the shell's option table (``bash -o posix -i`` is interactive)."""
+    return parse_shell_argv(base(exe), argv).interactive
 
 
 # ---- a second name for a credential store ---------------------------------------------------

@@ -41,6 +41,7 @@ from bastion.detect.behavior.base import (
 )
 from bastion.detect.behavior.provenance import block, script_of
 from bastion.detect.behavior.xmem import ExecMemory
+from bastion.detect.behavior.shellargs import parse_shell_argv
 from bastion.detect.behavior.state import BoundedState, Limits, ProcKey, proc_key
 from bastion.detect.engine import RuleContext
 from bastion.events import (
@@ -914,11 +915,9 @@ def _shell_reads_stdin(ev: ExecEvent) -> bool:
     """A shell whose commands come from stdin: no script operand, no -c."""
     if not is_shell(ev.proc.exe) or ev.script:
         return False
-    for a in ev.argv[1:]:
-        if a in ("-", "--", "-s") or a.startswith("-") and "c" not in a.lstrip("-"):
-            continue
-        return False
-    return True
+    # by the shell's option table: an option's value (``bash -o posix``, ``--rcfile f``)
+    # is no script, a long option with a ``c`` in it is no -c (s15-svc)
+    return parse_shell_argv(base(ev.proc.exe), ev.argv).stdin
 
 
 class PipedPayload(BehaviorRule):
