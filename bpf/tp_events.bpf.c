@@ -5,6 +5,7 @@
 #include "events.h"
 #include "dedup.h"
 #include "xmem.h"
+#include "pidns.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -504,14 +505,30 @@ int on_ptrace(void *ctx)
 	return 0;
 }
 
+/* kill(2), tkill(2), tgkill(2) name their target as the caller's pid namespace
+ * numbers it; the record carries the kernel's (initial namespace) pid
+ * (lib/pidns.h).  A pid the caller's namespace does not have is not reported:
+ * the call fails with ESRCH, and the number would name some other process. */
+static __always_inline int kill_ns(__u32 syscall, __s32 target, __s32 tgid, __s32 sig)
+{
+	if (sig == 0 || !wanted(BASTION_EV_KILL))
+		return 0; /* before the translation: signal 0 only probes for existence */
+	target = syscall == BASTION_KILL_KILL ? pidns_global_kill_arg(target) : pidns_global(target);
+	if (tgid)
+		tgid = pidns_global(tgid);
+	if (target == PIDNS_NOT_FOUND || tgid == PIDNS_NOT_FOUND)
+		return 0;
+	return kill_ev(syscall, target, tgid, sig);
+}
+
 SEC("tracepoint/syscalls/sys_enter_kill")
-int on_kill(void *ctx) { return kill_ev(BASTION_KILL_KILL, ARG(ctx, 0), 0, ARG(ctx, 1)); }
+int on_kill(void *ctx) { return kill_ns(BASTION_KILL_KILL, ARG(ctx, 0), 0, ARG(ctx, 1)); }
 SEC("tracepoint/syscalls/sys_enter_tkill")
-int on_tkill(void *ctx) { return kill_ev(BASTION_KILL_TKILL, ARG(ctx, 0), 0, ARG(ctx, 1)); }
+int on_tkill(void *ctx) { return kill_ns(BASTION_KILL_TKILL, ARG(ctx, 0), 0, ARG(ctx, 1)); }
 SEC("tracepoint/syscalls/sys_enter_tgkill")
 int on_tgkill(void *ctx)
 {
-	return kill_ev(BASTION_KILL_TGKILL, ARG(ctx, 1), ARG(ctx, 0), ARG(ctx, 2));
+	return kill_ns(BASTION_KILL_TGKILL, ARG(ctx, 1), ARG(ctx, 0), ARG(ctx, 2));
 }
 
 SEC("tracepoint/syscalls/sys_enter_pidfd_send_signal")

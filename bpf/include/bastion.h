@@ -219,7 +219,7 @@ struct bastion_ptrace_event {
 
 struct bastion_kill_event {
 	struct bastion_event_hdr hdr;
-	__s32 target_pid;    /* kill/pidfd: tgid target; tkill/tgkill: tid */
+	__s32 target_pid;    /* kill/pidfd: tgid target; tkill/tgkill: tid (initial pid ns) */
 	__s32 target_tgid;   /* tgkill: tgid; otherwise 0 */
 	__s32 sig;
 	__u32 syscall;       /* enum bastion_kill_syscall */

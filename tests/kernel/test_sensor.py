@@ -132,3 +132,38 @@ def test_disabled_classes_are_not_reported(tmp_path: Path) -> None:
             sensor.close()
     assert {e.type for e in events} == {"exec"}
     assert any(e.proc.exe.endswith("true") for e in events)
+
+
+def test_a_kill_from_a_pid_namespace_names_the_kernels_target() -> None:
+    """kill(2)/tgkill(2) from inside a pid namespace (``unshare --pid --fork``): the
+    caller names its target by the namespace's number (2, 3, ...); the record must
+    carry the kernel's pid, or a container's ``kill 2`` reads as a signal to host
+    pid 2 and a security-tool kill rule is fooled or fires falsely (s15-svc: the
+    record said 2 before).  A pid the namespace does not have is not reported."""
+    script = ("sleep 30 & a=$!; sleep 31 & b=$!; echo ns $a $b; sleep 0.5; "
+              "kill -TERM $a; "
+              "python3 -c 'import ctypes,sys; b=int(sys.argv[1]); "
+              "ctypes.CDLL(None).syscall(234, b, b, 10)' $b; "   # tgkill(b, b, SIGUSR1)
+              "kill -TERM 4000000 2>/dev/null; wait")
+    with scoped_cgroup() as (cg, cgid):
+        sensor = BpfSensor(cgroup_id=cgid, classes=("exec", "kill"))
+        sensor.open()
+        try:
+            proc = run_in(cg, ["unshare", "--pid", "--fork", "/bin/sh", "-c", script],
+                          timeout=60)
+            events: list[Event] = []
+            deadline = time.monotonic() + 1.5
+            while time.monotonic() < deadline:
+                events += sensor.poll(0.05) or []
+        finally:
+            sensor.close()
+    ns_pids = [int(x) for x in proc.stdout.split()[1:3]]
+    assert ns_pids[0] < 10 and ns_pids[1] < 10, proc.stdout     # the namespace's own numbers
+    sleeps = {e.argv[1]: e.proc.pid for e in _of(events, ExecEvent) if e.argv[:1] == ("sleep",)}
+    assert {"30", "31"} <= set(sleeps), sleeps
+    kills = _of(events, KillEvent)
+    got = sorted((k.target_pid, k.signal, k.syscall) for k in kills)
+    assert got == sorted([(sleeps["30"], 15, "kill"), (sleeps["31"], 10, "tgkill")]), \
+        (got, sleeps, ns_pids)
+    assert [k.target_tgid for k in kills if k.syscall == "tgkill"] == [sleeps["31"]]
+    assert all(k.target_pid not in ns_pids for k in kills)
