@@ -42,12 +42,14 @@ from bastion.detect.behavior.base import (
 from bastion.detect.behavior.provenance import block, script_of
 from bastion.detect.behavior.xmem import ExecMemory
 from bastion.detect.behavior.shellargs import parse_shell_argv
+from bastion.detect.behavior.svcctl import SERVICE_MANAGERS, command_act, firewall_act
 from bastion.detect.behavior.state import BoundedState, Limits, ProcKey, proc_key
 from bastion.detect.engine import RuleContext
 from bastion.events import (
     BpfEvent, Event, ExecEvent, FileEvent, ForkEvent, HipsEvent, KillEvent, NetEvent,
     PtraceEvent,
 )
+from bastion.install import UNIT_NAME
 from bastion.proctable import ProcEntry
 
 O_ACCMODE, O_CREAT, O_TRUNC = 0o3, 0o100, 0o1000
@@ -1259,7 +1261,13 @@ SECURITY_SERVICES = frozenset({*SECURITY_TOOLS, "rsyslog", "syslog", "syslog-ng"
                                "falcon-sensor", "cbdaemon", "cb-psc-sensor", "osqueryd",
                                "wazuh-agent", "ossec", "clamav-daemon", "clamav-freshclam",
                                "mdatp", "sentinelone", "sentinelagent", "elastic-endpoint",
-                               "systemd-journald", "auditbeat", "falco", "aide"})
+                               "systemd-journald", "auditbeat", "falco", "aide",
+                               # the agent's own unit: PID 1 sends the signal, so tamper
+                               # protection's signal checks never see the tree that asked
+                               UNIT_NAME.removesuffix(".service"),
+                               # the firewall's own services
+                               "ufw", "firewalld", "nftables", "netfilter-persistent",
+                               "iptables", "ip6tables", "apparmor"})
 _FATAL = frozenset({9, 15, 19, 2, 3, 6})  # SIGHUP is a reload, not an attack
 
 
@@ -1306,19 +1314,23 @@ class KillSecurityTools(SingleEvent):
         if isinstance(ev, ExecEvent):
             tool = base(ev.proc.exe)
             args = list(ev.argv[1:])
-            verbs = {"stop", "disable", "mask", "kill"}
-            if tool in ("systemctl", "service") and verbs & set(args) and \
-                    {a.removesuffix(".service") for a in args} & SECURITY_SERVICES:
-                if self.trusted(ev, ctx, PACKAGE_MANAGERS, depth=3):
+            script = ev.script or None
+            if tool in SERVICE_MANAGERS or tool in ("pkill", "killall") or script:
+                # by the tool's grammar (svcctl): verbs, unit names and forms, options
+                # with values, systemd-run's command (PID 1 runs it for a clean tree)
+                act = command_act(ev.argv, tool, SECURITY_SERVICES, SECURITY_TOOLS,
+                                  lambda pid: self._names(ctx, pid), script)
+                if act is None or self.trusted(ev, ctx, PACKAGE_MANAGERS, depth=3):
                     return None
-                return Hit(f"Security service stopped: {' '.join(ev.argv)[:120]}",
-                           {"argv": list(ev.argv)}, action="alert")
+                what = "Security service stopped" if act.kind == "service-stop" else \
+                    "Firewall opened" if act.kind == "firewall" else \
+                    f"{act.how.split()[-1]} aimed at a security tool"
+                return Hit(f"{what} ({act.describe()}): {' '.join(ev.argv)[:120]}",
+                           {"argv": list(ev.argv), "act": act.how, "target": act.what},
+                           action="alert")
             if tool == "auditctl" and ("-D" in args or ("-e" in args and "0" in args)):
                 return Hit(f"Audit rules disabled: {' '.join(ev.argv)[:120]}", {"argv": list(ev.argv)},
                            action="alert")
-            if tool in ("pkill", "killall") and set(args) & SECURITY_TOOLS:
-                return Hit(f"{tool} aimed at a security tool: {' '.join(ev.argv)[:120]}",
-                           {"argv": list(ev.argv)})
         return None
 
 
@@ -1349,13 +1361,10 @@ class FirewallTamper(SingleEvent):
         argv0 = base(ev.argv[0]) if ev.argv else ""
         if tool not in FIREWALL_TOOLS and argv0 not in FIREWALL_TOOLS:
             return None
-        a = list(ev.argv[1:])
-        line = " ".join(a)
-        bad = ("-F" in a or "--flush" in a or "-X" in a
-               or re.search(r"-P\s+(INPUT|FORWARD|OUTPUT)\s+ACCEPT", line) is not None
-               or re.search(r"\bflush\s+ruleset\b|\bdelete\s+table\b", line) is not None
-               or (argv0 == "ufw" or tool == "ufw") and "disable" in a
-               or "--panic-off" in a or re.search(r"--set-default-zone[= ]trusted", line) is not None)
+        # by each tool's grammar (svcctl.firewall_act): bundled and long options, any
+        # table, nft commands in one word or many
+        act = firewall_act(tool, argv0, list(ev.argv[1:]))
+        bad = act is not None
         # iptables-restore is not a trusted tool here: on nft hosts it is the same
         # multi-call binary (xtables-nft-multi, one inode) as iptables, so trusting it
         # by inode trusted every ``iptables -F``

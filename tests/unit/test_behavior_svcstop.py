@@ -1,0 +1,121 @@
+"""Security-tool shutdown and firewall opening read by each tool's grammar (s15-svc):
+the forms an untrusted tree used to get past the substring matcher are stopped, the
+administrator's look-alikes stay silent or alerted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bastion.detect.behavior.svcctl import command_act, firewall_act
+from test_behavior_depth import Rec, of
+
+SEC = frozenset({"auditd", "rsyslog", "systemd-journald", "bastion", "ufw"})
+TOOLS = frozenset({"auditd", "rsyslogd"})
+
+
+def _act(argv: list[str], exe: str | None = None, script: str | None = None) -> str | None:
+    names = {4242: {"auditd"}, 77: {"nginx"}}
+    a = command_act(argv, exe or argv[0].rsplit("/", 1)[-1], SEC, TOOLS,
+                    lambda pid: names.get(pid, set()), script)
+    return a.what if a is not None else None
+
+
+def test_stop_forms_are_read_by_structure() -> None:
+    assert _act(["systemctl", "--no-block", "stop", "auditd.service"]) == "auditd"
+    assert _act(["systemctl", "-q", "disable", "--now", "auditd"]) == "auditd"
+    assert _act(["systemctl", "kill", "-s", "KILL", "auditd"]) == "auditd"
+    assert _act(["systemctl", "-sKILL", "kill", "auditd"]) == "auditd"
+    assert _act(["systemctl", "mask", "systemd-journald.socket"]) == "systemd-journald"
+    assert _act(["systemctl", "stop", "systemd-journald-dev-log.socket"]) == "systemd-journald"
+    assert _act(["systemctl", "stop", "aud*"]) == "auditd"
+    assert _act(["systemctl", "stop", "nginx", "rsyslog"]) == "rsyslog"
+    assert _act(["systemctl", "freeze", "bastion"]) == "bastion"
+    assert _act(["sh", "/usr/sbin/service", "auditd", "stop"], "dash", "/usr/sbin/service") \
+        == "auditd"
+    assert _act(["/bin/sh", "/etc/init.d/auditd", "stop"], "dash", "/etc/init.d/auditd") == "auditd"
+    assert _act(["systemd-run", "--wait", "-p", "User=root", "systemctl", "stop", "auditd"]) \
+        == "auditd"
+    assert _act(["systemd-run", "-u", "x", "kill", "-9", "4242"]) == "auditd"
+    assert _act(["systemd-run", "--unit=x", "iptables", "-F"]) == "filter rules"
+    assert _act(["pkill", "-9", "-x", "auditd"]) == "auditd"
+    assert _act(["killall", "-s", "KILL", "rsyslogd"]) == "rsyslogd"
+    # the look-alikes: no stop verb, a reload signal, the user's own manager, a listing
+    for benign in (["systemctl", "status", "auditd"], ["systemctl", "restart", "rsyslog"],
+                   ["systemctl", "show", "auditd", "-p", "ActiveState"],
+                   ["systemctl", "--user", "stop", "rsyslog"], ["systemctl", "stop", "nginx"],
+                   ["systemctl", "-p", "stop", "show", "auditd"],
+                   ["systemctl", "list-units", "--state", "stop", "auditd"],
+                   ["pkill", "-HUP", "rsyslogd"], ["pkill", "nginx"],
+                   ["systemd-run", "--user", "systemctl", "stop", "auditd"],
+                   ["systemd-run", "--wait", "make", "stop", "auditd"],
+                   ["systemd-run", "kill", "-HUP", "4242"], ["systemd-run", "kill", "77"]):
+        assert _act(benign) is None, benign
+
+
+def test_firewall_forms_are_read_by_structure() -> None:
+    def fw(argv: list[str]) -> str | None:
+        a = firewall_act(argv[0], argv[0], argv[1:])
+        return a.how if a is not None else None
+    assert fw(["iptables", "-t", "nat", "-vF"]) == "-F"
+    assert fw(["iptables", "--flush"]) == "--flush"
+    assert fw(["iptables", "--policy", "INPUT", "ACCEPT"]) == "--policy ACCEPT"
+    assert fw(["iptables", "-w", "-P", "FORWARD", "ACCEPT"]) == "-P ACCEPT"
+    assert fw(["nft", "flush", "table", "inet", "filter"]) == "nft flush"
+    assert fw(["nft", "flush ruleset"]) == "nft flush"
+    assert fw(["ufw", "--force", "disable"]) == "ufw disable"
+    for benign in (["iptables", "-L", "-n"], ["iptables", "-S"], ["iptables", "-P", "INPUT", "DROP"],
+                   ["iptables", "-A", "INPUT", "-m", "comment", "--comment", "-P INPUT ACCEPT",
+                    "-j", "DROP"],
+                   ["iptables", "-A", "INPUT", "-s", "10.0.0.0/8", "-j", "ACCEPT"],
+                   ["nft", "list", "ruleset"], ["ufw", "status"], ["ufw", "allow", "22"]):
+        assert fw(benign) is None, benign
+
+
+def test_an_untrusted_tree_is_stopped_in_the_forms_the_substring_matcher_missed(
+        tmp_path: Path) -> None:
+    """A /tmp script's security stops that raised nothing before (s15-svc): systemd-run
+    laundering (the stop or kill then comes from PID 1's clean child), the agent's own
+    unit, a unit glob, ``freeze``, a SysV init script, bundled and long firewall
+    options, ``nft flush table``.  Each is a critical block of the script's tree."""
+    r = Rec().exec(90, 1, "/usr/sbin/auditd", ["/usr/sbin/auditd"])
+    r.exec(200, 100, "/usr/bin/dash", ["sh", "/tmp/x.sh"])
+    cmds = [("/usr/bin/systemd-run", ["systemd-run", "--wait", "systemctl", "stop", "auditd"]),
+            ("/usr/bin/systemd-run", ["systemd-run", "-p", "User=root", "kill", "-9", "90"]),
+            ("/usr/bin/systemctl", ["systemctl", "--no-block", "stop", "bastion.service"]),
+            ("/usr/bin/systemctl", ["systemctl", "stop", "aud*"]),
+            ("/usr/bin/systemctl", ["systemctl", "freeze", "auditd"]),
+            ("/usr/bin/dash", ["/bin/sh", "/etc/init.d/auditd", "stop"]),
+            ("/usr/sbin/xtables-nft-multi", ["iptables", "-t", "filter", "-vF"]),
+            ("/usr/sbin/xtables-nft-multi", ["iptables", "--policy", "INPUT", "ACCEPT"]),
+            ("/usr/sbin/nft", ["nft", "flush", "table", "inet", "filter"])]
+    for n, (exe, argv) in enumerate(cmds):
+        r.exec(201 + n, 200, exe, argv)
+    r.lines[-4]["script"] = "/etc/init.d/auditd"
+    found = [f for f in r.run(tmp_path)
+             if f.rule in ("behavior.disable_security_tools", "behavior.firewall_tamper")]
+    got = {f.evidence.get("origin_pid", f.pid): (f.severity, f.action) for f in found}
+    assert sorted(f.title.split(":")[0] for f in found) and len(found) == len(cmds), \
+        [f.title for f in found]
+    assert {(f.severity, f.action) for f in found} == {("critical", "kill-tree")}, got
+    assert {f.pid for f in found} == {200}
+
+
+def test_an_administrators_look_alikes(tmp_path: Path) -> None:
+    """From a clean shell: ``systemctl restart rsyslog``, ``systemctl status auditd``,
+    ``iptables -L``, a firewall rule whose comment reads like a policy change, and
+    nft's comment saying ``flush ruleset`` raise nothing (the last two alerted high
+    before); a real stop by the administrator is alerted, not stopped."""
+    r = Rec()
+    benign = [("/usr/bin/systemctl", ["systemctl", "restart", "rsyslog"]),
+              ("/usr/bin/systemctl", ["systemctl", "status", "auditd"]),
+              ("/usr/sbin/xtables-nft-multi", ["iptables", "-L", "-n"]),
+              ("/usr/sbin/xtables-nft-multi", ["iptables", "-A", "INPUT", "-m", "comment",
+                                               "--comment", "-P INPUT ACCEPT", "-j", "DROP"]),
+              ("/usr/sbin/nft", ["nft", "add", "rule", "inet", "filter", "input", "comment",
+                                 "\"flush ruleset\"", "drop"])]
+    for n, (exe, argv) in enumerate(benign):
+        r.exec(300 + n, 100, exe, argv)
+    r.exec(400, 100, "/usr/bin/systemctl", ["systemctl", "stop", "auditd"])
+    found = [f for f in r.run(tmp_path) if f.severity in ("high", "critical")]
+    assert [(f.pid, f.severity, f.action) for f in found] == [(400, "high", "alert")], \
+        [(f.rule, f.title) for f in found]
