@@ -52,6 +52,9 @@ ransomware rule's data directories.
   file to a file:// URL, a hard link of a work file, ``journalctl --disk-usage``:
   look-alikes of ``behavior.relayed_shell``, ``timestomp``, ``exfil_upload``,
   ``credential_link`` and the journal vacuum of ``log_clearing``;
+* services (s15-svc): ``systemctl restart rsyslog`` (when it runs), ``systemctl status``
+  and ``show`` of auditd, ``iptables -L``, ``nft list ruleset``: look-alikes of
+  ``behavior.disable_security_tools`` and ``behavior.firewall_tamper``;
 * this project's own unit tests (a < 30 s slice).
 
 Everything the corpus writes is under ``tmp_path`` (the pip cache too); the
@@ -375,6 +378,23 @@ def _decode_and_discovery(c: Corpus) -> None:
                       "strip ./tool"))
 
 
+def _service_lookalikes(c: Corpus) -> None:
+    """Benign look-alikes of the service-stop and firewall rules read by structure
+    (s15-svc): an administrator restarting rsyslog (when it runs), asking for the status
+    and properties of auditd and of the agent's unit, listing the firewall.  None is a
+    stop; a restart is no shutdown."""
+    work = c.tmp / "services"
+    work.mkdir()
+    c.run("systemctl restart rsyslog, status auditd, iptables -L", (
+        "if systemctl is-active -q rsyslog; then systemctl restart rsyslog; fi\n"
+        "systemctl status auditd > /dev/null 2>&1 || true\n"
+        "systemctl show auditd -p ActiveState > /dev/null\n"
+        "systemctl --no-pager list-units --state=failed > /dev/null\n"
+        "if command -v iptables >/dev/null; then iptables -L -n > /dev/null; fi\n"
+        "if command -v nft >/dev/null; then nft list ruleset > /dev/null; fi\n"),
+        work, expect=("systemctl status auditd", "systemctl show auditd"))
+
+
 def _depth_lookalikes(c: Corpus) -> None:
     """Benign look-alikes of the s14-det rules: a stdin-reading shell in a pipeline
     (``sh -s < x | tee``) and python feeding ``sh`` a script after a loopback connect
@@ -492,6 +512,7 @@ def test_benign_corpus_raises_nothing_high(tmp_path: Path) -> None:
             _jit_and_loaders(corpus)
             _decode_and_discovery(corpus)
             _depth_lookalikes(corpus)
+            _service_lookalikes(corpus)
             _unit_tests(corpus)
             _quiesce(agent)
         time.sleep(1.5)   # the agent's health pass (drop counter) runs every second
