@@ -52,6 +52,7 @@ if TYPE_CHECKING:  # the kernel-backed parts are built by bastion.assembly, not 
     from bastion.respond.shadow import ShadowKeeper
     from bastion.enforce.provgate import AgentGate
     from bastion.enforce.provgate_lsm import AgentLsmGate
+    from bastion.enforce.svcgate_lsm import AgentSocketGate
 
 log = logging.getLogger("bastion.agent")
 
@@ -137,6 +138,8 @@ class AgentParts:
     # truncates, log wiping, security-tool kills too); when it runs, the fanotify gate
     # keeps the provenance maps filled and marks nothing
     lsmgate: AgentLsmGate | None = None
+    # issue 15, lsm tier (s15-svc): control sockets refused to an untrusted tree
+    svcgate: AgentSocketGate | None = None
     bpf_guard: BpfLoadGuard | None = None
     bpf_loaders: tuple[Path, ...] = ()
     outputs: OutputManager | None = None
@@ -202,6 +205,7 @@ class Agent:
         self.shadow = parts.shadow
         self.provgate = parts.provgate
         self.lsmgate = parts.lsmgate
+        self.svcgate = parts.svcgate
         self.bpf_guard = parts.bpf_guard
         self.bpf_loaders = parts.bpf_loaders
         self.dispatcher = dispatcher
@@ -411,6 +415,11 @@ class Agent:
         else:
             out["provenance gate"] = {"on": False, "detail": self._why_off.get(
                 "lsmgate", self._why_off.get("provgate", "no kernel event sensor"))}
+        if self.svcgate is not None and self.svcgate.gate is not None:
+            ss = self.svcgate.stats()
+            out["control-socket gate"] = {
+                "on": True, "detail": f"in the LSM hook: {ss.get('sockets', 0)} sockets"
+                + (", dry run (would-deny)" if self.svcgate.dry_run else "")}
         if self.provgate is not None:   # the maps both gates read: overflow, dry run
             pg = out["provenance gate"]
             gate_state = self.provgate.overflow_state()
@@ -1108,6 +1117,11 @@ class Agent:
                     self.lsmgate.refresh_tools()   # a restarted syslog daemon has a new pid
                 except BastionError as exc:
                     log.warning("provenance gate: security tools not refreshed: %s", exc)
+            if self.svcgate is not None:
+                try:
+                    self.svcgate.refresh()   # a restarted daemon binds a new socket inode
+                except BastionError as exc:
+                    log.warning("control-socket gate: sockets not refreshed: %s", exc)
             if self.shadow is not None:
                 self.shadow.maintain(self.policy.shield.max_age_s)
                 self.shadow.refresh_marks()
@@ -1128,6 +1142,11 @@ class Agent:
         if lgate is not None:
             out.append(Source("lsmgate", lambda t: list(lgate.poll(t)), blocking=False,
                               findings=lambda ev: lgate.finding(ev)
+                              if isinstance(ev, HipsEvent) else None))
+        sgate = self.svcgate
+        if sgate is not None:
+            out.append(Source("svcgate", lambda t: list(sgate.poll(t)), blocking=False,
+                              findings=lambda ev: sgate.finding(ev)
                               if isinstance(ev, HipsEvent) else None))
         gate = self.provgate
         if gate is not None:
@@ -1170,6 +1189,11 @@ class Agent:
                     "log wiping and security-tool kills of untrusted trees are not refused "
                     "(the fanotify gate refuses opens of existing objects only)"):
                 self.lsmgate = None
+            if self.svcgate is not None and not self._open_optional(
+                    self.svcgate, "svcgate_unavailable",
+                    "Control-socket gate in the LSM hook cannot load: an untrusted tree's "
+                    "requests to systemd, docker, containerd and podman are not refused"):
+                self.svcgate = None
             if self.lsmgate is not None and self.provgate is not None:
                 self.provgate.marks_off()
             if self.provgate is not None and not self._open_optional(
@@ -1257,6 +1281,8 @@ class Agent:
                 self.provgate.close()
             if self.lsmgate is not None:
                 self.lsmgate.close()
+            if self.svcgate is not None:
+                self.svcgate.close()
             if self.outputs is not None:
                 self.outputs.close(timeout=5)
             if self.fleet is not None:

@@ -379,6 +379,14 @@ def _provenance_gate(parts: AgentParts, opts: AgentOptions, sensor: Sensor,
                                      deadline_s=opts.test_deadline,
                                      scope_cgroup_id=opts.test_cgroup_id,
                                      dry_run=opts.policy.behavior.dry_run)
+        from bastion.enforce.svcgate_lsm import AgentSocketGate
+
+        # s15-svc: control sockets (systemd's private socket, docker/containerd/podman)
+        # refused to an untrusted tree in unix_stream_connect
+        parts.svcgate = AgentSocketGate(sensor.provenance, self_tgid=os.getpid(),
+                                        deadline_s=opts.test_deadline,
+                                        scope_cgroup_id=opts.test_cgroup_id,
+                                        dry_run=opts.policy.behavior.dry_run)
 
 
 def _kernel_parts(parts: AgentParts, opts: AgentOptions, report: TierReport) -> None:

@@ -386,10 +386,12 @@ def _service_lookalikes(c: Corpus) -> None:
     work = c.tmp / "services"
     work.mkdir()
     c.run("systemctl restart rsyslog, status auditd, iptables -L", (
-        "if systemctl is-active -q rsyslog; then systemctl restart rsyslog; fi\n"
+        # a host or container without systemd as PID 1 refuses the bus: the commands
+        # still run (and are judged), their failure is not the corpus's
+        "if systemctl is-active -q rsyslog 2>/dev/null; then systemctl restart rsyslog; fi\n"
         "systemctl status auditd > /dev/null 2>&1 || true\n"
-        "systemctl show auditd -p ActiveState > /dev/null\n"
-        "systemctl --no-pager list-units --state=failed > /dev/null\n"
+        "systemctl show auditd -p ActiveState > /dev/null 2>&1 || true\n"
+        "systemctl --no-pager list-units --state=failed > /dev/null 2>&1 || true\n"
         "if command -v iptables >/dev/null; then iptables -L -n > /dev/null; fi\n"
         "if command -v nft >/dev/null; then nft list ruleset > /dev/null; fi\n"),
         work, expect=("systemctl status auditd", "systemctl show auditd"))

@@ -1,0 +1,115 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Control sockets refused to an untrusted tree (issue 15, lsm tier; s15-svc).
+ *
+ * A security tool is shut down for a tree by a clean daemon: `systemctl stop
+ * auditd` asks PID 1 over its private socket and PID 1 sends the signal, so
+ * the in-hook gate's task_kill check never sees the tree that asked;
+ * `docker run -v /:/host` asks dockerd, a root daemon, to do anything at all.
+ * This object refuses, in unix_stream_connect, a connect by a task whose tree
+ * has untrusted provenance (the event sensor's `prov` map, shared at load like
+ * lsm_provgate.bpf.o; an administrator's session with only local reasons is
+ * allowed and reported) to a listening socket whose bound inode is in
+ * `svcgate_socks`: systemd's /run/systemd/private, the docker, containerd and
+ * podman API sockets (filled by enforce/svcgate_lsm.py).  The peer is found by
+ * the inode its path is bound to, so another name for the socket (a bind mount,
+ * a symlink, /var/run) is the same object.
+ *
+ * Cost: every other task pays the scope check and one `prov` lookup per unix
+ * stream connect; a tainted one pays one more lookup.  Dry run: the flag in
+ * `svcgate_cfg` (decided, reported as would-deny, allowed). */
+#include "path.h"
+#include "prov_map.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define EPERM_ 1
+
+/* bound socket inode -> kind (enforce/svcgate_lsm.py SOCKET_KINDS) */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__uint(map_flags, BPF_F_RDONLY_PROG);
+	__type(key, struct bastion_inode_key);
+	__type(value, __u32);
+} svcgate_socks SEC(".maps");
+
+/* slot 0: dry run (1 = report, allow) */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_RDONLY_PROG);
+	__type(key, __u32);
+	__type(value, __u32);
+} svcgate_cfg SEC(".maps");
+
+/* The current task's untrusted reasons (the admin bit included); 0 = none, out
+ * of scope, or only the admin bit.  As lsm_provgate.bpf.c's pgate_actor: a
+ * process the full map could not take is refused as untracked. */
+static __always_inline __u32 svc_actor(void)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct bastion_prov_val *v;
+
+	if (!in_scope())
+		return 0;
+	v = bpf_map_lookup_elem(&prov, &tgid);
+	if (!v) {
+		__u32 k = 0;
+		__u64 *e = bpf_map_lookup_elem(&prov_errors, &k);
+
+		if (!e || !*e)
+			return 0;
+		k = 1;
+		e = bpf_map_lookup_elem(&prov_errors, &k);
+		if ((e && *e) || bpf_map_lookup_elem(&prov_lost, &tgid))
+			return BASTION_PROV_UNTRACKED;
+		return 0;
+	}
+	if (!(v->reasons & ~BASTION_PROV_ADMIN_TTY))
+		return 0;
+	return v->reasons;
+}
+
+SEC("lsm/unix_stream_connect")
+int BPF_PROG(svcgate_unix_connect, struct sock *sock, struct sock *other, struct sock *newsk,
+	     int ret)
+{
+	__u32 reasons, local, action = BASTION_ACT_DENY, zero = 0, *kind, *dry;
+	struct bastion_inode_key k = {};
+	struct bastion_hips_event *e;
+	struct unix_sock *u = (struct unix_sock *)other;
+	struct dentry *d;
+	struct path p = {};
+	bool enforced;
+
+	if (ret)
+		return ret;
+	reasons = svc_actor();
+	if (!reasons || !other)
+		return 0;
+	d = BPF_CORE_READ(u, path.dentry);
+	if (!d)
+		return 0; /* an abstract or unnamed socket: not in the set */
+	k.ino = BPF_CORE_READ(d, d_inode, i_ino);
+	k.dev = BPF_CORE_READ(d, d_inode, i_sb, s_dev);
+	kind = bpf_map_lookup_elem(&svcgate_socks, &k);
+	if (!kind)
+		return 0;
+	local = reasons & ~BASTION_PROV_ADMIN_TTY;
+	if ((reasons & BASTION_PROV_ADMIN_TTY) && !(local & ~BASTION_PROV_LOCAL_MASK))
+		action = BASTION_ACT_AUDIT;
+	dry = bpf_map_lookup_elem(&svcgate_cfg, &zero);
+	enforced = action == BASTION_ACT_DENY && !(dry && *dry);
+	e = reserve_hips(BASTION_OP_CONNECT, action, *kind, local, BASTION_MECH_LSM_PROV,
+			 enforced ? -EPERM_ : 0, 0, enforced);
+	if (e) {
+		e->ino = k.ino;
+		e->dev = k.dev;
+		p.dentry = d;
+		p.mnt = BPF_CORE_READ(u, path.mnt);
+		if (path_to_str(&p, e->path))
+			e->hdr.flags |= BASTION_F_TRUNC_PATH;
+		SUBMIT(e);
+	}
+	return enforced ? -EPERM_ : 0;
+}

@@ -1,0 +1,276 @@
+"""Control sockets refused to an untrusted tree on the lsm tier (issue 15; s15-svc).
+
+A security tool is stopped *for* a tree by a clean daemon: ``systemctl stop auditd``
+asks PID 1 over ``/run/systemd/private`` and PID 1 sends the signal (the in-hook
+gate's ``task_kill`` check sees PID 1, not the tree); ``docker run -v /:/h`` asks a
+root daemon for anything.  ``lsm_svcgate.bpf.o`` refuses, in
+``unix_stream_connect``, the connect of a task whose tree has untrusted provenance
+(the event sensor's ``prov`` map, shared at load as the provenance gate shares it)
+to a socket whose bound inode is entered here.  Trust rules are the provenance
+gate's: no entry (a clean tree, an administrator's ``sh -c``) is allowed unseen; an
+administrator's interactive session with only local reasons is allowed and
+reported (``audit``); every other tainted tree is refused, with ``EPERM`` from
+``connect(2)``; in dry run the refusal is reported (would-deny) and the connect
+allowed.
+
+What this does not cover: a root tree that finds the private socket refused falls
+back to the D-Bus system bus (``systemctl`` does), whose method calls this hook
+cannot tell apart (left open, docs/threat-model.md); the exec-time rule
+(``behavior.disable_security_tools``) stops those trees after the fact.
+
+Each record is a ``hips`` record (mechanism ``lsm-prov``, op ``connect``, rule id =
+the socket's kind) turned into a ``bastion.provenance.gate`` finding.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import logging
+import os
+import stat
+import struct
+from typing import Callable, Final, Mapping
+
+from bastion import abi
+from bastion.detect.engine import Finding
+from bastion.enforce.provgate import GATE_RULE
+from bastion.errors import KernelError, Location
+from bastion.events import HipsEvent, decode
+from bastion.kernel.clock import deadline_ns
+from bastion.kernel.libbpf import Map
+from bastion.kernel.loader import LoadedObject, LoaderUser, ObjectSpec
+from bastion.paths import bpf_object
+from bastion.policy.compile import kernel_dev
+from bastion.sensors.provenance import ProvenanceMap, reason_names
+
+log = logging.getLogger(__name__)
+
+OBJECT: Final = "lsm_svcgate.bpf.o"
+MECHANISM: Final = "lsm-prov"
+_U32: Final = struct.Struct("<I")
+
+
+class SocketKind(enum.IntEnum):
+    """The rule id of a record: which daemon the refused connect would have asked."""
+
+    SYSTEMD = 1
+    DOCKER = 2
+    CONTAINERD = 3
+    PODMAN = 4
+
+
+# the daemons' API sockets (an absent one is skipped, named in apply()'s problems)
+DEFAULT_SOCKETS: Final[Mapping[str, SocketKind]] = {
+    "/run/systemd/private": SocketKind.SYSTEMD,
+    "/run/docker.sock": SocketKind.DOCKER,
+    "/run/containerd/containerd.sock": SocketKind.CONTAINERD,
+    "/run/podman/podman.sock": SocketKind.PODMAN,
+}
+_WHAT: Final = {SocketKind.SYSTEMD: "service manager (systemd's private socket)",
+                SocketKind.DOCKER: "docker API", SocketKind.CONTAINERD: "containerd API",
+                SocketKind.PODMAN: "podman API"}
+
+
+class LsmSocketGate(LoaderUser):
+    """Load (sharing ``prov``), enter the sockets, drain the refusals.
+
+    Typical use::
+
+        gate = LsmSocketGate(sensor.provenance(), cgroup_id=cgid, deadline_s=60)
+        gate.open()
+        gate.apply(DEFAULT_SOCKETS)
+        for ev in gate.poll(0.5): gate.finding(ev)
+        gate.close()
+    """
+
+    name: Final = "svcgate"
+    mechanism: Final = MECHANISM
+
+    def __init__(self, prov: ProvenanceMap, *, cgroup_id: int = 0,
+                 deadline_s: float | None = None, self_tgid: int = 0,
+                 dry_run: bool = False) -> None:
+        if not isinstance(prov.prov, Map):
+            raise KernelError("the socket gate needs the sensor's kernel map `prov`",
+                              errno=errno.EINVAL, location=Location(OBJECT))
+        self.prov = prov
+        self.cgroup_id = cgroup_id
+        self.deadline_ns = deadline_ns(deadline_s)
+        self.self_tgid = self_tgid
+        self.dry_run = dry_run
+        self._lo: LoadedObject | None = None
+        self._socks: dict[bytes, str] = {}
+        self.denies = self.dry_runs = self.audits = 0
+
+    def spec(self) -> ObjectSpec:
+        reuse: dict[str, int] = {}
+        for name, m in (("prov", self.prov.prov), ("prov_lost", self.prov.lost),
+                        ("prov_errors", self.prov.errors_map)):
+            if not isinstance(m, Map):
+                raise KernelError(f"the event sensor has no kernel map {name}: the socket "
+                                  f"gate would trust what it cannot see",
+                                  location=Location(OBJECT))
+            reuse[name] = m.fd
+        return ObjectSpec(
+            path=bpf_object(OBJECT),
+            rodata={"cfg_cgroup_id": self.cgroup_id, "cfg_deadline_ns": self.deadline_ns,
+                    "cfg_self_tgid": self.self_tgid},
+            max_entries={"events": abi.SMALL_RINGBUF_BYTES},
+            reuse_maps=reuse)
+
+    def open(self) -> None:
+        if self._lo is not None and not self._lo.closed:
+            raise KernelError("the socket gate is already open", errno=errno.EALREADY,
+                              location=Location(OBJECT))
+        self._lo = lo = LoadedObject.load(self.spec())
+        try:
+            self.set_dry_run(self.dry_run)
+        except BaseException:
+            lo.close()
+            raise
+        log.info("control-socket gate: %d programs attached (scope cgroup %d)",
+                 len(lo.links), self.cgroup_id)
+
+    def close(self) -> None:
+        if self._lo is not None:
+            self._lo.close()
+
+    @property
+    def is_open(self) -> bool:
+        return self._lo is not None and not self._lo.closed
+
+    def _map(self, name: str) -> Map:
+        if self._lo is None or self._lo.closed:
+            raise KernelError("the socket gate is not open", errno=errno.ENOENT,
+                              location=Location(OBJECT))
+        return self._lo.map(name)
+
+    def set_dry_run(self, dry: bool) -> None:
+        self.dry_run = dry
+        self._map("svcgate_cfg").update(_U32.pack(0), _U32.pack(1 if dry else 0))
+
+    def apply(self, sockets: Mapping[str, SocketKind]) -> list[str]:
+        """Enter the sockets by the inode their path is bound to (replacing the set);
+        returns what was not entered (absent, or not a socket)."""
+        problems: list[str] = []
+        new: dict[bytes, tuple[str, SocketKind]] = {}
+        for path, kind in sockets.items():
+            try:
+                st = os.stat(path)
+            except OSError as exc:
+                problems.append(f"{path}: {exc.strerror}: not entered")
+                continue
+            if not stat.S_ISSOCK(st.st_mode):
+                problems.append(f"{path}: not a socket: not entered")
+                continue
+            new[bytes(abi.InodeKey(ino=st.st_ino, dev=kernel_dev(st.st_dev)))] = (path, kind)
+        m = self._map("svcgate_socks")
+        for k, (_, kind) in new.items():
+            m.update(k, _U32.pack(int(kind)))
+        for k in self._socks.keys() - new.keys():
+            m.delete(k)
+        self._socks = {k: p for k, (p, _) in new.items()}
+        for p in problems:
+            log.info("control-socket gate: %s", p)
+        return problems
+
+    def poll(self, timeout_s: float = 0.0) -> list[HipsEvent]:
+        lo = self._lo
+        if lo is None or lo.closed:
+            return []
+        lo.wait(timeout_s)
+        out = [ev for ev in lo.drain(decode) if isinstance(ev, HipsEvent)]
+        for ev in out:
+            if ev.action == "deny" and ev.enforced:
+                self.denies += 1
+            elif ev.action == "deny":
+                self.dry_runs += 1
+            else:
+                self.audits += 1
+        return out
+
+    def finding(self, ev: HipsEvent) -> Finding | None:
+        """A refused (or an admin session's allowed) connect as the gate's finding."""
+        if ev.mechanism != MECHANISM or ev.op != "connect":
+            return None
+        try:
+            kind = SocketKind(ev.rule_id)
+        except ValueError:
+            return None
+        reasons = reason_names(ev.subject)
+        dry = ev.action == "deny" and not ev.enforced
+        verb = ("would be refused (dry run: allowed)" if dry else "refused"
+                if ev.action == "deny" else "allowed (administrator's interactive session)")
+        what = _WHAT[kind]
+        return Finding(
+            rule=GATE_RULE, severity="critical" if ev.action == "deny" else "high", dry_run=dry,
+            attack=("T1562.001", "T1610") if kind != SocketKind.SYSTEMD else ("T1562.001",),
+            action="would-deny" if dry else ev.action, event=ev, pid=ev.proc.pid,
+            title=f"Connect to the {what} {verb}: {ev.path} "
+                  f"[untrusted provenance: {', '.join(reasons)}]",
+            evidence={"prevented": f"a request to the {what} ({ev.path}): a security "
+                                   f"tool's shutdown or a root action done for the tree",
+                      "provenance": reasons, "operation": "connect", "object": ev.path,
+                      "class": "control-socket", "socket": kind.name.lower()},
+            enforced_by=MECHANISM)
+
+    def stats(self) -> dict[str, int]:
+        out = super().stats()
+        out.update(denies=self.denies, dry_runs=self.dry_runs, audits=self.audits,
+                   sockets=len(self._socks))
+        return out
+
+
+
+
+class AgentSocketGate:
+    """The socket gate as a part of the agent (:mod:`bastion.assembly`, lsm tier): opened
+    once the event sensor is, the default sockets entered (re-entered at the maintenance
+    tick: a restarted dockerd binds a new inode); its records are an enforcement source.
+    When it cannot load the agent says so (``bastion.respond.svcgate_unavailable``)."""
+
+    name: Final = "svcgate"
+
+    def __init__(self, maps: Callable[[], ProvenanceMap], *, self_tgid: int,
+                 deadline_s: float | None, scope_cgroup_id: int = 0, dry_run: bool = False,
+                 sockets: Mapping[str, SocketKind] = DEFAULT_SOCKETS) -> None:
+        self._maps = maps
+        self.self_tgid = self_tgid
+        self.deadline_s = deadline_s
+        self.scope_cgroup_id = scope_cgroup_id
+        self.dry_run = dry_run
+        self.sockets = dict(sockets)
+        self.gate: LsmSocketGate | None = None
+        self.unentered: list[str] = []
+
+    def open(self) -> None:
+        gate = LsmSocketGate(self._maps(), cgroup_id=self.scope_cgroup_id,
+                             deadline_s=self.deadline_s, self_tgid=self.self_tgid,
+                             dry_run=self.dry_run)
+        gate.open()
+        try:
+            self.unentered = gate.apply(self.sockets)
+        except BaseException:
+            gate.close()
+            raise
+        self.gate = gate
+
+    def refresh(self) -> None:
+        if self.gate is not None:
+            self.unentered = self.gate.apply(self.sockets)
+
+    def poll(self, timeout_s: float) -> list[HipsEvent]:
+        return self.gate.poll(0.0) if self.gate is not None else []
+
+    def finding(self, ev: HipsEvent) -> Finding | None:
+        return self.gate.finding(ev) if self.gate is not None else None
+
+    def stats(self) -> dict[str, int]:
+        return self.gate.stats() if self.gate is not None else {}
+
+    def close(self) -> None:
+        if self.gate is not None:
+            self.gate.close()
+
+
+__all__ = ["LsmSocketGate", "AgentSocketGate", "SocketKind", "DEFAULT_SOCKETS", "OBJECT"]

@@ -1,0 +1,205 @@
+"""Issue 15 on Debian's stock kernel (test VM): control sockets refused to an untrusted
+tree in ``unix_stream_connect`` (``lsm_svcgate.bpf.o``, :mod:`bastion.enforce.svcgate_lsm`;
+s15-svc).
+
+``systemctl stop auditd`` asks PID 1 over ``/run/systemd/private`` and PID 1 sends the
+signal: the provenance gate's ``task_kill`` check sees PID 1.  The test's own listening
+socket stands for that socket (the host's is never entered: refusing PID 1's socket to
+anything but the test's processes would be unsafe, and the gate is scoped to the test's
+cgroup with a dead-man deadline anyway).  A /tmp-style script (its dir registered as a
+provenance temp dir) connecting to it, directly or through a symlink, gets ``EPERM``
+and a deny record; a clean shell connects unseen; an administrator's session
+(admin-tty bit) connects and is reported (``audit``); in dry run it connects and is
+reported as would-deny."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bastion import abi  # noqa: E402
+from bastion.enforce.svcgate_lsm import LsmSocketGate, SocketKind  # noqa: E402
+from bastion.events import HipsEvent  # noqa: E402
+from bastion.procstat import read_stat  # noqa: E402
+from bastion.sensors.bpf import HookSensor  # noqa: E402
+from bastion.sensors.provenance import ProvenanceMap, default_interpreters  # noqa: E402
+from support.cg import run_in, scoped_cgroup  # noqa: E402
+
+IN_VM = os.environ.get("BASTION_IN_VM") == "1"
+pytestmark = pytest.mark.skipif(
+    not IN_VM, reason="runs only inside the test VM: use `bash vm/run.sh` (make test-vm)"
+)
+
+
+@dataclass
+class Env:
+    root: Path
+    cg: Path
+    prov: ProvenanceMap
+    gate: LsmSocketGate
+    sock: Path
+    accepted: list[int]
+
+    def records(self, n: int) -> list[HipsEvent]:
+        out: list[HipsEvent] = []
+        end = time.monotonic() + 5
+        while len(out) < n and time.monotonic() < end:
+            out += self.gate.poll(0.2)
+        out += self.gate.poll(0.2)
+        return out
+
+
+def _serve(srv: socket.socket, accepted: list[int], stop: threading.Event) -> None:
+    srv.settimeout(0.2)
+    while not stop.is_set():
+        try:
+            c, _ = srv.accept()
+        except TimeoutError:
+            continue
+        except OSError:
+            return
+        accepted.append(1)
+        c.close()
+
+
+@pytest.fixture(scope="module")
+def loaded() -> Iterator[Env]:
+    root = Path(tempfile.mkdtemp(prefix="bsvcgate-"))
+    stop = threading.Event()
+    accepted: list[int] = []
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    t: threading.Thread | None = None
+    try:
+        (root / "drop").mkdir()
+        (root / "run").mkdir()
+        sock = root / "run" / "private"
+        srv.bind(str(sock))
+        srv.listen(16)
+        os.symlink(sock, root / "alias.sock")
+        t = threading.Thread(target=_serve, args=(srv, accepted, stop), daemon=True)
+        t.start()
+        with scoped_cgroup() as (cg, cgid):
+            sensor = HookSensor(cgroup_id=cgid, classes=("exec",), ring_bytes=1 << 20)
+            sensor.open()
+            try:
+                prov = sensor.provenance()
+                prov.set_dirs([str(root / "drop")])
+                assert prov.set_interpreters(default_interpreters()) >= 1
+                gate = LsmSocketGate(prov, cgroup_id=cgid, deadline_s=120,
+                                     self_tgid=os.getpid())
+                gate.open()
+                try:
+                    assert gate.apply({str(sock): SocketKind.SYSTEMD,
+                                       str(root / "absent.sock"): SocketKind.DOCKER}) == [
+                        f"{root}/absent.sock: No such file or directory: not entered"]
+                    yield Env(root, cg, prov, gate, sock, accepted)
+                finally:
+                    gate.close()
+            finally:
+                sensor.close()
+    finally:
+        stop.set()
+        srv.close()
+        if t is not None:
+            t.join(5)
+        shutil.rmtree(root)
+
+
+@pytest.fixture
+def env(loaded: Env) -> Env:
+    loaded.gate.set_dry_run(False)
+    loaded.gate.poll(0.0)
+    loaded.accepted.clear()
+    return loaded
+
+
+CONNECT = ("python3 -c 'import socket,sys\n"
+           "s=socket.socket(socket.AF_UNIX)\n"
+           "try:\n s.connect(sys.argv[1]); print(\"{name}=0\")\n"
+           "except OSError as e: print(\"{name}=%d\" % e.errno)' {path}\n")
+
+
+def _script(e: Env) -> str:
+    return (CONNECT.format(name="direct", path=e.sock)
+            + CONNECT.format(name="alias", path=e.root / "alias.sock"))
+
+
+def _codes(out: str) -> dict[str, int]:
+    return {k: int(v) for k, v in (ln.split("=") for ln in out.split() if "=" in ln)}
+
+
+# Before (the same module with no socket entered: what the lsm tier had, only task_kill
+# in the provenance gate): the tainted script connected (direct=0 alias=0), no record.
+
+
+def test_a_tmp_script_is_refused_the_control_socket(env: Env) -> None:
+    script = env.root / "drop" / "payload.sh"
+    script.write_text(_script(env))
+    r = run_in(env.cg, ["/bin/sh", str(script)], timeout=60)
+    assert _codes(r.stdout) == {"direct": 1, "alias": 1}, r.stdout + r.stderr   # EPERM
+    assert env.accepted == []
+    recs = env.records(2)
+    assert len(recs) == 2, recs
+    assert all((ev.op, ev.rule_id, ev.action, ev.enforced) ==
+               ("connect", SocketKind.SYSTEMD, "deny", True) for ev in recs), recs
+    assert all(ev.subject == abi.PROV_TMP_SCRIPT and ev.path == str(env.sock) for ev in recs)
+    f = env.gate.finding(recs[0])
+    assert f is not None and f.action == "deny" and f.severity == "critical"
+    assert f.rule == "bastion.provenance.gate" and "tmp-script" in f.evidence["provenance"]
+
+
+def test_a_clean_shell_connects_unseen(env: Env) -> None:
+    r = run_in(env.cg, ["/bin/sh", "-c", _script(env)], timeout=60)
+    assert _codes(r.stdout) == {"direct": 0, "alias": 0}, r.stdout + r.stderr
+    assert env.records(0) == []
+
+
+def test_an_admin_session_connects_and_is_reported(env: Env) -> None:
+    script = env.root / "drop" / "admin.sh"
+    script.write_text(_script(env))
+    ready = env.root / "ready"
+    p = subprocess.Popen(["/bin/sh", "-c", f'echo $$ > {env.cg}/cgroup.procs; echo $$ > {ready}; '
+                          f'read go; exec /bin/sh {script}'], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        end = time.monotonic() + 10
+        while not (ready.exists() and ready.read_text().strip()) and time.monotonic() < end:
+            time.sleep(0.05)
+        pid = int(ready.read_text())
+        assert env.prov.add(pid, read_stat(pid).start_ns, abi.PROV_ADMIN_TTY)
+        out, _ = p.communicate("go\n", timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        ready.unlink(missing_ok=True)
+    assert _codes(out) == {"direct": 0, "alias": 0}, out
+    recs = env.records(2)
+    assert recs and all(ev.action == "audit" and not ev.enforced for ev in recs), recs
+    f = env.gate.finding(recs[0])
+    assert f is not None and f.action == "audit" and f.severity == "high"
+
+
+def test_dry_run_reports_and_allows(env: Env) -> None:
+    env.gate.set_dry_run(True)
+    script = env.root / "drop" / "dry.sh"
+    script.write_text(_script(env))
+    r = run_in(env.cg, ["/bin/sh", str(script)], timeout=60)
+    assert _codes(r.stdout) == {"direct": 0, "alias": 0}, r.stdout + r.stderr
+    recs = env.records(2)
+    assert recs and all(ev.action == "deny" and not ev.enforced for ev in recs), recs
+    f = env.gate.finding(recs[0])
+    assert f is not None and f.action == "would-deny" and f.dry_run
