@@ -363,3 +363,54 @@ def test_same_firewall_flush_without_untrusted_provenance_is_alerted_not_killed(
         assert reap(_in_netns(cg, ["/bin/sh", "-c", "iptables -F; sleep 1; true"]), 15) == 0
         got = w.wait_for(lambda a: a["rule"] == "behavior.firewall_tamper", 3)
         assert got and got[0]["action"] == "alert" and got[0]["severity"] == "high"
+
+
+def _no_service_manager(cg: Path, script: Path) -> subprocess.Popen[bytes]:
+    """Run ``script`` where no service manager can be reached: a private mount namespace
+    with tmpfs over /run/systemd and /run/dbus (the commands also name ``--root`` of a
+    directory that does not exist: nothing of the host is ever stopped)."""
+    inner = ("for d in /run/systemd /run/dbus; do [ -d $d ] && mount -t tmpfs bastion-test $d; "
+             "done; exec \"$0\" \"$@\"")
+    return spawn_in(cg, ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c",
+                         inner, "/bin/sh", str(script)], stdin=subprocess.DEVNULL)
+
+
+def test_tmp_script_laundering_a_service_stop_through_systemd_run_is_stopped() -> None:
+    """``systemd-run --wait systemctl stop auditd`` from a /tmp script (s15-svc): PID 1
+    would run the stop for a clean tree, so the launderer itself is the act.  Before:
+    nothing (the matcher knew systemctl and service only), the script ran on."""
+    if shutil.which("systemd-run") is None:
+        pytest.skip("systemd-run is not installed")
+    d = Path(tempfile.mkdtemp(prefix="bastion-test-svc-", dir="/tmp"))
+    try:
+        s = d / "svc.sh"
+        s.write_text(f"#!/bin/sh\nsystemd-run --wait --quiet systemctl --root={d}/none stop "
+                     f"auditd.service 2>/dev/null\nsleep 5\ntouch {d}/after\n")
+        with watching() as (cg, w):
+            rc = reap(_no_service_manager(cg, s), 15)
+            got = [a for a in w.alerts if a["rule"] == "behavior.disable_security_tools"]
+            assert got and blocked(got[0]), [(a["rule"], a["action"]) for a in w.alerts]
+            assert got[0]["severity"] == "critical"
+            assert got[0]["evidence"]["target"] == "auditd"
+            assert "tmp-script" in got[0]["evidence"]["provenance"]
+            assert rc == -signal.SIGKILL and not (d / "after").exists()
+    finally:
+        shutil.rmtree(d)
+
+
+def test_tmp_script_flushing_the_firewall_with_bundled_options_is_stopped() -> None:
+    """``iptables -t filter -vF`` (the flush bundled with another option, s15-svc): the
+    substring matcher looked for a word ``-F`` and missed it; the tree ran on."""
+    if shutil.which("iptables") is None:
+        pytest.skip("iptables is not installed")
+    d = Path(tempfile.mkdtemp(prefix="bastion-test-fw-", dir="/tmp"))
+    try:
+        s = d / "fw.sh"
+        s.write_text(f"#!/bin/sh\niptables -t filter -vF >/dev/null\nsleep 5\ntouch {d}/after\n")
+        with watching() as (cg, w):
+            rc = reap(_in_netns(cg, ["/bin/sh", str(s)]), 15)
+            got = [a for a in w.alerts if a["rule"] == "behavior.firewall_tamper"]
+            assert got and blocked(got[0]), [(a["rule"], a["action"]) for a in w.alerts]
+            assert rc == -signal.SIGKILL and not (d / "after").exists()
+    finally:
+        shutil.rmtree(d)
