@@ -119,3 +119,33 @@ def test_an_administrators_look_alikes(tmp_path: Path) -> None:
     found = [f for f in r.run(tmp_path) if f.severity in ("high", "critical")]
     assert [(f.pid, f.severity, f.action) for f in found] == [(400, "high", "alert")], \
         [(f.rule, f.title) for f in found]
+
+
+def test_systemds_dbus_methods_called_by_hand(tmp_path: Path) -> None:
+    """``busctl``/``dbus-send``/``gdbus`` calling the Manager's ``StopUnit`` or a unit
+    object's ``Stop`` (the request systemctl itself sends): from a /tmp script, a
+    critical block (nothing before: no D-Bus tool was read); reads and other units'
+    calls are not stops."""
+    m = "org.freedesktop.systemd1.Manager"
+    dest, obj = "org.freedesktop.systemd1", "/org/freedesktop/systemd1"
+    assert _act(["busctl", "call", dest, obj, m, "StopUnit", "ss", "auditd.service",
+                 "replace"]) == "auditd"
+    assert _act(["busctl", "--system", "call", dest, f"{obj}/unit/auditd_2eservice",
+                 "org.freedesktop.systemd1.Unit", "Stop", "s", "replace"]) == "auditd"
+    assert _act(["dbus-send", "--system", "--print-reply", f"--dest={dest}", obj,
+                 f"{m}.StopUnit", "string:rsyslog.service", "string:replace"]) == "rsyslog"
+    assert _act(["gdbus", "call", "--system", "--dest", dest, "--object-path", obj,
+                 "--method", f"{m}.KillUnit", "auditd.service", "all", "9"]) == "auditd"
+    for benign in (["busctl", "call", dest, obj, m, "StopUnit", "ss", "nginx.service", "replace"],
+                   ["busctl", "call", dest, obj, m, "GetUnit", "s", "auditd.service"],
+                   ["busctl", "--user", "call", dest, obj, m, "StopUnit", "ss", "auditd.service",
+                    "replace"],
+                   ["busctl", "introspect", dest, obj],
+                   ["dbus-send", "--session", f"--dest={dest}", obj, f"{m}.StopUnit",
+                    "string:auditd.service", "string:replace"]):
+        assert _act(benign) is None, benign
+    r = Rec().exec(200, 100, "/usr/bin/dash", ["sh", "/tmp/x.sh"])
+    r.exec(201, 200, "/usr/bin/busctl", ["busctl", "call", dest, obj, m, "StopUnit", "ss",
+                                         "auditd.service", "replace"])
+    found = of(r.run(tmp_path), "disable_security_tools")
+    assert [(f.severity, f.action, f.pid) for f in found] == [("critical", "kill-tree", 200)]

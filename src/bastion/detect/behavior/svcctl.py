@@ -332,7 +332,84 @@ def firewall_act(tool: str, argv0: str, args: Sequence[str]) -> Act | None:
 
 
 SERVICE_MANAGERS = frozenset({"systemctl", "service", "invoke-rc.d", "update-rc.d", "chkconfig",
-                              "systemd-run"})
+                              "systemd-run", "busctl", "dbus-send", "gdbus"})
+
+# systemd's D-Bus API: the Manager's methods that take unit names, and a Unit object's
+# own methods (its path names the unit: /org/freedesktop/systemd1/unit/auditd_2eservice)
+_MANAGER_STOPS = frozenset({"StopUnit", "KillUnit", "DisableUnitFiles",
+                            "DisableUnitFilesWithFlags", "MaskUnitFiles", "FreezeUnit",
+                            "CleanUnit", "QueueSignalUnit"})
+_UNIT_STOPS = frozenset({"Stop", "Kill", "Freeze", "Clean", "QueueSignal"})
+_SYSTEMD_DEST = "org.freedesktop.systemd1"
+_UNIT_PATH = "/org/freedesktop/systemd1/unit/"
+_BUSCTL_LONG_VALUED = frozenset({"--address", "--host", "--machine", "--timeout", "--match",
+                                 "--size", "--verbose", "--json", "--destination"})
+_BUSCTL_SHORT_VALUED = frozenset("HM")
+
+
+def _bus_unescape(label: str) -> str:
+    """A unit name from its object-path label (sd_bus_path_encode: ``_2e`` is ``.``)."""
+    return re.sub(r"_([0-9a-f]{2})", lambda m: chr(int(m.group(1), 16)), label)
+
+
+def _bus_stop(obj: str, member: str, args: Sequence[str],
+              security: frozenset[str], tool: str) -> Act | None:
+    method = member.rsplit(".", 1)[-1]
+    if method in _MANAGER_STOPS:
+        for a in args:
+            hit = _unit_hits(a.split(":", 1)[-1], security)   # dbus-send's string:NAME
+            if hit:
+                return Act("service-stop", hit, f"{tool} {method}")
+    if method in _UNIT_STOPS and obj.startswith(_UNIT_PATH):
+        hit = _unit_hits(_bus_unescape(obj[len(_UNIT_PATH):]), security)
+        if hit:
+            return Act("service-stop", hit, f"{tool} {method}")
+    return None
+
+
+def dbus_act(tool: str, args: Sequence[str], security: frozenset[str]) -> Act | None:
+    """systemd's own D-Bus methods called by hand: ``busctl call org.freedesktop.systemd1
+    /org/freedesktop/systemd1 org.freedesktop.systemd1.Manager StopUnit ss auditd.service
+    replace``, ``dbus-send --system --dest=org.freedesktop.systemd1 ... .Manager.StopUnit
+    string:auditd.service string:replace``, ``gdbus call --system --dest ... --method
+    ...StopUnit auditd.service replace``, or a Unit object's ``Stop``."""
+    if tool == "busctl":
+        opts, ops = _operands(args, _BUSCTL_LONG_VALUED, _BUSCTL_SHORT_VALUED)
+        if "--user" in opts or len(ops) < 5 or ops[0] != "call" or ops[1] != _SYSTEMD_DEST:
+            return None
+        return _bus_stop(ops[2], ops[4], ops[6:], security, tool)
+    if tool == "dbus-send":
+        dest = ""
+        ops = []
+        for a in args:
+            if a.startswith("--dest="):
+                dest = a.split("=", 1)[1]
+            elif a == "--session":
+                return None
+            elif not a.startswith("--"):
+                ops.append(a)
+        if dest != _SYSTEMD_DEST or len(ops) < 2:
+            return None
+        return _bus_stop(ops[0], ops[1], ops[2:], security, tool)
+    if tool == "gdbus":
+        vals: dict[str, str] = {}
+        ops = []
+        i = 0
+        while i < len(args):
+            a = args[i]
+            i += 1
+            name, eq, val = a.partition("=")
+            if name in ("--dest", "-d", "--object-path", "-o", "--method", "-m"):
+                vals[name.lstrip("-")[:1]] = val if eq else (args[i] if i < len(args) else "")
+                i += 0 if eq else 1
+            elif name == "--session":
+                return None
+            elif not a.startswith("-"):
+                ops.append(a)
+        if not ops or ops[0] != "call" or vals.get("d") != _SYSTEMD_DEST:
+            return None
+        return _bus_stop(vals.get("o", ""), vals.get("m", ""), ops[1:], security, tool)
+    return None
 
 
 def command_act(argv: Sequence[str], exe_base: str, security: frozenset[str],
@@ -368,6 +445,8 @@ def command_act(argv: Sequence[str], exe_base: str, security: frozenset[str],
         return sysv_act(ops[0], ops[1], security, tool) if len(ops) >= 2 else None
     if tool in ("kill", "pkill", "killall"):
         return signal_act(tool, args, tools, names_of)
+    if tool in ("busctl", "dbus-send", "gdbus"):
+        return dbus_act(tool, args, security)
     if tool == "systemd-run" and depth == 0:
         opts, ops = _operands(args, _RUN_LONG_VALUED, _RUN_SHORT_VALUED, stop_at_first=True)
         if not ops or {"--user", "-M", "--machine", "-H", "--host"} & set(opts):
@@ -381,4 +460,4 @@ def command_act(argv: Sequence[str], exe_base: str, security: frozenset[str],
 
 
 __all__ = ["Act", "command_act", "systemctl_act", "service_act", "signal_act", "firewall_act",
-           "STOP_VERBS", "SERVICE_MANAGERS"]
+           "dbus_act", "STOP_VERBS", "SERVICE_MANAGERS"]
