@@ -14,17 +14,20 @@ reported as would-deny."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
@@ -36,7 +39,10 @@ from bastion.events import HipsEvent  # noqa: E402
 from bastion.procstat import read_stat  # noqa: E402
 from bastion.sensors.bpf import HookSensor  # noqa: E402
 from bastion.sensors.provenance import ProvenanceMap, default_interpreters  # noqa: E402
+from bastion.kernel import bpffs  # noqa: E402
+from bastion.store.db import Store  # noqa: E402
 from support.cg import run_in, scoped_cgroup  # noqa: E402
+from support.policies import default_policy  # noqa: E402
 
 IN_VM = os.environ.get("BASTION_IN_VM") == "1"
 pytestmark = pytest.mark.skipif(
@@ -203,3 +209,85 @@ def test_dry_run_reports_and_allows(env: Env) -> None:
     assert recs and all(ev.action == "deny" and not ev.enforced for ev in recs), recs
     f = env.gate.finding(recs[0])
     assert f is not None and f.action == "would-deny" and f.dry_run
+
+
+BASTION = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "bastion")
+
+
+def _wait(what: str, cond: Callable[[], object], timeout: float,
+          agent: subprocess.Popen[bytes], log: Path) -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        assert agent.poll() is None, f"the agent died ({agent.returncode}):\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"{what}: not within {timeout}s\n{log.read_text()[-3000:]}"
+        time.sleep(0.5)
+
+
+def test_the_agent_refuses_a_tmp_script_the_docker_socket(tmp_path: Path) -> None:
+    """The agent on the lsm tier enters the default sockets that exist: a listening
+    socket at the guest's own /run/docker.sock (the VM's /run is its own tmpfs; no
+    docker runs there) is entered at start; a /tmp script's connect to it is refused
+    with one critical ``bastion.provenance.gate`` alert (class control-socket), and
+    status names the gate.  Agent and attacker run in the test cgroup with a deadline."""
+    docker = Path("/run/docker.sock")
+    if docker.exists():
+        pytest.skip("/run/docker.sock exists in this guest")
+    pol = default_policy(tmp_path / "policy.yaml", tmp_path / "shielded")
+    data, sock, log = tmp_path / "data", tmp_path / "agent.sock", tmp_path / "agent.log"
+    pin_root = Path("/sys/fs/bpf") / f"bastion-test-{uuid.uuid4().hex[:8]}"
+    drop = Path(tempfile.mkdtemp(prefix="bsvcgate-agent-", dir="/tmp"))
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(docker))
+    srv.listen(4)
+    try:
+        with scoped_cgroup() as (cg, cgid), log.open("wb") as logf:
+            agent = subprocess.Popen(
+                ["/bin/sh", "-c", f'echo $$ > {cg}/cgroup.procs && exec "$@"', "sh", BASTION,
+                 "run", "--policy", str(pol), "--data-dir", str(data), "--socket", str(sock),
+                 "--quiet", "--pin-root", str(pin_root), "--test-deadline", "300",
+                 "--test-cgroup-id", str(cgid)],
+                stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            try:
+                def gate_status() -> str | None:
+                    r = subprocess.run([BASTION, "status", "--socket", str(sock), "--json"],
+                                       capture_output=True, text=True, timeout=30)
+                    if r.returncode != 0:
+                        return None
+                    g = json.loads(r.stdout).get("protections", {}).get("control-socket gate")
+                    return str(g["detail"]) if g and g.get("on") else None
+                detail = _wait("the agent's socket gate", gate_status, 240, agent, log)
+                assert str(detail).startswith("in the LSM hook: "), detail
+                script = drop / "dock.sh"
+                script.write_text(CONNECT.format(name="docker", path=docker))
+                r = run_in(cg, ["/bin/sh", str(script)], timeout=60)
+                assert "docker=0" not in r.stdout, r.stdout + r.stderr
+
+                def gate_alerts() -> list[dict[str, object]]:
+                    with Store.open(data, readonly=True) as st:
+                        return [a.data for a in st.alerts(limit=10000)
+                                if a.data.get("rule") == "bastion.provenance.gate"
+                                and (a.data.get("evidence") or {}).get("class")
+                                == "control-socket"]
+                got = _wait("the gate's alert", gate_alerts, 30, agent, log)
+                assert isinstance(got, list)
+                a = got[0]
+                assert a["action"] == "deny" and a["severity"] == "critical", a
+                ev = a["evidence"]
+                assert isinstance(ev, dict) and ev["socket"] == "docker", ev
+                assert ev["provenance"] == ["tmp-script"], ev
+            finally:
+                agent.send_signal(signal.SIGTERM)
+                try:
+                    agent.wait(60)
+                except subprocess.TimeoutExpired:
+                    agent.kill()
+                    agent.wait(10)
+                if pin_root.exists():
+                    bpffs.remove_pins(pin_root)
+    finally:
+        srv.close()
+        docker.unlink(missing_ok=True)
+        shutil.rmtree(drop)
