@@ -149,3 +149,17 @@ def test_systemds_dbus_methods_called_by_hand(tmp_path: Path) -> None:
                                          "auditd.service", "replace"])
     found = of(r.run(tmp_path), "disable_security_tools")
     assert [(f.severity, f.action, f.pid) for f in found] == [("critical", "kill-tree", 200)]
+
+
+def test_the_init_system_stopping_a_unit_is_silent(tmp_path: Path) -> None:
+    """At shutdown the init system runs a sysv unit's ``/etc/init.d/auditd stop``
+    itself: no alert; the same script from a shell is alerted, and a ``systemctl stop``
+    that PID 1 runs (a unit's command: what a persistence unit would do) stays alerted."""
+    r = Rec()
+    r.exec(300, 1, "/usr/bin/dash", ["/bin/sh", "/etc/init.d/auditd", "stop"])
+    r.lines[-1]["script"] = "/etc/init.d/auditd"
+    r.exec(301, 1, "/usr/bin/systemctl", ["systemctl", "stop", "rsyslog"])
+    r.exec(302, 100, "/usr/bin/dash", ["/bin/sh", "/etc/init.d/auditd", "stop"])
+    r.lines[-1]["script"] = "/etc/init.d/auditd"
+    found = of(r.run(tmp_path), "disable_security_tools")
+    assert [(f.pid, f.severity) for f in found] == [(301, "high"), (302, "high")]

@@ -37,7 +37,7 @@ from typing import Any, Callable, Sequence
 from bastion.detect.behavior.base import (
     NS, PACKAGE_MANAGERS, SHELLS, SYSTEM_DIRS, BehaviorRule, Hit, RuleSettings, SequenceRule,
     SingleEvent, Step, ThresholdRule, actor_names, base, glob_any, is_interpreter,
-    is_loopback, is_public_peer, is_shell, norm_interp, package_installer, under,
+    is_loopback, is_public_peer, is_shell, norm_interp, package_installer, trusted_as, under,
 )
 from bastion.detect.behavior.provenance import block, script_of
 from bastion.detect.behavior.xmem import ExecMemory
@@ -1268,7 +1268,9 @@ SECURITY_SERVICES = frozenset({*SECURITY_TOOLS, "rsyslog", "syslog", "syslog-ng"
                                # the firewall's own services
                                "ufw", "firewalld", "nftables", "netfilter-persistent",
                                "iptables", "ip6tables", "apparmor"})
-_FATAL = frozenset({9, 15, 19, 2, 3, 6})  # SIGHUP is a reload, not an attack
+_FATAL = frozenset({9, 15, 19, 2, 3, 6})
+# the init system running a sysv unit's stop script (shutdown, sysv ``rc``)
+_SERVICE_RUNNERS = frozenset({"systemd", "init", "rc", "startpar", "openrc", "openrc-run"})  # SIGHUP is a reload, not an attack
 
 
 class KillSecurityTools(SingleEvent):
@@ -1321,6 +1323,12 @@ class KillSecurityTools(SingleEvent):
                 act = command_act(ev.argv, tool, SECURITY_SERVICES, SECURITY_TOOLS,
                                   lambda pid: self._names(ctx, pid), script)
                 if act is None or self.trusted(ev, ctx, PACKAGE_MANAGERS, depth=3):
+                    return None
+                parent = ctx.procs.get(ev.proc.ppid)
+                if act.how.startswith("init.d") and parent is not None and \
+                        trusted_as(parent, _SERVICE_RUNNERS, self.trust) is not None:
+                    # the init system running a sysv unit's stop script (shutdown, a
+                    # generated unit's ExecStop=); a systemctl it runs stays alerted
                     return None
                 what = "Security service stopped" if act.kind == "service-stop" else \
                     "Firewall opened" if act.kind == "firewall" else \
