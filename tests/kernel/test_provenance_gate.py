@@ -571,3 +571,59 @@ def test_a_python_reason_reaches_the_children_forked_before_it(env: Env) -> None
         if parent.poll() is None:
             parent.kill()
             parent.wait()
+
+
+def test_a_late_reason_reaches_the_image_a_thread_execs(env: Env) -> None:
+    """Task storage lives in a task_struct: a thread that execs becomes the leader and
+    the old leader's storage goes with the old leader.  Attack: a clean process starts a
+    thread, gains a reason only user space knows (decoded-payload), and the thread execs
+    the act.  Must be refused as before the move (the tgid-keyed entry stayed): the old
+    leader hands its entry over at its exit in de_thread (prov_handoff)."""
+    go = env.root / "go-thread"
+    code = ("import os, threading, time\n"
+            "def act():\n"
+            f"    while not os.path.exists({str(go)!r}): time.sleep(0.02)\n"
+            f"    os.execv('/bin/cat', ['cat', {str(env.secret)!r}])\n"
+            "threading.Thread(target=act).start()\n"
+            "time.sleep(60)\n")
+    shell = f'echo $$ > {env.cg}/cgroup.procs && exec "$@"'
+    p = subprocess.Popen(["/bin/sh", "-c", shell, "sh", sys.executable, "-c", code],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while len(list(Path(f"/proc/{p.pid}/task").iterdir())) < 2:
+            assert time.monotonic() < deadline, "the thread did not start"
+            time.sleep(0.02)
+        assert env.prov.get(p.pid) is None
+        assert env.prov.add(p.pid, _start_ns(p.pid), abi.PROV_DECODED_PAYLOAD,
+                            tolerance_ns=10_000_000)
+        go.touch()
+        out, err = p.communicate(timeout=TIMEOUT)
+        assert p.returncode != 0 and "secret" not in out, (out, err)
+        assert "Operation not permitted" in err
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def test_a_reason_for_a_dead_process_never_reaches_the_holder_of_its_pid(env: Env) -> None:
+    """The publisher writes a reason for (pid, start) of an event; by then the process
+    may be gone and its pid taken by another.  Before (tgid keys): with no entry under
+    the pid, nothing compared the start and the new holder got the reason (an innocent
+    process refused; with the admin bit, a tainted one let through).  After: the pidfd
+    is opened first and the start of its process compared, so the write reaches the
+    process of that start or none."""
+    p = subprocess.Popen(["sleep", "60"])
+    try:
+        start = _start_ns(p.pid)
+        assert env.prov.get(p.pid) is None
+        assert not env.prov.add(p.pid, start - 5_000_000_000, abi.PROV_NETWORK_BINARY)
+        assert env.prov.get(p.pid) is None
+        assert env.prov.add(p.pid, start, abi.PROV_NETWORK_BINARY, tolerance_ns=10_000_000)
+        v = env.prov.get(p.pid)
+        assert v is not None and v.reasons == abi.PROV_NETWORK_BINARY
+    finally:
+        p.kill()
+        p.wait()
+    assert env.prov.get(p.pid) is None          # gone with its task
