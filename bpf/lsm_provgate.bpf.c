@@ -15,7 +15,7 @@
  * included: refused (or, for a class in dry run, reported as would-deny).
  *
  * Cheap for everyone else: the first thing every hook does after the scope
- * check is one hash lookup of the current tgid in `prov`; an untainted task
+ * check is one lookup of the current process's `prov` storage; an untainted task
  * (nearly all) stops there.  No loop: an object is its own inode, a child of a
  * directory entry (user space enters every subdirectory), or a name in a
  * directory.  Dentry-only hooks report the path within the filesystem. */
@@ -76,10 +76,10 @@ static __always_inline __u32 pgate_actor(void)
 
 	if (!in_scope())
 		return 0;
-	v = bpf_map_lookup_elem(&prov, &tgid);
+	v = prov_current();
 	if (!v) {
-		/* no entry: clean, unless the full map could not take it (prov_map.h,
-		 * "Overflow, failing closed"): then it is refused as untracked */
+		/* no entry: clean, unless the kernel could not make it (prov_map.h,
+		 * "Failing closed"): then it is refused as untracked */
 		__u32 k = 0;
 		__u64 *e = bpf_map_lookup_elem(&prov_errors, &k);
 

@@ -25,7 +25,7 @@
 #define BASTION_H
 
 #define BASTION_ABI_MAJOR 2
-#define BASTION_ABI_MINOR 4
+#define BASTION_ABI_MINOR 5
 #define BASTION_ABI_VERSION ((BASTION_ABI_MAJOR << 16) | BASTION_ABI_MINOR)
 
 #define BASTION_COMM_LEN 16
@@ -305,13 +305,16 @@ struct bastion_inode_rule {
 	__u32 action;        /* 1 = deny */
 };
 
-/* ---- provenance (issue 15; ABI 2.2; bpf/lib/prov.h) ----
- * Map `prov`: key __u32 tgid -> bastion_prov_val, the untrusted-provenance
- * reasons of a live process.  Set in the kernel at exec (a binary or a
- * script under a directory of `prov_dirs`, a memfd or unlinked executable),
- * copied to the child at every fork (a child of an untainted parent has its
- * slot deleted: a reused pid never sees a dead process's bits), deleted at
- * the process's exit; user space ORs in the reasons only it knows
+/* ---- provenance (issue 15; ABI 2.2; task-local storage since ABI 2.5;
+ * bpf/lib/prov.h, bpf/lib/prov_map.h) ----
+ * Map `prov`: task-local storage (BPF_MAP_TYPE_TASK_STORAGE) of the
+ * thread-group leader -> bastion_prov_val, the untrusted-provenance reasons
+ * of a live process; user space keys it with a pidfd of the process.  No
+ * capacity; freed with the task (no pid is ever met twice).  Set in the kernel
+ * at exec (a binary or a script under a directory of `prov_dirs`, a memfd or
+ * unlinked executable), copied to the child at every fork (and into a new
+ * thread's own storage: what it takes along if it execs); user space ORs in
+ * the reasons only it knows
  * (network-binary/-script, network-service, decoded-payload, the admin
  * session bit).  start_ns is the group leader's start_boottime: user space
  * writes only over an entry of the same start.  No entry = no untrusted
@@ -334,12 +337,12 @@ struct bastion_inode_rule {
 /* an administrator's interactive session (set by user space on the login
  * shell, inherited): the LOCAL_MASK reasons are alerted, not refused */
 #define BASTION_PROV_ADMIN_TTY       (1u << 31)
-/* never in the map: user space's name for a process the full map could not take
- * (map `prov_lost`, bpf/lib/prov.h); the gate refuses it like any untrusted reason */
+/* never in the map: user space's name for a process whose entry the kernel could
+ * not create (no memory; map `prov_lost`, bpf/lib/prov_map.h); the gate refuses it
+ * like any untrusted reason */
 #define BASTION_PROV_UNTRACKED       (1u << 30)
 #define BASTION_PROV_PREFIX_LEN 64   /* bytes of a prov_dirs prefix */
-#define BASTION_PROV_MAX 65536       /* live tainted processes tracked */
-#define BASTION_PROV_LOST_MAX 4096   /* processes the full `prov` could not take (prov.h) */
+#define BASTION_PROV_LOST_MAX 4096   /* processes whose `prov` entry could not be made */
 
 struct bastion_prov_val {
 	__u64 start_ns;      /* group leader's start_boottime (ns) */

@@ -238,40 +238,41 @@ struct hips_object {
  * contents are unknown to every verifier: the bound stays (the exectx.h and
  * prov.h fixes of s13).
  *
- * Unlike the stack, the value is shared by every HIPS program on the CPU, and
- * an LSM program runs with migration, not preemption, disabled (no recursion
- * guard for BPF_PROG_TYPE_LSM): on a preemptible kernel another task's walk
- * can run between two steps of this one.  Each walk takes a ticket (seq) and
- * its owner's pid; a walk that finds either changed after the loop was
- * overrun and fails closed (deny, rule 0: reported like any refusal).  One
- * walk call site per search, no retry: a second one costs the 6.1 verifier
- * ~10 s per load of lsm_hips under the VM suite's TCG, for an event a kernel
- * without full preemption never sees. */
+ * The value is the walking task's own (task-local storage, s15-tls): no other
+ * task's walk shares it, so a preempted walk cannot be overrun (the per-CPU
+ * value with a ticket it replaces could, on a fully preemptible kernel, fail
+ * closed or take another task's result); a task runs one walk at a time (no
+ * HIPS program runs inside another, none in interrupt context).  Its pointer
+ * reaches the bpf_loop callback through the callback's stack context: one
+ * storage lookup per walk, not per step.  No storage (the kernel had no memory
+ * for it, or 6.1's busy trylock, see prov_map.h): fail closed (deny, rule 0). */
 struct hips_walk {
 	struct bastion_rule_key key;
 	struct dentry *d;
 	struct vfsmount *vfsmnt;
 	struct mount *mnt;
-	__u64 owner;            /* bpf_get_current_pid_tgid() of the walk */
-	__u64 seq;              /* ticket: bumped by every walk on this CPU */
 	__u32 seen;
 	__u32 found;
 	struct bastion_rule_val val;
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct hips_walk);
-} hips_walk_scratch SEC(".maps");
+} hips_walk_tls SEC(".maps");
+
+struct hips_walk_ctx {
+	struct hips_walk *w;
+};
 
 /* One step to the next ancestor directory (crossing a mount point costs a
  * step without a lookup: the mounted root already stood for it). */
 static long hips_walk_step(__u32 i, void *data)
 {
-	__u32 zero = 0;
-	struct hips_walk *w = bpf_map_lookup_elem(&hips_walk_scratch, &zero);
+	struct hips_walk_ctx *c = data;
+	struct hips_walk *w = c->w;
 	struct dentry *d, *parent;
 	struct bastion_rule_val *v;
 	struct inode *inode;
@@ -316,29 +317,22 @@ static long hips_walk_step(__u32 i, void *data)
 	return 0;
 }
 
-/* One walk from @o's parent with the state in @w; its result is copied to
- * @found/@val before the ticket is checked (a walk that ran after the check
- * would overwrite it).  True when another walk overran this one: then the copy
- * is not its own. */
-static __always_inline bool hips_walk_overrun(struct hips_walk *w, __u64 me,
-					      const struct bastion_rule_key *k,
-					      const struct hips_object *o, __u32 *found,
-					      struct bastion_rule_val *val)
+/* One walk from @o's parent with the state in @w (the task's own). */
+static __always_inline void hips_walk_run(struct hips_walk *w, const struct bastion_rule_key *k,
+					  const struct hips_object *o, __u32 *found,
+					  struct bastion_rule_val *val)
 {
-	__u64 ticket = ++w->seq;
+	struct hips_walk_ctx c = { .w = w };
 
-	w->owner = me;
 	w->key = *k;
 	w->d = o->dentry;
 	w->vfsmnt = o->mnt;
 	w->mnt = o->mnt ? container_of(o->mnt, struct mount, mnt) : NULL;
 	w->seen = 0;
 	w->found = 0;
-	bpf_loop(HIPS_WALK_STEPS, hips_walk_step, NULL, 0);
+	bpf_loop(HIPS_WALK_STEPS, hips_walk_step, &c, 0);
 	*found = w->found;
 	*val = w->val;
-	asm volatile("" ::: "memory"); /* the copy first, then the ticket */
-	return w->seq != ticket || w->owner != me;
 }
 
 /* hips_rules for one subject: object, ancestors, ANY.  True on a hit.
@@ -363,16 +357,15 @@ static __always_inline bool hips_file_search(const struct bastion_rule_key *who,
 		return true;
 	}
 	if ((flags & BASTION_HIPS_F_DIR_OBJECTS) && o->dentry) {
-		__u32 zero = 0;
-		struct hips_walk *w = bpf_map_lookup_elem(&hips_walk_scratch, &zero);
-		__u64 me = bpf_get_current_pid_tgid();
+		struct hips_walk *w = bpf_task_storage_get(&hips_walk_tls,
+							   bpf_get_current_task_btf(), NULL,
+							   BPF_LOCAL_STORAGE_GET_F_CREATE);
 		struct bastion_rule_val wv = {};
 		__u32 found = 0;
 
 		if (!w)
 			goto closed;
-		if (hips_walk_overrun(w, me, &k, o, &found, &wv))
-			goto closed;
+		hips_walk_run(w, &k, o, &found, &wv);
 		if (found) {
 			*out = wv;
 			return true;
@@ -387,7 +380,7 @@ static __always_inline bool hips_file_search(const struct bastion_rule_key *who,
 	}
 	return false;
 closed:
-	/* the walk could not be completed undisturbed: refuse (rule 0) */
+	/* no state for the walk (no memory): refuse (rule 0) */
 	out->action = BASTION_ACT_DENY;
 	out->rule_id = 0;
 	return true;

@@ -250,6 +250,35 @@ static __always_inline void prov_lose(__u32 tgid, __u64 start_ns)
 		prov_count(1);
 }
 
+/* A leader killed by another thread's exec (de_thread) hands its entry to that
+ * thread here, tgid -> entry, taken at sched_process_exec: the storage goes with
+ * the old leader's task_struct, and the thread's own copy (prov_fork) lacks what
+ * user space added since.  An entry lives from the old leader's exit to the exec
+ * tracepoint of the same process (no way back in between); one that cannot be
+ * stored makes the process untracked (prov_lose). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct bastion_prov_val);
+} prov_handoff SEC(".maps");
+
+/* Copy @from's reasons into @to's own storage (made when missing); false: no memory. */
+static __always_inline bool prov_copy(struct bastion_prov_val *from, struct task_struct *to)
+{
+	struct bastion_prov_val *c = prov_get_task(to, true);
+
+	if (!c)
+		return false;
+	if (!c->start_ns) {
+		c->start_ns = from->start_ns;
+		c->origin_tgid = from->origin_tgid;
+	}
+	c->reasons |= from->reasons;
+	return true;
+}
+
 /* sched_process_exec: add what the kernel can tell about the new image.  @exe_path:
  * the executable's path when the caller already built it (the exec record's, @exe_cut
  * when cut), or NULL. */
@@ -258,7 +287,7 @@ static __always_inline void prov_exec(struct task_struct *p, struct linux_binprm
 {
 	__u32 zero = 0, tgid = BPF_CORE_READ(p, tgid), bits = 0;
 	struct prov_scratch *s = bpf_map_lookup_elem(&prov_scratch, &zero);
-	struct bastion_prov_val val = {}, *cur;
+	struct bastion_prov_val *cur, *ho;
 	struct bastion_prov_interp *interp;
 	struct bastion_inode_key ik = {};
 	struct file *exe = BPF_CORE_READ(bprm, file);
@@ -322,32 +351,46 @@ static __always_inline void prov_exec(struct task_struct *p, struct linux_binprm
 		}
 	}
 
+	/* a thread's exec: the old leader handed its entry over at its exit (prov_exit) */
+	ho = bpf_map_lookup_elem(&prov_handoff, &tgid);
+	if (ho) {
+		cur = prov_get(p, true);
+		if (!cur || !prov_copy(ho, p))
+			prov_lose(tgid, ho->start_ns);
+		bpf_map_delete_elem(&prov_handoff, &tgid);
+	}
 	if (!bits)
 		return; /* an inherited entry stays as it is: the tree keeps its taint */
-	cur = bpf_map_lookup_elem(&prov, &tgid);
-	if (cur) {
-		val = *cur;   /* the exec'ing process owns its slot: no other writer races in the kernel */
-		val.reasons |= bits;
-	} else {
-		val.start_ns = BPF_CORE_READ(p, group_leader, start_boottime);
-		val.reasons = bits;
-		val.origin_tgid = tgid;
-	}
-	if (bpf_map_update_elem(&prov, &tgid, &val, BPF_ANY))
+	/* after de_thread @p is the leader: its own storage (a thread that exec'd took
+	 * its copy with it, prov_fork/prov_exit) is the process's entry */
+	cur = prov_get(p, true);
+	if (!cur) {
 		prov_lose(tgid, BPF_CORE_READ(p, group_leader, start_boottime));
+		return;
+	}
+	if (!cur->start_ns) {   /* a new entry (zeroed): this process gained the first reason */
+		cur->start_ns = BPF_CORE_READ(p, group_leader, start_boottime);
+		cur->origin_tgid = tgid;
+	}
+	cur->reasons |= bits;   /* the exec'ing process is alone: no other kernel writer */
 }
 
-/* sched_process_fork: the child gets the creator's reasons, or no entry. */
+/* sched_process_fork: the child gets the creator's reasons, or no entry.  A new
+ * thread gets a copy in its own storage: it is the entry it takes with it if it
+ * execs (de_thread makes it the leader; the old leader's storage goes with the old
+ * leader's task_struct). */
 static __always_inline void prov_fork(struct task_struct *parent, struct task_struct *child)
 {
 	__u32 ptgid = BPF_CORE_READ(parent, tgid), ctgid = BPF_CORE_READ(child, tgid);
-	struct bastion_prov_val val, *cur;
+	struct bastion_prov_val val, *cur, *c;
 
-	if (BPF_CORE_READ(child, pid) != ctgid)
-		return; /* a thread: shares its process's entry */
-	cur = bpf_map_lookup_elem(&prov, &ptgid);
+	cur = prov_get(parent, false);
+	if (BPF_CORE_READ(child, pid) != ctgid) {
+		if (cur && !prov_copy(cur, child))
+			prov_lose(ctgid, cur->start_ns);
+		return;
+	}
 	if (!cur) {
-		bpf_map_delete_elem(&prov, &ctgid); /* nothing a dead holder of this pid left */
 		if (prov_overflowed()) {
 			if (bpf_map_lookup_elem(&prov_lost, &ptgid))
 				prov_lose(ctgid, BPF_CORE_READ(child, start_boottime));
@@ -358,18 +401,31 @@ static __always_inline void prov_fork(struct task_struct *parent, struct task_st
 	}
 	val = *cur;
 	val.start_ns = BPF_CORE_READ(child, start_boottime);
-	if (bpf_map_update_elem(&prov, &ctgid, &val, BPF_ANY))
+	c = prov_get(child, true);
+	if (!c) {
 		prov_lose(ctgid, val.start_ns);
+		return;
+	}
+	*c = val;
 }
 
-/* sched_process_exit: the last thread of the process drops its entry. */
+/* sched_process_exit: the storage goes with the task_struct (nothing to delete).
+ * The leader killed by another thread's exec (de_thread: signal->group_exec_task)
+ * hands its entry over (prov_handoff): reasons user space added after the exec'ing
+ * thread's copy was made go with it. */
 static __always_inline void prov_exit(struct task_struct *p)
 {
 	__u32 tgid = BPF_CORE_READ(p, tgid);
+	struct bastion_prov_val *cur;
 
-	if (BPF_CORE_READ(p, signal, live.counter) != 0)
+	if (BPF_CORE_READ(p, signal, live.counter) != 0) {
+		if (!BPF_CORE_READ(p, signal, group_exec_task) || p->group_leader != p)
+			return;
+		cur = prov_get_task(p, false);
+		if (cur && bpf_map_update_elem(&prov_handoff, &tgid, cur, BPF_ANY))
+			prov_lose(tgid, cur->start_ns);
 		return;
-	bpf_map_delete_elem(&prov, &tgid);
+	}
 	if (prov_overflowed())
 		bpf_map_delete_elem(&prov_lost, &tgid);
 }

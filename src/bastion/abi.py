@@ -29,7 +29,7 @@ from typing import Final, Protocol
 from bastion.errors import AbiMismatchError, BastionError, DecodeError, Location
 
 ABI_MAJOR: Final = 2
-ABI_MINOR: Final = 4
+ABI_MINOR: Final = 5
 ABI_VERSION: Final = (ABI_MAJOR << 16) | ABI_MINOR
 
 COMM_LEN: Final = 16
@@ -509,9 +509,8 @@ PROV_NETWORK_SERVICE: Final = 1 << 5
 PROV_DECODED_PAYLOAD: Final = 1 << 6
 PROV_LOCAL_MASK: Final = PROV_TMP_BINARY | PROV_TMP_SCRIPT
 PROV_ADMIN_TTY: Final = 1 << 31
-PROV_UNTRACKED: Final = 1 << 30   # never in the map: the gate's name for a lost process
+PROV_UNTRACKED: Final = 1 << 30   # never in the map: a process whose entry the kernel could not make
 PROV_PREFIX_LEN: Final = 64
-PROV_MAX: Final = 65536
 PROV_LOST_MAX: Final = 4096
 
 # reason bit -> the name the behaviour rules use (detect/behavior/provenance.py)
@@ -760,7 +759,6 @@ DEFINES: Final[dict[str, int]] = {
     "BASTION_PROV_ADMIN_TTY": PROV_ADMIN_TTY,
     "BASTION_PROV_UNTRACKED": PROV_UNTRACKED,
     "BASTION_PROV_PREFIX_LEN": PROV_PREFIX_LEN,
-    "BASTION_PROV_MAX": PROV_MAX,
     "BASTION_PROV_LOST_MAX": PROV_LOST_MAX,
     "BASTION_PGATE_F_DIR": PGATE_F_DIR,
     "BASTION_PGATE_NAME_LEN": PGATE_NAME_LEN,

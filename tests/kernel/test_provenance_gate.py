@@ -16,13 +16,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from dataclasses import replace
+from typing import Callable, Iterator
 
 import pytest
 
 from bastion import abi
 from bastion.enforce.provgate import OVERFLOW_RULE, AgentGate, GateObject, ProvenanceGate
 from bastion.events import HipsEvent
+from bastion.kernel.loader import ObjectSpec
 from bastion.sensors.bpf import BpfSensor
 from bastion.sensors.provenance import ProvenanceMap, default_interpreters
 from support.cg import run_in, scoped_cgroup
@@ -66,15 +68,18 @@ def env() -> Iterator[Env]:
         shutil.rmtree(tmp_path)
 
 
-def _env(tmp_path: Path, prov_max: int | None = None) -> Iterator[Env]:
+def _env(tmp_path: Path,
+         shrink: Callable[[ObjectSpec], ObjectSpec] | None = None) -> Iterator[Env]:
     for d in ("drop", "home", "cron.d", "creds"):
         (tmp_path / d).mkdir()
     (tmp_path / "home" / ".bashrc").write_text("# profile\n")
     (tmp_path / "cron.d" / "job").write_text("# cron\n")
     (tmp_path / "creds" / "shadow").write_text("root:$6$secret:1:0:99999:7:::\n")
     with scoped_cgroup() as (cg, cgid):
-        sensor = BpfSensor(cgroup_id=cgid, classes=("exec",), ring_bytes=1 << 20,
-                           prov_max_entries=prov_max)
+        sensor = BpfSensor(cgroup_id=cgid, classes=("exec",), ring_bytes=1 << 20)
+        if shrink is not None:
+            spec = shrink(sensor.spec())
+            sensor.spec = lambda: spec   # type: ignore[method-assign]
         sensor.open()
         try:
             prov = sensor.provenance()
@@ -390,84 +395,127 @@ def test_a_tree_an_unprivileged_user_filled_does_not_turn_the_gate_off(tmp_path:
                 sensor.close()
     finally:
         shutil.rmtree(root)
-PROV_SMALL = 3
+def _untracked(env: Env, body: str) -> subprocess.CompletedProcess[str]:
+    """Run ``/bin/sh -c body`` in the test cgroup as a process whose entry the kernel
+    could not make: the failure (no kernel memory for a task-storage entry, which a
+    test cannot cause) written into ``prov_errors`` slot 0 and ``prov_lost`` as
+    ``prov_lose`` writes it (bpf/lib/prov.h)."""
+    from bastion.procstat import read_stat
+
+    assert env.prov.lost is not None and env.prov.errors_map is not None
+    go = env.root / "go"
+    shell = (f'echo $$ > {env.cg}/cgroup.procs && while [ ! -e {go} ]; do sleep 0.02; done; '
+             f'{body}')
+    p = subprocess.Popen(["/bin/sh", "-c", shell], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        env.prov.errors_map.update((0).to_bytes(4, "little"), (1).to_bytes(8, "little"))
+        env.prov.lost.update(p.pid.to_bytes(4, "little"),
+                             read_stat(p.pid).start_ns.to_bytes(8, "little"))
+        go.touch()
+        out, err = p.communicate(timeout=TIMEOUT)
+        return subprocess.CompletedProcess(p.args, p.returncode, out, err)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def test_a_process_the_kernel_could_not_track_fails_closed_with_its_children(env: Env) -> None:
+    """A tainted process whose entry the kernel could not make (prov_lose) is kept in
+    ``prov_lost``, its children too (prov_fork), and refused as ``untracked``; a clean
+    process stays allowed; the failure is counted for the alert and status."""
+    r = _untracked(env, f"echo evil >> {env.profile}; sh -c 'echo child >> {env.profile}'")
+    assert env.profile.read_text() == PROFILE, "an untracked tainted tree wrote"
+    assert r.stderr.count("Operation not permitted") == 2, r
+    assert all(d.reasons == ("untracked",) for d in env.gate.decisions())
+    # a process outside the lost tree: no entry, not lost: allowed as before
+    r = env.run(["/bin/sh", "-c", f"echo ok >> {env.profile}"])
+    assert r.returncode == 0 and env.profile.read_text() == PROFILE + "ok\n"
+    assert env.gate.stats()["prov_errors"] >= 1
+    # the agent's part: one high alert per growth, and the status line
+    part = AgentGate(lambda: env.prov, self_tgid=os.getpid(), deadline_s=DEADLINE_S)
+    part.gate = env.gate
+    f = part.overflow_finding()
+    assert f is not None and f.rule == OVERFLOW_RULE and f.severity == "high"
+    assert f.evidence["failed_updates"] == env.prov.errors()
+    assert part.overflow_finding() is None          # said once until it grows
+    assert "refused on must-stop objects as untracked" in part.overflow_state()
+
+
+def test_lost_tracking_itself_lost_fails_closed_for_every_untracked_process(env: Env) -> None:
+    """Both the entries and the lost list failed (``prov_errors[1]``: 4,096 live
+    processes the kernel had no memory for): no untracked process can be told apart,
+    every one is refused on must-stop objects until the sensor is reloaded (said in
+    status and the alert)."""
+    _untracked(env, "true")
+    assert env.prov.errors() >= 1 and env.prov.errors_map is not None
+    env.prov.errors_map.update((1).to_bytes(4, "little"), (1).to_bytes(8, "little"))
+    r = env.run(["/bin/sh", "-c", f"echo clean >> {env.profile}"])
+    assert "Operation not permitted" in r.stderr and env.profile.read_text() == PROFILE
+    assert [d.reasons for d in env.gate.decisions()] == [("untracked",)]
+
+
+OLD_PROV, OLD_LOST, STORM = 3, 2, 8   # a storm of STORM > OLD_PROV + OLD_LOST tainted
+
+
+def _old_capacity_small(spec: ObjectSpec) -> ObjectSpec:
+    """The capacities of the tgid-keyed hash map of ABI 2.4 (65,536 + 4,096 lost), shrunk
+    so a small storm fills them; a map without capacity (task storage) is left alone."""
+    small = {"prov_lost": OLD_LOST}
+    if hasattr(abi, "PROV_MAX"):       # `prov` is a hash map with a capacity
+        small["prov"] = OLD_PROV
+    return replace(spec, max_entries={**spec.max_entries, **small})
 
 
 @pytest.fixture
-def small_env() -> Iterator[Env]:
-    """The gate over a provenance map of PROV_SMALL entries (set before load)."""
+def storm_env() -> Iterator[Env]:
     tmp_path = Path(tempfile.mkdtemp(prefix="bprov-"))
     try:
-        yield from _env(tmp_path, prov_max=PROV_SMALL)
+        yield from _env(tmp_path, shrink=_old_capacity_small)
     finally:
         shutil.rmtree(tmp_path)
 
 
-def _fill_prov_map(env: Env) -> list[subprocess.Popen[str]]:
-    """PROV_SMALL live tmp-script processes in the test cgroup: the map is full."""
+def _unprivileged(cg: Path) -> Callable[[], None]:
+    def enter() -> None:
+        (cg / "cgroup.procs").write_text(str(os.getpid()))
+        os.setgroups([])
+        os.setgid(65534)
+        os.setuid(65534)
+    return enter
+
+
+def test_a_tainted_process_storm_locks_no_one_out(storm_env: Env) -> None:
+    """Attack (threat model "the lost list overflowing too ... a host-wide login
+    lockout"): an unprivileged user's tree starts more tainted processes (a /tmp script
+    each) than the provenance map and its lost list take.  Before (the tgid-keyed hash
+    map, capacities shrunk to OLD_PROV + OLD_LOST): the lost list overflowed and every
+    process without an entry -- sshd, unix_chkpwd -- was refused on must-stop objects.
+    After (task-local storage: no capacity): an untainted reader of a credential object
+    is allowed, a tainted one still refused, nothing counted as lost."""
+    env = storm_env
+    env.root.chmod(0o755)
+    env.drop.chmod(0o755)
     hold = env.script("hold.sh", "exec sleep 60\n")
-    shell = f'echo $$ > {env.cg}/cgroup.procs && exec "$@"'
-    holders = [subprocess.Popen(["/bin/sh", "-c", shell, "sh", "/bin/sh", str(hold)], text=True)
-               for _ in range(PROV_SMALL)]
-    deadline = time.monotonic() + TIMEOUT
-    while not all(env.prov.get(h.pid) is not None for h in holders):
-        assert time.monotonic() < deadline, "the holders were not tracked"
-        time.sleep(0.02)
-    return holders
-
-
-def test_a_full_provenance_map_fails_closed_for_the_untracked_tree(small_env: Env) -> None:
-    """Attack: fill the provenance map (live tainted processes: a fork storm of /tmp
-    scripts) so the next tainted process gets no entry and, untracked, counts as trusted.
-    Before: its write to a profile (and its child's) went through.  After: a process
-    whose entry the full map could not take is kept in ``prov_lost`` (its children
-    too) and refused as ``untracked``; a clean process stays allowed; the overflow is
-    counted for the alert and status."""
-    env = small_env
-    holders = _fill_prov_map(env)
+    holders = [subprocess.Popen(["/bin/sh", str(hold)], preexec_fn=_unprivileged(env.cg))
+               for _ in range(STORM)]
     try:
-        p = env.script("late.sh", f"echo evil >> {env.profile}\n"
-                       f"sh -c 'echo child >> {env.profile}'\n")
+        deadline = time.monotonic() + TIMEOUT
+        while not all(Path(f"/proc/{h.pid}/cmdline").read_bytes().startswith(b"sleep")
+                      for h in holders):
+            assert time.monotonic() < deadline, "the storm did not start"
+            time.sleep(0.02)
+        assert all(h.poll() is None for h in holders)
+        # the stand-in for sshd/unix_chkpwd: an untainted process reads the credential store
+        r = env.run(["/bin/cat", str(env.secret)])
+        assert r.returncode == 0 and "secret" in r.stdout, r
+        # a tainted one is still refused
+        p = env.script("hunt.sh", f"cat {env.secret}\n")
         r = env.run(["/bin/sh", str(p)])
-        assert env.profile.read_text() == PROFILE, "an untracked tainted tree wrote"
-        assert r.stderr.count("Operation not permitted") == 2
-        assert env.prov.errors() >= 1
-        assert all(d.reasons == ("untracked",) for d in env.gate.decisions())
-        # a process outside the lost tree: no entry, not lost: allowed as before
-        r = env.run(["/bin/sh", "-c", f"echo ok >> {env.profile}"])
-        assert r.returncode == 0 and env.profile.read_text() == PROFILE + "ok\n"
-        assert env.gate.stats()["prov_errors"] >= 1
-        # the agent's part: one high alert per growth, and the status line
-        part = AgentGate(lambda: env.prov, self_tgid=os.getpid(), deadline_s=DEADLINE_S)
-        part.gate = env.gate
-        f = part.overflow_finding()
-        assert f is not None and f.rule == OVERFLOW_RULE and f.severity == "high"
-        assert f.evidence["failed_updates"] == env.prov.errors()
-        assert part.overflow_finding() is None          # said once until it grows
-        assert "refused on must-stop objects as untracked" in part.overflow_state()
-    finally:
-        for h in holders:
-            h.kill()
-            h.wait()
-
-
-def test_lost_tracking_itself_lost_fails_closed_for_every_untracked_process(
-        small_env: Env) -> None:
-    """Both the map and the lost list full (``prov_errors[1]``): no untracked process
-    can be told apart, every one is refused on must-stop objects until the sensor is
-    reloaded (said in status and the alert)."""
-    env = small_env
-    holders = _fill_prov_map(env)
-    try:
-        late = env.script("late.sh", "true\n")          # one the full map cannot take
-        env.run(["/bin/sh", str(late)])
-        assert env.prov.errors() >= 1
-        # the lost list full too (4096 lost processes): the kernel sets slot 1
-        assert env.prov.errors_map is not None
-        env.prov.errors_map.update((1).to_bytes(4, "little"), (1).to_bytes(8, "little"))
-        r = env.run(["/bin/sh", "-c", f"echo clean >> {env.profile}"])
-        assert "Operation not permitted" in r.stderr and env.profile.read_text() == PROFILE
-        assert [d.reasons for d in env.gate.decisions()] == [("untracked",)]
+        assert r.returncode != 0 and "secret" not in r.stdout, r
+        assert [d.reasons for d in env.gate.decisions()] == [("tmp-script",)]
+        assert env.prov.errors() == 0 and env.prov.lost_errors() == 0
     finally:
         for h in holders:
             h.kill()
@@ -523,3 +571,59 @@ def test_a_python_reason_reaches_the_children_forked_before_it(env: Env) -> None
         if parent.poll() is None:
             parent.kill()
             parent.wait()
+
+
+def test_a_late_reason_reaches_the_image_a_thread_execs(env: Env) -> None:
+    """Task storage lives in a task_struct: a thread that execs becomes the leader and
+    the old leader's storage goes with the old leader.  Attack: a clean process starts a
+    thread, gains a reason only user space knows (decoded-payload), and the thread execs
+    the act.  Must be refused as before the move (the tgid-keyed entry stayed): the old
+    leader hands its entry over at its exit in de_thread (prov_handoff)."""
+    go = env.root / "go-thread"
+    code = ("import os, threading, time\n"
+            "def act():\n"
+            f"    while not os.path.exists({str(go)!r}): time.sleep(0.02)\n"
+            f"    os.execv('/bin/cat', ['cat', {str(env.secret)!r}])\n"
+            "threading.Thread(target=act).start()\n"
+            "time.sleep(60)\n")
+    shell = f'echo $$ > {env.cg}/cgroup.procs && exec "$@"'
+    p = subprocess.Popen(["/bin/sh", "-c", shell, "sh", sys.executable, "-c", code],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while len(list(Path(f"/proc/{p.pid}/task").iterdir())) < 2:
+            assert time.monotonic() < deadline, "the thread did not start"
+            time.sleep(0.02)
+        assert env.prov.get(p.pid) is None
+        assert env.prov.add(p.pid, _start_ns(p.pid), abi.PROV_DECODED_PAYLOAD,
+                            tolerance_ns=10_000_000)
+        go.touch()
+        out, err = p.communicate(timeout=TIMEOUT)
+        assert p.returncode != 0 and "secret" not in out, (out, err)
+        assert "Operation not permitted" in err
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def test_a_reason_for_a_dead_process_never_reaches_the_holder_of_its_pid(env: Env) -> None:
+    """The publisher writes a reason for (pid, start) of an event; by then the process
+    may be gone and its pid taken by another.  Before (tgid keys): with no entry under
+    the pid, nothing compared the start and the new holder got the reason (an innocent
+    process refused; with the admin bit, a tainted one let through).  After: the pidfd
+    is opened first and the start of its process compared, so the write reaches the
+    process of that start or none."""
+    p = subprocess.Popen(["sleep", "60"])
+    try:
+        start = _start_ns(p.pid)
+        assert env.prov.get(p.pid) is None
+        assert not env.prov.add(p.pid, start - 5_000_000_000, abi.PROV_NETWORK_BINARY)
+        assert env.prov.get(p.pid) is None
+        assert env.prov.add(p.pid, start, abi.PROV_NETWORK_BINARY, tolerance_ns=10_000_000)
+        v = env.prov.get(p.pid)
+        assert v is not None and v.reasons == abi.PROV_NETWORK_BINARY
+    finally:
+        p.kill()
+        p.wait()
+    assert env.prov.get(p.pid) is None          # gone with its task

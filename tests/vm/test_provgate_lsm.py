@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -40,6 +40,7 @@ from bastion.procstat import read_stat  # noqa: E402
 from bastion.sensors.bpf import HookSensor  # noqa: E402
 from bastion.sensors.provenance import ProvenanceMap, default_interpreters  # noqa: E402
 from bastion.kernel import bpffs  # noqa: E402
+from bastion.kernel.loader import ObjectSpec  # noqa: E402
 from bastion.store.db import Store  # noqa: E402
 from support.cg import run_in, scoped_cgroup  # noqa: E402
 from support.policies import default_policy  # noqa: E402
@@ -81,6 +82,18 @@ class Env:
         return out
 
 
+OLD_PROV, OLD_LOST, STORM = 3, 2, 8   # a storm of STORM > OLD_PROV + OLD_LOST tainted
+
+
+def _old_capacity_small(spec: ObjectSpec) -> ObjectSpec:
+    """The capacities of the tgid-keyed hash map of ABI 2.4 (65,536 + 4,096 lost), shrunk
+    so a small storm fills them; a map without capacity (task storage) is left alone."""
+    small = {"prov_lost": OLD_LOST}
+    if hasattr(abi, "PROV_MAX"):       # `prov` is a hash map with a capacity
+        small["prov"] = OLD_PROV
+    return replace(spec, max_entries={**spec.max_entries, **small})
+
+
 @pytest.fixture(scope="module")
 def loaded() -> Iterator[Env]:
     """One sensor and one gate for the module (loads are slow under TCG)."""
@@ -93,6 +106,8 @@ def loaded() -> Iterator[Env]:
         (root / "home" / "shadow").write_text("root:$6$secret:19000::::::\n")
         with scoped_cgroup() as (cg, cgid):
             sensor = HookSensor(cgroup_id=cgid, classes=("exec",), ring_bytes=1 << 20)
+            spec = _old_capacity_small(sensor.spec())
+            sensor.spec = lambda: spec   # type: ignore[method-assign]
             sensor.open()
             try:
                 prov = sensor.provenance()
@@ -291,6 +306,48 @@ def test_a_process_the_full_map_could_not_take_is_refused_in_the_hook(env: Env) 
             if isinstance(q, subprocess.Popen) and q.poll() is None:
                 q.kill()
                 q.wait()
+
+
+def _unprivileged(cg: Path) -> Callable[[], None]:
+    def enter() -> None:
+        (cg / "cgroup.procs").write_text(str(os.getpid()))
+        os.setgroups([])
+        os.setgid(65534)
+        os.setuid(65534)
+    return enter
+
+
+def test_a_tainted_process_storm_locks_no_one_out_in_the_hook(env: Env) -> None:
+    """Attack (threat model "... a host-wide login lockout"): an unprivileged tree
+    starts more tainted processes than the provenance map and its lost list take (the
+    ABI 2.4 hash map shrunk to OLD_PROV + OLD_LOST at the module's load).  Before: the
+    lost list overflowed and the in-hook gate refused every process without an entry
+    (a login's unix_chkpwd reading shadow).  After (task-local storage): an untainted
+    reader is allowed, a tainted one refused, nothing counted as lost."""
+    shadow = env.root / "home" / "shadow"
+    for d in (env.root, env.root / "drop"):
+        d.chmod(0o755)
+    hold = env.root / "drop" / "hold.sh"
+    hold.write_text("exec sleep 60\n")
+    holders = [subprocess.Popen(["/bin/sh", str(hold)], preexec_fn=_unprivileged(env.cg))
+               for _ in range(STORM)]
+    try:
+        end = time.monotonic() + 30
+        while not all(Path(f"/proc/{h.pid}/cmdline").read_bytes().startswith(b"sleep")
+                      for h in holders):
+            assert time.monotonic() < end, "the storm did not start"
+            time.sleep(0.05)
+        r = run_in(env.cg, ["/bin/cat", str(shadow)], timeout=30)
+        assert r.returncode == 0 and "secret" in r.stdout, r
+        hunt = env.root / "drop" / "hunt.sh"
+        hunt.write_text(f"cat {shadow}\n")
+        r = run_in(env.cg, ["/bin/sh", str(hunt)], timeout=30)
+        assert r.returncode != 0 and "secret" not in r.stdout, r
+        assert env.prov.errors() == 0 and env.prov.lost_errors() == 0
+    finally:
+        for h in holders:
+            h.kill()
+            h.wait()
 
 
 def test_dry_run_is_honoured_in_the_kernel(env: Env) -> None:

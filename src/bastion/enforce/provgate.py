@@ -458,7 +458,8 @@ class AgentGate:
         return self.gate.stats() if self.gate is not None else {}
 
     def overflow(self) -> tuple[int, int]:
-        """(failed ``prov`` updates, failed ``prov_lost`` updates) so far."""
+        """(``prov`` entries the kernel could not make, failed ``prov_lost`` updates) so
+        far."""
         gate = self.gate
         if gate is None:
             return (0, 0)
@@ -470,11 +471,12 @@ class AgentGate:
         if not full:
             return ""
         if lost:
-            return (f"provenance map overflowed ({full} processes not taken, {lost} not even "
-                    "listed): every process without an entry is refused on must-stop objects "
-                    "until the sensor is reloaded")
-        return (f"provenance map overflowed ({full} processes not taken): those and their "
-                "children are refused on must-stop objects as untracked")
+            return (f"provenance entries failed ({full} processes not tracked for lack of "
+                    f"kernel memory, {lost} not even listed): every process without an entry "
+                    "is refused on must-stop objects until the sensor is reloaded")
+        return (f"provenance entries failed ({full} processes not tracked for lack of kernel "
+                "memory): those and their children are refused on must-stop objects as "
+                "untracked")
 
     def overflow_finding(self) -> Finding | None:
         """A high finding when the map's overflow counters grew since the last one."""
@@ -486,12 +488,12 @@ class AgentGate:
         return Finding(
             rule=OVERFLOW_RULE, severity="high", attack=("T1562.001",), action="alert",
             event=None, pid=os.getpid(),
-            title=f"Provenance map full: {new} more processes could not be tracked; "
+            title=f"Provenance entries failed: {new} more processes could not be tracked; "
                   "the gate fails closed for them" + (
                       " and, the lost list full too, for every untracked process"
                       if now[1] else ""),
             evidence={"failed_updates": now[0], "lost_list_failed": now[1],
-                      "map_max": abi.PROV_MAX, "lost_max": abi.PROV_LOST_MAX,
+                      "lost_max": abi.PROV_LOST_MAX,
                       "state": self.overflow_state()})
 
     def close(self) -> None:

@@ -94,11 +94,8 @@ class BpfSensor(LoaderUser):
         open_dedup_s: float = 0.0,
         net_dedup_s: float = 0.0,
         mmap_dedup_s: float = 0.0,
-        prov_max_entries: int | None = None,
     ) -> None:
-        """``prov_max_entries``: the size of the provenance map ``prov`` (default
-        ``BASTION_PROV_MAX``; tests shrink it to fill it).
-        ``sensitive``: the patterns of the sensitive read set (empty: no read-open
+        """``sensitive``: the patterns of the sensitive read set (empty: no read-open
         is reported outside learn mode); resolved to inodes at open and again every
         ``sensitive_refresh_s`` (a replaced /etc/shadow has a new inode).
         ``open_dedup_s`` / ``net_dedup_s``: the in-kernel dedup windows
@@ -121,10 +118,6 @@ class BpfSensor(LoaderUser):
         self.obj_path = obj_path
         self.open_reads = open_reads
         self.ring_bytes = ring_bytes
-        if prov_max_entries is not None and prov_max_entries < 1:
-            raise KernelError(f"prov_max_entries must be >= 1, got {prov_max_entries}",
-                              location=Location(self.object_name))
-        self.prov_max_entries = prov_max_entries
         self._lo: LoadedObject | None = None
         self.opened_at = 0.0
         self.sensitive = tuple(sensitive)
@@ -149,9 +142,7 @@ class BpfSensor(LoaderUser):
                 "cfg_net_dedup_ns": self.net_dedup_ns,
                 "cfg_mmap_dedup_ns": self.mmap_dedup_ns,
             },
-            max_entries={"events": self.ring_bytes,
-                         **({"prov": self.prov_max_entries}
-                            if self.prov_max_entries is not None else {})},
+            max_entries={"events": self.ring_bytes},
             optional=OPTIONAL_PROGRAMS,
         )
 
@@ -221,7 +212,7 @@ class BpfSensor(LoaderUser):
                               location=Location(self.object_name))
         return ProvenanceMap(lo.map("prov"), lo.map("prov_dirs"), lo.map("prov_interp"),
                              lo.map("prov_errors"), lo.map("prov_dir_inodes"),
-                             lo.map("prov_lost"))
+                             lo.map("prov_lost"), pidfd_keys=True)
 
     @property
     def attached(self) -> list[str]:

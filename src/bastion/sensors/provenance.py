@@ -4,17 +4,20 @@ policy names, the reasons only user space knows)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import struct
-from typing import Callable, Final, Mapping, Protocol, Sequence
+from contextlib import contextmanager
+from typing import Callable, Final, Iterator, Mapping, Protocol, Sequence
 
 from bastion import abi
 from bastion.errors import ConfigError, KernelError, Location
 from bastion.policy.compile import kernel_dev
-from bastion.procstat import TICK_NS
+from bastion.procstat import TICK_NS, start_ns_of
 
 _U32: Final = struct.Struct("<I")
+_I32: Final = struct.Struct("<i")
 _U64: Final = struct.Struct("<Q")
 TMP_DIRS: Final = ("/tmp", "/var/tmp", "/dev/shm", "/run/shm")
 
@@ -56,40 +59,93 @@ class MapLike(Protocol):
 class ProvenanceMap:
     """The kernel's provenance maps (``prov``, ``prov_dirs``, ``prov_interp``,
     ``prov_errors`` of the event sensor's object): what the gate reads and what
-    user space fills."""
+    user space fills.
+
+    ``pidfd_keys``: ``prov`` is task-local storage (ABI 2.5, bpf/lib/prov_map.h), keyed
+    from user space by a pidfd of the process (``os.pidfd_open``); without it (the
+    unit tests' dicts) by the tgid."""
 
     def __init__(self, prov: MapLike, dirs: MapLike, interp: MapLike,
                  errors: MapLike | None = None, dir_inodes: MapLike | None = None,
-                 lost: MapLike | None = None) -> None:
+                 lost: MapLike | None = None, *, pidfd_keys: bool = False) -> None:
         self.prov, self.dirs, self.interp, self.errors_map = prov, dirs, interp, errors
         self.dir_inodes = dir_inodes
-        self.lost = lost   # prov_lost: processes the full map could not take (prov.h)
+        self.lost = lost   # prov_lost: processes whose entry the kernel could not make
+        self.pidfd_keys = pidfd_keys
         self._dirs: list[bytes] = []
         self._dir_inodes: list[bytes] = []
         self._interp: list[bytes] = []
 
-    def get(self, tgid: int) -> abi.ProvVal | None:
-        raw = self.prov.lookup(_U32.pack(tgid))
+    @contextmanager
+    def _key(self, tgid: int) -> Iterator[bytes | None]:
+        """The ``prov`` key of process ``tgid``: a pidfd (closed after), or None when
+        there is no such process (gone, or a thread id: a thread has no entry of its
+        own, its process's is the leader's)."""
+        if not self.pidfd_keys:
+            yield _U32.pack(tgid)
+            return
+        try:
+            fd = os.pidfd_open(tgid)
+        except (ProcessLookupError, ValueError):
+            yield None
+            return
+        except OSError as e:
+            if e.errno == errno.EINVAL:   # not a thread-group leader's id
+                yield None
+                return
+            raise KernelError(f"pidfd_open({tgid}): {e.strerror}", errno=e.errno or 0,
+                              location=Location("prov")) from e
+        try:
+            yield _I32.pack(fd)
+        finally:
+            os.close(fd)
+
+    def _lookup(self, key: bytes) -> abi.ProvVal | None:
+        try:
+            raw = self.prov.lookup(key)
+        except KernelError as e:
+            if e.errno == errno.ESRCH:      # the process of the pidfd exited
+                return None
+            raise
         return abi.ProvVal.from_buffer_copy(raw) if raw is not None else None
+
+    def get(self, tgid: int) -> abi.ProvVal | None:
+        with self._key(tgid) as key:
+            return self._lookup(key) if key is not None else None
 
     def add(self, tgid: int, start_ns: int, bits: int, *, tolerance_ns: int = 0) -> bool:
         """OR ``bits`` into the live process ``tgid`` started at ``start_ns`` (the
-        reasons only user space knows).  An entry of another start (a reused pid) is
-        left alone; returns whether the bits were written.  ``tolerance_ns``: a start
-        time read from /proc is in clock ticks (``TICK_NS``)."""
-        cur = self.get(tgid)
-        if cur is not None and abs(cur.start_ns - start_ns) > tolerance_ns:
-            return False
-        val = abi.ProvVal(start_ns=start_ns, reasons=bits | (cur.reasons if cur else 0),
-                          origin_tgid=cur.origin_tgid if cur else tgid)
-        try:
-            self.prov.update(_U32.pack(tgid), bytes(val))
-        except KernelError:
-            if cur is not None or self.lost is None or self.errors_map is None:
-                raise
-            self._lose(tgid, start_ns)   # the full map: fail closed, as the kernel does
-            return False
-        return True
+        reasons only user space knows).  Another process under the same pid is left
+        alone; returns whether the bits were written.  ``tolerance_ns``: a start time
+        read from /proc is in clock ticks (``TICK_NS``).
+
+        With pidfd keys the write cannot reach another process: the pidfd is opened
+        first, the start checked after (the entry's, or /proc's for a process without
+        one: the pidfd's process while it lives), and the update goes to the pidfd's
+        process or fails (ESRCH).  A tgid-keyed write could land on a process that
+        took the pid between the check and the write."""
+        with self._key(tgid) as key:
+            if key is None:
+                return False
+            cur = self._lookup(key)
+            if cur is not None:
+                if abs(cur.start_ns - start_ns) > tolerance_ns:
+                    return False
+            elif self.pidfd_keys and abs(start_ns_of(tgid) - start_ns) > max(tolerance_ns,
+                                                                             TICK_NS):
+                return False                # gone, or another process under the pid
+            val = abi.ProvVal(start_ns=start_ns, reasons=bits | (cur.reasons if cur else 0),
+                              origin_tgid=cur.origin_tgid if cur else tgid)
+            try:
+                self.prov.update(key, bytes(val))
+            except KernelError as e:
+                if e.errno == errno.ESRCH:   # exited since the check
+                    return False
+                if cur is not None or self.lost is None or self.errors_map is None:
+                    raise
+                self._lose(tgid, start_ns)   # no memory for the entry: fail closed
+                return False
+            return True
 
     def _lose(self, tgid: int, start_ns: int) -> None:
         """What ``prov_lose`` does in the kernel (bpf/lib/prov.h), from user space: count
@@ -108,9 +164,9 @@ class ProvenanceMap:
         self.errors_map.update(_U32.pack(slot), _U64.pack(cur + 1))
 
     def untracked(self, tgid: int) -> bool:
-        """Whether ``tgid``, which has no entry, may be a tainted process the full map
-        could not take: in ``prov_lost``, or any process once ``prov_lost`` overflowed
-        too.  False at once while the map never overflowed (the normal case)."""
+        """Whether ``tgid``, which has no entry, may be a tainted process whose entry the
+        kernel could not make: in ``prov_lost``, or any process once ``prov_lost``
+        overflowed too.  False at once while no entry ever failed (the normal case)."""
         if self.lost is None or not self.errors():
             return False
         if self.lost_errors():
@@ -174,7 +230,8 @@ class ProvenanceMap:
         return len(keys)
 
     def errors(self) -> int:
-        """Failed updates of ``prov`` (the map full): processes not tracked."""
+        """Entries of ``prov`` the kernel could not make (no memory): processes not
+        tracked."""
         return self._slot(0)
 
     def lost_errors(self) -> int:
