@@ -52,7 +52,7 @@ static __always_inline __u32 svc_actor(void)
 
 	if (!in_scope())
 		return 0;
-	v = bpf_map_lookup_elem(&prov, &tgid);
+	v = prov_current();
 	if (!v) {
 		__u32 k = 0;
 		__u64 *e = bpf_map_lookup_elem(&prov_errors, &k);
