@@ -129,7 +129,8 @@ static __always_inline __u32 inode_class(struct inode *ino, bool dir_only, struc
 }
 
 /* The class of the object @d names: its inode, else its directory's (a
- * directory entry: its children are objects), else its name in that directory
+ * directory entry: its children are objects), else its directory's directory's
+ * (a directory made since the last entering), else its name in its directory
  * (a must-stop name that may not exist yet).  0: none. */
 static __always_inline __u32 dentry_class(struct dentry *d, struct pgate_hit *h)
 {
@@ -144,6 +145,11 @@ static __always_inline __u32 dentry_class(struct dentry *d, struct pgate_hit *h)
 	if (parent == d || !dir)
 		return 0;
 	if (inode_class(dir, true, h))
+		return h->cls;
+	/* a directory made in a tree since the objects were entered (a
+	 * foo.service.d/ from `systemctl edit`; a tainted tree may not make one):
+	 * its grandparent is; the maintenance tick enters it */
+	if (inode_class(BPF_CORE_READ(parent, d_parent, d_inode), true, h))
 		return h->cls;
 	nk.ino = BPF_CORE_READ(dir, i_ino);
 	nk.dev = BPF_CORE_READ(dir, i_sb, s_dev);

@@ -1108,6 +1108,9 @@ class Agent:
                     self.lsmgate.refresh_tools()   # a restarted syslog daemon has a new pid
                 except BastionError as exc:
                     log.warning("provenance gate: security tools not refreshed: %s", exc)
+                # objects made since the last pass (a new ~/.ssh, a new home)
+                if (rf := self.lsmgate.refresh()) is not None:
+                    self._alert(rf)
             if self.shadow is not None:
                 self.shadow.maintain(self.policy.shield.max_age_s)
                 self.shadow.refresh_marks()
