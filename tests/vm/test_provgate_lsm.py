@@ -450,9 +450,9 @@ def _clear_flags(path: Path) -> None:
         os.close(fd)
 
 
-# Before the fix (this module against the previous lsm_provgate.bpf.o): every rewrite
-# succeeded: fcntl=0 noappend=0 fallocate=0 mmap=0 mprotect=0 chattr=0 (the cron entry
-# immutable) fsxattr=95 (EOPNOTSUPP: tmpfs takes no fsxattr), the log rewritten at 0.
+# Before the fix (this module against the previous lsm_provgate.bpf.o, seen): fcntl=0
+# fallocate=0 mmap=0 mprotect=0 chattr=0 fsxattr=0 (the cron entry immutable), the log
+# rewritten at 0; noappend=95 (RWF_NOAPPEND is 6.9's: EOPNOTSUPP on 6.1, EPERM after).
 
 
 def test_a_log_opened_for_appending_is_not_rewritten_through_its_file(env: Env) -> None:
