@@ -21,13 +21,11 @@
  * reported path is relative to that root. */
 #include "hips.h"
 #include "sock.h"
+#include "setattr.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
 #define FMODE_WRITE_ 0x2
-#define ATTR_MODE_ (1 << 0)
-#define ATTR_UID_ (1 << 1)
-#define ATTR_GID_ (1 << 2)
 #define PTRACE_MODE_ATTACH_ 0x02
 
 const volatile __u32 cfg_setattr_idmap = 1;
@@ -270,23 +268,9 @@ int BPF_PROG(hips_inode_setattr)
 	struct dentry *dentry;
 	struct iattr *attr;
 
-	__u64 a0, a1, a2;
-
 	if (hips_off())
 		return 0;
-	/* Three loads at constant offsets (the verifier refuses a computed
-	 * ctx offset); on 6.1 ctx[2] is the return-value slot, readable. */
-	a0 = ctx[0];
-	a1 = ctx[1];
-	a2 = ctx[2];
-	asm volatile("" : "+r"(a0), "+r"(a1), "+r"(a2));
-	if (cfg_setattr_idmap) {
-		dentry = (struct dentry *)a1;
-		attr = (struct iattr *)a2;
-	} else {
-		dentry = (struct dentry *)a0;
-		attr = (struct iattr *)a1;
-	}
+	setattr_args(ctx, cfg_setattr_idmap, &dentry, &attr);
 	if (!(BPF_CORE_READ(attr, ia_valid) & (ATTR_MODE_ | ATTR_UID_ | ATTR_GID_)))
 		return 0;
 	return lsm_file_path(BASTION_OP_CHMOD, dentry, NULL);

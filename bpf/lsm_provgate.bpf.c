@@ -21,16 +21,13 @@
  * directory.  Dentry-only hooks report the path within the filesystem. */
 #include "path.h"
 #include "prov_map.h"
+#include "setattr.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
 #define EPERM_ 1
 #define FMODE_WRITE_ 0x2
 #define O_APPEND_ 02000
-#define ATTR_MODE_ (1 << 0)
-#define ATTR_UID_ (1 << 1)
-#define ATTR_GID_ (1 << 2)
-#define ATTR_SIZE_ (1 << 3)
 #define TICK_NS_ 10000000ULL    /* NSEC_PER_SEC / USER_HZ (100 on x86-64 and arm64) */
 
 const volatile __u32 cfg_setattr_idmap = 1;
@@ -50,6 +47,17 @@ struct {
 	__type(key, struct bastion_pgate_name);
 	__type(value, struct bastion_pgate_obj);
 } pgate_names SEC(".maps");
+
+/* Directories above the objects (include/bastion.h, `pgate_anc`): not renamed,
+ * not mounted on by a tainted tree.  Not objects themselves: reading or
+ * creating in /etc stays allowed. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__uint(map_flags, BPF_F_RDONLY_PROG);
+	__type(key, struct bastion_inode_key);
+	__type(value, struct bastion_pgate_obj);
+} pgate_anc SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -121,7 +129,8 @@ static __always_inline __u32 inode_class(struct inode *ino, bool dir_only, struc
 }
 
 /* The class of the object @d names: its inode, else its directory's (a
- * directory entry: its children are objects), else its name in that directory
+ * directory entry: its children are objects), else its directory's directory's
+ * (a directory made since the last entering), else its name in its directory
  * (a must-stop name that may not exist yet).  0: none. */
 static __always_inline __u32 dentry_class(struct dentry *d, struct pgate_hit *h)
 {
@@ -136,6 +145,11 @@ static __always_inline __u32 dentry_class(struct dentry *d, struct pgate_hit *h)
 	if (parent == d || !dir)
 		return 0;
 	if (inode_class(dir, true, h))
+		return h->cls;
+	/* a directory made in a tree since the objects were entered (a
+	 * foo.service.d/ from `systemctl edit`; a tainted tree may not make one):
+	 * its grandparent is; the maintenance tick enters it */
+	if (inode_class(BPF_CORE_READ(parent, d_parent, d_inode), true, h))
 		return h->cls;
 	nk.ino = BPF_CORE_READ(dir, i_ino);
 	nk.dev = BPF_CORE_READ(dir, i_sb, s_dev);
@@ -155,8 +169,9 @@ static __always_inline __u32 dentry_class(struct dentry *d, struct pgate_hit *h)
 
 /* Decide and report one must-stop act of an actor with @reasons: -EPERM when
  * refused, 0 when allowed (admin session, dry run). */
-static __always_inline int pgate_decide(__u32 op, __u32 reasons, const struct pgate_hit *h,
-					struct dentry *d, struct vfsmount *mnt, __s32 target)
+static __always_inline int pgate_decide_how(__u32 op, __u32 how, __u32 reasons,
+					    const struct pgate_hit *h, struct dentry *d,
+					    struct vfsmount *mnt, __s32 target)
 {
 	__u32 local = reasons & ~BASTION_PROV_ADMIN_TTY, zero = 0, action = BASTION_ACT_DENY;
 	struct bastion_pgate_cfg *cfg = bpf_map_lookup_elem(&pgate_cfg, &zero);
@@ -173,6 +188,7 @@ static __always_inline int pgate_decide(__u32 op, __u32 reasons, const struct pg
 		e->ino = h->ino;
 		e->dev = h->dev;
 		e->target_pid = target;
+		e->detail = how;
 		if (d) {
 			struct path p = {};
 
@@ -184,6 +200,12 @@ static __always_inline int pgate_decide(__u32 op, __u32 reasons, const struct pg
 		SUBMIT(e);
 	}
 	return enforced ? -EPERM_ : 0;
+}
+
+static __always_inline int pgate_decide(__u32 op, __u32 reasons, const struct pgate_hit *h,
+					struct dentry *d, struct vfsmount *mnt, __s32 target)
+{
+	return pgate_decide_how(op, 0, reasons, h, d, mnt, target);
 }
 
 /* A name change (create, link, rename, unlink) of @d by the current task:
@@ -200,6 +222,46 @@ static __always_inline int pgate_name(__u32 op, struct dentry *d, __u32 classes)
 	if (!cls || cls >= 32 || !(classes & (1u << cls)))
 		return 0;
 	return pgate_decide(op, reasons, &h, d, NULL, 0);
+}
+
+/* The class of the directory above an object that @d is (`pgate_anc`), 0: none. */
+static __always_inline __u32 anc_class(struct dentry *d, struct pgate_hit *h)
+{
+	struct inode *ino = d ? BPF_CORE_READ(d, d_inode) : NULL;
+	struct bastion_inode_key k = {};
+	struct bastion_pgate_obj *o;
+
+	if (!ino)
+		return 0;
+	k.ino = BPF_CORE_READ(ino, i_ino);
+	k.dev = BPF_CORE_READ(ino, i_sb, s_dev);
+	o = bpf_map_lookup_elem(&pgate_anc, &k);
+	if (!o)
+		return 0;
+	h->ino = k.ino;
+	h->dev = k.dev;
+	h->cls = o->cls;
+	return o->cls;
+}
+
+/* Renaming (or exchanging) a directory above an object: `mv /etc/systemd
+ * /etc/s.old` and a recreated tree would be new inodes, none of them entered. */
+static __always_inline int pgate_ancestor_rename(struct dentry *old_dentry,
+						 struct dentry *new_dentry)
+{
+	__u32 reasons = pgate_actor();
+	struct pgate_hit h = {};
+	struct dentry *d = old_dentry;
+
+	if (!reasons)
+		return 0;
+	if (!anc_class(d, &h)) {
+		d = new_dentry;
+		if (!anc_class(d, &h))
+			return 0;
+	}
+	return pgate_decide_how(BASTION_OP_RENAME, BASTION_PGATE_HOW_ANCESTOR, reasons, &h, d,
+				NULL, 0);
 }
 
 #define C_PERSIST (1u << BASTION_PGATE_PERSISTENCE)
@@ -308,28 +370,16 @@ int BPF_PROG(pgate_inode_rename, struct inode *old_dir, struct dentry *old_dentr
 {
 	int err = pgate_name(BASTION_OP_RENAME, old_dentry, C_FILES);
 
-	return err ? err : pgate_name(BASTION_OP_RENAME, new_dentry, C_FILES);
+	if (!err)
+		err = pgate_name(BASTION_OP_RENAME, new_dentry, C_FILES);
+	return err ? err : pgate_ancestor_rename(old_dentry, new_dentry);
 }
 
 SEC("lsm/inode_setattr")
 int BPF_PROG(pgate_inode_setattr)
 {
 	struct dentry *dentry;
-	struct iattr *attr;
-	__u64 a0, a1, a2;
-
-	/* constant-offset loads (6.1: dentry, attr, ret; 6.18: idmap, dentry, attr) */
-	a0 = ctx[0];
-	a1 = ctx[1];
-	a2 = ctx[2];
-	asm volatile("" : "+r"(a0), "+r"(a1), "+r"(a2));
-	if (cfg_setattr_idmap) {
-		dentry = (struct dentry *)a1;
-		attr = (struct iattr *)a2;
-	} else {
-		dentry = (struct dentry *)a0;
-		attr = (struct iattr *)a1;
-	}
+	struct iattr *attr;	setattr_args(ctx, cfg_setattr_idmap, &dentry, &attr);
 	if (!(BPF_CORE_READ(attr, ia_valid) & (ATTR_MODE_ | ATTR_UID_ | ATTR_GID_ | ATTR_SIZE_)))
 		return 0;
 	return pgate_name(BASTION_OP_CHMOD, dentry, C_FILES);
@@ -359,4 +409,177 @@ int BPF_PROG(pgate_task_kill, struct task_struct *p, struct kernel_siginfo *info
 		return 0;
 	h.cls = BASTION_PGATE_SECURITY_TOOL;
 	return pgate_decide(BASTION_OP_SIGNAL, reasons, &h, NULL, NULL, (__s32)tgid);
+}
+
+
+/* ---- s15: rewriting an object through an open file, and its ancestors ---- */
+
+#define F_SETFL_ 4
+#define PROT_WRITE_ 0x2
+#define MAP_TYPE_ 0x0f
+#define MAP_SHARED_ 0x01
+#define MAP_SHARED_VALIDATE_ 0x03
+#define VM_SHARED_ 0x08
+#define MAY_WRITE_ 0x2
+#define PF_IO_WORKER_ 0x10
+#define RWF_NOAPPEND_ 0x20
+#define FS_IOC_SETFLAGS_ 0x40086602u
+#define FS_IOC32_SETFLAGS_ 0x40046602u
+#define FS_IOC_FSSETXATTR_ 0x401c5820u
+#define X32_SYSCALL_BIT_ 0x40000000L
+/* x86-64 syscall numbers (and the ia32 ones, which name no file syscall on
+ * x86-64: membarrier, unassigned, add_key), for file_permission below */
+#define NR_FALLOCATE_ 285
+#define NR_PWRITEV2_ 328
+#define NR_IO_SUBMIT_ 209
+#define NR_IO_URING_ENTER_ 426
+#define NR_X32_PWRITEV2_ 546
+#define NR32_FALLOCATE_ 324
+#define NR32_PWRITEV2_ 379
+#define NR32_IO_SUBMIT_ 248
+
+/* An act on an open file of the current task: refused for the classes in
+ * @classes when the actor is tainted. */
+static __always_inline int pgate_file(__u32 op, __u32 how, struct file *file, __u32 classes)
+{
+	__u32 reasons, cls;
+	struct pgate_hit h = {};
+	struct dentry *d;
+
+	if (!file)
+		return 0;
+	reasons = pgate_actor();
+	if (!reasons)
+		return 0;
+	d = BPF_CORE_READ(file, f_path.dentry);
+	cls = dentry_class(d, &h);
+	if (!cls || cls >= 32 || !(classes & (1u << cls)))
+		return 0;
+	return pgate_decide_how(op, how, reasons, &h, d, BPF_CORE_READ(file, f_path.mnt), 0);
+}
+
+/* fcntl(F_SETFL) clearing O_APPEND on a log opened for appending (allowed at
+ * open): the next pwrite would overwrite it at any offset. */
+SEC("lsm/file_fcntl")
+int BPF_PROG(pgate_file_fcntl, struct file *file, unsigned int cmd, unsigned long arg)
+{
+	if (cmd != F_SETFL_ || (arg & O_APPEND_))
+		return 0;
+	if (!(BPF_CORE_READ(file, f_flags) & O_APPEND_) ||
+	    !(BPF_CORE_READ(file, f_mode) & FMODE_WRITE_))
+		return 0;
+	return pgate_file(BASTION_OP_OPEN_WRITE, BASTION_PGATE_HOW_FCNTL, file, C_LOG);
+}
+
+/* A shared writable mapping of an object (a log opened O_RDWR|O_APPEND: the
+ * mapping writes anywhere); a private one writes nothing back. */
+SEC("lsm/mmap_file")
+int BPF_PROG(pgate_mmap_file, struct file *file, unsigned long reqprot, unsigned long prot,
+	     unsigned long flags)
+{
+	unsigned long type = flags & MAP_TYPE_;
+
+	if (!file || !(prot & PROT_WRITE_) || (type != MAP_SHARED_ && type != MAP_SHARED_VALIDATE_))
+		return 0;
+	return pgate_file(BASTION_OP_OPEN_WRITE, BASTION_PGATE_HOW_MMAP, file, C_FILES);
+}
+
+/* The same by mprotect: a shared read-only mapping made writable (VM_SHARED is
+ * only kept for a file opened for writing). */
+SEC("lsm/file_mprotect")
+int BPF_PROG(pgate_file_mprotect, struct vm_area_struct *vma, unsigned long reqprot,
+	     unsigned long prot)
+{
+	if (!(prot & PROT_WRITE_) || !(BPF_CORE_READ(vma, vm_flags) & VM_SHARED_))
+		return 0;
+	return pgate_file(BASTION_OP_OPEN_WRITE, BASTION_PGATE_HOW_MMAP, BPF_CORE_READ(vma, vm_file),
+			  C_FILES);
+}
+
+/* chattr: FS_IOC_SETFLAGS / FS_IOC_FSSETXATTR (+i pins a persistence entry, -a
+ * or +i on a log...).  On 6.1 vfs_fileattr_set has no hook of its own: the
+ * ioctl's security_file_ioctl comes first (the compat ioctl's too). */
+SEC("lsm/file_ioctl")
+int BPF_PROG(pgate_file_ioctl, struct file *file, unsigned int cmd, unsigned long arg)
+{
+	if (cmd != FS_IOC_SETFLAGS_ && cmd != FS_IOC32_SETFLAGS_ && cmd != FS_IOC_FSSETXATTR_)
+		return 0;
+	return pgate_file(BASTION_OP_CHMOD, BASTION_PGATE_HOW_IOCTL, file, C_FILES);
+}
+
+/* Writes to a log that ignore its O_APPEND: fallocate (punch hole, collapse
+ * range, zero range: vfs_fallocate's only hook is security_file_permission),
+ * pwritev2(RWF_NOAPPEND), and io_uring's and aio's writes (their per-request
+ * flags may carry RWF_NOAPPEND; their fallocate too).  file_permission runs on
+ * every read and write: reads leave at the mask, writes at the syscall number
+ * (no map lookup), before the actor is looked at. */
+SEC("lsm/file_permission")
+int BPF_PROG(pgate_file_permission, struct file *file, int mask)
+{
+	struct task_struct *t;
+	struct pt_regs *regs;
+	__u32 how;
+	long nr;
+
+	if (!(mask & MAY_WRITE_))
+		return 0;
+	t = bpf_get_current_task_btf();
+	if (BPF_CORE_READ(t, flags) & PF_IO_WORKER_) {
+		how = BASTION_PGATE_HOW_NOAPPEND;
+	} else {
+		regs = (struct pt_regs *)bpf_task_pt_regs(t);
+		if (!regs)
+			return 0;
+		nr = BPF_CORE_READ(regs, orig_ax) & ~X32_SYSCALL_BIT_;
+		if (nr == NR_FALLOCATE_ || nr == NR32_FALLOCATE_)
+			how = BASTION_PGATE_HOW_FALLOCATE;
+		else if (nr == NR_IO_URING_ENTER_ || nr == NR_IO_SUBMIT_ || nr == NR32_IO_SUBMIT_ ||
+			 nr == NR32_PWRITEV2_ ||
+			 ((nr == NR_PWRITEV2_ || nr == NR_X32_PWRITEV2_) &&
+			  (BPF_CORE_READ(regs, r9) & RWF_NOAPPEND_)))
+			how = BASTION_PGATE_HOW_NOAPPEND;
+		else
+			return 0;
+	}
+	return pgate_file(BASTION_OP_OPEN_WRITE, how, file, C_LOG);
+}
+
+/* Mounting on an object or a directory above one (`mount --bind /tmp/x
+ * /etc/cron.d`, a tmpfs over /etc/systemd), or unmounting one (/var/log on its
+ * own filesystem): the object's name would show other inodes. */
+static __always_inline int pgate_mount_at(struct dentry *d, struct vfsmount *mnt)
+{
+	__u32 reasons;
+	struct pgate_hit h = {};
+
+	if (!d)
+		return 0;
+	reasons = pgate_actor();
+	if (!reasons)
+		return 0;
+	if (!anc_class(d, &h) && !dentry_class(d, &h))
+		return 0;
+	return pgate_decide_how(BASTION_OP_RENAME, BASTION_PGATE_HOW_MOUNT, reasons, &h, d, mnt, 0);
+}
+
+SEC("lsm/sb_mount")
+int BPF_PROG(pgate_sb_mount, const char *dev_name, const struct path *path, const char *type,
+	     unsigned long flags, void *data)
+{
+	return pgate_mount_at(BPF_CORE_READ(path, dentry), BPF_CORE_READ(path, mnt));
+}
+
+SEC("lsm/move_mount")
+int BPF_PROG(pgate_move_mount, const struct path *from_path, const struct path *to_path)
+{
+	int err = pgate_mount_at(BPF_CORE_READ(to_path, dentry), BPF_CORE_READ(to_path, mnt));
+
+	return err ? err : pgate_mount_at(BPF_CORE_READ(from_path, dentry),
+					  BPF_CORE_READ(from_path, mnt));
+}
+
+SEC("lsm/sb_umount")
+int BPF_PROG(pgate_sb_umount, struct vfsmount *mnt, int flags)
+{
+	return pgate_mount_at(BPF_CORE_READ(mnt, mnt_root), mnt);
 }

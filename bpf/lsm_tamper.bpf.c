@@ -15,15 +15,12 @@
  * bpf_loop on the same filesystem), and the directories above a protected
  * path (ANCESTOR: no rename, rmdir or mount over them). */
 #include "tamper.h"
+#include "setattr.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
 #define FMODE_WRITE_ 0x2
 #define PTRACE_MODE_ATTACH_ 0x02
-#define ATTR_MODE_ (1 << 0)
-#define ATTR_UID_ (1 << 1)
-#define ATTR_GID_ (1 << 2)
-#define ATTR_SIZE_ (1 << 3)
 
 #define M_FILE (BASTION_TOBJ_SELF | BASTION_TOBJ_SUBTREE)
 #define M_NAME (BASTION_TOBJ_SELF | BASTION_TOBJ_SUBTREE | BASTION_TOBJ_ANCESTOR)
@@ -170,21 +167,7 @@ SEC("lsm/inode_setattr")
 int BPF_PROG(tamper_inode_setattr)
 {
 	struct dentry *dentry;
-	struct iattr *attr;
-	__u64 a0, a1, a2;
-
-	/* constant-offset loads (6.1: dentry, attr, ret; 6.18: idmap, dentry, attr) */
-	a0 = ctx[0];
-	a1 = ctx[1];
-	a2 = ctx[2];
-	asm volatile("" : "+r"(a0), "+r"(a1), "+r"(a2));
-	if (cfg_setattr_idmap) {
-		dentry = (struct dentry *)a1;
-		attr = (struct iattr *)a2;
-	} else {
-		dentry = (struct dentry *)a0;
-		attr = (struct iattr *)a1;
-	}
+	struct iattr *attr;	setattr_args(ctx, cfg_setattr_idmap, &dentry, &attr);
 	if (!(BPF_CORE_READ(attr, ia_valid) & (ATTR_MODE_ | ATTR_UID_ | ATTR_GID_ | ATTR_SIZE_)))
 		return 0;
 	return deny_obj(BASTION_TAMPER_SETATTR, dentry, M_FILE, NULL, BPF_CORE_READ(attr, ia_valid));

@@ -25,7 +25,7 @@
 #define BASTION_H
 
 #define BASTION_ABI_MAJOR 2
-#define BASTION_ABI_MINOR 5
+#define BASTION_ABI_MINOR 6
 #define BASTION_ABI_VERSION ((BASTION_ABI_MAJOR << 16) | BASTION_ABI_MINOR)
 
 #define BASTION_COMM_LEN 16
@@ -370,6 +370,10 @@ struct bastion_prov_interp {
  *   home directory): creating, linking or renaming to it is refused too.
  * Map `pgate_tools`: tgid -> bastion_pgate_tool: a security tool (auditd,
  *   syslog, journald, the agent, its guardian) a tainted tree may not signal.
+ * Map `pgate_anc`: bastion_inode_key of a directory above an object (every
+ *   ancestor up to /, and the directory of a must-stop name) ->
+ *   bastion_pgate_obj (the strictest class below it): a tainted tree may not
+ *   rename it (`mv /etc/systemd /etc/s.old`, then recreate) nor mount on it.
  * Map `pgate_cfg` (array, 1): bastion_pgate_cfg: the classes in dry run
  *   (decided and reported as would-deny, allowed).
  * Refusals and dry-run/admin decisions are bastion_hips_event records,
@@ -380,6 +384,18 @@ enum bastion_pgate_class {
 	BASTION_PGATE_CREDENTIAL = 2,  /* any open, and every name change */
 	BASTION_PGATE_LOG = 3,         /* write open with O_TRUNC, truncate, unlink, rename, chmod */
 	BASTION_PGATE_SECURITY_TOOL = 4, /* a harmful signal to the process */
+};
+
+/* How a must-stop act was tried when the op alone does not say it (s15:
+ * bastion_hips_event.detail of an lsm-prov record). */
+enum bastion_pgate_how {
+	BASTION_PGATE_HOW_FCNTL = 1,      /* fcntl(F_SETFL) clearing O_APPEND on a log */
+	BASTION_PGATE_HOW_MMAP = 2,       /* a shared writable mapping (mmap, mprotect) */
+	BASTION_PGATE_HOW_IOCTL = 3,      /* FS_IOC_SETFLAGS / FS_IOC_FSSETXATTR (chattr) */
+	BASTION_PGATE_HOW_FALLOCATE = 4,  /* fallocate (punch hole, collapse range) */
+	BASTION_PGATE_HOW_NOAPPEND = 5,   /* pwritev2(RWF_NOAPPEND), an io_uring write */
+	BASTION_PGATE_HOW_ANCESTOR = 6,   /* renaming a directory above an object */
+	BASTION_PGATE_HOW_MOUNT = 7,      /* a mount on, a move of or an unmount of an object or an ancestor */
 };
 
 #define BASTION_PGATE_F_DIR (1u << 0)   /* a directory: its children are objects */
@@ -547,7 +563,7 @@ struct bastion_hips_event {
 	__u16 port;
 	__u8 addr[16];
 	__s32 target_pid;    /* ptrace/signal */
-	__u32 _pad;
+	__u32 detail;        /* lsm-prov: enum bastion_pgate_how (0 = the op itself) */
 	char path[BASTION_PATH_LEN];
 };
 

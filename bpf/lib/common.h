@@ -44,6 +44,7 @@ struct bastion_abi_types {
 	struct bastion_pgate_tool pgate_tool;
 	struct bastion_pgate_cfg pgate_cfg;
 	enum bastion_pgate_class pgate_class;
+	enum bastion_pgate_how pgate_how;
 	enum bastion_sens_class sens_class;
 	enum bastion_event_type event_type;
 	enum bastion_file_op file_op;
@@ -199,7 +200,7 @@ reserve_hips(__u32 op, __u32 action, __u32 rule_id, __u32 subject, __u32 mechani
 	e->port = 0;
 	__builtin_memset(e->addr, 0, sizeof(e->addr));
 	e->target_pid = 0;
-	e->_pad = 0;
+	e->detail = 0;
 	e->path[0] = '\0';
 	return e;
 }

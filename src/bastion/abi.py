@@ -29,7 +29,7 @@ from typing import Final, Protocol
 from bastion.errors import AbiMismatchError, BastionError, DecodeError, Location
 
 ABI_MAJOR: Final = 2
-ABI_MINOR: Final = 5
+ABI_MINOR: Final = 6
 ABI_VERSION: Final = (ABI_MAJOR << 16) | ABI_MINOR
 
 COMM_LEN: Final = 16
@@ -473,7 +473,7 @@ class HipsEvent(ctypes.Structure):
         ("port", c_u16),
         ("addr", c_u8 * 16),
         ("target_pid", c_s32),
-        ("_pad", c_u32),
+        ("detail", c_u32),
         ("path", ctypes.c_char * PATH_LEN),
     ]
 
@@ -541,6 +541,17 @@ class PgateClass(enum.IntEnum):
     CREDENTIAL = 2
     LOG = 3
     SECURITY_TOOL = 4
+
+
+class PgateHow(enum.IntEnum):
+    """How a must-stop act was tried (``bastion_hips_event.detail``, lsm-prov)."""
+    FCNTL = 1
+    MMAP = 2
+    IOCTL = 3
+    FALLOCATE = 4
+    NOAPPEND = 5
+    ANCESTOR = 6
+    MOUNT = 7
 
 
 PGATE_F_DIR: Final = 1 << 0
@@ -702,6 +713,7 @@ ENUMS: Final[dict[str, type[enum.IntEnum]]] = {
     "bastion_subject_kind": SubjectKind,
     "bastion_mechanism": Mechanism,
     "bastion_pgate_class": PgateClass,
+    "bastion_pgate_how": PgateHow,
     "bastion_sens_class": SensClass,
     "bastion_tamper_record": TamperRecord,
     "bastion_tamper_op": TamperOp,
@@ -723,6 +735,7 @@ ENUM_PREFIXES: Final[dict[str, str]] = {
     "bastion_subject_kind": "BASTION_SUBJ_",
     "bastion_mechanism": "BASTION_MECH_",
     "bastion_pgate_class": "BASTION_PGATE_",
+    "bastion_pgate_how": "BASTION_PGATE_HOW_",
     "bastion_sens_class": "BASTION_SENS_",
     "bastion_tamper_record": "BASTION_",
     "bastion_tamper_op": "BASTION_TAMPER_",

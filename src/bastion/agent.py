@@ -404,14 +404,18 @@ class Agent:
             gs = self.lsmgate.stats()
             out["provenance gate"] = {
                 "on": True, "detail": f"in the LSM hook: {gs.get('objects', 0)} objects, "
-                f"{gs.get('names', 0)} names, {gs.get('tools', 0)} security-tool processes"
+                f"{gs.get('names', 0)} names, {gs.get('ancestors', 0)} directories above them, "
+                f"{gs.get('tools', 0)} security-tool processes"
                 + (", dry run (would-deny)" if self.lsmgate.dry_run else "")}
         elif self.provgate is not None and self.provgate.gate is not None:
             why = self._why_off.get("lsmgate")
             out["provenance gate"] = {
-                "on": True, "detail": "fanotify (open refusals of existing objects only)"
-                + (f"; the in-hook gate {why}: creates, renames, unlinks, log wiping and "
-                   "security-tool kills of untrusted trees are NOT refused" if why else "")}
+                "on": True, "detail": "fanotify (open refusals of existing objects only, "
+                "marked at start)" + (f"; the in-hook gate {why}" if why else "")
+                + "; NOT refused on this tier for untrusted trees: creates, renames, "
+                "unlinks, log wiping, security-tool kills, rewrites through an open file "
+                "(fcntl clearing O_APPEND, shared writable mmap, fallocate, chattr), renames "
+                "of and mounts on the directories above objects, objects made after the start"}
         else:
             out["provenance gate"] = {"on": False, "detail": self._why_off.get(
                 "lsmgate", self._why_off.get("provgate", "no kernel event sensor"))}
@@ -1117,6 +1121,9 @@ class Agent:
                     self.lsmgate.refresh_tools()   # a restarted syslog daemon has a new pid
                 except BastionError as exc:
                     log.warning("provenance gate: security tools not refreshed: %s", exc)
+                # objects made since the last pass (a new ~/.ssh, a new home)
+                if (rf := self.lsmgate.refresh()) is not None:
+                    self._alert(rf)
             if self.svcgate is not None:
                 try:
                     self.svcgate.refresh()   # a restarted daemon binds a new socket inode

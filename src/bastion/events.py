@@ -229,6 +229,7 @@ class HipsEvent(_Base):
     daddr: str = ""
     dport: int = 0
     target_pid: int = 0
+    detail: int = 0         # lsm-prov: abi.PgateHow, how the act was tried (0 = the op itself)
 
     @property
     def type(self) -> str:
@@ -488,7 +489,7 @@ def _hips(r: Any, t: int, p: Proc, trunc: bool) -> Event:
         subject=r.subject, mechanism=MECHANISM_NAMES.get(r.mechanism, str(r.mechanism)),
         enforced=bool(r.enforced), ret=r.ret, gen=r.gen, path=_str(r.path), dev=r.dev,
         ino=r.ino, daddr=_addr(r.family, r.addr) if r.family else "", dport=r.port,
-        target_pid=r.target_pid,
+        target_pid=r.target_pid, detail=r.detail,
     )
 
 

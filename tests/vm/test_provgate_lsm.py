@@ -33,7 +33,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bastion import abi  # noqa: E402
-from bastion.enforce.muststop import GateObject  # noqa: E402
+from bastion.enforce.muststop import GateObject, Kind  # noqa: E402
 from bastion.enforce.provgate_lsm import LsmProvenanceGate  # noqa: E402
 from bastion.events import HipsEvent  # noqa: E402
 from bastion.procstat import read_stat  # noqa: E402
@@ -117,11 +117,7 @@ def loaded() -> Iterator[Env]:
                                          self_tgid=os.getpid())
                 gate.open()
                 try:
-                    problems = gate.apply(
-                        [GateObject(str(root / "etc" / "cron.d"), "persistence"),
-                         GateObject(str(root / "log"), "log"),
-                         GateObject(str(root / "home" / "shadow"), "credential")],
-                        [(str(root / "etc"), "ld.so.preload", "persistence")])
+                    problems = gate.apply(*_objects(root))
                     assert problems == []
                     assert gate.set_tools([tool.pid]) == [tool.pid]
                     yield Env(root, cg, prov, gate, tool, tools)
@@ -134,6 +130,13 @@ def loaded() -> Iterator[Env]:
             t.kill()
             t.wait()
         shutil.rmtree(root)
+
+
+def _objects(root: Path) -> tuple[list[GateObject], list[tuple[str, str, Kind]]]:
+    return ([GateObject(str(root / "etc" / "cron.d"), "persistence"),
+             GateObject(str(root / "log"), "log"),
+             GateObject(str(root / "home" / "shadow"), "credential")],
+            [(str(root / "etc"), "ld.so.preload", "persistence")])
 
 
 @pytest.fixture
@@ -436,3 +439,199 @@ def _wait(what: str, cond: Callable[[], object], timeout: float, agent: subproce
         assert agent.poll() is None, f"the agent died ({agent.returncode}):\n{log.read_text()[-3000:]}"
         assert time.monotonic() < deadline, f"{what}: not within {timeout}s\n{log.read_text()[-3000:]}"
         time.sleep(0.5)
+
+
+# ---- s15: rewriting an object through an open file; its ancestors; objects made later ----
+
+_REWRITE = r'''
+import ctypes, errno, fcntl, mmap, os, struct, sys
+log, cron = sys.argv[1], sys.argv[2]
+libc = ctypes.CDLL(None, use_errno=True)
+def code(f):
+    try:
+        f()
+        return 0
+    except OSError as exc:
+        return exc.errno
+def cc(rc):
+    if rc == 0:
+        return 0
+    return ctypes.get_errno()
+out = {}
+fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+out["fcntl"] = code(lambda: fcntl.fcntl(fd, fcntl.F_SETFL, 0))
+os.pwrite(fd, b"P", 0)    # appends while O_APPEND holds, overwrites "l" once cleared
+out["noappend"] = code(lambda: os.pwritev(fd, [b"N"], 0, 0x20))
+libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+out["fallocate"] = cc(libc.fallocate(fd, 3, 0, 4096))    # PUNCH_HOLE | KEEP_SIZE
+rw = os.open(log, os.O_RDWR | os.O_APPEND)
+def shared():
+    m = mmap.mmap(rw, 4, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    m[0:1] = b"M"
+    m.close()
+out["mmap"] = code(shared)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+addr = libc.mmap(None, 4096, mmap.PROT_READ, mmap.MAP_SHARED, rw, 0)
+assert addr not in (None, ctypes.c_void_p(-1).value), ctypes.get_errno()
+out["mprotect"] = cc(libc.mprotect(addr, 4096, mmap.PROT_READ | mmap.PROT_WRITE))
+if out["mprotect"] == 0:
+    ctypes.memmove(addr, b"R", 1)
+ro = os.open(cron, os.O_RDONLY)
+out["chattr"] = code(lambda: fcntl.ioctl(ro, 0x40086602, struct.pack("i", 0x10)))   # +i
+out["fsxattr"] = code(lambda: fcntl.ioctl(ro, 0x401c5820, struct.pack("IIIII8x", 8, 0, 0, 0, 0)))
+print(" ".join(f"{k}={v}" for k, v in out.items()))
+'''
+REWRITES = ("fcntl", "noappend", "fallocate", "mmap", "mprotect", "chattr", "fsxattr")
+_DONE = ("fcntl", "fallocate", "mmap", "mprotect", "chattr")
+
+
+def _flags(path: Path) -> int:
+    import fcntl
+    import struct
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return int(struct.unpack("i", fcntl.ioctl(fd, 0x80086601, b"\0" * 4))[0])
+    finally:
+        os.close(fd)
+
+
+def _clear_flags(path: Path) -> None:
+    import fcntl
+    import struct
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.ioctl(fd, 0x40086602, struct.pack("i", 0))
+    finally:
+        os.close(fd)
+
+
+# Before the fix (this module against the previous lsm_provgate.bpf.o, seen): fcntl=0
+# fallocate=0 mmap=0 mprotect=0 chattr=0 fsxattr=0 (the cron entry immutable), the log
+# rewritten at 0; noappend=95 (RWF_NOAPPEND is 6.9's: EOPNOTSUPP on 6.1, EPERM after).
+
+
+def test_a_log_opened_for_appending_is_not_rewritten_through_its_file(env: Env) -> None:
+    logf, cron = env.root / "log" / "syslog", env.etc / "cron.d" / "x"
+    py = env.root / "drop" / "rewrite.py"
+    py.write_text(_REWRITE)
+    sh = env.root / "drop" / "rewrite.sh"
+    sh.write_text(f"exec python3 {py} {logf} {cron}\n")
+    try:
+        r = run_in(env.cg, ["/bin/sh", str(sh)], timeout=60)
+        codes = _codes(r.stdout)
+        assert {a: codes.get(a) for a in REWRITES} == {a: 1 for a in REWRITES}, r.stdout + r.stderr
+        # the refused fcntl left O_APPEND on: the pwrite at 0 appended
+        assert logf.read_text() == "line 1\nline 2\nP", logf.read_text()
+        assert _flags(cron) & 0x10 == 0
+        recs = env.records(len(REWRITES))
+        how = {(ev.op, ev.detail, ev.rule_id) for ev in recs}
+        L, P, H = abi.PgateClass.LOG, abi.PgateClass.PERSISTENCE, abi.PgateHow
+        assert {("open-write", H.FCNTL, L), ("open-write", H.NOAPPEND, L),
+                ("open-write", H.FALLOCATE, L), ("open-write", H.MMAP, L),
+                ("chmod", H.IOCTL, P)} <= how, how
+        assert all(ev.action == "deny" and ev.enforced for ev in recs), recs
+        f = env.gate.finding(next(ev for ev in recs if ev.detail == H.FCNTL))
+        assert f is not None and "fcntl clearing O_APPEND" in f.title, f
+        assert f.evidence["class"] == "log"
+    finally:
+        _clear_flags(cron)
+
+
+def test_a_clean_tree_and_dry_run_still_rewrite(env: Env) -> None:
+    """The same rewrites by a clean process: allowed, unseen; with the log class in dry
+    run the log's are reported as would-deny and done."""
+    logf, cron = env.root / "log" / "syslog", env.etc / "cron.d" / "x"
+    py = env.root / "rewrite-clean.py"
+    py.write_text(_REWRITE)
+    try:
+        r = run_in(env.cg, ["python3", str(py), str(logf), str(cron)], timeout=60)
+        codes = _codes(r.stdout)
+        # RWF_NOAPPEND is 6.9's: EOPNOTSUPP on 6.1 for everyone (the tainted tree: EPERM first)
+        assert {a: codes.get(a) for a in _DONE} == {a: 0 for a in _DONE}, r.stdout + r.stderr
+        assert env.records(0) == []
+        _clear_flags(cron)
+        _reset(env)
+        env.gate.set_dry_run(["log"])
+        sh = env.root / "drop" / "rewrite-dry.sh"
+        sh.write_text(f"exec python3 {py} {logf} {cron}\n")
+        r = run_in(env.cg, ["/bin/sh", str(sh)], timeout=60)
+        codes = _codes(r.stdout)
+        assert [codes.get(a) for a in _DONE[:-1]] == [0] * 4, r.stdout + r.stderr
+        assert codes["chattr"] == 1      # persistence is enforced
+        recs = env.records(6)
+        logs = [ev for ev in recs if ev.rule_id == abi.PgateClass.LOG]
+        assert {ev.detail for ev in logs} >= {abi.PgateHow.FCNTL, abi.PgateHow.FALLOCATE,
+                                              abi.PgateHow.MMAP}, recs
+        assert all(ev.action == "deny" and not ev.enforced for ev in logs), logs
+    finally:
+        _clear_flags(cron)
+        env.gate.set_dry_run(False)
+
+
+# Before the fix (the previous object): a file in a directory made in cron.d after the
+# objects were entered was written (later=0), the bind over cron.d and over a log, the
+# unmount of the log tree, the tmpfs over etc and `mv etc etc.old` all succeeded.
+
+
+def test_the_directories_above_objects_are_not_renamed_or_mounted_on(env: Env) -> None:
+    etc, old = env.etc, env.root / "etc.old"
+    later = env.etc / "cron.d" / "later.d"
+    later.mkdir()
+    sh = env.root / "drop" / "move.sh"
+    sh.write_text(f"echo '* * * * * root id' > {later}/evil; echo later=$?\n"
+                  f"mount --bind {env.root}/drop {etc}/cron.d; echo bind=$?\n"
+                  f"umount {env.root}/log; echo umount=$?\n"
+                  f"mount --bind {env.root}/drop/payload.sh {env.root}/log/syslog; echo file=$?\n"
+                  f"mount -t tmpfs none {etc}; echo tmpfs=$?\n"
+                  f"umount {etc} 2>/dev/null\n"
+                  f"mv {etc} {old}; echo rename=$?\n")
+    (env.root / "drop" / "payload.sh").write_text("")
+    logd = env.root / "log"
+    try:
+        # /var/log on a filesystem of its own: a bind of the log tree on itself (the test's)
+        subprocess.run(["mount", "--bind", str(logd), str(logd)], check=True)
+        r = run_in(env.cg, ["/bin/sh", str(sh)], timeout=60)
+        codes = _codes(r.stdout)
+        assert {k: codes.get(k) for k in ("rename", "tmpfs", "bind", "file", "later", "umount")} \
+            == {"rename": 1, "tmpfs": 32, "bind": 32, "file": 32, "later": 2, "umount": 32}, \
+            r.stdout + r.stderr
+        assert subprocess.run(["mountpoint", "-q", str(logd)]).returncode == 0
+        assert etc.is_dir() and not old.exists() and not (later / "evil").exists()
+        assert "Operation not permitted" in r.stderr   # later: the shell's redirect (2)
+        recs = env.records(4)
+        got = {(ev.op, ev.detail) for ev in recs}
+        H = abi.PgateHow
+        assert {("rename", H.ANCESTOR), ("rename", H.MOUNT)} <= got, got
+        assert any(ev.op == "create" and ev.path.endswith("/later.d/evil") for ev in recs), recs
+        anc = next(ev for ev in recs if ev.detail == H.ANCESTOR)
+        assert anc.path.endswith("/etc") and anc.rule_id == abi.PgateClass.PERSISTENCE, anc
+        # a clean shell renames and mounts as before
+        r = run_in(env.cg, ["/bin/sh", "-c", f"mv {etc} {old} && mv {old} {etc} && "
+                            f"mount -t tmpfs none {etc} && umount {etc}"],
+                   timeout=30)
+        assert r.returncode == 0, r.stderr
+        # re-entering (the agent's tick) enters a directory made deeper meanwhile
+        deeper = later / "sub"
+        deeper.mkdir()
+        sh2 = env.root / "drop" / "deeper.sh"
+        sh2.write_text(f"echo x > {deeper}/evil; echo deeper=$?\n")
+        r = run_in(env.cg, ["/bin/sh", str(sh2)], timeout=30)
+        assert _codes(r.stdout) == {"deeper": 0}, r.stdout + r.stderr   # not entered yet
+        (deeper / "evil").unlink()
+        n = env.gate.stats()["objects"]
+        assert env.gate.apply(*_objects(env.root)) == []
+        assert env.gate.stats()["objects"] == n + 2     # later.d and sub
+        r = run_in(env.cg, ["/bin/sh", str(sh2)], timeout=30)
+        assert _codes(r.stdout) == {"deeper": 2}, r.stdout + r.stderr   # the redirect refused
+        assert not (deeper / "evil").exists()
+    finally:
+        for m in (etc, old):
+            subprocess.run(["umount", "-l", str(m)], capture_output=True)
+        if old.exists() and not etc.exists():
+            old.rename(etc)
+        for m in (etc / "cron.d", etc / "cron.d", logd / "syslog", logd, logd):
+            subprocess.run(["umount", "-l", str(m)], capture_output=True)
+        shutil.rmtree(later, ignore_errors=True)
+        env.gate.apply(*_objects(env.root))

@@ -16,6 +16,17 @@ this object at load: one map, kept by the sensor's exec/fork/exit programs):
 * ``security-tool`` (auditd, syslog, journald, the agent and its guardian, by
   tgid and start time): a harmful signal.
 
+An object opened in an allowed way is not rewritten through its open file either
+(s15): ``fcntl(F_SETFL)`` clearing ``O_APPEND`` on a log, ``pwritev2(RWF_NOAPPEND)``,
+an io_uring or aio write and ``fallocate`` on a log, a shared writable mapping
+(``mmap``, ``mprotect``) and ``chattr`` (``FS_IOC_SETFLAGS``, ``FS_IOC_FSSETXATTR``)
+of any object.  The directories above the objects (``pgate_anc``) are not renamed
+(``mv /etc/systemd /etc/s.old`` and a new tree) nor mounted on or unmounted; a
+directory made in a tree since the objects were entered is covered through its
+parent, and the agent re-enters the objects on its maintenance tick
+(:meth:`AgentLsmGate.refresh`), so a ``~/.ssh`` or a new home made later is
+entered within a minute.
+
 The objects are the fanotify gate's list (:mod:`bastion.enforce.muststop`); the
 trust rules are its rules (:mod:`bastion.enforce.provgate`): an untainted process
 is allowed unseen; an administrator's interactive session with only local
@@ -33,7 +44,7 @@ import errno
 import logging
 import os
 import struct
-from typing import Callable, Final, Iterable, Sequence
+from typing import Callable, Final, Iterable, Protocol, Sequence
 
 from bastion import abi
 from bastion.detect.engine import Finding
@@ -42,7 +53,7 @@ from bastion.enforce.muststop import (
     default_objects, expand, redirected,
 )
 from bastion.enforce.provgate import GATE_RULE
-from bastion.errors import ConfigError, KernelError, Location
+from bastion.errors import BastionError, ConfigError, KernelError, Location
 from bastion.events import HipsEvent, decode
 from bastion.kernel.btf import setattr_has_idmap
 from bastion.kernel.clock import deadline_ns
@@ -62,6 +73,13 @@ _CLASS_OF: Final[dict[str, abi.PgateClass]] = {
     "persistence": abi.PgateClass.PERSISTENCE, "credential": abi.PgateClass.CREDENTIAL,
     "log": abi.PgateClass.LOG, "security-tool": abi.PgateClass.SECURITY_TOOL}
 PGATE_MAX_NAMES: Final = 4096   # pgate_names' max_entries (bpf/lsm_provgate.bpf.c)
+PGATE_MAX_ANCESTORS: Final = 4096   # pgate_anc's max_entries
+HOW_NAMES: Final[dict[int, str]] = {
+    abi.PgateHow.FCNTL: "fcntl clearing O_APPEND", abi.PgateHow.MMAP: "shared writable mapping",
+    abi.PgateHow.IOCTL: "chattr (file attribute ioctl)", abi.PgateHow.FALLOCATE: "fallocate",
+    abi.PgateHow.NOAPPEND: "write ignoring O_APPEND (pwritev2 RWF_NOAPPEND, io_uring, aio)",
+    abi.PgateHow.ANCESTOR: "rename of a directory above it",
+    abi.PgateHow.MOUNT: "mount or unmount on it or above it"}
 _STRICT_CLS: Final[dict[int, int]] = {int(c): STRICTNESS.get(k, 0) for k, c in _CLASS_OF.items()}
 CLASS_NAMES: Final = {c: n for n, c in _CLASS_OF.items()}
 _U32: Final = struct.Struct("<I")
@@ -123,9 +141,10 @@ class LsmProvenanceGate(LoaderUser):
         self.over_budget: list[str] = []   # objects whose tree was entered only in part
         self.dry_classes = self._classes(dry_run)
         self._lo: LoadedObject | None = None
-        self._objs: set[bytes] = set()
-        self._names: set[bytes] = set()
-        self._tools: set[bytes] = set()
+        self._objs: dict[bytes, bytes] = {}
+        self._names: dict[bytes, bytes] = {}
+        self._anc: dict[bytes, bytes] = {}
+        self._tools: dict[bytes, bytes] = {}
         self.denies = self.dry_runs = self.audits = 0
 
     @staticmethod
@@ -212,8 +231,13 @@ class LsmProvenanceGate(LoaderUser):
     def apply(self, objects: Sequence[GateObject],
               names: Sequence[tuple[str, str, Kind]] = ()) -> list[str]:
         """Enter the objects (files; directories with every subdirectory, their children
-        objects) and the must-stop names, replacing the previous set; returns what was
-        not entered (paths that do not exist, names too long)."""
+        objects) and the must-stop names, and the directories above them (not to be
+        renamed or mounted on), replacing the previous set; returns what was not
+        entered (paths that do not exist, names too long).
+
+        Incremental: only what changed is written, new entries before the old ones go;
+        an update that fails part way raises with every entry of the previous set still
+        in (the ones written meanwhile too): nothing is dropped on a failure."""
         entries, problems, over = expand(objects, max_dirs=self.max_dirs,
                                          per_object_dirs=self.per_object_dirs)
         self.over_budget = over
@@ -225,6 +249,10 @@ class LsmProvenanceGate(LoaderUser):
             objs[bytes(abi.InodeKey(ino=e.key[1], dev=e.key[0]))] = bytes(abi.PgateObj(
                 cls=_CLASS_OF[e.kind], flags=abi.PGATE_F_DIR if e.is_dir else 0))
         nkeys: dict[bytes, bytes] = {}
+        anc_of: dict[str, str] = {}      # directory above an object -> strictest kind below
+        for e in entries:
+            _above(anc_of, e.path, "persistence" if e.kind == "profile-dir" else e.kind,
+                   include_self=e.kind == "profile-dir")
         for d, n, kind in names:
             if kind not in _CLASS_OF:
                 raise ConfigError(f"provenance name kind {kind!r} is not one of "
@@ -253,11 +281,41 @@ class LsmProvenanceGate(LoaderUser):
                                 f"not entered")
                 continue
             nkeys[nk] = bytes(abi.PgateObj(cls=_CLASS_OF[kind], flags=0))
-        self._objs = _replace(self._map("pgate_objs"), self._objs, objs)
-        self._names = _replace(self._map("pgate_names"), self._names, nkeys)
+            _above(anc_of, d, kind, include_self=True)
+        anc = self._ancestors(anc_of, objs, problems)
+        _sync(self._map("pgate_objs"), self._objs, objs)
+        _sync(self._map("pgate_names"), self._names, nkeys)
+        _sync(self._map("pgate_anc"), self._anc, anc)
         for p in problems:
             log.info("in-hook provenance gate: %s", p)
         return problems
+
+    def _ancestors(self, anc_of: dict[str, str], objs: dict[bytes, bytes],
+                   problems: list[str]) -> dict[bytes, bytes]:
+        """The ``pgate_anc`` entries: each directory above an object by its own inode and
+        each root link on its path (``/lib`` of ``/lib/systemd/system``) by the link's,
+        less the objects themselves (their own rules refuse the rename); the nearest the
+        objects first when there are more than the map takes."""
+        out: dict[bytes, bytes] = {}
+        for path in sorted(anc_of, key=lambda p: (-p.count("/"), p)):
+            kind = anc_of[path]
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue   # gone meanwhile: the next pass sees it
+            k = _key(st)
+            if k in objs:
+                continue
+            prev = out.get(k)
+            if prev is not None and _STRICT_CLS[abi.PgateObj.from_buffer_copy(prev).cls] >= \
+                    _STRICT_CLS[_CLASS_OF[kind]]:
+                continue
+            if prev is None and len(out) >= PGATE_MAX_ANCESTORS:
+                problems.append(f"{path}: more than {PGATE_MAX_ANCESTORS} directories above "
+                                f"objects: not entered (its rename is not refused)")
+                continue
+            out[k] = bytes(abi.PgateObj(cls=_CLASS_OF[kind], flags=abi.PGATE_F_DIR))
+        return out
 
     def set_tools(self, tgids: Iterable[int]) -> list[int]:
         """The security-tool processes (replacing the set); returns the tgids entered
@@ -272,7 +330,7 @@ class LsmProvenanceGate(LoaderUser):
             vals[_U32.pack(t)] = bytes(abi.PgateTool(start_ticks=ticks,
                                                      cls=abi.PgateClass.SECURITY_TOOL))
             done.append(t)
-        self._tools = _replace(self._map("pgate_tools"), self._tools, vals)
+        _sync(self._map("pgate_tools"), self._tools, vals)
         return done
 
     # ---- decisions ----------------------------------------------------------------------
@@ -312,20 +370,29 @@ class LsmProvenanceGate(LoaderUser):
             attack = {abi.PgateClass.CREDENTIAL: ("T1003.008",),
                       abi.PgateClass.LOG: ("T1070.002", "T1070.003")}.get(
                           cls, ("T1546", "T1053", "T1543", "T1574.006"))
-        prevented = f"{_PREVENTED[cls]} ({ev.op}) {obj}"
+        how = HOW_NAMES.get(ev.detail)
+        op = f"{ev.op}: {how}" if how else ev.op
+        prevented = f"{_PREVENTED[cls]} ({op}) {obj}"
         return Finding(
             rule=GATE_RULE, severity="critical" if ev.action == "deny" else "high", dry_run=dry,
             attack=attack, action="would-deny" if dry else ev.action, event=ev, pid=ev.proc.pid,
-            title=f"{_PREVENTED[cls].capitalize()} {verb}: {ev.op} {obj} "
+            title=f"{_PREVENTED[cls].capitalize()} {verb}: {op} {obj} "
                   f"[untrusted provenance: {', '.join(reasons)}]",
             evidence={"prevented": prevented, "provenance": reasons, "operation": ev.op,
+                      "how": how or "",
                       "object": obj, "class": CLASS_NAMES[cls], "target_pid": ev.target_pid},
             enforced_by=MECHANISM)
+
+    def entered(self) -> dict[str, int]:
+        """How many objects, names and directories above them the kernel maps hold."""
+        return {"objects": len(self._objs), "names": len(self._names),
+                "ancestors": len(self._anc)}
 
     def stats(self) -> dict[str, int]:
         out = super().stats()
         out.update(denies=self.denies, dry_runs=self.dry_runs, audits=self.audits,
-                   objects=len(self._objs), names=len(self._names), tools=len(self._tools),
+                   objects=len(self._objs), names=len(self._names), ancestors=len(self._anc),
+                   tools=len(self._tools),
                    prov_errors=self.prov.errors())
         return out
 
@@ -334,12 +401,42 @@ def _key(st: os.stat_result) -> bytes:
     return bytes(abi.InodeKey(ino=st.st_ino, dev=kernel_dev(st.st_dev)))
 
 
-def _replace(m: Map, old: set[bytes], new: dict[bytes, bytes]) -> set[bytes]:
+class _Writer(Protocol):
+    """What :func:`_sync` needs of a map (a kernel :class:`Map`, a fake in unit tests)."""
+
+    def update(self, key: bytes, value: bytes) -> None: ...
+
+    def delete(self, key: bytes) -> None: ...
+
+
+def _sync(m: Map | _Writer, cur: dict[bytes, bytes], new: dict[bytes, bytes]) -> None:
+    """Make the map (whose entries ``cur`` mirrors) hold ``new``: only the changed
+    entries are written, every new one before any old one is deleted, and ``cur`` is
+    kept equal to the map at each step (a failure part way leaves it true: the next
+    sync deletes what the failed one wrote and no longer belongs)."""
     for k, v in new.items():
-        m.update(k, v)
-    for k in old - new.keys():
+        if cur.get(k) != v:
+            m.update(k, v)
+            cur[k] = v
+    for k in [k for k in cur if k not in new]:
         m.delete(k)
-    return set(new)
+        del cur[k]
+
+
+def _above(out: dict[str, str], path: str, kind: str, *, include_self: bool) -> None:
+    """Record the directories above ``path`` (and ``path`` itself if ``include_self``)
+    in ``out``, as written and resolved (a root link on the way: both sides), each with
+    the strictest kind below it."""
+    for start in {os.path.normpath(path), os.path.realpath(path)}:
+        p = start if include_self else os.path.dirname(start)
+        while True:
+            prev = out.get(p)
+            if prev is not None and STRICTNESS[prev] >= STRICTNESS[kind]:
+                break    # it and every directory above it are there already, as strict
+            out[p] = kind
+            if p == "/":
+                break
+            p = os.path.dirname(p)
 
 
 class AgentLsmGate:
@@ -373,6 +470,28 @@ class AgentLsmGate:
             gate.close()
             raise
         self.gate = gate
+
+    def refresh(self) -> Finding | None:
+        """Re-enter the objects (the maintenance tick): a ``~/.ssh``, a home directory or a
+        ``foo.service.d/`` made since the last pass is entered, one gone is dropped; only
+        the changes are written.  A pass that fails keeps the entries in (nothing is
+        dropped first) and is returned as a high finding to alert."""
+        gate = self.gate
+        if gate is None:
+            return None
+        try:
+            self.unentered = gate.apply(default_objects(kinds=KINDS), default_names())
+        except (BastionError, OSError) as exc:
+            log.warning("in-hook provenance gate: objects not re-entered: %s", exc)
+            n = gate.entered()
+            return Finding(
+                rule=GATE_RULE + ".refresh", severity="high", attack=("T1562.001",),
+                action="alert", event=None, pid=os.getpid(),
+                title=f"Provenance gate objects not re-entered ({exc}); the previous "
+                      f"{n['objects']} objects, {n['names']} names and {n['ancestors']} "
+                      f"directories above them stay entered, objects made since are not",
+                evidence={"error": str(exc), **n})
+        return None
 
     def refresh_tools(self, gate: LsmProvenanceGate | None = None) -> None:
         """Re-enter the security tools' processes (a restarted rsyslogd has a new pid)."""
