@@ -47,8 +47,9 @@ def test_packing_gives_back_the_same_events() -> None:
         NetEvent(T0 + 3, EVIL, op="connect", family="inet", daddr="10.0.0.1", dport=4444),
     ]
     back = unpack(pack(evs))
-    assert back == evs
-    assert back[2].proc.container == ctr
+    assert [b.event for b in back] == evs
+    assert [b.n for b in back] == [1, 1, 1, 1]
+    assert back[2].event.proc.container == ctr
 
 
 class _Sensor:
@@ -150,7 +151,7 @@ def test_an_attack_event_inside_a_flood_alerts_and_is_stored_only_benign_shed(
     store = Store.open(tmp_path / "db")
     try:
         evil_rows = [r.data for r in store.events(types=["exec"])]
-        stored = store.count_events()
+        stored = store.count_event_facts()
         alerts = [a.data for a in store.alerts(rule=EvilExec.name)]
         shed_alerts = [a.data for a in store.alerts(rule="bastion.store.events_shed")]
     finally:
@@ -194,7 +195,7 @@ def test_a_killed_writer_process_is_restarted_and_alerted(tmp_path: Path) -> Non
     store = Store.open(tmp_path / "db")
     try:
         died = [a.data for a in store.alerts(rule="bastion.store.writer_died")]
-        stored = store.count_events()
+        stored = store.count_event_facts()
     finally:
         store.close()
     assert len(died) == 1 and died[0]["severity"] == "high"
@@ -249,7 +250,7 @@ def test_a_stopped_writer_process_is_killed_restarted_and_alerted(tmp_path: Path
         evil_rows = [r.data for r in store.events(types=["exec"])]
         stalled = [a.data for a in store.alerts(rule="bastion.store.writer_stalled")]
         alerts = [a.data for a in store.alerts(rule=EvilExec.name)]
-        stored = store.count_events()
+        stored = store.count_event_facts()
     finally:
         store.close()
     assert len(alerts) == 2
@@ -303,7 +304,7 @@ def test_frames_injected_into_the_writer_pipe_store_no_row(tmp_path: Path) -> No
     try:
         fake_rows = [r.data for r in store.events(types=["exec"])]
         tampered = [a.data for a in store.alerts(rule="bastion.store.writer_tampered")]
-        stored = store.count_events()
+        stored = store.count_event_facts()
     finally:
         store.close()
     assert fake_rows == []
