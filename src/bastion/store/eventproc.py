@@ -45,6 +45,7 @@ import hashlib
 import hmac
 import logging
 import marshal
+import operator
 import os
 import secrets
 import signal
@@ -137,56 +138,140 @@ def pack(events: Sequence[Event], apart: Collection[int] = ()) -> bytes:
     its own.  ``apart``: ``id()`` of events never coalesced, in either direction (those
     that raised a finding keep a row of their own, exactly as seen).
 
-    A row: ``(class no, actor no, first ns, count, last ns, type, truncated, fields...)``."""
+    A row: ``[(class no, actor no, truncated, fields...), first ns, count, last ns, type]``.
+
+    A batch in time order within the window, every field hashable (a flood) is grouped by
+    C-level passes (:func:`_pack_grouped`, ~1 µs an event less than a loop in Python);
+    any other by :func:`_pack_each`: the same rows (``tests/unit/test_store_coalesce.py``)."""
+    if len(events) > 1:
+        rows = _pack_grouped(events, apart)
+        if rows is not None:
+            return rows
+    return _pack_each(events, apart)
+
+
+def _actor_no(p: Proc, procs: dict[int, int], same: dict[Proc, int],
+              actors: list[tuple[Any, ...]]) -> int:
+    """The actor's number in the batch: an equal actor in another object (an enricher that
+    rebuilt it) is the same actor, one entry, and its repeats coalesce."""
+    try:
+        i = same.get(p)
+    except TypeError:
+        i = None
+    if i is None:
+        i = len(actors)
+        c = p.container
+        actors.append((p.pid, p.tid, p.ppid, p.uid, p.euid, p.gid, p.cgroup_id, p.comm,
+                       p.start_ns, p.exe, c.to_json() if c is not None else None))
+        try:
+            same[p] = i
+        except TypeError:
+            pass
+    procs[id(p)] = i
+    return i
+
+
+_REST: Final = operator.itemgetter(slice(2, None))
+_TIME: Final = operator.itemgetter(0)
+_PROC: Final = operator.attrgetter("proc")
+_TIME_NS: Final = operator.attrgetter("time_ns")
+# event class -> its fields after the actor (truncated, then its own), as one tuple
+_OWN: Final[dict[type[Any], Callable[[Any], tuple[Any, ...]]]] = {
+    cls: operator.attrgetter(*(f.name for f in dataclasses.fields(cls)[2:])) for cls in _CLASSES}
+
+
+def _pack_grouped(events: Sequence[Event], apart: Collection[int]) -> bytes | None:
+    """:func:`pack` by C-level passes over the batch (group by key with ``Counter``, the
+    first and last time of each key by ``dict(zip(...))``); None when the batch is not in
+    time order within the window or a field does not hash (then :func:`_pack_each`)."""
+    classes = list(map(type, events))
+    own = _OWN.get(classes[0])
+    if own is not None and classes.count(classes[0]) == len(classes):
+        times = list(map(_TIME_NS, events))   # one class (a flood): its fields straight
+        rests: Any = map(own, events)
+    else:
+        vals = list(map(all_fields, events))
+        times = list(map(_TIME, vals))
+        rests = map(_REST, vals)
+    lo, hi = times[0], times[-1]
+    if hi - lo > _WINDOW_NS or hi < lo or times != sorted(times):
+        return None
+    procs_of = list(map(_PROC, events))
+    keys: list[Any] = list(zip(classes, map(id, procs_of), rests))
+    if apart:
+        for j, x in enumerate(map(id, events)):
+            if x in apart:
+                keys[j] = (*keys[j], x)      # a key of its own: never coalesced
+    try:
+        counts = collections.Counter(keys)
+    except TypeError:
+        return None
+    n = len(keys)
+    # built from the keys in order, as the Counter: the same key order (first seen first)
+    last_at = dict(zip(keys, range(n)))
+    first_t = dict(zip(reversed(keys), reversed(times)))
     procs: dict[int, int] = {}
     same: dict[Proc, int] = {}
     actors: list[tuple[Any, ...]] = []
+    no = _CLASS_NO
     rows: list[list[Any]] = []
+    joined: dict[tuple[Any, ...], list[Any]] = {}   # equal actors in two objects: one row
+    for (key, c), j in zip(counts.items(), last_at.values()):
+        i = procs.get(key[1])
+        if i is None:
+            i = _actor_no(procs_of[j], procs, same, actors)
+        packed = (no[key[0]], i, *key[2])
+        if len(key) > 3:       # apart
+            rows.append([packed, times[j], c, times[j], events[j].type])
+            continue
+        row = joined.get(packed)
+        if row is not None:
+            row[2] += c
+            row[1] = min(row[1], first_t[key])
+            row[3] = max(row[3], times[j])
+            continue
+        row = joined[packed] = [packed, first_t[key], c, times[j], events[j].type]
+        rows.append(row)
+    return marshal.dumps((actors, rows))
+
+
+def _pack_each(events: Sequence[Event], apart: Collection[int]) -> bytes:
+    """:func:`pack` one event at a time (any batch)."""
+    procs: dict[int, int] = {}
+    same: dict[Proc, int] = {}
+    actors: list[tuple[Any, ...]] = []
+    rows: list[list[Any]] = []      # [key, first ns, count, last ns, type]
     firsts: dict[tuple[Any, ...], list[Any]] = {}
+    get_first = firsts.get
     no = _CLASS_NO
     window = _WINDOW_NS
     for ev in events:
         p = ev.proc
         i = procs.get(id(p))
         if i is None:
-            # an equal actor in another object (an enricher that rebuilt it) is the same
-            # actor: one entry, and its repeats coalesce
-            try:
-                i = same.get(p)
-            except TypeError:
-                i = None
-            if i is None:
-                i = len(actors)
-                c = p.container
-                actors.append((p.pid, p.tid, p.ppid, p.uid, p.euid, p.gid, p.cgroup_id, p.comm,
-                               p.start_ns, p.exe, c.to_json() if c is not None else None))
-                try:
-                    same[p] = i
-                except TypeError:
-                    pass
-            procs[id(p)] = i
+            i = _actor_no(p, procs, same, actors)
         vals = all_fields(ev)
         t = vals[0]
-        if apart and id(ev) in apart:
-            rows.append([no[type(ev)], i, t, 1, t, ev.type, *vals[2:]])
-            continue
         key = (no[type(ev)], i, *vals[2:])
+        if apart and id(ev) in apart:
+            rows.append([key, t, 1, t, ev.type])
+            continue
         try:
-            row = firsts.get(key)
+            row = get_first(key)
         except TypeError:      # a field that does not hash: never coalesced
-            rows.append([no[type(ev)], i, t, 1, t, ev.type, *vals[2:]])
+            rows.append([key, t, 1, t, ev.type])
             continue
-        if row is not None and max(t, row[4]) - min(t, row[2]) <= window:
-            row[3] += 1
-            if t < row[2]:
-                row[2] = t
-            elif t > row[4]:
-                row[4] = t
+        if row is not None and -window <= t - row[1] <= window and -window <= t - row[3] <= window:
+            row[2] += 1
+            if t > row[3]:
+                row[3] = t
+            elif t < row[1]:
+                row[1] = t
             continue
-        row = [key[0], i, t, 1, t, ev.type, *vals[2:]]
+        row = [key, t, 1, t, ev.type]
         rows.append(row)
         firsts[key] = row
-    return marshal.dumps((actors, [tuple(r) for r in rows]))
+    return marshal.dumps((actors, rows))
 
 
 def _actors(raw: Sequence[Sequence[Any]]) -> list[Proc]:
@@ -199,12 +284,12 @@ def unpack(payload: bytes) -> list[Packed]:
     actors, rows = marshal.loads(payload)
     procs = _actors(actors)
     out: list[Packed] = []
-    for r in rows:
-        cls = _CLASSES[r[0]]
-        ev: Event = cls(r[2], procs[r[1]], *r[6:])
-        if not isinstance(r[3], int) or r[3] < 1 or ev.type != r[5]:
-            raise ValueError(f"a row with count {r[3]!r} and type {r[5]!r} for {ev.type!r}")
-        out.append(Packed(ev, r[3], r[4]))
+    for key, first, n, last, etype in rows:
+        cls = _CLASSES[key[0]]
+        ev: Event = cls(first, procs[key[1]], *key[2:])
+        if not isinstance(n, int) or n < 1 or ev.type != etype:
+            raise ValueError(f"a row with count {n!r} and type {etype!r} for {ev.type!r}")
+        out.append(Packed(ev, n, last))
     return out
 
 
@@ -222,8 +307,8 @@ def _json_value(v: Any) -> str:
 
 def _encoders() -> dict[int, Callable[[Sequence[Any]], str]]:
     """Per class no: the JSON of a packed row's own fields, ``,"name":value`` each, in
-    :func:`~bastion.events.to_json` order (the packed row's ``truncated`` is at 6, its own
-    fields from 7).  Generated per class, as :func:`bastion.events._maker` is: a field
+    :func:`~bastion.events.to_json` order (in a packed row's key ``truncated`` is at 2,
+    its own fields from 3).  Generated per class, as :func:`bastion.events._maker` is: a field
     declared ``str`` or ``int`` whose value has that exact type is formatted inline (the
     JSON encoder's C escaper for a str, ``int`` as ``json`` writes it); any other value
     goes through the encoder itself."""
@@ -236,7 +321,7 @@ def _encoders() -> dict[int, Callable[[Sequence[Any]], str]]:
         for j, f in enumerate(dataclasses.fields(cls)):
             if f.name not in want:
                 continue
-            v = f"r[{4 + j}]"
+            v = f"r[{j}]"
             ann = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
             if ann == "str":
                 expr = f"_esc({v}) if {v}.__class__ is str else _val({v})"
@@ -291,14 +376,13 @@ class RowMaker:
         encoders, fmt = self.encoders, self.time
         out: list[tuple[Any, ...]] = []
         events = 0
-        for r in packed:
+        for r, first, n, last, etype in packed:
             enc = encoders[r[0]]
             pid, exe, frag = parts[r[1]]
-            first, n, last, etype = r[2], r[3], r[4], r[5]
             if type(n) is not int or n < 1 or type(etype) is not str:
                 raise ValueError(f"a row with count {n!r} and type {etype!r}")
             data = [f'{{"type":{esc(etype)},"time":"{fmt(first)}",', frag, enc(r)]
-            if r[6]:
+            if r[2]:
                 data.append(',"truncated":true')
             if n > 1:
                 data.append(f',"count":{n},"last_time":"{fmt(last)}"}}')

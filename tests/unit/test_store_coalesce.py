@@ -1,0 +1,165 @@
+"""Issue 16.3 (s15): the store keeps every fact of a flood.
+
+* exact repeats (same class, actor, operation, object, result; within
+  ``REPEAT_WINDOW_S``) are one row with a count and first/last time; an attack event
+  inside the flood (another file, another actor, a credentials read, a flagged event)
+  keeps a row of its own;
+* the rows the writer makes without event objects are byte for byte the JSON of
+  :func:`bastion.events.to_json` (every recorded fixture event);
+* the grouped packing and the one-at-a-time packing give the same rows;
+* queries find a coalesced row by any time in its span and show its count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from bastion.events import Event, ExecEvent, FileEvent, NetEvent, Proc, to_json
+from bastion.sensors.replay import read_all
+from bastion.store import Store
+from bastion.store.db import _ENCODER, REPEAT_WINDOW_S, _text
+from bastion.store.eventproc import RowMaker, _pack_each, _pack_grouped, pack, unpack
+
+pytestmark = pytest.mark.unit
+
+T0 = 1_767_225_600 * 1_000_000_000
+FLOOD = Proc(4242, 4242, 1, 1000, 1000, 1000, 1, "flood", exe="/usr/bin/flood")
+EVIL = Proc(6666, 6666, 1, 0, 0, 0, 1, "evil", exe="/tmp/evil")
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "behavior"
+
+
+def _chmod(i: int, proc: Proc = FLOOD, path: str = "/tmp/f", mode: int = 0o644) -> FileEvent:
+    return FileEvent(T0 + i * 1000, proc, op="chmod", path=path, mode=mode, dev=2049, ino=77)
+
+
+def _facts(payload: bytes) -> list[tuple[Event, int, int]]:
+    return [(p.event, p.n, p.last_ns) for p in unpack(payload)]
+
+
+def test_a_flood_of_exact_repeats_is_one_row_with_its_count_and_times() -> None:
+    evs = [_chmod(i) for i in range(5000)]
+    facts = _facts(pack(evs))
+    assert facts == [(evs[0], 5000, evs[-1].time_ns)]
+
+
+@pytest.mark.parametrize("attack", [
+    pytest.param(_chmod(2500, path="/etc/shadow"), id="another-file"),
+    pytest.param(_chmod(2500, mode=0o4755), id="another-mode"),
+    pytest.param(_chmod(2500, proc=EVIL), id="another-actor"),
+    pytest.param(FileEvent(T0 + 2500 * 1000, FLOOD, op="open", path="/etc/shadow",
+                           sensitive="credentials"), id="shadow-read"),
+    pytest.param(FileEvent(T0 + 2500 * 1000, FLOOD, True, op="chmod", path="/tmp/f",
+                           mode=0o644, dev=2049, ino=77), id="truncated"),
+])
+def test_an_attack_event_inside_a_flood_keeps_a_row_of_its_own(attack: Event) -> None:
+    """Attack: hide one act among 5,000 repeats of another.  It must come out as its own
+    row, exactly as seen, between the repeats before and after it."""
+    evs: list[Event] = [_chmod(i) for i in range(5000)]
+    evs.insert(2500, attack)
+    for packer in (pack, lambda e: _pack_each(e, ())):
+        facts = _facts(packer(evs))
+        assert (attack, 1, attack.time_ns) in facts
+        assert sum(n for _, n, _ in facts) == len(evs)
+        assert len(facts) == 2
+
+
+def test_an_event_that_raised_a_finding_is_never_coalesced() -> None:
+    """An exact repeat that raised a finding (a rule counting repeats fires on the 100th)
+    keeps its own row: the row the alert points at is there, exactly as seen."""
+    evs = [_chmod(i) for i in range(300)]
+    flagged = evs[99]
+    facts = _facts(pack(evs, {id(flagged)}))
+    assert (flagged, 1, flagged.time_ns) in facts
+    assert sum(n for _, n, _ in facts) == 300
+    assert facts[0] == (evs[0], 299, evs[-1].time_ns)
+
+
+def test_a_coalesced_row_never_spans_more_than_the_window() -> None:
+    step = int(REPEAT_WINDOW_S * 1e9) // 4
+    evs = [dataclasses.replace(_chmod(0), time_ns=T0 + i * step) for i in range(20)]
+    facts = _facts(pack(evs))
+    assert sum(n for _, n, _ in facts) == 20
+    assert len(facts) > 1
+    assert all(last - ev.time_ns <= REPEAT_WINDOW_S * 1e9 for ev, _, last in facts)
+
+
+def _mixes() -> list[list[Event]]:
+    other = Proc(7, 7, 1, 0, 0, 0, 2, "other", exe="/bin/other")
+    inter: list[Event] = []
+    for i in range(600):
+        inter.append(_chmod(i))
+        if i % 3 == 0:
+            inter.append(NetEvent(T0 + i * 1000 + 1, other, op="connect", daddr="10.0.0.1",
+                                  dport=443))
+        if i % 50 == 0:
+            inter.append(ExecEvent(T0 + i * 1000 + 2, other, argv=("sh", str(i)), filename="/bin/sh"))
+    unordered = [_chmod(i) for i in range(100)]
+    unordered[10], unordered[20] = unordered[20], unordered[10]
+    # an equal actor in another object is the same actor
+    twin = [_chmod(40 + i, proc=dataclasses.replace(FLOOD)) for i in range(50)]
+    return [inter, [_chmod(i, path=f"/tmp/f{i}") for i in range(300)], unordered,
+            [_chmod(i) for i in range(40)] + twin]
+
+
+@pytest.mark.parametrize("mix", range(4))
+def test_grouped_packing_gives_the_rows_one_at_a_time_packing_gives(mix: int) -> None:
+    evs = _mixes()[mix]
+    apart = {id(evs[5])}
+    each = _facts(_pack_each(evs, apart))
+    grouped = _pack_grouped(evs, apart)
+    if mix == 2:
+        assert grouped is None      # out of time order: the loop's job
+        return
+    assert grouped is not None
+    assert _facts(grouped) == each
+    if mix == 3:
+        assert len(each) == 2      # the twin actor's repeats joined the first row
+    assert sum(n for _, n, _ in each) == len(evs)
+
+
+def test_rows_are_the_json_of_every_recorded_event() -> None:
+    """The writer's rows, made without event objects, are byte for byte what json gives
+    for to_json (every recorded fixture: all event classes the fixtures hold)."""
+    evs: list[Event] = []
+    for f in sorted(FIXTURES.glob("*.jsonl")):
+        evs += read_all(f)
+    evs.append(FileEvent(T0, Proc(1, 2, 3, 4, 5, 6, 7, "c\udcff\"\u2028", exe="/bin/\xe9"),
+                         True, op="rename", path="/a\udcfe", path2="/b\n"))
+    assert len({type(e) for e in evs}) >= 6
+    maker = RowMaker()
+    for i in range(0, len(evs), 500):
+        chunk = evs[i:i + 500]
+        apart = {id(e) for e in chunk}       # a row each, in order
+        rows, n = maker.rows(pack(chunk, apart))
+        assert n == len(chunk)
+        for ev, row in zip(chunk, rows, strict=True):
+            assert row[4] == _ENCODER.encode(to_json(ev))
+            assert row[:4] == (ev.time_ns // 1000 / 1e6, _text(ev.type), ev.proc.pid,
+                               _text(ev.proc.exe))
+            assert row[5:] == (1, None)
+
+
+def test_a_coalesced_row_is_found_by_any_time_in_its_span_and_shows_its_count(
+        tmp_path: Path) -> None:
+    evs = [dataclasses.replace(_chmod(0), time_ns=T0 + i * 100_000_000) for i in range(9)]
+    rows, n = RowMaker().rows(pack(evs))
+    assert n == 9 and len(rows) == 1
+    with Store.open(tmp_path) as st:
+        st.add_rows(rows)
+        st.add_events([to_json(_chmod(10_000_000, path="/later"))])
+        mid = T0 / 1e9 + 0.5
+        got = st.events(since=mid)
+        assert [r.data.get("count", 1) for r in got] == [9, 1]
+        assert got[0].data["last_time"] == to_json(evs[-1])["time"]
+        assert [r.data.get("count", 1) for r in st.events(since=T0 / 1e9 + 0.79)] == [9, 1]
+        assert [r.data["path"] for r in st.events(since=T0 / 1e9 + 0.85)] == ["/later"]
+        assert st.events(until=mid)[0].data["count"] == 9
+        assert st.count_events() == 2
+        assert st.count_event_facts() == 10
+    # the JSON a consumer reads back is the event's, plus the count and the last time
+    first = json.loads(rows[0][4])
+    assert {k: v for k, v in first.items() if k not in ("count", "last_time")} == to_json(evs[0])
