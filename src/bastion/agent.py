@@ -995,8 +995,8 @@ class Agent:
         if sp is not None:
             if not sp.offer(seen, flagged):
                 self.store_health.events_not_stored += len(seen) - len(flagged)
-                if not sp.keep(flagged):
-                    self.store_health.events_not_stored += len(flagged)
+                kept, evicted = sp.keep(flagged)
+                self.store_health.events_not_stored += evicted + (0 if kept else len(flagged))
             if w is not None:
                 w.offer(seen)     # the outputs' copy (its sheds are counted in w.shed)
             return
@@ -1004,7 +1004,9 @@ class Agent:
             self._write_events(seen, drain_alerts=True)
         elif not w.offer(seen):
             self.store_health.events_not_stored += len(seen) - len(flagged)
-            w.keep(flagged)
+            kept, _ = w.keep(flagged)
+            if not kept:
+                self.store_health.events_not_stored += len(flagged)
 
     def _store_result(self, kind: str, n: int, detail: str) -> None:
         """An answer of the writer process (its reader thread)."""

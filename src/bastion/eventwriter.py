@@ -85,35 +85,38 @@ class EventWriter(Generic[T]):
             self._cv.notify()
         return True
 
-    def keep(self, items: Sequence[T]) -> bool:
+    def keep(self, items: Sequence[T]) -> tuple[bool, int]:
         """Queue ``items`` of a batch :meth:`offer` just shed, whatever the queue holds,
         and take them out of ``shed`` (the events that raised a finding: their storage is
         never shed).  They take ``reserve`` items beyond ``max_items``; beyond that, with
         ``must_keep``, queued batches give up their other items, newest first (counted in
-        ``shed``).  False (counted in ``kept_shed``) only when no room can be made."""
+        ``shed``).  (queued, items evicted for them); not queued (counted in
+        ``kept_shed``) only when no room can be made."""
         if not items:
-            return True
+            return True, 0
+        evicted = 0
         with self._cv:
             limit = self.max_items + self.reserve
             if self._queued + len(items) > limit and self._must_keep is not None:
-                self._evict(self._queued + len(items) - limit)
+                evicted = self._evict(self._queued + len(items) - limit)
             if self._queued + len(items) > limit:
                 self.kept_shed += len(items)
-                return False     # beyond the reserve, nothing left to evict: counted
+                return False, evicted   # beyond the reserve, nothing left to evict: counted
             self.shed -= len(items)
             self._q.append(items)
             self._queued += len(items)
             self._cv.notify()
-        return True
+        return True, evicted
 
-    def _evict(self, need: int) -> None:
+    def _evict(self, need: int) -> int:
         """Make room for ``need`` items: queued batches, newest first, cut down to the
-        items ``must_keep`` names (under ``_cv``)."""
+        items ``must_keep`` names (under ``_cv``); the number of items evicted."""
         assert self._must_keep is not None
         q = self._q
+        evicted = 0
         for i in range(len(q) - 1, -1, -1):
             if need <= 0:
-                return
+                break
             b = q[i]
             kept = self._must_keep(b)
             gone = len(b) - len(kept)
@@ -126,6 +129,8 @@ class EventWriter(Generic[T]):
             self._queued -= gone
             self.shed += gone
             need -= gone
+            evicted += gone
+        return evicted
 
     def _run(self) -> None:
         while True:

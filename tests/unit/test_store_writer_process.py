@@ -60,7 +60,10 @@ class _Sensor:
     attached: list[str] = []
     missing: list[str] = []
 
-    def __init__(self, batches: int, size: int = 500, attack_at: tuple[int, ...] = ()) -> None:
+    def __init__(self, batches: int, size: int = 500, attack_at: tuple[int, ...] = (),
+                 distinct: bool = False, pause_at: int = -1) -> None:
+        self.distinct = distinct   # a new name for every chmod (nothing to coalesce)
+        self.pause_at = pause_at   # before this batch, clear ``hold`` (the test sets it)
         self.left = batches
         self.size = size
         self.attack_at = attack_at
@@ -79,6 +82,9 @@ class _Sensor:
         return {"events": self.sent, "drops": 0}
 
     def poll(self, timeout_s: float) -> list[Event] | None:
+        if self.batch_no == self.pause_at:
+            self.pause_at = -1
+            self.hold.clear()
         if self.left <= 0 or not self.hold.is_set():
             if self.left <= 0:
                 self.done.set()
@@ -86,8 +92,9 @@ class _Sensor:
             return []
         self.left -= 1
         t = T0 + self.sent * 1000
-        out: list[Event] = [FileEvent(t + i, ACTOR, op="chmod", path=f"/tmp/f{i % 7}",
-                                      mode=0o644) for i in range(self.size)]
+        out: list[Event] = [FileEvent(t + i, ACTOR, op="chmod", path=(
+            f"/tmp/flood/{self.sent + i}" if self.distinct else f"/tmp/f{i % 7}"),
+            mode=0o644) for i in range(self.size)]
         if self.batch_no in self.attack_at:
             out.insert(self.size // 2, ExecEvent(t + self.size // 2, EVIL, filename="/tmp/evil",
                                                  argv=("/tmp/evil", str(self.batch_no))))
@@ -162,6 +169,61 @@ def test_an_attack_event_inside_a_flood_alerts_and_is_stored_only_benign_shed(
     # every event is stored or counted as not stored: nothing silently lost
     assert stored + agent.store_health.events_not_stored == sensor.sent
     assert agent.store_health.events_not_stored > 0
+
+
+def test_a_distinct_name_flood_never_sheds_the_rows_that_raised_a_finding(
+        tmp_path: Path) -> None:
+    """Attack: chmod a new name each time (nothing to coalesce) faster than the store
+    writes, then an exec of /tmp/evil in every other batch: more attack events than the
+    queue's reserve for kept rows (31 at a queue of 500).  The writer is stopped (SIGSTOP)
+    and the first 300 batches fill its pipe and queue, so every later batch is shed.
+    Every attack row must be stored; only benign rows are shed (counted).  Before: each
+    attack event was queued beyond the full queue until the reserve ran out, then shed
+    with the benign ones (their rows lost)."""
+    attacks = tuple(range(301, 600, 2))          # 150 attack events
+    sensor = _Sensor(batches=600, size=200, attack_at=attacks, distinct=True, pause_at=300)
+    sensor.hold.clear()
+    agent, stop, th = _agent(tmp_path, sensor, writer_max=500)
+    sp = agent._store_proc
+    assert sp is not None and sp.pid is not None
+    child = sp.pid
+    os.kill(child, signal.SIGSTOP)
+    try:
+        sensor.hold.set()
+        _wait(lambda: not sensor.hold.is_set(), 60, "the first 300 batches")
+        _wait(lambda: agent.summary.events >= sensor.sent, 60, "the loop to see them")
+        # the pipe is full (the feeder is blocked writing to it) and the queue too
+        _wait(lambda: sp.queued >= sp.max_items - 200 and sp._child is not None
+              and sp._child.writing, 60, "a full pipe and queue")
+        sensor.hold.set()
+        assert sensor.done.wait(60)
+        _wait(lambda: agent.summary.events >= sensor.sent, 60, "the loop to see every event")
+        assert sp.shed > 0
+    finally:
+        os.kill(child, signal.SIGCONT)
+    assert sp.flush(60)
+    stop.set()
+    th.join(60)
+    assert not th.is_alive()
+    store = Store.open(tmp_path / "db")
+    try:
+        evil_rows = [r.data for r in store.events(types=["exec"])]
+        alerts = [a.data for a in store.alerts(rule=EvilExec.name)]
+    finally:
+        store.close()
+    assert alerts      # alerted (the alert gate folds the rest into "N more like this")
+    assert sorted(int(r["argv"][1]) for r in evil_rows) == list(attacks)   # every one kept
+    store = Store.open(tmp_path / "db")
+    try:
+        stored = store.count_event_facts()
+        shed_alerts = [a.data for a in store.alerts(rule="bastion.store.events_shed")]
+        kept_shed = store.alerts(rule="bastion.store.finding_rows_shed")
+    finally:
+        store.close()
+    assert sp.kept_shed == 0 and kept_shed == []
+    assert shed_alerts and shed_alerts[-1]["evidence"]["shed_total"] > 0
+    assert stored + agent.store_health.events_not_stored == sensor.sent
+    assert stored < sensor.sent       # benign rows were shed: what the test floods for
 
 
 def test_a_killed_writer_process_is_restarted_and_alerted(tmp_path: Path) -> None:

@@ -806,11 +806,11 @@ class EventStoreProcess:
         never evicted by :meth:`keep`)."""
         return self._feeder.offer(Batch(batch, [id(ev) for ev in flagged]))
 
-    def keep(self, events: Sequence[Event]) -> bool:
+    def keep(self, events: Sequence[Event]) -> tuple[bool, int]:
         """Queue ``events`` of a batch just shed whatever the queue holds (those that
         raised a finding), out of the shed count: room is made by evicting the queue's
-        other rows, newest first (counted in ``shed``).  False (``kept_shed``) only when
-        the queue holds nothing else to evict."""
+        other rows, newest first (counted in ``shed``).  (queued, benign events evicted
+        for them); not queued (``kept_shed``) only when the queue holds nothing else."""
         return self._feeder.keep(Batch(events, [id(ev) for ev in events]))
 
     @property
