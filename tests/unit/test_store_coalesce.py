@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from bastion.errors import ReplayError
 from bastion.events import Event, ExecEvent, FileEvent, NetEvent, Proc, to_json
 from bastion.sensors.replay import read_all
 from bastion.store import Store
@@ -163,3 +164,21 @@ def test_a_coalesced_row_is_found_by_any_time_in_its_span_and_shows_its_count(
     # the JSON a consumer reads back is the event's, plus the count and the last time
     first = json.loads(rows[0][4])
     assert {k: v for k, v in first.items() if k not in ("count", "last_time")} == to_json(evs[0])
+
+
+def test_a_stored_row_of_repeats_replays_as_that_many_events(tmp_path: Path) -> None:
+    """``bastion events --json`` fed back to ``bastion run --replay``: a coalesced row is
+    its count of events (first at its time, last at its last time), not one."""
+    evs = [_chmod(i) for i in range(50)]
+    rows, _ = RowMaker().rows(pack(evs))
+    f = tmp_path / "stored.jsonl"
+    f.write_text(rows[0][4] + "\n" + _ENCODER.encode(to_json(_chmod(60, path="/x"))) + "\n")
+    back = read_all(f)
+    assert len(back) == 51
+    assert back[0] == evs[0] and back[48] == evs[0]
+    assert back[49] == dataclasses.replace(evs[0], time_ns=evs[-1].time_ns)
+    assert back[50].path == "/x"    # type: ignore[union-attr]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(rows[0][4].replace('"count":50', '"count":0') + "\n")
+    with pytest.raises(ReplayError, match="count must be a positive integer"):
+        read_all(bad)
