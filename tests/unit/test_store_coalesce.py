@@ -182,3 +182,62 @@ def test_a_stored_row_of_repeats_replays_as_that_many_events(tmp_path: Path) -> 
     bad.write_text(rows[0][4].replace('"count":50', '"count":0') + "\n")
     with pytest.raises(ReplayError, match="count must be a positive integer"):
         read_all(bad)
+
+
+def test_a_store_of_schema_4_keeps_its_rows_as_single_events(tmp_path: Path) -> None:
+    """Migration 5 on a store written before coalescing: its rows stand for one event each
+    and are found by time as before."""
+    import sqlite3
+
+    from bastion.store.schema import MIGRATIONS, migrate
+
+    conn = sqlite3.connect(str(tmp_path / "bastion.db"), isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    migrate(conn, MIGRATIONS[:4])
+    conn.execute("INSERT INTO events(ts, type, pid, exe, data) VALUES (?, 'chmod', 1, '/x', ?)",
+                 (T0 / 1e9, _ENCODER.encode(to_json(_chmod(0)))))
+    conn.close()
+    with Store.open(tmp_path) as st:
+        assert st.count_event_facts() == st.count_events() == 1
+        (row,) = st.events(since=T0 / 1e9)
+        assert row.data == to_json(_chmod(0))
+        assert st.events(since=T0 / 1e9 + 0.001) == []
+
+
+def test_keep_evicts_benign_rows_newest_first_and_counts_what_it_cannot_keep() -> None:
+    """The writer's queue is full and stuck (its thread not started): rows that raised a
+    finding take the place of benign queued rows, newest first (counted as shed); when
+    nothing benign is left, a finding row that does not fit is counted (``kept_shed``,
+    alerted high by the agent), never dropped silently."""
+    from bastion.eventwriter import EventWriter
+    from bastion.store.eventproc import Batch, _merge, _must_keep
+
+    w: EventWriter[Event] = EventWriter(lambda b: None, max_items=32, share=1.0,
+                                        merge=_merge, merge_items=64, must_keep=_must_keep)
+    assert w.reserve == 2
+    flood = [_chmod(i, path=f"/f{i}") for i in range(48)]
+    batches = [Batch(flood[8 * k:8 * k + 8], [id(flood[0])] if k == 0 else []) for k in range(4)]
+    for b in batches:
+        assert w.offer(b)
+    assert not w.offer(Batch(flood[32:40]))         # full: shed
+    assert w.shed == 8
+    attacks = [_chmod(100 + i, proc=EVIL) for i in range(40)]
+    evicted = 0
+    for a in attacks[:32]:
+        ok, gone = w.keep(Batch([a], [id(a)]))
+        assert ok
+        evicted += gone
+    q = [ev for b in w._q for ev in b]
+    assert w.queued == len(q) <= 34
+    assert [ev for ev in q if ev.proc is EVIL] == attacks[:32]     # every one, in order
+    assert flood[0] in q                            # the flood's own flagged row stays
+    benign_left = [ev for ev in q if ev.proc is FLOOD and ev is not flood[0]]
+    assert evicted + len(benign_left) == 31
+    assert batches[3][0] not in q and batches[2][0] not in q   # the newest went first
+    # (keep takes its rows out of shed: in the agent they were part of a shed offer)
+    assert w.shed == 8 + evicted - 32 and w.kept_shed == 0
+    # nothing benign left to give up: a finding row that does not fit is counted
+    results = [w.keep(Batch([a], [id(a)])) for a in attacks[32:]]
+    assert (False, 0) in results
+    assert w.kept_shed == sum(1 for ok, _ in results if not ok) > 0
+    assert all(ev.proc is EVIL or ev is flood[0] for b in w._q for ev in b)
