@@ -61,9 +61,8 @@ class _Sensor:
     missing: list[str] = []
 
     def __init__(self, batches: int, size: int = 500, attack_at: tuple[int, ...] = (),
-                 distinct: bool = False, pause_at: int = -1) -> None:
+                 distinct: bool = False) -> None:
         self.distinct = distinct   # a new name for every chmod (nothing to coalesce)
-        self.pause_at = pause_at   # before this batch, clear ``hold`` (the test sets it)
         self.left = batches
         self.size = size
         self.attack_at = attack_at
@@ -82,9 +81,6 @@ class _Sensor:
         return {"events": self.sent, "drops": 0}
 
     def poll(self, timeout_s: float) -> list[Event] | None:
-        if self.batch_no == self.pause_at:
-            self.pause_at = -1
-            self.hold.clear()
         if self.left <= 0 or not self.hold.is_set():
             if self.left <= 0:
                 self.done.set()
@@ -103,8 +99,8 @@ class _Sensor:
         return out
 
 
-def _agent(tmp_path: Path, sensor: _Sensor, writer_max: int) -> tuple[Agent, threading.Event,
-                                                                        threading.Thread]:
+def _agent(tmp_path: Path, sensor: _Sensor, writer_max: int, stall_s: float | None = None
+           ) -> tuple[Agent, threading.Event, threading.Thread]:
     store = Store.open(tmp_path / "db")
     procs = ProcessTable()
     agent = Agent(policy=parse_policy("version: 1\n", "test.yaml"), sensors=[sensor],
@@ -112,6 +108,8 @@ def _agent(tmp_path: Path, sensor: _Sensor, writer_max: int) -> tuple[Agent, thr
                   dispatcher=Dispatcher(procs), store_process=True)
     agent.procs.seed = lambda proc=Path("/proc"): 0   # type: ignore[method-assign]
     agent.writer_max_events = writer_max
+    if stall_s is not None:
+        agent.writer_stall_s = stall_s
     stop = threading.Event()
     th = threading.Thread(target=agent.run, args=(stop,), daemon=True)
     th.start()
@@ -136,7 +134,9 @@ def test_an_attack_event_inside_a_flood_alerts_and_is_stored_only_benign_shed(
     raise its alert, and its row must be stored: shedding drops only benign rows,
     counted.  Before (the thread writer, PR 16.3 first step): the whole batch with the
     attack event in it was shed, the attack's row lost with the benign ones."""
-    sensor = _Sensor(batches=120, attack_at=(60, 90))
+    # distinct names: the store coalesces exact repeats, so a flood of them no longer fills
+    # the stopped writer's pipe (s15); one that cannot be coalesced does
+    sensor = _Sensor(batches=120, attack_at=(60, 90), distinct=True)
     sensor.hold.clear()
     agent, stop, th = _agent(tmp_path, sensor, writer_max=2_000)
     sp = agent._store_proc
@@ -176,26 +176,33 @@ def test_a_distinct_name_flood_never_sheds_the_rows_that_raised_a_finding(
     """Attack: chmod a new name each time (nothing to coalesce) faster than the store
     writes, then an exec of /tmp/evil in every other batch: more attack events than the
     queue's reserve for kept rows (31 at a queue of 500).  The writer is stopped (SIGSTOP)
-    and the first 300 batches fill its pipe and queue, so every later batch is shed.
-    Every attack row must be stored; only benign rows are shed (counted).  Before: each
-    attack event was queued beyond the full queue until the reserve ran out, then shed
-    with the benign ones (their rows lost)."""
-    attacks = tuple(range(301, 600, 2))          # 150 attack events
-    sensor = _Sensor(batches=600, size=200, attack_at=attacks, distinct=True, pause_at=300)
+    and the flood fills its pipe (the feeder blocks writing) and queue, so every later
+    batch is shed.  Every attack row must be stored; only benign rows are shed (counted).
+    Before: each attack event was queued beyond the full queue until the reserve ran out,
+    then shed with the benign ones (their rows lost)."""
+    sensor = _Sensor(batches=100_000, size=200, distinct=True)
     sensor.hold.clear()
-    agent, stop, th = _agent(tmp_path, sensor, writer_max=500)
+    agent, stop, th = _agent(tmp_path, sensor, writer_max=500, stall_s=300.0)
     sp = agent._store_proc
     assert sp is not None and sp.pid is not None
     child = sp.pid
     os.kill(child, signal.SIGSTOP)
     try:
         sensor.hold.set()
-        _wait(lambda: not sensor.hold.is_set(), 60, "the first 300 batches")
-        _wait(lambda: agent.summary.events >= sensor.sent, 60, "the loop to see them")
-        # the pipe is full (the feeder is blocked writing to it) and the queue too
-        _wait(lambda: sp.queued >= sp.max_items - 200 and sp._child is not None
-              and sp._child.writing, 60, "a full pipe and queue")
-        sensor.hold.set()
+        blocked_since = [0.0]
+
+        def blocked() -> bool:      # the feeder stuck writing to the full pipe for 0.5 s
+            c = sp._child
+            if c is None or not c.writing or sp.queued < sp.max_items - 200:
+                blocked_since[0] = 0.0
+                return False
+            blocked_since[0] = blocked_since[0] or time.monotonic()
+            return time.monotonic() - blocked_since[0] > 0.5
+        _wait(blocked, 90, "a full pipe and queue")
+        sensor.left = 320       # (a margin: the loop polls on while these are set)
+        nxt = sensor.batch_no + 10
+        attacks = tuple(range(nxt, nxt + 300, 2))          # 150 attack events
+        sensor.attack_at = attacks
         assert sensor.done.wait(60)
         _wait(lambda: agent.summary.events >= sensor.sent, 60, "the loop to see every event")
         assert sp.shed > 0

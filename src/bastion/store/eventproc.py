@@ -540,6 +540,7 @@ class _Child:
         # too); a second death loses it (a batch that kills its writer does not loop)
         self.inflight: collections.deque[tuple[Sequence[Event], bool]] = collections.deque()
         self.progress_at = time.monotonic()   # its last answer, or the start of its work
+        self.collected = False  # the reader took its in-flight batches (it is gone)
         self.stalled = ""      # why the agent killed it for making no progress
         self.tampered = ""     # why its pipes cannot be trusted (it was killed)
         self.ready = threading.Event()
@@ -581,6 +582,7 @@ class EventStoreProcess:
         self._send_lock = threading.Lock()   # one writer of a child's pipe at a time
         self._child: _Child | None = None
         self._closing = False
+        self._redo_pending = 0    # restarts still sending a dead child's batches again
         self.restarts = 0
         self.lost = 0               # events sent to a child that died before confirming
         self._recent: list[float] = []
@@ -682,9 +684,10 @@ class EventStoreProcess:
             if kind == "tampered":
                 child.tampered = detail
                 continue
-            child.answered += n
-            if child.inflight:
-                child.inflight.popleft()
+            with self._lock:
+                child.answered += n
+                if child.inflight:
+                    child.inflight.popleft()
             self._on_result(kind, n, detail)
         child.popen.wait()
         child.ready.set()
@@ -698,6 +701,7 @@ class EventStoreProcess:
                 log.warning("event writer process %d not unenrolled: %s", child.popen.pid, exc)
             child.unenrol = None
         with self._lock:
+            child.collected = True
             if self._child is not child:
                 return
             if self._closing:
@@ -724,6 +728,17 @@ class EventStoreProcess:
             self._recent = [t for t in self._recent if now - t < 60.0] + [now]
             delay = RESTART_BACKOFF_S[min(len(self._recent) - 1, len(RESTART_BACKOFF_S) - 1)]
             self.restarts += 1
+            self._redo_pending += 1     # flush and close wait for the batches sent again
+        try:
+            self._restart(child, why, lost, cause, delay, redo)
+        finally:
+            with self._lock:
+                self._redo_pending -= 1
+
+    def _restart(self, child: _Child, why: str, lost: int, cause: str, delay: float,
+                 redo: list[Sequence[Event]]) -> None:
+        """Report the death, start the next child, send it the batches the dead one had
+        not answered (once)."""
         log.error("event writer process %d %s; %d events not confirmed for the second time "
                   "(lost), %d batches sent again; restarting", child.popen.pid, why, lost,
                   len(redo))
@@ -821,23 +836,39 @@ class EventStoreProcess:
     # -- the feeder thread
 
     def _write_to(self, child: _Child, batch: Sequence[Event], *, retried: bool) -> bool:
-        """One frame of ``batch`` to ``child`` (under ``_send_lock``); False: it is gone."""
+        """One frame of ``batch`` to ``child`` (under ``_send_lock``); False: it is gone
+        (and the batch is not in its in-flight list: the caller sends it elsewhere).
+
+        The batch is in flight *before* its frame is written: a child may answer before
+        ``write`` returns, and the answer must find its entry (an entry appended after
+        its answer was never taken off, and every later answer then took off the wrong
+        one: a batch stored twice after a restart, another not sent again)."""
         stdin = child.popen.stdin
         assert stdin is not None
-        data = frame(child.key, child.seq + 1, batch, getattr(batch, "apart", ()))
-        if child.sent <= child.answered:
-            child.progress_at = time.monotonic()   # its work starts now
+        entry = (batch, retried)
+        with self._lock:
+            data = frame(child.key, child.seq + 1, batch, getattr(batch, "apart", ()))
+            if child.sent <= child.answered:
+                child.progress_at = time.monotonic()   # its work starts now
+            child.seq += 1
+            child.sent += len(batch)
+            child.inflight.append(entry)
         child.writing = True
         try:
             stdin.write(data)
             stdin.flush()
         except (BrokenPipeError, ValueError, OSError):
+            with self._lock:
+                if child.collected:
+                    return True     # the reader took it with the child's in-flight batches
+                try:
+                    child.inflight.remove(entry)
+                except ValueError:
+                    return True     # answered after all
+                child.sent -= len(batch)
             return False
         finally:
             child.writing = False
-        child.seq += 1
-        child.sent += len(batch)
-        child.inflight.append((batch, retried))
         return True
 
     def _send(self, batch: Sequence[Event]) -> None:
@@ -868,7 +899,7 @@ class EventStoreProcess:
             return False
         while time.monotonic() < deadline:
             c = self._child
-            if c is None or c.answered >= c.sent:
+            if not self._redo_pending and (c is None or c.answered >= c.sent):
                 return True
             time.sleep(0.005)
         return False
@@ -879,6 +910,8 @@ class EventStoreProcess:
         deadline = time.monotonic() + timeout
         self._feeder.close(timeout)
         left = self._feeder.queued
+        while self._redo_pending and time.monotonic() < deadline:
+            time.sleep(0.005)       # a restart still sending a dead child's batches
         with self._lock:
             self._closing = True
             child = self._child
