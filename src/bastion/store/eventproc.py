@@ -132,7 +132,8 @@ def pack(events: Sequence[Event], apart: Collection[int] = ()) -> bytes:
 
     Exact repeats are coalesced (:data:`~bastion.store.db.REPEAT_WINDOW_S`): an event
     equal to an earlier one of the batch in everything but its time (same class, same
-    actor object, same fields: operation, object, result) and within the window of that
+    actor: every field, container included; same fields: operation, object, result)
+    and within the window of that
     row's first time is counted into that row (``count``, first and last time) instead
     of a row of its own.  Any difference (another file, mode, actor, flag) is a row of
     its own.  ``apart``: ``id()`` of events never coalesced, in either direction (those
