@@ -1117,7 +1117,9 @@ class Agent:
                 self._last_full_resolve = now
         if now - self._last_retention >= 60.0 and self._store_usable():
             try:
-                deleted = self.store.enforce_retention()
+                gone = self.store.event_facts_deleted
+                self.store.enforce_retention()
+                deleted = self.store.event_facts_deleted - gone   # events, not rows
                 with self._lock:
                     if self._stored_events is not None:
                         self._stored_events = max(0, self._stored_events - deleted)

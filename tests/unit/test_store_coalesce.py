@@ -241,3 +241,17 @@ def test_keep_evicts_benign_rows_newest_first_and_counts_what_it_cannot_keep() -
     assert (False, 0) in results
     assert w.kept_shed == sum(1 for ok, _ in results if not ok) > 0
     assert all(ev.proc is EVIL or ev is flood[0] for b in w._q for ev in b)
+
+
+def test_retention_counts_the_events_of_the_rows_it_deletes(tmp_path: Path) -> None:
+    """Retention by count deletes rows; the events they stood for are what the agent's
+    stored count goes down by (a coalesced row is many)."""
+    from bastion.store.db import Retention
+
+    rows, _ = RowMaker().rows(pack([_chmod(i) for i in range(40)]))
+    with Store.open(tmp_path, retention=Retention(max_events=1)) as st:
+        st.add_rows(rows)
+        st.add_events([to_json(_chmod(10_000_000, path="/later"))])
+        assert st.enforce_retention(now=T0 / 1e9) == 1       # one row
+        assert st.event_facts_deleted == 40                  # of 40 events
+        assert st.count_event_facts() == 1

@@ -171,6 +171,8 @@ class Store:
         self.anchor_note = ""
         #: why the anchor file could not be written the last time ("" : it was)
         self.anchor_error = ""
+        #: events retention deleted (rows of coalesced repeats count their ``n``)
+        self.event_facts_deleted = 0
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -873,8 +875,14 @@ class Store:
         )
 
     def _delete_chunk(self, sql: str, params: tuple[object, ...]) -> int:
+        """``sql``: ``DELETE FROM events WHERE seq IN (<subquery>)``; the events the rows
+        stood for (a coalesced row's ``n``) are added to :attr:`event_facts_deleted`."""
+        sub = sql.split(" WHERE seq IN ", 1)[1]
         with self._write("enforcing retention") as conn:
+            facts = int(conn.execute(f"SELECT coalesce(sum(n), 0) FROM events WHERE seq IN {sub}",
+                                     params).fetchone()[0])
             n = conn.execute(sql, params).rowcount
+        self.event_facts_deleted += facts
         if n > 0:
             self._reclaim()
         return max(0, n)
