@@ -10,8 +10,11 @@ Two producers:
   of the flood (``status`` events_total delta over the flood's wall time).  The flood is
   far above capacity, so this is the agent's sustained capacity on this path.  Also:
   ``agent_pipeline_status_latency`` (slowest ``status`` answer during the flood, target
-  <= 1000 ms), ``agent_pipeline_rss`` (peak MB), ``agent_pipeline_shed`` (events the
-  writer thread did not store: counted and alerted), ``agent_pipeline_per_cpu_s`` (events
+  <= 1000 ms), ``agent_pipeline_rss`` (peak MB), ``agent_pipeline_shed`` (events whose
+  storage was shed: counted and alerted; target 0), ``agent_pipeline_store_events`` /
+  ``_store_rows`` (events the writer process stored over the flood and its drain, and the
+  rows they took: exact repeats are coalesced), ``agent_pipeline_store_rate`` (those events
+  per second of flood and drain, next to the events/s), ``agent_pipeline_per_cpu_s`` (events
   per CPU-second the agent used over the flood: the figure for one core of its own when
   other work shares the host).
 * **replay** (``agent_pipeline_replay``): the same agent assembly in this process (replay
@@ -36,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
-    ROOT, AgentProcess, check_target, chmod_flood_under_status, emit, finish, log,
+    ROOT, AgentProcess, check_target, chmod_flood_under_status, emit, finish, log, proc_cpu_s,
 )
 
 # BASTION_BENCH_SRC: another checkout's src (a before/after comparison on one build)
@@ -53,7 +56,14 @@ STATUS_TARGET_MS = 1000.0
 LOOP_CPU: int | None = min(os.sched_getaffinity(0))
 
 
+def _writer(st: dict[str, Any]) -> dict[str, Any]:
+    w = st["store"].get("writer", {})
+    return w if isinstance(w, dict) else {}
+
+
 def kernel_producer() -> dict[str, float]:
+    from bastion.control import request
+
     fd, path = tempfile.mkstemp(prefix="bastion-bench-pipe-")
     os.close(fd)
     try:
@@ -62,6 +72,15 @@ def kernel_producer() -> dict[str, float]:
             cpu0 = agent.cpu_s()
             run = chmod_flood_under_status(agent, path, FLOOD_S)
             cpu = agent.cpu_s() - cpu0
+            # the store after the flood: what it still had queued is written, then counted
+            t_end = time.monotonic()
+            s2 = request(agent.socket, "status", timeout=30)
+            while int(s2["store"].get("events_queued", 0)) and time.monotonic() - t_end < 30:
+                time.sleep(0.2)
+                s2 = request(agent.socket, "status", timeout=30)
+            drain_s = time.monotonic() - t_end
+            wpid = _writer(s2).get("pid")
+            wcpu = proc_cpu_s(int(wpid)) if wpid else 0.0
     finally:
         os.unlink(path)
     s0, s1, lat, rss, fails = run.status_before, run.status_after, run.latencies_ms, run.rss_mb, run.failures
@@ -69,14 +88,26 @@ def kernel_producer() -> dict[str, float]:
     log(f"sigma: {s0['protections']['sigma']['detail']}")
     events = int(s1["events_total"]) - int(s0["events_total"])
     rate = events / run.seconds
+    w0, w2 = _writer(s0), _writer(s2)
+    stored = int(w2.get("events_stored", 0)) - int(w0.get("events_stored", 0))
+    rows = int(w2.get("rows_stored", 0)) - int(w0.get("rows_stored", 0))
+    shed = int(s2["store"].get("events_shed", 0)) - int(s0["store"].get("events_shed", 0))
+    not_stored = int(s2["store"].get("events_not_stored", 0)) - \
+        int(s0["store"].get("events_not_stored", 0))
+    store_rate = stored / (run.seconds + drain_s)
     log(f"kernel producer: chmod_flood {calls / secs / 1e3:.0f} k calls/s; agent {events} events "
         f"in {run.seconds:.2f}s = {rate:.0f}/s, {int(s1['drops']) - int(s0['drops'])} ring drops, "
-        f"store {s1['store']}; agent CPU {cpu:.2f}s over the flood = {events / cpu:.0f} "
+        f"store {s2['store']}; agent CPU {cpu:.2f}s over the flood = {events / cpu:.0f} "
         "events per CPU-second (the host's other load takes the rest)")
+    log(f"store: {stored} events stored in {rows} rows ({shed} shed, {not_stored} not stored) "
+        f"in {run.seconds:.2f}s + {drain_s:.2f}s drain = {store_rate:.0f} events/s next to "
+        f"{rate:.0f} events/s processed; writer process CPU {wcpu:.2f}s in all; "
+        f"load average {os.getloadavg()[0]:.2f}")
     log(f"status during the flood: {len(lat)} answers, max {max(lat, default=0):.0f} ms; "
         f"{len(fails)} failed; RSS peak {max(rss, default=0):.1f} MB")
     return {"rate": rate, "per_cpu": events / cpu if cpu > 0 else 0.0, "status_ms": max(lat, default=float("inf")) if not fails else float("inf"),
-            "rss": max(rss, default=0.0), "shed": float(s1["store"].get("events_shed", 0))}
+            "rss": max(rss, default=0.0), "shed": float(shed), "stored": float(stored),
+            "rows": float(rows), "store_rate": store_rate}
 
 
 class _QueueSensor:
@@ -205,8 +236,12 @@ def main() -> None:
         emit("agent_pipeline_status_latency", figures["status_ms"], "ms", ".0f")
         emit("agent_pipeline_rss", figures["rss"], "MB", ".1f")
         emit("agent_pipeline_shed", figures["shed"], "events", ".0f")
+        emit("agent_pipeline_store_events", figures["stored"], "events", ".0f")
+        emit("agent_pipeline_store_rows", figures["rows"], "rows", ".0f")
+        emit("agent_pipeline_store_rate", figures["store_rate"], "events/s", ".0f")
         check_target("agent_pipeline", figures["rate"], TARGET, at_most=False)
         check_target("agent_pipeline_status_latency", figures["status_ms"], STATUS_TARGET_MS)
+        check_target("agent_pipeline_shed", figures["shed"], 0.0)
     finish()
     if os.waitstatus_to_exitcode(status):
         sys.exit(os.waitstatus_to_exitcode(status))

@@ -277,6 +277,9 @@ class Agent:
         self._writer_enrol = parts.writer_enrol
         self._store_proc: EventStoreProcess | None = None   # while run() runs, if asked
         self._proc_said = ""    # the writer process's error last alerted
+        self._stored_facts = 0   # events the writer process stored since the start
+        self._stored_rows = 0    # in this many rows (exact repeats coalesced)
+        self._last_kept_shed = 0
 
     # ---- status (control thread) -------------------------------------------------
 
@@ -366,7 +369,9 @@ class Agent:
         sp = self._store_proc
         if sp is None:
             return {"kind": "thread" if self._writer is not None else "inline"}
-        return {"kind": "process", "pid": sp.pid, "restarts": sp.restarts, "lost": sp.lost}
+        return {"kind": "process", "pid": sp.pid, "restarts": sp.restarts, "lost": sp.lost,
+                "events_stored": self._stored_facts, "rows_stored": self._stored_rows,
+                "finding_rows_shed": sp.kept_shed}
 
     def _count_stored_events(self) -> int | None:
         """Events in the store (kept by the loop: a count(*) of millions of rows under the
@@ -771,6 +776,16 @@ class Agent:
                       "fell behind (detection saw them; events that raised a finding are kept)",
                 evidence={"shed": new_shed, "shed_total": shed_total,
                           "queue_max": self.writer_max_events}))
+        sp = self._store_proc
+        if sp is not None and sp.kept_shed > self._last_kept_shed:
+            new_kept, self._last_kept_shed = sp.kept_shed - self._last_kept_shed, sp.kept_shed
+            self._alert(Finding(
+                rule="bastion.store.finding_rows_shed", severity="high", attack=("T1562",),
+                action="alert", event=None, pid=os.getpid(),
+                title=f"{new_kept} events that raised a finding not stored: the writer's queue "
+                      "held nothing else to give up (their alerts were raised and stored)",
+                evidence={"shed": new_kept, "shed_total": sp.kept_shed,
+                          "queue_max": self.writer_max_events}))
         if self.outputs is not None:
             for name, n in self.outputs.new_drops().items():
                 self._alert(Finding(
@@ -991,9 +1006,10 @@ class Agent:
         alerted) except the events that raised a finding."""
         sp, w = self._store_proc, self._writer
         if sp is not None:
-            if not sp.offer(seen):
+            if not sp.offer(seen, flagged):
                 self.store_health.events_not_stored += len(seen) - len(flagged)
-                sp.keep(flagged)
+                kept, evicted = sp.keep(flagged)
+                self.store_health.events_not_stored += evicted + (0 if kept else len(flagged))
             if w is not None:
                 w.offer(seen)     # the outputs' copy (its sheds are counted in w.shed)
             return
@@ -1001,7 +1017,9 @@ class Agent:
             self._write_events(seen, drain_alerts=True)
         elif not w.offer(seen):
             self.store_health.events_not_stored += len(seen) - len(flagged)
-            w.keep(flagged)
+            kept, _ = w.keep(flagged)
+            if not kept:
+                self.store_health.events_not_stored += len(flagged)
 
     def _store_result(self, kind: str, n: int, detail: str) -> None:
         """An answer of the writer process (its reader thread)."""
@@ -1009,6 +1027,8 @@ class Agent:
             with self._lock:
                 if self._stored_events is not None:
                     self._stored_events += n
+                self._stored_facts += n
+                self._stored_rows += int(detail) if detail.isdigit() else n
             return
         self.store_health.events_not_stored += n
         if kind == "malformed":
@@ -1110,7 +1130,9 @@ class Agent:
                 self._last_full_resolve = now
         if now - self._last_retention >= 60.0 and self._store_usable():
             try:
-                deleted = self.store.enforce_retention()
+                gone = self.store.event_facts_deleted
+                self.store.enforce_retention()
+                deleted = self.store.event_facts_deleted - gone   # events, not rows
                 with self._lock:
                     if self._stored_events is not None:
                         self._stored_events = max(0, self._stored_events - deleted)
@@ -1171,7 +1193,7 @@ class Agent:
         close everything (pinned HIPS enforcement is removed unless ``keep_pins``)."""
         self.procs.seed()
         try:
-            self._stored_events = self.store.count_events()
+            self._stored_events = self.store.count_event_facts()
         except StoreError as exc:
             self._store_failed("counting stored events", exc)
         opened: list[Sensor] = []

@@ -915,6 +915,8 @@ def from_json(obj: Mapping[str, Any]) -> Event:
     for k, v in obj.items():
         if k in ("type", "time", "container") or k in _PROC_KEYS:
             continue
+        if k in _ROW_KEYS:     # a stored row's repeats (bastion events --json): see repeats()
+            continue
         if k == "truncated":
             kwargs["truncated"] = bool(v)
             continue
@@ -928,6 +930,27 @@ def from_json(obj: Mapping[str, Any]) -> Event:
     except TypeError as exc:
         raise DecodeError(f"{etype} event: {exc}") from exc
     return ev
+
+
+# keys a stored event row adds to the JSON form when it stands for exact repeats the
+# store coalesced (store/eventproc.py): how many, and the last one's time
+_ROW_KEYS: Final = frozenset({"count", "last_time"})
+
+
+def repeats(obj: Mapping[str, Any]) -> tuple[int, int | None]:
+    """(how many events a stored row stands for, the last one's time as epoch ns or None)
+    from its ``count`` and ``last_time`` (1, None for a plain event); DecodeError when
+    they are malformed."""
+    n = obj.get("count", 1)
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise DecodeError(f"a stored row's count must be a positive integer, not {n!r}")
+    if n == 1:
+        return 1, None
+    try:
+        last = parse_time(str(obj["last_time"]))
+    except (KeyError, BastionError) as exc:
+        raise DecodeError(f"a stored row of {n} repeats needs a valid last_time ({exc})") from exc
+    return n, round(last * 1_000_000) * 1000
 
 
 def summary(ev: Event) -> str:
@@ -965,5 +988,5 @@ def summary(ev: Event) -> str:
 __all__ = [
     "Proc", "Event", "ExecEvent", "ForkEvent", "ExitEvent", "FileEvent", "NetEvent",
     "PtraceEvent", "KillEvent", "BpfEvent", "MemfdEvent", "CredEvent", "LsmDenyEvent", "HipsEvent",
-    "MmapEvent", "XM_NAMES", "TYPES", "DECODERS", "Decoder", "RepeatDecoder", "all_fields", "decode", "decode_reference", "with_proc", "to_json", "from_json", "summary", "WATCHED_ENV", "SENS_NAMES",
+    "MmapEvent", "XM_NAMES", "TYPES", "DECODERS", "Decoder", "RepeatDecoder", "all_fields", "decode", "decode_reference", "with_proc", "to_json", "from_json", "repeats", "summary", "WATCHED_ENV", "SENS_NAMES",
 ]

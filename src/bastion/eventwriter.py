@@ -31,9 +31,17 @@ class EventWriter(Generic[T]):
 
     def __init__(self, write: Callable[[Sequence[T]], None], *, max_items: int = 65536,
                  share: float = 0.5, name: str = "bastion-writer",
-                 on_error: Callable[[Sequence[T], Exception], None] | None = None) -> None:
+                 on_error: Callable[[Sequence[T], Exception], None] | None = None,
+                 merge: Callable[[list[Sequence[T]]], Sequence[T]] | None = None,
+                 merge_items: int = 0,
+                 must_keep: Callable[[Sequence[T]], Sequence[T]] | None = None) -> None:
         """``on_error(batch, exc)``: a batch whose ``write`` raised (its items are lost:
-        the owner counts them); the thread goes on."""
+        the owner counts them); the thread goes on.
+
+        ``merge(batches)``: queued batches written as one (up to ``merge_items`` items,
+        in order): one write of a backlog instead of many.  ``must_keep(batch)``: the
+        items of a queued batch that :meth:`keep` may not evict (the rest of it may go
+        to make room for kept items: counted in ``shed``)."""
         if max_items <= 0 or not 0.0 < share <= 1.0:
             raise ValueError(f"EventWriter: max_items must be > 0 and 0 < share <= 1 "
                              f"(got {max_items}, {share})")
@@ -51,6 +59,10 @@ class EventWriter(Generic[T]):
         self.written = 0        # items handed to ``write``
         self.errors = 0         # batches whose ``write`` raised (logged, ``on_error``; goes on)
         self.failed = 0         # items of those batches
+        self.kept_shed = 0      # items keep() could not queue (no room left to make)
+        self._merge = merge
+        self._merge_items = merge_items
+        self._must_keep = must_keep
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
@@ -73,19 +85,52 @@ class EventWriter(Generic[T]):
             self._cv.notify()
         return True
 
-    def keep(self, items: Sequence[T]) -> None:
+    def keep(self, items: Sequence[T]) -> tuple[bool, int]:
         """Queue ``items`` of a batch :meth:`offer` just shed, whatever the queue holds,
         and take them out of ``shed`` (the events that raised a finding: their storage is
-        never shed while ``reserve`` items beyond ``max_items`` hold them)."""
+        never shed).  They take ``reserve`` items beyond ``max_items``; beyond that, with
+        ``must_keep``, queued batches give up their other items, newest first (counted in
+        ``shed``).  (queued, items evicted for them); not queued (counted in
+        ``kept_shed``) only when no room can be made."""
         if not items:
-            return
+            return True, 0
+        evicted = 0
         with self._cv:
-            if self._queued + len(items) > self.max_items + self.reserve:
-                return      # beyond the reserve too: they stay shed (counted)
+            limit = self.max_items + self.reserve
+            if self._queued + len(items) > limit and self._must_keep is not None:
+                evicted = self._evict(self._queued + len(items) - limit)
+            if self._queued + len(items) > limit:
+                self.kept_shed += len(items)
+                return False, evicted   # beyond the reserve, nothing left to evict: counted
             self.shed -= len(items)
             self._q.append(items)
             self._queued += len(items)
             self._cv.notify()
+        return True, evicted
+
+    def _evict(self, need: int) -> int:
+        """Make room for ``need`` items: queued batches, newest first, cut down to the
+        items ``must_keep`` names (under ``_cv``); the number of items evicted."""
+        assert self._must_keep is not None
+        q = self._q
+        evicted = 0
+        for i in range(len(q) - 1, -1, -1):
+            if need <= 0:
+                break
+            b = q[i]
+            kept = self._must_keep(b)
+            gone = len(b) - len(kept)
+            if gone <= 0:
+                continue
+            if kept:
+                q[i] = kept
+            else:
+                del q[i]
+            self._queued -= gone
+            self.shed += gone
+            need -= gone
+            evicted += gone
+        return evicted
 
     def _run(self) -> None:
         while True:
@@ -98,6 +143,16 @@ class EventWriter(Generic[T]):
                     return
                 batch = self._q.popleft()
                 self._queued -= len(batch)
+                if self._merge is not None and self._q and \
+                        len(batch) + len(self._q[0]) <= self._merge_items:
+                    parts = [batch]
+                    size = len(batch)
+                    while self._q and size + len(self._q[0]) <= self._merge_items:
+                        nxt = self._q.popleft()
+                        self._queued -= len(nxt)
+                        size += len(nxt)
+                        parts.append(nxt)
+                    batch = self._merge(parts)
                 self._busy = True
                 backlog = bool(self._q)
             t0 = time.thread_time()

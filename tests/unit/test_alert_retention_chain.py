@@ -185,7 +185,7 @@ def test_a_store_of_the_retention_builds_schema_3_is_upgraded(tmp_path: Path) ->
     d = tmp_path / "r3"
     _retention_v3_store(d)
     with Store.open(d) as s:
-        assert current_version(s._conn) == SCHEMA_VERSION == 4
+        assert current_version(s._conn) == SCHEMA_VERSION == 5
         assert s.anchor == chain.Anchor(8, 8, s.anchor.mac if s.anchor else "")  # 5 + 3 retained
         assert s.anchor_note == ""
         s.add_alert(_alert(9))
@@ -206,6 +206,6 @@ def test_a_forged_anchor_in_a_retention_build_store_is_not_re_signed(tmp_path: P
 def test_reader_of_a_retention_build_store_names_the_file(tmp_path: Path) -> None:
     d = tmp_path / "r3"
     _retention_v3_store(d)
-    with pytest.raises(StoreError, match=r"older than this Bastion's \(4\); start the agent once") as e:
+    with pytest.raises(StoreError, match=r"older than this Bastion's \(5\); start the agent once") as e:
         Store.open(d, readonly=True)
     assert str(d / "bastion.db") in str(e.value)

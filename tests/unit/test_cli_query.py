@@ -223,6 +223,32 @@ def test_bad_severity_and_limit_are_usage_errors(cli: click.Group, data: Path) -
     assert res.exit_code == 2
 
 
+def test_a_coalesced_row_shows_its_count_in_the_table_and_the_json(
+        cli: click.Group, tmp_path: Path) -> None:
+    """A flood's exact repeats are one row (store/eventproc.py): ``bastion events`` says
+    how many, in the table and in --json, and a --since inside its span finds it."""
+    from bastion.events import FileEvent, Proc
+    from bastion.store.eventproc import RowMaker, pack
+
+    p = Proc(9, 9, 1, 0, 0, 0, 1, "flood", exe="/usr/bin/flood")
+    t0 = 1_795_000_000 * 10**9
+    evs = [FileEvent(t0 + i * 1_000_000, p, op="chmod", path="/tmp/f", mode=0o644)
+           for i in range(500)]
+    rows, _ = RowMaker().rows(pack(evs))
+    d = tmp_path / "data"
+    with Store.open(d) as s:
+        s.add_rows(rows)
+    res = run(cli, "events", "--data-dir", str(d), "--since", "2026-11-18T11:06:40.2Z")
+    assert res.exit_code == 0, res.output
+    line = res.output.splitlines()[1]
+    assert "  chmod  " in line and "/tmp/f mode=0o644" in line
+    assert line.endswith(" [x500 until 2026-11-18T11:06:40.499000Z]")
+    res = run(cli, "events", "--data-dir", str(d), "--json")
+    (row,) = json_lines(res.output)
+    assert (row["count"], row["time"], row["last_time"]) == (
+        500, "2026-11-18T11:06:40.000000Z", "2026-11-18T11:06:40.499000Z")
+
+
 def test_an_incompatible_store_is_an_error_line(cli: click.Group, tmp_path: Path) -> None:
     (tmp_path / "bastion.db").write_bytes(b"garbage" * 200)
     res = CliRunner().invoke(cli, ["events", "--data-dir", str(tmp_path)])
@@ -247,6 +273,10 @@ def test_an_incompatible_store_is_an_error_line(cli: click.Group, tmp_path: Path
         (ev(0, type_="kill", target_pid=1, sig=9), "target_pid=1 sig=9"),
         (ev(0, type_="lsm_deny", hook="file_open", path="/x", extra=None), "/x hook=file_open"),
         (ev(0, type_="fork", child=["a", 1]), 'child=["a",1]'),
+        # a row of exact repeats the store coalesced: its count and last time shown
+        (ev(0, type_="chmod", path="/a", mode=0o644, count=5000,
+            last_time="2026-11-26T05:20:49.800000Z"),
+         "/a mode=0o644 [x5000 until 2026-11-26T05:20:49.800000Z]"),
     ],
 )
 def test_event_summary(event: dict[str, Any], summary: str) -> None:

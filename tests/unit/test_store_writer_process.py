@@ -47,8 +47,9 @@ def test_packing_gives_back_the_same_events() -> None:
         NetEvent(T0 + 3, EVIL, op="connect", family="inet", daddr="10.0.0.1", dport=4444),
     ]
     back = unpack(pack(evs))
-    assert back == evs
-    assert back[2].proc.container == ctr
+    assert [b.event for b in back] == evs
+    assert [b.n for b in back] == [1, 1, 1, 1]
+    assert back[2].event.proc.container == ctr
 
 
 class _Sensor:
@@ -59,7 +60,9 @@ class _Sensor:
     attached: list[str] = []
     missing: list[str] = []
 
-    def __init__(self, batches: int, size: int = 500, attack_at: tuple[int, ...] = ()) -> None:
+    def __init__(self, batches: int, size: int = 500, attack_at: tuple[int, ...] = (),
+                 distinct: bool = False) -> None:
+        self.distinct = distinct   # a new name for every chmod (nothing to coalesce)
         self.left = batches
         self.size = size
         self.attack_at = attack_at
@@ -85,8 +88,9 @@ class _Sensor:
             return []
         self.left -= 1
         t = T0 + self.sent * 1000
-        out: list[Event] = [FileEvent(t + i, ACTOR, op="chmod", path=f"/tmp/f{i % 7}",
-                                      mode=0o644) for i in range(self.size)]
+        out: list[Event] = [FileEvent(t + i, ACTOR, op="chmod", path=(
+            f"/tmp/flood/{self.sent + i}" if self.distinct else f"/tmp/f{i % 7}"),
+            mode=0o644) for i in range(self.size)]
         if self.batch_no in self.attack_at:
             out.insert(self.size // 2, ExecEvent(t + self.size // 2, EVIL, filename="/tmp/evil",
                                                  argv=("/tmp/evil", str(self.batch_no))))
@@ -95,8 +99,8 @@ class _Sensor:
         return out
 
 
-def _agent(tmp_path: Path, sensor: _Sensor, writer_max: int) -> tuple[Agent, threading.Event,
-                                                                        threading.Thread]:
+def _agent(tmp_path: Path, sensor: _Sensor, writer_max: int, stall_s: float | None = None
+           ) -> tuple[Agent, threading.Event, threading.Thread]:
     store = Store.open(tmp_path / "db")
     procs = ProcessTable()
     agent = Agent(policy=parse_policy("version: 1\n", "test.yaml"), sensors=[sensor],
@@ -104,6 +108,8 @@ def _agent(tmp_path: Path, sensor: _Sensor, writer_max: int) -> tuple[Agent, thr
                   dispatcher=Dispatcher(procs), store_process=True)
     agent.procs.seed = lambda proc=Path("/proc"): 0   # type: ignore[method-assign]
     agent.writer_max_events = writer_max
+    if stall_s is not None:
+        agent.writer_stall_s = stall_s
     stop = threading.Event()
     th = threading.Thread(target=agent.run, args=(stop,), daemon=True)
     th.start()
@@ -128,7 +134,9 @@ def test_an_attack_event_inside_a_flood_alerts_and_is_stored_only_benign_shed(
     raise its alert, and its row must be stored: shedding drops only benign rows,
     counted.  Before (the thread writer, PR 16.3 first step): the whole batch with the
     attack event in it was shed, the attack's row lost with the benign ones."""
-    sensor = _Sensor(batches=120, attack_at=(60, 90))
+    # distinct names: the store coalesces exact repeats, so a flood of them no longer fills
+    # the stopped writer's pipe (s15); one that cannot be coalesced does
+    sensor = _Sensor(batches=120, attack_at=(60, 90), distinct=True)
     sensor.hold.clear()
     agent, stop, th = _agent(tmp_path, sensor, writer_max=2_000)
     sp = agent._store_proc
@@ -150,7 +158,7 @@ def test_an_attack_event_inside_a_flood_alerts_and_is_stored_only_benign_shed(
     store = Store.open(tmp_path / "db")
     try:
         evil_rows = [r.data for r in store.events(types=["exec"])]
-        stored = store.count_events()
+        stored = store.count_event_facts()
         alerts = [a.data for a in store.alerts(rule=EvilExec.name)]
         shed_alerts = [a.data for a in store.alerts(rule="bastion.store.events_shed")]
     finally:
@@ -161,6 +169,68 @@ def test_an_attack_event_inside_a_flood_alerts_and_is_stored_only_benign_shed(
     # every event is stored or counted as not stored: nothing silently lost
     assert stored + agent.store_health.events_not_stored == sensor.sent
     assert agent.store_health.events_not_stored > 0
+
+
+def test_a_distinct_name_flood_never_sheds_the_rows_that_raised_a_finding(
+        tmp_path: Path) -> None:
+    """Attack: chmod a new name each time (nothing to coalesce) faster than the store
+    writes, then an exec of /tmp/evil in every other batch: more attack events than the
+    queue's reserve for kept rows (31 at a queue of 500).  The writer is stopped (SIGSTOP)
+    and the flood fills its pipe (the feeder blocks writing) and queue, so every later
+    batch is shed.  Every attack row must be stored; only benign rows are shed (counted).
+    Before: each attack event was queued beyond the full queue until the reserve ran out,
+    then shed with the benign ones (their rows lost)."""
+    sensor = _Sensor(batches=100_000, size=200, distinct=True)
+    sensor.hold.clear()
+    agent, stop, th = _agent(tmp_path, sensor, writer_max=500, stall_s=300.0)
+    sp = agent._store_proc
+    assert sp is not None and sp.pid is not None
+    child = sp.pid
+    os.kill(child, signal.SIGSTOP)
+    try:
+        sensor.hold.set()
+        blocked_since = [0.0]
+
+        def blocked() -> bool:      # the feeder stuck writing to the full pipe for 0.5 s
+            c = sp._child
+            if c is None or not c.writing or sp.queued < sp.max_items - 200:
+                blocked_since[0] = 0.0
+                return False
+            blocked_since[0] = blocked_since[0] or time.monotonic()
+            return time.monotonic() - blocked_since[0] > 0.5
+        _wait(blocked, 90, "a full pipe and queue")
+        sensor.left = 320       # (a margin: the loop polls on while these are set)
+        nxt = sensor.batch_no + 10
+        attacks = tuple(range(nxt, nxt + 300, 2))          # 150 attack events
+        sensor.attack_at = attacks
+        assert sensor.done.wait(60)
+        _wait(lambda: agent.summary.events >= sensor.sent, 60, "the loop to see every event")
+        assert sp.shed > 0
+    finally:
+        os.kill(child, signal.SIGCONT)
+    assert sp.flush(60)
+    stop.set()
+    th.join(60)
+    assert not th.is_alive()
+    store = Store.open(tmp_path / "db")
+    try:
+        evil_rows = [r.data for r in store.events(types=["exec"])]
+        alerts = [a.data for a in store.alerts(rule=EvilExec.name)]
+    finally:
+        store.close()
+    assert alerts      # alerted (the alert gate folds the rest into "N more like this")
+    assert sorted(int(r["argv"][1]) for r in evil_rows) == list(attacks)   # every one kept
+    store = Store.open(tmp_path / "db")
+    try:
+        stored = store.count_event_facts()
+        shed_alerts = [a.data for a in store.alerts(rule="bastion.store.events_shed")]
+        kept_shed = store.alerts(rule="bastion.store.finding_rows_shed")
+    finally:
+        store.close()
+    assert sp.kept_shed == 0 and kept_shed == []
+    assert shed_alerts and shed_alerts[-1]["evidence"]["shed_total"] > 0
+    assert stored + agent.store_health.events_not_stored == sensor.sent
+    assert stored < sensor.sent       # benign rows were shed: what the test floods for
 
 
 def test_a_killed_writer_process_is_restarted_and_alerted(tmp_path: Path) -> None:
@@ -194,7 +264,7 @@ def test_a_killed_writer_process_is_restarted_and_alerted(tmp_path: Path) -> Non
     store = Store.open(tmp_path / "db")
     try:
         died = [a.data for a in store.alerts(rule="bastion.store.writer_died")]
-        stored = store.count_events()
+        stored = store.count_event_facts()
     finally:
         store.close()
     assert len(died) == 1 and died[0]["severity"] == "high"
@@ -249,7 +319,7 @@ def test_a_stopped_writer_process_is_killed_restarted_and_alerted(tmp_path: Path
         evil_rows = [r.data for r in store.events(types=["exec"])]
         stalled = [a.data for a in store.alerts(rule="bastion.store.writer_stalled")]
         alerts = [a.data for a in store.alerts(rule=EvilExec.name)]
-        stored = store.count_events()
+        stored = store.count_event_facts()
     finally:
         store.close()
     assert len(alerts) == 2
@@ -303,7 +373,7 @@ def test_frames_injected_into_the_writer_pipe_store_no_row(tmp_path: Path) -> No
     try:
         fake_rows = [r.data for r in store.events(types=["exec"])]
         tampered = [a.data for a in store.alerts(rule="bastion.store.writer_tampered")]
-        stored = store.count_events()
+        stored = store.count_event_facts()
     finally:
         store.close()
     assert fake_rows == []

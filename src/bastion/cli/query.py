@@ -115,7 +115,7 @@ def clean(value: object) -> str:
 
 # Process identity fields every event carries: columns, or not worth a table cell.
 _COMMON_KEYS = frozenset({"type", "time", "pid", "ppid", "exe", "tid", "uid", "euid", "gid",
-                          "cgroup_id", "comm", "start_ns"})
+                          "cgroup_id", "comm", "start_ns", "count", "last_time"})
 # Type fields that only matter in --json (identifiers, raw values, defaults).
 _QUIET_KEYS = frozenset({"filename", "cwd", "exe_dev", "exe_ino", "exe_nlink", "dev", "ino",
                          "status", "child_start_ns", "request", "addr", "fd", "backlog"})
@@ -187,6 +187,10 @@ def event_summary(ev: Mapping[str, Any]) -> str:
                  "target_tgid", "exit_code", "sport", "dport") and v == 0:
             continue
         parts.append(f"{k}={_value(v)}")
+    count = ev.get("count")
+    if isinstance(count, int) and not isinstance(count, bool) and count > 1:
+        # exact repeats the store coalesced into this row (store/eventproc.py)
+        parts.append(f"[x{count} until {_value(ev.get('last_time', '?'))}]")
     return " ".join(parts)
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import IO
 
 from bastion.errors import DecodeError, Location, ReplayError
-from bastion.events import Event, from_json
+from bastion.events import Event, from_json, repeats
 
 
 class ReplaySensor:
@@ -58,9 +59,17 @@ class ReplaySensor:
                 raise ReplayError(f"not JSON: {exc.msg}", location=Location(
                     str(self.path), self._line, exc.colno)) from exc
             try:
-                out.append(from_json(obj))
+                ev = from_json(obj)
+                n, last_ns = repeats(obj)
             except DecodeError as exc:
                 raise ReplayError(exc.message, location=where) from exc
+            out.append(ev)
+            if n > 1 and last_ns is not None:
+                # a stored row of exact repeats (bastion events --json): as many events,
+                # the first at its time, the last at its last_time (the times between
+                # were not kept)
+                out += [ev] * (n - 2)
+                out.append(dataclasses.replace(ev, time_ns=last_ns))
         self._events += len(out)
         return out
 

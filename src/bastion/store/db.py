@@ -52,6 +52,9 @@ _GLOB_CHARS = frozenset("*?[")
 # the WAL) for a whole multi-million-row delete.
 _DELETE_CHUNK = 50_000
 _JSON_SEPARATORS = (",", ":")
+#: a coalesced event row (exact repeats, store/eventproc.py) spans at most this many
+#: seconds from its first time (``ts``) to its last (``ts_last``)
+REPEAT_WINDOW_S = 1.0
 # one encoder for the event rows (json.dumps with separators builds one per call)
 _ENCODER = json.JSONEncoder(separators=_JSON_SEPARATORS)
 log = logging.getLogger("bastion.store")
@@ -168,6 +171,8 @@ class Store:
         self.anchor_note = ""
         #: why the anchor file could not be written the last time ("" : it was)
         self.anchor_error = ""
+        #: events retention deleted (rows of coalesced repeats count their ``n``)
+        self.event_facts_deleted = 0
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -495,6 +500,16 @@ class Store:
                 "INSERT INTO events(ts, type, pid, exe, data) VALUES (?, ?, ?, ?, ?)", rows
             )
 
+    def add_rows(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Store event rows made by the writer process (:class:`~bastion.store.eventproc.RowMaker`):
+        ``(ts, type, pid, exe, data, n, ts_last)`` each, in one transaction."""
+        if not rows:
+            return
+        with self._write(f"storing {len(rows)} event rows") as conn:
+            conn.executemany(
+                "INSERT INTO events(ts, type, pid, exe, data, n, ts_last) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+
     def add_alert(self, alert: Mapping[str, Any]) -> str:
         """Store one alert and return its id (a uuid4 hex is assigned if absent).
 
@@ -667,14 +682,16 @@ class Store:
     ) -> list[StoredRecord]:
         """Events matching every given filter, in row-id (insertion) order.
 
-        ``since <= ts < until`` (epoch seconds); ``exe`` is an exact path or, if it
+        ``since <= ts < until`` (epoch seconds; a row of coalesced repeats matches when
+        its first-to-last span meets the range: its JSON says ``count`` and
+        ``last_time``); ``exe`` is an exact path or, if it
         contains ``* ? [``, a GLOB pattern; ``types`` empty matches nothing;
         ``after_rowid < rowid <= max_rowid``.  ``limit`` keeps the first N rows,
         or the last N with ``newest=True`` (still returned oldest first).
         """
         where, params = _filters(
             since=since, until=until, pid=pid, exe=exe, after_rowid=after_rowid,
-            max_rowid=max_rowid,
+            max_rowid=max_rowid, spans=True,
         )
         if types is not None:
             if isinstance(types, str):
@@ -746,6 +763,11 @@ class Store:
     def count_events(self) -> int:
         with self._read("counting events") as conn:
             return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+
+    def count_event_facts(self) -> int:
+        """Events the rows stand for (a row of coalesced repeats counts its ``n``)."""
+        with self._read("counting events") as conn:
+            return int(conn.execute("SELECT coalesce(sum(n), 0) FROM events").fetchone()[0])
 
     def count_alerts(self) -> int:
         with self._read("counting alerts") as conn:
@@ -853,8 +875,14 @@ class Store:
         )
 
     def _delete_chunk(self, sql: str, params: tuple[object, ...]) -> int:
+        """``sql``: ``DELETE FROM events WHERE seq IN (<subquery>)``; the events the rows
+        stood for (a coalesced row's ``n``) are added to :attr:`event_facts_deleted`."""
+        sub = sql.split(" WHERE seq IN ", 1)[1]
         with self._write("enforcing retention") as conn:
+            facts = int(conn.execute(f"SELECT coalesce(sum(n), 0) FROM events WHERE seq IN {sub}",
+                                     params).fetchone()[0])
             n = conn.execute(sql, params).rowcount
+        self.event_facts_deleted += facts
         if n > 0:
             self._reclaim()
         return max(0, n)
@@ -899,7 +927,11 @@ def _filters(
     exe: str | None,
     after_rowid: int,
     max_rowid: int | None,
+    spans: bool = False,
 ) -> tuple[list[str], list[object]]:
+    """``spans``: event rows, whose coalesced repeats span ``ts`` to ``ts_last`` (at most
+    :data:`REPEAT_WINDOW_S`): ``since`` keeps a row whose span reaches it (the index
+    range on ``ts`` widened by the window, then the span checked)."""
     where: list[str] = []
     params: list[object] = []
     if after_rowid > 0:
@@ -908,7 +940,10 @@ def _filters(
     if max_rowid is not None:
         where.append("seq <= ?")
         params.append(max_rowid)
-    if since is not None:
+    if since is not None and spans:
+        where.append("ts >= ? AND coalesce(ts_last, ts) >= ?")
+        params += [since - REPEAT_WINDOW_S, since]
+    elif since is not None:
         where.append("ts >= ?")
         params.append(since)
     if until is not None:

@@ -40,10 +40,12 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import hashlib
 import hmac
 import logging
 import marshal
+import operator
 import os
 import secrets
 import signal
@@ -52,13 +54,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, Any, Final, NamedTuple
 
 from bastion.containers import Container
 from bastion.eventwriter import EventWriter
 from bastion.events import TYPES, Event, Proc, all_fields
+from bastion.store.db import _ENCODER, REPEAT_WINDOW_S
 
 log = logging.getLogger("bastion.store.eventproc")
 
@@ -73,15 +77,20 @@ _CLASS_NO: Final[dict[type[Any], int]] = {c: i for i, c in enumerate(_CLASSES)}
 PIPE_BYTES: Final = 1 << 20        # the child's stdin (F_SETPIPE_SZ; the kernel may cap it)
 CHILD_NICE: Final = 5              # storage yields to the loop that decides
 RESTART_BACKOFF_S: Final = (0.0, 0.5, 2.0, 5.0)   # by consecutive restarts within a minute
+_WINDOW_NS: Final = int(REPEAT_WINDOW_S * 1e9)   # a coalesced row spans at most this
+_ESC: Final[Callable[[str], str]] = encode_basestring_ascii   # json's own C escaper
+_ENC: Final = _ENCODER.encode
+MERGE_EVENTS: Final = 8192         # queued batches sent as one frame (one transaction)
 
 
 def _tag(key: bytes, data: bytes) -> bytes:
     return hmac.new(key, data, hashlib.sha256).digest()[:TAG_BYTES]
 
 
-def frame(key: bytes, seq: int, events: Sequence[Event]) -> bytes:
-    """One authenticated frame: header (size, count, ``seq``), payload, MAC of both."""
-    payload = pack(events)
+def frame(key: bytes, seq: int, events: Sequence[Event], apart: Collection[int] = ()) -> bytes:
+    """One authenticated frame: header (size, count, ``seq``), payload, MAC of both;
+    ``apart``: as :func:`pack`."""
+    payload = pack(events, apart)
     head = _FRAME.pack(len(payload), len(events), seq)
     return head + payload + _tag(key, head + payload)
 
@@ -109,37 +118,282 @@ def _oneline_s(text: str) -> str:
     return " ".join(text.split())
 
 
-def pack(events: Sequence[Event]) -> bytes:
-    """``events`` as one ``marshal`` payload: (actors, rows); each actor once per batch."""
+class Packed(NamedTuple):
+    """One stored fact as the writer process gets it: the event (its first time), how
+    many exact repeats it stands for (itself included) and the last one's time."""
+
+    event: Event
+    n: int
+    last_ns: int
+
+
+def pack(events: Sequence[Event], apart: Collection[int] = ()) -> bytes:
+    """``events`` as one ``marshal`` payload: (actors, rows); each actor once per batch.
+
+    Exact repeats are coalesced (:data:`~bastion.store.db.REPEAT_WINDOW_S`): an event
+    equal to an earlier one of the batch in everything but its time (same class, same
+    actor: every field, container included; same fields: operation, object, result)
+    and within the window of that
+    row's first time is counted into that row (``count``, first and last time) instead
+    of a row of its own.  Any difference (another file, mode, actor, flag) is a row of
+    its own.  ``apart``: ``id()`` of events never coalesced, in either direction (those
+    that raised a finding keep a row of their own, exactly as seen).
+
+    A row: ``[(class no, actor no, truncated, fields...), first ns, count, last ns, type]``.
+
+    A batch in time order within the window, every field hashable (a flood) is grouped by
+    C-level passes (:func:`_pack_grouped`, ~1 µs an event less than a loop in Python);
+    any other by :func:`_pack_each`: the same rows (``tests/unit/test_store_coalesce.py``)."""
+    if len(events) > 1:
+        rows = _pack_grouped(events, apart)
+        if rows is not None:
+            return rows
+    return _pack_each(events, apart)
+
+
+def _actor_no(p: Proc, procs: dict[int, int], same: dict[Proc, int],
+              actors: list[tuple[Any, ...]]) -> int:
+    """The actor's number in the batch: an equal actor in another object (an enricher that
+    rebuilt it) is the same actor, one entry, and its repeats coalesce."""
+    try:
+        i = same.get(p)
+    except TypeError:
+        i = None
+    if i is None:
+        i = len(actors)
+        c = p.container
+        actors.append((p.pid, p.tid, p.ppid, p.uid, p.euid, p.gid, p.cgroup_id, p.comm,
+                       p.start_ns, p.exe, c.to_json() if c is not None else None))
+        try:
+            same[p] = i
+        except TypeError:
+            pass
+    procs[id(p)] = i
+    return i
+
+
+_REST: Final = operator.itemgetter(slice(2, None))
+_TIME: Final = operator.itemgetter(0)
+_PROC: Final = operator.attrgetter("proc")
+_TIME_NS: Final = operator.attrgetter("time_ns")
+# event class -> its fields after the actor (truncated, then its own), as one tuple
+_OWN: Final[dict[type[Any], Callable[[Any], tuple[Any, ...]]]] = {
+    cls: operator.attrgetter(*(f.name for f in dataclasses.fields(cls)[2:])) for cls in _CLASSES}
+
+
+def _pack_grouped(events: Sequence[Event], apart: Collection[int]) -> bytes | None:
+    """:func:`pack` by C-level passes over the batch (group by key with ``Counter``, the
+    first and last time of each key by ``dict(zip(...))``); None when the batch is not in
+    time order within the window or a field does not hash (then :func:`_pack_each`)."""
+    classes = list(map(type, events))
+    own = _OWN.get(classes[0])
+    if own is not None and classes.count(classes[0]) == len(classes):
+        times = list(map(_TIME_NS, events))   # one class (a flood): its fields straight
+        rests: Any = map(own, events)
+    else:
+        vals = list(map(all_fields, events))
+        times = list(map(_TIME, vals))
+        rests = map(_REST, vals)
+    lo, hi = times[0], times[-1]
+    if hi - lo > _WINDOW_NS or hi < lo or times != sorted(times):
+        return None
+    procs_of = list(map(_PROC, events))
+    keys: list[Any] = list(zip(classes, map(id, procs_of), rests))
+    if apart:
+        for j, x in enumerate(map(id, events)):
+            if x in apart:
+                keys[j] = (*keys[j], x)      # a key of its own: never coalesced
+    try:
+        counts = collections.Counter(keys)
+    except TypeError:
+        return None
+    n = len(keys)
+    # built from the keys in order, as the Counter: the same key order (first seen first)
+    last_at = dict(zip(keys, range(n)))
+    first_t = dict(zip(reversed(keys), reversed(times)))
     procs: dict[int, int] = {}
+    same: dict[Proc, int] = {}
     actors: list[tuple[Any, ...]] = []
-    rows: list[tuple[Any, ...]] = []
     no = _CLASS_NO
+    rows: list[list[Any]] = []
+    joined: dict[tuple[Any, ...], list[Any]] = {}   # equal actors in two objects: one row
+    for (key, c), j in zip(counts.items(), last_at.values()):
+        i = procs.get(key[1])
+        if i is None:
+            i = _actor_no(procs_of[j], procs, same, actors)
+        packed = (no[key[0]], i, *key[2])
+        if len(key) > 3:       # apart
+            rows.append([packed, times[j], c, times[j], events[j].type])
+            continue
+        row = joined.get(packed)
+        if row is not None:
+            row[2] += c
+            row[1] = min(row[1], first_t[key])
+            row[3] = max(row[3], times[j])
+            continue
+        row = joined[packed] = [packed, first_t[key], c, times[j], events[j].type]
+        rows.append(row)
+    return marshal.dumps((actors, rows))
+
+
+def _pack_each(events: Sequence[Event], apart: Collection[int]) -> bytes:
+    """:func:`pack` one event at a time (any batch)."""
+    procs: dict[int, int] = {}
+    same: dict[Proc, int] = {}
+    actors: list[tuple[Any, ...]] = []
+    rows: list[list[Any]] = []      # [key, first ns, count, last ns, type]
+    firsts: dict[tuple[Any, ...], list[Any]] = {}
+    get_first = firsts.get
+    no = _CLASS_NO
+    window = _WINDOW_NS
     for ev in events:
         p = ev.proc
         i = procs.get(id(p))
         if i is None:
-            i = procs[id(p)] = len(actors)
-            c = p.container
-            actors.append((p.pid, p.tid, p.ppid, p.uid, p.euid, p.gid, p.cgroup_id, p.comm,
-                           p.start_ns, p.exe, c.to_json() if c is not None else None))
+            i = _actor_no(p, procs, same, actors)
         vals = all_fields(ev)
-        rows.append((no[type(ev)], i, vals[0], *vals[2:]))
+        t = vals[0]
+        key = (no[type(ev)], i, *vals[2:])
+        if apart and id(ev) in apart:
+            rows.append([key, t, 1, t, ev.type])
+            continue
+        try:
+            row = get_first(key)
+        except TypeError:      # a field that does not hash: never coalesced
+            rows.append([key, t, 1, t, ev.type])
+            continue
+        if row is not None and -window <= t - row[1] <= window and -window <= t - row[3] <= window:
+            row[2] += 1
+            if t > row[3]:
+                row[3] = t
+            elif t < row[1]:
+                row[1] = t
+            continue
+        row = [key, t, 1, t, ev.type]
+        rows.append(row)
+        firsts[key] = row
     return marshal.dumps((actors, rows))
 
 
-def unpack(payload: bytes) -> list[Event]:
-    """The events :func:`pack` packed (ValueError/TypeError on a malformed payload)."""
+def _actors(raw: Sequence[Sequence[Any]]) -> list[Proc]:
+    return [Proc(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9],
+                 Container.from_json(a[10]) if a[10] is not None else None) for a in raw]
+
+
+def unpack(payload: bytes) -> list[Packed]:
+    """The facts :func:`pack` packed (ValueError/TypeError on a malformed payload)."""
     actors, rows = marshal.loads(payload)
-    procs = [Proc(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9],
-                  Container.from_json(a[10]) if a[10] is not None else None)
-             for a in actors]
-    out: list[Event] = []
-    for r in rows:
-        cls = _CLASSES[r[0]]
-        ev: Event = cls(r[2], procs[r[1]], *r[3:])
-        out.append(ev)
+    procs = _actors(actors)
+    out: list[Packed] = []
+    for key, first, n, last, etype in rows:
+        cls = _CLASSES[key[0]]
+        ev: Event = cls(first, procs[key[1]], *key[2:])
+        if not isinstance(n, int) or n < 1 or ev.type != etype:
+            raise ValueError(f"a row with count {n!r} and type {etype!r} for {ev.type!r}")
+        out.append(Packed(ev, n, last))
     return out
+
+
+def _json_value(v: Any) -> str:
+    """One value as ``json`` writes it in :func:`~bastion.events.to_json`'s form."""
+    t = type(v)
+    if t is str:
+        return _ESC(v)
+    if t is int:
+        return int.__repr__(v)
+    if t is tuple:
+        v = list(v)
+    return _ENC(v)
+
+
+def _encoders() -> dict[int, Callable[[Sequence[Any]], str]]:
+    """Per class no: the JSON of a packed row's own fields, ``,"name":value`` each, in
+    :func:`~bastion.events.to_json` order (in a packed row's key ``truncated`` is at 2,
+    its own fields from 3).  Generated per class, as :func:`bastion.events._maker` is: a field
+    declared ``str`` or ``int`` whose value has that exact type is formatted inline (the
+    JSON encoder's C escaper for a str, ``int`` as ``json`` writes it); any other value
+    goes through the encoder itself."""
+    from bastion.events import _JSON_FIELDS
+
+    out: dict[int, Callable[[Sequence[Any]], str]] = {}
+    for n, cls in enumerate(_CLASSES):
+        want = set(_JSON_FIELDS[cls])
+        parts = []
+        for j, f in enumerate(dataclasses.fields(cls)):
+            if f.name not in want:
+                continue
+            v = f"r[{j}]"
+            ann = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+            if ann == "str":
+                expr = f"_esc({v}) if {v}.__class__ is str else _val({v})"
+            elif ann == "int":
+                expr = f"{v} if {v}.__class__ is int else _val({v})"
+            else:
+                expr = f"_val({v})"
+            parts.append(f',"{f.name}":{{{expr}}}')
+        env: dict[str, Any] = {"_esc": _ESC, "_val": _json_value}
+        body = "".join(parts)
+        exec(f"def enc(r):\n    return f'{body}'\n", env)  # noqa: S102 - generated from the dataclass fields
+        out[n] = env["enc"]
+    return out
+
+
+class RowMaker:
+    """The store rows of a payload straight from its packed tuples: no event objects, the
+    actor's JSON part made once per batch, each value encoded by the JSON encoder's own C
+    string escaper.  ``data`` is byte for byte what ``json`` gives for
+    :func:`~bastion.events.to_json` (``tests/unit/test_store_coalesce.py``), plus
+    ``"count"`` and ``"last_time"`` when the row stands for repeats."""
+
+    def __init__(self) -> None:
+        self.encoders = _encoders()
+        self._secs: dict[int, str] = {}
+
+    def time(self, ns: int) -> str:
+        secs, sub = divmod(ns, 1_000_000_000)
+        head = self._secs.get(secs)
+        if head is None:
+            if len(self._secs) > 4096:
+                self._secs.clear()
+            head = self._secs[secs] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
+        return f"{head}.{sub // 1000:06d}Z"
+
+    def rows(self, payload: bytes) -> tuple[list[tuple[Any, ...]], int]:
+        """(rows for :meth:`~bastion.store.db.Store.add_rows`, events they stand for)."""
+        from bastion.store.db import _text
+
+        actors, packed = marshal.loads(payload)
+        parts: list[tuple[int, str, str]] = []
+        esc = _ESC
+        for a in actors:
+            if len(a) != 11:
+                raise ValueError(f"an actor of {len(a)} values")
+            frag = (f'"pid":{int(a[0])},"tid":{int(a[1])},"ppid":{int(a[2])},"uid":{int(a[3])},'
+                    f'"euid":{int(a[4])},"gid":{int(a[5])},"cgroup_id":{int(a[6])},'
+                    f'"comm":{esc(a[7])},"start_ns":{int(a[8])},"exe":{esc(a[9])}')
+            if a[10] is not None:
+                frag += ',"container":' + _ENC(Container.from_json(a[10]).to_json())
+            parts.append((int(a[0]), _text(a[9]), frag))
+        encoders, fmt = self.encoders, self.time
+        out: list[tuple[Any, ...]] = []
+        events = 0
+        for r, first, n, last, etype in packed:
+            enc = encoders[r[0]]
+            pid, exe, frag = parts[r[1]]
+            if type(n) is not int or n < 1 or type(etype) is not str:
+                raise ValueError(f"a row with count {n!r} and type {etype!r}")
+            data = [f'{{"type":{esc(etype)},"time":"{fmt(first)}",', frag, enc(r)]
+            if r[2]:
+                data.append(',"truncated":true')
+            if n > 1:
+                data.append(f',"count":{n},"last_time":"{fmt(last)}"}}')
+                out.append((first // 1000 / 1e6, _text(etype), pid, exe, "".join(data), n,
+                            last // 1000 / 1e6))
+            else:
+                data.append("}")
+                out.append((first // 1000 / 1e6, _text(etype), pid, exe, "".join(data), 1, None))
+            events += n
+        return out, events
 
 
 # ---- the child ---------------------------------------------------------------------------
@@ -156,10 +410,9 @@ def _read_exact(f: IO[bytes], n: int) -> bytes | None:
 
 def child_main(data_dir: Path, stdin: IO[bytes], stdout: IO[str]) -> int:
     """Read frames until EOF; store each batch; one authenticated answer per batch:
-    ``stored N`` / ``failed N <error>`` / ``malformed N <error>``; a frame that does not
+    ``stored N <rows>`` (N events in that many rows) / ``failed N <error>`` / ``malformed N <error>``; a frame that does not
     verify: ``tampered 0 <why>`` and exit status 3."""
     from bastion.errors import StoreError
-    from bastion.events import to_json
     from bastion.store.db import MalformedRecordError, Store
 
     # the go: the agent has enrolled this process with tamper protection (when it runs
@@ -186,6 +439,7 @@ def child_main(data_dir: Path, stdin: IO[bytes], stdout: IO[str]) -> int:
         say("fatal", 0, str(exc))
         return 2
     say("ready", 0)
+    maker = RowMaker()
     expect = 1
     try:
         while True:
@@ -206,21 +460,20 @@ def child_main(data_dir: Path, stdin: IO[bytes], stdout: IO[str]) -> int:
                 return 3
             expect += 1
             try:
-                events = unpack(payload)
-                if len(events) != n:
-                    raise ValueError(f"{len(events)} events in a frame of {n}")
-            except (ValueError, TypeError, EOFError, IndexError) as exc:
+                rows, events = maker.rows(payload)
+                if events != n:
+                    raise ValueError(f"{events} events in a frame of {n}")
+            except (ValueError, TypeError, EOFError, IndexError, KeyError) as exc:
                 say("malformed", n, f"undecodable batch: {type(exc).__name__}: {exc}")
                 continue
             try:
-                store.add_events([to_json(ev) for ev in events],
-                                 times_ns=[ev.time_ns for ev in events])
+                store.add_rows(rows)
             except MalformedRecordError as exc:
                 say("malformed", n, _oneline(exc))
             except StoreError as exc:
                 say("failed", n, _oneline(exc))
             else:
-                say("stored", n)
+                say("stored", n, str(len(rows)))
     except EOFError as exc:
         say("tampered", 0, f"frame cut short: {exc}")
         return 3
@@ -245,6 +498,32 @@ def main(argv: Sequence[str] | None = None) -> int:
 # ---- the agent's side ------------------------------------------------------------------------
 
 
+class Batch(list[Event]):
+    """A batch handed to the writer with the ``id()`` of its events that raised a finding
+    (``apart``: never coalesced, never evicted to make room)."""
+
+    apart: frozenset[int]
+
+    def __init__(self, events: Sequence[Event] = (), apart: Collection[int] = ()) -> None:
+        super().__init__(events)
+        self.apart = frozenset(apart)
+
+
+def _merge(parts: list[Sequence[Event]]) -> Batch:
+    out = Batch()
+    apart: set[int] = set()
+    for b in parts:
+        out += b
+        apart |= getattr(b, "apart", frozenset())
+    out.apart = frozenset(apart)
+    return out
+
+
+def _must_keep(batch: Sequence[Event]) -> Batch:
+    apart: frozenset[int] = getattr(batch, "apart", frozenset())
+    return Batch([ev for ev in batch if id(ev) in apart], apart) if apart else Batch()
+
+
 class _Child:
     """One running child: its process, and what it was sent and confirmed."""
 
@@ -262,6 +541,7 @@ class _Child:
         # too); a second death loses it (a batch that kills its writer does not loop)
         self.inflight: collections.deque[tuple[Sequence[Event], bool]] = collections.deque()
         self.progress_at = time.monotonic()   # its last answer, or the start of its work
+        self.collected = False  # the reader took its in-flight batches (it is gone)
         self.stalled = ""      # why the agent killed it for making no progress
         self.tampered = ""     # why its pipes cannot be trusted (it was killed)
         self.ready = threading.Event()
@@ -303,12 +583,14 @@ class EventStoreProcess:
         self._send_lock = threading.Lock()   # one writer of a child's pipe at a time
         self._child: _Child | None = None
         self._closing = False
+        self._redo_pending = 0    # restarts still sending a dead child's batches again
         self.restarts = 0
         self.lost = 0               # events sent to a child that died before confirming
         self._recent: list[float] = []
         self._feeder: EventWriter[Event] = EventWriter(
             self._send, max_items=max_items, share=1.0, name="bastion-store-feeder",
-            on_error=self._send_failed)
+            on_error=self._send_failed, merge=_merge, merge_items=MERGE_EVENTS,
+            must_keep=_must_keep)
 
     # -- counters the agent reports
 
@@ -403,9 +685,10 @@ class EventStoreProcess:
             if kind == "tampered":
                 child.tampered = detail
                 continue
-            child.answered += n
-            if child.inflight:
-                child.inflight.popleft()
+            with self._lock:
+                child.answered += n
+                if child.inflight:
+                    child.inflight.popleft()
             self._on_result(kind, n, detail)
         child.popen.wait()
         child.ready.set()
@@ -419,6 +702,7 @@ class EventStoreProcess:
                 log.warning("event writer process %d not unenrolled: %s", child.popen.pid, exc)
             child.unenrol = None
         with self._lock:
+            child.collected = True
             if self._child is not child:
                 return
             if self._closing:
@@ -445,6 +729,17 @@ class EventStoreProcess:
             self._recent = [t for t in self._recent if now - t < 60.0] + [now]
             delay = RESTART_BACKOFF_S[min(len(self._recent) - 1, len(RESTART_BACKOFF_S) - 1)]
             self.restarts += 1
+            self._redo_pending += 1     # flush and close wait for the batches sent again
+        try:
+            self._restart(child, why, lost, cause, delay, redo)
+        finally:
+            with self._lock:
+                self._redo_pending -= 1
+
+    def _restart(self, child: _Child, why: str, lost: int, cause: str, delay: float,
+                 redo: list[Sequence[Event]]) -> None:
+        """Report the death, start the next child, send it the batches the dead one had
+        not answered (once)."""
         log.error("event writer process %d %s; %d events not confirmed for the second time "
                   "(lost), %d batches sent again; restarting", child.popen.pid, why, lost,
                   len(redo))
@@ -521,35 +816,60 @@ class EventStoreProcess:
 
     # -- the loop's side
 
-    def offer(self, batch: Sequence[Event]) -> bool:
-        """Queue ``batch``; False (counted in ``shed``) when the queue is full."""
-        return self._feeder.offer(batch)
+    def offer(self, batch: Sequence[Event], flagged: Sequence[Event] = ()) -> bool:
+        """Queue ``batch``; False (counted in ``shed``) when the queue is full.
+        ``flagged``: its events that raised a finding (rows of their own, exactly as seen,
+        never evicted by :meth:`keep`)."""
+        return self._feeder.offer(Batch(batch, [id(ev) for ev in flagged]))
 
-    def keep(self, events: Sequence[Event]) -> None:
+    def keep(self, events: Sequence[Event]) -> tuple[bool, int]:
         """Queue ``events`` of a batch just shed whatever the queue holds (those that
-        raised a finding), out of the shed count."""
-        self._feeder.keep(events)
+        raised a finding), out of the shed count: room is made by evicting the queue's
+        other rows, newest first (counted in ``shed``).  (queued, benign events evicted
+        for them); not queued (``kept_shed``) only when the queue holds nothing else."""
+        return self._feeder.keep(Batch(events, [id(ev) for ev in events]))
+
+    @property
+    def kept_shed(self) -> int:
+        """Rows of events that raised a finding that could not be queued (see :meth:`keep`)."""
+        return self._feeder.kept_shed
 
     # -- the feeder thread
 
     def _write_to(self, child: _Child, batch: Sequence[Event], *, retried: bool) -> bool:
-        """One frame of ``batch`` to ``child`` (under ``_send_lock``); False: it is gone."""
+        """One frame of ``batch`` to ``child`` (under ``_send_lock``); False: it is gone
+        (and the batch is not in its in-flight list: the caller sends it elsewhere).
+
+        The batch is in flight *before* its frame is written: a child may answer before
+        ``write`` returns, and the answer must find its entry (an entry appended after
+        its answer was never taken off, and every later answer then took off the wrong
+        one: a batch stored twice after a restart, another not sent again)."""
         stdin = child.popen.stdin
         assert stdin is not None
-        data = frame(child.key, child.seq + 1, batch)
-        if child.sent <= child.answered:
-            child.progress_at = time.monotonic()   # its work starts now
+        entry = (batch, retried)
+        with self._lock:
+            data = frame(child.key, child.seq + 1, batch, getattr(batch, "apart", ()))
+            if child.sent <= child.answered:
+                child.progress_at = time.monotonic()   # its work starts now
+            child.seq += 1
+            child.sent += len(batch)
+            child.inflight.append(entry)
         child.writing = True
         try:
             stdin.write(data)
             stdin.flush()
         except (BrokenPipeError, ValueError, OSError):
+            with self._lock:
+                if child.collected:
+                    return True     # the reader took it with the child's in-flight batches
+                try:
+                    child.inflight.remove(entry)
+                except ValueError:
+                    return True     # answered after all
+                child.sent -= len(batch)
             return False
         finally:
             child.writing = False
-        child.seq += 1
-        child.sent += len(batch)
-        child.inflight.append((batch, retried))
         return True
 
     def _send(self, batch: Sequence[Event]) -> None:
@@ -580,7 +900,7 @@ class EventStoreProcess:
             return False
         while time.monotonic() < deadline:
             c = self._child
-            if c is None or c.answered >= c.sent:
+            if not self._redo_pending and (c is None or c.answered >= c.sent):
                 return True
             time.sleep(0.005)
         return False
@@ -591,6 +911,8 @@ class EventStoreProcess:
         deadline = time.monotonic() + timeout
         self._feeder.close(timeout)
         left = self._feeder.queued
+        while self._redo_pending and time.monotonic() < deadline:
+            time.sleep(0.005)       # a restart still sending a dead child's batches
         with self._lock:
             self._closing = True
             child = self._child

@@ -80,6 +80,14 @@ MIGRATIONS: tuple[str, ...] = (
         mac       TEXT    NOT NULL
     );
     """,
+    # 5: exact repeats coalesced into one event row (issue 16.3, store/eventproc.py): how
+    # many events the row stands for and the last one's time (NULL: a row of one event).
+    # The first time stays in ts (indexed); a coalesced row spans at most
+    # store.db.REPEAT_WINDOW_S, which time filters widen their index range by.
+    """
+    ALTER TABLE events ADD COLUMN n INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE events ADD COLUMN ts_last REAL;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
