@@ -214,4 +214,55 @@ static __always_inline bool sens_match_cached(struct file *f, __u32 *sclass, __u
 	return hit;
 }
 
+/* sens_match_cached for a BTF-typed @f (issue 16.5: the tracepoint sensor's
+ * read-open path, which every read-open of a compat host takes, gets the file
+ * as a BTF pointer: tp_events.bpf.c opened_file()).  The cache key by plain
+ * loads (fault-safe PROBE_MEM loads: no helper call per field, ~30 ns each);
+ * the walk on a miss as sens_match.  Same cache, same epoch. */
+static __always_inline bool sens_match_cached_btf(struct file *f, __u32 *sclass, __u32 *sid)
+{
+	struct sens_cache_key k = {};
+	struct sens_cache_val nv = {}, *cv;
+	struct inode *inode;
+	struct super_block *sb;
+	struct dentry *d, *parent;
+	__u64 *ep, epoch;
+	__u32 zero = 0;
+	bool hit;
+
+	if (!cfg_sensitive || !f)
+		return false;
+	ep = bpf_map_lookup_elem(&sens_epoch, &zero);
+	if (!ep)
+		return sens_match(f, sclass, sid);
+	epoch = *(volatile __u64 *)ep;   /* before the verdict is computed */
+	inode = f->f_inode;
+	if (!inode || (inode->i_mode & S_IFMT_) == S_IFDIR_)
+		return false; /* as sens_match: directories themselves are not reported */
+	sb = inode->i_sb;
+	d = f->f_path.dentry;
+	parent = d ? d->d_parent : NULL;
+	/* procfs verdicts depend on who opens (another process's mem): never cached */
+	if (!sb || !parent || sb->s_magic == PROC_SUPER_MAGIC_)
+		return sens_match(f, sclass, sid);
+	k.ino = inode->i_ino;
+	k.dev = sb->s_dev;
+	k.dir_ino = parent->d_inode ? parent->d_inode->i_ino : 0;
+	cv = bpf_map_lookup_elem(&sens_cache, &k);
+	if (cv && cv->epoch == epoch) {
+		if (!cv->sclass)
+			return false;
+		*sclass = cv->sclass;
+		*sid = cv->sid;
+		return true;
+	}
+	hit = sens_match(f, sclass, sid);
+	nv.epoch = epoch;
+	nv.sclass = hit ? *sclass : 0;
+	nv.sid = hit ? *sid : 0;
+	if (!hit || nv.sclass)   /* a class 0 entry cannot be cached as sensitive */
+		bpf_map_update_elem(&sens_cache, &k, &nv, BPF_ANY);
+	return hit;
+}
+
 #endif /* BASTION_SENSITIVE_H */
