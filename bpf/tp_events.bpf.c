@@ -75,73 +75,25 @@ static __always_inline int open_enter(__s64 flags, __u64 mode)
 	return 0;
 }
 
-/* The struct file of the descriptor an open returned, as a BTF pointer (issue
- * 16.5: then every field is a plain fault-safe load, not a helper call): the
- * task, its files and fd table by BTF loads; the slot from the files_struct's
- * own fd_array (a BTF array, indexed by constants: the verifier types no
- * variable index into a kernel struct) while the table is that array, which
- * it is until a process has more than NR_OPEN_DEFAULT (64) descriptors open.
- * NULL otherwise (*slow set: the caller takes fd_file()). */
-#define FD_ARRAY_N 64
-
-static __always_inline struct file *opened_file(long fd, bool *slow)
-{
-	struct task_struct *task = bpf_get_current_task_btf();
-	struct files_struct *files = task->files;
-	struct fdtable *fdt;
-	struct file *f = NULL;
-	int i;
-
-	*slow = true;
-	if (!files || fd < 0 || fd >= FD_ARRAY_N)
-		return NULL;
-	fdt = files->fdt;
-	if (!fdt || (unsigned long)fdt->fd != (unsigned long)&files->fd_array[0] ||
-	    (unsigned long)fd >= fdt->max_fds)
-		return NULL;
-	*slow = false;
-	/* a comparison per index (the barrier keeps clang from folding them back
-	 * into one variable-index load) */
-	for (i = 0; i < FD_ARRAY_N; i++) {
-		if (i == fd) {
-			f = files->fd_array[i];
-			break;
-		}
-		barrier_var(i);
-	}
-	return f;
-}
-
 /* A read-only open nobody asked for (not learn mode): reported only when the
  * inode is in the sensitive set, decided here in the kernel (every read-open
- * of the host takes this path: BTF loads and the verdict cache,
- * sens_match_cached_btf). */
+ * of the host takes this path: bulk copies and the verdict cache,
+ * sens_match_cached_win). */
 static __always_inline int sens_open_exit(long ret)
 {
 	struct bastion_file_event *e;
 	struct file *f;
 	struct path fpath;
 	__u32 sclass = 0, sid = 0, dev, fflags = 0;
-	bool slow;
 	__u64 ino;
 
 	if (ret < 0 || !cfg_sensitive || !wanted(BASTION_EV_FILE))
 		return 0;
-	f = opened_file(ret, &slow);
-	if (slow) {
-		f = fd_file(ret);
-		if (!f)
-			return 0;
-		fflags = BPF_CORE_READ(f, f_flags);
-		if ((fflags & O_PATH_) || !sens_match_cached(f, &sclass, &sid))
-			return 0; /* an O_PATH descriptor reads nothing */
-	} else {
-		if (!f)
-			return 0;
-		fflags = f->f_flags;
-		if ((fflags & O_PATH_) || !sens_match_cached_btf(f, &sclass, &sid))
-			return 0;
-	}
+	f = fd_file(ret);
+	if (!f)
+		return 0;
+	if (!sens_match_cached_win(f, &fflags, &sclass, &sid) || (fflags & O_PATH_))
+		return 0; /* outside the set, or an O_PATH descriptor (reads nothing) */
 	ino = BPF_CORE_READ(f, f_inode, i_ino);
 	dev = BPF_CORE_READ(f, f_inode, i_sb, s_dev);
 	if (open_seen_recently(dev, ino, false))

@@ -93,38 +93,3 @@ def test_set_grown_after_a_cached_verdict_is_reported(tmp_path: Path) -> None:
         finally:
             sensor.close()
 
-
-HOARDER = textwrap.dedent("""
-    import os, sys
-    held = [os.open("/dev/null", os.O_RDONLY) for _ in range(int(sys.argv[1]))]
-    if sys.argv[2] == "low":   # the table stays grown; the next open gets a low number
-        for fd in held[:8]:
-            os.close(fd)
-    with open(sys.argv[3], "rb") as fh:
-        print(fh.fileno(), flush=True)
-        fh.read(1)
-    """)
-
-
-@pytest.mark.parametrize("where", ["high", "low"])
-def test_secret_read_past_the_inline_descriptor_array_is_reported(where: str,
-                                                                   tmp_path: Path) -> None:
-    """The read-open path takes the file from the files_struct's inline array of 64
-    slots (BTF loads) only while the table is that array: a process holding more
-    descriptors (the secret's fd above 64, or a low fd in a grown table) takes the
-    fd_file() path and is reported all the same."""
-    secret = tmp_path / "vault" / "key"
-    secret.parent.mkdir()
-    secret.write_text("k\n")
-    with scoped_cgroup() as (cg, cgid):
-        sensor = BpfSensor(cgroup_id=cgid, sensitive=[(str(secret.parent), abi.SensClass.CUSTOM)])
-        sensor.open()
-        try:
-            proc = run_in(cg, [sys.executable, "-c", HOARDER, "100", where, str(secret)], timeout=30)
-            assert proc.returncode == 0, proc.stderr
-            fd = int(proc.stdout.split()[0])
-            assert (fd >= 64) == (where == "high"), fd
-            reads = _sensitive_reads(_drain(sensor), "key")
-            assert len(reads) == 1 and reads[0].sensitive == "custom"
-        finally:
-            sensor.close()
