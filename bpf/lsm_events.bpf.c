@@ -94,8 +94,9 @@ int BPF_PROG(on_file_open, struct file *file)
 	if (!write && !cfg_open_reads && !cfg_sensitive)
 		return 0;
 	/* a read outside the sensitive set (the common case) is dropped on the
-	 * set's own walk, before the quiet-process lookup of wanted() */
-	sens = sens_match(file, &sclass, &sid);
+	 * set's verdict cache (one lookup; the walk on a miss), before the
+	 * quiet-process lookup of wanted() */
+	sens = sens_match_cached(file, &sclass, &sid);
 	if (!write && !cfg_open_reads && !sens)
 		return 0;
 	if (!wanted(BASTION_EV_FILE))
@@ -133,6 +134,17 @@ int BPF_PROG(on_file_open, struct file *file)
 		file_set(e, FS_PATH, n, 0);
 	}
 	file_submit(e);
+	return 0;
+}
+
+/* A rename done: read-open verdicts cached before it are void (a directory
+ * moved into or out of a sensitive subtree keeps its files' cache keys; see
+ * sens_cache in bpf/lib/sensitive.h).  At the exit of vfs_rename, every
+ * rename's path (io_uring's, overlayfs's copy-up too), after the move. */
+SEC("fexit/vfs_rename")
+int on_rename_done(void *ctx)
+{
+	sens_epoch_bump();
 	return 0;
 }
 

@@ -77,22 +77,24 @@ static __always_inline int open_enter(__s64 flags, __u64 mode)
 }
 
 /* A read-only open nobody asked for (not learn mode): reported only when the
- * inode is in the sensitive set, decided here in the kernel. */
+ * inode is in the sensitive set, decided here in the kernel (every read-open
+ * of the host takes this path: bulk copies and the verdict cache,
+ * sens_match_cached_win). */
 static __always_inline int sens_open_exit(long ret)
 {
 	struct bastion_file_event *e;
 	struct file *f;
 	struct path fpath;
-	__u32 sclass = 0, sid = 0, dev;
+	__u32 sclass = 0, sid = 0, dev, fflags = 0;
 	__u64 ino;
 
 	if (ret < 0 || !cfg_sensitive || !wanted(BASTION_EV_FILE))
 		return 0;
 	f = fd_file(ret);
-	if (!f || (BPF_CORE_READ(f, f_flags) & O_PATH_))
-		return 0; /* an O_PATH descriptor reads nothing */
-	if (!sens_match_cached(f, &sclass, &sid))
+	if (!f)
 		return 0;
+	if (!sens_match_cached_win(f, &fflags, &sclass, &sid) || (fflags & O_PATH_))
+		return 0; /* outside the set, or an O_PATH descriptor (reads nothing) */
 	ino = BPF_CORE_READ(f, f_inode, i_ino);
 	dev = BPF_CORE_READ(f, f_inode, i_sb, s_dev);
 	if (open_seen_recently(dev, ino, false))
@@ -100,7 +102,7 @@ static __always_inline int sens_open_exit(long ret)
 	e = file_event(BASTION_FILE_OPEN);
 	if (!e)
 		return 0;
-	e->open_flags = BPF_CORE_READ(f, f_flags);
+	e->open_flags = fflags;
 	e->ino = ino;
 	e->dev = dev;
 	e->sens_class = sclass;

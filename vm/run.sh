@@ -88,10 +88,15 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # Pytest arguments go through the results share (no quoting limits).  Positional
-# arguments under tests/ (files, dirs, node ids) replace the default tests/vm.
+# arguments under tests/ (files, dirs, node ids) and the in-VM benchmarks bench/vm_*.py
+# (`make bench` runs bench/vm_sensors.py so) replace the default tests/vm.
 paths=() args=()
 for a in "$@"; do
-  if [[ $a == tests/* || $a == ./tests/* ]]; then paths+=("$a"); else args+=("$a"); fi
+  if [[ $a == tests/* || $a == ./tests/* || $a == bench/vm_*.py || $a == ./bench/vm_*.py ]]; then
+    paths+=("$a")
+  else
+    args+=("$a")
+  fi
 done
 ((${#paths[@]})) || paths=(tests/vm)
 term=dumb

@@ -214,4 +214,89 @@ static __always_inline bool sens_match_cached(struct file *f, __u32 *sclass, __u
 	return hit;
 }
 
+#ifndef BASTION_BTF_LOADS
+/* sens_match_cached for the tracepoint sensor's read-open path (issue 16.5: on
+ * the compat tier every read-open of the host pays it), the same verdict cache,
+ * its key read in four bulk copies (a window of the struct file, of its inode,
+ * of the super block, of the dentry) plus the directory's inode, instead of a
+ * bpf_probe_read_kernel per field.  The field offsets are CO-RE constants; a
+ * kernel where one lies beyond its window takes sens_match_cached (the check
+ * folds away at load), and so does any copy that fails.  @fflags: the file's
+ * f_flags (the caller drops O_PATH descriptors). */
+#define SENS_WIN 112
+#define SENS_OFF(type, field) ((__u32)bpf_core_field_offset(type, field))
+#define SENS_WIN_OK(type, field, T) (SENS_OFF(type, field) + sizeof(T) <= SENS_WIN)
+#define SENS_AT(w, type, field, T) (*(T *)((char *)(w) + SENS_OFF(type, field)))
+
+static __always_inline bool sens_match_cached_win(struct file *f, __u32 *fflags, __u32 *sclass,
+						  __u32 *sid)
+{
+	__u64 w[SENS_WIN / 8];
+	struct sens_cache_key k = {};
+	struct sens_cache_val nv = {}, *cv;
+	struct inode *inode, *pi = NULL;
+	struct super_block *sb;
+	struct dentry *d, *parent;
+	__u64 *ep, epoch;
+	__u32 zero = 0;
+	bool hit;
+
+	if (!cfg_sensitive || !f)
+		return false;
+	if (!SENS_WIN_OK(struct file, f_inode, void *) || !SENS_WIN_OK(struct file, f_flags, __u32) ||
+	    !SENS_WIN_OK(struct file, f_path.dentry, void *) ||
+	    !SENS_WIN_OK(struct inode, i_mode, __u16) || !SENS_WIN_OK(struct inode, i_sb, void *) ||
+	    !SENS_WIN_OK(struct inode, i_ino, __u64) ||
+	    !SENS_WIN_OK(struct super_block, s_dev, __u32) ||
+	    !SENS_WIN_OK(struct super_block, s_magic, __u64) ||
+	    !SENS_WIN_OK(struct dentry, d_parent, void *) ||
+	    bpf_probe_read_kernel(w, sizeof(w), f)) {
+		*fflags = BPF_CORE_READ(f, f_flags);
+		return sens_match_cached(f, sclass, sid);
+	}
+	*fflags = SENS_AT(w, struct file, f_flags, __u32);
+	inode = SENS_AT(w, struct file, f_inode, struct inode *);
+	d = SENS_AT(w, struct file, f_path.dentry, struct dentry *);
+	ep = bpf_map_lookup_elem(&sens_epoch, &zero);
+	if (!inode || !d || !ep)
+		return sens_match(f, sclass, sid);
+	epoch = *(volatile __u64 *)ep;   /* before the verdict is computed */
+	if (bpf_probe_read_kernel(w, sizeof(w), inode))
+		return sens_match(f, sclass, sid);
+	if ((SENS_AT(w, struct inode, i_mode, __u16) & S_IFMT_) == S_IFDIR_)
+		return false; /* as sens_match: directories themselves are not reported */
+	sb = SENS_AT(w, struct inode, i_sb, struct super_block *);
+	k.ino = SENS_AT(w, struct inode, i_ino, __u64);
+	if (!sb || bpf_probe_read_kernel(w, sizeof(w), sb))
+		return sens_match(f, sclass, sid);
+	/* procfs verdicts depend on who opens (another process's mem): never cached */
+	if (SENS_AT(w, struct super_block, s_magic, __u64) == PROC_SUPER_MAGIC_)
+		return sens_match(f, sclass, sid);
+	k.dev = SENS_AT(w, struct super_block, s_dev, __u32);
+	if (bpf_probe_read_kernel(w, sizeof(w), d))
+		return sens_match(f, sclass, sid);
+	parent = SENS_AT(w, struct dentry, d_parent, struct dentry *);
+	if (!parent ||
+	    bpf_probe_read_kernel(&pi, sizeof(pi), (char *)parent + SENS_OFF(struct dentry, d_inode)) ||
+	    !pi || bpf_probe_read_kernel(&k.dir_ino, sizeof(k.dir_ino),
+					 (char *)pi + SENS_OFF(struct inode, i_ino)))
+		return sens_match(f, sclass, sid);
+	cv = bpf_map_lookup_elem(&sens_cache, &k);
+	if (cv && cv->epoch == epoch) {
+		if (!cv->sclass)
+			return false;
+		*sclass = cv->sclass;
+		*sid = cv->sid;
+		return true;
+	}
+	hit = sens_match(f, sclass, sid);
+	nv.epoch = epoch;
+	nv.sclass = hit ? *sclass : 0;
+	nv.sid = hit ? *sid : 0;
+	if (!hit || nv.sclass)   /* a class 0 entry cannot be cached as sensitive */
+		bpf_map_update_elem(&sens_cache, &k, &nv, BPF_ANY);
+	return hit;
+}
+#endif /* !BASTION_BTF_LOADS */
+
 #endif /* BASTION_SENSITIVE_H */

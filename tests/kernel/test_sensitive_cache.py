@@ -92,3 +92,4 @@ def test_set_grown_after_a_cached_verdict_is_reported(tmp_path: Path) -> None:
             assert len(after) == 1 and after[0].sensitive == "custom"
         finally:
             sensor.close()
+

@@ -150,6 +150,15 @@ def prog_id_of_fd(fd: int) -> int:
     return int(info.id)
 
 
+def prog_run_stats(fd: int) -> tuple[int, int]:
+    """``(run_time_ns, run_cnt)`` of the program behind ``fd``: the kernel's BPF
+    run-time statistics (counted only while ``BPF_ENABLE_STATS`` or
+    ``kernel.bpf_stats_enabled`` is on)."""
+    info = BpfProgInfo()
+    _info(fd, info)
+    return int(info.run_time_ns), int(info.run_cnt)
+
+
 def _ids(fn: Any) -> list[int]:
     out: list[int] = []
     cur = c_u32(0)

@@ -288,8 +288,11 @@ class HookSensor(BpfSensor):
     ``open_dedup_s``: the per-(process, inode, access) open dedup window (0 = off).
     ``sensitive``: the sensitive read set, as for :class:`BpfSensor`: the same
     patterns resolved into the same ``sens_inodes`` map (``bpf/lib/sensitive.h``),
-    checked in ``security_file_open`` (the file, then up to ``BASTION_SENS_DEPTH``
-    ancestors); empty: read-opens cost no map lookup.
+    checked in ``security_file_open`` through the same verdict cache as the
+    tracepoint sensor (``sens_cache``: one lookup per read-open; on a miss the file,
+    then up to ``BASTION_SENS_DEPTH`` ancestors; voided at the exit of every
+    ``vfs_rename`` and by :meth:`refresh_sensitive`); empty: read-opens cost no map
+    lookup.
     """
 
     name = "lsm-hooks"
