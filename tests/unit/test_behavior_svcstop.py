@@ -263,3 +263,25 @@ def test_isolate_preset_set_property_and_dbus_jobs() -> None:
     assert _act(["busctl", "call", dest, obj, m, "StartTransientUnit", "ssa(sv)a(sa(sv))",
                  "x.service", "fail", "1", "ExecStart", "a(sbas)", "1", "/bin/sleep",
                  "false", "2", "sleep", "9", "0"]) is None
+
+
+def test_busctl_and_iptables_long_option_prefixes() -> None:
+    """``busctl --addr unix:path=/run/dbus/system_bus_socket call ...`` (the value read
+    as the verb) and ``iptables --fl`` / ``--pol INPUT ACCEPT`` (prefixes of --flush /
+    --policy) were None; ``busctl -M box`` is another machine's manager."""
+    m = "org.freedesktop.systemd1.Manager"
+    dest, obj = "org.freedesktop.systemd1", "/org/freedesktop/systemd1"
+    call = ["call", dest, obj, m, "StopUnit", "ss", "auditd.service", "replace"]
+    assert _act(["busctl", "--addr", "unix:path=/run/dbus/system_bus_socket", *call]) \
+        == "auditd"
+    assert _act(["busctl", "--expect-reply", "no", *call]) == "auditd"
+    assert _act(["busctl", "-M", "box", *call]) is None
+    assert _act(["busctl", "-M", ".host", *call]) == "auditd"
+
+    def fw(argv: list[str]) -> str | None:
+        a = firewall_act(argv[0], argv[0], argv[1:])
+        return a.how if a is not None else None
+    assert fw(["iptables", "--fl"]) == "--flush"
+    assert fw(["iptables", "--pol", "INPUT", "ACCEPT"]) == "--policy ACCEPT"
+    assert fw(["iptables", "--t", "nat", "--flus"]) == "--flush"
+    assert fw(["iptables", "--de", "INPUT", "1"]) is None         # ambiguous: refused

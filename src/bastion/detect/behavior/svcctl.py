@@ -372,7 +372,14 @@ def _pkill_full_hits(pattern: str, tools: frozenset[str], exact: bool,
 _IPT_LONG_VALUED = frozenset({"--append", "--insert", "--delete", "--replace", "--jump",
                               "--match", "--source", "--destination", "--protocol",
                               "--in-interface", "--out-interface", "--new-chain",
-                              "--rename-chain", "--goto", "--set-counters"})
+                              "--rename-chain", "--goto", "--set-counters", "--check",
+                              "--wait-interval", "--modprobe"})
+# iptables' own long options (getopt_long: ``--fl`` is ``--flush``); an extension's
+# options (``--comment`` after ``-m comment``) are kept as written
+_IPT_LONG_ALL = _IPT_LONG_VALUED | frozenset({
+    "--table", "--flush", "--delete-chain", "--policy", "--list", "--list-rules", "--zero",
+    "--numeric", "--verbose", "--wait", "--exact", "--fragment", "--version", "--help",
+    "--line-numbers", "--ipv4", "--ipv6"})
 
 
 def _iptables_act(args: Sequence[str]) -> Act | None:
@@ -381,8 +388,9 @@ def _iptables_act(args: Sequence[str]) -> Act | None:
     while i < len(args):
         a = args[i]
         i += 1
-        if a.startswith("--"):
+        if a.startswith("--") and len(a) > 2:
             name, eq, val = a.partition("=")
+            name = _resolve_long(name, _IPT_LONG_ALL)
             if name == "--table":
                 table = val if eq else (args[i] if i < len(args) else table)
                 i += 0 if eq else 1
@@ -437,9 +445,17 @@ def _nft_act(args: Sequence[str]) -> Act | None:
 
 def firewall_act(tool: str, argv0: str, args: Sequence[str]) -> Act | None:
     """The firewall emptied or opened: iptables ``-F``/``-X``/``-P <chain> ACCEPT``
-    (bundled and long forms, any table), nft ``flush ruleset|table|chain`` and
-    ``delete table|chain``, ``ufw disable|reset``, firewall-cmd's trusted default zone
-    and ``--panic-off``, ebtables ``-F``."""
+    (bundled and long forms and their unambiguous prefixes, any table), nft ``flush
+    ruleset|table|chain`` and ``delete table|chain``, ``ufw disable|reset``,
+    firewall-cmd's trusted default zone and ``--panic-off``, ebtables ``-F``.  A line
+    the tool refuses (an ambiguous long-option prefix) does nothing: None."""
+    try:
+        return _firewall_act(tool, argv0, args)
+    except _Refused:
+        return None
+
+
+def _firewall_act(tool: str, argv0: str, args: Sequence[str]) -> Act | None:
     names = {tool, argv0}
     if names & {"iptables", "ip6tables", "iptables-legacy", "iptables-nft", "ip6tables-legacy",
                 "ip6tables-nft", "ebtables", "arptables"} or \
@@ -480,7 +496,14 @@ _UNIT_STOPS = frozenset({"Stop", "Kill", "Freeze", "Clean", "QueueSignal"})
 _SYSTEMD_DEST = "org.freedesktop.systemd1"
 _UNIT_PATH = "/org/freedesktop/systemd1/unit/"
 _BUSCTL_LONG_VALUED = frozenset({"--address", "--host", "--machine", "--timeout", "--match",
-                                 "--size", "--verbose", "--json", "--destination"})
+                                 "--size", "--json", "--destination", "--expect-reply",
+                                 "--auto-start", "--allow-interactive-authorization",
+                                 "--augment-creds", "--watch-bind", "--limit-messages",
+                                 "--capsule"})
+_BUSCTL_LONG_FLAGS = frozenset({"--help", "--version", "--no-pager", "--no-legend",
+                                "--system", "--user", "--show-machine", "--unique",
+                                "--acquired", "--activatable", "--list", "--quiet",
+                                "--verbose", "--xml-interface", "--full"})
 _BUSCTL_SHORT_VALUED = frozenset("HM")
 
 
@@ -534,8 +557,9 @@ def dbus_act(tool: str, args: Sequence[str], security: frozenset[str]) -> Act | 
     string:auditd.service string:replace``, ``gdbus call --system --dest ... --method
     ...StopUnit auditd.service replace``, or a Unit object's ``Stop``."""
     if tool == "busctl":
-        opts, ops = _operands(args, _BUSCTL_LONG_VALUED, _BUSCTL_SHORT_VALUED)
-        if "--user" in opts or len(ops) < 5 or ops[0] != "call" or ops[1] != _SYSTEMD_DEST:
+        popts, ops = _parse(args, _BUSCTL_LONG_VALUED, _BUSCTL_SHORT_VALUED,
+                            long_flags=_BUSCTL_LONG_FLAGS)
+        if "--user" in {o for o, _ in popts} or _elsewhere(popts) or len(ops) < 5 or ops[0] != "call" or ops[1] != _SYSTEMD_DEST:
             return None
         return _bus_stop(ops[2], ops[4], ops[6:], security, tool)
     if tool == "dbus-send":
