@@ -127,18 +127,21 @@ class _Refused(Exception):
     :func:`command_act`."""
 
 
-def _resolve_long(name: str, table: frozenset[str]) -> str:
+def _resolve_long(name: str, table: frozenset[str], valued: frozenset[str]) -> str:
     """getopt_long's reading of ``--name``: an exact match, else the one option of
-    ``table`` it is a prefix of; an ambiguous prefix is refused (:class:`_Refused`); an
-    option not in the table is kept as written (read as a plain flag)."""
+    ``table`` it is a prefix of.  Several candidates that differ in taking a value are
+    refused by getopt_long (:class:`_Refused`: no act); several alike may be one option
+    spelt twice (systemctl's ``--kill-who``/``--kill-whom``), which glibc accepts, so
+    the first is taken (when they are distinct options the tool refuses and the reading
+    only errs towards an act).  An option not in the table is kept as written."""
     if name in table or not table:
         return name
-    cands = [o for o in table if o.startswith(name)]
-    if len(cands) == 1:
-        return cands[0]
-    if len(cands) > 1:
-        raise _Refused(f"{name}: ambiguous ({', '.join(sorted(cands))})")
-    return name
+    cands = sorted(o for o in table if o.startswith(name))
+    if not cands:
+        return name
+    if len({c in valued for c in cands}) > 1:
+        raise _Refused(f"{name}: ambiguous ({', '.join(cands)})")
+    return cands[0]
 
 
 def _parse(args: Sequence[str], long_valued: frozenset[str], short_valued: frozenset[str],
@@ -160,7 +163,7 @@ def _parse(args: Sequence[str], long_valued: frozenset[str], short_valued: froze
             break
         if a.startswith("--") and len(a) > 2:
             name, eq, val = a.partition("=")
-            name = _resolve_long(name, table)
+            name = _resolve_long(name, table, long_valued)
             if name in long_valued and not eq:
                 val = args[i] if i < len(args) else ""
                 i += 1
@@ -292,11 +295,8 @@ def _kill_args(args: Sequence[str]) -> tuple[str, list[int]] | None:
         elif not opts_done and not sig_given and a.startswith("--signal="):
             sig, sig_given = a.split("=", 1)[1], True
         elif not opts_done and a.startswith("-") and len(a) > 1 and not pids \
-                and not sig_given and not a[1:].isdigit():
-            sig, sig_given = a[1:], True
-        elif not opts_done and a.startswith("-") and len(a) > 1 and not pids \
-                and not sig_given and a[1:].isdigit() and i < len(args):
-            sig, sig_given = a[1:], True      # ``kill -9 PID``: a number then a target
+                and not sig_given:
+            sig, sig_given = a[1:], True      # ``kill -9 PID``, ``kill -KILL PID``
         elif a.lstrip("-").isdigit():
             pids.append(int(a))
     return sig.upper().removeprefix("SIG"), pids
@@ -390,7 +390,7 @@ def _iptables_act(args: Sequence[str]) -> Act | None:
         i += 1
         if a.startswith("--") and len(a) > 2:
             name, eq, val = a.partition("=")
-            name = _resolve_long(name, _IPT_LONG_ALL)
+            name = _resolve_long(name, _IPT_LONG_ALL, _IPT_LONG_VALUED)
             if name == "--table":
                 table = val if eq else (args[i] if i < len(args) else table)
                 i += 0 if eq else 1
