@@ -183,7 +183,8 @@ def test_long_option_prefixes_are_read_as_getopt_long_reads_them() -> None:
         == "auditd"
     assert _act(["pkill", "--sig", "KILL", "auditd"]) == "auditd"
     assert _act(["pkill", "--sig", "HUP", "auditd"]) is None
-    for local in (["-M", ".host"], ["--machine=.host"], ["-M", "root@.host"], ["-Mroot@"]):
+    for local in (["-M", ".host"], ["--machine=.host"], ["-M", "root@.host"], ["-Mroot@"],
+                  ["-H", "root@localhost"], ["--host=127.0.0.1:22"], ["-H", "[::1]"]):
         assert _act(["systemctl", *local, "stop", "auditd"]) == "auditd", local
         assert _act(["systemd-run", *local, "systemctl", "stop", "auditd"]) == "auditd", local
     for elsewhere in (["-M", "box"], ["--machine=root@box"], ["-H", "root@far"]):

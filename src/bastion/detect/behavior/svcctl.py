@@ -195,11 +195,23 @@ def _operands(args: Sequence[str], long_valued: frozenset[str], short_valued: fr
     return [o for o, _ in opts], ops
 
 
+def _loopback(host: str) -> bool:
+    h = host.rpartition("@")[2]
+    if h.startswith("["):
+        h = h[1:].partition("]")[0]                      # [::1]:22
+    elif h.count(":") == 1:
+        h = h.partition(":")[0]                          # localhost:22
+    return h in ("localhost", "localhost.localdomain", "::1", "0.0.0.0") or \
+        h.startswith("127.")
+
+
 def _elsewhere(opts: Sequence[tuple[str, str]]) -> bool:
     """``-H``/``--host`` (over ssh) or ``-M``/``--machine`` naming another machine: the
-    act happens there, not here.  ``.host``, ``root@.host``, ``user@`` are this host."""
+    act happens there, not here.  ``.host``, ``root@.host``, ``user@`` are this host, and
+    so is ``-H`` to a loopback address (ssh's systemd-stdio-bridge then talks to this
+    manager from sshd's tree: a laundering path)."""
     for o, v in opts:
-        if o in ("-H", "--host"):
+        if o in ("-H", "--host") and not _loopback(v):
             return True
         if o in ("-M", "--machine") and v.rpartition("@")[2] not in ("", ".host"):
             return True
