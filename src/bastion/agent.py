@@ -1146,11 +1146,9 @@ class Agent:
                 # objects made since the last pass (a new ~/.ssh, a new home)
                 if (rf := self.lsmgate.refresh()) is not None:
                     self._alert(rf)
-            if self.svcgate is not None:
-                try:
-                    self.svcgate.refresh()   # a restarted daemon binds a new socket inode
-                except BastionError as exc:
-                    log.warning("control-socket gate: sockets not refreshed: %s", exc)
+            # a restarted daemon binds a new socket inode; a failed pass is alerted
+            if self.svcgate is not None and (sf := self.svcgate.refresh()) is not None:
+                self._alert(sf)
             if self.shadow is not None:
                 self.shadow.maintain(self.policy.shield.max_age_s)
                 self.shadow.refresh_marks()

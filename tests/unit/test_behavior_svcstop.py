@@ -163,3 +163,128 @@ def test_the_init_system_stopping_a_unit_is_silent(tmp_path: Path) -> None:
     r.lines[-1]["script"] = "/etc/init.d/auditd"
     found = of(r.run(tmp_path), "disable_security_tools")
     assert [(f.pid, f.severity) for f in found] == [(301, "high"), (302, "high")]
+
+
+# ---- s15-fixsvc: defects from the adversarial review ----------------------------------------
+
+def test_long_option_prefixes_are_read_as_getopt_long_reads_them() -> None:
+    """getopt_long takes an unambiguous prefix of a long option: ``--prop Id`` is
+    ``--property Id`` (its value is the next word), ``--sig KILL`` is ``--signal KILL``;
+    both were read as flags and the value as the verb (None).  An ambiguous prefix is
+    refused by the tool itself (no act); ``--slice-inherit`` is a plain flag; ``-M
+    .host`` is this host, ``-M other`` another machine."""
+    assert _act(["systemctl", "--prop", "Id", "stop", "rsyslog"]) == "rsyslog"
+    assert _act(["systemctl", "--sig", "KILL", "kill", "rsyslog"]) == "rsyslog"
+    assert _act(["systemctl", "--no-bl", "stop", "auditd"]) == "auditd"
+    assert _act(["systemd-run", "--prop", "User=root", "systemctl", "stop", "auditd"]) \
+        == "auditd"
+    assert _act(["systemd-run", "--slice-inherit", "systemctl", "stop", "auditd"]) == "auditd"
+    assert _act(["systemd-run", "--on-clock-change", "systemctl", "stop", "auditd"]) \
+        == "auditd"
+    assert _act(["pkill", "--sig", "KILL", "auditd"]) == "auditd"
+    assert _act(["pkill", "--sig", "HUP", "auditd"]) is None
+    for local in (["-M", ".host"], ["--machine=.host"], ["-M", "root@.host"], ["-Mroot@"],
+                  ["-H", "root@localhost"], ["--host=127.0.0.1:22"], ["-H", "[::1]"]):
+        assert _act(["systemctl", *local, "stop", "auditd"]) == "auditd", local
+        assert _act(["systemd-run", *local, "systemctl", "stop", "auditd"]) == "auditd", local
+    for elsewhere in (["-M", "box"], ["--machine=root@box"], ["-H", "root@far"]):
+        assert _act(["systemctl", *elsewhere, "stop", "auditd"]) is None, elsewhere
+        assert _act(["systemd-run", *elsewhere, "systemctl", "stop", "auditd"]) is None
+    # ambiguous between a flag and a valued option: getopt_long refuses (no act);
+    # between one option's two spellings (--kill-who/--kill-whom): glibc accepts
+    assert _act(["systemctl", "--re", "stop", "auditd"]) is None
+    assert _act(["systemctl", "--kill-wh", "main", "kill", "auditd"]) == "auditd"
+
+
+def test_systemd_run_of_an_init_script_or_service(tmp_path: Path) -> None:
+    """``systemd-run /etc/init.d/rsyslog stop`` (PID 1 runs the script: its exec's parent
+    is the init system, which the service-runner exemption silences) was read with no
+    script (None); ``systemd-run service rsyslog stop`` likewise.  The systemd-run exec
+    itself is now the act, blocked in an untrusted tree."""
+    assert _act(["systemd-run", "/etc/init.d/rsyslog", "stop"]) == "rsyslog"
+    assert _act(["systemd-run", "--wait", "/etc/init.d/auditd", "force-stop"]) == "auditd"
+    assert _act(["systemd-run", "service", "rsyslog", "stop"]) == "rsyslog"
+    assert _act(["systemd-run", "/etc/init.d/rsyslog", "status"]) is None
+    r = Rec().exec(200, 100, "/usr/bin/dash", ["sh", "/tmp/x.sh"])
+    r.exec(201, 200, "/usr/bin/systemd-run", ["systemd-run", "/etc/init.d/rsyslog", "stop"])
+    # what PID 1 then runs: exempt as the init system's own stop script
+    r.exec(202, 1, "/usr/bin/dash", ["/bin/sh", "/etc/init.d/rsyslog", "stop"])
+    r.lines[-1]["script"] = "/etc/init.d/rsyslog"
+    found = of(r.run(tmp_path), "disable_security_tools")
+    assert [(f.severity, f.action, f.pid) for f in found] == [("critical", "kill-tree", 200)], \
+        [(f.pid, f.title) for f in found]
+
+
+def test_kill_forms_process_groups_and_paths(tmp_path: Path) -> None:
+    """``kill -TERM -<pgid>`` (the pgid read as the signal before), ``kill -9 --
+    -<pgid>`` (a negative pid skipped), ``kill -9 -1``, ``pkill -f sbin/auditd`` (the
+    pattern tried against names only), ``killall /sbin/auditd`` (a path never equal to
+    a name); and ``/bin/kill`` run from a script was not read at all."""
+    assert _act(["kill", "-TERM", "-4242"]) == "auditd"
+    assert _act(["kill", "-9", "--", "-4242"]) == "auditd"
+    assert _act(["kill", "-s", "KILL", "-4242"]) == "auditd"
+    assert _act(["kill", "-9", "-1"]) == "every process"
+    assert _act(["kill", "-9", "4242"]) == "auditd"
+    assert _act(["kill", "-TERM", "-77"]) is None
+    assert _act(["kill", "-1"]) is None and _act(["kill", "--", "-1"]) == "every process"
+    assert _act(["kill", "-HUP", "-4242"]) is None
+    assert _act(["pkill", "-f", "sbin/auditd"]) == "auditd"
+    assert _act(["pkill", "-f", "nginx -g"]) is None
+    assert _act(["pkill", "sbin/auditd"]) is None          # without -f: the name only
+    assert _act(["killall", "/sbin/auditd"]) == "auditd"
+    assert _act(["killall", "/usr/sbin/nginx"]) is None
+    r = Rec().exec(90, 1, "/usr/sbin/auditd", ["/usr/sbin/auditd", "-n"])
+    r.exec(200, 100, "/usr/bin/dash", ["sh", "/tmp/x.sh"])
+    r.exec(201, 200, "/usr/bin/kill", ["/bin/kill", "-9", "90"])
+    r.exec(202, 200, "/usr/bin/pkill", ["pkill", "-f", "auditd -n"])
+    found = of(r.run(tmp_path), "disable_security_tools")
+    assert len(found) == 2 and {(f.severity, f.action, f.pid) for f in found} == \
+        {("critical", "kill-tree", 200)}, [(f.pid, f.title) for f in found]
+
+
+def test_isolate_preset_set_property_and_dbus_jobs() -> None:
+    """``systemctl isolate rescue.target``/``rescue``/``emergency`` stop every service,
+    ``preset``/``set-property`` on a security unit may disable or starve it, D-Bus
+    ``EnqueueUnitJob(auditd, stop)`` and ``StartTransientUnit`` whose ExecStart is a
+    stop: all None before."""
+    assert _act(["systemctl", "isolate", "rescue.target"]) is not None
+    assert _act(["systemctl", "rescue"]) == "all services"
+    assert _act(["systemctl", "emergency"]) == "all services"
+    assert _act(["systemctl", "isolate", "multi-user.target"]) is None
+    assert _act(["systemctl", "preset", "auditd"]) == "auditd"
+    assert _act(["systemctl", "set-property", "auditd", "MemoryMax=1"]) == "auditd"
+    assert _act(["systemctl", "set-property", "nginx", "MemoryMax=1G"]) is None
+    m = "org.freedesktop.systemd1.Manager"
+    dest, obj = "org.freedesktop.systemd1", "/org/freedesktop/systemd1"
+    assert _act(["busctl", "call", dest, obj, m, "EnqueueUnitJob", "sss", "auditd.service",
+                 "stop", "replace"]) == "auditd"
+    assert _act(["busctl", "call", dest, obj, m, "EnqueueUnitJob", "sss", "auditd.service",
+                 "restart", "replace"]) is None
+    assert _act(["busctl", "call", dest, obj, m, "StartTransientUnit", "ssa(sv)a(sa(sv))",
+                 "x.service", "fail", "1", "ExecStart", "a(sbas)", "1", "/bin/systemctl",
+                 "false", "3", "systemctl", "stop", "rsyslog", "0"]) == "rsyslog"
+    assert _act(["busctl", "call", dest, obj, m, "StartTransientUnit", "ssa(sv)a(sa(sv))",
+                 "x.service", "fail", "1", "ExecStart", "a(sbas)", "1", "/bin/sleep",
+                 "false", "2", "sleep", "9", "0"]) is None
+
+
+def test_busctl_and_iptables_long_option_prefixes() -> None:
+    """``busctl --addr unix:path=/run/dbus/system_bus_socket call ...`` (the value read
+    as the verb) and ``iptables --fl`` / ``--pol INPUT ACCEPT`` (prefixes of --flush /
+    --policy) were None; ``busctl -M box`` is another machine's manager."""
+    m = "org.freedesktop.systemd1.Manager"
+    dest, obj = "org.freedesktop.systemd1", "/org/freedesktop/systemd1"
+    call = ["call", dest, obj, m, "StopUnit", "ss", "auditd.service", "replace"]
+    assert _act(["busctl", "--addr", "unix:path=/run/dbus/system_bus_socket", *call]) \
+        == "auditd"
+    assert _act(["busctl", "--expect-reply", "no", *call]) == "auditd"
+    assert _act(["busctl", "-M", "box", *call]) is None
+    assert _act(["busctl", "-M", ".host", *call]) == "auditd"
+
+    def fw(argv: list[str]) -> str | None:
+        a = firewall_act(argv[0], argv[0], argv[1:])
+        return a.how if a is not None else None
+    assert fw(["iptables", "--fl"]) == "--flush"
+    assert fw(["iptables", "--pol", "INPUT", "ACCEPT"]) == "--policy ACCEPT"
+    assert fw(["iptables", "--t", "nat", "--flus"]) == "--flush"
+    assert fw(["iptables", "--de", "INPUT", "1"]) is None         # ambiguous: refused

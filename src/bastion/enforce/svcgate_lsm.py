@@ -35,7 +35,7 @@ from typing import Callable, Final, Mapping
 from bastion import abi
 from bastion.detect.engine import Finding
 from bastion.enforce.provgate import GATE_RULE
-from bastion.errors import KernelError, Location
+from bastion.errors import BastionError, KernelError, Location
 from bastion.events import HipsEvent, decode
 from bastion.kernel.clock import deadline_ns
 from bastion.kernel.libbpf import Map
@@ -174,6 +174,11 @@ class LsmSocketGate(LoaderUser):
             log.info("control-socket gate: %s", p)
         return problems
 
+    @property
+    def entered(self) -> int:
+        """How many sockets are entered now."""
+        return len(self._socks)
+
     def poll(self, timeout_s: float = 0.0) -> list[HipsEvent]:
         lo = self._lo
         if lo is None or lo.closed:
@@ -255,9 +260,26 @@ class AgentSocketGate:
             raise
         self.gate = gate
 
-    def refresh(self) -> None:
-        if self.gate is not None:
-            self.unentered = self.gate.apply(self.sockets)
+    def refresh(self) -> Finding | None:
+        """Re-enter the sockets (the maintenance tick: a restarted daemon binds a new
+        inode).  A pass that fails keeps the entries written so far (nothing is dropped
+        before every new one is in) and is returned as a high finding to alert: a
+        restarted dockerd's new socket would otherwise be reachable unseen."""
+        gate = self.gate
+        if gate is None:
+            return None
+        try:
+            self.unentered = gate.apply(self.sockets)
+        except (BastionError, OSError) as exc:
+            log.warning("control-socket gate: sockets not re-entered: %s", exc)
+            return Finding(
+                rule=GATE_RULE + ".sockets.refresh", severity="high", attack=("T1562.001",),
+                action="alert", event=None, pid=os.getpid(),
+                title=f"Control-socket gate sockets not re-entered ({exc}); the previous "
+                      f"{gate.entered} sockets stay entered, a socket bound since "
+                      f"(a restarted daemon's) is not gated",
+                evidence={"error": str(exc), "sockets": gate.entered})
+        return None
 
     def poll(self, timeout_s: float) -> list[HipsEvent]:
         return self.gate.poll(0.0) if self.gate is not None else []

@@ -1296,6 +1296,16 @@ class KillSecurityTools(SingleEvent):
         names.update(base(a) for a in e.cmdline[:3])
         return names
 
+    @staticmethod
+    def _cmdlines(ctx: RuleContext) -> list[tuple[str, str]]:
+        """(tool, command line) of each running security tool in the process table."""
+        out = []
+        for e in ctx.procs:
+            hit = ({base(e.exe), e.comm} | {base(a) for a in e.cmdline[:1]}) & SECURITY_TOOLS
+            if hit:
+                out.append((sorted(hit)[0], " ".join(e.cmdline) or e.exe))
+        return out
+
     def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
         hit = self._match(ev, ctx)
         if hit is None:
@@ -1317,11 +1327,12 @@ class KillSecurityTools(SingleEvent):
             tool = base(ev.proc.exe)
             args = list(ev.argv[1:])
             script = ev.script or None
-            if tool in SERVICE_MANAGERS or tool in ("pkill", "killall") or script:
+            if tool in SERVICE_MANAGERS or tool in ("kill", "pkill", "killall") or script:
                 # by the tool's grammar (svcctl): verbs, unit names and forms, options
                 # with values, systemd-run's command (PID 1 runs it for a clean tree)
                 act = command_act(ev.argv, tool, SECURITY_SERVICES, SECURITY_TOOLS,
-                                  lambda pid: self._names(ctx, pid), script)
+                                  lambda pid: self._names(ctx, pid), script,
+                                  cmdlines=lambda: self._cmdlines(ctx))
                 if act is None or self.trusted(ev, ctx, PACKAGE_MANAGERS, depth=3):
                     return None
                 parent = ctx.procs.get(ev.proc.ppid)

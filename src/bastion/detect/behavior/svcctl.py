@@ -17,16 +17,27 @@ from __future__ import annotations
 import fnmatch
 import re
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
-# systemctl options whose value is the next word (systemctl(1); getopt permutes, so
-# options may come anywhere, and a short one may carry its value joined: -sKILL)
+# systemctl's long options (systemctl(1), systemctl.c's option table): those whose value
+# is the next word, and the plain flags.  getopt_long takes any unambiguous prefix of a
+# long option (``--prop Id`` is ``--property Id``) and refuses an ambiguous one, so the
+# prefix is resolved against the full table (:func:`_resolve_long`).
 _SYSTEMCTL_LONG_VALUED = frozenset({
     "--type", "--state", "--property", "--what", "--signal", "--kill-whom", "--kill-who",
-    "--kill-value", "--job-mode", "--host", "--machine", "--root", "--image",
-    "--image-policy", "--lines", "--output", "--preset-mode", "--boot-loader-menu",
-    "--boot-loader-entry", "--reboot-argument", "--timestamp", "--message", "--drop-in",
-    "--when", "--check-inhibitors", "--legend", "--capsule", "--reboot-argument"})
+    "--kill-value", "--kill-subgroup", "--job-mode", "--host", "--machine", "--root",
+    "--image", "--image-policy", "--lines", "--output", "--preset-mode",
+    "--boot-loader-menu", "--boot-loader-entry", "--reboot-argument", "--timestamp",
+    "--message", "--drop-in", "--when", "--check-inhibitors", "--legend", "--capsule",
+    "--root-shift"})
+_SYSTEMCTL_LONG_FLAGS = frozenset({
+    "--help", "--version", "--value", "--all", "--reverse", "--after", "--before",
+    "--show-types", "--failed", "--full", "--fail", "--irreversible",
+    "--ignore-dependencies", "--ignore-inhibitors", "--user", "--system", "--global",
+    "--wait", "--no-block", "--no-legend", "--no-pager", "--no-wall", "--dry-run",
+    "--quiet", "--no-warn", "--force", "--no-reload", "--no-ask-password", "--runtime",
+    "--plain", "--recursive", "--with-dependencies", "--firmware-setup", "--now",
+    "--show-transaction", "--mkdir", "--marked", "--read-only", "--stdin"})
 _SYSTEMCTL_SHORT_VALUED = frozenset("tpPsHMnoC")
 # verbs that stop a unit now or keep it from starting again
 STOP_VERBS = frozenset({"stop", "kill", "disable", "mask", "freeze", "clean"})
@@ -40,17 +51,34 @@ _RUN_LONG_VALUED = frozenset({
     "--unit", "--property", "--description", "--slice", "--setenv", "--uid", "--gid",
     "--nice", "--working-directory", "--service-type", "--on-active", "--on-boot",
     "--on-startup", "--on-unit-active", "--on-unit-inactive", "--on-calendar",
-    "--on-timezone-change", "--on-clock-change", "--timer-property", "--path-property",
-    "--socket-property", "--host", "--machine", "--expand-environment", "--json",
-    "--slice-inherit", "--shell-prompt-prefix", "--background"})
-_RUN_SHORT_VALUED = frozenset("upEHM")
+    "--timer-property", "--path-property", "--socket-property", "--host", "--machine",
+    "--expand-environment", "--json", "--shell-prompt-prefix", "--background",
+    "--job-mode", "--capsule"})
+# the plain flags (``--slice-inherit``, ``--on-clock-change`` take no value)
+_RUN_LONG_FLAGS = frozenset({
+    "--help", "--version", "--user", "--system", "--scope", "--slice-inherit",
+    "--remain-after-exit", "--send-sighup", "--wait", "--tty", "--pty", "--pty-late",
+    "--pipe", "--quiet", "--verbose", "--on-timezone-change", "--on-clock-change",
+    "--no-block", "--no-ask-password", "--collect", "--same-dir", "--shell",
+    "--ignore-failure"})
+_RUN_SHORT_VALUED = frozenset("upEHMC")
 
 # pkill/pgrep and killall options whose value is the next word
 _PKILL_VALUED = frozenset("sgGPtuUFR")
 _PKILL_LONG_VALUED = frozenset({"--signal", "--pgroup", "--group", "--parent", "--terminal",
                                 "--euid", "--uid", "--pidfile", "--session", "--ns",
-                                "--nslist", "--runstates", "--cgroup"})
+                                "--nslist", "--runstates", "--cgroup", "--delimiter",
+                                "--older", "--queue", "--env"})
+_PKILL_LONG_FLAGS = frozenset({"--help", "--version", "--count", "--list-name", "--list-full",
+                               "--inverse", "--lightweight", "--ignore-ancestors",
+                               "--ignore-case", "--full", "--echo", "--newest", "--oldest",
+                               "--exact", "--logpidfile", "--require-handler"})
 _KILLALL_VALUED = frozenset("sunoyZ")
+_KILLALL_LONG_VALUED = frozenset({"--signal", "--user", "--older-than", "--younger-than",
+                                  "--context", "--ns"})
+_KILLALL_LONG_FLAGS = frozenset({"--exact", "--ignore-case", "--process-group",
+                                 "--interactive", "--list", "--quiet", "--regexp",
+                                 "--verbose", "--version", "--wait", "--help"})
 
 # iptables: short options whose value is the next word (iptables(8)); -P takes two
 _IPT_VALUED = frozenset("tADIRNEjiosdpmgc")
@@ -93,11 +121,38 @@ def _unit_hits(unit: str, security: frozenset[str]) -> str | None:
     return None
 
 
-def _operands(args: Sequence[str], long_valued: frozenset[str], short_valued: frozenset[str],
-              stop_at_first: bool = False) -> tuple[list[str], list[str]]:
-    """Split getopt-style ``args`` into (options, operands).  With ``stop_at_first``
-    the first operand ends option parsing (the rest are operands: a command line)."""
-    opts: list[str] = []
+class _Refused(Exception):
+    """The tool itself refuses this command line (getopt_long: an ambiguous long-option
+    prefix), so it does nothing: no act.  Raised by :func:`_resolve_long`, caught only by
+    :func:`command_act`."""
+
+
+def _resolve_long(name: str, table: frozenset[str], valued: frozenset[str]) -> str:
+    """getopt_long's reading of ``--name``: an exact match, else the one option of
+    ``table`` it is a prefix of.  Several candidates that differ in taking a value are
+    refused by getopt_long (:class:`_Refused`: no act); several alike may be one option
+    spelt twice (systemctl's ``--kill-who``/``--kill-whom``), which glibc accepts, so
+    the first is taken (when they are distinct options the tool refuses and the reading
+    only errs towards an act).  An option not in the table is kept as written."""
+    if name in table or not table:
+        return name
+    cands = sorted(o for o in table if o.startswith(name))
+    if not cands:
+        return name
+    if len({c in valued for c in cands}) > 1:
+        raise _Refused(f"{name}: ambiguous ({', '.join(cands)})")
+    return cands[0]
+
+
+def _parse(args: Sequence[str], long_valued: frozenset[str], short_valued: frozenset[str],
+           stop_at_first: bool = False, long_flags: frozenset[str] = frozenset()
+           ) -> tuple[list[tuple[str, str]], list[str]]:
+    """Split getopt-style ``args`` into ([(option, value)], operands), long options
+    resolved from their prefixes against ``long_valued | long_flags``.  With
+    ``stop_at_first`` the first operand ends option parsing (the rest are operands: a
+    command line)."""
+    table = long_valued | long_flags if long_flags else frozenset()
+    opts: list[tuple[str, str]] = []
     ops: list[str] = []
     i = 0
     while i < len(args):
@@ -107,18 +162,23 @@ def _operands(args: Sequence[str], long_valued: frozenset[str], short_valued: fr
             ops.extend(args[i:])
             break
         if a.startswith("--") and len(a) > 2:
-            name, eq, _ = a.partition("=")
-            opts.append(name)
+            name, eq, val = a.partition("=")
+            name = _resolve_long(name, table, long_valued)
             if name in long_valued and not eq:
+                val = args[i] if i < len(args) else ""
                 i += 1
+            opts.append((name, val))
             continue
         if a.startswith("-") and len(a) > 1:
             for k, ch in enumerate(a[1:], start=1):
-                opts.append("-" + ch)
                 if ch in short_valued:
                     if k + 1 == len(a):
+                        opts.append(("-" + ch, args[i] if i < len(args) else ""))
                         i += 1           # the value is the next word
+                    else:
+                        opts.append(("-" + ch, a[k + 1:]))
                     break                # or the rest of this word
+                opts.append(("-" + ch, ""))
             continue
         ops.append(a)
         if stop_at_first:
@@ -127,14 +187,66 @@ def _operands(args: Sequence[str], long_valued: frozenset[str], short_valued: fr
     return opts, ops
 
 
+def _operands(args: Sequence[str], long_valued: frozenset[str], short_valued: frozenset[str],
+              stop_at_first: bool = False, long_flags: frozenset[str] = frozenset()
+              ) -> tuple[list[str], list[str]]:
+    """:func:`_parse` with the options' names only."""
+    opts, ops = _parse(args, long_valued, short_valued, stop_at_first, long_flags)
+    return [o for o, _ in opts], ops
+
+
+def _loopback(host: str) -> bool:
+    h = host.rpartition("@")[2]
+    if h.startswith("["):
+        h = h[1:].partition("]")[0]                      # [::1]:22
+    elif h.count(":") == 1:
+        h = h.partition(":")[0]                          # localhost:22
+    return h in ("localhost", "localhost.localdomain", "::1", "0.0.0.0") or \
+        h.startswith("127.")
+
+
+def _elsewhere(opts: Sequence[tuple[str, str]]) -> bool:
+    """``-H``/``--host`` (over ssh) or ``-M``/``--machine`` naming another machine: the
+    act happens there, not here.  ``.host``, ``root@.host``, ``user@`` are this host, and
+    so is ``-H`` to a loopback address (ssh's systemd-stdio-bridge then talks to this
+    manager from sshd's tree: a laundering path)."""
+    for o, v in opts:
+        if o in ("-H", "--host") and not _loopback(v):
+            return True
+        if o in ("-M", "--machine") and v.rpartition("@")[2] not in ("", ".host"):
+            return True
+    return False
+
+
+# verbs that stop every unit the target does not want, security ones included
+_ISOLATE_VERBS = frozenset({"isolate", "rescue", "emergency"})
+# isolating the usual run targets stops no security service (they want it)
+_RUN_TARGETS = frozenset({"default", "multi-user", "graphical"})
+# verbs that act on a named unit in a way that may stop it: ``preset`` disables it when
+# a preset says so, ``set-property`` can starve it (``MemoryMax=1``, ``CPUQuota=1%``)
+_UNIT_VERBS = frozenset({"preset", "set-property"})
+
+
 def systemctl_act(args: Sequence[str], security: frozenset[str]) -> Act | None:
     """``systemctl [options] VERB UNIT...``: a stop verb naming a security unit of the
-    system manager (``--user``/``--global`` address a user's own manager)."""
-    opts, ops = _operands(args, _SYSTEMCTL_LONG_VALUED, _SYSTEMCTL_SHORT_VALUED)
-    if not ops or {"--user", "--global"} & set(opts):
+    system manager of this host (``--user``/``--global`` address a user's own manager,
+    ``-H``/``-M other`` another machine); ``isolate``/``rescue``/``emergency`` stop
+    every unit the target does not want."""
+    popts, ops = _parse(args, _SYSTEMCTL_LONG_VALUED, _SYSTEMCTL_SHORT_VALUED,
+                        long_flags=_SYSTEMCTL_LONG_FLAGS)
+    opts = {o for o, _ in popts}
+    if not ops or {"--user", "--global"} & opts or _elsewhere(popts):
         return None
     verb, units = ops[0], ops[1:]
-    if verb not in STOP_VERBS:
+    if verb in ("rescue", "emergency"):
+        return Act("service-stop", "all services", f"systemctl {verb}")
+    if verb == "isolate":
+        for u in units:
+            t = u.rsplit("/", 1)[-1].removesuffix(".target")
+            if t not in _RUN_TARGETS:
+                return Act("service-stop", f"all services but {t}'s", "systemctl isolate")
+        return None
+    if verb not in STOP_VERBS | _UNIT_VERBS:
         return None
     for u in units:
         hit = _unit_hits(u, security)
@@ -173,8 +285,11 @@ _HARMLESS = frozenset({"0", "HUP", "1", "CONT", "18", "WINCH", "28", "USR1", "10
 
 
 def _kill_args(args: Sequence[str]) -> tuple[str, list[int]] | None:
-    """kill(1)'s signal (default TERM) and pids; None for ``-l``/``-L`` (a listing)."""
+    """kill(1)'s signal (default TERM) and pids (a negative one is a process group, -1
+    every process); None for ``-l``/``-L`` (a listing).  Only the first option-looking
+    word names the signal: ``kill -TERM -1234`` signals process group 1234."""
     sig = "TERM"
+    sig_given = False
     pids: list[int] = []
     i = 0
     opts_done = False
@@ -185,57 +300,98 @@ def _kill_args(args: Sequence[str]) -> tuple[str, list[int]] | None:
             opts_done = True
         elif not opts_done and a in ("-l", "-L", "--list", "--table"):
             return None
-        elif not opts_done and a in ("-s", "-n", "--signal"):
+        elif not opts_done and not sig_given and a in ("-s", "-n", "--signal"):
             sig = args[i] if i < len(args) else sig
+            sig_given = True
             i += 1
+        elif not opts_done and not sig_given and a.startswith("--signal="):
+            sig, sig_given = a.split("=", 1)[1], True
         elif not opts_done and a.startswith("-") and len(a) > 1 and not pids \
-                and sig == "TERM":
-            sig = a[1:]
+                and not sig_given:
+            sig, sig_given = a[1:], True      # ``kill -9 PID``, ``kill -KILL PID``
         elif a.lstrip("-").isdigit():
             pids.append(int(a))
     return sig.upper().removeprefix("SIG"), pids
 
 
+_FULL_PATHS = ("/usr/sbin/", "/sbin/", "/usr/bin/", "/bin/", "/usr/local/sbin/")
+
+
 def signal_act(tool: str, args: Sequence[str], tools: frozenset[str],
-               names_of: Callable[[int], set[str]]) -> Act | None:
+               names_of: Callable[[int], set[str]],
+               cmdlines: Callable[[], Iterable[tuple[str, str]]] | None = None) -> Act | None:
     """``kill PID...``, ``pkill PATTERN``, ``killall NAME...`` aimed at a security tool
     (signal 0, HUP, CONT, WINCH, USR1 are no shutdown: HUP and USR1 make daemons
-    reload or reopen their logs)."""
+    reload or reopen their logs).  ``kill -<pgid>`` signals a process group (a daemon
+    leads its own: the group's id is its pid), ``kill -1`` every process; ``pkill -f``
+    matches the command line (the running tools' from ``cmdlines``, else their usual
+    paths); ``killall /sbin/auditd`` names the executable by its path."""
     if tool == "kill":
         parsed = _kill_args(args)
         if parsed is None or parsed[0] in _HARMLESS:
             return None
         for pid in parsed[1]:
-            hit = names_of(pid) & tools if pid > 0 else set()
+            if pid == -1:
+                return Act("signal", "every process", "kill -1")
+            hit = names_of(abs(pid)) & tools if pid != 0 else set()
             if hit:
-                return Act("signal", sorted(hit)[0], "kill")
+                return Act("signal", sorted(hit)[0], "kill" if pid > 0 else "kill -PGID")
         return None
     if tool in ("pkill", "killall"):
         valued = _PKILL_VALUED if tool == "pkill" else _KILLALL_VALUED
-        opts, ops = _operands(args, _PKILL_LONG_VALUED, valued)
+        lv, lf = (_PKILL_LONG_VALUED, _PKILL_LONG_FLAGS) if tool == "pkill" else \
+            (_KILLALL_LONG_VALUED, _KILLALL_LONG_FLAGS)
+        popts, ops = _parse(args, lv, valued, long_flags=lf)
+        opts = {o for o, _ in popts}
         sig = ""
-        for i, a in enumerate(args):
-            if a in ("-s", "--signal") and i + 1 < len(args):
-                sig = args[i + 1]
-            elif a.startswith("--signal="):
-                sig = a.split("=", 1)[1]
-            elif a.startswith("-") and (a[1:].isupper() or a[1:].isdigit()):
+        for o, v in popts:
+            if o in ("-s", "--signal"):
+                sig = v
+        for a in args:
+            if a.startswith("-") and len(a) > 1 and (a[1:].isupper() or a[1:].isdigit()):
                 sig = a[1:]
         if sig.upper().removeprefix("SIG") in _HARMLESS:
             return None
         exact = tool == "killall" or "-x" in opts or "--exact" in opts
+        full = tool == "pkill" and ("-f" in opts or "--full" in opts)
         for p in ops:
-            name = _pkill_pattern_hits(p, tools, exact) if tool == "pkill" else \
-                (p if p in tools else None)
+            if tool == "killall":
+                name = p.rsplit("/", 1)[-1] if p.rsplit("/", 1)[-1] in tools else None
+            else:
+                name = _pkill_pattern_hits(p, tools, exact)
+                if name is None and full:
+                    name = _pkill_full_hits(p, tools, exact, cmdlines)
             if name:
                 return Act("signal", name, tool)
+    return None
+
+
+def _pkill_full_hits(pattern: str, tools: frozenset[str], exact: bool,
+                     cmdlines: Callable[[], Iterable[tuple[str, str]]] | None) -> str | None:
+    """``pkill -f PATTERN``: the pattern against each security tool's command line."""
+    try:
+        rx = re.compile(pattern)
+    except re.error:
+        return None                                      # pkill itself rejects it
+    lines = list(cmdlines()) if cmdlines is not None else []
+    lines += [(t, d + t) for t in sorted(tools) for d in _FULL_PATHS]
+    for t, line in lines:
+        if t in tools and (rx.fullmatch(line) if exact else rx.search(line)):
+            return t
     return None
 
 
 _IPT_LONG_VALUED = frozenset({"--append", "--insert", "--delete", "--replace", "--jump",
                               "--match", "--source", "--destination", "--protocol",
                               "--in-interface", "--out-interface", "--new-chain",
-                              "--rename-chain", "--goto", "--set-counters"})
+                              "--rename-chain", "--goto", "--set-counters", "--check",
+                              "--wait-interval", "--modprobe"})
+# iptables' own long options (getopt_long: ``--fl`` is ``--flush``); an extension's
+# options (``--comment`` after ``-m comment``) are kept as written
+_IPT_LONG_ALL = _IPT_LONG_VALUED | frozenset({
+    "--table", "--flush", "--delete-chain", "--policy", "--list", "--list-rules", "--zero",
+    "--numeric", "--verbose", "--wait", "--exact", "--fragment", "--version", "--help",
+    "--line-numbers", "--ipv4", "--ipv6"})
 
 
 def _iptables_act(args: Sequence[str]) -> Act | None:
@@ -244,8 +400,9 @@ def _iptables_act(args: Sequence[str]) -> Act | None:
     while i < len(args):
         a = args[i]
         i += 1
-        if a.startswith("--"):
+        if a.startswith("--") and len(a) > 2:
             name, eq, val = a.partition("=")
+            name = _resolve_long(name, _IPT_LONG_ALL, _IPT_LONG_VALUED)
             if name == "--table":
                 table = val if eq else (args[i] if i < len(args) else table)
                 i += 0 if eq else 1
@@ -300,9 +457,17 @@ def _nft_act(args: Sequence[str]) -> Act | None:
 
 def firewall_act(tool: str, argv0: str, args: Sequence[str]) -> Act | None:
     """The firewall emptied or opened: iptables ``-F``/``-X``/``-P <chain> ACCEPT``
-    (bundled and long forms, any table), nft ``flush ruleset|table|chain`` and
-    ``delete table|chain``, ``ufw disable|reset``, firewall-cmd's trusted default zone
-    and ``--panic-off``, ebtables ``-F``."""
+    (bundled and long forms and their unambiguous prefixes, any table), nft ``flush
+    ruleset|table|chain`` and ``delete table|chain``, ``ufw disable|reset``,
+    firewall-cmd's trusted default zone and ``--panic-off``, ebtables ``-F``.  A line
+    the tool refuses (an ambiguous long-option prefix) does nothing: None."""
+    try:
+        return _firewall_act(tool, argv0, args)
+    except _Refused:
+        return None
+
+
+def _firewall_act(tool: str, argv0: str, args: Sequence[str]) -> Act | None:
     names = {tool, argv0}
     if names & {"iptables", "ip6tables", "iptables-legacy", "iptables-nft", "ip6tables-legacy",
                 "ip6tables-nft", "ebtables", "arptables"} or \
@@ -343,7 +508,14 @@ _UNIT_STOPS = frozenset({"Stop", "Kill", "Freeze", "Clean", "QueueSignal"})
 _SYSTEMD_DEST = "org.freedesktop.systemd1"
 _UNIT_PATH = "/org/freedesktop/systemd1/unit/"
 _BUSCTL_LONG_VALUED = frozenset({"--address", "--host", "--machine", "--timeout", "--match",
-                                 "--size", "--verbose", "--json", "--destination"})
+                                 "--size", "--json", "--destination", "--expect-reply",
+                                 "--auto-start", "--allow-interactive-authorization",
+                                 "--augment-creds", "--watch-bind", "--limit-messages",
+                                 "--capsule"})
+_BUSCTL_LONG_FLAGS = frozenset({"--help", "--version", "--no-pager", "--no-legend",
+                                "--system", "--user", "--show-machine", "--unique",
+                                "--acquired", "--activatable", "--list", "--quiet",
+                                "--verbose", "--xml-interface", "--full"})
 _BUSCTL_SHORT_VALUED = frozenset("HM")
 
 
@@ -355,6 +527,29 @@ def _bus_unescape(label: str) -> str:
 def _bus_stop(obj: str, member: str, args: Sequence[str],
               security: frozenset[str], tool: str) -> Act | None:
     method = member.rsplit(".", 1)[-1]
+    if method == "EnqueueUnitJob":
+        # EnqueueUnitJob(s name, s job_type, s job_mode): systemctl's own path for a job
+        words = [a.split(":", 1)[-1] for a in args]
+        for k, w in enumerate(words[:-1]):
+            hit = _unit_hits(w, security)
+            if hit and words[k + 1] in ("stop", "kill"):
+                return Act("service-stop", hit, f"{tool} {method} {words[k + 1]}")
+        return None
+    if method == "StartTransientUnit" and tool == "busctl":
+        # busctl's a(sbas) ExecStart: PATH IGNORE-FAILURE N ARGV0..ARGVN-1 -- the
+        # transient unit runs that command line as PID 1's child
+        for k in range(len(args) - 3):
+            if args[k + 1] in ("true", "false") and args[k + 2].isdigit():
+                n = int(args[k + 2])
+                argv = list(args[k + 3:k + 3 + n])
+                if len(argv) == n and argv:
+                    inner = command_act([args[k], *argv[1:]], args[k].rsplit("/", 1)[-1],
+                                        security, frozenset(), lambda _p: set(),
+                                        args[k] if args[k].startswith("/etc/init.d/")
+                                        else None, depth=1)
+                    if inner is not None:
+                        return Act(inner.kind, inner.what, f"{tool} {method} {inner.how}")
+        return None
     if method in _MANAGER_STOPS:
         for a in args:
             hit = _unit_hits(a.split(":", 1)[-1], security)   # dbus-send's string:NAME
@@ -374,8 +569,9 @@ def dbus_act(tool: str, args: Sequence[str], security: frozenset[str]) -> Act | 
     string:auditd.service string:replace``, ``gdbus call --system --dest ... --method
     ...StopUnit auditd.service replace``, or a Unit object's ``Stop``."""
     if tool == "busctl":
-        opts, ops = _operands(args, _BUSCTL_LONG_VALUED, _BUSCTL_SHORT_VALUED)
-        if "--user" in opts or len(ops) < 5 or ops[0] != "call" or ops[1] != _SYSTEMD_DEST:
+        popts, ops = _parse(args, _BUSCTL_LONG_VALUED, _BUSCTL_SHORT_VALUED,
+                            long_flags=_BUSCTL_LONG_FLAGS)
+        if "--user" in {o for o, _ in popts} or _elsewhere(popts) or len(ops) < 5 or ops[0] != "call" or ops[1] != _SYSTEMD_DEST:
             return None
         return _bus_stop(ops[2], ops[4], ops[6:], security, tool)
     if tool == "dbus-send":
@@ -414,10 +610,25 @@ def dbus_act(tool: str, args: Sequence[str], security: frozenset[str]) -> Act | 
 
 def command_act(argv: Sequence[str], exe_base: str, security: frozenset[str],
                 tools: frozenset[str], names_of: Callable[[int], set[str]],
-                script: str | None = None, depth: int = 0) -> Act | None:
+                script: str | None = None, depth: int = 0,
+                cmdlines: Callable[[], Iterable[tuple[str, str]]] | None = None) -> Act | None:
     """The security shutdown ``argv`` performs, read by the grammar of the tool that
     runs it (``exe_base``; a SysV script by its path: ``/etc/init.d/auditd stop``).
-    ``systemd-run``'s command is read the same way: PID 1 runs it for the caller."""
+    ``systemd-run``'s command is read the same way: PID 1 runs it for the caller.
+    ``cmdlines`` yields (tool, command line) of the running security tools, which
+    ``pkill -f`` patterns are matched against.  A command line the tool itself refuses
+    (an ambiguous long-option prefix) does nothing: None."""
+    try:
+        return _command_act(argv, exe_base, security, tools, names_of, script, depth,
+                            cmdlines)
+    except _Refused:
+        return None
+
+
+def _command_act(argv: Sequence[str], exe_base: str, security: frozenset[str],
+                 tools: frozenset[str], names_of: Callable[[int], set[str]],
+                 script: str | None, depth: int,
+                 cmdlines: Callable[[], Iterable[tuple[str, str]]] | None) -> Act | None:
     if not argv:
         return None
     args = list(argv[1:])
@@ -444,15 +655,19 @@ def command_act(argv: Sequence[str], exe_base: str, security: frozenset[str],
         ops = [a for a in args if not a.startswith("-")]
         return sysv_act(ops[0], ops[1], security, tool) if len(ops) >= 2 else None
     if tool in ("kill", "pkill", "killall"):
-        return signal_act(tool, args, tools, names_of)
+        return signal_act(tool, args, tools, names_of, cmdlines)
     if tool in ("busctl", "dbus-send", "gdbus"):
         return dbus_act(tool, args, security)
     if tool == "systemd-run" and depth == 0:
-        opts, ops = _operands(args, _RUN_LONG_VALUED, _RUN_SHORT_VALUED, stop_at_first=True)
-        if not ops or {"--user", "-M", "--machine", "-H", "--host"} & set(opts):
+        popts, ops = _parse(args, _RUN_LONG_VALUED, _RUN_SHORT_VALUED, stop_at_first=True,
+                            long_flags=_RUN_LONG_FLAGS)
+        if not ops or "--user" in {o for o, _ in popts} or _elsewhere(popts):
             return None
         inner_base = ops[0].rsplit("/", 1)[-1]
-        inner = command_act(ops, inner_base, security, tools, names_of, None, depth + 1)
+        # PID 1 execs the command itself: a SysV script named by its path is that script
+        inner_script = ops[0] if ops[0].startswith("/etc/init.d/") else None
+        inner = _command_act(ops, inner_base, security, tools, names_of, inner_script,
+                             depth + 1, cmdlines)
         if inner is not None:
             return Act(inner.kind, inner.what, f"systemd-run {inner.how}")
         return None
