@@ -276,6 +276,10 @@ struct {
 	__type(value, __u64);
 } prov_handoff_miss SEC(".maps");
 
+/* one USER_HZ tick (100 Hz on x86): /proc/PID/stat's start time, user space's
+ * start_ns of an entry it made (procstat.TICK_NS) */
+#define PROV_START_SLACK_NS 10000000ull
+
 /* Copy @from's reasons into @to's own storage (made when missing); false: no memory. */
 static __always_inline bool prov_copy(struct bastion_prov_val *from, struct task_struct *to)
 {
@@ -366,8 +370,11 @@ static __always_inline void prov_exec(struct task_struct *p, struct linux_binprm
 	/* a thread's exec: the old leader handed its entry over at its exit (prov_exit) */
 	ho = bpf_map_lookup_elem(&prov_handoff, &tgid);
 	if (ho) {
-		/* this process's (the old leader's start time), not a stale one's */
-		if (ho->start_ns == BPF_CORE_READ(p, group_leader, start_boottime)) {
+		/* this process's (the old leader's start time), not a stale one's; an
+		 * entry user space made carries /proc's start, cut to a USER_HZ tick */
+		__u64 sb = BPF_CORE_READ(p, group_leader, start_boottime), hs = ho->start_ns;
+
+		if ((sb > hs ? sb - hs : hs - sb) < PROV_START_SLACK_NS) {
 			cur = prov_get(p, true);
 			if (!cur || !prov_copy(ho, p))
 				prov_lose(tgid, ho->start_ns);
