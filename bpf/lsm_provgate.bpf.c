@@ -437,6 +437,18 @@ int BPF_PROG(pgate_task_kill, struct task_struct *p, struct kernel_siginfo *info
 #define NR32_FALLOCATE_ 324
 #define NR32_PWRITEV2_ 379
 #define NR32_IO_SUBMIT_ 248
+/* the plain writes (file_permission's allow list); x32's writev/pwritev have
+ * numbers of their own, its write/pwrite64 are x86-64's */
+#define NR_WRITE_ 1
+#define NR_WRITEV_ 20
+#define NR_PWRITE64_ 18
+#define NR_PWRITEV_ 296
+#define NR_X32_WRITEV_ 516
+#define NR_X32_PWRITEV_ 535
+#define NR32_WRITE_ 4
+#define NR32_WRITEV_ 146
+#define NR32_PWRITE64_ 181
+#define NR32_PWRITEV_ 334
 
 /* An act on an open file of the current task: refused for the classes in
  * @classes when the actor is tainted. */
@@ -511,61 +523,97 @@ int BPF_PROG(pgate_file_ioctl, struct file *file, unsigned int cmd, unsigned lon
  * range, zero range: vfs_fallocate's only hook is security_file_permission),
  * pwritev2(RWF_NOAPPEND), and io_uring's and aio's writes (their per-request
  * flags may carry RWF_NOAPPEND; their fallocate too).  file_permission runs on
- * every read and write: reads leave at the mask, writes at the syscall number
- * (no map lookup), before the actor is looked at. */
+ * every read and write: reads leave at the mask, a plain write at the syscall
+ * number (no map lookup), before the actor is looked at.
+ *
+ * An allow list, not a deny list: a tainted writer to a log may write only from
+ * write, writev, pwrite64, pwritev and pwritev2 without RWF_NOAPPEND (their ia32
+ * and x32 numbers too); any other context is refused (sendfile, an io_uring
+ * request run as task work while the task sleeps in another syscall, a kernel
+ * thread's orig_ax of -1...).  A task with an io_uring context is refused even
+ * from the listed syscalls: its ring's task work runs at the return to user
+ * space of whatever syscall the task is in (a plain write() included). */
+static __always_inline int plain_write_nr(struct pt_regs *regs, long nr)
+{
+	switch (nr) {
+	case NR_WRITE_: case NR_WRITEV_: case NR_PWRITE64_: case NR_PWRITEV_:
+	case NR32_WRITE_: case NR32_WRITEV_: case NR32_PWRITE64_: case NR32_PWRITEV_:
+	case NR_X32_WRITEV_: case NR_X32_PWRITEV_:
+		return 1;
+	case NR_PWRITEV2_: case NR_X32_PWRITEV2_:
+		return !(BPF_CORE_READ(regs, r9) & RWF_NOAPPEND_);
+	case NR32_PWRITEV2_:   /* ia32: the sixth argument is in ebp */
+		return !(BPF_CORE_READ(regs, bp) & RWF_NOAPPEND_);
+	}
+	return 0;
+}
+
 SEC("lsm/file_permission")
 int BPF_PROG(pgate_file_permission, struct file *file, int mask)
 {
 	struct task_struct *t;
 	struct pt_regs *regs;
-	__u32 how;
+	__u32 how = BASTION_PGATE_HOW_NOAPPEND;
 	long nr;
 
 	if (!(mask & MAY_WRITE_))
 		return 0;
 	t = bpf_get_current_task_btf();
-	if (BPF_CORE_READ(t, flags) & PF_IO_WORKER_) {
-		how = BASTION_PGATE_HOW_NOAPPEND;
-	} else {
+	if (!(BPF_CORE_READ(t, flags) & PF_IO_WORKER_)) {
 		regs = (struct pt_regs *)bpf_task_pt_regs(t);
-		if (!regs)
+		nr = regs ? BPF_CORE_READ(regs, orig_ax) & ~X32_SYSCALL_BIT_ : -1;
+		if (regs && plain_write_nr(regs, nr) &&
+		    !(bpf_core_field_exists(t->io_uring) && BPF_CORE_READ(t, io_uring)))
 			return 0;
-		nr = BPF_CORE_READ(regs, orig_ax) & ~X32_SYSCALL_BIT_;
 		if (nr == NR_FALLOCATE_ || nr == NR32_FALLOCATE_)
 			how = BASTION_PGATE_HOW_FALLOCATE;
-		else if (nr == NR_IO_URING_ENTER_ || nr == NR_IO_SUBMIT_ || nr == NR32_IO_SUBMIT_ ||
-			 nr == NR32_PWRITEV2_ ||
-			 ((nr == NR_PWRITEV2_ || nr == NR_X32_PWRITEV2_) &&
-			  (BPF_CORE_READ(regs, r9) & RWF_NOAPPEND_)))
-			how = BASTION_PGATE_HOW_NOAPPEND;
-		else
-			return 0;
 	}
 	return pgate_file(BASTION_OP_OPEN_WRITE, how, file, C_LOG);
 }
 
 /* Mounting on an object or a directory above one (`mount --bind /tmp/x
  * /etc/cron.d`, a tmpfs over /etc/systemd), or unmounting one (/var/log on its
- * own filesystem): the object's name would show other inodes. */
+ * own filesystem): the object's name would show other inodes.  Only in the
+ * host's mount namespace (pgate_cfg.host_mnt_ns, /proc/1/ns/mnt's inode; 0 =
+ * unknown: every namespace is the host's): a mount in a namespace of the
+ * caller's own (unshare -m, bwrap, flatpak, podman, ip netns exec, nspawn)
+ * shows nothing to the host's services. */
 static __always_inline int pgate_mount_at(struct dentry *d, struct vfsmount *mnt)
 {
-	__u32 reasons;
+	__u32 reasons, zero = 0;
 	struct pgate_hit h = {};
+	struct bastion_pgate_cfg *cfg;
+	struct task_struct *t;
 
 	if (!d)
 		return 0;
 	reasons = pgate_actor();
 	if (!reasons)
 		return 0;
+	cfg = bpf_map_lookup_elem(&pgate_cfg, &zero);
+	if (cfg && cfg->host_mnt_ns) {
+		t = bpf_get_current_task_btf();
+		if (BPF_CORE_READ(t, nsproxy, mnt_ns, ns.inum) != cfg->host_mnt_ns)
+			return 0;
+	}
 	if (!anc_class(d, &h) && !dentry_class(d, &h))
 		return 0;
 	return pgate_decide_how(BASTION_OP_RENAME, BASTION_PGATE_HOW_MOUNT, reasons, &h, d, mnt, 0);
 }
 
+#define MS_REMOUNT_ 32
+#define MS_BIND_ 4096
+#define MS_PROPAGATION_ ((1ul << 17) | (1ul << 18) | (1ul << 19) | (1ul << 20)) /* UNBINDABLE PRIVATE SLAVE SHARED */
+
 SEC("lsm/sb_mount")
 int BPF_PROG(pgate_sb_mount, const char *dev_name, const struct path *path, const char *type,
 	     unsigned long flags, void *data)
 {
+	/* a propagation change alone (mount --make-rprivate /, unshare -m's first
+	 * act) mounts nothing: path_mount takes it before a move or a new mount,
+	 * after a remount or a bind */
+	if ((flags & MS_PROPAGATION_) && !(flags & (MS_REMOUNT_ | MS_BIND_)))
+		return 0;
 	return pgate_mount_at(BPF_CORE_READ(path, dentry), BPF_CORE_READ(path, mnt));
 }
 

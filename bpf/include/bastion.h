@@ -375,7 +375,8 @@ struct bastion_prov_interp {
  *   bastion_pgate_obj (the strictest class below it): a tainted tree may not
  *   rename it (`mv /etc/systemd /etc/s.old`, then recreate) nor mount on it.
  * Map `pgate_cfg` (array, 1): bastion_pgate_cfg: the classes in dry run
- *   (decided and reported as would-deny, allowed).
+ *   (decided and reported as would-deny, allowed), and the host's mount
+ *   namespace (mounts and unmounts are judged there only).
  * Refusals and dry-run/admin decisions are bastion_hips_event records,
  * mechanism BASTION_MECH_LSM_PROV, rule_id = the class, subject = the
  * actor's provenance reasons. */
@@ -421,7 +422,8 @@ struct bastion_pgate_tool {
 
 struct bastion_pgate_cfg {
 	__u32 dry_run;       /* bit (1 << class): decided, reported, allowed */
-	__u32 _pad;
+	__u32 host_mnt_ns;   /* the host's mount namespace (/proc/1/ns/mnt's inode): mounts
+	                      * are refused there only; 0 = unknown (everywhere) */
 };
 
 

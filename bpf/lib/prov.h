@@ -253,9 +253,14 @@ static __always_inline void prov_lose(__u32 tgid, __u64 start_ns)
 /* A leader killed by another thread's exec (de_thread) hands its entry to that
  * thread here, tgid -> entry, taken at sched_process_exec: the storage goes with
  * the old leader's task_struct, and the thread's own copy (prov_fork) lacks what
- * user space added since.  An entry lives from the old leader's exit to the exec
- * tracepoint of the same process (no way back in between); one that cannot be
- * stored makes the process untracked (prov_lose). */
+ * user space added since.  An entry is taken only by the process it came from:
+ * its start_ns is the process's start, and de_thread gives the exec'ing thread
+ * the old leader's start_boottime.  One left behind (an exec that fails after the
+ * point of no return: no sched_process_exec) goes at the process's exit, and a
+ * later holder of the pid would not match it anyway.  One that cannot be stored
+ * (1024 de_threads in flight) is counted in prov_handoff_miss, not lost: the
+ * thread's own copy holds every reason but user space's late ones, and a full
+ * map must not put the host in untracked mode. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1024);
@@ -263,6 +268,17 @@ struct {
 	__type(key, __u32);
 	__type(value, struct bastion_prov_val);
 } prov_handoff SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} prov_handoff_miss SEC(".maps");
+
+/* one USER_HZ tick (100 Hz on x86): /proc/PID/stat's start time, user space's
+ * start_ns of an entry it made (procstat.TICK_NS) */
+#define PROV_START_SLACK_NS 10000000ull
 
 /* Copy @from's reasons into @to's own storage (made when missing); false: no memory. */
 static __always_inline bool prov_copy(struct bastion_prov_val *from, struct task_struct *to)
@@ -354,9 +370,15 @@ static __always_inline void prov_exec(struct task_struct *p, struct linux_binprm
 	/* a thread's exec: the old leader handed its entry over at its exit (prov_exit) */
 	ho = bpf_map_lookup_elem(&prov_handoff, &tgid);
 	if (ho) {
-		cur = prov_get(p, true);
-		if (!cur || !prov_copy(ho, p))
-			prov_lose(tgid, ho->start_ns);
+		/* this process's (the old leader's start time), not a stale one's; an
+		 * entry user space made carries /proc's start, cut to a USER_HZ tick */
+		__u64 sb = BPF_CORE_READ(p, group_leader, start_boottime), hs = ho->start_ns;
+
+		if ((sb > hs ? sb - hs : hs - sb) < PROV_START_SLACK_NS) {
+			cur = prov_get(p, true);
+			if (!cur || !prov_copy(ho, p))
+				prov_lose(tgid, ho->start_ns);
+		}
 		bpf_map_delete_elem(&prov_handoff, &tgid);
 	}
 	if (!bits)
@@ -422,10 +444,18 @@ static __always_inline void prov_exit(struct task_struct *p)
 		if (!BPF_CORE_READ(p, signal, group_exec_task) || p->group_leader != p)
 			return;
 		cur = prov_get_task(p, false);
-		if (cur && bpf_map_update_elem(&prov_handoff, &tgid, cur, BPF_ANY))
-			prov_lose(tgid, cur->start_ns);
+		if (cur && bpf_map_update_elem(&prov_handoff, &tgid, cur, BPF_ANY)) {
+			__u32 k = 0;
+			__u64 *miss = bpf_map_lookup_elem(&prov_handoff_miss, &k);
+
+			if (miss)
+				__sync_fetch_and_add(miss, 1);
+		}
 		return;
 	}
+	/* the process is gone: a handoff its failed exec left behind goes with it */
+	if (bpf_map_lookup_elem(&prov_handoff, &tgid))
+		bpf_map_delete_elem(&prov_handoff, &tgid);
 	if (prov_overflowed())
 		bpf_map_delete_elem(&prov_lost, &tgid);
 }

@@ -572,7 +572,7 @@ class PgateTool(ctypes.Structure):
 
 
 class PgateCfg(ctypes.Structure):
-    _fields_ = [("dry_run", c_u32), ("_pad", c_u32)]
+    _fields_ = [("dry_run", c_u32), ("host_mnt_ns", c_u32)]
 
 
 # ---- tamper protection (bastion.h, tamper section; src/bastion/guard/) ----------------

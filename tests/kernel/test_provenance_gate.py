@@ -24,6 +24,7 @@ import pytest
 from bastion import abi
 from bastion.enforce.provgate import OVERFLOW_RULE, AgentGate, GateObject, ProvenanceGate
 from bastion.events import HipsEvent
+from bastion.kernel.libbpf import Map
 from bastion.kernel.loader import ObjectSpec
 from bastion.sensors.bpf import BpfSensor
 from bastion.sensors.provenance import ProvenanceMap, default_interpreters
@@ -40,6 +41,7 @@ class Env:
         self.profile = root / "home" / ".bashrc"
         self.cron = root / "cron.d"
         self.secret = root / "creds" / "shadow"
+        self.handoff: Map | None = None    # the sensor's prov_handoff (bpf/lib/prov.h)
 
     def run(self, argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
         return run_in(self.cg, argv, timeout=TIMEOUT, **kw)
@@ -95,7 +97,10 @@ def _env(tmp_path: Path,
                     GateObject(str(tmp_path / "creds" / "shadow"), "credential"),
                     GateObject(str(tmp_path / "home"), "profile-dir"),
                 ]) == []
-                yield Env(tmp_path, cg, prov, gate)
+                e = Env(tmp_path, cg, prov, gate)
+                assert sensor._lo is not None
+                e.handoff = sensor._lo.map("prov_handoff")
+                yield e
             finally:
                 gate.close()
         finally:
@@ -627,3 +632,57 @@ def test_a_reason_for_a_dead_process_never_reaches_the_holder_of_its_pid(env: En
         p.kill()
         p.wait()
     assert env.prov.get(p.pid) is None          # gone with its task
+
+
+def _waiting(env: Env, body: str) -> tuple[subprocess.Popen[str], Path]:
+    """``/bin/sh -c body`` in the test cgroup, started and waiting for the go file."""
+    go = env.root / "go-handoff"
+    shell = (f'echo $$ > {env.cg}/cgroup.procs && while [ ! -e {go} ]; do sleep 0.02; done; '
+             f'{body}')
+    return subprocess.Popen(["/bin/sh", "-c", shell], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True), go
+
+
+def _handoff(pid: int, start_ns: int, reasons: int) -> tuple[bytes, bytes]:
+    return (pid.to_bytes(4, "little"),
+            bytes(abi.ProvVal(start_ns=start_ns, reasons=reasons, origin_tgid=pid)))
+
+
+def test_a_stale_handoff_reaches_no_later_holder_of_the_pid(env: Env) -> None:
+    """A handoff entry goes stale when the exec after de_thread fails past the point of
+    no return (no sched_process_exec to take it).  Attack (the stale entry written as
+    prov_exit writes it, under the pid of a clean process that starts later): before,
+    the clean process took the old reasons at its first exec and was refused; after, an
+    entry is taken only when its start matches the exec'ing process's."""
+    assert env.handoff is not None
+    p, go = _waiting(env, f"exec cat {env.secret}")
+    try:
+        k, v = _handoff(p.pid, _start_ns(p.pid) - 5_000_000_000, abi.PROV_DECODED_PAYLOAD)
+        env.handoff.update(k, v)
+        go.touch()
+        out, err = p.communicate(timeout=TIMEOUT)
+        assert p.returncode == 0 and "secret" in out, (out, err)
+        assert env.handoff.lookup(k) is None          # taken off at the exec all the same
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        env.handoff.delete(_handoff(p.pid, 0, 0)[0])
+
+
+def test_a_handoff_left_behind_goes_with_the_process(env: Env) -> None:
+    """A handoff entry whose exec never came (the exec failed after de_thread and the
+    process died) is deleted at the process's exit: 1024 of them no longer fill the map."""
+    assert env.handoff is not None
+    p, go = _waiting(env, "exit 0")
+    try:
+        k, v = _handoff(p.pid, _start_ns(p.pid), abi.PROV_DECODED_PAYLOAD)
+        env.handoff.update(k, v)
+        go.touch()
+        p.communicate(timeout=TIMEOUT)
+        assert env.handoff.lookup(k) is None
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        env.handoff.delete(_handoff(p.pid, 0, 0)[0])

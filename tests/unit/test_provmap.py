@@ -3,6 +3,8 @@ kernel: a dict stands for each BPF map."""
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import pytest
@@ -13,8 +15,9 @@ from bastion.detect.behavior.base import NS
 from bastion.detect.behavior.provenance import Provenance
 from bastion.detect.engine import Engine, RuleContext
 from bastion.enforce.provgate import default_objects
-from bastion.errors import ConfigError
+from bastion.errors import ConfigError, KernelError, Location
 from bastion.events import Event, ExecEvent, NetEvent, Proc
+from bastion.procstat import TICK_NS, start_ns_of
 from bastion.proctable import ProcessTable
 from bastion.sensors.provenance import (
     REASON_BITS, ProvenanceMap, letters_mask, publisher, reason_names,
@@ -153,3 +156,41 @@ def test_default_objects_under_a_root(tmp_path: Path) -> None:
                    ("/home/ann/.bashrc", "persistence"), ("/etc/shadow", "credential"),
                    ("/root/.ssh", "credential"), ("/home/ann/.ssh", "credential"),
                    ("/root", "profile-dir"), ("/home/ann", "profile-dir")}
+
+
+class GoneMap(FakeMap):
+    """A task-storage ``prov`` whose pidfd's process was reaped after the start check:
+    the kernel finds no task for the pid (ENOENT), on update as on lookup."""
+
+    def __init__(self, err: int) -> None:
+        super().__init__()
+        self.err = err
+
+    def lookup(self, key: bytes) -> bytes | None:
+        raise KernelError("lookup", errno=self.err, location=Location("fake prov"))
+
+    def update(self, key: bytes, value: bytes, flags: int = 0) -> None:
+        raise KernelError("update", errno=self.err, location=Location("fake prov"))
+
+
+@pytest.mark.parametrize("err", [errno.ESRCH, errno.ENOENT])
+def test_a_process_reaped_before_the_update_is_gone_not_lost(err: int) -> None:
+    """Before the fix ENOENT was taken for a map that could not take the entry: the
+    process was put in prov_lost and the failure counted (the host then untracked)."""
+    p, lost, errs = GoneMap(err), FakeMap(), FakeMap()
+    m = ProvenanceMap(p, FakeMap(), FakeMap(), errs, lost=lost, pidfd_keys=True)
+    me = os.getpid()
+    assert m.get(me) is None
+    assert not m.add(me, start_ns_of(me), abi.PROV_TMP_SCRIPT, tolerance_ns=TICK_NS)
+    assert lost.d == {} and errs.d == {}
+    assert not m.untracked(me)
+
+
+def test_another_update_failure_still_fails_closed() -> None:
+    p, lost, errs = GoneMap(errno.ENOMEM), FakeMap(), FakeMap()
+    p.lookup = lambda key: None   # type: ignore[method-assign]
+    m = ProvenanceMap(p, FakeMap(), FakeMap(), errs, lost=lost, pidfd_keys=True)
+    me = os.getpid()
+    assert not m.add(me, start_ns_of(me), abi.PROV_TMP_SCRIPT, tolerance_ns=TICK_NS)
+    assert list(lost.d) == [me.to_bytes(4, "little")]
+    assert m.untracked(me)

@@ -635,3 +635,75 @@ def test_the_directories_above_objects_are_not_renamed_or_mounted_on(env: Env) -
             subprocess.run(["umount", "-l", str(m)], capture_output=True)
         shutil.rmtree(later, ignore_errors=True)
         env.gate.apply(*_objects(env.root))
+
+
+# ---- s15-fixlsm: mounts in the caller's own namespace; writes outside a plain write ----
+
+# Before the fix (the previous object, seen): `unshare -m --propagation private` of the
+# tainted tree failed (its MS_PRIVATE|MS_REC on `/`, an ancestor of every object, was
+# refused: unshare=1, no ns= line), so bwrap, flatpak, podman, ip netns exec, nspawn too.
+
+
+def test_a_tainted_tree_mounts_in_its_own_namespace_not_the_hosts(env: Env) -> None:
+    etc = env.etc
+    sh = env.root / "drop" / "ns.sh"
+    sh.write_text(f"unshare -m --propagation private sh -c '"
+                  f"mount -t tmpfs none {etc} && echo inner > {etc}/probe && "
+                  f"mount --bind {env.root}/drop {env.root}/log && umount {env.root}/log && "
+                  f"umount {etc}; echo ns=$?'; echo unshare=$?\n"
+                  f"mount -t tmpfs none {etc}; echo host=$?\n"
+                  f"umount {etc} 2>/dev/null\n")
+    try:
+        r = run_in(env.cg, ["/bin/sh", str(sh)], timeout=60)
+        codes = _codes(r.stdout)
+        assert {k: codes.get(k) for k in ("ns", "unshare", "host")} \
+            == {"ns": 0, "unshare": 0, "host": 32}, r.stdout + r.stderr
+        assert not (etc / "probe").exists()
+        assert subprocess.run(["mountpoint", "-q", str(etc)]).returncode != 0
+        recs = env.records(1)
+        mounts = [ev for ev in recs if ev.detail == abi.PgateHow.MOUNT]
+        assert len(mounts) == 1 and mounts[0].path.endswith("/etc"), recs
+    finally:
+        subprocess.run(["umount", "-l", str(etc)], capture_output=True)
+
+
+_OTHER_WRITE = r'''
+import os, sys
+log, src = sys.argv[1], sys.argv[2]
+def code(f):
+    try:
+        f()
+        return 0
+    except OSError as exc:
+        return exc.errno
+fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+s = os.open(src, os.O_RDONLY)
+out = {"sendfile": code(lambda: os.sendfile(fd, s, None, 2)),
+       "write": code(lambda: os.write(fd, b"W")),
+       "writev": code(lambda: os.writev(fd, [b"V"])),
+       "pwrite": code(lambda: os.pwrite(fd, b"P", 0))}
+print(" ".join(f"{k}={v}" for k, v in out.items()))
+'''
+
+# Before the fix (the previous object, seen): the write by sendfile reached the file
+# (the hook allowed every syscall but fallocate, pwritev2(RWF_NOAPPEND), io_uring_enter
+# and io_submit: sendfile=22, do_splice_direct's O_APPEND check, not the gate).  The
+# same deny-list let an io_uring write run as task work during another syscall through.
+
+
+def test_a_log_is_written_only_by_a_plain_write(env: Env) -> None:
+    logf = env.root / "log" / "syslog"
+    src = env.root / "drop" / "src"
+    src.write_text("SS")
+    py = env.root / "drop" / "other.py"
+    py.write_text(_OTHER_WRITE)
+    sh = env.root / "drop" / "other.sh"
+    sh.write_text(f"echo appended >> {logf}; echo append=$?\npython3 {py} {logf} {src}\n")
+    r = run_in(env.cg, ["/bin/sh", str(sh)], timeout=60)
+    codes = _codes(r.stdout)
+    assert codes == {"append": 0, "sendfile": 1, "write": 0, "writev": 0, "pwrite": 0}, \
+        r.stdout + r.stderr
+    assert logf.read_text() == "line 1\nline 2\nappended\nWVP", logf.read_text()
+    recs = env.records(1)
+    assert [(ev.op, ev.detail, ev.rule_id, ev.action) for ev in recs] \
+        == [("open-write", abi.PgateHow.NOAPPEND, abi.PgateClass.LOG, "deny")], recs

@@ -104,7 +104,7 @@ class ProvenanceMap:
         try:
             raw = self.prov.lookup(key)
         except KernelError as e:
-            if e.errno == errno.ESRCH:      # the process of the pidfd exited
+            if e.errno in (errno.ESRCH, errno.ENOENT):   # the pidfd's process exited
                 return None
             raise
         return abi.ProvVal.from_buffer_copy(raw) if raw is not None else None
@@ -139,7 +139,10 @@ class ProvenanceMap:
             try:
                 self.prov.update(key, bytes(val))
             except KernelError as e:
-                if e.errno == errno.ESRCH:   # exited since the check
+                # exited since the check: ESRCH while a zombie, ENOENT once reaped (the
+                # pidfd's pid has no task: bpf_pid_task_storage_update_elem) -- gone,
+                # nothing to publish, not an entry the map could not take
+                if e.errno in (errno.ESRCH, errno.ENOENT):
                     return False
                 if cur is not None or self.lost is None or self.errors_map is None:
                     raise
