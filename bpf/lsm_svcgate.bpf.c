@@ -47,27 +47,7 @@ struct {
  * process the full map could not take is refused as untracked. */
 static __always_inline __u32 svc_actor(void)
 {
-	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	struct bastion_prov_val *v;
-
-	if (!in_scope())
-		return 0;
-	v = prov_current();
-	if (!v) {
-		__u32 k = 0;
-		__u64 *e = bpf_map_lookup_elem(&prov_errors, &k);
-
-		if (!e || !*e)
-			return 0;
-		k = 1;
-		e = bpf_map_lookup_elem(&prov_errors, &k);
-		if ((e && *e) || bpf_map_lookup_elem(&prov_lost, &tgid))
-			return BASTION_PROV_UNTRACKED;
-		return 0;
-	}
-	if (!(v->reasons & ~BASTION_PROV_ADMIN_TTY))
-		return 0;
-	return v->reasons;
+	return in_scope() ? prov_actor() : 0;
 }
 
 SEC("lsm/unix_stream_connect")

@@ -83,4 +83,29 @@ static __always_inline struct bastion_prov_val *prov_current(void)
 	return prov_get(bpf_get_current_task_btf(), false);
 }
 
+/* The current process's untrusted reasons (the admin bit included) for a gate's
+ * decision; 0 = none or only the admin bit.  No entry is clean, unless the kernel
+ * could not make one ("Failing closed" above): then it is refused as untracked. */
+static __always_inline __u32 prov_actor(void)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct bastion_prov_val *v = prov_current();
+
+	if (!v) {
+		__u32 k = 0;
+		__u64 *e = bpf_map_lookup_elem(&prov_errors, &k);
+
+		if (!e || !*e)
+			return 0;      /* the kernel never failed an entry: the normal case */
+		k = 1;
+		e = bpf_map_lookup_elem(&prov_errors, &k);
+		if ((e && *e) || bpf_map_lookup_elem(&prov_lost, &tgid))
+			return BASTION_PROV_UNTRACKED;
+		return 0;
+	}
+	if (!(v->reasons & ~BASTION_PROV_ADMIN_TTY))
+		return 0;
+	return v->reasons;
+}
+
 #endif /* BASTION_PROV_MAP_H */

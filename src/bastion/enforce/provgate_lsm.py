@@ -105,6 +105,20 @@ def find_tools(names: Iterable[str] = DEFAULT_SECURITY_TOOLS) -> list[int]:
     return sorted(out)
 
 
+def shared_prov_maps(prov: ProvenanceMap, who: str, location: Location) -> dict[str, int]:
+    """The event sensor's provenance maps a gate object shares at load
+    (``ObjectSpec.reuse_maps``): ``prov`` and its failure maps, so a process the kernel
+    could not give an entry is refused as untracked there too."""
+    out: dict[str, int] = {}
+    for name, m in (("prov", prov.prov), ("prov_lost", prov.lost),
+                    ("prov_errors", prov.errors_map)):
+        if not isinstance(m, Map):
+            raise KernelError(f"the event sensor has no kernel map {name}: {who} would "
+                              f"trust what it cannot see", location=location)
+        out[name] = m.fd
+    return out
+
+
 class LsmProvenanceGate(LoaderUser):
     """The in-hook gate: load (sharing ``prov``), fill the objects, drain the refusals.
 
@@ -164,28 +178,13 @@ class LsmProvenanceGate(LoaderUser):
     # ---- lifecycle -------------------------------------------------------------------
 
     def spec(self) -> ObjectSpec:
-        prov_map = self.prov.prov
-        assert isinstance(prov_map, Map)
         return ObjectSpec(
             path=bpf_object(OBJECT),
             rodata={"cfg_cgroup_id": self.cgroup_id, "cfg_deadline_ns": self.deadline_ns,
                     "cfg_self_tgid": self.self_tgid,
                     "cfg_setattr_idmap": int(setattr_has_idmap())},
             max_entries={"events": abi.SMALL_RINGBUF_BYTES},
-            reuse_maps=self._reuse(prov_map))
-
-    def _reuse(self, prov_map: Map) -> dict[str, int]:
-        """The sensor's provenance maps this object shares: ``prov`` and, where the
-        sensor has them, its overflow maps (an untracked process is refused here too)."""
-        out = {"prov": prov_map.fd}
-        for name, m in (("prov_lost", self.prov.lost), ("prov_errors", self.prov.errors_map)):
-            if m is None:
-                raise KernelError(f"the event sensor has no {name} map: the in-hook gate "
-                                  f"would trust a process the full map could not take",
-                                  location=Location(OBJECT))
-            assert isinstance(m, Map)
-            out[name] = m.fd
-        return out
+            reuse_maps=shared_prov_maps(self.prov, "the in-hook gate", Location(OBJECT)))
 
     def open(self) -> None:
         if self._lo is not None and not self._lo.closed:

@@ -35,6 +35,7 @@ from typing import Callable, Final, Mapping
 from bastion import abi
 from bastion.detect.engine import Finding
 from bastion.enforce.provgate import GATE_RULE
+from bastion.enforce.provgate_lsm import shared_prov_maps
 from bastion.errors import BastionError, KernelError, Location
 from bastion.events import HipsEvent, decode
 from bastion.kernel.clock import deadline_ns
@@ -103,20 +104,12 @@ class LsmSocketGate(LoaderUser):
         self.denies = self.dry_runs = self.audits = 0
 
     def spec(self) -> ObjectSpec:
-        reuse: dict[str, int] = {}
-        for name, m in (("prov", self.prov.prov), ("prov_lost", self.prov.lost),
-                        ("prov_errors", self.prov.errors_map)):
-            if not isinstance(m, Map):
-                raise KernelError(f"the event sensor has no kernel map {name}: the socket "
-                                  f"gate would trust what it cannot see",
-                                  location=Location(OBJECT))
-            reuse[name] = m.fd
         return ObjectSpec(
             path=bpf_object(OBJECT),
             rodata={"cfg_cgroup_id": self.cgroup_id, "cfg_deadline_ns": self.deadline_ns,
                     "cfg_self_tgid": self.self_tgid},
             max_entries={"events": abi.SMALL_RINGBUF_BYTES},
-            reuse_maps=reuse)
+            reuse_maps=shared_prov_maps(self.prov, "the socket gate", Location(OBJECT)))
 
     def open(self) -> None:
         if self._lo is not None and not self._lo.closed:
