@@ -416,11 +416,14 @@ class Agent:
             why = self._why_off.get("lsmgate")
             out["provenance gate"] = {
                 "on": True, "detail": "fanotify (open refusals of existing objects only, "
-                "marked at start)" + (f"; the in-hook gate {why}" if why else "")
+                f"marked again every {self.provgate.refresh_s:g}s"
+                + (f", {self.provgate.refresh_state()}" if self.provgate.refresh_state() else "")
+                + ")" + (f"; the in-hook gate {why}" if why else "")
                 + "; NOT refused on this tier for untrusted trees: creates, renames, "
-                "unlinks, log wiping, security-tool kills, rewrites through an open file "
-                "(fcntl clearing O_APPEND, shared writable mmap, fallocate, chattr), renames "
-                "of and mounts on the directories above objects, objects made after the start"}
+                "unlinks, truncate(2)/ftruncate of logs, security-tool kills, rewrites through "
+                "an open file (fcntl clearing O_APPEND, shared writable mmap, fallocate, "
+                "chattr), renames of and mounts on the directories above objects, objects "
+                "made since the last pass (a file in a new subdirectory of a marked tree)"}
         else:
             out["provenance gate"] = {"on": False, "detail": self._why_off.get(
                 "lsmgate", self._why_off.get("provgate", "no kernel event sensor"))}
@@ -1128,6 +1131,11 @@ class Agent:
             self._last_resolve = now
             if full:
                 self._last_full_resolve = now
+        if self.lsmgate is None and self.provgate is not None:
+            # compat: the must-stop objects made since the last pass are marked (s16-gate);
+            # its own interval, not the retention pass's (skipped while the store fails)
+            if (pf := self.provgate.tick(now)) is not None:
+                self._alert(pf)
         if now - self._last_retention >= 60.0 and self._store_usable():
             try:
                 gone = self.store.event_facts_deleted

@@ -65,6 +65,7 @@ class AgentOptions:
     keep_pins: bool = False
     test_deadline: float | None = None
     test_cgroup_id: int = 0   # tests only: the BPF-load guard acts in this cgroup alone
+    gate_refresh_s: float = 60.0   # the compat provenance gate's re-mark interval (tests: less)
     feed: TextIO | None = None
     feed_json: bool = False
     # event rows written by a writer process of their own (issue 16.3); False: a thread
@@ -371,7 +372,8 @@ def _provenance_gate(parts: AgentParts, opts: AgentOptions, sensor: Sensor,
     parts.provgate = AgentGate(sensor.provenance, self_tgid=os.getpid(),
                                deadline_s=opts.test_deadline,
                                scope_cgroup_id=opts.test_cgroup_id, on_map=mirror,
-                               dry_run=opts.policy.behavior.dry_run)
+                               dry_run=opts.policy.behavior.dry_run,
+                               refresh_s=opts.gate_refresh_s)
     if tier == Tier.LSM:
         from bastion.enforce.provgate_lsm import AgentLsmGate
 

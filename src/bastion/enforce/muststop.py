@@ -1,7 +1,10 @@
 """The must-stop objects of issue 15: one list for both tiers.
 
 The compat tier's fanotify gate (:mod:`bastion.enforce.provgate`) marks the
-``persistence``, ``credential`` and ``profile-dir`` objects that exist; the lsm
+``persistence``, ``credential``, ``profile-dir`` and ``log`` objects that exist (a
+log: only an open for writing without ``O_APPEND``, or with ``O_TRUNC``, is
+refused; fanotify sees no truncate, unlink or rename), again on the agent's
+maintenance tick (objects made since); the lsm
 tier's in-hook gate (:mod:`bastion.enforce.provgate_lsm`) enters the same
 objects in its kernel maps, and also:
 
@@ -32,7 +35,8 @@ from bastion.policy.compile import kernel_dev
 
 Kind = Literal["persistence", "credential", "profile-dir", "log"]
 KINDS: Final = ("persistence", "credential", "profile-dir", "log")
-COMPAT_KINDS: Final = ("persistence", "credential", "profile-dir")
+# the fanotify gate's kinds: a log is marked too (s16-gate: an overwriting open refused)
+COMPAT_KINDS: Final = ("persistence", "credential", "profile-dir", "log")
 
 # "profile-dir": a home directory, marked itself only (no subdirectories): a write open of
 # one of these names in it is a persistence write (a profile created where none was)

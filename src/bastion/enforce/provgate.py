@@ -48,7 +48,7 @@ from types import TracebackType
 from typing import Callable, Final, Literal, Mapping, Sequence
 
 from bastion import abi
-from bastion.errors import ConfigError, KernelError, Location
+from bastion.errors import BastionError, ConfigError, KernelError, Location
 from bastion.detect.engine import Finding
 from bastion.events import HipsEvent, Proc
 from bastion.kernel.fanotify import (
@@ -58,7 +58,8 @@ from bastion.kernel.fanotify import (
 from bastion.kernel.opener import Scope, exe_key, fd_path, locate, open_flags, read_proc, status_field
 from bastion.enforce import muststop as _ms
 from bastion.enforce.muststop import (
-    DEFAULT_CREDENTIAL, DEFAULT_PERSISTENCE, DEFAULT_PROFILE_DIRS, PROFILE_NAMES, GateObject,
+    DEFAULT_CREDENTIAL, DEFAULT_PERSISTENCE, DEFAULT_PROFILE_DIRS, HISTORY_NAMES, PROFILE_NAMES,
+    GateObject,
     default_objects,
 )
 from bastion.sensors.provenance import (
@@ -98,7 +99,27 @@ class _State:
     paths: Mapping[tuple[int, int], str]
 
 
+def _merged(old: _State, kinds: Mapping[tuple[int, int], Kind],
+            dirs: Mapping[tuple[int, int], Kind], paths: Mapping[tuple[int, int], str]) -> _State:
+    """The old objects and the new (the new kind wins): the state while a pass marks."""
+    k = {**old.kinds, **kinds}
+    d = {**old.dirs, **dirs}
+    return _State(k, d, frozenset(d.values()), {**old.paths, **paths})
+
+
+_PREVENTED: Final[dict[str, str]] = {
+    "persistence": "write to persistence object", "credential": "read of credential store",
+    "log": "overwriting open (no O_APPEND, or O_TRUNC) of log", "profile-dir": "write to"}
+_WHAT: Final[dict[str, str]] = {"persistence": "Persistence write",
+                                "credential": "Credential-store read",
+                                "log": "Log overwrite", "profile-dir": "Persistence write"}
+_ATTACK: Final[dict[str, tuple[str, ...]]] = {
+    "persistence": ("T1546", "T1053", "T1543"), "credential": ("T1003.008",),
+    "log": ("T1070.002", "T1070.003"), "profile-dir": ("T1546",)}
+
 GATE_RULE: Final = "bastion.provenance.gate"
+REFRESH_RULE: Final = GATE_RULE + ".refresh"
+REFRESH_S: Final = 60.0   # the agent's re-mark interval (AgentGate.tick)
 OVERFLOW_RULE: Final = "bastion.provenance.map_full"
 
 Trusted = Callable[[tuple[int, int]], "str | None"]
@@ -146,6 +167,10 @@ class ProvenanceGate:
         self.dry_runs = 0      # refusals decided in dry-run (allowed)
         self.audits = 0
         self.dropped = 0
+        # inode -> (path, mask) of every mark this gate holds (mirrors the kernel's)
+        self._marks: dict[tuple[int, int], tuple[str, int]] = {}
+        self.marks_added = 0
+        self.marks_removed = 0
 
     # ---- lifecycle ---------------------------------------------------------------
 
@@ -165,6 +190,7 @@ class ProvenanceGate:
     def close(self) -> None:
         with self.listener.mark_lock:
             self._state = None
+            self._marks.clear()
         self.listener.close()
         with self._cv:
             self._cv.notify_all()
@@ -180,14 +206,23 @@ class ProvenanceGate:
 
     def apply(self, objects: Sequence[GateObject]) -> list[str]:
         """Mark the objects (replacing the previous set); returns what was not marked
-        (paths that do not exist, trees marked only in part: :attr:`over_budget`)."""
+        (paths that do not exist or changed under the pass, trees marked only in part:
+        :attr:`over_budget`).
+
+        Incremental (the agent calls it again on its maintenance tick, :meth:`AgentGate.tick`):
+        only the changed marks are written, every new mark before any old one is removed,
+        and while the pass runs the decision knows the old and the new objects.  A mark the
+        kernel refuses (``fanotify_mark``: the mark limit, memory) raises
+        :class:`KernelError` with every mark of the previous set still in place (and the
+        new ones made meanwhile); a path that moved between the walk and its mark is a
+        problem, not a failure (an attacker racing the walk must not fail every pass)."""
         lis = self.listener
         if not lis.is_open:
             raise KernelError("provenance gate is not open", location=Location("fanotify"))
         kinds: dict[tuple[int, int], Kind] = {}
         dirs: dict[tuple[int, int], Kind] = {}
         paths: dict[tuple[int, int], str] = {}
-        marks: list[tuple[str, tuple[int, int], int]] = []
+        marks: dict[tuple[int, int], tuple[str, int]] = {}
         for o in objects:
             if o.kind not in _KINDS:
                 raise ConfigError(f"provenance object kind {o.kind!r} is not one of "
@@ -198,26 +233,66 @@ class ProvenanceGate:
             paths[e.key] = e.path
             if e.kind == "profile-dir":      # the home directory itself, no subdirectories
                 dirs[e.key] = e.kind
-                marks.append((e.path, e.key, FAN_OPEN_PERM | FAN_EVENT_ON_CHILD))
+                marks[e.key] = (e.path, FAN_OPEN_PERM | FAN_EVENT_ON_CHILD)
             elif e.is_dir:
                 kinds[e.key] = dirs[e.key] = e.kind
-                marks.append((e.path, e.key, FAN_OPEN_PERM | FAN_EVENT_ON_CHILD))
+                marks[e.key] = (e.path, FAN_OPEN_PERM | FAN_EVENT_ON_CHILD)
             else:
                 kinds[e.key] = e.kind
-                marks.append((e.path, e.key, FAN_OPEN_PERM))
+                marks[e.key] = (e.path, FAN_OPEN_PERM)
         self.over_budget = over
         problems.extend(over)
         with lis.mark_lock:
             if lis.expired:
                 raise KernelError("provenance gate is past its deadline: nothing is marked",
                                   location=Location("fanotify"))
-            lis.flush_marks("provenance apply")
+            if not self._marks:
+                lis.flush_marks("provenance apply")   # the group's first set: start clean
+            old = self._state
+            if old is not None:    # the pass's window: the old objects and the new ones
+                self._state = _merged(old, kinds, dirs, paths)
+            else:
+                self._state = _State(kinds, dirs, frozenset(dirs.values()), paths)
+            for key, (path, mask) in list(marks.items()):
+                had = self._marks.get(key)
+                if had is not None and had[1] & mask == mask:
+                    self._marks[key] = (path, had[1])   # the same inode (perhaps moved)
+                    continue
+                try:
+                    lis.mark(path, key, mask)
+                except OSError as exc:     # gone or another inode since the walk
+                    problems.append(f"{path}: {exc.strerror or exc}: not marked (changed "
+                                    f"during the pass)")
+                    for new_map, old_map in ((kinds, old.kinds if old else {}),
+                                             (dirs, old.dirs if old else {})):
+                        new_map.pop(key, None)
+                        if key in old_map and had is not None:
+                            new_map[key] = old_map[key]   # its previous mark stays
+                    if had is not None:
+                        marks[key] = had
+                    else:
+                        del marks[key]
+                    continue
+                self._marks[key] = (path, (had[1] if had is not None else 0) | mask)
+                self.marks_added += 1
+            for key in [k for k, (_p, m) in self._marks.items()
+                        if k not in marks or marks[k][1] != m]:
+                path, mask = self._marks[key]
+                keep = marks[key][1] if key in marks else 0
+                lis.unmark(path, key, mask & ~keep)
+                self.marks_removed += 1
+                if keep:
+                    self._marks[key] = (path, keep)
+                else:
+                    del self._marks[key]
             self._state = _State(kinds, dirs, frozenset(dirs.values()), paths)
-            for path, key, mask in marks:
-                lis.mark(path, key, mask)
         for p in problems:
             log.warning("provenance gate: %s", p)
         return problems
+
+    def marked(self) -> int:
+        """How many inodes carry a mark of this gate."""
+        return len(self._marks)
 
     # ---- the decision (listener thread) -------------------------------------------
 
@@ -236,7 +311,10 @@ class ProvenanceGate:
         if confirmed and parents and parents[0] in state.dirs:
             k = state.dirs[parents[0]]
             if k == "profile-dir":
-                return "persistence" if os.path.basename(path) in PROFILE_NAMES else None
+                name = os.path.basename(path)
+                if name in PROFILE_NAMES:
+                    return "persistence"
+                return "log" if name in HISTORY_NAMES else None
             return k
         return "credential"   # not placed: the stricter kind (any open refused)
 
@@ -289,13 +367,15 @@ class ProvenanceGate:
             write = (flags & os.O_ACCMODE) != os.O_RDONLY or bool(flags & os.O_TRUNC)
         if kind == "persistence" and not write:
             return ALLOW                      # reading a profile or a crontab harms nothing
+        if kind == "log" and (not write or (flags is not None and flags & os.O_APPEND
+                                            and not flags & os.O_TRUNC)):
+            return ALLOW                      # reading or appending to a log is its use
         reasons = val.reasons & ~abi.PROV_ADMIN_TTY
         exempt = bool(val.reasons & abi.PROV_ADMIN_TTY) and not reasons & ~abi.PROV_LOCAL_MASK
         exe = exe_key(tid)
         trusted = self.trusted(exe) if self.trusted is not None else None
         op = "open-write" if write else "open-read"
-        prevented = (f"{'write to persistence object' if kind == 'persistence' else 'read of credential store'} "
-                     f"{path}")
+        prevented = f"{_PREVENTED[kind]} {path}"
         d = GateDecision(tid, tgid, kind, op, path, ev.key, tuple(reason_names(reasons)),
                          "audit" if exempt else "deny", prevented, trusted)
         if exempt or self.dry_run:
@@ -353,14 +433,14 @@ class ProvenanceGate:
     def finding(self, d: GateDecision) -> Finding:
         """A refusal (or an admin session's allowed act) as a finding: action ``deny``
         (taken in the kernel's answer) or ``audit``, what was prevented, the reasons."""
-        what = "Persistence write" if d.kind != "credential" else "Credential-store read"
+        what = _WHAT[d.kind]
         verb = "refused" if d.action == "deny" else "allowed (administrator's interactive session)"
         dry = d.action == "deny" and d.event is not None and not d.event.enforced
         if dry:
             verb = "would be refused (dry run: allowed)"
         return Finding(
             rule=GATE_RULE, severity="critical" if d.action == "deny" else "high", dry_run=dry,
-            attack=("T1003.008",) if d.kind == "credential" else ("T1546", "T1053", "T1543"),
+            attack=_ATTACK[d.kind],
             action="would-deny" if dry else d.action, event=d.event, pid=d.tgid,
             title=f"{what} {verb}: {d.path} [untrusted provenance: {', '.join(d.reasons)}]",
             evidence={"prevented": d.prevented, "provenance": list(d.reasons),
@@ -370,7 +450,8 @@ class ProvenanceGate:
     def stats(self) -> dict[str, int | float]:
         out = self.listener.stats()
         out.update(denies=self.denies, dry_runs=self.dry_runs, audits=self.audits, dropped=self.dropped,
-                   marks=len(self._state.kinds) if self._state is not None else 0,
+                   marks=len(self._marks), marks_added=self.marks_added,
+                   marks_removed=self.marks_removed,
                    over_budget=len(self.over_budget),
                    prov_errors=self.prov.errors())
         return out
@@ -398,8 +479,19 @@ class AgentGate:
                  objects: Callable[[], list[GateObject]] = default_objects,
                  tmp_dirs: Sequence[str] = TMP_DIRS,
                  interpreters: Callable[[], list[tuple[str, str]]] = default_interpreters,
-                 dry_run: bool = False) -> None:
+                 dry_run: bool = False, refresh_s: float = REFRESH_S) -> None:
+        """``refresh_s``: how often :meth:`tick` marks the objects again (objects made
+        since the last pass: a new ``~/.ssh``, a ``foo.service.d/``); 0 = never."""
+        if refresh_s < 0:
+            raise ConfigError(f"provenance gate refresh interval must be >= 0, not {refresh_s}",
+                              location=Location("provgate.refresh_s"))
         self.dry_run = dry_run
+        self.refresh_s = refresh_s
+        self._next_refresh = 0.0
+        # the last pass: (wall time, marked inodes, seconds it took, error or "")
+        self.last_refresh: tuple[float, int, float, str] | None = None
+        self.refreshes = 0
+        self.refresh_failures = 0
         self._maps = maps
         self._on_map = on_map
         self._objects = objects
@@ -432,8 +524,54 @@ class AgentGate:
             gate.close()
             raise
         self.gate = gate
+        self._next_refresh = time.monotonic() + self.refresh_s
         if self._on_map is not None:
             self._on_map(prov)
+
+    def tick(self, now: float) -> Finding | None:
+        """The agent's tick (``now``: ``time.monotonic()``): mark the objects again once
+        ``refresh_s`` has passed since the last pass (:meth:`refresh`)."""
+        if self.gate is None or not self.refresh_s or now < self._next_refresh:
+            return None
+        self._next_refresh = now + self.refresh_s
+        return self.refresh()
+
+    def refresh(self) -> Finding | None:
+        """Mark the objects again: one made since the last pass (a new ``~/.ssh`` or home,
+        a ``/etc/cron.d`` entry, a ``foo.service.d/``) is marked, one gone is unmarked;
+        only the changes are written, new marks before old ones go.  A pass that fails
+        keeps every mark (nothing is removed first) and is returned as a high finding."""
+        gate = self.gate
+        if gate is None:
+            return None
+        t0 = time.monotonic()
+        try:
+            unmarked = gate.apply(self._objects())
+        except (BastionError, OSError) as exc:
+            self.refresh_failures += 1
+            self.last_refresh = (time.time(), gate.marked(), time.monotonic() - t0, str(exc))
+            log.warning("provenance gate: objects not marked again: %s", exc)
+            return Finding(
+                rule=REFRESH_RULE, severity="high", attack=("T1562.001",), action="alert",
+                event=None, pid=os.getpid(),
+                title=f"Provenance gate objects not marked again ({exc}); the previous "
+                      f"{gate.marked()} marks stay, objects made since are not refused",
+                evidence={"error": str(exc), "marks": gate.marked()})
+        self.unmarked = unmarked
+        self.refreshes += 1
+        self.last_refresh = (time.time(), gate.marked(), time.monotonic() - t0, "")
+        return None
+
+    def refresh_state(self) -> str:
+        """The status line's part on the passes: '' before the first one."""
+        last = self.last_refresh
+        if last is None:
+            return ""
+        when, marks, took, err = last
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
+        if err:
+            return f"last re-mark {at} FAILED ({err}): the previous {marks} marks kept"
+        return f"last re-mark {at}: {marks} inodes marked in {took * 1e3:.0f} ms"
 
     def over_budget(self) -> list[str]:
         """The must-stop trees marked only in part (too many directories)."""
@@ -455,7 +593,11 @@ class AgentGate:
         return self.gate.finding(d) if d is not None and self.gate is not None else None
 
     def stats(self) -> dict[str, int | float]:
-        return self.gate.stats() if self.gate is not None else {}
+        if self.gate is None:
+            return {}
+        out = self.gate.stats()
+        out.update(refreshes=self.refreshes, refresh_failures=self.refresh_failures)
+        return out
 
     def overflow(self) -> tuple[int, int]:
         """(``prov`` entries the kernel could not make, failed ``prov_lost`` updates) so
@@ -502,5 +644,5 @@ class AgentGate:
             self.gate = None
 
 
-__all__ = ["AgentGate", "GATE_RULE", "OVERFLOW_RULE", "DEFAULT_CREDENTIAL", "DEFAULT_PERSISTENCE", "GateDecision", "GateObject", "Kind",
+__all__ = ["AgentGate", "GATE_RULE", "OVERFLOW_RULE", "REFRESH_RULE", "REFRESH_S", "DEFAULT_CREDENTIAL", "DEFAULT_PERSISTENCE", "GateDecision", "GateObject", "Kind",
            "ProvenanceGate", "default_objects"]

@@ -1,0 +1,204 @@
+"""Compat-tier parity of the provenance gate (s16-gate, issue 15).
+
+1. The fanotify gate is marked again on the agent's tick: a must-stop object made
+   after the start (a new ``~/.ssh`` in a home, a new home, a ``foo.service.d/``
+   drop-in, a ``cron.d`` made later) is refused to an untrusted tree once a pass ran;
+   before it the act went through (fanotify marks inodes: a grandchild of a marked
+   directory raises no event).
+2. Logs on compat: an overwriting open of a log (for writing without ``O_APPEND``, or
+   with ``O_TRUNC``) by an untrusted tree is refused; appending and reading are not.
+
+Scope: the objects are the default must-stop list laid out under the test's own root
+(:func:`default_objects` with ``root``): every mark is on the test's inodes; the
+provenance map's "temp dir" is the test's ``drop``; the gate acts in the test cgroup
+only, with a dead-man deadline."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from bastion.enforce.muststop import GateObject, default_objects
+from bastion.enforce.provgate import REFRESH_RULE, AgentGate
+from bastion.detect.engine import Finding
+from bastion.sensors.bpf import BpfSensor
+from support.cg import run_in, scoped_cgroup
+
+DEADLINE_S = 90.0
+TIMEOUT = 20
+TICK_S = 0.3
+
+
+class Env:
+    def __init__(self, root: Path, cg: Path, part: AgentGate) -> None:
+        self.root, self.cg, self.part = root, cg, part
+        self.drop = root / "drop"
+        self.findings: list[Finding] = []
+
+    def tainted(self, body: str) -> subprocess.CompletedProcess[str]:
+        """``body`` run by a script dropped in the temp dir (untrusted: tmp-script)."""
+        p = self.drop / f"s{time.monotonic_ns()}.sh"
+        p.write_text(body)
+        return run_in(self.cg, ["/bin/sh", str(p)], timeout=TIMEOUT)
+
+    def clean(self, body: str) -> subprocess.CompletedProcess[str]:
+        return run_in(self.cg, ["/bin/sh", "-c", body], timeout=TIMEOUT)
+
+    def wait_tick(self) -> None:
+        """Drive the agent's tick until the gate made a pass (as the agent's loop does)."""
+        n = self.part.refreshes + self.part.refresh_failures
+        end = time.monotonic() + 10 * TICK_S + 5
+        while self.part.refreshes + self.part.refresh_failures == n:
+            assert time.monotonic() < end, "no re-mark pass within the interval"
+            f = self.part.tick(time.monotonic())
+            self.findings += [f] if f is not None else []
+            time.sleep(TICK_S / 5)
+
+
+def _layout(root: Path) -> None:
+    for d in ("drop", "etc/systemd/system", "home/bob", "root", "var/log/app"):
+        (root / d).mkdir(parents=True)
+    (root / "home/bob/.bashrc").write_text("# profile\n")
+    (root / "etc/systemd/system/web.service").write_text("[Service]\n")
+    (root / "var/log/app/app.log").write_text("line 1\n")
+    (root / "var/log/syslog").write_text("boot\n")
+    (root / "root/.bash_history").write_text("ls\n")
+    (root / "home/bob/.bash_history").write_text("pwd\n")
+
+
+@pytest.fixture
+def env() -> Iterator[Env]:
+    root = Path(tempfile.mkdtemp(prefix="bgate-"))
+    try:
+        _layout(root)
+        with scoped_cgroup() as (cg, cgid):
+            sensor = BpfSensor(cgroup_id=cgid, classes=("exec",), ring_bytes=1 << 20)
+            sensor.open()
+            try:
+                part = AgentGate(sensor.provenance, self_tgid=os.getpid(),
+                                 deadline_s=DEADLINE_S, scope_cgroup_id=cgid,
+                                 objects=lambda: default_objects(str(root)),
+                                 tmp_dirs=[str(root / "drop")], refresh_s=TICK_S)
+                try:
+                    part.open()
+                    assert part.unmarked == []
+                    yield Env(root, cg, part)
+                finally:
+                    part.close()
+            finally:
+                sensor.close()
+    finally:
+        shutil.rmtree(root)
+
+
+def _appended(r: subprocess.CompletedProcess[str]) -> bool:
+    return r.returncode == 0 and "Operation not permitted" not in r.stderr
+
+
+def test_objects_made_after_the_start_are_refused_after_the_next_tick(env: Env) -> None:
+    root = env.root
+    assert env.part.tick(time.monotonic()) is None and env.part.refreshes == 0  # not due yet
+    # made after the gate started: none of these inodes is marked
+    keys_bob = root / "home/bob/.ssh/authorized_keys"       # a new ~/.ssh in a home
+    keys_new = root / "home/carol/.ssh/authorized_keys"     # a new home
+    dropin = root / "etc/systemd/system/web.service.d/override.conf"   # systemctl edit
+    cron = root / "etc/cron.d/job"                          # a cron.d made later
+    for p in (keys_bob, keys_new, dropin, cron):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("orig\n")
+    targets = (keys_bob, keys_new, dropin, cron)
+    # before a pass: the untrusted tree's write goes through (the attack of the row)
+    for p in targets:
+        r = env.tainted(f"echo before >> {p}\n")
+        assert _appended(r), (p, r.stderr)
+        assert p.read_text() == "orig\nbefore\n"
+    env.wait_tick()
+    assert env.findings == [] and env.part.last_refresh is not None
+    assert env.part.last_refresh[3] == "" and "last re-mark" in env.part.refresh_state()
+    for p in targets:
+        r = env.tainted(f"echo after >> {p}\n")
+        assert r.returncode != 0 and "Operation not permitted" in r.stderr, (p, r.stderr)
+        assert p.read_text() == "orig\nbefore\n"
+    # the credential kind: reading the new authorized_keys is refused too
+    r = env.tainted(f"cat {keys_new}\n")
+    assert r.returncode != 0 and "orig" not in r.stdout
+    # a clean tree (the administrator) is not looked at
+    r = env.clean(f"echo admin >> {dropin}")
+    assert r.returncode == 0 and dropin.read_text() == "orig\nbefore\nadmin\n"
+
+
+def test_a_pass_writes_only_the_changes_and_drops_what_is_gone(env: Env) -> None:
+    gate = env.part.gate
+    assert gate is not None
+    n0, added0 = gate.marked(), gate.marks_added
+    env.wait_tick()                                   # nothing changed: nothing written
+    assert gate.marked() == n0 and gate.marks_added == added0 and gate.marks_removed == 0
+    ssh = env.root / "home/bob/.ssh"
+    ssh.mkdir()
+    env.wait_tick()
+    assert gate.marked() == n0 + 1 and gate.marks_added == added0 + 1
+    ssh.rmdir()
+    env.wait_tick()
+    assert gate.marked() == n0 and gate.marks_removed == 1
+    # the refusal of the objects that stayed is unchanged
+    r = env.tainted(f"echo x >> {env.root}/home/bob/.bashrc\n")
+    assert r.returncode != 0 and "Operation not permitted" in r.stderr
+
+
+def test_a_failed_pass_keeps_every_mark_and_raises_a_high_alert(env: Env) -> None:
+    gate = env.part.gate
+    assert gate is not None
+    n0 = gate.marked()
+    bashrc = env.root / "home/bob/.bashrc"
+    good = env.part._objects
+
+    def broken() -> list[GateObject]:
+        # an object the pass refuses (a profile directory that is a file): the pass fails
+        return good() + [GateObject(str(bashrc), "profile-dir")]
+    env.part._objects = broken
+    (env.root / "home/bob/.ssh").mkdir()
+    env.wait_tick()
+    (f,) = env.findings
+    assert f.rule == REFRESH_RULE and f.severity == "high"
+    assert env.part.refresh_failures == 1 and "FAILED" in env.part.refresh_state()
+    assert gate.marked() == n0
+    r = env.tainted(f"echo x >> {bashrc}\n")
+    assert r.returncode != 0 and "Operation not permitted" in r.stderr
+    assert bashrc.read_text() == "# profile\n"
+    env.part._objects = good
+    env.wait_tick()
+    assert env.part.refreshes == 1 and gate.marked() == n0 + 1
+
+
+def test_an_overwriting_open_of_a_log_is_refused_appending_is_not(env: Env) -> None:
+    logs = [env.root / "var/log/app/app.log", env.root / "var/log/syslog",
+            env.root / "root/.bash_history", env.root / "home/bob/.bash_history"]
+    before = {p: p.read_text() for p in logs}
+    for p in logs:
+        for act in (f"echo wiped > {p}", f": > {p}",
+                    f"python3 -c \"open('{p}', 'r+').write('X')\""):
+            r = env.tainted(act + "\n")
+            assert r.returncode != 0 and "Operation not permitted" in r.stderr, (act, r.stderr)
+            assert p.read_text() == before[p], act
+        r = env.tainted(f"echo appended >> {p}\ncat {p}\n")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == before[p] + "appended\n"
+    # a new log file made in a log directory without O_APPEND: refused at its open
+    r = env.tainted(f"echo x > {env.root}/var/log/app/new.log\n")
+    assert r.returncode != 0 and "Operation not permitted" in r.stderr
+    # logrotate-like truncation by a clean tree: allowed
+    r = env.clean(f": > {logs[0]}")
+    assert r.returncode == 0 and logs[0].read_text() == ""
+    evs = env.part.gate.decisions(0.5) if env.part.gate is not None else []
+    assert evs and all(d.kind == "log" and d.action == "deny" for d in evs)
+    f = env.part.gate.finding(evs[0]) if env.part.gate is not None else None
+    assert f is not None and f.severity == "critical" and "T1070.002" in f.attack
+    assert f.title.startswith("Log overwrite refused")
+
