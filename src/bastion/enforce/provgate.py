@@ -12,6 +12,12 @@ the directories and their subdirectories; never a mount or a filesystem):
   unknown flags count as a write: fail closed) is refused;
 * ``credential`` objects (/etc/shadow and gshadow, private keys, cloud and kube
   credentials): *any* open is refused;
+* ``log`` objects (/var/log, shell histories): an open for writing without
+  ``O_APPEND``, or with ``O_TRUNC``, is refused (appending and reading are a log's
+  use; truncate(2), unlink and rename raise no fanotify event: not refused here);
+
+marked again on the agent's tick (:meth:`AgentGate.tick`: objects made since the
+start, incrementally, a failed pass keeping every mark),
 
 when the opener's process has untrusted provenance in the kernel's ``prov`` map
 (:class:`ProvenanceMap`; ``bpf/lib/prov.h``): one map lookup by tgid, no /proc
