@@ -260,6 +260,32 @@ static __always_inline int unlink_ev(int dfd, const char *upath)
 	return 0;
 }
 
+/* truncate(2) and ftruncate(2) (s16-gate): fanotify refuses no truncate on this tier;
+ * the log-clearing rule stops an untrusted tree after it.  A truncate by path is rare:
+ * every one; ftruncate is common (databases): only an untrusted tree's (prov_actor). */
+SEC("tracepoint/syscalls/sys_enter_truncate")
+int on_truncate(void *ctx)
+{
+	struct bastion_file_event *e = file_path_event(BASTION_FILE_TRUNCATE, AT_FDCWD_,
+							(const char *)ARG(ctx, 0));
+
+	if (e)
+		file_submit(e);
+	return 0;
+}
+SEC("tracepoint/syscalls/sys_enter_ftruncate")
+int on_ftruncate(void *ctx)
+{
+	struct bastion_file_event *e;
+
+	if (!prov_actor())
+		return 0;
+	e = file_fd_event(BASTION_FILE_TRUNCATE, ARG(ctx, 0));
+	if (e)
+		file_submit(e);
+	return 0;
+}
+
 SEC("tracepoint/syscalls/sys_enter_unlinkat")
 int on_unlinkat(void *ctx) { return unlink_ev(ARG(ctx, 0), (const char *)ARG(ctx, 1)); }
 SEC("tracepoint/syscalls/sys_enter_unlink")

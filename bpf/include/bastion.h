@@ -76,6 +76,8 @@ enum bastion_file_op {
 	BASTION_FILE_CHMOD = 4,
 	BASTION_FILE_CHOWN = 5,
 	BASTION_FILE_LINK = 6,   /* a hard link: path = the file, path2 = the new name */
+	BASTION_FILE_TRUNCATE = 7, /* compat: truncate(2) (path as passed), ftruncate(2) of an
+				    * untrusted tree's descriptor (path, dev, ino of its file) */
 };
 
 enum bastion_net_op {

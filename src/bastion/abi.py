@@ -73,6 +73,7 @@ class FileOp(enum.IntEnum):
     CHMOD = 4
     CHOWN = 5
     LINK = 6
+    TRUNCATE = 7   # compat: truncate(2), an untrusted tree's ftruncate(2)
 
 
 class NetOp(enum.IntEnum):

@@ -420,9 +420,9 @@ class Agent:
                 + (f", {self.provgate.refresh_state()}" if self.provgate.refresh_state() else "")
                 + ")" + (f"; the in-hook gate {why}" if why else "")
                 + "; NOT refused on this tier for untrusted trees: creates, renames, "
-                "unlinks, truncate(2)/ftruncate of logs, security-tool kills, rewrites through "
-                "an open file (fcntl clearing O_APPEND, shared writable mmap, fallocate, "
-                "chattr), renames of and mounts on the directories above objects, objects "
+                "unlinks, truncate(2)/ftruncate of logs (the tree killed after), "
+                "security-tool kills, rewrites through an open file (fcntl clearing "
+                "O_APPEND, shared writable mmap, fallocate, chattr), renames of and mounts on the directories above objects, objects "
                 "made since the last pass (a file in a new subdirectory of a marked tree)"}
         else:
             out["provenance gate"] = {"on": False, "detail": self._why_off.get(

@@ -203,3 +203,68 @@ def test_an_overwriting_open_of_a_log_is_refused_appending_is_not(env: Env) -> N
     assert f is not None and f.severity == "critical" and "T1070.002" in f.attack
     assert f.title.startswith("Log overwrite refused")
 
+
+
+@pytest.mark.parametrize("how", ["truncate", "ftruncate"])
+def test_a_log_truncated_by_an_untrusted_tree_kills_the_tree(how: str) -> None:
+    """Acts fanotify cannot refuse: ``truncate(2)`` by path, and ``ftruncate(2)`` through a
+    descriptor opened ``O_APPEND`` (an open the gate allows).  The compat sensor reports
+    them (``truncate``), the log-clearing rule stops the untrusted tree (critical,
+    kill-tree).  Before: the sensor traced no truncate, nothing was reported and the tree
+    lived.  The log is a file the test makes in /var/log (the rule's place) and removes."""
+    import signal
+    import sys
+
+    from bastion.detect.behavior import behavior_rules
+    from bastion.detect.engine import Engine, RuleContext
+    from bastion.proctable import ProcessTable
+    from bastion.respond.dispatch import Dispatcher
+    from bastion.sensors.provenance import default_interpreters
+
+    root = Path(tempfile.mkdtemp(prefix="bgate-"))
+    log_fd, log_name = tempfile.mkstemp(prefix="bastion-test-", suffix=".log", dir="/var/log")
+    os.write(log_fd, b"evidence\n")
+    os.close(log_fd)
+    logp = Path(log_name)
+    act = (f"os.truncate({log_name!r}, 0)" if how == "truncate"
+           else f"f = open({log_name!r}, 'a'); f.truncate(0)")
+    try:
+        (root / "drop").mkdir()
+        script = root / "drop" / "wipe.sh"
+        script.write_text(f"{sys.executable} -c \"import os, time; {act}; time.sleep(20)\"\n")
+        with scoped_cgroup() as (cg, cgid):
+            sensor = BpfSensor(cgroup_id=cgid)
+            sensor.open()
+            p = None
+            try:
+                prov = sensor.provenance()
+                prov.set_dirs([str(root / "drop")])
+                prov.set_interpreters(default_interpreters())
+                procs, engine = ProcessTable(), Engine(behavior_rules())
+                ctx, disp = RuleContext(procs), Dispatcher(procs)
+                p = subprocess.Popen(["/bin/sh", "-c", f"echo $$ > {cg}/cgroup.procs && "
+                                      f"exec /bin/sh {script}"], stderr=subprocess.PIPE)
+                alerts: list[dict[str, object]] = []
+                end = time.monotonic() + 15
+                while time.monotonic() < end and not alerts:
+                    for ev in sensor.poll(0.01) or []:
+                        procs.update(ev)
+                        ev = procs.enrich(ev)
+                        for f in engine.evaluate(ev, ctx):
+                            if f.rule == "behavior.log_clearing":
+                                alerts.append(disp.dispatch(f, time.time_ns()).to_json())
+                assert alerts, "no log-clearing finding for the truncate"
+                a = alerts[0]
+                assert a["action"] == "kill-tree" and a["severity"] == "critical", a
+                assert f"Log truncated: {log_name}" in str(a["title"])
+                assert p.wait(5) == -signal.SIGKILL
+                assert not engine.errors
+            finally:
+                if p is not None and p.poll() is None:
+                    p.kill()
+                if p is not None:
+                    p.wait()
+                sensor.close()
+    finally:
+        logp.unlink(missing_ok=True)
+        shutil.rmtree(root)

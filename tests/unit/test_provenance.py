@@ -260,3 +260,23 @@ def test_script_of_busybox_reads_past_the_applet() -> None:
     assert script_of(ex(1, bb, 0, ("busybox",), cwd="/tmp/w")) is None
     assert script_of(ex(1, bb, 0, ("sh", "/tmp/y.sh"), cwd="/")) == "/tmp/y.sh"
     assert script_of(ex(1, bb, 0, ("/bin/ls", "/tmp/z"), cwd="/")) is None
+
+
+def test_a_log_truncated_by_a_tmp_script_is_a_kill_tree_of_the_script() -> None:
+    """s16-gate: truncate(2) / an untrusted ftruncate(2) of a log (the compat sensor's
+    ``truncate`` record; fanotify refuses no truncate) stops the tree; the same from an
+    ordinary shell is alerted only."""
+    def trunc(pid: int, exe: str, t: float, path: str, ppid: int = 1) -> FileEvent:
+        return FileEvent(T0 + int(t * NS), proc(pid, exe, ppid), op="truncate", path=path)
+    py = "/usr/bin/python3.11"
+    got = run([ex(10, SH, 0, ("/bin/sh", "/tmp/x/wipe.sh"), cwd="/tmp/x"),
+               ex(11, py, 1, ("python3", "-c", "..."), ppid=10),
+               trunc(11, py, 1.1, "/var/log/auth.log", ppid=10)])
+    f = [x for x in got if x.rule == "behavior.log_clearing"][0]
+    assert (f.severity, f.action, f.pid) == ("critical", "kill-tree", 10)
+    assert "Log truncated: /var/log/auth.log" in f.title and f.evidence["prevented"]
+    got = run([ex(10, SH, 0, ("/bin/sh", "/root/rotate.sh")),
+               ex(11, py, 1, ("python3", "-c", "..."), ppid=10),
+               trunc(11, py, 1.1, "/var/log/auth.log", ppid=10)])
+    f = [x for x in got if x.rule == "behavior.log_clearing"][0]
+    assert (f.severity, f.action) == ("high", "alert")

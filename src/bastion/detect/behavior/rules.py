@@ -1187,7 +1187,7 @@ HISTORY_WRITERS = frozenset({"bash", "zsh", "sh", "dash", "ksh", "mksh", "fish",
 
 class LogClearing(SingleEvent):
     name = "behavior.log_clearing"
-    event_types = frozenset({"open", "unlink", "rename", "exec"})
+    event_types = frozenset({"open", "unlink", "rename", "exec", "truncate"})
     attack = ("T1070.002", "T1070.003")
     severity = "high"
     action = "alert"
@@ -1228,7 +1228,10 @@ class LogClearing(SingleEvent):
             # zsh saves its history this way (a .new file renamed over it): trusted shells
             return Hit(f"Shell history replaced by {ev.path}: {ev.path2}",
                        {"path": ev.path2, "from": ev.path, "op": ev.op}, severity="medium")
-        destructive = ev.op == "unlink" or (ev.op == "open" and bool(ev.flags & O_TRUNC)) \
+        # truncate: truncate(2) by path, an untrusted tree's ftruncate(2) (compat sensor,
+        # s16-gate): the compat gate refuses overwriting opens of logs, not these
+        destructive = ev.op in ("unlink", "truncate") \
+            or (ev.op == "open" and bool(ev.flags & O_TRUNC)) \
             or (ev.op == "rename" and ev.path2 in ("/dev/null",))
         if not destructive:
             return None
