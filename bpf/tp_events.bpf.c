@@ -286,6 +286,37 @@ int on_ftruncate(void *ctx)
 	return 0;
 }
 
+/* mount_setattr(MOUNT_ATTR_RDONLY) on a log mount and fspick + fsconfig(RECONFIGURE)
+ * stop new log writes with no LSM hook on 6.1 (s16-gate): reported at entry, the rule
+ * judges the target (a failed call is an attempt, reported too). */
+SEC("tracepoint/syscalls/sys_enter_mount_setattr")
+int on_mount_setattr(void *ctx)
+{
+	struct bastion_file_event *e = file_path_event(BASTION_FILE_MOUNT_SETATTR, ARG(ctx, 0),
+							(const char *)ARG(ctx, 1));
+	__u64 attr_set = 0;
+
+	if (!e)
+		return 0;
+	bpf_probe_read_user(&attr_set, sizeof(attr_set), (void *)ARG(ctx, 3));
+	e->mode = (__u32)attr_set;
+	e->open_flags = ARG(ctx, 2);
+	file_submit(e);
+	return 0;
+}
+SEC("tracepoint/syscalls/sys_enter_fspick")
+int on_fspick(void *ctx)
+{
+	struct bastion_file_event *e = file_path_event(BASTION_FILE_FSPICK, ARG(ctx, 0),
+							(const char *)ARG(ctx, 1));
+
+	if (!e)
+		return 0;
+	e->open_flags = ARG(ctx, 2);
+	file_submit(e);
+	return 0;
+}
+
 SEC("tracepoint/syscalls/sys_enter_unlinkat")
 int on_unlinkat(void *ctx) { return unlink_ev(ARG(ctx, 0), (const char *)ARG(ctx, 1)); }
 SEC("tracepoint/syscalls/sys_enter_unlink")

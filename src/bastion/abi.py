@@ -74,6 +74,8 @@ class FileOp(enum.IntEnum):
     CHOWN = 5
     LINK = 6
     TRUNCATE = 7   # compat: truncate(2), an untrusted tree's ftruncate(2)
+    MOUNT_SETATTR = 8   # path: the mount, mode: attr_set, flags: AT_* (at entry)
+    FSPICK = 9          # path: the mount whose superblock is picked, flags (at entry)
 
 
 class NetOp(enum.IntEnum):

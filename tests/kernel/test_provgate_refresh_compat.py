@@ -268,3 +268,63 @@ def test_a_log_truncated_by_an_untrusted_tree_kills_the_tree(how: str) -> None:
     finally:
         logp.unlink(missing_ok=True)
         shutil.rmtree(root)
+
+
+MOUNT_SETATTR_NR, FSPICK_NR = 442, 433   # x86-64
+
+
+def test_a_log_mount_made_read_only_or_picked_is_alerted_at_the_attempt() -> None:
+    """Item 3: ``mount_setattr(MOUNT_ATTR_RDONLY)`` on /var/log and ``fspick`` of it (then
+    ``fsconfig(RECONFIGURE)`` with ``ro``) stop new log writes with no LSM hook on 6.1.
+    The compat sensor reports both at syscall entry and the log-clearing rule raises a
+    high alert for a clean tree (the lsm tier's sensor, fentry on the syscall functions:
+    tests/vm/test_mount_alert_lsm.py).  Nothing is changed on this host: each call is made
+    invalid (``usize`` 0, unknown fspick flags: EINVAL) after the tracepoint saw it.  A
+    mount_setattr of the test's own directory is not alerted.  Before: no record."""
+    import sys
+
+    from bastion.detect.behavior import behavior_rules
+    from bastion.detect.engine import Engine, RuleContext
+    from bastion.proctable import ProcessTable
+
+    root = Path(tempfile.mkdtemp(prefix="bgate-"))
+    code = ("import ctypes, ctypes.util, os, sys\n"
+            "libc = ctypes.CDLL(None, use_errno=True)\n"
+            "attr = (ctypes.c_uint64 * 4)(1, 0, 0, 0)   # attr_set = MOUNT_ATTR_RDONLY\n"
+            "for path in (sys.argv[1], b'/var/log'):\n"
+            f"    r = libc.syscall({MOUNT_SETATTR_NR}, -100, path, 0, ctypes.byref(attr), 0)\n"
+            "    assert r == -1 and ctypes.get_errno() == 22, (r, ctypes.get_errno())\n"
+            f"r = libc.syscall({FSPICK_NR}, -100, b'/var/log', 0x7fff0000)\n"
+            "assert r == -1 and ctypes.get_errno() == 22, (r, ctypes.get_errno())\n")
+    try:
+        with scoped_cgroup() as (cg, cgid):
+            sensor = BpfSensor(cgroup_id=cgid)
+            sensor.open()
+            try:
+                procs, engine = ProcessTable(), Engine(behavior_rules())
+                ctx = RuleContext(procs)
+                r = run_in(cg, [sys.executable, "-c", code.replace("sys.argv[1]",
+                                                                   repr(str(root).encode()))],
+                           timeout=TIMEOUT)
+                assert r.returncode == 0, r.stderr
+                found = []
+                seen: list[tuple[str, str]] = []
+                end = time.monotonic() + 5
+                while time.monotonic() < end and len(found) < 2:
+                    for ev in sensor.poll(0.05) or []:
+                        procs.update(ev)
+                        ev = procs.enrich(ev)
+                        if ev.type in ("mount_setattr", "fspick"):
+                            seen.append((ev.type, getattr(ev, "path", "")))
+                        found += [f for f in engine.evaluate(ev, ctx)
+                                  if f.rule == "behavior.log_clearing"]
+                assert ("mount_setattr", str(root)) in seen, seen
+                assert [(f.severity, f.action, f.evidence["op"], f.evidence["path"])
+                        for f in found] == [("high", "alert", "mount_setattr", "/var/log"),
+                                            ("high", "alert", "fspick", "/var/log")]
+                assert found[0].evidence["attr_set"] == 1
+                assert not engine.errors
+            finally:
+                sensor.close()
+    finally:
+        shutil.rmtree(root)

@@ -280,3 +280,34 @@ def test_a_log_truncated_by_a_tmp_script_is_a_kill_tree_of_the_script() -> None:
                trunc(11, py, 1.1, "/var/log/auth.log", ppid=10)])
     f = [x for x in got if x.rule == "behavior.log_clearing"][0]
     assert (f.severity, f.action) == ("high", "alert")
+
+
+def test_a_log_mount_made_read_only_or_picked_to_reconfigure_is_alerted() -> None:
+    """s16-gate item 3: ``mount_setattr(MOUNT_ATTR_RDONLY)`` of a mount holding logs or
+    must-stop objects, and ``fspick`` of one, stop new log writes with no LSM hook on
+    6.1: high alert (an untrusted tree: stopped); other mounts, other attributes: none."""
+    from bastion.detect.behavior.rules import mount_holds
+
+    assert mount_holds("/", ["/var/log"]) == "/var/log"
+    assert mount_holds("/var", ["/var/log"]) == "/var/log"
+    assert mount_holds("/home/bob", ["/home/*/.ssh"]) == "/home/*/.ssh"
+    assert mount_holds("/srv/data", ["/var/log", "/home/*/.ssh"]) is None
+    assert mount_holds("/var/log/journal", ["/var/log"]) is None   # below the object
+
+    def mnt(pid: int, t: float, op: str, path: str, mode: int = 0, ppid: int = 1) -> FileEvent:
+        return FileEvent(T0 + int(t * NS), proc(pid, "/usr/bin/python3.11", ppid), op=op,
+                         path=path, mode=mode)
+    got = run([ex(10, SH, 0, ("/bin/sh", "/root/x.sh")),
+               mnt(10, 1, "mount_setattr", "/var/log", 0x1),
+               mnt(10, 2, "fspick", "/var/log"),
+               mnt(10, 3, "mount_setattr", "/var/log", 0x2),          # nosuid: not read-only
+               mnt(10, 4, "mount_setattr", "/srv/data", 0x1)])
+    fs = [x for x in got if x.rule == "behavior.log_clearing"]
+    assert [(f.severity, f.action, f.evidence["op"]) for f in fs] == [
+        ("high", "alert", "mount_setattr"), ("high", "alert", "fspick")]
+    assert "made read-only" in fs[0].title and fs[0].evidence["holds"] == "/var/log"
+    got = run([ex(10, SH, 0, ("/bin/sh", "/tmp/x/ro.sh"), cwd="/tmp/x"),
+               ex(11, "/usr/bin/python3.11", 1, ("python3", "-c", "..."), ppid=10),
+               mnt(11, 1.1, "mount_setattr", "/", 0x1, ppid=10)])
+    (f,) = [x for x in got if x.rule == "behavior.log_clearing"]
+    assert (f.severity, f.action) == ("critical", "kill-tree")

@@ -56,7 +56,8 @@ DEFAULT_MMAP_DEDUP_S: Final = 10.0
 DRAIN_BATCH: Final = 8192
 
 # Programs whose hook may be absent on an older kernel (fchmodat2 is 6.6+).
-OPTIONAL_PROGRAMS: Final = frozenset({"on_fchmodat2"})
+# mount_setattr: Linux 5.12+, fspick: 5.2+ (s16-gate)
+OPTIONAL_PROGRAMS: Final = frozenset({"on_fchmodat2", "on_mount_setattr", "on_fspick"})
 
 
 def event_mask(classes: Iterable[str]) -> int:
@@ -273,6 +274,7 @@ HOOK_OPTIONAL_PROGRAMS: Final = frozenset({
     "on_path_unlink", "on_path_rmdir", "on_path_rename", "on_path_chmod", "on_path_chown",
     "on_path_link", "on_fix_setgid", "on_accept", "on_capset",
     "on_memfd_create",   # fexit on the x86-64 syscall function: absent where BTF lacks it
+    "on_mount_setattr", "on_fspick",   # fentry on the syscall functions (s16-gate)
 })
 
 

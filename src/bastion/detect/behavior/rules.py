@@ -25,6 +25,7 @@ What the sensor can and cannot see (say it, never pretend):
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import os
 import re
@@ -32,7 +33,7 @@ import stat
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from bastion.detect.behavior.base import (
     NS, PACKAGE_MANAGERS, SHELLS, SYSTEM_DIRS, BehaviorRule, Hit, RuleSettings, SequenceRule,
@@ -1181,13 +1182,48 @@ MAIL_WRITERS = frozenset({"mutt", "neomutt", "mail", "mailx", "s-nail", "bsd-mai
                           "logrotate", *PACKAGE_MANAGERS})
 
 
+MOUNT_ATTR_RDONLY = 0x1
+
+
+def mount_holds(target: str, patterns: Iterable[str]) -> str | None:
+    """The first pattern with a path at or below the mount point ``target`` (``/``,
+    ``/var``, ``/var/log``, ``/home/bob`` for ``/home/*/.ssh``), or None."""
+    parts = [c for c in os.path.normpath(target).split("/") if c]
+    for pat in patterns:
+        pp = [c for c in pat.split("/") if c]
+        if len(pp) >= len(parts) and all(fnmatch.fnmatchcase(t, p) for t, p in zip(parts, pp)):
+            return pat
+    return None
+
+
+def _log_mount(ev: FileEvent) -> Hit | None:
+    """``mount_setattr(MOUNT_ATTR_RDONLY)`` of a mount holding a log or a must-stop object,
+    or ``fspick`` of one (the superblock picked to reconfigure: ``fsconfig`` names no
+    path): new log writes stop with no LSM hook on 6.1 (s16-gate).  By path: a bind
+    mount of the same filesystem elsewhere is not recognised."""
+    if not ev.path.startswith("/"):
+        return None
+    if ev.op == "mount_setattr" and not ev.mode & MOUNT_ATTR_RDONLY:
+        return None
+    from bastion.enforce.muststop import DEFAULT_CREDENTIAL, DEFAULT_LOG, DEFAULT_PERSISTENCE
+    held = mount_holds(ev.path, (*DEFAULT_LOG, *DEFAULT_PERSISTENCE, *DEFAULT_CREDENTIAL))
+    if held is None:
+        return None
+    what = ("made read-only (mount_setattr)" if ev.op == "mount_setattr"
+            else "picked for reconfiguring (fspick)")
+    return Hit(f"Mount holding {held} {what}: {ev.path}",
+               {"path": ev.path, "op": ev.op, "holds": held, "attr_set": ev.mode,
+                "flags": ev.flags})
+
+
 HISTORY_WRITERS = frozenset({"bash", "zsh", "sh", "dash", "ksh", "mksh", "fish", "tcsh", "csh",
                              "python3", "python", "psql", "mysql", "sqlite3"})
 
 
 class LogClearing(SingleEvent):
     name = "behavior.log_clearing"
-    event_types = frozenset({"open", "unlink", "rename", "exec", "truncate"})
+    event_types = frozenset({"open", "unlink", "rename", "exec", "truncate", "mount_setattr",
+                             "fspick"})
     attack = ("T1070.002", "T1070.003")
     severity = "high"
     action = "alert"
@@ -1222,6 +1258,8 @@ class LogClearing(SingleEvent):
             return None
         if not isinstance(ev, FileEvent):
             return None
+        if ev.op in ("mount_setattr", "fspick"):
+            return _log_mount(ev)
         if ev.op == "rename" and glob_any(ev.path2, HISTORY) and not glob_any(ev.path, HISTORY) \
                 and not self.trusted(ev, ctx, HISTORY_WRITERS, depth=1):
             # another file renamed over the history (``ln -sf /dev/null`` and ``mv`` do this);
