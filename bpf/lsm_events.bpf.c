@@ -603,9 +603,10 @@ int BPF_PROG(on_memfd_create, const struct pt_regs *regs, long ret)
 
 /* mount_setattr(MOUNT_ATTR_RDONLY) and fspick (then fsconfig RECONFIGURE) of a log
  * mount stop new log writes, with no LSM hook on 6.1 (s16-gate): reported at the
- * entry of the x86-64 syscall functions (an fentry: no syscall tracepoint), the path
- * as passed and, when relative, the directory it is relative to; the rule judges the
- * target.  Optional programs (BTF names the functions on 6.1 and 6.18). */
+ * exit of the x86-64 syscall functions (an fexit, as memfd_create: no syscall
+ * tracepoint), failed attempts too, the path as passed and, when relative, the
+ * directory it is relative to; the rule judges the target.  Optional programs (BTF
+ * names the functions on 6.1 and 6.18). */
 static __always_inline struct bastion_file_event *mount_event(__u32 op, int dfd,
 							      const char *upath)
 {
@@ -640,8 +641,8 @@ static __always_inline struct bastion_file_event *mount_event(__u32 op, int dfd,
 	return e;
 }
 
-SEC("fentry/__x64_sys_mount_setattr")
-int BPF_PROG(on_mount_setattr, const struct pt_regs *regs)
+SEC("fexit/__x64_sys_mount_setattr")
+int BPF_PROG(on_mount_setattr, const struct pt_regs *regs, long ret)
 {
 	struct bastion_file_event *e = mount_event(BASTION_FILE_MOUNT_SETATTR,
 						   (int)BPF_CORE_READ(regs, di),
@@ -657,8 +658,8 @@ int BPF_PROG(on_mount_setattr, const struct pt_regs *regs)
 	return 0;
 }
 
-SEC("fentry/__x64_sys_fspick")
-int BPF_PROG(on_fspick, const struct pt_regs *regs)
+SEC("fexit/__x64_sys_fspick")
+int BPF_PROG(on_fspick, const struct pt_regs *regs, long ret)
 {
 	struct bastion_file_event *e = mount_event(BASTION_FILE_FSPICK,
 						   (int)BPF_CORE_READ(regs, di),

@@ -277,7 +277,7 @@ def test_a_log_mount_made_read_only_or_picked_is_alerted_at_the_attempt() -> Non
     """Item 3: ``mount_setattr(MOUNT_ATTR_RDONLY)`` on /var/log and ``fspick`` of it (then
     ``fsconfig(RECONFIGURE)`` with ``ro``) stop new log writes with no LSM hook on 6.1.
     The compat sensor reports both at syscall entry and the log-clearing rule raises a
-    high alert for a clean tree (the lsm tier's sensor, fentry on the syscall functions:
+    high alert for a clean tree (the lsm tier's sensor, fexit on the syscall functions:
     tests/vm/test_mount_alert_lsm.py).  Nothing is changed on this host: each call is made
     invalid (``usize`` 0, unknown fspick flags: EINVAL) after the tracepoint saw it.  A
     mount_setattr of the test's own directory is not alerted.  Before: no record."""

@@ -1,6 +1,6 @@
 """s16-gate item 3 on the lsm tier (Debian's stock 6.1 in the test VM): the kernel-first
-sensor (lsm_events.bpf.o) reports ``mount_setattr`` and ``fspick`` at the entry of the
-x86-64 syscall functions (fentry: no LSM hook on 6.1 sees either), and the log-clearing
+sensor (lsm_events.bpf.o) reports ``mount_setattr`` and ``fspick`` at the exit of the
+x86-64 syscall functions (fexit: no LSM hook on 6.1 sees either), and the log-clearing
 rule raises a high alert when the target is a mount holding logs or must-stop objects.
 
 Nothing is changed in the guest: each call is made invalid after the entry (``usize`` 0,

@@ -274,7 +274,7 @@ HOOK_OPTIONAL_PROGRAMS: Final = frozenset({
     "on_path_unlink", "on_path_rmdir", "on_path_rename", "on_path_chmod", "on_path_chown",
     "on_path_link", "on_fix_setgid", "on_accept", "on_capset",
     "on_memfd_create",   # fexit on the x86-64 syscall function: absent where BTF lacks it
-    "on_mount_setattr", "on_fspick",   # fentry on the syscall functions (s16-gate)
+    "on_mount_setattr", "on_fspick",   # fexit on the syscall functions (s16-gate)
 })
 
 
