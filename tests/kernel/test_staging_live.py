@@ -67,3 +67,39 @@ def test_account_databases_staged_live(tmp_path: Path) -> None:
             assert not engine.errors
         finally:
             sensor.close()
+
+
+def test_program_padded_by_a_short_lived_writer_live(tmp_path: Path) -> None:
+    """``truncate -s +1`` of a copied program never run (T1027.001 with its prerequisite
+    run): the writer has exited before the rule reads the file through its root; the file
+    is read through its parent's root instead (s16-stage).  A copy replaced by cp
+    (truncating) stays silent."""
+    work = tmp_path / "w"
+    work.mkdir()
+    script = (f"cd {work}\n"
+              "cp /bin/true ./padme\n"
+              "cp /bin/true ./replaced && cp /bin/false ./replaced\n"
+              "truncate -s +1 ./padme\n"
+              "sleep 1\n")
+    with scoped_cgroup() as (cg, cgid):
+        sensor = BpfSensor(cgroup_id=cgid)
+        sensor.open()
+        try:
+            procs = ProcessTable()
+            engine = Engine(behavior_rules(probes=live_probes()))
+            ctx = RuleContext(procs)
+            proc = spawn_in(cg, ["/bin/sh", "-c", script], stdout=subprocess.DEVNULL)
+            found = []
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                for ev in sensor.poll(0.05) or []:
+                    procs.update(ev)
+                    found += engine.evaluate(procs.enrich(ev), ctx)
+                if proc.poll() is not None and time.monotonic() > deadline - 2:
+                    break
+            assert proc.wait(10) == 0
+            padded = [f.evidence["path"] for f in found if f.rule == "behavior.binary_padding"]
+            assert padded == [f"{work}/padme"], [f.title for f in found]
+            assert not engine.errors
+        finally:
+            sensor.close()

@@ -221,3 +221,37 @@ def test_package_and_backup_trees_by_inode(tmp_path: Path) -> None:
     r.exec(401, 400, "/usr/bin/cp", ["cp", "/etc/passwd", "/tmp/pw.save"], ino=7003)
     got = of(r.run(tmp_path), "account_staging")
     assert [f.pid for f in got] == [401]
+
+
+def test_padding_read_through_the_parent_when_the_writer_is_gone(tmp_path: Path) -> None:
+    """``truncate -s +1 prog`` exits before the rule reads ``prog`` through its root: the
+    parent's root answers (s16-stage); a file created by the open (O_EXCL: ``cp``'s new
+    copy) is never padding, whoever answers."""
+    from bastion.detect.behavior import Probes
+    asked: list[int] = []
+
+    def elf(pid: int, path: str) -> bool | None:
+        asked.append(pid)
+        return None if pid != 100 else True          # only the script (pid 100) is alive
+
+    r = Rec().exec(200, 100, "/usr/bin/cp", ["cp", "/bin/true", "/tmp/p"])
+    r.lines.append({"type": "open", **r._hdr(200), "path": "/tmp/p", "path2": "",
+                    "flags": 0o301, "mode": 0o755, "owner_uid": -1, "owner_gid": -1,
+                    "dev": 1, "ino": 8})                      # O_WRONLY|O_CREAT|O_EXCL
+    r.exec(201, 100, "/usr/bin/truncate", ["truncate", "-s", "+1", "/tmp/p"])
+    r.lines.append({"type": "open", **r._hdr(201), "path": "/tmp/p", "path2": "",
+                    "flags": 0o4101, "mode": 0o666, "owner_uid": -1, "owner_gid": -1,
+                    "dev": 1, "ino": 8})                      # O_WRONLY|O_CREAT|O_NONBLOCK
+    p = tmp_path / "rec.jsonl"
+    p.write_text("".join(json.dumps(x) + "\n" for x in r.lines))
+    procs, trust = ProcessTable(), RecordedTrust()
+    engine = Engine(behavior_rules(probes=Probes(elf_exec=elf), trust=trust))
+    ctx = RuleContext(procs)
+    found: list[Finding] = []
+    for ev in read_all(p):
+        trust.learn(ev)
+        procs.update(ev)
+        found += engine.evaluate(ev, ctx)
+    got = of(found, "binary_padding")
+    assert [(f.event.proc.pid, f.evidence["path"]) for f in got] == [(201, "/tmp/p")]
+    assert asked == [201, 100]

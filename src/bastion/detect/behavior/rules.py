@@ -2294,6 +2294,7 @@ BINARY_WRITERS = frozenset({
     "cargo", "make", "cmake", "ninja", "dh_strip", "debugedit", "prelink", "ldconfig",
     *PACKAGE_MANAGERS})
 O_APPEND = 0o2000
+O_EXCL = 0o200
 
 
 class BinaryPadding(BehaviorRule):
@@ -2330,15 +2331,20 @@ class BinaryPadding(BehaviorRule):
                 self._exes.pop(ev.path)
                 self._exes.put(ev.path2, now, now)
             return []
-        if not write_intent(ev) or ev.flags & O_TRUNC or not (ev.flags & O_ACCMODE):
-            return []
+        if not write_intent(ev) or ev.flags & (O_TRUNC | O_EXCL) or not (ev.flags & O_ACCMODE):
+            return []      # O_EXCL: a file created by this open (cp's new copy), not padded
         path = ev.path
         known = self._exes.get(path, now) is not None
         if not known:
             if self.probes.elf_exec is None or not path.startswith("/") or \
                     under(path, ("/proc", "/sys", "/dev", "/var/log", "/run/log")):
                 return []
-            if not self.probes.elf_exec(ev.proc.pid, path):
+            got = self.probes.elf_exec(ev.proc.pid, path)
+            if got is None and ev.proc.ppid > 1:
+                # the writer exited before the look-up (``truncate -s +1``): the file as
+                # its parent's root shows it (s16-stage)
+                got = self.probes.elf_exec(ev.proc.ppid, path)
+            if not got:
                 return []
         if self.trusted(ev, ctx, BINARY_WRITERS, depth=3):
             return []
