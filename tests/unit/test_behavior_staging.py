@@ -27,7 +27,7 @@ class Rec:
         self.lines: list[dict[str, Any]] = []
         self.procs: dict[int, tuple[int, str]] = {}
         self.exec(1, 0, "/sbin/init", ["/sbin/init"])
-        self.exec(100, 1, "/usr/bin/bash", ["bash", "/tmp/x.sh"])
+        self.exec(100, 1, "/usr/bin/bash", ["-bash"])
 
     def _hdr(self, pid: int) -> dict[str, Any]:
         self.n += 1
@@ -255,3 +255,33 @@ def test_padding_read_through_the_parent_when_the_writer_is_gone(tmp_path: Path)
     got = of(found, "binary_padding")
     assert [(f.event.proc.pid, f.evidence["path"]) for f in got] == [(201, "/tmp/p")]
     assert asked == [201, 100]
+
+
+def test_discovery_of_an_ordinary_script_needs_four(tmp_path: Path) -> None:
+    """An installer in /opt asking three facts stays silent, four raise the burst; the
+    same three facts from a script in /var/tmp raise at the second (untrusted tree)."""
+    r = Rec().exec(300, 100, "/usr/bin/bash", ["bash", "/opt/app/install.sh"])
+    for pid, argv in ((301, ["uname", "-m"]), (302, ["id", "-u"]), (303, ["hostname"])):
+        r.exec(pid, 300, f"/usr/bin/{argv[0]}", argv)
+    r.exec(400, 100, "/usr/bin/bash", ["bash", "/opt/app/survey.sh"])
+    for pid, argv in ((401, ["uname", "-m"]), (402, ["id", "-u"]), (403, ["hostname"]),
+                      (404, ["ps", "-e"])):
+        r.exec(pid, 400, f"/usr/bin/{argv[0]}", argv)
+    r.exec(500, 100, "/usr/bin/bash", ["bash", "/var/tmp/s.sh"])
+    for pid, argv in ((501, ["uname", "-m"]), (502, ["id", "-u"]), (503, ["hostname"])):
+        r.exec(pid, 500, f"/usr/bin/{argv[0]}", argv)
+    got = of(r.run(tmp_path), "discovery_burst")
+    assert [(f.pid, len(f.evidence["facts"]), "provenance" in f.evidence) for f in got] == [
+        (400, 4, False), (500, 2, True)], [f.title for f in got]
+
+
+def test_discovery_of_a_dropped_binary_counts_its_tree(tmp_path: Path) -> None:
+    """A binary dropped in /dev/shm running ``system("id")`` and ``system("uname -a")``:
+    two ``sh -c`` scripts, one untrusted tree (the binary) -> one medium on the binary."""
+    r = Rec().exec(600, 100, "/dev/shm/.x", ["/dev/shm/.x"])
+    r.exec(601, 600, "/usr/bin/dash", ["sh", "-c", "id"])
+    r.exec(601, 600, "/usr/bin/id", ["id"])
+    r.exec(602, 600, "/usr/bin/dash", ["sh", "-c", "uname -a"])
+    r.exec(602, 600, "/usr/bin/uname", ["uname", "-a"])
+    got = of(r.run(tmp_path), "discovery_burst")
+    assert [(f.pid, f.evidence["facts"]) for f in got] == [(600, ["id", "uname"])]

@@ -2226,7 +2226,14 @@ class DiscoveryBurst(BehaviorRule):
     children of one script (a shell or interpreter running a file or ``-c`` code, forked
     subshells of command substitutions and pipelines folded into it) within a minute.
     A single command, and whatever an administrator types at a prompt (the children of
-    an interactive shell), stay silent; package managers' maintainer scripts are trusted."""
+    an interactive shell), stay silent; package managers' maintainer scripts are trusted.
+
+    From a tree of untrusted provenance (:mod:`.provenance`: a script or binary in a
+    temp dir, one that came from the network, a network service's tree, a decoded
+    payload; an administrator at a terminal running a temp-dir script excepted), two
+    different facts are enough, counted per tree (the process that gained the reason:
+    a dropped binary's ``system("id")`` and ``system("uname -a")`` are two scripts of
+    one tree) (s16-stage: measured on the benign corpus, ``docs/detection.md``)."""
 
     name = "behavior.discovery_burst"
     event_types = frozenset({"exec"})
@@ -2234,6 +2241,7 @@ class DiscoveryBurst(BehaviorRule):
     severity = "medium"
     action = "alert"
     count = 4
+    untrusted_count = 2
     window_ns = 60 * NS
 
     def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None) -> None:
@@ -2259,9 +2267,18 @@ class DiscoveryBurst(BehaviorRule):
         fact = discovery_fact(ev)
         if fact is None:
             return []
-        top = self.script_of_tree(ev, ctx)
-        if top is None:
-            return []
+        reasons, origin = self.untrusted(ev, ctx)
+        need = self.count
+        top: ProcEntry | None
+        if reasons and origin is not None:
+            top = ctx.procs.get(origin[0])
+            if top is None or not top.same_process(origin[1]):
+                return []
+            need = self.untrusted_count
+        else:
+            top = self.script_of_tree(ev, ctx)
+            if top is None:
+                return []
         now = ev.time_ns
         key = (top.pid, top.start_ns)
         fired = self._fired.get(key, now)
@@ -2271,7 +2288,7 @@ class DiscoveryBurst(BehaviorRule):
         if all(f != fact for _, f in seen):
             seen.append((now, fact))
         self._facts.put(key, now, seen[-2 * self.count:])
-        if len(seen) < self.count:
+        if len(seen) < need:
             return []
         if self.trusted(ev, ctx, PACKAGE_MANAGERS, depth=8):
             return []
@@ -2279,6 +2296,12 @@ class DiscoveryBurst(BehaviorRule):
         self._facts.pop(key)
         facts = [f for _, f in seen]
         script = " ".join(top.cmdline)[:100]
+        if need < self.count:
+            why = ", ".join(sorted(reasons))
+            return [Hit(f"Host discovery from an untrusted tree ({why}): {len(facts)} different "
+                        f"facts ({', '.join(facts[:6])}) from {script}",
+                        {"facts": facts, "script": list(top.cmdline)[:8], "script_pid": top.pid,
+                         "provenance": dict(reasons)}, pid=top.pid)]
         return [Hit(f"Host discovery burst: {len(facts)} different facts asked by one script "
                     f"({', '.join(facts[:6])}) from {script}",
                     {"facts": facts, "script": list(top.cmdline)[:8], "script_pid": top.pid},
