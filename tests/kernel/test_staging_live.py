@@ -103,3 +103,33 @@ def test_program_padded_by_a_short_lived_writer_live(tmp_path: Path) -> None:
             assert not engine.errors
         finally:
             sensor.close()
+
+
+def test_two_discovery_facts_from_a_temp_dir_script_live(tmp_path: Path) -> None:
+    """A script in /tmp asking two facts (``id -un``, ``uname -a``) raises
+    behavior.discovery_burst (medium, untrusted tree); the same two facts from a ``sh -c``
+    command (an ordinary provenance) stay silent (s16-stage)."""
+    recon = tmp_path / "recon.sh"
+    recon.write_text("id -un > /dev/null\nuname -a > /dev/null\n")
+    with scoped_cgroup() as (cg, cgid):
+        sensor = BpfSensor(cgroup_id=cgid)
+        sensor.open()
+        try:
+            procs = ProcessTable()
+            engine = Engine(behavior_rules(probes=live_probes()))
+            ctx = RuleContext(procs)
+            proc = spawn_in(cg, ["/bin/sh", "-c", f"id -un > /dev/null; uname -a > /dev/null; "
+                                                  f"sh {recon}"], stdout=subprocess.DEVNULL)
+            assert proc.wait(20) == 0
+            found = []
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline:
+                for ev in sensor.poll(0.2) or []:
+                    procs.update(ev)
+                    found += engine.evaluate(procs.enrich(ev), ctx)
+            got = [f for f in found if f.rule == "behavior.discovery_burst"]
+            assert [(f.severity, f.evidence["facts"], f.evidence["script"][-1]) for f in got] == \
+                [("medium", ["id", "uname"], str(recon))], [f.title for f in found]
+            assert not engine.errors
+        finally:
+            sensor.close()
