@@ -29,7 +29,13 @@ from bastion.proctable import ProcEntry, ProcessTable
 from bastion.sensors.replay import read_all
 
 
-def variant(count: int, per: str, untrusted: bool, prov: Provenance) -> DiscoveryBurst:
+LOCAL = frozenset({"tmp-script", "tmp-binary"})
+
+
+def variant(count: int, per: str, gate: str, prov: Provenance) -> DiscoveryBurst:
+    """``gate``: "any" (every tree, the provenance path off), "untrusted" (only trees with
+    an untrusted-provenance reason), "strong" (a reason other than a temp-dir script or
+    binary: network, fileless, service, decoded payload)."""
     class V(DiscoveryBurst):
         def script_of_tree(self, ev: Event, ctx: RuleContext) -> ProcEntry | None:
             if per == "script":
@@ -38,13 +44,15 @@ def variant(count: int, per: str, untrusted: bool, prov: Provenance) -> Discover
             return chain[-1] if len(chain) > 1 else None
 
         def evaluate(self, ev: Event, ctx: RuleContext) -> list[Any]:
-            if untrusted and not prov.reasons(ev, ctx)[0]:
-                return []
+            if gate != "any":
+                reasons = set(prov.reasons(ev, ctx)[0])
+                if not reasons or (gate == "strong" and reasons <= LOCAL):
+                    return []
             return super().evaluate(ev, ctx)
 
     r = V()
-    r.count = count
-    r.prov = prov
+    r.count = r.untrusted_count = count
+    r.prov = None        # the tree key of script_of_tree; the gate is checked above
     return r
 
 
@@ -55,9 +63,10 @@ def main() -> int:
     events = read_all(args.recording)
     pack = behavior_rules()
     prov = next(r for r in pack if isinstance(r, Provenance))
-    names = [(c, per, u) for per in ("script", "tree") for u in (False, True) for c in (1, 2, 3, 4)]
+    names = [(c, per, g) for per in ("script", "tree") for g in ("any", "untrusted", "strong")
+             for c in (1, 2, 3, 4)]
     rules = {n: variant(*n, prov=prov) for n in names}
-    fired: dict[tuple[int, str, bool], list[str]] = collections.defaultdict(list)
+    fired: dict[tuple[int, str, str], list[str]] = collections.defaultdict(list)
     procs = ProcessTable()
     ctx = RuleContext(procs)
     for ev in events:
@@ -70,8 +79,8 @@ def main() -> int:
                 fired[n].append(h.title[:140])
     print(f"{len(events)} events, {sum(e.type == 'exec' for e in events)} execs")
     for n in names:
-        c, per, u = n
-        print(f"bench discovery_whatif_{per}{'_untrusted' if u else ''}_{c} {len(fired[n])} alerts")
+        c, per, g = n
+        print(f"bench discovery_whatif_{per}_{g}_{c} {len(fired[n])} alerts")
     for n in names:
         for t in fired[n][:6]:
             print(f"  {n}: {t}")

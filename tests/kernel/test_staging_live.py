@@ -105,12 +105,18 @@ def test_program_padded_by_a_short_lived_writer_live(tmp_path: Path) -> None:
             sensor.close()
 
 
-def test_two_discovery_facts_from_a_temp_dir_script_live(tmp_path: Path) -> None:
-    """A script in /tmp asking two facts (``id -un``, ``uname -a``) raises
-    behavior.discovery_burst (medium, untrusted tree); the same two facts from a ``sh -c``
-    command (an ordinary provenance) stay silent (s16-stage)."""
-    recon = tmp_path / "recon.sh"
-    recon.write_text("id -un > /dev/null\nuname -a > /dev/null\n")
+SERVICE = ("import socket, subprocess, sys\n"
+           "if sys.argv[1] == 'listen':\n"
+           "    s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(1)\n"
+           "subprocess.run(['sh', '-c', 'id -un > /dev/null'], check=True)\n"
+           "subprocess.run(['sh', '-c', 'uname -a > /dev/null'], check=True)\n")
+
+
+def test_two_discovery_facts_from_a_network_service_tree_live() -> None:
+    """A process that listens on TCP (a web service's tree) asking two facts through two
+    ``sh -c`` commands raises behavior.discovery_burst (medium, counted per service); the
+    same program without the listener stays silent (s16-stage)."""
+    import sys
     with scoped_cgroup() as (cg, cgid):
         sensor = BpfSensor(cgroup_id=cgid)
         sensor.open()
@@ -118,9 +124,10 @@ def test_two_discovery_facts_from_a_temp_dir_script_live(tmp_path: Path) -> None
             procs = ProcessTable()
             engine = Engine(behavior_rules(probes=live_probes()))
             ctx = RuleContext(procs)
-            proc = spawn_in(cg, ["/bin/sh", "-c", f"id -un > /dev/null; uname -a > /dev/null; "
-                                                  f"sh {recon}"], stdout=subprocess.DEVNULL)
-            assert proc.wait(20) == 0
+            quiet = spawn_in(cg, [sys.executable, "-c", SERVICE, "batch"], stdout=subprocess.DEVNULL)
+            assert quiet.wait(20) == 0
+            svc = spawn_in(cg, [sys.executable, "-c", SERVICE, "listen"], stdout=subprocess.DEVNULL)
+            assert svc.wait(20) == 0
             found = []
             deadline = time.monotonic() + 3
             while time.monotonic() < deadline:
@@ -128,8 +135,8 @@ def test_two_discovery_facts_from_a_temp_dir_script_live(tmp_path: Path) -> None
                     procs.update(ev)
                     found += engine.evaluate(procs.enrich(ev), ctx)
             got = [f for f in found if f.rule == "behavior.discovery_burst"]
-            assert [(f.severity, f.evidence["facts"], f.evidence["script"][-1]) for f in got] == \
-                [("medium", ["id", "uname"], str(recon))], [f.title for f in found]
+            assert [(f.severity, f.pid, f.evidence["facts"]) for f in got] == \
+                [("medium", svc.pid, ["id", "uname"])], [f.title for f in found]
             assert not engine.errors
         finally:
             sensor.close()

@@ -135,19 +135,15 @@ def test_shell_escape_through_busybox_applet() -> None:
 
 
 def test_discovery_burst_counts_facts_of_one_script() -> None:
-    """A script asking different facts its own way (id in a subshell, the account file
-    through awk, the kernel through /proc/version, ``ip -4 addr``) raises one medium
-    finding on the script; three facts, a prompt, or facts spread over minutes do not.
-    The fixture's script lives in /var/tmp (untrusted provenance): since s16-stage its
-    second fact is enough (the four-fact path of an ordinary script:
-    tests/unit/test_behavior_staging.py::test_discovery_of_an_ordinary_script_needs_four)."""
+    """A script asking four different facts its own way (id in a subshell, the account
+    file through awk, the kernel through /proc/version, ``ip -4 addr``) raises one medium
+    finding on the script; three facts, a prompt, or facts spread over minutes do not."""
     found = [f for f in replay(FIX / "discovery_burst.pos.jsonl")
              if f.rule == "behavior.discovery_burst"]
     assert len(found) == 1, [f.title for f in found]
     f = found[0]
     assert f.severity == "medium" and f.action == "alert" and f.pid == 2400
-    assert f.evidence["facts"] == ["id", "/etc/passwd"]
-    assert f.evidence["provenance"].keys() == {"tmp-script"}
+    assert f.evidence["facts"] == ["id", "/etc/passwd", "/proc/version", "ip addr"]
 
 
 def test_decoded_file_exec_follows_the_decoded_file() -> None:

@@ -39,7 +39,7 @@ from bastion.detect.behavior.base import (
     SingleEvent, Step, ThresholdRule, actor_names, base, glob_any, is_interpreter,
     is_loopback, is_public_peer, is_shell, norm_interp, package_installer, trusted_as, under,
 )
-from bastion.detect.behavior.provenance import block, script_of
+from bastion.detect.behavior.provenance import LOCAL_REASONS, block, script_of
 from bastion.detect.behavior.xmem import ExecMemory
 from bastion.detect.behavior.shellargs import parse_shell_argv
 from bastion.detect.behavior.svcctl import SERVICE_MANAGERS, command_act, firewall_act
@@ -2228,12 +2228,14 @@ class DiscoveryBurst(BehaviorRule):
     A single command, and whatever an administrator types at a prompt (the children of
     an interactive shell), stay silent; package managers' maintainer scripts are trusted.
 
-    From a tree of untrusted provenance (:mod:`.provenance`: a script or binary in a
-    temp dir, one that came from the network, a network service's tree, a decoded
-    payload; an administrator at a terminal running a temp-dir script excepted), two
-    different facts are enough, counted per tree (the process that gained the reason:
-    a dropped binary's ``system("id")`` and ``system("uname -a")`` are two scripts of
-    one tree) (s16-stage: measured on the benign corpus, ``docs/detection.md``)."""
+    From a tree of untrusted provenance other than a temp dir (:mod:`.provenance`: a
+    binary or script that came from the network, a fileless one, a network service's
+    tree, a decoded payload), two different facts are enough, counted per tree (the
+    process that gained the reason: a web shell's ``system("id")`` and ``system("uname
+    -a")`` are two scripts of one tree).  A script or binary in a temp dir alone is not
+    enough: installers run from /tmp ask the architecture and the uid (measured on the
+    benign corpus, s16-stage, ``docs/detection.md``), and ``exec_from_tmp`` alerts the
+    tree already."""
 
     name = "behavior.discovery_burst"
     event_types = frozenset({"exec"})
@@ -2267,12 +2269,18 @@ class DiscoveryBurst(BehaviorRule):
         fact = discovery_fact(ev)
         if fact is None:
             return []
-        reasons, origin = self.untrusted(ev, ctx)
+        reasons = {r: d for r, d in self.untrusted(ev, ctx)[0].items() if r not in LOCAL_REASONS}
         need = self.count
         top: ProcEntry | None
-        if reasons and origin is not None:
-            top = ctx.procs.get(origin[0])
-            if top is None or not top.same_process(origin[1]):
+        if reasons and self.prov is not None:
+            # the tree: the highest ancestor that carries such a reason itself (a
+            # service's system() calls are many scripts of one service)
+            top = None
+            for e in ctx.procs.ancestry(ev.proc.pid, 16):
+                own = self.prov.reasons_of((e.pid, e.start_ns), ev.time_ns)
+                if any(r not in LOCAL_REASONS for r in own):
+                    top = e
+            if top is None:
                 return []
             need = self.untrusted_count
         else:
