@@ -225,7 +225,7 @@ def test_package_and_backup_trees_by_inode(tmp_path: Path) -> None:
 
 def test_padding_read_through_the_parent_when_the_writer_is_gone(tmp_path: Path) -> None:
     """``truncate -s +1 prog`` exits before the rule reads ``prog`` through its root: the
-    parent's root answers (s16-stage); a file created by the open (O_EXCL: ``cp``'s new
+    nearest live ancestor's root answers (s16-stage); a file created by the open (O_EXCL: ``cp``'s new
     copy) is never padding, whoever answers."""
     from bastion.detect.behavior import Probes
     asked: list[int] = []
@@ -242,6 +242,12 @@ def test_padding_read_through_the_parent_when_the_writer_is_gone(tmp_path: Path)
     r.lines.append({"type": "open", **r._hdr(201), "path": "/tmp/p", "path2": "",
                     "flags": 0o4101, "mode": 0o666, "owner_uid": -1, "owner_gid": -1,
                     "dev": 1, "ino": 8})                      # O_WRONLY|O_CREAT|O_NONBLOCK
+    # its ``sh -c`` gone too: the nearest live ancestor (the script, 100) answers
+    r.exec(210, 100, "/usr/bin/dash", ["sh", "-c", "truncate -s +1 /tmp/p; echo"])
+    r.exec(211, 210, "/usr/bin/truncate", ["truncate", "-s", "+1", "/tmp/p"])
+    r.lines.append({"type": "open", **r._hdr(211), "path": "/tmp/p", "path2": "",
+                    "flags": 0o4101, "mode": 0o666, "owner_uid": -1, "owner_gid": -1,
+                    "dev": 1, "ino": 8})
     p = tmp_path / "rec.jsonl"
     p.write_text("".join(json.dumps(x) + "\n" for x in r.lines))
     procs, trust = ProcessTable(), RecordedTrust()
@@ -253,8 +259,9 @@ def test_padding_read_through_the_parent_when_the_writer_is_gone(tmp_path: Path)
         procs.update(ev)
         found += engine.evaluate(ev, ctx)
     got = of(found, "binary_padding")
-    assert [(f.event.proc.pid, f.evidence["path"]) for f in got] == [(201, "/tmp/p")]
-    assert asked == [201, 100]
+    assert [(f.event.proc.pid, f.evidence["path"]) for f in got] == [(201, "/tmp/p"),
+                                                                      (211, "/tmp/p")]
+    assert asked == [201, 100, 211, 210, 100]
 
 
 def test_discovery_of_an_ordinary_script_needs_four(tmp_path: Path) -> None:

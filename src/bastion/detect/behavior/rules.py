@@ -2371,10 +2371,17 @@ class BinaryPadding(BehaviorRule):
                     under(path, ("/proc", "/sys", "/dev", "/var/log", "/run/log")):
                 return []
             got = self.probes.elf_exec(ev.proc.pid, path)
-            if got is None and ev.proc.ppid > 1:
-                # the writer exited before the look-up (``truncate -s +1``): the file as
-                # its parent's root shows it (s16-stage)
-                got = self.probes.elf_exec(ev.proc.ppid, path)
+            if got is None:
+                # the writer exited before the look-up (``truncate -s +1``, its ``sh -c``
+                # too): the file as its nearest live ancestor's root shows it (s16-stage)
+                chain = ctx.procs.ancestry(ev.proc.pid, 5)[1:] or \
+                    ([p] if (p := ctx.procs.get(ev.proc.ppid)) is not None else [])
+                for anc in chain:
+                    if anc.pid <= 1:
+                        break
+                    got = self.probes.elf_exec(anc.pid, path)
+                    if got is not None:
+                        break
             if not got:
                 return []
         if self.trusted(ev, ctx, BINARY_WRITERS, depth=3):
