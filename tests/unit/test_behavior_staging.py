@@ -302,3 +302,24 @@ def test_discovery_of_a_network_service_tree_counts_its_tree(tmp_path: Path) -> 
     got = of(r.run(tmp_path), "discovery_burst")
     assert [(f.pid, f.evidence["facts"], list(f.evidence["provenance"])) for f in got] == [
         (600, ["id", "uname"], ["network-service"])], [f.title for f in got]
+
+
+def test_touch_is_no_padding(tmp_path: Path) -> None:
+    """``touch -r ref prog`` opens the program for writing without truncation (to create
+    it when absent) and writes nothing: not binary padding, by touch's inode."""
+    from bastion.detect.behavior import Probes
+    r = Rec().exec(220, 100, "/usr/bin/touch", ["touch", "-r", "/usr/sbin/cron", "/usr/bin/p"])
+    r.lines.append({"type": "open", **r._hdr(220), "path": "/usr/bin/p", "path2": "",
+                    "flags": 0o4501, "mode": 0o666, "owner_uid": -1, "owner_gid": -1,
+                    "dev": 1, "ino": 9})
+    p = tmp_path / "rec.jsonl"
+    p.write_text("".join(json.dumps(x) + "\n" for x in r.lines))
+    procs, trust = ProcessTable(), RecordedTrust()
+    engine = Engine(behavior_rules(probes=Probes(elf_exec=lambda pid, path: True), trust=trust))
+    ctx = RuleContext(procs)
+    found: list[Finding] = []
+    for ev in read_all(p):
+        trust.learn(ev)
+        procs.update(ev)
+        found += engine.evaluate(ev, ctx)
+    assert of(found, "binary_padding") == []

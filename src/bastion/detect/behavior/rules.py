@@ -2326,6 +2326,8 @@ BINARY_WRITERS = frozenset({
     *PACKAGE_MANAGERS})
 O_APPEND = 0o2000
 O_EXCL = 0o200
+# tools that open a file for writing and never write to it (by executable inode)
+NEVER_WRITE = frozenset({"touch"})
 
 
 class BinaryPadding(BehaviorRule):
@@ -2364,6 +2366,8 @@ class BinaryPadding(BehaviorRule):
             return []
         if not write_intent(ev) or ev.flags & (O_TRUNC | O_EXCL) or not (ev.flags & O_ACCMODE):
             return []      # O_EXCL: a file created by this open (cp's new copy), not padded
+        if self.trusted(ev, ctx, NEVER_WRITE, depth=0):
+            return []      # touch opens for writing to create, and writes nothing
         path = ev.path
         known = self._exes.get(path, now) is not None
         if not known:
