@@ -9,7 +9,19 @@ Not part of ``make test``.  Run as root on a host whose kernel runs Bastion::
 Each atomic runs the way Invoke-AtomicTest runs it on Linux: its ``sh`` or
 ``bash`` executor with ``-c`` and the command, ``#{input}`` replaced by the
 input's default, ``PathToAtomicsFolder`` by the atomics folder (mounted
-read-only at /AtomicRedTeam/atomics); prerequisites are not fetched (offline).
+read-only at /AtomicRedTeam/atomics).
+
+Prerequisites (``--prereqs``): Invoke-AtomicTest's documented way is ``-GetPrereqs``
+then the test.  ``offline`` (the default) runs, in the atomic's own sandbox and before
+it, each dependency's ``prereq_command`` and, when that fails, its
+``get_prereq_command`` — only when they are offline-safe (:func:`prereq_unsafe`: no
+URL, no downloader, no package or language-package install, nothing the skip list
+names; a dependency executor other than sh/bash is skipped too); an atomic with an
+unsafe dependency runs without any of its prerequisites, and the row says why.  The
+prerequisites run outside the measured window: the sandbox signals their end on a
+FIFO, the runner drains the sensor and sets their events, execs and alerts apart
+(``prereq_alerts``), then releases the atomic.  ``none``: no prerequisites (the
+runs before s16-stage).
 
 Sandbox (never damage the host): ``unshare --mount --pid --fork --net --uts
 --ipc`` with a private mount tree; an overlayfs over / whose upper dir is a
@@ -39,6 +51,8 @@ import argparse
 import json
 import os
 import re
+import select
+import shlex
 import shutil
 import signal
 import subprocess
@@ -110,7 +124,13 @@ pivot_root . .oldroot
 # the namespace's init (pid 1) outlives the executor by a moment: when pid 1 exits the
 # kernel kills the namespace, and an atomic that backgrounds a program (`awk
 # 'BEGIN{system("/bin/sh &")}'`, `busybox sh &`) exits before that program's exec
-exec /usr/sbin/chroot . /bin/sh -c 'umount -l /.oldroot || exit 125; "$@"; rc=$?; sleep 0.51; exit $rc' sandbox /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+# prerequisites (--prereqs): run with the atomic's environment, then tell the runner
+# (a FIFO under the old root) and wait for its go: the runner sets their events apart
+exec /usr/sbin/chroot . /bin/sh -c 'if [ -n "$SBX_PRE" ]; then
+  /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
+    TERM=dumb PathToAtomicsFolder=/AtomicRedTeam/atomics /bin/sh -c "$SBX_PRE" </dev/null
+  echo done > "/.oldroot$SBX_PRE_DONE"; read -r _ < "/.oldroot$SBX_GO2"; fi
+  umount -l /.oldroot || exit 125; "$@"; rc=$?; sleep 0.51; exit $rc' sandbox /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
   HOME=/root TERM=dumb PathToAtomicsFolder=/AtomicRedTeam/atomics "$@"
 """
 
@@ -128,14 +148,20 @@ def atomics(root: Path, techniques: set[str] | None) -> list[dict[str, Any]]:
             ex = t.get("executor") or {}
             if ex.get("name") not in ("sh", "bash"):
                 continue
-            cmd = ex.get("command") or ""
-            for name, arg in (t.get("input_arguments") or {}).items():
-                cmd = cmd.replace("#{" + name + "}", str(arg.get("default", "")))
-            cmd = cmd.replace("PathToAtomicsFolder", "/AtomicRedTeam/atomics").replace(
-                "$/AtomicRedTeam", "/AtomicRedTeam")
+            def fill(cmd: str) -> str:
+                for name, arg in (t.get("input_arguments") or {}).items():
+                    cmd = cmd.replace("#{" + name + "}", str(arg.get("default", "")))
+                return cmd.replace("PathToAtomicsFolder", "/AtomicRedTeam/atomics").replace(
+                    "$/AtomicRedTeam", "/AtomicRedTeam")
+            deps = [(fill(d.get("prereq_command") or "true"), fill(d.get("get_prereq_command") or "true"))
+                    for d in t.get("dependencies") or []]
+            filled = {**t, "dependencies": [{"prereq_command": p, "get_prereq_command": g}
+                                             for p, g in deps]}
             out.append({"technique": tech, "n": i, "name": t.get("name", ""),
                         "guid": t.get("auto_generated_guid", ""), "executor": ex["name"],
-                        "command": cmd})
+                        "command": fill(ex.get("command") or ""), "deps": deps,
+                        "dep_executor": t.get("dependency_executor_name") or ex["name"],
+                        "prereq_unsafe": prereq_unsafe(filled)})
     return out
 
 
@@ -144,6 +170,42 @@ def skip_reason(cmd: str) -> str | None:
         if rx.search(cmd):
             return why
     return None
+
+
+# What makes a prerequisite unsafe offline: a network fetch or a package install (the
+# bench host is shared and the sandbox has no network), or what SKIP refuses.
+PREREQ_UNSAFE = re.compile(
+    r"://|\b(curl|wget|fetch|aria2c|git\s+clone|Invoke-WebRequest)\b"
+    r"|\b(apt|apt-get|aptitude|yum|dnf|zypper|pacman|apk|pkg|brew|snap|port|emerge)\s"
+    r"|\b(pip3?|pipx|npm|gem|cpanm?)\s+install\b|\bcargo\s+install\b|\bgo\s+(get|install)\b")
+
+
+def prereq_unsafe(t: dict[str, Any]) -> str | None:
+    """Why the dependencies of atomic ``t`` (its YAML test, inputs replaced) cannot run
+    offline, or None when they can (also when it has none)."""
+    deps = t.get("dependencies") or []
+    ex = t.get("dependency_executor_name") or (t.get("executor") or {}).get("name")
+    if deps and ex not in ("sh", "bash"):
+        return f"dependency executor {ex}"
+    for d in deps:
+        for k in ("prereq_command", "get_prereq_command"):
+            cmd = d.get(k) or ""
+            m = PREREQ_UNSAFE.search(cmd)
+            if m:
+                return f"{k}: {m.group(0).strip()}"
+            why = skip_reason(cmd)
+            if why:
+                return f"{k}: {why}"
+    return None
+
+
+def prereq_script(a: dict[str, Any]) -> str:
+    """A shell script running each dependency the way Invoke-AtomicTest -GetPrereqs
+    does: the check, and the fetch when the check fails."""
+    ex = "/bin/bash" if a["dep_executor"] == "bash" else "/bin/sh"
+    lines = [f"{ex} -c {shlex.quote(pre)} >/dev/null 2>&1 || {ex} -c {shlex.quote(get)} "
+             ">/dev/null 2>&1" for pre, get in a["deps"]]
+    return "\n".join(lines) + "\n"
 
 
 def sandbox_trust() -> Any:
@@ -337,11 +399,33 @@ def release(fifo: str, deadline: float) -> bool:
 AS_TMP_SCRIPT = 'printf "%s\\n" "$1" > /tmp/atomic-payload.sh && exec "$0" /tmp/atomic-payload.sh'
 
 
+def _await_fifo(fd: int, deadline: float) -> bool:
+    """Wait for a line on the FIFO ``fd`` (opened read-write: never EOF) until ``deadline``."""
+    while time.monotonic() < deadline:
+        r, _, _ = select.select([fd], [], [], max(0.0, min(0.5, deadline - time.monotonic())))
+        if r:
+            os.read(fd, 64)
+            return True
+    return False
+
+
 def run_one(a: dict[str, Any], cg: Path, root: Path, timeout: float,
-            watch: "Watch | None" = None, provenance: str = "shell") -> dict[str, Any]:
+            watch: "Watch | None" = None, provenance: str = "shell",
+            prereqs: str | None = None) -> dict[str, Any]:
+    """Run atomic ``a`` in a fresh sandbox; ``prereqs``: the script of its offline-safe
+    dependencies, run first in the same sandbox outside the measured window."""
     base = Path(tempfile.mkdtemp(prefix="bastion-sbx-"))
     fifo = f"{base}.go"
     os.mkfifo(fifo, 0o600)
+    pre_done, go2 = f"{base}.pre", f"{base}.go2"
+    pre_fd = -1
+    extra: dict[str, Any] = {}
+    env = {"ATOMICS": str(root), "PATH": os.environ["PATH"], "SBX_GO": fifo}
+    if prereqs:
+        os.mkfifo(pre_done, 0o600)
+        os.mkfifo(go2, 0o600)
+        pre_fd = os.open(pre_done, os.O_RDWR | os.O_NONBLOCK)
+        env.update({"SBX_PRE": prereqs, "SBX_PRE_DONE": pre_done, "SBX_GO2": go2})
     shell = "/bin/bash" if a["executor"] == "bash" else "/bin/sh"
     # "shell": the executor's ``-c``, as Invoke-AtomicTest runs it (an administrator's
     # provenance); "tmp-script": the same command as a script in /tmp (untrusted)
@@ -352,8 +436,7 @@ def run_one(a: dict[str, Any], cg: Path, root: Path, timeout: float,
             "--uts", "--ipc", "--kill-child", "/bin/sh", "-c", SETUP, "setup", str(base),
             *run]
     t0 = time.monotonic()
-    p = subprocess.Popen(argv, env={"ATOMICS": str(root), "PATH": os.environ["PATH"],
-                                    "SBX_GO": fifo},
+    p = subprocess.Popen(argv, env=env,
                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True, errors="replace")
     try:
@@ -364,6 +447,17 @@ def run_one(a: dict[str, Any], cg: Path, root: Path, timeout: float,
                 watch.mark_sandbox(f"/proc/{pid}/root{base}/m", watch.overlay_dev)
             time.sleep(0.5)   # two refreshes of the sensitive set (every 0.2 s)
         release(fifo, t0 + 10)
+        if prereqs:
+            ok = _await_fifo(pre_fd, t0 + 10 + timeout)
+            extra["prereq"] = "ran" if ok else "timeout"
+            if watch is not None:
+                time.sleep(0.5)   # the sensor drained: the prerequisites' events set apart
+                ev_n, execs, alerts = watch.take()
+                extra["prereq_events"] = ev_n
+                extra["prereq_alerts"] = sorted({f"{x['rule']}({x['severity']})" for x in alerts})
+            if ok:
+                release(go2, time.monotonic() + 10)
+            t0 = time.monotonic()   # the atomic's own timeout starts now
         stdout, _ = p.communicate(timeout=max(1.0, timeout - (time.monotonic() - t0)))
         rc, out = p.returncode, stdout[-600:]
     except subprocess.TimeoutExpired:
@@ -376,12 +470,16 @@ def run_one(a: dict[str, Any], cg: Path, root: Path, timeout: float,
         if watch is not None:
             watch.overlay_dev = ()
         os.unlink(fifo)
+        if prereqs:
+            os.close(pre_fd)
+            os.unlink(pre_done)
+            os.unlink(go2)
         time.sleep(0.3)
         try:
             base.rmdir()
         except OSError:
             shutil.rmtree(base, ignore_errors=True)
-    return {"rc": rc, "seconds": round(time.monotonic() - t0, 2), "output": out}
+    return {"rc": rc, "seconds": round(time.monotonic() - t0, 2), "output": out, **extra}
 
 
 def atomic_execs(execs: list[tuple[str, tuple[str, ...]]], provenance: str) -> list[str]:
@@ -411,6 +509,9 @@ def main() -> int:
     ap.add_argument("--gate", action="store_true",
                     help="run the compat tier's provenance gate (issue 15: must-stop opens of "
                          "an untrusted tree refused) on the sandbox's must-stop files")
+    ap.add_argument("--prereqs", choices=("offline", "none"), default="offline",
+                    help="run each atomic's offline-safe dependencies first, outside the "
+                         "measured window (default; Invoke-AtomicTest -GetPrereqs), or none")
     ap.add_argument("--provenance", choices=("shell", "tmp-script"), default="shell",
                     help="run each atomic as its executor's -c (default) or as a script "
                          "dropped in /tmp (an untrusted provenance: measures blocking)")
@@ -443,7 +544,14 @@ def main() -> int:
                     row["skipped"] = why
                     results.append(row)
                     continue
-                row.update(run_one(a, cg, args.atomics.resolve(), args.timeout, w, args.provenance))
+                pre = None
+                if args.prereqs == "offline" and a["deps"]:
+                    if a["prereq_unsafe"]:
+                        row["prereq"] = f"skipped: {a['prereq_unsafe']}"
+                    else:
+                        pre = prereq_script(a)
+                row.update(run_one(a, cg, args.atomics.resolve(), args.timeout, w, args.provenance,
+                                   pre))
                 time.sleep(0.5)
                 events, execs, alerts = w.take()
                 own = atomic_execs(execs, args.provenance)
@@ -464,7 +572,8 @@ def main() -> int:
                                      for x in alerts)
                 results.append(row)
                 print(f"{a['technique']}-{a['n']} rc={row['rc']} det={row['detected']}"
-                      f"({row['top_severity']}) blk={row['blocked']} {a['name'][:50]}", flush=True)
+                      f"({row['top_severity']}) blk={row['blocked']} pre={row.get('prereq', '-')} "
+                      f"{a['name'][:50]}", flush=True)
         finally:
             w.stop.set()
             w.t.join(5)
@@ -475,6 +584,7 @@ def main() -> int:
     finally:
         cgroup.remove(cg)
     args.out.write_text(json.dumps({"label": args.label, "provenance": args.provenance,
+                                    "prereqs": args.prereqs,
                                     "results": results,
                                     "rule_errors": errs}, indent=1))
     ran = [r for r in results if "skipped" not in r]

@@ -55,11 +55,18 @@ ransomware rule's data directories.
 * services (s15-svc): ``systemctl restart rsyslog`` (when it runs), ``systemctl status``
   and ``show`` of auditd, ``iptables -L``, ``nft list ruleset``: look-alikes of
   ``behavior.disable_security_tools`` and ``behavior.firewall_tamper``;
+* account look-ups (s16-stage): ``getent`` into a work file, ``grep -c`` of passwd into
+  a file, ``cat /etc/passwd | grep -q``, ``awk``/``cut`` of the account files into a pipe
+  or the step's output, ``pwck -r``, a copy of /etc/hostname into a work file, a copied
+  program extended by ``truncate`` after it was replaced: look-alikes of
+  ``behavior.account_staging`` and of binary padding's short-lived writer;
 * this project's own unit tests (a < 30 s slice).
 
 Everything the corpus writes is under ``tmp_path`` (the pip cache too); the
 system is only touched by reinstalling packages that are already installed.
-Run with ``BASTION_FA_REPORT=path.json`` to keep the per-severity counts.
+Run with ``BASTION_FA_REPORT=path.json`` to keep the per-severity counts, and with
+``BASTION_FA_EVENTS=path.jsonl`` to keep the corpus cgroup's stored events (the replay
+format: what-if measurements of a rule's variants on the same corpus, s16-stage).
 """
 
 from __future__ import annotations
@@ -423,6 +430,27 @@ def _depth_lookalikes(c: Corpus) -> None:
                       "curl -s -T report.txt", "ln report.txt report.link"))
 
 
+def _staging_lookalikes(c: Corpus) -> None:
+    """Benign look-alikes of behavior.account_staging (s16-stage): the account files read
+    by name look-ups and filters whose output is a count, a status, a pipe or the step's
+    own output (a pipe to the test), ``pwck -r``; a work file copied; a log created by
+    ``truncate`` (a new file, not a padded program)."""
+    work = c.tmp / "staging"
+    work.mkdir()
+    c.run("account look-ups into counts, pipes and work files", (
+        "getent passwd root > users.txt\n"
+        "getent group root > /dev/null\n"
+        "grep -c '^root:' /etc/passwd > count.txt\n"
+        "cat /etc/passwd | grep -q root\n"
+        "awk -F: '$3 == 0 {print $1}' /etc/passwd | sort > /dev/null\n"
+        "cut -d: -f1 /etc/group | head -3\n"
+        "if command -v pwck >/dev/null; then pwck -r -q > /dev/null 2>&1 || true; fi\n"
+        "cp /etc/hostname ./hostname.copy\n"
+        "cp /bin/true ./t2 && ./t2 && cp /bin/false ./t2 && truncate -s 0 ./t2.log\n"),
+        work, expect=("getent passwd root", "grep -c ^root: /etc/passwd",
+                      "cut -d: -f1 /etc/group", "truncate -s 0 ./t2.log"))
+
+
 def _unit_tests(c: Corpus) -> None:
     py = REPO / ".venv" / "bin" / "python"
     c.run("unit tests (events or config)",
@@ -515,12 +543,18 @@ def test_benign_corpus_raises_nothing_high(tmp_path: Path) -> None:
             _decode_and_discovery(corpus)
             _depth_lookalikes(corpus)
             _service_lookalikes(corpus)
+            _staging_lookalikes(corpus)
             _unit_tests(corpus)
             _quiesce(agent)
         time.sleep(1.5)   # the agent's health pass (drop counter) runs every second
         alerts = _alerts(agent)
         status = _status(agent)
         blind = _blind(agent, cgid, corpus.steps)
+        if out_events := os.environ.get("BASTION_FA_EVENTS"):
+            r = agent.cli("events", "--data-dir", str(agent.data_dir), "--json")
+            rows = [json.loads(l) for l in r.stdout.splitlines() if l.strip()]
+            Path(out_events).write_text("".join(   # stored order (oldest first)
+                json.dumps(e) + "\n" for e in rows if e.get("cgroup_id") == cgid))
     finally:
         rc = agent.stop()
     elapsed = time.monotonic() - t0

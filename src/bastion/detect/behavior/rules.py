@@ -40,7 +40,7 @@ from bastion.detect.behavior.base import (
     SingleEvent, Step, ThresholdRule, actor_names, base, glob_any, is_interpreter,
     is_loopback, is_public_peer, is_shell, norm_interp, package_installer, trusted_as, under,
 )
-from bastion.detect.behavior.provenance import block, script_of
+from bastion.detect.behavior.provenance import LOCAL_REASONS, block, script_of
 from bastion.detect.behavior.xmem import ExecMemory
 from bastion.detect.behavior.shellargs import parse_shell_argv
 from bastion.detect.behavior.svcctl import SERVICE_MANAGERS, command_act, firewall_act
@@ -2267,7 +2267,16 @@ class DiscoveryBurst(BehaviorRule):
     children of one script (a shell or interpreter running a file or ``-c`` code, forked
     subshells of command substitutions and pipelines folded into it) within a minute.
     A single command, and whatever an administrator types at a prompt (the children of
-    an interactive shell), stay silent; package managers' maintainer scripts are trusted."""
+    an interactive shell), stay silent; package managers' maintainer scripts are trusted.
+
+    From a tree of untrusted provenance other than a temp dir (:mod:`.provenance`: a
+    binary or script that came from the network, a fileless one, a network service's
+    tree, a decoded payload), two different facts are enough, counted per tree (the
+    process that gained the reason: a web shell's ``system("id")`` and ``system("uname
+    -a")`` are two scripts of one tree).  A script or binary in a temp dir alone is not
+    enough: installers run from /tmp ask the architecture and the uid (measured on the
+    benign corpus, s16-stage, ``docs/detection.md``), and ``exec_from_tmp`` alerts the
+    tree already."""
 
     name = "behavior.discovery_burst"
     event_types = frozenset({"exec"})
@@ -2275,6 +2284,7 @@ class DiscoveryBurst(BehaviorRule):
     severity = "medium"
     action = "alert"
     count = 4
+    untrusted_count = 2
     window_ns = 60 * NS
 
     def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None) -> None:
@@ -2300,9 +2310,24 @@ class DiscoveryBurst(BehaviorRule):
         fact = discovery_fact(ev)
         if fact is None:
             return []
-        top = self.script_of_tree(ev, ctx)
-        if top is None:
-            return []
+        reasons = {r: d for r, d in self.untrusted(ev, ctx)[0].items() if r not in LOCAL_REASONS}
+        need = self.count
+        top: ProcEntry | None
+        if reasons and self.prov is not None:
+            # the tree: the highest ancestor that carries such a reason itself (a
+            # service's system() calls are many scripts of one service)
+            top = None
+            for e in ctx.procs.ancestry(ev.proc.pid, 16):
+                own = self.prov.reasons_of((e.pid, e.start_ns), ev.time_ns)
+                if any(r not in LOCAL_REASONS for r in own):
+                    top = e
+            if top is None:
+                return []
+            need = self.untrusted_count
+        else:
+            top = self.script_of_tree(ev, ctx)
+            if top is None:
+                return []
         now = ev.time_ns
         key = (top.pid, top.start_ns)
         fired = self._fired.get(key, now)
@@ -2312,7 +2337,7 @@ class DiscoveryBurst(BehaviorRule):
         if all(f != fact for _, f in seen):
             seen.append((now, fact))
         self._facts.put(key, now, seen[-2 * self.count:])
-        if len(seen) < self.count:
+        if len(seen) < need:
             return []
         if self.trusted(ev, ctx, PACKAGE_MANAGERS, depth=8):
             return []
@@ -2320,6 +2345,12 @@ class DiscoveryBurst(BehaviorRule):
         self._facts.pop(key)
         facts = [f for _, f in seen]
         script = " ".join(top.cmdline)[:100]
+        if need < self.count:
+            why = ", ".join(sorted(reasons))
+            return [Hit(f"Host discovery from an untrusted tree ({why}): {len(facts)} different "
+                        f"facts ({', '.join(facts[:6])}) from {script}",
+                        {"facts": facts, "script": list(top.cmdline)[:8], "script_pid": top.pid,
+                         "provenance": dict(reasons)}, pid=top.pid)]
         return [Hit(f"Host discovery burst: {len(facts)} different facts asked by one script "
                     f"({', '.join(facts[:6])}) from {script}",
                     {"facts": facts, "script": list(top.cmdline)[:8], "script_pid": top.pid},
@@ -2335,6 +2366,9 @@ BINARY_WRITERS = frozenset({
     "cargo", "make", "cmake", "ninja", "dh_strip", "debugedit", "prelink", "ldconfig",
     *PACKAGE_MANAGERS})
 O_APPEND = 0o2000
+O_EXCL = 0o200
+# tools that open a file for writing and never write to it (by executable inode)
+NEVER_WRITE = frozenset({"touch"})
 
 
 class BinaryPadding(BehaviorRule):
@@ -2371,15 +2405,29 @@ class BinaryPadding(BehaviorRule):
                 self._exes.pop(ev.path)
                 self._exes.put(ev.path2, now, now)
             return []
-        if not write_intent(ev) or ev.flags & O_TRUNC or not (ev.flags & O_ACCMODE):
-            return []
+        if not write_intent(ev) or ev.flags & (O_TRUNC | O_EXCL) or not (ev.flags & O_ACCMODE):
+            return []      # O_EXCL: a file created by this open (cp's new copy), not padded
+        if self.trusted(ev, ctx, NEVER_WRITE, depth=0):
+            return []      # touch opens for writing to create, and writes nothing
         path = ev.path
         known = self._exes.get(path, now) is not None
         if not known:
             if self.probes.elf_exec is None or not path.startswith("/") or \
                     under(path, ("/proc", "/sys", "/dev", "/var/log", "/run/log")):
                 return []
-            if not self.probes.elf_exec(ev.proc.pid, path):
+            got = self.probes.elf_exec(ev.proc.pid, path)
+            if got is None:
+                # the writer exited before the look-up (``truncate -s +1``, its ``sh -c``
+                # too): the file as its nearest live ancestor's root shows it (s16-stage)
+                chain = ctx.procs.ancestry(ev.proc.pid, 5)[1:] or \
+                    ([p] if (p := ctx.procs.get(ev.proc.ppid)) is not None else [])
+                for anc in chain:
+                    if anc.pid <= 1:
+                        break
+                    got = self.probes.elf_exec(anc.pid, path)
+                    if got is not None:
+                        break
+            if not got:
                 return []
         if self.trusted(ev, ctx, BINARY_WRITERS, depth=3):
             return []
