@@ -255,3 +255,36 @@ def test_retention_counts_the_events_of_the_rows_it_deletes(tmp_path: Path) -> N
         assert st.enforce_retention(now=T0 / 1e9) == 1       # one row
         assert st.event_facts_deleted == 40                  # of 40 events
         assert st.count_event_facts() == 1
+
+
+def test_rows_stored_by_many_per_statement_keep_their_order_and_columns(tmp_path: Path) -> None:
+    """add_rows inserts many rows per statement (issue 16.3, s16): every row, in the order
+    given (row ids follow it: ``events --follow`` reads by row id), each column where
+    it belongs, across full statements and the remainder; a row of the wrong width
+    stores nothing of its batch."""
+    import sqlite3
+
+    from bastion.errors import StoreError
+    from bastion.store.db import _ROWS_PER_INSERT
+
+    n = 2 * _ROWS_PER_INSERT + 37
+    evs = [_chmod(i, path=f"/tmp/o/{(7 * i) % n}", proc=EVIL if i % 5 == 0 else FLOOD)
+           for i in range(n)]
+    evs[5:9] = [_chmod(5)] * 4        # one coalesced row among them
+    rows, facts = RowMaker().rows(pack(evs))
+    assert facts == n and len(rows) == n - 3
+    with Store.open(tmp_path) as st:
+        st.add_rows(rows)
+        got = st.events()
+        assert [(r.data, r.data.get("count", 1)) for r in got] == \
+            [(json.loads(r[4]), r[5]) for r in rows]
+        assert st.count_event_facts() == n
+        conn = sqlite3.connect(str(tmp_path / "bastion.db"))
+        try:
+            assert conn.execute("SELECT ts, type, pid, exe, data, n, ts_last FROM events "
+                                "ORDER BY seq").fetchall() == rows
+        finally:
+            conn.close()
+        with pytest.raises(StoreError, match=r"event rows of \[6, 7\] values"):
+            st.add_rows(rows[:3] + [rows[3][:6]])
+        assert st.count_events() == len(rows)

@@ -306,16 +306,24 @@ def _json_value(v: Any) -> str:
     return _ENC(v)
 
 
-def _encoders() -> dict[int, Callable[[Sequence[Any]], str]]:
-    """Per class no: the JSON of a packed row's own fields, ``,"name":value`` each, in
-    :func:`~bastion.events.to_json` order (in a packed row's key ``truncated`` is at 2,
-    its own fields from 3).  Generated per class, as :func:`bastion.events._maker` is: a field
-    declared ``str`` or ``int`` whose value has that exact type is formatted inline (the
-    JSON encoder's C escaper for a str, ``int`` as ``json`` writes it); any other value
-    goes through the encoder itself."""
+_Encoder = Callable[[Sequence[Any], str, str, int, str, str], str]
+_TRUNCATED: Final = ',"truncated":true'
+
+
+def _encoders() -> dict[int, _Encoder]:
+    """Per class no: a packed row's whole ``data`` JSON in one generated f-string,
+    ``enc(r, type_head, second, micros, actor, tail)``: ``type_head`` (``{"type":…,"time":"``),
+    the time's second (``YYYY-MM-DDTHH:MM:SS.``) and microseconds, the actor's fields
+    (made once per batch), the row's own fields (``,"name":value`` each, in
+    :func:`~bastion.events.to_json` order: in a packed row's key ``truncated`` is at 2, its
+    own fields from 3), ``"truncated"`` when set, then ``tail`` (``}`` or the count and
+    last time).  Generated per class, as :func:`bastion.events._maker` is: a field declared
+    ``str`` or ``int`` whose value has that exact type is formatted inline (the JSON
+    encoder's C escaper for a str, ``int`` as ``json`` writes it); any other value goes
+    through the encoder itself."""
     from bastion.events import _JSON_FIELDS
 
-    out: dict[int, Callable[[Sequence[Any]], str]] = {}
+    out: dict[int, _Encoder] = {}
     for n, cls in enumerate(_CLASSES):
         want = set(_JSON_FIELDS[cls])
         parts = []
@@ -331,9 +339,11 @@ def _encoders() -> dict[int, Callable[[Sequence[Any]], str]]:
             else:
                 expr = f"_val({v})"
             parts.append(f',"{f.name}":{{{expr}}}')
-        env: dict[str, Any] = {"_esc": _ESC, "_val": _json_value}
+        env: dict[str, Any] = {"_esc": _ESC, "_val": _json_value, "_tr": _TRUNCATED, "_no": ""}
         body = "".join(parts)
-        exec(f"def enc(r):\n    return f'{body}'\n", env)  # noqa: S102 - generated from the dataclass fields
+        exec("def enc(r, ty, sec, us, actor, tail):\n"   # noqa: S102 - generated from the dataclass fields
+             f"    return f'{{ty}}{{sec}}{{us:06d}}Z\",{{actor}}{body}"
+             "{_tr if r[2] else _no}{tail}'\n", env)
         out[n] = env["enc"]
     return out
 
@@ -341,22 +351,39 @@ def _encoders() -> dict[int, Callable[[Sequence[Any]], str]]:
 class RowMaker:
     """The store rows of a payload straight from its packed tuples: no event objects, the
     actor's JSON part made once per batch, each value encoded by the JSON encoder's own C
-    string escaper.  ``data`` is byte for byte what ``json`` gives for
-    :func:`~bastion.events.to_json` (``tests/unit/test_store_coalesce.py``), plus
+    string escaper, a row's whole ``data`` in one generated f-string (:func:`_encoders`),
+    the type's head and the time's second cached.  ``data`` is byte for byte what ``json``
+    gives for :func:`~bastion.events.to_json` (``tests/unit/test_store_coalesce.py``), plus
     ``"count"`` and ``"last_time"`` when the row stands for repeats."""
 
     def __init__(self) -> None:
         self.encoders = _encoders()
         self._secs: dict[int, str] = {}
+        self._types: dict[str, tuple[str, str]] = {}
+
+    def _second(self, secs: int) -> str:
+        if len(self._secs) > 4096:
+            self._secs.clear()
+        head = self._secs[secs] = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(secs))
+        return head
+
+    def _type(self, etype: Any) -> tuple[str, str]:
+        """(``{"type":…,"time":"``, the type column) of a row's type; ValueError: not a str."""
+        if type(etype) is not str:
+            raise ValueError(f"a row with type {etype!r}")
+        if len(self._types) > 256:
+            self._types.clear()
+        from bastion.store.db import _text
+
+        t = self._types[etype] = (f'{{"type":{_ESC(etype)},"time":"', _text(etype))
+        return t
 
     def time(self, ns: int) -> str:
         secs, sub = divmod(ns, 1_000_000_000)
         head = self._secs.get(secs)
         if head is None:
-            if len(self._secs) > 4096:
-                self._secs.clear()
-            head = self._secs[secs] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
-        return f"{head}.{sub // 1000:06d}Z"
+            head = self._second(secs)
+        return f"{head}{sub // 1000:06d}Z"
 
     def rows(self, payload: bytes) -> tuple[list[tuple[Any, ...]], int]:
         """(rows for :meth:`~bastion.store.db.Store.add_rows`, events they stand for)."""
@@ -374,25 +401,31 @@ class RowMaker:
             if a[10] is not None:
                 frag += ',"container":' + _ENC(Container.from_json(a[10]).to_json())
             parts.append((int(a[0]), _text(a[9]), frag))
-        encoders, fmt = self.encoders, self.time
+        encoders, secs_of, types = self.encoders, self._secs, self._types
         out: list[tuple[Any, ...]] = []
+        add = out.append
         events = 0
         for r, first, n, last, etype in packed:
-            enc = encoders[r[0]]
+            secs, sub = divmod(first, 1_000_000_000)
+            sec = secs_of.get(secs)
+            if sec is None:
+                sec = self._second(secs)
+            ty = types.get(etype)
+            if ty is None:
+                ty = self._type(etype)
             pid, exe, frag = parts[r[1]]
-            if type(n) is not int or n < 1 or type(etype) is not str:
-                raise ValueError(f"a row with count {n!r} and type {etype!r}")
-            data = [f'{{"type":{esc(etype)},"time":"{fmt(first)}",', frag, enc(r)]
-            if r[2]:
-                data.append(',"truncated":true')
-            if n > 1:
-                data.append(f',"count":{n},"last_time":"{fmt(last)}"}}')
-                out.append((first // 1000 / 1e6, _text(etype), pid, exe, "".join(data), n,
-                            last // 1000 / 1e6))
+            if n == 1 and n.__class__ is int:
+                add((first // 1000 / 1e6, ty[1], pid, exe,
+                     encoders[r[0]](r, ty[0], sec, sub // 1000, frag, "}"), 1, None))
+                events += 1
+            elif n.__class__ is int and n > 1:
+                tail = f',"count":{n},"last_time":"{self.time(last)}"}}'
+                add((first // 1000 / 1e6, ty[1], pid, exe,
+                     encoders[r[0]](r, ty[0], sec, sub // 1000, frag, tail), n,
+                     last // 1000 / 1e6))
+                events += n
             else:
-                data.append("}")
-                out.append((first // 1000 / 1e6, _text(etype), pid, exe, "".join(data), 1, None))
-            events += n
+                raise ValueError(f"a row with count {n!r} and type {etype!r}")
         return out, events
 
 
