@@ -206,17 +206,19 @@ def test_a_store_of_schema_4_keeps_its_rows_as_single_events(tmp_path: Path) -> 
 
 def test_keep_evicts_benign_rows_newest_first_and_counts_what_it_cannot_keep() -> None:
     """The writer's queue is full and stuck (its thread not started): rows that raised a
-    finding take the place of benign queued rows, newest first (counted as shed); when
+    high finding take the place of benign queued rows, newest first, exactly as many as
+    they need (counted as shed); when
     nothing benign is left, a finding row that does not fit is counted (``kept_shed``,
     alerted high by the agent), never dropped silently."""
     from bastion.eventwriter import EventWriter
-    from bastion.store.eventproc import Batch, _merge, _must_keep
+    from bastion.store.eventproc import Batch, _give_up, _merge
 
     w: EventWriter[Event] = EventWriter(lambda b: None, max_items=32, share=1.0,
-                                        merge=_merge, merge_items=64, must_keep=_must_keep)
+                                        merge=_merge, merge_items=64, give_up=_give_up)
     assert w.reserve == 2
     flood = [_chmod(i, path=f"/f{i}") for i in range(48)]
-    batches = [Batch(flood[8 * k:8 * k + 8], [id(flood[0])] if k == 0 else []) for k in range(4)]
+    batches = [Batch(flood[8 * k:8 * k + 8], *([[id(flood[0])]] * 2 if k == 0 else []))
+               for k in range(4)]
     for b in batches:
         assert w.offer(b)
     assert not w.offer(Batch(flood[32:40]))         # full: shed
@@ -224,7 +226,7 @@ def test_keep_evicts_benign_rows_newest_first_and_counts_what_it_cannot_keep() -
     attacks = [_chmod(100 + i, proc=EVIL) for i in range(40)]
     evicted = 0
     for a in attacks[:32]:
-        ok, gone = w.keep(Batch([a], [id(a)]))
+        ok, gone = w.keep(Batch([a], [id(a)], [id(a)]))
         assert ok
         evicted += gone
     q = [ev for b in w._q for ev in b]
@@ -233,12 +235,13 @@ def test_keep_evicts_benign_rows_newest_first_and_counts_what_it_cannot_keep() -
     assert flood[0] in q                            # the flood's own flagged row stays
     benign_left = [ev for ev in q if ev.proc is FLOOD and ev is not flood[0]]
     assert evicted + len(benign_left) == 31
+    assert evicted == 32 - w.reserve          # exactly the room needed, one each
     assert batches[3][0] not in q and batches[2][0] not in q   # the newest went first
     # (keep takes its rows out of shed: in the agent they were part of a shed offer)
     assert w.shed == 8 + evicted - 32 and w.kept_shed == 0
     # nothing benign left to give up: a finding row that does not fit is counted
-    results = [w.keep(Batch([a], [id(a)])) for a in attacks[32:]]
-    assert (False, 0) in results
+    results = [w.keep(Batch([a], [id(a)], [id(a)])) for a in attacks[32:]]
+    assert (0, 0) in results
     assert w.kept_shed == sum(1 for ok, _ in results if not ok) > 0
     assert all(ev.proc is EVIL or ev is flood[0] for b in w._q for ev in b)
 

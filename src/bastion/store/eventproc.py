@@ -81,6 +81,7 @@ _WINDOW_NS: Final = int(REPEAT_WINDOW_S * 1e9)   # a coalesced row spans at most
 _ESC: Final[Callable[[str], str]] = encode_basestring_ascii   # json's own C escaper
 _ENC: Final = _ENCODER.encode
 MERGE_EVENTS: Final = 8192         # queued batches sent as one frame (one transaction)
+LOST_KINDS: Final = 32             # (actor, type) kinds of evicted rows said by name
 
 
 def _tag(key: bytes, data: bytes) -> bytes:
@@ -533,28 +534,64 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 class Batch(list[Event]):
     """A batch handed to the writer with the ``id()`` of its events that raised a finding
-    (``apart``: never coalesced, never evicted to make room)."""
+    (``apart``: never coalesced) and of those whose finding was high or critical
+    (``pinned``: never evicted to make room, see :meth:`EventStoreProcess.keep`)."""
 
     apart: frozenset[int]
+    pinned: frozenset[int]
 
-    def __init__(self, events: Sequence[Event] = (), apart: Collection[int] = ()) -> None:
+    def __init__(self, events: Sequence[Event] = (), apart: Collection[int] = (),
+                 pinned: Collection[int] = ()) -> None:
         super().__init__(events)
         self.apart = frozenset(apart)
+        self.pinned = frozenset(pinned)
 
 
 def _merge(parts: list[Sequence[Event]]) -> Batch:
     out = Batch()
     apart: set[int] = set()
+    pinned: set[int] = set()
     for b in parts:
         out += b
         apart |= getattr(b, "apart", frozenset())
+        pinned |= getattr(b, "pinned", frozenset())
     out.apart = frozenset(apart)
+    out.pinned = frozenset(pinned)
     return out
 
 
-def _must_keep(batch: Sequence[Event]) -> Batch:
+def _give_up(batch: Sequence[Event], need: int) -> tuple[Sequence[Event], list[Event]]:
+    """``batch`` without up to ``need`` of its events not pinned, newest first (what is
+    left, in order, and the events given up): the eviction of :meth:`EventWriter.keep`.
+    Rows of low/medium findings are not pinned: they go like benign ones."""
+    pinned: frozenset[int] = getattr(batch, "pinned", frozenset())
     apart: frozenset[int] = getattr(batch, "apart", frozenset())
-    return Batch([ev for ev in batch if id(ev) in apart], apart) if apart else Batch()
+    drop: set[int] = set()
+    gone: list[Event] = []
+    for j in range(len(batch) - 1, -1, -1):
+        if len(gone) >= need:
+            break
+        if id(batch[j]) not in pinned:
+            drop.add(j)
+            gone.append(batch[j])
+    if not gone:
+        return batch, gone
+    gone.reverse()
+    return Batch([ev for j, ev in enumerate(batch) if j not in drop], apart, pinned), gone
+
+
+def _cut(batch: Sequence[Event], n: int) -> Batch:
+    return Batch(batch[:n], getattr(batch, "apart", ()), getattr(batch, "pinned", ()))
+
+
+class _Bucket:
+    """One finding class's evictions: ``rate`` a second, at most ``rate`` at once."""
+
+    __slots__ = ("tokens", "at")
+
+    def __init__(self, rate: float, now: float) -> None:
+        self.tokens = rate
+        self.at = now
 
 
 class _Child:
@@ -598,10 +635,12 @@ class EventStoreProcess:
                  on_died: Callable[[str, int, str, int], None],
                  argv: Sequence[str] | None = None, nice: int = CHILD_NICE,
                  enrol: Callable[[int], Callable[[], None]] | None = None,
-                 stall_s: float = STALL_S) -> None:
+                 stall_s: float = STALL_S, evict_per_s: float | None = None) -> None:
         """``enrol(pid)``: make a new child one of ours for tamper protection before it
         opens the store (under the guardian: the protected data dir); returns the undo,
-        called once the child is gone."""
+        called once the child is gone.  ``evict_per_s``: the queued rows one finding
+        class (rule) may evict a second to keep its rows (:meth:`keep`; default a quarter
+        of ``max_items``)."""
         self.data_dir = Path(data_dir)
         self._argv = list(argv) if argv is not None else [
             sys.executable, "-I", "-B", "-m", "bastion.store.eventproc",
@@ -612,6 +651,16 @@ class EventStoreProcess:
         if not stall_s > 0:
             raise ValueError(f"EventStoreProcess: stall_s must be > 0 (got {stall_s})")
         self.stall_s = stall_s
+        rate = max_items / 4 if evict_per_s is None else evict_per_s
+        if not rate > 0:
+            raise ValueError(f"EventStoreProcess: evict_per_s must be > 0 (got {evict_per_s})")
+        self.evict_per_s = float(rate)
+        self._buckets: dict[str, _Bucket] = {}
+        self._evict_lock = threading.Lock()
+        self.evicted_by: dict[str, int] = {}    # queued rows evicted, by the class that did
+        self.not_kept_by: dict[str, int] = {}   # finding rows not kept (kept_shed), by class
+        self._lost: collections.Counter[tuple[int, str, str, str]] = collections.Counter()
+        self._lost_more = 0                     # evicted rows beyond the sample's kinds
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()   # one writer of a child's pipe at a time
         self._child: _Child | None = None
@@ -623,7 +672,7 @@ class EventStoreProcess:
         self._feeder: EventWriter[Event] = EventWriter(
             self._send, max_items=max_items, share=1.0, name="bastion-store-feeder",
             on_error=self._send_failed, merge=_merge, merge_items=MERGE_EVENTS,
-            must_keep=_must_keep)
+            give_up=_give_up, cut=_cut)
 
     # -- counters the agent reports
 
@@ -849,18 +898,67 @@ class EventStoreProcess:
 
     # -- the loop's side
 
-    def offer(self, batch: Sequence[Event], flagged: Sequence[Event] = ()) -> bool:
+    def offer(self, batch: Sequence[Event], flagged: Sequence[Event] = (),
+              pinned: Sequence[Event] = ()) -> bool:
         """Queue ``batch``; False (counted in ``shed``) when the queue is full.
-        ``flagged``: its events that raised a finding (rows of their own, exactly as seen,
-        never evicted by :meth:`keep`)."""
-        return self._feeder.offer(Batch(batch, [id(ev) for ev in flagged]))
+        ``flagged``: its events that raised a finding (rows of their own, exactly as seen);
+        ``pinned``: those of them whose finding was high or critical (never evicted by
+        :meth:`keep`)."""
+        return self._feeder.offer(Batch(batch, [id(ev) for ev in flagged],
+                                        [id(ev) for ev in pinned]))
 
-    def keep(self, events: Sequence[Event]) -> tuple[bool, int]:
+    def keep(self, events: Sequence[Event], finding_class: str = "") -> tuple[int, int]:
         """Queue ``events`` of a batch just shed whatever the queue holds (those that
-        raised a finding), out of the shed count: room is made by evicting the queue's
-        other rows, newest first (counted in ``shed``).  (queued, benign events evicted
-        for them); not queued (``kept_shed``) only when the queue holds nothing else."""
-        return self._feeder.keep(Batch(events, [id(ev) for ev in events]))
+        raised a high or critical finding of ``finding_class``, its rule), out of the shed
+        count: the queue's reserve first, then room is made by evicting the queue's rows
+        not pinned (benign, low/medium findings), newest first, counted in ``shed`` and
+        ``evicted_by`` with a sample of what was lost (:meth:`take_evictions`).  A class
+        evicts at most ``evict_per_s`` rows a second (a flood of one rule's findings does
+        not empty the queue): its rows beyond are not kept (``kept_shed``,
+        ``not_kept_by``), nor those the queue has no room for when nothing is left to
+        evict.  (events queued, queued rows evicted for them)."""
+        now = time.monotonic()
+        with self._evict_lock:
+            b = self._buckets.get(finding_class)
+            if b is None:
+                b = self._buckets[finding_class] = _Bucket(self.evict_per_s, now)
+            b.tokens = min(self.evict_per_s, b.tokens + (now - b.at) * self.evict_per_s)
+            b.at = now
+            gone: list[Event] = []
+            ids = [id(ev) for ev in events]
+            kept, evicted = self._feeder.keep(Batch(events, ids, ids),
+                                              max_evict=int(b.tokens), evicted=gone)
+            b.tokens -= evicted
+            if evicted:
+                self.evicted_by[finding_class] = self.evicted_by.get(finding_class, 0) + evicted
+                lost = self._lost
+                for ev in gone:
+                    p = ev.proc
+                    k = (p.pid, p.comm, p.exe, ev.type)
+                    if k in lost or len(lost) < LOST_KINDS:
+                        lost[k] += 1
+                    else:
+                        self._lost_more += 1
+            if kept < len(events):
+                self.not_kept_by[finding_class] = \
+                    self.not_kept_by.get(finding_class, 0) + len(events) - kept
+        return kept, evicted
+
+    def take_evictions(self) -> tuple[dict[str, int], list[dict[str, Any]], int]:
+        """What :meth:`keep` evicted since the last call: (rows by finding class, the rows
+        lost by actor and type, most first, rows beyond those kinds); reset."""
+        with self._evict_lock:
+            by, self.evicted_by = self.evicted_by, {}
+            lost = [{"pid": k[0], "comm": k[1], "exe": k[2], "type": k[3], "rows": n}
+                    for k, n in self._lost.most_common()]
+            more, self._lost_more = self._lost_more, 0
+            self._lost = collections.Counter()
+        return by, lost, more
+
+    @property
+    def evicted(self) -> int:
+        """Queued rows evicted by :meth:`keep` in all (also counted in ``shed``)."""
+        return self._feeder.evicted
 
     @property
     def kept_shed(self) -> int:
