@@ -384,7 +384,8 @@ class Agent:
             return {"kind": "thread" if self._writer is not None else "inline"}
         return {"kind": "process", "pid": sp.pid, "restarts": sp.restarts, "lost": sp.lost,
                 "events_stored": self._stored_facts, "rows_stored": self._stored_rows,
-                "finding_rows_shed": sp.kept_shed}
+                "finding_rows_shed": sp.kept_shed, "rows_evicted": sp.evicted,
+                "finding_rows_shed_low_medium": self.finding_rows_shed_low}
 
     def _count_stored_events(self) -> int | None:
         """Events in the store (kept by the loop: a count(*) of millions of rows under the
