@@ -291,3 +291,23 @@ def test_rows_stored_by_many_per_statement_keep_their_order_and_columns(tmp_path
         with pytest.raises(StoreError, match=r"event rows of \[6, 7\] values"):
             st.add_rows(rows[:3] + [rows[3][:6]])
         assert st.count_events() == len(rows)
+
+
+def test_give_up_takes_the_newest_rows_not_pinned_and_forgets_their_ids() -> None:
+    """Eviction from one queued batch (s16): exactly ``need`` rows, the newest not pinned
+    (a low/medium finding row goes like a benign one), the rest in order; the ids of the
+    rows given up leave the batch's sets (a freed id may come back on another event)."""
+    from bastion.store.eventproc import Batch, _cut, _give_up
+
+    evs = [_chmod(i, path=f"/g{i}") for i in range(10)]
+    medium, high = evs[8], evs[9]
+    b = Batch(evs, [id(medium), id(high)], [id(high)])
+    rest, gone = _give_up(b, 3)
+    assert gone == evs[6:9]                      # the newest three not pinned, in order
+    assert list(rest) == evs[:6] + [high]
+    assert isinstance(rest, Batch)
+    assert rest.pinned == {id(high)} and rest.apart == {id(high)}
+    rest2, gone2 = _give_up(Batch([high], [id(high)], [id(high)]), 5)
+    assert gone2 == [] and list(rest2) == [high]
+    c = _cut(b, 9)
+    assert list(c) == evs[:9] and c.pinned == frozenset() and c.apart == {id(medium)}

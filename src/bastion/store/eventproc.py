@@ -577,11 +577,18 @@ def _give_up(batch: Sequence[Event], need: int) -> tuple[Sequence[Event], list[E
     if not gone:
         return batch, gone
     gone.reverse()
-    return Batch([ev for j, ev in enumerate(batch) if j not in drop], apart, pinned), gone
+    # the ids of the events given up leave with them (an id may be reused once they are
+    # freed: it must not mark another event of a batch merged with this one)
+    out = set(map(id, gone))
+    return Batch([ev for j, ev in enumerate(batch) if j not in drop], apart - out,
+                 pinned - out), gone
 
 
 def _cut(batch: Sequence[Event], n: int) -> Batch:
-    return Batch(batch[:n], getattr(batch, "apart", ()), getattr(batch, "pinned", ()))
+    """The first ``n`` of ``batch``, with what it says of them (see :func:`_give_up`)."""
+    out = set(map(id, batch[n:]))
+    return Batch(batch[:n], getattr(batch, "apart", frozenset()) - out,
+                 getattr(batch, "pinned", frozenset()) - out)
 
 
 class _Bucket:
