@@ -14,7 +14,7 @@ coalesce: the writer's row capacity), ``store_writer_repeat`` (events per second
 mix: the chmod flood's rate the store keeps up with, in a few coalesced rows), each also
 per CPU-second of the child (``_per_cpu_s``: the figure that does not move with the
 host's load); the rows each mix took are logged.  ``BASTION_BENCH_PROFILE=1`` prints the
-child's cProfile top (in-process, frames from a buffer).
+child's cProfile top (in-process, frames of ``MERGE_EVENTS`` from a buffer: a backlog).
 """
 
 from __future__ import annotations
@@ -106,8 +106,9 @@ def profile(mix: str) -> None:
     key = b"k" * ep.KEY_BYTES
     pool = _events(mix, 200 * BATCH, time.time_ns())
     buf = bytearray(ep._FRAME.pack(ep.KEY_BYTES, 0, 0) + key)
-    for s, i in enumerate(range(0, len(pool), BATCH), start=1):
-        buf += ep.frame(key, s, pool[i:i + BATCH])
+    step = ep.MERGE_EVENTS     # a backlog's frames, as the feeder merges them
+    for s, i in enumerate(range(0, len(pool), step), start=1):
+        buf += ep.frame(key, s, pool[i:i + step])
     with tempfile.TemporaryDirectory(prefix="bastion-bench-writer-") as d:
         Store.open(Path(d)).close()
         out = io.StringIO()

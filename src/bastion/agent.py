@@ -118,6 +118,16 @@ STORE_RETRY_S: Final = 5.0   # a failing store is tried again this often
 # Events waiting for the writer thread (store rows, event outputs); beyond, batches are shed
 # (counted in the store's events_not_stored and events_shed, alerted once per interval).
 WRITER_MAX_EVENTS: Final = 50_000
+# findings whose event rows are kept when the writer's queue is full (they may evict
+# queued rows); low and medium ones are cheap to raise in a loop (s16): shed like others
+_PINNING: Final = frozenset({"high", "critical"})
+
+
+def _by_rule(pinned: Sequence[tuple[Event, str]]) -> dict[str, list[Event]]:
+    out: dict[str, list[Event]] = {}
+    for ev, rule in pinned:
+        out.setdefault(rule, []).append(ev)
+    return out
 
 
 @dataclass
@@ -280,6 +290,9 @@ class Agent:
         self._stored_facts = 0   # events the writer process stored since the start
         self._stored_rows = 0    # in this many rows (exact repeats coalesced)
         self._last_kept_shed = 0
+        self.finding_rows_shed_low = 0   # rows of low/medium findings shed with a full queue
+        self._last_evicted = 0
+        self._last_evicted_alert = -1e9
 
     # ---- status (control thread) -------------------------------------------------
 
@@ -371,7 +384,8 @@ class Agent:
             return {"kind": "thread" if self._writer is not None else "inline"}
         return {"kind": "process", "pid": sp.pid, "restarts": sp.restarts, "lost": sp.lost,
                 "events_stored": self._stored_facts, "rows_stored": self._stored_rows,
-                "finding_rows_shed": sp.kept_shed}
+                "finding_rows_shed": sp.kept_shed, "rows_evicted": sp.evicted,
+                "finding_rows_shed_low_medium": self.finding_rows_shed_low}
 
     def _count_stored_events(self) -> int | None:
         """Events in the store (kept by the loop: a count(*) of millions of rows under the
@@ -776,19 +790,38 @@ class Agent:
                 rule="bastion.store.events_shed", severity="medium", attack=(), action="alert",
                 event=None, pid=os.getpid(),
                 title=f"{new_shed} events not stored nor sent to event outputs: the writer "
-                      "fell behind (detection saw them; events that raised a finding are kept)",
+                      "fell behind (detection saw them; events that raised a high or critical "
+                      "finding are kept)",
                 evidence={"shed": new_shed, "shed_total": shed_total,
-                          "queue_max": self.writer_max_events}))
+                          "queue_max": self.writer_max_events,
+                          "finding_rows_shed_low_medium": self.finding_rows_shed_low}))
         sp = self._store_proc
         if sp is not None and sp.kept_shed > self._last_kept_shed:
             new_kept, self._last_kept_shed = sp.kept_shed - self._last_kept_shed, sp.kept_shed
             self._alert(Finding(
                 rule="bastion.store.finding_rows_shed", severity="high", attack=("T1562",),
                 action="alert", event=None, pid=os.getpid(),
-                title=f"{new_kept} events that raised a finding not stored: the writer's queue "
-                      "held nothing else to give up (their alerts were raised and stored)",
+                title=f"{new_kept} events that raised a high or critical finding not stored: "
+                      "the writer's queue held nothing else to give up, or their rule's "
+                      "evictions a second were spent (their alerts were raised and stored)",
                 evidence={"shed": new_kept, "shed_total": sp.kept_shed,
-                          "queue_max": self.writer_max_events}))
+                          "queue_max": self.writer_max_events,
+                          "by_rule_total": dict(sp.not_kept_by),
+                          "evict_per_s": sp.evict_per_s}))
+        if sp is not None and sp.evicted > self._last_evicted and (
+                final or now - self._last_evicted_alert >= self.limits.interval_s):
+            self._last_evicted, self._last_evicted_alert = sp.evicted, now
+            by_rule, lost, more = sp.take_evictions()
+            if by_rule:
+                n_ev = sum(by_rule.values())
+                self._alert(Finding(
+                    rule="bastion.store.rows_evicted", severity="medium", attack=("T1562",),
+                    action="alert", event=None, pid=os.getpid(),
+                    title=f"{n_ev} queued event rows evicted, not stored, for the rows of high "
+                          "or critical findings (the writer's queue was full)",
+                    evidence={"evicted": n_ev, "evicted_total": sp.evicted, "by_rule": by_rule,
+                              "lost": lost, "lost_other_kinds": more,
+                              "evict_per_s": sp.evict_per_s}))
         if self.outputs is not None:
             for name, n in self.outputs.new_drops().items():
                 self._alert(Finding(
@@ -974,7 +1007,10 @@ class Agent:
         policies, containers = self.policies, self.containers
         seen: list[Event] = []
         keep = seen.append
-        flagged: list[Event] = []   # events that raised a finding: their rows are never shed
+        flagged: list[Event] = []   # events that raised a finding: rows of their own
+        # ... of them, those whose finding was high or critical, with its rule: their rows
+        # may take the place of queued ones when the writer's queue is full (store.keep)
+        pinned: list[tuple[Event, str]] = []
         for ev in batch:
             update(ev)
             ev = enrich(ev, True)
@@ -993,8 +1029,12 @@ class Agent:
                     found = [late]
             if found:
                 flagged.append(ev)
+                for f in found:
+                    if f.severity in _PINNING:
+                        pinned.append((ev, f.rule))
+                        break
         if seen:
-            self._hand_off(seen, flagged)
+            self._hand_off(seen, flagged, pinned)
         for t, n in batch_types.items():
             by_type[t] = by_type.get(t, 0) + n
         if self.metrics is not None and batch:
@@ -1003,26 +1043,33 @@ class Agent:
         self.summary.events += len(batch)
         return seen
 
-    def _hand_off(self, seen: list[Event], flagged: list[Event]) -> None:
+    def _hand_off(self, seen: list[Event], flagged: list[Event],
+                  pinned: Sequence[tuple[Event, str]] = ()) -> None:
         """The batch's rows to the writer process (or thread) and, when an output takes
         events, to the outputs' thread; above capacity whole batches are shed (counted,
-        alerted) except the events that raised a finding."""
+        alerted) except the events that raised a high or critical finding (``pinned``,
+        with the rule): those are kept, taking the place of queued rows not pinned (a
+        budget per rule a second: counted, alerted with what was lost).  Rows of low and
+        medium findings are shed like benign ones (counted): a flood of cheap findings
+        must not evict the benign rows of an attack's quiet steps (s16)."""
         sp, w = self._store_proc, self._writer
         if sp is not None:
-            if not sp.offer(seen, flagged):
-                self.store_health.events_not_stored += len(seen) - len(flagged)
-                kept, evicted = sp.keep(flagged)
-                self.store_health.events_not_stored += evicted + (0 if kept else len(flagged))
+            if not sp.offer(seen, flagged, [ev for ev, _ in pinned]):
+                self.store_health.events_not_stored += len(seen) - len(pinned)
+                self.finding_rows_shed_low += len(flagged) - len(pinned)
+                for rule, evs in _by_rule(pinned).items():
+                    kept, evicted = sp.keep(evs, rule)
+                    self.store_health.events_not_stored += evicted + len(evs) - kept
             if w is not None:
                 w.offer(seen)     # the outputs' copy (its sheds are counted in w.shed)
             return
         if w is None:
             self._write_events(seen, drain_alerts=True)
         elif not w.offer(seen):
-            self.store_health.events_not_stored += len(seen) - len(flagged)
-            kept, _ = w.keep(flagged)
-            if not kept:
-                self.store_health.events_not_stored += len(flagged)
+            self.store_health.events_not_stored += len(seen) - len(pinned)
+            self.finding_rows_shed_low += len(flagged) - len(pinned)
+            kept, _ = w.keep([ev for ev, _ in pinned])
+            self.store_health.events_not_stored += len(pinned) - kept
 
     def _store_result(self, kind: str, n: int, detail: str) -> None:
         """An answer of the writer process (its reader thread)."""

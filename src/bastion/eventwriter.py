@@ -34,14 +34,18 @@ class EventWriter(Generic[T]):
                  on_error: Callable[[Sequence[T], Exception], None] | None = None,
                  merge: Callable[[list[Sequence[T]]], Sequence[T]] | None = None,
                  merge_items: int = 0,
-                 must_keep: Callable[[Sequence[T]], Sequence[T]] | None = None) -> None:
+                 give_up: Callable[[Sequence[T], int], tuple[Sequence[T], list[T]]] | None = None,
+                 cut: Callable[[Sequence[T], int], Sequence[T]] | None = None) -> None:
         """``on_error(batch, exc)``: a batch whose ``write`` raised (its items are lost:
         the owner counts them); the thread goes on.
 
         ``merge(batches)``: queued batches written as one (up to ``merge_items`` items,
-        in order): one write of a backlog instead of many.  ``must_keep(batch)``: the
-        items of a queued batch that :meth:`keep` may not evict (the rest of it may go
-        to make room for kept items: counted in ``shed``)."""
+        in order): one write of a backlog instead of many.  ``give_up(batch, need)``: a
+        queued batch without up to ``need`` of the items :meth:`keep` may evict, newest
+        first: (what is left of it, the items given up); the others (rows of events that
+        raised a high finding) are never given up.  Evicted items are counted in ``shed``.
+        ``cut(items, n)``: the first ``n`` of ``items`` (as their kind: a batch keeps what it
+        says of its items)."""
         if max_items <= 0 or not 0.0 < share <= 1.0:
             raise ValueError(f"EventWriter: max_items must be > 0 and 0 < share <= 1 "
                              f"(got {max_items}, {share})")
@@ -62,7 +66,9 @@ class EventWriter(Generic[T]):
         self.kept_shed = 0      # items keep() could not queue (no room left to make)
         self._merge = merge
         self._merge_items = merge_items
-        self._must_keep = must_keep
+        self._give_up = give_up
+        self._cut = cut
+        self.evicted = 0        # items keep() evicted to make room (also in ``shed``)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
@@ -85,52 +91,63 @@ class EventWriter(Generic[T]):
             self._cv.notify()
         return True
 
-    def keep(self, items: Sequence[T]) -> tuple[bool, int]:
+    def keep(self, items: Sequence[T], *, max_evict: int | None = None,
+             evicted: list[T] | None = None) -> tuple[int, int]:
         """Queue ``items`` of a batch :meth:`offer` just shed, whatever the queue holds,
-        and take them out of ``shed`` (the events that raised a finding: their storage is
-        never shed).  They take ``reserve`` items beyond ``max_items``; beyond that, with
-        ``must_keep``, queued batches give up their other items, newest first (counted in
-        ``shed``).  (queued, items evicted for them); not queued (counted in
-        ``kept_shed``) only when no room can be made."""
+        and take them out of ``shed`` (the events that raised a high finding: their
+        storage is not shed).  They take ``reserve`` items beyond ``max_items``; beyond
+        that, with ``give_up``, queued items are evicted, newest first, exactly as many
+        as needed and at most ``max_evict`` (the caller's budget: None, no bound), each
+        appended to ``evicted`` when given (counted in ``shed`` and ``evicted``).  What
+        still does not fit (nothing evictable left, the budget spent) is not queued, the
+        last items first (``cut(items, n)``: the first ``n``), counted in ``kept_shed``.
+        (items queued, items evicted for them)."""
         if not items:
-            return True, 0
-        evicted = 0
+            return 0, 0
+        gone = 0
         with self._cv:
             limit = self.max_items + self.reserve
-            if self._queued + len(items) > limit and self._must_keep is not None:
-                evicted = self._evict(self._queued + len(items) - limit)
-            if self._queued + len(items) > limit:
-                self.kept_shed += len(items)
-                return False, evicted   # beyond the reserve, nothing left to evict: counted
+            need = self._queued + len(items) - limit
+            if need > 0 and self._give_up is not None:
+                gone = self._evict(need if max_evict is None else min(need, max_evict),
+                                   evicted)
+            room = max(0, limit - self._queued)
+            if room < len(items):
+                self.kept_shed += len(items) - room    # no room made for them: counted
+                if room == 0:
+                    return 0, gone
+                items = self._cut(items, room) if self._cut is not None else items[:room]
             self.shed -= len(items)
             self._q.append(items)
             self._queued += len(items)
             self._cv.notify()
-        return True, evicted
+        return len(items), gone
 
-    def _evict(self, need: int) -> int:
-        """Make room for ``need`` items: queued batches, newest first, cut down to the
-        items ``must_keep`` names (under ``_cv``); the number of items evicted."""
-        assert self._must_keep is not None
+    def _evict(self, need: int, evicted: list[T] | None) -> int:
+        """Make room for ``need`` items: queued batches, newest first, give up their
+        evictable items, newest first, ``need`` in all when there are as many (under
+        ``_cv``); the number of items evicted."""
+        assert self._give_up is not None
         q = self._q
-        evicted = 0
+        done = 0
         for i in range(len(q) - 1, -1, -1):
-            if need <= 0:
+            if done >= need:
                 break
             b = q[i]
-            kept = self._must_keep(b)
-            gone = len(b) - len(kept)
-            if gone <= 0:
+            rest, gone = self._give_up(b, need - done)
+            if not gone:
                 continue
-            if kept:
-                q[i] = kept
+            if rest:
+                q[i] = rest
             else:
                 del q[i]
-            self._queued -= gone
-            self.shed += gone
-            need -= gone
-            evicted += gone
-        return evicted
+            self._queued -= len(gone)
+            self.shed += len(gone)
+            self.evicted += len(gone)
+            done += len(gone)
+            if evicted is not None:
+                evicted += gone
+        return done
 
     def _run(self) -> None:
         while True:

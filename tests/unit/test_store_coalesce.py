@@ -206,17 +206,19 @@ def test_a_store_of_schema_4_keeps_its_rows_as_single_events(tmp_path: Path) -> 
 
 def test_keep_evicts_benign_rows_newest_first_and_counts_what_it_cannot_keep() -> None:
     """The writer's queue is full and stuck (its thread not started): rows that raised a
-    finding take the place of benign queued rows, newest first (counted as shed); when
+    high finding take the place of benign queued rows, newest first, exactly as many as
+    they need (counted as shed); when
     nothing benign is left, a finding row that does not fit is counted (``kept_shed``,
     alerted high by the agent), never dropped silently."""
     from bastion.eventwriter import EventWriter
-    from bastion.store.eventproc import Batch, _merge, _must_keep
+    from bastion.store.eventproc import Batch, _give_up, _merge
 
     w: EventWriter[Event] = EventWriter(lambda b: None, max_items=32, share=1.0,
-                                        merge=_merge, merge_items=64, must_keep=_must_keep)
+                                        merge=_merge, merge_items=64, give_up=_give_up)
     assert w.reserve == 2
     flood = [_chmod(i, path=f"/f{i}") for i in range(48)]
-    batches = [Batch(flood[8 * k:8 * k + 8], [id(flood[0])] if k == 0 else []) for k in range(4)]
+    batches = [Batch(flood[8 * k:8 * k + 8], *([[id(flood[0])]] * 2 if k == 0 else []))
+               for k in range(4)]
     for b in batches:
         assert w.offer(b)
     assert not w.offer(Batch(flood[32:40]))         # full: shed
@@ -224,7 +226,7 @@ def test_keep_evicts_benign_rows_newest_first_and_counts_what_it_cannot_keep() -
     attacks = [_chmod(100 + i, proc=EVIL) for i in range(40)]
     evicted = 0
     for a in attacks[:32]:
-        ok, gone = w.keep(Batch([a], [id(a)]))
+        ok, gone = w.keep(Batch([a], [id(a)], [id(a)]))
         assert ok
         evicted += gone
     q = [ev for b in w._q for ev in b]
@@ -233,12 +235,13 @@ def test_keep_evicts_benign_rows_newest_first_and_counts_what_it_cannot_keep() -
     assert flood[0] in q                            # the flood's own flagged row stays
     benign_left = [ev for ev in q if ev.proc is FLOOD and ev is not flood[0]]
     assert evicted + len(benign_left) == 31
+    assert evicted == 32 - w.reserve          # exactly the room needed, one each
     assert batches[3][0] not in q and batches[2][0] not in q   # the newest went first
     # (keep takes its rows out of shed: in the agent they were part of a shed offer)
     assert w.shed == 8 + evicted - 32 and w.kept_shed == 0
     # nothing benign left to give up: a finding row that does not fit is counted
-    results = [w.keep(Batch([a], [id(a)])) for a in attacks[32:]]
-    assert (False, 0) in results
+    results = [w.keep(Batch([a], [id(a)], [id(a)])) for a in attacks[32:]]
+    assert (0, 0) in results
     assert w.kept_shed == sum(1 for ok, _ in results if not ok) > 0
     assert all(ev.proc is EVIL or ev is flood[0] for b in w._q for ev in b)
 
@@ -255,3 +258,56 @@ def test_retention_counts_the_events_of_the_rows_it_deletes(tmp_path: Path) -> N
         assert st.enforce_retention(now=T0 / 1e9) == 1       # one row
         assert st.event_facts_deleted == 40                  # of 40 events
         assert st.count_event_facts() == 1
+
+
+def test_rows_stored_by_many_per_statement_keep_their_order_and_columns(tmp_path: Path) -> None:
+    """add_rows inserts many rows per statement (issue 16.3, s16): every row, in the order
+    given (row ids follow it: ``events --follow`` reads by row id), each column where
+    it belongs, across full statements and the remainder; a row of the wrong width
+    stores nothing of its batch."""
+    import sqlite3
+
+    from bastion.errors import StoreError
+    from bastion.store.db import _ROWS_PER_INSERT
+
+    n = 2 * _ROWS_PER_INSERT + 37
+    evs = [_chmod(i, path=f"/tmp/o/{(7 * i) % n}", proc=EVIL if i % 5 == 0 else FLOOD)
+           for i in range(n)]
+    evs[5:9] = [_chmod(5)] * 4        # one coalesced row among them
+    rows, facts = RowMaker().rows(pack(evs))
+    assert facts == n and len(rows) == n - 3
+    with Store.open(tmp_path) as st:
+        st.add_rows(rows)
+        got = st.events()
+        assert [(r.data, r.data.get("count", 1)) for r in got] == \
+            [(json.loads(r[4]), r[5]) for r in rows]
+        assert st.count_event_facts() == n
+        conn = sqlite3.connect(str(tmp_path / "bastion.db"))
+        try:
+            assert conn.execute("SELECT ts, type, pid, exe, data, n, ts_last FROM events "
+                                "ORDER BY seq").fetchall() == rows
+        finally:
+            conn.close()
+        with pytest.raises(StoreError, match=r"event rows of \[6, 7\] values"):
+            st.add_rows(rows[:3] + [rows[3][:6]])
+        assert st.count_events() == len(rows)
+
+
+def test_give_up_takes_the_newest_rows_not_pinned_and_forgets_their_ids() -> None:
+    """Eviction from one queued batch (s16): exactly ``need`` rows, the newest not pinned
+    (a low/medium finding row goes like a benign one), the rest in order; the ids of the
+    rows given up leave the batch's sets (a freed id may come back on another event)."""
+    from bastion.store.eventproc import Batch, _cut, _give_up
+
+    evs = [_chmod(i, path=f"/g{i}") for i in range(10)]
+    medium, high = evs[8], evs[9]
+    b = Batch(evs, [id(medium), id(high)], [id(high)])
+    rest, gone = _give_up(b, 3)
+    assert gone == evs[6:9]                      # the newest three not pinned, in order
+    assert list(rest) == evs[:6] + [high]
+    assert isinstance(rest, Batch)
+    assert rest.pinned == {id(high)} and rest.apart == {id(high)}
+    rest2, gone2 = _give_up(Batch([high], [id(high)], [id(high)]), 5)
+    assert gone2 == [] and list(rest2) == [high]
+    c = _cut(b, 9)
+    assert list(c) == evs[:9] and c.pinned == frozenset() and c.apart == {id(medium)}

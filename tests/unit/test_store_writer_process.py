@@ -453,3 +453,161 @@ def test_a_batch_resent_once_is_lost_if_its_second_writer_dies_too(tmp_path: Pat
         assert ("stored", 3) in results and ("stored", 7) not in results
     finally:
         sp.close()
+
+
+# ---- s16: a flood of cheap findings must not evict an attack's quiet steps ----------------
+
+
+class _CheapChmod:
+    """A finding of ``severity`` for every chmod by ACTOR: a rule an attacker triggers in
+    a loop (a medium rule in real life; a high one for the budget test)."""
+
+    event_types = frozenset({"chmod"})
+
+    def __init__(self, severity: str) -> None:
+        self.severity = severity
+        self.name = f"behavior.test_cheap_chmod_{severity}"
+
+    def on_event(self, ev: Event, ctx: Any) -> list[Any]:
+        from bastion.detect.engine import Finding
+
+        if isinstance(ev, FileEvent) and ev.op == "chmod" and ev.proc.pid == ACTOR.pid:
+            return [Finding(rule=self.name, title="cheap chmod", severity=self.severity,
+                            attack=(), action="alert", event=ev, pid=ev.proc.pid)]
+        return []
+
+
+def _flood(i: int, n: int = 200) -> list[Event]:
+    t = T0 + i * 10_000
+    return [FileEvent(t + k, ACTOR, op="chmod", path=f"/tmp/flood/{i}/{k}", mode=0o644)
+            for k in range(n)]
+
+
+def _step(i: int) -> Event:
+    """One quiet step of the real attack: no rule fires on it."""
+    return FileEvent(T0 + i * 10_000 + 500, EVIL, op="open", path=f"/home/victim/.ssh/key{i}")
+
+
+def _stopped_writer_agent(tmp_path: Path, severity: str, writer_max: int
+                          ) -> tuple[Agent, Any]:
+    """An agent (not running: the test calls process() itself, in order) whose writer
+    process is started then stopped (SIGSTOP): a slow or stalled store."""
+    store = Store.open(tmp_path / "db")
+    procs = ProcessTable()
+    agent = Agent(policy=parse_policy("version: 1\n", "test.yaml"), sensors=[], store=store,
+                  procs=procs, engine=Engine([EvilExec(), _CheapChmod(severity)]),
+                  dispatcher=Dispatcher(procs), store_process=True)
+    agent.writer_max_events = writer_max
+    agent.writer_stall_s = 300.0
+    agent._start_store_process()
+    sp = agent._store_proc
+    assert sp is not None and sp.pid is not None
+    os.kill(sp.pid, signal.SIGSTOP)
+    return agent, sp
+
+
+def _blocked(sp: Any) -> bool:
+    """The feeder stuck writing to the stopped writer's full pipe: the queue cannot drain."""
+    c = sp._child
+    if c is None or not c.writing:
+        return False
+    q = sp.queued
+    time.sleep(0.3)
+    return bool(c.writing) and sp.queued == q
+
+
+def _fill(agent: Agent, sp: Any) -> tuple[list[int], int]:
+    """Flood batches with one quiet attack step each until the pipe and the queue are
+    full (a batch shed while the feeder is stuck on the pipe); (the steps of the batches
+    queued, the next batch number).  A batch shed before (a busy host: the feeder late
+    to move batches to the pipe) takes its step with it, counted: not a queued step."""
+    queued: list[int] = []
+    for i in range(10_000):
+        shed = sp.shed
+        agent.process([*_flood(i), _step(i)])
+        if sp.shed == shed:
+            queued.append(i)
+        elif _blocked(sp):
+            return queued, i + 1
+        time.sleep(0.002)      # the feeder moves batches to the pipe until it is full
+    raise AssertionError("the pipe and the queue never filled")
+
+
+def _finish(tmp_path: Path, agent: Agent, sp: Any) -> tuple[list[int], list[dict[str, Any]]]:
+    """Resume the writer, store what is queued, raise the health alerts; (the attack steps
+    stored, the alerts)."""
+    assert sp.pid is not None
+    os.kill(sp.pid, signal.SIGCONT)
+    try:
+        assert sp.flush(60)
+        agent._health(final=True)
+    finally:
+        sp.close()
+        agent.store.close()
+    with Store.open(tmp_path / "db") as store:
+        steps = sorted(int(r.data["path"].rpartition("key")[2])
+                       for r in store.events(pid=EVIL.pid))
+        alerts = [a.data for a in store.alerts()]
+    return steps, alerts
+
+
+def test_a_flood_of_medium_findings_does_not_evict_an_attacks_quiet_steps(
+        tmp_path: Path) -> None:
+    """Attack (threat model, left by the s15 review): a flood of cheap findings makes the
+    store's queue evict the newest benign rows.  The attacker loops a medium-rule trigger
+    (every chmod a finding) while the store is slow (writer stopped) and takes their real
+    steps (opens no rule fires on) among it.  Once the queue is full, the flood's medium
+    rows must be shed like any other (counted), not take the place of the queued steps:
+    every step queued before the queue filled is stored.  Before (s15): each medium row
+    of a shed batch evicted a queued benign row, newest first: the attack's steps went."""
+    agent, sp = _stopped_writer_agent(tmp_path, "medium", writer_max=2_000)
+    try:
+        queued, nxt = _fill(agent, sp)
+        assert len(queued) >= 5
+        low0 = agent.finding_rows_shed_low
+        for i in range(nxt, nxt + 59):       # the cheap flood goes on: every batch shed
+            agent.process(_flood(i))
+        assert sp.evicted == 0
+        assert agent.finding_rows_shed_low - low0 == 59 * 200
+    finally:
+        steps, alerts = _finish(tmp_path, agent, sp)
+    assert steps[:len(queued)] == queued           # every queued step survived
+    shed = [a for a in alerts if a["rule"] == "bastion.store.events_shed"]
+    assert shed and shed[-1]["evidence"]["finding_rows_shed_low_medium"] >= 59 * 200
+    assert not [a for a in alerts if a["rule"] == "bastion.store.rows_evicted"]
+
+
+def test_a_flood_of_one_high_rule_evicts_at_most_its_budget_and_says_what_was_lost(
+        tmp_path: Path) -> None:
+    """The same attack with a high rule in the loop: its rows may take the place of
+    queued ones, but one rule evicts at most ``evict_per_s`` rows a second; past it its
+    rows are not kept (counted, alerted high by rule), and what was evicted is alerted
+    with what it was (the attack's steps by actor and type), never silently lost."""
+    agent, sp = _stopped_writer_agent(tmp_path, "high", writer_max=2_000)
+    sp.evict_per_s = 50.0
+    try:
+        t0 = time.monotonic()          # (the rule's rows may evict from the first shed on)
+        queued, nxt = _fill(agent, sp)
+        for i in range(nxt, nxt + 10):
+            agent.process(_flood(i))
+        elapsed = time.monotonic() - t0
+        assert 0 < sp.evicted <= 50 * (1 + elapsed) + 1
+        not_kept = sp.not_kept_by["behavior.test_cheap_chmod_high"]
+        assert not_kept >= 10 * 200 - sp.evicted - sp._feeder.reserve - 200
+        assert sp.kept_shed == not_kept
+        evicted = sp.evicted
+    finally:
+        steps, alerts = _finish(tmp_path, agent, sp)
+    lost_steps = set(queued) - set(steps)
+    assert len(lost_steps) <= evicted          # evicted rows: flood rows and attack steps
+    ev_alerts = [a for a in alerts if a["rule"] == "bastion.store.rows_evicted"]
+    assert ev_alerts
+    ev = ev_alerts[-1]["evidence"]
+    assert ev["evicted_total"] == evicted
+    assert ev["by_rule"] == {"behavior.test_cheap_chmod_high": evicted}
+    lost = {(k["pid"], k["type"]): k["rows"] for k in ev["lost"]}
+    assert lost.get((EVIL.pid, "open"), 0) == len(lost_steps)
+    assert sum(lost.values()) == evicted
+    capped = [a for a in alerts if a["rule"] == "bastion.store.finding_rows_shed"]
+    assert capped and capped[-1]["severity"] == "high"
+    assert capped[-1]["evidence"]["by_rule_total"] == {"behavior.test_cheap_chmod_high": not_kept}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import json
 import logging
 import math
@@ -97,6 +98,12 @@ class StoreStats:
     db_bytes: int  # page_count * page_size: the measure retention enforces
     wal_bytes: int
     alerts_by_severity: Mapping[str, int]
+
+
+_INSERT_ROWS = "INSERT INTO events(ts, type, pid, exe, data, n, ts_last) VALUES "
+# event rows per INSERT in add_rows (7 parameters each; fewer under a build whose limit on
+# parameters is lower than the default 32,766)
+_ROWS_PER_INSERT = 256
 
 
 def severity_rank(severity: str) -> int:
@@ -505,10 +512,23 @@ class Store:
         ``(ts, type, pid, exe, data, n, ts_last)`` each, in one transaction."""
         if not rows:
             return
+        widths = set(map(len, rows))
+        if widths != {7}:
+            raise MalformedRecordError(f"event rows of {sorted(widths)} values (7 each)",
+                                       location=Location(str(self._path)))
         with self._write(f"storing {len(rows)} event rows") as conn:
-            conn.executemany(
-                "INSERT INTO events(ts, type, pid, exe, data, n, ts_last) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            k = min(_ROWS_PER_INSERT, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 7)
+            full = len(rows) // k * k
+            if full:
+                # k rows per statement (one multi-row VALUES, in order: seq follows the
+                # rows): ~25 % less CPU a row than one statement a row (the statement's
+                # setup and the AUTOINCREMENT counter's update once per k rows)
+                stmt = _INSERT_ROWS + ",".join(("(?,?,?,?,?,?,?)",) * k)
+                chain_of = itertools.chain.from_iterable
+                for i in range(0, full, k):
+                    conn.execute(stmt, tuple(chain_of(rows[i:i + k])))
+            if full < len(rows):
+                conn.executemany(_INSERT_ROWS + "(?,?,?,?,?,?,?)", rows[full:])
 
     def add_alert(self, alert: Mapping[str, Any]) -> str:
         """Store one alert and return its id (a uuid4 hex is assigned if absent).

@@ -81,6 +81,7 @@ _WINDOW_NS: Final = int(REPEAT_WINDOW_S * 1e9)   # a coalesced row spans at most
 _ESC: Final[Callable[[str], str]] = encode_basestring_ascii   # json's own C escaper
 _ENC: Final = _ENCODER.encode
 MERGE_EVENTS: Final = 8192         # queued batches sent as one frame (one transaction)
+LOST_KINDS: Final = 32             # (actor, type) kinds of evicted rows said by name
 
 
 def _tag(key: bytes, data: bytes) -> bytes:
@@ -306,16 +307,24 @@ def _json_value(v: Any) -> str:
     return _ENC(v)
 
 
-def _encoders() -> dict[int, Callable[[Sequence[Any]], str]]:
-    """Per class no: the JSON of a packed row's own fields, ``,"name":value`` each, in
-    :func:`~bastion.events.to_json` order (in a packed row's key ``truncated`` is at 2,
-    its own fields from 3).  Generated per class, as :func:`bastion.events._maker` is: a field
-    declared ``str`` or ``int`` whose value has that exact type is formatted inline (the
-    JSON encoder's C escaper for a str, ``int`` as ``json`` writes it); any other value
-    goes through the encoder itself."""
+_Encoder = Callable[[Sequence[Any], str, str, int, str, str], str]
+_TRUNCATED: Final = ',"truncated":true'
+
+
+def _encoders() -> dict[int, _Encoder]:
+    """Per class no: a packed row's whole ``data`` JSON in one generated f-string,
+    ``enc(r, type_head, second, micros, actor, tail)``: ``type_head`` (``{"type":…,"time":"``),
+    the time's second (``YYYY-MM-DDTHH:MM:SS.``) and microseconds, the actor's fields
+    (made once per batch), the row's own fields (``,"name":value`` each, in
+    :func:`~bastion.events.to_json` order: in a packed row's key ``truncated`` is at 2, its
+    own fields from 3), ``"truncated"`` when set, then ``tail`` (``}`` or the count and
+    last time).  Generated per class, as :func:`bastion.events._maker` is: a field declared
+    ``str`` or ``int`` whose value has that exact type is formatted inline (the JSON
+    encoder's C escaper for a str, ``int`` as ``json`` writes it); any other value goes
+    through the encoder itself."""
     from bastion.events import _JSON_FIELDS
 
-    out: dict[int, Callable[[Sequence[Any]], str]] = {}
+    out: dict[int, _Encoder] = {}
     for n, cls in enumerate(_CLASSES):
         want = set(_JSON_FIELDS[cls])
         parts = []
@@ -331,9 +340,11 @@ def _encoders() -> dict[int, Callable[[Sequence[Any]], str]]:
             else:
                 expr = f"_val({v})"
             parts.append(f',"{f.name}":{{{expr}}}')
-        env: dict[str, Any] = {"_esc": _ESC, "_val": _json_value}
+        env: dict[str, Any] = {"_esc": _ESC, "_val": _json_value, "_tr": _TRUNCATED, "_no": ""}
         body = "".join(parts)
-        exec(f"def enc(r):\n    return f'{body}'\n", env)  # noqa: S102 - generated from the dataclass fields
+        exec("def enc(r, ty, sec, us, actor, tail):\n"   # noqa: S102 - generated from the dataclass fields
+             f"    return f'{{ty}}{{sec}}{{us:06d}}Z\",{{actor}}{body}"
+             "{_tr if r[2] else _no}{tail}'\n", env)
         out[n] = env["enc"]
     return out
 
@@ -341,22 +352,39 @@ def _encoders() -> dict[int, Callable[[Sequence[Any]], str]]:
 class RowMaker:
     """The store rows of a payload straight from its packed tuples: no event objects, the
     actor's JSON part made once per batch, each value encoded by the JSON encoder's own C
-    string escaper.  ``data`` is byte for byte what ``json`` gives for
-    :func:`~bastion.events.to_json` (``tests/unit/test_store_coalesce.py``), plus
+    string escaper, a row's whole ``data`` in one generated f-string (:func:`_encoders`),
+    the type's head and the time's second cached.  ``data`` is byte for byte what ``json``
+    gives for :func:`~bastion.events.to_json` (``tests/unit/test_store_coalesce.py``), plus
     ``"count"`` and ``"last_time"`` when the row stands for repeats."""
 
     def __init__(self) -> None:
         self.encoders = _encoders()
         self._secs: dict[int, str] = {}
+        self._types: dict[str, tuple[str, str]] = {}
+
+    def _second(self, secs: int) -> str:
+        if len(self._secs) > 4096:
+            self._secs.clear()
+        head = self._secs[secs] = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(secs))
+        return head
+
+    def _type(self, etype: Any) -> tuple[str, str]:
+        """(``{"type":…,"time":"``, the type column) of a row's type; ValueError: not a str."""
+        if type(etype) is not str:
+            raise ValueError(f"a row with type {etype!r}")
+        if len(self._types) > 256:
+            self._types.clear()
+        from bastion.store.db import _text
+
+        t = self._types[etype] = (f'{{"type":{_ESC(etype)},"time":"', _text(etype))
+        return t
 
     def time(self, ns: int) -> str:
         secs, sub = divmod(ns, 1_000_000_000)
         head = self._secs.get(secs)
         if head is None:
-            if len(self._secs) > 4096:
-                self._secs.clear()
-            head = self._secs[secs] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
-        return f"{head}.{sub // 1000:06d}Z"
+            head = self._second(secs)
+        return f"{head}{sub // 1000:06d}Z"
 
     def rows(self, payload: bytes) -> tuple[list[tuple[Any, ...]], int]:
         """(rows for :meth:`~bastion.store.db.Store.add_rows`, events they stand for)."""
@@ -374,25 +402,31 @@ class RowMaker:
             if a[10] is not None:
                 frag += ',"container":' + _ENC(Container.from_json(a[10]).to_json())
             parts.append((int(a[0]), _text(a[9]), frag))
-        encoders, fmt = self.encoders, self.time
+        encoders, secs_of, types = self.encoders, self._secs, self._types
         out: list[tuple[Any, ...]] = []
+        add = out.append
         events = 0
         for r, first, n, last, etype in packed:
-            enc = encoders[r[0]]
+            secs, sub = divmod(first, 1_000_000_000)
+            sec = secs_of.get(secs)
+            if sec is None:
+                sec = self._second(secs)
+            ty = types.get(etype)
+            if ty is None:
+                ty = self._type(etype)
             pid, exe, frag = parts[r[1]]
-            if type(n) is not int or n < 1 or type(etype) is not str:
-                raise ValueError(f"a row with count {n!r} and type {etype!r}")
-            data = [f'{{"type":{esc(etype)},"time":"{fmt(first)}",', frag, enc(r)]
-            if r[2]:
-                data.append(',"truncated":true')
-            if n > 1:
-                data.append(f',"count":{n},"last_time":"{fmt(last)}"}}')
-                out.append((first // 1000 / 1e6, _text(etype), pid, exe, "".join(data), n,
-                            last // 1000 / 1e6))
+            if n == 1 and n.__class__ is int:
+                add((first // 1000 / 1e6, ty[1], pid, exe,
+                     encoders[r[0]](r, ty[0], sec, sub // 1000, frag, "}"), 1, None))
+                events += 1
+            elif n.__class__ is int and n > 1:
+                tail = f',"count":{n},"last_time":"{self.time(last)}"}}'
+                add((first // 1000 / 1e6, ty[1], pid, exe,
+                     encoders[r[0]](r, ty[0], sec, sub // 1000, frag, tail), n,
+                     last // 1000 / 1e6))
+                events += n
             else:
-                data.append("}")
-                out.append((first // 1000 / 1e6, _text(etype), pid, exe, "".join(data), 1, None))
-            events += n
+                raise ValueError(f"a row with count {n!r} and type {etype!r}")
         return out, events
 
 
@@ -500,28 +534,71 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 class Batch(list[Event]):
     """A batch handed to the writer with the ``id()`` of its events that raised a finding
-    (``apart``: never coalesced, never evicted to make room)."""
+    (``apart``: never coalesced) and of those whose finding was high or critical
+    (``pinned``: never evicted to make room, see :meth:`EventStoreProcess.keep`)."""
 
     apart: frozenset[int]
+    pinned: frozenset[int]
 
-    def __init__(self, events: Sequence[Event] = (), apart: Collection[int] = ()) -> None:
+    def __init__(self, events: Sequence[Event] = (), apart: Collection[int] = (),
+                 pinned: Collection[int] = ()) -> None:
         super().__init__(events)
         self.apart = frozenset(apart)
+        self.pinned = frozenset(pinned)
 
 
 def _merge(parts: list[Sequence[Event]]) -> Batch:
     out = Batch()
     apart: set[int] = set()
+    pinned: set[int] = set()
     for b in parts:
         out += b
         apart |= getattr(b, "apart", frozenset())
+        pinned |= getattr(b, "pinned", frozenset())
     out.apart = frozenset(apart)
+    out.pinned = frozenset(pinned)
     return out
 
 
-def _must_keep(batch: Sequence[Event]) -> Batch:
+def _give_up(batch: Sequence[Event], need: int) -> tuple[Sequence[Event], list[Event]]:
+    """``batch`` without up to ``need`` of its events not pinned, newest first (what is
+    left, in order, and the events given up): the eviction of :meth:`EventWriter.keep`.
+    Rows of low/medium findings are not pinned: they go like benign ones."""
+    pinned: frozenset[int] = getattr(batch, "pinned", frozenset())
     apart: frozenset[int] = getattr(batch, "apart", frozenset())
-    return Batch([ev for ev in batch if id(ev) in apart], apart) if apart else Batch()
+    drop: set[int] = set()
+    gone: list[Event] = []
+    for j in range(len(batch) - 1, -1, -1):
+        if len(gone) >= need:
+            break
+        if id(batch[j]) not in pinned:
+            drop.add(j)
+            gone.append(batch[j])
+    if not gone:
+        return batch, gone
+    gone.reverse()
+    # the ids of the events given up leave with them (an id may be reused once they are
+    # freed: it must not mark another event of a batch merged with this one)
+    out = set(map(id, gone))
+    return Batch([ev for j, ev in enumerate(batch) if j not in drop], apart - out,
+                 pinned - out), gone
+
+
+def _cut(batch: Sequence[Event], n: int) -> Batch:
+    """The first ``n`` of ``batch``, with what it says of them (see :func:`_give_up`)."""
+    out = set(map(id, batch[n:]))
+    return Batch(batch[:n], getattr(batch, "apart", frozenset()) - out,
+                 getattr(batch, "pinned", frozenset()) - out)
+
+
+class _Bucket:
+    """One finding class's evictions: ``rate`` a second, at most ``rate`` at once."""
+
+    __slots__ = ("tokens", "at")
+
+    def __init__(self, rate: float, now: float) -> None:
+        self.tokens = rate
+        self.at = now
 
 
 class _Child:
@@ -565,10 +642,12 @@ class EventStoreProcess:
                  on_died: Callable[[str, int, str, int], None],
                  argv: Sequence[str] | None = None, nice: int = CHILD_NICE,
                  enrol: Callable[[int], Callable[[], None]] | None = None,
-                 stall_s: float = STALL_S) -> None:
+                 stall_s: float = STALL_S, evict_per_s: float | None = None) -> None:
         """``enrol(pid)``: make a new child one of ours for tamper protection before it
         opens the store (under the guardian: the protected data dir); returns the undo,
-        called once the child is gone."""
+        called once the child is gone.  ``evict_per_s``: the queued rows one finding
+        class (rule) may evict a second to keep its rows (:meth:`keep`; default a quarter
+        of ``max_items``)."""
         self.data_dir = Path(data_dir)
         self._argv = list(argv) if argv is not None else [
             sys.executable, "-I", "-B", "-m", "bastion.store.eventproc",
@@ -579,6 +658,16 @@ class EventStoreProcess:
         if not stall_s > 0:
             raise ValueError(f"EventStoreProcess: stall_s must be > 0 (got {stall_s})")
         self.stall_s = stall_s
+        rate = max_items / 4 if evict_per_s is None else evict_per_s
+        if not rate > 0:
+            raise ValueError(f"EventStoreProcess: evict_per_s must be > 0 (got {evict_per_s})")
+        self.evict_per_s = float(rate)
+        self._buckets: dict[str, _Bucket] = {}
+        self._evict_lock = threading.Lock()
+        self.evicted_by: dict[str, int] = {}    # queued rows evicted, by the class that did
+        self.not_kept_by: dict[str, int] = {}   # finding rows not kept (kept_shed), by class
+        self._lost: collections.Counter[tuple[int, str, str, str]] = collections.Counter()
+        self._lost_more = 0                     # evicted rows beyond the sample's kinds
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()   # one writer of a child's pipe at a time
         self._child: _Child | None = None
@@ -590,7 +679,7 @@ class EventStoreProcess:
         self._feeder: EventWriter[Event] = EventWriter(
             self._send, max_items=max_items, share=1.0, name="bastion-store-feeder",
             on_error=self._send_failed, merge=_merge, merge_items=MERGE_EVENTS,
-            must_keep=_must_keep)
+            give_up=_give_up, cut=_cut)
 
     # -- counters the agent reports
 
@@ -816,18 +905,67 @@ class EventStoreProcess:
 
     # -- the loop's side
 
-    def offer(self, batch: Sequence[Event], flagged: Sequence[Event] = ()) -> bool:
+    def offer(self, batch: Sequence[Event], flagged: Sequence[Event] = (),
+              pinned: Sequence[Event] = ()) -> bool:
         """Queue ``batch``; False (counted in ``shed``) when the queue is full.
-        ``flagged``: its events that raised a finding (rows of their own, exactly as seen,
-        never evicted by :meth:`keep`)."""
-        return self._feeder.offer(Batch(batch, [id(ev) for ev in flagged]))
+        ``flagged``: its events that raised a finding (rows of their own, exactly as seen);
+        ``pinned``: those of them whose finding was high or critical (never evicted by
+        :meth:`keep`)."""
+        return self._feeder.offer(Batch(batch, [id(ev) for ev in flagged],
+                                        [id(ev) for ev in pinned]))
 
-    def keep(self, events: Sequence[Event]) -> tuple[bool, int]:
+    def keep(self, events: Sequence[Event], finding_class: str = "") -> tuple[int, int]:
         """Queue ``events`` of a batch just shed whatever the queue holds (those that
-        raised a finding), out of the shed count: room is made by evicting the queue's
-        other rows, newest first (counted in ``shed``).  (queued, benign events evicted
-        for them); not queued (``kept_shed``) only when the queue holds nothing else."""
-        return self._feeder.keep(Batch(events, [id(ev) for ev in events]))
+        raised a high or critical finding of ``finding_class``, its rule), out of the shed
+        count: the queue's reserve first, then room is made by evicting the queue's rows
+        not pinned (benign, low/medium findings), newest first, counted in ``shed`` and
+        ``evicted_by`` with a sample of what was lost (:meth:`take_evictions`).  A class
+        evicts at most ``evict_per_s`` rows a second (a flood of one rule's findings does
+        not empty the queue): its rows beyond are not kept (``kept_shed``,
+        ``not_kept_by``), nor those the queue has no room for when nothing is left to
+        evict.  (events queued, queued rows evicted for them)."""
+        now = time.monotonic()
+        with self._evict_lock:
+            b = self._buckets.get(finding_class)
+            if b is None:
+                b = self._buckets[finding_class] = _Bucket(self.evict_per_s, now)
+            b.tokens = min(self.evict_per_s, b.tokens + (now - b.at) * self.evict_per_s)
+            b.at = now
+            gone: list[Event] = []
+            ids = [id(ev) for ev in events]
+            kept, evicted = self._feeder.keep(Batch(events, ids, ids),
+                                              max_evict=int(b.tokens), evicted=gone)
+            b.tokens -= evicted
+            if evicted:
+                self.evicted_by[finding_class] = self.evicted_by.get(finding_class, 0) + evicted
+                lost = self._lost
+                for ev in gone:
+                    p = ev.proc
+                    k = (p.pid, p.comm, p.exe, ev.type)
+                    if k in lost or len(lost) < LOST_KINDS:
+                        lost[k] += 1
+                    else:
+                        self._lost_more += 1
+            if kept < len(events):
+                self.not_kept_by[finding_class] = \
+                    self.not_kept_by.get(finding_class, 0) + len(events) - kept
+        return kept, evicted
+
+    def take_evictions(self) -> tuple[dict[str, int], list[dict[str, Any]], int]:
+        """What :meth:`keep` evicted since the last call: (rows by finding class, the rows
+        lost by actor and type, most first, rows beyond those kinds); reset."""
+        with self._evict_lock:
+            by, self.evicted_by = self.evicted_by, {}
+            lost = [{"pid": k[0], "comm": k[1], "exe": k[2], "type": k[3], "rows": n}
+                    for k, n in self._lost.most_common()]
+            more, self._lost_more = self._lost_more, 0
+            self._lost = collections.Counter()
+        return by, lost, more
+
+    @property
+    def evicted(self) -> int:
+        """Queued rows evicted by :meth:`keep` in all (also counted in ``shed``)."""
+        return self._feeder.evicted
 
     @property
     def kept_shed(self) -> int:
