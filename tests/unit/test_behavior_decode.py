@@ -51,8 +51,14 @@ class Rec:
                            "exe_nlink": 1, "stdin": stdin, "stdout": stdout})
         return self
 
-    def exit(self, pid: int) -> "Rec":
-        self.lines.append({"type": "exit", **self._hdr(pid), "exit_code": 0})
+    def exit(self, pid: int, code: int = 0) -> "Rec":
+        self.lines.append({"type": "exit", **self._hdr(pid), "exit_code": code})
+        return self
+
+    def fork(self, pid: int, child: int) -> "Rec":
+        self.lines.append({"type": "fork", **self._hdr(pid), "child_pid": child,
+                           "child_start_ns": child * 1000})
+        self.procs[child] = (pid, self.procs[pid][1])
         return self
 
     def write(self, pid: int, path: str) -> "Rec":
@@ -333,3 +339,21 @@ def test_generated_shell_silent_lookalikes(tmp_path: Path) -> None:
     found = r.run(tmp_path)
     assert [f for f in new(found) if f[0] == "generated_shell"] == []
     assert of(found, "piped_payload")
+
+
+def test_a_command_not_found_is_no_writer(tmp_path: Path) -> None:
+    """``echo X | b64decode -r | sh`` where b64decode is not installed: the shell's
+    forked child exits 127 without an exec and the pipe into ``sh`` carried nothing the
+    script wrote: silent (T1140-7 decoded nothing).  The same pipeline whose middle
+    command ran is the decoded-payload rules' business, and an ``echo`` into ``sh``
+    beside it still raises."""
+    r = Rec()
+    r.fork(150, 800).exit(800, 127)
+    r.exec(801, 150, "/usr/bin/dash", ["sh"], stdin="pipe:[80]")
+    r.exit(801)
+    assert new(r.run(tmp_path)) == []
+    r = Rec()
+    r.fork(150, 800).exit(800, 0)
+    r.exec(801, 150, "/usr/bin/dash", ["sh"], stdin="pipe:[80]")
+    r.exit(801)
+    assert new(r.run(tmp_path)) == [("generated_shell", 801, "medium")]

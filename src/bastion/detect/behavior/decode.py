@@ -304,6 +304,7 @@ class _Pending:
     born: int
     exited: bool = False
     exited_ns: int = 0
+    feeder: ProcKey = (0, 0)   # the process that made the pipeline (the reader's parent)
     verdict: str = ""          # "": none yet; "covered"; "runs:<how>"
     evidence: dict[str, object] = field(default_factory=dict)
 
@@ -329,6 +330,10 @@ class _DecodeRule(BehaviorRule):
         self._by_stdout: BoundedState[str, ProcKey] = self.state()
         self._readers: BoundedState[str, tuple[int, str, tuple[str, ...], bool]] = self.state()
         self._swept = 0
+        # a script shell -> when a forked child of it exited 126/127 without an exec: a
+        # command that was not found (``echo X | b64decode | sh`` where b64decode is not
+        # installed): its pipe was written by nothing, not by the shell's words
+        self._failed: BoundedState[ProcKey, int] = self.state()
 
     # the subclass's say
     def start(self, ev: ExecEvent, ctx: RuleContext) -> _Pending | None:
@@ -350,6 +355,8 @@ class _DecodeRule(BehaviorRule):
         now = ev.time_ns
         hits: list[Hit] = []
         if isinstance(ev, ExitEvent):
+            if ev.exit_code in (126, 127):
+                self._note_failed(ev, ctx, now)
             p = self._pending.get(proc_key(ev), now)
             if p is not None:
                 p.exited, p.exited_ns = True, now
@@ -362,6 +369,18 @@ class _DecodeRule(BehaviorRule):
                 if now - p.born > LONG_NS or (p.exited and now - p.exited_ns > RESOLVE_NS):
                     self._settle(key, p, now, hits, timeout=True)
         return hits
+
+    def _note_failed(self, ev: ExitEvent, ctx: RuleContext, now: int) -> None:
+        me = ctx.procs.get(ev.proc.pid)
+        parent = ctx.procs.get(ev.proc.ppid) if me is not None else None
+        if me is not None and parent is not None and is_shell(parent.exe) and \
+                me.exe == parent.exe and me.cmdline == parent.cmdline:
+            self._failed.put((parent.pid, parent.start_ns), now, now)   # never exec'd
+
+    def failed_nearby(self, p: _Pending, now: int) -> bool:
+        """Did a command of the pipeline's maker fail to start (no writer at all)?"""
+        t = self._failed.get(p.feeder, now)
+        return t is not None and now - t <= LONG_NS
 
     def _exec(self, ev: ExecEvent, ctx: RuleContext, now: int, hits: list[Hit]) -> None:
         key = proc_key(ev)
@@ -389,6 +408,9 @@ class _DecodeRule(BehaviorRule):
         self.book.note(ev)
         if p is None or self.trusted(ev, ctx, PACKAGE_MANAGERS, depth=8):
             return
+        parent_now = ctx.procs.get(ev.proc.ppid)
+        if parent_now is not None:
+            p.feeder = (parent_now.pid, parent_now.start_ns)
         self._pending.put(key, now, p)
         if p.stdout.startswith("pipe:"):
             self._by_stdout.put(p.stdout, now, key)
@@ -543,7 +565,7 @@ class ScriptDecode(_DecodeRule):
             p.evidence["fed_by"] = "a file a shell wrote"
             return True
         fed = self.book.fed_by_shell(p.source, now)
-        if fed is None:
+        if fed is None or (fed == "shell" and self.failed_nearby(p, now)):
             return False
         p.evidence["fed_by"] = fed
         return True
@@ -596,7 +618,7 @@ class GeneratedShell(_DecodeRule):
 
     def ready(self, p: _Pending, now: int) -> bool:
         fed = self.book.fed_by_shell(p.source, now)
-        if fed is None:
+        if fed is None or (fed == "shell" and self.failed_nearby(p, now)):
             return False
         p.evidence["fed_by"] = fed
         return True
