@@ -264,6 +264,13 @@ def test_script_decode_silent_lookalikes(tmp_path: Path) -> None:
     r.exit(432)
     r.exec(440, 150, "/usr/bin/base64", ["base64", "-d", "/etc/app.b64"])
     r.exit(440)
+    # ``base64 < x > cfg.b64; base64 -d cfg.b64``: the shell's open was the program's
+    # redirect (the forked shell then exec'd base64 with its stdout on the file)
+    r.fork(150, 450).write(450, "/root/cfg.b64")
+    r.exec(450, 150, "/usr/bin/base64", ["base64"], stdout="file")
+    r.exit(450)
+    r.exec(451, 150, "/usr/bin/base64", ["base64", "-d", "cfg.b64"])
+    r.exit(451)
     assert new(r.run(tmp_path)) == []
 
 

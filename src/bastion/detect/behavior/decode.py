@@ -525,14 +525,28 @@ class ScriptDecode(_DecodeRule):
     def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None,
                  probes: Probes | None = None) -> None:
         super().__init__(settings, limits, probes)
-        self._shell_files: BoundedState[str, int] = self.state()
+        # a file a shell process opened for writing -> (when, that process); a process
+        # that then exec's a program with its stdout on a file made a redirect for the
+        # program (``base64 > x``): the program wrote it, not the shell's words
+        self._shell_files: BoundedState[str, tuple[int, ProcKey]] = self.state()
+        self._opened_by: BoundedState[ProcKey, list[str]] = self.state()
 
     def evaluate(self, ev: Event, ctx: RuleContext) -> list[Hit]:
         if isinstance(ev, FileEvent):
             if ev.op == "open" and is_shell(ev.proc.exe) and write_intent(ev) \
                     and ev.path.startswith("/") and not ev.path.startswith(("/dev/", "/proc/")):
-                self._shell_files.put(os.path.normpath(ev.path), ev.time_ns, ev.time_ns)
+                path, key = os.path.normpath(ev.path), proc_key(ev)
+                self._shell_files.put(path, ev.time_ns, (ev.time_ns, key))
+                self._opened_by.put(key, ev.time_ns,
+                                    [*(self._opened_by.get(key, ev.time_ns) or [])[-7:], path])
             return []
+        if isinstance(ev, ExecEvent):
+            opened = self._opened_by.pop(proc_key(ev))
+            if opened and ev.stdout == "file":
+                for path in opened:
+                    got = self._shell_files.get(path, ev.time_ns)
+                    if got is not None and got[1] == proc_key(ev):
+                        self._shell_files.pop(path)
         return super().evaluate(ev, ctx)
 
     def start(self, ev: ExecEvent, ctx: RuleContext) -> _Pending | None:
@@ -551,7 +565,7 @@ class ScriptDecode(_DecodeRule):
             for op in _operands(ev.argv):
                 path = os.path.normpath(op if op.startswith("/") else os.path.join(cwd, op))
                 t = self._shell_files.get(path, now)
-                if t is not None and now - t <= SHELL_WRITE_NS:
+                if t is not None and now - t[0] <= SHELL_WRITE_NS:
                     session = self.book.script_session(ev, ctx, "", self.probes.stdio)
                     source = path
                     break
