@@ -240,9 +240,13 @@ def test_script_decode_fed_by_the_scripts_shell(tmp_path: Path) -> None:
     r.write(150, "/root/blob.b64")
     r.exec(330, 150, "/usr/bin/base64", ["base64", "-d", "blob.b64"])
     r.exit(330)
+    r.exec(340, 150, "/usr/bin/cat", ["cat", "/root/blob.b64"], stdout="pipe:[34]")
+    r.exec(341, 150, "/usr/bin/xxd", ["xxd", "-r", "-p"], stdin="pipe:[34]")
+    r.exit(340).exit(341)
     got = new(r.run(tmp_path))
     assert got == [("script_decode", 300, "medium"), ("script_decode", 311, "medium"),
-                   ("script_decode", 321, "medium"), ("script_decode", 330, "medium")]
+                   ("script_decode", 321, "medium"), ("script_decode", 330, "medium"),
+                   ("script_decode", 341, "medium")]
 
 
 def test_script_decode_silent_lookalikes(tmp_path: Path) -> None:
@@ -264,6 +268,9 @@ def test_script_decode_silent_lookalikes(tmp_path: Path) -> None:
     r.exit(432)
     r.exec(440, 150, "/usr/bin/base64", ["base64", "-d", "/etc/app.b64"])
     r.exit(440)
+    r.exec(445, 150, "/usr/bin/cat", ["cat", "/etc/app.b64"], stdout="pipe:[44]")
+    r.exec(446, 150, "/usr/bin/base64", ["base64", "-d"], stdin="pipe:[44]")
+    r.exit(445).exit(446)
     # ``base64 < x > cfg.b64; base64 -d cfg.b64``: the shell's open was the program's
     # redirect (the forked shell then exec'd base64 with its stdout on the file)
     r.fork(150, 450).write(450, "/root/cfg.b64")

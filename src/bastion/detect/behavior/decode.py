@@ -207,6 +207,7 @@ class _Writer:
     tool: str
     argv: tuple[str, ...]
     stdin: str
+    cwd: str = ""
 
 
 @dataclass
@@ -226,19 +227,26 @@ class PipeBook:
     def note(self, ev: ExecEvent) -> None:
         now = ev.time_ns
         if ev.stdout.startswith("pipe:"):
-            self.writers.put(ev.stdout, now, _Writer(base(ev.proc.exe), ev.argv, ev.stdin))
+            self.writers.put(ev.stdout, now, _Writer(base(ev.proc.exe), ev.argv, ev.stdin,
+                                                     ev.cwd or "/"))
         if is_shell(ev.proc.exe):
             self.shells.put(proc_key(ev), now, _Shell(ev.stdin, ev.argv))
 
-    def fed_by_shell(self, pipe: str, now: int, depth: int = 0) -> str | None:
+    def fed_by_shell(self, pipe: str, now: int, depth: int = 0,
+                     wrote: Callable[[str], bool] | None = None) -> str | None:
         """How the script's shell wrote ``pipe`` ("shell": no program had it as its
         stdout; "echo"/"printf": the shell's words through those programs; "cat <<": a
-        pass-through of a pipe the shell wrote); None when a program wrote it."""
+        pass-through of a pipe the shell wrote; "cat FILE": files for which ``wrote``
+        says a shell wrote them); None when a program wrote it."""
         w = self.writers.get(pipe, now)
         if w is None:
             return "shell"
         if w.tool in SHELL_WORDS:
             return w.tool
+        ops = [a for a in w.argv[1:] if a != "-" and not a.startswith("-")]
+        if w.tool == "cat" and ops and wrote is not None and all(
+                wrote(os.path.normpath(os.path.join(w.cwd, a))) for a in ops):
+            return f"cat {ops[0]}"
         if w.tool in PASS_THROUGH and depth == 0 and w.stdin.startswith("pipe:") and \
                 all(a == "-" or a.startswith("-") for a in w.argv[1:]) and \
                 self.fed_by_shell(w.stdin, now, 1) is not None:
@@ -574,11 +582,17 @@ class ScriptDecode(_DecodeRule):
         return _Pending("cli", ev.proc.pid, ev.proc.exe, ev.argv, dec, source, session,
                         ev.stdout, now)
 
+    def _wrote(self, now: int) -> Callable[[str], bool]:
+        def wrote(path: str) -> bool:
+            t = self._shell_files.get(path, now)
+            return t is not None and now - t[0] <= SHELL_WRITE_NS
+        return wrote
+
     def ready(self, p: _Pending, now: int) -> bool:
         if not p.source.startswith("pipe:"):
             p.evidence["fed_by"] = "a file a shell wrote"
             return True
-        fed = self.book.fed_by_shell(p.source, now)
+        fed = self.book.fed_by_shell(p.source, now, wrote=self._wrote(now))
         if fed is None or (fed == "shell" and self.failed_nearby(p, now)):
             return False
         p.evidence["fed_by"] = fed
