@@ -371,3 +371,42 @@ def test_a_command_not_found_is_no_writer(tmp_path: Path) -> None:
     r.exec(801, 150, "/usr/bin/dash", ["sh"], stdin="pipe:[80]")
     r.exit(801)
     assert new(r.run(tmp_path)) == [("generated_shell", 801, "medium")]
+
+
+def test_decided_when_the_act_ends_not_on_a_later_event(tmp_path: Path) -> None:
+    """No event may be needed after the act (a sandbox, a quiet host): output into the
+    script's own stdout pipe (read by whoever ran the script, no reader to wait for) is
+    decided at the decoder's exit; output into a pipe of the script's making whose reader
+    never exec'd (a builtin ``while read``) is decided when the pipeline's maker exits."""
+    r = Rec()
+    r.exec(160, 100, "/usr/bin/dash", ["sh", "-c", "s"], stdin="tty", stdout="pipe:[90]")
+    r.exec(161, 160, "/usr/bin/python3", ["python3", "-c", "import base64;base64.b64decode('')"],
+           stdout="pipe:[90]")
+    r.exit(161)
+    assert new(r.run(tmp_path)) == [("inline_decode", 161, "medium")]
+    r = Rec()
+    r.exec(170, 150, "/usr/bin/base64", ["base64", "-d"], stdin="pipe:[93]", stdout="pipe:[92]")
+    r.exit(170)
+    assert new(r.run(tmp_path)) == []
+    r.exit(150)
+    found = r.run(tmp_path)
+    assert new(found) == [("script_decode", 170, "medium")]
+    # settled by the script's exit, the finding is still about the decoder's exec
+    assert [(f.event.type, f.event.proc.pid) for f in found if f.rule in NEW] == [("exec", 170)]
+
+
+def test_a_wrapper_script_passes_the_pipe_on(tmp_path: Path) -> None:
+    """``printf <gzip> | zcat | sh``: zcat is a shell script that exec's ``gzip -cd`` in its
+    own place with the pipe it was handed; the pipe's maker is the script above it (high:
+    decompressed into a shell).  A file the script wrote under /dev/shm is the script's."""
+    r = Rec()
+    r.exec(900, 150, "/usr/bin/dash", ["/bin/sh", "/usr/bin/zcat"], stdin="pipe:[95]",
+           stdout="pipe:[96]")
+    r.exec(900, 150, "/usr/bin/gzip", ["gzip", "-cd"], stdin="pipe:[95]", stdout="pipe:[96]")
+    r.exec(901, 150, "/usr/bin/dash", ["sh"], stdin="pipe:[96]")
+    r.exit(900).exit(901)
+    r.write(150, "/dev/shm/.h")
+    r.exec(910, 150, "/usr/bin/xxd", ["xxd", "-r", "-p", "/dev/shm/.h", "/dev/shm/.o"])
+    r.exit(910)
+    assert new(r.run(tmp_path)) == [("script_decode", 900, "high"),
+                                    ("script_decode", 910, "medium")]

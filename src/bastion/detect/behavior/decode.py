@@ -48,7 +48,7 @@ from bastion.detect.behavior.rules import (
 )
 from bastion.detect.behavior.shellargs import parse_shell_argv
 from bastion.detect.behavior.state import BoundedState, Limits, ProcKey, proc_key
-from bastion.detect.engine import RuleContext
+from bastion.detect.engine import Finding, RuleContext
 from bastion.events import Event, ExecEvent, ExitEvent, FileEvent
 
 
@@ -214,6 +214,8 @@ class _Writer:
 class _Shell:
     stdin: str
     argv: tuple[str, ...]
+    stdout: str = ""
+    exe: str = ""
 
 
 class PipeBook:
@@ -230,7 +232,8 @@ class PipeBook:
             self.writers.put(ev.stdout, now, _Writer(base(ev.proc.exe), ev.argv, ev.stdin,
                                                      ev.cwd or "/"))
         if is_shell(ev.proc.exe):
-            self.shells.put(proc_key(ev), now, _Shell(ev.stdin, ev.argv))
+            self.shells.put(proc_key(ev), now, _Shell(ev.stdin, ev.argv, ev.stdout,
+                                                          ev.proc.exe))
 
     def fed_by_shell(self, pipe: str, now: int, depth: int = 0,
                      wrote: Callable[[str], bool] | None = None) -> str | None:
@@ -262,7 +265,7 @@ class PipeBook:
         chain: list[tuple[ProcKey, int, str, tuple[str, ...]]] = []
         own = self.shells.get(proc_key(ev), now)
         if own is not None:              # a shell that exec'd the reader in its own place
-            chain.append((proc_key(ev), ev.proc.pid, ev.proc.exe or "sh", own.argv))
+            chain.append((proc_key(ev), ev.proc.pid, own.exe or "sh", own.argv))
         for anc in ctx.procs.ancestry(ev.proc.pid, 10)[1:]:
             chain.append(((anc.pid, anc.start_ns), anc.pid, anc.exe, anc.cmdline))
         found: str | None = None
@@ -274,7 +277,10 @@ class PipeBook:
                 break                    # past the script shell and its forked copies
             rec = self.shells.get(key, now)
             if rec is not None and pipe and rec.stdin == pipe:
-                return None              # the shell's own stdin: someone else's pipe
+                # handed down to this shell (a wrapper script such as zcat, a ``sh -c``
+                # a program fed): the pipe's maker is further up, if it is a shell
+                found, found_cmd = None, ()
+                continue
             if found is not None:
                 continue
             args = parse_shell_argv(base(exe), cmdline)
@@ -313,7 +319,9 @@ class _Pending:
     exited: bool = False
     exited_ns: int = 0
     feeder: ProcKey = (0, 0)   # the process that made the pipeline (the reader's parent)
+    wait_reader: bool = False  # its stdout is a pipe of the script's making: a reader will exec
     verdict: str = ""          # "": none yet; "covered"; "runs:<how>"
+    act: ExecEvent | None = None   # the exec the finding is about (a later event may settle it)
     evidence: dict[str, object] = field(default_factory=dict)
 
 
@@ -342,6 +350,21 @@ class _DecodeRule(BehaviorRule):
         # command that was not found (``echo X | b64decode | sh`` where b64decode is not
         # installed): its pipe was written by nothing, not by the shell's words
         self._failed: BoundedState[ProcKey, int] = self.state()
+        self._acts: dict[int, ExecEvent] = {}   # id(hit) -> its act's exec, within one event
+
+    def on_event(self, ev: Event, ctx: RuleContext) -> list[Finding]:
+        """Findings carry the act's own exec event (its process, cgroup, time), not the
+        later event (another process's exit, the sweep) that settled the decision."""
+        self._acts.clear()
+        out: list[Finding] = []
+        for h in self.evaluate(ev, ctx):
+            act = self._acts.get(id(h), ev)
+            if self.trusted_actors and any(t.matches(act.proc.container)
+                                           for t in self.trusted_actors):
+                continue
+            out.append(self.finding(act, h))
+        self._acts.clear()
+        return out
 
     # the subclass's say
     def start(self, ev: ExecEvent, ctx: RuleContext) -> _Pending | None:
@@ -369,6 +392,12 @@ class _DecodeRule(BehaviorRule):
             if p is not None:
                 p.exited, p.exited_ns = True, now
                 self._settle(proc_key(ev), p, now, hits)
+            if len(self._pending):
+                # the pipeline's maker ended: every command of its pipelines has exec'd
+                gone = proc_key(ev)
+                for key, q in self._pending.items():
+                    if q.feeder == gone:
+                        self._settle(key, q, now, hits, timeout=True)
         elif isinstance(ev, ExecEvent):
             self._exec(ev, ctx, now, hits)
         if len(self._pending) and now - self._swept > NS // 2:
@@ -416,9 +445,11 @@ class _DecodeRule(BehaviorRule):
         self.book.note(ev)
         if p is None or self.trusted(ev, ctx, PACKAGE_MANAGERS, depth=8):
             return
+        p.act = ev
         parent_now = ctx.procs.get(ev.proc.ppid)
         if parent_now is not None:
             p.feeder = (parent_now.pid, parent_now.start_ns)
+        p.wait_reader = p.stdout.startswith("pipe:") and not self._script_output(ev, ctx, p.stdout)
         self._pending.put(key, now, p)
         if p.stdout.startswith("pipe:"):
             self._by_stdout.put(p.stdout, now, key)
@@ -426,6 +457,17 @@ class _DecodeRule(BehaviorRule):
             if r is not None:
                 self._reader(p, r[1], r[2], r[3])
         self._settle(key, p, now, hits)
+
+    def _script_output(self, ev: ExecEvent, ctx: RuleContext, pipe: str) -> bool:
+        """Is ``pipe`` the stdout a shell above ``ev`` already had (the script's own output,
+        read by whoever ran the script): no reader of it is still to exec."""
+        now = ev.time_ns
+        keys = [proc_key(ev)] + [(a.pid, a.start_ns) for a in ctx.procs.ancestry(ev.proc.pid, 8)[1:]]
+        for k in keys:
+            rec = self.book.shells.get(k, now)
+            if rec is not None and rec.stdout == pipe:
+                return True
+        return False
 
     def _reader(self, p: _Pending, exe: str, argv: tuple[str, ...], runs: bool) -> None:
         if p.verdict:
@@ -452,7 +494,7 @@ class _DecodeRule(BehaviorRule):
             p.exited, p.exited_ns = True, now
         ended = p.exited or timeout
         decided = p.verdict == "covered" or p.verdict.startswith("runs:")
-        waiting = p.stdout.startswith("pipe:") and not p.verdict and not timeout
+        waiting = p.wait_reader and not p.verdict and not timeout
         if p.kind == "inline":
             go = decided or (ended and not waiting)
         elif p.kind == "cli":
@@ -468,6 +510,8 @@ class _DecodeRule(BehaviorRule):
             return
         hit = self.emit(p)
         if hit is not None:
+            if p.act is not None:
+                self._acts[id(hit)] = p.act
             hits.append(hit)
 
 
@@ -542,7 +586,8 @@ class ScriptDecode(_DecodeRule):
     def evaluate(self, ev: Event, ctx: RuleContext) -> list[Hit]:
         if isinstance(ev, FileEvent):
             if ev.op == "open" and is_shell(ev.proc.exe) and write_intent(ev) \
-                    and ev.path.startswith("/") and not ev.path.startswith(("/dev/", "/proc/")):
+                    and ev.path.startswith("/") and (ev.path.startswith("/dev/shm/") or
+                                                     not ev.path.startswith(("/dev/", "/proc/"))):
                 path, key = os.path.normpath(ev.path), proc_key(ev)
                 self._shell_files.put(path, ev.time_ns, (ev.time_ns, key))
                 self._opened_by.put(key, ev.time_ns,
