@@ -278,6 +278,13 @@ def test_script_decode_silent_lookalikes(tmp_path: Path) -> None:
     r.exit(450)
     r.exec(451, 150, "/usr/bin/base64", ["base64", "-d", "cfg.b64"])
     r.exit(451)
+    # dash opens the redirect in the shell itself, before the fork (``gzip -c x > copy.gz;
+    # zcat copy.gz``, seen live): still the program's redirect
+    r.write(150, "/root/copy.gz").fork(150, 460)
+    r.exec(460, 150, "/usr/bin/gzip", ["gzip", "-c", "big"], stdout="file")
+    r.exit(460)
+    r.exec(461, 150, "/usr/bin/gzip", ["gzip", "-cd", "copy.gz"])
+    r.exit(461)
     assert new(r.run(tmp_path)) == []
 
 

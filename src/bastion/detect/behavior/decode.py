@@ -593,13 +593,20 @@ class ScriptDecode(_DecodeRule):
                 self._opened_by.put(key, ev.time_ns,
                                     [*(self._opened_by.get(key, ev.time_ns) or [])[-7:], path])
             return []
-        if isinstance(ev, ExecEvent):
-            opened = self._opened_by.pop(proc_key(ev))
-            if opened and ev.stdout == "file":
-                for path in opened:
+        if isinstance(ev, ExecEvent) and ev.stdout == "file":
+            # the program's redirect: the last file the shell opened for writing, whether the
+            # kernel saw the open from the exec'ing child or from the shell that forked it
+            # (dash opens a command's redirect before the fork)
+            parent = ctx.procs.get(ev.proc.ppid)
+            keys = [proc_key(ev)] + ([(parent.pid, parent.start_ns)] if parent else [])
+            for key in keys:
+                opened = self._opened_by.get(key, ev.time_ns)
+                if opened:
+                    path = opened.pop()
                     got = self._shell_files.get(path, ev.time_ns)
-                    if got is not None and got[1] == proc_key(ev):
+                    if got is not None and got[1] == key:
                         self._shell_files.pop(path)
+                    break
         return super().evaluate(ev, ctx)
 
     def start(self, ev: ExecEvent, ctx: RuleContext) -> _Pending | None:
