@@ -52,6 +52,10 @@ ransomware rule's data directories.
   file to a file:// URL, a hard link of a work file, ``journalctl --disk-usage``:
   look-alikes of ``behavior.relayed_shell``, ``timestomp``, ``exfil_upload``,
   ``credential_link`` and the journal vacuum of ``log_clearing``;
+* decoded embedded data (s16-decode): a ``kubectl``-style program's secret piped to
+  ``base64 -d``, a ``python3 -c 'import json,sys; ...'`` one-liner, a Makefile recipe's
+  ``ls | sed | sh``: look-alikes of ``behavior.script_decode``, ``inline_decode`` and
+  ``generated_shell``;
 * services (s15-svc): ``systemctl restart rsyslog`` (when it runs), ``systemctl status``
   and ``show`` of auditd, ``iptables -L``, ``nft list ruleset``: look-alikes of
   ``behavior.disable_security_tools`` and ``behavior.firewall_tamper``;
@@ -385,6 +389,30 @@ def _decode_and_discovery(c: Corpus) -> None:
                       "strip ./tool"))
 
 
+def _decode_lookalikes(c: Corpus) -> None:
+    """Benign look-alikes of the s16-decode rules: a ``kubectl``-style program printing a
+    secret piped to ``base64 -d`` (a program wrote the pipe: behavior.script_decode stays
+    silent), a ``python3 -c 'import json,sys; ...'`` one-liner reading JSON from a pipe
+    (decodes nothing: behavior.inline_decode), and a Makefile recipe's ``ls | sed | sh``
+    (sed writes the commands: behavior.generated_shell)."""
+    work = c.tmp / "decode16"
+    work.mkdir()
+    py = REPO / ".venv" / "bin" / "python"
+    (work / "kubectl").write_text(
+        f"#!{py}\nimport base64, json\n"
+        "print(json.dumps({'data': {'token': base64.b64encode(b's3cret').decode()}}))\n")
+    (work / "kubectl").chmod(0o755)
+    (work / "a.c").write_text("int a;\n")
+    (work / "b.c").write_text("int b;\n")
+    (work / "Makefile").write_text(
+        "touch:\n\tls *.c | sed 's/\\(.*\\)\\.c/touch \\1.stamp/' | sh\n")
+    c.run("a program's secret decoded, a JSON one-liner, make's ls | sed | sh", (
+        f"./kubectl | {py} -c 'import json,sys; print(json.load(sys.stdin)[\"data\"][\"token\"])'"
+        " | base64 -d > token\n"
+        "make -s touch && test -e a.stamp && test -e b.stamp\n"),
+        work, expect=("./kubectl", "import json,sys", "base64 -d", "make -s touch"))
+
+
 def _service_lookalikes(c: Corpus) -> None:
     """Benign look-alikes of the service-stop and firewall rules read by structure
     (s15-svc): an administrator restarting rsyslog (when it runs), asking for the status
@@ -542,6 +570,7 @@ def test_benign_corpus_raises_nothing_high(tmp_path: Path) -> None:
             _jit_and_loaders(corpus)
             _decode_and_discovery(corpus)
             _depth_lookalikes(corpus)
+            _decode_lookalikes(corpus)
             _service_lookalikes(corpus)
             _staging_lookalikes(corpus)
             _unit_tests(corpus)

@@ -356,3 +356,54 @@ def test_relayed_shell_is_killed_live(tmp_path: Path) -> None:
                     p.kill()
                 p.wait()
             sensor.close()
+
+
+def test_decoded_embedded_data_is_seen_live(tmp_path: Path) -> None:
+    """s16-decode on the live sensor: a script carrying its payload encoded — a python
+    one-liner decoding base64 (behavior.inline_decode), ``echo X | base64 -d`` and a
+    here-document into ``base64 -d`` (behavior.script_decode: the pipe has no exec'd
+    writer, the script's shell wrote it), ``echo id | /bin/sh`` (behavior.generated_shell)
+    — one medium finding each; the look-alikes beside them (``ls | sed | sh``, a program's
+    output decoded, a one-liner parsing JSON) raise none of the three rules."""
+    from bastion.detect.behavior import live_probes
+    work = tmp_path / "w"
+    work.mkdir()
+    script = (f"cd {work}\n"
+              f"{sys.executable} -c 'import base64,sys; "
+              "sys.stdout.write(base64.b64decode(sys.argv[1]).decode())' aWQK > one\n"
+              "echo aWQK | base64 -d > two\n"
+              "base64 -d > three <<EOF\naWQK\nEOF\n"
+              "echo id | /bin/sh > four\n"
+              # look-alikes: sed writes the commands; base64 (a program) feeds the decoder;
+              # a one-liner that decodes nothing
+              "ls / | sed 's/.*/test -e \\/&/' | sh\n"
+              "printf id | base64 | base64 -d > five\n"
+              f"echo '{{\"a\": 1}}' | {sys.executable} -c 'import json,sys; json.load(sys.stdin)'\n")
+    new = ("behavior.inline_decode", "behavior.script_decode", "behavior.generated_shell")
+    with scoped_cgroup() as (cg, cgid):
+        sensor = BpfSensor(cgroup_id=cgid)
+        sensor.open()
+        try:
+            procs = ProcessTable()
+            engine = Engine(behavior_rules(probes=live_probes()))
+            ctx = RuleContext(procs)
+            proc = spawn_in(cg, ["/bin/sh", "-c", script], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL)
+            assert proc.wait(20) == 0
+            found = []
+            deadline = time.monotonic() + 4
+            while time.monotonic() < deadline:
+                for ev in sensor.poll(0.2) or []:
+                    procs.update(ev)
+                    found += engine.evaluate(procs.enrich(ev), ctx)
+            got = sorted((f.rule, f.severity, " ".join(f.evidence.get("argv", []))[:24])
+                         for f in found if f.rule in new)
+            assert got == [("behavior.generated_shell", "medium", "/bin/sh"),
+                           ("behavior.inline_decode", "medium", f"{sys.executable} -c"[:24]),
+                           ("behavior.script_decode", "medium", "base64 -d"),
+                           ("behavior.script_decode", "medium", "base64 -d")], \
+                [f.title for f in found]
+            assert (work / "four").read_text().startswith("uid=")
+            assert not engine.errors
+        finally:
+            sensor.close()
