@@ -228,10 +228,9 @@ static __always_inline struct file *fd_file_btf(struct task_struct *t, long fd)
 	return bpf_rdonly_cast(f, bpf_core_type_id_kernel(struct file));
 }
 
-/* @flags, @mode: of the exiting call, from its user registers. */
-static __always_inline int open_exit_btf(long ret, __u64 flags, __u64 mode)
+/* @flags, @mode: of the exiting call of @t (current), from its user registers. */
+static __always_inline int open_exit_btf(struct task_struct *t, long ret, __u64 flags, __u64 mode)
 {
-	struct task_struct *t;
 	struct file *f;
 	__u32 sclass = 0, sid = 0;
 
@@ -243,49 +242,50 @@ static __always_inline int open_exit_btf(long ret, __u64 flags, __u64 mode)
 	}
 	if (ret < 0 || !cfg_sensitive || (flags & O_PATH_))
 		return 0; /* an O_PATH descriptor reads nothing */
-	t = bpf_get_current_task_btf();
 	f = fd_file_btf(t, ret);
 	if (!f || !sens_match_btf(f, &sclass, &sid) || !wanted(BASTION_EV_FILE))
 		return 0;
 	return sens_open_report(f, f->f_flags, sclass, sid);
 }
 
-static __always_inline struct pt_regs *user_regs(void)
-{
-	return (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
-}
+#define USER_REGS(t) ((struct pt_regs *)bpf_task_pt_regs(t))
 
 SEC("tracepoint/syscalls/sys_exit_openat")
 int on_openat_ret(void *ctx)
 {
-	struct pt_regs *r = user_regs();
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct pt_regs *r = USER_REGS(t);
 
-	return open_exit_btf(RET(ctx), r->dx, r->r10);
+	return open_exit_btf(t, RET(ctx), r->dx, r->r10);
 }
 
 SEC("tracepoint/syscalls/sys_exit_open")
 int on_open_ret(void *ctx)
 {
-	struct pt_regs *r = user_regs();
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct pt_regs *r = USER_REGS(t);
 
-	return open_exit_btf(RET(ctx), r->si, r->dx);
+	return open_exit_btf(t, RET(ctx), r->si, r->dx);
 }
 
 SEC("tracepoint/syscalls/sys_exit_creat")
 int on_creat_ret(void *ctx)
 {
-	return open_exit_btf(RET(ctx), O_CREAT_ | O_TRUNC_ | 1, user_regs()->si);
+	struct task_struct *t = bpf_get_current_task_btf();
+
+	return open_exit_btf(t, RET(ctx), O_CREAT_ | O_TRUNC_ | 1, USER_REGS(t)->si);
 }
 
 SEC("tracepoint/syscalls/sys_exit_openat2")
 int on_openat2_ret(void *ctx)
 {
+	struct task_struct *t = bpf_get_current_task_btf();
 	struct open_how how = {};
 
 	/* the caller's struct, read again at exit: as racy as the read at entry was
 	 * (another thread may rewrite it after the kernel copied it either way) */
-	bpf_probe_read_user(&how, sizeof(how), (void *)user_regs()->dx);
-	return open_exit_btf(RET(ctx), how.flags, how.mode);
+	bpf_probe_read_user(&how, sizeof(how), (void *)USER_REGS(t)->dx);
+	return open_exit_btf(t, RET(ctx), how.flags, how.mode);
 }
 
 /* A path argument of a *at() syscall into @slot (FS_PATH or FS_PATH2): the string as
