@@ -193,8 +193,11 @@ int on_creat_p(void *ctx) { return open_enter(O_CREAT_ | O_TRUNC_ | 1, ARG(ctx, 
 SEC("tracepoint/syscalls/sys_exit_creat")
 int on_creat_ret_p(void *ctx) { return open_exit(RET(ctx)); }
 
+/* openat2 in both sets: its flags are in the caller's memory, which another thread
+ * can rewrite while the call is in the kernel (a FIFO open blocks as long as it likes):
+ * read at entry, as the kernel reads them, never again at exit. */
 SEC("tracepoint/syscalls/sys_enter_openat2")
-int on_openat2_p(void *ctx)
+int on_openat2(void *ctx)
 {
 	struct open_how how = {};
 
@@ -202,10 +205,10 @@ int on_openat2_p(void *ctx)
 	return open_enter(how.flags, how.mode);
 }
 SEC("tracepoint/syscalls/sys_exit_openat2")
-int on_openat2_ret_p(void *ctx) { return open_exit(RET(ctx)); }
+int on_openat2_ret(void *ctx) { return open_exit(RET(ctx)); }
 
 /* The BTF programs (s16-open; kernels with bpf_rdonly_cast and bpf_task_pt_regs:
- * 6.2+): exit programs only.  The caller's flags and mode are read at exit from
+ * 6.2+): exit programs only (openat, open, creat: arguments in registers).  The caller's flags and mode are read at exit from
  * its saved user registers (the syscall's arguments: the kernel does not change
  * them; a tracer or seccomp that rewrote them did so before the kernel read them),
  * so no sys_enter program and no pending_open entry per open; the file is taken
@@ -274,18 +277,6 @@ int on_creat_ret(void *ctx)
 	struct task_struct *t = bpf_get_current_task_btf();
 
 	return open_exit_btf(t, RET(ctx), O_CREAT_ | O_TRUNC_ | 1, USER_REGS(t)->si);
-}
-
-SEC("tracepoint/syscalls/sys_exit_openat2")
-int on_openat2_ret(void *ctx)
-{
-	struct task_struct *t = bpf_get_current_task_btf();
-	struct open_how how = {};
-
-	/* the caller's struct, read again at exit: as racy as the read at entry was
-	 * (another thread may rewrite it after the kernel copied it either way) */
-	bpf_probe_read_user(&how, sizeof(how), (void *)USER_REGS(t)->dx);
-	return open_exit_btf(t, RET(ctx), how.flags, how.mode);
 }
 
 /* A path argument of a *at() syscall into @slot (FS_PATH or FS_PATH2): the string as

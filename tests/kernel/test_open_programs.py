@@ -91,3 +91,45 @@ def test_both_open_program_sets_report_the_same(tmp_path: Path, btf_loads: bool)
     assert opens["created"][0].flags & (os.O_CREAT | os.O_TRUNC) == os.O_CREAT | os.O_TRUNC
     assert opens["created"][0].mode == 0o600
     assert opens["via2"][0].flags & os.O_CREAT and opens["via2"][0].mode == 0o604
+
+
+# An openat2 whose open_how another thread rewrites while the call is in the kernel:
+# the call blocks on a FIFO (O_WRONLY waits for a reader), a second thread then turns
+# the struct's flags into O_RDONLY and opens the FIFO for reading, which lets the
+# first call finish.  The kernel opened for writing; a sensor that reads the struct
+# again at exit would see a read-open outside the set and report nothing.
+FLIP = textwrap.dedent("""
+    import ctypes, os, sys, threading, time
+    fifo = sys.argv[1]
+    libc = ctypes.CDLL(None, use_errno=True)
+    how = (ctypes.c_uint64 * 3)(os.O_WRONLY, 0, 0)
+    out = []
+    t = threading.Thread(target=lambda: out.append(
+        libc.syscall(437, -100, fifo.encode(), how, 24)))
+    t.start()
+    time.sleep(0.3)                      # the writer is blocked inside openat2
+    how[0] = os.O_RDONLY
+    r = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    t.join(10)
+    assert out and out[0] >= 0, out
+    os.close(out[0]); os.close(r)
+    """)
+
+
+@pytest.mark.parametrize("btf_loads", [True, False], ids=["btf", "probe-read"])
+def test_openat2_flags_rewritten_during_the_call_still_report_the_write(
+        tmp_path: Path, btf_loads: bool) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with scoped_cgroup() as (cg, cgid):
+        sensor = BpfSensor(cgroup_id=cgid, btf_loads=btf_loads, sensitive=())
+        sensor.open()
+        try:
+            proc = run_in(cg, [sys.executable, "-c", FLIP, str(fifo)], timeout=30)
+            assert proc.returncode == 0, proc.stderr
+            events = _drain(sensor)
+        finally:
+            sensor.close()
+    writes = [e for e in events if isinstance(e, FileEvent) and e.op == "open"
+              and e.path == str(fifo)]
+    assert len(writes) == 1 and writes[0].flags & os.O_ACCMODE == os.O_WRONLY, writes

@@ -63,11 +63,11 @@ OPTIONAL_PROGRAMS: Final = frozenset({"on_fchmodat2"})
 # BTF-typed loads (flags from the caller's saved registers, the file through
 # bpf_rdonly_cast: no sys_enter program) where the kernel has what they call, else
 # the probe-read entry/exit pairs.  One set is loaded, chosen by open_programs_skipped.
-BTF_OPEN_PROGRAMS: Final = frozenset({"on_openat_ret", "on_open_ret", "on_creat_ret",
-                                      "on_openat2_ret"})
+BTF_OPEN_PROGRAMS: Final = frozenset({"on_openat_ret", "on_open_ret", "on_creat_ret"})
 PROBE_OPEN_PROGRAMS: Final = frozenset({"on_openat_p", "on_openat_ret_p", "on_open_p",
-                                        "on_open_ret_p", "on_creat_p", "on_creat_ret_p",
-                                        "on_openat2_p", "on_openat2_ret_p"})
+                                        "on_open_ret_p", "on_creat_p", "on_creat_ret_p"})
+# openat2 (on_openat2, on_openat2_ret) is an entry/exit pair in both: its flags are in
+# the caller's memory, which another thread may rewrite while the call is in the kernel.
 
 
 def open_programs_skipped(btf_loads: bool) -> frozenset[str]:
