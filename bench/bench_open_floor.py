@@ -17,7 +17,11 @@ median ratio against no program at all:
 * ``floor_open_enter2_exit``: two on ``sys_enter_openat`` and one on the exit (the
   agent before s16-open: sensor and quarantine at entry);
 * ``floor_open_exit``: ``any`` + one on ``sys_exit_openat`` only;
-* ``floor_open_close``: ``enter_exit`` + one on ``sys_enter_close``.
+* ``floor_open_close``: ``enter_exit`` + one on ``sys_enter_close``;
+* ``floor_open_agent``: no floor program, the agent running (default policy): its
+  pair median against ``enter_exit`` + its programs' BPF time tells whether the
+  rest of its wall-clock overhead is on the open path or beside it (its own CPU
+  time, wake-ups on the loop's CPU).
 
 ``floor_open_<cfg>_pair``: from each session's median open+close pair (``open_lat``
 times every pair: a time slice lost to another process moves few pairs, not the
@@ -30,22 +34,24 @@ Run under the heavy lock on a shared host (the figures are wall clock).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from _common import (
-    PIN_CPU, ROOT, LoopResult, c_program, calibrate, emit, finish, log, median, require_root,
+    PIN_CPU, ROOT, AgentProcess, LoopResult, c_program, calibrate, emit, finish, log, median, require_root,
 )
 
 sys.path.insert(0, str(ROOT / "src"))
 
 from bastion.kernel.libbpf import BpfObject, Link  # noqa: E402
 
-ROUNDS = 15
+ROUNDS = 11
 LOOP_S = 0.4
 OBJ = ROOT / "build" / "bpf" / "bench_floor.bpf.o"
 CONFIGS: dict[str, tuple[str, ...]] = {
@@ -57,6 +63,7 @@ CONFIGS: dict[str, tuple[str, ...]] = {
     "enter2_exit": ("floor_getppid", "floor_enter_openat", "floor_enter_openat2",
                     "floor_exit_openat"),
     "close": ("floor_getppid", "floor_enter_openat", "floor_exit_openat", "floor_enter_close"),
+    "agent": (),   # the agent itself (default policy), no floor program
 }
 
 
@@ -96,9 +103,13 @@ def main() -> None:
                 try:
                     for prog in CONFIGS[cfg]:
                         links.append(obj.program(prog).attach())
-                    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-                    res, p50 = run_lat(exe, n, path)
-                    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                    with contextlib.ExitStack() as stack:
+                        if cfg == "agent":
+                            stack.enter_context(AgentProcess())
+                            time.sleep(0.5)
+                        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                        res, p50 = run_lat(exe, n, path)
+                        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
                 finally:
                     for link in links:
                         link.destroy()
