@@ -76,25 +76,14 @@ static __always_inline int open_enter(__s64 flags, __u64 mode)
 	return 0;
 }
 
-/* A read-only open nobody asked for (not learn mode): reported only when the
- * inode is in the sensitive set, decided here in the kernel (every read-open
- * of the host takes this path: bulk copies and the verdict cache,
- * sens_match_cached_win). */
-static __always_inline int sens_open_exit(long ret)
+/* A sensitive read-open (not learn mode) of @f: the dedup, then the record. */
+static __always_inline int sens_open_report(struct file *f, __u32 fflags, __u32 sclass, __u32 sid)
 {
 	struct bastion_file_event *e;
-	struct file *f;
 	struct path fpath;
-	__u32 sclass = 0, sid = 0, dev, fflags = 0;
+	__u32 dev;
 	__u64 ino;
 
-	if (ret < 0 || !cfg_sensitive || !wanted(BASTION_EV_FILE))
-		return 0;
-	f = fd_file(ret);
-	if (!f)
-		return 0;
-	if (!sens_match_cached_win(f, &fflags, &sclass, &sid) || (fflags & O_PATH_))
-		return 0; /* outside the set, or an O_PATH descriptor (reads nothing) */
 	ino = BPF_CORE_READ(f, f_inode, i_ino);
 	dev = BPF_CORE_READ(f, f_inode, i_sb, s_dev);
 	if (open_seen_recently(dev, ino, false))
@@ -114,10 +103,29 @@ static __always_inline int sens_open_exit(long ret)
 	return 0;
 }
 
-static __always_inline int open_exit(long ret)
+/* A read-only open nobody asked for (not learn mode): reported only when the
+ * inode is in the sensitive set, decided here in the kernel (every read-open
+ * of the host takes this path: bulk copies and the verdict cache,
+ * sens_match_cached_win).  The probe-read programs' path (on_*_ret_p). */
+static __always_inline int sens_open_exit(long ret)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	struct open_args *a = bpf_map_lookup_elem(&pending_open, &id);
+	struct file *f;
+	__u32 sclass = 0, sid = 0, fflags = 0;
+
+	if (ret < 0 || !cfg_sensitive || !wanted(BASTION_EV_FILE))
+		return 0;
+	f = fd_file(ret);
+	if (!f)
+		return 0;
+	if (!sens_match_cached_win(f, &fflags, &sclass, &sid) || (fflags & O_PATH_))
+		return 0; /* outside the set, or an O_PATH descriptor (reads nothing) */
+	return sens_open_report(f, fflags, sclass, sid);
+}
+
+/* An open with write intent (or any open in learn mode) at its exit: @flags and
+ * @mode as the caller passed them. */
+static __always_inline int open_exit_report(long ret, __s32 flags, __u32 mode)
+{
 	struct bastion_file_event *e;
 	struct file *f;
 	struct path fpath;
@@ -125,25 +133,23 @@ static __always_inline int open_exit(long ret)
 	__u64 ino = 0;
 	bool write;
 
-	if (!a)
-		return sens_open_exit(ret);
 	if (ret < 0)
-		goto out;
+		return 0;
 	f = fd_file(ret);
 	if (f) {
 		/* a repeat of a reported open (same process, inode, access) stops here,
 		 * before the reserve and the path walk */
 		ino = BPF_CORE_READ(f, f_inode, i_ino);
 		dev = BPF_CORE_READ(f, f_inode, i_sb, s_dev);
-		write = (a->flags & O_ACCMODE_) != O_RDONLY_ || (a->flags & (O_CREAT_ | O_TRUNC_));
+		write = (flags & O_ACCMODE_) != O_RDONLY_ || (flags & (O_CREAT_ | O_TRUNC_));
 		if (open_seen_recently(dev, ino, write))
-			goto out;
+			return 0;
 	}
 	e = file_event(BASTION_FILE_OPEN);
 	if (!e)
-		goto out;
-	e->open_flags = a->flags;
-	e->mode = a->mode;
+		return 0;
+	e->open_flags = flags;
+	e->mode = mode;
 	if (f) {
 		e->ino = ino;
 		e->dev = dev;
@@ -156,24 +162,40 @@ static __always_inline int open_exit(long ret)
 		}
 	}
 	file_submit(e);
-out:
+	return 0;
+}
+
+static __always_inline int open_exit(long ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct open_args *a = bpf_map_lookup_elem(&pending_open, &id);
+
+	if (!a)
+		return sens_open_exit(ret);
+	open_exit_report(ret, a->flags, a->mode);
 	bpf_map_delete_elem(&pending_open, &id);
 	return 0;
 }
 
+/* The probe-read programs (kernels without bpf_rdonly_cast or bpf_task_pt_regs,
+ * chosen by the loader: bastion.sensors.bpf.open_programs): the flags kept at
+ * entry in pending_open, the file through bpf_probe_read_kernel. */
 SEC("tracepoint/syscalls/sys_enter_openat")
-int on_openat(void *ctx) { return open_enter(ARG(ctx, 2), ARG(ctx, 3)); }
+int on_openat_p(void *ctx) { return open_enter(ARG(ctx, 2), ARG(ctx, 3)); }
 SEC("tracepoint/syscalls/sys_exit_openat")
-int on_openat_ret(void *ctx) { return open_exit(RET(ctx)); }
+int on_openat_ret_p(void *ctx) { return open_exit(RET(ctx)); }
 SEC("tracepoint/syscalls/sys_enter_open")
-int on_open(void *ctx) { return open_enter(ARG(ctx, 1), ARG(ctx, 2)); }
+int on_open_p(void *ctx) { return open_enter(ARG(ctx, 1), ARG(ctx, 2)); }
 SEC("tracepoint/syscalls/sys_exit_open")
-int on_open_ret(void *ctx) { return open_exit(RET(ctx)); }
+int on_open_ret_p(void *ctx) { return open_exit(RET(ctx)); }
 SEC("tracepoint/syscalls/sys_enter_creat")
-int on_creat(void *ctx) { return open_enter(O_CREAT_ | O_TRUNC_ | 1, ARG(ctx, 1)); }
+int on_creat_p(void *ctx) { return open_enter(O_CREAT_ | O_TRUNC_ | 1, ARG(ctx, 1)); }
 SEC("tracepoint/syscalls/sys_exit_creat")
-int on_creat_ret(void *ctx) { return open_exit(RET(ctx)); }
+int on_creat_ret_p(void *ctx) { return open_exit(RET(ctx)); }
 
+/* openat2 in both sets: its flags are in the caller's memory, which another thread
+ * can rewrite while the call is in the kernel (a FIFO open blocks as long as it likes):
+ * read at entry, as the kernel reads them, never again at exit. */
 SEC("tracepoint/syscalls/sys_enter_openat2")
 int on_openat2(void *ctx)
 {
@@ -184,6 +206,78 @@ int on_openat2(void *ctx)
 }
 SEC("tracepoint/syscalls/sys_exit_openat2")
 int on_openat2_ret(void *ctx) { return open_exit(RET(ctx)); }
+
+/* The BTF programs (s16-open; kernels with bpf_rdonly_cast and bpf_task_pt_regs:
+ * 6.2+): exit programs only (openat, open, creat: arguments in registers).  The caller's flags and mode are read at exit from
+ * its saved user registers (the syscall's arguments: the kernel does not change
+ * them; a tracer or seccomp that rewrote them did so before the kernel read them),
+ * so no sys_enter program and no pending_open entry per open; the file is taken
+ * from the fd table with one helper call (the slot) and plain loads (the verifier
+ * turns them into fault-safe PROBE_MEM loads), and a read-open outside the set
+ * costs a per-CPU verdict-cache slot (sens_match_btf, bpf/lib/sensitive.h). */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
+
+static __always_inline struct file *fd_file_btf(struct task_struct *t, long fd)
+{
+	struct fdtable *fdt = t->files->fdt;
+	struct file **fds;
+	struct file *f = NULL;
+
+	if (fd < 0 || !fdt || (unsigned long)fd >= fdt->max_fds)
+		return NULL;
+	fds = fdt->fd;
+	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]) || !f)
+		return NULL;
+	return bpf_rdonly_cast(f, bpf_core_type_id_kernel(struct file));
+}
+
+/* @flags, @mode: of the exiting call of @t (current), from its user registers. */
+static __always_inline int open_exit_btf(struct task_struct *t, long ret, __u64 flags, __u64 mode)
+{
+	struct file *f;
+	__u32 sclass = 0, sid = 0;
+
+	if (cfg_open_reads || (flags & O_ACCMODE_) != O_RDONLY_ || (flags & (O_CREAT_ | O_TRUNC_))) {
+		/* as open_enter: an open worth a record whatever the file */
+		if (!wanted(BASTION_EV_FILE))
+			return 0;
+		return open_exit_report(ret, flags, mode);
+	}
+	if (ret < 0 || !cfg_sensitive || (flags & O_PATH_))
+		return 0; /* an O_PATH descriptor reads nothing */
+	f = fd_file_btf(t, ret);
+	if (!f || !sens_match_btf(f, &sclass, &sid) || !wanted(BASTION_EV_FILE))
+		return 0;
+	return sens_open_report(f, f->f_flags, sclass, sid);
+}
+
+#define USER_REGS(t) ((struct pt_regs *)bpf_task_pt_regs(t))
+
+SEC("tracepoint/syscalls/sys_exit_openat")
+int on_openat_ret(void *ctx)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct pt_regs *r = USER_REGS(t);
+
+	return open_exit_btf(t, RET(ctx), r->dx, r->r10);
+}
+
+SEC("tracepoint/syscalls/sys_exit_open")
+int on_open_ret(void *ctx)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct pt_regs *r = USER_REGS(t);
+
+	return open_exit_btf(t, RET(ctx), r->si, r->dx);
+}
+
+SEC("tracepoint/syscalls/sys_exit_creat")
+int on_creat_ret(void *ctx)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+
+	return open_exit_btf(t, RET(ctx), O_CREAT_ | O_TRUNC_ | 1, USER_REGS(t)->si);
+}
 
 /* A path argument of a *at() syscall into @slot (FS_PATH or FS_PATH2): the string as
  * passed and, when it is relative, the directory it is relative to (@dfd or the cwd)

@@ -297,6 +297,84 @@ static __always_inline bool sens_match_cached_win(struct file *f, __u32 *fflags,
 		bpf_map_update_elem(&sens_cache, &k, &nv, BPF_ANY);
 	return hit;
 }
+
+/* The tracepoint sensor's BTF read-open path (s16-open: on the compat tier every
+ * read-open of the host pays it).  @f comes from bpf_rdonly_cast, so every load
+ * below is a plain PROBE_MEM load, no helper call.  The verdict cache is a
+ * per-CPU array direct-mapped by a hash of (ino, dev): one inlined array lookup
+ * and a compare of the whole key (file inode, its directory's inode, device) and
+ * the epoch, where sens_cache was a jhash of the key and an LRU bucket walk.
+ * Same validity rule as sens_cache (sens_epoch read before the verdict is
+ * computed; procfs never cached).  A slot is only touched by this CPU's
+ * tracepoint programs, which do not nest (bpf_prog_active). */
+#define SENS_PSLOTS 8192   /* per CPU; a power of two */
+
+struct sens_pslot {
+	__u64 ino;
+	__u64 dir_ino;
+	__u64 epoch;
+	__u32 dev;
+	__u32 sclass;   /* 0: not sensitive */
+	__u32 sid;
+	__u32 valid;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SENS_PSLOTS);
+	__type(key, __u32);
+	__type(value, struct sens_pslot);
+} sens_pcache SEC(".maps");
+
+static __always_inline bool sens_match_btf(struct file *f, __u32 *sclass, __u32 *sid)
+{
+	struct inode *inode = f->f_inode, *pi;
+	struct super_block *sb;
+	struct dentry *d, *parent;
+	struct sens_pslot *c;
+	__u64 *ep, epoch, ino, dir_ino;
+	__u32 zero = 0, slot, dev;
+	bool hit;
+
+	ep = bpf_map_lookup_elem(&sens_epoch, &zero);
+	if (!inode || !ep)
+		return sens_match(f, sclass, sid);
+	epoch = *(volatile __u64 *)ep;   /* before the verdict is computed */
+	if ((inode->i_mode & S_IFMT_) == S_IFDIR_)
+		return false; /* as sens_match: directories themselves are not reported */
+	sb = inode->i_sb;
+	d = f->f_path.dentry;
+	parent = d ? d->d_parent : NULL;
+	pi = parent ? parent->d_inode : NULL;
+	/* procfs verdicts depend on who opens (another process's mem): never cached */
+	if (!sb || !pi || sb->s_magic == PROC_SUPER_MAGIC_)
+		return sens_match(f, sclass, sid);
+	ino = inode->i_ino;
+	dev = sb->s_dev;
+	dir_ino = pi->i_ino;
+	slot = (__u32)(((ino ^ ((__u64)dev << 32)) * 0x9E3779B97F4A7C15ULL) >> 40) & (SENS_PSLOTS - 1);
+	c = bpf_map_lookup_elem(&sens_pcache, &slot);
+	if (!c)
+		return sens_match(f, sclass, sid);
+	if (c->valid && c->ino == ino && c->dir_ino == dir_ino && c->dev == dev && c->epoch == epoch) {
+		if (!c->sclass)
+			return false;
+		*sclass = c->sclass;
+		*sid = c->sid;
+		return true;
+	}
+	hit = sens_match(f, sclass, sid);
+	if (hit && !*sclass)   /* a class 0 entry cannot be cached as sensitive */
+		return hit;
+	c->ino = ino;
+	c->dir_ino = dir_ino;
+	c->dev = dev;
+	c->epoch = epoch;
+	c->sclass = hit ? *sclass : 0;
+	c->sid = hit ? *sid : 0;
+	c->valid = 1;
+	return hit;
+}
 #endif /* !BASTION_BTF_LOADS */
 
 #endif /* BASTION_SENSITIVE_H */

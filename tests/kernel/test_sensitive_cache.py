@@ -2,7 +2,9 @@
 must never hide a secret read: a directory first read outside the sensitive set and
 then moved into it (a rename, the key's own directory unchanged), or a set that
 grew after a verdict was cached, is reported on the next read; another process's
-/proc/PID/environ is never served from the cache of a read of one's own."""
+/proc/PID/environ is never served from the cache of a read of one's own.  Each
+for both open program sets (s16-open: the BTF programs' per-CPU cache, the
+probe-read programs' sens_cache)."""
 
 from __future__ import annotations
 
@@ -46,14 +48,16 @@ def _sensitive_reads(events: list[Event], name: str) -> list[FileEvent]:
             and e.path.endswith("/" + name) and e.sensitive]
 
 
-def test_directory_moved_into_the_set_is_reported(tmp_path: Path) -> None:
+@pytest.mark.parametrize("btf_loads", [True, False], ids=["btf", "probe-read"])
+def test_directory_moved_into_the_set_is_reported(tmp_path: Path, btf_loads: bool) -> None:
     vault = tmp_path / "vault"
     vault.mkdir()
     outside = tmp_path / "staging" / "deep"
     outside.mkdir(parents=True)
     (outside / "creds.txt").write_text("x\n")
     with scoped_cgroup() as (cg, cgid):
-        sensor = BpfSensor(cgroup_id=cgid, sensitive=[(str(vault), abi.SensClass.CUSTOM)])
+        sensor = BpfSensor(cgroup_id=cgid, sensitive=[(str(vault), abi.SensClass.CUSTOM)],
+                           btf_loads=btf_loads)
         sensor.open()
         try:
             _read(cg, outside / "creds.txt", outside / "creds.txt")   # cached: not sensitive
@@ -68,7 +72,8 @@ def test_directory_moved_into_the_set_is_reported(tmp_path: Path) -> None:
             sensor.close()
 
 
-def test_set_grown_after_a_cached_verdict_is_reported(tmp_path: Path) -> None:
+@pytest.mark.parametrize("btf_loads", [True, False], ids=["btf", "probe-read"])
+def test_set_grown_after_a_cached_verdict_is_reported(tmp_path: Path, btf_loads: bool) -> None:
     d = tmp_path / "later"
     d.mkdir()
     (d / "token").write_text("t\n")
@@ -80,7 +85,7 @@ def test_set_grown_after_a_cached_verdict_is_reported(tmp_path: Path) -> None:
 
     with scoped_cgroup() as (cg, cgid):
         sensor = BpfSensor(cgroup_id=cgid, sensitive=[("/nonexistent-bastion", abi.SensClass.CUSTOM)],
-                           resolve_sensitive=resolve_now)
+                           resolve_sensitive=resolve_now, btf_loads=btf_loads)
         sensor.open()
         try:
             _read(cg, d / "token")

@@ -84,7 +84,8 @@ def _fake_kernel(monkeypatch: pytest.MonkeyPatch, *, hooks: bool, lsm_attach: bo
     monkeypatch.setattr(tiers.bpffs, "ensure_bpffs", lambda: None)
     monkeypatch.setattr(tiers.bpffs, "cgroup2_root", lambda: Path("/sys/fs/cgroup"))
     monkeypatch.setattr(tiers, "_quiet_try_load", lambda name: (hooks, "" if hooks else "EPERM"))
-    monkeypatch.setattr(tiers, "_try_load", lambda name: (True, ""))
+    monkeypatch.setattr(tiers, "_try_load", lambda name, skip=frozenset(): (True, ""))
+    monkeypatch.setattr(tiers, "_events_skipped", lambda: frozenset())
     monkeypatch.setattr(tiers, "_probe_lsm", lambda: (lsm_attach, "" if lsm_attach else "EPERM"))
     monkeypatch.setattr(tiers, "_fanotify_ok", lambda: (True, ""))
 

@@ -72,14 +72,25 @@ def _lsm_list() -> list[str]:
         return []
 
 
-def _try_load(name: str) -> tuple[bool, str]:
-    """Load (not attach) an object; (ok, why-not)."""
+def _try_load(name: str, skip: frozenset[str] = frozenset()) -> tuple[bool, str]:
+    """Load (not attach) an object, but its ``skip`` programs; (ok, why-not)."""
     try:
         with BpfObject.open(bpf_object(name)) as obj:
+            for prog in sorted(skip):
+                obj.set_autoload(prog, False)
             obj.load()
         return True, ""
     except BastionError as exc:
         return False, str(exc)
+
+
+def _events_skipped() -> frozenset[str]:
+    """The programs of tp_events.bpf.o the sensor does not load on this kernel (the
+    open programs of the other set: bastion.sensors.bpf.open_programs_skipped)."""
+    from bastion.kernel.btf import btf_loads
+    from bastion.sensors.bpf import open_programs_skipped
+
+    return open_programs_skipped(btf_loads())
 
 
 @contextlib.contextmanager
@@ -149,7 +160,7 @@ def probe() -> TierReport:
     # (loading alone proves it: the locked-trampoline kernel refuses the load).
     hooks_ok, hooks_why = (_quiet_try_load(HOOK_SENSOR) if btf else (False, "no BTF"))
     events_ok, events_why = (True, "") if hooks_ok else (
-        _try_load("tp_events.bpf.o") if btf else (False, "no BTF"))
+        _try_load("tp_events.bpf.o", _events_skipped()) if btf else (False, "no BTF"))
     if not events_ok:
         problems.append(f"the event sensor does not load: {events_why}")
     lsm_ok, lsm_why = _probe_lsm() if btf else (False, "no BTF")

@@ -274,3 +274,18 @@ def setattr_has_idmap(btf_path: Path = VMLINUX_BTF) -> bool:
             raise KernelError(f"inode_setattr hook has {proto.vlen} arguments (known: 2, 3)",
                               errno=errno.EINVAL, location=Location(str(btf_path)))
         return int(proto.vlen) == 3
+
+
+def btf_loads(btf_path: Path = VMLINUX_BTF) -> bool:
+    """Can a tracepoint program read kernel objects with plain loads here?
+
+    The tracepoint sensor's open programs (``bpf/tp_events.bpf.c``, s16-open) take the
+    caller's flags from its saved registers (``bpf_task_pt_regs`` of
+    ``bpf_get_current_task_btf``, 5.15+) and the opened file through the
+    ``bpf_rdonly_cast`` kfunc (6.2+); without them the probe-read programs load.
+    """
+    with Btf.parse(btf_path) as btf:
+        if btf.find("bpf_rdonly_cast", _ffi.BTF_KIND_FUNC) is None:
+            return False
+        helpers = btf.enum_values("bpf_func_id")
+    return {"BPF_FUNC_task_pt_regs", "BPF_FUNC_get_current_task_btf"} <= set(helpers)

@@ -59,6 +59,7 @@ class ObjectSpec:
     ring: str | None = "events"          # the ring buffer map drained by LoadedObject.drain
     max_entries: Mapping[str, int] = field(default_factory=dict)  # set before load (a ring's bytes)
     optional: frozenset[str] = frozenset()  # programs whose hook may be absent on this kernel
+    skip: frozenset[str] = frozenset()      # programs not loaded (others do their work on this kernel)
     cgroup: Path | None = None           # where cgroup/* programs attach (None: cgroup v2 root)
     pin_dir: Path | None = None          # pin maps and links below it (None: nothing is pinned)
     pin_maps: tuple[str, ...] = ()       # the maps pinned, and reopened by adopt()
@@ -153,6 +154,8 @@ class LoadedObject:
                 obj.map(name).set_max_entries(n)
             for name, fd in spec.reuse_maps.items():
                 obj.map(name).reuse_fd(fd)
+            for name in sorted(spec.skip):
+                obj.set_autoload(name, False)
             obj.load()
             self._attach_all(obj)
             for name in spec.pin_maps:
@@ -172,6 +175,8 @@ class LoadedObject:
         cg_fd = -1
         try:
             for prog in obj.programs():
+                if prog.name in self.spec.skip:
+                    continue
                 try:
                     if prog.section_name.startswith("cgroup/"):
                         if cg_fd < 0:

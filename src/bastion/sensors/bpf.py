@@ -31,6 +31,7 @@ from bastion import abi
 from bastion.abi import EVENT_CLASSES
 from bastion.errors import KernelError, Location
 from bastion.events import Event, RepeatDecoder
+from bastion.kernel.btf import btf_loads as kernel_btf_loads
 from bastion.kernel.libbpf import Map
 from bastion.kernel.loader import LoadedObject, LoaderUser, ObjectSpec
 from bastion.paths import bpf_object
@@ -58,6 +59,22 @@ DRAIN_BATCH: Final = 8192
 # Programs whose hook may be absent on an older kernel (fchmodat2 is 6.6+).
 # mount_setattr: Linux 5.12+, fspick: 5.2+ (s16-gate)
 OPTIONAL_PROGRAMS: Final = frozenset({"on_fchmodat2", "on_mount_setattr", "on_fspick"})
+
+# The open programs of tp_events.bpf.o come in two sets (s16-open): exit programs with
+# BTF-typed loads (flags from the caller's saved registers, the file through
+# bpf_rdonly_cast: no sys_enter program) where the kernel has what they call, else
+# the probe-read entry/exit pairs.  One set is loaded, chosen by open_programs_skipped.
+BTF_OPEN_PROGRAMS: Final = frozenset({"on_openat_ret", "on_open_ret", "on_creat_ret"})
+PROBE_OPEN_PROGRAMS: Final = frozenset({"on_openat_p", "on_openat_ret_p", "on_open_p",
+                                        "on_open_ret_p", "on_creat_p", "on_creat_ret_p"})
+# openat2 (on_openat2, on_openat2_ret) is an entry/exit pair in both: its flags are in
+# the caller's memory, which another thread may rewrite while the call is in the kernel.
+
+
+def open_programs_skipped(btf_loads: bool) -> frozenset[str]:
+    """The open programs of ``tp_events.bpf.o`` not to load: the probe-read set where
+    the kernel has BTF-typed loads for tracepoint programs, else the BTF set."""
+    return PROBE_OPEN_PROGRAMS if btf_loads else BTF_OPEN_PROGRAMS
 
 
 def event_mask(classes: Iterable[str]) -> int:
@@ -95,6 +112,7 @@ class BpfSensor(LoaderUser):
         open_dedup_s: float = 0.0,
         net_dedup_s: float = 0.0,
         mmap_dedup_s: float = 0.0,
+        btf_loads: bool | None = None,
     ) -> None:
         """``sensitive``: the patterns of the sensitive read set (empty: no read-open
         is reported outside learn mode); resolved to inodes at open and again every
@@ -103,7 +121,9 @@ class BpfSensor(LoaderUser):
         (``bpf/lib/dedup.h``) of repeat opens (same process, inode, access) and of
         repeat connects/accepts (same process, address, port); 0 = off.
         ``mmap_dedup_s``: the window of repeat executable-memory records (same process,
-        op, reasons, file; ``bpf/lib/xmem.h``); 0 = off."""
+        op, reasons, file; ``bpf/lib/xmem.h``); 0 = off.
+        ``btf_loads``: which open programs load (:func:`open_programs_skipped`); None:
+        as the running kernel allows (:func:`bastion.kernel.btf.btf_loads`)."""
         for what, v in (("open_dedup_s", open_dedup_s), ("net_dedup_s", net_dedup_s),
                         ("mmap_dedup_s", mmap_dedup_s)):
             if v < 0:
@@ -119,6 +139,7 @@ class BpfSensor(LoaderUser):
         self.obj_path = obj_path
         self.open_reads = open_reads
         self.ring_bytes = ring_bytes
+        self.btf_loads = btf_loads
         self._lo: LoadedObject | None = None
         self.opened_at = 0.0
         self.sensitive = tuple(sensitive)
@@ -145,7 +166,15 @@ class BpfSensor(LoaderUser):
             },
             max_entries={"events": self.ring_bytes},
             optional=OPTIONAL_PROGRAMS,
+            skip=self.skipped_programs(),
         )
+
+    def skipped_programs(self) -> frozenset[str]:
+        """The programs of the object not loaded on this kernel (the open programs
+        of the other set)."""
+        if self.btf_loads is None:
+            self.btf_loads = kernel_btf_loads()
+        return open_programs_skipped(self.btf_loads)
 
     def open(self) -> None:
         spec = self.spec()
@@ -326,6 +355,9 @@ class HookSensor(BpfSensor):
                          net_dedup_s=net_dedup_s, mmap_dedup_s=mmap_dedup_s)
         self.quiet_tgids = tuple(dict.fromkeys(t for t in quiet_tgids if t > 0))
 
+    def skipped_programs(self) -> frozenset[str]:
+        return frozenset()   # lsm_events.bpf.o has no such sets
+
     def spec(self) -> ObjectSpec:
         base = super().spec()
         return ObjectSpec(
@@ -356,5 +388,5 @@ class HookSensor(BpfSensor):
 
 
 
-__all__ = ["BpfSensor", "DEFAULT_MMAP_DEDUP_S", "DEFAULT_NET_DEDUP_S", "DEFAULT_OPEN_DEDUP_S", "EVENT_CLASSES",
+__all__ = ["BTF_OPEN_PROGRAMS", "BpfSensor", "PROBE_OPEN_PROGRAMS", "open_programs_skipped", "DEFAULT_MMAP_DEDUP_S", "DEFAULT_NET_DEDUP_S", "DEFAULT_OPEN_DEDUP_S", "EVENT_CLASSES",
            "HOOK_OPTIONAL_PROGRAMS", "HookSensor", "OPTIONAL_PROGRAMS", "event_mask"]
