@@ -143,7 +143,9 @@ def ia32_kill() -> Iterator[Path]:
         shutil.rmtree(d)
 
 
-def _decoy_killed_by(sender: list[str]) -> None:
+def _decoy_killed_by(sender: list[str], own_cgroup: bool = False) -> None:
+    """``own_cgroup``: the decoy moves (after its exec was seen) to a child cgroup of the
+    test's, whose path the sender gets as argv[-1]."""
     with watching() as (cg, w):
         decoy = spawn_in(cg, [sys.executable, "-c", "import os, sys; os.execv(sys.argv[1], "
                               "['auditd', '-c', sys.argv[2]])", PYTHON, DECOY],
@@ -152,19 +154,28 @@ def _decoy_killed_by(sender: list[str]) -> None:
             assert decoy.stdout is not None
             pid, tid = (int(x) for x in decoy.stdout.readline().split())
             time.sleep(0.3)                       # the decoy's exec is in the table
+            extra = []
+            if own_cgroup:
+                sub = cg / "decoy"
+                sub.mkdir()
+                (sub / "cgroup.procs").write_text(str(pid))
+                extra = [str(sub)]
             r = subprocess.run(["/bin/sh", "-c", f'echo $$ > {cg}/cgroup.procs && exec "$@"',
-                                "sh", *sender, str(pid), str(tid)],
+                                "sh", *sender, str(pid), str(tid), *extra],
                                capture_output=True, text=True, timeout=30)
             assert r.returncode == 0, r.stderr
-            assert decoy.wait(10) == -15          # the signal landed
+            sig = 9 if own_cgroup else 15
+            assert decoy.wait(10) == -sig         # the signal landed
             got = w.wait_for(RULE)
             assert got, [(f.rule, f.title) for f in w.findings]
             assert got[0].evidence["tool"] == "auditd" and got[0].evidence["target_pid"] == pid
-            assert got[0].evidence["signal"] == "SIGTERM"
+            assert got[0].evidence["signal"] == ("SIGKILL" if own_cgroup else "SIGTERM")
         finally:
             if decoy.poll() is None:
                 decoy.kill()
                 decoy.wait()
+            if own_cgroup and (cg / "decoy").exists():
+                (cg / "decoy").rmdir()
 
 
 @pytest.mark.parametrize("how", sorted(SENDERS))
@@ -176,3 +187,10 @@ def test_security_tool_signalled_by_an_ia32_syscall_is_reported(ia32_kill: Path)
     """``int $0x80`` with eax = 37 (ia32 kill) from a 64-bit binary: the syscall
     tracepoints never fire for an ia32 call.  Before: no record, no finding."""
     _decoy_killed_by([str(ia32_kill)])
+
+
+def test_security_tool_killed_through_cgroup_kill_is_reported() -> None:
+    """``echo 1 > .../cgroup.kill`` of the tool's cgroup: the kernel sends SIGKILL
+    (SI_USER) from the writer's ``write``.  Before: no kill syscall, no record."""
+    _decoy_killed_by([sys.executable, "-c", "import sys; open(sys.argv[3] + '/cgroup.kill', "
+                      "'w').write('1')"], own_cgroup=True)
