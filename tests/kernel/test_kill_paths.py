@@ -30,6 +30,7 @@ import pytest
 
 from bastion.detect.behavior import behavior_rules, live_probes
 from bastion.detect.engine import Engine, Finding, RuleContext
+from bastion.events import KillEvent
 from bastion.proctable import ProcessTable
 from bastion.sensors.bpf import BpfSensor
 from support.cg import scoped_cgroup
@@ -88,6 +89,7 @@ class Watch:
         self.procs = ProcessTable()
         self.engine = Engine(behavior_rules(probes=live_probes()))
         self.findings: list[Finding] = []
+        self.kills: list[KillEvent] = []
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
@@ -97,6 +99,8 @@ class Watch:
             for ev in self.sensor.poll(0.01) or []:
                 self.procs.update(ev)
                 ev = self.procs.enrich(ev)
+                if isinstance(ev, KillEvent):
+                    self.kills.append(ev)
                 self.findings += self.engine.evaluate(ev, ctx)
 
     def wait_for(self, rule: str, timeout: float = 10.0) -> list[Finding]:
@@ -143,7 +147,7 @@ def ia32_kill() -> Iterator[Path]:
         shutil.rmtree(d)
 
 
-def _decoy_killed_by(sender: list[str], own_cgroup: bool = False) -> None:
+def _decoy_killed_by(sender: list[str], own_cgroup: bool = False) -> list[KillEvent]:
     """``own_cgroup``: the decoy moves (after its exec was seen) to a child cgroup of the
     test's, whose path the sender gets as argv[-1]."""
     with watching() as (cg, w):
@@ -170,6 +174,7 @@ def _decoy_killed_by(sender: list[str], own_cgroup: bool = False) -> None:
             assert got, [(f.rule, f.title) for f in w.findings]
             assert got[0].evidence["tool"] == "auditd" and got[0].evidence["target_pid"] == pid
             assert got[0].evidence["signal"] == ("SIGKILL" if own_cgroup else "SIGTERM")
+            return [k for k in w.kills if k.target_tgid == pid]
         finally:
             if decoy.poll() is None:
                 decoy.kill()
@@ -180,17 +185,23 @@ def _decoy_killed_by(sender: list[str], own_cgroup: bool = False) -> None:
 
 @pytest.mark.parametrize("how", sorted(SENDERS))
 def test_security_tool_signalled_by_any_syscall_is_reported(how: str) -> None:
-    _decoy_killed_by([sys.executable, "-c", SENDERS[how]])
+    kills = _decoy_killed_by([sys.executable, "-c", SENDERS[how]])
+    syscall = how.split()[0]
+    assert [(k.syscall, k.ia32) for k in kills] == [("pidfd" if syscall.startswith("pidfd")
+                                                      else syscall, False)]
+    assert kills[0].code == (-1 if "sigqueue" in how else -6 if "kill (" in how else 0)
 
 
 def test_security_tool_signalled_by_an_ia32_syscall_is_reported(ia32_kill: Path) -> None:
     """``int $0x80`` with eax = 37 (ia32 kill) from a 64-bit binary: the syscall
     tracepoints never fire for an ia32 call.  Before: no record, no finding."""
-    _decoy_killed_by([str(ia32_kill)])
+    kills = _decoy_killed_by([str(ia32_kill)])
+    assert [(k.syscall, k.ia32, k.code) for k in kills] == [("kill", True, 0)]
 
 
 def test_security_tool_killed_through_cgroup_kill_is_reported() -> None:
     """``echo 1 > .../cgroup.kill`` of the tool's cgroup: the kernel sends SIGKILL
     (SI_USER) from the writer's ``write``.  Before: no kill syscall, no record."""
-    _decoy_killed_by([sys.executable, "-c", "import sys; open(sys.argv[3] + '/cgroup.kill', "
-                      "'w').write('1')"], own_cgroup=True)
+    kills = _decoy_killed_by([sys.executable, "-c", "import sys; open(sys.argv[3] + "
+                              "'/cgroup.kill', 'w').write('1')"], own_cgroup=True)
+    assert [(k.syscall, k.signal, k.code) for k in kills] == [("other", 9, 0)]
