@@ -1,12 +1,21 @@
-"""kill(2) sensor cost with the pid-namespace translation (s15-svc, issue 15 item 3):
-kernel run time per invocation of the tracepoint sensor's ``on_kill`` program, from the
-kernel's BPF run-time statistics (as bench_sensor_cost.py), for a caller in the initial
-pid namespace (no walk: three reads) and for one in a child namespace (``unshare --pid
---fork``: the walk of the namespace's pid idr to the target's struct pid).
+"""Kill sensor cost (s15-svc, issue 15 item 3; s16-sig): kernel run time per invocation
+of the tracepoint sensor's ``on_kill`` program, from the kernel's BPF run-time statistics
+(as bench_sensor_cost.py), and the wall time per signal of the sending loop with the
+sensor loaded and without.
 
-The sensor is scoped to a fresh cgroup with only the kill class; ``kill_loop`` sends
-SIGWINCH (ignored) to its own child.  Figures: ``sensor_kill_prog_initns`` and
-``sensor_kill_prog_childns`` (ns per run).  Target: <= 1 us each (a kill(2) is ~1 us).
+Since s16-sig ``on_kill`` is the ``signal:signal_generate`` tracepoint (every generated
+signal, any sending path); before it was ``sys_enter_kill`` (kill(2) only).  Modes, each
+200,000 signals from ``kill_loop`` (the signal is ignored by sender and target):
+
+* ``initns`` / ``childns``: SIGWINCH to its child, the loop in the initial pid namespace /
+  in a child one (``unshare --pid --fork``: the old program walked the namespace's pid idr);
+  SIGWINCH is benign: since s16-sig it is dropped in the program, before it crossed;
+* ``harmful``: SIGUSR1 to its child (crosses the ring: a record per signal);
+* ``self``: SIGUSR1 to itself (the common benign case: dropped in the program since s16-sig).
+
+The sensor is scoped to a fresh cgroup with only the kill class.  Figures:
+``sensor_kill_prog_<mode>`` (ns per run) and ``kill_loop_<mode>_on``/``_off`` (ns per
+signal of the loop, sensor loaded / not).  Target: <= 1 us per run.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -34,7 +44,22 @@ def _run_ns(prog_id: int) -> tuple[int, int]:
     return int(j.get("run_cnt", 0)), int(j.get("run_time_ns", 0))
 
 
-def _session(loop: Path, child_ns: bool) -> float:
+MODES = {"initns": ([], "28", ""), "childns": (["unshare", "--pid", "--fork"], "28", ""),
+         "harmful": ([], "10", ""), "self": ([], "10", "self")}
+
+
+def _loop(cg: Path, loop: Path, mode: str) -> float:
+    """Run the loop in ``cg``; wall ns per signal."""
+    pre, sig, self_ = MODES[mode]
+    shell = f'echo $$ > {cg}/cgroup.procs && exec "$@"'
+    argv = pre + [str(loop), str(KILLS), sig] + ([self_] if self_ else [])
+    t0 = time.perf_counter_ns()
+    subprocess.run(["/bin/sh", "-c", shell, "sh", *argv], check=True, capture_output=True,
+                   timeout=300)
+    return (time.perf_counter_ns() - t0) / KILLS
+
+
+def _session(loop: Path, mode: str) -> tuple[float, float, float]:
     cg = cgroup.create(f"bastion-bench-{uuid.uuid4().hex[:10]}")
     sensor = BpfSensor(cgroup_id=cgroup.cgroup_id(cg), classes=("kill",))
     sensor.open()
@@ -43,21 +68,21 @@ def _session(loop: Path, child_ns: bool) -> float:
         assert lo is not None and lo.obj is not None
         pid = prog_id_of_fd(lo.obj.program("on_kill").fd)
         runs0, ns0 = _run_ns(pid)
-        shell = f'echo $$ > {cg}/cgroup.procs && exec "$@"'
-        argv = (["unshare", "--pid", "--fork"] if child_ns else []) + [str(loop), str(KILLS)]
-        subprocess.run(["/bin/sh", "-c", shell, "sh", *argv], check=True, capture_output=True,
-                       timeout=300)
+        wall_on = _loop(cg, loop, mode)
         runs1, ns1 = _run_ns(pid)
         while sensor.poll(0.01):
             pass
     finally:
         sensor.close()
+    try:
+        wall_off = _loop(cg, loop, mode)
+    finally:
         cgroup.remove(cg)
     runs, ns = runs1 - runs0, ns1 - ns0
     per = ns / runs if runs else float("nan")
-    log(f"{'child' if child_ns else 'initial'} pid namespace: on_kill {runs} runs, "
-        f"{per:.0f} ns/run")
-    return per
+    log(f"{mode}: on_kill {runs} runs, {per:.0f} ns/run; loop {wall_on:.0f} ns/signal with "
+        f"the sensor, {wall_off:.0f} without")
+    return per, wall_on, wall_off
 
 
 def main() -> None:
@@ -73,14 +98,14 @@ def main() -> None:
         log(f"BPF_ENABLE_STATS refused: {os.strerror(ctypes.get_errno())}")
         raise SystemExit(2)
     try:
-        init = _session(loop, False)
-        child = _session(loop, True)
+        got = {mode: _session(loop, mode) for mode in MODES}
     finally:
         os.close(fd)
-    emit("sensor_kill_prog_initns", init, "ns", ".0f")
-    emit("sensor_kill_prog_childns", child, "ns", ".0f")
-    check_target("sensor_kill_prog_initns", init, 1_000)
-    check_target("sensor_kill_prog_childns", child, 1_000)
+    for mode, (per, on, off) in got.items():
+        emit(f"sensor_kill_prog_{mode}", per, "ns", ".0f")
+        emit(f"kill_loop_{mode}_on", on, "ns", ".0f")
+        emit(f"kill_loop_{mode}_off", off, "ns", ".0f")
+        check_target(f"sensor_kill_prog_{mode}", per, 1_000)
     finish()
 
 

@@ -5,7 +5,6 @@
 #include "events.h"
 #include "dedup.h"
 #include "xmem.h"
-#include "pidns.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -658,44 +657,122 @@ int on_ptrace(void *ctx)
 	return 0;
 }
 
-/* kill(2), tkill(2), tgkill(2) name their target as the caller's pid namespace
- * numbers it; the record carries the kernel's (initial namespace) pid
- * (lib/pidns.h).  A pid the caller's namespace does not have is not reported:
- * the call fails with ESRCH, and the number would name some other process. */
-static __always_inline int kill_ns(__u32 syscall, __s32 target, __s32 tgid, __s32 sig)
+/* Every signal the current task sends to another process (s16-sig): the
+ * signal:signal_generate tracepoint fires wherever a signal is generated
+ * (kill, tkill, tgkill, rt_sigqueueinfo, rt_tgsigqueueinfo,
+ * pidfd_send_signal, their ia32 and x32 forms, kill(-pgrp) and kill(-1) once
+ * per process reached, cgroup.kill), after the permission check, with the
+ * target task: its pid is the kernel's, no pid-namespace translation is
+ * needed.  It also fires for the kernel's own signals (SIGCHLD, faults,
+ * timers, tty job control, the OOM killer), often from interrupt context
+ * where current is whatever ran: those are not the current task's act.
+ * Kept, cheapest test first, before anything crosses the ring:
+ *  - a harmful signal (kill_signal_harmful: not 0, SIGCHLD, SIGCONT, SIGURG,
+ *    SIGWINCH) to another process (a process signalling itself is the
+ *    common benign case), from a user task in scope;
+ *  - sent by the task itself: si_code SI_USER (kill, pidfd without info,
+ *    cgroup.kill) or SI_TKILL (tkill, tgkill), which the kernel's own
+ *    signals never carry (they are SI_KERNEL or > 0), or any other negative
+ *    si_code only while the task is in a syscall that queues a caller's
+ *    siginfo (rt_sigqueueinfo, rt_tgsigqueueinfo, pidfd_send_signal): a
+ *    posix timer's SI_TIMER fired in interrupt context is not its act.
+ * Not kept: a refused attempt (EPERM: no signal is generated), SIGIO with
+ * F_SETSIG (si_code > 0, generated for the file's owner, possibly from an
+ * interrupt) and a tty's TIOCSIG (SI_KERNEL): see the threat model. */
+#define SI_USER_ 0
+#define SI_TKILL_ (-6)
+#define TS_COMPAT_ 0x0002
+#define X32_BIT_ 0x40000000L
+#define PF_KTHREAD_ 0x00200000
+
+static __always_inline bool kill_signal_harmful(int sig)
 {
-	if (sig == 0 || !wanted(BASTION_EV_KILL))
-		return 0; /* before the translation: signal 0 only probes for existence */
-	target = syscall == BASTION_KILL_KILL ? pidns_global_kill_arg(target) : pidns_global(target);
-	if (tgid)
-		tgid = pidns_global(tgid);
-	if (target == PIDNS_NOT_FOUND || tgid == PIDNS_NOT_FOUND)
-		return 0;
-	return kill_ev(syscall, target, tgid, sig);
+	return !(sig <= 0 || sig == 17 || sig == 18 || sig == 23 || sig == 28);
 }
 
-SEC("tracepoint/syscalls/sys_enter_kill")
-int on_kill(void *ctx) { return kill_ns(BASTION_KILL_KILL, ARG(ctx, 0), 0, ARG(ctx, 1)); }
-SEC("tracepoint/syscalls/sys_enter_tkill")
-int on_tkill(void *ctx) { return kill_ns(BASTION_KILL_TKILL, ARG(ctx, 0), 0, ARG(ctx, 1)); }
-SEC("tracepoint/syscalls/sys_enter_tgkill")
-int on_tgkill(void *ctx)
+/* The syscall the current task is in, as enum bastion_kill_syscall (0: none
+ * of the signal syscalls); *nr the raw number, *flags its ABI. */
+static __always_inline __u32 kill_syscall(long *nr, __u32 *flags)
 {
-	return kill_ns(BASTION_KILL_TGKILL, ARG(ctx, 1), ARG(ctx, 0), ARG(ctx, 2));
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(t);
+	long n = BPF_CORE_READ(regs, orig_ax);
+
+	*nr = n;
+	if (BPF_CORE_READ(t, thread_info.status) & TS_COMPAT_) {
+		*flags |= BASTION_KILL_F_IA32;
+		switch (n) {
+		case 37: return BASTION_KILL_KILL;
+		case 238: return BASTION_KILL_TKILL;
+		case 270: return BASTION_KILL_TGKILL;
+		case 178: return BASTION_KILL_RT_SIGQUEUEINFO;
+		case 335: return BASTION_KILL_RT_TGSIGQUEUEINFO;
+		case 424: return BASTION_KILL_PIDFD;
+		}
+		return 0;
+	}
+	if (n & X32_BIT_) {
+		*flags |= BASTION_KILL_F_X32;
+		n &= ~X32_BIT_;
+		if (n == 524)
+			return BASTION_KILL_RT_SIGQUEUEINFO;
+		if (n == 536)
+			return BASTION_KILL_RT_TGSIGQUEUEINFO;
+	}
+	switch (n) {
+	case 62: return BASTION_KILL_KILL;
+	case 200: return BASTION_KILL_TKILL;
+	case 234: return BASTION_KILL_TGKILL;
+	case 129: return BASTION_KILL_RT_SIGQUEUEINFO;
+	case 297: return BASTION_KILL_RT_TGSIGQUEUEINFO;
+	case 424: return BASTION_KILL_PIDFD;
+	}
+	return 0;
 }
 
-SEC("tracepoint/syscalls/sys_enter_pidfd_send_signal")
-int on_pidfd_send_signal(void *ctx)
+SEC("tp_btf/signal_generate")
+int BPF_PROG(on_kill, int sig, struct kernel_siginfo *info, struct task_struct *task,
+	     int group, int result)
 {
-	struct file *f = fd_file(ARG(ctx, 0));
-	struct pid *pid;
-	struct upid up = {};
+	struct bastion_kill_event *e;
+	struct task_struct *cur;
+	__u32 tgid = BPF_CORE_READ(task, tgid), syscall, flags = 0;
+	long nr;
+	int code;
 
-	if (!f)
+	if (!kill_signal_harmful(sig) || tgid == (__u32)(bpf_get_current_pid_tgid() >> 32))
 		return 0;
-	pid = BPF_CORE_READ(f, private_data);
-	bpf_core_read(&up, sizeof(up), &pid->numbers[0]);
-	return kill_ev(BASTION_KILL_PIDFD, up.nr, 0, ARG(ctx, 1));
+	if (!wanted(BASTION_EV_KILL))
+		return 0;
+	cur = (struct task_struct *)bpf_get_current_task();
+	if (BPF_CORE_READ(cur, flags) & PF_KTHREAD_)
+		return 0;
+	/* SEND_SIG_NOINFO (0) and SEND_SIG_PRIV (1) are not pointers */
+	if ((unsigned long)info == 0)
+		code = SI_USER_;
+	else if ((unsigned long)info == 1)
+		return 0; /* SI_KERNEL */
+	else
+		code = BPF_CORE_READ(info, si_code);
+	if (code > 0)
+		return 0;
+	syscall = kill_syscall(&nr, &flags);
+	if (code != SI_USER_ && code != SI_TKILL_ && syscall != BASTION_KILL_RT_SIGQUEUEINFO &&
+	    syscall != BASTION_KILL_RT_TGSIGQUEUEINFO && syscall != BASTION_KILL_PIDFD)
+		return 0;
+	e = RESERVE(struct bastion_kill_event, BASTION_EV_KILL);
+	if (!e)
+		return 0;
+	e->target_pid = group ? tgid : BPF_CORE_READ(task, pid);
+	e->target_tgid = tgid;
+	e->sig = sig;
+	e->syscall = syscall ? syscall : BASTION_KILL_OTHER;
+	e->code = code;
+	e->nr = (__s32)nr;
+	e->flags = flags;
+	e->result = result;
+	SUBMIT(e);
+	return 0;
 }
 
 SEC("tracepoint/syscalls/sys_enter_bpf")

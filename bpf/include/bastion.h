@@ -25,7 +25,7 @@
 #define BASTION_H
 
 #define BASTION_ABI_MAJOR 2
-#define BASTION_ABI_MINOR 6
+#define BASTION_ABI_MINOR 7
 #define BASTION_ABI_VERSION ((BASTION_ABI_MAJOR << 16) | BASTION_ABI_MINOR)
 
 #define BASTION_COMM_LEN 16
@@ -106,7 +106,15 @@ enum bastion_kill_syscall {
 	BASTION_KILL_TKILL = 2,
 	BASTION_KILL_TGKILL = 3,
 	BASTION_KILL_PIDFD = 4,
+	/* ABI 2.7 (s16-sig: the record comes from signal:signal_generate) */
+	BASTION_KILL_RT_SIGQUEUEINFO = 5,
+	BASTION_KILL_RT_TGSIGQUEUEINFO = 6,
+	BASTION_KILL_OTHER = 7,     /* SI_USER/SI_TKILL from another syscall: cgroup.kill, a pdeath signal */
 };
+
+/* Bits of bastion_kill_event.flags (ABI 2.7) */
+#define BASTION_KILL_F_IA32 (1u << 0)  /* sent by an ia32 syscall (int $0x80, sysenter) */
+#define BASTION_KILL_F_X32  (1u << 1)  /* sent by an x32 syscall */
 
 /* Bits of bastion_event_hdr.flags */
 #define BASTION_F_TRUNC_PATH  (1u << 0)  /* a path field was cut */
@@ -225,10 +233,16 @@ struct bastion_ptrace_event {
 
 struct bastion_kill_event {
 	struct bastion_event_hdr hdr;
-	__s32 target_pid;    /* kill/pidfd: tgid target; tkill/tgkill: tid (initial pid ns) */
-	__s32 target_tgid;   /* tgkill: tgid; otherwise 0 */
+	__s32 target_pid;    /* process-directed: the target's tgid; thread-directed (tkill,
+	                      * tgkill, rt_tgsigqueueinfo): its tid (initial pid ns) */
+	__s32 target_tgid;   /* the target's tgid (ABI 2.7: always; before, tgkill's only) */
 	__s32 sig;
 	__u32 syscall;       /* enum bastion_kill_syscall */
+	/* ABI 2.7: one record per process reached, from signal:signal_generate */
+	__s32 code;          /* si_code: SI_USER 0, SI_QUEUE -1, SI_TKILL -6, a caller's < 0 */
+	__s32 nr;            /* the sender's syscall number (orig_ax; -1 none) */
+	__u32 flags;         /* BASTION_KILL_F_* */
+	__u32 result;        /* the kernel's TRACE_SIGNAL_*: 0 delivered, 1 ignored, 2 pending, ... */
 };
 
 struct bastion_bpf_event {
@@ -584,7 +598,7 @@ _Static_assert(sizeof(struct bastion_file_event) == 72 + 48, "file");
 _Static_assert(sizeof(struct bastion_sens_val) == 8, "sens_val");
 _Static_assert(sizeof(struct bastion_net_event) == 72 + 56, "net");
 _Static_assert(sizeof(struct bastion_ptrace_event) == 72 + 24, "ptrace");
-_Static_assert(sizeof(struct bastion_kill_event) == 72 + 16, "kill");
+_Static_assert(sizeof(struct bastion_kill_event) == 72 + 32, "kill");
 _Static_assert(sizeof(struct bastion_bpf_event) == 72 + 32, "bpf");
 _Static_assert(sizeof(struct bastion_memfd_event) == 72 + 72, "memfd");
 _Static_assert(sizeof(struct bastion_cred_event) == 72 + 32, "cred");

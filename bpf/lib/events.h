@@ -283,6 +283,8 @@ static __always_inline struct bastion_net_event *net_event(__u32 op)
 	return e;
 }
 
+/* A kill record of the lsm sensor (fentry/security_task_kill); the compat
+ * sensor's is on_kill (tp_events.bpf.c: signal:signal_generate). */
 static __always_inline int kill_ev(__u32 syscall, __s32 target, __s32 tgid, __s32 sig)
 {
 	struct bastion_kill_event *e;
@@ -296,6 +298,10 @@ static __always_inline int kill_ev(__u32 syscall, __s32 target, __s32 tgid, __s3
 	e->target_tgid = tgid;
 	e->sig = sig;
 	e->syscall = syscall;
+	e->code = 0;
+	e->nr = -1;
+	e->flags = 0;
+	e->result = 0;
 	SUBMIT(e);
 	return 0;
 }

@@ -29,7 +29,7 @@ from typing import Final, Protocol
 from bastion.errors import AbiMismatchError, BastionError, DecodeError, Location
 
 ABI_MAJOR: Final = 2
-ABI_MINOR: Final = 6
+ABI_MINOR: Final = 7
 ABI_VERSION: Final = (ABI_MAJOR << 16) | ABI_MINOR
 
 COMM_LEN: Final = 16
@@ -100,6 +100,9 @@ class KillSyscall(enum.IntEnum):
     TKILL = 2
     TGKILL = 3
     PIDFD = 4
+    RT_SIGQUEUEINFO = 5
+    RT_TGSIGQUEUEINFO = 6
+    OTHER = 7
 
 
 class LsmHook(enum.IntEnum):
@@ -160,6 +163,9 @@ F_SENSITIVE: Final = 1 << 5
 F_SCRIPT: Final = 1 << 6
 F_EXEC_FD: Final = 1 << 7
 F_TRUNC_ENV: Final = 1 << 8
+
+KILL_F_IA32: Final = 1 << 0   # bastion_kill_event.flags (ABI 2.7)
+KILL_F_X32: Final = 1 << 1
 
 c_u8 = ctypes.c_uint8
 c_u16 = ctypes.c_uint16
@@ -358,6 +364,10 @@ class KillEvent(ctypes.Structure):
         ("target_tgid", c_s32),
         ("sig", c_s32),
         ("syscall", c_u32),
+        ("code", c_s32),
+        ("nr", c_s32),
+        ("flags", c_u32),
+        ("result", c_u32),
     ]
 
 
@@ -792,6 +802,8 @@ DEFINES: Final[dict[str, int]] = {
     "BASTION_F_EXE_MEMFD": F_EXE_MEMFD,
     "BASTION_F_RELATIVE": F_RELATIVE,
     "BASTION_F_RELATIVE2": F_RELATIVE2,
+    "BASTION_KILL_F_IA32": KILL_F_IA32,
+    "BASTION_KILL_F_X32": KILL_F_X32,
     "BASTION_HIPS_F_DIR_OBJECTS": HIPS_F_DIR_OBJECTS,
     "BASTION_TOBJ_SELF": TOBJ_SELF,
     "BASTION_TOBJ_SUBTREE": TOBJ_SUBTREE,

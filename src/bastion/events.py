@@ -147,6 +147,8 @@ class KillEvent(_Base):
     signal: int = 0
     signal_name: str = ""
     syscall: str = "kill"
+    code: int = 0               # si_code (ABI 2.7): 0 SI_USER, -1 SI_QUEUE, -6 SI_TKILL
+    ia32: bool = False          # sent by an ia32 syscall (int $0x80)
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,6 +440,7 @@ def _kill(r: Any, t: int, p: Proc, trunc: bool) -> Event:
         signal_name=_signame(r.sig),
         syscall=abi.KillSyscall(r.syscall).name.lower()
         if r.syscall in set(abi.KillSyscall) else str(r.syscall),
+        code=r.code, ia32=bool(r.flags & abi.KILL_F_IA32),
     )
 
 

@@ -136,7 +136,7 @@ class Learner:
             elif ev.op == "bind" and ev.family in ("inet", "inet6") and ev.sport:
                 self.seen["bind"].add(f":{ev.sport}")
         elif isinstance(ev, (PtraceEvent, KillEvent)):
-            target = self.procs.get(ev.target_pid)
+            target = self.procs.get(getattr(ev, "target_tgid", 0) or ev.target_pid)
             if target is not None and target.exe:
                 self.seen["ptrace" if isinstance(ev, PtraceEvent) else "signal"].add(target.exe)
 

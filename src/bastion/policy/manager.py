@@ -248,7 +248,7 @@ class PolicyManager:
                 ancestors.append(_inode(d))
                 d = os.path.dirname(d)
         elif isinstance(ev, (PtraceEvent, KillEvent)):
-            target = procs.get(ev.target_pid)
+            target = procs.get(getattr(ev, "target_tgid", 0) or ev.target_pid)
             if target is None or not target.exe:
                 return None
             path = target.exe

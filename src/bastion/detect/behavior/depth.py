@@ -19,13 +19,14 @@ from typing import Any
 
 from bastion.detect.behavior.base import (
     NS, PACKAGE_MANAGERS, SYSTEM_DIRS, BehaviorRule, Hit, RuleSettings, SingleEvent, base,
-    glob_any, is_shell, trusted_as, under,
+    glob_any, trusted_as, under,
 )
 from bastion.detect.behavior.provenance import TMP_DIRS
 from bastion.detect.behavior.rules import (
-    CRED_STORES, PTY_HOSTS, _shell_reads_stdin, stop_if_untrusted,
+    CRED_STORES, PTY_HOSTS, _shell_kind, _shell_reads_stdin, stop_if_untrusted,
 )
 from bastion.detect.behavior.shellargs import parse_shell_argv
+from bastion.detect.behavior.trust import ExeTrust
 from bastion.detect.behavior.state import BoundedState, Limits, ProcKey, proc_key
 from bastion.detect.engine import RuleContext
 from bastion.events import Event, ExecEvent, FileEvent, NetEvent
@@ -40,9 +41,10 @@ def _stream(fd: str) -> bool:
     return fd.startswith(("pipe:", "socket:"))
 
 
-def _command_shell(ev: ExecEvent) -> bool:
-    """A shell taking its commands from stdin: no script, no -c (``sh``, ``sh -i``, ``sh -s``)."""
-    return _shell_reads_stdin(ev)
+def _command_shell(ev: ExecEvent, trust: ExeTrust) -> bool:
+    """A shell taking its commands from stdin: no script, no -c (``sh``, ``sh -i``, ``sh -s``);
+    the shell found by its executable (s16-sig: a renamed copy of bash is bash)."""
+    return _shell_reads_stdin(ev, trust)
 
 
 class RelayedShell(BehaviorRule):
@@ -73,7 +75,7 @@ class RelayedShell(BehaviorRule):
     def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None) -> None:
         super().__init__(settings, limits)
         # a command shell's stdout pipe -> the shell; a reader's process -> its stdin pipe
-        self._shell_out: BoundedState[str, tuple[int, str, tuple[str, ...]]] = self.state()
+        self._shell_out: BoundedState[str, tuple[int, str, tuple[str, ...], str]] = self.state()
         self._reader_of: BoundedState[str, ProcKey] = self.state()
         self._stdin_of: BoundedState[ProcKey, str] = self.state()
 
@@ -94,7 +96,7 @@ class RelayedShell(BehaviorRule):
         if not isinstance(ev, ExecEvent):
             return []
         key = proc_key(ev)
-        if not _command_shell(ev):
+        if not _command_shell(ev, self.trust):
             if ev.stdin.startswith("pipe:"):
                 self._stdin_of.put(key, now, ev.stdin)
                 self._reader_of.put(ev.stdin, now, key)
@@ -106,7 +108,7 @@ class RelayedShell(BehaviorRule):
             return []
         if not _stream(ev.stdin):
             return []
-        shell = (ev.proc.pid, ev.proc.exe, tuple(ev.argv))
+        shell = (ev.proc.pid, ev.proc.exe, tuple(ev.argv), _shell_kind(ev, self.trust) or "")
         parent = ctx.procs.get(ev.proc.ppid)
         if parent is not None and parent.pid > 1:
             peer = self.prov.netted((parent.pid, parent.start_ns), now)
@@ -123,14 +125,14 @@ class RelayedShell(BehaviorRule):
             self._shell_out.put(ev.stdout, now, shell)
         return []
 
-    def _hit(self, shell: tuple[int, str, tuple[str, ...]], peer: str, relay: str,
+    def _hit(self, shell: tuple[int, str, tuple[str, ...], str], peer: str, relay: str,
              relay_pid: int, pipe: str, feeds: str = "stdout") -> Hit:
-        pid, exe, argv = shell
+        pid, exe, argv, kind = shell
         how = "reads its commands from" if feeds == "stdin" else "writes its output to"
         hit = Hit(f"Shell {base(exe)} {how} {relay} ({relay_pid}), connected to {peer}",
                   {"argv": list(argv), "relay": relay, "relay_pid": relay_pid, "peer": peer,
                    "pipe": pipe, "prevented": self.prevents}, pid=pid)
-        if feeds == "stdout" and not _interactive(exe, argv):
+        if feeds == "stdout" and not _interactive(kind or base(exe), argv):
             # `sh -s < gen | psql -h db`, `bash <<EOF | mysql`: an administrator's pipeline
             # has this shape too; only the interactive shell (`sh -i < fifo | openssl
             # ...`) is killed, the rest alerted (s14 review: a kill of benign pipelines)
@@ -139,10 +141,11 @@ class RelayedShell(BehaviorRule):
         return hit
 
 
-def _interactive(exe: str, argv: tuple[str, ...]) -> bool:
+def _interactive(kind: str, argv: tuple[str, ...]) -> bool:
     """``-i`` (alone or in a cluster, before the first operand) or ``--interactive``,
-    read by the shell's option table (``bash -o posix -i`` is interactive)."""
-    return parse_shell_argv(base(exe), argv).interactive
+    read by the option table of the shell family ``kind`` (``bash -o posix -i`` is
+    interactive)."""
+    return parse_shell_argv(kind, argv).interactive
 
 
 # ---- a second name for a credential store ---------------------------------------------------

@@ -43,6 +43,7 @@ from bastion.detect.behavior.base import (
 from bastion.detect.behavior.provenance import LOCAL_REASONS, block, script_of
 from bastion.detect.behavior.xmem import ExecMemory
 from bastion.detect.behavior.shellargs import parse_shell_argv
+from bastion.detect.behavior.trust import ExeTrust
 from bastion.detect.behavior.svcctl import SERVICE_MANAGERS, command_act, firewall_act
 from bastion.detect.behavior.state import BoundedState, Limits, ProcKey, proc_key
 from bastion.detect.engine import RuleContext
@@ -914,13 +915,22 @@ class LoaderEnvInjection(BehaviorRule):
 
 # ---- 10c. a decoded or downloaded payload piped into a shell (ABI 1.4: fds at exec) ----
 
-def _shell_reads_stdin(ev: ExecEvent) -> bool:
+def _shell_kind(ev: ExecEvent, trust: ExeTrust) -> str | None:
+    """The shell family the exec'd file is (by inode, name, ELF build id: s16-sig; a
+    renamed copy of bash is bash), None: no shell."""
+    return trust.shell(ev.proc.exe, (ev.exe_dev, ev.exe_ino), ev.proc.pid)
+
+
+def _shell_reads_stdin(ev: ExecEvent, trust: ExeTrust) -> bool:
     """A shell whose commands come from stdin: no script operand, no -c."""
-    if not is_shell(ev.proc.exe) or ev.script:
+    if ev.script:
+        return False
+    kind = _shell_kind(ev, trust)
+    if kind is None:
         return False
     # by the shell's option table: an option's value (``bash -o posix``, ``--rcfile f``)
     # is no script, a long option with a ``c`` in it is no -c (s15-svc)
-    return parse_shell_argv(base(ev.proc.exe), ev.argv).stdin
+    return parse_shell_argv(kind, ev.argv).stdin
 
 
 class PipedPayload(BehaviorRule):
@@ -968,7 +978,7 @@ class PipedPayload(BehaviorRule):
                     hits.append(self._hit(kind, w, sh, ev.stdout))
                 else:
                     self._writers.put(ev.stdout, now, w)
-        if ev.stdin.startswith("pipe:") and _shell_reads_stdin(ev):
+        if ev.stdin.startswith("pipe:") and _shell_reads_stdin(ev, self.trust):
             s = (ev.proc.pid, ev.proc.exe, ev.argv)
             wr = self._writers.pop(ev.stdin)
             if wr is not None:
@@ -1798,7 +1808,8 @@ class PtySocketShell(SingleEvent):
         self.probes = probes or Probes()
 
     def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
-        if not isinstance(ev, ExecEvent) or not is_shell(ev.proc.exe) or self.prov is None:
+        if not isinstance(ev, ExecEvent) or self.prov is None or \
+                _shell_kind(ev, self.trust) is None:
             return None
         parent = ctx.procs.get(ev.proc.ppid)
         if parent is None or parent.pid <= 1:
@@ -1816,7 +1827,7 @@ class PtySocketShell(SingleEvent):
                                "network": peer or svc, "argv": list(ev.argv)}
         if self.probes.stdio is not None:
             fds = self.probes.stdio(ev.proc.pid)
-            if fds is None and ev.stdin == "tty" and _shell_reads_stdin(ev):
+            if fds is None and ev.stdin == "tty" and _shell_reads_stdin(ev, self.trust):
                 # the shell is gone before the look-up (``id; exit`` sent at once): the
                 # kernel saw a character device on fd 0 of a shell taking commands from it
                 ev_["stdio"] = [ev.stdin, ev.stdout]

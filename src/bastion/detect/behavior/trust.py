@@ -31,6 +31,7 @@ import time
 from typing import Callable, Iterable
 
 from bastion.abi import kernel_dev
+from bastion.detect.behavior.shells import ShellIdents, installed_shell_paths
 
 def _interpreter_dir() -> tuple[str, ...]:
     """The directory of the Python Bastion itself runs on (e.g. a pyenv build under
@@ -95,6 +96,9 @@ class ExeTrust:
         self._locate = locate or _locate_here
         self._by_name: dict[str, frozenset[Ident]] = {}
         self._stamp = clock()
+        # the installed shells by inode and build id (s16-sig, :mod:`.shells`)
+        self.shells = ShellIdents(lambda: installed_shell_paths(self.dirs), self._locate,
+                                  refresh_s=refresh_s, clock=clock)
 
     def _fresh(self) -> None:
         now = self._clock()
@@ -124,6 +128,12 @@ class ExeTrust:
             if ident in self.idents(n):
                 return n
         return None
+
+    def shell(self, exe: str, ident: Ident, pid: int) -> str | None:
+        """The shell family (an option table of :mod:`.shellargs`) of process ``pid``
+        running ``exe`` (the file ``ident``): by inode, name, then ELF build id
+        (:class:`.shells.ShellIdents`); None: no shell."""
+        return self.shells.kind(exe, ident, pid)
 
     def script_tool(self, exe: str, exe_ident: Ident, argv: tuple[str, ...],
                     names: Iterable[str]) -> str | None:
