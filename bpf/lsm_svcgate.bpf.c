@@ -43,8 +43,7 @@ struct {
 } svcgate_cfg SEC(".maps");
 
 /* The current task's untrusted reasons (the admin bit included); 0 = none, out
- * of scope, or only the admin bit; PROV_ACTOR_UNSEEN: no entry found (settled
- * once the socket is gated).  As lsm_provgate.bpf.c's pgate_actor: a
+ * of scope, or only the admin bit.  As lsm_provgate.bpf.c's pgate_actor: a
  * process the full map could not take is refused as untracked. */
 static __always_inline __u32 svc_actor(void)
 {
@@ -75,11 +74,6 @@ int BPF_PROG(svcgate_unix_connect, struct sock *sock, struct sock *other, struct
 	k.dev = BPF_CORE_READ(d, d_inode, i_sb, s_dev);
 	kind = bpf_map_lookup_elem(&svcgate_socks, &k);
 	if (!kind)
-		return 0;
-	/* a gated socket: an actor the plain lookup did not find is looked up with
-	 * F_CREATE; a NULL then is busy or no memory: refused (prov_map.h) */
-	reasons = prov_actor_settle(reasons);
-	if (!reasons)
 		return 0;
 	local = reasons & ~BASTION_PROV_ADMIN_TTY;
 	if ((reasons & BASTION_PROV_ADMIN_TTY) && !(local & ~BASTION_PROV_LOCAL_MASK))

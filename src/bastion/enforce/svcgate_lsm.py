@@ -215,8 +215,7 @@ class LsmSocketGate(LoaderUser):
     def stats(self) -> dict[str, int]:
         out = super().stats()
         out.update(denies=self.denies, dry_runs=self.dry_runs, audits=self.audits,
-                   sockets=len(self._socks),
-                   prov_gate_null=self.prov.gate_null_refusals())
+                   sockets=len(self._socks))
         return out
 
 
