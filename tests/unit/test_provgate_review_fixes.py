@@ -1,0 +1,69 @@
+"""Review fixes of the compat gate's re-mark pass (s16-fixgate), without a kernel."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bastion.enforce import muststop
+from bastion.enforce.muststop import GateObject
+from bastion.policy.compile import kernel_dev
+
+
+def _key(p: Path) -> tuple[int, int]:
+    st = os.stat(p)
+    return (kernel_dev(st.st_dev), st.st_ino)
+
+
+def _swap_to_link(ssh: Path, target: Path) -> None:
+    """What the attacker's renameat2(RENAME_EXCHANGE) loop does: ~/.ssh becomes a link
+    (a user's own) to ``target``."""
+    os.rename(ssh, ssh.with_name(".ssh.real"))
+    os.symlink(target, ssh)
+    os.lchown(ssh, 12345, 12345) if os.geteuid() == 0 else None
+
+
+def test_a_ssh_dir_swapped_for_a_link_to_etc_during_the_pass_never_enters_etc(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home, etc = tmp_path / "home", tmp_path / "etc"
+    ssh = home / ".ssh"
+    (ssh / "keys").mkdir(parents=True)
+    (etc / "cron.d").mkdir(parents=True)
+    (etc / "sudoers.d").mkdir()
+    if os.geteuid() == 0:
+        os.chown(home, 12345, 12345)
+        os.chown(ssh, 12345, 12345)
+    bad = {_key(etc), _key(etc / "cron.d"), _key(etc / "sudoers.d")}
+    real = kernel_dev
+    calls = {"n": 0}
+
+    def swap_after_first_look(dev: int) -> int:   # the swap between the check and the walk
+        calls["n"] += 1
+        if calls["n"] == 1:
+            _swap_to_link(ssh, etc)
+        return real(dev)
+
+    monkeypatch.setattr(muststop, "kernel_dev", swap_after_first_look)
+    import bastion.kernel.fanotify as fan
+    monkeypatch.setattr(fan, "kernel_dev", swap_after_first_look)
+    entries, _problems, _over = muststop.expand([GateObject(str(ssh), "credential")],
+                                                max_dirs=100, per_object_dirs=50)
+    assert calls["n"] >= 1
+    assert not bad & {e.key for e in entries}, [e.path for e in entries if e.key in bad]
+
+
+def test_a_ssh_that_is_a_users_link_to_etc_is_not_entered(tmp_path: Path) -> None:
+    home, etc = tmp_path / "home", tmp_path / "etc"
+    home.mkdir()
+    (etc / "cron.d").mkdir(parents=True)
+    if os.geteuid() == 0:
+        os.chown(home, 12345, 12345)
+    os.symlink(etc, home / ".ssh")
+    if os.geteuid() == 0:
+        os.lchown(home / ".ssh", 12345, 12345)
+    entries, problems, _ = muststop.expand([GateObject(str(home / ".ssh"), "credential")],
+                                           max_dirs=100, per_object_dirs=50)
+    assert entries == [] and problems and "link" in problems[0]
