@@ -328,3 +328,29 @@ def test_a_log_mount_made_read_only_or_picked_is_alerted_at_the_attempt() -> Non
                 sensor.close()
     finally:
         shutil.rmtree(root)
+
+
+def test_a_marked_tree_moved_away_is_unmarked_on_the_next_pass(env: Env) -> None:
+    """Review fix (s16-fixgate, 2): `mv ~/.ssh ~/.junk/N; mkdir -p ~/.ssh/{1..N}` every
+    pass left each moved tree's marks as orphans (removed by path: ESTALE) until the
+    group's mark limit failed every pass.  The marks are removed through the inodes."""
+    gate = env.part.gate
+    assert gate is not None
+    lis = gate.listener
+    n0 = gate.marked()
+    ssh = env.root / "home/bob/.ssh"
+    for i in range(5):
+        (ssh / str(i)).mkdir(parents=True)
+    env.wait_tick()
+    assert gate.marked() == n0 + 6
+    junk = env.root / "home/bob/.junk"
+    junk.mkdir()
+    ssh.rename(junk / "0")
+    env.wait_tick()
+    assert gate.marked() == n0
+    st = lis.stats()
+    assert st["orphan_marks"] == 0 and st["handle_unmarks"] == 6, st
+    # the moved tree is no object any more: its files are the user's (no event, allowed)
+    (junk / "0/1/f").write_text("x\n")
+    r = env.tainted(f"cat {junk}/0/1/f\n")
+    assert r.returncode == 0, r.stderr

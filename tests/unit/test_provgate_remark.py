@@ -104,6 +104,10 @@ class FakeGate:
     def __init__(self) -> None:
         self.calls = 0
         self.fail: Exception | None = None
+        self.orphan_marks = 0
+
+    def orphans(self) -> int:
+        return self.orphan_marks
 
     def apply(self, _objects: Any) -> list[str]:
         self.calls += 1
@@ -131,6 +135,20 @@ def test_the_tick_refreshes_once_the_interval_passed_and_a_failure_is_a_high_fin
     assert f is not None and f.rule == REFRESH_RULE and f.severity == "high"
     assert f.evidence["marks"] == 7 and part.refresh_failures == 1
     assert "FAILED" in part.refresh_state() and "7 marks kept" in part.refresh_state()
+
+
+def test_orphan_marks_that_grow_are_a_high_finding_once() -> None:
+    """s16-fixgate (2): marks that could not be removed leak towards the mark limit."""
+    part = AgentGate(lambda: None, self_tgid=1, deadline_s=None,  # type: ignore[arg-type,return-value]
+                     objects=list, refresh_s=10.0)
+    fake = FakeGate()
+    part.gate = fake  # type: ignore[assignment]
+    assert part.refresh() is None
+    fake.orphan_marks = 3
+    f = part.refresh()
+    assert f is not None and f.rule == REFRESH_RULE and f.severity == "high"
+    assert f.evidence["orphan_marks"] == 3 and "3 more marks" in f.title
+    assert part.refresh() is None
 
 
 def test_a_negative_interval_is_refused_and_zero_never_refreshes() -> None:

@@ -67,3 +67,23 @@ def test_a_ssh_that_is_a_users_link_to_etc_is_not_entered(tmp_path: Path) -> Non
     entries, problems, _ = muststop.expand([GateObject(str(home / ".ssh"), "credential")],
                                            max_dirs=100, per_object_dirs=50)
     assert entries == [] and problems and "link" in problems[0]
+
+
+def test_an_inode_no_object_places_is_not_a_credential(tmp_path: Path) -> None:
+    """s16-fixgate (2): an orphan mark (a tree moved away) or an inode the state forgot
+    was refused as a credential store; allowed and counted."""
+    from bastion.enforce.provgate import ProvenanceGate, _State
+    from bastion.kernel.fanotify import PermEvent
+    f = tmp_path / "f"
+    f.write_text("x")
+    g = object.__new__(ProvenanceGate)
+    g.unplaced = 0
+    dirs: dict[tuple[int, int], Any] = {(1, 2): "credential", (1, 3): "persistence"}
+    state = _State({}, dirs, frozenset(dirs.values()), {})
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        ev = PermEvent(0, fd, os.getpid(), 0.0)
+        assert g._kind(state, ev, str(f)) is None
+    finally:
+        os.close(fd)
+    assert g.unplaced == 1

@@ -177,6 +177,7 @@ class ProvenanceGate:
         self._marks: dict[tuple[int, int], tuple[str, int]] = {}
         self.marks_added = 0
         self.marks_removed = 0
+        self.unplaced = 0      # opens of a marked inode no object of the state places
 
     # ---- lifecycle ---------------------------------------------------------------
 
@@ -300,6 +301,11 @@ class ProvenanceGate:
         """How many inodes carry a mark of this gate."""
         return len(self._marks)
 
+    def orphans(self) -> int:
+        """Marks neither their path nor their inode's handle could remove (kept until
+        close: they count against the group's mark limit)."""
+        return self.listener.c.orphan_marks
+
     # ---- the decision (listener thread) -------------------------------------------
 
     def _kind(self, state: _State, ev: PermEvent, path: str) -> Kind | None:
@@ -322,7 +328,11 @@ class ProvenanceGate:
                     return "persistence"
                 return "log" if name in HISTORY_NAMES else None
             return k
-        return "credential"   # not placed: the stricter kind (any open refused)
+        # not placed: no object of this pass (s16-fixgate: an orphan mark of a tree moved
+        # away, an inode the state forgot); refusing it as credential let a user's rename
+        # make any directory a credential store.  Allowed and counted.
+        self.unplaced += 1
+        return None
 
     def _fallback(self, ev: PermEvent) -> int:
         """A stalled decision: refused when the opener's process is in the map with an
@@ -457,7 +467,7 @@ class ProvenanceGate:
         out = self.listener.stats()
         out.update(denies=self.denies, dry_runs=self.dry_runs, audits=self.audits, dropped=self.dropped,
                    marks=len(self._marks), marks_added=self.marks_added,
-                   marks_removed=self.marks_removed,
+                   marks_removed=self.marks_removed, unplaced=self.unplaced,
                    over_budget=len(self.over_budget),
                    prov_errors=self.prov.errors())
         return out
@@ -509,6 +519,7 @@ class AgentGate:
         self.unmarked: list[str] = []
         self._pending: dict[int, GateDecision] = {}
         self._said_overflow = (0, 0)
+        self._said_orphans = 0
 
     def marks_off(self) -> None:
         """The lsm tier's in-hook gate decides: fill the provenance maps, mark nothing
@@ -566,6 +577,16 @@ class AgentGate:
         self.unmarked = unmarked
         self.refreshes += 1
         self.last_refresh = (time.time(), gate.marked(), time.monotonic() - t0, "")
+        orphans = gate.orphans()
+        if orphans > self._said_orphans:     # marks that leak towards the mark limit
+            new, self._said_orphans = orphans - self._said_orphans, orphans
+            return Finding(
+                rule=REFRESH_RULE, severity="high", attack=("T1562.001",), action="alert",
+                event=None, pid=os.getpid(),
+                title=f"Provenance gate: {new} more marks could not be removed (moved and "
+                      f"not reachable by their inode; {orphans} kept until restart): at the "
+                      "group's mark limit every pass fails",
+                evidence={"orphan_marks": orphans, "marks": gate.marked()})
         return None
 
     def refresh_state(self) -> str:
