@@ -191,13 +191,17 @@ def test_an_overwriting_open_of_a_log_is_refused_appending_is_not(env: Env) -> N
         r = env.tainted(f"echo appended >> {p}\ncat {p}\n")
         assert r.returncode == 0, r.stderr
         assert r.stdout == before[p] + "appended\n"
-    # a new log file made in a log directory without O_APPEND: refused at its open
+    # a new log file made in a log directory without O_APPEND: nothing to wipe, allowed
+    # and audited (s16-fixgate 5b; before: refused at its open)
     r = env.tainted(f"echo x > {env.root}/var/log/app/new.log\n")
-    assert r.returncode != 0 and "Operation not permitted" in r.stderr
+    assert r.returncode == 0, r.stderr
     # logrotate-like truncation by a clean tree: allowed
     r = env.clean(f": > {logs[0]}")
     assert r.returncode == 0 and logs[0].read_text() == ""
     evs = env.part.gate.decisions(0.5) if env.part.gate is not None else []
+    new = [d for d in evs if d.path.endswith("/new.log")]
+    assert len(new) == 1 and new[0].action == "audit" and "empty" in new[0].why
+    evs = [d for d in evs if d not in new]
     assert evs and all(d.kind == "log" and d.action == "deny" for d in evs)
     f = env.part.gate.finding(evs[0]) if env.part.gate is not None else None
     assert f is not None and f.severity == "critical" and "T1070.002" in f.attack
@@ -354,3 +358,43 @@ def test_a_marked_tree_moved_away_is_unmarked_on_the_next_pass(env: Env) -> None
     (junk / "0/1/f").write_text("x\n")
     r = env.tainted(f"cat {junk}/0/1/f\n")
     assert r.returncode == 0, r.stderr
+
+
+_OPENAT2 = """
+import ctypes, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+how = ctypes.create_string_buffer(struct.pack("QQQ", {flags}, 0, 0))
+fd = libc.syscall(437, ctypes.c_long(-100), sys.argv[1].encode(), how, ctypes.c_size_t(24))
+sys.exit(0 if fd >= 0 else ctypes.get_errno())
+"""
+
+
+def test_log_opens_with_unknown_flags_and_histories_saved_by_their_program(env: Env) -> None:
+    """s16-fixgate (8, 5b): an openat2 of a log (its flags unknown to the gate) was
+    refused as a write; a new empty log file (rotation, os.Create) was refused; the
+    owner's own python saving ~/.python_history was a critical "wipe".  All three
+    allowed and audited; a history overwritten by another program stays refused."""
+    gate = env.part.gate
+    assert gate is not None
+    log = env.root / "var/log/syslog"
+    py = env.drop / "openat2.py"
+    py.write_text(_OPENAT2.format(flags=os.O_RDONLY))
+    r = env.tainted(f"python3 {py} {log}\n")
+    assert r.returncode == 0, (r.returncode, r.stderr)
+    hist = env.root / "home/bob/.python_history"
+    hist.write_text("print(1)\n")
+    r = env.tainted(f"python3 -c \"open('{hist}', 'w').write('print(2)')\"\n")
+    assert r.returncode == 0, r.stderr
+    assert hist.read_text() == "print(2)"
+    r = env.tainted(f"cp /dev/null {hist}\n")
+    assert r.returncode != 0 and "Operation not permitted" in r.stderr
+    assert hist.read_text() == "print(2)"
+    ds = gate.decisions(0.5)
+    got = {(os.path.basename(d.path), d.action) for d in ds}
+    assert got == {("syslog", "audit"), (".python_history", "audit"),
+                   (".python_history", "deny")}, ds
+    audit = [d for d in ds if d.action == "audit" and d.path == str(log)][0]
+    assert "flags unknown" in audit.why
+    f = gate.finding(audit)
+    assert f.severity == "high" and "flags unknown" in f.title
+    assert any("own python" in d.why for d in ds)

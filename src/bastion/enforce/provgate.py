@@ -95,6 +95,7 @@ class GateDecision:
     prevented: str
     trusted: str | None
     event: HipsEvent | None = None   # the record of it (set once reported)
+    why: str = ""           # an allowed act's reason other than the admin's session
 
 
 @dataclass
@@ -103,6 +104,37 @@ class _State:
     dirs: Mapping[tuple[int, int], Kind]           # marked dirs (events on children)
     dir_kinds: frozenset[Kind]
     paths: Mapping[tuple[int, int], str]
+    # the marked dirs by path: the fallback's lookup of a child's kind (no path walk)
+    dir_paths: Mapping[str, Kind] = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.dir_paths = {self.paths[k]: v for k, v in self.dirs.items() if k in self.paths}
+
+
+# A history rewritten whole by its own program is how it is saved (bash without
+# histappend, python's readline, less, vim): the owner's own program may (audited).
+_HISTORY_PROGRAMS: Final[dict[str, tuple[str, ...]]] = {
+    ".bash_history": ("bash",), ".zsh_history": ("zsh",),
+    ".sh_history": ("sh", "ksh", "mksh", "dash"), ".ash_history": ("ash", "busybox"),
+    ".history": ("tcsh", "csh"), ".python_history": ("python",),
+    ".mysql_history": ("mysql", "mariadb"), ".psql_history": ("psql",),
+    ".lesshst": ("less",), ".viminfo": ("vim", "vi", "nvim")}
+
+
+def _own_history(tid: int, path: str, fd: int) -> str | None:
+    """The program's name when ``path`` is a history its owner's own program (by the
+    executable's name) rewrites; else None."""
+    progs = _HISTORY_PROGRAMS.get(os.path.basename(path))
+    if progs is None:
+        return None
+    try:
+        exe = os.path.basename(os.readlink(f"/proc/{tid}/exe"))
+        owner = os.fstat(fd).st_uid
+    except OSError:
+        return None
+    if status_field(tid, b"Uid") != owner:
+        return None
+    return exe if any(exe.startswith(p) for p in progs) else None
 
 
 def _merged(old: _State, kinds: Mapping[tuple[int, int], Kind],
@@ -341,6 +373,14 @@ class ProvenanceGate:
         state = self._state
         if state is None or self.scope.is_self(ev.tid) or self.scope.out_of_scope(ev.tid):
             return FAN_ALLOW
+        try:     # a log's kind (s16-fixgate): reading and appending are its use
+            kind = state.kinds.get(ev.key)
+            if kind is None and state.dir_paths:
+                kind = state.dir_paths.get(os.path.dirname(fd_path(ev.fd)))
+        except OSError:
+            kind = None
+        if kind == "log":
+            return FAN_ALLOW
         try:
             val = self.prov.get(ev.tid)
             if val is None and self.prov.untracked(ev.tid):
@@ -386,6 +426,15 @@ class ProvenanceGate:
         if kind == "log" and (not write or (flags is not None and flags & os.O_APPEND
                                             and not flags & os.O_TRUNC)):
             return ALLOW                      # reading or appending to a log is its use
+        why = ""
+        if kind == "log":    # s16-fixgate: allowed and audited, not refused
+            if flags is None:
+                why = ("open flags unknown (openat2, io_uring or a 32-bit open): "
+                       "not known to overwrite")
+            elif _size(ev.fd) == 0:
+                why = "the file is empty (a new or rotated log): nothing to wipe"
+            elif (prog := _own_history(tid, path, ev.fd)) is not None:
+                why = f"a history rewritten by its owner's own {prog}"
         reasons = val.reasons & ~abi.PROV_ADMIN_TTY
         exempt = bool(val.reasons & abi.PROV_ADMIN_TTY) and not reasons & ~abi.PROV_LOCAL_MASK
         exe = exe_key(tid)
@@ -393,8 +442,8 @@ class ProvenanceGate:
         op = "open-write" if write else "open-read"
         prevented = f"{_PREVENTED[kind]} {path}"
         d = GateDecision(tid, tgid, kind, op, path, ev.key, tuple(reason_names(reasons)),
-                         "audit" if exempt else "deny", prevented, trusted)
-        if exempt or self.dry_run:
+                         "audit" if exempt or why else "deny", prevented, trusted, why=why)
+        if exempt or why or self.dry_run:
             return Verdict.allow(after=lambda in_time: self._report(d, enforced=False))
         return Verdict.deny(after=lambda in_time: self._report(d, enforced=in_time))
 
@@ -450,7 +499,8 @@ class ProvenanceGate:
         """A refusal (or an admin session's allowed act) as a finding: action ``deny``
         (taken in the kernel's answer) or ``audit``, what was prevented, the reasons."""
         what = _WHAT[d.kind]
-        verb = "refused" if d.action == "deny" else "allowed (administrator's interactive session)"
+        verb = ("refused" if d.action == "deny" else f"allowed ({d.why})" if d.why
+                else "allowed (administrator's interactive session)")
         dry = d.action == "deny" and d.event is not None and not d.event.enforced
         if dry:
             verb = "would be refused (dry run: allowed)"
@@ -460,6 +510,7 @@ class ProvenanceGate:
             action="would-deny" if dry else d.action, event=d.event, pid=d.tgid,
             title=f"{what} {verb}: {d.path} [untrusted provenance: {', '.join(d.reasons)}]",
             evidence={"prevented": d.prevented, "provenance": list(d.reasons),
+                      "allowed_because": d.why or None,
                       "operation": d.op, "object": d.path, "trusted_tool": d.trusted},
             enforced_by=self.mechanism)
 
@@ -471,6 +522,14 @@ class ProvenanceGate:
                    over_budget=len(self.over_budget),
                    prov_errors=self.prov.errors())
         return out
+
+
+def _size(fd: int) -> int:
+    """The opened file's size (-1 when unknown): read before an ``O_TRUNC`` applies."""
+    try:
+        return os.fstat(fd).st_size
+    except OSError:
+        return -1
 
 
 def _untrusted(bits: int) -> bool:
