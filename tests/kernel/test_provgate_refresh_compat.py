@@ -60,6 +60,7 @@ class Env:
             f = self.part.tick(time.monotonic())
             self.findings += [f] if f is not None else []
             time.sleep(TICK_S / 5)
+        self.findings += self.part.wait_pass(10.0)   # the pass runs on its own thread
 
 
 def _layout(root: Path) -> None:

@@ -87,3 +87,13 @@ def test_an_inode_no_object_places_is_not_a_credential(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert g.unplaced == 1
+
+
+def test_an_object_on_a_network_filesystem_is_not_walked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """s16-fixgate (9): /home/* on NFS or autofs was walked by every pass."""
+    (tmp_path / ".ssh" / "a").mkdir(parents=True)
+    monkeypatch.setattr(muststop, "fs_magic", lambda _fd: 0x6969)
+    entries, problems, _ = muststop.expand([GateObject(str(tmp_path / ".ssh"), "credential")],
+                                           max_dirs=100, per_object_dirs=50)
+    assert entries == [] and len(problems) == 1 and "nfs filesystem" in problems[0]

@@ -23,6 +23,7 @@ map); everyone else is not looked at.
 from __future__ import annotations
 
 import collections
+import ctypes
 import errno
 import glob
 import os
@@ -257,6 +258,24 @@ def _walk(top: str, fd: int, top_st: os.stat_result, max_dirs: int
     return out
 
 
+# Filesystems a pass does not walk (s16-fixgate): a walk of a network or FUSE tree can
+# stall on its server (and a FUSE server is a user's program answering the agent).
+REMOTE_FS: Final[dict[int, str]] = {
+    0x6969: "nfs", 0xFF534D42: "cifs", 0xFE534D42: "smb2", 0x517B: "smb", 0x65735546: "fuse",
+    0x0187: "autofs", 0x564C: "ncp", 0x6B414653: "afs", 0x5346414F: "afs", 0x00C36400: "ceph",
+    0x47504653: "gpfs", 0x0BD00BD0: "lustre", 0x01021997: "9p"}
+
+
+def fs_magic(fd: int) -> int:
+    """``fstatfs(fd).f_type``; -1 when unknown."""
+    buf = ctypes.create_string_buffer(256)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if int(libc.fstatfs(fd, buf)) < 0:
+        return -1
+    return int.from_bytes(buf.raw[:ctypes.sizeof(ctypes.c_long)], "little", signed=True) \
+        & 0xFFFFFFFF
+
+
 @dataclass(frozen=True)
 class Entry:
     """One inode a gate enters: a file object, or a directory of a directory object
@@ -288,6 +307,12 @@ def expand(objects: Sequence[GateObject], *, max_dirs: int, per_object_dirs: int
             fd = open_object(o.path)
         except OSError as exc:
             problems.append(f"{o.path}: {exc.strerror}: not entered")
+            continue
+        remote = REMOTE_FS.get(fs_magic(fd))
+        if remote is not None:
+            os.close(fd)
+            problems.append(f"{o.path}: on a {remote} filesystem: not entered (a network or "
+                            "FUSE tree is not walked)")
             continue
         found.append((o, os.fstat(fd), fd))
     found.sort(key=lambda f: f[1].st_uid != 0)

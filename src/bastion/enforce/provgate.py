@@ -282,6 +282,9 @@ class ProvenanceGate:
         self.over_budget = over
         problems.extend(over)
         with lis.mark_lock:
+            if lis.closed:
+                raise KernelError("provenance gate is closed: nothing is marked",
+                                  location=Location("fanotify"))
             if lis.expired:
                 raise KernelError("provenance gate is past its deadline: nothing is marked",
                                   location=Location("fanotify"))
@@ -554,9 +557,13 @@ class AgentGate:
                  objects: Callable[[], list[GateObject]] = default_objects,
                  tmp_dirs: Sequence[str] = TMP_DIRS,
                  interpreters: Callable[[], list[tuple[str, str]]] = default_interpreters,
-                 dry_run: bool = False, refresh_s: float = REFRESH_S) -> None:
+                 dry_run: bool = False, refresh_s: float = REFRESH_S,
+                 threaded: bool = True) -> None:
         """``refresh_s``: how often :meth:`tick` marks the objects again (objects made
-        since the last pass: a new ``~/.ssh``, a ``foo.service.d/``); 0 = never."""
+        since the last pass: a new ``~/.ssh``, a ``foo.service.d/``); 0 = never.
+        ``threaded``: the pass runs on a thread of its own, one at a time (s16-fixgate: a
+        glob of /home/* on a stalled server must not stall the agent's event loop); its
+        finding is returned by a later :meth:`tick`."""
         if refresh_s < 0:
             raise ConfigError(f"provenance gate refresh interval must be >= 0, not {refresh_s}",
                               location=Location("provgate.refresh_s"))
@@ -579,6 +586,9 @@ class AgentGate:
         self._pending: dict[int, GateDecision] = {}
         self._said_overflow = (0, 0)
         self._said_orphans = 0
+        self.threaded = threaded
+        self._pass: threading.Thread | None = None
+        self._done: collections.deque[Finding] = collections.deque()
 
     def marks_off(self) -> None:
         """The lsm tier's in-hook gate decides: fill the provenance maps, mark nothing
@@ -607,10 +617,43 @@ class AgentGate:
     def tick(self, now: float) -> Finding | None:
         """The agent's tick (``now``: ``time.monotonic()``): mark the objects again once
         ``refresh_s`` has passed since the last pass (:meth:`refresh`)."""
+        out = self._done.popleft() if self._done else None   # a finished pass's finding
         if self.gate is None or not self.refresh_s or now < self._next_refresh:
-            return None
+            return out
+        running = self._pass
+        if running is not None and running.is_alive():
+            return out                       # one pass at a time: the next tick retries
         self._next_refresh = now + self.refresh_s
-        return self.refresh()
+        if not self.threaded:
+            return self.refresh() or out
+        t = threading.Thread(target=self._run_pass, name="bastion-provgate-remark",
+                             daemon=True)
+        self._pass = t
+        t.start()
+        return out
+
+    def wait_pass(self, timeout_s: float) -> list[Finding]:
+        """Wait up to ``timeout_s`` for a running pass; the findings not yet returned."""
+        running = self._pass
+        if running is not None:
+            running.join(timeout_s)
+        out = list(self._done)
+        self._done.clear()
+        return out
+
+    def _run_pass(self) -> None:
+        try:
+            f = self.refresh()
+        except Exception as exc:   # noqa: BLE001 - reported as the pass's failure
+            log.error("provenance gate: re-mark pass raised: %s", exc)
+            self.refresh_failures += 1
+            f = Finding(rule=REFRESH_RULE, severity="high", attack=("T1562.001",),
+                        action="alert", event=None, pid=os.getpid(),
+                        title=f"Provenance gate re-mark pass raised {type(exc).__name__}: "
+                              f"{exc}; the previous marks stay",
+                        evidence={"error": str(exc)})
+        if f is not None:
+            self._done.append(f)
 
     def refresh(self) -> Finding | None:
         """Mark the objects again: one made since the last pass (a new ``~/.ssh`` or home,
@@ -725,9 +768,12 @@ class AgentGate:
                       "state": self.overflow_state()})
 
     def close(self) -> None:
-        if self.gate is not None:
-            self.gate.close()
-            self.gate = None
+        gate, self.gate = self.gate, None
+        running = self._pass
+        if running is not None and running is not threading.current_thread():
+            running.join(timeout=5.0)   # a pass stalled longer fails on the closed group
+        if gate is not None:
+            gate.close()
 
 
 __all__ = ["AgentGate", "GATE_RULE", "OVERFLOW_RULE", "REFRESH_RULE", "REFRESH_S", "DEFAULT_CREDENTIAL", "DEFAULT_PERSISTENCE", "GateDecision", "GateObject", "Kind",
