@@ -28,6 +28,7 @@ import pytest
 from bastion.enforce.muststop import GateObject, default_objects
 from bastion.enforce.provgate import REFRESH_RULE, AgentGate
 from bastion.detect.engine import Finding
+from bastion.policy.compile import kernel_dev
 from bastion.sensors.bpf import BpfSensor
 from support.cg import run_in, scoped_cgroup
 
@@ -399,3 +400,50 @@ def test_log_opens_with_unknown_flags_and_histories_saved_by_their_program(env: 
     f = gate.finding(audit)
     assert f.severity == "high" and "flags unknown" in f.title
     assert any("own python" in d.why for d in ds)
+
+
+def test_a_ssh_swapped_with_a_link_to_etc_in_a_loop_never_marks_etc(env: Env) -> None:
+    """s16-fixgate (1): a user looping renameat2(RENAME_EXCHANGE) of ~/.ssh with a link
+    to /etc: a pass that checked the path, then stat'ed and walked it again, marked /etc
+    and its subdirectories as credential objects (every open under them refused).  The
+    object is opened once without following a user's link and walked from its fds."""
+    import ctypes
+    import threading
+    gate = env.part.gate
+    assert gate is not None
+    nobody = 65534
+    home = env.root / "home/bob"
+    os.chown(home, nobody, nobody)
+    ssh, link = home / ".ssh", home / ".swap"
+    (ssh / "keys").mkdir(parents=True)
+    etc = env.root / "etc_target"
+    for d in ("cron.d", "sudoers.d", "pam.d"):
+        (etc / d).mkdir(parents=True)
+    os.symlink(etc, link)
+    os.lchown(link, nobody, nobody)
+    bad = {(kernel_dev(os.stat(p).st_dev), os.stat(p).st_ino)
+           for p in (etc, etc / "cron.d", etc / "sudoers.d", etc / "pam.d")}
+    libc = ctypes.CDLL(None, use_errno=True)
+    stop = threading.Event()
+    swaps = [0]
+
+    def swapper() -> None:
+        while not stop.is_set():
+            if libc.renameat2(-100, bytes(ssh), -100, bytes(link), 2) == 0:  # RENAME_EXCHANGE
+                swaps[0] += 1
+
+    t = threading.Thread(target=swapper, daemon=True)
+    t.start()
+    try:
+        objs = [GateObject(str(ssh), "credential")]
+        seen = 0
+        for _ in range(300):
+            gate.apply(objs)
+            assert not bad & set(gate._marks), "a directory of the link's target was marked"
+            seen += ssh in {Path(p) for p, _m in gate._marks.values()}
+    finally:
+        stop.set()
+        t.join(5)
+        if ssh.is_symlink():
+            libc.renameat2(-100, bytes(ssh), -100, bytes(link), 2)
+    assert swaps[0] > 100 and seen > 0, (swaps, seen)
