@@ -196,6 +196,7 @@ class ProvenanceGate:
         self.listener = PermissionListener(self._decide, deadline_s=deadline_s,
                                            decision_timeout_s=decision_timeout_s,
                                            fallback=self._fallback)
+        self.listener.keep_handles = True   # marks removed by inode (no FAN_ONDIR mark)
         self._state: _State | None = None
         self._events: collections.deque[HipsEvent] = collections.deque()
         self._decisions: collections.deque[GateDecision] = collections.deque(maxlen=max_events)

@@ -594,6 +594,9 @@ class PermissionListener:
         self._handles: dict[tuple[int, int], tuple[int, bytes, int]] = {}
         self._mount_fds: dict[int, int] = {}
         self._handle_lib: _Handles | None = None
+        # take a handle per mark (to remove it after its path moved): the owner opts in
+        # (a mount's root is opened for reading: no event where no FAN_ONDIR mark is)
+        self.keep_handles = False
         self._closed = False
         self._stop = threading.Event()
         self._lock = threading.Lock()                 # pending answers, fd lifetime
@@ -817,7 +820,8 @@ class PermissionListener:
             self._libc.mark(self._fd, flags | FAN_MARK_INODE, mask, f"/proc/self/fd/{pfd}")
             if flags & FAN_MARK_REMOVE:
                 self._handles.pop(key, None)
-            elif self._handle_lib is not None and key not in self._handles:
+            elif self.keep_handles and self._handle_lib is not None \
+                    and key not in self._handles:
                 h = self._handle_lib.handle(pfd)    # to remove it once its path moved
                 if h is not None and h[2] not in self._mount_fds:
                     mfd = self._handle_lib.mount_fd(h[2])
