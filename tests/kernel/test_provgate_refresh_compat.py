@@ -28,6 +28,7 @@ import pytest
 from bastion.enforce.muststop import GateObject, default_objects
 from bastion.enforce.provgate import REFRESH_RULE, AgentGate
 from bastion.detect.engine import Finding
+from bastion.policy.compile import kernel_dev
 from bastion.sensors.bpf import BpfSensor
 from support.cg import run_in, scoped_cgroup
 
@@ -60,6 +61,7 @@ class Env:
             f = self.part.tick(time.monotonic())
             self.findings += [f] if f is not None else []
             time.sleep(TICK_S / 5)
+        self.findings += self.part.wait_pass(10.0)   # the pass runs on its own thread
 
 
 def _layout(root: Path) -> None:
@@ -191,13 +193,17 @@ def test_an_overwriting_open_of_a_log_is_refused_appending_is_not(env: Env) -> N
         r = env.tainted(f"echo appended >> {p}\ncat {p}\n")
         assert r.returncode == 0, r.stderr
         assert r.stdout == before[p] + "appended\n"
-    # a new log file made in a log directory without O_APPEND: refused at its open
+    # a new log file made in a log directory without O_APPEND: nothing to wipe, allowed
+    # and audited (s16-fixgate 5b; before: refused at its open)
     r = env.tainted(f"echo x > {env.root}/var/log/app/new.log\n")
-    assert r.returncode != 0 and "Operation not permitted" in r.stderr
+    assert r.returncode == 0, r.stderr
     # logrotate-like truncation by a clean tree: allowed
     r = env.clean(f": > {logs[0]}")
     assert r.returncode == 0 and logs[0].read_text() == ""
     evs = env.part.gate.decisions(0.5) if env.part.gate is not None else []
+    new = [d for d in evs if d.path.endswith("/new.log")]
+    assert len(new) == 1 and new[0].action == "audit" and "empty" in new[0].why
+    evs = [d for d in evs if d not in new]
     assert evs and all(d.kind == "log" and d.action == "deny" for d in evs)
     f = env.part.gate.finding(evs[0]) if env.part.gate is not None else None
     assert f is not None and f.severity == "critical" and "T1070.002" in f.attack
@@ -328,3 +334,116 @@ def test_a_log_mount_made_read_only_or_picked_is_alerted_at_the_attempt() -> Non
                 sensor.close()
     finally:
         shutil.rmtree(root)
+
+
+def test_a_marked_tree_moved_away_is_unmarked_on_the_next_pass(env: Env) -> None:
+    """Review fix (s16-fixgate, 2): `mv ~/.ssh ~/.junk/N; mkdir -p ~/.ssh/{1..N}` every
+    pass left each moved tree's marks as orphans (removed by path: ESTALE) until the
+    group's mark limit failed every pass.  The marks are removed through the inodes."""
+    gate = env.part.gate
+    assert gate is not None
+    lis = gate.listener
+    n0 = gate.marked()
+    ssh = env.root / "home/bob/.ssh"
+    for i in range(5):
+        (ssh / str(i)).mkdir(parents=True)
+    env.wait_tick()
+    assert gate.marked() == n0 + 6
+    junk = env.root / "home/bob/.junk"
+    junk.mkdir()
+    ssh.rename(junk / "0")
+    env.wait_tick()
+    assert gate.marked() == n0
+    st = lis.stats()
+    assert st["orphan_marks"] == 0 and st["handle_unmarks"] == 6, st
+    # the moved tree is no object any more: its files are the user's (no event, allowed)
+    (junk / "0/1/f").write_text("x\n")
+    r = env.tainted(f"cat {junk}/0/1/f\n")
+    assert r.returncode == 0, r.stderr
+
+
+_OPENAT2 = """
+import ctypes, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+how = ctypes.create_string_buffer(struct.pack("QQQ", {flags}, 0, 0))
+fd = libc.syscall(437, ctypes.c_long(-100), sys.argv[1].encode(), how, ctypes.c_size_t(24))
+sys.exit(0 if fd >= 0 else ctypes.get_errno())
+"""
+
+
+def test_log_opens_with_unknown_flags_and_histories_saved_by_their_program(env: Env) -> None:
+    """s16-fixgate (8, 5b): an openat2 of a log (its flags unknown to the gate) was
+    refused as a write; a new empty log file (rotation, os.Create) was refused; the
+    owner's own python saving ~/.python_history was a critical "wipe".  All three
+    allowed and audited; a history overwritten by another program stays refused."""
+    gate = env.part.gate
+    assert gate is not None
+    log = env.root / "var/log/syslog"
+    py = env.drop / "openat2.py"
+    py.write_text(_OPENAT2.format(flags=os.O_RDONLY))
+    r = env.tainted(f"python3 {py} {log}\n")
+    assert r.returncode == 0, (r.returncode, r.stderr)
+    hist = env.root / "home/bob/.python_history"
+    hist.write_text("print(1)\n")
+    r = env.tainted(f"python3 -c \"open('{hist}', 'w').write('print(2)')\"\n")
+    assert r.returncode == 0, r.stderr
+    assert hist.read_text() == "print(2)"
+    r = env.tainted(f"cp /dev/null {hist}\n")
+    assert r.returncode != 0 and "Operation not permitted" in r.stderr
+    assert hist.read_text() == "print(2)"
+    ds = gate.decisions(0.5)
+    got = {(os.path.basename(d.path), d.action) for d in ds}
+    assert got == {("syslog", "audit"), (".python_history", "audit"),
+                   (".python_history", "deny")}, ds
+    audit = [d for d in ds if d.action == "audit" and d.path == str(log)][0]
+    assert "flags unknown" in audit.why
+    f = gate.finding(audit)
+    assert f.severity == "high" and "flags unknown" in f.title
+    assert any("own python" in d.why for d in ds)
+
+
+def test_a_ssh_swapped_with_a_link_to_etc_in_a_loop_never_marks_etc(env: Env) -> None:
+    """s16-fixgate (1): a user looping renameat2(RENAME_EXCHANGE) of ~/.ssh with a link
+    to /etc: a pass that checked the path, then stat'ed and walked it again, marked /etc
+    and its subdirectories as credential objects (every open under them refused).  The
+    object is opened once without following a user's link and walked from its fds."""
+    import ctypes
+    import threading
+    gate = env.part.gate
+    assert gate is not None
+    nobody = 65534
+    home = env.root / "home/bob"
+    os.chown(home, nobody, nobody)
+    ssh, link = home / ".ssh", home / ".swap"
+    (ssh / "keys").mkdir(parents=True)
+    etc = env.root / "etc_target"
+    for d in ("cron.d", "sudoers.d", "pam.d"):
+        (etc / d).mkdir(parents=True)
+    os.symlink(etc, link)
+    os.lchown(link, nobody, nobody)
+    bad = {(kernel_dev(os.stat(p).st_dev), os.stat(p).st_ino)
+           for p in (etc, etc / "cron.d", etc / "sudoers.d", etc / "pam.d")}
+    libc = ctypes.CDLL(None, use_errno=True)
+    stop = threading.Event()
+    swaps = [0]
+
+    def swapper() -> None:
+        while not stop.is_set():
+            if libc.renameat2(-100, bytes(ssh), -100, bytes(link), 2) == 0:  # RENAME_EXCHANGE
+                swaps[0] += 1
+
+    t = threading.Thread(target=swapper, daemon=True)
+    t.start()
+    try:
+        objs = [GateObject(str(ssh), "credential")]
+        seen = 0
+        for _ in range(300):
+            gate.apply(objs)
+            assert not bad & set(gate._marks), "a directory of the link's target was marked"
+            seen += ssh in {Path(p) for p, _m in gate._marks.values()}
+    finally:
+        stop.set()
+        t.join(5)
+        if ssh.is_symlink():
+            libc.renameat2(-100, bytes(ssh), -100, bytes(link), 2)
+    assert swaps[0] > 100 and seen > 0, (swaps, seen)

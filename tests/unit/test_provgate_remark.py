@@ -17,7 +17,7 @@ from bastion.errors import ConfigError, KernelError, Location
 
 
 class FakeListener:
-    is_open, expired = True, False
+    is_open, expired, closed = True, False, False
 
     def __init__(self) -> None:
         self.mark_lock = threading.Lock()
@@ -104,6 +104,10 @@ class FakeGate:
     def __init__(self) -> None:
         self.calls = 0
         self.fail: Exception | None = None
+        self.orphan_marks = 0
+
+    def orphans(self) -> int:
+        return self.orphan_marks
 
     def apply(self, _objects: Any) -> list[str]:
         self.calls += 1
@@ -117,7 +121,7 @@ class FakeGate:
 
 def test_the_tick_refreshes_once_the_interval_passed_and_a_failure_is_a_high_finding() -> None:
     part = AgentGate(lambda: None, self_tgid=1, deadline_s=None,  # type: ignore[arg-type,return-value]
-                     objects=list, refresh_s=10.0)
+                     objects=list, refresh_s=10.0, threaded=False)
     fake = FakeGate()
     part.gate = fake  # type: ignore[assignment]
     part._next_refresh = 100.0
@@ -133,6 +137,20 @@ def test_the_tick_refreshes_once_the_interval_passed_and_a_failure_is_a_high_fin
     assert "FAILED" in part.refresh_state() and "7 marks kept" in part.refresh_state()
 
 
+def test_orphan_marks_that_grow_are_a_high_finding_once() -> None:
+    """s16-fixgate (2): marks that could not be removed leak towards the mark limit."""
+    part = AgentGate(lambda: None, self_tgid=1, deadline_s=None,  # type: ignore[arg-type,return-value]
+                     objects=list, refresh_s=10.0)
+    fake = FakeGate()
+    part.gate = fake  # type: ignore[assignment]
+    assert part.refresh() is None
+    fake.orphan_marks = 3
+    f = part.refresh()
+    assert f is not None and f.rule == REFRESH_RULE and f.severity == "high"
+    assert f.evidence["orphan_marks"] == 3 and "3 more marks" in f.title
+    assert part.refresh() is None
+
+
 def test_a_negative_interval_is_refused_and_zero_never_refreshes() -> None:
     with pytest.raises(ConfigError, match="refresh interval"):
         AgentGate(lambda: None, self_tgid=1, deadline_s=None,  # type: ignore[arg-type,return-value]
@@ -142,3 +160,27 @@ def test_a_negative_interval_is_refused_and_zero_never_refreshes() -> None:
     fake = FakeGate()
     part.gate = fake  # type: ignore[assignment]
     assert part.tick(1e9) is None and fake.calls == 0
+
+
+def test_the_pass_runs_on_its_own_thread_one_at_a_time() -> None:
+    """s16-fixgate (9): a pass stalled on a network filesystem stalled the agent's event
+    loop (the tick ran it); now the tick starts it on a thread and returns, no second
+    pass starts while one runs, and its finding comes with a later tick."""
+    part = AgentGate(lambda: None, self_tgid=1, deadline_s=None,  # type: ignore[arg-type,return-value]
+                     objects=list, refresh_s=1.0)
+    release = threading.Event()
+    fake = FakeGate()
+
+    def stalled(_objects: Any) -> list[str]:
+        fake.calls += 1
+        assert release.wait(10)
+        raise KernelError("fanotify_mark: No space left on device", location=Location("x"))
+    fake.apply = stalled  # type: ignore[method-assign]
+    part.gate = fake  # type: ignore[assignment]
+    assert part.tick(0.0) is None          # returns while the pass is stalled
+    assert part.tick(5.0) is None and fake.calls == 1   # one at a time
+    release.set()
+    assert part._pass is not None
+    part._pass.join(5)
+    f = part.tick(0.5)                      # before the next interval: no new pass
+    assert f is not None and f.rule == REFRESH_RULE and part.refresh_failures == 1

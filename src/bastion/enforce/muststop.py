@@ -22,6 +22,9 @@ map); everyone else is not looked at.
 
 from __future__ import annotations
 
+import collections
+import ctypes
+import errno
 import glob
 import os
 import stat
@@ -30,7 +33,6 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from bastion.errors import ConfigError, Location
-from bastion.kernel.fanotify import subdirs
 from bastion.policy.compile import kernel_dev
 
 Kind = Literal["persistence", "credential", "profile-dir", "log"]
@@ -166,6 +168,114 @@ def redirected(path: str) -> str | None:
     return None
 
 
+def open_object(path: str) -> int:
+    """An ``O_PATH`` fd on the object ``path`` names, resolved one component at a time
+    from ``/`` without following a link a user controls (s16-fixgate: a path checked
+    and then opened again can be swapped for a link between the two; everything after
+    is read through this one fd).  A link root owns in a directory root owns is
+    followed (``/lib`` -> ``usr/lib``).  Raises :class:`OSError` (``ELOOP`` for a
+    user's link on the way)."""
+    fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    rest = [c for c in os.path.normpath(path).split("/") if c]
+    hops, cur = 0, "/"
+    try:
+        while rest:
+            name = rest.pop(0)
+            cur = os.path.normpath(os.path.join(cur, name))
+            if name == "..":
+                nxt = os.open("..", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+            else:
+                nxt = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            st = os.fstat(nxt)
+            if stat.S_ISLNK(st.st_mode):
+                os.close(nxt)
+                hops += 1
+                pst = os.fstat(fd)
+                if st.st_uid != 0 or pst.st_uid != 0 or hops > 40:
+                    raise OSError(errno.ELOOP, f"{cur} is a symbolic link a user controls",
+                                  path)
+                target = os.readlink(name, dir_fd=fd)
+                cur = os.path.dirname(cur)
+                if target.startswith("/"):
+                    cur = "/"
+                    os.close(fd)
+                    fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                rest = [c for c in target.split("/") if c and c != "."] + rest
+                continue
+            os.close(fd)
+            fd = nxt
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _walk(top: str, fd: int, top_st: os.stat_result, max_dirs: int
+          ) -> list[tuple[str, tuple[int, int]]]:
+    """``top`` (open as ``fd``) and its subdirectories on its filesystem, breadth
+    first, every directory opened from its parent's fd without following a link (a
+    directory swapped for a link during the walk is not entered: the walk never
+    leaves the tree).  At most ``max_dirs + 1`` (the caller keeps ``max_dirs``)."""
+    out = [(top, (kernel_dev(top_st.st_dev), top_st.st_ino))]
+    queue: collections.deque[tuple[str, int]] = collections.deque(
+        [(top, os.dup(fd))])
+    try:
+        while queue:
+            root, dfd = queue.popleft()
+            try:
+                rfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dfd)
+            except OSError:
+                os.close(dfd)
+                continue
+            try:
+                with os.scandir(rfd) as it:
+                    names = sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
+                for d in names:
+                    if len(out) > max_dirs:
+                        break
+                    try:
+                        cfd = os.open(d, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY
+                                      | os.O_CLOEXEC, dir_fd=rfd)
+                    except OSError:
+                        continue       # gone, or a link now: not entered
+                    st = os.fstat(cfd)
+                    if st.st_dev != top_st.st_dev or not stat.S_ISDIR(st.st_mode):
+                        os.close(cfd)
+                        continue
+                    out.append((os.path.join(root, d), (kernel_dev(st.st_dev), st.st_ino)))
+                    if len(out) > max_dirs:
+                        os.close(cfd)
+                        break
+                    queue.append((os.path.join(root, d), cfd))
+            finally:
+                os.close(rfd)
+                os.close(dfd)
+            if len(out) > max_dirs:
+                break
+    finally:
+        for _p, qfd in queue:
+            os.close(qfd)
+    return out
+
+
+# Filesystems a pass does not walk (s16-fixgate): a walk of a network or FUSE tree can
+# stall on its server (and a FUSE server is a user's program answering the agent).
+REMOTE_FS: Final[dict[int, str]] = {
+    0x6969: "nfs", 0xFF534D42: "cifs", 0xFE534D42: "smb2", 0x517B: "smb", 0x65735546: "fuse",
+    0x0187: "autofs", 0x564C: "ncp", 0x6B414653: "afs", 0x5346414F: "afs", 0x00C36400: "ceph",
+    0x47504653: "gpfs", 0x0BD00BD0: "lustre", 0x01021997: "9p"}
+
+
+def fs_magic(fd: int) -> int:
+    """``fstatfs(fd).f_type``; -1 when unknown."""
+    buf = ctypes.create_string_buffer(256)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if int(libc.fstatfs(fd, buf)) < 0:
+        return -1
+    return int.from_bytes(buf.raw[:ctypes.sizeof(ctypes.c_long)], "little", signed=True) \
+        & 0xFFFFFFFF
+
+
 @dataclass(frozen=True)
 class Entry:
     """One inode a gate enters: a file object, or a directory of a directory object
@@ -188,21 +298,34 @@ def expand(objects: Sequence[GateObject], *, max_dirs: int, per_object_dirs: int
     user controls is not entered (a problem).  An inode reached twice keeps its
     strictest kind (:data:`STRICTNESS`)."""
     problems: list[str] = []
-    over: list[str] = []
-    found: list[tuple[GateObject, os.stat_result]] = []
+    found: list[tuple[GateObject, os.stat_result, int]] = []
     for o in objects:
         if o.kind not in KINDS:
             raise ConfigError(f"provenance object kind {o.kind!r} is not one of "
                               f"{', '.join(KINDS)}", location=Location(o.path))
-        why = redirected(o.path)
-        if why is not None:
-            problems.append(f"{o.path}: {why}: not entered")
-            continue
-        try:
-            found.append((o, os.stat(o.path)))
+        try:     # one open, no user's link followed; all else through the fd
+            fd = open_object(o.path)
         except OSError as exc:
             problems.append(f"{o.path}: {exc.strerror}: not entered")
+            continue
+        remote = REMOTE_FS.get(fs_magic(fd))
+        if remote is not None:
+            os.close(fd)
+            problems.append(f"{o.path}: on a {remote} filesystem: not entered (a network or "
+                            "FUSE tree is not walked)")
+            continue
+        found.append((o, os.fstat(fd), fd))
     found.sort(key=lambda f: f[1].st_uid != 0)
+    try:
+        return _expand(found, problems, max_dirs=max_dirs, per_object_dirs=per_object_dirs)
+    finally:
+        for _o, _st, fd in found:
+            os.close(fd)
+
+
+def _expand(found: list[tuple[GateObject, os.stat_result, int]], problems: list[str], *,
+            max_dirs: int, per_object_dirs: int) -> tuple[list[Entry], list[str], list[str]]:
+    over: list[str] = []
     chosen: dict[tuple[int, int], Entry] = {}
 
     def put(e: Entry) -> None:
@@ -210,7 +333,7 @@ def expand(objects: Sequence[GateObject], *, max_dirs: int, per_object_dirs: int
         if prev is None or STRICTNESS[e.kind] > STRICTNESS[prev.kind]:
             chosen[e.key] = e
     ndirs = 0
-    for o, st in found:
+    for o, st, fd in found:
         key = (kernel_dev(st.st_dev), st.st_ino)
         if o.kind == "profile-dir":
             if not stat.S_ISDIR(st.st_mode):
@@ -222,7 +345,7 @@ def expand(objects: Sequence[GateObject], *, max_dirs: int, per_object_dirs: int
             put(Entry(o.kind, o.path, key, False))
             continue
         share = max(1, min(per_object_dirs, max_dirs - ndirs))
-        tree = subdirs(o.path, st, share)
+        tree = _walk(o.path, fd, st, share)
         if len(tree) > share:
             tree = tree[:share]
             over.append(f"{o.path}: more than {share} directories: the {share} nearest its "
@@ -233,6 +356,6 @@ def expand(objects: Sequence[GateObject], *, max_dirs: int, per_object_dirs: int
     return list(chosen.values()), problems, over
 
 
-__all__ = ["COMPAT_KINDS", "Entry", "STRICTNESS", "expand", "redirected", "DEFAULT_CREDENTIAL", "DEFAULT_LOG", "DEFAULT_PERSISTENCE",
+__all__ = ["COMPAT_KINDS", "Entry", "STRICTNESS", "expand", "open_object", "redirected", "DEFAULT_CREDENTIAL", "DEFAULT_LOG", "DEFAULT_PERSISTENCE",
            "DEFAULT_PROFILE_DIRS", "DEFAULT_SECURITY_TOOLS", "GateObject", "HISTORY_NAMES",
            "KINDS", "Kind", "PROFILE_NAMES", "default_names", "default_objects"]

@@ -95,6 +95,7 @@ class GateDecision:
     prevented: str
     trusted: str | None
     event: HipsEvent | None = None   # the record of it (set once reported)
+    why: str = ""           # an allowed act's reason other than the admin's session
 
 
 @dataclass
@@ -103,6 +104,37 @@ class _State:
     dirs: Mapping[tuple[int, int], Kind]           # marked dirs (events on children)
     dir_kinds: frozenset[Kind]
     paths: Mapping[tuple[int, int], str]
+    # the marked dirs by path: the fallback's lookup of a child's kind (no path walk)
+    dir_paths: Mapping[str, Kind] = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.dir_paths = {self.paths[k]: v for k, v in self.dirs.items() if k in self.paths}
+
+
+# A history rewritten whole by its own program is how it is saved (bash without
+# histappend, python's readline, less, vim): the owner's own program may (audited).
+_HISTORY_PROGRAMS: Final[dict[str, tuple[str, ...]]] = {
+    ".bash_history": ("bash",), ".zsh_history": ("zsh",),
+    ".sh_history": ("sh", "ksh", "mksh", "dash"), ".ash_history": ("ash", "busybox"),
+    ".history": ("tcsh", "csh"), ".python_history": ("python",),
+    ".mysql_history": ("mysql", "mariadb"), ".psql_history": ("psql",),
+    ".lesshst": ("less",), ".viminfo": ("vim", "vi", "nvim")}
+
+
+def _own_history(tid: int, path: str, fd: int) -> str | None:
+    """The program's name when ``path`` is a history its owner's own program (by the
+    executable's name) rewrites; else None."""
+    progs = _HISTORY_PROGRAMS.get(os.path.basename(path))
+    if progs is None:
+        return None
+    try:
+        exe = os.path.basename(os.readlink(f"/proc/{tid}/exe"))
+        owner = os.fstat(fd).st_uid
+    except OSError:
+        return None
+    if status_field(tid, b"Uid") != owner:
+        return None
+    return exe if any(exe.startswith(p) for p in progs) else None
 
 
 def _merged(old: _State, kinds: Mapping[tuple[int, int], Kind],
@@ -164,6 +196,7 @@ class ProvenanceGate:
         self.listener = PermissionListener(self._decide, deadline_s=deadline_s,
                                            decision_timeout_s=decision_timeout_s,
                                            fallback=self._fallback)
+        self.listener.keep_handles = True   # marks removed by inode (no FAN_ONDIR mark)
         self._state: _State | None = None
         self._events: collections.deque[HipsEvent] = collections.deque()
         self._decisions: collections.deque[GateDecision] = collections.deque(maxlen=max_events)
@@ -177,6 +210,7 @@ class ProvenanceGate:
         self._marks: dict[tuple[int, int], tuple[str, int]] = {}
         self.marks_added = 0
         self.marks_removed = 0
+        self.unplaced = 0      # opens of a marked inode no object of the state places
 
     # ---- lifecycle ---------------------------------------------------------------
 
@@ -249,6 +283,9 @@ class ProvenanceGate:
         self.over_budget = over
         problems.extend(over)
         with lis.mark_lock:
+            if lis.closed:
+                raise KernelError("provenance gate is closed: nothing is marked",
+                                  location=Location("fanotify"))
             if lis.expired:
                 raise KernelError("provenance gate is past its deadline: nothing is marked",
                                   location=Location("fanotify"))
@@ -300,6 +337,11 @@ class ProvenanceGate:
         """How many inodes carry a mark of this gate."""
         return len(self._marks)
 
+    def orphans(self) -> int:
+        """Marks neither their path nor their inode's handle could remove (kept until
+        close: they count against the group's mark limit)."""
+        return self.listener.c.orphan_marks
+
     # ---- the decision (listener thread) -------------------------------------------
 
     def _kind(self, state: _State, ev: PermEvent, path: str) -> Kind | None:
@@ -322,7 +364,11 @@ class ProvenanceGate:
                     return "persistence"
                 return "log" if name in HISTORY_NAMES else None
             return k
-        return "credential"   # not placed: the stricter kind (any open refused)
+        # not placed: no object of this pass (s16-fixgate: an orphan mark of a tree moved
+        # away, an inode the state forgot); refusing it as credential let a user's rename
+        # make any directory a credential store.  Allowed and counted.
+        self.unplaced += 1
+        return None
 
     def _fallback(self, ev: PermEvent) -> int:
         """A stalled decision: refused when the opener's process is in the map with an
@@ -330,6 +376,14 @@ class ProvenanceGate:
         allowed), else allowed.  No path walk."""
         state = self._state
         if state is None or self.scope.is_self(ev.tid) or self.scope.out_of_scope(ev.tid):
+            return FAN_ALLOW
+        try:     # a log's kind (s16-fixgate): reading and appending are its use
+            kind = state.kinds.get(ev.key)
+            if kind is None and state.dir_paths:
+                kind = state.dir_paths.get(os.path.dirname(fd_path(ev.fd)))
+        except OSError:
+            kind = None
+        if kind == "log":
             return FAN_ALLOW
         try:
             val = self.prov.get(ev.tid)
@@ -376,6 +430,15 @@ class ProvenanceGate:
         if kind == "log" and (not write or (flags is not None and flags & os.O_APPEND
                                             and not flags & os.O_TRUNC)):
             return ALLOW                      # reading or appending to a log is its use
+        why = ""
+        if kind == "log":    # s16-fixgate: allowed and audited, not refused
+            if flags is None:
+                why = ("open flags unknown (openat2, io_uring or a 32-bit open): "
+                       "not known to overwrite")
+            elif _size(ev.fd) == 0:
+                why = "the file is empty (a new or rotated log): nothing to wipe"
+            elif (prog := _own_history(tid, path, ev.fd)) is not None:
+                why = f"a history rewritten by its owner's own {prog}"
         reasons = val.reasons & ~abi.PROV_ADMIN_TTY
         exempt = bool(val.reasons & abi.PROV_ADMIN_TTY) and not reasons & ~abi.PROV_LOCAL_MASK
         exe = exe_key(tid)
@@ -383,8 +446,8 @@ class ProvenanceGate:
         op = "open-write" if write else "open-read"
         prevented = f"{_PREVENTED[kind]} {path}"
         d = GateDecision(tid, tgid, kind, op, path, ev.key, tuple(reason_names(reasons)),
-                         "audit" if exempt else "deny", prevented, trusted)
-        if exempt or self.dry_run:
+                         "audit" if exempt or why else "deny", prevented, trusted, why=why)
+        if exempt or why or self.dry_run:
             return Verdict.allow(after=lambda in_time: self._report(d, enforced=False))
         return Verdict.deny(after=lambda in_time: self._report(d, enforced=in_time))
 
@@ -440,7 +503,8 @@ class ProvenanceGate:
         """A refusal (or an admin session's allowed act) as a finding: action ``deny``
         (taken in the kernel's answer) or ``audit``, what was prevented, the reasons."""
         what = _WHAT[d.kind]
-        verb = "refused" if d.action == "deny" else "allowed (administrator's interactive session)"
+        verb = ("refused" if d.action == "deny" else f"allowed ({d.why})" if d.why
+                else "allowed (administrator's interactive session)")
         dry = d.action == "deny" and d.event is not None and not d.event.enforced
         if dry:
             verb = "would be refused (dry run: allowed)"
@@ -450,6 +514,7 @@ class ProvenanceGate:
             action="would-deny" if dry else d.action, event=d.event, pid=d.tgid,
             title=f"{what} {verb}: {d.path} [untrusted provenance: {', '.join(d.reasons)}]",
             evidence={"prevented": d.prevented, "provenance": list(d.reasons),
+                      "allowed_because": d.why or None,
                       "operation": d.op, "object": d.path, "trusted_tool": d.trusted},
             enforced_by=self.mechanism)
 
@@ -457,10 +522,18 @@ class ProvenanceGate:
         out = self.listener.stats()
         out.update(denies=self.denies, dry_runs=self.dry_runs, audits=self.audits, dropped=self.dropped,
                    marks=len(self._marks), marks_added=self.marks_added,
-                   marks_removed=self.marks_removed,
+                   marks_removed=self.marks_removed, unplaced=self.unplaced,
                    over_budget=len(self.over_budget),
                    prov_errors=self.prov.errors())
         return out
+
+
+def _size(fd: int) -> int:
+    """The opened file's size (-1 when unknown): read before an ``O_TRUNC`` applies."""
+    try:
+        return os.fstat(fd).st_size
+    except OSError:
+        return -1
 
 
 def _untrusted(bits: int) -> bool:
@@ -485,9 +558,13 @@ class AgentGate:
                  objects: Callable[[], list[GateObject]] = default_objects,
                  tmp_dirs: Sequence[str] = TMP_DIRS,
                  interpreters: Callable[[], list[tuple[str, str]]] = default_interpreters,
-                 dry_run: bool = False, refresh_s: float = REFRESH_S) -> None:
+                 dry_run: bool = False, refresh_s: float = REFRESH_S,
+                 threaded: bool = True) -> None:
         """``refresh_s``: how often :meth:`tick` marks the objects again (objects made
-        since the last pass: a new ``~/.ssh``, a ``foo.service.d/``); 0 = never."""
+        since the last pass: a new ``~/.ssh``, a ``foo.service.d/``); 0 = never.
+        ``threaded``: the pass runs on a thread of its own, one at a time (s16-fixgate: a
+        glob of /home/* on a stalled server must not stall the agent's event loop); its
+        finding is returned by a later :meth:`tick`."""
         if refresh_s < 0:
             raise ConfigError(f"provenance gate refresh interval must be >= 0, not {refresh_s}",
                               location=Location("provgate.refresh_s"))
@@ -509,6 +586,10 @@ class AgentGate:
         self.unmarked: list[str] = []
         self._pending: dict[int, GateDecision] = {}
         self._said_overflow = (0, 0)
+        self._said_orphans = 0
+        self.threaded = threaded
+        self._pass: threading.Thread | None = None
+        self._done: collections.deque[Finding] = collections.deque()
 
     def marks_off(self) -> None:
         """The lsm tier's in-hook gate decides: fill the provenance maps, mark nothing
@@ -537,10 +618,43 @@ class AgentGate:
     def tick(self, now: float) -> Finding | None:
         """The agent's tick (``now``: ``time.monotonic()``): mark the objects again once
         ``refresh_s`` has passed since the last pass (:meth:`refresh`)."""
+        out = self._done.popleft() if self._done else None   # a finished pass's finding
         if self.gate is None or not self.refresh_s or now < self._next_refresh:
-            return None
+            return out
+        running = self._pass
+        if running is not None and running.is_alive():
+            return out                       # one pass at a time: the next tick retries
         self._next_refresh = now + self.refresh_s
-        return self.refresh()
+        if not self.threaded:
+            return self.refresh() or out
+        t = threading.Thread(target=self._run_pass, name="bastion-provgate-remark",
+                             daemon=True)
+        self._pass = t
+        t.start()
+        return out
+
+    def wait_pass(self, timeout_s: float) -> list[Finding]:
+        """Wait up to ``timeout_s`` for a running pass; the findings not yet returned."""
+        running = self._pass
+        if running is not None:
+            running.join(timeout_s)
+        out = list(self._done)
+        self._done.clear()
+        return out
+
+    def _run_pass(self) -> None:
+        try:
+            f = self.refresh()
+        except Exception as exc:   # noqa: BLE001 - reported as the pass's failure
+            log.error("provenance gate: re-mark pass raised: %s", exc)
+            self.refresh_failures += 1
+            f = Finding(rule=REFRESH_RULE, severity="high", attack=("T1562.001",),
+                        action="alert", event=None, pid=os.getpid(),
+                        title=f"Provenance gate re-mark pass raised {type(exc).__name__}: "
+                              f"{exc}; the previous marks stay",
+                        evidence={"error": str(exc)})
+        if f is not None:
+            self._done.append(f)
 
     def refresh(self) -> Finding | None:
         """Mark the objects again: one made since the last pass (a new ``~/.ssh`` or home,
@@ -566,6 +680,16 @@ class AgentGate:
         self.unmarked = unmarked
         self.refreshes += 1
         self.last_refresh = (time.time(), gate.marked(), time.monotonic() - t0, "")
+        orphans = gate.orphans()
+        if orphans > self._said_orphans:     # marks that leak towards the mark limit
+            new, self._said_orphans = orphans - self._said_orphans, orphans
+            return Finding(
+                rule=REFRESH_RULE, severity="high", attack=("T1562.001",), action="alert",
+                event=None, pid=os.getpid(),
+                title=f"Provenance gate: {new} more marks could not be removed (moved and "
+                      f"not reachable by their inode; {orphans} kept until restart): at the "
+                      "group's mark limit every pass fails",
+                evidence={"orphan_marks": orphans, "marks": gate.marked()})
         return None
 
     def refresh_state(self) -> str:
@@ -645,9 +769,12 @@ class AgentGate:
                       "state": self.overflow_state()})
 
     def close(self) -> None:
-        if self.gate is not None:
-            self.gate.close()
-            self.gate = None
+        gate, self.gate = self.gate, None
+        running = self._pass
+        if running is not None and running is not threading.current_thread():
+            running.join(timeout=5.0)   # a pass stalled longer fails on the closed group
+        if gate is not None:
+            gate.close()
 
 
 __all__ = ["AgentGate", "GATE_RULE", "OVERFLOW_RULE", "REFRESH_RULE", "REFRESH_S", "DEFAULT_CREDENTIAL", "DEFAULT_PERSISTENCE", "GateDecision", "GateObject", "Kind",

@@ -70,6 +70,7 @@ import ctypes
 import errno
 import logging
 import os
+import re
 import select
 import stat
 import statistics
@@ -127,6 +128,66 @@ DEFAULT_MAX_DIRS: Final = 10_000
 
 
 # ---- libc ------------------------------------------------------------------------------
+
+_AT_EMPTY_PATH: Final = 0x1000
+_MAX_HANDLE_SZ: Final = 128
+
+
+class _FileHandle(ctypes.Structure):
+    _fields_ = [("handle_bytes", ctypes.c_uint), ("handle_type", ctypes.c_int),
+                ("f_handle", ctypes.c_ubyte * _MAX_HANDLE_SZ)]
+
+
+class _Handles:
+    """name_to_handle_at / open_by_handle_at (s16-fixgate): a mark is removed through
+    its inode, not its path (a marked directory moved away keeps its mark otherwise)."""
+
+    def __init__(self) -> None:
+        lib = ctypes.CDLL(None, use_errno=True)
+        self._n2h = lib.name_to_handle_at
+        self._obh = lib.open_by_handle_at
+        self._n2h.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_FileHandle),
+                              ctypes.POINTER(ctypes.c_int), ctypes.c_int]
+        self._n2h.restype = ctypes.c_int
+        self._obh.argtypes = [ctypes.c_int, ctypes.POINTER(_FileHandle), ctypes.c_int]
+        self._obh.restype = ctypes.c_int
+
+    def handle(self, fd: int) -> tuple[int, bytes, int] | None:
+        """(type, bytes, mount id) of the inode ``fd`` is open on; None when its
+        filesystem has no handles."""
+        fh = _FileHandle(handle_bytes=_MAX_HANDLE_SZ)
+        mnt = ctypes.c_int(0)
+        if int(self._n2h(fd, b"", ctypes.byref(fh), ctypes.byref(mnt), _AT_EMPTY_PATH)) < 0:
+            return None
+        return fh.handle_type, bytes(fh.f_handle[:fh.handle_bytes]), mnt.value
+
+    @staticmethod
+    def mount_fd(mount_id: int) -> int | None:
+        """A directory fd (not O_PATH: open_by_handle_at refuses one) on the root of
+        mount ``mount_id`` (/proc/self/mountinfo); None when it is not found."""
+        try:
+            with open("/proc/self/mountinfo", "rb") as f:
+                for line in f:
+                    fields = line.split(b" ", 5)
+                    if len(fields) > 4 and int(fields[0]) == mount_id:
+                        where = re.sub(rb"\\([0-7]{3})",
+                                       lambda m: bytes([int(m.group(1), 8)]), fields[4])
+                        return os.open(where, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+                                       | os.O_NONBLOCK)
+        except (OSError, ValueError):
+            return None
+        return None
+
+    def open(self, mount_fd: int, handle: tuple[int, bytes, int]) -> int:
+        """An O_PATH fd on the inode of ``handle`` (CAP_DAC_READ_SEARCH)."""
+        kind, raw, _mnt = handle
+        fh = _FileHandle(handle_bytes=len(raw), handle_type=kind)
+        ctypes.memmove(fh.f_handle, raw, len(raw))
+        fd = int(self._obh(mount_fd, ctypes.byref(fh), os.O_PATH | os.O_CLOEXEC))
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        return fd
 
 
 class _Libc:
@@ -474,14 +535,15 @@ class ListenerCounters:
     gone: int = 0                # the opener vanished before we could look at it
     deadline_allows: int = 0
     overflows: int = 0
-    orphan_marks: int = 0        # stale marks whose path moved: removed only at close
+    orphan_marks: int = 0        # stale marks neither path nor handle reached: kept until close
+    handle_unmarks: int = 0      # marks removed through the inode's handle (path moved)
     latencies_us: collections.deque[float] = field(
         default_factory=lambda: collections.deque(maxlen=4096))
 
 
 _COUNTS: Final = ("events", "perm_events", "allows", "watchdog_allows", "watchdog_denies",
                   "late_decisions", "errors", "error_allows", "error_denies", "self_allows", "out_of_scope", "not_marked", "gone",
-                  "deadline_allows", "overflows", "orphan_marks")
+                  "deadline_allows", "overflows", "orphan_marks", "handle_unmarks")
 
 
 class PermissionListener:
@@ -528,6 +590,13 @@ class PermissionListener:
         self._wake_w = -1
         self._deadline_at: float | None = None
         self._expired = False
+        # inode -> its file handle; mount id -> a fd on its root (open_by_handle_at's)
+        self._handles: dict[tuple[int, int], tuple[int, bytes, int]] = {}
+        self._mount_fds: dict[int, int] = {}
+        self._handle_lib: _Handles | None = None
+        # take a handle per mark (to remove it after its path moved): the owner opts in
+        # (a mount's root is opened for reading: no event where no FAN_ONDIR mark is)
+        self.keep_handles = False
         self._closed = False
         self._stop = threading.Event()
         self._lock = threading.Lock()                 # pending answers, fd lifetime
@@ -572,6 +641,11 @@ class PermissionListener:
             self._fd = group_fd
         else:
             self._libc = _Libc()
+            try:
+                self._handle_lib = _Handles()
+            except (OSError, AttributeError) as exc:
+                log.warning("fanotify: no file handles (%s): a moved mark stays until close",
+                            exc)
             self._fd = self._libc.init(_INIT_FLAGS, os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC)
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         if self.compiled and self._fast is None:
@@ -660,15 +734,54 @@ class PermissionListener:
             return
         try:
             self._mark_path(FAN_MARK_REMOVE, mask, path, key)
+            return
         except (OSError, KernelError) as exc:
             if getattr(exc, "errno", 0) == errno.ENOENT and isinstance(exc, KernelError):
                 return   # the kernel has no such mark (inode gone): nothing to remove
+            if isinstance(exc, OSError) and self._unmark_by_handle(mask, key):
+                return   # the path moved: removed through the inode itself
             self.c.orphan_marks += 1
             log.warning("fanotify: stale mark on inode %d:%d (%s) kept until close: %s",
                         key[0], key[1], path, exc)
 
+    def _unmark_by_handle(self, mask: int, key: tuple[int, int]) -> bool:
+        """Remove ``mask`` from the mark of inode ``key`` through the handle kept when it
+        was marked; True when done (or the kernel has no such mark)."""
+        h = self._handles.get(key)
+        mfd = self._mount_fds.get(h[2]) if h is not None else None
+        if h is None or mfd is None or self._handle_lib is None or self._libc is None:
+            return False
+        try:
+            fd = self._handle_lib.open(mfd, h)
+        except OSError as exc:
+            return exc.errno == errno.ESTALE    # the inode is gone: so is its mark
+        try:
+            st = os.fstat(fd)
+            if (kernel_dev(st.st_dev), st.st_ino) != key:
+                return False
+            try:
+                self._libc.mark(self._fd, FAN_MARK_REMOVE | FAN_MARK_INODE, mask,
+                                f"/proc/self/fd/{fd}")
+            except KernelError as exc:
+                if exc.errno != errno.ENOENT:
+                    return False
+        finally:
+            os.close(fd)
+        self.c.handle_unmarks += 1
+        return True
+
+    def _forget_handles(self) -> None:
+        self._handles.clear()
+        for fd in self._mount_fds.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._mount_fds.clear()
+
     def flush_marks(self, why: str) -> None:
         """Remove every inode mark of the group."""
+        self._forget_handles()
         if self._fd < 0 or self._libc is None:
             return
         try:
@@ -705,6 +818,17 @@ class PermissionListener:
             if (kernel_dev(st.st_dev), st.st_ino) != key:
                 raise OSError(errno.ESTALE, "path now names another inode", path)
             self._libc.mark(self._fd, flags | FAN_MARK_INODE, mask, f"/proc/self/fd/{pfd}")
+            if flags & FAN_MARK_REMOVE:
+                self._handles.pop(key, None)
+            elif self.keep_handles and self._handle_lib is not None \
+                    and key not in self._handles:
+                h = self._handle_lib.handle(pfd)    # to remove it once its path moved
+                if h is not None and h[2] not in self._mount_fds:
+                    mfd = self._handle_lib.mount_fd(h[2])
+                    if mfd is not None:
+                        self._mount_fds[h[2]] = mfd
+                if h is not None and h[2] in self._mount_fds:
+                    self._handles[key] = h
         finally:
             os.close(pfd)
 
