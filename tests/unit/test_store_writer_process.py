@@ -185,6 +185,9 @@ def test_a_distinct_name_flood_never_sheds_the_rows_that_raised_a_finding(
     agent, stop, th = _agent(tmp_path, sensor, writer_max=500, stall_s=300.0)
     sp = agent._store_proc
     assert sp is not None and sp.pid is not None
+    # (the eviction budget is the global-budget test's: here the queue's reserve and
+    # eviction; a queue of 500 has a budget of 5 rows a second by default)
+    sp.evict_per_s = sp.evict_per_actor_s = 1_000.0
     child = sp.pid
     os.kill(child, signal.SIGSTOP)
     try:

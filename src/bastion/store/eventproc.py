@@ -950,12 +950,13 @@ class EventStoreProcess:
             for exe, evs in by_exe.items():
                 b = self._actor_bucket(finding_class, exe, now)
                 ids = [id(ev) for ev in evs]
-                k, n = self._feeder.keep(Batch(evs, ids, ids),
-                                         max_evict=int(min(g.tokens, b.tokens)), evicted=gone)
-                b.tokens -= n
-                g.tokens -= n
-                kept += k
-                evicted += n
+                kept_n, ev_n = self._feeder.keep(Batch(evs, ids, ids),
+                                                 max_evict=int(min(g.tokens, b.tokens)),
+                                                 evicted=gone)
+                b.tokens -= ev_n
+                g.tokens -= ev_n
+                kept += kept_n
+                evicted += ev_n
             if evicted:
                 self.evicted_by[finding_class] = self.evicted_by.get(finding_class, 0) + evicted
                 lost = self._lost
