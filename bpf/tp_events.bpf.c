@@ -367,12 +367,20 @@ int on_truncate(void *ctx)
 		file_submit(e);
 	return 0;
 }
+/* ftruncate that only grows or keeps the file (a logger preallocating its ring, length
+ * >= i_size at entry) destroys nothing: not reported (s16-fixlog, review 5a; a
+ * concurrent writer may grow the file between this read and the call). */
 SEC("tracepoint/syscalls/sys_enter_ftruncate")
 int on_ftruncate(void *ctx)
 {
 	struct bastion_file_event *e;
+	struct file *f;
+	__s64 length = (__s64)ARG(ctx, 1);
 
 	if (!prov_actor())
+		return 0;
+	f = fd_file(ARG(ctx, 0));
+	if (f && length >= BPF_CORE_READ(f, f_inode, i_size))
 		return 0;
 	e = file_fd_event(BASTION_FILE_TRUNCATE, ARG(ctx, 0));
 	if (e)

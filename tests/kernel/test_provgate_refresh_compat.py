@@ -212,6 +212,19 @@ def test_a_log_truncated_by_an_untrusted_tree_kills_the_tree(how: str) -> None:
     them (``truncate``), the log-clearing rule stops the untrusted tree (critical,
     kill-tree).  Before: the sensor traced no truncate, nothing was reported and the tree
     lived.  The log is a file the test makes in /var/log (the rule's place) and removes."""
+    _log_truncate(how, expect_kill=True)
+
+
+def test_a_log_grown_by_ftruncate_is_not_a_truncate() -> None:
+    """s16-fixlog, review 5a.  False alarm with a kill: a network daemon that
+    preallocates or extends its log with ``ftruncate(fd, bigger)`` (mmap ring loggers)
+    was reported as ``Log truncated`` and its tree killed (the record carried no length).
+    The sensor now compares the length with the file's size at entry: growing (or
+    keeping) the file is not reported.  Before: a critical kill-tree."""
+    _log_truncate("grow", expect_kill=False)
+
+
+def _log_truncate(how: str, expect_kill: bool) -> None:
     import signal
     import sys
 
@@ -226,8 +239,9 @@ def test_a_log_truncated_by_an_untrusted_tree_kills_the_tree(how: str) -> None:
     os.write(log_fd, b"evidence\n")
     os.close(log_fd)
     logp = Path(log_name)
-    act = (f"os.truncate({log_name!r}, 0)" if how == "truncate"
-           else f"f = open({log_name!r}, 'a'); f.truncate(0)")
+    act = {"truncate": f"os.truncate({log_name!r}, 0)",
+           "ftruncate": f"f = open({log_name!r}, 'a'); f.truncate(0)",
+           "grow": f"f = open({log_name!r}, 'a'); f.truncate(1 << 20); f.truncate(1 << 20)"}[how]
     try:
         (root / "drop").mkdir()
         script = root / "drop" / "wipe.sh"
@@ -245,7 +259,7 @@ def test_a_log_truncated_by_an_untrusted_tree_kills_the_tree(how: str) -> None:
                 p = subprocess.Popen(["/bin/sh", "-c", f"echo $$ > {cg}/cgroup.procs && "
                                       f"exec /bin/sh {script}"], stderr=subprocess.PIPE)
                 alerts: list[dict[str, object]] = []
-                end = time.monotonic() + 15
+                end = time.monotonic() + (15 if expect_kill else 3)
                 while time.monotonic() < end and not alerts:
                     for ev in sensor.poll(0.01) or []:
                         procs.update(ev)
@@ -253,6 +267,11 @@ def test_a_log_truncated_by_an_untrusted_tree_kills_the_tree(how: str) -> None:
                         for f in engine.evaluate(ev, ctx):
                             if f.rule == "behavior.log_clearing":
                                 alerts.append(disp.dispatch(f, time.time_ns()).to_json())
+                if not expect_kill:
+                    assert not alerts, alerts
+                    assert p.poll() is None       # the grower lives (sleeping)
+                    assert not engine.errors
+                    return
                 assert alerts, "no log-clearing finding for the truncate"
                 a = alerts[0]
                 assert a["action"] == "kill-tree" and a["severity"] == "critical", a
