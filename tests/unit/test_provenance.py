@@ -355,6 +355,9 @@ def test_a_web_shell_truncating_a_log_is_found() -> None:
                             ppid=101)])
     assert [f.title.split(":")[0] for f in got] == ["Log/history wiped with truncate",
                                                     "Log truncated"], [f.title for f in got]
+    # an option is no file: ``truncate -s0 /tmp/x`` run from a log directory is nothing
+    assert _trusted_run([ex(102, "/usr/bin/truncate", 2, ("truncate", "-s0", "/tmp/x"),
+                            cwd="/var/log/apache2")]) == []
     # an O_TRUNC open by the daemon itself: found too
     got = _trusted_run([ex(100, "/usr/sbin/nginx", 0, ("nginx",), cwd="/"),
                         _tr(100, "/usr/sbin/nginx", 1, "/var/log/nginx/error.log", op="open",

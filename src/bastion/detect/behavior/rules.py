@@ -1250,7 +1250,8 @@ class LogClearing(SingleEvent):
             # relative arguments resolved against the exec's directory (``cd /var/log;
             # truncate -s0 syslog``; s16-fixlog, review 4), every one lexically normalised
             if tool in ("shred", "truncate", "wipe", "srm") and any(
-                    glob_any(_abs_norm(a, ev.cwd), (*LOGS, *HISTORY)) for a in args):
+                    glob_any(_abs_norm(a, ev.cwd), (*LOGS, *HISTORY)) for a in args
+                    if not a.startswith("-")):
                 return Hit(f"Log/history wiped with {tool}: {' '.join(ev.argv)[:120]}",
                            {"argv": list(ev.argv)})
             if tool == "journalctl" and any(a.startswith(("--vacuum-size", "--vacuum-time",
