@@ -604,7 +604,7 @@ int BPF_PROG(on_memfd_create, const struct pt_regs *regs, long ret)
 /* mount_setattr(MOUNT_ATTR_RDONLY) and fspick (then fsconfig RECONFIGURE) of a log
  * mount stop new log writes, with no LSM hook on 6.1 (s16-gate): reported at the
  * exit of the x86-64 syscall functions (an fexit, as memfd_create: no syscall
- * tracepoint), failed attempts too, the path as passed and, when relative, the
+ * tracepoint), successful calls only (s16-fixlog), the path as passed and, when relative, the
  * directory it is relative to; the rule judges the target.  Optional programs (BTF
  * names the functions on 6.1 and 6.18). */
 static __always_inline struct bastion_file_event *mount_event(__u32 op, int dfd,
@@ -641,14 +641,30 @@ static __always_inline struct bastion_file_event *mount_event(__u32 op, int dfd,
 	return e;
 }
 
+/* only a call that succeeded (s16-fixlog: a failed one, an unprivileged user's EPERM,
+ * changes nothing), only in the host's mount namespace (cfg_host_mnt_ns); the path and
+ * attr_set read from the caller's memory at exit (another thread may have rewritten
+ * them after the kernel copied them) */
+const volatile __u32 cfg_host_mnt_ns = 0;
+
+static __always_inline bool mount_counts(long ret)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+
+	return ret >= 0 && (!cfg_host_mnt_ns ||
+			    BPF_CORE_READ(t, nsproxy, mnt_ns, ns.inum) == cfg_host_mnt_ns);
+}
+
 SEC("fexit/__x64_sys_mount_setattr")
 int BPF_PROG(on_mount_setattr, const struct pt_regs *regs, long ret)
 {
-	struct bastion_file_event *e = mount_event(BASTION_FILE_MOUNT_SETATTR,
-						   (int)BPF_CORE_READ(regs, di),
-						   (const char *)BPF_CORE_READ(regs, si));
+	struct bastion_file_event *e;
 	__u64 attr_set = 0;
 
+	if (!mount_counts(ret))
+		return 0;
+	e = mount_event(BASTION_FILE_MOUNT_SETATTR, (int)BPF_CORE_READ(regs, di),
+			(const char *)BPF_CORE_READ(regs, si));
 	if (!e)
 		return 0;
 	bpf_probe_read_user(&attr_set, sizeof(attr_set), (void *)BPF_CORE_READ(regs, r10));
@@ -661,10 +677,12 @@ int BPF_PROG(on_mount_setattr, const struct pt_regs *regs, long ret)
 SEC("fexit/__x64_sys_fspick")
 int BPF_PROG(on_fspick, const struct pt_regs *regs, long ret)
 {
-	struct bastion_file_event *e = mount_event(BASTION_FILE_FSPICK,
-						   (int)BPF_CORE_READ(regs, di),
-						   (const char *)BPF_CORE_READ(regs, si));
+	struct bastion_file_event *e;
 
+	if (!mount_counts(ret))
+		return 0;
+	e = mount_event(BASTION_FILE_FSPICK, (int)BPF_CORE_READ(regs, di),
+			(const char *)BPF_CORE_READ(regs, si));
 	if (!e)
 		return 0;
 	e->open_flags = BPF_CORE_READ(regs, dx);

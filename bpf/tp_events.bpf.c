@@ -366,12 +366,20 @@ int on_truncate(void *ctx)
 		file_submit(e);
 	return 0;
 }
+/* ftruncate that only grows or keeps the file (a logger preallocating its ring, length
+ * >= i_size at entry) destroys nothing: not reported (s16-fixlog, review 5a; a
+ * concurrent writer may grow the file between this read and the call). */
 SEC("tracepoint/syscalls/sys_enter_ftruncate")
 int on_ftruncate(void *ctx)
 {
 	struct bastion_file_event *e;
+	struct file *f;
+	__s64 length = (__s64)ARG(ctx, 1);
 
 	if (!prov_actor())
+		return 0;
+	f = fd_file(ARG(ctx, 0));
+	if (f && length >= BPF_CORE_READ(f, f_inode, i_size))
 		return 0;
 	e = file_fd_event(BASTION_FILE_TRUNCATE, ARG(ctx, 0));
 	if (e)
@@ -380,35 +388,92 @@ int on_ftruncate(void *ctx)
 }
 
 /* mount_setattr(MOUNT_ATTR_RDONLY) on a log mount and fspick + fsconfig(RECONFIGURE)
- * stop new log writes with no LSM hook on 6.1 (s16-gate): reported at entry, the rule
- * judges the target (a failed call is an attempt, reported too). */
+ * stop new log writes with no LSM hook on 6.1 (s16-gate).  Reported at exit, when the
+ * call succeeded (s16-fixlog: a failed call, an unprivileged user's EPERM, changes
+ * nothing and was a high finding at will), and only in the host's mount namespace
+ * (cfg_host_mnt_ns; a mount namespace of the caller's own shows nothing to the host).
+ * The arguments are kept at entry; the path and attr_set are read from the caller's
+ * memory at exit (another thread may have rewritten them after the kernel copied them:
+ * the record says what the memory held then, not necessarily what the kernel used). */
+const volatile __u32 cfg_host_mnt_ns = 0;
+
+static __always_inline bool in_host_mnt_ns(void)
+{
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+
+	return !cfg_host_mnt_ns || BPF_CORE_READ(t, nsproxy, mnt_ns, ns.inum) == cfg_host_mnt_ns;
+}
+
+struct mount_args {
+	__u32 op;
+	__s32 dfd;
+	__u64 upath;
+	__u64 uattr;   /* mount_setattr: struct mount_attr * */
+	__u64 flags;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u64);
+	__type(value, struct mount_args);
+} pending_mount SEC(".maps");
+
+static __always_inline int mount_enter(__u32 op, __s32 dfd, __u64 upath, __u64 uattr,
+				       __u64 flags)
+{
+	struct mount_args a = { .op = op, .dfd = dfd, .upath = upath, .uattr = uattr,
+				.flags = flags };
+	__u64 id;
+
+	if (!wanted(BASTION_EV_FILE) || !in_host_mnt_ns())
+		return 0;
+	id = bpf_get_current_pid_tgid();
+	bpf_map_update_elem(&pending_mount, &id, &a, BPF_ANY);
+	return 0;
+}
+
+static __always_inline int mount_exit(__u32 op, long ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct mount_args *p = bpf_map_lookup_elem(&pending_mount, &id);
+	struct mount_args a;
+	struct bastion_file_event *e;
+	__u64 attr_set = 0;
+
+	if (!p)
+		return 0;
+	a = *p;
+	bpf_map_delete_elem(&pending_mount, &id);
+	if (ret < 0 || a.op != op)
+		return 0;
+	e = file_path_event(op, a.dfd, (const char *)a.upath);
+	if (!e)
+		return 0;
+	if (op == BASTION_FILE_MOUNT_SETATTR) {
+		bpf_probe_read_user(&attr_set, sizeof(attr_set), (void *)a.uattr);
+		e->mode = (__u32)attr_set;
+	}
+	e->open_flags = a.flags;
+	file_submit(e);
+	return 0;
+}
+
 SEC("tracepoint/syscalls/sys_enter_mount_setattr")
 int on_mount_setattr(void *ctx)
 {
-	struct bastion_file_event *e = file_path_event(BASTION_FILE_MOUNT_SETATTR, ARG(ctx, 0),
-							(const char *)ARG(ctx, 1));
-	__u64 attr_set = 0;
-
-	if (!e)
-		return 0;
-	bpf_probe_read_user(&attr_set, sizeof(attr_set), (void *)ARG(ctx, 3));
-	e->mode = (__u32)attr_set;
-	e->open_flags = ARG(ctx, 2);
-	file_submit(e);
-	return 0;
+	return mount_enter(BASTION_FILE_MOUNT_SETATTR, ARG(ctx, 0), ARG(ctx, 1), ARG(ctx, 3),
+			   ARG(ctx, 2));
 }
+SEC("tracepoint/syscalls/sys_exit_mount_setattr")
+int on_mount_setattr_ret(void *ctx) { return mount_exit(BASTION_FILE_MOUNT_SETATTR, RET(ctx)); }
 SEC("tracepoint/syscalls/sys_enter_fspick")
 int on_fspick(void *ctx)
 {
-	struct bastion_file_event *e = file_path_event(BASTION_FILE_FSPICK, ARG(ctx, 0),
-							(const char *)ARG(ctx, 1));
-
-	if (!e)
-		return 0;
-	e->open_flags = ARG(ctx, 2);
-	file_submit(e);
-	return 0;
+	return mount_enter(BASTION_FILE_FSPICK, ARG(ctx, 0), ARG(ctx, 1), 0, ARG(ctx, 2));
 }
+SEC("tracepoint/syscalls/sys_exit_fspick")
+int on_fspick_ret(void *ctx) { return mount_exit(BASTION_FILE_FSPICK, RET(ctx)); }
 
 SEC("tracepoint/syscalls/sys_enter_unlinkat")
 int on_unlinkat(void *ctx) { return unlink_ev(ARG(ctx, 0), (const char *)ARG(ctx, 1)); }

@@ -77,11 +77,15 @@ enum bastion_file_op {
 	BASTION_FILE_CHOWN = 5,
 	BASTION_FILE_LINK = 6,   /* a hard link: path = the file, path2 = the new name */
 	BASTION_FILE_TRUNCATE = 7, /* compat: truncate(2) (path as passed), ftruncate(2) of an
-				    * untrusted tree's descriptor (path, dev, ino of its file) */
-	BASTION_FILE_MOUNT_SETATTR = 8, /* mount_setattr(2) at entry: path (+ dir) the mount,
-					 * mode = attr_set, open_flags = its flags (AT_RECURSIVE) */
-	BASTION_FILE_FSPICK = 9, /* fspick(2) at entry (a superblock picked to reconfigure):
-				  * path (+ dir), open_flags = its flags */
+				    * untrusted tree's descriptor (path, dev, ino of its file)
+				    * that shrinks it (length < i_size at entry) */
+	BASTION_FILE_MOUNT_SETATTR = 8, /* mount_setattr(2) that succeeded, in the host's
+					 * mount namespace: path (+ dir) the mount, mode =
+					 * attr_set, open_flags = its flags (AT_RECURSIVE); the
+					 * path and attr_set read from user memory at exit */
+	BASTION_FILE_FSPICK = 9, /* fspick(2) that succeeded, in the host's mount namespace
+				  * (a superblock picked to reconfigure): path (+ dir),
+				  * open_flags = its flags */
 };
 
 enum bastion_net_op {

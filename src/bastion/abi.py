@@ -73,9 +73,10 @@ class FileOp(enum.IntEnum):
     CHMOD = 4
     CHOWN = 5
     LINK = 6
-    TRUNCATE = 7   # compat: truncate(2), an untrusted tree's ftruncate(2)
-    MOUNT_SETATTR = 8   # path: the mount, mode: attr_set, flags: AT_* (at entry)
-    FSPICK = 9          # path: the mount whose superblock is picked, flags (at entry)
+    TRUNCATE = 7   # compat: truncate(2), an untrusted tree's shrinking ftruncate(2)
+    # succeeded, in the host's mount namespace (s16-fixlog)
+    MOUNT_SETATTR = 8   # path: the mount, mode: attr_set, flags: AT_*
+    FSPICK = 9          # path: the mount whose superblock is picked, flags
 
 
 class NetOp(enum.IntEnum):

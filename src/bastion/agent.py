@@ -807,7 +807,8 @@ class Agent:
                 evidence={"shed": new_kept, "shed_total": sp.kept_shed,
                           "queue_max": self.writer_max_events,
                           "by_rule_total": dict(sp.not_kept_by),
-                          "evict_per_s": sp.evict_per_s}))
+                          "evict_per_s": sp.evict_per_s,
+                          "evict_per_actor_s": sp.evict_per_actor_s}))
         if sp is not None and sp.evicted > self._last_evicted and (
                 final or now - self._last_evicted_alert >= self.limits.interval_s):
             self._last_evicted, self._last_evicted_alert = sp.evicted, now
@@ -821,7 +822,8 @@ class Agent:
                           "or critical findings (the writer's queue was full)",
                     evidence={"evicted": n_ev, "evicted_total": sp.evicted, "by_rule": by_rule,
                               "lost": lost, "lost_other_kinds": more,
-                              "evict_per_s": sp.evict_per_s}))
+                              "evict_per_s": sp.evict_per_s,
+                              "evict_per_actor_s": sp.evict_per_actor_s}))
         if self.outputs is not None:
             for name, n in self.outputs.new_drops().items():
                 self._alert(Finding(

@@ -292,7 +292,11 @@ def test_a_log_mount_made_read_only_or_picked_to_reconfigure_is_alerted() -> Non
     assert mount_holds("/var", ["/var/log"]) == "/var/log"
     assert mount_holds("/home/bob", ["/home/*/.ssh"]) == "/home/*/.ssh"
     assert mount_holds("/srv/data", ["/var/log", "/home/*/.ssh"]) is None
-    assert mount_holds("/var/log/journal", ["/var/log"]) is None   # below the object
+    # s16-fixlog (review 7): a mount below a log directory holds logs too (a separate
+    # /var/log/audit or /var/log/journal partition)
+    assert mount_holds("/var/log/journal", ["/var/log"]) == "/var/log"
+    assert mount_holds("/var/log/audit", ["/var/log/*"]) == "/var/log/*"
+    assert mount_holds("/var/lib", ["/var/log"]) is None
 
     def mnt(pid: int, t: float, op: str, path: str, mode: int = 0, ppid: int = 1) -> FileEvent:
         return FileEvent(T0 + int(t * NS), proc(pid, "/usr/bin/python3.11", ppid), op=op,
@@ -304,10 +308,97 @@ def test_a_log_mount_made_read_only_or_picked_to_reconfigure_is_alerted() -> Non
                mnt(10, 4, "mount_setattr", "/srv/data", 0x1)])
     fs = [x for x in got if x.rule == "behavior.log_clearing"]
     assert [(f.severity, f.action, f.evidence["op"]) for f in fs] == [
-        ("high", "alert", "mount_setattr"), ("high", "alert", "fspick")]
+        ("high", "alert", "mount_setattr"), ("medium", "alert", "fspick")]
     assert "made read-only" in fs[0].title and fs[0].evidence["holds"] == "/var/log"
     got = run([ex(10, SH, 0, ("/bin/sh", "/tmp/x/ro.sh"), cwd="/tmp/x"),
                ex(11, "/usr/bin/python3.11", 1, ("python3", "-c", "..."), ppid=10),
                mnt(11, 1.1, "mount_setattr", "/", 0x1, ppid=10)])
     (f,) = [x for x in got if x.rule == "behavior.log_clearing"]
     assert (f.severity, f.action) == ("critical", "kill-tree")
+
+
+def _trusted_run(evs: list[Event]) -> list[Finding]:
+    """``evs`` through the pack with every exec's executable a trusted system file."""
+    from support.trust import RecordedTrust
+    trust = RecordedTrust()
+    for e in evs:
+        trust.learn(e)
+    return [f for f in run(evs, behavior_rules(trust=trust))
+            if f.rule == "behavior.log_clearing"]
+
+
+def _tr(pid: int, exe: str, t: float, path: str, ppid: int = 1, op: str = "truncate",
+        flags: int = 0) -> FileEvent:
+    return FileEvent(T0 + int(t * NS), proc(pid, exe, ppid), op=op, path=path, flags=flags)
+
+
+APACHE = "/usr/sbin/apache2"
+
+
+def test_a_web_shell_truncating_a_log_is_found() -> None:
+    """s16-fixlog, review 4.  Attack: a web shell truncates the web server's logs;
+    apache2 and nginx were trusted log writers up to 3 levels up, so mod_php's
+    ``ftruncate(fopen(log, 'a'), 0)`` (the actor: apache2 itself) and ``truncate -s0``
+    run by its shell (an apache2 grandchild; relative argv after ``cd /var/log/apache2``)
+    raised nothing.  After: a truncate is trusted only from a log tool itself (logrotate
+    copytruncate), never a network daemon, never a child; relative argv are resolved
+    against the exec's directory.  Before: no finding for any of the three."""
+    got = _trusted_run([ex(100, APACHE, 0, ("/usr/sbin/apache2", "-k", "start"), cwd="/"),
+                        _tr(100, APACHE, 1, "/var/log/apache2/access.log")])
+    assert [f.title for f in got] == ["Log truncated: /var/log/apache2/access.log"]
+    got = _trusted_run([ex(100, APACHE, 0, ("/usr/sbin/apache2", "-k", "start"), cwd="/"),
+                        ex(101, SH, 1, ("sh", "-c", "cd /var/log/apache2; truncate -s0 a"),
+                           ppid=100, cwd="/var/www"),
+                        ex(102, "/usr/bin/truncate", 2, ("truncate", "-s0", "access.log"),
+                           ppid=101, cwd="/var/log/apache2"),
+                        _tr(102, "/usr/bin/truncate", 2.1, "/var/log/apache2/access.log",
+                            ppid=101)])
+    assert [f.title.split(":")[0] for f in got] == ["Log/history wiped with truncate",
+                                                    "Log truncated"], [f.title for f in got]
+    # an option is no file: ``truncate -s0 /tmp/x`` run from a log directory is nothing
+    assert _trusted_run([ex(102, "/usr/bin/truncate", 2, ("truncate", "-s0", "/tmp/x"),
+                            cwd="/var/log/apache2")]) == []
+    # an O_TRUNC open by the daemon itself: found too
+    got = _trusted_run([ex(100, "/usr/sbin/nginx", 0, ("nginx",), cwd="/"),
+                        _tr(100, "/usr/sbin/nginx", 1, "/var/log/nginx/error.log", op="open",
+                            flags=O_WRONLY | O_TRUNC)])
+    assert [f.title for f in got] == ["Log truncated: /var/log/nginx/error.log"]
+    # logrotate's copytruncate (the tool itself): nothing
+    assert _trusted_run([ex(110, "/usr/sbin/logrotate", 0, ("logrotate", "/etc/lr.conf")),
+                         _tr(110, "/usr/sbin/logrotate", 1, "/var/log/syslog")]) == []
+
+
+def test_a_log_truncated_by_a_path_spelled_otherwise_is_found() -> None:
+    """s16-fixlog, review 6.  Attack: ``truncate("/var/./log/auth.log")`` or
+    ``//var/log/auth.log`` matched no log pattern; ``/proc/self/fd/N`` of an O_PATH
+    descriptor names no log at all.  After: the path is normalised; a truncate of a path
+    the rule cannot place by an untrusted tree is alerted.  Before: no finding."""
+    py = "/usr/bin/python3.11"
+    for spelled in ("/var/./log/auth.log", "//var/log/auth.log", "/var/log/x/../auth.log"):
+        got = run([ex(10, py, 0, ("python3", "/root/x.py")), _tr(10, py, 1, spelled)])
+        assert [f.title for f in got if f.rule == "behavior.log_clearing"] == [
+            "Log truncated: /var/log/auth.log"], spelled
+    got = run([ex(10, SH, 0, ("/bin/sh", "/tmp/x/wipe.sh"), cwd="/tmp/x"),
+               ex(11, py, 1, ("python3", "-c", "..."), ppid=10),
+               _tr(11, py, 1.1, "/proc/self/fd/5", ppid=10)])
+    (f,) = [x for x in got if x.rule == "behavior.log_clearing"]
+    assert "unresolved path" in f.title and f.action == "kill-tree"
+    # the same from a clean tree: nothing (a truncate by /proc path is not a log wipe)
+    got = run([ex(10, py, 0, ("python3", "/root/x.py")), _tr(10, py, 1, "/proc/self/fd/5")])
+    assert not [x for x in got if x.rule == "behavior.log_clearing"]
+
+
+def test_a_separate_log_partition_made_read_only_is_found_and_fspick_is_medium() -> None:
+    """s16-fixlog, review 7.  Attack: ``mount_setattr("/var/log/audit", RDONLY)`` of a
+    separate audit partition: mount_holds matched only mounts above a log pattern, so it
+    was missed.  ``fspick("/")`` is what ``mount -o remount,rw /`` does (util-linux 2.39+):
+    medium, not high.  Before: no finding; fspick high."""
+    def mnt(pid: int, t: float, op: str, path: str, mode: int = 0) -> FileEvent:
+        return FileEvent(T0 + int(t * NS), proc(pid, "/usr/bin/python3.11"), op=op,
+                         path=path, mode=mode)
+    got = run([ex(10, SH, 0, ("/bin/sh", "/root/x.sh")),
+               mnt(10, 1, "mount_setattr", "/var/log/audit", 0x1),
+               mnt(10, 2, "fspick", "/")])
+    fs = [x for x in got if x.rule == "behavior.log_clearing"]
+    assert [(f.severity, f.evidence["op"], f.evidence["path"]) for f in fs] == [
+        ("high", "mount_setattr", "/var/log/audit"), ("medium", "fspick", "/")]

@@ -185,6 +185,9 @@ def test_a_distinct_name_flood_never_sheds_the_rows_that_raised_a_finding(
     agent, stop, th = _agent(tmp_path, sensor, writer_max=500, stall_s=300.0)
     sp = agent._store_proc
     assert sp is not None and sp.pid is not None
+    # (the eviction budget is the global-budget test's: here the queue's reserve and
+    # eviction; a queue of 500 has a budget of 5 rows a second by default)
+    sp.evict_per_s = sp.evict_per_actor_s = 1_000.0
     child = sp.pid
     os.kill(child, signal.SIGSTOP)
     try:
@@ -611,3 +614,54 @@ def test_a_flood_of_one_high_rule_evicts_at_most_its_budget_and_says_what_was_lo
     capped = [a for a in alerts if a["rule"] == "bastion.store.finding_rows_shed"]
     assert capped and capped[-1]["severity"] == "high"
     assert capped[-1]["evidence"]["by_rule_total"] == {"behavior.test_cheap_chmod_high": not_kept}
+
+
+class _EvictAll:
+    """A feeder whose queue is full of rows it may evict (as many as asked): what
+    :meth:`EventStoreProcess.keep` lets evict is the budget alone."""
+
+    evicted = 0
+
+    def keep(self, batch: Any, max_evict: int, evicted: list[Event]) -> tuple[int, int]:
+        n = min(max_evict, len(batch))
+        self.evicted += n
+        evicted.extend(batch[:n])
+        return n, n
+
+
+def test_a_flood_of_high_findings_of_several_rules_evicts_at_most_the_global_budget(
+        tmp_path: Path) -> None:
+    """Attack (s16 review, finding 3): every rule had its own eviction budget (a quarter
+    of the queue a second) and budgets added across rules: an actor raising high findings
+    of several rules (failed mount_setattr, fspick, ...) evicted the queue many times over.
+    One global budget is shared by every rule, and one (rule, executable) takes at most a
+    part of it (s16-fixlog)."""
+    from bastion.store.eventproc import EventStoreProcess
+    sp = EventStoreProcess(tmp_path, max_items=50_000, on_result=lambda *a: None,
+                           on_died=lambda *a: None)
+    assert sp.evict_per_s == 500.0 and sp.evict_per_actor_s == 125.0
+    feeder = _EvictAll()
+    sp._feeder = feeder     # type: ignore[assignment]
+    t0 = time.monotonic()
+    for rnd in range(3):
+        for r in range(8):
+            for j in range(4):
+                actor = Proc(5000 + j, 5000 + j, 1, 1000, 1000, 1000, 1, f"a{j}",
+                             exe=f"/tmp/a{j}")
+                evs = [FileEvent(T0 + k, actor, op="chmod", path=f"/tmp/x/{rnd}/{k}")
+                       for k in range(1_000)]
+                sp.keep(evs, f"behavior.rule{r}")
+    elapsed = time.monotonic() - t0
+    assert 0 < feeder.evicted <= 500 * (1 + elapsed) + 1
+    by_rule, lost, _ = sp.take_evictions()
+    assert sum(by_rule.values()) == feeder.evicted
+    # one actor of one rule: at most its part
+    sp2 = EventStoreProcess(tmp_path, max_items=50_000, on_result=lambda *a: None,
+                            on_died=lambda *a: None)
+    f2 = _EvictAll()
+    sp2._feeder = f2        # type: ignore[assignment]
+    t0 = time.monotonic()
+    for _ in range(5):
+        sp2.keep([FileEvent(T0 + k, ACTOR, op="chmod", path=f"/tmp/y/{k}")
+                  for k in range(1_000)], "behavior.rule0")
+    assert 0 < f2.evicted <= 125 * (1 + time.monotonic() - t0) + 1

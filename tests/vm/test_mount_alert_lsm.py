@@ -3,9 +3,12 @@ sensor (lsm_events.bpf.o) reports ``mount_setattr`` and ``fspick`` at the exit o
 x86-64 syscall functions (fexit: no LSM hook on 6.1 sees either), and the log-clearing
 rule raises a high alert when the target is a mount holding logs or must-stop objects.
 
-Nothing is changed in the guest: each call is made invalid after the entry (``usize`` 0,
-unknown fspick flags: EINVAL).  The sensor is scoped to the test cgroup; it only observes.
-Before: lsm_events.bpf.o had no such program: no record, no alert."""
+s16-fixlog (review 3): only a call that succeeded, in the host's mount namespace, is
+reported.  The guest's /var/log is bind-mounted onto itself; that bind mount is made
+read-only and picked (reported: high, medium), then unmounted.  As nobody,
+``mount_setattr("/var/log", RDONLY)`` and ``fspick("/")`` fail with EPERM: no record, no
+finding (before: each was a high finding).  The sensor is scoped to the test cgroup.
+Not run by s16-fixlog (no VM runs in that round)."""
 
 from __future__ import annotations
 
@@ -29,17 +32,22 @@ pytestmark = pytest.mark.skipif(
     not IN_VM, reason="runs only inside the test VM: use `bash vm/run.sh` (make test-vm)"
 )
 
-CODE = ("import ctypes, sys\n"
+HEAD = ("import ctypes, os, sys\n"
         "libc = ctypes.CDLL(None, use_errno=True)\n"
         "attr = (ctypes.c_uint64 * 4)(1, 0, 0, 0)   # attr_set = MOUNT_ATTR_RDONLY\n"
-        "for path in (sys.argv[1].encode(), b'/var/log'):\n"
-        "    r = libc.syscall(442, -100, path, 0, ctypes.byref(attr), 0)\n"
-        "    assert r == -1 and ctypes.get_errno() == 22, (r, ctypes.get_errno())\n"
-        "r = libc.syscall(433, -100, b'/var/log', 0x7fff0000)\n"
-        "assert r == -1 and ctypes.get_errno() == 22, (r, ctypes.get_errno())\n")
+        "def ms(path):\n"
+        "    return libc.syscall(442, -100, path, 0, ctypes.byref(attr), 32)\n"
+        "def fp(path):\n"
+        "    return libc.syscall(433, -100, path, 0)\n")
+NOBODY = HEAD + ("os.setgid(65534); os.setuid(65534)\n"
+                 "assert ms(b'/var/log') == -1 and ctypes.get_errno() == 1\n"
+                 "assert fp(b'/') == -1 and ctypes.get_errno() == 1\n")
+ROOT = HEAD + ("assert ms(b'/var/log') == 0, ctypes.get_errno()\n"
+               "fd = fp(b'/var/log'); assert fd >= 0, ctypes.get_errno(); os.close(fd)\n")
 
 
 def test_the_hook_sensor_alerts_a_log_mount_made_read_only_or_picked(tmp_path: Path) -> None:
+    import subprocess
     with scoped_cgroup() as (cg, cgid):
         sensor = HookSensor(cgroup_id=cgid)
         sensor.open()
@@ -48,12 +56,18 @@ def test_the_hook_sensor_alerts_a_log_mount_made_read_only_or_picked(tmp_path: P
             assert not {"on_mount_setattr", "on_fspick"} & set(sensor._lo.missing)
             procs, engine = ProcessTable(), Engine(behavior_rules())
             ctx = RuleContext(procs)
-            r = run_in(cg, [sys.executable, "-c", CODE, str(tmp_path)], timeout=30)
+            r = run_in(cg, [sys.executable, "-c", NOBODY], timeout=30)
+            assert r.returncode == 0, r.stderr
+            subprocess.run(["mount", "--bind", "/var/log", "/var/log"], check=True)
+            try:
+                r = run_in(cg, [sys.executable, "-c", ROOT], timeout=30)
+            finally:
+                subprocess.run(["umount", "/var/log"], check=True)
             assert r.returncode == 0, r.stderr
             found: list[Finding] = []
             seen: list[tuple[str, str]] = []
-            end = time.monotonic() + 10
-            while time.monotonic() < end and len(found) < 2:
+            end = time.monotonic() + 5
+            while time.monotonic() < end:
                 for ev in sensor.poll(0.05) or []:
                     procs.update(ev)
                     ev = procs.enrich(ev)
@@ -61,10 +75,10 @@ def test_the_hook_sensor_alerts_a_log_mount_made_read_only_or_picked(tmp_path: P
                         seen.append((ev.type, getattr(ev, "path", "")))
                     found += [f for f in engine.evaluate(ev, ctx)
                               if f.rule == "behavior.log_clearing"]
-            assert ("mount_setattr", str(tmp_path)) in seen, seen
+            assert seen == [("mount_setattr", "/var/log"), ("fspick", "/var/log")], seen
             assert [(f.severity, f.action, f.evidence["op"], f.evidence["path"])
                     for f in found] == [("high", "alert", "mount_setattr", "/var/log"),
-                                        ("high", "alert", "fspick", "/var/log")]
+                                        ("medium", "alert", "fspick", "/var/log")]
             assert not engine.errors
         finally:
             sensor.close()

@@ -22,6 +22,7 @@ batches and keeps the counters the agent reports.
 from __future__ import annotations
 
 import logging
+import os
 import struct
 import time
 from pathlib import Path
@@ -58,7 +59,8 @@ DRAIN_BATCH: Final = 8192
 
 # Programs whose hook may be absent on an older kernel (fchmodat2 is 6.6+).
 # mount_setattr: Linux 5.12+, fspick: 5.2+ (s16-gate)
-OPTIONAL_PROGRAMS: Final = frozenset({"on_fchmodat2", "on_mount_setattr", "on_fspick"})
+OPTIONAL_PROGRAMS: Final = frozenset({"on_fchmodat2", "on_mount_setattr", "on_fspick",
+                                      "on_mount_setattr_ret", "on_fspick_ret"})
 
 # The open programs of tp_events.bpf.o come in two sets (s16-open): exit programs with
 # BTF-typed loads (flags from the caller's saved registers, the file through
@@ -137,6 +139,7 @@ class BpfSensor(LoaderUser):
         self.self_tgid = self_tgid
         self.cgroup_id = cgroup_id
         self.obj_path = obj_path
+        self.host_mnt_ns = 0     # mount_setattr/fspick reported in it; 0: /proc/1/ns/mnt's
         self.open_reads = open_reads
         self.ring_bytes = ring_bytes
         self.btf_loads = btf_loads
@@ -163,6 +166,7 @@ class BpfSensor(LoaderUser):
                 "cfg_open_dedup_ns": self.open_dedup_ns,
                 "cfg_net_dedup_ns": self.net_dedup_ns,
                 "cfg_mmap_dedup_ns": self.mmap_dedup_ns,
+                "cfg_host_mnt_ns": self.host_mnt_ns or _host_mnt_ns(self.object_name),
             },
             max_entries={"events": self.ring_bytes},
             optional=OPTIONAL_PROGRAMS,
@@ -305,6 +309,27 @@ HOOK_OPTIONAL_PROGRAMS: Final = frozenset({
     "on_memfd_create",   # fexit on the x86-64 syscall function: absent where BTF lacks it
     "on_mount_setattr", "on_fspick",   # fexit on the syscall functions (s16-gate)
 })
+
+
+def _host_mnt_ns(obj: str) -> int:
+    """The host's mount namespace (``/proc/1/ns/mnt``'s inode): mount_setattr and fspick
+    are reported there only (s16-fixlog).  Where pid 1's is not ours to read (a
+    container without CAP_SYS_PTRACE): the agent's own, said in the log."""
+    try:
+        return os.stat("/proc/1/ns/mnt").st_ino
+    except PermissionError:
+        pass
+    except OSError as e:
+        raise KernelError(f"/proc/1/ns/mnt: {e.strerror}", errno=e.errno or 0,
+                          location=Location(obj)) from e
+    try:
+        ino = os.stat("/proc/self/ns/mnt").st_ino
+    except OSError as e:
+        raise KernelError(f"/proc/self/ns/mnt: {e.strerror}", errno=e.errno or 0,
+                          location=Location(obj)) from e
+    log.warning("%s: /proc/1/ns/mnt not readable: mount changes reported in the agent's "
+                "own mount namespace (%d)", obj, ino)
+    return ino
 
 
 _U32 = struct.Struct("<I")

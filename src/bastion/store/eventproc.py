@@ -81,6 +81,7 @@ _WINDOW_NS: Final = int(REPEAT_WINDOW_S * 1e9)   # a coalesced row spans at most
 _ESC: Final[Callable[[str], str]] = encode_basestring_ascii   # json's own C escaper
 _ENC: Final = _ENCODER.encode
 MERGE_EVENTS: Final = 8192         # queued batches sent as one frame (one transaction)
+ACTOR_BUCKETS: Final = 1024         # (rule, executable) eviction budgets held at once
 LOST_KINDS: Final = 32             # (actor, type) kinds of evicted rows said by name
 
 
@@ -642,12 +643,15 @@ class EventStoreProcess:
                  on_died: Callable[[str, int, str, int], None],
                  argv: Sequence[str] | None = None, nice: int = CHILD_NICE,
                  enrol: Callable[[int], Callable[[], None]] | None = None,
-                 stall_s: float = STALL_S, evict_per_s: float | None = None) -> None:
+                 stall_s: float = STALL_S, evict_per_s: float | None = None,
+                 evict_per_actor_s: float | None = None) -> None:
         """``enrol(pid)``: make a new child one of ours for tamper protection before it
         opens the store (under the guardian: the protected data dir); returns the undo,
-        called once the child is gone.  ``evict_per_s``: the queued rows one finding
-        class (rule) may evict a second to keep its rows (:meth:`keep`; default a quarter
-        of ``max_items``)."""
+        called once the child is gone.  ``evict_per_s``: the queued rows all finding
+        classes (rules) together may evict a second to keep their rows (:meth:`keep`; one
+        global budget, default ``max_items / 100``: budgets of several rules do not add
+        up, s16-fixlog); ``evict_per_actor_s``: the part of it one (rule, executable) may
+        take (default a quarter of ``evict_per_s``: one flooding actor leaves room)."""
         self.data_dir = Path(data_dir)
         self._argv = list(argv) if argv is not None else [
             sys.executable, "-I", "-B", "-m", "bastion.store.eventproc",
@@ -658,11 +662,17 @@ class EventStoreProcess:
         if not stall_s > 0:
             raise ValueError(f"EventStoreProcess: stall_s must be > 0 (got {stall_s})")
         self.stall_s = stall_s
-        rate = max_items / 4 if evict_per_s is None else evict_per_s
+        rate = max_items / 100 if evict_per_s is None else evict_per_s
         if not rate > 0:
             raise ValueError(f"EventStoreProcess: evict_per_s must be > 0 (got {evict_per_s})")
         self.evict_per_s = float(rate)
-        self._buckets: dict[str, _Bucket] = {}
+        per_actor = rate / 4 if evict_per_actor_s is None else evict_per_actor_s
+        if not per_actor > 0:
+            raise ValueError("EventStoreProcess: evict_per_actor_s must be > 0 "
+                             f"(got {evict_per_actor_s})")
+        self.evict_per_actor_s = float(per_actor)
+        self._global_bucket: _Bucket | None = None
+        self._buckets: dict[tuple[str, str], _Bucket] = {}
         self._evict_lock = threading.Lock()
         self.evicted_by: dict[str, int] = {}    # queued rows evicted, by the class that did
         self.not_kept_by: dict[str, int] = {}   # finding rows not kept (kept_shed), by class
@@ -919,23 +929,34 @@ class EventStoreProcess:
         raised a high or critical finding of ``finding_class``, its rule), out of the shed
         count: the queue's reserve first, then room is made by evicting the queue's rows
         not pinned (benign, low/medium findings), newest first, counted in ``shed`` and
-        ``evicted_by`` with a sample of what was lost (:meth:`take_evictions`).  A class
-        evicts at most ``evict_per_s`` rows a second (a flood of one rule's findings does
-        not empty the queue): its rows beyond are not kept (``kept_shed``,
-        ``not_kept_by``), nor those the queue has no room for when nothing is left to
-        evict.  (events queued, queued rows evicted for them)."""
+        ``evicted_by`` with a sample of what was lost (:meth:`take_evictions`).  All
+        classes together evict at most ``evict_per_s`` rows a second, one (class,
+        executable) at most ``evict_per_actor_s`` of them (a flood of findings of one rule,
+        or of several, does not empty the queue; s16-fixlog): rows beyond are not kept
+        (``kept_shed``, ``not_kept_by``), nor those the queue has no room for when nothing
+        is left to evict.  (events queued, queued rows evicted for them)."""
         now = time.monotonic()
+        by_exe: dict[str, list[Event]] = {}
+        for ev in events:
+            by_exe.setdefault(ev.proc.exe, []).append(ev)
+        kept = evicted = 0
         with self._evict_lock:
-            b = self._buckets.get(finding_class)
-            if b is None:
-                b = self._buckets[finding_class] = _Bucket(self.evict_per_s, now)
-            b.tokens = min(self.evict_per_s, b.tokens + (now - b.at) * self.evict_per_s)
-            b.at = now
+            g = self._global_bucket
+            if g is None:
+                g = self._global_bucket = _Bucket(self.evict_per_s, now)
+            g.tokens = min(self.evict_per_s, g.tokens + (now - g.at) * self.evict_per_s)
+            g.at = now
             gone: list[Event] = []
-            ids = [id(ev) for ev in events]
-            kept, evicted = self._feeder.keep(Batch(events, ids, ids),
-                                              max_evict=int(b.tokens), evicted=gone)
-            b.tokens -= evicted
+            for exe, evs in by_exe.items():
+                b = self._actor_bucket(finding_class, exe, now)
+                ids = [id(ev) for ev in evs]
+                kept_n, ev_n = self._feeder.keep(Batch(evs, ids, ids),
+                                                 max_evict=int(min(g.tokens, b.tokens)),
+                                                 evicted=gone)
+                b.tokens -= ev_n
+                g.tokens -= ev_n
+                kept += kept_n
+                evicted += ev_n
             if evicted:
                 self.evicted_by[finding_class] = self.evicted_by.get(finding_class, 0) + evicted
                 lost = self._lost
@@ -950,6 +971,26 @@ class EventStoreProcess:
                 self.not_kept_by[finding_class] = \
                     self.not_kept_by.get(finding_class, 0) + len(events) - kept
         return kept, evicted
+
+    def _actor_bucket(self, finding_class: str, exe: str, now: float) -> _Bucket:
+        """The refilled budget of (``finding_class``, ``exe``) (under ``_evict_lock``).
+        Bounded: past ``ACTOR_BUCKETS`` the full ones are dropped, then all (a new one
+        starts full, but every one draws on the global budget too)."""
+        rate = self.evict_per_actor_s
+        key = (finding_class, exe)
+        b = self._buckets.get(key)
+        if b is None:
+            if len(self._buckets) >= ACTOR_BUCKETS:
+                full = [k for k, v in self._buckets.items()
+                        if v.tokens + (now - v.at) * rate >= rate]
+                for k in full:
+                    del self._buckets[k]
+                if len(self._buckets) >= ACTOR_BUCKETS:
+                    self._buckets.clear()
+            b = self._buckets[key] = _Bucket(rate, now)
+        b.tokens = min(rate, b.tokens + (now - b.at) * rate)
+        b.at = now
+        return b
 
     def take_evictions(self) -> tuple[dict[str, int], list[dict[str, Any]], int]:
         """What :meth:`keep` evicted since the last call: (rows by finding class, the rows

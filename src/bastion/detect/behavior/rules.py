@@ -1184,6 +1184,10 @@ LOGS = ("/var/log/*", "/var/log/*/*", "/var/log/journal/*/*")
 LOG_WRITERS = frozenset({"logrotate", "rsyslogd", "systemd-journald", "journalctl", "syslog-ng",
                          "auditd", "apache2", "nginx", "systemd", "sshd", "login", "utmpdump",
                          "cron", "systemd-tmpfiles", *PACKAGE_MANAGERS})
+# who may truncate a log (truncate(2), ftruncate, O_TRUNC; s16-fixlog, review 4): the actor
+# itself only (no ancestor), and never a network daemon (apache2, nginx, sshd append to
+# their logs; a web shell runs inside them) nor a session root
+LOG_TRUNCATERS = LOG_WRITERS - {"apache2", "nginx", "sshd", "login", "cron", "systemd"}
 # mail spools: truncating one erases the mail a compromise produced (cron output, bounces)
 MAIL_SPOOLS = ("/var/spool/mail/*", "/var/mail/*")
 MAIL_WRITERS = frozenset({"mutt", "neomutt", "mail", "mailx", "s-nail", "bsd-mailx", "alpine",
@@ -1197,11 +1201,13 @@ MOUNT_ATTR_RDONLY = 0x1
 
 def mount_holds(target: str, patterns: Iterable[str]) -> str | None:
     """The first pattern with a path at or below the mount point ``target`` (``/``,
-    ``/var``, ``/var/log``, ``/home/bob`` for ``/home/*/.ssh``), or None."""
+    ``/var``, ``/var/log``, ``/home/bob`` for ``/home/*/.ssh``), or with the mount
+    point below it (``/var/log/audit`` for ``/var/log/*``: a separate audit partition
+    holds logs too; s16-fixlog, review 7), or None."""
     parts = [c for c in os.path.normpath(target).split("/") if c]
     for pat in patterns:
         pp = [c for c in pat.split("/") if c]
-        if len(pp) >= len(parts) and all(fnmatch.fnmatchcase(t, p) for t, p in zip(parts, pp)):
+        if all(fnmatch.fnmatchcase(t, p) for t, p in zip(parts, pp)):
             return pat
     return None
 
@@ -1221,9 +1227,12 @@ def _log_mount(ev: FileEvent) -> Hit | None:
         return None
     what = ("made read-only (mount_setattr)" if ev.op == "mount_setattr"
             else "picked for reconfiguring (fspick)")
+    # fspick: ``mount -o remount`` (util-linux 2.39+) picks for every remount, rw too, and
+    # fsconfig's flags are not seen: medium; a read-only mount_setattr: high (s16-fixlog)
     return Hit(f"Mount holding {held} {what}: {ev.path}",
                {"path": ev.path, "op": ev.op, "holds": held, "attr_set": ev.mode,
-                "flags": ev.flags})
+                "flags": ev.flags},
+               severity="medium" if ev.op == "fspick" else None)
 
 
 HISTORY_WRITERS = frozenset({"bash", "zsh", "sh", "dash", "ksh", "mksh", "fish", "tcsh", "csh",
@@ -1248,8 +1257,11 @@ class LogClearing(SingleEvent):
         if isinstance(ev, ExecEvent):
             tool = base(ev.proc.exe)
             args = ev.argv[1:]
+            # relative arguments resolved against the exec's directory (``cd /var/log;
+            # truncate -s0 syslog``; s16-fixlog, review 4), every one lexically normalised
             if tool in ("shred", "truncate", "wipe", "srm") and any(
-                    glob_any(a, (*LOGS, *HISTORY)) for a in args):
+                    glob_any(_abs_norm(a, ev.cwd), (*LOGS, *HISTORY)) for a in args
+                    if not a.startswith("-")):
                 return Hit(f"Log/history wiped with {tool}: {' '.join(ev.argv)[:120]}",
                            {"argv": list(ev.argv)})
             if tool == "journalctl" and any(a.startswith(("--vacuum-size", "--vacuum-time",
@@ -1283,7 +1295,16 @@ class LogClearing(SingleEvent):
             or (ev.op == "rename" and ev.path2 in ("/dev/null",))
         if not destructive:
             return None
-        path = ev.path
+        # lexically normalised (``/var/./log/x``, ``//var/log/x``; s16-fixlog, review 6)
+        path = _abs_norm(ev.path, "")
+        if ev.op == "truncate" and (not path.startswith("/") or path.startswith("/proc/")):
+            # a path the rule cannot place (``/proc/self/fd/N`` of an O_PATH descriptor,
+            # a relative one the kernel gave no directory for): an untrusted tree's is
+            # alerted (s16-fixlog, review 6)
+            if self.untrusted(ev, ctx)[0]:
+                return Hit(f"Truncate of an unresolved path by an untrusted process: {path}",
+                           {"path": path, "op": ev.op}, severity="medium")
+            return None
         if glob_any(path, HISTORY):
             return Hit(f"Shell history cleared: {path}", {"path": path, "op": ev.op},
                        severity="medium")
@@ -1291,11 +1312,30 @@ class LogClearing(SingleEvent):
                 and not self.trusted(ev, ctx, MAIL_WRITERS, depth=3):
             return Hit(f"Mail spool {'deleted' if ev.op == 'unlink' else 'truncated'}: {path}",
                        {"path": path, "op": ev.op}, severity="medium")
-        if glob_any(path, LOGS) and not self.trusted(ev, ctx, LOG_WRITERS, depth=3) \
+        if glob_any(path, LOGS) and not self._log_writer(ev, ctx) \
                 and not re.search(r"\.(\d+|gz|xz|old|bz2)$", path):
             return Hit(f"Log {'deleted' if ev.op == 'unlink' else 'truncated'}: {path}",
                        {"path": path, "op": ev.op})
         return None
+
+    def _log_writer(self, ev: FileEvent, ctx: RuleContext) -> bool:
+        """A trusted log writer: an unlink by one of ``LOG_WRITERS`` or a child of one
+        (depth 3); a truncate (truncate(2), ftruncate, ``O_TRUNC``) only by one of
+        ``LOG_TRUNCATERS`` itself, never with an untrusted provenance (a child of a
+        network service, a /tmp script; s16-fixlog, review 4)."""
+        if ev.op == "unlink" or ev.op == "rename":
+            return self.trusted(ev, ctx, LOG_WRITERS, depth=3)
+        return self.trusted(ev, ctx, LOG_TRUNCATERS, depth=0) and not self.untrusted(ev, ctx)[0]
+
+
+def _abs_norm(path: str, cwd: str) -> str:
+    """``path`` made absolute against ``cwd`` (when both allow) and lexically normalised
+    (``os.path.normpath``: a ``..`` after a symlink is not resolved); ``//x`` is ``/x``."""
+    if not path.startswith("/") and cwd.startswith("/"):
+        path = cwd + "/" + path
+    if not path.startswith("/"):
+        return path
+    return "/" + os.path.normpath(path).lstrip("/")
 
 
 # ---- 16. disabling security/audit tools ----------------------------------------------------
