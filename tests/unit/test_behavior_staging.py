@@ -304,6 +304,52 @@ def test_discovery_of_a_network_service_tree_counts_its_tree(tmp_path: Path) -> 
         (600, ["id", "uname"], ["network-service"])], [f.title for f in got]
 
 
+def test_discovery_reason_at_the_deepest_inherited_level(tmp_path: Path) -> None:
+    """s16-fixdet (review 12): a network service 16 levels above the discovery commands
+    (the deepest ancestor Provenance.reasons inherits from): its tree is found, not
+    dropped; with the service 17 levels above, no reason reaches them and the script's
+    own count (four) applies, so two facts stay silent."""
+    for depth, want in ((16, [(600, ["id", "uname"])]), (17, [])):
+        r = Rec().exec(600, 100, "/usr/bin/python3", ["python3", "/srv/app.py"])
+        r.lines.append({"type": "listen", **r._hdr(600), "family": "inet", "protocol": "tcp",
+                        "saddr": "0.0.0.0", "sport": 8080, "daddr": "", "dport": 0,
+                        "backlog": 5})
+        parent = 600
+        for pid in range(601, 600 + depth):
+            r.exec(pid, parent, "/usr/bin/dash", ["sh", "-c", f"level {pid}"])
+            parent = pid
+        r.exec(800, parent, "/usr/bin/id", ["id"])
+        r.exec(801, parent, "/usr/bin/uname", ["uname", "-a"])
+        got = of(r.run(tmp_path), "discovery_burst")
+        assert [(f.pid, f.evidence["facts"]) for f in got] == want, (depth, [f.title for f in got])
+
+
+def test_discovery_falls_back_to_the_script_count(tmp_path: Path) -> None:
+    """s16-fixdet (review 12): a reason on an ancestor the per-process walk does not see
+    as its own (inherited only) must not silence the script's ordinary four-fact count."""
+    from bastion.detect.behavior.rules import DiscoveryBurst
+    r = Rec().exec(400, 100, "/usr/bin/bash", ["bash", "/opt/app/survey.sh"])
+    for pid, argv in ((401, ["uname", "-m"]), (402, ["id", "-u"]), (403, ["hostname"]),
+                      (404, ["ps", "-e"])):
+        r.exec(pid, 400, f"/usr/bin/{argv[0]}", argv)
+    p = tmp_path / "rec.jsonl"
+    p.write_text("".join(json.dumps(x) + "\n" for x in r.lines))
+    procs = ProcessTable()
+    rules = behavior_rules(trust=RecordedTrust())
+    burst = next(x for x in rules if isinstance(x, DiscoveryBurst))
+    assert burst.prov is not None
+    # a reason the actor inherits but no process within the walk carries itself
+    burst.prov.reasons = lambda ev, ctx, depth=16: ({"network-service": "x"}, None)  # type: ignore[method-assign]
+    engine = Engine(rules)
+    ctx = RuleContext(procs)
+    found: list[Finding] = []
+    for ev in read_all(p):
+        procs.update(ev)
+        found += engine.evaluate(ev, ctx)
+    assert [(f.pid, len(f.evidence["facts"])) for f in of(found, "discovery_burst")] == [
+        (400, 4)]
+
+
 def test_touch_is_no_padding(tmp_path: Path) -> None:
     """``touch -r ref prog`` opens the program for writing without truncation (to create
     it when absent) and writes nothing: not binary padding, by touch's inode."""

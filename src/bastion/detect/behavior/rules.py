@@ -40,7 +40,7 @@ from bastion.detect.behavior.base import (
     SingleEvent, Step, ThresholdRule, actor_names, base, glob_any, is_interpreter,
     is_loopback, is_public_peer, is_shell, norm_interp, package_installer, trusted_as, under,
 )
-from bastion.detect.behavior.provenance import LOCAL_REASONS, block, script_of
+from bastion.detect.behavior.provenance import LOCAL_REASONS, REASON_DEPTH, block, script_of
 from bastion.detect.behavior.xmem import ExecMemory
 from bastion.detect.behavior.shellargs import parse_shell_argv
 from bastion.detect.behavior.svcctl import SERVICE_MANAGERS, command_act, firewall_act
@@ -2312,19 +2312,20 @@ class DiscoveryBurst(BehaviorRule):
             return []
         reasons = {r: d for r, d in self.untrusted(ev, ctx)[0].items() if r not in LOCAL_REASONS}
         need = self.count
-        top: ProcEntry | None
+        top: ProcEntry | None = None
         if reasons and self.prov is not None:
             # the tree: the highest ancestor that carries such a reason itself (a
-            # service's system() calls are many scripts of one service)
-            top = None
-            for e in ctx.procs.ancestry(ev.proc.pid, 16):
+            # service's system() calls are many scripts of one service); the same levels
+            # as Provenance.reasons walks (itself and REASON_DEPTH ancestors)
+            for e in ctx.procs.ancestry(ev.proc.pid, REASON_DEPTH + 1):
                 own = self.prov.reasons_of((e.pid, e.start_ns), ev.time_ns)
                 if any(r not in LOCAL_REASONS for r in own):
                     top = e
-            if top is None:
-                return []
-            need = self.untrusted_count
-        else:
+            if top is not None:
+                need = self.untrusted_count
+        if top is None:
+            # no untrusted tree found (or a reason the walk did not reach): the script's
+            # own count, never nothing
             top = self.script_of_tree(ev, ctx)
             if top is None:
                 return []
