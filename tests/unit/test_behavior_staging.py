@@ -369,3 +369,51 @@ def test_touch_is_no_padding(tmp_path: Path) -> None:
         procs.update(ev)
         found += engine.evaluate(ev, ctx)
     assert of(found, "binary_padding") == []
+
+
+# ---- s16-fixdet (review 11): getopt_long prefixes, symlinked sources ---------------------
+
+@pytest.mark.parametrize("exe,argv,sources,dest", [
+    ("/usr/bin/cp", ["cp", "--target=/tmp/x", "/etc/shadow"], ("/etc/shadow",), "/tmp/x"),
+    ("/usr/bin/cp", ["cp", "--targ", "/tmp/x", "/etc/shadow"], ("/etc/shadow",), "/tmp/x"),
+    ("/usr/bin/cp", ["cp", "--suf", "/etc/shadow", "a", "b"], ("a",), "b"),
+    ("/usr/bin/cp", ["cp", "--no-p", "mode", "/etc/shadow", "/tmp/s"], ("/etc/shadow",),
+     "/tmp/s"),
+    ("/usr/bin/cp", ["cp", "--s", "x", "/etc/shadow", "/tmp/s"], None, None),  # ambiguous: refused
+    ("/usr/bin/install", ["install", "--target=/tmp/x", "/etc/gshadow"], ("/etc/gshadow",),
+     "/tmp/x"),
+    ("/usr/bin/tee", ["tee", "--output-error", "/tmp/z"], (), "/tmp/z"),
+])
+def test_long_option_prefixes(exe: str, argv: list[str], sources: tuple[str, ...] | None,
+                              dest: str | None) -> None:
+    cp = copy_of(ex(exe, argv))
+    if sources is None:
+        assert cp is None
+        return
+    assert cp is not None and (cp.sources, cp.dest) == (sources, dest)
+
+
+def test_symlinked_source_by_the_kernels_open(tmp_path: Path) -> None:
+    """``ln -s /etc/sudoers /tmp/l; cp /tmp/l /tmp/x``: the operand names no database, the
+    kernel's open (sensitive by inode) does: high (credential_access reports the read
+    too, as for a named source).  The same through a link to /etc/shadow: credential_access
+    alerts the read and this rule defers to it (as for a named source).
+    An ordinary copy that opens no sensitive inode stays silent."""
+    r = Rec().exec(200, 100, "/usr/bin/cp", ["cp", "/tmp/l", "/tmp/x"])
+    r.lines.append({"type": "open", **r._hdr(200), "path": "/etc/sudoers", "path2": "",
+                    "flags": 0, "mode": 0, "owner_uid": -1, "owner_gid": -1, "dev": 1,
+                    "ino": 5, "sensitive": "auth-config", "sensitive_id": 1})
+    r.exit(200)
+    r.exec(205, 100, "/usr/bin/cp", ["cp", "/tmp/m", "/tmp/w"])
+    r.lines.append({"type": "open", **r._hdr(205), "path": "/etc/shadow", "path2": "",
+                    "flags": 0, "mode": 0, "owner_uid": -1, "owner_gid": -1, "dev": 1,
+                    "ino": 6, "sensitive": "credentials", "sensitive_id": 2})
+    r.exit(205)
+    r.exec(210, 100, "/usr/bin/cp", ["cp", "/tmp/notes", "/tmp/y"])
+    r.exit(210)
+    found = r.run(tmp_path)
+    got = of(found, "account_staging")
+    assert [(f.pid, f.severity, f.evidence["sources"], f.evidence["dest"]) for f in got] == [
+        (200, "high", ["/etc/sudoers"], "/tmp/x")], [f.title for f in got]
+    assert [f.pid for f in of(found, "credential_access")] == [200, 205]
+
