@@ -251,7 +251,9 @@ def test_padding_read_through_the_parent_when_the_writer_is_gone(tmp_path: Path)
     p = tmp_path / "rec.jsonl"
     p.write_text("".join(json.dumps(x) + "\n" for x in r.lines))
     procs, trust = ProcessTable(), RecordedTrust()
-    engine = Engine(behavior_rules(probes=Probes(elf_exec=elf), trust=trust))
+    engine = Engine(behavior_rules(probes=Probes(
+        elf_exec=elf, file_ident=lambda pid, path: (1, 8) if pid == 100 else None),
+        trust=trust))
     ctx = RuleContext(procs)
     found: list[Finding] = []
     for ev in read_all(p):
@@ -261,7 +263,7 @@ def test_padding_read_through_the_parent_when_the_writer_is_gone(tmp_path: Path)
     got = of(found, "binary_padding")
     assert [(f.event.proc.pid, f.evidence["path"]) for f in got] == [(201, "/tmp/p"),
                                                                       (211, "/tmp/p")]
-    assert asked == [201, 100, 211, 210, 100]
+    assert asked == [201, 100, 211, 100]      # 210 gone: its identity unknown, not asked
 
 
 def test_discovery_of_an_ordinary_script_needs_four(tmp_path: Path) -> None:
@@ -348,6 +350,41 @@ def test_discovery_falls_back_to_the_script_count(tmp_path: Path) -> None:
         found += engine.evaluate(ev, ctx)
     assert [(f.pid, len(f.evidence["facts"])) for f in of(found, "discovery_burst")] == [
         (400, 4)]
+
+
+def test_padding_fallback_stops_at_another_mount_namespace(tmp_path: Path) -> None:
+    """s16-fixdet (review 13): a container's ``truncate -s +1 /usr/bin/p`` (its ``sh -c``
+    gone too): the nearest live ancestor is the container's shim, whose root shows the
+    HOST's /usr/bin/p (another inode): the host file is not judged for the container's
+    write -- the walk stops there.  The same walk whose ancestor shows the written inode
+    answers (the other test); without the identity probe no ancestor is asked."""
+    from bastion.detect.behavior import Probes
+    asked: list[int] = []
+
+    def elf(pid: int, path: str) -> bool | None:
+        asked.append(pid)
+        return None if pid != 100 else True          # only the shim (pid 100) is alive
+
+    r = Rec().exec(210, 100, "/usr/bin/dash", ["sh", "-c", "truncate -s +1 /usr/bin/p"])
+    r.exec(211, 210, "/usr/bin/truncate", ["truncate", "-s", "+1", "/usr/bin/p"])
+    r.lines.append({"type": "open", **r._hdr(211), "path": "/usr/bin/p", "path2": "",
+                    "flags": 0o4101, "mode": 0o666, "owner_uid": -1, "owner_gid": -1,
+                    "dev": 41, "ino": 8})                    # the container's overlay inode
+    p = tmp_path / "rec.jsonl"
+    p.write_text("".join(json.dumps(x) + "\n" for x in r.lines))
+    for ident in ((lambda pid, path: (1, 8) if pid == 100 else None), None):
+        asked.clear()
+        procs, trust = ProcessTable(), RecordedTrust()
+        engine = Engine(behavior_rules(probes=Probes(elf_exec=elf, file_ident=ident),
+                                       trust=trust))
+        ctx = RuleContext(procs)
+        found: list[Finding] = []
+        for ev in read_all(p):
+            trust.learn(ev)
+            procs.update(ev)
+            found += engine.evaluate(ev, ctx)
+        assert of(found, "binary_padding") == []
+        assert asked == [211]                             # the writer only, never the shim
 
 
 def test_touch_is_no_padding(tmp_path: Path) -> None:

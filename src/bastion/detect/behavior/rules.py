@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
+from bastion.abi import kernel_dev
 from bastion.detect.behavior.base import (
     NS, PACKAGE_MANAGERS, SHELLS, SYSTEM_DIRS, BehaviorRule, Hit, RuleSettings, SequenceRule,
     SingleEvent, Step, ThresholdRule, actor_names, base, glob_any, is_interpreter,
@@ -74,6 +75,8 @@ class Probes:
     root_of: Callable[[int], str | None] | None = None
     # is ``path``, as process ``pid`` sees it, an executable ELF file (None: cannot tell)
     elf_exec: Callable[[int, str], bool | None] | None = None
+    # the (kernel dev, inode) of ``path`` as process ``pid`` sees it, by lstat (None: gone)
+    file_ident: Callable[[int, str], tuple[int, int] | None] | None = None
 
 
 def proc_root(pid: int) -> str | None:
@@ -255,10 +258,23 @@ def elf_exec(pid: int, path: str) -> bool | None:
         os.close(fd)
 
 
+def file_ident(pid: int, path: str) -> tuple[int, int] | None:
+    """The (kernel-encoded dev, inode) of ``path`` seen through ``pid``'s root, by lstat
+    (nothing opened); None when gone."""
+    root = proc_root(pid)
+    if root is None or not path.startswith("/"):
+        return None
+    try:
+        st = os.lstat(os.path.join(root, path.lstrip("/")))
+    except OSError:
+        return None
+    return kernel_dev(st.st_dev), st.st_ino
+
+
 def live_probes() -> Probes:
     ep = EntropyProbe()
     return Probes(stdio=read_stdio, entropy=ep, entropy_many=ep.many, stalled=ep.stalled,
-                  root_of=proc_root, elf_exec=elf_exec)
+                  root_of=proc_root, elf_exec=elf_exec, file_ident=file_ident)
 
 
 def write_intent(ev: FileEvent) -> bool:
@@ -2419,12 +2435,21 @@ class BinaryPadding(BehaviorRule):
             got = self.probes.elf_exec(ev.proc.pid, path)
             if got is None:
                 # the writer exited before the look-up (``truncate -s +1``, its ``sh -c``
-                # too): the file as its nearest live ancestor's root shows it (s16-stage)
+                # too): the file as its nearest live ancestor's root shows it (s16-stage),
+                # only when that root shows the very inode the kernel reported written: an
+                # ancestor in another mount namespace (a container's shim) shows another
+                # file by that name, and the walk stops there (s16-fixdet)
                 chain = ctx.procs.ancestry(ev.proc.pid, 5)[1:] or \
                     ([p] if (p := ctx.procs.get(ev.proc.ppid)) is not None else [])
-                for anc in chain:
+                ident = self.probes.file_ident
+                for anc in chain if ident is not None and ev.ino else ():
                     if anc.pid <= 1:
                         break
+                    seen = ident(anc.pid, path)
+                    if seen is None:
+                        continue                    # gone: the next ancestor
+                    if seen != (ev.dev, ev.ino):
+                        break                       # another file: another namespace
                     got = self.probes.elf_exec(anc.pid, path)
                     if got is not None:
                         break
