@@ -2442,8 +2442,10 @@ class BinaryPadding(BehaviorRule):
                 chain = ctx.procs.ancestry(ev.proc.pid, 5)[1:] or \
                     ([p] if (p := ctx.procs.get(ev.proc.ppid)) is not None else [])
                 ident = self.probes.file_ident
-                for anc in chain if ident is not None and ev.ino else ():
-                    if anc.pid <= 1:
+                if ident is None or not ev.ino:
+                    chain = []                      # no way to tell which file: ask none
+                for anc in chain:
+                    if anc.pid <= 1 or ident is None:
                         break
                     seen = ident(anc.pid, path)
                     if seen is None:
