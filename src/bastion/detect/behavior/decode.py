@@ -257,9 +257,10 @@ class PipeBook:
     """The exec'd writers of pipes (by the kernel's stdout inode), the readers (by stdin)
     and the stdin every shell exec'd with; bounded, kept per rule."""
 
-    def __init__(self, state: Callable[[], BoundedState[object, object]]) -> None:
-        self.writers: BoundedState[str, _Writer] = state()      # type: ignore[assignment]
-        self.shells: BoundedState[ProcKey, _Shell] = state()    # type: ignore[assignment]
+    def __init__(self, writers: BoundedState[str, _Writer],
+                 shells: BoundedState[ProcKey, _Shell]) -> None:
+        self.writers = writers
+        self.shells = shells
 
     def note(self, ev: ExecEvent) -> None:
         now = ev.time_ns
@@ -376,7 +377,7 @@ class _DecodeRule(BehaviorRule):
                  probes: Probes | None = None) -> None:
         super().__init__(settings, limits)
         self.probes = probes or Probes()
-        self.book = PipeBook(self.state)
+        self.book = PipeBook(self.state(), self.state())
         self._pending: BoundedState[ProcKey, _Pending] = self.state()
         self._by_stdout: BoundedState[str, ProcKey] = self.state()
         self._readers: BoundedState[str, tuple[int, str, tuple[str, ...], bool]] = self.state()
