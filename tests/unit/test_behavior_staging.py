@@ -454,3 +454,56 @@ def test_symlinked_source_by_the_kernels_open(tmp_path: Path) -> None:
         (200, "high", ["/etc/sudoers"], "/tmp/x")], [f.title for f in got]
     assert [f.pid for f in of(found, "credential_access")] == [200, 205]
 
+
+
+def test_symlinked_source_resolved_through_the_process_root(tmp_path: Path) -> None:
+    """``ln -s /etc/passwd /tmp/l; cat /tmp/l > /tmp/x`` (/etc/passwd is in no sensitive
+    set: no kernel open to go by): the operand, in a place anyone may plant a link, is
+    resolved as the process sees it -> medium; an operand outside those places is not
+    looked up."""
+    from bastion.detect.behavior import Probes
+    asked: list[tuple[int, str]] = []
+
+    def resolve(pid: int, path: str) -> str | None:
+        asked.append((pid, path))
+        return {"/tmp/l": "/etc/passwd"}.get(path, path)
+
+    r = Rec().redirect(200, "/tmp/x")
+    r.exec(200, 100, "/usr/bin/cat", ["cat", "/tmp/l"], stdout="file")
+    r.exec(201, 100, "/usr/bin/cp", ["cp", "/opt/l", "/tmp/y"])
+    p = tmp_path / "rec.jsonl"
+    p.write_text("".join(json.dumps(x) + "\n" for x in r.lines))
+    procs, trust = ProcessTable(), RecordedTrust()
+    engine = Engine(behavior_rules(probes=Probes(resolve=resolve), trust=trust))
+    ctx = RuleContext(procs)
+    found: list[Finding] = []
+    for ev in read_all(p):
+        trust.learn(ev)
+        procs.update(ev)
+        found += engine.evaluate(ev, ctx)
+    got = of(found, "account_staging")
+    assert [(f.pid, f.severity, f.evidence["sources"], f.evidence["dest"]) for f in got] == [
+        (200, "medium", ["/etc/passwd"], "/tmp/x")], [f.title for f in got]
+    assert asked == [(200, "/tmp/l")]
+
+
+def test_resolve_in_follows_links_inside_the_root(tmp_path: Path) -> None:
+    """The live resolver (lstat/readlink through /proc/PID/root, this process): relative
+    and absolute links, a linked directory, ``..``; a dangling link or a loop: None."""
+    import os
+    from bastion.detect.behavior.rules import resolve_in
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f").write_text("x")
+    (tmp_path / "dl").symlink_to("d")                         # relative, a directory
+    (tmp_path / "abs").symlink_to(tmp_path / "dl" / "f")      # absolute, through a link
+    (tmp_path / "up").symlink_to("d/../d/f")
+    (tmp_path / "gone").symlink_to("nowhere")
+    (tmp_path / "loop").symlink_to("loop")
+    me = os.getpid()
+    real = str((tmp_path / "d" / "f").resolve())
+    assert resolve_in(me, str(tmp_path / "abs")) == real
+    assert resolve_in(me, str(tmp_path / "dl" / "f")) == real
+    assert resolve_in(me, str(tmp_path / "up")) == real
+    assert resolve_in(me, str(tmp_path / "gone")) is None
+    assert resolve_in(me, str(tmp_path / "loop")) is None
+    assert resolve_in(me, "relative") is None

@@ -77,6 +77,8 @@ class Probes:
     elf_exec: Callable[[int, str], bool | None] | None = None
     # the (kernel dev, inode) of ``path`` as process ``pid`` sees it, by lstat (None: gone)
     file_ident: Callable[[int, str], tuple[int, int] | None] | None = None
+    # ``path`` with its symlinks resolved as process ``pid`` sees it (None: cannot tell)
+    resolve: Callable[[int, str], str | None] | None = None
 
 
 def proc_root(pid: int) -> str | None:
@@ -271,10 +273,51 @@ def file_ident(pid: int, path: str) -> tuple[int, int] | None:
     return kernel_dev(st.st_dev), st.st_ino
 
 
+def resolve_in(pid: int, path: str, max_links: int = 40) -> str | None:
+    """``path`` (absolute, normalised) with every symlink resolved inside ``pid``'s root,
+    component by component with ``lstat``/``readlink`` only (nothing opened, an absolute
+    link target read against that root, not the agent's).  None: a component is missing,
+    the process is gone, or more than ``max_links`` links."""
+    root = proc_root(pid)
+    if root is None or not path.startswith("/"):
+        return None
+    todo = [c for c in path.split("/") if c]
+    todo.reverse()
+    parts: list[str] = []
+    links = 0
+    while todo:
+        comp = todo.pop()
+        if comp == ".":
+            continue
+        if comp == "..":
+            if parts:
+                parts.pop()
+            continue
+        cur = "/" + "/".join([*parts, comp])
+        try:
+            st = os.lstat(root + cur)
+            if not stat.S_ISLNK(st.st_mode):
+                parts.append(comp)
+                continue
+            target = os.readlink(root + cur)
+        except OSError:
+            return None
+        links += 1
+        if links > max_links:
+            return None
+        if target.startswith("/"):
+            parts = []
+        more = [c for c in target.split("/") if c]
+        more.reverse()
+        todo.extend(more)
+    return "/" + "/".join(parts)
+
+
 def live_probes() -> Probes:
     ep = EntropyProbe()
     return Probes(stdio=read_stdio, entropy=ep, entropy_many=ep.many, stalled=ep.stalled,
-                  root_of=proc_root, elf_exec=elf_exec, file_ident=file_ident)
+                  root_of=proc_root, elf_exec=elf_exec, file_ident=file_ident,
+                  resolve=resolve_in)
 
 
 def write_intent(ev: FileEvent) -> bool:

@@ -40,7 +40,7 @@ from bastion.detect.behavior.base import (
     PACKAGE_MANAGERS, BehaviorRule, Hit, RuleSettings, base, glob_any, is_shell, under,
 )
 from bastion.detect.behavior.rules import (
-    CRED_STORES, CRED_TOOLS, SECRET_SEVERITY, SECRET_TOOLS, write_intent,
+    CRED_STORES, CRED_TOOLS, SECRET_SEVERITY, SECRET_TOOLS, Probes, write_intent,
 )
 from bastion.detect.behavior.state import Limits, ProcKey, proc_key
 from bastion.detect.behavior.svcctl import _Refused, _resolve_long
@@ -362,6 +362,9 @@ class _Staged:
 
 
 _SEV = {"medium": 2, "high": 3}
+# where an unprivileged user can plant a symlink (a source operand there is resolved)
+_LINK_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/home", "/run/user", "/var/lib/php/sessions",
+              "/var/www", "/srv")
 # sensitive-read classes (by inode, sensors.sensitive) that are account databases
 _DB_CLASSES = frozenset({"credentials", "auth-config"})
 
@@ -375,8 +378,10 @@ class AccountStaging(BehaviorRule):
     severity = "medium"
     action = "alert"
 
-    def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None) -> None:
+    def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None,
+                 probes: Probes | None = None) -> None:
         super().__init__(settings, limits)
+        self.probes = probes or Probes()
         self._redirect = self.state()      # ProcKey -> the path a shell opened to write
         self._stdout_path = self.state()   # ProcKey -> the file its fd 1 is (redirect seen)
         self._pipe_src = self.state()      # "pipe:[n]" -> (sources, reader key, tool)
@@ -414,12 +419,21 @@ class AccountStaging(BehaviorRule):
                 got = self._stdout_path.get(pkey, now) or self._redirect.get(pkey, now)
         return str(got) if got else "a regular file (stdout)"
 
-    def _sources(self, cp: Copy, cwd: str) -> list[tuple[str, str]]:
+    def _sources(self, cp: Copy, cwd: str, pid: int = 0) -> list[tuple[str, str]]:
         out = []
         root = _resolve(cp.base_dir, cwd) if cp.base_dir else cwd
         for s in cp.sources:
             path = _resolve(s, root)
             sev = db_severity(path)
+            if sev is None and pid and self.probes.resolve is not None and \
+                    under(path, _LINK_DIRS):
+                # a symlink where anyone may make one, to a database: as the process sees
+                # it (lstat/readlink through its root; the kernel's open decides the
+                # sensitive ones even when the process is gone, see _file)
+                real = self.probes.resolve(pid, path)
+                if real is not None and real != path:
+                    sev = db_severity(real)
+                    path = real
             if sev is not None:
                 out.append((path, sev))
         return out
@@ -464,7 +478,7 @@ class AccountStaging(BehaviorRule):
         if cp is None:
             return []
         tool = base(ev.proc.exe)
-        srcs = self._sources(cp, ev.cwd)
+        srcs = self._sources(cp, ev.cwd, ev.proc.pid)
         hits: list[Hit] = []
         if srcs:
             if self._trusted(ev, ctx):
