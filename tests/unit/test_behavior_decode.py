@@ -115,6 +115,8 @@ def new(found: list[Finding]) -> list[tuple[str, int | None, str]]:
     ("/usr/bin/perl", ["perl", "-d", "-e", "A"], "A", "-e"),
     ("/usr/bin/perl", ["perl", "-Dt", "-e", "A"], "A", "-e"),
     ("/usr/bin/perl", ["perl", "-F:", "-lane", "A"], "A", "-lane"),
+    ("/usr/bin/perl", ["perl", "-CSDe", "A"], "A", "-CSDe"),
+    ("/usr/bin/perl", ["perl", "-C7", "-e", "A"], "A", "-e"),
     ("/usr/bin/ruby", ["ruby", "-U", "-e", "A"], "A", "-e"),
     ("/usr/bin/ruby", ["ruby", "-x", "-e", "A"], "A", "-e"),
     ("/usr/bin/ruby", ["ruby", "-T1", "-e", "A"], "A", "-e"),

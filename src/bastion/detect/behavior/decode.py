@@ -61,6 +61,8 @@ from bastion.events import Event, ExecEvent, ExitEvent, FileEvent
 _PY_VALUED, _PY_CODE = frozenset("WXQ"), frozenset("c")
 _PERL_VALUED, _PERL_CODE = frozenset("MmI"), frozenset("eE")
 _PERL_OPTIONAL = frozenset("idDxFV")
+# ``-C[number/list]``: digits or the letters of perlrun's -C list, then more flags (``-CSDe``)
+_PERL_RUNS = {"C": frozenset("0123456789IOESioDAaL")}
 _RUBY_VALUED, _RUBY_CODE = frozenset("IrCXE"), frozenset("e")
 _RUBY_OPTIONAL = frozenset("xTiWF")
 _RUBY_ONE_CHAR = frozenset("K")                 # ``-Ku``: one letter, then more flags
@@ -110,8 +112,8 @@ def inline_code(exe: str, argv: tuple[str, ...] | list[str]) -> tuple[str, str] 
         return _short_code(words, _PY_VALUED, _PY_CODE, stop=frozenset("m"),
                            long_valued=frozenset({"--check-hash-based-pycs"}))
     if fam == "perl":
-        return _short_code(words, _PERL_VALUED, _PERL_CODE, repeat=True, digits=frozenset("l0C"),
-                           optional=_PERL_OPTIONAL)
+        return _short_code(words, _PERL_VALUED, _PERL_CODE, repeat=True, digits=frozenset("l0"),
+                           optional=_PERL_OPTIONAL, runs=_PERL_RUNS)
     if fam == "ruby":
         return _short_code(words, _RUBY_VALUED, _RUBY_CODE, repeat=True, digits=frozenset("0"),
                            optional=_RUBY_OPTIONAL, one_char=_RUBY_ONE_CHAR)
@@ -129,6 +131,7 @@ def _short_code(words: list[str], valued: frozenset[str], code_opts: frozenset[s
                 digits: frozenset[str] = frozenset(), long_code: frozenset[str] = frozenset(),
                 long_valued: frozenset[str] = frozenset(),
                 optional: frozenset[str] = frozenset(), one_char: frozenset[str] = frozenset(),
+                runs: dict[str, frozenset[str]] | None = None,
                 attached: bool = True) -> tuple[str, str] | None:
     codes: list[str] = []
     opt = ""
@@ -172,7 +175,11 @@ def _short_code(words: list[str], valued: frozenset[str], code_opts: frozenset[s
                 break                               # the rest of the cluster is the value
             if ch in optional:
                 break                               # its value, if any, is the rest of the word
-            if ch in one_char:
+            if runs is not None and ch in runs:
+                allowed = runs[ch]
+                while k < len(w) and w[k] in allowed:
+                    k += 1
+            elif ch in one_char:
                 k += 1
             elif ch in digits:
                 k = _digits(w, k)
