@@ -107,6 +107,26 @@ def new(found: list[Finding]) -> list[tuple[str, int | None, str]]:
     ("/usr/bin/node", ["node", "--eval=A"], "A", "--eval"),
     ("/usr/bin/node", ["node", "-r", "m", "-pe", "A"], "A", "-pe"),
     ("/usr/bin/php8.2", ["php", "-d", "x=1", "-r", "A"], "A", "-r"),
+    # s16-fixdet: values that are optional and only attached, flags that take none
+    ("/usr/bin/perl", ["perl", "-pi", "-e", "A"], "A", "-e"),
+    ("/usr/bin/perl", ["perl", "-i", "-e", "A"], "A", "-e"),
+    ("/usr/bin/perl", ["perl", "-i.bak", "-pe", "A"], "A", "-pe"),
+    ("/usr/bin/perl", ["perl", "-x", "-e", "A"], "A", "-e"),
+    ("/usr/bin/perl", ["perl", "-d", "-e", "A"], "A", "-e"),
+    ("/usr/bin/perl", ["perl", "-Dt", "-e", "A"], "A", "-e"),
+    ("/usr/bin/perl", ["perl", "-F:", "-lane", "A"], "A", "-lane"),
+    ("/usr/bin/perl", ["perl", "-CSDe", "A"], "A", "-CSDe"),
+    ("/usr/bin/perl", ["perl", "-C7", "-e", "A"], "A", "-e"),
+    ("/usr/bin/ruby", ["ruby", "-U", "-e", "A"], "A", "-e"),
+    ("/usr/bin/ruby", ["ruby", "-x", "-e", "A"], "A", "-e"),
+    ("/usr/bin/ruby", ["ruby", "-T1", "-e", "A"], "A", "-e"),
+    ("/usr/bin/ruby", ["ruby", "-W:no-deprecated", "-e", "A"], "A", "-e"),
+    ("/usr/bin/ruby", ["ruby", "-Kue", "A"], "A", "-Kue"),
+    ("/usr/bin/ruby", ["ruby", "-C", "/tmp", "-e", "A"], "A", "-e"),
+    ("/usr/bin/node", ["node", "-C", "x", "-e", "A"], "A", "-e"),
+    ("/usr/bin/node", ["node", "--experimental-loader", "x", "-e", "A"], "A", "-e"),
+    ("/usr/bin/node", ["node", "--import", "x", "--eval", "A"], "A", "--eval"),
+    ("/usr/bin/node", ["node", "--env-file-if-exists", "x", "-p", "A"], "A", "-p"),
 ])
 def test_inline_code_is_read_by_the_interpreters_option_table(
         exe: str, argv: list[str], code: str, opt: str) -> None:
@@ -119,6 +139,9 @@ def test_inline_code_is_read_by_the_interpreters_option_table(
     ("/usr/bin/python3", ["python3", "-W", "-c", "x.py"]),       # -W's value is "-c"
     ("/usr/bin/perl", ["perl", "-I", "-e", "x.pl"]),             # -I's value is "-e"
     ("/usr/bin/perl", ["perl", "run.pl", "-e", "X"]),
+    ("/usr/bin/perl", ["perl", "-ie", "x.pl"]),                 # -i's suffix is "e"
+    ("/usr/bin/ruby", ["ruby", "-xe", "x.rb"]),                 # -x's directory is "e"
+    ("/usr/bin/node", ["node", "--title", "-e", "x.js"]),       # --title's value is "-e"
     ("/usr/bin/dash", ["sh", "-c", "X"]),
 ])
 def test_no_inline_code(exe: str, argv: list[str]) -> None:

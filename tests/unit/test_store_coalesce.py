@@ -311,3 +311,20 @@ def test_give_up_takes_the_newest_rows_not_pinned_and_forgets_their_ids() -> Non
     assert gone2 == [] and list(rest2) == [high]
     c = _cut(b, 9)
     assert list(c) == evs[:9] and c.pinned == frozenset() and c.apart == {id(medium)}
+
+
+@pytest.mark.parametrize("bad", [["chmod"], {"t": 1}, 7, None])
+def test_a_row_with_a_bad_type_is_a_clear_value_error(bad: object) -> None:
+    """s16-fixdet (review 14): a row whose type is unhashable (a list) or not a str is a
+    ValueError naming the row (the writer answers the batch ``malformed`` with it), never
+    a TypeError from the type cache's look-up."""
+    import marshal
+    actors, rows = marshal.loads(pack([_chmod(0), _chmod(1, path="/tmp/g")]))
+    assert len(rows) == 2
+    r, first, n, last, _ = rows[1]
+    payload = marshal.dumps((actors, [rows[0], (r, first, n, last, bad)]))
+    maker = RowMaker()
+    with pytest.raises(ValueError, match=r"row 1 of the frame: type .* not a str"):
+        maker.rows(payload)
+    # the maker is not left broken: the next good frame still converts
+    assert maker.rows(pack([_chmod(2)]))[1] == 1

@@ -57,7 +57,7 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
-from typing import IO, Any, Final, NamedTuple
+from typing import IO, Any, Final, NamedTuple, TypedDict
 
 from bastion.containers import Container
 from bastion.eventwriter import EventWriter
@@ -350,6 +350,16 @@ def _encoders() -> dict[int, _Encoder]:
     return out
 
 
+class LostKind(TypedDict):
+    """Evicted rows of one actor and event type (:meth:`EventStoreProcess.take_evictions`)."""
+
+    pid: int
+    comm: str
+    exe: str
+    type: str
+    rows: int
+
+
 class RowMaker:
     """The store rows of a payload straight from its packed tuples: no event objects, the
     actor's JSON part made once per batch, each value encoded by the JSON encoder's own C
@@ -369,10 +379,12 @@ class RowMaker:
         head = self._secs[secs] = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(secs))
         return head
 
-    def _type(self, etype: Any) -> tuple[str, str]:
-        """(``{"type":…,"time":"``, the type column) of a row's type; ValueError: not a str."""
-        if type(etype) is not str:
-            raise ValueError(f"a row with type {etype!r}")
+    def _type(self, etype: object, where: int = -1) -> tuple[str, str]:
+        """(``{"type":…,"time":"``, the type column) of a row's type; ValueError naming the
+        row (``where``: its index in the frame) when it is not a str."""
+        if not isinstance(etype, str) or etype.__class__ is not str:
+            raise ValueError(f"row {where} of the frame: type {etype!r} "
+                             f"({etype.__class__.__name__}, not a str)")
         if len(self._types) > 256:
             self._types.clear()
         from bastion.store.db import _text
@@ -407,14 +419,15 @@ class RowMaker:
         out: list[tuple[Any, ...]] = []
         add = out.append
         events = 0
-        for r, first, n, last, etype in packed:
+        for at, (r, first, n, last, etype) in enumerate(packed):
             secs, sub = divmod(first, 1_000_000_000)
             sec = secs_of.get(secs)
             if sec is None:
                 sec = self._second(secs)
-            ty = types.get(etype)
+            # the check first: an unhashable type (a list) would raise TypeError in get()
+            ty = types.get(etype) if etype.__class__ is str else None
             if ty is None:
-                ty = self._type(etype)
+                ty = self._type(etype, at)
             pid, exe, frag = parts[r[1]]
             if n == 1 and n.__class__ is int:
                 add((first // 1000 / 1e6, ty[1], pid, exe,
@@ -972,6 +985,7 @@ class EventStoreProcess:
                     self.not_kept_by.get(finding_class, 0) + len(events) - kept
         return kept, evicted
 
+<<<<<<< HEAD
     def _actor_bucket(self, finding_class: str, exe: str, now: float) -> _Bucket:
         """The refilled budget of (``finding_class``, ``exe``) (under ``_evict_lock``).
         Bounded: past ``ACTOR_BUCKETS`` the full ones are dropped, then all (a new one
@@ -993,11 +1007,14 @@ class EventStoreProcess:
         return b
 
     def take_evictions(self) -> tuple[dict[str, int], list[dict[str, Any]], int]:
+=======
+    def take_evictions(self) -> tuple[dict[str, int], list[LostKind], int]:
+>>>>>>> s16-fixdet
         """What :meth:`keep` evicted since the last call: (rows by finding class, the rows
         lost by actor and type, most first, rows beyond those kinds); reset."""
         with self._evict_lock:
             by, self.evicted_by = self.evicted_by, {}
-            lost = [{"pid": k[0], "comm": k[1], "exe": k[2], "type": k[3], "rows": n}
+            lost = [LostKind(pid=k[0], comm=k[1], exe=k[2], type=k[3], rows=n)
                     for k, n in self._lost.most_common()]
             more, self._lost_more = self._lost_more, 0
             self._lost = collections.Counter()

@@ -316,10 +316,15 @@ PACKAGE_MANAGERS = frozenset({"dpkg", "apt", "apt-get", "aptitude", "rpm", "dnf"
 PY_INSTALLERS = frozenset({"pip", "pipx"})
 
 
+@functools.lru_cache(maxsize=4096)
 def base(path: str) -> str:
+    """The last component of ``path`` (cached: a few thousand executables' paths repeat
+    on every exec, and each rule asks; s16-fixdet measured ~1.3 µs of the decode rules'
+    9 µs per event in basename)."""
     return os.path.basename(path.rstrip("/")) if path else ""
 
 
+@functools.lru_cache(maxsize=1024)
 def norm_interp(name: str) -> str:
     """python3.11 -> python3; perl5.36 -> perl."""
     for pfx in ("python3", "python2", "python", "perl", "ruby", "php", "node", "lua"):

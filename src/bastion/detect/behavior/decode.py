@@ -55,13 +55,43 @@ from bastion.events import Event, ExecEvent, ExitEvent, FileEvent
 # ---- the inline code of an interpreter, read by its own options ---------------------------
 
 # per interpreter family: short options taking a value (attached or the next word), the
-# ones whose value is inline code, and long options (code / valued)
+# ones whose value is inline code, options whose value is optional and only ever attached
+# (the rest of the cluster: ``perl -pi.bak -e``, ``perl -ie`` is -i with suffix "e"), and
+# long options (code / valued)
 _PY_VALUED, _PY_CODE = frozenset("WXQ"), frozenset("c")
-_PERL_VALUED, _PERL_CODE = frozenset("MmIdDxiF"), frozenset("eE")
-_RUBY_VALUED, _RUBY_CODE = frozenset("IrCEFKTxU"), frozenset("e")
+_PERL_VALUED, _PERL_CODE = frozenset("MmI"), frozenset("eE")
+_PERL_OPTIONAL = frozenset("idDxFV")
+# ``-C[number/list]``: digits or the letters of perlrun's -C list, then more flags (``-CSDe``)
+_PERL_RUNS = {"C": frozenset("0123456789IOESioDAaL")}
+_RUBY_VALUED, _RUBY_CODE = frozenset("IrCXE"), frozenset("e")
+_RUBY_OPTIONAL = frozenset("xTiWF")
+_RUBY_ONE_CHAR = frozenset("K")                 # ``-Ku``: one letter, then more flags
 _NODE_CODE_LONG = frozenset({"--eval", "--print"})
-_NODE_VALUED_LONG = frozenset({"--require", "--import", "--loader", "--input-type", "--title",
-                               "--env-file", "--conditions"})
+# node's options that take a value (``--opt value`` or ``--opt=value``); node refuses
+# unknown options, so a word after one of these is its value whatever it looks like
+_NODE_VALUED_LONG = frozenset({
+    "--require", "--import", "--loader", "--experimental-loader", "--input-type", "--title",
+    "--env-file", "--env-file-if-exists", "--conditions", "--inspect-port", "--debug-port",
+    "--icu-data-dir", "--openssl-config", "--redirect-warnings", "--report-dir",
+    "--report-directory", "--report-filename", "--report-signal", "--secure-heap",
+    "--secure-heap-min", "--diagnostic-dir", "--dns-result-order", "--experimental-policy",
+    "--policy-integrity", "--heapsnapshot-signal", "--heapsnapshot-near-heap-limit",
+    "--tls-cipher-list", "--tls-keylog", "--tls-min-v1.0", "--unhandled-rejections",
+    "--use-largepages", "--max-http-header-size", "--watch-path", "--test-reporter",
+    "--test-reporter-destination", "--test-name-pattern", "--test-skip-pattern",
+    "--test-concurrency", "--test-shard", "--test-timeout", "--cpu-prof-dir",
+    "--cpu-prof-name", "--cpu-prof-interval", "--heap-prof-dir", "--heap-prof-name",
+    "--heap-prof-interval", "--experimental-config-file", "--localstorage-file",
+    "--disable-warning", "--allow-fs-read", "--allow-fs-write", "--experimental-sea-config",
+    "--snapshot-blob", "--build-snapshot-config", "--run", "--experimental-default-type",
+    "--trace-event-categories", "--trace-event-file-pattern", "--inspect-publish-uid",
+    "--experimental-specifier-resolution", "--es-module-specifier-resolution",
+    "--experimental-test-coverage-include", "--experimental-test-coverage-exclude",
+    "--test-coverage-include", "--test-coverage-exclude", "--test-coverage-branches",
+    "--test-coverage-functions", "--test-coverage-lines", "--stack-size",
+    "--max-old-space-size", "--max-semi-space-size", "--network-family-autoselection-attempt-timeout",
+    "--watch-kill-signal", "--experimental-loader-hooks"})
+_NODE_VALUED_SHORT = frozenset("rC")            # -r/--require, -C/--conditions
 _PHP_VALUED, _PHP_CODE = frozenset("cdz"), frozenset("rBRE")
 
 
@@ -82,14 +112,16 @@ def inline_code(exe: str, argv: tuple[str, ...] | list[str]) -> tuple[str, str] 
         return _short_code(words, _PY_VALUED, _PY_CODE, stop=frozenset("m"),
                            long_valued=frozenset({"--check-hash-based-pycs"}))
     if fam == "perl":
-        return _short_code(words, _PERL_VALUED, _PERL_CODE, repeat=True, digits=frozenset("l0C"))
+        return _short_code(words, _PERL_VALUED, _PERL_CODE, repeat=True, digits=frozenset("l0"),
+                           optional=_PERL_OPTIONAL, runs=_PERL_RUNS)
     if fam == "ruby":
-        return _short_code(words, _RUBY_VALUED, _RUBY_CODE, repeat=True, digits=frozenset("0"))
+        return _short_code(words, _RUBY_VALUED, _RUBY_CODE, repeat=True, digits=frozenset("0"),
+                           optional=_RUBY_OPTIONAL, one_char=_RUBY_ONE_CHAR)
     if fam == "php":
         return _short_code(words, _PHP_VALUED, _PHP_CODE, long_code=frozenset({"--run"}))
     if fam == "node":
         # node takes no attached values: ``-pe CODE`` is -p and -e, the code the next word
-        return _short_code(words, frozenset("r"), frozenset("ep"), long_code=_NODE_CODE_LONG,
+        return _short_code(words, _NODE_VALUED_SHORT, frozenset("ep"), long_code=_NODE_CODE_LONG,
                            long_valued=_NODE_VALUED_LONG, attached=False)
     return None
 
@@ -98,6 +130,8 @@ def _short_code(words: list[str], valued: frozenset[str], code_opts: frozenset[s
                 stop: frozenset[str] = frozenset(), repeat: bool = False,
                 digits: frozenset[str] = frozenset(), long_code: frozenset[str] = frozenset(),
                 long_valued: frozenset[str] = frozenset(),
+                optional: frozenset[str] = frozenset(), one_char: frozenset[str] = frozenset(),
+                runs: dict[str, frozenset[str]] | None = None,
                 attached: bool = True) -> tuple[str, str] | None:
     codes: list[str] = []
     opt = ""
@@ -139,7 +173,15 @@ def _short_code(words: list[str], valued: frozenset[str], code_opts: frozenset[s
                 if k >= len(w):
                     i += 1                          # the value is the next word
                 break                               # the rest of the cluster is the value
-            if ch in digits:
+            if ch in optional:
+                break                               # its value, if any, is the rest of the word
+            if runs is not None and ch in runs:
+                allowed = runs[ch]
+                while k < len(w) and w[k] in allowed:
+                    k += 1
+            elif ch in one_char:
+                k += 1
+            elif ch in digits:
                 k = _digits(w, k)
         if codes and not repeat:
             break
@@ -222,9 +264,10 @@ class PipeBook:
     """The exec'd writers of pipes (by the kernel's stdout inode), the readers (by stdin)
     and the stdin every shell exec'd with; bounded, kept per rule."""
 
-    def __init__(self, state: Callable[[], BoundedState[object, object]]) -> None:
-        self.writers: BoundedState[str, _Writer] = state()      # type: ignore[assignment]
-        self.shells: BoundedState[ProcKey, _Shell] = state()    # type: ignore[assignment]
+    def __init__(self, writers: BoundedState[str, _Writer],
+                 shells: BoundedState[ProcKey, _Shell]) -> None:
+        self.writers = writers
+        self.shells = shells
 
     def note(self, ev: ExecEvent) -> None:
         now = ev.time_ns
@@ -341,7 +384,7 @@ class _DecodeRule(BehaviorRule):
                  probes: Probes | None = None) -> None:
         super().__init__(settings, limits)
         self.probes = probes or Probes()
-        self.book = PipeBook(self.state)
+        self.book = PipeBook(self.state(), self.state())
         self._pending: BoundedState[ProcKey, _Pending] = self.state()
         self._by_stdout: BoundedState[str, ProcKey] = self.state()
         self._readers: BoundedState[str, tuple[int, str, tuple[str, ...], bool]] = self.state()

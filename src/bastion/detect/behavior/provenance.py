@@ -50,6 +50,8 @@ TMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/shm")
 # or a build product from /tmp by hand): alerted, not stopped.  Network,
 # fileless, service and decoded-payload reasons are stopped in any session.
 LOCAL_REASONS = frozenset({"tmp-script", "tmp-binary"})
+# how many ancestors :meth:`Provenance.reasons` inherits reasons from (besides the actor)
+REASON_DEPTH = 16
 LOGIN_LINEAGE = frozenset({"sshd", "sshd-session", "login", "su", "sudo", "gdm-session-worker",
                            "lightdm", "tmux", "screen"})
 O_ACCMODE, O_CREAT, O_TRUNC = 0o3, 0o100, 0o1000
@@ -111,7 +113,7 @@ class Provenance(BehaviorRule):
         if fresh and self.publish is not None:
             self.publish(key, reason)
 
-    def reasons(self, ev: Event, ctx: RuleContext, depth: int = 16) -> tuple[dict[str, str], ProcKey | None]:
+    def reasons(self, ev: Event, ctx: RuleContext, depth: int = REASON_DEPTH) -> tuple[dict[str, str], ProcKey | None]:
         """The untrusted-provenance reasons of ``ev``'s actor (own and inherited), and the
         process that gained them first (the tree to stop); ({}, None) when it has none."""
         now = ev.time_ns

@@ -35,12 +35,13 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
+from bastion.abi import kernel_dev
 from bastion.detect.behavior.base import (
     NS, PACKAGE_MANAGERS, SHELLS, SYSTEM_DIRS, BehaviorRule, Hit, RuleSettings, SequenceRule,
     SingleEvent, Step, ThresholdRule, actor_names, base, glob_any, is_interpreter,
     is_loopback, is_public_peer, is_shell, norm_interp, package_installer, trusted_as, under,
 )
-from bastion.detect.behavior.provenance import LOCAL_REASONS, block, script_of
+from bastion.detect.behavior.provenance import LOCAL_REASONS, REASON_DEPTH, block, script_of
 from bastion.detect.behavior.xmem import ExecMemory
 from bastion.detect.behavior.shellargs import parse_shell_argv
 from bastion.detect.behavior.trust import ExeTrust
@@ -75,6 +76,10 @@ class Probes:
     root_of: Callable[[int], str | None] | None = None
     # is ``path``, as process ``pid`` sees it, an executable ELF file (None: cannot tell)
     elf_exec: Callable[[int, str], bool | None] | None = None
+    # the (kernel dev, inode) of ``path`` as process ``pid`` sees it, by lstat (None: gone)
+    file_ident: Callable[[int, str], tuple[int, int] | None] | None = None
+    # ``path`` with its symlinks resolved as process ``pid`` sees it (None: cannot tell)
+    resolve: Callable[[int, str], str | None] | None = None
 
 
 def proc_root(pid: int) -> str | None:
@@ -256,10 +261,64 @@ def elf_exec(pid: int, path: str) -> bool | None:
         os.close(fd)
 
 
+def file_ident(pid: int, path: str) -> tuple[int, int] | None:
+    """The (kernel-encoded dev, inode) of ``path`` seen through ``pid``'s root, by lstat
+    (nothing opened); None when gone."""
+    root = proc_root(pid)
+    if root is None or not path.startswith("/"):
+        return None
+    try:
+        st = os.lstat(os.path.join(root, path.lstrip("/")))
+    except OSError:
+        return None
+    return kernel_dev(st.st_dev), st.st_ino
+
+
+def resolve_in(pid: int, path: str, max_links: int = 40) -> str | None:
+    """``path`` (absolute, normalised) with every symlink resolved inside ``pid``'s root,
+    component by component with ``lstat``/``readlink`` only (nothing opened, an absolute
+    link target read against that root, not the agent's).  None: a component is missing,
+    the process is gone, or more than ``max_links`` links."""
+    root = proc_root(pid)
+    if root is None or not path.startswith("/"):
+        return None
+    todo = [c for c in path.split("/") if c]
+    todo.reverse()
+    parts: list[str] = []
+    links = 0
+    while todo:
+        comp = todo.pop()
+        if comp == ".":
+            continue
+        if comp == "..":
+            if parts:
+                parts.pop()
+            continue
+        cur = "/" + "/".join([*parts, comp])
+        try:
+            st = os.lstat(root + cur)
+            if not stat.S_ISLNK(st.st_mode):
+                parts.append(comp)
+                continue
+            target = os.readlink(root + cur)
+        except OSError:
+            return None
+        links += 1
+        if links > max_links:
+            return None
+        if target.startswith("/"):
+            parts = []
+        more = [c for c in target.split("/") if c]
+        more.reverse()
+        todo.extend(more)
+    return "/" + "/".join(parts)
+
+
 def live_probes() -> Probes:
     ep = EntropyProbe()
     return Probes(stdio=read_stdio, entropy=ep, entropy_many=ep.many, stalled=ep.stalled,
-                  root_of=proc_root, elf_exec=elf_exec)
+                  root_of=proc_root, elf_exec=elf_exec, file_ident=file_ident,
+                  resolve=resolve_in)
 
 
 def write_intent(ev: FileEvent) -> bool:
@@ -2363,19 +2422,20 @@ class DiscoveryBurst(BehaviorRule):
             return []
         reasons = {r: d for r, d in self.untrusted(ev, ctx)[0].items() if r not in LOCAL_REASONS}
         need = self.count
-        top: ProcEntry | None
+        top: ProcEntry | None = None
         if reasons and self.prov is not None:
             # the tree: the highest ancestor that carries such a reason itself (a
-            # service's system() calls are many scripts of one service)
-            top = None
-            for e in ctx.procs.ancestry(ev.proc.pid, 16):
+            # service's system() calls are many scripts of one service); the same levels
+            # as Provenance.reasons walks (itself and REASON_DEPTH ancestors)
+            for e in ctx.procs.ancestry(ev.proc.pid, REASON_DEPTH + 1):
                 own = self.prov.reasons_of((e.pid, e.start_ns), ev.time_ns)
                 if any(r not in LOCAL_REASONS for r in own):
                     top = e
-            if top is None:
-                return []
-            need = self.untrusted_count
-        else:
+            if top is not None:
+                need = self.untrusted_count
+        if top is None:
+            # no untrusted tree found (or a reason the walk did not reach): the script's
+            # own count, never nothing
             top = self.script_of_tree(ev, ctx)
             if top is None:
                 return []
@@ -2469,12 +2529,23 @@ class BinaryPadding(BehaviorRule):
             got = self.probes.elf_exec(ev.proc.pid, path)
             if got is None:
                 # the writer exited before the look-up (``truncate -s +1``, its ``sh -c``
-                # too): the file as its nearest live ancestor's root shows it (s16-stage)
+                # too): the file as its nearest live ancestor's root shows it (s16-stage),
+                # only when that root shows the very inode the kernel reported written: an
+                # ancestor in another mount namespace (a container's shim) shows another
+                # file by that name, and the walk stops there (s16-fixdet)
                 chain = ctx.procs.ancestry(ev.proc.pid, 5)[1:] or \
                     ([p] if (p := ctx.procs.get(ev.proc.ppid)) is not None else [])
+                ident = self.probes.file_ident
+                if ident is None or not ev.ino:
+                    chain = []                      # no way to tell which file: ask none
                 for anc in chain:
-                    if anc.pid <= 1:
+                    if anc.pid <= 1 or ident is None:
                         break
+                    seen = ident(anc.pid, path)
+                    if seen is None:
+                        continue                    # gone: the next ancestor
+                    if seen != (ev.dev, ev.ino):
+                        break                       # another file: another namespace
                     got = self.probes.elf_exec(anc.pid, path)
                     if got is not None:
                         break

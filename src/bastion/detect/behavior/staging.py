@@ -40,9 +40,10 @@ from bastion.detect.behavior.base import (
     PACKAGE_MANAGERS, BehaviorRule, Hit, RuleSettings, base, glob_any, is_shell, under,
 )
 from bastion.detect.behavior.rules import (
-    CRED_STORES, CRED_TOOLS, SECRET_SEVERITY, SECRET_TOOLS, write_intent,
+    CRED_STORES, CRED_TOOLS, SECRET_SEVERITY, SECRET_TOOLS, Probes, write_intent,
 )
 from bastion.detect.behavior.state import Limits, ProcKey, proc_key
+from bastion.detect.behavior.svcctl import _Refused, _resolve_long
 from bastion.detect.engine import RuleContext
 from bastion.events import Event, ExecEvent, ExitEvent, FileEvent
 
@@ -89,6 +90,9 @@ class Opts:
     short: str = ""
     long: frozenset[str] = frozenset()
     numeric: bool = False      # ``head -5``: a digit cluster is a count, not options
+    # the tool's long options taking no separate value; given, long options are read as
+    # getopt_long does: any unambiguous prefix (``cp --target=/tmp`` is --target-directory)
+    flags: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -110,6 +114,8 @@ def parse(argv: tuple[str, ...] | list[str], table: Opts) -> Parsed:
             break
         if w.startswith("--") and len(w) > 2:
             name, eq, val = w.partition("=")
+            if table.flags:
+                name = _resolve_long(name, table.long | table.flags, table.long)
             if eq:
                 opts.append((name, val))
             elif name in table.long and i < len(words):
@@ -205,7 +211,15 @@ _FILTERS = frozenset({*_READERS, *_SCRIPTED, *_COMPRESSORS, "tee", "tr", "xxd", 
 
 
 def copy_of(ev: ExecEvent) -> Copy | None:
-    """What ``ev``'s tool copies (sources and destination), by its option table."""
+    """What ``ev``'s tool copies (sources and destination), by its option table; None
+    when it copies nothing (or refuses its command line: an ambiguous long option)."""
+    try:
+        return _copy_of(ev)
+    except _Refused:
+        return None
+
+
+def _copy_of(ev: ExecEvent) -> Copy | None:
     tool = base(ev.proc.exe)
     argv = ev.argv
     if tool == "busybox" and len(argv) > 1:
@@ -243,12 +257,16 @@ def copy_of(ev: ExecEvent) -> Copy | None:
         src = kv.get("if")
         return Copy((src,) if src else (), kv.get("of"), stdin=src is None)
     if tool == "tee":
-        p = parse(argv, Opts("", frozenset({"--output-error"})))
+        # --output-error[=MODE]: an optional value, only attached
+        p = parse(argv, Opts("", frozenset(), flags=frozenset({
+            "--append", "--ignore-interrupts", "--output-error", "--help", "--version"})))
         return Copy((), p.operands[0] if p.operands else None, stdin=True)
     if tool in ("cp", "install"):
-        table = Opts("St", frozenset({"--target-directory", "--suffix"})) if tool == "cp" else \
+        table = Opts("St", frozenset({"--target-directory", "--suffix", "--no-preserve",
+                                      "--sparse"}), flags=_CP_FLAGS) if tool == "cp" else \
             Opts("gmoSt", frozenset({"--group", "--mode", "--owner", "--suffix",
-                                     "--target-directory", "--strip-program"}))
+                                     "--target-directory", "--strip-program"}),
+                 flags=_INSTALL_FLAGS)
         p = parse(argv, table)
         if tool == "install" and _has(p, "-d", "--directory"):
             return None
@@ -281,6 +299,21 @@ def copy_of(ev: ExecEvent) -> Copy | None:
         return Copy(tuple(p.operands[1:]), p.operands[0])
     return None
 
+
+# long options of GNU cp/install taking no separate value (the optional-valued ones,
+# ``--backup[=C]``, ``--preserve[=L]``, ``--reflink[=W]``, ``--update[=U]``, ``--context[=C]``,
+# take it attached only)
+_CP_FLAGS = frozenset({
+    "--archive", "--attributes-only", "--backup", "--copy-contents", "--debug",
+    "--dereference", "--force", "--interactive", "--link", "--no-clobber",
+    "--no-dereference", "--no-target-directory", "--one-file-system", "--parents", "--path",
+    "--preserve", "--recursive", "--reflink", "--remove-destination",
+    "--strip-trailing-slashes", "--symbolic-link", "--update", "--verbose", "--context",
+    "--keep-directory-symlink", "--help", "--version"})
+_INSTALL_FLAGS = frozenset({
+    "--backup", "--compare", "--directory", "--preserve-timestamps", "--strip",
+    "--no-target-directory", "--verbose", "--preserve-context", "--debug", "--context",
+    "--help", "--version"})
 
 _TAR_VALUED = "fCTXbKNLgVHI"
 _TAR_LONG = frozenset({"--file", "--directory", "--files-from", "--exclude-from",
@@ -329,6 +362,11 @@ class _Staged:
 
 
 _SEV = {"medium": 2, "high": 3}
+# where an unprivileged user can plant a symlink (a source operand there is resolved)
+_LINK_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/home", "/run/user", "/var/lib/php/sessions",
+              "/var/www", "/srv")
+# sensitive-read classes (by inode, sensors.sensitive) that are account databases
+_DB_CLASSES = frozenset({"credentials", "auth-config"})
 
 
 class AccountStaging(BehaviorRule):
@@ -340,14 +378,19 @@ class AccountStaging(BehaviorRule):
     severity = "medium"
     action = "alert"
 
-    def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None) -> None:
+    def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None,
+                 probes: Probes | None = None) -> None:
         super().__init__(settings, limits)
+        self.probes = probes or Probes()
         self._redirect = self.state()      # ProcKey -> the path a shell opened to write
         self._stdout_path = self.state()   # ProcKey -> the file its fd 1 is (redirect seen)
         self._pipe_src = self.state()      # "pipe:[n]" -> (sources, reader key, tool)
         self._pipe_sink = self.state()     # "pipe:[n]" -> (dest, sink tool)
         self._pending = self.state()       # ProcKey -> _Staged awaiting the exit
         self._cred_fired = self.state()    # ProcKey -> True: credential_access raised high
+        # ProcKey -> _Staged with no source yet: a copy to a file whose operands name no
+        # account database; the kernel's open of one (by inode: a symlink to it) decides
+        self._unnamed = self.state()
 
     # -- helpers
 
@@ -376,12 +419,21 @@ class AccountStaging(BehaviorRule):
                 got = self._stdout_path.get(pkey, now) or self._redirect.get(pkey, now)
         return str(got) if got else "a regular file (stdout)"
 
-    def _sources(self, cp: Copy, cwd: str) -> list[tuple[str, str]]:
+    def _sources(self, cp: Copy, cwd: str, pid: int = 0) -> list[tuple[str, str]]:
         out = []
         root = _resolve(cp.base_dir, cwd) if cp.base_dir else cwd
         for s in cp.sources:
             path = _resolve(s, root)
             sev = db_severity(path)
+            if sev is None and pid and self.probes.resolve is not None and \
+                    under(path, _LINK_DIRS):
+                # a symlink where anyone may make one, to a database: as the process sees
+                # it (lstat/readlink through its root; the kernel's open decides the
+                # sensitive ones even when the process is gone, see _file)
+                real = self.probes.resolve(pid, path)
+                if real is not None and real != path:
+                    sev = db_severity(real)
+                    path = real
             if sev is not None:
                 out.append((path, sev))
         return out
@@ -426,7 +478,7 @@ class AccountStaging(BehaviorRule):
         if cp is None:
             return []
         tool = base(ev.proc.exe)
-        srcs = self._sources(cp, ev.cwd)
+        srcs = self._sources(cp, ev.cwd, ev.proc.pid)
         hits: list[Hit] = []
         if srcs:
             if self._trusted(ev, ctx):
@@ -443,6 +495,9 @@ class AccountStaging(BehaviorRule):
                                                 ev.proc.pid, list(ev.argv), await_exit), key, now)
                 else:
                     self._pipe_src.put(ev.stdout, now, (srcs, key, tool, await_exit))
+        elif cp.sources and (dest := self._dest_of(ev, cp, key, now, ctx)) is not None:
+            self._unnamed.put(key, now, _Staged([], dest, tool, ev.proc.pid, list(ev.argv),
+                                                True))
         elif cp.stdin and ev.stdin.startswith("pipe:") and tool in _FILTERS:
             dest = self._dest_of(ev, cp, key, now, ctx)
             if dest is None:
@@ -469,7 +524,23 @@ class AccountStaging(BehaviorRule):
             if is_shell(ev.proc.exe) and ev.path.startswith("/") and not ev.path.startswith("/dev/"):
                 self._redirect.put(key, now, ev.path)
             return []
-        if not ev.sensitive or SECRET_SEVERITY.get(ev.sensitive) != "high":
+        if not ev.sensitive:
+            return []
+        unnamed = self._unnamed.pop(key)
+        if unnamed is not None:
+            # a source operand that is no account database by name (a symlink, a bind
+            # mount) opened one: the kernel's path of the inode it read
+            sev = db_severity(os.path.normpath(ev.path)) if ev.path.startswith("/") else None
+            if sev is None and ev.sensitive in _DB_CLASSES:
+                sev = "high"
+            if sev is not None and not self._trusted(ev, ctx):
+                unnamed.sources = [(ev.path, sev)]
+                unnamed.await_exit = glob_any(ev.path, CRED_STORES) is not None or \
+                    ev.sensitive == "credentials"
+                hits = self._stage(unnamed, key, now)
+                if hits or not unnamed.await_exit:
+                    return hits
+        if SECRET_SEVERITY.get(ev.sensitive) != "high":
             return []
         if self._pending.get(key, now) is None:
             return []
