@@ -29,7 +29,7 @@ from typing import Final, Protocol
 from bastion.errors import AbiMismatchError, BastionError, DecodeError, Location
 
 ABI_MAJOR: Final = 2
-ABI_MINOR: Final = 7
+ABI_MINOR: Final = 8
 ABI_VERSION: Final = (ABI_MAJOR << 16) | ABI_MINOR
 
 COMM_LEN: Final = 16

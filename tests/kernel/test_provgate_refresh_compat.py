@@ -374,7 +374,7 @@ def test_only_a_successful_mount_change_in_the_host_namespace_is_reported() -> N
         if mounted:
             subprocess.run(["umount", str(root)], check=True)
         shutil.rmtree(root)
-<<<<<<< HEAD
+        shutil.rmtree(priv)
 
 
 def test_a_marked_tree_moved_away_is_unmarked_on_the_next_pass(env: Env) -> None:
@@ -488,6 +488,3 @@ def test_a_ssh_swapped_with_a_link_to_etc_in_a_loop_never_marks_etc(env: Env) ->
         if ssh.is_symlink():
             libc.renameat2(-100, bytes(ssh), -100, bytes(link), 2)
     assert swaps[0] > 100 and seen > 0, (swaps, seen)
-=======
-        shutil.rmtree(priv)
->>>>>>> s16-fixlog

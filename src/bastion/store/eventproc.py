@@ -985,7 +985,6 @@ class EventStoreProcess:
                     self.not_kept_by.get(finding_class, 0) + len(events) - kept
         return kept, evicted
 
-<<<<<<< HEAD
     def _actor_bucket(self, finding_class: str, exe: str, now: float) -> _Bucket:
         """The refilled budget of (``finding_class``, ``exe``) (under ``_evict_lock``).
         Bounded: past ``ACTOR_BUCKETS`` the full ones are dropped, then all (a new one
@@ -1006,10 +1005,7 @@ class EventStoreProcess:
         b.at = now
         return b
 
-    def take_evictions(self) -> tuple[dict[str, int], list[dict[str, Any]], int]:
-=======
     def take_evictions(self) -> tuple[dict[str, int], list[LostKind], int]:
->>>>>>> s16-fixdet
         """What :meth:`keep` evicted since the last call: (rows by finding class, the rows
         lost by actor and type, most first, rows beyond those kinds); reset."""
         with self._evict_lock:

@@ -476,7 +476,7 @@ class _DecodeRule(BehaviorRule):
                 self.on_child(pp, ev, ctx, False)
                 self._settle(pkey, pp, now, hits)
         if ev.stdin.startswith("pipe:"):
-            runs = reads_commands_from_stdin(ev) or _shell_reads_stdin(ev)
+            runs = reads_commands_from_stdin(ev) or _shell_reads_stdin(ev, self.trust)
             self._readers.put(ev.stdin, now, (ev.proc.pid, ev.proc.exe, ev.argv, runs))
             wkey = self._by_stdout.get(ev.stdin, now)
             wp = self._pending.get(wkey, now) if wkey is not None else None
@@ -721,7 +721,7 @@ class GeneratedShell(_DecodeRule):
     attack = ("T1059.004", "T1027")
 
     def start(self, ev: ExecEvent, ctx: RuleContext) -> _Pending | None:
-        if not ev.stdin.startswith("pipe:") or not _shell_reads_stdin(ev):
+        if not ev.stdin.startswith("pipe:") or not _shell_reads_stdin(ev, self.trust):
             return None
         if parse_shell_argv(base(ev.proc.exe), ev.argv).interactive:
             return None          # ``sh -i`` fed by a pipe: relayed_shell's business
