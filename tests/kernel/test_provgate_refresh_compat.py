@@ -344,6 +344,9 @@ def test_only_a_successful_mount_change_in_the_host_namespace_is_reported() -> N
         mounted = True
         with scoped_cgroup() as (cg, cgid):
             sensor = BpfSensor(cgroup_id=cgid)
+            # the namespace this test runs in is the "host" one (a CI job may run in a
+            # mount namespace of its own); the agent takes the initial one
+            sensor.host_mnt_ns = os.stat("/proc/self/ns/mnt").st_ino
             sensor.open()
             try:
                 procs, engine = ProcessTable(), Engine(behavior_rules())

@@ -311,10 +311,35 @@ HOOK_OPTIONAL_PROGRAMS: Final = frozenset({
 })
 
 
+def _kthreadd_mnt_ns() -> int | None:
+    """The initial mount namespace through kthreadd (pid 2 of the initial pid
+    namespace, a kernel thread: it never leaves ``init_nsproxy``), whose ``ns/mnt``
+    root may read where pid 1's is refused (a sandboxed root without ptrace rights
+    over pid 1).  None where pid 2 is not that kernel thread (a pid namespace of our
+    own) or cannot be read."""
+    try:
+        with open("/proc/2/stat", "rb") as fh:
+            stat = fh.read()
+        ino = os.stat("/proc/2/ns/mnt").st_ino
+        with open("/proc/2/stat", "rb") as fh:
+            again = fh.read()
+    except OSError:
+        return None
+    head, sep, rest = stat.rpartition(b") ")
+    fields = rest.split()
+    if not sep or not head.endswith(b"(kthreadd") or len(fields) < 7 or \
+            again.split(b") ")[-1].split()[19:20] != fields[19:20]:
+        return None                                # not kthreadd, or pid 2 was reused
+    pf_kthread = 0x00200000
+    return ino if int(fields[6]) & pf_kthread else None
+
+
 def _host_mnt_ns(obj: str) -> int:
     """The host's mount namespace (``/proc/1/ns/mnt``'s inode): mount_setattr and fspick
     are reported there only (s16-fixlog).  Where pid 1's is not ours to read (a
-    container without CAP_SYS_PTRACE): the agent's own, said in the log."""
+    sandboxed root without ptrace rights over pid 1): kthreadd's, the initial one;
+    where neither is (a container of its own pid namespace): the agent's own, said in
+    the log."""
     try:
         return os.stat("/proc/1/ns/mnt").st_ino
     except PermissionError:
@@ -322,6 +347,9 @@ def _host_mnt_ns(obj: str) -> int:
     except OSError as e:
         raise KernelError(f"/proc/1/ns/mnt: {e.strerror}", errno=e.errno or 0,
                           location=Location(obj)) from e
+    kthread = _kthreadd_mnt_ns()
+    if kthread is not None:
+        return kthread
     try:
         ino = os.stat("/proc/self/ns/mnt").st_ino
     except OSError as e:
