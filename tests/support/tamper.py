@@ -317,10 +317,17 @@ def py_proc_mem_variant(pid: int, tid: int, variant: str) -> str:
 def py_pidfd_getfd_flush(gpid: int, match: str = "fanotify") -> str:
     """Steal the guardian's fanotify fd (``match`` in its link; "" = every fd) with
     pidfd_getfd and flush its marks."""
+    # An fd the guardian closes between the listing and the readlink is skipped (the
+    # agent opens and closes files all the time; stop 22's CI failed on that race).
     return ("import ctypes, os\n"
             "libc = ctypes.CDLL(None, use_errno=True)\n"
+            "def link(f):\n"
+            "    try:\n"
+            f"        return os.readlink('/proc/{gpid}/fd/' + f)\n"
+            "    except FileNotFoundError:\n"
+            "        return None\n"
             f"fds = [int(f) for f in os.listdir('/proc/{gpid}/fd') "
-            f"if {match!r} in os.readlink('/proc/{gpid}/fd/' + f)]\n"
+            f"if (l := link(f)) is not None and {match!r} in l]\n"
             f"pfd = os.pidfd_open({gpid})\n"
             "for n in fds:\n"
             "    fd = libc.syscall(438, pfd, n, 0)\n"

@@ -55,6 +55,7 @@ from bastion.enforce.muststop import (
 from bastion.enforce.provgate import GATE_RULE
 from bastion.errors import BastionError, ConfigError, KernelError, Location
 from bastion.events import HipsEvent, decode
+from bastion.hostns import host_mnt_ns
 from bastion.kernel.btf import setattr_has_idmap
 from bastion.kernel.clock import deadline_ns
 from bastion.kernel.fanotify import DEFAULT_MAX_DIRS
@@ -226,7 +227,7 @@ class LsmProvenanceGate(LoaderUser):
         for c in cls:
             mask |= 1 << int(c)
         self._map("pgate_cfg").update(_U32.pack(0), bytes(abi.PgateCfg(
-            dry_run=mask, host_mnt_ns=host_mnt_ns())))
+            dry_run=mask, host_mnt_ns=host_mnt_ns(OBJECT))))
 
     def apply(self, objects: Sequence[GateObject],
               names: Sequence[tuple[str, str, Kind]] = ()) -> list[str]:
@@ -421,16 +422,6 @@ def _sync(m: Map | _Writer, cur: dict[bytes, bytes], new: dict[bytes, bytes]) ->
     for k in [k for k in cur if k not in new]:
         m.delete(k)
         del cur[k]
-
-
-def host_mnt_ns() -> int:
-    """The host's mount namespace (``/proc/1/ns/mnt``'s inode): the gate judges mounts
-    there only (a mount in a namespace of the caller's own shows nothing to the host)."""
-    try:
-        return os.stat("/proc/1/ns/mnt").st_ino
-    except OSError as e:
-        raise KernelError(f"/proc/1/ns/mnt: {e.strerror}", errno=e.errno or 0,
-                          location=Location(OBJECT)) from e
 
 
 def _above(out: dict[str, str], path: str, kind: str, *, include_self: bool) -> None:

@@ -32,6 +32,7 @@ from bastion import abi
 from bastion.abi import EVENT_CLASSES
 from bastion.errors import KernelError, Location
 from bastion.events import Event, RepeatDecoder
+from bastion.hostns import host_mnt_ns
 from bastion.kernel.btf import btf_loads as kernel_btf_loads
 from bastion.kernel.libbpf import Map
 from bastion.kernel.loader import LoadedObject, LoaderUser, ObjectSpec
@@ -166,7 +167,7 @@ class BpfSensor(LoaderUser):
                 "cfg_open_dedup_ns": self.open_dedup_ns,
                 "cfg_net_dedup_ns": self.net_dedup_ns,
                 "cfg_mmap_dedup_ns": self.mmap_dedup_ns,
-                "cfg_host_mnt_ns": self.host_mnt_ns or _host_mnt_ns(self.object_name),
+                "cfg_host_mnt_ns": self.host_mnt_ns or host_mnt_ns(self.object_name),
             },
             max_entries={"events": self.ring_bytes},
             optional=OPTIONAL_PROGRAMS,
@@ -309,55 +310,6 @@ HOOK_OPTIONAL_PROGRAMS: Final = frozenset({
     "on_memfd_create",   # fexit on the x86-64 syscall function: absent where BTF lacks it
     "on_mount_setattr", "on_fspick",   # fexit on the syscall functions (s16-gate)
 })
-
-
-def _kthreadd_mnt_ns() -> int | None:
-    """The initial mount namespace through kthreadd (pid 2 of the initial pid
-    namespace, a kernel thread: it never leaves ``init_nsproxy``), whose ``ns/mnt``
-    root may read where pid 1's is refused (a sandboxed root without ptrace rights
-    over pid 1).  None where pid 2 is not that kernel thread (a pid namespace of our
-    own) or cannot be read."""
-    try:
-        with open("/proc/2/stat", "rb") as fh:
-            stat = fh.read()
-        ino = os.stat("/proc/2/ns/mnt").st_ino
-        with open("/proc/2/stat", "rb") as fh:
-            again = fh.read()
-    except OSError:
-        return None
-    head, sep, rest = stat.rpartition(b") ")
-    fields = rest.split()
-    if not sep or not head.endswith(b"(kthreadd") or len(fields) < 7 or \
-            again.split(b") ")[-1].split()[19:20] != fields[19:20]:
-        return None                                # not kthreadd, or pid 2 was reused
-    pf_kthread = 0x00200000
-    return ino if int(fields[6]) & pf_kthread else None
-
-
-def _host_mnt_ns(obj: str) -> int:
-    """The host's mount namespace (``/proc/1/ns/mnt``'s inode): mount_setattr and fspick
-    are reported there only (s16-fixlog).  Where pid 1's is not ours to read (a
-    sandboxed root without ptrace rights over pid 1): kthreadd's, the initial one;
-    where neither is (a container of its own pid namespace): the agent's own, said in
-    the log."""
-    try:
-        return os.stat("/proc/1/ns/mnt").st_ino
-    except PermissionError:
-        pass
-    except OSError as e:
-        raise KernelError(f"/proc/1/ns/mnt: {e.strerror}", errno=e.errno or 0,
-                          location=Location(obj)) from e
-    kthread = _kthreadd_mnt_ns()
-    if kthread is not None:
-        return kthread
-    try:
-        ino = os.stat("/proc/self/ns/mnt").st_ino
-    except OSError as e:
-        raise KernelError(f"/proc/self/ns/mnt: {e.strerror}", errno=e.errno or 0,
-                          location=Location(obj)) from e
-    log.warning("%s: /proc/1/ns/mnt not readable: mount changes reported in the agent's "
-                "own mount namespace (%d)", obj, ino)
-    return ino
 
 
 _U32 = struct.Struct("<I")

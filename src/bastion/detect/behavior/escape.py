@@ -27,6 +27,7 @@ from bastion.detect.behavior.base import Hit, SingleEvent, RuleSettings
 from bastion.detect.behavior.state import Limits
 from bastion.detect.engine import RuleContext
 from bastion.events import Event, ExecEvent, FileEvent, HipsEvent, NetEvent
+from bastion.hostns import kthreadd_mnt_ns
 
 O_ACCMODE: Final = 0o3
 O_CREAT: Final = 0o100
@@ -132,9 +133,11 @@ def _caps_admin(pid: int) -> bool | None:
 
 def live_container_probes(cgroup2: str = "/sys/fs/cgroup/unified") -> ContainerProbes:
     """The host is what pid 1 sees, or (pid 1 unreadable, as on some platforms)
-    what the agent sees: the agent runs in the host's mount namespace."""
-    host = _ns(1) or _ns("self") or 0
-    mi = _read("/proc/1/mountinfo") or _read("/proc/self/mountinfo") or ""
+    what kthreadd sees (:mod:`bastion.hostns`), or what the agent sees."""
+    kthread = kthreadd_mnt_ns()       # pid 1 refused: kthreadd is in the initial one
+    host = _ns(1) or kthread or _ns("self") or 0
+    mi = (_read("/proc/1/mountinfo") or (_read("/proc/2/mountinfo") if kthread else None)
+          or _read("/proc/self/mountinfo") or "")
 
     def members(cg: str) -> list[int]:
         if not cg.startswith("/") or ".." in cg.split("/"):
