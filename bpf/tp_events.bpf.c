@@ -387,6 +387,123 @@ int on_ftruncate(void *ctx)
 	return 0;
 }
 
+/* In-place rewrites past O_APPEND (s17-logacts): the fanotify gate allows an untrusted
+ * tree's O_APPEND open of a log, then fcntl(F_SETFL) clears O_APPEND, fallocate punches
+ * a hole, pwritev2(RWF_NOAPPEND) writes at an offset, or a shared writable mapping
+ * rewrites it; fanotify has no event before any of them.  Reported for an untrusted
+ * tree only (prov_actor), after the syscall's own arguments (most calls leave on one
+ * compare), as BASTION_FILE_REWRITE records of the descriptor's regular file; the
+ * log-clearing rule judges the path and stops the tree.  At sys_enter: the act may
+ * complete before the kill (docs/threat-model.md, s17-logacts). */
+#define F_SETFL_ 4
+#define O_APPEND_ 00002000
+#define FALLOC_REWRITE_ (0x02 | 0x08 | 0x10 | 0x20) /* PUNCH_HOLE COLLAPSE ZERO INSERT */
+#define RWF_NOAPPEND_ 0x00000020
+#define MAP_TYPE_ 0x0f
+#define MAP_SHARED_ 0x01
+#define MAP_SHARED_VALIDATE_ 0x03
+#define FMODE_WRITE_ 0x2
+#define VM_WRITE_ 0x2
+#define VM_SHARED_ 0x8
+#define VM_MAYWRITE_ 0x20
+#define S_IFMT_ 00170000
+#define S_IFREG_ 0100000
+
+#define REWRITE_SIGKILL_ 9
+
+/* The record of an untrusted tree's rewrite of @f.  A file the kernel knows is a history
+ * (the sensitive set's HISTORY class: ~/.bash_history and the like, by inode) is decided
+ * here: SIGKILL to the actor at sys_enter, before the syscall runs (it may complete, but
+ * the task never returns to user space: a write it would make next is not made; a
+ * buffered write in this very call stops at its first page, fatal_signal_pending). */
+static __always_inline int rewrite_emit(__u32 act, __u32 arg, struct file *f)
+{
+	struct bastion_file_event *e;
+	struct path fpath;
+	__u32 sclass = 0, sid = 0;
+	bool hist;
+
+	if (!f || (BPF_CORE_READ(f, f_inode, i_mode) & S_IFMT_) != S_IFREG_)
+		return 0;
+	hist = sens_match_cached(f, &sclass, &sid) && sclass == BASTION_SENS_HISTORY;
+	if (hist)
+		bpf_send_signal(REWRITE_SIGKILL_);
+	if (!wanted(BASTION_EV_FILE))
+		return 0;
+	e = file_event(BASTION_FILE_REWRITE);
+	if (!e)
+		return 0;
+	e->mode = act;
+	e->open_flags = arg;
+	if (hist) {
+		e->hdr.flags |= BASTION_F_SENSITIVE;
+		e->sens_class = sclass;
+		e->sens_id = sid;
+	}
+	e->ino = BPF_CORE_READ(f, f_inode, i_ino);
+	e->dev = BPF_CORE_READ(f, f_inode, i_sb, s_dev);
+	fpath = BPF_CORE_READ(f, f_path);
+	file_put_path(e, FS_PATH, &fpath);
+	file_submit(e);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_fcntl")
+int on_fcntl(void *ctx)
+{
+	__u32 arg = ARG(ctx, 2);
+	struct file *f;
+
+	if (ARG(ctx, 1) != F_SETFL_ || (arg & O_APPEND_))
+		return 0;
+	if (!prov_actor())
+		return 0;
+	f = fd_file(ARG(ctx, 0));
+	if (!f || !(BPF_CORE_READ(f, f_flags) & O_APPEND_))
+		return 0;   /* O_APPEND was not set: nothing cleared */
+	return rewrite_emit(BASTION_REWRITE_SETFL, arg, f);
+}
+
+SEC("tracepoint/syscalls/sys_enter_fallocate")
+int on_fallocate(void *ctx)
+{
+	__u32 mode = ARG(ctx, 1);
+
+	if (!(mode & FALLOC_REWRITE_))
+		return 0;   /* plain allocation (mode 0, KEEP_SIZE): destroys nothing */
+	if (!prov_actor())
+		return 0;
+	return rewrite_emit(BASTION_REWRITE_FALLOCATE, mode, fd_file(ARG(ctx, 0)));
+}
+
+SEC("tracepoint/syscalls/sys_enter_pwritev2")
+int on_pwritev2(void *ctx)
+{
+	__u32 flags = ARG(ctx, 5);
+
+	if (!(flags & RWF_NOAPPEND_))
+		return 0;
+	if (!prov_actor())
+		return 0;
+	return rewrite_emit(BASTION_REWRITE_NOAPPEND, flags, fd_file(ARG(ctx, 0)));
+}
+
+/* mmap(PROT_WRITE, MAP_SHARED) of a descriptor opened for writing (on_mmap below). */
+static __always_inline void rewrite_mmap(__u32 prot, __u32 flags, int fd)
+{
+	__u32 type = flags & MAP_TYPE_;
+	struct file *f;
+
+	if (!(prot & XM_PROT_WRITE_) || (type != MAP_SHARED_ && type != MAP_SHARED_VALIDATE_) ||
+	    (flags & XM_MAP_ANONYMOUS_) || fd < 0)
+		return;
+	if (!prov_actor())
+		return;
+	f = fd_file(fd);
+	if (f && (BPF_CORE_READ(f, f_mode) & FMODE_WRITE_))
+		rewrite_emit(BASTION_REWRITE_MMAP, prot, f);
+}
+
 /* mount_setattr(MOUNT_ATTR_RDONLY) on a log mount and fspick + fsconfig(RECONFIGURE)
  * stop new log writes with no LSM hook on 6.1 (s16-gate).  Reported at exit, when the
  * call succeeded (s16-fixlog: a failed call, an unprivileged user's EPERM, changes
@@ -929,6 +1046,7 @@ int on_mmap(void *ctx)
 	__u32 prot = ARG(ctx, 2), flags = ARG(ctx, 3), why = 0;
 	struct file *f = NULL;
 
+	rewrite_mmap(prot, flags, ARG(ctx, 4));   /* s17-logacts: a compare or two and out */
 	if (!(prot & XM_PROT_EXEC_))
 		return 0;   /* most mmaps: one load and out */
 	if (prot & XM_PROT_WRITE_)
@@ -964,6 +1082,12 @@ int on_mprotect(void *ctx)
 	__u64 start = ARG(ctx, 0);
 	struct xvma x = {};
 
+	/* s17-logacts: PROT_WRITE added to a shared file mapping that may be written
+	 * (VM_SHARED: the file was opened for writing) by an untrusted tree */
+	if ((prot & XM_PROT_WRITE_) && prov_actor() &&
+	    !bpf_find_vma(bpf_get_current_task_btf(), start, xvma_found, &x, 0) &&
+	    (x.vm_flags & (VM_SHARED_ | VM_MAYWRITE_ | VM_WRITE_)) == (VM_SHARED_ | VM_MAYWRITE_))
+		rewrite_emit(BASTION_REWRITE_MPROTECT, prot, x.file);
 	if (!(prot & XM_PROT_EXEC_))
 		return 0;
 	if (!wanted(BASTION_EV_MMAP))

@@ -25,7 +25,7 @@
 #define BASTION_H
 
 #define BASTION_ABI_MAJOR 2
-#define BASTION_ABI_MINOR 8
+#define BASTION_ABI_MINOR 9
 #define BASTION_ABI_VERSION ((BASTION_ABI_MAJOR << 16) | BASTION_ABI_MINOR)
 
 #define BASTION_COMM_LEN 16
@@ -86,6 +86,23 @@ enum bastion_file_op {
 	BASTION_FILE_FSPICK = 9, /* fspick(2) that succeeded, in the host's mount namespace
 				  * (a superblock picked to reconfigure): path (+ dir),
 				  * open_flags = its flags */
+	BASTION_FILE_REWRITE = 10, /* compat (ABI 2.9, s17-logacts): an untrusted tree's act
+				    * that rewrites a file in place past O_APPEND (fanotify
+				    * refuses none of them): path, dev, ino of the descriptor's
+				    * file (mprotect: the mapping's file), mode = enum
+				    * bastion_rewrite_act, open_flags = the act's argument
+				    * (fcntl: the new flags; fallocate: its mode; pwritev2:
+				    * the RWF_* flags; mmap, mprotect: prot).  A file in the
+				    * sensitive set's HISTORY class (F_SENSITIVE, sens_class,
+				    * sens_id): the kernel sent SIGKILL to the actor at entry */
+};
+
+enum bastion_rewrite_act {
+	BASTION_REWRITE_SETFL = 1,      /* fcntl(F_SETFL) clearing O_APPEND of a file opened with it */
+	BASTION_REWRITE_FALLOCATE = 2,  /* fallocate PUNCH_HOLE, COLLAPSE_RANGE, ZERO_RANGE, INSERT_RANGE */
+	BASTION_REWRITE_NOAPPEND = 3,   /* pwritev2(RWF_NOAPPEND) */
+	BASTION_REWRITE_MMAP = 4,       /* mmap(PROT_WRITE, MAP_SHARED) of a file opened for writing */
+	BASTION_REWRITE_MPROTECT = 5,   /* mprotect adding PROT_WRITE to a shared writable-capable file mapping */
 };
 
 enum bastion_net_op {

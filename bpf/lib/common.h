@@ -59,6 +59,7 @@ struct bastion_abi_types {
 	enum bastion_mechanism mechanism;
 	struct bastion_mmap_event mmap;
 	enum bastion_mmap_op mmap_op;
+	enum bastion_rewrite_act rewrite_act;
 };
 const volatile struct bastion_abi_types bastion_abi_types_anchor __attribute__((unused));
 

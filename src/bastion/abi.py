@@ -29,7 +29,7 @@ from typing import Final, Protocol
 from bastion.errors import AbiMismatchError, BastionError, DecodeError, Location
 
 ABI_MAJOR: Final = 2
-ABI_MINOR: Final = 8
+ABI_MINOR: Final = 9
 ABI_VERSION: Final = (ABI_MAJOR << 16) | ABI_MINOR
 
 COMM_LEN: Final = 16
@@ -77,6 +77,17 @@ class FileOp(enum.IntEnum):
     # succeeded, in the host's mount namespace (s16-fixlog)
     MOUNT_SETATTR = 8   # path: the mount, mode: attr_set, flags: AT_*
     FSPICK = 9          # path: the mount whose superblock is picked, flags
+    # ABI 2.9 (s17-logacts): an untrusted tree's in-place rewrite past O_APPEND; mode: the
+    # act (RewriteAct), flags: its argument (fcntl flags, fallocate mode, RWF_*, prot)
+    REWRITE = 10
+
+
+class RewriteAct(enum.IntEnum):
+    SETFL = 1       # fcntl(F_SETFL) clearing O_APPEND
+    FALLOCATE = 2   # fallocate PUNCH_HOLE / COLLAPSE_RANGE / ZERO_RANGE / INSERT_RANGE
+    NOAPPEND = 3    # pwritev2(RWF_NOAPPEND)
+    MMAP = 4        # mmap(PROT_WRITE, MAP_SHARED) of a file opened for writing
+    MPROTECT = 5    # mprotect adding PROT_WRITE to a shared file mapping
 
 
 class NetOp(enum.IntEnum):
@@ -717,6 +728,7 @@ RECORDS: Final[dict[EventType, type[ctypes.Structure]]] = {
 ENUMS: Final[dict[str, type[enum.IntEnum]]] = {
     "bastion_event_type": EventType,
     "bastion_file_op": FileOp,
+    "bastion_rewrite_act": RewriteAct,
     "bastion_net_op": NetOp,
     "bastion_cred_op": CredOp,
     "bastion_kill_syscall": KillSyscall,
@@ -739,6 +751,7 @@ ENUMS: Final[dict[str, type[enum.IntEnum]]] = {
 ENUM_PREFIXES: Final[dict[str, str]] = {
     "bastion_event_type": "BASTION_EV_",
     "bastion_file_op": "BASTION_FILE_",
+    "bastion_rewrite_act": "BASTION_REWRITE_",
     "bastion_net_op": "BASTION_NET_",
     "bastion_cred_op": "BASTION_CRED_",
     "bastion_kill_syscall": "BASTION_KILL_",

@@ -33,9 +33,9 @@ import stat
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Final, Iterable, Sequence
 
-from bastion.abi import kernel_dev
+from bastion.abi import RewriteAct, kernel_dev
 from bastion.detect.behavior.base import (
     NS, PACKAGE_MANAGERS, SHELLS, SYSTEM_DIRS, BehaviorRule, Hit, RuleSettings, SequenceRule,
     SingleEvent, Step, ThresholdRule, actor_names, base, glob_any, is_interpreter,
@@ -1294,6 +1294,16 @@ def _log_mount(ev: FileEvent) -> Hit | None:
                severity="medium" if ev.op == "fspick" else None)
 
 
+# FileEvent.mode of a "rewrite" record (abi.RewriteAct) -> how the rule names it
+_REWRITE_ACTS: Final[dict[int, str]] = {
+    RewriteAct.SETFL: "fcntl F_SETFL cleared O_APPEND",
+    RewriteAct.FALLOCATE: "fallocate punched, collapsed, zeroed or inserted a range",
+    RewriteAct.NOAPPEND: "pwritev2 RWF_NOAPPEND",
+    RewriteAct.MMAP: "shared writable mmap",
+    RewriteAct.MPROTECT: "mprotect made a shared mapping writable",
+}
+
+
 HISTORY_WRITERS = frozenset({"bash", "zsh", "sh", "dash", "ksh", "mksh", "fish", "tcsh", "csh",
                              "python3", "python", "psql", "mysql", "sqlite3"})
 
@@ -1301,7 +1311,7 @@ HISTORY_WRITERS = frozenset({"bash", "zsh", "sh", "dash", "ksh", "mksh", "fish",
 class LogClearing(SingleEvent):
     name = "behavior.log_clearing"
     event_types = frozenset({"open", "unlink", "rename", "exec", "truncate", "mount_setattr",
-                             "fspick"})
+                             "fspick", "rewrite"})
     attack = ("T1070.002", "T1070.003")
     severity = "high"
     action = "alert"
@@ -1341,6 +1351,8 @@ class LogClearing(SingleEvent):
             return None
         if ev.op in ("mount_setattr", "fspick"):
             return _log_mount(ev)
+        if ev.op == "rewrite":
+            return self._rewrite(ev, ctx)
         if ev.op == "rename" and glob_any(ev.path2, HISTORY) and not glob_any(ev.path, HISTORY) \
                 and not self.trusted(ev, ctx, HISTORY_WRITERS, depth=1):
             # another file renamed over the history (``ln -sf /dev/null`` and ``mv`` do this);
@@ -1376,6 +1388,24 @@ class LogClearing(SingleEvent):
             return Hit(f"Log {'deleted' if ev.op == 'unlink' else 'truncated'}: {path}",
                        {"path": path, "op": ev.op})
         return None
+
+    def _rewrite(self, ev: FileEvent, ctx: RuleContext) -> Hit | None:
+        """An in-place rewrite past ``O_APPEND`` (compat sensor, s17-logacts: reported for
+        an untrusted tree only): ``fcntl(F_SETFL)`` clearing ``O_APPEND``, a destructive
+        ``fallocate``, ``pwritev2(RWF_NOAPPEND)``, a shared writable ``mmap`` or
+        ``mprotect``.  A log or history only (a database is mapped shared and writable
+        all the time); a log daemon's own (``LOG_WRITERS`` itself, trusted) is silent."""
+        path = _abs_norm(ev.path, "")
+        if not glob_any(path, (*LOGS, *HISTORY)):
+            return None
+        if self.trusted(ev, ctx, LOG_WRITERS, depth=0) and not self.untrusted(ev, ctx)[0]:
+            return None
+        act = _REWRITE_ACTS.get(ev.mode, f"act {ev.mode}")
+        what = "Shell history" if glob_any(path, HISTORY) else "Log"
+        # a history in the sensitive set: the sensor killed the actor before the act ran
+        return Hit(f"{what} rewritten in place ({act}): {path}",
+                   {"path": path, "op": ev.op, "act": act, "arg": ev.flags,
+                    "killed_at_entry": ev.sensitive == "history"})
 
     def _log_writer(self, ev: FileEvent, ctx: RuleContext) -> bool:
         """A trusted log writer: an unlink by one of ``LOG_WRITERS`` or a child of one

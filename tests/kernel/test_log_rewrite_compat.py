@@ -1,0 +1,226 @@
+"""Log rewrites past ``O_APPEND`` on the compat tier (s17-logacts, issue 15).
+
+The fanotify gate allows an untrusted tree's ``O_APPEND`` open of a log; then the log
+is rewritten in place with no open at all: ``fcntl(F_SETFL)`` clears ``O_APPEND`` and
+``pwrite`` writes at offset 0, ``fallocate(PUNCH_HOLE)`` zeroes a range,
+``pwritev2(RWF_NOAPPEND)`` writes at an offset, a shared writable ``mmap`` (or a shared
+read-only one made writable with ``mprotect``) stores into it.  The compat sensor
+reports each for an untrusted tree only (``rewrite`` records, ``prov_actor`` in BPF)
+and ``behavior.log_clearing`` stops the tree (critical, kill-tree).  The act itself
+completes (the record is read after it): the test asserts the kill, not the log.
+
+Scope: the sensor is scoped to the test's cgroup; the provenance map's temp dir is the
+test's ``drop``; the log is a file the test makes in /var/log (the rule's place) and
+removes; the database look-alike lives in the test's own directory."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from bastion.abi import SensClass
+from bastion.detect.behavior import behavior_rules
+from bastion.detect.engine import Engine, RuleContext
+from bastion.events import Event, FileEvent
+from bastion.proctable import ProcessTable
+from bastion.respond.dispatch import Dispatcher
+from bastion.sensors.bpf import BpfSensor
+from bastion.sensors.provenance import default_interpreters
+from support.cg import scoped_cgroup
+
+# each act: Python run by the dropped script; ``L`` is the log's path, ``libc`` ctypes
+PRELUDE = ("import ctypes, mmap, os, time; libc = ctypes.CDLL(None, use_errno=True); "
+           "libc.mmap.restype = ctypes.c_void_p; "
+           "libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, "
+           "ctypes.c_int, ctypes.c_long]; "
+           "libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]; "
+           "libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]; "
+           "fd = os.open(L, os.O_RDWR | os.O_APPEND)")
+ACTS = {
+    # F_SETFL without O_APPEND, then a write at offset 0
+    "setfl": "import fcntl; fcntl.fcntl(fd, fcntl.F_SETFL, 0); os.pwrite(fd, b'XXXXXXXX', 0)",
+    # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE over the evidence
+    "fallocate": "assert libc.fallocate(fd, 3, 0, 4096) == 0, ctypes.get_errno()",
+    # RWF_NOAPPEND (0x20): the offset is honoured on an O_APPEND descriptor (6.9+)
+    "pwritev2": "os.pwritev(fd, [b'XXXXXXXX'], 0, 0x20)",
+    "mmap": "m = mmap.mmap(fd, 0); m[0:8] = b'XXXXXXXX'; m.flush()",
+    # MAP_SHARED, PROT_READ, then PROT_READ|PROT_WRITE
+    "mprotect": "a = libc.mmap(None, 4096, 1, 1, fd, 0); "
+                "assert libc.mprotect(a, 4096, 3) == 0; ctypes.memmove(a, b'XXXXXXXX', 8)",
+}
+EVIDENCE = b"evidence-line-1\nevidence-line-2\n"
+
+
+@dataclass
+class Rig:
+    cg: Path
+    root: Path
+    history: Path
+    sensor: BpfSensor
+    procs: ProcessTable
+    engine: Engine
+
+    def run(self, script: str, tainted: bool) -> subprocess.Popen[bytes]:
+        """``script`` (Python) run in the cgroup: from a script dropped in the temp dir
+        (tainted: tmp-script) or by a plain ``sh -c`` (clean)."""
+        py = f"{sys.executable} -c \"{script}\""
+        if tainted:
+            s = self.root / "drop" / f"s{time.monotonic_ns()}.sh"
+            s.write_text(py + "\nsleep 20\n")   # the script outlives its act: the tree kill
+            body = f"exec /bin/sh {s}"
+        else:
+            body = f"exec {py}"
+        return subprocess.Popen(["/bin/sh", "-c", f"echo $$ > {self.cg}/cgroup.procs && {body}"],
+                                stderr=subprocess.PIPE)
+
+    def collect(self, until_s: float, stop_on_finding: bool) -> tuple[list[Event],
+                                                                     list[dict[str, object]]]:
+        """Events and dispatched log-clearing findings for ``until_s`` (or the first finding)."""
+        disp, ctx = Dispatcher(self.procs), RuleContext(self.procs)
+        events: list[Event] = []
+        alerts: list[dict[str, object]] = []
+        end = time.monotonic() + until_s
+        while time.monotonic() < end and not (stop_on_finding and alerts):
+            for ev in self.sensor.poll(0.01) or []:
+                self.procs.update(ev)
+                ev = self.procs.enrich(ev)
+                events.append(ev)
+                for f in self.engine.evaluate(ev, ctx):
+                    if f.rule == "behavior.log_clearing":
+                        alerts.append(disp.dispatch(f, time.time_ns()).to_json())
+        return events, alerts
+
+
+@pytest.fixture(scope="module")
+def rig() -> Iterator[Rig]:
+    root = Path(tempfile.mkdtemp(prefix="blogacts-"))
+    # the test's own history (the rule's place: /root/.*_history), the only entry of the
+    # sensor's sensitive set (HISTORY class: the kernel knows it is a history)
+    fd, hist = tempfile.mkstemp(prefix=".bastion-test-", suffix="_history", dir="/root")
+    os.close(fd)
+    try:
+        (root / "drop").mkdir()
+        with scoped_cgroup() as (cg, cgid):
+            sensor = BpfSensor(cgroup_id=cgid, sensitive=((hist, SensClass.HISTORY),))
+            sensor.open()
+            try:
+                prov = sensor.provenance()
+                prov.set_dirs([str(root / "drop")])
+                prov.set_interpreters(default_interpreters())
+                yield Rig(cg, root, Path(hist), sensor, ProcessTable(), Engine(behavior_rules()))
+            finally:
+                sensor.close()
+    finally:
+        Path(hist).unlink(missing_ok=True)
+        shutil.rmtree(root)
+
+
+@pytest.fixture
+def log_file() -> Iterator[Path]:
+    fd, name = tempfile.mkstemp(prefix="bastion-test-", suffix=".log", dir="/var/log")
+    os.write(fd, EVIDENCE)
+    os.close(fd)
+    try:
+        yield Path(name)
+    finally:
+        Path(name).unlink(missing_ok=True)
+
+
+def _reap(p: subprocess.Popen[bytes]) -> int:
+    if p.poll() is None:
+        p.kill()
+    return p.wait(5)
+
+
+@pytest.mark.parametrize("act", list(ACTS))
+def test_a_log_rewritten_past_o_append_kills_the_untrusted_tree(rig: Rig, log_file: Path,
+                                                                 act: str) -> None:
+    """Before (main 8e286a7): the log rewritten (``XXXXXXXX`` at offset 0, or zeros),
+    no record, no finding, the tree lived.  After: a ``rewrite`` record, a critical
+    kill-tree ``Log rewritten in place`` finding, the tree dead of SIGKILL.  The kernel
+    cannot tell a /var/log file is a log: the act completes before the kill (the race)."""
+    p = rig.run(f"L = {str(log_file)!r}; {PRELUDE}; {ACTS[act]}; time.sleep(20)", tainted=True)
+    try:
+        _, alerts = rig.collect(10.0, stop_on_finding=True)
+        assert alerts, (f"no log-clearing finding for {act}", log_file.read_bytes(), p.poll())
+        a = alerts[0]
+        assert a["action"] == "kill-tree" and a["severity"] == "critical", a
+        assert "Log rewritten in place" in str(a["title"]) and str(log_file) in str(a["title"])
+        assert p.wait(5) == -signal.SIGKILL
+        assert not rig.engine.errors
+    finally:
+        _reap(p)
+
+
+# acts the kernel's kill at sys_enter does not undo: the hole is punched in the call
+COMPLETES_BEFORE_THE_KILL = {"fallocate"}
+
+
+@pytest.mark.parametrize("act", list(ACTS))
+def test_a_history_rewritten_past_o_append_is_killed_before_the_act(rig: Rig, act: str) -> None:
+    """A history in the sensitive set (HISTORY class): the sensor kills the actor at
+    sys_enter (SIGKILL before the syscall runs), so the write that follows the fcntl, the
+    store through the mapping and pwritev2's own write are never made; the rule kills the
+    rest of the tree.  Before: the history rewritten, no finding, the tree lived."""
+    rig.history.write_bytes(EVIDENCE)
+    p = rig.run(f"L = {str(rig.history)!r}; {PRELUDE}; {ACTS[act]}; "
+                f"open('{rig.root}/survived', 'w'); time.sleep(20)", tainted=True)
+    try:
+        _, alerts = rig.collect(10.0, stop_on_finding=True)
+        assert alerts, (f"no history finding for {act}", rig.history.read_bytes(), p.poll())
+        a = alerts[0]
+        assert a["action"] == "kill-tree" and a["severity"] == "critical", a
+        assert "Shell history rewritten in place" in str(a["title"]), a
+        assert p.wait(5) == -signal.SIGKILL
+        assert not (rig.root / "survived").exists()   # dead before its next line
+        if act not in COMPLETES_BEFORE_THE_KILL:
+            assert rig.history.read_bytes() == EVIDENCE
+        assert not rig.engine.errors
+    finally:
+        _reap(p)
+
+
+def test_look_alikes_are_silent(rig: Rig, log_file: Path) -> None:
+    """A clean tree's append, destructive fallocate and shared writable mmap of a log and
+    of a database (the sensor reports an untrusted tree only: no record at all), and an
+    untrusted tree's sqlite WAL database (its ``-shm`` mapped shared and writable) and
+    hole punched in a database file (records, not logs: no finding).  Both trees live."""
+    db = rig.root / "data" / "app.db"
+    db.parent.mkdir(exist_ok=True)
+    db.write_bytes(b"\0" * 8192)
+    clean = rig.run(
+        f"L = {str(log_file)!r}; {PRELUDE}; os.write(fd, b'appended\\n'); "
+        f"d = os.open({str(db)!r}, os.O_RDWR); assert libc.fallocate(d, 3, 0, 4096) == 0; "
+        f"m = mmap.mmap(d, 0); m[0:4] = b'page'; m.flush(); time.sleep(20)", tainted=False)
+    wal = rig.root / "data" / "wal.db"
+    tainted = rig.run(
+        f"import sqlite3, ctypes, os, time; c = sqlite3.connect({str(wal)!r}); "
+        f"c.execute('pragma journal_mode=wal'); c.execute('create table t (x)'); "
+        f"c.execute('insert into t values (1)'); c.commit(); "
+        f"libc = ctypes.CDLL(None, use_errno=True); "
+        f"libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]; "
+        f"d = os.open({str(db)!r}, os.O_RDWR); assert libc.fallocate(d, 3, 4096, 4096) == 0; "
+        f"time.sleep(20)", tainted=True)
+    try:
+        events, alerts = rig.collect(3.0, stop_on_finding=False)
+        assert not alerts, alerts
+        rewrites = [e for e in events if isinstance(e, FileEvent) and e.op == "rewrite"]
+        # the untrusted tree's database acts were reported (the silence is the rule's)
+        assert {e.path for e in rewrites} >= {f"{wal}-shm", str(db)}, rewrites
+        assert all(e.proc.pid != clean.pid for e in rewrites), rewrites
+        assert clean.poll() is None and tainted.poll() is None
+        assert log_file.read_bytes() == EVIDENCE + b"appended\n"
+        assert not rig.engine.errors
+    finally:
+        _reap(clean)
+        _reap(tainted)
