@@ -282,6 +282,44 @@ def test_a_log_truncated_by_a_tmp_script_is_a_kill_tree_of_the_script() -> None:
     assert (f.severity, f.action) == ("high", "alert")
 
 
+def test_a_log_rewritten_past_o_append_is_a_kill_tree_only_for_a_log() -> None:
+    """s17-logacts: the compat sensor's ``rewrite`` records (fcntl clearing O_APPEND,
+    destructive fallocate, pwritev2 RWF_NOAPPEND, shared writable mmap/mprotect) of a log
+    or a history stop an untrusted tree (critical, kill-tree); the same from an ordinary
+    shell is a high alert; a database is silent."""
+    from bastion.abi import RewriteAct
+
+    def rw(pid: int, exe: str, t: float, path: str, act: RewriteAct, ppid: int = 1,
+           sensitive: str = "") -> FileEvent:
+        return FileEvent(T0 + int(t * NS), proc(pid, exe, ppid), op="rewrite", path=path,
+                         mode=int(act), flags=0x2, sensitive=sensitive)
+    py = "/usr/bin/python3.11"
+    for act in RewriteAct:
+        got = run([ex(10, SH, 0, ("/bin/sh", "/tmp/x/wipe.sh"), cwd="/tmp/x"),
+                   ex(11, py, 1, ("python3", "-c", "..."), ppid=10),
+                   rw(11, py, 1.1, "/var/log/auth.log", act, ppid=10),
+                   rw(11, py, 1.2, "/var/lib/app/db.sqlite-shm", act, ppid=10)])
+        f = [x for x in got if x.rule == "behavior.log_clearing"]
+        assert len(f) == 1, (act, f)
+        assert (f[0].severity, f[0].action, f[0].pid) == ("critical", "kill-tree", 10)
+        assert f[0].title.startswith("Log rewritten in place (") and "auth.log" in f[0].title
+        assert f[0].evidence["killed_at_entry"] is False
+    got = run([ex(10, SH, 0, ("/bin/sh", "/tmp/x/wipe.sh"), cwd="/tmp/x"),
+               rw(10, SH, 1, "/root/.bash_history", RewriteAct.MMAP, sensitive="history")])
+    f = [x for x in got if x.rule == "behavior.log_clearing"][0]
+    assert f.title.startswith("Shell history rewritten in place (shared writable mmap)")
+    assert f.evidence["killed_at_entry"] is True and f.severity == "critical"
+    got = run([ex(10, SH, 0, ("/bin/sh", "/root/rotate.sh")),
+               ex(11, py, 1, ("python3", "-c", "..."), ppid=10),
+               rw(11, py, 1.1, "/var/log/auth.log", RewriteAct.SETFL, ppid=10)])
+    f = [x for x in got if x.rule == "behavior.log_clearing"][0]
+    assert (f.severity, f.action) == ("high", "alert")
+    got = run([ex(20, SH, 0, ("/bin/sh", "/root/app.sh")),
+               rw(20, SH, 1, "/var/lib/app/db.sqlite-shm", RewriteAct.MMAP),
+               rw(20, SH, 1.1, "/var/lib/app/db.sqlite", RewriteAct.FALLOCATE)])
+    assert not [x for x in got if x.rule == "behavior.log_clearing"]
+
+
 def test_a_log_mount_made_read_only_or_picked_to_reconfigure_is_alerted() -> None:
     """s16-gate item 3: ``mount_setattr(MOUNT_ATTR_RDONLY)`` of a mount holding logs or
     must-stop objects, and ``fspick`` of one, stop new log writes with no LSM hook on
