@@ -309,6 +309,12 @@ def test_a_log_rewritten_past_o_append_is_a_kill_tree_only_for_a_log() -> None:
     f = [x for x in got if x.rule == "behavior.log_clearing"][0]
     assert f.title.startswith("Shell history rewritten in place (shared writable mmap)")
     assert f.evidence["killed_at_entry"] is True and f.severity == "critical"
+    # the kernel kills for the whole HISTORY class (a .pgpass too): never a silent kill
+    got = run([ex(10, SH, 0, ("/bin/sh", "/tmp/x/wipe.sh"), cwd="/tmp/x"),
+               rw(10, SH, 1, "/root/.pgpass", RewriteAct.SETFL, sensitive="history")])
+    f = [x for x in got if x.rule == "behavior.log_clearing"][0]
+    assert f.title.startswith("History-class file rewritten in place (fcntl F_SETFL")
+    assert f.evidence["killed_at_entry"] is True and f.severity == "critical"
     got = run([ex(10, SH, 0, ("/bin/sh", "/root/rotate.sh")),
                ex(11, py, 1, ("python3", "-c", "..."), ppid=10),
                rw(11, py, 1.1, "/var/log/auth.log", RewriteAct.SETFL, ppid=10)])

@@ -1396,16 +1396,21 @@ class LogClearing(SingleEvent):
         ``mprotect``.  A log or history only (a database is mapped shared and writable
         all the time); a log daemon's own (``LOG_WRITERS`` itself, trusted) is silent."""
         path = _abs_norm(ev.path, "")
-        if not glob_any(path, (*LOGS, *HISTORY)):
+        # the sensitive set's HISTORY class (histories, .netrc, .pgpass, .git-credentials):
+        # the sensor already killed the actor in the kernel: always a finding
+        killed = ev.sensitive == "history"
+        if not killed and not glob_any(path, (*LOGS, *HISTORY)):
             return None
-        if self.trusted(ev, ctx, LOG_WRITERS, depth=0) and not self.untrusted(ev, ctx)[0]:
+        if not killed and self.trusted(ev, ctx, LOG_WRITERS, depth=0) \
+                and not self.untrusted(ev, ctx)[0]:
             return None
         act = _REWRITE_ACTS.get(ev.mode, f"act {ev.mode}")
-        what = "Shell history" if glob_any(path, HISTORY) else "Log"
+        what = "Shell history" if glob_any(path, HISTORY) else \
+            "History-class file" if killed else "Log"
         # a history in the sensitive set: the sensor killed the actor before the act ran
         return Hit(f"{what} rewritten in place ({act}): {path}",
                    {"path": path, "op": ev.op, "act": act, "arg": ev.flags,
-                    "killed_at_entry": ev.sensitive == "history"})
+                    "killed_at_entry": killed})
 
     def _log_writer(self, ev: FileEvent, ctx: RuleContext) -> bool:
         """A trusted log writer: an unlink by one of ``LOG_WRITERS`` or a child of one
