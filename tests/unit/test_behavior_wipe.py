@@ -269,7 +269,7 @@ def test_own_journal_swap_and_temp_files_are_silent(tmp_path: Path) -> None:
     assert wipes(r.run(tmp_path)) == []
 
 
-def test_rm_mv_truncate_and_append_are_silent(tmp_path: Path) -> None:
+def test_rm_mv_touch_truncate_and_append_are_silent(tmp_path: Path) -> None:
     r = Rec()
     r.open(100, "/srv/a", WCT, 300).open(100, "/srv/b", WCT, 301)
     r.exec(130, 100, "/usr/bin/rm", ["rm", "/srv/a"]).unlink(130, "/srv/a")
@@ -280,6 +280,13 @@ def test_rm_mv_truncate_and_append_are_silent(tmp_path: Path) -> None:
     r.exec(133, 100, "/usr/bin/logger", ["logger"]).open(133, "/srv/d", 0o2001, 302)
     r.exec(134, 100, "/usr/bin/rm", ["rm", "/srv/c", "/srv/d"])
     r.unlink(134, "/srv/c").unlink(134, "/srv/d")
+    r.exec(135, 100, "/usr/bin/touch", ["touch", "stamp"], cwd="/src")   # a build stamp
+    r.open(135, "/src/stamp", WC, 303)
+    r.exec(136, 100, "/usr/bin/touch", ["touch", "stamp"], cwd="/src")
+    r.open(136, "/src/stamp", WC, 303)
+    r.exec(137, 100, "/usr/bin/truncate", ["truncate", "-s", "0", "stamp"], cwd="/src")
+    r.open(137, "/src/stamp", WC, 303)
+    r.exec(138, 100, "/usr/bin/rm", ["rm", "stamp"], cwd="/src").unlink(138, "/src/stamp")
     assert wipes(r.run(tmp_path)) == []
 
 

@@ -35,7 +35,7 @@ a log or history name): this rule stays silent there, so one act raises one aler
 Silent (look-alikes): files a process created itself (sqlite journals, editors' swap
 files, temp files: ``O_EXCL``/``O_CREAT`` opens), ``O_RDWR|O_CREAT`` opens (databases
 and lock files open their files this way), truncating rewrites (``O_TRUNC``: editors,
-``cp``), appends (logs), ``rm`` of a file nobody overwrote, ``mv``, and package
+``cp``), appends (logs), ``touch``/``truncate`` of an existing file (no byte written), ``rm`` of a file nobody overwrote, ``mv``, and package
 managers, build tools, logrotate and systemd-tmpfiles (trusted by executable inode, as
 the actor or an ancestor up to 3).
 
@@ -93,6 +93,9 @@ WIPE_OPTS: dict[str, Opts] = {
 WIPE_TRUSTED = frozenset({*PACKAGE_MANAGERS, *BINARY_WRITERS, "logrotate", "systemd-tmpfiles",
                           "systemd", "rsync", "git", "ccache"})
 NOT_FILES = ("/proc", "/sys", "/dev")
+# tools that write-open an existing file without writing a byte into it (by executable
+# inode): ``touch`` (times), ``truncate`` (the length, through ftruncate)
+NO_BYTES_WRITTEN = frozenset({"touch", "truncate"})
 _ROTATED = re.compile(r"\.(\d+|gz|xz|old|bz2)$")
 # log_clearing's own shred/wipe/srm-by-argv check (LogClearing._match: the tool's base name)
 _LOG_CLEARING_TOOLS = frozenset({"shred", "truncate", "wipe", "srm"})
@@ -318,6 +321,10 @@ class SecureDeletion(BehaviorRule):
         if path.startswith(NOT_FILES) and any(path == d or path.startswith(d + "/")
                                              for d in NOT_FILES):
             return
+        e = ctx.procs.get(ev.proc.pid)
+        if e is not None and e.same_process(ev.proc.start_ns) and \
+                self.trust.is_tool((e.exe_dev, e.exe_ino), NO_BYTES_WRITTEN) is not None:
+            return                       # a stamp touched, a length set: nothing overwritten
         self._over.put(path, now, _Over(key, self._parent_key(ev, ctx), now, path, flags,
                                         ev.proc.exe or ev.proc.comm))
 
