@@ -190,6 +190,20 @@ def test_dd_notrunc_then_rm_by_the_next_step(tmp_path: Path) -> None:
             for f in got] == [("medium", "/srv/data.db", "/usr/bin/dd", "/usr/bin/rm")]
 
 
+def test_script_exec_ing_into_its_last_command(tmp_path: Path) -> None:
+    """``bash -c 'echo > f; python3 -c ...'``: bash execs its last command in place, so
+    the python that rewrites and unlinks f is the very process (pid, start) whose shell
+    wrote it, running another program (found by the T9001 variant)."""
+    r = Rec()
+    r.exec(160, 100, "/usr/bin/bash", ["bash", "-c", "..."])
+    r.open(160, "/srv/w5/f1", WCT, 600)
+    r.exec(160, 100, "/usr/bin/python3.11", ["python3", "-c", "..."])
+    r.open(160, "/srv/w5/f1", RW | 0o2000000, 600).unlink(160, "/srv/w5/f1")
+    got = wipes(r.run(tmp_path))
+    assert [(f.evidence["path"], f.evidence["writer"]) for f in got] == \
+        [("/srv/w5/f1", "/usr/bin/python3.11")]
+
+
 def test_python_overwrite_loop_then_unlink(tmp_path: Path) -> None:
     r = Rec()
     for i, name in enumerate(("a", "b", "c")):

@@ -17,7 +17,8 @@ recovered.  Matched on two things, never on an atomic's command line:
 
 (b) **the kernel-visible shape, whatever the tool**: a process write-opens an
     existing file in place (``O_WRONLY`` without ``O_TRUNC``/``O_APPEND``/``O_EXCL``,
-    or ``O_RDWR`` without ``O_CREAT``/``O_TRUNC``/``O_APPEND``) that it did not create,
+    or ``O_RDWR`` without ``O_CREAT``/``O_TRUNC``/``O_APPEND``) that it did not create
+    (the same process counts only while it runs the same program),
     then within :attr:`SecureDeletion.window_ns` that process, its descendants, or its
     script's next step (a process under the same parent) unlinks it, after renaming it
     any number of times (shred's rename-to-zeros series is followed name by name).
@@ -187,8 +188,9 @@ class SecureDeletion(BehaviorRule):
 
     def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None) -> None:
         super().__init__(settings, limits)
-        # (dev, ino) -> (its creator, its path); path -> (dev, ino) of a created entry
-        self._created: BoundedState[Ident, tuple[ProcKey, str]] = self.state()
+        # (dev, ino) -> (its creator, the creator's program, its path); path -> (dev, ino)
+        # of a created entry
+        self._created: BoundedState[Ident, tuple[ProcKey, str, str]] = self.state()
         self._cpath: BoundedState[str, Ident] = self.state()
         self._over: BoundedState[str, _Over] = self.state()        # overwritten, by path
         self._reported: BoundedState[ProcKey, int] = self.state()  # -> time of its finding
@@ -302,22 +304,24 @@ class SecureDeletion(BehaviorRule):
         if flags & O_CREAT:
             # the first opener seen with O_CREAT is taken for its creator
             got = self._created.get(ident, now)
-            if got is None or got[1] != path:
+            if got is None or got[2] != path:
                 if got is not None:
-                    self._cpath.pop(got[1])
-                self._created.put(ident, now, (key, path))
+                    self._cpath.pop(got[2])
+                self._created.put(ident, now, (key, ev.proc.exe, path))
                 self._cpath.put(path, now, ident)
                 return                   # never seen before: created by this open
-            creator: ProcKey | None = got[0]
+            creator: tuple[ProcKey, str, str] | None = got
         else:
             seen = self._created.get(ident, now)
-            creator = seen[0] if seen is not None and seen[1] == path else None
+            creator = seen if seen is not None and seen[2] == path else None
         if acc == 0 or acc == 3 or flags & (O_TRUNC | O_APPEND | O_EXCL):
             return
         if acc == O_RDWR and flags & O_CREAT:
             return                       # databases and lock files
-        if creator is not None and self._in(creator, [key]):
-            return                       # its own file (a journal, a swap file, a temp file)
+        if creator is not None and self._in(creator[0], [key]) and creator[1] == ev.proc.exe:
+            # its own file (a journal, a swap file, a temp file); the same process after an
+            # exec is another program (``bash -c 'echo > f; python3 ...'`` execs the last)
+            return
         if path.startswith(NOT_FILES) and any(path == d or path.startswith(d + "/")
                                              for d in NOT_FILES):
             return
@@ -339,7 +343,7 @@ class SecureDeletion(BehaviorRule):
         if ident is not None:
             got = self._created.get(ident, now)
             if got is not None:
-                self._created.put(ident, now, (got[0], dst))
+                self._created.put(ident, now, (got[0], got[1], dst))
                 self._cpath.put(dst, now, ident)
         o = self._over.pop(src)
         if o is None:
