@@ -64,6 +64,10 @@ ransomware rule's data directories.
   or the step's output, ``pwck -r``, a copy of /etc/hostname into a work file, a copied
   program extended by ``truncate`` after it was replaced: look-alikes of
   ``behavior.account_staging`` and of binary padding's short-lived writer;
+* secure deletion (s17-wipe): sqlite's rollback journal, an editor's swap file, a file
+  rewritten in place by the process that created it then deleted, ``rm``, ``mv``, a log
+  rotated by rename, ``sed -i``: look-alikes of ``behavior.secure_deletion`` (none may
+  raise it);
 * this project's own unit tests (a < 30 s slice).
 
 Everything the corpus writes is under ``tmp_path`` (the pip cache too); the
@@ -479,6 +483,47 @@ def _staging_lookalikes(c: Corpus) -> None:
                       "cut -d: -f1 /etc/group", "truncate -s 0 ./t2.log"))
 
 
+WIPE_LOOKALIKES = """\
+import os, sqlite3
+db = sqlite3.connect("app.db")
+db.execute("PRAGMA journal_mode=DELETE")
+db.execute("CREATE TABLE IF NOT EXISTS t (k TEXT)")
+for i in range(3):
+    with db:
+        db.execute("INSERT INTO t VALUES (?)", (str(i),))
+db.close()
+fd = os.open(".notes.txt.swp", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+os.write(fd, b"swap")
+os.lseek(fd, 0, 0)
+os.write(fd, b"SWAP")
+os.close(fd)
+os.unlink(".notes.txt.swp")
+with open("own.tmp", "wb") as f:
+    f.write(b"x" * 64)
+with open("own.tmp", "r+b") as f:
+    f.write(b"y" * 64)
+os.unlink("own.tmp")
+"""
+
+
+def _wipe_lookalikes(c: Corpus) -> None:
+    """Benign look-alikes of behavior.secure_deletion (s17-wipe): sqlite's rollback
+    journal (created, rewritten and deleted by the process itself), an editor's swap
+    file (O_EXCL), a file a process rewrote in place after creating it, then deleted,
+    ``rm`` of a file nobody overwrote, ``mv``, a log rotated by rename, ``sed -i``."""
+    work = c.tmp / "wipe"
+    work.mkdir()
+    (work / "lookalikes.py").write_text(WIPE_LOOKALIKES)
+    py = REPO / ".venv" / "bin" / "python"
+    c.run("journals, swap files, rm, mv and rotation", (
+        f"{py} lookalikes.py\n"
+        "echo notes > notes.txt && cp notes.txt notes.txt~ && rm notes.txt~\n"
+        "echo a > app.log && mv app.log app.log.1 && gzip -f app.log.1 && rm app.log.1.gz\n"
+        "echo 'k=v' > conf && sed -i 's/v/w/' conf && rm conf\n"
+        "mv app.db app.db.bak && rm -f app.db.bak\n"),
+        work, expect=("lookalikes.py", "cp notes.txt notes.txt~", "sed -i s/v/w/ conf"))
+
+
 def _unit_tests(c: Corpus) -> None:
     py = REPO / ".venv" / "bin" / "python"
     c.run("unit tests (events or config)",
@@ -573,6 +618,7 @@ def test_benign_corpus_raises_nothing_high(tmp_path: Path) -> None:
             _decode_lookalikes(corpus)
             _service_lookalikes(corpus)
             _staging_lookalikes(corpus)
+            _wipe_lookalikes(corpus)
             _unit_tests(corpus)
             _quiesce(agent)
         time.sleep(1.5)   # the agent's health pass (drop counter) runs every second
@@ -635,6 +681,9 @@ def test_benign_corpus_raises_nothing_high(tmp_path: Path) -> None:
     # JITs, libffi and ld.so are not shellcode loaders: not even a medium alert
     xmem = [a for a in ours if a["rule"] == "behavior.exec_memory"]
     assert not xmem, "executable memory of benign runtimes alerted:\n" + _table(xmem)
+    # nothing here overwrites a file it did not create and then deletes it (s17-wipe)
+    wiped = [a for a in ours if a["rule"] == "behavior.secure_deletion"]
+    assert not wiped, "secure deletion alerted on benign steps:\n" + _table(wiped)
     bad = [a for a in ours if a["severity"] in ("high", "critical")]
     assert not bad, f"{len(bad)} high/critical alerts on a benign corpus:\n" + report
     # a blind agent raises nothing: the result only counts if the corpus was seen

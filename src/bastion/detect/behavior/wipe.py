@@ -1,0 +1,399 @@
+"""Anti-forensic secure deletion (T1070.004, issue 15, s17-wipe).
+
+``shred -u F``, ``shred -zun 7 F``, ``shred --remove=wipesync F``, ``wipe -rf D``,
+``srm F``, ``scrub -r F``, ``sfill D``, a renamed copy of shred, ``dd
+if=/dev/urandom of=F conv=notrunc && rm F``, a Python loop overwriting a file then
+unlinking it: a file's bytes destroyed before its name goes, so nothing can be
+recovered.  Matched on two things, never on an atomic's command line:
+
+(a) **the deletion tools by identity**: the executable is the installed file of
+    ``shred``/``wipe``/``srm``/``scrub``/``sfill`` (by (device, inode) in the root-only
+    system directories, :class:`.trust.ExeTrust`) or carries a name of their family;
+    its command line is read by the tool's option table (:func:`.staging.parse`:
+    combined short flags ``-zun3``, ``--remove[=HOW]`` and its getopt_long prefixes):
+    shred only with a removing option, wipe unless ``-k`` (keep), srm always, scrub
+    with ``-r``/``--remove`` (or ``-X``: a free-space fill), sfill always (free space).
+    Medium, the operands (resolved against the exec's cwd) named.
+
+(b) **the kernel-visible shape, whatever the tool**: a process write-opens an
+    existing file in place (``O_WRONLY`` without ``O_TRUNC``/``O_APPEND``/``O_EXCL``,
+    or ``O_RDWR`` without ``O_CREAT``/``O_TRUNC``/``O_APPEND``) that it did not create
+    (the same process counts only while it runs the same program),
+    then within :attr:`SecureDeletion.window_ns` that process, its descendants, or its
+    script's next step (a process under the same parent) unlinks it, after renaming it
+    any number of times (shred's rename-to-zeros series is followed name by name).
+    Medium.  "Did not create": the compat sensor reports the caller's open flags, not
+    whether the open created the file; a file is counted as created by the first
+    process seen opening its inode with ``O_CREAT`` (forgotten when its name is
+    unlinked or renamed, so a reused inode number is not taken for the old file), and
+    an ``O_CREAT`` open of an inode never seen before is counted as a creation.
+
+High instead of medium when the wiped file is a log or a shell history, or a program
+or script the same tree executed (a self-deleting payload).  ``behavior.log_clearing``
+keeps what it already catches (shred/wipe/srm of a log or history by argv, the unlink of
+a log or history name): this rule stays silent there, so one act raises one alert.
+
+Silent (look-alikes): files a process created itself (sqlite journals, editors' swap
+files, temp files: ``O_EXCL``/``O_CREAT`` opens), ``O_RDWR|O_CREAT`` opens (databases
+and lock files open their files this way), truncating rewrites (``O_TRUNC``: editors,
+``cp``), appends (logs), ``touch``/``truncate`` of an existing file (no byte written), ``rm`` of a file nobody overwrote, ``mv``, and package
+managers, build tools, logrotate and systemd-tmpfiles (trusted by executable inode, as
+the actor or an ancestor up to 3).
+
+State: every map is a :class:`.state.BoundedState` (LRU cap and idle TTL of the pack's
+:class:`.state.Limits`); the overwritten files wait at most ``window_ns``.
+
+Left open (said, not hidden): an overwrite through ``O_RDWR|O_CREAT``, through a
+shared writable mapping, or by a process other than the deleter's own tree; a file
+that existed before the agent started and is opened ``O_WRONLY|O_CREAT`` without
+truncation (counted as created); a wipe that never unlinks (overwrite only); a
+renamed copy of wipe/srm/scrub is seen only by shape (b).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from bastion.detect.behavior.base import (
+    PACKAGE_MANAGERS, BehaviorRule, Hit, RuleSettings, base, glob_any,
+)
+from bastion.detect.behavior.rules import BINARY_WRITERS, HISTORY, LOGS, MAIL_SPOOLS
+from bastion.detect.behavior.staging import Opts, Parsed, parse
+from bastion.detect.behavior.state import BoundedState, Limits, ProcKey, proc_key
+from bastion.detect.behavior.trust import Ident
+from bastion.detect.behavior.svcctl import _Refused
+from bastion.detect.engine import RuleContext
+from bastion.events import Event, ExecEvent, FileEvent
+
+NS = 1_000_000_000
+O_ACCMODE, O_WRONLY, O_RDWR = 0o3, 0o1, 0o2
+O_CREAT, O_EXCL, O_TRUNC, O_APPEND = 0o100, 0o200, 0o1000, 0o2000
+
+# the secure-deletion tools: installed name -> family (the option table's key)
+WIPE_NAMES: dict[str, str] = {"shred": "shred", "gshred": "shred", "wipe": "wipe",
+                              "srm": "srm", "scrub": "scrub", "sfill": "sfill"}
+
+# each family's options (getopt: which short options take a value, which long ones do,
+# the long options taking none; ``--remove[=HOW]``'s value is optional: only ``=HOW``)
+WIPE_OPTS: dict[str, Opts] = {
+    "shred": Opts(short="ns", long=frozenset({"--iterations", "--random-source", "--size"}),
+                  flags=frozenset({"--exact", "--force", "--remove", "--verbose", "--zero",
+                                   "--help", "--version"})),
+    "wipe": Opts(short="QRSMlobx"),
+    "srm": Opts(),
+    "scrub": Opts(short="pbsD", long=frozenset({"--pattern", "--blocksize", "--device-size",
+                                                "--dirent"}),
+                  flags=frozenset({"--remove", "--force", "--freespace", "--no-signature",
+                                   "--no-link", "--no-hwrand", "--no-threads", "--test-sig",
+                                   "--help", "--version"})),
+    "sfill": Opts(),
+}
+
+# who may overwrite and then delete files for a living (by executable inode)
+WIPE_TRUSTED = frozenset({*PACKAGE_MANAGERS, *BINARY_WRITERS, "logrotate", "systemd-tmpfiles",
+                          "systemd", "rsync", "git", "ccache"})
+NOT_FILES = ("/proc", "/sys", "/dev")
+# tools that write-open an existing file without writing a byte into it (by executable
+# inode): ``touch`` (times), ``truncate`` (the length, through ftruncate)
+NO_BYTES_WRITTEN = frozenset({"touch", "truncate"})
+_ROTATED = re.compile(r"\.(\d+|gz|xz|old|bz2)$")
+# log_clearing's own shred/wipe/srm-by-argv check (LogClearing._match: the tool's base name)
+_LOG_CLEARING_TOOLS = frozenset({"shred", "truncate", "wipe", "srm"})
+
+
+def _norm(path: str, cwd: str = "") -> str:
+    """``path`` made absolute against ``cwd`` (when both allow), lexically normalised."""
+    if not path.startswith("/") and cwd.startswith("/"):
+        path = cwd + "/" + path
+    if not path.startswith("/"):
+        return path
+    return "/" + os.path.normpath(path).lstrip("/")
+
+
+def log_or_history(path: str) -> bool:
+    return glob_any(path, (*LOGS, *HISTORY)) is not None
+
+
+def log_clearing_unlink(path: str) -> bool:
+    """Does ``behavior.log_clearing`` already judge an unlink of ``path``?"""
+    return (glob_any(path, LOGS) is not None and not _ROTATED.search(path)) \
+        or glob_any(path, HISTORY) is not None or glob_any(path, MAIL_SPOOLS) is not None
+
+
+@dataclass(frozen=True)
+class WipeCommand:
+    """What a deletion tool's command line destroys."""
+
+    tool: str                   # family
+    files: tuple[str, ...]      # operands, absolute where the cwd allows
+    how: str                    # "overwrite and remove", "free space", ...
+
+
+def wipe_command(family: str, argv: tuple[str, ...] | list[str], cwd: str) -> WipeCommand | None:
+    """The files ``argv`` of a ``family`` tool wipes and removes (None: it removes
+    nothing, or the tool itself refuses the command line)."""
+    try:
+        p: Parsed = parse(argv, WIPE_OPTS[family])
+    except _Refused:
+        return None          # an ambiguous long-option prefix: the tool refuses, nothing done
+    names = {o for o, _ in p.opts}
+    files = tuple(_norm(a, cwd) for a in p.operands if a != "-")
+    if not files:
+        return None
+    if family == "shred":
+        if not names & {"-u", "--remove"}:
+            return None      # overwrite without removal: not this technique
+        how = next((f"overwrite and remove ({v})" for o, v in p.opts if o == "--remove" and v),
+                   "overwrite and remove")
+        return WipeCommand(family, files, how)
+    if family == "wipe":
+        return None if "-k" in names else WipeCommand(family, files, "overwrite and remove")
+    if family == "srm":
+        return WipeCommand(family, files, "overwrite and remove")
+    if family == "scrub":
+        if names & {"-r", "--remove"}:
+            return WipeCommand(family, files, "overwrite and remove")
+        if names & {"-X", "--freespace"}:
+            return WipeCommand(family, files, "free space filled")
+        return None
+    return WipeCommand(family, files, "free space wiped")     # sfill
+
+
+@dataclass
+class _Over:
+    """A file overwritten in place, waiting for its unlink."""
+
+    key: ProcKey                 # the overwriter
+    parent: ProcKey | None       # its parent (the script whose next step may unlink)
+    t0: int
+    orig: str                    # the name it had when overwritten
+    flags: int
+    writer: str
+    renames: list[str] = field(default_factory=list)
+    nrenames: int = 0
+
+
+class SecureDeletion(BehaviorRule):
+    """Secure deletion: a deletion tool by identity, or a file overwritten in place
+    then unlinked (see the module doc)."""
+
+    name = "behavior.secure_deletion"
+    event_types = frozenset({"exec", "open", "rename", "unlink"})
+    attack = ("T1070.004",)
+    severity = "medium"
+    action = "alert"
+    description = "File overwritten then deleted (secure deletion)"
+    window_ns = 30 * NS
+
+    def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None) -> None:
+        super().__init__(settings, limits)
+        # (dev, ino) -> (its creator, the creator's program, its path); path -> (dev, ino)
+        # of a created entry
+        self._created: BoundedState[Ident, tuple[ProcKey, str, str]] = self.state()
+        self._cpath: BoundedState[str, Ident] = self.state()
+        self._over: BoundedState[str, _Over] = self.state()        # overwritten, by path
+        self._reported: BoundedState[ProcKey, int] = self.state()  # -> time of its finding
+        # an executed program or script -> (the process, its parent)
+        self._ran: BoundedState[str, tuple[ProcKey, ProcKey | None]] = self.state()
+
+    # -- helpers
+
+    @staticmethod
+    def _parent_key(ev: Event, ctx: RuleContext) -> ProcKey | None:
+        e = ctx.procs.get(ev.proc.ppid)
+        if e is None or e.pid <= 1:
+            return None
+        return (e.pid, e.start_ns)
+
+    @staticmethod
+    def _chain(ev: Event, ctx: RuleContext) -> list[ProcKey]:
+        """The actor, then its known ancestors (up to 3), as process keys."""
+        out = [proc_key(ev)]
+        for e in ctx.procs.ancestry(ev.proc.pid, 4)[1:]:
+            if e.pid <= 1:
+                break
+            out.append((e.pid, e.start_ns))
+        return out
+
+    @staticmethod
+    def _in(key: ProcKey | None, chain: list[ProcKey]) -> bool:
+        if key is None:
+            return False
+        tick = 20_000_000    # /proc-seeded start times have clock-tick resolution
+        return any(k[0] == key[0] and (not k[1] or not key[1] or abs(k[1] - key[1]) < tick)
+                   for k in chain)
+
+    def _was_reported(self, keys: list[ProcKey], now: int) -> bool:
+        return any(self._reported.get(k, now) is not None for k in keys)
+
+    def _executed_here(self, path: str, chain: list[ProcKey], now: int) -> bool:
+        got = self._ran.get(path, now)
+        if got is None:
+            return False
+        ran, parent = got
+        return self._in(ran, chain) or self._in(parent, chain)
+
+    def _forget_created(self, path: str) -> None:
+        ident = self._cpath.pop(path)
+        if ident is not None:
+            self._created.pop(ident)
+
+    # -- events
+
+    def evaluate(self, ev: Event, ctx: RuleContext) -> list[Hit]:
+        if isinstance(ev, ExecEvent):
+            return self._exec(ev, ctx)
+        if not isinstance(ev, FileEvent):
+            return []
+        if ev.op == "open":
+            self._open(ev, ctx)
+            return []
+        if ev.op == "rename":
+            self._rename(ev, ctx)
+            return []
+        if ev.op == "unlink":
+            return self._unlink(ev, ctx)
+        return []
+
+    def _exec(self, ev: ExecEvent, ctx: RuleContext) -> list[Hit]:
+        now = ev.time_ns
+        key, parent = proc_key(ev), self._parent_key(ev, ctx)
+        for p in (ev.proc.exe, _norm(ev.script, ev.cwd) if ev.script else ""):
+            if p and p.startswith("/") and not ev.exec_fd:
+                self._ran.put(p, now, (key, parent))
+        name = base(ev.proc.exe) or base(ev.filename)
+        family = WIPE_NAMES.get(name)
+        if family is None:
+            by_inode = self.trust.is_tool((ev.exe_dev, ev.exe_ino), WIPE_NAMES)
+            family = WIPE_NAMES[by_inode] if by_inode is not None else None
+        if family is None:
+            return []
+        cmd = wipe_command(family, ev.argv, ev.cwd)
+        if cmd is None:
+            return []
+        if name in _LOG_CLEARING_TOOLS and any(log_or_history(f) for f in cmd.files):
+            self._reported.put(key, now, now)      # log_clearing's alert (high): not twice
+            return []
+        if self.trusted(ev, ctx, WIPE_TRUSTED, depth=3):
+            return []
+        self._reported.put(key, now, now)
+        chain = self._chain(ev, ctx)
+        logs = [f for f in cmd.files if log_or_history(f)]
+        payload = [f for f in cmd.files if self._executed_here(f, chain, now)]
+        sev, why = None, ""
+        if logs:
+            sev, why = "high", f" (log/history: {', '.join(logs[:3])})"
+        elif payload:
+            sev, why = "high", f" (a program this tree ran: {', '.join(payload[:3])})"
+        shown = ", ".join(cmd.files[:5]) + (f" (+{len(cmd.files) - 5})" if len(cmd.files) > 5 else "")
+        return [Hit(f"Secure deletion with {cmd.tool}: {shown}{why}",
+                    {"tool": cmd.tool, "exe": ev.proc.exe, "how": cmd.how,
+                     "files": list(cmd.files[:20]), "argv": list(ev.argv[:20]),
+                     "by": "identity"}, severity=sev)]
+
+    def _open(self, ev: FileEvent, ctx: RuleContext) -> None:
+        flags = ev.flags
+        acc = flags & O_ACCMODE
+        if not ev.ino or not ev.path.startswith("/"):
+            return
+        ident = (ev.dev, ev.ino)
+        now = ev.time_ns
+        key = proc_key(ev)
+        path = _norm(ev.path)
+        if flags & O_CREAT:
+            # the first opener seen with O_CREAT is taken for its creator
+            got = self._created.get(ident, now)
+            if got is None or got[2] != path:
+                if got is not None:
+                    self._cpath.pop(got[2])
+                self._created.put(ident, now, (key, ev.proc.exe, path))
+                self._cpath.put(path, now, ident)
+                return                   # never seen before: created by this open
+            creator: tuple[ProcKey, str, str] | None = got
+        else:
+            seen = self._created.get(ident, now)
+            creator = seen if seen is not None and seen[2] == path else None
+        if acc == 0 or acc == 3 or flags & (O_TRUNC | O_APPEND | O_EXCL):
+            return
+        if acc == O_RDWR and flags & O_CREAT:
+            return                       # databases and lock files
+        if creator is not None and self._in(creator[0], [key]) and creator[1] == ev.proc.exe:
+            # its own file (a journal, a swap file, a temp file); the same process after an
+            # exec is another program (``bash -c 'echo > f; python3 ...'`` execs the last)
+            return
+        if path.startswith(NOT_FILES) and any(path == d or path.startswith(d + "/")
+                                             for d in NOT_FILES):
+            return
+        e = ctx.procs.get(ev.proc.pid)
+        if e is not None and e.same_process(ev.proc.start_ns) and \
+                self.trust.is_tool((e.exe_dev, e.exe_ino), NO_BYTES_WRITTEN) is not None:
+            return                       # a stamp touched, a length set: nothing overwritten
+        self._over.put(path, now, _Over(key, self._parent_key(ev, ctx), now, path, flags,
+                                        ev.proc.exe or ev.proc.comm))
+
+    def _related(self, o: _Over, chain: list[ProcKey]) -> bool:
+        return self._in(o.key, chain) or self._in(o.parent, chain)
+
+    def _rename(self, ev: FileEvent, ctx: RuleContext) -> None:
+        src = _norm(ev.path)
+        dst = _norm(ev.path2)
+        now = ev.time_ns
+        ident = self._cpath.pop(src)
+        if ident is not None:
+            got = self._created.get(ident, now)
+            if got is not None:
+                self._created.put(ident, now, (got[0], got[1], dst))
+                self._cpath.put(dst, now, ident)
+        o = self._over.pop(src)
+        if o is None:
+            return
+        if now - o.t0 > self.window_ns or not self._related(o, self._chain(ev, ctx)):
+            return
+        o.nrenames += 1
+        if len(o.renames) < 8:
+            o.renames.append(dst)
+        self._over.put(dst, now, o)
+
+    def _unlink(self, ev: FileEvent, ctx: RuleContext) -> list[Hit]:
+        path = _norm(ev.path)
+        now = ev.time_ns
+        self._forget_created(path)
+        o = self._over.pop(path)
+        if o is None or now - o.t0 > self.window_ns:
+            return []
+        chain = self._chain(ev, ctx)
+        if not self._related(o, chain):
+            return []
+        if self._was_reported([o.key, chain[0]], now):
+            return []                    # the tool's identity already said it (or we did)
+        if log_clearing_unlink(path):
+            return []                    # log_clearing judges this unlink
+        if self.trusted(ev, ctx, WIPE_TRUSTED, depth=3):
+            return []
+        w = ctx.procs.get(o.key[0])
+        if w is not None and self._in((w.pid, w.start_ns), [o.key]) and \
+                self.trust.is_tool((w.exe_dev, w.exe_ino), WIPE_TRUSTED) is not None:
+            return []                    # overwritten by a trusted tool (a build, a package)
+        self._reported.put(o.key, now, now)
+        self._reported.put(chain[0], now, now)
+        sev, why = None, ""
+        if log_or_history(o.orig):
+            sev, why = "high", " (a log/history)"
+        elif self._executed_here(o.orig, chain, now) or self._executed_here(
+                o.orig, [o.key] + ([o.parent] if o.parent else []), now):
+            sev, why = "high", " (a program this tree ran: self-deleting payload)"
+        deleter = ev.proc.exe or ev.proc.comm
+        by = base(o.writer) if o.key == chain[0] else f"{base(o.writer)} then {base(deleter)}"
+        return [Hit(f"File overwritten in place then deleted by {by}: {o.orig}{why}",
+                    {"path": o.orig, "unlinked": path, "renames": o.nrenames,
+                     "renamed_to": list(o.renames), "flags": oct(o.flags),
+                     "writer": o.writer, "deleter": deleter,
+                     "window_s": round((now - o.t0) / NS, 3), "by": "shape"},
+                    severity=sev)]
+
+
+WIPE_RULES: tuple[type[BehaviorRule], ...] = (SecureDeletion,)
+
+__all__ = ["SecureDeletion", "WIPE_RULES", "WIPE_NAMES", "WIPE_OPTS", "WipeCommand",
+           "wipe_command", "log_clearing_unlink"]

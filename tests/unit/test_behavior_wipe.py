@@ -1,0 +1,356 @@
+"""Secure deletion (T1070.004, s17-wipe): the deletion tools by identity and option
+table, the overwrite-in-place-then-unlink shape whatever the tool, and the look-alikes
+that must stay silent (own journals and swap files, databases, editors, rm, mv,
+package managers, logrotate, tmpfiles)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bastion.detect.behavior import behavior_rules
+from bastion.detect.behavior.state import Limits
+from bastion.detect.behavior.wipe import SecureDeletion, wipe_command
+from bastion.detect.engine import Engine, Finding, RuleContext
+from bastion.proctable import ProcessTable
+from bastion.sensors.replay import read_all
+from support.trust import RecordedTrust
+
+RULE = "behavior.secure_deletion"
+W, WC, WCT, RW, RWC, RWCX = 0o1, 0o101, 0o1101, 0o2, 0o102, 0o302
+
+
+class Rec:
+    """exec/open/rename/unlink events as the compat sensor reports them (an unlink or a
+    rename carries no inode; an open carries the caller's flags and the inode)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.lines: list[dict[str, Any]] = []
+        self.procs: dict[int, tuple[int, str]] = {}
+        self.exec(1, 0, "/sbin/init", ["/sbin/init"])
+        self.exec(100, 1, "/usr/bin/bash", ["bash", "/tmp/run.sh"])
+
+    def _hdr(self, pid: int, at_s: float | None) -> dict[str, Any]:
+        self.n += 1
+        t = at_s if at_s is not None else self.n * 0.01
+        ppid, exe = self.procs[pid]
+        sec, us = divmod(int(t * 1_000_000), 1_000_000)
+        mins, sec = divmod(sec, 60)
+        return {"time": "2026-01-01T00:%02d:%02d.%06dZ" % (mins, sec, us),
+                "pid": pid, "tid": pid, "ppid": ppid, "uid": 0, "euid": 0, "gid": 0,
+                "cgroup_id": 1, "comm": exe.rsplit("/", 1)[1][:15], "start_ns": pid * 1000,
+                "exe": exe}
+
+    def exec(self, pid: int, ppid: int, exe: str, argv: list[str], cwd: str = "/tmp",
+             ino: int = 0, at_s: float | None = None) -> "Rec":
+        self.procs[pid] = (ppid, exe)
+        self.lines.append({"type": "exec", **self._hdr(pid, at_s), "filename": exe,
+                           "cwd": cwd, "argv": argv, "exe_dev": 1,
+                           "exe_ino": ino or 1000 + len(exe), "exe_nlink": 1})
+        return self
+
+    def _file(self, pid: int, op: str, path: str, path2: str = "", flags: int = 0,
+              ino: int = 0, at_s: float | None = None) -> "Rec":
+        self.lines.append({"type": op, **self._hdr(pid, at_s), "path": path, "path2": path2,
+                           "flags": flags, "mode": 0o644 if flags & 0o100 else 0,
+                           "owner_uid": -1, "owner_gid": -1, "dev": 1 if ino else 0,
+                           "ino": ino})
+        return self
+
+    def open(self, pid: int, path: str, flags: int, ino: int,
+             at_s: float | None = None) -> "Rec":
+        return self._file(pid, "open", path, flags=flags, ino=ino, at_s=at_s)
+
+    def rename(self, pid: int, old: str, new: str) -> "Rec":
+        return self._file(pid, "rename", old, new)
+
+    def unlink(self, pid: int, path: str, at_s: float | None = None) -> "Rec":
+        return self._file(pid, "unlink", path, at_s=at_s)
+
+    def shred_shape(self, pid: int, path: str, ino: int) -> "Rec":
+        """What coreutils shred -u does to ``path``: write-open in place, the rename
+        series to shorter names of zeros in the same directory, the unlink."""
+        d, name = path.rsplit("/", 1)
+        self.open(pid, path, 0o401, ino)
+        cur = path
+        for k in range(len(name), 0, -1):
+            new = f"{d}/{'0' * k}"
+            self.rename(pid, cur, new)
+            cur = new
+        return self.unlink(pid, cur)
+
+    def run(self, tmp: Path) -> list[Finding]:
+        p = tmp / "rec.jsonl"
+        p.write_text("".join(json.dumps(x) + "\n" for x in self.lines))
+        procs, trust = ProcessTable(), RecordedTrust()
+        engine = Engine(behavior_rules(trust=trust))
+        ctx = RuleContext(procs)
+        out: list[Finding] = []
+        for ev in read_all(p):
+            trust.learn(ev)
+            procs.update(ev)
+            out += engine.evaluate(ev, ctx)
+        assert not engine.errors, engine.disabled
+        return out
+
+
+def wipes(found: list[Finding]) -> list[Finding]:
+    return [f for f in found if f.rule == RULE]
+
+
+# ---- (a) the tools by identity, their option tables ------------------------------------
+
+@pytest.mark.parametrize("family,argv,files,how", [
+    ("shred", ["shred", "-u", "v"], ["/w/v"], "overwrite and remove"),
+    ("shred", ["shred", "-zun", "7", "a", "/b"], ["/w/a", "/b"], "overwrite and remove"),
+    ("shred", ["shred", "-zun7", "a"], ["/w/a"], "overwrite and remove"),
+    ("shred", ["shred", "--remove=wipesync", "a"], ["/w/a"],
+     "overwrite and remove (wipesync)"),
+    ("shred", ["shred", "--rem", "--iterations", "3", "a"], ["/w/a"], "overwrite and remove"),
+    ("shred", ["shred", "-n", "-u", "a"], None, None),        # -n takes "-u": no removal
+    ("shred", ["shred", "-vz", "a"], None, None),              # overwrite only
+    ("shred", ["shred", "--r", "a"], None, None),              # ambiguous: shred refuses
+    ("shred", ["shred", "-u", "--", "-u"], ["/w/-u"], "overwrite and remove"),
+    ("wipe", ["wipe", "-rf", "d"], ["/w/d"], "overwrite and remove"),
+    ("wipe", ["wipe", "-kq", "d"], None, None),                # -k keeps the files
+    ("wipe", ["wipe", "-Q", "3", "-f", "x"], ["/w/x"], "overwrite and remove"),
+    ("srm", ["srm", "-fllz", "x"], ["/w/x"], "overwrite and remove"),
+    ("scrub", ["scrub", "-r", "-p", "dod", "x"], ["/w/x"], "overwrite and remove"),
+    ("scrub", ["scrub", "-p", "dod", "x"], None, None),
+    ("scrub", ["scrub", "-X", "/mnt/d"], ["/mnt/d"], "free space filled"),
+    ("sfill", ["sfill", "-l", "/home"], ["/home"], "free space wiped"),
+    ("srm", ["srm"], None, None),
+])
+def test_command_lines_by_option_table(family: str, argv: list[str], files: list[str] | None,
+                                       how: str | None) -> None:
+    got = wipe_command(family, argv, "/w")
+    if files is None:
+        assert got is None
+    else:
+        assert got is not None and list(got.files) == files and got.how == how
+
+
+def test_shred_by_name_is_medium_and_names_the_file(tmp_path: Path) -> None:
+    r = Rec()
+    r.open(100, "/tmp/victim-shred.txt", WCT, 50)
+    r.exec(101, 100, "/usr/bin/shred", ["shred", "-zun", "3", "victim-shred.txt"])
+    r.shred_shape(101, "/tmp/victim-shred.txt", 50)
+    got = wipes(r.run(tmp_path))
+    assert [(f.severity, f.evidence["files"], f.evidence["by"]) for f in got] == \
+        [("medium", ["/tmp/victim-shred.txt"], "identity")]      # one alert, not two
+    assert got[0].attack == ("T1070.004",)
+
+
+def test_installed_shred_under_another_name_by_inode(tmp_path: Path) -> None:
+    """A hard link of the installed shred as /usr/local/bin/eraser is shred by inode."""
+    r = Rec()
+    r.exec(90, 1, "/usr/bin/shred", ["shred", "--version"], ino=4242)   # learnt: its inode
+    r.exec(101, 100, "/usr/local/bin/eraser", ["eraser", "--remove", "/srv/a"], ino=4242)
+    got = wipes(r.run(tmp_path))
+    assert [(f.evidence["tool"], f.evidence["files"]) for f in got] == [("shred", ["/srv/a"])]
+
+
+def test_shred_without_removal_is_not_secure_deletion(tmp_path: Path) -> None:
+    r = Rec()
+    r.open(100, "/tmp/f", WCT, 50)
+    r.exec(101, 100, "/usr/bin/shred", ["shred", "-n", "2", "f"])
+    r.open(101, "/tmp/f", 0o401, 50)
+    assert wipes(r.run(tmp_path)) == []
+
+
+# ---- (b) the shape whatever the tool ------------------------------------------------------
+
+def test_renamed_shred_by_shape(tmp_path: Path) -> None:
+    r = Rec()
+    r.open(100, "/tmp/x/victim", WCT, 50)                       # the prerequisite
+    r.exec(101, 100, "/tmp/x/cleaner", ["./cleaner", "-u", "victim"], cwd="/tmp/x")
+    r.shred_shape(101, "/tmp/x/victim", 50)
+    got = wipes(r.run(tmp_path))
+    assert len(got) == 1, [f.title for f in got]
+    f = got[0]
+    assert f.severity == "medium" and f.evidence["by"] == "shape"
+    assert f.evidence["path"] == "/tmp/x/victim" and f.evidence["unlinked"] == "/tmp/x/0"
+    assert f.evidence["renames"] == 6 and "/tmp/x/victim" in f.title
+
+
+def test_dd_notrunc_then_rm_by_the_next_step(tmp_path: Path) -> None:
+    r = Rec()
+    r.open(100, "/srv/data.db", WCT, 60)
+    r.exec(102, 100, "/usr/bin/dd", ["dd", "if=/dev/urandom", "of=/srv/data.db",
+                                     "conv=notrunc"])
+    r.open(102, "/srv/data.db", WC, 60)
+    r.exec(103, 100, "/usr/bin/rm", ["rm", "/srv/data.db"])
+    r.unlink(103, "/srv/data.db")
+    got = wipes(r.run(tmp_path))
+    assert [(f.severity, f.evidence["path"], f.evidence["writer"], f.evidence["deleter"])
+            for f in got] == [("medium", "/srv/data.db", "/usr/bin/dd", "/usr/bin/rm")]
+
+
+def test_script_exec_ing_into_its_last_command(tmp_path: Path) -> None:
+    """``bash -c 'echo > f; python3 -c ...'``: bash execs its last command in place, so
+    the python that rewrites and unlinks f is the very process (pid, start) whose shell
+    wrote it, running another program (found by the T9001 variant)."""
+    r = Rec()
+    r.exec(160, 100, "/usr/bin/bash", ["bash", "-c", "..."])
+    r.open(160, "/srv/w5/f1", WCT, 600)
+    r.exec(160, 100, "/usr/bin/python3.11", ["python3", "-c", "..."])
+    r.open(160, "/srv/w5/f1", RW | 0o2000000, 600).unlink(160, "/srv/w5/f1")
+    got = wipes(r.run(tmp_path))
+    assert [(f.evidence["path"], f.evidence["writer"]) for f in got] == \
+        [("/srv/w5/f1", "/usr/bin/python3.11")]
+
+
+def test_python_overwrite_loop_then_unlink(tmp_path: Path) -> None:
+    r = Rec()
+    for i, name in enumerate(("a", "b", "c")):
+        r.open(100, f"/home/u/{name}", WCT, 70 + i)
+    r.exec(104, 100, "/usr/bin/python3", ["python3", "wipe.py"])
+    for i, name in enumerate(("a", "b", "c")):
+        r.open(104, f"/home/u/{name}", RW, 70 + i).unlink(104, f"/home/u/{name}")
+    got = wipes(r.run(tmp_path))
+    assert [f.evidence["path"] for f in got] == ["/home/u/a"]      # one finding a process
+
+
+def test_history_wiped_by_a_renamed_tool_is_high(tmp_path: Path) -> None:
+    """log_clearing knows shred by name only, and /root/0 is no history name: this rule
+    raises it, high."""
+    r = Rec()
+    r.open(100, "/root/.bash_history", 0o2101, 80)                # bash appends: nothing
+    r.exec(105, 100, "/dev/shm/e", ["e", "-u", "/root/.bash_history"], cwd="/root")
+    r.shred_shape(105, "/root/.bash_history", 80)
+    found = r.run(tmp_path)
+    got = wipes(found)
+    assert [(f.severity, f.evidence["path"]) for f in got] == [("high", "/root/.bash_history")]
+    assert not [f for f in found if f.rule == "behavior.log_clearing"]
+
+
+def test_log_wipes_stay_log_clearings_alone(tmp_path: Path) -> None:
+    """shred -u of a log by name, and a renamed shred on a log (unlinked as /var/log/0):
+    log_clearing raises them (high, or critical and stopped from a /tmp script); this rule
+    adds nothing."""
+    r = Rec()
+    r.exec(106, 100, "/usr/bin/shred", ["shred", "-u", "/var/log/auth.log"])
+    r.shred_shape(106, "/var/log/auth.log", 81)
+    r.exec(107, 100, "/tmp/t", ["t", "-u", "/var/log/app.log"])
+    r.shred_shape(107, "/var/log/app.log", 82)
+    found = r.run(tmp_path)
+    assert wipes(found) == []
+    lc = [f for f in found if f.rule == "behavior.log_clearing"]
+    assert {f.event.proc.pid for f in lc if f.event is not None} == {106, 107}
+    assert all(f.severity in ("high", "critical") for f in lc)
+
+
+def test_self_deleting_payload_is_high(tmp_path: Path) -> None:
+    r = Rec()
+    r.open(100, "/tmp/.p", WCT, 90)
+    r.exec(108, 100, "/tmp/.p", ["/tmp/.p"])
+    r.exec(109, 100, "/usr/bin/dd", ["dd", "if=/dev/zero", "of=/tmp/.p", "conv=notrunc"])
+    r.open(109, "/tmp/.p", WC, 90)
+    r.exec(110, 100, "/usr/bin/rm", ["rm", "-f", "/tmp/.p"]).unlink(110, "/tmp/.p")
+    r.exec(111, 100, "/tmp/.q", ["/tmp/.q"])
+    r.exec(112, 100, "/usr/bin/srm", ["srm", "/tmp/.q"])
+    got = wipes(r.run(tmp_path))
+    assert [(f.severity, f.evidence["by"]) for f in got] == [("high", "shape"),
+                                                             ("high", "identity")]
+
+
+# ---- look-alikes ---------------------------------------------------------------------------
+
+def test_own_journal_swap_and_temp_files_are_silent(tmp_path: Path) -> None:
+    r = Rec()
+    r.exec(120, 100, "/usr/bin/sqlite3", ["sqlite3", "/srv/app.db"])
+    r.open(120, "/srv/app.db", RWC, 200)
+    r.open(120, "/srv/app.db-journal", RWC, 201)                  # created here
+    r.open(120, "/srv/app.db-journal", RW, 201)
+    r.unlink(120, "/srv/app.db-journal")
+    r.open(120, "/srv/app.db-wal", RWC, 202)                      # another's WAL: O_RDWR|O_CREAT
+    r.unlink(120, "/srv/app.db-wal")
+    r.exec(121, 100, "/usr/bin/vim", ["vim", "/etc/motd"])        # swap file and backup
+    r.open(121, "/etc/.motd.swp", RWCX, 203).open(121, "/etc/.motd.swp", RW, 203)
+    r.rename(121, "/etc/motd", "/etc/motd~")
+    r.open(121, "/etc/motd", WCT, 204)
+    r.unlink(121, "/etc/motd~").unlink(121, "/etc/.motd.swp")
+    r.exec(122, 100, "/usr/bin/python3", ["python3", "t.py"])     # its own file, r+b
+    r.open(122, "/tmp/tmpab12", WCT, 205).open(122, "/tmp/tmpab12", RW, 205)
+    r.unlink(122, "/tmp/tmpab12")
+    r.exec(123, 100, "/usr/bin/dd", ["dd", "of=/tmp/new", "conv=notrunc"])
+    r.open(123, "/tmp/new", WC, 206)                              # never seen: created
+    r.exec(124, 100, "/usr/bin/rm", ["rm", "/tmp/new"]).unlink(124, "/tmp/new")
+    assert wipes(r.run(tmp_path)) == []
+
+
+def test_rm_mv_touch_truncate_and_append_are_silent(tmp_path: Path) -> None:
+    r = Rec()
+    r.open(100, "/srv/a", WCT, 300).open(100, "/srv/b", WCT, 301)
+    r.exec(130, 100, "/usr/bin/rm", ["rm", "/srv/a"]).unlink(130, "/srv/a")
+    r.exec(131, 100, "/usr/bin/mv", ["mv", "/srv/b", "/srv/c"]).rename(131, "/srv/b", "/srv/c")
+    r.exec(132, 100, "/usr/bin/cp", ["cp", "/etc/hosts", "/srv/c"])
+    r.open(132, "/srv/c", WCT, 301)
+    r.open(100, "/srv/d", WCT, 302)
+    r.exec(133, 100, "/usr/bin/logger", ["logger"]).open(133, "/srv/d", 0o2001, 302)
+    r.exec(134, 100, "/usr/bin/rm", ["rm", "/srv/c", "/srv/d"])
+    r.unlink(134, "/srv/c").unlink(134, "/srv/d")
+    r.exec(135, 100, "/usr/bin/touch", ["touch", "stamp"], cwd="/src")   # a build stamp
+    r.open(135, "/src/stamp", WC, 303)
+    r.exec(136, 100, "/usr/bin/touch", ["touch", "stamp"], cwd="/src")
+    r.open(136, "/src/stamp", WC, 303)
+    r.exec(137, 100, "/usr/bin/truncate", ["truncate", "-s", "0", "stamp"], cwd="/src")
+    r.open(137, "/src/stamp", WC, 303)
+    r.exec(138, 100, "/usr/bin/rm", ["rm", "stamp"], cwd="/src").unlink(138, "/src/stamp")
+    assert wipes(r.run(tmp_path)) == []
+
+
+def test_package_managers_logrotate_and_tmpfiles_are_silent(tmp_path: Path) -> None:
+    r = Rec()
+    r.open(100, "/usr/lib/x/conf", WCT, 400)
+    r.exec(140, 1, "/usr/bin/dpkg", ["dpkg", "-i", "x.deb"])
+    r.open(140, "/usr/lib/x/conf", W, 400)                        # rewritten in place
+    r.rename(140, "/usr/lib/x/conf", "/usr/lib/x/conf.dpkg-old")
+    r.unlink(140, "/usr/lib/x/conf.dpkg-old")
+    r.exec(141, 1, "/usr/sbin/logrotate", ["logrotate", "/etc/logrotate.conf"])
+    r.open(141, "/var/log/syslog", 0o1001, 401)                   # copytruncate
+    r.rename(141, "/var/log/syslog.1", "/var/log/syslog.2.gz")
+    r.unlink(141, "/var/log/syslog.7.gz")
+    r.exec(142, 1, "/usr/bin/systemd-tmpfiles", ["systemd-tmpfiles", "--clean"])
+    r.unlink(142, "/tmp/old-file")
+    r.open(100, "/src/a.o", WCT, 402)
+    r.exec(143, 100, "/usr/bin/make", ["make"])
+    r.exec(144, 143, "/usr/bin/ld", ["ld", "-r", "a.o"])
+    r.open(144, "/src/a.o", W, 402).unlink(144, "/src/a.o")
+    assert wipes(r.run(tmp_path)) == []
+
+
+def test_unrelated_deleter_and_a_late_unlink_are_silent(tmp_path: Path) -> None:
+    """A daemon rewrites its existing pid file in place and removes it at exit minutes
+    later; another session removes a file a process rewrote."""
+    r = Rec()
+    r.open(100, "/run/d.pid", WCT, 500)
+    r.exec(150, 1, "/usr/sbin/mydaemon", ["mydaemon"], at_s=1)
+    r.open(150, "/run/d.pid", W, 500, at_s=1.5)
+    r.unlink(150, "/run/d.pid", at_s=120)
+    r.exec(151, 1, "/usr/bin/bash", ["bash"], at_s=121)
+    r.exec(152, 151, "/usr/bin/rsync", ["rsync", "--inplace", "a", "/srv/m"], at_s=122)
+    r.open(100, "/srv/m", WCT, 501, at_s=121.5)
+    r.open(152, "/srv/m", W, 501, at_s=122.5)
+    r.exec(153, 1, "/usr/bin/bash", ["bash"], at_s=123)
+    r.exec(154, 153, "/usr/bin/rm", ["rm", "/srv/m"], at_s=124).unlink(154, "/srv/m", at_s=124.5)
+    assert wipes(r.run(tmp_path)) == []
+
+
+def test_state_is_bounded() -> None:
+    from bastion.events import FileEvent, Proc
+    rule = SecureDeletion(limits=Limits(max_keys=8))
+    ctx = RuleContext(ProcessTable())
+    for i in range(100):
+        p = Proc(pid=1000 + i, tid=1000 + i, ppid=1, uid=0, euid=0, gid=0, cgroup_id=1,
+                 comm="w", start_ns=i)
+        rule.evaluate(FileEvent(time_ns=i, proc=p, op="open", path=f"/srv/f{i}", flags=WCT,
+                                dev=1, ino=10_000 + i), ctx)
+        rule.evaluate(FileEvent(time_ns=i, proc=p, op="open", path=f"/srv/g{i}", flags=W,
+                                dev=1, ino=20_000 + i), ctx)
+    st = rule.stats()
+    assert st["keys"] <= 8 * 5 and st["shed"] > 0
