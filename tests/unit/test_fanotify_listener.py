@@ -442,9 +442,10 @@ def test_a_slow_decision_does_not_hold_back_a_deny_ready_before_it(group: FakeGr
         a = group.event(1)
         b = group.event(2)
         lis.start()
-        assert group.answers(1, timeout_s=TIMEOUT_S / 2) == [(a, FAN_DENY)]
-        assert not release.is_set()
-        assert group.answers(1) == [(b, FAN_ALLOW)]    # the watchdog's fallback
+        # the deny first and as a deny, then b's fallback: held back behind b it would
+        # come second, or as the watchdog's allow (no time bound here: a loaded host
+        # starts the listener thread late; the order is the property)
+        assert group.answers(2) == [(a, FAN_DENY), (b, FAN_ALLOW)]   # b: the fallback
         release.set()
         wait_for(lambda: lis.stats()["decisions_timed"] == 2)
         s = lis.stats()
