@@ -68,6 +68,12 @@ ransomware rule's data directories.
   rewritten in place by the process that created it then deleted, ``rm``, ``mv``, a log
   rotated by rename, ``sed -i``: look-alikes of ``behavior.secure_deletion`` (none may
   raise it);
+* compile after delivery (s17-compile): a ``make`` build whose recipe compiles and runs
+  its own test binary, an autoconf-style ``./configure`` compiling and running
+  ``conftest``, ``setup.py build_ext`` of a tiny C extension (the venv's setuptools,
+  offline), ``cargo run --offline`` of a new crate (when cargo is installed), and an
+  interactive developer compile at a terminal (``script`` gives the shell a pty):
+  look-alikes of ``behavior.compile_after_delivery``;
 * this project's own unit tests (a < 30 s slice).
 
 Everything the corpus writes is under ``tmp_path`` (the pip cache too); the
@@ -524,6 +530,55 @@ def _wipe_lookalikes(c: Corpus) -> None:
         work, expect=("lookalikes.py", "cp notes.txt notes.txt~", "sed -i s/v/w/ conf"))
 
 
+CONFIGURE = """#!/bin/sh
+# an autoconf-style probe: what ./configure does for "checking whether the C compiler works"
+echo "checking whether the C compiler works..."
+cat > conftest.c <<_ACEOF
+int main(void) { return 0; }
+_ACEOF
+if gcc -o conftest conftest.c && ./conftest; then echo yes; else echo no; exit 1; fi
+rm -f conftest conftest.c
+"""
+
+SETUP_PY = ("from setuptools import Extension, setup\n"
+            "setup(name='corpusext', version='0.1', ext_modules=[Extension('corpusext', ['corpusext.c'])])\n")
+EXT_C = ('#include <Python.h>\nstatic struct PyModuleDef m = {PyModuleDef_HEAD_INIT, "corpusext", 0, -1, 0};\n'
+         "PyMODINIT_FUNC PyInit_corpusext(void) { return PyModule_Create(&m); }\n")
+
+
+def _compile_lookalikes(c: Corpus) -> None:
+    """Builds and compiles that are not compile-after-delivery (s17-compile): make running
+    the test binary its recipe built, a configure probe, a C extension built by setuptools
+    (loaded, never exec'd), cargo's build and run, a developer compiling at a terminal."""
+    work = c.tmp / "compile"
+    work.mkdir()
+    (work / "unit.c").write_text("int main(void) { return 0; }\n")
+    (work / "Makefile").write_text("test: t_unit\n\t./t_unit\n\nt_unit: unit.c\n\t$(CC) -o $@ unit.c\n")
+    (work / "configure").write_text(CONFIGURE)
+    (work / "configure").chmod(0o755)
+    c.run("make builds and runs its test binary; an autoconf-style configure probe",
+          "make -s test\n./configure\n", work,
+          expect=("make -s test", "./t_unit", "./configure", "./conftest"))
+    ext = work / "ext"
+    ext.mkdir()
+    (ext / "setup.py").write_text(SETUP_PY)
+    (ext / "corpusext.c").write_text(EXT_C)
+    py = REPO / ".venv" / "bin" / "python"
+    c.run("setup.py build_ext of a tiny C extension, imported",
+          f"{py} setup.py -q build_ext --inplace\n{py} -c 'import corpusext'\n", ext,
+          expect=("build_ext --inplace", "import corpusext"))
+    if shutil.which("cargo"):
+        c.run("cargo new + cargo run --offline",
+              "cargo new -q --vcs none hello\ncd hello && cargo run -q --offline\n", work,
+              expect=("cargo run -q --offline", "target/debug/hello"), timeout=180)
+    (work / "dev.c").write_text('#include <stdio.h>\nint main(void) { puts("dev"); return 0; }\n')
+    if shutil.which("script"):
+        # a developer's shell on a terminal (script gives it a pty), typing the commands
+        c.run("an interactive developer compile at a terminal (pty)",
+              "printf 'gcc -o dev dev.c && ./dev\\nexit\\n' | SHELL=/bin/bash script -q -e /dev/null\n",
+              work, expect=("gcc -o dev dev.c", "./dev"))
+
+
 def _unit_tests(c: Corpus) -> None:
     py = REPO / ".venv" / "bin" / "python"
     c.run("unit tests (events or config)",
@@ -619,6 +674,7 @@ def test_benign_corpus_raises_nothing_high(tmp_path: Path) -> None:
             _service_lookalikes(corpus)
             _staging_lookalikes(corpus)
             _wipe_lookalikes(corpus)
+            _compile_lookalikes(corpus)
             _unit_tests(corpus)
             _quiesce(agent)
         time.sleep(1.5)   # the agent's health pass (drop counter) runs every second

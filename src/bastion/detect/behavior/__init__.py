@@ -16,6 +16,7 @@ from bastion.detect.behavior.depth import DEPTH_RULES
 from bastion.detect.behavior.staging import STAGING_RULES
 from bastion.detect.behavior.decode import DECODE_RULES
 from bastion.detect.behavior.wipe import WIPE_RULES
+from bastion.detect.behavior.compiled import COMPILE_RULES
 from bastion.detect.behavior.escape import ESCAPE_RULES, ContainerProbes, live_container_probes
 from bastion.detect.behavior.provenance import Provenance
 from bastion.detect.behavior.state import Limits
@@ -26,7 +27,7 @@ NS = 1_000_000_000
 
 
 def rule_names() -> frozenset[str]:
-    return frozenset({c.name for c in (*ALL_RULE_CLASSES, *DEPTH_RULES, *STAGING_RULES, *DECODE_RULES, *WIPE_RULES)} | {p.rule for p in PERSISTENCE}
+    return frozenset({c.name for c in (*ALL_RULE_CLASSES, *DEPTH_RULES, *STAGING_RULES, *DECODE_RULES, *WIPE_RULES, *COMPILE_RULES)} | {p.rule for p in PERSISTENCE}
                      | {c.name for c in ESCAPE_RULES})
 
 
@@ -54,7 +55,7 @@ def behavior_rules(config: BehaviorConfig | None = None, probes: Probes | None =
                              trust=s.trust)
         return s
 
-    for cls in (*ALL_RULE_CLASSES, *DEPTH_RULES, *STAGING_RULES, *DECODE_RULES, *WIPE_RULES):
+    for cls in (*ALL_RULE_CLASSES, *DEPTH_RULES, *STAGING_RULES, *DECODE_RULES, *WIPE_RULES, *COMPILE_RULES):
         s = settings(cls.name)
         if not s.enabled:
             continue

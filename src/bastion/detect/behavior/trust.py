@@ -95,6 +95,7 @@ class ExeTrust:
         self._clock = clock
         self._locate = locate or _locate_here
         self._by_name: dict[str, frozenset[Ident]] = {}
+        self._at_path: dict[str, Ident | None] = {}   # installed(): path -> its identity
         self._stamp = clock()
         # the installed shells by inode and build id (s16-sig, :mod:`.shells`)
         self.shells = ShellIdents(lambda: installed_shell_paths(self.dirs), self._locate,
@@ -104,6 +105,7 @@ class ExeTrust:
         now = self._clock()
         if now - self._stamp >= self.refresh_s:
             self._by_name.clear()
+            self._at_path.clear()
             self._stamp = now
 
     def idents(self, name: str) -> frozenset[Ident]:
@@ -128,6 +130,20 @@ class ExeTrust:
             if ident in self.idents(n):
                 return n
         return None
+
+    def installed(self, path: str, ident: Ident) -> bool:
+        """Is ``ident`` the root-only file at the absolute ``path``, wherever it lies (a
+        toolchain's ``/usr/lib/gcc/.../collect2``, a root-installed rustup's cargo)?  The
+        same test as the trust directories' files (:func:`secure_file`): only root can
+        have put that inode there.  Looked up once per path and refresh (s17-compile)."""
+        if ident == (0, 0) or not path.startswith("/"):
+            return False
+        self._fresh()
+        if path not in self._at_path:
+            if len(self._at_path) >= 4096:
+                self._at_path.clear()
+            self._at_path[path] = self._locate(path)
+        return self._at_path[path] == ident
 
     def shell(self, exe: str, ident: Ident, pid: int) -> str | None:
         """The shell family (an option table of :mod:`.shellargs`) of process ``pid``
