@@ -12,6 +12,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from bastion.detect.behavior import behavior_rules, live_probes
 from bastion.detect.engine import Engine, RuleContext
 from bastion.proctable import ProcessTable
@@ -69,18 +71,40 @@ def test_account_databases_staged_live(tmp_path: Path) -> None:
             sensor.close()
 
 
-def test_program_padded_by_a_short_lived_writer_live(tmp_path: Path) -> None:
+OVERLAY = ("mount -t tmpfs s17 {t} && mkdir {t}/u {t}/w {work}\n"
+           "mount -t overlay overlay -o lowerdir={low},upperdir={t}/u,workdir={t}/w {work}\n")
+
+
+@pytest.mark.parametrize("layout,pad", [
+    ("plain", "truncate -s +1 ./padme"),
+    # the atomics sandbox (T9001-62): an overlayfs over a tmpfs upper in a private mount
+    # namespace; lstat there reports the upper layer's dev, the kernel the overlay's (s17-pad)
+    ("overlay", "dd if=/dev/zero bs=1 count=4 conv=notrunc oflag=append of=./padme status=none"),
+])
+def test_program_padded_by_a_short_lived_writer_live(tmp_path: Path, layout: str,
+                                                     pad: str) -> None:
     """``truncate -s +1`` of a copied program never run (T1027.001 with its prerequisite
     run): the writer has exited before the rule reads the file through its root; the file
     is read through its parent's root instead (s16-stage).  A copy replaced by cp
-    (truncating) stays silent."""
+    (truncating) stays silent.  The same inside an overlayfs (a container's or the
+    atomics sandbox's root): the parent's root shows the written inode, named by the
+    overlay's superblock as the kernel reports it (s17-pad)."""
     work = tmp_path / "w"
-    work.mkdir()
-    script = (f"cd {work}\n"
-              "cp /bin/true ./padme\n"
-              "cp /bin/true ./replaced && cp /bin/false ./replaced\n"
-              "truncate -s +1 ./padme\n"
-              "sleep 1\n")
+    script = ""
+    if layout == "plain":
+        work.mkdir()
+    else:
+        (tmp_path / "t").mkdir()
+        (tmp_path / "low").mkdir()
+        script = OVERLAY.format(t=tmp_path / "t", work=work, low=tmp_path / "low")
+    script += (f"cd {work}\n"
+               "cp /bin/true ./padme\n"
+               "cp /bin/true ./replaced && cp /bin/false ./replaced\n"
+               f"{pad}\n"
+               "sleep 1\n")
+    argv = ["/bin/sh", "-c", script]
+    if layout == "overlay":   # the mounts die with the namespace, never seen by the host
+        argv = ["unshare", "--mount", "--propagation", "private", *argv]
     with scoped_cgroup() as (cg, cgid):
         sensor = BpfSensor(cgroup_id=cgid)
         sensor.open()
@@ -88,7 +112,7 @@ def test_program_padded_by_a_short_lived_writer_live(tmp_path: Path) -> None:
             procs = ProcessTable()
             engine = Engine(behavior_rules(probes=live_probes()))
             ctx = RuleContext(procs)
-            proc = spawn_in(cg, ["/bin/sh", "-c", script], stdout=subprocess.DEVNULL)
+            proc = spawn_in(cg, argv, stdout=subprocess.DEVNULL)
             found = []
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline:

@@ -387,6 +387,37 @@ def test_padding_fallback_stops_at_another_mount_namespace(tmp_path: Path) -> No
         assert asked == [211]                             # the writer only, never the shim
 
 
+MOUNTINFO = (
+    "49 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n"
+    "75 49 0:42 / /sbx/m rw,relatime - overlay overlay rw,lowerdir=/,upperdir=/t/u,workdir=/t/w\n"
+    "76 75 0:43 / /sbx/m/tmp rw - tmpfs tmp rw\n")
+
+
+def test_padding_identity_names_the_mount_superblock(tmp_path: Path) -> None:
+    """s17-pad: the fallback's identity is the mount's superblock dev (mountinfo's
+    major:minor, kernel-encoded like the sensor's ``i_sb->s_dev``), not ``lstat``'s
+    ``st_dev`` (overlayfs reports a non-directory's layer dev there); a mount not
+    listed: unknown.  Live on a plain file it equals lstat's; a FIFO is looked up
+    without being opened (O_PATH: no wait on a writer)."""
+    import os
+    from bastion.abi import kernel_dev
+    from bastion.detect.behavior.rules import fdinfo_fields, file_ident, mount_dev
+    assert mount_dev(MOUNTINFO, 75) == (0 << 20) | 42
+    assert mount_dev(MOUNTINFO, 49) == (254 << 20) | 0
+    assert mount_dev(MOUNTINFO, 77) is None
+    assert fdinfo_fields("pos:\t0\nflags:\t012400000\nmnt_id:\t75\nino:\t8\n") == {
+        "pos": "0", "flags": "012400000", "mnt_id": "75", "ino": "8"}
+    prog = tmp_path / "p"
+    prog.write_bytes(b"\x7fELF")
+    st = os.lstat(prog)
+    assert file_ident(os.getpid(), str(prog)) == (kernel_dev(st.st_dev), st.st_ino)
+    os.mkfifo(tmp_path / "f")
+    st = os.lstat(tmp_path / "f")
+    assert file_ident(os.getpid(), str(tmp_path / "f")) == (kernel_dev(st.st_dev), st.st_ino)
+    assert file_ident(os.getpid(), str(tmp_path / "gone")) is None
+    assert file_ident(os.getpid(), "relative") is None
+
+
 def test_touch_is_no_padding(tmp_path: Path) -> None:
     """``touch -r ref prog`` opens the program for writing without truncation (to create
     it when absent) and writes nothing: not binary padding, by touch's inode."""

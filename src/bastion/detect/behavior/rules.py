@@ -33,6 +33,7 @@ import stat
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Final, Iterable, Sequence
 
 from bastion.abi import RewriteAct, kernel_dev
@@ -76,7 +77,8 @@ class Probes:
     root_of: Callable[[int], str | None] | None = None
     # is ``path``, as process ``pid`` sees it, an executable ELF file (None: cannot tell)
     elf_exec: Callable[[int, str], bool | None] | None = None
-    # the (kernel dev, inode) of ``path`` as process ``pid`` sees it, by lstat (None: gone)
+    # the (kernel dev, inode) of ``path`` as process ``pid`` sees it, as the sensor names
+    # a file (its mount's superblock dev, not lstat's st_dev; None: gone)
     file_ident: Callable[[int, str], tuple[int, int] | None] | None = None
     # ``path`` with its symlinks resolved as process ``pid`` sees it (None: cannot tell)
     resolve: Callable[[int, str], str | None] | None = None
@@ -261,17 +263,55 @@ def elf_exec(pid: int, path: str) -> bool | None:
         os.close(fd)
 
 
+def mount_dev(mountinfo: str, mnt_id: int) -> int | None:
+    """The kernel-encoded superblock dev (``major << 20 | minor``, as BPF reads
+    ``i_sb->s_dev``) of mount ``mnt_id`` in a ``/proc/PID/mountinfo`` text; None when the
+    mount is not listed."""
+    for line in mountinfo.splitlines():
+        f = line.split(maxsplit=3)
+        if len(f) >= 3 and f[0] == str(mnt_id):
+            major, _, minor = f[2].partition(":")
+            return kernel_dev(os.makedev(int(major), int(minor)))
+    return None
+
+
+def fdinfo_fields(text: str) -> dict[str, str]:
+    """``/proc/PID/fdinfo/FD`` as its ``name: value`` fields."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        k, sep, v = line.partition(":")
+        if sep:
+            out[k.strip()] = v.strip()
+    return out
+
+
 def file_ident(pid: int, path: str) -> tuple[int, int] | None:
-    """The (kernel-encoded dev, inode) of ``path`` seen through ``pid``'s root, by lstat
-    (nothing opened); None when gone."""
+    """The (kernel dev, inode) of ``path`` seen through ``pid``'s root, named as the
+    sensor names a written file (``f_inode->i_sb->s_dev``, ``f_inode->i_ino``): the
+    inode of the file a lookup returns (fdinfo ``ino``) and its mount's superblock dev
+    (``mountinfo`` of ``pid``).  Not ``lstat``'s ``st_dev``: overlayfs reports a
+    non-directory's layer dev there (a container's or the atomics sandbox's root: the
+    tmpfs upper's, never the overlay superblock the kernel reports; s17-pad).  Opened
+    ``O_PATH|O_NOFOLLOW`` only: the file itself is never opened (no device, FIFO or
+    fanotify event), nothing read.  None when gone."""
     root = proc_root(pid)
     if root is None or not path.startswith("/"):
         return None
     try:
-        st = os.lstat(os.path.join(root, path.lstrip("/")))
+        fd = os.open(os.path.join(root, path.lstrip("/")),
+                     os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return None
-    return kernel_dev(st.st_dev), st.st_ino
+    try:
+        info = fdinfo_fields(Path(f"/proc/self/fdinfo/{fd}").read_text())
+        ino = int(info["ino"]) if "ino" in info else os.fstat(fd).st_ino
+        mounts = Path(f"/proc/{pid}/mountinfo").read_text()
+    except OSError:
+        return None          # the process gone under the look-up
+    finally:
+        os.close(fd)
+    dev = mount_dev(mounts, int(info["mnt_id"]))
+    return None if dev is None else (dev, ino)
 
 
 def resolve_in(pid: int, path: str, max_links: int = 40) -> str | None:
