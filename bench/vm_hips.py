@@ -23,12 +23,16 @@ one exec, open-read and connect decision per loop iteration, and a write into th
 policy's write-protected tree from inside the cgroup is refused (EPERM) — a matcher
 that was past its deadline or out of scope fails the bench instead of reporting a
 figure of nothing.  Then a pass with the kernel's BPF run-time statistics on
-(sessions hips1000, empty, empty, hips1000, one load): ns of BPF per iteration.
+(sessions hips1000, hips1000_nowalk, empty, empty, hips1000_nowalk, hips1000, one
+load): ns of BPF per iteration; ``hips1000_nowalk`` is the same plan with the
+directory-object walk off (``HIPS_F_DIR_OBJECTS`` cleared: the loops' objects match no
+rule either way), which tells what the ancestor walk costs.
 
 Prints ``bench vm_hips1000_<loop> <x> x`` (hips1000 / none, median of the per-round
 ratios; targets exec, connect <= 1.05, open <= 1.10), ``_min``/``_max``,
 ``vm_hips1000_<loop>_vs_empty`` (hips1000 / empty: what the 1,000 rules add over the
-hooks themselves) and ``vm_hips1000_<loop>_bpf_ns`` / ``vm_hips_empty_<loop>_bpf_ns``.
+hooks themselves) and ``vm_hips1000_<loop>_bpf_ns`` / ``vm_hips1000_nowalk_<loop>_bpf_ns`` /
+``vm_hips_empty_<loop>_bpf_ns``.
 
 By hand, on the host (the C loops are compiled there; the guest's tree is read-only):
 
@@ -114,7 +118,15 @@ class _Matcher:
     runs under does not change the programs."""
 
     def __init__(self, plan: Any, cgid: int) -> None:
-        self.plan = plan
+        import dataclasses
+
+        from bastion import abi
+
+        # the same rules with the ancestor walk off (diagnostic, BPF pass only: what
+        # the directory objects' walk costs; the loops' objects match no rule either way)
+        self.plans = {"empty": None, "hips1000": plan,
+                      "hips1000_nowalk": dataclasses.replace(
+                          plan, flags=plan.flags & ~abi.HIPS_F_DIR_OBJECTS)}
         self.cgid = cgid
         self.hk: Any = None
         self.mode = "none"
@@ -140,10 +152,13 @@ class _Matcher:
                                      self_tgid=os.getpid())
                 self.hk.open()
                 c.log(f"  lsm_hips loaded in {time.monotonic() - t0:.1f}s")
-            if mode == "hips1000" and self.hk.active_gen() == 0:
-                self.hk.apply(self.plan)
-            elif mode == "empty" and self.hk.active_gen() != 0:
-                self.hk.clear()
+            if mode != self.mode:
+                plan = self.plans[mode]
+                if plan is None:
+                    if self.hk.active_gen() != 0:
+                        self.hk.clear()
+                else:
+                    self.hk.apply(plan)
             if (self.hk.active_gen() == 0) != (mode == "empty"):
                 raise RuntimeError(f"matcher in {mode!r} has active generation "
                                    f"{self.hk.active_gen()}")
@@ -213,7 +228,8 @@ def _bpf_cost(loops: Loops, plan: Any, cgid: int) -> dict[tuple[str, str], float
     iters: dict[tuple[str, str], int] = {}
     try:
         with _Matcher(plan, cgid) as sess:
-            for mode in ("hips1000", "empty", "empty", "hips1000"):
+            for mode in ("hips1000", "hips1000_nowalk", "empty", "empty",
+                         "hips1000_nowalk", "hips1000"):
                 sess.set(mode)
                 for loop, argv in loops.items():
                     before = sess.prog_stats()
@@ -280,11 +296,13 @@ def measure() -> None:
         c.log(f"{loop}: none {base:.3f}s; empty x{empty.describe()}; hips1000 "
               f"x{full.describe()}, {full.within(limit)} of {len(full.values)} rounds <= "
               f"{limit}; hips1000/empty {rules.describe()}; BPF ns hips1000 "
-              f"{cost[(loop, 'hips1000')]:.0f} / empty {cost[(loop, 'empty')]:.0f}")
+              f"{cost[(loop, 'hips1000')]:.0f} / without the walk "
+              f"{cost[(loop, 'hips1000_nowalk')]:.0f} / empty {cost[(loop, 'empty')]:.0f}")
         c.emit(f"vm_hips_empty_{loop}", empty.median, "x")
         c.emit(f"vm_hips1000_{loop}_vs_empty", rules.median, "x")
         c.emit(f"vm_hips_empty_{loop}_bpf_ns", cost[(loop, "empty")], "ns", ".0f")
         c.emit(f"vm_hips1000_{loop}_bpf_ns", cost[(loop, "hips1000")], "ns", ".0f")
+        c.emit(f"vm_hips1000_nowalk_{loop}_bpf_ns", cost[(loop, "hips1000_nowalk")], "ns", ".0f")
         c.emit(f"vm_hips1000_{loop}_min", full.lo, "x")
         c.emit(f"vm_hips1000_{loop}_max", full.hi, "x")
         c.check_target(f"vm_hips1000_{loop}", full.median, limit)
