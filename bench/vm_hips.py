@@ -13,7 +13,7 @@ mode, so each decision is a full lookup ending in "allow".
 
 Modes: ``none`` (no HIPS program loaded), ``empty`` (the matcher loaded and attached,
 no policy: generation 0, every hook returns after the generation lookup) and
-``hips1000`` (the policy applied).  ``BENCH_VM_ROUNDS`` rounds (default 5) of six
+``hips1000`` (the policy applied).  ``BENCH_VM_ROUNDS`` rounds (default 5; by hand only, like vm_sensors.py's) of six
 sessions in ABBA order (none A B B A none, ``_common.abba_order``), the matcher loaded
 once per round (``_Matcher``: the verifier takes ~25 s under TCG) and switched between
 no policy and the plan; per round the ratio sum(mode) / sum(none) of its two sessions each; the

@@ -13,7 +13,8 @@ Each loop (exec, read-open, write-open, connect; bench/*_loop.c, calibrated to ~
 with no sensor) runs with no sensor, the tracepoint sensor (``BpfSensor``) and the
 hook sensor (``HookSensor``), each sensor as the agent sets it up (all cgroups, the
 sensitive set, the dedup windows) and drained by a thread.  A warm-up pass, then
-``BENCH_VM_ROUNDS`` rounds (default 6) in one boot.  A round is six sessions in ABBA
+``BENCH_VM_ROUNDS`` rounds (default 6; the guest's pytest runs under ``env -i``, so
+the variable reaches it only by hand, e.g. from ``VM_SHELL=1``) in one boot.  A round is six sessions in ABBA
 order, none A B B A none (``_common.abba_order``; A/B = tp/hooks in even rounds,
 hooks/tp in odd ones), each session a fresh sensor load running the four loops: a drift
 of the host's load that is linear over a round hits both sensors alike, and each
@@ -28,7 +29,9 @@ Prints ``bench vm_sensor_<loop>_{tp,hooks}_ratio <x> x`` (sensor / no sensor, me
 of the per-round ratios), ``bench vm_sensor_<loop>_{tp,hooks}_bpf_ns <n> ns`` (BPF run
 time per iteration), ``bench vm_sensor_<loop>_bpf_hooks_vs_tp <x> x`` and
 ``bench vm_sensor_<loop>_hooks_vs_tp <x> x`` with ``_min``/``_max`` beside it: the
-median over rounds of hooks/tp within a round.  Target: hooks_vs_tp <= 1.03 on every
+median over rounds of hooks/tp within a round, and ``vm_sensor_<loop>_same_sensor_dev``:
+the median |1 - ratio| of one sensor's two sessions in a round (an A/A control: the
+noise one round's ratio carries with nothing changed).  Target: hooks_vs_tp <= 1.03 on every
 loop.  The host's load average is the Makefile's to print (``make bench-vm``): the
 guest cannot see it.
 """
