@@ -510,3 +510,70 @@ def chmod_flood_under_status(agent: AgentProcess, path: str, flood_s: float) -> 
         raise RuntimeError(f"chmod_flood failed ({fl.returncode})")
     return StatusSampled(s0, s1, t1 - t0, float(out.split()[0]), int(out.split()[1]),
                          lat, rss, ages, fails)
+
+
+# ---- repeated in-boot comparisons (the test VM: TCG under a shared host) -----------------
+
+
+@dataclass(frozen=True)
+class Spread:
+    """A figure measured once per round: the rounds' values, their median and range."""
+
+    values: tuple[float, ...]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    @property
+    def lo(self) -> float:
+        return min(self.values)
+
+    @property
+    def hi(self) -> float:
+        return max(self.values)
+
+    def within(self, limit: float) -> int:
+        """How many rounds were at most ``limit``."""
+        return sum(1 for v in self.values if v <= limit)
+
+    def describe(self, fmt: str = ".3f") -> str:
+        return (f"{self.median:{fmt}} ({self.lo:{fmt}}-{self.hi:{fmt}} over "
+                f"{len(self.values)} rounds)")
+
+
+def spread(values: Sequence[float]) -> Spread:
+    """The rounds' figures as a :class:`Spread`; ValueError naming the round when there
+    is none or one is not a positive finite number (a ratio of two loop times)."""
+    if not values:
+        raise ValueError("spread: no rounds")
+    for i, v in enumerate(values):
+        if not (0 < v < float("inf")):
+            raise ValueError(f"spread: round {i + 1} has {v!r}, not a positive finite figure")
+    return Spread(tuple(values))
+
+
+def abba_order(modes: Sequence[str], round_no: int) -> list[str]:
+    """The sessions of one round: the modes, then the same modes reversed (A B C C B A),
+    so a drift linear in time over the round hits every mode alike; odd rounds swap the
+    modes after the first (the baseline stays at both ends, the two compared sides
+    alternate which runs next to it)."""
+    if len(modes) < 2 or len(set(modes)) != len(modes):
+        raise ValueError(f"abba_order: need two or more distinct modes, got {list(modes)!r}")
+    first = [modes[0], *(reversed(modes[1:]) if round_no % 2 else modes[1:])]
+    return first + first[::-1]
+
+
+def round_ratios(samples: Mapping[str, Sequence[Sequence[float]]], num: str, den: str) -> list[float]:
+    """Per-round ratio sum(num samples) / sum(den samples) of ``samples[mode][round]``
+    (the loop times one round took in each mode); both modes need the same rounds."""
+    a, b = samples[num], samples[den]
+    if len(a) != len(b):
+        raise ValueError(f"round_ratios: {num} has {len(a)} rounds, {den} {len(b)}")
+    out = []
+    for i, (x, y) in enumerate(zip(a, b)):
+        if not x or not y or sum(y) <= 0:
+            raise ValueError(f"round_ratios: round {i + 1}: {num} {list(x)!r}, {den} {list(y)!r} "
+                             f"(need samples of both, {den}'s total > 0)")
+        out.append(sum(x) / sum(y))
+    return out
