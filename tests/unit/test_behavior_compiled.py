@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from bastion.detect.behavior import behavior_rules
+from bastion.detect.behavior.rules import Probes
 from bastion.detect.behavior.compiled import sources_of, staging_spot, tool_name
 from bastion.detect.engine import Engine, Finding, RuleContext
 from bastion.proctable import ProcessTable
@@ -86,12 +87,14 @@ class Rec:
         self.exec(pid + 2, pid + 1, LD, ["/usr/bin/ld", "-o", out], cwd=cwd, uid=uid)
         return self.write(pid + 2, out)
 
-    def run(self, tmp: Path, extra: dict[str, tuple[int, int]] | None = None) -> list[Finding]:
+    def run(self, tmp: Path, extra: dict[str, tuple[int, int]] | None = None,
+            stdio: dict[int, tuple[str, ...]] | None = None) -> list[Finding]:
         p = tmp / "rec.jsonl"
         p.write_text("".join(json.dumps(x) + "\n" for x in self.lines))
         procs, trust = ProcessTable(), RecordedTrust()
         trust.table.update(extra or {})
-        engine = Engine(behavior_rules(trust=trust))
+        probes = Probes(stdio=stdio.get) if stdio is not None else None
+        engine = Engine(behavior_rules(probes=probes, trust=trust))
         ctx = RuleContext(procs)
         out: list[Finding] = []
         for ev in read_all(p):
@@ -576,3 +579,16 @@ def test_loop_mounted_make_is_no_build(tmp_path: Path) -> None:
     r.exec(210, 160, "/root/w/p", ["./p"], ino=ino)
     found = r.run(tmp_path, {"/media/u/X/make": (77, 1000 + len("/media/u/X/make"))})
     assert got(found) == [(210, "medium")] and found[0].evidence["build_system"] == ""
+
+
+def test_daemon_on_dev_null_is_no_terminal(tmp_path: Path) -> None:
+    """Item 5, live: a daemon's fd 0 is /dev/null, a character device the ABI reports as
+    ``tty``; /proc tells it from a terminal."""
+    r = Rec().exec(160, 1, "/home/u/.local/bin/upd", ["upd"], stdin="tty", uid=1000)
+    ino = r.gcc(200, 160, ["gcc", "-o", "/home/u/.cache/kw", "/home/u/.cache/kw.c"],
+                "/home/u/.cache/kw", uid=1000, stdin="tty")
+    r.exec(210, 160, "/home/u/.cache/kw", ["kw"], ino=ino, uid=1000, stdin="tty")
+    null = ("/dev/null", "/dev/null", "/dev/null")
+    assert got(r.run(tmp_path, stdio={160: null, 200: null, 210: null})) == [(210, "medium")]
+    pts = ("/dev/pts/3",) * 3
+    assert got(r.run(tmp_path, stdio={160: pts, 200: pts, 210: pts})) == []

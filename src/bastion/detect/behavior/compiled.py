@@ -452,8 +452,19 @@ class CompileAfterDelivery(BehaviorRule):
                 continue
             info = self._info.get((e.pid, e.start_ns), now)
             if info is not None:
-                return info.stdin == "tty"
+                return self._terminal(e.pid, info.stdin)
         return False
+
+    def _terminal(self, pid: int, fd0: str) -> bool:
+        """fd 0 of ``pid`` (its kind at exec, ``fd0``) is a terminal: the ABI says a
+        character device; live, /proc tells a terminal from /dev/null (a daemon's)."""
+        if fd0 != "tty":
+            return False
+        fds = self.prov.stdio(pid) if self.prov is not None and \
+            self.prov.stdio is not None else None
+        if fds:
+            return fds[0].startswith(("/dev/pts/", "/dev/tty", "/dev/console"))
+        return True
 
     def _launcher(self, e: ProcEntry, now: int) -> tuple[str, str, str]:
         name = base(e.exe)
@@ -462,7 +473,7 @@ class CompileAfterDelivery(BehaviorRule):
         if is_shell(e.exe):
             kind = self.trust.shell(e.exe, (e.exe_dev, e.exe_ino), e.pid) or name
             args = parse_shell_argv(kind, e.cmdline)
-            if args.interactive and info is not None and info.stdin == "tty":
+            if args.interactive and info is not None and self._terminal(e.pid, info.stdin):
                 return "interactive", f"{name} -i", cwd     # -i alone is the caller's flag
             if args.script or (info is not None and info.script):
                 script = (info.script if info is not None and info.script else args.script) or ""
@@ -496,7 +507,7 @@ class CompileAfterDelivery(BehaviorRule):
         above = chain[1:] if chain and chain[0].same_process(ev.proc.start_ns) else []
         build = self._build_system(None, above)
         session, detail, lcwd = self._session(above, ev.time_ns)
-        if session in ("program", "unknown") and ev.stdin == "tty":
+        if session in ("program", "unknown") and self._terminal(ev.proc.pid, ev.stdin):
             session, detail = "interactive", f"{detail or 'tcc'} on a terminal"
         reasons: dict[str, str] = {}
         if self.prov is not None:
@@ -551,7 +562,7 @@ class CompileAfterDelivery(BehaviorRule):
             strong.append(f"{r}: {tree[r]}")
         root_staged = False
         non_interactive = not interactive
-        run_tty = ev.stdin == "tty"
+        run_tty = self._terminal(ev.proc.pid, ev.stdin)
         staged_product = [p for p in (prod.path if not in_memory else "", exe)
                           if p and staging_spot(p)]
         if not prod.build:
