@@ -17,7 +17,9 @@ from bastion.events import Event, ExecEvent
 class RecordedTrust(ExeTrust):
     def __init__(self) -> None:
         self.table: dict[str, Ident] = {}
-        super().__init__(locate=self.table.get)
+        # the recording host's system devices: those of its files in the trust directories
+        super().__init__(locate=self.table.get, system_devs=lambda: frozenset(
+            d for p, (d, _) in self.table.items() if os.path.dirname(p) in TRUST_DIRS))
 
     def learn(self, ev: Event) -> None:
         if isinstance(ev, ExecEvent) and ev.proc.exe and \
@@ -25,3 +27,4 @@ class RecordedTrust(ExeTrust):
             # the latest inode at that path (a recording may show an upgrade)
             self.table[ev.proc.exe] = (ev.exe_dev, ev.exe_ino)
             self._by_name.clear()
+            self._devs = None

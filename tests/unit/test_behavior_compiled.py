@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from bastion.detect.behavior import behavior_rules
+from bastion.detect.behavior.rules import Probes
 from bastion.detect.behavior.compiled import sources_of, staging_spot, tool_name
 from bastion.detect.engine import Engine, Finding, RuleContext
 from bastion.proctable import ProcessTable
@@ -86,12 +87,14 @@ class Rec:
         self.exec(pid + 2, pid + 1, LD, ["/usr/bin/ld", "-o", out], cwd=cwd, uid=uid)
         return self.write(pid + 2, out)
 
-    def run(self, tmp: Path, extra: dict[str, tuple[int, int]] | None = None) -> list[Finding]:
+    def run(self, tmp: Path, extra: dict[str, tuple[int, int]] | None = None,
+            stdio: dict[int, tuple[str, ...]] | None = None) -> list[Finding]:
         p = tmp / "rec.jsonl"
         p.write_text("".join(json.dumps(x) + "\n" for x in self.lines))
         procs, trust = ProcessTable(), RecordedTrust()
         trust.table.update(extra or {})
-        engine = Engine(behavior_rules(trust=trust))
+        probes = Probes(stdio=stdio.get) if stdio is not None else None
+        engine = Engine(behavior_rules(probes=probes, trust=trust))
         ctx = RuleContext(procs)
         out: list[Finding] = []
         for ev in read_all(p):
@@ -253,10 +256,10 @@ def test_developer_compile_at_a_terminal_silent(tmp_path: Path) -> None:
 
 def test_make_build_and_its_test_binary_silent(tmp_path: Path) -> None:
     """make (the installed file, by inode) compiling and running its test binary, even in
-    a staging spot from a script."""
-    r = Rec().exec(160, 150, "/usr/bin/make", ["make", "check"], cwd="/tmp")
-    ino = r.gcc(200, 160, ["gcc", "-o", "t", "t.c"], "/tmp/t", cwd="/tmp")
-    r.exec(210, 160, "/tmp/t", ["./t"], ino=ino)
+    a build tree in /tmp from a script."""
+    r = Rec().exec(160, 150, "/usr/bin/make", ["make", "check"], cwd="/tmp/proj")
+    ino = r.gcc(200, 160, ["gcc", "-o", "t", "t.c"], "/tmp/proj/t", cwd="/tmp/proj")
+    r.exec(210, 160, "/tmp/proj/t", ["./t"], ino=ino)
     assert r.run(tmp_path) == []
 
 
@@ -351,3 +354,241 @@ def test_staging_spot(path: str, want: bool) -> None:
 ])
 def test_tool_names(exe: str, want: str) -> None:
     assert tool_name(exe) == want
+
+
+# ---- s17-compile review (items 1-8) ------------------------------------------------------------
+
+def _root_hidden_from(tmp: Path, r: Rec, ppid: int, uid: int = 0) -> list[tuple[int, str]]:
+    ino = r.gcc(200, ppid, ["gcc", "-o", "/tmp/.x", "/tmp/x.c"], "/tmp/.x", cwd="/tmp", uid=uid)
+    r.exec(210, ppid, "/tmp/.x", ["/tmp/.x"], ino=ino)
+    return got(r.run(tmp))
+
+
+@pytest.mark.parametrize("argv", [
+    ["python3", "/tmp/evil.py", "-m", "pip"],
+    ["python3", "-c", "import os", "-m", "pip"],
+    ["python3", "/home/u/bin/pip"],
+])
+def test_fake_pip_is_no_build(tmp_path: Path, argv: list[str]) -> None:
+    """Item 1: ``-m pip`` only as the interpreter's own option; a pip script only the trusted one."""
+    r = Rec().exec(160, 150, "/usr/bin/python3.11", argv, cwd="/tmp")
+    assert _root_hidden_from(tmp_path, r, 160) == [(210, "high")]
+
+
+@pytest.mark.parametrize("argv,extra", [
+    (["python3", "-m", "pip", "install", "."], {}),
+    (["python3", "-I", "-m", "pip", "wheel", "."], {}),
+    (["python3", "/usr/bin/pip3", "install", "."], {"/usr/bin/pip3": (1, 4242)}),
+])
+def test_genuine_pip_is_a_build(tmp_path: Path, argv: list[str],
+                                extra: dict[str, tuple[int, int]]) -> None:
+    """The genuine pip (module, or the installed script by inode) compiling in its tree: silent."""
+    r = Rec().exec(160, 150, "/usr/bin/python3.11", argv, cwd="/tmp/pip-req-build-a")
+    ino = r.gcc(200, 160, ["gcc", "-o", "t", "t.c"], "/tmp/pip-req-build-a/t",
+                cwd="/tmp/pip-req-build-a")
+    r.exec(210, 160, "/tmp/pip-req-build-a/t", ["./t"], ino=ino)
+    assert r.run(tmp_path, extra) == []
+
+
+def _listener(r: Rec, pid: int, addr: str) -> None:
+    r.lines.append({"type": "listen", **r._hdr(pid), "family": "inet", "protocol": "tcp",
+                    "saddr": addr, "sport": 8080, "daddr": "", "dport": 0, "backlog": 5})
+
+
+@pytest.mark.parametrize("addr,want", [("127.0.0.1", []), ("::1", []),
+                                       ("0.0.0.0", [(620, "medium")])])
+def test_ide_server_terminal_compile(tmp_path: Path, addr: str, want: list[tuple[int, str]]) -> None:
+    """Item 2: a terminal under a listening IDE server (code-server, Jupyter): a loopback
+    listener is no network service; a public one at a terminal is medium, not high."""
+    r = Rec().exec(600, 1, "/home/u/.vscode-server/bin/abc/node", ["node", "server-main.js"],
+                   stdin="", uid=1000)
+    _listener(r, 600, addr)
+    r.exec(601, 600, "/usr/bin/bash", ["/bin/bash"], stdin="tty", uid=1000)
+    ino = r.gcc(610, 601, ["gcc", "-o", "hello", "hello.c"], "/home/u/p/hello", cwd="/home/u/p",
+                uid=1000, stdin="tty")
+    r.exec(620, 601, "/home/u/p/hello", ["./hello"], ino=ino, uid=1000, stdin="tty")
+    assert got(r.run(tmp_path)) == want
+
+
+def test_service_script_compile_stays_high(tmp_path: Path) -> None:
+    """A public listener's script compiling and running: still high (not waived)."""
+    r = Rec().exec(600, 1, "/usr/sbin/apache2", ["apache2"], stdin="", uid=33)
+    _listener(r, 600, "0.0.0.0")
+    r.exec(601, 600, "/usr/bin/dash", ["sh", "-c", "gcc x.c -o x; ./x"], uid=33)
+    ino = r.gcc(610, 601, ["gcc", "-o", "x", "x.c"], "/var/www/x", cwd="/var/www", uid=33)
+    r.exec(620, 601, "/var/www/x", ["./x"], ino=ino, uid=33)
+    assert got(r.run(tmp_path)) == [(620, "high")]
+
+
+@pytest.mark.parametrize("extra", [{"/usr/local/go/bin/go": (1, 1000 + 19)}, {}])
+def test_go_build_fetching_modules_silent(tmp_path: Path, extra: dict[str, tuple[int, int]]) -> None:
+    """Item 3: go fetched modules, then copied its own product: not a downloaded binary."""
+    go = "/usr/local/go/bin/go"
+    r = Rec().exec(160, 100, go, ["go", "build", "-o", "app", "."], cwd="/home/u/app",
+                   stdin="tty", uid=1000)
+    r.connect(160)
+    r.exec(161, 160, "/usr/local/go/pkg/tool/linux_amd64/link",
+           ["link", "-o", "/tmp/go-build1/b001/exe/a.out"], uid=1000)
+    r.write(161, "/tmp/go-build1/b001/exe/a.out", mode=0o777)
+    ino = r.write(160, "/home/u/app/app", mode=0o777)
+    r.exec(170, 100, "/home/u/app/app", ["./app"], ino=ino, stdin="tty", uid=1000)
+    assert got(r.run(tmp_path, extra)) == []
+
+
+def test_downloaded_binary_still_high(tmp_path: Path) -> None:
+    """A compiled product then overwritten by a downloader keeps ``network-binary``."""
+    r = Rec()
+    ino = r.gcc(200, 100, ["gcc", "-o", "/root/p", "p.c"], "/root/p", stdin="tty")
+    r.exec(220, 150, "/usr/bin/curl", ["curl", "-o", "/root/p", "http://x/p"])
+    r.connect(220)
+    r.write(220, "/root/p", ino=ino)
+    r.exec(230, 100, "/root/p", ["./p"], ino=ino, stdin="tty")
+    assert got(r.run(tmp_path)) == [(230, "high")]
+
+
+def test_make_into_tmp_hidden_run_as_root(tmp_path: Path) -> None:
+    """Item 4: ``make -C /tmp .x`` by a user, run as root from a script: a genuine make
+    keeps the temp-dir, hidden-name and uid signals."""
+    r = Rec().exec(160, 150, "/usr/bin/make", ["make", "-C", "/tmp", ".x"], cwd="/tmp")
+    ino = r.gcc(200, 160, ["cc", ".x.c", "-o", ".x"], "/tmp/.x", cwd="/tmp",
+                driver="/usr/bin/cc", uid=1000)
+    r.exec(210, 150, "/tmp/.x", ["/tmp/.x"], ino=ino)
+    found = r.run(tmp_path)
+    assert got(found) == [(210, "high")]
+    assert "compiled by uid 1000, run as root" in found[0].evidence["reasons"]
+
+
+def test_go_generate_into_tmp_hidden(tmp_path: Path) -> None:
+    """Item 4: ``go generate`` running a script that compiles /tmp/.x, run as root."""
+    r = Rec().exec(160, 150, "/usr/bin/go", ["go", "generate", "./..."], cwd="/tmp")
+    r.exec(161, 160, "/usr/bin/dash", ["sh", "-c", "x"], cwd="/tmp")
+    assert _root_hidden_from(tmp_path, r, 161, uid=1000) == [(210, "high")]
+
+
+def test_pip_sdist_from_url_hidden_tmp_product(tmp_path: Path) -> None:
+    """``pip install https://...``: the sdist's setup.py compiles /tmp/.x and runs it as root."""
+    py = "/usr/bin/python3.11"
+    r = Rec().exec(160, 150, py, ["python3", "-m", "pip", "install", "https://e/x.tar.gz"])
+    r.connect(160)
+    r.write(160, "/tmp/pip-install-ab/x_1/x.c")
+    r.exec(170, 160, py, ["python3", "-c", "exec(setup.py)", "egg_info"],
+           cwd="/tmp/pip-install-ab/x_1")
+    ino = r.gcc(200, 170, ["gcc", "-o", "/tmp/.x", "x.c"], "/tmp/.x", cwd="/tmp/pip-install-ab/x_1")
+    r.exec(210, 170, "/tmp/.x", ["/tmp/.x"], ino=ino)
+    found = r.run(tmp_path)
+    assert got(found) == [(210, "high")] and found[0].evidence["build_system"] == "pip"
+
+
+def test_bash_i_without_a_terminal_is_a_script(tmp_path: Path) -> None:
+    """Item 5: ``bash -i -c`` fed from a pipe is no prompt."""
+    r = Rec().exec(160, 150, "/usr/bin/bash", ["bash", "-i", "-c", "gcc ..."], stdin="pipe:[5]")
+    ino = r.gcc(200, 160, ["gcc", "-o", "/root/.cache/x", "/root/x.c"], "/root/.cache/x")
+    r.exec(210, 160, "/root/.cache/x", ["x"], ino=ino)
+    found = r.run(tmp_path)
+    assert got(found) == [(210, "medium")] and found[0].evidence["session"] == "script"
+
+
+def test_daemon_program_compile_is_not_silent(tmp_path: Path) -> None:
+    """Item 5: a dropper under init (no shell above, fd 0 /dev/null) compiling and running."""
+    r = Rec().exec(160, 1, "/home/u/.local/bin/upd", ["upd"], stdin="file", uid=1000)
+    ino = r.gcc(200, 160, ["gcc", "-o", "/home/u/.cache/kw", "/home/u/.cache/kw.c"],
+                "/home/u/.cache/kw", uid=1000)
+    r.exec(210, 160, "/home/u/.cache/kw", ["kw"], ino=ino, uid=1000)
+    assert got(r.run(tmp_path)) == [(210, "medium")]
+
+
+def test_program_at_a_terminal_silent(tmp_path: Path) -> None:
+    """An editor on a terminal (a program above the compiler, fd 0 a tty): a developer."""
+    r = Rec().exec(160, 100, "/usr/bin/vim", ["vim", "m.c"], stdin="tty", uid=1000)
+    ino = r.gcc(200, 160, ["gcc", "-o", "m", "m.c"], "/home/u/m", cwd="/home/u", uid=1000,
+                stdin="tty")
+    r.exec(210, 160, "/home/u/m", ["./m"], ino=ino, uid=1000, stdin="tty")
+    assert got(r.run(tmp_path)) == []
+
+
+def test_sleep_past_the_window_staged_product(tmp_path: Path) -> None:
+    """Item 6: ``sleep 301`` before running a hidden product in /tmp: still reported."""
+    r = Rec()
+    ino = r.gcc(200, 150, ["gcc", "-o", "/tmp/.x", "/tmp/x.c"], "/tmp/.x", uid=1000)
+    r.idle(301)
+    r.exec(210, 150, "/tmp/.x", ["/tmp/.x"], ino=ino, uid=1000)
+    found = r.run(tmp_path)
+    assert got(found) == [(210, "medium")] and found[0].evidence["after_s"] > 300
+
+
+def test_plain_product_after_the_window_silent(tmp_path: Path) -> None:
+    """An ordinary product (no staging, hidden or strong signal) is not kept past the window."""
+    r = Rec()
+    ino = r.gcc(200, 150, ["gcc", "-o", "/root/p", "/root/p.c"], "/root/p")
+    r.idle(301)
+    r.exec(210, 150, "/root/p", ["/root/p"], ino=ino)
+    assert got(r.run(tmp_path)) == []
+
+
+def test_late_map_is_capped() -> None:
+    """The late map keeps at most LATE_CAP products; the oldest go first, counted."""
+    from bastion.detect.behavior.compiled import LATE_CAP, CompileAfterDelivery, Product
+    rule = CompileAfterDelivery()
+    for i in range(LATE_CAP + 5):
+        p = Product(f"/tmp/.x{i}", (1, i + 1), 0, "/usr/bin/ld", "inode", "gcc", (), [], "", "",
+                    "script", "", 0)
+        rule._remember_late(p)
+    assert len(rule._late) == LATE_CAP and rule.late_evicted == 5 and (1, 1) not in rule._late
+
+
+def test_build_script_then_sudo_at_terminal_medium(tmp_path: Path) -> None:
+    """Item 7: ``./build.sh`` then ``sudo ./tool`` at a terminal: medium, one root reason."""
+    r = Rec().exec(160, 100, "/usr/bin/bash", ["bash", "./build.sh"], cwd="/home/u/t",
+                   stdin="tty", uid=1000)
+    ino = r.gcc(200, 160, ["gcc", "-o", "tool", "tool.c"], "/home/u/t/tool", cwd="/home/u/t",
+                uid=1000, stdin="tty")
+    r.exec(205, 100, "/usr/bin/sudo", ["sudo", "./tool"], stdin="tty", uid=0)
+    r.exec(210, 205, "/home/u/t/tool", ["./tool"], ino=ino, stdin="tty", uid=0)
+    found = r.run(tmp_path)
+    assert got(found) == [(210, "medium")]
+    assert sum("run as root" in w for w in found[0].evidence["reasons"]) == 1
+
+
+def test_user_compile_root_run_from_script_high(tmp_path: Path) -> None:
+    r = Rec().exec(160, 100, "/usr/bin/bash", ["bash", "./build.sh"], cwd="/home/u/t",
+                   stdin="tty", uid=1000)
+    ino = r.gcc(200, 160, ["gcc", "-o", "tool", "tool.c"], "/home/u/t/tool", cwd="/home/u/t",
+                uid=1000)
+    r.exec(210, 150, "/home/u/t/tool", ["./tool"], ino=ino)
+    found = r.run(tmp_path)
+    assert got(found) == [(210, "high")]
+    assert sum("run as root" in w for w in found[0].evidence["reasons"]) == 1
+
+
+def test_installed_only_on_system_devices() -> None:
+    """Item 8: a root-owned file on another device (a udisks loop mount of an image at
+    /media/u/X) is not a root-installed toolchain."""
+    from bastion.detect.behavior.trust import ExeTrust
+    table = {"/media/u/X/usr/bin/make": (77, 5), "/opt/go/bin/go": (1, 6)}
+    trust = ExeTrust(dirs=(), locate=table.get, system_devs=lambda: frozenset({1}))
+    assert not trust.installed("/media/u/X/usr/bin/make", (77, 5))
+    assert trust.installed("/opt/go/bin/go", (1, 6))
+    assert not trust.root_only("/media/u/X/usr/bin/make") and trust.root_only("/opt/go/bin/go")
+
+
+def test_loop_mounted_make_is_no_build(tmp_path: Path) -> None:
+    """A ``make`` on a user's mounted image (uid-0 files) waives nothing."""
+    r = Rec().exec(160, 150, "/media/u/X/make", ["make"], cwd="/root/w")
+    r.lines[-1]["exe_dev"] = 77
+    ino = r.gcc(200, 160, ["gcc", "-o", "/root/w/p", "p.c"], "/root/w/p", cwd="/root/w")
+    r.exec(210, 160, "/root/w/p", ["./p"], ino=ino)
+    found = r.run(tmp_path, {"/media/u/X/make": (77, 1000 + len("/media/u/X/make"))})
+    assert got(found) == [(210, "medium")] and found[0].evidence["build_system"] == ""
+
+
+def test_daemon_on_dev_null_is_no_terminal(tmp_path: Path) -> None:
+    """Item 5, live: a daemon's fd 0 is /dev/null, a character device the ABI reports as
+    ``tty``; /proc tells it from a terminal."""
+    r = Rec().exec(160, 1, "/home/u/.local/bin/upd", ["upd"], stdin="tty", uid=1000)
+    ino = r.gcc(200, 160, ["gcc", "-o", "/home/u/.cache/kw", "/home/u/.cache/kw.c"],
+                "/home/u/.cache/kw", uid=1000, stdin="tty")
+    r.exec(210, 160, "/home/u/.cache/kw", ["kw"], ino=ino, uid=1000, stdin="tty")
+    null = ("/dev/null", "/dev/null", "/dev/null")
+    assert got(r.run(tmp_path, stdio={160: null, 200: null, 210: null})) == [(210, "medium")]
+    pts = ("/dev/pts/3",) * 3
+    assert got(r.run(tmp_path, stdio={160: pts, 200: pts, 210: pts})) == []

@@ -170,3 +170,15 @@ def test_ransomware_after_a_benign_burst_still_stopped_quickly() -> None:
             break
     assert got and got[0].action == "kill-tree"
     assert n <= rule.count // 4 + 8, n
+
+
+@pytest.mark.parametrize("argv", [
+    ["python3", "/tmp/evil.py", "-m", "pip"],                    # -m pip as the script's argument
+    ["python3", "-c", "import urllib.request", "-m", "pip"],     # ... or -c's
+    ["python3", "/home/a/bin/pip", "install"],                   # any script named pip in a bin/
+])
+def test_pip_lookalikes_are_no_installer(argv: list[str]) -> None:
+    """s17-compile item 1: package_installer took ``-m pip`` anywhere in argv and any
+    ``bin/pip``, so provenance skipped these downloads."""
+    got = _pip_then_run(World(), argv)
+    assert got and got[0].severity == "high"

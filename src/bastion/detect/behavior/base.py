@@ -411,21 +411,70 @@ def package_installer(ev: Event, ctx: RuleContext, trust: ExeTrust) -> str | Non
     pm = trusted_as(entry, PACKAGE_MANAGERS, trust)
     if pm is not None:
         return pm
+    return python_installer(entry, trust, venv=True)
+
+
+def python_module_or_script(argv: tuple[str, ...] | list[str]) -> tuple[str, str]:
+    """("module", NAME) for ``python [opts] -m NAME``, ("script", PATH) for ``python
+    [opts] PATH``, ("", "") for ``-c``, stdin or nothing: the interpreter's own options
+    only (an ``-m pip`` after the script or ``-c`` is the program's argument)."""
+    i = 1
+    while i < len(argv):
+        a = argv[i]
+        i += 1
+        if a == "--":
+            return ("script", argv[i]) if i < len(argv) else ("", "")
+        if a == "-" or not a.startswith("-"):
+            return ("script", a) if a != "-" else ("", "")
+        if a.startswith("--"):
+            continue            # --version, --help, --check-hash-based-pycs=...
+        for j, c in enumerate(a[1:], 1):
+            if c == "c":
+                return "", ""
+            if c in "mWX":
+                val = a[j + 1:] or (argv[i] if i < len(argv) else "")
+                if not a[j + 1:]:
+                    i += 1
+                if c == "m":
+                    return ("module", val) if val else ("", "")
+                break
+    return "", ""
+
+
+def python_installer(entry: ProcEntry, trust: ExeTrust, *, venv: bool = False) -> str | None:
+    """pip (or pipx) run by the genuine Python interpreter ``entry``: ``-m pip`` as the
+    interpreter's own option, or the script being the trusted file (by inode) of the
+    pip script or pip's ``pip/__pip-runner__.py`` (root-installed, s17-compile).
+
+    ``venv``: also a virtualenv's own pip, which no identity can vouch for (the user
+    wrote it): only in its shebang form, the interpreter started as ``<venv>/bin/python*``
+    running ``<venv>/bin/pip*`` (or pip's runner from a ``site-packages/pip``): a
+    script of any name in any ``bin/`` run as ``python3 SCRIPT`` is not pip.  A
+    fake venv layout still passes (threat model, s17 item 1); the compile rule's build
+    exemption does not take it."""
     exe = base(entry.exe)
     if norm_interp(exe) not in ("python", "python3") \
             or trust.is_tool((entry.exe_dev, entry.exe_ino), [exe]) is None:
         return None
-    argv = list(entry.cmdline) if entry is not None else []
-    if len(argv) >= 2:
-        script = argv[1]
-        parent = os.path.basename(os.path.dirname(script))
-        if parent == "bin" and base(script).rstrip("0123456789.") in PY_INSTALLERS:
-            return base(script)
-        if parent == "pip" and base(script) == "__pip-runner__.py":
-            return "pip"    # pip's own build-isolation installs (pip/__pip-runner__.py)
-        for i, a in enumerate(argv[1:-1], 1):
-            if a == "-m" and argv[i + 1] in PY_INSTALLERS:
-                return argv[i + 1]
+    kind, what = python_module_or_script(entry.cmdline)
+    if kind == "module":
+        return what if what in PY_INSTALLERS else None
+    if kind != "script" or not what.startswith("/"):
+        return None
+    name = base(what)
+    if name.rstrip("0123456789.") in PY_INSTALLERS:
+        if trust.script_tool(entry.exe, (entry.exe_dev, entry.exe_ino),
+                             (entry.cmdline[0], what), [name]) is not None:
+            return name
+        argv0 = entry.cmdline[0] if entry.cmdline else ""
+        if venv and os.path.dirname(argv0) == os.path.dirname(what) \
+                and base(os.path.dirname(what)) == "bin" and base(argv0).startswith("python"):
+            return name
+        return None
+    if name == "__pip-runner__.py" and base(os.path.dirname(what)) == "pip" and (
+            trust.root_only(what) or (venv and base(os.path.dirname(os.path.dirname(what)))
+                                      == "site-packages")):
+        return "pip"        # pip's own build-isolation installs
     return None
 
 
@@ -456,7 +505,7 @@ def is_loopback(addr: str) -> bool:
 __all__ = [
     "NS", "ACTIONS", "RuleSettings", "Hit", "BehaviorRule", "SingleEvent", "Step", "SequenceRule",
     "ThresholdRule", "SHELLS", "INTERPRETERS", "SYSTEM_DIRS", "PACKAGE_MANAGERS", "PY_INSTALLERS",
-    "package_installer", "base",
+    "package_installer", "python_installer", "python_module_or_script", "base",
     "norm_interp", "is_shell", "is_interpreter", "under", "glob_any", "ancestry_names",
     "actor_names", "trusted", "trusted_as", "ExeTrust", "SESSION_ROOTS", "is_public_peer", "is_loopback",
 ]

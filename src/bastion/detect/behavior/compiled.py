@@ -25,9 +25,12 @@ the act and its context, never a command line:
   the compile's ancestors, **by executable identity** (:func:`.base.trusted_as`:
   inode in the trust directories, or the interpreter running the installed script;
   or the root-installed file of that name, :meth:`.trust.ExeTrust.installed`), makes
-  the compile a build: only the strong signals below are reported.  A genuine build
-  tool runs whatever recipe it is given, so an attacker's Makefile is a build too —
-  which is why the strong signals are never waived.
+  the compile a build: only the strong signals below are reported, and those no real
+  build produces: the product directly in /tmp, /var/tmp or /dev/shm, a hidden name,
+  compiled by another uid and run as root.  A genuine build tool runs whatever recipe
+  it is given, so an attacker's Makefile is a build too — which is why these are never
+  waived.  pip counts only as the genuine interpreter's own ``-m pip`` option, or its
+  script when that is the trusted file (:func:`.base.python_installer`).
 * **configure probes**: ``./configure`` is a shell script in the source tree, no
   identity to trust.  A script named ``configure`` whose product is ``conftest*`` in
   its own cwd is treated as an autoconf probe, which only waives the weakest signal
@@ -38,9 +41,11 @@ the act and its context, never a command line:
 
 Severity of the product's run (outside a build):
 
-* **medium** — compiled from a non-interactive shell or script (``sh -c``, a script
-  file, commands from a pipe, an interpreter's script; the shell found by its
-  argv and the kernel's fd 0 at exec, a terminal's shell being a developer's prompt),
+* **medium** — compiled from a non-interactive context: a shell or script (``sh -c``, a
+  script file, commands from anything but a terminal, an interpreter's script; ``-i``
+  counts only with fd 0 a terminal), or a program with no shell above it and no
+  terminal on the compile's fd 0 (a daemonised dropper) — interactivity is fd 0 at
+  exec being a tty, never a flag the caller sets;
   or the source or the binary in a *staging spot* (directly in /tmp, /var/tmp, or
   anywhere under /dev/shm or /run/shm; a hidden name or a hidden directory in a temp
   dir), or a hidden binary name anywhere, or run in memory;
@@ -49,8 +54,16 @@ Severity of the product's run (outside a build):
   network-written or fileless program, a decoded payload; likewise when the compile
   or the run happens in such a tree, or a pipe feeding the compiler's stdin was
   written by a process that connected out); or, from a non-interactive context, the
-  product run as root out of a staging spot, or run as root when a non-root user
-  compiled it.
+  product run as root out of a staging spot, or run as root (not from a terminal)
+  when a non-root user compiled it.  A listener on loopback only is no network
+  service (an IDE's server, Jupyter, bazel); a public one above a compile at a
+  terminal or under a genuine build is medium alone.  ``network-binary`` written by
+  the product's own writer (go fetching modules, then copying its build) is dropped.
+
+Products run later than :data:`WINDOW_NS` are forgotten, except those suspicious when
+written (staging spot, hidden name, untrusted source or tree): kept :data:`LATE_NS`
+in a map capped at :data:`LATE_CAP` (the oldest dropped when full, counted in
+``late_evicted``), so ``sleep 301`` buys nothing.
 
 A build tree deep in /tmp (pytest's, pip's, a tarball unpacked in /tmp) is no staging
 spot: a developer compiling there at a terminal is silent here (``exec_from_tmp``
@@ -64,12 +77,13 @@ from __future__ import annotations
 import functools
 import os
 import re
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 from bastion.detect.behavior.base import (
-    NS, PACKAGE_MANAGERS, BehaviorRule, Hit, RuleSettings, base, is_interpreter, is_shell,
-    norm_interp, trusted_as,
+    NS, PACKAGE_MANAGERS, BehaviorRule, Hit, RuleSettings, base, is_interpreter, is_loopback,
+    is_shell, norm_interp, python_installer, python_module_or_script, trusted_as,
 )
 from bastion.detect.behavior.provenance import LOCAL_REASONS, TMP_DIRS
 from bastion.detect.behavior.shellargs import parse_shell_argv
@@ -79,6 +93,10 @@ from bastion.events import Event, ExecEvent, FileEvent
 from bastion.proctable import ProcEntry
 
 WINDOW_NS = 300 * NS     # a product run later than this after its write is not "compile and run"
+# a product already suspicious when written (staging spot, hidden name, untrusted source or
+# tree) is kept this long in a map of at most LATE_CAP entries (oldest dropped when full)
+LATE_NS = 3600 * NS
+LATE_CAP = 1024
 
 # writers of a product (normalised names, see _tool)
 LINKERS = frozenset({"ld", "ld.bfd", "ld.gold", "gold", "ld.lld", "lld", "ld64.lld", "rust-lld",
@@ -217,6 +235,7 @@ class Product:
     uid: int
     compile_reasons: dict[str, str] = field(default_factory=dict)
     launcher_cwd: str = ""
+    late: bool = False                # kept LATE_NS (suspicious when written)
 
 
 class CompileAfterDelivery(BehaviorRule):
@@ -236,6 +255,11 @@ class CompileAfterDelivery(BehaviorRule):
         self._paths: BoundedState[str, Product] = self.state()
         self._pipe_writer: BoundedState[str, ProcKey] = self.state()     # stdout pipe -> exec'd writer
         self._src_writer: BoundedState[str, str] = self.state()          # source -> untrusted writer
+        # products suspicious at their write, kept LATE_NS (``sleep 301`` outlasts the
+        # state's TTL); LRU-capped at LATE_CAP: when full the oldest entry is dropped
+        # (a flood of >LATE_CAP suspicious products evicts the first; counted in late_evicted)
+        self._late: OrderedDict[tuple[int, int], Product] = OrderedDict()
+        self.late_evicted = 0
 
     # -- engine
 
@@ -264,7 +288,7 @@ class CompileAfterDelivery(BehaviorRule):
             if h is not None:
                 hits.append(h)
         prod = self._product_of(ev)
-        if prod is not None and now - prod.written_ns <= WINDOW_NS:
+        if prod is not None and now - prod.written_ns <= (LATE_NS if prod.late else WINDOW_NS):
             h = self._decide(prod, ev, ctx)
             if h is not None:
                 hits.append(h)
@@ -320,6 +344,8 @@ class CompileAfterDelivery(BehaviorRule):
                 stdin_pipe = info.stdin or "stdin"
         build = self._build_system(driver, above)
         session, detail, lcwd = self._session(above, now)
+        if session in ("program", "unknown") and self._tty_compile(driver, writer, now):
+            session, detail = "interactive", f"{detail or base(writer.exe)} on a terminal"
         reasons: dict[str, str] = {}
         if self.prov is not None:
             got, _ = self.prov.reasons(ev, ctx)
@@ -331,13 +357,35 @@ class CompileAfterDelivery(BehaviorRule):
                        driver.uid if driver is not None else ev.proc.uid, reasons, lcwd)
         if ident != (0, 0):
             self._products.put(ident, now, prod)
+            if self._suspicious_write(prod, now):
+                self._remember_late(prod)
         self._paths.put(path, now, prod)
+
+    def _remember_late(self, prod: Product) -> None:
+        prod.late = True
+        self._late[prod.ident] = prod
+        self._late.move_to_end(prod.ident)
+        while len(self._late) > LATE_CAP:
+            self._late.popitem(last=False)      # the oldest: LRU cap, counted
+            self.late_evicted += 1
+
+    def _suspicious_write(self, prod: Product, now: int) -> bool:
+        """A staging spot, a hidden name, an untrusted tree or source at the write."""
+        if staging_spot(prod.path) or hidden(prod.path) or prod.compile_reasons:
+            return True
+        for src in prod.sources:
+            if staging_spot(src) or self._src_writer.get(src, now) is not None or (
+                    self.prov is not None and self.prov.from_network(src, now) is not None):
+                return True
+        return False
 
     def _product_of(self, ev: ExecEvent) -> Product | None:
         """The product ``ev`` runs (forgotten: one finding per product): by the executed
         file's identity, else by its path when the file is the one written there."""
         ident = (ev.exe_dev, ev.exe_ino)
         prod = self._products.pop(ident) if ident != (0, 0) else None
+        if prod is None and ident != (0, 0):
+            prod = self._late.get(ident)
         exe = ev.proc.exe or ev.filename
         if prod is None and exe:
             prod = self._paths.get(exe, ev.time_ns)
@@ -347,6 +395,7 @@ class CompileAfterDelivery(BehaviorRule):
                 self._products.pop(prod.ident)
         if prod is not None:
             self._paths.pop(prod.path)
+            self._late.pop(prod.ident, None)
         return prod
 
     # -- context of a compile
@@ -366,9 +415,13 @@ class CompileAfterDelivery(BehaviorRule):
             if t == "go" and len(e.cmdline) > 1 and e.cmdline[1] in GO_HARNESS \
                     and self._genuine(e, "go"):
                 return f"go {e.cmdline[1]}"
-            pip = _pip(e)
-            if pip and self.trust.is_tool((e.exe_dev, e.exe_ino), [base(e.exe)]) is not None:
+            pip = python_installer(e, self.trust)
+            if pip is not None:
                 return pip
+            kind, mod = python_module_or_script(e.cmdline)
+            if kind == "module" and mod == "build" and \
+                    self.trust.is_tool((e.exe_dev, e.exe_ino), [base(e.exe)]) is not None:
+                return "python -m build"
         return ""
 
     def _genuine(self, e: ProcEntry, name: str) -> bool:
@@ -392,6 +445,27 @@ class CompileAfterDelivery(BehaviorRule):
             return kind, (f"{detail} via {via}" if via else detail), cwd
         return ("program", via, "") if via else ("unknown", "", "")
 
+    def _tty_compile(self, driver: ProcEntry | None, writer: ProcEntry, now: int) -> bool:
+        """fd 0 of the compile (the driver's, else the writer's, at exec) is a terminal."""
+        for e in (driver, writer):
+            if e is None:
+                continue
+            info = self._info.get((e.pid, e.start_ns), now)
+            if info is not None:
+                return self._terminal(e.pid, info.stdin)
+        return False
+
+    def _terminal(self, pid: int, fd0: str) -> bool:
+        """fd 0 of ``pid`` (its kind at exec, ``fd0``) is a terminal: the ABI says a
+        character device; live, /proc tells a terminal from /dev/null (a daemon's)."""
+        if fd0 != "tty":
+            return False
+        fds = self.prov.stdio(pid) if self.prov is not None and \
+            self.prov.stdio is not None else None
+        if fds:
+            return fds[0].startswith(("/dev/pts/", "/dev/tty", "/dev/console"))
+        return True
+
     def _launcher(self, e: ProcEntry, now: int) -> tuple[str, str, str]:
         name = base(e.exe)
         info = self._info.get((e.pid, e.start_ns), now)
@@ -399,8 +473,8 @@ class CompileAfterDelivery(BehaviorRule):
         if is_shell(e.exe):
             kind = self.trust.shell(e.exe, (e.exe_dev, e.exe_ino), e.pid) or name
             args = parse_shell_argv(kind, e.cmdline)
-            if args.interactive:
-                return "interactive", f"{name} -i", cwd
+            if args.interactive and info is not None and self._terminal(e.pid, info.stdin):
+                return "interactive", f"{name} -i", cwd     # -i alone is the caller's flag
             if args.script or (info is not None and info.script):
                 script = (info.script if info is not None and info.script else args.script) or ""
                 if not script.startswith("/"):
@@ -411,8 +485,8 @@ class CompileAfterDelivery(BehaviorRule):
             if args.command:
                 return "script", " ".join(e.cmdline)[:100], cwd
             stdin = info.stdin if info is not None else None
-            if stdin is not None and (stdin.startswith(("pipe:", "socket:")) or stdin == "file"):
-                return "script", f"{name} reading commands from {stdin}", cwd
+            if stdin is not None and stdin != "tty":
+                return "script", f"{name} reading commands from {stdin or 'a closed fd 0'}", cwd
             fds = self.prov.stdio(e.pid) if self.prov is not None and \
                 self.prov.stdio is not None else None
             if fds and fds[0] == "/dev/null":
@@ -433,6 +507,8 @@ class CompileAfterDelivery(BehaviorRule):
         above = chain[1:] if chain and chain[0].same_process(ev.proc.start_ns) else []
         build = self._build_system(None, above)
         session, detail, lcwd = self._session(above, ev.time_ns)
+        if session in ("program", "unknown") and self._terminal(ev.proc.pid, ev.stdin):
+            session, detail = "interactive", f"{detail or 'tcc'} on a terminal"
         reasons: dict[str, str] = {}
         if self.prov is not None:
             got, _ = self.prov.reasons(ev, ctx)
@@ -467,13 +543,34 @@ class CompileAfterDelivery(BehaviorRule):
             if in_memory and not prod.compile_reasons.get("fileless"):
                 run_reasons.pop("fileless", None)   # the product's own memfd run: in memory
             tree.update(run_reasons)
+        # go copies the binary it built (after fetching modules): the toolchain is the
+        # product's own writer, not a download of it (s17 item 3)
+        nb = tree.get("network-binary", "")
+        if nb.startswith(f"{exe} (written by {base(prod.writer)} ") or \
+                nb.startswith(f"{prod.path} (written by {base(prod.writer)} "):
+            tree.pop("network-binary")
+        # a service listening on loopback only (an IDE's server, Jupyter, bazel): not
+        # network-facing (s17 item 2)
+        svc = tree.get("network-service", "")
+        if svc and _loopback_listener(svc):
+            tree.pop("network-service")
+        adhoc: list[str] = []
+        interactive = prod.session == "interactive"
+        if "network-service" in tree and len(tree) == 1 and (interactive or prod.build):
+            adhoc.append(f"network-service: {tree.pop('network-service')}")
         for r in sorted(tree):
             strong.append(f"{r}: {tree[r]}")
-        adhoc: list[str] = []
         root_staged = False
+        non_interactive = not interactive
+        run_tty = self._terminal(ev.proc.pid, ev.stdin)
+        staged_product = [p for p in (prod.path if not in_memory else "", exe)
+                          if p and staging_spot(p)]
         if not prod.build:
             if prod.session == "script":
                 adhoc.append(f"compiled from a non-interactive script ({prod.session_detail})")
+            elif prod.session in ("program", "unknown"):
+                adhoc.append("compiled with no terminal on fd 0"
+                             + (f" ({prod.session_detail})" if prod.session_detail else ""))
             if prod.stdin_pipe and prod.session in ("script", "configure", "program"):
                 adhoc.append(f"source read from {prod.stdin_pipe}")
             staged = [p for p in (prod.path if not in_memory else "", *prod.sources)
@@ -482,15 +579,23 @@ class CompileAfterDelivery(BehaviorRule):
                 staged.append(exe)
             if staged:
                 adhoc.append(f"staged in a temp dir: {staged[0]}")
-            if hidden(exe) or hidden(prod.path):
-                adhoc.append(f"hidden name: {base(exe)}")
-            non_interactive = prod.session in ("script", "configure")
-            if non_interactive and ev.proc.euid == 0 and (
-                    staging_spot(exe) or staging_spot(prod.path)):
+        else:
+            # a genuine build tool runs any recipe: these never come from a real build
+            # (s17 item 4): the product directly in /tmp or /dev/shm
+            direct = [p for p in staged_product if os.path.dirname(p) in (*TMP_DIRS, "/dev/shm",
+                                                                         "/run/shm")
+                      or p.startswith(("/dev/shm/", "/run/shm/"))]
+            if direct:
+                adhoc.append(f"built directly into a temp dir: {direct[0]}")
+        if hidden(exe) or hidden(prod.path):
+            adhoc.append(f"hidden name: {base(exe) if hidden(exe) else base(prod.path)}")
+        if non_interactive and ev.proc.euid == 0 and staged_product and (
+                not prod.build or any("directly" in a for a in adhoc)):
+            root_staged = True
+        if ev.proc.euid == 0 and prod.uid != 0:
+            adhoc.append(f"compiled by uid {prod.uid}, run as root")
+            if non_interactive and not run_tty:
                 root_staged = True
-            elif non_interactive and ev.proc.euid == 0 and prod.uid != 0:
-                root_staged = True
-                adhoc.append(f"compiled by uid {prod.uid}, run as root")
         if prod.session == "configure" and not prod.build:
             conftest = base(prod.path).startswith("conftest") and \
                 os.path.dirname(prod.path) == (prod.launcher_cwd or os.path.dirname(prod.path))
@@ -500,7 +605,7 @@ class CompileAfterDelivery(BehaviorRule):
             return None
         severity = "high" if strong or root_staged else "medium"
         why = strong + ([f"in memory: {in_memory}"] if in_memory else []) + adhoc
-        if root_staged and not strong:
+        if root_staged and not strong and not any(w.endswith("run as root") for w in why):
             why.append("run as root")
         src = prod.sources[0] if prod.sources else (prod.stdin_pipe or "?")
         who = prod.driver or base(prod.writer)
@@ -518,21 +623,11 @@ class CompileAfterDelivery(BehaviorRule):
         return Hit(title, ev_, severity=severity)
 
 
-def _pip(e: ProcEntry) -> str:
-    """pip (or pipx) as a Python interpreter runs it: ``.../bin/pip``, ``-m pip``, pip's
-    own ``__pip-runner__.py`` (the interpreter's identity is checked by the caller)."""
-    if norm_interp(base(e.exe)) not in ("python", "python3") or len(e.cmdline) < 2:
-        return ""
-    script = e.cmdline[1]
-    if os.path.basename(os.path.dirname(script)) == "bin" and \
-            base(script).rstrip("0123456789.") in ("pip", "pipx"):
-        return base(script)
-    if base(script) == "__pip-runner__.py":
-        return "pip"
-    for i, a in enumerate(e.cmdline[1:-1], 1):
-        if a == "-m" and e.cmdline[i + 1] in ("pip", "pipx", "build"):
-            return e.cmdline[i + 1]
-    return ""
+def _loopback_listener(detail: str) -> bool:
+    """Provenance's ``network-service`` detail ("exe listen ADDR:PORT") names a
+    loopback-only address."""
+    addr = detail.rsplit(" ", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    return is_loopback(addr)
 
 
 COMPILE_RULES: tuple[type[BehaviorRule], ...] = (CompileAfterDelivery,)

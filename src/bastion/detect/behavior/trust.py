@@ -81,19 +81,37 @@ def _locate_here(path: str) -> Ident | None:
     return (kernel_dev(st.st_dev), st.st_ino) if st is not None else None
 
 
+def _system_devs_here() -> frozenset[int]:
+    """The kernel devices of this host's root file system and /usr (a separate /usr
+    mount included): where root-installed toolchains live.  A udisks loop mount of an
+    image (``/media/u/X``) or any other mount is another device."""
+    out: set[int] = set()
+    for d in ("/", "/usr"):
+        try:
+            out.add(kernel_dev(os.stat(d).st_dev))
+        except OSError:
+            continue
+    return frozenset(out)
+
+
 class ExeTrust:
     """Tool name -> the identities of the root-installed files of that name."""
 
     def __init__(self, dirs: Iterable[str] = TRUST_DIRS, *, refresh_s: float = 300.0,
                  clock: Callable[[], float] = time.monotonic,
-                 locate: Callable[[str], Ident | None] | None = None) -> None:
+                 locate: Callable[[str], Ident | None] | None = None,
+                 system_devs: Callable[[], frozenset[int]] | None = None) -> None:
         """``locate(path)``: the identity of the trusted file at the absolute ``path``
         (None: absent or not root-only); default :func:`secure_file` on this host.
-        A replay of another host's recording passes that host's table."""
+        ``system_devs()``: the devices :meth:`installed` accepts files on (default: the
+        root file system's and /usr's on this host).  A replay of another host's
+        recording passes that host's table and devices."""
         self.dirs = tuple(dirs)
         self.refresh_s = refresh_s
         self._clock = clock
         self._locate = locate or _locate_here
+        self._system_devs = system_devs or _system_devs_here
+        self._devs: frozenset[int] | None = None          # installed(): cached per refresh
         self._by_name: dict[str, frozenset[Ident]] = {}
         self._at_path: dict[str, Ident | None] = {}   # installed(): path -> its identity
         self._stamp = clock()
@@ -106,6 +124,7 @@ class ExeTrust:
         if now - self._stamp >= self.refresh_s:
             self._by_name.clear()
             self._at_path.clear()
+            self._devs = None
             self._stamp = now
 
     def idents(self, name: str) -> frozenset[Ident]:
@@ -139,11 +158,23 @@ class ExeTrust:
         if ident == (0, 0) or not path.startswith("/"):
             return False
         self._fresh()
+        if self._devs is None:
+            self._devs = self._system_devs()
+        if ident[0] not in self._devs:
+            return False    # a loop-mounted image's uid-0 files, a user mount (s17 item 8)
         if path not in self._at_path:
             if len(self._at_path) >= 4096:
                 self._at_path.clear()
             self._at_path[path] = self._locate(path)
         return self._at_path[path] == ident
+
+    def root_only(self, path: str) -> bool:
+        """Is the file at the absolute ``path`` root-only (:func:`secure_file`) on a
+        system device (as :meth:`installed`)?"""
+        if not path.startswith("/"):
+            return False
+        ident = self._locate(path)
+        return ident is not None and self.installed(path, ident)
 
     def shell(self, exe: str, ident: Ident, pid: int) -> str | None:
         """The shell family (an option table of :mod:`.shellargs`) of process ``pid``
