@@ -461,3 +461,79 @@ def test_link_and_rename_out_of_a_protected_tree(tmp_path: Path) -> None:
     assert {("open-read", 1, True, "k"), ("open-read", 1, True, "k2"), ("open-read", 1, True, "sub"),
             ("open-write", 2, True, "f")} <= got, evs
 
+
+
+_OPENER = """import sys
+for line in sys.stdin:
+    try:
+        with open(line.strip()) as f:
+            f.read()
+        print("ok", flush=True)
+    except PermissionError:
+        print("EPERM", flush=True)
+"""
+
+
+def test_policy_swap_refuses_the_next_open_of_a_file_just_allowed(tmp_path: Path) -> None:
+    """Guard for any open-verdict cache or per-generation summary (issue 16.5): a file
+    opened (allowed) just before a policy swap that denies it must be refused at the very
+    next open, by the same long-lived task (a per-task cache) and by a new one (a global
+    cache), whether the deny is on the inode or on a directory above it; and a generation
+    *number* is reused after ``clear()`` (gen 1 again), so a cache keyed on it would serve
+    the first policy's verdict under the second."""
+    d = tmp_path / "d"
+    d.mkdir()
+    f, other = d / "f", tmp_path / "other"
+    f.write_text("x\n")
+    other.write_text("o\n")
+    (tmp_path / "elsewhere").mkdir()
+    # A: open-read rules for everyone (a file and a directory object) that do not cover f
+    plan_a = compile_plan(ResolvedPolicy(Mode.ENFORCE, Action.ALLOW, (
+        _rule(1, Op.OPEN_READ, files=(_file(other), _file(tmp_path / "elsewhere", is_dir=True))),)))
+    plan_ino = compile_plan(ResolvedPolicy(Mode.ENFORCE, Action.ALLOW, (
+        _rule(2, Op.OPEN_READ, files=(_file(f),)),)))
+    plan_dir = compile_plan(ResolvedPolicy(Mode.ENFORCE, Action.ALLOW, (
+        _rule(3, Op.OPEN_READ, files=(_file(d, is_dir=True),)),)))
+    with scoped_cgroup() as (cg, cgid):
+        hk = HipsKernel("lsm", cgroup_id=cgid, deadline_s=100, self_tgid=os.getpid())
+        hk.open()
+        opener = subprocess.Popen(
+            ["/bin/sh", "-c", f'echo $$ > {cg}/cgroup.procs && exec "$@"', "sh", PY, "-c", _OPENER],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert opener.stdin is not None and opener.stdout is not None
+
+        def same_task() -> str:
+            assert opener.stdin is not None and opener.stdout is not None
+            opener.stdin.write(f"{f}\n")
+            opener.stdin.flush()
+            return opener.stdout.readline().strip()
+
+        def new_task() -> str:
+            r = run_in(cg, ["/bin/cat", str(f)], timeout=30)
+            return "ok" if r.returncode == 0 and r.stdout == "x\n" else (
+                "EPERM" if _denied(r) else f"unexpected {r!r}")
+
+        try:
+            seen: list[tuple[str, ...]] = []
+            for deny in (plan_ino, plan_dir):
+                gen_a = hk.apply(plan_a)
+                seen.append((same_task(), same_task(), new_task(), new_task()))
+                hk.apply(deny)
+                seen.append((same_task(), new_task()))
+                hk.apply(plan_a)
+                seen.append((same_task(), new_task()))
+                # the same generation number, another policy
+                hk.clear()
+                assert hk.apply(plan_a) == gen_a == 1
+                seen.append((same_task(), new_task()))
+                hk.clear()
+                assert hk.apply(deny) == gen_a
+                seen.append((same_task(), new_task()))
+                hk.clear()
+        finally:
+            opener.kill()
+            opener.wait()
+            hk.close()
+    allowed2, allowed4 = ("ok", "ok"), ("ok", "ok", "ok", "ok")
+    refused = ("EPERM", "EPERM")
+    assert seen == [allowed4, refused, allowed2, allowed2, refused] * 2, seen
