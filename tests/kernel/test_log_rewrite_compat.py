@@ -301,3 +301,26 @@ def test_an_admin_sessions_history_rewrite_is_left_to_the_rule(rig: Rig) -> None
         _reap(p)
         for f in (go, pidf, rig.root / "survived"):
             f.unlink(missing_ok=True)
+
+
+def test_an_mprotect_over_more_areas_than_walked_stops_the_tree(rig: Rig) -> None:
+    """s17-fixlogacts 2: one ``mprotect(PROT_WRITE)`` over ten areas (anonymous pages of
+    alternating protections: no merge) is more than the kernel walks (8): reported as
+    ``MPROTECT_UNKNOWN`` (no file) and the rule stops the untrusted tree (fail loud).
+    Before (8ee983f): judged by the first area (anonymous): nothing."""
+    p = rig.run("import ctypes, time; libc = ctypes.CDLL(None, use_errno=True); "
+                "libc.mmap.restype = ctypes.c_void_p; "
+                "libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, "
+                "ctypes.c_int, ctypes.c_int, ctypes.c_long]; "
+                "libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]; "
+                "a = libc.mmap(None, 40960, 1, 0x22, -1, 0); "
+                "[libc.mprotect(a + i * 4096, 4096, 0) for i in range(0, 10, 2)]; "
+                "assert libc.mprotect(a, 40960, 3) == 0; time.sleep(20)", tainted=True)
+    try:
+        events, alerts = rig.collect(10.0, stop_on_finding=True)
+        assert alerts, p.poll()
+        assert "could not look at" in str(alerts[0]["title"]), alerts
+        assert alerts[0]["action"] == "kill-tree"
+        assert p.wait(5) == -signal.SIGKILL
+    finally:
+        _reap(p)
