@@ -1417,9 +1417,11 @@ class LogClearing(SingleEvent):
         what = "Shell history" if glob_any(path, HISTORY) else \
             "History-class file" if killed else "Log"
         # a history in the sensitive set: the sensor killed the actor before the act ran
+        # the kernel's kill spares what untrusted() spares (an administrator's session
+        # with local reasons only; s17-fixlogacts 4): say so only where it applied
         return Hit(f"{what} rewritten in place ({act}): {path}",
                    {"path": path, "op": ev.op, "act": act, "arg": ev.flags,
-                    "killed_at_entry": killed})
+                    "killed_at_entry": killed and bool(self.untrusted(ev, ctx)[0])})
 
     def _log_writer(self, ev: FileEvent, ctx: RuleContext) -> bool:
         """A trusted log writer: an unlink by one of ``LOG_WRITERS`` or a child of one
