@@ -397,7 +397,9 @@ int on_ftruncate(void *ctx)
  * complete before the kill (docs/threat-model.md, s17-logacts). */
 #define F_SETFL_ 4
 #define O_APPEND_ 00002000
-#define FALLOC_REWRITE_ (0x02 | 0x08 | 0x10 | 0x20) /* PUNCH_HOLE COLLAPSE ZERO INSERT */
+/* every fallocate mode but plain allocation (s17-fixlogacts 3: an allow list, so
+ * WRITE_ZEROES 0x80 and modes to come are reported) */
+#define FALLOC_ALLOC_ONLY_ (0x01 | 0x40) /* KEEP_SIZE, UNSHARE_RANGE */
 #define RWF_NOAPPEND_ 0x00000020
 #define MAP_TYPE_ 0x0f
 #define MAP_SHARED_ 0x01
@@ -410,25 +412,55 @@ int on_ftruncate(void *ctx)
 #define S_IFREG_ 0100000
 
 #define REWRITE_SIGKILL_ 9
+#define SB_KERNMOUNT_ (1 << 22)
 
-/* The record of an untrusted tree's rewrite of @f.  A file the kernel knows is a history
- * (the sensitive set's HISTORY class: ~/.bash_history and the like, by inode) is decided
- * here: SIGKILL to the actor at sys_enter, before the syscall runs (it may complete, but
- * the task never returns to user space: a write it would make next is not made; a
- * buffered write in this very call stops at its first page, fatal_signal_pending). */
-static __always_inline int rewrite_emit(__u32 act, __u32 arg, struct file *f)
+/* The in-kernel kill of a history's rewrite stops what the rule would stop, no
+ * more (s17-fixlogacts 4): not a process the kernel failed to track (UNTRACKED:
+ * a clean one once the provenance storage is out of memory) and not an
+ * administrator's interactive session whose only reasons are local (the gates'
+ * exemption, user space's untrusted()): those are reported, the rule decides. */
+static __always_inline bool rewrite_kill_ok(__u32 reasons)
+{
+	__u32 local = reasons & ~BASTION_PROV_ADMIN_TTY;
+
+	if (!local || (reasons & BASTION_PROV_UNTRACKED))
+		return false;
+	if ((reasons & BASTION_PROV_ADMIN_TTY) && !(local & ~BASTION_PROV_LOCAL_MASK))
+		return false;
+	return true;
+}
+
+/* The record of an untrusted tree's rewrite of @f (@reasons: prov_actor's).  A file
+ * the kernel knows is a history (the sensitive set's HISTORY class: ~/.bash_history
+ * and the like, by inode) is decided here: SIGKILL to the actor at sys_enter, before
+ * the syscall runs (it may complete, but the task never returns to user space: a
+ * write it would make next is not made; a buffered write in this very call stops at
+ * its first page, fatal_signal_pending).  A file of a kernel-internal mount (memfd,
+ * shared anonymous memory: shmem's own superblock) is no log: not reported.  Repeats
+ * (process, file, act) within cfg_rewrite_dedup_ns are counted, not sent. */
+static __always_inline int rewrite_emit(__u32 act, __u32 arg, struct file *f, __u32 reasons)
 {
 	struct bastion_file_event *e;
+	struct inode *inode;
 	struct path fpath;
-	__u32 sclass = 0, sid = 0;
+	__u32 sclass = 0, sid = 0, dev;
+	__u64 ino;
 	bool hist;
 
-	if (!f || (BPF_CORE_READ(f, f_inode, i_mode) & S_IFMT_) != S_IFREG_)
+	if (!f)
+		return 0;
+	inode = BPF_CORE_READ(f, f_inode);
+	if ((BPF_CORE_READ(inode, i_mode) & S_IFMT_) != S_IFREG_ ||
+	    (BPF_CORE_READ(inode, i_sb, s_flags) & SB_KERNMOUNT_))
 		return 0;
 	hist = sens_match_cached(f, &sclass, &sid) && sclass == BASTION_SENS_HISTORY;
-	if (hist)
+	if (hist && rewrite_kill_ok(reasons))
 		bpf_send_signal(REWRITE_SIGKILL_);
 	if (!wanted(BASTION_EV_FILE))
+		return 0;
+	ino = BPF_CORE_READ(inode, i_ino);
+	dev = BPF_CORE_READ(inode, i_sb, s_dev);
+	if (rewrite_seen_recently(act, dev, ino))
 		return 0;
 	e = file_event(BASTION_FILE_REWRITE);
 	if (!e)
@@ -440,10 +472,28 @@ static __always_inline int rewrite_emit(__u32 act, __u32 arg, struct file *f)
 		e->sens_class = sclass;
 		e->sens_id = sid;
 	}
-	e->ino = BPF_CORE_READ(f, f_inode, i_ino);
-	e->dev = BPF_CORE_READ(f, f_inode, i_sb, s_dev);
+	e->ino = ino;
+	e->dev = dev;
 	fpath = BPF_CORE_READ(f, f_path);
 	file_put_path(e, FS_PATH, &fpath);
+	file_submit(e);
+	return 0;
+}
+
+/* An untrusted tree's mprotect(PROT_WRITE) over areas the sensor could not look at
+ * (bpf_find_vma failed, or the range spans more areas than it walks): no file, the
+ * rule stops the tree (fail loud, s17-fixlogacts 2). */
+static __always_inline int rewrite_unknown(__u32 arg)
+{
+	struct bastion_file_event *e;
+
+	if (!wanted(BASTION_EV_FILE) || rewrite_seen_recently(BASTION_REWRITE_MPROTECT_UNKNOWN, 0, 0))
+		return 0;
+	e = file_event(BASTION_FILE_REWRITE);
+	if (!e)
+		return 0;
+	e->mode = BASTION_REWRITE_MPROTECT_UNKNOWN;
+	e->open_flags = arg;
 	file_submit(e);
 	return 0;
 }
@@ -453,39 +503,43 @@ int on_fcntl(void *ctx)
 {
 	__u32 arg = ARG(ctx, 2);
 	struct file *f;
+	__u32 r;
 
 	if (ARG(ctx, 1) != F_SETFL_ || (arg & O_APPEND_))
 		return 0;
-	if (!prov_actor())
+	r = prov_actor();
+	if (!r)
 		return 0;
 	f = fd_file(ARG(ctx, 0));
 	if (!f || !(BPF_CORE_READ(f, f_flags) & O_APPEND_))
 		return 0;   /* O_APPEND was not set: nothing cleared */
-	return rewrite_emit(BASTION_REWRITE_SETFL, arg, f);
+	return rewrite_emit(BASTION_REWRITE_SETFL, arg, f, r);
 }
 
 SEC("tracepoint/syscalls/sys_enter_fallocate")
 int on_fallocate(void *ctx)
 {
-	__u32 mode = ARG(ctx, 1);
+	__u32 mode = ARG(ctx, 1), r;
 
-	if (!(mode & FALLOC_REWRITE_))
+	if (!(mode & ~FALLOC_ALLOC_ONLY_))
 		return 0;   /* plain allocation (mode 0, KEEP_SIZE): destroys nothing */
-	if (!prov_actor())
+	r = prov_actor();
+	if (!r)
 		return 0;
-	return rewrite_emit(BASTION_REWRITE_FALLOCATE, mode, fd_file(ARG(ctx, 0)));
+	return rewrite_emit(BASTION_REWRITE_FALLOCATE, mode, fd_file(ARG(ctx, 0)), r);
 }
 
 SEC("tracepoint/syscalls/sys_enter_pwritev2")
 int on_pwritev2(void *ctx)
 {
-	__u32 flags = ARG(ctx, 5);
+	__u32 flags = ARG(ctx, 5), r;
 
 	if (!(flags & RWF_NOAPPEND_))
 		return 0;
-	if (!prov_actor())
+	r = prov_actor();
+	if (!r)
 		return 0;
-	return rewrite_emit(BASTION_REWRITE_NOAPPEND, flags, fd_file(ARG(ctx, 0)));
+	return rewrite_emit(BASTION_REWRITE_NOAPPEND, flags, fd_file(ARG(ctx, 0)), r);
 }
 
 /* mmap(PROT_WRITE, MAP_SHARED) of a descriptor opened for writing (on_mmap below). */
@@ -493,15 +547,17 @@ static __always_inline void rewrite_mmap(__u32 prot, __u32 flags, int fd)
 {
 	__u32 type = flags & MAP_TYPE_;
 	struct file *f;
+	__u32 r;
 
 	if (!(prot & XM_PROT_WRITE_) || (type != MAP_SHARED_ && type != MAP_SHARED_VALIDATE_) ||
 	    (flags & XM_MAP_ANONYMOUS_) || fd < 0)
 		return;
-	if (!prov_actor())
+	r = prov_actor();
+	if (!r)
 		return;
 	f = fd_file(fd);
 	if (f && (BPF_CORE_READ(f, f_mode) & FMODE_WRITE_))
-		rewrite_emit(BASTION_REWRITE_MMAP, prot, f);
+		rewrite_emit(BASTION_REWRITE_MMAP, prot, f, r);
 }
 
 /* mount_setattr(MOUNT_ATTR_RDONLY) on a log mount and fspick + fsconfig(RECONFIGURE)
@@ -1061,40 +1117,115 @@ int on_mmap(void *ctx)
 	return emit_xmem(BASTION_MMAP_MMAP, why, prot, flags, ARG(ctx, 0), ARG(ctx, 1), f);
 }
 
-struct xvma {
-	__u64 vm_flags;
-	struct file *file;
+/* The areas of an mprotect range (s17-fixlogacts 2): each lookup's callback reports
+ * a shared writable-capable file area itself (the area's file is used inside the
+ * lookup, under the mmap lock, never after it) and leaves the area's end for the
+ * next lookup; the first area's flags and file are the executable-memory record's. */
+#define MPROT_WALK_MAX 8
+#define ENOENT_ 2
+
+struct rwvma {
+	__u64 next;        /* the last area's vm_end: where the next lookup starts */
+	__u64 vm_flags;    /* the first area's */
+	struct file *file; /* the first area's (the executable-memory record) */
+	__u32 prot;
+	__u32 reasons;     /* prov_actor's; 0: no rewrite report */
+	__u32 seen;        /* 1: the first area is in vm_flags, file */
+	__u32 _pad;
 };
 
-static long xvma_found(struct task_struct *task, struct vm_area_struct *vma, void *data)
+static long rwvma_found(struct task_struct *task, struct vm_area_struct *vma, void *data)
 {
-	struct xvma *x = data;
+	struct rwvma *w = data;
+	__u64 fl = BPF_CORE_READ(vma, vm_flags);
 
-	x->vm_flags = BPF_CORE_READ(vma, vm_flags);
-	x->file = BPF_CORE_READ(vma, vm_file);
+	if (!w->seen) {   /* a flag, not a count: the bpf_loop's states converge */
+		w->seen = 1;
+		w->vm_flags = fl;
+		w->file = BPF_CORE_READ(vma, vm_file);
+	}
+	w->next = BPF_CORE_READ(vma, vm_end);
+	/* PROT_WRITE added to a shared file mapping that may be written (VM_MAYWRITE: the
+	 * file was opened for writing) and is not yet */
+	if (w->reasons &&
+	    (fl & (VM_SHARED_ | VM_MAYWRITE_ | VM_WRITE_)) == (VM_SHARED_ | VM_MAYWRITE_))
+		rewrite_emit(BASTION_REWRITE_MPROTECT, w->prot, BPF_CORE_READ(vma, vm_file),
+			     w->reasons);
 	return 0;
+}
+
+/* One lookup of the walk (a bpf_loop step: verified once, whatever the count). */
+struct rwwalk {
+	struct rwvma w;
+	__u64 end;
+	long err;     /* the first lookup's */
+	__u32 out;    /* 0: the walk's bound hit, 1: the range seen (or a gap), 2: a lookup failed */
+	__u32 _pad;
+};
+
+static long mprot_step(__u64 i, void *data)
+{
+	struct rwwalk *k = data;
+	long e = bpf_find_vma(bpf_get_current_task_btf(), k->w.next, rwvma_found, &k->w, 0);
+
+	if (!i)
+		k->err = e;
+	if (e == -ENOENT_) {
+		k->out = 1;   /* a gap: the mprotect stops there (ENOMEM) */
+		return 1;
+	}
+	if (e) {
+		k->out = 2;   /* -EBUSY (a racing mmap): not seen */
+		return 1;
+	}
+	if (k->w.next >= k->end) {
+		k->out = 1;
+		return 1;
+	}
+	return 0;
+}
+
+/* mprotect and pkey_mprotect (the same first three arguments). */
+static __always_inline int mprotect_enter(void *ctx)
+{
+	__u32 prot = ARG(ctx, 2);
+	__u64 start = ARG(ctx, 0);
+	struct rwwalk k = {};
+
+	k.w.prot = prot;
+	k.w.next = start;
+	k.end = start + ((ARG(ctx, 1) + 4095) & ~4095ull);
+	k.err = 1;   /* 1: not looked up */
+	/* s17-logacts: every area of the range, for an untrusted tree's PROT_WRITE */
+	if ((prot & XM_PROT_WRITE_) && (k.w.reasons = prov_actor())) {
+		bpf_loop(MPROT_WALK_MAX, mprot_step, &k, 0);
+		if (k.out != 1)
+			rewrite_unknown(prot);   /* more areas than walked, or a lookup failed */
+	}
+	if (!(prot & XM_PROT_EXEC_))
+		return 0;
+	if (!wanted(BASTION_EV_MMAP))
+		return 0;
+	/* the region's flags before the change (the first area of the range) */
+	if (k.err == 1) {
+		k.w.reasons = 0;
+		k.err = bpf_find_vma(bpf_get_current_task_btf(), start, rwvma_found, &k.w, 0);
+	}
+	if (k.err)
+		return 0;   /* no mapping there: the mprotect fails with ENOMEM */
+	return emit_xmem(BASTION_MMAP_MPROTECT, xmem_mprotect_why(prot, k.w.vm_flags, k.w.file),
+			 prot, (__u32)k.w.vm_flags, start, ARG(ctx, 1), k.w.file);
 }
 
 SEC("tracepoint/syscalls/sys_enter_mprotect")
 int on_mprotect(void *ctx)
 {
-	__u32 prot = ARG(ctx, 2);
-	__u64 start = ARG(ctx, 0);
-	struct xvma x = {};
+	return mprotect_enter(ctx);
+}
 
-	/* s17-logacts: PROT_WRITE added to a shared file mapping that may be written
-	 * (VM_SHARED: the file was opened for writing) by an untrusted tree */
-	if ((prot & XM_PROT_WRITE_) && prov_actor() &&
-	    !bpf_find_vma(bpf_get_current_task_btf(), start, xvma_found, &x, 0) &&
-	    (x.vm_flags & (VM_SHARED_ | VM_MAYWRITE_ | VM_WRITE_)) == (VM_SHARED_ | VM_MAYWRITE_))
-		rewrite_emit(BASTION_REWRITE_MPROTECT, prot, x.file);
-	if (!(prot & XM_PROT_EXEC_))
-		return 0;
-	if (!wanted(BASTION_EV_MMAP))
-		return 0;
-	/* the region's flags before the change (the first vma of the range) */
-	if (bpf_find_vma(bpf_get_current_task_btf(), start, xvma_found, &x, 0))
-		return 0;   /* no mapping there: the mprotect fails with ENOMEM */
-	return emit_xmem(BASTION_MMAP_MPROTECT, xmem_mprotect_why(prot, x.vm_flags, x.file), prot,
-			 (__u32)x.vm_flags, start, ARG(ctx, 1), x.file);
+/* pkey_mprotect(pkey -1) is mprotect (s17-fixlogacts 2a) */
+SEC("tracepoint/syscalls/sys_enter_pkey_mprotect")
+int on_pkey_mprotect(void *ctx)
+{
+	return mprotect_enter(ctx);
 }

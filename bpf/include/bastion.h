@@ -99,10 +99,12 @@ enum bastion_file_op {
 
 enum bastion_rewrite_act {
 	BASTION_REWRITE_SETFL = 1,      /* fcntl(F_SETFL) clearing O_APPEND of a file opened with it */
-	BASTION_REWRITE_FALLOCATE = 2,  /* fallocate PUNCH_HOLE, COLLAPSE_RANGE, ZERO_RANGE, INSERT_RANGE */
+	BASTION_REWRITE_FALLOCATE = 2,  /* fallocate of any mode but KEEP_SIZE / UNSHARE_RANGE */
 	BASTION_REWRITE_NOAPPEND = 3,   /* pwritev2(RWF_NOAPPEND) */
 	BASTION_REWRITE_MMAP = 4,       /* mmap(PROT_WRITE, MAP_SHARED) of a file opened for writing */
 	BASTION_REWRITE_MPROTECT = 5,   /* mprotect adding PROT_WRITE to a shared writable-capable file mapping */
+	BASTION_REWRITE_MPROTECT_UNKNOWN = 6, /* mprotect(PROT_WRITE) over areas not looked at (no file):
+					       * bpf_find_vma failed or the range has more areas than walked */
 };
 
 enum bastion_net_op {

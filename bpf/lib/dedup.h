@@ -156,4 +156,33 @@ static __always_inline bool mmap_seen_recently(__u32 op, __u32 why, __u32 dev, _
 	return dedup_hit(&k, cfg_mmap_dedup_ns, &mmap_deduped);
 }
 
+/* Log-rewrite records (ABI 2.9, s17-fixlogacts): one per (process, file, act)
+ * within cfg_rewrite_dedup_ns.  An untrusted process punching holes in its own
+ * file in a loop (or mapping it shared over and over) would otherwise flood the
+ * ring; the first one crosses it (the rule judges the path), its repeats are
+ * counted in rewrite_deduped.  A history's in-kernel kill is decided before this
+ * (every call, not one per window). */
+const volatile __u64 cfg_rewrite_dedup_ns = 0;
+
+#define DEDUP_REWRITE 48 /* + the BASTION_REWRITE_* act */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} rewrite_deduped SEC(".maps");
+
+static __always_inline bool rewrite_seen_recently(__u32 act, __u32 dev, __u64 ino)
+{
+	struct dedup_key k = {};
+
+	if (!cfg_rewrite_dedup_ns)
+		return false;
+	k.kind = DEDUP_REWRITE + act;
+	k.a = ino;
+	k.b = dev;
+	return dedup_hit(&k, cfg_rewrite_dedup_ns, &rewrite_deduped);
+}
+
 #endif /* BASTION_DEDUP_H */

@@ -84,10 +84,11 @@ class FileOp(enum.IntEnum):
 
 class RewriteAct(enum.IntEnum):
     SETFL = 1       # fcntl(F_SETFL) clearing O_APPEND
-    FALLOCATE = 2   # fallocate PUNCH_HOLE / COLLAPSE_RANGE / ZERO_RANGE / INSERT_RANGE
+    FALLOCATE = 2   # fallocate of any mode but KEEP_SIZE / UNSHARE_RANGE
     NOAPPEND = 3    # pwritev2(RWF_NOAPPEND)
     MMAP = 4        # mmap(PROT_WRITE, MAP_SHARED) of a file opened for writing
     MPROTECT = 5    # mprotect adding PROT_WRITE to a shared file mapping
+    MPROTECT_UNKNOWN = 6   # mprotect(PROT_WRITE) over areas not looked at (no file)
 
 
 class NetOp(enum.IntEnum):

@@ -28,6 +28,7 @@ from typing import Iterator
 
 import pytest
 
+from bastion import abi
 from bastion.abi import SensClass
 from bastion.detect.behavior import behavior_rules
 from bastion.detect.engine import Engine, RuleContext
@@ -51,12 +52,24 @@ ACTS = {
     "setfl": "import fcntl; fcntl.fcntl(fd, fcntl.F_SETFL, 0); os.pwrite(fd, b'XXXXXXXX', 0)",
     # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE over the evidence
     "fallocate": "assert libc.fallocate(fd, 3, 0, 4096) == 0, ctypes.get_errno()",
+    # s17-fixlogacts 3: FALLOC_FL_WRITE_ZEROES (0x80, 6.17; may fail EOPNOTSUPP: the
+    # record is at entry either way)
+    "write_zeroes": "libc.fallocate(fd, 0x80, 0, 4096)",
     # RWF_NOAPPEND (0x20): the offset is honoured on an O_APPEND descriptor (6.9+)
     "pwritev2": "os.pwritev(fd, [b'XXXXXXXX'], 0, 0x20)",
     "mmap": "m = mmap.mmap(fd, 0); m[0:8] = b'XXXXXXXX'; m.flush()",
     # MAP_SHARED, PROT_READ, then PROT_READ|PROT_WRITE
     "mprotect": "a = libc.mmap(None, 4096, 1, 1, fd, 0); "
                 "assert libc.mprotect(a, 4096, 3) == 0; ctypes.memmove(a, b'XXXXXXXX', 8)",
+    # s17-fixlogacts 2a: pkey_mprotect (329) with pkey -1 is mprotect
+    "pkey_mprotect": "a = libc.mmap(None, 4096, 1, 1, fd, 0); L_ = ctypes.c_long; "
+                     "assert libc.syscall(329, L_(a), L_(4096), L_(3), L_(-1)) == 0; "
+                     "ctypes.memmove(a, b'XXXXXXXX', 8)",
+    # s17-fixlogacts 2b: one mprotect from an anonymous page into the log's shared one
+    "mprotect_span": "a = libc.mmap(None, 8192, 1, 0x22, -1, 0); "
+                     "assert libc.mmap(a + 4096, 4096, 1, 0x11, fd, 0) == a + 4096; "
+                     "assert libc.mprotect(a, 8192, 3) == 0; "
+                     "ctypes.memmove(a + 4096, b'XXXXXXXX', 8)",
 }
 EVIDENCE = b"evidence-line-1\nevidence-line-2\n"
 
@@ -163,7 +176,7 @@ def test_a_log_rewritten_past_o_append_kills_the_untrusted_tree(rig: Rig, log_fi
 
 
 # acts the kernel's kill at sys_enter does not undo: the hole is punched in the call
-COMPLETES_BEFORE_THE_KILL = {"fallocate"}
+COMPLETES_BEFORE_THE_KILL = {"fallocate", "write_zeroes"}
 
 
 @pytest.mark.parametrize("act", list(ACTS))
@@ -224,3 +237,90 @@ def test_look_alikes_are_silent(rig: Rig, log_file: Path) -> None:
     finally:
         _reap(clean)
         _reap(tainted)
+
+
+def test_a_flood_of_rewrites_of_its_own_file_is_a_handful_of_records(rig: Rig) -> None:
+    """s17-fixlogacts 1: an untrusted tree punches 10,000 holes in its own file (not a
+    log).  Before (8ee983f): one record per call (the ring flooded, other records lost).
+    After: the kernel sends the first per (process, file, act) within the window and
+    counts the rest (``rewrite_deduplicated``); a memfd is not reported at all."""
+    own = rig.root / "flood.bin"
+    own.write_bytes(b"\0" * 8192)
+    before = rig.sensor.stats().get("rewrite_deduplicated", 0)
+    p = rig.run(f"L = {str(own)!r}; {PRELUDE}; "
+                f"[libc.fallocate(fd, 3, 0, 4096) for i in range(10000)]; "
+                f"m = os.memfd_create('x'); os.ftruncate(m, 4096); "
+                f"[libc.fallocate(m, 3, 0, 4096) for i in range(100)]; "
+                f"open('{rig.root}/flooded', 'w'); time.sleep(20)", tainted=True)
+    try:
+        events: list[Event] = []
+        end = time.monotonic() + 15
+        while time.monotonic() < end and not (rig.root / "flooded").exists():
+            events += rig.collect(0.2, stop_on_finding=False)[0]
+        assert (rig.root / "flooded").exists(), p.poll()
+        events += rig.collect(1.0, stop_on_finding=False)[0]
+        rewrites = [e for e in events if isinstance(e, FileEvent) and e.op == "rewrite"]
+        assert 1 <= len([e for e in rewrites if e.path == str(own)]) <= 5, len(rewrites)
+        assert not [e for e in rewrites if "memfd" in e.path], rewrites
+        assert rig.sensor.stats().get("rewrite_deduplicated", 0) - before >= 9000
+        assert p.poll() is None   # not a log: no finding, the tree lives
+    finally:
+        _reap(p)
+        (rig.root / "flooded").unlink(missing_ok=True)
+
+
+def test_an_admin_sessions_history_rewrite_is_left_to_the_rule(rig: Rig) -> None:
+    """s17-fixlogacts 4: a process of an administrator's interactive session (the
+    kernel's ADMIN_TTY bit) whose only reasons are local (tmp-script) is exempt in
+    user space (``untrusted()``) and in the gates; the in-kernel kill must agree.
+    Before (8ee983f): SIGKILL at entry, the line after the act never ran.  After: no
+    kernel kill (the record goes to the rule, which decides; here it stops the tree:
+    the test's session is no real login, so user space sees no administrator)."""
+    rig.history.write_bytes(EVIDENCE)
+    go, pidf = rig.root / "go", rig.root / "pid"
+    p = rig.run(f"import os, time; L = {str(rig.history)!r}; "
+                f"open('{pidf}', 'w').write(str(os.getpid())); "
+                f"G = '{go}'; [time.sleep(0.01) for _ in iter(lambda: os.path.exists(G), True)]; "
+                f"{PRELUDE}; {ACTS['setfl']}; open('{rig.root}/survived', 'w'); "
+                f"time.sleep(20)", tainted=True)
+    try:
+        end = time.monotonic() + 10
+        while not (pidf.exists() and pidf.read_text()) and time.monotonic() < end:
+            time.sleep(0.01)
+        pid = int(pidf.read_text())
+        prov = rig.sensor.provenance()
+        cur = prov.get(pid)
+        assert cur is not None and cur.reasons & abi.PROV_TMP_SCRIPT, cur
+        assert prov.add(pid, cur.start_ns, abi.PROV_ADMIN_TTY)
+        go.touch()
+        _, alerts = rig.collect(10.0, stop_on_finding=True)
+        assert alerts and "Shell history rewritten in place" in str(alerts[0]["title"]), alerts
+        assert (rig.root / "survived").exists()   # the kernel did not kill at entry
+        assert not rig.engine.errors
+    finally:
+        _reap(p)
+        for f in (go, pidf, rig.root / "survived"):
+            f.unlink(missing_ok=True)
+
+
+def test_an_mprotect_over_more_areas_than_walked_stops_the_tree(rig: Rig) -> None:
+    """s17-fixlogacts 2: one ``mprotect(PROT_WRITE)`` over ten areas (anonymous pages of
+    alternating protections: no merge) is more than the kernel walks (8): reported as
+    ``MPROTECT_UNKNOWN`` (no file) and the rule stops the untrusted tree (fail loud).
+    Before (8ee983f): judged by the first area (anonymous): nothing."""
+    p = rig.run("import ctypes, time; libc = ctypes.CDLL(None, use_errno=True); "
+                "libc.mmap.restype = ctypes.c_void_p; "
+                "libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, "
+                "ctypes.c_int, ctypes.c_int, ctypes.c_long]; "
+                "libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]; "
+                "a = libc.mmap(None, 40960, 1, 0x22, -1, 0); "
+                "[libc.mprotect(a + i * 4096, 4096, 0) for i in range(0, 10, 2)]; "
+                "assert libc.mprotect(a, 40960, 3) == 0; time.sleep(20)", tainted=True)
+    try:
+        events, alerts = rig.collect(10.0, stop_on_finding=True)
+        assert alerts, p.poll()
+        assert "could not look at" in str(alerts[0]["title"]), alerts
+        assert alerts[0]["action"] == "kill-tree"
+        assert p.wait(5) == -signal.SIGKILL
+    finally:
+        _reap(p)

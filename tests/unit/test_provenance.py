@@ -294,7 +294,7 @@ def test_a_log_rewritten_past_o_append_is_a_kill_tree_only_for_a_log() -> None:
         return FileEvent(T0 + int(t * NS), proc(pid, exe, ppid), op="rewrite", path=path,
                          mode=int(act), flags=0x2, sensitive=sensitive)
     py = "/usr/bin/python3.11"
-    for act in RewriteAct:
+    for act in set(RewriteAct) - {RewriteAct.MPROTECT_UNKNOWN}:
         got = run([ex(10, SH, 0, ("/bin/sh", "/tmp/x/wipe.sh"), cwd="/tmp/x"),
                    ex(11, py, 1, ("python3", "-c", "..."), ppid=10),
                    rw(11, py, 1.1, "/var/log/auth.log", act, ppid=10),
@@ -324,6 +324,14 @@ def test_a_log_rewritten_past_o_append_is_a_kill_tree_only_for_a_log() -> None:
                rw(20, SH, 1, "/var/lib/app/db.sqlite-shm", RewriteAct.MMAP),
                rw(20, SH, 1.1, "/var/lib/app/db.sqlite", RewriteAct.FALLOCATE)])
     assert not [x for x in got if x.rule == "behavior.log_clearing"]
+    # s17-fixlogacts 2: an mprotect(PROT_WRITE) whose areas the kernel could not look at
+    # (no file; reported for an untrusted tree only) stops the tree: fail loud
+    got = run([ex(10, SH, 0, ("/bin/sh", "/tmp/x/wipe.sh"), cwd="/tmp/x"),
+               ex(11, py, 1, ("python3", "-c", "..."), ppid=10),
+               rw(11, py, 1.1, "", RewriteAct.MPROTECT_UNKNOWN, ppid=10)])
+    f = [x for x in got if x.rule == "behavior.log_clearing"]
+    assert len(f) == 1 and (f[0].severity, f[0].action, f[0].pid) == ("critical", "kill-tree", 10)
+    assert f[0].title.startswith("mprotect(PROT_WRITE) over memory the sensor could not")
 
 
 def test_a_log_mount_made_read_only_or_picked_to_reconfigure_is_alerted() -> None:

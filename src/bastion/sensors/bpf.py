@@ -51,6 +51,10 @@ DEFAULT_NET_DEDUP_S: Final = 1.0
 # Executable-memory records (ABI 2.1): one per (process, op, reasons, file) in this
 # window; JIT runtimes flip pages W->X all the time and the rules need the first.
 DEFAULT_MMAP_DEDUP_S: Final = 10.0
+# Log-rewrite records (ABI 2.9, s17-fixlogacts): one per (process, file, act) in this
+# window, always on (an untrusted process's hole-punching loop on its own file would
+# flood the ring); the rule needs the first.
+DEFAULT_REWRITE_DEDUP_S: Final = 10.0
 
 # Records decoded per poll at most: the ring holds ~82 k typical file records since they
 # are variable-size (ABI 2.0; ~14.7 k before), and a poll that took them all held them
@@ -115,6 +119,7 @@ class BpfSensor(LoaderUser):
         open_dedup_s: float = 0.0,
         net_dedup_s: float = 0.0,
         mmap_dedup_s: float = 0.0,
+        rewrite_dedup_s: float = DEFAULT_REWRITE_DEDUP_S,
         btf_loads: bool | None = None,
     ) -> None:
         """``sensitive``: the patterns of the sensitive read set (empty: no read-open
@@ -125,16 +130,19 @@ class BpfSensor(LoaderUser):
         repeat connects/accepts (same process, address, port); 0 = off.
         ``mmap_dedup_s``: the window of repeat executable-memory records (same process,
         op, reasons, file; ``bpf/lib/xmem.h``); 0 = off.
+        ``rewrite_dedup_s``: the window of repeat log-rewrite records (same process,
+        file, act; ``bpf/lib/dedup.h``), on by default; 0 = off.
         ``btf_loads``: which open programs load (:func:`open_programs_skipped`); None:
         as the running kernel allows (:func:`bastion.kernel.btf.btf_loads`)."""
         for what, v in (("open_dedup_s", open_dedup_s), ("net_dedup_s", net_dedup_s),
-                        ("mmap_dedup_s", mmap_dedup_s)):
+                        ("mmap_dedup_s", mmap_dedup_s), ("rewrite_dedup_s", rewrite_dedup_s)):
             if v < 0:
                 raise KernelError(f"{what} must be >= 0, got {v}",
                                   location=Location(self.object_name))
         self.open_dedup_ns = int(open_dedup_s * 1e9)
         self.net_dedup_ns = int(net_dedup_s * 1e9)
         self.mmap_dedup_ns = int(mmap_dedup_s * 1e9)
+        self.rewrite_dedup_ns = int(rewrite_dedup_s * 1e9)
         self.classes = tuple(classes)
         self.mask = event_mask(self.classes)
         self.self_tgid = self_tgid
@@ -153,7 +161,7 @@ class BpfSensor(LoaderUser):
         self._sens_at = 0.0
         # keeps the actors of a flood decoded once, and a record repeated by a flood
         self._decoder = RepeatDecoder()
-        self._dedup_final = (0, 0, 0)   # the dedup counters as they were at close()
+        self._dedup_final = (0, 0, 0, 0)   # the dedup counters as they were at close()
 
     def spec(self) -> ObjectSpec:
         return ObjectSpec(
@@ -167,6 +175,7 @@ class BpfSensor(LoaderUser):
                 "cfg_open_dedup_ns": self.open_dedup_ns,
                 "cfg_net_dedup_ns": self.net_dedup_ns,
                 "cfg_mmap_dedup_ns": self.mmap_dedup_ns,
+                "cfg_rewrite_dedup_ns": self.rewrite_dedup_ns,
                 "cfg_host_mnt_ns": self.host_mnt_ns or host_mnt_ns(self.object_name),
             },
             max_entries={"events": self.ring_bytes},
@@ -276,7 +285,7 @@ class BpfSensor(LoaderUser):
         if self._lo is not None:
             if not self._lo.closed:
                 self._dedup_final = (self.deduplicated(), self.net_deduplicated(),
-                                     self.mmap_deduplicated())
+                                     self.mmap_deduplicated(), self.rewrite_deduplicated())
             self._lo.close()
 
     def _dedup(self, name: str, final: int) -> int:
@@ -297,10 +306,15 @@ class BpfSensor(LoaderUser):
         """Executable-memory records the kernel did not send: one like it was within the window."""
         return self._dedup("mmap_deduped", self._dedup_final[2])
 
+    def rewrite_deduplicated(self) -> int:
+        """Log-rewrite records the kernel did not send: one like it was within the window."""
+        return self._dedup("rewrite_deduped", self._dedup_final[3])
+
     def stats(self) -> dict[str, int]:
         return {**super().stats(), "open_deduplicated": self.deduplicated(),
                 "net_deduplicated": self.net_deduplicated(),
-                "mmap_deduplicated": self.mmap_deduplicated()}
+                "mmap_deduplicated": self.mmap_deduplicated(),
+                "rewrite_deduplicated": self.rewrite_deduplicated()}
 
 
 # Hooks of lsm_events.bpf.o a kernel may lack (CONFIG_SECURITY_PATH off, older kernels).
@@ -393,5 +407,5 @@ class HookSensor(BpfSensor):
 
 
 
-__all__ = ["BTF_OPEN_PROGRAMS", "BpfSensor", "PROBE_OPEN_PROGRAMS", "open_programs_skipped", "DEFAULT_MMAP_DEDUP_S", "DEFAULT_NET_DEDUP_S", "DEFAULT_OPEN_DEDUP_S", "EVENT_CLASSES",
+__all__ = ["BTF_OPEN_PROGRAMS", "BpfSensor", "PROBE_OPEN_PROGRAMS", "open_programs_skipped", "DEFAULT_MMAP_DEDUP_S", "DEFAULT_REWRITE_DEDUP_S", "DEFAULT_NET_DEDUP_S", "DEFAULT_OPEN_DEDUP_S", "EVENT_CLASSES",
            "HOOK_OPTIONAL_PROGRAMS", "HookSensor", "OPTIONAL_PROGRAMS", "event_mask"]

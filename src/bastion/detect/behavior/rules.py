@@ -1337,10 +1337,11 @@ def _log_mount(ev: FileEvent) -> Hit | None:
 # FileEvent.mode of a "rewrite" record (abi.RewriteAct) -> how the rule names it
 _REWRITE_ACTS: Final[dict[int, str]] = {
     RewriteAct.SETFL: "fcntl F_SETFL cleared O_APPEND",
-    RewriteAct.FALLOCATE: "fallocate punched, collapsed, zeroed or inserted a range",
+    RewriteAct.FALLOCATE: "fallocate rewrote a range (a mode other than plain allocation)",
     RewriteAct.NOAPPEND: "pwritev2 RWF_NOAPPEND",
     RewriteAct.MMAP: "shared writable mmap",
     RewriteAct.MPROTECT: "mprotect made a shared mapping writable",
+    RewriteAct.MPROTECT_UNKNOWN: "mprotect PROT_WRITE over areas not looked at",
 }
 
 
@@ -1435,6 +1436,14 @@ class LogClearing(SingleEvent):
         ``fallocate``, ``pwritev2(RWF_NOAPPEND)``, a shared writable ``mmap`` or
         ``mprotect``.  A log or history only (a database is mapped shared and writable
         all the time); a log daemon's own (``LOG_WRITERS`` itself, trusted) is silent."""
+        if ev.mode == RewriteAct.MPROTECT_UNKNOWN:
+            # the kernel could not look at the areas (a racing mmap's lock, more areas
+            # than it walks): no file to judge; the record is an untrusted tree's only,
+            # so fail loud (s17-fixlogacts 2)
+            return Hit("mprotect(PROT_WRITE) over memory the sensor could not look at "
+                       "(a log's shared mapping may be made writable)",
+                       {"op": ev.op, "act": _REWRITE_ACTS[RewriteAct.MPROTECT_UNKNOWN],
+                        "arg": ev.flags})
         path = _abs_norm(ev.path, "")
         # the sensitive set's HISTORY class (histories, .netrc, .pgpass, .git-credentials):
         # the sensor already killed the actor in the kernel: always a finding
@@ -1448,9 +1457,11 @@ class LogClearing(SingleEvent):
         what = "Shell history" if glob_any(path, HISTORY) else \
             "History-class file" if killed else "Log"
         # a history in the sensitive set: the sensor killed the actor before the act ran
+        # the kernel's kill spares what untrusted() spares (an administrator's session
+        # with local reasons only; s17-fixlogacts 4): say so only where it applied
         return Hit(f"{what} rewritten in place ({act}): {path}",
                    {"path": path, "op": ev.op, "act": act, "arg": ev.flags,
-                    "killed_at_entry": killed})
+                    "killed_at_entry": killed and bool(self.untrusted(ev, ctx)[0])})
 
     def _log_writer(self, ev: FileEvent, ctx: RuleContext) -> bool:
         """A trusted log writer: an unlink by one of ``LOG_WRITERS`` or a child of one
