@@ -303,10 +303,11 @@ def test_an_admin_sessions_history_rewrite_is_left_to_the_rule(rig: Rig) -> None
             f.unlink(missing_ok=True)
 
 
-def test_an_mprotect_over_more_areas_than_walked_stops_the_tree(rig: Rig) -> None:
+def test_an_mprotect_over_more_areas_than_walked_is_a_high_alert(rig: Rig) -> None:
     """s17-fixlogacts 2: one ``mprotect(PROT_WRITE)`` over ten areas (anonymous pages of
     alternating protections: no merge) is more than the kernel walks (8): reported as
-    ``MPROTECT_UNKNOWN`` (no file) and the rule stops the untrusted tree (fail loud).
+    ``MPROTECT_UNKNOWN`` (no file), a high alert for the untrusted tree; not a kill (a
+    racing mmap's lock gives the same record to a benign multithreaded program).
     Before (8ee983f): judged by the first area (anonymous): nothing."""
     p = rig.run("import ctypes, time; libc = ctypes.CDLL(None, use_errno=True); "
                 "libc.mmap.restype = ctypes.c_void_p; "
@@ -320,7 +321,7 @@ def test_an_mprotect_over_more_areas_than_walked_stops_the_tree(rig: Rig) -> Non
         events, alerts = rig.collect(10.0, stop_on_finding=True)
         assert alerts, p.poll()
         assert "could not look at" in str(alerts[0]["title"]), alerts
-        assert alerts[0]["action"] == "kill-tree"
-        assert p.wait(5) == -signal.SIGKILL
+        assert (alerts[0]["severity"], alerts[0]["action"]) == ("high", "alert"), alerts
+        assert p.poll() is None          # alive: loud, not stopped
     finally:
         _reap(p)

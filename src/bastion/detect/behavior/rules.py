@@ -1361,6 +1361,11 @@ class LogClearing(SingleEvent):
         hit = self._match(ev, ctx)
         if hit is None:
             return None
+        if isinstance(ev, FileEvent) and ev.op == "rewrite" and ev.mode == RewriteAct.MPROTECT_UNKNOWN:
+            # no file was judged: a multithreaded program's racing mmap (the kernel's
+            # lookup gave up on the lock) or a JIT's wide mprotect look the same; loud,
+            # not a kill of a tree that may have done nothing to a log
+            return hit
         return stop_if_untrusted(self, ev, ctx, hit, "the log/history wipe (the actor's tree stopped)")
 
     def _match(self, ev: Event, ctx: RuleContext) -> Hit | None:
@@ -1438,8 +1443,8 @@ class LogClearing(SingleEvent):
         all the time); a log daemon's own (``LOG_WRITERS`` itself, trusted) is silent."""
         if ev.mode == RewriteAct.MPROTECT_UNKNOWN:
             # the kernel could not look at the areas (a racing mmap's lock, more areas
-            # than it walks): no file to judge; the record is an untrusted tree's only,
-            # so fail loud (s17-fixlogacts 2)
+            # than it walks): no file to judge; the record is an untrusted tree's only:
+            # a high alert, not a stop (match() above; s17 merge review)
             return Hit("mprotect(PROT_WRITE) over memory the sensor could not look at "
                        "(a log's shared mapping may be made writable)",
                        {"op": ev.op, "act": _REWRITE_ACTS[RewriteAct.MPROTECT_UNKNOWN],
