@@ -313,3 +313,22 @@ def test_ransomware_intermittent_with_junk_temp_files_still_critical() -> None:
         if _critical(found):
             break
     assert _critical(found)
+
+
+def test_ransomware_unit_tests_sqlite_temps_and_hypothesis_cache_is_no_ransomware() -> None:
+    """The corpus's unit-test step as recorded (s17-rfp): pytest's basetemp 'current'
+    links and each test's SQLite -journal/-wal/-shm unlinked, and hypothesis writing its
+    gzip'd unicode table (temp + rename) into the repo on a fresh checkout.  When the
+    .gz fell among the last 8 values, 7 were gone: 1 of 1 readable, critical."""
+    ut = "/tmp/pytest-of-root/pytest-76/t0/corpus/unit-tmp"
+    gz = "/work/wt/x/.hypothesis/unicode_data/14.0.0/codec-v2-utf-8.json.gz"
+    w, _ = _ransom_live({gz: 7.99})
+    w.exec(42, "/usr/bin/python3.11", ["python", "-m", "pytest", "-q", "tests/unit"])
+    found: list[Finding] = []
+    for i in range(12):
+        if i == 9:   # the 37th value: among the last 8 when the count (40) is reached
+            found += _rename(w, 42, "/work/wt/x/.hypothesis/tmp/tmpwgg1ab0g", gz)
+        found += _unlink(w, 42, f"{ut}/test_{i}current")
+        for suffix in ("journal", "shm", "wal"):
+            found += _unlink(w, 42, f"{ut}/test_{i}0/data/bastion.db-{suffix}")
+    assert not _loud(found), [(f.severity, f.evidence) for f in found]
