@@ -2094,9 +2094,10 @@ RANSOM_EXT = re.compile(r"\.(locked|encrypted|enc|crypt|crypted|lock|ransom|cry|
 
 class Ransomware(ThresholdRule):
     """A process tree rewrites, renames or deletes many distinct files under
-    the data directories within the window.  Live, the written files' entropy
-    confirms (>= 7.2 bits/byte in most sampled files => critical, kill the
-    tree); without the probe (replay) a uniform new extension on renames does."""
+    the data directories within the window.  Live, the entropy of the files the
+    tree left (not those it removed again) confirms (>= 7.2 bits/byte in more than
+    half of a full sample of 8 => critical, kill the tree); without the probe
+    (replay) one new extension on most of the renames does."""
 
     name = "behavior.ransomware"
     prevents = "the rest of the tree's file encryption / destruction"
