@@ -182,3 +182,165 @@ def test_pip_lookalikes_are_no_installer(argv: list[str]) -> None:
     ``bin/pip``, so provenance skipped these downloads."""
     got = _pip_then_run(World(), argv)
     assert got and got[0].severity == "high"
+
+
+# ---- behavior.ransomware: what the sample is made of (s17-rfp) ----------------------------------
+# A benign corpus run once got a critical would-kill-tree on a python process (the pip or
+# unit-test step) with 1 high-entropy file among the 8 sampled: the sample was the last 8
+# values, most of them files the tree had itself created and removed again (temp files,
+# unpack dirs), so the probe read only one file -- a compressed one -- and "most of what
+# could be read" was 1 of 1.
+
+O_WRONLY, O_CREAT, O_TRUNC, O_EXCL = 0o1, 0o100, 0o1000, 0o200
+
+
+def _ransom_live(existing: dict[str, float]) -> tuple[World, Any]:
+    """The rule with a probe that knows only the files that exist now (``existing``:
+    path -> bits/byte); any other path is gone (unknown), as the live probe sees it."""
+    from bastion.detect.behavior.rules import Probes, Ransomware
+
+    w = World()
+    rule = Ransomware(probes=Probes(entropy=existing.get))
+    w.engine = Engine([rule])
+    return w, rule
+
+
+def _open(w: World, pid: int, path: str, flags: int) -> list[Finding]:
+    return w._feed({"type": "open", **w._proc(pid), "path": path, "path2": "", "flags": flags,
+                    "mode": 0o644, "owner_uid": -1, "owner_gid": -1, "dev": 1, "ino": 7})
+
+
+def _rename(w: World, pid: int, src: str, dst: str) -> list[Finding]:
+    return w._feed({"type": "rename", **w._proc(pid), "path": src, "path2": dst, "flags": 0,
+                    "mode": 0, "owner_uid": -1, "owner_gid": -1, "dev": 1, "ino": 8})
+
+
+def _unlink(w: World, pid: int, path: str) -> list[Finding]:
+    return w._feed({"type": "unlink", **w._proc(pid), "path": path, "path2": "", "flags": 0,
+                    "mode": 0, "owner_uid": -1, "owner_gid": -1, "dev": 1, "ino": 9})
+
+
+def _loud(found: list[Finding]) -> list[Finding]:
+    return [f for f in found if f.rule == "behavior.ransomware"
+            and f.severity in ("high", "critical")]
+
+
+def test_ransomware_temp_files_and_one_compressed_file_is_no_ransomware() -> None:
+    """pip unpacking into a temp dir, removing it, and caching one wheel (compressed:
+    high entropy): the temp files are gone, the one left is high; 1 of 1 readable was
+    'most of the sample'."""
+    tmp = "/tmp/pytest-of-root/pytest-3/corpus"
+    cache = f"{tmp}/pip-cache/http-v2/a/b/c/0123456789abcdef.body"
+    w, _ = _ransom_live({cache: 7.98})
+    w.exec(40, "/usr/bin/python3.11", ["python3", "-m", "pip", "install", "-q", "pyflakes"])
+    found: list[Finding] = []
+    for i in range(24):
+        if i == 18:   # the wheel is cached while the unpack dir is being removed
+            found += _open(w, 40, f"{cache}.tmp", O_WRONLY | O_CREAT | O_EXCL)
+            found += _rename(w, 40, f"{cache}.tmp", cache)
+        p = f"{tmp}/pip-unpack-x1/pyflakes/f{i}.py"
+        found += _open(w, 40, p, O_WRONLY | O_CREAT | O_TRUNC)
+        found += _unlink(w, 40, p)
+    assert not _loud(found), [(f.severity, f.evidence) for f in found]
+
+
+def test_ransomware_pyc_replaces_and_one_odd_extension_is_no_ransomware() -> None:
+    """importlib writing .pyc files (temp + os.replace) with one rename to a five-letter
+    extension among them: the 'uniform new extension' was that one rename."""
+    tmp = "/tmp/pytest-of-root/pytest-3/unit-tmp"
+    pycs = {f"{tmp}/pkg/__pycache__/m{i}.cpython-311.pyc": 5.1 for i in range(40)}
+    w, _ = _ransom_live({**pycs, f"{tmp}/state.cache": 4.2})
+    w.exec(41, "/usr/bin/python3.11", ["python3", "-m", "pytest", "-q"])
+    found: list[Finding] = []
+    found += _rename(w, 41, f"{tmp}/state.tmp", f"{tmp}/state.cache")
+    for i, p in enumerate(pycs):
+        found += _rename(w, 41, f"{p}.{1000 + i}", p)
+    assert not _loud(found), [(f.severity, f.evidence) for f in found]
+
+
+def _victims(n: int) -> list[str]:
+    return [f"/home/alice/docs/report{i:03}.odt" for i in range(n)]
+
+
+def _critical(found: list[Finding]) -> list[Finding]:
+    return [f for f in found if f.rule == "behavior.ransomware" and f.severity == "critical"
+            and f.action == "kill-tree"]
+
+
+def test_ransomware_encrypt_to_new_name_and_unlink_still_critical() -> None:
+    """read, write NAME.locked, unlink NAME (the shield test's encryptor)."""
+    docs = _victims(60)
+    w, _ = _ransom_live({f"{d}.locked": 7.95 for d in docs})
+    w.exec(50, "/usr/bin/python3.11", ["python3", "enc.py"])
+    found: list[Finding] = []
+    for d in docs:
+        found += _open(w, 50, f"{d}.locked", O_WRONLY | O_CREAT | O_TRUNC)
+        found += _unlink(w, 50, d)
+        if _critical(found):
+            break
+    assert _critical(found)
+
+
+def test_ransomware_encrypt_in_place_with_rename_still_critical() -> None:
+    """rewrite in place, then rename to a random per-victim-set extension."""
+    docs = _victims(60)
+    w, _ = _ransom_live({f"{d}.x7kq2": 7.95 for d in docs})
+    w.exec(51, "/usr/bin/python3.11", ["python3", "enc.py"])
+    found: list[Finding] = []
+    for d in docs:
+        found += _open(w, 51, d, O_WRONLY)
+        found += _rename(w, 51, d, f"{d}.x7kq2")
+        if _critical(found):
+            break
+    assert _critical(found)
+    assert _critical(found)[0].evidence["entropy_high"] >= 5
+
+
+def test_ransomware_encrypt_to_temp_and_replace_original_still_critical() -> None:
+    """encrypt into a temp file, rename it over the original (the names never change)."""
+    docs = _victims(60)
+    w, _ = _ransom_live({d: 7.95 for d in docs})
+    w.exec(52, "/usr/bin/python3.11", ["python3", "enc.py"])
+    found: list[Finding] = []
+    for d in docs:
+        found += _open(w, 52, f"{d}.tmp", O_WRONLY | O_CREAT | O_TRUNC)
+        found += _rename(w, 52, f"{d}.tmp", d)
+        if _critical(found):
+            break
+    assert _critical(found)
+
+
+def test_ransomware_intermittent_with_junk_temp_files_still_critical() -> None:
+    """intermittent encryption in place (the head only, no rename), with a junk file
+    created and removed between victims to fill the sample with unreadable paths."""
+    docs = _victims(60)
+    w, _ = _ransom_live({d: 7.9 for d in docs})
+    w.exec(53, "/usr/bin/python3.11", ["python3", "enc.py"])
+    found: list[Finding] = []
+    for i, d in enumerate(docs):
+        found += _open(w, 53, d, O_WRONLY)
+        j = f"/home/alice/.cache/j{i}"
+        found += _open(w, 53, j, O_WRONLY | O_CREAT | O_TRUNC)
+        found += _unlink(w, 53, j)
+        if _critical(found):
+            break
+    assert _critical(found)
+
+
+def test_ransomware_unit_tests_sqlite_temps_and_hypothesis_cache_is_no_ransomware() -> None:
+    """The corpus's unit-test step as recorded (s17-rfp): pytest's basetemp 'current'
+    links and each test's SQLite -journal/-wal/-shm unlinked, and hypothesis writing its
+    gzip'd unicode table (temp + rename) into the repo on a fresh checkout.  When the
+    .gz fell among the last 8 values, 7 were gone: 1 of 1 readable, critical."""
+    ut = "/tmp/pytest-of-root/pytest-76/t0/corpus/unit-tmp"
+    gz = "/work/wt/x/.hypothesis/unicode_data/14.0.0/codec-v2-utf-8.json.gz"
+    w, _ = _ransom_live({gz: 7.99})
+    w.exec(42, "/usr/bin/python3.11", ["python", "-m", "pytest", "-q", "tests/unit"])
+    found: list[Finding] = []
+    for i in range(12):
+        if i == 9:   # the 37th value: among the last 8 when the count (40) is reached
+            found += _rename(w, 42, "/work/wt/x/.hypothesis/tmp/tmpwgg1ab0g", gz)
+        found += _unlink(w, 42, f"{ut}/test_{i}current")
+        for suffix in ("journal", "shm", "wal"):
+            found += _unlink(w, 42, f"{ut}/test_{i}0/data/bastion.db-{suffix}")
+    assert not _loud(found), [(f.severity, f.evidence) for f in found]

@@ -25,6 +25,7 @@ What the sensor can and cannot see (say it, never pretend):
 
 from __future__ import annotations
 
+import collections
 import fnmatch
 import math
 import os
@@ -2184,9 +2185,10 @@ RANSOM_EXT = re.compile(r"\.(locked|encrypted|enc|crypt|crypted|lock|ransom|cry|
 
 class Ransomware(ThresholdRule):
     """A process tree rewrites, renames or deletes many distinct files under
-    the data directories within the window.  Live, the written files' entropy
-    confirms (>= 7.2 bits/byte in most sampled files => critical, kill the
-    tree); without the probe (replay) a uniform new extension on renames does."""
+    the data directories within the window.  Live, the entropy of the files the
+    tree left (not those it removed again) confirms (>= 7.2 bits/byte in more than
+    half of a full sample of 8 => critical, kill the tree); without the probe
+    (replay) one new extension on most of the renames does."""
 
     name = "behavior.ransomware"
     prevents = "the rest of the tree's file encryption / destruction"
@@ -2199,6 +2201,7 @@ class Ransomware(ThresholdRule):
     window_ns = 20 * NS
     distinct = True
     per_tree = True
+    SAMPLE = 8   # files whose entropy is probed per check
 
     def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None,
                  probes: Probes | None = None, data_dirs: tuple[str, ...] | None = None,
@@ -2219,7 +2222,12 @@ class Ransomware(ThresholdRule):
                 return None
             path, tag = ev.path, "w"
         elif ev.op == "rename":
-            path, tag = ev.path2, "r"
+            # the new name, then the old one (gone now): "r:NEW\0OLD"
+            if self.data_dirs is not None and not under(ev.path2, self.data_dirs):
+                return None
+            if under(ev.path2, NOT_DATA):
+                return None
+            return f"r:{ev.path2}\0{ev.path}"
         elif ev.op == "unlink":
             path, tag = ev.path, "u"
         else:
@@ -2233,18 +2241,34 @@ class Ransomware(ThresholdRule):
     def confirm(self, ev: Event, ctx: RuleContext, values: list[str]) -> Hit | None:
         if self.trusted(ev, ctx, MASS_WRITERS, depth=1):
             return None   # noise handled by trust (by inode), not by location
-        paths = [v[2:] for v in values]
-        renames = [p for v, p in zip(values, paths) if v[0] == "r"]
-        exts = {os.path.splitext(p)[1] for p in renames if RANSOM_EXT.search(p)}
+        paths: list[str] = []
+        renames: list[str] = []
+        gone: set[str] = set()     # unlinked or renamed away by the tree in the window
+        for v in values:
+            tag, path = v[0], v[2:]
+            if tag == "r":
+                path, _, old = path.partition("\0")
+                renames.append(path)
+                gone.add(old)
+            elif tag == "u":
+                gone.add(path)
+            paths.append(path)
+        ext_counts = collections.Counter(os.path.splitext(p)[1] for p in renames
+                                         if RANSOM_EXT.search(p))
         ev_: dict[str, Any] = {"files": len(paths), "sample": paths[:10], "renames": len(renames)}
         high = 0
         sampled = 0
         probed: list[float | None] | None = None
+        # The sample is what the tree left: the last files it wrote or renamed to that it
+        # did not unlink or rename away again.  A path it removed cannot be read, and
+        # counting such paths as "unknown" let one compressed file among the tree's own
+        # temp files be "most of what was read" (1 of 1: s17-rfp, pip in the benign corpus).
         # The files as the writer sees them: through its own root (/proc/PID/root), so a
         # tree in a container or another mount namespace is judged on its files, not on
         # whatever the agent's namespace has at the same path; the plain paths only when
         # the writer is gone.
-        sample = paths[-8:]
+        left = [p for v, p in zip(values, paths) if v[0] != "u" and p not in gone]
+        sample = list(dict.fromkeys(left))[-self.SAMPLE:]
         root = self.probes.root_of(ev.proc.pid) if self.probes.root_of is not None else None
         rooted = [f"{root}{p}" for p in sample] if root else sample
         if self.probes.entropy_many is not None:
@@ -2261,12 +2285,18 @@ class Ransomware(ThresholdRule):
             ev_["entropy_unknown"] = len(probed) - sampled
         title = f"Ransomware behaviour: {len(paths)} files rewritten/renamed/deleted in " \
                 f"{self.window_ns / NS:g}s"
-        if sampled and high * 2 > sampled:
+        # Encrypted-looking: most of a full sample, not most of what happened to be
+        # readable -- an unreadable or missing file is no evidence of encryption.
+        if high * 2 > self.SAMPLE:
             return Hit(title, ev_)
-        if len(renames) * 2 >= len(paths) and len(exts) == 1:
-            ev_["extension"] = exts.pop()
-            return Hit(title, ev_)
-        if sampled:
+        # A uniform new extension: one ransom-looking extension on most of the renames
+        # (not the only odd one among hundreds of .pyc replaces), renames half the files.
+        if ext_counts and len(renames) * 2 >= len(paths):
+            ext, n = ext_counts.most_common(1)[0]
+            if n * 2 > len(renames):
+                ev_["extension"] = ext
+                return Hit(title, ev_)
+        if sampled and high * 2 <= sampled:
             return None   # content checked and not encrypted-looking: a backup, a checkout
         return Hit(f"Mass file rewrite: {len(paths)} files in {self.window_ns / NS:g}s", ev_,
                    severity="medium", action="alert")
