@@ -169,15 +169,40 @@ class Boom(SingleEvent):
         raise ZeroDivisionError("bad rule")
 
 
-def test_raising_rule_is_counted_alerted_once_and_disabled() -> None:
+class Picky(SingleEvent):
+    """Raises on one attacker-shaped input only, finds the rest."""
+    name = "t.picky"
+    event_types = frozenset({"exec"})
+    attack = ("T0000",)
+
+    def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
+        if ev.proc.exe.endswith("/crafted"):
+            raise ValueError("crafted input")
+        return Hit("seen", {}) if ev.proc.exe.endswith("/evil") else None
+
+
+def test_raising_rule_is_counted_alerted_once_and_the_others_carry_on() -> None:
     e = Engine([Boom(), *behavior_rules()])
     evs: list[Event] = [exec_(7, "/usr/bin/true", i) for i in range(5)]
     evs.append(exec_(8, "/dev/shm/x", 6))
     got = run(e, ProcessTable(), evs)
     errs = [f for f in got if f.rule == RULE_ERROR]
-    assert len(errs) == 1 and errs[0].evidence["failed_rule"] == "t.boom"
-    assert e.errors == {"t.boom": 1} and "ZeroDivisionError" in e.disabled["t.boom"]
+    assert len(errs) == 1 and errs[0].evidence["failed_rule"] == "t.boom"     # rate-limited
+    assert e.errors == {"t.boom": 6} and "ZeroDivisionError" in e.disabled["t.boom"]
+    assert "test_behavior_engine.py:" in errs[0].evidence["error"]            # the raising line
     assert any(f.rule == "behavior.exec_from_tmp" for f in got)         # the others carry on
+
+
+def test_an_input_that_makes_a_rule_raise_does_not_switch_the_rule_off() -> None:
+    """s17: the engine disabled a rule for good on its first exception, so one crafted
+    event (e.g. an undecodable mount name in binary_padding's probe) blinded that rule
+    for the whole host until restart.  Now the crafted event is skipped by the rule and
+    reported; the attack after it is still found."""
+    e = Engine([Picky()])
+    got = run(e, ProcessTable(), [exec_(7, "/tmp/crafted", 1), exec_(8, "/tmp/crafted", 2),
+                                  exec_(9, "/tmp/evil", 3)])
+    assert [f.rule for f in got] == [RULE_ERROR, "t.picky"]
+    assert e.errors == {"t.picky": 2}
 
 
 # ---- dry-run and responses --------------------------------------------------------------

@@ -9,9 +9,10 @@ findings; :mod:`bastion.respond` turns findings into actions.
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Final, Protocol, Sequence
 
 from bastion.events import Event, LsmDenyEvent
 from bastion.proctable import ProcessTable
@@ -64,12 +65,15 @@ class LsmDenyRule:
         )]
 
 
+ERROR_REPORT_NS: Final = 600 * 1_000_000_000   # a rule error reported again at most every 10 min
+
+
 class Engine:
     """Routes events to the rules that declared their type.
 
-    A rule that raises is isolated: the error is counted, reported once as a
-    ``bastion.engine.rule_error`` finding, and the rule is disabled; the
-    other rules and the engine carry on."""
+    A rule that raises is isolated: the event is skipped by that rule, the error
+    counted and reported as a ``bastion.engine.rule_error`` finding (rate-limited per
+    rule, exception type and line); the rule stays armed and the others carry on."""
 
     def __init__(self, rules: Sequence[Rule]) -> None:
         self.rules = list(rules)
@@ -80,7 +84,8 @@ class Engine:
         self._routes: dict[str, tuple[Rule, ...]] = {}
         self._route()
         self.errors: dict[str, int] = {}
-        self.disabled: dict[str, str] = {}   # rule name -> the error that disabled it
+        self.disabled: dict[str, str] = {}   # rule name -> its last error (never disabled: s17)
+        self._reported: dict[tuple[str, str, str], tuple[int | None, int]] = {}
 
     def replace(self, old: Sequence[Rule], new: Sequence[Rule]) -> None:
         """Swap a group of rules (e.g. a newly installed Sigma set) between two events."""
@@ -88,8 +93,6 @@ class Engine:
         self.rules = [r for r in self.rules if id(r) not in gone] + list(new)
         by_type: dict[str, list[Rule]] = defaultdict(list)
         for r in self.rules:
-            if getattr(r, "name", "") in self.disabled:
-                continue
             for t in r.event_types:
                 by_type[t].append(r)
         self._by_type = by_type
@@ -98,20 +101,36 @@ class Engine:
     def wanted_types(self) -> frozenset[str]:
         return frozenset(t for t, rs in self._by_type.items() if rs)
 
-    def _disable(self, rule: Rule, ev: Event, exc: Exception) -> Finding:
+    def _failed(self, rule: Rule, ev: Event, exc: Exception) -> Finding | None:
+        """A rule raised on ``ev``: that event is skipped by that rule only.  The rule
+        stays armed (s17: disabling it for good on its first exception let anyone who
+        found one input that makes a rule raise switch the rule off for the whole host);
+        the error is counted, and reported as a high finding the first time for each
+        (rule, exception type, raising line) and then at most once per
+        ``ERROR_REPORT_NS`` with the count since the last report."""
         name = getattr(rule, "name", type(rule).__name__)
         self.errors[name] = self.errors.get(name, 0) + 1
-        self.disabled[name] = f"{type(exc).__name__}: {exc}"
-        for rs in self._by_type.values():
-            if rule in rs:
-                rs.remove(rule)
-        self._route()
-        log.error("rule %s raised on a %s event and is disabled: %s", name, ev.type, exc,
-                  exc_info=exc)
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        where = f"{tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}" if tb else "?"
+        self.disabled[name] = f"{type(exc).__name__}: {exc} ({where})"
+        key = (name, type(exc).__name__, where)
+        now = time.monotonic_ns()
+        last, unreported = self._reported.get(key, (None, 0))
+        if last is not None and now - last < ERROR_REPORT_NS:
+            self._reported[key] = (last, unreported + 1)
+            return None
+        self._reported[key] = (now, 0)
+        log.error("rule %s raised on a %s event (the event skipped by this rule; %d more "
+                  "since the last report): %s", name, ev.type, unreported, exc,
+                  exc_info=exc if last is None else None)
         return Finding(
-            rule=RULE_ERROR, title=f"Rule {name} raised {type(exc).__name__} and was disabled",
+            rule=RULE_ERROR, title=f"Rule {name} raised {type(exc).__name__} at {where} "
+            "(the event skipped by it; the rule stays armed)",
             severity="high", attack=(), action="alert", event=ev, pid=ev.proc.pid,
-            evidence={"failed_rule": name, "error": self.disabled[name], "event_type": ev.type})
+            evidence={"failed_rule": name, "error": self.disabled[name], "event_type": ev.type,
+                      "errors_total": self.errors[name], "since_last_report": unreported})
 
     def evaluate(self, ev: Event, ctx: RuleContext) -> list[Finding]:
         rules = self._routes.get(ev.type)
@@ -122,7 +141,9 @@ class Engine:
             try:
                 found = r.on_event(ev, ctx)
             except Exception as exc:  # noqa: BLE001 - isolation is the point
-                out.append(self._disable(r, ev, exc))
+                f = self._failed(r, ev, exc)
+                if f is not None:
+                    out.append(f)
                 continue
             if found:
                 out += found
