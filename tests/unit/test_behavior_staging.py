@@ -402,9 +402,9 @@ def test_padding_identity_names_the_mount_superblock(tmp_path: Path) -> None:
     import os
     from bastion.abi import kernel_dev
     from bastion.detect.behavior.rules import fdinfo_fields, file_ident, mount_dev
-    assert mount_dev(MOUNTINFO, 75) == (0 << 20) | 42
-    assert mount_dev(MOUNTINFO, 49) == (254 << 20) | 0
-    assert mount_dev(MOUNTINFO, 77) is None
+    assert mount_dev(MOUNTINFO.encode(), 75) == (0 << 20) | 42
+    assert mount_dev(MOUNTINFO.encode(), 49) == (254 << 20) | 0
+    assert mount_dev(MOUNTINFO.encode(), 77) is None
     assert fdinfo_fields("pos:\t0\nflags:\t012400000\nmnt_id:\t75\nino:\t8\n") == {
         "pos": "0", "flags": "012400000", "mnt_id": "75", "ino": "8"}
     prog = tmp_path / "p"
@@ -538,3 +538,22 @@ def test_resolve_in_follows_links_inside_the_root(tmp_path: Path) -> None:
     assert resolve_in(me, str(tmp_path / "gone")) is None
     assert resolve_in(me, str(tmp_path / "loop")) is None
     assert resolve_in(me, "relative") is None
+
+
+def test_padding_mountinfo_is_parsed_as_bytes_without_raising() -> None:
+    """s17-pad review: a mount point named with \\xff (the kernel escapes only space,
+    tab, newline, backslash) made ``read_text`` raise UnicodeDecodeError out of the rule;
+    one named ``/tmp/a\\x0b77 1 0:99 / /b`` forged a line for mount 77 through
+    ``splitlines`` (a wrong dev: evasion); a malformed major:minor raised ValueError.
+    Read as bytes, split on b"\\n" only, every field checked: the real dev or None."""
+    from bastion.detect.behavior.rules import mount_dev
+    forged = (b"49 1 254:0 / / rw - ext4 /dev/vda rw\n"
+              b"80 49 0:50 / /tmp/a\x0b77 1 0:99 / /b\xff\r76 1 0:98 / /c rw - tmpfs x rw\n"
+              b"76 49 0:43 / /t rw - tmpfs tmp rw\n"
+              b"77 49 0:42 / /sbx rw - overlay overlay rw\n")
+    assert mount_dev(forged, 77) == 42
+    assert mount_dev(forged, 76) == 43
+    assert mount_dev(forged, 80) == 50
+    assert mount_dev(b"77 1 x:y / / rw - ext4 d rw\n", 77) is None
+    assert mount_dev(b"77 1 99999999999999999999:1 / / rw - ext4 d rw\n", 77) is None
+    assert mount_dev(b"77 49 0:42 / /sbx rw - overlay o rw\n" * 4, 78, cap=64) is None

@@ -26,6 +26,7 @@ What the sensor can and cannot see (say it, never pretend):
 from __future__ import annotations
 
 import fnmatch
+import io
 import math
 import os
 import re
@@ -34,7 +35,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import IO, Any, Callable, Iterable, Sequence
 
 from bastion.abi import kernel_dev
 from bastion.detect.behavior.base import (
@@ -263,15 +264,35 @@ def elf_exec(pid: int, path: str) -> bool | None:
         os.close(fd)
 
 
-def mount_dev(mountinfo: str, mnt_id: int) -> int | None:
+MOUNTINFO_CAP = 16 << 20     # bytes of a mountinfo read per look-up at most
+
+
+def mount_dev(mountinfo: bytes | IO[bytes], mnt_id: int,
+              cap: int = MOUNTINFO_CAP) -> int | None:
     """The kernel-encoded superblock dev (``major << 20 | minor``, as BPF reads
-    ``i_sb->s_dev``) of mount ``mnt_id`` in a ``/proc/PID/mountinfo`` text; None when the
-    mount is not listed."""
-    for line in mountinfo.splitlines():
-        f = line.split(maxsplit=3)
-        if len(f) >= 3 and f[0] == str(mnt_id):
-            major, _, minor = f[2].partition(":")
+    ``i_sb->s_dev``) of mount ``mnt_id`` in a ``/proc/PID/mountinfo`` (bytes or a binary
+    file, read as a stream, at most ``cap`` bytes, stopping at the first match); None
+    when the mount is not listed or its line is malformed.  Split on b"\\n" only: the
+    kernel escapes space, tab, newline and backslash in a mount point, nothing else, so
+    a name holding \\x0b, \\r or \\xff stays inside its line (no forged line, no
+    decode error; s17-pad).  Never raises on content."""
+    stream = io.BytesIO(mountinfo) if isinstance(mountinfo, bytes) else mountinfo
+    want = str(mnt_id).encode()
+    seen = 0
+    for line in stream:
+        seen += len(line)
+        if seen > cap:
+            return None
+        f = line.split(b" ", 3)
+        if len(f) < 4 or f[0] != want:
+            continue
+        major, sep, minor = f[2].partition(b":")
+        if not (sep and major.isdigit() and minor.isdigit() and f[1].isdigit()):
+            return None
+        try:
             return kernel_dev(os.makedev(int(major), int(minor)))
+        except (ValueError, OverflowError):
+            return None
     return None
 
 
@@ -303,14 +324,15 @@ def file_ident(pid: int, path: str) -> tuple[int, int] | None:
     except OSError:
         return None
     try:
-        info = fdinfo_fields(Path(f"/proc/self/fdinfo/{fd}").read_text())
+        info = fdinfo_fields(Path(f"/proc/self/fdinfo/{fd}").read_bytes().decode("ascii"))
         ino = int(info["ino"]) if "ino" in info else os.fstat(fd).st_ino
-        mounts = Path(f"/proc/{pid}/mountinfo").read_text()
-    except OSError:
-        return None          # the process gone under the look-up
+        mnt_id = int(info["mnt_id"])
+        with open(f"/proc/{pid}/mountinfo", "rb") as mounts:
+            dev = mount_dev(mounts, mnt_id)
+    except (OSError, ValueError, KeyError):
+        return None          # the process gone under the look-up, or fdinfo not as known
     finally:
         os.close(fd)
-    dev = mount_dev(mounts, int(info["mnt_id"]))
     return None if dev is None else (dev, ino)
 
 
