@@ -251,9 +251,14 @@ def test_padding_read_through_the_parent_when_the_writer_is_gone(tmp_path: Path)
     p = tmp_path / "rec.jsonl"
     p.write_text("".join(json.dumps(x) + "\n" for x in r.lines))
     procs, trust = ProcessTable(), RecordedTrust()
-    engine = Engine(behavior_rules(probes=Probes(
-        elf_exec=elf, file_ident=lambda pid, path: (1, 8) if pid == 100 else None),
-        trust=trust))
+    def ident(pid: int, path: str) -> tuple[int, int, bool | None] | None:
+        if pid != 100:
+            return None                               # gone
+        asked.append(pid)                             # its verdict on the same fd
+        return (1, 8, True)
+
+    engine = Engine(behavior_rules(probes=Probes(elf_exec=elf, file_ident=ident),
+                                   trust=trust))
     ctx = RuleContext(procs)
     found: list[Finding] = []
     for ev in read_all(p):
@@ -372,7 +377,7 @@ def test_padding_fallback_stops_at_another_mount_namespace(tmp_path: Path) -> No
                     "dev": 41, "ino": 8})                    # the container's overlay inode
     p = tmp_path / "rec.jsonl"
     p.write_text("".join(json.dumps(x) + "\n" for x in r.lines))
-    for ident in ((lambda pid, path: (1, 8) if pid == 100 else None), None):
+    for ident in ((lambda pid, path: (1, 8, True) if pid == 100 else None), None):
         asked.clear()
         procs, trust = ProcessTable(), RecordedTrust()
         engine = Engine(behavior_rules(probes=Probes(elf_exec=elf, file_ident=ident),
@@ -402,18 +407,19 @@ def test_padding_identity_names_the_mount_superblock(tmp_path: Path) -> None:
     import os
     from bastion.abi import kernel_dev
     from bastion.detect.behavior.rules import fdinfo_fields, file_ident, mount_dev
-    assert mount_dev(MOUNTINFO, 75) == (0 << 20) | 42
-    assert mount_dev(MOUNTINFO, 49) == (254 << 20) | 0
-    assert mount_dev(MOUNTINFO, 77) is None
+    assert mount_dev(MOUNTINFO.encode(), 75) == (0 << 20) | 42
+    assert mount_dev(MOUNTINFO.encode(), 49) == (254 << 20) | 0
+    assert mount_dev(MOUNTINFO.encode(), 77) is None
     assert fdinfo_fields("pos:\t0\nflags:\t012400000\nmnt_id:\t75\nino:\t8\n") == {
         "pos": "0", "flags": "012400000", "mnt_id": "75", "ino": "8"}
     prog = tmp_path / "p"
     prog.write_bytes(b"\x7fELF")
     st = os.lstat(prog)
-    assert file_ident(os.getpid(), str(prog)) == (kernel_dev(st.st_dev), st.st_ino)
+    assert file_ident(os.getpid(), str(prog)) == (kernel_dev(st.st_dev), st.st_ino, False)
     os.mkfifo(tmp_path / "f")
     st = os.lstat(tmp_path / "f")
-    assert file_ident(os.getpid(), str(tmp_path / "f")) == (kernel_dev(st.st_dev), st.st_ino)
+    assert file_ident(os.getpid(), str(tmp_path / "f")) == (kernel_dev(st.st_dev), st.st_ino,
+                                                            False)
     assert file_ident(os.getpid(), str(tmp_path / "gone")) is None
     assert file_ident(os.getpid(), "relative") is None
 
@@ -538,3 +544,70 @@ def test_resolve_in_follows_links_inside_the_root(tmp_path: Path) -> None:
     assert resolve_in(me, str(tmp_path / "gone")) is None
     assert resolve_in(me, str(tmp_path / "loop")) is None
     assert resolve_in(me, "relative") is None
+
+
+def test_padding_mountinfo_is_parsed_as_bytes_without_raising() -> None:
+    """s17-pad review: a mount point named with \\xff (the kernel escapes only space,
+    tab, newline, backslash) made ``read_text`` raise UnicodeDecodeError out of the rule;
+    one named ``/tmp/a\\x0b77 1 0:99 / /b`` forged a line for mount 77 through
+    ``splitlines`` (a wrong dev: evasion); a malformed major:minor raised ValueError.
+    Read as bytes, split on b"\\n" only, every field checked: the real dev or None."""
+    from bastion.detect.behavior.rules import mount_dev
+    forged = (b"49 1 254:0 / / rw - ext4 /dev/vda rw\n"
+              b"80 49 0:50 / /tmp/a\x0b77 1 0:99 / /b\xff\r76 1 0:98 / /c rw - tmpfs x rw\n"
+              b"76 49 0:43 / /t rw - tmpfs tmp rw\n"
+              b"77 49 0:42 / /sbx rw - overlay overlay rw\n")
+    assert mount_dev(forged, 77) == 42
+    assert mount_dev(forged, 76) == 43
+    assert mount_dev(forged, 80) == 50
+    assert mount_dev(b"77 1 x:y / / rw - ext4 d rw\n", 77) is None
+    assert mount_dev(b"77 1 99999999999999999999:1 / / rw - ext4 d rw\n", 77) is None
+    assert mount_dev(b"77 49 0:42 / /sbx rw - overlay o rw\n" * 4, 78, cap=64) is None
+
+
+def test_padding_elf_verdict_on_the_looked_up_inode_never_a_swapped_fifo(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """s17-pad review 4: ``elf_exec`` judged a ``lstat`` and then opened the path again
+    by name: a FIFO (or a bind-mounted /dev/watchdog) put over the path between the two
+    was opened by root.  The path is swapped for a FIFO right after the first look-up of
+    it: no fd other than ``O_PATH`` may ever be a FIFO, and the verdict is that of the
+    inode first looked up (an executable ELF), for ``elf_exec`` and ``file_ident`` both."""
+    import os
+    import stat as st_
+    from bastion.detect.behavior.rules import elf_exec, file_ident
+    prog = tmp_path / "p"
+    real_open, real_lstat = os.open, os.lstat
+    opened_fifo: list[str] = []
+    swapped: list[bool] = []
+
+    def swap_after(path: Any) -> None:
+        if str(path).endswith(str(prog)) and not swapped:   # via /proc/PID/root
+            swapped.append(True)
+            os.unlink(prog)
+            os.mkfifo(prog)
+
+    def lstat(path: Any, *a: Any, **k: Any) -> os.stat_result:
+        got = real_lstat(path, *a, **k)
+        swap_after(path)
+        return got
+
+    def open_(path: Any, flags: int, *a: Any, **k: Any) -> int:
+        fd = real_open(path, flags, *a, **k)
+        if not flags & os.O_PATH and st_.S_ISFIFO(os.fstat(fd).st_mode):
+            opened_fifo.append(str(path))
+        swap_after(path)
+        return fd
+
+    for probe in (elf_exec, lambda pid, path: (r[2] if (r := file_ident(pid, path)) else r)):
+        swapped.clear()
+        if prog.exists():
+            prog.unlink()
+        prog.write_bytes(b"\x7fELF" + b"\0" * 60)
+        prog.chmod(0o755)
+        with monkeypatch.context() as m:
+            m.setattr(os, "lstat", lstat)
+            m.setattr(os, "open", open_)
+            got = probe(os.getpid(), str(prog))
+        assert swapped == [True]
+        assert opened_fifo == []
+        assert got is True

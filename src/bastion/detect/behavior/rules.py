@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import fnmatch
+import io
 import math
 import os
 import re
@@ -35,7 +36,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Final, Iterable, Sequence
+from typing import IO, Any, Callable, Final, Iterable, Sequence
 
 from bastion.abi import RewriteAct, kernel_dev
 from bastion.detect.behavior.base import (
@@ -79,8 +80,9 @@ class Probes:
     # is ``path``, as process ``pid`` sees it, an executable ELF file (None: cannot tell)
     elf_exec: Callable[[int, str], bool | None] | None = None
     # the (kernel dev, inode) of ``path`` as process ``pid`` sees it, as the sensor names
-    # a file (its mount's superblock dev, not lstat's st_dev; None: gone)
-    file_ident: Callable[[int, str], tuple[int, int] | None] | None = None
+    # a file (its mount's superblock dev, not lstat's st_dev), and ``elf_exec`` of that
+    # very inode, on the same fd (None: gone)
+    file_ident: Callable[[int, str], tuple[int, int, bool | None] | None] | None = None
     # ``path`` with its symlinks resolved as process ``pid`` sees it (None: cannot tell)
     resolve: Callable[[int, str], str | None] | None = None
 
@@ -245,34 +247,67 @@ class EntropyProbe:
 def elf_exec(pid: int, path: str) -> bool | None:
     """Is ``path`` (seen through ``pid``'s root) a regular file with an execute bit and
     an ELF header?  None when it cannot be read (gone, no such process)."""
-    root = proc_root(pid)
-    if root is None or not path.startswith("/"):
-        return None
-    full = os.path.join(root, path.lstrip("/"))
+    got = look_up(pid, path, ident=False)
+    return None if got is None else got[2]
+
+
+def elf_fd(fd: int) -> bool | None:
+    """Is the file of the ``O_PATH`` fd ``fd`` a regular file with an execute bit and an
+    ELF header?  Judged on that inode only, never on a name looked up again (s17-pad
+    review 4: a device bind-mounted over the path between a ``lstat`` and an ``open`` by
+    name had root open it -- /dev/watchdog: a reboot): ``fstat`` on the ``O_PATH`` fd
+    first, then the same inode reopened through ``/proc/self/fd/N`` (no ``O_NOFOLLOW``:
+    that magic link would fail ELOOP; the fd holds no symlink, opened ``O_NOFOLLOW``),
+    ``fstat`` again.  None: unreadable."""
     try:
-        st = os.lstat(full)     # never open a device, a FIFO or a file without an x bit
+        st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or not st.st_mode & 0o111:
-            return False
-        fd = os.open(full, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY)
+            return False    # never open a device, a FIFO, a socket or a non-executable
+        rd = os.open(f"/proc/self/fd/{fd}",
+                     os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError:
         return None
     try:
-        return os.pread(fd, 4, 0) == b"\x7fELF"
+        again = os.fstat(rd)
+        if not stat.S_ISREG(again.st_mode) or (again.st_dev, again.st_ino) != \
+                (st.st_dev, st.st_ino):
+            return False
+        return os.pread(rd, 4, 0) == b"\x7fELF"
     except OSError:
         return None
     finally:
-        os.close(fd)
+        os.close(rd)
 
 
-def mount_dev(mountinfo: str, mnt_id: int) -> int | None:
+MOUNTINFO_CAP = 16 << 20     # bytes of a mountinfo read per look-up at most
+
+
+def mount_dev(mountinfo: bytes | IO[bytes], mnt_id: int,
+              cap: int = MOUNTINFO_CAP) -> int | None:
     """The kernel-encoded superblock dev (``major << 20 | minor``, as BPF reads
-    ``i_sb->s_dev``) of mount ``mnt_id`` in a ``/proc/PID/mountinfo`` text; None when the
-    mount is not listed."""
-    for line in mountinfo.splitlines():
-        f = line.split(maxsplit=3)
-        if len(f) >= 3 and f[0] == str(mnt_id):
-            major, _, minor = f[2].partition(":")
+    ``i_sb->s_dev``) of mount ``mnt_id`` in a ``/proc/PID/mountinfo`` (bytes or a binary
+    file, read as a stream, at most ``cap`` bytes, stopping at the first match); None
+    when the mount is not listed or its line is malformed.  Split on b"\\n" only: the
+    kernel escapes space, tab, newline and backslash in a mount point, nothing else, so
+    a name holding \\x0b, \\r or \\xff stays inside its line (no forged line, no
+    decode error; s17-pad).  Never raises on content."""
+    stream = io.BytesIO(mountinfo) if isinstance(mountinfo, bytes) else mountinfo
+    want = str(mnt_id).encode()
+    seen = 0
+    for line in stream:
+        seen += len(line)
+        if seen > cap:
+            return None
+        f = line.split(b" ", 3)
+        if len(f) < 4 or f[0] != want:
+            continue
+        major, sep, minor = f[2].partition(b":")
+        if not (sep and major.isdigit() and minor.isdigit() and f[1].isdigit()):
+            return None
+        try:
             return kernel_dev(os.makedev(int(major), int(minor)))
+        except (ValueError, OverflowError):
+            return None
     return None
 
 
@@ -286,33 +321,47 @@ def fdinfo_fields(text: str) -> dict[str, str]:
     return out
 
 
-def file_ident(pid: int, path: str) -> tuple[int, int] | None:
-    """The (kernel dev, inode) of ``path`` seen through ``pid``'s root, named as the
-    sensor names a written file (``f_inode->i_sb->s_dev``, ``f_inode->i_ino``): the
-    inode of the file a lookup returns (fdinfo ``ino``) and its mount's superblock dev
-    (``mountinfo`` of ``pid``).  Not ``lstat``'s ``st_dev``: overlayfs reports a
-    non-directory's layer dev there (a container's or the atomics sandbox's root: the
-    tmpfs upper's, never the overlay superblock the kernel reports; s17-pad).  Opened
-    ``O_PATH|O_NOFOLLOW`` only: the file itself is never opened (no device, FIFO or
-    fanotify event), nothing read.  None when gone."""
+def file_ident(pid: int, path: str) -> tuple[int, int, bool | None] | None:
+    """The (kernel dev, inode) of ``path`` seen through ``pid``'s root and whether that
+    very inode is an executable ELF file (``elf_fd``; one fd for both: s17-pad review 4);
+    see ``look_up``.  None when gone or unknown."""
+    return look_up(pid, path, ident=True)
+
+
+def look_up(pid: int, path: str, ident: bool) -> tuple[int, int, bool | None] | None:
+    """``path`` seen through ``pid``'s root opened once ``O_PATH|O_NOFOLLOW``: its
+    (kernel dev, inode) when ``ident`` (else (0, 0)) and ``elf_fd`` of that fd.  The
+    identity is named as the sensor names a written file (``f_inode->i_sb->s_dev``,
+    ``f_inode->i_ino``): the inode of the file a lookup returns (fdinfo ``ino``) and its
+    mount's superblock dev (``mountinfo`` of ``pid``).  Not ``lstat``'s ``st_dev``:
+    overlayfs reports a non-directory's layer dev there (a container's or the atomics
+    sandbox's root: the tmpfs upper's, never the overlay superblock the kernel reports;
+    s17-pad).  Total: None on any failure (gone, fdinfo or mountinfo not as known)."""
     root = proc_root(pid)
     if root is None or not path.startswith("/"):
         return None
     try:
         fd = os.open(os.path.join(root, path.lstrip("/")),
                      os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
+    except (OSError, ValueError):
         return None
     try:
-        info = fdinfo_fields(Path(f"/proc/self/fdinfo/{fd}").read_text())
-        ino = int(info["ino"]) if "ino" in info else os.fstat(fd).st_ino
-        mounts = Path(f"/proc/{pid}/mountinfo").read_text()
-    except OSError:
-        return None          # the process gone under the look-up
+        dev = ino = 0
+        if ident:
+            info = fdinfo_fields(
+                Path(f"/proc/self/fdinfo/{fd}").read_bytes().decode("ascii"))
+            ino = int(info["ino"]) if "ino" in info else os.fstat(fd).st_ino
+            mnt_id = int(info["mnt_id"])
+            with open(f"/proc/{pid}/mountinfo", "rb") as mounts:
+                found = mount_dev(mounts, mnt_id)
+            if found is None:
+                return None
+            dev = found
+        return (dev, ino, elf_fd(fd))
+    except (OSError, ValueError, KeyError):
+        return None          # the process gone under the look-up, or fdinfo not as known
     finally:
         os.close(fd)
-    dev = mount_dev(mounts, int(info["mnt_id"]))
-    return None if dev is None else (dev, ino)
 
 
 def resolve_in(pid: int, path: str, max_links: int = 40) -> str | None:
@@ -2665,9 +2714,9 @@ class BinaryPadding(BehaviorRule):
                     seen = ident(anc.pid, path)
                     if seen is None:
                         continue                    # gone: the next ancestor
-                    if seen != (ev.dev, ev.ino):
+                    if seen[:2] != (ev.dev, ev.ino):
                         break                       # another file: another namespace
-                    got = self.probes.elf_exec(anc.pid, path)
+                    got = seen[2]                   # judged on the same fd (s17-pad)
                     if got is not None:
                         break
             if not got:
