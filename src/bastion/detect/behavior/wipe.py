@@ -15,39 +15,48 @@ recovered.  Matched on two things, never on an atomic's command line:
     with ``-r``/``--remove`` (or ``-X``: a free-space fill), sfill always (free space).
     Medium, the operands (resolved against the exec's cwd) named.
 
-(b) **the kernel-visible shape, whatever the tool**: a process write-opens an
-    existing file in place (``O_WRONLY`` without ``O_TRUNC``/``O_APPEND``/``O_EXCL``,
-    or ``O_RDWR`` without ``O_CREAT``/``O_TRUNC``/``O_APPEND``) that it did not create
-    (the same process counts only while it runs the same program),
-    then within :attr:`SecureDeletion.window_ns` that process, its descendants, or its
-    script's next step (a process under the same parent) unlinks it, after renaming it
-    any number of times (shred's rename-to-zeros series is followed name by name).
-    Medium.  "Did not create": the compat sensor reports the caller's open flags, not
-    whether the open created the file; a file is counted as created by the first
-    process seen opening its inode with ``O_CREAT`` (forgotten when its name is
-    unlinked or renamed, so a reused inode number is not taken for the old file), and
-    an ``O_CREAT`` open of an inode never seen before is counted as a creation.
+(b) **the kernel-visible shape, whatever the tool**: a process write-opens a file in
+    place (``O_WRONLY`` or ``O_RDWR`` without ``O_TRUNC``/``O_APPEND``/``O_EXCL``;
+    ``O_CREAT`` does not make it a creation) whose content it did not make itself (its
+    own = the same process, running the same program, created or emptied it with an
+    ``O_EXCL`` or ``O_TRUNC`` open), then that same process unlinks it (no window: the
+    state's TTL bounds it), or a process it ran, or its parent or a sibling's tree when
+    the parent runs a non-interactive script (a script operand or ``-c``; never a login
+    or interactive shell) within :attr:`SecureDeletion.window_ns` of the writer's last
+    event (its exit included) or of the last rename of the chain (shred's
+    rename-to-zeros series is followed name by name).  Medium.  The compat record
+    carries neither the file's size nor whether the open created it (FMODE_CREATED at the
+    open's exit would: an ABI change, the next step), so ``dd of=new conv=notrunc; rm
+    new`` in a script is reported too (lock and pid files, ``*.lock``/``*.pid``, are not).
 
 High instead of medium when the wiped file is a log or a shell history, or a program
 or script the same tree executed (a self-deleting payload).  ``behavior.log_clearing``
 keeps what it already catches (shred/wipe/srm of a log or history by argv, the unlink of
-a log or history name): this rule stays silent there, so one act raises one alert.
+a log or history name): this rule names only the other operands of such a command line,
+so one act raises one alert.  busybox/toybox (by executable inode) are read by their
+applet (argv[0]'s name, or argv[1]).
 
-Silent (look-alikes): files a process created itself (sqlite journals, editors' swap
-files, temp files: ``O_EXCL``/``O_CREAT`` opens), ``O_RDWR|O_CREAT`` opens (databases
-and lock files open their files this way), truncating rewrites (``O_TRUNC``: editors,
-``cp``), appends (logs), ``touch``/``truncate`` of an existing file (no byte written), ``rm`` of a file nobody overwrote, ``mv``, and package
-managers, build tools, logrotate and systemd-tmpfiles (trusted by executable inode, as
-the actor or an ancestor up to 3).
+Silent (look-alikes): files a process created or emptied itself (editors' swap files,
+temp files), sqlite's ``-journal``/``-wal``/``-shm`` next to a database the same
+process opened ``O_RDWR``, a browser's cache entries (by executable identity, under its
+cache dirs), truncating rewrites (editors, ``cp``), appends (logs), ``touch``/``truncate``
+(no byte written), ``rm`` of a file nobody overwrote, ``mv``, a child's rewrite removed
+by a parent that is no script (a test runner, a session), and, as the actor only,
+linkers/strip/objcopy, mkswap/mkfs, logrotate, systemd-tmpfiles, package managers (also
+one parent level up: maintainer scripts).  Never tools that run commands they are given
+(git, make, rsync, ccache, compilers' drivers), not even as the actor's ancestors.
 
 State: every map is a :class:`.state.BoundedState` (LRU cap and idle TTL of the pack's
-:class:`.state.Limits`); the overwritten files wait at most ``window_ns``.
+:class:`.state.Limits`); a writer keeps at most :attr:`SecureDeletion.max_per_writer`
+overwritten files waiting, and one more raises "secure deletion state exhausted by pid
+N" (medium) instead of evicting the victim's record.
 
-Left open (said, not hidden): an overwrite through ``O_RDWR|O_CREAT``, through a
-shared writable mapping, or by a process other than the deleter's own tree; a file
-that existed before the agent started and is opened ``O_WRONLY|O_CREAT`` without
-truncation (counted as created); a wipe that never unlinks (overwrite only); a
-renamed copy of wipe/srm/scrub is seen only by shape (b).
+Left open (said, not hidden): an overwrite through a shared writable mapping or a
+descriptor opened long before; unlinks matched by path (a symlinked directory or a hard
+link under another name escapes: keying by (dev, ino) is the next step); many processes
+each under the cap flooding the global LRU; a wipe that never unlinks; siblings under
+a shell reading its script from stdin (``curl | sh``: taken for interactive); a renamed
+copy of wipe/srm/scrub is seen only by shape (b).
 """
 
 from __future__ import annotations
@@ -231,6 +240,9 @@ class SecureDeletion(BehaviorRule):
         self._last: BoundedState[ProcKey, int] = self.state()
         self._exhausted: BoundedState[ProcKey, int] = self.state()
         self._rw: BoundedState[tuple[ProcKey, str], int] = self.state()   # O_RDWR opens
+        # (a process, its program) -> (trusted as a writer, its script parent): judged once
+        self._writer: BoundedState[tuple[ProcKey, str], tuple[bool, ProcKey | None]] = \
+            self.state()
 
     # -- helpers
 
@@ -404,12 +416,19 @@ class SecureDeletion(BehaviorRule):
             return []                    # sqlite's journal/WAL next to its database
         if any(c in path for c in BROWSER_CACHES) and self._browser(ev, ctx):
             return []                    # a browser's cache entry
-        e = ctx.procs.get(ev.proc.pid)
-        if e is not None and e.same_process(ev.proc.start_ns) and \
-                self.trust.is_tool((e.exe_dev, e.exe_ino), NO_BYTES_WRITTEN) is not None:
-            return []                    # a stamp touched, a length set: nothing overwritten
-        if self._trusted(ev, ctx):
-            return []                    # a linker, mkswap, a package manager
+        wk = (key, ev.proc.exe)
+        judged = self._writer.get(wk, now)
+        if judged is None:
+            e = ctx.procs.get(ev.proc.pid)
+            # touch/truncate: a stamp touched, a length set, nothing overwritten; a linker,
+            # mkswap, a package manager: rewriting in place is their job
+            exempt = (e is not None and e.same_process(ev.proc.start_ns) and
+                      self.trust.is_tool((e.exe_dev, e.exe_ino), NO_BYTES_WRITTEN) is not None) \
+                or self._trusted(ev, ctx)
+            judged = (exempt, self._script_parent(ev, ctx))
+            self._writer.put(wk, now, judged)
+        if judged[0]:
+            return []
         mine = self._by_writer.get(key, now) or set()
         if path not in mine and len(mine) >= self.max_per_writer:
             mine = {p for p in mine if (o := self._over.get(p, now)) is not None
@@ -425,7 +444,7 @@ class SecureDeletion(BehaviorRule):
         mine.add(path)
         self._by_writer.put(key, now, mine)
         self._last.put(key, now, now)
-        self._over.put(path, now, _Over(key, self._script_parent(ev, ctx), now, path, flags,
+        self._over.put(path, now, _Over(key, judged[1], now, path, flags,
                                         ev.proc.exe or ev.proc.comm))
         return []
 
