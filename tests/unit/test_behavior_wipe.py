@@ -503,3 +503,23 @@ def test_wipe_minus_r_takes_no_value() -> None:
     """7: wipe 2.x's ``-R`` is recursion (a flag): ``wipe -R dir`` wipes dir."""
     got = wipe_command("wipe", ["wipe", "-R", "d"], "/w")
     assert got is not None and got.files == ("/w/d",)
+
+
+def test_careful_creators_o_nofollow_are_silent(tmp_path: Path) -> None:
+    """Seen in the false-alarm corpus after the O_CREAT change: the JVM's
+    /tmp/hsperfdata_<user>/<pid> (O_RDWR|O_CREAT|O_NOFOLLOW, removed at exit), a sqlite
+    database (same flags) moved aside and removed by the script's next steps, its
+    journal.  An O_CREAT|O_NOFOLLOW open without O_TRUNC is taken for a creation
+    (a program of one's own can set O_NOFOLLOW too: said in detection.md)."""
+    nf = 0o400000
+    r = Rec()
+    r.exec(180, 100, "/usr/lib/jvm/java-17/bin/java", ["java", "-version"])
+    r.open(180, "/tmp/hsperfdata_root/180", RWC | nf, 95).unlink(180, "/tmp/hsperfdata_root/180")
+    r.exec(181, 100, "/usr/bin/python3", ["python3", "lookalikes.py"])
+    r.open(181, "/srv/w/app.db", RWC | nf, 96).open(181, "/srv/w/app.db-journal", RWC | nf, 97)
+    r.unlink(181, "/srv/w/app.db-journal").exit(181)
+    r.exec(182, 100, "/usr/bin/mv", ["mv", "app.db", "app.db.bak"], cwd="/srv/w")
+    r.rename(182, "/srv/w/app.db", "/srv/w/app.db.bak")
+    r.exec(183, 100, "/usr/bin/rm", ["rm", "-f", "app.db.bak"], cwd="/srv/w")
+    r.unlink(183, "/srv/w/app.db.bak")
+    assert wipes(r.run(tmp_path)) == []

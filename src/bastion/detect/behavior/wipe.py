@@ -27,7 +27,9 @@ recovered.  Matched on two things, never on an atomic's command line:
     rename-to-zeros series is followed name by name).  Medium.  The compat record
     carries neither the file's size nor whether the open created it (FMODE_CREATED at the
     open's exit would: an ABI change, the next step), so ``dd of=new conv=notrunc; rm
-    new`` in a script is reported too (lock and pid files, ``*.lock``/``*.pid``, are not).
+    new`` in a script is reported too (lock and pid files, ``*.lock``/``*.pid``, are not,
+    nor ``O_CREAT|O_NOFOLLOW`` opens: sqlite's files, the JVM's hsperfdata; a program of
+    one's own can set O_NOFOLLOW too).
 
 High instead of medium when the wiped file is a log or a shell history, or a program
 or script the same tree executed (a self-deleting payload).  ``behavior.log_clearing``
@@ -78,6 +80,7 @@ from bastion.events import Event, ExecEvent, FileEvent
 NS = 1_000_000_000
 O_ACCMODE, O_WRONLY, O_RDWR = 0o3, 0o1, 0o2
 O_CREAT, O_EXCL, O_TRUNC, O_APPEND = 0o100, 0o200, 0o1000, 0o2000
+O_NOFOLLOW = 0o400000
 
 # the secure-deletion tools: installed name -> family (the option table's key)
 WIPE_NAMES: dict[str, str] = {"shred": "shred", "gshred": "shred", "wipe": "wipe",
@@ -406,8 +409,10 @@ class SecureDeletion(BehaviorRule):
             # its own file (a journal, a swap file, a temp file); the same process after an
             # exec is another program (``bash -c 'echo > f; python3 ...'`` execs the last)
             return []
-        if flags & O_CREAT and _LOCKISH.search(path):
-            return []                    # a lock or pid file, maybe new
+        if flags & O_CREAT and (_LOCKISH.search(path) or flags & O_NOFOLLOW):
+            # a lock or pid file, maybe new; a careful creator's own file (sqlite's
+            # database and journal, the JVM's hsperfdata: O_CREAT|O_NOFOLLOW)
+            return []
         if path.startswith(NOT_FILES) and any(path == d or path.startswith(d + "/")
                                              for d in NOT_FILES):
             return []
