@@ -15,39 +15,50 @@ recovered.  Matched on two things, never on an atomic's command line:
     with ``-r``/``--remove`` (or ``-X``: a free-space fill), sfill always (free space).
     Medium, the operands (resolved against the exec's cwd) named.
 
-(b) **the kernel-visible shape, whatever the tool**: a process write-opens an
-    existing file in place (``O_WRONLY`` without ``O_TRUNC``/``O_APPEND``/``O_EXCL``,
-    or ``O_RDWR`` without ``O_CREAT``/``O_TRUNC``/``O_APPEND``) that it did not create
-    (the same process counts only while it runs the same program),
-    then within :attr:`SecureDeletion.window_ns` that process, its descendants, or its
-    script's next step (a process under the same parent) unlinks it, after renaming it
-    any number of times (shred's rename-to-zeros series is followed name by name).
-    Medium.  "Did not create": the compat sensor reports the caller's open flags, not
-    whether the open created the file; a file is counted as created by the first
-    process seen opening its inode with ``O_CREAT`` (forgotten when its name is
-    unlinked or renamed, so a reused inode number is not taken for the old file), and
-    an ``O_CREAT`` open of an inode never seen before is counted as a creation.
+(b) **the kernel-visible shape, whatever the tool**: a process write-opens a file in
+    place (``O_WRONLY`` or ``O_RDWR`` without ``O_TRUNC``/``O_APPEND``/``O_EXCL``;
+    ``O_CREAT`` does not make it a creation) whose content it did not make itself (its
+    own = the same process, running the same program, created or emptied it with an
+    ``O_EXCL`` or ``O_TRUNC`` open), then that same process unlinks it (no window: the
+    state's TTL bounds it), or a process it ran, or its parent or a sibling's tree when
+    the parent runs a non-interactive script (a script operand or ``-c``; never a login
+    or interactive shell) within :attr:`SecureDeletion.window_ns` of the writer's last
+    event (its exit included) or of the last rename of the chain (shred's
+    rename-to-zeros series is followed name by name).  Medium.  The compat record
+    carries neither the file's size nor whether the open created it (FMODE_CREATED at the
+    open's exit would: an ABI change, the next step), so ``dd of=new conv=notrunc; rm
+    new`` in a script is reported too (lock and pid files, ``*.lock``/``*.pid``, are not,
+    nor ``O_CREAT|O_NOFOLLOW`` opens: sqlite's files, the JVM's hsperfdata; a program of
+    one's own can set O_NOFOLLOW too).
 
 High instead of medium when the wiped file is a log or a shell history, or a program
 or script the same tree executed (a self-deleting payload).  ``behavior.log_clearing``
 keeps what it already catches (shred/wipe/srm of a log or history by argv, the unlink of
-a log or history name): this rule stays silent there, so one act raises one alert.
+a log or history name): this rule names only the other operands of such a command line,
+so one act raises one alert.  busybox/toybox (by executable inode) are read by their
+applet (argv[0]'s name, or argv[1]).
 
-Silent (look-alikes): files a process created itself (sqlite journals, editors' swap
-files, temp files: ``O_EXCL``/``O_CREAT`` opens), ``O_RDWR|O_CREAT`` opens (databases
-and lock files open their files this way), truncating rewrites (``O_TRUNC``: editors,
-``cp``), appends (logs), ``touch``/``truncate`` of an existing file (no byte written), ``rm`` of a file nobody overwrote, ``mv``, and package
-managers, build tools, logrotate and systemd-tmpfiles (trusted by executable inode, as
-the actor or an ancestor up to 3).
+Silent (look-alikes): files a process created or emptied itself (editors' swap files,
+temp files), sqlite's ``-journal``/``-wal``/``-shm`` next to a database the same
+process opened ``O_RDWR``, a browser's cache entries (by executable identity, under its
+cache dirs), truncating rewrites (editors, ``cp``), appends (logs), ``touch``/``truncate``
+(no byte written), ``rm`` of a file nobody overwrote, ``mv``, a child's rewrite removed
+by a parent that is no script (a test runner, a session), and, as the actor only,
+linkers/strip/objcopy, mkswap/mkfs, logrotate, systemd-tmpfiles, package managers (also
+one parent level up: maintainer scripts).  Never tools that run commands they are given
+(git, make, rsync, ccache, compilers' drivers), not even as the actor's ancestors.
 
 State: every map is a :class:`.state.BoundedState` (LRU cap and idle TTL of the pack's
-:class:`.state.Limits`); the overwritten files wait at most ``window_ns``.
+:class:`.state.Limits`); a writer keeps at most :attr:`SecureDeletion.max_per_writer`
+overwritten files waiting, and one more raises "secure deletion state exhausted by pid
+N" (medium) instead of evicting the victim's record.
 
-Left open (said, not hidden): an overwrite through ``O_RDWR|O_CREAT``, through a
-shared writable mapping, or by a process other than the deleter's own tree; a file
-that existed before the agent started and is opened ``O_WRONLY|O_CREAT`` without
-truncation (counted as created); a wipe that never unlinks (overwrite only); a
-renamed copy of wipe/srm/scrub is seen only by shape (b).
+Left open (said, not hidden): an overwrite through a shared writable mapping or a
+descriptor opened long before; unlinks matched by path (a symlinked directory or a hard
+link under another name escapes: keying by (dev, ino) is the next step); many processes
+each under the cap flooding the global LRU; a wipe that never unlinks; siblings under
+a shell reading its script from stdin (``curl | sh``: taken for interactive); a renamed
+copy of wipe/srm/scrub is seen only by shape (b).
 """
 
 from __future__ import annotations
@@ -56,9 +67,9 @@ import os
 import re
 from dataclasses import dataclass, field
 from bastion.detect.behavior.base import (
-    PACKAGE_MANAGERS, BehaviorRule, Hit, RuleSettings, base, glob_any,
+    PACKAGE_MANAGERS, SHELLS, BehaviorRule, Hit, RuleSettings, base, glob_any,
 )
-from bastion.detect.behavior.rules import BINARY_WRITERS, HISTORY, LOGS, MAIL_SPOOLS
+from bastion.detect.behavior.rules import HISTORY, LOGS, MAIL_SPOOLS
 from bastion.detect.behavior.staging import Opts, Parsed, parse
 from bastion.detect.behavior.state import BoundedState, Limits, ProcKey, proc_key
 from bastion.detect.behavior.trust import Ident
@@ -69,6 +80,7 @@ from bastion.events import Event, ExecEvent, FileEvent
 NS = 1_000_000_000
 O_ACCMODE, O_WRONLY, O_RDWR = 0o3, 0o1, 0o2
 O_CREAT, O_EXCL, O_TRUNC, O_APPEND = 0o100, 0o200, 0o1000, 0o2000
+O_NOFOLLOW = 0o400000
 
 # the secure-deletion tools: installed name -> family (the option table's key)
 WIPE_NAMES: dict[str, str] = {"shred": "shred", "gshred": "shred", "wipe": "wipe",
@@ -80,7 +92,10 @@ WIPE_OPTS: dict[str, Opts] = {
     "shred": Opts(short="ns", long=frozenset({"--iterations", "--random-source", "--size"}),
                   flags=frozenset({"--exact", "--force", "--remove", "--verbose", "--zero",
                                    "--help", "--version"})),
-    "wipe": Opts(short="QRSMlobx"),
+    # wipe 0.2x (Debian): -Q/-S/-M/-l/-o/-b/-x take a value; -R (its random device) is read
+    # as a flag: in wipe 2.x -R is recursion, so ``wipe -R dir`` must keep ``dir`` an operand
+    # (0.2x's ``-R /dev/urandom`` then names the device too: more, never fewer, operands)
+    "wipe": Opts(short="QSMlobx"),
     "srm": Opts(),
     "scrub": Opts(short="pbsD", long=frozenset({"--pattern", "--blocksize", "--device-size",
                                                 "--dirent"}),
@@ -90,9 +105,34 @@ WIPE_OPTS: dict[str, Opts] = {
     "sfill": Opts(),
 }
 
-# who may overwrite and then delete files for a living (by executable inode)
-WIPE_TRUSTED = frozenset({*PACKAGE_MANAGERS, *BINARY_WRITERS, "logrotate", "systemd-tmpfiles",
-                          "systemd", "rsync", "git", "ccache"})
+# who may overwrite and then delete files for a living (by executable inode), as the actor
+# itself only: tools that rewrite files in place as their job and run no command they are
+# given (not git, make, cmake, ninja, go, cargo, rsync, ccache, gcc, install: each runs
+# arbitrary commands, ``git -c alias.x='!shred -u f' x``); package managers also one parent
+# level up (their maintainer scripts)
+WIPE_TRUSTED = frozenset({
+    "ld", "ld.bfd", "ld.gold", "ld.lld", "mold", "collect2", "as", "strip", "objcopy",
+    "patchelf", "chrpath", "upx", "rustc", "dh_strip", "debugedit", "prelink", "ldconfig",
+    "logrotate", "systemd-tmpfiles", "systemd", "mkswap", "mke2fs", "mkfs", "mkfs.ext2",
+    "mkfs.ext3", "mkfs.ext4", "mkfs.xfs", "mkfs.btrfs", "mkfs.vfat", "mkfs.fat", "mkdosfs",
+    *PACKAGE_MANAGERS})
+# multi-call binaries (by executable inode): the applet is argv[0]'s name, or argv[1]
+MULTI_CALL = frozenset({"busybox", "toybox"})
+# browsers (by executable inode, or installed under a root-owned program directory) and
+# their cache directories: entries rewritten, renamed into a doomed dir, deleted
+BROWSERS = frozenset({"firefox", "firefox-esr", "firefox-bin", "chrome", "chromium",
+                      "chromium-browser", "google-chrome", "brave", "msedge"})
+BROWSER_DIRS = ("/usr/lib/firefox/", "/usr/lib/firefox-esr/", "/usr/lib/chromium/",
+                "/usr/lib/chromium-browser/", "/opt/google/chrome/", "/opt/brave.com/",
+                "/opt/microsoft/msedge/", "/snap/firefox/", "/snap/chromium/")
+BROWSER_CACHES = ("/.cache/", "/.mozilla/", "/.config/chromium/", "/.config/google-chrome/")
+# sqlite's side files, judged next to the database the same process opened
+_SQLITE_SIDE = re.compile(r"^(?P<db>.+)-(journal|wal|shm)$")
+# lock and pid files (opened O_CREAT without truncation, then removed by their owner)
+_LOCKISH = re.compile(r"(\.lock|\.lck|\.pid|/LOCK)$")
+# shells whose non-interactive runs (a script operand or -c) make a script: its steps
+# (siblings) may be one act
+_INTERACTIVE = frozenset({"-i", "-l", "--login", "--interactive", "-s"})
 NOT_FILES = ("/proc", "/sys", "/dev")
 # tools that write-open an existing file without writing a byte into it (by executable
 # inode): ``touch`` (times), ``truncate`` (the length, through ftruncate)
@@ -165,8 +205,9 @@ class _Over:
     """A file overwritten in place, waiting for its unlink."""
 
     key: ProcKey                 # the overwriter
-    parent: ProcKey | None       # its parent (the script whose next step may unlink)
-    t0: int
+    parent: ProcKey | None       # its parent, kept only when it runs a non-interactive
+                                 # script (whose next step may unlink)
+    t0: int                      # the open, then each rename of the chain
     orig: str                    # the name it had when overwritten
     flags: int
     writer: str
@@ -179,12 +220,13 @@ class SecureDeletion(BehaviorRule):
     then unlinked (see the module doc)."""
 
     name = "behavior.secure_deletion"
-    event_types = frozenset({"exec", "open", "rename", "unlink"})
+    event_types = frozenset({"exec", "open", "rename", "unlink", "exit"})
     attack = ("T1070.004",)
     severity = "medium"
     action = "alert"
     description = "File overwritten then deleted (secure deletion)"
     window_ns = 30 * NS
+    max_per_writer = 256         # overwritten files waiting per process (then: a finding)
 
     def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None) -> None:
         super().__init__(settings, limits)
@@ -196,6 +238,14 @@ class SecureDeletion(BehaviorRule):
         self._reported: BoundedState[ProcKey, int] = self.state()  # -> time of its finding
         # an executed program or script -> (the process, its parent)
         self._ran: BoundedState[str, tuple[ProcKey, ProcKey | None]] = self.state()
+        # a writer -> the paths of its waiting records; its last event (exit included)
+        self._by_writer: BoundedState[ProcKey, set[str]] = self.state()
+        self._last: BoundedState[ProcKey, int] = self.state()
+        self._exhausted: BoundedState[ProcKey, int] = self.state()
+        self._rw: BoundedState[tuple[ProcKey, str], int] = self.state()   # O_RDWR opens
+        # (a process, its program) -> (trusted as a writer, its script parent): judged once
+        self._writer: BoundedState[tuple[ProcKey, str], tuple[bool, ProcKey | None]] = \
+            self.state()
 
     # -- helpers
 
@@ -224,6 +274,30 @@ class SecureDeletion(BehaviorRule):
         return any(k[0] == key[0] and (not k[1] or not key[1] or abs(k[1] - key[1]) < tick)
                    for k in chain)
 
+    def _trusted(self, ev: Event, ctx: RuleContext) -> bool:
+        return self.trusted(ev, ctx, WIPE_TRUSTED, depth=0) or \
+            self.trusted(ev, ctx, PACKAGE_MANAGERS, depth=1)
+
+    @staticmethod
+    def _script_parent(ev: Event, ctx: RuleContext) -> ProcKey | None:
+        """The actor's parent when it is a shell running a non-interactive script (a
+        script operand or ``-c``; not a login or interactive shell, not systemd --user,
+        tmux or sshd), else None."""
+        e = ctx.procs.get(ev.proc.ppid)
+        if e is None or e.pid <= 1 or base(e.exe) not in SHELLS or not e.cmdline:
+            return None
+        argv = e.cmdline
+        if argv[0].startswith("-"):
+            return None                  # a login shell
+        for a in argv[1:]:
+            if a in _INTERACTIVE or (a.startswith("-") and not a.startswith("--")
+                                     and ("i" in a or "l" in a or "s" in a)):
+                return None
+            if a == "-c" or (a.startswith("-") and not a.startswith("--") and "c" in a) \
+                    or not a.startswith("-"):
+                return (e.pid, e.start_ns)
+        return None
+
     def _was_reported(self, keys: list[ProcKey], now: int) -> bool:
         return any(self._reported.get(k, now) is not None for k in keys)
 
@@ -242,13 +316,15 @@ class SecureDeletion(BehaviorRule):
     # -- events
 
     def evaluate(self, ev: Event, ctx: RuleContext) -> list[Hit]:
+        k = proc_key(ev)
+        if self._by_writer.get(k, ev.time_ns) is not None:
+            self._last.put(k, ev.time_ns, ev.time_ns)     # a writer's last act
         if isinstance(ev, ExecEvent):
             return self._exec(ev, ctx)
         if not isinstance(ev, FileEvent):
             return []
         if ev.op == "open":
-            self._open(ev, ctx)
-            return []
+            return self._open(ev, ctx)
         if ev.op == "rename":
             self._rename(ev, ctx)
             return []
@@ -263,23 +339,34 @@ class SecureDeletion(BehaviorRule):
             if p and p.startswith("/") and not ev.exec_fd:
                 self._ran.put(p, now, (key, parent))
         name = base(ev.proc.exe) or base(ev.filename)
+        argv = tuple(ev.argv)
         family = WIPE_NAMES.get(name)
-        if family is None:
+        if family is None and self.trust.is_tool((ev.exe_dev, ev.exe_ino), MULTI_CALL):
+            # busybox/toybox: the applet is argv[0]'s name (a symlink), or argv[1]
+            applet = base(argv[0]) if argv else ""
+            if applet in MULTI_CALL and len(argv) > 1:
+                applet, argv = base(argv[1]), argv[1:]
+            family = WIPE_NAMES.get(applet)
+        elif family is None:
             by_inode = self.trust.is_tool((ev.exe_dev, ev.exe_ino), WIPE_NAMES)
             family = WIPE_NAMES[by_inode] if by_inode is not None else None
         if family is None:
             return []
-        cmd = wipe_command(family, ev.argv, ev.cwd)
+        cmd = wipe_command(family, argv, ev.cwd)
         if cmd is None:
             return []
-        if name in _LOG_CLEARING_TOOLS and any(log_or_history(f) for f in cmd.files):
-            self._reported.put(key, now, now)      # log_clearing's alert (high): not twice
-            return []
-        if self.trusted(ev, ctx, WIPE_TRUSTED, depth=3):
+        logs = [f for f in cmd.files if log_or_history(f)]
+        if name in _LOG_CLEARING_TOOLS and logs:
+            # log_clearing raises the logs (high): this rule names the other operands only
+            self._reported.put(key, now, now)
+            rest = tuple(f for f in cmd.files if f not in logs)
+            if not rest:
+                return []
+            cmd, logs = WipeCommand(cmd.tool, rest, cmd.how), []
+        if self._trusted(ev, ctx):
             return []
         self._reported.put(key, now, now)
         chain = self._chain(ev, ctx)
-        logs = [f for f in cmd.files if log_or_history(f)]
         payload = [f for f in cmd.files if self._executed_here(f, chain, now)]
         sev, why = None, ""
         if logs:
@@ -292,47 +379,102 @@ class SecureDeletion(BehaviorRule):
                      "files": list(cmd.files[:20]), "argv": list(ev.argv[:20]),
                      "by": "identity"}, severity=sev)]
 
-    def _open(self, ev: FileEvent, ctx: RuleContext) -> None:
+    def _open(self, ev: FileEvent, ctx: RuleContext) -> list[Hit]:
         flags = ev.flags
         acc = flags & O_ACCMODE
         if not ev.ino or not ev.path.startswith("/"):
-            return
+            return []
         ident = (ev.dev, ev.ino)
         now = ev.time_ns
         key = proc_key(ev)
         path = _norm(ev.path)
-        if flags & O_CREAT:
-            # the first opener seen with O_CREAT is taken for its creator
-            got = self._created.get(ident, now)
-            if got is None or got[2] != path:
-                if got is not None:
-                    self._cpath.pop(got[2])
-                self._created.put(ident, now, (key, ev.proc.exe, path))
-                self._cpath.put(path, now, ident)
-                return                   # never seen before: created by this open
-            creator: tuple[ProcKey, str, str] | None = got
-        else:
-            seen = self._created.get(ident, now)
-            creator = seen if seen is not None and seen[2] == path else None
-        if acc == 0 or acc == 3 or flags & (O_TRUNC | O_APPEND | O_EXCL):
-            return
-        if acc == O_RDWR and flags & O_CREAT:
-            return                       # databases and lock files
+        if acc == O_RDWR:
+            self._rw.put((key, path), now, now)
+        if flags & (O_EXCL | O_TRUNC) and acc in (O_WRONLY, O_RDWR):
+            # created or emptied by this open: its content is this process's own from here
+            old = self._created.get(ident, now)
+            if old is not None and old[2] != path:
+                self._cpath.pop(old[2])
+            self._created.put(ident, now, (key, ev.proc.exe, path))
+            self._cpath.put(path, now, ident)
+            return []
+        if acc not in (O_WRONLY, O_RDWR) or flags & O_APPEND:
+            return []
+        # a write-open in place (O_CREAT without O_TRUNC/O_EXCL included: the compat record
+        # carries neither the file's size nor whether the open created it, so such an open
+        # of an inode never seen emptied is taken for an overwrite of an existing file)
+        seen = self._created.get(ident, now)
+        creator = seen if seen is not None and seen[2] == path else None
         if creator is not None and self._in(creator[0], [key]) and creator[1] == ev.proc.exe:
             # its own file (a journal, a swap file, a temp file); the same process after an
             # exec is another program (``bash -c 'echo > f; python3 ...'`` execs the last)
-            return
+            return []
+        if flags & O_CREAT and (_LOCKISH.search(path) or flags & O_NOFOLLOW):
+            # a lock or pid file, maybe new; a careful creator's own file (sqlite's
+            # database and journal, the JVM's hsperfdata: O_CREAT|O_NOFOLLOW)
+            return []
         if path.startswith(NOT_FILES) and any(path == d or path.startswith(d + "/")
                                              for d in NOT_FILES):
-            return
-        e = ctx.procs.get(ev.proc.pid)
-        if e is not None and e.same_process(ev.proc.start_ns) and \
-                self.trust.is_tool((e.exe_dev, e.exe_ino), NO_BYTES_WRITTEN) is not None:
-            return                       # a stamp touched, a length set: nothing overwritten
-        self._over.put(path, now, _Over(key, self._parent_key(ev, ctx), now, path, flags,
+            return []
+        m = _SQLITE_SIDE.match(path)
+        if m is not None and self._rw.get((key, m.group("db")), now) is not None:
+            return []                    # sqlite's journal/WAL next to its database
+        if any(c in path for c in BROWSER_CACHES) and self._browser(ev, ctx):
+            return []                    # a browser's cache entry
+        wk = (key, ev.proc.exe)
+        judged = self._writer.get(wk, now)
+        if judged is None:
+            e = ctx.procs.get(ev.proc.pid)
+            # touch/truncate: a stamp touched, a length set, nothing overwritten; a linker,
+            # mkswap, a package manager: rewriting in place is their job
+            exempt = (e is not None and e.same_process(ev.proc.start_ns) and
+                      self.trust.is_tool((e.exe_dev, e.exe_ino), NO_BYTES_WRITTEN) is not None) \
+                or self._trusted(ev, ctx)
+            judged = (exempt, self._script_parent(ev, ctx))
+            self._writer.put(wk, now, judged)
+        if judged[0]:
+            return []
+        mine = self._by_writer.get(key, now) or set()
+        if path not in mine and len(mine) >= self.max_per_writer:
+            mine = {p for p in mine if (o := self._over.get(p, now)) is not None
+                    and o.key == key}
+            if len(mine) >= self.max_per_writer:
+                self._by_writer.put(key, now, mine)
+                if self._exhausted.get(key, now) is not None:
+                    return []
+                self._exhausted.put(key, now, now)
+                return [Hit(f"Secure deletion state exhausted by pid {ev.proc.pid}",
+                            {"pid": ev.proc.pid, "exe": ev.proc.exe, "records": len(mine),
+                             "cap": self.max_per_writer, "path": path, "by": "exhausted"})]
+        mine.add(path)
+        self._by_writer.put(key, now, mine)
+        self._last.put(key, now, now)
+        self._over.put(path, now, _Over(key, judged[1], now, path, flags,
                                         ev.proc.exe or ev.proc.comm))
+        return []
+
+    def _browser(self, ev: Event, ctx: RuleContext) -> bool:
+        exe = ev.proc.exe
+        if exe.startswith(BROWSER_DIRS):
+            return True                  # installed under a root-owned program directory
+        e = ctx.procs.get(ev.proc.pid)
+        return e is not None and e.same_process(ev.proc.start_ns) and \
+            self.trust.is_tool((e.exe_dev, e.exe_ino), BROWSERS) is not None
+
+    def _same(self, o: _Over, chain: list[ProcKey]) -> bool:
+        return self._in(o.key, chain[:1])
+
+    def _in_window(self, o: _Over, chain: list[ProcKey], now: int) -> bool:
+        """The same process: no window (the state's TTL bounds it); another: within
+        ``window_ns`` of the writer's last event (its exit included) or the last rename."""
+        if self._same(o, chain):
+            return True
+        last = max(o.t0, self._last.get(o.key, now) or 0)
+        return now - last <= self.window_ns
 
     def _related(self, o: _Over, chain: list[ProcKey]) -> bool:
+        """The writer itself or its descendants (a process it ran), or its parent / a
+        sibling's tree when that parent runs a non-interactive script."""
         return self._in(o.key, chain) or self._in(o.parent, chain)
 
     def _rename(self, ev: FileEvent, ctx: RuleContext) -> None:
@@ -348,8 +490,10 @@ class SecureDeletion(BehaviorRule):
         o = self._over.pop(src)
         if o is None:
             return
-        if now - o.t0 > self.window_ns or not self._related(o, self._chain(ev, ctx)):
+        chain = self._chain(ev, ctx)
+        if not self._related(o, chain) or not self._in_window(o, chain, now):
             return
+        o.t0 = now                       # the clock restarts at each rename
         o.nrenames += 1
         if len(o.renames) < 8:
             o.renames.append(dst)
@@ -360,21 +504,17 @@ class SecureDeletion(BehaviorRule):
         now = ev.time_ns
         self._forget_created(path)
         o = self._over.pop(path)
-        if o is None or now - o.t0 > self.window_ns:
+        if o is None:
             return []
         chain = self._chain(ev, ctx)
-        if not self._related(o, chain):
+        if not self._related(o, chain) or not self._in_window(o, chain, now):
             return []
         if self._was_reported([o.key, chain[0]], now):
             return []                    # the tool's identity already said it (or we did)
         if log_clearing_unlink(path):
             return []                    # log_clearing judges this unlink
-        if self.trusted(ev, ctx, WIPE_TRUSTED, depth=3):
-            return []
-        w = ctx.procs.get(o.key[0])
-        if w is not None and self._in((w.pid, w.start_ns), [o.key]) and \
-                self.trust.is_tool((w.exe_dev, w.exe_ino), WIPE_TRUSTED) is not None:
-            return []                    # overwritten by a trusted tool (a build, a package)
+        if self._trusted(ev, ctx):
+            return []                    # (the writer's trust is judged at its open)
         self._reported.put(o.key, now, now)
         self._reported.put(chain[0], now, now)
         sev, why = None, ""
