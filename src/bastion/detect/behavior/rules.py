@@ -2111,6 +2111,7 @@ class Ransomware(ThresholdRule):
     distinct = True
     per_tree = True
     SAMPLE = 8   # files whose entropy is probed per check
+    distinct_last = True   # values in the order of their last event (the replay above)
 
     def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None,
                  probes: Probes | None = None, data_dirs: tuple[str, ...] | None = None,
@@ -2147,20 +2148,31 @@ class Ransomware(ThresholdRule):
             return None
         return f"{tag}:{path}"
 
+    def conclusive(self, hit: Hit) -> bool:
+        # the medium "mass file rewrite" (content not confirmed) keeps the tree judged
+        return hit.severity != "medium"
+
     def confirm(self, ev: Event, ctx: RuleContext, values: list[str]) -> Hit | None:
         if self.trusted(ev, ctx, MASS_WRITERS, depth=1):
             return None   # noise handled by trust (by inode), not by location
         paths: list[str] = []
         renames: list[str] = []
-        gone: set[str] = set()     # unlinked or renamed away by the tree in the window
+        # Replayed in order (values are ordered by their last event): a write or a
+        # rename onto a path brings it back, an unlink or a rename away removes it.  An
+        # unordered "ever removed" set let a tree park each ciphertext on a name it had
+        # removed before (decoy G, mv G junk, encrypt d, mv d G: s17-rfp review).
+        alive: dict[str, None] = {}   # the paths the tree left, by their last event
         for v in values:
             tag, path = v[0], v[2:]
             if tag == "r":
                 path, _, old = path.partition("\0")
                 renames.append(path)
-                gone.add(old)
-            elif tag == "u":
-                gone.add(path)
+                alive.pop(old, None)
+            if tag == "u":
+                alive.pop(path, None)
+            else:
+                alive.pop(path, None)
+                alive[path] = None
             paths.append(path)
         ext_counts = collections.Counter(os.path.splitext(p)[1] for p in renames
                                          if RANSOM_EXT.search(p))
@@ -2176,8 +2188,7 @@ class Ransomware(ThresholdRule):
         # tree in a container or another mount namespace is judged on its files, not on
         # whatever the agent's namespace has at the same path; the plain paths only when
         # the writer is gone.
-        left = [p for v, p in zip(values, paths) if v[0] != "u" and p not in gone]
-        sample = list(dict.fromkeys(left))[-self.SAMPLE:]
+        sample = list(alive)[-self.SAMPLE:]
         root = self.probes.root_of(ev.proc.pid) if self.probes.root_of is not None else None
         rooted = [f"{root}{p}" for p in sample] if root else sample
         if self.probes.entropy_many is not None:
