@@ -369,3 +369,17 @@ def test_ransomware_medium_first_does_not_buy_a_window_unchecked() -> None:
     medium = [f for f in found if f.rule == "behavior.ransomware" and f.severity == "medium"]
     assert len(medium) <= 1
     assert _critical(found)
+
+
+def test_ransomware_unreadable_files_interleaved_do_not_block_critical() -> None:
+    """s17-rfp review 3 (poc 1, half-unknown): every other file the tree writes is
+    unreadable to the probe (a FIFO opened O_RDWR, a truncated or undecodable name):
+    4 of 8 unknown held the verdict below "most of 8".  The sample is now the newest
+    readable files among up to 24 candidates: 8 of 8 high, critical."""
+    docs = _victims(60)
+    w, _ = _ransom_live({d: 7.95 for i, d in enumerate(docs) if i % 2 == 0})
+    w.exec(60, "/usr/bin/python3.11", ["python3", "enc.py"])
+    found: list[Finding] = []
+    for d in docs:
+        found += _open(w, 60, d, 0o1)
+    assert _critical(found)
