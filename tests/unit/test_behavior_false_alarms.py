@@ -344,3 +344,54 @@ def test_ransomware_unit_tests_sqlite_temps_and_hypothesis_cache_is_no_ransomwar
         for suffix in ("journal", "shm", "wal"):
             found += _unlink(w, 42, f"{ut}/test_{i}0/data/bastion.db-{suffix}")
     assert not _loud(found), [(f.severity, f.evidence) for f in found]
+
+
+def test_ransomware_ciphertext_parked_on_a_removed_name_still_critical() -> None:
+    """s17-rfp review (poc 2): per victim d, write decoy G, remove it, encrypt d in
+    place, mv d G -- every ciphertext lands on a name the tree removed before.  An
+    unordered "ever removed" set excluded them all (silent); the replay keeps them."""
+    docs = _victims(200)
+    ent: dict[str, float] = {}
+    w, _ = _ransom_live(ent)
+    w.exec(60, "/usr/bin/python3.11", ["python3", "enc.py"])
+    found: list[Finding] = []
+    for i, d in enumerate(docs):
+        g = f"{d}.q{i:03}"
+        ent[g] = 7.95
+        found += _open(w, 60, g, 0o1 | 0o100 | 0o1000)
+        found += _unlink(w, 60, g) if i % 2 else _rename(w, 60, g, f"{d}.q{i:03}.a")
+        found += _open(w, 60, d, 0o1)
+        found += _rename(w, 60, d, g)
+    assert _critical(found)
+
+
+def test_ransomware_medium_first_does_not_buy_a_window_unchecked() -> None:
+    """s17-rfp review (poc 3): every other one of the first 40 writes unreadable (FIFOs):
+    the medium "mass rewrite" started the cooldown and cleared the state, so 360 more
+    encrypted files went unjudged.  A medium hit keeps the tree judged: critical."""
+    docs = _victims(400)
+    ent: dict[str, float] = {}
+    w, _ = _ransom_live(ent)
+    w.exec(60, "/usr/bin/python3.11", ["python3", "enc.py"])
+    found: list[Finding] = []
+    for i, d in enumerate(docs):
+        if i >= 40 or i % 2 == 0:
+            ent[d] = 7.95
+        found += _open(w, 60, d, 0o1)
+    medium = [f for f in found if f.rule == "behavior.ransomware" and f.severity == "medium"]
+    assert len(medium) <= 1
+    assert _critical(found)
+
+
+def test_ransomware_unreadable_files_interleaved_do_not_block_critical() -> None:
+    """s17-rfp review 3 (poc 1, half-unknown): every other file the tree writes is
+    unreadable to the probe (a FIFO opened O_RDWR, a truncated or undecodable name):
+    4 of 8 unknown held the verdict below "most of 8".  The sample is now the newest
+    readable files among up to 24 candidates: 8 of 8 high, critical."""
+    docs = _victims(60)
+    w, _ = _ransom_live({d: 7.95 for i, d in enumerate(docs) if i % 2 == 0})
+    w.exec(60, "/usr/bin/python3.11", ["python3", "enc.py"])
+    found: list[Finding] = []
+    for d in docs:
+        found += _open(w, 60, d, 0o1)
+    assert _critical(found)

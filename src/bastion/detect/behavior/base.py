@@ -234,16 +234,28 @@ class ThresholdRule(BehaviorRule):
     window_ns: int = 10 * NS
     distinct: bool = False
     per_tree: bool = False
+    distinct_last: bool = False   # distinct values ordered by their last event, not first
 
     def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None) -> None:
         super().__init__(settings, limits)
         self._seen: BoundedState[ProcKey, deque[tuple[int, str]]] = self.state()
         self._fired: BoundedState[ProcKey, int] = self.state()
+        self._warned: BoundedState[ProcKey, int] = self.state()
         self.item_shed = 0   # per-key samples dropped past the per-key cap
 
     def value(self, ev: Event, ctx: RuleContext) -> str | None:
         """The value this event counts for (None: not counted)."""
         raise NotImplementedError
+
+    def conclusive(self, hit: Hit) -> bool:
+        """Whether ``hit`` ends the judging of this key for a window (cooldown, state
+        cleared); a provisional one keeps the key judged so it can escalate."""
+        return True
+
+    def _unconfirmed(self, dq: deque[tuple[int, str]]) -> None:
+        for _ in range(max(1, self.count // 4)):
+            if dq:
+                dq.popleft()
 
     def confirm(self, ev: Event, ctx: RuleContext, values: list[str]) -> Hit | None:
         return Hit(f"{self.description or self.name}: {len(values)} in "
@@ -267,10 +279,25 @@ class ThresholdRule(BehaviorRule):
             dq.popleft()
         values = [x for _, x in dq]
         if self.distinct:
-            values = list(dict.fromkeys(values))
+            values = (list(dict.fromkeys(reversed(values)))[::-1] if self.distinct_last
+                      else list(dict.fromkeys(values)))
         if len(values) < self.count:
             return []
         hit = self.confirm(ev, ctx, values)
+        if hit is not None and not self.conclusive(hit):
+            # A provisional verdict (say, ransomware's medium "mass rewrite" with too
+            # little readable): alert once per window, but neither start the cooldown
+            # nor forget the values -- the tree stays judged and can still escalate
+            # (s17-rfp review: FIFOs in the first 40 writes bought 20 s unchecked).
+            warned = self._warned.get(key, now)
+            if warned is None or now - warned >= self.window_ns:
+                self._warned.put(key, now, now)
+                self._unconfirmed(dq)
+                if self.per_tree and hit.pid is None:
+                    hit.pid = key[0]
+                hit.evidence.setdefault("scope", "tree" if self.per_tree else "process")
+                return [hit]
+            hit = None
         if hit is None:
             # Not confirmed (say, the content checked is not encrypted-looking):
             # forget the oldest quarter, so the next check comes after count/4
@@ -279,9 +306,7 @@ class ThresholdRule(BehaviorRule):
             # event, stalled the agent into ring-buffer drops, and overran the
             # per-key cap (reported as shed state).  An attack that starts
             # after a benign burst is checked again within count/4 values.
-            for _ in range(max(1, self.count // 4)):
-                if dq:
-                    dq.popleft()
+            self._unconfirmed(dq)
             return []
         self._fired.put(key, now, now)
         self._seen.pop(key)

@@ -2250,7 +2250,9 @@ class Ransomware(ThresholdRule):
     window_ns = 20 * NS
     distinct = True
     per_tree = True
-    SAMPLE = 8   # files whose entropy is probed per check
+    SAMPLE = 8   # readable files whose entropy decides a check
+    PROBE_MAX = 24   # candidates probed (newest first, batches of SAMPLE) to find them
+    distinct_last = True   # values in the order of their last event (the replay above)
 
     def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None,
                  probes: Probes | None = None, data_dirs: tuple[str, ...] | None = None,
@@ -2287,20 +2289,31 @@ class Ransomware(ThresholdRule):
             return None
         return f"{tag}:{path}"
 
+    def conclusive(self, hit: Hit) -> bool:
+        # the medium "mass file rewrite" (content not confirmed) keeps the tree judged
+        return hit.severity != "medium"
+
     def confirm(self, ev: Event, ctx: RuleContext, values: list[str]) -> Hit | None:
         if self.trusted(ev, ctx, MASS_WRITERS, depth=1):
             return None   # noise handled by trust (by inode), not by location
         paths: list[str] = []
         renames: list[str] = []
-        gone: set[str] = set()     # unlinked or renamed away by the tree in the window
+        # Replayed in order (values are ordered by their last event): a write or a
+        # rename onto a path brings it back, an unlink or a rename away removes it.  An
+        # unordered "ever removed" set let a tree park each ciphertext on a name it had
+        # removed before (decoy G, mv G junk, encrypt d, mv d G: s17-rfp review).
+        alive: dict[str, None] = {}   # the paths the tree left, by their last event
         for v in values:
             tag, path = v[0], v[2:]
             if tag == "r":
                 path, _, old = path.partition("\0")
                 renames.append(path)
-                gone.add(old)
-            elif tag == "u":
-                gone.add(path)
+                alive.pop(old, None)
+            if tag == "u":
+                alive.pop(path, None)
+            else:
+                alive.pop(path, None)
+                alive[path] = None
             paths.append(path)
         ext_counts = collections.Counter(os.path.splitext(p)[1] for p in renames
                                          if RANSOM_EXT.search(p))
@@ -2316,22 +2329,38 @@ class Ransomware(ThresholdRule):
         # tree in a container or another mount namespace is judged on its files, not on
         # whatever the agent's namespace has at the same path; the plain paths only when
         # the writer is gone.
-        left = [p for v, p in zip(values, paths) if v[0] != "u" and p not in gone]
-        sample = list(dict.fromkeys(left))[-self.SAMPLE:]
+        # The sample is the newest readable files: probed newest first in batches of
+        # SAMPLE, up to PROBE_MAX candidates (3 bounded batches off the loop), so
+        # unreadable names (FIFOs, kernel-truncated or undecodable paths) interleaved
+        # with the ciphertext do not block the verdict (s17-rfp review 3).
+        candidates = list(alive)[-self.PROBE_MAX:][::-1]
         root = self.probes.root_of(ev.proc.pid) if self.probes.root_of is not None else None
-        rooted = [f"{root}{p}" for p in sample] if root else sample
-        if self.probes.entropy_many is not None:
-            probed = self.probes.entropy_many(rooted)
-        elif self.probes.entropy is not None:
-            probed = [self.probes.entropy(p) for p in rooted]
+        readable: list[float] = []
+        unknown = 0
+        for i in range(0, len(candidates), self.SAMPLE):
+            if len(readable) >= self.SAMPLE:
+                break
+            batch = candidates[i:i + self.SAMPLE]
+            rooted = [f"{root}{p}" for p in batch] if root else batch
+            if self.probes.entropy_many is not None:
+                got = self.probes.entropy_many(rooted)
+            elif self.probes.entropy is not None:
+                got = [self.probes.entropy(p) for p in rooted]
+            else:
+                break
+            probed = (probed or []) + got
+            for h in got:
+                if h is None:
+                    unknown += 1
+                elif len(readable) < self.SAMPLE:
+                    readable.append(h)
         if probed is not None:
-            for h in probed:
-                if h is not None:
-                    sampled += 1
-                    high += h >= 7.2
+            for h in readable:
+                sampled += 1
+                high += h >= 7.2
             ev_["entropy_sampled"] = sampled
             ev_["entropy_high"] = high
-            ev_["entropy_unknown"] = len(probed) - sampled
+            ev_["entropy_unknown"] = unknown
         title = f"Ransomware behaviour: {len(paths)} files rewritten/renamed/deleted in " \
                 f"{self.window_ns / NS:g}s"
         # Encrypted-looking: most of a full sample, not most of what happened to be
