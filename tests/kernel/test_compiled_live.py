@@ -43,17 +43,24 @@ def test_script_compile_and_run_live(tmp_path: Path) -> None:
             proc = subprocess.Popen(["/bin/sh", "-c", shell, "sh", "/bin/sh", "-c", script],
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
             found = []
+            seen: list[str] = []     # what reached the rule about the product (a miss says why)
             deadline = time.monotonic() + 15
             while time.monotonic() < deadline:
                 for ev in sensor.poll(0.1) or []:
                     procs.update(ev)
+                    if str(work) in (getattr(ev, "path", "") or "") + ev.proc.exe:
+                        chain = procs.ancestry(ev.proc.pid, 4)
+                        seen.append(f"{ev.type} {ev.proc.pid} {ev.proc.exe} {getattr(ev, 'path', '')} "
+                                    f"flags={getattr(ev, 'flags', '')} chain="
+                                    f"{[(c.pid, c.exe, c.same_process(ev.proc.start_ns)) for c in chain[:1]]}"
+                                    f"{[(c.pid, c.exe) for c in chain[1:]]}")
                     found += engine.evaluate(procs.enrich(ev), ctx)
                 if proc.poll() is not None and deadline - time.monotonic() > 1.5:
                     deadline = time.monotonic() + 1.5     # drain what is left, then stop
             assert proc.wait(10) == 0
             got = [(f.evidence["binary"], f.severity, f.evidence["session"])
                    for f in found if f.rule == "behavior.compile_after_delivery"]
-            assert got == [(f"{work}/p", "medium", "script")], [f.title for f in found]
+            assert got == [(f"{work}/p", "medium", "script")], ([f.title for f in found], seen)
             assert not engine.errors
         finally:
             sensor.close()
