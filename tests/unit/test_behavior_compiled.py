@@ -592,3 +592,22 @@ def test_daemon_on_dev_null_is_no_terminal(tmp_path: Path) -> None:
     assert got(r.run(tmp_path, stdio={160: null, 200: null, 210: null})) == [(210, "medium")]
     pts = ("/dev/pts/3",) * 3
     assert got(r.run(tmp_path, stdio={160: pts, 200: pts, 210: pts})) == []
+
+
+def test_a_script_under_a_make_far_above_is_no_build(tmp_path: Path) -> None:
+    """s17 CI: every compile in a process tree a genuine make once started counted as a
+    build (a test suite under ``make test``, a CI job's make): only the program that
+    launched the compile (past its shells) is judged.  make -> python -> sh -c script ->
+    gcc: reported; make -> sh -c recipe -> gcc stays a build."""
+    r = Rec().exec(160, 150, "/usr/bin/make", ["make", "test"], cwd="/root/w", ino=4242)
+    r.exec(170, 160, "/usr/bin/python3", ["python3", "-m", "pytest"], cwd="/root/w")
+    r.exec(180, 170, "/usr/bin/dash", ["/bin/sh", "-c", "gcc -o p p.c && ./p"], cwd="/root/w")
+    ino = r.gcc(200, 180, ["gcc", "-o", "p", "p.c"], "/root/w/p", cwd="/root/w")
+    r.exec(210, 180, "/root/w/p", ["./p"], ino=ino)
+    assert got(r.run(tmp_path)) == [(210, "medium")]
+    r = Rec().exec(160, 150, "/usr/bin/make", ["make", "check"], cwd="/root/w", ino=4242)
+    r.exec(180, 160, "/usr/bin/dash", ["/bin/sh", "-c", "gcc -o t t.c && ./t"], cwd="/root/w")
+    ino = r.gcc(200, 180, ["gcc", "-o", "t", "t.c"], "/root/w/t", cwd="/root/w")
+    r.exec(210, 180, "/root/w/t", ["./t"], ino=ino)
+    (tmp_path / "b").mkdir()
+    assert r.run(tmp_path / "b") == []          # make (its own inode: not dash's) still a build

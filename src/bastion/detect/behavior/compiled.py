@@ -401,11 +401,17 @@ class CompileAfterDelivery(BehaviorRule):
     # -- context of a compile
 
     def _build_system(self, driver: ProcEntry | None, above: list[ProcEntry]) -> str:
-        """The build system among the compile's ancestors, by executable identity."""
+        """The build system that launched the compile, by executable identity: the first
+        ancestor above the toolchain that is not a shell or a wrapper (a recipe's
+        ``sh -c``, ``env``, ``nice``), or, when the toolchain's own caller is an
+        interpreter (a build backend pip or ``python -m build`` runs), that caller's
+        parent.  Not any ancestor: a script run by a test suite under ``make test`` (or
+        by anything a make once started) is not a build (s17: every compile under a
+        CI's ``make`` was exempt)."""
         if driver is not None and tool_name(driver.exe) == "go" and len(driver.cmdline) > 1 \
                 and driver.cmdline[1] in GO_HARNESS and self._genuine(driver, "go"):
             return f"go {driver.cmdline[1]}"
-        for e in above:
+        for i, e in enumerate(above):
             name = trusted_as(e, BUILD_SYSTEMS, self.trust)
             if name is not None:
                 return name
@@ -422,6 +428,11 @@ class CompileAfterDelivery(BehaviorRule):
             if kind == "module" and mod == "build" and \
                     self.trust.is_tool((e.exe_dev, e.exe_ino), [base(e.exe)]) is not None:
                 return "python -m build"
+            if is_shell(e.exe) or base(e.exe) in PASS or tool_name(e.exe) in PASS:
+                continue                       # the recipe's shell, a wrapper: look through
+            if i == 0 and is_interpreter(e.exe):
+                continue                       # a build backend: its parent decides
+            break                              # a program that is no build system launched it
         return ""
 
     def _genuine(self, e: ProcEntry, name: str) -> bool:
