@@ -303,11 +303,12 @@ def test_an_admin_sessions_history_rewrite_is_left_to_the_rule(rig: Rig) -> None
             f.unlink(missing_ok=True)
 
 
-def test_an_mprotect_over_more_areas_than_walked_is_a_high_alert(rig: Rig) -> None:
+def test_an_mprotect_over_more_areas_than_walked_is_a_medium_alert(rig: Rig) -> None:
     """s17-fixlogacts 2: one ``mprotect(PROT_WRITE)`` over ten areas (anonymous pages of
     alternating protections: no merge) is more than the kernel walks (8): reported as
-    ``MPROTECT_UNKNOWN`` (no file), a high alert for the untrusted tree; not a kill (a
-    racing mmap's lock gives the same record to a benign multithreaded program).
+    ``MPROTECT_UNKNOWN`` (no file), a medium alert for the untrusted tree; not a kill (a
+    racing mmap's lock gives the same record to a benign multithreaded program: rustup's
+    tokio runtime in the benign corpus, stop 23's CI).
     Before (8ee983f): judged by the first area (anonymous): nothing."""
     p = rig.run("import ctypes, time; libc = ctypes.CDLL(None, use_errno=True); "
                 "libc.mmap.restype = ctypes.c_void_p; "
@@ -321,7 +322,7 @@ def test_an_mprotect_over_more_areas_than_walked_is_a_high_alert(rig: Rig) -> No
         events, alerts = rig.collect(10.0, stop_on_finding=True)
         assert alerts, p.poll()
         assert "could not look at" in str(alerts[0]["title"]), alerts
-        assert (alerts[0]["severity"], alerts[0]["action"]) == ("high", "alert"), alerts
+        assert (alerts[0]["severity"], alerts[0]["action"]) == ("medium", "alert"), alerts
         assert p.poll() is None          # alive: loud, not stopped
     finally:
         _reap(p)

@@ -325,13 +325,14 @@ def test_a_log_rewritten_past_o_append_is_a_kill_tree_only_for_a_log() -> None:
                rw(20, SH, 1.1, "/var/lib/app/db.sqlite", RewriteAct.FALLOCATE)])
     assert not [x for x in got if x.rule == "behavior.log_clearing"]
     # s17-fixlogacts 2: an mprotect(PROT_WRITE) whose areas the kernel could not look at
-    # (no file; reported for an untrusted tree only) is a high alert, not a stop: a
-    # racing mmap in another thread or a JIT's wide mprotect gives the same record
+    # (no file; reported for an untrusted tree only) is a medium alert, not a stop: a
+    # racing mmap in another thread or a JIT's wide mprotect gives the same record.
+    # Medium since stop 23's CI: a benign tokio runtime (rustup) gave it in the corpus
     got = run([ex(10, SH, 0, ("/bin/sh", "/tmp/x/wipe.sh"), cwd="/tmp/x"),
                ex(11, py, 1, ("python3", "-c", "..."), ppid=10),
                rw(11, py, 1.1, "", RewriteAct.MPROTECT_UNKNOWN, ppid=10)])
     f = [x for x in got if x.rule == "behavior.log_clearing"]
-    assert len(f) == 1 and (f[0].severity, f[0].action, f[0].pid) == ("high", "alert", 11)
+    assert len(f) == 1 and (f[0].severity, f[0].action, f[0].pid) == ("medium", "alert", 11)
     assert f[0].title.startswith("mprotect(PROT_WRITE) over memory the sensor could not")
 
 

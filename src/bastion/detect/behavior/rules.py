@@ -1493,12 +1493,14 @@ class LogClearing(SingleEvent):
         all the time); a log daemon's own (``LOG_WRITERS`` itself, trusted) is silent."""
         if ev.mode == RewriteAct.MPROTECT_UNKNOWN:
             # the kernel could not look at the areas (a racing mmap's lock, more areas
-            # than it walks): no file to judge; the record is an untrusted tree's only:
-            # a high alert, not a stop (match() above; s17 merge review)
+            # than it walks): no file to judge; the record is an untrusted tree's only.
+            # Medium, not a stop (match() above): a multithreaded runtime's mprotect
+            # racing its own mmap gives it (tokio's rustup under `cargo run` in the
+            # benign corpus was high in stop 23's CI)
             return Hit("mprotect(PROT_WRITE) over memory the sensor could not look at "
                        "(a log's shared mapping may be made writable)",
                        {"op": ev.op, "act": _REWRITE_ACTS[RewriteAct.MPROTECT_UNKNOWN],
-                        "arg": ev.flags})
+                        "arg": ev.flags}, severity="medium")
         path = _abs_norm(ev.path, "")
         # the sensitive set's HISTORY class (histories, .netrc, .pgpass, .git-credentials):
         # the sensor already killed the actor in the kernel: always a finding
