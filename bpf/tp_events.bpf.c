@@ -438,8 +438,15 @@ static __always_inline bool rewrite_kill_ok(__u32 reasons)
  * its first page, fatal_signal_pending).  A file of a kernel-internal mount (memfd,
  * shared anonymous memory: shmem's own superblock) is no log: not reported.  Repeats
  * (process, file, act) within cfg_rewrite_dedup_ns are counted, not sent. */
-static __always_inline int rewrite_emit(__u32 act, __u32 arg, struct file *f, __u32 reasons)
+/* A global function (verified once, on its own, with every argument unknown), not
+ * inlined: inlined into mprotect's bpf_loop → bpf_find_vma callback, the sensitive-set
+ * match and the path walk were verified again for every caller state, and kernel
+ * 6.18.44's verifier gave up on on_mprotect at 1,000,000 instructions (the whole
+ * sensor failed to load; s18).  The file travels as a scalar: every read of it below is
+ * a CO-RE probe read, as it was. */
+__noinline int rewrite_emit_file(__u32 act, __u32 arg, __u64 file_addr, __u32 reasons)
 {
+	struct file *f = (struct file *)file_addr;
 	struct bastion_file_event *e;
 	struct inode *inode;
 	struct path fpath;
@@ -478,6 +485,11 @@ static __always_inline int rewrite_emit(__u32 act, __u32 arg, struct file *f, __
 	file_put_path(e, FS_PATH, &fpath);
 	file_submit(e);
 	return 0;
+}
+
+static __always_inline int rewrite_emit(__u32 act, __u32 arg, struct file *f, __u32 reasons)
+{
+	return rewrite_emit_file(act, arg, (__u64)f, reasons);
 }
 
 /* An untrusted tree's mprotect(PROT_WRITE) over areas the sensor could not look at
