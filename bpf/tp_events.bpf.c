@@ -1143,8 +1143,22 @@ struct rwvma {
 	__u32 prot;
 	__u32 reasons;     /* prov_actor's; 0: no rewrite report */
 	__u32 seen;        /* 1: the first area is in vm_flags, file */
+	__u32 slot;        /* the walk's step: where this lookup's hit goes */
 	__u32 _pad;
 };
+
+/* Per step of the walk, a shared writable-capable area's file (0: none), reported after
+ * the walk.  Per CPU, not on the stack: 6.1 and 6.18 count the walk's callbacks and the
+ * record's function into one 512-byte stack. */
+struct mprot_hits {
+	__u64 f[MPROT_WALK_MAX];
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct mprot_hits);
+} mprot_hits SEC(".maps");
 
 static long rwvma_found(struct task_struct *task, struct vm_area_struct *vma, void *data)
 {
@@ -1158,11 +1172,23 @@ static long rwvma_found(struct task_struct *task, struct vm_area_struct *vma, vo
 	}
 	w->next = BPF_CORE_READ(vma, vm_end);
 	/* PROT_WRITE added to a shared file mapping that may be written (VM_MAYWRITE: the
-	 * file was opened for writing) and is not yet */
+	 * file was opened for writing) and is not yet: the area's file is kept (one slot
+	 * per step) and reported after the walk, outside the lookups' callbacks (s18: the
+	 * record built in here made the program too large for 6.18.44's verifier and its
+	 * call chain too deep for 6.1's 512-byte combined stack).  The file is read after
+	 * the lookup's mmap lock is dropped, through probe reads under the tracepoint's
+	 * RCU section (struct file is RCU-freed): a sibling thread's munmap in between can
+	 * only make the record name a file being closed, and could as well have come
+	 * before the mprotect, which then has nothing to make writable. */
 	if (w->reasons &&
 	    (fl & (VM_SHARED_ | VM_MAYWRITE_ | VM_WRITE_)) == (VM_SHARED_ | VM_MAYWRITE_))
-		rewrite_emit(BASTION_REWRITE_MPROTECT, w->prot, BPF_CORE_READ(vma, vm_file),
-			     w->reasons);
+	{
+		__u32 zero = 0;
+		struct mprot_hits *h = bpf_map_lookup_elem(&mprot_hits, &zero);
+
+		if (h)
+			h->f[w->slot & (MPROT_WALK_MAX - 1)] = (__u64)BPF_CORE_READ(vma, vm_file);
+	}
 	return 0;
 }
 
@@ -1170,7 +1196,6 @@ static long rwvma_found(struct task_struct *task, struct vm_area_struct *vma, vo
 struct rwwalk {
 	struct rwvma w;
 	__u64 end;
-	long err;     /* the first lookup's */
 	__u32 out;    /* 0: the walk's bound hit, 1: the range seen (or a gap), 2: a lookup failed */
 	__u32 _pad;
 };
@@ -1178,10 +1203,11 @@ struct rwwalk {
 static long mprot_step(__u64 i, void *data)
 {
 	struct rwwalk *k = data;
-	long e = bpf_find_vma(bpf_get_current_task_btf(), k->w.next, rwvma_found, &k->w, 0);
+	long e;
 
-	if (!i)
-		k->err = e;
+	k->w.slot = i;
+	e = bpf_find_vma(bpf_get_current_task_btf(), k->w.next, rwvma_found, &k->w, 0);
+
 	if (e == -ENOENT_) {
 		k->out = 1;   /* a gap: the mprotect stops there (ENOMEM) */
 		return 1;
@@ -1197,47 +1223,77 @@ static long mprot_step(__u64 i, void *data)
 	return 0;
 }
 
-/* mprotect and pkey_mprotect (the same first three arguments). */
-static __always_inline int mprotect_enter(void *ctx)
+/* mprotect and pkey_mprotect (the same first three arguments): two programs on each
+ * tracepoint, each with its own 512-byte stack (s18): the rewrite walk below and the
+ * executable-memory record.  In one program, the walk's callbacks and the record's
+ * path walk went over 6.1's combined stack (and 6.18.44's verifier gave up on its
+ * states).  A PROT_WRITE|PROT_EXEC mprotect by an untrusted tree looks the first area
+ * up twice. */
+static __always_inline int mprotect_rewrite(void *ctx)
 {
-	__u32 prot = ARG(ctx, 2);
+	__u32 prot = ARG(ctx, 2), zero = 0;
 	__u64 start = ARG(ctx, 0);
 	struct rwwalk k = {};
+	struct mprot_hits *h;
 
+	/* s17-logacts: every area of the range, for an untrusted tree's PROT_WRITE */
+	if (!(prot & XM_PROT_WRITE_) || !(k.w.reasons = prov_actor()))
+		return 0;
+	h = bpf_map_lookup_elem(&mprot_hits, &zero);
+	if (!h)
+		return 0;
+	__builtin_memset(h, 0, sizeof(*h));
 	k.w.prot = prot;
 	k.w.next = start;
 	k.end = start + ((ARG(ctx, 1) + 4095) & ~4095ull);
-	k.err = 1;   /* 1: not looked up */
-	/* s17-logacts: every area of the range, for an untrusted tree's PROT_WRITE */
-	if ((prot & XM_PROT_WRITE_) && (k.w.reasons = prov_actor())) {
-		bpf_loop(MPROT_WALK_MAX, mprot_step, &k, 0);
-		if (k.out != 1)
-			rewrite_unknown(prot);   /* more areas than walked, or a lookup failed */
-	}
+	bpf_loop(MPROT_WALK_MAX, mprot_step, &k, 0);
+	for (int j = 0; j < MPROT_WALK_MAX; j++)
+		if (h->f[j])
+			rewrite_emit_file(BASTION_REWRITE_MPROTECT, prot, h->f[j], k.w.reasons);
+	if (k.out != 1)
+		rewrite_unknown(prot);   /* more areas than walked, or a lookup failed */
+	return 0;
+}
+
+static __always_inline int mprotect_xmem(void *ctx)
+{
+	__u32 prot = ARG(ctx, 2);
+	__u64 start = ARG(ctx, 0);
+	struct rwvma w = {};
+
 	if (!(prot & XM_PROT_EXEC_))
 		return 0;
 	if (!wanted(BASTION_EV_MMAP))
 		return 0;
 	/* the region's flags before the change (the first area of the range) */
-	if (k.err == 1) {
-		k.w.reasons = 0;
-		k.err = bpf_find_vma(bpf_get_current_task_btf(), start, rwvma_found, &k.w, 0);
-	}
-	if (k.err)
+	w.next = start;
+	if (bpf_find_vma(bpf_get_current_task_btf(), start, rwvma_found, &w, 0))
 		return 0;   /* no mapping there: the mprotect fails with ENOMEM */
-	return emit_xmem(BASTION_MMAP_MPROTECT, xmem_mprotect_why(prot, k.w.vm_flags, k.w.file),
-			 prot, (__u32)k.w.vm_flags, start, ARG(ctx, 1), k.w.file);
+	return emit_xmem(BASTION_MMAP_MPROTECT, xmem_mprotect_why(prot, w.vm_flags, w.file),
+			 prot, (__u32)w.vm_flags, start, ARG(ctx, 1), w.file);
 }
 
 SEC("tracepoint/syscalls/sys_enter_mprotect")
 int on_mprotect(void *ctx)
 {
-	return mprotect_enter(ctx);
+	return mprotect_xmem(ctx);
+}
+
+SEC("tracepoint/syscalls/sys_enter_mprotect")
+int on_mprotect_rewrite(void *ctx)
+{
+	return mprotect_rewrite(ctx);
 }
 
 /* pkey_mprotect(pkey -1) is mprotect (s17-fixlogacts 2a) */
 SEC("tracepoint/syscalls/sys_enter_pkey_mprotect")
 int on_pkey_mprotect(void *ctx)
 {
-	return mprotect_enter(ctx);
+	return mprotect_xmem(ctx);
+}
+
+SEC("tracepoint/syscalls/sys_enter_pkey_mprotect")
+int on_pkey_mprotect_rewrite(void *ctx)
+{
+	return mprotect_rewrite(ctx);
 }
