@@ -63,13 +63,18 @@ def test_tmux_verbs_are_read_by_its_command_table() -> None:
     assert _how([t, "saveb", "/etc/cron.d/x"]) == "save-buffer"
     assert _how([t, "pasteb", "-t", "0"]) == "paste-buffer"
     assert _how([t, "detach", "-E", "id"]) == "detach-client -E"
+    # an attached new session: the caller types into a shell the (clean) server forks
+    assert _how([t]) == "new-session (attached)"
+    assert _how([t, "-S", "/tmp/s"]) == "new-session (attached)"
+    assert _how([t, "new", "-s", "work"]) == "new-session (attached)"
+    assert _how([t, "new", "-A", "-d", "-s", "adm"]) == "new-session (attached)"
     for benign in ([t, "ls"], [t, "list-sessions", "-F", "#{session_name}"], [t, "has", "-t", "0"],
-                   [t, "new-session", "-d"], [t, "new", "-s", "work"], [t, "-c", "id"],
+                   [t, "new-session", "-d"], [t, "new", "-d", "-s", "work"], [t, "-c", "id"],
                    [t, "kill-server"], [t, "set", "-g", "mouse", "on"], [t, "send-prefix"],
                    [t, "s", "x"],                       # ambiguous: tmux refuses it
                    [t, "no-such-command", "id"], [t, "send-keys"], [t, "set-hook", "-gu", "x"],
                    [t, "capture-pane", "-p", "-t", "0"], [t, "show", "-g", "default-command"],
-                   [t, "-V"], [t]):
+                   [t, "-V"]):
         assert _how(benign) is None, benign
 
 

@@ -198,6 +198,10 @@ def _tmux_one(cmd: Sequence[str]) -> Handoff | None:
         return Handoff("tmux server", f"{name} #(...)", line)   # a format's shell command
     if name == "send-keys" and ops:
         return Handoff("tmux server", name, line)
+    if name == "new-session" and ("-A" in flags or "-d" not in flags):
+        # attached: the caller's own client types into a shell the server forks (-A:
+        # into an existing session of that name)
+        return Handoff("tmux server", "new-session (attached)", line or "keys typed by the caller")
     if name in _TMUX_SPAWN and (ops or "-e" in flags):
         return Handoff("tmux server", name, line or "environment " +
                        " ".join(v for o, v in opts if o == "-e"))
@@ -224,10 +228,16 @@ def tmux_act(argv: Sequence[str]) -> Handoff | None:
     """``tmux [-2CDlNuvV] [-c cmd] [-f file] [-L name] [-S path] [-T feat] [command [args]
     [; command ...]]``: a command the server runs or types for the caller.  Control
     mode (``-C``) takes any command from stdin.  ``-c`` runs its command in the client
-    itself (the caller's own tree): no hand-off."""
+    itself (the caller's own tree): no hand-off.  An attached ``new-session`` (tmux's
+    default command) has the caller type into a shell the server forks: a hand-off
+    when the server is another's (a server the caller starts is its own child, but
+    that cannot be told at exec: the act is read the same)."""
     opts, ops = _parse(argv[1:], frozenset(), _TMUX_GLOBAL_VALUED, stop_at_first=True)
-    if "-C" in {o for o, _ in opts}:
+    names = {o for o, _ in opts}
+    if "-C" in names:
         return Handoff("tmux server", "control mode (-C)", "commands from stdin")
+    if not ops and not names & {"-V", "-c"}:
+        ops = ["new-session"]       # tmux's default command: an attached new session
     for cmd in _tmux_commands(ops):
         got = _tmux_one(cmd)
         if got is not None:
