@@ -435,7 +435,10 @@ def test_tmp_script_typing_into_a_clean_tmux_session_is_stopped() -> None:
     """A /tmp script makes the administrator's (clean) tmux server type a command into
     its session (s18): the server's shell would run it in a clean tree.  The script's
     tree is stopped at tmux's exec and alerted critical.  Before: nothing (tmux not
-    read), the script ran on and the pane ran the command."""
+    read), the script ran on.  Whether the pane ran the command is printed, not asserted:
+    on compat the kill comes from user space after the exec event, and the tmux client's
+    whole run (1.8 ms median here) ends long before it (docs/threat-model.md, s18-launder:
+    the in-kernel refusal is the lsm tier's next step)."""
     if shutil.which("tmux") is None:
         pytest.skip("tmux is not installed")
     d = Path(tempfile.mkdtemp(prefix="bastion-test-tmux-", dir="/tmp"))
