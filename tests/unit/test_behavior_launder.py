@@ -59,6 +59,11 @@ def test_tmux_verbs_are_read_by_its_command_table() -> None:
     assert _how([t, "set", "-g", "default-command", "id"]) == "set-option default-command"
     assert _how([t, "set", "-s", "command-alias[9]", "ls=run id"]) == "set-option command-alias"
     assert _how([t, "bind", "x", "run", "id"]) == "bind-key"
+    # a value built in pieces becomes #(...) when a format expands it again
+    assert _how([t, "display", "-p", "#{E:@x}"]) == "display-message #{E:...}"
+    assert _how([t, "display", "-p", "#{l;E:@x}"]) == "display-message #{E:...}"
+    assert _how([t, "lsw", "-F", "#{T:@x}"]) == "list-windows #{E:...}"
+    assert _how([t, "command-prompt", "-I", "run id"]) == "command-prompt -I"
     assert _how([t, "setenv", "-g", "LD_PRELOAD", "/tmp/x.so"]) == "set-environment"
     assert _how([t, "saveb", "/etc/cron.d/x"]) == "save-buffer"
     assert _how([t, "pasteb", "-t", "0"]) == "paste-buffer"
@@ -74,6 +79,8 @@ def test_tmux_verbs_are_read_by_its_command_table() -> None:
                    [t, "s", "x"],                       # ambiguous: tmux refuses it
                    [t, "no-such-command", "id"], [t, "send-keys"], [t, "set-hook", "-gu", "x"],
                    [t, "capture-pane", "-p", "-t", "0"], [t, "show", "-g", "default-command"],
+                   [t, "set", "-g", "@x", "#"], [t, "display", "-p", "#{@x} #{session_name}"],
+                   [t, "command-prompt"],
                    [t, "-V"]):
         assert _how(benign) is None, benign
 

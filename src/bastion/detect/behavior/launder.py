@@ -23,6 +23,7 @@ daemon and the verb (or None); the rule decides severity and response.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Final, Sequence
 
@@ -151,6 +152,12 @@ _TMUX_HOOKS: Final = frozenset({
     "window-pane-changed", "window-renamed", "window-resized", "window-unlinked"})
 
 
+# a format that is expanded again (``#{E:@x}``, ``#{T:...}``, in a modifier list too:
+# ``#{l;E:@x}``): a value built in pieces (``set @x '#'`` then ``set -a @x '(id)'``)
+# becomes a ``#(...)`` shell command only then
+_TMUX_REEXPAND: Final = re.compile(r"#\{(?:[^}:]*;)?[ET][:;]")
+
+
 def _tmux_find(name: str) -> str | None:
     """tmux's cmd_find: an alias, an exact name, else a unique prefix (None: unknown or
     ambiguous — tmux refuses the command)."""
@@ -196,6 +203,8 @@ def _tmux_one(cmd: Sequence[str]) -> Handoff | None:
     line = " ".join(ops)[:80]
     if any("#(" in w for w in words):
         return Handoff("tmux server", f"{name} #(...)", line)   # a format's shell command
+    if any(_TMUX_REEXPAND.search(w) for w in words):
+        return Handoff("tmux server", f"{name} #{{E:...}}", line)   # expanded again
     if name == "send-keys" and ops:
         return Handoff("tmux server", name, line)
     if name == "new-session" and ("-A" in flags or "-d" not in flags):
@@ -210,6 +219,8 @@ def _tmux_one(cmd: Sequence[str]) -> Handoff | None:
     if name == "detach-client" and "-E" in flags:
         return Handoff("tmux server", "detach-client -E",
                        next(v for o, v in opts if o == "-E"))
+    if name == "command-prompt" and "-I" in flags:
+        return Handoff("tmux server", "command-prompt -I", next(v for o, v in opts if o == "-I"))
     if name in ("command-prompt", "choose-buffer", "choose-client", "choose-tree") and ops:
         return Handoff("tmux server", name, line)           # the template runs on a choice
     if name == "bind-key" and len(ops) >= 2:
