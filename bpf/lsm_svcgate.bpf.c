@@ -18,7 +18,8 @@
  * tree.
  *
  * Cost: every other task pays the scope check and one `prov` lookup per unix
- * stream connect; a tainted one pays one more lookup.  Dry run: the flag in
+ * stream connect; a tainted one pays one more lookup, and for a peer not in
+ * `svcgate_socks` the listener's exe walk (six probe reads) and a third lookup.  Dry run: the flag in
  * `svcgate_cfg` (decided, reported as would-deny, allowed). */
 #include "path.h"
 #include "prov_map.h"
