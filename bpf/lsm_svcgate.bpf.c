@@ -12,10 +12,14 @@
  * `svcgate_socks`: systemd's /run/systemd/private, the docker, containerd and
  * podman API sockets (filled by enforce/svcgate_lsm.py).  The peer is found by
  * the inode its path is bound to, so another name for the socket (a bind mount,
- * a symlink, /var/run) is the same object.
+ * a symlink, /var/run) is the same object; or (s18-launder) by the executable of
+ * the server listening on it: a tmux or screen server, whose sockets come and go
+ * at any path, would otherwise run or type a tainted tree's command in its clean
+ * tree.
  *
  * Cost: every other task pays the scope check and one `prov` lookup per unix
- * stream connect; a tainted one pays one more lookup.  Dry run: the flag in
+ * stream connect; a tainted one pays one more lookup, and for a peer not in
+ * `svcgate_socks` the listener's exe walk (six probe reads) and a third lookup.  Dry run: the flag in
  * `svcgate_cfg` (decided, reported as would-deny, allowed). */
 #include "path.h"
 #include "prov_map.h"
@@ -32,6 +36,19 @@ struct {
 	__type(key, struct bastion_inode_key);
 	__type(value, __u32);
 } svcgate_socks SEC(".maps");
+
+/* A server's executable inode -> kind (s18-launder): tmux and screen servers bind
+ * their sockets at any time, at any path (`tmux -S`), so they are found by the
+ * listener itself: the listening socket's sk_peer_pid (set by listen(), held by the
+ * socket) is the server's thread group, whose executable is compared here with the
+ * installed tmux/screen files (enforce/svcgate_lsm.py SERVER_KINDS). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16);
+	__uint(map_flags, BPF_F_RDONLY_PROG);
+	__type(key, struct bastion_inode_key);
+	__type(value, __u32);
+} svcgate_servers SEC(".maps");
 
 /* slot 0: dry run (1 = report, allow) */
 struct {
@@ -50,12 +67,40 @@ static __always_inline __u32 svc_actor(void)
 	return in_scope() ? prov_actor() : 0;
 }
 
+/* The kind of the server listening on `other` by its executable (0: none entered).
+ * sk_peer_pid -> tasks[PIDTYPE_TGID].first is the thread-group leader's pid_links[1]
+ * node; its mm's exe_file is the server's executable. */
+static __always_inline __u32 server_kind(struct sock *other, struct bastion_inode_key *k)
+{
+	struct hlist_node *node;
+	struct task_struct *t;
+	struct inode *ino;
+	struct pid *pid;
+	__u32 *kind;
+
+	pid = BPF_CORE_READ(other, sk_peer_pid);
+	if (!pid)
+		return 0;
+	node = BPF_CORE_READ(pid, tasks[PIDTYPE_TGID].first);
+	if (!node)
+		return 0;
+	t = (struct task_struct *)((char *)node - bpf_core_field_offset(struct task_struct, pid_links) -
+				   sizeof(struct hlist_node) * PIDTYPE_TGID);
+	ino = BPF_CORE_READ(t, mm, exe_file, f_inode);
+	if (!ino)
+		return 0;
+	k->ino = BPF_CORE_READ(ino, i_ino);
+	k->dev = BPF_CORE_READ(ino, i_sb, s_dev);
+	kind = bpf_map_lookup_elem(&svcgate_servers, k);
+	return kind ? *kind : 0;
+}
+
 SEC("lsm/unix_stream_connect")
 int BPF_PROG(svcgate_unix_connect, struct sock *sock, struct sock *other, struct sock *newsk,
 	     int ret)
 {
-	__u32 reasons, local, action = BASTION_ACT_DENY, zero = 0, *kind, *dry;
-	struct bastion_inode_key k = {};
+	__u32 reasons, local, action = BASTION_ACT_DENY, zero = 0, *kind, *dry, skind = 0;
+	struct bastion_inode_key k = {}, sk = {};
 	struct bastion_hips_event *e;
 	struct unix_sock *u = (struct unix_sock *)other;
 	struct dentry *d;
@@ -73,8 +118,12 @@ int BPF_PROG(svcgate_unix_connect, struct sock *sock, struct sock *other, struct
 	k.ino = BPF_CORE_READ(d, d_inode, i_ino);
 	k.dev = BPF_CORE_READ(d, d_inode, i_sb, s_dev);
 	kind = bpf_map_lookup_elem(&svcgate_socks, &k);
-	if (!kind)
-		return 0;
+	if (!kind) {
+		skind = server_kind(other, &sk);
+		if (!skind)
+			return 0;
+		kind = &skind;
+	}
 	local = reasons & ~BASTION_PROV_ADMIN_TTY;
 	if ((reasons & BASTION_PROV_ADMIN_TTY) && !(local & ~BASTION_PROV_LOCAL_MASK))
 		action = BASTION_ACT_AUDIT;

@@ -6,6 +6,7 @@ pkgs=(clang llvm libbpf-dev bpftool make python3-venv
       qemu-system-x86 busybox-static cpio iproute2 procps util-linux
       rsyslog logrotate systemd gcc auditd)
 pkgs+=(podman runc e2fsprogs)   # issue 17: container tests (real runtime, offline --rootfs)
+pkgs+=(tmux)   # s18-launder: the live test of a command typed into a clean tmux server
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

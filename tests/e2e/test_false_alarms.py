@@ -442,6 +442,26 @@ def _service_lookalikes(c: Corpus) -> None:
         work, expect=("systemctl status auditd", "systemctl show auditd"))
 
 
+def _launder_lookalikes(c: Corpus) -> None:
+    """Benign look-alikes of behavior.launder_via_daemon (s18-launder), from a script in
+    the temp dir (tmp-script provenance): a tmux server of the script's own started
+    detached with no command, listed, asked for a format with no ``#(...)``, killed;
+    ``at``'s queue listed when at is installed.  None hands a command over."""
+    work = c.tmp / "launder"
+    work.mkdir()
+    (work / "mux.sh").write_text(
+        "#!/bin/sh\nset -e\nS=\"$PWD/mux.sock\"\n"
+        "tmux -S \"$S\" -f /dev/null new-session -d -s corpus\n"
+        "tmux -S \"$S\" ls > /dev/null\n"
+        "tmux -S \"$S\" list-windows -F '#{window_name}' > /dev/null\n"
+        "tmux -S \"$S\" display-message -p '#{session_name}' > /dev/null\n"
+        "tmux -S \"$S\" has-session -t corpus\n"
+        "tmux -S \"$S\" kill-server\n"
+        "if command -v atq > /dev/null; then atq > /dev/null; fi\n")
+    c.run("a temp-dir script's own tmux server, listed and killed", "sh ./mux.sh", work,
+          expect=("sh ./mux.sh", "has-session -t corpus"))
+
+
 def _depth_lookalikes(c: Corpus) -> None:
     """Benign look-alikes of the s14-det rules: a stdin-reading shell in a pipeline
     (``sh -s < x | tee``) and python feeding ``sh`` a script after a loopback connect
@@ -672,6 +692,8 @@ def test_benign_corpus_raises_nothing_high(tmp_path: Path) -> None:
             _depth_lookalikes(corpus)
             _decode_lookalikes(corpus)
             _service_lookalikes(corpus)
+            if shutil.which("tmux") is not None:
+                _launder_lookalikes(corpus)
             _staging_lookalikes(corpus)
             _wipe_lookalikes(corpus)
             _compile_lookalikes(corpus)

@@ -414,3 +414,52 @@ def test_tmp_script_flushing_the_firewall_with_bundled_options_is_stopped() -> N
             assert rc == -signal.SIGKILL and not (d / "after").exists()
     finally:
         shutil.rmtree(d)
+
+
+@contextmanager
+def _clean_tmux(d: Path) -> Iterator[Path]:
+    """A tmux server started cleanly by the test (outside the sensor's cgroup) on its own
+    socket ``d/sock``, one session running ``sh``; killed at the end."""
+    sock = d / "sock"
+    env = {"PATH": "/usr/bin:/bin", "TERM": "xterm", "HOME": str(d), "SHELL": "/bin/sh"}
+    subprocess.run(["tmux", "-S", str(sock), "-f", "/dev/null", "new-session", "-d", "-s", "adm",
+                    "/bin/sh"], env=env, check=True, timeout=10)
+    try:
+        yield sock
+    finally:
+        subprocess.run(["tmux", "-S", str(sock), "kill-server"], env=env, timeout=10,
+                       stderr=subprocess.DEVNULL)
+
+
+def test_tmp_script_typing_into_a_clean_tmux_session_is_stopped() -> None:
+    """A /tmp script makes the administrator's (clean) tmux server type a command into
+    its session (s18): the server's shell would run it in a clean tree.  The script's
+    tree is stopped at tmux's exec and alerted critical.  Before: nothing (tmux not
+    read), the script ran on.  Whether the pane ran the command is printed, not asserted:
+    on compat the kill comes from user space after the exec event, and the tmux client's
+    whole run (1.8 ms median here) ends long before it (docs/threat-model.md, s18-launder:
+    the in-kernel refusal is the lsm tier's next step)."""
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed")
+    d = Path(tempfile.mkdtemp(prefix="bastion-test-tmux-", dir="/tmp"))
+    try:
+        with _clean_tmux(d) as sock:
+            s = d / "l.sh"
+            s.write_text(f"#!/bin/sh\ntmux -S {sock} send-keys -t adm 'touch {d}/ran' Enter\n"
+                         f"sleep 5\ntouch {d}/after\n")
+            with watching() as (cg, w):
+                t0 = time.monotonic()
+                rc = reap(spawn_in(cg, ["/bin/sh", str(s)], stdin=subprocess.DEVNULL), 15)
+                took = time.monotonic() - t0
+                got = [a for a in w.alerts if a["rule"] == "behavior.launder_via_daemon"]
+                assert got and blocked(got[0]), [(a["rule"], a["action"]) for a in w.alerts]
+                assert got[0]["severity"] == "critical" and got[0]["action"] == "kill-tree"
+                assert got[0]["evidence"]["act"] == "send-keys"
+                assert got[0]["evidence"]["identity"] == "installed file"
+                assert "tmp-script" in got[0]["evidence"]["provenance"]
+                assert rc == -signal.SIGKILL and took < 5 and not (d / "after").exists()
+            time.sleep(0.5)
+            print(f"tmux send-keys from a /tmp script: killed after {took * 1000:.0f} ms; "
+                  f"the pane ran the command: {(d / 'ran').exists()}")
+    finally:
+        shutil.rmtree(d)

@@ -28,9 +28,10 @@ class FakeMap:
 
 
 def test_a_failed_socket_refresh_is_a_high_finding(tmp_path: Path) -> None:
-    maps = {"svcgate_socks": FakeMap()}
+    maps = {"svcgate_socks": FakeMap(), "svcgate_servers": FakeMap()}
     g = object.__new__(LsmSocketGate)
     g._socks = {}
+    g._servers = {}
     g._map = maps.__getitem__   # type: ignore[method-assign]
     socks = []
     for name in ("a.sock", "b.sock"):
@@ -40,7 +41,8 @@ def test_a_failed_socket_refresh_is_a_high_finding(tmp_path: Path) -> None:
     try:
         agent = AgentSocketGate(lambda: None,  # type: ignore[arg-type,return-value]
                                 self_tgid=os.getpid(), deadline_s=None,
-                                sockets={str(tmp_path / "a.sock"): SocketKind.DOCKER})
+                                sockets={str(tmp_path / "a.sock"): SocketKind.DOCKER},
+                                servers={})
         agent.gate = g
         assert agent.refresh() is None and len(maps["svcgate_socks"].d) == 1
         # the daemon restarts on a new inode; the map refuses the entry
@@ -56,3 +58,21 @@ def test_a_failed_socket_refresh_is_a_high_finding(tmp_path: Path) -> None:
     finally:
         for s in socks:
             s.close()
+
+
+def test_servers_are_entered_by_their_installed_files() -> None:
+    """tmux and screen servers (s18-launder) are entered by the inodes of their installed
+    executables; a name with no installed file is said, not silently skipped; a second
+    pass drops what is no longer installed (an upgrade's old inode)."""
+    maps = {"svcgate_servers": FakeMap()}
+    g = object.__new__(LsmSocketGate)
+    g._servers = {}
+    g._map = maps.__getitem__   # type: ignore[method-assign]
+    files = {"tmux": frozenset({(8, 100), (8, 101)}), "screen": frozenset()}
+    assert g.apply_servers({"tmux": SocketKind.TMUX, "screen": SocketKind.SCREEN},
+                           files.__getitem__) == ["screen: no installed file: not entered"]
+    assert len(maps["svcgate_servers"].d) == 2
+    assert set(maps["svcgate_servers"].d.values()) == {int(SocketKind.TMUX).to_bytes(4, "little")}
+    files["tmux"] = frozenset({(8, 102)})
+    assert g.apply_servers({"tmux": SocketKind.TMUX}, files.__getitem__) == []
+    assert len(maps["svcgate_servers"].d) == 1

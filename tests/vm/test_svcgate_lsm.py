@@ -291,3 +291,59 @@ def test_the_agent_refuses_a_tmp_script_the_docker_socket(tmp_path: Path) -> Non
         srv.close()
         docker.unlink(missing_ok=True)
         shutil.rmtree(drop)
+
+
+TMUX_CONNECT = ("python3 -c 'import socket,sys\n"
+                "s=socket.socket(socket.AF_UNIX)\n"
+                "try:\n s.connect(sys.argv[1]); print(\"{name}=0\")\n"
+                "except OSError as e: print(\"{name}=%d\" % e.errno)' {path}\n"
+                "tmux -S {path} send-keys -t adm 'touch {ran}' Enter 2>/dev/null; "
+                "echo {name}_tmux=$?\n")
+
+
+def test_a_tmp_script_is_refused_a_clean_tmux_server(env: Env) -> None:
+    """A /tmp script connecting to a tmux server the test started cleanly (s18-launder):
+    refused in the hook, found by the listener's executable (the installed tmux), at a
+    path no list names (``-S``); ``send-keys`` fails and the pane never runs the
+    command.  Before (the same module with no server entered, checked first here): the
+    script connected and the pane ran the command.  A clean shell still talks to it."""
+    if shutil.which("tmux") is None:
+        pytest.fail("tmux is not installed (make deps installs it)")
+    sock = env.root / "tmux" / "s"
+    sock.parent.mkdir()
+    tenv = {"PATH": "/usr/bin:/bin", "TERM": "xterm", "HOME": str(env.root), "SHELL": "/bin/sh"}
+    subprocess.run(["tmux", "-S", str(sock), "-f", "/dev/null", "new-session", "-d", "-s", "adm",
+                    "/bin/sh"], env=tenv, check=True, timeout=30)
+    try:
+        ran_before, ran = env.root / "ran-before", env.root / "ran"
+        before = env.root / "drop" / "before.sh"
+        before.write_text(TMUX_CONNECT.format(name="before", path=sock, ran=ran_before))
+        r = run_in(env.cg, ["/bin/sh", str(before)], timeout=60)
+        assert _codes(r.stdout) == {"before": 0, "before_tmux": 0}, r.stdout + r.stderr
+        end = time.monotonic() + 10
+        while not ran_before.exists() and time.monotonic() < end:
+            time.sleep(0.1)
+        assert ran_before.exists()              # the laundering worked with no server entered
+        assert env.records(0) == []
+
+        assert env.gate.apply_servers({"tmux": SocketKind.TMUX}) == []
+        script = env.root / "drop" / "mux.sh"
+        script.write_text(TMUX_CONNECT.format(name="after", path=sock, ran=ran))
+        r = run_in(env.cg, ["/bin/sh", str(script)], timeout=60)
+        codes = _codes(r.stdout)
+        assert codes["after"] == 1 and codes["after_tmux"] != 0, r.stdout + r.stderr
+        recs = env.records(2)
+        assert recs and all((ev.op, ev.rule_id, ev.action, ev.enforced) ==
+                            ("connect", SocketKind.TMUX, "deny", True) for ev in recs), recs
+        assert all(ev.path == str(sock) for ev in recs), recs
+        f = env.gate.finding(recs[0])
+        assert f is not None and f.severity == "critical" and f.evidence["socket"] == "tmux"
+        clean = run_in(env.cg, ["/bin/sh", "-c", f"tmux -S {sock} has-session -t adm; "
+                                "echo clean=$?"], timeout=60)
+        assert _codes(clean.stdout) == {"clean": 0}, clean.stdout + clean.stderr
+        time.sleep(1.0)
+        assert not ran.exists()
+        assert env.records(0) == []
+    finally:
+        env.gate.apply_servers({})
+        subprocess.run(["tmux", "-S", str(sock), "kill-server"], env=tenv, timeout=30)

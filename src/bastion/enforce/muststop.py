@@ -64,7 +64,7 @@ class GateObject:
 # enters the name in its directory, see names_of).
 DEFAULT_PERSISTENCE: Final = (
     "/etc/crontab", "/etc/cron.d", "/etc/cron.hourly", "/etc/cron.daily", "/etc/cron.weekly",
-    "/etc/cron.monthly", "/var/spool/cron", "/etc/anacrontab",
+    "/etc/cron.monthly", "/var/spool/cron", "/var/spool/at", "/var/spool/atjobs", "/etc/anacrontab",
     "/etc/systemd/system", "/etc/systemd/user", "/usr/lib/systemd/system", "/lib/systemd/system",
     "/etc/profile", "/etc/profile.d", "/etc/bash.bashrc", "/etc/bash.bash_logout",
     "/etc/environment", "/etc/zsh", "/root/.bashrc", "/root/.bash_profile", "/root/.profile",

@@ -59,6 +59,8 @@ class SocketKind(enum.IntEnum):
     DOCKER = 2
     CONTAINERD = 3
     PODMAN = 4
+    TMUX = 5        # a tmux server, found by its executable (s18-launder)
+    SCREEN = 6      # a screen session's server, likewise
 
 
 # the daemons' API sockets (an absent one is skipped, named in apply()'s problems)
@@ -70,7 +72,13 @@ DEFAULT_SOCKETS: Final[Mapping[str, SocketKind]] = {
 }
 _WHAT: Final = {SocketKind.SYSTEMD: "service manager (systemd's private socket)",
                 SocketKind.DOCKER: "docker API", SocketKind.CONTAINERD: "containerd API",
-                SocketKind.PODMAN: "podman API"}
+                SocketKind.PODMAN: "podman API", SocketKind.TMUX: "tmux server",
+                SocketKind.SCREEN: "screen session"}
+# servers found by the executable listening (any socket path, bound at any time): the
+# installed files of these names in the trust directories (detect/behavior/trust.py)
+DEFAULT_SERVERS: Final[Mapping[str, SocketKind]] = {"tmux": SocketKind.TMUX,
+                                                    "screen": SocketKind.SCREEN}
+_SERVERS: Final = frozenset({SocketKind.TMUX, SocketKind.SCREEN})
 
 
 class LsmSocketGate(LoaderUser):
@@ -101,6 +109,7 @@ class LsmSocketGate(LoaderUser):
         self.dry_run = dry_run
         self._lo: LoadedObject | None = None
         self._socks: dict[bytes, str] = {}
+        self._servers: dict[bytes, str] = {}
         self.denies = self.dry_runs = self.audits = 0
 
     def spec(self) -> ObjectSpec:
@@ -167,6 +176,31 @@ class LsmSocketGate(LoaderUser):
             log.info("control-socket gate: %s", p)
         return problems
 
+    def apply_servers(self, servers: Mapping[str, SocketKind],
+                      idents: Callable[[str], frozenset[tuple[int, int]]] | None = None
+                      ) -> list[str]:
+        """Enter the servers' executables (replacing the set): each name's installed
+        files (``idents(name)``: (kernel dev, ino); default the root-only files of that
+        name in the trust directories).  Returns the names with no file entered."""
+        if idents is None:
+            from bastion.detect.behavior.trust import ExeTrust
+            idents = ExeTrust().idents
+        new: dict[bytes, tuple[str, SocketKind]] = {}
+        problems: list[str] = []
+        for name, kind in servers.items():
+            got = idents(name)
+            if not got:
+                problems.append(f"{name}: no installed file: not entered")
+            for dev, ino in got:
+                new[bytes(abi.InodeKey(ino=ino, dev=dev))] = (name, kind)
+        m = self._map("svcgate_servers")
+        for k, (_, kind) in new.items():
+            m.update(k, _U32.pack(int(kind)))
+        for k in self._servers.keys() - new.keys():
+            m.delete(k)
+        self._servers = {k: n for k, (n, _) in new.items()}
+        return problems
+
     @property
     def entered(self) -> int:
         """How many sockets are entered now."""
@@ -200,14 +234,20 @@ class LsmSocketGate(LoaderUser):
         verb = ("would be refused (dry run: allowed)" if dry else "refused"
                 if ev.action == "deny" else "allowed (administrator's interactive session)")
         what = _WHAT[kind]
+        if kind in _SERVERS:
+            prevented = f"a command run or typed for the tree by the {what} ({ev.path})"
+            attack: tuple[str, ...] = ("T1059.004",)
+        else:
+            prevented = (f"a request to the {what} ({ev.path}): a security tool's shutdown "
+                         f"or a root action done for the tree")
+            attack = ("T1562.001", "T1610") if kind != SocketKind.SYSTEMD else ("T1562.001",)
         return Finding(
             rule=GATE_RULE, severity="critical" if ev.action == "deny" else "high", dry_run=dry,
-            attack=("T1562.001", "T1610") if kind != SocketKind.SYSTEMD else ("T1562.001",),
+            attack=attack,
             action="would-deny" if dry else ev.action, event=ev, pid=ev.proc.pid,
             title=f"Connect to the {what} {verb}: {ev.path} "
                   f"[untrusted provenance: {', '.join(reasons)}]",
-            evidence={"prevented": f"a request to the {what} ({ev.path}): a security "
-                                   f"tool's shutdown or a root action done for the tree",
+            evidence={"prevented": prevented,
                       "provenance": reasons, "operation": "connect", "object": ev.path,
                       "class": "control-socket", "socket": kind.name.lower()},
             enforced_by=MECHANISM)
@@ -215,7 +255,7 @@ class LsmSocketGate(LoaderUser):
     def stats(self) -> dict[str, int]:
         out = super().stats()
         out.update(denies=self.denies, dry_runs=self.dry_runs, audits=self.audits,
-                   sockets=len(self._socks))
+                   sockets=len(self._socks), servers=len(self._servers))
         return out
 
 
@@ -231,13 +271,15 @@ class AgentSocketGate:
 
     def __init__(self, maps: Callable[[], ProvenanceMap], *, self_tgid: int,
                  deadline_s: float | None, scope_cgroup_id: int = 0, dry_run: bool = False,
-                 sockets: Mapping[str, SocketKind] = DEFAULT_SOCKETS) -> None:
+                 sockets: Mapping[str, SocketKind] = DEFAULT_SOCKETS,
+                 servers: Mapping[str, SocketKind] = DEFAULT_SERVERS) -> None:
         self._maps = maps
         self.self_tgid = self_tgid
         self.deadline_s = deadline_s
         self.scope_cgroup_id = scope_cgroup_id
         self.dry_run = dry_run
         self.sockets = dict(sockets)
+        self.servers = dict(servers)
         self.gate: LsmSocketGate | None = None
         self.unentered: list[str] = []
 
@@ -247,7 +289,7 @@ class AgentSocketGate:
                              dry_run=self.dry_run)
         gate.open()
         try:
-            self.unentered = gate.apply(self.sockets)
+            self.unentered = gate.apply(self.sockets) + gate.apply_servers(self.servers)
         except BaseException:
             gate.close()
             raise
@@ -262,7 +304,7 @@ class AgentSocketGate:
         if gate is None:
             return None
         try:
-            self.unentered = gate.apply(self.sockets)
+            self.unentered = gate.apply(self.sockets) + gate.apply_servers(self.servers)
         except (BastionError, OSError) as exc:
             log.warning("control-socket gate: sockets not re-entered: %s", exc)
             return Finding(
@@ -288,4 +330,5 @@ class AgentSocketGate:
             self.gate.close()
 
 
-__all__ = ["LsmSocketGate", "AgentSocketGate", "SocketKind", "DEFAULT_SOCKETS", "OBJECT"]
+__all__ = ["LsmSocketGate", "AgentSocketGate", "SocketKind", "DEFAULT_SOCKETS", "DEFAULT_SERVERS",
+           "OBJECT"]

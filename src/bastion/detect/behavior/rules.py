@@ -48,6 +48,7 @@ from bastion.detect.behavior.provenance import LOCAL_REASONS, REASON_DEPTH, bloc
 from bastion.detect.behavior.xmem import ExecMemory
 from bastion.detect.behavior.shellargs import parse_shell_argv
 from bastion.detect.behavior.trust import ExeTrust
+from bastion.detect.behavior.launder import LAUNDER_TOOLS, launder_act
 from bastion.detect.behavior.svcctl import SERVICE_MANAGERS, command_act, firewall_act
 from bastion.detect.behavior.state import BoundedState, Limits, ProcKey, proc_key
 from bastion.detect.engine import RuleContext
@@ -1147,14 +1148,19 @@ class PersistClass:
     patterns: tuple[str, ...]
     tools: frozenset[str]
     severity: str = "high"
+    # tools trusted only in a clean tree: a scheduler's own client (crontab, at) writes
+    # the spool for whoever runs it, so from an untrusted tree its write is the tree's
+    tree_tools: frozenset[str] = frozenset()
 
 
 PERSISTENCE = (
     PersistClass("behavior.persistence_cron", "cron job", ("T1053.003",),
                  ("/etc/crontab", "/etc/cron.d/*", "/etc/cron.hourly/*", "/etc/cron.daily/*",
                   "/etc/cron.weekly/*", "/etc/cron.monthly/*", "/var/spool/cron/*",
-                  "/var/spool/cron/crontabs/*", "/etc/anacrontab", "/var/spool/at/*"),
-                 frozenset({"crontab", "at", "anacron", *PACKAGE_MANAGERS})),
+                  "/var/spool/cron/crontabs/*", "/etc/anacrontab", "/var/spool/at/*",
+                  "/var/spool/atjobs/*"),
+                 frozenset({"crontab", "at", "anacron", *PACKAGE_MANAGERS}),
+                 tree_tools=frozenset({"crontab", "at"})),
     PersistClass("behavior.persistence_systemd", "systemd unit", ("T1543.002",),
                  ("/etc/systemd/system/*", "/etc/systemd/system/*/*", "/lib/systemd/system/*",
                   "/usr/lib/systemd/system/*", "/etc/systemd/user/*", "/root/.config/systemd/user/*",
@@ -1221,8 +1227,11 @@ class PersistenceWrite(SingleEvent):
         if path is None or isinstance(ev, FileEvent) and ev.op == "chown":
             return None
         pat = glob_any(path, self.cls.patterns)
-        if pat is None or self.trusted(ev, ctx, self.cls.tools, depth=3):
+        if pat is None or self.trusted(ev, ctx, self.cls.tools - self.cls.tree_tools, depth=3):
             return None
+        if self.cls.tree_tools and self.trusted(ev, ctx, self.cls.tree_tools, depth=3) \
+                and not self.untrusted(ev, ctx)[0]:
+            return None     # crontab/at for a clean tree or an administrator's session
         hit = Hit(f"New or changed {self.cls.what}: {path}", {"path": path, "pattern": pat})
         return stop_if_untrusted(self, ev, ctx, hit, f"the {self.cls.what} write to {path} (writer stopped at the open)")
 
@@ -1644,6 +1653,49 @@ class KillSecurityTools(SingleEvent):
                 return Hit(f"Audit rules disabled: {' '.join(ev.argv)[:120]}", {"argv": list(ev.argv)},
                            action="alert")
         return None
+
+
+# ---- 16b. commands handed to a clean daemon (s18) ------------------------------------------
+
+class LaunderViaDaemon(SingleEvent):
+    """An untrusted tree asking a clean long-running daemon to run its command: an
+    ``at``/``batch`` job (atd runs it later), a tmux server or screen session made to
+    type or run a command (``send-keys``, ``new-window CMD``, ``run-shell``, ``-X
+    stuff``...), ``systemd-run [--user] CMD`` (the manager runs it).  The act would then
+    happen in the daemon's clean tree, so the hand-off is the act: read at the tool's
+    exec by its grammar (:mod:`.launder`), the tool recognised by its installed file's
+    inode (or, adding findings only, by its executable's name).  From an untrusted tree:
+    critical, the tree stopped; an administrator's session (local reasons only):
+    alerted; a clean tree (an administrator's own ``at`` or ``tmux``): nothing."""
+
+    name = "behavior.launder_via_daemon"
+    event_types = frozenset({"exec"})
+    attack = ("T1053.002", "T1053.006", "T1059.004")
+    severity = "high"
+    action = "alert"
+
+    def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
+        if not isinstance(ev, ExecEvent) or self.prov is None:
+            return None
+        exe_name = base(ev.proc.exe)
+        entry = ctx.procs.get(ev.proc.pid)
+        installed = trusted_as(entry, LAUNDER_TOOLS, self.trust) \
+            if entry is not None and entry.same_process(ev.proc.start_ns) else None
+        tool = installed or (exe_name if exe_name in LAUNDER_TOOLS else None)
+        if tool is None:
+            return None
+        act = launder_act(tool, ev.argv)
+        if act is None:
+            return None
+        reasons, _ = self.prov.reasons(ev, ctx)
+        if not reasons:
+            return None       # a clean tree schedules and types as it likes
+        hit = Hit(f"Command handed to a clean daemon ({act.describe()}): {' '.join(ev.argv)[:120]}",
+                  {"argv": list(ev.argv), "daemon": act.daemon, "act": act.how,
+                   "command": act.command,
+                   "identity": "installed file" if installed else "executable name"})
+        return stop_if_untrusted(self, ev, ctx, hit,
+                                 f"the {act.daemon} running the tree's command (the actor's tree stopped)")
 
 
 # ---- 17. firewall tampering ---------------------------------------------------------------
@@ -2879,7 +2931,8 @@ ALL_RULE_CLASSES: tuple[type[BehaviorRule], ...] = (
     ReverseShell, ReverseShellCommand, ServiceSpawnsShell, DownloadExecute, ExecFromTemp, MemfdExec,
     Masquerade, CredentialAccess, ProcMemAccess, PtraceInjection, LdPreload, LoaderEnvInjection,
     PipedPayload, AccountChange,
-    SetuidBits, SudoersPam, LogClearing, KillSecurityTools, FirewallTamper, SecurityConfigTamper,
+    SetuidBits, SudoersPam, LogClearing, KillSecurityTools, LaunderViaDaemon, FirewallTamper,
+    SecurityConfigTamper,
     SecretHunt, HiddenTempArtifact, KernelModuleLoad,
     BpfLoad, PortScan, MiningPool, Ransomware, PtySocketShell, DecodedPayloadShell,
     ShellEscape, ExecMemory, DiscoveryBurst, DecodedFileExec, BinaryPadding,
