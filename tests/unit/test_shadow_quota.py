@@ -6,12 +6,14 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+import time
 from pathlib import Path
 
 import pytest
 
 from bastion.config import PolicyError, parse_policy
 from bastion.errors import StoreError
+from bastion.kernel.clock import boot_ns
 from bastion.respond.shadow.keeper import ShieldTrust, charged_uid, quota_finding
 from bastion.respond.shadow.store import Opener, QuotaBite, Quotas, ShadowStore
 
@@ -103,6 +105,28 @@ def test_open_incident_copies_are_never_evicted_by_a_quota(tmp_path: Path) -> No
         assert not any(r["evicted"] for r in store.incident_rows(iid))
         store.close_incident(iid)                          # decided: may go now
         assert put(store, fa[4], A2) == "copied"
+    finally:
+        store.close()
+
+
+def test_a_wall_clock_step_does_not_unlink_an_incidents_copies(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ransomware started as a boot-time service copies its victims before NTP steps the
+    wall clock forward (an hour); it is detected after the step.  Its copies still join
+    its incident -- judged on CLOCK_BOOTTIME, the clock of the process start, not by a
+    wall-clock offset read later -- so the flooding user's quota cannot evict them."""
+    start = boot_ns() - 10**9                      # a real past start: up 1 s ago
+    evil = Opener(4000, start, "/usr/bin/evil", ((4000, start), (1, 0)), uid=1001)
+    fa = files(tmp_path / "a", 6)
+    store = ShadowStore(tmp_path / "shadow", max_bytes=16 * KIB8, keep_pending_s=0)
+    try:
+        assert all(put(store, p, evil) == "copied" for p in fa[:4])
+        wall = time.time_ns
+        monkeypatch.setattr(time, "time_ns", lambda: wall() + 3600 * 10**9)
+        iid = store.open_incident(evil.pid, evil.start_ns)
+        assert sorted(r["path"] for r in store.incident_rows(iid)) == sorted(map(str, fa[:4]))
+        assert put(store, fa[4], A2) == "quota_bytes"      # nothing of the incident's may go
+        assert not any(r["evicted"] for r in store.incident_rows(iid))
     finally:
         store.close()
 

@@ -66,7 +66,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Callable, Final, Iterator
 
-from bastion.kernel.clock import boot_to_wall_ns
 from bastion.errors import Location, StoreError
 from bastion.kernel.opener import TICK_NS
 from bastion.policy.compile import kernel_dev
@@ -93,6 +92,7 @@ CREATE TABLE IF NOT EXISTS copies (
     exe TEXT NOT NULL, ancestry TEXT NOT NULL, late INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS copies_sha ON copies(sha);
 CREATE INDEX IF NOT EXISTS copies_t ON copies(t_ns);
+CREATE INDEX IF NOT EXISTS copies_start ON copies(start_ns);
 CREATE TABLE IF NOT EXISTS incidents (
     id INTEGER PRIMARY KEY, root_pid INTEGER NOT NULL, root_start_ns INTEGER NOT NULL,
     opened_ns INTEGER NOT NULL, state TEXT NOT NULL, closed_ns INTEGER NOT NULL DEFAULT 0);
@@ -815,16 +815,24 @@ class ShadowStore:
 
     def open_incident(self, root_pid: int, started_ns: int) -> int:
         """Group every copy made for ``root_pid`` (started at ``started_ns``, CLOCK_BOOTTIME)
-        and its descendants; later copies for that tree join while the incident is open."""
-        start_wall = started_ns + boot_to_wall_ns() - 2 * 1_000_000_000 if started_ns else 0
+        and its descendants; later copies for that tree join while the incident is open.
+
+        Candidates are the copies whose opener started no earlier than the root (a
+        descendant starts after its ancestor), both start times on CLOCK_BOOTTIME: never a
+        copy's wall-clock time against a wall offset read now -- a wall-clock step forward
+        between the copies and the detection (NTP at boot, where a boot-time service runs)
+        would otherwise leave the tree's copies out of its incident, evictable."""
+        floor = started_ns - TICK_NS if started_ns else 0
         with self._lock:
             self.flush()
             cur = self._db.execute(
                 "INSERT INTO incidents (root_pid, root_start_ns, opened_ns, state) "
                 "VALUES (?,?,?,'open')", (root_pid, started_ns, time.time_ns()))
             iid = int(cur.lastrowid or 0)
-            rows = self._db.execute("SELECT id, ancestry FROM copies WHERE t_ns >= ?",
-                                    (start_wall,)).fetchall()
+            # start_ns 0: the opener's start was unknown (_same_start matches it)
+            rows = self._db.execute(
+                "SELECT id, ancestry FROM copies WHERE start_ns >= ? OR start_ns = 0",
+                (floor,)).fetchall()
             links = []
             for cid, anc in rows:
                 if any(p == root_pid and _same_start(s, started_ns) for p, s in json.loads(anc)):
