@@ -144,6 +144,32 @@ def test_shebang_script_run_by_path_and_a_cron_drop_are_refused(env: Env) -> Non
     assert any(e.action == "deny" and e.path == str(env.cron / "evil") for e in env.events())
 
 
+def test_a_cron_drop_through_a_bind_mount_in_another_mount_namespace_is_refused(
+        env: Env) -> None:
+    """s18-gate: a tainted root process binds the cron dir elsewhere in a mount namespace
+    of its own and writes there.  The event fd's path names the bind mount, which the
+    agent's namespace does not have: the gate could not place the object and allowed
+    the write (the cron job landed).  Placed now in the opener's root."""
+    other = env.root / "bind"
+    p = env.script("nsdrop.sh",
+                   f"unshare -m sh -c 'mkdir -p {other} && mount --bind {env.cron} {other} "
+                   f"&& echo \"* * * * * root sh /tmp/x\" > {other}/evil'\n")
+    r = env.run(["/bin/sh", str(p)])
+    assert "Operation not permitted" in r.stderr, (r.returncode, r.stderr)
+    assert (env.cron / "evil").read_text() == ""     # created by O_CREAT, never written
+    assert not os.path.ismount(other)                # the bind lived in its namespace only
+    (d,) = [d for d in env.gate.decisions() if d.action == "deny"]
+    assert d.kind == "persistence" and d.reasons == ("tmp-script",)
+    assert d.path == f"{other}/evil" and d.obj == _key(env.cron / "evil")
+    assert env.gate.unplaced == 0
+
+
+def _key(p: Path) -> tuple[int, int]:
+    from bastion.policy.compile import kernel_dev
+    st = os.stat(p)
+    return kernel_dev(st.st_dev), st.st_ino
+
+
 def test_a_fork_chain_inherits(env: Env) -> None:
     p = env.script("chain.sh", "sh -c \"(sleep 0.1; echo x >> " + str(env.profile)
                    + ") & wait\"\n")
