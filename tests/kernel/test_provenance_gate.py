@@ -164,6 +164,51 @@ def test_a_cron_drop_through_a_bind_mount_in_another_mount_namespace_is_refused(
     assert env.gate.unplaced == 0
 
 
+def test_a_write_through_another_namespaces_bind_mount_by_its_proc_root_is_refused(
+        env: Env) -> None:
+    """s18-gate: the same bind in a helper's mount namespace, written through
+    ``/proc/<helper>/root/...`` by a tainted process of this one: the object is printed
+    from the helper's namespace, neither the agent's nor the opener's root places it.
+    Not placed: a tainted write is refused (failed closed), a read allowed."""
+    other, ready = env.root / "bind2", env.root / "ready"
+    pidf = env.root / "helper.pid"
+    p = env.script("procroot.sh",
+                   f"unshare -m sh -c 'echo $$ > {pidf} && mkdir -p {other} && "
+                   f"mount --bind {env.cron} {other} && touch {ready} && exec sleep 3' &\n"
+                   f"while [ ! -e {ready} ]; do sleep 0.02; done\n"
+                   f"cat /proc/$(cat {pidf})/root{other}/job\n"
+                   f"echo '* * * * * root sh /tmp/x' > /proc/$(cat {pidf})/root{other}/evil\n"
+                   f"kill $(cat {pidf})\n")
+    r = env.run(["/bin/sh", str(p)])
+    assert "Operation not permitted" in r.stderr, (r.returncode, r.stderr)
+    assert r.stdout == "# cron\n"                   # the read: allowed
+    assert (env.cron / "evil").read_text() == ""
+    (d,) = [d for d in env.gate.decisions() if d.action == "deny"]
+    assert d.placed == "not placed: no root of the opener names it"
+    assert "could not place" in d.prevented and d.op == "open-write"
+    assert env.gate.unplaced >= 1
+
+
+def test_a_credential_store_made_again_on_its_old_inode_number_is_marked_again(
+        env: Env) -> None:
+    """s18-gate: marks were recorded by (dev, ino); a store deleted and written again
+    (ext4 hands the freed number straight back) kept its record, lost its mark with the
+    old inode, and the next pass skipped it as marked: read freely ever after."""
+    old = _key(env.secret)
+    env.secret.unlink()
+    env.secret.write_text("root:$6$new:1:0:99999:7:::\n")
+    if _key(env.secret) != old:
+        pytest.skip("this filesystem gave the new file another inode number")
+    assert env.gate.apply([
+        GateObject(str(env.profile), "persistence"), GateObject(str(env.cron), "persistence"),
+        GateObject(str(env.secret), "credential"),
+        GateObject(str(env.profile.parent), "profile-dir")]) == []
+    assert env.gate.remarked == 1
+    r = env.run(["/bin/sh", str(env.script("reread.sh", f"cat {env.secret}\n"))])
+    assert "Operation not permitted" in r.stderr and "new" not in r.stdout, r.stdout
+    assert [(e.action, e.path) for e in env.events()] == [("deny", str(env.secret))]
+
+
 def _key(p: Path) -> tuple[int, int]:
     from bastion.policy.compile import kernel_dev
     st = os.stat(p)

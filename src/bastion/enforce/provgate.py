@@ -215,6 +215,7 @@ class ProvenanceGate:
         self.marks_added = 0
         self.marks_removed = 0
         self.unplaced = 0      # opens of a marked inode no object of the state places
+        self.remarked = 0      # objects marked again: their recorded mark's inode was gone
 
     # ---- lifecycle ---------------------------------------------------------------
 
@@ -304,8 +305,16 @@ class ProvenanceGate:
                 self._state = _merged(old, kinds, dirs, paths)
             else:
                 self._state = _State(kinds, dirs, frozenset(dirs.values()), paths)
+            # s18-gate: a mark goes with its inode; an object deleted and made again on
+            # the same inode number (ext4 reuses a freed number at once) had its record
+            # here and no mark in the kernel: never marked again.  The kernel's list says.
+            live = lis.marked_inodes()
             for key, (path, mask) in list(marks.items()):
                 had = self._marks.get(key)
+                if had is not None and live is not None and key not in live:
+                    del self._marks[key]         # its inode is gone: a new one, unmarked
+                    self.remarked += 1
+                    had = None
                 if had is not None and had[1] & mask == mask:
                     self._marks[key] = (path, had[1])   # the same inode (perhaps moved)
                     continue
@@ -562,6 +571,7 @@ class ProvenanceGate:
         out.update(denies=self.denies, dry_runs=self.dry_runs, audits=self.audits, dropped=self.dropped,
                    marks=len(self._marks), marks_added=self.marks_added,
                    marks_removed=self.marks_removed, unplaced=self.unplaced,
+                   remarked=self.remarked,
                    over_budget=len(self.over_budget),
                    prov_errors=self.prov.errors())
         return out
