@@ -470,7 +470,7 @@ def run_one(a: dict[str, Any], cg: Path, root: Path, timeout: float,
     try:
         if watch is not None:
             watch.overlay_dev = overlay_dev(cg, f"{base}/m", t0 + 10)
-            if watch.gate is not None:
+            if watch.prov is not None:
                 pid = next(iter((cg / "cgroup.procs").read_text().split()), "")
                 watch.mark_sandbox(f"/proc/{pid}/root{base}/m", watch.overlay_dev)
                 extra["gate_marks"] = watch.gate_marks
