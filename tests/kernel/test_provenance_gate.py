@@ -209,6 +209,23 @@ def test_a_credential_store_made_again_on_its_old_inode_number_is_marked_again(
     assert [(e.action, e.path) for e in env.events()] == [("deny", str(env.secret))]
 
 
+def test_a_cron_job_bind_mounted_over_a_history_is_not_appended_as_a_log(env: Env) -> None:
+    """s18-gate: a file bind mount names the object by another directory's name: placed
+    by its path, a cron job mounted over ``~/.bash_history`` was a log (appending is a
+    log's use: allowed).  The name above a file mount is not the object's directory:
+    not placed, the tainted write refused."""
+    hist = env.profile.parent / ".bash_history"
+    hist.write_text("")
+    job = env.cron / "job"
+    p = env.script("bindhist.sh", f"unshare -m sh -c 'mount --bind {job} {hist} && "
+                                  f"echo \"* * * * * root sh /tmp/x\" >> {hist}'\n")
+    r = env.run(["/bin/sh", str(p)])
+    assert "Operation not permitted" in r.stderr, (r.returncode, r.stderr)
+    assert job.read_text() == "# cron\n" and hist.read_text() == ""
+    (d,) = [d for d in env.gate.decisions() if d.action == "deny"]
+    assert d.obj == _key(job) and d.op == "open-write"
+
+
 def _key(p: Path) -> tuple[int, int]:
     from bastion.policy.compile import kernel_dev
     st = os.stat(p)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import stat
 import struct
 import threading
 import time
@@ -56,6 +57,9 @@ STATX_INO: Final = 0x100
 _STATX_SIZE: Final = 256
 _STX_INO_OFF: Final = 32      # struct statx: __u64 stx_ino
 _STX_DEV_OFF: Final = 136     # __u32 stx_dev_major, __u32 stx_dev_minor
+STATX_MNT_ID: Final = 0x1000
+_STX_MASK_OFF: Final = 0      # __u32 stx_mask
+_STX_MNT_ID_OFF: Final = 144  # __u64 stx_mnt_id
 
 
 class _Statx:
@@ -86,6 +90,19 @@ class _Statx:
         ino, = _U64.unpack_from(buf, _STX_INO_OFF)
         major, minor = _U32X2.unpack_from(buf, _STX_DEV_OFF)
         return (major << 20) | minor, ino
+
+    def mnt_id(self, fd: int) -> int:
+        """The mount id of the open ``fd`` (-1 when the kernel does not say)."""
+        buf = self._tls.__dict__.get("buf")
+        if buf is None:
+            buf = self._tls.buf = ctypes.create_string_buffer(_STATX_SIZE)
+        if self._fn(fd, b"", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_MNT_ID, buf) != 0:
+            return -1
+        mask, = struct.unpack_from("<I", buf, _STX_MASK_OFF)
+        if not mask & STATX_MNT_ID:
+            return -1
+        mnt, = _U64.unpack_from(buf, _STX_MNT_ID_OFF)
+        return int(mnt)
 
     def open_cached(self, path: str, flags: int, dirfd: int = AT_FDCWD,
                     resolve: int = 0) -> int:
@@ -213,19 +230,22 @@ def locate(path: str, expect: tuple[int, int], root: int | None = None
         dirfd, name = root, path.lstrip("/") or "."
         resolve = RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
     try:
-        if root is None:
-            if cached_key(path, follow=False) != expect:
+        fd = _open_cached_retry(name, os.O_PATH | os.O_CLOEXEC | os.O_NOFOLLOW, dirfd, resolve)
+        try:
+            if _STATX.key("", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, fd) != expect:
                 return False, []
-        else:
-            fd = _open_cached_retry(name, os.O_PATH | os.O_CLOEXEC | os.O_NOFOLLOW, dirfd,
-                                    resolve)
-            try:
-                if _STATX.key("", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, fd) != expect:
-                    return False, []
-            finally:
-                os.close(fd)
-        dfd = _open_cached_retry(os.path.dirname(name) or ".",
-                                 os.O_PATH | os.O_CLOEXEC | os.O_DIRECTORY, dirfd, resolve)
+            dfd = _open_cached_retry(os.path.dirname(name) or ".",
+                                     os.O_PATH | os.O_CLOEXEC | os.O_DIRECTORY, dirfd, resolve)
+            # s18-gate: a file bind-mounted over a name (``mount --bind
+            # /etc/cron.d/job ~/.bash_history``): the path names the object, but the
+            # directory above that name is not the object's own (its kind is not the
+            # object's: a log's appends allowed to a cron job).  Unconfirmed.
+            if not stat.S_ISDIR(os.fstat(fd).st_mode) and \
+                    _STATX.mnt_id(fd) != _STATX.mnt_id(dfd):
+                os.close(dfd)
+                return False, []
+        finally:
+            os.close(fd)
     except OSError:
         return False, []
     parents: list[tuple[int, int]] = []
