@@ -346,9 +346,11 @@ class Watch:
         """The gate's decisions as alerts."""
         gate.poll(0)            # the HipsEvents (unused here): keep the queue short
         for d in gate.decisions():
-            a = {"rule": "provenance.gate", "severity": "critical",
+            verb = "refused" if d.action == "deny" else f"allowed ({d.why or d.action})"
+            a = {"rule": "provenance.gate",
+                 "severity": "critical" if d.action == "deny" else "high",
                  "action": d.action,
-                 "title": f"{d.prevented} refused [untrusted provenance: "
+                 "title": f"{d.prevented} {verb} [untrusted provenance: "
                           f"{', '.join(d.reasons)}]"}
             with self.lock:
                 self.alerts.append(a)
