@@ -380,12 +380,12 @@ class ProvenanceGate:
             # s18-gate: the fd's path is printed from the agent's root; an open in another
             # mount namespace (a bind of /etc/cron.d at /x in ``unshare -m``), a chroot or
             # a pivot_root names the object from the opener's root or its namespace's top
-            for where, rfd in self._opener_roots(tid):
+            for which, rfd in self._opener_roots(tid):
                 try:
                     if not confirmed:
                         confirmed, parents = locate(path, key, root=rfd)
                         if confirmed:
-                            where = f"in the opener's {where}"
+                            where = f"in the opener's {which}"
                 finally:
                     os.close(rfd)
         if confirmed and parents and parents[0] in state.dirs:
