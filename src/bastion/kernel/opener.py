@@ -251,8 +251,7 @@ def locate(path: str, expect: tuple[int, int], root: int | None = None
     parents: list[tuple[int, int]] = []
     try:
         while len(parents) < MAX_ANCESTORS:
-            st = os.fstat(dfd)
-            key = (kernel_dev(st.st_dev), st.st_ino)
+            key = _STATX.key("", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, dfd)   # no FUSE wait
             if parents and key == parents[-1]:
                 break                              # ".." of the root is the root
             parents.append(key)
@@ -281,20 +280,22 @@ def opener_roots(tid: int) -> list[tuple[str, int]]:
     except OSError:
         return []
     out = [("root", rfd)]
+    # statx from the cached inode: a FUSE root or mount on the way is not asked
     fd = os.dup(rfd)
-    prev = root_st = os.fstat(fd)
     try:
+        prev = top = _STATX.key("", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, fd)
         for _ in range(MAX_ROOT_DEPTH):
             up = os.open("..", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
-            st = os.fstat(up)
-            if (st.st_dev, st.st_ino) == (prev.st_dev, prev.st_ino):
-                os.close(up)
-                break
             os.close(fd)
-            fd, prev = up, st
+            fd = up
+            key = _STATX.key("", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, fd)
+            if key == prev:
+                break
+            prev = key
     except OSError:
-        pass
-    if (prev.st_dev, prev.st_ino) != (root_st.st_dev, root_st.st_ino):
+        os.close(fd)
+        return out
+    if prev != top:
         out.append(("namespace", fd))
     else:
         os.close(fd)
