@@ -266,7 +266,11 @@ class Watch:
                                 classes=policy.events.classes,
                                 resolve_sensitive=sandbox_sensitive, sensitive_refresh_s=0.2)
         self.cgid = cgid
-        self.gate: Any = None     # the compat tier's provenance gate (open_gate), per sandbox marks
+        self.gate: Any = None     # the compat tier's provenance gate: one per sandbox
+        self.prov: Any = None     # the provenance map the gates read (open_gate)
+        self.gate_deadline_s = 0.0
+        self.gate_marks = 0
+        self.gate_problems: list[str] = []
         self.procs = ProcessTable()
         self.trust = sandbox_trust()
         self.engine = Engine([*builtin_rules(),
@@ -285,7 +289,6 @@ class Watch:
         interpreters of the policy, reasons from the Provenance rule mirrored into the
         map; marks are set per sandbox (:meth:`mark_sandbox`)."""
         from bastion.detect.behavior.provenance import Provenance
-        from bastion.enforce.provgate import ProvenanceGate
         from bastion.sensors.provenance import TMP_DIRS, default_interpreters, publisher
 
         prov = self.sensor.provenance()
@@ -295,21 +298,41 @@ class Watch:
         for r in self.engine.rules:
             if isinstance(r, Provenance):
                 r.publish = publisher(prov)
-        self.gate = ProvenanceGate(prov, scope_cgroup_id=self.cgid, self_tgid=os.getpid(),
-                                   deadline_s=deadline_s, decision_timeout_s=0.5)
-        self.gate.start()
+        self.prov = prov
+        self.gate_deadline_s = deadline_s
 
     def mark_sandbox(self, root: str, devs: tuple[int, ...]) -> None:
         """Mark the must-stop objects as the sandbox sees them (``root``: its overlay
-        from the runner's side) and add the interpreters' overlay identities."""
-        from bastion.enforce.provgate import default_objects
+        from the runner's side, ``/proc/PID/root/<dir>``) and add the interpreters'
+        overlay identities.
+
+        s18-gate: a fresh gate (fanotify group) per sandbox: one group for every sandbox
+        kept a mark by (dev, ino) and skipped a new overlay's object whose numbers
+        repeated the last one's (another inode); and the objects are walked inside the
+        sandbox's root (``apply(root=)``: ``/proc/PID/root`` is a link whose text is
+        ``/``, so the walk looked them up in the runner's namespace: nothing marked)."""
+        from bastion.enforce.provgate import GateObject, ProvenanceGate, default_objects
         from bastion.abi import InodeKey, ProvInterp
         from bastion.sensors.provenance import letters_mask
 
-        if self.gate is None:
+        if self.prov is None:
             return
-        self.gate.apply(default_objects(root))
-        prov = self.gate.prov
+        gate = ProvenanceGate(self.prov, scope_cgroup_id=self.cgid, self_tgid=os.getpid(),
+                              deadline_s=self.gate_deadline_s, decision_timeout_s=0.5)
+        try:
+            gate.start()
+            objs = [GateObject(o.path[len(root):], o.kind) for o in default_objects(root)]
+            problems = gate.apply(objs, root=root)
+        except BaseException:
+            gate.close()
+            raise
+        old, self.gate = self.gate, gate
+        if old is not None:
+            self.drain(old)
+            old.close()
+        self.gate_marks = gate.marked()
+        self.gate_problems = problems
+        prov = gate.prov
         for path, letters in self.interps:
             try:
                 st = os.stat(path)
@@ -319,17 +342,24 @@ class Watch:
                 prov.interp.update(bytes(InodeKey(ino=st.st_ino, dev=d)),
                                    bytes(ProvInterp(code_letters=letters_mask(letters))))
 
+    def drain(self, gate: Any) -> None:
+        """The gate's decisions as alerts."""
+        gate.poll(0)            # the HipsEvents (unused here): keep the queue short
+        for d in gate.decisions():
+            verb = "refused" if d.action == "deny" else f"allowed ({d.why or d.action})"
+            a = {"rule": "provenance.gate",
+                 "severity": "critical" if d.action == "deny" else "high",
+                 "action": d.action,
+                 "title": f"{d.prevented} {verb} [untrusted provenance: "
+                          f"{', '.join(d.reasons)}]"}
+            with self.lock:
+                self.alerts.append(a)
+
     def run(self) -> None:
         while not self.stop.is_set():
-            if self.gate is not None:
-                self.gate.poll(0)            # the HipsEvents (unused here): keep the queue short
-                for d in self.gate.decisions():
-                    a = {"rule": "provenance.gate", "severity": "critical",
-                         "action": d.action,
-                         "title": f"{d.prevented} refused [untrusted provenance: "
-                                  f"{', '.join(d.reasons)}]"}
-                    with self.lock:
-                        self.alerts.append(a)
+            gate = self.gate
+            if gate is not None:
+                self.drain(gate)
             for ev in self.sensor.poll(0.01) or []:
                 self.procs.update(ev)
                 ev = self.procs.enrich(ev)
@@ -442,9 +472,12 @@ def run_one(a: dict[str, Any], cg: Path, root: Path, timeout: float,
     try:
         if watch is not None:
             watch.overlay_dev = overlay_dev(cg, f"{base}/m", t0 + 10)
-            if watch.gate is not None:
+            if watch.prov is not None:
                 pid = next(iter((cg / "cgroup.procs").read_text().split()), "")
                 watch.mark_sandbox(f"/proc/{pid}/root{base}/m", watch.overlay_dev)
+                extra["gate_marks"] = watch.gate_marks
+                if watch.gate_problems:
+                    extra["gate_problems"] = watch.gate_problems[:5]
             time.sleep(0.5)   # two refreshes of the sensitive set (every 0.2 s)
         release(fifo, t0 + 10)
         if prereqs:

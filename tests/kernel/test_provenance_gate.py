@@ -144,6 +144,94 @@ def test_shebang_script_run_by_path_and_a_cron_drop_are_refused(env: Env) -> Non
     assert any(e.action == "deny" and e.path == str(env.cron / "evil") for e in env.events())
 
 
+def test_a_cron_drop_through_a_bind_mount_in_another_mount_namespace_is_refused(
+        env: Env) -> None:
+    """s18-gate: a tainted root process binds the cron dir elsewhere in a mount namespace
+    of its own and writes there.  The event fd's path names the bind mount, which the
+    agent's namespace does not have: the gate could not place the object and allowed
+    the write (the cron job landed).  Placed now in the opener's root."""
+    other = env.root / "bind"
+    p = env.script("nsdrop.sh",
+                   f"unshare -m sh -c 'mkdir -p {other} && mount --bind {env.cron} {other} "
+                   f"&& echo \"* * * * * root sh /tmp/x\" > {other}/evil'\n")
+    r = env.run(["/bin/sh", str(p)])
+    assert "Operation not permitted" in r.stderr, (r.returncode, r.stderr)
+    assert (env.cron / "evil").read_text() == ""     # created by O_CREAT, never written
+    assert not os.path.ismount(other)                # the bind lived in its namespace only
+    (d,) = [d for d in env.gate.decisions() if d.action == "deny"]
+    assert d.kind == "persistence" and d.reasons == ("tmp-script",)
+    assert d.path == f"{other}/evil" and d.obj == _key(env.cron / "evil")
+    assert env.gate.unplaced == 0
+
+
+def test_a_write_through_another_namespaces_bind_mount_by_its_proc_root_is_refused(
+        env: Env) -> None:
+    """s18-gate: the same bind in a helper's mount namespace, written through
+    ``/proc/<helper>/root/...`` by a tainted process of this one: the object is printed
+    from the helper's namespace, neither the agent's nor the opener's root places it.
+    Not placed: a tainted write is refused (failed closed), a read allowed."""
+    other, ready = env.root / "bind2", env.root / "ready"
+    pidf = env.root / "helper.pid"
+    p = env.script("procroot.sh",
+                   f"unshare -m sh -c 'echo $$ > {pidf} && mkdir -p {other} && "
+                   f"mount --bind {env.cron} {other} && touch {ready} && exec sleep 3' &\n"
+                   f"while [ ! -e {ready} ]; do sleep 0.02; done\n"
+                   f"cat /proc/$(cat {pidf})/root{other}/job\n"
+                   f"echo '* * * * * root sh /tmp/x' > /proc/$(cat {pidf})/root{other}/evil\n"
+                   f"kill $(cat {pidf})\n")
+    r = env.run(["/bin/sh", str(p)])
+    assert "Operation not permitted" in r.stderr, (r.returncode, r.stderr)
+    assert r.stdout == "# cron\n"                   # the read: allowed
+    assert (env.cron / "evil").read_text() == ""
+    (d,) = [d for d in env.gate.decisions() if d.action == "deny"]
+    assert d.placed == "not placed: no root of the opener names it"
+    assert "could not place" in d.prevented and d.op == "open-write"
+    assert env.gate.unplaced >= 1
+
+
+def test_a_credential_store_made_again_on_its_old_inode_number_is_marked_again(
+        env: Env) -> None:
+    """s18-gate: marks were recorded by (dev, ino); a store deleted and written again
+    (ext4 hands the freed number straight back) kept its record, lost its mark with the
+    old inode, and the next pass skipped it as marked: read freely ever after."""
+    old = _key(env.secret)
+    env.secret.unlink()
+    env.secret.write_text("root:$6$new:1:0:99999:7:::\n")
+    if _key(env.secret) != old:
+        pytest.skip("this filesystem gave the new file another inode number")
+    assert env.gate.apply([
+        GateObject(str(env.profile), "persistence"), GateObject(str(env.cron), "persistence"),
+        GateObject(str(env.secret), "credential"),
+        GateObject(str(env.profile.parent), "profile-dir")]) == []
+    assert env.gate.remarked == 1
+    r = env.run(["/bin/sh", str(env.script("reread.sh", f"cat {env.secret}\n"))])
+    assert "Operation not permitted" in r.stderr and "new" not in r.stdout, r.stdout
+    assert [(e.action, e.path) for e in env.events()] == [("deny", str(env.secret))]
+
+
+def test_a_cron_job_bind_mounted_over_a_history_is_not_appended_as_a_log(env: Env) -> None:
+    """s18-gate: a file bind mount names the object by another directory's name: placed
+    by its path, a cron job mounted over ``~/.bash_history`` was a log (appending is a
+    log's use: allowed).  The name above a file mount is not the object's directory:
+    not placed, the tainted write refused."""
+    hist = env.profile.parent / ".bash_history"
+    hist.write_text("")
+    job = env.cron / "job"
+    p = env.script("bindhist.sh", f"unshare -m sh -c 'mount --bind {job} {hist} && "
+                                  f"echo \"* * * * * root sh /tmp/x\" >> {hist}'\n")
+    r = env.run(["/bin/sh", str(p)])
+    assert "Operation not permitted" in r.stderr, (r.returncode, r.stderr)
+    assert job.read_text() == "# cron\n" and hist.read_text() == ""
+    (d,) = [d for d in env.gate.decisions() if d.action == "deny"]
+    assert d.obj == _key(job) and d.op == "open-write"
+
+
+def _key(p: Path) -> tuple[int, int]:
+    from bastion.policy.compile import kernel_dev
+    st = os.stat(p)
+    return kernel_dev(st.st_dev), st.st_ino
+
+
 def test_a_fork_chain_inherits(env: Env) -> None:
     p = env.script("chain.sh", "sh -c \"(sleep 0.1; echo x >> " + str(env.profile)
                    + ") & wait\"\n")

@@ -96,3 +96,45 @@ def test_a_tree_over_its_share_is_entered_breadth_first_and_named(tmp_path: Path
     assert over == [f"{big}: more than 20 directories: the 20 nearest its top are entered, "
                     f"files deeper are not refused (alerted after the act)"]
     assert problems == []
+
+
+def test_objects_inside_another_root_are_walked_in_it(tmp_path: Path) -> None:
+    """s18-gate (the bench's sandboxes): ``/proc/PID/root`` is a link whose text is
+    ``/``, so a walk of ``/proc/PID/root/<overlay>/etc/cron.d`` went back to this
+    namespace (ENOENT: the sandbox's objects were never marked).  Walked inside the
+    given root now, its absolute links and ``..`` staying in it."""
+    import subprocess
+    import time
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root (a mount namespace)")
+    sbx = tmp_path / "sbx"
+    sbx.mkdir()
+    ready = tmp_path / "ready"
+    # the sandbox's own tmpfs at sbx, in a mount namespace of its own: not in this one
+    setup = (f"mount -t tmpfs t {sbx} && mkdir -p {sbx}/etc/cron.d/sub {sbx}/run/creds "
+             f"{sbx}/var && ln -s /run {sbx}/var/run && touch {ready} && sleep 20")
+    p = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", setup])
+    try:
+        end = time.monotonic() + 5
+        while not ready.exists() and time.monotonic() < end:
+            time.sleep(0.02)
+        assert ready.exists()
+        root = f"/proc/{p.pid}/root{sbx}"
+        assert not (sbx / "etc").exists()          # only the sandbox sees its tmpfs
+        entries, problems, _ = expand(
+            [GateObject("/etc/cron.d", "persistence"),
+             GateObject("/var/run/creds", "credential"),       # an absolute link: in root
+             GateObject("/../../etc/cron.d/sub", "persistence")],   # ".." stays in root
+            max_dirs=100, per_object_dirs=50, root=root)
+        assert problems == []
+        got = sorted((e.path, e.kind) for e in entries)
+        assert got == [(f"{root}/etc/cron.d", "persistence"),
+                       (f"{root}/etc/cron.d/sub", "persistence"),
+                       (f"{root}/run/creds", "credential")]
+        for e in entries:      # the sandbox's inodes (its tmpfs), not this namespace's
+            st = os.stat(e.path)
+            assert e.key[1] == st.st_ino and os.path.isdir(e.path)
+    finally:
+        p.kill()
+        p.wait()

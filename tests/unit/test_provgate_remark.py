@@ -24,18 +24,25 @@ class FakeListener:
         self.log: list[tuple[str, str]] = []
         self.fail_on: str | None = None
         self.flushes = 0
+        self.live: set[tuple[int, int]] = set()    # the kernel's marks (fdinfo)
 
-    def mark(self, path: str, _key: tuple[int, int], _mask: int) -> None:
+    def mark(self, path: str, key: tuple[int, int], _mask: int) -> None:
         if path == self.fail_on:
             raise KernelError("fanotify_mark: No space left on device", errno=errno.ENOSPC,
                               location=Location("fanotify"))
         self.log.append(("mark", path))
+        self.live.add(key)
 
-    def unmark(self, path: str, _key: tuple[int, int], _mask: int) -> None:
+    def unmark(self, path: str, key: tuple[int, int], _mask: int) -> None:
         self.log.append(("unmark", path))
+        self.live.discard(key)
 
     def flush_marks(self, _why: str) -> None:
         self.flushes += 1
+        self.live.clear()
+
+    def marked_inodes(self) -> set[tuple[int, int]]:
+        return set(self.live)
 
 
 def _gate() -> tuple[ProvenanceGate, FakeListener]:
@@ -44,6 +51,7 @@ def _gate() -> tuple[ProvenanceGate, FakeListener]:
     g.listener = lis  # type: ignore[assignment]
     g.max_dirs, g.per_object_dirs, g.over_budget = 100, 50, []
     g._marks, g._state, g.marks_added, g.marks_removed = {}, None, 0, 0
+    g.remarked = 0
     return g, lis
 
 

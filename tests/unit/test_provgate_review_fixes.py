@@ -71,7 +71,9 @@ def test_a_ssh_that_is_a_users_link_to_etc_is_not_entered(tmp_path: Path) -> Non
 
 def test_an_inode_no_object_places_is_not_a_credential(tmp_path: Path) -> None:
     """s16-fixgate (2): an orphan mark (a tree moved away) or an inode the state forgot
-    was refused as a credential store; allowed and counted."""
+    was refused as a credential store (any read); s18-gate: it is no credential (reads
+    allowed) but a tainted opener's write is refused (persistence), counted, and the
+    decision says it was not placed."""
     from bastion.enforce.provgate import ProvenanceGate, _State
     from bastion.kernel.fanotify import PermEvent
     f = tmp_path / "f"
@@ -83,7 +85,8 @@ def test_an_inode_no_object_places_is_not_a_credential(tmp_path: Path) -> None:
     fd = os.open(f, os.O_RDONLY)
     try:
         ev = PermEvent(0, fd, os.getpid(), 0.0)
-        assert g._kind(state, ev, str(f)) is None
+        assert g._kind(state, ev, str(f), os.getpid()) == (
+            "persistence", "not placed: its directory is no marked object")
     finally:
         os.close(fd)
     assert g.unplaced == 1

@@ -168,46 +168,71 @@ def redirected(path: str) -> str | None:
     return None
 
 
-def open_object(path: str) -> int:
+def open_object(path: str, root: str = "") -> int:
     """An ``O_PATH`` fd on the object ``path`` names, resolved one component at a time
     from ``/`` without following a link a user controls (s16-fixgate: a path checked
     and then opened again can be swapped for a link between the two; everything after
     is read through this one fd).  A link root owns in a directory root owns is
     followed (``/lib`` -> ``usr/lib``).  Raises :class:`OSError` (``ELOOP`` for a
-    user's link on the way)."""
-    fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    rest = [c for c in os.path.normpath(path).split("/") if c]
-    hops, cur = 0, "/"
+    user's link on the way).
+
+    ``root`` (s18-gate): resolve inside that directory as ``/`` (another mount
+    namespace's view, ``/proc/PID/root/...``): an absolute link target and ``..``
+    stay inside it.  Without it a ``/proc/PID/root`` prefix is itself a link whose
+    text is ``/``: the walk went back to this namespace's root."""
+    return open_object_at(path, root)[0]
+
+
+def open_object_at(path: str, root: str = "") -> tuple[int, str]:
+    """:func:`open_object` and the path it resolved to (links followed, relative to
+    ``root``: no link on it as walked)."""
+    top = os.open(root or "/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    tst = os.fstat(top)
+    top_key = (tst.st_dev, tst.st_ino)
+    fd = -1
     try:
+        fd = os.dup(top)
+        rest = [c for c in os.path.normpath(path).split("/") if c]
+        hops, cur = 0, "/"
         while rest:
             name = rest.pop(0)
-            cur = os.path.normpath(os.path.join(cur, name))
+            if name == ".":
+                continue
             if name == "..":
+                st = os.fstat(fd)
+                if (st.st_dev, st.st_ino) == top_key:
+                    continue               # ".." of the root is the root
+                cur = os.path.dirname(cur)
                 nxt = os.open("..", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
-            else:
-                nxt = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                os.close(fd)
+                fd = nxt
+                continue
+            nxt = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
             st = os.fstat(nxt)
             if stat.S_ISLNK(st.st_mode):
                 os.close(nxt)
                 hops += 1
                 pst = os.fstat(fd)
                 if st.st_uid != 0 or pst.st_uid != 0 or hops > 40:
-                    raise OSError(errno.ELOOP, f"{cur} is a symbolic link a user controls",
-                                  path)
+                    raise OSError(errno.ELOOP, f"{os.path.join(cur, name)} is a symbolic "
+                                  "link a user controls", path)
                 target = os.readlink(name, dir_fd=fd)
-                cur = os.path.dirname(cur)
                 if target.startswith("/"):
                     cur = "/"
                     os.close(fd)
-                    fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                    fd = os.dup(top)
                 rest = [c for c in target.split("/") if c and c != "."] + rest
                 continue
+            cur = os.path.join(cur, name)
             os.close(fd)
             fd = nxt
     except BaseException:
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
         raise
-    return fd
+    finally:
+        os.close(top)
+    return fd, cur
 
 
 def _walk(top: str, fd: int, top_st: os.stat_result, max_dirs: int
@@ -286,8 +311,8 @@ class Entry:
     is_dir: bool
 
 
-def expand(objects: Sequence[GateObject], *, max_dirs: int, per_object_dirs: int
-           ) -> tuple[list[Entry], list[str], list[str]]:
+def expand(objects: Sequence[GateObject], *, max_dirs: int, per_object_dirs: int,
+           root: str = "") -> tuple[list[Entry], list[str], list[str]]:
     """The inodes of ``objects``: (entries, problems, over budget).
 
     Root's objects are walked first; one directory object gets at most
@@ -296,7 +321,10 @@ def expand(objects: Sequence[GateObject], *, max_dirs: int, per_object_dirs: int
     third list, never refused whole: an unprivileged user who fills ``~/.ssh`` with
     directories must not turn a gate off for the host.  A path through a link a
     user controls is not entered (a problem).  An inode reached twice keeps its
-    strictest kind (:data:`STRICTNESS`)."""
+    strictest kind (:data:`STRICTNESS`).
+
+    ``root``: the objects' paths are inside that directory (:func:`open_object`); the
+    entries' paths are ``root`` and the path the walk resolved (no link on it)."""
     problems: list[str] = []
     found: list[tuple[GateObject, os.stat_result, int]] = []
     for o in objects:
@@ -304,7 +332,9 @@ def expand(objects: Sequence[GateObject], *, max_dirs: int, per_object_dirs: int
             raise ConfigError(f"provenance object kind {o.kind!r} is not one of "
                               f"{', '.join(KINDS)}", location=Location(o.path))
         try:     # one open, no user's link followed; all else through the fd
-            fd = open_object(o.path)
+            fd, resolved = open_object_at(o.path, root)
+            if root:
+                o = GateObject(root + resolved, o.kind)
         except OSError as exc:
             problems.append(f"{o.path}: {exc.strerror}: not entered")
             continue
@@ -356,6 +386,6 @@ def _expand(found: list[tuple[GateObject, os.stat_result, int]], problems: list[
     return list(chosen.values()), problems, over
 
 
-__all__ = ["COMPAT_KINDS", "Entry", "STRICTNESS", "expand", "open_object", "redirected", "DEFAULT_CREDENTIAL", "DEFAULT_LOG", "DEFAULT_PERSISTENCE",
+__all__ = ["COMPAT_KINDS", "Entry", "STRICTNESS", "expand", "open_object", "open_object_at", "redirected", "DEFAULT_CREDENTIAL", "DEFAULT_LOG", "DEFAULT_PERSISTENCE",
            "DEFAULT_PROFILE_DIRS", "DEFAULT_SECURITY_TOOLS", "GateObject", "HISTORY_NAMES",
            "KINDS", "Kind", "PROFILE_NAMES", "default_names", "default_objects"]

@@ -61,7 +61,9 @@ from bastion.kernel.fanotify import (
     ALLOW, DEFAULT_MAX_DIRS, FAN_ALLOW, FAN_DENY, FAN_EVENT_ON_CHILD, FAN_OPEN_PERM, PermEvent,
     PermissionListener, Verdict,
 )
-from bastion.kernel.opener import Scope, exe_key, fd_path, locate, open_flags, read_proc, status_field
+from bastion.kernel.opener import (
+    Scope, exe_key, fd_path, locate, open_flags, opener_roots, read_proc, status_field,
+)
 from bastion.enforce import muststop as _ms
 from bastion.enforce.muststop import (
     DEFAULT_CREDENTIAL, DEFAULT_PERSISTENCE, DEFAULT_PROFILE_DIRS, HISTORY_NAMES, PROFILE_NAMES,
@@ -96,6 +98,8 @@ class GateDecision:
     trusted: str | None
     event: HipsEvent | None = None   # the record of it (set once reported)
     why: str = ""           # an allowed act's reason other than the admin's session
+    placed: str = ""        # where the object was placed when not in the agent's
+                            # namespace ("opener's root", ...), or why it could not be
 
 
 @dataclass
@@ -211,6 +215,7 @@ class ProvenanceGate:
         self.marks_added = 0
         self.marks_removed = 0
         self.unplaced = 0      # opens of a marked inode no object of the state places
+        self.remarked = 0      # objects marked again: their recorded mark's inode was gone
 
     # ---- lifecycle ---------------------------------------------------------------
 
@@ -244,7 +249,7 @@ class ProvenanceGate:
 
     # ---- marks -------------------------------------------------------------------
 
-    def apply(self, objects: Sequence[GateObject]) -> list[str]:
+    def apply(self, objects: Sequence[GateObject], *, root: str = "") -> list[str]:
         """Mark the objects (replacing the previous set); returns what was not marked
         (paths that do not exist or changed under the pass, trees marked only in part:
         :attr:`over_budget`).
@@ -255,7 +260,11 @@ class ProvenanceGate:
         kernel refuses (``fanotify_mark``: the mark limit, memory) raises
         :class:`KernelError` with every mark of the previous set still in place (and the
         new ones made meanwhile); a path that moved between the walk and its mark is a
-        problem, not a failure (an attacker racing the walk must not fail every pass)."""
+        problem, not a failure (an attacker racing the walk must not fail every pass).
+
+        ``root`` (s18-gate; the bench's sandboxes): the objects' paths are walked inside
+        that directory (``/proc/PID/root/...``: another mount namespace's view), their
+        absolute links and ``..`` staying in it (:func:`muststop.open_object`)."""
         lis = self.listener
         if not lis.is_open:
             raise KernelError("provenance gate is not open", location=Location("fanotify"))
@@ -268,7 +277,7 @@ class ProvenanceGate:
                 raise ConfigError(f"provenance object kind {o.kind!r} is not one of "
                                   f"{', '.join(_KINDS)}", location=Location(o.path))
         entries, problems, over = _ms.expand(objects, max_dirs=self.max_dirs,
-                                             per_object_dirs=self.per_object_dirs)
+                                             per_object_dirs=self.per_object_dirs, root=root)
         for e in entries:
             paths[e.key] = e.path
             if e.kind == "profile-dir":      # the home directory itself, no subdirectories
@@ -296,8 +305,16 @@ class ProvenanceGate:
                 self._state = _merged(old, kinds, dirs, paths)
             else:
                 self._state = _State(kinds, dirs, frozenset(dirs.values()), paths)
+            # s18-gate: a mark goes with its inode; an object deleted and made again on
+            # the same inode number (ext4 reuses a freed number at once) had its record
+            # here and no mark in the kernel: never marked again.  The kernel's list says.
+            live = lis.marked_inodes()
             for key, (path, mask) in list(marks.items()):
                 had = self._marks.get(key)
+                if had is not None and live is not None and key not in live:
+                    del self._marks[key]         # its inode is gone: a new one, unmarked
+                    self.remarked += 1
+                    had = None
                 if had is not None and had[1] & mask == mask:
                     self._marks[key] = (path, had[1])   # the same inode (perhaps moved)
                     continue
@@ -344,31 +361,56 @@ class ProvenanceGate:
 
     # ---- the decision (listener thread) -------------------------------------------
 
-    def _kind(self, state: _State, ev: PermEvent, path: str) -> Kind | None:
-        """What the opened object is: persistence, credential, or None (a file of a
-        home directory that is no profile)."""
+    def _kind(self, state: _State, ev: PermEvent, path: str, tid: int
+              ) -> tuple[Kind | None, str]:
+        """What the opened object is (persistence, credential, log, or None: a file of a
+        home directory that is no profile) and where it was placed ("" in the agent's
+        own namespace).  ``tid``: the opener (tainted: this runs for no other)."""
         key = ev.key
         k = state.kinds.get(key)
         if k is not None:
-            return k
+            return k, ""
         if len(state.dir_kinds) == 1 and "profile-dir" not in state.dir_kinds:
-            return next(iter(state.dir_kinds))   # a child of a marked dir: one kind only
+            return next(iter(state.dir_kinds)), ""   # a child of a marked dir: one kind only
         if not state.dir_kinds:
-            return None
+            return None, ""
         confirmed, parents = locate(path, key)
+        where = ""
+        if not confirmed:
+            # s18-gate: the fd's path is printed from the agent's root; an open in another
+            # mount namespace (a bind of /etc/cron.d at /x in ``unshare -m``), a chroot or
+            # a pivot_root names the object from the opener's root or its namespace's top
+            for which, rfd in self._opener_roots(tid):
+                try:
+                    if not confirmed:
+                        confirmed, parents = locate(path, key, root=rfd)
+                        if confirmed:
+                            where = f"in the opener's {which}"
+                finally:
+                    os.close(rfd)
         if confirmed and parents and parents[0] in state.dirs:
             k = state.dirs[parents[0]]
             if k == "profile-dir":
                 name = os.path.basename(path)
                 if name in PROFILE_NAMES:
-                    return "persistence"
-                return "log" if name in HISTORY_NAMES else None
-            return k
-        # not placed: no object of this pass (s16-fixgate: an orphan mark of a tree moved
-        # away, an inode the state forgot); refusing it as credential let a user's rename
-        # make any directory a credential store.  Allowed and counted.
+                    return "persistence", where
+                return ("log" if name in HISTORY_NAMES else None), where
+            return k, where
+        # not placed (s18-gate): the object is a marked inode or a marked directory's
+        # child that no root of the opener's places under an object of this pass (a
+        # rename racing the decision, a mount over its directory, an open through
+        # another process's /proc/PID/root, an orphan mark of a tree moved away).  A
+        # tainted opener's write is refused (fail closed), its read allowed: refusing
+        # reads as credential let a user's rename make any directory a credential store
+        # (s16-fixgate); allowing the write let a bind mount plant a cron job.
         self.unplaced += 1
-        return None
+        return "persistence", ("not placed: " + ("its directory is no marked object"
+                                                 if confirmed else "no root of the opener "
+                                                 "names it"))
+
+    @staticmethod
+    def _opener_roots(tid: int) -> list[tuple[str, int]]:
+        return opener_roots(tid)
 
     def _fallback(self, ev: PermEvent) -> int:
         """A stalled decision: refused when the opener's process is in the map with an
@@ -415,7 +457,7 @@ class ProvenanceGate:
         if scope.scope_cgroup_id and scope.out_of_scope(tid):
             return Verdict.allow("out_of_scope")
         path = fd_path(ev.fd)
-        kind = self._kind(state, ev, path)
+        kind, placed = self._kind(state, ev, path, tid)
         if kind is None:
             return Verdict.allow("not_marked")
         flags = open_flags(tid)
@@ -445,8 +487,13 @@ class ProvenanceGate:
         trusted = self.trusted(exe) if self.trusted is not None else None
         op = "open-write" if write else "open-read"
         prevented = f"{_PREVENTED[kind]} {path}"
+        if placed.startswith("not placed"):
+            prevented = f"write to a marked object the gate could not place ({placed[12:]}) {path}"
+        elif placed:
+            prevented += f" ({placed})"
         d = GateDecision(tid, tgid, kind, op, path, ev.key, tuple(reason_names(reasons)),
-                         "audit" if exempt or why else "deny", prevented, trusted, why=why)
+                         "audit" if exempt or why else "deny", prevented, trusted, why=why,
+                         placed=placed)
         if exempt or why or self.dry_run:
             return Verdict.allow(after=lambda in_time: self._report(d, enforced=False))
         return Verdict.deny(after=lambda in_time: self._report(d, enforced=in_time))
@@ -515,7 +562,8 @@ class ProvenanceGate:
             title=f"{what} {verb}: {d.path} [untrusted provenance: {', '.join(d.reasons)}]",
             evidence={"prevented": d.prevented, "provenance": list(d.reasons),
                       "allowed_because": d.why or None,
-                      "operation": d.op, "object": d.path, "trusted_tool": d.trusted},
+                      "operation": d.op, "object": d.path, "trusted_tool": d.trusted,
+                      "placed": d.placed or None},
             enforced_by=self.mechanism)
 
     def stats(self) -> dict[str, int | float]:
@@ -523,6 +571,7 @@ class ProvenanceGate:
         out.update(denies=self.denies, dry_runs=self.dry_runs, audits=self.audits, dropped=self.dropped,
                    marks=len(self._marks), marks_added=self.marks_added,
                    marks_removed=self.marks_removed, unplaced=self.unplaced,
+                   remarked=self.remarked,
                    over_budget=len(self.over_budget),
                    prov_errors=self.prov.errors())
         return out

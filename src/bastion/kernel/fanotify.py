@@ -720,6 +720,29 @@ class PermissionListener:
 
     # ---- marks (callers hold mark_lock) -------------------------------------------------
 
+    def marked_inodes(self) -> set[tuple[int, int]] | None:
+        """(kernel dev, ino) of every inode mark the kernel holds for this group, from
+        ``/proc/self/fdinfo/<group fd>`` (``fanotify ino:<hex> sdev:<hex> ...``); None
+        when it cannot be read.  A mark goes with its inode (the last unlink): an inode
+        number reused since has none, whatever this process recorded."""
+        if self._fd < 0:
+            return None
+        try:
+            with open(f"/proc/self/fdinfo/{self._fd}", "rb") as f:
+                text = f.read()
+        except OSError:
+            return None
+        out: set[tuple[int, int]] = set()
+        for line in text.split(b"\n"):
+            if not line.startswith(b"fanotify ino:"):
+                continue
+            fields = dict(f.split(b":", 1) for f in line.split()[1:] if b":" in f)
+            try:
+                out.add((int(fields[b"sdev"], 16), int(fields[b"ino"], 16)))
+            except (KeyError, ValueError):
+                return None
+        return out
+
     def mark(self, path: str, key: tuple[int, int], mask: int) -> None:
         """Add ``mask`` to the inode mark of ``path``, checked to still be inode ``key``.
 
@@ -820,15 +843,18 @@ class PermissionListener:
             self._libc.mark(self._fd, flags | FAN_MARK_INODE, mask, f"/proc/self/fd/{pfd}")
             if flags & FAN_MARK_REMOVE:
                 self._handles.pop(key, None)
-            elif self.keep_handles and self._handle_lib is not None \
-                    and key not in self._handles:
-                h = self._handle_lib.handle(pfd)    # to remove it once its path moved
+            elif self.keep_handles and self._handle_lib is not None:
+                # to remove it once its path moved; taken again on every add (s18-gate:
+                # an inode number reused since the last add is another inode)
+                h = self._handle_lib.handle(pfd)
                 if h is not None and h[2] not in self._mount_fds:
                     mfd = self._handle_lib.mount_fd(h[2])
                     if mfd is not None:
                         self._mount_fds[h[2]] = mfd
                 if h is not None and h[2] in self._mount_fds:
                     self._handles[key] = h
+                else:
+                    self._handles.pop(key, None)
         finally:
             os.close(pfd)
 
