@@ -26,6 +26,7 @@
 char LICENSE[] SEC("license") = "GPL";
 
 #define FMODE_WRITE_ 0x2
+#define FMODE_EXEC_ 0x20
 #define PTRACE_MODE_ATTACH_ 0x02
 
 const volatile __u32 cfg_setattr_idmap = 1;
@@ -91,7 +92,8 @@ static __always_inline void obj_of_path(struct hips_object *o, struct dentry *de
  * namespace epoch read before the decision are still those after it and the
  * decision was taken on that generation (the matcher's seqlock, extended):
  * a decision that raced a swap or a rename is not stored.  Any mismatch is
- * the full search.  Left: the hooks run before the rename or mount is done;
+ * the full search.  An exec's open of its image is not stored (the exec
+ * changes the facts: it could only evict).  Left: the hooks run before the rename or mount is done;
  * an open of the same (inode, dentry) racing between the hook and the move
  * can be stored with the new epoch and stays valid for that task: no more
  * than the descriptor it could have kept open from that moment. */
@@ -343,8 +345,9 @@ SEC("lsm/file_open")
 int BPF_PROG(hips_file_open, struct file *file, int ret)
 {
 	struct task_struct *t = bpf_get_current_task_btf();
-	struct vfsmount *mnt = file->f_path.mnt;
-	struct dentry *dentry = file->f_path.dentry;
+	struct vfsmount *mnt;
+	struct dentry *dentry;
+	struct path fp = {};
 	struct hips_object o = {};
 	struct hips_facts f = {};
 	struct hips_vc_ent k = {};
@@ -356,7 +359,12 @@ int BPF_PROG(hips_file_open, struct file *file, int ret)
 	if (ret || hips_off())
 		return ret;
 	op = (file->f_mode & FMODE_WRITE_) ? BASTION_OP_OPEN_WRITE : BASTION_OP_OPEN_READ;
-	inode = dentry->d_inode;
+	/* the pointers as plain numbers (one read): they are compared, stored in
+	 * the task's storage and walked with probe reads; the inode with plain loads */
+	BPF_CORE_READ_INTO(&fp, file, f_path);
+	dentry = fp.dentry;
+	mnt = fp.mnt;
+	inode = file->f_path.dentry->d_inode;
 	o.ino = inode->i_ino;
 	o.dev = inode->i_sb->s_dev;
 	o.dentry = dentry;
@@ -371,7 +379,9 @@ int BPF_PROG(hips_file_open, struct file *file, int ret)
 		}
 	}
 	hips_decide(op, &f, &o, NULL, 0, &d);
-	if (vc)
+	/* not an exec's open of its image: the exec changes the facts, the entry
+	 * would never hit and would evict one that can */
+	if (vc && !(file->f_mode & FMODE_EXEC_))
 		hips_vc_store(vc, &k, &d);
 	hips_report_file(op, &d, BASTION_MECH_LSM, &o, dentry, mnt, 0);
 	if (!hips_refuses(&d))

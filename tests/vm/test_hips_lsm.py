@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -542,18 +543,22 @@ def test_policy_swap_refuses_the_next_open_of_a_file_just_allowed(tmp_path: Path
 
 # ---- the open-verdict cache (s18-hipsopen, issue 16 item 5): what it must not serve ----
 
-_OPENER_X = """import os, sys
+_OPENER_X = """import errno, os, sys
 for line in sys.stdin:
     cmd, _, arg = line.rstrip("\\n").partition(" ")
     if cmd == "exec":
         prog, path = arg.split(" ", 1)
-        os.execv(prog, [prog, path])
+        os.execv(prog, [prog, "cat", path])
+    if cmd == "setuid":
+        os.setuid(int(arg))
+        print("ok", flush=True)
+        continue
     try:
         with open(arg) as f:
             f.read()
         print("ok", flush=True)
-    except PermissionError:
-        print("EPERM", flush=True)
+    except OSError as e:
+        print(errno.errorcode.get(e.errno, str(e.errno)), flush=True)
 """
 MS_BIND, MS_MOVE = 0x1000, 0x2000
 
@@ -644,18 +649,41 @@ def test_mount_moved_into_a_protected_directory_after_a_cached_allow(tmp_path: P
 
 def test_exec_into_a_denied_subject_after_a_cached_allow(tmp_path: Path) -> None:
     """The task opened f (allowed for its exe), then execs a program whose exe subject is
-    denied f: same task (its storage survives exec), same object, other facts."""
-    f, mycat = tmp_path / "f", tmp_path / "mycat"
+    denied f: same task (its storage survives exec), same object, other facts.  The new
+    image is a static busybox (`busybox cat f`): no loader opens between the exec and f."""
+    f, mybb = tmp_path / "f", tmp_path / "bb" / "busybox"  # the name runs busybox_main
     f.write_text("x\n")
-    shutil.copy("/bin/cat", mycat)
-    cat_id = (abi.SubjectKind.EXE, _file(mycat).ino, _file(mycat).dev)
-    rules = (_subject_rule(1, Op.OPEN_READ, (_file(f),), Action.DENY, (cat_id,)),)
+    mybb.parent.mkdir()
+    shutil.copy("/bin/busybox", mybb)
+    bb_id = (abi.SubjectKind.EXE, _file(mybb).ino, _file(mybb).dev)
+    rules = (_subject_rule(1, Op.OPEN_READ, (_file(f),), Action.DENY, (bb_id,)),)
     with _cached_world(rules) as (hk, op):
         before = (op.open(f), op.open(f), op.open(f))
         assert op.p.stdin is not None and op.p.stdout is not None and op.p.stderr is not None
-        op.p.stdin.write(f"exec {mycat} {f}\n")
+        op.p.stdin.write(f"exec {mybb} {f}\n")
         op.p.stdin.close()
         out, err = op.p.stdout.read(), op.p.stderr.read()
         rc = op.p.wait()
     assert before == ("ok", "ok", "ok")
     assert rc != 0 and "x" not in out and "not permitted" in err.lower(), (rc, out, err)
+
+
+def test_setuid_into_a_denied_subject_after_a_cached_allow() -> None:
+    """The task opened f (allowed), then setuid()s to a uid whose subject is denied f: the
+    next open by the same task, same image, must be refused (EPERM, not the file's mode)."""
+    top = Path(tempfile.mkdtemp(prefix="hips-vc-"))
+    try:
+        top.chmod(0o755)
+        f = top / "f"
+        f.write_text("x\n")
+        f.chmod(0o644)
+        rules = (_subject_rule(1, Op.OPEN_READ, (_file(f),), Action.DENY,
+                               ((abi.SubjectKind.UID, 4242, 0),)),)
+        with _cached_world(rules) as (hk, op):
+            before = (op.open(f), op.open(f), op.open(f))
+            switched = op.send("setuid 4242")
+            after = op.open(f)
+    finally:
+        shutil.rmtree(top)
+    assert before == ("ok", "ok", "ok") and switched == "ok"
+    assert after == "EPERM"
