@@ -26,6 +26,7 @@
 char LICENSE[] SEC("license") = "GPL";
 
 #define FMODE_WRITE_ 0x2
+#define FMODE_EXEC_ 0x20
 #define PTRACE_MODE_ATTACH_ 0x02
 
 const volatile __u32 cfg_setattr_idmap = 1;
@@ -61,6 +62,199 @@ static __always_inline void obj_of_path(struct hips_object *o, struct dentry *de
 	o->dev = BPF_CORE_READ(inode, i_sb, s_dev);
 	o->dentry = dentry;
 	o->mnt = mnt;
+}
+
+/* ---- the open-verdict cache (s18-hipsopen, issue 16 item 5) ----------------
+ *
+ * A file_open decision under a large policy is the full search (facts, four
+ * subject lookups, exact, the ancestor walk, ANY, for each subject the task
+ * matches, then everyone's): 7-10 us of BPF per open under TCG.  The cache
+ * keeps the last silent allows of the task itself (task-local storage: no
+ * other task fills, evicts or reads it), one slot per (object) hash, and a
+ * hit is one storage lookup and a compare of the whole key:
+ *   - the policy epoch and the generation (hips_state, written in one update
+ *     by user space; the epoch is never reused, the generation number is);
+ *   - the namespace epoch (hips_ns_epoch below): a directory object's
+ *     decision depends on the dentry chain and the mounts, which change with
+ *     no policy swap; every rename, unlink, rmdir, mount, move_mount, umount,
+ *     pivot_root and d_instantiate (a freed dentry's memory coming back for
+ *     the same inode under another name) of any task bumps it, before any
+ *     scope check;
+ *   - the task's mount namespace (its never-reused id): the mounts of another
+ *     namespace are another tree; a decision is stored only when the file's
+ *     mount is attached in the task's namespace (so the mount cannot be freed
+ *     and its memory reused without an umount, which bumps the epoch);
+ *   - the op and the facts the decision read (exe, parent exe, uid, cgroup):
+ *     an exec, a setuid, a cgroup move or a reparenting misses;
+ *   - the object: dev, inode, dentry and mount.
+ * Only silent allows are stored (an audit, deny or kill is decided and
+ * reported at every open), and only when the policy epoch, generation and
+ * namespace epoch read before the decision are still those after it and the
+ * decision was taken on that generation (the matcher's seqlock, extended):
+ * a decision that raced a swap or a rename is not stored.  Any mismatch is
+ * the full search.  An exec's open of its image is not stored (the exec
+ * changes the facts: it could only evict).  Left: the hooks run before the rename or mount is done;
+ * an open of the same (inode, dentry) racing between the hook and the move
+ * can be stored with the new epoch and stays valid for that task: no more
+ * than the descriptor it could have kept open from that moment. */
+#define HIPS_VC_WAYS 4
+
+struct hips_vc_ent {
+	__u64 pol_epoch;
+	__u64 ns_epoch;
+	__u64 mnt_ns;
+	__u64 exe_ino;
+	__u64 parent_exe_ino;
+	__u64 cgroup_id;
+	__u64 ino;
+	__u64 dentry;
+	__u64 mnt;
+	__u32 exe_dev;
+	__u32 parent_exe_dev;
+	__u32 uid;
+	__u32 dev;
+	__u32 gen;
+	__u32 op;            /* 0: an empty slot */
+};
+
+#define HIPS_VC_WORDS (sizeof(struct hips_vc_ent) / sizeof(__u64))
+
+struct hips_vc {
+	struct hips_vc_ent e[HIPS_VC_WAYS];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct hips_vc);
+} hips_vcache SEC(".maps");
+
+/* Bumped (never read back by user space) by every change of the dentry tree
+ * or the mounts, for every task. */
+__u64 hips_ns_epoch = 0;
+
+static __always_inline void hips_ns_changed(void)
+{
+	__sync_fetch_and_add(&hips_ns_epoch, 1);
+}
+
+/* The mount namespace's never-reused id (6.1-6.17: mnt_namespace.seq; 6.18:
+ * ns_common.ns_id); 0 when neither exists: no caching. */
+struct mnt_namespace___seq {
+	__u64 seq;
+} __attribute__((preserve_access_index));
+
+
+/* The facts and object of file_open with plain loads (the verifier makes them
+ * fault-safe PROBE_MEM loads) instead of a probe-read helper call per field:
+ * the same values as hips_facts_current and obj_of_path, at a fraction of the
+ * cost; they feed both the cache key and the decision. */
+static __always_inline void task_exe_btf(struct task_struct *t, __u64 *ino, __u32 *dev)
+{
+	struct mm_struct *mm = t->mm;
+	struct file *f;
+
+	*ino = 0;
+	*dev = 0;
+	if (!mm)
+		return;
+	f = mm->exe_file;
+	if (!f)
+		return;
+	*ino = f->f_inode->i_ino;
+	*dev = f->f_inode->i_sb->s_dev;
+}
+
+static __always_inline void hips_facts_btf(struct task_struct *t, struct hips_facts *f)
+{
+	task_exe_btf(t, &f->exe_ino, &f->exe_dev);
+	task_exe_btf(t->real_parent, &f->parent_exe_ino, &f->parent_exe_dev);
+	f->uid = (__u32)bpf_get_current_uid_gid();
+	f->cgroup_id = bpf_get_current_cgroup_id();
+}
+
+static __always_inline __u64 hips_mnt_ns_id_btf(struct task_struct *t)
+{
+	struct mnt_namespace *ns = t->nsproxy->mnt_ns;
+	struct mnt_namespace___seq *old = (void *)ns;
+
+	if (!ns)
+		return 0;
+	if (bpf_core_field_exists(old->seq))
+		return old->seq;
+	if (bpf_core_field_exists(ns->ns.ns_id))
+		return ns->ns.ns_id;
+	return 0;
+}
+
+/* The key of (op, @o) for the task described by @f, now.  k->op 0: no key. */
+static __always_inline void hips_vc_key(struct hips_vc_ent *k, struct task_struct *t, __u32 op,
+					const struct hips_facts *f, const struct hips_object *o)
+{
+	__u32 zero = 0;
+	struct bastion_hips_state *st = bpf_map_lookup_elem(&hips_state, &zero);
+
+	if (!st)
+		return;
+	k->gen = *(volatile __u32 *)&st->active_gen;
+	k->pol_epoch = *(volatile __u64 *)&st->epoch;
+	k->ns_epoch = *(volatile __u64 *)&hips_ns_epoch;
+	k->mnt_ns = hips_mnt_ns_id_btf(t);
+	k->exe_ino = f->exe_ino;
+	k->exe_dev = f->exe_dev;
+	k->parent_exe_ino = f->parent_exe_ino;
+	k->parent_exe_dev = f->parent_exe_dev;
+	k->uid = f->uid;
+	k->cgroup_id = f->cgroup_id;
+	k->ino = o->ino;
+	k->dev = o->dev;
+	k->dentry = (__u64)o->dentry;
+	k->mnt = (__u64)o->mnt;
+	if (k->gen && k->mnt_ns && o->mnt)
+		k->op = op;
+}
+
+static __always_inline struct hips_vc_ent *hips_vc_slot(struct hips_vc *vc,
+							 const struct hips_vc_ent *k)
+{
+	return &vc->e[(k->ino ^ (k->dentry >> 6)) & (HIPS_VC_WAYS - 1)];
+}
+
+static __always_inline bool hips_vc_hit(struct hips_vc *vc, const struct hips_vc_ent *k)
+{
+	const __u64 *a = (const __u64 *)hips_vc_slot(vc, k), *b = (const __u64 *)k;
+	int i;
+
+	if (!k->op)
+		return false;
+#pragma clang loop unroll(full)
+	for (i = 0; i < (int)HIPS_VC_WORDS; i++)
+		if (a[i] != b[i])
+			return false;
+	return true;
+}
+
+/* Store @k's silent allow @d when nothing moved while it was decided. */
+static __always_inline void hips_vc_store(struct hips_vc *vc, const struct hips_vc_ent *k,
+					  const struct hips_decision *d)
+{
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	struct mount *m;
+	__u32 zero = 0;
+	struct bastion_hips_state *st;
+
+	if (!k->op || d->action != BASTION_ACT_ALLOW || d->gen != k->gen)
+		return;
+	m = container_of((struct vfsmount *)k->mnt, struct mount, mnt);
+	if (BPF_CORE_READ(m, mnt_ns) != BPF_CORE_READ(t, nsproxy, mnt_ns))
+		return; /* a detached mount, or another namespace's */
+	st = bpf_map_lookup_elem(&hips_state, &zero);
+	if (!st || *(volatile __u32 *)&st->active_gen != k->gen ||
+	    *(volatile __u64 *)&st->epoch != k->pol_epoch ||
+	    *(volatile __u64 *)&hips_ns_epoch != k->ns_epoch)
+		return;
+	*hips_vc_slot(vc, k) = *k;
 }
 
 static __always_inline int lsm_file_path(__u32 op, struct dentry *dentry, struct vfsmount *mnt)
@@ -150,13 +344,51 @@ int BPF_PROG(hips_bprm_check, struct linux_binprm *bprm, int ret)
 SEC("lsm/file_open")
 int BPF_PROG(hips_file_open, struct file *file, int ret)
 {
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct vfsmount *mnt;
+	struct dentry *dentry;
+	struct path fp = {};
+	struct hips_object o = {};
+	struct hips_facts f = {};
+	struct hips_vc_ent k = {};
+	struct hips_decision d;
+	struct hips_vc *vc;
+	struct inode *inode;
 	__u32 op;
 
 	if (ret || hips_off())
 		return ret;
-	op = (BPF_CORE_READ(file, f_mode) & FMODE_WRITE_) ? BASTION_OP_OPEN_WRITE
-							   : BASTION_OP_OPEN_READ;
-	return lsm_file_path(op, BPF_CORE_READ(file, f_path.dentry), BPF_CORE_READ(file, f_path.mnt));
+	op = (file->f_mode & FMODE_WRITE_) ? BASTION_OP_OPEN_WRITE : BASTION_OP_OPEN_READ;
+	/* the pointers as plain numbers (one read): they are compared, stored in
+	 * the task's storage and walked with probe reads; the inode with plain loads */
+	BPF_CORE_READ_INTO(&fp, file, f_path);
+	dentry = fp.dentry;
+	mnt = fp.mnt;
+	inode = file->f_path.dentry->d_inode;
+	o.ino = inode->i_ino;
+	o.dev = inode->i_sb->s_dev;
+	o.dentry = dentry;
+	o.mnt = mnt;
+	hips_facts_btf(t, &f);
+	vc = bpf_task_storage_get(&hips_vcache, t, NULL, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (vc) {
+		hips_vc_key(&k, t, op, &f, &o);
+		if (hips_vc_hit(vc, &k)) {
+			hips_count(op, BASTION_ACT_ALLOW);
+			return 0;
+		}
+	}
+	hips_decide(op, &f, &o, NULL, 0, &d);
+	/* not an exec's open of its image: the exec changes the facts, the entry
+	 * would never hit and would evict one that can */
+	if (vc && !(file->f_mode & FMODE_EXEC_))
+		hips_vc_store(vc, &k, &d);
+	hips_report_file(op, &d, BASTION_MECH_LSM, &o, dentry, mnt, 0);
+	if (!hips_refuses(&d))
+		return 0;
+	if (d.action == BASTION_ACT_KILL)
+		bpf_send_signal(SIGKILL_);
+	return -EPERM_;
 }
 
 SEC("lsm/path_truncate")
@@ -217,6 +449,7 @@ int BPF_PROG(hips_inode_link, struct dentry *old_dentry, struct inode *dir,
 SEC("lsm/inode_unlink")
 int BPF_PROG(hips_inode_unlink, struct inode *dir, struct dentry *dentry)
 {
+	hips_ns_changed();
 	if (hips_off())
 		return 0;
 	return lsm_file_path(BASTION_OP_UNLINK, dentry, NULL);
@@ -225,6 +458,7 @@ int BPF_PROG(hips_inode_unlink, struct inode *dir, struct dentry *dentry)
 SEC("lsm/inode_rmdir")
 int BPF_PROG(hips_inode_rmdir, struct inode *dir, struct dentry *dentry)
 {
+	hips_ns_changed();
 	if (hips_off())
 		return 0;
 	return lsm_file_path(BASTION_OP_UNLINK, dentry, NULL);
@@ -237,6 +471,7 @@ int BPF_PROG(hips_inode_rename, struct inode *old_dir, struct dentry *old_dentry
 	struct hips_object o = {};
 	int err;
 
+	hips_ns_changed();
 	if (hips_off())
 		return 0;
 	err = lsm_file_path(BASTION_OP_RENAME, old_dentry, NULL);
@@ -260,6 +495,44 @@ int BPF_PROG(hips_inode_rename, struct inode *old_dir, struct dentry *old_dentry
 	o.dev = BPF_CORE_READ(new_dir, i_sb, s_dev);
 	o.dentry = BPF_CORE_READ(new_dentry, d_parent);
 	return lsm_file(BASTION_OP_RENAME, &o, new_dentry, NULL, 0);
+}
+
+/* Changes of the dentry tree and the mounts: the open-verdict cache's
+ * namespace epoch, for every task (no scope, no decision). */
+SEC("lsm/sb_mount")
+int BPF_PROG(hips_sb_mount, const char *dev_name, const struct path *path, const char *type,
+	     unsigned long flags, void *data, int ret)
+{
+	hips_ns_changed();
+	return ret;
+}
+
+SEC("lsm/move_mount")
+int BPF_PROG(hips_move_mount, const struct path *from_path, const struct path *to_path, int ret)
+{
+	hips_ns_changed();
+	return ret;
+}
+
+SEC("lsm/sb_umount")
+int BPF_PROG(hips_sb_umount, struct vfsmount *mnt, int flags, int ret)
+{
+	hips_ns_changed();
+	return ret;
+}
+
+SEC("lsm/sb_pivotroot")
+int BPF_PROG(hips_sb_pivotroot, const struct path *old_path, const struct path *new_path, int ret)
+{
+	hips_ns_changed();
+	return ret;
+}
+
+SEC("lsm/d_instantiate")
+int BPF_PROG(hips_d_instantiate, struct dentry *dentry, struct inode *inode)
+{
+	hips_ns_changed();
+	return 0;
 }
 
 SEC("lsm/inode_setattr")

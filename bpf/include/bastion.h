@@ -25,7 +25,7 @@
 #define BASTION_H
 
 #define BASTION_ABI_MAJOR 2
-#define BASTION_ABI_MINOR 9
+#define BASTION_ABI_MINOR 11
 #define BASTION_ABI_VERSION ((BASTION_ABI_MAJOR << 16) | BASTION_ABI_MINOR)
 
 #define BASTION_COMM_LEN 16
@@ -543,6 +543,11 @@ enum bastion_mechanism {
 struct bastion_hips_state {
 	__u32 active_gen;    /* 0 = no policy: everything allowed */
 	__u32 _pad;
+	/* ABI 2.11 (s18-hipsopen): the policy epoch, written in the same update as
+	 * active_gen by every apply() and clear(), one more each time, never reset
+	 * (the generation number is: clear() makes it 0, the next apply() 1 again).
+	 * lsm_hips's open-verdict cache keys on (epoch, active_gen). */
+	__u64 epoch;
 };
 
 struct bastion_hips_gen {
@@ -628,7 +633,7 @@ _Static_assert(sizeof(struct bastion_cred_event) == 72 + 32, "cred");
 _Static_assert(sizeof(struct bastion_lsm_deny_event) == 72 + 24 + 256, "lsm_deny");
 _Static_assert(sizeof(struct bastion_inode_key) == 16, "inode_key");
 _Static_assert(sizeof(struct bastion_inode_rule) == 8, "inode_rule");
-_Static_assert(sizeof(struct bastion_hips_state) == 8, "hips_state");
+_Static_assert(sizeof(struct bastion_hips_state) == 16, "hips_state");
 _Static_assert(sizeof(struct bastion_hips_gen) == 16, "hips_gen");
 _Static_assert(sizeof(struct bastion_subject_key) == 24, "subject_key");
 _Static_assert(sizeof(struct bastion_rule_key) == 24, "rule_key");

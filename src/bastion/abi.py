@@ -29,7 +29,7 @@ from typing import Final, Protocol
 from bastion.errors import AbiMismatchError, BastionError, DecodeError, Location
 
 ABI_MAJOR: Final = 2
-ABI_MINOR: Final = 9
+ABI_MINOR: Final = 11
 ABI_VERSION: Final = (ABI_MAJOR << 16) | ABI_MINOR
 
 COMM_LEN: Final = 16
@@ -442,7 +442,8 @@ class InodeRule(ctypes.Structure):
 
 
 class HipsState(ctypes.Structure):
-    _fields_ = [("active_gen", c_u32), ("_pad", c_u32)]
+    # ABI 2.11 (s18-hipsopen): epoch, one more at every apply()/clear(), never reset
+    _fields_ = [("active_gen", c_u32), ("_pad", c_u32), ("epoch", c_u64)]
 
 
 class HipsGen(ctypes.Structure):

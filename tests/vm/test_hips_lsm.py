@@ -15,7 +15,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -537,3 +539,151 @@ def test_policy_swap_refuses_the_next_open_of_a_file_just_allowed(tmp_path: Path
     allowed2, allowed4 = ("ok", "ok"), ("ok", "ok", "ok", "ok")
     refused = ("EPERM", "EPERM")
     assert seen == [allowed4, refused, allowed2, allowed2, refused] * 2, seen
+
+
+# ---- the open-verdict cache (s18-hipsopen, issue 16 item 5): what it must not serve ----
+
+_OPENER_X = """import errno, os, sys
+for line in sys.stdin:
+    cmd, _, arg = line.rstrip("\\n").partition(" ")
+    if cmd == "exec":
+        prog, path = arg.split(" ", 1)
+        os.execv(prog, [prog, "cat", path])
+    if cmd == "setuid":
+        os.setuid(int(arg))
+        print("ok", flush=True)
+        continue
+    try:
+        with open(arg) as f:
+            f.read()
+        print("ok", flush=True)
+    except OSError as e:
+        print(errno.errorcode.get(e.errno, str(e.errno)), flush=True)
+"""
+MS_BIND, MS_MOVE = 0x1000, 0x2000
+
+
+class _Opener:
+    """One long-lived task in the test cgroup that opens the paths it is sent (the
+    per-task cache's owner); ``exec PROG PATH`` replaces its image (same task)."""
+
+    def __init__(self, cg: Path) -> None:
+        self.p = subprocess.Popen(
+            ["/bin/sh", "-c", f'echo $$ > {cg}/cgroup.procs && exec "$@"', "sh", PY, "-c",
+             _OPENER_X], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)
+
+    def send(self, line: str) -> str:
+        assert self.p.stdin is not None and self.p.stdout is not None
+        self.p.stdin.write(line + "\n")
+        self.p.stdin.flush()
+        return self.p.stdout.readline().strip()
+
+    def open(self, path: Path) -> str:
+        return self.send(f"open {path}")
+
+    def close(self) -> None:
+        self.p.kill()
+        self.p.wait()
+
+
+def _libc_mount(src: Path, dst: Path, flags: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(str(src).encode(), str(dst).encode(), None, flags, None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {src} {dst}: {os.strerror(err)}")
+
+
+@contextmanager
+def _cached_world(rules: tuple[ResolvedRule, ...]) -> Iterator[tuple[HipsKernel, _Opener]]:
+    with scoped_cgroup() as (cg, cgid):
+        hk = HipsKernel("lsm", cgroup_id=cgid, deadline_s=100, self_tgid=os.getpid())
+        hk.open()
+        opener = _Opener(cg)
+        try:
+            hk.apply(compile_plan(ResolvedPolicy(Mode.ENFORCE, Action.ALLOW, rules)))
+            yield hk, opener
+        finally:
+            opener.close()
+            hk.close()
+
+
+def test_ancestor_renamed_into_a_protected_directory_after_a_cached_allow(tmp_path: Path) -> None:
+    """`mv /tmp/a /srv/secrets/a` after the same task opened /tmp/a/f: the file keeps its
+    inode, dentry and mount, only its ancestors changed; the next open under the new name
+    must be refused (a cache keyed on the object alone would serve the old allow)."""
+    prot, a = tmp_path / "prot", tmp_path / "a"
+    prot.mkdir()
+    (a / "sub").mkdir(parents=True)
+    f = a / "sub" / "f"
+    f.write_text("x\n")
+    with _cached_world((_rule(1, Op.OPEN_READ, files=(_file(prot, is_dir=True),)),)) as (hk, op):
+        before = (op.open(f), op.open(f), op.open(f))
+        os.rename(a, prot / "a")  # no process started between: no other dentry appears
+        after = op.open(prot / "a" / "sub" / "f")
+    assert before == ("ok", "ok", "ok")
+    assert after == "EPERM"
+
+
+def test_mount_moved_into_a_protected_directory_after_a_cached_allow(tmp_path: Path) -> None:
+    """A bind mount whose file the same task opened (allowed) is moved under the protected
+    directory (`mount --move`): same inode, dentry and mount, another chain above it."""
+    prot, src, mnt = tmp_path / "prot", tmp_path / "src", tmp_path / "mnt"
+    for d in (prot, src, mnt, prot / "m"):
+        d.mkdir()
+    (src / "f").write_text("x\n")
+    _libc_mount(src, mnt, MS_BIND)
+    where = mnt
+    try:
+        with _cached_world((_rule(1, Op.OPEN_READ,
+                                  files=(_file(prot, is_dir=True),)),)) as (hk, op):
+            before = (op.open(mnt / "f"), op.open(mnt / "f"), op.open(mnt / "f"))
+            _libc_mount(mnt, prot / "m", MS_MOVE)
+            where = prot / "m"
+            after = op.open(prot / "m" / "f")
+    finally:
+        subprocess.run(["umount", str(where)], check=False)
+    assert before == ("ok", "ok", "ok")
+    assert after == "EPERM"
+
+
+def test_exec_into_a_denied_subject_after_a_cached_allow(tmp_path: Path) -> None:
+    """The task opened f (allowed for its exe), then execs a program whose exe subject is
+    denied f: same task (its storage survives exec), same object, other facts.  The new
+    image is a static busybox (`busybox cat f`): no loader opens between the exec and f."""
+    f, mybb = tmp_path / "f", tmp_path / "bb" / "busybox"  # the name runs busybox_main
+    f.write_text("x\n")
+    mybb.parent.mkdir()
+    shutil.copy("/bin/busybox", mybb)
+    bb_id = (abi.SubjectKind.EXE, _file(mybb).ino, _file(mybb).dev)
+    rules = (_subject_rule(1, Op.OPEN_READ, (_file(f),), Action.DENY, (bb_id,)),)
+    with _cached_world(rules) as (hk, op):
+        before = (op.open(f), op.open(f), op.open(f))
+        assert op.p.stdin is not None and op.p.stdout is not None and op.p.stderr is not None
+        op.p.stdin.write(f"exec {mybb} {f}\n")
+        op.p.stdin.close()
+        out, err = op.p.stdout.read(), op.p.stderr.read()
+        rc = op.p.wait()
+    assert before == ("ok", "ok", "ok")
+    assert rc != 0 and "x" not in out and "not permitted" in err.lower(), (rc, out, err)
+
+
+def test_setuid_into_a_denied_subject_after_a_cached_allow() -> None:
+    """The task opened f (allowed), then setuid()s to a uid whose subject is denied f: the
+    next open by the same task, same image, must be refused (EPERM, not the file's mode)."""
+    top = Path(tempfile.mkdtemp(prefix="hips-vc-"))
+    try:
+        top.chmod(0o755)
+        f = top / "f"
+        f.write_text("x\n")
+        f.chmod(0o644)
+        rules = (_subject_rule(1, Op.OPEN_READ, (_file(f),), Action.DENY,
+                               ((abi.SubjectKind.UID, 4242, 0),)),)
+        with _cached_world(rules) as (hk, op):
+            before = (op.open(f), op.open(f), op.open(f))
+            switched = op.send("setuid 4242")
+            after = op.open(f)
+    finally:
+        shutil.rmtree(top)
+    assert before == ("ok", "ok", "ok") and switched == "ok"
+    assert after == "EPERM"

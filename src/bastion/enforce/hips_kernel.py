@@ -235,12 +235,27 @@ class HipsKernel(LoaderUser):
             raise KernelError("HipsKernel used before open()", errno=errno.ENOENT, location=self._loc)
         return self._lo.map(name)
 
-    def active_gen(self) -> int:
+    def _state(self) -> abi.HipsState:
         raw = self._map("hips_state").lookup(b"\0" * 4)
-        return abi.HipsState.from_buffer_copy(raw).active_gen if raw else 0
+        return abi.HipsState.from_buffer_copy(raw) if raw else abi.HipsState()
+
+    def active_gen(self) -> int:
+        return int(self._state().active_gen)
+
+    def epoch(self) -> int:
+        """The policy epoch: one more at every apply() and clear(), never reset."""
+        return int(self._state().epoch)
 
     def _set_active(self, gen: int) -> None:
-        self._map("hips_state").update(b"\0" * 4, bytes(abi.HipsState(active_gen=gen)))
+        """Flip to generation ``gen`` and the next policy epoch in one map update.
+
+        The epoch is what the lsm tier's open-verdict cache keys on with the
+        generation: a generation *number* comes back (clear() makes it 0, the next
+        apply() 1; it wraps at _GEN_MAX), an epoch never does (the pinned map keeps
+        it across agent restarts; a fresh map comes with a fresh, empty cache)."""
+        epoch = (self.epoch() + 1) & 0xFFFFFFFFFFFFFFFF
+        self._map("hips_state").update(b"\0" * 4,
+                                       bytes(abi.HipsState(active_gen=gen, epoch=epoch)))
 
     def _entries_of(self, gen: int | None) -> list[tuple[str, bytes]]:
         """Keys of generation ``gen`` (None: every generation), by scanning the maps."""
@@ -325,7 +340,8 @@ class HipsKernel(LoaderUser):
         return out
 
     def stats(self) -> dict[str, int]:
-        out = {**super().stats(), "active_gen": self.active_gen(), "seeded": self.seeded}
+        out = {**super().stats(), "active_gen": self.active_gen(), "epoch": self.epoch(),
+               "seeded": self.seeded}
         for (op, act), n in self.decisions().items():
             out[f"decisions.{op}.{act}"] = n
         return out
