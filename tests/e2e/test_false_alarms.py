@@ -509,14 +509,22 @@ with open("own.tmp", "wb") as f:
 with open("own.tmp", "r+b") as f:
     f.write(b"y" * 64)
 os.unlink("own.tmp")
+fd = os.open("session.cache", os.O_RDWR | os.O_CREAT, 0o600)   # no O_TRUNC/O_EXCL, no lock name
+os.write(fd, b"state")
+os.lseek(fd, 0, 0)
+os.write(fd, b"STATE")
+os.close(fd)
+os.unlink("session.cache")
 """
 
 
 def _wipe_lookalikes(c: Corpus) -> None:
     """Benign look-alikes of behavior.secure_deletion (s17-wipe): sqlite's rollback
     journal (created, rewritten and deleted by the process itself), an editor's swap
-    file (O_EXCL), a file a process rewrote in place after creating it, then deleted,
-    ``rm`` of a file nobody overwrote, ``mv``, a log rotated by rename, ``sed -i``."""
+    file (O_EXCL), a file a process rewrote in place after creating it, then deleted, a
+    cache file created with O_CREAT|O_RDWR alone, written and deleted (s18-created: the
+    kernel says the open created it), ``rm`` of a file nobody overwrote, ``mv``, a log
+    rotated by rename, ``sed -i``."""
     work = c.tmp / "wipe"
     work.mkdir()
     (work / "lookalikes.py").write_text(WIPE_LOOKALIKES)
