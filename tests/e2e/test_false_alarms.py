@@ -509,7 +509,13 @@ with open("own.tmp", "wb") as f:
 with open("own.tmp", "r+b") as f:
     f.write(b"y" * 64)
 os.unlink("own.tmp")
-fd = os.open("session.cache", os.O_RDWR | os.O_CREAT, 0o600)   # no O_TRUNC/O_EXCL, no lock name
+"""
+# s18-created: a cache file made by O_CREAT|O_RDWR alone (no O_TRUNC/O_EXCL, no lock name),
+# written, rewritten and deleted, in a process of its own (the sensor's per-process open
+# dedup would hide its open behind an earlier file's reused inode number)
+OWN_CACHE = """\
+import os
+fd = os.open("session.cache", os.O_RDWR | os.O_CREAT, 0o600)
 os.write(fd, b"state")
 os.lseek(fd, 0, 0)
 os.write(fd, b"STATE")
@@ -528,14 +534,17 @@ def _wipe_lookalikes(c: Corpus) -> None:
     work = c.tmp / "wipe"
     work.mkdir()
     (work / "lookalikes.py").write_text(WIPE_LOOKALIKES)
+    (work / "cache.py").write_text(OWN_CACHE)
     py = REPO / ".venv" / "bin" / "python"
     c.run("journals, swap files, rm, mv and rotation", (
         f"{py} lookalikes.py\n"
+        f"{py} cache.py\n"
         "echo notes > notes.txt && cp notes.txt notes.txt~ && rm notes.txt~\n"
         "echo a > app.log && mv app.log app.log.1 && gzip -f app.log.1 && rm app.log.1.gz\n"
         "echo 'k=v' > conf && sed -i 's/v/w/' conf && rm conf\n"
         "mv app.db app.db.bak && rm -f app.db.bak\n"),
-        work, expect=("lookalikes.py", "cp notes.txt notes.txt~", "sed -i s/v/w/ conf"))
+        work, expect=("lookalikes.py", "cache.py", "cp notes.txt notes.txt~",
+                      "sed -i s/v/w/ conf"))
 
 
 CONFIGURE = """#!/bin/sh
