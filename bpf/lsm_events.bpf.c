@@ -62,7 +62,7 @@ int BPF_PROG(on_exit, struct task_struct *p)
 #define O_CREAT_ 00000100
 #define O_TRUNC_ 00001000
 #define FMODE_WRITE_ 0x2
-#define FMODE_CREATED_ 0x100000
+#define FMODE_CREATED_ BASTION_FMODE_CREATED
 
 /* Read-only opens are most of all opens: reported only when asked (learn
  * mode) or when the file is in the sensitive set: wt-sensor's sens_inodes
@@ -118,6 +118,9 @@ int BPF_PROG(on_file_open, struct file *file)
 	e->open_flags = fflags;
 	e->ino = ino;
 	e->dev = dev;
+	/* do_open: lookup_open (or the filesystem's atomic_open) sets FMODE_CREATED before
+	 * vfs_open reaches this hook; i_size is before any O_TRUNC (done after the open) */
+	file_open_state(e, fmode, inode->i_size);
 	if (sens) {
 		e->sens_class = sclass;
 		e->sens_id = sid;

@@ -150,6 +150,16 @@ enum bastion_kill_syscall {
 #define BASTION_F_SCRIPT      (1u << 6)  /* EXEC: an interpreted file (#!, binfmt_misc): script is set */
 #define BASTION_F_EXEC_FD     (1u << 7)  /* EXEC: executed through a descriptor (execveat AT_EMPTY_PATH, fexecve) */
 #define BASTION_F_TRUNC_ENV   (1u << 8)  /* EXEC: the environment scan stopped before its end */
+/* ABI 2.10 (issue 15, s18-created): the kernel's own answer to "did this open make the
+ * file's content?", read from the struct file of the open (compat: at the syscall's exit;
+ * lsm: in security_file_open, which do_open reaches after lookup_open/atomic_open set
+ * FMODE_CREATED).  F_CREATED and F_EMPTY mean something only with F_FSTATE: a FILE OPEN
+ * record without F_FSTATE (an object before 2.10, or no file to read) says nothing
+ * either way. */
+#define BASTION_F_CREATED     (1u << 9)  /* FILE OPEN: this open created the inode (FMODE_CREATED) */
+#define BASTION_F_EMPTY       (1u << 10) /* FILE OPEN: the inode held no byte (i_size 0): compat at the
+					  * syscall's exit (after O_TRUNC), lsm at the hook (before it) */
+#define BASTION_F_FSTATE      (1u << 11) /* FILE OPEN: F_CREATED and F_EMPTY were read from the file */
 
 /* Common header of every ring-buffer record. */
 struct bastion_event_hdr {

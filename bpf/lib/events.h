@@ -189,6 +189,25 @@ static __always_inline struct bastion_file_event *file_event(__u32 op)
 	return e;
 }
 
+/* FMODE_CREATED: include/linux/fs.h, 0x100000 from 4.19 through 6.18 (1 << 20 since the
+ * fmode bits were renumbered; the same value) */
+#define BASTION_FMODE_CREATED 0x100000
+
+/* The kernel's answer for an open record (ABI 2.10): did this open create the inode
+ * (FMODE_CREATED in the file's f_mode), and did the inode hold no byte (i_size 0) when
+ * read here.  @fmode: the file's f_mode, @isize: its inode's i_size, both read by the
+ * caller (a CO-RE probe read, or a BTF load in the hook sensor). */
+static __always_inline void file_open_state(struct bastion_file_event *e, __u32 fmode, __s64 isize)
+{
+	__u16 f = BASTION_F_FSTATE;
+
+	if (fmode & BASTION_FMODE_CREATED)
+		f |= BASTION_F_CREATED;
+	if (isize == 0)
+		f |= BASTION_F_EMPTY;
+	e->hdr.flags |= f;
+}
+
 /* Bytes of the strings appended so far. */
 static __always_inline __u32 file_used(struct bastion_file_event *e)
 {

@@ -176,6 +176,10 @@ F_SENSITIVE: Final = 1 << 5
 F_SCRIPT: Final = 1 << 6
 F_EXEC_FD: Final = 1 << 7
 F_TRUNC_ENV: Final = 1 << 8
+# ABI 2.10 (s18-created): FILE OPEN, read from the opened file; meaningful only with F_FSTATE
+F_CREATED: Final = 1 << 9     # the open created the inode (FMODE_CREATED)
+F_EMPTY: Final = 1 << 10      # the inode held no byte (i_size 0) at the open
+F_FSTATE: Final = 1 << 11     # F_CREATED and F_EMPTY are the kernel's answer
 
 KILL_F_IA32: Final = 1 << 0   # bastion_kill_event.flags (ABI 2.7)
 KILL_F_X32: Final = 1 << 1
@@ -810,6 +814,9 @@ DEFINES: Final[dict[str, int]] = {
     "BASTION_F_SCRIPT": F_SCRIPT,
     "BASTION_F_EXEC_FD": F_EXEC_FD,
     "BASTION_F_TRUNC_ENV": F_TRUNC_ENV,
+    "BASTION_F_CREATED": F_CREATED,
+    "BASTION_F_EMPTY": F_EMPTY,
+    "BASTION_F_FSTATE": F_FSTATE,
     "BASTION_RINGBUF_BYTES": RINGBUF_BYTES,
     "BASTION_DROP_SLOTS": DROP_SLOTS,
     "BASTION_DROP_SLOT_TAMPER": DROP_SLOT_TAMPER,

@@ -107,6 +107,11 @@ class FileEvent(_Base):
     # hard link to /etc/shadow is "credentials" too); "" when it is not.
     sensitive: str = ""     # credentials, auth-config, host-key, user-keys, cloud, browser, ...
     sensitive_id: int = 0   # the entry of the set that matched (sensors.sensitive), 0 = by name
+    # ABI 2.10 (s18-created), open only: the kernel's answer, read from the opened file
+    # (BASTION_F_FSTATE); None when the record does not say (an object before 2.10, a
+    # replayed event of an older agent, a source that cannot look)
+    created: bool | None = None   # this open created the inode (FMODE_CREATED)
+    empty: bool | None = None     # the inode held no byte at the open (i_size 0)
 
     @property
     def type(self) -> str:
@@ -411,6 +416,8 @@ def _file(r: Any, t: int, p: Proc, trunc: bool) -> Event:
         sensitive=SENS_NAMES.get(r.sens_class, str(r.sens_class))
         if flags & abi.F_SENSITIVE and r.sens_class else "",
         sensitive_id=r.sens_id if flags & abi.F_SENSITIVE else 0,
+        created=bool(flags & abi.F_CREATED) if flags & abi.F_FSTATE else None,
+        empty=bool(flags & abi.F_EMPTY) if flags & abi.F_FSTATE else None,
     )
 
 

@@ -530,24 +530,41 @@ with open("own.tmp", "r+b") as f:
     f.write(b"y" * 64)
 os.unlink("own.tmp")
 """
+# s18-created: a cache file made by O_CREAT|O_RDWR alone (no O_TRUNC/O_EXCL, no lock name),
+# written, rewritten and deleted, in a process of its own (the sensor's per-process open
+# dedup would hide its open behind an earlier file's reused inode number)
+OWN_CACHE = """\
+import os
+fd = os.open("session.cache", os.O_RDWR | os.O_CREAT, 0o600)
+os.write(fd, b"state")
+os.lseek(fd, 0, 0)
+os.write(fd, b"STATE")
+os.close(fd)
+os.unlink("session.cache")
+"""
 
 
 def _wipe_lookalikes(c: Corpus) -> None:
     """Benign look-alikes of behavior.secure_deletion (s17-wipe): sqlite's rollback
     journal (created, rewritten and deleted by the process itself), an editor's swap
-    file (O_EXCL), a file a process rewrote in place after creating it, then deleted,
-    ``rm`` of a file nobody overwrote, ``mv``, a log rotated by rename, ``sed -i``."""
+    file (O_EXCL), a file a process rewrote in place after creating it, then deleted, a
+    cache file created with O_CREAT|O_RDWR alone, written and deleted (s18-created: the
+    kernel says the open created it), ``rm`` of a file nobody overwrote, ``mv``, a log
+    rotated by rename, ``sed -i``."""
     work = c.tmp / "wipe"
     work.mkdir()
     (work / "lookalikes.py").write_text(WIPE_LOOKALIKES)
+    (work / "cache.py").write_text(OWN_CACHE)
     py = REPO / ".venv" / "bin" / "python"
     c.run("journals, swap files, rm, mv and rotation", (
         f"{py} lookalikes.py\n"
+        f"{py} cache.py\n"
         "echo notes > notes.txt && cp notes.txt notes.txt~ && rm notes.txt~\n"
         "echo a > app.log && mv app.log app.log.1 && gzip -f app.log.1 && rm app.log.1.gz\n"
         "echo 'k=v' > conf && sed -i 's/v/w/' conf && rm conf\n"
         "mv app.db app.db.bak && rm -f app.db.bak\n"),
-        work, expect=("lookalikes.py", "cp notes.txt notes.txt~", "sed -i s/v/w/ conf"))
+        work, expect=("lookalikes.py", "cache.py", "cp notes.txt notes.txt~",
+                      "sed -i s/v/w/ conf"))
 
 
 CONFIGURE = """#!/bin/sh

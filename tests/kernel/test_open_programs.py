@@ -5,7 +5,8 @@ probe-read entry/exit pairs kept for kernels without them.  Each set, forced
 with ``btf_loads``, must report the same records for the same workload: write
 intent by every open syscall (openat, open, creat, openat2) with its flags and
 mode, a sensitive read once per dedup window, no record for a plain read or an
-O_PATH descriptor of a secret."""
+O_PATH descriptor of a secret, and (ABI 2.10) whether the open created the file and
+whether it was empty, read from the kernel's file, whatever the flags say."""
 
 from __future__ import annotations
 
@@ -43,6 +44,9 @@ WORKLOAD = textwrap.dedent("""
     ok(libc.creat(f"{w}/created".encode(), 0o600))                     # creat(2)
     how = (ctypes.c_uint64 * 3)(os.O_WRONLY | os.O_CREAT, 0o604, 0)
     ok(libc.syscall(437, -100, f"{w}/via2".encode(), how, 24))         # openat2(2)
+    ok(os.open(f"{w}/lock", os.O_RDWR | os.O_CREAT, 0o600))  # made by this open (ABI 2.10)
+    ok(os.open(f"{w}/kept", os.O_RDWR | os.O_CREAT, 0o600))  # existing, with bytes
+    ok(os.open(f"{w}/hollow", os.O_RDWR | os.O_CREAT, 0o600))  # existing, empty
     """)
 
 
@@ -59,8 +63,9 @@ def test_both_open_program_sets_report_the_same(tmp_path: Path, btf_loads: bool)
     (tmp_path / "vault").mkdir()
     (tmp_path / "vault" / "key").write_text("k\n")
     (tmp_path / "vault" / "pathonly").write_text("p\n")
-    for name in ("plain", "wr", "trunc", "legacy"):
+    for name in ("plain", "wr", "trunc", "legacy", "kept"):
         (tmp_path / name).write_text("x\n")
+    (tmp_path / "hollow").write_text("")
     with scoped_cgroup() as (cg, cgid):
         sensor = BpfSensor(cgroup_id=cgid, btf_loads=btf_loads, open_dedup_s=1.0,
                            sensitive=[(str(tmp_path / "vault"), abi.SensClass.CUSTOM)])
@@ -78,19 +83,29 @@ def test_both_open_program_sets_report_the_same(tmp_path: Path, btf_loads: bool)
     for e in events:
         if isinstance(e, FileEvent) and e.op == "open" and e.path.startswith(str(tmp_path)):
             opens.setdefault(os.path.relpath(e.path, tmp_path), []).append(e)
-    assert sorted(opens) == sorted(["vault/key", "wr", "new", "trunc", "legacy", "created", "via2"])
+    assert sorted(opens) == sorted(["vault/key", "wr", "new", "trunc", "legacy", "created", "via2",
+                                    "lock", "kept", "hollow"])
     (key,) = opens["vault/key"]
     assert key.sensitive == "custom" and key.flags & os.O_ACCMODE == os.O_RDONLY
     assert all(not e.sensitive for k, v in opens.items() if k != "vault/key" for e in v)
     acc = {k: v[0].flags & os.O_ACCMODE for k, v in opens.items()}
     assert acc == {"vault/key": os.O_RDONLY, "wr": os.O_WRONLY, "new": os.O_WRONLY,
                    "trunc": os.O_RDONLY, "legacy": os.O_RDWR, "created": os.O_WRONLY,
-                   "via2": os.O_WRONLY}
+                   "via2": os.O_WRONLY, "lock": os.O_RDWR, "kept": os.O_RDWR,
+                   "hollow": os.O_RDWR}
     assert opens["trunc"][0].flags & os.O_TRUNC
     assert opens["new"][0].flags & os.O_CREAT and opens["new"][0].mode == 0o640
     assert opens["created"][0].flags & (os.O_CREAT | os.O_TRUNC) == os.O_CREAT | os.O_TRUNC
     assert opens["created"][0].mode == 0o600
     assert opens["via2"][0].flags & os.O_CREAT and opens["via2"][0].mode == 0o604
+    # ABI 2.10: whether the open created the inode, and whether it held no byte, from the
+    # kernel's file (FMODE_CREATED, i_size at the exit: after creat's truncation), not
+    # guessed from O_CREAT: the same flags on "lock", "kept" and "hollow"
+    state = {k: (v[0].created, v[0].empty) for k, v in opens.items()}
+    assert state == {"vault/key": (False, False), "wr": (False, False), "new": (True, True),
+                     "trunc": (False, True), "legacy": (False, False), "created": (True, True),
+                     "via2": (True, True), "lock": (True, True), "kept": (False, False),
+                     "hollow": (False, True)}
 
 
 # An openat2 whose open_how another thread rewrites while the call is in the kernel:

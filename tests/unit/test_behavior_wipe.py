@@ -54,16 +54,18 @@ class Rec:
         return self
 
     def _file(self, pid: int, op: str, path: str, path2: str = "", flags: int = 0,
-              ino: int = 0, at_s: float | None = None) -> "Rec":
+              ino: int = 0, at_s: float | None = None, **state: bool) -> "Rec":
         self.lines.append({"type": op, **self._hdr(pid, at_s), "path": path, "path2": path2,
                            "flags": flags, "mode": 0o644 if flags & 0o100 else 0,
                            "owner_uid": -1, "owner_gid": -1, "dev": 1 if ino else 0,
-                           "ino": ino})
+                           "ino": ino, **state})
         return self
 
     def open(self, pid: int, path: str, flags: int, ino: int,
-             at_s: float | None = None) -> "Rec":
-        return self._file(pid, "open", path, flags=flags, ino=ino, at_s=at_s)
+             at_s: float | None = None, **state: bool) -> "Rec":
+        """``state``: the kernel's answer of an ABI 2.10 record (``created``, ``empty``);
+        none given: a record that does not say (an older object, an older replay)."""
+        return self._file(pid, "open", path, flags=flags, ino=ino, at_s=at_s, **state)
 
     def rename(self, pid: int, old: str, new: str, at_s: float | None = None) -> "Rec":
         return self._file(pid, "rename", old, new, at_s=at_s)
@@ -290,10 +292,10 @@ def test_own_journal_swap_and_temp_files_are_silent(tmp_path: Path) -> None:
 
 def test_a_new_file_opened_creat_without_trunc_is_taken_for_an_existing_one(
         tmp_path: Path) -> None:
-    """The compat record carries neither the size nor whether the open created the file
-    (FMODE_CREATED at open exit is the next step): ``dd of=new conv=notrunc; rm new`` in
-    a script is reported (a false alarm, said in detection.md), so that ``dd of=doc
-    conv=notrunc; rm doc`` of an existing file is never taken for a creation."""
+    """A record that does not say whether the open created the file (an object before
+    ABI 2.10, an older replay): ``dd of=new conv=notrunc; rm new`` in a script is reported
+    (the fallback's false alarm, said in detection.md), so that ``dd of=doc conv=notrunc;
+    rm doc`` of an existing file is never taken for a creation."""
     r = Rec()
     r.exec(123, 100, "/usr/bin/dd", ["dd", "of=/tmp/new", "conv=notrunc"])
     r.open(123, "/tmp/new", WC, 206)
@@ -523,3 +525,69 @@ def test_careful_creators_o_nofollow_are_silent(tmp_path: Path) -> None:
     r.exec(183, 100, "/usr/bin/rm", ["rm", "-f", "app.db.bak"], cwd="/srv/w")
     r.unlink(183, "/srv/w/app.db.bak")
     assert wipes(r.run(tmp_path)) == []
+
+
+# ---- the kernel's answer (ABI 2.10, s18-created): created / empty at the open -----------
+
+def test_a_file_the_open_created_or_found_empty_is_the_processs_own(tmp_path: Path) -> None:
+    """A lock, temp or cache file made with O_CREAT|O_RDWR (no O_TRUNC, no O_EXCL, no
+    lock-like name), written, rewritten and deleted by its creator, or by a script's next
+    step; an existing empty file filled then removed: the kernel says the open created it
+    (or found it empty), so nothing that was there is destroyed.  Before the record said
+    so, each was "an existing file overwritten in place" (the false alarm)."""
+    r = Rec()
+    r.exec(150, 100, "/usr/bin/python3", ["python3", "cache.py"])
+    r.open(150, "/var/tmp/session.cache", RWC, 500, created=True, empty=True)
+    r.open(150, "/var/tmp/session.cache", RW, 500, created=False, empty=False)
+    r.unlink(150, "/var/tmp/session.cache")
+    r.exec(151, 100, "/usr/bin/dd", ["dd", "of=/tmp/new", "conv=notrunc"])
+    r.open(151, "/tmp/new", WC, 501, created=True, empty=True)
+    r.exec(152, 100, "/usr/bin/rm", ["rm", "/tmp/new"]).unlink(152, "/tmp/new")
+    r.exec(153, 100, "/usr/bin/python3", ["python3", "fill.py"])
+    r.open(153, "/srv/placeholder", RW, 502, created=False, empty=True)
+    r.unlink(153, "/srv/placeholder")
+    assert wipes(r.run(tmp_path)) == []
+
+
+@pytest.mark.parametrize("path,flags", [
+    ("/srv/doc.txt", RWC | 0o400000),      # O_CREAT|O_NOFOLLOW: sqlite's and the JVM's shape
+    ("/srv/app.lock", WC),                 # a lock-like name (a victim renamed first)
+    ("/srv/pid/LOCK", RWC),
+])
+def test_flags_and_names_exempt_nothing_the_kernel_described(
+        tmp_path: Path, path: str, flags: int) -> None:
+    """The attacker picks the flags and the name: an existing file with bytes, opened
+    O_CREAT|O_NOFOLLOW or under a *.lock name, overwritten and unlinked, is a wipe once
+    the kernel said the open did not create it (before: silent, taken for a new file)."""
+    r = Rec()
+    r.exec(154, 100, "/tmp/.w", ["/tmp/.w"])
+    r.open(154, path, flags, 503, created=False, empty=False)
+    r.unlink(154, path)
+    assert [f.evidence["path"] for f in wipes(r.run(tmp_path))] == [path]
+
+
+def test_o_excl_without_o_creat_is_no_creation(tmp_path: Path) -> None:
+    """O_WRONLY|O_EXCL without O_CREAT: the kernel ignores O_EXCL and opens the existing
+    file, which is overwritten in place; for a record that does not say whether the open
+    created it, the flags alone must not make it the opener's (before: silent)."""
+    r = Rec()
+    r.exec(155, 100, "/tmp/.w", ["/tmp/.w"])
+    r.open(155, "/srv/report.pdf", W | 0o200, 504)
+    r.unlink(155, "/srv/report.pdf")
+    r.exec(156, 100, "/tmp/.w", ["/tmp/.w"])
+    r.open(156, "/srv/new.pdf", W | 0o200 | 0o100, 505)     # O_CREAT|O_EXCL: a creation
+    r.unlink(156, "/srv/new.pdf")
+    assert [f.evidence["path"] for f in wipes(r.run(tmp_path))] == ["/srv/report.pdf"]
+
+
+def test_an_open_that_neither_created_nor_found_empty_is_an_overwrite(tmp_path: Path) -> None:
+    """The same O_CREAT|O_RDWR on a file that held bytes: an overwrite in place, reported;
+    O_TRUNC still empties it (the hook sensor reads i_size before the truncation)."""
+    r = Rec()
+    r.exec(157, 100, "/tmp/.w", ["/tmp/.w"])
+    r.open(157, "/srv/ledger.csv", RWC, 506, created=False, empty=False)
+    r.unlink(157, "/srv/ledger.csv")
+    r.exec(158, 100, "/tmp/.w", ["/tmp/.w"])
+    r.open(158, "/srv/out.csv", WCT, 507, created=False, empty=False)
+    r.unlink(158, "/srv/out.csv")
+    assert [f.evidence["path"] for f in wipes(r.run(tmp_path))] == ["/srv/ledger.csv"]

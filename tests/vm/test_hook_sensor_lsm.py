@@ -372,3 +372,33 @@ def test_a_long_loader_environment_stays_inside_the_scan_buffer(sensor_cls: type
     assert len(ex) == 1, events
     assert f"LD_PRELOAD={val}/a.so" in ex[0].env and f"LD_LIBRARY_PATH={val}" in ex[0].env, ex[0].env
     assert "PYTHONPATH=" not in str(ex[0].env) and ex[0].truncated, (ex[0].env, ex[0].truncated)
+
+
+# ABI 2.10 (s18-created): the hook sensor says whether the open created the file
+# (FMODE_CREATED, set by lookup_open before vfs_open reaches security_file_open) and
+# whether the file held no byte, whatever the flags: the same O_CREAT|O_RDWR on a new
+# file, an existing one with bytes and an existing empty one.
+CREATED = """
+import os, sys
+w = sys.argv[1]
+for name in ("lock", "kept", "hollow"):
+    os.close(os.open(os.path.join(w, name), os.O_RDWR | os.O_CREAT, 0o600))
+sys.exit(5)
+"""
+
+
+def test_open_says_whether_it_created_the_file(tmp_path: Path) -> None:
+    (tmp_path / "kept").write_text("data\n")
+    (tmp_path / "hollow").write_text("")
+    with scoped_cgroup() as (cg, cgid):
+        sensor = HookSensor(cgroup_id=cgid, open_dedup_s=0)
+        sensor.open()
+        try:
+            r = run_in(cg, [PY, "-c", CREATED, str(tmp_path)], timeout=60)
+            assert r.returncode == 5, r.stderr
+            events = _collect(sensor, _exited(5))
+        finally:
+            sensor.close()
+    state = {os.path.basename(e.path): (e.created, e.empty) for e in events
+             if isinstance(e, FileEvent) and e.op == "open" and e.path.startswith(str(tmp_path))}
+    assert state == {"lock": (True, True), "kept": (False, False), "hollow": (False, True)}, state

@@ -16,20 +16,23 @@ recovered.  Matched on two things, never on an atomic's command line:
     Medium, the operands (resolved against the exec's cwd) named.
 
 (b) **the kernel-visible shape, whatever the tool**: a process write-opens a file in
-    place (``O_WRONLY`` or ``O_RDWR`` without ``O_TRUNC``/``O_APPEND``/``O_EXCL``;
-    ``O_CREAT`` does not make it a creation) whose content it did not make itself (its
-    own = the same process, running the same program, created or emptied it with an
-    ``O_EXCL`` or ``O_TRUNC`` open), then that same process unlinks it (no window: the
+    place (``O_WRONLY`` or ``O_RDWR`` without ``O_TRUNC``/``O_APPEND``) that held bytes
+    at the open and whose content it did not make itself (its own = this open created
+    the inode or found it empty, as the kernel says: ``FileEvent.created``/``empty``,
+    ABI 2.10; or the same process, running the same program, created or emptied it
+    earlier), then that same process unlinks it (no window: the
     state's TTL bounds it), or a process it ran, or its parent or a sibling's tree when
     the parent runs a non-interactive script (a script operand or ``-c``; never a login
     or interactive shell) within :attr:`SecureDeletion.window_ns` of the writer's last
     event (its exit included) or of the last rename of the chain (shred's
-    rename-to-zeros series is followed name by name).  Medium.  The compat record
-    carries neither the file's size nor whether the open created it (FMODE_CREATED at the
-    open's exit would: an ABI change, the next step), so ``dd of=new conv=notrunc; rm
-    new`` in a script is reported too (lock and pid files, ``*.lock``/``*.pid``, are not,
-    nor ``O_CREAT|O_NOFOLLOW`` opens: sqlite's files, the JVM's hsperfdata; a program of
-    one's own can set O_NOFOLLOW too).
+    rename-to-zeros series is followed name by name).  Medium.  The flags never exempt
+    an open the kernel described: ``O_CREAT|O_NOFOLLOW`` or a ``*.lock`` name on a file
+    that held bytes is an overwrite.  A record that does not say (an object before ABI
+    2.10, an older agent's replay) falls back to the flags: ``O_CREAT|O_EXCL`` or
+    ``O_TRUNC`` make the content the opener's (``O_EXCL`` without ``O_CREAT`` does not:
+    the kernel ignores it), lock and pid files (``*.lock``/``*.pid``) and
+    ``O_CREAT|O_NOFOLLOW`` opens (sqlite's files, the JVM's hsperfdata) are taken for
+    new, and ``dd of=new conv=notrunc; rm new`` in a script is reported.
 
 High instead of medium when the wiped file is a log or a shell history, or a program
 or script the same tree executed (a self-deleting payload).  ``behavior.log_clearing``
@@ -390,7 +393,13 @@ class SecureDeletion(BehaviorRule):
         path = _norm(ev.path)
         if acc == O_RDWR:
             self._rw.put((key, path), now, now)
-        if flags & (O_EXCL | O_TRUNC) and acc in (O_WRONLY, O_RDWR):
+        # the kernel's answer (ABI 2.10: FMODE_CREATED, i_size at the open), else the flags:
+        # O_TRUNC empties (the kernel's own semantics, on either tier); O_EXCL creates only
+        # with O_CREAT (without it the kernel ignores O_EXCL and opens the existing file)
+        known = ev.created is not None
+        made = ev.created or ev.empty if known else \
+            flags & (O_CREAT | O_EXCL) == O_CREAT | O_EXCL
+        if (made or flags & O_TRUNC) and acc in (O_WRONLY, O_RDWR):
             # created or emptied by this open: its content is this process's own from here
             old = self._created.get(ident, now)
             if old is not None and old[2] != path:
@@ -400,18 +409,20 @@ class SecureDeletion(BehaviorRule):
             return []
         if acc not in (O_WRONLY, O_RDWR) or flags & O_APPEND:
             return []
-        # a write-open in place (O_CREAT without O_TRUNC/O_EXCL included: the compat record
-        # carries neither the file's size nor whether the open created it, so such an open
-        # of an inode never seen emptied is taken for an overwrite of an existing file)
+        # a write-open in place of a file that held bytes (the kernel said so), or, for a
+        # record that does not say (an object before ABI 2.10, an older replay), of an inode
+        # never seen emptied (O_CREAT without O_TRUNC/O_EXCL included)
         seen = self._created.get(ident, now)
         creator = seen if seen is not None and seen[2] == path else None
         if creator is not None and self._in(creator[0], [key]) and creator[1] == ev.proc.exe:
             # its own file (a journal, a swap file, a temp file); the same process after an
             # exec is another program (``bash -c 'echo > f; python3 ...'`` execs the last)
             return []
-        if flags & O_CREAT and (_LOCKISH.search(path) or flags & O_NOFOLLOW):
-            # a lock or pid file, maybe new; a careful creator's own file (sqlite's
-            # database and journal, the JVM's hsperfdata: O_CREAT|O_NOFOLLOW)
+        if not known and flags & O_CREAT and (_LOCKISH.search(path) or flags & O_NOFOLLOW):
+            # the fallback's guesses, only where the kernel did not say whether the open
+            # created the file (any program can set O_NOFOLLOW or name a file *.lock): a
+            # lock or pid file, maybe new; a careful creator's own file (sqlite's database
+            # and journal, the JVM's hsperfdata: O_CREAT|O_NOFOLLOW)
             return []
         if path.startswith(NOT_FILES) and any(path == d or path.startswith(d + "/")
                                              for d in NOT_FILES):
