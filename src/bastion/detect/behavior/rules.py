@@ -66,7 +66,8 @@ O_ACCMODE, O_CREAT, O_TRUNC = 0o3, 0o100, 0o1000
 class Probes:
     """Live-only look-ups a rule may use as extra evidence; all optional, so
     rules stay pure under replay.  ``stdio(pid)`` -> the targets of fds 0-2
-    (e.g. ``socket:[123]``); ``entropy(path)`` -> bits/byte of the file's head;
+    (e.g. ``socket:[123]``); ``entropy(path)`` -> bits/byte of the file (the highest
+    of several windows, :mod:`bastion.detect.behavior.content`);
     ``entropy_many(paths)`` the same for several files at once, bounded in time
     (None for a file not sampled: not regular, gone, or its probe timed out);
     ``stalled()`` -> the paths whose probe timed out since the last call (each
@@ -2242,8 +2243,9 @@ RANSOM_EXT = re.compile(r"\.(locked|encrypted|enc|crypt|crypted|lock|ransom|cry|
 class Ransomware(ThresholdRule):
     """A process tree rewrites, renames or deletes many distinct files under
     the data directories within the window.  Live, the entropy of the files the
-    tree left (not those it removed again) confirms (>= 7.2 bits/byte in more than
-    half of a full sample of 8 => critical, kill the tree); without the probe
+    tree left (not those it removed again; several windows per file, encoded windows
+    decoded, ransom notes left out) confirms (>= 7.2 bits/byte in more than half of a
+    full sample of 8 => critical, kill the tree); without the probe
     (replay) one new extension on most of the renames does."""
 
     name = "behavior.ransomware"
