@@ -313,3 +313,22 @@ def test_pseudo_filesystems_and_symlinked_roots_are_not_read(tmp_path: Path) -> 
     (tmp_path / "d").symlink_to("/proc/self")
     assert file_entropy(str(tmp_path / "d" / "status")) is None
     assert file_entropy("/sys/kernel/notes") is None
+
+
+def test_refused_names_leave_no_descriptor_open(tmp_path: Path) -> None:
+    """Every refusal after the O_PATH open (not a regular file, another inode, a pseudo
+    filesystem, too small) closes it: the names are the attacker's, as many as it likes."""
+    from bastion.detect.behavior.content import file_sample
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "small").write_bytes(b"x")
+    (tmp_path / "big").write_bytes(os.urandom(4096))
+    (tmp_path / "d").symlink_to("/proc/self")
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(50):
+        assert file_sample(str(tmp_path / "fifo")) is None
+        assert file_sample(str(tmp_path / "small")) is None
+        assert file_sample(str(tmp_path)) is None
+        assert file_sample(str(tmp_path / "d" / "status")) is None
+        other = file_sample(str(tmp_path / "big"), ino=1)
+        assert other is not None and other.other_inode
+    assert len(os.listdir("/proc/self/fd")) <= before

@@ -297,19 +297,17 @@ def _sample_one(name: bytes, ino: int, budget: ByteBudget | None) -> ContentSamp
         if not windows:
             return None
         fd = os.open(f"/proc/self/fd/{pfd}", PROBE_FLAGS)
-    except OSError:
-        os.close(pfd)
-        return None
-    try:
-        again = os.fstat(fd)
-        if not stat.S_ISREG(again.st_mode) or (again.st_dev, again.st_ino) != \
-                (st.st_dev, st.st_ino):
-            return None
-        return _read(fd, windows, st.st_size, budget)
+        try:
+            again = os.fstat(fd)
+            if not stat.S_ISREG(again.st_mode) or (again.st_dev, again.st_ino) != \
+                    (st.st_dev, st.st_ino):
+                return None
+            return _read(fd, windows, st.st_size, budget)
+        finally:
+            os.close(fd)
     except OSError:
         return None
     finally:
-        os.close(fd)
         os.close(pfd)
 
 
