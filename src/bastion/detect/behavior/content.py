@@ -52,7 +52,6 @@ from dataclasses import dataclass
 from typing import Final
 
 from bastion.errors import FeatureUnavailableError
-from bastion.kernel.openat2 import AT_FDCWD, RESOLVE_NO_MAGICLINKS, openat2
 
 RESOLVE_IN_ROOT: Final = 0x10
 WINDOW: Final = 1024          # bytes per window
@@ -251,6 +250,8 @@ def fs_magic(fd: int) -> int | None:
 def _open_path(name: bytes) -> int:
     """``name`` opened ``O_PATH | O_NOFOLLOW``: beneath the writer's root for
     ``/proc/PID/root/...`` (RESOLVE_IN_ROOT), no magic link followed."""
+    # imported here: importing the configuration loads no bastion.kernel module
+    from bastion.kernel.openat2 import AT_FDCWD, RESOLVE_NO_MAGICLINKS, openat2
     m = _ROOTED.fullmatch(name)
     flags = os.O_PATH | os.O_NOFOLLOW
     try:
