@@ -97,7 +97,8 @@ _KEY: Final = secrets.token_bytes(16)   # where the middle windows fall, per age
 @dataclass(frozen=True)
 class ContentSample:
     """One file's probe.  ``score``: the highest window's bits/byte (decoded for a
-    base64/hex window), None when not judged: ``other_inode`` (the path holds another
+    base64/hex window; beyond the head only windows that could reach ``HIGH`` are
+    counted, so a low score is a lower bound, a high one exact), None when not judged: ``other_inode`` (the path holds another
     inode than the record named) or ``limited`` (extra windows refused by the byte
     budget and what was read is not high).  ``digest``: of the whole content, for a
     file up to ``NOTE_MAX`` bytes."""
@@ -172,8 +173,17 @@ def is_mail(head: bytes) -> bool:
     return bool(_MAIL_START.match(head)) and _MAIL_FIELD.search(head) is not None
 
 
-def window_score(window: bytes, decode: bool = True) -> tuple[float, str]:
-    raw = entropy(window)
+DISTINCT_HIGH: Final = math.ceil(2 ** HIGH)   # fewer distinct bytes cannot reach HIGH
+
+
+def window_score(window: bytes, decode: bool = True, exact: bool = True) -> tuple[float, str]:
+    """A window's bits/byte (or its decoded bytes', if higher).  ``exact=False``: a
+    window with fewer than ``DISTINCT_HIGH`` distinct bytes is not counted (0.0: it
+    cannot be high; a set costs a third of the histogram), its decoding still is."""
+    if exact or len(set(window)) >= DISTINCT_HIGH:
+        raw = entropy(window)
+    else:
+        raw = 0.0
     if raw >= HIGH or not decode:
         return raw, ""
     got = decoded(window)
@@ -334,7 +344,7 @@ def _read(fd: int, windows: list[tuple[int, int]], size: int,
             continue
         if len(data) < MIN_WINDOW:
             return None
-        h, kind = window_score(data, decode)
+        h, kind = window_score(data, decode, exact=i == 0)
         if h > best:
             best, enc = h, kind
         if best >= HIGH:
