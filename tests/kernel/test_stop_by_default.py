@@ -258,6 +258,37 @@ def test_ransomware_outside_the_data_directories_is_killed() -> None:
         shutil.rmtree(d)
 
 
+SKIP_HEAD = ("import os, sys, time\n"
+             "root = sys.argv[1]\n"
+             "for n in sorted(os.listdir(root)):\n"
+             "    p = os.path.join(root, n)\n"
+             "    size = os.path.getsize(p)\n"
+             "    with open(p, 'r+b') as f:\n"
+             "        f.seek(4096)\n"                      # the head left in plaintext
+             "        f.write(os.urandom(size - 4096))\n"
+             "    time.sleep(0.02)\n")
+
+
+def test_ransomware_that_skips_the_first_4k_is_killed() -> None:
+    """s18-ransom: LockBit/BlackCat-style partial encryption, in place, no rename: every
+    file's first 4 KiB left as they were, the rest encrypted.  The probe read only the
+    head (plaintext) and judged the content not encrypted; it now reads several windows."""
+    d = Path(tempfile.mkdtemp(prefix="bastion-test-skiphead-", dir="/var/tmp"))
+    try:
+        for i in range(200):
+            (d / f"doc{i:03}.odt").write_text(f"quarterly report {i}\n" * 3000)
+        with watching() as (cg, w):
+            p = spawn_in(cg, [sys.executable, "-c", SKIP_HEAD, str(d)])
+            rc = reap(p, 30)
+            got = [a for a in w.alerts if a["rule"] == "behavior.ransomware"]
+            assert got and got[0]["action"] == "kill-tree", [(a["rule"], a["action"], a["title"])
+                                                             for a in w.alerts]
+            assert got[0]["evidence"]["entropy_high"] >= 5
+            assert rc == -signal.SIGKILL
+    finally:
+        shutil.rmtree(d)
+
+
 SCAN = ("import socket\n"
         "for port in range(1, 400):\n"
         "    s = socket.socket(); s.settimeout(0.2)\n"

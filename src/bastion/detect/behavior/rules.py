@@ -44,6 +44,7 @@ from bastion.detect.behavior.base import (
     SingleEvent, Step, ThresholdRule, actor_names, base, glob_any, is_interpreter,
     is_loopback, is_public_peer, is_shell, norm_interp, package_installer, trusted_as, under,
 )
+from bastion.detect.behavior.content import HIGH, ByteBudget, ContentSample, file_sample
 from bastion.detect.behavior.provenance import LOCAL_REASONS, REASON_DEPTH, block, script_of
 from bastion.detect.behavior.xmem import ExecMemory
 from bastion.detect.behavior.shellargs import parse_shell_argv
@@ -66,7 +67,8 @@ O_ACCMODE, O_CREAT, O_TRUNC = 0o3, 0o100, 0o1000
 class Probes:
     """Live-only look-ups a rule may use as extra evidence; all optional, so
     rules stay pure under replay.  ``stdio(pid)`` -> the targets of fds 0-2
-    (e.g. ``socket:[123]``); ``entropy(path)`` -> bits/byte of the file's head;
+    (e.g. ``socket:[123]``); ``entropy(path)`` -> bits/byte of the file (the highest
+    of several windows, :mod:`bastion.detect.behavior.content`);
     ``entropy_many(paths)`` the same for several files at once, bounded in time
     (None for a file not sampled: not regular, gone, or its probe timed out);
     ``stalled()`` -> the paths whose probe timed out since the last call (each
@@ -76,6 +78,9 @@ class Probes:
     entropy: Callable[[str], float | None] | None = None
     entropy_many: Callable[[Sequence[str]], list[float | None]] | None = None
     stalled: Callable[[], list[str]] | None = None
+    # ``entropy_many`` with more: (path, the inode the record named or 0) -> the content
+    # sample (score, digest of a small file, another inode there now, cut by the budget)
+    content_many: Callable[[Sequence[tuple[str, int]]], list[ContentSample | None]] | None = None
     # the root directory through which ``pid`` sees its files (None: gone; the agent's)
     root_of: Callable[[int], str | None] | None = None
     # is ``path``, as process ``pid`` sees it, an executable ELF file (None: cannot tell)
@@ -105,51 +110,34 @@ def read_stdio(pid: int) -> tuple[str, ...] | None:
 PROBE_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
 
 
-def file_entropy(path: str, size: int = 4096) -> float | None:
-    """Bits/byte of the head of the regular file ``path`` (None: not a regular file,
-    gone, or under 256 bytes).
+def file_entropy(path: str) -> float | None:
+    """Bits/byte of the regular file ``path`` as the ransomware rule judges it: the
+    highest of several windows (head, tail, stratified middles; base64/hex windows
+    decoded), see :mod:`bastion.detect.behavior.content` (None: not a regular file, gone,
+    under 256 bytes, a pseudo filesystem, an unusable name).
 
-    The path is named by whoever renamed the file, so nothing here may wait on it:
-    no FIFO, device or socket is opened (``lstat`` first, then ``O_NONBLOCK`` so a
-    FIFO swapped in meanwhile opens at once, ``fstat`` of what was opened), no
-    symlink is followed.  A FUSE file can still block in open or read: callers on
-    the agent's loop use :class:`EntropyProbe`, which runs this off the loop."""
-    try:
-        if not stat.S_ISREG(os.lstat(path).st_mode):
-            return None
-        fd = os.open(path, PROBE_FLAGS)
-    except (OSError, ValueError):
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        data = os.pread(fd, size, 0)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    if len(data) < 256:
-        return None
-    counts = [0] * 256
-    for b in data:
-        counts[b] += 1
-    n = len(data)
-    return -sum(c / n * math.log2(c / n) for c in counts if c)
+    The path is named by whoever wrote the file, so nothing here may wait on it: it is
+    opened ``O_PATH|O_NOFOLLOW`` and checked (``fstat``) before any read open, so no
+    FIFO, device or socket is opened for reading and no symlink is followed.  A FUSE
+    file can still block in open or read: callers on the agent's loop use
+    :class:`EntropyProbe`, which runs this off the loop."""
+    got = file_sample(path)
+    return None if got is None else got.score
 
 
 class _Probe:
-    __slots__ = ("path", "done", "value", "reported", "late_since")
+    __slots__ = ("key", "done", "value", "reported", "late_since")
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, key: tuple[str, int]) -> None:
+        self.key = key
         self.done = threading.Event()
-        self.value: float | None = None
+        self.value: ContentSample | None = None
         self.reported = False
         self.late_since: float | None = None   # when the loop stopped waiting for it
 
 
 class EntropyProbe:
-    """File entropy off the agent's loop, bounded in time and in threads.
+    """File content probes off the agent's loop, bounded in time, threads and bytes.
 
     Each file is read by a daemon thread (a thread stuck in a FUSE open must never
     hold up the agent's exit, which a ``ThreadPoolExecutor`` would); the loop waits
@@ -159,43 +147,60 @@ class EntropyProbe:
     still outstanding ``report_after_s`` later (a FUSE file stays stuck; a read
     that was only slow on a loaded host finishes and is not a finding); at most
     ``max_outstanding`` probes are outstanding at once, further files are unknown
-    (``busy``) at once."""
+    (``busy``) at once.  Bytes read beyond each file's head window come out of one
+    :class:`ByteBudget` (``bytes_per_s``): a file it cut short is unknown unless what
+    was read is already high.  ``read`` (tests): a path -> bits/byte stand-in."""
 
     def __init__(self, *, timeout_s: float = 0.25, max_outstanding: int = 16,
                  report_after_s: float = 5.0,
-                 read: Callable[[str], float | None] = file_entropy) -> None:
+                 read: Callable[[str], float | None] | None = None,
+                 bytes_per_s: float = float(4 << 20)) -> None:
         self.timeout_s = timeout_s
         self.report_after_s = report_after_s
         self.max_outstanding = max_outstanding
+        self.budget = ByteBudget(bytes_per_s)
         self._read = read
         self._lock = threading.Lock()
-        self._inflight: dict[str, _Probe] = {}
+        self._inflight: dict[tuple[str, int], _Probe] = {}
         self.probes = 0
         self.timeouts = 0
         self.busy = 0
+        self.bytes_read = 0
 
     def outstanding(self) -> int:
         with self._lock:
             return len(self._inflight)
 
+    def _sample(self, path: str, ino: int) -> ContentSample | None:
+        if self._read is not None:
+            h = self._read(path)
+            return None if h is None else ContentSample(h)
+        return file_sample(path, ino, self.budget)
+
     def _run(self, pr: _Probe) -> None:
         try:
-            pr.value = self._read(pr.path)
+            pr.value = self._sample(*pr.key)
         finally:
             pr.done.set()
             with self._lock:
-                if self._inflight.get(pr.path) is pr:
-                    del self._inflight[pr.path]
+                if pr.value is not None:
+                    self.bytes_read += pr.value.bytes_read
+                if self._inflight.get(pr.key) is pr:
+                    del self._inflight[pr.key]
 
     def __call__(self, path: str) -> float | None:
         return self.many([path])[0]
 
     def many(self, paths: Sequence[str]) -> list[float | None]:
+        return [None if s is None else s.score for s in self.samples([(p, 0) for p in paths])]
+
+    def samples(self, targets: Sequence[tuple[str, int]]) -> list[ContentSample | None]:
+        """The probe of each (path, inode the record named or 0), bounded in time."""
         deadline = time.monotonic() + self.timeout_s
         todo: list[tuple[_Probe, bool] | None] = []
-        for p in paths:
+        for key in targets:
             with self._lock:
-                pr = self._inflight.get(p)
+                pr = self._inflight.get(key)
                 if pr is not None:
                     todo.append((pr, False))   # still outstanding from an earlier batch
                     continue
@@ -203,13 +208,13 @@ class EntropyProbe:
                     self.busy += 1
                     todo.append(None)
                     continue
-                pr = _Probe(p)
-                self._inflight[p] = pr
+                pr = _Probe(key)
+                self._inflight[key] = pr
                 self.probes += 1
             threading.Thread(target=self._run, args=(pr,), name="bastion-entropy",
                              daemon=True).start()
             todo.append((pr, True))
-        out: list[float | None] = []
+        out: list[ContentSample | None] = []
         for item in todo:
             if item is None:
                 out.append(None)
@@ -232,17 +237,18 @@ class EntropyProbe:
         stopped waiting for it; each reported once."""
         now = time.monotonic()
         with self._lock:
-            out = [pr.path for pr in self._inflight.values()
-                   if not pr.reported and pr.late_since is not None
-                   and now - pr.late_since >= self.report_after_s]
-            for path in out:
-                self._inflight[path].reported = True
-        return out
+            late = [pr for pr in self._inflight.values()
+                    if not pr.reported and pr.late_since is not None
+                    and now - pr.late_since >= self.report_after_s]
+            for pr in late:
+                pr.reported = True
+        return [pr.key[0] for pr in late]
 
     def stats(self) -> dict[str, int]:
         with self._lock:
             return {"probes": self.probes, "timeouts": self.timeouts, "busy": self.busy,
-                    "outstanding": len(self._inflight)}
+                    "outstanding": len(self._inflight), "bytes_read": self.bytes_read,
+                    "budget_refused": self.budget.refused}
 
 
 def elf_exec(pid: int, path: str) -> bool | None:
@@ -407,8 +413,8 @@ def resolve_in(pid: int, path: str, max_links: int = 40) -> str | None:
 
 def live_probes() -> Probes:
     ep = EntropyProbe()
-    return Probes(stdio=read_stdio, entropy=ep, entropy_many=ep.many, stalled=ep.stalled,
-                  root_of=proc_root, elf_exec=elf_exec, file_ident=file_ident,
+    return Probes(stdio=read_stdio, entropy=ep, entropy_many=ep.many, content_many=ep.samples,
+                  stalled=ep.stalled, root_of=proc_root, elf_exec=elf_exec, file_ident=file_ident,
                   resolve=resolve_in)
 
 
@@ -2289,8 +2295,9 @@ RANSOM_EXT = re.compile(r"\.(locked|encrypted|enc|crypt|crypted|lock|ransom|cry|
 class Ransomware(ThresholdRule):
     """A process tree rewrites, renames or deletes many distinct files under
     the data directories within the window.  Live, the entropy of the files the
-    tree left (not those it removed again) confirms (>= 7.2 bits/byte in more than
-    half of a full sample of 8 => critical, kill the tree); without the probe
+    tree left (not those it removed again; several windows per file, encoded windows
+    decoded, ransom notes left out) confirms (>= 7.2 bits/byte in more than half of a
+    full sample of 8 => critical, kill the tree); without the probe
     (replay) one new extension on most of the renames does."""
 
     name = "behavior.ransomware"
@@ -2341,6 +2348,9 @@ class Ransomware(ThresholdRule):
             return None
         if under(path, NOT_DATA):
             return None
+        if tag == "w" and ev.ino:
+            # the inode the tree wrote, so the probe reads that file and no other
+            return f"w:{path}\0{ev.ino}"
         return f"{tag}:{path}"
 
     def conclusive(self, hit: Hit) -> bool:
@@ -2356,25 +2366,29 @@ class Ransomware(ThresholdRule):
         # rename onto a path brings it back, an unlink or a rename away removes it.  An
         # unordered "ever removed" set let a tree park each ciphertext on a name it had
         # removed before (decoy G, mv G junk, encrypt d, mv d G: s17-rfp review).
-        alive: dict[str, None] = {}   # the paths the tree left, by their last event
+        alive: dict[str, int] = {}   # the paths the tree left, by their last event: inode
         for v in values:
             tag, path = v[0], v[2:]
+            ino = 0
             if tag == "r":
                 path, _, old = path.partition("\0")
                 renames.append(path)
-                alive.pop(old, None)
+                ino = alive.pop(old, 0)    # a temp file renamed over the name: its inode
+            elif tag == "w":
+                path, _, num = path.partition("\0")
+                ino = int(num) if num.isdigit() else 0
             if tag == "u":
                 alive.pop(path, None)
             else:
                 alive.pop(path, None)
-                alive[path] = None
+                alive[path] = ino
             paths.append(path)
         ext_counts = collections.Counter(os.path.splitext(p)[1] for p in renames
                                          if RANSOM_EXT.search(p))
         ev_: dict[str, Any] = {"files": len(paths), "sample": paths[:10], "renames": len(renames)}
         high = 0
         sampled = 0
-        probed: list[float | None] | None = None
+        probed = False
         # The sample is what the tree left: the last files it wrote or renamed to that it
         # did not unlink or rename away again.  A path it removed cannot be read, and
         # counting such paths as "unknown" let one compressed file among the tree's own
@@ -2387,34 +2401,55 @@ class Ransomware(ThresholdRule):
         # SAMPLE, up to PROBE_MAX candidates (3 bounded batches off the loop), so
         # unreadable names (FIFOs, kernel-truncated or undecodable paths) interleaved
         # with the ciphertext do not block the verdict (s17-rfp review 3).
-        candidates = list(alive)[-self.PROBE_MAX:][::-1]
+        # s18-ransom: each file is judged on several windows (content.py), against the
+        # inode the tree wrote (another inode at the path now: ``moved``, unknown), and
+        # ransom notes -- the same small content in several candidates -- are left out of
+        # the sample rather than counted as plaintext (1:1 notes halved it).
+        candidates = list(alive.items())[-self.PROBE_MAX:][::-1]
         root = self.probes.root_of(ev.proc.pid) if self.probes.root_of is not None else None
-        readable: list[float] = []
-        unknown = 0
+        got_all: list[tuple[float | None, bytes | None]] = []
+        unknown = moved = 0
         for i in range(0, len(candidates), self.SAMPLE):
-            if len(readable) >= self.SAMPLE:
+            if sum(1 for h, _ in got_all if h is not None) - self._notes(got_all)[1] \
+                    >= self.SAMPLE:
                 break
             batch = candidates[i:i + self.SAMPLE]
-            rooted = [f"{root}{p}" for p in batch] if root else batch
-            if self.probes.entropy_many is not None:
-                got = self.probes.entropy_many(rooted)
+            rooted = [(f"{root}{p}" if root else p, ino) for p, ino in batch]
+            got: list[tuple[float | None, bytes | None]]
+            if self.probes.content_many is not None:
+                got = []
+                for s in self.probes.content_many(rooted):
+                    if s is not None and s.other_inode:
+                        moved += 1
+                    got.append((None, None) if s is None else (s.score, s.digest))
+            elif self.probes.entropy_many is not None:
+                got = [(h, None) for h in self.probes.entropy_many([p for p, _ in rooted])]
             elif self.probes.entropy is not None:
-                got = [self.probes.entropy(p) for p in rooted]
+                got = [(self.probes.entropy(p), None) for p, _ in rooted]
             else:
                 break
-            probed = (probed or []) + got
-            for h in got:
+            probed = True
+            got_all += got
+        if probed:
+            notes, n_notes = self._notes(got_all)
+            readable: list[float] = []
+            for h, digest in got_all:
                 if h is None:
                     unknown += 1
+                elif digest is not None and digest in notes:
+                    continue
                 elif len(readable) < self.SAMPLE:
                     readable.append(h)
-        if probed is not None:
             for h in readable:
                 sampled += 1
-                high += h >= 7.2
+                high += h >= HIGH
             ev_["entropy_sampled"] = sampled
             ev_["entropy_high"] = high
             ev_["entropy_unknown"] = unknown
+            if moved:
+                ev_["entropy_moved"] = moved
+            if n_notes:
+                ev_["notes"] = n_notes
         title = f"Ransomware behaviour: {len(paths)} files rewritten/renamed/deleted in " \
                 f"{self.window_ns / NS:g}s"
         # Encrypted-looking: most of a full sample, not most of what happened to be
@@ -2428,10 +2463,21 @@ class Ransomware(ThresholdRule):
             if n * 2 > len(renames):
                 ev_["extension"] = ext
                 return Hit(title, ev_)
-        if sampled and high * 2 <= sampled:
-            return None   # content checked and not encrypted-looking: a backup, a checkout
+        if sampled and high * 2 <= sampled and moved * 2 < self.SAMPLE:
+            # content checked and not encrypted-looking: a backup, a checkout (unless most
+            # of the files the tree wrote hold another inode now: swapped away)
+            return None
         return Hit(f"Mass file rewrite: {len(paths)} files in {self.window_ns / NS:g}s", ev_,
                    severity="medium", action="alert")
+
+    NOTE_REPEATS = 3   # the same small content this often among the candidates: notes
+
+    def _notes(self, got: list[tuple[float | None, bytes | None]]) -> tuple[set[bytes], int]:
+        """Digests of content repeated NOTE_REPEATS times or more among the probed files
+        (ransom notes, one per file or per directory), and how many files they are."""
+        counts = collections.Counter(d for h, d in got if h is not None and d is not None)
+        notes = {d for d, n in counts.items() if n >= self.NOTE_REPEATS}
+        return notes, sum(counts[d] for d in notes)
 
     def evaluate(self, ev: Event, ctx: RuleContext) -> list[Hit]:
         hits = super().evaluate(ev, ctx)

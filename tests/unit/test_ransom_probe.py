@@ -1,0 +1,334 @@
+"""behavior.ransomware's content probe against the evasions left open in s17 (issue 15,
+s18-ransom): the probe read only the first 4 KiB of each sampled file, so ciphertext
+after a plaintext head, base64/hex-encoded ciphertext and a 1:1 ransom note beside each
+file each kept a real encryptor below "critical"; an undecodable name or a swapped
+directory had it read another file than the one the tree wrote.  Real files in a temp
+dir, judged by the live probe (``live_probes``) through this process's own root."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from bastion.detect.behavior.rules import Ransomware, file_entropy, live_probes
+from bastion.detect.engine import Engine, Finding, RuleContext
+from bastion.events import Event, from_json
+from bastion.proctable import ProcessTable
+
+NS = 1_000_000_000
+O_WRONLY, O_CREAT, O_TRUNC = 0o1, 0o100, 0o1000
+N = 40
+TEXT = (b"Invoice 2026-%04d: customer Jane Doe, 12 items, amount due 1,234.56 EUR, "
+        b"payable within 30 days to the account named on the first page.\n")
+
+
+def text(n: int, seed: int = 0) -> bytes:
+    out = b"".join(TEXT.replace(b"%04d", b"%04d" % (seed * 1000 + i)) for i in range(n // 100 + 2))
+    return out[:n]
+
+
+class Tree:
+    """One untrusted process (this test's own pid: its root is ours) writing files."""
+
+    def __init__(self) -> None:
+        self.procs = ProcessTable()
+        self.rule = Ransomware(probes=live_probes(), data_dirs=None)
+        self.engine = Engine([self.rule])
+        self.ctx = RuleContext(self.procs)
+        self.t = 1_767_225_600 * NS
+        self.pid = os.getpid()
+        self.found: list[Finding] = []
+        self._feed({"type": "exec", **self._proc(), "filename": "/usr/bin/python3.11",
+                    "cwd": "/root", "argv": ["python3", "enc.py"], "exe_dev": 1,
+                    "exe_ino": 4242, "exe_nlink": 1})
+
+    def _proc(self) -> dict[str, Any]:
+        return {"pid": self.pid, "tid": self.pid, "ppid": 1, "uid": 1000, "euid": 1000,
+                "gid": 1000, "cgroup_id": 1, "comm": "python3", "start_ns": 1000,
+                "exe": "/usr/bin/python3.11"}
+
+    def _feed(self, obj: dict[str, Any]) -> None:
+        import time as _t
+        self.t += NS // 100
+        sec, ns = divmod(self.t, NS)
+        obj["time"] = _t.strftime("%Y-%m-%dT%H:%M:%S", _t.gmtime(sec)) + f".{ns // 1000:06d}Z"
+        ev: Event = from_json(obj)
+        self.procs.update(ev)
+        self.found += self.engine.evaluate(ev, self.ctx)
+
+    def write(self, path: str | bytes, data: bytes, *, name: str | None = None,
+              flags: int = O_WRONLY | O_TRUNC) -> None:
+        """Rewrite ``path`` with ``data``; the event names it ``name`` (the sensor's
+        decoding of the raw name) and carries its inode as the kernel reports it."""
+        with open(path, "wb") as fh:
+            fh.write(data)
+        ino = os.stat(path).st_ino
+        shown = name if name is not None else os.fsdecode(path)
+        self._feed({"type": "open", **self._proc(), "path": shown, "path2": "", "flags": flags,
+                    "mode": 0o644, "owner_uid": -1, "owner_gid": -1, "dev": 1, "ino": ino})
+
+    def loud(self) -> list[Finding]:
+        return [f for f in self.found if f.severity in ("high", "critical")]
+
+    def critical(self) -> list[Finding]:
+        return [f for f in self.found if f.severity == "critical"]
+
+
+def victims(d: Path, n: int = N, size: int = 64 << 10) -> list[Path]:
+    d.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(n):
+        p = d / f"report-{i:03d}.odt"
+        p.write_bytes(text(size, i))
+        out.append(p)
+    return out
+
+
+def after_header(plain: bytes) -> bytes:
+    """LockBit/BlackCat-style: the first 4 KiB left as they were, the rest encrypted."""
+    return plain[:4096] + os.urandom(len(plain) - 4096)
+
+
+def every_nth_chunk(plain: bytes) -> bytes:
+    """Intermittent: 16 KiB of each 64 KiB encrypted, starting past the first 4 KiB
+    (a quarter of the file ciphertext, the head plaintext)."""
+    buf = bytearray(plain)
+    for off in range(4096, len(buf), 64 << 10):
+        end = min(off + (16 << 10), len(buf))
+        buf[off:end] = os.urandom(end - off)
+    return bytes(buf)
+
+
+def banner(plain: bytes) -> bytes:
+    """A >= 4 KiB plaintext banner before the ciphertext."""
+    return (b"YOUR FILES ARE ENCRYPTED. Read HOW-TO-DECRYPT.txt. " * 120)[:6000] + \
+        os.urandom(len(plain))
+
+
+def b64(plain: bytes) -> bytes:
+    raw = base64.b64encode(os.urandom(len(plain)))
+    return b"\n".join(raw[i:i + 76] for i in range(0, len(raw), 76))
+
+
+def hexed(plain: bytes) -> bytes:
+    return os.urandom(len(plain) // 2).hex().encode()
+
+
+ENCRYPTORS: dict[str, tuple[Callable[[bytes], bytes], int]] = {
+    "after_header": (after_header, 64 << 10),
+    "every_nth_chunk": (every_nth_chunk, 256 << 10),
+    "banner": (banner, 32 << 10),
+    "base64": (b64, 32 << 10),
+    "hex": (hexed, 32 << 10),
+}
+
+
+@pytest.mark.parametrize("kind", list(ENCRYPTORS))
+def test_evasive_encryption_in_place_is_critical(tmp_path: Path, kind: str) -> None:
+    """Each encryptor rewrites 40 files in place (no rename, no extension: content is the
+    only evidence).  Head-only probing: the head was plaintext (or ~6 bits/byte of
+    base64, ~4 of hex), so the rule judged the content checked and not encrypted."""
+    enc, size = ENCRYPTORS[kind]
+    tree = Tree()
+    for p in victims(tmp_path / "docs", size=size):
+        tree.write(p, enc(p.read_bytes()))
+    got = tree.critical()
+    assert got and got[0].action == "kill-tree", [f.title for f in tree.found]
+    assert got[0].evidence["entropy_high"] >= 5
+
+
+def test_a_ransom_note_beside_each_file_does_not_dilute_the_sample(tmp_path: Path) -> None:
+    """1:1 notes: NAME.README.txt (the same small plaintext) written after each encrypted
+    file.  The newest 8 readable files were 4 notes and 4 ciphertexts: 4 of 8, below
+    "most of 8".  Notes (the same small content repeated) are left out of the sample."""
+    note = b"All your files are encrypted.  Send 0.5 BTC to bc1q... and mail the id.\n" * 12
+    tree = Tree()
+    for p in victims(tmp_path / "docs", size=16 << 10):
+        tree.write(p, os.urandom(16 << 10))
+        tree.write(f"{p}.README.txt", note, flags=O_WRONLY | O_CREAT | O_TRUNC)
+    got = tree.critical()
+    assert got, [(f.title, f.evidence) for f in tree.found]
+    assert got[0].evidence.get("notes", 0) >= 3
+
+
+def test_undecodable_names_cannot_point_the_probe_at_a_decoy(tmp_path: Path) -> None:
+    """A name with invalid UTF-8 (b"...\\xff...") reaches the rule as the literal text
+    "\\\\xff" (backslashreplace).  The probe opened that literal name: a plaintext decoy
+    the tree put there was judged instead of the ciphertext."""
+    d = tmp_path / "docs"
+    d.mkdir()
+    tree = Tree()
+    for i in range(N):
+        raw = os.fsencode(str(d)) + b"/doc\xff%03d.odt" % i
+        shown = os.fsencode(str(d)).decode() + "/doc\\xff%03d.odt" % i
+        Path(shown).write_bytes(text(16 << 10, i))          # the decoy, plaintext
+        tree.write(raw, os.urandom(16 << 10), name=shown)   # the victim, encrypted
+    got = tree.critical()
+    assert got, [(f.title, f.evidence) for f in tree.found]
+
+
+def test_a_swapped_directory_is_not_judged_as_plaintext(tmp_path: Path) -> None:
+    """The tree encrypts docs/*, then moves docs away and puts a symlink to a plaintext
+    copy in its place: the probe followed it and judged the copy (silent).  The files
+    the records name are not there any more (another inode): unknown, not plaintext."""
+    plain = tmp_path / "plain"
+    files = victims(tmp_path / "docs", size=16 << 10)
+    shutil.copytree(tmp_path / "docs", plain)
+    tree = Tree()
+    for p in files[:-1]:
+        tree.write(p, os.urandom(16 << 10))
+    os.rename(tmp_path / "docs", tmp_path / "gone")
+    os.symlink(plain, tmp_path / "docs")
+    tree.write(files[-1], text(16 << 10))   # the 40th write: the check runs now
+    assert tree.found, "a mass rewrite whose files were swapped away went unreported"
+    assert tree.found[0].evidence["entropy_high"] == 0
+    assert tree.found[0].evidence["entropy_sampled"] < 5
+
+
+@pytest.mark.parametrize("name", ["/tmp/a\x00b", "/tmp/\udcff\udcfe", "/tmp/x\\xzz\\x",
+                                  "relative\\xff", ""])
+def test_odd_names_never_raise(name: str) -> None:
+    assert file_entropy(name) is None
+
+
+# ---- the benign side: what the wider probe must not call encrypted ----------------------------
+
+def _mail(i: int) -> bytes:
+    from email.message import EmailMessage
+    m = EmailMessage()
+    m["From"], m["To"], m["Subject"] = "a@example.org", "b@example.org", f"scan {i}"
+    m["Message-ID"] = f"<{i}@example.org>"
+    m.set_content("The scans you asked for.\n" * 20)
+    m.add_attachment(os.urandom(24 << 10), maintype="image", subtype="jpeg",
+                     filename=f"scan{i}.jpg")   # a JPEG is high-entropy: so is its base64
+    return b"Received: from mx.example.org by mail.example.org\n" * 60 + m.as_bytes()
+
+
+def _sqlite(path: Path, i: int) -> None:
+    import sqlite3
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, who TEXT, note TEXT)")
+    con.executemany("INSERT INTO t (who, note) VALUES (?, ?)",
+                    [(f"user{i}-{k}", text(200, k).decode()) for k in range(200)])
+    con.commit()
+    con.close()
+
+
+def _benign(d: Path) -> list[Path]:
+    """Real files of the kinds whose head is plaintext but whose body a multi-window
+    probe reads too: executables, byte code, mail with attachments, databases, tar."""
+    import py_compile
+    import tarfile
+    d.mkdir()
+    out: list[Path] = []
+    for b in ("ls", "cp", "mv", "cat", "grep", "sed", "tar", "find", "bash", "env"):
+        src = shutil.which(b)
+        if src:
+            out.append(Path(shutil.copy(os.path.realpath(src), d / b)))
+    for mod in ("json/decoder", "email/message", "argparse", "typing", "inspect", "ast",
+                "pathlib", "tarfile", "zipfile", "subprocess"):
+        src = Path(os.__file__).parent / f"{mod}.py"
+        out.append(Path(py_compile.compile(str(src), cfile=str(d / f"{mod.replace('/', '_')}.pyc"),
+                                           doraise=True)))
+    for i in range(10):
+        (d / f"m{i}.eml").write_bytes(_mail(i))
+        out.append(d / f"m{i}.eml")
+    for i in range(5):
+        _sqlite(d / f"db{i}.sqlite", i)
+        out.append(d / f"db{i}.sqlite")
+    for i in range(5):
+        with tarfile.open(d / f"src{i}.tar", "w") as tf:
+            for k in range(6):
+                f = d / f"part{i}-{k}.txt"
+                f.write_bytes(text(8 << 10, k))
+                tf.add(f, arcname=f.name)
+                f.unlink()
+        out.append(d / f"src{i}.tar")
+    return out
+
+
+def test_benign_rewrites_with_plaintext_heads_stay_quiet(tmp_path: Path) -> None:
+    """An untrusted tree rewriting executables, byte code, mail with base64
+    attachments, SQLite databases and tar files in place: not encrypted-looking."""
+    files = _benign(tmp_path / "work")
+    assert len(files) >= 40
+    tree = Tree()
+    for p in files:
+        tree.write(p, p.read_bytes())
+    assert not tree.loud(), [(f.title, f.evidence) for f in tree.loud()]
+    assert tree.rule.probes.content_many is not None
+
+
+def test_mail_with_base64_attachments_is_not_ciphertext(tmp_path: Path) -> None:
+    """A mail client rewriting a maildir of messages with (random-looking) attachments:
+    the base64 parts are not decoded as ciphertext."""
+    d = tmp_path / "Maildir" / "cur"
+    d.mkdir(parents=True)
+    tree = Tree()
+    for i in range(N):
+        p = d / f"{i}.eml"
+        p.write_bytes(_mail(i))
+        tree.write(p, p.read_bytes())
+    assert not tree.loud(), [(f.title, f.evidence) for f in tree.loud()]
+
+
+def test_base64_ciphertext_behind_a_plaintext_head_is_decoded(tmp_path: Path) -> None:
+    """Banner + base64 (evasions 2 and 3 together), no mail header: still high."""
+    tree = Tree()
+    for p in victims(tmp_path / "docs", size=32 << 10):
+        tree.write(p, (b"NOTICE: this document is protected. " * 200) + b64(p.read_bytes()))
+    assert tree.critical(), [(f.title, f.evidence) for f in tree.found]
+
+
+def test_the_byte_budget_makes_a_file_unknown_not_plaintext(tmp_path: Path) -> None:
+    """Past the bytes-per-second budget a file is read at its head only: ciphertext
+    after a plaintext head is then *unknown* (a medium at most), never "plaintext"."""
+    from bastion.detect.behavior.content import ByteBudget, file_sample
+    p = tmp_path / "f"
+    p.write_bytes(after_header(text(64 << 10)))
+    empty = ByteBudget(per_s=1.0, burst=1.0)
+    got = file_sample(str(p), budget=empty)
+    assert got is not None and got.score is None and got.limited
+    assert got.bytes_read == 1024
+    full = file_sample(str(p), budget=ByteBudget())
+    assert full is not None and full.score is not None and full.score >= 7.2
+
+
+def test_a_nul_in_a_name_never_opens_its_prefix(tmp_path: Path) -> None:
+    """The probe opens through ctypes (openat2): a C string ends at a NUL, so
+    "DIR/a\\0b" would open DIR/a.  Refused before any open."""
+    (tmp_path / "a").write_bytes(os.urandom(8192))
+    assert file_entropy(str(tmp_path / "a")) is not None
+    assert file_entropy(f"{tmp_path}/a\x00b") is None
+
+
+def test_pseudo_filesystems_and_symlinked_roots_are_not_read(tmp_path: Path) -> None:
+    """A name leading into procfs/sysfs (through a symlinked directory the writer
+    planted) is not read as root: its files are not anyone's data."""
+    (tmp_path / "d").symlink_to("/proc/self")
+    assert file_entropy(str(tmp_path / "d" / "status")) is None
+    assert file_entropy("/sys/kernel/notes") is None
+
+
+def test_refused_names_leave_no_descriptor_open(tmp_path: Path) -> None:
+    """Every refusal after the O_PATH open (not a regular file, another inode, a pseudo
+    filesystem, too small) closes it: the names are the attacker's, as many as it likes."""
+    from bastion.detect.behavior.content import file_sample
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "small").write_bytes(b"x")
+    (tmp_path / "big").write_bytes(os.urandom(4096))
+    (tmp_path / "d").symlink_to("/proc/self")
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(50):
+        assert file_sample(str(tmp_path / "fifo")) is None
+        assert file_sample(str(tmp_path / "small")) is None
+        assert file_sample(str(tmp_path)) is None
+        assert file_sample(str(tmp_path / "d" / "status")) is None
+        other = file_sample(str(tmp_path / "big"), ino=1)
+        assert other is not None and other.other_inode
+    assert len(os.listdir("/proc/self/fd")) <= before
