@@ -12,6 +12,7 @@ import subprocess
 import time
 
 from bastion.detect.engine import Engine, Finding, RuleContext
+from bastion.events import Event
 from bastion.proctable import ProcessTable
 from bastion.sensors.bpf import BpfSensor
 
@@ -31,3 +32,16 @@ def drain_findings(sensor: BpfSensor, procs: ProcessTable, engine: Engine, ctx: 
         if exited and not evs:
             break
     return found
+
+
+def drain_events(sensor: BpfSensor, timeout: float = 10.0) -> list[Event]:
+    """Every event left in the ring once the workload (and every process of it) has
+    exited: read until a poll returns nothing (or ``timeout`` passed)."""
+    events: list[Event] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        evs = sensor.poll(0.1) or []
+        if not evs:
+            break
+        events += evs
+    return events
