@@ -29,6 +29,7 @@ from bastion.respond.dispatch import Dispatcher
 from bastion.respond.quarantine import Quarantine
 from bastion.sensors.bpf import BpfSensor
 from support.cg import scoped_cgroup
+from support.live import drain_findings
 
 
 def spawn_in(cg: Path, argv: list[str], **kw: object) -> subprocess.Popen[bytes]:
@@ -271,12 +272,7 @@ def test_decoded_file_run_and_padded_program_are_seen_live(tmp_path: Path) -> No
             ctx = RuleContext(procs)
             proc = spawn_in(cg, ["/bin/sh", "-c", script], stdout=subprocess.DEVNULL)
             assert proc.wait(20) == 0
-            found = []
-            deadline = time.monotonic() + 3
-            while time.monotonic() < deadline:
-                for ev in sensor.poll(0.2) or []:
-                    procs.update(ev)
-                    found += engine.evaluate(procs.enrich(ev), ctx)
+            found = drain_findings(sensor, procs, engine, ctx, proc)
             decoded = [f for f in found if f.rule == "behavior.decoded_file_exec"]
             padded = [f for f in found if f.rule == "behavior.binary_padding"]
             assert [(f.severity, f.evidence["path"]) for f in decoded] == \
@@ -390,12 +386,7 @@ def test_decoded_embedded_data_is_seen_live(tmp_path: Path) -> None:
             proc = spawn_in(cg, ["/bin/sh", "-c", script], stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL)
             assert proc.wait(20) == 0
-            found = []
-            deadline = time.monotonic() + 4
-            while time.monotonic() < deadline:
-                for ev in sensor.poll(0.2) or []:
-                    procs.update(ev)
-                    found += engine.evaluate(procs.enrich(ev), ctx)
+            found = drain_findings(sensor, procs, engine, ctx, proc)
             got = sorted((f.rule, f.severity, " ".join(f.evidence.get("argv", []))[:24])
                          for f in found if f.rule in new)
             assert got == [("behavior.generated_shell", "medium", "/bin/sh"),

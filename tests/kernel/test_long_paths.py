@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ import pytest
 from bastion.events import Event, FileEvent
 from bastion.sensors.bpf import BpfSensor
 from support.cg import run_in, scoped_cgroup
+from support.live import drain_events
 
 pytestmark = pytest.mark.kernel
 
@@ -53,9 +53,7 @@ def _record(work: Path) -> tuple[list[Event], Path, str, int]:
                                   str(work / "short.txt")], timeout=60)
             assert proc.returncode == 0, proc.stderr
             events: list[Event] = []
-            deadline = time.monotonic() + 1.5
-            while time.monotonic() < deadline:
-                events += sensor.poll(0.05) or []
+            events += drain_events(sensor)   # the workload has exited
             assert sensor.drops() == 0
             assert sensor.decode_errors == 0
         finally:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import socket
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ import pytest
 from bastion.events import Event, FileEvent, NetEvent
 from bastion.sensors.bpf import BpfSensor
 from support.cg import run_in, scoped_cgroup
+from support.live import drain_events
 
 pytestmark = pytest.mark.kernel
 
@@ -54,9 +54,7 @@ def _record(tmp: Path, port: int, **kw: float) -> tuple[list[Event], BpfSensor]:
                                    str(REPEATS)], timeout=60)
                 assert proc.returncode == 0, proc.stderr
             events: list[Event] = []
-            deadline = time.monotonic() + 1.5
-            while time.monotonic() < deadline:
-                events += sensor.poll(0.05) or []
+            events += drain_events(sensor)   # the workload has exited
             assert sensor.drops() == 0
         finally:
             sensor.close()

@@ -9,7 +9,6 @@ shell's write-open of the redirect decide; only alerts, nothing is killed."""
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from bastion.detect.engine import Engine, RuleContext
 from bastion.proctable import ProcessTable
 from bastion.sensors.bpf import BpfSensor
 from support.cg import scoped_cgroup
+from support.live import drain_findings
 
 
 def spawn_in(cg: Path, argv: list[str], **kw: object) -> subprocess.Popen[bytes]:
@@ -48,12 +48,7 @@ def test_account_databases_staged_live(tmp_path: Path) -> None:
             ctx = RuleContext(procs)
             proc = spawn_in(cg, ["/bin/sh", "-c", script], stdout=subprocess.DEVNULL)
             assert proc.wait(20) == 0
-            found = []
-            deadline = time.monotonic() + 3
-            while time.monotonic() < deadline:
-                for ev in sensor.poll(0.2) or []:
-                    procs.update(ev)
-                    found += engine.evaluate(procs.enrich(ev), ctx)
+            found = drain_findings(sensor, procs, engine, ctx, proc)
             staged = sorted((f.evidence["sources"][0], f.evidence["dest"], f.severity)
                             for f in found if f.rule == "behavior.account_staging")
             assert staged == sorted([
@@ -113,14 +108,7 @@ def test_program_padded_by_a_short_lived_writer_live(tmp_path: Path, layout: str
             engine = Engine(behavior_rules(probes=live_probes()))
             ctx = RuleContext(procs)
             proc = spawn_in(cg, argv, stdout=subprocess.DEVNULL)
-            found = []
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline:
-                for ev in sensor.poll(0.05) or []:
-                    procs.update(ev)
-                    found += engine.evaluate(procs.enrich(ev), ctx)
-                if proc.poll() is not None and time.monotonic() > deadline - 2:
-                    break
+            found = drain_findings(sensor, procs, engine, ctx, proc)
             assert proc.wait(10) == 0
             padded = [f.evidence["path"] for f in found if f.rule == "behavior.binary_padding"]
             assert padded == [f"{work}/padme"], [f.title for f in found]
@@ -152,12 +140,7 @@ def test_two_discovery_facts_from_a_network_service_tree_live() -> None:
             assert quiet.wait(20) == 0
             svc = spawn_in(cg, [sys.executable, "-c", SERVICE, "listen"], stdout=subprocess.DEVNULL)
             assert svc.wait(20) == 0
-            found = []
-            deadline = time.monotonic() + 3
-            while time.monotonic() < deadline:
-                for ev in sensor.poll(0.2) or []:
-                    procs.update(ev)
-                    found += engine.evaluate(procs.enrich(ev), ctx)
+            found = drain_findings(sensor, procs, engine, ctx, svc)
             got = [f for f in found if f.rule == "behavior.discovery_burst"]
             assert [(f.severity, f.pid, f.evidence["facts"]) for f in got] == \
                 [("medium", svc.pid, ["id", "uname"])], [f.title for f in found]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ from bastion.detect.engine import Engine, RuleContext
 from bastion.proctable import ProcessTable
 from bastion.sensors.bpf import BpfSensor
 from support.cg import scoped_cgroup
+from support.live import drain_findings
 
 
 # a cache file made by the open (O_CREAT|O_RDWR only), written, rewritten, deleted
@@ -65,12 +65,7 @@ def test_renamed_shred_wiping_a_file_is_seen_by_shape_live(tmp_path: Path) -> No
             ctx = RuleContext(procs)
             proc = spawn_in(cg, ["/bin/sh", "-c", script], stdout=subprocess.DEVNULL)
             assert proc.wait(10) == 0
-            found = []
-            deadline = time.monotonic() + 1.5
-            while time.monotonic() < deadline:
-                for ev in sensor.poll(0.1) or []:
-                    procs.update(ev)
-                    found += engine.evaluate(procs.enrich(ev), ctx)
+            found = drain_findings(sensor, procs, engine, ctx, proc)
             got = [f for f in found if f.rule == "behavior.secure_deletion"]
             assert [(f.severity, f.evidence["path"], f.evidence["unlinked"], f.evidence["by"])
                     for f in got] == [("medium", f"{work}/victim", f"{work}/0", "shape"),
