@@ -106,7 +106,7 @@ int BPF_PROG(on_file_open, struct file *file)
 		return 0;
 	ino = inode->i_ino;
 	dev = BPF_CORE_READ(inode, i_sb, s_dev);
-	if (open_seen_recently(dev, ino, write))
+	if (open_seen_recently(dev, ino, write, fflags))
 		return 0;
 	e = file_event(BASTION_FILE_OPEN);
 	if (!e)

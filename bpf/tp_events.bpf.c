@@ -85,7 +85,7 @@ static __always_inline int sens_open_report(struct file *f, __u32 fflags, __u32 
 
 	ino = BPF_CORE_READ(f, f_inode, i_ino);
 	dev = BPF_CORE_READ(f, f_inode, i_sb, s_dev);
-	if (open_seen_recently(dev, ino, false))
+	if (open_seen_recently(dev, ino, false, 0))
 		return 0;
 	e = file_event(BASTION_FILE_OPEN);
 	if (!e)
@@ -142,7 +142,7 @@ static __always_inline int open_exit_report(long ret, __s32 flags, __u32 mode)
 		ino = BPF_CORE_READ(f, f_inode, i_ino);
 		dev = BPF_CORE_READ(f, f_inode, i_sb, s_dev);
 		write = (flags & O_ACCMODE_) != O_RDONLY_ || (flags & (O_CREAT_ | O_TRUNC_));
-		if (open_seen_recently(dev, ino, write))
+		if (open_seen_recently(dev, ino, write, flags))
 			return 0;
 	}
 	e = file_event(BASTION_FILE_OPEN);

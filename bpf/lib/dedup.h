@@ -77,8 +77,15 @@ static __always_inline bool dedup_hit(struct dedup_key *k, __u64 window, void *c
 	return false;
 }
 
-/* An open like this one (same process, inode, access) was reported within the window. */
-static __always_inline bool open_seen_recently(__u32 dev, __u64 ino, bool write)
+/* The open flags that tell one write-open from another for the rules (s18 review: the
+ * key was (process, inode, access) only, so ``open(O_WRONLY|O_APPEND)`` then
+ * ``open(O_WRONLY)`` of one file within the window sent the first, which secure
+ * deletion and log clearing ignore, and hid the overwrite). */
+#define DEDUP_OPEN_FLAGS (00000100 | 00000200 | 00001000 | 00002000) /* CREAT EXCL TRUNC APPEND */
+
+/* An open like this one (same process, inode, access, and for a write the flags above)
+ * was reported within the window. */
+static __always_inline bool open_seen_recently(__u32 dev, __u64 ino, bool write, __u32 flags)
 {
 	struct dedup_key k = {};
 
@@ -87,6 +94,7 @@ static __always_inline bool open_seen_recently(__u32 dev, __u64 ino, bool write)
 	k.kind = write ? DEDUP_OPEN_WRITE : DEDUP_OPEN_READ;
 	k.a = ino;
 	k.b = dev;
+	k.c = write ? flags & DEDUP_OPEN_FLAGS : 0;
 	return dedup_hit(&k, cfg_open_dedup_ns, &open_deduped);
 }
 
