@@ -96,3 +96,20 @@ def test_a_tree_over_its_share_is_entered_breadth_first_and_named(tmp_path: Path
     assert over == [f"{big}: more than 20 directories: the 20 nearest its top are entered, "
                     f"files deeper are not refused (alerted after the act)"]
     assert problems == []
+
+
+def test_multiplexer_configs_are_must_stop_profile_objects(tmp_path: Path) -> None:
+    """s18 review item 7: a tmux or screen config in a home directory (existing or not:
+    the profile-dir names), /etc/tmux.conf, /etc/screenrc and ~/.config/tmux are gate
+    objects of the persistence kind.  Before: none of them."""
+    from bastion.enforce.muststop import default_names, default_objects
+    (tmp_path / "root" / ".config" / "tmux").mkdir(parents=True)
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "tmux.conf").write_text("")
+    names = set(default_names(str(tmp_path)))
+    for n in (".tmux.conf", ".screenrc"):
+        assert (str(tmp_path / "root"), n, "persistence") in names
+    assert (str(tmp_path / "etc"), "screenrc", "persistence") in names
+    objs = {(o.path, o.kind) for o in default_objects(str(tmp_path))}
+    assert (str(tmp_path / "etc" / "tmux.conf"), "persistence") in objs
+    assert (str(tmp_path / "root" / ".config" / "tmux"), "persistence") in objs
