@@ -184,6 +184,9 @@ def test_screen_options_follow_screen_c() -> None:
     assert _how([s, "-Sx", "adm", "-X", "stuff", "id"]) == "-X stuff"     # -S takes the next
     assert _how([s, "-r", "-X", "stuff", "id"]) == "-X stuff"
     assert _how([s, "-xRS", "adm"]) == "attach"
+    from bastion.detect.behavior.launder import launder_act
+    login = launder_act("screen", ["-screen"])            # argv[0] "-...": screen -RR
+    assert login is not None and login.how == "attach"
     for benign in ([s, "-S", "adm", "-X", "title", "x"], [s, "-X", "-S", "a", "select", "1"],
                    [s, "-S", "own", "sh", "-c", "id"], [s, "-dmS", "w", "cmd"],
                    [s, "-m", "id"], [s, "-ls", "-X"], [s, "-list"], [s, "-wipe", "x"],

@@ -381,7 +381,8 @@ def screen_act(argv: Sequence[str]) -> Handoff | None:
     n = len(words)
     i = 0
     sock = False
-    cmd = attach = detach = mflag = False
+    cmd = detach = mflag = False
+    attach = bool(argv) and argv[0].startswith("-")     # a login screen: screen -RR
     while i < n:
         w = words[i]
         i += 1
