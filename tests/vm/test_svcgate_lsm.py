@@ -352,9 +352,8 @@ def test_a_tmp_script_is_refused_a_clean_tmux_server(env: Env) -> None:
 def test_a_tmp_scripts_own_tmux_server_is_its_own(env: Env) -> None:
     """s18 review item 8: a /tmp script that starts its own tmux server (forked by the
     script: tainted, what it runs stays tainted) and types into it is allowed — the
-    listener was tagged tainted at listen().  Before, by the hook's reading (the
-    listener's executable is the installed tmux): refused with EPERM and a critical deny
-    record (not run on the old object in this session)."""
+    listener was tagged tainted at listen().  Before (the object of a7d5502, run in the
+    VM): ``send-keys`` failed with EPERM connecting to the script's own server."""
     if shutil.which("tmux") is None:
         pytest.fail("tmux is not installed (make deps installs it)")
     sock = env.root / "tmux-own" / "s"
