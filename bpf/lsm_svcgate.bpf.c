@@ -19,7 +19,9 @@
  *
  * Cost: every other task pays the scope check and one `prov` lookup per unix
  * stream connect; a tainted one pays one more lookup, and for a peer not in
- * `svcgate_socks` the listener's exe walk (six probe reads) and a third lookup.  Dry run: the flag in
+ * `svcgate_socks` the listener's exe walk (six probe reads), a third lookup and, for
+ * a tmux/screen server, the listener's tag (sk storage).  listen(): the scope check
+ * and one `prov` lookup; a tainted process's unix listener gets its tag.  Dry run: the flag in
  * `svcgate_cfg` (decided, reported as would-deny, allowed). */
 #include "path.h"
 #include "prov_map.h"
@@ -49,6 +51,19 @@ struct {
 	__type(key, struct bastion_inode_key);
 	__type(value, __u32);
 } svcgate_servers SEC(".maps");
+
+/* A listening unix socket a tainted process made (s18-fixlaunder): its listener's
+ * reasons at listen(), kept with the socket (freed with it).  A tainted tree's own
+ * tmux/screen server is tainted too (forked by the tree): what it runs stays in a
+ * tainted tree, so the tree's connect to it is no hand-off and is allowed.  `prov`
+ * is task storage, reachable only from a trusted task_struct; the server found by
+ * sk_peer_pid is not one on 6.1 (bpf_task_from_pid is 6.2+), hence the tag. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, __u32);
+} svcgate_tainted_listeners SEC(".maps");
 
 /* slot 0: dry run (1 = report, allow) */
 struct {
@@ -95,11 +110,31 @@ static __always_inline __u32 server_kind(struct sock *other, struct bastion_inod
 	return kind ? *kind : 0;
 }
 
+SEC("lsm/socket_listen")
+int BPF_PROG(svcgate_listen, struct socket *sock, int backlog, int ret)
+{
+	struct sock *sk;
+	__u32 reasons, *v;
+
+	if (ret)
+		return ret;
+	reasons = svc_actor();
+	if (!reasons)
+		return 0;
+	sk = sock->sk;
+	if (!sk || sk->__sk_common.skc_family != 1 /* AF_UNIX */)
+		return 0;
+	v = bpf_sk_storage_get(&svcgate_tainted_listeners, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (v)
+		*v = reasons;
+	return 0;
+}
+
 SEC("lsm/unix_stream_connect")
 int BPF_PROG(svcgate_unix_connect, struct sock *sock, struct sock *other, struct sock *newsk,
 	     int ret)
 {
-	__u32 reasons, local, action = BASTION_ACT_DENY, zero = 0, *kind, *dry, skind = 0;
+	__u32 reasons, local, action = BASTION_ACT_DENY, zero = 0, *kind, *dry, skind = 0, *tag;
 	struct bastion_inode_key k = {}, sk = {};
 	struct bastion_hips_event *e;
 	struct unix_sock *u = (struct unix_sock *)other;
@@ -122,6 +157,9 @@ int BPF_PROG(svcgate_unix_connect, struct sock *sock, struct sock *other, struct
 		skind = server_kind(other, &sk);
 		if (!skind)
 			return 0;
+		tag = bpf_sk_storage_get(&svcgate_tainted_listeners, other, 0, 0);
+		if (tag && *tag)
+			return 0; /* the tree's own (tainted) server */
 		kind = &skind;
 	}
 	local = reasons & ~BASTION_PROV_ADMIN_TTY;

@@ -76,8 +76,7 @@ def test_tmux_verbs_are_read_by_its_command_table() -> None:
     for benign in ([t, "ls"], [t, "list-sessions", "-F", "#{session_name}"], [t, "has", "-t", "0"],
                    [t, "new-session", "-d"], [t, "new", "-d", "-s", "work"], [t, "-c", "id"],
                    [t, "kill-server"], [t, "set", "-g", "mouse", "on"], [t, "send-prefix"],
-                   [t, "s", "x"],                       # ambiguous: tmux refuses it
-                   [t, "no-such-command", "id"], [t, "send-keys"], [t, "set-hook", "-gu", "x"],
+                   [t, "send-keys"], [t, "set-hook", "-gu", "x"],
                    [t, "capture-pane", "-p", "-t", "0"], [t, "show", "-g", "default-command"],
                    [t, "set", "-g", "@x", "#"], [t, "display", "-p", "#{@x} #{session_name}"],
                    [t, "command-prompt"],
@@ -90,12 +89,122 @@ def test_screen_commands_are_read_by_its_options() -> None:
     assert _how([s, "-S", "x", "-X", "stuff", "id\n"]) == "-X stuff"
     assert _how([s, "-x", "-X", "exec", "id"]) == "-X exec"
     assert _how([s, "-p", "0", "-X", "screen", "id"]) == "-X screen"
-    assert _how([s, "-dmS", "w", "sh", "-c", "id"]) == "-dm"
-    assert _how([s, "-d", "-m", "id"]) == "-dm"
     assert _how([s, "-r", "admin"]) == "attach"
     assert _how([s, "-x"]) == "attach"
     for benign in ([s, "-ls"], [s, "-list"], [s, "-wipe"], [s, "-S", "x", "-X", "title", "a"],
-                   [s, "-S", "x", "-X", "select", "1"], [s, "-d", "admin"], [s, "-dm"]):
+                   [s, "-S", "x", "-X", "select", "1"], [s, "-d", "admin"], [s, "-dm"],
+                   [s, "-dmS", "w", "sh", "-c", "id"], [s, "-d", "-m", "id"]):
+        assert _how(benign) is None, benign
+
+
+def test_tmux_aliases_unknown_names_and_options_by_prefix() -> None:
+    """Review s18 items 1, 2, 5.  Before: ``split-pane``/``splitp`` (tmux's default
+    command-alias), any unknown name (a command-alias another set), an option by a
+    prefix (``default-c``), ``copy-command``/``editor``/styles, ``-F``/``-a`` on a user
+    option and ``set-buffer`` were all read as nothing."""
+    t = "tmux"
+    assert _how([t, "split-pane", "id"]) == "split-window"
+    assert _how([t, "splitp", "-h", "id"]) == "split-window"
+    assert _how([t, "choose-window", "run %%"]) == "choose-tree"
+    assert _how([t, "pwn", "x"]) == "unknown command pwn"           # a command-alias?
+    assert _how([t, "s", "x"]) == "unknown command s"               # ambiguous
+    assert _how([t, "set", "-g", "default-c", "id"]) == "set-option default-command"
+    assert _how([t, "set", "-g", "copy-command", "sh -c id"]) == "set-option copy-command"
+    assert _how([t, "set", "-g", "editor", "/tmp/e"]) == "set-option editor"
+    assert _how([t, "setw", "-g", "mode-style", "fg=red"]) == "set-window-option mode-style"
+    assert _how([t, "set", "-g", "history-file", "/root/.bashrc"]) == "set-option history-file"
+    assert _how([t, "set", "-g", "hist", "5"]) == "set-option unknown option hist"
+    assert _how([t, "set", "-g", "no-such-opt", "x"]) == "set-option unknown option no-such-opt"
+    assert _how([t, "set", "-g", "synchronize-panes", "on"]) == "set-option synchronize-panes"
+    assert _how([t, "set", "-gF", "@x", "#{@y}"]) == "set-option @x"
+    assert _how([t, "set", "-ga", "@x", "(id)"]) == "set-option @x"
+    assert _how([t, "set", "-gF", "mouse", "#{@y}"]) == "set-option mouse"
+    assert _how([t, "set-buffer", "id\n"]) == "set-buffer"
+    assert _how([t, "setb", "-b", "x", "curl x|sh"]) == "set-buffer"
+    for benign in ([t, "set", "-g", "mouse", "on"], [t, "set", "-g", "history-l", "9000"],
+                   [t, "set", "-g", "base-index", "1"], [t, "setw", "-g", "mode-keys", "vi"],
+                   [t, "set", "-g", "status", "off"], [t, "set", "-gu", "default-command"],
+                   [t, "set", "-g", "@x", "plain"], [t, "info"], [t, "lsb"]):
+        assert _how(benign) is None, benign
+
+
+def test_tmux_tables_match_the_installed_tmux(tmp_path: Path) -> None:
+    """The reader's command table, default aliases and option names against a private
+    tmux server (``-S`` in the test's directory, ``-f /dev/null``), and tmux's own
+    verdict on an option prefix (``hist`` ambiguous, ``history-l`` unique)."""
+    import shutil
+    import subprocess
+    from bastion.detect.behavior.launder import TMUX_COMMANDS, TMUX_DEFAULT_ALIASES, \
+        TMUX_OPTIONS, tmux_option
+    tmux = shutil.which("tmux")
+    if tmux is None or "3.3" not in subprocess.run([tmux, "-V"], capture_output=True,
+                                                  text=True).stdout:
+        import pytest
+        pytest.skip("tmux 3.3 not installed (make deps installs it)")
+    sock = str(tmp_path / "s")
+
+    def tm(*a: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([tmux, "-S", sock, "-f", "/dev/null", *a], capture_output=True,
+                              text=True, timeout=10)
+    assert tm("new-session", "-d", "-s", "t", "sleep 30").returncode == 0
+    try:
+        got = tm("list-commands", "-F", "#{command_list_name} #{command_list_alias}").stdout
+        table = {ln.split(" ")[0]: (ln.split(" ") + [""])[1] for ln in got.splitlines()}
+        assert table == {n: a for n, (a, _) in TMUX_COMMANDS.items()}
+        aliases = tm("show", "-sv", "command-alias").stdout.splitlines()
+        assert {a.strip('"').partition("=")[0]: tuple(a.strip('"').partition("=")[2].split())
+                for a in aliases} == TMUX_DEFAULT_ALIASES
+        names: set[str] = set()
+        for args in (["show", "-s"], ["show", "-g"], ["show", "-wg"], ["show-hooks", "-g"],
+                     ["show-hooks", "-wg"], ["show-hooks", "-pg"]):
+            names |= {ln.split(" ")[0].partition("[")[0] for ln in tm(*args).stdout.splitlines()}
+        assert names == TMUX_OPTIONS
+        for prefix in ("hist", "history-l", "statu", "mous", "default-c", "zzz"):
+            ok = tm("set-option", "-g", prefix, "1").returncode == 0 or \
+                "ambiguous" not in tm("set-option", "-g", prefix, "1").stderr and \
+                "invalid option" not in tm("set-option", "-g", prefix, "1").stderr
+            assert ok == (tmux_option(prefix) is not None), prefix
+    finally:
+        tm("kill-server")
+
+
+def test_screen_options_follow_screen_c() -> None:
+    """Review s18 item 3.  Before: ``-X`` stopped the option loop, ``-h``/``-s`` were not
+    valued, ``-X`` commands outside a deny list (``-X at``-like misses, ``-X defescape``)
+    and ``STY=... screen CMD`` were read as nothing, and ``screen -dmS w cmd`` (the
+    caller's own backend) as a hand-off."""
+    s = "screen"
+    assert _how([s, "-X", "-S", "adm", "stuff", "id\n"]) == "-X stuff"     # -X goes on
+    assert _how([s, "-Xr", "adm", "exec", "id"]) == "-X exec"
+    assert _how([s, "-h", "100", "-X", "eval", "stuff id"]) == "-X eval"
+    assert _how([s, "-S", "adm", "-X", "defescape", "^]x"]) == "-X defescape"  # not harmless
+    assert _how([s, "-X", "layout", "save", "x"]) == "-X layout"
+    assert _how([s, "sh", "-c", "id"]) == "new window ($STY)"            # STY=... screen CMD
+    assert _how([s, "-t", "w", "id"]) == "new window ($STY)"
+    assert _how([s, "-Sx", "adm", "-X", "stuff", "id"]) == "-X stuff"     # -S takes the next
+    assert _how([s, "-r", "-X", "stuff", "id"]) == "-X stuff"
+    assert _how([s, "-xRS", "adm"]) == "attach"
+    from bastion.detect.behavior.launder import launder_act
+    login = launder_act("screen", ["-screen"])            # argv[0] "-...": screen -RR
+    assert login is not None and login.how == "attach"
+    for benign in ([s, "-S", "adm", "-X", "title", "x"], [s, "-X", "-S", "a", "select", "1"],
+                   [s, "-S", "own", "sh", "-c", "id"], [s, "-dmS", "w", "cmd"],
+                   [s, "-m", "id"], [s, "-ls", "-X"], [s, "-list"], [s, "-wipe", "x"],
+                   [s, "-d"], [s, "-D", "adm"], [s, "-pX", "-S", "own", "cmd"],
+                   [s, "-X"], [s, "-fn"], [s]):
+        assert _how(benign) is None, benign
+
+
+def test_systemd_run_shell_and_run0() -> None:
+    """Review s18 item 4.  Before: ``systemd-run --shell``/``-S`` (no command) and ``run0``
+    were read as nothing."""
+    r = "systemd-run"
+    assert _how([r, "--shell"]) == "systemd-run --shell"
+    assert _how([r, "-S", "--user"]) == "systemd-run --shell"
+    assert _how(["run0"]) == "run0"
+    assert _how(["run0", "-u", "adm", "sh", "-c", "id"]) == "run0"
+    assert _how(["run0", "--setenv", "X=1", "--", "id"]) == "run0"
+    for benign in ([r, "--scope", "--shell"], ["run0", "--help"], ["run0", "-V"]):
         assert _how(benign) is None, benign
 
 
@@ -134,7 +243,7 @@ CHANNELS = [("/usr/bin/at", ["at", "now", "+", "1", "minute"]),
             ("/usr/bin/tmux", ["tmux", "ls", ";", "source", "/tmp/c"]),
             ("/usr/bin/tmux", ["tmux", "-C", "attach"]),
             ("/usr/bin/screen", ["screen", "-S", "adm", "-X", "stuff", "id\n"]),
-            ("/usr/bin/screen", ["screen", "-dmS", "w", "sh", "-c", "id"]),
+            ("/usr/bin/screen", ["screen", "sh", "-c", "id"]),
             ("/usr/bin/systemd-run", ["systemd-run", "--user", "sh", "-c", "id"]),
             ("/usr/bin/systemd-run", ["systemd-run", "-p", "User=root", "sh", "-c", "id"])]
 

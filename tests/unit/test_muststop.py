@@ -138,3 +138,20 @@ def test_objects_inside_another_root_are_walked_in_it(tmp_path: Path) -> None:
     finally:
         p.kill()
         p.wait()
+
+
+def test_multiplexer_configs_are_must_stop_profile_objects(tmp_path: Path) -> None:
+    """s18 review item 7: a tmux or screen config in a home directory (existing or not:
+    the profile-dir names), /etc/tmux.conf, /etc/screenrc and ~/.config/tmux are gate
+    objects of the persistence kind.  Before: none of them."""
+    from bastion.enforce.muststop import default_names, default_objects
+    (tmp_path / "root" / ".config" / "tmux").mkdir(parents=True)
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "tmux.conf").write_text("")
+    names = set(default_names(str(tmp_path)))
+    for n in (".tmux.conf", ".screenrc"):
+        assert (str(tmp_path / "root"), n, "persistence") in names
+    assert (str(tmp_path / "etc"), "screenrc", "persistence") in names
+    objs = {(o.path, o.kind) for o in default_objects(str(tmp_path))}
+    assert (str(tmp_path / "etc" / "tmux.conf"), "persistence") in objs
+    assert (str(tmp_path / "root" / ".config" / "tmux"), "persistence") in objs

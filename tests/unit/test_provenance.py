@@ -456,3 +456,47 @@ def test_a_separate_log_partition_made_read_only_is_found_and_fspick_is_medium()
     fs = [x for x in got if x.rule == "behavior.log_clearing"]
     assert [(f.severity, f.evidence["op"], f.evidence["path"]) for f in fs] == [
         ("high", "mount_setattr", "/var/log/audit"), ("medium", "fspick", "/")]
+
+
+def test_crontab_run_by_an_admins_tmp_script_at_a_terminal_is_alerted() -> None:
+    """s18 review item 14: ``crontab /tmp/c`` run by an administrator's /tmp script at a
+    terminal (local reasons, not stopped) is alerted like the script's own write to
+    /etc/cron.d; with no terminal it is a block; from a clean shell nothing.  Before:
+    silenced (the tree-trusted crontab returned None when untrusted() was empty)."""
+    from bastion.detect.behavior.rules import Probes
+    from support.trust import RecordedTrust
+    cron = "/usr/bin/crontab"
+
+    def scenario(tty: str, script: bool = True) -> list[Finding]:
+        trust = RecordedTrust()
+        rules = behavior_rules(probes=Probes(stdio=lambda pid: (tty, tty, tty)), trust=trust)
+        evs: list[Event] = [ex(5, "/usr/sbin/sshd", 0, ("sshd: root@pts/0",)),
+                            ex(6, "/usr/bin/bash", 0.1, ("-bash",), ppid=5)]
+        parent = 6
+        if script:
+            evs.append(ex(10, SH, 1, ("sh", "/tmp/setup.sh"), ppid=6))
+            parent = 10
+        evs += [ex(11, cron, 1.5, ("crontab", "/root/c"), ppid=parent),
+                wopen(11, cron, 2, "/var/spool/cron/crontabs/root", ppid=parent)]
+        for e in evs:
+            trust.learn(e)
+        return [x for x in run(evs, rules) if x.rule == "behavior.persistence_cron"]
+
+    f = scenario("/dev/pts/0")
+    assert [(x.severity, x.action) for x in f] == [("high", "alert")]
+    f = scenario("pipe:[1234]")
+    assert [(x.severity, x.action) for x in f] == [("critical", "kill-tree")]
+    assert scenario("/dev/pts/0", script=False) == []
+
+
+def test_a_multiplexer_config_written_by_a_tmp_script_is_a_profile_write() -> None:
+    """s18 review item 7: ~/.tmux.conf, /etc/tmux.conf, ~/.config/tmux/tmux.conf and the
+    screenrc files run commands when the next server starts: shell-profile persistence.
+    Before: no finding."""
+    paths = ["/root/.tmux.conf", "/etc/tmux.conf", "/home/a/.config/tmux/tmux.conf",
+             "/home/a/.screenrc", "/etc/screenrc"]
+    evs: list[Event] = [ex(10, SH, 1, ("sh", "/tmp/x.sh"))]
+    evs += [wopen(10, SH, 2 + n, p) for n, p in enumerate(paths)]
+    got = [x for x in run(evs) if x.rule == "behavior.persistence_shell_profile"]
+    assert sorted(x.evidence["path"] for x in got) == sorted(paths)
+    assert {(x.severity, x.action) for x in got} == {("critical", "kill")}

@@ -76,3 +76,40 @@ def test_servers_are_entered_by_their_installed_files() -> None:
     files["tmux"] = frozenset({(8, 102)})
     assert g.apply_servers({"tmux": SocketKind.TMUX}, files.__getitem__) == []
     assert len(maps["svcgate_servers"].d) == 1
+
+
+def test_an_upgraded_servers_old_inode_stays_while_a_server_runs_it(tmp_path: Path) -> None:
+    """s18 review item 7: after an upgrade the old tmux inode is no longer installed, but
+    servers started before still run it: its entry stays while a live process runs it,
+    and goes once none does.  Before: dropped at the next tick (the running server
+    ungated).  The /proc scan is checked on a real process running an unlinked copy."""
+    import shutil
+    import subprocess
+    from bastion import abi
+    from bastion.enforce.svcgate_lsm import running_executables
+    from bastion.policy.compile import kernel_dev
+
+    maps = {"svcgate_servers": FakeMap()}
+    g = object.__new__(LsmSocketGate)
+    g._servers = {}
+    g._map = maps.__getitem__   # type: ignore[method-assign]
+    copy = tmp_path / "tmux"
+    shutil.copy2("/bin/sleep", copy)
+    st = copy.stat()
+    old = (kernel_dev(st.st_dev), st.st_ino)
+    files = {"tmux": frozenset({old})}
+    assert g.apply_servers({"tmux": SocketKind.TMUX}, files.__getitem__) == []
+    proc = subprocess.Popen([str(copy), "30"])
+    try:
+        copy.unlink()                       # the upgrade: a new file, the old inode runs on
+        files["tmux"] = frozenset({(8, 555)})
+        assert old in running_executables(frozenset({"tmux"}))
+        assert g.apply_servers({"tmux": SocketKind.TMUX}, files.__getitem__) == []
+        assert bytes(abi.InodeKey(ino=old[1], dev=old[0])) in maps["svcgate_servers"].d
+        assert len(maps["svcgate_servers"].d) == 2
+    finally:
+        proc.kill()
+        proc.wait()
+    assert old not in running_executables(frozenset({"tmux"}))
+    assert g.apply_servers({"tmux": SocketKind.TMUX}, files.__getitem__) == []
+    assert len(maps["svcgate_servers"].d) == 1

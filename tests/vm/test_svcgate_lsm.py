@@ -347,3 +347,33 @@ def test_a_tmp_script_is_refused_a_clean_tmux_server(env: Env) -> None:
     finally:
         env.gate.apply_servers({})
         subprocess.run(["tmux", "-S", str(sock), "kill-server"], env=tenv, timeout=30)
+
+
+def test_a_tmp_scripts_own_tmux_server_is_its_own(env: Env) -> None:
+    """s18 review item 8: a /tmp script that starts its own tmux server (forked by the
+    script: tainted, what it runs stays tainted) and types into it is allowed — the
+    listener was tagged tainted at listen().  Before (the object of a7d5502, run in the
+    VM): ``send-keys`` failed with EPERM connecting to the script's own server."""
+    if shutil.which("tmux") is None:
+        pytest.fail("tmux is not installed (make deps installs it)")
+    sock = env.root / "tmux-own" / "s"
+    sock.parent.mkdir()
+    ran = env.root / "own-ran"
+    script = env.root / "drop" / "own.sh"
+    script.write_text(
+        f"export TERM=xterm HOME={env.root} SHELL=/bin/sh\n"
+        f"tmux -S {sock} -f /dev/null new-session -d -s own /bin/sh; echo own_new=$?\n"
+        f"tmux -S {sock} send-keys -t own 'touch {ran}' Enter; echo own_send=$?\n")
+    assert env.gate.apply_servers({"tmux": SocketKind.TMUX}) == []
+    try:
+        r = run_in(env.cg, ["/bin/sh", str(script)], timeout=60)
+        assert _codes(r.stdout) == {"own_new": 0, "own_send": 0}, r.stdout + r.stderr
+        end = time.monotonic() + 10
+        while not ran.exists() and time.monotonic() < end:
+            time.sleep(0.1)
+        assert ran.exists()
+        assert env.records(0) == []
+    finally:
+        env.gate.apply_servers({})
+        subprocess.run(["tmux", "-S", str(sock), "kill-server"], timeout=30,
+                       env={"PATH": "/usr/bin:/bin"})

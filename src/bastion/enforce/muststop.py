@@ -45,7 +45,10 @@ COMPAT_KINDS: Final = ("persistence", "credential", "profile-dir", "log")
 PROFILE_NAMES: Final = frozenset({
     ".bashrc", ".bash_profile", ".bash_login", ".bash_logout", ".profile", ".shrc", ".kshrc",
     ".zshrc", ".zprofile", ".zlogin", ".zlogout", ".zshenv", ".cshrc", ".tcshrc", ".login",
-    ".logout", ".inputrc", ".xinitrc", ".xprofile", ".xsession"})
+    ".logout", ".inputrc", ".xinitrc", ".xprofile", ".xsession",
+    # a terminal multiplexer's config runs commands when the next server starts or a
+    # session is created (tmux: run-shell, default-command, hooks; screen: exec, screen)
+    ".tmux.conf", ".screenrc"})
 # shell histories in a home directory (lsm tier: log objects by name)
 HISTORY_NAMES: Final = frozenset({
     ".bash_history", ".zsh_history", ".sh_history", ".ash_history", ".history",
@@ -71,6 +74,8 @@ DEFAULT_PERSISTENCE: Final = (
     "/root/.bash_login", "/root/.bash_logout", "/root/.zshrc", "/root/.zprofile",
     "/home/*/.bashrc", "/home/*/.bash_profile", "/home/*/.profile", "/home/*/.bash_login",
     "/home/*/.bash_logout", "/home/*/.zshrc",
+    "/etc/tmux.conf", "/etc/screenrc", "/root/.tmux.conf", "/root/.screenrc",
+    "/home/*/.tmux.conf", "/home/*/.screenrc", "/root/.config/tmux", "/home/*/.config/tmux",
     "/etc/sudoers", "/etc/sudoers.d", "/etc/pam.d", "/etc/security/pam_env.conf",
     "/etc/ld.so.preload", "/etc/ld.so.conf", "/etc/ld.so.conf.d",
     "/etc/rc.local", "/etc/init.d", "/etc/rc0.d", "/etc/rc1.d", "/etc/rc2.d", "/etc/rc3.d",

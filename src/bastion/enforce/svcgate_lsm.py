@@ -81,6 +81,27 @@ DEFAULT_SERVERS: Final[Mapping[str, SocketKind]] = {"tmux": SocketKind.TMUX,
 _SERVERS: Final = frozenset({SocketKind.TMUX, SocketKind.SCREEN})
 
 
+def running_executables(names: frozenset[str]) -> frozenset[tuple[int, int]]:
+    """(kernel dev, ino) of the executables of live processes whose executable's name
+    (an unlinked file's too: ``/usr/bin/tmux (deleted)``) is one of ``names``; read
+    from /proc (the executable's stat follows the link to the inode it runs)."""
+    out: set[tuple[int, int]] = set()
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return frozenset()
+    for pid in pids:
+        try:
+            target = os.readlink(f"/proc/{pid}/exe")
+            if target.removesuffix(" (deleted)").rsplit("/", 1)[-1] not in names:
+                continue
+            st = os.stat(f"/proc/{pid}/exe")
+        except OSError:
+            continue            # gone, a kernel thread, not ours to read
+        out.add((kernel_dev(st.st_dev), st.st_ino))
+    return frozenset(out)
+
+
 class LsmSocketGate(LoaderUser):
     """Load (sharing ``prov``), enter the sockets, drain the refusals.
 
@@ -177,11 +198,16 @@ class LsmSocketGate(LoaderUser):
         return problems
 
     def apply_servers(self, servers: Mapping[str, SocketKind],
-                      idents: Callable[[str], frozenset[tuple[int, int]]] | None = None
-                      ) -> list[str]:
+                      idents: Callable[[str], frozenset[tuple[int, int]]] | None = None,
+                      running: Callable[[frozenset[str]], frozenset[tuple[int, int]]]
+                      | None = None) -> list[str]:
         """Enter the servers' executables (replacing the set): each name's installed
         files (``idents(name)``: (kernel dev, ino); default the root-only files of that
-        name in the trust directories).  Returns the names with no file entered."""
+        name in the trust directories).  An inode entered before and no longer installed
+        (an upgrade replaced the file) stays entered while a live process still runs it
+        (``running(names)``: the executables of the processes whose executable has one of
+        those names, default a /proc scan): the servers started before the upgrade keep
+        their gate (s18 review item 7).  Returns the names with no file entered."""
         if idents is None:
             from bastion.detect.behavior.trust import ExeTrust
             idents = ExeTrust().idents
@@ -193,6 +219,13 @@ class LsmSocketGate(LoaderUser):
                 problems.append(f"{name}: no installed file: not entered")
             for dev, ino in got:
                 new[bytes(abi.InodeKey(ino=ino, dev=dev))] = (name, kind)
+        gone = {k: n for k, n in self._servers.items() if k not in new and n in servers}
+        if gone:
+            live = {bytes(abi.InodeKey(ino=ino, dev=dev))
+                    for dev, ino in (running or running_executables)(frozenset(gone.values()))}
+            for k, n in gone.items():
+                if k in live:
+                    new[k] = (n, servers[n])
         m = self._map("svcgate_servers")
         for k, (_, kind) in new.items():
             m.update(k, _U32.pack(int(kind)))
@@ -330,5 +363,5 @@ class AgentSocketGate:
             self.gate.close()
 
 
-__all__ = ["LsmSocketGate", "AgentSocketGate", "SocketKind", "DEFAULT_SOCKETS", "DEFAULT_SERVERS",
+__all__ = ["LsmSocketGate", "AgentSocketGate", "running_executables", "SocketKind", "DEFAULT_SOCKETS", "DEFAULT_SERVERS",
            "OBJECT"]

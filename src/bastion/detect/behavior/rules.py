@@ -1189,7 +1189,11 @@ PERSISTENCE = (
                   "/root/.zprofile", "/home/*/.zprofile", "/root/.zlogin", "/home/*/.zlogin",
                   "/root/.bash_logout", "/home/*/.bash_logout", "/etc/zprofile", "/etc/zshrc",
                   "/root/.config/fish/config.fish", "/home/*/.config/fish/config.fish",
-                  "/etc/fish/config.fish", "/etc/shells"),
+                  "/etc/fish/config.fish", "/etc/shells",
+                  # terminal multiplexers' configs: commands run when a server starts
+                  "/etc/tmux.conf", "/root/.tmux.conf", "/home/*/.tmux.conf",
+                  "/root/.config/tmux/tmux.conf", "/home/*/.config/tmux/tmux.conf",
+                  "/etc/screenrc", "/root/.screenrc", "/home/*/.screenrc"),
                  frozenset({*PACKAGE_MANAGERS}), severity="medium"),
     PersistClass("behavior.persistence_authorized_keys", "SSH authorized_keys", ("T1098.004",),
                  ("/root/.ssh/authorized_keys*", "/home/*/.ssh/authorized_keys*",
@@ -1236,8 +1240,11 @@ class PersistenceWrite(SingleEvent):
         if pat is None or self.trusted(ev, ctx, self.cls.tools - self.cls.tree_tools, depth=3):
             return None
         if self.cls.tree_tools and self.trusted(ev, ctx, self.cls.tree_tools, depth=3) \
-                and not self.untrusted(ev, ctx)[0]:
-            return None     # crontab/at for a clean tree or an administrator's session
+                and (self.prov is None or not self.prov.reasons(ev, ctx)[0]):
+            # crontab/at for a clean tree.  An administrator's session running a /tmp
+            # script (local reasons only, so not stopped) is alerted below, as a direct
+            # write from it is (s18 review item 14: it was silenced)
+            return None
         hit = Hit(f"New or changed {self.cls.what}: {path}", {"path": path, "pattern": pat})
         return stop_if_untrusted(self, ev, ctx, hit, f"the {self.cls.what} write to {path} (writer stopped at the open)")
 
