@@ -332,3 +332,67 @@ def test_refused_names_leave_no_descriptor_open(tmp_path: Path) -> None:
         other = file_sample(str(tmp_path / "big"), ino=1)
         assert other is not None and other.other_inode
     assert len(os.listdir("/proc/self/fd")) <= before
+
+
+# ---- s18 review: the dismissal must not rest on what the probe could not read ----------------
+
+def test_a_drained_byte_budget_is_no_dismissal(tmp_path: Path) -> None:
+    """A decoy tree drains the shared byte budget: the encryptor's files (ciphertext
+    after a plaintext head) are read at the head only (``limited``); a few small
+    plaintext files it also wrote were judged low.  The rule dismissed on those
+    (sampled 4, high 0): the limited files must keep it a medium at least."""
+    from bastion.detect.behavior.content import ByteBudget
+    from bastion.detect.behavior.rules import EntropyProbe
+    tree = Tree()
+    ep = tree.rule.probes.entropy
+    assert isinstance(ep, EntropyProbe)
+    ep.budget = ByteBudget(per_s=1.0, burst=1.0)
+    files = victims(tmp_path / "docs", size=64 << 10)
+    for p in files[:-4]:
+        tree.write(p, after_header(p.read_bytes()))
+    for i, p in enumerate(files[-4:]):
+        tree.write(p, text(1024, 900 + i))
+    assert tree.found, "a mass rewrite whose files went unread for the budget was dismissed"
+    assert tree.found[0].evidence["entropy_limited"] > 0
+
+
+def test_sparse_decoys_do_not_drain_the_budget(tmp_path: Path) -> None:
+    """A sparse 1 MiB decoy (a text head, holes elsewhere) had all 16 windows read and
+    charged; holes hold no ciphertext and cost no I/O: skipped, uncharged."""
+    from bastion.detect.behavior.content import ByteBudget, file_sample
+    p = tmp_path / "sparse"
+    with open(p, "wb") as fh:
+        fh.write(text(1024))
+        fh.truncate(1 << 20)
+    if os.stat(p).st_blocks * 512 >= 1 << 20:
+        pytest.skip("the filesystem does not keep holes")
+    budget = ByteBudget(per_s=1.0, burst=4096.0)
+    got = file_sample(str(p), budget=budget)
+    assert got is not None and got.score is not None and not got.limited
+    assert got.bytes_read == 1024
+    assert budget.refused == 0 and budget.take(3072)
+
+
+def test_forced_head_reads_run_no_debt() -> None:
+    """Head windows are read even past the budget (forced); their cost drove the bucket
+    negative without bound, so 100 decoy heads left it empty for the next 25 s."""
+    import time as _t
+    from bastion.detect.behavior.content import ByteBudget
+    budget = ByteBudget(per_s=4096.0, burst=4096.0)
+    for _ in range(100):
+        assert budget.take(1024, force=True)
+    _t.sleep(0.3)
+    assert budget.take(1024)
+
+
+def test_a_tie_of_ciphertexts_and_unique_notes_is_not_dismissed(tmp_path: Path) -> None:
+    """1:1 notes that differ per file (the victim's name in each) are not left out as
+    repeats: the newest 8 are 4 ciphertexts and 4 notes, high 4 of 8 -- dismissed as
+    "not most".  Two or more high files are at least a medium."""
+    tree = Tree()
+    for i, p in enumerate(victims(tmp_path / "docs", size=16 << 10)):
+        tree.write(p, os.urandom(16 << 10))
+        note = b"Your file %s is encrypted. Pay 0.5 BTC, id %04d.\n" % (os.fsencode(p.name), i)
+        tree.write(f"{p}.README.txt", note * 8, flags=O_WRONLY | O_CREAT | O_TRUNC)
+    assert tree.found, "4 ciphertexts in a sample of 8 were dismissed"
+    assert tree.found[0].evidence["entropy_high"] >= 2

@@ -128,8 +128,13 @@ class ByteBudget:
             now = time.monotonic()
             self._tokens = min(self.burst, self._tokens + (now - self._at) * self.per_s)
             self._at = now
-            if self._tokens >= n or force:
+            if self._tokens >= n:
                 self._tokens -= n
+                return True
+            if force:
+                # a forced head read runs no debt: a decoy tree's many heads must not
+                # leave the budget empty for the files read after them (s18 review 1)
+                self._tokens = max(0.0, self._tokens - n)
                 return True
             self.refused += 1
             return False
@@ -328,7 +333,25 @@ def _read(fd: int, windows: list[tuple[int, int]], size: int,
     parts: list[bytes] = []
     decode = True
     limited = False
+    sparse = False
+    try:
+        sparse = os.fstat(fd).st_blocks * 512 < size
+    except OSError:
+        pass
     for i, (off, length) in enumerate(windows):
+        if sparse and i:
+            # a hole reads as zeros, costs no I/O and holds no ciphertext: a window
+            # wholly in one is skipped uncharged, and past the last data the file ends
+            # (a decoy tree of sparse files drained the shared budget: s18 review 1)
+            try:
+                data_at = os.lseek(fd, off, os.SEEK_DATA)
+            except OSError:
+                break   # ENXIO: no data at or after off
+            if data_at >= off + length:
+                done += 1
+                if size <= NOTE_MAX:
+                    parts.append(bytes(length))
+                continue
         if budget is not None and not budget.take(length, force=i == 0):
             limited = True
             break
