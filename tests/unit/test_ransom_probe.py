@@ -396,3 +396,60 @@ def test_a_tie_of_ciphertexts_and_unique_notes_is_not_dismissed(tmp_path: Path) 
         tree.write(f"{p}.README.txt", note * 8, flags=O_WRONLY | O_CREAT | O_TRUNC)
     assert tree.found, "4 ciphertexts in a sample of 8 were dismissed"
     assert tree.found[0].evidence["entropy_high"] >= 2
+
+
+# ---- s18 review 3: binaries judged critical (C++ symbol tables as base64, one table) ---------
+
+def _symtab(n: int) -> bytes:
+    """A .dynstr: mangled C++ names (base64's alphabet) separated by NULs."""
+    import random
+    rnd = random.Random(7)
+    alnum = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_"
+    out = b""
+    while len(out) < n:
+        out += b"_ZN4absl" + bytes(rnd.choice(alnum) for _ in range(rnd.randrange(20, 60))) + b"\0"
+    return out[:n]
+
+
+def _mixed_b64(n: int) -> bytes:
+    """Text in both base64 alphabets at once ("+/" and "-_"): no encoder writes that."""
+    import random
+    rnd = random.Random(8)
+    alpha = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/-_"
+    return bytes(rnd.choice(alpha) for _ in range(n))
+
+
+@pytest.mark.parametrize("make", [_symtab, _mixed_b64], ids=["symtab", "mixed_alphabets"])
+def test_symbol_tables_are_not_decoded_as_base64(tmp_path: Path, make: Callable[[int], bytes]) -> None:
+    from bastion.detect.behavior.content import HIGH, file_sample
+    p = tmp_path / "lib.so"
+    p.write_bytes(make(4096))
+    got = file_sample(str(p))
+    assert got is not None and got.score is not None and got.score < HIGH, got
+
+
+def test_one_high_window_in_a_large_file_is_not_high(tmp_path: Path) -> None:
+    """A 64 KiB file of text with one 1 KiB constant table at its end (the tail window):
+    one window of "ciphertext" made the whole file high."""
+    from bastion.detect.behavior.content import HIGH, file_sample
+    p = tmp_path / "big"
+    p.write_bytes(text(63 << 10) + os.urandom(1024))
+    got = file_sample(str(p))
+    assert got is not None and got.score is not None and got.score < HIGH, got
+    two = tmp_path / "two"   # two high windows (head and tail): high
+    two.write_bytes(os.urandom(1024) + text(62 << 10) + os.urandom(1024))
+    got = file_sample(str(two))
+    assert got is not None and got.score is not None and got.score >= HIGH, got
+
+
+@pytest.mark.parametrize("magic", [b"\x7fELF\x02\x01\x01", b"PK\x03\x04", b"\x1f\x8b\x08",
+                                   b"\x00\x00\x00\x18ftypmp42"])
+def test_container_formats_are_judged_on_their_head(tmp_path: Path, magic: bytes) -> None:
+    """An ELF library with crypto tables, a zip, a gzip, an mp4: bodies of compressed or
+    machine-code bytes (libcrypto, libz: 23 of 396 .so were high).  Judged on the head."""
+    from bastion.detect.behavior.content import HIGH, file_sample
+    p = tmp_path / "f"
+    p.write_bytes(magic + text(4096) + os.urandom(60 << 10))
+    got = file_sample(str(p))
+    assert got is not None and got.score is not None and got.score < HIGH, got
+    assert got.bytes_read == 1024

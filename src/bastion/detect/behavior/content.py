@@ -151,6 +151,8 @@ def decoded(window: bytes) -> tuple[bytes, str] | None:
     """The bytes a base64 or hex window encodes (at least 97 % of its non-newline bytes
     in the alphabet; the rest dropped), or None.  Misaligned decoding does not matter
     for entropy: shifted bits of random bytes are random bytes."""
+    if b"\0" in window:
+        return None   # text has no NUL; a symbol table (.dynstr: names and NULs) does
     text = window.translate(None, b"\r\n")
     n = len(text)
     if n < MIN_WINDOW:
@@ -158,13 +160,19 @@ def decoded(window: bytes) -> tuple[bytes, str] | None:
     if len(text.translate(None, _HEX)) <= n * (1 - ENCODED_SHARE):
         digits = text.translate(None, _NOT_HEX)
         return bytes.fromhex(digits[:len(digits) // 2 * 2].decode("ascii")), "hex"
-    if len(text.translate(None, _B64)) <= n * (1 - ENCODED_SHARE):
+    if len(text.translate(None, _B64)) <= n * (1 - ENCODED_SHARE) and \
+            not (_has(text, b"+/") and _has(text, b"-_")):
+        # one alphabet only: "+/" (RFC 4648 base64) or "-_" (base64url), never both
         chars = text.translate(_B64_STD, _NOT_B64).replace(b"=", b"")
         try:
             return binascii.a2b_base64(chars[:len(chars) // 4 * 4]), "base64"
         except binascii.Error:
             return None
     return None
+
+
+def _has(text: bytes, chars: bytes) -> bool:
+    return any(c in text for c in chars)
 
 
 _MAIL_START = re.compile(rb"(?i)(from |[a-z][a-z0-9-]{1,40}: )")
@@ -176,6 +184,23 @@ def is_mail(head: bytes) -> bool:
     """Does ``head`` start like a mail message (mbox ``From`` line or a header field,
     and one of the fields every delivered message has)?"""
     return bool(_MAIL_START.match(head)) and _MAIL_FIELD.search(head) is not None
+
+
+# Container formats whose bodies are compressed or machine code (ELF: crypto tables,
+# compressed debug sections): judged on their head window only.  A file that keeps one
+# of these magics at its head is not judged on its body (an evasion left open: see
+# docs/ransomware.md).
+CONTAINER_MAGIC: Final = (
+    b"\x7fELF", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"PK\x03\x04", b"PK\x05\x06",
+    b"%PDF-", b"\x1f\x8b", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd")
+
+
+def is_container(head: bytes) -> bool:
+    """A known container format by its magic (ISO-BMFF/MP4: ``ftyp`` at offset 4)."""
+    return head.startswith(CONTAINER_MAGIC) or head[4:8] == b"ftyp"
+
+
+HIGH_WINDOWS: Final = 2   # high windows a file over NOTE_MAX bytes needs to be high
 
 
 DISTINCT_HIGH: Final = math.ceil(2 ** HIGH)   # fewer distinct bytes cannot reach HIGH
@@ -330,9 +355,14 @@ def _sample_one(name: bytes, ino: int, budget: ByteBudget | None) -> ContentSamp
 def _read(fd: int, windows: list[tuple[int, int]], size: int,
           budget: ByteBudget | None) -> ContentSample | None:
     best, enc, nread, done = 0.0, "", 0, 0
+    low, low_enc, highs = 0.0, "", 0
+    # over NOTE_MAX bytes one high window is not enough: a binary's constant table or
+    # one compressed section is a window of "ciphertext" (s18 review 3)
+    need = HIGH_WINDOWS if size > NOTE_MAX else 1
     parts: list[bytes] = []
     decode = True
     limited = False
+    head_only = False
     sparse = False
     try:
         sparse = os.fstat(fd).st_blocks * 512 < size
@@ -361,6 +391,7 @@ def _read(fd: int, windows: list[tuple[int, int]], size: int,
         if i == 0:
             # a mail message's base64 parts are its attachments, not ciphertext
             decode = not is_mail(data)
+            head_only = is_container(data)
         if size <= NOTE_MAX:
             parts.append(data)
         if len(data) < MIN_WINDOW and i:
@@ -368,10 +399,19 @@ def _read(fd: int, windows: list[tuple[int, int]], size: int,
         if len(data) < MIN_WINDOW:
             return None
         h, kind = window_score(data, decode, exact=i == 0)
+        if h >= HIGH:
+            highs += 1
+        elif h > low:
+            low, low_enc = h, kind
         if h > best:
             best, enc = h, kind
-        if best >= HIGH:
+        if highs >= need:
             break
+        if head_only:
+            need = 1    # judged on the head alone
+            break
+    if highs < need:
+        best, enc = low, low_enc
     digest = hashlib.blake2b(b"".join(parts), digest_size=16).digest() \
         if size <= NOTE_MAX and done == len(windows) else None
     if limited and best < HIGH:
