@@ -453,3 +453,13 @@ def test_container_formats_are_judged_on_their_head(tmp_path: Path, magic: bytes
     got = file_sample(str(p))
     assert got is not None and got.score is not None and got.score < HIGH, got
     assert got.bytes_read == 1024
+
+
+@pytest.mark.parametrize("name", ["/d/a\\x2f..\\x2fshadow", "/d/a\\x00b", "/d/a\\x7fb"])
+def test_only_backslashreplace_escapes_are_unescaped(name: str) -> None:
+    """backslashreplace writes \\x80-\\xff only: a literal "\\x2f" in a name was
+    unescaped into a "/" (another path: the probe read a file the tree chose) and
+    "\\x00" into a NUL.  Such names are tried as written only."""
+    from bastion.detect.behavior.content import names
+    assert names(name) == [os.fsencode(name)]
+    assert names("/d/a\\xffb") == [b"/d/a\\xffb", b"/d/a\xffb"]

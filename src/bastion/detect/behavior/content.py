@@ -89,7 +89,9 @@ _B64: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/
 _NOT_HEX: Final = bytes(b for b in range(256) if b not in _HEX)
 _NOT_B64: Final = bytes(b for b in range(256) if b not in _B64)
 _B64_STD: Final = bytes.maketrans(b"-_", b"+/")
-_ESCAPE = re.compile(rb"\\x([0-9a-f]{2})")
+# what backslashreplace writes for a byte that is not UTF-8: \x80-\xff only (a "\x2f" or
+# "\x00" in a name is literal text: unescaped, it would name another path or cut it)
+_ESCAPE = re.compile(rb"\\x([89a-f][0-9a-f])")
 _ROOTED = re.compile(rb"/proc/([0-9]+)/root(/.*)?", re.S)
 _KEY: Final = secrets.token_bytes(16)   # where the middle windows fall, per agent
 
@@ -261,7 +263,7 @@ def names(path: str) -> list[bytes]:
     out = [raw]
     if b"\\x" in raw:
         unescaped = _ESCAPE.sub(lambda m: bytes([int(m[1], 16)]), raw)
-        if unescaped != raw:
+        if unescaped != raw and b"\0" not in unescaped:
             out.append(unescaped)
     return out
 
