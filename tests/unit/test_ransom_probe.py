@@ -463,3 +463,17 @@ def test_only_backslashreplace_escapes_are_unescaped(name: str) -> None:
     from bastion.detect.behavior.content import names
     assert names(name) == [os.fsencode(name)]
     assert names("/d/a\\xffb") == [b"/d/a\\xffb", b"/d/a\xffb"]
+
+
+def test_one_path_rewritten_and_removed_in_a_loop_is_one_file(tmp_path: Path) -> None:
+    """`while :; do echo x > f; rm f; done`: each write names a new inode, and the
+    distinct count ("w:PATH\\0INO") made one path 40 files: a "mass rewrite"."""
+    tree = Tree()
+    f = str(tmp_path / "f")
+    for i in range(N + 5):
+        tree._feed({"type": "open", **tree._proc(), "path": f, "path2": "",
+                    "flags": O_WRONLY | O_CREAT | O_TRUNC, "mode": 0o644, "owner_uid": -1,
+                    "owner_gid": -1, "dev": 1, "ino": 5000 + i})
+        tree._feed({"type": "unlink", **tree._proc(), "path": f, "path2": "", "flags": 0,
+                    "mode": 0, "owner_uid": -1, "owner_gid": -1, "dev": 1, "ino": 5000 + i})
+    assert not tree.found, [(x.title, x.evidence) for x in tree.found]

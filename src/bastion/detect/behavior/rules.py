@@ -2301,6 +2301,11 @@ class Ransomware(ThresholdRule):
             return f"w:{path}\0{ev.ino}"
         return f"{tag}:{path}"
 
+    def distinct_key(self, v: str) -> str:
+        # one file per path: the inode a write names is kept aside (the last one), so
+        # an `echo > f; rm f` loop (a new inode each time) is not 40 files (s18 review 5)
+        return v.partition("\0")[0] if v.startswith("w:") else v
+
     def conclusive(self, hit: Hit) -> bool:
         # the medium "mass file rewrite" (content not confirmed) keeps the tree judged
         return hit.severity != "medium"
