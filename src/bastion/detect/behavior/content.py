@@ -15,8 +15,12 @@ encryptor below "critical".  :func:`file_sample` reads, per file:
   extra windows were refused and whose read part is not high is *unknown* (``limited``),
   never "plaintext";
 * each window's **entropy** (bits/byte); a window that is base64 or hex text (>= 97 %
-  of its non-newline bytes in the alphabet) is also judged on its **decoded** bytes;
-  the file's score is the highest window's (stops at the first high one);
+  of its non-newline bytes in the alphabet, no NUL, one base64 alphabet) is also judged
+  on its **decoded** bytes; the file's score is the highest window's (stops at the first
+  high one); a file over ``NOTE_MAX`` bytes needs ``HIGH_WINDOWS`` high windows (else
+  its best non-high one), a known container format (ELF, PNG, JPEG, ZIP, PDF, MP4, gzip,
+  xz, zstd) is judged on its head alone, and a window wholly in a hole of a sparse file
+  is skipped uncharged;
 * a **digest** of a small file read whole (<= 16 KiB), so the rule can leave out files
   with the same small content repeated (ransom notes) rather than count them as
   plaintext.
