@@ -332,3 +332,148 @@ def test_refused_names_leave_no_descriptor_open(tmp_path: Path) -> None:
         other = file_sample(str(tmp_path / "big"), ino=1)
         assert other is not None and other.other_inode
     assert len(os.listdir("/proc/self/fd")) <= before
+
+
+# ---- s18 review: the dismissal must not rest on what the probe could not read ----------------
+
+def test_a_drained_byte_budget_is_no_dismissal(tmp_path: Path) -> None:
+    """A decoy tree drains the shared byte budget: the encryptor's files (ciphertext
+    after a plaintext head) are read at the head only (``limited``); a few small
+    plaintext files it also wrote were judged low.  The rule dismissed on those
+    (sampled 4, high 0): the limited files must keep it a medium at least."""
+    from bastion.detect.behavior.content import ByteBudget
+    from bastion.detect.behavior.rules import EntropyProbe
+    tree = Tree()
+    ep = tree.rule.probes.entropy
+    assert isinstance(ep, EntropyProbe)
+    ep.budget = ByteBudget(per_s=1.0, burst=1.0)
+    files = victims(tmp_path / "docs", size=64 << 10)
+    for p in files[:-4]:
+        tree.write(p, after_header(p.read_bytes()))
+    for i, p in enumerate(files[-4:]):
+        tree.write(p, text(1024, 900 + i))
+    assert tree.found, "a mass rewrite whose files went unread for the budget was dismissed"
+    assert tree.found[0].evidence["entropy_limited"] > 0
+
+
+def test_sparse_decoys_do_not_drain_the_budget(tmp_path: Path) -> None:
+    """A sparse 1 MiB decoy (a text head, holes elsewhere) had all 16 windows read and
+    charged; holes hold no ciphertext and cost no I/O: skipped, uncharged."""
+    from bastion.detect.behavior.content import ByteBudget, file_sample
+    p = tmp_path / "sparse"
+    with open(p, "wb") as fh:
+        fh.write(text(1024))
+        fh.truncate(1 << 20)
+    if os.stat(p).st_blocks * 512 >= 1 << 20:
+        pytest.skip("the filesystem does not keep holes")
+    budget = ByteBudget(per_s=1.0, burst=4096.0)
+    got = file_sample(str(p), budget=budget)
+    assert got is not None and got.score is not None and not got.limited
+    assert got.bytes_read == 1024
+    assert budget.refused == 0 and budget.take(3072)
+
+
+def test_forced_head_reads_run_no_debt() -> None:
+    """Head windows are read even past the budget (forced); their cost drove the bucket
+    negative without bound, so 100 decoy heads left it empty for the next 25 s."""
+    import time as _t
+    from bastion.detect.behavior.content import ByteBudget
+    budget = ByteBudget(per_s=4096.0, burst=4096.0)
+    for _ in range(100):
+        assert budget.take(1024, force=True)
+    _t.sleep(0.3)
+    assert budget.take(1024)
+
+
+def test_a_tie_of_ciphertexts_and_unique_notes_is_not_dismissed(tmp_path: Path) -> None:
+    """1:1 notes that differ per file (the victim's name in each) are not left out as
+    repeats: the newest 8 are 4 ciphertexts and 4 notes, high 4 of 8 -- dismissed as
+    "not most".  Two or more high files are at least a medium."""
+    tree = Tree()
+    for i, p in enumerate(victims(tmp_path / "docs", size=16 << 10)):
+        tree.write(p, os.urandom(16 << 10))
+        note = b"Your file %s is encrypted. Pay 0.5 BTC, id %04d.\n" % (os.fsencode(p.name), i)
+        tree.write(f"{p}.README.txt", note * 8, flags=O_WRONLY | O_CREAT | O_TRUNC)
+    assert tree.found, "4 ciphertexts in a sample of 8 were dismissed"
+    assert tree.found[0].evidence["entropy_high"] >= 2
+
+
+# ---- s18 review 3: binaries judged critical (C++ symbol tables as base64, one table) ---------
+
+def _symtab(n: int) -> bytes:
+    """A .dynstr: mangled C++ names (base64's alphabet) separated by NULs."""
+    import random
+    rnd = random.Random(7)
+    alnum = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_"
+    out = b""
+    while len(out) < n:
+        out += b"_ZN4absl" + bytes(rnd.choice(alnum) for _ in range(rnd.randrange(20, 60))) + b"\0"
+    return out[:n]
+
+
+def _mixed_b64(n: int) -> bytes:
+    """Text in both base64 alphabets at once ("+/" and "-_"): no encoder writes that."""
+    import random
+    rnd = random.Random(8)
+    alpha = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/-_"
+    return bytes(rnd.choice(alpha) for _ in range(n))
+
+
+@pytest.mark.parametrize("make", [_symtab, _mixed_b64], ids=["symtab", "mixed_alphabets"])
+def test_symbol_tables_are_not_decoded_as_base64(tmp_path: Path, make: Callable[[int], bytes]) -> None:
+    from bastion.detect.behavior.content import HIGH, file_sample
+    p = tmp_path / "lib.so"
+    p.write_bytes(make(4096))
+    got = file_sample(str(p))
+    assert got is not None and got.score is not None and got.score < HIGH, got
+
+
+def test_one_high_window_in_a_large_file_is_not_high(tmp_path: Path) -> None:
+    """A 64 KiB file of text with one 1 KiB constant table at its end (the tail window):
+    one window of "ciphertext" made the whole file high."""
+    from bastion.detect.behavior.content import HIGH, file_sample
+    p = tmp_path / "big"
+    p.write_bytes(text(63 << 10) + os.urandom(1024))
+    got = file_sample(str(p))
+    assert got is not None and got.score is not None and got.score < HIGH, got
+    two = tmp_path / "two"   # two high windows (head and tail): high
+    two.write_bytes(os.urandom(1024) + text(62 << 10) + os.urandom(1024))
+    got = file_sample(str(two))
+    assert got is not None and got.score is not None and got.score >= HIGH, got
+
+
+@pytest.mark.parametrize("magic", [b"\x7fELF\x02\x01\x01", b"PK\x03\x04", b"\x1f\x8b\x08",
+                                   b"\x00\x00\x00\x18ftypmp42"])
+def test_container_formats_are_judged_on_their_head(tmp_path: Path, magic: bytes) -> None:
+    """An ELF library with crypto tables, a zip, a gzip, an mp4: bodies of compressed or
+    machine-code bytes (libcrypto, libz: 23 of 396 .so were high).  Judged on the head."""
+    from bastion.detect.behavior.content import HIGH, file_sample
+    p = tmp_path / "f"
+    p.write_bytes(magic + text(4096) + os.urandom(60 << 10))
+    got = file_sample(str(p))
+    assert got is not None and got.score is not None and got.score < HIGH, got
+    assert got.bytes_read == 1024
+
+
+@pytest.mark.parametrize("name", ["/d/a\\x2f..\\x2fshadow", "/d/a\\x00b", "/d/a\\x7fb"])
+def test_only_backslashreplace_escapes_are_unescaped(name: str) -> None:
+    """backslashreplace writes \\x80-\\xff only: a literal "\\x2f" in a name was
+    unescaped into a "/" (another path: the probe read a file the tree chose) and
+    "\\x00" into a NUL.  Such names are tried as written only."""
+    from bastion.detect.behavior.content import names
+    assert names(name) == [os.fsencode(name)]
+    assert names("/d/a\\xffb") == [b"/d/a\\xffb", b"/d/a\xffb"]
+
+
+def test_one_path_rewritten_and_removed_in_a_loop_is_one_file(tmp_path: Path) -> None:
+    """`while :; do echo x > f; rm f; done`: each write names a new inode, and the
+    distinct count ("w:PATH\\0INO") made one path 40 files: a "mass rewrite"."""
+    tree = Tree()
+    f = str(tmp_path / "f")
+    for i in range(N + 5):
+        tree._feed({"type": "open", **tree._proc(), "path": f, "path2": "",
+                    "flags": O_WRONLY | O_CREAT | O_TRUNC, "mode": 0o644, "owner_uid": -1,
+                    "owner_gid": -1, "dev": 1, "ino": 5000 + i})
+        tree._feed({"type": "unlink", **tree._proc(), "path": f, "path2": "", "flags": 0,
+                    "mode": 0, "owner_uid": -1, "owner_gid": -1, "dev": 1, "ino": 5000 + i})
+    assert not tree.found, [(x.title, x.evidence) for x in tree.found]

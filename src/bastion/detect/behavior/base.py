@@ -247,6 +247,10 @@ class ThresholdRule(BehaviorRule):
         """The value this event counts for (None: not counted)."""
         raise NotImplementedError
 
+    def distinct_key(self, v: str) -> str:
+        """What makes two values one for ``distinct`` (the last value is kept)."""
+        return v
+
     def conclusive(self, hit: Hit) -> bool:
         """Whether ``hit`` ends the judging of this key for a window (cooldown, state
         cleared); a provisional one keeps the key judged so it can escalate."""
@@ -279,8 +283,15 @@ class ThresholdRule(BehaviorRule):
             dq.popleft()
         values = [x for _, x in dq]
         if self.distinct:
-            values = (list(dict.fromkeys(reversed(values)))[::-1] if self.distinct_last
-                      else list(dict.fromkeys(values)))
+            by_key: dict[str, str] = {}
+            for x in values:
+                k = self.distinct_key(x)
+                if self.distinct_last:
+                    by_key.pop(k, None)     # ordered by its last event, its last value
+                    by_key[k] = x
+                else:
+                    by_key.setdefault(k, x)
+            values = list(by_key.values())
         if len(values) < self.count:
             return []
         hit = self.confirm(ev, ctx, values)

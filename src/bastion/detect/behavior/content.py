@@ -15,8 +15,12 @@ encryptor below "critical".  :func:`file_sample` reads, per file:
   extra windows were refused and whose read part is not high is *unknown* (``limited``),
   never "plaintext";
 * each window's **entropy** (bits/byte); a window that is base64 or hex text (>= 97 %
-  of its non-newline bytes in the alphabet) is also judged on its **decoded** bytes;
-  the file's score is the highest window's (stops at the first high one);
+  of its non-newline bytes in the alphabet, no NUL, one base64 alphabet) is also judged
+  on its **decoded** bytes; the file's score is the highest window's (stops at the first
+  high one); a file over ``NOTE_MAX`` bytes needs ``HIGH_WINDOWS`` high windows (else
+  its best non-high one), a known container format (ELF, PNG, JPEG, ZIP, PDF, MP4, gzip,
+  xz, zstd) is judged on its head alone, and a window wholly in a hole of a sparse file
+  is skipped uncharged;
 * a **digest** of a small file read whole (<= 16 KiB), so the rule can leave out files
   with the same small content repeated (ransom notes) rather than count them as
   plaintext.
@@ -89,7 +93,9 @@ _B64: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/
 _NOT_HEX: Final = bytes(b for b in range(256) if b not in _HEX)
 _NOT_B64: Final = bytes(b for b in range(256) if b not in _B64)
 _B64_STD: Final = bytes.maketrans(b"-_", b"+/")
-_ESCAPE = re.compile(rb"\\x([0-9a-f]{2})")
+# what backslashreplace writes for a byte that is not UTF-8: \x80-\xff only (a "\x2f" or
+# "\x00" in a name is literal text: unescaped, it would name another path or cut it)
+_ESCAPE = re.compile(rb"\\x([89a-f][0-9a-f])")
 _ROOTED = re.compile(rb"/proc/([0-9]+)/root(/.*)?", re.S)
 _KEY: Final = secrets.token_bytes(16)   # where the middle windows fall, per agent
 
@@ -128,8 +134,13 @@ class ByteBudget:
             now = time.monotonic()
             self._tokens = min(self.burst, self._tokens + (now - self._at) * self.per_s)
             self._at = now
-            if self._tokens >= n or force:
+            if self._tokens >= n:
                 self._tokens -= n
+                return True
+            if force:
+                # a forced head read runs no debt: a decoy tree's many heads must not
+                # leave the budget empty for the files read after them (s18 review 1)
+                self._tokens = max(0.0, self._tokens - n)
                 return True
             self.refused += 1
             return False
@@ -146,6 +157,8 @@ def decoded(window: bytes) -> tuple[bytes, str] | None:
     """The bytes a base64 or hex window encodes (at least 97 % of its non-newline bytes
     in the alphabet; the rest dropped), or None.  Misaligned decoding does not matter
     for entropy: shifted bits of random bytes are random bytes."""
+    if b"\0" in window:
+        return None   # text has no NUL; a symbol table (.dynstr: names and NULs) does
     text = window.translate(None, b"\r\n")
     n = len(text)
     if n < MIN_WINDOW:
@@ -153,13 +166,19 @@ def decoded(window: bytes) -> tuple[bytes, str] | None:
     if len(text.translate(None, _HEX)) <= n * (1 - ENCODED_SHARE):
         digits = text.translate(None, _NOT_HEX)
         return bytes.fromhex(digits[:len(digits) // 2 * 2].decode("ascii")), "hex"
-    if len(text.translate(None, _B64)) <= n * (1 - ENCODED_SHARE):
+    if len(text.translate(None, _B64)) <= n * (1 - ENCODED_SHARE) and \
+            not (_has(text, b"+/") and _has(text, b"-_")):
+        # one alphabet only: "+/" (RFC 4648 base64) or "-_" (base64url), never both
         chars = text.translate(_B64_STD, _NOT_B64).replace(b"=", b"")
         try:
             return binascii.a2b_base64(chars[:len(chars) // 4 * 4]), "base64"
         except binascii.Error:
             return None
     return None
+
+
+def _has(text: bytes, chars: bytes) -> bool:
+    return any(c in text for c in chars)
 
 
 _MAIL_START = re.compile(rb"(?i)(from |[a-z][a-z0-9-]{1,40}: )")
@@ -171,6 +190,23 @@ def is_mail(head: bytes) -> bool:
     """Does ``head`` start like a mail message (mbox ``From`` line or a header field,
     and one of the fields every delivered message has)?"""
     return bool(_MAIL_START.match(head)) and _MAIL_FIELD.search(head) is not None
+
+
+# Container formats whose bodies are compressed or machine code (ELF: crypto tables,
+# compressed debug sections): judged on their head window only.  A file that keeps one
+# of these magics at its head is not judged on its body (an evasion left open: see
+# docs/ransomware.md).
+CONTAINER_MAGIC: Final = (
+    b"\x7fELF", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"PK\x03\x04", b"PK\x05\x06",
+    b"%PDF-", b"\x1f\x8b", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd")
+
+
+def is_container(head: bytes) -> bool:
+    """A known container format by its magic (ISO-BMFF/MP4: ``ftyp`` at offset 4)."""
+    return head.startswith(CONTAINER_MAGIC) or head[4:8] == b"ftyp"
+
+
+HIGH_WINDOWS: Final = 2   # high windows a file over NOTE_MAX bytes needs to be high
 
 
 DISTINCT_HIGH: Final = math.ceil(2 ** HIGH)   # fewer distinct bytes cannot reach HIGH
@@ -231,7 +267,7 @@ def names(path: str) -> list[bytes]:
     out = [raw]
     if b"\\x" in raw:
         unescaped = _ESCAPE.sub(lambda m: bytes([int(m[1], 16)]), raw)
-        if unescaped != raw:
+        if unescaped != raw and b"\0" not in unescaped:
             out.append(unescaped)
     return out
 
@@ -325,10 +361,33 @@ def _sample_one(name: bytes, ino: int, budget: ByteBudget | None) -> ContentSamp
 def _read(fd: int, windows: list[tuple[int, int]], size: int,
           budget: ByteBudget | None) -> ContentSample | None:
     best, enc, nread, done = 0.0, "", 0, 0
+    low, low_enc, highs = 0.0, "", 0
+    # over NOTE_MAX bytes one high window is not enough: a binary's constant table or
+    # one compressed section is a window of "ciphertext" (s18 review 3)
+    need = HIGH_WINDOWS if size > NOTE_MAX else 1
     parts: list[bytes] = []
     decode = True
     limited = False
+    head_only = False
+    sparse = False
+    try:
+        sparse = os.fstat(fd).st_blocks * 512 < size
+    except OSError:
+        pass
     for i, (off, length) in enumerate(windows):
+        if sparse and i:
+            # a hole reads as zeros, costs no I/O and holds no ciphertext: a window
+            # wholly in one is skipped uncharged, and past the last data the file ends
+            # (a decoy tree of sparse files drained the shared budget: s18 review 1)
+            try:
+                data_at = os.lseek(fd, off, os.SEEK_DATA)
+            except OSError:
+                break   # ENXIO: no data at or after off
+            if data_at >= off + length:
+                done += 1
+                if size <= NOTE_MAX:
+                    parts.append(bytes(length))
+                continue
         if budget is not None and not budget.take(length, force=i == 0):
             limited = True
             break
@@ -338,6 +397,7 @@ def _read(fd: int, windows: list[tuple[int, int]], size: int,
         if i == 0:
             # a mail message's base64 parts are its attachments, not ciphertext
             decode = not is_mail(data)
+            head_only = is_container(data)
         if size <= NOTE_MAX:
             parts.append(data)
         if len(data) < MIN_WINDOW and i:
@@ -345,10 +405,19 @@ def _read(fd: int, windows: list[tuple[int, int]], size: int,
         if len(data) < MIN_WINDOW:
             return None
         h, kind = window_score(data, decode, exact=i == 0)
+        if h >= HIGH:
+            highs += 1
+        elif h > low:
+            low, low_enc = h, kind
         if h > best:
             best, enc = h, kind
-        if best >= HIGH:
+        if highs >= need:
             break
+        if head_only:
+            need = 1    # judged on the head alone
+            break
+    if highs < need:
+        best, enc = low, low_enc
     digest = hashlib.blake2b(b"".join(parts), digest_size=16).digest() \
         if size <= NOTE_MAX and done == len(windows) else None
     if limited and best < HIGH:
