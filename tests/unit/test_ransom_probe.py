@@ -446,12 +446,14 @@ def test_one_high_window_in_a_large_file_is_not_high(tmp_path: Path) -> None:
                                    b"\x00\x00\x00\x18ftypmp42"])
 def test_container_formats_are_judged_on_their_head(tmp_path: Path, magic: bytes) -> None:
     """An ELF library with crypto tables, a zip, a gzip, an mp4: bodies of compressed or
-    machine-code bytes (libcrypto, libz: 23 of 396 .so were high).  Judged on the head."""
-    from bastion.detect.behavior.content import HIGH, file_sample
+    machine-code bytes (libcrypto, libz: 23 of 396 .so were high).  Judged on the head:
+    not high; and since anyone can write the magic before ciphertext, not "plaintext"
+    either: unknown (a tree's mass rewrite of them is a medium, never dismissed)."""
+    from bastion.detect.behavior.content import file_sample
     p = tmp_path / "f"
     p.write_bytes(magic + text(4096) + os.urandom(60 << 10))
     got = file_sample(str(p))
-    assert got is not None and got.score is not None and got.score < HIGH, got
+    assert got is not None and got.score is None and not got.limited, got
     assert got.bytes_read == 1024
 
 
