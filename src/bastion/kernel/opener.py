@@ -46,7 +46,9 @@ AT_SYMLINK_NOFOLLOW: Final = 0x100
 AT_STATX_DONT_SYNC: Final = 0x4000
 AT_EMPTY_PATH: Final = 0x1000
 RESOLVE_NO_MAGICLINKS: Final = 0x02
+RESOLVE_NO_XDEV: Final = 0x01
 RESOLVE_NO_SYMLINKS: Final = 0x04
+RESOLVE_BENEATH: Final = 0x08
 RESOLVE_IN_ROOT: Final = 0x10
 RESOLVE_CACHED: Final = 0x20
 _NR_OPENAT2: Final = 437      # the same number on x86-64 and arm64
@@ -229,24 +231,29 @@ def locate(path: str, expect: tuple[int, int], root: int | None = None
     if root is not None:
         dirfd, name = root, path.lstrip("/") or "."
         resolve = RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
+    base = os.path.basename(name.rstrip("/")) or "."
     try:
-        fd = _open_cached_retry(name, os.O_PATH | os.O_CLOEXEC | os.O_NOFOLLOW, dirfd, resolve)
-        try:
-            if _STATX.key("", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, fd) != expect:
-                return False, []
-            dfd = _open_cached_retry(os.path.dirname(name) or ".",
-                                     os.O_PATH | os.O_CLOEXEC | os.O_DIRECTORY, dirfd, resolve)
-            # s18-gate: a file bind-mounted over a name (``mount --bind
-            # /etc/cron.d/job ~/.bash_history``): the path names the object, but the
-            # directory above that name is not the object's own (its kind is not the
-            # object's: a log's appends allowed to a cron job).  Unconfirmed.
-            if not stat.S_ISDIR(os.fstat(fd).st_mode) and \
-                    _STATX.mnt_id(fd) != _STATX.mnt_id(dfd):
-                os.close(dfd)
-                return False, []
+        # s18-fixgate (review #3, #12): the directory first, then its last component
+        # from that fd: both lookups see one tree (a RENAME_EXCHANGE between two path
+        # walks made a "confirmed" parent that was not the object's).  RESOLVE_NO_XDEV:
+        # a file bind-mounted over the name (a cron job over ~/.bash_history) is a mount
+        # crossed, not the directory's own child (this replaces the mount-id compare).
+        dfd = _open_cached_retry(os.path.dirname(name.rstrip("/")) or ("/" if root is None
+                                                                        else "."),
+                                 os.O_PATH | os.O_CLOEXEC | os.O_DIRECTORY, dirfd, resolve)
+    except OSError:
+        return False, []
+    try:
+        fd = _open_cached_retry(base, os.O_PATH | os.O_CLOEXEC | os.O_NOFOLLOW, dfd,
+                                RESOLVE_BENEATH | RESOLVE_NO_XDEV | RESOLVE_NO_SYMLINKS)
+        try:   # from the cached inode (a FUSE object is not asked), closed whatever happens
+            same = _STATX.key("", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, fd) == expect
         finally:
             os.close(fd)
     except OSError:
+        same = False
+    if not same:
+        os.close(dfd)
         return False, []
     parents: list[tuple[int, int]] = []
     try:
@@ -265,7 +272,19 @@ def locate(path: str, expect: tuple[int, int], root: int | None = None
     return True, parents
 
 
-MAX_ROOT_DEPTH: Final = 64
+MAX_ROOT_DEPTH: Final = 16
+"""How many ``..`` steps from an opener's root to its namespace's top (s18-fixgate: 64
+cost up to 128 syscalls per unplaceable read on the listener thread; a chroot deeper
+than this is not placed, and a read there on a credential device is refused)."""
+
+
+def _same_mnt_ns(tid: int) -> bool:
+    """Is task ``tid`` in this process's mount namespace (nsfs inode of
+    ``/proc/TID/ns/mnt``; ``stat`` of an nsfs link asks no filesystem)?"""
+    try:
+        return os.stat(f"/proc/{tid}/ns/mnt").st_ino == os.stat("/proc/self/ns/mnt").st_ino
+    except OSError:
+        return False
 
 
 def opener_roots(tid: int) -> list[tuple[str, int]]:
@@ -280,8 +299,13 @@ def opener_roots(tid: int) -> list[tuple[str, int]]:
     except OSError:
         return []
     out = [("root", rfd)]
+    if _same_mnt_ns(tid):
+        return out    # s18-fixgate (review #4): the agent's own namespace: its top is "/"
     # statx from the cached inode: a FUSE root or mount on the way is not asked
-    fd = os.dup(rfd)
+    try:
+        fd = os.dup(rfd)
+    except OSError:
+        return out
     try:
         prev = top = _STATX.key("", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, fd)
         for _ in range(MAX_ROOT_DEPTH):
