@@ -283,7 +283,8 @@ def test_kind_closes_every_root_fd_when_locate_raises(
         closed.append(fd)
         real_close(fd)
 
-    def boom(_path: str, _key: tuple[int, int], root: int | None = None) -> tuple[bool, list[Any]]:
+    def boom(_path: str, _key: tuple[int, int], root: int | None = None,
+             unchecked: Any = None) -> tuple[bool, list[Any]]:
         if root is not None:
             raise RuntimeError("locate failed")
         return False, []
@@ -311,3 +312,59 @@ def test_opener_roots_of_a_task_in_the_agents_namespace_is_its_root_only() -> No
     finally:
         for _, fd in roots:
             os.close(fd)
+
+
+def test_a_lookup_that_needs_revalidation_is_said_apart_as_could_not_check(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review #2: an ecryptfs home (d_revalidate under RCU: EAGAIN for every name) made
+    every tainted write 'not placed: no root names it', as if it named another object."""
+    import errno as _errno
+    f = tmp_path / "notes"
+    f.write_text("x")
+
+    def eagain(path: str, *_a: Any, **_k: Any) -> int:
+        raise OSError(_errno.EAGAIN, "Resource temporarily unavailable", path)
+
+    unchecked: list[str] = []
+    monkeypatch.setattr(opener._STATX, "open_cached", eagain)
+    assert opener.locate(str(f), _key(f), unchecked=unchecked) == (False, [])
+    assert unchecked == [str(f)]
+    state = _unplaced_state(tmp_path, 0)
+    g = _decider(state)
+    monkeypatch.setattr(ProvenanceGate, "_opener_roots", staticmethod(lambda _tid: []))
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        kind, placed = g._kind(state, PermEvent(0, fd, os.getpid(), 0.0), str(f), os.getpid())
+    finally:
+        os.close(fd)
+    assert kind == "persistence" and "could not check" in placed
+
+
+def test_another_namespaces_top_is_walked_once_and_kept(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review #4 (DoS): every unplaceable read walked up to 64 '..' from the opener's
+    root; the top is now kept per mount namespace (and the walk bounded)."""
+    opener.forget_ns_tops()
+    (tmp_path / "r" / "deep").mkdir(parents=True)
+    monkeypatch.setattr(opener, "_mnt_ns", lambda tid: 4242 if tid == 7 else 1)
+    real_open = os.open
+    opens: list[str] = []
+
+    def fake_open(path: Any, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
+        if path == "/proc/7/root":
+            path = str(tmp_path / "r" / "deep")
+        opens.append(str(path))
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(opener.os, "open", fake_open)
+    try:
+        first = opener.opener_roots(7)
+        walked = opens.count("..")
+        second = opener.opener_roots(7)
+        assert [w for w, _ in first] == [w for w, _ in second] == ["root", "namespace"]
+        assert walked >= 3 and opens.count("..") == walked     # no second walk
+        assert opener._STATX.key("", opener.AT_EMPTY_PATH, second[1][1]) == _key("/")
+        for _, fd in first + second:
+            os.close(fd)
+    finally:
+        opener.forget_ns_tops()

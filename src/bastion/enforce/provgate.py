@@ -63,7 +63,8 @@ from bastion.kernel.fanotify import (
     PermissionListener, Verdict,
 )
 from bastion.kernel.opener import (
-    Scope, exe_key, fd_path, locate, open_flags, opener_roots, read_proc, status_field,
+    Scope, exe_key, fd_path, forget_ns_tops, locate, open_flags, opener_roots, read_proc,
+    status_field,
 )
 from bastion.enforce import muststop as _ms
 from bastion.enforce.muststop import (
@@ -243,6 +244,7 @@ class ProvenanceGate:
             self._state = None
             self._marks.clear()
         self.listener.close()
+        forget_ns_tops()      # the namespaces' tops kept for placement (s18-fixgate)
         with self._cv:
             self._cv.notify_all()
 
@@ -380,7 +382,8 @@ class ProvenanceGate:
             return next(iter(state.dir_kinds)), ""   # a child of a marked dir: one kind only
         if not state.dir_kinds:
             return None, ""
-        confirmed, parents = locate(path, key)
+        unchecked: list[str] = []
+        confirmed, parents = locate(path, key, unchecked=unchecked)
         where = ""
         if not confirmed:
             # s18-gate: the fd's path is printed from the agent's root; an open in another
@@ -391,7 +394,7 @@ class ProvenanceGate:
                 for _which, rfd in roots:
                     fds.callback(os.close, rfd)
                 for which, rfd in roots:
-                    confirmed, parents = locate(path, key, root=rfd)
+                    confirmed, parents = locate(path, key, root=rfd, unchecked=unchecked)
                     if confirmed:
                         where = f"in the opener's {which}"
                         break
@@ -413,6 +416,12 @@ class ProvenanceGate:
         self.unplaced += 1
         why = ("not placed: " + ("its directory is no marked object" if confirmed
                                  else "no root of the opener names it"))
+        if not confirmed and unchecked:
+            # s18-fixgate (review #2): not "another directory": a name on the way was not
+            # in the dentry cache or needed revalidation (an ecryptfs home, NFS/FUSE with
+            # expired timeouts); still refused for a write (fail closed), said apart
+            why += (" (could not check: a name on the way is not cached or needs "
+                    "revalidation, e.g. ecryptfs, NFS, FUSE)")
         # s18-fixgate (review #1): a credential read the gate cannot place (a lazily
         # unmounted bind of ~/.ssh, an open_tree clone, a RENAME_EXCHANGE loop) was
         # allowed as "persistence".  When the inode's filesystem holds a credential

@@ -21,6 +21,7 @@ reads the opener's memory.
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import errno
 import os
@@ -209,8 +210,8 @@ def exe_key(pid: int) -> tuple[int, int]:
         return (0, 0)
 
 
-def locate(path: str, expect: tuple[int, int], root: int | None = None
-           ) -> tuple[bool, list[tuple[int, int]]]:
+def locate(path: str, expect: tuple[int, int], root: int | None = None,
+           unchecked: list[str] | None = None) -> tuple[bool, list[tuple[int, int]]]:
     """Does ``path`` name inode ``expect`` now (not following a last symlink), and the
     (dev, ino) of its parent directories, nearest first ([] when it does not).
 
@@ -224,7 +225,13 @@ def locate(path: str, expect: tuple[int, int], root: int | None = None
     ``root``: an fd of another root (:func:`opener_roots`: an opener's root, the top of
     its mount namespace) to resolve ``path`` in instead of this process's: inside it
     (``RESOLVE_IN_ROOT``: ``..`` and absolute names stay in it) and following no link
-    at all (a path the kernel printed has none; a link on the way is the opener's)."""
+    at all (a path the kernel printed has none; a link on the way is the opener's).
+
+    ``unchecked`` (s18-fixgate): a lookup that failed because a name was not cached or
+    needed revalidation (EAGAIN: ecryptfs always, NFS/FUSE/CIFS with expired timeouts)
+    appends the path to it: the caller tells "could not check" from "names another
+    object".  No uncached retry: a directory of the path replaced by a user's FUSE mount
+    would make it wait on that user's daemon."""
     if not path.startswith("/"):
         return False, []
     dirfd, resolve, name = AT_FDCWD, 0, path
@@ -241,7 +248,9 @@ def locate(path: str, expect: tuple[int, int], root: int | None = None
         dfd = _open_cached_retry(os.path.dirname(name.rstrip("/")) or ("/" if root is None
                                                                         else "."),
                                  os.O_PATH | os.O_CLOEXEC | os.O_DIRECTORY, dirfd, resolve)
-    except OSError:
+    except OSError as exc:
+        if unchecked is not None and exc.errno == errno.EAGAIN:
+            unchecked.append(path)
         return False, []
     try:
         fd = _open_cached_retry(base, os.O_PATH | os.O_CLOEXEC | os.O_NOFOLLOW, dfd,
@@ -250,7 +259,9 @@ def locate(path: str, expect: tuple[int, int], root: int | None = None
             same = _STATX.key("", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, fd) == expect
         finally:
             os.close(fd)
-    except OSError:
+    except OSError as exc:
+        if unchecked is not None and exc.errno == errno.EAGAIN:
+            unchecked.append(path)
         same = False
     if not same:
         os.close(dfd)
@@ -278,13 +289,49 @@ cost up to 128 syscalls per unplaceable read on the listener thread; a chroot de
 than this is not placed, and a read there on a credential device is refused)."""
 
 
-def _same_mnt_ns(tid: int) -> bool:
-    """Is task ``tid`` in this process's mount namespace (nsfs inode of
-    ``/proc/TID/ns/mnt``; ``stat`` of an nsfs link asks no filesystem)?"""
+def _mnt_ns(tid: int) -> int:
+    """The nsfs inode of task ``tid``'s mount namespace (``stat`` of an nsfs link asks
+    no filesystem); -1 when gone."""
     try:
-        return os.stat(f"/proc/{tid}/ns/mnt").st_ino == os.stat("/proc/self/ns/mnt").st_ino
+        return os.stat(f"/proc/{tid}/ns/mnt").st_ino
     except OSError:
-        return False
+        return -1
+
+
+NS_TOP_CACHE: Final = 16
+"""How many namespaces' tops :func:`opener_roots` keeps (an O_PATH fd each)."""
+_ns_tops: collections.OrderedDict[int, int] = collections.OrderedDict()
+_ns_lock = threading.Lock()
+
+
+def _ns_top_cached(ns: int) -> int | None:
+    """A dup of the cached top of namespace ``ns`` (the caller closes it); None."""
+    with _ns_lock:
+        fd = _ns_tops.get(ns)
+        if fd is None:
+            return None
+        _ns_tops.move_to_end(ns)
+        return os.dup(fd)
+
+
+def _ns_top_keep(ns: int, fd: int) -> None:
+    with _ns_lock:
+        if ns in _ns_tops:
+            return
+        try:
+            _ns_tops[ns] = os.dup(fd)
+        except OSError:
+            return
+        while len(_ns_tops) > NS_TOP_CACHE:
+            _ns, old = _ns_tops.popitem(last=False)
+            os.close(old)
+
+
+def forget_ns_tops() -> None:
+    """Close every cached namespace top (tests; a gate's close)."""
+    with _ns_lock:
+        while _ns_tops:
+            os.close(_ns_tops.popitem()[1])
 
 
 def opener_roots(tid: int) -> list[tuple[str, int]]:
@@ -293,14 +340,29 @@ def opener_roots(tid: int) -> list[tuple[str, int]]:
     ``("root", fd)``, its root (``/proc/TID/root``: a chroot, a ``pivot_root``), and
     ``("namespace", fd)``, the top of its mount namespace (``..`` from its root until it
     stays: a file opened in another mount namespace is printed from there).  [] when
-    the task is gone."""
+    the task is gone.
+
+    s18-fixgate (review #4, the cost of unplaceable reads): no namespace top for a task
+    in the agent's own namespace (it is "/"); another namespace's top is walked once
+    and kept per namespace (nsfs inode; :data:`NS_TOP_CACHE` of them).  Any root is
+    sound: :func:`locate` confirms the event's inode and walks its real parents, so a
+    stale top (a ``pivot_root`` since, an nsfs number reused) only leaves an open
+    unplaced (fail closed), never placed under another directory."""
     try:
         rfd = os.open(f"/proc/{tid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return []
     out = [("root", rfd)]
-    if _same_mnt_ns(tid):
-        return out    # s18-fixgate (review #4): the agent's own namespace: its top is "/"
+    ns = _mnt_ns(tid)
+    if ns < 0 or ns == _mnt_ns(os.getpid()):
+        return out
+    try:
+        cached = _ns_top_cached(ns)
+    except OSError:
+        return out
+    if cached is not None:
+        out.append(("namespace", cached))
+        return out
     # statx from the cached inode: a FUSE root or mount on the way is not asked
     try:
         fd = os.dup(rfd)
@@ -316,10 +378,14 @@ def opener_roots(tid: int) -> list[tuple[str, int]]:
             if key == prev:
                 break
             prev = key
+        else:
+            os.close(fd)
+            return out     # deeper than MAX_ROOT_DEPTH: no top (unplaced: fail closed)
     except OSError:
         os.close(fd)
         return out
     if prev != top:
+        _ns_top_keep(ns, fd)
         out.append(("namespace", fd))
     else:
         os.close(fd)
@@ -502,5 +568,5 @@ class Scope:
 
 
 __all__ = ["IsOurs", "MAX_ANCESTORS", "opener_roots", "Scope", "Task", "TICK_NS", "cached_key",
-           "exe_key", "inode_key", "locate",
+           "exe_key", "forget_ns_tops", "inode_key", "locate",
            "fd_path", "open_flags", "read_proc", "stat_ppid_start", "status_field"]
