@@ -25,7 +25,6 @@ import collections
 import ctypes
 import errno
 import os
-import stat
 import struct
 import threading
 import time
@@ -60,9 +59,6 @@ STATX_INO: Final = 0x100
 _STATX_SIZE: Final = 256
 _STX_INO_OFF: Final = 32      # struct statx: __u64 stx_ino
 _STX_DEV_OFF: Final = 136     # __u32 stx_dev_major, __u32 stx_dev_minor
-STATX_MNT_ID: Final = 0x1000
-_STX_MASK_OFF: Final = 0      # __u32 stx_mask
-_STX_MNT_ID_OFF: Final = 144  # __u64 stx_mnt_id
 
 
 class _Statx:
@@ -93,19 +89,6 @@ class _Statx:
         ino, = _U64.unpack_from(buf, _STX_INO_OFF)
         major, minor = _U32X2.unpack_from(buf, _STX_DEV_OFF)
         return (major << 20) | minor, ino
-
-    def mnt_id(self, fd: int) -> int:
-        """The mount id of the open ``fd`` (-1 when the kernel does not say)."""
-        buf = self._tls.__dict__.get("buf")
-        if buf is None:
-            buf = self._tls.buf = ctypes.create_string_buffer(_STATX_SIZE)
-        if self._fn(fd, b"", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_MNT_ID, buf) != 0:
-            return -1
-        mask, = struct.unpack_from("<I", buf, _STX_MASK_OFF)
-        if not mask & STATX_MNT_ID:
-            return -1
-        mnt, = _U64.unpack_from(buf, _STX_MNT_ID_OFF)
-        return int(mnt)
 
     def open_cached(self, path: str, flags: int, dirfd: int = AT_FDCWD,
                     resolve: int = 0) -> int:
