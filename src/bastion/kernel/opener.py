@@ -281,6 +281,19 @@ def _mnt_ns(tid: int) -> int:
         return -1
 
 
+_own_ns: list[int] = []
+
+
+def _own_mnt_ns() -> int:
+    """This process's mount namespace (read once: the agent does not change it)."""
+    if not _own_ns:
+        ns = _mnt_ns(os.getpid())
+        if ns < 0:
+            return ns
+        _own_ns.append(ns)
+    return _own_ns[0]
+
+
 NS_TOP_CACHE: Final = 16
 """How many namespaces' tops :func:`opener_roots` keeps (an O_PATH fd each)."""
 _ns_tops: collections.OrderedDict[int, int] = collections.OrderedDict()
@@ -337,7 +350,7 @@ def opener_roots(tid: int) -> list[tuple[str, int]]:
         return []
     out = [("root", rfd)]
     ns = _mnt_ns(tid)
-    if ns < 0 or ns == _mnt_ns(os.getpid()):
+    if ns < 0 or ns == _own_mnt_ns():
         return out
     try:
         cached = _ns_top_cached(ns)
