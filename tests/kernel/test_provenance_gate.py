@@ -187,10 +187,10 @@ def test_a_write_through_another_namespaces_bind_mount_by_its_proc_root_is_refus
     assert (env.cron / "evil").read_text() == ""
     denied = [d for d in env.gate.decisions() if d.action == "deny"]
     assert sorted(d.op for d in denied) == ["open-read", "open-write"], denied
-    for d in denied:
-        assert d.kind == "credential" and d.placed == (
-            "not placed: no root of the opener names it; a credential object is on its "
-            "filesystem"), d.placed
+    for d in denied:   # a name not in the dentry cache reads "could not check" too
+        assert d.kind == "credential", d.kind
+        assert d.placed.startswith("not placed: no root of the opener names it") and \
+            d.placed.endswith("; a credential object is on its filesystem"), d.placed
     assert [d.prevented.split(" a marked")[0] for d in sorted(denied, key=lambda d: d.op)] \
         == ["read of", "write to"]
     assert env.gate.unplaced >= 2
