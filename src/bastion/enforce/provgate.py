@@ -43,6 +43,7 @@ Choices (docs/threat-model.md, "Provenance before the act"):
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import errno
 import logging
@@ -62,7 +63,8 @@ from bastion.kernel.fanotify import (
     PermissionListener, Verdict,
 )
 from bastion.kernel.opener import (
-    Scope, exe_key, fd_path, locate, open_flags, opener_roots, read_proc, status_field,
+    Scope, exe_key, fd_path, forget_ns_tops, locate, open_flags, opener_roots, read_proc,
+    status_field,
 )
 from bastion.enforce import muststop as _ms
 from bastion.enforce.muststop import (
@@ -110,9 +112,14 @@ class _State:
     paths: Mapping[tuple[int, int], str]
     # the marked dirs by path: the fallback's lookup of a child's kind (no path walk)
     dir_paths: Mapping[str, Kind] = dataclasses.field(init=False)
+    # the devices holding a credential object (s18-fixgate: an unplaced open there is
+    # refused, reads too)
+    credential_devs: frozenset[int] = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
         self.dir_paths = {self.paths[k]: v for k, v in self.dirs.items() if k in self.paths}
+        self.credential_devs = frozenset(
+            k[0] for m in (self.kinds, self.dirs) for k, v in m.items() if v == "credential")
 
 
 # A history rewritten whole by its own program is how it is saved (bash without
@@ -237,6 +244,7 @@ class ProvenanceGate:
             self._state = None
             self._marks.clear()
         self.listener.close()
+        forget_ns_tops()      # the namespaces' tops kept for placement (s18-fixgate)
         with self._cv:
             self._cv.notify_all()
 
@@ -374,20 +382,22 @@ class ProvenanceGate:
             return next(iter(state.dir_kinds)), ""   # a child of a marked dir: one kind only
         if not state.dir_kinds:
             return None, ""
-        confirmed, parents = locate(path, key)
+        unchecked: list[str] = []
+        confirmed, parents = locate(path, key, unchecked=unchecked)
         where = ""
         if not confirmed:
             # s18-gate: the fd's path is printed from the agent's root; an open in another
             # mount namespace (a bind of /etc/cron.d at /x in ``unshare -m``), a chroot or
             # a pivot_root names the object from the opener's root or its namespace's top
-            for which, rfd in self._opener_roots(tid):
-                try:
-                    if not confirmed:
-                        confirmed, parents = locate(path, key, root=rfd)
-                        if confirmed:
-                            where = f"in the opener's {which}"
-                finally:
-                    os.close(rfd)
+            with contextlib.ExitStack() as fds:   # s18-fixgate (review #8): every fd closed
+                roots = self._opener_roots(tid)
+                for _which, rfd in roots:
+                    fds.callback(os.close, rfd)
+                for which, rfd in roots:
+                    confirmed, parents = locate(path, key, root=rfd, unchecked=unchecked)
+                    if confirmed:
+                        where = f"in the opener's {which}"
+                        break
         if confirmed and parents and parents[0] in state.dirs:
             k = state.dirs[parents[0]]
             if k == "profile-dir":
@@ -404,9 +414,24 @@ class ProvenanceGate:
         # reads as credential let a user's rename make any directory a credential store
         # (s16-fixgate); allowing the write let a bind mount plant a cron job.
         self.unplaced += 1
-        return "persistence", ("not placed: " + ("its directory is no marked object"
-                                                 if confirmed else "no root of the opener "
-                                                 "names it"))
+        why = ("not placed: " + ("its directory is no marked object" if confirmed
+                                 else "no root of the opener names it"))
+        if not confirmed and unchecked:
+            # s18-fixgate (review #2): not "another directory": a name on the way was not
+            # in the dentry cache or needed revalidation (an ecryptfs home, NFS/FUSE with
+            # expired timeouts); still refused for a write (fail closed), said apart
+            why += (" (could not check: a name on the way is not cached or needs "
+                    "revalidation, e.g. ecryptfs, NFS, FUSE)")
+        # s18-fixgate (review #1): a credential read the gate cannot place (a lazily
+        # unmounted bind of ~/.ssh, an open_tree clone, a RENAME_EXCHANGE loop) was
+        # allowed as "persistence".  When the inode's filesystem holds a credential
+        # object, an unplaced open is refused, reads too (fail closed; a rename of the
+        # user's own makes no directory a credential store: only opens the gate cannot
+        # place on that device).  The exact fix, one fanotify group per kind (the kind
+        # from the mark that fired), is the next step (docs/threat-model.md).
+        if key[0] in state.credential_devs:
+            return "credential", why + "; a credential object is on its filesystem"
+        return "persistence", why
 
     @staticmethod
     def _opener_roots(tid: int) -> list[tuple[str, int]]:
@@ -469,6 +494,13 @@ class ProvenanceGate:
             write = (flags & os.O_ACCMODE) != os.O_RDONLY or bool(flags & os.O_TRUNC)
         if kind == "persistence" and not write:
             return ALLOW                      # reading a profile or a crontab harms nothing
+        if (placed.startswith("not placed") and flags is not None
+                and flags & os.O_TMPFILE == os.O_TMPFILE
+                and state.dir_paths.get(os.path.dirname(path)) in ("profile-dir", "log")):
+            # s18-fixgate (review #2): an unnamed file made in a home or a log directory
+            # has no name the gate could place (it names no profile); in a persistence or
+            # credential directory it stays refused (linkat would give it a name there)
+            return ALLOW
         if kind == "log" and (not write or (flags is not None and flags & os.O_APPEND
                                             and not flags & os.O_TRUNC)):
             return ALLOW                      # reading or appending to a log is its use
@@ -488,7 +520,9 @@ class ProvenanceGate:
         op = "open-write" if write else "open-read"
         prevented = f"{_PREVENTED[kind]} {path}"
         if placed.startswith("not placed"):
-            prevented = f"write to a marked object the gate could not place ({placed[12:]}) {path}"
+            what = "write to" if write else "read of"
+            prevented = (f"{what} a marked object the gate could not place ({placed[12:]}) "
+                         f"{path}")
         elif placed:
             prevented += f" ({placed})"
         d = GateDecision(tid, tgid, kind, op, path, ev.key, tuple(reason_names(reasons)),

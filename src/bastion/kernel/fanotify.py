@@ -546,6 +546,32 @@ _COUNTS: Final = ("events", "perm_events", "allows", "watchdog_allows", "watchdo
                   "deadline_allows", "overflows", "orphan_marks", "handle_unmarks")
 
 
+def parse_fdinfo_marks(text: bytes
+                       ) -> tuple[set[tuple[int, int]], set[tuple[int, bytes]]] | None:
+    """The inode marks of a fanotify group's fdinfo (``fanotify ino:<hex> sdev:<hex> ...
+    fhandle-bytes:<hex> fhandle-type:<hex> f_handle:<hex bytes>``): their (kernel dev,
+    ino) and their (handle type, handle bytes); None when a mark line is malformed (the
+    caller then trusts its own records: no mark is taken for gone)."""
+    keys: set[tuple[int, int]] = set()
+    handles: set[tuple[int, bytes]] = set()
+    for line in text.split(b"\n"):
+        if not line.startswith(b"fanotify ino:"):
+            continue
+        fields = dict(f.split(b":", 1) for f in line.split()[1:] if b":" in f)
+        try:
+            keys.add((int(fields[b"sdev"], 16), int(fields[b"ino"], 16)))
+        except (KeyError, ValueError):
+            return None
+        try:
+            raw = bytes.fromhex(fields[b"f_handle"].decode())
+            n = int(fields[b"fhandle-bytes"], 16)
+            if len(raw) == n:
+                handles.add((int(fields[b"fhandle-type"], 16), raw))
+        except (KeyError, ValueError):
+            pass    # no handle printed (a filesystem without one): its sdev:ino stands
+    return keys, handles
+
+
 class PermissionListener:
     """A fanotify permission group answered by ``decide`` (see the module docstring).
 
@@ -732,16 +758,15 @@ class PermissionListener:
                 text = f.read()
         except OSError:
             return None
-        out: set[tuple[int, int]] = set()
-        for line in text.split(b"\n"):
-            if not line.startswith(b"fanotify ino:"):
-                continue
-            fields = dict(f.split(b":", 1) for f in line.split()[1:] if b":" in f)
-            try:
-                out.add((int(fields[b"sdev"], 16), int(fields[b"ino"], 16)))
-            except (KeyError, ValueError):
-                return None
-        return out
+        parsed = parse_fdinfo_marks(text)
+        if parsed is None:
+            return None
+        keys, handles = parsed
+        # s18-fixgate (review #5): btrfs prints the superblock's sdev, the recorded key has
+        # the subvolume's anonymous dev (fstat): matched by the mark's file handle instead
+        # (else every btrfs mark was "gone" and re-marked on every pass)
+        keys |= {key for key, h in self._handles.items() if (h[0], h[1]) in handles}
+        return keys
 
     def mark(self, path: str, key: tuple[int, int], mask: int) -> None:
         """Add ``mask`` to the inode mark of ``path``, checked to still be inode ``key``.
@@ -1277,4 +1302,4 @@ class PermissionListener:
 __all__ = ["ALLOW", "DEFAULT_MAX_DIRS", "THREAD_NICE", "Decide", "FAN_ALLOW", "Fallback", "FAN_DENY", "FAN_EVENT_ON_CHILD",
            "FAN_ONDIR", "FAN_OPEN_EXEC_PERM", "FAN_OPEN_PERM", "ListenerCounters", "PermEvent",
            "group_available",
-           "PermissionListener", "Shortcut", "Verdict", "subdirs", "supported"]
+           "PermissionListener", "Shortcut", "parse_fdinfo_marks", "Verdict", "subdirs", "supported"]

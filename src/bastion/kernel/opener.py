@@ -21,10 +21,10 @@ reads the opener's memory.
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import errno
 import os
-import stat
 import struct
 import threading
 import time
@@ -46,7 +46,9 @@ AT_SYMLINK_NOFOLLOW: Final = 0x100
 AT_STATX_DONT_SYNC: Final = 0x4000
 AT_EMPTY_PATH: Final = 0x1000
 RESOLVE_NO_MAGICLINKS: Final = 0x02
+RESOLVE_NO_XDEV: Final = 0x01
 RESOLVE_NO_SYMLINKS: Final = 0x04
+RESOLVE_BENEATH: Final = 0x08
 RESOLVE_IN_ROOT: Final = 0x10
 RESOLVE_CACHED: Final = 0x20
 _NR_OPENAT2: Final = 437      # the same number on x86-64 and arm64
@@ -57,9 +59,6 @@ STATX_INO: Final = 0x100
 _STATX_SIZE: Final = 256
 _STX_INO_OFF: Final = 32      # struct statx: __u64 stx_ino
 _STX_DEV_OFF: Final = 136     # __u32 stx_dev_major, __u32 stx_dev_minor
-STATX_MNT_ID: Final = 0x1000
-_STX_MASK_OFF: Final = 0      # __u32 stx_mask
-_STX_MNT_ID_OFF: Final = 144  # __u64 stx_mnt_id
 
 
 class _Statx:
@@ -90,19 +89,6 @@ class _Statx:
         ino, = _U64.unpack_from(buf, _STX_INO_OFF)
         major, minor = _U32X2.unpack_from(buf, _STX_DEV_OFF)
         return (major << 20) | minor, ino
-
-    def mnt_id(self, fd: int) -> int:
-        """The mount id of the open ``fd`` (-1 when the kernel does not say)."""
-        buf = self._tls.__dict__.get("buf")
-        if buf is None:
-            buf = self._tls.buf = ctypes.create_string_buffer(_STATX_SIZE)
-        if self._fn(fd, b"", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_MNT_ID, buf) != 0:
-            return -1
-        mask, = struct.unpack_from("<I", buf, _STX_MASK_OFF)
-        if not mask & STATX_MNT_ID:
-            return -1
-        mnt, = _U64.unpack_from(buf, _STX_MNT_ID_OFF)
-        return int(mnt)
 
     def open_cached(self, path: str, flags: int, dirfd: int = AT_FDCWD,
                     resolve: int = 0) -> int:
@@ -207,8 +193,8 @@ def exe_key(pid: int) -> tuple[int, int]:
         return (0, 0)
 
 
-def locate(path: str, expect: tuple[int, int], root: int | None = None
-           ) -> tuple[bool, list[tuple[int, int]]]:
+def locate(path: str, expect: tuple[int, int], root: int | None = None,
+           unchecked: list[str] | None = None) -> tuple[bool, list[tuple[int, int]]]:
     """Does ``path`` name inode ``expect`` now (not following a last symlink), and the
     (dev, ino) of its parent directories, nearest first ([] when it does not).
 
@@ -222,31 +208,46 @@ def locate(path: str, expect: tuple[int, int], root: int | None = None
     ``root``: an fd of another root (:func:`opener_roots`: an opener's root, the top of
     its mount namespace) to resolve ``path`` in instead of this process's: inside it
     (``RESOLVE_IN_ROOT``: ``..`` and absolute names stay in it) and following no link
-    at all (a path the kernel printed has none; a link on the way is the opener's)."""
+    at all (a path the kernel printed has none; a link on the way is the opener's).
+
+    ``unchecked`` (s18-fixgate): a lookup that failed because a name was not cached or
+    needed revalidation (EAGAIN: ecryptfs always, NFS/FUSE/CIFS with expired timeouts)
+    appends the path to it: the caller tells "could not check" from "names another
+    object".  No uncached retry: a directory of the path replaced by a user's FUSE mount
+    would make it wait on that user's daemon."""
     if not path.startswith("/"):
         return False, []
     dirfd, resolve, name = AT_FDCWD, 0, path
     if root is not None:
         dirfd, name = root, path.lstrip("/") or "."
         resolve = RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
+    base = os.path.basename(name.rstrip("/")) or "."
     try:
-        fd = _open_cached_retry(name, os.O_PATH | os.O_CLOEXEC | os.O_NOFOLLOW, dirfd, resolve)
-        try:
-            if _STATX.key("", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, fd) != expect:
-                return False, []
-            dfd = _open_cached_retry(os.path.dirname(name) or ".",
-                                     os.O_PATH | os.O_CLOEXEC | os.O_DIRECTORY, dirfd, resolve)
-            # s18-gate: a file bind-mounted over a name (``mount --bind
-            # /etc/cron.d/job ~/.bash_history``): the path names the object, but the
-            # directory above that name is not the object's own (its kind is not the
-            # object's: a log's appends allowed to a cron job).  Unconfirmed.
-            if not stat.S_ISDIR(os.fstat(fd).st_mode) and \
-                    _STATX.mnt_id(fd) != _STATX.mnt_id(dfd):
-                os.close(dfd)
-                return False, []
+        # s18-fixgate (review #3, #12): the directory first, then its last component
+        # from that fd: both lookups see one tree (a RENAME_EXCHANGE between two path
+        # walks made a "confirmed" parent that was not the object's).  RESOLVE_NO_XDEV:
+        # a file bind-mounted over the name (a cron job over ~/.bash_history) is a mount
+        # crossed, not the directory's own child (this replaces the mount-id compare).
+        dfd = _open_cached_retry(os.path.dirname(name.rstrip("/")) or ("/" if root is None
+                                                                        else "."),
+                                 os.O_PATH | os.O_CLOEXEC | os.O_DIRECTORY, dirfd, resolve)
+    except OSError as exc:
+        if unchecked is not None and exc.errno == errno.EAGAIN:
+            unchecked.append(path)
+        return False, []
+    try:
+        fd = _open_cached_retry(base, os.O_PATH | os.O_CLOEXEC | os.O_NOFOLLOW, dfd,
+                                RESOLVE_BENEATH | RESOLVE_NO_XDEV | RESOLVE_NO_SYMLINKS)
+        try:   # from the cached inode (a FUSE object is not asked), closed whatever happens
+            same = _STATX.key("", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, fd) == expect
         finally:
             os.close(fd)
-    except OSError:
+    except OSError as exc:
+        if unchecked is not None and exc.errno == errno.EAGAIN:
+            unchecked.append(path)
+        same = False
+    if not same:
+        os.close(dfd)
         return False, []
     parents: list[tuple[int, int]] = []
     try:
@@ -265,7 +266,68 @@ def locate(path: str, expect: tuple[int, int], root: int | None = None
     return True, parents
 
 
-MAX_ROOT_DEPTH: Final = 64
+MAX_ROOT_DEPTH: Final = 16
+"""How many ``..`` steps from an opener's root to its namespace's top (s18-fixgate: 64
+cost up to 128 syscalls per unplaceable read on the listener thread; a chroot deeper
+than this is not placed, and a read there on a credential device is refused)."""
+
+
+def _mnt_ns(tid: int) -> int:
+    """The nsfs inode of task ``tid``'s mount namespace (``stat`` of an nsfs link asks
+    no filesystem); -1 when gone."""
+    try:
+        return os.stat(f"/proc/{tid}/ns/mnt").st_ino
+    except OSError:
+        return -1
+
+
+_own_ns: list[int] = []
+
+
+def _own_mnt_ns() -> int:
+    """This process's mount namespace (read once: the agent does not change it)."""
+    if not _own_ns:
+        ns = _mnt_ns(os.getpid())
+        if ns < 0:
+            return ns
+        _own_ns.append(ns)
+    return _own_ns[0]
+
+
+NS_TOP_CACHE: Final = 16
+"""How many namespaces' tops :func:`opener_roots` keeps (an O_PATH fd each)."""
+_ns_tops: collections.OrderedDict[int, int] = collections.OrderedDict()
+_ns_lock = threading.Lock()
+
+
+def _ns_top_cached(ns: int) -> int | None:
+    """A dup of the cached top of namespace ``ns`` (the caller closes it); None."""
+    with _ns_lock:
+        fd = _ns_tops.get(ns)
+        if fd is None:
+            return None
+        _ns_tops.move_to_end(ns)
+        return os.dup(fd)
+
+
+def _ns_top_keep(ns: int, fd: int) -> None:
+    with _ns_lock:
+        if ns in _ns_tops:
+            return
+        try:
+            _ns_tops[ns] = os.dup(fd)
+        except OSError:
+            return
+        while len(_ns_tops) > NS_TOP_CACHE:
+            _ns, old = _ns_tops.popitem(last=False)
+            os.close(old)
+
+
+def forget_ns_tops() -> None:
+    """Close every cached namespace top (tests; a gate's close)."""
+    with _ns_lock:
+        while _ns_tops:
+            os.close(_ns_tops.popitem()[1])
 
 
 def opener_roots(tid: int) -> list[tuple[str, int]]:
@@ -274,14 +336,34 @@ def opener_roots(tid: int) -> list[tuple[str, int]]:
     ``("root", fd)``, its root (``/proc/TID/root``: a chroot, a ``pivot_root``), and
     ``("namespace", fd)``, the top of its mount namespace (``..`` from its root until it
     stays: a file opened in another mount namespace is printed from there).  [] when
-    the task is gone."""
+    the task is gone.
+
+    s18-fixgate (review #4, the cost of unplaceable reads): no namespace top for a task
+    in the agent's own namespace (it is "/"); another namespace's top is walked once
+    and kept per namespace (nsfs inode; :data:`NS_TOP_CACHE` of them).  Any root is
+    sound: :func:`locate` confirms the event's inode and walks its real parents, so a
+    stale top (a ``pivot_root`` since, an nsfs number reused) only leaves an open
+    unplaced (fail closed), never placed under another directory."""
     try:
         rfd = os.open(f"/proc/{tid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return []
     out = [("root", rfd)]
+    ns = _mnt_ns(tid)
+    if ns < 0 or ns == _own_mnt_ns():
+        return out
+    try:
+        cached = _ns_top_cached(ns)
+    except OSError:
+        return out
+    if cached is not None:
+        out.append(("namespace", cached))
+        return out
     # statx from the cached inode: a FUSE root or mount on the way is not asked
-    fd = os.dup(rfd)
+    try:
+        fd = os.dup(rfd)
+    except OSError:
+        return out
     try:
         prev = top = _STATX.key("", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, fd)
         for _ in range(MAX_ROOT_DEPTH):
@@ -292,10 +374,14 @@ def opener_roots(tid: int) -> list[tuple[str, int]]:
             if key == prev:
                 break
             prev = key
+        else:
+            os.close(fd)
+            return out     # deeper than MAX_ROOT_DEPTH: no top (unplaced: fail closed)
     except OSError:
         os.close(fd)
         return out
     if prev != top:
+        _ns_top_keep(ns, fd)
         out.append(("namespace", fd))
     else:
         os.close(fd)
@@ -478,5 +564,5 @@ class Scope:
 
 
 __all__ = ["IsOurs", "MAX_ANCESTORS", "opener_roots", "Scope", "Task", "TICK_NS", "cached_key",
-           "exe_key", "inode_key", "locate",
+           "exe_key", "forget_ns_tops", "inode_key", "locate",
            "fd_path", "open_flags", "read_proc", "stat_ppid_start", "status_field"]
