@@ -25,7 +25,9 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
+#define FMODE_READ_ 0x1
 #define FMODE_WRITE_ 0x2
+#define O_TRUNC_ 01000
 #define FMODE_EXEC_ 0x20
 #define PTRACE_MODE_ATTACH_ 0x02
 
@@ -131,11 +133,17 @@ struct {
 } hips_vcache SEC(".maps");
 
 /* Bumped (never read back by user space) by every change of the dentry tree
- * or the mounts, for every task. */
+ * or the mounts, for every task, while a policy is active.  With none, the
+ * hooks return before the atomic (one shared cache line every d_instantiate,
+ * unlink and rename of the host would bounce between the CPUs): no entry can
+ * be stored then, and the apply that activates a policy moves the policy
+ * epoch, which every entry of before misses. */
 __u64 hips_ns_epoch = 0;
 
 static __always_inline void hips_ns_changed(void)
 {
+	if (!hips_active_gen())
+		return;
 	__sync_fetch_and_add(&hips_ns_epoch, 1);
 }
 
@@ -236,7 +244,7 @@ static __always_inline bool hips_vc_hit(struct hips_vc *vc, const struct hips_vc
 }
 
 /* Store @k's silent allow @d when nothing moved while it was decided. */
-static __always_inline void hips_vc_store(struct hips_vc *vc, const struct hips_vc_ent *k,
+static __always_inline bool hips_vc_store(struct hips_vc *vc, const struct hips_vc_ent *k,
 					  const struct hips_decision *d)
 {
 	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
@@ -245,16 +253,17 @@ static __always_inline void hips_vc_store(struct hips_vc *vc, const struct hips_
 	struct bastion_hips_state *st;
 
 	if (!k->op || d->action != BASTION_ACT_ALLOW || d->gen != k->gen)
-		return;
+		return false;
 	m = container_of((struct vfsmount *)k->mnt, struct mount, mnt);
 	if (BPF_CORE_READ(m, mnt_ns) != BPF_CORE_READ(t, nsproxy, mnt_ns))
-		return; /* a detached mount, or another namespace's */
+		return false; /* a detached mount, or another namespace's */
 	st = bpf_map_lookup_elem(&hips_state, &zero);
 	if (!st || *(volatile __u32 *)&st->active_gen != k->gen ||
 	    *(volatile __u64 *)&st->epoch != k->pol_epoch ||
 	    *(volatile __u64 *)&hips_ns_epoch != k->ns_epoch)
-		return;
+		return false;
 	*hips_vc_slot(vc, k) = *k;
+	return true;
 }
 
 static __always_inline int lsm_file_path(__u32 op, struct dentry *dentry, struct vfsmount *mnt)
@@ -341,6 +350,22 @@ int BPF_PROG(hips_bprm_check, struct linux_binprm *bprm, int ret)
 			     BPF_CORE_READ(file, f_path.mnt));
 }
 
+/* The op pair of an open: FMODE_READ is open-read, FMODE_WRITE or O_TRUNC
+ * open-write (O_RDONLY|O_TRUNC truncates a file the task may write by its
+ * mode and never carries FMODE_WRITE; since 6.2 its truncate goes through
+ * file_truncate, not path_truncate).  O_RDWR is both: deciding it as
+ * open-write alone let open(O_RDWR) read a file under "deny open-read".
+ * @op2 is 0 when one op decides; neither (open(2) with access mode 3) is
+ * open-read, as before. */
+static __always_inline void open_ops(struct file *file, __u32 *op1, __u32 *op2)
+{
+	bool rd = file->f_mode & FMODE_READ_;
+	bool wr = (file->f_mode & FMODE_WRITE_) || (file->f_flags & O_TRUNC_);
+
+	*op1 = wr ? BASTION_OP_OPEN_WRITE : BASTION_OP_OPEN_READ;
+	*op2 = (rd && wr) ? BASTION_OP_OPEN_READ : 0;
+}
+
 SEC("lsm/file_open")
 int BPF_PROG(hips_file_open, struct file *file, int ret)
 {
@@ -351,14 +376,14 @@ int BPF_PROG(hips_file_open, struct file *file, int ret)
 	struct hips_object o = {};
 	struct hips_facts f = {};
 	struct hips_vc_ent k = {};
-	struct hips_decision d;
+	struct hips_decision d, d2;
 	struct hips_vc *vc;
 	struct inode *inode;
-	__u32 op;
+	__u32 op, op2;
 
 	if (ret || hips_off())
 		return ret;
-	op = (file->f_mode & FMODE_WRITE_) ? BASTION_OP_OPEN_WRITE : BASTION_OP_OPEN_READ;
+	open_ops(file, &op, &op2);
 	/* the pointers as plain numbers (one read): they are compared, stored in
 	 * the task's storage and walked with probe reads; the inode with plain loads */
 	BPF_CORE_READ_INTO(&fp, file, f_path);
@@ -372,17 +397,34 @@ int BPF_PROG(hips_file_open, struct file *file, int ret)
 	hips_facts_btf(t, &f);
 	vc = bpf_task_storage_get(&hips_vcache, t, NULL, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (vc) {
-		hips_vc_key(&k, t, op, &f, &o);
+		/* the key's op is the pair: a read-only open's allow never serves
+		 * a read-write open */
+		hips_vc_key(&k, t, op | (op2 << 8), &f, &o);
 		if (hips_vc_hit(vc, &k)) {
+			hips_stat_add(BASTION_HIPS_STAT_VC_HIT);
 			hips_count(op, BASTION_ACT_ALLOW);
+			if (op2)
+				hips_count(op2, BASTION_ACT_ALLOW);
 			return 0;
 		}
+		hips_stat_add(BASTION_HIPS_STAT_VC_MISS);
 	}
 	hips_decide(op, &f, &o, NULL, 0, &d);
+	if (op2) {
+		/* the stricter decides and is reported (on a tie, open-write);
+		 * stored only when both are silent allows of the key's gen */
+		hips_decide(op2, &f, &o, NULL, 0, &d2);
+		if (d2.gen != d.gen)
+			k.op = 0; /* a swap between the two: not stored */
+		if (d2.action > d.action) {
+			op = op2;
+			d = d2;
+		}
+	}
 	/* not an exec's open of its image: the exec changes the facts, the entry
 	 * would never hit and would evict one that can */
-	if (vc && !(file->f_mode & FMODE_EXEC_))
-		hips_vc_store(vc, &k, &d);
+	if (vc && !(file->f_mode & FMODE_EXEC_) && hips_vc_store(vc, &k, &d))
+		hips_stat_add(BASTION_HIPS_STAT_VC_STORE);
 	hips_report_file(op, &d, BASTION_MECH_LSM, &o, dentry, mnt, 0);
 	if (!hips_refuses(&d))
 		return 0;
