@@ -203,6 +203,7 @@ static __always_inline void hips_vc_key(struct hips_vc_ent *k, struct task_struc
 	__u32 zero = 0;
 	struct bastion_hips_state *st = bpf_map_lookup_elem(&hips_state, &zero);
 
+	k->op = 0;
 	if (!st)
 		return;
 	k->gen = *(volatile __u32 *)&st->active_gen;
@@ -350,13 +351,15 @@ int BPF_PROG(hips_bprm_check, struct linux_binprm *bprm, int ret)
 			     BPF_CORE_READ(file, f_path.mnt));
 }
 
-/* The op pair of an open: FMODE_READ is open-read, FMODE_WRITE or O_TRUNC
+/* The ops of an open: FMODE_READ is open-read, FMODE_WRITE or O_TRUNC
  * open-write (O_RDONLY|O_TRUNC truncates a file the task may write by its
  * mode and never carries FMODE_WRITE; since 6.2 its truncate goes through
  * file_truncate, not path_truncate).  O_RDWR is both: deciding it as
  * open-write alone let open(O_RDWR) read a file under "deny open-read".
- * @op2 is 0 when one op decides; neither (open(2) with access mode 3) is
- * open-read, as before. */
+ * hips_file_open decides (and caches) @op1; @op2, 0 when one op decides, is
+ * decided by hips_file_open_rw, a second program on the same hook (two
+ * decisions in one program took 6.1's verifier past 1,000,000 instructions).
+ * Neither (open(2) with access mode 3) is open-read, as before. */
 static __always_inline void open_ops(struct file *file, __u32 *op1, __u32 *op2)
 {
 	bool rd = file->f_mode & FMODE_READ_;
@@ -376,7 +379,7 @@ int BPF_PROG(hips_file_open, struct file *file, int ret)
 	struct hips_object o = {};
 	struct hips_facts f = {};
 	struct hips_vc_ent k = {};
-	struct hips_decision d, d2;
+	struct hips_decision d;
 	struct hips_vc *vc;
 	struct inode *inode;
 	__u32 op, op2;
@@ -397,30 +400,15 @@ int BPF_PROG(hips_file_open, struct file *file, int ret)
 	hips_facts_btf(t, &f);
 	vc = bpf_task_storage_get(&hips_vcache, t, NULL, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (vc) {
-		/* the key's op is the pair: a read-only open's allow never serves
-		 * a read-write open */
-		hips_vc_key(&k, t, op | (op2 << 8), &f, &o);
+		hips_vc_key(&k, t, op, &f, &o);
 		if (hips_vc_hit(vc, &k)) {
 			hips_stat_add(BASTION_HIPS_STAT_VC_HIT);
 			hips_count(op, BASTION_ACT_ALLOW);
-			if (op2)
-				hips_count(op2, BASTION_ACT_ALLOW);
 			return 0;
 		}
 		hips_stat_add(BASTION_HIPS_STAT_VC_MISS);
 	}
 	hips_decide(op, &f, &o, NULL, 0, &d);
-	if (op2) {
-		/* the stricter decides and is reported (on a tie, open-write);
-		 * stored only when both are silent allows of the key's gen */
-		hips_decide(op2, &f, &o, NULL, 0, &d2);
-		if (d2.gen != d.gen)
-			k.op = 0; /* a swap between the two: not stored */
-		if (d2.action > d.action) {
-			op = op2;
-			d = d2;
-		}
-	}
 	/* not an exec's open of its image: the exec changes the facts, the entry
 	 * would never hit and would evict one that can */
 	if (vc && !(file->f_mode & FMODE_EXEC_) && hips_vc_store(vc, &k, &d))
@@ -431,6 +419,24 @@ int BPF_PROG(hips_file_open, struct file *file, int ret)
 	if (d.action == BASTION_ACT_KILL)
 		bpf_send_signal(SIGKILL_);
 	return -EPERM_;
+}
+
+/* The read side of a read-write (or O_RDONLY|O_TRUNC) open, after
+ * hips_file_open allowed its write side (@ret: a refusal is passed on).  Not
+ * cached: such opens are rarer, and the write side's entry says nothing of
+ * the read. */
+SEC("lsm/file_open")
+int BPF_PROG(hips_file_open_rw, struct file *file, int ret)
+{
+	__u32 op, op2;
+
+	if (ret || hips_off())
+		return ret;
+	open_ops(file, &op, &op2);
+	if (!op2)
+		return 0;
+	return lsm_file_path(op2, BPF_CORE_READ(file, f_path.dentry),
+			     BPF_CORE_READ(file, f_path.mnt));
 }
 
 SEC("lsm/path_truncate")
