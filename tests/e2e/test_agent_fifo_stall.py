@@ -89,7 +89,7 @@ def test_fifo_among_ransomed_files_does_not_stop_the_agent(tmp_path: Path) -> No
             time.sleep(0.5)
         assert seen, "the loop stopped: an event after the attack never reached the store"
         assert found, "no ransomware alert"
-        assert found[0]["severity"] == "critical"
+        assert found[0]["severity"] == "critical", found[0]
         ping = request(agent.socket, "ping")
         age = ping["loop_heartbeat_age_s"]
         assert isinstance(age, float) and age < 5.0, ping

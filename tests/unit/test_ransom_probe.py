@@ -479,3 +479,14 @@ def test_one_path_rewritten_and_removed_in_a_loop_is_one_file(tmp_path: Path) ->
         tree._feed({"type": "unlink", **tree._proc(), "path": f, "path2": "", "flags": 0,
                     "mode": 0, "owner_uid": -1, "owner_gid": -1, "dev": 1, "ino": 5000 + i})
     assert not tree.found, [(x.title, x.evidence) for x in tree.found]
+
+
+def test_a_tree_writing_one_template_many_times_is_dismissed(tmp_path: Path) -> None:
+    """40 copies of one plaintext file (a template, a fixture): every probed file is the
+    same content, so all were left out as ransom notes and nothing was sampled: a medium
+    "mass rewrite" with no evidence (stop 24's first CI: the fifo test's preparing tree).
+    With no other content beside them, the repeats are the tree's content: dismissed."""
+    tree = Tree()
+    for p in victims(tmp_path / "docs", size=4800):
+        tree.write(p, b"hello world\n" * 400, flags=O_WRONLY | O_CREAT | O_TRUNC)
+    assert not tree.found, [f.title for f in tree.found]
