@@ -32,7 +32,6 @@ import errno
 import logging
 import os
 import struct
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -115,29 +114,6 @@ def _open_cgroup(path: Path) -> int:
     except OSError as exc:
         raise KernelError(f"cannot open cgroup: {exc.strerror}", errno=exc.errno or errno.EIO,
                           location=Location(str(path))) from exc
-
-
-def _destroy_links(links: list[Link]) -> None:
-    """Destroy links concurrently.  Each detach of an attached tracepoint link waits in
-    the kernel for a grace period (~70 ms on a loaded 2-CPU host, ~4 s for the sensor's
-    54 links one after another); waits that overlap share grace periods.  The kernel
-    work is in bpf_link__destroy (ctypes releases the GIL); every link is destroyed
-    before this returns, whatever the order."""
-    if len(links) < 4:
-        for link in links:
-            link.destroy()
-        return
-    threads: list[threading.Thread] = []
-    for link in links:
-        t = threading.Thread(target=link.destroy, name="bastion-link-destroy", daemon=True)
-        try:
-            t.start()
-        except RuntimeError:      # no thread to be had: this one the slow way
-            link.destroy()
-            continue
-        threads.append(t)
-    for t in threads:
-        t.join()
 
 
 class LoadedObject:
@@ -265,7 +241,8 @@ class LoadedObject:
                         pinned.unpin()
                     except KernelError as exc:
                         log.warning("cannot unpin %s: %s", pinned.pin_path, exc)
-        _destroy_links(list(self.links.values()))  # detaches unless pinned
+        for link in self.links.values():
+            link.destroy()  # detaches unless pinned
         self.links.clear()
         if self.ring is not None:
             self.ring.close()
