@@ -25,7 +25,9 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
+#define FMODE_READ_ 0x1
 #define FMODE_WRITE_ 0x2
+#define O_TRUNC_ 01000
 #define FMODE_EXEC_ 0x20
 #define PTRACE_MODE_ATTACH_ 0x02
 
@@ -131,11 +133,17 @@ struct {
 } hips_vcache SEC(".maps");
 
 /* Bumped (never read back by user space) by every change of the dentry tree
- * or the mounts, for every task. */
+ * or the mounts, for every task, while a policy is active.  With none, the
+ * hooks return before the atomic (one shared cache line every d_instantiate,
+ * unlink and rename of the host would bounce between the CPUs): no entry can
+ * be stored then, and the apply that activates a policy moves the policy
+ * epoch, which every entry of before misses. */
 __u64 hips_ns_epoch = 0;
 
 static __always_inline void hips_ns_changed(void)
 {
+	if (!hips_active_gen())
+		return;
 	__sync_fetch_and_add(&hips_ns_epoch, 1);
 }
 
@@ -195,6 +203,7 @@ static __always_inline void hips_vc_key(struct hips_vc_ent *k, struct task_struc
 	__u32 zero = 0;
 	struct bastion_hips_state *st = bpf_map_lookup_elem(&hips_state, &zero);
 
+	k->op = 0;
 	if (!st)
 		return;
 	k->gen = *(volatile __u32 *)&st->active_gen;
@@ -236,7 +245,7 @@ static __always_inline bool hips_vc_hit(struct hips_vc *vc, const struct hips_vc
 }
 
 /* Store @k's silent allow @d when nothing moved while it was decided. */
-static __always_inline void hips_vc_store(struct hips_vc *vc, const struct hips_vc_ent *k,
+static __always_inline bool hips_vc_store(struct hips_vc *vc, const struct hips_vc_ent *k,
 					  const struct hips_decision *d)
 {
 	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
@@ -245,16 +254,17 @@ static __always_inline void hips_vc_store(struct hips_vc *vc, const struct hips_
 	struct bastion_hips_state *st;
 
 	if (!k->op || d->action != BASTION_ACT_ALLOW || d->gen != k->gen)
-		return;
+		return false;
 	m = container_of((struct vfsmount *)k->mnt, struct mount, mnt);
 	if (BPF_CORE_READ(m, mnt_ns) != BPF_CORE_READ(t, nsproxy, mnt_ns))
-		return; /* a detached mount, or another namespace's */
+		return false; /* a detached mount, or another namespace's */
 	st = bpf_map_lookup_elem(&hips_state, &zero);
 	if (!st || *(volatile __u32 *)&st->active_gen != k->gen ||
 	    *(volatile __u64 *)&st->epoch != k->pol_epoch ||
 	    *(volatile __u64 *)&hips_ns_epoch != k->ns_epoch)
-		return;
+		return false;
 	*hips_vc_slot(vc, k) = *k;
+	return true;
 }
 
 static __always_inline int lsm_file_path(__u32 op, struct dentry *dentry, struct vfsmount *mnt)
@@ -341,6 +351,24 @@ int BPF_PROG(hips_bprm_check, struct linux_binprm *bprm, int ret)
 			     BPF_CORE_READ(file, f_path.mnt));
 }
 
+/* The ops of an open: FMODE_READ is open-read, FMODE_WRITE or O_TRUNC
+ * open-write (O_RDONLY|O_TRUNC truncates a file the task may write by its
+ * mode and never carries FMODE_WRITE; since 6.2 its truncate goes through
+ * file_truncate, not path_truncate).  O_RDWR is both: deciding it as
+ * open-write alone let open(O_RDWR) read a file under "deny open-read".
+ * hips_file_open decides (and caches) @op1; @op2, 0 when one op decides, is
+ * decided by hips_file_open_rw, a second program on the same hook (two
+ * decisions in one program took 6.1's verifier past 1,000,000 instructions).
+ * Neither (open(2) with access mode 3) is open-read, as before. */
+static __always_inline void open_ops(struct file *file, __u32 *op1, __u32 *op2)
+{
+	bool rd = file->f_mode & FMODE_READ_;
+	bool wr = (file->f_mode & FMODE_WRITE_) || (file->f_flags & O_TRUNC_);
+
+	*op1 = wr ? BASTION_OP_OPEN_WRITE : BASTION_OP_OPEN_READ;
+	*op2 = (rd && wr) ? BASTION_OP_OPEN_READ : 0;
+}
+
 SEC("lsm/file_open")
 int BPF_PROG(hips_file_open, struct file *file, int ret)
 {
@@ -354,11 +382,11 @@ int BPF_PROG(hips_file_open, struct file *file, int ret)
 	struct hips_decision d;
 	struct hips_vc *vc;
 	struct inode *inode;
-	__u32 op;
+	__u32 op, op2;
 
 	if (ret || hips_off())
 		return ret;
-	op = (file->f_mode & FMODE_WRITE_) ? BASTION_OP_OPEN_WRITE : BASTION_OP_OPEN_READ;
+	open_ops(file, &op, &op2);
 	/* the pointers as plain numbers (one read): they are compared, stored in
 	 * the task's storage and walked with probe reads; the inode with plain loads */
 	BPF_CORE_READ_INTO(&fp, file, f_path);
@@ -374,21 +402,41 @@ int BPF_PROG(hips_file_open, struct file *file, int ret)
 	if (vc) {
 		hips_vc_key(&k, t, op, &f, &o);
 		if (hips_vc_hit(vc, &k)) {
+			hips_stat_add(BASTION_HIPS_STAT_VC_HIT);
 			hips_count(op, BASTION_ACT_ALLOW);
 			return 0;
 		}
+		hips_stat_add(BASTION_HIPS_STAT_VC_MISS);
 	}
 	hips_decide(op, &f, &o, NULL, 0, &d);
 	/* not an exec's open of its image: the exec changes the facts, the entry
 	 * would never hit and would evict one that can */
-	if (vc && !(file->f_mode & FMODE_EXEC_))
-		hips_vc_store(vc, &k, &d);
+	if (vc && !(file->f_mode & FMODE_EXEC_) && hips_vc_store(vc, &k, &d))
+		hips_stat_add(BASTION_HIPS_STAT_VC_STORE);
 	hips_report_file(op, &d, BASTION_MECH_LSM, &o, dentry, mnt, 0);
 	if (!hips_refuses(&d))
 		return 0;
 	if (d.action == BASTION_ACT_KILL)
 		bpf_send_signal(SIGKILL_);
 	return -EPERM_;
+}
+
+/* The read side of a read-write (or O_RDONLY|O_TRUNC) open, after
+ * hips_file_open allowed its write side (@ret: a refusal is passed on).  Not
+ * cached: such opens are rarer, and the write side's entry says nothing of
+ * the read. */
+SEC("lsm/file_open")
+int BPF_PROG(hips_file_open_rw, struct file *file, int ret)
+{
+	__u32 op, op2;
+
+	if (ret || hips_off())
+		return ret;
+	open_ops(file, &op, &op2);
+	if (!op2)
+		return 0;
+	return lsm_file_path(op2, BPF_CORE_READ(file, f_path.dentry),
+			     BPF_CORE_READ(file, f_path.mnt));
 }
 
 SEC("lsm/path_truncate")

@@ -549,6 +549,11 @@ enum bastion_mechanism {
 };
 
 #define BASTION_HIPS_F_DIR_OBJECTS (1u << 0) /* walk ancestor directories */
+/* hips_stats is indexed op * 8 + action; op 0 is no op: its row counts the lsm
+ * tier's open-verdict cache (a hit, a miss: the full search, a store). */
+#define BASTION_HIPS_STAT_VC_HIT 1
+#define BASTION_HIPS_STAT_VC_MISS 2
+#define BASTION_HIPS_STAT_VC_STORE 3
 
 struct bastion_hips_state {
 	__u32 active_gen;    /* 0 = no policy: everything allowed */

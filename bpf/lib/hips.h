@@ -479,16 +479,29 @@ static __always_inline void hips_decide_once(__u32 gen, __u32 op, const struct h
 	}
 }
 
-static __always_inline void hips_count(__u32 op, __u32 action)
+static __always_inline void hips_stat_add(__u32 k)
 {
-	__u32 k = op * 8 + (action & 7);
-	__u64 *v;
+	__u64 *v = bpf_map_lookup_elem(&hips_stats, &k);
 
-	if (op >= BASTION_OP_MAX)
-		return;
-	v = bpf_map_lookup_elem(&hips_stats, &k);
 	if (v)
 		*v += 1;
+}
+
+static __always_inline void hips_count(__u32 op, __u32 action)
+{
+	if (op >= BASTION_OP_MAX)
+		return;
+	hips_stat_add(op * 8 + (action & 7));
+}
+
+/* The policy epoch (0: no state); written by user space in the same update
+ * as the active generation, never reused (a generation number is). */
+static __always_inline __u64 hips_policy_epoch(void)
+{
+	__u32 zero = 0;
+	struct bastion_hips_state *st = bpf_map_lookup_elem(&hips_state, &zero);
+
+	return st ? *(volatile __u64 *)&st->epoch : 0;
 }
 
 /* Decide (op, object) for the acting task described by @f. */
@@ -496,6 +509,7 @@ static __always_inline void hips_decide(__u32 op, const struct hips_facts *f,
 					const struct hips_object *o, const __u8 *addr, __u16 port,
 					struct hips_decision *d)
 {
+	__u64 epoch = hips_policy_epoch(), epoch_again;
 	__u32 gen = hips_active_gen(), again;
 	int i;
 
@@ -508,10 +522,15 @@ static __always_inline void hips_decide(__u32 op, const struct hips_facts *f,
 		if (!gen)
 			break; /* no policy: allow */
 		hips_decide_once(gen, op, f, o, addr, port, d);
+		/* the epoch too: clear() then apply() reuses a generation number,
+		 * a decision that raced both would read the same gen before and
+		 * after from two policies' maps */
 		again = hips_active_gen();
-		if (again == gen)
+		epoch_again = hips_policy_epoch();
+		if (again == gen && epoch_again == epoch)
 			break;
 		gen = again;
+		epoch = epoch_again;
 		d->gen = 0;
 		d->action = BASTION_ACT_ALLOW;
 		d->rule_id = 0;

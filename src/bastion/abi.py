@@ -166,6 +166,10 @@ class Mechanism(enum.IntEnum):
 
 
 HIPS_F_DIR_OBJECTS: Final = 1 << 0
+# hips_stats slots of op 0 (no op): the lsm open-verdict cache's hit, miss and store counts
+HIPS_STAT_VC_HIT: Final = 1
+HIPS_STAT_VC_MISS: Final = 2
+HIPS_STAT_VC_STORE: Final = 3
 
 F_TRUNC_PATH: Final = 1 << 0
 F_TRUNC_ARGV: Final = 1 << 1
@@ -828,6 +832,9 @@ DEFINES: Final[dict[str, int]] = {
     "BASTION_KILL_F_IA32": KILL_F_IA32,
     "BASTION_KILL_F_X32": KILL_F_X32,
     "BASTION_HIPS_F_DIR_OBJECTS": HIPS_F_DIR_OBJECTS,
+    "BASTION_HIPS_STAT_VC_HIT": HIPS_STAT_VC_HIT,
+    "BASTION_HIPS_STAT_VC_MISS": HIPS_STAT_VC_MISS,
+    "BASTION_HIPS_STAT_VC_STORE": HIPS_STAT_VC_STORE,
     "BASTION_TOBJ_SELF": TOBJ_SELF,
     "BASTION_TOBJ_SUBTREE": TOBJ_SUBTREE,
     "BASTION_TOBJ_ANCESTOR": TOBJ_ANCESTOR,

@@ -20,7 +20,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
@@ -187,6 +187,9 @@ def test_exec(world: World) -> None:
 
 def test_open_read(world: World) -> None:
     assert _denied(run_in(world.cg, ["/bin/cat", str(world.secret)], timeout=30))
+    # O_RDWR is a read too: it was decided as open-write only, and read the file
+    assert _py_errno(world.cg, f"import os\nfd = os.open({str(world.secret)!r}, os.O_RDWR)\n"
+                               "print(os.read(fd, 64))") == errno.EPERM
     assert world.secret.read_text() == "classified\n"
     _check_event(world, "open-read", 2)
 
@@ -194,6 +197,9 @@ def test_open_read(world: World) -> None:
 def test_open_write(world: World) -> None:
     assert _denied(run_in(world.cg, ["/bin/sh", "-c", f"echo x >> {world.wfile}"], timeout=30))
     assert _py_errno(world.cg, f"import os\nos.truncate({str(world.wfile)!r}, 0)") == errno.EPERM
+    # O_RDONLY|O_TRUNC truncates with no FMODE_WRITE (6.2+: file_truncate, not path_truncate)
+    assert _py_errno(world.cg, f"import os\nos.open({str(world.wfile)!r}, "
+                               "os.O_RDONLY | os.O_TRUNC)") == errno.EPERM
     ok = run_in(world.cg, ["/bin/cat", str(world.wfile)], timeout=30)  # reading stays allowed
     assert ok.returncode == 0 and ok.stdout == "keep\n"
     with open(world.wfile, "a") as f:
@@ -608,6 +614,18 @@ def _cached_world(rules: tuple[ResolvedRule, ...]) -> Iterator[tuple[HipsKernel,
             hk.close()
 
 
+def _served_from_cache(hk: HipsKernel, opens: Callable[[], tuple[str, ...]]) -> tuple[str, ...]:
+    """Run ``opens`` (the same task opening one path, allowed) and check that the cache
+    stored its allow and served it again: an attack test whose "before" never reached the
+    cache proves nothing about it."""
+    c0 = hk.open_cache()
+    out = opens()
+    c1 = hk.open_cache()
+    stored, hit = c1["store"] - c0["store"], c1["hit"] - c0["hit"]
+    assert stored >= 1 and hit >= 1, (c0, c1)
+    return out
+
+
 def test_ancestor_renamed_into_a_protected_directory_after_a_cached_allow(tmp_path: Path) -> None:
     """`mv /tmp/a /srv/secrets/a` after the same task opened /tmp/a/f: the file keeps its
     inode, dentry and mount, only its ancestors changed; the next open under the new name
@@ -618,7 +636,7 @@ def test_ancestor_renamed_into_a_protected_directory_after_a_cached_allow(tmp_pa
     f = a / "sub" / "f"
     f.write_text("x\n")
     with _cached_world((_rule(1, Op.OPEN_READ, files=(_file(prot, is_dir=True),)),)) as (hk, op):
-        before = (op.open(f), op.open(f), op.open(f))
+        before = _served_from_cache(hk, lambda: (op.open(f), op.open(f), op.open(f)))
         os.rename(a, prot / "a")  # no process started between: no other dentry appears
         after = op.open(prot / "a" / "sub" / "f")
     assert before == ("ok", "ok", "ok")
@@ -637,7 +655,8 @@ def test_mount_moved_into_a_protected_directory_after_a_cached_allow(tmp_path: P
     try:
         with _cached_world((_rule(1, Op.OPEN_READ,
                                   files=(_file(prot, is_dir=True),)),)) as (hk, op):
-            before = (op.open(mnt / "f"), op.open(mnt / "f"), op.open(mnt / "f"))
+            before = _served_from_cache(
+                hk, lambda: (op.open(mnt / "f"), op.open(mnt / "f"), op.open(mnt / "f")))
             _libc_mount(mnt, prot / "m", MS_MOVE)
             where = prot / "m"
             after = op.open(prot / "m" / "f")
@@ -658,7 +677,7 @@ def test_exec_into_a_denied_subject_after_a_cached_allow(tmp_path: Path) -> None
     bb_id = (abi.SubjectKind.EXE, _file(mybb).ino, _file(mybb).dev)
     rules = (_subject_rule(1, Op.OPEN_READ, (_file(f),), Action.DENY, (bb_id,)),)
     with _cached_world(rules) as (hk, op):
-        before = (op.open(f), op.open(f), op.open(f))
+        before = _served_from_cache(hk, lambda: (op.open(f), op.open(f), op.open(f)))
         assert op.p.stdin is not None and op.p.stdout is not None and op.p.stderr is not None
         op.p.stdin.write(f"exec {mybb} {f}\n")
         op.p.stdin.close()
@@ -680,7 +699,7 @@ def test_setuid_into_a_denied_subject_after_a_cached_allow() -> None:
         rules = (_subject_rule(1, Op.OPEN_READ, (_file(f),), Action.DENY,
                                ((abi.SubjectKind.UID, 4242, 0),)),)
         with _cached_world(rules) as (hk, op):
-            before = (op.open(f), op.open(f), op.open(f))
+            before = _served_from_cache(hk, lambda: (op.open(f), op.open(f), op.open(f)))
             switched = op.send("setuid 4242")
             after = op.open(f)
     finally:

@@ -339,11 +339,24 @@ class HipsKernel(LoaderUser):
                     out[(op.name.lower().replace("_", "-"), act.name.lower())] = n
         return out
 
+    def open_cache(self) -> dict[str, int]:
+        """The lsm tier's open-verdict cache so far: hits, misses (the full search) and
+        stores, summed over CPUs (op 0's row of hips_stats; always 0 on compat)."""
+        m = self._map("hips_stats")
+        out: dict[str, int] = {}
+        for name, slot in (("hit", abi.HIPS_STAT_VC_HIT), ("miss", abi.HIPS_STAT_VC_MISS),
+                           ("store", abi.HIPS_STAT_VC_STORE)):
+            vals = m.lookup_percpu(struct.pack("<I", slot))
+            out[name] = sum(struct.unpack_from("<Q", v[:m.value_size])[0] for v in vals)
+        return out
+
     def stats(self) -> dict[str, int]:
         out = {**super().stats(), "active_gen": self.active_gen(), "epoch": self.epoch(),
                "seeded": self.seeded}
         for (op, act), n in self.decisions().items():
             out[f"decisions.{op}.{act}"] = n
+        for name, n in self.open_cache().items():
+            out[f"open_cache.{name}"] = n
         return out
 
 
