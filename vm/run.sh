@@ -9,6 +9,7 @@
 #       VM_MEM=3072 VM_SMP=2
 #       VM_DEBUG=1       kernel boot messages and `set -x` in the guest /init
 #       VM_LSM=LIST      boot with lsm=LIST, e.g. VM_LSM=lockdown,capability,landlock,yama,apparmor
+#       VM_APPEND=ARGS   extra guest kernel parameters (debugging: "loglevel=7 softlockup_all_cpu_backtrace=1")
 #                        (no bpf: the Ubuntu-like variant, trampolines without BPF LSM;
 #                        run tests/vm/variant_nobpflsm.py there)
 #       VM_SHELL=1       interactive shell in the guest after pytest (needs a tty;
@@ -121,6 +122,11 @@ if [[ -n ${VM_LSM:-} ]]; then
   append+=" lsm=$VM_LSM"
 fi
 [[ ${VM_SHELL:-} == 1 ]] && append+=" bastion.shell=1"
+if [[ -n ${VM_APPEND:-} ]]; then
+  # Extra guest kernel parameters for debugging (e.g. "loglevel=7 softlockup_all_cpu_backtrace=1").
+  [[ $VM_APPEND =~ ^[A-Za-z0-9_.,=\ -]+$ ]] || die "VM_APPEND='$VM_APPEND' may hold only kernel parameters (letters, digits, _ . , = - and spaces)"
+  append+=" $VM_APPEND"
+fi
 
 qemu=(qemu-system-x86_64 -accel tcg,thread=multi -cpu max -m "$VM_MEM" -smp "$VM_SMP"
       -nographic -no-reboot -nic none
