@@ -9,9 +9,9 @@
 #       VM_MEM=3072 VM_SMP=2
 #       VM_DEBUG=1       kernel boot messages and `set -x` in the guest /init
 #       VM_LSM=LIST      boot with lsm=LIST, e.g. VM_LSM=lockdown,capability,landlock,yama,apparmor
-#       VM_APPEND=ARGS   extra guest kernel parameters (debugging: "loglevel=7 softlockup_all_cpu_backtrace=1")
 #                        (no bpf: the Ubuntu-like variant, trampolines without BPF LSM;
 #                        run tests/vm/variant_nobpflsm.py there)
+#       VM_APPEND=ARGS   extra guest kernel parameters (debugging: "loglevel=7 softlockup_all_cpu_backtrace=1")
 #       VM_SHELL=1       interactive shell in the guest after pytest (needs a tty;
 #                        no timeout then)
 #       VM_KEEP=DIR      copy the results share (junit.xml, dmesg.txt, ...) to DIR
