@@ -73,7 +73,10 @@ static __always_inline void obj_of_path(struct hips_object *o, struct dentry *de
  * matches, then everyone's): 7-10 us of BPF per open under TCG.  The cache
  * keeps the last silent allows of the task itself (task-local storage: no
  * other task fills, evicts or reads it), one slot per (object) hash, and a
- * hit is one storage lookup and a compare of the whole key:
+ * hit is one storage lookup and a compare of the whole key, the facts and the
+ * object read with plain loads, before the scope check (s19-hipsfast: a hit
+ * costs three helper calls, the task, its storage and the hit counter, where
+ * it took 17, the read-write program's scope check included):
  *   - the policy epoch and the generation (hips_state, written in one update
  *     by user space; the epoch is never reused, the generation number is);
  *   - the namespace epoch (hips_ns_epoch below): a directory object's
@@ -178,8 +181,11 @@ static __always_inline void hips_facts_btf(struct task_struct *t, struct hips_fa
 {
 	task_exe_btf(t, &f->exe_ino, &f->exe_dev);
 	task_exe_btf(t->real_parent, &f->parent_exe_ino, &f->parent_exe_dev);
-	f->uid = (__u32)bpf_get_current_uid_gid();
-	f->cgroup_id = bpf_get_current_cgroup_id();
+	/* what bpf_get_current_uid_gid() and bpf_get_current_cgroup_id() return
+	 * (current_cred()->uid, task_dfl_cgroup(current)->kn->id), without the
+	 * two helper calls */
+	f->uid = t->cred->uid.val;
+	f->cgroup_id = t->cgroups->dfl_cgrp->kn->id;
 }
 
 static __always_inline __u64 hips_mnt_ns_id_btf(struct task_struct *t)
@@ -227,7 +233,9 @@ static __always_inline void hips_vc_key(struct hips_vc_ent *k, struct task_struc
 static __always_inline struct hips_vc_ent *hips_vc_slot(struct hips_vc *vc,
 							 const struct hips_vc_ent *k)
 {
-	return &vc->e[(k->ino ^ (k->dentry >> 6)) & (HIPS_VC_WAYS - 1)];
+	/* by the inode alone: on a hit's path k->dentry is a pointer the verifier
+	 * lets us compare but not shift */
+	return &vc->e[(k->ino ^ (k->ino >> 7) ^ k->dev) & (HIPS_VC_WAYS - 1)];
 }
 
 static __always_inline bool hips_vc_hit(struct hips_vc *vc, const struct hips_vc_ent *k)
@@ -372,7 +380,7 @@ static __always_inline void open_ops(struct file *file, __u32 *op1, __u32 *op2)
 SEC("lsm/file_open")
 int BPF_PROG(hips_file_open, struct file *file, int ret)
 {
-	struct task_struct *t = bpf_get_current_task_btf();
+	struct task_struct *t;
 	struct vfsmount *mnt;
 	struct dentry *dentry;
 	struct path fp = {};
@@ -384,28 +392,43 @@ int BPF_PROG(hips_file_open, struct file *file, int ret)
 	struct inode *inode;
 	__u32 op, op2;
 
-	if (ret || hips_off())
+	if (ret || !hips_active_gen())
 		return ret;
+	t = bpf_get_current_task_btf();
 	open_ops(file, &op, &op2);
-	/* the pointers as plain numbers (one read): they are compared, stored in
-	 * the task's storage and walked with probe reads; the inode with plain loads */
-	BPF_CORE_READ_INTO(&fp, file, f_path);
-	dentry = fp.dentry;
-	mnt = fp.mnt;
 	inode = file->f_path.dentry->d_inode;
 	o.ino = inode->i_ino;
 	o.dev = inode->i_sb->s_dev;
-	o.dentry = dentry;
-	o.mnt = mnt;
 	hips_facts_btf(t, &f);
-	vc = bpf_task_storage_get(&hips_vcache, t, NULL, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	/* The hit: before the scope check (the deadline, the cgroup scope and the
+	 * exempt lookup: five helper calls): a hit only ever allows, which is all
+	 * an out-of-scope or exempt task gets, and an entry is only stored in
+	 * scope.  The object's pointers are plain loads here (compared, never
+	 * dereferenced); the miss takes them again with a probe read, as scalars
+	 * for the walk and the report. */
+	vc = bpf_task_storage_get(&hips_vcache, t, NULL, 0);
 	if (vc) {
+		o.dentry = file->f_path.dentry;
+		o.mnt = file->f_path.mnt;
 		hips_vc_key(&k, t, op, &f, &o);
 		if (hips_vc_hit(vc, &k)) {
-			hips_stat_add(BASTION_HIPS_STAT_VC_HIT);
-			hips_count(op, BASTION_ACT_ALLOW);
+			hips_stat_add(op * 8 + BASTION_HIPS_STAT_VC_HIT_ACT);
 			return 0;
 		}
+	}
+	if (!hips_in_scope())
+		return 0;
+	/* the pointers as plain numbers (one read): they are stored in the task's
+	 * storage and walked with probe reads */
+	BPF_CORE_READ_INTO(&fp, file, f_path);
+	dentry = fp.dentry;
+	mnt = fp.mnt;
+	o.dentry = dentry;
+	o.mnt = mnt;
+	if (!vc)
+		vc = bpf_task_storage_get(&hips_vcache, t, NULL, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (vc) {
+		hips_vc_key(&k, t, op, &f, &o);
 		hips_stat_add(BASTION_HIPS_STAT_VC_MISS);
 	}
 	hips_decide(op, &f, &o, NULL, 0, &d);
@@ -424,16 +447,17 @@ int BPF_PROG(hips_file_open, struct file *file, int ret)
 /* The read side of a read-write (or O_RDONLY|O_TRUNC) open, after
  * hips_file_open allowed its write side (@ret: a refusal is passed on).  Not
  * cached: such opens are rarer, and the write side's entry says nothing of
- * the read. */
+ * the read.  The op first (two plain loads): a read-only or write-only open
+ * returns before the scope check. */
 SEC("lsm/file_open")
 int BPF_PROG(hips_file_open_rw, struct file *file, int ret)
 {
 	__u32 op, op2;
 
-	if (ret || hips_off())
+	if (ret)
 		return ret;
 	open_ops(file, &op, &op2);
-	if (!op2)
+	if (!op2 || hips_off())
 		return 0;
 	return lsm_file_path(op2, BPF_CORE_READ(file, f_path.dentry),
 			     BPF_CORE_READ(file, f_path.mnt));

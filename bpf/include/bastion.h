@@ -550,8 +550,11 @@ enum bastion_mechanism {
 
 #define BASTION_HIPS_F_DIR_OBJECTS (1u << 0) /* walk ancestor directories */
 /* hips_stats is indexed op * 8 + action; op 0 is no op: its row counts the lsm
- * tier's open-verdict cache (a hit, a miss: the full search, a store). */
-#define BASTION_HIPS_STAT_VC_HIT 1
+ * tier's open-verdict cache (a miss: the full search, a store).  A hit, an
+ * allow served from the cache, is counted in its op's row at action slot
+ * BASTION_HIPS_STAT_VC_HIT_ACT (one counter per hit: user space adds it to the
+ * op's allows). */
+#define BASTION_HIPS_STAT_VC_HIT_ACT 7
 #define BASTION_HIPS_STAT_VC_MISS 2
 #define BASTION_HIPS_STAT_VC_STORE 3
 

@@ -166,8 +166,9 @@ class Mechanism(enum.IntEnum):
 
 
 HIPS_F_DIR_OBJECTS: Final = 1 << 0
-# hips_stats slots of op 0 (no op): the lsm open-verdict cache's hit, miss and store counts
-HIPS_STAT_VC_HIT: Final = 1
+# hips_stats: op 0's (no op's) row holds the lsm open-verdict cache's miss and store
+# counts; a hit (an allow served from the cache) is op * 8 + HIPS_STAT_VC_HIT_ACT
+HIPS_STAT_VC_HIT_ACT: Final = 7
 HIPS_STAT_VC_MISS: Final = 2
 HIPS_STAT_VC_STORE: Final = 3
 
@@ -832,7 +833,7 @@ DEFINES: Final[dict[str, int]] = {
     "BASTION_KILL_F_IA32": KILL_F_IA32,
     "BASTION_KILL_F_X32": KILL_F_X32,
     "BASTION_HIPS_F_DIR_OBJECTS": HIPS_F_DIR_OBJECTS,
-    "BASTION_HIPS_STAT_VC_HIT": HIPS_STAT_VC_HIT,
+    "BASTION_HIPS_STAT_VC_HIT_ACT": HIPS_STAT_VC_HIT_ACT,
     "BASTION_HIPS_STAT_VC_MISS": HIPS_STAT_VC_MISS,
     "BASTION_HIPS_STAT_VC_STORE": HIPS_STAT_VC_STORE,
     "BASTION_TOBJ_SELF": TOBJ_SELF,

@@ -30,6 +30,7 @@ from bastion import abi  # noqa: E402
 from bastion.enforce.hips_kernel import HipsKernel  # noqa: E402
 from bastion.errors import Location  # noqa: E402
 from bastion.events import HipsEvent  # noqa: E402
+from bastion.kernel.clock import boot_ns  # noqa: E402
 from bastion.policy.compile import (  # noqa: E402
     FileTarget, MapPlan, NetTarget, ResolvedPolicy, ResolvedRule, compile_plan, kernel_dev,
 )
@@ -177,6 +178,77 @@ def _check_event(w: World, op: str, rule_id: int) -> None:
     e = evs[-1]
     assert (e.action, e.mechanism, e.enforced, e.ret) == ("deny", "lsm", True, -errno.EPERM)
     assert e.proc.cgroup_id == w.hk.cgroup_id
+
+
+class _Shared:
+    """One lsm object for the tests below that each apply their own policy (a load is
+    ~25 s of the verifier under TCG; these tests took one each): scoped to its own
+    cgroup with a dead-man deadline, loaded again when less than ``MIN_LEFT_S`` of it
+    is left, so that no test runs against a matcher past its deadline (which allows
+    everything)."""
+
+    DEADLINE_S, MIN_LEFT_S = 300, 100
+
+    def __init__(self, cg: Path, cgid: int) -> None:
+        self.cg, self.cgid = cg, cgid
+        self.hk: HipsKernel | None = None
+
+    def get(self) -> HipsKernel:
+        if self.hk is not None and self.hk.deadline_ns - boot_ns() < self.MIN_LEFT_S * 10**9:
+            self.hk.close()
+            self.hk = None
+        if self.hk is None:
+            hk = HipsKernel("lsm", cgroup_id=self.cgid, deadline_s=self.DEADLINE_S,
+                            self_tgid=os.getpid())
+            hk.open()
+            self.hk = hk
+        return self.hk
+
+
+@dataclass
+class Lsm:
+    cg: Path
+    cgid: int
+    hk: HipsKernel
+
+
+@pytest.fixture(scope="module")
+def shared_lsm() -> Iterator[_Shared]:
+    with scoped_cgroup() as (cg, cgid):
+        sh = _Shared(cg, cgid)
+        try:
+            yield sh
+        finally:
+            _kill_all(cg)
+            if sh.hk is not None:
+                sh.hk.close()
+
+
+@pytest.fixture
+def lsm(shared_lsm: _Shared) -> Iterator[Lsm]:
+    """The shared object with no policy and no pending event, its cgroup empty; the
+    test applies its own policy (generation 1: ``clear()`` resets the number)."""
+    hk = shared_lsm.get()
+    if hk.active_gen():
+        hk.clear()
+    time.sleep(0.05)
+    hk.poll(0)
+    try:
+        yield Lsm(shared_lsm.cg, shared_lsm.cgid, hk)
+    finally:
+        _kill_all(shared_lsm.cg)
+        if hk.active_gen():
+            hk.clear()
+
+
+def _kill_all(cg: Path) -> None:
+    """SIGKILL every process left in the test cgroup (cgroup.kill, 5.14+) and wait."""
+    (cg / "cgroup.kill").write_text("1")
+    for _ in range(200):
+        if not (cg / "cgroup.procs").read_text().split():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"processes left in {cg}: {(cg / 'cgroup.procs').read_text()!r}")
 
 
 def test_exec(world: World) -> None:
@@ -390,7 +462,7 @@ def _subject_rule(rid: int, op: Op, files: tuple[FileTarget, ...], action: Actio
                         files, (), action)
 
 
-def test_cgroup_and_uid_deny_not_shadowed_by_an_exe_allow(tmp_path: Path) -> None:
+def test_cgroup_and_uid_deny_not_shadowed_by_an_exe_allow(tmp_path: Path, lsm: Lsm) -> None:
     """Before: a task had one subject, the first of exe, parent, uid, cgroup that some
     rule named; an exe rule (even one that allows) hid every uid and cgroup rule."""
     mycat = tmp_path / "mycat"
@@ -399,25 +471,19 @@ def test_cgroup_and_uid_deny_not_shadowed_by_an_exe_allow(tmp_path: Path) -> Non
     s1.write_text("one\n")
     s2.write_text("two\n")
     cat_id = (abi.SubjectKind.EXE, _file(mycat).ino, _file(mycat).dev)
-    with scoped_cgroup() as (cg, cgid):
-        rules = (
-            _subject_rule(1, Op.OPEN_READ, (_file(s1),), Action.DENY, ((abi.SubjectKind.CGROUP, cgid, 0),)),
-            _subject_rule(2, Op.OPEN_READ, (_file(s1),), Action.ALLOW, (cat_id,)),
-            _subject_rule(3, Op.OPEN_READ, (_file(s2),), Action.DENY, ((abi.SubjectKind.UID, 0, 0),)),
-            _subject_rule(4, Op.OPEN_READ, (FileTarget(0, 0, False, "any"),), Action.ALLOW, (cat_id,)),
-        )
-        plan = compile_plan(ResolvedPolicy(Mode.ENFORCE, Action.ALLOW, rules))
-        hk = HipsKernel("lsm", cgroup_id=cgid, deadline_s=60, self_tgid=os.getpid())
-        hk.open()
-        try:
-            hk.apply(plan)
-            r1 = run_in(cg, [str(mycat), str(s1)], timeout=30)
-            r2 = run_in(cg, [str(mycat), str(s2)], timeout=30)
-            r3 = run_in(cg, ["/bin/cat", str(s2)], timeout=30)
-            time.sleep(0.05)
-            evs = [e for e in hk.poll(0) if e.op == "open-read"]
-        finally:
-            hk.close()
+    cg, cgid, hk = lsm.cg, lsm.cgid, lsm.hk
+    rules = (
+        _subject_rule(1, Op.OPEN_READ, (_file(s1),), Action.DENY, ((abi.SubjectKind.CGROUP, cgid, 0),)),
+        _subject_rule(2, Op.OPEN_READ, (_file(s1),), Action.ALLOW, (cat_id,)),
+        _subject_rule(3, Op.OPEN_READ, (_file(s2),), Action.DENY, ((abi.SubjectKind.UID, 0, 0),)),
+        _subject_rule(4, Op.OPEN_READ, (FileTarget(0, 0, False, "any"),), Action.ALLOW, (cat_id,)),
+    )
+    hk.apply(compile_plan(ResolvedPolicy(Mode.ENFORCE, Action.ALLOW, rules)))
+    r1 = run_in(cg, [str(mycat), str(s1)], timeout=30)
+    r2 = run_in(cg, [str(mycat), str(s2)], timeout=30)
+    r3 = run_in(cg, ["/bin/cat", str(s2)], timeout=30)
+    time.sleep(0.05)
+    evs = [e for e in hk.poll(0) if e.op == "open-read"]
     assert _denied(r1) and "one" not in r1.stdout, r1
     assert _denied(r2) and "two" not in r2.stdout, r2
     assert _denied(r3), r3
@@ -426,7 +492,7 @@ def test_cgroup_and_uid_deny_not_shadowed_by_an_exe_allow(tmp_path: Path) -> Non
     assert {(1, "deny", True), (3, "deny", True)} <= got, evs
 
 
-def test_link_and_rename_out_of_a_protected_tree(tmp_path: Path) -> None:
+def test_link_and_rename_out_of_a_protected_tree(tmp_path: Path, lsm: Lsm) -> None:
     """Before: `ln vault/key out/k` or `mv vault/key out/` gave the data a name
     outside the directory object, which no rule covered."""
     vault, wvault, out = tmp_path / "vault", tmp_path / "wvault", tmp_path / "out"
@@ -436,26 +502,20 @@ def test_link_and_rename_out_of_a_protected_tree(tmp_path: Path) -> None:
         f.write_text("data\n")
     rules = (_rule(1, Op.OPEN_READ, files=(_file(vault, is_dir=True),)),
              _rule(2, Op.OPEN_WRITE, files=(_file(wvault, is_dir=True),)))
-    plan = compile_plan(ResolvedPolicy(Mode.ENFORCE, Action.ALLOW, rules))
-    with scoped_cgroup() as (cg, cgid):
-        hk = HipsKernel("lsm", cgroup_id=cgid, deadline_s=100, self_tgid=os.getpid())
-        hk.open()
-        try:
-            hk.apply(plan)
-            link = run_in(cg, ["/bin/sh", "-c", f"ln {vault}/key {out}/k && cat {out}/k"], timeout=30)
-            mv = run_in(cg, ["/bin/mv", f"{vault}/key2", f"{out}/k2"], timeout=30)
-            mvdir = run_in(cg, ["/bin/mv", f"{vault}/sub", f"{out}/sub"], timeout=30)
-            wlink = run_in(cg, ["/bin/ln", f"{wvault}/f", f"{out}/f"], timeout=30)
-            inside = run_in(cg, ["/bin/mv", f"{vault}/key2", f"{vault}/key3"], timeout=30)
-            # RENAME_EXCHANGE with the protected file as the *new* name: it moves out too
-            (out / "decoy").write_text("decoy\n")
-            exch = _py_errno(cg, "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
-                                 f"if libc.renameat2(-100, b'{out}/decoy', -100, b'{vault}/key', 2) != 0:\n"
-                                 "    raise OSError(ctypes.get_errno(), 'renameat2')")
-            time.sleep(0.05)
-            evs = hk.poll(0)
-        finally:
-            hk.close()
+    cg, hk = lsm.cg, lsm.hk
+    hk.apply(compile_plan(ResolvedPolicy(Mode.ENFORCE, Action.ALLOW, rules)))
+    link = run_in(cg, ["/bin/sh", "-c", f"ln {vault}/key {out}/k && cat {out}/k"], timeout=30)
+    mv = run_in(cg, ["/bin/mv", f"{vault}/key2", f"{out}/k2"], timeout=30)
+    mvdir = run_in(cg, ["/bin/mv", f"{vault}/sub", f"{out}/sub"], timeout=30)
+    wlink = run_in(cg, ["/bin/ln", f"{wvault}/f", f"{out}/f"], timeout=30)
+    inside = run_in(cg, ["/bin/mv", f"{vault}/key2", f"{vault}/key3"], timeout=30)
+    # RENAME_EXCHANGE with the protected file as the *new* name: it moves out too
+    (out / "decoy").write_text("decoy\n")
+    exch = _py_errno(cg, "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                         f"if libc.renameat2(-100, b'{out}/decoy', -100, b'{vault}/key', 2) != 0:\n"
+                         "    raise OSError(ctypes.get_errno(), 'renameat2')")
+    time.sleep(0.05)
+    evs = hk.poll(0)
     assert _denied(link) and "data" not in link.stdout, link
     assert not (out / "k").exists()
     assert _denied(mv) and not (out / "k2").exists(), mv
@@ -482,7 +542,7 @@ for line in sys.stdin:
 """
 
 
-def test_policy_swap_refuses_the_next_open_of_a_file_just_allowed(tmp_path: Path) -> None:
+def test_policy_swap_refuses_the_next_open_of_a_file_just_allowed(tmp_path: Path, lsm: Lsm) -> None:
     """Guard for any open-verdict cache or per-generation summary (issue 16.5): a file
     opened (allowed) just before a policy swap that denies it must be refused at the very
     next open, by the same long-lived task (a per-task cache) and by a new one (a global
@@ -502,46 +562,43 @@ def test_policy_swap_refuses_the_next_open_of_a_file_just_allowed(tmp_path: Path
         _rule(2, Op.OPEN_READ, files=(_file(f),)),)))
     plan_dir = compile_plan(ResolvedPolicy(Mode.ENFORCE, Action.ALLOW, (
         _rule(3, Op.OPEN_READ, files=(_file(d, is_dir=True),)),)))
-    with scoped_cgroup() as (cg, cgid):
-        hk = HipsKernel("lsm", cgroup_id=cgid, deadline_s=100, self_tgid=os.getpid())
-        hk.open()
-        opener = subprocess.Popen(
-            ["/bin/sh", "-c", f'echo $$ > {cg}/cgroup.procs && exec "$@"', "sh", PY, "-c", _OPENER],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    cg, hk = lsm.cg, lsm.hk
+    opener = subprocess.Popen(
+        ["/bin/sh", "-c", f'echo $$ > {cg}/cgroup.procs && exec "$@"', "sh", PY, "-c", _OPENER],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert opener.stdin is not None and opener.stdout is not None
+
+    def same_task() -> str:
         assert opener.stdin is not None and opener.stdout is not None
+        opener.stdin.write(f"{f}\n")
+        opener.stdin.flush()
+        return opener.stdout.readline().strip()
 
-        def same_task() -> str:
-            assert opener.stdin is not None and opener.stdout is not None
-            opener.stdin.write(f"{f}\n")
-            opener.stdin.flush()
-            return opener.stdout.readline().strip()
+    def new_task() -> str:
+        r = run_in(cg, ["/bin/cat", str(f)], timeout=30)
+        return "ok" if r.returncode == 0 and r.stdout == "x\n" else (
+            "EPERM" if _denied(r) else f"unexpected {r!r}")
 
-        def new_task() -> str:
-            r = run_in(cg, ["/bin/cat", str(f)], timeout=30)
-            return "ok" if r.returncode == 0 and r.stdout == "x\n" else (
-                "EPERM" if _denied(r) else f"unexpected {r!r}")
-
-        try:
-            seen: list[tuple[str, ...]] = []
-            for deny in (plan_ino, plan_dir):
-                gen_a = hk.apply(plan_a)
-                seen.append((same_task(), same_task(), new_task(), new_task()))
-                hk.apply(deny)
-                seen.append((same_task(), new_task()))
-                hk.apply(plan_a)
-                seen.append((same_task(), new_task()))
-                # the same generation number, another policy
-                hk.clear()
-                assert hk.apply(plan_a) == gen_a == 1
-                seen.append((same_task(), new_task()))
-                hk.clear()
-                assert hk.apply(deny) == gen_a
-                seen.append((same_task(), new_task()))
-                hk.clear()
-        finally:
-            opener.kill()
-            opener.wait()
-            hk.close()
+    try:
+        seen: list[tuple[str, ...]] = []
+        for deny in (plan_ino, plan_dir):
+            gen_a = hk.apply(plan_a)
+            seen.append((same_task(), same_task(), new_task(), new_task()))
+            hk.apply(deny)
+            seen.append((same_task(), new_task()))
+            hk.apply(plan_a)
+            seen.append((same_task(), new_task()))
+            # the same generation number, another policy
+            hk.clear()
+            assert hk.apply(plan_a) == gen_a == 1
+            seen.append((same_task(), new_task()))
+            hk.clear()
+            assert hk.apply(deny) == gen_a
+            seen.append((same_task(), new_task()))
+            hk.clear()
+    finally:
+        opener.kill()
+        opener.wait()
     allowed2, allowed4 = ("ok", "ok"), ("ok", "ok", "ok", "ok")
     refused = ("EPERM", "EPERM")
     assert seen == [allowed4, refused, allowed2, allowed2, refused] * 2, seen
@@ -573,11 +630,11 @@ class _Opener:
     """One long-lived task in the test cgroup that opens the paths it is sent (the
     per-task cache's owner); ``exec PROG PATH`` replaces its image (same task)."""
 
-    def __init__(self, cg: Path) -> None:
+    def __init__(self, cg: Path, argv: list[str] | None = None) -> None:
         self.p = subprocess.Popen(
-            ["/bin/sh", "-c", f'echo $$ > {cg}/cgroup.procs && exec "$@"', "sh", PY, "-c",
-             _OPENER_X], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True)
+            ["/bin/sh", "-c", f'echo $$ > {cg}/cgroup.procs && exec "$@"', "sh",
+             *(argv or [PY, "-c", _OPENER_X])],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def send(self, line: str) -> str:
         assert self.p.stdin is not None and self.p.stdout is not None
@@ -601,17 +658,14 @@ def _libc_mount(src: Path, dst: Path, flags: int) -> None:
 
 
 @contextmanager
-def _cached_world(rules: tuple[ResolvedRule, ...]) -> Iterator[tuple[HipsKernel, _Opener]]:
-    with scoped_cgroup() as (cg, cgid):
-        hk = HipsKernel("lsm", cgroup_id=cgid, deadline_s=100, self_tgid=os.getpid())
-        hk.open()
-        opener = _Opener(cg)
-        try:
-            hk.apply(compile_plan(ResolvedPolicy(Mode.ENFORCE, Action.ALLOW, rules)))
-            yield hk, opener
-        finally:
-            opener.close()
-            hk.close()
+def _cached_world(lsm: Lsm, rules: tuple[ResolvedRule, ...],
+                  argv: list[str] | None = None) -> Iterator[tuple[HipsKernel, _Opener]]:
+    lsm.hk.apply(compile_plan(ResolvedPolicy(Mode.ENFORCE, Action.ALLOW, rules)))
+    opener = _Opener(lsm.cg, argv)
+    try:
+        yield lsm.hk, opener
+    finally:
+        opener.close()
 
 
 def _served_from_cache(hk: HipsKernel, opens: Callable[[], tuple[str, ...]]) -> tuple[str, ...]:
@@ -626,7 +680,7 @@ def _served_from_cache(hk: HipsKernel, opens: Callable[[], tuple[str, ...]]) -> 
     return out
 
 
-def test_ancestor_renamed_into_a_protected_directory_after_a_cached_allow(tmp_path: Path) -> None:
+def test_ancestor_renamed_into_a_protected_directory_after_a_cached_allow(tmp_path: Path, lsm: Lsm) -> None:
     """`mv /tmp/a /srv/secrets/a` after the same task opened /tmp/a/f: the file keeps its
     inode, dentry and mount, only its ancestors changed; the next open under the new name
     must be refused (a cache keyed on the object alone would serve the old allow)."""
@@ -635,7 +689,7 @@ def test_ancestor_renamed_into_a_protected_directory_after_a_cached_allow(tmp_pa
     (a / "sub").mkdir(parents=True)
     f = a / "sub" / "f"
     f.write_text("x\n")
-    with _cached_world((_rule(1, Op.OPEN_READ, files=(_file(prot, is_dir=True),)),)) as (hk, op):
+    with _cached_world(lsm, (_rule(1, Op.OPEN_READ, files=(_file(prot, is_dir=True),)),)) as (hk, op):
         before = _served_from_cache(hk, lambda: (op.open(f), op.open(f), op.open(f)))
         os.rename(a, prot / "a")  # no process started between: no other dentry appears
         after = op.open(prot / "a" / "sub" / "f")
@@ -643,7 +697,7 @@ def test_ancestor_renamed_into_a_protected_directory_after_a_cached_allow(tmp_pa
     assert after == "EPERM"
 
 
-def test_mount_moved_into_a_protected_directory_after_a_cached_allow(tmp_path: Path) -> None:
+def test_mount_moved_into_a_protected_directory_after_a_cached_allow(tmp_path: Path, lsm: Lsm) -> None:
     """A bind mount whose file the same task opened (allowed) is moved under the protected
     directory (`mount --move`): same inode, dentry and mount, another chain above it."""
     prot, src, mnt = tmp_path / "prot", tmp_path / "src", tmp_path / "mnt"
@@ -653,7 +707,7 @@ def test_mount_moved_into_a_protected_directory_after_a_cached_allow(tmp_path: P
     _libc_mount(src, mnt, MS_BIND)
     where = mnt
     try:
-        with _cached_world((_rule(1, Op.OPEN_READ,
+        with _cached_world(lsm, (_rule(1, Op.OPEN_READ,
                                   files=(_file(prot, is_dir=True),)),)) as (hk, op):
             before = _served_from_cache(
                 hk, lambda: (op.open(mnt / "f"), op.open(mnt / "f"), op.open(mnt / "f")))
@@ -666,7 +720,7 @@ def test_mount_moved_into_a_protected_directory_after_a_cached_allow(tmp_path: P
     assert after == "EPERM"
 
 
-def test_exec_into_a_denied_subject_after_a_cached_allow(tmp_path: Path) -> None:
+def test_exec_into_a_denied_subject_after_a_cached_allow(tmp_path: Path, lsm: Lsm) -> None:
     """The task opened f (allowed for its exe), then execs a program whose exe subject is
     denied f: same task (its storage survives exec), same object, other facts.  The new
     image is a static busybox (`busybox cat f`): no loader opens between the exec and f."""
@@ -676,7 +730,7 @@ def test_exec_into_a_denied_subject_after_a_cached_allow(tmp_path: Path) -> None
     shutil.copy("/bin/busybox", mybb)
     bb_id = (abi.SubjectKind.EXE, _file(mybb).ino, _file(mybb).dev)
     rules = (_subject_rule(1, Op.OPEN_READ, (_file(f),), Action.DENY, (bb_id,)),)
-    with _cached_world(rules) as (hk, op):
+    with _cached_world(lsm, rules) as (hk, op):
         before = _served_from_cache(hk, lambda: (op.open(f), op.open(f), op.open(f)))
         assert op.p.stdin is not None and op.p.stdout is not None and op.p.stderr is not None
         op.p.stdin.write(f"exec {mybb} {f}\n")
@@ -687,7 +741,7 @@ def test_exec_into_a_denied_subject_after_a_cached_allow(tmp_path: Path) -> None
     assert rc != 0 and "x" not in out and "not permitted" in err.lower(), (rc, out, err)
 
 
-def test_setuid_into_a_denied_subject_after_a_cached_allow() -> None:
+def test_setuid_into_a_denied_subject_after_a_cached_allow(lsm: Lsm) -> None:
     """The task opened f (allowed), then setuid()s to a uid whose subject is denied f: the
     next open by the same task, same image, must be refused (EPERM, not the file's mode)."""
     top = Path(tempfile.mkdtemp(prefix="hips-vc-"))
@@ -698,11 +752,112 @@ def test_setuid_into_a_denied_subject_after_a_cached_allow() -> None:
         f.chmod(0o644)
         rules = (_subject_rule(1, Op.OPEN_READ, (_file(f),), Action.DENY,
                                ((abi.SubjectKind.UID, 4242, 0),)),)
-        with _cached_world(rules) as (hk, op):
+        with _cached_world(lsm, rules) as (hk, op):
             before = _served_from_cache(hk, lambda: (op.open(f), op.open(f), op.open(f)))
             switched = op.send("setuid 4242")
             after = op.open(f)
     finally:
         shutil.rmtree(top)
     assert before == ("ok", "ok", "ok") and switched == "ok"
+    assert after == "EPERM"
+
+
+# The opener's parent, a copy of /bin/sh (argv: SCRIPT PEXE PY OPENER), under a subreaper
+# (the python that started it): SIGUSR1 makes it exit (the opener is reparented to the
+# subreaper), SIGUSR2 makes it exec PEXE (a copy of sleep).  The opener's stdin through
+# fd 3: an asynchronous list's stdin is /dev/null before its own redirections (a `0<&0`
+# would copy that /dev/null).
+_MID = ('exec 3<&0; trap "exit 0" USR1; trap "exec $0 300" USR2; '
+        '"$1" -c "$2" 0<&3 3<&- & wait; wait')
+_REAPER = """import ctypes, os, subprocess, sys
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)   # PR_SET_CHILD_SUBREAPER
+mid = subprocess.Popen(sys.argv[1:])
+print(mid.pid, flush=True)
+while True:
+    try:
+        os.wait()
+    except ChildProcessError:
+        break
+"""
+
+
+def _ppid(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("PPid:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no PPid in /proc/{pid}/status")
+
+
+@pytest.mark.parametrize("change", ["parent-exits", "parent-execs"])
+def test_parent_change_into_a_denied_subject_after_a_cached_allow(change: str, tmp_path: Path,
+                                                                    lsm: Lsm) -> None:
+    """The task opened f (allowed: its parent's exe names no subject), then its parent
+    changes under it: the parent exits (the task is reparented to a subreaper whose exe
+    is denied f) or execs a program denied f.  The task itself did nothing: same image,
+    uid, cgroup, object; the next open must be refused (the parent-exe fact)."""
+    f, mid, pexe = tmp_path / "f", tmp_path / "mid" / "sh", tmp_path / "pexe"
+    f.write_text("x\n")
+    mid.parent.mkdir()
+    shutil.copy("/bin/sh", mid)
+    shutil.copy("/bin/sleep", pexe)
+    py = Path(os.path.realpath(PY))
+    rules = (_subject_rule(1, Op.OPEN_READ, (_file(f),), Action.DENY,
+                           ((abi.SubjectKind.PARENT_EXE, _file(py).ino, _file(py).dev),
+                            (abi.SubjectKind.PARENT_EXE, _file(pexe).ino, _file(pexe).dev))),)
+    argv = [PY, "-c", _REAPER, str(mid), "-c", _MID, str(pexe), PY, _OPENER_X]
+    with _cached_world(lsm, rules, argv) as (hk, op):
+        assert op.p.stdout is not None
+        mid_pid = int(op.p.stdout.readline())
+        assert op.open(f) == "ok"    # the opener runs
+        opener = [p for p in (lsm.cg / "cgroup.procs").read_text().split()
+                  if _ppid(int(p)) == mid_pid]
+        assert len(opener) == 1, opener
+        # every /proc name the wait below reads, looked up before the cached allow: a
+        # new dentry (d_instantiate) would move the namespace epoch (a miss anyway)
+        os.readlink(f"/proc/{mid_pid}/exe")
+        before = _served_from_cache(hk, lambda: (op.open(f), op.open(f), op.open(f)))
+        os.kill(mid_pid, signal.SIGUSR1 if change == "parent-exits" else signal.SIGUSR2)
+        for _ in range(400):
+            if change == "parent-exits":
+                done = _ppid(int(opener[0])) == op.p.pid    # reparented to the subreaper
+            else:
+                done = os.readlink(f"/proc/{mid_pid}/exe") == str(pexe)
+            if done:
+                break
+            time.sleep(0.025)
+        assert done, f"{change}: the parent {mid_pid} did not change"
+        after = op.open(f)
+    assert before == ("ok", "ok", "ok")
+    assert after == "EPERM"
+
+
+def test_cgroup_move_into_a_denied_subject_after_a_cached_allow(tmp_path: Path) -> None:
+    """The task opened f (allowed in its cgroup), then is moved into a cgroup whose
+    subject is denied f: same task, image, uid, object; the next open must be refused
+    (the cgroup id is in the key).  This matcher is scoped to every cgroup, as the agent
+    runs (with the tests' one-cgroup scope a moved task is out of scope: allowed either
+    way); its one rule refuses only this test's file, only to this test's second
+    cgroup, and it has a dead-man deadline."""
+    f = tmp_path / "f"
+    f.write_text("x\n")
+    with scoped_cgroup() as (cg1, _), scoped_cgroup() as (cg2, cgid2):
+        hk = HipsKernel("lsm", cgroup_id=0, deadline_s=60, self_tgid=os.getpid())
+        hk.open()
+        try:
+            rules = (_subject_rule(1, Op.OPEN_READ, (_file(f),), Action.DENY,
+                                   ((abi.SubjectKind.CGROUP, cgid2, 0),)),)
+            # opened before the cached allow: a new dentry (d_instantiate) between the
+            # allow and the next open would move the namespace epoch (a miss anyway)
+            procs = os.open(cg2 / "cgroup.procs", os.O_WRONLY)
+            try:
+                with _cached_world(Lsm(cg1, 0, hk), rules) as (_, op):
+                    before = _served_from_cache(
+                        hk, lambda: (op.open(f), op.open(f), op.open(f)))
+                    os.write(procs, f"{op.p.pid}\n".encode())
+                    after = op.open(f)
+            finally:
+                os.close(procs)
+        finally:
+            hk.close()
+    assert before == ("ok", "ok", "ok")
     assert after == "EPERM"

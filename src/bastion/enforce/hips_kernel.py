@@ -333,21 +333,28 @@ class HipsKernel(LoaderUser):
         raw_per_key = m.value_size
         for op in abi.HipsOp:
             for act in abi.HipsAction:
-                vals = m.lookup_percpu(struct.pack("<I", op * _STAT_SLOTS_PER_OP + act))
-                n = sum(struct.unpack_from("<Q", v[:raw_per_key])[0] for v in vals)
+                n = self._stat(m, op * _STAT_SLOTS_PER_OP + act, raw_per_key)
+                if act == abi.HipsAction.ALLOW:   # the allows served from the open cache
+                    n += self._stat(m, op * _STAT_SLOTS_PER_OP + abi.HIPS_STAT_VC_HIT_ACT,
+                                    raw_per_key)
                 if n:
                     out[(op.name.lower().replace("_", "-"), act.name.lower())] = n
         return out
+
+    @staticmethod
+    def _stat(m: Map, slot: int, size: int) -> int:
+        """One hips_stats counter, summed over CPUs."""
+        vals = m.lookup_percpu(struct.pack("<I", slot))
+        return sum(struct.unpack_from("<Q", v[:size])[0] for v in vals)
 
     def open_cache(self) -> dict[str, int]:
         """The lsm tier's open-verdict cache so far: hits, misses (the full search) and
         stores, summed over CPUs (op 0's row of hips_stats; always 0 on compat)."""
         m = self._map("hips_stats")
-        out: dict[str, int] = {}
-        for name, slot in (("hit", abi.HIPS_STAT_VC_HIT), ("miss", abi.HIPS_STAT_VC_MISS),
-                           ("store", abi.HIPS_STAT_VC_STORE)):
-            vals = m.lookup_percpu(struct.pack("<I", slot))
-            out[name] = sum(struct.unpack_from("<Q", v[:m.value_size])[0] for v in vals)
+        out = {"hit": sum(self._stat(m, op * _STAT_SLOTS_PER_OP + abi.HIPS_STAT_VC_HIT_ACT,
+                                     m.value_size) for op in abi.HipsOp)}
+        for name, slot in (("miss", abi.HIPS_STAT_VC_MISS), ("store", abi.HIPS_STAT_VC_STORE)):
+            out[name] = self._stat(m, slot, m.value_size)
         return out
 
     def stats(self) -> dict[str, int]:
