@@ -59,9 +59,13 @@ struct {
 	__type(value, __u32);
 } tamper_tids SEC(".maps");
 
+/* Kernel ids of our maps and links: the pinned ones and every map a program
+ * of ours uses (.bss, scratch, task storage), the agent's objects included
+ * (~100 maps, ~150 links per agent); user space takes out ids of objects gone
+ * when a set is full (a reload makes new ids). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 256);
+	__uint(max_entries, 2048);
 	__uint(map_flags, BPF_F_RDONLY_PROG);
 	__type(key, __u32);
 	__type(value, __u32);
@@ -69,7 +73,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 256);
+	__uint(max_entries, 2048);
 	__uint(map_flags, BPF_F_RDONLY_PROG);
 	__type(key, __u32);
 	__type(value, __u32);

@@ -53,6 +53,7 @@ if TYPE_CHECKING:  # the kernel-backed parts are built by bastion.assembly, not 
     from bastion.enforce.provgate import AgentGate
     from bastion.enforce.provgate_lsm import AgentLsmGate
     from bastion.enforce.svcgate_lsm import AgentSocketGate
+    from bastion.guard.kernel import ObjectGuard
 
 log = logging.getLogger("bastion.agent")
 
@@ -165,6 +166,9 @@ class AgentParts:
     # under the guardian: enrol the event writer process (pid) with tamper protection so
     # it may write the protected store; returns the undo (bastion.assembly)
     writer_enrol: Callable[[int], Callable[[], None]] | None = None
+    # under the guardian: our BPF objects' maps/links protected by id as they load; its
+    # refresh() fills the id sets again after protection was re-armed (bastion.assembly)
+    object_guard: ObjectGuard | None = None
 
 
 class Agent:
@@ -285,6 +289,7 @@ class Agent:
         self.writer_stall_s = WRITER_STALL_S   # the writer process: no answer with work
         self.store_process = store_process
         self._writer_enrol = parts.writer_enrol
+        self._object_guard = parts.object_guard
         self._store_proc: EventStoreProcess | None = None   # while run() runs, if asked
         self._proc_said = ""    # the writer process's error last alerted
         self._stored_facts = 0   # events the writer process stored since the start
@@ -1164,6 +1169,11 @@ class Agent:
             self._health()
             self.procs.expire(time.time_ns())
             self.engine.expire(time.time_ns())
+            if self._object_guard is not None:
+                try:
+                    self._object_guard.refresh()   # one stat unless protection was re-armed
+                except (BastionError, OSError) as exc:
+                    log.error("tamper: our BPF objects not protected again: %s", exc)
             self._last_health = now
         if self.policies is not None and now - self._last_resolve >= RESOLVE_INTERVAL_S:
             # files replaced by rename (passwd, sed -i, upgrades): follow the names;

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from bastion.sensors.bpf import BpfSensor
     from bastion.abi import SensClass
     from bastion.enforce.tiers import TierReport
+    from bastion.guard.kernel import ObjectGuard
 
 log = logging.getLogger("bastion")
 
@@ -203,6 +204,7 @@ def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
     policy = opts.policy
     report: TierReport | None = None
     sensor: Sensor
+    object_guard: ObjectGuard | None = None
     if opts.replay_path is not None:
         from bastion.sensors.replay import ReplaySensor
 
@@ -217,6 +219,7 @@ def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
         from bastion.guard.mutual import watch_guardian_from_env
 
         watch_guardian_from_env()   # under a guardian: resume it if someone stops it
+        object_guard = guard_loaded_objects(opts.pin_root / "tamper")   # before any load
         from bastion.sensors.sensitive import patterns_for
 
         sensor = event_sensor(report.event_source, classes=policy.events.classes,
@@ -225,6 +228,8 @@ def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
                                                      policy.events.sensitive, policy.source))
         say(f"events from {sensor.source} ({sensor.name})")
     parts = AgentParts()
+    if report is not None:
+        parts.object_guard = object_guard
     if report is not None:
         from bastion.policy.manager import PolicyManager
 
@@ -291,6 +296,23 @@ def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
         store.close()
         raise
     return agent
+
+
+def guard_loaded_objects(tamper_dir: Path) -> ObjectGuard | None:
+    """Under the guardian's tamper protection (its pins under ``tamper_dir``): every BPF
+    object this agent loads or adopts from now on has its maps and links, and every map
+    its programs use (``.bss``, scratch, task storage), protected by kernel id as soon as
+    it is loaded (:class:`bastion.guard.kernel.ObjectGuard`, a loader hook).  None (and
+    no hook) without tamper pins."""
+    from bastion.guard.kernel import loaded_object_guard
+    from bastion.kernel.loader import LOAD_HOOKS
+
+    guard = loaded_object_guard(tamper_dir)
+    if guard is None:
+        LOAD_HOOKS.pop("tamper", None)
+    else:
+        LOAD_HOOKS["tamper"] = guard
+    return guard
 
 
 def tamper_writer_enrol(tamper_dir: Path) -> Callable[[int], Callable[[], None]] | None:

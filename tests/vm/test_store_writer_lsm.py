@@ -13,9 +13,11 @@ cgroup, with a dead-man deadline; teardown kills and unpins.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,6 +27,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bastion.guard.kernel import pinned_ids  # noqa: E402
+from bastion.kernel.libbpf import Map  # noqa: E402
 from support import tamper as T  # noqa: E402
 from support.cg import scoped_cgroup  # noqa: E402
 
@@ -82,3 +86,45 @@ def test_the_writer_process_stores_under_lsm_tamper_protection(inst: T.Instance,
     with sqlite3.connect(f"file:{inst.data / 'bastion.db'}?mode=ro", uri=True) as db:
         bad = [r[0] for r in db.execute("SELECT data FROM alerts WHERE rule LIKE 'bastion.store.writer%'")]
     assert not bad, bad
+    _agent_s_unpinned_maps_are_protected(inst)
+
+
+# a write-mode fd of a map by id, as an attacker (libbpf, as bpftool asks it); exit 1 refused
+RW_FD = """\
+import ctypes, os, sys
+fd = ctypes.CDLL("libbpf.so.1", use_errno=True).bpf_map_get_fd_by_id(ctypes.c_uint32(int(sys.argv[1])))
+print("refused:", os.strerror(-fd)) if fd < 0 else print("got fd", fd)
+sys.exit(1 if fd < 0 else 0)
+"""
+
+
+def _agent_s_unpinned_maps_are_protected(inst: T.Instance) -> None:
+    """s19-mapguard: every map the programs the real agent holds use (its sensor: nothing
+    of it pinned) is in the pinned ``tamper_map_ids`` (the agent registers each object
+    as it loads it; it still writes its own maps: its events were stored above, and no
+    tamper alert names it); an attacker in scope gets no write-mode fd of one by id."""
+    agent = inst.agent_pid()
+    progs: set[int] = set()
+    for fd in os.listdir(f"/proc/{agent}/fdinfo"):
+        try:
+            text = Path(f"/proc/{agent}/fdinfo/{fd}").read_text()
+        except OSError:
+            continue
+        progs |= {int(line.split()[1]) for line in text.splitlines() if line.startswith("prog_id:")}
+    assert progs, "the agent holds no BPF program"
+    used: set[int] = set()
+    for p in progs:
+        r = subprocess.run(["bpftool", "-j", "prog", "show", "id", str(p)], capture_output=True,
+                           text=True, check=True)
+        used |= set(json.loads(r.stdout).get("map_ids", []))
+    with Map.open_pinned(inst.pin_root / "tamper" / "maps" / "tamper_map_ids") as m:
+        have = {int.from_bytes(k, "little") for k in m.keys()}
+    assert used and used <= have, f"not protected: {sorted(used - have)}"
+    pinned = pinned_ids(inst.pin_root)["map"]
+    target = min(used - pinned)
+    r = inst.attack([T.PY, "-c", RW_FD, str(target)])
+    assert r.returncode == 1 and "not permitted" in r.stdout, r.stdout + r.stderr
+    inst.wait_alert("bastion.tamper.bpf-map-fd", lambda a: a["evidence"]["obj_id"] == target)  # type: ignore[index]
+    mine = [a for a in inst.alerts() if str(a["rule"]).startswith("bastion.tamper.bpf")
+            and a["process"]["pid"] == agent]  # type: ignore[index]
+    assert not mine, mine

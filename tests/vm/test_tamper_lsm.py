@@ -27,7 +27,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bastion.guard.identity import ROLE_AGENT, Identity  # noqa: E402
-from bastion.kernel.libbpf import Map  # noqa: E402
+from bastion.kernel import bpffs  # noqa: E402
+from bastion.kernel.libbpf import BpfObject, Map  # noqa: E402
+from bastion.paths import bpf_object  # noqa: E402
 from support import tamper as T  # noqa: E402
 from support.cg import scoped_cgroup  # noqa: E402
 
@@ -331,6 +333,53 @@ def test_14b_rdonly_prog_maps_refuse_program_writes(inst: T.Instance) -> None:
         rc = _load_writer(maps / name)
         assert rc == -errno.EACCES, f"{name}: a program writing it loaded ({rc})"
     RESULTS["BPF program writes our map (bpf_map_update_elem)"] = "verifier refuses (EACCES)"
+
+
+def _bpftool_json(*argv: str) -> dict[str, object]:
+    r = subprocess.run(["bpftool", "-j", *argv], capture_output=True, text=True, check=True)
+    out: dict[str, object] = json.loads(r.stdout)
+    return out
+
+
+def test_14c_unpinned_map_of_our_pinned_program(inst: T.Instance) -> None:
+    """A map one of our pinned programs uses but that is not pinned itself (a program's
+    ``.bss``, like the HIPS verdict cache or a sensor's scratch map): found the attacker's
+    way (pinned link -> its program -> the program's map_ids), a write-mode fd of it by id
+    and a ``bpftool map update id`` are refused.  The object is pinned after the guardian
+    armed, as the agent pins its HIPS object: the guardian's next pass covers it."""
+    o = BpfObject.open(bpf_object("integrity_testtp.bpf.o"), rodata={"cfg_target_tgid": os.getpid()})
+    link = None
+    try:
+        o.load()
+        link = o.program("tt_rename").attach()
+        pin = bpffs.pin_dir(inst.pin_root / "testtp" / "links") / "tt_rename"
+        link.pin(pin)
+        prog = int(_bpftool_json("link", "show", "pinned", str(pin))["prog_id"])  # type: ignore[call-overload]
+        map_ids = _bpftool_json("prog", "show", "id", str(prog))["map_ids"]
+        assert isinstance(map_ids, list)
+        names = {int(m): str(_bpftool_json("map", "show", "id", str(m))["name"]) for m in map_ids}
+        mid = next(m for m, n in names.items() if n.endswith(".bss"))
+        with Map.open_pinned(inst.pin_root / "tamper" / "maps" / "tamper_map_ids") as ids:
+            deadline = time.monotonic() + 6        # the guardian's pass runs every 2 s
+            while ids.lookup(mid.to_bytes(4, "little")) is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+        before = _count(inst, "bastion.tamper.bpf-map-fd")
+        _refused(inst, "BPF_MAP_GET_FD_BY_ID read-write (unpinned .bss of a pinned program)",
+                 [T.PY, "-c", FD_GETTER, "rw-id", str(mid)], "bastion.tamper.bpf-map-fd")
+        _refused(inst, "bpftool map update id (unpinned .bss of a pinned program)",
+                 ["bpftool", "map", "update", "id", str(mid), "key", "0", "0", "0", "0", "value",
+                  *(["1"] + ["0"] * 7)], "bastion.tamper.bpf-map-fd")
+        assert _count(inst, "bastion.tamper.bpf-map-fd") >= before + 2
+        last = [a for a in inst.alerts() if a["rule"] == "bastion.tamper.bpf-map-fd"][-1]
+        assert isinstance(last["evidence"], dict) and last["evidence"]["obj_id"] == mid
+        ro = inst.attack([T.PY, "-c", FD_GETTER, "ro-id", str(mid)])
+        assert ro.returncode == 0 and "got fd" in ro.stdout, ro.stdout + ro.stderr
+        RESULTS["write-mode fd / update of an unpinned map of our program"] = "refused; read-only fd allowed"
+    finally:
+        if link is not None:
+            link.unpin()
+            link.destroy()
+        o.close()
 
 
 def test_15_bpftool_still_shows(inst: T.Instance) -> None:

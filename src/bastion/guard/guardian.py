@@ -111,6 +111,9 @@ class GuardianConfig:
     heartbeat_every_s: float = 2.0
     watch_paths: tuple[Path, ...] = protect.WATCHED   # see protect.PathWatch
     remark_every_s: float = 5.0        # compat: new directories in the protected trees marked
+    # BPF objects pinned under the pin root since the last pass (a HIPS policy reloaded by
+    # the agent) get their maps, links and the maps their programs use protected by id
+    reprotect_every_s: float = 2.0
     # the guardian's own loop silent this long: every thread's stack to stderr (the
     # journal), so a stall of the supervisor itself is never silent
     self_stall_dump_s: float = 10.0
@@ -277,6 +280,7 @@ class Guardian:
         self.paths_watch = protect.PathWatch(cfg.watch_paths)
         self._watched_at = 0.0
         self._marks_at = time.monotonic()
+        self._bpf_at = time.monotonic()
         self._limits: dict[int, tuple[int, int]] = {}
         self._cg_rel = ""                 # our cgroup as /proc/PID/cgroup names it
         self._end_req = threading.Event()  # `bastion maintenance end`: re-arm now
@@ -703,6 +707,23 @@ class Guardian:
                         action="alert",
                         attack=["T1574.006"] if preload else ["T1562.001", "T1543.002"])
 
+    def _reprotect_bpf(self, now: float) -> None:
+        """Every ``reprotect_every_s``: the BPF objects pinned under the pin root now (the
+        agent loads and reloads its own after we armed) protected by id, with every map
+        their programs use; only new ids are written.  The agent's unpinned objects are
+        registered by the agent as it loads them (:class:`bastion.guard.kernel.ObjectGuard`)."""
+        if self.tk is None or now - self._bpf_at < self.cfg.reprotect_every_s:
+            return
+        self._bpf_at = now
+        try:
+            n = self.tk.protect_bpf(self.cfg.pin_root)
+        except KernelError as exc:
+            log.error("tamper: cannot protect our BPF objects by id: %s", exc)
+            return
+        if n["new_map"] or n["new_link"]:
+            log.warning("tamper: %d new map ids and %d new link ids protected", n["new_map"],
+                        n["new_link"])
+
     def _refresh_marks(self, now: float) -> None:
         """Compat: mark directories created in the protected trees since the last pass (the
         lsm tier protects subtrees by inode ancestry and needs none), and say so: only the
@@ -928,6 +949,7 @@ class Guardian:
                         self._tamper_alert(r)
                 self._file_alerts()
                 self._refresh_marks(time.monotonic())
+                self._reprotect_bpf(time.monotonic())
                 self._watch_alerts()
                 self._flush_alerts(time.monotonic())
                 if self._remove_req.is_set():

@@ -18,6 +18,7 @@ import logging
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
 from bastion import abi
@@ -25,11 +26,12 @@ from bastion.tier import Tier
 from bastion.errors import DecodeError, KernelError, Location
 from bastion.guard.identity import Identity
 from bastion.guard.protect import F_SUBTREE, ProtectedSet
+from bastion.integrity import bpfinfo
 from bastion.kernel import bpffs
 from bastion.kernel.btf import setattr_has_idmap
 from bastion.kernel.clock import deadline_ns
 from bastion.kernel.libbpf import Map, obj_get
-from bastion.kernel.loader import LoadedObject, LoaderUser, ObjectSpec
+from bastion.kernel.loader import LoadedObject, LoaderUser, ObjectSpec, live_objects
 from bastion.paths import bpf_object
 
 log = logging.getLogger("bastion.guard.kernel")
@@ -52,8 +54,24 @@ def fd_object_id(fd: int) -> tuple[str, int] | None:
     return None
 
 
+def fd_ids(fd: int) -> dict[str, int]:
+    """Every kernel id /proc/self/fdinfo names for a BPF fd: a map's ``map``; a program's
+    ``prog``; a link's ``link`` and the ``prog`` it runs."""
+    try:
+        text = Path(f"/proc/self/fdinfo/{fd}").read_text()
+    except OSError:
+        return {}
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        k, _, v = line.partition(":")
+        if k in ("map_id", "link_id", "prog_id"):
+            out.setdefault(k[:-3], int(v))
+    return out
+
+
 def pinned_ids(root: Path) -> dict[str, set[int]]:
-    """Kernel ids of every map/link/prog pinned under ``root`` (recursively)."""
+    """Kernel ids of every map/link/prog pinned under ``root`` (recursively); ``prog``
+    also holds the program behind every pinned link."""
     out: dict[str, set[int]] = {"map": set(), "link": set(), "prog": set()}
     if not root.is_dir():
         return out
@@ -64,12 +82,148 @@ def pinned_ids(root: Path) -> dict[str, set[int]]:
             except KernelError:
                 continue
             try:
-                kid = fd_object_id(fd)
+                ids = fd_ids(fd)
             finally:
                 os.close(fd)
-            if kid is not None:
-                out[kid[0]].add(kid[1])
+            for kind, kid in ids.items():
+                out[kind].add(kid)
     return out
+
+
+def program_map_ids(prog_ids: Iterable[int],
+                    cache: dict[int, tuple[int, ...]] | None = None) -> set[int]:
+    """The ids of every map the programs ``prog_ids`` use (their ``.rodata``, ``.bss``,
+    scratch and task-storage maps too: prog info ``map_ids``); a program gone since is
+    skipped.  A program's maps never change, so ``cache`` (prog id -> map ids) is safe."""
+    out: set[int] = set()
+    for pid in prog_ids:
+        got = cache.get(pid) if cache is not None else None
+        if got is None:
+            ids = bpfinfo.prog_map_ids(pid)
+            if ids is None:
+                continue
+            got = tuple(ids)
+            if cache is not None:
+                cache[pid] = got
+        out.update(got)
+    return out
+
+
+def object_ids(lo: LoadedObject,
+               cache: dict[int, tuple[int, ...]] | None = None) -> dict[str, set[int]]:
+    """The kernel ids of one loaded (or adopted) object: every map of it and every map its
+    programs use, its links, its programs."""
+    out: dict[str, set[int]] = {"map": set(), "link": set(), "prog": set()}
+    fds: list[int] = [m.fd for m in lo.maps()] + [link.fd for link in lo.links.values()]
+    if lo.obj is not None:
+        for p in lo.obj.programs():
+            try:
+                fds.append(p.fd)
+            except KernelError:
+                continue        # not loaded (autoload off)
+    for fd in fds:
+        for kind, kid in fd_ids(fd).items():
+            out[kind].add(kid)
+    out["map"] |= program_map_ids(out["prog"], cache)
+    return out
+
+
+def add_ids(m: Map, ids: Iterable[int], exists: Callable[[int], bool]) -> int:
+    """Put ``ids`` into the id set ``m`` (u32 -> 1); how many were new.  When the set is
+    full, ids whose object is gone (``exists`` says no) are taken out first."""
+    have = {int.from_bytes(k, "little") for k in m.keys()}
+    new = sorted(set(ids) - have)
+    one = (1).to_bytes(4, "little")
+    for i, kid in enumerate(new):
+        try:
+            m.update(kid.to_bytes(4, "little"), one)
+        except KernelError as exc:
+            if exc.errno != errno.E2BIG:
+                raise
+            gone = [k for k in have if not exists(k)]
+            if not gone:
+                raise KernelError(f"{m.name}: full ({len(have)} ids, none gone): id {kid} and "
+                                  f"{len(new) - i - 1} more are not protected", errno=errno.E2BIG,
+                                  location=Location(m.name)) from exc
+            for k in gone:
+                m.delete(k.to_bytes(4, "little"))
+            have -= set(gone)
+            m.update(kid.to_bytes(4, "little"), one)
+        have.add(kid)
+    return len(new)
+
+
+def add_protected(maps: Mapping[str, Map], ids: Mapping[str, set[int]]) -> dict[str, int]:
+    """Add map and link ids to ``tamper_map_ids`` / ``tamper_link_ids`` (``maps`` by name);
+    how many were new of each."""
+    return {"map": add_ids(maps["tamper_map_ids"], ids["map"], bpfinfo.map_exists),
+            "link": add_ids(maps["tamper_link_ids"], ids["link"], bpfinfo.link_exists)}
+
+
+class ObjectGuard:
+    """The agent's side of protecting its BPF objects by id, under tamper protection
+    pinned at ``tamper_dir``: as a loader hook (:data:`bastion.kernel.loader.LOAD_HOOKS`)
+    it puts every map and link of each object the agent loads or adopts, and every map
+    its programs use, into the pinned id sets at once (the agent is enrolled: it may
+    write them).  :meth:`refresh` does it again for every live object when the pinned
+    sets were made anew (protection re-armed after a maintenance window)."""
+
+    def __init__(self, tamper_dir: Path) -> None:
+        self.maps_dir = tamper_dir / "maps"
+        self._cache: dict[int, tuple[int, ...]] = {}
+        self._pin_ino = self._ino()
+
+    def _ino(self) -> int:
+        try:
+            return os.stat(self.maps_dir / "tamper_map_ids").st_ino
+        except OSError:
+            return 0
+
+    def __call__(self, lo: LoadedObject) -> None:
+        self.protect([lo])
+
+    def protect(self, objects: Iterable[LoadedObject]) -> dict[str, int]:
+        """Add the ids of ``objects``; how many ids, and how many were new, of each kind."""
+        ids: dict[str, set[int]] = {"map": set(), "link": set(), "prog": set()}
+        names = []
+        for lo in objects:
+            if lo.closed:
+                continue
+            names.append(lo.spec.path.name)
+            for kind, got in object_ids(lo, self._cache).items():
+                ids[kind] |= got
+        if not names:
+            return {"map": 0, "link": 0, "new_map": 0, "new_link": 0}
+        opened: dict[str, Map] = {}
+        try:
+            for name in ("tamper_map_ids", "tamper_link_ids"):
+                opened[name] = Map.open_pinned(self.maps_dir / name)
+            new = add_protected(opened, ids)
+        finally:
+            for m in opened.values():
+                m.close()
+        log.info("tamper: %s: %d map ids and %d link ids protected (%d, %d new)",
+                 ", ".join(names), len(ids["map"]), len(ids["link"]), new["map"], new["link"])
+        return {"map": len(ids["map"]), "link": len(ids["link"]), "new_map": new["map"],
+                "new_link": new["link"]}
+
+    def refresh(self) -> bool:
+        """When the pinned id sets are not the ones filled last (re-armed), fill the new
+        ones with every live object (one stat otherwise).  True when it did."""
+        ino = self._ino()
+        if ino == self._pin_ino or ino == 0:
+            return False
+        self.protect(live_objects())
+        self._pin_ino = ino
+        return True
+
+
+def loaded_object_guard(tamper_dir: Path) -> ObjectGuard | None:
+    """An :class:`ObjectGuard` under the tamper protection pinned at ``tamper_dir``; None
+    without the pins (no protection: nothing to register with)."""
+    if not (tamper_dir / "maps" / "tamper_map_ids").exists():
+        return None
+    return ObjectGuard(tamper_dir)
 
 
 @dataclass(frozen=True)
@@ -164,7 +318,8 @@ class TamperKernel(LoaderUser):
         self.cgroup_id = cgroup_id
         self.deadline_ns = deadline_ns(deadline_s)
         self._lo: LoadedObject | None = None
-        self._own_map_ids: set[int] = set()
+        self._prog_maps: dict[int, tuple[int, ...]] = {}   # prog id -> the map ids it uses
+        self._own_ids: dict[str, set[int]] | None = None
 
     # ---- lifecycle ------------------------------------------------------------------
 
@@ -195,9 +350,6 @@ class TamperKernel(LoaderUser):
         if self.pin_dir.exists():
             bpffs.remove_pins(self.pin_dir)     # a half-made set from a crash mid-load
         self._lo = LoadedObject.load(self.spec())
-        # every map of the object (rodata, scratch too) is ours
-        ids = [fd_object_id(m.fd) for m in self._lo.maps()]
-        self._own_map_ids = {i[1] for i in ids if i is not None}
         return False
 
     def close(self) -> None:
@@ -281,18 +433,27 @@ class TamperKernel(LoaderUser):
         for d in devs:
             sbs.update(d.to_bytes(4, "little"), (1).to_bytes(4, "little"))
 
-    def protect_bpf(self, *roots: Path) -> dict[str, int]:
-        """Protect our own maps/links and everything pinned under ``roots`` by kernel id."""
+    def protect_bpf(self, *roots: Path, prog_ids: Iterable[int] = ()) -> dict[str, int]:
+        """Protect our BPF objects by kernel id: every map and link pinned under ``pin_dir``
+        and ``roots``, and every map a program of ours uses even when that map is not
+        pinned (``.bss``/``.data``, scratch, task storage such as the HIPS verdict cache):
+        the programs pinned there and behind the links pinned there, this object's own,
+        and ``prog_ids``.  Run again whenever objects may have been (re)loaded: only ids
+        not in the sets yet are written.  Counts of each kind, and ``new_map``/``new_link``."""
         ids = pinned_ids(self.pin_dir)
-        for r in roots:
-            for kind, s in pinned_ids(r).items():
+        parts = [pinned_ids(r) for r in roots]
+        if self._lo is not None and not self._lo.closed:
+            if self._own_ids is None:           # this object's ids never change
+                self._own_ids = object_ids(self._lo, self._prog_maps)
+            parts.append(self._own_ids)
+        for part in parts:
+            for kind, s in part.items():
                 ids[kind] |= s
-        ids["map"] |= self._own_map_ids
-        for kind, name in (("map", "tamper_map_ids"), ("link", "tamper_link_ids")):
-            m = self._map(name)
-            for i in ids[kind]:
-                m.update(i.to_bytes(4, "little"), (1).to_bytes(4, "little"))
-        return {k: len(v) for k, v in ids.items()}
+        ids["prog"] |= set(prog_ids)
+        ids["map"] |= program_map_ids(ids["prog"], self._prog_maps)
+        new = add_protected({n: self._map(n) for n in ("tamper_map_ids", "tamper_link_ids")}, ids)
+        return {**{k: len(v) for k, v in ids.items()}, "new_map": new["map"],
+                "new_link": new["link"]}
 
     # ---- events -------------------------------------------------------------------------
 
@@ -303,5 +464,6 @@ class TamperKernel(LoaderUser):
         return self._lo.drain(decode)
 
 
-__all__ = ["OBJECTS", "TamperKernel", "enrolled_identities", "protected_subtree", "TamperRecord", "decode", "fd_object_id", "pinned_ids",
-           "setattr_has_idmap"]
+__all__ = ["OBJECTS", "TamperKernel", "add_ids", "add_protected", "enrolled_identities", "fd_ids",
+           "ObjectGuard", "loaded_object_guard", "object_ids", "program_map_ids", "protected_subtree",
+           "TamperRecord", "decode", "fd_object_id", "pinned_ids", "setattr_has_idmap"]

@@ -150,6 +150,61 @@ def prog_id_of_fd(fd: int) -> int:
     return int(info.id)
 
 
+def link_prog_id(fd: int) -> int:
+    """The id of the program behind the link ``fd``."""
+    info = BpfLinkInfo()
+    _info(fd, info)
+    return int(info.prog_id)
+
+
+def prog_map_ids_of_fd(fd: int) -> list[int]:
+    """The ids of every map the program behind ``fd`` uses (``.rodata``/``.bss`` too)."""
+    info = BpfProgInfo()
+    _info(fd, info)
+    n = int(info.nr_map_ids)
+    if n == 0:
+        return []
+    buf = (c_u32 * n)()
+    info2 = BpfProgInfo()
+    info2.nr_map_ids = n
+    info2.map_ids = ctypes.addressof(buf)
+    _info(fd, info2)
+    return [int(buf[i]) for i in range(min(n, int(info2.nr_map_ids)))]
+
+
+def prog_map_ids(prog_id: int) -> list[int] | None:
+    """:func:`prog_map_ids_of_fd` of a program by id; None when it is gone."""
+    fd = int(_LIB.bpf_prog_get_fd_by_id(prog_id))
+    if fd < 0:
+        if -fd == errno.ENOENT:
+            return None
+        raise KernelError(f"bpf_prog_get_fd_by_id({prog_id}): {os.strerror(-fd)}", errno=-fd,
+                          location=Location(f"bpf prog {prog_id}"))
+    try:
+        return prog_map_ids_of_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def link_exists(link_id: int) -> bool:
+    """Is there a link with this id?  Only ENOENT says no."""
+    fd = int(_LIB.bpf_link_get_fd_by_id(link_id))
+    if fd >= 0:
+        os.close(fd)
+        return True
+    return -fd != errno.ENOENT
+
+
+def map_exists(map_id: int) -> bool:
+    """Is there a map with this id?  Asked with a read-only fd; only ENOENT says no."""
+    opts = GetFdByIdOpts(sz=ctypes.sizeof(GetFdByIdOpts), open_flags=BPF_F_RDONLY)
+    fd = int(_LIB.bpf_map_get_fd_by_id_opts(map_id, ctypes.byref(opts)))
+    if fd >= 0:
+        os.close(fd)
+        return True
+    return -fd != errno.ENOENT
+
+
 def prog_run_stats(fd: int) -> tuple[int, int]:
     """``(run_time_ns, run_cnt)`` of the program behind ``fd``: the kernel's BPF
     run-time statistics (counted only while ``BPF_ENABLE_STATS`` or

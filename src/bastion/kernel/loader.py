@@ -33,6 +33,7 @@ import logging
 import os
 import struct
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +95,32 @@ def pinned_links(pin_dir: Path) -> list[str]:
     """Names of the links pinned at ``pin_dir/links`` (sorted; [] when none)."""
     d = pin_dir / "links"
     return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
+
+
+#: Called, by name, with every object once it is loaded (attached, pinned) or adopted.
+#: The assembly sets ``tamper`` under tamper protection so that each object's maps and
+#: links (and every map its programs use) are protected by id as soon as they exist
+#: (:func:`bastion.guard.kernel.loaded_object_guard`).  A failing hook is logged as an
+#: error; the object stays loaded.
+LOAD_HOOKS: dict[str, Callable[[LoadedObject], None]] = {}
+
+
+#: Every object loaded or adopted in this process and not closed yet.
+_LIVE: weakref.WeakSet[LoadedObject] = weakref.WeakSet()
+
+
+def live_objects() -> list[LoadedObject]:
+    """The objects this process has loaded or adopted and not closed."""
+    return [lo for lo in list(_LIVE) if not lo.closed]
+
+
+def _run_load_hooks(lo: LoadedObject) -> None:
+    _LIVE.add(lo)
+    for name, hook in list(LOAD_HOOKS.items()):
+        try:
+            hook(lo)
+        except (KernelError, OSError) as exc:
+            log.error("%s: load hook %s failed: %s", lo.spec.path.name, name, exc)
 
 
 class _Ring(Protocol):
@@ -169,6 +196,7 @@ class LoadedObject:
             raise
         log.info("%s: %d programs attached%s", spec.path.name, len(self.links),
                  f", pinned at {spec.pin_dir}" if spec.pin_dir is not None else "")
+        _run_load_hooks(self)
         return self
 
     def _attach_all(self, obj: BpfObject) -> None:
@@ -224,6 +252,7 @@ class LoadedObject:
         self.adopted = True
         log.info("%s: adopted %d links and %d maps from %s", spec.path.name, len(self.links),
                  len(self._maps), spec.pin_dir)
+        _run_load_hooks(self)
         return self
 
     def close(self, *, unpin: bool = False) -> None:
@@ -255,6 +284,7 @@ class LoadedObject:
             self.obj.close()
             self.obj = None
         self.closed = True
+        _LIVE.discard(self)
         if unpin and self.spec.pin_dir is not None:
             for d in (self.spec.links_dir, self.spec.maps_dir, self.spec.pin_dir):
                 try:
@@ -391,4 +421,4 @@ class LoaderUser:
                 "programs": len(self._lo.attached) if self._lo is not None else 0}
 
 
-__all__ = ["LoadedObject", "LoaderUser", "ObjectSpec", "pinned_links"]
+__all__ = ["LOAD_HOOKS", "LoadedObject", "LoaderUser", "ObjectSpec", "live_objects", "pinned_links"]
