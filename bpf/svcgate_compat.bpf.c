@@ -163,6 +163,7 @@ int svcgate_exit_connect(struct trace_event_raw_sys_exit *ctx)
 	struct path path = {};
 	struct dentry *d;
 	bool enforced;
+	long err = 0;
 
 	pp = bpf_map_lookup_elem(&svcgate_pending, &tid);
 	if (!pp)
@@ -187,9 +188,11 @@ int svcgate_exit_connect(struct trace_event_raw_sys_exit *ctx)
 		action = BASTION_ACT_AUDIT;
 	dry = bpf_map_lookup_elem(&svcgate_cfg, &zero);
 	enforced = action == BASTION_ACT_KILL && !(dry && *dry);
-	if (enforced)
-		bpf_send_signal(SIGKILL_);
-	e = reserve_hips(BASTION_OP_CONNECT, action, kind, local, BASTION_MECH_CONNECT_KILL, 0, 0,
+	if (enforced) {
+		err = bpf_send_signal(SIGKILL_);
+		enforced = !err; /* a failed send is reported with its error, not as a kill */
+	}
+	e = reserve_hips(BASTION_OP_CONNECT, action, kind, local, BASTION_MECH_CONNECT_KILL, err, 0,
 			 enforced);
 	if (!e)
 		return 0;

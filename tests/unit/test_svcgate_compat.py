@@ -46,6 +46,11 @@ def test_records_become_findings_a_kill_a_dry_run_and_an_admin_audit() -> None:
     a = g.finding(_rec(10, action="audit", enforced=False,
                        subject=abi.PROV_TMP_SCRIPT | abi.PROV_ADMIN_TTY))
     assert a is not None and (a.action, a.severity, a.dry_run) == ("audit", "high", False)
+    failed = _rec(10, enforced=False)
+    failed = HipsEvent(failed.time_ns, failed.proc, op="connect", action="kill", rule_id=5,
+                       subject=abi.PROV_TMP_SCRIPT, mechanism="connect-kill", ret=-3)
+    x = g.finding(failed)
+    assert x is not None and (x.action, x.dry_run) == ("alert", False) and "failed" in x.title
     other = _rec(10)
     assert g.finding(HipsEvent(other.time_ns, other.proc, op="connect", action="deny",
                                mechanism="lsm-prov", rule_id=5)) is None

@@ -73,15 +73,18 @@ class CompatSocketGate(LsmSocketGate):
         except ValueError:
             return None
         reasons = reason_names(ev.subject)
-        dry = ev.action == "kill" and not ev.enforced
+        failed = ev.action == "kill" and not ev.enforced and ev.ret != 0
+        dry = ev.action == "kill" and not ev.enforced and not failed
         what = _WHAT[kind]
-        verb = ("would be killed at the connect (dry run: not killed)" if dry
+        verb = (f"not killed at the connect (the kernel's signal failed: {ev.ret})" if failed
+                else "would be killed at the connect (dry run: not killed)" if dry
                 else "killed in the kernel at the connect" if ev.action == "kill"
                 else "allowed (administrator's interactive session)")
         obj = ev.path or f"pid {ev.target_pid}"
         return Finding(
             rule=GATE_RULE, severity="critical" if ev.action == "kill" else "high", dry_run=dry,
-            attack=("T1059.004",), action="kill" if ev.action == "kill" else "audit",
+            attack=("T1059.004",),
+            action="alert" if failed else "kill" if ev.action == "kill" else "audit",
             event=ev, pid=ev.proc.pid,
             title=f"Client of the {what} {verb}: {obj} "
                   f"[untrusted provenance: {', '.join(reasons)}]",
