@@ -25,6 +25,7 @@
  * `svcgate_cfg` (decided, reported as would-deny, allowed). */
 #include "path.h"
 #include "prov_map.h"
+#include "svcgate.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -39,18 +40,8 @@ struct {
 	__type(value, __u32);
 } svcgate_socks SEC(".maps");
 
-/* A server's executable inode -> kind (s18-launder): tmux and screen servers bind
- * their sockets at any time, at any path (`tmux -S`), so they are found by the
- * listener itself: the listening socket's sk_peer_pid (set by listen(), held by the
- * socket) is the server's thread group, whose executable is compared here with the
- * installed tmux/screen files (enforce/svcgate_lsm.py SERVER_KINDS). */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16);
-	__uint(map_flags, BPF_F_RDONLY_PROG);
-	__type(key, struct bastion_inode_key);
-	__type(value, __u32);
-} svcgate_servers SEC(".maps");
+/* svcgate_servers (s18-launder): the tmux/screen executables, found by the
+ * listener (bpf/lib/svcgate.h, shared with svcgate_compat.bpf.c). */
 
 /* A listening unix socket a tainted process made (s18-fixlaunder): its listener's
  * reasons at listen(), kept with the socket (freed with it).  A tainted tree's own
@@ -80,34 +71,6 @@ struct {
 static __always_inline __u32 svc_actor(void)
 {
 	return in_scope() ? prov_actor() : 0;
-}
-
-/* The kind of the server listening on `other` by its executable (0: none entered).
- * sk_peer_pid -> tasks[PIDTYPE_TGID].first is the thread-group leader's pid_links[1]
- * node; its mm's exe_file is the server's executable. */
-static __always_inline __u32 server_kind(struct sock *other, struct bastion_inode_key *k)
-{
-	struct hlist_node *node;
-	struct task_struct *t;
-	struct inode *ino;
-	struct pid *pid;
-	__u32 *kind;
-
-	pid = BPF_CORE_READ(other, sk_peer_pid);
-	if (!pid)
-		return 0;
-	node = BPF_CORE_READ(pid, tasks[PIDTYPE_TGID].first);
-	if (!node)
-		return 0;
-	t = (struct task_struct *)((char *)node - bpf_core_field_offset(struct task_struct, pid_links) -
-				   sizeof(struct hlist_node) * PIDTYPE_TGID);
-	ino = BPF_CORE_READ(t, mm, exe_file, f_inode);
-	if (!ino)
-		return 0;
-	k->ino = BPF_CORE_READ(ino, i_ino);
-	k->dev = BPF_CORE_READ(ino, i_sb, s_dev);
-	kind = bpf_map_lookup_elem(&svcgate_servers, k);
-	return kind ? *kind : 0;
 }
 
 SEC("lsm/socket_listen")
@@ -154,7 +117,7 @@ int BPF_PROG(svcgate_unix_connect, struct sock *sock, struct sock *other, struct
 	k.dev = BPF_CORE_READ(d, d_inode, i_sb, s_dev);
 	kind = bpf_map_lookup_elem(&svcgate_socks, &k);
 	if (!kind) {
-		skind = server_kind(other, &sk);
+		skind = svc_server_kind(BPF_CORE_READ(other, sk_peer_pid), &sk, NULL);
 		if (!skind)
 			return 0;
 		tag = bpf_sk_storage_get(&svcgate_tainted_listeners, other, 0, 0);

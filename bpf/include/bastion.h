@@ -25,7 +25,7 @@
 #define BASTION_H
 
 #define BASTION_ABI_MAJOR 2
-#define BASTION_ABI_MINOR 11
+#define BASTION_ABI_MINOR 12
 #define BASTION_ABI_VERSION ((BASTION_ABI_MAJOR << 16) | BASTION_ABI_MINOR)
 
 #define BASTION_COMM_LEN 16
@@ -546,6 +546,7 @@ enum bastion_mechanism {
 	BASTION_MECH_CGROUP_SOCK = 3,/* cgroup connect/bind program (compat) */
 	BASTION_MECH_FANOTIFY = 4,   /* fanotify permission answer (compat, user space) */
 	BASTION_MECH_LSM_PROV = 5,   /* the provenance gate's LSM hook (lsm_provgate.bpf.c) */
+	BASTION_MECH_CONNECT_KILL = 6,/* SIGKILL at sys_exit_connect (svcgate_compat.bpf.c) */
 };
 
 #define BASTION_HIPS_F_DIR_OBJECTS (1u << 0) /* walk ancestor directories */

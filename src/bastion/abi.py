@@ -29,7 +29,7 @@ from typing import Final, Protocol
 from bastion.errors import AbiMismatchError, BastionError, DecodeError, Location
 
 ABI_MAJOR: Final = 2
-ABI_MINOR: Final = 11
+ABI_MINOR: Final = 12
 ABI_VERSION: Final = (ABI_MAJOR << 16) | ABI_MINOR
 
 COMM_LEN: Final = 16
@@ -163,6 +163,7 @@ class Mechanism(enum.IntEnum):
     CGROUP_SOCK = 3
     FANOTIFY = 4
     LSM_PROV = 5
+    CONNECT_KILL = 6
 
 
 HIPS_F_DIR_OBJECTS: Final = 1 << 0

@@ -448,8 +448,12 @@ class Agent:
                 "lsmgate", self._why_off.get("provgate", "no kernel event sensor"))}
         if self.svcgate is not None and self.svcgate.gate is not None:
             ss = self.svcgate.stats()
+            compat = self.svcgate.gate.mechanism != "lsm-prov"
             out["control-socket gate"] = {
-                "on": True, "detail": f"in the LSM hook: {ss.get('sockets', 0)} sockets"
+                "on": True, "detail": (f"at connect's exit (compat): {ss.get('servers', 0)} "
+                                       f"tmux/screen executables, the client killed"
+                                       + (", dry run (would-kill)" if self.svcgate.dry_run else ""))
+                if compat else f"in the LSM hook: {ss.get('sockets', 0)} sockets"
                 + (", dry run (would-deny)" if self.svcgate.dry_run else "")}
         if self.provgate is not None:   # the maps both gates read: overflow, dry run
             pg = out["provenance gate"]
@@ -1285,8 +1289,9 @@ class Agent:
                 self.lsmgate = None
             if self.svcgate is not None and not self._open_optional(
                     self.svcgate, "svcgate_unavailable",
-                    "Control-socket gate in the LSM hook cannot load: an untrusted tree's "
-                    "requests to systemd, docker, containerd and podman are not refused"):
+                    "Control-socket gate cannot load: an untrusted tree's requests to "
+                    "systemd, docker, containerd and podman (lsm tier) or commands handed "
+                    "to a clean tmux/screen server (both tiers) are not stopped in the kernel"):
                 self.svcgate = None
             if self.lsmgate is not None and self.provgate is not None:
                 self.provgate.marks_off()

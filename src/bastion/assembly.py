@@ -411,6 +411,29 @@ def _provenance_gate(parts: AgentParts, opts: AgentOptions, sensor: Sensor,
                                         deadline_s=opts.test_deadline,
                                         scope_cgroup_id=opts.test_cgroup_id,
                                         dry_run=opts.policy.behavior.dry_run)
+    else:
+        _compat_socket_gate(parts, opts, sensor)
+
+
+def _compat_socket_gate(parts: AgentParts, opts: AgentOptions, sensor: BpfSensor) -> None:
+    """s19-compatconnect: on the compat tier an untrusted tree's tmux/screen client is
+    killed in the kernel at its connect to a clean server (``svcgate_compat.bpf.o``), the
+    in-kernel half of ``behavior.launder_via_daemon``: off when that rule is, dry run
+    (would-kill) when the pack or the rule is in dry run or the rule's action does not
+    kill."""
+    from bastion.enforce.svcgate_compat import LAUNDER_RULE, CompatSocketGate
+    from bastion.enforce.svcgate_lsm import AgentSocketGate
+
+    beh = opts.policy.behavior
+    rs = beh.rules.get(LAUNDER_RULE)
+    if rs is not None and not rs.enabled:
+        return
+    dry = beh.dry_run or (rs is not None and (rs.dry_run or rs.action not in
+                                              (None, "kill", "kill-tree", "quarantine")))
+    parts.svcgate = AgentSocketGate(sensor.provenance, self_tgid=os.getpid(),
+                                    deadline_s=opts.test_deadline,
+                                    scope_cgroup_id=opts.test_cgroup_id, dry_run=dry,
+                                    sockets={}, gate_type=CompatSocketGate)
 
 
 def _kernel_parts(parts: AgentParts, opts: AgentOptions, report: TierReport) -> None:

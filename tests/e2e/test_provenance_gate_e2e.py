@@ -10,6 +10,7 @@ and reported as ``would-deny`` and the open allowed.  The act is a read of
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import tempfile
 import time
@@ -29,24 +30,42 @@ def test_the_agent_gates_a_tmp_script_reading_the_shadow_file(tmp_path: Path) ->
                                             "\nbehavior:\n  dry_run: true\n"))
     agent = start_agent(tmp_path, "--quiet", "--policy", str(policy), "--test-deadline", "120")
     drop = Path(tempfile.mkdtemp(prefix="bprov-e2e-"))   # under /tmp: a temp dir of the policy
+    # s19-compatconnect: a clean tmux server the script hands a command to; on compat the
+    # agent's socket gate decides the client's kill at its connect (dry run: not sent)
+    mux = shutil.which("tmux")
+    sock = tmp_path / "mux"
+    tenv = {"PATH": "/usr/bin:/bin", "TERM": "xterm", "HOME": str(tmp_path), "SHELL": "/bin/sh"}
+    if mux:
+        subprocess.run([mux, "-S", str(sock), "-f", "/dev/null", "new-session", "-d", "-s", "adm",
+                        "/bin/sh"], env=tenv, check=True, timeout=10)
     try:
         script = drop / "hunt.sh"
-        script.write_text("cat /etc/shadow > /dev/null\n")
+        script.write_text("cat /etc/shadow > /dev/null\n" + (
+            f"tmux -S {sock} send-keys -t adm 'true' Enter\n" if mux else ""))
         r = subprocess.run(["/bin/sh", str(script)], capture_output=True, text=True, timeout=30)
         assert r.returncode == 0, r.stderr        # dry run: allowed
         found: list[dict[str, object]] = []
         end = time.monotonic() + 10
-        while not found and time.monotonic() < end:
+        while len(found) < (2 if mux else 1) and time.monotonic() < end:
             time.sleep(0.5)
             out = agent.cli("alerts", "--data-dir", str(agent.data_dir), "--json").stdout
             alerts = [json.loads(line) for line in out.splitlines() if line.strip()]
-            assert not [a for a in alerts if a["rule"] == "bastion.respond.provgate_unavailable"]
+            assert not [a for a in alerts if a["rule"] in ("bastion.respond.provgate_unavailable",
+                                                           "bastion.respond.svcgate_unavailable")]
             found = [a for a in alerts if a["rule"] == "bastion.provenance.gate"]
     finally:
         rc = agent.stop()
         script.unlink()
         drop.rmdir()
+        if mux:
+            subprocess.run([mux, "-S", str(sock), "kill-server"], env=tenv, timeout=10)
     assert rc == 0, "".join(agent.stderr)
+    kills = [a for a in found if a.get("enforced_by") == "connect-kill"]
+    found = [a for a in found if a not in kills]
+    if mux:
+        (k,) = kills
+        assert k["action"] == "would-kill" and k["severity"] == "critical", k
+        assert k["evidence"]["socket"] == "tmux" and k["evidence"]["object"] == str(sock)  # type: ignore[index]
     (a,) = found
     assert a["action"] == "would-deny" and a["severity"] == "critical"
     ev = a["evidence"]

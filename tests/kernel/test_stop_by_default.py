@@ -36,9 +36,13 @@ import pytest
 
 from bastion.detect.behavior import behavior_rules, live_probes
 from bastion.detect.engine import Engine, RuleContext
+from bastion.events import HipsEvent
+from bastion.enforce.svcgate_compat import CompatSocketGate
+from bastion.enforce.svcgate_lsm import DEFAULT_SERVERS
 from bastion.proctable import ProcessTable
 from bastion.respond.dispatch import Dispatcher
 from bastion.sensors.bpf import BpfSensor
+from bastion.sensors.provenance import default_interpreters
 from support.cg import scoped_cgroup
 
 
@@ -48,7 +52,9 @@ def spawn_in(cg: Path, argv: list[str], **kw: Any) -> subprocess.Popen[bytes]:
 
 
 class Watch:
-    """The sensor (scoped to ``cg``), the default pack and the dispatcher, on a thread."""
+    """The sensor (scoped to ``cg``), the default pack and the dispatcher, on a thread;
+    with ``svcgate``, the compat tier's in-kernel tmux/screen gate too (its records
+    dispatched like the agent's enforcement sources)."""
 
     def __init__(self, cgid: int) -> None:
         self.sensor = BpfSensor(cgroup_id=cgid)
@@ -56,6 +62,7 @@ class Watch:
         self.engine = Engine(behavior_rules(probes=live_probes()))
         self.disp = Dispatcher(self.procs)
         self.alerts: list[dict[str, Any]] = []
+        self.gate: CompatSocketGate | None = None
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
@@ -67,6 +74,10 @@ class Watch:
                 ev = self.procs.enrich(ev)
                 for f in self.engine.evaluate(ev, ctx):
                     self.alerts.append(self.disp.dispatch(f, time.time_ns()).to_json())
+            gate = self.gate
+            for hev in gate.poll(0.0) if gate is not None else []:
+                if gate is not None and (gf := gate.finding(hev)) is not None:
+                    self.alerts.append(self.disp.dispatch(gf, time.time_ns()).to_json())
 
     def wait_for(self, pred: Any, timeout: float = 10.0) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
@@ -79,18 +90,44 @@ class Watch:
 
 
 @contextmanager
-def watching() -> Iterator[tuple[Path, Watch]]:
+def watching(svcgate_dirs: list[str] | None = None) -> Iterator[tuple[Path, Watch]]:
+    """``svcgate_dirs``: also load the compat tmux/screen gate, the kernel provenance of
+    binaries and scripts under these dirs (the test's own) set as the agent sets /tmp's."""
     with scoped_cgroup() as (cg, cgid):
         w = Watch(cgid)
         w.sensor.open()
-        w._t.start()
         try:
-            yield cg, w
+            if svcgate_dirs is not None:
+                w.gate = open_svcgate(w.sensor, cgid, svcgate_dirs)
+            w._t.start()
+            try:
+                yield cg, w
+            finally:
+                w._stop.set()
+                w._t.join(5)
+                assert not w.engine.errors, w.engine.disabled
         finally:
-            w._stop.set()
-            w._t.join(5)
+            if w.gate is not None:
+                w.gate.close()
             w.sensor.close()
-            assert not w.engine.errors, w.engine.disabled
+
+
+def open_svcgate(sensor: BpfSensor, cgid: int, dirs: list[str],
+                 dry_run: bool = False) -> CompatSocketGate:
+    """The compat socket gate scoped to cgroup ``cgid`` (dead-man 60 s), sharing the
+    sensor's ``prov``, the installed tmux/screen executables entered."""
+    prov = sensor.provenance()
+    prov.set_dirs(dirs)
+    assert prov.set_interpreters(default_interpreters()) >= 1
+    gate = CompatSocketGate(prov, cgroup_id=cgid, deadline_s=60.0, self_tgid=os.getpid(),
+                            dry_run=dry_run)
+    gate.open()
+    try:
+        assert "tmux" not in " ".join(gate.apply_servers(DEFAULT_SERVERS))
+    except BaseException:
+        gate.close()
+        raise
+    return gate
 
 
 def blocked(a: dict[str, Any]) -> bool:
@@ -462,14 +499,29 @@ def _clean_tmux(d: Path) -> Iterator[Path]:
                        stderr=subprocess.DEVNULL)
 
 
+def _typed(sock: Path, d: Path, name: str) -> bool:
+    """Did the clean session's pane run ``touch d/name``?  Asked after a probe the test
+    types itself (keys are run in order): once ``d/probe-N`` exists, everything typed
+    before it has run."""
+    probe = d / f"probe-{time.monotonic_ns()}"
+    env = {"PATH": "/usr/bin:/bin", "TERM": "xterm", "HOME": str(d)}
+    subprocess.run(["tmux", "-S", str(sock), "send-keys", "-t", "adm", f"touch {probe}", "Enter"],
+                   env=env, check=True, timeout=10)
+    deadline = time.monotonic() + 10
+    while not probe.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert probe.exists(), "the clean session runs nothing: the check cannot tell"
+    return (d / name).exists()
+
+
 def test_tmp_script_typing_into_a_clean_tmux_session_is_stopped() -> None:
     """A /tmp script makes the administrator's (clean) tmux server type a command into
     its session (s18): the server's shell would run it in a clean tree.  The script's
-    tree is stopped at tmux's exec and alerted critical.  Before: nothing (tmux not
-    read), the script ran on.  Whether the pane ran the command is printed, not asserted:
-    on compat the kill comes from user space after the exec event, and the tmux client's
-    whole run (1.8 ms median here) ends long before it (docs/threat-model.md, s18-launder:
-    the in-kernel refusal is the lsm tier's next step)."""
+    tree is stopped at tmux's exec and alerted critical.  Before s18: nothing (tmux not
+    read), the script ran on.  Before s19 the pane ran the command every time: on compat
+    the exec-time kill comes from user space ~30 ms after tmux's exec, the client's whole
+    run takes ~2 ms.  Now the compat gate (svcgate_compat.bpf.c) kills the client in the
+    kernel on its connect's return: nothing is sent, the pane runs nothing."""
     if shutil.which("tmux") is None:
         pytest.skip("tmux is not installed")
     d = Path(tempfile.mkdtemp(prefix="bastion-test-tmux-", dir="/tmp"))
@@ -478,7 +530,7 @@ def test_tmp_script_typing_into_a_clean_tmux_session_is_stopped() -> None:
             s = d / "l.sh"
             s.write_text(f"#!/bin/sh\ntmux -S {sock} send-keys -t adm 'touch {d}/ran' Enter\n"
                          f"sleep 5\ntouch {d}/after\n")
-            with watching() as (cg, w):
+            with watching([str(d)]) as (cg, w):
                 t0 = time.monotonic()
                 rc = reap(spawn_in(cg, ["/bin/sh", str(s)], stdin=subprocess.DEVNULL), 15)
                 took = time.monotonic() - t0
@@ -489,8 +541,119 @@ def test_tmp_script_typing_into_a_clean_tmux_session_is_stopped() -> None:
                 assert got[0]["evidence"]["identity"] == "installed file"
                 assert "tmp-script" in got[0]["evidence"]["provenance"]
                 assert rc == -signal.SIGKILL and took < 5 and not (d / "after").exists()
-            time.sleep(0.5)
-            print(f"tmux send-keys from a /tmp script: killed after {took * 1000:.0f} ms; "
-                  f"the pane ran the command: {(d / 'ran').exists()}")
+                kg = w.wait_for(lambda a: a.get("enforced_by") == "connect-kill", 5)
+                assert kg, [(a["rule"], a["action"]) for a in w.alerts]
+                assert (kg[0]["rule"], kg[0]["action"], kg[0]["severity"]) == (
+                    "bastion.provenance.gate", "kill", "critical"), kg[0]
+                assert kg[0]["evidence"]["socket"] == "tmux"
+                assert kg[0]["evidence"]["object"] == str(sock)
+                assert "tmp-script" in kg[0]["evidence"]["provenance"]
+            ran = _typed(sock, d, "ran")
+            print(f"tmux send-keys from a /tmp script: tree killed after {took * 1000:.0f} ms; "
+                  f"the pane ran the command: {ran}")
+            assert not ran, "the tmux client's command reached the clean server"
+    finally:
+        shutil.rmtree(d)
+
+
+@contextmanager
+def _gate_only(d: Path, dry_run: bool = False) -> Iterator[tuple[Path, CompatSocketGate]]:
+    """The event sensor (exec class: it keeps ``prov``) and the compat socket gate,
+    scoped to a fresh cgroup, with no rules: what the kernel alone does."""
+    with scoped_cgroup() as (cg, cgid):
+        sensor = BpfSensor(cgroup_id=cgid, classes=("exec",), ring_bytes=1 << 20)
+        sensor.open()
+        try:
+            gate = open_svcgate(sensor, cgid, [str(d)], dry_run=dry_run)
+            try:
+                yield cg, gate
+            finally:
+                gate.close()
+        finally:
+            sensor.close()
+
+
+def _records(gate: CompatSocketGate, n: int, timeout: float = 3.0) -> list[HipsEvent]:
+    out: list[HipsEvent] = []
+    deadline = time.monotonic() + timeout
+    while len(out) < n and time.monotonic() < deadline:
+        out += gate.poll(0.05)
+    return out
+
+
+def test_compat_tmux_gate_kills_a_tainted_client_at_connect_not_a_clean_tree_or_its_own_server() -> None:
+    """The compat gate alone (no rules): a /tmp script's tmux client (and a nonblocking
+    Python connect: a unix stream connect is done when it returns 0, there is no
+    EINPROGRESS) is SIGKILLed at its connect to a clean server, one record each, and the
+    pane runs nothing; the administrator's own tmux (a clean tree) types; a /tmp script's
+    own tmux server (listened while tainted) is its to use.  Failed before: no gate, the
+    pane ran the command and the client exited 0."""
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed")
+    d = Path(tempfile.mkdtemp(prefix="bastion-test-tmux-", dir="/tmp"))
+    try:
+        with _clean_tmux(d) as sock, _gate_only(d) as (cg, gate):
+            env = {"PATH": "/usr/bin:/bin", "TERM": "xterm", "HOME": str(d)}
+            # a clean tree in scope: typed, no record
+            r = subprocess.run(["/bin/sh", "-c", f'echo $$ > {cg}/cgroup.procs && exec tmux -S {sock} '
+                                f"send-keys -t adm 'touch {d}/clean' Enter"], env=env, timeout=10)
+            assert r.returncode == 0 and _typed(sock, d, "clean")
+            # a tainted tree: the client dies at its connect (128 + 9), nothing typed
+            s = d / "l.sh"
+            s.write_text(f"#!/bin/sh\ntmux -S {sock} send-keys -t adm 'touch {d}/ran' Enter\n"
+                         f"echo $? > {d}/rc\n"
+                         f"python3 -c 'import socket; s = socket.socket(socket.AF_UNIX); "
+                         f"s.setblocking(False); s.connect(\"{sock}\"); s.send(b\"x\")'\n"
+                         f"echo $? > {d}/rc2\n")
+            r = subprocess.run(["/bin/sh", "-c", f'echo $$ > {cg}/cgroup.procs && exec /bin/sh {s}'],
+                               env=env, timeout=10)
+            assert r.returncode == 0
+            assert (d / "rc").read_text().strip() == "137", "the tmux client was not killed"
+            assert (d / "rc2").read_text().strip() == "137", "the nonblocking connect was not killed"
+            assert not _typed(sock, d, "ran")
+            recs = _records(gate, 2)
+            assert [(e.action, e.enforced, e.mechanism, e.path) for e in recs] == [
+                ("kill", True, "connect-kill", str(sock))] * 2, recs
+            assert [e.proc.comm.split(":")[0] for e in recs] == ["tmux", "python3"]
+            f = gate.finding(recs[0])
+            assert f is not None and f.action == "kill" and f.enforced_by == "connect-kill"
+            assert f.evidence["socket"] == "tmux" and "tmp-script" in f.evidence["provenance"]
+            # the tainted tree's own server: it listened tainted, its clients are its own
+            own = d / "own"
+            o = d / "own.sh"
+            o.write_text(f"#!/bin/sh\ntmux -S {own} -f /dev/null new-session -d -s t /bin/sh || exit 3\n"
+                         f"tmux -S {own} send-keys -t t 'touch {d}/own-ran' Enter || exit 4\n"
+                         f"i=0; while [ ! -e {d}/own-ran ] && [ $i -lt 200 ]; do sleep 0.02; i=$((i+1)); done\n"
+                         f"tmux -S {own} kill-server\n")
+            r = subprocess.run(["/bin/sh", "-c", f'echo $$ > {cg}/cgroup.procs && exec /bin/sh {o}'],
+                               env=env, timeout=15)
+            assert r.returncode == 0 and (d / "own-ran").exists(), r.returncode
+            assert _records(gate, 1, 0.3) == []
+            assert gate.stats()["denies"] == 2
+    finally:
+        shutil.rmtree(d)
+
+
+def test_compat_tmux_gate_dry_run_reports_a_kill_it_does_not_send() -> None:
+    """Dry run (the launder rule's or the pack's): the record says the client would have
+    been killed, no signal is sent (the command is typed), the alert is would-kill."""
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed")
+    d = Path(tempfile.mkdtemp(prefix="bastion-test-tmux-", dir="/tmp"))
+    try:
+        with _clean_tmux(d) as sock, _gate_only(d, dry_run=True) as (cg, gate):
+            s = d / "l.sh"
+            s.write_text(f"#!/bin/sh\ntmux -S {sock} send-keys -t adm 'touch {d}/ran' Enter\n"
+                         f"echo $? > {d}/rc\n")
+            r = subprocess.run(["/bin/sh", "-c", f'echo $$ > {cg}/cgroup.procs && exec /bin/sh {s}'],
+                               timeout=10, env={"PATH": "/usr/bin:/bin", "HOME": str(d)})
+            assert r.returncode == 0 and (d / "rc").read_text().strip() == "0"
+            assert _typed(sock, d, "ran")
+            recs = _records(gate, 1)
+            assert [(e.action, e.enforced) for e in recs] == [("kill", False)], recs
+            f = gate.finding(recs[0])
+            assert f is not None and f.dry_run
+            alert = Dispatcher(ProcessTable()).dispatch(f, time.time_ns())
+            assert alert.action == "would-kill" and alert.enforced_by == "connect-kill"
     finally:
         shutil.rmtree(d)

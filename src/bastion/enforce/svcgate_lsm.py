@@ -102,6 +102,45 @@ def running_executables(names: frozenset[str]) -> frozenset[tuple[int, int]]:
     return frozenset(out)
 
 
+def fill_servers(m: Map, entered: Mapping[bytes, str], servers: Mapping[str, SocketKind],
+                 idents: Callable[[str], frozenset[tuple[int, int]]] | None = None,
+                 running: Callable[[frozenset[str]], frozenset[tuple[int, int]]]
+                 | None = None) -> tuple[dict[bytes, str], list[str]]:
+    """Enter the servers' executables into ``m`` (an object's ``svcgate_servers``,
+    bpf/lib/svcgate.h: the lsm gate's and the compat gate's), replacing ``entered``
+    (key -> name, what was entered before): each name's installed files
+    (``idents(name)``: (kernel dev, ino); default the root-only files of that name in
+    the trust directories).  An inode entered before and no longer installed (an
+    upgrade replaced the file) stays entered while a live process still runs it
+    (``running(names)``: the executables of the processes whose executable has one of
+    those names, default a /proc scan): the servers started before the upgrade keep
+    their gate (s18 review item 7).  Returns what is entered now and the names with no
+    file entered."""
+    if idents is None:
+        from bastion.detect.behavior.trust import ExeTrust
+        idents = ExeTrust().idents
+    new: dict[bytes, tuple[str, SocketKind]] = {}
+    problems: list[str] = []
+    for name, kind in servers.items():
+        got = idents(name)
+        if not got:
+            problems.append(f"{name}: no installed file: not entered")
+        for dev, ino in got:
+            new[bytes(abi.InodeKey(ino=ino, dev=dev))] = (name, kind)
+    gone = {k: n for k, n in entered.items() if k not in new and n in servers}
+    if gone:
+        live = {bytes(abi.InodeKey(ino=ino, dev=dev))
+                for dev, ino in (running or running_executables)(frozenset(gone.values()))}
+        for k, n in gone.items():
+            if k in live:
+                new[k] = (n, servers[n])
+    for k, (_, kind) in new.items():
+        m.update(k, _U32.pack(int(kind)))
+    for k in entered.keys() - new.keys():
+        m.delete(k)
+    return {k: n for k, (n, _) in new.items()}, problems
+
+
 class LsmSocketGate(LoaderUser):
     """Load (sharing ``prov``), enter the sockets, drain the refusals.
 
@@ -115,14 +154,15 @@ class LsmSocketGate(LoaderUser):
     """
 
     name: Final = "svcgate"
-    mechanism: Final = MECHANISM
+    mechanism: str = MECHANISM
+    object_name: str = OBJECT
 
     def __init__(self, prov: ProvenanceMap, *, cgroup_id: int = 0,
                  deadline_s: float | None = None, self_tgid: int = 0,
                  dry_run: bool = False) -> None:
         if not isinstance(prov.prov, Map):
             raise KernelError("the socket gate needs the sensor's kernel map `prov`",
-                              errno=errno.EINVAL, location=Location(OBJECT))
+                              errno=errno.EINVAL, location=Location(self.object_name))
         self.prov = prov
         self.cgroup_id = cgroup_id
         self.deadline_ns = deadline_ns(deadline_s)
@@ -135,16 +175,16 @@ class LsmSocketGate(LoaderUser):
 
     def spec(self) -> ObjectSpec:
         return ObjectSpec(
-            path=bpf_object(OBJECT),
+            path=bpf_object(self.object_name),
             rodata={"cfg_cgroup_id": self.cgroup_id, "cfg_deadline_ns": self.deadline_ns,
                     "cfg_self_tgid": self.self_tgid},
             max_entries={"events": abi.SMALL_RINGBUF_BYTES},
-            reuse_maps=shared_prov_maps(self.prov, "the socket gate", Location(OBJECT)))
+            reuse_maps=shared_prov_maps(self.prov, "the socket gate", Location(self.object_name)))
 
     def open(self) -> None:
         if self._lo is not None and not self._lo.closed:
             raise KernelError("the socket gate is already open", errno=errno.EALREADY,
-                              location=Location(OBJECT))
+                              location=Location(self.object_name))
         self._lo = lo = LoadedObject.load(self.spec())
         try:
             self.set_dry_run(self.dry_run)
@@ -165,7 +205,7 @@ class LsmSocketGate(LoaderUser):
     def _map(self, name: str) -> Map:
         if self._lo is None or self._lo.closed:
             raise KernelError("the socket gate is not open", errno=errno.ENOENT,
-                              location=Location(OBJECT))
+                              location=Location(self.object_name))
         return self._lo.map(name)
 
     def set_dry_run(self, dry: bool) -> None:
@@ -208,30 +248,8 @@ class LsmSocketGate(LoaderUser):
         (``running(names)``: the executables of the processes whose executable has one of
         those names, default a /proc scan): the servers started before the upgrade keep
         their gate (s18 review item 7).  Returns the names with no file entered."""
-        if idents is None:
-            from bastion.detect.behavior.trust import ExeTrust
-            idents = ExeTrust().idents
-        new: dict[bytes, tuple[str, SocketKind]] = {}
-        problems: list[str] = []
-        for name, kind in servers.items():
-            got = idents(name)
-            if not got:
-                problems.append(f"{name}: no installed file: not entered")
-            for dev, ino in got:
-                new[bytes(abi.InodeKey(ino=ino, dev=dev))] = (name, kind)
-        gone = {k: n for k, n in self._servers.items() if k not in new and n in servers}
-        if gone:
-            live = {bytes(abi.InodeKey(ino=ino, dev=dev))
-                    for dev, ino in (running or running_executables)(frozenset(gone.values()))}
-            for k, n in gone.items():
-                if k in live:
-                    new[k] = (n, servers[n])
-        m = self._map("svcgate_servers")
-        for k, (_, kind) in new.items():
-            m.update(k, _U32.pack(int(kind)))
-        for k in self._servers.keys() - new.keys():
-            m.delete(k)
-        self._servers = {k: n for k, (n, _) in new.items()}
+        self._servers, problems = fill_servers(self._map("svcgate_servers"), self._servers,
+                                               servers, idents, running)
         return problems
 
     @property
@@ -305,8 +323,10 @@ class AgentSocketGate:
     def __init__(self, maps: Callable[[], ProvenanceMap], *, self_tgid: int,
                  deadline_s: float | None, scope_cgroup_id: int = 0, dry_run: bool = False,
                  sockets: Mapping[str, SocketKind] = DEFAULT_SOCKETS,
-                 servers: Mapping[str, SocketKind] = DEFAULT_SERVERS) -> None:
+                 servers: Mapping[str, SocketKind] = DEFAULT_SERVERS,
+                 gate_type: type[LsmSocketGate] = LsmSocketGate) -> None:
         self._maps = maps
+        self.gate_type = gate_type   # the compat tier's: svcgate_compat.CompatSocketGate
         self.self_tgid = self_tgid
         self.deadline_s = deadline_s
         self.scope_cgroup_id = scope_cgroup_id
@@ -317,9 +337,9 @@ class AgentSocketGate:
         self.unentered: list[str] = []
 
     def open(self) -> None:
-        gate = LsmSocketGate(self._maps(), cgroup_id=self.scope_cgroup_id,
-                             deadline_s=self.deadline_s, self_tgid=self.self_tgid,
-                             dry_run=self.dry_run)
+        gate = self.gate_type(self._maps(), cgroup_id=self.scope_cgroup_id,
+                              deadline_s=self.deadline_s, self_tgid=self.self_tgid,
+                              dry_run=self.dry_run)
         gate.open()
         try:
             self.unentered = gate.apply(self.sockets) + gate.apply_servers(self.servers)
@@ -363,5 +383,5 @@ class AgentSocketGate:
             self.gate.close()
 
 
-__all__ = ["LsmSocketGate", "AgentSocketGate", "running_executables", "SocketKind", "DEFAULT_SOCKETS", "DEFAULT_SERVERS",
+__all__ = ["LsmSocketGate", "AgentSocketGate", "running_executables", "fill_servers", "SocketKind", "DEFAULT_SOCKETS", "DEFAULT_SERVERS",
            "OBJECT"]

@@ -29,7 +29,7 @@ from typing import Any, Callable, Protocol
 
 from bastion.alert import Alert, AlertProcess
 from bastion.detect.engine import Finding
-from bastion.events import to_json
+from bastion.events import HipsEvent, to_json
 from bastion.proctable import ProcessTable
 from bastion.procstat import TICK_NS, read_stat, start_ns_of
 from bastion.timefmt import format_time
@@ -66,6 +66,14 @@ def live_children(pid: int) -> list[int]:
         except (OSError, ValueError):
             continue
     return out
+
+
+def _kernel_killed(f: Finding) -> bool:
+    """A kernel record of a kill the kernel has sent (``bpf_send_signal(SIGKILL)``: an
+    enforced ``kill`` HIPS record), not one for user space to take."""
+    ev = f.event
+    return (isinstance(ev, HipsEvent) and ev.enforced and ev.action == "kill"
+            and bool(f.enforced_by))
 
 
 class Dispatcher:
@@ -226,6 +234,8 @@ class Dispatcher:
             outcome, killed, response = handler(f, self.dry_run or f.dry_run)
         elif action in ACTING and (self.dry_run or f.dry_run):
             outcome = f"would-{action}"
+        elif action == "kill" and _kernel_killed(f):
+            outcome = "kill"     # sent in the kernel (f.enforced_by): nothing left to do
         elif action == "kill":
             outcome = self._kill(f)
         elif action == "kill-tree":
