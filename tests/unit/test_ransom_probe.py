@@ -490,3 +490,47 @@ def test_a_tree_writing_one_template_many_times_is_dismissed(tmp_path: Path) -> 
     for p in victims(tmp_path / "docs", size=4800):
         tree.write(p, b"hello world\n" * 400, flags=O_WRONLY | O_CREAT | O_TRUNC)
     assert not tree.found, [f.title for f in tree.found]
+
+
+# ---- s19 review: the encryptor chose what was sampled, notes cleared it, padding ----------
+
+NOTE = b"All your files are encrypted.  Send 0.5 BTC to bc1q... and mail the id.\n" * 12
+ZIP_MAGIC = b"PK\x03\x04" + bytes(1020)
+
+
+def forged_zip(body: bytes) -> bytes:
+    """``body`` wrapped as a zip that checks out structurally (a central directory entry
+    and an end-of-central-directory record pointing at it): judged on its head, unknown."""
+    head = ZIP_MAGIC + body
+    cd = b"PK\x01\x02" + bytes(42)
+    eocd = b"PK\x05\x06" + bytes(4) + (1).to_bytes(2, "little") * 2 + \
+        len(cd).to_bytes(4, "little") + len(head).to_bytes(4, "little") + bytes(2)
+    return head + cd + eocd
+
+
+def test_ransom_notes_do_not_clear_unknown_ciphertexts(tmp_path: Path) -> None:
+    """23 files encrypted in place as containers the probe cannot judge (unknown), then the
+    same note in 17 directories: no readable file but the notes, which were promoted to
+    the sample (one template written 40 times is the tree's content) -- 8 copies of one
+    note, 0 high, 7 unknown < 8: dismissed.  Notes beside unknown files stay notes."""
+    tree = Tree()
+    for p in victims(tmp_path / "docs", n=23, size=64 << 10):
+        tree.write(p, forged_zip(os.urandom(64 << 10)))
+    for i in range(17):
+        d = tmp_path / f"dir{i}"
+        d.mkdir()
+        tree.write(str(d / "HOW-TO-DECRYPT.txt"), NOTE, flags=O_WRONLY | O_CREAT | O_TRUNC)
+    assert tree.found, "23 unknown ciphertexts and 17 notes were dismissed"
+    assert tree.found[0].severity == "medium", [(f.severity, f.evidence) for f in tree.found]
+
+
+def test_ransom_notes_beside_zip_magic_ciphertexts_are_no_dismissal(tmp_path: Path) -> None:
+    """The review's case: ``PK\\x03\\x04`` + 1020 NULs + ciphertext, then the notes."""
+    tree = Tree()
+    for p in victims(tmp_path / "docs", n=23, size=64 << 10):
+        tree.write(p, ZIP_MAGIC + os.urandom(64 << 10))
+    for i in range(17):
+        d = tmp_path / f"dir{i}"
+        d.mkdir()
+        tree.write(str(d / "HOW-TO-DECRYPT.txt"), NOTE, flags=O_WRONLY | O_CREAT | O_TRUNC)
+    assert tree.found, "23 zip-magic ciphertexts and 17 notes were dismissed"

@@ -2454,12 +2454,17 @@ class Ransomware(ThresholdRule):
                     continue
                 elif len(readable) < self.SAMPLE:
                     readable.append(h)
-            if not readable and n_notes:
-                # every readable file is one of a few repeated contents: no ciphertext
+            if not readable and n_notes and not (unknown or limited or moved):
+                # every file probed is one of a few repeated contents: no ciphertext
                 # beside them to leave notes for; they are the tree's content (a tree
                 # writing 40 copies of one template was a "mass rewrite" with nothing
-                # sampled: stop 24's first CI, the fifo test's preparing tree)
-                readable = [h for h, _ in got_all if h is not None][:self.SAMPLE]
+                # sampled: stop 24's first CI, the fifo test's preparing tree).  Only
+                # when nothing else went unjudged -- notes beside files judged unknown
+                # (a container magic, the budget, another inode) are notes, not the
+                # content: promoted, 8 copies of one note dismissed 23 unknown
+                # ciphertexts (s19 review 1) -- and one repeated content is ONE sample.
+                once = {d: h for h, d in got_all if h is not None and d in notes}
+                readable = list(once.values())[:self.SAMPLE]
                 n_notes = 0
             for h in readable:
                 sampled += 1
