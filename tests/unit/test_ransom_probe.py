@@ -534,3 +534,48 @@ def test_ransom_notes_beside_zip_magic_ciphertexts_are_no_dismissal(tmp_path: Pa
         d.mkdir()
         tree.write(str(d / "HOW-TO-DECRYPT.txt"), NOTE, flags=O_WRONLY | O_CREAT | O_TRUNC)
     assert tree.found, "23 zip-magic ciphertexts and 17 notes were dismissed"
+
+
+def _decoys(tmp_path: Path, n: int = 8) -> list[str]:
+    return [str(tmp_path / f"notes{i}.txt") for i in range(n)]
+
+
+def test_plaintext_decoys_rewritten_last_are_not_the_sample(tmp_path: Path) -> None:
+    """32 files encrypted, then 8 plaintext decoys rewritten: the newest 8 readable files
+    were the sample -- the decoys, 0 high: dismissed.  A random draw from every file the
+    tree left finds the ciphertext: at least 2 high files (a draw of 8 from 32 + 8 is
+    critical 96 % of the time, a medium otherwise; never dismissed)."""
+    tree = Tree()
+    for p in victims(tmp_path / "docs", n=32, size=16 << 10):
+        tree.write(p, os.urandom(16 << 10))
+    for i, d in enumerate(_decoys(tmp_path)):
+        tree.write(d, text(2048, 100 + i), flags=O_WRONLY | O_CREAT | O_TRUNC)
+    assert tree.found, "32 ciphertexts behind 8 decoys were dismissed"
+    assert tree.found[0].evidence["entropy_high"] >= 2, tree.found[0].evidence
+
+
+def test_decoys_refreshed_every_few_ciphertexts_do_not_hold_it_at_medium(tmp_path: Path) -> None:
+    """4 files encrypted, the 8 decoys rewritten, again: 200 files -> one medium, never
+    critical (the decoys were always the newest)."""
+    decoys = _decoys(tmp_path)
+    tree = Tree()
+    for k, p in enumerate(victims(tmp_path / "docs", n=200, size=16 << 10)):
+        tree.write(p, os.urandom(16 << 10))
+        if k % 4 == 3:
+            for i, d in enumerate(decoys):
+                tree.write(d, text(2048, 100 + i), flags=O_WRONLY | O_CREAT | O_TRUNC)
+        if tree.critical():
+            break
+    assert tree.critical(), [(f.severity, f.evidence) for f in tree.found]
+    assert k < 80, f"critical only after {k + 1} files"
+
+
+def test_zip_magic_ciphertexts_then_decoys_are_no_dismissal(tmp_path: Path) -> None:
+    """32 zip-magic ciphertexts (judged unknown on their head), then 8 distinct plaintext
+    decoys: the sample was the 8 decoys, 0 unknown among them: silent."""
+    tree = Tree()
+    for p in victims(tmp_path / "docs", n=32, size=64 << 10):
+        tree.write(p, ZIP_MAGIC + os.urandom(64 << 10))
+    for i, d in enumerate(_decoys(tmp_path)):
+        tree.write(d, text(2048, 100 + i), flags=O_WRONLY | O_CREAT | O_TRUNC)
+    assert tree.found, "32 zip-magic ciphertexts behind 8 decoys were dismissed"

@@ -255,6 +255,15 @@ def plan(size: int, ino: int = 0, key: bytes = _KEY) -> list[tuple[int, int]]:
     return out
 
 
+def draw(nonce: int, path: str, ino: int, key: bytes = _KEY) -> bytes:
+    """A file's place in a check's random sample: a keyed hash of (check, path, inode).
+    The writer cannot tell which of its files a check reads (without the agent's key), and
+    each check draws afresh: rewriting a few plaintext decoys last does not make them the
+    sample (the newest files were: s19 review 2)."""
+    return hashlib.blake2b(b"%d:%d:" % (nonce, ino) + path.encode("utf-8", "backslashreplace"),
+                           key=key, digest_size=8).digest()
+
+
 def names(path: str) -> list[bytes]:
     """The byte names ``path`` (as the sensor decoded it) may stand for: the text itself
     and, when it holds ``\\xNN`` escapes (backslashreplace), the raw bytes."""
