@@ -643,3 +643,23 @@ def test_zip_magic_ciphertexts_then_decoys_are_no_dismissal(tmp_path: Path) -> N
     for i, d in enumerate(_decoys(tmp_path)):
         tree.write(d, text(2048, 100 + i), flags=O_WRONLY | O_CREAT | O_TRUNC)
     assert tree.found, "32 zip-magic ciphertexts behind 8 decoys were dismissed"
+
+
+def test_pad_rewrites_do_not_push_encrypted_files_out_of_the_count(tmp_path: Path) -> None:
+    """4 pad files rewritten after each encrypted file: the per-tree queue kept 160 raw
+    events (~32 distinct files), so the distinct count never reached 40: 120 files
+    encrypted, no finding.  The rule keeps distinct values (a repeat moves to the end)."""
+    pads = [tmp_path / f"pad{i}.txt" for i in range(4)]
+    for q in pads:
+        q.write_bytes(text(1024, 9))
+    tree = Tree()
+    for k, p in enumerate(victims(tmp_path / "docs", n=120, size=16 << 10)):
+        tree.write(p, os.urandom(16 << 10))
+        for q in pads:
+            tree.write(q, text(1024, 9))
+        if tree.critical():
+            break
+    assert tree.critical(), [(f.severity, f.evidence) for f in tree.found]
+    assert k < 60, f"critical only after {k + 1} files"
+    assert tree.rule.item_shed == 0
+
