@@ -185,7 +185,7 @@ class Dispatcher:
         if isinstance(fd, int):
             fds[f.pid] = fd
             starts[f.pid] = start_ns_of(f.pid) or start
-        elif fd != "already exited" or not start:
+        elif fd != "already exited":
             return f"kill-tree-skipped: {fd}", [], []
         seeds = [(f.pid, start)]
         if ev is not None and ev.proc.pid != f.pid and ev.proc.start_ns:
