@@ -44,6 +44,9 @@ class Alert:
     event: dict[str, Any] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     container: dict[str, Any] | None = None   # the actor's container (containers.Container JSON)
+    # (pid, start_ns) of each process ``killed`` names, for the response hooks (a
+    # ransomware incident links the copies of exactly these); not in the JSON form
+    members: list[tuple[int, int]] = field(default_factory=list, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"time": self.time, "id": self.id, "rule": self.rule,

@@ -167,12 +167,12 @@ def _shadow_incident_hook(agent_ref: list[Agent], procs: ProcessTable) -> Action
 
     def hook(f: Finding, alert: Alert) -> None:
         shadow = agent_ref[0].shadow if agent_ref else None
-        if shadow is None:
-            return
+        if shadow is None or not alert.killed:
+            return   # nothing killed (kill-tree-skipped): no incident to roll back
         e = procs.get(f.pid)
         start = (f.event.proc.start_ns if f.event is not None and f.event.proc.pid == f.pid
                  else (e.start_ns if e else 0))
-        incident = shadow.open_incident(f.pid, start)
+        incident = shadow.open_incident(f.pid, start, alert.members)
         alert.meta["shadow_incident"] = incident
         alert.title += f" (recover: bastion rollback --incident {incident})"
 

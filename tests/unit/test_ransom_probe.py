@@ -153,7 +153,9 @@ def test_a_ransom_note_beside_each_file_does_not_dilute_the_sample(tmp_path: Pat
         tree.write(f"{p}.README.txt", note, flags=O_WRONLY | O_CREAT | O_TRUNC)
     got = tree.critical()
     assert got, [(f.title, f.evidence) for f in tree.found]
-    assert got[0].evidence.get("notes", 0) >= 3
+    # the draw holds 3+ notes (left out) or at most 2 (counted: then 6+ of 8 are high)
+    ev = got[0].evidence
+    assert ev.get("notes", 0) >= 3 or ev["entropy_high"] >= 6, ev
 
 
 def test_undecodable_names_cannot_point_the_probe_at_a_decoy(tmp_path: Path) -> None:
@@ -442,19 +444,81 @@ def test_one_high_window_in_a_large_file_is_not_high(tmp_path: Path) -> None:
     assert got is not None and got.score is not None and got.score >= HIGH, got
 
 
-@pytest.mark.parametrize("magic", [b"\x7fELF\x02\x01\x01", b"PK\x03\x04", b"\x1f\x8b\x08",
-                                   b"\x00\x00\x00\x18ftypmp42"])
-def test_container_formats_are_judged_on_their_head(tmp_path: Path, magic: bytes) -> None:
-    """An ELF library with crypto tables, a zip, a gzip, an mp4: bodies of compressed or
-    machine-code bytes (libcrypto, libz: 23 of 396 .so were high).  Judged on the head:
-    not high; and since anyone can write the magic before ciphertext, not "plaintext"
-    either: unknown (a tree's mass rewrite of them is a medium, never dismissed)."""
+def _elf(body: bytes) -> bytes:
+    """A 64-bit ELF header whose section header table (null section 0) ends the file."""
+    shoff = 64 + len(body)
+    hdr = b"\x7fELF\x02\x01\x01" + bytes(9) + (3).to_bytes(2, "little") + \
+        (62).to_bytes(2, "little") + (1).to_bytes(4, "little") + bytes(8) + bytes(8) + \
+        shoff.to_bytes(8, "little") + bytes(4) + (64).to_bytes(2, "little") + \
+        (56).to_bytes(2, "little") + bytes(2) + (64).to_bytes(2, "little") + \
+        (1).to_bytes(2, "little") + bytes(2)
+    assert len(hdr) == 64
+    return hdr + body + bytes(64)
+
+
+def _gzip(body: bytes) -> bytes:
+    return b"\x1f\x8b\x08\x00" + bytes(6) + body + bytes(4) + (len(body) * 3).to_bytes(4, "little")
+
+
+def _mp4(body: bytes) -> bytes:
+    ftyp = (24).to_bytes(4, "big") + b"ftypmp42" + bytes(4) + b"mp42isom"
+    return ftyp + (8 + len(body)).to_bytes(4, "big") + b"mdat" + body
+
+
+def _png(body: bytes) -> bytes:
+    return b"\x89PNG\r\n\x1a\n" + body + bytes(4) + b"IEND\xaeB`\x82"
+
+
+def _pdf(body: bytes) -> bytes:
+    return b"%PDF-1.7\n" + body + b"\nstartxref\n123\n%%EOF\n"
+
+
+def _xz(body: bytes) -> bytes:
+    return b"\xfd7zXZ\x00" + body + bytes(10) + b"YZ"
+
+
+CONTAINERS: dict[str, Callable[[bytes], bytes]] = {
+    "elf": _elf, "zip": lambda b: forged_zip(b), "gzip": _gzip, "mp4": _mp4, "png": _png,
+    "pdf": _pdf, "xz": _xz}
+
+
+@pytest.mark.parametrize("kind", sorted(CONTAINERS))
+def test_container_formats_are_judged_on_their_head(tmp_path: Path, kind: str) -> None:
+    """An ELF library with crypto tables, a zip, a gzip, an mp4 ...: bodies of compressed
+    or machine-code bytes (libcrypto, libz: 23 of 396 .so were high).  When the structure
+    checks out they are judged on the head: not high; and since anyone can forge the
+    structure around ciphertext, not "plaintext" either: unknown (a tree's mass rewrite
+    of them is a medium, never dismissed)."""
     from bastion.detect.behavior.content import file_sample
     p = tmp_path / "f"
-    p.write_bytes(magic + text(4096) + os.urandom(60 << 10))
+    p.write_bytes(CONTAINERS[kind](text(4096) + os.urandom(60 << 10)))
     got = file_sample(str(p))
     assert got is not None and got.score is None and not got.limited, got
-    assert got.bytes_read == 1024
+
+
+@pytest.mark.parametrize("magic", [b"\x7fELF\x02\x01\x01", b"PK\x03\x04", b"\x1f\x8b\x08\x00",
+                                   b"\x00\x00\x00\x18ftypmp42", b"\x89PNG\r\n\x1a\n", b"%PDF-",
+                                   b"\xfd7zXZ\x00"])
+def test_a_container_magic_without_its_structure_is_judged_on_its_body(
+        tmp_path: Path, magic: bytes) -> None:
+    """The magic, a plaintext (or NUL) head, then ciphertext: judged on the head only it
+    was unknown -- an encryptor writing ``PK\\x03\\x04`` + NULs first stayed a medium,
+    never killed (s19 review 3).  No end-of-central-directory record, no section table,
+    no IEND ...: the body windows judge it (high)."""
+    from bastion.detect.behavior.content import HIGH, file_sample
+    p = tmp_path / "f"
+    # (gzip: an uncompressed size no 65 KiB of deflate holds, as 98 % of random tails)
+    p.write_bytes((magic + bytes(1024))[:1024] + os.urandom(64 << 10) + b"\xff" * 4)
+    got = file_sample(str(p))
+    assert got is not None and got.score is not None and got.score >= HIGH, got
+
+
+def test_zip_magic_ciphertext_is_killed(tmp_path: Path) -> None:
+    """40 files rewritten as ``PK\\x03\\x04`` + 1020 NULs + ciphertext: medium, no kill."""
+    tree = Tree()
+    for p in victims(tmp_path / "docs", size=64 << 10):
+        tree.write(p, ZIP_MAGIC + os.urandom(64 << 10))
+    assert tree.critical(), [(f.severity, f.evidence) for f in tree.found]
 
 
 @pytest.mark.parametrize("name", ["/d/a\\x2f..\\x2fshadow", "/d/a\\x00b", "/d/a\\x7fb"])
@@ -490,3 +554,112 @@ def test_a_tree_writing_one_template_many_times_is_dismissed(tmp_path: Path) -> 
     for p in victims(tmp_path / "docs", size=4800):
         tree.write(p, b"hello world\n" * 400, flags=O_WRONLY | O_CREAT | O_TRUNC)
     assert not tree.found, [f.title for f in tree.found]
+
+
+# ---- s19 review: the encryptor chose what was sampled, notes cleared it, padding ----------
+
+NOTE = b"All your files are encrypted.  Send 0.5 BTC to bc1q... and mail the id.\n" * 12
+ZIP_MAGIC = b"PK\x03\x04" + bytes(1020)
+
+
+def forged_zip(body: bytes) -> bytes:
+    """``body`` wrapped as a zip that checks out structurally (a central directory entry
+    and an end-of-central-directory record pointing at it): judged on its head, unknown."""
+    head = ZIP_MAGIC + body
+    cd = b"PK\x01\x02" + bytes(42)
+    eocd = b"PK\x05\x06" + bytes(4) + (1).to_bytes(2, "little") * 2 + \
+        len(cd).to_bytes(4, "little") + len(head).to_bytes(4, "little") + bytes(2)
+    return head + cd + eocd
+
+
+def test_ransom_notes_do_not_clear_unknown_ciphertexts(tmp_path: Path) -> None:
+    """23 files encrypted in place as containers the probe cannot judge (unknown), then the
+    same note in 17 directories: no readable file but the notes, which were promoted to
+    the sample (one template written 40 times is the tree's content) -- 8 copies of one
+    note, 0 high, 7 unknown < 8: dismissed.  Notes beside unknown files stay notes."""
+    tree = Tree()
+    for p in victims(tmp_path / "docs", n=23, size=64 << 10):
+        tree.write(p, forged_zip(os.urandom(64 << 10)))
+    for i in range(17):
+        d = tmp_path / f"dir{i}"
+        d.mkdir()
+        tree.write(str(d / "HOW-TO-DECRYPT.txt"), NOTE, flags=O_WRONLY | O_CREAT | O_TRUNC)
+    assert tree.found, "23 unknown ciphertexts and 17 notes were dismissed"
+    assert tree.found[0].severity == "medium", [(f.severity, f.evidence) for f in tree.found]
+
+
+def test_ransom_notes_beside_zip_magic_ciphertexts_are_no_dismissal(tmp_path: Path) -> None:
+    """The review's case: ``PK\\x03\\x04`` + 1020 NULs + ciphertext, then the notes."""
+    tree = Tree()
+    for p in victims(tmp_path / "docs", n=23, size=64 << 10):
+        tree.write(p, ZIP_MAGIC + os.urandom(64 << 10))
+    for i in range(17):
+        d = tmp_path / f"dir{i}"
+        d.mkdir()
+        tree.write(str(d / "HOW-TO-DECRYPT.txt"), NOTE, flags=O_WRONLY | O_CREAT | O_TRUNC)
+    assert tree.found, "23 zip-magic ciphertexts and 17 notes were dismissed"
+
+
+def _decoys(tmp_path: Path, n: int = 8) -> list[str]:
+    return [str(tmp_path / f"notes{i}.txt") for i in range(n)]
+
+
+def test_plaintext_decoys_rewritten_last_are_not_the_sample(tmp_path: Path) -> None:
+    """32 files encrypted, then 8 plaintext decoys rewritten: the newest 8 readable files
+    were the sample -- the decoys, 0 high: dismissed.  A random draw from every file the
+    tree left finds the ciphertext: at least 2 high files (a draw of 8 from 32 + 8 is
+    critical 96 % of the time, a medium otherwise; never dismissed)."""
+    tree = Tree()
+    for p in victims(tmp_path / "docs", n=32, size=16 << 10):
+        tree.write(p, os.urandom(16 << 10))
+    for i, d in enumerate(_decoys(tmp_path)):
+        tree.write(d, text(2048, 100 + i), flags=O_WRONLY | O_CREAT | O_TRUNC)
+    assert tree.found, "32 ciphertexts behind 8 decoys were dismissed"
+    assert tree.found[0].evidence["entropy_high"] >= 2, tree.found[0].evidence
+
+
+def test_decoys_refreshed_every_few_ciphertexts_do_not_hold_it_at_medium(tmp_path: Path) -> None:
+    """4 files encrypted, the 8 decoys rewritten, again: 200 files -> one medium, never
+    critical (the decoys were always the newest)."""
+    decoys = _decoys(tmp_path)
+    tree = Tree()
+    for k, p in enumerate(victims(tmp_path / "docs", n=200, size=16 << 10)):
+        tree.write(p, os.urandom(16 << 10))
+        if k % 4 == 3:
+            for i, d in enumerate(decoys):
+                tree.write(d, text(2048, 100 + i), flags=O_WRONLY | O_CREAT | O_TRUNC)
+        if tree.critical():
+            break
+    assert tree.critical(), [(f.severity, f.evidence) for f in tree.found]
+    assert k < 80, f"critical only after {k + 1} files"
+
+
+def test_zip_magic_ciphertexts_then_decoys_are_no_dismissal(tmp_path: Path) -> None:
+    """32 zip-magic ciphertexts (judged unknown on their head), then 8 distinct plaintext
+    decoys: the sample was the 8 decoys, 0 unknown among them: silent."""
+    tree = Tree()
+    for p in victims(tmp_path / "docs", n=32, size=64 << 10):
+        tree.write(p, ZIP_MAGIC + os.urandom(64 << 10))
+    for i, d in enumerate(_decoys(tmp_path)):
+        tree.write(d, text(2048, 100 + i), flags=O_WRONLY | O_CREAT | O_TRUNC)
+    assert tree.found, "32 zip-magic ciphertexts behind 8 decoys were dismissed"
+
+
+def test_pad_rewrites_do_not_push_encrypted_files_out_of_the_count(tmp_path: Path) -> None:
+    """4 pad files rewritten after each encrypted file: the per-tree queue kept 160 raw
+    events (~32 distinct files), so the distinct count never reached 40: 120 files
+    encrypted, no finding.  The rule keeps distinct values (a repeat moves to the end)."""
+    pads = [tmp_path / f"pad{i}.txt" for i in range(4)]
+    for q in pads:
+        q.write_bytes(text(1024, 9))
+    tree = Tree()
+    for k, p in enumerate(victims(tmp_path / "docs", n=120, size=16 << 10)):
+        tree.write(p, os.urandom(16 << 10))
+        for q in pads:
+            tree.write(q, text(1024, 9))
+        if tree.critical():
+            break
+    assert tree.critical(), [(f.severity, f.evidence) for f in tree.found]
+    assert k < 60, f"critical only after {k + 1} files"
+    assert tree.rule.item_shed == 0
+

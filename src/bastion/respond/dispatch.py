@@ -133,8 +133,8 @@ class Dispatcher:
         why = self._signal(f.pid, start, signal.SIGKILL)
         return f"kill-skipped: {why}" if why else "kill"
 
-    def _tree(self, root: int) -> list[tuple[int, int]]:
-        """``root`` and its descendants, parents first, each with where it came from:
+    def _tree(self, seeds: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """``seeds`` and their descendants, parents first, each with where it came from:
         ``(pid, start_ns)`` for a member the process table saw forked into the tree (a
         re-parented escapee included), ``(pid, 0)`` for a live child found in /proc."""
         kids: dict[int, dict[int, int]] = {}
@@ -143,7 +143,7 @@ class Dispatcher:
                 kids.setdefault(e.ppid, {})[e.pid] = e.start_ns
         out: list[tuple[int, int]] = []
         seen: set[int] = set()
-        todo: list[tuple[int, int]] = [(root, 0)]
+        todo: list[tuple[int, int]] = list(seeds)
         while todo and len(out) < 65536:
             pid, start = todo.pop(0)
             if pid in seen or pid <= 1:
@@ -154,7 +154,8 @@ class Dispatcher:
             todo += sorted(known.items()) + [(c, 0) for c in sorted(set(live_children(pid)) - set(known))]
         return out
 
-    def _open_member(self, pid: int, start_ns: int, members: dict[int, int]) -> int | None:
+    def _open_member(self, pid: int, start_ns: int, members: dict[int, int]
+                     ) -> tuple[int, int] | None:
         """A pidfd for ``pid`` if it is still the tree's member: the process the table saw
         (same start time), or a live child of a member already held.  A pid reused by an
         unrelated process since the walk is never signalled."""
@@ -173,25 +174,41 @@ class Dispatcher:
             self.skipped_reused += 1
             log.warning("kill-tree: pid %d is no longer the tree's member (reused); not signalled", pid)
             return None
-        return fd
+        return fd, st.start_ns
 
-    def _kill_tree(self, f: Finding) -> tuple[str, list[int]]:
-        start = f.event.proc.start_ns if f.event is not None and f.event.proc.pid == f.pid else 0
+    def _kill_tree(self, f: Finding) -> tuple[str, list[int], list[tuple[int, int]]]:
+        """Stop and kill the finding's tree; the outcome, the pids killed and their
+        (pid, start_ns).  A root that already exited (fork-and-exit: ``os.fork() and
+        sys.exit(0)``, the worker re-forking) is no reason to spare its tree: the walk
+        starts from the table's lineage of the root, and always takes the event's own
+        process (s19 review 4: the worker lived, "kill-tree-skipped: already exited")."""
+        ev = f.event
+        start = ev.proc.start_ns if ev is not None and ev.proc.pid == f.pid else 0
+        if not start:
+            e = self.procs.get(f.pid)
+            start = e.start_ns if e is not None else 0
         fd = self._open_checked(f.pid, start)
-        if isinstance(fd, str):
-            return f"kill-tree-skipped: {fd}", []
-        fds: dict[int, int] = {f.pid: fd}
+        fds: dict[int, int] = {}
+        starts: dict[int, int] = {}
+        if isinstance(fd, int):
+            fds[f.pid] = fd
+            starts[f.pid] = start_ns_of(f.pid) or start
+        elif fd != "already exited":
+            return f"kill-tree-skipped: {fd}", [], []
+        seeds = [(f.pid, start)]
+        if ev is not None and ev.proc.pid != f.pid and ev.proc.start_ns:
+            seeds.append((ev.proc.pid, ev.proc.start_ns))
         try:
             # stop everything first (a stopped process cannot fork), re-walking
             # until no new descendant appears, then kill each through its pidfd
             for _ in range(8):
                 new = False
-                for pid, pstart in self._tree(f.pid):
+                for pid, pstart in self._tree(seeds):
                     if pid in fds:
                         continue
-                    pfd = self._open_member(pid, pstart, fds)
-                    if pfd is not None:
-                        fds[pid] = pfd
+                    got = self._open_member(pid, pstart, fds) if pstart or fds else None
+                    if got is not None:
+                        fds[pid], starts[pid] = got
                         new = True
                 for pfd in fds.values():
                     try:
@@ -208,7 +225,9 @@ class Dispatcher:
         finally:
             for pfd in fds.values():
                 os.close(pfd)
-        return "kill-tree", sorted(fds)
+        if not fds:
+            return f"kill-tree-skipped: {fd}", [], []
+        return "kill-tree", sorted(fds), sorted(starts.items())
 
     def _quarantine(self, f: Finding) -> str:
         if self.quarantine is None:
@@ -228,6 +247,7 @@ class Dispatcher:
         action = f.action
         outcome = action
         killed: list[int] = []
+        members: list[tuple[int, int]] = []
         response: list[dict[str, Any]] | None = None
         handler = self._handlers.get((f.rule, action))
         if handler is not None:
@@ -239,7 +259,7 @@ class Dispatcher:
         elif action == "kill":
             outcome = self._kill(f)
         elif action == "kill-tree":
-            outcome, killed = self._kill_tree(f)
+            outcome, killed, members = self._kill_tree(f)
         elif action == "quarantine":
             outcome = self._quarantine(f)
         entry = self.procs.get(f.pid)
@@ -257,7 +277,8 @@ class Dispatcher:
             evidence={**(f.evidence or {}), **({"response": response} if response is not None else {})},
             killed=killed,
             event=to_json(ev) if ev is not None else None, meta=dict(f.meta),
-            container=ev.proc.container.to_json() if ev is not None and ev.proc.container else None)
+            container=ev.proc.container.to_json() if ev is not None and ev.proc.container else None,
+            members=members)
         for rule, prefix, hook in self._hooks:
             if rule == f.rule and outcome.startswith(prefix):
                 hook(f, alert)

@@ -22,7 +22,7 @@ import fnmatch
 import functools
 import ipaddress
 import os
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Final, Iterable
 
@@ -239,6 +239,9 @@ class ThresholdRule(BehaviorRule):
     def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None) -> None:
         super().__init__(settings, limits)
         self._seen: BoundedState[ProcKey, deque[tuple[int, str]]] = self.state()
+        # ``distinct``: the distinct values themselves (distinct_key -> (last time, value)),
+        # capped at count * 4 keys -- not raw events, so repeats cannot push them out
+        self._distinct: BoundedState[ProcKey, OrderedDict[str, tuple[int, str]]] = self.state()
         self._fired: BoundedState[ProcKey, int] = self.state()
         self._warned: BoundedState[ProcKey, int] = self.state()
         self.item_shed = 0   # per-key samples dropped past the per-key cap
@@ -256,10 +259,43 @@ class ThresholdRule(BehaviorRule):
         cleared); a provisional one keeps the key judged so it can escalate."""
         return True
 
-    def _unconfirmed(self, dq: deque[tuple[int, str]]) -> None:
+    def _unconfirmed(self, dq: deque[tuple[int, str]] | OrderedDict[str, tuple[int, str]]
+                     ) -> None:
         for _ in range(max(1, self.count // 4)):
-            if dq:
+            if not dq:
+                break
+            if isinstance(dq, OrderedDict):
+                dq.popitem(last=False)
+            else:
                 dq.popleft()
+
+    def _distinct_values(self, key: ProcKey, now: int, v: str, cap: int
+                         ) -> tuple[OrderedDict[str, tuple[int, str]], list[str]]:
+        """Record ``v`` among ``key``'s distinct values; those seen within the window, in
+        the order of their first event (``distinct_last``: their last, the last value).
+        s19 review 5: a raw-event queue of count * 4 let 4 pad rewrites per encrypted
+        file keep the distinct count under ``count`` (120 files encrypted, no finding)."""
+        od = self._distinct.setdefault(key, now, OrderedDict)
+        k = self.distinct_key(v)
+        old = od.get(k)
+        if old is not None:
+            if self.distinct_last:
+                od.move_to_end(k)
+                od[k] = (now, v)
+            else:
+                od[k] = (now, old[1])    # its place and value are its first event's
+        else:
+            if len(od) >= cap:
+                od.popitem(last=False)
+                self.item_shed += 1
+            od[k] = (now, v)
+        if self.distinct_last:
+            while od and now - next(iter(od.values()))[0] > self.window_ns:
+                od.popitem(last=False)
+        else:
+            for gone in [x for x, (t, _) in od.items() if now - t > self.window_ns]:
+                del od[gone]
+        return od, [x for _, x in od.values()]
 
     def confirm(self, ev: Event, ctx: RuleContext, values: list[str]) -> Hit | None:
         return Hit(f"{self.description or self.name}: {len(values)} in "
@@ -275,23 +311,17 @@ class ThresholdRule(BehaviorRule):
         if fired is not None and now - fired < self.window_ns:
             return []
         cap = self.count * 4
-        dq = self._seen.setdefault(key, now, lambda: deque(maxlen=cap))
-        if len(dq) == cap:
-            self.item_shed += 1
-        dq.append((now, v))
-        while dq and now - dq[0][0] > self.window_ns:
-            dq.popleft()
-        values = [x for _, x in dq]
+        dq: deque[tuple[int, str]] | OrderedDict[str, tuple[int, str]]
         if self.distinct:
-            by_key: dict[str, str] = {}
-            for x in values:
-                k = self.distinct_key(x)
-                if self.distinct_last:
-                    by_key.pop(k, None)     # ordered by its last event, its last value
-                    by_key[k] = x
-                else:
-                    by_key.setdefault(k, x)
-            values = list(by_key.values())
+            dq, values = self._distinct_values(key, now, v, cap)
+        else:
+            raw = self._seen.setdefault(key, now, lambda: deque(maxlen=cap))
+            if len(raw) == cap:
+                self.item_shed += 1
+            raw.append((now, v))
+            while raw and now - raw[0][0] > self.window_ns:
+                raw.popleft()
+            dq, values = raw, [x for _, x in raw]
         if len(values) < self.count:
             return []
         hit = self.confirm(ev, ctx, values)
@@ -321,6 +351,7 @@ class ThresholdRule(BehaviorRule):
             return []
         self._fired.put(key, now, now)
         self._seen.pop(key)
+        self._distinct.pop(key)
         if self.per_tree and hit.pid is None:
             hit.pid = key[0]
         hit.evidence.setdefault("scope", "tree" if self.per_tree else "process")

@@ -19,8 +19,9 @@ encryptor below "critical".  :func:`file_sample` reads, per file:
   on its **decoded** bytes; the file's score is the highest window's (stops at the first
   high one); a file over ``NOTE_MAX`` bytes needs ``HIGH_WINDOWS`` high windows (else
   its best non-high one), a known container format (ELF, PNG, JPEG, ZIP, PDF, MP4, gzip,
-  xz, zstd) is judged on its head alone, and a window wholly in a hole of a sparse file
-  is skipped uncharged;
+  xz, zstd) whose structure checks out (:func:`container_ok`) is judged on its head
+  alone (else on its body, like any file), and a window wholly in a hole of a sparse
+  file is skipped uncharged;
 * a **digest** of a small file read whole (<= 16 KiB), so the rule can leave out files
   with the same small content repeated (ransom notes) rather than count them as
   plaintext.
@@ -193,9 +194,8 @@ def is_mail(head: bytes) -> bool:
 
 
 # Container formats whose bodies are compressed or machine code (ELF: crypto tables,
-# compressed debug sections): judged on their head window only.  A file that keeps one
-# of these magics at its head is not judged on its body (an evasion left open: see
-# docs/ransomware.md).
+# compressed debug sections): judged on their head window only when their structure
+# checks out (container_ok); the magic alone before ciphertext is judged on the body.
 CONTAINER_MAGIC: Final = (
     b"\x7fELF", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"PK\x03\x04", b"PK\x05\x06",
     b"%PDF-", b"\x1f\x8b", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd")
@@ -204,6 +204,122 @@ CONTAINER_MAGIC: Final = (
 def is_container(head: bytes) -> bool:
     """A known container format by its magic (ISO-BMFF/MP4: ``ftyp`` at offset 4)."""
     return head.startswith(CONTAINER_MAGIC) or head[4:8] == b"ftyp"
+
+
+STRUCT_TAIL: Final = 1024      # bytes of the tail a container's structure check reads
+STRUCT_BOXES: Final = 64       # ISO-BMFF top-level boxes walked at most
+_BOX_TYPE: Final = re.compile(rb"[\x20-\x7e\xa9]{4}")
+
+
+def container_ok(fd: int, head: bytes, size: int, budget: ByteBudget | None) -> bool | None:
+    """Does a container-magic file's structure check out (s19 review 3)?  ``PK\x03\x04``
+    + NULs + ciphertext kept an encryptor at "unknown" (medium, no kill).  Checked, each
+    with the tail (``STRUCT_TAIL`` bytes) or a few header-sized reads: ZIP (an
+    end-of-central-directory record ending the file and a central directory entry where
+    it points), ELF (the section header table -- or, without one, the program headers --
+    inside the file, section 0 null), PNG (``IEND`` near the tail), PDF (``%%EOF`` near
+    the tail), xz (the ``YZ`` footer), gzip under 4 MiB (deflate, no reserved flag, an
+    uncompressed size the file can hold), ISO-BMFF/MP4 (top-level box sizes summing to the
+    file size).  JPEG and zstd have no such record: they pass (judged on the head, as
+    before).  False: judge the file on its body windows like any other; None: the byte
+    budget refused the reads (unknown, ``limited``).  A forged structure passes: it costs
+    the writer a valid-looking record (see docs/ransomware.md)."""
+    spent = 0
+
+    def pread(n: int, off: int) -> bytes | None:
+        nonlocal spent
+        if off < 0 or n <= 0:
+            return b""
+        if budget is not None and not budget.take(n):
+            return None
+        spent += n
+        return os.pread(fd, n, off)
+
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        tail = pread(min(size, STRUCT_TAIL), size - min(size, STRUCT_TAIL))
+        if tail is None:
+            return None
+        base = size - len(tail)
+        pos = tail.rfind(b"PK\x05\x06")
+        while pos >= 0:
+            rec = tail[pos:pos + 22]
+            if len(rec) == 22 and pos + 22 + int.from_bytes(rec[20:22], "little") == len(tail):
+                break
+            pos = tail.rfind(b"PK\x05\x06", 0, pos)
+        if pos < 0:
+            return False
+        entries = int.from_bytes(rec[10:12], "little")
+        cd_size = int.from_bytes(rec[12:16], "little")
+        cd_off = int.from_bytes(rec[16:20], "little")
+        if cd_off == 0xFFFFFFFF:    # zip64: its locator right before the record
+            return tail[max(0, pos - 20):pos].startswith(b"PK\x06\x07")
+        if cd_off + cd_size > base + pos:
+            return False
+        if not entries:
+            return True
+        got = pread(4, cd_off)
+        return None if got is None else got == b"PK\x01\x02"
+    if head.startswith(b"\x7fELF"):
+        if len(head) < 64 or head[4] not in (1, 2) or head[5] not in (1, 2) or head[6] != 1:
+            return False
+        wide, little = head[4] == 2, head[5] == 1
+
+        def field(off: int, n: int) -> int:
+            return int.from_bytes(head[off:off + n], "little" if little else "big")
+
+        if wide:
+            phoff, shoff = field(0x20, 8), field(0x28, 8)
+            phent, phnum, shent, shnum = field(0x36, 2), field(0x38, 2), field(0x3A, 2), field(0x3C, 2)
+        else:
+            phoff, shoff = field(0x1C, 4), field(0x20, 4)
+            phent, phnum, shent, shnum = field(0x2A, 2), field(0x2C, 2), field(0x2E, 2), field(0x30, 2)
+        if shoff:
+            if shent != (64 if wide else 40) or shoff + max(shnum, 1) * shent > size:
+                return False
+            got = pread(8, shoff)    # section 0 is SHT_NULL: name and type 0
+            return None if got is None else got == bytes(8)
+        return phnum > 0 and phent == (56 if wide else 32) and phoff + phnum * phent <= size
+    if head.startswith(b"\x89PNG\r\n\x1a\n") or head.startswith(b"%PDF-") or \
+            head.startswith(b"\xfd7zXZ\x00"):
+        tail = pread(min(size, STRUCT_TAIL), size - min(size, STRUCT_TAIL))
+        if tail is None:
+            return None
+        if head.startswith(b"\x89PNG"):
+            return b"IEND\xaeB`\x82" in tail
+        if head.startswith(b"%PDF-"):
+            return b"%%EOF" in tail
+        return tail.rstrip(b"\0").endswith(b"YZ")
+    if head.startswith(b"\x1f\x8b"):
+        if len(head) < 4 or head[2] != 8 or head[3] & 0xE0:
+            return False
+        if size >= 4 << 20:
+            return True      # any 32-bit uncompressed size mod 2^32 is possible
+        got = pread(4, size - 4)
+        if got is None:
+            return None
+        return int.from_bytes(got, "little") <= 1032 * size   # deflate's best ratio
+    if head[4:8] == b"ftyp":
+        off = 0
+        for _ in range(STRUCT_BOXES):
+            box = head[off:off + 16] if off + 16 <= len(head) else pread(16, off)
+            if box is None:
+                return None
+            if len(box) < 8 or not _BOX_TYPE.fullmatch(box[4:8]):
+                return False
+            n = int.from_bytes(box[:4], "big")
+            if n == 1:
+                n = int.from_bytes(box[8:16], "big") if len(box) >= 16 else 0
+            if n == 0:           # the last box (media data) runs to the end of the file
+                return off > 0 and box[4:8] == b"mdat"
+            if n < 8:
+                return False
+            off += n
+            if off == size:
+                return True
+            if off > size:
+                return False
+        return True              # more boxes than walked (fragmented MP4): as before
+    return True
 
 
 HIGH_WINDOWS: Final = 2   # high windows a file over NOTE_MAX bytes needs to be high
@@ -253,6 +369,15 @@ def plan(size: int, ino: int = 0, key: bytes = _KEY) -> list[tuple[int, int]]:
         out.append((lo + int.from_bytes(h, "little") % room, WINDOW))
     out.append((size - WINDOW, WINDOW))
     return out
+
+
+def draw(nonce: int, path: str, ino: int, key: bytes = _KEY) -> bytes:
+    """A file's place in a check's random sample: a keyed hash of (check, path, inode).
+    The writer cannot tell which of its files a check reads (without the agent's key), and
+    each check draws afresh: rewriting a few plaintext decoys last does not make them the
+    sample (the newest files were: s19 review 2)."""
+    return hashlib.blake2b(b"%d:%d:" % (nonce, ino) + path.encode("utf-8", "backslashreplace"),
+                           key=key, digest_size=8).digest()
 
 
 def names(path: str) -> list[bytes]:
@@ -413,10 +538,20 @@ def _read(fd: int, windows: list[tuple[int, int]], size: int,
             best, enc = h, kind
         if highs >= need:
             break
-        if head_only:
-            need = 1    # judged on the head alone
+        if head_only and h >= HIGH:
+            need = 1    # a high head is high, container or not
             break
-    if head_only and highs < need:
+        if head_only:
+            ok = container_ok(fd, data, size, budget)
+            if ok is None:
+                limited = True
+                break
+            if ok:
+                need = 1    # judged on the head alone
+                break
+            # the magic without the structure: judged on its body like any file
+            head_only = False
+    if head_only and highs < need and not limited:
         # a container format whose head is not high: its body (compressed, machine code)
         # cannot tell ciphertext from payload, and anyone can write the magic first
         # (``\x7fELF`` + ciphertext was judged plaintext on its head: silent): unknown,

@@ -44,7 +44,7 @@ from bastion.detect.behavior.base import (
     SingleEvent, Step, ThresholdRule, actor_names, base, glob_any, is_interpreter,
     is_loopback, is_public_peer, is_shell, norm_interp, package_installer, trusted_as, under,
 )
-from bastion.detect.behavior.content import HIGH, ByteBudget, ContentSample, file_sample
+from bastion.detect.behavior.content import HIGH, ByteBudget, ContentSample, draw, file_sample
 from bastion.detect.behavior.provenance import LOCAL_REASONS, REASON_DEPTH, block, script_of
 from bastion.detect.behavior.xmem import ExecMemory
 from bastion.detect.behavior.shellargs import parse_shell_argv
@@ -2319,7 +2319,7 @@ class Ransomware(ThresholdRule):
     distinct = True
     per_tree = True
     SAMPLE = 8   # readable files whose entropy decides a check
-    PROBE_MAX = 24   # candidates probed (newest first, batches of SAMPLE) to find them
+    PROBE_MAX = 24   # candidates probed (keyed random order, batches of SAMPLE) to find them
     distinct_last = True   # values in the order of their last event (the replay above)
 
     def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None,
@@ -2329,6 +2329,7 @@ class Ransomware(ThresholdRule):
         self.probes = probes or Probes()
         self.data_dirs = data_dirs
         self.probe_timeouts = 0
+        self.checks = 0   # confirm() calls: each draws its own sample
         if count is not None:
             self.count = count
 
@@ -2409,39 +2410,57 @@ class Ransomware(ThresholdRule):
         # tree in a container or another mount namespace is judged on its files, not on
         # whatever the agent's namespace has at the same path; the plain paths only when
         # the writer is gone.
-        # The sample is the newest readable files: probed newest first in batches of
-        # SAMPLE, up to PROBE_MAX candidates (3 bounded batches off the loop), so
+        # The sample is a keyed random draw from ALL the files the tree left in the
+        # window, afresh at each check (s19 review 2: the newest 8 were sampled, so an
+        # encryptor rewriting 8 plaintext decoys after every few ciphertexts chose the
+        # sample: 200 files encrypted, one medium).  Probed in batches of SAMPLE in draw
+        # order, up to PROBE_MAX candidates (3 bounded batches off the loop), so
         # unreadable names (FIFOs, kernel-truncated or undecodable paths) interleaved
         # with the ciphertext do not block the verdict (s17-rfp review 3).
         # s18-ransom: each file is judged on several windows (content.py), against the
         # inode the tree wrote (another inode at the path now: ``moved``, unknown), and
         # ransom notes -- the same small content in several candidates -- are left out of
         # the sample rather than counted as plaintext (1:1 notes halved it).
-        candidates = list(alive.items())[-self.PROBE_MAX:][::-1]
+        self.checks += 1
+        nonce = self.checks
+        candidates = sorted(alive.items(), key=lambda pi: draw(nonce, pi[0], pi[1]))
+        del candidates[self.PROBE_MAX:]
         root = self.probes.root_of(ev.proc.pid) if self.probes.root_of is not None else None
         got_all: list[tuple[float | None, bytes | None]] = []
         unknown = moved = limited = 0
+        done: dict[tuple[str, int], tuple[float | None, bytes | None, bool, bool]] = {}
+
+        def probe(batch: list[tuple[str, int]]) -> list[tuple[float | None, bytes | None,
+                                                              bool, bool]] | None:
+            """(score, digest, moved, limited) of each file, each probed once a check."""
+            todo = [pi for pi in batch if pi not in done]
+            rooted = [(f"{root}{p}" if root else p, ino) for p, ino in todo]
+            if not todo:
+                pass
+            elif self.probes.content_many is not None:
+                for pi, s in zip(todo, self.probes.content_many(rooted)):
+                    done[pi] = (None, None, False, False) if s is None else \
+                        (s.score, s.digest, s.other_inode, s.limited)
+            elif self.probes.entropy_many is not None:
+                for pi, h in zip(todo, self.probes.entropy_many([p for p, _ in rooted])):
+                    done[pi] = (h, None, False, False)
+            elif self.probes.entropy is not None:
+                for pi, (p, _) in zip(todo, rooted):
+                    done[pi] = (self.probes.entropy(p), None, False, False)
+            else:
+                return None
+            return [done[pi] for pi in batch]
+
         for i in range(0, len(candidates), self.SAMPLE):
             if sum(1 for h, _ in got_all if h is not None) - self._notes(got_all)[1] \
                     >= self.SAMPLE:
                 break
-            batch = candidates[i:i + self.SAMPLE]
-            rooted = [(f"{root}{p}" if root else p, ino) for p, ino in batch]
-            got: list[tuple[float | None, bytes | None]]
-            if self.probes.content_many is not None:
-                got = []
-                for s in self.probes.content_many(rooted):
-                    if s is not None and s.other_inode:
-                        moved += 1
-                    if s is not None and s.limited:
-                        limited += 1
-                    got.append((None, None) if s is None else (s.score, s.digest))
-            elif self.probes.entropy_many is not None:
-                got = [(h, None) for h in self.probes.entropy_many([p for p, _ in rooted])]
-            elif self.probes.entropy is not None:
-                got = [(self.probes.entropy(p), None) for p, _ in rooted]
-            else:
+            res = probe(candidates[i:i + self.SAMPLE])
+            if res is None:
                 break
+            moved += sum(r[2] for r in res)
+            limited += sum(r[3] for r in res)
+            got = [(h, d) for h, d, _, _ in res]
             probed = True
             got_all += got
         if probed:
@@ -2454,16 +2473,34 @@ class Ransomware(ThresholdRule):
                     continue
                 elif len(readable) < self.SAMPLE:
                     readable.append(h)
-            if not readable and n_notes:
-                # every readable file is one of a few repeated contents: no ciphertext
+            if not readable and n_notes and not (unknown or limited or moved):
+                # every file probed is one of a few repeated contents: no ciphertext
                 # beside them to leave notes for; they are the tree's content (a tree
                 # writing 40 copies of one template was a "mass rewrite" with nothing
-                # sampled: stop 24's first CI, the fifo test's preparing tree)
-                readable = [h for h, _ in got_all if h is not None][:self.SAMPLE]
+                # sampled: stop 24's first CI, the fifo test's preparing tree).  Only
+                # when nothing else went unjudged -- notes beside files judged unknown
+                # (a container magic, the budget, another inode) are notes, not the
+                # content: promoted, 8 copies of one note dismissed 23 unknown
+                # ciphertexts (s19 review 1) -- and one repeated content is ONE sample.
+                once = {d: h for h, d in got_all if h is not None and d in notes}
+                readable = list(once.values())[:self.SAMPLE]
                 n_notes = 0
             for h in readable:
                 sampled += 1
                 high += h >= HIGH
+            # The newest files the tree left can only add evidence, never dismiss (the
+            # writer chooses them): most of them high is encrypted-looking too, so an
+            # encryptor that starts after a benign burst is stopped within a few files,
+            # not once it is most of the window.  Probed only when the draw or the file
+            # of this event is high (8 more files at most; a plaintext tree costs one).
+            recent = list(alive.items())[-self.SAMPLE:]
+            last = probe(recent[-1:]) or []
+            hot = high or any(h is not None and h >= HIGH for h, _, _, _ in last)
+            newest = (probe(recent) or []) if hot else []
+            high_new = sum(1 for h, d, _, _ in newest
+                           if h is not None and h >= HIGH and (d is None or d not in notes))
+            if high_new * 2 > self.SAMPLE:
+                ev_["entropy_high_newest"] = high_new
             ev_["entropy_sampled"] = sampled
             ev_["entropy_high"] = high
             ev_["entropy_unknown"] = unknown
@@ -2477,7 +2514,7 @@ class Ransomware(ThresholdRule):
                 f"{self.window_ns / NS:g}s"
         # Encrypted-looking: most of a full sample, not most of what happened to be
         # readable -- an unreadable or missing file is no evidence of encryption.
-        if high * 2 > self.SAMPLE:
+        if high * 2 > self.SAMPLE or "entropy_high_newest" in ev_:
             return Hit(title, ev_)
         # A uniform new extension: one ransom-looking extension on most of the renames
         # (not the only odd one among hundreds of .pyc replaces), renames half the files.

@@ -368,10 +368,12 @@ class ShadowKeeper:
 
     # ---- incidents (agent thread) ----------------------------------------------------------
 
-    def open_incident(self, root_pid: int, started_ns: int) -> int:
-        """Open the incident, then record what the (killed) tree left at each path it
+    def open_incident(self, root_pid: int, started_ns: int,
+                      members: Sequence[tuple[int, int]] = ()) -> int:
+        """Open the incident (the tree of ``root_pid`` and of each killed ``members``
+        (pid, start_ns)), then record what the (killed) tree left at each path it
         touched: rollback restores only what the tree changed and keeps later edits."""
-        iid = self.store.open_incident(root_pid, started_ns)
+        iid = self.store.open_incident(root_pid, started_ns, members)
         if self._roots is not None:
             self.store.record_states(iid, self._roots.state_of)
         return iid

@@ -64,7 +64,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable, Final, Iterator
+from typing import Any, Callable, Final, Iterator, Sequence
 
 from bastion.errors import Location, StoreError
 from bastion.kernel.opener import TICK_NS
@@ -254,6 +254,9 @@ class ShadowStore:
         self._dead_shas: set[str] = set()
         self._seen: collections.OrderedDict[tuple[ProcId, GenKey], None] = collections.OrderedDict()
         self._open_incidents: dict[int, ProcId] = {}
+        # an open incident's killed processes besides its root (fork-and-exit: the root
+        # gone, its worker re-parented to init has no ancestry through it); not persisted
+        self._incident_members: dict[int, frozenset[ProcId]] = {}
         self._tmp_seq = 0
         self._txn_since = 0.0
         self.commit_interval_s = commit_interval_s
@@ -543,7 +546,8 @@ class ShadowStore:
             self._rows[sc] += 1
         cid = cur.lastrowid
         for iid, (rpid, rstart) in self._open_incidents.items():
-            if opener.descends_from(rpid, rstart):
+            if opener.descends_from(rpid, rstart) or any(
+                    opener.descends_from(p, s) for p, s in self._incident_members.get(iid, ())):
                 self._db.execute("INSERT OR IGNORE INTO incident_copies VALUES (?, ?)", (iid, cid))
                 self.c.incident_links += 1
         self._seen[((opener.pid, opener.start_ns), gen)] = None
@@ -813,9 +817,14 @@ class ShadowStore:
 
     # ---- incidents -------------------------------------------------------------------------
 
-    def open_incident(self, root_pid: int, started_ns: int) -> int:
+    def open_incident(self, root_pid: int, started_ns: int,
+                      members: Sequence[ProcId] = ()) -> int:
         """Group every copy made for ``root_pid`` (started at ``started_ns``, CLOCK_BOOTTIME)
-        and its descendants; later copies for that tree join while the incident is open.
+        and its descendants -- and for each of ``members`` (the processes the kill
+        gathered, with their start) and theirs: a copy records its ancestry from /proc, so
+        a worker whose parent (the root) had exited names init, not the root (s19 review
+        4: fork-and-exit left the incident empty); later copies for them join while the
+        incident is open.
 
         Candidates are the copies whose opener started no earlier than the root (a
         descendant starts after its ancestor), both start times on CLOCK_BOOTTIME: never a
@@ -823,6 +832,7 @@ class ShadowStore:
         between the copies and the detection (NTP at boot, where a boot-time service runs)
         would otherwise leave the tree's copies out of its incident, evictable."""
         floor = started_ns - TICK_NS if started_ns else 0
+        keys = {(root_pid, started_ns), *members}
         with self._lock:
             self.flush()
             cur = self._db.execute(
@@ -835,10 +845,13 @@ class ShadowStore:
                 (floor,)).fetchall()
             links = []
             for cid, anc in rows:
-                if any(p == root_pid and _same_start(s, started_ns) for p, s in json.loads(anc)):
+                if any(p == kp and _same_start(s, ks) for p, s in json.loads(anc)
+                       for kp, ks in keys):
                     links.append((iid, int(cid)))
             self._db.executemany("INSERT OR IGNORE INTO incident_copies VALUES (?, ?)", links)
             self._open_incidents[iid] = (root_pid, started_ns)
+            if members:
+                self._incident_members[iid] = frozenset(members)
             self.c.incidents += 1
             self.c.incident_links += len(links)
         return iid
@@ -887,6 +900,7 @@ class ShadowStore:
             self._db.execute("UPDATE incidents SET state = ?, closed_ns = ? WHERE id = ?",
                              (state, time.time_ns(), incident))
             self._open_incidents.pop(incident, None)
+            self._incident_members.pop(incident, None)
             self._no_victims.clear()        # its copies may be evicted now
 
     def incidents(self) -> list[dict[str, Any]]:

@@ -1,0 +1,140 @@
+"""s19 review 4: fork-and-exit (``os.fork() and sys.exit(0)``) escaped the ransomware kill
+and its rollback.  The rule's tree root is the parent that exited; ``_kill_tree`` opened
+only the root ("kill-tree-skipped: already exited") and the worker lived; the incident hook
+still ran (the outcome starts with "kill") and linked nothing: the worker's copies record
+its ancestry from /proc, where its parent is now init.  Real processes (a forked worker
+under a parent that exits), the process table filled as the sensor would."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from bastion.detect.behavior.state import tree_key
+from bastion.detect.engine import Finding
+from bastion.events import Event, from_json
+from bastion.proctable import ProcEntry, ProcessTable
+from bastion.procstat import read_stat
+from bastion.respond.dispatch import Dispatcher
+from bastion.respond.shadow.store import Opener, ShadowStore
+
+WORKER = ("import os,sys,time\npid=os.fork()\n"
+          "if pid: print(pid, flush=True); sys.exit(0)\ntime.sleep(30)\n")
+
+
+@pytest.fixture
+def forked() -> Iterator[tuple[int, int]]:
+    """(root pid, worker pid): the root printed its child's pid and exited."""
+    p = subprocess.Popen([sys.executable, "-c", WORKER], stdout=subprocess.PIPE)
+    assert p.stdout is not None
+    w = int(p.stdout.readline())
+    p.wait()
+    try:
+        yield p.pid, w
+    finally:
+        try:
+            os.kill(w, 9)
+        except ProcessLookupError:
+            pass
+
+
+def _world(root: int, w: int, w_start: int = 0) -> tuple[ProcessTable, Event]:
+    w_start = w_start or read_stat(w).start_ns
+    procs = ProcessTable()
+    procs._put(ProcEntry(root, os.getpid(), 1000, sys.executable, ("python3",), 0, "python3"))
+    procs._put(ProcEntry(w, root, w_start, sys.executable, ("python3",), 0, "python3"))
+    procs._procs[root] = dataclasses.replace(procs._procs[root], exited_ns=1)
+    obj: dict[str, Any] = {
+        "type": "open", "time": "2026-12-05T09:00:00.000000Z", "pid": w, "tid": w, "ppid": 1,
+        "uid": 0, "euid": 0, "gid": 0, "cgroup_id": 1, "comm": "python3",
+        "start_ns": w_start, "exe": sys.executable, "path": "/x", "path2": "",
+        "flags": 1, "mode": 0, "owner_uid": -1, "owner_gid": -1, "dev": 1, "ino": 2}
+    return procs, from_json(obj)
+
+
+def _dead(pid: int) -> bool:
+    for _ in range(100):
+        try:
+            if read_stat(pid).state in ("Z", "X"):
+                return True
+        except (OSError, ValueError):
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_a_worker_whose_root_exited_is_killed(forked: tuple[int, int]) -> None:
+    root, w = forked
+    procs, ev = _world(root, w)
+    key = tree_key(ev, procs)
+    assert key[0] == root     # the rule names the exited parent
+    f = Finding(rule="behavior.ransomware", title="t", severity="critical", attack=(),
+                action="kill-tree", event=ev, pid=root)
+    hooked: list[Any] = []
+    d = Dispatcher(procs)
+    d.after("behavior.ransomware", "kill", lambda f, a: hooked.append(a))
+    alert = d.dispatch(f, time.time_ns())
+    assert alert.action == "kill-tree", alert.action
+    assert alert.killed == [w]
+    assert alert.members == [(w, read_stat(w).start_ns)] or _dead(w)
+    assert _dead(w), "the worker lived"
+    assert hooked and hooked[0].members[0][0] == w
+
+
+def test_nothing_killed_runs_no_incident_hook() -> None:
+    """Root and worker both gone (reaped): "kill-tree-skipped", and the assembly's incident
+    hook opens no (empty) incident."""
+    from bastion.assembly import _shadow_incident_hook
+    gone = []
+    for _ in range(2):
+        p = subprocess.Popen(["true"])
+        p.wait()
+        gone.append(p.pid)
+    procs, ev = _world(gone[0], gone[1], w_start=10**12)
+
+    class Agent:
+        class shadow:
+            @staticmethod
+            def open_incident(*a: Any) -> int:
+                raise AssertionError("an incident for a kill that killed nothing")
+
+    d = Dispatcher(procs)
+    d.after("behavior.ransomware", "kill", _shadow_incident_hook([Agent()], procs))  # type: ignore[list-item]
+    f = Finding(rule="behavior.ransomware", title="t", severity="critical", attack=(),
+                action="kill-tree", event=ev, pid=gone[0])
+    alert = d.dispatch(f, time.time_ns())
+    assert alert.action.startswith("kill-tree-skipped"), alert.action
+    assert not alert.killed
+
+
+def test_the_incident_links_the_killed_workers_copies(tmp_path: Path) -> None:
+    """The worker's copies name (worker, init) as ancestry: linked by the killed set."""
+    root, rstart = 5000, 10**12
+    w = Opener(5001, rstart + 10**9, "/usr/bin/python3", ((5001, rstart + 10**9), (1, 0)), uid=0)
+    other = Opener(5002, rstart + 10**9, "/usr/bin/vim", ((5002, rstart + 10**9), (1, 0)), uid=0)
+    store = ShadowStore(tmp_path / "shadow", max_bytes=1 << 20)
+    try:
+        def put(name: str, who: Opener) -> None:
+            p = tmp_path / name
+            p.write_bytes(os.urandom(4096))
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                store.put(fd, os.fstat(fd), str(p), who, tree="/home")
+            finally:
+                os.close(fd)
+
+        put("a", w)
+        put("b", other)
+        iid = store.open_incident(root, rstart, [(w.pid, w.start_ns)])
+        put("c", w)              # a later copy of the worker joins the open incident
+        paths = sorted(Path(r["path"]).name for r in store.incident_rows(iid))
+        assert paths == ["a", "c"], paths
+    finally:
+        store.close()
