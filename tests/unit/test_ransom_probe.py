@@ -371,8 +371,11 @@ def test_sparse_decoys_do_not_drain_the_budget(tmp_path: Path) -> None:
     budget = ByteBudget(per_s=1.0, burst=4096.0)
     got = file_sample(str(p), budget=budget)
     assert got is not None and got.score is not None and not got.limited
-    assert got.bytes_read == 1024
-    assert budget.refused == 0 and budget.take(3072)
+    # Only the one allocated block holds data: windows the per-agent key happens to
+    # place inside it are read (1 KiB each, ~5 % of runs see a second one); the rest
+    # fall in holes and cost nothing.
+    assert 1024 <= got.bytes_read <= 4096
+    assert budget.refused == 0 and budget.take(4096 - got.bytes_read - 1)
 
 
 def test_forced_head_reads_run_no_debt() -> None:
