@@ -3,8 +3,8 @@
 For the attacks that need a filesystem which hands an inode number an unlink freed to
 the next file at once (ext4 does; tmpfs, the VM's /tmp, never reuses one): on a private
 filesystem the reuse is certain, not a race with whatever else the host creates.  Made
-without a journal or metadata checksums, so the VM's kernel needs only the ext4 and loop
-modules (vm/build.sh loads them), not crc32c."""
+without a journal or metadata checksums; the VM's kernel loads ext4, loop and
+crc32c_generic at boot (vm/build.sh)."""
 
 from __future__ import annotations
 
