@@ -72,8 +72,9 @@ int BPF_PROG(on_exit, struct task_struct *p)
  * With cfg_sensitive off a read-open is dropped after two loads. */
 const volatile __u32 cfg_open_reads = 0;
 
-/* Repeat opens (same process, inode, access) within cfg_open_dedup_ns are
- * counted in open_deduped and not reported: bpf/lib/dedup.h. */
+/* Repeat opens (same process, inode instance, access, write flags) within
+ * cfg_open_dedup_ns are counted in open_deduped and not reported; an open that
+ * created its file never is: bpf/lib/dedup.h. */
 
 SEC("fentry/security_file_open")
 int BPF_PROG(on_file_open, struct file *file)
@@ -106,7 +107,7 @@ int BPF_PROG(on_file_open, struct file *file)
 		return 0;
 	ino = inode->i_ino;
 	dev = BPF_CORE_READ(inode, i_sb, s_dev);
-	if (open_seen_recently(dev, ino, write, fflags))
+	if (open_seen_recently(dev, ino, inode->i_generation, inode, write, fflags, fmode))
 		return 0;
 	e = file_event(BASTION_FILE_OPEN);
 	if (!e)

@@ -79,13 +79,16 @@ static __always_inline int open_enter(__s64 flags, __u64 mode)
 static __always_inline int sens_open_report(struct file *f, __u32 fflags, __u32 sclass, __u32 sid)
 {
 	struct bastion_file_event *e;
+	struct inode *inode = BPF_CORE_READ(f, f_inode);
 	struct path fpath;
-	__u32 dev;
+	__u32 dev, fmode;
 	__u64 ino;
 
-	ino = BPF_CORE_READ(f, f_inode, i_ino);
-	dev = BPF_CORE_READ(f, f_inode, i_sb, s_dev);
-	if (open_seen_recently(dev, ino, false, 0))
+	ino = BPF_CORE_READ(inode, i_ino);
+	dev = BPF_CORE_READ(inode, i_sb, s_dev);
+	fmode = BPF_CORE_READ(f, f_mode);
+	if (open_seen_recently(dev, ino, BPF_CORE_READ(inode, i_generation), inode, false, 0,
+			       fmode))
 		return 0;
 	e = file_event(BASTION_FILE_OPEN);
 	if (!e)
@@ -96,7 +99,7 @@ static __always_inline int sens_open_report(struct file *f, __u32 fflags, __u32 
 	e->sens_class = sclass;
 	e->sens_id = sid;
 	e->hdr.flags |= BASTION_F_SENSITIVE;
-	file_open_state(e, BPF_CORE_READ(f, f_mode), BPF_CORE_READ(f, f_inode, i_size));
+	file_open_state(e, fmode, BPF_CORE_READ(inode, i_size));
 	fpath = BPF_CORE_READ(f, f_path);
 	file_put_path(e, FS_PATH, &fpath);
 	file_submit(e);
@@ -127,9 +130,10 @@ static __always_inline int sens_open_exit(long ret)
 static __always_inline int open_exit_report(long ret, __s32 flags, __u32 mode)
 {
 	struct bastion_file_event *e;
+	struct inode *inode = NULL;
 	struct file *f;
 	struct path fpath;
-	__u32 sclass = 0, sid = 0, dev = 0;
+	__u32 sclass = 0, sid = 0, dev = 0, fmode = 0;
 	__u64 ino = 0;
 	bool write;
 
@@ -137,12 +141,17 @@ static __always_inline int open_exit_report(long ret, __s32 flags, __u32 mode)
 		return 0;
 	f = fd_file(ret);
 	if (f) {
-		/* a repeat of a reported open (same process, inode, access) stops here,
-		 * before the reserve and the path walk */
-		ino = BPF_CORE_READ(f, f_inode, i_ino);
-		dev = BPF_CORE_READ(f, f_inode, i_sb, s_dev);
+		/* a repeat of a reported open (same process, inode instance, access, write
+		 * flags; never an open that created its file: at the syscall's exit
+		 * FMODE_CREATED stays in f_mode) stops here, before the reserve and the
+		 * path walk */
+		inode = BPF_CORE_READ(f, f_inode);
+		ino = BPF_CORE_READ(inode, i_ino);
+		dev = BPF_CORE_READ(inode, i_sb, s_dev);
+		fmode = BPF_CORE_READ(f, f_mode);
 		write = (flags & O_ACCMODE_) != O_RDONLY_ || (flags & (O_CREAT_ | O_TRUNC_));
-		if (open_seen_recently(dev, ino, write, flags))
+		if (open_seen_recently(dev, ino, BPF_CORE_READ(inode, i_generation), inode, write,
+				       flags, fmode))
 			return 0;
 	}
 	e = file_event(BASTION_FILE_OPEN);
@@ -154,7 +163,7 @@ static __always_inline int open_exit_report(long ret, __s32 flags, __u32 mode)
 		e->ino = ino;
 		e->dev = dev;
 		/* at the syscall's exit: FMODE_CREATED stays in f_mode; i_size after O_TRUNC */
-		file_open_state(e, BPF_CORE_READ(f, f_mode), BPF_CORE_READ(f, f_inode, i_size));
+		file_open_state(e, fmode, BPF_CORE_READ(inode, i_size));
 		fpath = BPF_CORE_READ(f, f_path);
 		file_put_path(e, FS_PATH, &fpath);
 		if (sens_match_cached(f, &sclass, &sid)) {

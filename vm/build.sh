@@ -93,8 +93,12 @@ done
 # --- module set: the list below, each preceded by its dependencies ---------
 # Order as proven on Debian 12; dependencies come from each module's own
 # `depends=` field, so a kernel that reshuffles them still loads in order.
+# ext4 and loop (optional; crc32c_generic too: 6.1's ext4 loads crc32c at every
+# mount): tests that need a filesystem reusing inode numbers loop-mount an ext4 image
+# of their own (tests/support/extfs.py; the guest's /tmp is tmpfs, which never
+# reuses one).
 WANTED=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci
-        netfs fscache 9pnet 9pnet_virtio 9p)
+        netfs fscache 9pnet 9pnet_virtio 9p crc32c_generic ext4 loop)
 REQUIRED=(virtio_pci 9pnet_virtio 9p)
 declare -A MODFILE=() SEEN=() BUILTIN=()
 while IFS= read -r -d '' f; do

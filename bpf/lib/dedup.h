@@ -13,6 +13,7 @@
 #define BASTION_DEDUP_H
 
 #include "common.h"
+#include "events.h" /* BASTION_FMODE_CREATED */
 
 const volatile __u64 cfg_open_dedup_ns = 0;
 const volatile __u64 cfg_net_dedup_ns = 0;
@@ -25,10 +26,11 @@ struct dedup_key {
 	__u32 tgid;
 	__u32 kind;
 	__u64 start_ns;
-	__u64 a;   /* open: inode;  net: address bytes 0-7 */
-	__u64 b;   /* open: device; net: address bytes 8-15 */
-	__u32 c;   /* net: family << 16 | port */
-	__u32 _pad;
+	__u64 a;   /* open: inode number; net: address bytes 0-7 */
+	__u64 b;   /* open: device;       net: address bytes 8-15 */
+	__u32 c;   /* open: write flags;  net: family << 16 | port */
+	__u32 d;   /* open: the inode's i_generation */
+	__u64 e;   /* open: the struct inode's address */
 };
 
 struct {
@@ -83,9 +85,24 @@ static __always_inline bool dedup_hit(struct dedup_key *k, __u64 window, void *c
  * deletion and log clearing ignore, and hid the overwrite). */
 #define DEDUP_OPEN_FLAGS (00000100 | 00000200 | 00001000 | 00002000) /* CREAT EXCL TRUNC APPEND */
 
-/* An open like this one (same process, inode, access, and for a write the flags above)
- * was reported within the window. */
-static __always_inline bool open_seen_recently(__u32 dev, __u64 ino, bool write, __u32 flags)
+/* An open like this one (same process, file, access, and for a write the flags above)
+ * was reported within the window.
+ *
+ * The file is the inode instance, not its number (s19 review): ext4 hands an inode
+ * number an unlink freed to the next file created at once (3 of 3 times on the dev
+ * host), so ``: > .x; rm .x; echo KEY > authorized_keys2`` from one shell (same
+ * flags, same device and number) sent the first open and hid the second, the new
+ * file's.  So (1) an open that created its file (FMODE_CREATED in @fmode: the file is
+ * new, whatever its number) is never a repeat, and is stamped for its repeats to
+ * follow; (2) the key carries the inode's i_generation (ext4, xfs, tmpfs, btrfs draw
+ * or count a new one for every new inode: a file made by another process, mknod,
+ * link or rename and then opened) and the struct inode's address (one instance stays
+ * at one address while it is cached, which a hot file is; the address alone would
+ * not do, a freed inode's memory is reused, but with it a filesystem that leaves
+ * i_generation 0 needs the slab object reused as well).  The cost of a key that
+ * changes when the same file is evicted and read back is one more record. */
+static __always_inline bool open_seen_recently(__u32 dev, __u64 ino, __u32 gen, const void *inode,
+					       bool write, __u32 flags, __u32 fmode)
 {
 	struct dedup_key k = {};
 
@@ -95,7 +112,11 @@ static __always_inline bool open_seen_recently(__u32 dev, __u64 ino, bool write,
 	k.a = ino;
 	k.b = dev;
 	k.c = write ? flags & DEDUP_OPEN_FLAGS : 0;
-	return dedup_hit(&k, cfg_open_dedup_ns, &open_deduped);
+	k.d = gen;
+	k.e = (__u64)(unsigned long)inode;
+	/* a created file: a window of 0 only stamps the key */
+	return dedup_hit(&k, (fmode & BASTION_FMODE_CREATED) ? 0 : cfg_open_dedup_ns,
+			 &open_deduped);
 }
 
 /* A network record like this one (same process, op, family, address, port)

@@ -19,6 +19,7 @@ import pytest
 from bastion.events import Event, FileEvent, NetEvent
 from bastion.sensors.bpf import BpfSensor
 from support.cg import run_in, scoped_cgroup
+from support.extfs import ext4_mount
 from support.live import drain_events
 
 pytestmark = pytest.mark.kernel
@@ -99,3 +100,43 @@ def test_window_off_reports_every_repeat(tmp_path: Path, listener: socket.socket
                                                "port": 2 * REPEATS}
     assert sensor.stats()["open_deduplicated"] == 0
     assert sensor.stats()["net_deduplicated"] == 0
+
+
+# s19 review: the open key was (process, inode number, device, access, flags), and ext4
+# gives the inode number an unlink freed to the next new file at once.  One shell, two
+# ways in: (1) the finding's, a new authorized_keys2 made by the same redirection as a
+# scratch file just removed (the open creates the file: FMODE_CREATED); (2) an
+# authorized_keys another process made, on the number of a file the shell appended to
+# and removed, appended to in turn (no create: only the inode's generation tells).
+# Echoes "$$ a b c d": the shell's pid and the inode numbers (a == b, c == d).
+REUSE = """
+cd "$1"
+: > .x; a=$(stat -c %i .x); rm .x
+echo 'ssh-ed25519 AAAA evil' > authorized_keys2; b=$(stat -c %i authorized_keys2)
+touch y; : >> y; c=$(stat -c %i y); rm y
+touch authorized_keys; echo 'ssh-ed25519 AAAA evil' >> authorized_keys
+d=$(stat -c %i authorized_keys)
+echo "$$ $a $b $c $d"
+"""
+
+
+def test_new_file_on_a_freed_inode_number_is_reported(tmp_path: Path) -> None:
+    with ext4_mount(tmp_path) as mnt, scoped_cgroup() as (cg, cgid):
+        sensor = BpfSensor(cgroup_id=cgid, open_dedup_s=30)
+        sensor.open()
+        try:
+            proc = run_in(cg, ["/bin/bash", "-c", REUSE, "bash", str(mnt)], timeout=60)
+            assert proc.returncode == 0, proc.stderr
+            events = drain_events(sensor)
+            assert sensor.drops() == 0
+        finally:
+            sensor.close()
+    pid, a, b, c, d = (int(x) for x in proc.stdout.split())
+    assert (a, c) == (b, d), "the filesystem did not reuse the inode numbers: no attack"
+    opens = {e.path: e for e in events if isinstance(e, FileEvent) and e.op == "open"
+             and e.proc.pid == pid}
+    keys2, keys = opens.get(str(mnt / "authorized_keys2")), opens.get(str(mnt / "authorized_keys"))
+    assert keys2 is not None and keys2.ino == b and keys2.created, sorted(opens)
+    assert keys is not None and keys.ino == d and not keys.created, sorted(opens)
+    # the two opens that came first were sent too (what the dedup had hidden behind)
+    assert {str(mnt / ".x"), str(mnt / "y")} <= set(opens), sorted(opens)

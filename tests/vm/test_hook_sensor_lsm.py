@@ -24,6 +24,7 @@ from bastion.enforce.tiers import probe  # noqa: E402
 from bastion.events import Event, ExecEvent, FileEvent, NetEvent  # noqa: E402
 from bastion.sensors.bpf import BpfSensor, HookSensor  # noqa: E402
 from support.cg import run_in, scoped_cgroup  # noqa: E402
+from support.extfs import ext4_mount  # noqa: E402
 
 IN_VM = os.environ.get("BASTION_IN_VM") == "1"
 pytestmark = pytest.mark.skipif(
@@ -239,6 +240,50 @@ def test_open_dedup_and_quiet_tgids(tmp_path: Path) -> None:
     hot = [e for e in events if isinstance(e, FileEvent) and e.path == str(f)]
     assert len(hot) == 1 and deduped == 9, (len(hot), deduped)
     assert len([e for e in all_events if isinstance(e, FileEvent) and e.path == str(f)]) == 10
+
+
+# s19 review: the open dedup's key was (process, inode number, device, access, flags),
+# and ext4 gives the number an unlink freed to the next new file at once: one shell's
+# new authorized_keys2 (created by the open: FMODE_CREATED) and its append to an
+# authorized_keys another process made (no create: the inode's generation tells) were
+# hidden behind the scratch files before them.  And (s18) an append-open then a
+# truncate-open of one file are two records; a third open like the second is a repeat.
+REUSE = """
+cd "$1"
+: > .x; a=$(stat -c %i .x); rm .x
+echo 'ssh-ed25519 AAAA evil' > authorized_keys2; b=$(stat -c %i authorized_keys2)
+touch y; : >> y; c=$(stat -c %i y); rm y
+touch authorized_keys; echo 'ssh-ed25519 AAAA evil' >> authorized_keys
+d=$(stat -c %i authorized_keys)
+touch log; echo one >> log; echo two > log; echo three > log
+echo "$$ $a $b $c $d"
+exit 3
+"""
+
+
+def test_open_dedup_keeps_new_files_and_other_flags(tmp_path: Path) -> None:
+    with ext4_mount(tmp_path) as mnt, scoped_cgroup() as (cg, cgid):
+        sensor = HookSensor(cgroup_id=cgid, open_dedup_s=30)
+        sensor.open()
+        try:
+            r = run_in(cg, ["/bin/bash", "-c", REUSE, "bash", str(mnt)], timeout=60)
+            assert r.returncode == 3, r.stderr
+            events = _collect(sensor, _exited(3))
+            deduped = sensor.deduplicated()
+        finally:
+            sensor.close()
+    pid, a, b, c, d = (int(x) for x in r.stdout.split())
+    assert (a, c) == (b, d), "the filesystem did not reuse the inode numbers: no attack"
+    opens = [e for e in events if isinstance(e, FileEvent) and e.op == "open"
+             and e.proc.pid == pid]
+    by_path = {e.path: e for e in opens}
+    keys2, keys = by_path.get(f"{mnt}/authorized_keys2"), by_path.get(f"{mnt}/authorized_keys")
+    assert keys2 is not None and keys2.ino == b and keys2.created, sorted(by_path)
+    assert keys is not None and keys.ino == d and not keys.created, sorted(by_path)
+    assert {f"{mnt}/.x", f"{mnt}/y"} <= set(by_path), sorted(by_path)
+    log = [e for e in opens if e.path == f"{mnt}/log"]
+    assert [bool(e.flags & os.O_APPEND) for e in log] == [True, False], log
+    assert log[1].flags & os.O_TRUNC and deduped >= 1, (log, deduped)
 
 
 def test_quiet_tgid_dropped_in_kernel(tmp_path: Path) -> None:
