@@ -120,7 +120,34 @@ def shared_prov_maps(prov: ProvenanceMap, who: str, location: Location) -> dict[
     return out
 
 
-class LsmProvenanceGate(LoaderUser):
+class GateUser(LoaderUser):
+    """A gate object's decisions, drained from its ring and counted: refused (``denies``,
+    the kernel acted), would-be refusals of a dry run (``dry_runs``) and audited acts."""
+
+    #: The record action that means the gate stopped the act (a kill on the compat
+    #: socket gate, a refusal in the hook elsewhere).
+    blocking_action: str = "deny"
+    denies: int = 0
+    dry_runs: int = 0
+    audits: int = 0
+
+    def poll(self, timeout_s: float = 0.0) -> list[HipsEvent]:
+        lo = self._lo
+        if lo is None or lo.closed:
+            return []
+        lo.wait(timeout_s)
+        out = [ev for ev in lo.drain(decode) if isinstance(ev, HipsEvent)]
+        for ev in out:
+            if ev.action == self.blocking_action and ev.enforced:
+                self.denies += 1
+            elif ev.action == self.blocking_action:
+                self.dry_runs += 1
+            else:
+                self.audits += 1
+        return out
+
+
+class LsmProvenanceGate(GateUser):
     """The in-hook gate: load (sharing ``prov``), fill the objects, drain the refusals.
 
     Typical use::
@@ -335,21 +362,6 @@ class LsmProvenanceGate(LoaderUser):
         return done
 
     # ---- decisions ----------------------------------------------------------------------
-
-    def poll(self, timeout_s: float = 0.0) -> list[HipsEvent]:
-        lo = self._lo
-        if lo is None or lo.closed:
-            return []
-        lo.wait(timeout_s)
-        out = [ev for ev in lo.drain(decode) if isinstance(ev, HipsEvent)]
-        for ev in out:
-            if ev.action == "deny" and ev.enforced:
-                self.denies += 1
-            elif ev.action == "deny":
-                self.dry_runs += 1
-            else:
-                self.audits += 1
-        return out
 
     def finding(self, ev: HipsEvent) -> Finding | None:
         """A refusal (or an admin session's allowed act) as the gate's finding."""

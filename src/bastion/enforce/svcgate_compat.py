@@ -26,7 +26,7 @@ from typing import Final, Mapping
 from bastion.detect.engine import Finding
 from bastion.enforce.provgate import GATE_RULE
 from bastion.enforce.svcgate_lsm import _WHAT, LsmSocketGate, SocketKind
-from bastion.events import HipsEvent, decode
+from bastion.events import HipsEvent
 from bastion.sensors.provenance import reason_names
 
 log = logging.getLogger(__name__)
@@ -43,25 +43,11 @@ class CompatSocketGate(LsmSocketGate):
 
     mechanism: str = MECHANISM
     object_name: str = OBJECT
+    blocking_action: str = "kill"
 
     def apply(self, sockets: Mapping[str, SocketKind]) -> list[str]:
         """No socket-inode set here: each socket named is returned as not entered."""
         return [f"{p}: not gated on the compat tier" for p in sockets]
-
-    def poll(self, timeout_s: float = 0.0) -> list[HipsEvent]:
-        lo = self._lo
-        if lo is None or lo.closed:
-            return []
-        lo.wait(timeout_s)
-        out = [ev for ev in lo.drain(decode) if isinstance(ev, HipsEvent)]
-        for ev in out:
-            if ev.action == "kill" and ev.enforced:
-                self.denies += 1
-            elif ev.action == "kill":
-                self.dry_runs += 1
-            else:
-                self.audits += 1
-        return out
 
     def finding(self, ev: HipsEvent) -> Finding | None:
         """A killed (dry run: not killed; an admin session's: allowed) connect as the

@@ -35,12 +35,12 @@ from typing import Callable, Final, Mapping
 from bastion import abi
 from bastion.detect.engine import Finding
 from bastion.enforce.provgate import GATE_RULE
-from bastion.enforce.provgate_lsm import shared_prov_maps
+from bastion.enforce.provgate_lsm import GateUser, shared_prov_maps
 from bastion.errors import BastionError, KernelError, Location
-from bastion.events import HipsEvent, decode
+from bastion.events import HipsEvent
 from bastion.kernel.clock import deadline_ns
 from bastion.kernel.libbpf import Map
-from bastion.kernel.loader import LoadedObject, LoaderUser, ObjectSpec
+from bastion.kernel.loader import LoadedObject, ObjectSpec
 from bastion.paths import bpf_object
 from bastion.policy.compile import kernel_dev
 from bastion.sensors.provenance import ProvenanceMap, reason_names
@@ -141,7 +141,7 @@ def fill_servers(m: Map, entered: Mapping[bytes, str], servers: Mapping[str, Soc
     return {k: n for k, (n, _) in new.items()}, problems
 
 
-class LsmSocketGate(LoaderUser):
+class LsmSocketGate(GateUser):
     """Load (sharing ``prov``), enter the sockets, drain the refusals.
 
     Typical use::
@@ -256,21 +256,6 @@ class LsmSocketGate(LoaderUser):
     def entered(self) -> int:
         """How many sockets are entered now."""
         return len(self._socks)
-
-    def poll(self, timeout_s: float = 0.0) -> list[HipsEvent]:
-        lo = self._lo
-        if lo is None or lo.closed:
-            return []
-        lo.wait(timeout_s)
-        out = [ev for ev in lo.drain(decode) if isinstance(ev, HipsEvent)]
-        for ev in out:
-            if ev.action == "deny" and ev.enforced:
-                self.denies += 1
-            elif ev.action == "deny":
-                self.dry_runs += 1
-            else:
-                self.audits += 1
-        return out
 
     def finding(self, ev: HipsEvent) -> Finding | None:
         """A refused (or an admin session's allowed) connect as the gate's finding."""
