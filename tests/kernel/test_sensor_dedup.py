@@ -19,7 +19,7 @@ import pytest
 from bastion.events import Event, FileEvent, NetEvent
 from bastion.sensors.bpf import BpfSensor
 from support.cg import run_in, scoped_cgroup
-from support.extfs import ext4_mount
+from support.extfs import REUSE_SCRIPT, ext4_mount
 from support.live import drain_events
 
 pytestmark = pytest.mark.kernel
@@ -109,15 +109,7 @@ def test_window_off_reports_every_repeat(tmp_path: Path, listener: socket.socket
 # authorized_keys another process made, on the number of a file the shell appended to
 # and removed, appended to in turn (no create: only the inode's generation tells).
 # Echoes "$$ a b c d": the shell's pid and the inode numbers (a == b, c == d).
-REUSE = """
-cd "$1"
-: > .x; a=$(stat -c %i .x); rm .x
-echo 'ssh-ed25519 AAAA evil' > authorized_keys2; b=$(stat -c %i authorized_keys2)
-touch y; : >> y; c=$(stat -c %i y); rm y
-touch authorized_keys; echo 'ssh-ed25519 AAAA evil' >> authorized_keys
-d=$(stat -c %i authorized_keys)
-echo "$$ $a $b $c $d"
-"""
+REUSE = REUSE_SCRIPT + 'echo "$$ $a $b $c $d"\n'
 
 
 def test_new_file_on_a_freed_inode_number_is_reported(tmp_path: Path) -> None:

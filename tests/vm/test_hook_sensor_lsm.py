@@ -24,7 +24,7 @@ from bastion.enforce.tiers import probe  # noqa: E402
 from bastion.events import Event, ExecEvent, FileEvent, NetEvent  # noqa: E402
 from bastion.sensors.bpf import BpfSensor, HookSensor  # noqa: E402
 from support.cg import run_in, scoped_cgroup  # noqa: E402
-from support.extfs import ext4_mount  # noqa: E402
+from support.extfs import REUSE_SCRIPT, ext4_mount  # noqa: E402
 
 IN_VM = os.environ.get("BASTION_IN_VM") == "1"
 pytestmark = pytest.mark.skipif(
@@ -248,13 +248,7 @@ def test_open_dedup_and_quiet_tgids(tmp_path: Path) -> None:
 # authorized_keys another process made (no create: the inode's generation tells) were
 # hidden behind the scratch files before them.  And (s18) an append-open then a
 # truncate-open of one file are two records; a third open like the second is a repeat.
-REUSE = """
-cd "$1"
-: > .x; a=$(stat -c %i .x); rm .x
-echo 'ssh-ed25519 AAAA evil' > authorized_keys2; b=$(stat -c %i authorized_keys2)
-touch y; : >> y; c=$(stat -c %i y); rm y
-touch authorized_keys; echo 'ssh-ed25519 AAAA evil' >> authorized_keys
-d=$(stat -c %i authorized_keys)
+REUSE = REUSE_SCRIPT + """
 touch log; echo one >> log; echo two > log; echo three > log
 echo "$$ $a $b $c $d"
 exit 3
