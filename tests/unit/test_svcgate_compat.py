@@ -102,10 +102,10 @@ TREE = ("import os,sys,time\n"
         "if c==0:\n"
         "    g=os.fork()\n"
         "    if g==0: time.sleep(30); os._exit(0)\n"
-        "    print('g', g, flush=True); time.sleep(30); os._exit(0)\n"
+        "    os.write(1, b'g %d\\n' % g); time.sleep(30); os._exit(0)\n"
         "s=os.fork()\n"
         "if s==0: time.sleep(30); os._exit(0)\n"
-        "print('cs', c, s, flush=True); time.sleep(30)\n")
+        "os.write(1, b'cs %d %d\\n' % (c, s)); time.sleep(30)\n")
 
 
 def _tree() -> tuple[subprocess.Popen[bytes], dict[str, int]]:
@@ -115,8 +115,10 @@ def _tree() -> tuple[subprocess.Popen[bytes], dict[str, int]]:
     o = subprocess.Popen([sys.executable, "-c", TREE], stdout=subprocess.PIPE)
     assert o.stdout is not None
     pids = {"o": o.pid}
-    for _ in range(2):
-        w = o.stdout.readline().split()
+    for _ in range(2):   # one write(2) a line (print's could split)
+        line = o.stdout.readline()
+        w = line.split()
+        assert len(w) >= 2, line
         if w[0] == b"g":
             pids["g"] = int(w[1])
         else:
