@@ -22,13 +22,27 @@
  * An administrator's session with only local reasons: reported (audit), not
  * killed.  Dry run (`svcgate_cfg`): reported as a kill not sent.
  *
- * The socket is taken twice: at sys_enter_connect (the descriptor's socket,
- * kept per thread with the caller's reasons) and again from the descriptor at
- * exit; both are checked, so another thread swapping the descriptor during the
- * call has to swap it twice within the call to hide the connected socket.
+ * Every tainted connect(2) is kept per thread at sys_enter_connect (the
+ * descriptor, its unix stream socket then or NULL, the caller's reasons and its
+ * tree's origin) and judged at exit whatever the descriptor was at entry: the
+ * entry socket and the descriptor's socket re-resolved at exit are both checked.
+ * (s19-gatefix: a descriptor on /dev/null or a datagram socket at entry left no
+ * entry, so one dup2() of the stream socket onto it by another thread before
+ * the kernel's fdget connected unchecked.)  A second swap (the stream socket
+ * put back to /dev/null before the exit) hides the connected socket from both
+ * looks, so a successful connect is also checked against the entry's socket:
+ * the connect was not its when that could not have returned 0 (not a socket; a
+ * unix stream socket already connected, or not connected now; a unix or inet
+ * socket not connected now, unless the address was AF_UNSPEC, a disconnect):
+ * killed as a swapped descriptor (rule id SVC_SWAPPED, the server unknown).
+ * Left: an already-connected datagram socket (unix, UDP) at entry and put back
+ * before the exit: its reconnect returns 0 and leaves it connected.
+ * The record's `detail` is the tree's
+ * origin tgid: user space stops the whole tree (a forked sender shares the
+ * connected socket).
  *
  * Cost: every process in scope pays one `prov` lookup per connect(2) and one
- * hash lookup at its exit; a tainted one the descriptor walk and, connected to
+ * hash lookup at its exit; a tainted one an entry, the descriptor walks and, connected to
  * a unix listener, the listener's exe walk (six probe reads) and a lookup. */
 #include "path.h"
 #include "prov_map.h"
@@ -40,11 +54,22 @@ char LICENSE[] SEC("license") = "GPL";
 #define SIGKILL_ 9
 #define SOCK_STREAM_ 1
 #define SOCK_SEQPACKET_ 5
+#define AF_UNSPEC_ 0
+#define AF_NETLINK_ 16
+#define TCP_ESTABLISHED_ 1   /* also UDP/raw connected, NETLINK_CONNECTED */
+#define TCP_SYN_SENT_ 2      /* TCP_FASTOPEN_CONNECT returns 0 here */
+#define SVC_SWAPPED 7        /* SocketKind.SWAPPED: the descriptor swapped during the call */
+
+#define PEND_SOCK 1          /* the descriptor was a socket at entry */
+#define PEND_CONNECTED 2     /* ... connected then */
+#define PEND_UNSPEC 4        /* the address's family was AF_UNSPEC (a disconnect) */
 
 struct svc_pending {
-	__u64 sk;        /* the descriptor's socket at sys_enter_connect */
+	__u64 sk;        /* the descriptor's socket at sys_enter_connect, or 0 */
 	__s32 fd;
 	__u32 reasons;   /* prov_actor's */
+	__u32 origin;    /* the tree's origin tgid (the prov entry's), 0 = unknown */
+	__u32 flags;     /* PEND_* */
 };
 
 /* A tainted thread's connect in flight (thread id -> its socket and reasons). */
@@ -90,6 +115,35 @@ static __always_inline bool unix_stream(struct sock *sk)
 	return type == SOCK_STREAM_ || type == SOCK_SEQPACKET_;
 }
 
+/* Is @sk (unix, inet or netlink) connected, an inet one connecting?  -1: another family. */
+static __always_inline int sk_connected(struct sock *sk)
+{
+	__u16 fam = BPF_CORE_READ(sk, __sk_common.skc_family);
+	__u8 st;
+
+	if (fam == AF_UNIX_)
+		return BPF_CORE_READ((struct unix_sock *)sk, peer) != NULL;
+	if (fam != AF_INET_ && fam != AF_INET6_ && fam != AF_NETLINK_)
+		return -1;
+	st = BPF_CORE_READ(sk, __sk_common.skc_state);
+	return st == TCP_ESTABLISHED_ || (st == TCP_SYN_SENT_ && fam != AF_NETLINK_);
+}
+
+/* A connect that returned 0 but cannot have been made on @sk, the descriptor's
+ * socket at entry (@flags: PEND_*): another descriptor was swapped in for the
+ * kernel's fdget and @sk put back before the exit. */
+static __always_inline bool swapped_in(struct sock *sk, __u32 flags)
+{
+	int now;
+
+	if (!(flags & PEND_SOCK) || !sk)
+		return true;   /* /dev/null, a file: a connect on it fails */
+	if (unix_stream(sk) && (flags & PEND_CONNECTED))
+		return true;   /* -EISCONN, a unix stream connect is synchronous */
+	now = sk_connected(sk);
+	return now == 0 && !(flags & PEND_UNSPEC);
+}
+
 /* The kind of the clean tmux/screen server @sk (a unix stream socket) is
  * connected to, 0 for anything else (not connected, another listener, the
  * tree's own server); @k: the server's executable, @tgid its thread group. */
@@ -133,18 +187,29 @@ int svcgate_enter_listen(struct trace_event_raw_sys_enter *ctx)
 SEC("tracepoint/syscalls/sys_enter_connect")
 int svcgate_enter_connect(struct trace_event_raw_sys_enter *ctx)
 {
+	struct bastion_prov_val *v;
 	struct svc_pending p = {};
 	struct sock *sk;
+	__u16 fam = 0;
 	__u32 tid;
 
 	p.reasons = svc_actor();
 	if (!p.reasons)
 		return 0;
 	p.fd = ctx->args[0];
+	v = prov_current();
+	p.origin = v ? v->origin_tgid : 0;
+	/* not a unix stream socket now: still kept, the exit re-resolves the descriptor
+	 * (another thread may dup2() one onto it before the kernel's fdget) */
 	sk = fd_sock(p.fd);
-	if (!unix_stream(sk))
-		return 0;
 	p.sk = (__u64)sk;
+	if (sk) {
+		p.flags |= PEND_SOCK;
+		if (sk_connected(sk) > 0)
+			p.flags |= PEND_CONNECTED;
+	}
+	if (!bpf_probe_read_user(&fam, sizeof(fam), (void *)ctx->args[1]) && fam == AF_UNSPEC_)
+		p.flags |= PEND_UNSPEC;
 	tid = (__u32)bpf_get_current_pid_tgid();
 	bpf_map_update_elem(&svcgate_pending, &tid, &p, BPF_ANY);
 	return 0;
@@ -175,13 +240,15 @@ int svcgate_exit_connect(struct trace_event_raw_sys_exit *ctx)
 	sk = (struct sock *)p.sk;
 	kind = connected_server(sk, &k, &tgid);
 	if (!kind) {
-		now = fd_sock(p.fd); /* the descriptor swapped during the call */
-		if (now == sk)
+		now = fd_sock(p.fd); /* always re-resolved: swapped during the call */
+		if (now != sk)
+			kind = connected_server(now, &k, &tgid);
+		if (kind)
+			sk = now;
+		else if (swapped_in(sk, p.flags))
+			kind = SVC_SWAPPED;
+		else
 			return 0;
-		kind = connected_server(now, &k, &tgid);
-		if (!kind)
-			return 0;
-		sk = now;
 	}
 	local = p.reasons & ~BASTION_PROV_ADMIN_TTY;
 	if ((p.reasons & BASTION_PROV_ADMIN_TTY) && !(local & ~BASTION_PROV_LOCAL_MASK))
@@ -197,6 +264,11 @@ int svcgate_exit_connect(struct trace_event_raw_sys_exit *ctx)
 	if (!e)
 		return 0;
 	e->target_pid = tgid;
+	e->detail = p.origin;
+	if (kind == SVC_SWAPPED) {
+		SUBMIT(e);
+		return 0;
+	}
 	peer = (struct unix_sock *)BPF_CORE_READ((struct unix_sock *)sk, peer);
 	d = BPF_CORE_READ(peer, path.dentry);
 	if (d) { /* the server's end carries the listener's bound path */

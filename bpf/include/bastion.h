@@ -632,7 +632,8 @@ struct bastion_hips_event {
 	__u16 port;
 	__u8 addr[16];
 	__s32 target_pid;    /* ptrace/signal */
-	__u32 detail;        /* lsm-prov: enum bastion_pgate_how (0 = the op itself) */
+	__u32 detail;        /* lsm-prov: enum bastion_pgate_how (0 = the op itself);
+			      * connect-kill: the tree's origin tgid (0 = unknown) */
 	char path[BASTION_PATH_LEN];
 };
 

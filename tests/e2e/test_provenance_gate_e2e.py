@@ -64,7 +64,7 @@ def test_the_agent_gates_a_tmp_script_reading_the_shadow_file(tmp_path: Path) ->
     found = [a for a in found if a not in kills]
     if mux:
         (k,) = kills
-        assert k["action"] == "would-kill" and k["severity"] == "critical", k
+        assert k["action"] == "would-kill-tree" and k["severity"] == "critical", k
         assert k["evidence"]["socket"] == "tmux" and k["evidence"]["object"] == str(sock)  # type: ignore[index]
     (a,) = found
     assert a["action"] == "would-deny" and a["severity"] == "critical"

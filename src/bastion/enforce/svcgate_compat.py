@@ -14,8 +14,12 @@ made while tainted) is allowed; an administrator's session with only local reaso
 reported (``audit``); in dry run the kill is reported (would-kill), not sent.
 
 Each record is a ``hips`` record (mechanism ``connect-kill``, op ``connect``, rule id = the
-server's :class:`~.svcgate_lsm.SocketKind`) turned into a ``bastion.provenance.gate``
-finding whose action (``kill``) the kernel has already taken.
+server's :class:`~.svcgate_lsm.SocketKind`, ``detail`` = the tree's origin tgid) turned into
+a ``bastion.provenance.gate`` finding acting on the whole tainted tree (``kill-tree`` from
+the origin, as ``behavior.launder_via_daemon`` does at tmux's exec): the kernel kills only
+the caller, and a process it forked before the connect shares the connected socket and
+can still send the tmux frames (s19-gatefix).  The dispatcher does not signal the
+kernel-killed client again.
 """
 
 from __future__ import annotations
@@ -66,19 +70,23 @@ class CompatSocketGate(LsmSocketGate):
                 else "would be killed at the connect (dry run: not killed)" if dry
                 else "killed in the kernel at the connect" if ev.action == "kill"
                 else "allowed (administrator's interactive session)")
-        obj = ev.path or f"pid {ev.target_pid}"
+        obj = ev.path or ("the socket connected behind the caller's back"
+                          if kind == SocketKind.SWAPPED else f"pid {ev.target_pid}")
+        # the tree from its origin (the kernel's prov entry's; the dispatcher walks from
+        # the client instead when the table does not show it as the client's ancestor)
+        origin = ev.detail or ev.proc.pid
         return Finding(
             rule=GATE_RULE, severity="critical" if ev.action == "kill" else "high", dry_run=dry,
             attack=("T1059.004",),
-            action="alert" if failed else "kill" if ev.action == "kill" else "audit",
-            event=ev, pid=ev.proc.pid,
+            action="kill-tree" if ev.action == "kill" else "audit",
+            event=ev, pid=origin if ev.action == "kill" else ev.proc.pid,
             title=f"Client of the {what} {verb}: {obj} "
                   f"[untrusted provenance: {', '.join(reasons)}]",
             evidence={"prevented": f"a command run or typed for the tree by the {what} "
                                    f"({obj}, server pid {ev.target_pid})",
                       "provenance": reasons, "operation": "connect", "object": obj,
                       "class": "control-socket", "socket": kind.name.lower(),
-                      "server_pid": ev.target_pid},
+                      "server_pid": ev.target_pid, "origin_pid": origin},
             enforced_by=MECHANISM)
 
 

@@ -61,6 +61,8 @@ class SocketKind(enum.IntEnum):
     PODMAN = 4
     TMUX = 5        # a tmux server, found by its executable (s18-launder)
     SCREEN = 6      # a screen session's server, likewise
+    SWAPPED = 7     # compat only: a connect returned 0 on a descriptor swapped during the
+                    # call (the server unknown; svcgate_compat.bpf.c, s19-gatefix)
 
 
 # the daemons' API sockets (an absent one is skipped, named in apply()'s problems)
@@ -73,7 +75,8 @@ DEFAULT_SOCKETS: Final[Mapping[str, SocketKind]] = {
 _WHAT: Final = {SocketKind.SYSTEMD: "service manager (systemd's private socket)",
                 SocketKind.DOCKER: "docker API", SocketKind.CONTAINERD: "containerd API",
                 SocketKind.PODMAN: "podman API", SocketKind.TMUX: "tmux server",
-                SocketKind.SCREEN: "screen session"}
+                SocketKind.SCREEN: "screen session",
+                SocketKind.SWAPPED: "unknown server (a descriptor swapped during the connect)"}
 # servers found by the executable listening (any socket path, bound at any time): the
 # installed files of these names in the trust directories (detect/behavior/trust.py)
 DEFAULT_SERVERS: Final[Mapping[str, SocketKind]] = {"tmux": SocketKind.TMUX,

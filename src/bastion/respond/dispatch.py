@@ -181,22 +181,34 @@ class Dispatcher:
         (pid, start_ns).  A root that already exited (fork-and-exit: ``os.fork() and
         sys.exit(0)``, the worker re-forking) is no reason to spare its tree: the walk
         starts from the table's lineage of the root, and always takes the event's own
-        process (s19 review 4: the worker lived, "kill-tree-skipped: already exited")."""
+        process (s19 review 4: the worker lived, "kill-tree-skipped: already exited").
+        A kill the kernel already sent (:func:`_kernel_killed`: the compat tmux gate's
+        client) is not sent again: that process is held (its children are the tree's) but
+        never signalled, its pid may be another's by now; and the finding's root must be
+        an ancestor of it in the table (the kernel's origin tgid carries no start time:
+        a reused pid is not the tree's), else the tree is walked from it alone."""
         ev = f.event
-        start = ev.proc.start_ns if ev is not None and ev.proc.pid == f.pid else 0
+        spare = ev.proc.pid if ev is not None and _kernel_killed(f) else 0
+        root = f.pid
+        if spare and root != spare and root not in {
+                e.pid for e in self.procs.ancestry(spare)[1:]}:
+            log.warning("kill-tree: pid %d is not an ancestor of the killed pid %d in the "
+                        "table; the tree is walked from %d", root, spare, spare)
+            root = spare
+        start = ev.proc.start_ns if ev is not None and ev.proc.pid == root else 0
         if not start:
-            e = self.procs.get(f.pid)
+            e = self.procs.get(root)
             start = e.start_ns if e is not None else 0
-        fd = self._open_checked(f.pid, start)
+        fd = self._open_checked(root, start)
         fds: dict[int, int] = {}
         starts: dict[int, int] = {}
         if isinstance(fd, int):
-            fds[f.pid] = fd
-            starts[f.pid] = start_ns_of(f.pid) or start
+            fds[root] = fd
+            starts[root] = start_ns_of(root) or start
         elif fd != "already exited":
             return f"kill-tree-skipped: {fd}", [], []
-        seeds = [(f.pid, start)]
-        if ev is not None and ev.proc.pid != f.pid and ev.proc.start_ns:
+        seeds = [(root, start)]
+        if ev is not None and ev.proc.pid != root and ev.proc.start_ns:
             seeds.append((ev.proc.pid, ev.proc.start_ns))
         try:
             # stop everything first (a stopped process cannot fork), re-walking
@@ -210,24 +222,28 @@ class Dispatcher:
                     if got is not None:
                         fds[pid], starts[pid] = got
                         new = True
-                for pfd in fds.values():
+                for pid, pfd in fds.items():
                     try:
-                        signal.pidfd_send_signal(pfd, signal.SIGSTOP)
+                        if pid != spare:
+                            signal.pidfd_send_signal(pfd, signal.SIGSTOP)
                     except ProcessLookupError:
                         pass
                 if not new:
                     break
-            for pfd in fds.values():
+            for pid, pfd in fds.items():
                 try:
-                    signal.pidfd_send_signal(pfd, signal.SIGKILL)
+                    if pid != spare:
+                        signal.pidfd_send_signal(pfd, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
         finally:
             for pfd in fds.values():
                 os.close(pfd)
-        if not fds:
-            return f"kill-tree-skipped: {fd}", [], []
-        return "kill-tree", sorted(fds), sorted(starts.items())
+        if not fds or set(fds) == {spare}:
+            # the kernel's kill was the whole tree's
+            return ("kill-tree" if spare else f"kill-tree-skipped: {fd}"), [], []
+        return "kill-tree", sorted(p for p in fds if p != spare), sorted(
+            (p, t) for p, t in starts.items() if p != spare)
 
     def _quarantine(self, f: Finding) -> str:
         if self.quarantine is None:
