@@ -58,6 +58,8 @@ char LICENSE[] SEC("license") = "GPL";
 #define AF_NETLINK_ 16
 #define TCP_ESTABLISHED_ 1   /* also UDP/raw connected, NETLINK_CONNECTED */
 #define TCP_SYN_SENT_ 2      /* TCP_FASTOPEN_CONNECT returns 0 here */
+#define TCP_CLOSE_ 7         /* a fresh inet socket, or one never connected */
+#define TCP_LISTEN_ 10
 #define SVC_SWAPPED 7        /* SocketKind.SWAPPED: the descriptor swapped during the call */
 
 #define PEND_SOCK 1          /* the descriptor was a socket at entry */
@@ -115,7 +117,8 @@ static __always_inline bool unix_stream(struct sock *sk)
 	return type == SOCK_STREAM_ || type == SOCK_SEQPACKET_;
 }
 
-/* Is @sk (unix, inet or netlink) connected, an inet one connecting?  -1: another family. */
+/* Has @sk (unix, inet or netlink) been connected (an inet one: any state a connect
+ * leads to, connecting included)?  -1: another family. */
 static __always_inline int sk_connected(struct sock *sk)
 {
 	__u16 fam = BPF_CORE_READ(sk, __sk_common.skc_family);
@@ -126,7 +129,11 @@ static __always_inline int sk_connected(struct sock *sk)
 	if (fam != AF_INET_ && fam != AF_INET6_ && fam != AF_NETLINK_)
 		return -1;
 	st = BPF_CORE_READ(sk, __sk_common.skc_state);
-	return st == TCP_ESTABLISHED_ || (st == TCP_SYN_SENT_ && fam != AF_NETLINK_);
+	if (fam == AF_NETLINK_)
+		return st == TCP_ESTABLISHED_;
+	/* any state a connect leads to: a peer's FIN or our shutdown() between the
+	 * handshake and the exit (CLOSE_WAIT, FIN_WAIT*) is no swap */
+	return st != TCP_CLOSE_ && st != TCP_LISTEN_;
 }
 
 /* A connect that returned 0 but cannot have been made on @sk, the descriptor's
