@@ -11,7 +11,7 @@
 #       VM_LSM=LIST      boot with lsm=LIST, e.g. VM_LSM=lockdown,capability,landlock,yama,apparmor
 #                        (no bpf: the Ubuntu-like variant, trampolines without BPF LSM;
 #                        run tests/vm/variant_nobpflsm.py there)
-#       VM_APPEND=ARGS   extra guest kernel parameters (debugging: "loglevel=7 softlockup_all_cpu_backtrace=1")
+#       VM_APPEND=ARGS   extra guest kernel parameters (debugging: "loglevel=7")
 #       VM_SHELL=1       interactive shell in the guest after pytest (needs a tty;
 #                        no timeout then)
 #       VM_KEEP=DIR      copy the results share (junit.xml, dmesg.txt, ...) to DIR
@@ -116,14 +116,18 @@ if [[ -n ${CI+set} ]]; then
   [[ $CI =~ ^[A-Za-z0-9._-]*$ ]] || die "CI='$CI' cannot go on the kernel command line"
   append+=" bastion.ci=$CI"
 fi
-if [[ ${VM_DEBUG:-} == 1 ]]; then append+=" bastion.debug=1"; else append+=" quiet loglevel=3"; fi
+if [[ ${VM_DEBUG:-} == 1 ]]; then append+=" bastion.debug=1"; else append+=" quiet loglevel=5"; fi
+# A kernel hang must end the run with its stacks, not at VM_TIMEOUT with nothing: a soft
+# lockup prints every CPU's backtrace (warning level, shown at loglevel=5) and panics,
+# and panic=1 with -no-reboot ends qemu.
+append+=" softlockup_all_cpu_backtrace=1 softlockup_panic=1"
 if [[ -n ${VM_LSM:-} ]]; then
   [[ $VM_LSM =~ ^[a-z0-9_]+(,[a-z0-9_]+)*$ ]] || die "VM_LSM='$VM_LSM' must be a comma-separated list of LSM names"
   append+=" lsm=$VM_LSM"
 fi
 [[ ${VM_SHELL:-} == 1 ]] && append+=" bastion.shell=1"
 if [[ -n ${VM_APPEND:-} ]]; then
-  # Extra guest kernel parameters for debugging (e.g. "loglevel=7 softlockup_all_cpu_backtrace=1").
+  # Extra guest kernel parameters for debugging (e.g. "loglevel=7").
   [[ $VM_APPEND =~ ^[A-Za-z0-9_.,=\ -]+$ ]] || die "VM_APPEND='$VM_APPEND' may hold only kernel parameters (letters, digits, _ . , = - and spaces)"
   append+=" $VM_APPEND"
 fi
