@@ -84,7 +84,7 @@ test-vm-variant: setup
 	VM_LSM=$(VM_VARIANT_LSM) VM_TIMEOUT=300 bash vm/run.sh tests/vm/variant_nobpflsm.py
 
 test: setup lint
-	$(PYTEST) tests/unit tests/kernel tests/e2e
+	$(PYTEST) --durations=30 tests/unit tests/kernel tests/e2e
 	bash vm/run.sh
 	VM_LSM=$(VM_VARIANT_LSM) VM_TIMEOUT=300 bash vm/run.sh tests/vm/variant_nobpflsm.py
 
