@@ -83,8 +83,11 @@ VM_VARIANT_LSM := lockdown,capability,landlock,yama,apparmor,tomoyo
 test-vm-variant: setup
 	VM_LSM=$(VM_VARIANT_LSM) VM_TIMEOUT=300 bash vm/run.sh tests/vm/variant_nobpflsm.py
 
+# Unit tests share nothing (no kernel state, own temp dirs): two workers.  Kernel and
+# e2e tests share the host kernel and stay serial.
 test: setup lint
-	$(PYTEST) --durations=30 tests/unit tests/kernel tests/e2e
+	$(PYTEST) -n 2 --durations=30 tests/unit
+	$(PYTEST) --durations=30 tests/kernel tests/e2e
 	bash vm/run.sh
 	VM_LSM=$(VM_VARIANT_LSM) VM_TIMEOUT=300 bash vm/run.sh tests/vm/variant_nobpflsm.py
 
