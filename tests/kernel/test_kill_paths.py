@@ -34,6 +34,7 @@ from bastion.events import KillEvent
 from bastion.proctable import ProcessTable
 from bastion.sensors.bpf import BpfSensor
 from support.cg import scoped_cgroup
+from support.live import drain_events
 
 RULE = "behavior.disable_security_tools"
 PYTHON = os.path.realpath(sys.executable)  # the decoy's (argv[0] is "auditd"; no shim)
@@ -84,8 +85,8 @@ int main(int argc, char **argv)
 class Watch:
     """The sensor (scoped to the test's cgroup) and the default pack, on a thread."""
 
-    def __init__(self, cgid: int) -> None:
-        self.sensor = BpfSensor(cgroup_id=cgid, classes=("exec", "kill"))
+    def __init__(self, sensor: BpfSensor) -> None:
+        self.sensor = sensor
         self.procs = ProcessTable()
         self.engine = Engine(behavior_rules(probes=live_probes()))
         self.findings: list[Finding] = []
@@ -113,19 +114,34 @@ class Watch:
         return []
 
 
-@contextmanager
-def watching() -> Iterator[tuple[Path, Watch]]:
+@pytest.fixture(scope="module")
+def sensor() -> Iterator[tuple[Path, BpfSensor]]:
+    """One sensor (it only reports) scoped to one test cgroup for the module: a load
+    and close cost seconds.  Each test gets its own table, engine and findings, and
+    starts with the ring drained (every process of an earlier test has exited)."""
     with scoped_cgroup() as (cg, cgid):
-        w = Watch(cgid)
-        w.sensor.open()
-        w._t.start()
+        s = BpfSensor(cgroup_id=cgid, classes=("exec", "kill"))
+        s.open()
         try:
-            yield cg, w
+            yield cg, s
         finally:
-            w._stop.set()
-            w._t.join(5)
-            w.sensor.close()
-            assert not w.engine.errors, w.engine.disabled
+            s.close()
+
+
+@contextmanager
+def watching(shared: tuple[Path, BpfSensor]) -> Iterator[tuple[Path, Watch]]:
+    cg, sensor = shared
+    assert (cg / "cgroup.procs").read_text() == "", "an earlier test left a process"
+    drain_events(sensor)
+    w = Watch(sensor)
+    w._t.start()
+    try:
+        yield cg, w
+    finally:
+        w._stop.set()
+        w._t.join(5)
+        assert not w._t.is_alive()
+        assert not w.engine.errors, w.engine.disabled
 
 
 def spawn_in(cg: Path, argv: list[str], **kw: Any) -> subprocess.Popen[str]:
@@ -147,10 +163,11 @@ def ia32_kill() -> Iterator[Path]:
         shutil.rmtree(d)
 
 
-def _decoy_killed_by(sender: list[str], own_cgroup: bool = False) -> list[KillEvent]:
+def _decoy_killed_by(shared: tuple[Path, BpfSensor], sender: list[str],
+                     own_cgroup: bool = False) -> list[KillEvent]:
     """``own_cgroup``: the decoy moves (after its exec was seen) to a child cgroup of the
     test's, whose path the sender gets as argv[-1]."""
-    with watching() as (cg, w):
+    with watching(shared) as (cg, w):
         decoy = spawn_in(cg, [sys.executable, "-c", "import os, sys; os.execv(sys.argv[1], "
                               "['auditd', '-c', sys.argv[2]])", PYTHON, DECOY],
                          stdout=subprocess.PIPE)
@@ -184,24 +201,27 @@ def _decoy_killed_by(sender: list[str], own_cgroup: bool = False) -> list[KillEv
 
 
 @pytest.mark.parametrize("how", sorted(SENDERS))
-def test_security_tool_signalled_by_any_syscall_is_reported(how: str) -> None:
-    kills = _decoy_killed_by([sys.executable, "-c", SENDERS[how]])
+def test_security_tool_signalled_by_any_syscall_is_reported(
+        sensor: tuple[Path, BpfSensor], how: str) -> None:
+    kills = _decoy_killed_by(sensor, [sys.executable, "-c", SENDERS[how]])
     syscall = how.split()[0]
     assert [(k.syscall, k.ia32) for k in kills] == [("pidfd" if syscall.startswith("pidfd")
                                                       else syscall, False)]
     assert kills[0].code == (-1 if "sigqueue" in how else -6 if "kill (" in how else 0)
 
 
-def test_security_tool_signalled_by_an_ia32_syscall_is_reported(ia32_kill: Path) -> None:
+def test_security_tool_signalled_by_an_ia32_syscall_is_reported(
+        sensor: tuple[Path, BpfSensor], ia32_kill: Path) -> None:
     """``int $0x80`` with eax = 37 (ia32 kill) from a 64-bit binary: the syscall
     tracepoints never fire for an ia32 call.  Before: no record, no finding."""
-    kills = _decoy_killed_by([str(ia32_kill)])
+    kills = _decoy_killed_by(sensor, [str(ia32_kill)])
     assert [(k.syscall, k.ia32, k.code) for k in kills] == [("kill", True, 0)]
 
 
-def test_security_tool_killed_through_cgroup_kill_is_reported() -> None:
+def test_security_tool_killed_through_cgroup_kill_is_reported(
+        sensor: tuple[Path, BpfSensor]) -> None:
     """``echo 1 > .../cgroup.kill`` of the tool's cgroup: the kernel sends SIGKILL
     (SI_USER) from the writer's ``write``.  Before: no kill syscall, no record."""
-    kills = _decoy_killed_by([sys.executable, "-c", "import sys; open(sys.argv[3] + "
+    kills = _decoy_killed_by(sensor, [sys.executable, "-c", "import sys; open(sys.argv[3] + "
                               "'/cgroup.kill', 'w').write('1')"], own_cgroup=True)
     assert [(k.syscall, k.signal, k.code) for k in kills] == [("other", 9, 0)]

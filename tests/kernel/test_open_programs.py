@@ -22,6 +22,7 @@ from bastion import abi
 from bastion.events import Event, FileEvent
 from bastion.sensors.bpf import BTF_OPEN_PROGRAMS, PROBE_OPEN_PROGRAMS, BpfSensor
 from support.cg import run_in, scoped_cgroup
+from support.live import drain_events
 
 pytestmark = pytest.mark.kernel
 
@@ -51,11 +52,8 @@ WORKLOAD = textwrap.dedent("""
 
 
 def _drain(sensor: BpfSensor) -> list[Event]:
-    out: list[Event] = []
-    deadline = time.monotonic() + 0.8
-    while time.monotonic() < deadline:
-        out += sensor.poll(0.05) or []
-    return out
+    """The workload has exited: read until a poll is empty (tests/support/live.py)."""
+    return drain_events(sensor)
 
 
 @pytest.mark.parametrize("btf_loads", [True, False], ids=["btf", "probe-read"])

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from bastion import abi
 from bastion.events import Event, FileEvent
 from bastion.sensors.bpf import BpfSensor
 from support.cg import run_in, scoped_cgroup
+from support.live import drain_events
 
 pytestmark = pytest.mark.kernel
 
@@ -36,11 +36,8 @@ def _read(cg: Path, *paths: Path) -> None:
 
 
 def _drain(sensor: BpfSensor) -> list[Event]:
-    out: list[Event] = []
-    deadline = time.monotonic() + 0.6
-    while time.monotonic() < deadline:
-        out += sensor.poll(0.05) or []
-    return out
+    """The workload has exited: read until a poll is empty (tests/support/live.py)."""
+    return drain_events(sensor)
 
 
 def _sensitive_reads(events: list[Event], name: str) -> list[FileEvent]:

@@ -27,7 +27,8 @@ def _run(tmp_path: Path, **kw: float) -> tuple[list[Event], int, BpfSensor]:
         sensor = BpfSensor(cgroup_id=cgid, **kw)  # type: ignore[arg-type]
         sensor.open()
         try:
-            events, pid = collect_workload(sensor, cg, tmp_path, timeout=60, settle_s=1.5)
+            events, pid = collect_workload(sensor, cg, tmp_path, timeout=60, settle_s=10,
+                                           until_empty=True)
         finally:
             sensor.close()
     return events, pid, sensor
@@ -106,10 +107,14 @@ def test_downloaded_loader_is_stopped_live(tmp_path: Path) -> None:
             os.chmod(ldr, 0o755)
             r = run_in(cg, [str(ldr)], timeout=60)
             assert r.returncode == 0, r.stderr
+            # both have exited: every event is in the ring, read until a poll is empty
             found: list[Finding] = []
-            deadline = time.monotonic() + 2.0
+            deadline = time.monotonic() + 10.0
             while time.monotonic() < deadline:
-                for ev in sensor.poll(0.05) or []:
+                evs = sensor.poll(0.05) or []
+                if not evs:
+                    break
+                for ev in evs:
                     procs.update(ev)
                     found += engine.evaluate(ev, ctx)
         finally:

@@ -184,7 +184,7 @@ def http_serving(root: Path) -> Iterator[int]:
             pass
 
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     t.start()
     try:
         yield srv.server_address[1]

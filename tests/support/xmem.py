@@ -76,9 +76,12 @@ def xmem_records(events: list[Any], pid: int) -> list[tuple[str, tuple[str, ...]
 
 
 def collect_workload(sensor: _Sensor, cg: Path, tmp_path: Path, *, timeout: float,
-                     settle_s: float) -> tuple[list[Any], int]:
+                     settle_s: float, until_empty: bool = False) -> tuple[list[Any], int]:
     """Run WORKLOAD in the test cgroup ``cg`` with an open ``sensor``; the events it
-    polled for ``settle_s`` after the workload exited (none dropped) and the pid."""
+    polled for ``settle_s`` after the workload exited (none dropped) and the pid.
+    ``until_empty``: stop at the first poll that returns nothing (the workload has
+    exited: every event of it is in the ring already, tests/support/live.py);
+    ``settle_s`` then only bounds the read."""
     from support.cg import run_in
 
     shared = tmp_path / "shared"
@@ -89,6 +92,9 @@ def collect_workload(sensor: _Sensor, cg: Path, tmp_path: Path, *, timeout: floa
     events: list[Any] = []
     deadline = time.monotonic() + settle_s
     while time.monotonic() < deadline:
-        events += sensor.poll(0.05) or []
+        evs = sensor.poll(0.05) or []
+        if until_empty and not evs:
+            break
+        events += evs
     assert sensor.drops() == 0
     return events, int(r.stdout.split()[-1])

@@ -32,6 +32,7 @@ import errno
 import logging
 import os
 import struct
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping
@@ -121,6 +122,45 @@ def _run_load_hooks(lo: LoadedObject) -> None:
             hook(lo)
         except (KernelError, OSError) as exc:
             log.error("%s: load hook %s failed: %s", lo.spec.path.name, name, exc)
+
+
+_CLOSE_THREADS = 16
+
+
+def destroy_links(links: list[Link]) -> None:
+    """Destroy ``links`` (detaching those not pinned), on up to 16 threads at once.
+
+    Detaching a tracepoint link waits for RCU grace periods in the kernel
+    (``perf_trace_event_unreg`` -> ``tracepoint_synchronize_unregister``): one after the
+    other, the sensor's 56 links took 3.6 s to close on a 2-CPU host.  Concurrent
+    detaches share the grace periods.  Each link's detach is atomic on its own, and a
+    closing object's links are all going, so the order never mattered; every link is
+    destroyed before this returns (a thread that cannot start leaves its share to the
+    caller's thread)."""
+    if len(links) <= 1:
+        for link in links:
+            link.destroy()
+        return
+    n = min(len(links), _CLOSE_THREADS)
+    shares = [links[i::n] for i in range(n)]
+
+    def run(share: list[Link]) -> None:
+        for link in share:
+            link.destroy()
+
+    started: list[threading.Thread] = []
+    left: list[Link] = []
+    for share in shares[1:]:
+        t = threading.Thread(target=run, args=(share,), name="bastion-link-close", daemon=True)
+        try:
+            t.start()
+        except RuntimeError:            # no thread to be had (interpreter shutdown ...)
+            left += share
+            continue
+        started.append(t)
+    run(shares[0] + left)
+    for t in started:
+        t.join()
 
 
 class _Ring(Protocol):
@@ -270,9 +310,9 @@ class LoadedObject:
                         pinned.unpin()
                     except KernelError as exc:
                         log.warning("cannot unpin %s: %s", pinned.pin_path, exc)
-        for link in self.links.values():
-            link.destroy()  # detaches unless pinned
+        links = list(self.links.values())
         self.links.clear()
+        destroy_links(links)  # detaches unless pinned
         if self.ring is not None:
             self.ring.close()
             self.ring = None
