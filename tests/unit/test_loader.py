@@ -140,6 +140,48 @@ def test_close_closes_the_ring_and_keeps_the_counters() -> None:
     assert (lo.decoded, lo.decode_errors) == (1, 1)
 
 
+class SlowLink:
+    """A link whose detach waits like a tracepoint's (an RCU grace period)."""
+
+    def __init__(self, wait_s: float, gate: threading.Barrier | None = None) -> None:
+        self.wait_s, self.gate, self.destroyed = wait_s, gate, 0
+        self.thread: str | None = None
+
+    def destroy(self) -> None:
+        if self.gate is not None:
+            self.gate.wait(timeout=5)      # passes only when the detaches overlap
+        threading.Event().wait(self.wait_s)
+        self.destroyed += 1
+        self.thread = threading.current_thread().name
+
+
+def test_close_detaches_every_link_concurrently() -> None:
+    """A closing object's links are detached at once, not one grace period after the
+    other (the sensor's 56 took 3.6 s); close returns only when every one is gone."""
+    gate = threading.Barrier(4)
+    links = [SlowLink(0.05, gate) for _ in range(4)] + [SlowLink(0.05) for _ in range(30)]
+    lo = _loaded([])
+    lo.links = {f"p{i}": link for i, link in enumerate(links)}  # type: ignore[misc]
+    lo.close()
+    assert [link.destroyed for link in links] == [1] * len(links)
+    assert lo.links == {}
+    assert len({link.thread for link in links}) > 1
+
+
+def test_close_detaches_every_link_when_no_thread_can_start(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    links = [SlowLink(0.0) for _ in range(20)]
+    lo = _loaded([])
+    lo.links = {f"p{i}": link for i, link in enumerate(links)}  # type: ignore[misc]
+    lo.close()
+    assert [link.destroyed for link in links] == [1] * len(links)
+    assert {link.thread for link in links} == {threading.current_thread().name}
+
+
 # ---- the users: a bad record does not escape poll -------------------------------------------
 
 
