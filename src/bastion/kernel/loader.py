@@ -23,7 +23,8 @@ tamper objects and the scoped LSM objects:
 decoder and a periodically refreshed wall-clock offset; a record that does
 not decode is counted in ``decode_errors`` and logged, never raised into the
 caller's event loop.  :meth:`LoadedObject.close` releases everything; pinned
-links stay attached unless ``unpin``.
+links stay attached unless ``unpin``.  It detaches the links concurrently
+(:func:`destroy_links`: a tracepoint detach waits for RCU grace periods).
 """
 
 from __future__ import annotations
