@@ -494,7 +494,8 @@ class Program:
                 errno=err,
                 location=self._loc(),
             )
-        return Link(int(ptr), description=f"{self.name} ({self.section_name})")
+        return Link(int(ptr), description=f"{self.name} ({self.section_name})",
+                    section=self.section_name)
 
     def attach(self) -> Link:
         """Attach by section name (tracepoint/, tp_btf/, raw_tp/, lsm/, iter/ …)."""
@@ -548,9 +549,10 @@ class Link(Closing):
     the kernel link alive); :meth:`detach` forcibly detaches even a pinned link.
     """
 
-    def __init__(self, ptr: int, *, description: str = "") -> None:
+    def __init__(self, ptr: int, *, description: str = "", section: str = "") -> None:
         self._ptr: int | None = ptr
         self.description = description
+        self.section = section          # the program's SEC(), "" when opened from a pin
 
     def __repr__(self) -> str:
         state = "destroyed" if self._ptr is None else f"fd={self.fd}"

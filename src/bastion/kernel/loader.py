@@ -23,7 +23,7 @@ tamper objects and the scoped LSM objects:
 decoder and a periodically refreshed wall-clock offset; a record that does
 not decode is counted in ``decode_errors`` and logged, never raised into the
 caller's event loop.  :meth:`LoadedObject.close` releases everything; pinned
-links stay attached unless ``unpin``.  It detaches the links concurrently
+links stay attached unless ``unpin``.  It detaches tracepoint links concurrently
 (:func:`destroy_links`: a tracepoint detach waits for RCU grace periods).
 """
 
@@ -127,23 +127,40 @@ def _run_load_hooks(lo: LoadedObject) -> None:
 
 _CLOSE_THREADS = 16
 
+# Attachments through perf events: detaching one waits for RCU grace periods
+# (perf_trace_event_unreg -> tracepoint_synchronize_unregister).
+_PERF_SECTIONS = ("tracepoint/", "tp/", "raw_tp/", "raw_tracepoint/", "kprobe/",
+                  "kretprobe/", "uprobe", "uretprobe")
+
+
+def _detaches_concurrently(link: object) -> bool:
+    section = getattr(link, "section", "")
+    return isinstance(section, str) and section.startswith(_PERF_SECTIONS)
+
 
 def destroy_links(links: list[Link]) -> None:
-    """Destroy ``links`` (detaching those not pinned), on up to 16 threads at once.
+    """Destroy ``links`` (detaching those not pinned); perf-event attachments on up to
+    16 threads at once, every other link (LSM, fentry/fexit, tp_btf: trampolines; a link
+    opened from a pin) one after the other on the caller's thread.
 
-    Detaching a tracepoint link waits for RCU grace periods in the kernel
-    (``perf_trace_event_unreg`` -> ``tracepoint_synchronize_unregister``): one after the
-    other, the sensor's 56 links took 3.6 s to close on a 2-CPU host.  Concurrent
-    detaches share the grace periods.  Each link's detach is atomic on its own, and a
-    closing object's links are all going, so the order never mattered; every link is
-    destroyed before this returns (a thread that cannot start leaves its share to the
-    caller's thread)."""
-    if len(links) <= 1:
-        for link in links:
+    Detaching a tracepoint link waits for RCU grace periods in the kernel: one after the
+    other, the compat sensor's 56 links took 3.6 s to close on a 2-CPU host; concurrent
+    detaches share the grace periods (1.9 s).  Trampoline links stay sequential: the VM
+    suite's intermittent soft lockup (docs/testing-vm.md) is not explained, and
+    concurrent trampoline detaches were the first suspect (the hang also came without
+    them).  Each detach is atomic on its own and a closing object's links all go, so
+    the order never mattered; every link is destroyed before this returns (a thread
+    that cannot start leaves its share to the caller's thread)."""
+    perf = [link for link in links if _detaches_concurrently(link)]
+    rest = [link for link in links if not _detaches_concurrently(link)]
+    for link in rest:
+        link.destroy()
+    if len(perf) <= 1:
+        for link in perf:
             link.destroy()
         return
-    n = min(len(links), _CLOSE_THREADS)
-    shares = [links[i::n] for i in range(n)]
+    n = min(len(perf), _CLOSE_THREADS)
+    shares = [perf[i::n] for i in range(n)]
 
     def run(share: list[Link]) -> None:
         for link in share:
