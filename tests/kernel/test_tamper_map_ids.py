@@ -56,7 +56,7 @@ def test_a_pinned_link_leads_to_the_unpinned_maps_its_program_uses(pins: Path) -
             maps = {m.name: fd_ids(m.fd)["map"] for m in o.maps()}
             assert any(n.endswith(".bss") for n in maps), maps    # the counter: writable, unpinned
             prog = fd_ids(o.program("tt_rename").fd)["prog"]
-            ids = pinned_ids(pins)
+            ids = pinned_ids(pins, names=[Path("links/tt_rename")])
             assert ids["map"] == set() and len(ids["link"]) == 1   # no map is pinned
             assert ids["prog"] == {prog}                           # the program behind the link
             cache: dict[int, tuple[int, ...]] = {}

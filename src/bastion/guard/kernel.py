@@ -16,9 +16,10 @@ import ctypes
 import errno
 import logging
 import os
+import stat
 from dataclasses import dataclass, replace
 from pathlib import Path
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Final
 
 from bastion import abi
@@ -69,24 +70,83 @@ def fd_ids(fd: int) -> dict[str, int]:
     return out
 
 
-def pinned_ids(root: Path) -> dict[str, set[int]]:
-    """Kernel ids of every map/link/prog pinned under ``root`` (recursively); ``prog``
-    also holds the program behind every pinned link."""
+def our_pin_names() -> frozenset[Path]:
+    """The paths (relative to the pin root) our objects may pin: the tamper objects' under
+    ``tamper/``, the HIPS matcher's under ``hips/`` (either tier), as their specs declare
+    them (:meth:`bastion.kernel.loader.ObjectSpec.pin_names`).  An object file that cannot
+    be opened adds its maps only (its links are registered by the process that loads it)."""
+    from bastion.enforce import hips_kernel
+
+    out: set[Path] = set()
+    for sub, objects, maps in (("tamper", OBJECTS, PINNED_MAPS),
+                               ("hips", hips_kernel.OBJECTS, hips_kernel.MAPS)):
+        for f in objects.values():
+            spec = ObjectSpec(path=bpf_object(f), pin_dir=Path(sub), pin_maps=maps)
+            try:
+                out |= spec.pin_names()
+            except KernelError as exc:
+                log.warning("tamper: %s: program names unknown, its pinned links are not "
+                            "walked: %s", f, exc)
+                out |= {Path(sub) / "maps" / m for m in maps}
+    return frozenset(out)
+
+
+def pinned_ids(root: Path, names: Collection[Path] | None = None,
+               foreign: list[Path] | None = None) -> dict[str, set[int]]:
+    """Kernel ids of the maps/links pinned under ``root`` at ``names`` (relative paths;
+    default :func:`our_pin_names`) and nothing else: a ``maps/`` name gives a map id, a
+    ``links/`` name a link id and the program behind it.  Every path is taken with lstat
+    and must be a regular file (a bpffs pin) below real directories: a symlink is never
+    followed.  Every other entry under ``root`` (a pin or directory someone else made, a
+    symlink) is appended to ``foreign`` and not opened; a foreign directory is named, not
+    entered.  So root can add at most ``len(names)`` ids through the pin root, whatever
+    it pins there."""
+    want = our_pin_names() if names is None else frozenset(Path(n) for n in names)
+    dirs = {p for n in want for p in Path(n).parents if p != Path(".")}
     out: dict[str, set[int]] = {"map": set(), "link": set(), "prog": set()}
-    if not root.is_dir():
+    try:
+        if not stat.S_ISDIR(os.lstat(root).st_mode):
+            return out
+    except OSError:
         return out
-    for dirpath, _dirs, files in os.walk(root):
-        for f in files:
+
+    def strange(p: Path) -> None:
+        if foreign is not None:
+            foreign.append(root / p)
+
+    def walk(rel: Path) -> None:
+        try:
+            entries = sorted(os.scandir(root / rel), key=lambda e: e.name)
+        except OSError:
+            return
+        for e in entries:
+            p = rel / e.name
             try:
-                fd = obj_get(Path(dirpath) / f)
-            except KernelError:
-                continue
-            try:
-                ids = fd_ids(fd)
-            finally:
-                os.close(fd)
-            for kind, kid in ids.items():
-                out[kind].add(kid)
+                mode = os.lstat(root / p).st_mode
+            except OSError:
+                continue                        # gone since the listing
+            if p in dirs and stat.S_ISDIR(mode):
+                walk(p)
+            elif p in want and stat.S_ISREG(mode):
+                kind = "link" if p.parent.name == "links" else "map"
+                try:
+                    fd = obj_get(root / p)
+                except KernelError:
+                    continue
+                try:
+                    ids = fd_ids(fd)
+                finally:
+                    os.close(fd)
+                if kind not in ids:
+                    strange(p)                  # a map pinned under a link's name, or back
+                    continue
+                for k, kid in ids.items():
+                    if k == kind or (kind == "link" and k == "prog"):
+                        out[k].add(kid)
+            else:
+                strange(p)
+
+    walk(Path())
     return out
 
 
@@ -166,12 +226,29 @@ class ObjectGuard:
     it puts every map and link of each object the agent loads or adopts, and every map
     its programs use, into the pinned id sets at once (the agent is enrolled: it may
     write them).  :meth:`refresh` does it again for every live object when the pinned
-    sets were made anew (protection re-armed after a maintenance window)."""
+    sets were made anew (protection re-armed after a maintenance window).
+
+    A registration that fails (a set full of live objects' ids: E2BIG) leaves ids
+    unprotected: the object's name and the error are kept in :attr:`unprotected` (the
+    agent's status reports protection degraded while it is not empty) and queued for
+    :meth:`take_failures` (the agent raises a high alert for each)."""
 
     def __init__(self, tamper_dir: Path) -> None:
         self.maps_dir = tamper_dir / "maps"
         self._cache: dict[int, tuple[int, ...]] = {}
         self._pin_ino = self._ino()
+        self.unprotected: dict[str, str] = {}       # object name -> why its ids are not in
+        self._failures: list[tuple[str, str]] = []  # not alerted yet
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        if self.unprotected.get(what) != str(exc):      # a retry failing alike: once
+            self._failures.append((what, str(exc)))
+        self.unprotected[what] = str(exc)
+
+    def take_failures(self) -> list[tuple[str, str]]:
+        """The (object, error) registrations that failed since the last call."""
+        out, self._failures = self._failures, []
+        return out
 
     def _ino(self) -> int:
         try:
@@ -180,7 +257,13 @@ class ObjectGuard:
             return 0
 
     def __call__(self, lo: LoadedObject) -> None:
-        self.protect([lo])
+        name = lo.spec.path.name
+        try:
+            self.protect([lo])
+        except (KernelError, OSError) as exc:
+            self._failed(name, exc)
+            raise                               # the loader logs it too
+        self.unprotected.pop(name, None)
 
     def protect(self, objects: Iterable[LoadedObject]) -> dict[str, int]:
         """Add the ids of ``objects``; how many ids, and how many were new, of each kind."""
@@ -213,7 +296,13 @@ class ObjectGuard:
         ino = self._ino()
         if ino == self._pin_ino or ino == 0:
             return False
-        self.protect(live_objects())
+        live = live_objects()
+        try:
+            self.protect(live)
+        except (KernelError, OSError) as exc:
+            self._failed("every live object (re-armed sets)", exc)
+            raise
+        self.unprotected.clear()
         self._pin_ino = ino
         return True
 
@@ -433,15 +522,19 @@ class TamperKernel(LoaderUser):
         for d in devs:
             sbs.update(d.to_bytes(4, "little"), (1).to_bytes(4, "little"))
 
-    def protect_bpf(self, *roots: Path, prog_ids: Iterable[int] = ()) -> dict[str, int]:
-        """Protect our BPF objects by kernel id: every map and link pinned under ``pin_dir``
-        and ``roots``, and every map a program of ours uses even when that map is not
-        pinned (``.bss``/``.data``, scratch, task storage such as the HIPS verdict cache):
-        the programs pinned there and behind the links pinned there, this object's own,
-        and ``prog_ids``.  Run again whenever objects may have been (re)loaded: only ids
-        not in the sets yet are written.  Counts of each kind, and ``new_map``/``new_link``."""
-        ids = pinned_ids(self.pin_dir)
-        parts = [pinned_ids(r) for r in roots]
+    def protect_bpf(self, root: Path | None = None, *, prog_ids: Iterable[int] = (),
+                    foreign: list[Path] | None = None) -> dict[str, int]:
+        """Protect our BPF objects by kernel id: this object's maps and links, the maps and
+        links our objects pin under the pin root ``root`` (:func:`pinned_ids`: only the
+        names our specs pin, never a symlink; anything else there goes to ``foreign``),
+        and every map a program of ours uses even when that map is not pinned
+        (``.bss``/``.data``, scratch, task storage such as the HIPS verdict cache): the
+        programs behind the links pinned there, this object's own, and ``prog_ids``.  Run
+        again whenever objects may have been (re)loaded: only ids not in the sets yet are
+        written.  Counts of each kind, and ``new_map``/``new_link``; KernelError (E2BIG)
+        when a set is full of live objects' ids."""
+        ids: dict[str, set[int]] = {"map": set(), "link": set(), "prog": set()}
+        parts = [pinned_ids(root, foreign=foreign)] if root is not None else []
         if self._lo is not None and not self._lo.closed:
             if self._own_ids is None:           # this object's ids never change
                 self._own_ids = object_ids(self._lo, self._prog_maps)
@@ -465,5 +558,5 @@ class TamperKernel(LoaderUser):
 
 
 __all__ = ["OBJECTS", "TamperKernel", "add_ids", "add_protected", "enrolled_identities", "fd_ids",
-           "ObjectGuard", "loaded_object_guard", "object_ids", "program_map_ids", "protected_subtree",
+           "ObjectGuard", "loaded_object_guard", "object_ids", "our_pin_names", "program_map_ids", "protected_subtree",
            "TamperRecord", "decode", "fd_object_id", "pinned_ids", "setattr_has_idmap"]
