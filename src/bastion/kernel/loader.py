@@ -126,7 +126,8 @@ def pinned_links(pin_dir: Path) -> list[str]:
 #: The assembly sets ``tamper`` under tamper protection so that each object's maps and
 #: links (and every map its programs use) are protected by id as soon as they exist
 #: (:func:`bastion.guard.kernel.loaded_object_guard`).  A failing hook is logged as an
-#: error; the object stays loaded.
+#: error; the object stays loaded (the tamper hook also keeps the failure: a high alert
+#: and degraded protection in the agent's status).
 LOAD_HOOKS: dict[str, Callable[[LoadedObject], None]] = {}
 
 
