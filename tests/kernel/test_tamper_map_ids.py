@@ -103,3 +103,21 @@ def test_the_agent_s_loads_are_registered_at_once_and_again_after_a_rearm(pins: 
         LOAD_HOOKS.pop("tamper", None)
         q.close()
     assert lo not in live_objects()
+
+
+def test_the_pin_root_walk_takes_our_names_only_and_no_symlink(pins: Path) -> None:
+    """Root's flood of foreign pins, and a symlink under one of our names, add no id."""
+    maps = bpffs.pin_dir(pins / "tamper" / "maps")
+    _id_set(maps / "tamper_map_ids")                         # ours
+    flood = bpffs.pin_dir(pins / "flood")
+    for i in range(3):
+        _id_set(flood / f"m{i}")
+    _id_set(maps / "extra")
+    hips = bpffs.pin_dir(pins / "hips" / "maps")
+    os.symlink(flood / "m0", hips / "hips_state")             # BPF_OBJ_GET would follow it
+    with Map.open_pinned(maps / "tamper_map_ids") as m:
+        ours = fd_ids(m.fd)["map"]
+    foreign: list[Path] = []
+    ids = pinned_ids(pins, foreign=foreign)
+    assert ids["map"] == {ours} and ids["link"] == set()
+    assert set(foreign) == {flood, maps / "extra", hips / "hips_state"}
