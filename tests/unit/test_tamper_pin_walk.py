@@ -31,11 +31,16 @@ def _pin(path: Path, ids: dict[str, int]) -> None:
 
 
 @pytest.fixture
-def fake_bpffs(monkeypatch: pytest.MonkeyPatch) -> None:
+def fake_bpffs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # obj_get follows symlinks as BPF_OBJ_GET does; fdinfo is the file's content
     monkeypatch.setattr(gk, "obj_get", lambda p: os.open(p, os.O_RDONLY))
     monkeypatch.setattr(gk, "fd_ids", lambda fd: json.loads(os.pread(fd, 200, 0)))
     monkeypatch.setattr(gk, "our_pin_names", lambda: OURS, raising=False)
+    fd = os.open(tmp_path, os.O_PATH)       # the plain directory stands for bpffs
+    try:
+        monkeypatch.setattr(gk, "PIN_FS", gk.PIN_FS | {gk._fs_type(gk._mnt_id(fd))})
+    finally:
+        os.close(fd)
 
 
 def test_only_our_pin_names_are_walked_and_foreign_entries_are_reported(
@@ -96,9 +101,11 @@ class FakeTk:
     def __init__(self) -> None:
         self.full = True
         self.foreign: list[Path] = []
+        self.cut: list[Path] = []
 
-    def protect_bpf(self, root: Path, *, foreign: list[Path]) -> dict[str, int]:
+    def protect_bpf(self, root: Path, *, foreign: list[Path], cut: list[Path]) -> dict[str, int]:
         foreign.extend(self.foreign)
+        cut.extend(self.cut)
         if self.full:
             _full()
         return {"map": 1, "link": 1, "prog": 1, "new_map": 0, "new_link": 0}
@@ -142,6 +149,17 @@ def test_guardian_reports_each_foreign_pin_once(tmp_path: Path) -> None:
     assert [(a.rule, a.severity) for a in alerts] == [("bastion.tamper.foreign-pin", "high")]
     assert str(tmp_path / "pins/flood") in alerts[0].title
     assert alerts[0].evidence["count"] == 2
+    # one goes, a flood cut the listing short: what is remembered is this pass's, so a
+    # re-creation is alerted again, and the cut directory is named
+    tk.foreign = [tmp_path / "pins/flood"]
+    g._protect_bpf()
+    assert len(alerts) == 1 and g._foreign_pins == {tmp_path / "pins/flood"}
+    tk.foreign = [tmp_path / "pins/flood", tmp_path / "pins/hips/maps/x"]
+    tk.cut = [tmp_path / "pins/tamper/maps"]
+    g._protect_bpf()
+    assert len(alerts) == 2 and alerts[1].evidence["count"] == 1
+    assert alerts[1].evidence["listing_cut"] == [str(tmp_path / "pins/tamper/maps")]
+    assert "cut short" in alerts[1].title
 
 
 def test_a_failed_load_hook_is_a_high_alert_and_degraded_agent_status(

@@ -724,12 +724,16 @@ class Guardian:
         there (a pin or symlink someone else made: never walked) is a high alert, once per
         path; a full id set leaves ids unprotected: a high alert when it starts (or its
         reason changes) and ``bpf_id_protection`` degraded in the status until a pass
-        protects everything again."""
+        protects everything again.  The walk opens only our names (never a symlink, never
+        off the pin root's bpffs mount) and reads at most ``PIN_WALK_LISTED`` listing
+        entries, so it cannot block this loop or grow with what root puts there; what it
+        remembers is the foreign paths of the last pass (bounded the same way)."""
         if self.tk is None:
             return
         foreign: list[Path] = []
+        cut: list[Path] = []
         try:
-            n = self.tk.protect_bpf(self.cfg.pin_root, foreign=foreign)
+            n = self.tk.protect_bpf(self.cfg.pin_root, foreign=foreign, cut=cut)
         except KernelError as exc:
             why = str(exc)
             if not self.bpf_degraded:      # once when it starts (the ids left change)
@@ -747,14 +751,17 @@ class Guardian:
                 log.warning("tamper: %d new map ids and %d new link ids protected",
                             n["new_map"], n["new_link"])
         new = [p for p in foreign if p not in self._foreign_pins]
+        self._foreign_pins = set(foreign)          # what is there now: re-alert a re-creation
         if new:
-            self._foreign_pins.update(new)
             self._alert("bastion.tamper.foreign-pin",
                         f"{len(new)} entr{'y' if len(new) == 1 else 'ies'} under the pin root "
                         f"that Bastion did not make (not protected, not trusted): "
                         f"{', '.join(str(p) for p in new[:5])}"
-                        + (f" and {len(new) - 5} more" if len(new) > 5 else ""), "high",
+                        + (f" and {len(new) - 5} more" if len(new) > 5 else "")
+                        + (f"; listing cut short in {', '.join(str(p) for p in cut)}" if cut
+                           else ""), "high",
                         {"paths": [str(p) for p in new[:100]], "count": len(new),
+                         "listing_cut": [str(p) for p in cut],
                          "pin_root": str(self.cfg.pin_root), "verdict": "detected"},
                         action="alert", attack=["T1562.001"])
 

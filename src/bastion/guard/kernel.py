@@ -91,62 +91,163 @@ def our_pin_names() -> frozenset[Path]:
     return frozenset(out)
 
 
+#: How many entries one walk reads from the pin root's directory listings (d_type only,
+#: never opened): root may put a million names there; ours are looked up by name.
+PIN_WALK_LISTED: Final = 1024
+
+
+def _mnt_id(fd: int) -> int:
+    """The id of the mount ``fd`` is on, from its fdinfo (-1 when unknown): /proc answers,
+    not the filesystem, so a FUSE mount that never answers cannot block this."""
+    try:
+        with open(f"/proc/thread-self/fdinfo/{fd}", "rb") as fh:
+            for ln in fh.read().decode().splitlines():
+                if ln.startswith("mnt_id:"):
+                    return int(ln.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return -1
+
+
+def _fs_type(mnt: int) -> str:
+    """The filesystem type of mount ``mnt`` ("" when unknown), from mountinfo (a FUSE
+    mount's line is printed without asking its server)."""
+    try:
+        with open("/proc/thread-self/mountinfo", "rb") as fh:
+            for ln in fh.read().decode(errors="replace").splitlines():
+                f = ln.split()
+                if f and int(f[0]) == mnt and " - " in ln:
+                    return ln.split(" - ", 1)[1].split()[0]
+    except (OSError, ValueError, IndexError):
+        pass
+    return ""
+
+
+#: The pin root must be a directory of this filesystem (tests of the walk's logic on a
+#: plain directory widen it).
+PIN_FS: frozenset[str] = frozenset({"bpf"})
+
+
 def pinned_ids(root: Path, names: Collection[Path] | None = None,
-               foreign: list[Path] | None = None) -> dict[str, set[int]]:
+               foreign: list[Path] | None = None,
+               cut: list[Path] | None = None) -> dict[str, set[int]]:
     """Kernel ids of the maps/links pinned under ``root`` at ``names`` (relative paths;
     default :func:`our_pin_names`) and nothing else: a ``maps/`` name gives a map id, a
-    ``links/`` name a link id and the program behind it.  Every path is taken with lstat
-    and must be a regular file (a bpffs pin) below real directories: a symlink is never
-    followed.  Every other entry under ``root`` (a pin or directory someone else made, a
-    symlink) is appended to ``foreign`` and not opened; a foreign directory is named, not
-    entered.  So root can add at most ``len(names)`` ids through the pin root, whatever
-    it pins there."""
+    ``links/`` name a link id and the program behind it.  So root can add at most
+    ``len(names)`` ids through the pin root, whatever it pins there.
+
+    The walk cannot follow a symlink or leave the pin root's bpffs mount, and cannot
+    block: ``root`` is opened ``O_PATH|O_NOFOLLOW`` and must be a directory on a bpffs
+    mount (:data:`PIN_FS`, read from /proc, not from the filesystem); each of our names
+    is opened one component at a time, ``O_PATH|O_NOFOLLOW`` relative to its parent's
+    fd, and taken only when it is on that same mount (a mount over it is not entered)
+    and, by fstat of that fd, a real directory or a regular file (a pin); the pin is
+    opened through that fd's /proc magic link, so ``BPF_OBJ_GET``'s path walk reaches
+    the very inode checked (a symlink swapped in after the check is not followed).
+    Every other entry (a pin, directory or symlink someone else made, or one of our
+    names of the wrong kind) is appended to ``foreign``, from the directory listing's
+    d_type, and never opened; at most :data:`PIN_WALK_LISTED` entries are read from the
+    listings of one walk, a directory whose listing was cut short is appended to
+    ``cut``."""
     want = our_pin_names() if names is None else frozenset(Path(n) for n in names)
-    dirs = {p for n in want for p in Path(n).parents if p != Path(".")}
+    kids: dict[Path, dict[str, bool]] = {}      # dir -> {child name: is a directory}
+    for n in want:
+        parts = Path(n).parts
+        for i, part in enumerate(parts):
+            kids.setdefault(Path(*parts[:i]), {})[part] = i < len(parts) - 1
     out: dict[str, set[int]] = {"map": set(), "link": set(), "prog": set()}
-    try:
-        if not stat.S_ISDIR(os.lstat(root).st_mode):
-            return out
-    except OSError:
-        return out
+    listed = 0
 
     def strange(p: Path) -> None:
         if foreign is not None:
             foreign.append(root / p)
 
-    def walk(rel: Path) -> None:
+    def child(dfd: int, rel: Path, mnt: int) -> tuple[int, os.stat_result] | None:
         try:
-            entries = sorted(os.scandir(root / rel), key=lambda e: e.name)
+            fd = os.open(rel.name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
         except OSError:
-            return
-        for e in entries:
-            p = rel / e.name
+            return None
+        if _mnt_id(fd) != mnt:                  # a mount over our name: never stat it
+            os.close(fd)
+            strange(rel)
+            return None
+        return fd, os.fstat(fd)
+
+    def walk(dfd: int, rel: Path, mnt: int) -> None:
+        nonlocal listed
+        names = kids.get(rel, {})
+        if listed < PIN_WALK_LISTED:
             try:
-                mode = os.lstat(root / p).st_mode
+                lfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dfd)
             except OSError:
-                continue                        # gone since the listing
-            if p in dirs and stat.S_ISDIR(mode):
-                walk(p)
-            elif p in want and stat.S_ISREG(mode):
+                lfd = -1
+            if lfd >= 0:
+                try:
+                    with os.scandir(lfd) as it:
+                        for e in it:
+                            if listed >= PIN_WALK_LISTED:
+                                if cut is not None:
+                                    cut.append(root / rel)
+                                break
+                            listed += 1
+                            try:
+                                isdir = e.is_dir(follow_symlinks=False)
+                                isreg = e.is_file(follow_symlinks=False)
+                            except OSError:
+                                continue                # gone since the listing
+                            if e.name not in names or (isdir if names[e.name] else isreg) is False:
+                                strange(rel / e.name)
+                except OSError:
+                    pass
+                finally:
+                    os.close(lfd)
+        elif cut is not None:
+            cut.append(root / rel)
+        for name, isdir in sorted(names.items()):
+            p = rel / name
+            got = child(dfd, p, mnt)
+            if got is None:
+                continue
+            fd, st = got
+            try:
+                if isdir:
+                    if stat.S_ISDIR(st.st_mode):
+                        walk(fd, p, mnt)
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    continue                        # the listing names it foreign
                 kind = "link" if p.parent.name == "links" else "map"
                 try:
-                    fd = obj_get(root / p)
+                    ofd = obj_get(f"/proc/self/fd/{fd}")
                 except KernelError:
                     continue
                 try:
-                    ids = fd_ids(fd)
+                    ids = fd_ids(ofd)
                 finally:
-                    os.close(fd)
+                    os.close(ofd)
                 if kind not in ids:
                     strange(p)                  # a map pinned under a link's name, or back
                     continue
                 for k, kid in ids.items():
                     if k == kind or (kind == "link" and k == "prog"):
                         out[k].add(kid)
-            else:
-                strange(p)
+            finally:
+                os.close(fd)
 
-    walk(Path())
+    try:
+        rfd = os.open(root, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return out
+    try:
+        mnt = _mnt_id(rfd)
+        fs = _fs_type(mnt)
+        if fs not in PIN_FS:
+            log.warning("tamper: the pin root %s is not on bpffs (%r): not walked", root,
+                        fs or "unknown")
+            return out
+        walk(rfd, Path(), mnt)
+    finally:
+        os.close(rfd)
     return out
 
 
@@ -523,10 +624,12 @@ class TamperKernel(LoaderUser):
             sbs.update(d.to_bytes(4, "little"), (1).to_bytes(4, "little"))
 
     def protect_bpf(self, root: Path | None = None, *, prog_ids: Iterable[int] = (),
-                    foreign: list[Path] | None = None) -> dict[str, int]:
+                    foreign: list[Path] | None = None,
+                    cut: list[Path] | None = None) -> dict[str, int]:
         """Protect our BPF objects by kernel id: this object's maps and links, the maps and
         links our objects pin under the pin root ``root`` (:func:`pinned_ids`: only the
-        names our specs pin, never a symlink; anything else there goes to ``foreign``),
+        names our specs pin, never a symlink, never blocking; anything else there goes to
+        ``foreign``, a directory whose listing was cut short to ``cut``),
         and every map a program of ours uses even when that map is not pinned
         (``.bss``/``.data``, scratch, task storage such as the HIPS verdict cache): the
         programs behind the links pinned there, this object's own, and ``prog_ids``.  Run
@@ -534,7 +637,7 @@ class TamperKernel(LoaderUser):
         written.  Counts of each kind, and ``new_map``/``new_link``; KernelError (E2BIG)
         when a set is full of live objects' ids."""
         ids: dict[str, set[int]] = {"map": set(), "link": set(), "prog": set()}
-        parts = [pinned_ids(root, foreign=foreign)] if root is not None else []
+        parts = [pinned_ids(root, foreign=foreign, cut=cut)] if root is not None else []
         if self._lo is not None and not self._lo.closed:
             if self._own_ids is None:           # this object's ids never change
                 self._own_ids = object_ids(self._lo, self._prog_maps)
@@ -558,5 +661,6 @@ class TamperKernel(LoaderUser):
 
 
 __all__ = ["OBJECTS", "TamperKernel", "add_ids", "add_protected", "enrolled_identities", "fd_ids",
-           "ObjectGuard", "loaded_object_guard", "object_ids", "our_pin_names", "program_map_ids", "protected_subtree",
+           "ObjectGuard", "loaded_object_guard", "object_ids", "our_pin_names", "PIN_WALK_LISTED",
+           "program_map_ids", "protected_subtree",
            "TamperRecord", "decode", "fd_object_id", "pinned_ids", "setattr_has_idmap"]
