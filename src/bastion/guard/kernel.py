@@ -175,7 +175,7 @@ def pinned_ids(root: Path, names: Collection[Path] | None = None,
 
     def walk(dfd: int, rel: Path, mnt: int) -> None:
         nonlocal listed
-        names = kids.get(rel, {})
+        ours = kids.get(rel, {})
         if listed < PIN_WALK_LISTED:
             try:
                 lfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dfd)
@@ -195,7 +195,8 @@ def pinned_ids(root: Path, names: Collection[Path] | None = None,
                                 isreg = e.is_file(follow_symlinks=False)
                             except OSError:
                                 continue                # gone since the listing
-                            if e.name not in names or (isdir if names[e.name] else isreg) is False:
+                            expect_dir = ours.get(e.name)
+                            if expect_dir is None or not (isdir if expect_dir else isreg):
                                 strange(rel / e.name)
                 except OSError:
                     pass
@@ -203,7 +204,7 @@ def pinned_ids(root: Path, names: Collection[Path] | None = None,
                     os.close(lfd)
         elif cut is not None:
             cut.append(root / rel)
-        for name, isdir in sorted(names.items()):
+        for name, isdir in sorted(ours.items()):
             p = rel / name
             got = child(dfd, p, mnt)
             if got is None:
