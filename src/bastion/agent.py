@@ -371,8 +371,19 @@ class Agent:
                       "events_shed": self._events_shed(),
                       "writer": self._writer_status()},
             "protections": self.protections(),
+            # under the guardian: "ok", or degraded while some of our BPF objects' ids are
+            # not in the tamper id sets (a full set, a failed load hook)
+            "bpf_id_protection": self._bpf_id_protection(),
             "fleet": self.fleet.stats() if self.fleet is not None else "off",
         }
+
+    def _bpf_id_protection(self) -> dict[str, Any] | str:
+        g = self._object_guard
+        if g is None:
+            return "off"
+        if not g.unprotected:
+            return "ok"
+        return {"state": "degraded", "unprotected": dict(g.unprotected)}
 
     def _events_queued(self) -> int:
         sp, w = self._store_proc, self._writer
@@ -771,6 +782,21 @@ class Agent:
                   f"{h.events_not_stored} events not stored",
             evidence=h.to_json(len(self._store_queue))))
 
+    def _bpf_unprotected(self) -> None:
+        """A high alert for each of our BPF objects whose ids could not be registered with
+        tamper protection (a full id set, a failed load hook): until they are, root may
+        write those maps unnoticed (compat: without the sender being killed)."""
+        if self._object_guard is None:
+            return
+        for what, why in self._object_guard.take_failures():
+            self._alert(Finding(
+                rule="bastion.tamper.bpf-unprotected", severity="high", attack=("T1562.001",),
+                action="alert", event=None, pid=os.getpid(),
+                title=f"tamper protection degraded: the maps and links of {what} are not "
+                      f"protected by id: {why}",
+                evidence={"object": what, "error": why,
+                          "unprotected": sorted(self._object_guard.unprotected)}))
+
     def _health(self, final: bool = False) -> None:
         """Health alerts (each at most once per ``alerts.interval``, and once more at the
         stop for what is left), queued findings, and the aggregates that are due."""
@@ -786,6 +812,7 @@ class Agent:
                 evidence={"shed": shed - self._last_shed, "shed_total": shed}))
             self._last_shed = shed
         self._hips_fail_opens()
+        self._bpf_unprotected()
         if self.provgate is not None:
             overflow = self.provgate.overflow_finding()
             if overflow is not None:

@@ -31,6 +31,7 @@ from support.cg import scoped_cgroup  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 RESULTS: dict[str, str] = {}
+HIPS_PIN = Path("hips") / "maps" / "hips_state"   # relative to the pin root
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +39,10 @@ def inst(tmp_path_factory: pytest.TempPathFactory) -> Iterator[T.Instance]:
     tmp = tmp_path_factory.mktemp("tamper")
     with scoped_cgroup() as (cg, cgid):
         i = T.make_instance(tmp, cg, cgid, deadline_s=120)
-        (i.pin_root / "hips").mkdir(parents=True)
-        subprocess.run(["bpftool", "map", "create", str(i.pin_root / "hips" / "hips_test"), "type",
+        # a stand-in for HIPS's pinned state map, at the path production pins it (the
+        # guardian's pin-root walk takes only our specs' pin names)
+        (i.pin_root / "hips" / "maps").mkdir(parents=True)
+        subprocess.run(["bpftool", "map", "create", str(i.pin_root / HIPS_PIN), "type",
                         "hash", "key", "4", "value", "4", "entries", "8", "name", "hips_test"],
                        check=True)
         try:
@@ -163,10 +166,10 @@ def test_09_mounts_in_private_namespace(inst: T.Instance) -> None:
 def test_10_bpf_objects(inst: T.Instance) -> None:
     maps = inst.pin_root / "tamper" / "maps"
     _killed(inst, "bpftool map update", ["bpftool", "map", "update", "pinned",
-                                         str(inst.pin_root / "hips" / "hips_test"), "key", "1", "0",
+                                         str(inst.pin_root / HIPS_PIN), "key", "1", "0",
                                          "0", "0", "value", "1", "0", "0", "0"], "bastion.tamper.bpf-map")
     _killed(inst, "bpftool map delete", ["bpftool", "map", "delete", "pinned",
-                                         str(inst.pin_root / "hips" / "hips_test"), "key", "1", "0",
+                                         str(inst.pin_root / HIPS_PIN), "key", "1", "0",
                                          "0", "0"], "bastion.tamper.bpf-map")
     shown = {}
     for what in (["map", "show"], ["link", "show"], ["prog", "show"]):

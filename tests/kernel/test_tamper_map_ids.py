@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
+from bastion.guard import kernel as gk
 from bastion.guard.kernel import fd_ids, loaded_object_guard, object_ids, pinned_ids, program_map_ids
 from bastion.kernel import bpffs
 from bastion.kernel.libbpf import BpfObject, Map
 from bastion.kernel.loader import LOAD_HOOKS, live_objects
 from bastion.paths import bpf_object
 from bastion.respond.quarantine import Quarantine
+from support.fuse import SilentFuse
 from support.stale import owned_name
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
@@ -34,6 +38,24 @@ def pins() -> Iterator[Path]:
         yield bpffs.pin_dir(root)
     finally:
         bpffs.remove_pins(root)
+
+
+@pytest.fixture
+def outside() -> Iterator[Path]:
+    """A bpffs directory outside the pin root (the test's own)."""
+    root = Path("/sys/fs/bpf") / owned_name("bastion-test-")
+    try:
+        yield bpffs.pin_dir(root)
+    finally:
+        bpffs.remove_pins(root)
+
+
+def _unlink_symlinks(root: Path) -> None:
+    """remove_pins rmdir()s a symlink to a directory: take the test's symlinks first."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        for n in dirnames + filenames:
+            if os.path.islink(os.path.join(dirpath, n)):
+                os.unlink(os.path.join(dirpath, n))
 
 
 def _id_set(path: Path) -> None:
@@ -56,7 +78,7 @@ def test_a_pinned_link_leads_to_the_unpinned_maps_its_program_uses(pins: Path) -
             maps = {m.name: fd_ids(m.fd)["map"] for m in o.maps()}
             assert any(n.endswith(".bss") for n in maps), maps    # the counter: writable, unpinned
             prog = fd_ids(o.program("tt_rename").fd)["prog"]
-            ids = pinned_ids(pins)
+            ids = pinned_ids(pins, names=[Path("links/tt_rename")])
             assert ids["map"] == set() and len(ids["link"]) == 1   # no map is pinned
             assert ids["prog"] == {prog}                           # the program behind the link
             cache: dict[int, tuple[int, ...]] = {}
@@ -103,3 +125,150 @@ def test_the_agent_s_loads_are_registered_at_once_and_again_after_a_rearm(pins: 
         LOAD_HOOKS.pop("tamper", None)
         q.close()
     assert lo not in live_objects()
+
+
+def test_the_pin_root_walk_takes_our_names_only_and_no_symlink(pins: Path) -> None:
+    """Root's flood of foreign pins, and a symlink under one of our names, add no id."""
+    maps = bpffs.pin_dir(pins / "tamper" / "maps")
+    _id_set(maps / "tamper_map_ids")                         # ours
+    flood = bpffs.pin_dir(pins / "flood")
+    for i in range(3):
+        _id_set(flood / f"m{i}")
+    _id_set(maps / "extra")
+    hips = bpffs.pin_dir(pins / "hips" / "maps")
+    os.symlink(flood / "m0", hips / "hips_state")             # BPF_OBJ_GET would follow it
+    with Map.open_pinned(maps / "tamper_map_ids") as m:
+        ours = fd_ids(m.fd)["map"]
+    foreign: list[Path] = []
+    ids = pinned_ids(pins, foreign=foreign)
+    assert ids["map"] == {ours} and ids["link"] == set()
+    assert set(foreign) == {flood, maps / "extra", hips / "hips_state"}
+
+
+def _map_id(path: Path) -> int:
+    with Map.open_pinned(path) as m:
+        return fd_ids(m.fd)["map"]
+
+
+def test_the_pin_root_walk_follows_no_symlink_loop_or_directory_outside(pins: Path, outside: Path) -> None:
+    """Symlinks root makes under the pin root, under our own names and others: a loop, a
+    directory outside (holding a pin of our name), a pin outside; none is followed."""
+    maps = bpffs.pin_dir(pins / "tamper" / "maps")
+    _id_set(maps / "tamper_map_ids")
+    ours = _map_id(maps / "tamper_map_ids")
+    bpffs.pin_dir(outside / "maps")
+    _id_set(outside / "maps" / "hips_state")
+    _id_set(outside / "m")
+    try:
+        os.symlink(maps / "tamper_link_ids", maps / "tamper_link_ids")     # a loop, our name
+        os.symlink(pins / "loop_b", pins / "loop_a")
+        os.symlink(pins / "loop_a", pins / "loop_b")
+        (pins / "hips").mkdir()
+        os.symlink(outside / "maps", pins / "hips" / "maps")               # a dir outside
+        os.symlink(outside / "m", maps / "tamper_objs")                    # a pin outside
+        os.symlink("/", pins / "tamper" / "links")                         # another fs
+        foreign: list[Path] = []
+        ids = pinned_ids(pins, foreign=foreign)
+        assert ids == {"map": {ours}, "link": set(), "prog": set()}
+        assert set(foreign) == {maps / "tamper_link_ids", pins / "loop_a", pins / "loop_b",
+                                pins / "hips" / "maps", maps / "tamper_objs", pins / "tamper" / "links"}
+    finally:
+        _unlink_symlinks(pins)
+
+
+def test_the_pin_root_walk_never_blocks_on_a_mount_that_never_answers(pins: Path, tmp_path: Path) -> None:
+    """A FUSE server that never answers, reached by a symlink under one of our names, by a
+    foreign symlink, and mounted over one of our directories: the walk returns at once,
+    takes our id and names the three; nothing of the mount is looked up."""
+    maps = bpffs.pin_dir(pins / "tamper" / "maps")
+    _id_set(maps / "tamper_map_ids")
+    ours = _map_id(maps / "tamper_map_ids")
+    links = bpffs.pin_dir(pins / "hips" / "links")
+    mnt = tmp_path / "fuse"
+    mnt.mkdir()
+    got: dict[str, dict[str, set[int]]] = {}
+    foreign: list[Path] = []
+    try:
+        with SilentFuse(mnt), SilentFuse(links):
+            os.symlink(mnt / "x", maps / "tamper_link_ids")
+            os.symlink(mnt, pins / "elsewhere")
+            t = threading.Thread(target=lambda: got.update(ids=pinned_ids(pins, foreign=foreign)),
+                                 daemon=True)
+            t0 = time.monotonic()
+            t.start()
+            t.join(3.0)
+            blocked = t.is_alive()
+            took = time.monotonic() - t0
+        t.join(5.0)                              # the mounts aborted: a blocked walk ends
+        assert not blocked, "the pin-root walk blocked on a FUSE mount that never answers"
+        assert took < 1.0, took
+        assert got["ids"] == {"map": {ours}, "link": set(), "prog": set()}
+        assert set(foreign) == {maps / "tamper_link_ids", pins / "elsewhere", links}
+    finally:
+        _unlink_symlinks(pins)
+
+
+def test_a_flood_of_entries_in_our_directory_costs_a_bounded_listing(
+        pins: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """20,000 dangling symlinks in tamper/maps: only our name is opened (one BPF_OBJ_GET),
+    at most PIN_WALK_LISTED entries are read from the listing, the directory is named as
+    cut short."""
+    maps = bpffs.pin_dir(pins / "tamper" / "maps")
+    _id_set(maps / "tamper_map_ids")
+    ours = _map_id(maps / "tamper_map_ids")
+    n = 20_000
+    try:
+        for i in range(n):
+            os.symlink(f"/nonexistent/{i}", maps / f"s{i:05d}")
+        calls: list[str] = []
+        real = gk.obj_get
+
+        def counted(p: Path | str) -> int:
+            calls.append(str(p))
+            return real(p)
+        monkeypatch.setattr(gk, "obj_get", counted)
+        foreign: list[Path] = []
+        cut: list[Path] = []
+        t0 = time.monotonic()
+        ids = pinned_ids(pins, foreign=foreign, cut=cut)
+        took = time.monotonic() - t0
+        print(f"walk of {n} foreign entries: {took * 1000:.1f} ms, {len(calls)} obj_get")
+        assert ids["map"] == {ours}
+        assert len(calls) == 1, len(calls)
+        assert len(foreign) < gk.PIN_WALK_LISTED and cut == [maps]
+    finally:
+        _unlink_symlinks(pins)
+
+
+def test_remove_pins_follows_no_symlink(pins: Path, outside: Path, tmp_path: Path) -> None:
+    """Tearing a pin root down (maintenance, a stop) with root's symlinks in it: a loop, a
+    directory outside holding a pin, a FUSE mount that never answers: each symlink is
+    unlinked, nothing behind one is touched, nothing blocks."""
+    _id_set(bpffs.pin_dir(pins / "tamper" / "maps") / "tamper_map_ids")
+    _id_set(outside / "m")
+    mnt = tmp_path / "fuse"
+    mnt.mkdir()
+    done: list[object] = []
+    try:
+        with SilentFuse(mnt):
+            os.symlink(pins / "loop", pins / "loop")
+            os.symlink(outside, pins / "tamper" / "elsewhere")
+            os.symlink(mnt / "x", pins / "tamper" / "maps" / "hang")
+            os.symlink(mnt, pins / "hang_dir")
+
+            def rm() -> None:
+                try:
+                    done.append(bpffs.remove_pins(pins))
+                except Exception as exc:  # noqa: BLE001 — the assertion below reports it
+                    done.append(exc)
+            t = threading.Thread(target=rm, daemon=True)
+            t.start()
+            t.join(3.0)
+            blocked = t.is_alive()
+        t.join(5.0)
+        assert not blocked, "remove_pins blocked on a FUSE mount that never answers"
+        assert isinstance(done[0], list), done
+        assert not pins.exists() and (outside / "m").exists()
+    finally:
+        if pins.exists():
+            _unlink_symlinks(pins)

@@ -134,3 +134,38 @@ class FuseFile:
                 return
             else:
                 self._reply(unique, errno.ENOSYS)
+
+
+class SilentFuse:
+    """A FUSE mount at ``mountpoint`` whose server never answers (not even INIT): every
+    lookup, stat or open that reaches it blocks, as under an attacker's daemon.  Closing
+    the device (:meth:`close`) aborts the connection: whoever waits gets ENOTCONN; the
+    mount is then detached."""
+
+    def __init__(self, mountpoint: Path) -> None:
+        self.mountpoint = mountpoint
+        self._fd = -1
+        self._libc = ctypes.CDLL(None, use_errno=True)
+
+    def __enter__(self) -> SilentFuse:
+        self._fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+        opts = f"fd={self._fd},rootmode=40000,user_id=0,group_id=0,allow_other"
+        rc = self._libc.mount(b"bastion-test-silent", os.fsencode(self.mountpoint), b"fuse", 0,
+                              opts.encode())
+        if rc != 0:
+            err = ctypes.get_errno()
+            os.close(self._fd)
+            self._fd = -1
+            raise OSError(err, f"mount fuse: {os.strerror(err)}", str(self.mountpoint))
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._fd < 0:
+            return
+        os.close(self._fd)                 # the last device fd: the connection is aborted
+        self._fd = -1
+        self._libc.umount2(os.fsencode(self.mountpoint), _MNT_DETACH)

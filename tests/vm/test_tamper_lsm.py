@@ -38,6 +38,10 @@ pytestmark = pytest.mark.skipif(
     not IN_VM, reason="runs only inside the test VM: use `bash vm/run.sh tests/vm/test_tamper_lsm.py`"
 )
 RESULTS: dict[str, str] = {}
+#: the HIPS spec's pinned state map, relative to the pin root (a stand-in is pinned there)
+HIPS_PIN = Path("hips") / "maps" / "hips_state"
+#: a HIPS lsm program's link pin, relative to the pin root (a stand-in link is pinned there)
+HIPS_LINK = Path("hips") / "links" / "hips_file_open"
 BPF_F_RDONLY_PROG = 1 << 7
 
 
@@ -46,9 +50,11 @@ def inst(tmp_path_factory: pytest.TempPathFactory) -> Iterator[T.Instance]:
     tmp = tmp_path_factory.mktemp("tamper")
     with scoped_cgroup() as (cg, cgid):
         i = T.make_instance(tmp, cg, cgid, deadline_s=200)
-        # a stand-in for a HIPS pin: protected by id like the agent's own
-        (i.pin_root / "hips").mkdir(parents=True)
-        subprocess.run(["bpftool", "map", "create", str(i.pin_root / "hips" / "hips_test"), "type",
+        # a stand-in for a HIPS pin, at the path production pins HIPS's state map (the
+        # guardian's pin-root walk takes only our specs' pin names): protected by id
+        # like the agent's own
+        (i.pin_root / "hips" / "maps").mkdir(parents=True)
+        subprocess.run(["bpftool", "map", "create", str(i.pin_root / HIPS_PIN), "type",
                         "hash", "key", "4", "value", "4", "entries", "8", "name", "hips_test"],
                        check=True)
         try:
@@ -219,7 +225,7 @@ def test_14_bpf_objects(inst: T.Instance) -> None:
                           f"bpftool map delete pinned {maps}/tamper_objs key $k"],
              "bastion.tamper.bpf-map-fd")
     _refused(inst, "bpftool map update (HIPS pin)",
-             ["bpftool", "map", "update", "pinned", str(inst.pin_root / "hips" / "hips_test"), "key",
+             ["bpftool", "map", "update", "pinned", str(inst.pin_root / HIPS_PIN), "key",
               "1", "0", "0", "0", "value", "1", "0", "0", "0"], "bastion.tamper.bpf-map-fd")
     _refused(inst, "bpftool map freeze", ["bpftool", "map", "freeze", "pinned", str(maps / "tamper_sbs")],
              "bastion.tamper.bpf-map-fd")
@@ -271,7 +277,7 @@ def test_14a_write_mode_map_fds_refused(inst: T.Instance) -> None:
     alert (lsm bpf_map hook); a read-only fd still works (status tools, the integrity scan)."""
     maps = inst.pin_root / "tamper" / "maps"
     mid = int(_map_show(maps / "tamper_idents")["id"])  # type: ignore[call-overload]
-    hips = inst.pin_root / "hips" / "hips_test"
+    hips = inst.pin_root / HIPS_PIN
     for name, argv in (
             ("BPF_MAP_GET_FD_BY_ID read-write (identity map)", [T.PY, "-c", FD_GETTER, "rw-id", str(mid)]),
             ("BPF_OBJ_GET read-write (identity map pin)",
@@ -328,7 +334,7 @@ def test_14b_rdonly_prog_maps_refuse_program_writes(inst: T.Instance) -> None:
         flags = int(_map_show(maps / name)["flags"])  # type: ignore[call-overload]
         assert flags & BPF_F_RDONLY_PROG, f"{name}: flags {flags:#x}"
     # positive control: the same program loads against a map created without the flag
-    assert _load_writer(inst.pin_root / "hips" / "hips_test") == 0
+    assert _load_writer(inst.pin_root / HIPS_PIN) == 0
     for name in ("tamper_sbs", "tamper_map_ids", "tamper_link_ids"):   # u32 -> u32 maps
         rc = _load_writer(maps / name)
         assert rc == -errno.EACCES, f"{name}: a program writing it loaded ({rc})"
@@ -346,13 +352,14 @@ def test_14c_unpinned_map_of_our_pinned_program(inst: T.Instance) -> None:
     ``.bss``, like the HIPS verdict cache or a sensor's scratch map): found the attacker's
     way (pinned link -> its program -> the program's map_ids), a write-mode fd of it by id
     and a ``bpftool map update id`` are refused.  The object is pinned after the guardian
-    armed, as the agent pins its HIPS object: the guardian's next pass covers it."""
+    armed, as the agent pins its HIPS object, at a HIPS link's pin name (the guardian's
+    walk takes only our specs' names): the guardian's next pass covers it."""
     o = BpfObject.open(bpf_object("integrity_testtp.bpf.o"), rodata={"cfg_target_tgid": os.getpid()})
     link = None
     try:
         o.load()
         link = o.program("tt_rename").attach()
-        pin = bpffs.pin_dir(inst.pin_root / "testtp" / "links") / "tt_rename"
+        pin = bpffs.pin_dir(inst.pin_root / HIPS_LINK.parent) / HIPS_LINK.name
         link.pin(pin)
         prog = int(_bpftool_json("link", "show", "pinned", str(pin))["prog_id"])  # type: ignore[call-overload]
         map_ids = _bpftool_json("prog", "show", "id", str(prog))["map_ids"]

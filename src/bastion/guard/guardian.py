@@ -281,6 +281,8 @@ class Guardian:
         self._watched_at = 0.0
         self._marks_at = time.monotonic()
         self._bpf_at = time.monotonic()
+        self.bpf_degraded = ""             # why some of our BPF ids are not protected ("" ok)
+        self._foreign_pins: set[Path] = set()   # foreign entries under the pin root, alerted
         self._limits: dict[int, tuple[int, int]] = {}
         self._cg_rel = ""                 # our cgroup as /proc/PID/cgroup names it
         self._end_req = threading.Event()  # `bastion maintenance end`: re-arm now
@@ -375,7 +377,7 @@ class Guardian:
         paths = self.cfg.protect_paths + ((self.cfg.cgroup,) if self.cfg.cgroup else ())
         self.protected = protect.resolve(paths, forbid=self.cfg.forbid)
         self._try(lambda: self.tk.protect(self.protected) if self.tk and self.protected else None)
-        self._try(lambda: self.tk.protect_bpf(self.cfg.pin_root) if self.tk else None)
+        self._protect_bpf()
         self.protection = "full" if self.tk.tier == Tier.LSM else "partial"
         if self.tk.tier == Tier.COMPAT:
             self._open_files()
@@ -715,14 +717,53 @@ class Guardian:
         if self.tk is None or now - self._bpf_at < self.cfg.reprotect_every_s:
             return
         self._bpf_at = now
-        try:
-            n = self.tk.protect_bpf(self.cfg.pin_root)
-        except KernelError as exc:
-            log.error("tamper: cannot protect our BPF objects by id: %s", exc)
+        self._protect_bpf()
+
+    def _protect_bpf(self) -> None:
+        """One pass of :meth:`TamperKernel.protect_bpf` over the pin root.  A foreign entry
+        there (a pin or symlink someone else made: never walked) is a high alert, once per
+        path; a full id set leaves ids unprotected: a high alert when it starts (or its
+        reason changes) and ``bpf_id_protection`` degraded in the status until a pass
+        protects everything again.  The walk opens only our names (never a symlink, never
+        off the pin root's bpffs mount) and reads at most ``PIN_WALK_LISTED`` listing
+        entries, so it cannot block this loop or grow with what root puts there; what it
+        remembers is the foreign paths of the last pass (bounded the same way)."""
+        if self.tk is None:
             return
-        if n["new_map"] or n["new_link"]:
-            log.warning("tamper: %d new map ids and %d new link ids protected", n["new_map"],
-                        n["new_link"])
+        foreign: list[Path] = []
+        cut: list[Path] = []
+        try:
+            n = self.tk.protect_bpf(self.cfg.pin_root, foreign=foreign, cut=cut)
+        except KernelError as exc:
+            why = str(exc)
+            if not self.bpf_degraded:      # once when it starts (the ids left change)
+                self._alert("bastion.tamper.bpf-unprotected",
+                            f"tamper protection degraded: our BPF objects' ids are not all "
+                            f"protected: {why}", "high",
+                            {"error": why, "errno": exc.errno, "verdict": "detected"},
+                            action="alert", attack=["T1562.001"])
+            self.bpf_degraded = why
+        else:
+            if self.bpf_degraded:
+                log.warning("tamper: every BPF id of ours is protected again")
+            self.bpf_degraded = ""
+            if n["new_map"] or n["new_link"]:
+                log.warning("tamper: %d new map ids and %d new link ids protected",
+                            n["new_map"], n["new_link"])
+        new = [p for p in foreign if p not in self._foreign_pins]
+        self._foreign_pins = set(foreign)          # what is there now: re-alert a re-creation
+        if new:
+            self._alert("bastion.tamper.foreign-pin",
+                        f"{len(new)} entr{'y' if len(new) == 1 else 'ies'} under the pin root "
+                        f"that Bastion did not make (not protected, not trusted): "
+                        f"{', '.join(str(p) for p in new[:5])}"
+                        + (f" and {len(new) - 5} more" if len(new) > 5 else "")
+                        + (f"; listing cut short in {', '.join(str(p) for p in cut)}" if cut
+                           else ""), "high",
+                        {"paths": [str(p) for p in new[:100]], "count": len(new),
+                         "listing_cut": [str(p) for p in cut],
+                         "pin_root": str(self.cfg.pin_root), "verdict": "detected"},
+                        action="alert", attack=["T1562.001"])
 
     def _refresh_marks(self, now: float) -> None:
         """Compat: mark directories created in the protected trees since the last pass (the
@@ -782,6 +823,8 @@ class Guardian:
                 "identities": idents, "identities_error": idents_error,
                 "protected": [o.path for o in self.protected.roots()] if self.protected else [],
                 "unenforced": self.unenforced,
+                "bpf_id_protection": ({"state": "degraded", "why": self.bpf_degraded}
+                                      if self.bpf_degraded else "ok" if tk else "off"),
                 "agent_loop_heartbeat_age_s": self.watch.age, "agent_stalls": self.stalls,
                 "watched_present": self.paths_watch.present(),
                 "cgroup": str(self.cfg.cgroup or ""),

@@ -16,9 +16,10 @@ import ctypes
 import errno
 import logging
 import os
+import stat
 from dataclasses import dataclass, replace
 from pathlib import Path
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Final
 
 from bastion import abi
@@ -69,24 +70,185 @@ def fd_ids(fd: int) -> dict[str, int]:
     return out
 
 
-def pinned_ids(root: Path) -> dict[str, set[int]]:
-    """Kernel ids of every map/link/prog pinned under ``root`` (recursively); ``prog``
-    also holds the program behind every pinned link."""
+def our_pin_names() -> frozenset[Path]:
+    """The paths (relative to the pin root) our objects may pin: the tamper objects' under
+    ``tamper/``, the HIPS matcher's under ``hips/`` (either tier), as their specs declare
+    them (:meth:`bastion.kernel.loader.ObjectSpec.pin_names`).  An object file that cannot
+    be opened adds its maps only (its links are registered by the process that loads it)."""
+    from bastion.enforce import hips_kernel
+
+    out: set[Path] = set()
+    for sub, objects, maps in (("tamper", OBJECTS, PINNED_MAPS),
+                               ("hips", hips_kernel.OBJECTS, hips_kernel.MAPS)):
+        for f in objects.values():
+            spec = ObjectSpec(path=bpf_object(f), pin_dir=Path(sub), pin_maps=maps)
+            try:
+                out |= spec.pin_names()
+            except KernelError as exc:
+                log.warning("tamper: %s: program names unknown, its pinned links are not "
+                            "walked: %s", f, exc)
+                out |= {Path(sub) / "maps" / m for m in maps}
+    return frozenset(out)
+
+
+#: How many entries one walk reads from the pin root's directory listings (d_type only,
+#: never opened): root may put a million names there; ours are looked up by name.
+PIN_WALK_LISTED: Final = 1024
+
+
+def _mnt_id(fd: int) -> int:
+    """The id of the mount ``fd`` is on, from its fdinfo (-1 when unknown): /proc answers,
+    not the filesystem, so a FUSE mount that never answers cannot block this."""
+    try:
+        with open(f"/proc/thread-self/fdinfo/{fd}", "rb") as fh:
+            for ln in fh.read().decode().splitlines():
+                if ln.startswith("mnt_id:"):
+                    return int(ln.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return -1
+
+
+def _fs_type(mnt: int) -> str:
+    """The filesystem type of mount ``mnt`` ("" when unknown), from mountinfo (a FUSE
+    mount's line is printed without asking its server)."""
+    try:
+        with open("/proc/thread-self/mountinfo", "rb") as fh:
+            for ln in fh.read().decode(errors="replace").splitlines():
+                f = ln.split()
+                if f and int(f[0]) == mnt and " - " in ln:
+                    return ln.split(" - ", 1)[1].split()[0]
+    except (OSError, ValueError, IndexError):
+        pass
+    return ""
+
+
+#: The pin root must be a directory of this filesystem (tests of the walk's logic on a
+#: plain directory widen it).
+PIN_FS: frozenset[str] = frozenset({"bpf"})
+
+
+def pinned_ids(root: Path, names: Collection[Path] | None = None,
+               foreign: list[Path] | None = None,
+               cut: list[Path] | None = None) -> dict[str, set[int]]:
+    """Kernel ids of the maps/links pinned under ``root`` at ``names`` (relative paths;
+    default :func:`our_pin_names`) and nothing else: a ``maps/`` name gives a map id, a
+    ``links/`` name a link id and the program behind it.  So root can add at most
+    ``len(names)`` ids through the pin root, whatever it pins there.
+
+    The walk cannot follow a symlink or leave the pin root's bpffs mount, and cannot
+    block: ``root`` is opened ``O_PATH|O_NOFOLLOW`` and must be a directory on a bpffs
+    mount (:data:`PIN_FS`, read from /proc, not from the filesystem); each of our names
+    is opened one component at a time, ``O_PATH|O_NOFOLLOW`` relative to its parent's
+    fd, and taken only when it is on that same mount (a mount over it is not entered)
+    and, by fstat of that fd, a real directory or a regular file (a pin); the pin is
+    opened through that fd's /proc magic link, so ``BPF_OBJ_GET``'s path walk reaches
+    the very inode checked (a symlink swapped in after the check is not followed).
+    Every other entry (a pin, directory or symlink someone else made, or one of our
+    names of the wrong kind) is appended to ``foreign``, from the directory listing's
+    d_type, and never opened; at most :data:`PIN_WALK_LISTED` entries are read from the
+    listings of one walk, a directory whose listing was cut short is appended to
+    ``cut``."""
+    want = our_pin_names() if names is None else frozenset(Path(n) for n in names)
+    kids: dict[Path, dict[str, bool]] = {}      # dir -> {child name: is a directory}
+    for n in want:
+        parts = Path(n).parts
+        for i, part in enumerate(parts):
+            kids.setdefault(Path(*parts[:i]), {})[part] = i < len(parts) - 1
     out: dict[str, set[int]] = {"map": set(), "link": set(), "prog": set()}
-    if not root.is_dir():
-        return out
-    for dirpath, _dirs, files in os.walk(root):
-        for f in files:
+    listed = 0
+
+    def strange(p: Path) -> None:
+        if foreign is not None:
+            foreign.append(root / p)
+
+    def child(dfd: int, rel: Path, mnt: int) -> tuple[int, os.stat_result] | None:
+        try:
+            fd = os.open(rel.name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        except OSError:
+            return None
+        if _mnt_id(fd) != mnt:                  # a mount over our name: never stat it
+            os.close(fd)
+            strange(rel)
+            return None
+        return fd, os.fstat(fd)
+
+    def walk(dfd: int, rel: Path, mnt: int) -> None:
+        nonlocal listed
+        ours = kids.get(rel, {})
+        if listed < PIN_WALK_LISTED:
             try:
-                fd = obj_get(Path(dirpath) / f)
-            except KernelError:
+                lfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dfd)
+            except OSError:
+                lfd = -1
+            if lfd >= 0:
+                try:
+                    with os.scandir(lfd) as it:
+                        for e in it:
+                            if listed >= PIN_WALK_LISTED:
+                                if cut is not None:
+                                    cut.append(root / rel)
+                                break
+                            listed += 1
+                            try:
+                                isdir = e.is_dir(follow_symlinks=False)
+                                isreg = e.is_file(follow_symlinks=False)
+                            except OSError:
+                                continue                # gone since the listing
+                            expect_dir = ours.get(e.name)
+                            if expect_dir is None or not (isdir if expect_dir else isreg):
+                                strange(rel / e.name)
+                except OSError:
+                    pass
+                finally:
+                    os.close(lfd)
+        elif cut is not None:
+            cut.append(root / rel)
+        for name, isdir in sorted(ours.items()):
+            p = rel / name
+            got = child(dfd, p, mnt)
+            if got is None:
                 continue
+            fd, st = got
             try:
-                ids = fd_ids(fd)
+                if isdir:
+                    if stat.S_ISDIR(st.st_mode):
+                        walk(fd, p, mnt)
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    continue                        # the listing names it foreign
+                kind = "link" if p.parent.name == "links" else "map"
+                try:
+                    ofd = obj_get(f"/proc/self/fd/{fd}")
+                except KernelError:
+                    continue
+                try:
+                    ids = fd_ids(ofd)
+                finally:
+                    os.close(ofd)
+                if kind not in ids:
+                    strange(p)                  # a map pinned under a link's name, or back
+                    continue
+                for k, kid in ids.items():
+                    if k == kind or (kind == "link" and k == "prog"):
+                        out[k].add(kid)
             finally:
                 os.close(fd)
-            for kind, kid in ids.items():
-                out[kind].add(kid)
+
+    try:
+        rfd = os.open(root, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return out
+    try:
+        mnt = _mnt_id(rfd)
+        fs = _fs_type(mnt)
+        if fs not in PIN_FS:
+            log.warning("tamper: the pin root %s is not on bpffs (%r): not walked", root,
+                        fs or "unknown")
+            return out
+        walk(rfd, Path(), mnt)
+    finally:
+        os.close(rfd)
     return out
 
 
@@ -166,12 +328,29 @@ class ObjectGuard:
     it puts every map and link of each object the agent loads or adopts, and every map
     its programs use, into the pinned id sets at once (the agent is enrolled: it may
     write them).  :meth:`refresh` does it again for every live object when the pinned
-    sets were made anew (protection re-armed after a maintenance window)."""
+    sets were made anew (protection re-armed after a maintenance window).
+
+    A registration that fails (a set full of live objects' ids: E2BIG) leaves ids
+    unprotected: the object's name and the error are kept in :attr:`unprotected` (the
+    agent's status reports protection degraded while it is not empty) and queued for
+    :meth:`take_failures` (the agent raises a high alert for each)."""
 
     def __init__(self, tamper_dir: Path) -> None:
         self.maps_dir = tamper_dir / "maps"
         self._cache: dict[int, tuple[int, ...]] = {}
         self._pin_ino = self._ino()
+        self.unprotected: dict[str, str] = {}       # object name -> why its ids are not in
+        self._failures: list[tuple[str, str]] = []  # not alerted yet
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        if self.unprotected.get(what) != str(exc):      # a retry failing alike: once
+            self._failures.append((what, str(exc)))
+        self.unprotected[what] = str(exc)
+
+    def take_failures(self) -> list[tuple[str, str]]:
+        """The (object, error) registrations that failed since the last call."""
+        out, self._failures = self._failures, []
+        return out
 
     def _ino(self) -> int:
         try:
@@ -180,7 +359,13 @@ class ObjectGuard:
             return 0
 
     def __call__(self, lo: LoadedObject) -> None:
-        self.protect([lo])
+        name = lo.spec.path.name
+        try:
+            self.protect([lo])
+        except (KernelError, OSError) as exc:
+            self._failed(name, exc)
+            raise                               # the loader logs it too
+        self.unprotected.pop(name, None)
 
     def protect(self, objects: Iterable[LoadedObject]) -> dict[str, int]:
         """Add the ids of ``objects``; how many ids, and how many were new, of each kind."""
@@ -213,7 +398,13 @@ class ObjectGuard:
         ino = self._ino()
         if ino == self._pin_ino or ino == 0:
             return False
-        self.protect(live_objects())
+        live = live_objects()
+        try:
+            self.protect(live)
+        except (KernelError, OSError) as exc:
+            self._failed("every live object (re-armed sets)", exc)
+            raise
+        self.unprotected.clear()
         self._pin_ino = ino
         return True
 
@@ -433,15 +624,21 @@ class TamperKernel(LoaderUser):
         for d in devs:
             sbs.update(d.to_bytes(4, "little"), (1).to_bytes(4, "little"))
 
-    def protect_bpf(self, *roots: Path, prog_ids: Iterable[int] = ()) -> dict[str, int]:
-        """Protect our BPF objects by kernel id: every map and link pinned under ``pin_dir``
-        and ``roots``, and every map a program of ours uses even when that map is not
-        pinned (``.bss``/``.data``, scratch, task storage such as the HIPS verdict cache):
-        the programs pinned there and behind the links pinned there, this object's own,
-        and ``prog_ids``.  Run again whenever objects may have been (re)loaded: only ids
-        not in the sets yet are written.  Counts of each kind, and ``new_map``/``new_link``."""
-        ids = pinned_ids(self.pin_dir)
-        parts = [pinned_ids(r) for r in roots]
+    def protect_bpf(self, root: Path | None = None, *, prog_ids: Iterable[int] = (),
+                    foreign: list[Path] | None = None,
+                    cut: list[Path] | None = None) -> dict[str, int]:
+        """Protect our BPF objects by kernel id: this object's maps and links, the maps and
+        links our objects pin under the pin root ``root`` (:func:`pinned_ids`: only the
+        names our specs pin, never a symlink, never blocking; anything else there goes to
+        ``foreign``, a directory whose listing was cut short to ``cut``),
+        and every map a program of ours uses even when that map is not pinned
+        (``.bss``/``.data``, scratch, task storage such as the HIPS verdict cache): the
+        programs behind the links pinned there, this object's own, and ``prog_ids``.  Run
+        again whenever objects may have been (re)loaded: only ids not in the sets yet are
+        written.  Counts of each kind, and ``new_map``/``new_link``; KernelError (E2BIG)
+        when a set is full of live objects' ids."""
+        ids: dict[str, set[int]] = {"map": set(), "link": set(), "prog": set()}
+        parts = [pinned_ids(root, foreign=foreign, cut=cut)] if root is not None else []
         if self._lo is not None and not self._lo.closed:
             if self._own_ids is None:           # this object's ids never change
                 self._own_ids = object_ids(self._lo, self._prog_maps)
@@ -465,5 +662,6 @@ class TamperKernel(LoaderUser):
 
 
 __all__ = ["OBJECTS", "TamperKernel", "add_ids", "add_protected", "enrolled_identities", "fd_ids",
-           "ObjectGuard", "loaded_object_guard", "object_ids", "program_map_ids", "protected_subtree",
+           "ObjectGuard", "loaded_object_guard", "object_ids", "our_pin_names", "PIN_WALK_LISTED",
+           "program_map_ids", "protected_subtree",
            "TamperRecord", "decode", "fd_object_id", "pinned_ids", "setattr_has_idmap"]

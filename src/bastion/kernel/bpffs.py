@@ -247,11 +247,33 @@ def pin_dir(root: Path | str) -> Path:
     return p
 
 
+def _remove_tree(dfd: int, d: Path, removed: list[Path]) -> None:
+    """Unlink everything in the directory open at ``dfd`` (named ``d``): by d_type and
+    relative to ``dfd``, so a symlink someone made there is unlinked, never followed."""
+    with os.scandir(dfd) as it:
+        entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+    for name, isdir in entries:
+        q = d / name
+        if isdir:
+            sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                          dir_fd=dfd)
+            try:
+                _remove_tree(sub, q, removed)
+            finally:
+                os.close(sub)
+            os.rmdir(name, dir_fd=dfd)
+        else:
+            os.unlink(name, dir_fd=dfd)
+        removed.append(q)
+
+
 def remove_pins(root: Path | str) -> list[Path]:
     """Unlink every pin under ``root`` (files first, then directories, then ``root``).
 
     Returns what was removed, deepest first.  A missing ``root`` removes
-    nothing.  Refuses a ``root`` that is not on bpffs.
+    nothing.  Refuses a ``root`` that is not on bpffs.  A symlink under ``root``
+    (root may make them on the compat tier) is unlinked, never followed: a loop,
+    a directory elsewhere or a FUSE mount that never answers cannot stop it.
     """
     p = Path(root)
     if not p.exists():
@@ -259,14 +281,11 @@ def remove_pins(root: Path | str) -> list[Path]:
     _require_bpffs(p)
     removed: list[Path] = []
     try:
-        for dirpath, dirnames, filenames in os.walk(p, topdown=False):
-            d = Path(dirpath)
-            for f in filenames:
-                (d / f).unlink()
-                removed.append(d / f)
-            for sub in dirnames:
-                (d / sub).rmdir()
-                removed.append(d / sub)
+        fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            _remove_tree(fd, p, removed)
+        finally:
+            os.close(fd)
         p.rmdir()
         removed.append(p)
     except OSError as exc:

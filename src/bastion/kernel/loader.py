@@ -87,10 +87,35 @@ class ObjectSpec:
         """Names of the links pinned under ``pin_dir`` (sorted; [] when none)."""
         return pinned_links(self._pins())
 
+    def pin_names(self) -> frozenset[Path]:
+        """Every path this object may pin (under ``pin_dir``): ``maps/<name>`` for each of
+        ``pin_maps`` and ``links/<program>`` for each program of its ELF, whether or not it
+        is attached.  What a walk of a pin root may take as ours (nothing else there is)."""
+        d = self._pins()
+        return frozenset([*(d / "maps" / m for m in self.pin_maps),
+                          *(d / "links" / p for p in program_names(self.path))])
+
     def pins_complete(self) -> bool:
         """Is a whole set pinned: every ``pin_maps`` map and at least one link?"""
         return (all((self.maps_dir / m).exists() for m in self.pin_maps)
                 and bool(self.pinned_links()))
+
+
+_PROGRAM_NAMES: dict[Path, frozenset[str]] = {}
+
+
+def program_names(path: Path) -> frozenset[str]:
+    """The names of the programs in the ELF at ``path`` (opened, not loaded; cached: an
+    object file does not change under a running process)."""
+    got = _PROGRAM_NAMES.get(path)
+    if got is None:
+        obj = BpfObject.open(path)
+        try:
+            got = frozenset(p.name for p in obj.programs())
+        finally:
+            obj.close()
+        _PROGRAM_NAMES[path] = got
+    return got
 
 
 def pinned_links(pin_dir: Path) -> list[str]:
@@ -103,7 +128,8 @@ def pinned_links(pin_dir: Path) -> list[str]:
 #: The assembly sets ``tamper`` under tamper protection so that each object's maps and
 #: links (and every map its programs use) are protected by id as soon as they exist
 #: (:func:`bastion.guard.kernel.loaded_object_guard`).  A failing hook is logged as an
-#: error; the object stays loaded.
+#: error; the object stays loaded (the tamper hook also keeps the failure: a high alert
+#: and degraded protection in the agent's status).
 LOAD_HOOKS: dict[str, Callable[[LoadedObject], None]] = {}
 
 
@@ -479,4 +505,5 @@ class LoaderUser:
                 "programs": len(self._lo.attached) if self._lo is not None else 0}
 
 
-__all__ = ["LOAD_HOOKS", "LoadedObject", "LoaderUser", "ObjectSpec", "live_objects", "pinned_links"]
+__all__ = ["LOAD_HOOKS", "LoadedObject", "LoaderUser", "ObjectSpec", "live_objects", "pinned_links",
+           "program_names"]

@@ -1,0 +1,181 @@
+"""What the guardian's re-walk of the pin root takes as ours (review of s19-mapguard): only
+the pin names our object specs define, never a symlink; anything else under the root is
+reported, not added (root filling the 2,048-entry id sets with live foreign maps made every
+later registration fail with E2BIG).  A full set, or a failed load hook, is a high alert and
+degraded protection in the status.  Fakes: a plain directory stands for bpffs, each "pin"
+holds the ids fdinfo would name."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from bastion.agent import Agent
+from bastion.errors import KernelError, Location
+from bastion.guard import kernel as gk
+from bastion.guard.guardian import Guardian, GuardianConfig
+
+OURS = frozenset({Path("tamper/maps/tamper_map_ids"), Path("tamper/links/tamper_kill"),
+                  Path("hips/maps/hips_state"), Path("hips/maps/hips_rules")})
+
+
+def _pin(path: Path, ids: dict[str, int]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(ids))
+
+
+@pytest.fixture
+def fake_bpffs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # obj_get follows symlinks as BPF_OBJ_GET does; fdinfo is the file's content
+    monkeypatch.setattr(gk, "obj_get", lambda p: os.open(p, os.O_RDONLY))
+    monkeypatch.setattr(gk, "fd_ids", lambda fd: json.loads(os.pread(fd, 200, 0)))
+    monkeypatch.setattr(gk, "our_pin_names", lambda: OURS, raising=False)
+    fd = os.open(tmp_path, os.O_PATH)       # the plain directory stands for bpffs
+    try:
+        monkeypatch.setattr(gk, "PIN_FS", gk.PIN_FS | {gk._fs_type(gk._mnt_id(fd))})
+    finally:
+        os.close(fd)
+
+
+def test_only_our_pin_names_are_walked_and_foreign_entries_are_reported(
+        tmp_path: Path, fake_bpffs: None) -> None:
+    root = tmp_path / "pins"
+    _pin(root / "tamper/maps/tamper_map_ids", {"map": 1})
+    _pin(root / "tamper/links/tamper_kill", {"link": 2, "prog": 3})
+    _pin(root / "hips/maps/hips_rules", {"map": 4})
+    # the attack: many live one-entry maps pinned under the root, under names of their own
+    for i in range(50):
+        _pin(root / "flood" / f"m{i}", {"map": 1000 + i})
+    _pin(root / "tamper/maps/extra", {"map": 2000})
+    # a symlink under one of our names (obj_get would follow it) and a symlinked directory
+    _pin(tmp_path / "elsewhere/hips_state", {"map": 3000})
+    (root / "hips/maps/hips_state").symlink_to(tmp_path / "elsewhere/hips_state")
+    _pin(tmp_path / "elsewhere/links/tamper_kill", {"link": 3001, "prog": 3002})
+    (root / "hips/links").symlink_to(tmp_path / "elsewhere/links")
+    # a map pinned under a link's name gives no link id
+    foreign: list[Path] = []
+    ids = gk.pinned_ids(root, foreign=foreign)
+    assert ids == {"map": {1, 4}, "link": {2}, "prog": {3}}
+    assert set(foreign) == {root / "flood", root / "tamper/maps/extra",
+                            root / "hips/maps/hips_state", root / "hips/links"}
+
+
+def test_a_pin_of_the_wrong_kind_under_our_name_is_foreign(tmp_path: Path, fake_bpffs: None) -> None:
+    root = tmp_path / "pins"
+    _pin(root / "tamper/links/tamper_kill", {"map": 9})
+    foreign: list[Path] = []
+    assert gk.pinned_ids(root, foreign=foreign) == {"map": set(), "link": set(), "prog": set()}
+    assert foreign == [root / "tamper/links/tamper_kill"]
+
+
+def test_a_symlinked_pin_root_is_not_walked(tmp_path: Path, fake_bpffs: None) -> None:
+    _pin(tmp_path / "real/tamper/maps/tamper_map_ids", {"map": 1})
+    (tmp_path / "root").symlink_to(tmp_path / "real")
+    assert gk.pinned_ids(tmp_path / "root")["map"] == set()
+
+
+def test_our_pin_names_are_those_our_specs_pin() -> None:
+    names = gk.our_pin_names()
+    assert Path("tamper/maps/tamper_map_ids") in names and Path("hips/maps/hips_state") in names
+    links = {n for n in names if n.parent.name == "links"}
+    assert any(n.parts[0] == "tamper" for n in links) and any(n.parts[0] == "hips" for n in links)
+    assert {n.parts[0] for n in names} == {"tamper", "hips"}
+    assert {n.parts[1] for n in names} == {"maps", "links"}
+
+
+def _full(*_a: Any, **_k: Any) -> dict[str, int]:
+    raise KernelError("tamper_map_ids: full (2048 ids, none gone): id 7 and 3 more are not "
+                      "protected", errno=errno.E2BIG, location=Location("tamper_map_ids"))
+
+
+class FakeTk:
+    tier = "compat"
+    adopted = False
+
+    def __init__(self) -> None:
+        self.full = True
+        self.foreign: list[Path] = []
+        self.cut: list[Path] = []
+
+    def protect_bpf(self, root: Path, *, foreign: list[Path], cut: list[Path]) -> dict[str, int]:
+        foreign.extend(self.foreign)
+        cut.extend(self.cut)
+        if self.full:
+            _full()
+        return {"map": 1, "link": 1, "prog": 1, "new_map": 0, "new_link": 0}
+
+    def identities(self) -> list[Any]:
+        return []
+
+
+def _guardian(tmp_path: Path) -> tuple[Guardian, list[Any]]:
+    g = Guardian(GuardianConfig(agent_argv=("true",), data_dir=tmp_path / "data",
+                                pin_root=tmp_path / "pins", socket=tmp_path / "g.sock",
+                                protect_paths=()))
+    out: list[Any] = []
+    g._emit = out.append  # type: ignore[method-assign]
+    return g, out
+
+
+def test_guardian_full_set_is_a_high_alert_and_degraded_status(tmp_path: Path) -> None:
+    g, alerts = _guardian(tmp_path)
+    tk = FakeTk()
+    g.tk = tk  # type: ignore[assignment]
+    g._protect_bpf()
+    g._protect_bpf()                                    # still full: alerted once
+    assert [(a.rule, a.severity) for a in alerts] == [("bastion.tamper.bpf-unprotected", "high")]
+    assert "id 7 and 3 more" in alerts[0].title
+    st = g.status()["bpf_id_protection"]
+    assert st["state"] == "degraded" and "full" in st["why"]
+    tk.full = False
+    g._protect_bpf()
+    assert g.status()["bpf_id_protection"] == "ok"
+
+
+def test_guardian_reports_each_foreign_pin_once(tmp_path: Path) -> None:
+    g, alerts = _guardian(tmp_path)
+    tk = FakeTk()
+    tk.full = False
+    tk.foreign = [tmp_path / "pins/flood", tmp_path / "pins/hips/maps/x"]
+    g.tk = tk  # type: ignore[assignment]
+    g._protect_bpf()
+    g._protect_bpf()
+    assert [(a.rule, a.severity) for a in alerts] == [("bastion.tamper.foreign-pin", "high")]
+    assert str(tmp_path / "pins/flood") in alerts[0].title
+    assert alerts[0].evidence["count"] == 2
+    # one goes, a flood cut the listing short: what is remembered is this pass's, so a
+    # re-creation is alerted again, and the cut directory is named
+    tk.foreign = [tmp_path / "pins/flood"]
+    g._protect_bpf()
+    assert len(alerts) == 1 and g._foreign_pins == {tmp_path / "pins/flood"}
+    tk.foreign = [tmp_path / "pins/flood", tmp_path / "pins/hips/maps/x"]
+    tk.cut = [tmp_path / "pins/tamper/maps"]
+    g._protect_bpf()
+    assert len(alerts) == 2 and alerts[1].evidence["count"] == 1
+    assert alerts[1].evidence["listing_cut"] == [str(tmp_path / "pins/tamper/maps")]
+    assert "cut short" in alerts[1].title
+
+
+def test_a_failed_load_hook_is_a_high_alert_and_degraded_agent_status(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    guard = gk.ObjectGuard(tmp_path / "tamper")
+    monkeypatch.setattr(guard, "protect", _full)
+    lo: Any = SimpleNamespace(spec=SimpleNamespace(path=Path("hips_compat.bpf.o")), closed=False)
+    for _ in range(2):                          # a second failure alike: one alert
+        with pytest.raises(KernelError):
+            guard(lo)
+    found: list[Any] = []
+    fake: Any = SimpleNamespace(_object_guard=guard, _alert=found.append)
+    Agent._bpf_unprotected(fake)
+    assert [(f.rule, f.severity) for f in found] == [("bastion.tamper.bpf-unprotected", "high")]
+    assert "hips_compat.bpf.o" in found[0].title
+    assert Agent._bpf_id_protection(fake)["state"] == "degraded"
+    monkeypatch.setattr(guard, "protect", lambda objs: {})
+    guard(lo)
+    assert Agent._bpf_id_protection(fake) == "ok"
