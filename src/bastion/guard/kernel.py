@@ -28,7 +28,7 @@ from bastion.guard.identity import Identity
 from bastion.guard.protect import F_SUBTREE, ProtectedSet
 from bastion.integrity import bpfinfo
 from bastion.kernel import bpffs
-from bastion.kernel.btf import setattr_has_idmap
+from bastion.kernel.btf import map_birth_hooks, setattr_has_idmap
 from bastion.kernel.clock import deadline_ns
 from bastion.kernel.libbpf import Map, obj_get
 from bastion.kernel.loader import LoadedObject, LoaderUser, ObjectSpec, live_objects
@@ -37,6 +37,10 @@ from bastion.paths import bpf_object
 log = logging.getLogger("bastion.guard.kernel")
 
 OBJECTS: Final = {"lsm": "lsm_tamper.bpf.o", "compat": "tamper_compat.bpf.o"}
+#: The lsm object's map-birth programs not loaded, by "the kernel has the 6.9+ hooks":
+#: the pair named for the other kernels (bpf/lsm_tamper.bpf.c, tamper_born_maps).
+MAP_BIRTH_PROGRAMS: Final = {True: frozenset({"tamper_map_alloc", "tamper_map_free_sec"}),
+                             False: frozenset({"tamper_map_create", "tamper_map_free"})}
 PINNED_MAPS: Final = ("tamper_idents", "tamper_tids", "tamper_objs", "tamper_sbs",
                       "tamper_map_ids", "tamper_link_ids", "events", "drops")
 
@@ -332,9 +336,12 @@ class TamperKernel(LoaderUser):
         """The object of this tier to load, with its scope in ``.rodata``."""
         rodata: dict[str, int | bytes] = {"cfg_cgroup_id": self.cgroup_id,
                                           "cfg_deadline_ns": self.deadline_ns}
+        skip: frozenset[str] = frozenset()
         if self.tier == Tier.LSM:
             rodata["cfg_setattr_idmap"] = int(setattr_has_idmap())
-        return replace(self._pinned(), path=bpf_object(OBJECTS[self.tier]), rodata=rodata)
+            skip = MAP_BIRTH_PROGRAMS[map_birth_hooks()[0] == "bpf_map_create"]
+        return replace(self._pinned(), path=bpf_object(OBJECTS[self.tier]), rodata=rodata,
+                       skip=skip)
 
     def pins_complete(self) -> bool:
         """Is a complete pinned set of this tier there (so :meth:`open` adopts it)?"""
