@@ -41,6 +41,11 @@ OBJECTS: Final = {"lsm": "lsm_tamper.bpf.o", "compat": "tamper_compat.bpf.o"}
 #: the pair named for the other kernels (bpf/lsm_tamper.bpf.c, tamper_born_maps).
 MAP_BIRTH_PROGRAMS: Final = {True: frozenset({"tamper_map_alloc", "tamper_map_free_sec"}),
                              False: frozenset({"tamper_map_create", "tamper_map_free"})}
+#: The programs (= pinned link names) that protect our maps from their creation, per
+#: tier: one complete group must be attached or adopted (:meth:`TamperKernel.map_birth_gap`).
+MAP_BIRTH_LINKS: Final = {"lsm": (("tamper_map_create", "tamper_map_free"),
+                                  ("tamper_map_alloc", "tamper_map_free_sec")),
+                          "compat": (("tamper_bpf_ret",),)}
 PINNED_MAPS: Final = ("tamper_idents", "tamper_tids", "tamper_objs", "tamper_sbs",
                       "tamper_map_ids", "tamper_link_ids", "events", "drops")
 
@@ -377,6 +382,21 @@ class TamperKernel(LoaderUser):
         self.close()
         return bpffs.remove_pins(self.pin_dir) if self.pin_dir.exists() else []
 
+    def map_birth_gap(self) -> str:
+        """"" when the armed object protects the maps ours create from their creation
+        (its map-birth programs attached, or adopted from pins), else why not: pins of
+        an older version adopted, or nothing open.  The guardian's status says it and
+        raises ``bastion.tamper.map-birth-off``."""
+        if self._lo is None or self._lo.closed:
+            return "tamper protection is not open"
+        have = set(self._lo.attached)
+        groups = MAP_BIRTH_LINKS[self.tier]
+        if any(set(g) <= have for g in groups):
+            return ""
+        want = " or ".join("+".join(g) for g in groups)
+        return (f"{'the adopted ' if self._lo.adopted else ''}{OBJECTS[self.tier]} has no "
+                f"{want} program{' (pinned by an older version)' if self._lo.adopted else ''}")
+
     # ---- configuration ----------------------------------------------------------------
 
     def _map(self, name: str) -> Map:
@@ -471,6 +491,6 @@ class TamperKernel(LoaderUser):
         return self._lo.drain(decode)
 
 
-__all__ = ["OBJECTS", "TamperKernel", "add_ids", "add_protected", "enrolled_identities", "fd_ids",
+__all__ = ["OBJECTS", "MAP_BIRTH_LINKS", "MAP_BIRTH_PROGRAMS", "TamperKernel", "add_ids", "add_protected", "enrolled_identities", "fd_ids",
            "ObjectGuard", "loaded_object_guard", "object_ids", "program_map_ids", "protected_subtree",
            "TamperRecord", "decode", "fd_object_id", "pinned_ids", "setattr_has_idmap"]
