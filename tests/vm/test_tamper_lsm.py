@@ -404,7 +404,6 @@ def test_14d_maps_made_by_ours_are_protected_from_their_creation(inst: T.Instanc
         m.update(me.key(), me.value())         # the test process is out of scope: it may write
     try:
         prefix = f"mb{os.getpid() % 100000}_"
-        before = _count(inst, "bastion.tamper.bpf-map-fd")
         p = map_poller.start(inst.cg, prefix, 3.0, write=True)
         for i in range(6):
             made.append(map_poller.create_map(f"{prefix}{i}"))
@@ -416,10 +415,9 @@ def test_14d_maps_made_by_ours_are_protected_from_their_creation(inst: T.Instanc
         assert refused == {f"{prefix}{i}" for i in range(6)}, lines   # it saw every one
         assert all(x["errno"] == errno.EPERM for x in lines if "refused" in x), lines
         assert rc == 0, lines
-        deadline = time.monotonic() + 10
-        while _count(inst, "bastion.tamper.bpf-map-fd") < before + 6 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert _count(inst, "bastion.tamper.bpf-map-fd") >= before + 6
+        ours = {fd_ids(fd)["map"] for fd in made}
+        inst.wait_alert("bastion.tamper.bpf-map-fd", lambda a: a["action"] == "denied"
+                        and a["evidence"]["obj_id"] in ours, timeout=10)  # type: ignore[index]
         mid = fd_ids(made[0])["map"]
         ro = inst.attack([T.PY, "-c", FD_GETTER, "ro-id", str(mid)])
         assert ro.returncode == 0 and "got fd" in ro.stdout, ro.stdout + ro.stderr
