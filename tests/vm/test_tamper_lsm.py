@@ -421,6 +421,14 @@ def test_14d_maps_made_by_ours_are_protected_from_their_creation(inst: T.Instanc
         mid = fd_ids(made[0])["map"]
         ro = inst.attack([T.PY, "-c", FD_GETTER, "ro-id", str(mid)])
         assert ro.returncode == 0 and "got fd" in ro.stdout, ro.stdout + ro.stderr
+        # the mark set itself is written by programs: no fd of it at all, read-only included
+        born = [m for m in json.loads(subprocess.run(["bpftool", "-j", "map", "show"], text=True,
+                                                     capture_output=True, check=True).stdout)
+                if m.get("name") == "tamper_born_map"]
+        assert born, "no tamper_born_maps"
+        for m in born:
+            r = inst.attack([T.PY, "-c", FD_GETTER, "ro-id", str(m["id"])])
+            assert r.returncode != 0 and "got fd" not in r.stdout, r.stdout + r.stderr
         RESULTS["write-mode fd of a map of ours before its id is entered"] = "refused from creation"
     finally:
         if p is not None and p.poll() is None:
