@@ -219,18 +219,84 @@ int BPF_PROG(tamper_sb_umount, struct vfsmount *mnt, int flags)
 
 /* ---- BPF objects ---- */
 
-static __always_inline __u32 bpf_obj_id_of_fd(int fd, bool link)
+/* Maps created by ours (the agent or its guardian), from their creation:
+ * key the struct bpf_map address (map_create calls the alloc hook before
+ * bpf_map_alloc_id: no id exists yet, and nothing can reach the map by id
+ * before the hook has run), value the creator's tgid.  Written by the
+ * programs (so not BPF_F_RDONLY_PROG): tamper_bpf_map refuses every fd of
+ * it, read-only ones too, to all but ours, so no program loaded by root can
+ * name it.  An entry goes at the free hook; LRU in case a free is missed
+ * (an old map is in tamper_map_ids by then: the loader's hook). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, __u32);
+} tamper_born_maps SEC(".maps");
+
+static __always_inline int map_born(struct bpf_map *map)
+{
+	__u64 key = (__u64)map;
+	__u32 tgid;
+
+	if (!task_is_ours((struct task_struct *)bpf_get_current_task()))
+		return 0;
+	tgid = bpf_get_current_pid_tgid() >> 32;
+	bpf_map_update_elem(&tamper_born_maps, &key, &tgid, BPF_ANY);
+	return 0;
+}
+
+static __always_inline void map_gone(struct bpf_map *map)
+{
+	__u64 key = (__u64)map;
+
+	bpf_map_delete_elem(&tamper_born_maps, &key);
+}
+
+/* The hooks were renamed in 6.9 (bpf_map_create gained attr, token and
+ * kernel arguments); user space loads the pair the running kernel has
+ * (TamperKernel.spec: the other pair is skipped; neither is an error). */
+SEC("lsm/bpf_map_alloc_security")
+int BPF_PROG(tamper_map_alloc, struct bpf_map *map)
+{
+	return map_born(map);
+}
+
+SEC("lsm/bpf_map_free_security")
+int BPF_PROG(tamper_map_free_sec, struct bpf_map *map)
+{
+	map_gone(map);
+	return 0;
+}
+
+SEC("lsm/bpf_map_create")
+int BPF_PROG(tamper_map_create, struct bpf_map *map)
+{
+	return map_born(map);
+}
+
+SEC("lsm/bpf_map_free")
+int BPF_PROG(tamper_map_free, struct bpf_map *map)
+{
+	map_gone(map);
+	return 0;
+}
+
+/* A map of ours: by id (tamper_map_ids, filled by user space) or from its
+ * birth (tamper_born_maps, before user space knows its id). */
+static __always_inline bool map_protected(struct bpf_map *map, __u32 id)
+{
+	__u64 key = (__u64)map;
+
+	return (id && bpf_map_lookup_elem(&tamper_map_ids, &id)) ||
+	       bpf_map_lookup_elem(&tamper_born_maps, &key);
+}
+
+static __always_inline void *bpf_obj_of_fd(int fd)
 {
 	struct file *f = fd_file(fd);
-	void *priv;
 
-	if (!f)
-		return 0;
-	priv = BPF_CORE_READ(f, private_data);
-	if (!priv)
-		return 0;
-	return link ? BPF_CORE_READ((struct bpf_link *)priv, id)
-		    : BPF_CORE_READ((struct bpf_map *)priv, id);
+	return f ? BPF_CORE_READ(f, private_data) : NULL;
 }
 
 SEC("lsm/bpf")
@@ -238,6 +304,7 @@ int BPF_PROG(tamper_bpf, int cmd, union bpf_attr *attr, unsigned int size)
 {
 	struct tamper_hit hit = {};
 	__u32 id, op;
+	void *priv;
 	int fd;
 
 	switch (cmd) {
@@ -265,14 +332,17 @@ int BPF_PROG(tamper_bpf, int cmd, union bpf_attr *attr, unsigned int size)
 	default:
 		return 0;
 	}
-	id = bpf_obj_id_of_fd(fd, op == BASTION_TAMPER_BPF_LINK);
-	if (!id)
+	priv = bpf_obj_of_fd(fd);
+	if (!priv)
 		return 0;
 	if (op == BASTION_TAMPER_BPF_LINK) {
-		if (!bpf_map_lookup_elem(&tamper_link_ids, &id))
+		id = BPF_CORE_READ((struct bpf_link *)priv, id);
+		if (!id || !bpf_map_lookup_elem(&tamper_link_ids, &id))
 			return 0;
-	} else if (!bpf_map_lookup_elem(&tamper_map_ids, &id)) {
-		return 0;
+	} else {
+		id = BPF_CORE_READ((struct bpf_map *)priv, id);
+		if (!map_protected(priv, id))
+			return 0;
 	}
 	if (!current_in_scope())
 		return 0;
@@ -282,7 +352,7 @@ int BPF_PROG(tamper_bpf, int cmd, union bpf_attr *attr, unsigned int size)
 }
 
 /* A write-mode fd of a protected map (BPF_MAP_GET_FD_BY_ID, BPF_OBJ_GET of a
- * pin): refused to all but our identities.  The bpf hook above refuses the
+ * pin; protected by id or from its birth): refused to all but our identities.  The bpf hook above refuses the
  * update commands on any fd; this one refuses the fd itself, so nothing can
  * mmap a writable view of it nor hand it on.  Read-only fds pass (status
  * tools, the integrity scan); programs cannot write our maps through a
@@ -293,11 +363,14 @@ int BPF_PROG(tamper_bpf_map, struct bpf_map *map, fmode_t fmode)
 	struct tamper_hit hit = {};
 	__u32 id;
 
-	if (!(fmode & FMODE_WRITE_))
-		return 0;
 	id = BPF_CORE_READ(map, id);
-	if (!id || !bpf_map_lookup_elem(&tamper_map_ids, &id) || !current_in_scope())
+	if ((void *)map == (void *)&tamper_born_maps) {
+		/* written by programs: any fd would let a program of root's write it */
+		if (!current_in_scope())
+			return 0;
+	} else if (!(fmode & FMODE_WRITE_) || !map_protected(map, id) || !current_in_scope()) {
 		return 0;
+	}
 	hit.id = id;
 	tamper_report(BASTION_TAMPER_BPF_MAP_FD, BASTION_TV_DENIED, -EPERM_, 0, fmode, &hit, NULL,
 		      NULL);

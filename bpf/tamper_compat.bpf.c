@@ -21,7 +21,9 @@
  *    opened file at exit (/proc/TID/mem, /proc/PID/task/TID/mem, "//",
  *    dirfd-relative: the opener dies before it can use the descriptor);
  *  - map update/delete/freeze of our maps and detach/update of our links
- *    (sys_enter_bpf; the fd is resolved to the kernel object id).
+ *    (sys_enter_bpf; the fd is resolved to the kernel object id); a map
+ *    ours create is ours from the return of its BPF_MAP_CREATE
+ *    (sys_exit_bpf: tamper_born_ids), before user space enters its id.
  * Scope and dead-man: bpf/lib/tamper.h. */
 #include "tamper.h"
 
@@ -311,6 +313,51 @@ int tamper_open(struct trace_event_raw_sys_enter *ctx)
 
 #define BATCH_MAP_FD_OFF 36   /* offsetof(union bpf_attr, batch.map_fd) */
 
+/* Ids of maps created by ours, entered by the kernel as the creating
+ * bpf(BPF_MAP_CREATE) returns (before user space can know the id, let
+ * alone enter it in tamper_map_ids): key map id, value the creator's tgid.
+ * Written by the programs (not BPF_F_RDONLY_PROG); LRU: an old map's id is
+ * in tamper_map_ids by then (the loader's hook). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u32);
+} tamper_born_ids SEC(".maps");
+
+/* Threads of ours inside bpf(BPF_MAP_CREATE): thread id -> 1, from entry to exit. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u32);
+	__type(value, __u32);
+} tamper_creating SEC(".maps");
+
+SEC("tracepoint/syscalls/sys_exit_bpf")
+int tamper_bpf_ret(struct trace_event_raw_sys_exit *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)pid_tgid, tgid = pid_tgid >> 32, id;
+	struct file *f;
+	void *priv;
+
+	if (!bpf_map_lookup_elem(&tamper_creating, &tid))
+		return 0;
+	bpf_map_delete_elem(&tamper_creating, &tid);
+	if (ctx->ret < 0)
+		return 0;
+	f = fd_file((int)ctx->ret);   /* the new map's fd: task->files->fdt->fd[ret] */
+	if (!f)
+		return 0;
+	priv = BPF_CORE_READ(f, private_data);
+	if (!priv)
+		return 0;
+	id = BPF_CORE_READ((struct bpf_map *)priv, id);
+	if (id)
+		bpf_map_update_elem(&tamper_born_ids, &id, &tgid, BPF_ANY);
+	return 0;
+}
+
 SEC("tracepoint/syscalls/sys_enter_bpf")
 int tamper_bpf(struct trace_event_raw_sys_enter *ctx)
 {
@@ -322,6 +369,13 @@ int tamper_bpf(struct trace_event_raw_sys_enter *ctx)
 	__u32 fd = 0, id, op;
 	bool link = false;
 
+	if (cmd == BPF_MAP_CREATE) {
+		__u32 tid = (__u32)bpf_get_current_pid_tgid(), one = 1;
+
+		if (task_is_ours((struct task_struct *)bpf_get_current_task()))
+			bpf_map_update_elem(&tamper_creating, &tid, &one, BPF_ANY);
+		return 0;
+	}
 	switch (cmd) {
 	case BPF_MAP_UPDATE_ELEM:
 	case BPF_MAP_DELETE_ELEM:
@@ -355,7 +409,8 @@ int tamper_bpf(struct trace_event_raw_sys_enter *ctx)
 		op = BASTION_TAMPER_BPF_LINK;
 	} else {
 		id = BPF_CORE_READ((struct bpf_map *)priv, id);
-		if (!bpf_map_lookup_elem(&tamper_map_ids, &id))
+		if (!bpf_map_lookup_elem(&tamper_map_ids, &id) &&
+		    !bpf_map_lookup_elem(&tamper_born_ids, &id))
 			return 0;
 		op = BASTION_TAMPER_BPF_MAP;
 	}

@@ -711,6 +711,12 @@ _Static_assert(sizeof(struct bastion_quarantine_val) == 16, "quarantine_val");
 /*  tamper_map_ids / tamper_link_ids  key __u32 id -> __u32: our BPF    */
 /*                 maps (no update/delete/freeze) and links (no detach/ */
 /*                 update) by kernel id.                                */
+/*  Maps created by ours, from their creation (written by the programs, */
+/*  LRU 4096, value the creator's tgid; read beside tamper_map_ids):    */
+/*  tamper_born_maps  (lsm) key __u64 struct bpf_map address, set at    */
+/*                 bpf_map_alloc_security/bpf_map_create, out at free   */
+/*  tamper_born_ids   (compat) key __u32 map id, set at sys_exit_bpf of */
+/*                 the creator's BPF_MAP_CREATE                         */
 /* ==================================================================== */
 
 enum bastion_tamper_record {

@@ -17,12 +17,17 @@ from typing import Iterator
 import pytest
 
 from bastion.guard import kernel as gk
-from bastion.guard.kernel import fd_ids, loaded_object_guard, object_ids, pinned_ids, program_map_ids
+from bastion.guard.identity import ROLE_AGENT, Identity
+from bastion.guard.kernel import (TamperKernel, fd_ids, loaded_object_guard, object_ids, pinned_ids,
+                                  program_map_ids)
 from bastion.kernel import bpffs
 from bastion.kernel.libbpf import BpfObject, Map
 from bastion.kernel.loader import LOAD_HOOKS, live_objects
 from bastion.paths import bpf_object
 from bastion.respond.quarantine import Quarantine
+from bastion.tier import Tier
+from support import map_poller
+from support.cg import scoped_cgroup
 from support.fuse import SilentFuse
 from support.stale import owned_name
 
@@ -272,3 +277,43 @@ def test_remove_pins_follows_no_symlink(pins: Path, outside: Path, tmp_path: Pat
     finally:
         if pins.exists():
             _unlink_symlinks(pins)
+
+
+def test_maps_made_by_ours_are_protected_from_their_creation_compat(pins: Path) -> None:
+    """s20-mapbirth, compat: a root attacker polls GET_NEXT_ID/GET_FD_BY_ID while an
+    enrolled process (this test) makes maps and has not entered their ids anywhere (the
+    window before the loader's hook: seconds for a large policy object).  The attacker
+    gets a write fd (compat refuses nothing) but dies at its first update of such a map:
+    the id was entered by sys_exit_bpf of the BPF_MAP_CREATE.  Its own map stays
+    writable.  Scoped: the tamper object acts on the test cgroup only, 60 s dead-man."""
+    with scoped_cgroup() as (cg, cgid):
+        tk = TamperKernel(Tier.COMPAT, pin_dir=pins / "tamper", cgroup_id=cgid, deadline_s=60)
+        made: list[int] = []
+        p = None
+        try:
+            tk.open()
+            tk.register(Identity.of(os.getpid(), ROLE_AGENT))
+            prefix = f"mb{os.getpid() % 100000}_"
+            p = map_poller.start(cg, prefix, 2.0, write=True)
+            for i in range(6):
+                made.append(map_poller.create_map(f"{prefix}{i}"))
+                time.sleep(0.1)
+            rc, lines = map_poller.outcome(p)
+            ours = {fd_ids(fd)["map"] for fd in made}
+            wrote = [x["wrote"] for x in lines if "wrote" in x]
+            assert not wrote, f"the attacker wrote maps made by ours: {wrote} ({lines})"
+            assert rc == -9, f"attacker not killed ({rc}): {lines}"
+            assert any("fd" in x for x in lines), lines     # it did reach one of them
+            recs = []
+            deadline = time.monotonic() + 3
+            while not recs and time.monotonic() < deadline:
+                recs = [r for r in tk.poll() if r.op == "bpf-map"]
+                time.sleep(0.05)
+            assert recs and recs[0].verdict == "killed" and recs[0].obj_id in ours, recs
+        finally:
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+            for fd in made:
+                os.close(fd)
+            tk.remove()

@@ -26,7 +26,8 @@ READ_ONLY = {
 WRITTEN = {
     "hips_compat.bpf.o": ("task_subjects", "exec_pre", "pending_kill", "hips_stats"),
     "quarantine.bpf.o": ("quarantined",),
-    "lsm_tamper.bpf.o": ("drops", "path_scratch"),
+    "lsm_tamper.bpf.o": ("drops", "path_scratch", "tamper_born_maps"),
+    "tamper_compat.bpf.o": ("tamper_born_ids", "tamper_creating"),
 }
 
 pytestmark = pytest.mark.unit

@@ -26,10 +26,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bastion.guard.identity import ROLE_AGENT, Identity  # noqa: E402
+from bastion.guard.identity import ROLE_AGENT, ROLE_WRITER, Identity  # noqa: E402
+from bastion.guard.kernel import fd_ids  # noqa: E402
 from bastion.kernel import bpffs  # noqa: E402
 from bastion.kernel.libbpf import BpfObject, Map  # noqa: E402
 from bastion.paths import bpf_object  # noqa: E402
+from support import map_poller  # noqa: E402
 from support import tamper as T  # noqa: E402
 from support.cg import scoped_cgroup  # noqa: E402
 
@@ -392,6 +394,57 @@ def test_14c_unpinned_map_of_our_pinned_program(inst: T.Instance) -> None:
             link.unpin()
             link.destroy()
         o.close()
+
+
+def test_14d_maps_made_by_ours_are_protected_from_their_creation(inst: T.Instance) -> None:
+    """s20-mapbirth: a root attacker polls GET_NEXT_ID/GET_FD_BY_ID while an enrolled
+    process (this test, enrolled beside the agent) makes maps whose ids nobody entered in
+    ``tamper_map_ids`` (the window before the loader's hook, seconds for a large policy
+    object).  Every such map refuses it a write-mode fd from its creation (the guardian's
+    tamper object marked it at bpf_map_alloc_security / bpf_map_create); a map the
+    attacker made itself stays writable, a read-only fd of ours still works."""
+    idents = inst.pin_root / "tamper" / "maps" / "tamper_idents"
+    me = Identity.of(os.getpid(), ROLE_WRITER)
+    made: list[int] = []
+    p = None
+    with Map.open_pinned(idents) as m:
+        m.update(me.key(), me.value())         # the test process is out of scope: it may write
+    try:
+        prefix = f"mb{os.getpid() % 100000}_"
+        p = map_poller.start(inst.cg, prefix, 3.0, write=True)
+        for i in range(6):
+            made.append(map_poller.create_map(f"{prefix}{i}"))
+            time.sleep(0.1)
+        rc, lines = map_poller.outcome(p)
+        got = [x for x in lines if "fd" in x or "wrote" in x]
+        assert not got, f"the attacker got write fds of maps made by ours: {got}"
+        refused = {str(x["refused"]) for x in lines if "refused" in x}
+        assert refused == {f"{prefix}{i}" for i in range(6)}, lines   # it saw every one
+        assert all(x["errno"] == errno.EPERM for x in lines if "refused" in x), lines
+        assert rc == 0, lines
+        ours = {fd_ids(fd)["map"] for fd in made}
+        inst.wait_alert("bastion.tamper.bpf-map-fd", lambda a: a["action"] == "denied"
+                        and a["evidence"]["obj_id"] in ours, timeout=10)  # type: ignore[index]
+        mid = fd_ids(made[0])["map"]
+        ro = inst.attack([T.PY, "-c", FD_GETTER, "ro-id", str(mid)])
+        assert ro.returncode == 0 and "got fd" in ro.stdout, ro.stdout + ro.stderr
+        # the mark set itself is written by programs: no fd of it at all, read-only included
+        born = [m for m in json.loads(subprocess.run(["bpftool", "-j", "map", "show"], text=True,
+                                                     capture_output=True, check=True).stdout)
+                if m.get("name") == "tamper_born_map"]
+        assert born, "no tamper_born_maps"
+        for m in born:
+            r = inst.attack([T.PY, "-c", FD_GETTER, "ro-id", str(m["id"])])
+            assert r.returncode != 0 and "got fd" not in r.stdout, r.stdout + r.stderr
+        RESULTS["write-mode fd of a map of ours before its id is entered"] = "refused from creation"
+    finally:
+        if p is not None and p.poll() is None:
+            p.kill()
+            p.wait()
+        for fd in made:
+            os.close(fd)
+        with Map.open_pinned(idents) as m:
+            m.delete(me.key())
 
 
 def test_15_bpftool_still_shows(inst: T.Instance) -> None:

@@ -183,6 +183,7 @@ def status(socket_path: Path, as_json: bool, pin_root: Path, guardian_socket: Pa
         sys.exit(1)
     resp.pop("ok", None)
     resp["tamper_protection"] = gst.get("tamper_protection", "off")
+    resp["tamper_map_birth"] = gst.get("tamper_map_birth", "off")
     resp["warnings"] = warnings
     if as_json:
         click.echo(json.dumps(resp, indent=2))
@@ -201,7 +202,8 @@ def format_status(st: dict[str, Any]) -> list[str]:
            f"tier         {st.get('tier')}",
            f"policy       {st.get('policy')} (HIPS mode {st.get('policy_mode')}, generation "
            f"{st.get('policy_generation')})",
-           f"tamper       {st.get('tamper_protection')}"]
+           f"tamper       {st.get('tamper_protection')} (BPF maps from their creation: "
+           f"{st.get('tamper_map_birth', 'off')})"]
     prot = st.get("protections") or {}
     if prot:
         out.append("protections")

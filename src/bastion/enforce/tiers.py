@@ -25,6 +25,7 @@ from typing import Any, Final, Iterator
 
 from bastion.errors import BastionError, KernelError
 from bastion.kernel import bpffs, fanotify
+from bastion.kernel.btf import map_birth_hooks
 from bastion.kernel.libbpf import BpfObject
 from bastion.paths import bpf_object
 from bastion.tier import Tier
@@ -194,14 +195,20 @@ def probe() -> TierReport:
             "" if events_ok else "a kernel with BTF and BPF tracepoints")
     caps: list[Capability] = [events_cap]
     if lsm_ok:
+        try:
+            birth, birth_why = "lsm/" + "|".join(map_birth_hooks()), ""
+        except KernelError as exc:
+            birth, birth_why = "no map alloc/free hooks", exc.message
         caps += [
             Capability("exec_deny", True, "lsm/bprm_check_security"),
             Capability("file_deny", True, "lsm/file_open, inode_* hooks"),
             Capability("signal_ptrace_protection", True, "lsm/task_kill, lsm/ptrace_access_check"),
             Capability("network_deny", True, "lsm/socket_connect, lsm/socket_bind"),
-            Capability("tamper_protection", True,
+            Capability("tamper_protection", not birth_why,
                        "full: lsm/task_kill, ptrace_access_check, file_open, path_truncate, inode_*, "
-                       "sb_mount, move_mount, sb_umount, bpf + guardian"),
+                       f"sb_mount, move_mount, sb_umount, bpf, bpf_map, {birth} + guardian",
+                       f"BPF maps cannot be protected from their creation ({birth_why}): the lsm "
+                       "tamper object does not load" if birth_why else ""),
             Capability("provenance_gate", True,
                        "in the hook: lsm/file_open, path_truncate, inode_create|link|rename|unlink|"
                        "setattr, task_kill on the sensor's prov map (lsm_provgate.bpf.o)",
@@ -229,7 +236,7 @@ def probe() -> TierReport:
                        "mount cgroup2 (e.g. /sys/fs/cgroup/unified)" if cg_root is None else lsm_remedy),
             Capability("tamper_protection", fan_ok,
                        "partial: kill-the-sender (tp_btf/signal_generate, sys_enter_ptrace/"
-                       "process_vm_writev/open*/bpf) + fanotify write-open deny + guardian restart",
+                       "process_vm_writev/open*/bpf, sys_exit_bpf) + fanotify write-open deny + guardian restart",
                        "signals, ptrace and bpf() on Bastion's objects cannot be refused without BPF "
                        "LSM: the sender is SIGKILLed, the agent restarted or resumed; unlink, rename, "
                        "truncate(2), chmod, mounts and pin removal are not refused", lsm_remedy),

@@ -268,6 +268,7 @@ class Guardian:
         self.gate = AlertGate(cfg.alert_limits, time.monotonic())
         self._flushed_at = time.monotonic()
         self.protection = "off"           # "full", "partial", "off"
+        self.map_birth = "off"            # "on" | "off: why" (maps protected from creation)
         self.unenforced: list[str] = []
         self._lock = threading.Lock()
         self._stop_req = threading.Event()
@@ -379,6 +380,12 @@ class Guardian:
         self._try(lambda: self.tk.protect(self.protected) if self.tk and self.protected else None)
         self._protect_bpf()
         self.protection = "full" if self.tk.tier == Tier.LSM else "partial"
+        why = self.tk.map_birth_gap()
+        self.map_birth = f"off: {why}" if why else "on"
+        if why:
+            self._alert("bastion.tamper.map-birth-off",
+                        f"our BPF maps are writable by id from their creation until the agent "
+                        f"enters their ids: {why}", "high", {"tier": self.tk.tier, "reason": why})
         if self.tk.tier == Tier.COMPAT:
             self._open_files()
         self._alert("bastion.tamper.protection-on",
@@ -816,7 +823,7 @@ class Guardian:
         except BastionError as exc:
             idents, idents_error = [], f"being removed or re-armed: {exc}"
         return {"pid": os.getpid(), "tier": tk.tier if tk else "none",
-                "tamper_protection": self.protection,
+                "tamper_protection": self.protection, "tamper_map_birth": self.map_birth,
                 "agent_pid": a.pid if a else 0, "restarts": self.restarts, "resumes": self.resumes,
                 "alerts": self.alerts, "alerts_suppressed": self.suppressed,
                 "adopted": bool(tk and tk.adopted),
@@ -954,7 +961,7 @@ class Guardian:
         if self.tk is not None:
             removed = self.tk.remove()
             self.tk = None
-            self.protection = "off"
+            self.protection = self.map_birth = "off"
             self._alert("bastion.tamper.protection-off",
                         f"tamper protection removed ({len(removed)} pins) under a maintenance window",
                         "high", {"pins_removed": len(removed)})

@@ -29,7 +29,7 @@ from bastion.guard.identity import Identity
 from bastion.guard.protect import F_SUBTREE, ProtectedSet
 from bastion.integrity import bpfinfo
 from bastion.kernel import bpffs
-from bastion.kernel.btf import setattr_has_idmap
+from bastion.kernel.btf import map_birth_hooks, setattr_has_idmap
 from bastion.kernel.clock import deadline_ns
 from bastion.kernel.libbpf import Map, obj_get
 from bastion.kernel.loader import LoadedObject, LoaderUser, ObjectSpec, live_objects
@@ -38,6 +38,15 @@ from bastion.paths import bpf_object
 log = logging.getLogger("bastion.guard.kernel")
 
 OBJECTS: Final = {"lsm": "lsm_tamper.bpf.o", "compat": "tamper_compat.bpf.o"}
+#: The lsm object's map-birth programs not loaded, by "the kernel has the 6.9+ hooks":
+#: the pair named for the other kernels (bpf/lsm_tamper.bpf.c, tamper_born_maps).
+MAP_BIRTH_PROGRAMS: Final = {True: frozenset({"tamper_map_alloc", "tamper_map_free_sec"}),
+                             False: frozenset({"tamper_map_create", "tamper_map_free"})}
+#: The programs (= pinned link names) that protect our maps from their creation, per
+#: tier: one complete group must be attached or adopted (:meth:`TamperKernel.map_birth_gap`).
+MAP_BIRTH_LINKS: Final = {"lsm": (("tamper_map_create", "tamper_map_free"),
+                                  ("tamper_map_alloc", "tamper_map_free_sec")),
+                          "compat": (("tamper_bpf_ret",),)}
 PINNED_MAPS: Final = ("tamper_idents", "tamper_tids", "tamper_objs", "tamper_sbs",
                       "tamper_map_ids", "tamper_link_ids", "events", "drops")
 
@@ -523,9 +532,12 @@ class TamperKernel(LoaderUser):
         """The object of this tier to load, with its scope in ``.rodata``."""
         rodata: dict[str, int | bytes] = {"cfg_cgroup_id": self.cgroup_id,
                                           "cfg_deadline_ns": self.deadline_ns}
+        skip: frozenset[str] = frozenset()
         if self.tier == Tier.LSM:
             rodata["cfg_setattr_idmap"] = int(setattr_has_idmap())
-        return replace(self._pinned(), path=bpf_object(OBJECTS[self.tier]), rodata=rodata)
+            skip = MAP_BIRTH_PROGRAMS[map_birth_hooks()[0] == "bpf_map_create"]
+        return replace(self._pinned(), path=bpf_object(OBJECTS[self.tier]), rodata=rodata,
+                       skip=skip)
 
     def pins_complete(self) -> bool:
         """Is a complete pinned set of this tier there (so :meth:`open` adopts it)?"""
@@ -560,6 +572,21 @@ class TamperKernel(LoaderUser):
                     "tamper: detach %s: %s", link.description, exc)
         self.close()
         return bpffs.remove_pins(self.pin_dir) if self.pin_dir.exists() else []
+
+    def map_birth_gap(self) -> str:
+        """"" when the armed object protects the maps ours create from their creation
+        (its map-birth programs attached, or adopted from pins), else why not: pins of
+        an older version adopted, or nothing open.  The guardian's status says it and
+        raises ``bastion.tamper.map-birth-off``."""
+        if self._lo is None or self._lo.closed:
+            return "tamper protection is not open"
+        have = set(self._lo.attached)
+        groups = MAP_BIRTH_LINKS[self.tier]
+        if any(set(g) <= have for g in groups):
+            return ""
+        want = " or ".join("+".join(g) for g in groups)
+        return (f"{'the adopted ' if self._lo.adopted else ''}{OBJECTS[self.tier]} has no "
+                f"{want} program{' (pinned by an older version)' if self._lo.adopted else ''}")
 
     # ---- configuration ----------------------------------------------------------------
 
@@ -661,7 +688,8 @@ class TamperKernel(LoaderUser):
         return self._lo.drain(decode)
 
 
-__all__ = ["OBJECTS", "TamperKernel", "add_ids", "add_protected", "enrolled_identities", "fd_ids",
+__all__ = ["OBJECTS", "MAP_BIRTH_LINKS", "MAP_BIRTH_PROGRAMS", "TamperKernel", "add_ids",
+           "add_protected", "enrolled_identities", "fd_ids",
            "ObjectGuard", "loaded_object_guard", "object_ids", "our_pin_names", "PIN_WALK_LISTED",
            "program_map_ids", "protected_subtree",
            "TamperRecord", "decode", "fd_object_id", "pinned_ids", "setattr_has_idmap"]

@@ -276,6 +276,21 @@ def setattr_has_idmap(btf_path: Path = VMLINUX_BTF) -> bool:
         return int(proto.vlen) == 3
 
 
+def map_birth_hooks(btf_path: Path = VMLINUX_BTF) -> tuple[str, str]:
+    """The LSM hooks that see a BPF map made and freed on the running kernel:
+    ``("bpf_map_create", "bpf_map_free")`` (6.9+) or ``("bpf_map_alloc_security",
+    "bpf_map_free_security")`` (before).  KernelError when it has neither pair: the
+    tamper object cannot protect maps from their creation there (fail closed)."""
+    with Btf.parse(btf_path) as btf:
+        for pair in (("bpf_map_create", "bpf_map_free"),
+                     ("bpf_map_alloc_security", "bpf_map_free_security")):
+            if all(btf.find(f"bpf_lsm_{h}", _ffi.BTF_KIND_FUNC) is not None for h in pair):
+                return pair
+    raise KernelError("kernel BTF has no BPF map alloc/free LSM hooks (bpf_lsm_bpf_map_create "
+                      "or bpf_lsm_bpf_map_alloc_security)", errno=errno.ENOENT,
+                      location=Location(str(btf_path)))
+
+
 def btf_loads(btf_path: Path = VMLINUX_BTF) -> bool:
     """Can a tracepoint program read kernel objects with plain loads here?
 
