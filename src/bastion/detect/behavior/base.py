@@ -60,6 +60,10 @@ class Hit:
     pid: int | None = None          # target of the response; default: the event's process
     severity: str | None = None     # override of the rule's severity for this hit
     action: str | None = None       # override of the rule's response for this hit
+    # the processes (pid, start_ns) whose trees a kill-tree stops, as the rule keyed them
+    # (the dispatcher opens each with this start time, never the table's current entry
+    # for the pid: s20 review 4); empty: ``pid``'s tree
+    roots: tuple[tuple[int, int], ...] = ()
 
 
 class BehaviorRule:
@@ -135,7 +139,7 @@ class BehaviorRule:
             severity=self.severity_override or h.severity or self.severity,
             attack=self.attack, action=action, event=ev,
             pid=h.pid if h.pid is not None else ev.proc.pid,
-            evidence=h.evidence, dry_run=self.dry_run,
+            evidence=h.evidence, dry_run=self.dry_run, roots=h.roots,
         )
 
 
@@ -335,7 +339,7 @@ class ThresholdRule(BehaviorRule):
                 self._warned.put(key, now, now)
                 self._unconfirmed(dq)
                 if self.per_tree and hit.pid is None:
-                    hit.pid = key[0]
+                    hit.pid, hit.roots = key[0], hit.roots or (key,)
                 hit.evidence.setdefault("scope", "tree" if self.per_tree else "process")
                 return [hit]
             hit = None
@@ -353,7 +357,7 @@ class ThresholdRule(BehaviorRule):
         self._seen.pop(key)
         self._distinct.pop(key)
         if self.per_tree and hit.pid is None:
-            hit.pid = key[0]
+            hit.pid, hit.roots = key[0], hit.roots or (key,)
         hit.evidence.setdefault("scope", "tree" if self.per_tree else "process")
         return [hit]
 

@@ -2055,7 +2055,7 @@ class PortScan(BehaviorRule):
                 self._fired.put(key, now, now)
                 self._seen.pop(key)
                 if key != proc_key(ev):
-                    hit.pid = key[0]
+                    hit.pid, hit.roots = key[0], (key,)
                     hit.evidence["scope"] = "launcher"
                 return [hit]
         return []
