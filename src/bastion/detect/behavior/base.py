@@ -249,6 +249,10 @@ class ThresholdRule(BehaviorRule):
         self._fired: BoundedState[ProcKey, int] = self.state()
         self._warned: BoundedState[ProcKey, int] = self.state()
         self.item_shed = 0   # per-key samples dropped past the per-key cap
+        # the key(s) and value of the event being evaluated, for a subclass's confirm
+        # (ransomware: its tree's created files, the per-uid aggregate's trees)
+        self.judging: tuple[ProcKey, ...] = ()
+        self.counted: tuple[ProcKey, str] | None = None
 
     def value(self, ev: Event, ctx: RuleContext) -> str | None:
         """The value this event counts for (None: not counted)."""
@@ -311,6 +315,7 @@ class ThresholdRule(BehaviorRule):
             return []
         now = ev.time_ns
         key = tree_key(ev, ctx.procs) if self.per_tree else proc_key(ev)
+        self.counted = (key, v)
         fired = self._fired.get(key, now)
         if fired is not None and now - fired < self.window_ns:
             return []
@@ -328,6 +333,7 @@ class ThresholdRule(BehaviorRule):
             dq, values = raw, [x for _, x in raw]
         if len(values) < self.count:
             return []
+        self.judging = (key,)
         hit = self.confirm(ev, ctx, values)
         if hit is not None and not self.conclusive(hit):
             # A provisional verdict (say, ransomware's medium "mass rewrite" with too
