@@ -811,3 +811,17 @@ def test_a_benign_tree_with_a_few_compressed_files_does_not_add_up(tmp_path: Pat
     for i, p in enumerate(victims(tmp_path / "src", n=600, size=4 << 10)):
         tree.write(p, os.urandom(4 << 10) if i % 12 == 0 else text(4 << 10, i))
     assert not tree.critical(), [(f.severity, f.evidence) for f in tree.critical()]
+
+
+def test_o_creat_rewrites_in_place_of_existing_files_count(tmp_path: Path) -> None:
+    """``open(O_RDWR|O_CREAT)`` of an existing file, ciphertext written over it in place (no
+    O_TRUNC): no counted value (taken for a creation), nothing judged.  The record says
+    the file was there with bytes (ABI 2.10 ``created``/``empty``): a rewrite."""
+    tree = Tree()
+    for p in victims(tmp_path / "docs", size=16 << 10):
+        with open(p, "r+b") as fh:
+            fh.write(os.urandom(16 << 10))
+        tree._feed({"type": "open", **tree._proc(), "path": str(p), "path2": "",
+                    "flags": 0o2 | O_CREAT, "mode": 0o644, "owner_uid": -1, "owner_gid": -1,
+                    "dev": 1, "ino": os.stat(p).st_ino, "created": False, "empty": False})
+    assert tree.critical(), [(f.severity, f.evidence) for f in tree.found]

@@ -2300,6 +2300,11 @@ RANSOM_EXT = re.compile(r"\.(locked|encrypted|enc|crypt|crypted|lock|ransom|cry|
                         re.I)
 
 
+def _existing(ev: FileEvent) -> bool:
+    """The open found the file there with bytes (the kernel says so: ABI 2.10)."""
+    return ev.created is False and ev.empty is False
+
+
 class Ransomware(ThresholdRule):
     """A process tree rewrites, renames or deletes many distinct files under
     the data directories within the window.  Live, the entropy of the files the
@@ -2363,8 +2368,10 @@ class Ransomware(ThresholdRule):
         if not isinstance(ev, FileEvent):
             return None
         if ev.op == "open":
-            # rewriting an existing file: write access without O_CREAT, or with O_TRUNC
-            if not (ev.flags & O_ACCMODE) or (ev.flags & O_CREAT and not ev.flags & O_TRUNC):
+            # rewriting an existing file: write access without O_CREAT, or with O_TRUNC, or
+            # O_CREAT of a file the kernel says was there with bytes (ABI 2.10)
+            if not (ev.flags & O_ACCMODE) or (ev.flags & O_CREAT and not ev.flags & O_TRUNC
+                                              and not _existing(ev)):
                 return None
             path, tag = ev.path, "w"
         elif ev.op == "rename":
@@ -2392,7 +2399,7 @@ class Ransomware(ThresholdRule):
         """The path a write-open creates without truncating (O_CREAT, no O_TRUNC: python's
         "xb", O_EXCL) under the judged places, or None."""
         if ev.op != "open" or not ev.flags & O_ACCMODE or not ev.flags & O_CREAT or \
-                ev.flags & O_TRUNC:
+                ev.flags & O_TRUNC or _existing(ev):
             return None
         if self.data_dirs is not None and not under(ev.path, self.data_dirs):
             return None
@@ -2466,6 +2473,7 @@ class Ransomware(ThresholdRule):
         # (s20 review 1: encrypted to NAME.locked opened O_EXCL, NAME unlinked)
         now = ev.time_ns
         created = 0
+        only_created: set[str] = set()   # gone again (another tree removed it): dropped
         for key in self.judging:
             for path, (born, cino) in list((self._created.get(key, now) or {}).items()):
                 if now - born > self.window_ns:
@@ -2473,6 +2481,7 @@ class Ransomware(ThresholdRule):
                 if path not in alive:
                     alive[path] = cino
                     opened[path] = born
+                    only_created.add(path)
                     created += 1
                 elif not alive[path]:
                     alive[path] = cino
@@ -2526,7 +2535,7 @@ class Ransomware(ThresholdRule):
             elif self.probes.content_many is not None:
                 for pi, s in zip(todo, self.probes.content_many(rooted)):
                     t = opened.get(pi[0], 0)
-                    done[pi] = (None, None, False, False, False) if s is None else \
+                    done[pi] = (None, None, False, False, pi[0] in only_created) if s is None else \
                         (s.score, s.digest, s.other_inode, s.limited,
                          bool(t and s.changed_ns and s.changed_ns < t - self.TOUCH_SLACK_NS))
             elif self.probes.entropy_many is not None:
@@ -2668,6 +2677,11 @@ class Ransomware(ThresholdRule):
         hits = super().evaluate(ev, ctx)
         if self.counted is not None and not any(h.severity is None for h in hits):
             hits += self._aggregate(ev, ctx, *self.counted)
+        elif self.counted is not None:
+            # the tree is stopped: its files are no other tree's evidence
+            od = self._agg.get((-1, ev.proc.euid), ev.time_ns)
+            for k in [k for k, (_, _, t) in (od or {}).items() if t == self.counted[0]]:
+                del od[k]
         if self.probes.stalled is not None:
             stuck = self.probes.stalled()
             if stuck:
