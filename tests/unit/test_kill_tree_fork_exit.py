@@ -21,7 +21,7 @@ from bastion.detect.behavior.state import tree_key
 from bastion.detect.engine import Finding
 from bastion.events import Event, from_json
 from bastion.proctable import ProcEntry, ProcessTable
-from bastion.procstat import read_stat
+from bastion.procstat import TICK_NS, read_stat
 from bastion.respond.dispatch import Dispatcher
 from bastion.respond.shadow.store import Opener, ShadowStore
 
@@ -201,5 +201,28 @@ def test_a_reused_root_pid_still_kills_the_event_process_and_the_known_tree() ->
         assert u.poll() is None
     finally:
         for p in (w, u):
+            p.kill()
+            p.wait()
+
+
+def test_a_finding_with_several_roots_stops_every_tree() -> None:
+    """The per-user aggregate's finding (s20 review 2) names every tree that wrote: each
+    root is opened with the start time the rule keyed it with and killed with its tree; a
+    root whose pid now holds another process (start differs) is not."""
+    a, b = _sleepers(0.0)
+    c = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        time.sleep(0.1)
+        sa, sb, sc = (read_stat(p.pid).start_ns for p in (a, b, c))
+        procs = ProcessTable()
+        for p, s in ((a, sa), (b, sb), (c, sc)):
+            procs._put(ProcEntry(p.pid, os.getpid(), s, sys.executable, ("python3",), 0, "python3"))
+        f = dataclasses.replace(_finding_for(procs, a.pid, sa),
+                                roots=((a.pid, sa), (b.pid, sb), (c.pid, sc - 10 * TICK_NS)))
+        alert = Dispatcher(procs).dispatch(f, time.time_ns())
+        assert alert.killed == sorted([a.pid, b.pid]), (alert.action, alert.killed)
+        assert c.poll() is None
+    finally:
+        for p in (a, b, c):
             p.kill()
             p.wait()

@@ -2300,6 +2300,25 @@ RANSOM_EXT = re.compile(r"\.(locked|encrypted|enc|crypt|crypted|lock|ransom|cry|
                         re.I)
 
 
+class _UserWrites:
+    """One user's distinct written files across its trees (distinct key -> (time, value,
+    the tree)) and how many each tree holds (the aggregate needs 2 trees: counted, not
+    scanned per event)."""
+
+    __slots__ = ("od", "trees")
+
+    def __init__(self) -> None:
+        self.od: OrderedDict[str, tuple[int, str, ProcKey]] = OrderedDict()
+        self.trees: collections.Counter[ProcKey] = collections.Counter()
+
+    def drop(self, k: str) -> None:
+        got = self.od.pop(k, None)
+        if got is not None:
+            self.trees[got[2]] -= 1
+            if self.trees[got[2]] <= 0:
+                del self.trees[got[2]]
+
+
 def _existing(ev: FileEvent) -> bool:
     """The open found the file there with bytes (the kernel says so: ABI 2.10)."""
     return ev.created is False and ev.empty is False
@@ -2357,8 +2376,7 @@ class Ransomware(ThresholdRule):
             self.state()
         # the per-user aggregate over trees (s20 review 2): (-1, euid) -> distinct key ->
         # (time, value, the tree that wrote it)
-        self._agg: BoundedState[ProcKey, OrderedDict[str, tuple[int, str, ProcKey]]] = \
-            self.state()
+        self._agg: BoundedState[ProcKey, _UserWrites] = self.state()
         self._agg_fired: BoundedState[ProcKey, int] = self.state()
         self._agg_trusted: BoundedState[ProcKey, bool] = self.state()
         self.agg_checks = 0
@@ -2679,9 +2697,10 @@ class Ransomware(ThresholdRule):
             hits += self._aggregate(ev, ctx, *self.counted)
         elif self.counted is not None:
             # the tree is stopped: its files are no other tree's evidence
-            od = self._agg.get((-1, ev.proc.euid), ev.time_ns)
-            for k in [k for k, (_, _, t) in (od or {}).items() if t == self.counted[0]]:
-                del od[k]
+            uw = self._agg.get((-1, ev.proc.euid), ev.time_ns)
+            if uw is not None and uw.trees.get(self.counted[0]):
+                for k in [k for k, (_, _, t) in uw.od.items() if t == self.counted[0]]:
+                    uw.drop(k)
         if self.probes.stalled is not None:
             stuck = self.probes.stalled()
             if stuck:
@@ -2714,18 +2733,18 @@ class Ransomware(ThresholdRule):
         self._agg_trusted.put(key, now, trusted_)
         if trusted_:
             return []
-        od = self._agg.setdefault(user, now, OrderedDict)
+        uw = self._agg.setdefault(user, now, _UserWrites)
+        od = uw.od
         k = self.distinct_key(v)
-        od.pop(k, None)
+        uw.drop(k)
         od[k] = (now, v, key)
+        uw.trees[key] += 1
         while od and (len(od) > self.count * 8 or
                       now - next(iter(od.values()))[0] > self.window_ns):
-            od.popitem(last=False)
-        if len(od) < self.count:
+            uw.drop(next(iter(od)))
+        if len(od) < self.count or len(uw.trees) < self.AGG_TREES:
             return []
         trees = list(dict.fromkeys(t for _, _, t in od.values()))
-        if len(trees) < self.AGG_TREES:
-            return []
         self.agg_checks += 1
         self.judging, self._scope = tuple(trees), user
         try:
@@ -2733,7 +2752,9 @@ class Ransomware(ThresholdRule):
         finally:
             self.judging = ()
         if hit is None or hit.severity is not None:
-            self._unconfirmed_agg(od)
+            for _ in range(max(1, self.count // 4)):   # the next check count/4 values on
+                if od:
+                    uw.drop(next(iter(od)))
             return []
         self._agg_fired.put(user, now, now)
         self._agg.pop(user)
@@ -2742,12 +2763,6 @@ class Ransomware(ThresholdRule):
         hit.evidence["trees"] = len(trees)
         hit.pid, hit.roots = key[0], tuple(trees[-64:])
         return [hit]
-
-    def _unconfirmed_agg(self, od: OrderedDict[str, tuple[int, str, ProcKey]]) -> None:
-        for _ in range(max(1, self.count // 4)):
-            if not od:
-                break
-            od.popitem(last=False)
 
     def stats(self) -> dict[str, int]:
         out = super().stats()
