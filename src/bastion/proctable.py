@@ -139,14 +139,23 @@ class ProcessTable:
         return out[:limit]
 
     def ancestry(self, pid: int, limit: int = 64) -> list[ProcEntry]:
-        """The process and its ancestors, nearest first (stops at a loop or an unknown)."""
+        """The process and its ancestors, nearest first (stops at a loop or an unknown).
+
+        Stops at a "parent" that started after its child (by a clock tick or more: the
+        seeded start times are tick-rounded): the parent exited and its pid was taken by
+        an unrelated process whose fork or exec the table saw since -- not an ancestor
+        (s20 review 4: that process became a tree's root and was killed)."""
         out: list[ProcEntry] = []
         seen: set[int] = set()
         cur = self._procs.get(pid)
         while cur is not None and cur.pid not in seen and len(out) < limit:
             out.append(cur)
             seen.add(cur.pid)
+            child = cur
             cur = self._procs.get(cur.ppid) if cur.ppid else None
+            if cur is not None and cur.start_ns and child.start_ns and \
+                    cur.start_ns - child.start_ns >= TICK_NS:
+                break
         return out
 
     def update(self, ev: Event) -> None:

@@ -21,7 +21,7 @@ from bastion.detect.behavior.state import tree_key
 from bastion.detect.engine import Finding
 from bastion.events import Event, from_json
 from bastion.proctable import ProcEntry, ProcessTable
-from bastion.procstat import read_stat
+from bastion.procstat import TICK_NS, read_stat
 from bastion.respond.dispatch import Dispatcher
 from bastion.respond.shadow.store import Opener, ShadowStore
 
@@ -138,3 +138,91 @@ def test_the_incident_links_the_killed_workers_copies(tmp_path: Path) -> None:
         assert paths == ["a", "c"], paths
     finally:
         store.close()
+
+
+def _sleepers(gap_s: float = 0.05) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]:
+    """(W, U): a worker, then (a few clock ticks later) an unrelated process."""
+    w = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    time.sleep(gap_s)
+    u = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    time.sleep(0.1)
+    return w, u
+
+
+def _finding_for(procs: ProcessTable, w: int, ws: int) -> Finding:
+    ev = from_json({"type": "open", "time": "2026-12-05T09:00:00.000000Z", "pid": w, "tid": w,
+                    "ppid": 1, "uid": 0, "euid": 0, "gid": 0, "cgroup_id": 1, "comm": "python3",
+                    "start_ns": ws, "exe": sys.executable, "path": "/x", "path2": "", "flags": 1,
+                    "mode": 0, "owner_uid": -1, "owner_gid": -1, "dev": 1, "ino": 2})
+    key = tree_key(ev, procs)
+    return Finding(rule="behavior.ransomware", title="t", severity="critical", attack=(),
+                   action="kill-tree", event=ev, pid=key[0], roots=(key,))
+
+
+def test_a_pid_reused_by_an_unrelated_process_is_not_the_tree_root() -> None:
+    """s20 review 4: W's parent R exited; its pid went to U (same executable), whose fork
+    event replaced R's entry.  ``ancestry`` walked W -> U, U became the tree root and was
+    killed.  A "parent" that started after its child is not its parent."""
+    w, u = _sleepers()
+    try:
+        ws, us = read_stat(w.pid).start_ns, read_stat(u.pid).start_ns
+        procs = ProcessTable()
+        procs._put(ProcEntry(u.pid, os.getpid(), us, sys.executable, ("python3",), 0, "python3"))
+        procs._put(ProcEntry(w.pid, u.pid, ws, sys.executable, ("python3",), 0, "python3"))
+        assert [e.pid for e in procs.ancestry(w.pid)] == [w.pid]
+        f = _finding_for(procs, w.pid, ws)
+        assert f.roots == ((w.pid, ws),)
+        alert = Dispatcher(procs).dispatch(f, time.time_ns())
+        assert u.pid not in alert.killed, "an unrelated process holding the exited root's pid was killed"
+        assert alert.killed == [w.pid], alert.action
+        assert u.poll() is None
+    finally:
+        for p in (w, u):
+            p.kill()
+            p.wait()
+
+
+def test_a_reused_root_pid_still_kills_the_event_process_and_the_known_tree() -> None:
+    """s20 review 5: the root R exited (lingering in the table) and its pid was taken by U
+    before U's fork event was read: the tree key is (R's pid, R's start), ``_open_checked``
+    said "pid reused" and the whole kill-tree was skipped -- the worker W lived.  Now: as
+    "root exited", W and R's other known children killed, U (the pid's new holder) not."""
+    w, u = _sleepers(0.0)
+    try:
+        ws = read_stat(w.pid).start_ns
+        procs = ProcessTable()
+        procs._put(ProcEntry(u.pid, os.getpid(), 1000, sys.executable, ("python3",), 0, "python3"))
+        procs._procs[u.pid] = dataclasses.replace(procs._procs[u.pid], exited_ns=1)
+        procs._put(ProcEntry(w.pid, u.pid, ws, sys.executable, ("python3",), 0, "python3"))
+        f = _finding_for(procs, w.pid, ws)
+        assert f.roots == ((u.pid, 1000),)      # old R, as the rule keyed it
+        alert = Dispatcher(procs).dispatch(f, time.time_ns())
+        assert alert.action == "kill-tree" and alert.killed == [w.pid], (alert.action, alert.killed)
+        assert u.poll() is None
+    finally:
+        for p in (w, u):
+            p.kill()
+            p.wait()
+
+
+def test_a_finding_with_several_roots_stops_every_tree() -> None:
+    """The per-user aggregate's finding (s20 review 2) names every tree that wrote: each
+    root is opened with the start time the rule keyed it with and killed with its tree; a
+    root whose pid now holds another process (start differs) is not."""
+    a, b = _sleepers(0.0)
+    c = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        time.sleep(0.1)
+        sa, sb, sc = (read_stat(p.pid).start_ns for p in (a, b, c))
+        procs = ProcessTable()
+        for p, s in ((a, sa), (b, sb), (c, sc)):
+            procs._put(ProcEntry(p.pid, os.getpid(), s, sys.executable, ("python3",), 0, "python3"))
+        f = dataclasses.replace(_finding_for(procs, a.pid, sa),
+                                roots=((a.pid, sa), (b.pid, sb), (c.pid, sc - 10 * TICK_NS)))
+        alert = Dispatcher(procs).dispatch(f, time.time_ns())
+        assert alert.killed == sorted([a.pid, b.pid]), (alert.action, alert.killed)
+        assert c.poll() is None
+    finally:
+        for p in (a, b, c):
+            p.kill()
+            p.wait()

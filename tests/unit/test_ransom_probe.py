@@ -35,7 +35,8 @@ def text(n: int, seed: int = 0) -> bytes:
 class Tree:
     """One untrusted process (this test's own pid: its root is ours) writing files."""
 
-    def __init__(self) -> None:
+    def __init__(self, real_clock: bool = False) -> None:
+        self.real_clock = real_clock   # event times from the wall clock (file times compared)
         self.procs = ProcessTable()
         self.rule = Ransomware(probes=live_probes(), data_dirs=None)
         self.engine = Engine([self.rule])
@@ -54,7 +55,7 @@ class Tree:
 
     def _feed(self, obj: dict[str, Any]) -> None:
         import time as _t
-        self.t += NS // 100
+        self.t = max(self.t + 1000, _t.time_ns()) if self.real_clock else self.t + NS // 100
         sec, ns = divmod(self.t, NS)
         obj["time"] = _t.strftime("%Y-%m-%dT%H:%M:%S", _t.gmtime(sec)) + f".{ns // 1000:06d}Z"
         ev: Event = from_json(obj)
@@ -666,3 +667,161 @@ def test_pad_rewrites_do_not_push_encrypted_files_out_of_the_count(tmp_path: Pat
     assert k < 60, f"critical only after {k + 1} files"
     assert tree.rule.item_shed == 0
 
+
+
+# ---- s20 review: created files, sh-wrapped workers, no-op write-opens ------------------------
+
+O_EXCL = 0o200
+
+
+def _feed_file(tree: Tree, op: str, path: Path, flags: int = 0,
+               proc: dict[str, Any] | None = None) -> None:
+    ino = os.stat(path).st_ino if path.exists() else 9
+    tree._feed({"type": op, **(proc or tree._proc()), "path": str(path), "path2": "",
+                "flags": flags, "mode": 0o644 if op == "open" else 0, "owner_uid": -1,
+                "owner_gid": -1, "dev": 1, "ino": ino})
+
+
+def test_encrypting_to_exclusively_created_files_then_unlinking_is_critical(tmp_path: Path) -> None:
+    """s20 review 1: NAME.locked created O_CREAT|O_EXCL (python "xb"), NAME unlinked.  The
+    creation was no counted value (O_CREAT without O_TRUNC), the unlinks left nothing: an
+    empty sample, one medium, no kill.  Created files are candidates (not counted)."""
+    tree = Tree()
+    for p in victims(tmp_path / "docs", n=60, size=16 << 10):
+        q = Path(f"{p}.locked")
+        with open(q, "xb") as fh:
+            fh.write(os.urandom(16 << 10))
+        _feed_file(tree, "open", q, O_WRONLY | O_CREAT | O_EXCL)
+        os.unlink(p)
+        _feed_file(tree, "unlink", p)
+    got = tree.critical()
+    assert got and got[0].action == "kill-tree", [(f.severity, f.evidence) for f in tree.found]
+    assert got[0].evidence["created"] >= 40 and got[0].evidence["entropy_high"] >= 5
+    assert got[0].evidence["files"] == 40          # the unlinks only: not counted twice
+
+
+def test_created_files_the_tree_removed_again_are_not_sampled(tmp_path: Path) -> None:
+    """A tree's own temp files (created, then unlinked or renamed away) are no candidates:
+    40 plaintext files created and unlinked -- nothing left to judge but their removal."""
+    tree = Tree()
+    d = tmp_path / "docs"
+    d.mkdir()
+    for i in range(N):
+        q = d / f"tmp{i}"
+        q.write_bytes(os.urandom(8192))
+        _feed_file(tree, "open", q, O_WRONLY | O_CREAT | O_EXCL)
+        os.unlink(q)
+        _feed_file(tree, "unlink", q)
+    assert not tree.critical()
+    assert all("created" not in f.evidence for f in tree.found)
+
+
+def _workers(tree: Tree, files: list[Path], per: int, enc: Callable[[bytes], bytes]) -> None:
+    """The test process (python) runs each batch in ``sh -c 'python3 enc.py'``: a worker
+    tree per batch (its parent, sh, is another executable and no launcher)."""
+    def proc(pid: int, ppid: int, exe: str, comm: str) -> dict[str, Any]:
+        return {"pid": pid, "tid": pid, "ppid": ppid, "uid": 1000, "euid": 1000, "gid": 1000,
+                "cgroup_id": 1, "comm": comm, "start_ns": 1000 + pid, "exe": exe}
+    py, sh = "/usr/bin/python3.11", "/usr/bin/dash"
+    for b in range(0, len(files), per):
+        s, w = 50000 + b * 2, 50001 + b * 2
+        tree._feed({"type": "fork", **proc(tree.pid, 1, py, "python3"), "child_pid": s,
+                    "child_start_ns": 1000 + s})
+        tree._feed({"type": "exec", **proc(s, tree.pid, sh, "sh"), "filename": "/bin/sh",
+                    "cwd": "/", "argv": ["sh", "-c", "python3 enc.py"], "exe_dev": 1,
+                    "exe_ino": 1, "exe_nlink": 1})
+        tree._feed({"type": "fork", **proc(s, tree.pid, sh, "sh"), "child_pid": w,
+                    "child_start_ns": 1000 + w})
+        tree._feed({"type": "exec", **proc(w, s, py, "python3"), "filename": "/usr/bin/python3",
+                    "cwd": "/", "argv": ["python3", "enc.py"], "exe_dev": 1, "exe_ino": 4242,
+                    "exe_nlink": 1})
+        for p in files[b:b + per]:
+            p.write_bytes(enc(p.read_bytes()))
+            _feed_file(tree, "open", p, O_WRONLY | O_TRUNC, proc(w, s, py, "python3"))
+
+
+def test_sh_wrapped_workers_under_the_threshold_are_judged_together(tmp_path: Path) -> None:
+    """s20 review 2: 10 workers of 39 files, each under ``sh -c``: each worker was its own
+    tree (under 40), nothing.  The per-user aggregate judges them together; its finding
+    names every worker tree as a root to stop."""
+    tree = Tree()
+    _workers(tree, victims(tmp_path / "docs", n=390, size=16 << 10), 39,
+             lambda b: os.urandom(len(b)))
+    got = tree.critical()
+    assert got, [(f.severity, f.evidence) for f in tree.found]
+    assert got[0].evidence["scope"] == "user" and got[0].evidence["trees"] >= 2
+    assert len(got[0].roots) == got[0].evidence["trees"]
+    assert all(pid >= 50001 and start == 1000 + pid for pid, start in got[0].roots)
+
+
+def test_sh_wrapped_workers_rewriting_plaintext_stay_quiet(tmp_path: Path) -> None:
+    """The benign side: the same 10 sh-wrapped trees rewriting their files as plaintext."""
+    tree = Tree()
+    _workers(tree, victims(tmp_path / "docs", n=390, size=16 << 10), 39, lambda b: b)
+    assert not tree.loud(), [(f.severity, f.evidence) for f in tree.loud()]
+
+
+def test_no_op_write_opens_do_not_dilute_the_sample(tmp_path: Path) -> None:
+    """s20 review 3: after each encrypted file, 7 of the user's plaintext files opened
+    O_WRONLY and closed unchanged: each was a rewrite in the draw (~1 high of 8: a
+    medium, never a kill).  A file not changed since the write-open is no candidate."""
+    pool = victims(tmp_path / "home", n=400, size=4 << 10)
+    tree = Tree(real_clock=True)
+    tree.rule.TOUCH_SLACK_NS = NS // 5    # (1 s live) the pool was written 0.3 s ago
+    import time as _t
+    _t.sleep(0.3)
+    j = 0
+    for p in victims(tmp_path / "docs", n=60, size=16 << 10):
+        tree.write(p, os.urandom(16 << 10))
+        for _ in range(7):
+            _feed_file(tree, "open", pool[j % len(pool)], O_WRONLY)
+            j += 1
+        if tree.critical():
+            break
+    got = tree.critical()
+    assert got, [(f.severity, f.evidence) for f in tree.found]
+    assert got[0].evidence["not_rewritten"] > 0 and got[0].evidence["entropy_high"] >= 5, \
+        got[0].evidence
+
+
+def test_high_files_add_up_across_draws(tmp_path: Path) -> None:
+    """s20 review 3: ciphertexts diluted 1:3 by real plaintext rewrites: ~2 high of 8 a
+    draw, a medium at each check.  The distinct high files over the tree's draws add up:
+    critical at 16 (a quarter of the judged files are high)."""
+    pool = victims(tmp_path / "home", n=600, size=4 << 10)
+    tree = Tree()
+    j = 0
+    for k, p in enumerate(victims(tmp_path / "docs", n=150, size=16 << 10)):
+        tree.write(p, os.urandom(16 << 10))
+        for _ in range(3):
+            q = pool[j % len(pool)]
+            tree.write(q, text(4 << 10, 7 + j))
+            j += 1
+        if tree.critical():
+            break
+    got = tree.critical()
+    assert got, [(f.severity, f.evidence) for f in tree.found]
+    assert "entropy_high_total" in got[0].evidence or got[0].evidence["entropy_high"] >= 5
+
+
+def test_a_benign_tree_with_a_few_compressed_files_does_not_add_up(tmp_path: Path) -> None:
+    """The benign side of adding up: 1 compressed-looking file in 12 (a build writing a few
+    random test fixtures among its sources) over 600 rewrites: never critical."""
+    tree = Tree()
+    for i, p in enumerate(victims(tmp_path / "src", n=600, size=4 << 10)):
+        tree.write(p, os.urandom(4 << 10) if i % 12 == 0 else text(4 << 10, i))
+    assert not tree.critical(), [(f.severity, f.evidence) for f in tree.critical()]
+
+
+def test_o_creat_rewrites_in_place_of_existing_files_count(tmp_path: Path) -> None:
+    """``open(O_RDWR|O_CREAT)`` of an existing file, ciphertext written over it in place (no
+    O_TRUNC): no counted value (taken for a creation), nothing judged.  The record says
+    the file was there with bytes (ABI 2.10 ``created``/``empty``): a rewrite."""
+    tree = Tree()
+    for p in victims(tmp_path / "docs", size=16 << 10):
+        with open(p, "r+b") as fh:
+            fh.write(os.urandom(16 << 10))
+        tree._feed({"type": "open", **tree._proc(), "path": str(p), "path2": "",
+                    "flags": 0o2 | O_CREAT, "mode": 0o644, "owner_uid": -1, "owner_gid": -1,
+                    "dev": 1, "ino": os.stat(p).st_ino, "created": False, "empty": False})
+    assert tree.critical(), [(f.severity, f.evidence) for f in tree.found]

@@ -208,3 +208,28 @@ def test_the_agent_arms_it_with_the_launder_rule() -> None:
     assert built(_opts({rule: RuleSettings(action="alert")})).dry_run  # type: ignore[union-attr]
     assert not built(_opts({rule: RuleSettings(action="kill-tree")})).dry_run  # type: ignore[union-attr]
     assert built(_opts({rule: RuleSettings(enabled=False)})) is None
+
+
+def test_a_failed_kernel_kill_is_counted_failed_not_a_dry_run() -> None:
+    """s20 review 6: a kill the kernel could not send (enforced 0, ret -ESRCH) was
+    counted as a dry run: ``status`` said "would-kill" of a kill that was tried and failed."""
+    r = _rec(10)
+    failed = HipsEvent(r.time_ns, r.proc, op="connect", action="kill", rule_id=5,
+                       subject=abi.PROV_TMP_SCRIPT, mechanism="connect-kill", ret=-3)
+    dry = HipsEvent(r.time_ns, r.proc, op="connect", action="kill", rule_id=5,
+                    subject=abi.PROV_TMP_SCRIPT, mechanism="connect-kill")
+
+    class Lo:
+        closed = False
+
+        def wait(self, t: float) -> None:
+            pass
+
+        def drain(self, dec: object) -> list[HipsEvent]:
+            return [failed, dry, r]
+
+    g = _gate()
+    g.denies = g.dry_runs = g.failed = g.audits = 0
+    g._lo = Lo()  # type: ignore[assignment]
+    g.poll()
+    assert (g.denies, g.dry_runs, g.failed, g.audits) == (1, 1, 1, 0)

@@ -35,6 +35,8 @@ class Finding:
     enforced_by: str = ""       # mechanism that already enforced it in the kernel, if any
     meta: dict[str, Any] = field(default_factory=dict)  # top-level alert keys (e.g. sigma id, author)
     dry_run: bool = False       # this rule is in dry-run: the action is reported as would-<action>
+    # kill-tree: the tree roots (pid, start_ns) as the rule keyed them; empty: ``pid``'s
+    roots: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass

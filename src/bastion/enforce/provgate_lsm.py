@@ -122,13 +122,16 @@ def shared_prov_maps(prov: ProvenanceMap, who: str, location: Location) -> dict[
 
 class GateUser(LoaderUser):
     """A gate object's decisions, drained from its ring and counted: refused (``denies``,
-    the kernel acted), would-be refusals of a dry run (``dry_runs``) and audited acts."""
+    the kernel acted), would-be refusals of a dry run (``dry_runs``), blocks the kernel
+    tried and could not take (``failed``: a kill whose signal failed, ``ret`` != 0 -- not
+    a dry run, s20 review 6) and audited acts."""
 
     #: The record action that means the gate stopped the act (a kill on the compat
     #: socket gate, a refusal in the hook elsewhere).
     blocking_action: str = "deny"
     denies: int = 0
     dry_runs: int = 0
+    failed: int = 0
     audits: int = 0
 
     def poll(self, timeout_s: float = 0.0) -> list[HipsEvent]:
@@ -140,6 +143,8 @@ class GateUser(LoaderUser):
         for ev in out:
             if ev.action == self.blocking_action and ev.enforced:
                 self.denies += 1
+            elif ev.action == self.blocking_action and ev.ret != 0:
+                self.failed += 1
             elif ev.action == self.blocking_action:
                 self.dry_runs += 1
             else:
@@ -187,7 +192,7 @@ class LsmProvenanceGate(GateUser):
         self._names: dict[bytes, bytes] = {}
         self._anc: dict[bytes, bytes] = {}
         self._tools: dict[bytes, bytes] = {}
-        self.denies = self.dry_runs = self.audits = 0
+        self.denies = self.dry_runs = self.failed = self.audits = 0
 
     @staticmethod
     def _classes(dry_run: bool | Iterable[str]) -> frozenset[abi.PgateClass]:
@@ -403,8 +408,8 @@ class LsmProvenanceGate(GateUser):
 
     def stats(self) -> dict[str, int]:
         out = super().stats()
-        out.update(denies=self.denies, dry_runs=self.dry_runs, audits=self.audits,
-                   objects=len(self._objs), names=len(self._names), ancestors=len(self._anc),
+        out.update(denies=self.denies, dry_runs=self.dry_runs, failed=self.failed,
+                   audits=self.audits, objects=len(self._objs), names=len(self._names), ancestors=len(self._anc),
                    tools=len(self._tools),
                    prov_errors=self.prov.errors())
         return out

@@ -174,7 +174,7 @@ class LsmSocketGate(GateUser):
         self._lo: LoadedObject | None = None
         self._socks: dict[bytes, str] = {}
         self._servers: dict[bytes, str] = {}
-        self.denies = self.dry_runs = self.audits = 0
+        self.denies = self.dry_runs = self.failed = self.audits = 0
 
     def spec(self) -> ObjectSpec:
         return ObjectSpec(
@@ -293,8 +293,8 @@ class LsmSocketGate(GateUser):
 
     def stats(self) -> dict[str, int]:
         out = super().stats()
-        out.update(denies=self.denies, dry_runs=self.dry_runs, audits=self.audits,
-                   sockets=len(self._socks), servers=len(self._servers))
+        out.update(denies=self.denies, dry_runs=self.dry_runs, failed=self.failed,
+                   audits=self.audits, sockets=len(self._socks), servers=len(self._servers))
         return out
 
 

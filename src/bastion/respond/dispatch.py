@@ -189,27 +189,50 @@ class Dispatcher:
         a reused pid is not the tree's), else the tree is walked from it alone."""
         ev = f.event
         spare = ev.proc.pid if ev is not None and _kernel_killed(f) else 0
-        root = f.pid
-        if spare and root != spare and root not in {
-                e.pid for e in self.procs.ancestry(spare)[1:]}:
-            log.warning("kill-tree: pid %d is not an ancestor of the killed pid %d in the "
-                        "table; the tree is walked from %d", root, spare, spare)
-            root = spare
-        start = ev.proc.start_ns if ev is not None and ev.proc.pid == root else 0
-        if not start:
-            e = self.procs.get(root)
-            start = e.start_ns if e is not None else 0
-        fd = self._open_checked(root, start)
+        roots = list(f.roots) or [(f.pid, 0)]
+        if spare and any(r != spare for r, _ in roots):
+            anc = {e.pid for e in self.procs.ancestry(spare)[1:]}
+            if any(r != spare and r not in anc for r, _ in roots):
+                log.warning("kill-tree: a root of %s is not an ancestor of the killed pid %d "
+                            "in the table; the tree is walked from %d", roots, spare, spare)
+                roots = [(spare, 0)]
         fds: dict[int, int] = {}
         starts: dict[int, int] = {}
-        if isinstance(fd, int):
-            fds[root] = fd
-            starts[root] = start_ns_of(root) or start
-        elif fd != "already exited":
-            return f"kill-tree-skipped: {fd}", [], []
-        seeds = [(root, start)]
-        if ev is not None and ev.proc.pid != root and ev.proc.start_ns:
+        seeds: list[tuple[int, int]] = []
+        why = ""
+        for root, start in roots:
+            # the start time the rule keyed the root with; only a finding that names no
+            # root (a plain pid) falls back to the event's or the table's
+            if not start:
+                start = ev.proc.start_ns if ev is not None and ev.proc.pid == root else 0
+            if not start:
+                e = self.procs.get(root)
+                start = e.start_ns if e is not None else 0
+            fd = self._open_checked(root, start)
+            if isinstance(fd, int):
+                fds[root] = fd
+                starts[root] = start_ns_of(root) or start
+                seeds.append((root, start))
+            elif fd == "already exited":
+                seeds.append((root, start))
+            elif fd == "pid reused" and start:
+                # The root exited and its pid is another process's now (s20 review 5: the
+                # whole kill-tree was skipped, the event's own process lived): as "root
+                # exited", minus the new holder -- the walk starts from the root's children
+                # the table saw forked before the new holder started, never from the pid.
+                log.warning("kill-tree: root pid %d was reused; its known children and the "
+                            "event's process are walked instead", root)
+                holder = start_ns_of(root) or (1 << 62)
+                seeds += [(e.pid, e.start_ns) for e in self.procs
+                          if e.ppid == root and not e.exited_ns and e.pid != root
+                          and e.start_ns and start <= e.start_ns < holder]
+            else:
+                why = why or fd
+        if ev is not None and ev.proc.start_ns and ev.proc.pid not in {p for p, _ in seeds}:
             seeds.append((ev.proc.pid, ev.proc.start_ns))
+        if not seeds:
+            return f"kill-tree-skipped: {why or 'no root'}", [], []
+        fd = why or "already exited"
         try:
             # stop everything first (a stopped process cannot fork), re-walking
             # until no new descendant appears, then kill each through its pidfd

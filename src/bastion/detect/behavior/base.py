@@ -60,6 +60,10 @@ class Hit:
     pid: int | None = None          # target of the response; default: the event's process
     severity: str | None = None     # override of the rule's severity for this hit
     action: str | None = None       # override of the rule's response for this hit
+    # the processes (pid, start_ns) whose trees a kill-tree stops, as the rule keyed them
+    # (the dispatcher opens each with this start time, never the table's current entry
+    # for the pid: s20 review 4); empty: ``pid``'s tree
+    roots: tuple[tuple[int, int], ...] = ()
 
 
 class BehaviorRule:
@@ -135,7 +139,7 @@ class BehaviorRule:
             severity=self.severity_override or h.severity or self.severity,
             attack=self.attack, action=action, event=ev,
             pid=h.pid if h.pid is not None else ev.proc.pid,
-            evidence=h.evidence, dry_run=self.dry_run,
+            evidence=h.evidence, dry_run=self.dry_run, roots=h.roots,
         )
 
 
@@ -245,6 +249,10 @@ class ThresholdRule(BehaviorRule):
         self._fired: BoundedState[ProcKey, int] = self.state()
         self._warned: BoundedState[ProcKey, int] = self.state()
         self.item_shed = 0   # per-key samples dropped past the per-key cap
+        # the key(s) and value of the event being evaluated, for a subclass's confirm
+        # (ransomware: its tree's created files, the per-uid aggregate's trees)
+        self.judging: tuple[ProcKey, ...] = ()
+        self.counted: tuple[ProcKey, str] | None = None
 
     def value(self, ev: Event, ctx: RuleContext) -> str | None:
         """The value this event counts for (None: not counted)."""
@@ -307,6 +315,7 @@ class ThresholdRule(BehaviorRule):
             return []
         now = ev.time_ns
         key = tree_key(ev, ctx.procs) if self.per_tree else proc_key(ev)
+        self.counted = (key, v)
         fired = self._fired.get(key, now)
         if fired is not None and now - fired < self.window_ns:
             return []
@@ -324,6 +333,7 @@ class ThresholdRule(BehaviorRule):
             dq, values = raw, [x for _, x in raw]
         if len(values) < self.count:
             return []
+        self.judging = (key,)
         hit = self.confirm(ev, ctx, values)
         if hit is not None and not self.conclusive(hit):
             # A provisional verdict (say, ransomware's medium "mass rewrite" with too
@@ -335,7 +345,7 @@ class ThresholdRule(BehaviorRule):
                 self._warned.put(key, now, now)
                 self._unconfirmed(dq)
                 if self.per_tree and hit.pid is None:
-                    hit.pid = key[0]
+                    hit.pid, hit.roots = key[0], hit.roots or (key,)
                 hit.evidence.setdefault("scope", "tree" if self.per_tree else "process")
                 return [hit]
             hit = None
@@ -353,7 +363,7 @@ class ThresholdRule(BehaviorRule):
         self._seen.pop(key)
         self._distinct.pop(key)
         if self.per_tree and hit.pid is None:
-            hit.pid = key[0]
+            hit.pid, hit.roots = key[0], hit.roots or (key,)
         hit.evidence.setdefault("scope", "tree" if self.per_tree else "process")
         return [hit]
 

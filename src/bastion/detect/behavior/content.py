@@ -53,7 +53,7 @@ import secrets
 import stat
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 from bastion.errors import FeatureUnavailableError
@@ -117,6 +117,10 @@ class ContentSample:
     digest: bytes | None = None
     other_inode: bool = False
     limited: bool = False
+    # the file's last change (the later of mtime and ctime, wall-clock ns) when it was
+    # opened for the probe, 0: unknown -- a file not changed since the tree's write-open
+    # was not rewritten (s20 review 3)
+    changed_ns: int = 0
 
 
 class ByteBudget:
@@ -474,7 +478,10 @@ def _sample_one(name: bytes, ino: int, budget: ByteBudget | None) -> ContentSamp
             if not stat.S_ISREG(again.st_mode) or (again.st_dev, again.st_ino) != \
                     (st.st_dev, st.st_ino):
                 return None
-            return _read(fd, windows, st.st_size, budget)
+            got = _read(fd, windows, st.st_size, budget)
+            if got is None:
+                return None
+            return replace(got, changed_ns=max(st.st_mtime_ns, st.st_ctime_ns))
         finally:
             os.close(fd)
     except OSError:

@@ -286,7 +286,7 @@ def block(hit: Hit, reasons: dict[str, str], origin: ProcKey | None, ev: Event,
     hit.evidence["provenance"] = dict(reasons)
     hit.evidence["prevented"] = prevented
     if origin is not None and origin[0] != ev.proc.pid:
-        hit.pid = origin[0]
+        hit.pid, hit.roots = origin[0], (origin,)
         hit.action = "kill-tree"
         hit.evidence["origin_pid"] = origin[0]
     else:

@@ -26,6 +26,7 @@ What the sensor can and cannot see (say it, never pretend):
 from __future__ import annotations
 
 import collections
+from collections import OrderedDict
 import fnmatch
 import io
 import math
@@ -51,7 +52,7 @@ from bastion.detect.behavior.shellargs import parse_shell_argv
 from bastion.detect.behavior.trust import ExeTrust
 from bastion.detect.behavior.launder import LAUNDER_TOOLS, launder_act
 from bastion.detect.behavior.svcctl import SERVICE_MANAGERS, command_act, firewall_act
-from bastion.detect.behavior.state import BoundedState, Limits, ProcKey, proc_key
+from bastion.detect.behavior.state import BoundedState, Limits, ProcKey, proc_key, tree_key
 from bastion.detect.engine import RuleContext
 from bastion.events import (
     BpfEvent, Event, ExecEvent, FileEvent, ForkEvent, HipsEvent, KillEvent, NetEvent,
@@ -2055,7 +2056,7 @@ class PortScan(BehaviorRule):
                 self._fired.put(key, now, now)
                 self._seen.pop(key)
                 if key != proc_key(ev):
-                    hit.pid = key[0]
+                    hit.pid, hit.roots = key[0], (key,)
                     hit.evidence["scope"] = "launcher"
                 return [hit]
         return []
@@ -2299,6 +2300,30 @@ RANSOM_EXT = re.compile(r"\.(locked|encrypted|enc|crypt|crypted|lock|ransom|cry|
                         re.I)
 
 
+class _UserWrites:
+    """One user's distinct written files across its trees (distinct key -> (time, value,
+    the tree)) and how many each tree holds (the aggregate needs 2 trees: counted, not
+    scanned per event)."""
+
+    __slots__ = ("od", "trees")
+
+    def __init__(self) -> None:
+        self.od: OrderedDict[str, tuple[int, str, ProcKey]] = OrderedDict()
+        self.trees: collections.Counter[ProcKey] = collections.Counter()
+
+    def drop(self, k: str) -> None:
+        got = self.od.pop(k, None)
+        if got is not None:
+            self.trees[got[2]] -= 1
+            if self.trees[got[2]] <= 0:
+                del self.trees[got[2]]
+
+
+def _existing(ev: FileEvent) -> bool:
+    """The open found the file there with bytes (the kernel says so: ABI 2.10)."""
+    return ev.created is False and ev.empty is False
+
+
 class Ransomware(ThresholdRule):
     """A process tree rewrites, renames or deletes many distinct files under
     the data directories within the window.  Live, the entropy of the files the
@@ -2320,6 +2345,15 @@ class Ransomware(ThresholdRule):
     per_tree = True
     SAMPLE = 8   # readable files whose entropy decides a check
     PROBE_MAX = 24   # candidates probed (keyed random order, batches of SAMPLE) to find them
+    STALE_MAX = 72   # ... plus this many found not rewritten since the tree's write-open
+    # a write-opened file last changed more than this before the open was not rewritten
+    # (file times are the kernel's coarse clock, event times the boot clock plus an offset)
+    TOUCH_SLACK_NS = NS
+    HIGH_TOTAL = 16    # distinct high files over a key's draws: critical ...
+    HIGH_SHARE = 5     # ... when at least 1 in this many of the files judged
+    HORIZON_NS = 60 * NS   # ... within this
+    JUDGED_MAX = 1024
+    AGG_TREES = 2      # the per-user aggregate judges writes of at least this many trees
     distinct_last = True   # values in the order of their last event (the replay above)
 
     def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None,
@@ -2332,13 +2366,30 @@ class Ransomware(ThresholdRule):
         self.checks = 0   # confirm() calls: each draws its own sample
         if count is not None:
             self.count = count
+        # files a tree created (O_CREAT without O_TRUNC: "xb", O_EXCL) under the judged
+        # places, path -> (time, inode): sample candidates, never counted (s20 review 1:
+        # NAME.locked created O_EXCL + NAME unlinked left nothing to sample)
+        self._created: BoundedState[ProcKey, OrderedDict[str, tuple[int, int]]] = self.state()
+        # the files judged in a key's draws, (path, inode) -> (time, high): high evidence
+        # adds up across draws (s20 review 3)
+        self._judged: BoundedState[ProcKey, OrderedDict[tuple[str, int], tuple[int, bool]]] = \
+            self.state()
+        # the per-user aggregate over trees (s20 review 2): (-1, euid) -> distinct key ->
+        # (time, value, the tree that wrote it)
+        self._agg: BoundedState[ProcKey, _UserWrites] = self.state()
+        self._agg_fired: BoundedState[ProcKey, int] = self.state()
+        self._agg_trusted: BoundedState[ProcKey, bool] = self.state()
+        self.agg_checks = 0
+        self._scope: ProcKey = (0, 0)   # the key whose draws accumulate (tree or user)
 
     def value(self, ev: Event, ctx: RuleContext) -> str | None:
         if not isinstance(ev, FileEvent):
             return None
         if ev.op == "open":
-            # rewriting an existing file: write access without O_CREAT, or with O_TRUNC
-            if not (ev.flags & O_ACCMODE) or (ev.flags & O_CREAT and not ev.flags & O_TRUNC):
+            # rewriting an existing file: write access without O_CREAT, or with O_TRUNC, or
+            # O_CREAT of a file the kernel says was there with bytes (ABI 2.10)
+            if not (ev.flags & O_ACCMODE) or (ev.flags & O_CREAT and not ev.flags & O_TRUNC
+                                              and not _existing(ev)):
                 return None
             path, tag = ev.path, "w"
         elif ev.op == "rename":
@@ -2356,10 +2407,43 @@ class Ransomware(ThresholdRule):
             return None
         if under(path, NOT_DATA):
             return None
-        if tag == "w" and ev.ino:
-            # the inode the tree wrote, so the probe reads that file and no other
-            return f"w:{path}\0{ev.ino}"
+        if tag == "w":
+            # the inode the tree wrote, so the probe reads that file and no other, and
+            # when: a file not changed since was not rewritten (s20 review 3)
+            return f"w:{path}\0{ev.ino}\0{ev.time_ns}"
         return f"{tag}:{path}"
+
+    def _creation(self, ev: FileEvent) -> str | None:
+        """The path a write-open creates without truncating (O_CREAT, no O_TRUNC: python's
+        "xb", O_EXCL) under the judged places, or None."""
+        if ev.op != "open" or not ev.flags & O_ACCMODE or not ev.flags & O_CREAT or \
+                ev.flags & O_TRUNC or _existing(ev):
+            return None
+        if self.data_dirs is not None and not under(ev.path, self.data_dirs):
+            return None
+        return None if under(ev.path, NOT_DATA) else ev.path
+
+    def _track(self, ev: Event, ctx: RuleContext) -> None:
+        """Keep each tree's created files (see ``_created``): a creation adds its path, an
+        unlink or a rename away removes it (a rename carries it to the new name)."""
+        if not isinstance(ev, FileEvent):
+            return
+        now = ev.time_ns
+        path = self._creation(ev)
+        if path is not None:
+            od = self._created.setdefault(tree_key(ev, ctx.procs), now, OrderedDict)
+            od.pop(path, None)
+            od[path] = (now, ev.ino)
+            while od and (len(od) > self.count * 4 or
+                          now - next(iter(od.values()))[0] > self.window_ns):
+                od.popitem(last=False)
+        elif ev.op in ("unlink", "rename") and len(self._created):
+            od_ = self._created.get(tree_key(ev, ctx.procs), now)
+            if od_ is None:
+                return
+            got = od_.pop(ev.path, None)
+            if ev.op == "rename" and got is not None and ev.path2:
+                od_[ev.path2] = got
 
     def distinct_key(self, v: str) -> str:
         # one file per path: the inode a write names is kept aside (the last one), so
@@ -2380,6 +2464,7 @@ class Ransomware(ThresholdRule):
         # unordered "ever removed" set let a tree park each ciphertext on a name it had
         # removed before (decoy G, mv G junk, encrypt d, mv d G: s17-rfp review).
         alive: dict[str, int] = {}   # the paths the tree left, by their last event: inode
+        opened: dict[str, int] = {}  # ... when the last was a write-open (or a creation): when
         for v in values:
             tag, path = v[0], v[2:]
             ino = 0
@@ -2387,18 +2472,42 @@ class Ransomware(ThresholdRule):
                 path, _, old = path.partition("\0")
                 renames.append(path)
                 ino = alive.pop(old, 0)    # a temp file renamed over the name: its inode
+                opened.pop(old, None)
+                opened.pop(path, None)
             elif tag == "w":
-                path, _, num = path.partition("\0")
+                path, _, rest = path.partition("\0")
+                num, _, t = rest.partition("\0")
                 ino = int(num) if num.isdigit() else 0
+                if t.isdigit():
+                    opened[path] = int(t)
             if tag == "u":
                 alive.pop(path, None)
+                opened.pop(path, None)
             else:
                 alive.pop(path, None)
                 alive[path] = ino
             paths.append(path)
+        # the files the tree(s) created without truncating: candidates too, not counted
+        # (s20 review 1: encrypted to NAME.locked opened O_EXCL, NAME unlinked)
+        now = ev.time_ns
+        created = 0
+        only_created: set[str] = set()   # gone again (another tree removed it): dropped
+        for key in self.judging:
+            for path, (born, cino) in list((self._created.get(key, now) or {}).items()):
+                if now - born > self.window_ns:
+                    continue
+                if path not in alive:
+                    alive[path] = cino
+                    opened[path] = born
+                    only_created.add(path)
+                    created += 1
+                elif not alive[path]:
+                    alive[path] = cino
         ext_counts = collections.Counter(os.path.splitext(p)[1] for p in renames
                                          if RANSOM_EXT.search(p))
         ev_: dict[str, Any] = {"files": len(paths), "sample": paths[:10], "renames": len(renames)}
+        if created:
+            ev_["created"] = created
         high = 0
         sampled = 0
         probed = False
@@ -2424,55 +2533,70 @@ class Ransomware(ThresholdRule):
         self.checks += 1
         nonce = self.checks
         candidates = sorted(alive.items(), key=lambda pi: draw(nonce, pi[0], pi[1]))
-        del candidates[self.PROBE_MAX:]
+        # a file not rewritten (write-opened, closed unchanged) is no candidate and does
+        # not use up the PROBE_MAX a check judges; at most STALE_MAX of them a check
+        del candidates[self.PROBE_MAX + self.STALE_MAX:]
         root = self.probes.root_of(ev.proc.pid) if self.probes.root_of is not None else None
         got_all: list[tuple[float | None, bytes | None]] = []
-        unknown = moved = limited = 0
-        done: dict[tuple[str, int], tuple[float | None, bytes | None, bool, bool]] = {}
+        got_keys: list[tuple[str, int]] = []
+        unknown = moved = limited = stale = 0
+        done: dict[tuple[str, int], tuple[float | None, bytes | None, bool, bool, bool]] = {}
 
         def probe(batch: list[tuple[str, int]]) -> list[tuple[float | None, bytes | None,
-                                                              bool, bool]] | None:
-            """(score, digest, moved, limited) of each file, each probed once a check."""
+                                                              bool, bool, bool]] | None:
+            """(score, digest, moved, limited, not rewritten) of each file, each probed once
+            a check."""
             todo = [pi for pi in batch if pi not in done]
             rooted = [(f"{root}{p}" if root else p, ino) for p, ino in todo]
             if not todo:
                 pass
             elif self.probes.content_many is not None:
                 for pi, s in zip(todo, self.probes.content_many(rooted)):
-                    done[pi] = (None, None, False, False) if s is None else \
-                        (s.score, s.digest, s.other_inode, s.limited)
+                    t = opened.get(pi[0], 0)
+                    done[pi] = (None, None, False, False, pi[0] in only_created) if s is None else \
+                        (s.score, s.digest, s.other_inode, s.limited,
+                         bool(t and s.changed_ns and s.changed_ns < t - self.TOUCH_SLACK_NS))
             elif self.probes.entropy_many is not None:
                 for pi, h in zip(todo, self.probes.entropy_many([p for p, _ in rooted])):
-                    done[pi] = (h, None, False, False)
+                    done[pi] = (h, None, False, False, False)
             elif self.probes.entropy is not None:
                 for pi, (p, _) in zip(todo, rooted):
-                    done[pi] = (self.probes.entropy(p), None, False, False)
+                    done[pi] = (self.probes.entropy(p), None, False, False, False)
             else:
                 return None
             return [done[pi] for pi in batch]
 
+        fresh = 0
         for i in range(0, len(candidates), self.SAMPLE):
             if sum(1 for h, _ in got_all if h is not None) - self._notes(got_all)[1] \
-                    >= self.SAMPLE:
+                    >= self.SAMPLE or fresh >= self.PROBE_MAX:
                 break
-            res = probe(candidates[i:i + self.SAMPLE])
+            batch = candidates[i:i + self.SAMPLE]
+            res = probe(batch)
             if res is None:
                 break
-            moved += sum(r[2] for r in res)
-            limited += sum(r[3] for r in res)
-            got = [(h, d) for h, d, _, _ in res]
+            # s20 review 3: write-opens closed unchanged (a no-op open per plaintext file,
+            # 7 per ciphertext) were rewrites in the draw: left out
+            keep = [(pi, r) for pi, r in zip(batch, res) if not r[4]]
+            stale += len(res) - len(keep)
+            fresh += len(keep)
+            moved += sum(r[2] for _, r in keep)
+            limited += sum(r[3] for _, r in keep)
+            got_all += [(r[0], r[1]) for _, r in keep]
+            got_keys += [pi for pi, _ in keep]
             probed = True
-            got_all += got
         if probed:
             notes, n_notes = self._notes(got_all)
             readable: list[float] = []
-            for h, digest in got_all:
+            judged: list[tuple[tuple[str, int], float]] = []
+            for (h, digest), pi in zip(got_all, got_keys):
                 if h is None:
                     unknown += 1
                 elif digest is not None and digest in notes:
                     continue
                 elif len(readable) < self.SAMPLE:
                     readable.append(h)
+                    judged.append((pi, h))
             if not readable and n_notes and not (unknown or limited or moved):
                 # every file probed is one of a few repeated contents: no ciphertext
                 # beside them to leave notes for; they are the tree's content (a tree
@@ -2484,10 +2608,27 @@ class Ransomware(ThresholdRule):
                 # ciphertexts (s19 review 1) -- and one repeated content is ONE sample.
                 once = {d: h for h, d in got_all if h is not None and d in notes}
                 readable = list(once.values())[:self.SAMPLE]
+                judged = []
                 n_notes = 0
             for h in readable:
                 sampled += 1
                 high += h >= HIGH
+            # High evidence adds up across a key's draws (s20 review 3): the distinct files
+            # judged high over the last HORIZON, critical at HIGH_TOTAL of them when they
+            # are at least 1 in HIGH_SHARE of the files judged (a long benign burst with a
+            # few compressed files among thousands never gets there)
+            hist = self._judged.setdefault(
+                self.judging[0] if len(self.judging) == 1 else self._scope, now, OrderedDict)
+            for pi, h in judged:
+                hist.pop(pi, None)
+                hist[pi] = (now, h >= HIGH)
+            while hist and (len(hist) > self.JUDGED_MAX or
+                            now - next(iter(hist.values()))[0] > self.HORIZON_NS):
+                hist.popitem(last=False)
+            total_high = sum(1 for _, hi in hist.values() if hi)
+            if total_high >= self.HIGH_TOTAL and total_high * self.HIGH_SHARE >= len(hist):
+                ev_["entropy_high_total"] = total_high
+                ev_["entropy_judged_total"] = len(hist)
             # The newest files the tree left can only add evidence, never dismiss (the
             # writer chooses them): most of them high is encrypted-looking too, so an
             # encryptor that starts after a benign burst is stopped within a few files,
@@ -2495,10 +2636,11 @@ class Ransomware(ThresholdRule):
             # of this event is high (8 more files at most; a plaintext tree costs one).
             recent = list(alive.items())[-self.SAMPLE:]
             last = probe(recent[-1:]) or []
-            hot = high or any(h is not None and h >= HIGH for h, _, _, _ in last)
+            hot = high or any(h is not None and h >= HIGH and not st for h, _, _, _, st in last)
             newest = (probe(recent) or []) if hot else []
-            high_new = sum(1 for h, d, _, _ in newest
-                           if h is not None and h >= HIGH and (d is None or d not in notes))
+            high_new = sum(1 for h, d, _, _, st in newest
+                           if h is not None and h >= HIGH and not st and
+                           (d is None or d not in notes))
             if high_new * 2 > self.SAMPLE:
                 ev_["entropy_high_newest"] = high_new
             ev_["entropy_sampled"] = sampled
@@ -2508,13 +2650,16 @@ class Ransomware(ThresholdRule):
                 ev_["entropy_moved"] = moved
             if limited:
                 ev_["entropy_limited"] = limited
+            if stale:
+                ev_["not_rewritten"] = stale
             if n_notes:
                 ev_["notes"] = n_notes
         title = f"Ransomware behaviour: {len(paths)} files rewritten/renamed/deleted in " \
                 f"{self.window_ns / NS:g}s"
         # Encrypted-looking: most of a full sample, not most of what happened to be
         # readable -- an unreadable or missing file is no evidence of encryption.
-        if high * 2 > self.SAMPLE or "entropy_high_newest" in ev_:
+        if high * 2 > self.SAMPLE or "entropy_high_newest" in ev_ or \
+                "entropy_high_total" in ev_:
             return Hit(title, ev_)
         # A uniform new extension: one ransom-looking extension on most of the renames
         # (not the only odd one among hundreds of .pyc replaces), renames half the files.
@@ -2545,7 +2690,17 @@ class Ransomware(ThresholdRule):
         return notes, sum(counts[d] for d in notes)
 
     def evaluate(self, ev: Event, ctx: RuleContext) -> list[Hit]:
+        self._track(ev, ctx)
+        self.counted = None
         hits = super().evaluate(ev, ctx)
+        if self.counted is not None and not any(h.severity is None for h in hits):
+            hits += self._aggregate(ev, ctx, *self.counted)
+        elif self.counted is not None:
+            # the tree is stopped: its files are no other tree's evidence
+            uw = self._agg.get((-1, ev.proc.euid), ev.time_ns)
+            if uw is not None and uw.trees.get(self.counted[0]):
+                for k in [k for k, (_, _, t) in uw.od.items() if t == self.counted[0]]:
+                    uw.drop(k)
         if self.probes.stalled is not None:
             stuck = self.probes.stalled()
             if stuck:
@@ -2557,9 +2712,62 @@ class Ransomware(ThresholdRule):
                     severity="high", action="alert"))
         return hits
 
+    def _aggregate(self, ev: Event, ctx: RuleContext, key: ProcKey, v: str) -> list[Hit]:
+        """The second aggregation (s20 review 2): every untrusted tree of one user (the
+        writer's effective uid) together, judged with the same content check once their
+        distinct files reach ``count`` -- an encryptor whose workers each sit under a
+        shell (``sh -c 'python3 enc.py BATCH'``) or run a copied interpreter is one tree
+        per worker, each under ``count``.  Only a critical counts here (the per-tree
+        check keeps the mediums); its finding stops every tree that wrote in the window.
+        Per user, not per session or cgroup: a user can start a new scope or session for
+        each worker (``systemd-run --user --scope``, ``setsid``), not a new uid; writing
+        another user's files needs their uid or root (see docs/ransomware.md)."""
+        now = ev.time_ns
+        user: ProcKey = (-1, ev.proc.euid)
+        fired = self._agg_fired.get(user, now)
+        if fired is not None and now - fired < self.window_ns:
+            return []
+        trusted_ = self._agg_trusted.get(key, now)
+        if trusted_ is None:
+            trusted_ = self.trusted(ev, ctx, MASS_WRITERS, depth=1)
+        self._agg_trusted.put(key, now, trusted_)
+        if trusted_:
+            return []
+        uw = self._agg.setdefault(user, now, _UserWrites)
+        od = uw.od
+        k = self.distinct_key(v)
+        uw.drop(k)
+        od[k] = (now, v, key)
+        uw.trees[key] += 1
+        while od and (len(od) > self.count * 8 or
+                      now - next(iter(od.values()))[0] > self.window_ns):
+            uw.drop(next(iter(od)))
+        if len(od) < self.count or len(uw.trees) < self.AGG_TREES:
+            return []
+        trees = list(dict.fromkeys(t for _, _, t in od.values()))
+        self.agg_checks += 1
+        self.judging, self._scope = tuple(trees), user
+        try:
+            hit = self.confirm(ev, ctx, [x for _, x, _ in od.values()])
+        finally:
+            self.judging = ()
+        if hit is None or hit.severity is not None:
+            for _ in range(max(1, self.count // 4)):   # the next check count/4 values on
+                if od:
+                    uw.drop(next(iter(od)))
+            return []
+        self._agg_fired.put(user, now, now)
+        self._agg.pop(user)
+        hit.title = f"{hit.title} by {len(trees)} process trees of uid {ev.proc.euid}"
+        hit.evidence["scope"] = "user"
+        hit.evidence["trees"] = len(trees)
+        hit.pid, hit.roots = key[0], tuple(trees[-64:])
+        return [hit]
+
     def stats(self) -> dict[str, int]:
         out = super().stats()
         out["probe_timeouts"] = self.probe_timeouts
+        out["user_checks"] = self.agg_checks
         return out
 
 
