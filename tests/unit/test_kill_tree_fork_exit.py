@@ -226,3 +226,67 @@ def test_a_finding_with_several_roots_stops_every_tree() -> None:
         for p in (a, b, c):
             p.kill()
             p.wait()
+
+
+# The "agent" G is a child of H (who started it); H's other child W is the workload.  G
+# dispatches a kill-tree rooted at H (a per-user aggregate naming every tree of root did
+# this in a CI run: the real agent SIGSTOPped pytest, its parent, and then itself, and
+# never sent the SIGKILLs).  Run in its own process tree so the old code's self-stop
+# freezes G, not pytest.
+AGENT = r"""
+import os, sys, time
+from bastion.detect.engine import Finding
+from bastion.proctable import ProcessTable
+from bastion.procstat import read_stat
+from bastion.respond.dispatch import Dispatcher
+h = os.getppid()
+f = Finding(rule="behavior.ransomware", title="t", severity="critical", attack=(),
+            action="kill-tree", event=None, pid=h, roots=((h, read_stat(h).start_ns),))
+a = Dispatcher(ProcessTable()).dispatch(f, time.time_ns())
+print(a.action, sorted(a.killed), flush=True)
+"""
+STARTER = r"""
+import subprocess, sys, time
+w = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+print(w.pid, flush=True)
+time.sleep(0.2)
+g = subprocess.run([sys.executable, "-c", sys.argv[1]], capture_output=True, text=True)
+print("G", g.returncode, g.stdout.strip(), g.stderr.strip()[-300:], flush=True)
+time.sleep(60)
+"""
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+
+
+def test_a_kill_tree_rooted_above_the_agent_spares_the_agent_and_its_ancestors() -> None:
+    h = subprocess.Popen([sys.executable, "-c", STARTER, AGENT], stdout=subprocess.PIPE,
+                         text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")})
+    assert h.stdout is not None
+    w = int(h.stdout.readline())
+    try:
+        deadline, line = time.monotonic() + 20, ""
+        os.set_blocking(h.stdout.fileno(), False)
+        while time.monotonic() < deadline and not line:
+            line = h.stdout.readline()
+            time.sleep(0.05)
+        assert line.startswith("G 0 kill-tree"), (
+            f"the agent did not finish its kill-tree: {line!r}; H {_state(h.pid)}, W {_state(w)}")
+        assert f"[{w}]" in line, line
+        deadline = time.monotonic() + 5
+        while _state(w) not in ("gone", "Z") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _state(w) in ("gone", "Z"), "the workload W lived"
+        assert _state(h.pid) == "S", f"the agent's parent H was signalled: state {_state(h.pid)}"
+    finally:
+        for pid in (w, h.pid):
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        subprocess.run(["pkill", "-9", "-P", str(h.pid)], check=False)
+        h.wait()

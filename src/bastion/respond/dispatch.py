@@ -76,10 +76,36 @@ def _kernel_killed(f: Finding) -> bool:
             and bool(f.enforced_by))
 
 
+def own_lineage(pid: int | None = None) -> dict[int, int]:
+    """``pid`` (default: this process) and its ancestors up to pid 1, excluded, each with
+    its start time: the processes a response of ours must never stop or kill."""
+    out: dict[int, int] = {}
+    cur = os.getpid() if pid is None else pid
+    while cur > 1 and cur not in out and len(out) < 4096:
+        try:
+            st = read_stat(cur)
+        except (OSError, ValueError):
+            break
+        out[cur] = st.start_ns
+        cur = st.ppid
+    return out
+
+
 class Dispatcher:
+    """Takes the findings' actions.  Never on the agent's own lineage (``own``: the agent,
+    the guardian, whoever started them; default :func:`own_lineage` of this process): a
+    kill-tree rooted above the agent (a per-user ransomware aggregate naming every tree of
+    root, a shell that started the agent) walks past them and never enters the agent's own
+    subtree (s20: a kill-tree SIGSTOPped the agent's parent and the agent itself, which
+    then never sent the SIGKILLs: everything stayed stopped)."""
+
     def __init__(self, procs: ProcessTable, *, dry_run: bool = False,
-                 quarantine: QuarantineBackend | None = None) -> None:
+                 quarantine: QuarantineBackend | None = None,
+                 own: dict[int, int] | None = None) -> None:
         self.procs = procs
+        self.own = own_lineage() if own is None else dict(own)
+        self.self_pid = os.getpid() if own is None else next(iter(self.own), 0)
+        self.spared_own = 0         # members of the agent's own lineage a response passed over
         self.dry_run = dry_run
         self.quarantine = quarantine
         self._incident = 0
@@ -128,8 +154,20 @@ class Dispatcher:
             os.close(fd)
         return ""
 
+    def _is_own(self, pid: int, start_ns: int = 0) -> bool:
+        """``pid`` is the agent or one of its ancestors (the same process: start time)."""
+        known = self.own.get(pid)
+        if known is None:
+            return False
+        now = start_ns or start_ns_of(pid)
+        return not now or abs(now - known) < TICK_NS
+
     def _kill(self, f: Finding) -> str:
         start = f.event.proc.start_ns if f.event is not None and f.event.proc.pid == f.pid else 0
+        if self._is_own(f.pid, start):
+            self.spared_own += 1
+            log.error("kill: pid %d is the agent or its ancestor; not signalled", f.pid)
+            return "kill-skipped: the agent's own lineage"
         why = self._signal(f.pid, start, signal.SIGKILL)
         return f"kill-skipped: {why}" if why else "kill"
 
@@ -149,7 +187,15 @@ class Dispatcher:
             if pid in seen or pid <= 1:
                 continue
             seen.add(pid)
-            out.append((pid, start))
+            if self._is_own(pid, start):
+                # the agent and its subtree are never entered; an ancestor is passed
+                # over, its other children are still the tree's
+                self.spared_own += 1
+                log.error("kill-tree: pid %d is the agent or its ancestor; not signalled", pid)
+                if pid == self.self_pid:
+                    continue
+            else:
+                out.append((pid, start))
             known = kids.get(pid, {})
             todo += sorted(known.items()) + [(c, 0) for c in sorted(set(live_children(pid)) - set(known))]
         return out
@@ -168,7 +214,8 @@ class Dispatcher:
         except (OSError, ValueError):
             os.close(fd)
             return None
-        ok = (abs(st.start_ns - start_ns) < TICK_NS) if start_ns else (st.ppid in members)
+        ok = (abs(st.start_ns - start_ns) < TICK_NS) if start_ns else (
+            st.ppid in members or (st.ppid != self.self_pid and self._is_own(st.ppid)))
         if not ok:
             os.close(fd)
             self.skipped_reused += 1
@@ -208,6 +255,9 @@ class Dispatcher:
             if not start:
                 e = self.procs.get(root)
                 start = e.start_ns if e is not None else 0
+            if self._is_own(root, start):
+                seeds.append((root, start))     # _tree passes over it (and never into us)
+                continue
             fd = self._open_checked(root, start)
             if isinstance(fd, int):
                 fds[root] = fd
@@ -241,7 +291,7 @@ class Dispatcher:
                 for pid, pstart in self._tree(seeds):
                     if pid in fds:
                         continue
-                    got = self._open_member(pid, pstart, fds) if pstart or fds else None
+                    got = self._open_member(pid, pstart, fds) if pstart or fds or self.own else None
                     if got is not None:
                         fds[pid], starts[pid] = got
                         new = True
