@@ -872,6 +872,13 @@ def test_aggregate_not_blind_after_firing(tmp_path: Path) -> None:
     # each new tree stopped at its first high file: one finding per tree, not per file
     assert len(again) == 10 and all(f.evidence["files_high"] == 1 for f in again)
     assert tree.rule.agg_checks == 1              # no full check per event meanwhile
+    # still fired: a tree of the same uid rewriting plaintext is not stopped
+    d = tmp_path / "notes"
+    d.mkdir()
+    note = d / "todo.txt"
+    note.write_bytes(text(4096))
+    _feed_file(tree, "open", note, O_WRONLY | O_TRUNC, _proc(40000, 1, "/usr/bin/vim.basic", "vim"))
+    assert len(tree.critical()) == len(first) + 10
 
 
 def test_aggregate_spares_a_benign_tree_of_the_same_uid(tmp_path: Path) -> None:
