@@ -750,8 +750,10 @@ def test_sh_wrapped_workers_under_the_threshold_are_judged_together(tmp_path: Pa
     got = tree.critical()
     assert got, [(f.severity, f.evidence) for f in tree.found]
     assert got[0].evidence["scope"] == "user" and got[0].evidence["trees"] >= 2
-    assert len(got[0].roots) == got[0].evidence["trees"]
-    assert all(pid >= 50001 and start == 1000 + pid for pid, start in got[0].roots)
+    # the worker trees, then the supervisor they share (it wrote nothing: s20-ransomfix3)
+    assert len(got[0].roots) == got[0].evidence["trees"] + 1
+    assert got[0].roots[-1] == (tree.pid, 1000) and got[0].evidence["supervisor"] == tree.pid
+    assert all(pid >= 50001 and start == 1000 + pid for pid, start in got[0].roots[:-1])
 
 
 def test_sh_wrapped_workers_rewriting_plaintext_stay_quiet(tmp_path: Path) -> None:
@@ -825,3 +827,88 @@ def test_o_creat_rewrites_in_place_of_existing_files_count(tmp_path: Path) -> No
                     "flags": 0o2 | O_CREAT, "mode": 0o644, "owner_uid": -1, "owner_gid": -1,
                     "dev": 1, "ino": os.stat(p).st_ino, "created": False, "empty": False})
     assert tree.critical(), [(f.severity, f.evidence) for f in tree.found]
+
+
+def _proc(pid: int, ppid: int, exe: str, comm: str) -> dict[str, Any]:
+    return {"pid": pid, "tid": pid, "ppid": ppid, "uid": 1000, "euid": 1000, "gid": 1000,
+            "cgroup_id": 1, "comm": comm, "start_ns": 1000 + pid, "exe": exe}
+
+
+def _sh_workers(tree: Tree, files: list[Path], per: int, base: int) -> None:
+    """``_workers`` with the pids from ``base`` on (a second wave of workers)."""
+    py, sh = "/usr/bin/python3.11", "/usr/bin/dash"
+    for b in range(0, len(files), per):
+        s, w = base + b * 2, base + 1 + b * 2
+        tree._feed({"type": "fork", **_proc(tree.pid, 1, py, "python3"), "child_pid": s,
+                    "child_start_ns": 1000 + s})
+        tree._feed({"type": "exec", **_proc(s, tree.pid, sh, "sh"), "filename": "/bin/sh",
+                    "cwd": "/", "argv": ["sh", "-c", "python3 enc.py"], "exe_dev": 1,
+                    "exe_ino": 1, "exe_nlink": 1})
+        tree._feed({"type": "fork", **_proc(s, tree.pid, sh, "sh"), "child_pid": w,
+                    "child_start_ns": 1000 + w})
+        tree._feed({"type": "exec", **_proc(w, s, py, "python3"), "filename": "/usr/bin/python3",
+                    "cwd": "/", "argv": ["python3", "enc.py"], "exe_dev": 1, "exe_ino": 4242,
+                    "exe_nlink": 1})
+        for p in files[b:b + per]:
+            p.write_bytes(os.urandom(len(p.read_bytes())))
+            _feed_file(tree, "open", p, O_WRONLY | O_TRUNC, _proc(w, s, py, "python3"))
+
+
+def test_aggregate_not_blind_after_firing(tmp_path: Path) -> None:
+    """s20-ransomfix3 review 1: once the per-user aggregate fired, it was silent for the
+    window (20 s): a supervisor that writes nothing started new ``sh -c`` workers, each
+    under 40 files, and they encrypted freely.  Each new tree is stopped once a file of
+    it is judged high, and the supervisor the stopped trees share is stopped too."""
+    tree = Tree()
+    _sh_workers(tree, victims(tmp_path / "a", n=390, size=8 << 10), 39, 50000)
+    first = tree.critical()
+    assert first and first[0].evidence["scope"] == "user"
+    assert (tree.pid, 1000) in first[0].roots     # the supervisor that wrote nothing
+    _sh_workers(tree, victims(tmp_path / "b", n=390, size=8 << 10), 39, 60000)
+    again = [f for f in tree.critical()[len(first):]]
+    stopped = {p for f in again for p, _ in f.roots if p >= 60000}
+    assert stopped == {60001 + b * 2 for b in range(0, 390, 39)}, \
+        [(f.severity, f.evidence.get("scope")) for f in tree.found[len(first):]]
+    # each new tree stopped at its first high file: one finding per tree, not per file
+    assert len(again) == 10 and all(f.evidence["files_high"] == 1 for f in again)
+    assert tree.rule.agg_checks == 1              # no full check per event meanwhile
+    # still fired: a tree of the same uid rewriting plaintext is not stopped
+    d = tmp_path / "notes"
+    d.mkdir()
+    note = d / "todo.txt"
+    note.write_bytes(text(4096))
+    _feed_file(tree, "open", note, O_WRONLY | O_TRUNC, _proc(40000, 1, "/usr/bin/vim.basic", "vim"))
+    assert len(tree.critical()) == len(first) + 10
+
+
+def test_aggregate_spares_a_benign_tree_of_the_same_uid(tmp_path: Path) -> None:
+    """s20-ransomfix3 review 2: the aggregate's finding named every tree with an entry in
+    the window as a root: an editor of the same uid that saved one plaintext file was
+    killed with the encryptor's workers.  Roots are the trees with a file judged high."""
+    tree = Tree()
+    d = tmp_path / "notes"
+    d.mkdir()
+    note = d / "todo.txt"
+    note.write_bytes(text(4096))
+    vim = _proc(40000, 1, "/usr/bin/vim.basic", "vim")
+    tree._feed({"type": "exec", **vim, "filename": "/usr/bin/vim", "cwd": "/",
+                "argv": ["vim"], "exe_dev": 1, "exe_ino": 77, "exe_nlink": 1})
+    _feed_file(tree, "open", note, O_WRONLY | O_TRUNC, vim)
+    _sh_workers(tree, victims(tmp_path / "a", n=390, size=8 << 10), 39, 50000)
+    got = tree.critical()
+    assert got and got[0].evidence["scope"] == "user"
+    assert 40000 not in {p for p, _ in got[0].roots}, got[0].roots
+    assert {p for p, _ in got[0].roots} & {50001 + b * 2 for b in range(0, 390, 39)}
+
+
+def test_judged_history_is_capped_under_a_flood_of_files(tmp_path: Path) -> None:
+    """s20-ransomfix3 review 3: a key's judged-file history kept up to 1,024 entries
+    (~355 KiB a key, 16,384 keys): capped at JUDGED_MAX (128) whatever the flood."""
+    tree = Tree()
+    files = victims(tmp_path / "docs", n=700, size=512)
+    for p in files:
+        tree.write(p, p.read_bytes())     # plaintext: checked again and again
+    assert Ransomware.JUDGED_MAX <= 128
+    sizes = [len(od) for _, od in tree.rule._judged.items()]
+    assert sizes and max(sizes) == Ransomware.JUDGED_MAX, sizes
+    assert not tree.loud()

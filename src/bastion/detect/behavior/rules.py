@@ -2352,7 +2352,7 @@ class Ransomware(ThresholdRule):
     HIGH_TOTAL = 16    # distinct high files over a key's draws: critical ...
     HIGH_SHARE = 5     # ... when at least 1 in this many of the files judged
     HORIZON_NS = 60 * NS   # ... within this
-    JUDGED_MAX = 1024
+    JUDGED_MAX = 128   # ... over at most this many files a key (s20-ransomfix3 review 3)
     AGG_TREES = 2      # the per-user aggregate judges writes of at least this many trees
     distinct_last = True   # values in the order of their last event (the replay above)
 
@@ -2378,9 +2378,12 @@ class Ransomware(ThresholdRule):
         # (time, value, the tree that wrote it)
         self._agg: BoundedState[ProcKey, _UserWrites] = self.state()
         self._agg_fired: BoundedState[ProcKey, int] = self.state()
+        # the trees the aggregate stopped while it is fired (user -> tree keys)
+        self._agg_stopped: BoundedState[ProcKey, set[ProcKey]] = self.state()
         self._agg_trusted: BoundedState[ProcKey, bool] = self.state()
         self.agg_checks = 0
         self._scope: ProcKey = (0, 0)   # the key whose draws accumulate (tree or user)
+        self._high_paths: set[str] = set()   # the files the last check judged high
 
     def value(self, ev: Event, ctx: RuleContext) -> str | None:
         if not isinstance(ev, FileEvent):
@@ -2566,6 +2569,7 @@ class Ransomware(ThresholdRule):
                 return None
             return [done[pi] for pi in batch]
 
+        self._high_paths = set()
         fresh = 0
         for i in range(0, len(candidates), self.SAMPLE):
             if sum(1 for h, _ in got_all if h is not None) - self._notes(got_all)[1] \
@@ -2622,11 +2626,14 @@ class Ransomware(ThresholdRule):
             for pi, h in judged:
                 hist.pop(pi, None)
                 hist[pi] = (now, h >= HIGH)
+                if h >= HIGH:
+                    self._high_paths.add(pi[0])
             while hist and (len(hist) > self.JUDGED_MAX or
                             now - next(iter(hist.values()))[0] > self.HORIZON_NS):
                 hist.popitem(last=False)
             total_high = sum(1 for _, hi in hist.values() if hi)
             if total_high >= self.HIGH_TOTAL and total_high * self.HIGH_SHARE >= len(hist):
+                self._high_paths.update(pi[0] for pi, (_, hi) in hist.items() if hi)
                 ev_["entropy_high_total"] = total_high
                 ev_["entropy_judged_total"] = len(hist)
             # The newest files the tree left can only add evidence, never dismiss (the
@@ -2641,6 +2648,9 @@ class Ransomware(ThresholdRule):
             high_new = sum(1 for h, d, _, _, st in newest
                            if h is not None and h >= HIGH and not st and
                            (d is None or d not in notes))
+            self._high_paths.update(
+                pi[0] for pi, (h, d, _, _, st) in zip(recent, newest)
+                if h is not None and h >= HIGH and not st and (d is None or d not in notes))
             if high_new * 2 > self.SAMPLE:
                 ev_["entropy_high_newest"] = high_new
             ev_["entropy_sampled"] = sampled
@@ -2667,6 +2677,7 @@ class Ransomware(ThresholdRule):
             ext, n = ext_counts.most_common(1)[0]
             if n * 2 > len(renames):
                 ev_["extension"] = ext
+                self._high_paths.update(p for p in renames if p.endswith(ext))
                 return Hit(title, ev_)
         if sampled and not limited and unknown < sampled and moved * 2 < self.SAMPLE and \
                 (high == 0 or high == 1 and sampled >= self.SAMPLE):
@@ -2718,15 +2729,14 @@ class Ransomware(ThresholdRule):
         distinct files reach ``count`` -- an encryptor whose workers each sit under a
         shell (``sh -c 'python3 enc.py BATCH'``) or run a copied interpreter is one tree
         per worker, each under ``count``.  Only a critical counts here (the per-tree
-        check keeps the mediums); its finding stops every tree that wrote in the window.
+        check keeps the mediums); its finding stops the trees with a file judged high in
+        the check (and the supervisor they share: ``_supervisor``), and for the next window
+        each new tree of the user is stopped at its first high file (``_after_firing``).
         Per user, not per session or cgroup: a user can start a new scope or session for
         each worker (``systemd-run --user --scope``, ``setsid``), not a new uid; writing
         another user's files needs their uid or root (see docs/ransomware.md)."""
         now = ev.time_ns
         user: ProcKey = (-1, ev.proc.euid)
-        fired = self._agg_fired.get(user, now)
-        if fired is not None and now - fired < self.window_ns:
-            return []
         trusted_ = self._agg_trusted.get(key, now)
         if trusted_ is None:
             trusted_ = self.trusted(ev, ctx, MASS_WRITERS, depth=1)
@@ -2742,6 +2752,12 @@ class Ransomware(ThresholdRule):
         while od and (len(od) > self.count * 8 or
                       now - next(iter(od.values()))[0] > self.window_ns):
             uw.drop(next(iter(od)))
+        fired = self._agg_fired.get(user, now)
+        if fired is not None and now - fired < self.window_ns:
+            # s20-ransomfix3 review 1: no blind period after the finding (new ``sh -c``
+            # workers of a supervisor that writes nothing encrypted freely for the
+            # window): each new tree is stopped at its first file judged high
+            return self._after_firing(ev, ctx, key, v, user, uw)
         if len(od) < self.count or len(uw.trees) < self.AGG_TREES:
             return []
         trees = list(dict.fromkeys(t for _, _, t in od.values()))
@@ -2756,13 +2772,132 @@ class Ransomware(ThresholdRule):
                 if od:
                     uw.drop(next(iter(od)))
             return []
+        # s20-ransomfix3 review 2: the roots are the trees with a file judged high (or
+        # the ransom extension) in this check; the others are evidence only (an editor
+        # of the same uid that saved one plaintext file was stopped with the workers)
+        owner: dict[str, ProcKey] = {}
+        for _, x, t in od.values():
+            if x[0] in "wr":
+                owner[x[2:].partition("\0")[0]] = t
+        for t in trees:
+            for path in (self._created.get(t, now) or {}):
+                owner.setdefault(path, t)
+        high = [t for t in dict.fromkeys(owner[p] for p in self._high_paths if p in owner)]
+        roots = high or [key]
+        stopped = set(roots)
+        self._agg_stopped.put(user, now, stopped)
+        for t in roots:
+            for x_ in [x_ for x_, (_, _, t_) in od.items() if t_ == t]:
+                uw.drop(x_)
         self._agg_fired.put(user, now, now)
-        self._agg.pop(user)
+        parent = self._supervisor(ctx, roots, stopped, uw, ev.proc.euid)
         hit.title = f"{hit.title} by {len(trees)} process trees of uid {ev.proc.euid}"
         hit.evidence["scope"] = "user"
         hit.evidence["trees"] = len(trees)
-        hit.pid, hit.roots = key[0], tuple(trees[-64:])
+        hit.evidence["trees_high"] = len(high)
+        if parent is not None:
+            hit.evidence["supervisor"] = parent[0]
+        hit.pid, hit.roots = key[0], tuple(roots[-63:]) + ((parent,) if parent else ())
         return [hit]
+
+    def _after_firing(self, ev: Event, ctx: RuleContext, key: ProcKey, v: str,
+                      user: ProcKey, uw: _UserWrites) -> list[Hit]:
+        """While the user's aggregate is fired: the new tree ``key`` is stopped at its
+        first file judged high -- the file of this event only (one probe an event, no
+        check), or a ransom extension it renames to -- and with it the supervisor the
+        stopped trees share (``_supervisor``).  Each stop keeps the user fired for
+        another window."""
+        now = ev.time_ns
+        stopped = self._agg_stopped.get(user, now)
+        if stopped is None:
+            stopped = set()
+            self._agg_stopped.put(user, now, stopped)
+        if key in stopped or not self._high_value(ev, key, v):
+            if key in stopped:   # its files are no other tree's evidence
+                uw.drop(self.distinct_key(v))
+            return []
+        stopped.add(key)
+        for x_ in [x_ for x_, (_, _, t_) in uw.od.items() if t_ == key]:
+            uw.drop(x_)
+        self._agg_fired.put(user, now, now)
+        self._agg_stopped.put(user, now, stopped)
+        parent = self._supervisor(ctx, [key], stopped, uw, ev.proc.euid)
+        path = v[2:].partition("\0")[0]
+        hit = Hit(f"Ransomware behaviour: another process tree of uid {ev.proc.euid} wrote "
+                  f"an encrypted-looking file after the user's trees were stopped",
+                  {"scope": "user", "after_finding": True, "files_high": 1, "sample": [path],
+                   "trees_stopped": len(stopped)})
+        if parent is not None:
+            hit.evidence["supervisor"] = parent[0]
+        hit.pid, hit.roots = key[0], (key,) + ((parent,) if parent else ())
+        return [hit]
+
+    def _high_value(self, ev: Event, key: ProcKey, v: str) -> bool:
+        """Is the file value ``v`` names judged high (one probe), or a rename to a ransom
+        extension?  An unlink: the newest file the tree created (NAME.locked "xb")."""
+        tag, _, rest = v[0], v[1], v[2:]
+        path, _, more = rest.partition("\0")
+        ino, t = 0, 0
+        if tag == "r":
+            if RANSOM_EXT.search(path):
+                return True
+        elif tag == "w":
+            num, _, ts = more.partition("\0")
+            ino = int(num) if num.isdigit() else 0
+            t = int(ts) if ts.isdigit() else 0
+        else:
+            od = self._created.get(key, ev.time_ns)
+            if not od:
+                return False
+            path, (t, ino) = next(reversed(od.items()))
+        root = self.probes.root_of(ev.proc.pid) if self.probes.root_of is not None else None
+        rooted = f"{root}{path}" if root else path
+        if self.probes.content_many is not None:
+            s = self.probes.content_many([(rooted, ino)])[0]
+            return s is not None and s.score is not None and s.score >= HIGH and \
+                not s.other_inode and \
+                not (t and s.changed_ns and s.changed_ns < t - self.TOUCH_SLACK_NS)
+        h: float | None = None
+        if self.probes.entropy_many is not None:
+            h = self.probes.entropy_many([rooted])[0]
+        elif self.probes.entropy is not None:
+            h = self.probes.entropy(rooted)
+        return h is not None and h >= HIGH
+
+    SESSION_HOSTS = frozenset({"systemd", "init", "sshd", "login", "su", "sudo", "doas",
+                               "tmux", "tmux: server", "screen", "SCREEN", "agetty", "getty",
+                               "gdm", "gdm-session-wor", "lightdm", "sddm", "cron", "crond",
+                               "atd", "containerd-shim", "runc", "conmon", "dbus-daemon"})
+
+    def _supervisor(self, ctx: RuleContext, roots: list[ProcKey], stopped: set[ProcKey],
+                    uw: _UserWrites, euid: int) -> ProcKey | None:
+        """The nearest ancestor (within 4 levels) that a stopped tree in ``roots`` shares
+        with another stopped tree, when it wrote nothing in the window and is the user's
+        own process (not root's, not pid 1, no login shell ``-bash``, none of
+        SESSION_HOSTS: a session or service host is never stopped for its children)."""
+        counts: collections.Counter[tuple[int, int]] = collections.Counter()
+        chains: list[list[tuple[int, int]]] = []
+        entries: dict[tuple[int, int], Any] = {}
+        for t in stopped:
+            chain = ctx.procs.ancestry(t[0], 5)[1:]
+            keys = [(p.pid, p.start_ns) for p in chain]
+            entries.update(zip(keys, chain))
+            counts.update(set(keys))
+            if t in roots:
+                chains.append(keys)
+        writers = set(uw.trees) | stopped
+        for keys in chains:
+            for pk in keys:
+                if counts[pk] < 2:
+                    continue
+                p = entries[pk]
+                if p.pid <= 1 or p.uid == 0 or p.uid != euid or pk in writers or \
+                        p.comm in self.SESSION_HOSTS or \
+                        os.path.basename(p.exe) in self.SESSION_HOSTS or \
+                        (p.cmdline and p.cmdline[0].startswith("-")):
+                    return None
+                return pk
+        return None
 
     def stats(self) -> dict[str, int]:
         out = super().stats()
