@@ -318,13 +318,21 @@ def remove_pins(root: Path | str, crossed: list[Path] | None = None) -> list[Pat
     alert), the rest is removed, and the directories holding it stay.
     """
     p = Path(root)
-    if not p.exists():
+    try:
+        fd = os.open(p, _PATH | os.O_DIRECTORY)      # not stat(): asks no filesystem
+    except FileNotFoundError:
         return []
-    _require_bpffs(p)
+    except OSError as exc:
+        raise KernelError(f"cannot open the pin directory: {exc.strerror}",
+                          errno=exc.errno or errno.EIO, location=Location(str(p))) from exc
+    try:
+        _require_bpffs(p)
+    except KernelError:
+        os.close(fd)
+        raise
     removed: list[Path] = []
     over: list[Path] = []
     try:
-        fd = os.open(p, _PATH | os.O_DIRECTORY)
         try:
             empty = _remove_tree(fd, p, mount_id(fd), removed, over)
         finally:
