@@ -7,6 +7,7 @@ tests/vm/test_tamper_lsm.py::test_14c_unpinned_maps_of_our_programs."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import subprocess
 import threading
@@ -277,6 +278,47 @@ def test_remove_pins_follows_no_symlink(pins: Path, outside: Path, tmp_path: Pat
     finally:
         if pins.exists():
             _unlink_symlinks(pins)
+
+
+def test_remove_pins_never_enters_a_mount_under_the_pin_root(pins: Path) -> None:
+    """s20 review (confused deputy): a tmpfs mounted at <pin dir>/tamper/x had its files
+    unlinked by remove_pins (then EBUSY failed every open()/remove()), a FUSE mount that
+    never answers blocked it.  Now neither is opened or entered: both are reported, the
+    tmpfs's sentinel survives, our pins are gone, within 1 s."""
+    _id_set(bpffs.pin_dir(pins / "tamper" / "maps") / "tamper_map_ids")
+    tdir = bpffs.pin_dir(pins / "tamper" / "x")
+    fdir = bpffs.pin_dir(pins / "hips" / "links")
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(b"bastion-test-tmpfs", os.fsencode(tdir), b"tmpfs", 0, b"size=64k") != 0:
+        raise OSError(ctypes.get_errno(), "mount tmpfs", str(tdir))
+    done: list[object] = []
+    crossed: list[Path] = []
+    try:
+        sentinel = tdir / "sentinel"
+        sentinel.write_text("not Bastion's")
+        with SilentFuse(fdir):
+            def rm() -> None:
+                try:
+                    done.append(bpffs.remove_pins(pins, crossed))
+                except Exception as exc:  # noqa: BLE001 — the assertion below reports it
+                    done.append(exc)
+            t = threading.Thread(target=rm, daemon=True)
+            t0 = time.monotonic()
+            t.start()
+            t.join(3.0)
+            blocked = t.is_alive()
+            took = time.monotonic() - t0
+            survived = sentinel.exists()
+        t.join(5.0)
+    finally:
+        libc.umount2(os.fsencode(tdir), 2)          # MNT_DETACH
+    assert not blocked, "remove_pins blocked on a FUSE mount under the pin root"
+    assert took < 1.0, took
+    assert isinstance(done[0], list), done
+    assert survived, "remove_pins unlinked a file of another mount"
+    assert set(crossed) == {tdir, fdir}
+    assert not (pins / "tamper" / "maps").exists()
+    print(f"remove_pins with two mounts under the pin root: {took * 1000:.1f} ms")
 
 
 def test_maps_made_by_ours_are_protected_from_their_creation_compat(pins: Path) -> None:

@@ -29,6 +29,21 @@ _MNT_DETACH = 2
 _FILE_NODE = 2
 
 
+def mount_fuse(mountpoint: Path, source: bytes) -> int:
+    """Open /dev/fuse and mount a FUSE filesystem served through it at ``mountpoint``
+    (``source`` names it in mountinfo); the device fd.  OSError when the mount fails (the
+    device is closed)."""
+    fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+    opts = f"fd={fd},rootmode=40000,user_id=0,group_id=0,allow_other"
+    libc = ctypes.CDLL(None, use_errno=True)
+    rc = libc.mount(source, os.fsencode(mountpoint), b"fuse", 0, opts.encode())
+    if rc != 0:
+        err = ctypes.get_errno()
+        os.close(fd)
+        raise OSError(err, f"mount fuse: {os.strerror(err)}", str(mountpoint))
+    return fd
+
+
 class FuseFile:
     def __init__(self, mountpoint: Path, name: str, source: Path) -> None:
         self.mountpoint = mountpoint
@@ -43,14 +58,7 @@ class FuseFile:
         self._libc = ctypes.CDLL(None, use_errno=True)
 
     def __enter__(self) -> FuseFile:
-        self._fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
-        opts = f"fd={self._fd},rootmode=40000,user_id=0,group_id=0,allow_other"
-        rc = self._libc.mount(b"bastion-test-fuse", os.fsencode(self.mountpoint), b"fuse", 0,
-                              opts.encode())
-        if rc != 0:
-            err = ctypes.get_errno()
-            os.close(self._fd)
-            raise OSError(err, f"mount fuse: {os.strerror(err)}", str(self.mountpoint))
+        self._fd = mount_fuse(self.mountpoint, b"bastion-test-fuse")
         self._thread = threading.Thread(target=self._serve, name="test-fuse", daemon=True)
         self._thread.start()
         return self
@@ -148,15 +156,7 @@ class SilentFuse:
         self._libc = ctypes.CDLL(None, use_errno=True)
 
     def __enter__(self) -> SilentFuse:
-        self._fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
-        opts = f"fd={self._fd},rootmode=40000,user_id=0,group_id=0,allow_other"
-        rc = self._libc.mount(b"bastion-test-silent", os.fsencode(self.mountpoint), b"fuse", 0,
-                              opts.encode())
-        if rc != 0:
-            err = ctypes.get_errno()
-            os.close(self._fd)
-            self._fd = -1
-            raise OSError(err, f"mount fuse: {os.strerror(err)}", str(self.mountpoint))
+        self._fd = mount_fuse(self.mountpoint, b"bastion-test-silent")
         return self
 
     def __exit__(self, et: type[BaseException] | None, e: BaseException | None,

@@ -80,6 +80,58 @@ def test_a_symlinked_pin_root_is_not_walked(tmp_path: Path, fake_bpffs: None) ->
     assert gk.pinned_ids(tmp_path / "root")["map"] == set()
 
 
+def test_a_flood_in_the_pin_root_does_not_starve_our_directories_listings(
+        tmp_path: Path, fake_bpffs: None) -> None:
+    """s20 review: one listing budget for the whole walk; 1,024 dummies in the pin root's
+    top directory used it up, so a foreign pin in tamper/maps was never reported."""
+    root = tmp_path / "pins"
+    _pin(root / "tamper/maps/tamper_map_ids", {"map": 1})
+    _pin(root / "tamper/maps/extra", {"map": 2000})
+    _pin(root / "hips/maps/x", {"map": 5})
+    for i in range(gk.PIN_WALK_LISTED + 10):
+        (root / f"d{i:05d}").touch()
+    foreign: list[Path] = []
+    cut: list[Path] = []
+    ids = gk.pinned_ids(root, foreign=foreign, cut=cut)
+    assert ids["map"] == {1}
+    assert root / "tamper/maps/extra" in foreign and root / "hips/maps/x" in foreign
+    assert cut == [root]
+    assert len(foreign) <= 3 * gk.PIN_WALK_LISTED
+
+
+def test_a_pin_root_on_another_mount_than_armed_is_not_walked(
+        tmp_path: Path, fake_bpffs: None) -> None:
+    root = tmp_path / "pins"
+    _pin(root / "tamper/maps/tamper_map_ids", {"map": 1})
+    _pin(root / "flood/m", {"map": 2})
+    armed = gk.pin_root_mount(root)
+    assert armed >= 0 and gk.pinned_ids(root, mount=armed)["map"] == {1}
+    foreign: list[Path] = []
+    assert gk.pinned_ids(root, foreign=foreign, mount=armed + 1)["map"] == set()
+    assert foreign == []
+
+
+def test_guardian_alerts_a_mount_over_the_pin_root_and_does_not_walk_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """s20 review: a bpffs mounted over the pin root passed the fs-type check and was walked
+    silently (empty: nothing foreign, our pins out of reach)."""
+    g, alerts = _guardian(tmp_path)
+    tk = FakeTk()
+    tk.full = False
+    g.tk = tk  # type: ignore[assignment]
+    mnt = {"id": 41}
+    monkeypatch.setattr(gk, "pin_root_mount", lambda root: mnt["id"])
+    g._record_pin_mount()                               # armed on mount 41
+    g._protect_bpf()
+    assert alerts == [] and tk.mount == 41
+    mnt["id"] = 97                                      # mounted over it
+    g._protect_bpf()
+    g._protect_bpf()                                    # the same mount: alerted once
+    assert [(a.rule, a.severity) for a in alerts] == [("bastion.tamper.pin-root-remounted", "high")]
+    assert alerts[0].evidence["armed_mount"] == 41 and alerts[0].evidence["mount"] == 97
+    assert tk.mount == 41                               # the walk still wants the armed one
+
+
 def test_our_pin_names_are_those_our_specs_pin() -> None:
     names = gk.our_pin_names()
     assert Path("tamper/maps/tamper_map_ids") in names and Path("hips/maps/hips_state") in names
@@ -103,7 +155,9 @@ class FakeTk:
         self.foreign: list[Path] = []
         self.cut: list[Path] = []
 
-    def protect_bpf(self, root: Path, *, foreign: list[Path], cut: list[Path]) -> dict[str, int]:
+    def protect_bpf(self, root: Path, *, foreign: list[Path], cut: list[Path],
+                    mount: int | None = None) -> dict[str, int]:
+        self.mount = mount
         foreign.extend(self.foreign)
         cut.extend(self.cut)
         if self.full:

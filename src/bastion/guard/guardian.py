@@ -56,6 +56,7 @@ from bastion.alert import Alert, AlertProcess
 from bastion.alertgate import AlertGate, AlertLimits, aggregate_alert
 from bastion.control import NONCE_KEY, PEER_KEY, ControlServer, request
 from bastion.errors import BastionError, ControlError, KernelError, Location
+from bastion.guard import kernel as gk
 from bastion.guard import protect
 from bastion.guard.mutual import guardian_env
 from bastion.guard.identity import ROLE_AGENT, ROLE_GUARDIAN, ROLE_WRITER, Identity
@@ -283,6 +284,8 @@ class Guardian:
         self._marks_at = time.monotonic()
         self._bpf_at = time.monotonic()
         self.bpf_degraded = ""             # why some of our BPF ids are not protected ("" ok)
+        self._pin_mnt: int | None = None        # the pin root's mount id when we armed
+        self._remount_alerted = -1              # the other mount id last alerted
         self._foreign_pins: set[Path] = set()   # foreign entries under the pin root, alerted
         self._limits: dict[int, tuple[int, int]] = {}
         self._cg_rel = ""                 # our cgroup as /proc/PID/cgroup names it
@@ -378,6 +381,7 @@ class Guardian:
         paths = self.cfg.protect_paths + ((self.cfg.cgroup,) if self.cfg.cgroup else ())
         self.protected = protect.resolve(paths, forbid=self.cfg.forbid)
         self._try(lambda: self.tk.protect(self.protected) if self.tk and self.protected else None)
+        self._record_pin_mount()
         self._protect_bpf()
         self.protection = "full" if self.tk.tier == Tier.LSM else "partial"
         why = self.tk.map_birth_gap()
@@ -726,6 +730,32 @@ class Guardian:
         self._bpf_at = now
         self._protect_bpf()
 
+    def _record_pin_mount(self) -> None:
+        """Remember the mount the pin root is on now (we armed there): a later pass that
+        finds it on another (a bpffs mounted over it) does not walk that one."""
+        got = gk.pin_root_mount(self.cfg.pin_root)
+        self._pin_mnt = got if got >= 0 else None
+        self._remount_alerted = -1
+
+    def _pin_root_moved(self) -> None:
+        """A high alert, once per other mount, when the pin root is no longer on the mount
+        it was on when we armed: what is mounted there now (an empty bpffs passes the
+        filesystem check) is not walked as ours, and our pins are out of reach by path."""
+        if self._pin_mnt is None:
+            return
+        now = gk.pin_root_mount(self.cfg.pin_root)
+        if now in (self._pin_mnt, self._remount_alerted):
+            return
+        self._remount_alerted = now
+        self._alert("bastion.tamper.pin-root-remounted",
+                    f"the pin root {self.cfg.pin_root} is no longer on the mount Bastion armed "
+                    f"on (mount {self._pin_mnt}, now {'none' if now < 0 else now}): something "
+                    f"was mounted over it or it was unmounted; what is there now is not "
+                    f"treated as ours", "high",
+                    {"pin_root": str(self.cfg.pin_root), "armed_mount": self._pin_mnt,
+                     "mount": now, "verdict": "detected"},
+                    action="alert", attack=["T1562.001"])
+
     def _protect_bpf(self) -> None:
         """One pass of :meth:`TamperKernel.protect_bpf` over the pin root.  A foreign entry
         there (a pin or symlink someone else made: never walked) is a high alert, once per
@@ -740,7 +770,9 @@ class Guardian:
         foreign: list[Path] = []
         cut: list[Path] = []
         try:
-            n = self.tk.protect_bpf(self.cfg.pin_root, foreign=foreign, cut=cut)
+            self._pin_root_moved()
+            n = self.tk.protect_bpf(self.cfg.pin_root, foreign=foreign, cut=cut,
+                                    mount=self._pin_mnt)
         except KernelError as exc:
             why = str(exc)
             if not self.bpf_degraded:      # once when it starts (the ids left change)

@@ -100,22 +100,30 @@ def our_pin_names() -> frozenset[Path]:
     return frozenset(out)
 
 
-#: How many entries one walk reads from the pin root's directory listings (d_type only,
-#: never opened): root may put a million names there; ours are looked up by name.
+#: How many entries one walk reads from each directory listing under the pin root (d_type
+#: only, never opened): root may put a million names there; ours are looked up by name.
+#: A budget per directory (only ours are listed: a handful), so a flood in one (the pin
+#: root's top) cannot starve the listings of the others (tamper/, hips/).
 PIN_WALK_LISTED: Final = 1024
 
 
 def _mnt_id(fd: int) -> int:
-    """The id of the mount ``fd`` is on, from its fdinfo (-1 when unknown): /proc answers,
-    not the filesystem, so a FUSE mount that never answers cannot block this."""
+    """The id of the mount ``fd`` is on (-1 when unknown): :func:`bpffs.mount_id`."""
+    return bpffs.mount_id(fd)
+
+
+def pin_root_mount(root: Path) -> int:
+    """The id of the mount the pin root ``root`` itself is on (opened ``O_PATH|O_NOFOLLOW``:
+    a mount over ``root`` gives that mount's id); -1 when it cannot be opened.  The
+    guardian records it when it arms and compares every pass (:func:`pinned_ids` ``mount``)."""
     try:
-        with open(f"/proc/thread-self/fdinfo/{fd}", "rb") as fh:
-            for ln in fh.read().decode().splitlines():
-                if ln.startswith("mnt_id:"):
-                    return int(ln.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return -1
+        fd = os.open(root, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return -1
+    try:
+        return _mnt_id(fd)
+    finally:
+        os.close(fd)
 
 
 def _fs_type(mnt: int) -> str:
@@ -139,7 +147,8 @@ PIN_FS: frozenset[str] = frozenset({"bpf"})
 
 def pinned_ids(root: Path, names: Collection[Path] | None = None,
                foreign: list[Path] | None = None,
-               cut: list[Path] | None = None) -> dict[str, set[int]]:
+               cut: list[Path] | None = None,
+               mount: int | None = None) -> dict[str, set[int]]:
     """Kernel ids of the maps/links pinned under ``root`` at ``names`` (relative paths;
     default :func:`our_pin_names`) and nothing else: a ``maps/`` name gives a map id, a
     ``links/`` name a link id and the program behind it.  So root can add at most
@@ -155,9 +164,10 @@ def pinned_ids(root: Path, names: Collection[Path] | None = None,
     the very inode checked (a symlink swapped in after the check is not followed).
     Every other entry (a pin, directory or symlink someone else made, or one of our
     names of the wrong kind) is appended to ``foreign``, from the directory listing's
-    d_type, and never opened; at most :data:`PIN_WALK_LISTED` entries are read from the
-    listings of one walk, a directory whose listing was cut short is appended to
-    ``cut``."""
+    d_type, and never opened; at most :data:`PIN_WALK_LISTED` entries are read from each
+    directory's listing, a directory whose listing was cut short is appended to ``cut``.
+    With ``mount`` (the pin root's mount id when the guardian armed), a pin root now on
+    another mount (a bpffs mounted over it) is not walked: nothing there is ours."""
     want = our_pin_names() if names is None else frozenset(Path(n) for n in names)
     kids: dict[Path, dict[str, bool]] = {}      # dir -> {child name: is a directory}
     for n in want:
@@ -165,7 +175,6 @@ def pinned_ids(root: Path, names: Collection[Path] | None = None,
         for i, part in enumerate(parts):
             kids.setdefault(Path(*parts[:i]), {})[part] = i < len(parts) - 1
     out: dict[str, set[int]] = {"map": set(), "link": set(), "prog": set()}
-    listed = 0
 
     def strange(p: Path) -> None:
         if foreign is not None:
@@ -183,36 +192,33 @@ def pinned_ids(root: Path, names: Collection[Path] | None = None,
         return fd, os.fstat(fd)
 
     def walk(dfd: int, rel: Path, mnt: int) -> None:
-        nonlocal listed
         ours = kids.get(rel, {})
-        if listed < PIN_WALK_LISTED:
+        listed = 0
+        try:
+            lfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dfd)
+        except OSError:
+            lfd = -1
+        if lfd >= 0:
             try:
-                lfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dfd)
+                with os.scandir(lfd) as it:
+                    for e in it:
+                        if listed >= PIN_WALK_LISTED:
+                            if cut is not None:
+                                cut.append(root / rel)
+                            break
+                        listed += 1
+                        try:
+                            isdir = e.is_dir(follow_symlinks=False)
+                            isreg = e.is_file(follow_symlinks=False)
+                        except OSError:
+                            continue                # gone since the listing
+                        expect_dir = ours.get(e.name)
+                        if expect_dir is None or not (isdir if expect_dir else isreg):
+                            strange(rel / e.name)
             except OSError:
-                lfd = -1
-            if lfd >= 0:
-                try:
-                    with os.scandir(lfd) as it:
-                        for e in it:
-                            if listed >= PIN_WALK_LISTED:
-                                if cut is not None:
-                                    cut.append(root / rel)
-                                break
-                            listed += 1
-                            try:
-                                isdir = e.is_dir(follow_symlinks=False)
-                                isreg = e.is_file(follow_symlinks=False)
-                            except OSError:
-                                continue                # gone since the listing
-                            expect_dir = ours.get(e.name)
-                            if expect_dir is None or not (isdir if expect_dir else isreg):
-                                strange(rel / e.name)
-                except OSError:
-                    pass
-                finally:
-                    os.close(lfd)
-        elif cut is not None:
-            cut.append(root / rel)
+                pass
+            finally:
+                os.close(lfd)
         for name, isdir in sorted(ours.items()):
             p = rel / name
             got = child(dfd, p, mnt)
@@ -250,6 +256,10 @@ def pinned_ids(root: Path, names: Collection[Path] | None = None,
         return out
     try:
         mnt = _mnt_id(rfd)
+        if mount is not None and mnt != mount:
+            log.warning("tamper: the pin root %s is on another mount (%d, armed on %d): not "
+                        "walked", root, mnt, mount)
+            return out
         fs = _fs_type(mnt)
         if fs not in PIN_FS:
             log.warning("tamper: the pin root %s is not on bpffs (%r): not walked", root,
@@ -653,11 +663,13 @@ class TamperKernel(LoaderUser):
 
     def protect_bpf(self, root: Path | None = None, *, prog_ids: Iterable[int] = (),
                     foreign: list[Path] | None = None,
-                    cut: list[Path] | None = None) -> dict[str, int]:
+                    cut: list[Path] | None = None,
+                    mount: int | None = None) -> dict[str, int]:
         """Protect our BPF objects by kernel id: this object's maps and links, the maps and
         links our objects pin under the pin root ``root`` (:func:`pinned_ids`: only the
         names our specs pin, never a symlink, never blocking; anything else there goes to
-        ``foreign``, a directory whose listing was cut short to ``cut``),
+        ``foreign``, a directory whose listing was cut short to ``cut``; not walked when
+        the pin root is no longer on ``mount``),
         and every map a program of ours uses even when that map is not pinned
         (``.bss``/``.data``, scratch, task storage such as the HIPS verdict cache): the
         programs behind the links pinned there, this object's own, and ``prog_ids``.  Run
@@ -665,7 +677,7 @@ class TamperKernel(LoaderUser):
         written.  Counts of each kind, and ``new_map``/``new_link``; KernelError (E2BIG)
         when a set is full of live objects' ids."""
         ids: dict[str, set[int]] = {"map": set(), "link": set(), "prog": set()}
-        parts = [pinned_ids(root, foreign=foreign, cut=cut)] if root is not None else []
+        parts = [pinned_ids(root, foreign=foreign, cut=cut, mount=mount)] if root is not None else []
         if self._lo is not None and not self._lo.closed:
             if self._own_ids is None:           # this object's ids never change
                 self._own_ids = object_ids(self._lo, self._prog_maps)
@@ -691,5 +703,6 @@ class TamperKernel(LoaderUser):
 __all__ = ["OBJECTS", "MAP_BIRTH_LINKS", "MAP_BIRTH_PROGRAMS", "TamperKernel", "add_ids",
            "add_protected", "enrolled_identities", "fd_ids",
            "ObjectGuard", "loaded_object_guard", "object_ids", "our_pin_names", "PIN_WALK_LISTED",
+           "pin_root_mount",
            "program_map_ids", "protected_subtree",
            "TamperRecord", "decode", "fd_object_id", "pinned_ids", "setattr_has_idmap"]

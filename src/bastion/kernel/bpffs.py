@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from bastion.errors import FeatureUnavailableError, KernelError, Location
 from bastion.kernel._ffi import LIBC
+
+log = logging.getLogger("bastion.kernel.bpffs")
 
 BPFFS = Path("/sys/fs/bpf")
 TRACEFS = Path("/sys/kernel/tracing")
@@ -247,53 +250,104 @@ def pin_dir(root: Path | str) -> Path:
     return p
 
 
-def _remove_tree(dfd: int, d: Path, removed: list[Path]) -> None:
-    """Unlink everything in the directory open at ``dfd`` (named ``d``): by d_type and
-    relative to ``dfd``, so a symlink someone made there is unlinked, never followed."""
-    with os.scandir(dfd) as it:
-        entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+def mount_id(fd: int) -> int:
+    """The id of the mount ``fd`` is on, from its fdinfo (-1 when unknown): /proc answers,
+    not the filesystem, so a FUSE mount that never answers cannot block this."""
+    try:
+        with open(f"/proc/thread-self/fdinfo/{fd}", "rb") as fh:
+            for ln in fh.read().decode().splitlines():
+                if ln.startswith("mnt_id:"):
+                    return int(ln.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return -1
+
+
+_PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _remove_tree(dfd: int, d: Path, mnt: int, removed: list[Path], crossed: list[Path]) -> bool:
+    """Unlink everything in the directory open (``O_PATH``) at ``dfd`` (named ``d``, on
+    mount ``mnt``): by d_type and relative to ``dfd``, so a symlink someone made there is
+    unlinked, never followed.  Each entry is first opened ``O_PATH|O_NOFOLLOW`` (no
+    filesystem is asked) and one on another mount (mounted over it) is never opened,
+    entered or unlinked: it goes to ``crossed``.  True when ``d`` is now empty."""
+    lfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dfd)
+    try:
+        with os.scandir(lfd) as it:
+            entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+    finally:
+        os.close(lfd)
+    empty = True
     for name, isdir in entries:
         q = d / name
+        try:
+            sub = os.open(name, _PATH, dir_fd=dfd)
+        except FileNotFoundError:
+            continue                                # gone since the listing
+        try:
+            if mount_id(sub) != mnt:
+                log.warning("bpffs: %s is another mount (mounted over our pin directory): "
+                            "not entered, not removed", q)
+                crossed.append(q)
+                empty = False
+                continue
+            if isdir:
+                if not _remove_tree(sub, q, mnt, removed, crossed):
+                    empty = False
+                    continue
+        finally:
+            os.close(sub)
         if isdir:
-            sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                          dir_fd=dfd)
-            try:
-                _remove_tree(sub, q, removed)
-            finally:
-                os.close(sub)
             os.rmdir(name, dir_fd=dfd)
         else:
             os.unlink(name, dir_fd=dfd)
         removed.append(q)
+    return empty
 
 
-def remove_pins(root: Path | str) -> list[Path]:
+def remove_pins(root: Path | str, crossed: list[Path] | None = None) -> list[Path]:
     """Unlink every pin under ``root`` (files first, then directories, then ``root``).
 
     Returns what was removed, deepest first.  A missing ``root`` removes
     nothing.  Refuses a ``root`` that is not on bpffs.  A symlink under ``root``
     (root may make them on the compat tier) is unlinked, never followed: a loop,
-    a directory elsewhere or a FUSE mount that never answers cannot stop it.
+    a directory elsewhere or a FUSE mount that never answers cannot stop it.  A
+    mount someone put under ``root`` (a tmpfs, a FUSE that never answers) is never
+    opened or entered: it is logged and appended to ``crossed`` (for the caller to
+    alert), the rest is removed, and the directories holding it stay.
     """
     p = Path(root)
-    if not p.exists():
-        return []
-    _require_bpffs(p)
-    removed: list[Path] = []
     try:
-        fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(p, _PATH | os.O_DIRECTORY)      # not stat(): asks no filesystem
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise KernelError(f"cannot open the pin directory: {exc.strerror}",
+                          errno=exc.errno or errno.EIO, location=Location(str(p))) from exc
+    try:
+        _require_bpffs(p)
+    except KernelError:
+        os.close(fd)
+        raise
+    removed: list[Path] = []
+    over: list[Path] = []
+    try:
         try:
-            _remove_tree(fd, p, removed)
+            empty = _remove_tree(fd, p, mount_id(fd), removed, over)
         finally:
             os.close(fd)
-        p.rmdir()
-        removed.append(p)
+        if empty:
+            p.rmdir()
+            removed.append(p)
     except OSError as exc:
         raise KernelError(
             f"cannot remove pin: {exc.strerror}",
             errno=exc.errno or errno.EIO,
             location=Location(str(exc.filename or p)),
         ) from exc
+    if crossed is not None:
+        crossed.extend(over)
     return removed
 
 
