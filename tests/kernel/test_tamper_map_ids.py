@@ -241,7 +241,7 @@ def test_a_flood_of_entries_in_our_directory_costs_a_bounded_listing(
         print(f"walk of {n} foreign entries: {took * 1000:.1f} ms, {len(calls)} obj_get")
         assert ids["map"] == {ours}
         assert len(calls) == 1, len(calls)
-        assert len(foreign) < gk.PIN_WALK_LISTED and cut == [maps]
+        assert len(foreign) <= gk.PIN_WALK_LISTED and cut == [maps]     # a budget per directory
     finally:
         _unlink_symlinks(pins)
 
