@@ -132,8 +132,12 @@ if [[ -n ${VM_APPEND:-} ]]; then
   append+=" $VM_APPEND"
 fi
 
+# The console (serial port + monitor on stdio, as -nographic gives) is also logged to
+# console.txt in the results share: a guest kernel report is condensed from it at the end.
 qemu=(qemu-system-x86_64 -accel tcg,thread=multi -cpu max -m "$VM_MEM" -smp "$VM_SMP"
       -nographic -no-reboot -nic none
+      -chardev "stdio,id=con0,mux=on,logfile=${RES//,/,,}/console.txt"
+      -serial chardev:con0 -mon chardev=con0,mode=readline
       -kernel "$VMLINUZ" -initrd "$INITRD" -append "$append"
       -fsdev "local,id=root,path=/,security_model=none,readonly=on,multidevs=remap"
       -device "virtio-9p-pci,fsdev=root,mount_tag=hostroot"
@@ -187,6 +191,17 @@ if [[ -z $fail ]]; then
   elif ((nfail > 0)); then fail="$nfail test(s) failed"
   elif ((ntotal - nskip == 0)); then fail="zero tests ran ($nskip skipped)"
   fi
+fi
+
+# A guest kernel report (lockup, oops, panic, WARNING, RCU stall, hung task) in a few
+# lines, the last of the output: a CI log keeps only its tail.
+report=""
+[[ -f $RES/console.txt ]] && report="$("$VPY" "$REPO/vm/console_summary.py" "$RES/console.txt" 2>&1)" || true
+if [[ -n $report ]]; then
+  where="keep the whole console with VM_KEEP=DIR"
+  [[ -n ${VM_KEEP:-} ]] && where="whole console: $VM_KEEP/console.txt"
+  echo "vm/run.sh: the guest kernel reported ($where):" >&2
+  sed 's/^/  /' <<<"$report" >&2
 fi
 
 variant=""
