@@ -8,6 +8,7 @@ dir, judged by the live probe (``live_probes``) through this process's own root.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -912,3 +913,84 @@ def test_judged_history_is_capped_under_a_flood_of_files(tmp_path: Path) -> None
     sizes = [len(od) for _, od in tree.rule._judged.items()]
     assert sizes and max(sizes) == Ransomware.JUDGED_MAX, sizes
     assert not tree.loud()
+
+
+# ---- s21: the after-firing probe budget ------------------------------------------------------
+
+def _count_probes(tree: Tree) -> list[int]:
+    """Count the files ``tree``'s rule probes (every content read goes through it)."""
+    probes = tree.rule.probes
+    real = probes.content_many
+    assert real is not None
+    n = [0]
+
+    def counted(batch: Any) -> Any:
+        n[0] += len(batch)
+        return real(batch)
+    tree.rule.probes = dataclasses.replace(probes, content_many=counted)
+    return n
+
+
+def test_a_busy_tree_of_a_fired_user_costs_a_bounded_number_of_probes(tmp_path: Path) -> None:
+    """s21: while a user's aggregate is fired (20 s, renewed at each stop), every write
+    event of that user's untrusted trees cost one content probe (open + read): an attacker
+    keeping it fired with one ciphertext every 10 s made a busy plaintext tree of the same
+    uid (10,000 writes over 30 files) cost 10,000 probes (seen: 10,010 with the 10
+    sacrificial files).  Each tree has a budget: its first files at once, a path written
+    again at most one re-probe a second."""
+    tree = Tree()
+    _sh_workers(tree, victims(tmp_path / "a", n=390, size=8 << 10), 39, 50000)
+    first = len(tree.critical())
+    assert first and tree.critical()[0].evidence["scope"] == "user"
+    busy = _proc(40000, 1, "/usr/bin/make", "make")
+    tree._feed({"type": "exec", **busy, "filename": "/usr/bin/make", "cwd": "/",
+                "argv": ["make"], "exe_dev": 1, "exe_ino": 78, "exe_nlink": 1})
+    files = victims(tmp_path / "build", n=30, size=2048)
+    sacrifice = victims(tmp_path / "s", n=10, size=4096)
+    n = _count_probes(tree)
+    t0 = tree.t
+    for i in range(10_000):
+        if i % 1000 == 0:     # the attacker's one ciphertext: a new tree, stopped, re-fires
+            _sh_workers(tree, [sacrifice[i // 1000]], 1, 70000 + i)
+        _feed_file(tree, "open", files[i % len(files)], O_WRONLY | O_TRUNC, busy)
+    secs = (tree.t - t0) // NS
+    # each sacrificial tree stopped (the user stayed fired), the busy tree never
+    again = tree.critical()[first:]
+    assert len(again) == 10 and all(f.evidence.get("after_finding") for f in again)
+    assert all(40000 not in {p for p, _ in f.roots} for f in tree.critical())
+    # 30 first probes, then at most one a second (100 s of events), + the 10 sacrifices
+    assert n[0] <= 30 + secs + 1 + 10, (n[0], secs, tree.rule.stats())
+    assert tree.rule.after_skipped >= 9_800
+
+
+def test_a_tree_that_spends_its_budget_on_decoys_is_still_stopped(tmp_path: Path) -> None:
+    """The budget's evasions, while the user is fired: a new tree writes 40 plaintext
+    decoys (its burst) then encrypts: judged again as its tokens refill (2 a second) and
+    by its own per-tree count; a tree that writes each victim as plaintext, then
+    ciphertext over it (the second write a repeat) is re-probed within a second."""
+    tree = Tree()
+    _sh_workers(tree, victims(tmp_path / "a", n=390, size=8 << 10), 39, 50000)
+    first = len(tree.critical())
+    w = _proc(45000, 1, "/usr/bin/python3.11", "python3")
+    tree._feed({"type": "exec", **w, "filename": "/usr/bin/python3", "cwd": "/",
+                "argv": ["python3", "x.py"], "exe_dev": 1, "exe_ino": 4242, "exe_nlink": 1})
+    for p in victims(tmp_path / "decoys", n=40, size=2048):
+        _feed_file(tree, "open", p, O_WRONLY | O_TRUNC, w)
+    assert len(tree.critical()) == first
+    for k, p in enumerate(victims(tmp_path / "b", n=100, size=8 << 10)):
+        p.write_bytes(os.urandom(8 << 10))
+        _feed_file(tree, "open", p, O_WRONLY | O_TRUNC, w)
+        if len(tree.critical()) > first:
+            break
+    assert len(tree.critical()) > first and k < 60, k
+    assert 45000 in {p for p, _ in tree.critical()[first].roots}
+    # the double write: plaintext (judged low), then ciphertext over the same file
+    w2 = _proc(46000, 1, "/usr/bin/python3.11", "python3")
+    n0 = len(tree.critical())
+    for k, p in enumerate(victims(tmp_path / "c", n=200, size=8 << 10)):
+        _feed_file(tree, "open", p, O_WRONLY | O_TRUNC, w2)
+        p.write_bytes(os.urandom(8 << 10))
+        _feed_file(tree, "open", p, O_WRONLY | O_TRUNC, w2)
+        if len(tree.critical()) > n0:
+            break
+    assert len(tree.critical()) > n0 and k < 60, k

@@ -2319,6 +2319,23 @@ class _UserWrites:
                 del self.trees[got[2]]
 
 
+class _AfterBudget:
+    """One tree's probe budget while its user's aggregate is fired (s21): ``tokens`` for
+    files the tree's after-firing probe has not judged yet (a bucket of ``AFTER_BURST``,
+    refilled at ``AFTER_BURST`` per window), ``judged`` the paths it judged (LRU), ``dirty``
+    the judged paths written again since (path -> the newest value), re-probed oldest first
+    at most one per ``AFTER_REPEAT_NS`` (``repeat_at``)."""
+
+    __slots__ = ("tokens", "at", "judged", "dirty", "repeat_at")
+
+    def __init__(self, burst: int, now: int) -> None:
+        self.tokens = float(burst)
+        self.at = now
+        self.judged: OrderedDict[str, None] = OrderedDict()
+        self.dirty: OrderedDict[str, str] = OrderedDict()
+        self.repeat_at: int | None = None
+
+
 def _existing(ev: FileEvent) -> bool:
     """The open found the file there with bytes (the kernel says so: ABI 2.10)."""
     return ev.created is False and ev.empty is False
@@ -2354,6 +2371,15 @@ class Ransomware(ThresholdRule):
     HORIZON_NS = 60 * NS   # ... within this
     JUDGED_MAX = 128   # ... over at most this many files a key (s20-ransomfix3 review 3)
     AGG_TREES = 2      # the per-user aggregate judges writes of at least this many trees
+    # s21: while a user's aggregate is fired, a tree's files are probed one at a time
+    # (``_after_firing``) within a budget, not one probe per write event: each path the
+    # tree has not had judged costs a token (AFTER_BURST at once, refilled at AFTER_BURST
+    # per window: a tree that runs dry wrote that many distinct files in the window, so its
+    # own per-tree check judges it), a path judged already and written again is re-probed
+    # at most one per AFTER_REPEAT_NS a tree (the oldest such path first)
+    AFTER_BURST = 40
+    AFTER_REPEAT_NS = NS
+    AFTER_JUDGED = 128   # paths a tree's budget remembers as judged (LRU); dirty the same
     distinct_last = True   # values in the order of their last event (the replay above)
 
     def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None,
@@ -2382,6 +2408,10 @@ class Ransomware(ThresholdRule):
         self._agg_stopped: BoundedState[ProcKey, set[ProcKey]] = self.state()
         self._agg_trusted: BoundedState[ProcKey, bool] = self.state()
         self.agg_checks = 0
+        # the after-firing probe budget of each tree (s21), and what it spent and saved
+        self._after_budget: BoundedState[ProcKey, _AfterBudget] = self.state()
+        self.after_probes = 0
+        self.after_skipped = 0
         self._scope: ProcKey = (0, 0)   # the key whose draws accumulate (tree or user)
         self._high_paths: set[str] = set()   # the files the last check judged high
 
@@ -2812,7 +2842,7 @@ class Ransomware(ThresholdRule):
         if stopped is None:
             stopped = set()
             self._agg_stopped.put(user, now, stopped)
-        if key in stopped or not self._high_value(ev, key, v):
+        if key in stopped or not self._budgeted_high(ev, key, v):
             if key in stopped:   # its files are no other tree's evidence
                 uw.drop(self.distinct_key(v))
             return []
@@ -2832,9 +2862,10 @@ class Ransomware(ThresholdRule):
         hit.pid, hit.roots = key[0], (key,) + ((parent,) if parent else ())
         return [hit]
 
-    def _high_value(self, ev: Event, key: ProcKey, v: str) -> bool:
-        """Is the file value ``v`` names judged high (one probe), or a rename to a ransom
-        extension?  An unlink: the newest file the tree created (NAME.locked "xb")."""
+    def _target(self, ev: Event, key: ProcKey, v: str) -> tuple[str, int, int] | bool:
+        """What the after-firing probe of value ``v`` reads: (path, inode, write-open time),
+        True for a rename to a ransom extension (no probe), False for nothing to read.  An
+        unlink: the newest file the tree created (NAME.locked "xb")."""
         tag, _, rest = v[0], v[1], v[2:]
         path, _, more = rest.partition("\0")
         ino, t = 0, 0
@@ -2850,6 +2881,62 @@ class Ransomware(ThresholdRule):
             if not od:
                 return False
             path, (t, ino) = next(reversed(od.items()))
+        return path, ino, t
+
+    def _budgeted_high(self, ev: Event, key: ProcKey, v: str) -> bool:
+        """``_high_value`` within the tree's probe budget (``_AfterBudget``, s21): a write
+        event costs at most one probe of a path not judged yet (while tokens last) plus at
+        most one re-probe of a judged path written again (one per AFTER_REPEAT_NS, oldest
+        first: a plaintext write then ciphertext over the same file is judged again within
+        a second of the tree's activity).  A file the budget skips stays in the user's
+        aggregate (judged when the window ends) and in the tree's own per-tree count."""
+        got = self._target(ev, key, v)
+        if isinstance(got, bool):
+            return got
+        now = ev.time_ns
+        b = self._after_budget.get(key, now)
+        if b is None:
+            b = _AfterBudget(self.AFTER_BURST, now)
+        self._after_budget.put(key, now, b)
+        if now > b.at:
+            b.tokens = min(float(self.AFTER_BURST), b.tokens + (now - b.at) * self.AFTER_BURST
+                           / self.window_ns)
+            b.at = now
+        path = got[0]
+        high = probed = False
+        if path not in b.judged:
+            if b.tokens >= 1:
+                b.tokens -= 1
+                b.judged[path] = None
+                while len(b.judged) > self.AFTER_JUDGED:
+                    b.judged.popitem(last=False)
+                b.dirty.pop(path, None)
+                high, probed = self._high_value(ev, *got), True
+        else:
+            b.judged.move_to_end(path)
+            b.dirty[path] = v        # a repeat keeps its place in the queue (oldest first)
+            while len(b.dirty) > self.AFTER_JUDGED:
+                b.dirty.popitem(last=False)
+        # any event of the tree (not only a repeat) may re-probe the oldest repeat: a
+        # ciphertext over a file judged plaintext is not left behind by first-time writes
+        if not high and b.dirty and (b.repeat_at is None or
+                                     now - b.repeat_at >= self.AFTER_REPEAT_NS):
+            b.repeat_at = now
+            _, v_ = b.dirty.popitem(last=False)
+            again = self._target(ev, key, v_)
+            if isinstance(again, bool):
+                high = again
+            else:
+                high = self._high_value(ev, *again)
+                probed = probed or again[0] == path
+        if not probed:
+            self.after_skipped += 1
+        return high
+
+    def _high_value(self, ev: Event, path: str, ino: int, t: int) -> bool:
+        """Is the file at ``path`` (the inode ``ino`` the tree write-opened at ``t``; 0:
+        any) judged high?  One probe."""
+        self.after_probes += 1
         root = self.probes.root_of(ev.proc.pid) if self.probes.root_of is not None else None
         rooted = f"{root}{path}" if root else path
         if self.probes.content_many is not None:
@@ -2903,6 +2990,8 @@ class Ransomware(ThresholdRule):
         out = super().stats()
         out["probe_timeouts"] = self.probe_timeouts
         out["user_checks"] = self.agg_checks
+        out["after_probes"] = self.after_probes
+        out["after_skipped"] = self.after_skipped
         return out
 
 
