@@ -93,7 +93,11 @@ def _open_hips_backends(tier: Tier, pin_root: Path, deadline_s: float | None,
                 # of one load, and said
                 say(f"the pinned HIPS enforcement under {pin_dir} predates this version "
                     f"({exc.message}): replacing it")
-                remove_pins_under(pin_dir)
+                crossed: list[Path] = []
+                remove_pins_under(pin_dir, crossed)
+                if crossed:
+                    say(f"WARNING: mounts someone put under {pin_dir} were left in place "
+                        f"(not entered, not removed): {', '.join(map(str, crossed[:5]))}")
                 kernel = HipsKernel(tier, pin_dir=pin_dir, self_tgid=os.getpid(),
                                     deadline_s=deadline_s)
                 kernel.open()
@@ -545,15 +549,18 @@ def learn_sensor(cgroup_path: Path | None) -> tuple[Sensor, int]:
     return event_sensor(_event_source(), cgroup_id=scope, open_reads=True), scope
 
 
-def remove_pins_under(path: Path) -> list[Path]:
-    """Every pin under ``path`` (bpffs only)."""
+def remove_pins_under(path: Path, crossed: list[Path] | None = None) -> list[Path]:
+    """Every pin under ``path`` (bpffs only); the mounts met under it (never entered) are
+    appended to ``crossed``."""
     from bastion.kernel import bpffs
 
-    return bpffs.remove_pins(path)
+    return bpffs.remove_pins(path, crossed)
 
 
-def remove_all_pins(pin_root: Path) -> list[Path]:
-    """Break-glass: every pin under ``<pin root>`` and ``<pin root>-*`` (bpffs only)."""
+def remove_all_pins(pin_root: Path, crossed: list[Path] | None = None) -> list[Path]:
+    """Break-glass: every pin under ``<pin root>`` and ``<pin root>-*`` (bpffs only); the
+    mounts met under them (never entered, left with the directories holding them) are
+    appended to ``crossed``."""
     from bastion.kernel import bpffs
 
     removed: list[Path] = []
@@ -561,7 +568,7 @@ def remove_all_pins(pin_root: Path) -> list[Path]:
     if parent.is_dir():
         for p in sorted(parent.iterdir()):
             if p.name == pin_root.name or p.name.startswith(pin_root.name + "-"):
-                removed += bpffs.remove_pins(p)
+                removed += bpffs.remove_pins(p, crossed)
     return removed
 
 

@@ -233,3 +233,40 @@ def test_a_failed_load_hook_is_a_high_alert_and_degraded_agent_status(
     monkeypatch.setattr(guard, "protect", lambda objs: {})
     guard(lo)
     assert Agent._bpf_id_protection(fake) == "ok"
+
+
+def test_a_mount_removing_our_pins_meets_is_a_high_alert_and_in_the_status(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """s21: a mount root put under our pin directory (a tmpfs at ``tamper/x``) was found by
+    ``remove_pins`` and left -- said by one log line only.  ``TamperKernel.remove`` keeps
+    what it crossed and the guardian raises ``bastion.tamper.foreign-mount`` (high), shows
+    it in its status and ``bastion status`` warns.  The real ``remove_pins`` on a plain
+    directory (standing for bpffs) whose ``x`` answers another mount id."""
+    from bastion.cli.guard import foreign_mount_warnings
+    from bastion.kernel import bpffs
+    from bastion.tier import Tier
+
+    pins = tmp_path / "pins" / "tamper"
+    _pin(pins / "maps/tamper_map_ids", {"map": 1})
+    (pins / "x").mkdir()
+    (pins / "x/theirs").write_text("a file of another mount")
+    monkeypatch.setattr(bpffs, "_require_bpffs", lambda p: None)
+    real = bpffs.mount_id
+    monkeypatch.setattr(bpffs, "mount_id", lambda fd: real(fd) + 1000 if os.readlink(
+        f"/proc/self/fd/{fd}") == str(pins / "x") else real(fd))
+    g, alerts = _guardian(tmp_path)
+    g.tk = gk.TamperKernel(Tier.COMPAT, pin_dir=pins)
+    g._remove_protection()
+    assert (pins / "x/theirs").exists() and not (pins / "maps").exists()
+    got = [(a.rule, a.severity) for a in alerts]
+    assert ("bastion.tamper.foreign-mount", "high") in got, got
+    alert = next(a for a in alerts if a.rule == "bastion.tamper.foreign-mount")
+    assert alert.evidence["paths"] == [str(pins / "x")] and "maintenance" in alert.title
+    st = g.status()
+    assert st["foreign_mounts"] == [str(pins / "x")]
+    assert foreign_mount_warnings(st) and str(pins / "x") in foreign_mount_warnings(st)[0]
+    # the same mount met again by the next removal: not alerted twice
+    tk = gk.TamperKernel(Tier.COMPAT, pin_dir=pins)
+    tk.remove()
+    g._crossed_mounts(tk, "again")
+    assert sum(a.rule == "bastion.tamper.foreign-mount" for a in alerts) == 1

@@ -90,6 +90,15 @@ def token_file_warnings(guardian: dict[str, object], first_run_file: Path = DEFA
             "Bastion; keep a copy off the host and delete it here" for p in sorted(paths)]
 
 
+def foreign_mount_warnings(guardian: dict[str, object]) -> list[str]:
+    """What ``bastion status`` (and ``bastion reset``) says about mounts someone put under
+    the pin root that removing our pins met and left (``bastion.tamper.foreign-mount``)."""
+    got = guardian.get("foreign_mounts")
+    paths = [str(p) for p in got] if isinstance(got, list) else []
+    return [f"{p} is a mount under the pin root that Bastion did not make: not entered, not "
+            "removed (look at what it holds, then umount it)" for p in paths]
+
+
 def enrolled_data_dir(data_dir: Path, pin_root: Path) -> None:
     """Refuse ``data_dir`` unless it is a directory protected as a whole by the tamper
     protection pinned under ``pin_root`` (its inode in the pinned ``tamper_objs``, which

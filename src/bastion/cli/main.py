@@ -153,11 +153,11 @@ def status(socket_path: Path, as_json: bool, pin_root: Path, guardian_socket: Pa
     in the kernel (it keeps denying with nobody recording it); exits 1."""
     from bastion.control import request
     from bastion.errors import ControlError
-    from bastion.cli.guard import token_file_warnings
+    from bastion.cli.guard import foreign_mount_warnings, token_file_warnings
     from bastion.guard.control import guardian_status
 
     gst = guardian_status(guardian_socket)
-    warnings = token_file_warnings(gst)
+    warnings = token_file_warnings(gst) + foreign_mount_warnings(gst)
     try:
         resp = request(socket_path, "status")
     except ControlError as exc:
@@ -343,12 +343,16 @@ def record(output: Path, duration: float | None, count: int | None, classes: tup
 def reset(emergency: bool, pin_root: Path, token_file: Path | None, data_dir: Path) -> None:
     """Break-glass: remove every Bastion BPF pin (programs, links, maps)."""
     from bastion.assembly import remove_all_pins
+    from bastion.cli.guard import foreign_mount_warnings
 
     _need_root("bastion reset")
     require_token(token_file, what="reset", data_dir=data_dir, pin_root=pin_root)
-    removed = remove_all_pins(pin_root)
+    crossed: list[Path] = []
+    removed = remove_all_pins(pin_root, crossed)
     click.echo(f"bastion: removed {len(removed)} pins and directories under "
                f"{pin_root.parent}/{pin_root.name}*")
+    for w in foreign_mount_warnings({"foreign_mounts": [str(p) for p in crossed]}):
+        click.echo(f"WARNING: {w}", err=True)
 
 
 @cli.group("log")

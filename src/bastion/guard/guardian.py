@@ -287,6 +287,7 @@ class Guardian:
         self._pin_mnt: int | None = None        # the pin root's mount id when we armed
         self._remount_alerted = -1              # the other mount id last alerted
         self._foreign_pins: set[Path] = set()   # foreign entries under the pin root, alerted
+        self.foreign_mounts: set[Path] = set()  # mounts the last pin removal met under it
         self._limits: dict[int, tuple[int, int]] = {}
         self._cg_rel = ""                 # our cgroup as /proc/PID/cgroup names it
         self._end_req = threading.Event()  # `bastion maintenance end`: re-arm now
@@ -316,8 +317,10 @@ class Guardian:
                         tk.open()
                 else:
                     tk.open()
+                self._crossed_mounts(tk, "clearing a half-made pin set at start")
                 return tk
             except KernelError as exc:
+                self._crossed_mounts(tk, "clearing a half-made pin set at start")
                 if tier == Tier.LSM and adopting and exc.errno == errno.EPERM:
                     # pinned lsm protection refuses us a read-write fd of its maps (the
                     # bpf_map hook): we are not enrolled (a guardian restarted after a
@@ -331,6 +334,7 @@ class Guardian:
                 last = exc
                 log.info("tamper: %s tier unavailable: %s", tier, exc)
             except BastionError as exc:
+                self._crossed_mounts(tk, "clearing a half-made pin set at start")
                 last = exc
                 log.info("tamper: %s tier unavailable: %s", tier, exc)
         assert last is not None
@@ -358,6 +362,8 @@ class Guardian:
                     tk.remove()
                 except BastionError as exc:
                     log.error("tamper: cannot remove the protection of a failed start: %s", exc)
+                finally:
+                    self._crossed_mounts(tk, "removing the protection of a failed start")
             if self.files is not None:
                 self.files.close()
                 self.files = None
@@ -756,6 +762,26 @@ class Guardian:
                      "mount": now, "verdict": "detected"},
                     action="alert", attack=["T1562.001"])
 
+    def _crossed_mounts(self, tk: TamperKernel, when: str) -> None:
+        """A high ``bastion.tamper.foreign-mount`` alert for the mounts removing our pins
+        met under the pin directory (a tmpfs or FUSE root mounted in it: never entered,
+        never unlinked, the directories holding them left: ``bpffs.remove_pins(crossed=)``),
+        except those the previous removal met already; ``foreign_mounts`` in the status."""
+        got, tk.crossed = set(tk.crossed), []
+        new = sorted(got - self.foreign_mounts)
+        self.foreign_mounts = got
+        if not new:
+            return
+        self._alert("bastion.tamper.foreign-mount",
+                    f"{len(new)} mount{'' if len(new) == 1 else 's'} under the pin root that "
+                    f"Bastion did not make, met while {when}: "
+                    f"{', '.join(str(p) for p in new[:5])}"
+                    + (f" and {len(new) - 5} more" if len(new) > 5 else "")
+                    + " (not entered, not removed: the directories holding them stay)", "high",
+                    {"paths": [str(p) for p in new[:100]], "count": len(new), "when": when,
+                     "pin_root": str(self.cfg.pin_root), "verdict": "detected"},
+                    action="alert", attack=["T1562.001"])
+
     def _protect_bpf(self) -> None:
         """One pass of :meth:`TamperKernel.protect_bpf` over the pin root.  A foreign entry
         there (a pin or symlink someone else made: never walked) is a high alert, once per
@@ -862,6 +888,7 @@ class Guardian:
                 "identities": idents, "identities_error": idents_error,
                 "protected": [o.path for o in self.protected.roots()] if self.protected else [],
                 "unenforced": self.unenforced,
+                "foreign_mounts": [str(p) for p in sorted(self.foreign_mounts)],
                 "bpf_id_protection": ({"state": "degraded", "why": self.bpf_degraded}
                                       if self.bpf_degraded else "ok" if tk else "off"),
                 "agent_loop_heartbeat_age_s": self.watch.age, "agent_stalls": self.stalls,
@@ -991,7 +1018,10 @@ class Guardian:
             self.files.close()
             self.files = None
         if self.tk is not None:
-            removed = self.tk.remove()
+            try:
+                removed = self.tk.remove()
+            finally:
+                self._crossed_mounts(self.tk, "removing the protection for a maintenance window")
             self.tk = None
             self.protection = self.map_birth = "off"
             self._alert("bastion.tamper.protection-off",

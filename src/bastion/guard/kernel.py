@@ -530,6 +530,9 @@ class TamperKernel(LoaderUser):
         self._lo: LoadedObject | None = None
         self._prog_maps: dict[int, tuple[int, ...]] = {}   # prog id -> the map ids it uses
         self._own_ids: dict[str, set[int]] | None = None
+        # mounts someone put under the pin directory that removing our pins met and left
+        # (``bpffs.remove_pins(crossed=)``: never entered): the guardian alerts them
+        self.crossed: list[Path] = []
 
     # ---- lifecycle ------------------------------------------------------------------
 
@@ -561,7 +564,8 @@ class TamperKernel(LoaderUser):
             self._lo = LoadedObject.adopt(pinned)
             return True
         if self.pin_dir.exists():
-            bpffs.remove_pins(self.pin_dir)     # a half-made set from a crash mid-load
+            # a half-made set from a crash mid-load
+            bpffs.remove_pins(self.pin_dir, crossed=self.crossed)
         self._lo = LoadedObject.load(self.spec())
         return False
 
@@ -581,7 +585,8 @@ class TamperKernel(LoaderUser):
                 (log.debug if exc.errno == errno.EOPNOTSUPP else log.warning)(
                     "tamper: detach %s: %s", link.description, exc)
         self.close()
-        return bpffs.remove_pins(self.pin_dir) if self.pin_dir.exists() else []
+        return bpffs.remove_pins(self.pin_dir, crossed=self.crossed) \
+            if self.pin_dir.exists() else []
 
     def map_birth_gap(self) -> str:
         """"" when the armed object protects the maps ours create from their creation
