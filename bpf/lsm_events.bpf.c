@@ -121,7 +121,7 @@ int BPF_PROG(on_file_open, struct file *file)
 	e->dev = dev;
 	/* do_open: lookup_open (or the filesystem's atomic_open) sets FMODE_CREATED before
 	 * vfs_open reaches this hook; i_size is before any O_TRUNC (done after the open) */
-	file_open_state(e, fmode, inode->i_size);
+	file_open_state(e, fmode, inode->i_size, inode);
 	if (sens) {
 		e->sens_class = sclass;
 		e->sens_id = sid;

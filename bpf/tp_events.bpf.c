@@ -99,7 +99,7 @@ static __always_inline int sens_open_report(struct file *f, __u32 fflags, __u32 
 	e->sens_class = sclass;
 	e->sens_id = sid;
 	e->hdr.flags |= BASTION_F_SENSITIVE;
-	file_open_state(e, fmode, BPF_CORE_READ(inode, i_size));
+	file_open_state(e, fmode, BPF_CORE_READ(inode, i_size), inode);
 	fpath = BPF_CORE_READ(f, f_path);
 	file_put_path(e, FS_PATH, &fpath);
 	file_submit(e);
@@ -163,7 +163,7 @@ static __always_inline int open_exit_report(long ret, __s32 flags, __u32 mode)
 		e->ino = ino;
 		e->dev = dev;
 		/* at the syscall's exit: FMODE_CREATED stays in f_mode; i_size after O_TRUNC */
-		file_open_state(e, fmode, BPF_CORE_READ(inode, i_size));
+		file_open_state(e, fmode, BPF_CORE_READ(inode, i_size), inode);
 		fpath = BPF_CORE_READ(f, f_path);
 		file_put_path(e, FS_PATH, &fpath);
 		if (sens_match_cached(f, &sclass, &sid)) {

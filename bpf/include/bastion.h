@@ -24,8 +24,8 @@
 #ifndef BASTION_H
 #define BASTION_H
 
-#define BASTION_ABI_MAJOR 2
-#define BASTION_ABI_MINOR 12
+#define BASTION_ABI_MAJOR 3
+#define BASTION_ABI_MINOR 0
 #define BASTION_ABI_VERSION ((BASTION_ABI_MAJOR << 16) | BASTION_ABI_MINOR)
 
 #define BASTION_COMM_LEN 16
@@ -160,6 +160,11 @@ enum bastion_kill_syscall {
 #define BASTION_F_EMPTY       (1u << 10) /* FILE OPEN: the inode held no byte (i_size 0): compat at the
 					  * syscall's exit (after O_TRUNC), lsm at the hook (before it) */
 #define BASTION_F_FSTATE      (1u << 11) /* FILE OPEN: F_CREATED and F_EMPTY were read from the file */
+/* ABI 3.0 (s21, the clock-step gap): the inode's ctime at the open, so that user space
+ * tells a file not changed since the open by comparing ctimes with ctimes, never with
+ * the wall clock (root steps it).  Read where F_FSTATE is (compat: the syscall's exit,
+ * after an O_TRUNC; lsm: the hook, before it). */
+#define BASTION_F_CTIME       (1u << 12) /* FILE OPEN: ctime_ns is the inode's ctime at the open */
 
 /* Common header of every ring-buffer record. */
 struct bastion_event_hdr {
@@ -238,6 +243,7 @@ struct bastion_file_event {
 	__u16 dir_len;       /* base of a relative path */
 	__u16 path2_len;     /* RENAME, LINK: new */
 	__u16 dir2_len;
+	__u64 ctime_ns;      /* ABI 3.0, OPEN with F_CTIME: the inode's ctime (s * 1e9 + ns) */
 	char data[0];        /* path, dir, path2, dir2 (a zero-length array, not a flexible one:
 				the struct sits inside struct bastion_abi_types) */
 };
@@ -642,7 +648,7 @@ _Static_assert(sizeof(struct bastion_event_hdr) == 72, "hdr");
 _Static_assert(sizeof(struct bastion_exec_event) == 72 + 24 + 3 * 256 + 512 + 40 + 256 + 512, "exec");
 _Static_assert(sizeof(struct bastion_fork_event) == 72 + 16, "fork");
 _Static_assert(sizeof(struct bastion_exit_event) == 72 + 8, "exit");
-_Static_assert(sizeof(struct bastion_file_event) == 72 + 48, "file");
+_Static_assert(sizeof(struct bastion_file_event) == 72 + 56, "file");
 _Static_assert(sizeof(struct bastion_sens_val) == 8, "sens_val");
 _Static_assert(sizeof(struct bastion_net_event) == 72 + 56, "net");
 _Static_assert(sizeof(struct bastion_ptrace_event) == 72 + 24, "ptrace");

@@ -186,6 +186,7 @@ static __always_inline struct bastion_file_event *file_event(__u32 op)
 	e->sens_class = 0;
 	e->sens_id = 0;
 	e->path_len = e->dir_len = e->path2_len = e->dir2_len = 0;
+	e->ctime_ns = 0;
 	return e;
 }
 
@@ -193,18 +194,56 @@ static __always_inline struct bastion_file_event *file_event(__u32 op)
  * fmode bits were renumbered; the same value) */
 #define BASTION_FMODE_CREATED 0x100000
 
+/* The inode's ctime before 6.6 (struct timespec64 i_ctime) and in 6.6-6.10 (__i_ctime);
+ * from 6.11 i_ctime_sec + i_ctime_nsec (vmlinux.h here) */
+struct inode___ctime_ts {
+	struct timespec64 i_ctime;
+} __attribute__((preserve_access_index));
+
+struct inode___ctime_priv {
+	struct timespec64 __i_ctime;
+} __attribute__((preserve_access_index));
+
+/* The inode's ctime in ns (ABI 3.0), whichever layout this kernel has (CO-RE). */
+static __always_inline __u64 inode_ctime_ns(struct inode *inode)
+{
+	__s64 sec;
+	__u64 nsec;
+
+	if (bpf_core_field_exists(inode->i_ctime_sec)) {
+		sec = BPF_CORE_READ(inode, i_ctime_sec);
+		/* multigrain timestamps (6.13+) keep I_CTIME_QUERIED in bit 31 of the ns
+		 * (inode_get_ctime_nsec masks it; seen here: stat's ctime + 2^31 ns) */
+		nsec = BPF_CORE_READ(inode, i_ctime_nsec) & 0x7fffffffu;
+	} else if (bpf_core_field_exists(((struct inode___ctime_priv *)inode)->__i_ctime)) {
+		struct inode___ctime_priv *i = (void *)inode;
+
+		sec = BPF_CORE_READ(i, __i_ctime.tv_sec);
+		nsec = BPF_CORE_READ(i, __i_ctime.tv_nsec);
+	} else {
+		struct inode___ctime_ts *i = (void *)inode;
+
+		sec = BPF_CORE_READ(i, i_ctime.tv_sec);
+		nsec = BPF_CORE_READ(i, i_ctime.tv_nsec);
+	}
+	return (__u64)sec * 1000000000ULL + nsec;
+}
+
 /* The kernel's answer for an open record (ABI 2.10): did this open create the inode
  * (FMODE_CREATED in the file's f_mode), and did the inode hold no byte (i_size 0) when
- * read here.  @fmode: the file's f_mode, @isize: its inode's i_size, both read by the
- * caller (a CO-RE probe read, or a BTF load in the hook sensor). */
-static __always_inline void file_open_state(struct bastion_file_event *e, __u32 fmode, __s64 isize)
+ * read here; and (ABI 3.0) the inode's ctime then.  @fmode: the file's f_mode, @isize:
+ * its inode's i_size, both read by the caller (a CO-RE probe read, or a BTF load in the
+ * hook sensor). */
+static __always_inline void file_open_state(struct bastion_file_event *e, __u32 fmode, __s64 isize,
+					    struct inode *inode)
 {
-	__u16 f = BASTION_F_FSTATE;
+	__u16 f = BASTION_F_FSTATE | BASTION_F_CTIME;
 
 	if (fmode & BASTION_FMODE_CREATED)
 		f |= BASTION_F_CREATED;
 	if (isize == 0)
 		f |= BASTION_F_EMPTY;
+	e->ctime_ns = inode_ctime_ns(inode);
 	e->hdr.flags |= f;
 }
 

@@ -28,8 +28,8 @@ from typing import Final, Protocol
 
 from bastion.errors import AbiMismatchError, BastionError, DecodeError, Location
 
-ABI_MAJOR: Final = 2
-ABI_MINOR: Final = 12
+ABI_MAJOR: Final = 3
+ABI_MINOR: Final = 0
 ABI_VERSION: Final = (ABI_MAJOR << 16) | ABI_MINOR
 
 COMM_LEN: Final = 16
@@ -186,6 +186,8 @@ F_TRUNC_ENV: Final = 1 << 8
 F_CREATED: Final = 1 << 9     # the open created the inode (FMODE_CREATED)
 F_EMPTY: Final = 1 << 10      # the inode held no byte (i_size 0) at the open
 F_FSTATE: Final = 1 << 11     # F_CREATED and F_EMPTY are the kernel's answer
+# ABI 3.0 (s21): FILE OPEN, ctime_ns is the inode's ctime at the open
+F_CTIME: Final = 1 << 12
 
 KILL_F_IA32: Final = 1 << 0   # bastion_kill_event.flags (ABI 2.7)
 KILL_F_X32: Final = 1 << 1
@@ -274,6 +276,7 @@ class FileEvent(ctypes.Structure):
         ("dir_len", c_u16),
         ("path2_len", c_u16),
         ("dir2_len", c_u16),
+        ("ctime_ns", c_u64),      # ABI 3.0, OPEN with F_CTIME
         ("data", ctypes.c_char * 0),
     ]
 
@@ -823,6 +826,7 @@ DEFINES: Final[dict[str, int]] = {
     "BASTION_F_CREATED": F_CREATED,
     "BASTION_F_EMPTY": F_EMPTY,
     "BASTION_F_FSTATE": F_FSTATE,
+    "BASTION_F_CTIME": F_CTIME,
     "BASTION_RINGBUF_BYTES": RINGBUF_BYTES,
     "BASTION_DROP_SLOTS": DROP_SLOTS,
     "BASTION_DROP_SLOT_TAMPER": DROP_SLOT_TAMPER,

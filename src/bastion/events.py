@@ -112,6 +112,10 @@ class FileEvent(_Base):
     # replayed event of an older agent, a source that cannot look)
     created: bool | None = None   # this open created the inode (FMODE_CREATED)
     empty: bool | None = None     # the inode held no byte at the open (i_size 0)
+    # ABI 3.0 (s21), open only: the inode's ctime at the open (BASTION_F_CTIME; ns), so a
+    # file unchanged since the open is told by comparing ctimes, never with the wall
+    # clock; None when the record does not say
+    ctime_ns: int | None = None
 
     @property
     def type(self) -> str:
@@ -418,6 +422,7 @@ def _file(r: Any, t: int, p: Proc, trunc: bool) -> Event:
         sensitive_id=r.sens_id if flags & abi.F_SENSITIVE else 0,
         created=bool(flags & abi.F_CREATED) if flags & abi.F_FSTATE else None,
         empty=bool(flags & abi.F_EMPTY) if flags & abi.F_FSTATE else None,
+        ctime_ns=r.ctime_ns if flags & abi.F_CTIME else None,
     )
 
 

@@ -104,6 +104,10 @@ def test_both_open_program_sets_report_the_same(tmp_path: Path, btf_loads: bool)
                      "trunc": (False, True), "legacy": (False, False), "created": (True, True),
                      "via2": (True, True), "lock": (True, True), "kept": (False, False),
                      "hollow": (False, True)}
+    # ABI 3.0 (s21): the inode's ctime at the open (at the exit: after creat's truncation),
+    # what stat says now (nothing changed the files since): every open record says it
+    ctimes = {k: v[0].ctime_ns for k, v in opens.items()}
+    assert ctimes == {k: os.stat(tmp_path / k).st_ctime_ns for k in opens}, ctimes
 
 
 # An openat2 whose open_how another thread rewrites while the call is in the kernel:

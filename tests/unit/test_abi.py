@@ -101,16 +101,19 @@ def test_abi_version_in_rodata_matches(header_text: str) -> None:
     defines = abi.parse_header(header_text).defines
     assert abi.eval_define(defines["BASTION_ABI_VERSION"][1], {
         "BASTION_ABI_MAJOR": abi.ABI_MAJOR, "BASTION_ABI_MINOR": abi.ABI_MINOR,
-    }) == abi.ABI_VERSION == (2 << 16) | abi.ABI_MINOR
+    }) == abi.ABI_VERSION == (3 << 16) | abi.ABI_MINOR
 
 
 def test_other_major_refused() -> None:
     abi.check_abi_version(abi.ABI_VERSION, "x.o")
     abi.check_abi_version(abi.ABI_VERSION + 7, "x.o")  # newer minor decodes the prefix
-    with pytest.raises(AbiMismatchError, match="x.o: BPF object speaks ABI 3.0"):
-        abi.check_abi_version(3 << 16, "x.o")
+    with pytest.raises(AbiMismatchError, match="x.o: BPF object speaks ABI 4.0"):
+        abi.check_abi_version(4 << 16, "x.o")
+    # ABI 2.x file records had no ctime_ns before their strings (s21): refused, never misread
+    with pytest.raises(AbiMismatchError, match="x.o: BPF object speaks ABI 2.12, this Bastion speaks 3"):
+        abi.check_abi_version((2 << 16) | 12, "x.o")
     # ABI 1.x wrote fixed-size file records (1,128 bytes): refused, never misread
-    with pytest.raises(AbiMismatchError, match="x.o: BPF object speaks ABI 1.4, this Bastion speaks 2"):
+    with pytest.raises(AbiMismatchError, match="x.o: BPF object speaks ABI 1.4, this Bastion speaks 3"):
         abi.check_abi_version((1 << 16) | 4, "x.o")
 
 

@@ -56,8 +56,8 @@ def _set_u32(rec: bytes, at: int, v: int) -> bytes:
 
 def test_a_record_is_as_long_as_its_strings() -> None:
     rec = _good()
-    assert ctypes.sizeof(abi.FileEvent) == 120
-    assert len(rec) == 120 + len("/tmp/x") + len("/etc/shadow")     # 137, was 1,128
+    assert ctypes.sizeof(abi.FileEvent) == 128
+    assert len(rec) == 128 + len("/tmp/x") + len("/etc/shadow")     # 145, was 1,128 (137 before ABI 3.0)
     ev = decode(rec, 0)
     assert isinstance(ev, FileEvent) and (ev.path, ev.path2) == ("/tmp/x", "/etc/shadow")
 
@@ -65,15 +65,15 @@ def test_a_record_is_as_long_as_its_strings() -> None:
 # (the lie, what the error must say)
 LIES = [
     # path_len says 17: path would swallow path2 ("/tmp/x/etc/shadow") and path2 run past the end
-    (lambda r: _set_u16(r, LENS_AT, 17), "path2_len at record offset 116 says 11 bytes at offset 137, past the record's end"),
+    (lambda r: _set_u16(r, LENS_AT, 17), "path2_len at record offset 116 says 11 bytes at offset 145, past the record's end"),
     (lambda r: _set_u16(r, LENS_AT, 300), "path_len at record offset 112 is 0x012c: more than 255 bytes"),
     (lambda r: _set_u16(r, LENS_AT + 2, 0x1000 | 0), "dir_len at record offset 114 is 0x1000"),
-    (lambda r: _set_u16(r, LENS_AT + 6, 4), "dir2_len at record offset 118 says 4 bytes at offset 137, past"),
-    (lambda r: _set_u32(r, 4, 1128), "size at record offset 4 says 1128 bytes, its lengths 137, the ring handed over 137"),
-    (lambda r: r + b"\0" * 8, "size at record offset 4 says 137 bytes, its lengths 137, the ring handed over 145"),
-    (lambda r: r[:-1], "path2_len at record offset 116 says 11 bytes at offset 126, past the record's end \\(136 bytes\\)"),
-    (lambda r: r[:126] + b"/etc\0shadow", "path2_len at record offset 116 says 11 bytes, but a NUL is at record offset 130"),
-    (lambda r: r[:100], "file record of 100 bytes, expected 120"),
+    (lambda r: _set_u16(r, LENS_AT + 6, 4), "dir2_len at record offset 118 says 4 bytes at offset 145, past"),
+    (lambda r: _set_u32(r, 4, 1128), "size at record offset 4 says 1128 bytes, its lengths 145, the ring handed over 145"),
+    (lambda r: r + b"\0" * 8, "size at record offset 4 says 145 bytes, its lengths 145, the ring handed over 153"),
+    (lambda r: r[:-1], "path2_len at record offset 116 says 11 bytes at offset 134, past the record's end \\(144 bytes\\)"),
+    (lambda r: r[:134] + b"/etc\0shadow", "path2_len at record offset 116 says 11 bytes, but a NUL is at record offset 138"),
+    (lambda r: r[:100], "file record of 100 bytes, expected 128"),
 ]
 
 
@@ -146,7 +146,7 @@ _seg = st.binary(max_size=abi.FILE_STR_MAX).map(lambda b: b.replace(b"\0", b"x")
 @given(path=_seg, dir_=_seg, path2=_seg, dir2=_seg)
 def test_any_strings_round_trip_exactly(path: bytes, dir_: bytes, path2: bytes, dir2: bytes) -> None:
     rec = abi.pack_file_record(_fixed(), path, dir_, path2, dir2)
-    assert len(rec) == 120 + len(path) + len(dir_) + len(path2) + len(dir2)
+    assert len(rec) == 128 + len(path) + len(dir_) + len(path2) + len(dir2)
     assert abi.file_strings(rec) == ((path, dir_, path2, dir2), (0, 0, 0, 0))
 
 

@@ -11,6 +11,7 @@ import base64
 import dataclasses
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -676,11 +677,14 @@ O_EXCL = 0o200
 
 
 def _feed_file(tree: Tree, op: str, path: Path, flags: int = 0,
-               proc: dict[str, Any] | None = None) -> None:
+               proc: dict[str, Any] | None = None, ctime_ns: int | None = None) -> None:
+    """``ctime_ns``: the inode's ctime the sensor read at the open (ABI 3.0), if said."""
     ino = os.stat(path).st_ino if path.exists() else 9
+    more = {"ctime_ns": ctime_ns, "created": False, "empty": False} if ctime_ns is not None \
+        else {}
     tree._feed({"type": op, **(proc or tree._proc()), "path": str(path), "path2": "",
                 "flags": flags, "mode": 0o644 if op == "open" else 0, "owner_uid": -1,
-                "owner_gid": -1, "dev": 1, "ino": ino})
+                "owner_gid": -1, "dev": 1, "ino": ino, **more})
 
 
 def test_encrypting_to_exclusively_created_files_then_unlinking_is_critical(tmp_path: Path) -> None:
@@ -767,17 +771,18 @@ def test_sh_wrapped_workers_rewriting_plaintext_stay_quiet(tmp_path: Path) -> No
 def test_no_op_write_opens_do_not_dilute_the_sample(tmp_path: Path) -> None:
     """s20 review 3: after each encrypted file, 7 of the user's plaintext files opened
     O_WRONLY and closed unchanged: each was a rewrite in the draw (~1 high of 8: a
-    medium, never a kill).  A file not changed since the write-open is no candidate."""
+    medium, never a kill).  A file not changed since the write-open is no candidate
+    (s21: its ctime is the one the record read at the open)."""
     pool = victims(tmp_path / "home", n=400, size=4 << 10)
     tree = Tree(real_clock=True)
-    tree.rule.TOUCH_SLACK_NS = NS // 5    # (1 s live) the pool was written 0.3 s ago
-    import time as _t
-    _t.sleep(0.3)
+    tree.rule.FRESH_NS = NS // 5    # (1 s live) the pool was written 0.3 s ago
+    time.sleep(0.3)
     j = 0
     for p in victims(tmp_path / "docs", n=60, size=16 << 10):
         tree.write(p, os.urandom(16 << 10))
         for _ in range(7):
-            _feed_file(tree, "open", pool[j % len(pool)], O_WRONLY)
+            q = pool[j % len(pool)]
+            _feed_file(tree, "open", q, O_WRONLY, ctime_ns=os.stat(q).st_ctime_ns)
             j += 1
         if tree.critical():
             break
@@ -994,3 +999,73 @@ def test_a_tree_that_spends_its_budget_on_decoys_is_still_stopped(tmp_path: Path
         if len(tree.critical()) > n0:
             break
     assert len(tree.critical()) > n0 and k < 60, k
+
+
+# ---- s21: ctimes with ctimes (the clock-step gap) --------------------------------------------
+
+O_RDWR = 0o2
+
+
+def _encrypt_in_place(tree: Tree, p: Path) -> None:
+    """``open(O_RDWR)`` of the existing file (no truncation), ciphertext written over it; the
+    record carries the inode's ctime at the open, as the sensor reads it (ABI 3.0)."""
+    c0 = os.stat(p).st_ctime_ns
+    with open(p, "r+b") as fh:
+        fh.write(os.urandom(len(p.read_bytes())))
+    _feed_file(tree, "open", p, O_RDWR, ctime_ns=c0)
+
+
+def test_a_clock_stepped_back_does_not_hide_rewrites_in_place(tmp_path: Path) -> None:
+    """s20 review 2 (left open then): root steps the wall clock back while encrypting in
+    place (``date -s '-1 hour'``): each rewrite's ctime is older than its open event's time
+    (boot clock + the offset read before the step), so the "not rewritten since the open"
+    skip took every file for a no-op open: nothing judged, no kill (seen: no critical).
+    The record's ctime at the open is compared with the file's ctime now."""
+    tree = Tree()
+    tree.t = time.time_ns() + 3600 * NS    # events an hour ahead of the stepped-back clock
+    for p in victims(tmp_path / "docs", n=60, size=16 << 10):
+        _encrypt_in_place(tree, p)
+        if tree.critical():
+            break
+    got = tree.critical()
+    assert got, [(f.severity, f.evidence) for f in tree.found]
+    assert got[0].evidence["entropy_high"] >= 5 and not got[0].evidence.get("not_rewritten")
+
+
+def test_a_no_op_reopen_after_the_encryption_does_not_hide_the_file(tmp_path: Path) -> None:
+    """The reference was the LAST write-open's time: 39 files encrypted in place, then each
+    reopened ``O_WRONLY`` and closed unchanged more than a second later (a record of its
+    own: another access than the dedup window's), then the 40th file: every file's last
+    open was newer than its change, the check at 40 files took 39 for "not rewritten"
+    (seen: a medium, 1 file judged; an attacker repeats the pattern for each batch).  The
+    witness is the ctime at the tree's first write-open of the file in the window."""
+    tree = Tree(real_clock=True)
+    files = victims(tmp_path / "docs", n=40, size=16 << 10)
+    for p in files[:39]:
+        _encrypt_in_place(tree, p)
+    time.sleep(1.1)
+    for p in files[:39]:
+        _feed_file(tree, "open", p, O_WRONLY, ctime_ns=os.stat(p).st_ctime_ns)
+    _encrypt_in_place(tree, files[39])
+    assert [f.severity for f in tree.found] == ["critical"], \
+        [(f.severity, f.evidence) for f in tree.found]
+    assert tree.found[0].evidence["entropy_high"] >= 5
+    assert not tree.found[0].evidence.get("not_rewritten")
+
+
+def test_a_write_in_the_tick_of_a_change_before_the_open_is_still_a_rewrite(
+        tmp_path: Path) -> None:
+    """The price of comparing ctimes: ``chmod`` (or ``utime``) then open + write within one
+    coarse clock tick leaves the ctime the record read at the open (the write does not
+    move it).  Each record here says the ctime the file has after its rewrite: a ctime
+    that recent at the open is no witness, the file is judged."""
+    tree = Tree(real_clock=True)
+    for p in victims(tmp_path / "docs", n=60, size=16 << 10):
+        with open(p, "r+b") as fh:
+            fh.write(os.urandom(16 << 10))
+        _feed_file(tree, "open", p, O_RDWR, ctime_ns=os.stat(p).st_ctime_ns)
+        if tree.critical():
+            break
+    got = tree.critical()
+    assert got and not got[0].evidence.get("not_rewritten"), \
+        [(f.severity, f.evidence) for f in tree.found]

@@ -438,6 +438,11 @@ def test_open_says_whether_it_created_the_file(tmp_path: Path) -> None:
             events = _collect(sensor, _exited(5))
         finally:
             sensor.close()
-    state = {os.path.basename(e.path): (e.created, e.empty) for e in events
-             if isinstance(e, FileEvent) and e.op == "open" and e.path.startswith(str(tmp_path))}
+    opens = [e for e in events
+             if isinstance(e, FileEvent) and e.op == "open" and e.path.startswith(str(tmp_path))]
+    state = {os.path.basename(e.path): (e.created, e.empty) for e in opens}
     assert state == {"lock": (True, True), "kept": (False, False), "hollow": (False, True)}, state
+    # ABI 3.0 (s21): the inode's ctime at the hook (i_ctime on 6.1), as stat says it now
+    # (nothing changed these files since): compared with the probe's, never the wall clock
+    ctimes = {os.path.basename(e.path): e.ctime_ns for e in opens}
+    assert ctimes == {n: os.stat(tmp_path / n).st_ctime_ns for n in state}, ctimes

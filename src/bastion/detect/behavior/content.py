@@ -117,10 +117,10 @@ class ContentSample:
     digest: bytes | None = None
     other_inode: bool = False
     limited: bool = False
-    # the file's last change (the later of mtime and ctime, wall-clock ns) when it was
-    # opened for the probe, 0: unknown -- a file not changed since the tree's write-open
-    # was not rewritten (s20 review 3)
-    changed_ns: int = 0
+    # the inode's ctime (ns) when it was opened for the probe, 0: unknown -- compared with
+    # the ctime the sensor read at the tree's write-open (ABI 3.0): the same ctime, the
+    # file was not rewritten (s20 review 3; s21: ctimes with ctimes, never the wall clock)
+    ctime_ns: int = 0
 
 
 class ByteBudget:
@@ -481,7 +481,7 @@ def _sample_one(name: bytes, ino: int, budget: ByteBudget | None) -> ContentSamp
             got = _read(fd, windows, st.st_size, budget)
             if got is None:
                 return None
-            return replace(got, changed_ns=max(st.st_mtime_ns, st.st_ctime_ns))
+            return replace(got, ctime_ns=st.st_ctime_ns)
         finally:
             os.close(fd)
     except OSError:

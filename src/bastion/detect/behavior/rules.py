@@ -2363,9 +2363,15 @@ class Ransomware(ThresholdRule):
     SAMPLE = 8   # readable files whose entropy decides a check
     PROBE_MAX = 24   # candidates probed (keyed random order, batches of SAMPLE) to find them
     STALE_MAX = 72   # ... plus this many found not rewritten since the tree's write-open
-    # a write-opened file last changed more than this before the open was not rewritten
-    # (file times are the kernel's coarse clock, event times the boot clock plus an offset)
-    TOUCH_SLACK_NS = NS
+    # s21 (the clock-step gap): a write-opened file whose ctime is still the one the sensor
+    # read at the tree's FIRST write-open of it in the window (ABI 3.0 ``ctime_ns``) was not
+    # rewritten; ctimes are compared with ctimes, never with the wall clock (root stepping
+    # it back made every rewrite look older than its open), and with the first open's (a
+    # no-op reopen after the encryption made the last open's time the reference).  A ctime
+    # less than FRESH_NS older than the open (by the event's time) is no witness: a write in
+    # the same coarse clock tick as a change just before the open (chmod, utime) leaves the
+    # ctime as it was.  The wall clock can only take a file out of the skip, never put one in
+    FRESH_NS = NS
     HIGH_TOTAL = 16    # distinct high files over a key's draws: critical ...
     HIGH_SHARE = 5     # ... when at least 1 in this many of the files judged
     HORIZON_NS = 60 * NS   # ... within this
@@ -2396,6 +2402,10 @@ class Ransomware(ThresholdRule):
         # places, path -> (time, inode): sample candidates, never counted (s20 review 1:
         # NAME.locked created O_EXCL + NAME unlinked left nothing to sample)
         self._created: BoundedState[ProcKey, OrderedDict[str, tuple[int, int]]] = self.state()
+        # the ctime at each tree's first write-open of a path in the window (s21), path ->
+        # (time, ctime; -1: never "not rewritten": truncated, created, or not said)
+        self._first_open: BoundedState[ProcKey, OrderedDict[str, tuple[int, int]]] = \
+            self.state()
         # the files judged in a key's draws, (path, inode) -> (time, high): high evidence
         # adds up across draws (s20 review 3)
         self._judged: BoundedState[ProcKey, OrderedDict[tuple[str, int], tuple[int, bool]]] = \
@@ -2441,9 +2451,13 @@ class Ransomware(ThresholdRule):
         if under(path, NOT_DATA):
             return None
         if tag == "w":
-            # the inode the tree wrote, so the probe reads that file and no other, and
-            # when: a file not changed since was not rewritten (s20 review 3)
-            return f"w:{path}\0{ev.ino}\0{ev.time_ns}"
+            # the inode the tree wrote, so the probe reads that file and no other, and its
+            # ctime at the tree's first write-open of it: a file whose ctime is still that
+            # was not rewritten (s20 review 3, s21)
+            fo = self._first_open.get(tree_key(ev, ctx.procs), ev.time_ns)
+            first = fo.get(path) if fo is not None else None
+            witness = first[1] if first is not None and first[1] >= 0 else ""
+            return f"w:{path}\0{ev.ino}\0{witness}"
         return f"{tag}:{path}"
 
     def _creation(self, ev: FileEvent) -> str | None:
@@ -2462,6 +2476,22 @@ class Ransomware(ThresholdRule):
         if not isinstance(ev, FileEvent):
             return
         now = ev.time_ns
+        if ev.op == "open" and (ev.flags & O_ACCMODE or ev.flags & (O_CREAT | O_TRUNC)):
+            # the ctime at the tree's first write-open of the path in the window; a
+            # truncating or creating open (or one whose record does not say) rewrote it
+            never = ev.ctime_ns is None or bool(ev.flags & O_TRUNC) or ev.created is True or \
+                (bool(ev.flags & O_CREAT) and not _existing(ev)) or \
+                ev.ctime_ns >= now - self.FRESH_NS
+            fo = self._first_open.setdefault(tree_key(ev, ctx.procs), now, OrderedDict)
+            got_ = fo.get(ev.path)
+            if got_ is None or now - got_[0] > self.window_ns:
+                fo.pop(ev.path, None)
+                fo[ev.path] = (now, -1 if never or ev.ctime_ns is None else ev.ctime_ns)
+            elif never:
+                fo[ev.path] = (got_[0], -1)
+            while fo and (len(fo) > self.count * 4 or
+                          now - next(iter(fo.values()))[0] > self.window_ns):
+                fo.popitem(last=False)
         path = self._creation(ev)
         if path is not None:
             od = self._created.setdefault(tree_key(ev, ctx.procs), now, OrderedDict)
@@ -2497,7 +2527,7 @@ class Ransomware(ThresholdRule):
         # unordered "ever removed" set let a tree park each ciphertext on a name it had
         # removed before (decoy G, mv G junk, encrypt d, mv d G: s17-rfp review).
         alive: dict[str, int] = {}   # the paths the tree left, by their last event: inode
-        opened: dict[str, int] = {}  # ... when the last was a write-open (or a creation): when
+        opened: dict[str, int] = {}  # ... when the last was a write-open: its ctime witness
         for v in values:
             tag, path = v[0], v[2:]
             ino = 0
@@ -2509,10 +2539,11 @@ class Ransomware(ThresholdRule):
                 opened.pop(path, None)
             elif tag == "w":
                 path, _, rest = path.partition("\0")
-                num, _, t = rest.partition("\0")
+                num, _, c = rest.partition("\0")
                 ino = int(num) if num.isdigit() else 0
-                if t.isdigit():
-                    opened[path] = int(t)
+                opened.pop(path, None)
+                if c.isdigit():
+                    opened[path] = int(c)
             if tag == "u":
                 alive.pop(path, None)
                 opened.pop(path, None)
@@ -2531,7 +2562,6 @@ class Ransomware(ThresholdRule):
                     continue
                 if path not in alive:
                     alive[path] = cino
-                    opened[path] = born
                     only_created.add(path)
                     created += 1
                 elif not alive[path]:
@@ -2585,10 +2615,10 @@ class Ransomware(ThresholdRule):
                 pass
             elif self.probes.content_many is not None:
                 for pi, s in zip(todo, self.probes.content_many(rooted)):
-                    t = opened.get(pi[0], 0)
+                    c = opened.get(pi[0])
                     done[pi] = (None, None, False, False, pi[0] in only_created) if s is None else \
                         (s.score, s.digest, s.other_inode, s.limited,
-                         bool(t and s.changed_ns and s.changed_ns < t - self.TOUCH_SLACK_NS))
+                         bool(c is not None and s.ctime_ns and s.ctime_ns == c))
             elif self.probes.entropy_many is not None:
                 for pi, h in zip(todo, self.probes.entropy_many([p for p, _ in rooted])):
                     done[pi] = (h, None, False, False, False)
@@ -2863,25 +2893,26 @@ class Ransomware(ThresholdRule):
         return [hit]
 
     def _target(self, ev: Event, key: ProcKey, v: str) -> tuple[str, int, int] | bool:
-        """What the after-firing probe of value ``v`` reads: (path, inode, write-open time),
+        """What the after-firing probe of value ``v`` reads: (path, inode, the ctime at the
+        tree's first write-open or -1),
         True for a rename to a ransom extension (no probe), False for nothing to read.  An
         unlink: the newest file the tree created (NAME.locked "xb")."""
         tag, _, rest = v[0], v[1], v[2:]
         path, _, more = rest.partition("\0")
-        ino, t = 0, 0
+        ino, c = 0, -1
         if tag == "r":
             if RANSOM_EXT.search(path):
                 return True
         elif tag == "w":
-            num, _, ts = more.partition("\0")
+            num, _, cs = more.partition("\0")
             ino = int(num) if num.isdigit() else 0
-            t = int(ts) if ts.isdigit() else 0
+            c = int(cs) if cs.isdigit() else -1
         else:
             od = self._created.get(key, ev.time_ns)
             if not od:
                 return False
-            path, (t, ino) = next(reversed(od.items()))
-        return path, ino, t
+            path, (_, ino) = next(reversed(od.items()))
+        return path, ino, c
 
     def _budgeted_high(self, ev: Event, key: ProcKey, v: str) -> bool:
         """``_high_value`` within the tree's probe budget (``_AfterBudget``, s21): a write
@@ -2933,9 +2964,9 @@ class Ransomware(ThresholdRule):
             self.after_skipped += 1
         return high
 
-    def _high_value(self, ev: Event, path: str, ino: int, t: int) -> bool:
-        """Is the file at ``path`` (the inode ``ino`` the tree write-opened at ``t``; 0:
-        any) judged high?  One probe."""
+    def _high_value(self, ev: Event, path: str, ino: int, c: int) -> bool:
+        """Is the file at ``path`` (the inode ``ino`` the tree write-opened, 0: any; ``c``
+        its ctime at the tree's first write-open, -1: none) judged high?  One probe."""
         self.after_probes += 1
         root = self.probes.root_of(ev.proc.pid) if self.probes.root_of is not None else None
         rooted = f"{root}{path}" if root else path
@@ -2943,7 +2974,7 @@ class Ransomware(ThresholdRule):
             s = self.probes.content_many([(rooted, ino)])[0]
             return s is not None and s.score is not None and s.score >= HIGH and \
                 not s.other_inode and \
-                not (t and s.changed_ns and s.changed_ns < t - self.TOUCH_SLACK_NS)
+                not (c >= 0 and s.ctime_ns and s.ctime_ns == c)
         h: float | None = None
         if self.probes.entropy_many is not None:
             h = self.probes.entropy_many([rooted])[0]
