@@ -2894,9 +2894,9 @@ class Ransomware(ThresholdRule):
 
     def _target(self, ev: Event, key: ProcKey, v: str) -> tuple[str, int, int] | bool:
         """What the after-firing probe of value ``v`` reads: (path, inode, the ctime at the
-        tree's first write-open or -1),
-        True for a rename to a ransom extension (no probe), False for nothing to read.  An
-        unlink: the newest file the tree created (NAME.locked "xb")."""
+        tree's first write-open or -1), True for a rename to a ransom extension (no probe),
+        False for nothing to read.  An unlink: the newest file the tree created
+        (NAME.locked "xb")."""
         tag, _, rest = v[0], v[1], v[2:]
         path, _, more = rest.partition("\0")
         ino, c = 0, -1
