@@ -1,0 +1,71 @@
+"""s21 review: attacks on the s20 code, each a failing test marked xfail(strict=True) with
+the finding's name, so the fix can be verified (remove the mark with the fix)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.unit.test_ransom_probe import NS, O_WRONLY, O_TRUNC, Tree, _feed_file, victims
+
+
+@pytest.mark.xfail(strict=True, reason="s21-review F1: a no-op re-open of each ciphertext "
+                   "1 s after it was written makes it 'not rewritten' (stale skip keys on "
+                   "the LAST write-open)")
+def test_reopening_each_ciphertext_later_does_not_hide_it(tmp_path: Path) -> None:
+    """The encryptor writes 9 ciphertexts, waits past the slack, opens each again O_WRONLY
+    and closes it unchanged (its last write-open is now after its last change: 'not
+    rewritten'), then unlinks a scratch file of its own: the 40th distinct value, so
+    every check runs when no ciphertext is fresh.  Nothing is judged: 135 files encrypted
+    in place, no kill."""
+    tree = Tree(real_clock=True)
+    tree.rule.TOUCH_SLACK_NS = NS // 5    # (1 s live) as test_no_op_write_opens_...
+    files = victims(tmp_path / "docs", n=135, size=16 << 10)
+    scratch = tmp_path / "docs" / "scratch"
+    for c in range(0, len(files), 9):
+        batch = files[c:c + 9]
+        for p in batch:
+            tree.write(p, os.urandom(16 << 10), flags=O_WRONLY | O_TRUNC)
+        time.sleep(0.3)
+        for p in batch:
+            _feed_file(tree, "open", p, O_WRONLY)      # opened, closed unchanged
+        junk = scratch.with_name(f"scratch{c}")
+        junk.write_bytes(b"x")
+        junk.unlink()
+        _feed_file(tree, "unlink", junk)
+    assert tree.critical(), [(f.severity, f.evidence) for f in tree.found]
+
+
+@pytest.mark.xfail(strict=True, reason="s21-review F2: a worker whose PARENT is a trusted "
+                   "mass writer (find -exec, make, git hooks) is trusted (depth=1): "
+                   "confirm() and the per-user aggregate never judge it")
+def test_an_encryptor_run_by_find_exec_is_judged(tmp_path: Path) -> None:
+    """``find ~/docs -type f -exec python3 enc.py {} +``: the worker's parent is the genuine
+    /usr/bin/find (a MASS_WRITER by inode), and ``trusted(..., depth=1)`` trusts the actor
+    OR its parent: 60 files encrypted in place, not one finding."""
+    from bastion.detect.behavior.trust import kernel_dev
+    tree = Tree()
+    st = os.stat("/usr/bin/find")
+    fpid, wpid = 61000, 61001
+
+    def proc(pid: int, ppid: int, exe: str, comm: str) -> dict[str, object]:
+        return {"pid": pid, "tid": pid, "ppid": ppid, "uid": 1000, "euid": 1000, "gid": 1000,
+                "cgroup_id": 1, "comm": comm, "start_ns": 1000 + pid, "exe": exe}
+    tree._feed({"type": "fork", **proc(tree.pid, 1, "/usr/bin/python3.11", "python3"),
+                "child_pid": fpid, "child_start_ns": 1000 + fpid})
+    tree._feed({"type": "exec", **proc(fpid, tree.pid, "/usr/bin/find", "find"),
+                "filename": "/usr/bin/find", "cwd": "/", "argv": ["find", str(tmp_path),
+                "-exec", "python3", "enc.py", "{}", "+"], "exe_dev": kernel_dev(st.st_dev),
+                "exe_ino": st.st_ino, "exe_nlink": 1})
+    tree._feed({"type": "fork", **proc(fpid, tree.pid, "/usr/bin/find", "find"),
+                "child_pid": wpid, "child_start_ns": 1000 + wpid})
+    w = proc(wpid, fpid, "/usr/bin/python3.11", "python3")
+    tree._feed({"type": "exec", **w, "filename": "/usr/bin/python3", "cwd": "/",
+                "argv": ["python3", "enc.py"], "exe_dev": 1, "exe_ino": 4242, "exe_nlink": 1})
+    for p in victims(tmp_path / "docs", n=60, size=16 << 10):
+        p.write_bytes(os.urandom(16 << 10))
+        _feed_file(tree, "open", p, O_WRONLY | O_TRUNC, w)
+    assert tree.critical(), [(f.severity, f.evidence) for f in tree.found]
