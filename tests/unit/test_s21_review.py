@@ -46,7 +46,7 @@ def test_an_encryptor_run_by_find_exec_is_judged(tmp_path: Path) -> None:
     """``find ~/docs -type f -exec python3 enc.py {} +``: the worker's parent is the genuine
     /usr/bin/find (a MASS_WRITER by inode), and ``trusted(..., depth=1)`` trusts the actor
     OR its parent: 60 files encrypted in place, not one finding."""
-    from bastion.detect.behavior.trust import kernel_dev
+    from bastion.abi import kernel_dev
     tree = Tree()
     st = os.stat("/usr/bin/find")
     fpid, wpid = 61000, 61001
@@ -69,3 +69,45 @@ def test_an_encryptor_run_by_find_exec_is_judged(tmp_path: Path) -> None:
         p.write_bytes(os.urandom(16 << 10))
         _feed_file(tree, "open", p, O_WRONLY | O_TRUNC, w)
     assert tree.critical(), [(f.severity, f.evidence) for f in tree.found]
+
+
+@pytest.mark.xfail(strict=True, reason="s21-review F3: remove_pins recurses once per "
+                   "directory level (one frame and one O_PATH fd each): a deep chain root "
+                   "made under the pin root raises RecursionError")
+def test_remove_pins_survives_a_deep_directory_chain(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compat: root makes ``x/x/x/...`` 1,500 deep under the tamper pin directory (mkdir
+    under the pin root is not refused there).  The next ``remove_pins`` (maintenance,
+    the half-made set at the guardian's start, HIPS pins of an older version) dies with
+    a RecursionError -- no BastionError, so ``_arm``'s cleanup re-raises and the
+    guardian cannot arm while the chain stays."""
+    from bastion.kernel import bpffs
+    monkeypatch.setattr(bpffs, "_require_bpffs", lambda p: None)   # the tmp dir is "bpffs"
+    root = tmp_path / "pins"
+    root.mkdir()
+    (root / "maps").mkdir()
+    (root / "maps" / "tamper_map_ids").write_bytes(b"")
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(1500):
+        os.mkdir("x", dir_fd=fd)
+        nfd = os.open("x", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = nfd
+    os.close(fd)
+    try:
+        removed = bpffs.remove_pins(root)
+        assert not root.exists() and len(removed) == 1500 + 3
+    finally:
+        _unchain(root)
+
+
+def _unchain(root: Path) -> None:
+    """Remove what is left of a deep ``x/x/...`` chain without recursion (shutil.rmtree
+    recurses too): the grandchild is moved up, the emptied child removed, one level a step."""
+    while (root / "x").is_dir():
+        if (root / "x" / "x").is_dir():
+            os.rename(root / "x" / "x", root / "y")
+            os.rmdir(root / "x")
+            os.rename(root / "y", root / "x")
+        else:
+            os.rmdir(root / "x")
