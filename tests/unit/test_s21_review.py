@@ -111,3 +111,32 @@ def _unchain(root: Path) -> None:
             os.rename(root / "y", root / "x")
         else:
             os.rmdir(root / "x")
+
+
+class _Quarantine:
+    def __init__(self) -> None:
+        self.added: list[int] = []
+
+    def add(self, pid: int, start_ns: int, incident: int) -> None:
+        self.added.append(pid)
+
+
+@pytest.mark.parametrize("who", ["agent", "parent"])
+@pytest.mark.xfail(strict=True, reason="s21-review F4: the own-lineage guard covers kill and "
+                   "kill-tree only: quarantine marks the agent or its parent (the guardian) "
+                   "in the kernel (compat: killed at its next write-open/connect)")
+def test_quarantine_never_marks_the_agent_or_its_ancestors(who: str) -> None:
+    """A quarantine finding (a rule's action overridden to ``quarantine``; the per-tree or
+    per-user ransomware root is the tree key: the s20 CI case named the agent's parent)
+    whose pid is the agent or its ancestor: ``_kill`` and ``_kill_tree`` skip it,
+    ``_quarantine`` hands it to the kernel.  A fake backend records the add."""
+    from bastion.detect.engine import Finding
+    from bastion.proctable import ProcessTable
+    from bastion.respond.dispatch import Dispatcher
+    q = _Quarantine()
+    d = Dispatcher(ProcessTable(), quarantine=q)
+    pid = os.getpid() if who == "agent" else os.getppid()
+    f = Finding(rule="behavior.ransomware", title="t", severity="critical", attack=(),
+                action="quarantine", event=None, pid=pid)
+    alert = d.dispatch(f, time.time_ns())
+    assert q.added == [] and alert.action != "quarantine", (alert.action, q.added)
