@@ -140,3 +140,34 @@ def test_quarantine_never_marks_the_agent_or_its_ancestors(who: str) -> None:
                 action="quarantine", event=None, pid=pid)
     alert = d.dispatch(f, time.time_ns())
     assert q.added == [] and alert.action != "quarantine", (alert.action, q.added)
+
+
+@pytest.mark.xfail(strict=True, reason="s21-review F6: our_pin_names() names every program of "
+                   "BOTH tiers' ELFs (80 link names); a link root pins at a name no object of "
+                   "this host pins gives its prog id, and protect_bpf adds every map that "
+                   "prog uses (up to 64 each): the 2,048-entry id set fills again")
+def test_a_link_pinned_under_the_other_tiers_program_name_is_not_ours(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compat host: ``tamper/links/tamper_task_kill`` (a program of lsm_tamper.bpf.o, never
+    loaded here) is a name the walk takes as ours.  Root pins a link of its own there whose
+    program uses 64 maps of its own: the link id and the prog id are taken, and
+    ``program_map_ids`` of that prog puts its 64 map ids into tamper_map_ids.  ~50 such
+    free names x 64 maps > 2,048: every later registration of ours gets E2BIG (s20 meant
+    the walk to take at most ``len(names)`` ids)."""
+    import json
+    from bastion.guard import kernel as gk
+    monkeypatch.setattr(gk, "obj_get", lambda p: os.open(p, os.O_RDONLY))
+    monkeypatch.setattr(gk, "fd_ids", lambda fd: json.loads(os.pread(fd, 200, 0)))
+    fd = os.open(tmp_path, os.O_PATH)
+    try:
+        monkeypatch.setattr(gk, "PIN_FS", gk.PIN_FS | {gk._fs_type(gk._mnt_id(fd))})
+    finally:
+        os.close(fd)
+    root = tmp_path / "pins"
+    pin = root / "tamper" / "links" / "tamper_task_kill"
+    pin.parent.mkdir(parents=True)
+    pin.write_text(json.dumps({"link": 900, "prog": 901}))
+    names = gk.our_pin_names()
+    assert Path("tamper/links/tamper_task_kill") in names   # an lsm program's name
+    got = gk.pinned_ids(root)
+    assert 901 not in got["prog"] and 900 not in got["link"], got
