@@ -171,3 +171,43 @@ def test_a_link_pinned_under_the_other_tiers_program_name_is_not_ours(
     assert Path("tamper/links/tamper_task_kill") in names   # an lsm program's name
     got = gk.pinned_ids(root)
     assert 901 not in got["prog"] and 900 not in got["link"], got
+
+
+@pytest.mark.xfail(strict=True, reason="s21-review F7: while the per-user aggregate is fired, "
+                   "a new tree is judged by ONE probe of the open event's own file: a worker "
+                   "that writes its ciphertext after the open (open, sleep, write) is never "
+                   "stopped; the aggregate check is off meanwhile")
+def test_after_firing_new_workers_that_write_after_the_open_are_stopped(tmp_path: Path) -> None:
+    """After the first aggregate finding, 10 new ``sh -c`` workers of 39 files each open
+    every file O_WRONLY|O_TRUNC and write the ciphertext only after the agent has handled
+    the open (live: sleep past the sensor's latency).  ``_high_value`` reads an empty
+    file each time: not one of the 390 files stops its tree, and no aggregate check runs
+    while fired (``agg_checks`` stays 1) -- the 20 s blind period of s20-ransomfix3
+    review 1, back."""
+    from tests.unit.test_ransom_probe import _proc, _sh_workers
+    tree = Tree()
+    _sh_workers(tree, victims(tmp_path / "a", n=390, size=8 << 10), 39, 50000)
+    first = tree.critical()
+    assert first and first[0].evidence["scope"] == "user"
+    py, sh = "/usr/bin/python3.11", "/usr/bin/dash"
+    files = victims(tmp_path / "b", n=390, size=8 << 10)
+    for b in range(0, len(files), 39):
+        s, w = 60000 + b * 2, 60001 + b * 2
+        tree._feed({"type": "fork", **_proc(tree.pid, 1, py, "python3"), "child_pid": s,
+                    "child_start_ns": 1000 + s})
+        tree._feed({"type": "exec", **_proc(s, tree.pid, sh, "sh"), "filename": "/bin/sh",
+                    "cwd": "/", "argv": ["sh", "-c", "python3 enc.py"], "exe_dev": 1,
+                    "exe_ino": 1, "exe_nlink": 1})
+        tree._feed({"type": "fork", **_proc(s, tree.pid, sh, "sh"), "child_pid": w,
+                    "child_start_ns": 1000 + w})
+        tree._feed({"type": "exec", **_proc(w, s, py, "python3"), "filename": "/usr/bin/python3",
+                    "cwd": "/", "argv": ["python3", "enc.py"], "exe_dev": 1, "exe_ino": 4242,
+                    "exe_nlink": 1})
+        for p in files[b:b + 39]:
+            size = len(p.read_bytes())
+            p.write_bytes(b"")                  # open(O_TRUNC): the event is handled now ...
+            _feed_file(tree, "open", p, O_WRONLY | O_TRUNC, _proc(w, s, py, "python3"))
+            p.write_bytes(os.urandom(size))     # ... the ciphertext comes after
+    stopped = {p for f in tree.critical()[len(first):] for p, _ in f.roots if p >= 60000}
+    assert stopped, ("no new worker stopped", tree.rule.agg_checks,
+                     [(f.severity, f.evidence.get("scope")) for f in tree.found[len(first):]])
