@@ -211,3 +211,53 @@ def test_after_firing_new_workers_that_write_after_the_open_are_stopped(tmp_path
     stopped = {p for f in tree.critical()[len(first):] for p, _ in f.roots if p >= 60000}
     assert stopped, ("no new worker stopped", tree.rule.agg_checks,
                      [(f.severity, f.evidence.get("scope")) for f in tree.found[len(first):]])
+
+
+@pytest.mark.xfail(strict=True, reason="s21-review F8: the aggregate caches trust per TREE "
+                   "key (_agg_trusted, refreshed at every event) from the tree's first "
+                   "writer: a genuine cp first under an xargs launcher makes every later "
+                   "worker of that tree skip the per-user aggregate")
+def test_a_trusted_first_writer_does_not_exempt_its_tree_from_the_aggregate(
+        tmp_path: Path) -> None:
+    """10 trees, each ``... | xargs -L1 env`` (xargs: a launcher, so its children share its
+    tree key): the first line runs the genuine /usr/bin/cp (a MASS_WRITER by inode) onto
+    one file, then 39 lines ``python3 enc.py FILE``.  Each tree is under 40 (no per-tree
+    check), and the aggregate took the cp's verdict for the whole tree: 390 files, silent.
+    The same workers without the cp line are critical (the s20 aggregate test)."""
+    from bastion.abi import kernel_dev
+    from tests.unit.test_ransom_probe import _proc
+    tree = Tree()
+    cp, xa = os.stat("/usr/bin/cp"), os.stat("/usr/bin/xargs")
+    py = "/usr/bin/python3.11"
+    files = victims(tmp_path / "docs", n=390, size=8 << 10)
+    for k, b in enumerate(range(0, len(files), 39)):
+        x, s = 70000 + k * 100, 70099 + k * 100      # sh -c '... | xargs -L1 env'
+        tree._feed({"type": "fork", **_proc(tree.pid, 1, py, "python3"), "child_pid": s,
+                    "child_start_ns": 1000 + s})
+        tree._feed({"type": "exec", **_proc(s, tree.pid, "/usr/bin/dash", "sh"),
+                    "filename": "/bin/sh", "cwd": "/", "argv": ["sh", "-c", "xargs"],
+                    "exe_dev": 1, "exe_ino": 1, "exe_nlink": 1})
+        tree._feed({"type": "fork", **_proc(s, tree.pid, "/usr/bin/dash", "sh"), "child_pid": x,
+                    "child_start_ns": 1000 + x})
+        tree._feed({"type": "exec", **_proc(x, s, "/usr/bin/xargs", "xargs"),
+                    "filename": "/usr/bin/xargs", "cwd": "/", "argv": ["xargs", "-L1", "env"],
+                    "exe_dev": kernel_dev(xa.st_dev), "exe_ino": xa.st_ino, "exe_nlink": 1})
+        c = x + 1
+        tree._feed({"type": "fork", **_proc(x, s, "/usr/bin/xargs", "xargs"),
+                    "child_pid": c, "child_start_ns": 1000 + c})
+        tree._feed({"type": "exec", **_proc(c, x, "/usr/bin/cp", "cp"), "filename": "/usr/bin/cp",
+                    "cwd": "/", "argv": ["cp", "/etc/hostname", str(files[b])],
+                    "exe_dev": kernel_dev(cp.st_dev), "exe_ino": cp.st_ino, "exe_nlink": 1})
+        _feed_file(tree, "open", files[b], O_WRONLY | O_TRUNC, _proc(c, x, "/usr/bin/cp", "cp"))
+        for j, p in enumerate(files[b + 1:b + 39]):
+            w = x + 2 + j
+            tree._feed({"type": "fork", **_proc(x, s, "/usr/bin/xargs", "xargs"),
+                        "child_pid": w, "child_start_ns": 1000 + w})
+            tree._feed({"type": "exec", **_proc(w, x, py, "python3"),
+                        "filename": "/usr/bin/python3", "cwd": "/",
+                        "argv": ["python3", "enc.py", str(p)], "exe_dev": 1, "exe_ino": 4242,
+                        "exe_nlink": 1})
+            p.write_bytes(os.urandom(8 << 10))
+            _feed_file(tree, "open", p, O_WRONLY | O_TRUNC, _proc(w, x, py, "python3"))
+    assert tree.critical(), (tree.rule.agg_checks, [(f.severity, f.evidence.get("scope"))
+                                                   for f in tree.found])
