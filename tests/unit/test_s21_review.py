@@ -12,9 +12,6 @@ import pytest
 from tests.unit.test_ransom_probe import NS, O_WRONLY, O_TRUNC, Tree, _feed_file, victims
 
 
-@pytest.mark.xfail(strict=True, reason="s21-review F1: a no-op re-open of each ciphertext "
-                   "1 s after it was written makes it 'not rewritten' (stale skip keys on "
-                   "the LAST write-open)")
 def test_reopening_each_ciphertext_later_does_not_hide_it(tmp_path: Path) -> None:
     """The encryptor writes 9 ciphertexts, waits past the slack, opens each again O_WRONLY
     and closes it unchanged (its last write-open is now after its last change: 'not

@@ -2453,6 +2453,23 @@ class Ransomware(ThresholdRule):
         # an `echo > f; rm f` loop (a new inode each time) is not 40 files (s18 review 5)
         return v.partition("\0")[0] if v.startswith("w:") else v
 
+    def merge(self, old: str, new: str) -> str:
+        """A repeated write-open of the same inode keeps the FIRST write-open's time: the
+        "not rewritten since its write-open" skip judges against it, so an encryptor
+        re-opening each ciphertext O_WRONLY and closing it unchanged cannot make it look
+        untouched (s21 review F1: 135 files encrypted, one medium).  Another inode at the
+        path starts afresh (the value of the new one)."""
+        if old[:2] != "w:" or new[:2] != "w:":
+            return new
+        path, _, rest = old[2:].partition("\0")
+        ino, _, t = rest.partition("\0")
+        npath, _, nrest = new[2:].partition("\0")
+        nino, _, nt = nrest.partition("\0")
+        if path != npath or ino != nino or not t.isdigit() or not nt.isdigit() or \
+                int(t) >= int(nt):
+            return new
+        return old
+
     def conclusive(self, hit: Hit) -> bool:
         # the medium "mass file rewrite" (content not confirmed) keeps the tree judged
         return hit.severity != "medium"
@@ -2746,8 +2763,9 @@ class Ransomware(ThresholdRule):
         uw = self._agg.setdefault(user, now, _UserWrites)
         od = uw.od
         k = self.distinct_key(v)
+        prev = od.get(k)
         uw.drop(k)
-        od[k] = (now, v, key)
+        od[k] = (now, v if prev is None else self.merge(prev[1], v), key)
         uw.trees[key] += 1
         while od and (len(od) > self.count * 8 or
                       now - next(iter(od.values()))[0] > self.window_ns):
