@@ -36,9 +36,6 @@ def test_reopening_each_ciphertext_later_does_not_hide_it(tmp_path: Path) -> Non
     assert tree.critical(), [(f.severity, f.evidence) for f in tree.found]
 
 
-@pytest.mark.xfail(strict=True, reason="s21-review F2: a worker whose PARENT is a trusted "
-                   "mass writer (find -exec, make, git hooks) is trusted (depth=1): "
-                   "confirm() and the per-user aggregate never judge it")
 def test_an_encryptor_run_by_find_exec_is_judged(tmp_path: Path) -> None:
     """``find ~/docs -type f -exec python3 enc.py {} +``: the worker's parent is the genuine
     /usr/bin/find (a MASS_WRITER by inode), and ``trusted(..., depth=1)`` trusts the actor
@@ -65,6 +62,38 @@ def test_an_encryptor_run_by_find_exec_is_judged(tmp_path: Path) -> None:
     for p in victims(tmp_path / "docs", n=60, size=16 << 10):
         p.write_bytes(os.urandom(16 << 10))
         _feed_file(tree, "open", p, O_WRONLY | O_TRUNC, w)
+    assert tree.critical(), [(f.severity, f.evidence) for f in tree.found]
+
+
+def _actor(tree: "Tree", pid: int, exe: str, comm: str, ino: tuple[int, int],
+           argv: list[str]) -> dict[str, object]:
+    """Process ``pid`` (a child of the tree's process) exec'ing ``exe`` (identity ``ino``)."""
+    p = {"pid": pid, "tid": pid, "ppid": tree.pid, "uid": 1000, "euid": 1000, "gid": 1000,
+         "cgroup_id": 1, "comm": comm, "start_ns": 1000 + pid, "exe": exe}
+    tree._feed({"type": "exec", **p, "filename": exe, "cwd": "/", "argv": argv,
+                "exe_dev": ino[0], "exe_ino": ino[1], "exe_nlink": 1})
+    return p
+
+
+def test_a_trusted_actor_itself_is_still_trusted_and_only_while_it_runs_the_tool(
+        tmp_path: Path) -> None:
+    """Control for F2/F8 (trust per event, the actor's own, one verdict a process): the
+    genuine /usr/bin/cp writing 60 random files itself raises nothing; the same process
+    after an exec of python3 (its table entry replaced: the cached verdict is not reused)
+    writing 60 more is critical."""
+    from bastion.abi import kernel_dev
+    tree = Tree()
+    st = os.stat("/usr/bin/cp")
+    cp = _actor(tree, 62000, "/usr/bin/cp", "cp", (kernel_dev(st.st_dev), st.st_ino),
+                ["cp", "-r", "src", "dst"])
+    for p in victims(tmp_path / "copy", n=60, size=16 << 10):
+        p.write_bytes(os.urandom(16 << 10))
+        _feed_file(tree, "open", p, O_WRONLY | O_TRUNC, cp)
+    assert not tree.found, [(f.severity, f.evidence) for f in tree.found]
+    py = _actor(tree, 62000, "/usr/bin/python3.11", "python3", (1, 4242), ["python3", "enc.py"])
+    for p in victims(tmp_path / "docs", n=60, size=16 << 10):
+        p.write_bytes(os.urandom(16 << 10))
+        _feed_file(tree, "open", p, O_WRONLY | O_TRUNC, py)
     assert tree.critical(), [(f.severity, f.evidence) for f in tree.found]
 
 
@@ -210,10 +239,6 @@ def test_after_firing_new_workers_that_write_after_the_open_are_stopped(tmp_path
                      [(f.severity, f.evidence.get("scope")) for f in tree.found[len(first):]])
 
 
-@pytest.mark.xfail(strict=True, reason="s21-review F8: the aggregate caches trust per TREE "
-                   "key (_agg_trusted, refreshed at every event) from the tree's first "
-                   "writer: a genuine cp first under an xargs launcher makes every later "
-                   "worker of that tree skip the per-user aggregate")
 def test_a_trusted_first_writer_does_not_exempt_its_tree_from_the_aggregate(
         tmp_path: Path) -> None:
     """10 trees, each ``... | xargs -L1 env`` (xargs: a launcher, so its children share its

@@ -2290,7 +2290,9 @@ DATA_DIRS = ("/home", "/root", "/srv", "/var/www", "/data", "/mnt", "/media", "/
 # Judged anywhere (issue 15) but pseudo-filesystems, which hold no one's data.
 NOT_DATA = ("/proc", "/sys", "/dev", "/run/user")
 # Programs that rewrite many files by design: package managers, builds, backups,
-# compressors without encryption, indexers.  Trusted by inode, actor or parent.
+# compressors without encryption, indexers.  Trusted by inode, per event, as the actor
+# itself only: never as a parent (most of them run commands they are given -- find
+# -exec, make, git hooks, tar --to-command: s21 review F2) and never for a whole tree.
 MASS_WRITERS = frozenset({*PACKAGE_MANAGERS, "git", "tar", "rsync", "cp", "mv", "make", "cmake",
                           "ninja", "gcc", "cc", "ld", "as", "cargo", "go", "gzip", "gunzip",
                           "bzip2", "xz", "zstd", "lz4", "pigz", "restic", "borg", "duplicity",
@@ -2380,8 +2382,10 @@ class Ransomware(ThresholdRule):
         self._agg_fired: BoundedState[ProcKey, int] = self.state()
         # the trees the aggregate stopped while it is fired (user -> tree keys)
         self._agg_stopped: BoundedState[ProcKey, set[ProcKey]] = self.state()
-        self._agg_trusted: BoundedState[ProcKey, bool] = self.state()
         self.agg_checks = 0
+        # s21 review F2/F8: trust is the actor's own, per event (one verdict a process,
+        # kept while its table entry -- an exec replaces it -- is the same)
+        self._actor_trust: BoundedState[ProcKey, tuple[ProcEntry, bool]] = self.state()
         self._scope: ProcKey = (0, 0)   # the key whose draws accumulate (tree or user)
         self._high_paths: set[str] = set()   # the files the last check judged high
 
@@ -2401,7 +2405,7 @@ class Ransomware(ThresholdRule):
                 return None
             if under(ev.path2, NOT_DATA):
                 return None
-            return f"r:{ev.path2}\0{ev.path}"
+            return None if self._trusted_actor(ev, ctx) else f"r:{ev.path2}\0{ev.path}"
         elif ev.op == "unlink":
             path, tag = ev.path, "u"
         else:
@@ -2410,11 +2414,31 @@ class Ransomware(ThresholdRule):
             return None
         if under(path, NOT_DATA):
             return None
+        if self._trusted_actor(ev, ctx):
+            return None
         if tag == "w":
             # the inode the tree wrote, so the probe reads that file and no other, and
             # when: a file not changed since was not rewritten (s20 review 3)
             return f"w:{path}\0{ev.ino}\0{ev.time_ns}"
         return f"{tag}:{path}"
+
+    def _trusted_actor(self, ev: FileEvent, ctx: RuleContext) -> bool:
+        """Does the process of ``ev`` itself run a MASS_WRITER (by executable inode)?  Its
+        file operations are then no evidence, in the tree's count and the user's
+        aggregate alike.  The actor only, never its parent (a worker of ``find -exec``,
+        ``make`` or a git hook was trusted for its parent: 60 files encrypted silently,
+        s21 review F2), and per event, never cached per tree (a genuine ``cp`` first
+        under ``xargs`` exempted the whole tree from the aggregate: F8)."""
+        chain = ctx.procs.ancestry(ev.proc.pid, 1)
+        if not chain or not chain[0].same_process(ev.proc.start_ns):
+            return False
+        e, key = chain[0], proc_key(ev)
+        got = self._actor_trust.get(key, ev.time_ns)
+        if got is not None and got[0] is e:
+            return got[1]
+        verdict = self.trusted(ev, ctx, MASS_WRITERS, depth=0)
+        self._actor_trust.put(key, ev.time_ns, (e, verdict))
+        return verdict
 
     def _creation(self, ev: FileEvent) -> str | None:
         """The path a write-open creates without truncating (O_CREAT, no O_TRUNC: python's
@@ -2475,8 +2499,6 @@ class Ransomware(ThresholdRule):
         return hit.severity != "medium"
 
     def confirm(self, ev: Event, ctx: RuleContext, values: list[str]) -> Hit | None:
-        if self.trusted(ev, ctx, MASS_WRITERS, depth=1):
-            return None   # noise handled by trust (by inode), not by location
         paths: list[str] = []
         renames: list[str] = []
         # Replayed in order (values are ordered by their last event): a write or a
@@ -2754,12 +2776,6 @@ class Ransomware(ThresholdRule):
         another user's files needs their uid or root (see docs/ransomware.md)."""
         now = ev.time_ns
         user: ProcKey = (-1, ev.proc.euid)
-        trusted_ = self._agg_trusted.get(key, now)
-        if trusted_ is None:
-            trusted_ = self.trusted(ev, ctx, MASS_WRITERS, depth=1)
-        self._agg_trusted.put(key, now, trusted_)
-        if trusted_:
-            return []
         uw = self._agg.setdefault(user, now, _UserWrites)
         od = uw.od
         k = self.distinct_key(v)
