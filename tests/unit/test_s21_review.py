@@ -36,6 +36,46 @@ def test_reopening_each_ciphertext_later_does_not_hide_it(tmp_path: Path) -> Non
     assert tree.critical(), [(f.severity, f.evidence) for f in tree.found]
 
 
+def test_reopening_each_ciphertext_later_does_not_hide_it_from_the_aggregate(
+        tmp_path: Path) -> None:
+    """F1 in the per-user aggregate: 5 ``sh -c 'python3 enc.py'`` workers (one tree each,
+    10 values each: no tree check) write 9 ciphertexts, re-open them O_WRONLY unchanged
+    0.3 s later and unlink a scratch file (every aggregate check runs at that unlink).
+    The aggregate kept the last write-open too: not one ciphertext was a candidate."""
+    from tests.unit.test_ransom_probe import _proc
+    tree = Tree(real_clock=True)
+    tree.rule.TOUCH_SLACK_NS = NS // 5
+    files = victims(tmp_path / "docs", n=45, size=16 << 10)
+    py, sh = "/usr/bin/python3.11", "/usr/bin/dash"
+    for k, c in enumerate(range(0, len(files), 9)):
+        s, w = 63000 + k * 2, 63001 + k * 2
+        tree._feed({"type": "fork", **_proc(tree.pid, 1, py, "python3"), "child_pid": s,
+                    "child_start_ns": 1000 + s})
+        tree._feed({"type": "exec", **_proc(s, tree.pid, sh, "sh"), "filename": "/bin/sh",
+                    "cwd": "/", "argv": ["sh", "-c", "python3 enc.py"], "exe_dev": 1,
+                    "exe_ino": 1, "exe_nlink": 1})
+        tree._feed({"type": "fork", **_proc(s, tree.pid, sh, "sh"), "child_pid": w,
+                    "child_start_ns": 1000 + w})
+        wp = _proc(w, s, py, "python3")
+        tree._feed({"type": "exec", **wp, "filename": "/usr/bin/python3", "cwd": "/",
+                    "argv": ["python3", "enc.py"], "exe_dev": 1, "exe_ino": 4242,
+                    "exe_nlink": 1})
+        batch = files[c:c + 9]
+        for p in batch:
+            p.write_bytes(os.urandom(16 << 10))
+            _feed_file(tree, "open", p, O_WRONLY | O_TRUNC, wp)
+        time.sleep(0.3)
+        for p in batch:
+            _feed_file(tree, "open", p, O_WRONLY, wp)      # opened, closed unchanged
+        junk = tmp_path / "docs" / f"scratch{k}"
+        junk.write_bytes(b"x")
+        junk.unlink()
+        _feed_file(tree, "unlink", junk, 0, wp)
+    got = tree.critical()
+    assert got and got[0].evidence["scope"] == "user", \
+        (tree.rule.agg_checks, [(f.severity, f.evidence) for f in tree.found])
+
+
 def test_an_encryptor_run_by_find_exec_is_judged(tmp_path: Path) -> None:
     """``find ~/docs -type f -exec python3 enc.py {} +``: the worker's parent is the genuine
     /usr/bin/find (a MASS_WRITER by inode), and ``trusted(..., depth=1)`` trusts the actor
