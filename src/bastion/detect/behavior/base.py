@@ -262,6 +262,11 @@ class ThresholdRule(BehaviorRule):
         """What makes two values one for ``distinct`` (the last value is kept)."""
         return v
 
+    def merge(self, old: str, new: str) -> str:
+        """The value kept when ``new`` repeats ``old``'s distinct key under
+        ``distinct_last`` (default: the new one)."""
+        return new
+
     def conclusive(self, hit: Hit) -> bool:
         """Whether ``hit`` ends the judging of this key for a window (cooldown, state
         cleared); a provisional one keeps the key judged so it can escalate."""
@@ -289,7 +294,7 @@ class ThresholdRule(BehaviorRule):
         if old is not None:
             if self.distinct_last:
                 od.move_to_end(k)
-                od[k] = (now, v)
+                od[k] = (now, self.merge(old[1], v))
             else:
                 od[k] = (now, old[1])    # its place and value are its first event's
         else:
