@@ -138,6 +138,8 @@ end = time.monotonic() + float(sys.argv[1])
 n = 0
 while time.monotonic() < end:
     n += 1
+    if n % 2000000 == 0:
+        print(n, flush=True)
 """
 
 _TPOKE = r"""
