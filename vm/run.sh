@@ -7,8 +7,11 @@
 # Env:  VM_TIMEOUT=900   hard limit in seconds for boot + suite; qemu is killed
 #                        and the run FAILS when it is reached
 #       VM_MEM=3072 VM_SMP=2
-#       VM_ACCEL=tcg,thread=multi  VM_CPU=max   qemu's -accel and -cpu (debugging: the
-#                        guest soft lockup of docs/testing-vm.md, e.g. VM_ACCEL=tcg,thread=single)
+#       VM_ACCEL=tcg,thread=single  VM_CPU=max   qemu's -accel and -cpu.  Not multi:
+#                        qemu 7.2's multi-threaded TCG can leave a vCPU re-running a stale
+#                        int3 after the kernel patches its text (both vCPUs hang; the
+#                        "guest soft lockup" of docs/testing-vm.md); VM_ACCEL=tcg,thread=multi
+#                        brings it back, for comparison
 #       VM_GDB=PORT      qemu's gdb stub on 127.0.0.1:PORT (debugging a hung guest; with
 #                        VM_APPEND="nokaslr softlockup_panic=0" the guest stays hung to look at)
 #       VM_DEBUG=1       kernel boot messages and `set -x` in the guest /init
@@ -36,10 +39,10 @@ cd "$REPO"
 VM_TIMEOUT="${VM_TIMEOUT:-900}"
 VM_MEM="${VM_MEM:-3072}"
 VM_SMP="${VM_SMP:-2}"
-VM_ACCEL="${VM_ACCEL:-tcg,thread=multi}"
+VM_ACCEL="${VM_ACCEL:-tcg,thread=single}"
 VM_CPU="${VM_CPU:-max}"
 [[ $VM_TIMEOUT =~ ^[0-9]+$ && $VM_TIMEOUT -gt 0 ]] || die "VM_TIMEOUT must be a positive number of seconds, got '$VM_TIMEOUT'"
-[[ $VM_ACCEL =~ ^[a-z0-9_=,.-]+$ ]] || die "VM_ACCEL='$VM_ACCEL' must be a qemu -accel value (e.g. tcg,thread=single)"
+[[ $VM_ACCEL =~ ^[a-z0-9_=,.-]+$ ]] || die "VM_ACCEL='$VM_ACCEL' must be a qemu -accel value (e.g. tcg,thread=multi)"
 [[ $VM_CPU =~ ^[A-Za-z0-9_=,.+-]+$ ]] || die "VM_CPU='$VM_CPU' must be a qemu -cpu value (e.g. max,-x2apic)"
 [[ -z ${VM_GDB:-} || $VM_GDB =~ ^[0-9]+$ ]] || die "VM_GDB='$VM_GDB' must be a TCP port number"
 
