@@ -7,6 +7,13 @@
 # Env:  VM_TIMEOUT=900   hard limit in seconds for boot + suite; qemu is killed
 #                        and the run FAILS when it is reached
 #       VM_MEM=3072 VM_SMP=2
+#       VM_ACCEL=tcg,thread=single  VM_CPU=max   qemu's -accel and -cpu.  Not multi:
+#                        qemu 7.2's multi-threaded TCG can leave a vCPU re-running a stale
+#                        int3 after the kernel patches its text (both vCPUs hang; the
+#                        "guest soft lockup" of docs/testing-vm.md); VM_ACCEL=tcg,thread=multi
+#                        brings it back, for comparison
+#       VM_GDB=PORT      qemu's gdb stub on 127.0.0.1:PORT (debugging a hung guest; with
+#                        VM_APPEND="nokaslr softlockup_panic=0" the guest stays hung to look at)
 #       VM_DEBUG=1       kernel boot messages and `set -x` in the guest /init
 #       VM_LSM=LIST      boot with lsm=LIST, e.g. VM_LSM=lockdown,capability,landlock,yama,apparmor
 #                        (no bpf: the Ubuntu-like variant, trampolines without BPF LSM;
@@ -32,7 +39,12 @@ cd "$REPO"
 VM_TIMEOUT="${VM_TIMEOUT:-900}"
 VM_MEM="${VM_MEM:-3072}"
 VM_SMP="${VM_SMP:-2}"
+VM_ACCEL="${VM_ACCEL:-tcg,thread=single}"
+VM_CPU="${VM_CPU:-max}"
 [[ $VM_TIMEOUT =~ ^[0-9]+$ && $VM_TIMEOUT -gt 0 ]] || die "VM_TIMEOUT must be a positive number of seconds, got '$VM_TIMEOUT'"
+[[ $VM_ACCEL =~ ^[a-z0-9_=,.-]+$ ]] || die "VM_ACCEL='$VM_ACCEL' must be a qemu -accel value (e.g. tcg,thread=multi)"
+[[ $VM_CPU =~ ^[A-Za-z0-9_=,.+-]+$ ]] || die "VM_CPU='$VM_CPU' must be a qemu -cpu value (e.g. max,-x2apic)"
+[[ -z ${VM_GDB:-} || $VM_GDB =~ ^[0-9]+$ ]] || die "VM_GDB='$VM_GDB' must be a TCP port number"
 
 # The checkout goes to the guest as its own read-only 9p share (tag repo),
 # mounted at the same path after the guest's own /tmp /var/tmp /run /dev/shm, so
@@ -134,7 +146,7 @@ fi
 
 # The console (serial port + monitor on stdio, as -nographic gives) is also logged to
 # console.txt in the results share: a guest kernel report is condensed from it at the end.
-qemu=(qemu-system-x86_64 -accel tcg,thread=multi -cpu max -m "$VM_MEM" -smp "$VM_SMP"
+qemu=(qemu-system-x86_64 -accel "$VM_ACCEL" -cpu "$VM_CPU" -m "$VM_MEM" -smp "$VM_SMP"
       -nographic -no-reboot -nic none
       -chardev "stdio,id=con0,mux=on,logfile=${RES//,/,,}/console.txt"
       -serial chardev:con0 -mon chardev=con0,mode=readline
@@ -145,8 +157,9 @@ qemu=(qemu-system-x86_64 -accel tcg,thread=multi -cpu max -m "$VM_MEM" -smp "$VM
       -device "virtio-9p-pci,fsdev=repo,mount_tag=repo"
       -fsdev "local,id=results,path=${RES//,/,,},security_model=none,multidevs=remap"
       -device "virtio-9p-pci,fsdev=results,mount_tag=results")
+[[ -n ${VM_GDB:-} ]] && qemu+=(-gdb "tcp:127.0.0.1:$VM_GDB")
 
-echo "vm/run.sh: booting $KVER under qemu TCG (timeout ${VM_TIMEOUT}s); pytest args: ${*:-(none)}" >&2
+echo "vm/run.sh: booting $KVER under qemu -accel $VM_ACCEL -cpu $VM_CPU (timeout ${VM_TIMEOUT}s); pytest args: ${*:-(none)}" >&2
 start=$EPOCHREALTIME
 set +e
 timed_out=0

@@ -171,10 +171,10 @@ def destroy_links(links: list[Link]) -> None:
 
     Detaching a tracepoint link waits for RCU grace periods in the kernel: one after the
     other, the compat sensor's 56 links took 3.6 s to close on a 2-CPU host; concurrent
-    detaches share the grace periods (1.9 s).  Trampoline links stay sequential: the VM
-    suite's intermittent soft lockup (docs/testing-vm.md) is not explained, and
-    concurrent trampoline detaches were the first suspect (the hang also came without
-    them).  Each detach is atomic on its own and a closing object's links all go, so
+    detaches share the grace periods (1.9 s).  Trampoline links stay sequential (they were
+    the first suspect of the VM suite's soft lockup; s21 found that to be qemu's
+    multi-threaded TCG re-running a stale int3 after any kernel text patch, with no BPF
+    object loaded at all: docs/testing-vm.md).  Each detach is atomic on its own and a closing object's links all go, so
     the order never mattered; every link is destroyed before this returns (a thread
     that cannot start leaves its share to the caller's thread)."""
     perf = [link for link in links if _detaches_concurrently(link)]
