@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bastion.detect.engine import Finding
 from tests.unit.test_ransom_probe import NS, O_WRONLY, O_TRUNC, Tree, _feed_file, victims
 
 
@@ -239,25 +240,41 @@ def test_a_link_pinned_under_the_other_tiers_program_name_is_not_ours(
     assert 901 not in got["prog"] and 900 not in got["link"], got
 
 
-@pytest.mark.xfail(strict=True, reason="s21-review F7: while the per-user aggregate is fired, "
-                   "a new tree is judged by ONE probe of the open event's own file: a worker "
-                   "that writes its ciphertext after the open (open, sleep, write) is never "
-                   "stopped; the aggregate check is off meanwhile")
 def test_after_firing_new_workers_that_write_after_the_open_are_stopped(tmp_path: Path) -> None:
     """After the first aggregate finding, 10 new ``sh -c`` workers of 39 files each open
     every file O_WRONLY|O_TRUNC and write the ciphertext only after the agent has handled
     the open (live: sleep past the sensor's latency).  ``_high_value`` reads an empty
-    file each time: not one of the 390 files stops its tree, and no aggregate check runs
-    while fired (``agg_checks`` stays 1) -- the 20 s blind period of s20-ransomfix3
-    review 1, back."""
-    from tests.unit.test_ransom_probe import _proc, _sh_workers
+    file each time: not one of the 390 files stopped its tree, and no aggregate check ran
+    while fired (``agg_checks`` stayed 1) -- the 20 s blind period of s20-ransomfix3
+    review 1, back (seen failing before the fix: no new worker stopped).  Now each file
+    judged at its open waits for the tree's next event: every worker is stopped at its
+    second file."""
     tree = Tree()
+    first = _fired(tree, tmp_path)
+    _late_writers(tree, victims(tmp_path / "b", n=390, size=8 << 10), 39)
+    again = tree.critical()[len(first):]
+    stopped = {p for f in again for p, _ in f.roots if p >= 60000}
+    assert len(stopped) == 10, ("not every new worker stopped", tree.rule.stats(),
+                                [(f.severity, f.evidence) for f in tree.found[len(first):]])
+    assert all(f.evidence.get("after_finding") for f in again)
+
+
+def _fired(tree: "Tree", tmp_path: Path) -> list[Finding]:
+    """The user's aggregate fired: 10 ``sh -c`` workers of 39 files each."""
+    from tests.unit.test_ransom_probe import _sh_workers
     _sh_workers(tree, victims(tmp_path / "a", n=390, size=8 << 10), 39, 50000)
     first = tree.critical()
     assert first and first[0].evidence["scope"] == "user"
+    return first
+
+
+def _late_writers(tree: "Tree", files: list[Path], per: int, decoy: bool = False) -> None:
+    """New ``sh -c`` workers (pids from 60000) of ``per`` files each: each file opened
+    O_WRONLY|O_TRUNC, the event handled, then the ciphertext written (``decoy``: each
+    worker's first file gets plaintext instead)."""
+    from tests.unit.test_ransom_probe import _proc
     py, sh = "/usr/bin/python3.11", "/usr/bin/dash"
-    files = victims(tmp_path / "b", n=390, size=8 << 10)
-    for b in range(0, len(files), 39):
+    for b in range(0, len(files), per):
         s, w = 60000 + b * 2, 60001 + b * 2
         tree._feed({"type": "fork", **_proc(tree.pid, 1, py, "python3"), "child_pid": s,
                     "child_start_ns": 1000 + s})
@@ -269,14 +286,50 @@ def test_after_firing_new_workers_that_write_after_the_open_are_stopped(tmp_path
         tree._feed({"type": "exec", **_proc(w, s, py, "python3"), "filename": "/usr/bin/python3",
                     "cwd": "/", "argv": ["python3", "enc.py"], "exe_dev": 1, "exe_ino": 4242,
                     "exe_nlink": 1})
-        for p in files[b:b + 39]:
+        for k, p in enumerate(files[b:b + per]):
             size = len(p.read_bytes())
             p.write_bytes(b"")                  # open(O_TRUNC): the event is handled now ...
             _feed_file(tree, "open", p, O_WRONLY | O_TRUNC, _proc(w, s, py, "python3"))
-            p.write_bytes(os.urandom(size))     # ... the ciphertext comes after
-    stopped = {p for f in tree.critical()[len(first):] for p, _ in f.roots if p >= 60000}
-    assert stopped, ("no new worker stopped", tree.rule.agg_checks,
-                     [(f.severity, f.evidence.get("scope")) for f in tree.found[len(first):]])
+            # ... the ciphertext comes after
+            p.write_bytes(b"plain text, the same as before\n" * (size // 31) if decoy and not k
+                          else os.urandom(size))
+
+
+def test_after_firing_one_late_writer_alone_is_stopped_at_its_second_file(
+        tmp_path: Path) -> None:
+    """One new worker (no other tree writing: no aggregate check) that writes 30 files
+    after their opens: the file of its first open is probed again at its second event
+    (seen failing before the fix: never stopped, 30 files encrypted)."""
+    tree = Tree()
+    first = _fired(tree, tmp_path)
+    files = victims(tmp_path / "b", n=30, size=8 << 10)
+    _late_writers(tree, files, 30)
+    again = tree.critical()[len(first):]
+    assert len(again) == 1 and again[0].evidence.get("after_finding"), tree.rule.stats()
+    assert again[0].evidence["sample"] == [str(files[0])], again[0].evidence
+
+
+@pytest.mark.parametrize("per,decoy", [(1, False), (39, True)])
+def test_after_firing_workers_that_leave_no_later_event_are_judged_together(
+        tmp_path: Path, per: int, decoy: bool) -> None:
+    """The attacker's next moves against the probe at the tree's next event: one file
+    per worker (each worker exits after its write: its tree has no later event), or a
+    plaintext decoy as each worker's first file (the one re-probe a second reads the
+    decoy).  The user's trees not stopped are still judged together while fired (the
+    stopped trees' files left out): 390 files, the workers stopped in batches (seen
+    failing before the fix: none stopped, ``user_checks`` stayed 1)."""
+    tree = Tree()
+    first = _fired(tree, tmp_path)
+    files = victims(tmp_path / "b", n=390, size=8 << 10)
+    _late_writers(tree, files, per, decoy)
+    again = tree.critical()[len(first):]
+    stopped = {p for f in again for p, _ in f.roots if p >= 60000}
+    workers = len(files) // per
+    # each check needs count (40) files of 2+ trees: the last workers' files may not
+    # have reached it (no later writer), at most count - 1 files
+    assert len(stopped) * per >= len(files) - 39 - per, (len(stopped), tree.rule.stats())
+    assert len(stopped) <= workers
+    assert tree.rule.agg_checks > 1
 
 
 def test_a_trusted_first_writer_does_not_exempt_its_tree_from_the_aggregate(

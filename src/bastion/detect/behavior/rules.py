@@ -2848,11 +2848,19 @@ class Ransomware(ThresholdRule):
                       now - next(iter(od.values()))[0] > self.window_ns):
             uw.drop(next(iter(od)))
         fired = self._agg_fired.get(user, now)
+        before: set[ProcKey] = set()
         if fired is not None and now - fired < self.window_ns:
             # s20-ransomfix3 review 1: no blind period after the finding (new ``sh -c``
             # workers of a supervisor that writes nothing encrypted freely for the
             # window): each new tree is stopped at its first file judged high
-            return self._after_firing(ev, ctx, key, v, user, uw)
+            got = self._after_firing(ev, ctx, key, v, user, uw)
+            before = self._agg_stopped.get(user, now) or set()
+            if got or key in before:
+                return got
+            # s21 review F7: and the user's trees not stopped are still judged together
+            # (the stopped trees' files are out of ``od``): workers that write each file
+            # after its open, or a plaintext decoy first, were judged by nothing while
+            # the user stayed fired
         if len(od) < self.count or len(uw.trees) < self.AGG_TREES:
             return []
         trees = list(dict.fromkeys(t for _, _, t in od.values()))
@@ -2879,7 +2887,7 @@ class Ransomware(ThresholdRule):
                 owner.setdefault(path, t)
         high = [t for t in dict.fromkeys(owner[p] for p in self._high_paths if p in owner)]
         roots = high or [key]
-        stopped = set(roots)
+        stopped = before | set(roots)   # while fired: the trees stopped before stay so
         self._agg_stopped.put(user, now, stopped)
         for t in roots:
             for x_ in [x_ for x_, (_, _, t_) in od.items() if t_ == t]:
@@ -2907,7 +2915,8 @@ class Ransomware(ThresholdRule):
         if stopped is None:
             stopped = set()
             self._agg_stopped.put(user, now, stopped)
-        if key in stopped or not self._budgeted_high(ev, key, v):
+        path = None if key in stopped else self._budgeted_high(ev, key, v)
+        if path is None:
             if key in stopped:   # its files are no other tree's evidence
                 uw.drop(self.distinct_key(v))
             return []
@@ -2917,7 +2926,6 @@ class Ransomware(ThresholdRule):
         self._agg_fired.put(user, now, now)
         self._agg_stopped.put(user, now, stopped)
         parent = self._supervisor(ctx, [key], stopped, uw, ev.proc.euid)
-        path = v[2:].partition("\0")[0]
         hit = Hit(f"Ransomware behaviour: another process tree of uid {ev.proc.euid} wrote "
                   f"an encrypted-looking file after the user's trees were stopped",
                   {"scope": "user", "after_finding": True, "files_high": 1, "sample": [path],
@@ -2949,8 +2957,9 @@ class Ransomware(ThresholdRule):
             path, (_, ino) = next(reversed(od.items()))
         return path, ino, c
 
-    def _budgeted_high(self, ev: Event, key: ProcKey, v: str) -> bool:
-        """``_high_value`` within the tree's probe budget (``_AfterBudget``, s21): a write
+    def _budgeted_high(self, ev: Event, key: ProcKey, v: str) -> str | None:
+        """The file judged high (the event's own, or a repeat's: F7), None for none:
+        ``_high_value`` within the tree's probe budget (``_AfterBudget``, s21): a write
         event costs at most one probe of a path not judged yet (while tokens last) plus at
         most one re-probe of a judged path written again (one per AFTER_REPEAT_NS, oldest
         first: a plaintext write then ciphertext over the same file is judged again within
@@ -2958,7 +2967,7 @@ class Ransomware(ThresholdRule):
         aggregate (judged when the window ends) and in the tree's own per-tree count."""
         got = self._target(ev, key, v)
         if isinstance(got, bool):
-            return got
+            return v[2:].partition("\0")[0] if got else None
         now = ev.time_ns
         b = self._after_budget.get(key, now)
         if b is None:
@@ -2968,8 +2977,8 @@ class Ransomware(ThresholdRule):
             b.tokens = min(float(self.AFTER_BURST), b.tokens + (now - b.at) * self.AFTER_BURST
                            / self.window_ns)
             b.at = now
-        path = got[0]
-        high = probed = False
+        path = high_path = got[0]
+        high = probed = first = False
         if path not in b.judged:
             if b.tokens >= 1:
                 b.tokens -= 1
@@ -2978,6 +2987,7 @@ class Ransomware(ThresholdRule):
                     b.judged.popitem(last=False)
                 b.dirty.pop(path, None)
                 high, probed = self._high_value(ev, *got), True
+                first = not high and v[0] == "w"
         else:
             b.judged.move_to_end(path)
             b.dirty[path] = v        # a repeat keeps its place in the queue (oldest first)
@@ -2990,14 +3000,23 @@ class Ransomware(ThresholdRule):
             b.repeat_at = now
             _, v_ = b.dirty.popitem(last=False)
             again = self._target(ev, key, v_)
+            high_path = v_[2:].partition("\0")[0]
             if isinstance(again, bool):
                 high = again
             else:
-                high = self._high_value(ev, *again)
+                high, high_path = self._high_value(ev, *again), again[0]
                 probed = probed or again[0] == path
+        if first and not high:
+            # s21 review F7: a write-open judged at the open read what was there before
+            # the write (O_TRUNC: nothing): the file waits with the repeats, re-probed on
+            # a LATER event of the tree (its next open: a sequential worker has written
+            # it by then), within the same one a second
+            b.dirty[path] = v
+            while len(b.dirty) > self.AFTER_JUDGED:
+                b.dirty.popitem(last=False)
         if not probed:
             self.after_skipped += 1
-        return high
+        return high_path if high else None
 
     def _high_value(self, ev: Event, path: str, ino: int, c: int) -> bool:
         """Is the file at ``path`` (the inode ``ino`` the tree write-opened, 0: any; ``c``
