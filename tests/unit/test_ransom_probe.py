@@ -724,25 +724,11 @@ def test_created_files_the_tree_removed_again_are_not_sampled(tmp_path: Path) ->
 def _workers(tree: Tree, files: list[Path], per: int, enc: Callable[[bytes], bytes]) -> None:
     """The test process (python) runs each batch in ``sh -c 'python3 enc.py'``: a worker
     tree per batch (its parent, sh, is another executable and no launcher)."""
-    def proc(pid: int, ppid: int, exe: str, comm: str) -> dict[str, Any]:
-        return {"pid": pid, "tid": pid, "ppid": ppid, "uid": 1000, "euid": 1000, "gid": 1000,
-                "cgroup_id": 1, "comm": comm, "start_ns": 1000 + pid, "exe": exe}
-    py, sh = "/usr/bin/python3.11", "/usr/bin/dash"
     for b in range(0, len(files), per):
-        s, w = 50000 + b * 2, 50001 + b * 2
-        tree._feed({"type": "fork", **proc(tree.pid, 1, py, "python3"), "child_pid": s,
-                    "child_start_ns": 1000 + s})
-        tree._feed({"type": "exec", **proc(s, tree.pid, sh, "sh"), "filename": "/bin/sh",
-                    "cwd": "/", "argv": ["sh", "-c", "python3 enc.py"], "exe_dev": 1,
-                    "exe_ino": 1, "exe_nlink": 1})
-        tree._feed({"type": "fork", **proc(s, tree.pid, sh, "sh"), "child_pid": w,
-                    "child_start_ns": 1000 + w})
-        tree._feed({"type": "exec", **proc(w, s, py, "python3"), "filename": "/usr/bin/python3",
-                    "cwd": "/", "argv": ["python3", "enc.py"], "exe_dev": 1, "exe_ino": 4242,
-                    "exe_nlink": 1})
+        wp = sh_worker(tree, 50000 + b * 2)
         for p in files[b:b + per]:
             p.write_bytes(enc(p.read_bytes()))
-            _feed_file(tree, "open", p, O_WRONLY | O_TRUNC, proc(w, s, py, "python3"))
+            _feed_file(tree, "open", p, O_WRONLY | O_TRUNC, wp)
 
 
 def test_sh_wrapped_workers_under_the_threshold_are_judged_together(tmp_path: Path) -> None:
@@ -842,22 +828,29 @@ def _proc(pid: int, ppid: int, exe: str, comm: str) -> dict[str, Any]:
 
 def _sh_workers(tree: Tree, files: list[Path], per: int, base: int) -> None:
     """``_workers`` with the pids from ``base`` on (a second wave of workers)."""
-    py, sh = "/usr/bin/python3.11", "/usr/bin/dash"
     for b in range(0, len(files), per):
-        s, w = base + b * 2, base + 1 + b * 2
-        tree._feed({"type": "fork", **_proc(tree.pid, 1, py, "python3"), "child_pid": s,
-                    "child_start_ns": 1000 + s})
-        tree._feed({"type": "exec", **_proc(s, tree.pid, sh, "sh"), "filename": "/bin/sh",
-                    "cwd": "/", "argv": ["sh", "-c", "python3 enc.py"], "exe_dev": 1,
-                    "exe_ino": 1, "exe_nlink": 1})
-        tree._feed({"type": "fork", **_proc(s, tree.pid, sh, "sh"), "child_pid": w,
-                    "child_start_ns": 1000 + w})
-        tree._feed({"type": "exec", **_proc(w, s, py, "python3"), "filename": "/usr/bin/python3",
-                    "cwd": "/", "argv": ["python3", "enc.py"], "exe_dev": 1, "exe_ino": 4242,
-                    "exe_nlink": 1})
+        wp = sh_worker(tree, base + b * 2)
         for p in files[b:b + per]:
             p.write_bytes(os.urandom(len(p.read_bytes())))
-            _feed_file(tree, "open", p, O_WRONLY | O_TRUNC, _proc(w, s, py, "python3"))
+            _feed_file(tree, "open", p, O_WRONLY | O_TRUNC, wp)
+
+
+def sh_worker(tree: Tree, s: int) -> dict[str, Any]:
+    """The test process (python) starts ``sh -c 'python3 enc.py'``: sh is pid ``s``, the
+    python3 worker ``s + 1`` (another executable under sh: a tree of its own).  Returns
+    the worker's process fields."""
+    py, sh, w = "/usr/bin/python3.11", "/usr/bin/dash", s + 1
+    tree._feed({"type": "fork", **_proc(tree.pid, 1, py, "python3"), "child_pid": s,
+                "child_start_ns": 1000 + s})
+    tree._feed({"type": "exec", **_proc(s, tree.pid, sh, "sh"), "filename": "/bin/sh",
+                "cwd": "/", "argv": ["sh", "-c", "python3 enc.py"], "exe_dev": 1,
+                "exe_ino": 1, "exe_nlink": 1})
+    tree._feed({"type": "fork", **_proc(s, tree.pid, sh, "sh"), "child_pid": w,
+                "child_start_ns": 1000 + w})
+    wp = _proc(w, s, py, "python3")
+    tree._feed({"type": "exec", **wp, "filename": "/usr/bin/python3", "cwd": "/",
+                "argv": ["python3", "enc.py"], "exe_dev": 1, "exe_ino": 4242, "exe_nlink": 1})
+    return wp
 
 
 def test_aggregate_not_blind_after_firing(tmp_path: Path) -> None:

@@ -43,24 +43,12 @@ def test_reopening_each_ciphertext_later_does_not_hide_it_from_the_aggregate(
     10 values each: no tree check) write 9 ciphertexts, re-open them O_WRONLY unchanged
     0.3 s later and unlink a scratch file (every aggregate check runs at that unlink).
     The aggregate kept the last write-open too: not one ciphertext was a candidate."""
-    from tests.unit.test_ransom_probe import _proc
+    from tests.unit.test_ransom_probe import sh_worker
     tree = Tree(real_clock=True)
     tree.rule.TOUCH_SLACK_NS = NS // 5
     files = victims(tmp_path / "docs", n=45, size=16 << 10)
-    py, sh = "/usr/bin/python3.11", "/usr/bin/dash"
     for k, c in enumerate(range(0, len(files), 9)):
-        s, w = 63000 + k * 2, 63001 + k * 2
-        tree._feed({"type": "fork", **_proc(tree.pid, 1, py, "python3"), "child_pid": s,
-                    "child_start_ns": 1000 + s})
-        tree._feed({"type": "exec", **_proc(s, tree.pid, sh, "sh"), "filename": "/bin/sh",
-                    "cwd": "/", "argv": ["sh", "-c", "python3 enc.py"], "exe_dev": 1,
-                    "exe_ino": 1, "exe_nlink": 1})
-        tree._feed({"type": "fork", **_proc(s, tree.pid, sh, "sh"), "child_pid": w,
-                    "child_start_ns": 1000 + w})
-        wp = _proc(w, s, py, "python3")
-        tree._feed({"type": "exec", **wp, "filename": "/usr/bin/python3", "cwd": "/",
-                    "argv": ["python3", "enc.py"], "exe_dev": 1, "exe_ino": 4242,
-                    "exe_nlink": 1})
+        wp = sh_worker(tree, 63000 + k * 2)
         batch = files[c:c + 9]
         for p in batch:
             p.write_bytes(os.urandom(16 << 10))
@@ -272,24 +260,13 @@ def _late_writers(tree: "Tree", files: list[Path], per: int, decoy: bool = False
     """New ``sh -c`` workers (pids from 60000) of ``per`` files each: each file opened
     O_WRONLY|O_TRUNC, the event handled, then the ciphertext written (``decoy``: each
     worker's first file gets plaintext instead)."""
-    from tests.unit.test_ransom_probe import _proc
-    py, sh = "/usr/bin/python3.11", "/usr/bin/dash"
+    from tests.unit.test_ransom_probe import sh_worker
     for b in range(0, len(files), per):
-        s, w = 60000 + b * 2, 60001 + b * 2
-        tree._feed({"type": "fork", **_proc(tree.pid, 1, py, "python3"), "child_pid": s,
-                    "child_start_ns": 1000 + s})
-        tree._feed({"type": "exec", **_proc(s, tree.pid, sh, "sh"), "filename": "/bin/sh",
-                    "cwd": "/", "argv": ["sh", "-c", "python3 enc.py"], "exe_dev": 1,
-                    "exe_ino": 1, "exe_nlink": 1})
-        tree._feed({"type": "fork", **_proc(s, tree.pid, sh, "sh"), "child_pid": w,
-                    "child_start_ns": 1000 + w})
-        tree._feed({"type": "exec", **_proc(w, s, py, "python3"), "filename": "/usr/bin/python3",
-                    "cwd": "/", "argv": ["python3", "enc.py"], "exe_dev": 1, "exe_ino": 4242,
-                    "exe_nlink": 1})
+        wp = sh_worker(tree, 60000 + b * 2)
         for k, p in enumerate(files[b:b + per]):
             size = len(p.read_bytes())
             p.write_bytes(b"")                  # open(O_TRUNC): the event is handled now ...
-            _feed_file(tree, "open", p, O_WRONLY | O_TRUNC, _proc(w, s, py, "python3"))
+            _feed_file(tree, "open", p, O_WRONLY | O_TRUNC, wp)
             # ... the ciphertext comes after
             p.write_bytes(b"plain text, the same as before\n" * (size // 31) if decoy and not k
                           else os.urandom(size))
