@@ -71,9 +71,6 @@ def test_an_encryptor_run_by_find_exec_is_judged(tmp_path: Path) -> None:
     assert tree.critical(), [(f.severity, f.evidence) for f in tree.found]
 
 
-@pytest.mark.xfail(strict=True, reason="s21-review F3: remove_pins recurses once per "
-                   "directory level (one frame and one O_PATH fd each): a deep chain root "
-                   "made under the pin root raises RecursionError")
 def test_remove_pins_survives_a_deep_directory_chain(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Compat: root makes ``x/x/x/...`` 1,500 deep under the tamper pin directory (mkdir
@@ -122,9 +119,6 @@ class _Quarantine:
 
 
 @pytest.mark.parametrize("who", ["agent", "parent"])
-@pytest.mark.xfail(strict=True, reason="s21-review F4: the own-lineage guard covers kill and "
-                   "kill-tree only: quarantine marks the agent or its parent (the guardian) "
-                   "in the kernel (compat: killed at its next write-open/connect)")
 def test_quarantine_never_marks_the_agent_or_its_ancestors(who: str) -> None:
     """A quarantine finding (a rule's action overridden to ``quarantine``; the per-tree or
     per-user ransomware root is the tree key: the s20 CI case named the agent's parent)
