@@ -136,10 +136,6 @@ def test_quarantine_never_marks_the_agent_or_its_ancestors(who: str) -> None:
     assert q.added == [] and alert.action != "quarantine", (alert.action, q.added)
 
 
-@pytest.mark.xfail(strict=True, reason="s21-review F6: our_pin_names() names every program of "
-                   "BOTH tiers' ELFs (80 link names); a link root pins at a name no object of "
-                   "this host pins gives its prog id, and protect_bpf adds every map that "
-                   "prog uses (up to 64 each): the 2,048-entry id set fills again")
 def test_a_link_pinned_under_the_other_tiers_program_name_is_not_ours(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Compat host: ``tamper/links/tamper_task_kill`` (a program of lsm_tamper.bpf.o, never
@@ -163,7 +159,11 @@ def test_a_link_pinned_under_the_other_tiers_program_name_is_not_ours(
     pin.write_text(json.dumps({"link": 900, "prog": 901}))
     names = gk.our_pin_names()
     assert Path("tamper/links/tamper_task_kill") in names   # an lsm program's name
-    got = gk.pinned_ids(root)
+    got = gk.pinned_ids(root, tier="compat")        # s21: the walk names this tier's objects
+    assert 901 not in got["prog"] and 900 not in got["link"], got
+    tk = gk.TamperKernel(gk.Tier.COMPAT, pin_dir=root / "tamper")      # as protect_bpf walks
+    assert Path("tamper/links/tamper_task_kill") not in tk.pin_names()
+    got = gk.pinned_ids(root, tk.pin_names())
     assert 901 not in got["prog"] and 900 not in got["link"], got
 
 
