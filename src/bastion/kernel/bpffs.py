@@ -366,8 +366,6 @@ def _remove_tree(top: int, d: Path, mnt: int, removed: list[Path], crossed: list
                 continue
             try:
                 if isdir:                           # at the depth cap: flatten, not enter
-                    log.warning("bpffs: %s is deeper than any pin of ours: its "
-                                "subdirectories are lifted up a level to be removed", q)
                     left = False
                     for cname, cdir in _listing(sub):
                         cq = q / cname
@@ -399,6 +397,9 @@ def _remove_tree(top: int, d: Path, mnt: int, removed: list[Path], crossed: list
     finally:
         for lv in levels[1:]:
             os.close(lv.fd)
+        if lifted:                                  # once a walk: root chose the count
+            log.warning("bpffs: %d directories deeper than any pin of ours under %s were "
+                        "lifted up a level to be removed", lifted, d)
 
 
 def remove_pins(root: Path | str, crossed: list[Path] | None = None) -> list[Path]:
