@@ -260,3 +260,16 @@ def test_a_failed_load_hook_is_a_high_alert_and_degraded_agent_status(
     monkeypatch.setattr(guard, "protect", lambda objs: {})
     guard(lo)
     assert Agent._bpf_id_protection(fake) == "ok"
+
+
+def test_an_adopted_link_at_a_name_of_roots_is_no_name_of_ours() -> None:
+    """s21 F6: a restarted guardian adopts every name under ``tamper/links/``; the walk's
+    names are only those that are programs of this tier's ELF."""
+    from bastion.kernel.loader import program_names
+    from bastion.paths import bpf_object
+    from bastion.tier import Tier
+    real = sorted(program_names(bpf_object(gk.OBJECTS["compat"])))[0]
+    tk = gk.TamperKernel(Tier.COMPAT, pin_dir=Path("/nonexistent/tamper"))
+    tk._lo = SimpleNamespace(attached=[real, "root_own_link", "tamper_task_kill"])  # type: ignore[assignment]
+    links = {n.name for n in tk.pin_names() if n.parts[:2] == ("tamper", "links")}
+    assert links == {real}

@@ -32,7 +32,8 @@ from bastion.kernel import bpffs
 from bastion.kernel.btf import map_birth_hooks, setattr_has_idmap
 from bastion.kernel.clock import deadline_ns
 from bastion.kernel.libbpf import Map, obj_get
-from bastion.kernel.loader import LoadedObject, LoaderUser, ObjectSpec, live_objects
+from bastion.kernel.loader import (LoadedObject, LoaderUser, ObjectSpec, live_objects,
+                                  program_names)
 from bastion.paths import bpf_object
 
 log = logging.getLogger("bastion.guard.kernel")
@@ -678,7 +679,16 @@ class TamperKernel(LoaderUser):
         ``tamper/links/`` exactly the programs the armed object attached or adopted (the
         other tier's, and the map-birth pair this kernel skips, are free names root could
         pin its own links under)."""
-        links = self._lo.attached if self._lo is not None else None
+        links: list[str] | None = None
+        if self._lo is not None:
+            # adopted links are every name under tamper/links/ (a restarted guardian):
+            # only the programs of this tier's ELF, so a link root pinned there at a
+            # name of its own is no name of ours
+            try:
+                elf: frozenset[str] | None = program_names(bpf_object(OBJECTS[self.tier]))
+            except KernelError:
+                elf = None
+            links = [n for n in self._lo.attached if elf is None or n in elf]
         return our_pin_names(self.tier, tamper_links=links)
 
     def protect_bpf(self, root: Path | None = None, *, prog_ids: Iterable[int] = (),
