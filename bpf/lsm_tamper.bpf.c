@@ -20,6 +20,7 @@
 char LICENSE[] SEC("license") = "GPL";
 
 #define FMODE_WRITE_ 0x2
+#define BPF_F_RDONLY_PROG_ (1U << 7)
 #define PTRACE_MODE_ATTACH_ 0x02
 
 #define M_FILE (BASTION_TOBJ_SELF | BASTION_TOBJ_SUBTREE)
@@ -351,12 +352,19 @@ int BPF_PROG(tamper_bpf, int cmd, union bpf_attr *attr, unsigned int size)
 	return -EPERM_;
 }
 
-/* A write-mode fd of a protected map (BPF_MAP_GET_FD_BY_ID, BPF_OBJ_GET of a
- * pin; protected by id or from its birth): refused to all but our identities.  The bpf hook above refuses the
- * update commands on any fd; this one refuses the fd itself, so nothing can
- * mmap a writable view of it nor hand it on.  Read-only fds pass (status
- * tools, the integrity scan); programs cannot write our maps through a
- * read-only fd either: those maps are BPF_F_RDONLY_PROG (bpf/lib/tamper.h). */
+/* An fd of a protected map (BPF_MAP_GET_FD_BY_ID, BPF_OBJ_GET of a pin;
+ * protected by id or from its birth): refused to all but our identities when
+ * it is write-mode, or when the map is not BPF_F_RDONLY_PROG (whatever the fd
+ * mode).  The bpf hook above refuses the update commands on any fd; this one
+ * refuses the fd itself, so nothing can mmap a writable view of it nor hand it
+ * on.  A read-only fd is no bar to a program: the verifier takes a map fd of
+ * any mode into BPF_LD_IMM64 (resolve_pseudo_ldimm64 ignores the fd's mode),
+ * and a program of root's then writes the map with bpf_map_update_elem or a
+ * direct store (.bss, hips_vcache, the maps born ours) -- s21 review F8.  So a
+ * read-only fd passes only for maps programs cannot write (BPF_F_RDONLY_PROG:
+ * the identity, object, id sets of bpf/lib/tamper.h, .rodata): the control
+ * client's identity check reads tamper_idents that way.  tamper_born_maps
+ * is written by our programs: no fd of it at all. */
 SEC("lsm/bpf_map")
 int BPF_PROG(tamper_bpf_map, struct bpf_map *map, fmode_t fmode)
 {
@@ -368,8 +376,11 @@ int BPF_PROG(tamper_bpf_map, struct bpf_map *map, fmode_t fmode)
 		/* written by programs: any fd would let a program of root's write it */
 		if (!current_in_scope())
 			return 0;
-	} else if (!(fmode & FMODE_WRITE_) || !map_protected(map, id) || !current_in_scope()) {
+	} else if (!map_protected(map, id) || !current_in_scope()) {
 		return 0;
+	} else if (!(fmode & FMODE_WRITE_) &&
+		   (BPF_CORE_READ(map, map_flags) & BPF_F_RDONLY_PROG_)) {
+		return 0;       /* read-only fd of a map no program can write */
 	}
 	hit.id = id;
 	tamper_report(BASTION_TAMPER_BPF_MAP_FD, BASTION_TV_DENIED, -EPERM_, 0, fmode, &hit, NULL,

@@ -657,6 +657,7 @@ class Agent:
         rate limit or quota holds it back; held-back alerts come out in aggregates."""
         now_ns = time.time_ns()
         alert = self.dispatcher.dispatch(f, now_ns)
+        self._pending.extend(self.dispatcher.take_notices())   # an act refused on ourselves
         if not self.gate.admit(f.rule, alert.process.exe, f.title, alert.severity, alert.action,
                                f.pid, time.monotonic(), now_ns):
             self.summary.suppressed += 1

@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TextIO
 
 from bastion.agent import Agent, AgentParts
 from bastion.alert import Alert
@@ -183,14 +183,47 @@ def _shadow_incident_hook(agent_ref: list[Agent], procs: ProcessTable) -> Action
     return hook
 
 
+def enrolled_ours(tamper_dir: Path | None, environ: Mapping[str, str] | None = None
+                  ) -> Callable[[], dict[int, int]]:
+    """The processes of ours that are not the agent's ancestors, pid -> start_ns, read at
+    each call (the dispatcher spares them): the guardian the agent's environment names
+    (:mod:`bastion.guard.mutual`) and, with tamper protection pinned under ``tamper_dir``,
+    every identity enrolled in ``tamper_idents`` (only an enrolled process can write it):
+    a guardian restarted after a crash adopts the running agent without being its parent."""
+    from bastion.guard.mutual import ENV_PID, ENV_START
+    from bastion.procstat import TICK_NS
+
+    env = dict(os.environ if environ is None else environ)
+
+    def ours() -> dict[int, int]:
+        out: dict[int, int] = {}
+        try:
+            out[int(env[ENV_PID])] = int(env[ENV_START]) * TICK_NS
+        except (KeyError, ValueError):
+            pass
+        if tamper_dir is not None and (tamper_dir / "maps" / "tamper_idents").exists():
+            from bastion.guard.kernel import enrolled_identities
+            try:
+                for ident in enrolled_identities(tamper_dir):
+                    out[ident.tgid] = ident.start_ticks * TICK_NS
+            except (KernelError, OSError) as exc:
+                log.error("respond: the enrolled identities cannot be read (the guardian is "
+                          "spared by its parent lineage only): %s", exc)
+        return out
+    return ours
+
+
 def make_dispatcher(procs: ProcessTable, *, dry_run: bool,
-                    quarantine: QuarantineBackend | None) -> Dispatcher:
+                    quarantine: QuarantineBackend | None,
+                    tamper_dir: Path | None = None) -> Dispatcher:
     """The response layer with every rule-specific way of acting registered: a rogue
     BPF program's ``kill`` reaches every holder the scan named, each by pid and start
-    time (never the first holder by pid alone)."""
+    time (never the first holder by pid alone).  It spares the agent's lineage and the
+    processes :func:`enrolled_ours` names."""
     from bastion.integrity.response import RULE as ROGUE_BPF, respond_to_rogue_program
 
-    dispatcher = Dispatcher(procs, dry_run=dry_run, quarantine=quarantine)
+    dispatcher = Dispatcher(procs, dry_run=dry_run, quarantine=quarantine,
+                            guardians=enrolled_ours(tamper_dir))
     dispatcher.acts(ROGUE_BPF, "kill", respond_to_rogue_program)
     return dispatcher
 
@@ -286,7 +319,8 @@ def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
 
             parts.containers = ContainerResolver(cgroup2=str(cgroup2_root()))
             parts.writer_enrol = tamper_writer_enrol(opts.pin_root / "tamper")
-        dispatcher = make_dispatcher(procs, dry_run=policy.behavior.dry_run, quarantine=parts.quarantine)
+        dispatcher = make_dispatcher(procs, dry_run=policy.behavior.dry_run, quarantine=parts.quarantine,
+                                     tamper_dir=opts.pin_root / "tamper" if report is not None else None)
         agent_ref: list[Agent] = []
         dispatcher.after("behavior.ransomware", "kill", _shadow_incident_hook(agent_ref, procs))
         agent = Agent(policy=policy, sensors=[sensor], store=store, procs=procs, engine=engine,

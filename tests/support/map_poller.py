@@ -8,6 +8,8 @@ read-only fd, as any root may) it asks a write-mode fd of by id
 ``PREFIX + "own"`` (a map no protected task made: must stay writable).  One JSON
 line per outcome on stdout, flushed: ``{"own": "wrote"}``, ``{"ready": true}``,
 ``{"fd": name}`` (write fd granted), ``{"refused": name, "errno": n}``,
+``{"refused_id": id, "errno": n}`` (no read-only fd either, lsm since s21: the name
+unknown, a write-mode fd refused too),
 ``{"wrote": name}``, ``{"done": n_seen}``.
 
 Imported, :func:`create_map` is the protected side's bare ``BPF_MAP_CREATE``.
@@ -16,6 +18,7 @@ Imported, :func:`create_map` is the protected side's bare ``BPF_MAP_CREATE``.
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import os
 import subprocess
@@ -66,13 +69,17 @@ def _update(fd: int) -> None:
     _bpf(BPF_MAP_UPDATE_ELEM, a)
 
 
-def _name(fd: int) -> str:
+def _info(fd: int) -> bytes:
     info = ctypes.create_string_buffer(96)
     a = ctypes.create_string_buffer(16)
     ctypes.memmove(a, fd.to_bytes(4, "little") + (96).to_bytes(4, "little")
                    + ctypes.addressof(info).to_bytes(8, "little"), 16)
     _bpf(BPF_OBJ_GET_INFO_BY_FD, a)
-    return info.raw[24:40].split(b"\0")[0].decode()
+    return info.raw
+
+
+def _name(fd: int) -> str:
+    return _info(fd)[24:40].split(b"\0")[0].decode()
 
 
 def _say(**kw: object) -> None:
@@ -84,6 +91,9 @@ def main(prefix: str, seconds: float, write: bool) -> None:
     own = create_map(prefix + "own")
     _update(own)
     _say(own="wrote")
+    # map ids grow: every map made after ours has a higher id; older ones (the guardian's,
+    # the agent's) are not this attack's (lsm since s21: each would be one more refusal)
+    floor = int.from_bytes(_info(own)[4:8], "little")
     seen: set[int] = set()
     _say(ready=True)
     end = time.monotonic() + seconds
@@ -96,12 +106,23 @@ def main(prefix: str, seconds: float, write: bool) -> None:
             except OSError:
                 break
             cur = int.from_bytes(a.raw[4:8], "little")
-            if cur in seen:
+            if cur in seen or cur <= floor:
                 continue
             try:
                 ro = _bpf(BPF_MAP_GET_FD_BY_ID, _attr((0, cur), (8, BPF_F_RDONLY)))
-            except OSError:
-                continue            # gone, or not ours to read
+            except OSError as exc:
+                if exc.errno != errno.EPERM:
+                    continue        # gone
+                # no read-only fd either (lsm: a protected map programs can write, s21):
+                # its name is unknown; an attacker asks a write-mode fd all the same
+                seen.add(cur)
+                try:
+                    fd = _bpf(BPF_MAP_GET_FD_BY_ID, _attr((0, cur)))
+                except OSError as exc2:
+                    _say(refused_id=cur, errno=exc2.errno)
+                    continue
+                _say(fd=cur)
+                continue
             try:
                 name = _name(ro)
             finally:

@@ -64,3 +64,48 @@ def test_remove_pins_refuses_a_directory_not_on_bpffs(tmp_path: Path) -> None:
     assert exc.value.errno == errno.EXDEV
     assert (tmp_path / "keep").exists()
     assert remove_pins(tmp_path / "absent") == []
+
+
+def test_remove_pins_holds_a_bounded_number_of_fds_on_a_deep_tree(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """s21 review F3: the walk held one O_PATH fd (and one stack frame) per level; now at
+    most ``REMOVE_DEPTH`` directories are open at once, files and symlinks below the cap
+    are unlinked and our own layout is removed as before (deepest first)."""
+    import os
+    from bastion.kernel import bpffs
+    monkeypatch.setattr(bpffs, "_require_bpffs", lambda p: None)
+    root = tmp_path / "pins"
+    (root / "tamper" / "maps").mkdir(parents=True)
+    (root / "tamper" / "maps" / "tamper_idents").write_bytes(b"")
+    deep = root / "tamper" / "links"
+    deep.mkdir()
+    for i in range(60):
+        deep = deep / "x"
+        deep.mkdir()
+        if i % 7 == 0:
+            (deep / f"f{i}").write_bytes(b"")
+            (deep / f"l{i}").symlink_to(tmp_path / "outside")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "keep").write_bytes(b"k")
+    real_open, real_close = os.open, os.close
+    live: set[int] = set()
+    most = [0]
+
+    def opened(*a: object, **k: object) -> int:
+        fd = real_open(*a, **k)  # type: ignore[arg-type]
+        live.add(fd)
+        most[0] = max(most[0], len(live))
+        return fd
+
+    def closed(fd: int) -> None:
+        live.discard(fd)
+        real_close(fd)
+    monkeypatch.setattr(bpffs.os, "open", opened)
+    monkeypatch.setattr(bpffs.os, "close", closed)
+    removed = remove_pins(root)
+    assert not root.exists() and (tmp_path / "outside" / "keep").exists()
+    assert most[0] <= bpffs.REMOVE_DEPTH + 3, most[0]
+    assert len(removed) == 60 + 2 * 9 + 5          # x dirs, files and links, our layout
+    assert removed[-1] == root and removed.index(root / "tamper" / "maps" / "tamper_idents") \
+        < removed.index(root / "tamper" / "maps")
+    assert all(len(p.relative_to(root).parts) <= bpffs.REMOVE_DEPTH + 1 for p in removed)

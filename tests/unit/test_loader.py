@@ -201,6 +201,43 @@ def test_close_detaches_every_link_when_no_thread_can_start(
     assert {link.thread for link in links} == {threading.current_thread().name}
 
 
+class _Interrupted(Exception):
+    pass
+
+
+class FailingLink(SlowLink):
+    def destroy(self) -> None:
+        super().destroy()
+        raise OSError("detach failed")
+
+
+def test_destroy_links_finishes_every_detach_before_an_exception_leaves() -> None:
+    """s21 review F10: a signal handler's exception during ``join`` (SIGALRM here, 0.1 s
+    into the threads' 0.5 s detaches) returned with detaches still in flight, and a link
+    whose destroy raised left the links after it attached.  Every link is destroyed and
+    every thread joined before the first exception is raised."""
+    import signal
+    from bastion.kernel.loader import destroy_links
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise _Interrupted()
+    links = [SlowLink(0.0)] + [SlowLink(0.5) for _ in range(3)]
+    old = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        with pytest.raises(_Interrupted):
+            destroy_links(links)  # type: ignore[arg-type]
+        assert [link.destroyed for link in links] == [1] * 4, "detaches left in flight"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    tramp = [SlowLink(0.0, section="lsm/file_open") for _ in range(3)]
+    tramp[0] = FailingLink(0.0, section="lsm/file_open")
+    with pytest.raises(OSError):
+        destroy_links(tramp)  # type: ignore[arg-type]
+    assert [link.destroyed for link in tramp] == [1] * 3
+
+
 # ---- the users: a bad record does not escape poll -------------------------------------------
 
 

@@ -126,9 +126,6 @@ def test_a_trusted_actor_itself_is_still_trusted_and_only_while_it_runs_the_tool
     assert tree.critical(), [(f.severity, f.evidence) for f in tree.found]
 
 
-@pytest.mark.xfail(strict=True, reason="s21-review F3: remove_pins recurses once per "
-                   "directory level (one frame and one O_PATH fd each): a deep chain root "
-                   "made under the pin root raises RecursionError")
 def test_remove_pins_survives_a_deep_directory_chain(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Compat: root makes ``x/x/x/...`` 1,500 deep under the tamper pin directory (mkdir
@@ -177,9 +174,6 @@ class _Quarantine:
 
 
 @pytest.mark.parametrize("who", ["agent", "parent"])
-@pytest.mark.xfail(strict=True, reason="s21-review F4: the own-lineage guard covers kill and "
-                   "kill-tree only: quarantine marks the agent or its parent (the guardian) "
-                   "in the kernel (compat: killed at its next write-open/connect)")
 def test_quarantine_never_marks_the_agent_or_its_ancestors(who: str) -> None:
     """A quarantine finding (a rule's action overridden to ``quarantine``; the per-tree or
     per-user ransomware root is the tree key: the s20 CI case named the agent's parent)
@@ -197,10 +191,6 @@ def test_quarantine_never_marks_the_agent_or_its_ancestors(who: str) -> None:
     assert q.added == [] and alert.action != "quarantine", (alert.action, q.added)
 
 
-@pytest.mark.xfail(strict=True, reason="s21-review F6: our_pin_names() names every program of "
-                   "BOTH tiers' ELFs (80 link names); a link root pins at a name no object of "
-                   "this host pins gives its prog id, and protect_bpf adds every map that "
-                   "prog uses (up to 64 each): the 2,048-entry id set fills again")
 def test_a_link_pinned_under_the_other_tiers_program_name_is_not_ours(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Compat host: ``tamper/links/tamper_task_kill`` (a program of lsm_tamper.bpf.o, never
@@ -224,7 +214,11 @@ def test_a_link_pinned_under_the_other_tiers_program_name_is_not_ours(
     pin.write_text(json.dumps({"link": 900, "prog": 901}))
     names = gk.our_pin_names()
     assert Path("tamper/links/tamper_task_kill") in names   # an lsm program's name
-    got = gk.pinned_ids(root)
+    got = gk.pinned_ids(root, tier="compat")        # s21: the walk names this tier's objects
+    assert 901 not in got["prog"] and 900 not in got["link"], got
+    tk = gk.TamperKernel(gk.Tier.COMPAT, pin_dir=root / "tamper")      # as protect_bpf walks
+    assert Path("tamper/links/tamper_task_kill") not in tk.pin_names()
+    got = gk.pinned_ids(root, tk.pin_names())
     assert 901 not in got["prog"] and 900 not in got["link"], got
 
 

@@ -35,7 +35,7 @@ def fake_bpffs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # obj_get follows symlinks as BPF_OBJ_GET does; fdinfo is the file's content
     monkeypatch.setattr(gk, "obj_get", lambda p: os.open(p, os.O_RDONLY))
     monkeypatch.setattr(gk, "fd_ids", lambda fd: json.loads(os.pread(fd, 200, 0)))
-    monkeypatch.setattr(gk, "our_pin_names", lambda: OURS, raising=False)
+    monkeypatch.setattr(gk, "our_pin_names", lambda *a, **k: OURS, raising=False)
     fd = os.open(tmp_path, os.O_PATH)       # the plain directory stands for bpffs
     try:
         monkeypatch.setattr(gk, "PIN_FS", gk.PIN_FS | {gk._fs_type(gk._mnt_id(fd))})
@@ -139,6 +139,33 @@ def test_our_pin_names_are_those_our_specs_pin() -> None:
     assert any(n.parts[0] == "tamper" for n in links) and any(n.parts[0] == "hips" for n in links)
     assert {n.parts[0] for n in names} == {"tamper", "hips"}
     assert {n.parts[1] for n in names} == {"maps", "links"}
+
+
+def test_protect_bpf_expands_only_the_programs_we_loaded(
+        tmp_path: Path, fake_bpffs: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """s21 review F6: a link found at one of our names whose program is not one we loaded
+    (root's own link pinned under a free name) gives its link and prog ids at most: the
+    64 maps its program uses are not put into tamper_map_ids (~50 free names x 64 filled
+    the 2,048-entry set: E2BIG for our own later registrations)."""
+    from bastion.tier import Tier
+    root = tmp_path / "pins"
+    _pin(root / "tamper/links/tamper_kill", {"link": 2, "prog": 3})      # ours, armed
+    _pin(root / "hips/links/hips_exec", {"link": 900, "prog": 901})      # root's, our name
+    tk = gk.TamperKernel(Tier.COMPAT, pin_dir=root / "tamper")
+    tk._own_ids = {"map": {10}, "link": {2}, "prog": {3}}
+    monkeypatch.setattr(gk, "our_pin_names", lambda *a, **k: OURS | {Path("hips/links/hips_exec")})
+    monkeypatch.setattr(tk, "_map", lambda name: name)
+    used = {3: (10, 11), 901: tuple(range(5000, 5064)), 7: (20,)}
+    monkeypatch.setattr(gk.bpfinfo, "prog_map_ids", lambda pid: used.get(pid))
+    got: dict[str, set[int]] = {}
+
+    def add(maps: object, ids: dict[str, set[int]]) -> dict[str, int]:
+        got.update(ids)
+        return {"map": 0, "link": 0}
+    monkeypatch.setattr(gk, "add_protected", add)
+    tk.protect_bpf(root, prog_ids=(7,))
+    assert {10, 11, 20} <= got["map"], got["map"]
+    assert not got["map"] & set(used[901]), "a foreign program's maps were taken as ours"
 
 
 def _full(*_a: Any, **_k: Any) -> dict[str, int]:
@@ -270,3 +297,16 @@ def test_a_mount_removing_our_pins_meets_is_a_high_alert_and_in_the_status(
     tk.remove()
     g._crossed_mounts(tk, "again")
     assert sum(a.rule == "bastion.tamper.foreign-mount" for a in alerts) == 1
+
+
+def test_an_adopted_link_at_a_name_of_roots_is_no_name_of_ours() -> None:
+    """s21 F6: a restarted guardian adopts every name under ``tamper/links/``; the walk's
+    names are only those that are programs of this tier's ELF."""
+    from bastion.kernel.loader import program_names
+    from bastion.paths import bpf_object
+    from bastion.tier import Tier
+    real = sorted(program_names(bpf_object(gk.OBJECTS["compat"])))[0]
+    tk = gk.TamperKernel(Tier.COMPAT, pin_dir=Path("/nonexistent/tamper"))
+    tk._lo = SimpleNamespace(attached=[real, "root_own_link", "tamper_task_kill"])  # type: ignore[assignment]
+    links = {n.name for n in tk.pin_names() if n.parts[:2] == ("tamper", "links")}
+    assert links == {real}

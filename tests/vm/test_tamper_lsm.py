@@ -242,15 +242,18 @@ def test_14_bpf_objects(inst: T.Instance) -> None:
 
 # An attacker's way to a write-mode fd of one of our maps, by id or by pin
 # (libbpf's calls, as bpftool makes them).  Exit 1 and the errno when refused.
+# ``ro-write``: a read-only fd by id, then a socket filter that writes the map through
+# it (BPF_LD_IMM64 of the fd + bpf_map_update_elem: the verifier ignores the fd's mode);
+# exit 0 and "loaded writer" when the program that writes our map loads.
 FD_GETTER = """\
-import ctypes, os, sys
+import ctypes, os, struct, sys
 lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
 class Opts(ctypes.Structure):
     _fields_ = [("sz", ctypes.c_size_t), ("open_flags", ctypes.c_uint32)]
 how, what = sys.argv[1], sys.argv[2]
 if how == "rw-id":
     fd = lib.bpf_map_get_fd_by_id(ctypes.c_uint32(int(what)))
-elif how == "ro-id":
+elif how in ("ro-id", "ro-write"):
     o = Opts(ctypes.sizeof(Opts), 1 << 3)   # BPF_F_RDONLY
     fd = lib.bpf_map_get_fd_by_id_opts(ctypes.c_uint32(int(what)), ctypes.byref(o))
 else:
@@ -259,6 +262,18 @@ if fd < 0:
     print("refused:", os.strerror(-fd))
     sys.exit(1)
 print("got fd", fd)
+if how == "ro-write":
+    def insn(code, dst=0, src=0, off=0, imm=0):
+        return struct.pack("<BBhi", code, (src << 4) | dst, off, imm)
+    code = b"".join((insn(0x62, 10, 0, -4, 0), insn(0x62, 10, 0, -8, 1), insn(0xbf, 2, 10),
+                     insn(0x07, 2, imm=-4), insn(0xbf, 3, 10), insn(0x07, 3, imm=-8),
+                     insn(0xb7, 4), insn(0x18, 1, 1, imm=fd), insn(0), insn(0x85, imm=2),
+                     insn(0xb7, 0), insn(0x95)))
+    lib.bpf_prog_load.restype = ctypes.c_int
+    lib.bpf_prog_load.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p,
+                                  ctypes.c_char_p, ctypes.c_size_t, ctypes.c_void_p]
+    pfd = lib.bpf_prog_load(1, b"map_writer", b"GPL", code, len(code) // 8, None)
+    print("loaded writer" if pfd >= 0 else f"writer refused: {os.strerror(-pfd)}")
 """
 
 
@@ -276,7 +291,8 @@ def _count(inst: T.Instance, rule: str) -> int:
 
 def test_14a_write_mode_map_fds_refused(inst: T.Instance) -> None:
     """BPF_MAP_GET_FD_BY_ID / BPF_OBJ_GET of our maps asking for write: EPERM and an
-    alert (lsm bpf_map hook); a read-only fd still works (status tools, the integrity scan)."""
+    alert (lsm bpf_map hook); a read-only fd of a BPF_F_RDONLY_PROG map (the identities)
+    still works: the control client's identity check."""
     maps = inst.pin_root / "tamper" / "maps"
     mid = int(_map_show(maps / "tamper_idents")["id"])  # type: ignore[call-overload]
     hips = inst.pin_root / HIPS_PIN
@@ -353,9 +369,10 @@ def test_14c_unpinned_map_of_our_pinned_program(inst: T.Instance) -> None:
     """A map one of our pinned programs uses but that is not pinned itself (a program's
     ``.bss``, like the HIPS verdict cache or a sensor's scratch map): found the attacker's
     way (pinned link -> its program -> the program's map_ids), a write-mode fd of it by id
-    and a ``bpftool map update id`` are refused.  The object is pinned after the guardian
-    armed, as the agent pins its HIPS object, at a HIPS link's pin name (the guardian's
-    walk takes only our specs' names): the guardian's next pass covers it."""
+    and a ``bpftool map update id`` are refused, and (s21 F8) a read-only fd too, with
+    which a program of root's could write it.  The object is pinned after the guardian
+    armed, as the agent pins its HIPS object, at a HIPS link's pin name; its map ids are
+    registered as the agent's ObjectGuard registers what it loads."""
     o = BpfObject.open(bpf_object("integrity_testtp.bpf.o"), rodata={"cfg_target_tgid": os.getpid()})
     link = None
     try:
@@ -369,9 +386,10 @@ def test_14c_unpinned_map_of_our_pinned_program(inst: T.Instance) -> None:
         names = {int(m): str(_bpftool_json("map", "show", "id", str(m))["name"]) for m in map_ids}
         mid = next(m for m, n in names.items() if n.endswith(".bss"))
         with Map.open_pinned(inst.pin_root / "tamper" / "maps" / "tamper_map_ids") as ids:
-            deadline = time.monotonic() + 6        # the guardian's pass runs every 2 s
-            while ids.lookup(mid.to_bytes(4, "little")) is None and time.monotonic() < deadline:
-                time.sleep(0.2)
+            # registered as the agent registers the objects it loads (ObjectGuard): since
+            # s21 (F6) the guardian's walk takes a pinned program's maps only when it
+            # loaded that program (root's link at a free name put 64 maps in the set)
+            ids.update(mid.to_bytes(4, "little"), (1).to_bytes(4, "little"))
         before = _count(inst, "bastion.tamper.bpf-map-fd")
         _refused(inst, "BPF_MAP_GET_FD_BY_ID read-write (unpinned .bss of a pinned program)",
                  [T.PY, "-c", FD_GETTER, "rw-id", str(mid)], "bastion.tamper.bpf-map-fd")
@@ -386,9 +404,28 @@ def test_14c_unpinned_map_of_our_pinned_program(inst: T.Instance) -> None:
         assert _count(inst, "bastion.tamper.bpf-map-fd") >= before + 2
         last = [a for a in inst.alerts() if a["rule"] == "bastion.tamper.bpf-map-fd"][-1]
         assert isinstance(last["evidence"], dict) and last["evidence"]["obj_id"] == mid
-        ro = inst.attack([T.PY, "-c", FD_GETTER, "ro-id", str(mid)])
-        assert ro.returncode == 0 and "got fd" in ro.stdout, ro.stdout + ro.stderr
-        RESULTS["write-mode fd / update of an unpinned map of our program"] = "refused; read-only fd allowed"
+        # s21 review F8: a read-only fd was enough for a program of root's to write the
+        # .bss (the verifier ignores the fd's mode): refused for a map programs can write
+        r = _refused(inst, "BPF_MAP_GET_FD_BY_ID read-only + a program writing it (unpinned .bss)",
+                     [T.PY, "-c", FD_GETTER, "ro-write", str(mid)], "bastion.tamper.bpf-map-fd")
+        assert "loaded writer" not in r.stdout, r.stdout
+        deadline = time.monotonic() + 10
+        while _count(inst, "bastion.tamper.bpf-map-fd") < before + 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        last = [a for a in inst.alerts() if a["rule"] == "bastion.tamper.bpf-map-fd"][-1]
+        assert isinstance(last["evidence"], dict) and last["evidence"]["obj_id"] == mid
+        assert not last["evidence"]["arg"] & 2, last["evidence"]      # a read-only fd (FMODE_READ)
+        # positive control: the same attack on a map root made itself loads its writer
+        subprocess.run(["bpftool", "map", "create", "/sys/fs/bpf/s21_own_map", "type", "hash",
+                        "key", "4", "value", "4", "entries", "8", "name", "s21own"], check=True)
+        try:
+            oid = int(_map_show(Path("/sys/fs/bpf/s21_own_map"))["id"])  # type: ignore[call-overload]
+            ok = inst.attack([T.PY, "-c", FD_GETTER, "ro-write", str(oid)])
+            assert ok.returncode == 0 and "loaded writer" in ok.stdout, ok.stdout + ok.stderr
+        finally:
+            os.unlink("/sys/fs/bpf/s21_own_map")
+        RESULTS["write-mode or read-only fd / update of an unpinned map of our program"] = \
+            "refused (a program writing it through a read-only fd cannot be loaded)"
     finally:
         if link is not None:
             link.unpin()
@@ -402,7 +439,8 @@ def test_14d_maps_made_by_ours_are_protected_from_their_creation(inst: T.Instanc
     ``tamper_map_ids`` (the window before the loader's hook, seconds for a large policy
     object).  Every such map refuses it a write-mode fd from its creation (the guardian's
     tamper object marked it at bpf_map_alloc_security / bpf_map_create); a map the
-    attacker made itself stays writable, a read-only fd of ours still works."""
+    attacker made itself stays writable; no read-only fd of ours either (s21: they are not
+    BPF_F_RDONLY_PROG, a program could write them through one)."""
     idents = inst.pin_root / "tamper" / "maps" / "tamper_idents"
     me = Identity.of(os.getpid(), ROLE_WRITER)
     made: list[int] = []
@@ -418,16 +456,21 @@ def test_14d_maps_made_by_ours_are_protected_from_their_creation(inst: T.Instanc
         rc, lines = map_poller.outcome(p)
         got = [x for x in lines if "fd" in x or "wrote" in x]
         assert not got, f"the attacker got write fds of maps made by ours: {got}"
-        refused = {str(x["refused"]) for x in lines if "refused" in x}
-        assert refused == {f"{prefix}{i}" for i in range(6)}, lines   # it saw every one
-        assert all(x["errno"] == errno.EPERM for x in lines if "refused" in x), lines
-        assert rc == 0, lines
         ours = {fd_ids(fd)["map"] for fd in made}
+        # s21 F8: not even a read-only fd (to read the name), so refused by id: it saw
+        # every one of ours and got no fd of any
+        refused = {int(str(x["refused_id"])) for x in lines if "refused_id" in x}
+        assert ours <= refused, lines
+        assert not [x for x in lines if "refused" in x], lines      # no name was readable
+        assert all(x["errno"] == errno.EPERM for x in lines if "refused_id" in x), lines
+        assert rc == 0, lines
         inst.wait_alert("bastion.tamper.bpf-map-fd", lambda a: a["action"] == "denied"
                         and a["evidence"]["obj_id"] in ours, timeout=10)  # type: ignore[index]
         mid = fd_ids(made[0])["map"]
+        # s21 review F8: not BPF_F_RDONLY_PROG, so no read-only fd either (a program of
+        # root's could write it through one)
         ro = inst.attack([T.PY, "-c", FD_GETTER, "ro-id", str(mid)])
-        assert ro.returncode == 0 and "got fd" in ro.stdout, ro.stdout + ro.stderr
+        assert ro.returncode != 0 and "got fd" not in ro.stdout, ro.stdout + ro.stderr
         # the mark set itself is written by programs: no fd of it at all, read-only included
         born = [m for m in json.loads(subprocess.run(["bpftool", "-j", "map", "show"], text=True,
                                                      capture_output=True, check=True).stdout)

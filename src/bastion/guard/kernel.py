@@ -32,7 +32,8 @@ from bastion.kernel import bpffs
 from bastion.kernel.btf import map_birth_hooks, setattr_has_idmap
 from bastion.kernel.clock import deadline_ns
 from bastion.kernel.libbpf import Map, obj_get
-from bastion.kernel.loader import LoadedObject, LoaderUser, ObjectSpec, live_objects
+from bastion.kernel.loader import (LoadedObject, LoaderUser, ObjectSpec, live_objects,
+                                  program_names)
 from bastion.paths import bpf_object
 
 log = logging.getLogger("bastion.guard.kernel")
@@ -79,17 +80,28 @@ def fd_ids(fd: int) -> dict[str, int]:
     return out
 
 
-def our_pin_names() -> frozenset[Path]:
+def our_pin_names(tier: str | None = None,
+                  tamper_links: Collection[str] | None = None) -> frozenset[Path]:
     """The paths (relative to the pin root) our objects may pin: the tamper objects' under
-    ``tamper/``, the HIPS matcher's under ``hips/`` (either tier), as their specs declare
-    them (:meth:`bastion.kernel.loader.ObjectSpec.pin_names`).  An object file that cannot
-    be opened adds its maps only (its links are registered by the process that loads it)."""
+    ``tamper/``, the HIPS matcher's under ``hips/``, as their specs declare them
+    (:meth:`bastion.kernel.loader.ObjectSpec.pin_names`): both tiers' objects, or with
+    ``tier`` that tier's only (s21 review F6: on compat, ``tamper/links/tamper_task_kill``
+    of the lsm object is a name nothing of ours pins, free for root's own link); with
+    ``tamper_links`` (the armed object's attached programs) exactly those under
+    ``tamper/links/``.  An object file that cannot be opened adds its maps only (its links
+    are registered by the process that loads it)."""
     from bastion.enforce import hips_kernel
 
     out: set[Path] = set()
     for sub, objects, maps in (("tamper", OBJECTS, PINNED_MAPS),
                                ("hips", hips_kernel.OBJECTS, hips_kernel.MAPS)):
-        for f in objects.values():
+        if sub == "tamper" and tamper_links is not None:
+            out |= {Path(sub) / "maps" / m for m in maps}
+            out |= {Path(sub) / "links" / n for n in tamper_links}
+            continue
+        for t, f in objects.items():
+            if tier is not None and t != tier:
+                continue
             spec = ObjectSpec(path=bpf_object(f), pin_dir=Path(sub), pin_maps=maps)
             try:
                 out |= spec.pin_names()
@@ -148,9 +160,10 @@ PIN_FS: frozenset[str] = frozenset({"bpf"})
 def pinned_ids(root: Path, names: Collection[Path] | None = None,
                foreign: list[Path] | None = None,
                cut: list[Path] | None = None,
-               mount: int | None = None) -> dict[str, set[int]]:
+               mount: int | None = None,
+               tier: str | None = None) -> dict[str, set[int]]:
     """Kernel ids of the maps/links pinned under ``root`` at ``names`` (relative paths;
-    default :func:`our_pin_names`) and nothing else: a ``maps/`` name gives a map id, a
+    default :func:`our_pin_names` of ``tier``) and nothing else: a ``maps/`` name gives a map id, a
     ``links/`` name a link id and the program behind it.  So root can add at most
     ``len(names)`` ids through the pin root, whatever it pins there.
 
@@ -168,7 +181,7 @@ def pinned_ids(root: Path, names: Collection[Path] | None = None,
     directory's listing, a directory whose listing was cut short is appended to ``cut``.
     With ``mount`` (the pin root's mount id when the guardian armed), a pin root now on
     another mount (a bpffs mounted over it) is not walked: nothing there is ours."""
-    want = our_pin_names() if names is None else frozenset(Path(n) for n in names)
+    want = our_pin_names(tier) if names is None else frozenset(Path(n) for n in names)
     kids: dict[Path, dict[str, bool]] = {}      # dir -> {child name: is a directory}
     for n in want:
         parts = Path(n).parts
@@ -666,6 +679,23 @@ class TamperKernel(LoaderUser):
         for d in devs:
             sbs.update(d.to_bytes(4, "little"), (1).to_bytes(4, "little"))
 
+    def pin_names(self) -> frozenset[Path]:
+        """What the pin-root walk takes as ours: this tier's objects' names only, and under
+        ``tamper/links/`` exactly the programs the armed object attached or adopted (the
+        other tier's, and the map-birth pair this kernel skips, are free names root could
+        pin its own links under)."""
+        links: list[str] | None = None
+        if self._lo is not None:
+            # adopted links are every name under tamper/links/ (a restarted guardian):
+            # only the programs of this tier's ELF, so a link root pinned there at a
+            # name of its own is no name of ours
+            try:
+                elf: frozenset[str] | None = program_names(bpf_object(OBJECTS[self.tier]))
+            except KernelError:
+                elf = None
+            links = [n for n in self._lo.attached if elf is None or n in elf]
+        return our_pin_names(self.tier, tamper_links=links)
+
     def protect_bpf(self, root: Path | None = None, *, prog_ids: Iterable[int] = (),
                     foreign: list[Path] | None = None,
                     cut: list[Path] | None = None,
@@ -676,13 +706,17 @@ class TamperKernel(LoaderUser):
         ``foreign``, a directory whose listing was cut short to ``cut``; not walked when
         the pin root is no longer on ``mount``),
         and every map a program of ours uses even when that map is not pinned
-        (``.bss``/``.data``, scratch, task storage such as the HIPS verdict cache): the
-        programs behind the links pinned there, this object's own, and ``prog_ids``.  Run
+        (``.bss``/``.data``, scratch, task storage such as the HIPS verdict cache): this
+        object's own programs (their ids kept from the first pass, at arm) and
+        ``prog_ids``; a program found behind a pinned link is expanded only when it is one
+        of those (s21 review F6: root's link under a free name of ours put its program's 64
+        maps in the set; the agent registers its own objects' maps, :class:`ObjectGuard`).  Run
         again whenever objects may have been (re)loaded: only ids not in the sets yet are
         written.  Counts of each kind, and ``new_map``/``new_link``; KernelError (E2BIG)
         when a set is full of live objects' ids."""
         ids: dict[str, set[int]] = {"map": set(), "link": set(), "prog": set()}
-        parts = [pinned_ids(root, foreign=foreign, cut=cut, mount=mount)] if root is not None else []
+        parts = [pinned_ids(root, self.pin_names(), foreign=foreign, cut=cut, mount=mount)
+                 ] if root is not None else []
         if self._lo is not None and not self._lo.closed:
             if self._own_ids is None:           # this object's ids never change
                 self._own_ids = object_ids(self._lo, self._prog_maps)
@@ -690,8 +724,9 @@ class TamperKernel(LoaderUser):
         for part in parts:
             for kind, s in part.items():
                 ids[kind] |= s
+        loaded = set(prog_ids) | (self._own_ids["prog"] if self._own_ids is not None else set())
         ids["prog"] |= set(prog_ids)
-        ids["map"] |= program_map_ids(ids["prog"], self._prog_maps)
+        ids["map"] |= program_map_ids(ids["prog"] & loaded, self._prog_maps)
         new = add_protected({n: self._map(n) for n in ("tamper_map_ids", "tamper_link_ids")}, ids)
         return {**{k: len(v) for k, v in ids.items()}, "new_map": new["map"],
                 "new_link": new["link"]}

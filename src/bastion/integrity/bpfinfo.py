@@ -364,8 +364,9 @@ def read_link(link_id: int) -> LinkRecord | None:
 
 
 def read_map(map_id: int) -> MapRecord | None:
-    # a read-only fd: enough for its info, and the only kind the lsm tamper object
-    # grants on a protected map to anyone but our enrolled identities
+    # a read-only fd: enough for its info; the lsm tamper object grants one on a
+    # protected map to anyone but our enrolled identities only when the map is
+    # BPF_F_RDONLY_PROG (None otherwise)
     opts = GetFdByIdOpts(sz=ctypes.sizeof(GetFdByIdOpts), open_flags=BPF_F_RDONLY)
     fd = int(_LIB.bpf_map_get_fd_by_id_opts(map_id, ctypes.byref(opts)))
     if fd < 0:
@@ -474,14 +475,17 @@ def scan_holders(proc: Path = Path("/proc")) -> tuple[dict[int, list[FdHolder]],
 class Inventory:
     progs: list[ProgRecord]
     links: list[LinkRecord]
-    maps: list[MapRecord]
+    maps: list[int]         # ids only (see :func:`inventory`)
 
 
 def inventory(call_base: int, proc: Path = Path("/proc"), *, skip: frozenset[int] = frozenset()) -> Inventory:
     """Every loaded program (but the ``skip`` ids), link and map, with holders and attach points."""
     progs = [read_prog(i, call_base) for i in _ids(_LIB.bpf_prog_get_next_id) if i not in skip]
     links = [x for x in (read_link(i) for i in _ids(_LIB.bpf_link_get_next_id)) if x is not None]
-    maps = [x for x in (read_map(i) for i in _ids(_LIB.bpf_map_get_next_id)) if x is not None]
+    # maps by id only, no fd: the lsm tamper object refuses any fd (read-only too) of our
+    # maps that programs can write (s21 review F8) to the unenrolled scan worker, and each
+    # refusal is a critical tamper alert; the baseline only counts them
+    maps = list(_ids(_LIB.bpf_map_get_next_id))
     holders, attach = scan_holders(proc)
     by_id = {p.id: p for p in progs}
     for link in links:

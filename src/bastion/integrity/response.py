@@ -22,6 +22,8 @@ from typing import Any
 
 from bastion.detect.engine import Finding
 from bastion.integrity.base import IntegrityFinding
+from bastion.procstat import TICK_NS
+from bastion.respond.dispatch import OWN_SKIP, OwnCheck, own_lineage
 
 RULE = "bastion.integrity.bpf.rogue_program"
 
@@ -36,16 +38,25 @@ def _start_ticks(pid: int, proc: Path) -> int | None:
 
 
 def kill_loader(finding: IntegrityFinding | Finding, *, dry_run: bool = False,
-                proc: Path = Path("/proc")) -> list[dict[str, Any]]:
+                proc: Path = Path("/proc"), own: OwnCheck | None = None) -> list[dict[str, Any]]:
     """SIGKILL every holder of the program named in a ``bpf.rogue_program`` finding.
 
     Returns one outcome per holder, in the finding's order: ``kill``,
     ``would-kill``, or ``kill-skipped: <why>``.  This process and init are never
-    targets; a holder without a recorded start time is skipped.
+    targets, nor any holder ``own`` (pid, start_ns) says is ours (default: this
+    process's lineage, :func:`bastion.respond.dispatch.own_lineage`; the dispatcher
+    passes its own check, which adds the guardian and alerts each refusal: s21
+    review F4, a rogue-program finding naming the guardian killed it); a holder
+    without a recorded start time is skipped.
     """
     holders = finding.evidence.get("holders", [])
     out: list[dict[str, Any]] = []
     me = os.getpid()
+    if own is None:
+        lineage = own_lineage()
+
+        def own(pid: int, start_ns: int) -> bool:
+            return pid in lineage and (not start_ns or abs(lineage[pid] - start_ns) < TICK_NS)
     for h in holders:
         pid, start = int(h.get("pid", 0)), h.get("start_ticks")
         res: dict[str, Any] = {"pid": pid, "comm": h.get("comm", ""), "start_ticks": start}
@@ -55,6 +66,9 @@ def kill_loader(finding: IntegrityFinding | Finding, *, dry_run: bool = False,
             continue
         if start is None:
             res["outcome"] = "kill-skipped: start time unknown"
+            continue
+        if own(pid, int(start) * TICK_NS):
+            res["outcome"] = f"kill-skipped: {OWN_SKIP}"
             continue
         try:
             pidfd = os.pidfd_open(pid)
@@ -96,9 +110,11 @@ def summarize(outcomes: list[dict[str, Any]], *, dry_run: bool) -> str:
     return f"{done} ({k} of {n} holders; not the others: {'; '.join(why)})"
 
 
-def respond_to_rogue_program(finding: Finding, dry_run: bool) -> tuple[str, list[int], list[dict[str, Any]]]:
-    """The dispatcher's handler: kill every holder by identity; (action, killed pids, outcomes)."""
-    outcomes = kill_loader(finding, dry_run=dry_run)
+def respond_to_rogue_program(finding: Finding, dry_run: bool, own: OwnCheck
+                             ) -> tuple[str, list[int], list[dict[str, Any]]]:
+    """The dispatcher's handler: kill every holder by identity, never one ``own`` says is
+    ours; (action, killed pids, outcomes)."""
+    outcomes = kill_loader(finding, dry_run=dry_run, own=own)
     killed = sorted(int(o["pid"]) for o in outcomes if o["outcome"] == "kill")
     return summarize(outcomes, dry_run=dry_run), killed, outcomes
 

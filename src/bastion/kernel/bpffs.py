@@ -266,44 +266,140 @@ def mount_id(fd: int) -> int:
 _PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def _remove_tree(dfd: int, d: Path, mnt: int, removed: list[Path], crossed: list[Path]) -> bool:
-    """Unlink everything in the directory open (``O_PATH``) at ``dfd`` (named ``d``, on
-    mount ``mnt``): by d_type and relative to ``dfd``, so a symlink someone made there is
-    unlinked, never followed.  Each entry is first opened ``O_PATH|O_NOFOLLOW`` (no
-    filesystem is asked) and one on another mount (mounted over it) is never opened,
-    entered or unlinked: it goes to ``crossed``.  True when ``d`` is now empty."""
+#: How deep :func:`remove_pins` holds a directory open below its root.  Our trees are 3
+#: deep (``tamper/maps/<pin>``); anything below this was made by someone else (root may
+#: ``mkdir -p`` a chain of any depth under the pin root on compat): it is not walked one fd
+#: (and, before s21, one stack frame) a level, but lifted up a level at a time and removed.
+REMOVE_DEPTH = 8
+
+
+def _listing(dfd: int) -> list[tuple[str, bool]]:
+    """(name, is a directory by d_type) of the directory open at ``dfd``: never stat()ed,
+    never followed."""
     lfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dfd)
     try:
         with os.scandir(lfd) as it:
-            entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+            return [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
     finally:
         os.close(lfd)
-    empty = True
-    for name, isdir in entries:
-        q = d / name
+
+
+def _open_same_mount(dfd: int, name: str, q: Path, mnt: int, crossed: list[Path]) -> int | None:
+    """``name`` under ``dfd`` opened ``O_PATH|O_NOFOLLOW`` (no filesystem is asked); None
+    when it is gone, or on another mount (mounted over it: logged and put in ``crossed``,
+    never entered or unlinked)."""
+    try:
+        sub = os.open(name, _PATH, dir_fd=dfd)
+    except FileNotFoundError:
+        return None                                 # gone since the listing
+    if mount_id(sub) != mnt:
+        os.close(sub)
+        log.warning("bpffs: %s is another mount (mounted over our pin directory): "
+                    "not entered, not removed", q)
+        crossed.append(q)
+        return None
+    return sub
+
+
+def _free_name(dfd: int, n: int) -> str:
+    """A name not taken in the directory at ``dfd`` (for a directory lifted into it)."""
+    while True:
+        name = f".bastion-lift-{n}"
         try:
-            sub = os.open(name, _PATH, dir_fd=dfd)
+            os.lstat(name, dir_fd=dfd)
         except FileNotFoundError:
-            continue                                # gone since the listing
-        try:
-            if mount_id(sub) != mnt:
-                log.warning("bpffs: %s is another mount (mounted over our pin directory): "
-                            "not entered, not removed", q)
-                crossed.append(q)
-                empty = False
+            return name
+        n += 1
+
+
+@dataclass
+class _Level:
+    fd: int                                         # O_PATH, owned unless the walk's top
+    path: Path
+    name: str                                       # in the level above ("" for the top)
+    todo: list[tuple[str, bool]]
+    empty: bool = True
+
+
+def _remove_tree(top: int, d: Path, mnt: int, removed: list[Path], crossed: list[Path]) -> bool:
+    """Unlink everything in the directory open (``O_PATH``) at ``top`` (named ``d``, on
+    mount ``mnt``): by d_type and relative to the parent's fd, so a symlink someone made
+    there is unlinked, never followed.  Each entry is first opened ``O_PATH|O_NOFOLLOW``
+    and one on another mount is never opened, entered or unlinked: it goes to
+    ``crossed``.  Iterative, at most :data:`REMOVE_DEPTH` directories open at once: a
+    directory at that depth is not entered, its subdirectories are renamed up into its
+    parent (one level a step, each at most once) and its files unlinked, so a chain of any
+    depth is removed with bounded fds, no recursion and short paths.  True when ``d`` is
+    now empty.  OSError is the caller's to wrap."""
+    levels = [_Level(top, d, "", _listing(top))]
+    lifted = 0
+    try:
+        while levels:
+            lv = levels[-1]
+            if not lv.todo:
+                levels.pop()
+                if not levels:
+                    return lv.empty
+                os.close(lv.fd)
+                up = levels[-1]
+                if lv.empty:
+                    os.rmdir(lv.name, dir_fd=up.fd)
+                    removed.append(lv.path)
+                else:
+                    up.empty = False
                 continue
+            name, isdir = lv.todo.pop()
+            q = lv.path / name
+            seen = len(crossed)
+            sub = _open_same_mount(lv.fd, name, q, mnt, crossed)
+            if sub is None:
+                if len(crossed) > seen:             # another mount stays, so does lv
+                    lv.empty = False
+                continue
+            if isdir and len(levels) < REMOVE_DEPTH:
+                try:
+                    todo = _listing(sub)
+                except BaseException:
+                    os.close(sub)
+                    raise
+                levels.append(_Level(sub, q, name, todo))
+                continue
+            try:
+                if isdir:                           # at the depth cap: flatten, not enter
+                    left = False
+                    for cname, cdir in _listing(sub):
+                        cq = q / cname
+                        seen = len(crossed)
+                        csub = _open_same_mount(sub, cname, cq, mnt, crossed)
+                        if csub is None:
+                            left = left or len(crossed) > seen
+                            continue
+                        os.close(csub)
+                        if cdir:
+                            new = _free_name(lv.fd, lifted)
+                            lifted += 1
+                            os.rename(cname, new, src_dir_fd=sub, dst_dir_fd=lv.fd)
+                            lv.todo.append((new, True))
+                        else:
+                            os.unlink(cname, dir_fd=sub)
+                            removed.append(cq)
+                    if left:
+                        lv.empty = False
+                        continue
+            finally:
+                os.close(sub)
             if isdir:
-                if not _remove_tree(sub, q, mnt, removed, crossed):
-                    empty = False
-                    continue
-        finally:
-            os.close(sub)
-        if isdir:
-            os.rmdir(name, dir_fd=dfd)
-        else:
-            os.unlink(name, dir_fd=dfd)
-        removed.append(q)
-    return empty
+                os.rmdir(name, dir_fd=lv.fd)
+            else:
+                os.unlink(name, dir_fd=lv.fd)
+            removed.append(q)
+        return True
+    finally:
+        for lv in levels[1:]:
+            os.close(lv.fd)
+        if lifted:                                  # once a walk: root chose the count
+            log.warning("bpffs: %d directories deeper than any pin of ours under %s were "
+                        "lifted up a level to be removed", lifted, d)
 
 
 def remove_pins(root: Path | str, crossed: list[Path] | None = None) -> list[Path]:

@@ -601,10 +601,12 @@ class Link(Closing):
         self.destroy()
 
     def destroy(self) -> None:
-        """Detach (unless pinned) and free.  Idempotent."""
-        if self._ptr is not None:
-            LIB.bpf_link__destroy(self._ptr)
-            self._ptr = None
+        """Detach (unless pinned) and free.  Idempotent: the pointer is taken before the
+        call, so an exception between the call and the bookkeeping (a signal handler's)
+        can never make a second call free it again."""
+        ptr, self._ptr = self._ptr, None
+        if ptr is not None:
+            LIB.bpf_link__destroy(ptr)
 
 
 

@@ -176,35 +176,62 @@ def destroy_links(links: list[Link]) -> None:
     multi-threaded TCG re-running a stale int3 after any kernel text patch, with no BPF
     object loaded at all: docs/testing-vm.md).  Each detach is atomic on its own and a closing object's links all go, so
     the order never mattered; every link is destroyed before this returns (a thread
-    that cannot start leaves its share to the caller's thread)."""
+    that cannot start leaves its share to the caller's thread), also when one destroy
+    or the wait raises (s21 review F10: a signal handler's exception during ``join``
+    returned with detaches in flight on other threads, and the links after a failing
+    one were never destroyed): every link is still destroyed, every thread joined, and
+    then the first exception is raised (the others logged)."""
+    errors: list[BaseException] = []
+
+    def one(link: Link) -> None:
+        try:
+            link.destroy()
+        except BaseException as exc:    # noqa: BLE001 -- raised below once all are done
+            errors.append(exc)
+
     perf = [link for link in links if _detaches_concurrently(link)]
     rest = [link for link in links if not _detaches_concurrently(link)]
-    for link in rest:
-        link.destroy()
-    if len(perf) <= 1:
-        for link in perf:
-            link.destroy()
-        return
-    n = min(len(perf), _CLOSE_THREADS)
-    shares = [perf[i::n] for i in range(n)]
+    try:
+        for link in rest:
+            one(link)
+        if len(perf) <= 1:
+            for link in perf:
+                one(link)
+            return
+        n = min(len(perf), _CLOSE_THREADS)
+        shares = [perf[i::n] for i in range(n)]
 
-    def run(share: list[Link]) -> None:
-        for link in share:
-            link.destroy()
+        def run(share: list[Link]) -> None:
+            for link in share:
+                one(link)
 
-    started: list[threading.Thread] = []
-    left: list[Link] = []
-    for share in shares[1:]:
-        t = threading.Thread(target=run, args=(share,), name="bastion-link-close", daemon=True)
-        try:
-            t.start()
-        except RuntimeError:            # no thread to be had (interpreter shutdown ...)
-            left += share
-            continue
-        started.append(t)
-    run(shares[0] + left)
-    for t in started:
-        t.join()
+        started: list[threading.Thread] = []
+        left: list[Link] = []
+        for share in shares[1:]:
+            t = threading.Thread(target=run, args=(share,), name="bastion-link-close", daemon=True)
+            try:
+                t.start()
+            except RuntimeError:            # no thread to be had (interpreter shutdown ...)
+                left += share
+                continue
+            except BaseException as exc:    # noqa: BLE001 -- a signal's: the share is ours
+                errors.append(exc)
+                if t.ident is None:         # not started
+                    left += share
+                    continue
+            started.append(t)
+        run(shares[0] + left)
+        for t in started:
+            while t.is_alive():
+                try:
+                    t.join()
+                except BaseException as exc:    # noqa: BLE001 -- wait for it all the same
+                    errors.append(exc)
+    finally:
+        if errors:
+            for other in errors[1:]:
+                log.error("destroy links: also %r", other)
+            raise errors[0]
 
 
 class _Ring(Protocol):

@@ -47,10 +47,21 @@ class QuarantineBackend(Protocol):
 # After an action was taken: (the finding, its alert) -> None; may add to the alert.
 ActionHook = Callable[[Finding, Alert], None]
 
+# Is (pid, start_ns) the agent, one of its ancestors or an enrolled process of ours (the
+# guardian)?  A start time of 0 is read from /proc.  Handlers must spare every such target.
+OwnCheck = Callable[[int, int], bool]
+
 # How one rule's action is taken when the finding names its own targets (e.g. every
-# holder of a rogue BPF program, each with its start time): (the finding, dry run) ->
-# (outcome, pids signalled, one record per target for the alert's evidence "response").
-ActionHandler = Callable[[Finding, bool], tuple[str, list[int], list[dict[str, Any]]]]
+# holder of a rogue BPF program, each with its start time): (the finding, dry run, the
+# own-lineage check every target must pass) -> (outcome, pids signalled, one record per
+# target for the alert's evidence "response").
+ActionHandler = Callable[[Finding, bool, OwnCheck], tuple[str, list[int], list[dict[str, Any]]]]
+
+#: The rule of the alert raised when an act was refused because its target is ours.
+OWN_REFUSED = "bastion.respond.own-lineage"
+
+#: Skipped outcome of an act whose target is the agent's own lineage.
+OWN_SKIP = "the agent's own lineage"
 
 
 def live_children(pid: int) -> list[int]:
@@ -97,14 +108,30 @@ class Dispatcher:
     kill-tree rooted above the agent (a per-user ransomware aggregate naming every tree of
     root, a shell that started the agent) walks past them and never enters the agent's own
     subtree (s20: a kill-tree SIGSTOPped the agent's parent and the agent itself, which
-    then never sent the SIGKILLs: everything stayed stopped)."""
+    then never sent the SIGKILLs: everything stayed stopped).  Every acting path spares
+    them: kill, kill-tree, quarantine and each registered handler (given :meth:`is_own`);
+    a refused act keeps its finding's alert (outcome ``...-skipped: the agent's own
+    lineage``) and queues a critical :data:`OWN_REFUSED` notice (:meth:`take_notices`).
+
+    The lineage is not frozen at start (s21 review F9): before each act it is read again
+    when the parent changed (pid or start time: a guardian that crashed, the agent
+    re-parented), and ``guardians`` (the composition root's: the enrolled guardian and
+    agent identities, pid -> start_ns) is added each time: a new guardian that adopted
+    the running agent is not its parent."""
 
     def __init__(self, procs: ProcessTable, *, dry_run: bool = False,
                  quarantine: QuarantineBackend | None = None,
-                 own: dict[int, int] | None = None) -> None:
+                 own: dict[int, int] | None = None,
+                 guardians: Callable[[], dict[int, int]] | None = None) -> None:
         self.procs = procs
-        self.own = own_lineage() if own is None else dict(own)
+        self._fixed = own is not None
+        self._lineage = own_lineage() if own is None else dict(own)
+        self._parent = self._parent_now()
+        self.guardians = guardians
+        self.own = dict(self._lineage)
         self.self_pid = os.getpid() if own is None else next(iter(self.own), 0)
+        self._notices: list[Finding] = []
+        self._current: list[dict[str, Any]] = []    # acts refused in this dispatch
         self.spared_own = 0         # members of the agent's own lineage a response passed over
         self.dry_run = dry_run
         self.quarantine = quarantine
@@ -154,6 +181,42 @@ class Dispatcher:
             os.close(fd)
         return ""
 
+    @staticmethod
+    def _parent_now() -> tuple[int, int]:
+        ppid = os.getppid()
+        return ppid, start_ns_of(ppid) if ppid > 1 else 0
+
+    def refresh_own(self) -> None:
+        """The lineage again when the parent changed, plus the current ``guardians``."""
+        if not self._fixed:
+            now = self._parent_now()
+            if now != self._parent:
+                log.warning("respond: the agent's parent changed (%s -> %s): own lineage "
+                            "read again", self._parent, now)
+                self._parent = now
+                self._lineage = own_lineage()
+        extra = self.guardians() if self.guardians is not None else {}
+        self.own = {**extra, **self._lineage}
+
+    def is_own(self, pid: int, start_ns: int = 0) -> bool:
+        """:meth:`_is_own` for handlers: a True answer is counted and noticed as refused."""
+        if not self._is_own(pid, start_ns):
+            return False
+        self._refused(pid, start_ns, "handler")
+        return True
+
+    def _refused(self, pid: int, start_ns: int, what: str) -> None:
+        self.spared_own += 1
+        log.error("%s: pid %d is the agent, its ancestor or its guardian; not acted on",
+                  what, pid)
+        self._current.append({"pid": pid, "start_ns": start_ns or start_ns_of(pid),
+                              "action": what})
+
+    def take_notices(self) -> list[Finding]:
+        """The :data:`OWN_REFUSED` findings since the last call (the agent alerts them)."""
+        out, self._notices = self._notices, []
+        return out
+
     def _is_own(self, pid: int, start_ns: int = 0) -> bool:
         """``pid`` is the agent or one of its ancestors (the same process: start time)."""
         known = self.own.get(pid)
@@ -165,9 +228,8 @@ class Dispatcher:
     def _kill(self, f: Finding) -> str:
         start = f.event.proc.start_ns if f.event is not None and f.event.proc.pid == f.pid else 0
         if self._is_own(f.pid, start):
-            self.spared_own += 1
-            log.error("kill: pid %d is the agent or its ancestor; not signalled", f.pid)
-            return "kill-skipped: the agent's own lineage"
+            self._refused(f.pid, start, "kill")
+            return f"kill-skipped: {OWN_SKIP}"
         why = self._signal(f.pid, start, signal.SIGKILL)
         return f"kill-skipped: {why}" if why else "kill"
 
@@ -256,6 +318,7 @@ class Dispatcher:
                 e = self.procs.get(root)
                 start = e.start_ns if e is not None else 0
             if self._is_own(root, start):
+                self._refused(root, start, "kill-tree")
                 seeds.append((root, start))     # _tree passes over it (and never into us)
                 continue
             fd = self._open_checked(root, start)
@@ -319,10 +382,15 @@ class Dispatcher:
             (p, t) for p, t in starts.items() if p != spare)
 
     def _quarantine(self, f: Finding) -> str:
+        start = f.event.proc.start_ns if f.event is not None and f.event.proc.pid == f.pid else 0
+        if self._is_own(f.pid, start):
+            # s21 review F4: the kernel mark would refuse (lsm) or kill (compat) the agent
+            # or the guardian at its next write-open/connect, and every agent it starts
+            self._refused(f.pid, start, "quarantine")
+            return f"quarantine-skipped: {OWN_SKIP}"
         if self.quarantine is None:
             k = self._kill(f)
             return f"{k} (quarantine unavailable)"
-        start = f.event.proc.start_ns if f.event is not None and f.event.proc.pid == f.pid else 0
         self._incident += 1
         try:
             self.quarantine.add(f.pid, start or start_ns_of(f.pid), self._incident)
@@ -339,8 +407,11 @@ class Dispatcher:
         members: list[tuple[int, int]] = []
         response: list[dict[str, Any]] | None = None
         handler = self._handlers.get((f.rule, action))
+        self._current = []
+        if action in ACTING:
+            self.refresh_own()
         if handler is not None:
-            outcome, killed, response = handler(f, self.dry_run or f.dry_run)
+            outcome, killed, response = handler(f, self.dry_run or f.dry_run, self.is_own)
         elif action in ACTING and (self.dry_run or f.dry_run):
             outcome = f"would-{action}"
         elif action == "kill" and _kernel_killed(f):
@@ -368,6 +439,16 @@ class Dispatcher:
             event=to_json(ev) if ev is not None else None, meta=dict(f.meta),
             container=ev.proc.container.to_json() if ev is not None and ev.proc.container else None,
             members=members)
+        if self._current:
+            alert.evidence["own_lineage_refused"] = list(self._current)
+            self._notices.append(Finding(
+                rule=OWN_REFUSED, severity="critical", attack=("T1562.001",), action="alert",
+                event=None, pid=self._current[0]["pid"],
+                title=f"{action} refused on the agent's own lineage (pid "
+                      f"{', '.join(str(r['pid']) for r in self._current)}): finding "
+                      f"{f.rule} named Bastion itself",
+                evidence={"finding_rule": f.rule, "finding_title": f.title, "action": action,
+                          "outcome": outcome, "refused": list(self._current)}))
         for rule, prefix, hook in self._hooks:
             if rule == f.rule and outcome.startswith(prefix):
                 hook(f, alert)
