@@ -76,10 +76,11 @@ struct {
 } pgate_cfg SEC(".maps");
 
 /* The current task's untrusted reasons (admin bit included), 0 = none or out of
- * scope.  The one cost every hook pays. */
+ * scope, PROV_ACTOR_UNSEEN: no entry found (settled in pgate_decide_how once the
+ * object is must-stop).  The one cost every hook pays. */
 static __always_inline __u32 pgate_actor(void)
 {
-	return in_scope() ? prov_actor() : 0;
+	return in_scope() ? prov_gate_actor() : 0;
 }
 
 struct pgate_hit {
@@ -156,6 +157,12 @@ static __always_inline int pgate_decide_how(__u32 op, __u32 how, __u32 reasons,
 	struct bastion_hips_event *e;
 	bool enforced;
 
+	/* a must-stop object: an actor the plain lookup did not find is looked up
+	 * with F_CREATE; a NULL then is busy or no memory: refused (prov_map.h) */
+	reasons = prov_actor_settle(reasons);
+	if (!reasons)
+		return 0;
+	local = reasons & ~BASTION_PROV_ADMIN_TTY;
 	if ((reasons & BASTION_PROV_ADMIN_TTY) && !(local & ~BASTION_PROV_LOCAL_MASK))
 		action = BASTION_ACT_AUDIT;
 	enforced = action == BASTION_ACT_DENY &&

@@ -66,11 +66,12 @@ struct {
 } svcgate_cfg SEC(".maps");
 
 /* The current task's untrusted reasons (the admin bit included); 0 = none, out
- * of scope, or only the admin bit.  As lsm_provgate.bpf.c's pgate_actor: a
+ * of scope, or only the admin bit; PROV_ACTOR_UNSEEN: no entry found (settled
+ * once the socket is gated).  As lsm_provgate.bpf.c's pgate_actor: a
  * process the full map could not take is refused as untracked. */
 static __always_inline __u32 svc_actor(void)
 {
-	return in_scope() ? prov_actor() : 0;
+	return in_scope() ? prov_gate_actor() : 0;
 }
 
 SEC("lsm/socket_listen")
@@ -81,7 +82,9 @@ int BPF_PROG(svcgate_listen, struct socket *sock, int backlog, int ret)
 
 	if (ret)
 		return ret;
-	reasons = svc_actor();
+	/* prov_actor, not svc_actor: a listener the plain lookup did not find gets
+	 * no tag (a tag lets a tainted tree connect; none only gates it) */
+	reasons = in_scope() ? prov_actor() : 0;
 	if (!reasons)
 		return 0;
 	sk = sock->sk;
@@ -125,6 +128,11 @@ int BPF_PROG(svcgate_unix_connect, struct sock *sock, struct sock *other, struct
 			return 0; /* the tree's own (tainted) server */
 		kind = &skind;
 	}
+	/* a gated socket: an actor the plain lookup did not find is looked up with
+	 * F_CREATE; a NULL then is busy or no memory: refused (prov_map.h) */
+	reasons = prov_actor_settle(reasons);
+	if (!reasons)
+		return 0;
 	local = reasons & ~BASTION_PROV_ADMIN_TTY;
 	if ((reasons & BASTION_PROV_ADMIN_TTY) && !(local & ~BASTION_PROV_LOCAL_MASK))
 		action = BASTION_ACT_AUDIT;

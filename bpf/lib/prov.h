@@ -407,6 +407,8 @@ static __always_inline void prov_fork(struct task_struct *parent, struct task_st
 	struct bastion_prov_val val, *cur, *c;
 
 	cur = prov_get(parent, false);
+	if (cur && !cur->reasons)
+		cur = NULL; /* an empty entry a gate made (prov_actor_settle): not inherited */
 	if (BPF_CORE_READ(child, pid) != ctgid) {
 		if (cur && !prov_copy(cur, child))
 			prov_lose(ctgid, cur->start_ns);

@@ -24,7 +24,11 @@
  * not nest in it.  The one way to a NULL that is not "no entry" on 6.1 is a
  * task preempted while holding the counter on a preempt=full kernel (the
  * syscall side and LSM programs run with migration, not preemption, off):
- * docs/threat-model.md, "Provenance in task-local storage". */
+ * docs/threat-model.md, "Provenance in task-local storage".  The gates fail
+ * closed on it (s16-sig, re-applied s21: prov_gate_actor/prov_actor_settle
+ * below): a plain lookup's NULL is settled, once the object is known to be must-stop, by a lookup with
+ * BPF_LOCAL_STORAGE_GET_F_CREATE, whose NULL can only mean busy or no memory
+ * and is refused. */
 #ifndef BASTION_PROV_MAP_H
 #define BASTION_PROV_MAP_H
 
@@ -45,10 +49,13 @@ struct {
  * `prov_lost`: from then on no untracked process can be told apart and the gate
  * refuses every one on must-stop objects.  Neither is reached by a number of
  * processes any more (only by the kernel running out of memory for a 16-byte
- * entry); while slot 0 is 0 (the normal case) `prov_lost` is not touched. */
+ * entry); while slot 0 is 0 (the normal case) `prov_lost` is not touched.
+ * Slot 2 (s16-sig) counts a gate's refusals of a must-stop act because the
+ * actor's entry could not be read even with F_CREATE (storage busy, no memory). */
+#define PROV_ERR_GATE_NULL 2
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 2);
+	__uint(max_entries, 3);
 	__type(key, __u32);
 	__type(value, __u64);
 } prov_errors SEC(".maps");
@@ -83,29 +90,91 @@ static __always_inline struct bastion_prov_val *prov_current(void)
 	return prov_get(bpf_get_current_task_btf(), false);
 }
 
-/* The current process's untrusted reasons (the admin bit included) for a gate's
- * decision; 0 = none or only the admin bit.  No entry is clean, unless the kernel
- * could not make one ("Failing closed" above): then it is refused as untracked. */
+/* A gate's reading of an actor with no entry (the old NULL): refused as untracked
+ * when the kernel once could not make an entry and @tgid may be one of those
+ * ("Failing closed" above), else clean. */
+static __always_inline __u32 prov_unentered(__u32 tgid)
+{
+	__u32 k = 0;
+	__u64 *e = bpf_map_lookup_elem(&prov_errors, &k);
+
+	if (!e || !*e)
+		return 0;      /* the kernel never failed an entry: the normal case */
+	k = 1;
+	e = bpf_map_lookup_elem(&prov_errors, &k);
+	if ((e && *e) || bpf_map_lookup_elem(&prov_lost, &tgid))
+		return BASTION_PROV_UNTRACKED;
+	return 0;
+}
+
+/* Internal to the gates (never in a record, never in the map): prov_gate_actor's
+ * plain lookup returned NULL, which is "no entry" or, on 6.1, the storage's
+ * busy counter held (see the top of this file).  The gate classifies its
+ * object first (most acts touch no must-stop object) and settles the actor
+ * only for a must-stop one: prov_actor_settle. */
+#define PROV_ACTOR_UNSEEN (1u << 29)
+
+/* The reasons an entry gives: 0 = none or only the admin bit; an entry with no
+ * reason at all (one a gate made, below) reads as no entry did. */
+static __always_inline __u32 prov_val_reasons(const struct bastion_prov_val *v, __u32 tgid)
+{
+	if (!v->reasons)
+		return prov_unentered(tgid);
+	if (!(v->reasons & ~BASTION_PROV_ADMIN_TTY))
+		return 0;
+	return v->reasons;
+}
+
+/* The current process's untrusted reasons (the admin bit included); 0 = none or
+ * only the admin bit.  No entry is clean unless the kernel could not make one
+ * ("Failing closed" above).  For the programs that only report or pre-filter on it
+ * (tp_events.bpf.c, svcgate_compat.bpf.c, lsm_svcgate's listen tag): 0 must mean
+ * clean there.  The LSM gates read prov_gate_actor instead. */
 static __always_inline __u32 prov_actor(void)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	struct bastion_prov_val *v = prov_current();
 
-	if (!v) {
-		__u32 k = 0;
-		__u64 *e = bpf_map_lookup_elem(&prov_errors, &k);
+	if (!v)
+		return prov_unentered(tgid);
+	return prov_val_reasons(v, tgid);
+}
 
-		if (!e || !*e)
-			return 0;      /* the kernel never failed an entry: the normal case */
-		k = 1;
-		e = bpf_map_lookup_elem(&prov_errors, &k);
-		if ((e && *e) || bpf_map_lookup_elem(&prov_lost, &tgid))
-			return BASTION_PROV_UNTRACKED;
-		return 0;
-	}
-	if (!(v->reasons & ~BASTION_PROV_ADMIN_TTY))
-		return 0;
-	return v->reasons;
+/* An LSM gate's reading of the current process: prov_actor's, except that a
+ * plain lookup that found nothing gives PROV_ACTOR_UNSEEN (settle it with
+ * prov_actor_settle before deciding on a must-stop object). */
+static __always_inline __u32 prov_gate_actor(void)
+{
+	struct bastion_prov_val *v = prov_current();
+
+	if (!v)
+		return PROV_ACTOR_UNSEEN;
+	return prov_val_reasons(v, bpf_get_current_pid_tgid() >> 32);
+}
+
+/* Settle @reasons (prov_gate_actor's) for a must-stop object: an UNSEEN actor is
+ * looked up again with F_CREATE, which makes an empty entry (no reason: clean,
+ * as no entry was) when there is none, so a NULL now means the storage is busy
+ * or out of memory: refused as untracked and counted (prov_errors slot 2).  A
+ * tainted process whose plain lookup met the busy counter gets its reasons
+ * here, or the refusal.  Cost: an empty entry (the storage's ~100 bytes plus a
+ * 16-byte value) for each process that touches a must-stop object without
+ * one, freed with the process; prov_fork does not copy it to children. */
+static __always_inline __u32 prov_actor_settle(__u32 reasons)
+{
+	struct bastion_prov_val *v;
+	__u32 k = PROV_ERR_GATE_NULL;
+	__u64 *n;
+
+	if (!(reasons & PROV_ACTOR_UNSEEN))
+		return reasons;
+	v = prov_get(bpf_get_current_task_btf(), true);
+	if (v)
+		return prov_val_reasons(v, bpf_get_current_pid_tgid() >> 32);
+	n = bpf_map_lookup_elem(&prov_errors, &k);
+	if (n)
+		__sync_fetch_and_add(n, 1);
+	return BASTION_PROV_UNTRACKED;
 }
 
 #endif /* BASTION_PROV_MAP_H */

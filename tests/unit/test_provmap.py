@@ -194,3 +194,26 @@ def test_another_update_failure_still_fails_closed() -> None:
     assert not m.add(me, start_ns_of(me), abi.PROV_TMP_SCRIPT, tolerance_ns=TICK_NS)
     assert list(lost.d) == [me.to_bytes(4, "little")]
     assert m.untracked(me)
+
+
+def test_an_empty_entry_a_gate_made_reads_as_none_and_takes_reasons() -> None:
+    """s16-sig: an LSM gate reads an actor without an entry with F_CREATE, which leaves an
+    empty entry (no reason, no start).  It must read as no entry (the untracked check
+    applies) and must not block user space's later reasons (add() compared its start 0
+    with the process's and refused the write: the reasons were lost)."""
+    m, p, _, _ = pmap()
+    key = (4242).to_bytes(4, "little")
+    p.d[key] = bytes(abi.ProvVal())
+    assert m.get(4242) is None
+    assert m.add(4242, 123 * TICK_NS, abi.PROV_NETWORK_SERVICE)
+    got = m.get(4242)
+    assert got is not None and got.reasons == abi.PROV_NETWORK_SERVICE
+    assert got.start_ns == 123 * TICK_NS and got.origin_tgid == 4242
+
+
+def test_gate_null_refusals_is_slot_two() -> None:
+    errs = FakeMap()
+    m = ProvenanceMap(FakeMap(), FakeMap(), FakeMap(), errors=errs)
+    assert m.gate_null_refusals() == 0
+    errs.d[(2).to_bytes(4, "little")] = (3).to_bytes(8, "little")
+    assert (m.gate_null_refusals(), m.errors(), m.lost_errors()) == (3, 0, 0)

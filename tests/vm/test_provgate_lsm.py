@@ -311,6 +311,64 @@ def test_a_process_the_full_map_could_not_take_is_refused_in_the_hook(env: Env) 
                 q.wait()
 
 
+def _raw_entry(env: Env, pid: int) -> abi.ProvVal | None:
+    """The kernel's `prov` entry of ``pid`` as stored (an empty one included)."""
+    fd = os.pidfd_open(pid)
+    try:
+        raw = env.prov.prov.lookup(fd.to_bytes(4, "little", signed=True))
+    finally:
+        os.close(fd)
+    return abi.ProvVal.from_buffer_copy(raw) if raw is not None else None
+
+
+def test_an_entry_less_actor_is_settled_with_an_empty_entry_that_takes_reasons(
+        env: Env) -> None:
+    """s16-sig, re-applied s21-regate (prov_map.h prov_actor_settle): a process with no
+    entry that touches a must-stop object is read again with F_CREATE, so a NULL can only
+    be the busy counter or no memory (refused).  Here the entry is made: the clean read is
+    allowed, the entry is empty (no reason, no start), user space reads it as none, a
+    child forked afterwards gets no copy, no NULL was counted, and a reason user space
+    publishes for the process afterwards lands (the empty entry's start 0 made add()
+    refuse it before the s16 fix: the tainted process then read the store)."""
+    shadow = env.root / "home" / "shadow"
+    ready = env.root / "ready-empty"
+    ready.unlink(missing_ok=True)
+    p = subprocess.Popen(["/bin/sh", "-c", f"echo $$ > {env.cg}/cgroup.procs; echo $$ > "
+                          f"{ready}; read go; {{ read l; }} < {shadow}; echo r1=$?; "
+                          f"sleep 30 & echo child=$!; read go; {{ read l; }} < {shadow}; "
+                          f"echo r2=$?; kill $!"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert p.stdin is not None and p.stdout is not None
+    try:
+        end = time.monotonic() + 10
+        while not (ready.exists() and ready.read_text().strip()) and time.monotonic() < end:
+            time.sleep(0.05)
+        pid = int(ready.read_text())
+        assert _raw_entry(env, pid) is None
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        assert p.stdout.readline().strip() == "r1=0"          # clean: allowed
+        child = int(p.stdout.readline().strip().split("=")[1])
+        got = _raw_entry(env, pid)
+        assert got is not None and (got.reasons, got.start_ns) == (0, 0), got
+        assert env.prov.get(pid) is None
+        assert _raw_entry(env, child) is None                 # not inherited
+        assert env.prov.gate_null_refusals() == 0
+        assert env.records(0) == []
+        assert env.prov.add(pid, read_stat(pid).start_ns, abi.PROV_NETWORK_SERVICE)
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        out, _ = p.communicate(timeout=30)
+        assert out.strip() != "r2=0", out                     # tainted now: refused
+        recs = env.records(1)
+        assert [(ev.op, ev.action, ev.proc.pid, ev.subject) for ev in recs] == [
+            ("open-read", "deny", pid, abi.PROV_NETWORK_SERVICE)], recs
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def _unprivileged(cg: Path) -> Callable[[], None]:
     def enter() -> None:
         (cg / "cgroup.procs").write_text(str(os.getpid()))

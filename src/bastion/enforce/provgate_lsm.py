@@ -411,7 +411,8 @@ class LsmProvenanceGate(GateUser):
         out.update(denies=self.denies, dry_runs=self.dry_runs, failed=self.failed,
                    audits=self.audits, objects=len(self._objs), names=len(self._names), ancestors=len(self._anc),
                    tools=len(self._tools),
-                   prov_errors=self.prov.errors())
+                   prov_errors=self.prov.errors(),
+                   prov_gate_null=self.prov.gate_null_refusals())
         return out
 
 

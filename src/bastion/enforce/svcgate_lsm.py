@@ -294,7 +294,8 @@ class LsmSocketGate(GateUser):
     def stats(self) -> dict[str, int]:
         out = super().stats()
         out.update(denies=self.denies, dry_runs=self.dry_runs, failed=self.failed,
-                   audits=self.audits, sockets=len(self._socks), servers=len(self._servers))
+                   audits=self.audits, sockets=len(self._socks), servers=len(self._servers),
+                   prov_gate_null=self.prov.gate_null_refusals())
         return out
 
 

@@ -107,7 +107,12 @@ class ProvenanceMap:
             if e.errno in (errno.ESRCH, errno.ENOENT):   # the pidfd's process exited
                 return None
             raise
-        return abi.ProvVal.from_buffer_copy(raw) if raw is not None else None
+        if raw is None:
+            return None
+        val = abi.ProvVal.from_buffer_copy(raw)
+        # an empty entry an LSM gate made to read the actor (prov_actor_settle in
+        # bpf/lib/prov_map.h): no reason and no start, read as no entry
+        return None if not val.reasons and not val.start_ns else val
 
     def get(self, tgid: int) -> abi.ProvVal | None:
         with self._key(tgid) as key:
@@ -241,6 +246,12 @@ class ProvenanceMap:
         """Failed updates of ``prov_lost``: from the first, untracked processes cannot be
         told apart (every one counts as untracked until the sensor is reloaded)."""
         return self._slot(1)
+
+    def gate_null_refusals(self) -> int:
+        """Must-stop acts the LSM gates refused because the actor's entry could not be
+        read even with ``F_CREATE`` (task storage busy on a preempt=full 6.1 kernel, or
+        no memory): slot 2, s16-sig."""
+        return self._slot(2)
 
     def _slot(self, slot: int) -> int:
         if self.errors_map is None:
