@@ -350,7 +350,8 @@ class Agent:
             "engine": self.engine.stats(),
             "quarantine": "loaded" if self.quarantine is not None else "unavailable (kill instead)",
             "shadow": self.shadow.stats() if self.shadow is not None else "off",
-            "shield_usage": self.shadow.store.top_usage() if self.shadow is not None else {},
+            "shield_usage": (self.shadow.store.top_usage()
+                             if self.shadow is not None and self.shadow.is_open else {}),
             "policy_mode": (self.policies.current.policy.hips.mode.value
                             if self.policies and self.policies.current else "none"),
             "policy_generation": (self.policies.current.gen

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from bastion.errors import ControlError, Location
+from bastion.errors import BastionError, ControlError, Location
 
 log = logging.getLogger("bastion.control")
 
@@ -142,6 +142,10 @@ class ControlServer:
                     self._handle(conn)
                 except (OSError, ValueError) as exc:
                     log.warning("control request failed: %s", exc)
+                except Exception:   # noqa: BLE001 -- one request's bug must not end the server
+                    # s21: a handler's KernelError (status during start-up, before the shadow
+                    # keeper was open) ended this thread: the agent never answered again.
+                    log.exception("control request failed (the server goes on)")
 
     def _handle(self, conn: socket.socket) -> None:
         peer = peer_of(conn)
@@ -171,6 +175,9 @@ class ControlServer:
                 resp = {"ok": True, **handler(req)}
         except ValueError as exc:
             resp = {"ok": False, "error": f"bad request: {exc}"}
+        except BastionError as exc:
+            log.warning("control command failed: %s", exc)
+            resp = {"ok": False, "error": str(exc)}
         conn.sendall(json.dumps(resp).encode() + b"\n")
 
     @staticmethod

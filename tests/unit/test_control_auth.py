@@ -193,3 +193,33 @@ def test_the_run_directory_is_made_private_and_protected(tmp_path: Path) -> None
     link.symlink_to(tmp_path / "data")
     with pytest.raises(ConfigError, match="not ours"):
         protect.default_paths(data_dir=tmp_path / "data", install_tree=False, run_dir=link)
+
+
+def test_a_failing_command_is_an_error_reply_and_the_server_answers_the_next(
+        tmp_path: Path, store: TokenStore) -> None:
+    """s21 (seen in a VM run): ``status`` during the agent's start-up raised
+    ``KernelError("shadow keeper is not open")``; only OSError/ValueError were caught, so
+    the exception ended the control thread and the agent never answered again (the
+    guardian's and the tests' waits ran out).  Now an error reply names it and the server
+    goes on -- a bug in any handler included."""
+    from bastion.errors import KernelError, Location
+    calls: list[str] = []
+
+    def status(req: dict[str, Any]) -> dict[str, Any]:
+        calls.append("status")
+        if len(calls) == 1:
+            raise KernelError("shadow keeper is not open", location=Location("shadow"))
+        return {"state": "running"}
+
+    def buggy(req: dict[str, Any]) -> dict[str, Any]:
+        raise RuntimeError("a handler's bug")
+
+    sock = tmp_path / "run" / "agent.sock"
+    for srv in _serve(sock, {"status": status, "buggy": buggy}, store):
+        with pytest.raises(ControlError, match="shadow keeper is not open"):
+            request(sock, "status")         # an error reply naming it
+        with pytest.raises(ControlError):
+            request(sock, "buggy")          # no reply: the connection is closed
+        assert request(sock, "status") == {"ok": True, "state": "running"}
+        assert srv._thread is not None and srv._thread.is_alive()
+

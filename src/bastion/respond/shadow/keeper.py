@@ -337,6 +337,11 @@ class ShadowKeeper:
                 log.error("shadow: index commit failed: %s", exc)
 
     @property
+    def is_open(self) -> bool:
+        """Whether :meth:`open` has made the store (the agent answers ``status`` before)."""
+        return self._store is not None
+
+    @property
     def store(self) -> ShadowStore:
         if self._store is None:
             raise KernelError("shadow keeper is not open", location=Location("shadow"))
