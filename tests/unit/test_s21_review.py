@@ -347,3 +347,30 @@ def test_a_trusted_first_writer_does_not_exempt_its_tree_from_the_aggregate(
             _feed_file(tree, "open", p, O_WRONLY | O_TRUNC, _proc(w, x, py, "python3"))
     assert tree.critical(), (tree.rule.agg_checks, [(f.severity, f.evidence.get("scope"))
                                                    for f in tree.found])
+
+
+def test_opens_elsewhere_then_a_no_op_reopen_do_not_hide_a_rewrite(tmp_path: Path) -> None:
+    """s21 review 2, finding 1: the tree rewrites 9 files (O_TRUNC: no witness, rewritten),
+    then write-opens 160 files under /dev/shm -- no values, but they pushed the 9 out of
+    the tree's first-open record --, waits, and re-opens each ciphertext O_WRONLY
+    unchanged: a fresh first open whose witness is the ciphertext's own ctime, and
+    ``merge`` took it over the rewritten value: every ciphertext 'not rewritten', 135
+    files encrypted, no kill."""
+    tree = Tree(real_clock=True)
+    tree.rule.TOUCH_SLACK_NS = NS // 5
+    tree.rule.FRESH_NS = NS // 5
+    files = victims(tmp_path / "docs", n=135, size=16 << 10)
+    for c in range(0, len(files), 9):
+        batch = files[c:c + 9]
+        for p in batch:
+            tree.write(p, os.urandom(16 << 10), flags=O_WRONLY | O_TRUNC)
+        for i in range(170):
+            _feed_file(tree, "open", Path(f"/dev/shm/pad{c}-{i}"), O_WRONLY | O_TRUNC)
+        time.sleep(0.3)
+        for p in batch:
+            _feed_file(tree, "open", p, O_WRONLY, ctime_ns=os.stat(p).st_ctime_ns)
+        junk = tmp_path / "docs" / f"scratch{c}"
+        junk.write_bytes(b"x")
+        junk.unlink()
+        _feed_file(tree, "unlink", junk)
+    assert tree.critical(), [(f.severity, f.evidence) for f in tree.found]

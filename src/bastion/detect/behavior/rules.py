@@ -2297,7 +2297,12 @@ MASS_WRITERS = frozenset({*PACKAGE_MANAGERS, "git", "tar", "rsync", "cp", "mv", 
                           "ninja", "gcc", "cc", "ld", "as", "cargo", "go", "gzip", "gunzip",
                           "bzip2", "xz", "zstd", "lz4", "pigz", "restic", "borg", "duplicity",
                           "rsnapshot", "updatedb", "mandb", "ldconfig", "find", "unzip",
-                          "systemd-tmpfiles", "logrotate", "dpkg-deb"})
+                          "systemd-tmpfiles", "logrotate", "dpkg-deb",
+                          # compilers and linkers a build tool runs (trust is the actor's own
+                          # since s21: their parents no longer lend it; they run no command
+                          # they are given)
+                          "g++", "c++", "clang", "clang++", "rustc", "ld.bfd", "ld.gold",
+                          "gold", "ld.lld", "lld", "mold"})
 RANSOM_EXT = re.compile(r"\.(locked|encrypted|enc|crypt|crypted|lock|ransom|cry|pay|[a-z0-9]{5,10})$",
                         re.I)
 
@@ -2500,7 +2505,11 @@ class Ransomware(ThresholdRule):
         if not isinstance(ev, FileEvent):
             return
         now = ev.time_ns
-        if ev.op == "open" and (ev.flags & O_ACCMODE or ev.flags & (O_CREAT | O_TRUNC)):
+        if ev.op == "open" and (ev.flags & O_ACCMODE or ev.flags & (O_CREAT | O_TRUNC)) and \
+                (self.data_dirs is None or under(ev.path, self.data_dirs)) and \
+                not under(ev.path, NOT_DATA):
+            # (only the opens value() counts: opens under /dev/shm pushed the entries of
+            # the judged files out -- s21 review 2, finding 1)
             # the ctime at the tree's first write-open of the path in the window; a
             # truncating or creating open (or one whose record does not say) rewrote it
             never = ev.ctime_ns is None or bool(ev.flags & O_TRUNC) or ev.created is True or \
@@ -2550,8 +2559,15 @@ class Ransomware(ThresholdRule):
         ino, _, t = rest.partition("\0")
         npath, _, nrest = new[2:].partition("\0")
         nino, _, nt = nrest.partition("\0")
-        if path != npath or ino != nino or not t.isdigit() or not nt.isdigit() or \
-                int(t) >= int(nt):
+        if path != npath or ino != nino:
+            return new
+        if not t:
+            # the first write-open rewrote it (truncating, creating, no witness): it stays
+            # rewritten -- a later no-op re-open, after the path's first-open entry was
+            # pushed out by other opens, brought a fresh witness equal to the ciphertext's
+            # ctime and hid it again (s21 review 2, finding 1)
+            return old
+        if not t.isdigit() or not nt.isdigit() or int(t) >= int(nt):
             return new
         return old
 
