@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -23,6 +22,7 @@ from bastion.proctable import ProcessTable
 from bastion.procstat import read_stat
 from bastion.respond import dispatch
 from bastion.respond.dispatch import OWN_REFUSED, Dispatcher
+from tests.unit.test_integrity_response import sleepers  # noqa: F401  (the fixture: two sleep 60)
 
 
 class _Quarantine:
@@ -31,18 +31,6 @@ class _Quarantine:
 
     def add(self, pid: int, start_ns: int, incident: int) -> None:
         self.added.append(pid)
-
-
-@pytest.fixture
-def sleepers() -> Iterator[list[subprocess.Popen[bytes]]]:
-    ps = [subprocess.Popen(["sleep", "60"]) for _ in range(2)]
-    try:
-        yield ps
-    finally:
-        for p in ps:
-            if p.poll() is None:
-                p.kill()
-            p.wait(timeout=10)
 
 
 def _q(pid: int) -> Finding:
