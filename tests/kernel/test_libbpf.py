@@ -330,6 +330,29 @@ def test_map_pin_open_pinned_from_fd_and_unpin(obj: BpfObject, pins: Path) -> No
     assert exc.value.errno == errno.ENOENT
 
 
+def test_open_pinned_read_only_reads_and_cannot_write(obj: BpfObject, pins: Path) -> None:
+    """A reader of a pinned map (the CLI's look at the enrolled identities) asks for a
+    read-only fd: the lsm tamper hook refuses a write-capable fd of a protected map to
+    an unenrolled administrator and allows a read-only one (s22)."""
+    m = obj.map("st_hash")
+    m.update(U32.pack(7), U64.pack(70))
+    path = pins / "st_hash_ro"
+    m.pin(path)
+    with Map.open_pinned(path, read_only=True) as ro:
+        assert ro.lookup(U32.pack(7)) == U64.pack(70)
+        assert U32.pack(7) in list(ro.keys())
+        with pytest.raises(KernelError) as exc:
+            ro.update(U32.pack(8), U64.pack(80))
+        assert exc.value.errno == errno.EPERM
+        with pytest.raises(KernelError) as exc:
+            ro.delete(U32.pack(7))
+        assert exc.value.errno == errno.EPERM
+    assert m.lookup(U32.pack(7)) == U64.pack(70) and m.lookup(U32.pack(8)) is None
+    with pytest.raises(KernelError) as exc:
+        Map.open_pinned(pins / "absent", read_only=True)
+    assert exc.value.errno == errno.ENOENT and "read-only" in str(exc.value)
+
+
 def test_obj_pin_and_obj_get(obj: BpfObject, pins: Path) -> None:
     path = pins / "counters"
     obj_pin(obj.map("st_counters").fd, path)

@@ -501,7 +501,7 @@ def enrolled_identities(pin_dir: Path) -> list[Identity]:
     """The identities (guardian, agent) enrolled in the pinned ``tamper_idents`` under
     ``pin_dir`` (``<pin root>/tamper``), read without loading anything: what a control
     client checks a server against (only an enrolled process can write that map)."""
-    m = Map.open_pinned(pin_dir / "maps" / "tamper_idents")
+    m = Map.open_pinned(pin_dir / "maps" / "tamper_idents", read_only=True)
     try:
         out = []
         for k in list(m.keys()):
@@ -520,7 +520,7 @@ def protected_subtree(pin_dir: Path, path: Path) -> bool:
     OSError when ``path`` cannot be read."""
     st = os.stat(path)
     key = bytes(abi.InodeKey(ino=st.st_ino, dev=abi.kernel_dev(st.st_dev)))
-    m = Map.open_pinned(pin_dir / "maps" / "tamper_objs")
+    m = Map.open_pinned(pin_dir / "maps" / "tamper_objs", read_only=True)
     try:
         raw = m.lookup(key)
     finally:

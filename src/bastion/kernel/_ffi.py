@@ -138,6 +138,12 @@ class BpfTestRunOpts(ctypes.Structure):
     ]
 
 
+class BpfObjGetOpts(ctypes.Structure):
+    """``struct bpf_obj_get_opts`` (bpf/bpf.h, libbpf 1.1: ``sz``, ``file_flags``, padded)."""
+
+    _fields_ = [("sz", c_size_t), ("file_flags", c_u32), ("_pad", c_u32)]
+
+
 class BpfMapInfo(ctypes.Structure):
     """``struct bpf_map_info`` (linux/bpf.h); the kernel fills what it knows."""
 
@@ -214,6 +220,7 @@ _LIBBPF_PROTOS: dict[str, tuple[Any, list[Any]]] = {
     "bpf_map_delete_elem": (c_int, [c_int, c_void_p]),
     "bpf_map_get_next_key": (c_int, [c_int, c_void_p, c_void_p]),
     "bpf_obj_get": (c_int, [c_char_p]),
+    "bpf_obj_get_opts": (c_int, [c_char_p, ctypes.POINTER(BpfObjGetOpts)]),
     "bpf_obj_pin": (c_int, [c_int, c_char_p]),
     "bpf_obj_get_info_by_fd": (c_int, [c_int, c_void_p, ctypes.POINTER(c_u32)]),
     "bpf_prog_test_run_opts": (c_int, [c_int, ctypes.POINTER(BpfTestRunOpts)]),

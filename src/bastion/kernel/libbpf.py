@@ -26,7 +26,7 @@ import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from bastion.closing import Closing
 from bastion.errors import BpfObjectError, KernelError, Location
@@ -133,10 +133,22 @@ def num_possible_cpus() -> int:
     return n
 
 
-def obj_get(path: Path | str) -> int:
-    """Open a pinned BPF object (map, program, link) and return a new fd (caller closes)."""
-    fd = int(LIB.bpf_obj_get(os.fsencode(path)))
-    return _ffi.check(fd, "bpf_obj_get", location=Location(str(path)))
+BPF_F_RDONLY: Final = 1 << 3  # linux/bpf.h: a read-only fd (BPF_OBJ_GET file_flags)
+
+
+def obj_get(path: Path | str, *, read_only: bool = False) -> int:
+    """Open a pinned BPF object (map, program, link) and return a new fd (caller closes).
+
+    ``read_only``: ask the kernel for a read-only fd (``BPF_F_RDONLY``).  A reader must:
+    the lsm tamper hook refuses a write-capable fd of a protected map to anyone not
+    enrolled (an administrator's CLI included), and allows a read-only one of a map no
+    program can write."""
+    if not read_only:
+        fd = int(LIB.bpf_obj_get(os.fsencode(path)))
+        return _ffi.check(fd, "bpf_obj_get", location=Location(str(path)))
+    opts = _ffi.BpfObjGetOpts(sz=ctypes.sizeof(_ffi.BpfObjGetOpts), file_flags=BPF_F_RDONLY)
+    fd = int(LIB.bpf_obj_get_opts(os.fsencode(path), ctypes.byref(opts)))
+    return _ffi.check(fd, "bpf_obj_get (read-only)", location=Location(str(path)))
 
 
 def obj_pin(fd: int, path: Path | str) -> None:
@@ -660,9 +672,10 @@ class Map(Closing):
         return cls(obj=None, ptr=None, fd=own, info=info)
 
     @classmethod
-    def open_pinned(cls, path: Path | str) -> Map:
-        """Open the map pinned at ``path`` (bpf_obj_get)."""
-        fd = obj_get(path)
+    def open_pinned(cls, path: Path | str, *, read_only: bool = False) -> Map:
+        """Open the map pinned at ``path`` (bpf_obj_get); ``read_only``: see :func:`obj_get`
+        (updates and deletes through it then fail with EPERM)."""
+        fd = obj_get(path, read_only=read_only)
         try:
             info = _map_info(fd, Location(str(path)))
         except BaseException:
