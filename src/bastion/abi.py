@@ -29,7 +29,7 @@ from typing import Final, Protocol
 from bastion.errors import AbiMismatchError, BastionError, DecodeError, Location
 
 ABI_MAJOR: Final = 3
-ABI_MINOR: Final = 0
+ABI_MINOR: Final = 1
 ABI_VERSION: Final = (ABI_MAJOR << 16) | ABI_MINOR
 
 COMM_LEN: Final = 16
@@ -659,6 +659,7 @@ class TamperRole(enum.IntEnum):
 TOBJ_SELF: Final = 1 << 0
 TOBJ_SUBTREE: Final = 1 << 1
 TOBJ_ANCESTOR: Final = 1 << 2
+TOBJ_SHUTDOWN_EXE: Final = 1 << 3  # the final-shutdown executable (systemd-shutdown)
 
 
 class TamperIdent(ctypes.Structure):
@@ -844,6 +845,7 @@ DEFINES: Final[dict[str, int]] = {
     "BASTION_TOBJ_SELF": TOBJ_SELF,
     "BASTION_TOBJ_SUBTREE": TOBJ_SUBTREE,
     "BASTION_TOBJ_ANCESTOR": TOBJ_ANCESTOR,
+    "BASTION_TOBJ_SHUTDOWN_EXE": TOBJ_SHUTDOWN_EXE,
 }
 
 # Structs that exist only to put the others into every object's BTF (struct

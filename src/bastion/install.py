@@ -68,7 +68,10 @@ Type=exec
 ExecStart={bin} guardian --data-dir {data} --config {policy} -- {bin} run --keep-pins --policy {policy} --data-dir {data} --socket {run}/bastion.sock --quiet
 Restart=always
 RestartSec=2s
-TimeoutStopSec=30s
+# stopping the unit does not stop Bastion (the kernel refuses systemd's SIGTERM and
+# SIGKILL; only the token does): do not hold a reboot for long on it.  The shutdown's
+# last step (systemd-shutdown as PID 1) ends the guardian and the agent cleanly
+TimeoutStopSec=10s
 KillMode=mixed
 Environment=PYTHONUNBUFFERED=1
 RuntimeDirectory=bastion
