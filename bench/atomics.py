@@ -592,10 +592,14 @@ def main() -> int:
                 row["execs"] = own[:30]
                 row["alert_count"] = len(alerts)
                 keep: dict[tuple[str, str], dict[str, Any]] = {}
-                for x in alerts:   # one per (rule, action): a scan loop raises hundreds
-                    keep.setdefault((x["rule"], x["action"]), {
-                        "rule": x["rule"], "severity": x["severity"], "action": x["action"],
-                        "title": x["title"][:160]})
+                for x in alerts:   # one per (rule, action): a scan loop raises hundreds;
+                    # the first of the rule's highest severity (s22: the first only hid
+                    # which rule made an atomic's top severity)
+                    got_ = keep.get((x["rule"], x["action"]))
+                    if got_ is None or SEV.get(x["severity"], 0) > SEV.get(got_["severity"], 0):
+                        keep[(x["rule"], x["action"])] = {
+                            "rule": x["rule"], "severity": x["severity"], "action": x["action"],
+                            "title": x["title"][:160]}
                 row["alerts"] = list(keep.values())[:20]
                 top = max((SEV.get(x["severity"], 0) for x in alerts), default=-1)
                 row["detected"] = top >= SEV["medium"]
