@@ -280,6 +280,7 @@ class Watch:
         self.lock = threading.Lock()
         self.alerts: list[dict[str, Any]] = []
         self.events = 0
+        self.drops_seen = 0
         self.execs: list[tuple[str, tuple[str, ...]]] = []
         self.stop = threading.Event()
         self.t = threading.Thread(target=self.run, daemon=True)
@@ -373,6 +374,13 @@ class Watch:
                     a = self.disp.dispatch(f, time.time_ns()).to_json()
                     with self.lock:
                         self.alerts.append(a)
+
+    def drops_since(self) -> int:
+        """Records the kernel could not put in the ring since the last call (s22: ``rm -rf
+        /`` outran the runner's loop; what a row missed is then no verdict of the rules)."""
+        now = int(self.sensor.stats().get("drops", 0))
+        d, self.drops_seen = now - self.drops_seen, now
+        return d
 
     def take(self) -> tuple[int, list[tuple[str, tuple[str, ...]]], list[dict[str, Any]]]:
         with self.lock:
@@ -487,6 +495,7 @@ def run_one(a: dict[str, Any], cg: Path, root: Path, timeout: float,
                 time.sleep(0.5)   # the sensor drained: the prerequisites' events set apart
                 ev_n, execs, alerts = watch.take()
                 extra["prereq_events"] = ev_n
+                extra["prereq_drops"] = watch.drops_since()
                 extra["prereq_alerts"] = sorted({f"{x['rule']}({x['severity']})" for x in alerts})
             if ok:
                 release(go2, time.monotonic() + 10)
@@ -589,13 +598,18 @@ def main() -> int:
                 events, execs, alerts = w.take()
                 own = atomic_execs(execs, args.provenance)
                 row["events"] = events
+                row["drops"] = w.drops_since()
                 row["execs"] = own[:30]
                 row["alert_count"] = len(alerts)
                 keep: dict[tuple[str, str], dict[str, Any]] = {}
-                for x in alerts:   # one per (rule, action): a scan loop raises hundreds
-                    keep.setdefault((x["rule"], x["action"]), {
-                        "rule": x["rule"], "severity": x["severity"], "action": x["action"],
-                        "title": x["title"][:160]})
+                for x in alerts:   # one per (rule, action): a scan loop raises hundreds;
+                    # the first of the rule's highest severity (s22: the first only hid
+                    # which rule made an atomic's top severity)
+                    got_ = keep.get((x["rule"], x["action"]))
+                    if got_ is None or SEV.get(x["severity"], 0) > SEV.get(got_["severity"], 0):
+                        keep[(x["rule"], x["action"])] = {
+                            "rule": x["rule"], "severity": x["severity"], "action": x["action"],
+                            "title": x["title"][:160]}
                 row["alerts"] = list(keep.values())[:20]
                 top = max((SEV.get(x["severity"], 0) for x in alerts), default=-1)
                 row["detected"] = top >= SEV["medium"]

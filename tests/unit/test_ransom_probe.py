@@ -1062,3 +1062,61 @@ def test_a_write_in_the_tick_of_a_change_before_the_open_is_still_a_rewrite(
     got = tree.critical()
     assert got and not got[0].evidence.get("not_rewritten"), \
         [(f.severity, f.evidence) for f in tree.found]
+
+
+def _gone_writer_in_a_namespace(tmp_path: Path, enc: Callable[[bytes], bytes]) -> Tree:
+    """s22 (atomics re-run: ``useradd`` then ``chsh`` in the sandbox raised "Mass file
+    rewrite"): a shell (pid 7000) in another mount namespace -- a container, the bench's
+    sandbox -- runs one process (7001) that rewrites 40 files and exits before the rule's
+    check.  Its files were read at their plain paths in the agent's namespace: nothing
+    there, every file unknown.  The shell still lives: the files are read through its
+    root (start times checked)."""
+    ctr = tmp_path / "ctr"
+    inside = f"/ctr-data-{os.urandom(6).hex()}"   # no such directory in our namespace
+    files = victims(ctr / inside.lstrip("/"), n=N, size=16 << 10)
+    tree = Tree()
+    roots = {(7000, 8000): str(ctr)}   # the writer (7001) is gone: no root
+    tree.rule.probes = dataclasses.replace(
+        tree.rule.probes, root_of=lambda pid, start=0: roots.get((pid, start)))
+    sh = {**_proc(7000, tree.pid, "/usr/bin/dash", "sh"), "start_ns": 8000}
+    tree._feed({"type": "fork", **tree._proc(), "child_pid": 7000, "child_start_ns": 8000})
+    tree._feed({"type": "exec", **sh, "filename": "/bin/sh", "cwd": "/",
+                "argv": ["sh", "-c", "./job"], "exe_dev": 1, "exe_ino": 1, "exe_nlink": 1})
+    tree._feed({"type": "fork", **sh, "child_pid": 7001, "child_start_ns": 8001})
+    wp = {**_proc(7001, 7000, "/opt/job/job", "job"), "start_ns": 8001}
+    tree._feed({"type": "exec", **wp, "filename": "/opt/job/job", "cwd": "/",
+                "argv": ["./job"], "exe_dev": 1, "exe_ino": 777, "exe_nlink": 1})
+    for p in files:
+        p.write_bytes(enc(p.read_bytes()))
+        tree._feed({"type": "open", **wp, "path": f"{inside}/{p.name}", "path2": "",
+                    "flags": O_WRONLY | O_TRUNC, "mode": 0o644, "owner_uid": -1,
+                    "owner_gid": -1, "dev": 1, "ino": os.stat(p).st_ino})
+    return tree
+
+
+def test_a_gone_writer_in_another_namespace_is_judged_through_its_living_parent(
+        tmp_path: Path) -> None:
+    """Encryption by a writer that exited before the check, in another mount namespace:
+    a medium at most before (its ciphertexts unread), critical now."""
+    tree = _gone_writer_in_a_namespace(tmp_path, lambda b: os.urandom(len(b)))
+    got = tree.critical()
+    assert got, [(f.severity, f.evidence) for f in tree.found]
+    assert got[0].evidence["entropy_high"] >= 5 and not got[0].evidence.get("entropy_unknown")
+
+
+def test_a_gone_writer_rewriting_plaintext_in_another_namespace_stays_quiet(
+        tmp_path: Path) -> None:
+    """The benign side (``useradd`` rewriting the account files in a container): no
+    "mass file rewrite" medium for files the probe could not find."""
+    tree = _gone_writer_in_a_namespace(tmp_path, lambda b: b)
+    assert not tree.found, [(f.severity, f.title, f.evidence) for f in tree.found]
+
+
+def test_proc_root_is_the_process_only_while_its_start_time_matches() -> None:
+    """A pid reused by another process is not the writer's (or its parent's) view."""
+    from bastion.detect.behavior.rules import proc_root
+    from bastion.procstat import start_ns_of
+    me, start = os.getpid(), start_ns_of(os.getpid())
+    assert proc_root(me, start) == f"/proc/{me}/root"
+    assert proc_root(me, start + 10 * NS) is None
+    assert proc_root(me) == f"/proc/{me}/root"

@@ -60,6 +60,7 @@ from bastion.events import (
 )
 from bastion.install import UNIT_NAME
 from bastion.proctable import ProcEntry
+from bastion.procstat import TICK_NS, start_ns_of
 
 O_ACCMODE, O_CREAT, O_TRUNC = 0o3, 0o100, 0o1000
 
@@ -82,8 +83,9 @@ class Probes:
     # ``entropy_many`` with more: (path, the inode the record named or 0) -> the content
     # sample (score, digest of a small file, another inode there now, cut by the budget)
     content_many: Callable[[Sequence[tuple[str, int]]], list[ContentSample | None]] | None = None
-    # the root directory through which ``pid`` sees its files (None: gone; the agent's)
-    root_of: Callable[[int], str | None] | None = None
+    # the root directory through which process (pid, start_ns) sees its files (None: gone,
+    # or the pid is another process's now; start_ns 0: not checked)
+    root_of: Callable[[int, int], str | None] | None = None
     # is ``path``, as process ``pid`` sees it, an executable ELF file (None: cannot tell)
     elf_exec: Callable[[int, str], bool | None] | None = None
     # the (kernel dev, inode) of ``path`` as process ``pid`` sees it, as the sensor names
@@ -94,11 +96,19 @@ class Probes:
     resolve: Callable[[int, str], str | None] | None = None
 
 
-def proc_root(pid: int) -> str | None:
+def proc_root(pid: int, start_ns: int = 0) -> str | None:
     """``/proc/PID/root`` while the process lives: a container's or another mount
-    namespace's files as that process sees them."""
+    namespace's files as that process sees them.  With ``start_ns``, only while ``pid``
+    is still that process (its start time, tick tolerance): a reused pid's root is
+    another process's view."""
     r = f"/proc/{pid}/root"
-    return r if os.path.exists(r) else None
+    if not os.path.exists(r):
+        return None
+    if start_ns:
+        now = start_ns_of(pid)
+        if not now or abs(now - start_ns) >= TICK_NS:
+            return None
+    return r
 
 
 def read_stdio(pid: int) -> tuple[str, ...] | None:
@@ -2489,6 +2499,32 @@ class Ransomware(ThresholdRule):
         self._actor_trust.put(key, ev.time_ns, (e, verdict))
         return verdict
 
+    def _tree_root(self, ev: Event, ctx: RuleContext) -> str | None:
+        """The root through which the tree that wrote the files sees them: the writer's
+        own (``/proc/PID/root``) while it lives, else its nearest living ancestor's (s22:
+        a short-lived writer -- ``useradd``, one ``openssl enc`` per file under a shell
+        loop -- has exited by the check; its files were then read at their plain paths in
+        the agent's namespace: another inode or nothing, so a container's plaintext
+        rewrite was a "mass file rewrite" and its encryption never critical).  Each
+        process is checked to still be itself (start time).  An ancestor in another
+        mount namespace shows other files: the probe's inode check makes those unknown
+        ("moved"), never the written file's content.  None: the agent's own view."""
+        if self.probes.root_of is None:
+            return None
+        root = self.probes.root_of(ev.proc.pid, ev.proc.start_ns)
+        if root is not None:
+            return root
+        chain = ctx.procs.ancestry(ev.proc.pid, 16)
+        if not chain or not chain[0].same_process(ev.proc.start_ns):
+            return None
+        for e in chain[1:]:
+            if e.exited_ns:
+                continue
+            root = self.probes.root_of(e.pid, e.start_ns)
+            if root is not None:
+                return root
+        return None
+
     def _creation(self, ev: FileEvent) -> str | None:
         """The path a write-open creates without truncating (O_CREAT, no O_TRUNC: python's
         "xb", O_EXCL) under the judged places, or None."""
@@ -2655,7 +2691,7 @@ class Ransomware(ThresholdRule):
         # a file not rewritten (write-opened, closed unchanged) is no candidate and does
         # not use up the PROBE_MAX a check judges; at most STALE_MAX of them a check
         del candidates[self.PROBE_MAX + self.STALE_MAX:]
-        root = self.probes.root_of(ev.proc.pid) if self.probes.root_of is not None else None
+        root = self._tree_root(ev, ctx)
         got_all: list[tuple[float | None, bytes | None]] = []
         got_keys: list[tuple[str, int]] = []
         unknown = moved = limited = stale = 0
@@ -2931,7 +2967,7 @@ class Ransomware(ThresholdRule):
         if stopped is None:
             stopped = set()
             self._agg_stopped.put(user, now, stopped)
-        path = None if key in stopped else self._budgeted_high(ev, key, v)
+        path = None if key in stopped else self._budgeted_high(ev, ctx, key, v)
         if path is None:
             if key in stopped:   # its files are no other tree's evidence
                 uw.drop(self.distinct_key(v))
@@ -2973,7 +3009,7 @@ class Ransomware(ThresholdRule):
             path, (_, ino) = next(reversed(od.items()))
         return path, ino, c
 
-    def _budgeted_high(self, ev: Event, key: ProcKey, v: str) -> str | None:
+    def _budgeted_high(self, ev: Event, ctx: RuleContext, key: ProcKey, v: str) -> str | None:
         """The file judged high (the event's own, or a repeat's: F7), None for none:
         ``_high_value`` within the tree's probe budget (``_AfterBudget``, s21): a write
         event costs at most one probe of a path not judged yet (while tokens last) plus at
@@ -3002,7 +3038,7 @@ class Ransomware(ThresholdRule):
                 while len(b.judged) > self.AFTER_JUDGED:
                     b.judged.popitem(last=False)
                 b.dirty.pop(path, None)
-                high, probed = self._high_value(ev, *got), True
+                high, probed = self._high_value(ev, ctx, *got), True
                 first = not high and v[0] == "w"
         else:
             b.judged.move_to_end(path)
@@ -3020,7 +3056,7 @@ class Ransomware(ThresholdRule):
             if isinstance(again, bool):
                 high = again
             else:
-                high, high_path = self._high_value(ev, *again), again[0]
+                high, high_path = self._high_value(ev, ctx, *again), again[0]
                 probed = probed or again[0] == path
         if first and not high:
             # s21 review F7: a write-open judged at the open read what was there before
@@ -3034,11 +3070,11 @@ class Ransomware(ThresholdRule):
             self.after_skipped += 1
         return high_path if high else None
 
-    def _high_value(self, ev: Event, path: str, ino: int, c: int) -> bool:
+    def _high_value(self, ev: Event, ctx: RuleContext, path: str, ino: int, c: int) -> bool:
         """Is the file at ``path`` (the inode ``ino`` the tree write-opened, 0: any; ``c``
         its ctime at the tree's first write-open, -1: none) judged high?  One probe."""
         self.after_probes += 1
-        root = self.probes.root_of(ev.proc.pid) if self.probes.root_of is not None else None
+        root = self._tree_root(ev, ctx)
         rooted = f"{root}{path}" if root else path
         if self.probes.content_many is not None:
             s = self.probes.content_many([(rooted, ino)])[0]
