@@ -3,8 +3,9 @@
 Two objects emit the same records (``bpf/include/bastion.h``), chosen by the
 assembly from the tier report (:mod:`bastion.enforce.tiers`):
 
-* :class:`BpfSensor` — ``tp_events.bpf.o``, syscall and sched tracepoints
-  (the compat tier: kernels whose BPF trampolines are locked);
+* :class:`BpfSensor` — ``tp_events.bpf.o``, syscall and sched tracepoints, and
+  io_uring's own tracepoints for the requests no syscall carries (s22-uring; the
+  compat tier: kernels whose BPF trampolines are locked);
 * :class:`HookSensor` — ``lsm_events.bpf.o``, fentry on the ``security_*``
   functions that call the LSM hooks, ``fexit/inet_csk_accept`` and tp_btf
   (kernels with trampolines, with or without BPF LSM): no syscall
