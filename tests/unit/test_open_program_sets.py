@@ -79,3 +79,20 @@ def test_io_uring_programs_load_where_their_tracepoint_is(
     sensor.iou_present = frozenset(present)
     assert sensor.spec().skip == PROBE_OPEN_PROGRAMS | skip
     assert sensor.iou_missing == missing
+
+
+def test_doctor_says_when_io_uring_is_unseen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No silent downgrade: a kernel without the tracepoints (or io_uring) is named."""
+    import bastion.kernel.btf as btf
+    from bastion.enforce.tiers import _iouring_seen
+
+    monkeypatch.setattr(btf, "iouring_tracepoints",
+                        lambda: (frozenset({"io_uring_submit_sqe", "io_uring_complete"}), ""))
+    assert _iouring_seen() == ""
+    monkeypatch.setattr(btf, "iouring_tracepoints",
+                        lambda: (frozenset({"io_uring_submit_req"}), ""))
+    assert _iouring_seen() == "io_uring requests unseen: no tracepoint io_uring_complete"
+    monkeypatch.setattr(btf, "iouring_tracepoints",
+                        lambda: (frozenset(), "no io_uring in the kernel's BTF (struct io_open)"))
+    assert _iouring_seen() == ("io_uring requests unseen: no io_uring in the kernel's BTF "
+                               "(struct io_open)")
