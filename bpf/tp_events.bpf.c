@@ -17,6 +17,25 @@ char LICENSE[] SEC("license") = "GPL";
 #define O_TRUNC_ 00001000
 #define O_PATH_ 010000000
 
+#define PF_IO_WORKER_ 0x00000010
+
+/* Mark a record as an io_uring request's (ABI 3.1) and name the process in it: a request
+ * completed (or, with SQPOLL, submitted) by one of the ring's kernel threads runs in an
+ * io-wq worker or the SQPOLL thread, threads of the submitting process (same tgid, files,
+ * fs, cgroup) whose comm is "iou-wrk-<pid>" / "iou-sqp-<pid>": the leader's comm instead,
+ * so the record reads like the process's own syscall. */
+static __always_inline void iou_hdr(struct bastion_event_hdr *h, __u16 xflags)
+{
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+
+	h->flags |= xflags;
+	if (BPF_CORE_READ(t, flags) & PF_IO_WORKER_) {
+		struct task_struct *leader = BPF_CORE_READ(t, group_leader);
+
+		BPF_CORE_READ_STR_INTO(&h->comm, leader, comm);
+	}
+}
+
 /* ------------------------------------------------------------------ */
 /* process lifecycle                                                   */
 
@@ -76,7 +95,8 @@ static __always_inline int open_enter(__s64 flags, __u64 mode)
 }
 
 /* A sensitive read-open (not learn mode) of @f: the dedup, then the record. */
-static __always_inline int sens_open_report(struct file *f, __u32 fflags, __u32 sclass, __u32 sid)
+static __always_inline int sens_open_report(struct file *f, __u32 fflags, __u32 sclass, __u32 sid,
+					    __u16 xflags)
 {
 	struct bastion_file_event *e;
 	struct inode *inode = BPF_CORE_READ(f, f_inode);
@@ -99,6 +119,8 @@ static __always_inline int sens_open_report(struct file *f, __u32 fflags, __u32 
 	e->sens_class = sclass;
 	e->sens_id = sid;
 	e->hdr.flags |= BASTION_F_SENSITIVE;
+	if (xflags)
+		iou_hdr(&e->hdr, xflags);
 	file_open_state(e, fmode, BPF_CORE_READ(inode, i_size), inode);
 	fpath = BPF_CORE_READ(f, f_path);
 	file_put_path(e, FS_PATH, &fpath);
@@ -110,7 +132,7 @@ static __always_inline int sens_open_report(struct file *f, __u32 fflags, __u32 
  * inode is in the sensitive set, decided here in the kernel (every read-open
  * of the host takes this path: bulk copies and the verdict cache,
  * sens_match_cached_win).  The probe-read programs' path (on_*_ret_p). */
-static __always_inline int sens_open_exit(long ret)
+static __always_inline int sens_open_exit(long ret, __u16 xflags)
 {
 	struct file *f;
 	__u32 sclass = 0, sid = 0, fflags = 0;
@@ -122,12 +144,12 @@ static __always_inline int sens_open_exit(long ret)
 		return 0;
 	if (!sens_match_cached_win(f, &fflags, &sclass, &sid) || (fflags & O_PATH_))
 		return 0; /* outside the set, or an O_PATH descriptor (reads nothing) */
-	return sens_open_report(f, fflags, sclass, sid);
+	return sens_open_report(f, fflags, sclass, sid, xflags);
 }
 
 /* An open with write intent (or any open in learn mode) at its exit: @flags and
  * @mode as the caller passed them. */
-static __always_inline int open_exit_report(long ret, __s32 flags, __u32 mode)
+static __always_inline int open_exit_report(long ret, __s32 flags, __u32 mode, __u16 xflags)
 {
 	struct bastion_file_event *e;
 	struct inode *inode = NULL;
@@ -159,6 +181,8 @@ static __always_inline int open_exit_report(long ret, __s32 flags, __u32 mode)
 		return 0;
 	e->open_flags = flags;
 	e->mode = mode;
+	if (xflags)
+		iou_hdr(&e->hdr, xflags);
 	if (f) {
 		e->ino = ino;
 		e->dev = dev;
@@ -182,8 +206,8 @@ static __always_inline int open_exit(long ret)
 	struct open_args *a = bpf_map_lookup_elem(&pending_open, &id);
 
 	if (!a)
-		return sens_open_exit(ret);
-	open_exit_report(ret, a->flags, a->mode);
+		return sens_open_exit(ret, 0);
+	open_exit_report(ret, a->flags, a->mode, 0);
 	bpf_map_delete_elem(&pending_open, &id);
 	return 0;
 }
@@ -252,14 +276,14 @@ static __always_inline int open_exit_btf(struct task_struct *t, long ret, __u64 
 		/* as open_enter: an open worth a record whatever the file */
 		if (!wanted(BASTION_EV_FILE))
 			return 0;
-		return open_exit_report(ret, flags, mode);
+		return open_exit_report(ret, flags, mode, 0);
 	}
 	if (ret < 0 || !cfg_sensitive || (flags & O_PATH_))
 		return 0; /* an O_PATH descriptor reads nothing */
 	f = fd_file_btf(t, ret);
 	if (!f || !sens_match_btf(f, &sclass, &sid) || !wanted(BASTION_EV_FILE))
 		return 0;
-	return sens_open_report(f, f->f_flags, sclass, sid);
+	return sens_open_report(f, f->f_flags, sclass, sid, 0);
 }
 
 #define USER_REGS(t) ((struct pt_regs *)bpf_task_pt_regs(t))
@@ -293,11 +317,11 @@ int on_creat_ret(void *ctx)
 /* A path argument of a *at() syscall into @slot (FS_PATH or FS_PATH2): the string as
  * passed and, when it is relative, the directory it is relative to (@dfd or the cwd)
  * into the slot after it. */
-static __always_inline void file_put_user_at(struct bastion_file_event *e, enum file_slot slot,
-					     int dfd, const char *upath, __u16 rel_flag)
+static __always_inline void file_put_at(struct bastion_file_event *e, enum file_slot slot,
+					int dfd, const char *name, __u16 rel_flag, bool kern)
 {
 	char *out = file_next(e);
-	long n = file_put_user(e, slot, upath);
+	long n = kern ? file_put_kstr(e, slot, name) : file_put_user(e, slot, name);
 	enum file_slot dir = slot == FS_PATH ? FS_DIR : FS_DIR2;
 
 	if (n > 1 && out[0] == '/')
@@ -317,6 +341,12 @@ static __always_inline void file_put_user_at(struct bastion_file_event *e, enum 
 			file_put_path(e, dir, &p);
 		}
 	}
+}
+
+static __always_inline void file_put_user_at(struct bastion_file_event *e, enum file_slot slot,
+					     int dfd, const char *upath, __u16 rel_flag)
+{
+	file_put_at(e, slot, dfd, upath, rel_flag, false);
 }
 
 /* A file event about a path argument (unlink, chmod, chown, rename, link). */
@@ -1308,4 +1338,304 @@ SEC("tracepoint/syscalls/sys_enter_pkey_mprotect")
 int on_pkey_mprotect_rewrite(void *ctx)
 {
 	return mprotect_rewrite(ctx);
+}
+
+/* ------------------------------------------------------------------ */
+/* io_uring (s22-uring, issue 15.3): requests never pass a syscall      */
+/* tracepoint, so the ops the rules need are read at the ring's own     */
+/* tracepoints (tp_btf: raw tracepoints, no trampoline), which fire     */
+/* only for io_uring work.                                              */
+/*  - submission (io_uring_submit_req on 6.4+, io_uring_submit_sqe on   */
+/*    6.1; both after the op's prep, struct io_kiocb *req first): the   */
+/*    names of RENAMEAT, UNLINKAT, LINKAT as the kernel copied them     */
+/*    (struct filename: no user-memory TOCTOU), relative ones with the  */
+/*    dfd's directory; CONNECT's address (6.10+: the kernel's copy in   */
+/*    the request's async data (iou_connect); 6.1: the caller's memory, */
+/*    as sys_enter_connect reads it); an OPENAT whose file will not be  */
+/*    seen (a fixed-file slot, or IOSQE_CQE_SKIP_SUCCESS): the name.    */
+/*  - completion (io_uring_complete; ctx and req are its first two      */
+/*    arguments on 6.1 and 6.18, req typed void *): an OPENAT's new     */
+/*    descriptor (req->cqe.res) goes through the syscall exit's code:   */
+/*    the same filters (write intent, sensitive set, dedup) and record. */
+/* Only the process that owns the request is reported for it.           */
+
+#define IORING_OP_CONNECT_ 16
+#define IORING_OP_OPENAT_ 18
+#define IORING_OP_OPENAT2_ 28
+#define IORING_OP_RENAMEAT_ 35
+#define IORING_OP_UNLINKAT_ 36
+#define IORING_OP_LINKAT_ 39
+#define REQ_F_CQE_SKIP_BIT_ 6
+
+/* 6.1: the submitting task in the request; 6.5+: in its io_uring_task */
+struct io_kiocb___task {
+	struct task_struct *task;
+} __attribute__((preserve_access_index));
+
+/* before 6.10: connect's address copy (allocated at issue, not at prep) */
+struct io_async_connect___old {
+	struct __kernel_sockaddr_storage address;
+} __attribute__((preserve_access_index));
+
+static __always_inline struct task_struct *iou_req_task(struct io_kiocb *req)
+{
+	if (bpf_core_field_exists(((struct io_kiocb___task *)req)->task))
+		return BPF_CORE_READ((struct io_kiocb___task *)req, task);
+	return BPF_CORE_READ(req, tctx, task);
+}
+
+/* Is @req the current process's?  (A completion runs in a thread of the submitter:
+ * the task itself, an io-wq worker or the SQPOLL thread; anything else is not its act.) */
+static __always_inline bool iou_own(struct io_kiocb *req)
+{
+	struct task_struct *t = iou_req_task(req);
+
+	return t && BPF_CORE_READ(t, tgid) == (__u32)(bpf_get_current_pid_tgid() >> 32);
+}
+
+static __always_inline bool iou_cqe_skipped(struct io_kiocb *req)
+{
+	/* REQ_F_CQE_SKIP_BIT: 6 from 5.17 through 6.18 (an anonymous enum: no CO-RE value);
+	 * req->flags is 32 bits on 6.1, 64 on 6.18: the low word either way */
+	return (BPF_CORE_READ(req, flags) >> REQ_F_CQE_SKIP_BIT_) & 1;
+}
+
+/* An open whose file the completion will not show: the kernel's copy of the name. */
+static __always_inline int iou_open_nofd(struct io_kiocb *req)
+{
+	struct io_open *o = (struct io_open *)req;
+	struct bastion_file_event *e;
+	struct open_how how = {};
+
+	if (!wanted(BASTION_EV_FILE))
+		return 0;
+	e = file_event(BASTION_FILE_OPEN);
+	if (!e)
+		return 0;
+	BPF_CORE_READ_INTO(&how, o, how);
+	e->open_flags = how.flags;
+	e->mode = how.mode;
+	iou_hdr(&e->hdr, BASTION_F_IOURING | BASTION_F_IOURING_NOFD);
+	file_put_at(e, FS_PATH, BPF_CORE_READ(o, dfd), BPF_CORE_READ(o, filename, name),
+		    BASTION_F_RELATIVE, true);
+	file_submit(e);
+	return 0;
+}
+
+/* RENAMEAT, LINKAT (two names), UNLINKAT (one) */
+static __always_inline int iou_path_ev(__u32 op, int odfd, struct filename *old, int ndfd,
+				       struct filename *new)
+{
+	struct bastion_file_event *e;
+
+	if (!wanted(BASTION_EV_FILE))
+		return 0;
+	e = file_event(op);
+	if (!e)
+		return 0;
+	iou_hdr(&e->hdr, BASTION_F_IOURING);
+	file_put_at(e, FS_PATH, odfd, BPF_CORE_READ(old, name), BASTION_F_RELATIVE, true);
+	if (new)
+		file_put_at(e, FS_PATH2, ndfd, BPF_CORE_READ(new, name), BASTION_F_RELATIVE2, true);
+	file_submit(e);
+	return 0;
+}
+
+/* A sockaddr read from kernel memory: family, address, port (host order). */
+static __always_inline void kern_sockaddr(const void *kaddr, __u16 *family, __u8 addr[16],
+					  __u16 *port)
+{
+	struct sockaddr_in6 sa = {};
+
+	bpf_probe_read_kernel(&sa, sizeof(sa), kaddr);   /* covers a sockaddr_in */
+	*family = sa.sin6_family;
+	if (sa.sin6_family == AF_INET_) {
+		struct sockaddr_in *in = (struct sockaddr_in *)&sa;
+
+		__builtin_memcpy(addr, &in->sin_addr.s_addr, 4);
+		*port = be16(in->sin_port);
+	} else if (sa.sin6_family == AF_INET6_) {
+		__builtin_memcpy(addr, &sa.sin6_addr, 16);
+		*port = be16(sa.sin6_port);
+	}
+}
+
+static __always_inline bool sa_same(__u16 f1, const __u8 a1[16], __u16 p1, __u16 f2,
+				    const __u8 a2[16], __u16 p2)
+{
+	if (f1 != f2 || p1 != p2)
+		return false;
+	for (int i = 0; i < 16; i++)
+		if (a1[i] != a2[i])
+			return false;
+	return true;
+}
+
+static __always_inline bool sa_inet(__u16 f)
+{
+	return f == AF_INET_ || f == AF_INET6_;
+}
+
+/* CONNECT at submission.  Where the kernel keeps its copy of the address changed within
+ * stable series and no BTF type tells (6.1: none until issue, io_async_connect; 6.10+: the
+ * request's io_async_msghdr .addr; a 2026 stable fix: a bare sockaddr_storage as the
+ * async data, seen on 6.18.44): both kernel candidates are read and the one that equals
+ * the caller's memory wins; when none does (the caller rewrote its buffer after the
+ * kernel's copy: the TOCTOU), an internet address among the kernel candidates wins over
+ * the caller's memory. */
+static __always_inline int iou_connect(struct io_kiocb *req)
+{
+	struct io_connect *c = (struct io_connect *)req;
+	struct bastion_net_event *e;
+	void *async = BPF_CORE_READ(req, async_data);
+	__u8 daddr[16] = {}, ka[16] = {};
+	__u16 family = 0, dport = 0, kf = 0, kp = 0;
+	struct sock *sk;
+
+	if (!wanted(BASTION_EV_NET))
+		return 0;
+	user_sockaddr(BPF_CORE_READ(c, addr), &family, daddr, &dport);
+	if (async && !bpf_core_type_exists(struct io_async_connect___old)) {
+		struct io_async_msghdr *io = async;
+		__u8 ma[16] = {};
+		__u16 mf = 0, mp = 0;
+
+		kern_sockaddr(async, &kf, ka, &kp);          /* the bare sockaddr_storage */
+		kern_sockaddr(&io->addr, &mf, ma, &mp);      /* io_async_msghdr's copy */
+		if (!sa_same(kf, ka, kp, family, daddr, dport) &&
+		    !sa_same(mf, ma, mp, family, daddr, dport)) {
+			if (sa_inet(kf)) {
+				family = kf;
+				dport = kp;
+				__builtin_memcpy(daddr, ka, 16);
+			} else if (sa_inet(mf)) {
+				family = mf;
+				dport = mp;
+				__builtin_memcpy(daddr, ma, 16);
+			}
+		}
+	}
+	if (net_seen_recently(BASTION_NET_CONNECT, family, daddr, dport))
+		return 0;
+	e = net_event(BASTION_NET_CONNECT);
+	if (!e)
+		return 0;
+	iou_hdr(&e->hdr, BASTION_F_IOURING);
+	e->family = family;
+	e->dport = dport;
+	__builtin_memcpy(e->daddr, daddr, 16);
+	/* the file is assigned at issue, after this point: the descriptor (a fixed file's
+	 * slot is not one: no socket details then) */
+	if (!(BPF_CORE_READ(req, flags) & 1)) {   /* REQ_F_FIXED_FILE_BIT 0 */
+		sk = fd_sock(BPF_CORE_READ(req, cqe.fd));
+		if (sk) {
+			e->protocol = BPF_CORE_READ(sk, sk_protocol);
+			e->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+		}
+	}
+	SUBMIT(e);
+	return 0;
+}
+
+static __always_inline int iou_submit(struct io_kiocb *req)
+{
+	__u8 op = BPF_CORE_READ(req, opcode);
+
+	switch (op) {
+	case IORING_OP_OPENAT_:
+	case IORING_OP_OPENAT2_: {
+		struct io_open *o = (struct io_open *)req;
+
+		if (BPF_CORE_READ(o, file_slot) || iou_cqe_skipped(req))
+			return iou_open_nofd(req);
+		return 0;   /* at its completion */
+	}
+	case IORING_OP_RENAMEAT_: {
+		struct io_rename *r = (struct io_rename *)req;
+
+		sens_epoch_bump();   /* as sys_exit_rename*: again at the completion */
+		return iou_path_ev(BASTION_FILE_RENAME, BPF_CORE_READ(r, old_dfd),
+				   BPF_CORE_READ(r, oldpath), BPF_CORE_READ(r, new_dfd),
+				   BPF_CORE_READ(r, newpath));
+	}
+	case IORING_OP_LINKAT_: {
+		struct io_link *l = (struct io_link *)req;
+
+		return iou_path_ev(BASTION_FILE_LINK, BPF_CORE_READ(l, old_dfd),
+				   BPF_CORE_READ(l, oldpath), BPF_CORE_READ(l, new_dfd),
+				   BPF_CORE_READ(l, newpath));
+	}
+	case IORING_OP_UNLINKAT_: {
+		struct io_unlink *u = (struct io_unlink *)req;
+
+		return iou_path_ev(BASTION_FILE_UNLINK, BPF_CORE_READ(u, dfd),
+				   BPF_CORE_READ(u, filename), 0, NULL);
+	}
+	}
+	return 0;
+}
+
+/* CONNECT in a program of its own on the same tracepoint: its three sockaddr copies and
+ * the file programs' path walk in one program went over the 512-byte combined stack. */
+static __always_inline int iou_submit_net(struct io_kiocb *req)
+{
+	if (BPF_CORE_READ(req, opcode) == IORING_OP_CONNECT_)
+		return iou_connect(req);
+	return 0;
+}
+
+/* 6.4+ */
+SEC("tp_btf/io_uring_submit_req")
+int BPF_PROG(on_iou_submit_req, struct io_kiocb *req)
+{
+	return iou_submit(req);
+}
+
+SEC("tp_btf/io_uring_submit_req")
+int BPF_PROG(on_iou_connect_req, struct io_kiocb *req)
+{
+	return iou_submit_net(req);
+}
+
+/* 6.1 - 6.3 (the same point, named for the sqe; its second argument is not needed) */
+SEC("tp_btf/io_uring_submit_sqe")
+int BPF_PROG(on_iou_submit_sqe, struct io_kiocb *req)
+{
+	return iou_submit(req);
+}
+
+SEC("tp_btf/io_uring_submit_sqe")
+int BPF_PROG(on_iou_connect_sqe, struct io_kiocb *req)
+{
+	return iou_submit_net(req);
+}
+
+SEC("tp_btf/io_uring_complete")
+int BPF_PROG(on_iou_complete, void *ring, void *r)
+{
+	struct io_kiocb *req = r;
+	__u8 op = BPF_CORE_READ(req, opcode);
+	struct io_open *o = r;
+	struct open_how how = {};
+	long res;
+
+	if (op == IORING_OP_RENAMEAT_) {
+		sens_epoch_bump();
+		return 0;
+	}
+	if (op != IORING_OP_OPENAT_ && op != IORING_OP_OPENAT2_)
+		return 0;
+	res = BPF_CORE_READ(req, cqe.res);
+	if (res < 0 || BPF_CORE_READ(o, file_slot) || !iou_own(req))
+		return 0;   /* failed, a fixed slot (reported at submission), another's */
+	BPF_CORE_READ_INTO(&how, o, how);
+	if (cfg_open_reads || (how.flags & O_ACCMODE_) != O_RDONLY_ ||
+	    (how.flags & (O_CREAT_ | O_TRUNC_))) {
+		if (!wanted(BASTION_EV_FILE))
+			return 0;
+		return open_exit_report(res, how.flags, how.mode, BASTION_F_IOURING);
+	}
+	if (how.flags & O_PATH_)
+		return 0;
+	return sens_open_exit(res, BASTION_F_IOURING);
 }

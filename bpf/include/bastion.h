@@ -165,6 +165,15 @@ enum bastion_kill_syscall {
  * the wall clock (root steps it).  Read where F_FSTATE is (compat: the syscall's exit,
  * after an O_TRUNC; lsm: the hook, before it). */
 #define BASTION_F_CTIME       (1u << 12) /* FILE OPEN: ctime_ns is the inode's ctime at the open */
+/* ABI 3.1 (s22-uring, issue 15.3): a record of an io_uring request, seen by the compat
+ * sensor at the io_uring tracepoints (bpf/tp_events.bpf.c), not at a syscall; the header
+ * names the process (an io-wq worker's or the SQPOLL thread's comm is replaced by the
+ * process leader's).  F_IOURING_NOFD: an io_uring open whose file the sensor could not
+ * take (a fixed-file slot, or a completion skipped with IOSQE_CQE_SKIP_SUCCESS): reported
+ * at submission, path (and dir, when relative) the kernel's copy of the name as passed;
+ * no inode, no F_FSTATE, and it may have failed. */
+#define BASTION_F_IOURING     (1u << 13) /* FILE, NET: from an io_uring request */
+#define BASTION_F_IOURING_NOFD (1u << 14) /* FILE OPEN (with F_IOURING): no file; the name as passed */
 
 /* Common header of every ring-buffer record. */
 struct bastion_event_hdr {

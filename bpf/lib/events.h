@@ -311,6 +311,17 @@ static __always_inline long file_put_user(struct bastion_file_event *e, enum fil
 	return n;
 }
 
+/* Append a name the kernel copied from the caller (io_uring's struct filename): as
+ * file_put_user, from kernel memory (no user-memory TOCTOU). */
+static __always_inline long file_put_kstr(struct bastion_file_event *e, enum file_slot slot,
+					  const char *kname)
+{
+	long n = bpf_probe_read_kernel_str(file_next(e), BASTION_PATH_LEN, kname);
+
+	file_set(e, slot, n, n == BASTION_PATH_LEN ? BASTION_FILE_CUT_END : 0);
+	return n;
+}
+
 /* Put the record on the ring: exactly the bytes used (a drop counted when it is full). */
 static __always_inline void file_submit(struct bastion_file_event *e)
 {

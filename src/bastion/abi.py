@@ -188,6 +188,9 @@ F_EMPTY: Final = 1 << 10      # the inode held no byte (i_size 0) at the open
 F_FSTATE: Final = 1 << 11     # F_CREATED and F_EMPTY are the kernel's answer
 # ABI 3.0 (s21): FILE OPEN, ctime_ns is the inode's ctime at the open
 F_CTIME: Final = 1 << 12
+# ABI 3.1 (s22-uring): a record of an io_uring request (compat sensor: io_uring tracepoints)
+F_IOURING: Final = 1 << 13
+F_IOURING_NOFD: Final = 1 << 14   # OPEN: no file (fixed slot, skipped CQE); the name as passed
 
 KILL_F_IA32: Final = 1 << 0   # bastion_kill_event.flags (ABI 2.7)
 KILL_F_X32: Final = 1 << 1
@@ -828,6 +831,8 @@ DEFINES: Final[dict[str, int]] = {
     "BASTION_F_EMPTY": F_EMPTY,
     "BASTION_F_FSTATE": F_FSTATE,
     "BASTION_F_CTIME": F_CTIME,
+    "BASTION_F_IOURING": F_IOURING,
+    "BASTION_F_IOURING_NOFD": F_IOURING_NOFD,
     "BASTION_RINGBUF_BYTES": RINGBUF_BYTES,
     "BASTION_DROP_SLOTS": DROP_SLOTS,
     "BASTION_DROP_SLOT_TAMPER": DROP_SLOT_TAMPER,

@@ -11,7 +11,8 @@ import pytest
 
 from bastion.kernel.libbpf import BpfObject
 from bastion.sensors.bpf import (
-    BTF_OPEN_PROGRAMS, PROBE_OPEN_PROGRAMS, BpfSensor, HookSensor, open_programs_skipped,
+    BTF_OPEN_PROGRAMS, IOURING_PROGRAMS, PROBE_OPEN_PROGRAMS, BpfSensor, HookSensor,
+    iouring_programs_skipped, open_programs_skipped,
 )
 
 EVENTS_OBJ = Path(__file__).resolve().parents[2] / "build" / "bpf" / "tp_events.bpf.o"
@@ -45,6 +46,53 @@ def test_both_sets_are_in_the_object_and_cover_the_same_syscalls() -> None:
 def test_the_set_not_chosen_is_skipped(btf_loads: bool) -> None:
     skipped = open_programs_skipped(btf_loads)
     assert skipped == (PROBE_OPEN_PROGRAMS if btf_loads else BTF_OPEN_PROGRAMS)
-    spec = BpfSensor(btf_loads=btf_loads).spec()
-    assert spec.skip == skipped
+    sensor = BpfSensor(btf_loads=btf_loads)
+    sensor.iou_present = frozenset({"io_uring_submit_req", "io_uring_complete"})
+    spec = sensor.spec()
+    assert spec.skip == skipped | {"on_iou_submit_sqe", "on_iou_connect_sqe"}
     assert HookSensor().spec().skip == frozenset()   # lsm_events.bpf.o has no such sets
+
+
+# ---- the io_uring programs (s22-uring, issue 15.3) ----------------------------------
+
+def test_io_uring_programs_are_in_the_object_on_their_tracepoints() -> None:
+    sections = _sections()
+    assert {p: sections[p] for p in IOURING_PROGRAMS} == {
+        p: f"tp_btf/{tp}" for p, tp in IOURING_PROGRAMS.items()}
+
+
+@pytest.mark.parametrize("present, skip, missing", [
+    # 6.4+ (6.18 here): submit_req; 6.1-6.3: submit_sqe (its other name is skipped, not missing)
+    ({"io_uring_submit_req", "io_uring_complete"}, {"on_iou_submit_sqe", "on_iou_connect_sqe"},
+     []),
+    ({"io_uring_submit_sqe", "io_uring_complete"}, {"on_iou_submit_req", "on_iou_connect_req"},
+     []),
+    # no io_uring in the kernel: every program skipped and said missing (status lists it)
+    (set(), set(IOURING_PROGRAMS), ["on_iou_connect_req", "on_iou_submit_req", "on_iou_complete"]),
+    ({"io_uring_submit_req"}, {"on_iou_submit_sqe", "on_iou_connect_sqe", "on_iou_complete"},
+     ["on_iou_complete"]),
+])
+def test_io_uring_programs_load_where_their_tracepoint_is(
+        present: set[str], skip: set[str], missing: list[str]) -> None:
+    assert iouring_programs_skipped(frozenset(present)) == (frozenset(skip), missing)
+    sensor = BpfSensor(btf_loads=True)
+    sensor.iou_present = frozenset(present)
+    assert sensor.spec().skip == PROBE_OPEN_PROGRAMS | skip
+    assert sensor.iou_missing == missing
+
+
+def test_doctor_says_when_io_uring_is_unseen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No silent downgrade: a kernel without the tracepoints (or io_uring) is named."""
+    import bastion.kernel.btf as btf
+    from bastion.enforce.tiers import _iouring_seen
+
+    monkeypatch.setattr(btf, "iouring_tracepoints",
+                        lambda: (frozenset({"io_uring_submit_sqe", "io_uring_complete"}), ""))
+    assert _iouring_seen() == ""
+    monkeypatch.setattr(btf, "iouring_tracepoints",
+                        lambda: (frozenset({"io_uring_submit_req"}), ""))
+    assert _iouring_seen() == "io_uring requests unseen: no tracepoint io_uring_complete"
+    monkeypatch.setattr(btf, "iouring_tracepoints",
+                        lambda: (frozenset(), "no io_uring in the kernel's BTF (struct io_open)"))
+    assert _iouring_seen() == ("io_uring requests unseen: no io_uring in the kernel's BTF "
+                               "(struct io_open)")

@@ -88,10 +88,25 @@ def _try_load(name: str, skip: frozenset[str] = frozenset()) -> tuple[bool, str]
 def _events_skipped() -> frozenset[str]:
     """The programs of tp_events.bpf.o the sensor does not load on this kernel (the
     open programs of the other set: bastion.sensors.bpf.open_programs_skipped)."""
-    from bastion.kernel.btf import btf_loads
-    from bastion.sensors.bpf import open_programs_skipped
+    from bastion.kernel.btf import btf_loads, iouring_tracepoints
+    from bastion.sensors.bpf import iouring_programs_skipped, open_programs_skipped
 
-    return open_programs_skipped(btf_loads())
+    return open_programs_skipped(btf_loads()) | iouring_programs_skipped(
+        iouring_tracepoints()[0])[0]
+
+
+def _iouring_seen() -> str:
+    """"" when the tracepoint sensor sees io_uring requests here, else why not
+    (doctor says so: the compat tier's io_uring coverage is per kernel, s22-uring)."""
+    from bastion.kernel.btf import iouring_tracepoints
+    from bastion.sensors.bpf import IOURING_PROGRAMS, iouring_programs_skipped
+
+    present, why = iouring_tracepoints()
+    missing = iouring_programs_skipped(present)[1]
+    if not missing:
+        return ""
+    return "io_uring requests unseen: " + (why or "no tracepoint " + ", ".join(
+        IOURING_PROGRAMS[p] for p in missing))
 
 
 @contextlib.contextmanager
@@ -189,9 +204,12 @@ def probe() -> TierReport:
             "fexit/inet_csk_accept, tp_btf sched + ring buffer (no syscall tracepoints)",
             "" if lsm_ok else "BPF LSM is off but trampolines work: events from fentry")
     else:
+        iou_why = _iouring_seen() if events_ok else ""
         events_cap = Capability(
-            "events", events_ok, "tracepoints (syscalls, sched) + ring buffer",
-            events_why if not events_ok else f"kernel-hook sensor unavailable: {hooks_why}",
+            "events", events_ok, "tracepoints (syscalls, sched" + ("" if iou_why else ", io_uring")
+            + ") + ring buffer",
+            events_why if not events_ok else f"kernel-hook sensor unavailable: {hooks_why}"
+            + (f"; {iou_why}" if iou_why else ""),
             "" if events_ok else "a kernel with BTF and BPF tracepoints")
     caps: list[Capability] = [events_cap]
     if lsm_ok:

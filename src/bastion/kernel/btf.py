@@ -304,3 +304,21 @@ def btf_loads(btf_path: Path = VMLINUX_BTF) -> bool:
             return False
         helpers = btf.enum_values("bpf_func_id")
     return {"BPF_FUNC_task_pt_regs", "BPF_FUNC_get_current_task_btf"} <= set(helpers)
+
+
+# The kernel types the compat sensor's io_uring programs read (bpf/tp_events.bpf.c, s22-uring):
+# without one of them (io_uring compiled out) the programs cannot load.
+IOURING_TYPES = ("io_kiocb", "io_open", "io_rename", "io_unlink", "io_link", "io_connect")
+IOURING_TRACEPOINTS = ("io_uring_submit_req", "io_uring_submit_sqe", "io_uring_complete")
+
+
+def iouring_tracepoints(btf_path: Path = VMLINUX_BTF) -> tuple[frozenset[str], str]:
+    """The io_uring tracepoints of :data:`IOURING_TRACEPOINTS` the running kernel has
+    (``btf_trace_<name>`` in its BTF: a ``tp_btf`` program attaches there), and why none
+    is usable when the request types are absent ("" otherwise)."""
+    with Btf.parse(btf_path) as btf:
+        absent = [t for t in IOURING_TYPES if btf.find(t, _ffi.BTF_KIND_STRUCT) is None]
+        if absent:
+            return frozenset(), f"no io_uring in the kernel's BTF (struct {', '.join(absent)})"
+        return frozenset(t for t in IOURING_TRACEPOINTS
+                         if btf.find(f"btf_trace_{t}", _ffi.BTF_KIND_TYPEDEF) is not None), ""

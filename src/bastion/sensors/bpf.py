@@ -3,8 +3,9 @@
 Two objects emit the same records (``bpf/include/bastion.h``), chosen by the
 assembly from the tier report (:mod:`bastion.enforce.tiers`):
 
-* :class:`BpfSensor` — ``tp_events.bpf.o``, syscall and sched tracepoints
-  (the compat tier: kernels whose BPF trampolines are locked);
+* :class:`BpfSensor` — ``tp_events.bpf.o``, syscall and sched tracepoints, and
+  io_uring's own tracepoints for the requests no syscall carries (s22-uring; the
+  compat tier: kernels whose BPF trampolines are locked);
 * :class:`HookSensor` — ``lsm_events.bpf.o``, fentry on the ``security_*``
   functions that call the LSM hooks, ``fexit/inet_csk_accept`` and tp_btf
   (kernels with trampolines, with or without BPF LSM): no syscall
@@ -34,6 +35,7 @@ from bastion.errors import KernelError, Location
 from bastion.events import Event, RepeatDecoder
 from bastion.hostns import host_mnt_ns
 from bastion.kernel.btf import btf_loads as kernel_btf_loads
+from bastion.kernel.btf import iouring_tracepoints as kernel_iouring_tracepoints
 from bastion.kernel.libbpf import Map
 from bastion.kernel.loader import LoadedObject, LoaderUser, ObjectSpec
 from bastion.paths import bpf_object
@@ -82,6 +84,36 @@ def open_programs_skipped(btf_loads: bool) -> frozenset[str]:
     """The open programs of ``tp_events.bpf.o`` not to load: the probe-read set where
     the kernel has BTF-typed loads for tracepoint programs, else the BTF set."""
     return PROBE_OPEN_PROGRAMS if btf_loads else BTF_OPEN_PROGRAMS
+
+
+# The io_uring programs (s22-uring, issue 15.3): each on its tracepoint, loaded where the
+# kernel has it (bastion.kernel.btf.iouring_tracepoints).  The submission point is
+# io_uring_submit_req from 6.4, io_uring_submit_sqe before: one of the two loads.
+IOURING_PROGRAMS: Final[dict[str, str]] = {
+    "on_iou_submit_req": "io_uring_submit_req",   # files
+    "on_iou_connect_req": "io_uring_submit_req",  # CONNECT (its own stack)
+    "on_iou_submit_sqe": "io_uring_submit_sqe",
+    "on_iou_connect_sqe": "io_uring_submit_sqe",
+    "on_iou_complete": "io_uring_complete",
+}
+_SUBMIT_REQ: Final = frozenset({"on_iou_submit_req", "on_iou_connect_req"})
+_SUBMIT_SQE: Final = frozenset({"on_iou_submit_sqe", "on_iou_connect_sqe"})
+
+
+def iouring_programs_skipped(present: frozenset[str]) -> tuple[frozenset[str], list[str]]:
+    """Which io_uring programs not to load given the tracepoints ``present``, and the
+    ones that are missing for real (what ``status`` lists: io_uring opens, or renames,
+    unlinks and connects, unseen on this kernel).  The other kernel's name of the
+    submission point is skipped, not missing."""
+    skip = {p for p, tp in IOURING_PROGRAMS.items() if tp not in present}
+    missing = []
+    if "io_uring_submit_req" in present:
+        skip |= _SUBMIT_SQE
+    elif "io_uring_submit_sqe" not in present:
+        missing += sorted(_SUBMIT_REQ)
+    if "io_uring_complete" not in present:
+        missing.append("on_iou_complete")
+    return frozenset(skip), missing
 
 
 def event_mask(classes: Iterable[str]) -> int:
@@ -162,6 +194,11 @@ class BpfSensor(LoaderUser):
         # keeps the actors of a flood decoded once, and a record repeated by a flood
         self._decoder = RepeatDecoder()
         self._dedup_final = (0, 0, 0, 0)   # the dedup counters as they were at close()
+        # the io_uring tracepoints of this kernel (None: read from its BTF at load),
+        # why there are none, and the programs missing for lack of them
+        self.iou_present: frozenset[str] | None = None
+        self.iou_why = ""
+        self.iou_missing: list[str] = []
 
     def spec(self) -> ObjectSpec:
         return ObjectSpec(
@@ -185,10 +222,18 @@ class BpfSensor(LoaderUser):
 
     def skipped_programs(self) -> frozenset[str]:
         """The programs of the object not loaded on this kernel (the open programs
-        of the other set)."""
+        of the other set; the io_uring programs whose tracepoint it lacks, which
+        :attr:`missing` lists when io_uring is then unseen)."""
         if self.btf_loads is None:
             self.btf_loads = kernel_btf_loads()
-        return open_programs_skipped(self.btf_loads)
+        if self.iou_present is None:
+            self.iou_present, self.iou_why = kernel_iouring_tracepoints()
+        iou_skip, self.iou_missing = iouring_programs_skipped(self.iou_present)
+        if self.iou_missing:
+            log.warning("io_uring requests are unseen by the tracepoint sensor here: %s",
+                        self.iou_why or "no " + ", ".join(IOURING_PROGRAMS[p]
+                                                          for p in self.iou_missing))
+        return open_programs_skipped(self.btf_loads) | iou_skip
 
     def open(self) -> None:
         spec = self.spec()
@@ -264,7 +309,8 @@ class BpfSensor(LoaderUser):
 
     @property
     def missing(self) -> list[str]:
-        return self._lo.missing if self._lo is not None else []
+        """Programs whose hook this kernel lacks (the io_uring ones not even loaded)."""
+        return (self._lo.missing + self.iou_missing) if self._lo is not None else []
 
     def poll(self, timeout_s: float) -> list[Event] | None:
         lo = self._lo
@@ -407,5 +453,5 @@ class HookSensor(BpfSensor):
 
 
 
-__all__ = ["BTF_OPEN_PROGRAMS", "BpfSensor", "PROBE_OPEN_PROGRAMS", "open_programs_skipped", "DEFAULT_MMAP_DEDUP_S", "DEFAULT_REWRITE_DEDUP_S", "DEFAULT_NET_DEDUP_S", "DEFAULT_OPEN_DEDUP_S", "EVENT_CLASSES",
+__all__ = ["BTF_OPEN_PROGRAMS", "BpfSensor", "IOURING_PROGRAMS", "iouring_programs_skipped", "PROBE_OPEN_PROGRAMS", "open_programs_skipped", "DEFAULT_MMAP_DEDUP_S", "DEFAULT_REWRITE_DEDUP_S", "DEFAULT_NET_DEDUP_S", "DEFAULT_OPEN_DEDUP_S", "EVENT_CLASSES",
            "HOOK_OPTIONAL_PROGRAMS", "HookSensor", "OPTIONAL_PROGRAMS", "event_mask"]
