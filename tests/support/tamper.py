@@ -152,6 +152,18 @@ class Instance:
                                      + self.guardian_state())
             time.sleep(0.1)
 
+    def wait_alert_all(self, rule: str, n: int, timeout: float = 10) -> list[dict[str, object]]:
+        """The ``rule`` alerts once there are at least ``n`` of them (AssertionError if
+        they do not come)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            got = [a for a in self.alerts(rule) if a["rule"] == rule]
+            if len(got) >= n:
+                return got
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(got)} of {n} {rule} alerts; " + self.guardian_state())
+            time.sleep(0.1)
+
     def stop(self, token_file: Path) -> dict[str, object]:
         """`bastion stop` as the library does it: the guardian checked, the token proven."""
         from bastion.guard.control import call_with_token
