@@ -249,3 +249,32 @@ def test_quarantine_without_backend_kills_and_says_so() -> None:
                 pid=2**22 + 12345)  # no such process
     out = Dispatcher(ProcessTable()).dispatch(f, T0).action
     assert "quarantine unavailable" in out
+
+
+def test_glob_any_is_the_first_matching_glob_of_fnmatch_for_every_pattern_set() -> None:
+    """glob_any decides with one compiled regex per pattern tuple (issue 16.3): it must give
+    exactly what the globs in order give with fnmatchcase, for every pattern set the rules
+    use, on paths that match one glob, several, or none (newlines, brackets, dots)."""
+    import fnmatch
+
+    from bastion.detect.behavior import base as behavior_base, depth, rules, staging, wipe
+    from bastion.detect.behavior.base import glob_any
+
+    sets: list[tuple[str, ...]] = [c.patterns for c in rules.PERSISTENCE]
+    sets += [rules.CRED_STORES, rules.PRIV_CONFIG, rules.SECURITY_CONFIGS, rules.LOGS,
+             rules.HISTORY, rules.LOGS_HISTORY, rules.MAIL_SPOOLS, rules.DISCOVERY_FILES,
+             tuple(staging.ACCOUNT_DB_GLOBS), depth.UPLOAD_SOURCES, ("/etc/rc[0-6S].d/*", "*/[!.]x?")]
+    paths = ["/etc/shadow", "/etc/shadow-", "/etc/shadowx", "/etc/cron.d/job", "/etc/cron.d/",
+             "/etc/cron.d/a/b", "/home/u/.ssh/id_rsa", "/home/u/v/.ssh/id_rsa", "/etc/rc3.d/S01x",
+             "/etc/rc7.d/S01x", "/etc/rcS.d/x", "/root/.bash_history", "/var/log/syslog",
+             "/var/log/a/b", "/var/log/journal/m/system.journal", "/etc/profile\n",
+             "/etc/profile", "/tmp/.git/hooks/pre-commit", "/a/.x", "/a/bxy", "", "/",
+             "/etc/sudoers.d/ops", "/etc/pam.d/sshd", "/etc/ssh/sshd_config.d/x.conf",
+             "/root/.ssh/authorized_keys2", "/var/spool/cron/crontabs/root", "relative/path"]
+    for pats in sets:
+        for p in paths + [x.replace("*", "zz").replace("?", "q") for x in pats]:
+            want = next((pat for pat in pats if fnmatch.fnmatchcase(p, pat)), None)
+            assert glob_any(p, pats) == want, (p, pats)
+            assert glob_any(p, list(pats)) == want, (p, pats)   # any iterable, not cached by id
+    assert behavior_base._GLOB_RX   # the module constants' regexes are kept
+    assert wipe.LOGS_HISTORY is rules.LOGS_HISTORY
