@@ -652,6 +652,7 @@ class DownloadExecute(BehaviorRule):
 
     name = "behavior.download_execute"
     event_types = frozenset({"connect", "open", "rename", "chmod", "exec"})
+    read_opens = False   # a read-only open has no written path: nothing to match
     attack = ("T1105", "T1204.002")
     severity = "high"
     action = "kill"
@@ -1431,6 +1432,7 @@ class LogClearing(SingleEvent):
     name = "behavior.log_clearing"
     event_types = frozenset({"open", "unlink", "rename", "exec", "truncate", "mount_setattr",
                              "fspick", "rewrite"})
+    read_opens = False   # a read-only open has no written path: nothing to match
     attack = ("T1070.002", "T1070.003")
     severity = "high"
     action = "alert"
@@ -3397,6 +3399,7 @@ class BinaryPadding(BehaviorRule):
 
     name = "behavior.binary_padding"
     event_types = frozenset({"exec", "open", "rename"})
+    read_opens = False   # a read-only open has no written path: nothing to match
     attack = ("T1027.001",)
     severity = "medium"
     action = "alert"
@@ -3509,6 +3512,7 @@ class DecodedFileExec(BehaviorRule):
 
     name = "behavior.decoded_file_exec"
     event_types = frozenset({"exec", "open", "rename"})
+    read_opens = False   # a read-only open has no written path: nothing to match
     attack = ("T1140", "T1027", "T1059.004")
     severity = "high"
     action = "alert"
