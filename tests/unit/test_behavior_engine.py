@@ -278,3 +278,23 @@ def test_glob_any_is_the_first_matching_glob_of_fnmatch_for_every_pattern_set() 
             assert glob_any(p, list(pats)) == want, (p, pats)   # any iterable, not cached by id
     assert behavior_base._GLOB_RX   # the module constants' regexes are kept
     assert wipe.LOGS_HISTORY is rules.LOGS_HISTORY
+
+
+def test_under_is_the_lexical_prefix_test_for_every_form_of_dirs() -> None:
+    """under() with its per-tuple prefixes (issue 16.3) answers as the plain test did: the
+    directory itself or below it, a trailing slash ignored, "/" holding every absolute
+    path, a sibling with the same prefix (/tmpx) not below /tmp."""
+    from bastion.detect.behavior.base import under
+
+    def plain(path: str, dirs: tuple[str, ...]) -> bool:
+        return any(path == d.rstrip("/") or path.startswith(d.rstrip("/") + "/") for d in dirs)
+
+    dirs_sets = [("/tmp", "/var/tmp", "/dev/shm"), ("/tmp/",), ("/",), (), ("/proc", "/sys"),
+                 ("relative",), ("/a//",)]
+    paths = ["/tmp", "/tmp/", "/tmp/x", "/tmpx", "/var/tmp/a/b", "/var", "/", "", "x",
+             "/proc/1/mem", "/sys", "relative/x", "relativex", "/a", "/a/", "/a//b", "/dev/shm"]
+    for dirs in dirs_sets:
+        for p in paths:
+            assert under(p, dirs) is plain(p, dirs), (p, dirs)
+            assert under(p, list(dirs)) is plain(p, dirs), (p, dirs)
+    assert not under("/tmpx", ("/tmp",)) and under("/tmp/x", ["/tmp/"])

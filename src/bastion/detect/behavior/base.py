@@ -427,8 +427,17 @@ def is_interpreter(exe: str) -> bool:
     return norm_interp(base(exe)) in INTERPRETERS
 
 
+@functools.lru_cache(maxsize=512)
+def _under_forms(dirs: tuple[str, ...]) -> tuple[frozenset[str], tuple[str, ...]]:
+    roots = tuple(d.rstrip("/") for d in dirs)
+    return frozenset(roots), tuple(r + "/" for r in roots)
+
+
 def under(path: str, dirs: Iterable[str]) -> bool:
-    return any(path == d.rstrip("/") or path.startswith(d.rstrip("/") + "/") for d in dirs)
+    """``path`` is one of ``dirs`` or below one (lexically; a trailing ``/`` ignored).  The
+    stripped names and their ``/`` prefixes are made once per tuple (issue 16.3)."""
+    exact, prefixes = _under_forms(dirs if isinstance(dirs, tuple) else tuple(dirs))
+    return path in exact or path.startswith(prefixes)
 
 
 @functools.lru_cache(maxsize=512)
