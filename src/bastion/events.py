@@ -92,6 +92,11 @@ class ExitEvent(_Base):
     status: int = 0        # raw wait(2) status
 
 
+# open(2) flags that make an open a write (O_WRONLY/O_RDWR in O_ACCMODE, O_CREAT, O_TRUNC):
+# the rules' ``write_intent``; an open with none of them is a read-only open
+OPEN_WRITE_FLAGS = 0o3 | 0o100 | 0o1000
+
+
 @dataclass(frozen=True, slots=True)
 class FileEvent(_Base):
     op: str = "open"       # open, unlink, rename, chmod, chown, link

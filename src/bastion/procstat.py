@@ -7,6 +7,7 @@ parentheses itself, so fields are counted from the last ``)``.
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,4 +57,26 @@ def start_ns_of(pid: int, proc: Path = PROC) -> int:
         return 0
 
 
-__all__ = ["CLK_TCK", "PROC", "TICK_NS", "ProcStat", "parse_stat", "read_stat", "start_ns_of"]
+# pidfd_open(2) errors that mean "no process by that id now": ESRCH (none), ENOENT (a
+# thread's id, not a thread-group leader's: Linux 6.9+; seen on 6.18), EINVAL (the same
+# before 6.9)
+_NO_PROCESS: Final = frozenset({errno.ESRCH, errno.ENOENT, errno.EINVAL})
+
+
+def pidfd_of(pid: int) -> int | None:
+    """A pidfd of process ``pid``, or None when no process has that id now (gone, or the
+    id is a thread of another process: a pid reused by a thread).  Any other error (out of
+    descriptors, ...) is raised.  The caller checks the start time after the pidfd pins
+    the process and closes the descriptor.  (s22: only ProcessLookupError was caught; a
+    kill-tree member whose pid a thread had taken raised FileNotFoundError out of the
+    dispatcher and ended the agent's event loop.)"""
+    try:
+        return os.pidfd_open(pid)
+    except OSError as e:
+        if e.errno in _NO_PROCESS:
+            return None
+        raise
+
+
+__all__ = ["CLK_TCK", "PROC", "TICK_NS", "ProcStat", "parse_stat", "pidfd_of", "read_stat",
+           "start_ns_of"]

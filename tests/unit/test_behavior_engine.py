@@ -249,3 +249,52 @@ def test_quarantine_without_backend_kills_and_says_so() -> None:
                 pid=2**22 + 12345)  # no such process
     out = Dispatcher(ProcessTable()).dispatch(f, T0).action
     assert "quarantine unavailable" in out
+
+
+def test_glob_any_is_the_first_matching_glob_of_fnmatch_for_every_pattern_set() -> None:
+    """glob_any decides with one compiled regex per pattern tuple (issue 16.3): it must give
+    exactly what the globs in order give with fnmatchcase, for every pattern set the rules
+    use, on paths that match one glob, several, or none (newlines, brackets, dots)."""
+    import fnmatch
+
+    from bastion.detect.behavior import base as behavior_base, depth, rules, staging, wipe
+    from bastion.detect.behavior.base import glob_any
+
+    sets: list[tuple[str, ...]] = [c.patterns for c in rules.PERSISTENCE]
+    sets += [rules.CRED_STORES, rules.PRIV_CONFIG, rules.SECURITY_CONFIGS, rules.LOGS,
+             rules.HISTORY, rules.LOGS_HISTORY, rules.MAIL_SPOOLS, rules.DISCOVERY_FILES,
+             tuple(staging.ACCOUNT_DB_GLOBS), depth.UPLOAD_SOURCES, ("/etc/rc[0-6S].d/*", "*/[!.]x?")]
+    paths = ["/etc/shadow", "/etc/shadow-", "/etc/shadowx", "/etc/cron.d/job", "/etc/cron.d/",
+             "/etc/cron.d/a/b", "/home/u/.ssh/id_rsa", "/home/u/v/.ssh/id_rsa", "/etc/rc3.d/S01x",
+             "/etc/rc7.d/S01x", "/etc/rcS.d/x", "/root/.bash_history", "/var/log/syslog",
+             "/var/log/a/b", "/var/log/journal/m/system.journal", "/etc/profile\n",
+             "/etc/profile", "/tmp/.git/hooks/pre-commit", "/a/.x", "/a/bxy", "", "/",
+             "/etc/sudoers.d/ops", "/etc/pam.d/sshd", "/etc/ssh/sshd_config.d/x.conf",
+             "/root/.ssh/authorized_keys2", "/var/spool/cron/crontabs/root", "relative/path"]
+    for pats in sets:
+        for p in paths + [x.replace("*", "zz").replace("?", "q") for x in pats]:
+            want = next((pat for pat in pats if fnmatch.fnmatchcase(p, pat)), None)
+            assert glob_any(p, pats) == want, (p, pats)
+            assert glob_any(p, list(pats)) == want, (p, pats)   # any iterable, not cached by id
+    assert behavior_base._GLOB_RX   # the module constants' regexes are kept
+    assert wipe.LOGS_HISTORY is rules.LOGS_HISTORY
+
+
+def test_under_is_the_lexical_prefix_test_for_every_form_of_dirs() -> None:
+    """under() with its per-tuple prefixes (issue 16.3) answers as the plain test did: the
+    directory itself or below it, a trailing slash ignored, "/" holding every absolute
+    path, a sibling with the same prefix (/tmpx) not below /tmp."""
+    from bastion.detect.behavior.base import under
+
+    def plain(path: str, dirs: tuple[str, ...]) -> bool:
+        return any(path == d.rstrip("/") or path.startswith(d.rstrip("/") + "/") for d in dirs)
+
+    dirs_sets = [("/tmp", "/var/tmp", "/dev/shm"), ("/tmp/",), ("/",), (), ("/proc", "/sys"),
+                 ("relative",), ("/a//",)]
+    paths = ["/tmp", "/tmp/", "/tmp/x", "/tmpx", "/var/tmp/a/b", "/var", "/", "", "x",
+             "/proc/1/mem", "/sys", "relative/x", "relativex", "/a", "/a/", "/a//b", "/dev/shm"]
+    for dirs in dirs_sets:
+        for p in paths:
+            assert under(p, dirs) is plain(p, dirs), (p, dirs)
+            assert under(p, list(dirs)) is plain(p, dirs), (p, dirs)
+    assert not under("/tmpx", ("/tmp",)) and under("/tmp/x", ["/tmp/"])

@@ -198,3 +198,81 @@ def test_history_linked_to_dev_null_or_replaced() -> None:
               if f.rule == "behavior.log_clearing" and f.severity == "medium"]
     assert any("linked to /dev/null" in t and ".zsh_history" in t for t in titles), titles
     assert any("replaced by /tmp/empty" in t for t in titles), titles
+
+
+def test_rules_that_skip_read_opens_find_nothing_in_one() -> None:
+    """A rule with ``read_opens = False`` is not called with a read-only open (issue 16.3):
+    that is safe only while the rule finds nothing in one.  Every write open of every
+    fixture (the attacks of the positive ones included), turned read-only, given to each
+    such rule directly (no engine filter) raises nothing, nor does a recorded read-only
+    open; the write opens as recorded still raise each rule's own finding where its
+    positive fixture expects one."""
+    import dataclasses
+    import os
+
+    from bastion.events import OPEN_WRITE_FLAGS, FileEvent
+
+    skip = [r.name for r in behavior_rules() if not r.read_opens]
+    assert "behavior.persistence_cron" in skip and "behavior.credential_access" not in skip
+    for path in sorted(FIX.glob("*.jsonl")):
+        procs, trust = ProcessTable(), RecordedTrust()
+        rules = [r for r in behavior_rules(trust=trust, cprobes=recorded_probes(path))
+                 if not r.read_opens]
+        ctx = RuleContext(procs)
+        fired: set[str] = set()
+        for ev in read_all(path):
+            trust.learn(ev)
+            procs.update(ev)
+            for r in rules:
+                if ev.type not in r.event_types:
+                    continue
+                if isinstance(ev, FileEvent) and ev.op == "open":
+                    ro = dataclasses.replace(ev, flags=ev.flags & ~OPEN_WRITE_FLAGS
+                                             | os.O_NOFOLLOW | os.O_CLOEXEC)
+                    assert r.on_event(ro, ctx) == [], (path.name, r.name, ev.path)
+                    if not ev.flags & OPEN_WRITE_FLAGS:
+                        continue   # a recorded read-only open: only the check above
+                if r.on_event(ev, ctx):
+                    fired.add(r.name)
+        own = "behavior." + path.name.split(".")[0]
+        if own in skip and ".pos." in path.name:
+            assert own in fired, path.name
+
+
+def test_engine_gives_read_only_opens_only_to_rules_that_take_them() -> None:
+    """``read_opens = False``: the engine passes such a rule every write open (O_WRONLY,
+    O_RDWR, O_CREAT or O_TRUNC alone) and every other event type, never a read-only open;
+    a rule that does not say so gets both."""
+    import os
+
+    from bastion.events import FileEvent, Proc
+
+    class Spy:
+        event_types = frozenset({"open", "unlink"})
+
+        def __init__(self, name: str, reads: bool | None) -> None:
+            self.name, self.seen = name, []
+            if reads is not None:
+                self.read_opens = reads
+
+        def on_event(self, ev: FileEvent, ctx: RuleContext) -> list[Finding]:
+            self.seen.append((ev.op, ev.flags))
+            return []
+
+    writes, reads = Spy("w", False), Spy("r", None)
+    engine = Engine([writes, reads, Spy("t", True)])
+    p = Proc(pid=7, tid=7, ppid=1, uid=0, euid=0, gid=0, cgroup_id=1, comm="x", exe="/x")
+    evs = [FileEvent(1, p, op="open", path="/etc/cron.d/x", flags=f)
+           for f in (os.O_RDONLY, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECTORY, os.O_WRONLY,
+                     os.O_RDWR, os.O_CREAT, os.O_TRUNC, os.O_WRONLY | os.O_APPEND)]
+    evs.append(FileEvent(1, p, op="unlink", path="/etc/cron.d/x"))
+    ctx = RuleContext(ProcessTable())
+    for ev in evs:
+        engine.evaluate(ev, ctx)
+    assert writes.seen == [("open", os.O_WRONLY), ("open", os.O_RDWR), ("open", os.O_CREAT),
+                           ("open", os.O_TRUNC), ("open", os.O_WRONLY | os.O_APPEND),
+                           ("unlink", 0)]
+    assert len(reads.seen) == len(evs)
+    engine.replace([writes], [])   # re-routed after a change of the rule set
+    engine.evaluate(evs[0], ctx)
+    assert len(reads.seen) == len(evs) + 1 and len(writes.seen) == 6

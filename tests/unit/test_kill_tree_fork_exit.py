@@ -290,3 +290,40 @@ def test_a_kill_tree_rooted_above_the_agent_spares_the_agent_and_its_ancestors()
                 pass
         subprocess.run(["pkill", "-9", "-P", str(h.pid)], check=False)
         h.wait()
+
+
+THREADED = ("import threading,time,sys\n"
+            "t=threading.Thread(target=time.sleep,args=(30,),daemon=True); t.start()\n"
+            "time.sleep(0.05); print(t.native_id, flush=True); time.sleep(30)\n")
+
+
+def test_a_member_pid_a_thread_took_is_skipped_and_the_loop_lives() -> None:
+    """s22: a tree member the table saw (a child of the root) has exited and its pid is now
+    a thread of another process.  pidfd_open(2) of a thread's id fails with ENOENT on 6.9+
+    (seen on 6.18; EINVAL before), not ESRCH: only ProcessLookupError was caught, so the
+    FileNotFoundError left ``dispatch`` and ended the agent's event loop (seen in
+    bench_agent_pipeline's replay: 0 events processed after one kill-tree; this test failed
+    with FileNotFoundError before the fix).  Now the member is skipped as gone, the root is
+    still killed, and the other process is never signalled."""
+    root = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    other = subprocess.Popen([sys.executable, "-c", THREADED], stdout=subprocess.PIPE)
+    try:
+        assert other.stdout is not None
+        tid = int(other.stdout.readline())
+        assert tid != other.pid
+        procs, ev = _world(root.pid, tid, w_start=10**12)   # the table's child: the thread's id
+        procs._procs[root.pid] = dataclasses.replace(procs._procs[root.pid], exited_ns=0,
+                                                     start_ns=read_stat(root.pid).start_ns)
+        ev = dataclasses.replace(ev, proc=dataclasses.replace(
+            ev.proc, pid=root.pid, tid=root.pid, start_ns=read_stat(root.pid).start_ns))
+        f = Finding(rule="behavior.ransomware", title="t", severity="critical", attack=(),
+                    action="kill-tree", event=ev, pid=root.pid)
+        alert = Dispatcher(procs).dispatch(f, time.time_ns())
+        assert alert.action == "kill-tree", alert.action
+        assert alert.killed == [root.pid]
+        assert _dead(root.pid)
+        assert other.poll() is None, "the process whose thread took the pid was signalled"
+    finally:
+        for p in (root, other):
+            p.kill()
+            p.wait()

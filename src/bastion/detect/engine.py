@@ -14,7 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, Sequence
 
-from bastion.events import Event, LsmDenyEvent
+from bastion.events import OPEN_WRITE_FLAGS, Event, FileEvent, LsmDenyEvent
 from bastion.proctable import ProcessTable
 
 RULE_ERROR = "bastion.engine.rule_error"
@@ -47,6 +47,9 @@ class RuleContext:
 class Rule(Protocol):
     name: str
     event_types: frozenset[str]
+    # A rule may also set ``read_opens = False`` (a class attribute; absent means True):
+    # it returns nothing for an ``open`` event without write intent (``OPEN_WRITE_FLAGS``),
+    # so the engine does not call it with one (issue 16.3: most opens are read-only)
 
     def on_event(self, ev: Event, ctx: RuleContext) -> list[Finding]: ...
 
@@ -84,6 +87,7 @@ class Engine:
             for t in r.event_types:
                 self._by_type[t].append(r)
         self._routes: dict[str, tuple[Rule, ...]] = {}
+        self._read_opens: tuple[Rule, ...] = ()
         self._route()
         self.errors: dict[str, int] = {}
         self.disabled: dict[str, str] = {}   # rule name -> its last error (never disabled: s17)
@@ -135,7 +139,10 @@ class Engine:
                       "errors_total": self.errors[name], "since_last_report": unreported})
 
     def evaluate(self, ev: Event, ctx: RuleContext) -> list[Finding]:
-        rules = self._routes.get(ev.type)
+        if type(ev) is FileEvent and ev.op == "open" and not ev.flags & OPEN_WRITE_FLAGS:
+            rules: tuple[Rule, ...] | None = self._read_opens
+        else:
+            rules = self._routes.get(ev.type)
         if not rules:
             return []
         out: list[Finding] = []
@@ -154,6 +161,9 @@ class Engine:
     def _route(self) -> None:
         """Event type -> its rules as a tuple, from ``_by_type`` (after every change of it)."""
         self._routes = {t: tuple(rs) for t, rs in self._by_type.items() if rs}
+        # a read-only open goes to the open rules that have not said they ignore one
+        self._read_opens = tuple(r for r in self._routes.get("open", ())
+                                 if getattr(r, "read_opens", True))
 
     def expire(self, now_ns: int) -> int:
         """Drop idle rule state (rules that keep state expose ``expire``)."""

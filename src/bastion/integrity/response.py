@@ -22,7 +22,7 @@ from typing import Any
 
 from bastion.detect.engine import Finding
 from bastion.integrity.base import IntegrityFinding
-from bastion.procstat import TICK_NS
+from bastion.procstat import TICK_NS, pidfd_of
 from bastion.respond.dispatch import OWN_SKIP, OwnCheck, own_lineage
 
 RULE = "bastion.integrity.bpf.rogue_program"
@@ -70,9 +70,8 @@ def kill_loader(finding: IntegrityFinding | Finding, *, dry_run: bool = False,
         if own(pid, int(start) * TICK_NS):
             res["outcome"] = f"kill-skipped: {OWN_SKIP}"
             continue
-        try:
-            pidfd = os.pidfd_open(pid)
-        except ProcessLookupError:
+        pidfd = pidfd_of(pid)
+        if pidfd is None:
             res["outcome"] = "kill-skipped: already exited"
             continue
         try:

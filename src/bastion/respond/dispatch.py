@@ -31,7 +31,7 @@ from bastion.alert import Alert, AlertProcess
 from bastion.detect.engine import Finding
 from bastion.events import HipsEvent, to_json
 from bastion.proctable import ProcessTable
-from bastion.procstat import TICK_NS, read_stat, start_ns_of
+from bastion.procstat import TICK_NS, pidfd_of, read_stat, start_ns_of
 from bastion.timefmt import format_time
 
 log = logging.getLogger("bastion.respond")
@@ -158,9 +158,8 @@ class Dispatcher:
         entry = self.procs.get(pid)
         if entry is not None and start_ns and not entry.same_process(start_ns):
             return "pid reused"
-        try:
-            pidfd = os.pidfd_open(pid)
-        except ProcessLookupError:
+        pidfd = pidfd_of(pid)
+        if pidfd is None:
             return "already exited"
         # the pidfd now pins the process: re-check the identity against /proc
         now = start_ns_of(pid)
@@ -267,9 +266,8 @@ class Dispatcher:
         """A pidfd for ``pid`` if it is still the tree's member: the process the table saw
         (same start time), or a live child of a member already held.  A pid reused by an
         unrelated process since the walk is never signalled."""
-        try:
-            fd = os.pidfd_open(pid)
-        except ProcessLookupError:
+        fd = pidfd_of(pid)
+        if fd is None:
             return None
         try:   # after the pidfd pins the process: is it the one we mean?
             st = read_stat(pid)

@@ -14,7 +14,7 @@ from typing import Callable, Final, Iterator, Mapping, Protocol, Sequence
 from bastion import abi
 from bastion.errors import ConfigError, KernelError, Location
 from bastion.policy.compile import kernel_dev
-from bastion.procstat import TICK_NS, start_ns_of
+from bastion.procstat import TICK_NS, pidfd_of, start_ns_of
 
 _U32: Final = struct.Struct("<I")
 _I32: Final = struct.Struct("<i")
@@ -85,16 +85,16 @@ class ProvenanceMap:
             yield _U32.pack(tgid)
             return
         try:
-            fd = os.pidfd_open(tgid)
-        except (ProcessLookupError, ValueError):
+            fd = pidfd_of(tgid)   # None: gone, or a thread's id (ENOENT on 6.9+, EINVAL before)
+        except ValueError:
             yield None
             return
         except OSError as e:
-            if e.errno == errno.EINVAL:   # not a thread-group leader's id
-                yield None
-                return
             raise KernelError(f"pidfd_open({tgid}): {e.strerror}", errno=e.errno or 0,
                               location=Location("prov")) from e
+        if fd is None:
+            yield None
+            return
         try:
             yield _I32.pack(fd)
         finally:

@@ -243,6 +243,7 @@ class CompileAfterDelivery(BehaviorRule):
 
     name = "behavior.compile_after_delivery"
     event_types = frozenset({"exec", "open", "rename"})
+    read_opens = False   # a read-only open has no written path: nothing to match
     attack = ("T1027.004",)
     severity = "medium"
     action = "alert"

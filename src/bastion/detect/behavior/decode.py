@@ -615,6 +615,7 @@ class ScriptDecode(_DecodeRule):
 
     name = "behavior.script_decode"
     event_types = frozenset({"exec", "exit", "open"})
+    read_opens = False   # a read-only open has no written path: nothing to match
     attack = ("T1140", "T1027")
 
     def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None,

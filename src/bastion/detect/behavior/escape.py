@@ -216,6 +216,7 @@ class _ContainerRule(SingleEvent):
 class ReleaseAgentWrite(_ContainerRule):
     name = "behavior.container_release_agent"
     event_types = frozenset({"open", "hips"})
+    read_opens = False   # a read-only open has no written path: nothing to match
     attack = ("T1611",)
     severity = "critical"
     description = ("A container process opened a cgroup release_agent or the kernel's "
@@ -241,6 +242,7 @@ class ReleaseAgentWrite(_ContainerRule):
 class HostPathWrite(_ContainerRule):
     name = "behavior.container_host_write"
     event_types = frozenset({"open", "rename", "link", "chmod", "chown", "unlink", "hips"})
+    read_opens = False   # a read-only open has no written path: nothing to match
     attack = ("T1611",)
     severity = "high"
     description = ("A container process wrote a host file through a mount: the host's root "

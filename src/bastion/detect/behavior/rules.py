@@ -55,8 +55,8 @@ from bastion.detect.behavior.svcctl import SERVICE_MANAGERS, command_act, firewa
 from bastion.detect.behavior.state import BoundedState, Limits, ProcKey, proc_key, tree_key
 from bastion.detect.engine import RuleContext
 from bastion.events import (
-    BpfEvent, Event, ExecEvent, FileEvent, ForkEvent, HipsEvent, KillEvent, NetEvent,
-    PtraceEvent,
+    OPEN_WRITE_FLAGS, BpfEvent, Event, ExecEvent, FileEvent, ForkEvent, HipsEvent, KillEvent,
+    NetEvent, PtraceEvent,
 )
 from bastion.install import UNIT_NAME
 from bastion.proctable import ProcEntry
@@ -430,7 +430,7 @@ def live_probes() -> Probes:
 
 
 def write_intent(ev: FileEvent) -> bool:
-    return ev.op == "open" and bool(ev.flags & (O_ACCMODE | O_CREAT | O_TRUNC))
+    return ev.op == "open" and bool(ev.flags & OPEN_WRITE_FLAGS)   # O_ACCMODE | O_CREAT | O_TRUNC
 
 
 def written_path(ev: Event) -> str | None:
@@ -662,6 +662,7 @@ class DownloadExecute(BehaviorRule):
 
     name = "behavior.download_execute"
     event_types = frozenset({"connect", "open", "rename", "chmod", "exec"})
+    read_opens = False   # a read-only open has no written path: nothing to match
     attack = ("T1105", "T1204.002")
     severity = "high"
     action = "kill"
@@ -974,6 +975,7 @@ class PtraceInjection(SingleEvent):
 class LdPreload(SingleEvent):
     name = "behavior.ld_preload"
     event_types = frozenset({"open", "rename", "hips", "exec"})
+    read_opens = False   # a read-only open has no written path: nothing to match
     attack = ("T1574.006",)
     severity = "critical"
     action = "kill"
@@ -1234,6 +1236,7 @@ PERSISTENCE = (
 
 class PersistenceWrite(SingleEvent):
     event_types = FILE_WRITE_TYPES
+    read_opens = False   # a read-only open has no written path: nothing to match
 
     def __init__(self, cls: PersistClass, settings: RuleSettings | None = None,
                  limits: Limits | None = None) -> None:
@@ -1275,6 +1278,7 @@ _UID0 = re.compile(r"(^|\s)(-u|--uid)\s*0(\s|$)|(^|\s)-o(\s|$)")
 class AccountChange(SingleEvent):
     name = "behavior.account_change"
     event_types = frozenset({"exec", "open", "rename", "hips"})
+    read_opens = False   # a read-only open has no written path: nothing to match
     attack = ("T1136.001", "T1098")
     severity = "medium"
     action = "alert"
@@ -1345,6 +1349,7 @@ PRIV_CONFIG = ("/etc/sudoers", "/etc/sudoers.d/*", "/etc/pam.d/*", "/etc/pam.con
 class SudoersPam(SingleEvent):
     name = "behavior.sudoers_pam"
     event_types = FILE_WRITE_TYPES
+    read_opens = False   # a read-only open has no written path: nothing to match
     attack = ("T1548.003", "T1556.003")
     severity = "high"
     action = "alert"
@@ -1363,6 +1368,7 @@ class SudoersPam(SingleEvent):
 
 HISTORY = ("/root/.*history", "/home/*/.*history", "/root/.*_history", "/home/*/.*_history")
 LOGS = ("/var/log/*", "/var/log/*/*", "/var/log/journal/*/*")
+LOGS_HISTORY = (*LOGS, *HISTORY)   # one tuple: glob_any compiles it once
 LOG_WRITERS = frozenset({"logrotate", "rsyslogd", "systemd-journald", "journalctl", "syslog-ng",
                          "auditd", "apache2", "nginx", "systemd", "sshd", "login", "utmpdump",
                          "cron", "systemd-tmpfiles", *PACKAGE_MANAGERS})
@@ -1436,6 +1442,7 @@ class LogClearing(SingleEvent):
     name = "behavior.log_clearing"
     event_types = frozenset({"open", "unlink", "rename", "exec", "truncate", "mount_setattr",
                              "fspick", "rewrite"})
+    read_opens = False   # a read-only open has no written path: nothing to match
     attack = ("T1070.002", "T1070.003")
     severity = "high"
     action = "alert"
@@ -1458,7 +1465,7 @@ class LogClearing(SingleEvent):
             # relative arguments resolved against the exec's directory (``cd /var/log;
             # truncate -s0 syslog``; s16-fixlog, review 4), every one lexically normalised
             if tool in ("shred", "truncate", "wipe", "srm") and any(
-                    glob_any(_abs_norm(a, ev.cwd), (*LOGS, *HISTORY)) for a in args
+                    glob_any(_abs_norm(a, ev.cwd), LOGS_HISTORY) for a in args
                     if not a.startswith("-")):
                 return Hit(f"Log/history wiped with {tool}: {' '.join(ev.argv)[:120]}",
                            {"argv": list(ev.argv)})
@@ -1538,7 +1545,7 @@ class LogClearing(SingleEvent):
         # the sensitive set's HISTORY class (histories, .netrc, .pgpass, .git-credentials):
         # the sensor already killed the actor in the kernel: always a finding
         killed = ev.sensitive == "history"
-        if not killed and not glob_any(path, (*LOGS, *HISTORY)):
+        if not killed and not glob_any(path, LOGS_HISTORY):
             return None
         if not killed and self.trusted(ev, ctx, LOG_WRITERS, depth=0) \
                 and not self.untrusted(ev, ctx)[0]:
@@ -1795,6 +1802,7 @@ class SecurityConfigTamper(SingleEvent):
 
     name = "behavior.security_config_tamper"
     event_types = frozenset({"open", "rename", "unlink", "hips"})
+    read_opens = False   # a read-only open has no written path: nothing to match
     attack = ("T1562.001", "T1562.004", "T1562.006")
     severity = "medium"
     action = "alert"
@@ -1915,6 +1923,7 @@ class HiddenTempArtifact(SingleEvent):
 
     name = "behavior.hidden_temp_artifact"
     event_types = frozenset({"exec", "open", "rename", "hips"})
+    read_opens = False   # a read-only open has no written path: nothing to match
     attack = ("T1564.001",)
     severity = "medium"
     action = "alert"
@@ -3426,6 +3435,7 @@ class BinaryPadding(BehaviorRule):
 
     name = "behavior.binary_padding"
     event_types = frozenset({"exec", "open", "rename"})
+    read_opens = False   # a read-only open has no written path: nothing to match
     attack = ("T1027.001",)
     severity = "medium"
     action = "alert"
@@ -3538,6 +3548,7 @@ class DecodedFileExec(BehaviorRule):
 
     name = "behavior.decoded_file_exec"
     event_types = frozenset({"exec", "open", "rename"})
+    read_opens = False   # a read-only open has no written path: nothing to match
     attack = ("T1140", "T1027", "T1059.004")
     severity = "high"
     action = "alert"

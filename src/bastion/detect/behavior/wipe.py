@@ -72,7 +72,7 @@ from dataclasses import dataclass, field
 from bastion.detect.behavior.base import (
     PACKAGE_MANAGERS, SHELLS, BehaviorRule, Hit, RuleSettings, base, glob_any,
 )
-from bastion.detect.behavior.rules import HISTORY, LOGS, MAIL_SPOOLS
+from bastion.detect.behavior.rules import HISTORY, LOGS, LOGS_HISTORY, MAIL_SPOOLS
 from bastion.detect.behavior.staging import Opts, Parsed, parse
 from bastion.detect.behavior.state import BoundedState, Limits, ProcKey, proc_key
 from bastion.detect.behavior.trust import Ident
@@ -155,7 +155,7 @@ def _norm(path: str, cwd: str = "") -> str:
 
 
 def log_or_history(path: str) -> bool:
-    return glob_any(path, (*LOGS, *HISTORY)) is not None
+    return glob_any(path, LOGS_HISTORY) is not None
 
 
 def log_clearing_unlink(path: str) -> bool:
