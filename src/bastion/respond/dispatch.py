@@ -59,6 +59,8 @@ ActionHandler = Callable[[Finding, bool, OwnCheck], tuple[str, list[int], list[d
 
 #: The rule of the alert raised when an act was refused because its target is ours.
 OWN_REFUSED = "bastion.respond.own-lineage"
+# an act (or an after-act hook) that raised: reported, the loop goes on (s22)
+RESPOND_FAILED = "bastion.respond.failed"
 
 #: Skipped outcome of an act whose target is the agent's own lineage.
 OWN_SKIP = "the agent's own lineage"
@@ -406,20 +408,30 @@ class Dispatcher:
         response: list[dict[str, Any]] | None = None
         handler = self._handlers.get((f.rule, action))
         self._current = []
-        if action in ACTING:
-            self.refresh_own()
-        if handler is not None:
-            outcome, killed, response = handler(f, self.dry_run or f.dry_run, self.is_own)
-        elif action in ACTING and (self.dry_run or f.dry_run):
-            outcome = f"would-{action}"
-        elif action == "kill" and _kernel_killed(f):
-            outcome = "kill"     # sent in the kernel (f.enforced_by): nothing left to do
-        elif action == "kill":
-            outcome = self._kill(f)
-        elif action == "kill-tree":
-            outcome, killed, members = self._kill_tree(f)
-        elif action == "quarantine":
-            outcome = self._quarantine(f)
+        failed: str | None = None
+        try:
+            if action in ACTING:
+                self.refresh_own()
+            if handler is not None:
+                outcome, killed, response = handler(f, self.dry_run or f.dry_run, self.is_own)
+            elif action in ACTING and (self.dry_run or f.dry_run):
+                outcome = f"would-{action}"
+            elif action == "kill" and _kernel_killed(f):
+                outcome = "kill"     # sent in the kernel (f.enforced_by): nothing left to do
+            elif action == "kill":
+                outcome = self._kill(f)
+            elif action == "kill-tree":
+                outcome, killed, members = self._kill_tree(f)
+            elif action == "quarantine":
+                outcome = self._quarantine(f)
+        except Exception as exc:  # noqa: BLE001 - one finding's act never ends the loop
+            # s22: an errno no branch expected (pidfd_open of a thread id gave ENOENT on
+            # 6.18) raised out of dispatch and ended the agent's event loop: every later
+            # event unseen until the guardian restarted it.  The act is reported failed,
+            # the alert still goes out, and a critical notice names the error
+            log.exception("respond: %s for %s failed", action, f.rule)
+            failed = f"{type(exc).__name__}: {exc}"
+            outcome = f"{action}-failed: {failed}"
         entry = self.procs.get(f.pid)
         ev = f.event
         alert = Alert(
@@ -449,6 +461,19 @@ class Dispatcher:
                           "outcome": outcome, "refused": list(self._current)}))
         for rule, prefix, hook in self._hooks:
             if rule == f.rule and outcome.startswith(prefix):
-                hook(f, alert)
+                try:
+                    hook(f, alert)
+                except Exception as exc:  # noqa: BLE001 - as above: reported, never fatal
+                    log.exception("respond: the %s hook of %s failed", prefix, f.rule)
+                    failed = failed or f"hook {prefix}: {type(exc).__name__}: {exc}"
+                    alert.evidence["response_error"] = failed
+        if failed is not None:
+            alert.evidence["response_error"] = failed
+            self._notices.append(Finding(
+                rule=RESPOND_FAILED, severity="critical", attack=("T1562.001",), action="alert",
+                event=None, pid=f.pid,
+                title=f"the {action} response to {f.rule} failed: {failed}",
+                evidence={"finding_rule": f.rule, "finding_title": f.title, "action": action,
+                          "error": failed}))
         log.info("alert %s %s: %s", f.severity, f.rule, f.title)
         return alert
