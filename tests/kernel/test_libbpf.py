@@ -594,11 +594,14 @@ def _link_fds() -> set[int]:
 
 
 def _quiet_sensor(pin_dir: Path | None) -> "ObjectSpec":
+    from bastion.enforce.tiers import _events_skipped
     from bastion.kernel.loader import ObjectSpec
 
+    # the programs of the other kernel's tracepoints (io_uring_submit_sqe is 6.1's, ...)
+    # are skipped as the sensor skips them
     return ObjectSpec(path=TP_EVENTS, rodata={"cfg_event_mask": 0, "cfg_cgroup_id": NO_CGROUP},
                       max_entries={"events": 1 << 16}, optional=frozenset({"on_fchmodat2"}),
-                      pin_dir=pin_dir, pin_maps=("events", "drops"))
+                      pin_dir=pin_dir, pin_maps=("events", "drops"), skip=_events_skipped())
 
 
 def test_loader_pins_keeps_enforcement_on_close_adopts_then_unpins(pins: Path) -> None:
