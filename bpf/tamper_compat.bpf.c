@@ -65,7 +65,7 @@ static __always_inline void kill_current(__u32 op, __s32 target, __s64 arg,
 SEC("tp_btf/signal_generate")
 int BPF_PROG(tamper_signal, int sig, struct kernel_siginfo *info, struct task_struct *task)
 {
-	if (!harmful_signal(sig) || !task_is_ours(task) || !current_in_scope() || shutdown_sender())
+	if (!harmful_signal(sig) || !task_is_ours(task) || !current_in_scope())
 		return 0;
 	kill_current(BASTION_TAMPER_SIGNAL, BPF_CORE_READ(task, tgid), sig, NULL);
 	return 0;

@@ -776,9 +776,6 @@ enum bastion_tamper_role {
 #define BASTION_TOBJ_SELF     (1u << 0)  /* this inode */
 #define BASTION_TOBJ_SUBTREE  (1u << 1)  /* this directory and everything under it */
 #define BASTION_TOBJ_ANCESTOR (1u << 2)  /* holds a protected path: no rename/rmdir/mount over it */
-/* the system's final-shutdown executable (systemd-shutdown): its run as the
- * init process may signal ours (ABI 3.1); protects nothing by itself */
-#define BASTION_TOBJ_SHUTDOWN_EXE (1u << 3)
 
 struct bastion_tamper_ident {
 	__u64 start_ticks;   /* group leader's start_boottime / (NSEC_PER_SEC / USER_HZ) */

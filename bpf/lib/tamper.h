@@ -97,35 +97,6 @@ static __always_inline bool task_is_ours(struct task_struct *t)
 	       BPF_CORE_READ(exe, f_inode, i_sb, s_dev) == id->exe_dev;
 }
 
-/* The init process (the global one: tgid 1 in the initial pid namespace;
- * a test instance names a stand-in) that may run the final shutdown. */
-const volatile __u32 cfg_shutdown_tgid = 1;
-
-/* Is the current task the system's final shutdown: the init process running
- * an executable registered as BASTION_TOBJ_SHUTDOWN_EXE (systemd-shutdown,
- * which systemd execs as PID 1 only after every unit stopped, right before
- * reboot(2))?  Its broadcast SIGTERM/SIGKILL may reach ours: refusing them
- * leaves our files open across the final unmount (an unclean root
- * filesystem) and, on compat, a "killed" report for an init no one can kill.
- * Faking it takes making PID 1 exec that file: a real shutdown. */
-static __always_inline bool shutdown_sender(void)
-{
-	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
-	struct bastion_inode_key key = {};
-	struct bastion_tamper_obj *o;
-	struct inode *inode;
-
-	if (BPF_CORE_READ(t, tgid) != cfg_shutdown_tgid)
-		return false;
-	inode = BPF_CORE_READ(t, mm, exe_file, f_inode);
-	if (!inode)
-		return false;
-	key.ino = BPF_CORE_READ(inode, i_ino);
-	key.dev = BPF_CORE_READ(inode, i_sb, s_dev);
-	o = bpf_map_lookup_elem(&tamper_objs, &key);
-	return o && (o->flags & BASTION_TOBJ_SHUTDOWN_EXE);
-}
-
 /* Is the current task an attacker we act against: in scope, not ours? */
 static __always_inline bool current_in_scope(void)
 {

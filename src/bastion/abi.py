@@ -662,7 +662,6 @@ class TamperRole(enum.IntEnum):
 TOBJ_SELF: Final = 1 << 0
 TOBJ_SUBTREE: Final = 1 << 1
 TOBJ_ANCESTOR: Final = 1 << 2
-TOBJ_SHUTDOWN_EXE: Final = 1 << 3  # the final-shutdown executable (systemd-shutdown)
 
 
 class TamperIdent(ctypes.Structure):
@@ -850,7 +849,6 @@ DEFINES: Final[dict[str, int]] = {
     "BASTION_TOBJ_SELF": TOBJ_SELF,
     "BASTION_TOBJ_SUBTREE": TOBJ_SUBTREE,
     "BASTION_TOBJ_ANCESTOR": TOBJ_ANCESTOR,
-    "BASTION_TOBJ_SHUTDOWN_EXE": TOBJ_SHUTDOWN_EXE,
 }
 
 # Structs that exist only to put the others into every object's BTF (struct

@@ -69,8 +69,7 @@ ExecStart={bin} guardian --data-dir {data} --config {policy} -- {bin} run --keep
 Restart=always
 RestartSec=2s
 # stopping the unit does not stop Bastion (the kernel refuses systemd's SIGTERM and
-# SIGKILL; only the token does): do not hold a reboot for long on it.  The shutdown's
-# last step (systemd-shutdown as PID 1) ends the guardian and the agent cleanly
+# SIGKILL; only the token does): do not hold a reboot for long on it
 TimeoutStopSec=10s
 KillMode=mixed
 Environment=PYTHONUNBUFFERED=1

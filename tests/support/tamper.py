@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -188,62 +187,6 @@ class Instance:
                 pass
         if self.pin_root.exists():
             bpffs.remove_pins(self.pin_root)
-
-
-class ShutdownStandIn:
-    """A stand-in for the system's final shutdown: a process in the test cgroup whose pid
-    the guardian is started with as its init (``--test-shutdown-pid``), and a root-owned
-    copy of ``sh`` registered as the shutdown program (``--test-shutdown-exe``).  Sent
-    ``py PID``, it signals SIGTERM from Python (the right process, the wrong program) and
-    prints the outcome; sent ``go PID``, it execs the copy, whose builtin ``kill`` sends
-    SIGTERM: the process is now the init running the shutdown program, and it stays (as
-    PID 1 does) until :meth:`close`."""
-
-    CODE = ("import os, signal, sys\n"
-            "for line in iter(sys.stdin.readline, ''):\n"
-            "    cmd, pid = line.split()\n"
-            "    if cmd == 'go':\n"
-            "        os.execv(sys.argv[1], [sys.argv[1], '-c', f'kill -TERM {pid}; echo $?; read x'])\n"
-            "    try:\n"
-            "        os.kill(int(pid), signal.SIGTERM)\n"
-            "        print('sent', flush=True)\n"
-            "    except OSError as exc:\n"
-            "        print(f'errno {exc.errno}', flush=True)\n")
-
-    def __init__(self, tmp: Path, cg: Path) -> None:
-        self.exe = tmp / "shutdown-standin"
-        shutil.copy2("/bin/sh", self.exe)
-        self.exe.chmod(0o755)
-        self.proc = subprocess.Popen(
-            ["/bin/sh", "-c", f'echo $$ > {cg}/cgroup.procs && exec "$@"', "sh",
-             PY, "-c", self.CODE, str(self.exe)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def args(self) -> tuple[str, ...]:
-        return ("--test-shutdown-pid", str(self.pid), "--test-shutdown-exe", str(self.exe))
-
-    def _say(self, line: str) -> str:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-        return self.proc.stdout.readline().strip()
-
-    def py_term(self, pid: int) -> str:
-        """SIGTERM to ``pid`` from the stand-in's Python: ``sent`` or ``errno N``."""
-        return self._say(f"py {pid}")
-
-    def go(self, pid: int) -> str:
-        """SIGTERM to ``pid`` from the shutdown program: the builtin kill's status."""
-        return self._say(f"go {pid}")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 def default_agent() -> list[str]:

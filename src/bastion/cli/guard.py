@@ -162,10 +162,6 @@ def enrolled_data_dir(data_dir: Path, pin_root: Path) -> None:
 @click.option("--test-alert-limits", type=(click.FloatRange(min=0.1), click.IntRange(min=1)),
               default=None, hidden=True,
               help="tests: the guardian's alert gate (interval seconds, alerts per rule).")
-@click.option("--test-shutdown-pid", type=click.IntRange(min=1), default=1, hidden=True,
-              help="Tests only: the stand-in for init whose final-shutdown run may stop us.")
-@click.option("--test-shutdown-exe", multiple=True, type=click.Path(path_type=Path), hidden=True,
-              help="Tests only: the stand-in for systemd-shutdown.")
 @click.argument("agent_argv", nargs=-1, type=click.UNPROCESSED)
 def guardian_cmd(data_dir: Path, guardian_socket: Path, pin_root: Path,
                  protect_paths: tuple[Path, ...], config_paths: tuple[Path, ...],
@@ -175,7 +171,6 @@ def guardian_cmd(data_dir: Path, guardian_socket: Path, pin_root: Path,
                  test_deadline: float | None, test_forbid: tuple[Path, ...],
                  test_watch: tuple[Path, ...], fault_after: float | None, agent_socket: Path,
                  agent_stall_after: float, test_alert_limits: tuple[float, int] | None,
-                 test_shutdown_pid: int, test_shutdown_exe: tuple[Path, ...],
                  agent_argv: tuple[str, ...]) -> None:
     """Hold tamper protection and keep the agent running: bastion guardian [opts] -- AGENT ARGV.
 
@@ -223,8 +218,6 @@ def guardian_cmd(data_dir: Path, guardian_socket: Path, pin_root: Path,
                          watch_paths=tuple(test_watch) if test_watch else protect.WATCHED,
                          cgroup=_own_cgroup(own_cgroup, test_cgroup_id),
                          token_file=token_out,
-                         shutdown_pid=test_shutdown_pid,
-                         shutdown_exes=tuple(test_shutdown_exe) or protect.SHUTDOWN_EXES,
                          alert_limits=(AlertLimits(interval_s=test_alert_limits[0],
                                                    per_rule=test_alert_limits[1])
                                        if test_alert_limits else AlertLimits()))

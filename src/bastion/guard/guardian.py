@@ -48,12 +48,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Iterable
 from typing import Any, Final
 
 from bastion.enforce.tiers import quiet_libbpf
 from bastion.tier import Tier
-from bastion.abi import kernel_dev
 from bastion.alert import Alert, AlertProcess
 from bastion.alertgate import AlertGate, AlertLimits, aggregate_alert
 from bastion.control import NONCE_KEY, PEER_KEY, ControlServer, request
@@ -127,10 +125,6 @@ class GuardianConfig:
     # the guardian's own alerts are rate limited like the agent's (a loop of refused
     # tamper attempts on the lsm tier must not flood the store): N more like this
     alert_limits: AlertLimits = field(default_factory=AlertLimits)
-    # the system's final shutdown (systemd-shutdown run as init) may end us: its programs
-    # and the init process (tests: a stand-in's pid and program)
-    shutdown_exes: tuple[Path, ...] = protect.SHUTDOWN_EXES
-    shutdown_pid: int = 1
 
 
 @dataclass
@@ -252,26 +246,9 @@ def _tgid_of(tid: int) -> int:
 
 
 def _default_signals() -> None:
-    """In the agent child: undo the guardian's ignored and blocked signals (both are
-    inherited across exec)."""
+    """In the agent child: undo the guardian's ignored signals (inherited across exec)."""
     for s in IGNORED_SIGNALS:
         signal.signal(s, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-
-
-def from_system_shutdown(info: Any, init_pid: int, exes: Iterable[Path]) -> bool:
-    """Did the siginfo ``info`` (``signal.sigtimedwait``) come from the system's final
-    shutdown: sent by ``kill`` (SI_USER) from the init process ``init_pid`` while it runs
-    one of the final-shutdown programs ``exes`` (by inode: /proc/PID/exe against each)?
-    On lsm only such a sender gets a SIGTERM to us through the kernel; on compat anyone's
-    SIGTERM arrives, and only this one is obeyed."""
-    if info.si_code != 0 or info.si_pid != init_pid:       # SI_USER: kill(2)
-        return False
-    try:
-        st = os.stat(f"/proc/{init_pid}/exe")
-    except OSError:
-        return False
-    return (kernel_dev(st.st_dev), st.st_ino) in protect.shutdown_exe_keys(exes)
 
 
 class Guardian:
@@ -317,7 +294,6 @@ class Guardian:
         self._removed_for: str = ""        # what a maintenance window removed protection for
         self._rearm_at = 0.0               # monotonic: next re-arm try after a failure
         self._token_file_at: float | None = None   # monotonic: last token-file alert
-        self._shutdown_by = 0              # the init pid whose final shutdown ended us
 
     # ---- set-up ---------------------------------------------------------------------
 
@@ -327,7 +303,7 @@ class Guardian:
         last: BastionError | None = None
         for tier in tiers:
             tk = TamperKernel(Tier(tier), pin_dir=pin, cgroup_id=self.cfg.cgroup_id,
-                              deadline_s=self.cfg.deadline_s, shutdown_tgid=self.cfg.shutdown_pid)
+                              deadline_s=self.cfg.deadline_s)
             if pin.exists() and self.cfg.tier == "auto":
                 # adopt whatever tier is pinned
                 links = {p.name for p in (pin / "links").iterdir()} if (pin / "links").is_dir() else set()
@@ -409,8 +385,7 @@ class Guardian:
             elif not ident.alive():
                 self._try(lambda: self.tk.unregister(ident.tgid) if self.tk else None)
         paths = self.cfg.protect_paths + ((self.cfg.cgroup,) if self.cfg.cgroup else ())
-        self.protected = protect.with_shutdown_exes(protect.resolve(paths, forbid=self.cfg.forbid),
-                                                    self.cfg.shutdown_exes)
+        self.protected = protect.resolve(paths, forbid=self.cfg.forbid)
         self._try(lambda: self.tk.protect(self.protected) if self.tk and self.protected else None)
         self._record_pin_mount()
         self._protect_bpf()
@@ -621,8 +596,7 @@ class Guardian:
             self._alert("bastion.tamper.agent-died", f"agent pid {a.pid} {why}: restarting",
                         "critical", {"agent_pid": a.pid, "exit": code})
         self.agent = None
-        # the final shutdown's SIGTERM reaches the agent too: no restart then
-        if not self._stop_req.is_set() and not self._system_shutdown():
+        if not self._stop_req.is_set():
             time.sleep(self.cfg.restart_delay_s)
             self._spawn()
             self.restarts += 1
@@ -1054,31 +1028,9 @@ class Guardian:
                         f"tamper protection removed ({len(removed)} pins) under a maintenance window",
                         "high", {"pins_removed": len(removed)})
 
-    def _system_shutdown(self) -> bool:
-        """Has the system's final shutdown asked us to end (:func:`from_system_shutdown`)?
-        Reads the SIGTERMs pending for the guardian (blocked in every thread, so they wait
-        for this call); any other sender's is dropped, as before."""
-        if self._shutdown_by:
-            return True
-        while True:
-            try:
-                info = signal.sigtimedwait({signal.SIGTERM}, 0)
-            except InterruptedError:
-                continue
-            if info is None:
-                return False
-            if from_system_shutdown(info, self.cfg.shutdown_pid, self.cfg.shutdown_exes):
-                self._shutdown_by = info.si_pid
-                self._stop_req.set()
-                return True
-            log.info("tamper: SIGTERM from pid %d (uid %d) ignored: only the maintenance token "
-                     "or the system's final shutdown stops Bastion", info.si_pid, info.si_uid)
-
     def run(self) -> int:
         for s in IGNORED_SIGNALS:
             signal.signal(s, signal.SIG_IGN)
-        # SIGTERM waits, blocked in every thread (started after this), for _system_shutdown
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         if self.cfg.fault_after_s:
             from bastion.guard.fault import arm
 
@@ -1101,7 +1053,7 @@ class Guardian:
               f"{self.tk.tier if self.tk else '?'}, protection {self.protection}, "
               f"agent pid {self.agent.pid if self.agent else 0})", file=sys.stderr, flush=True)
         try:
-            while not self._stop_req.is_set() and not self._system_shutdown():
+            while not self._stop_req.is_set():
                 if self.cfg.self_stall_dump_s > 0:
                     faulthandler.dump_traceback_later(self.cfg.self_stall_dump_s, exit=False)
                 if self.tk is not None:
@@ -1136,20 +1088,6 @@ class Guardian:
                 self.store.close()
 
     def _shutdown_agent(self) -> None:
-        if self._shutdown_by:
-            exe = ""
-            try:
-                exe = os.readlink(f"/proc/{self._shutdown_by}/exe")
-            except OSError:
-                pass
-            self._alert("bastion.guard.system-shutdown",
-                        f"Bastion stopping: the system's final shutdown (pid {self._shutdown_by}, "
-                        f"{exe or '?'}) signalled it; protection stays pinned until the reboot",
-                        "medium", {"sender_pid": self._shutdown_by, "sender_exe": exe,
-                                   "agent_pid": self.agent.pid if self.agent else 0,
-                                   "verdict": "allowed"},
-                        process={"pid": self._shutdown_by, "ppid": 0, "exe": exe,
-                                 "cmdline": "systemd-shutdown", "uid": 0})
         if self._remove_req.is_set() and self.tk is not None:
             self._remove_protection()
         a = self.agent
@@ -1171,10 +1109,8 @@ class Guardian:
                 select.select([fd], [], [], 15)
             finally:
                 os.close(fd)
-        if self._shutdown_by:
-            return
         self._alert("bastion.tamper.stopped", f"agent pid {a.pid} and guardian stopped with the "
                     "maintenance token", "high", {"agent_pid": a.pid})
 
 
-__all__ = ["Guardian", "GuardianConfig", "HeartbeatWatch", "from_system_shutdown"]
+__all__ = ["Guardian", "GuardianConfig", "HeartbeatWatch"]

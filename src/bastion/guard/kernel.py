@@ -532,7 +532,7 @@ class TamperKernel(LoaderUser):
     """Tamper protection in the kernel for one tier, pinned under ``pin_dir``."""
 
     def __init__(self, tier: Tier, *, pin_dir: Path, cgroup_id: int = 0,
-                 deadline_s: float | None = None, shutdown_tgid: int = 1) -> None:
+                 deadline_s: float | None = None) -> None:
         if tier not in OBJECTS:
             raise KernelError(f"unknown tamper tier {tier!r}", errno=errno.EINVAL,
                               location=Location("tamper"))
@@ -540,8 +540,6 @@ class TamperKernel(LoaderUser):
         self.pin_dir = pin_dir
         self.cgroup_id = cgroup_id
         self.deadline_ns = deadline_ns(deadline_s)
-        # the init process whose final-shutdown run may signal ours (tests: a stand-in)
-        self.shutdown_tgid = shutdown_tgid
         self._lo: LoadedObject | None = None
         self._prog_maps: dict[int, tuple[int, ...]] = {}   # prog id -> the map ids it uses
         self._own_ids: dict[str, set[int]] | None = None
@@ -559,8 +557,7 @@ class TamperKernel(LoaderUser):
     def spec(self) -> ObjectSpec:
         """The object of this tier to load, with its scope in ``.rodata``."""
         rodata: dict[str, int | bytes] = {"cfg_cgroup_id": self.cgroup_id,
-                                          "cfg_deadline_ns": self.deadline_ns,
-                                          "cfg_shutdown_tgid": self.shutdown_tgid}
+                                          "cfg_deadline_ns": self.deadline_ns}
         skip: frozenset[str] = frozenset()
         if self.tier == Tier.LSM:
             rodata["cfg_setattr_idmap"] = int(setattr_has_idmap())

@@ -29,12 +29,11 @@ that appears, disappears or changes, and the guardian raises a critical alert.
 from __future__ import annotations
 
 import glob
-import logging
 import os
 import stat
 import sys
 import sysconfig
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Iterable, Sequence
 
@@ -42,16 +41,9 @@ from bastion.abi import kernel_dev  # re-exported: the guard's inode keys
 from bastion.errors import ConfigError, Location
 from bastion.paths import DEFAULT_SOCKET, bpf_object_dir
 
-log = logging.getLogger("bastion.guard")
-
 F_SELF: Final = 1 << 0
 F_SUBTREE: Final = 1 << 1
 F_ANCESTOR: Final = 1 << 2
-F_SHUTDOWN_EXE: Final = 1 << 3   # abi.TOBJ_SHUTDOWN_EXE: may signal ours as init; protects nothing
-# systemd's final-shutdown program: systemd (PID 1) execs it only after every unit stopped,
-# right before reboot(2); its broadcast SIGTERM/SIGKILL ends the guardian and the agent
-SHUTDOWN_EXES: Final = (Path("/usr/lib/systemd/systemd-shutdown"),
-                        Path("/lib/systemd/systemd-shutdown"))
 
 RUN_DIR: Final = DEFAULT_SOCKET.parent     # /run/bastion: the control sockets
 
@@ -276,40 +268,6 @@ def resolve(paths: Iterable[Path], *, forbid: Sequence[Path] = ()) -> ProtectedS
     return ProtectedSet(tuple(objs.values()), frozenset(devs), tuple(missing))
 
 
-def shutdown_exe_keys(paths: Iterable[Path]) -> dict[tuple[int, int], str]:
-    """(kernel dev, ino) -> path of each of ``paths`` that is a root-owned regular file no
-    one else may write (the final-shutdown executables; one inode once, however many
-    names lead to it).  Anything else is left out: a file another user can write is no
-    witness of the system's shutdown."""
-    out: dict[tuple[int, int], str] = {}
-    for p in paths:
-        try:
-            st = os.stat(p)
-        except OSError:
-            continue
-        if (not stat.S_ISREG(st.st_mode) or st.st_uid != 0
-                or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)):
-            log.warning("tamper: %s is not a root-owned regular file only root may write: not "
-                        "registered as the system's shutdown program", p)
-            continue
-        out.setdefault((kernel_dev(st.st_dev), st.st_ino), str(p))
-    return out
-
-
-def with_shutdown_exes(ps: ProtectedSet, paths: Iterable[Path]) -> ProtectedSet:
-    """``ps`` plus the final-shutdown executables among ``paths``
-    (:func:`shutdown_exe_keys`) flagged ``F_SHUTDOWN_EXE``: the kernel lets the init
-    process running one of them signal ours (the shutdown's last broadcast), and the flag
-    protects nothing (a package upgrade still replaces the file).  A file that is also a
-    protected object keeps its flags and gains this one."""
-    objs = {(o.dev, o.ino): o for o in ps.objects}
-    for key, path in shutdown_exe_keys(paths).items():
-        prev = objs.get(key)
-        objs[key] = (replace(prev, flags=prev.flags | F_SHUTDOWN_EXE) if prev is not None else
-                     ProtectedObject(path, key[0], key[1], F_SHUTDOWN_EXE, len(objs) + 1, False))
-    return ProtectedSet(tuple(objs.values()), ps.devs, ps.missing)
-
-
 @dataclass(frozen=True)
 class PathChange:
     path: str
@@ -357,7 +315,7 @@ class PathWatch:
         return out
 
 
-__all__ = ["DROPIN_DIRS", "F_ANCESTOR", "F_SELF", "F_SHUTDOWN_EXE", "F_SUBTREE", "LD_SO_PRELOAD", "PathChange",
+__all__ = ["DROPIN_DIRS", "F_ANCESTOR", "F_SELF", "F_SUBTREE", "LD_SO_PRELOAD", "PathChange",
            "PathWatch", "ProtectedObject", "ProtectedSet", "SERVICE_UNITS", "WANTS_LINKS",
            "WATCHED", "default_paths", "interpreter_paths", "kernel_dev", "mapped_libraries",
            "resolve", "system_libraries", "without", "RUN_DIR", "ensure_run_dir"]
