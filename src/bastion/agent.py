@@ -41,6 +41,7 @@ from bastion.store.eventproc import STALL_S as WRITER_STALL_S
 from bastion.store.eventproc import EventStoreProcess
 from bastion.timefmt import format_time
 from bastion.store.remote import store_handlers
+from bastion.respond.shadow.rollback import shadow_handlers
 
 if TYPE_CHECKING:  # the kernel-backed parts are built by bastion.assembly, not imported here
     from bastion.fleet.link import FleetLink
@@ -247,6 +248,7 @@ class Agent:
             "sigma.rollback": self._sigma_rollback,
             "sigma.job": lambda req: {"job": dict(self._sigma_job)},
             **store_handlers(self.store.path.parent, lambda: self.store.anchor),
+            **shadow_handlers(self.store.path.parent / "shadow"),
         }, challenge=TokenStore(self.store.path.parent).challenge) if socket_path else None
         self.summary = Summary()
         self._started = time.monotonic()
