@@ -169,6 +169,9 @@ class AgentParts:
     # under the guardian: our BPF objects' maps/links protected by id as they load; its
     # refresh() fills the id sets again after protection was re-armed (bastion.assembly)
     object_guard: ObjectGuard | None = None
+    # more control-socket commands the assembly builds (``shadow.rollback``: the shadow
+    # index is in the protected data dir, so `bastion rollback` runs in the agent)
+    control: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = field(default_factory=dict)
 
 
 class Agent:
@@ -247,6 +250,7 @@ class Agent:
             "sigma.rollback": self._sigma_rollback,
             "sigma.job": lambda req: {"job": dict(self._sigma_job)},
             **store_handlers(self.store.path.parent, lambda: self.store.anchor),
+            **parts.control,
         }, challenge=TokenStore(self.store.path.parent).challenge) if socket_path else None
         self.summary = Summary()
         self._started = time.monotonic()

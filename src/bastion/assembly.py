@@ -265,6 +265,10 @@ def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
                                                      policy.events.sensitive, policy.source))
         say(f"events from {sensor.source} ({sensor.name})")
     parts = AgentParts()
+    from bastion.respond.shadow.rollback import shadow_handlers
+
+    # whether or not the shield runs now: incidents it kept before can be rolled back
+    parts.control = shadow_handlers(opts.data_dir / "shadow")
     if report is not None:
         parts.object_guard = object_guard
     if report is not None:

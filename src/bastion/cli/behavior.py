@@ -19,8 +19,10 @@ from pathlib import Path
 
 import click
 
-from bastion.paths import DEFAULT_DATA_DIR
-from bastion.respond.shadow import list_incidents, rollback
+from typing import Any
+
+from bastion.paths import DEFAULT_DATA_DIR, DEFAULT_SOCKET, PIN_ROOT
+from bastion.respond.shadow import RollbackReport, list_incidents, rollback
 
 SHADOW_SUBDIR = "shadow"
 
@@ -35,12 +37,24 @@ SHADOW_SUBDIR = "shadow"
               help="The shadow directory itself (overrides --data-dir).")
 @click.option("--dry-run", is_flag=True, help="Say what would be restored and removed; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+@click.option("--socket", "socket_path", type=click.Path(path_type=Path), envvar="BASTION_SOCKET",
+              default=DEFAULT_SOCKET, show_default=True,
+              help="The agent's control socket: a running agent on the data dir does the work.")
+@click.option("--pin-root", type=click.Path(path_type=Path), default=PIN_ROOT, hidden=True,
+              envvar="BASTION_PIN_ROOT")
 def rollback_cmd(incident: int | None, data_dir: Path, shadow_dir: Path | None, dry_run: bool,
-                 as_json: bool) -> None:
-    """Restore every file a ransomware incident changed: content and name, byte-for-byte."""
+                 as_json: bool, socket_path: Path, pin_root: Path) -> None:
+    """Restore every file a ransomware incident changed: content and name, byte-for-byte.
+
+    A running agent on the data dir lists and rolls back itself (the shadow index is in
+    the data dir, which tamper protection guards against everyone but the agent)."""
     sdir = shadow_dir or data_dir / SHADOW_SUBDIR
+    via = _through_agent(data_dir, socket_path, pin_root, incident, dry_run) \
+        if shadow_dir is None else None
+    if via is None and shadow_dir is None:
+        _refuse_when_protected(pin_root, data_dir)
     if incident is None:
-        rows = list_incidents(sdir)
+        rows = list_incidents(sdir) if via is None else via["incidents"]
         if as_json:
             click.echo(json.dumps(rows, indent=2))
             return
@@ -49,7 +63,8 @@ def rollback_cmd(incident: int | None, data_dir: Path, shadow_dir: Path | None, 
         if not rows:
             click.echo("no incidents")
         return
-    rep = rollback(sdir, incident, dry_run=dry_run)
+    rep = rollback(sdir, incident, dry_run=dry_run) if via is None \
+        else RollbackReport.from_json(via["report"])
     if as_json:
         click.echo(json.dumps(rep.to_json(), indent=2))
     else:
@@ -69,6 +84,39 @@ def rollback_cmd(incident: int | None, data_dir: Path, shadow_dir: Path | None, 
         click.echo(rep.summary())
     if not rep.ok:
         sys.exit(1)
+
+
+def _through_agent(data_dir: Path, socket_path: Path, pin_root: Path, incident: int | None,
+                   dry_run: bool) -> dict[str, Any] | None:
+    """The agent's answer to ``shadow.rollback`` when an agent keeps ``data_dir`` (the
+    server checked against the enrolled identity first); None when none answers."""
+    from bastion.control import request
+    from bastion.errors import ControlError
+    from bastion.guard.control import server_check
+    from bastion.guard.identity import ROLE_AGENT
+
+    try:
+        ping = request(socket_path, "ping", timeout=5.0)
+    except ControlError:
+        return None
+    if Path(str(ping.get("data_dir", ""))).resolve() != data_dir.resolve():
+        return None
+    args: dict[str, Any] = {} if incident is None else {"incident": incident, "dry_run": dry_run}
+    return request(socket_path, "shadow.rollback", timeout=600.0,
+                   verify_server=server_check(pin_root, (ROLE_AGENT,), socket_path), **args)
+
+
+def _refuse_when_protected(pin_root: Path, data_dir: Path) -> None:
+    """With tamper protection on, the shadow index (in the data dir) is read and changed
+    only by the agent: never here, where every write-open of it is refused as tampering."""
+    from bastion.errors import ControlError, Location
+    from bastion.guard.control import protection_pinned
+
+    if protection_pinned(pin_root):
+        raise ControlError(
+            f"tamper protection is on and no agent on {data_dir} answers: `bastion rollback` "
+            "goes through the running agent; nothing was read or changed",
+            location=Location(str(pin_root / "tamper")))
 
 
 __all__ = ["rollback_cmd"]

@@ -357,9 +357,28 @@ def maintenance_end_cmd(guardian_socket: Path, pin_root: Path) -> None:
 @_DATA
 @click.option("--old-token-file", type=click.Path(path_type=Path, dir_okay=False),
               help="The current token (needed to replace one that is set).")
-def set_token_cmd(token_file: Path, data_dir: Path, old_token_file: Path | None) -> None:
-    """Set the maintenance token (install time); only a salted scrypt hash is stored."""
+@click.option("--pin-root", type=click.Path(path_type=Path), default=PIN_ROOT, hidden=True,
+              envvar="BASTION_PIN_ROOT")
+def set_token_cmd(token_file: Path, data_dir: Path, old_token_file: Path | None,
+                  pin_root: Path) -> None:
+    """Set the maintenance token (install time); only a salted scrypt hash is stored.
+
+    While tamper protection is on, the record is in the protected data dir, which nobody
+    but the guardian and the agent may write: change it inside a maintenance window."""
+    from bastion.guard.kernel import protected_subtree
+
     store = TokenStore(data_dir)
+    if protection_on(pin_root):
+        try:
+            guarded = protected_subtree(pin_root / "tamper", data_dir)
+        except (OSError, BastionError):
+            guarded = True     # cannot tell: the write below would be the test
+        if guarded:
+            raise TokenError(
+                f"tamper protection is on and {data_dir} is protected: the token record can "
+                "be changed only inside a maintenance window (`bastion maintenance start "
+                "--token-file OLD`, then `bastion set-token --token-file NEW --old-token-file "
+                "OLD`, then `bastion maintenance end`)", location=Location(str(store.hash_path)))
     if store.is_set():
         if old_token_file is None:
             raise TokenError("a maintenance token is already set: pass --old-token-file",
@@ -367,7 +386,11 @@ def set_token_cmd(token_file: Path, data_dir: Path, old_token_file: Path | None)
         v = store.verify(read_token_file(old_token_file))
         if not v.ok:
             raise TokenError(f"old token refused: {v.reason}", location=Location(str(store.hash_path)))
-    store.set_token(read_token_file(token_file))
+    try:
+        store.set_token(read_token_file(token_file))
+    except OSError as exc:
+        raise TokenError(f"the token record cannot be written: {exc.strerror}",
+                         location=Location(str(store.hash_path))) from exc
     click.echo(json.dumps({"token_hash": str(store.hash_path)}))
 
 

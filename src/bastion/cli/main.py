@@ -340,13 +340,20 @@ def record(output: Path, duration: float | None, count: int | None, classes: tup
               help="The maintenance token (needed once tamper protection is on).")
 @click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), envvar="BASTION_DATA_DIR",
               default=DEFAULT_DATA_DIR, show_default=True, help="Store directory (holds the token's hash).")
-def reset(emergency: bool, pin_root: Path, token_file: Path | None, data_dir: Path) -> None:
-    """Break-glass: remove every Bastion BPF pin (programs, links, maps)."""
+@click.option("--guardian-socket", type=click.Path(path_type=Path), envvar="BASTION_GUARDIAN_SOCKET",
+              default=GUARDIAN_SOCKET, hidden=True)
+def reset(emergency: bool, pin_root: Path, token_file: Path | None, data_dir: Path,
+          guardian_socket: Path) -> None:
+    """Break-glass: remove every Bastion BPF pin (programs, links, maps).
+
+    With a guardian running, the token opens its maintenance window first (protection
+    removed by the guardian), so the pins can go."""
     from bastion.assembly import remove_all_pins
     from bastion.cli.guard import foreign_mount_warnings
 
     _need_root("bastion reset")
-    require_token(token_file, what="reset", data_dir=data_dir, pin_root=pin_root)
+    require_token(token_file, what="reset", data_dir=data_dir, pin_root=pin_root,
+                  guardian_socket=guardian_socket)
     crossed: list[Path] = []
     removed = remove_all_pins(pin_root, crossed)
     click.echo(f"bastion: removed {len(removed)} pins and directories under "

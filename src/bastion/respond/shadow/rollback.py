@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from bastion.errors import FeatureUnavailableError, KernelError
 from bastion.kernel.openat2 import RESOLVE_STRICT, fs_identity, openat2
@@ -70,6 +70,15 @@ class RollbackReport:
                 "removed": self.removed, "recreated": self.recreated,
                 "kept": [{"path": p, "kept_as": k} for p, k in self.kept],
                 "failed": [{"path": p, "reason": r} for p, r in self.failed]}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> RollbackReport:
+        """The report :meth:`to_json` wrote (the agent's answer to ``shadow.rollback``)."""
+        return cls(int(doc["incident"]), bool(doc["dry_run"]), list(doc["restored"]),
+                   list(doc["intact"]), list(doc["untouched"]), list(doc["removed"]),
+                   [(str(k["path"]), str(k["kept_as"])) for k in doc["kept"]],
+                   list(doc["recreated"]),
+                   [(str(f["path"]), str(f["reason"])) for f in doc["failed"]])
 
     def summary(self) -> str:
         verb = "would restore" if self.dry_run else "restored"
@@ -412,4 +421,27 @@ def iter_rows(shadow_dir: Path, incident: int) -> Iterator[dict[str, Any]]:
         yield from store.incident_rows(incident)
 
 
-__all__ = ["RollbackReport", "iter_rows", "list_incidents", "rollback"]
+def shadow_handlers(shadow_dir: Path) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
+    """The agent's control command ``shadow.rollback`` (``incident`` absent: the list;
+    else the rollback, ``dry_run`` or not), what ``bastion rollback`` runs through it.
+
+    The shadow index is in the data dir, which tamper protection guards: an
+    administrator's own SQLite connection write-opens it and its ``-wal``/``-shm``
+    (refused and alerted as tampering on the lsm tier to every process not enrolled),
+    and closing a rolled-back incident writes it.  The agent is exempt (s22)."""
+
+    def handle(req: dict[str, Any]) -> dict[str, Any]:
+        incident = req.get("incident")
+        if incident is None:
+            return {"incidents": list_incidents(shadow_dir)}
+        if not isinstance(incident, int) or isinstance(incident, bool) or incident < 1:
+            raise ValueError("shadow.rollback: incident must be a positive integer")
+        dry_run = req.get("dry_run", False)
+        if not isinstance(dry_run, bool):
+            raise ValueError("shadow.rollback: dry_run must be a boolean")
+        return {"report": rollback(shadow_dir, incident, dry_run=dry_run).to_json()}
+
+    return {"shadow.rollback": handle}
+
+
+__all__ = ["RollbackReport", "iter_rows", "list_incidents", "rollback", "shadow_handlers"]
