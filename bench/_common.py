@@ -399,6 +399,25 @@ def calibrate(measure: Callable[[int], LoopResult], target_s: float, start: int)
 # ---- kernel run time of the agent's BPF programs -------------------------------------
 
 
+def prog_run_stats(ids: Mapping[str, int]) -> dict[str, dict[str, Any]]:
+    """``bpftool prog show id N -j`` of each program (name -> id): run_cnt, run_time_ns
+    (with BPF_STATS_RUN_TIME on)."""
+    return {name: json.loads(subprocess.run(["bpftool", "prog", "show", "id", str(pid), "-j"],
+                                            capture_output=True, text=True, check=True).stdout)
+            for name, pid in ids.items()}
+
+
+def ns_per_run(before: Mapping[str, Mapping[str, Any]], after: Mapping[str, Mapping[str, Any]],
+               mode: str, results: dict[str, float]) -> None:
+    """Kernel ns per invocation of each program between two :func:`prog_run_stats`, as
+    ``results[f"{name}_{mode}"]`` (NaN when it did not run), logged."""
+    for name in after:
+        runs = after[name].get("run_cnt", 0) - before[name].get("run_cnt", 0)
+        ns = after[name].get("run_time_ns", 0) - before[name].get("run_time_ns", 0)
+        results[f"{name}_{mode}"] = ns / runs if runs else float("nan")
+        log(f"{mode}: {name} {runs} runs, {results[f'{name}_{mode}']:.0f} ns/run")
+
+
 def _bpf_progs() -> dict[int, dict[str, Any]]:
     cp = subprocess.run(["bpftool", "prog", "show", "-j"], check=True, capture_output=True,
                         text=True, timeout=60)

@@ -15,16 +15,14 @@ Figures ``iouring_<prog>_<mode>`` (ns per run).  Target: each <= 300 ns.
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import uuid
-from typing import Any
 
-from _common import check_target, emit, finish, log, require_root
+from _common import check_target, emit, finish, log, ns_per_run, prog_run_stats, require_root
 
 from bastion.integrity.bpfinfo import prog_id_of_fd
 from bastion.kernel import cgroup
@@ -67,12 +65,6 @@ for _ in range(n):
 '''
 
 
-def _stats(ids: dict[str, int]) -> dict[str, dict[str, Any]]:
-    return {name: json.loads(subprocess.run(["bpftool", "prog", "show", "id", str(pid), "-j"],
-                                            capture_output=True, text=True, check=True).stdout)
-            for name, pid in ids.items()}
-
-
 def main() -> None:
     require_root()
     if shutil.which("bpftool") is None:
@@ -98,17 +90,13 @@ def main() -> None:
         ids = {n: prog_id_of_fd(lo.obj.program(n).fd) for n in PROGS}
         shell = f'echo $$ > {cg}/cgroup.procs && exec "$@"'
         for mode in ("nop", "open_ro"):
-            before = _stats(ids)
+            before = prog_run_stats(ids)
             subprocess.run(["/bin/sh", "-c", shell, "sh", sys.executable, "-c", CLIENT, mode,
                             str(ROUNDS), plain], check=True, capture_output=True, timeout=300)
-            after = _stats(ids)
+            after = prog_run_stats(ids)
             while sensor.poll(0.01):
                 pass
-            for name in ids:
-                runs = after[name].get("run_cnt", 0) - before[name].get("run_cnt", 0)
-                ns = after[name].get("run_time_ns", 0) - before[name].get("run_time_ns", 0)
-                results[f"{name}_{mode}"] = ns / runs if runs else float("nan")
-                log(f"{mode}: {name} {runs} runs, {results[f'{name}_{mode}']:.0f} ns/run")
+            ns_per_run(before, after, mode, results)
     finally:
         sensor.close()
         cgroup.remove(cg)

@@ -18,15 +18,13 @@ a program it lacks is skipped (the before figures).  Target: each <= 200 ns.
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import shutil
 import subprocess
 import tempfile
 import uuid
-from typing import Any
 
-from _common import c_program, check_target, emit, finish, log, require_root
+from _common import c_program, check_target, emit, finish, log, ns_per_run, prog_run_stats, require_root
 
 from bastion.integrity.bpfinfo import prog_id_of_fd
 from bastion.kernel import cgroup
@@ -34,12 +32,6 @@ from bastion.sensors.bpf import BpfSensor
 
 ROUNDS = 100_000
 PROGS = ("on_mmap", "on_mprotect", "on_fcntl", "on_fallocate", "on_pwritev2")
-
-
-def _stats(ids: dict[str, int]) -> dict[str, dict[str, Any]]:
-    return {name: json.loads(subprocess.run(["bpftool", "prog", "show", "id", str(pid), "-j"],
-                                            capture_output=True, text=True, check=True).stdout)
-            for name, pid in ids.items()}
 
 
 def main() -> None:
@@ -70,17 +62,13 @@ def main() -> None:
                 log(f"{n}: not in this object ({type(e).__name__}): skipped")
         shell = f'echo $$ > {cg}/cgroup.procs && exec "$@"'
         for mode in ("miss", "args"):
-            before = _stats(ids)
+            before = prog_run_stats(ids)
             subprocess.run(["/bin/sh", "-c", shell, "sh", str(loop), mode, str(ROUNDS),
                             os.path.join(tmp, "f")], check=True, capture_output=True, timeout=300)
-            after = _stats(ids)
+            after = prog_run_stats(ids)
             while sensor.poll(0.01):
                 pass
-            for name in ids:
-                runs = after[name].get("run_cnt", 0) - before[name].get("run_cnt", 0)
-                ns = after[name].get("run_time_ns", 0) - before[name].get("run_time_ns", 0)
-                results[f"{name}_{mode}"] = ns / runs if runs else float("nan")
-                log(f"{mode}: {name} {runs} runs, {results[f'{name}_{mode}']:.0f} ns/run")
+            ns_per_run(before, after, mode, results)
     finally:
         sensor.close()
         cgroup.remove(cg)

@@ -91,15 +91,10 @@ def _through_agent(data_dir: Path, socket_path: Path, pin_root: Path, incident: 
     """The agent's answer to ``shadow.rollback`` when an agent keeps ``data_dir`` (the
     server checked against the enrolled identity first); None when none answers."""
     from bastion.control import request
-    from bastion.errors import ControlError
-    from bastion.guard.control import server_check
+    from bastion.guard.control import agent_keeps, server_check
     from bastion.guard.identity import ROLE_AGENT
 
-    try:
-        ping = request(socket_path, "ping", timeout=5.0)
-    except ControlError:
-        return None
-    if Path(str(ping.get("data_dir", ""))).resolve() != data_dir.resolve():
+    if not agent_keeps(socket_path, data_dir):
         return None
     args: dict[str, Any] = {} if incident is None else {"incident": incident, "dry_run": dry_run}
     return request(socket_path, "shadow.rollback", timeout=600.0,

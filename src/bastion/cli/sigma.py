@@ -198,17 +198,13 @@ def _through_agent(data_dir: Path, socket_path: Path, cmd: str, args: dict[str, 
 
     from bastion.control import request
     from bastion.detect.sigma.install import InstallResult, SigmaInstallError
-    from bastion.errors import ControlError, Location
-    from bastion.guard.control import server_check, sigma_subject, token_prover
+    from bastion.errors import Location
+    from bastion.guard.control import agent_keeps, server_check, sigma_subject, token_prover
     from bastion.guard.identity import ROLE_AGENT
     from bastion.guard.token import read_token_file
 
     token = read_token_file(token_file) if token_file is not None else None
-    try:
-        ping = request(socket_path, "ping", timeout=5.0)
-    except ControlError:
-        return None
-    if Path(str(ping.get("data_dir", ""))).resolve() != data_dir.resolve():
+    if not agent_keeps(socket_path, data_dir):
         return None
     prover = token_prover(token, sigma_subject(cmd, args)) if token is not None else None
     started = request(socket_path, cmd, timeout=60.0, args=args, prover=prover,

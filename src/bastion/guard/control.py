@@ -59,6 +59,17 @@ def _same_file(a: str, b: str) -> bool:
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
+def agent_keeps(socket_path: Path, data_dir: Path) -> bool:
+    """Does an agent answer on ``socket_path`` for ``data_dir`` (its ``ping`` names that
+    data dir)?  What a CLI command asks before handing the agent work on a data dir that
+    tamper protection may guard (the server is checked when the work is sent)."""
+    try:
+        ping = request(socket_path, "ping", timeout=5.0)
+    except ControlError:
+        return False
+    return Path(str(ping.get("data_dir", ""))).resolve() == data_dir.resolve()
+
+
 def server_check(pin_root: Path, roles: tuple[int, ...], sock: Path) -> PeerCheck:
     """A check of the server at ``sock`` for :func:`bastion.control.request`.
 
@@ -266,4 +277,4 @@ class PolicyApplyGuard(TokenGate):
 
 
 __all__ = ["AlertFn", "PolicyApplyGuard", "TokenGate", "sigma_subject", "agent_stop_handler", "apply_subject", "call_with_token",
-           "guardian_status", "protection_pinned", "server_check", "token_prover"]
+           "agent_keeps", "guardian_status", "protection_pinned", "server_check", "token_prover"]
