@@ -67,6 +67,9 @@ Type=exec
 # `bastion stop --token-file F` stops both
 ExecStart={bin} guardian --data-dir {data} --config {policy} -- {bin} run --keep-pins --policy {policy} --data-dir {data} --socket {run}/bastion.sock --quiet
 Restart=always
+# `bastion stop --token-file F` ends the guardian with status 0 (nothing else does):
+# stopped, not restarted two seconds later
+RestartPreventExitStatus=0
 RestartSec=2s
 # stopping the unit does not stop Bastion (the kernel refuses systemd's SIGTERM and
 # SIGKILL; only the token does): do not hold a reboot for long on it
