@@ -143,6 +143,22 @@ def test_malformed_file_is_reported_and_the_rest_keep_loading(tmp_path: Path) ->
     assert all(isinstance(e, SigmaRuleError) for e in res.errors)
 
 
+def test_a_yaml_document_that_is_no_mapping_is_an_error_of_its_file(tmp_path: Path) -> None:
+    """s22: a file holding a list or a scalar raised pySigma's AttributeError out of
+    `bastion sigma check` (and out of a set's load) as a traceback."""
+    rule(tmp_path, "good", "selection:\n    Image|endswith: '/id'\ncondition: selection")
+    (tmp_path / "list.yml").write_text("- a\n- b\n")
+    (tmp_path / "scalar.yaml").write_text("just a string\n")
+    res = load_sigma([tmp_path])
+    assert [r.title for r in res.rules] == ["good"]
+    errs = {Path(e.location.source).name: str(e) for e in res.errors if e.location}
+    assert set(errs) == {"list.yml", "scalar.yaml"}
+    assert all("not a mapping" in e for e in errs.values())
+    out = CliRunner().invoke(sigma_group, ["check", str(tmp_path)])
+    assert out.exception is None or isinstance(out.exception, SystemExit), out.exception
+    assert "not a mapping" in out.output and "Traceback" not in out.output
+
+
 def test_unsupported_features_are_listed_never_half_applied(tmp_path: Path) -> None:
     rule(tmp_path, "expand", "selection:\n    Image|expand: '%shells%'\ncondition: selection")
     rule(tmp_path, "unknownfield", "selection:\n    Image|endswith: '/id'\n    Hashes: 'x'\n"

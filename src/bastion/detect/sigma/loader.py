@@ -329,6 +329,13 @@ def parse_file(
                              location=_location(path, exc))
         err.__cause__ = exc
         return ok, unsupported, [err]
+    except (AttributeError, TypeError) as exc:
+        # pySigma takes every YAML document for a mapping: a file holding a list or a
+        # scalar raised out of `bastion sigma check` as a traceback (s22)
+        err = SigmaRuleError("cannot load Sigma rule: a YAML document here is not a mapping "
+                             f"(pySigma: {first_line(exc)})", location=Location(str(path)))
+        err.__cause__ = exc
+        return ok, unsupported, [err]
     if len(collection) == 0:
         return ok, unsupported, [SigmaRuleError("no Sigma rule in this file",
                                                 location=Location(str(path)))]
