@@ -8,6 +8,7 @@ be gated once protection is on (``uninstall``, ``reset --emergency``).
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Final
@@ -75,7 +76,7 @@ def require_token(token_file: Path | None, *, what: str, data_dir: Path = DEFAUL
     v = store.verify(token)
     if not v.ok:
         raise TokenError(f"maintenance token refused: {v.reason}"
-                         + (f" (retry in {v.retry_after_s:.0f}s)" if v.retry_after_s else ""),
+                         + (f" (retry in {math.ceil(v.retry_after_s)}s)" if v.retry_after_s else ""),
                          location=Location(str(store.hash_path)))
 
 

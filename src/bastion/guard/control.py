@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -236,7 +237,7 @@ class TokenGate:
             return None
         why = (f"tamper protection is on: {label} needs the maintenance token (--token-file F)"
                if v.reason == "no token given" else f"maintenance token refused: {v.reason}"
-               + (f" (retry in {v.retry_after_s:.0f}s)" if v.retry_after_s else ""))
+               + (f" (retry in {math.ceil(v.retry_after_s)}s)" if v.retry_after_s else ""))
         self.alert("bastion.tamper.bad-token", f"{label} refused: {why}", "critical",
                    {"what": cmd, "reason": v.reason, "failures": v.failures,
                     "protection": on, "client_pid": peer, "source": str(req.get("source", ""))})

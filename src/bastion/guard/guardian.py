@@ -38,6 +38,7 @@ import errno
 import faulthandler
 import logging
 import resource
+import math
 import os
 import select
 import shutil
@@ -921,7 +922,7 @@ class Guardian:
                                  "retry_after_s": round(v.retry_after_s, 1), "client_pid": peer},
                     action="denied", attack=DEFAULT_ATTACK)
         return {"done": False, "error": f"maintenance token refused: {v.reason}"
-                + (f" (retry in {v.retry_after_s:.0f}s)" if v.retry_after_s else "")}
+                + (f" (retry in {math.ceil(v.retry_after_s)}s)" if v.retry_after_s else "")}
 
     def _h_stop(self, req: dict[str, Any]) -> dict[str, Any]:
         bad = self._check_token(req, "stop")
