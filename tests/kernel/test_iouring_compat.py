@@ -31,11 +31,9 @@ import pytest
 
 from bastion import abi
 from bastion.assembly import event_sensor
-from bastion.detect.behavior import behavior_rules
-from bastion.detect.engine import Engine, RuleContext
 from bastion.events import Event, ExecEvent, FileEvent, NetEvent
-from bastion.proctable import ProcessTable
 from support.cg import run_in, scoped_cgroup
+from support.rules import behavior_findings  # noqa: E402
 
 PY = sys.executable
 
@@ -159,16 +157,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Event], Pat
         lst.close()
     execs = [e for e in events if isinstance(e, ExecEvent) and e.proc.exe == os.path.realpath(PY)]
     assert len(execs) == 1, execs
-    procs = ProcessTable()
-    engine = Engine(behavior_rules())
-    ctx = RuleContext(procs)
-    findings: list[Any] = []
-    for ev in events:
-        procs.update(ev)
-        ev = procs.enrich(ev)
-        findings += engine.evaluate(ev, ctx)
-    assert not engine.errors
-    return events, work, execs[0].proc.pid, port, findings
+    return events, work, execs[0].proc.pid, port, behavior_findings(events)
 
 
 def _file(events: list[Event], op: str, path: str) -> list[FileEvent]:

@@ -25,12 +25,10 @@ import pytest
 
 from bastion import abi
 from bastion.assembly import event_sensor
-from bastion.detect.behavior import behavior_rules
-from bastion.detect.engine import Engine, RuleContext
 from bastion.events import Event, ExecEvent, FileEvent
-from bastion.proctable import ProcessTable
 from bastion.sensors.sensitive import DEFAULT_SENSITIVE
 from support.cg import run_in, scoped_cgroup
+from support.rules import behavior_findings  # noqa: E402
 
 WORKLOAD = Path(__file__).resolve().parents[1] / "support" / "visibility_workload.sh"
 
@@ -72,16 +70,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory,
             assert sensor.drops() == 0
         finally:
             sensor.close()
-    procs = ProcessTable()
-    engine = Engine(behavior_rules())
-    ctx = RuleContext(procs)
-    findings: list[Any] = []
-    for ev in events:
-        procs.update(ev)
-        ev = procs.enrich(ev)
-        findings += engine.evaluate(ev, ctx)
-    assert not engine.errors
-    return events, work, tag, findings
+    return events, work, tag, behavior_findings(events)
 
 
 def _reads(events: list[Event], path: str) -> list[FileEvent]:

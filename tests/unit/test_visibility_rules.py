@@ -9,13 +9,12 @@ from typing import Any
 import pytest
 
 from bastion import abi
-from bastion.detect.behavior import behavior_rules
 from bastion.detect.behavior.rules import LoaderEnvInjection
-from bastion.detect.engine import Engine, Finding, RuleContext
+from bastion.detect.engine import Finding
 from bastion.errors import ConfigError
 from bastion.events import ExecEvent, FileEvent, Proc, decode, from_json, to_json
-from bastion.proctable import ProcessTable
 from bastion.sensors.sensitive import DEFAULT_SENSITIVE, check_patterns, entry_bytes, resolve
+from support.rules import behavior_findings
 
 OFFSET = 1_700_000_000 * 10**9
 
@@ -128,15 +127,7 @@ def _exec(pid: int, ppid: int, exe: str, argv: tuple[str, ...], t: int = 1, **kw
 
 
 def _run(evs: list[Any]) -> list[Finding]:
-    procs = ProcessTable()
-    engine = Engine(behavior_rules())
-    ctx = RuleContext(procs)
-    out: list[Finding] = []
-    for ev in evs:
-        procs.update(ev)
-        out += engine.evaluate(procs.enrich(ev), ctx)
-    assert not engine.errors
-    return out
+    return behavior_findings(evs)
 
 
 def test_secret_read_through_a_hard_link() -> None:
