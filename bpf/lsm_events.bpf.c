@@ -288,6 +288,36 @@ int on_path_chown(unsigned long long *ctx)
 	return 0;
 }
 
+/* A chosen modification time set on a file (s23, timestomping): vfs_utimes is
+ * where utimensat, futimens, utimes, futimesat and utime meet, with the kernel's
+ * copy of the times (NULL: now; tv_nsec UTIME_NOW / UTIME_OMIT).  Only an
+ * explicit mtime crosses. */
+#define UTIME_NOW_ ((1L << 30) - 1L)
+#define UTIME_OMIT_ ((1L << 30) - 2L)
+
+SEC("fentry/vfs_utimes")
+int BPF_PROG(on_vfs_utimes, const struct path *path, struct timespec64 *times)
+{
+	struct bastion_file_event *e;
+	struct timespec64 ts[2] = {};
+	__u32 bits = 0;
+
+	if (!times || bpf_probe_read_kernel(ts, sizeof(ts), times))
+		return 0;
+	if (ts[1].tv_nsec == UTIME_NOW_ || ts[1].tv_nsec == UTIME_OMIT_)
+		return 0;
+	bits = BASTION_UTIMES_MTIME;
+	if (ts[0].tv_nsec != UTIME_NOW_ && ts[0].tv_nsec != UTIME_OMIT_)
+		bits |= BASTION_UTIMES_ATIME;
+	e = path_event(BASTION_FILE_UTIMES, path);
+	if (!e)
+		return 0;
+	e->mode = bits;
+	e->ctime_ns = (__u64)ts[1].tv_sec * 1000000000ULL + (__u64)ts[1].tv_nsec;
+	file_submit(e);
+	return 0;
+}
+
 /* ------------------------------------------------------------------ */
 /* network: the kernel's copy of the address, and the socket itself      */
 

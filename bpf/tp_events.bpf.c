@@ -835,6 +835,104 @@ int on_fchown(void *ctx)
 	return chown_ev(file_fd_event(BASTION_FILE_CHOWN, ARG(ctx, 0)), ARG(ctx, 1), ARG(ctx, 2));
 }
 
+/* A chosen time set on a file (s23): timestomping (a dropped binary given its
+ * neighbours' age) by any program, not only touch(1).  Only an explicit
+ * modification time crosses: "now" (NULL times, UTIME_NOW) and an omitted mtime
+ * are every touch and every editor.  The times are read from user memory at
+ * entry (a second thread can change them before the kernel copies them: the
+ * compat tier's TOCTOU, docs/threat-model.md); the lsm tier reads the kernel's copy. */
+#define UTIME_NOW_ ((1L << 30) - 1L)
+#define UTIME_OMIT_ ((1L << 30) - 2L)
+
+struct utimes_ts {
+	__s64 sec;
+	__s64 nsec;
+};
+
+/* @ts[0] atime, @ts[1] mtime as timespecs (nsec may be UTIME_*); 0 = nothing to report */
+static __always_inline __u32 utimes_bits(const struct utimes_ts ts[2])
+{
+	__u32 bits = 0;
+
+	if (ts[0].nsec != UTIME_NOW_ && ts[0].nsec != UTIME_OMIT_)
+		bits |= BASTION_UTIMES_ATIME;
+	if (ts[1].nsec != UTIME_NOW_ && ts[1].nsec != UTIME_OMIT_)
+		bits |= BASTION_UTIMES_MTIME;
+	return bits & BASTION_UTIMES_MTIME ? bits : 0;
+}
+
+static __always_inline int utimes_ev(int dfd, const char *upath, const struct utimes_ts ts[2])
+{
+	struct bastion_file_event *e;
+	__u32 bits = utimes_bits(ts);
+
+	if (!bits || !wanted(BASTION_EV_FILE))
+		return 0;
+	/* futimens(fd, times) is utimensat(fd, NULL, times, 0): the descriptor's file */
+	e = upath ? file_path_event(BASTION_FILE_UTIMES, dfd, upath)
+		  : file_fd_event(BASTION_FILE_UTIMES, dfd);
+	if (!e)
+		return 0;
+	e->mode = bits;
+	e->ctime_ns = (__u64)ts[1].sec * 1000000000ULL + (__u64)ts[1].nsec;
+	file_submit(e);
+	return 0;
+}
+
+/* utimensat(dfd, path, const struct __kernel_timespec times[2], flags) */
+SEC("tracepoint/syscalls/sys_enter_utimensat")
+int on_utimensat(void *ctx)
+{
+	struct utimes_ts ts[2] = {};
+	const void *ut = (const void *)ARG(ctx, 2);
+
+	if (!ut || bpf_probe_read_user(ts, sizeof(ts), ut))
+		return 0; /* NULL: now; unreadable: the kernel fails it with EFAULT */
+	return utimes_ev(ARG(ctx, 0), (const char *)ARG(ctx, 1), ts);
+}
+
+/* utimes/futimesat: struct __kernel_old_timeval times[2] (usec); utime: struct
+ * utimbuf {actime, modtime} (seconds).  NULL: now. */
+static __always_inline int utimes_timeval_ev(int dfd, const char *upath, const void *utv)
+{
+	struct utimes_ts ts[2] = {};
+
+	if (!utv || bpf_probe_read_user(ts, sizeof(ts), utv))
+		return 0;
+	if (ts[0].nsec < 0 || ts[0].nsec >= 1000000 || ts[1].nsec < 0 || ts[1].nsec >= 1000000)
+		return 0; /* EINVAL */
+	ts[0].nsec *= 1000;
+	ts[1].nsec *= 1000;
+	return utimes_ev(dfd, upath, ts);
+}
+
+SEC("tracepoint/syscalls/sys_enter_utimes")
+int on_utimes(void *ctx)
+{
+	return utimes_timeval_ev(AT_FDCWD_, (const char *)ARG(ctx, 0), (const void *)ARG(ctx, 1));
+}
+SEC("tracepoint/syscalls/sys_enter_futimesat")
+int on_futimesat(void *ctx)
+{
+	const char *upath = (const char *)ARG(ctx, 1);
+
+	/* futimesat(fd, NULL, tv) is futimes(fd, tv) */
+	return utimes_timeval_ev(ARG(ctx, 0), upath, (const void *)ARG(ctx, 2));
+}
+SEC("tracepoint/syscalls/sys_enter_utime")
+int on_utime(void *ctx)
+{
+	__s64 buf[2] = {};
+	struct utimes_ts ts[2] = {};
+	const void *ub = (const void *)ARG(ctx, 1);
+
+	if (!ub || bpf_probe_read_user(buf, sizeof(buf), ub))
+		return 0;
+	ts[0].sec = buf[0];
+	ts[1].sec = buf[1];
+	return utimes_ev(AT_FDCWD_, (const char *)ARG(ctx, 0), ts);
+}
+
 /* ------------------------------------------------------------------ */
 /* network                                                             */
 
@@ -947,6 +1045,37 @@ int on_ptrace(void *ctx)
 	e->addr = ARG(ctx, 2);
 	SUBMIT(e);
 	return 0;
+}
+
+/* Another process's memory read or written without ptrace (s23): reported as a
+ * ptrace record with a request no ptrace(2) has.  target_pid as passed (the
+ * caller's pid namespace, as for ptrace). */
+static __always_inline int vm_rw_ev(__s64 request, __s32 pid)
+{
+	struct bastion_ptrace_event *e;
+
+	if (!wanted(BASTION_EV_PTRACE))
+		return 0;
+	e = RESERVE(struct bastion_ptrace_event, BASTION_EV_PTRACE);
+	if (!e)
+		return 0;
+	e->request = request;
+	e->target_pid = pid;
+	e->_pad = 0;
+	e->addr = 0;
+	SUBMIT(e);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_process_vm_readv")
+int on_process_vm_readv(void *ctx)
+{
+	return vm_rw_ev(BASTION_PTRACE_VM_READV, ARG(ctx, 0));
+}
+SEC("tracepoint/syscalls/sys_enter_process_vm_writev")
+int on_process_vm_writev(void *ctx)
+{
+	return vm_rw_ev(BASTION_PTRACE_VM_WRITEV, ARG(ctx, 0));
 }
 
 /* Every signal the current task sends to another process (s16-sig): the

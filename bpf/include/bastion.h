@@ -25,7 +25,7 @@
 #define BASTION_H
 
 #define BASTION_ABI_MAJOR 3
-#define BASTION_ABI_MINOR 1
+#define BASTION_ABI_MINOR 2
 #define BASTION_ABI_VERSION ((BASTION_ABI_MAJOR << 16) | BASTION_ABI_MINOR)
 
 #define BASTION_COMM_LEN 16
@@ -95,7 +95,24 @@ enum bastion_file_op {
 				    * the RWF_* flags; mmap, mprotect: prot).  A file in the
 				    * sensitive set's HISTORY class (F_SENSITIVE, sens_class,
 				    * sens_id): the kernel sent SIGKILL to the actor at entry */
+	BASTION_FILE_UTIMES = 11, /* ABI 3.2 (s23): a chosen time set on a file (utimensat,
+				   * futimens, utimes, futimesat, utime with explicit times;
+				   * never "now"): mode = BASTION_UTIMES_* bits, ctime_ns = the
+				   * modification time being set (s * 1e9 + ns) when
+				   * BASTION_UTIMES_MTIME.  compat: at syscall entry, the times
+				   * read from user memory; lsm: fentry on vfs_utimes, the
+				   * kernel's copy.  Only records with an explicit mtime cross */
 };
+
+/* bastion_file_event.mode of BASTION_FILE_UTIMES */
+#define BASTION_UTIMES_ATIME (1u << 0) /* the access time is set to a chosen value */
+#define BASTION_UTIMES_MTIME (1u << 1) /* the modification time is set to a chosen value */
+
+/* bastion_ptrace_event.request values that are no ptrace(2) request (ABI 3.2, s23):
+ * another process's memory read or written without ptrace (compat; the lsm tier
+ * reports these accesses as PTRACE_ATTACH from ptrace_access_check) */
+#define BASTION_PTRACE_VM_READV (-1)  /* process_vm_readv(2) of target_pid */
+#define BASTION_PTRACE_VM_WRITEV (-2) /* process_vm_writev(2) of target_pid */
 
 enum bastion_rewrite_act {
 	BASTION_REWRITE_SETFL = 1,      /* fcntl(F_SETFL) clearing O_APPEND of a file opened with it */

@@ -29,7 +29,7 @@ from typing import Final, Protocol
 from bastion.errors import AbiMismatchError, BastionError, DecodeError, Location
 
 ABI_MAJOR: Final = 3
-ABI_MINOR: Final = 1
+ABI_MINOR: Final = 2
 ABI_VERSION: Final = (ABI_MAJOR << 16) | ABI_MINOR
 
 COMM_LEN: Final = 16
@@ -80,6 +80,8 @@ class FileOp(enum.IntEnum):
     # ABI 2.9 (s17-logacts): an untrusted tree's in-place rewrite past O_APPEND; mode: the
     # act (RewriteAct), flags: its argument (fcntl flags, fallocate mode, RWF_*, prot)
     REWRITE = 10
+    # ABI 3.2 (s23): a chosen time set on a file; mode: UTIMES_* bits, ctime_ns: the mtime set
+    UTIMES = 11
 
 
 class RewriteAct(enum.IntEnum):
@@ -191,6 +193,12 @@ F_CTIME: Final = 1 << 12
 # ABI 3.1 (s22-uring): a record of an io_uring request (compat sensor: io_uring tracepoints)
 F_IOURING: Final = 1 << 13
 F_IOURING_NOFD: Final = 1 << 14   # OPEN: no file (fixed slot, skipped CQE); the name as passed
+# FileOp.UTIMES's mode bits (ABI 3.2)
+UTIMES_ATIME: Final = 1 << 0
+UTIMES_MTIME: Final = 1 << 1
+# PtraceEvent requests that are no ptrace(2) request (ABI 3.2): process_vm_readv/writev
+PTRACE_VM_READV: Final = -1
+PTRACE_VM_WRITEV: Final = -2
 
 KILL_F_IA32: Final = 1 << 0   # bastion_kill_event.flags (ABI 2.7)
 KILL_F_X32: Final = 1 << 1
@@ -832,6 +840,10 @@ DEFINES: Final[dict[str, int]] = {
     "BASTION_F_CTIME": F_CTIME,
     "BASTION_F_IOURING": F_IOURING,
     "BASTION_F_IOURING_NOFD": F_IOURING_NOFD,
+    "BASTION_UTIMES_ATIME": UTIMES_ATIME,
+    "BASTION_UTIMES_MTIME": UTIMES_MTIME,
+    "BASTION_PTRACE_VM_READV": PTRACE_VM_READV,
+    "BASTION_PTRACE_VM_WRITEV": PTRACE_VM_WRITEV,
     "BASTION_RINGBUF_BYTES": RINGBUF_BYTES,
     "BASTION_DROP_SLOTS": DROP_SLOTS,
     "BASTION_DROP_SLOT_TAMPER": DROP_SLOT_TAMPER,

@@ -121,6 +121,9 @@ class FileEvent(_Base):
     # file unchanged since the open is told by comparing ctimes, never with the wall
     # clock; None when the record does not say
     ctime_ns: int | None = None
+    # ABI 3.2 (s23), utimes only: the modification time being set (ns since the epoch);
+    # mode holds abi.UTIMES_* (which of atime/mtime were chosen rather than "now")
+    mtime_set_ns: int | None = None
 
     @property
     def type(self) -> str:
@@ -281,6 +284,8 @@ _PTRACE: Final = {
     0x4200: "SETOPTIONS", 0x4201: "GETEVENTMSG", 0x4202: "GETSIGINFO",
     0x4203: "SETSIGINFO", 0x4204: "GETREGSET", 0x4205: "SETREGSET",
     0x4206: "SEIZE", 0x4207: "INTERRUPT", 0x4208: "LISTEN",
+    # ABI 3.2: no ptrace(2) request, another process's memory by process_vm_readv/writev
+    abi.PTRACE_VM_READV: "VM_READV", abi.PTRACE_VM_WRITEV: "VM_WRITEV",
 }
 _BPF_CMDS: Final = (
     "MAP_CREATE MAP_LOOKUP_ELEM MAP_UPDATE_ELEM MAP_DELETE_ELEM MAP_GET_NEXT_KEY "
@@ -428,6 +433,7 @@ def _file(r: Any, t: int, p: Proc, trunc: bool) -> Event:
         created=bool(flags & abi.F_CREATED) if flags & abi.F_FSTATE else None,
         empty=bool(flags & abi.F_EMPTY) if flags & abi.F_FSTATE else None,
         ctime_ns=r.ctime_ns if flags & abi.F_CTIME else None,
+        mtime_set_ns=r.ctime_ns if r.op == abi.FileOp.UTIMES else None,
     )
 
 

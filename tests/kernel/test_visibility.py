@@ -25,7 +25,7 @@ import pytest
 
 from bastion import abi
 from bastion.assembly import event_sensor
-from bastion.events import Event, ExecEvent, FileEvent
+from bastion.events import Event, ExecEvent, FileEvent, PtraceEvent
 from bastion.sensors.sensitive import DEFAULT_SENSITIVE
 from support.cg import run_in, scoped_cgroup
 from support.rules import behavior_findings  # noqa: E402
@@ -159,3 +159,28 @@ def test_execveat_memfd(recorded) -> None:  # type: ignore[no-untyped-def]
     assert script[0].script_ino != 0
     fileless = {f.pid for f in findings if f.rule == "behavior.fileless_exec"}
     assert script[0].proc.pid in fileless and binary[0].proc.pid in fileless
+
+
+def test_a_chosen_mtime_set_by_any_program_is_seen(recorded) -> None:  # type: ignore[no-untyped-def]
+    # s23: python's os.utime (utimensat with explicit times) crosses with the time it
+    # sets; the workload's `touch` of the same file to "now" does not cross at all
+    events, work, tag, _ = recorded
+    path = str(work / f"stomp-{tag}")
+    ut = [e for e in events if isinstance(e, FileEvent) and e.op == "utimes" and e.path == path]
+    assert len(ut) == 1, ut
+    assert ut[0].mtime_set_ns == 1_000_000_000 * 1_000_000_000
+    assert ut[0].mode == abi.UTIMES_MTIME | abi.UTIMES_ATIME
+    assert ut[0].proc.comm.startswith("python3")
+
+
+def test_process_vm_readv_of_another_process_is_seen_and_judged(recorded) -> None:  # type: ignore[no-untyped-def]
+    # s23: reading another process's memory without ptrace (T1003.007-style scraping);
+    # compat reports the call (VM_READV), the hook sensor its ptrace access check
+    events, work, _, findings = recorded
+    target = int((work / "vm-target").read_text())
+    reads = [e for e in events if isinstance(e, PtraceEvent) and e.target_pid == target
+             and e.request_name in ("VM_READV", "ATTACH")]
+    assert reads, "no record of the process_vm_readv"
+    hits = [f for f in findings if f.rule in ("behavior.proc_mem_access", "behavior.ptrace_injection")
+            and f.evidence.get("target_pid") == target]
+    assert hits and hits[0].severity == "high"

@@ -44,6 +44,8 @@ def sample_events() -> list[dict[str, Any]]:
         E.CredEvent(T0 + 19, p, op="capset", args=(0, 0), cap_effective=1, cap_permitted=1),
         E.LsmDenyEvent(T0 + 20, p, hook="file_open", path="/etc/shadow", rule_id=3, ret=-1),
         E.LsmDenyEvent(T0 + 21, p, hook="bprm_check", path="/tmp/evil", rule_id=4, ret=-1),
+        E.FileEvent(T0 + 22, p, op="utimes", path="/usr/bin/id", mode=3,
+                    mtime_set_ns=1_000_000_000 * 1_000_000_000),
     ]
     return [to_json(e) for e in evs]
 

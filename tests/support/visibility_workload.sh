@@ -43,3 +43,27 @@ if pid == 0:
     os.execve(fd2, ["memfd-bin"], {})
 os.waitpid(pid, 0)
 PY
+# s23: a chosen modification time set by a program that is not touch (python's
+# os.utime -> utimensat with explicit times), and a touch to "now" that must NOT
+# be reported; another process's memory read with process_vm_readv (no ptrace).
+: > "$W/stomp-$T"
+touch "$W/stomp-$T"
+python3 -c "import os, sys; os.utime(sys.argv[1], (1000000000, 1000000000))" "$W/stomp-$T"
+sleep 30 & SL=$!
+echo $SL > "$W/vm-target"
+python3 - "$SL" <<'PY'
+import ctypes, sys
+pid = int(sys.argv[1])
+libc = ctypes.CDLL(None, use_errno=True)
+class IOV(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+with open(f"/proc/{pid}/maps") as f:
+    start = next(int(l.split("-")[0], 16) for l in f if "[stack]" in l)
+buf = ctypes.create_string_buffer(64)
+local, remote = IOV(ctypes.addressof(buf), 64), IOV(start, 64)
+libc.process_vm_readv.argtypes = [ctypes.c_int, ctypes.POINTER(IOV), ctypes.c_ulong,
+                                  ctypes.POINTER(IOV), ctypes.c_ulong, ctypes.c_ulong]
+n = libc.process_vm_readv(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+assert n == 64, ctypes.get_errno()
+PY
+kill $SL

@@ -45,6 +45,15 @@ class Rec:
                            "protocol": "tcp", "daddr": daddr, "dport": dport})
         return self
 
+    def file(self, pid: int, op: str, path: str, **kw: Any) -> "Rec":
+        self.lines.append({"type": op, **self._hdr(pid), "path": path, **kw})
+        return self
+
+    def ptrace(self, pid: int, request_name: str, target: int) -> "Rec":
+        self.lines.append({"type": "ptrace", **self._hdr(pid), "request_name": request_name,
+                           "target_pid": target})
+        return self
+
     def run(self, tmp: Path) -> list[Finding]:
         p = tmp / "rec.jsonl"
         p.write_text("".join(json.dumps(x) + "\n" for x in self.lines))
@@ -243,3 +252,43 @@ def test_shell_option_tables() -> None:
     assert p("busybox", ["busybox", "sh", "-o", "pipefail"]).stdin
     assert p("busybox", ["busybox", "sh", "run.sh"]).script == "run.sh"
     assert p("mksh", ["mksh", "-T", "/dev/tty2", "-i"]).interactive
+
+
+def test_timestomp_by_any_program_but_not_by_a_copy_or_unpack(tmp_path: Path) -> None:
+    """s23: the kernel's utimes record (a chosen mtime) on a system file: python's
+    os.utime on a binary it never wrote is a stomp; cp -p / tar writing the file and
+    then giving it its time are not (by path and by inode); "now" never crosses; a
+    file outside the system directories is not judged."""
+    old = 1_000_000_000 * 1_000_000_000
+    r = Rec().exec(200, 100, "/usr/bin/python3.11", ["python3", "-c", "x"])
+    r.file(200, "utimes", "/usr/bin/id", mode=3, mtime_set_ns=old, dev=8, ino=77)
+    r.exec(201, 100, "/usr/bin/cp", ["cp", "-p", "/tmp/a", "/usr/local/bin/a"])
+    r.file(201, "open", "/usr/local/bin/a", flags=0o1101, dev=8, ino=88)
+    r.file(201, "utimes", "/usr/local/bin/a", mode=3, mtime_set_ns=old, dev=8, ino=88)
+    r.exec(202, 100, "/usr/bin/tar", ["tar", "xf", "x.tar", "-C", "/"])
+    r.file(202, "open", "/usr/sbin/tool.tmp", flags=0o1101, dev=8, ino=99)
+    r.file(202, "utimes", "/usr/sbin/tool", mode=2, mtime_set_ns=old, dev=8, ino=99)  # renamed
+    r.exec(203, 100, "/usr/bin/python3.11", ["python3", "-c", "y"])
+    r.file(203, "utimes", "/home/u/notes.txt", mode=3, mtime_set_ns=old, dev=8, ino=55)
+    r.file(203, "utimes", "/usr/bin/ls", mode=1, dev=8, ino=56)     # atime only
+    r.exec(204, 100, "/usr/bin/perl", ["perl", "-e", "utime"])
+    r.file(204, "open", "/usr/bin/other", flags=0o1101, dev=8, ino=61)
+    r.file(204, "utimes", "/usr/bin/id", mode=2, mtime_set_ns=old, dev=8, ino=77)
+    got = of(r.run(tmp_path), "timestomp_call")
+    assert [(f.pid, f.evidence["path"]) for f in got] == [(200, "/usr/bin/id"), (204, "/usr/bin/id")]
+    assert got[0].severity == "medium" and "2001-09-09 01:46:40 UTC" in got[0].title
+
+
+def test_process_vm_readv_and_writev_of_another_process(tmp_path: Path) -> None:
+    """s23: another process's memory without ptrace (compat's VM_READV/VM_WRITEV
+    records): a read is proc_mem_access (high), a write ptrace_injection (critical,
+    kill); the process's own memory is nothing."""
+    r = Rec().exec(200, 100, "/usr/bin/python3.11", ["python3", "-c", "x"])
+    r.ptrace(200, "VM_READV", 555).ptrace(200, "VM_READV", 200).ptrace(200, "VM_WRITEV", 556)
+    found = r.run(tmp_path)
+    reads = of(found, "proc_mem_access")
+    writes = of(found, "ptrace_injection")
+    assert [(f.evidence["target_pid"], f.severity) for f in reads] == [(555, "high")]
+    assert "process_vm_readv" in reads[0].title
+    assert [(f.evidence["target_pid"], f.severity, f.action) for f in writes] == [
+        (556, "critical", "kill")]

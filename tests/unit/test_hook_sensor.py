@@ -64,7 +64,8 @@ def test_hook_object_uses_no_syscall_tracepoint() -> None:
         secs = {p.name: p.section_name for p in obj.programs()}
     assert secs, "no programs"
     bad = {n: s for n, s in secs.items()
-           if not s.startswith(("fentry/security_", "fexit/", "tp_btf/sched_process_"))}
+           if not s.startswith(("fentry/security_", "fexit/", "tp_btf/sched_process_"))
+           and s != "fentry/vfs_utimes"}   # where every utimes call meets, with a struct path
     assert not bad, bad
     # every hook the issue lists is there
     for prog in ("on_exec", "on_file_open", "on_path_unlink", "on_path_rename", "on_path_chmod",

@@ -87,6 +87,7 @@ def test_the_four_classes_and_activities() -> None:
     assert by_type["setuid"] == (1007, 5) and by_type["ptrace"] == (1007, 3)
     assert by_type["open"] == (1001, 14) and by_type["open+creat"] == (1001, 1)
     assert by_type["unlink"] == (1001, 4) and by_type["rename"] == (1001, 5)
+    assert by_type["utimes"] == (1001, 6)   # Set Attributes (s23)
     assert by_type["connect"] == (4001, 1) and by_type["listen"] == (4001, 7)
 
 

@@ -22,7 +22,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 from kernel.test_visibility import (  # noqa: E402,F401
-    event_source, recorded, test_decoded_payload_piped_into_shell, test_execveat_memfd,
+    event_source, recorded, test_a_chosen_mtime_set_by_any_program_is_seen,
+    test_decoded_payload_piped_into_shell, test_execveat_memfd,
+    test_process_vm_readv_of_another_process_is_seen_and_judged,
     test_hard_link_is_caught_by_inode, test_key_hunt_and_subtree, test_loader_env_read_in_the_kernel,
     test_other_process_environ, test_plain_reads_stay_in_the_kernel,
     test_script_in_shm_reports_the_script, test_shadow_reads_by_cat_and_python,

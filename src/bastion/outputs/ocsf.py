@@ -183,14 +183,16 @@ def event_to_ocsf(ev: Mapping[str, Any], *, hostname: str, product_version: str)
     t = str(ev["type"])
     time_ms = _ms(str(ev["time"]))
     kw: dict[str, Any] = {"hostname": hostname, "product_version": product_version}
-    if t in ("open", "unlink", "rename", "chmod", "chown") or (t == "lsm_deny" and ev.get("path")):
+    if t in ("open", "unlink", "rename", "chmod", "chown", "utimes") \
+            or (t == "lsm_deny" and ev.get("path")):
         if t == "open":
             aid, aname = (1, "Create") if int(ev.get("flags", 0)) & _O_CREAT else (14, "Open")
         elif t == "lsm_deny":
             aid, aname = (14, "Open") if ev.get("hook") == "file_open" else (99, "Exec")
         else:
             aid, aname = {"unlink": (4, "Delete"), "rename": (5, "Rename"),
-                          "chmod": (7, "Set Security"), "chown": (7, "Set Security")}[t]
+                          "chmod": (7, "Set Security"), "chown": (7, "Set Security"),
+                          "utimes": (6, "Set Attributes")}[t]
         out = _base(FILE_ACTIVITY, aid, aname, time_ms, 1, **kw)
         out["actor"] = {"process": _process(ev)}
         out["file"] = _file(str(ev.get("path", "")))

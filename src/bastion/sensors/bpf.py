@@ -369,6 +369,7 @@ HOOK_OPTIONAL_PROGRAMS: Final = frozenset({
     "on_path_link", "on_fix_setgid", "on_accept", "on_capset",
     "on_memfd_create",   # fexit on the x86-64 syscall function: absent where BTF lacks it
     "on_mount_setattr", "on_fspick",   # fexit on the syscall functions (s16-gate)
+    "on_vfs_utimes",   # fentry on a plain function: absent if a kernel inlines it (s23)
 })
 
 

@@ -10,11 +10,13 @@ attack's command line:
 * :class:`CredentialLink`: a hard link made to a credential store (a second name
   for /etc/shadow that path rules and watchers do not know).
 * :class:`Timestomp`: ``touch`` setting a chosen time on a system file.
+* :class:`TimestompCall`: any program setting one (the kernel's utimes record, s23).
 * :class:`ExfilUpload`: a downloader uploading a credential, key or system file.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from bastion.detect.behavior.base import (
@@ -29,6 +31,7 @@ from bastion.detect.behavior.shellargs import parse_shell_argv
 from bastion.detect.behavior.trust import ExeTrust
 from bastion.detect.behavior.state import BoundedState, Limits, ProcKey, proc_key
 from bastion.detect.engine import RuleContext
+from bastion.abi import UTIMES_ATIME, UTIMES_MTIME
 from bastion.events import Event, ExecEvent, FileEvent, NetEvent
 
 
@@ -234,6 +237,58 @@ class Timestomp(SingleEvent):
                    {"argv": list(ev.argv), "paths": hit})
 
 
+class TimestompCall(SingleEvent):
+    """A chosen modification time set on a system file by any program (s23): the
+    kernel's ``utimes`` record (utimensat, futimens, utimes, utime with explicit times;
+    "now" never crosses), so python ``os.utime``, perl ``utime``, a C program or a
+    renamed touch are seen, not only touch's command line (:class:`Timestomp`).
+
+    A program that wrote the file itself a moment before and then gives it a time is
+    copying or unpacking it (``cp -p``, ``install -p``, ``tar x``, ``rsync -t``,
+    ``shutil.copy2``): that process's own write-opens under the system directories are
+    remembered (by path and by inode, per process, for :attr:`window_ns`) and its times
+    on them are not a stomp.  Package managers are trusted by inode."""
+
+    name = "behavior.timestomp_call"
+    event_types = frozenset({"open", "utimes"})
+    read_opens = False   # only write-opens are remembered
+    attack = ("T1070.006",)
+    severity = "medium"
+    action = "alert"
+    window_ns = 300 * NS
+
+    def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None) -> None:
+        super().__init__(settings, limits)
+        # a process -> what it write-opened under STOMP_DIRS: paths and (dev, ino)
+        self._wrote: BoundedState[ProcKey, set[object]] = self.state()
+
+    def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
+        if not isinstance(ev, FileEvent):
+            return None
+        if ev.op == "open":
+            if ev.path.startswith(STOMP_DIRS):
+                seen = self._wrote.setdefault(proc_key(ev), ev.time_ns, set)
+                if len(seen) < 4096:
+                    seen.add(ev.path)
+                    if ev.ino:
+                        seen.add((ev.dev, ev.ino))
+            return None
+        if ev.op != "utimes" or not ev.mode & UTIMES_MTIME or not ev.path.startswith(STOMP_DIRS):
+            return None
+        wrote = self._wrote.get(proc_key(ev), ev.time_ns)
+        if wrote is not None and (ev.path in wrote or (ev.ino and (ev.dev, ev.ino) in wrote)):
+            return None
+        if self.trusted(ev, ctx, PACKAGE_MANAGERS, depth=3):
+            return None
+        when = ""
+        if ev.mtime_set_ns is not None:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ev.mtime_set_ns // NS)) + " UTC"
+        return Hit(f"Modification time of {ev.path} set to {when or 'a chosen time'} by "
+                   f"{base(ev.proc.exe) or ev.proc.comm}",
+                   {"path": ev.path, "mtime_set": when, "atime_too": bool(ev.mode & UTIMES_ATIME),
+                    "exe": ev.proc.exe})
+
+
 # ---- exfiltration by upload ----------------------------------------------------------------------
 
 UPLOAD_SOURCES = ("/etc/*", "/root/*", "/home/*/.ssh/*", "/home/*/.aws/*", "/home/*/.kube/*",
@@ -305,6 +360,8 @@ class ExfilUpload(SingleEvent):
         return stop_if_untrusted(self, ev, ctx, hit, f"the upload of {what}")
 
 
-DEPTH_RULES: tuple[type[BehaviorRule], ...] = (RelayedShell, CredentialLink, Timestomp, ExfilUpload)
+DEPTH_RULES: tuple[type[BehaviorRule], ...] = (RelayedShell, CredentialLink, Timestomp, TimestompCall,
+                                               ExfilUpload)
 
-__all__ = ["DEPTH_RULES", "RelayedShell", "CredentialLink", "Timestomp", "ExfilUpload"]
+__all__ = ["DEPTH_RULES", "RelayedShell", "CredentialLink", "Timestomp", "TimestompCall",
+           "ExfilUpload"]

@@ -924,9 +924,11 @@ class ProcMemAccess(SingleEvent):
 
     def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
         if isinstance(ev, PtraceEvent):
-            if ev.request_name in ("PEEKDATA", "PEEKTEXT") and ev.target_pid != ev.proc.pid \
+            if ev.request_name in ("PEEKDATA", "PEEKTEXT", "VM_READV") \
+                    and ev.target_pid != ev.proc.pid \
                     and not self.trusted(ev, ctx, DEBUGGERS, depth=1):
-                return Hit(f"Read the memory of process {ev.target_pid} with ptrace",
+                how = "process_vm_readv" if ev.request_name == "VM_READV" else "ptrace"
+                return Hit(f"Read the memory of process {ev.target_pid} with {how}",
                            {"target_pid": ev.target_pid, "request": ev.request_name})
             return None
         path = read_path(ev) or written_path(ev)
@@ -960,8 +962,11 @@ class PtraceInjection(SingleEvent):
             return None
         if self.trusted(ev, ctx, DEBUGGERS, depth=1):
             return None
-        if ev.request_name in ("POKETEXT", "POKEDATA", "POKEUSR", "SETREGS", "SETREGSET"):
-            return Hit(f"ptrace {ev.request_name} into process {ev.target_pid}",
+        if ev.request_name in ("POKETEXT", "POKEDATA", "POKEUSR", "SETREGS", "SETREGSET",
+                               "VM_WRITEV"):
+            how = "process_vm_writev" if ev.request_name == "VM_WRITEV" else \
+                f"ptrace {ev.request_name}"
+            return Hit(f"{how} into process {ev.target_pid}",
                        {"target_pid": ev.target_pid, "request": ev.request_name},
                        severity="critical", action="kill")
         if ev.request_name in ("ATTACH", "SEIZE"):

@@ -37,14 +37,15 @@ LOGSOURCE_EVENTS: Final[dict[str, frozenset[str]]] = {
 # Which event types yield which audit record types.
 AUDIT_EVENTS: Final[dict[str, frozenset[str]]] = {
     "EXECVE": frozenset({"exec"}),
-    "PATH": frozenset({"exec", "open", "unlink", "rename", "chmod", "chown"}),
-    "SYSCALL": frozenset({"exec", "open", "unlink", "rename", "chmod", "chown", "memfd_create",
+    "PATH": frozenset({"exec", "open", "unlink", "rename", "chmod", "chown", "utimes"}),
+    "SYSCALL": frozenset({"exec", "open", "unlink", "rename", "chmod", "chown", "utimes",
+                          "memfd_create",
                           "connect", "bind", "listen", "accept", "ptrace", "kill", "bpf",
                           "setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid",
                           "capset"}),
 }
 _FILE_SYSCALL: Final = {"open": "openat", "unlink": "unlinkat", "rename": "rename",
-                        "chmod": "fchmodat", "chown": "fchownat"}
+                        "chmod": "fchmodat", "chown": "fchownat", "utimes": "utimensat"}
 _WRITE_INTENT: Final = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC
 
 
@@ -158,7 +159,8 @@ def audit_records(ev: Event) -> list[View]:
     if isinstance(ev, MemfdEvent):
         return [_syscall(ev, "memfd_create")]
     if isinstance(ev, PtraceEvent):
-        return [_syscall(ev, "ptrace")]
+        return [_syscall(ev, {"VM_READV": "process_vm_readv", "VM_WRITEV": "process_vm_writev"}
+                         .get(ev.request_name, "ptrace"))]
     if isinstance(ev, BpfEvent):
         return [_syscall(ev, "bpf")]
     return []
