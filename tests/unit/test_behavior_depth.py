@@ -274,8 +274,13 @@ def test_timestomp_by_any_program_but_not_by_a_copy_or_unpack(tmp_path: Path) ->
     r.exec(204, 100, "/usr/bin/perl", ["perl", "-e", "utime"])
     r.file(204, "open", "/usr/bin/other", flags=0o1101, dev=8, ino=61)
     r.file(204, "utimes", "/usr/bin/id", mode=2, mtime_set_ns=old, dev=8, ino=77)
+    # an open for write (no create, no truncate) of the victim excuses nothing
+    r.exec(205, 100, "/usr/bin/python3.11", ["python3", "-c", "z"])
+    r.file(205, "open", "/usr/bin/id", flags=0o2, dev=8, ino=77, created=False)
+    r.file(205, "utimes", "/usr/bin/id", mode=3, mtime_set_ns=old, dev=8, ino=77)
     got = of(r.run(tmp_path), "timestomp_call")
-    assert [(f.pid, f.evidence["path"]) for f in got] == [(200, "/usr/bin/id"), (204, "/usr/bin/id")]
+    assert [(f.pid, f.evidence["path"]) for f in got] == [
+        (200, "/usr/bin/id"), (204, "/usr/bin/id"), (205, "/usr/bin/id")]
     assert got[0].severity == "medium" and "2001-09-09 01:46:40 UTC" in got[0].title
 
 

@@ -17,6 +17,7 @@ attack's command line:
 from __future__ import annotations
 
 import time
+from os import O_CREAT, O_TRUNC
 from typing import Any
 
 from bastion.detect.behavior.base import (
@@ -245,9 +246,10 @@ class TimestompCall(SingleEvent):
 
     A program that wrote the file itself a moment before and then gives it a time is
     copying or unpacking it (``cp -p``, ``install -p``, ``tar x``, ``rsync -t``,
-    ``shutil.copy2``): that process's own write-opens under the system directories are
-    remembered (by path and by inode, per process, for :attr:`window_ns`) and its times
-    on them are not a stomp.  Package managers are trusted by inode."""
+    ``shutil.copy2``): that process's own opens under the system directories that created
+    or truncated the file are remembered (by path and by inode, per process, for
+    :attr:`window_ns`) and its times on them are not a stomp; an open for write that
+    leaves the content as it was excuses nothing.  Package managers are trusted by inode."""
 
     name = "behavior.timestomp_call"
     event_types = frozenset({"open", "utimes"})
@@ -266,7 +268,11 @@ class TimestompCall(SingleEvent):
         if not isinstance(ev, FileEvent):
             return None
         if ev.op == "open":
-            if ev.path.startswith(STOMP_DIRS):
+            # only a write that made the content new: created, or truncated (an open for
+            # write of a binary it leaves as it was must not excuse the times it then sets)
+            fresh = ev.created is True or bool(ev.flags & O_TRUNC) \
+                or (ev.created is None and bool(ev.flags & O_CREAT))
+            if fresh and ev.path.startswith(STOMP_DIRS):
                 seen = self._wrote.setdefault(proc_key(ev), ev.time_ns, set)
                 if len(seen) < 4096:
                     seen.add(ev.path)
