@@ -16,6 +16,11 @@ objects in its kernel maps, and also:
 * the security tools (:data:`DEFAULT_SECURITY_TOOLS`, by executable name, plus
   the agent and its guardian): a harmful signal to them is refused.
 
+The ``security-config`` kind (s23: :data:`DEFAULT_SECURITY_CONFIG`, firewall and
+logging configs) is treated as ``persistence`` on both tiers (writes refused, reads
+allowed); on the lsm tier the firewall itself is a class too (a netfilter change,
+no object: ``bpf/lsm_provgate.bpf.c``).
+
 All of it only for an actor whose tree has untrusted provenance (the ``prov``
 map); everyone else is not looked at.
 """

@@ -15,6 +15,11 @@ this object at load: one map, kept by the sensor's exec/fork/exit programs):
   (without ``O_APPEND``), a truncate, an unlink, a rename away or over, a chmod;
 * ``security-tool`` (auditd, syslog, journald, the agent and its guardian, by
   tgid and start time): a harmful signal.
+* ``security-config`` (s23: firewall and logging configs, :data:`muststop.DEFAULT_SECURITY_CONFIG`):
+  as persistence;
+* ``firewall`` (s23, no object): a netfilter change -- a ``NETLINK_NETFILTER`` batch
+  (``netlink_send``: nft, iptables-nft, ufw, firewalld; a listing passes) or a legacy
+  table replace (``socket_setsockopt`` ``*_SO_SET_REPLACE``/``ADD_COUNTERS``, ebtables').
 
 An object opened in an allowed way is not rewritten through its open file either
 (s15): ``fcntl(F_SETFL)`` clearing ``O_APPEND`` on a log, ``pwritev2(RWF_NOAPPEND)``,
