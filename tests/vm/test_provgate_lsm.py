@@ -961,3 +961,38 @@ def test_a_firewall_change_is_refused_and_a_listing_allowed_in_the_hook(env: Env
         assert codes.get("deleteack") == 0, r.stdout
     assert EPERM not in (codes.get("ipt"), codes.get("ip6t"), codes.get("ebt")), r.stdout
     assert env.records(0) == []
+
+
+def test_a_firewall_change_from_an_admin_session_is_allowed_and_audited(env: Env) -> None:
+    """The trust path of every other class: an administrator's session (admin-tty bit)
+    running the /tmp script: the batch is sent (the test's table made and deleted), the
+    setsockopts reach the kernel, each an `audit` record, nothing refused."""
+    py = env.root / "nft.py"
+    py.write_text(_NFT)
+    table = f"bastion_s23_{uuid.uuid4().hex[:8]}"
+    script = env.root / "drop" / "nft-admin.sh"
+    script.write_text(f"exec python3 {py} clean {table}\n")
+    ready = env.root / "ready-fw"
+    ready.unlink(missing_ok=True)
+    p = subprocess.Popen(["/bin/sh", "-c", f'echo $$ > {env.cg}/cgroup.procs; echo $$ > {ready}; '
+                          f'read go; exec /bin/sh {script}'], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        end = time.monotonic() + 10
+        while not (ready.exists() and ready.read_text().strip()) and time.monotonic() < end:
+            time.sleep(0.05)
+        pid = int(ready.read_text())
+        assert env.prov.add(pid, read_stat(pid).start_ns, abi.PROV_ADMIN_TTY)
+        out, _ = p.communicate("go\n", timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    codes = _codes(out)
+    assert codes.get("newtable") == 0 and codes.get("list") == 0, out
+    assert 1 not in (codes.get("ipt"), codes.get("ip6t"), codes.get("ebt")), out
+    recs = env.records(4)
+    fw = [ev for ev in recs if ev.rule_id == abi.PgateClass.FIREWALL]
+    assert len(fw) >= 4 and all(ev.action == "audit" and not ev.enforced for ev in fw), recs
+    f = env.gate.finding(fw[0])
+    assert f is not None and f.action == "audit" and "administrator" in f.title, f
