@@ -252,7 +252,10 @@ static __always_inline int pgate_ancestor_rename(struct dentry *old_dentry,
 #define C_PERSIST (1u << BASTION_PGATE_PERSISTENCE)
 #define C_CRED (1u << BASTION_PGATE_CREDENTIAL)
 #define C_LOG (1u << BASTION_PGATE_LOG)
-#define C_FILES (C_PERSIST | C_CRED | C_LOG)
+#define C_SECCONF (1u << BASTION_PGATE_SECURITY_CONFIG)
+/* s23: a security configuration (firewall, logging) is refused as persistence is */
+#define C_WRITE_ONLY (C_PERSIST | C_SECCONF)
+#define C_FILES (C_PERSIST | C_CRED | C_LOG | C_SECCONF)
 
 SEC("lsm/file_open")
 int BPF_PROG(pgate_file_open, struct file *file)
@@ -269,12 +272,12 @@ int BPF_PROG(pgate_file_open, struct file *file)
 	if (!cls)
 		return 0;
 	write = BPF_CORE_READ(file, f_mode) & FMODE_WRITE_;
-	if (cls == BASTION_PGATE_PERSISTENCE && !write)
-		return 0; /* reading a profile or a crontab harms nothing */
+	if (cls < 32 && (C_WRITE_ONLY & (1u << cls)) && !write)
+		return 0; /* reading a profile, a crontab or a firewall config harms nothing */
 	if (cls == BASTION_PGATE_LOG &&
 	    (!write || (BPF_CORE_READ(file, f_flags) & O_APPEND_)))
 		return 0; /* reading or appending to a log is no wiping */
-	if (cls == BASTION_PGATE_SECURITY_TOOL)
+	if (cls == BASTION_PGATE_SECURITY_TOOL || cls == BASTION_PGATE_FIREWALL)
 		return 0;
 	return pgate_decide(write ? BASTION_OP_OPEN_WRITE : BASTION_OP_OPEN_READ, reasons, &h, d,
 			    BPF_CORE_READ(file, f_path.mnt), 0);
@@ -302,25 +305,25 @@ int BPF_PROG(pgate_path_truncate, const struct path *path)
 SEC("lsm/inode_create")
 int BPF_PROG(pgate_inode_create, struct inode *dir, struct dentry *dentry)
 {
-	return pgate_name(BASTION_OP_CREATE, dentry, C_PERSIST | C_CRED);
+	return pgate_name(BASTION_OP_CREATE, dentry, C_WRITE_ONLY | C_CRED);
 }
 
 SEC("lsm/inode_mkdir")
 int BPF_PROG(pgate_inode_mkdir, struct inode *dir, struct dentry *dentry)
 {
-	return pgate_name(BASTION_OP_CREATE, dentry, C_PERSIST | C_CRED);
+	return pgate_name(BASTION_OP_CREATE, dentry, C_WRITE_ONLY | C_CRED);
 }
 
 SEC("lsm/inode_mknod")
 int BPF_PROG(pgate_inode_mknod, struct inode *dir, struct dentry *dentry)
 {
-	return pgate_name(BASTION_OP_CREATE, dentry, C_PERSIST | C_CRED);
+	return pgate_name(BASTION_OP_CREATE, dentry, C_WRITE_ONLY | C_CRED);
 }
 
 SEC("lsm/inode_symlink")
 int BPF_PROG(pgate_inode_symlink, struct inode *dir, struct dentry *dentry)
 {
-	return pgate_name(BASTION_OP_CREATE, dentry, C_PERSIST | C_CRED);
+	return pgate_name(BASTION_OP_CREATE, dentry, C_WRITE_ONLY | C_CRED);
 }
 
 /* A hard link: to a persistence or credential file (a name outside every
@@ -329,9 +332,9 @@ SEC("lsm/inode_link")
 int BPF_PROG(pgate_inode_link, struct dentry *old_dentry, struct inode *dir,
 	     struct dentry *new_dentry)
 {
-	int err = pgate_name(BASTION_OP_CREATE, old_dentry, C_PERSIST | C_CRED);
+	int err = pgate_name(BASTION_OP_CREATE, old_dentry, C_WRITE_ONLY | C_CRED);
 
-	return err ? err : pgate_name(BASTION_OP_CREATE, new_dentry, C_PERSIST | C_CRED);
+	return err ? err : pgate_name(BASTION_OP_CREATE, new_dentry, C_WRITE_ONLY | C_CRED);
 }
 
 /* Removing a name: a cron entry, a key, a log (log wiping). */
@@ -615,4 +618,79 @@ SEC("lsm/sb_umount")
 int BPF_PROG(pgate_sb_umount, struct vfsmount *mnt, int flags)
 {
 	return pgate_mount_at(BPF_CORE_READ(mnt, mnt_root), mnt);
+}
+
+
+/* ---- s23: security-tool shutdown (firewall): a netfilter ruleset change ----
+ * iptables-nft, nft, ufw and firewalld change nftables in a NETLINK_NETFILTER
+ * batch (nfnetlink_rcv: a batch is the skb whose first message is
+ * NFNL_MSG_BATCH_BEGIN; every nf_tables change is a batch callback, refused
+ * outside one); listing the ruleset is plain GET requests, allowed.
+ * iptables-legacy, arptables and ebtables replace a table with setsockopt
+ * *_SO_SET_REPLACE / *_SO_SET_ADD_COUNTERS (EBT_SO_SET_ENTRIES/COUNTERS).
+ * Refused for an untrusted tree as every other must-stop act (admin session:
+ * allowed, audited; dry run: would-deny).  Not covered (docs/detection.md
+ * s23-muststop): the other netfilter subsystems' non-batch changes (ipset,
+ * conntrack flush, nfqueue/nflog config). */
+#define NETLINK_NETFILTER_ 12
+#define NFNL_MSG_BATCH_BEGIN_ 0x10
+#define SOL_IP_ 0
+#define SOL_IPV6_ 41
+#define IPT_SO_SET_REPLACE_ 64     /* IP6T_ the same numbers at SOL_IPV6 */
+#define IPT_SO_SET_ADD_COUNTERS_ 65
+#define ARPT_SO_SET_REPLACE_ 96
+#define ARPT_SO_SET_ADD_COUNTERS_ 97
+#define EBT_SO_SET_ENTRIES_ 128
+#define EBT_SO_SET_COUNTERS_ 129
+
+struct pgate_nlmsghdr {
+	__u32 nlmsg_len;
+	__u16 nlmsg_type;
+	__u16 nlmsg_flags;
+	__u32 nlmsg_seq;
+	__u32 nlmsg_pid;
+};
+
+static __always_inline int pgate_firewall(__u32 how)
+{
+	__u32 reasons = pgate_actor();
+	struct pgate_hit h = {};
+
+	if (!reasons)
+		return 0;
+	h.cls = BASTION_PGATE_FIREWALL;
+	return pgate_decide_how(BASTION_OP_OPEN_WRITE, how, reasons, &h, NULL, NULL, 0);
+}
+
+SEC("lsm/netlink_send")
+int BPF_PROG(pgate_netlink_send, struct sock *sk, struct sk_buff *skb)
+{
+	struct pgate_nlmsghdr nlh = {};
+	unsigned char *data;
+
+	if (!sk || BPF_CORE_READ(sk, sk_protocol) != NETLINK_NETFILTER_)
+		return 0;
+	if (BPF_CORE_READ(skb, len) < sizeof(nlh))
+		return 0;      /* no message: nfnetlink_rcv takes nothing */
+	data = BPF_CORE_READ(skb, data);
+	if (!data || bpf_probe_read_kernel(&nlh, sizeof(nlh), data))
+		return pgate_firewall(BASTION_PGATE_HOW_NFT_BATCH);   /* unread: fail closed */
+	if (nlh.nlmsg_type != NFNL_MSG_BATCH_BEGIN_)
+		return 0;      /* a GET (nft list, iptables-nft -L) */
+	return pgate_firewall(BASTION_PGATE_HOW_NFT_BATCH);
+}
+
+SEC("lsm/socket_setsockopt")
+int BPF_PROG(pgate_socket_setsockopt, struct socket *sock, int level, int optname)
+{
+	if (level == SOL_IP_) {
+		if (optname != IPT_SO_SET_REPLACE_ && optname != IPT_SO_SET_ADD_COUNTERS_ &&
+		    optname != ARPT_SO_SET_REPLACE_ && optname != ARPT_SO_SET_ADD_COUNTERS_ &&
+		    optname != EBT_SO_SET_ENTRIES_ && optname != EBT_SO_SET_COUNTERS_)
+			return 0;
+	} else if (level != SOL_IPV6_ ||
+		   (optname != IPT_SO_SET_REPLACE_ && optname != IPT_SO_SET_ADD_COUNTERS_)) {
+		return 0;
+	}
+	return pgate_firewall(BASTION_PGATE_HOW_SOCKOPT);
 }

@@ -96,9 +96,11 @@ done
 # ext4 and loop (optional; crc32c_generic too: 6.1's ext4 loads crc32c at every
 # mount): tests that need a filesystem reusing inode numbers loop-mount an ext4 image
 # of their own (tests/support/extfs.py; the guest's /tmp is tmpfs, which never
-# reuses one).
+# reuses one).  nfnetlink and nf_tables (optional, s23-muststop): the provenance gate's
+# firewall test sends an nftables batch (tests/vm/test_provgate_lsm.py); the guest has
+# no modprobe tree to autoload them from.
 WANTED=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci
-        netfs fscache 9pnet 9pnet_virtio 9p crc32c_generic ext4 loop)
+        netfs fscache 9pnet 9pnet_virtio 9p crc32c_generic ext4 loop nfnetlink nf_tables)
 REQUIRED=(virtio_pci 9pnet_virtio 9p)
 declare -A MODFILE=() SEEN=() BUILTIN=()
 while IFS= read -r -d '' f; do

@@ -470,6 +470,8 @@ enum bastion_pgate_class {
 	BASTION_PGATE_CREDENTIAL = 2,  /* any open, and every name change */
 	BASTION_PGATE_LOG = 3,         /* write open with O_TRUNC, truncate, unlink, rename, chmod */
 	BASTION_PGATE_SECURITY_TOOL = 4, /* a harmful signal to the process */
+	BASTION_PGATE_SECURITY_CONFIG = 5, /* s23: firewall and logging configs: as persistence */
+	BASTION_PGATE_FIREWALL = 6,      /* s23: a netfilter change (nftables batch, *_SO_SET_*) */
 };
 
 /* How a must-stop act was tried when the op alone does not say it (s15:
@@ -482,6 +484,8 @@ enum bastion_pgate_how {
 	BASTION_PGATE_HOW_NOAPPEND = 5,   /* pwritev2(RWF_NOAPPEND), an io_uring write */
 	BASTION_PGATE_HOW_ANCESTOR = 6,   /* renaming a directory above an object */
 	BASTION_PGATE_HOW_MOUNT = 7,      /* a mount on, a move of or an unmount of an object or an ancestor */
+	BASTION_PGATE_HOW_NFT_BATCH = 8,  /* s23: a NETLINK_NETFILTER batch (nftables ruleset change) */
+	BASTION_PGATE_HOW_SOCKOPT = 9,    /* s23: setsockopt IPT/IP6T/ARPT_SO_SET_*, EBT_SO_SET_* (legacy tables) */
 };
 
 #define BASTION_PGATE_F_DIR (1u << 0)   /* a directory: its children are objects */

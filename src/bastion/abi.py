@@ -592,6 +592,8 @@ class PgateClass(enum.IntEnum):
     CREDENTIAL = 2
     LOG = 3
     SECURITY_TOOL = 4
+    SECURITY_CONFIG = 5
+    FIREWALL = 6
 
 
 class PgateHow(enum.IntEnum):
@@ -603,6 +605,8 @@ class PgateHow(enum.IntEnum):
     NOAPPEND = 5
     ANCESTOR = 6
     MOUNT = 7
+    NFT_BATCH = 8
+    SOCKOPT = 9
 
 
 PGATE_F_DIR: Final = 1 << 0

@@ -458,7 +458,8 @@ class Agent:
                 "unlinks, truncate(2)/ftruncate of logs (the tree killed after), "
                 "security-tool kills, rewrites through an open file (fcntl clearing "
                 "O_APPEND, shared writable mmap, fallocate, chattr), renames of and mounts on the directories above objects, objects "
-                "made since the last pass (a file in a new subdirectory of a marked tree)"}
+                "made since the last pass (a file in a new subdirectory of a marked tree), "
+                "firewall changes (nftables batches, legacy table replaces)"}
         else:
             out["provenance gate"] = {"on": False, "detail": self._why_off.get(
                 "lsmgate", self._why_off.get("provgate", "no kernel event sensor"))}

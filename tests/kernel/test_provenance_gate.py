@@ -781,3 +781,52 @@ def test_a_handoff_left_behind_goes_with_the_process(env: Env) -> None:
             p.kill()
             p.wait()
         env.handoff.delete(_handoff(p.pid, 0, 0)[0])
+
+
+# Before s23-muststop (main at 73a202c): "security-config" was no kind of the gate
+# (apply raised ConfigError), and the append to the firewall config and the drop-in's
+# rewrite were not refused (the compat tier killed after, if a rule matched).
+
+
+def test_security_config_and_a_mail_spool_are_refused_at_the_open(env: Env) -> None:
+    """T1562.004 `>> /etc/default/ufw`, a logging drop-in rewritten, T1070.002 `echo 0>`
+    of a mail spool: refused at the open for a /tmp script; reading the config and
+    appending to the spool (delivery) allowed.  A rename over a config (``sed -i``) is not
+    seen by fanotify: that stays a kill after on compat (docs/detection.md)."""
+    ufw = env.root / "etc" / "default" / "ufw"
+    dropin = env.root / "etc" / "rsyslog.d" / "50-default.conf"
+    spool = env.root / "mail" / "root"
+    for f, text in ((ufw, "ENABLED=yes\n"), (dropin, "*.* /var/log/syslog\n"),
+                    (spool, "From x\nmail 1\n")):
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(text)
+    assert env.gate.apply([
+        GateObject(str(env.profile), "persistence"), GateObject(str(env.cron), "persistence"),
+        GateObject(str(env.secret), "credential"),
+        GateObject(str(env.root / "home"), "profile-dir"),
+        GateObject(str(ufw), "security-config"),
+        GateObject(str(dropin.parent), "security-config"),
+        GateObject(str(spool.parent), "log")]) == []
+    p = env.script("seccfg.sh", f"echo ENABLED=no >> {ufw}; echo append=$?\n"
+                                f"echo '*.* stop' > {dropin}; echo dropin=$?\n"
+                                f"cat {ufw} > /dev/null; echo read=$?\n"
+                                f"echo 0> {spool}; echo mailwipe=$?\n"
+                                f"echo delivered >> {spool}; echo mailappend=$?\n")
+    r = env.run(["/bin/sh", str(p)])
+    codes = {k: int(v) for k, v in (w.split("=") for w in r.stdout.split())}
+    refused = {k for k, v in codes.items() if v != 0}      # dash: 2 for a failed redirection
+    assert (refused, set(codes)) == ({"append", "dropin", "mailwipe"}, {
+        "append", "dropin", "read", "mailwipe", "mailappend"}), r.stdout + r.stderr
+    assert "Operation not permitted" in r.stderr
+    assert ufw.read_text() == "ENABLED=yes\n"
+    assert dropin.read_text() == "*.* /var/log/syslog\n"
+    assert spool.read_text() == "From x\nmail 1\ndelivered\n"
+    evs = env.events(3)
+    assert sorted((e.action, e.op, e.path) for e in evs) == sorted([
+        ("deny", "open-write", str(ufw)), ("deny", "open-write", str(dropin)),
+        ("deny", "open-write", str(spool))]), evs
+    ds = {d.path: d for d in env.gate.decisions()}
+    assert ds[str(ufw)].kind == "security-config" and ds[str(spool)].kind == "log"
+    f = env.gate.finding(ds[str(ufw)])
+    assert f.action == "deny" and "T1562.004" in f.attack, f
+    assert f.evidence["prevented"].startswith("write to security configuration"), f

@@ -155,3 +155,37 @@ def test_multiplexer_configs_are_must_stop_profile_objects(tmp_path: Path) -> No
     objs = {(o.path, o.kind) for o in default_objects(str(tmp_path))}
     assert (str(tmp_path / "etc" / "tmux.conf"), "persistence") in objs
     assert (str(tmp_path / "root" / ".config" / "tmux"), "persistence") in objs
+
+
+def test_security_configs_and_mail_spools_are_must_stop_objects(tmp_path: Path) -> None:
+    """s23-muststop (issue 15): the firewall's and the logging's configs are objects of
+    the security-config kind on both tiers (the lsm tier also by name: a first
+    /etc/nftables.conf, a rename over /etc/rsyslog.conf), the mail spools log objects.
+    Before: none of them (T1562.004-16, T1562.006-2, T1070.002-19 not taken)."""
+    from bastion.enforce.muststop import COMPAT_KINDS, KINDS, default_names, default_objects
+    t = tmp_path
+    for d in ("etc/default", "etc/ufw", "etc/iptables", "etc/rsyslog.d", "etc/audit/rules.d",
+              "etc/systemd/journald.conf.d", "var/spool/mail", "var/mail"):
+        (t / d).mkdir(parents=True)
+    for f in ("etc/default/ufw", "etc/rsyslog.conf", "etc/audit/auditd.conf",
+              "etc/systemd/journald.conf"):
+        (t / f).write_text("")
+    objs = {(o.path[len(str(t)):], o.kind) for o in default_objects(str(t), kinds=COMPAT_KINDS)}
+    assert {("/etc/default/ufw", "security-config"), ("/etc/ufw", "security-config"),
+            ("/etc/iptables", "security-config"), ("/etc/rsyslog.conf", "security-config"),
+            ("/etc/rsyslog.d", "security-config"), ("/etc/audit", "security-config"),
+            ("/etc/systemd/journald.conf", "security-config"),
+            ("/etc/systemd/journald.conf.d", "security-config"),
+            ("/var/spool/mail", "log"), ("/var/mail", "log")} <= objs, objs
+    assert objs == {(o.path[len(str(t)):], o.kind) for o in default_objects(str(t), kinds=KINDS)}
+    names = set(default_names(str(t)))
+    for d, n in (("etc", "nftables.conf"), ("etc", "rsyslog.conf"), ("etc/default", "ufw"),
+                 ("etc/systemd", "journald.conf")):
+        assert (str(t / d), n, "security-config") in names, (d, n)
+    # the audit tree is walked: rules.d is a directory entry of its own (its files and
+    # auditd.conf are children of an entered directory)
+    entries, problems, _over = expand([GateObject(str(t / "etc" / "audit"), "security-config")],
+                                      max_dirs=100, per_object_dirs=100)
+    assert problems == [] and {(e.path, e.is_dir, e.kind) for e in entries} == {
+        (str(t / "etc" / "audit"), True, "security-config"),
+        (str(t / "etc" / "audit" / "rules.d"), True, "security-config")}

@@ -135,3 +135,32 @@ def test_a_failed_refresh_keeps_every_entry_and_alerts(tmp_path: Path,
     maps["pgate_objs"].fail_after = None
     assert agent.refresh() is None
     assert len(maps["pgate_objs"].d) == 3 and g._objs == maps["pgate_objs"].d
+
+
+def test_security_config_objects_are_entered_in_their_class_and_the_firewall_finding(
+        tmp_path: Path) -> None:
+    """s23-muststop: a security-config object and name are entered with
+    BASTION_PGATE_SECURITY_CONFIG (before: KeyError, no such kind), and the kernel's
+    firewall record (class FIREWALL, no object) becomes the gate's finding naming the
+    change.  Seen failing before (main: the kind and the class did not exist)."""
+    import time
+    from bastion.events import HipsEvent, Proc
+    (tmp_path / "etc" / "rsyslog.d").mkdir(parents=True)
+    maps = _maps()
+    g = _gate(maps)
+    assert g.apply([GateObject(str(tmp_path / "etc" / "rsyslog.d"), "security-config")],
+                   [(str(tmp_path / "etc"), "rsyslog.conf", "security-config")]) == []
+    obj = abi.PgateObj.from_buffer_copy(maps["pgate_objs"].d[_key(tmp_path / "etc" / "rsyslog.d")])
+    assert (obj.cls, obj.flags) == (abi.PgateClass.SECURITY_CONFIG, abi.PGATE_F_DIR)
+    (name,) = maps["pgate_names"].d.values()
+    assert abi.PgateObj.from_buffer_copy(name).cls == abi.PgateClass.SECURITY_CONFIG
+    ev = HipsEvent(time.time_ns(), Proc(42, 42, 1, 0, 0, 0, 0, "iptables"), op="open-write",
+                   action="deny", rule_id=int(abi.PgateClass.FIREWALL),
+                   subject=abi.PROV_TMP_SCRIPT, mechanism="lsm-prov", enforced=True, ret=-1,
+                   detail=int(abi.PgateHow.NFT_BATCH))
+    f = g.finding(ev)
+    assert f is not None and f.action == "deny" and f.attack == ("T1562.004",)
+    assert f.evidence["prevented"] == ("security-tool shutdown (firewall) (firewall-change: "
+                                       "nftables ruleset change (netfilter netlink batch)) "
+                                       "the host firewall"), f.evidence
+    assert f.evidence["class"] == "firewall" and f.evidence["operation"] == "firewall-change"

@@ -72,6 +72,13 @@ class Env:
         (self.root / "log" / "syslog").write_text("line 1\nline 2\n")
         (self.root / "log" / "auth.log").write_text("auth 1\n")
         (self.root / "drop" / "evil").write_text("* * * * * root id\n")
+        (self.etc / "default" / "ufw").write_text("ENABLED=yes\n")
+        (self.etc / "rsyslog.conf").write_text("*.* /var/log/syslog on\n")
+        (self.etc / "rsyslog.conf").chmod(0o644)
+        (self.etc / "rsyslog.d" / "00-stop.conf").unlink(missing_ok=True)
+        (self.root / "mail" / "root").write_text("From x\nmail 1\n")
+        for left in self.etc.glob("sed*"):       # sed -i's temp file, its rename refused
+            left.unlink()
 
     def records(self, n: int) -> list[HipsEvent]:
         out: list[HipsEvent] = []
@@ -101,9 +108,11 @@ def loaded() -> Iterator[Env]:
     tool = subprocess.Popen(["sleep", "600"])
     tools = [tool]
     try:
-        for d in ("drop", "etc/cron.d", "log", "home"):
+        for d in ("drop", "etc/cron.d", "log", "home", "etc/default", "etc/rsyslog.d", "mail"):
             (root / d).mkdir(parents=True)
         (root / "home" / "shadow").write_text("root:$6$secret:19000::::::\n")
+        (root / "etc" / "default" / "ufw").write_text("ENABLED=yes\n")
+        (root / "etc" / "rsyslog.conf").write_text("*.* /var/log/syslog on\n")
         with scoped_cgroup() as (cg, cgid):
             sensor = HookSensor(cgroup_id=cgid, classes=("exec",), ring_bytes=1 << 20)
             spec = _old_capacity_small(sensor.spec())
@@ -135,8 +144,15 @@ def loaded() -> Iterator[Env]:
 def _objects(root: Path) -> tuple[list[GateObject], list[tuple[str, str, Kind]]]:
     return ([GateObject(str(root / "etc" / "cron.d"), "persistence"),
              GateObject(str(root / "log"), "log"),
-             GateObject(str(root / "home" / "shadow"), "credential")],
-            [(str(root / "etc"), "ld.so.preload", "persistence")])
+             GateObject(str(root / "home" / "shadow"), "credential"),
+             # s23: security configuration (a file, a drop-in directory), a mail spool
+             GateObject(str(root / "etc" / "default" / "ufw"), "security-config"),
+             GateObject(str(root / "etc" / "rsyslog.conf"), "security-config"),
+             GateObject(str(root / "etc" / "rsyslog.d"), "security-config"),
+             GateObject(str(root / "mail"), "log")],
+            [(str(root / "etc"), "ld.so.preload", "persistence"),
+             (str(root / "etc" / "default"), "ufw", "security-config"),
+             (str(root / "etc"), "rsyslog.conf", "security-config")])
 
 
 @pytest.fixture
@@ -765,3 +781,218 @@ def test_a_log_is_written_only_by_a_plain_write(env: Env) -> None:
     recs = env.records(1)
     assert [(ev.op, ev.detail, ev.rule_id, ev.action) for ev in recs] \
         == [("open-write", abi.PgateHow.NOAPPEND, abi.PgateClass.LOG, "deny")], recs
+
+
+
+# ---- s23-muststop: security configuration, mail spools, the firewall ----
+
+def _seccfg_script(e: Env) -> str:
+    r, etc = e.root, e.etc
+    return (f"echo ENABLED=no >> {etc}/default/ufw; echo append=$?\n"
+            f"sed -i s/on/off/ {etc}/rsyslog.conf; echo sed=$?\n"
+            f"echo '*.* stop' > {etc}/rsyslog.d/00-stop.conf; echo dropin=$?\n"
+            f"chmod 600 {etc}/rsyslog.conf; echo chmod=$?\n"
+            f"rm -f {etc}/default/ufw; echo unlink=$?\n"
+            f"cat {etc}/rsyslog.conf > /dev/null; echo read=$?\n"
+            f"echo 0> {r}/mail/root; echo mailwipe=$?\n"
+            f"truncate -s 0 {r}/mail/root; echo mailtrunc=$?\n"
+            f"echo delivered >> {r}/mail/root; echo mailappend=$?\n")
+
+
+SECCFG_REFUSED = ("append", "sed", "dropin", "chmod", "unlink", "mailwipe", "mailtrunc")
+
+# Before the change (main at 73a202c): "security-config" was no kind (the objects could
+# not be entered: ConfigError), /var/spool/mail and /var/mail were no log objects, and
+# lsm_provgate.bpf.o had no netlink_send/socket_setsockopt program: the firewall test's
+# tainted batch was sent (newtable=0) and its SET_REPLACE reached the kernel (EINVAL or
+# ENOPROTOOPT, no EPERM), no record.
+
+
+def test_security_config_and_a_mail_spool_are_refused_in_the_hook(env: Env) -> None:
+    """T1562.004 (`>> /etc/default/ufw`), T1562.006 (`sed -i` of rsyslog.conf: a new
+    file renamed over it), a drop-in, a chmod, an unlink; T1070.002 (`echo 0>` of a mail
+    spool, a truncate): refused for a /tmp script; reading the config and appending
+    to the spool (delivery) stay allowed."""
+    script = env.root / "drop" / "seccfg.sh"
+    script.write_text(_seccfg_script(env))
+    r = run_in(env.cg, ["/bin/sh", str(script)], timeout=30)
+    codes = _codes(r.stdout)
+    assert [a for a in SECCFG_REFUSED if codes.get(a) == 0] == [], r.stdout + r.stderr
+    assert codes["read"] == 0 and codes["mailappend"] == 0, r.stdout + r.stderr
+    assert (env.etc / "default" / "ufw").read_text() == "ENABLED=yes\n"
+    assert (env.etc / "rsyslog.conf").read_text() == "*.* /var/log/syslog on\n"
+    assert (env.etc / "rsyslog.conf").stat().st_mode & 0o777 == 0o644
+    assert not (env.etc / "rsyslog.d" / "00-stop.conf").exists()
+    assert (env.root / "mail" / "root").read_text() == "From x\nmail 1\ndelivered\n"
+    recs = env.records(7)
+    S, L = abi.PgateClass.SECURITY_CONFIG, abi.PgateClass.LOG
+    got = {(ev.op, ev.rule_id) for ev in recs}
+    assert {("open-write", S), ("rename", S), ("create", S), ("chmod", S), ("unlink", S),
+            ("open-write", L)} <= got, got
+    assert all(ev.action == "deny" and ev.enforced for ev in recs), recs
+    f = env.gate.finding(next(ev for ev in recs if ev.op == "rename"))
+    assert f is not None and f.rule == "bastion.provenance.gate" and f.action == "deny"
+    assert f.evidence["class"] == "security-config", f.evidence
+    assert f.evidence["prevented"].startswith("security-configuration change (rename)"), f
+    assert "T1562.006" in f.attack
+
+
+def test_security_config_and_a_mail_spool_stay_writable_for_a_clean_tree(env: Env) -> None:
+    try:
+        r = run_in(env.cg, ["/bin/sh", "-c", _seccfg_script(env)], timeout=30)
+        codes = _codes(r.stdout)
+        assert [a for a, c in codes.items() if c != 0] == [], r.stdout + r.stderr
+        assert not (env.etc / "default" / "ufw").exists()
+        assert (env.etc / "rsyslog.conf").read_text() == "*.* /var/log/syslog off\n"
+        assert env.records(0) == []
+    finally:
+        _reset(env)
+        assert env.gate.apply(*_objects(env.root)) == []   # new inodes: entered again
+
+
+_NFT = r"""
+import errno, socket, struct, sys
+NETLINK_NETFILTER, SUBSYS_NFT = 12, 10
+BATCH_BEGIN, BATCH_END = 0x10, 0x11
+NEWTABLE, GETTABLE, DELTABLE = SUBSYS_NFT << 8 | 0, SUBSYS_NFT << 8 | 1, SUBSYS_NFT << 8 | 2
+REQ, ACK, CREATE, DUMP = 1, 4, 0x400, 0x300
+
+def msg(t, flags, seq, family, res_id, attrs=b""):
+    body = struct.pack("=BBH", family, 0, socket.htons(res_id)) + attrs
+    return struct.pack("=IHHII", 16 + len(body), t, flags, seq, 0) + body
+
+def name_attr(name):
+    b = name.encode() + b"\0"
+    a = struct.pack("=HH", 4 + len(b), 1) + b      # NFTA_TABLE_NAME
+    return a + b"\0" * (-len(a) % 4)
+
+def batch(t, name):
+    return (msg(BATCH_BEGIN, REQ, 1, 0, SUBSYS_NFT)
+            + msg(t, REQ | ACK | CREATE, 2, 2, 0, name_attr(name))   # NFPROTO_IPV4
+            + msg(BATCH_END, REQ, 3, 0, SUBSYS_NFT))
+
+def talk(data, dump=False):
+    # (errno of the send, the first error an ack carried or 0, message types seen)
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+    s.settimeout(3)
+    try:
+        s.bind((0, 0))
+        try:
+            s.send(data)
+        except OSError as e:
+            return e.errno, 0, []
+        first, types = 0, []
+        while True:
+            try:
+                buf = s.recv(65536)
+            except socket.timeout:
+                return 0, first, types
+            off = 0
+            while off + 16 <= len(buf):
+                ln, t = struct.unpack_from("=IH", buf, off)
+                types.append(t)
+                if t == 2:                                 # NLMSG_ERROR (an ack: 0)
+                    err = -struct.unpack_from("=i", buf, off + 16)[0]
+                    first = first or err
+                    if not dump:
+                        if err or struct.unpack_from("=I", buf, off + 28)[0] == 2:
+                            return 0, first, types
+                if t == 3:                                 # NLMSG_DONE
+                    return 0, first, types
+                off += (ln + 3) & ~3
+    finally:
+        s.close()
+
+mode, table = sys.argv[1], sys.argv[2]
+sent, ack, _ = talk(batch(NEWTABLE, table))
+print(f"newtable={sent} newack={ack}")
+sent, ack, types = talk(msg(GETTABLE, REQ | DUMP, 4, 0, 0), dump=True)
+print(f"list={sent} listack={ack}")
+if mode == "clean" and sent == 0:
+    have = any(t == NEWTABLE for t in talk(msg(GETTABLE, REQ | ACK, 5, 2, 0, name_attr(table)))[2])
+    print(f"have={int(have)}")
+    if have:
+        print("delete=%d deleteack=%d" % talk(batch(DELTABLE, table))[:2])
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+for name, level, opt in (("ipt", 0, 64), ("ip6t", 41, 64), ("ebt", 0, 128)):
+    try:
+        s.setsockopt(level, opt, b"\0" * 8)    # malformed: no table is replaced
+        print(f"{name}=0")
+    except OSError as e:
+        print(f"{name}={e.errno}")
+"""
+
+
+def test_a_firewall_change_is_refused_and_a_listing_allowed_in_the_hook(env: Env) -> None:
+    """T1562.004 (`iptables -F`): an nftables batch (iptables-nft, nft, ufw) from a /tmp
+    tree is refused at netlink_send, a legacy table replace (setsockopt *_SO_SET_REPLACE,
+    EBT_SO_SET_ENTRIES) at socket_setsockopt; a dump of the ruleset (a read) is sent.
+    The refused batch only creates a table of the test's own (never a flush); a clean
+    tree's same batch is sent (the table made and deleted again where nf_tables loads)."""
+    py = env.root / "nft.py"
+    py.write_text(_NFT)
+    table = f"bastion_s23_{uuid.uuid4().hex[:8]}"
+    sh = env.root / "drop" / "nft.sh"          # the /tmp script: python run by it
+    sh.write_text(f"exec python3 {py} attack {table}\n")
+    r = run_in(env.cg, ["/bin/sh", str(sh)], timeout=60)
+    codes = _codes(r.stdout)
+    EPERM = 1
+    assert codes.get("newtable") == EPERM, r.stdout + r.stderr
+    assert codes.get("list") == 0, r.stdout + r.stderr
+    assert (codes.get("ipt"), codes.get("ip6t"), codes.get("ebt")) == (EPERM,) * 3, r.stdout
+    recs = env.records(4)
+    fw = [ev for ev in recs if ev.rule_id == abi.PgateClass.FIREWALL]
+    H = abi.PgateHow
+    assert sorted(ev.detail for ev in fw) == [H.NFT_BATCH, H.SOCKOPT, H.SOCKOPT, H.SOCKOPT], recs
+    assert all(ev.action == "deny" and ev.enforced and ev.subject == abi.PROV_TMP_SCRIPT
+               for ev in fw), fw
+    assert len(recs) == len(fw), recs          # the listing made no record
+    f = env.gate.finding(next(ev for ev in fw if ev.detail == H.NFT_BATCH))
+    assert f is not None and f.rule == "bastion.provenance.gate" and f.action == "deny"
+    assert f.evidence["class"] == "firewall" and f.evidence["operation"] == "firewall-change"
+    assert f.evidence["prevented"].startswith("security-tool shutdown (firewall)"), f
+    assert "T1562.004" in f.attack
+    # a clean tree: the same acts reach the kernel (no EPERM, no record)
+    r = run_in(env.cg, ["python3", str(py), "clean", table], timeout=60)
+    codes = _codes(r.stdout)
+    assert codes.get("newtable") == 0 and codes.get("list") == 0, r.stdout + r.stderr
+    if codes.get("newack") == 0:                # nf_tables loaded: the table was made
+        assert codes.get("have") == 1 and codes.get("delete") == 0, r.stdout
+        assert codes.get("deleteack") == 0, r.stdout
+    assert EPERM not in (codes.get("ipt"), codes.get("ip6t"), codes.get("ebt")), r.stdout
+    assert env.records(0) == []
+
+
+def test_a_firewall_change_from_an_admin_session_is_allowed_and_audited(env: Env) -> None:
+    """The trust path of every other class: an administrator's session (admin-tty bit)
+    running the /tmp script: the batch is sent (the test's table made and deleted), the
+    setsockopts reach the kernel, each an `audit` record, nothing refused."""
+    py = env.root / "nft.py"
+    py.write_text(_NFT)
+    table = f"bastion_s23_{uuid.uuid4().hex[:8]}"
+    script = env.root / "drop" / "nft-admin.sh"
+    script.write_text(f"exec python3 {py} clean {table}\n")
+    ready = env.root / "ready-fw"
+    ready.unlink(missing_ok=True)
+    p = subprocess.Popen(["/bin/sh", "-c", f'echo $$ > {env.cg}/cgroup.procs; echo $$ > {ready}; '
+                          f'read go; exec /bin/sh {script}'], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        end = time.monotonic() + 10
+        while not (ready.exists() and ready.read_text().strip()) and time.monotonic() < end:
+            time.sleep(0.05)
+        pid = int(ready.read_text())
+        assert env.prov.add(pid, read_stat(pid).start_ns, abi.PROV_ADMIN_TTY)
+        out, _ = p.communicate("go\n", timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    codes = _codes(out)
+    assert codes.get("newtable") == 0 and codes.get("list") == 0, out
+    assert 1 not in (codes.get("ipt"), codes.get("ip6t"), codes.get("ebt")), out
+    recs = env.records(4)
+    fw = [ev for ev in recs if ev.rule_id == abi.PgateClass.FIREWALL]
+    assert len(fw) >= 4 and all(ev.action == "audit" and not ev.enforced for ev in fw), recs
+    f = env.gate.finding(fw[0])
+    assert f is not None and f.action == "audit" and "administrator" in f.title, f

@@ -16,6 +16,11 @@ objects in its kernel maps, and also:
 * the security tools (:data:`DEFAULT_SECURITY_TOOLS`, by executable name, plus
   the agent and its guardian): a harmful signal to them is refused.
 
+The ``security-config`` kind (s23: :data:`DEFAULT_SECURITY_CONFIG`, firewall and
+logging configs) is treated as ``persistence`` on both tiers (writes refused, reads
+allowed); on the lsm tier the firewall itself is a class too (a netfilter change,
+no object: ``bpf/lsm_provgate.bpf.c``).
+
 All of it only for an actor whose tree has untrusted provenance (the ``prov``
 map); everyone else is not looked at.
 """
@@ -35,10 +40,10 @@ from typing import Final, Literal
 from bastion.errors import ConfigError, Location
 from bastion.policy.compile import kernel_dev
 
-Kind = Literal["persistence", "credential", "profile-dir", "log"]
-KINDS: Final = ("persistence", "credential", "profile-dir", "log")
+Kind = Literal["persistence", "credential", "profile-dir", "log", "security-config"]
+KINDS: Final = ("persistence", "credential", "profile-dir", "log", "security-config")
 # the fanotify gate's kinds: a log is marked too (s16-gate: an overwriting open refused)
-COMPAT_KINDS: Final = ("persistence", "credential", "profile-dir", "log")
+COMPAT_KINDS: Final = ("persistence", "credential", "profile-dir", "log", "security-config")
 
 # "profile-dir": a home directory, marked itself only (no subdirectories): a write open of
 # one of these names in it is a persistence write (a profile created where none was)
@@ -94,6 +99,18 @@ DEFAULT_CREDENTIAL: Final = (
 DEFAULT_LOG: Final = (
     "/var/log", "/root/.bash_history", "/root/.zsh_history", "/home/*/.bash_history",
     "/home/*/.zsh_history",
+    # s23: the mail spools are logs too (`echo 0> /var/spool/mail/root`, T1070.002): an
+    # overwriting open, a truncate, an unlink is wiping; delivery appends
+    "/var/spool/mail", "/var/mail",
+)
+# s23: security configuration (T1562.004, T1562.006): the firewall's and the logging's
+# configs, refused as persistence is (a write open, a truncate, a chmod, every name
+# change in them, a rename over one); reading stays allowed.  Bastion's own config is
+# tamper-protected already (enforce/protect).
+DEFAULT_SECURITY_CONFIG: Final = (
+    "/etc/default/ufw", "/etc/ufw", "/etc/nftables.conf", "/etc/iptables", "/etc/firewalld",
+    "/etc/rsyslog.conf", "/etc/rsyslog.d", "/etc/syslog-ng", "/etc/systemd/journald.conf",
+    "/etc/systemd/journald.conf.d", "/etc/audit", "/etc/audisp",
 )
 # Security tools a tainted tree may not stop (executable basenames; lsm tier).
 DEFAULT_SECURITY_TOOLS: Final = frozenset({
@@ -101,7 +118,8 @@ DEFAULT_SECURITY_TOOLS: Final = frozenset({
 
 _DEFAULTS: Final[tuple[tuple[Kind, tuple[str, ...]], ...]] = (
     ("persistence", DEFAULT_PERSISTENCE), ("credential", DEFAULT_CREDENTIAL),
-    ("profile-dir", DEFAULT_PROFILE_DIRS), ("log", DEFAULT_LOG))
+    ("profile-dir", DEFAULT_PROFILE_DIRS), ("log", DEFAULT_LOG),
+    ("security-config", DEFAULT_SECURITY_CONFIG))
 
 
 def default_objects(root: str = "", kinds: tuple[str, ...] = COMPAT_KINDS) -> list[GateObject]:
@@ -137,8 +155,8 @@ def default_names(root: str = "") -> list[tuple[str, str, Kind]]:
 
 # When one inode is reached as two objects (a hard link, or a path through a link),
 # the strictest kind is kept: credential (any open) > persistence (writes) > log.
-STRICTNESS: Final[dict[str, int]] = {"log": 1, "persistence": 2, "credential": 3,
-                                     "profile-dir": 0}
+STRICTNESS: Final[dict[str, int]] = {"log": 1, "persistence": 2, "security-config": 2,
+                                     "credential": 3, "profile-dir": 0}
 
 
 def redirected(path: str) -> str | None:
@@ -392,5 +410,5 @@ def _expand(found: list[tuple[GateObject, os.stat_result, int]], problems: list[
 
 
 __all__ = ["COMPAT_KINDS", "Entry", "STRICTNESS", "expand", "open_object", "open_object_at", "redirected", "DEFAULT_CREDENTIAL", "DEFAULT_LOG", "DEFAULT_PERSISTENCE",
-           "DEFAULT_PROFILE_DIRS", "DEFAULT_SECURITY_TOOLS", "GateObject", "HISTORY_NAMES",
+           "DEFAULT_PROFILE_DIRS", "DEFAULT_SECURITY_CONFIG", "DEFAULT_SECURITY_TOOLS", "GateObject", "HISTORY_NAMES",
            "KINDS", "Kind", "PROFILE_NAMES", "default_names", "default_objects"]

@@ -158,13 +158,16 @@ def _merged(old: _State, kinds: Mapping[tuple[int, int], Kind],
 
 _PREVENTED: Final[dict[str, str]] = {
     "persistence": "write to persistence object", "credential": "read of credential store",
-    "log": "overwriting open (no O_APPEND, or O_TRUNC) of log", "profile-dir": "write to"}
+    "log": "overwriting open (no O_APPEND, or O_TRUNC) of log", "profile-dir": "write to",
+    "security-config": "write to security configuration"}
 _WHAT: Final[dict[str, str]] = {"persistence": "Persistence write",
                                 "credential": "Credential-store read",
-                                "log": "Log overwrite", "profile-dir": "Persistence write"}
+                                "log": "Log overwrite", "profile-dir": "Persistence write",
+                                "security-config": "Security-configuration write"}
 _ATTACK: Final[dict[str, tuple[str, ...]]] = {
     "persistence": ("T1546", "T1053", "T1543"), "credential": ("T1003.008",),
-    "log": ("T1070.002", "T1070.003"), "profile-dir": ("T1546",)}
+    "log": ("T1070.002", "T1070.003"), "profile-dir": ("T1546",),
+    "security-config": ("T1562.004", "T1562.006", "T1562.012")}
 
 GATE_RULE: Final = "bastion.provenance.gate"
 REFRESH_RULE: Final = GATE_RULE + ".refresh"
@@ -492,7 +495,7 @@ class ProvenanceGate:
             write = True                      # unknown: fail closed
         else:
             write = (flags & os.O_ACCMODE) != os.O_RDONLY or bool(flags & os.O_TRUNC)
-        if kind == "persistence" and not write:
+        if kind in ("persistence", "security-config") and not write:
             return ALLOW                      # reading a profile or a crontab harms nothing
         if (placed.startswith("not placed") and flags is not None
                 and flags & os.O_TMPFILE == os.O_TMPFILE

@@ -15,6 +15,11 @@ this object at load: one map, kept by the sensor's exec/fork/exit programs):
   (without ``O_APPEND``), a truncate, an unlink, a rename away or over, a chmod;
 * ``security-tool`` (auditd, syslog, journald, the agent and its guardian, by
   tgid and start time): a harmful signal.
+* ``security-config`` (s23: firewall and logging configs, :data:`muststop.DEFAULT_SECURITY_CONFIG`):
+  as persistence;
+* ``firewall`` (s23, no object): a netfilter change -- a ``NETLINK_NETFILTER`` batch
+  (``netlink_send``: nft, iptables-nft, ufw, firewalld; a listing passes) or a legacy
+  table replace (``socket_setsockopt`` ``*_SO_SET_REPLACE``/``ADD_COUNTERS``, ebtables').
 
 An object opened in an allowed way is not rewritten through its open file either
 (s15): ``fcntl(F_SETFL)`` clearing ``O_APPEND`` on a log, ``pwritev2(RWF_NOAPPEND)``,
@@ -72,7 +77,8 @@ OBJECT: Final = "lsm_provgate.bpf.o"
 MECHANISM: Final = "lsm-prov"
 _CLASS_OF: Final[dict[str, abi.PgateClass]] = {
     "persistence": abi.PgateClass.PERSISTENCE, "credential": abi.PgateClass.CREDENTIAL,
-    "log": abi.PgateClass.LOG, "security-tool": abi.PgateClass.SECURITY_TOOL}
+    "log": abi.PgateClass.LOG, "security-tool": abi.PgateClass.SECURITY_TOOL,
+    "security-config": abi.PgateClass.SECURITY_CONFIG, "firewall": abi.PgateClass.FIREWALL}
 PGATE_MAX_NAMES: Final = 4096   # pgate_names' max_entries (bpf/lsm_provgate.bpf.c)
 PGATE_MAX_ANCESTORS: Final = 4096   # pgate_anc's max_entries
 HOW_NAMES: Final[dict[int, str]] = {
@@ -80,14 +86,18 @@ HOW_NAMES: Final[dict[int, str]] = {
     abi.PgateHow.IOCTL: "chattr (file attribute ioctl)", abi.PgateHow.FALLOCATE: "fallocate",
     abi.PgateHow.NOAPPEND: "write ignoring O_APPEND (pwritev2 RWF_NOAPPEND, io_uring, aio)",
     abi.PgateHow.ANCESTOR: "rename of a directory above it",
-    abi.PgateHow.MOUNT: "mount or unmount on it or above it"}
+    abi.PgateHow.MOUNT: "mount or unmount on it or above it",
+    abi.PgateHow.NFT_BATCH: "nftables ruleset change (netfilter netlink batch)",
+    abi.PgateHow.SOCKOPT: "legacy table replace (setsockopt *_SO_SET_*)"}
 _STRICT_CLS: Final[dict[int, int]] = {int(c): STRICTNESS.get(k, 0) for k, c in _CLASS_OF.items()}
 CLASS_NAMES: Final = {c: n for n, c in _CLASS_OF.items()}
 _U32: Final = struct.Struct("<I")
 _PREVENTED: Final = {
     abi.PgateClass.PERSISTENCE: "persistence write", abi.PgateClass.CREDENTIAL:
     "credential-store access", abi.PgateClass.LOG: "log wiping",
-    abi.PgateClass.SECURITY_TOOL: "security-tool shutdown"}
+    abi.PgateClass.SECURITY_TOOL: "security-tool shutdown",
+    abi.PgateClass.SECURITY_CONFIG: "security-configuration change",
+    abi.PgateClass.FIREWALL: "security-tool shutdown (firewall)"}
 
 
 def find_tools(names: Iterable[str] = DEFAULT_SECURITY_TOOLS) -> list[int]:
@@ -380,23 +390,31 @@ class LsmProvenanceGate(GateUser):
         dry = ev.action == "deny" and not ev.enforced
         verb = ("would be refused (dry run: allowed)" if dry else "refused" if ev.action == "deny"
                 else "allowed (administrator's interactive session)")
+        op_name = ev.op
         if cls == abi.PgateClass.SECURITY_TOOL:
             obj = f"pid {ev.target_pid}"
             attack: tuple[str, ...] = ("T1562.001",)
+        elif cls == abi.PgateClass.FIREWALL:
+            # the record's op is open-write (the op set is the ABI's); the how names it
+            obj, op_name = "the host firewall", "firewall-change"
+            attack = ("T1562.004",)
+        elif cls == abi.PgateClass.SECURITY_CONFIG:
+            obj = ev.path
+            attack = ("T1562.004", "T1562.006", "T1562.012")
         else:
             obj = ev.path
             attack = {abi.PgateClass.CREDENTIAL: ("T1003.008",),
                       abi.PgateClass.LOG: ("T1070.002", "T1070.003")}.get(
                           cls, ("T1546", "T1053", "T1543", "T1574.006"))
         how = HOW_NAMES.get(ev.detail)
-        op = f"{ev.op}: {how}" if how else ev.op
+        op = f"{op_name}: {how}" if how else op_name
         prevented = f"{_PREVENTED[cls]} ({op}) {obj}"
         return Finding(
             rule=GATE_RULE, severity="critical" if ev.action == "deny" else "high", dry_run=dry,
             attack=attack, action="would-deny" if dry else ev.action, event=ev, pid=ev.proc.pid,
             title=f"{_PREVENTED[cls].capitalize()} {verb}: {op} {obj} "
                   f"[untrusted provenance: {', '.join(reasons)}]",
-            evidence={"prevented": prevented, "provenance": reasons, "operation": ev.op,
+            evidence={"prevented": prevented, "provenance": reasons, "operation": op_name,
                       "how": how or "",
                       "object": obj, "class": CLASS_NAMES[cls], "target_pid": ev.target_pid},
             enforced_by=MECHANISM)

@@ -261,7 +261,8 @@ def probe() -> TierReport:
             Capability("provenance_gate", fan_ok,
                        "fanotify FAN_OPEN_PERM on the must-stop objects" if fan_ok else "none",
                        "opens of existing objects only: a new must-stop name (/etc/ld.so.preload), "
-                       "renames, unlinks, truncate(2), log wiping and security-tool kills of an "
+                       "renames, unlinks, truncate(2), log wiping, security-tool kills and "
+                       "firewall changes (netlink, setsockopt) of an "
                        "untrusted tree are killed after the act, not refused", lsm_remedy),
         ]
     return TierReport(
