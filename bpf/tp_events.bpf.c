@@ -1422,6 +1422,99 @@ static __always_inline int iou_open_nofd(struct io_kiocb *req)
 	return 0;
 }
 
+/* An OPENAT/OPENAT2 between its submission and its completion (s22 review H5).  The
+ * completions of one io_uring_enter batch are posted after the whole batch ran, so a
+ * batch "OPENAT secret (fd N), READ N, CLOSE N" leaves fd N empty at the OPENAT's
+ * completion, and a fourth "OPENAT benign" puts another file in it.  The kernel keeps
+ * neither the opened file in the request nor the name after issue (io_openat2 puts the
+ * filename), so the record by name (as iou_open_nofd makes it) is built at submission
+ * and kept here by request; at the completion it goes out, flagged
+ * BASTION_F_IOURING_NOFD, when the descriptor is empty or holds a file whose name is
+ * not the last component of the submitted name.  Bounded (LRU): an evicted entry means
+ * the completion reads the descriptor alone, as before. */
+struct iou_pend {
+	char rec[FILE_SCRATCH_BYTES];   /* the record by name, first: file_submit's bound */
+	char name[BASTION_PATH_LEN];    /* the submitted name (its start) */
+	char dname[BASTION_PATH_LEN];   /* completion: the descriptor's file's name */
+	__u32 base;                     /* offset of the last component in name */
+	__u32 cut;                      /* the name did not fit: never a match */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u64);             /* the request's address */
+	__type(value, struct iou_pend);
+} iou_pending SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct iou_pend);
+} iou_pend_scratch SEC(".maps");
+
+static __always_inline int iou_open_pend(struct io_kiocb *req)
+{
+	struct io_open *o = (struct io_open *)req;
+	struct bastion_file_event *e;
+	struct open_how how = {};
+	struct iou_pend *v;
+	__u64 key = (__u64)req;
+	__u32 zero = 0, base = 0;
+	long n;
+
+	if (!wanted(BASTION_EV_FILE))
+		return 0;
+	v = bpf_map_lookup_elem(&iou_pend_scratch, &zero);
+	if (!v)
+		return 0;
+	n = bpf_probe_read_kernel_str(v->name, sizeof(v->name), BPF_CORE_READ(o, filename, name));
+	if (n < 2)
+		return 0;
+	for (int i = 0; i < BASTION_PATH_LEN; i++) {
+		if (i >= n - 1)
+			break;
+		if (v->name[i] == '/')
+			base = i + 1;
+	}
+	v->base = base;
+	v->cut = n >= BASTION_PATH_LEN;
+	e = file_event(BASTION_FILE_OPEN);
+	if (!e)
+		return 0;
+	BPF_CORE_READ_INTO(&how, o, how);
+	e->open_flags = how.flags;
+	e->mode = how.mode;
+	iou_hdr(&e->hdr, BASTION_F_IOURING | BASTION_F_IOURING_NOFD);
+	file_put_at(e, FS_PATH, BPF_CORE_READ(o, dfd), BPF_CORE_READ(o, filename, name),
+		    BASTION_F_RELATIVE, true);
+	bpf_probe_read_kernel(v->rec, sizeof(v->rec), e);
+	bpf_map_update_elem(&iou_pending, &key, v, BPF_ANY);
+	return 0;
+}
+
+/* Is @f (the descriptor's file at the completion) named as the request's name ends? */
+static __always_inline bool iou_pend_match(struct iou_pend *v, struct file *f)
+{
+	__u32 base = v->base;
+
+	if (v->cut || bpf_probe_read_kernel_str(v->dname, sizeof(v->dname),
+						BPF_CORE_READ(f, f_path.dentry, d_name.name)) < 2)
+		return false;
+	for (int i = 0; i < BASTION_PATH_LEN; i++) {
+		char c = v->name[(base + i) & (BASTION_PATH_LEN - 1)];
+
+		if (base + i >= BASTION_PATH_LEN)
+			return false;
+		if (c != v->dname[i])
+			return false;
+		if (!c)
+			return true;
+	}
+	return false;
+}
+
 /* RENAMEAT, LINKAT (two names), UNLINKAT (one) */
 static __always_inline int iou_path_ev(__u32 op, int odfd, struct filename *old, int ndfd,
 				       struct filename *new)
@@ -1548,7 +1641,7 @@ static __always_inline int iou_submit(struct io_kiocb *req)
 
 		if (BPF_CORE_READ(o, file_slot) || iou_cqe_skipped(req))
 			return iou_open_nofd(req);
-		return 0;   /* at its completion */
+		return iou_open_pend(req);   /* reported at its completion */
 	}
 	case IORING_OP_RENAMEAT_: {
 		struct io_rename *r = (struct io_rename *)req;
@@ -1617,6 +1710,9 @@ int BPF_PROG(on_iou_complete, void *ring, void *r)
 	__u8 op = BPF_CORE_READ(req, opcode);
 	struct io_open *o = r;
 	struct open_how how = {};
+	struct iou_pend *v;
+	__u64 key = (__u64)r;
+	struct file *f;
 	long res;
 
 	if (op == IORING_OP_RENAMEAT_) {
@@ -1626,8 +1722,20 @@ int BPF_PROG(on_iou_complete, void *ring, void *r)
 	if (op != IORING_OP_OPENAT_ && op != IORING_OP_OPENAT2_)
 		return 0;
 	res = BPF_CORE_READ(req, cqe.res);
-	if (res < 0 || BPF_CORE_READ(o, file_slot) || !iou_own(req))
+	v = bpf_map_lookup_elem(&iou_pending, &key);
+	if (res < 0 || BPF_CORE_READ(o, file_slot) || !iou_own(req)) {
+		if (v)
+			bpf_map_delete_elem(&iou_pending, &key);
 		return 0;   /* failed, a fixed slot (reported at submission), another's */
+	}
+	if (v) {
+		/* the descriptor empty, or another file in it: closed (and reused) before
+		 * this completion was posted; the open by its name */
+		f = fd_file(res);
+		if (!f || !iou_pend_match(v, f))
+			file_submit((struct bastion_file_event *)v->rec);
+		bpf_map_delete_elem(&iou_pending, &key);
+	}
 	BPF_CORE_READ_INTO(&how, o, how);
 	if (cfg_open_reads || (how.flags & O_ACCMODE_) != O_RDONLY_ ||
 	    (how.flags & (O_CREAT_ | O_TRUNC_))) {

@@ -190,7 +190,7 @@ F_FSTATE: Final = 1 << 11     # F_CREATED and F_EMPTY are the kernel's answer
 F_CTIME: Final = 1 << 12
 # ABI 3.1 (s22-uring): a record of an io_uring request (compat sensor: io_uring tracepoints)
 F_IOURING: Final = 1 << 13
-F_IOURING_NOFD: Final = 1 << 14   # OPEN: no file (fixed slot, skipped CQE); the name as passed
+F_IOURING_NOFD: Final = 1 << 14   # OPEN: no file (fixed slot, skipped CQE, fd closed by completion): name as passed
 
 KILL_F_IA32: Final = 1 << 0   # bastion_kill_event.flags (ABI 2.7)
 KILL_F_X32: Final = 1 << 1
