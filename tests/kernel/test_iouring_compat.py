@@ -140,6 +140,7 @@ r.run(OPENAT, d, s("skipped"), 0o644, os.O_WRONLY | os.O_CREAT,
 READ, CLOSE = 22, 19
 buf = ctypes.create_string_buffer(64)
 for secret, benign in (("id_ed25519", None), ("id_ecdsa", "benign")):
+    ctypes.memset(buf, 0, 64)
     n = os.open("/dev/null", os.O_RDONLY); os.close(n)        # the fd the OPENAT gets
     sqes = [(OPENAT, AT_FDCWD, s(work + "/home/.ssh/" + secret), 0, os.O_RDONLY, 0),
             (READ, n, ctypes.addressof(buf), 64, 0, 0), (CLOSE, n, 0, 0, 0, 0)]
