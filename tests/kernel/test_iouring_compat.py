@@ -132,8 +132,6 @@ sa[0:2] = struct.pack("<H", socket.AF_INET)
 r.run(CONNECT, sk.fileno(), ctypes.addressof(sa), 0, 0, 16)
 fd = r.run(OPENAT, AT_FDCWD, s(work + "/secret/key"), 0, os.O_RDONLY, sqe_flags=IOSQE_ASYNC)
 assert os.read(fd, 64) == b"s3cret\n"
-r.run(OPENAT, d, s("skipped"), 0o644, os.O_WRONLY | os.O_CREAT,
-      sqe_flags=IOSQE_CQE_SKIP_SUCCESS, wait=False)
 # s22 review H5: OPENAT secret (fd N), READ N, CLOSE N in one batch: the OPENAT's
 # completion is posted after the CLOSE ran (fd N empty); with a 4th OPENAT of a benign
 # file, fd N holds that file then.  The names are relative to the tmpfs directory d: an
@@ -141,7 +139,8 @@ r.run(OPENAT, d, s("skipped"), 0o644, os.O_WRONLY | os.O_CREAT,
 # revalidation (LOOKUP_CACHED); a walk from / of the VM's 9p root is punted to io-wq
 # (6.1), where READ N and CLOSE N would run first and fail: no attack.  The results
 # below prove it happened: the OPENAT got N, READ N read the secret's bytes, CLOSE N
-# closed it (and the benign OPENAT got N again).
+# closed it (and the benign OPENAT got N again).  No request of this ring is in flight
+# meanwhile (one still running in io-wq could take N first).
 READ, CLOSE = 22, 19
 buf = ctypes.create_string_buffer(64)
 for secret, benign in (("id_ed25519", None), ("id_ecdsa", "benign")):
@@ -156,6 +155,10 @@ for secret, benign in (("id_ed25519", None), ("id_ecdsa", "benign")):
     assert got == want and buf.value == secret.encode(), (want, got, buf.value)
     if benign:
         os.close(n)
+# after the batches: an O_CREAT open goes to io-wq and takes its descriptor whenever it
+# runs (the lowest free one, maybe the N predicted above)
+r.run(OPENAT, d, s("skipped"), 0o644, os.O_WRONLY | os.O_CREAT,
+      sqe_flags=IOSQE_CQE_SKIP_SUCCESS, wait=False)
 q = Ring(2)                                                  # IORING_SETUP_SQPOLL
 q.run(OPENAT, AT_FDCWD, s(work + "/sqpoll-created"), 0o600, os.O_WRONLY | os.O_CREAT)
 for name in ("skipped", "sqpoll-created"):
