@@ -147,9 +147,31 @@ static __always_inline int sens_open_exit(long ret, __u16 xflags)
 	return sens_open_report(f, fflags, sclass, sid, xflags);
 }
 
+#define O_WRONLY_ 00000001
+#define O_RDWR_ 00000002
+#define FMODE_READ_ 0x1
+#define FMODE_WRITE_ 0x2
+
+/* openat2's flags as the kernel used them (s22 review M9): its how.flags are in the
+ * caller's memory, read at sys_enter before the kernel copies them, so a second thread
+ * flipping O_RDONLY <-> O_WRONLY|O_CREAT can make the sensor's copy a lie.  The access
+ * mode is taken from the opened file's f_mode, O_CREAT from FMODE_CREATED (this open
+ * made the inode); the other bits as read (O_TRUNC: not kept in the file). */
+static __always_inline __s32 open_flags_by_file(__s32 flags, __u32 fmode)
+{
+	flags &= ~(O_ACCMODE_ | O_CREAT_);
+	if (fmode & FMODE_WRITE_)
+		flags |= (fmode & FMODE_READ_) ? O_RDWR_ : O_WRONLY_;
+	if (fmode & BASTION_FMODE_CREATED)
+		flags |= O_CREAT_;
+	return flags;
+}
+
 /* An open with write intent (or any open in learn mode) at its exit: @flags and
- * @mode as the caller passed them. */
-static __always_inline int open_exit_report(long ret, __s32 flags, __u32 mode, __u16 xflags)
+ * @mode as the caller passed them (@by_file: the flags' access mode and O_CREAT
+ * from the opened file instead, open_flags_by_file). */
+static __always_inline int open_exit_report(long ret, __s32 flags, __u32 mode, __u16 xflags,
+					    bool by_file)
 {
 	struct bastion_file_event *e;
 	struct inode *inode = NULL;
@@ -171,6 +193,8 @@ static __always_inline int open_exit_report(long ret, __s32 flags, __u32 mode, _
 		ino = BPF_CORE_READ(inode, i_ino);
 		dev = BPF_CORE_READ(inode, i_sb, s_dev);
 		fmode = BPF_CORE_READ(f, f_mode);
+		if (by_file)
+			flags = open_flags_by_file(flags, fmode);
 		write = (flags & O_ACCMODE_) != O_RDONLY_ || (flags & (O_CREAT_ | O_TRUNC_));
 		if (open_seen_recently(dev, ino, BPF_CORE_READ(inode, i_generation), inode, write,
 				       flags, fmode))
@@ -207,9 +231,35 @@ static __always_inline int open_exit(long ret)
 
 	if (!a)
 		return sens_open_exit(ret, 0);
-	open_exit_report(ret, a->flags, a->mode, 0);
+	open_exit_report(ret, a->flags, a->mode, 0, false);
 	bpf_map_delete_elem(&pending_open, &id);
 	return 0;
+}
+
+/* openat2's exit (s22 review M9): the flags read at entry may be a lie (another thread
+ * rewrote how.flags before the kernel copied them), so the opened file decides.  An
+ * open the entry took for a read-only one (no pending entry) that the kernel opened
+ * for writing or that created its file is reported, its flags the file's (f_flags,
+ * access mode from f_mode, O_CREAT from FMODE_CREATED; the mode is not known then);
+ * one the entry took for a write that opened read-only is reported read-only. */
+static __always_inline int openat2_exit(long ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct open_args *a = bpf_map_lookup_elem(&pending_open, &id);
+	struct file *f;
+
+	if (a) {
+		open_exit_report(ret, a->flags, a->mode, 0, true);
+		bpf_map_delete_elem(&pending_open, &id);
+		return 0;
+	}
+	if (ret < 0 || cfg_open_reads)
+		return 0;   /* learn mode: every open had its entry */
+	f = fd_file(ret);
+	if (f && (BPF_CORE_READ(f, f_mode) & (FMODE_WRITE_ | BASTION_FMODE_CREATED)) &&
+	    wanted(BASTION_EV_FILE))
+		return open_exit_report(ret, BPF_CORE_READ(f, f_flags), 0, 0, true);
+	return sens_open_exit(ret, 0);
 }
 
 /* The probe-read programs (kernels without bpf_rdonly_cast or bpf_task_pt_regs,
@@ -240,7 +290,7 @@ int on_openat2(void *ctx)
 	return open_enter(how.flags, how.mode);
 }
 SEC("tracepoint/syscalls/sys_exit_openat2")
-int on_openat2_ret(void *ctx) { return open_exit(RET(ctx)); }
+int on_openat2_ret(void *ctx) { return openat2_exit(RET(ctx)); }
 
 /* The BTF programs (s16-open; kernels with bpf_rdonly_cast and bpf_task_pt_regs:
  * 6.2+): exit programs only (openat, open, creat: arguments in registers).  The caller's flags and mode are read at exit from
@@ -276,7 +326,7 @@ static __always_inline int open_exit_btf(struct task_struct *t, long ret, __u64 
 		/* as open_enter: an open worth a record whatever the file */
 		if (!wanted(BASTION_EV_FILE))
 			return 0;
-		return open_exit_report(ret, flags, mode, 0);
+		return open_exit_report(ret, flags, mode, 0, false);
 	}
 	if (ret < 0 || !cfg_sensitive || (flags & O_PATH_))
 		return 0; /* an O_PATH descriptor reads nothing */
@@ -446,7 +496,6 @@ int on_ftruncate(void *ctx)
 #define MAP_TYPE_ 0x0f
 #define MAP_SHARED_ 0x01
 #define MAP_SHARED_VALIDATE_ 0x03
-#define FMODE_WRITE_ 0x2
 #define VM_WRITE_ 0x2
 #define VM_SHARED_ 0x8
 #define VM_MAYWRITE_ 0x20
@@ -1741,7 +1790,7 @@ int BPF_PROG(on_iou_complete, void *ring, void *r)
 	    (how.flags & (O_CREAT_ | O_TRUNC_))) {
 		if (!wanted(BASTION_EV_FILE))
 			return 0;
-		return open_exit_report(res, how.flags, how.mode, BASTION_F_IOURING);
+		return open_exit_report(res, how.flags, how.mode, BASTION_F_IOURING, false);
 	}
 	if (how.flags & O_PATH_)
 		return 0;
