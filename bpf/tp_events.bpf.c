@@ -1564,11 +1564,80 @@ static __always_inline bool iou_pend_match(struct iou_pend *v, struct file *f)
 	return false;
 }
 
+/* RENAMEAT/LINKAT/UNLINKAT between submission and completion (s22 review H6).  Their
+ * names are resolved here against the dfd's directory as it is at submission; the
+ * kernel resolves them against the dfd at execution, which a linked (or io-wq) request
+ * reaches later: "CLOSE N -> OPENAT /victim/dir (gets N) -> RENAMEAT(N, a, N, a.locked)"
+ * made the record name the decoy directory N held at submission.  A request with a
+ * relative name and a real dfd keeps here, by request, the names (the kernel's copies:
+ * the op frees them when it runs) and the directory (mount, dentry) each dfd held; at a
+ * successful completion a dfd that holds another directory (or nothing) by then gets
+ * the record again, its names resolved against the dfd as it is then.  Bounded (LRU):
+ * an evicted request keeps the submission's record alone. */
+struct iou_dfd_pend {
+	char name[2][BASTION_PATH_LEN];
+	__u64 mnt[2];
+	__u64 dentry[2];
+	__s32 dfd[2];
+	__u32 op;
+	__u32 rel;            /* bit i: name i is relative to dfd i (not the cwd) */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u64);               /* the request's address */
+	__type(value, struct iou_dfd_pend);
+} iou_dfd_pending SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct iou_dfd_pend);
+} iou_dfd_scratch SEC(".maps");
+
+/* name @i of @v relative to a real dfd: keep the directory that dfd holds now */
+static __always_inline bool iou_dfd_keep(struct iou_dfd_pend *v, int i, int dfd,
+					 struct filename *fn)
+{
+	struct file *f;
+	long n;
+
+	i &= 1;
+	n = bpf_probe_read_kernel_str(v->name[i], BASTION_PATH_LEN, BPF_CORE_READ(fn, name));
+	v->dfd[i] = dfd;
+	if (n < 2 || v->name[i][0] == '/' || dfd == AT_FDCWD_)
+		return false;
+	f = fd_file(dfd);
+	v->mnt[i] = f ? (__u64)BPF_CORE_READ(f, f_path.mnt) : 0;
+	v->dentry[i] = f ? (__u64)BPF_CORE_READ(f, f_path.dentry) : 0;
+	v->rel |= 1u << i;
+	return true;
+}
+
+/* Does dfd @i of @v hold another directory than at submission? */
+static __always_inline bool iou_dfd_moved(struct iou_dfd_pend *v, int i)
+{
+	struct file *f;
+
+	i &= 1;
+	if (!(v->rel & (1u << i)))
+		return false;
+	f = fd_file(v->dfd[i]);
+	return !f || (__u64)BPF_CORE_READ(f, f_path.mnt) != v->mnt[i] ||
+	       (__u64)BPF_CORE_READ(f, f_path.dentry) != v->dentry[i];
+}
+
 /* RENAMEAT, LINKAT (two names), UNLINKAT (one) */
-static __always_inline int iou_path_ev(__u32 op, int odfd, struct filename *old, int ndfd,
-				       struct filename *new)
+static __always_inline int iou_path_ev(struct io_kiocb *req, __u32 op, int odfd,
+				       struct filename *old, int ndfd, struct filename *new)
 {
 	struct bastion_file_event *e;
+	struct iou_dfd_pend *v;
+	__u64 key = (__u64)req;
+	__u32 zero = 0;
+	bool keep;
 
 	if (!wanted(BASTION_EV_FILE))
 		return 0;
@@ -1580,6 +1649,43 @@ static __always_inline int iou_path_ev(__u32 op, int odfd, struct filename *old,
 	if (new)
 		file_put_at(e, FS_PATH2, ndfd, BPF_CORE_READ(new, name), BASTION_F_RELATIVE2, true);
 	file_submit(e);
+	v = bpf_map_lookup_elem(&iou_dfd_scratch, &zero);
+	if (!v)
+		return 0;
+	v->op = op;
+	v->rel = 0;
+	v->name[1][0] = 0;
+	keep = iou_dfd_keep(v, 0, odfd, old);
+	if (new && iou_dfd_keep(v, 1, ndfd, new))
+		keep = true;
+	if (keep)
+		bpf_map_update_elem(&iou_dfd_pending, &key, v, BPF_ANY);
+	return 0;
+}
+
+/* At the completion of a RENAMEAT/LINKAT/UNLINKAT: the record again when a dfd moved. */
+static __always_inline int iou_path_done(struct io_kiocb *req)
+{
+	struct bastion_file_event *e;
+	struct iou_dfd_pend *v;
+	__u64 key = (__u64)req;
+
+	v = bpf_map_lookup_elem(&iou_dfd_pending, &key);
+	if (!v)
+		return 0;
+	if (BPF_CORE_READ(req, cqe.res) >= 0 && iou_own(req) &&
+	    (iou_dfd_moved(v, 0) || iou_dfd_moved(v, 1)) && wanted(BASTION_EV_FILE)) {
+		e = file_event(v->op);
+		if (e) {
+			iou_hdr(&e->hdr, BASTION_F_IOURING);
+			file_put_at(e, FS_PATH, v->dfd[0], v->name[0], BASTION_F_RELATIVE, true);
+			if (v->op != BASTION_FILE_UNLINK)
+				file_put_at(e, FS_PATH2, v->dfd[1], v->name[1],
+					    BASTION_F_RELATIVE2, true);
+			file_submit(e);
+		}
+	}
+	bpf_map_delete_elem(&iou_dfd_pending, &key);
 	return 0;
 }
 
@@ -1696,21 +1802,21 @@ static __always_inline int iou_submit(struct io_kiocb *req)
 		struct io_rename *r = (struct io_rename *)req;
 
 		sens_epoch_bump();   /* as sys_exit_rename*: again at the completion */
-		return iou_path_ev(BASTION_FILE_RENAME, BPF_CORE_READ(r, old_dfd),
+		return iou_path_ev(req, BASTION_FILE_RENAME, BPF_CORE_READ(r, old_dfd),
 				   BPF_CORE_READ(r, oldpath), BPF_CORE_READ(r, new_dfd),
 				   BPF_CORE_READ(r, newpath));
 	}
 	case IORING_OP_LINKAT_: {
 		struct io_link *l = (struct io_link *)req;
 
-		return iou_path_ev(BASTION_FILE_LINK, BPF_CORE_READ(l, old_dfd),
+		return iou_path_ev(req, BASTION_FILE_LINK, BPF_CORE_READ(l, old_dfd),
 				   BPF_CORE_READ(l, oldpath), BPF_CORE_READ(l, new_dfd),
 				   BPF_CORE_READ(l, newpath));
 	}
 	case IORING_OP_UNLINKAT_: {
 		struct io_unlink *u = (struct io_unlink *)req;
 
-		return iou_path_ev(BASTION_FILE_UNLINK, BPF_CORE_READ(u, dfd),
+		return iou_path_ev(req, BASTION_FILE_UNLINK, BPF_CORE_READ(u, dfd),
 				   BPF_CORE_READ(u, filename), 0, NULL);
 	}
 	}
@@ -1764,10 +1870,10 @@ int BPF_PROG(on_iou_complete, void *ring, void *r)
 	struct file *f;
 	long res;
 
-	if (op == IORING_OP_RENAMEAT_) {
+	if (op == IORING_OP_RENAMEAT_)
 		sens_epoch_bump();
-		return 0;
-	}
+	if (op == IORING_OP_RENAMEAT_ || op == IORING_OP_LINKAT_ || op == IORING_OP_UNLINKAT_)
+		return iou_path_done(req);
 	if (op != IORING_OP_OPENAT_ && op != IORING_OP_OPENAT2_)
 		return 0;
 	res = BPF_CORE_READ(req, cqe.res);

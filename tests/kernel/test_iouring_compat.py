@@ -92,10 +92,10 @@ class Ring:
     def batch(self, sqes):
         """Submit @sqes (run()'s arguments) with one io_uring_enter, reap every result."""
         tail = self.u32(self.sq, self.sqo[1])
-        for k, (op, fd, addr, length, op_flags, addr2) in enumerate(sqes):
+        for k, (op, fd, addr, length, op_flags, addr2, *sqe_flags) in enumerate(sqes):
             i = (tail + k) & self.u32(self.sq, self.sqo[2])
             self.sqes[i * 64:(i + 1) * 64] = struct.pack(
-                "<BBHiQQIIQHHiQQ", op, 0, 0, fd, addr2, addr, length, op_flags, k,
+                "<BBHiQQIIQHHiQQ", op, sum(sqe_flags), 0, fd, addr2, addr, length, op_flags, k,
                 0, 0, 0, 0, 0)
             struct.pack_into("<I", self.sq, self.sqo[6] + i * 4, i)
         struct.pack_into("<I", self.sq, self.sqo[1], tail + len(sqes))
@@ -155,6 +155,17 @@ for secret, benign in (("id_ed25519", None), ("id_ecdsa", "benign")):
     assert got == want and buf.value == secret.encode(), (want, got, buf.value)
     if benign:
         os.close(n)
+# s22 review H6: a directory descriptor N (the decoy) swapped between submission and
+# execution: linked CLOSE N -> OPENAT victim (gets N) -> RENAMEAT(N, a, N, a.locked).
+# At submission N is the decoy; the kernel renames in the victim.
+IOSQE_IO_LINK = 1 << 2
+n = os.open(work + "/decoy", os.O_RDONLY | os.O_DIRECTORY)
+got = r.batch([(CLOSE, n, 0, 0, 0, 0, IOSQE_IO_LINK),
+               (OPENAT, d, s("victim"), 0, os.O_RDONLY | os.O_DIRECTORY, 0, IOSQE_IO_LINK),
+               (RENAMEAT, n, s("a"), n, 0, s("a.locked"))])
+assert got == [0, n, 0], (n, got)
+assert os.path.exists(work + "/victim/a.locked") and not os.path.exists(work + "/victim/a")
+os.close(n)
 # after the batches: an O_CREAT open goes to io-wq and takes its descriptor whenever it
 # runs (the lowest free one, maybe the N predicted above)
 r.run(OPENAT, d, s("skipped"), 0o644, os.O_WRONLY | os.O_CREAT,
@@ -183,6 +194,9 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Event], Pat
     for name in ("id_ed25519", "id_ecdsa"):
         (work / "home" / ".ssh" / name).write_text(name)
     (work / "benign").write_text("benign")
+    (work / "decoy").mkdir()
+    (work / "victim").mkdir()
+    (work / "victim" / "a").write_text("data")
     patterns = ((str(work / "secret" / "key"), abi.SensClass.CUSTOM),
                 (str(work / "home" / ".ssh"), abi.SensClass.USER_KEYS))
     lst = socket.socket()
@@ -303,3 +317,16 @@ def test_batch_close_and_reuse_does_not_name_the_benign_file(recorded) -> None: 
     assert opens[0].ino == 0
     _is_client(opens[0], pid)
     assert not _file(events, "open", str(work / "benign")), "a read of a benign file: no record"
+
+
+def test_rename_against_a_dfd_swapped_before_execution(recorded) -> None:  # type: ignore[no-untyped-def]
+    """s22 review H6: linked CLOSE N, OPENAT victim (gets N), RENAMEAT(N, a, N, a.locked):
+    at submission N is the decoy directory, the kernel renames in the victim.  The
+    rename is reported again at its completion, its names resolved against N as it is
+    then (the submission's record of the decoy stays).  Failed before (only
+    decoy/a -> decoy/a.locked)."""
+    events, work, pid, _, _ = recorded
+    ren = _file(events, "rename", str(work / "victim" / "a"))
+    assert len(ren) == 1 and ren[0].path2 == str(work / "victim" / "a.locked"), (
+        ren, [e for e in events if isinstance(e, FileEvent) and e.op == "rename"])
+    _is_client(ren[0], pid)
