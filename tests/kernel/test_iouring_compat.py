@@ -11,6 +11,9 @@ in a scoped test cgroup, does through the ring alone:
 * OPENAT with IOSQE_CQE_SKIP_SUCCESS (no completion to read the descriptor from);
 * OPENAT O_CREAT on a second ring with IORING_SETUP_SQPOLL (the kernel's SQ thread
   submits it).
+* (s22 review H5) OPENAT secret, READ and CLOSE of its descriptor in one
+  io_uring_enter (and a 4th OPENAT reusing the number);
+* (s22 review H6) linked CLOSE N, OPENAT victim dir (gets N), RENAMEAT relative to N.
 
 Each must arrive as the record the syscall path makes, attributed to the client process
 (its tgid and its comm, not "iou-wrk-N" / "iou-sqp-N"), and the sensitive read must be
