@@ -147,9 +147,31 @@ static __always_inline int sens_open_exit(long ret, __u16 xflags)
 	return sens_open_report(f, fflags, sclass, sid, xflags);
 }
 
+#define O_WRONLY_ 00000001
+#define O_RDWR_ 00000002
+#define FMODE_READ_ 0x1
+#define FMODE_WRITE_ 0x2
+
+/* openat2's flags as the kernel used them (s22 review M9): its how.flags are in the
+ * caller's memory, read at sys_enter before the kernel copies them, so a second thread
+ * flipping O_RDONLY <-> O_WRONLY|O_CREAT can make the sensor's copy a lie.  The access
+ * mode is taken from the opened file's f_mode, O_CREAT from FMODE_CREATED (this open
+ * made the inode); the other bits as read (O_TRUNC: not kept in the file). */
+static __always_inline __s32 open_flags_by_file(__s32 flags, __u32 fmode)
+{
+	flags &= ~(O_ACCMODE_ | O_CREAT_);
+	if (fmode & FMODE_WRITE_)
+		flags |= (fmode & FMODE_READ_) ? O_RDWR_ : O_WRONLY_;
+	if (fmode & BASTION_FMODE_CREATED)
+		flags |= O_CREAT_;
+	return flags;
+}
+
 /* An open with write intent (or any open in learn mode) at its exit: @flags and
- * @mode as the caller passed them. */
-static __always_inline int open_exit_report(long ret, __s32 flags, __u32 mode, __u16 xflags)
+ * @mode as the caller passed them (@by_file: the flags' access mode and O_CREAT
+ * from the opened file instead, open_flags_by_file). */
+static __always_inline int open_exit_report(long ret, __s32 flags, __u32 mode, __u16 xflags,
+					    bool by_file)
 {
 	struct bastion_file_event *e;
 	struct inode *inode = NULL;
@@ -171,6 +193,8 @@ static __always_inline int open_exit_report(long ret, __s32 flags, __u32 mode, _
 		ino = BPF_CORE_READ(inode, i_ino);
 		dev = BPF_CORE_READ(inode, i_sb, s_dev);
 		fmode = BPF_CORE_READ(f, f_mode);
+		if (by_file)
+			flags = open_flags_by_file(flags, fmode);
 		write = (flags & O_ACCMODE_) != O_RDONLY_ || (flags & (O_CREAT_ | O_TRUNC_));
 		if (open_seen_recently(dev, ino, BPF_CORE_READ(inode, i_generation), inode, write,
 				       flags, fmode))
@@ -207,9 +231,35 @@ static __always_inline int open_exit(long ret)
 
 	if (!a)
 		return sens_open_exit(ret, 0);
-	open_exit_report(ret, a->flags, a->mode, 0);
+	open_exit_report(ret, a->flags, a->mode, 0, false);
 	bpf_map_delete_elem(&pending_open, &id);
 	return 0;
+}
+
+/* openat2's exit (s22 review M9): the flags read at entry may be a lie (another thread
+ * rewrote how.flags before the kernel copied them), so the opened file decides.  An
+ * open the entry took for a read-only one (no pending entry) that the kernel opened
+ * for writing or that created its file is reported, its flags the file's (f_flags,
+ * access mode from f_mode, O_CREAT from FMODE_CREATED; the mode is not known then);
+ * one the entry took for a write that opened read-only is reported read-only. */
+static __always_inline int openat2_exit(long ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct open_args *a = bpf_map_lookup_elem(&pending_open, &id);
+	struct file *f;
+
+	if (a) {
+		open_exit_report(ret, a->flags, a->mode, 0, true);
+		bpf_map_delete_elem(&pending_open, &id);
+		return 0;
+	}
+	if (ret < 0 || cfg_open_reads)
+		return 0;   /* learn mode: every open had its entry */
+	f = fd_file(ret);
+	if (f && (BPF_CORE_READ(f, f_mode) & (FMODE_WRITE_ | BASTION_FMODE_CREATED)) &&
+	    wanted(BASTION_EV_FILE))
+		return open_exit_report(ret, BPF_CORE_READ(f, f_flags), 0, 0, true);
+	return sens_open_exit(ret, 0);
 }
 
 /* The probe-read programs (kernels without bpf_rdonly_cast or bpf_task_pt_regs,
@@ -240,7 +290,7 @@ int on_openat2(void *ctx)
 	return open_enter(how.flags, how.mode);
 }
 SEC("tracepoint/syscalls/sys_exit_openat2")
-int on_openat2_ret(void *ctx) { return open_exit(RET(ctx)); }
+int on_openat2_ret(void *ctx) { return openat2_exit(RET(ctx)); }
 
 /* The BTF programs (s16-open; kernels with bpf_rdonly_cast and bpf_task_pt_regs:
  * 6.2+): exit programs only (openat, open, creat: arguments in registers).  The caller's flags and mode are read at exit from
@@ -276,7 +326,7 @@ static __always_inline int open_exit_btf(struct task_struct *t, long ret, __u64 
 		/* as open_enter: an open worth a record whatever the file */
 		if (!wanted(BASTION_EV_FILE))
 			return 0;
-		return open_exit_report(ret, flags, mode, 0);
+		return open_exit_report(ret, flags, mode, 0, false);
 	}
 	if (ret < 0 || !cfg_sensitive || (flags & O_PATH_))
 		return 0; /* an O_PATH descriptor reads nothing */
@@ -446,7 +496,6 @@ int on_ftruncate(void *ctx)
 #define MAP_TYPE_ 0x0f
 #define MAP_SHARED_ 0x01
 #define MAP_SHARED_VALIDATE_ 0x03
-#define FMODE_WRITE_ 0x2
 #define VM_WRITE_ 0x2
 #define VM_SHARED_ 0x8
 #define VM_MAYWRITE_ 0x20
@@ -1551,11 +1600,173 @@ static __always_inline int iou_open_nofd(struct io_kiocb *req)
 	return 0;
 }
 
+/* An OPENAT/OPENAT2 between its submission and its completion (s22 review H5).  The
+ * completions of one io_uring_enter batch are posted after the whole batch ran, so a
+ * batch "OPENAT secret (fd N), READ N, CLOSE N" leaves fd N empty at the OPENAT's
+ * completion, and a fourth "OPENAT benign" puts another file in it.  The kernel keeps
+ * neither the opened file in the request nor the name after issue (io_openat2 puts the
+ * filename), so the record by name (as iou_open_nofd makes it) is built at submission
+ * and kept here by request; at the completion it goes out, flagged
+ * BASTION_F_IOURING_NOFD, when the descriptor is empty or holds a file whose name is
+ * not the last component of the submitted name.  Bounded (LRU): an evicted entry means
+ * the completion reads the descriptor alone, as before. */
+struct iou_pend {
+	char rec[FILE_SCRATCH_BYTES];   /* the record by name, first: file_submit's bound */
+	char name[BASTION_PATH_LEN];    /* the submitted name (its start) */
+	char dname[BASTION_PATH_LEN];   /* completion: the descriptor's file's name */
+	__u32 base;                     /* offset of the last component in name */
+	__u32 cut;                      /* the name did not fit: never a match */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u64);             /* the request's address */
+	__type(value, struct iou_pend);
+} iou_pending SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct iou_pend);
+} iou_pend_scratch SEC(".maps");
+
+static __always_inline int iou_open_pend(struct io_kiocb *req)
+{
+	struct io_open *o = (struct io_open *)req;
+	struct bastion_file_event *e;
+	struct open_how how = {};
+	struct iou_pend *v;
+	__u64 key = (__u64)req;
+	__u32 zero = 0, base = 0;
+	long n;
+
+	if (!wanted(BASTION_EV_FILE))
+		return 0;
+	v = bpf_map_lookup_elem(&iou_pend_scratch, &zero);
+	if (!v)
+		return 0;
+	n = bpf_probe_read_kernel_str(v->name, sizeof(v->name), BPF_CORE_READ(o, filename, name));
+	if (n < 2)
+		return 0;
+	for (int i = 0; i < BASTION_PATH_LEN; i++) {
+		if (i >= n - 1)
+			break;
+		if (v->name[i] == '/')
+			base = i + 1;
+	}
+	v->base = base;
+	v->cut = n >= BASTION_PATH_LEN;
+	e = file_event(BASTION_FILE_OPEN);
+	if (!e)
+		return 0;
+	BPF_CORE_READ_INTO(&how, o, how);
+	e->open_flags = how.flags;
+	e->mode = how.mode;
+	iou_hdr(&e->hdr, BASTION_F_IOURING | BASTION_F_IOURING_NOFD);
+	file_put_at(e, FS_PATH, BPF_CORE_READ(o, dfd), BPF_CORE_READ(o, filename, name),
+		    BASTION_F_RELATIVE, true);
+	bpf_probe_read_kernel(v->rec, sizeof(v->rec), e);
+	bpf_map_update_elem(&iou_pending, &key, v, BPF_ANY);
+	return 0;
+}
+
+/* Is @f (the descriptor's file at the completion) named as the request's name ends? */
+static __always_inline bool iou_pend_match(struct iou_pend *v, struct file *f)
+{
+	__u32 base = v->base;
+
+	if (v->cut || bpf_probe_read_kernel_str(v->dname, sizeof(v->dname),
+						BPF_CORE_READ(f, f_path.dentry, d_name.name)) < 2)
+		return false;
+	for (int i = 0; i < BASTION_PATH_LEN; i++) {
+		char c = v->name[(base + i) & (BASTION_PATH_LEN - 1)];
+
+		if (base + i >= BASTION_PATH_LEN)
+			return false;
+		if (c != v->dname[i])
+			return false;
+		if (!c)
+			return true;
+	}
+	return false;
+}
+
+/* RENAMEAT/LINKAT/UNLINKAT between submission and completion (s22 review H6).  Their
+ * names are resolved here against the dfd's directory as it is at submission; the
+ * kernel resolves them against the dfd at execution, which a linked (or io-wq) request
+ * reaches later: "CLOSE N -> OPENAT /victim/dir (gets N) -> RENAMEAT(N, a, N, a.locked)"
+ * made the record name the decoy directory N held at submission.  A request with a
+ * relative name and a real dfd keeps here, by request, the names (the kernel's copies:
+ * the op frees them when it runs) and the directory (mount, dentry) each dfd held; at a
+ * successful completion a dfd that holds another directory (or nothing) by then gets
+ * the record again, its names resolved against the dfd as it is then.  Bounded (LRU):
+ * an evicted request keeps the submission's record alone. */
+struct iou_dfd_pend {
+	char name[2][BASTION_PATH_LEN];
+	__u64 mnt[2];
+	__u64 dentry[2];
+	__s32 dfd[2];
+	__u32 op;
+	__u32 rel;            /* bit i: name i is relative to dfd i (not the cwd) */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u64);               /* the request's address */
+	__type(value, struct iou_dfd_pend);
+} iou_dfd_pending SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct iou_dfd_pend);
+} iou_dfd_scratch SEC(".maps");
+
+/* name @i of @v relative to a real dfd: keep the directory that dfd holds now */
+static __always_inline bool iou_dfd_keep(struct iou_dfd_pend *v, int i, int dfd,
+					 struct filename *fn)
+{
+	struct file *f;
+	long n;
+
+	i &= 1;
+	n = bpf_probe_read_kernel_str(v->name[i], BASTION_PATH_LEN, BPF_CORE_READ(fn, name));
+	v->dfd[i] = dfd;
+	if (n < 2 || v->name[i][0] == '/' || dfd == AT_FDCWD_)
+		return false;
+	f = fd_file(dfd);
+	v->mnt[i] = f ? (__u64)BPF_CORE_READ(f, f_path.mnt) : 0;
+	v->dentry[i] = f ? (__u64)BPF_CORE_READ(f, f_path.dentry) : 0;
+	v->rel |= 1u << i;
+	return true;
+}
+
+/* Does dfd @i of @v hold another directory than at submission? */
+static __always_inline bool iou_dfd_moved(struct iou_dfd_pend *v, int i)
+{
+	struct file *f;
+
+	i &= 1;
+	if (!(v->rel & (1u << i)))
+		return false;
+	f = fd_file(v->dfd[i]);
+	return !f || (__u64)BPF_CORE_READ(f, f_path.mnt) != v->mnt[i] ||
+	       (__u64)BPF_CORE_READ(f, f_path.dentry) != v->dentry[i];
+}
+
 /* RENAMEAT, LINKAT (two names), UNLINKAT (one) */
-static __always_inline int iou_path_ev(__u32 op, int odfd, struct filename *old, int ndfd,
-				       struct filename *new)
+static __always_inline int iou_path_ev(struct io_kiocb *req, __u32 op, int odfd,
+				       struct filename *old, int ndfd, struct filename *new)
 {
 	struct bastion_file_event *e;
+	struct iou_dfd_pend *v;
+	__u64 key = (__u64)req;
+	__u32 zero = 0;
+	bool keep;
 
 	if (!wanted(BASTION_EV_FILE))
 		return 0;
@@ -1567,6 +1778,43 @@ static __always_inline int iou_path_ev(__u32 op, int odfd, struct filename *old,
 	if (new)
 		file_put_at(e, FS_PATH2, ndfd, BPF_CORE_READ(new, name), BASTION_F_RELATIVE2, true);
 	file_submit(e);
+	v = bpf_map_lookup_elem(&iou_dfd_scratch, &zero);
+	if (!v)
+		return 0;
+	v->op = op;
+	v->rel = 0;
+	v->name[1][0] = 0;
+	keep = iou_dfd_keep(v, 0, odfd, old);
+	if (new && iou_dfd_keep(v, 1, ndfd, new))
+		keep = true;
+	if (keep)
+		bpf_map_update_elem(&iou_dfd_pending, &key, v, BPF_ANY);
+	return 0;
+}
+
+/* At the completion of a RENAMEAT/LINKAT/UNLINKAT: the record again when a dfd moved. */
+static __always_inline int iou_path_done(struct io_kiocb *req)
+{
+	struct bastion_file_event *e;
+	struct iou_dfd_pend *v;
+	__u64 key = (__u64)req;
+
+	v = bpf_map_lookup_elem(&iou_dfd_pending, &key);
+	if (!v)
+		return 0;
+	if (BPF_CORE_READ(req, cqe.res) >= 0 && iou_own(req) &&
+	    (iou_dfd_moved(v, 0) || iou_dfd_moved(v, 1)) && wanted(BASTION_EV_FILE)) {
+		e = file_event(v->op);
+		if (e) {
+			iou_hdr(&e->hdr, BASTION_F_IOURING);
+			file_put_at(e, FS_PATH, v->dfd[0], v->name[0], BASTION_F_RELATIVE, true);
+			if (v->op != BASTION_FILE_UNLINK)
+				file_put_at(e, FS_PATH2, v->dfd[1], v->name[1],
+					    BASTION_F_RELATIVE2, true);
+			file_submit(e);
+		}
+	}
+	bpf_map_delete_elem(&iou_dfd_pending, &key);
 	return 0;
 }
 
@@ -1677,27 +1925,27 @@ static __always_inline int iou_submit(struct io_kiocb *req)
 
 		if (BPF_CORE_READ(o, file_slot) || iou_cqe_skipped(req))
 			return iou_open_nofd(req);
-		return 0;   /* at its completion */
+		return iou_open_pend(req);   /* reported at its completion */
 	}
 	case IORING_OP_RENAMEAT_: {
 		struct io_rename *r = (struct io_rename *)req;
 
 		sens_epoch_bump();   /* as sys_exit_rename*: again at the completion */
-		return iou_path_ev(BASTION_FILE_RENAME, BPF_CORE_READ(r, old_dfd),
+		return iou_path_ev(req, BASTION_FILE_RENAME, BPF_CORE_READ(r, old_dfd),
 				   BPF_CORE_READ(r, oldpath), BPF_CORE_READ(r, new_dfd),
 				   BPF_CORE_READ(r, newpath));
 	}
 	case IORING_OP_LINKAT_: {
 		struct io_link *l = (struct io_link *)req;
 
-		return iou_path_ev(BASTION_FILE_LINK, BPF_CORE_READ(l, old_dfd),
+		return iou_path_ev(req, BASTION_FILE_LINK, BPF_CORE_READ(l, old_dfd),
 				   BPF_CORE_READ(l, oldpath), BPF_CORE_READ(l, new_dfd),
 				   BPF_CORE_READ(l, newpath));
 	}
 	case IORING_OP_UNLINKAT_: {
 		struct io_unlink *u = (struct io_unlink *)req;
 
-		return iou_path_ev(BASTION_FILE_UNLINK, BPF_CORE_READ(u, dfd),
+		return iou_path_ev(req, BASTION_FILE_UNLINK, BPF_CORE_READ(u, dfd),
 				   BPF_CORE_READ(u, filename), 0, NULL);
 	}
 	}
@@ -1746,23 +1994,38 @@ int BPF_PROG(on_iou_complete, void *ring, void *r)
 	__u8 op = BPF_CORE_READ(req, opcode);
 	struct io_open *o = r;
 	struct open_how how = {};
+	struct iou_pend *v;
+	__u64 key = (__u64)r;
+	struct file *f;
 	long res;
 
-	if (op == IORING_OP_RENAMEAT_) {
+	if (op == IORING_OP_RENAMEAT_)
 		sens_epoch_bump();
-		return 0;
-	}
+	if (op == IORING_OP_RENAMEAT_ || op == IORING_OP_LINKAT_ || op == IORING_OP_UNLINKAT_)
+		return iou_path_done(req);
 	if (op != IORING_OP_OPENAT_ && op != IORING_OP_OPENAT2_)
 		return 0;
 	res = BPF_CORE_READ(req, cqe.res);
-	if (res < 0 || BPF_CORE_READ(o, file_slot) || !iou_own(req))
+	v = bpf_map_lookup_elem(&iou_pending, &key);
+	if (res < 0 || BPF_CORE_READ(o, file_slot) || !iou_own(req)) {
+		if (v)
+			bpf_map_delete_elem(&iou_pending, &key);
 		return 0;   /* failed, a fixed slot (reported at submission), another's */
+	}
+	if (v) {
+		/* the descriptor empty, or another file in it: closed (and reused) before
+		 * this completion was posted; the open by its name */
+		f = fd_file(res);
+		if (!f || !iou_pend_match(v, f))
+			file_submit((struct bastion_file_event *)v->rec);
+		bpf_map_delete_elem(&iou_pending, &key);
+	}
 	BPF_CORE_READ_INTO(&how, o, how);
 	if (cfg_open_reads || (how.flags & O_ACCMODE_) != O_RDONLY_ ||
 	    (how.flags & (O_CREAT_ | O_TRUNC_))) {
 		if (!wanted(BASTION_EV_FILE))
 			return 0;
-		return open_exit_report(res, how.flags, how.mode, BASTION_F_IOURING);
+		return open_exit_report(res, how.flags, how.mode, BASTION_F_IOURING, false);
 	}
 	if (how.flags & O_PATH_)
 		return 0;

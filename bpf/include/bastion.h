@@ -188,7 +188,9 @@ enum bastion_kill_syscall {
  * process leader's).  F_IOURING_NOFD: an io_uring open whose file the sensor could not
  * take (a fixed-file slot, or a completion skipped with IOSQE_CQE_SKIP_SUCCESS): reported
  * at submission, path (and dir, when relative) the kernel's copy of the name as passed;
- * no inode, no F_FSTATE, and it may have failed. */
+ * no inode, no F_FSTATE, and it may have failed.  The same record, built at submission,
+ * is sent at an open's completion when its descriptor is already closed or holds a file
+ * of another name (closed, or reused, within the batch: s22 review H5). */
 #define BASTION_F_IOURING     (1u << 13) /* FILE, NET: from an io_uring request */
 #define BASTION_F_IOURING_NOFD (1u << 14) /* FILE OPEN (with F_IOURING): no file; the name as passed */
 

@@ -192,7 +192,7 @@ F_FSTATE: Final = 1 << 11     # F_CREATED and F_EMPTY are the kernel's answer
 F_CTIME: Final = 1 << 12
 # ABI 3.1 (s22-uring): a record of an io_uring request (compat sensor: io_uring tracepoints)
 F_IOURING: Final = 1 << 13
-F_IOURING_NOFD: Final = 1 << 14   # OPEN: no file (fixed slot, skipped CQE); the name as passed
+F_IOURING_NOFD: Final = 1 << 14   # OPEN: no file (fixed slot, skipped CQE, fd closed by completion): name as passed
 # FileOp.UTIMES's mode bits (ABI 3.2)
 UTIMES_ATIME: Final = 1 << 0
 UTIMES_MTIME: Final = 1 << 1

@@ -11,6 +11,9 @@ in a scoped test cgroup, does through the ring alone:
 * OPENAT with IOSQE_CQE_SKIP_SUCCESS (no completion to read the descriptor from);
 * OPENAT O_CREAT on a second ring with IORING_SETUP_SQPOLL (the kernel's SQ thread
   submits it).
+* (s22 review H5) OPENAT secret, READ and CLOSE of its descriptor in one
+  io_uring_enter (and a 4th OPENAT reusing the number);
+* (s22 review H6) linked CLOSE N, OPENAT victim dir (gets N), RENAMEAT relative to N.
 
 Each must arrive as the record the syscall path makes, attributed to the client process
 (its tgid and its comm, not "iou-wrk-N" / "iou-sqp-N"), and the sensitive read must be
@@ -89,6 +92,28 @@ class Ring:
             sys.exit("op %d: errno %d" % (op, -res))
         return res
 
+    def batch(self, sqes):
+        """Submit @sqes (run()'s arguments) with one io_uring_enter, reap every result."""
+        tail = self.u32(self.sq, self.sqo[1])
+        for k, (op, fd, addr, length, op_flags, addr2, *sqe_flags) in enumerate(sqes):
+            i = (tail + k) & self.u32(self.sq, self.sqo[2])
+            self.sqes[i * 64:(i + 1) * 64] = struct.pack(
+                "<BBHiQQIIQHHiQQ", op, sum(sqe_flags), 0, fd, addr2, addr, length, op_flags, k,
+                0, 0, 0, 0, 0)
+            struct.pack_into("<I", self.sq, self.sqo[6] + i * 4, i)
+        struct.pack_into("<I", self.sq, self.sqo[1], tail + len(sqes))
+        if libc.syscall(426, self.fd, len(sqes), len(sqes), 1, None, 0) != len(sqes):
+            sys.exit("io_uring_enter (batch): errno %d" % ctypes.get_errno())
+        res = {}
+        head = self.u32(self.cq, self.cqo[0])
+        while head != self.u32(self.cq, self.cqo[1]):
+            off = self.cqo[5] + (head & self.u32(self.cq, self.cqo[2])) * 16
+            ud, r, _ = struct.unpack_from("<QiI", self.cq, off)
+            res[ud] = r
+            head += 1
+        struct.pack_into("<I", self.cq, self.cqo[0], head)
+        return [res[k] for k in range(len(sqes))]
+
 def s(text):
     b = ctypes.create_string_buffer(text.encode())
     keep.append(b)
@@ -110,6 +135,42 @@ sa[0:2] = struct.pack("<H", socket.AF_INET)
 r.run(CONNECT, sk.fileno(), ctypes.addressof(sa), 0, 0, 16)
 fd = r.run(OPENAT, AT_FDCWD, s(work + "/secret/key"), 0, os.O_RDONLY, sqe_flags=IOSQE_ASYNC)
 assert os.read(fd, 64) == b"s3cret\n"
+# s22 review H5: OPENAT secret (fd N), READ N, CLOSE N in one batch: the OPENAT's
+# completion is posted after the CLOSE ran (fd N empty); with a 4th OPENAT of a benign
+# file, fd N holds that file then.  The names are relative to the tmpfs directory d: an
+# open is issued inline (in this io_uring_enter) only when its walk needs no
+# revalidation (LOOKUP_CACHED); a walk from / of the VM's 9p root is punted to io-wq
+# (6.1), where READ N and CLOSE N would run first and fail: no attack.  The results
+# below prove it happened: the OPENAT got N, READ N read the secret's bytes, CLOSE N
+# closed it (and the benign OPENAT got N again).  No request of this ring is in flight
+# meanwhile (one still running in io-wq could take N first).
+READ, CLOSE = 22, 19
+buf = ctypes.create_string_buffer(64)
+for secret, benign in (("id_ed25519", None), ("id_ecdsa", "benign")):
+    ctypes.memset(buf, 0, 64)
+    n = os.open("/dev/null", os.O_RDONLY); os.close(n)        # the lowest free fd: N
+    sqes = [(OPENAT, d, s("home/.ssh/" + secret), 0, os.O_RDONLY, 0),
+            (READ, n, ctypes.addressof(buf), 64, 0, 0), (CLOSE, n, 0, 0, 0, 0)]
+    if benign:
+        sqes.append((OPENAT, d, s(benign), 0, os.O_RDONLY, 0))
+    got = r.batch(sqes)
+    want = [n, len(secret), 0] + ([n] if benign else [])
+    assert got == want and buf.value == secret.encode(), (want, got, buf.value)
+    if benign:
+        os.close(n)
+# s22 review H6: a directory descriptor N (the decoy) swapped between submission and
+# execution: linked CLOSE N -> OPENAT victim (gets N) -> RENAMEAT(N, a, N, a.locked).
+# At submission N is the decoy; the kernel renames in the victim.
+IOSQE_IO_LINK = 1 << 2
+n = os.open(work + "/decoy", os.O_RDONLY | os.O_DIRECTORY)
+got = r.batch([(CLOSE, n, 0, 0, 0, 0, IOSQE_IO_LINK),
+               (OPENAT, d, s("victim"), 0, os.O_RDONLY | os.O_DIRECTORY, 0, IOSQE_IO_LINK),
+               (RENAMEAT, n, s("a"), n, 0, s("a.locked"))])
+assert got == [0, n, 0], (n, got)
+assert os.path.exists(work + "/victim/a.locked") and not os.path.exists(work + "/victim/a")
+os.close(n)
+# after the batches: an O_CREAT open goes to io-wq and takes its descriptor whenever it
+# runs (the lowest free one, maybe the N predicted above)
 r.run(OPENAT, d, s("skipped"), 0o644, os.O_WRONLY | os.O_CREAT,
       sqe_flags=IOSQE_CQE_SKIP_SUCCESS, wait=False)
 q = Ring(2)                                                  # IORING_SETUP_SQPOLL
@@ -133,6 +194,12 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Event], Pat
     (work / "secret" / "key").write_text("s3cret\n")
     (work / "home" / ".ssh").mkdir(parents=True)
     (work / "home" / ".ssh" / "id_rsa").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    for name in ("id_ed25519", "id_ecdsa"):
+        (work / "home" / ".ssh" / name).write_text(name)
+    (work / "benign").write_text("benign")
+    (work / "decoy").mkdir()
+    (work / "victim").mkdir()
+    (work / "victim" / "a").write_text("data")
     patterns = ((str(work / "secret" / "key"), abi.SensClass.CUSTOM),
                 (str(work / "home" / ".ssh"), abi.SensClass.USER_KEYS))
     lst = socket.socket()
@@ -229,3 +296,40 @@ def test_sqpoll_open(recorded) -> None:  # type: ignore[no-untyped-def]
     opens = _file(events, "open", str(work / "sqpoll-created"))
     assert len(opens) == 1 and opens[0].created is True, opens
     _is_client(opens[0], pid)
+
+
+def test_batch_open_read_close_is_reported_by_name(recorded) -> None:  # type: ignore[no-untyped-def]
+    """s22 review H5: OPENAT of a secret, READ and CLOSE of its (predicted) descriptor in
+    one io_uring_enter: at the OPENAT's completion the descriptor is closed.  The open is
+    reported by the name the kernel copied at submission (no inode, F_IOURING_NOFD).
+    Failed before (no record of the secret at all)."""
+    events, work, pid, _, _ = recorded
+    opens = _file(events, "open", str(work / "home" / ".ssh" / "id_ed25519"))
+    assert len(opens) == 1, opens
+    assert opens[0].ino == 0 and opens[0].flags & os.O_ACCMODE == os.O_RDONLY
+    _is_client(opens[0], pid)
+
+
+def test_batch_close_and_reuse_does_not_name_the_benign_file(recorded) -> None:  # type: ignore[no-untyped-def]
+    """The same with a fourth OPENAT of a benign file that gets the secret's descriptor
+    number: the secret's open is still reported by its own name.  Failed before (only
+    the descriptor was read: the benign file, outside the set, no record)."""
+    events, work, pid, _, _ = recorded
+    opens = _file(events, "open", str(work / "home" / ".ssh" / "id_ecdsa"))
+    assert len(opens) == 1, opens
+    assert opens[0].ino == 0
+    _is_client(opens[0], pid)
+    assert not _file(events, "open", str(work / "benign")), "a read of a benign file: no record"
+
+
+def test_rename_against_a_dfd_swapped_before_execution(recorded) -> None:  # type: ignore[no-untyped-def]
+    """s22 review H6: linked CLOSE N, OPENAT victim (gets N), RENAMEAT(N, a, N, a.locked):
+    at submission N is the decoy directory, the kernel renames in the victim.  The
+    rename is reported again at its completion, its names resolved against N as it is
+    then (the submission's record of the decoy stays).  Failed before (only
+    decoy/a -> decoy/a.locked)."""
+    events, work, pid, _, _ = recorded
+    ren = _file(events, "rename", str(work / "victim" / "a"))
+    assert len(ren) == 1 and ren[0].path2 == str(work / "victim" / "a.locked"), (
+        ren, [e for e in events if isinstance(e, FileEvent) and e.op == "rename"])
+    _is_client(ren[0], pid)

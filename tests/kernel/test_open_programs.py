@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from bastion import abi
-from bastion.events import Event, FileEvent
+from bastion.events import OPEN_WRITE_FLAGS, Event, FileEvent
 from bastion.sensors.bpf import BTF_OPEN_PROGRAMS, PROBE_OPEN_PROGRAMS, BpfSensor
 from support.cg import run_in, scoped_cgroup
 from support.live import drain_events
@@ -150,3 +150,93 @@ def test_openat2_flags_rewritten_during_the_call_still_report_the_write(
     writes = [e for e in events if isinstance(e, FileEvent) and e.op == "open"
               and e.path == str(fifo)]
     assert len(writes) == 1 and writes[0].flags & os.O_ACCMODE == os.O_WRONLY, writes
+
+
+# s22 review M9: openat2's how.flags are read from the caller's memory at sys_enter,
+# before the kernel copies them; a second process sharing the struct flips it without
+# pause, so some calls open otherwise than the sensor's copy says.  Each call opens a
+# name of its own (no dedup across them) and the client reports what the kernel did
+# (F_GETFL of the descriptor; whether the file exists): "w" files exist and flip
+# O_RDONLY <-> O_WRONLY|O_CREAT; "c" files do not, and flip O_RDONLY <-> O_RDONLY|O_CREAT
+# (a read-only descriptor of a file the open created).
+RACE = textwrap.dedent("""
+    import ctypes, fcntl, mmap, os, struct, sys, time
+    w, n = sys.argv[1], int(sys.argv[2])
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    m = mmap.mmap(-1, 4096)              # shared with the flipper; its open_how at 0
+    how = ctypes.addressof(ctypes.c_char.from_buffer(m))
+    cpus = sorted(os.sched_getaffinity(0))
+    go = os.fork()
+    if go == 0:                          # the flipper, on a CPU of its own where there is one
+        os.sched_setaffinity(0, {cpus[-1]})
+        a, b = struct.pack("<Q", os.O_RDONLY), struct.pack("<Q", os.O_WRONLY | os.O_CREAT)
+        c = struct.pack("<Q", os.O_RDONLY | os.O_CREAT)
+        end = time.monotonic() + 20
+        m[65] = 1
+        while m[64] != 2 and time.monotonic() < end:
+            one = c if m[64] else b
+            for _ in range(1000):   # (the first "c" opens may still see O_WRONLY|O_CREAT)
+                m[0:8] = a
+                m[0:8] = one
+        os._exit(0)
+    os.sched_setaffinity(0, {cpus[0]})
+    while not m[65]:
+        time.sleep(0.001)
+    done = []
+    for kind, cap in (("w", 3), ("c", 2)):
+        m[64] = kind == "c"
+        seen = [0, 0]                    # w: read-, write-opens; c: ENOENT, created
+        end = time.monotonic() + cap     # until 20 of each (a loaded host: the flipper
+        for i in range(n):               # may sit still for a while)
+            if min(seen) >= 20 or time.monotonic() > end:
+                break
+            fd = libc.syscall(437, -100, f"{w}/{kind}{i}".encode(), ctypes.c_void_p(how), 24)
+            if fd >= 0:
+                acc = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+                done.append(f"{kind}{i} {acc}")
+                os.close(fd)
+            seen[kind == "c" and fd >= 0 or kind == "w" and fd >= 0 and acc != 0] += 1
+    m[64] = 2
+    os.waitpid(go, 0)
+    print("\\n".join(done))
+    """)
+
+
+@pytest.mark.parametrize("btf_loads", [True, False], ids=["btf", "probe-read"])
+def test_openat2_flags_flipped_before_the_kernel_copies_them(tmp_path: Path,
+                                                              btf_loads: bool) -> None:
+    """Every open the kernel made for writing, or that created its file, is reported
+    with write intent; no read-only open of an existing file is reported as a write.
+    Failed before (the flags as read at entry: write-opens missing, read-opens
+    reported O_WRONLY|O_CREAT)."""
+    n = 600
+    for i in range(n):
+        (tmp_path / f"w{i}").write_text("x")
+    with scoped_cgroup() as (cg, cgid):
+        sensor = BpfSensor(cgroup_id=cgid, btf_loads=btf_loads, sensitive=())
+        sensor.open()
+        try:
+            proc = run_in(cg, [sys.executable, "-c", RACE, str(tmp_path), str(n)], timeout=60)
+            assert proc.returncode == 0, proc.stderr
+            events = _drain(sensor)
+            assert sensor.stats()["drops"] == 0
+        finally:
+            sensor.close()
+    did = dict(line.split() for line in proc.stdout.splitlines())
+    kernel_write = {k for k, acc in did.items() if int(acc) != os.O_RDONLY}
+    created = {k for k in did if k.startswith("c")}
+    kernel_read = set(did) - kernel_write - created
+    # the flipping took effect both ways: the attack happened
+    assert kernel_write and kernel_read and created, did
+    recs: dict[str, list[FileEvent]] = {}
+    for e in events:
+        if isinstance(e, FileEvent) and e.op == "open" and e.path.startswith(str(tmp_path)):
+            recs.setdefault(os.path.relpath(e.path, tmp_path), []).append(e)
+    intent = {k for k, v in recs.items() if any(e.flags & OPEN_WRITE_FLAGS for e in v)}
+    assert kernel_write | created <= intent, sorted((kernel_write | created) - intent)
+    assert not intent & kernel_read, sorted(intent & kernel_read)
+    for k in kernel_write:
+        assert recs[k][0].flags & os.O_ACCMODE == os.O_WRONLY, (k, recs[k])
+    for k in created:
+        assert recs[k][0].flags & os.O_CREAT and recs[k][0].created is True, (k, recs[k])
