@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from bastion import abi
 from bastion.sensors.bpf import BpfSensor
 from support.cg import run_in, scoped_cgroup
 from support.prio_flood import CHMODS, chmods, flood_then_payload, payload_seen
@@ -22,13 +23,16 @@ pytestmark = pytest.mark.kernel
 
 def test_the_payload_after_a_flood_that_overran_the_bulk_ring_is_seen(tmp_path: Path) -> None:
     stats, events, port = flood_then_payload(
-        lambda cgid: BpfSensor(cgroup_id=cgid, ring_bytes=2**16, sensitive=()), tmp_path)
-    execs, conns = payload_seen(events, port)
+        lambda cgid, secret: BpfSensor(cgroup_id=cgid, ring_bytes=2**16,
+                                      sensitive=[(str(secret), abi.SensClass.CUSTOM)]), tmp_path)
+    execs, reads, conns = payload_seen(events, port)
     assert stats["drops_ring.bulk"] > CHMODS // 2, stats          # the flood did overrun it
     assert stats["drops.file"] > CHMODS // 2, stats
     assert stats["drops_ring.priority"] == 0, stats
     assert len(execs) == 1, "the payload's exec was lost with the flood"
     assert len(conns) == 1, "the payload's connect was lost with the flood"
+    assert len(reads) == 1, "the payload's read of the sensitive set was lost with the flood"
+    assert reads[0].proc.pid == execs[0].proc.pid
     assert conns[0].proc.pid == execs[0].proc.pid
     assert 0 < chmods(events) < CHMODS      # what the bulk ring held is still delivered
     # in time order: every flood record delivered comes before the payload's exec

@@ -13,6 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bastion import abi  # noqa: E402
 from bastion.sensors.bpf import HookSensor  # noqa: E402
 from support.prio_flood import CHMODS, chmods, flood_then_payload, payload_seen  # noqa: E402
 
@@ -24,13 +25,16 @@ pytestmark = pytest.mark.skipif(
 
 def test_the_payload_after_a_flood_that_overran_the_bulk_ring_is_seen(tmp_path: Path) -> None:
     stats, events, port = flood_then_payload(
-        lambda cgid: HookSensor(cgroup_id=cgid, ring_bytes=2**16, sensitive=()), tmp_path)
-    execs, conns = payload_seen(events, port)
+        lambda cgid, secret: HookSensor(cgroup_id=cgid, ring_bytes=2**16,
+                                      sensitive=[(str(secret), abi.SensClass.CUSTOM)]), tmp_path)
+    execs, reads, conns = payload_seen(events, port)
     assert stats["drops_ring.bulk"] > CHMODS // 2, stats
     assert stats["drops.file"] > CHMODS // 2, stats
     assert stats["drops_ring.priority"] == 0, stats
     assert len(execs) == 1, "the payload's exec was lost with the flood"
     assert len(conns) == 1, "the payload's connect was lost with the flood"
+    assert len(reads) == 1, "the payload's read of the sensitive set was lost with the flood"
+    assert reads[0].proc.pid == execs[0].proc.pid
     assert conns[0].proc.pid == execs[0].proc.pid
     at = events.index(execs[0])
     assert 0 < chmods(events[:at]) == chmods(events) < CHMODS
