@@ -302,3 +302,13 @@ def test_a_malformed_alert_neither_stops_the_agent_nor_wedges_the_store(tmp_path
         store.close()
     assert rules == [9001] and st["state"] == "ok" and st["malformed"] == 1
     assert len(_fed(feed)) == 2
+
+
+def test_status_text_names_the_ring_that_lost_records() -> None:
+    from bastion.cli.main import format_status
+    lines = format_status({"drops": 5003, "drops_by_class": {"file": 5000, "exec": 3},
+                           "drops_by_ring": {"bulk": 5000, "priority": 3}})
+    assert "dropped      file 5000, exec 3; priority ring 3; bulk ring 5000" in lines
+    lines = format_status({"drops": 7, "drops_by_class": {"file": 7},
+                           "drops_by_ring": {"bulk": 7, "priority": 0}})
+    assert "dropped      file 7; bulk ring 7" in lines

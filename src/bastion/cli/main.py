@@ -222,7 +222,7 @@ def format_status(st: dict[str, Any]) -> list[str]:
         out.append("dropped      " + ", ".join(f"{c} {n}" for c, n in
                                                sorted(byc.items(), key=lambda kv: -int(kv[1])))
                    + "".join(f"; {r} ring {n}" for r, n in
-                             sorted((st.get("drops_by_ring") or {}).items(), reverse=True)))
+                             sorted((st.get("drops_by_ring") or {}).items(), reverse=True) if n))
     lim = st.get("alert_limits") or {}
     out.append(f"alerts       {st.get('alerts_total')} raised, {st.get('alerts_suppressed')} "
                "summarised in aggregates"
