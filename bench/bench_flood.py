@@ -16,13 +16,18 @@ Figures (``bench <name> <figure> <unit>``):
 - ``flood_loop_age``: the oldest event-loop heartbeat a ``status`` answer showed
   (how long one round of the loop took at worst, as the guardian sees it);
 - ``flood_alerts``: alerts raised over the run (drop alerts: once per interval,
-  not per batch), and ``flood_alerts_stored``: alerts the store holds.
+  not per batch), and ``flood_alerts_stored``: alerts the store holds;
+- ``flood_exec_seen <n> of <m>`` (s23-prioring): a second process execs
+  ``/bin/true bastion-bench-exec-<i>`` every ``EXEC_EVERY_S`` during the flood (the
+  payload behind the flood); how many of those execs the store holds afterwards.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -35,6 +40,21 @@ from bastion.store.db import Store
 
 FLOOD_S = float(os.environ.get("BASTION_BENCH_FLOOD_S", "6"))
 STATUS_TARGET_MS = 1000.0
+EXEC_EVERY_S = 0.1
+EXEC_MARK = "bastion-bench-exec-"
+
+
+def _exec_during(flood_s: float, done: threading.Event, ran: list[int]) -> None:
+    """The payload behind the flood: an exec every EXEC_EVERY_S from 0.5 s into it."""
+    if done.wait(0.5):
+        return
+    end = time.monotonic() + flood_s - 1.0
+    i = 0
+    while time.monotonic() < end and not done.is_set():
+        subprocess.run(["/bin/true", f"{EXEC_MARK}{i}"], check=True)
+        ran.append(i)
+        i += 1
+        done.wait(EXEC_EVERY_S)
 
 
 def main() -> None:
@@ -45,7 +65,14 @@ def main() -> None:
         with AgentProcess() as agent:
             time.sleep(1.0)
             rss0 = agent.rss_mb()
-            run = chmod_flood_under_status(agent, path, FLOOD_S)
+            done, ran = threading.Event(), []
+            payload = threading.Thread(target=_exec_during, args=(FLOOD_S, done, ran), daemon=True)
+            payload.start()
+            try:
+                run = chmod_flood_under_status(agent, path, FLOOD_S)
+            finally:
+                done.set()
+                payload.join()
             s0, s1 = run.status_before, run.status_after
             latencies, rss, ages, failures = run.latencies_ms, run.rss_mb, run.loop_ages_s, run.failures
             secs, calls = run.flood_seconds, run.flood_calls
@@ -64,6 +91,8 @@ def main() -> None:
             with Store.open(agent.dir / "data", readonly=True) as store:
                 stored = store.count_alerts()
                 drop_alerts = len(store.alerts(rule="bastion.sensor.drops"))
+                seen = {a for rec in store.events(types=["exec"])
+                        for a in rec.data.get("argv", ()) if str(a).startswith(EXEC_MARK)}
                 by_rule: dict[str, int] = {}
                 for rec in store.alerts():
                     by_rule[str(rec.data["rule"])] = by_rule.get(str(rec.data["rule"]), 0) + 1
@@ -86,7 +115,8 @@ def main() -> None:
         f"answer (median {median(ages) * 1e3 if ages else 0:.0f} ms)")
     log(f"RSS: {rss0:.1f} MB before, peak {max(rss, default=0.0):.1f} MB during the flood")
     if "drops_by_class" in st:
-        log(f"drops by class: {st['drops_by_class']}")
+        log(f"drops by class: {st['drops_by_class']}, by ring: {st.get('drops_by_ring')}")
+    log(f"execs behind the flood: {len(seen)} of {len(ran)} stored")
     log(f"stop summary: {summary.line}")
     emit("flood_events", rate, "events/s", ".0f")
     emit("flood_drops", drops, "events", ".0f")
@@ -96,6 +126,7 @@ def main() -> None:
     emit("flood_loop_age", max(ages, default=0.0) * 1e3, "ms", ".0f")
     emit("flood_alerts", alerts, "alerts", ".0f")
     emit("flood_alerts_stored", stored, "alerts", ".0f")
+    emit("flood_exec_seen", len(seen), f"of {len(ran)}", ".0f")
     check_target("flood_status_latency", worst, STATUS_TARGET_MS)
     finish()
 

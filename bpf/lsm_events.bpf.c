@@ -26,6 +26,7 @@ struct {
  * plain loads, not a helper call per field (bpf/lib/sensitive.h) */
 #define BASTION_BTF_LOADS 1
 
+#define BASTION_PRIO_RING 1   /* two rings: bpf/lib/common.h */
 #include "events.h"
 #include "dedup.h"
 #include "xmem.h"

@@ -2,6 +2,7 @@
 /* Bastion's event sensor: tracepoints only, so it loads on every kernel
  * (this includes hosts without BPF LSM).  Each program maps one hook to a
  * helper; the record layouts are in include/bastion.h. */
+#define BASTION_PRIO_RING 1   /* two rings: bpf/lib/common.h */
 #include "events.h"
 #include "dedup.h"
 #include "xmem.h"

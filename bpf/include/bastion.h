@@ -45,6 +45,8 @@
 
 /* Ring buffer size (bytes, power of two, multiple of the page size). */
 #define BASTION_RINGBUF_BYTES (16 * 1024 * 1024)
+/* The sensors' priority ring (ABI 3.2, bpf/lib/common.h): its default size. */
+#define BASTION_PRIO_RINGBUF_BYTES (4 * 1024 * 1024)
 
 /* The per-CPU "drops" counter of every object with a ring: slot 0 counts every
  * failed reserve, slot BASTION_EV_<type> (1 .. BASTION_EV_MAX - 1) the records of
@@ -68,6 +70,21 @@ enum bastion_event_type {
 	BASTION_EV_MMAP = 13,    /* executable memory: struct bastion_mmap_event (ABI 2.1, end of file) */
 	BASTION_EV_MAX = 14,
 };
+
+/* The record types that go to a sensor's priority ring (ABI 3.2; bpf/lib/common.h):
+ * what an attacker's payload must do (exec, connect/bind/listen/accept, ptrace,
+ * signals, bpf(2), memfd, credential changes, executable memory, denials, HIPS
+ * decisions, tamper records), not what a flood is made of (fork, exit, file
+ * records: those go to the bulk ring, except a file record of the sensitive set
+ * (BASTION_F_SENSITIVE) and a remount (MOUNT_SETATTR, FSPICK), which are
+ * priority too). */
+/* bits 1 exec, 5 net, 6 ptrace, 7 kill, 8 bpf, 9 memfd, 10 cred, 11 lsm_deny, 12 hips, 13 mmap */
+#define BASTION_EV_PRIO_MASK 0x3fe2ULL
+_Static_assert(BASTION_EV_PRIO_MASK ==
+	       ((1ULL << BASTION_EV_EXEC) | (1ULL << BASTION_EV_NET) | (1ULL << BASTION_EV_PTRACE) |
+		(1ULL << BASTION_EV_KILL) | (1ULL << BASTION_EV_BPF) | (1ULL << BASTION_EV_MEMFD) |
+		(1ULL << BASTION_EV_CRED) | (1ULL << BASTION_EV_LSM_DENY) | (1ULL << BASTION_EV_HIPS) |
+		(1ULL << BASTION_EV_MMAP)), "BASTION_EV_PRIO_MASK: the priority record types");
 
 enum bastion_file_op {
 	BASTION_FILE_OPEN = 1,   /* open with write, create or truncate intent */

@@ -79,7 +79,9 @@ struct {
 } events SEC(".maps");
 
 /* Failed ring-buffer reserves, per CPU (user space sums them): slot 0 all of
- * them, slot <slot> those of one record type (BASTION_DROP_SLOTS in bastion.h). */
+ * them, slot <slot> those of one record type (BASTION_DROP_SLOTS in bastion.h).
+ * With a priority ring, "drops" counts the bulk ring's losses and "prio_drops"
+ * (same slots) the priority ring's. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, BASTION_DROP_SLOTS);
@@ -87,18 +89,54 @@ struct {
 	__type(value, __u64);
 } drops SEC(".maps");
 
-static __always_inline void count_drop(__u32 slot)
+/* The priority ring (ABI 3.2, s23-prioring): an object that defines
+ * BASTION_PRIO_RING before including us (the two sensors) puts the records an
+ * attacker's payload cannot do without (BASTION_EV_PRIO_MASK, sensitive-set
+ * opens, remounts) on "events_prio", drained first by user space, and the
+ * records a flood is made of (fork/exit, chmod/chown, unlink/rename/link,
+ * ordinary opens) on "events": a flood of cheap file events fills only the
+ * bulk ring.  Every other object has the one ring "events". */
+#ifdef BASTION_PRIO_RING
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, BASTION_PRIO_RINGBUF_BYTES);
+} events_prio SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, BASTION_DROP_SLOTS);
+	__type(key, __u32);
+	__type(value, __u64);
+} prio_drops SEC(".maps");
+
+/* the ring of a record type known at compile time (folded by the compiler) */
+#define RING_OF(type_id) \
+	(((type_id) < 64 && (BASTION_EV_PRIO_MASK & (1ULL << ((type_id) & 63)))) ? \
+	 (void *)&events_prio : (void *)&events)
+#define DROPS_OF(ring) ((ring) == (void *)&events_prio ? (void *)&prio_drops : (void *)&drops)
+#else
+#define RING_OF(type_id) ((void *)&events)
+#define DROPS_OF(ring) ((void *)&drops)
+#endif
+
+static __always_inline void count_drop_in(void *counter, __u32 slot)
 {
 	__u32 k = 0;
-	__u64 *v = bpf_map_lookup_elem(&drops, &k);
+	__u64 *v = bpf_map_lookup_elem(counter, &k);
 
 	if (v)
 		__sync_fetch_and_add(v, 1);
 	if (!slot || slot >= BASTION_DROP_SLOTS)
 		return;
-	v = bpf_map_lookup_elem(&drops, &slot);
+	v = bpf_map_lookup_elem(counter, &slot);
 	if (v)
 		__sync_fetch_and_add(v, 1);
+}
+
+/* A failed reserve of a record of type `slot` on the bulk ring (or the only one). */
+static __always_inline void count_drop(__u32 slot)
+{
+	count_drop_in(&drops, slot);
 }
 
 /* Is the current task the agent (cfg_self_tgid)? */
@@ -164,15 +202,15 @@ static __always_inline void fill_hdr(struct bastion_event_hdr *h, __u16 type, __
 	bpf_get_current_comm(h->comm, sizeof(h->comm));
 }
 
-/* Reserve a record of type T on the ring, header filled; NULL (and a drop
- * counted) when the ring is full. */
+/* Reserve a record of type T on its ring (RING_OF), header filled; NULL (and a
+ * drop counted against that ring) when the ring is full. */
 #define RESERVE(T, type_id)                                                   \
 	({                                                                    \
-		T *__e = bpf_ringbuf_reserve(&events, sizeof(T), 0);          \
+		T *__e = bpf_ringbuf_reserve(RING_OF(type_id), sizeof(T), 0); \
 		if (__e)                                                      \
 			fill_hdr(&__e->hdr, (type_id), sizeof(T));            \
 		else                                                          \
-			count_drop(type_id);                                  \
+			count_drop_in(DROPS_OF(RING_OF(type_id)), type_id);   \
 		__e;                                                          \
 	})
 

@@ -322,12 +322,23 @@ static __always_inline long file_put_kstr(struct bastion_file_event *e, enum fil
 	return n;
 }
 
-/* Put the record on the ring: exactly the bytes used (a drop counted when it is full). */
+/* Put the record on its ring: exactly the bytes used (a drop counted against that
+ * ring when it is full).  With a priority ring (common.h), a file of the sensitive
+ * set and a remount go there; every other file record is bulk. */
 static __always_inline void file_submit(struct bastion_file_event *e)
 {
 	__u32 size = sizeof(*e) + file_used(e);
 
 	e->hdr.size = size;
+#ifdef BASTION_PRIO_RING
+	if ((e->hdr.flags & BASTION_F_SENSITIVE) || e->op == BASTION_FILE_MOUNT_SETATTR ||
+	    e->op == BASTION_FILE_FSPICK) {
+		if (bpf_ringbuf_output(&events_prio, e, size & (FILE_SCRATCH_BYTES - 1),
+				       BPF_RB_NO_WAKEUP))
+			count_drop_in(&prio_drops, BASTION_EV_FILE);
+		return;
+	}
+#endif
 	if (bpf_ringbuf_output(&events, e, size & (FILE_SCRATCH_BYTES - 1), BPF_RB_NO_WAKEUP))
 		count_drop(BASTION_EV_FILE);
 }

@@ -48,6 +48,7 @@ RINGBUF_BYTES: Final = 16 * 1024 * 1024         # as compiled; the sensor sets i
 DROP_SLOTS: Final = 16          # the drops map: slot 0 all, slot <event type> that type's
 DROP_SLOT_TAMPER: Final = 15    # the tamper records' slot
 SMALL_RINGBUF_BYTES: Final = 1024 * 1024        # objects whose records are rare (decisions)
+PRIO_RINGBUF_BYTES: Final = 4 * 1024 * 1024     # the sensors' priority ring (ABI 3.2), as compiled
 
 
 class EventType(enum.IntEnum):
@@ -64,6 +65,15 @@ class EventType(enum.IntEnum):
     LSM_DENY = 11
     HIPS = 12
     MMAP = 13      # ABI 2.1: executable memory (MmapEvent, end of this module)
+
+
+# The record types a sensor puts on its priority ring (ABI 3.2, bpf/lib/common.h): what a
+# payload must do; fork, exit and file records (but those of the sensitive set and
+# remounts) are bulk.
+PRIO_TYPES: Final = frozenset({EventType.EXEC, EventType.NET, EventType.PTRACE, EventType.KILL,
+                               EventType.BPF, EventType.MEMFD, EventType.CRED,
+                               EventType.LSM_DENY, EventType.HIPS, EventType.MMAP})
+EV_PRIO_MASK: Final = sum(1 << t for t in PRIO_TYPES)
 
 
 class FileOp(enum.IntEnum):
@@ -849,6 +859,8 @@ DEFINES: Final[dict[str, int]] = {
     "BASTION_PTRACE_VM_READV": PTRACE_VM_READV,
     "BASTION_PTRACE_VM_WRITEV": PTRACE_VM_WRITEV,
     "BASTION_RINGBUF_BYTES": RINGBUF_BYTES,
+    "BASTION_PRIO_RINGBUF_BYTES": PRIO_RINGBUF_BYTES,
+    "BASTION_EV_PRIO_MASK": EV_PRIO_MASK,
     "BASTION_DROP_SLOTS": DROP_SLOTS,
     "BASTION_DROP_SLOT_TAMPER": DROP_SLOT_TAMPER,
     "BASTION_F_TRUNC_PATH": F_TRUNC_PATH,

@@ -263,7 +263,9 @@ class Agent:
         self._last_flush = self._started
         self._last_drop_alert = self._last_store_alert = float("-inf")
         self._drops_by_class: dict[str, int] = {}
+        self._drops_by_ring: dict[str, int] = {}
         self._drops_alerted: dict[str, int] = {}
+        self._drops_ring_alerted: dict[str, int] = {}
         self.store_health = StoreHealth()
         self._store_queue: deque[dict[str, Any]] = deque()   # alerts waiting for the store
         self._store_retry_at = 0.0
@@ -346,6 +348,7 @@ class Agent:
             "events_per_s": round(self._events_per_s(), 1),
             "drops": self.summary.drops,
             "drops_by_class": dict(self._drops_by_class),
+            "drops_by_ring": dict(self._drops_by_ring),
             "ring_fill": round(ring_fill, 4),
             "alerts_total": self.summary.alerts,
             "alerts_suppressed": self.summary.suppressed,
@@ -875,6 +878,7 @@ class Agent:
                     pid=os.getpid(), evidence={"output": name, "dropped": n}))
         drops = 0
         by_class: dict[str, int] = {}
+        by_ring: dict[str, int] = {}     # the sensors' two rings (s23-prioring)
         # every ring the agent drains: the sensor's, and the HIPS and quarantine decisions'
         counters = [s.stats() for s in self.sensors]
         if self.policies is not None:
@@ -886,8 +890,11 @@ class Agent:
             for key, n in st.items():
                 if key.startswith("drops."):
                     by_class[key[6:]] = by_class.get(key[6:], 0) + int(n)
+                elif key.startswith("drops_ring."):
+                    by_ring[key[11:]] = by_ring.get(key[11:], 0) + int(n)
         self.summary.drops = drops
         self._drops_by_class = by_class
+        self._drops_by_ring = by_ring
         if self.metrics is not None:
             self.metrics.set_sensor_drops(drops)
             self.metrics.set_ring_fill(max((s.ring_fill() for s in self.sensors), default=0.0))
@@ -898,17 +905,24 @@ class Agent:
             new = drops - self._last_drops
             new_by_class = {c: n - self._drops_alerted.get(c, 0) for c, n in by_class.items()
                             if n > self._drops_alerted.get(c, 0)}
+            new_by_ring = {r: n - self._drops_ring_alerted.get(r, 0) for r, n in by_ring.items()
+                           if n > self._drops_ring_alerted.get(r, 0)}
             self._last_drops, self._drops_alerted = drops, dict(by_class)
+            self._drops_ring_alerted = dict(by_ring)
             self._last_drop_alert = now
             classes = ", ".join(f"{c} {n}" for c, n in
                                 sorted(new_by_class.items(), key=lambda kv: -kv[1]))
+            # which ring: the bulk ring's losses are a flood's; the priority ring's are
+            # the payload records themselves (exec, connect ...)
+            rings = " and ".join(f"the {r} ring" for r in sorted(new_by_ring, reverse=True))
             self._alert(Finding(
                 rule="bastion.sensor.drops", severity="high", attack=(), action="alert",
                 event=None, pid=os.getpid(),
-                title=f"{new} events lost: the ring buffer was full"
+                title=f"{new} events lost: {rings or 'the ring buffer'} was full"
                       + (f" ({classes})" if classes else ""),
                 evidence={"dropped": new, "dropped_total": drops, "by_class": new_by_class,
-                          "by_class_total": by_class},
+                          "by_class_total": by_class, "by_ring": new_by_ring,
+                          "by_ring_total": by_ring},
             ))
         self._store_alarm(now, force=final)
         if self.store_health.state != "ok":

@@ -1,7 +1,8 @@
 """Ring drops counted per event class in the kernel (issue 14.1): a sensor with a
-64 KiB ring, scoped to a test cgroup, is not drained while a workload there
-chmods a file thousands of times and then execs: every lost record is counted
-under its class, and the classes add up to the total."""
+64 KiB bulk ring and a 4 KiB priority ring (s23-prioring), scoped to a test cgroup,
+is not drained while a workload there chmods a file thousands of times and then
+execs: every lost record is counted under its class and its ring (the chmods on
+the bulk ring, the execs on the priority ring), and each adds up to the total."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ def test_a_full_ring_counts_its_losses_per_event_class(tmp_path: Path) -> None:
     target = tmp_path / "f"
     target.write_text("x")
     with scoped_cgroup() as (cg, cgid):
-        sensor = BpfSensor(cgroup_id=cgid, ring_bytes=2**16)
+        sensor = BpfSensor(cgroup_id=cgid, ring_bytes=2**16, prio_ring_bytes=4096)
         sensor.open()
         try:
             flood = run_in(cg, [sys.executable, "-c",
@@ -37,4 +38,6 @@ def test_a_full_ring_counts_its_losses_per_event_class(tmp_path: Path) -> None:
     assert stats["drops"] > 10_000, stats
     assert by_class.get("file", 0) > 10_000 and by_class.get("exec", 0) >= 10, by_class
     assert sum(by_class.values()) == stats["drops"], (by_class, stats["drops"])
+    assert stats["drops_ring.priority"] == by_class["exec"], stats
+    assert stats["drops_ring.bulk"] + stats["drops_ring.priority"] == stats["drops"], stats
     assert len(events) + stats["drops"] >= 20_000 + 10

@@ -50,6 +50,7 @@ class _Sensor:
     def __init__(self) -> None:
         self.drops = 0
         self.by_class: dict[str, int] = {}
+        self.by_ring: dict[str, int] = {}
 
     def ring_fill(self) -> float:
         return 1.0
@@ -62,7 +63,8 @@ class _Sensor:
 
     def stats(self) -> dict[str, int]:
         return {"events": 0, "drops": self.drops,
-                **{f"drops.{c}": n for c, n in self.by_class.items()}}
+                **{f"drops.{c}": n for c, n in self.by_class.items()},
+                **{f"drops_ring.{r}": n for r, n in self.by_ring.items()}}
 
     def close(self) -> None:
         pass
@@ -185,6 +187,30 @@ def test_drops_are_alerted_once_per_interval_with_their_classes(tmp_path: Path) 
     assert drops[1]["evidence"]["by_class"] == {"file": 8199, "exec": 900}
 
 
+def test_the_drop_alert_says_which_ring_was_full(tmp_path: Path) -> None:
+    """s23-prioring: a flood's losses are the bulk ring's; losses of the priority ring
+    (the payload's exec, connect ...) are said as such, in the title and the evidence."""
+    sensor = _Sensor()
+    agent, store, _, _ = _agent(tmp_path, [sensor])
+    try:
+        sensor.by_class, sensor.by_ring = {"file": 5000}, {"bulk": 5000, "priority": 0}
+        sensor.drops = 5000
+        agent._health()
+        sensor.by_class, sensor.by_ring = {"file": 5000, "exec": 3}, {"bulk": 5000, "priority": 3}
+        sensor.drops = 5003
+        agent._health(final=True)
+        drops = [a.data for a in store.alerts(rule="bastion.sensor.drops")]
+        st = agent.status()
+    finally:
+        store.close()
+    assert [d["title"] for d in drops] == [
+        "5000 events lost: the bulk ring was full (file 5000)",
+        "3 events lost: the priority ring was full (exec 3)"]
+    assert drops[0]["evidence"]["by_ring"] == {"bulk": 5000}
+    assert drops[1]["evidence"]["by_ring"] == {"priority": 3}
+    assert st["drops_by_ring"] == {"bulk": 5000, "priority": 3}
+
+
 def test_a_locked_store_does_not_stop_the_loop_alerts_are_held_then_written(
         tmp_path: Path) -> None:
     """Attack/failure: another writer holds the database lock (a real SQLite lock).
@@ -276,3 +302,13 @@ def test_a_malformed_alert_neither_stops_the_agent_nor_wedges_the_store(tmp_path
         store.close()
     assert rules == [9001] and st["state"] == "ok" and st["malformed"] == 1
     assert len(_fed(feed)) == 2
+
+
+def test_status_text_names_the_ring_that_lost_records() -> None:
+    from bastion.cli.main import format_status
+    lines = format_status({"drops": 5003, "drops_by_class": {"file": 5000, "exec": 3},
+                           "drops_by_ring": {"bulk": 5000, "priority": 3}})
+    assert "dropped      file 5000, exec 3; priority ring 3; bulk ring 5000" in lines
+    lines = format_status({"drops": 7, "drops_by_class": {"file": 7},
+                           "drops_by_ring": {"bulk": 7, "priority": 0}})
+    assert "dropped      file 7; bulk ring 7" in lines

@@ -400,3 +400,83 @@ def test_read_stat_of_this_process_and_of_a_gone_one(tmp_path: Path) -> None:
     assert start_ns_of(2**22 + 1, proc=tmp_path) == 0
     with pytest.raises(OSError):
         read_stat(1, proc=tmp_path)
+
+
+# ---- two rings (s23-prioring) ---------------------------------------------------------------
+
+
+class QueueRing:
+    """A ring of queued records: ``drain(limit)`` takes the oldest ``limit``."""
+
+    def __init__(self, records: list[bytes]) -> None:
+        self.records = list(records)
+
+    def pending_bytes(self) -> int:
+        return sum(len(r) for r in self.records)
+
+    def drain(self, limit: int | None = None) -> list[bytes]:
+        n = len(self.records) if limit is None else limit
+        out, self.records = self.records[:n], self.records[n:]
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+def _rec(tag: str, ts: int) -> bytes:
+    return b"\x04\x00\x00\x00\x18\x00\x00\x00" + ts.to_bytes(8, "little") + tag.encode().ljust(8)
+
+
+def _tags(recs: list[bytes]) -> list[str]:
+    return [r[16:].decode().strip() for r in recs]
+
+
+def _two_rings(bulk: list[bytes], prio: list[bytes]) -> LoadedObject:
+    lo = LoadedObject(ObjectSpec(path=Path("s.bpf.o"), drops=None, prio_ring="events_prio"))
+    lo.ring, lo.prio_ring = QueueRing(bulk), QueueRing(prio)
+    return lo
+
+
+def test_the_priority_ring_is_drained_whole_and_merged_in_time_order() -> None:
+    """A poll takes every priority record, and bulk ones up to its batch; without a
+    backlog the batch comes out in time order (fork before exec, open before exec)."""
+    lo = _two_rings([_rec("fork", 10), _rec("open", 30), _rec("chmod", 50)],
+                    [_rec("exec", 20), _rec("exec2", 40), _rec("conn", 60)])
+    assert _tags(lo.drain_raw(100)) == ["fork", "exec", "open", "exec2", "chmod", "conn"]
+    assert lo.drain_raw(100) == []
+
+
+def test_under_a_bulk_backlog_a_newer_priority_record_waits_for_the_older_bulk_ones(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The flood case: the bulk ring holds a backlog older than the payload's exec.  The
+    exec leaves the kernel ring at the first poll (nothing can drop it any more) but is
+    handed on after the bulk records before it, so the rules see them in order."""
+    from bastion.kernel import loader
+    monkeypatch.setattr(loader, "boot_ns", lambda: 1_000)      # well within the hold
+    bulk = [_rec(f"c{i}", 10 + i) for i in range(6)] + [_rec("late", 100)]
+    lo = _two_rings(bulk, [_rec("exec", 50)])
+    first = lo.drain_raw(3)
+    assert _tags(first) == ["c0", "c1", "c2"]
+    assert isinstance(lo.prio_ring, QueueRing) and lo.prio_ring.records == []  # out of the kernel
+    assert _tags(lo.drain_raw(3)) == ["c3", "c4", "c5"]
+    assert _tags(lo.drain_raw(3)) == ["exec", "late"]
+
+
+def test_a_priority_record_is_held_no_longer_than_the_hold(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backlog older than PRIO_HOLD_NS does not delay the payload's records past it."""
+    from bastion.kernel import loader
+    monkeypatch.setattr(loader, "boot_ns", lambda: 50 + loader.PRIO_HOLD_NS)
+    lo = _two_rings([_rec(f"c{i}", 10 + i) for i in range(6)], [_rec("exec", 50), _rec("x", 70)])
+    assert _tags(lo.drain_raw(2)) == ["c0", "c1", "exec"]
+    assert _tags(lo.drain_raw(10)) == ["c2", "c3", "c4", "c5", "x"]
+
+
+def test_wait_does_not_sleep_over_priority_records(monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr("bastion.kernel.loader.time.sleep", slept.append)
+    lo = _two_rings([], [_rec("exec", 5)])
+    lo.wait(0.5)
+    assert slept == []
+    lo.drain_raw(10)
+    lo.wait(0.5)
+    assert slept == [0.5]

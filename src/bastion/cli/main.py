@@ -220,7 +220,9 @@ def format_status(st: dict[str, Any]) -> list[str]:
     byc = st.get("drops_by_class") or {}
     if isinstance(byc, dict) and byc:
         out.append("dropped      " + ", ".join(f"{c} {n}" for c, n in
-                                               sorted(byc.items(), key=lambda kv: -int(kv[1]))))
+                                               sorted(byc.items(), key=lambda kv: -int(kv[1])))
+                   + "".join(f"; {r} ring {n}" for r, n in
+                             sorted((st.get("drops_by_ring") or {}).items(), reverse=True) if n))
     lim = st.get("alert_limits") or {}
     out.append(f"alerts       {st.get('alerts_total')} raised, {st.get('alerts_suppressed')} "
                "summarised in aggregates"

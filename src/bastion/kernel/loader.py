@@ -14,13 +14,15 @@ tamper objects and the scoped LSM objects:
    attached is detached before the error propagates.  Programs listed in
    ``optional`` (a hook an older kernel lacks) may be missing; ``cgroup/*``
    programs attach to ``cgroup`` (the cgroup v2 root by default);
-6. map the ring buffer;
+6. map the ring buffer (and the priority ring of an object with two: ``prio_ring``);
 7. with ``pin_dir``, pin ``pin_maps`` at ``pin_dir/maps/<name>`` and every
    link at ``pin_dir/links/<program>``, so enforcement outlives the process;
    :meth:`LoadedObject.adopt` reopens such a set later without a gap.
 
 :meth:`LoadedObject.drain` decodes the ring's records with the caller's
-decoder and a periodically refreshed wall-clock offset; a record that does
+decoder and a periodically refreshed wall-clock offset (an object with a priority
+ring: every priority record first, merged in time order with the bulk records of
+the batch, :meth:`LoadedObject.drain_raw`); a record that does
 not decode is counted in ``decode_errors`` and logged, never raised into the
 caller's event loop.  :meth:`LoadedObject.close` releases everything; pinned
 links stay attached unless ``unpin``.  It detaches tracepoint links concurrently
@@ -30,6 +32,7 @@ links stay attached unless ``unpin``.  It detaches tracepoint links concurrently
 from __future__ import annotations
 
 import errno
+import heapq
 import logging
 import os
 import struct
@@ -44,13 +47,25 @@ from typing import Protocol, TypeVar
 from bastion import abi
 from bastion.errors import DecodeError, KernelError, Location
 from bastion.kernel import bpffs
-from bastion.kernel.clock import WallOffset
+from bastion.kernel.clock import WallOffset, boot_ns
 from bastion.kernel.libbpf import BpfObject, Link, Map
 from bastion.kernel.ringbuf import RingBuffer
 
 log = logging.getLogger("bastion.kernel.loader")
 
 T = TypeVar("T")
+
+#: A priority record waits in user space at most this long (kernel boot time) for the
+#: older bulk records of a backlog, so that a payload's exec does not come before the
+#: fork or the write-open that preceded it; past it, it goes out ahead of them.
+PRIO_HOLD_NS = 1_000_000_000
+
+_TS = struct.Struct("<Q")
+_TS_AT = 8      # bastion_event_hdr.ts_ns
+
+
+def _ts(rec: bytes) -> int:
+    return _TS.unpack_from(rec, _TS_AT)[0] if len(rec) >= _TS_AT + 8 else 0
 
 
 @dataclass(frozen=True)
@@ -68,6 +83,8 @@ class ObjectSpec:
     pin_maps: tuple[str, ...] = ()       # the maps pinned, and reopened by adopt()
     drops: str | None = "drops"          # the per-CPU u64 counter of failed ring reserves
     reuse_maps: Mapping[str, int] = field(default_factory=dict)  # map name -> another object's map fd (shared)
+    prio_ring: str | None = None         # a second ring drained first (the sensors': events_prio)
+    prio_drops: str | None = None        # its failed reserves (same slots as ``drops``)
 
     @property
     def maps_dir(self) -> Path:
@@ -265,10 +282,13 @@ class LoadedObject:
         self.missing: list[str] = []         # optional programs whose hook is absent
         self.closed = False
         self.ring: _Ring | None = None
+        self.prio_ring: _Ring | None = None
+        self._held: list[bytes] = []         # priority records waiting for older bulk ones
         self.adopted = False
         self.decoded = 0
         self.decode_errors = 0
         self._drops_at_close = 0
+        self._prio_drops_at_close = 0
         self._slots_at_close: dict[str, int] = {}
         self._slots_cache: tuple[int, dict[str, int]] = (0, {})
         self.wall_offset = WallOffset()
@@ -300,6 +320,8 @@ class LoadedObject:
                 self._maps[name] = obj.map(name)
             if spec.ring is not None:
                 self.ring = RingBuffer(obj.map(spec.ring))
+            if spec.prio_ring is not None:
+                self.prio_ring = RingBuffer(obj.map(spec.prio_ring))
             if spec.pin_dir is not None:
                 self._pin()
         except BaseException:
@@ -357,6 +379,8 @@ class LoadedObject:
                 self.attached.append(name)
             if spec.ring is not None:
                 self.ring = RingBuffer(self.map(spec.ring))
+            if spec.prio_ring is not None:
+                self.prio_ring = RingBuffer(self.map(spec.prio_ring))
         except BaseException:
             self.close()
             raise
@@ -373,6 +397,8 @@ class LoadedObject:
                 self.obj is not None or self.spec.drops in self._maps):
             self._drops_at_close = self.sum_percpu_u64(self.spec.drops)  # still readable after
             self._slots_at_close = self._read_drop_slots()
+            if self.spec.prio_drops is not None and self.prio_ring is not None:
+                self._prio_drops_at_close = self.sum_percpu_u64(self.spec.prio_drops)
         if unpin:
             pins: list[_Pinned] = [*self.links.values(), *self._maps.values()]
             for pinned in pins:
@@ -387,6 +413,10 @@ class LoadedObject:
         if self.ring is not None:
             self.ring.close()
             self.ring = None
+        if self.prio_ring is not None:
+            self.prio_ring.close()
+            self.prio_ring = None
+        self._held.clear()
         for m in self._owned:
             m.close()
         self._owned.clear()
@@ -425,10 +455,24 @@ class LoadedObject:
         return sum(struct.unpack_from("<Q", v)[0] for v in vals)
 
     def drops(self) -> int:
-        """Records lost to a full ring (0 without a drop counter; once closed, the count then)."""
-        if self.spec.drops is None or self.closed:
-            return self._drops_at_close
-        return self.sum_percpu_u64(self.spec.drops)
+        """Records lost to a full ring, both rings of an object with two (0 without a drop
+        counter; once closed, the count then)."""
+        return sum(self.drops_by_ring().values())
+
+    def drops_by_ring(self) -> dict[str, int]:
+        """Records lost per ring: ``bulk`` (the one ring of an object with one) and, with a
+        priority ring, ``priority``."""
+        if self.spec.drops is None:
+            return {"bulk": 0}
+        if self.closed:
+            out = {"bulk": self._drops_at_close}
+            if self.spec.prio_drops is not None:
+                out["priority"] = self._prio_drops_at_close
+            return out
+        out = {"bulk": self.sum_percpu_u64(self.spec.drops)}
+        if self.spec.prio_drops is not None:
+            out["priority"] = self.sum_percpu_u64(self.spec.prio_drops)
+        return out
 
     def drops_by_class(self) -> dict[str, int]:
         """Records lost to a full ring per record type (``exec``, ``file``, ``hips``,
@@ -443,18 +487,23 @@ class LoadedObject:
         return dict(self._slots_cache[1])
 
     def _read_drop_slots(self) -> dict[str, int]:
+        """Losses per record type, both rings summed (a file record of the sensitive set
+        is lost on the priority ring, the others on the bulk ring: one class ``file``)."""
         assert self.spec.drops is not None
-        m = self.map(self.spec.drops)
-        if m.max_entries < abi.DROP_SLOTS:   # an object built before issue 14.1: no slots
-            return {}
         out: dict[str, int] = {}
-        for slot in range(1, abi.DROP_SLOTS):
-            n = self.sum_percpu_u64(self.spec.drops, slot)
-            if n:
-                name = ("tamper" if slot == abi.DROP_SLOT_TAMPER else
-                        abi.EventType(slot).name.lower() if slot in abi.EventType._value2member_map_
-                        else f"slot{slot}")
-                out[name] = n
+        for counter in (self.spec.drops, self.spec.prio_drops):
+            if counter is None:
+                continue
+            m = self.map(counter)
+            if m.max_entries < abi.DROP_SLOTS:   # an object built before issue 14.1: no slots
+                continue
+            for slot in range(1, abi.DROP_SLOTS):
+                n = self.sum_percpu_u64(counter, slot)
+                if n:
+                    name = ("tamper" if slot == abi.DROP_SLOT_TAMPER else
+                            abi.EventType(slot).name.lower()
+                            if slot in abi.EventType._value2member_map_ else f"slot{slot}")
+                    out[name] = out.get(name, 0) + n
         return out
 
     # ---- the ring ----------------------------------------------------------------------
@@ -466,19 +515,50 @@ class LoadedObject:
         return self.ring
 
     def pending_bytes(self) -> int:
+        """Bytes waiting in the (bulk) ring."""
         return self.ring.pending_bytes() if self.ring is not None else 0
+
+    def prio_pending_bytes(self) -> int:
+        """Bytes waiting in the priority ring (0 without one)."""
+        return self.prio_ring.pending_bytes() if self.prio_ring is not None else 0
 
     def wait(self, timeout_s: float) -> None:
         """Sleep ``timeout_s`` unless records are already waiting (batched drain)."""
-        if timeout_s > 0 and not self._need_ring().pending_bytes():
+        if (timeout_s > 0 and not self._need_ring().pending_bytes()
+                and not self.prio_pending_bytes() and not self._held):
             time.sleep(timeout_s)
+
+    def drain_raw(self, limit: int | None = None) -> list[bytes]:
+        """The records to decode now.  One ring: at most ``limit`` of them.  With a
+        priority ring (s23-prioring): ALL of its records (a flood of bulk records never
+        keeps one waiting in the kernel, where the next ones would be lost), then at most
+        ``limit`` bulk records, merged by time.  While a bulk backlog remains, a priority
+        record newer than the last bulk record of the batch stays here (in user space,
+        where nothing is lost) until the bulk records before it are drained, at most
+        :data:`PRIO_HOLD_NS`: order is kept for the rules (a fork before its exec, a
+        write-open before the exec of the file) unless the backlog is older than that."""
+        bulk = self._need_ring().drain(limit)
+        if self.prio_ring is None:
+            return bulk
+        prio = self._held + self.prio_ring.drain(None)
+        self._held = []
+        if not prio:
+            return bulk
+        if self._need_ring().pending_bytes():          # a backlog: hold the newer ones
+            upto = max(_ts(bulk[-1]) if bulk else 0, boot_ns() - PRIO_HOLD_NS)
+            out = [r for r in prio if _ts(r) <= upto]
+            self._held = [r for r in prio if _ts(r) > upto]
+            prio = out
+        if not bulk:
+            return prio
+        return list(heapq.merge(bulk, prio, key=_ts))
 
     def drain(self, decode: Callable[[bytes, int], T], limit: int | None = None) -> list[T]:
         """Decode the records waiting in the ring (at most ``limit``, None: all of them);
         count and skip the undecodable."""
         offset = self.wall_offset()
         out: list[T] = []
-        for rec in self._need_ring().drain(limit):
+        for rec in self.drain_raw(limit):
             try:
                 out.append(decode(rec, offset))
             except DecodeError as exc:
@@ -497,7 +577,7 @@ class LoadedObject:
             log.warning("undecodable record from %s dropped: %s", self.spec.path.name, exc)
 
         offset = self.wall_offset()
-        out = decode_batch(self._need_ring().drain(limit), offset, bad)
+        out = decode_batch(self.drain_raw(limit), offset, bad)
         self.decoded += len(out)
         return out
 
@@ -526,9 +606,14 @@ class LoaderUser:
         return self._lo.drops() if self._lo is not None else 0
 
     def stats(self) -> dict[str, int]:
+        """Counters; ``drops.<class>`` the losses per record type, ``drops_ring.<ring>``
+        per ring (``bulk``, and ``priority`` for an object with two)."""
         by_class = self._lo.drops_by_class() if self._lo is not None else {}
+        by_ring = self._lo.drops_by_ring() if self._lo is not None else {}
         return {"events": self.events, "drops": self.drops(), "decode_errors": self.decode_errors,
                 **{f"drops.{c}": n for c, n in by_class.items()},
+                **({f"drops_ring.{r}": n for r, n in by_ring.items()}
+                   if "priority" in by_ring else {}),
                 "programs": len(self._lo.attached) if self._lo is not None else 0}
 
 

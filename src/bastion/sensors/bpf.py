@@ -14,9 +14,17 @@ assembly from the tier report (:mod:`bastion.enforce.tiers`):
 
 Declares ``tp_events.bpf.o`` to the one loader (:mod:`bastion.kernel.loader`)
 with its configuration for ``.rodata`` (own tgid to ignore, optional cgroup
-scope, enabled event types) and its ring size; the loader checks the ABI,
+scope, enabled event types) and its two rings' sizes; the loader checks the ABI,
 attaches every program all or nothing (``on_fchmodat2`` may be absent) and
-drains the ring, counting undecodable records.  The sensor polls in timed
+drains the rings, counting undecodable records.
+
+Two rings (s23-prioring, ``bpf/lib/common.h``): ``events_prio`` carries what an
+attacker's payload must do (exec, network, ptrace, signals, bpf, memfd, credentials,
+executable memory, the sensitive set's opens, remounts: ``abi.PRIO_TYPES``),
+``events`` the bulk (fork, exit, every other file record).  Each poll drains the
+priority ring completely and the bulk ring up to :data:`DRAIN_BATCH`, so a flood of
+cheap file events that overruns the bulk ring loses bulk records only
+(``drops_ring.bulk``), never the payload's exec or connect behind it.  The sensor polls in timed
 batches and keeps the counters the agent reports.
 """
 
@@ -148,6 +156,7 @@ class BpfSensor(LoaderUser):
         sensitive_refresh_s: float = 30.0,
         resolve_sensitive: Callable[[Sequence[tuple[str, abi.SensClass]]], list[SensEntry]]
         = resolve,
+        prio_ring_bytes: int = abi.PRIO_RINGBUF_BYTES,
         open_dedup_s: float = 0.0,
         net_dedup_s: float = 0.0,
         mmap_dedup_s: float = 0.0,
@@ -183,6 +192,7 @@ class BpfSensor(LoaderUser):
         self.host_mnt_ns = 0     # mount_setattr/fspick reported in it; 0: /proc/1/ns/mnt's
         self.open_reads = open_reads
         self.ring_bytes = ring_bytes
+        self.prio_ring_bytes = prio_ring_bytes
         self.btf_loads = btf_loads
         self._lo: LoadedObject | None = None
         self.opened_at = 0.0
@@ -215,7 +225,9 @@ class BpfSensor(LoaderUser):
                 "cfg_rewrite_dedup_ns": self.rewrite_dedup_ns,
                 "cfg_host_mnt_ns": self.host_mnt_ns or host_mnt_ns(self.object_name),
             },
-            max_entries={"events": self.ring_bytes},
+            max_entries={"events": self.ring_bytes, "events_prio": self.prio_ring_bytes},
+            prio_ring="events_prio",
+            prio_drops="prio_drops",
             optional=OPTIONAL_PROGRAMS,
             skip=self.skipped_programs(),
         )
@@ -322,9 +334,11 @@ class BpfSensor(LoaderUser):
         return lo.drain_batch(self._decoder.decode_batch, DRAIN_BATCH)
 
     def ring_fill(self) -> float:
+        """The fuller of the two rings (0..1)."""
         if self._lo is None:
             return 0.0
-        return self._lo.pending_bytes() / self.ring_bytes
+        return max(self._lo.pending_bytes() / self.ring_bytes,
+                   self._lo.prio_pending_bytes() / self.prio_ring_bytes)
 
     def close(self) -> None:
         """Detach and release; the counters stay readable."""
@@ -405,6 +419,7 @@ class HookSensor(BpfSensor):
         obj_path: Path | None = None,
         open_reads: bool = False,
         ring_bytes: int = abi.RINGBUF_BYTES,
+        prio_ring_bytes: int = abi.PRIO_RINGBUF_BYTES,
         quiet_tgids: Iterable[int] = (),
         open_dedup_s: float = DEFAULT_OPEN_DEDUP_S,
         net_dedup_s: float = 0.0,
@@ -416,6 +431,7 @@ class HookSensor(BpfSensor):
     ) -> None:
         super().__init__(classes=classes, self_tgid=self_tgid, cgroup_id=cgroup_id,
                          obj_path=obj_path, open_reads=open_reads, ring_bytes=ring_bytes,
+                         prio_ring_bytes=prio_ring_bytes,
                          sensitive=sensitive, sensitive_refresh_s=sensitive_refresh_s,
                          resolve_sensitive=resolve_sensitive, open_dedup_s=open_dedup_s,
                          net_dedup_s=net_dedup_s, mmap_dedup_s=mmap_dedup_s)
@@ -430,6 +446,8 @@ class HookSensor(BpfSensor):
             path=base.path,
             rodata=base.rodata,
             max_entries=base.max_entries,
+            prio_ring=base.prio_ring,
+            prio_drops=base.prio_drops,
             optional=HOOK_OPTIONAL_PROGRAMS,
         )
 

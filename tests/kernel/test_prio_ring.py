@@ -1,0 +1,59 @@
+"""A flood of cheap file events does not blind detection (issues 16/15, s23-prioring).
+
+The attack (docs/threat-model.md, "a sustained flood above what Python drains"): one
+unprivileged process chmods its own files over and over, faster than the agent
+drains, and the payload's exec and connect that follow are lost with the flood on
+the one ring.  The sensor now has two: the flood overruns the bulk ring (its losses
+counted there, as file records), the exec and the connect cross the priority ring
+and arrive."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bastion import abi
+from bastion.sensors.bpf import BpfSensor
+from support.cg import run_in, scoped_cgroup
+from support.prio_flood import CHMODS, chmods, flood_then_payload, payload_seen
+
+pytestmark = pytest.mark.kernel
+
+
+def test_the_payload_after_a_flood_that_overran_the_bulk_ring_is_seen(tmp_path: Path) -> None:
+    stats, events, port = flood_then_payload(
+        lambda cgid, secret: BpfSensor(cgroup_id=cgid, ring_bytes=2**16,
+                                      sensitive=[(str(secret), abi.SensClass.CUSTOM)]), tmp_path)
+    execs, reads, conns = payload_seen(events, port)
+    assert stats["drops_ring.bulk"] > CHMODS // 2, stats          # the flood did overrun it
+    assert stats["drops.file"] > CHMODS // 2, stats
+    assert stats["drops_ring.priority"] == 0, stats
+    assert len(execs) == 1, "the payload's exec was lost with the flood"
+    assert len(conns) == 1, "the payload's connect was lost with the flood"
+    assert len(reads) == 1, "the payload's read of the sensitive set was lost with the flood"
+    assert reads[0].proc.pid == execs[0].proc.pid
+    assert conns[0].proc.pid == execs[0].proc.pid
+    assert 0 < chmods(events) < CHMODS      # what the bulk ring held is still delivered
+    # in time order: every flood record delivered comes before the payload's exec
+    at = events.index(execs[0])
+    assert chmods(events[:at]) == chmods(events) and at < events.index(conns[0])
+
+
+def test_a_full_priority_ring_counts_its_losses_under_it_and_their_class(tmp_path: Path) -> None:
+    """The priority ring can be overrun too (an exec loop): its losses are counted per
+    ring and per class, and both sums match the total."""
+    with scoped_cgroup() as (cg, cgid):
+        sensor = BpfSensor(cgroup_id=cgid, ring_bytes=2**16, prio_ring_bytes=4096, sensitive=())
+        sensor.open()
+        try:
+            r = run_in(cg, ["/bin/sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10; do /bin/true; done"],
+                       timeout=60)
+            assert r.returncode == 0, r.stderr
+            stats = sensor.stats()
+        finally:
+            sensor.close()
+    by_class = {k[6:]: v for k, v in stats.items() if k.startswith("drops.")}
+    assert stats["drops_ring.priority"] == by_class.get("exec", 0) >= 9, stats
+    assert stats["drops_ring.bulk"] + stats["drops_ring.priority"] == stats["drops"]
+    assert sum(by_class.values()) == stats["drops"], stats

@@ -1,0 +1,41 @@
+"""The flood that blinds detection, on the lsm tier (s23-prioring; the host's
+tests/kernel/test_prio_ring.py with the hook sensor, lsm_events.bpf.o, on Debian's
+stock kernel in the test VM): the chmod flood overruns the hook sensor's bulk ring,
+the payload's exec and connect cross its priority ring and arrive."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bastion import abi  # noqa: E402
+from bastion.sensors.bpf import HookSensor  # noqa: E402
+from support.prio_flood import CHMODS, chmods, flood_then_payload, payload_seen  # noqa: E402
+
+IN_VM = os.environ.get("BASTION_IN_VM") == "1"
+pytestmark = pytest.mark.skipif(
+    not IN_VM, reason="runs only inside the test VM: use `bash vm/run.sh` (make test-vm)"
+)
+
+
+def test_the_payload_after_a_flood_that_overran_the_bulk_ring_is_seen(tmp_path: Path) -> None:
+    stats, events, port = flood_then_payload(
+        lambda cgid, secret: HookSensor(cgroup_id=cgid, ring_bytes=2**16,
+                                      sensitive=[(str(secret), abi.SensClass.CUSTOM)]), tmp_path)
+    execs, reads, conns = payload_seen(events, port)
+    assert stats["drops_ring.bulk"] > CHMODS // 2, stats
+    assert stats["drops.file"] > CHMODS // 2, stats
+    assert stats["drops_ring.priority"] == 0, stats
+    assert len(execs) == 1, "the payload's exec was lost with the flood"
+    assert len(conns) == 1, "the payload's connect was lost with the flood"
+    assert len(reads) == 1, "the payload's read of the sensitive set was lost with the flood"
+    assert reads[0].proc.pid == execs[0].proc.pid
+    assert conns[0].proc.pid == execs[0].proc.pid
+    at = events.index(execs[0])
+    assert 0 < chmods(events[:at]) == chmods(events) < CHMODS
+    assert at < events.index(conns[0])
