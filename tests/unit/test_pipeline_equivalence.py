@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,11 @@ import pytest
 
 from bastion import abi
 from bastion.detect.behavior import behavior_rules
-from bastion.detect.engine import Engine, RuleContext
+from bastion.detect.engine import Engine, Finding, RuleContext
 from bastion.detect.sigma import load_sigma
 from bastion.errors import DecodeError
-from bastion.events import (_MAKERS, DECODERS, Decoder, Event, ExecEvent, FileEvent, RepeatDecoder,
-                            all_fields, decode, decode_reference)
+from bastion.events import (_MAKERS, DECODERS, OPEN_WRITE_FLAGS, Decoder, Event, ExecEvent,
+                            FileEvent, RepeatDecoder, all_fields, decode, decode_reference)
 from bastion.proctable import ProcessTable
 from bastion.sensors.replay import read_all
 
@@ -311,6 +312,67 @@ def test_dispatch_by_declared_type_loses_no_finding() -> None:
         for r in every:
             want += [(f.rule, f.title, f.pid) for f in r.on_event(ev, ctx)]
     assert got == want and len(got) >= 50
+
+
+def _open_twins(events: list[Event]) -> list[Event]:
+    """Each recorded event, and after each open its twins: read-only, write (O_WRONLY), and
+    read-only of an inode the sensor classed sensitive, so every rule's open interest is
+    crossed from both sides (the corpus has few write and sensitive opens)."""
+    out: list[Event] = []
+    for ev in events:
+        out.append(ev)
+        if isinstance(ev, FileEvent) and ev.op == "open":
+            ro = ev.flags & ~OPEN_WRITE_FLAGS
+            out += [dataclasses.replace(ev, flags=ro),
+                    dataclasses.replace(ev, flags=ro | os.O_WRONLY),
+                    dataclasses.replace(ev, flags=ro, sensitive="credentials")]
+    return out
+
+
+def _full(f: Finding) -> tuple[Any, ...]:
+    return (f.rule, f.title, f.severity, f.action, f.pid, f.roots, repr(f.evidence), f.dry_run)
+
+
+def test_open_interests_lose_no_finding_and_no_state() -> None:
+    """Issue 16.3: rules declare the opens they can act on (``read_opens``,
+    ``read_interest``, ``write_interest``) and the engine gives each open only to those.
+    On every fixture (its own trust and container probes) and the opens' twins, the
+    engine finds exactly -- rule, title, severity, action, pid, roots, evidence, in order --
+    what the same pack finds when every rule is given every event of its types: an open
+    kept from a rule neither hid a finding nor changed the rule's state."""
+    from support.trust import RecordedTrust
+    from test_behavior_rules import recorded_probes
+
+    declared = [r for r in behavior_rules() if not r.read_opens
+                or getattr(r, "read_interest", None) or getattr(r, "write_interest", None)]
+    assert {"behavior.provenance", "behavior.credential_access", "behavior.proc_mem_access",
+            "behavior.account_staging"} <= {r.name for r in declared}
+    total = kept = 0
+    for path in sorted(FIXTURES.glob("*.jsonl")):
+        events = _open_twins(read_all(path))
+        trust_a, trust_b = RecordedTrust(), RecordedTrust()
+        engine = Engine(behavior_rules(trust=trust_a, cprobes=recorded_probes(path)))
+        every = behavior_rules(trust=trust_b, cprobes=recorded_probes(path))
+        procs_a, procs_b = ProcessTable(), ProcessTable()
+        ctx_a, ctx_b = RuleContext(procs_a), RuleContext(procs_b)
+        got: list[tuple[Any, ...]] = []
+        want: list[tuple[Any, ...]] = []
+        for ev in events:
+            trust_a.learn(ev)
+            trust_b.learn(ev)
+            procs_a.update(ev)
+            procs_b.update(ev)
+            got += [_full(f) for f in engine.evaluate(ev, ctx_a)]
+            for r in every:
+                if ev.type in r.event_types:
+                    want += [_full(f) for f in r.on_event(ev, ctx_b)]
+            if isinstance(ev, FileEvent) and ev.op == "open":   # by type and read_opens only
+                total += len(engine._routes["open"] if ev.flags & OPEN_WRITE_FLAGS
+                             else engine._read_opens)
+                kept += len(engine._open_route(ev))
+        assert not engine.errors, engine.disabled
+        assert got == want, path.name
+    assert kept < total * 0.9, (kept, total)   # the interests keep opens from rules
 
 
 def test_a_single_event_rule_s_direct_path_finds_what_the_generic_path_finds() -> None:

@@ -53,7 +53,7 @@ from bastion.detect.behavior.trust import ExeTrust
 from bastion.detect.behavior.launder import LAUNDER_TOOLS, launder_act
 from bastion.detect.behavior.svcctl import SERVICE_MANAGERS, command_act, firewall_act
 from bastion.detect.behavior.state import BoundedState, Limits, ProcKey, proc_key, tree_key
-from bastion.detect.engine import RuleContext
+from bastion.detect.engine import OpenInterest, RuleContext
 from bastion.events import (
     OPEN_WRITE_FLAGS, BpfEvent, Event, ExecEvent, FileEvent, ForkEvent, HipsEvent, KillEvent,
     NetEvent, PtraceEvent,
@@ -877,6 +877,8 @@ class CredentialAccess(SingleEvent):
     attack = ("T1003.008", "T1552.004")
     severity = "high"
     action = "alert"
+    # match() passes an open only of a sensitive inode or of a path in CRED_STORES
+    read_interest = write_interest = OpenInterest(globs=CRED_STORES, sensitive=True)
 
     def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
         path = read_path(ev)
@@ -921,6 +923,7 @@ class ProcMemAccess(SingleEvent):
     attack = ("T1003.007", "T1055.009")
     severity = "high"
     action = "alert"
+    read_interest = write_interest = OpenInterest(prefixes=("/proc/",))   # _PROC_MEM's paths
 
     def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
         if isinstance(ev, PtraceEvent):
@@ -2862,6 +2865,11 @@ class Ransomware(ThresholdRule):
         return notes, sum(counts[d] for d in notes)
 
     def evaluate(self, ev: Event, ctx: RuleContext) -> list[Hit]:
+        if type(ev) is FileEvent and ev.op == "open" and not ev.flags & OPEN_WRITE_FLAGS:
+            # a read-only open (most events): _track keeps nothing of it and value() counts
+            # nothing, so only the probe's stall report is due (issue 16.3)
+            self.counted = None
+            return self._stalled_hits([])
         self._track(ev, ctx)
         self.counted = None
         hits = super().evaluate(ev, ctx)
@@ -2873,6 +2881,10 @@ class Ransomware(ThresholdRule):
             if uw is not None and uw.trees.get(self.counted[0]):
                 for k in [k for k, (_, _, t) in uw.od.items() if t == self.counted[0]]:
                     uw.drop(k)
+        return self._stalled_hits(hits)
+
+    def _stalled_hits(self, hits: list[Hit]) -> list[Hit]:
+        """``hits`` and the report of the entropy probes that timed out since the last."""
         if self.probes.stalled is not None:
             stuck = self.probes.stalled()
             if stuck:
