@@ -1090,7 +1090,7 @@ class LoaderEnvInjection(BehaviorRule):
 def _shell_kind(ev: ExecEvent, trust: ExeTrust) -> str | None:
     """The shell family the exec'd file is (by inode, name, ELF build id: s16-sig; a
     renamed copy of bash is bash), None: no shell."""
-    return trust.shell(ev.proc.exe, (ev.exe_dev, ev.exe_ino), ev.proc.pid)
+    return trust.exec_shell(ev)
 
 
 def _shell_reads_stdin(ev: ExecEvent, trust: ExeTrust) -> bool:
