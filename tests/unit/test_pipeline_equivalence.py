@@ -346,7 +346,9 @@ def test_open_interests_lose_no_finding_and_no_state() -> None:
     declared = [r for r in behavior_rules() if not r.read_opens
                 or getattr(r, "read_interest", None) or getattr(r, "write_interest", None)]
     assert {"behavior.provenance", "behavior.credential_access", "behavior.proc_mem_access",
-            "behavior.account_staging"} <= {r.name for r in declared}
+            "behavior.account_staging", "behavior.persistence_cron", "behavior.sudoers_pam",
+            "behavior.account_change", "behavior.security_config_tamper",
+            "behavior.container_release_agent"} <= {r.name for r in declared}
     total = kept = 0
     for path in sorted(FIXTURES.glob("*.jsonl")):
         events = _open_twins(read_all(path))

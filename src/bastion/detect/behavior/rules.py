@@ -1248,6 +1248,7 @@ class PersistenceWrite(SingleEvent):
         self.severity = cls.severity
         self.cls = cls
         super().__init__(settings, limits)
+        self.write_interest = OpenInterest(globs=cls.patterns)   # match()'s glob_any
 
     def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
         path = written_path(ev)
@@ -1282,6 +1283,7 @@ class AccountChange(SingleEvent):
     name = "behavior.account_change"
     event_types = frozenset({"exec", "open", "rename", "hips"})
     read_opens = False   # a read-only open has no written path: nothing to match
+    write_interest = OpenInterest(prefixes=ACCOUNT_FILES)   # (a superset of "in ACCOUNT_FILES")
     attack = ("T1136.001", "T1098")
     severity = "medium"
     action = "alert"
@@ -1353,6 +1355,7 @@ class SudoersPam(SingleEvent):
     name = "behavior.sudoers_pam"
     event_types = FILE_WRITE_TYPES
     read_opens = False   # a read-only open has no written path: nothing to match
+    write_interest = OpenInterest(globs=PRIV_CONFIG)
     attack = ("T1548.003", "T1556.003")
     severity = "high"
     action = "alert"
@@ -1806,6 +1809,7 @@ class SecurityConfigTamper(SingleEvent):
     name = "behavior.security_config_tamper"
     event_types = frozenset({"open", "rename", "unlink", "hips"})
     read_opens = False   # a read-only open has no written path: nothing to match
+    write_interest = OpenInterest(globs=SECURITY_CONFIGS)
     attack = ("T1562.001", "T1562.004", "T1562.006")
     severity = "medium"
     action = "alert"
