@@ -455,6 +455,49 @@ def test_the_sigma_memo_changes_no_finding() -> None:
     assert sum(g["memo_hits"] for g in plain.rules[0].evaluator.stats().values()) == 0
 
 
+def test_the_sigma_exec_lookup_tells_apart_what_the_views_read(monkeypatch: Any) -> None:
+    """Issue 16.3: an exec's Sigma views are looked up by the event values they are built
+    from (``_Group.run_direct``).  Each exec of the corpus again, then with the cwd, comm,
+    euid, gid, filename (no exe) or pid changed, then after its parent re-exec'd with
+    another command line (the parent's fields come from the process table), then as
+    recorded: the same findings as evaluating every view afresh; and a repeated exec
+    builds its views once."""
+    import bastion.detect.sigma.rules as srules
+
+    events: list[Event] = []
+    for ev in _corpus():
+        events.append(ev)
+        if not isinstance(ev, ExecEvent):
+            continue
+        p = ev.proc
+        events += [dataclasses.replace(ev, cwd=ev.cwd + "/x"),
+                   dataclasses.replace(ev, proc=dataclasses.replace(p, comm=p.comm + "x")),
+                   dataclasses.replace(ev, proc=dataclasses.replace(p, euid=p.euid ^ 1)),
+                   dataclasses.replace(ev, proc=dataclasses.replace(p, gid=p.gid ^ 1)),
+                   dataclasses.replace(ev, proc=dataclasses.replace(p, exe=""), filename="/tmp/f"),
+                   dataclasses.replace(ev, proc=dataclasses.replace(p, pid=p.pid + 1))]
+        if p.ppid > 1:
+            pp = dataclasses.replace(p, pid=p.ppid, tid=p.ppid, ppid=1, exe="/usr/bin/sshd")
+            events += [ExecEvent(ev.time_ns, pp, filename=pp.exe, argv=("sshd", "-D", "x")), ev]
+        events.append(ev)
+    memo = load_sigma([CORPUS])
+    plain = load_sigma([CORPUS])
+    plain.rules[0].evaluator.set_memo(0)
+    got = _findings(Engine(memo.engine_rules()), events)
+    want = _findings(Engine(plain.engine_rules()), events)
+    assert got == want and len(want) >= 150
+    ctx = RuleContext(ProcessTable())
+    ev = next(e for e in _corpus() if isinstance(e, ExecEvent) and not memo.rules[0].evaluator
+              .match(e, ctx))
+    engine = Engine(load_sigma([CORPUS]).engine_rules())
+    built: list[int] = []
+    view = srules.process_view
+    monkeypatch.setattr(srules, "process_view", lambda *a: built.append(1) or view(*a))
+    for i in range(50):
+        engine.evaluate(dataclasses.replace(ev, time_ns=ev.time_ns + i), ctx)
+    assert len(built) == 1
+
+
 def test_the_sigma_like_event_memo_changes_no_finding() -> None:
     """File and network events of one actor object, again with another time (a hit) and
     with one field changed (a miss): the same findings as evaluating each afresh."""
