@@ -305,12 +305,13 @@ class SigmaEvaluator:
     def _exec(self, ev: ExecEvent, ctx: RuleContext, hits: dict[int, dict[str, Any]]) -> None:
         """An exec's process_creation view and its EXECVE, SYSCALL and PATH records (the
         order :func:`audit_records` gives), each group looked up by the event values its
-        view is built from (:meth:`_Group.run_direct`)."""
+        view is built from (:meth:`_Group.run_direct`; the user's name as the view would
+        say it now, the uid's name being looked up again when the name cache is full)."""
         p = ev.proc
         g = self._groups.get("process_creation")
         if g is not None:
             parent = ctx.procs.get(p.ppid) if p.ppid else None
-            g.run_direct((p.exe or ev.filename, ev.argv, p.uid, ev.cwd,
+            g.run_direct((p.exe or ev.filename, ev.argv, p.uid, self._users(p.uid), ev.cwd,
                           (parent.exe, parent.cmdline) if parent is not None else None,
                           (p.pid, p.ppid) if g.reads_pids else None),
                          lambda: process_view(ev, ctx, self._users), "process_creation", hits)
