@@ -354,3 +354,44 @@ def test_an_open_reaches_only_the_rules_whose_interest_takes_it() -> None:
     assert len(engine._open_memo) <= 2
     engine.replace([plain], [])
     assert run("/proc/9/mem", W) == ["proc"] and run("/etc/x", W) == []
+
+
+def test_an_exec_reaches_only_the_rules_whose_interest_takes_its_name() -> None:
+    """Issue 16.3: ``exec_interest`` (engine.ExecInterest): an exec goes to a rule that
+    declared one only when its executable's or argv[0]'s last component is one of the
+    names or passes the test; rules without one get every exec, in order; re-routed after
+    ``replace``."""
+    from bastion.detect.engine import ExecInterest
+    from bastion.events import ExecEvent, Proc
+
+    class Spy:
+        event_types = frozenset({"exec"})
+
+        def __init__(self, name: str, **kw: object) -> None:
+            self.name = name
+            for k, v in kw.items():
+                setattr(self, k, v)
+
+        def on_event(self, ev: ExecEvent, ctx: RuleContext) -> list[Finding]:
+            return [Finding(rule=self.name, title="", severity="low", attack=(),
+                            action="alert", event=ev, pid=ev.proc.pid)]
+
+    finder = Spy("find", exec_interest=ExecInterest(names=frozenset({"find"})))
+    py = Spy("py", exec_interest=ExecInterest(test=lambda n: n.startswith("python")))
+    plain = Spy("plain")
+    engine = Engine([finder, py, plain])
+    ctx = RuleContext(ProcessTable())
+
+    def run(exe: str, *argv: str) -> list[str]:
+        p = Proc(pid=7, tid=7, ppid=1, uid=0, euid=0, gid=0, cgroup_id=1, comm="x", exe=exe)
+        ev = ExecEvent(1, p, filename=exe, argv=argv)
+        return [f.rule for f in engine.evaluate(ev, ctx)]
+
+    assert run("/usr/bin/find", "find", "/") == ["find", "plain"]
+    assert run("/usr/bin/busybox", "find", "/") == ["find", "plain"]     # by argv[0]
+    assert run("/usr/bin/find/", "x") == ["find", "plain"]               # a trailing /
+    assert run("/usr/bin/python3.11", "python3") == ["py", "plain"]
+    assert run("/usr/bin/ls", "ls") == ["plain"]
+    assert run("/usr/bin/ls") == ["plain"]                                # no argv
+    engine.replace([plain], [])
+    assert run("/usr/bin/ls", "ls") == [] and run("/bin/find", "find") == ["find"]

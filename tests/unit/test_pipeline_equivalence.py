@@ -301,10 +301,16 @@ def _corpus() -> list[Event]:
 def _open_twins(events: list[Event]) -> list[Event]:
     """Each recorded event, and after each open its twins: read-only, write (O_WRONLY), and
     read-only of an inode the sensor classed sensitive, so every rule's open interest is
-    crossed from both sides (the corpus has few write and sensitive opens)."""
+    crossed from both sides (the corpus has few write and sensitive opens); after each
+    exec, one run as argv[0] = its executable's path and one of a /tmp copy named argv[0]
+    (the exec interests, by name, crossed alike)."""
     out: list[Event] = []
     for ev in events:
         out.append(ev)
+        if isinstance(ev, ExecEvent) and ev.argv:   # names crossed: argv[0] and the exe's
+            out += [dataclasses.replace(ev, argv=(ev.proc.exe, *ev.argv[1:])),
+                    dataclasses.replace(ev, proc=dataclasses.replace(
+                        ev.proc, exe="/tmp/" + os.path.basename(ev.argv[0])))]
         if isinstance(ev, FileEvent) and ev.op == "open":
             ro = ev.flags & ~OPEN_WRITE_FLAGS
             out += [dataclasses.replace(ev, flags=ro),
@@ -318,8 +324,9 @@ def _full(f: Finding) -> tuple[Any, ...]:
 
 
 def test_open_interests_lose_no_finding_and_no_state() -> None:
-    """Issue 16.3: rules declare the opens they can act on (``read_opens``,
-    ``read_interest``, ``write_interest``) and the engine gives each open only to those.
+    """Issue 16.3: rules declare the opens and execs they can act on (``read_opens``,
+    ``read_interest``, ``write_interest``, ``exec_interest``) and the engine gives each open
+    and exec only to those.
     On every fixture (its own trust and container probes) and the opens' twins, the
     engine finds exactly -- rule, title, severity, action, pid, roots, evidence, in order --
     what the same pack finds when every rule is given every event (so a rule never needs
@@ -334,6 +341,10 @@ def test_open_interests_lose_no_finding_and_no_state() -> None:
             "behavior.account_staging", "behavior.persistence_cron", "behavior.sudoers_pam",
             "behavior.account_change", "behavior.security_config_tamper",
             "behavior.container_release_agent"} <= {r.name for r in declared}
+    assert {"behavior.service_shell", "behavior.firewall_tamper", "behavior.secret_hunt",
+            "behavior.kernel_module_load", "behavior.setuid_setgid", "behavior.ld_preload",
+            "behavior.hidden_temp_artifact", "behavior.account_change"} <= {
+        r.name for r in behavior_rules() if getattr(r, "exec_interest", None)}
     total = kept = 0
     for path in sorted(FIXTURES.glob("*.jsonl")):
         events = _open_twins(read_all(path))

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import os
 import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Final, Protocol, Sequence
 
-from bastion.events import OPEN_WRITE_FLAGS, Event, FileEvent, LsmDenyEvent
+from bastion.events import OPEN_WRITE_FLAGS, Event, ExecEvent, FileEvent, LsmDenyEvent
 from bastion.proctable import ProcessTable
 
 RULE_ERROR = "bastion.engine.rule_error"
@@ -78,6 +79,27 @@ class OpenInterest:
         return wanted
 
 
+def _base(path: str) -> str:
+    """``behavior.base.base``: the last component of ``path`` (a trailing ``/`` ignored)."""
+    return os.path.basename(path.rstrip("/")) if path else ""
+
+
+@dataclass(frozen=True)
+class ExecInterest:
+    """The execs a rule can act on: those whose executable's or ``argv[0]``'s last path
+    component is one of ``names`` or passes ``test`` (a pure function of the name).  A
+    rule that declares one must return nothing, and keep its state unchanged, for any
+    other exec (checked on the corpus like :class:`OpenInterest`)."""
+
+    names: frozenset[str] = frozenset()
+    test: Callable[[str], bool] | None = None
+
+    def wanted(self, exe_name: str, argv0_name: str) -> bool:
+        names, test = self.names, self.test
+        return exe_name in names or argv0_name in names or (
+            test is not None and (test(exe_name) or test(argv0_name)))
+
+
 class Rule(Protocol):
     name: str
     event_types: frozenset[str]
@@ -85,7 +107,8 @@ class Rule(Protocol):
     # it returns nothing for an ``open`` event without write intent (``OPEN_WRITE_FLAGS``),
     # so the engine does not call it with one (issue 16.3: most opens are read-only);
     # and ``read_interest`` / ``write_interest`` (an :class:`OpenInterest`; absent or None:
-    # every such open): the read-only, resp. write, opens it can act on
+    # every such open): the read-only, resp. write, opens it can act on; ``exec_interest``
+    # (an :class:`ExecInterest`): the execs it can act on
 
     def on_event(self, ev: Event, ctx: RuleContext) -> list[Finding]: ...
 
@@ -131,6 +154,10 @@ class Engine:
         self._open_filtered = False
         self._open_memo: dict[tuple[str, bool, bool], tuple[Rule, ...]] = {}
         self.open_memo_max = OPEN_MEMO_MAX
+        # execs: the exec rules with their interest (or None), and the route of each
+        # (exe, argv[0]) seen lately (bounded like the opens')
+        self._exec_rules: tuple[tuple[Rule, ExecInterest | None], ...] = ()
+        self._exec_memo: dict[tuple[str, str], tuple[Rule, ...]] = {}
         self._route()
         self.errors: dict[str, int] = {}
         self.disabled: dict[str, str] = {}   # rule name -> its last error (never disabled: s17)
@@ -196,9 +223,26 @@ class Engine:
             memo[key] = got
         return got
 
+    def _exec_route(self, ev: ExecEvent) -> tuple[Rule, ...]:
+        """The exec rules an exec reaches: those without an interest and those whose
+        interest takes its executable's or argv[0]'s name, in the rules' order."""
+        key = (ev.proc.exe, ev.argv[0] if ev.argv else "")
+        memo = self._exec_memo
+        got = memo.get(key)
+        if got is None:
+            exe_name, argv0_name = _base(key[0]), _base(key[1])
+            got = tuple(r for r, oi in self._exec_rules
+                        if oi is None or oi.wanted(exe_name, argv0_name))
+            if len(memo) >= self.open_memo_max:
+                memo.clear()
+            memo[key] = got
+        return got
+
     def evaluate(self, ev: Event, ctx: RuleContext) -> list[Finding]:
         rules: tuple[Rule, ...] | None
-        if type(ev) is FileEvent and ev.op == "open":
+        if type(ev) is ExecEvent and self._exec_rules:
+            rules = self._exec_route(ev)
+        elif type(ev) is FileEvent and ev.op == "open":
             if self._open_filtered:
                 rules = self._open_route(ev)
             elif not ev.flags & OPEN_WRITE_FLAGS:
@@ -236,6 +280,10 @@ class Engine:
                             True: tuple((r, test(r, "write_interest")) for r in opens)}
         self._open_filtered = any(t is not None for rs in self._open_rules.values() for _, t in rs)
         self._open_memo = {}
+        execs = tuple((r, ei if isinstance(ei := getattr(r, "exec_interest", None), ExecInterest)
+                       else None) for r in self._routes.get("exec", ()))
+        self._exec_rules = execs if any(ei is not None for _, ei in execs) else ()
+        self._exec_memo = {}
 
     def expire(self, now_ns: int) -> int:
         """Drop idle rule state (rules that keep state expose ``expire``)."""

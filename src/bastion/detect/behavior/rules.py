@@ -53,7 +53,7 @@ from bastion.detect.behavior.trust import ExeTrust
 from bastion.detect.behavior.launder import LAUNDER_TOOLS, launder_act
 from bastion.detect.behavior.svcctl import SERVICE_MANAGERS, command_act, firewall_act
 from bastion.detect.behavior.state import BoundedState, Limits, ProcKey, proc_key, tree_key
-from bastion.detect.engine import OpenInterest, RuleContext
+from bastion.detect.engine import ExecInterest, OpenInterest, RuleContext
 from bastion.events import (
     OPEN_WRITE_FLAGS, BpfEvent, Event, ExecEvent, FileEvent, ForkEvent, HipsEvent, KillEvent,
     NetEvent, PtraceEvent,
@@ -631,6 +631,8 @@ class ServiceSpawnsShell(SingleEvent):
     name = "behavior.service_shell"
     prevents = "the shell a network service spawned (web shell / exploit)"
     event_types = frozenset({"exec"})
+    # match(): is_shell or is_interpreter of the executable
+    exec_interest = ExecInterest(test=lambda n: is_shell(n) or is_interpreter(n))
     attack = ("T1190", "T1059.004", "T1505.003")
     severity = "high"
     action = "kill"
@@ -977,6 +979,7 @@ class PtraceInjection(SingleEvent):
 
 class LdPreload(SingleEvent):
     name = "behavior.ld_preload"
+    exec_interest = ExecInterest(names=frozenset({"env"}))   # an exec of env(1) only
     event_types = frozenset({"open", "rename", "hips", "exec"})
     read_opens = False   # a read-only open has no written path: nothing to match
     attack = ("T1574.006",)
@@ -1284,6 +1287,7 @@ class AccountChange(SingleEvent):
     event_types = frozenset({"exec", "open", "rename", "hips"})
     read_opens = False   # a read-only open has no written path: nothing to match
     write_interest = OpenInterest(prefixes=ACCOUNT_FILES)   # (a superset of "in ACCOUNT_FILES")
+    exec_interest = ExecInterest(names=frozenset({"useradd", "adduser", "usermod", "newusers"}))
     attack = ("T1136.001", "T1098")
     severity = "medium"
     action = "alert"
@@ -1314,6 +1318,7 @@ class AccountChange(SingleEvent):
 class SetuidBits(SingleEvent):
     name = "behavior.setuid_setgid"
     event_types = frozenset({"chmod", "exec"})
+    exec_interest = ExecInterest(names=frozenset({"setcap", "find"}))   # match()'s two tools
     attack = ("T1548.001",)
     severity = "high"
     action = "alert"
@@ -1751,6 +1756,7 @@ FIREWALL_MANAGERS = frozenset({"netfilter-persistent", "firewalld", "docker", "d
 class FirewallTamper(SingleEvent):
     name = "behavior.firewall_tamper"
     event_types = frozenset({"exec"})
+    exec_interest = ExecInterest(names=FIREWALL_TOOLS)   # the executable's or argv[0]'s
     attack = ("T1562.004",)
     severity = "high"
     action = "alert"
@@ -1873,6 +1879,7 @@ class SecretHunt(SingleEvent):
 
     name = "behavior.secret_hunt"
     event_types = frozenset({"exec"})
+    exec_interest = ExecInterest(names=SEARCH_TOOLS)   # the executable's or argv[0]'s
     attack = ("T1552.001", "T1552.004", "T1083")
     severity = "medium"
     action = "alert"
@@ -1930,6 +1937,7 @@ class HiddenTempArtifact(SingleEvent):
 
     name = "behavior.hidden_temp_artifact"
     event_types = frozenset({"exec", "open", "rename", "hips"})
+    exec_interest = ExecInterest(names=frozenset({"mkdir"}))
     read_opens = False   # a read-only open has no written path: nothing to match
     attack = ("T1564.001",)
     severity = "medium"
@@ -1971,6 +1979,7 @@ MOD_TOOLS = frozenset({"insmod", "modprobe", "kmod"})
 class KernelModuleLoad(SingleEvent):
     name = "behavior.kernel_module_load"
     event_types = frozenset({"exec"})
+    exec_interest = ExecInterest(names=frozenset({"insmod", "modprobe"}))
     attack = ("T1547.006",)
     severity = "high"
     action = "alert"
