@@ -665,8 +665,22 @@ class Agent:
         """Act (the dispatcher always takes the action), then emit the alert unless the
         rate limit or quota holds it back; held-back alerts come out in aggregates."""
         now_ns = time.time_ns()
-        alert = self.dispatcher.dispatch(f, now_ns)
-        self._pending.extend(self.dispatcher.take_notices())   # an act refused on ourselves
+        d = self.dispatcher
+        if d.passive(f):
+            # no act, no hook: the gate first, and a held-back alert is never built (issue
+            # 16.3: most findings of a burst are held; the alert and its event's JSON were
+            # built for each).  Its severity and action are the finding's
+            if not self.gate.admit(f.rule, d.alert_exe(f), f.title, f.severity, f.action,
+                                   f.pid, time.monotonic(), now_ns):
+                d.held(f)
+                self.summary.suppressed += 1
+                return
+            alert = d.dispatch(f, now_ns)
+            self._pending.extend(d.take_notices())
+            self._emit(alert)
+            return
+        alert = d.dispatch(f, now_ns)
+        self._pending.extend(d.take_notices())   # an act refused on ourselves
         if not self.gate.admit(f.rule, alert.process.exe, f.title, alert.severity, alert.action,
                                f.pid, time.monotonic(), now_ns):
             self.summary.suppressed += 1

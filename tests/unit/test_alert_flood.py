@@ -115,6 +115,34 @@ def test_fork_loop_alerts_are_rate_limited_per_rule_and_exe_with_an_aggregate(
     assert agent.status()["alerts_suppressed"] == 500 - full
 
 
+def test_held_back_alerts_of_a_flood_are_never_built(tmp_path: Path) -> None:
+    """Issue 16.3: an alerting finding (no act, no hook) asks the rate gate before its
+    alert is built: of a 500-finding fork loop only the emitted alerts are dispatched
+    (built, their event's JSON made), the rest are counted as before; a finding whose
+    rule has a hook is dispatched every time (the hook runs on every outcome)."""
+    agent, store, disp, _ = _agent(tmp_path)
+    built: list[str] = []
+    dispatch = disp.dispatch
+
+    def counted(f: Finding, now_ns: int) -> object:
+        built.append(f.rule)
+        return dispatch(f, now_ns)
+    disp.dispatch = counted  # type: ignore[method-assign,assignment]
+    hooked: list[str] = []
+    disp.after("behavior.hooked", "alert", lambda f, a: hooked.append(a.action))
+    try:
+        for pid in range(1000, 1500):
+            agent._alert(_finding(pid))
+        full = store.count_alerts()
+        assert built == ["behavior.test"] * full and full <= 10
+        assert agent.status()["alerts_suppressed"] == 500 - full
+        for pid in range(1500, 1550):
+            agent._alert(_finding(pid, rule="behavior.hooked"))
+        assert built.count("behavior.hooked") == 50 and hooked == ["alert"] * 50
+    finally:
+        store.close()
+
+
 def test_kill_flood_every_kill_happens_and_its_alerts_are_aggregated(tmp_path: Path) -> None:
     """Attack: a kill-worthy fork loop: 300 kills, 300 stored kill alerts before."""
     agent, store, disp, _ = _agent(tmp_path)

@@ -298,3 +298,100 @@ def test_under_is_the_lexical_prefix_test_for_every_form_of_dirs() -> None:
             assert under(p, dirs) is plain(p, dirs), (p, dirs)
             assert under(p, list(dirs)) is plain(p, dirs), (p, dirs)
     assert not under("/tmpx", ("/tmp",)) and under("/tmp/x", ["/tmp/"])
+
+
+def test_an_open_reaches_only_the_rules_whose_interest_takes_it() -> None:
+    """Issue 16.3: ``read_interest`` / ``write_interest`` (engine.OpenInterest): a read-only
+    or write open goes to a rule that declared one only when its path is under a prefix,
+    matches a glob, or (``sensitive``) its inode is in the sensor's sensitive set; rules
+    without one get every open of their kind; the rules keep their order; the routes are
+    rebuilt after ``replace`` and their memo is bounded."""
+    import os
+
+    from bastion.detect.engine import OpenInterest
+    from bastion.events import FileEvent, Proc
+
+    class Spy:
+        event_types = frozenset({"open"})
+
+        def __init__(self, name: str, **kw: object) -> None:
+            self.name, self.seen = name, []
+            for k, v in kw.items():
+                setattr(self, k, v)
+
+        def on_event(self, ev: FileEvent, ctx: RuleContext) -> list[Finding]:
+            self.seen.append(ev.path)
+            return [Finding(rule=self.name, title=ev.path, severity="low", attack=(),
+                            action="alert", event=ev, pid=ev.proc.pid)]
+
+    proc_w = Spy("proc", write_interest=OpenInterest(prefixes=("/proc/",)))
+    keys_r = Spy("keys", read_interest=OpenInterest(globs=("/home/*/.ssh/id_*",), sensitive=True),
+                 write_interest=OpenInterest(globs=("/home/*/.ssh/id_*",)))
+    plain = Spy("plain")
+    engine = Engine([proc_w, keys_r, plain])
+    p = Proc(pid=7, tid=7, ppid=1, uid=0, euid=0, gid=0, cgroup_id=1, comm="x", exe="/x")
+    ctx = RuleContext(ProcessTable())
+
+    def run(path: str, flags: int, sensitive: str = "") -> list[str]:
+        ev = FileEvent(1, p, op="open", path=path, flags=flags, sensitive=sensitive)
+        return [f.rule for f in engine.evaluate(ev, ctx)]
+
+    W = os.O_WRONLY
+    assert run("/proc/9/mem", W) == ["proc", "plain"]
+    assert run("/proc/9/mem", os.O_RDONLY) == ["proc", "plain"]   # no read interest: all
+    assert run("/procx/9", W) == ["plain"]
+    assert run("/home/a/.ssh/id_rsa", os.O_RDONLY) == ["proc", "keys", "plain"]
+    assert run("/home/a/.ssh/id_rsa", W) == ["keys", "plain"]
+    # fnmatch's * crosses "/" (behavior.base.glob_any's semantics, which the rules use)
+    assert run("/home/a/b/.ssh/id_rsa", W) == ["keys", "plain"]
+    assert run("/home/a/.ssh/known_hosts", W) == ["plain"]
+    assert run("/etc/x", os.O_RDONLY, "credentials") == ["proc", "keys", "plain"]
+    assert run("/etc/x", W, "credentials") == ["plain"]       # sensitive: the read interest only
+    assert run("/etc/x", os.O_RDONLY) == ["proc", "plain"]
+    engine.open_memo_max = 2
+    for i in range(10):
+        run(f"/tmp/{i}", W)
+    assert len(engine._open_memo) <= 2
+    engine.replace([plain], [])
+    assert run("/proc/9/mem", W) == ["proc"] and run("/etc/x", W) == []
+
+
+def test_an_exec_reaches_only_the_rules_whose_interest_takes_its_name() -> None:
+    """Issue 16.3: ``exec_interest`` (engine.ExecInterest): an exec goes to a rule that
+    declared one only when its executable's or argv[0]'s last component is one of the
+    names or passes the test; rules without one get every exec, in order; re-routed after
+    ``replace``."""
+    from bastion.detect.engine import ExecInterest
+    from bastion.events import ExecEvent, Proc
+
+    class Spy:
+        event_types = frozenset({"exec"})
+
+        def __init__(self, name: str, **kw: object) -> None:
+            self.name = name
+            for k, v in kw.items():
+                setattr(self, k, v)
+
+        def on_event(self, ev: ExecEvent, ctx: RuleContext) -> list[Finding]:
+            return [Finding(rule=self.name, title="", severity="low", attack=(),
+                            action="alert", event=ev, pid=ev.proc.pid)]
+
+    finder = Spy("find", exec_interest=ExecInterest(names=frozenset({"find"})))
+    py = Spy("py", exec_interest=ExecInterest(test=lambda n: n.startswith("python")))
+    plain = Spy("plain")
+    engine = Engine([finder, py, plain])
+    ctx = RuleContext(ProcessTable())
+
+    def run(exe: str, *argv: str) -> list[str]:
+        p = Proc(pid=7, tid=7, ppid=1, uid=0, euid=0, gid=0, cgroup_id=1, comm="x", exe=exe)
+        ev = ExecEvent(1, p, filename=exe, argv=argv)
+        return [f.rule for f in engine.evaluate(ev, ctx)]
+
+    assert run("/usr/bin/find", "find", "/") == ["find", "plain"]
+    assert run("/usr/bin/busybox", "find", "/") == ["find", "plain"]     # by argv[0]
+    assert run("/usr/bin/find/", "x") == ["find", "plain"]               # a trailing /
+    assert run("/usr/bin/python3.11", "python3") == ["py", "plain"]
+    assert run("/usr/bin/ls", "ls") == ["plain"]
+    assert run("/usr/bin/ls") == ["plain"]                                # no argv
+    engine.replace([plain], [])
+    assert run("/usr/bin/ls", "ls") == [] and run("/bin/find", "find") == ["find"]

@@ -2,9 +2,9 @@
 
 * the struct-based :class:`Decoder` (with its actor cache) equals the ctypes reference
   decoder on random records of every type, and refuses bad records with the same error;
-* the engine's dispatch by declared event type yields the same findings as handing
-  every event to every rule, on the recorded behaviour corpus (so a rule never needs an
-  event type it did not declare);
+* the engine's dispatch by declared event type and declared open interest yields the
+  same findings as handing every event to every rule, on the recorded behaviour corpus
+  and its opens' twins (so a rule never needs an event type or an open it did not declare);
 * the Sigma verdict memo yields the same findings as evaluating every view afresh, on the
   recorded corpus and on near-duplicate events that differ in one field.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,11 @@ import pytest
 
 from bastion import abi
 from bastion.detect.behavior import behavior_rules
-from bastion.detect.engine import Engine, RuleContext
+from bastion.detect.engine import Engine, Finding, RuleContext
 from bastion.detect.sigma import load_sigma
 from bastion.errors import DecodeError
-from bastion.events import (_MAKERS, DECODERS, Decoder, Event, ExecEvent, FileEvent, RepeatDecoder,
-                            all_fields, decode, decode_reference)
+from bastion.events import (_MAKERS, DECODERS, OPEN_WRITE_FLAGS, Decoder, Event, ExecEvent,
+                            FileEvent, RepeatDecoder, all_fields, decode, decode_reference)
 from bastion.proctable import ProcessTable
 from bastion.sensors.replay import read_all
 
@@ -297,20 +298,78 @@ def _corpus() -> list[Event]:
     return out
 
 
-def test_dispatch_by_declared_type_loses_no_finding() -> None:
-    """Every behaviour rule given every event (no index) finds what the engine finds."""
-    events = _corpus()
-    procs = ProcessTable()
-    ctx = RuleContext(procs)
-    indexed = Engine(behavior_rules())
-    every = behavior_rules()
-    got, want = [], []
+def _open_twins(events: list[Event]) -> list[Event]:
+    """Each recorded event, and after each open its twins: read-only, write (O_WRONLY), and
+    read-only of an inode the sensor classed sensitive, so every rule's open interest is
+    crossed from both sides (the corpus has few write and sensitive opens); after each
+    exec, one run as argv[0] = its executable's path and one of a /tmp copy named argv[0]
+    (the exec interests, by name, crossed alike)."""
+    out: list[Event] = []
     for ev in events:
-        procs.update(ev)
-        got += [(f.rule, f.title, f.pid) for f in indexed.evaluate(ev, ctx)]
-        for r in every:
-            want += [(f.rule, f.title, f.pid) for f in r.on_event(ev, ctx)]
-    assert got == want and len(got) >= 50
+        out.append(ev)
+        if isinstance(ev, ExecEvent) and ev.argv:   # names crossed: argv[0] and the exe's
+            out += [dataclasses.replace(ev, argv=(ev.proc.exe, *ev.argv[1:])),
+                    dataclasses.replace(ev, proc=dataclasses.replace(
+                        ev.proc, exe="/tmp/" + os.path.basename(ev.argv[0])))]
+        if isinstance(ev, FileEvent) and ev.op == "open":
+            ro = ev.flags & ~OPEN_WRITE_FLAGS
+            out += [dataclasses.replace(ev, flags=ro),
+                    dataclasses.replace(ev, flags=ro | os.O_WRONLY),
+                    dataclasses.replace(ev, flags=ro, sensitive="credentials")]
+    return out
+
+
+def _full(f: Finding) -> tuple[Any, ...]:
+    return (f.rule, f.title, f.severity, f.action, f.pid, f.roots, repr(f.evidence), f.dry_run)
+
+
+def test_open_interests_lose_no_finding_and_no_state() -> None:
+    """Issue 16.3: rules declare the opens and execs they can act on (``read_opens``,
+    ``read_interest``, ``write_interest``, ``exec_interest``) and the engine gives each open
+    and exec only to those.
+    On every fixture (its own trust and container probes) and the opens' twins, the
+    engine finds exactly -- rule, title, severity, action, pid, roots, evidence, in order --
+    what the same pack finds when every rule is given every event (so a rule never needs
+    an event type it did not declare either): an open kept from a rule neither hid a
+    finding nor changed the rule's state."""
+    from support.trust import RecordedTrust
+    from test_behavior_rules import recorded_probes
+
+    declared = [r for r in behavior_rules() if not r.read_opens
+                or getattr(r, "read_interest", None) or getattr(r, "write_interest", None)]
+    assert {"behavior.provenance", "behavior.credential_access", "behavior.proc_mem_access",
+            "behavior.account_staging", "behavior.persistence_cron", "behavior.sudoers_pam",
+            "behavior.account_change", "behavior.security_config_tamper",
+            "behavior.container_release_agent"} <= {r.name for r in declared}
+    assert {"behavior.service_shell", "behavior.firewall_tamper", "behavior.secret_hunt",
+            "behavior.kernel_module_load", "behavior.setuid_setgid", "behavior.ld_preload",
+            "behavior.hidden_temp_artifact", "behavior.account_change"} <= {
+        r.name for r in behavior_rules() if getattr(r, "exec_interest", None)}
+    total = kept = 0
+    for path in sorted(FIXTURES.glob("*.jsonl")):
+        events = _open_twins(read_all(path))
+        trust_a, trust_b = RecordedTrust(), RecordedTrust()
+        engine = Engine(behavior_rules(trust=trust_a, cprobes=recorded_probes(path)))
+        every = behavior_rules(trust=trust_b, cprobes=recorded_probes(path))
+        procs_a, procs_b = ProcessTable(), ProcessTable()
+        ctx_a, ctx_b = RuleContext(procs_a), RuleContext(procs_b)
+        got: list[tuple[Any, ...]] = []
+        want: list[tuple[Any, ...]] = []
+        for ev in events:
+            trust_a.learn(ev)
+            trust_b.learn(ev)
+            procs_a.update(ev)
+            procs_b.update(ev)
+            got += [_full(f) for f in engine.evaluate(ev, ctx_a)]
+            for r in every:    # every event, of its declared types or not
+                want += [_full(f) for f in r.on_event(ev, ctx_b)]
+            if isinstance(ev, FileEvent) and ev.op == "open":   # by type and read_opens only
+                total += len(engine._routes["open"] if ev.flags & OPEN_WRITE_FLAGS
+                             else engine._read_opens)
+                kept += len(engine._open_route(ev))
+        assert not engine.errors, engine.disabled
+        assert got == want, path.name
+    assert kept < total * 0.9, (kept, total)   # the interests keep opens from rules
 
 
 def test_a_single_event_rule_s_direct_path_finds_what_the_generic_path_finds() -> None:
@@ -389,6 +448,50 @@ def test_the_sigma_memo_changes_no_finding() -> None:
     st = memo.rules[0].evaluator.stats()
     assert sum(g["memo_hits"] for g in st.values()) > 0          # the memo was used
     assert sum(g["memo_hits"] for g in plain.rules[0].evaluator.stats().values()) == 0
+
+
+def test_the_sigma_exec_lookup_tells_apart_what_the_views_read(monkeypatch: Any) -> None:
+    """Issue 16.3: an exec's Sigma views are looked up by the event values they are built
+    from (``_Group.run_direct``).  Each exec of the corpus again, then with the cwd, comm,
+    euid, gid, filename (no exe) or pid changed, then after its parent re-exec'd with
+    another command line (the parent's fields come from the process table), then as
+    recorded: the same findings as evaluating every view afresh; and a repeated exec
+    builds its views once."""
+    import bastion.detect.sigma.rules as srules
+
+    events: list[Event] = []
+    for ev in _corpus():
+        events.append(ev)
+        if not isinstance(ev, ExecEvent):
+            continue
+        p = ev.proc
+        events += [dataclasses.replace(ev, cwd=ev.cwd + "/x"),
+                   dataclasses.replace(ev, proc=dataclasses.replace(p, comm=p.comm + "x")),
+                   dataclasses.replace(ev, proc=dataclasses.replace(p, euid=p.euid ^ 1)),
+                   dataclasses.replace(ev, proc=dataclasses.replace(p, gid=p.gid ^ 1)),
+                   dataclasses.replace(ev, proc=dataclasses.replace(p, exe=""), filename="/tmp/f"),
+                   dataclasses.replace(ev, proc=dataclasses.replace(p, pid=p.pid + 1))]
+        if p.ppid > 1:
+            pp = dataclasses.replace(p, pid=p.ppid, tid=p.ppid, ppid=1, exe="/usr/bin/sshd")
+            events += [ExecEvent(ev.time_ns, pp, filename=pp.exe, argv=("sshd", "-D", "x")), ev]
+        events.append(ev)
+    memo = load_sigma([CORPUS])
+    plain = load_sigma([CORPUS])
+    plain.rules[0].evaluator.set_memo(0)
+    got = _findings(Engine(memo.engine_rules()), events)
+    want = _findings(Engine(plain.engine_rules()), events)
+    assert got == want and len(want) >= 150
+    ctx = RuleContext(ProcessTable())
+    ev = next(e for e in _corpus() if isinstance(e, ExecEvent) and not memo.rules[0].evaluator
+              .match(e, ctx))
+    plain.rules[0].evaluator.set_memo(4096)     # memos on, and empty
+    engine = Engine(plain.engine_rules())
+    built: list[int] = []
+    view = srules.process_view
+    monkeypatch.setattr(srules, "process_view", lambda *a: built.append(1) or view(*a))
+    for i in range(50):
+        engine.evaluate(dataclasses.replace(ev, time_ns=ev.time_ns + i), ctx)
+    assert len(built) == 1
 
 
 def test_the_sigma_like_event_memo_changes_no_finding() -> None:

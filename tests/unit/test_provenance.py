@@ -174,6 +174,30 @@ def test_loopback_port_scan_and_host_sweep() -> None:
     assert f and f[0].title.startswith("Host sweep")
 
 
+def test_port_scan_judges_a_client_s_pairs_only_when_they_change() -> None:
+    """Issue 16.3: a client reconnecting to the pairs it had (a pool, a poller) is not
+    judged again (its set judged nothing at its last connect), nor are fewer pairs than
+    any threshold; a new pair is, and the scan is found at the same connect as before."""
+    py = "/usr/bin/python3.11"
+    rule = PortScan()
+    calls = []
+    judge = rule._judge
+    rule._judge = lambda seen, local: calls.append(len(seen)) or judge(seen, local)  # type: ignore[method-assign]
+    evs: list[Event] = [ex(62, py, 0, ("python3", "poll.py"))]
+    evs += [net(62, py, 0.001 * i, daddr="203.0.113.9", dport=1 + i % 30) for i in range(600)]
+    f = run(evs, [rule])
+    assert f and f[0].evidence["ports"] == 25 and calls == [25], calls[:5]
+    rule = PortScan()
+    calls.clear()
+    judge = rule._judge
+    rule._judge = lambda seen, local: calls.append(len(seen)) or judge(seen, local)  # type: ignore[method-assign]
+    evs = [ex(63, py, 0, ("python3", "poll.py"))]
+    evs += [net(63, py, 0.001 * i, daddr="203.0.113.9", dport=1 + i % 24) for i in range(600)]
+    evs += [net(63, py, 0.7, daddr="203.0.113.9", dport=443)]
+    f = run(evs, [rule])
+    assert f and f[0].evidence["ports"] == 25 and calls == [25]
+
+
 def test_one_client_per_port_from_a_shell_loop_counts_for_the_loop() -> None:
     evs: list[Event] = [ex(70, "/usr/bin/bash", 0, ("bash", "scan.sh"))]
     for i in range(30):

@@ -147,3 +147,34 @@ def test_rules_read_a_renamed_copy_with_bash_s_option_table(tmp_path: Path) -> N
     ev2 = ExecEvent(1, Proc(pid=4242, tid=4242, ppid=1, uid=0, euid=0, gid=0, cgroup_id=1, exe=str(copy), comm="notashell"), False,
                     argv=("notashell", "-c", "id"), exe_dev=dev, exe_ino=ino)
     assert not _shell_reads_stdin(ev2, trust)
+
+
+@needs_elf
+def test_the_rules_of_one_exec_read_its_executable_once(tmp_path: Path) -> None:
+    """Issue 16.3: the pack's rules that ask whether an exec'd file is a shell (pty and
+    relayed shells, the decode rules reading a piped stdin) share one answer per exec
+    event: ``/proc/PID/exe`` opened once, not once per rule; the next exec is asked anew."""
+    from bastion.detect.behavior import behavior_rules
+    from bastion.detect.engine import Engine, RuleContext
+    from bastion.proctable import ProcessTable
+
+    assert BASH
+    (tmp_path / "bin").mkdir()
+    shutil.copy(os.path.realpath(BASH), tmp_path / "bin" / "bash")
+    shutil.copy(tmp_path / "bin" / "bash", tmp_path / "renamed")
+    opened: list[FileKey] = []
+    trust = ExeTrust(dirs=())
+    trust.shells = _idents(tmp_path, opened)
+    engine = Engine(behavior_rules(trust=trust))
+    procs = ProcessTable()
+    ctx = RuleContext(procs)
+    dev, ino = _ident(tmp_path / "renamed")
+    for pid in (41, 42):
+        p = Proc(pid=pid, tid=pid, ppid=1, uid=1000, euid=1000, gid=1000, cgroup_id=1,
+                 comm="renamed", exe=str(tmp_path / "renamed"))
+        ev = ExecEvent(1, p, filename=p.exe, argv=("renamed",), stdin="pipe:[7]",
+                       exe_dev=dev, exe_ino=ino)
+        procs.update(ev)
+        engine.evaluate(ev, ctx)
+        assert trust.exec_shell(ev) == "bash"
+    assert len(opened) == 2, opened    # one read per exec event

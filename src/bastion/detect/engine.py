@@ -4,17 +4,27 @@ A rule is any object with ``name``, ``event_types`` (JSON type names), and
 ``on_event(event, ctx) -> list[Finding]``; it has no side effects.  The
 engine only routes events to the rules that asked for them and collects
 findings; :mod:`bastion.respond` turns findings into actions.
+
+Beyond the type, a rule may declare which opens it can act on (issue 16.3: most
+events are opens, and most open rules return nothing for most paths): ``read_opens``
+(False: no read-only open), ``read_interest`` / ``write_interest`` (an
+:class:`OpenInterest`: only the read-only, resp. write, opens of those paths or of a
+sensitive inode).  The engine compiles them into one route per (path, write, sensitive),
+memoised, so an open reaches only the rules that can act on it, in their order.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import logging
+import os
+import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol, Sequence
+from typing import Any, Callable, Final, Protocol, Sequence
 
-from bastion.events import OPEN_WRITE_FLAGS, Event, FileEvent, LsmDenyEvent
+from bastion.events import OPEN_WRITE_FLAGS, Event, ExecEvent, FileEvent, LsmDenyEvent
 from bastion.proctable import ProcessTable
 
 RULE_ERROR = "bastion.engine.rule_error"
@@ -44,12 +54,61 @@ class RuleContext:
     procs: ProcessTable
 
 
+@dataclass(frozen=True)
+class OpenInterest:
+    """The opens a rule can act on (find something in, or change its state for): those
+    of a path under one of ``prefixes`` (plain ``startswith``), matching one of ``globs``
+    (``fnmatch`` globs over the whole path, case-sensitive: :func:`behavior.base.glob_any`'s
+    semantics) or, with ``sensitive``, of an inode the sensor classed sensitive.  A rule
+    that declares one must return nothing, and keep its state unchanged, for any other
+    open (tests/unit/test_pipeline_equivalence.py checks it on the recorded corpus)."""
+
+    prefixes: tuple[str, ...] = ()
+    globs: tuple[str, ...] = ()
+    sensitive: bool = False
+
+    def compiled(self) -> Callable[[str, bool], bool]:
+        """``(path, sensitive) -> wanted``, its regex built once."""
+        prefixes, sens = self.prefixes, self.sensitive
+        rx = re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in self.globs)).match \
+            if self.globs else None
+
+        def wanted(path: str, sensitive: bool) -> bool:
+            return (sens and sensitive) or (bool(prefixes) and path.startswith(prefixes)) \
+                or (rx is not None and rx(path) is not None)
+        return wanted
+
+
+def _base(path: str) -> str:
+    """``behavior.base.base``: the last component of ``path`` (a trailing ``/`` ignored)."""
+    return os.path.basename(path.rstrip("/")) if path else ""
+
+
+@dataclass(frozen=True)
+class ExecInterest:
+    """The execs a rule can act on: those whose executable's or ``argv[0]``'s last path
+    component is one of ``names`` or passes ``test`` (a pure function of the name).  A
+    rule that declares one must return nothing, and keep its state unchanged, for any
+    other exec (checked on the corpus like :class:`OpenInterest`)."""
+
+    names: frozenset[str] = frozenset()
+    test: Callable[[str], bool] | None = None
+
+    def wanted(self, exe_name: str, argv0_name: str) -> bool:
+        names, test = self.names, self.test
+        return exe_name in names or argv0_name in names or (
+            test is not None and (test(exe_name) or test(argv0_name)))
+
+
 class Rule(Protocol):
     name: str
     event_types: frozenset[str]
     # A rule may also set ``read_opens = False`` (a class attribute; absent means True):
     # it returns nothing for an ``open`` event without write intent (``OPEN_WRITE_FLAGS``),
-    # so the engine does not call it with one (issue 16.3: most opens are read-only)
+    # so the engine does not call it with one (issue 16.3: most opens are read-only);
+    # and ``read_interest`` / ``write_interest`` (an :class:`OpenInterest`; absent or None:
+    # every such open): the read-only, resp. write, opens it can act on; ``exec_interest``
+    # (an :class:`ExecInterest`): the execs it can act on
 
     def on_event(self, ev: Event, ctx: RuleContext) -> list[Finding]: ...
 
@@ -71,6 +130,7 @@ class LsmDenyRule:
 
 
 ERROR_REPORT_NS: Final = 600 * 1_000_000_000   # a rule error reported again at most every 10 min
+OPEN_MEMO_MAX: Final = 8192   # open routes kept (path, write, sensitive); emptied when full
 
 
 class Engine:
@@ -88,6 +148,16 @@ class Engine:
                 self._by_type[t].append(r)
         self._routes: dict[str, tuple[Rule, ...]] = {}
         self._read_opens: tuple[Rule, ...] = ()
+        # opens: (rule, its interest test or None) for read-only and write opens, and the
+        # route of each (path, write, sensitive) seen lately (bounded, emptied when full)
+        self._open_rules: dict[bool, tuple[tuple[Rule, Callable[[str, bool], bool] | None], ...]] = {}
+        self._open_filtered = False
+        self._open_memo: dict[tuple[str, bool, bool], tuple[Rule, ...]] = {}
+        self.open_memo_max = OPEN_MEMO_MAX
+        # execs: the exec rules with their interest (or None), and the route of each
+        # (exe, argv[0]) seen lately (bounded like the opens')
+        self._exec_rules: tuple[tuple[Rule, ExecInterest | None], ...] = ()
+        self._exec_memo: dict[tuple[str, str], tuple[Rule, ...]] = {}
         self._route()
         self.errors: dict[str, int] = {}
         self.disabled: dict[str, str] = {}   # rule name -> its last error (never disabled: s17)
@@ -138,9 +208,47 @@ class Engine:
             evidence={"failed_rule": name, "error": self.disabled[name], "event_type": ev.type,
                       "errors_total": self.errors[name], "since_last_report": unreported})
 
+    def _open_route(self, ev: FileEvent) -> tuple[Rule, ...]:
+        """The rules an open reaches: those of its kind (read-only or write) whose interest
+        (if they declared one) takes its path and sensitivity, in the rules' order."""
+        key = (ev.path, bool(ev.flags & OPEN_WRITE_FLAGS), bool(ev.sensitive))
+        memo = self._open_memo
+        got = memo.get(key)
+        if got is None:
+            path, write, sens = key
+            got = tuple(r for r, wanted in self._open_rules[write]
+                        if wanted is None or wanted(path, sens))
+            if len(memo) >= self.open_memo_max:
+                memo.clear()
+            memo[key] = got
+        return got
+
+    def _exec_route(self, ev: ExecEvent) -> tuple[Rule, ...]:
+        """The exec rules an exec reaches: those without an interest and those whose
+        interest takes its executable's or argv[0]'s name, in the rules' order."""
+        key = (ev.proc.exe, ev.argv[0] if ev.argv else "")
+        memo = self._exec_memo
+        got = memo.get(key)
+        if got is None:
+            exe_name, argv0_name = _base(key[0]), _base(key[1])
+            got = tuple(r for r, oi in self._exec_rules
+                        if oi is None or oi.wanted(exe_name, argv0_name))
+            if len(memo) >= self.open_memo_max:
+                memo.clear()
+            memo[key] = got
+        return got
+
     def evaluate(self, ev: Event, ctx: RuleContext) -> list[Finding]:
-        if type(ev) is FileEvent and ev.op == "open" and not ev.flags & OPEN_WRITE_FLAGS:
-            rules: tuple[Rule, ...] | None = self._read_opens
+        rules: tuple[Rule, ...] | None
+        if type(ev) is ExecEvent and self._exec_rules:
+            rules = self._exec_route(ev)
+        elif type(ev) is FileEvent and ev.op == "open":
+            if self._open_filtered:
+                rules = self._open_route(ev)
+            elif not ev.flags & OPEN_WRITE_FLAGS:
+                rules = self._read_opens
+            else:
+                rules = self._routes.get("open")
         else:
             rules = self._routes.get(ev.type)
         if not rules:
@@ -162,8 +270,20 @@ class Engine:
         """Event type -> its rules as a tuple, from ``_by_type`` (after every change of it)."""
         self._routes = {t: tuple(rs) for t, rs in self._by_type.items() if rs}
         # a read-only open goes to the open rules that have not said they ignore one
-        self._read_opens = tuple(r for r in self._routes.get("open", ())
-                                 if getattr(r, "read_opens", True))
+        opens = self._routes.get("open", ())
+        self._read_opens = tuple(r for r in opens if getattr(r, "read_opens", True))
+
+        def test(r: Rule, attr: str) -> Callable[[str, bool], bool] | None:
+            oi = getattr(r, attr, None)
+            return oi.compiled() if isinstance(oi, OpenInterest) else None
+        self._open_rules = {False: tuple((r, test(r, "read_interest")) for r in self._read_opens),
+                            True: tuple((r, test(r, "write_interest")) for r in opens)}
+        self._open_filtered = any(t is not None for rs in self._open_rules.values() for _, t in rs)
+        self._open_memo = {}
+        execs = tuple((r, ei if isinstance(ei := getattr(r, "exec_interest", None), ExecInterest)
+                       else None) for r in self._routes.get("exec", ()))
+        self._exec_rules = execs if any(ei is not None for _, ei in execs) else ()
+        self._exec_memo = {}
 
     def expire(self, now_ns: int) -> int:
         """Drop idle rule state (rules that keep state expose ``expire``)."""

@@ -139,6 +139,7 @@ class Dispatcher:
         self.quarantine = quarantine
         self._incident = 0
         self._hooks: list[tuple[str, str, ActionHook]] = []
+        self._hooked: set[str] = set()   # the rules with a hook
         self._handlers: dict[tuple[str, str], ActionHandler] = {}
         self.skipped_reused = 0     # kill-tree members whose pid was reused: not signalled
 
@@ -147,6 +148,7 @@ class Dispatcher:
         ``outcome_prefix`` (e.g. a ransomware kill opens a shadow-copy incident).  The
         composition root registers these; the dispatcher knows no rule by name."""
         self._hooks.append((rule, outcome_prefix, hook))
+        self._hooked.add(rule)
 
     def acts(self, rule: str, action: str, handler: ActionHandler) -> None:
         """Take ``rule``'s ``action`` with ``handler`` instead of the built-in one (which acts
@@ -397,6 +399,24 @@ class Dispatcher:
         except OSError as exc:
             return f"quarantine-failed: {exc}"
         return "quarantine"
+
+    def passive(self, f: Finding) -> bool:
+        """Dispatching ``f`` takes no action and runs no hook (an alerting action, no hook
+        for its rule): its alert is a record only, the same whenever it is built, so the
+        agent asks its rate gate first and builds only the alerts it emits (issue 16.3)."""
+        return f.action not in ACTING and f.rule not in self._hooked
+
+    def alert_exe(self, f: Finding) -> str:
+        """The executable :meth:`dispatch`'s alert names for ``f``'s process."""
+        ev = f.event
+        if ev is not None and ev.proc.exe:
+            return ev.proc.exe
+        entry = self.procs.get(f.pid)
+        return entry.exe if entry is not None else ""
+
+    def held(self, f: Finding) -> None:
+        """A passive finding the rate gate held back: logged as :meth:`dispatch` logs it."""
+        log.info("alert %s %s: %s", f.severity, f.rule, f.title)
 
     def dispatch(self, f: Finding, now_ns: int) -> Alert:
         """Take the finding's action (unless dry run) and return the alert that records

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Final, Iterable
 
 from bastion.containers import Selector
-from bastion.detect.engine import Finding, RuleContext
+from bastion.detect.engine import ExecInterest, Finding, OpenInterest, RuleContext
 from bastion.events import Event
 from bastion.detect.behavior.state import BoundedState, Limits, ProcKey, proc_key, tree_key
 from bastion.detect.behavior.trust import ExeTrust
@@ -80,6 +80,12 @@ class BehaviorRule:
     # False: the rule returns nothing for a read-only open (no O_ACCMODE write, O_CREAT or
     # O_TRUNC), and the engine does not call it with one (issue 16.3; tested per rule)
     read_opens: bool = True
+    # the read-only / write opens the rule can act on (engine.OpenInterest; None: all of
+    # them): an open outside is not given to it (issue 16.3; checked on the corpus)
+    read_interest: OpenInterest | None = None
+    write_interest: OpenInterest | None = None
+    # the execs it can act on, by the executable's or argv[0]'s name (engine.ExecInterest)
+    exec_interest: ExecInterest | None = None
 
     def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None) -> None:
         s = settings or RuleSettings()

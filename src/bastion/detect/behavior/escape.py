@@ -25,7 +25,7 @@ from typing import Callable, Final
 
 from bastion.detect.behavior.base import Hit, SingleEvent, RuleSettings
 from bastion.detect.behavior.state import Limits
-from bastion.detect.engine import RuleContext
+from bastion.detect.engine import OpenInterest, RuleContext
 from bastion.events import Event, ExecEvent, FileEvent, HipsEvent, NetEvent
 from bastion.hostns import kthreadd_mnt_ns
 
@@ -217,6 +217,8 @@ class ReleaseAgentWrite(_ContainerRule):
     name = "behavior.container_release_agent"
     event_types = frozenset({"open", "hips"})
     read_opens = False   # a read-only open has no written path: nothing to match
+    # match()'s two names: a release_agent anywhere, core_pattern under /proc/
+    write_interest = OpenInterest(prefixes=("/proc/",), globs=("release_agent", "*/release_agent"))
     attack = ("T1611",)
     severity = "critical"
     description = ("A container process opened a cgroup release_agent or the kernel's "

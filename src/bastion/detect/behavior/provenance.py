@@ -86,6 +86,7 @@ class Provenance(BehaviorRule):
     severity = "info"
     action = "alert"
     description = "provenance tracking (no findings)"
+    read_opens = False   # _track_write keeps nothing of a read-only open
 
     def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None,
                  stdio: Callable[[int], tuple[str, ...] | None] | None = None) -> None:

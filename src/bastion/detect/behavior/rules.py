@@ -53,7 +53,7 @@ from bastion.detect.behavior.trust import ExeTrust
 from bastion.detect.behavior.launder import LAUNDER_TOOLS, launder_act
 from bastion.detect.behavior.svcctl import SERVICE_MANAGERS, command_act, firewall_act
 from bastion.detect.behavior.state import BoundedState, Limits, ProcKey, proc_key, tree_key
-from bastion.detect.engine import RuleContext
+from bastion.detect.engine import ExecInterest, OpenInterest, RuleContext
 from bastion.events import (
     OPEN_WRITE_FLAGS, BpfEvent, Event, ExecEvent, FileEvent, ForkEvent, HipsEvent, KillEvent,
     NetEvent, PtraceEvent,
@@ -631,6 +631,8 @@ class ServiceSpawnsShell(SingleEvent):
     name = "behavior.service_shell"
     prevents = "the shell a network service spawned (web shell / exploit)"
     event_types = frozenset({"exec"})
+    # match(): is_shell or is_interpreter of the executable
+    exec_interest = ExecInterest(test=lambda n: is_shell(n) or is_interpreter(n))
     attack = ("T1190", "T1059.004", "T1505.003")
     severity = "high"
     action = "kill"
@@ -877,6 +879,8 @@ class CredentialAccess(SingleEvent):
     attack = ("T1003.008", "T1552.004")
     severity = "high"
     action = "alert"
+    # match() passes an open only of a sensitive inode or of a path in CRED_STORES
+    read_interest = write_interest = OpenInterest(globs=CRED_STORES, sensitive=True)
 
     def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
         path = read_path(ev)
@@ -921,6 +925,7 @@ class ProcMemAccess(SingleEvent):
     attack = ("T1003.007", "T1055.009")
     severity = "high"
     action = "alert"
+    read_interest = write_interest = OpenInterest(prefixes=("/proc/",))   # _PROC_MEM's paths
 
     def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
         if isinstance(ev, PtraceEvent):
@@ -979,6 +984,7 @@ class PtraceInjection(SingleEvent):
 
 class LdPreload(SingleEvent):
     name = "behavior.ld_preload"
+    exec_interest = ExecInterest(names=frozenset({"env"}))   # an exec of env(1) only
     event_types = frozenset({"open", "rename", "hips", "exec"})
     read_opens = False   # a read-only open has no written path: nothing to match
     attack = ("T1574.006",)
@@ -1092,7 +1098,7 @@ class LoaderEnvInjection(BehaviorRule):
 def _shell_kind(ev: ExecEvent, trust: ExeTrust) -> str | None:
     """The shell family the exec'd file is (by inode, name, ELF build id: s16-sig; a
     renamed copy of bash is bash), None: no shell."""
-    return trust.shell(ev.proc.exe, (ev.exe_dev, ev.exe_ino), ev.proc.pid)
+    return trust.exec_shell(ev)
 
 
 def _shell_reads_stdin(ev: ExecEvent, trust: ExeTrust) -> bool:
@@ -1250,6 +1256,7 @@ class PersistenceWrite(SingleEvent):
         self.severity = cls.severity
         self.cls = cls
         super().__init__(settings, limits)
+        self.write_interest = OpenInterest(globs=cls.patterns)   # match()'s glob_any
 
     def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
         path = written_path(ev)
@@ -1284,6 +1291,8 @@ class AccountChange(SingleEvent):
     name = "behavior.account_change"
     event_types = frozenset({"exec", "open", "rename", "hips"})
     read_opens = False   # a read-only open has no written path: nothing to match
+    write_interest = OpenInterest(prefixes=ACCOUNT_FILES)   # (a superset of "in ACCOUNT_FILES")
+    exec_interest = ExecInterest(names=frozenset({"useradd", "adduser", "usermod", "newusers"}))
     attack = ("T1136.001", "T1098")
     severity = "medium"
     action = "alert"
@@ -1314,6 +1323,7 @@ class AccountChange(SingleEvent):
 class SetuidBits(SingleEvent):
     name = "behavior.setuid_setgid"
     event_types = frozenset({"chmod", "exec"})
+    exec_interest = ExecInterest(names=frozenset({"setcap", "find"}))   # match()'s two tools
     attack = ("T1548.001",)
     severity = "high"
     action = "alert"
@@ -1355,6 +1365,7 @@ class SudoersPam(SingleEvent):
     name = "behavior.sudoers_pam"
     event_types = FILE_WRITE_TYPES
     read_opens = False   # a read-only open has no written path: nothing to match
+    write_interest = OpenInterest(globs=PRIV_CONFIG)
     attack = ("T1548.003", "T1556.003")
     severity = "high"
     action = "alert"
@@ -1750,6 +1761,7 @@ FIREWALL_MANAGERS = frozenset({"netfilter-persistent", "firewalld", "docker", "d
 class FirewallTamper(SingleEvent):
     name = "behavior.firewall_tamper"
     event_types = frozenset({"exec"})
+    exec_interest = ExecInterest(names=FIREWALL_TOOLS)   # the executable's or argv[0]'s
     attack = ("T1562.004",)
     severity = "high"
     action = "alert"
@@ -1808,6 +1820,7 @@ class SecurityConfigTamper(SingleEvent):
     name = "behavior.security_config_tamper"
     event_types = frozenset({"open", "rename", "unlink", "hips"})
     read_opens = False   # a read-only open has no written path: nothing to match
+    write_interest = OpenInterest(globs=SECURITY_CONFIGS)
     attack = ("T1562.001", "T1562.004", "T1562.006")
     severity = "medium"
     action = "alert"
@@ -1871,6 +1884,7 @@ class SecretHunt(SingleEvent):
 
     name = "behavior.secret_hunt"
     event_types = frozenset({"exec"})
+    exec_interest = ExecInterest(names=SEARCH_TOOLS)   # the executable's or argv[0]'s
     attack = ("T1552.001", "T1552.004", "T1083")
     severity = "medium"
     action = "alert"
@@ -1928,6 +1942,7 @@ class HiddenTempArtifact(SingleEvent):
 
     name = "behavior.hidden_temp_artifact"
     event_types = frozenset({"exec", "open", "rename", "hips"})
+    exec_interest = ExecInterest(names=frozenset({"mkdir"}))
     read_opens = False   # a read-only open has no written path: nothing to match
     attack = ("T1564.001",)
     severity = "medium"
@@ -1969,6 +1984,7 @@ MOD_TOOLS = frozenset({"insmod", "modprobe", "kmod"})
 class KernelModuleLoad(SingleEvent):
     name = "behavior.kernel_module_load"
     event_types = frozenset({"exec"})
+    exec_interest = ExecInterest(names=frozenset({"insmod", "modprobe"}))
     attack = ("T1547.006",)
     severity = "high"
     action = "alert"
@@ -2069,12 +2085,22 @@ class PortScan(BehaviorRule):
             if fired is not None and now - fired < self.window_ns:
                 continue
             seen = self._seen.setdefault(key, now, dict)
-            seen[(ev.daddr, ev.dport)] = now
+            pair = (ev.daddr, ev.dport)
+            n0 = len(seen)
+            again = pair in seen
+            seen[pair] = now
             if len(seen) > 4 * max(self.count, self.loopback_count):
                 for k in sorted(seen, key=seen.__getitem__)[:len(seen) // 4]:
                     del seen[k]
             for k in [k for k, t in seen.items() if now - t > self.window_ns]:
                 del seen[k]
+            if (again and len(seen) == n0) or \
+                    len(seen) < min(self.count, self.loopback_count, self.sweep_count):
+                # _judge reads only the pairs (and their order): a repeated pair with none
+                # dropped leaves the set it judged None at the key's last event (a verdict
+                # fires and forgets the key); fewer pairs than any threshold judge None
+                # (issue 16.3: ~100 pairs walked per connect of a busy client)
+                continue
             hit = self._judge(seen, local)
             if hit is not None:
                 self._fired.put(key, now, now)
@@ -2867,6 +2893,11 @@ class Ransomware(ThresholdRule):
         return notes, sum(counts[d] for d in notes)
 
     def evaluate(self, ev: Event, ctx: RuleContext) -> list[Hit]:
+        if type(ev) is FileEvent and ev.op == "open" and not ev.flags & OPEN_WRITE_FLAGS:
+            # a read-only open (most events): _track keeps nothing of it and value() counts
+            # nothing, so only the probe's stall report is due (issue 16.3)
+            self.counted = None
+            return self._stalled_hits([])
         self._track(ev, ctx)
         self.counted = None
         hits = super().evaluate(ev, ctx)
@@ -2878,6 +2909,10 @@ class Ransomware(ThresholdRule):
             if uw is not None and uw.trees.get(self.counted[0]):
                 for k in [k for k, (_, _, t) in uw.od.items() if t == self.counted[0]]:
                     uw.drop(k)
+        return self._stalled_hits(hits)
+
+    def _stalled_hits(self, hits: list[Hit]) -> list[Hit]:
+        """``hits`` and the report of the entropy probes that timed out since the last."""
         if self.probes.stalled is not None:
             stuck = self.probes.stalled()
             if stuck:

@@ -44,7 +44,7 @@ from bastion.detect.behavior.rules import (
 )
 from bastion.detect.behavior.state import Limits, ProcKey, proc_key
 from bastion.detect.behavior.svcctl import _Refused, _resolve_long
-from bastion.detect.engine import RuleContext
+from bastion.detect.engine import OpenInterest, RuleContext
 from bastion.events import Event, ExecEvent, ExitEvent, FileEvent
 
 # path -> severity of a copy of it
@@ -377,6 +377,9 @@ class AccountStaging(BehaviorRule):
     attack = ("T1003.008", "T1074.001", "T1087.001")
     severity = "medium"
     action = "alert"
+    # a read-only open matters only of a sensitive inode (_file); every write open does
+    # (a shell's redirection target)
+    read_interest = OpenInterest(sensitive=True)
 
     def __init__(self, settings: RuleSettings | None = None, limits: Limits | None = None,
                  probes: Probes | None = None) -> None:

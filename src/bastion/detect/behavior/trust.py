@@ -28,10 +28,13 @@ from __future__ import annotations
 import os
 import stat
 import time
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from bastion.abi import kernel_dev
 from bastion.detect.behavior.shells import ShellIdents, installed_shell_paths
+
+if TYPE_CHECKING:
+    from bastion.events import ExecEvent
 
 def _interpreter_dir() -> tuple[str, ...]:
     """The directory of the Python Bastion itself runs on (e.g. a pyenv build under
@@ -118,6 +121,9 @@ class ExeTrust:
         # the installed shells by inode and build id (s16-sig, :mod:`.shells`)
         self.shells = ShellIdents(lambda: installed_shell_paths(self.dirs), self._locate,
                                   refresh_s=refresh_s, clock=clock)
+        # the last exec event asked about and its answer (exec_shell): the rules of the
+        # pack share this trust, and several ask about the same exec (issue 16.3)
+        self._exec_shell: tuple[object, str | None] | None = None
 
     def _fresh(self) -> None:
         now = self._clock()
@@ -181,6 +187,18 @@ class ExeTrust:
         running ``exe`` (the file ``ident``): by inode, name, then ELF build id
         (:class:`.shells.ShellIdents`); None: no shell."""
         return self.shells.kind(exe, ident, pid)
+
+    def exec_shell(self, ev: ExecEvent) -> str | None:
+        """:meth:`shell` of the process of the exec event ``ev``, asked once per event: the
+        rules that ask about the same event share the answer (a non-shell's look-up opens
+        ``/proc/PID/exe``; issue 16.3: ~2 such rules per exec), and agree on it.  The event
+        is held with its answer, so its identity is not reused while the entry lives."""
+        last = self._exec_shell
+        if last is not None and last[0] is ev:
+            return last[1]
+        kind = self.shell(ev.proc.exe, (ev.exe_dev, ev.exe_ino), ev.proc.pid)
+        self._exec_shell = (ev, kind)
+        return kind
 
     def script_tool(self, exe: str, exe_ident: Ident, argv: tuple[str, ...],
                     names: Iterable[str]) -> str | None:
