@@ -176,4 +176,4 @@ def test_dry_run_reports_the_kill_it_does_not_send(rig: tuple[Path, PipeGate], d
     assert (d / "MARK").exists()
     assert len(recs) == 1 and not recs[0].enforced and recs[0].ret == 0, recs
     f = gate.finding(recs[0])
-    assert f is not None and f.dry_run and f.enforced_by == ""
+    assert f is not None and f.dry_run and f.action == "kill" and f.enforced_by == MECHANISM

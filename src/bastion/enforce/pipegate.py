@@ -192,7 +192,7 @@ class PipeGate(GateUser):
                                    "commands from the pipe",
                       "killed": _WHO[who], "exe": ev.path, "pipe_ino": ev.ino,
                       "relays": ev.detail, f"{other}_pid": ev.target_pid},
-            enforced_by=MECHANISM if ev.enforced else "")
+            enforced_by=MECHANISM)
 
     def stats(self) -> dict[str, int]:
         out = super().stats()
