@@ -177,3 +177,21 @@ def test_dry_run_reports_the_kill_it_does_not_send(rig: tuple[Path, PipeGate], d
     assert len(recs) == 1 and not recs[0].enforced and recs[0].ret == 0, recs
     f = gate.finding(recs[0])
     assert f is not None and f.dry_run and f.action == "kill" and f.enforced_by == MECHANISM
+
+
+@pytest.mark.parametrize("form", [
+    "mkfifo {d}/f; base64 -d > {d}/f < {d}/b64 & sh < {d}/f; wait",   # a fifo, not a pipe
+    "base64 -d < {d}/b64 | sh -s a b",                                # -s: stdin, args after
+    "base64 -d < {d}/b64 | tee /dev/null | sh",                       # a relay
+    "openssl base64 -d < {d}/b64 | sh",
+])
+def test_other_forms_are_killed(rig: tuple[Path, PipeGate], d: Path, form: str) -> None:
+    cg, gate = rig
+    gate.poll(0.0)
+    (d / "b64").write_text(payload(d / "MARK") + "\n")
+    if "openssl" in form and shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    r = sh_in(cg, form.format(d=d))
+    recs = records(gate)
+    assert not (d / "MARK").exists(), r.stdout + r.stderr
+    assert len(recs) == 1 and recs[0].enforced, recs
