@@ -39,6 +39,11 @@ char LICENSE[] SEC("license") = "GPL";
 #define PG_ARGV 512       /* argv bytes parsed; past them the undecided rest counts against */
 #define PG_HOPS 4         /* relays carried between a decoder and a shell */
 
+/* 8 characters as a little-endian __u64 (bpf/lib/exectx.h's PFX8) */
+#define PG8(a, b, c, d, e, f, g, h)                                                       \
+	((__u64)(a) | (__u64)(b) << 8 | (__u64)(c) << 16 | (__u64)(d) << 24 |            \
+	 (__u64)(e) << 32 | (__u64)(f) << 40 | (__u64)(g) << 48 | (__u64)(h) << 56)
+
 #define PGF_MARKED 1ULL   /* a decoder writes into it (or a relay of one) */
 #define PGF_READER 2ULL   /* a shell reads its commands from it */
 #define PGF_RELAY 4ULL    /* relay_out is set */
@@ -88,8 +93,9 @@ struct {
 /* The argv parse's state lives in the map value, never on the stack: a bpf_loop
  * callback is checked from the state before the loop on 6.1 (bpf/lib/exectx.h). */
 struct pg_scratch {
-	char argv[PG_ARGV];
+	char argv[PG_ARGV + 16];   /* 16 bytes of slack: an 8-byte compare at any offset */
 	__u32 len;
+	__u32 argstart;            /* the current argument's offset in argv */
 	__u32 kind;
 	__u32 argi;
 	__u32 pos;
@@ -129,9 +135,25 @@ static __always_inline void pg_arg_start(struct pg_scratch *s, char c)
 		s->opt = OPT_SHORT;
 		return;
 	}
-	s->opt = OPT_POS;
-	if (shell) /* a script: stdin is not read, unless -s made the rest its parameters */
-		pg_decide(s, s->seen_s);
+	s->opt = OPT_POS;   /* a shell's script: decided at its end (pg_arg_end) */
+}
+
+/* Is the argument at s->argstart, @len bytes, a name of the process's own stdin
+ * (/dev/stdin, /dev/fd/0, /proc/self/fd/0): `sh /dev/stdin` reads the pipe. */
+static __always_inline bool pg_stdin_name(struct pg_scratch *s, __u32 len)
+{
+	char *a = s->argv + (s->argstart & (PG_ARGV - 1));
+	__u64 v0, v1;
+
+	__builtin_memcpy(&v0, a, 8);
+	__builtin_memcpy(&v1, a + 8, 8);
+	if (len == 10 && v0 == PG8('/', 'd', 'e', 'v', '/', 's', 't', 'd'))
+		return (v1 & 0xffff) == PG8('i', 'n', 0, 0, 0, 0, 0, 0);
+	if (len == 9 && v0 == PG8('/', 'd', 'e', 'v', '/', 'f', 'd', '/'))
+		return (v1 & 0xff) == '0';
+	if (len == 15 && v0 == PG8('/', 'p', 'r', 'o', 'c', '/', 's', 'e'))
+		return (v1 & 0xffffffffffffffULL) == PG8('l', 'f', '/', 'f', 'd', '/', '0', 0);
+	return false;
 }
 
 /* A character at s->pos >= 1 of an argument (s->head holds its first four). */
@@ -171,7 +193,10 @@ static __always_inline void pg_arg_end(struct pg_scratch *s)
 		return;
 	}
 	if (s->kind == BASTION_PGK_SHELL) {
-		if (s->opt == OPT_SHORT && s->pos == 1 && s->head[0] == '-')
+		if (s->opt == OPT_POS)     /* a script: stdin is read only if it names stdin, or
+					    * -s made the rest the positional parameters */
+			pg_decide(s, s->seen_s || pg_stdin_name(s, s->pos));
+		else if (s->opt == OPT_SHORT && s->pos == 1 && s->head[0] == '-')
 			s->endopts = 1;    /* "-": the end of the options */
 		else if (s->opt == OPT_LONG && s->pos > 3 &&
 			 ((s->head[2] == 'r' && s->head[3] == 'c') ||
@@ -194,10 +219,11 @@ static long pg_step(__u32 i, void *data)
 	c = s->argv[i & (PG_ARGV - 1)];
 	if (c == '\0') {
 		if (s->argi > 0) {
-			if (s->pos == 0)
+			if (s->pos == 0) {
+				s->argstart = i;
 				pg_arg_start(s, 'x'); /* "": a positional argument */
-			else
-				pg_arg_end(s);
+			}
+			pg_arg_end(s);
 		}
 		s->argi++;
 		s->pos = 0;
@@ -208,8 +234,10 @@ static long pg_step(__u32 i, void *data)
 		return 0;                  /* argv[0] */
 	if (s->pos < 4)
 		s->head[s->pos & 3] = c;
-	if (s->pos == 0)
+	if (s->pos == 0) {
+		s->argstart = i;
 		pg_arg_start(s, c);
+	}
 	else
 		pg_arg_char(s, c);
 	s->pos++;

@@ -184,6 +184,8 @@ def test_dry_run_reports_the_kill_it_does_not_send(rig: tuple[Path, PipeGate], d
     "base64 -d < {d}/b64 | sh -s a b",                                # -s: stdin, args after
     "base64 -d < {d}/b64 | tee /dev/null | sh",                       # a relay
     "openssl base64 -d < {d}/b64 | sh",
+    "base64 -d < {d}/b64 | sh /dev/stdin",                            # stdin named as a script
+    "base64 -d < {d}/b64 | bash /proc/self/fd/0",
 ])
 def test_other_forms_are_killed(rig: tuple[Path, PipeGate], d: Path, form: str) -> None:
     cg, gate = rig
