@@ -1,7 +1,7 @@
 """The pipe gate in user space (s23-pipegate): its records as findings, the dispatcher
 leaving the kernel's kill alone, the decoders and shells it enters, and the agent
 building it from ``behavior.decoded_payload_shell``'s settings.  The kernel side:
-tests/kernel/test_pipegate.py, tests/vm/test_pipegate_lsm.py."""
+tests/kernel/test_pipegate_live.py, tests/vm/test_pipegate_lsm.py."""
 
 from __future__ import annotations
 
