@@ -76,6 +76,16 @@ struct {
 	__type(value, __u32);
 } pipegate_progs SEC(".maps");
 
+/* An interpreter's executable -> its option letters meaning "code follows, no script"
+ * (bit c - 'a' / 26 + c - 'A'; python3 "cm", perl "eE", node "ep"...). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__uint(map_flags, BPF_F_RDONLY_PROG);
+	__type(key, struct bastion_inode_key);
+	__type(value, __u64);
+} pipegate_letters SEC(".maps");
+
 /* slot 0: dry run (1 = report, no signal) */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -94,6 +104,7 @@ struct {
  * callback is checked from the state before the loop on 6.1 (bpf/lib/exectx.h). */
 struct pg_scratch {
 	char argv[PG_ARGV + 16];   /* 16 bytes of slack: an 8-byte compare at any offset */
+	__u64 code;                /* an interpreter's code letters */
 	__u32 len;
 	__u32 argstart;            /* the current argument's offset in argv */
 	__u32 kind;
@@ -120,6 +131,21 @@ static __always_inline void pg_decide(struct pg_scratch *s, __u8 r)
 {
 	s->decided = 1;
 	s->result = r;
+}
+
+/* Does a reader (a shell, an interpreter) read its commands from stdin? */
+static __always_inline bool pg_reader(__u32 kind)
+{
+	return kind == BASTION_PGK_SHELL || kind == BASTION_PGK_INTERP;
+}
+
+static __always_inline bool pg_code_letter(struct pg_scratch *s, char c)
+{
+	if (c >= 'a' && c <= 'z')
+		return (s->code >> (c - 'a')) & 1;
+	if (c >= 'A' && c <= 'Z')
+		return (s->code >> (26 + c - 'A')) & 1;
+	return false;
 }
 
 static __always_inline void pg_arg_start(struct pg_scratch *s, char c)
@@ -174,6 +200,10 @@ static __always_inline void pg_arg_char(struct pg_scratch *s, char c)
 		else if (c == 'o' || c == 'O')
 			s->skipnext = 1;       /* -o NAME, +O NAME */
 		return;
+	case BASTION_PGK_INTERP:       /* python -c/-m, perl -e/-E, node -e/-p: code, not stdin */
+		if (s->opt == OPT_SHORT && pg_code_letter(s, c))
+			pg_decide(s, 0);
+		return;
 	case BASTION_PGK_BASE64:       /* -d anywhere in a bundle (-di, -id), --d... */
 		if ((s->opt == OPT_SHORT && c == 'd') || (s->opt == OPT_LONG && s->pos == 2 && c == 'd'))
 			pg_decide(s, 1);
@@ -202,6 +232,11 @@ static __always_inline void pg_arg_end(struct pg_scratch *s)
 			 ((s->head[2] == 'r' && s->head[3] == 'c') ||
 			  (s->head[2] == 'i' && s->head[3] == 'n')))
 			s->skipnext = 1;   /* --rcfile FILE, --init-file FILE */
+	} else if (s->kind == BASTION_PGK_INTERP) {
+		if (s->opt == OPT_POS)     /* a script (or "-" / /dev/stdin: stdin) */
+			pg_decide(s, pg_stdin_name(s, s->pos));
+		else if (s->opt == OPT_SHORT && s->pos == 1)
+			pg_decide(s, 1);   /* "-": the program is stdin */
 	} else if (s->kind == BASTION_PGK_OPENSSL && s->opt == OPT_SHORT && s->pos == 2 &&
 		   s->head[1] == 'd') {
 		pg_decide(s, 1);           /* "-d": base64 -d, enc -d, -a -d */
@@ -247,7 +282,8 @@ static long pg_step(__u32 i, void *data)
 /* Does the new image of @p act as @kind says: a decoder decode, a shell read its
  * commands from stdin?  Unknown (argv unreadable, longer than PG_ARGV and undecided
  * in it) counts as yes: the kill needs the other end too. */
-static __always_inline bool pg_acts(struct task_struct *p, __u32 kind)
+static __always_inline bool pg_acts(struct task_struct *p, __u32 kind,
+				    struct bastion_inode_key *ek)
 {
 	__u32 zero = 0, len;
 	struct pg_scratch *s;
@@ -260,6 +296,13 @@ static __always_inline bool pg_acts(struct task_struct *p, __u32 kind)
 	s = bpf_map_lookup_elem(&pipegate_scratch, &zero);
 	if (!s)
 		return true;
+	s->code = 0;
+	if (kind == BASTION_PGK_INTERP) {
+		__u64 *letters = bpf_map_lookup_elem(&pipegate_letters, ek);
+
+		if (letters)
+			s->code = *letters;
+	}
 	mm = BPF_CORE_READ(p, mm);
 	start = BPF_CORE_READ(mm, arg_start);
 	end = BPF_CORE_READ(mm, arg_end);
@@ -287,7 +330,7 @@ static __always_inline bool pg_acts(struct task_struct *p, __u32 kind)
 		return s->result;
 	/* a shell with no script and no -c reads stdin; a decoder with no decode option
 	 * does not decode (unless the option may be past the bytes read) */
-	return kind == BASTION_PGK_SHELL || cut;
+	return pg_reader(kind) || cut;
 }
 
 /* The inode of the pipe (or fifo) on descriptor @fd of the current task. */
@@ -400,7 +443,7 @@ int BPF_PROG(pipegate_exec, struct task_struct *p, pid_t old_pid, struct linux_b
 	if (kp)
 		kind = *kp;
 
-	if (kind == BASTION_PGK_SHELL && hin && pg_acts(p, kind)) {
+	if (pg_reader(kind) && hin && pg_acts(p, kind, &ek)) {
 		/* a shell that runs what its stdin pipe carries */
 		v = pg_get(&in);
 		if (!v)
@@ -411,7 +454,7 @@ int BPF_PROG(pipegate_exec, struct task_struct *p, pid_t old_pid, struct linux_b
 			return pg_stop(BASTION_PGR_SHELL, kind, &in, v->writer, v->hops, bprm);
 		return 0;
 	}
-	if (kind && kind != BASTION_PGK_SHELL && hout && pg_acts(p, kind)) {
+	if (kind && !pg_reader(kind) && hout && pg_acts(p, kind, &ek)) {
 		/* a decoder writing into a pipe */
 		v = pg_get(&out);
 		if (!v)

@@ -568,6 +568,8 @@ enum bastion_mechanism {
 /* ---- the decoded-payload pipe gate (issue 15; ABI 3.2; bpf/pipegate.bpf.c) ----
  * Map `pipegate_progs`: bastion_inode_key of an installed decoder or shell ->
  *   enum bastion_pipegate_kind (src/bastion/enforce/pipegate.py).
+ * Map `pipegate_letters`: bastion_inode_key of an interpreter -> __u64, its option
+ *   letters meaning "code follows" (bastion_prov_interp.code_letters' bits).
  * Its records are bastion_hips_event: op EXEC, action KILL, mechanism
  * BASTION_MECH_PIPE_KILL, rule_id = enum bastion_pipegate_rule (which end was
  * killed), subject = the killed program's kind (0: a relay), ino/dev = the
@@ -580,6 +582,9 @@ enum bastion_pipegate_kind {
 	BASTION_PGK_XXD = 3,       /* xxd: -r (-r..., --r...) */
 	BASTION_PGK_OPENSSL = 4,   /* openssl: an argument "-d" (base64 -d, enc -d, -a -d) */
 	BASTION_PGK_UUDECODE = 5,  /* uudecode: always */
+	BASTION_PGK_INTERP = 6,    /* python3, perl, ruby, node, php: reads its program from stdin
+	                            * with no script operand and none of its code letters
+	                            * (map `pipegate_letters`) */
 };
 
 enum bastion_pipegate_rule {

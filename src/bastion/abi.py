@@ -605,6 +605,7 @@ class PipegateKind(enum.IntEnum):
     XXD = 3
     OPENSSL = 4
     UUDECODE = 5
+    INTERP = 6     # python3, perl, ruby, node, php (their code letters: pipegate_letters)
 
 
 class PipegateRule(enum.IntEnum):

@@ -155,6 +155,8 @@ def test_benign_decodes_pass(rig: tuple[Path, PipeGate], d: Path) -> None:
     r = sh_in(cg, f"base64 -d {d}/in > {d}/out1 && echo {b64} | base64 -d | wc -c && "
                   f"echo {b64} | base64 --decode | sh -c 'cat > {d}/out2' && "
                   f"echo 746f7563680a | xxd -r -p | cat > {d}/out3 && "
+                  f"echo {b64} | base64 -d | python3 -c 'import sys; sys.stdin.read()' && "
+                  f"echo {b64} | base64 -d | perl -e 'print <STDIN>' > /dev/null && "
                   f"echo 'touch {d}/CLEAN' | sh && echo {b64} | base64 | sh -s x 2>/dev/null;"
                   f" echo rc=$?")
     assert "rc=127" in r.stdout or "rc=2" in r.stdout or "rc=0" in r.stdout, r.stdout + r.stderr
@@ -186,11 +188,14 @@ def test_dry_run_reports_the_kill_it_does_not_send(rig: tuple[Path, PipeGate], d
     "openssl base64 -d < {d}/b64 | sh",
     "base64 -d < {d}/b64 | sh /dev/stdin",                            # stdin named as a script
     "base64 -d < {d}/b64 | bash /proc/self/fd/0",
+    "base64 -d < {d}/py64 | python3",                                  # an interpreter on stdin
+    "base64 -d < {d}/py64 | python3 -",
 ])
 def test_other_forms_are_killed(rig: tuple[Path, PipeGate], d: Path, form: str) -> None:
     cg, gate = rig
     gate.poll(0.0)
     (d / "b64").write_text(payload(d / "MARK") + "\n")
+    (d / "py64").write_text(base64.b64encode(f"open('{d / 'MARK'}', 'w')\n".encode()).decode())
     if "openssl" in form and shutil.which("openssl") is None:
         pytest.skip("openssl is not installed")
     r = sh_in(cg, form.format(d=d))

@@ -89,6 +89,7 @@ def test_apply_enters_decoders_and_shells_and_drops_what_is_gone() -> None:
     m = _Map()
     g._map = lambda name: m  # type: ignore[method-assign, assignment, return-value]
     g._progs = {}
+    g._letters = {}
 
     def key(dev: int, ino: int) -> bytes:
         return bytes(abi.InodeKey(ino=ino, dev=dev))
@@ -105,6 +106,17 @@ def test_apply_enters_decoders_and_shells_and_drops_what_is_gone() -> None:
                    idents=lambda n: files.get(n, frozenset()), shells=lambda: {}) == [
         "xxd: no installed file: not entered", "no installed shell found: nothing entered"]
     assert m.d == {key(8, 1): b"\x02\x00\x00\x00"} and g.entered == 1
+    # an interpreter: kind INTERP in pipegate_progs, its code letters in pipegate_letters
+    progs, letters = _Map(), _Map()
+    g._map = lambda name: progs if name == "pipegate_progs" else letters  # type: ignore[method-assign, assignment, return-value]
+    g._progs, g._letters = {}, {}
+    files["python3"] = frozenset({(8, 9)})
+    g.apply({}, idents=lambda n: files.get(n, frozenset()), shells=lambda: {(8, 3): "dash"},
+            interpreters={"python3": "cm"})
+    assert progs.d == {key(8, 9): b"\x06\x00\x00\x00", key(8, 3): b"\x01\x00\x00\x00"}
+    assert letters.d == {key(8, 9): (1 << 2 | 1 << 12).to_bytes(8, "little")}
+    g.apply({}, idents=lambda n: frozenset(), shells=lambda: {(8, 3): "dash"})
+    assert letters.d == {} and list(progs.d) == [key(8, 3)]
 
 
 def _opts(rules: dict[str, RuleSettings], dry: bool = False) -> SimpleNamespace:

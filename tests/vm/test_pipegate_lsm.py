@@ -3,7 +3,8 @@ Debian's stock 6.1 kernel.  The lsm tier loads the same object as compat (the de
 needs the new image's argv, out of reach in bprm_check_security: docs/detection.md
 "s23-pipegate"), so this checks that 6.1's verifier takes it (a bpf_loop argv parse, a
 64-bit atomic fetch-or on an LRU value) and that it stops the pipeline there: both exec
-orders killed, a shell with its own -c program fed by a decoder passes."""
+orders killed, a shell with its own -c program fed by a decoder passes, python3 reading
+its program from the pipe is killed."""
 
 from __future__ import annotations
 
@@ -92,6 +93,15 @@ def test_decoded_payload_into_a_shell_is_killed_in_both_exec_orders_on_6_1() -> 
                 assert r.returncode == 0, r.stderr
                 assert (d / "out").read_text() == f"touch {d}/MARK\n"
                 assert _records(gate, 1, timeout=1.0) == [] and not (d / "MARK").exists()
+                # an interpreter reading its program from stdin: killed at its exec
+                py = base64.b64encode(f"open('{d}/MARK', 'w')\n".encode()).decode()
+                r = subprocess.run(["/bin/sh", "-c", f"echo $$ > {cg}/cgroup.procs && "
+                                    f"echo {py} | base64 -d | python3"],
+                                   text=True, capture_output=True, timeout=60,
+                                   stdin=subprocess.DEVNULL)
+                recs = _records(gate, 1)
+                assert not (d / "MARK").exists(), r.stderr
+                assert recs and all(e.enforced for e in recs), recs
             finally:
                 gate.close()
     finally:

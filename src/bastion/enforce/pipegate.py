@@ -46,6 +46,7 @@ RULE: Final = "bastion.pipe.gate"
 #: the user-space rule this gate is the in-kernel half of (its switch and dry run)
 SHELL_RULE: Final = "behavior.decoded_payload_shell"
 _U32: Final = struct.Struct("<I")
+_U64: Final = struct.Struct("<Q")
 
 #: decoder name -> kind; the installed files of these names in the trust directories
 DEFAULT_DECODERS: Final[Mapping[str, PipegateKind]] = {
@@ -53,6 +54,10 @@ DEFAULT_DECODERS: Final[Mapping[str, PipegateKind]] = {
     "basenc": PipegateKind.BASE64, "xxd": PipegateKind.XXD,
     "openssl": PipegateKind.OPENSSL, "uudecode": PipegateKind.UUDECODE,
 }
+#: interpreters that read their program from stdin when given no script and none of
+#: these option letters (``sensors.provenance.INTERPRETERS``' letters: code follows)
+DEFAULT_INTERPRETERS: Final[Mapping[str, str]] = {
+    "python3": "cm", "python": "cm", "perl": "eE", "ruby": "e", "node": "ep", "php": "r"}
 # busybox is one file for every applet (argv[0] says which): not entered as a shell
 _NOT_SHELLS: Final = frozenset({"busybox"})
 _WHO: Final = {PipegateRule.DECODER: "decoder", PipegateRule.SHELL: "shell",
@@ -91,6 +96,7 @@ class PipeGate(GateUser):
         self.dry_run = dry_run
         self._lo: LoadedObject | None = None
         self._progs: dict[bytes, PipegateKind] = {}
+        self._letters: dict[bytes, int] = {}
         self.denies = self.dry_runs = self.failed = self.audits = 0
 
     def spec(self) -> ObjectSpec:
@@ -133,11 +139,16 @@ class PipeGate(GateUser):
 
     def apply(self, decoders: Mapping[str, PipegateKind] = DEFAULT_DECODERS,
               idents: Callable[[str], frozenset[tuple[int, int]]] | None = None,
-              shells: Callable[[], Mapping[tuple[int, int], str]] | None = None) -> list[str]:
+              shells: Callable[[], Mapping[tuple[int, int], str]] | None = None,
+              interpreters: Mapping[str, str] = DEFAULT_INTERPRETERS) -> list[str]:
         """Enter the decoders (``idents(name)``: the (kernel dev, ino) of the installed
-        files of that name, default the root-only files in the trust directories) and the
-        installed shells (``shells()``), replacing the set.  Returns the decoder names
-        with no file entered (and "no shell" when none was found)."""
+        files of that name, default the root-only files in the trust directories), the
+        installed shells (``shells()``) and the interpreters (name -> code letters, their
+        files found as the decoders'), replacing the set.  Returns the decoder names with
+        no file entered (and "no shell" when none was found); an interpreter not
+        installed is no problem."""
+        from bastion.sensors.provenance import letters_mask
+
         if idents is None:
             from bastion.detect.behavior.trust import ExeTrust
             idents = ExeTrust().idents
@@ -152,14 +163,26 @@ class PipeGate(GateUser):
         sh = (shells or installed_shells)()
         if not sh:
             problems.append("no installed shell found: nothing entered")
+        letters: dict[bytes, int] = {}
+        for name, code in interpreters.items():
+            for dev, ino in idents(name):
+                k = bytes(abi.InodeKey(ino=ino, dev=dev))
+                new.setdefault(k, PipegateKind.INTERP)
+                letters[k] = letters.get(k, 0) | letters_mask(code)
         for dev, ino in sh:
             new[bytes(abi.InodeKey(ino=ino, dev=dev))] = PipegateKind.SHELL
+        lm = self._map("pipegate_letters")
+        for k, mask in letters.items():
+            lm.update(k, _U64.pack(mask))
         m = self._map("pipegate_progs")
         for k, kind in new.items():
             m.update(k, _U32.pack(int(kind)))
         for k in self._progs.keys() - new.keys():
             m.delete(k)
         self._progs = new
+        for k in self._letters.keys() - letters.keys():
+            lm.delete(k)
+        self._letters = letters
         for p in problems:
             log.info("pipe gate: %s", p)
         return problems
@@ -181,16 +204,20 @@ class PipeGate(GateUser):
         verb = (f"not killed (the kernel's signal failed: {ev.ret})" if failed
                 else "would be killed at its exec (dry run: not killed)" if dry
                 else "killed at its exec")
+        if who == PipegateRule.SHELL and ev.subject == PipegateKind.INTERP:
+            killed = "interpreter"
+        else:
+            killed = _WHO[who]
         other = "shell" if who != PipegateRule.SHELL else "decoder"
         relays = f" through {ev.detail} relay(s)" if ev.detail else ""
         return Finding(
             rule=RULE, severity="critical", dry_run=dry, attack=("T1140", "T1059.004", "T1027"),
             action="kill", event=ev, pid=ev.proc.pid,
-            title=f"Decoded payload piped into a shell: the {_WHO[who]} {ev.path} {verb} "
+            title=f"Decoded payload piped into a shell: the {killed} {ev.path} {verb} "
                   f"(pipe {ev.ino}{relays}, {other} pid {ev.target_pid or 'unknown'})",
             evidence={"prevented": "a decoded payload run by a shell reading its "
                                    "commands from the pipe",
-                      "killed": _WHO[who], "exe": ev.path, "pipe_ino": ev.ino,
+                      "killed": killed, "exe": ev.path, "pipe_ino": ev.ino,
                       "relays": ev.detail, f"{other}_pid": ev.target_pid},
             enforced_by=MECHANISM)
 
@@ -261,5 +288,5 @@ class AgentPipeGate:
             self.gate.close()
 
 
-__all__ = ["PipeGate", "AgentPipeGate", "DEFAULT_DECODERS", "OBJECT", "MECHANISM", "RULE",
+__all__ = ["PipeGate", "AgentPipeGate", "DEFAULT_DECODERS", "DEFAULT_INTERPRETERS", "OBJECT", "MECHANISM", "RULE",
            "SHELL_RULE", "installed_shells"]
