@@ -269,6 +269,7 @@ class Watch:
         self.gate: Any = None     # the compat tier's provenance gate: one per sandbox
         self.prov: Any = None     # the provenance map the gates read (open_gate)
         self.gate_deadline_s = 0.0
+        self.pipegate: Any = None  # s23-pipegate: the in-kernel decoder -> shell pipe gate
         self.gate_marks = 0
         self.gate_problems: list[str] = []
         self.procs = ProcessTable()
@@ -301,6 +302,32 @@ class Watch:
                 r.publish = publisher(prov)
         self.prov = prov
         self.gate_deadline_s = deadline_s
+
+    def open_pipegate(self, deadline_s: float) -> None:
+        """The pipe gate (s23-pipegate) scoped to the runner's cgroup, armed."""
+        from bastion.enforce.pipegate import PipeGate
+
+        self.pipegate = PipeGate(cgroup_id=self.cgid, deadline_s=deadline_s,
+                                 self_tgid=os.getpid())
+        self.pipegate.open()
+
+    def enter_pipegate(self, devs: tuple[int, ...]) -> None:
+        """The installed decoders and shells as the sandbox sees them: the host's inodes
+        on the sandbox's overlay devices too (an overlayfs file keeps its inode number)."""
+        from bastion.detect.behavior.trust import ExeTrust
+        from bastion.enforce.pipegate import installed_shells
+
+        if self.pipegate is None:
+            return
+        trust = ExeTrust()
+
+        def idents(name: str) -> frozenset[tuple[int, int]]:
+            host = trust.idents(name)
+            return host | {(d, ino) for d in devs for _, ino in host}
+
+        sh = installed_shells()
+        shells = {**sh, **{(d, ino): f for d in devs for (_, ino), f in sh.items()}}
+        self.pipegate.apply(idents=idents, shells=lambda: shells)
 
     def mark_sandbox(self, root: str, devs: tuple[int, ...]) -> None:
         """Mark the must-stop objects as the sandbox sees them (``root``: its overlay
@@ -361,6 +388,14 @@ class Watch:
             gate = self.gate
             if gate is not None:
                 self.drain(gate)
+            pg = self.pipegate
+            if pg is not None:
+                for pev in pg.poll(0):
+                    pf = pg.finding(pev)
+                    if pf is not None:
+                        a = self.disp.dispatch(pf, time.time_ns()).to_json()
+                        with self.lock:
+                            self.alerts.append(a)
             for ev in self.sensor.poll(0.01) or []:
                 self.procs.update(ev)
                 ev = self.procs.enrich(ev)
@@ -480,6 +515,7 @@ def run_one(a: dict[str, Any], cg: Path, root: Path, timeout: float,
     try:
         if watch is not None:
             watch.overlay_dev = overlay_dev(cg, f"{base}/m", t0 + 10)
+            watch.enter_pipegate(watch.overlay_dev)
             if watch.prov is not None:
                 pid = next(iter((cg / "cgroup.procs").read_text().split()), "")
                 watch.mark_sandbox(f"/proc/{pid}/root{base}/m", watch.overlay_dev)
@@ -551,6 +587,9 @@ def main() -> int:
     ap.add_argument("--gate", action="store_true",
                     help="run the compat tier's provenance gate (issue 15: must-stop opens of "
                          "an untrusted tree refused) on the sandbox's must-stop files")
+    ap.add_argument("--pipegate", action="store_true",
+                    help="run the in-kernel pipe gate (s23-pipegate: a decoded payload piped "
+                         "into a shell killed at exec) on the sandbox's decoders and shells")
     ap.add_argument("--prereqs", choices=("offline", "none"), default="offline",
                     help="run each atomic's offline-safe dependencies first, outside the "
                          "measured window (default; Invoke-AtomicTest -GetPrereqs), or none")
@@ -577,6 +616,8 @@ def main() -> int:
         w.sensor.open()
         if args.gate:
             w.open_gate(deadline_s=max(600.0, 4 * args.timeout * len(tests)))
+        if args.pipegate:
+            w.open_pipegate(deadline_s=max(600.0, 4 * args.timeout * len(tests)))
         w.t.start()
         try:
             for a in tests:
@@ -626,6 +667,8 @@ def main() -> int:
             w.t.join(5)
             if w.gate is not None:
                 w.gate.close()
+            if w.pipegate is not None:
+                w.pipegate.close()
             w.sensor.close()
             errs = w.engine.errors
     finally:

@@ -602,6 +602,35 @@ enum bastion_mechanism {
 	BASTION_MECH_FANOTIFY = 4,   /* fanotify permission answer (compat, user space) */
 	BASTION_MECH_LSM_PROV = 5,   /* the provenance gate's LSM hook (lsm_provgate.bpf.c) */
 	BASTION_MECH_CONNECT_KILL = 6,/* SIGKILL at sys_exit_connect (svcgate_compat.bpf.c) */
+	BASTION_MECH_PIPE_KILL = 7,  /* SIGKILL at sched_process_exec (pipegate.bpf.c; ABI 3.2) */
+};
+
+/* ---- the decoded-payload pipe gate (issue 15; ABI 3.2; bpf/pipegate.bpf.c) ----
+ * Map `pipegate_progs`: bastion_inode_key of an installed decoder or shell ->
+ *   enum bastion_pipegate_kind (src/bastion/enforce/pipegate.py).
+ * Map `pipegate_letters`: bastion_inode_key of an interpreter -> __u64, its option
+ *   letters meaning "code follows" (bastion_prov_interp.code_letters' bits).
+ * Its records are bastion_hips_event: op EXEC, action KILL, mechanism
+ * BASTION_MECH_PIPE_KILL, rule_id = enum bastion_pipegate_rule (which end was
+ * killed), subject = the killed program's kind (0: a relay), ino/dev = the
+ * pipe (or fifo) the killed process would have read or written, target_pid =
+ * the other end's tgid (the decoder or the shell; 0 unknown), detail = the
+ * relays between the decoder and the shell, path = the killed executable. */
+enum bastion_pipegate_kind {
+	BASTION_PGK_SHELL = 1,     /* sh, dash, bash, zsh, ksh, mksh, fish...: reads commands from stdin */
+	BASTION_PGK_BASE64 = 2,    /* base64, base32, basenc: -d, --decode (bundled: -di) */
+	BASTION_PGK_XXD = 3,       /* xxd: -r (-r..., --r...) */
+	BASTION_PGK_OPENSSL = 4,   /* openssl: an argument "-d" (base64 -d, enc -d, -a -d) */
+	BASTION_PGK_UUDECODE = 5,  /* uudecode: always */
+	BASTION_PGK_INTERP = 6,    /* python3, perl, ruby, node, php: reads its program from stdin
+	                            * with no script operand and none of its code letters
+	                            * (map `pipegate_letters`) */
+};
+
+enum bastion_pipegate_rule {
+	BASTION_PGR_DECODER = 1,   /* a decoder into a pipe a stdin shell already reads */
+	BASTION_PGR_SHELL = 2,     /* a stdin shell on a pipe a decoder writes */
+	BASTION_PGR_RELAY = 3,     /* a process from a decoder's pipe into a stdin shell's pipe */
 };
 
 #define BASTION_HIPS_F_DIR_OBJECTS (1u << 0) /* walk ancestor directories */

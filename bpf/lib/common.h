@@ -57,6 +57,8 @@ struct bastion_abi_types {
 	enum bastion_hips_mode hips_mode;
 	enum bastion_subject_kind subject_kind;
 	enum bastion_mechanism mechanism;
+	enum bastion_pipegate_kind pipegate_kind;
+	enum bastion_pipegate_rule pipegate_rule;
 	struct bastion_mmap_event mmap;
 	enum bastion_mmap_op mmap_op;
 	enum bastion_rewrite_act rewrite_act;

@@ -176,6 +176,7 @@ class Mechanism(enum.IntEnum):
     FANOTIFY = 4
     LSM_PROV = 5
     CONNECT_KILL = 6
+    PIPE_KILL = 7   # ABI 3.2 (s23-pipegate): SIGKILL at exec, pipegate.bpf.c
 
 
 HIPS_F_DIR_OBJECTS: Final = 1 << 0
@@ -619,6 +620,23 @@ class PgateHow(enum.IntEnum):
     SOCKOPT = 9
 
 
+class PipegateKind(enum.IntEnum):
+    """An installed program in ``pipegate_progs`` (ABI 3.2; the record's ``subject``)."""
+    SHELL = 1
+    BASE64 = 2     # base64, base32, basenc
+    XXD = 3
+    OPENSSL = 4
+    UUDECODE = 5
+    INTERP = 6     # python3, perl, ruby, node, php (their code letters: pipegate_letters)
+
+
+class PipegateRule(enum.IntEnum):
+    """Which end of a decoder -> shell pipe the pipe gate killed (the record's ``rule_id``)."""
+    DECODER = 1
+    SHELL = 2
+    RELAY = 3
+
+
 PGATE_F_DIR: Final = 1 << 0
 PGATE_NAME_LEN: Final = 32
 
@@ -780,6 +798,8 @@ ENUMS: Final[dict[str, type[enum.IntEnum]]] = {
     "bastion_mechanism": Mechanism,
     "bastion_pgate_class": PgateClass,
     "bastion_pgate_how": PgateHow,
+    "bastion_pipegate_kind": PipegateKind,
+    "bastion_pipegate_rule": PipegateRule,
     "bastion_sens_class": SensClass,
     "bastion_tamper_record": TamperRecord,
     "bastion_tamper_op": TamperOp,
@@ -803,6 +823,8 @@ ENUM_PREFIXES: Final[dict[str, str]] = {
     "bastion_mechanism": "BASTION_MECH_",
     "bastion_pgate_class": "BASTION_PGATE_",
     "bastion_pgate_how": "BASTION_PGATE_HOW_",
+    "bastion_pipegate_kind": "BASTION_PGK_",
+    "bastion_pipegate_rule": "BASTION_PGR_",
     "bastion_sens_class": "BASTION_SENS_",
     "bastion_tamper_record": "BASTION_",
     "bastion_tamper_op": "BASTION_TAMPER_",

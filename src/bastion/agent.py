@@ -52,6 +52,7 @@ if TYPE_CHECKING:  # the kernel-backed parts are built by bastion.assembly, not 
     from bastion.respond.shadow import ShadowKeeper
     from bastion.enforce.provgate import AgentGate
     from bastion.enforce.provgate_lsm import AgentLsmGate
+    from bastion.enforce.pipegate import AgentPipeGate
     from bastion.enforce.svcgate_lsm import AgentSocketGate
     from bastion.guard.kernel import ObjectGuard
 
@@ -151,6 +152,8 @@ class AgentParts:
     lsmgate: AgentLsmGate | None = None
     # issue 15, lsm tier (s15-svc): control sockets refused to an untrusted tree
     svcgate: AgentSocketGate | None = None
+    # issue 15 (s23-pipegate): a decoded payload piped into a shell, killed at exec
+    pipegate: AgentPipeGate | None = None
     bpf_guard: BpfLoadGuard | None = None
     bpf_loaders: tuple[Path, ...] = ()
     outputs: OutputManager | None = None
@@ -223,6 +226,7 @@ class Agent:
         self.provgate = parts.provgate
         self.lsmgate = parts.lsmgate
         self.svcgate = parts.svcgate
+        self.pipegate = parts.pipegate
         self.bpf_guard = parts.bpf_guard
         self.bpf_loaders = parts.bpf_loaders
         self.dispatcher = dispatcher
@@ -475,6 +479,13 @@ class Agent:
                                        + (", dry run (would-kill)" if self.svcgate.dry_run else ""))
                 if compat else f"in the LSM hook: {ss.get('sockets', 0)} sockets"
                 + (", dry run (would-deny)" if self.svcgate.dry_run else "")}
+        if self.pipegate is not None and self.pipegate.gate is not None:
+            ps = self.pipegate.stats()
+            out["pipe gate"] = {
+                "on": True, "detail": f"at exec: {ps.get('programs_entered', 0)} installed "
+                                      f"decoders and shells, the process completing a "
+                                      f"decoder -> shell pipe killed"
+                + (", dry run (would-kill)" if self.pipegate.dry_run else "")}
         if self.provgate is not None:   # the maps both gates read: overflow, dry run
             pg = out["provenance gate"]
             gate_state = self.provgate.overflow_state()
@@ -1282,6 +1293,8 @@ class Agent:
             # a restarted daemon binds a new socket inode; a failed pass is alerted
             if self.svcgate is not None and (sf := self.svcgate.refresh()) is not None:
                 self._alert(sf)
+            if self.pipegate is not None and (pf := self.pipegate.refresh()) is not None:
+                self._alert(pf)
             if self.shadow is not None:
                 self.shadow.maintain(self.policy.shield.max_age_s)
                 self.shadow.refresh_marks()
@@ -1307,6 +1320,11 @@ class Agent:
         if sgate is not None:
             out.append(Source("svcgate", lambda t: list(sgate.poll(t)), blocking=False,
                               findings=lambda ev: sgate.finding(ev)
+                              if isinstance(ev, HipsEvent) else None))
+        pgate = self.pipegate
+        if pgate is not None:
+            out.append(Source("pipegate", lambda t: list(pgate.poll(t)), blocking=False,
+                              findings=lambda ev: pgate.finding(ev)
                               if isinstance(ev, HipsEvent) else None))
         gate = self.provgate
         if gate is not None:
@@ -1355,6 +1373,12 @@ class Agent:
                     "systemd, docker, containerd and podman (lsm tier) or commands handed "
                     "to a clean tmux/screen server (both tiers) are not stopped in the kernel"):
                 self.svcgate = None
+            if self.pipegate is not None and not self._open_optional(
+                    self.pipegate, "pipegate_unavailable",
+                    "Pipe gate cannot load: a decoded payload piped into a shell is "
+                    "killed from user space after the shell's exec (a short pipeline "
+                    "runs first)"):
+                self.pipegate = None
             if self.lsmgate is not None and self.provgate is not None:
                 self.provgate.marks_off()
             if self.provgate is not None and not self._open_optional(
@@ -1444,6 +1468,8 @@ class Agent:
                 self.lsmgate.close()
             if self.svcgate is not None:
                 self.svcgate.close()
+            if self.pipegate is not None:
+                self.pipegate.close()
             if self.outputs is not None:
                 self.outputs.close(timeout=5)
             if self.fleet is not None:

@@ -455,6 +455,24 @@ def _provenance_gate(parts: AgentParts, opts: AgentOptions, sensor: Sensor,
                                         dry_run=opts.policy.behavior.dry_run)
     else:
         _compat_socket_gate(parts, opts, sensor)
+    _pipe_gate(parts, opts)
+
+
+def _pipe_gate(parts: AgentParts, opts: AgentOptions) -> None:
+    """s23-pipegate: a decoded payload piped into a shell is killed in the kernel at the
+    exec that completes decoder -> shell (``pipegate.bpf.o``, both tiers), the in-kernel
+    half of ``behavior.decoded_payload_shell``: off when that rule is, dry run
+    (would-kill) when the pack or the rule is in dry run or its action does not kill."""
+    from bastion.enforce.pipegate import SHELL_RULE, AgentPipeGate
+
+    beh = opts.policy.behavior
+    rs = beh.rules.get(SHELL_RULE)
+    if rs is not None and not rs.enabled:
+        return
+    dry = beh.dry_run or (rs is not None and (rs.dry_run or rs.action not in
+                                              (None, "kill", "kill-tree", "quarantine")))
+    parts.pipegate = AgentPipeGate(self_tgid=os.getpid(), deadline_s=opts.test_deadline,
+                                   scope_cgroup_id=opts.test_cgroup_id, dry_run=dry)
 
 
 def _compat_socket_gate(parts: AgentParts, opts: AgentOptions, sensor: BpfSensor) -> None:

@@ -44,15 +44,23 @@ def test_the_agent_gates_a_tmp_script_reading_the_shadow_file(tmp_path: Path) ->
             f"tmux -S {sock} send-keys -t adm 'true' Enter\n" if mux else ""))
         r = subprocess.run(["/bin/sh", str(script)], capture_output=True, text=True, timeout=30)
         assert r.returncode == 0, r.stderr        # dry run: allowed
+        # s23-pipegate: a decoded payload piped into a shell, decided at exec in the kernel
+        # (dry run: reported would-kill, the payload `true` runs)
+        p = subprocess.run(["/bin/sh", "-c", "echo dHJ1ZQo= | base64 -d | sh"],
+                           capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+        assert p.returncode == 0, p.stderr
+        pipe: list[dict[str, object]] = []
         found: list[dict[str, object]] = []
         end = time.monotonic() + 10
-        while len(found) < (2 if mux else 1) and time.monotonic() < end:
+        while (len(found) < (2 if mux else 1) or not pipe) and time.monotonic() < end:
             time.sleep(0.5)
             out = agent.cli("alerts", "--data-dir", str(agent.data_dir), "--json").stdout
             alerts = [json.loads(line) for line in out.splitlines() if line.strip()]
             assert not [a for a in alerts if a["rule"] in ("bastion.respond.provgate_unavailable",
-                                                           "bastion.respond.svcgate_unavailable")]
+                                                           "bastion.respond.svcgate_unavailable",
+                                                           "bastion.respond.pipegate_unavailable")]
             found = [a for a in alerts if a["rule"] == "bastion.provenance.gate"]
+            pipe = [a for a in alerts if a["rule"] == "bastion.pipe.gate"]
     finally:
         rc = agent.stop()
         script.unlink()
@@ -60,6 +68,8 @@ def test_the_agent_gates_a_tmp_script_reading_the_shadow_file(tmp_path: Path) ->
         if mux:
             subprocess.run([mux, "-S", str(sock), "kill-server"], env=tenv, timeout=10)
     assert rc == 0, "".join(agent.stderr)
+    assert pipe and all(a["action"] == "would-kill" and a["enforced_by"] == "pipe-kill"
+                        for a in pipe), pipe
     kills = [a for a in found if a.get("enforced_by") == "connect-kill"]
     found = [a for a in found if a not in kills]
     if mux:
