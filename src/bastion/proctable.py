@@ -165,6 +165,13 @@ class ProcessTable:
             self._put(ProcEntry(p.pid, p.ppid, p.start_ns, p.exe, ev.argv, p.uid, p.comm,
                                 exe_dev=ev.exe_dev, exe_ino=ev.exe_ino))
         elif isinstance(ev, ForkEvent):
+            known = self._procs.get(ev.child_pid)
+            if known is not None and known.ppid == p.pid and ev.child_start_ns \
+                    and known.start_ns and known.same_process(ev.child_start_ns):
+                # the child's exec arrived first (the priority ring delivers an exec ahead
+                # of a bulk backlog, s23): its own image stays; a late fork must not hand it
+                # the parent's exe and trust (s23 review 2)
+                return
             parent = self._procs.get(p.pid)
             self._put(ProcEntry(
                 ev.child_pid, p.pid, ev.child_start_ns,

@@ -53,3 +53,22 @@ def test_bounded() -> None:
     for pid in range(1, 50):
         t.update(ExecEvent(pid, _p(pid, 1, exe="/bin/x")))
     assert len(t) == 10 and t.get(49) is not None and t.get(1) is None
+
+
+def test_a_fork_delivered_after_the_childs_exec_keeps_the_childs_image() -> None:
+    """s23 review 2: the priority ring can deliver a child's exec ahead of its fork
+    (a bulk backlog older than the hold); the late fork must not give the payload the
+    parent's exe, command line and exe inode (its trust)."""
+    t = ProcessTable()
+    t.update(ExecEvent(1, _p(100, 1, exe="/usr/bin/find"), argv=("find",), exe_dev=8, exe_ino=11))
+    t.update(ExecEvent(3, _p(200, 100, 5000, exe="/tmp/payload"), argv=("/tmp/payload",),
+                       exe_dev=8, exe_ino=99))
+    t.update(ForkEvent(2, _p(100, 1), child_pid=200, child_start_ns=5000))
+    e = t.get(200)
+    assert e is not None and (e.exe, e.exe_ino, e.cmdline) == ("/tmp/payload", 99, ("/tmp/payload",))
+    ev = FileEvent(4, _p(200, 100, 5000), op="open", path="/root/.ssh/id_rsa")
+    assert t.enrich(ev).proc.exe == "/tmp/payload"
+    # a fork of another process that reuses the pid later still replaces the entry
+    t.update(ForkEvent(5, _p(100, 1), child_pid=200, child_start_ns=9_000_000_000))
+    e = t.get(200)
+    assert e is not None and e.exe == "/usr/bin/find"

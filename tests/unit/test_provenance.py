@@ -524,3 +524,22 @@ def test_a_multiplexer_config_written_by_a_tmp_script_is_a_profile_write() -> No
     got = [x for x in run(evs) if x.rule == "behavior.persistence_shell_profile"]
     assert sorted(x.evidence["path"] for x in got) == sorted(paths)
     assert {(x.severity, x.action) for x in got} == {("critical", "kill")}
+
+
+def test_a_late_fork_adds_the_parents_reasons_to_the_childs_own() -> None:
+    """s23 review 2: the child's exec (priority ring) can arrive before its fork (bulk);
+    the fork's copy of the parent's taint must not replace the reasons the child's own
+    exec gave it."""
+    pv = Provenance()
+    procs = ProcessTable()
+    ctx = RuleContext(procs)
+    evs: list[Event] = [
+        ex(10, SH, 0, ("sh", "/dev/shm/.x")),                       # tmp-script
+        ex(11, "/tmp/dl/payload", 1, ("/tmp/dl/payload",), ppid=10),  # the child's own exec first
+        ForkEvent(T0 + NS // 2, proc(10, SH), child_pid=11, child_start_ns=11000),
+    ]
+    for ev in evs:
+        procs.update(ev)
+        pv.on_event(ev, ctx)
+    own = pv.reasons_of((11, 11000), T0 + 2 * NS)
+    assert "tmp-script" in own and "tmp-binary" in own, own

@@ -190,10 +190,15 @@ class Provenance(BehaviorRule):
         if isinstance(ev, ForkEvent):
             t = self._taint.get(key, now)
             if t is not None and ev.child_pid:
-                self._taint.put((ev.child_pid, ev.child_start_ns), now,
-                                Taint(dict(t.reasons), t.origin))
+                ckey = (ev.child_pid, ev.child_start_ns)
+                # the child's own reasons (its exec delivered before this fork: s23's
+                # priority ring) are kept; the parent's are added to them
+                own = self._taint.get(ckey, now)
+                self._taint.put(ckey, now, Taint({**t.reasons, **own.reasons}, t.origin)
+                                if own is not None else Taint(dict(t.reasons), t.origin))
             svc = self._service.get(key, now)
-            if svc is not None and ev.child_pid:
+            if svc is not None and ev.child_pid \
+                    and self._service.get((ev.child_pid, ev.child_start_ns), now) is None:
                 # a forked worker of the service is the service too; its exec'd children are its tree
                 self._service.put((ev.child_pid, ev.child_start_ns), now, svc)
                 # (the kernel copied the parent's map entry to the child at fork)
