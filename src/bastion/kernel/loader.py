@@ -57,11 +57,11 @@ T = TypeVar("T")
 
 #: A priority record waits in user space at most this long (kernel boot time) for the
 #: older bulk records of a backlog, so that a payload's exec does not come before the
-#: fork or the write-open that preceded it; past it, it goes out ahead of them.  250 ms
+#: fork or the write-open that preceded it; past it, it goes out ahead of them.  500 ms
 #: (s23 review 3: 1 s delayed every priority finding and kill-after by 1 s behind any
 #: unprivileged chmod loop); a fork that comes after its child's exec no longer gives the
 #: child the parent's image (ProcessTable.update) or takes its own taint (Provenance).
-PRIO_HOLD_NS = 250_000_000
+PRIO_HOLD_NS = 500_000_000
 
 _TS = struct.Struct("<Q")
 _TS_AT = 8      # bastion_event_hdr.ts_ns
