@@ -111,14 +111,89 @@ struct {
 	__type(value, __u64);
 } prio_drops SEC(".maps");
 
-/* the ring of a record type known at compile time (folded by the compiler) */
-#define RING_OF(type_id) \
-	(((type_id) < 64 && (BASTION_EV_PRIO_MASK & (1ULL << ((type_id) & 63)))) ? \
-	 (void *)&events_prio : (void *)&events)
-#define DROPS_OF(ring) ((ring) == (void *)&events_prio ? (void *)&prio_drops : (void *)&drops)
-#else
-#define RING_OF(type_id) ((void *)&events)
-#define DROPS_OF(ring) ((void *)&drops)
+/* The priority ring's spending (s23 review 1): most priority records are cheap to
+ * make without proving anything (bind(-1), ptrace(-1), process_vm_readv(-1),
+ * setuid(getuid()): 120-190 ns a call), so one loop could keep the priority ring
+ * full and the payload's records behind it lost.  Every priority record but an
+ * exec is charged to its thread group in a 100 ms window; a group past
+ * PRIO_PROC_BUDGET in the window (PRIO_PROC_SMALL while this CPU's priority
+ * records of the window exceed PRIO_CPU_BUDGET: many flooding groups each under
+ * the budget) has its records put on the bulk ring instead, counted per type in
+ * prio_demoted: they still cross unless the bulk ring is full too.  A payload's
+ * few acts stay under every budget; an exec always stays priority. */
+#define PRIO_WINDOW_NS 100000000ULL
+#define PRIO_PROC_BUDGET 256
+#define PRIO_PROC_SMALL 16
+#define PRIO_CPU_BUDGET 2000
+
+struct prio_spend {
+	__u64 window;
+	__u32 used;
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u32);
+	__type(value, struct prio_spend);
+} prio_spend_tgid SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct prio_spend);
+} prio_spend_cpu SEC(".maps");
+
+/* priority records put on the bulk ring by the budget, per CPU: slot 0 all, slot
+ * <type> those of one record type (the drops' slots) */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, BASTION_DROP_SLOTS);
+	__type(key, __u32);
+	__type(value, __u64);
+} prio_demoted SEC(".maps");
+
+static __always_inline void count_drop_in(void *counter, __u32 slot);
+
+/* May the current task put one more record of a priority type on the priority ring? */
+static __always_inline bool prio_spend(__u32 type_id)
+{
+	__u64 w = bpf_ktime_get_boot_ns() / PRIO_WINDOW_NS;
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32, zero = 0, limit = PRIO_PROC_BUDGET;
+	struct prio_spend *c = bpf_map_lookup_elem(&prio_spend_cpu, &zero), *t, fresh = {};
+
+	if (type_id == BASTION_EV_EXEC)
+		return true;
+	if (c) {
+		if (c->window != w) {
+			c->window = w;
+			c->used = 0;
+		}
+		if (++c->used > PRIO_CPU_BUDGET)
+			limit = PRIO_PROC_SMALL;
+	}
+	t = bpf_map_lookup_elem(&prio_spend_tgid, &tgid);
+	if (!t) {
+		fresh.window = w;
+		fresh.used = 1;
+		bpf_map_update_elem(&prio_spend_tgid, &tgid, &fresh, BPF_ANY);
+		return 1 <= limit;
+	}
+	if (t->window != w) {
+		t->window = w;
+		t->used = 0;
+	}
+	if (++t->used <= limit)
+		return true;
+	count_drop_in(&prio_demoted, type_id);
+	return false;
+}
+
+/* is a record type known at compile time a priority type (folded by the compiler) */
+#define PRIO_TYPE(type_id) \
+	((type_id) < 64 && (BASTION_EV_PRIO_MASK & (1ULL << ((type_id) & 63))))
 #endif
 
 static __always_inline void count_drop_in(void *counter, __u32 slot)
@@ -206,15 +281,34 @@ static __always_inline void fill_hdr(struct bastion_event_hdr *h, __u16 type, __
 
 /* Reserve a record of type T on its ring (RING_OF), header filled; NULL (and a
  * drop counted against that ring) when the ring is full. */
+#ifdef BASTION_PRIO_RING
 #define RESERVE(T, type_id)                                                   \
 	({                                                                    \
-		T *__e = bpf_ringbuf_reserve(RING_OF(type_id), sizeof(T), 0); \
+		T *__e;                                                       \
+		if (PRIO_TYPE(type_id) && prio_spend(type_id)) {              \
+			__e = bpf_ringbuf_reserve(&events_prio, sizeof(T), 0); \
+			if (!__e)                                             \
+				count_drop_in(&prio_drops, type_id);          \
+		} else {                                                      \
+			__e = bpf_ringbuf_reserve(&events, sizeof(T), 0);     \
+			if (!__e)                                             \
+				count_drop_in(&drops, type_id);               \
+		}                                                             \
+		if (__e)                                                      \
+			fill_hdr(&__e->hdr, (type_id), sizeof(T));            \
+		__e;                                                          \
+	})
+#else
+#define RESERVE(T, type_id)                                                   \
+	({                                                                    \
+		T *__e = bpf_ringbuf_reserve(&events, sizeof(T), 0);          \
 		if (__e)                                                      \
 			fill_hdr(&__e->hdr, (type_id), sizeof(T));            \
 		else                                                          \
-			count_drop_in(DROPS_OF(RING_OF(type_id)), type_id);   \
+			count_drop_in(&drops, type_id);                       \
 		__e;                                                          \
 	})
+#endif
 
 /* Reserve a hips record (a HIPS decision, a quarantine enforcement) with its
  * decision fields set and every object field zero; NULL (and a drop counted)

@@ -331,8 +331,8 @@ static __always_inline void file_submit(struct bastion_file_event *e)
 
 	e->hdr.size = size;
 #ifdef BASTION_PRIO_RING
-	if ((e->hdr.flags & BASTION_F_SENSITIVE) || e->op == BASTION_FILE_MOUNT_SETATTR ||
-	    e->op == BASTION_FILE_FSPICK) {
+	if (((e->hdr.flags & BASTION_F_SENSITIVE) || e->op == BASTION_FILE_MOUNT_SETATTR ||
+	     e->op == BASTION_FILE_FSPICK) && prio_spend(BASTION_EV_FILE)) {
 		if (bpf_ringbuf_output(&events_prio, e, size & (FILE_SCRATCH_BYTES - 1),
 				       BPF_RB_NO_WAKEUP))
 			count_drop_in(&prio_drops, BASTION_EV_FILE);

@@ -328,8 +328,17 @@ def _addr(family: int, raw: Any) -> str:
 def _join(flags: int, bit: int, directory: bytes, path: bytes, dcut: int = 0, pcut: int = 0) -> str:
     p = _cut(path, pcut)
     if flags & bit and directory:
-        return os.path.normpath(os.path.join(_cut(directory, dcut), p))
+        return _canon(os.path.normpath(os.path.join(_cut(directory, dcut), p)))
+    if p.startswith("/") and ("//" in p or "/." in p):
+        # a name as the caller typed it (compat: the syscall's string): `//etc/cron.d/x`,
+        # `/usr/./bin/x` must meet the rules' prefixes like `/etc/cron.d/x` (s23 review 7)
+        return _canon(os.path.normpath(p))
     return p
+
+
+def _canon(p: str) -> str:
+    """normpath keeps exactly two leading slashes (POSIX): one is the same root."""
+    return "/" + p.lstrip("/") if p.startswith("//") else p
 
 
 CUT_MARK: Final = "\u2026"   # where a file record's string was cut ("…")

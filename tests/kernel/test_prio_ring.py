@@ -16,7 +16,7 @@ import pytest
 from bastion import abi
 from bastion.sensors.bpf import BpfSensor
 from support.cg import run_in, scoped_cgroup
-from support.prio_flood import CHMODS, chmods, flood_then_payload, payload_seen
+from support.prio_flood import BIND_FLOOD, CHMODS, chmods, flood_then_payload, payload_seen
 
 pytestmark = pytest.mark.kernel
 
@@ -57,3 +57,20 @@ def test_a_full_priority_ring_counts_its_losses_under_it_and_their_class(tmp_pat
     assert stats["drops_ring.priority"] == by_class.get("exec", 0) >= 9, stats
     assert stats["drops_ring.bulk"] + stats["drops_ring.priority"] == stats["drops"]
     assert sum(by_class.values()) == stats["drops"], stats
+
+
+def test_a_flood_of_cheap_priority_records_does_not_take_the_payloads_down(tmp_path: Path) -> None:
+    """s23 review 1: 20,000 failing bind(-1) calls from one process (priority net records
+    that prove nothing, ~120 ns a call) overran the priority ring and the payload's exec,
+    read and connect behind them were lost.  Past its budget a thread group's priority
+    records go to the bulk ring (counted as demoted): the payload's few stay priority."""
+    stats, events, port = flood_then_payload(
+        lambda cgid, secret: BpfSensor(cgroup_id=cgid, ring_bytes=2**16, prio_ring_bytes=2**20,
+                                      sensitive=[(str(secret), abi.SensClass.CUSTOM)]),
+        tmp_path, flood=BIND_FLOOD)
+    execs, reads, conns = payload_seen(events, port)
+    assert stats["prio_demoted"] > CHMODS // 2, stats
+    assert stats["drops_ring.priority"] == 0, stats
+    assert len(execs) == 1, "the payload's exec was lost behind the priority flood"
+    assert len(conns) == 1, "the payload's connect was lost behind the priority flood"
+    assert len(reads) == 1, "the payload's sensitive read was lost behind the priority flood"

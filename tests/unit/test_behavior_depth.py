@@ -278,9 +278,14 @@ def test_timestomp_by_any_program_but_not_by_a_copy_or_unpack(tmp_path: Path) ->
     r.exec(205, 100, "/usr/bin/python3.11", ["python3", "-c", "z"])
     r.file(205, "open", "/usr/bin/id", flags=0o2, dev=8, ino=77, created=False)
     r.file(205, "utimes", "/usr/bin/id", mode=3, mtime_set_ns=old, dev=8, ino=77)
+    # a dropper that writes the binary itself and ages it is no copy tool (review 8)
+    r.exec(206, 100, "/usr/bin/python3.11", ["python3", "drop.py"])
+    r.file(206, "open", "/usr/local/bin/helper", flags=0o1101, dev=8, ino=66, created=True)
+    r.file(206, "utimes", "/usr/local/bin/helper", mode=3, mtime_set_ns=old, dev=8, ino=66)
     got = of(r.run(tmp_path), "timestomp_call")
     assert [(f.pid, f.evidence["path"]) for f in got] == [
-        (200, "/usr/bin/id"), (204, "/usr/bin/id"), (205, "/usr/bin/id")]
+        (200, "/usr/bin/id"), (204, "/usr/bin/id"), (205, "/usr/bin/id"),
+        (206, "/usr/local/bin/helper")]
     assert got[0].severity == "medium" and "2001-09-09 01:46:40 UTC" in got[0].title
 
 

@@ -78,6 +78,21 @@ def test_relative_file_paths_are_joined() -> None:
     assert summary(ev) == "/srv/data/b.txt -> /srv/other/c.txt"
 
 
+def test_absolute_names_as_typed_meet_the_rules_spelling() -> None:
+    """s23 review 7: compat reports a name as the caller typed it; `//etc/cron.d/x` or
+    `/usr/./bin/x` must not slip past the rules' `/etc/cron.d/` and `/usr/bin/` prefixes."""
+    r = abi.FileEvent()
+    _hdr(r, abi.EventType.FILE)
+    r.op = abi.FileOp.RENAME
+    r.owner_uid = r.owner_gid = 0xFFFFFFFF
+    ev = decode(abi.pack_file_record(r, b"//tmp//x", b"", b"//etc/./cron.d//job", b""), 0)
+    assert isinstance(ev, FileEvent)
+    assert (ev.path, ev.path2) == ("/tmp/x", "/etc/cron.d/job")
+    r.op = abi.FileOp.UTIMES
+    ev = decode(abi.pack_file_record(r, b"/usr/./bin/../bin/id", b"", b"", b""), 0)
+    assert isinstance(ev, FileEvent) and ev.path == "/usr/bin/id"
+
+
 def test_net_addresses_v4_v6() -> None:
     r = abi.NetEvent()
     _hdr(r, abi.EventType.NET)

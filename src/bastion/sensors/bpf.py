@@ -203,7 +203,7 @@ class BpfSensor(LoaderUser):
         self._sens_at = 0.0
         # keeps the actors of a flood decoded once, and a record repeated by a flood
         self._decoder = RepeatDecoder()
-        self._dedup_final = (0, 0, 0, 0)   # the dedup counters as they were at close()
+        self._dedup_final = (0, 0, 0, 0, 0)   # the dedup counters as they were at close()
         # the io_uring tracepoints of this kernel (None: read from its BTF at load),
         # why there are none, and the programs missing for lack of them
         self.iou_present: frozenset[str] | None = None
@@ -345,7 +345,8 @@ class BpfSensor(LoaderUser):
         if self._lo is not None:
             if not self._lo.closed:
                 self._dedup_final = (self.deduplicated(), self.net_deduplicated(),
-                                     self.mmap_deduplicated(), self.rewrite_deduplicated())
+                                     self.mmap_deduplicated(), self.rewrite_deduplicated(),
+                                     self.prio_demoted())
             self._lo.close()
 
     def _dedup(self, name: str, final: int) -> int:
@@ -370,8 +371,14 @@ class BpfSensor(LoaderUser):
         """Log-rewrite records the kernel did not send: one like it was within the window."""
         return self._dedup("rewrite_deduped", self._dedup_final[3])
 
+    def prio_demoted(self) -> int:
+        """Priority records the kernel put on the bulk ring: their thread group spent its
+        priority budget (bpf/lib/common.h prio_spend, s23 review 1)."""
+        return self._dedup("prio_demoted", self._dedup_final[4])
+
     def stats(self) -> dict[str, int]:
-        return {**super().stats(), "open_deduplicated": self.deduplicated(),
+        return {**super().stats(), "prio_demoted": self.prio_demoted(),
+                "open_deduplicated": self.deduplicated(),
                 "net_deduplicated": self.net_deduplicated(),
                 "mmap_deduplicated": self.mmap_deduplicated(),
                 "rewrite_deduplicated": self.rewrite_deduplicated()}

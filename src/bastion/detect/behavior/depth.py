@@ -238,18 +238,25 @@ class Timestomp(SingleEvent):
                    {"argv": list(ev.argv), "paths": hit})
 
 
+# installed tools that copy or unpack files with their times (trusted by inode)
+COPY_TOOLS = frozenset({"cp", "install", "ginstall", "tar", "bsdtar", "rsync", "cpio", "unzip",
+                        "7z", "7za", "pax", "ar", "mv", "ln", "patch"})
+
+
 class TimestompCall(SingleEvent):
     """A chosen modification time set on a system file by any program (s23): the
     kernel's ``utimes`` record (utimensat, futimens, utimes, utime with explicit times;
     "now" never crosses), so python ``os.utime``, perl ``utime``, a C program or a
     renamed touch are seen, not only touch's command line (:class:`Timestomp`).
 
-    A program that wrote the file itself a moment before and then gives it a time is
-    copying or unpacking it (``cp -p``, ``install -p``, ``tar x``, ``rsync -t``,
-    ``shutil.copy2``): that process's own opens under the system directories that created
-    or truncated the file are remembered (by path and by inode, per process, for
-    :attr:`window_ns`) and its times on them are not a stomp; an open for write that
-    leaves the content as it was excuses nothing.  Package managers are trusted by inode."""
+    An installed copy or unpack tool (:data:`COPY_TOOLS`, by inode: ``cp -p``,
+    ``install -p``, ``tar x``, ``rsync -t``) that wrote the file itself a moment before
+    and then gives it a time is copying it: that process's own opens under the system
+    directories that created or truncated the file are remembered (by path and by inode,
+    per process, for :attr:`window_ns`) and its times on them are not a stomp; an open for
+    write that leaves the content as it was excuses nothing, and any other program that
+    writes a system binary and ages it (a dropper) is judged.  Package managers are
+    trusted by inode."""
 
     name = "behavior.timestomp_call"
     event_types = frozenset({"open", "utimes"})
@@ -282,7 +289,10 @@ class TimestompCall(SingleEvent):
         if ev.op != "utimes" or not ev.mode & UTIMES_MTIME or not ev.path.startswith(STOMP_DIRS):
             return None
         wrote = self._wrote.get(proc_key(ev), ev.time_ns)
-        if wrote is not None and (ev.path in wrote or (ev.ino and (ev.dev, ev.ino) in wrote)):
+        if wrote is not None and (ev.path in wrote or (ev.ino and (ev.dev, ev.ino) in wrote)) \
+                and self.trusted(ev, ctx, COPY_TOOLS, depth=0):
+            # an installed copy/unpack tool giving a file it just wrote its source's time;
+            # any other program doing the same is a dropper aging its binary (s23 review 8)
             return None
         if self.trusted(ev, ctx, PACKAGE_MANAGERS, depth=3):
             return None
