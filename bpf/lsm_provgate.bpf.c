@@ -651,12 +651,23 @@ struct pgate_nlmsghdr {
 	__u32 nlmsg_pid;
 };
 
-static __always_inline int pgate_firewall(__u32 how)
+extern struct net init_net __ksym;
+
+/* s23 review 5: only the host's firewall is refused — a change inside a network
+ * namespace of its own (`unshare -rn`, a container's) cannot open the host — and
+ * not for a tree whose only reason is being a network service's: kube-proxy,
+ * calico, a VPN daemon manage the firewall as their job (the user-space
+ * firewall rule judges those with its managers' trust); a tree with any other
+ * reason (a /tmp script, a downloaded binary, a decoded payload) is refused. */
+static __always_inline int pgate_firewall(__u32 how, struct sock *sk)
 {
-	__u32 reasons = pgate_actor();
+	__u32 reasons;
 	struct pgate_hit h = {};
 
-	if (!reasons)
+	if (!sk || BPF_CORE_READ(sk, __sk_common.skc_net.net) != &init_net)
+		return 0;
+	reasons = pgate_actor();
+	if (!reasons || (reasons & ~BASTION_PROV_ADMIN_TTY) == BASTION_PROV_NETWORK_SERVICE)
 		return 0;
 	h.cls = BASTION_PGATE_FIREWALL;
 	return pgate_decide_how(BASTION_OP_OPEN_WRITE, how, reasons, &h, NULL, NULL, 0);
@@ -674,10 +685,10 @@ int BPF_PROG(pgate_netlink_send, struct sock *sk, struct sk_buff *skb)
 		return 0;      /* no message: nfnetlink_rcv takes nothing */
 	data = BPF_CORE_READ(skb, data);
 	if (!data || bpf_probe_read_kernel(&nlh, sizeof(nlh), data))
-		return pgate_firewall(BASTION_PGATE_HOW_NFT_BATCH);   /* unread: fail closed */
+		return pgate_firewall(BASTION_PGATE_HOW_NFT_BATCH, sk);   /* unread: fail closed */
 	if (nlh.nlmsg_type != NFNL_MSG_BATCH_BEGIN_)
 		return 0;      /* a GET (nft list, iptables-nft -L) */
-	return pgate_firewall(BASTION_PGATE_HOW_NFT_BATCH);
+	return pgate_firewall(BASTION_PGATE_HOW_NFT_BATCH, sk);
 }
 
 SEC("lsm/socket_setsockopt")
@@ -692,5 +703,5 @@ int BPF_PROG(pgate_socket_setsockopt, struct socket *sock, int level, int optnam
 		   (optname != IPT_SO_SET_REPLACE_ && optname != IPT_SO_SET_ADD_COUNTERS_)) {
 		return 0;
 	}
-	return pgate_firewall(BASTION_PGATE_HOW_SOCKOPT);
+	return pgate_firewall(BASTION_PGATE_HOW_SOCKOPT, sock ? BPF_CORE_READ(sock, sk) : NULL);
 }

@@ -38,6 +38,14 @@ bind = ctypes.CDLL(None, use_errno=True).bind
 for i in range(int(sys.argv[3])):
     bind(-1, None, 0)
 """
+# the same on the hook sensor (lsm: bind(-1) never reaches security_socket_bind): a
+# setuid to the uid it already has, a credential record from security_task_fix_setuid
+SETUID_FLOOD = """
+import os, sys
+uid = os.getuid()
+for i in range(int(sys.argv[3])):
+    os.setuid(uid)
+"""
 PAYLOAD = ("import socket, sys; open(sys.argv[2]).read(); "
            "socket.create_connection(('127.0.0.1', int(sys.argv[1]))).close()")
 MARK = "prio-ring-payload"

@@ -15,7 +15,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bastion import abi  # noqa: E402
 from bastion.sensors.bpf import HookSensor  # noqa: E402
-from support.prio_flood import CHMODS, chmods, flood_then_payload, payload_seen  # noqa: E402
+from support.prio_flood import (  # noqa: E402
+    CHMODS, SETUID_FLOOD, chmods, flood_then_payload, payload_seen,
+)
 
 IN_VM = os.environ.get("BASTION_IN_VM") == "1"
 pytestmark = pytest.mark.skipif(
@@ -39,3 +41,19 @@ def test_the_payload_after_a_flood_that_overran_the_bulk_ring_is_seen(tmp_path: 
     at = events.index(execs[0])
     assert 0 < chmods(events[:at]) == chmods(events) < CHMODS
     assert at < events.index(conns[0])
+
+
+def test_a_flood_of_cheap_priority_records_does_not_take_the_payloads_down(tmp_path: Path) -> None:
+    """s23 review 1 on the hook sensor: 20,000 setuid(getuid()) calls (credential records
+    from security_task_fix_setuid, priority) from one process; past its budget its
+    records go to the bulk ring and the payload's stay priority."""
+    stats, events, port = flood_then_payload(
+        lambda cgid, secret: HookSensor(cgroup_id=cgid, ring_bytes=2**16, prio_ring_bytes=2**20,
+                                      sensitive=[(str(secret), abi.SensClass.CUSTOM)]),
+        tmp_path, flood=SETUID_FLOOD)
+    execs, reads, conns = payload_seen(events, port)
+    assert len(execs) == 1, "the payload's exec was lost behind the priority flood"
+    assert len(conns) == 1, "the payload's connect was lost behind the priority flood"
+    assert len(reads) == 1, "the payload's sensitive read was lost behind the priority flood"
+    assert stats["prio_demoted"] > CHMODS // 2, stats
+    assert stats["drops_ring.priority"] == 0, stats

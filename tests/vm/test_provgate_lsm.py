@@ -996,3 +996,43 @@ def test_a_firewall_change_from_an_admin_session_is_allowed_and_audited(env: Env
     assert len(fw) >= 4 and all(ev.action == "audit" and not ev.enforced for ev in fw), recs
     f = env.gate.finding(fw[0])
     assert f is not None and f.action == "audit" and "administrator" in f.title, f
+
+
+def test_a_firewall_change_in_a_network_namespace_of_its_own_is_not_refused(env: Env) -> None:
+    """s23 review 5: only the host's firewall is refused.  The same /tmp script's batch
+    and legacy replaces inside `unshare -n` (a namespace of its own: the host is not
+    opened by anything it does there) reach the kernel; and a tree whose only reason is
+    being a network service's (kube-proxy, calico: the firewall is their job) is left to
+    the user-space rule."""
+    py = env.root / "nft.py"
+    py.write_text(_NFT)
+    table = f"bastion_s23_{uuid.uuid4().hex[:8]}"
+    sh = env.root / "drop" / "nft-netns.sh"
+    sh.write_text(f"exec unshare -n python3 {py} clean {table}\n")
+    r = run_in(env.cg, ["/bin/sh", str(sh)], timeout=60)
+    codes = _codes(r.stdout)
+    EPERM = 1
+    assert codes.get("newtable") == 0 and codes.get("list") == 0, r.stdout + r.stderr
+    assert EPERM not in (codes.get("ipt"), codes.get("ip6t"), codes.get("ebt")), r.stdout
+    assert env.records(0) == []
+    # a network service's own tree in the host's namespace
+    ready = env.root / "ready-svc"
+    ready.unlink(missing_ok=True)
+    p = subprocess.Popen(["/bin/sh", "-c", f'echo $$ > {env.cg}/cgroup.procs; echo $$ > {ready}; '
+                          f'read go; exec python3 {py} clean {table}'], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        end = time.monotonic() + 10
+        while not (ready.exists() and ready.read_text().strip()) and time.monotonic() < end:
+            time.sleep(0.05)
+        pid = int(ready.read_text())
+        assert env.prov.add(pid, read_stat(pid).start_ns, abi.PROV_NETWORK_SERVICE)
+        out, _ = p.communicate("go\n", timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    codes = _codes(out)
+    assert codes.get("newtable") == 0, out
+    assert EPERM not in (codes.get("ipt"), codes.get("ip6t"), codes.get("ebt")), out
+    assert env.records(0) == []
