@@ -206,6 +206,9 @@ static __always_inline int pgate_name(__u32 op, struct dentry *d, __u32 classes)
 	cls = dentry_class(d, &h);
 	if (!cls || cls >= 32 || !(classes & (1u << cls)))
 		return 0;
+	if (cls == BASTION_PGATE_LOG && !BPF_CORE_READ(d, d_inode, i_size))
+		return 0; /* an empty file under a log object (a mail spool's dotlock, a new
+			   * mailbox's chown): nothing to wipe (s23 review 4) */
 	return pgate_decide(op, reasons, &h, d, NULL, 0);
 }
 
@@ -277,6 +280,11 @@ int BPF_PROG(pgate_file_open, struct file *file)
 	if (cls == BASTION_PGATE_LOG &&
 	    (!write || (BPF_CORE_READ(file, f_flags) & O_APPEND_)))
 		return 0; /* reading or appending to a log is no wiping */
+	if (cls == BASTION_PGATE_LOG &&
+	    ((BPF_CORE_READ(file, f_mode) & 0x100000 /* FMODE_CREATED */) ||
+	     !BPF_CORE_READ(d, d_inode, i_size)))
+		return 0; /* created by this open or empty: nothing to wipe (the compat gate's
+			   * rule; a mail delivery agent's O_EXCL dotlock, s23 review 4) */
 	if (cls == BASTION_PGATE_SECURITY_TOOL || cls == BASTION_PGATE_FIREWALL)
 		return 0;
 	return pgate_decide(write ? BASTION_OP_OPEN_WRITE : BASTION_OP_OPEN_READ, reasons, &h, d,

@@ -796,7 +796,15 @@ def _seccfg_script(e: Env) -> str:
             f"cat {etc}/rsyslog.conf > /dev/null; echo read=$?\n"
             f"echo 0> {r}/mail/root; echo mailwipe=$?\n"
             f"truncate -s 0 {r}/mail/root; echo mailtrunc=$?\n"
-            f"echo delivered >> {r}/mail/root; echo mailappend=$?\n")
+            f"echo delivered >> {r}/mail/root; echo mailappend=$?\n"
+            # a delivery agent's dotlock (O_EXCL), a new mailbox and its chown, the unlock:
+            # empty files, nothing to wipe (s23 review 4: refused before)
+            f"(set -C; : > {r}/mail/root.lock); echo maillock=$?\n"
+            f"chown 0:0 {r}/mail/root.lock; echo lockchown=$?\n"
+            f"rm {r}/mail/root.lock; echo unlock=$?\n"
+            f": > {r}/mail/newbox; echo newbox=$?\n"
+            f"chown 0:0 {r}/mail/newbox; echo newboxchown=$?\n"
+            f"rm -f {r}/mail/newbox\n")
 
 
 SECCFG_REFUSED = ("append", "sed", "dropin", "chmod", "unlink", "mailwipe", "mailtrunc")
@@ -819,6 +827,8 @@ def test_security_config_and_a_mail_spool_are_refused_in_the_hook(env: Env) -> N
     codes = _codes(r.stdout)
     assert [a for a in SECCFG_REFUSED if codes.get(a) == 0] == [], r.stdout + r.stderr
     assert codes["read"] == 0 and codes["mailappend"] == 0, r.stdout + r.stderr
+    assert [a for a in ("maillock", "lockchown", "unlock", "newbox", "newboxchown")
+            if codes.get(a) != 0] == [], r.stdout + r.stderr
     assert (env.etc / "default" / "ufw").read_text() == "ENABLED=yes\n"
     assert (env.etc / "rsyslog.conf").read_text() == "*.* /var/log/syslog on\n"
     assert (env.etc / "rsyslog.conf").stat().st_mode & 0o777 == 0o644
