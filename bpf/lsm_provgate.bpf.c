@@ -659,7 +659,10 @@ struct pgate_nlmsghdr {
 	__u32 nlmsg_pid;
 };
 
-extern struct net init_net __ksym;
+/* the host's network namespace (its inode number, /proc/1/ns/net as user space reads
+ * it at load: init_net is no typed ksym on Debian's 6.1, whose BTF has no global vars);
+ * 0: every namespace is the host's */
+const volatile __u32 cfg_host_netns = 0;
 
 /* s23 review 5: only the host's firewall is refused — a change inside a network
  * namespace of its own (`unshare -rn`, a container's) cannot open the host — and
@@ -672,7 +675,8 @@ static __always_inline int pgate_firewall(__u32 how, struct sock *sk)
 	__u32 reasons;
 	struct pgate_hit h = {};
 
-	if (!sk || BPF_CORE_READ(sk, __sk_common.skc_net.net) != &init_net)
+	if (!sk || (cfg_host_netns &&
+		    BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum) != cfg_host_netns))
 		return 0;
 	reasons = pgate_actor();
 	if (!reasons || (reasons & ~BASTION_PROV_ADMIN_TTY) == BASTION_PROV_NETWORK_SERVICE)

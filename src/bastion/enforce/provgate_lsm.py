@@ -130,6 +130,18 @@ def shared_prov_maps(prov: ProvenanceMap, who: str, location: Location) -> dict[
     return out
 
 
+
+def _host_netns() -> int:
+    """The host's network namespace inode (pid 1's): a firewall change is refused only
+    there (s23 review 5).  0 when it cannot be read: every namespace is then judged as
+    the host's (fail closed), and said."""
+    try:
+        return os.stat("/proc/1/ns/net").st_ino
+    except OSError as e:
+        log.warning("the in-hook gate: /proc/1/ns/net: %s: firewall changes refused in "
+                    "every network namespace", e.strerror)
+        return 0
+
 class GateUser(LoaderUser):
     """A gate object's decisions, drained from its ring and counted: refused (``denies``,
     the kernel acted), would-be refusals of a dry run (``dry_runs``), blocks the kernel
@@ -225,7 +237,8 @@ class LsmProvenanceGate(GateUser):
             path=bpf_object(OBJECT),
             rodata={"cfg_cgroup_id": self.cgroup_id, "cfg_deadline_ns": self.deadline_ns,
                     "cfg_self_tgid": self.self_tgid,
-                    "cfg_setattr_idmap": int(setattr_has_idmap())},
+                    "cfg_setattr_idmap": int(setattr_has_idmap()),
+                    "cfg_host_netns": _host_netns()},
             max_entries={"events": abi.SMALL_RINGBUF_BYTES},
             reuse_maps=shared_prov_maps(self.prov, "the in-hook gate", Location(OBJECT)))
 
