@@ -101,3 +101,16 @@ def payload_seen(events: list[Event], port: int
 
 def chmods(events: list[Event]) -> int:
     return sum(isinstance(e, FileEvent) and e.op == "chmod" for e in events)
+
+
+def assert_the_payload_survived_a_priority_flood(stats: dict[str, int], events: list[Event],
+                                                  port: int) -> None:
+    """s23 review 1: after a flood of cheap priority records from one process, the
+    payload's exec, connect and sensitive read arrived, the flood was demoted to the bulk
+    ring, and the priority ring lost nothing."""
+    execs, reads, conns = payload_seen(events, port)
+    assert len(execs) == 1, "the payload's exec was lost behind the priority flood"
+    assert len(conns) == 1, "the payload's connect was lost behind the priority flood"
+    assert len(reads) == 1, "the payload's sensitive read was lost behind the priority flood"
+    assert stats["prio_demoted"] > CHMODS // 2, stats
+    assert stats["drops_ring.priority"] == 0, stats

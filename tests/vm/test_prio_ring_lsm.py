@@ -16,7 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bastion import abi  # noqa: E402
 from bastion.sensors.bpf import HookSensor  # noqa: E402
 from support.prio_flood import (  # noqa: E402
-    CHMODS, SETUID_FLOOD, chmods, flood_then_payload, payload_seen,
+    CHMODS, SETUID_FLOOD, assert_the_payload_survived_a_priority_flood, chmods, flood_then_payload,
+    payload_seen,
 )
 
 IN_VM = os.environ.get("BASTION_IN_VM") == "1"
@@ -51,9 +52,4 @@ def test_a_flood_of_cheap_priority_records_does_not_take_the_payloads_down(tmp_p
         lambda cgid, secret: HookSensor(cgroup_id=cgid, ring_bytes=2**16, prio_ring_bytes=2**20,
                                       sensitive=[(str(secret), abi.SensClass.CUSTOM)]),
         tmp_path, flood=SETUID_FLOOD)
-    execs, reads, conns = payload_seen(events, port)
-    assert len(execs) == 1, "the payload's exec was lost behind the priority flood"
-    assert len(conns) == 1, "the payload's connect was lost behind the priority flood"
-    assert len(reads) == 1, "the payload's sensitive read was lost behind the priority flood"
-    assert stats["prio_demoted"] > CHMODS // 2, stats
-    assert stats["drops_ring.priority"] == 0, stats
+    assert_the_payload_survived_a_priority_flood(stats, events, port)

@@ -973,6 +973,28 @@ def test_a_firewall_change_is_refused_and_a_listing_allowed_in_the_hook(env: Env
     assert env.records(0) == []
 
 
+def _run_with_reasons(env: Env, command: str, reasons: int) -> str:
+    """Run ``command`` in the test cgroup as a process whose provenance entry carries
+    ``reasons`` (set before it runs); its stdout."""
+    ready = env.root / f"ready-{reasons}"
+    ready.unlink(missing_ok=True)
+    p = subprocess.Popen(["/bin/sh", "-c", f'echo $$ > {env.cg}/cgroup.procs; echo $$ > {ready}; '
+                          f'read go; exec {command}'], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        end = time.monotonic() + 10
+        while not (ready.exists() and ready.read_text().strip()) and time.monotonic() < end:
+            time.sleep(0.05)
+        pid = int(ready.read_text())
+        assert env.prov.add(pid, read_stat(pid).start_ns, reasons)
+        out, _ = p.communicate("go\n", timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    return out
+
+
 def test_a_firewall_change_from_an_admin_session_is_allowed_and_audited(env: Env) -> None:
     """The trust path of every other class: an administrator's session (admin-tty bit)
     running the /tmp script: the batch is sent (the test's table made and deleted), the
@@ -982,22 +1004,7 @@ def test_a_firewall_change_from_an_admin_session_is_allowed_and_audited(env: Env
     table = f"bastion_s23_{uuid.uuid4().hex[:8]}"
     script = env.root / "drop" / "nft-admin.sh"
     script.write_text(f"exec python3 {py} clean {table}\n")
-    ready = env.root / "ready-fw"
-    ready.unlink(missing_ok=True)
-    p = subprocess.Popen(["/bin/sh", "-c", f'echo $$ > {env.cg}/cgroup.procs; echo $$ > {ready}; '
-                          f'read go; exec /bin/sh {script}'], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, text=True)
-    try:
-        end = time.monotonic() + 10
-        while not (ready.exists() and ready.read_text().strip()) and time.monotonic() < end:
-            time.sleep(0.05)
-        pid = int(ready.read_text())
-        assert env.prov.add(pid, read_stat(pid).start_ns, abi.PROV_ADMIN_TTY)
-        out, _ = p.communicate("go\n", timeout=60)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+    out = _run_with_reasons(env, f"/bin/sh {script}", abi.PROV_ADMIN_TTY)
     codes = _codes(out)
     assert codes.get("newtable") == 0 and codes.get("list") == 0, out
     assert 1 not in (codes.get("ipt"), codes.get("ip6t"), codes.get("ebt")), out
@@ -1026,22 +1033,7 @@ def test_a_firewall_change_in_a_network_namespace_of_its_own_is_not_refused(env:
     assert EPERM not in (codes.get("ipt"), codes.get("ip6t"), codes.get("ebt")), r.stdout
     assert env.records(0) == []
     # a network service's own tree in the host's namespace
-    ready = env.root / "ready-svc"
-    ready.unlink(missing_ok=True)
-    p = subprocess.Popen(["/bin/sh", "-c", f'echo $$ > {env.cg}/cgroup.procs; echo $$ > {ready}; '
-                          f'read go; exec python3 {py} clean {table}'], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, text=True)
-    try:
-        end = time.monotonic() + 10
-        while not (ready.exists() and ready.read_text().strip()) and time.monotonic() < end:
-            time.sleep(0.05)
-        pid = int(ready.read_text())
-        assert env.prov.add(pid, read_stat(pid).start_ns, abi.PROV_NETWORK_SERVICE)
-        out, _ = p.communicate("go\n", timeout=60)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+    out = _run_with_reasons(env, f"python3 {py} clean {table}", abi.PROV_NETWORK_SERVICE)
     codes = _codes(out)
     assert codes.get("newtable") == 0, out
     assert EPERM not in (codes.get("ipt"), codes.get("ip6t"), codes.get("ebt")), out
