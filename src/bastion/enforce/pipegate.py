@@ -30,11 +30,10 @@ from typing import Callable, Final, Mapping
 from bastion import abi
 from bastion.abi import PipegateKind, PipegateRule
 from bastion.detect.engine import Finding
-from bastion.enforce.provgate_lsm import GateUser
+from bastion.enforce.provgate_lsm import AgentGatePart, GateUser
 from bastion.errors import KernelError, Location
 from bastion.events import HipsEvent
 from bastion.kernel.clock import deadline_ns
-from bastion.kernel.libbpf import Map
 from bastion.kernel.loader import LoadedObject, ObjectSpec
 from bastion.paths import bpf_object
 
@@ -84,6 +83,9 @@ class PipeGate(GateUser):
         gate.close()
     """
 
+    label = "the pipe gate"
+    object_name = OBJECT
+
     name: Final = "pipegate"
     mechanism: str = MECHANISM
     blocking_action: str = "kill"
@@ -119,19 +121,6 @@ class PipeGate(GateUser):
         log.info("pipe gate: %d programs attached (scope cgroup %d)", len(lo.links),
                  self.cgroup_id)
 
-    def close(self) -> None:
-        if self._lo is not None:
-            self._lo.close()
-
-    @property
-    def is_open(self) -> bool:
-        return self._lo is not None and not self._lo.closed
-
-    def _map(self, name: str) -> Map:
-        if self._lo is None or self._lo.closed:
-            raise KernelError("the pipe gate is not open", errno=errno.ENOENT,
-                              location=Location(OBJECT))
-        return self._lo.map(name)
 
     def set_dry_run(self, dry: bool) -> None:
         self.dry_run = dry
@@ -228,7 +217,7 @@ class PipeGate(GateUser):
         return out
 
 
-class AgentPipeGate:
+class AgentPipeGate(AgentGatePart):
     """The pipe gate as a part of the agent (:mod:`bastion.assembly`, both tiers): opened
     with the other gates, the installed decoders and shells entered (again at the
     maintenance tick: an upgrade replaces the inodes); its records are an enforcement
@@ -273,19 +262,6 @@ class AgentPipeGate:
                       f"{gate.entered} stay entered, a file installed since is not gated",
                 evidence={"error": str(exc), "entered": gate.entered})
         return None
-
-    def poll(self, timeout_s: float) -> list[HipsEvent]:
-        return self.gate.poll(0.0) if self.gate is not None else []
-
-    def finding(self, ev: HipsEvent) -> Finding | None:
-        return self.gate.finding(ev) if self.gate is not None else None
-
-    def stats(self) -> dict[str, int]:
-        return self.gate.stats() if self.gate is not None else {}
-
-    def close(self) -> None:
-        if self.gate is not None:
-            self.gate.close()
 
 
 __all__ = ["PipeGate", "AgentPipeGate", "DEFAULT_DECODERS", "DEFAULT_INTERPRETERS", "OBJECT", "MECHANISM", "RULE",

@@ -151,10 +151,27 @@ class GateUser(LoaderUser):
     #: The record action that means the gate stopped the act (a kill on the compat
     #: socket gate, a refusal in the hook elsewhere).
     blocking_action: str = "deny"
+    #: The gate as errors name it, and its object (the errors' location).
+    label: str = "the gate"
+    object_name: str = ""
     denies: int = 0
     dry_runs: int = 0
     failed: int = 0
     audits: int = 0
+
+    def close(self) -> None:
+        if self._lo is not None:
+            self._lo.close()
+
+    @property
+    def is_open(self) -> bool:
+        return self._lo is not None and not self._lo.closed
+
+    def _map(self, name: str) -> Map:
+        if self._lo is None or self._lo.closed:
+            raise KernelError(f"{self.label} is not open", errno=errno.ENOENT,
+                              location=Location(self.object_name))
+        return self._lo.map(name)
 
     def poll(self, timeout_s: float = 0.0) -> list[HipsEvent]:
         lo = self._lo
@@ -186,6 +203,9 @@ class LsmProvenanceGate(GateUser):
         for ev in gate.poll(0.5): gate.finding(ev)
         gate.close()
     """
+
+    label = "the in-hook gate"
+    object_name = OBJECT
 
     name: Final = "lsmgate"
     mechanism: Final = MECHANISM
@@ -255,19 +275,6 @@ class LsmProvenanceGate(GateUser):
         log.info("in-hook provenance gate: %d programs attached (scope cgroup %d)",
                  len(lo.links), self.cgroup_id)
 
-    def close(self) -> None:
-        if self._lo is not None:
-            self._lo.close()
-
-    @property
-    def is_open(self) -> bool:
-        return self._lo is not None and not self._lo.closed
-
-    def _map(self, name: str) -> Map:
-        if self._lo is None or self._lo.closed:
-            raise KernelError("the in-hook gate is not open", errno=errno.ENOENT,
-                              location=Location(OBJECT))
-        return self._lo.map(name)
 
     # ---- configuration ----------------------------------------------------------------
 
@@ -489,7 +496,35 @@ def _above(out: dict[str, str], path: str, kind: str, *, include_self: bool) -> 
             p = os.path.dirname(p)
 
 
-class AgentLsmGate:
+class _Gate(Protocol):
+    def poll(self, timeout_s: float = 0.0) -> list[HipsEvent]: ...
+    def finding(self, ev: HipsEvent) -> Finding | None: ...
+    def stats(self) -> dict[str, int]: ...
+    def close(self) -> None: ...
+
+
+class AgentGatePart:
+    """What every gate that is a part of the agent does with its gate object (the
+    in-hook, socket and pipe gates): drain it without waiting, turn its records into
+    findings, report its counters, close it; nothing when it is not open."""
+
+    gate: _Gate | None = None
+
+    def poll(self, timeout_s: float) -> list[HipsEvent]:
+        return self.gate.poll(0.0) if self.gate is not None else []
+
+    def finding(self, ev: HipsEvent) -> Finding | None:
+        return self.gate.finding(ev) if self.gate is not None else None
+
+    def stats(self) -> dict[str, int]:
+        return self.gate.stats() if self.gate is not None else {}
+
+    def close(self) -> None:
+        if self.gate is not None:
+            self.gate.close()
+
+
+class AgentLsmGate(AgentGatePart):
     """The in-hook gate as a part of the agent (:mod:`bastion.assembly`, lsm tier): opened
     once the event sensor is; the default objects, names and security tools entered (the
     agent and its guardian among them); its records are an enforcement source.  When it
@@ -554,19 +589,9 @@ class AgentLsmGate:
             tgids.append(g)
         self.tools = gate.set_tools(sorted(set(tgids)))
 
-    def poll(self, timeout_s: float) -> list[HipsEvent]:
-        return self.gate.poll(0.0) if self.gate is not None else []
-
-    def finding(self, ev: HipsEvent) -> Finding | None:
-        return self.gate.finding(ev) if self.gate is not None else None
-
-    def stats(self) -> dict[str, int]:
-        return self.gate.stats() if self.gate is not None else {}
-
     def close(self) -> None:
-        if self.gate is not None:
-            self.gate.close()
-            self.gate = None
+        super().close()
+        self.gate = None
 
 
-__all__ = ["AgentLsmGate", "CLASS_NAMES", "LsmProvenanceGate", "MECHANISM", "OBJECT", "find_tools"]
+__all__ = ["AgentGatePart", "AgentLsmGate", "CLASS_NAMES", "LsmProvenanceGate", "MECHANISM", "OBJECT", "find_tools"]

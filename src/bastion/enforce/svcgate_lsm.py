@@ -35,7 +35,7 @@ from typing import Callable, Final, Mapping
 from bastion import abi
 from bastion.detect.engine import Finding
 from bastion.enforce.provgate import GATE_RULE
-from bastion.enforce.provgate_lsm import GateUser, shared_prov_maps
+from bastion.enforce.provgate_lsm import AgentGatePart, GateUser, shared_prov_maps
 from bastion.errors import BastionError, KernelError, Location
 from bastion.events import HipsEvent
 from bastion.kernel.clock import deadline_ns
@@ -158,6 +158,7 @@ class LsmSocketGate(GateUser):
 
     name: Final = "svcgate"
     mechanism: str = MECHANISM
+    label = "the socket gate"
     object_name: str = OBJECT
 
     def __init__(self, prov: ProvenanceMap, *, cgroup_id: int = 0,
@@ -197,19 +198,6 @@ class LsmSocketGate(GateUser):
         log.info("control-socket gate: %d programs attached (scope cgroup %d)",
                  len(lo.links), self.cgroup_id)
 
-    def close(self) -> None:
-        if self._lo is not None:
-            self._lo.close()
-
-    @property
-    def is_open(self) -> bool:
-        return self._lo is not None and not self._lo.closed
-
-    def _map(self, name: str) -> Map:
-        if self._lo is None or self._lo.closed:
-            raise KernelError("the socket gate is not open", errno=errno.ENOENT,
-                              location=Location(self.object_name))
-        return self._lo.map(name)
 
     def set_dry_run(self, dry: bool) -> None:
         self.dry_run = dry
@@ -301,7 +289,7 @@ class LsmSocketGate(GateUser):
 
 
 
-class AgentSocketGate:
+class AgentSocketGate(AgentGatePart):
     """The socket gate as a part of the agent (:mod:`bastion.assembly`, lsm tier): opened
     once the event sensor is, the default sockets entered (re-entered at the maintenance
     tick: a restarted dockerd binds a new inode); its records are an enforcement source.
@@ -357,19 +345,6 @@ class AgentSocketGate:
                       f"(a restarted daemon's) is not gated",
                 evidence={"error": str(exc), "sockets": gate.entered})
         return None
-
-    def poll(self, timeout_s: float) -> list[HipsEvent]:
-        return self.gate.poll(0.0) if self.gate is not None else []
-
-    def finding(self, ev: HipsEvent) -> Finding | None:
-        return self.gate.finding(ev) if self.gate is not None else None
-
-    def stats(self) -> dict[str, int]:
-        return self.gate.stats() if self.gate is not None else {}
-
-    def close(self) -> None:
-        if self.gate is not None:
-            self.gate.close()
 
 
 __all__ = ["LsmSocketGate", "AgentSocketGate", "running_executables", "fill_servers", "SocketKind", "DEFAULT_SOCKETS", "DEFAULT_SERVERS",
