@@ -451,23 +451,6 @@ int BPF_PROG(on_task_kill, struct task_struct *p, struct kernel_siginfo *info, i
 #define PTRACE_ATTACH_ 16
 #define PTRACE_MODE_ATTACH_ 0x02
 
-static __always_inline int ptrace_ev(__s64 request, __s32 target)
-{
-	struct bastion_ptrace_event *e;
-
-	if (!wanted(BASTION_EV_PTRACE))
-		return 0;
-	e = RESERVE(struct bastion_ptrace_event, BASTION_EV_PTRACE);
-	if (!e)
-		return 0;
-	e->request = request;
-	e->target_pid = target;
-	e->_pad = 0;
-	e->addr = 0;
-	SUBMIT(e);
-	return 0;
-}
-
 /* Attach-mode access only (PTRACE_ATTACH/SEIZE, process_vm_writev, /proc/PID/mem
  * writes): read-mode checks are every `ps`. */
 SEC("fentry/security_ptrace_access_check")
@@ -475,13 +458,13 @@ int BPF_PROG(on_ptrace_access, struct task_struct *child, unsigned int mode)
 {
 	if (!(mode & PTRACE_MODE_ATTACH_))
 		return 0;
-	return ptrace_ev(PTRACE_ATTACH_, BPF_CORE_READ(child, pid));
+	return ptrace_record(PTRACE_ATTACH_, BPF_CORE_READ(child, pid), 0);
 }
 
 SEC("fentry/security_ptrace_traceme")
 int BPF_PROG(on_ptrace_traceme, struct task_struct *parent)
 {
-	return ptrace_ev(PTRACE_TRACEME_, BPF_CORE_READ(parent, pid));
+	return ptrace_record(PTRACE_TRACEME_, BPF_CORE_READ(parent, pid), 0);
 }
 
 /* bpf(): the kernel's copy of the attributes (3 arguments on 6.1, 4 later:

@@ -1082,50 +1082,21 @@ int on_accept4_ret(void *ctx) { return accept_exit(RET(ctx)); }
 SEC("tracepoint/syscalls/sys_enter_ptrace")
 int on_ptrace(void *ctx)
 {
-	struct bastion_ptrace_event *e;
-
-	if (!wanted(BASTION_EV_PTRACE))
-		return 0;
-	e = RESERVE(struct bastion_ptrace_event, BASTION_EV_PTRACE);
-	if (!e)
-		return 0;
-	e->request = ARG(ctx, 0);
-	e->target_pid = ARG(ctx, 1);
-	e->_pad = 0;
-	e->addr = ARG(ctx, 2);
-	SUBMIT(e);
-	return 0;
+	return ptrace_record(ARG(ctx, 0), ARG(ctx, 1), ARG(ctx, 2));
 }
 
 /* Another process's memory read or written without ptrace (s23): reported as a
  * ptrace record with a request no ptrace(2) has.  target_pid as passed (the
  * caller's pid namespace, as for ptrace). */
-static __always_inline int vm_rw_ev(__s64 request, __s32 pid)
-{
-	struct bastion_ptrace_event *e;
-
-	if (!wanted(BASTION_EV_PTRACE))
-		return 0;
-	e = RESERVE(struct bastion_ptrace_event, BASTION_EV_PTRACE);
-	if (!e)
-		return 0;
-	e->request = request;
-	e->target_pid = pid;
-	e->_pad = 0;
-	e->addr = 0;
-	SUBMIT(e);
-	return 0;
-}
-
 SEC("tracepoint/syscalls/sys_enter_process_vm_readv")
 int on_process_vm_readv(void *ctx)
 {
-	return vm_rw_ev(BASTION_PTRACE_VM_READV, ARG(ctx, 0));
+	return ptrace_record(BASTION_PTRACE_VM_READV, ARG(ctx, 0), 0);
 }
 SEC("tracepoint/syscalls/sys_enter_process_vm_writev")
 int on_process_vm_writev(void *ctx)
 {
-	return vm_rw_ev(BASTION_PTRACE_VM_WRITEV, ARG(ctx, 0));
+	return ptrace_record(BASTION_PTRACE_VM_WRITEV, ARG(ctx, 0), 0);
 }
 
 /* Every signal the current task sends to another process (s16-sig): the

@@ -343,6 +343,25 @@ static __always_inline void file_submit(struct bastion_file_event *e)
 		count_drop(BASTION_EV_FILE);
 }
 
+/* A ptrace record (both sensors: ptrace(2) and process_vm_readv/writev on compat, the
+ * attach-mode access check and traceme on lsm). */
+static __always_inline int ptrace_record(__s64 request, __s32 target, __u64 addr)
+{
+	struct bastion_ptrace_event *e;
+
+	if (!wanted(BASTION_EV_PTRACE))
+		return 0;
+	e = RESERVE(struct bastion_ptrace_event, BASTION_EV_PTRACE);
+	if (!e)
+		return 0;
+	e->request = request;
+	e->target_pid = target;
+	e->_pad = 0;
+	e->addr = addr;
+	SUBMIT(e);
+	return 0;
+}
+
 /* A network record with every field neutral. */
 static __always_inline struct bastion_net_event *net_event(__u32 op)
 {
