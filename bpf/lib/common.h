@@ -120,11 +120,23 @@ struct {
  * records of the window exceed PRIO_CPU_BUDGET: many flooding groups each under
  * the budget) has its records put on the bulk ring instead, counted per type in
  * prio_demoted: they still cross unless the bulk ring is full too.  A payload's
- * few acts stay under every budget; an exec always stays priority. */
+ * few acts stay under every budget.
+ *
+ * s24: an exec is charged to its *image* (the executable's inode), not its thread
+ * group (each exec is a new one): a loop spawning one tiny binary (~13 k/s from
+ * posix_spawn of a static binary) kept the priority ring full, and the payload's
+ * connect and secret read behind it were lost.  Past cfg_prio_exec_budget in a
+ * window an image's execs go to the bulk ring (the same small limit while the CPU is
+ * over its budget); a payload's own binary, or its first execs of a common one, stay
+ * priority.  A flood that rotates many copies of a binary (each a new inode) is still
+ * bounded by the CPU budget's small limit per image. */
 #define PRIO_WINDOW_NS 100000000ULL
 #define PRIO_PROC_BUDGET 256
 #define PRIO_PROC_SMALL 16
 #define PRIO_CPU_BUDGET 2000
+
+/* the exec budget per image and window (a test lowers it to flood it quickly) */
+const volatile __u32 cfg_prio_exec_budget = PRIO_PROC_BUDGET;
 
 struct prio_spend {
 	__u64 window;
@@ -138,6 +150,15 @@ struct {
 	__type(key, __u32);
 	__type(value, struct prio_spend);
 } prio_spend_tgid SEC(".maps");
+
+/* the exec budget's key: the image's (dev, inode) folded into 64 bits (a budget, not
+ * an identity: two images sharing a key share a budget, nothing else) */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u64);
+	__type(value, struct prio_spend);
+} prio_spend_image SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -157,29 +178,56 @@ struct {
 
 static __always_inline void count_drop_in(void *counter, __u32 slot);
 
+/* The exec budget's key of the current task's image (its mm's exe_file: at
+ * sched_process_exec, the new one); 0 when there is none. */
+static __always_inline __u64 prio_image_key(void)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct inode *ino = BPF_CORE_READ(task, mm, exe_file, f_inode);
+	__u64 i;
+
+	if (!ino)
+		return 0;
+	i = BPF_CORE_READ(ino, i_ino);
+	return (i ^ ((__u64)BPF_CORE_READ(ino, i_sb, s_dev) << 40)) | 1;
+}
+
 /* May the current task put one more record of a priority type on the priority ring? */
 static __always_inline bool prio_spend(__u32 type_id)
 {
-	__u64 w = bpf_ktime_get_boot_ns() / PRIO_WINDOW_NS;
+	__u64 w = bpf_ktime_get_boot_ns() / PRIO_WINDOW_NS, image = 0;
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32, zero = 0, limit = PRIO_PROC_BUDGET;
 	struct prio_spend *c = bpf_map_lookup_elem(&prio_spend_cpu, &zero), *t, fresh = {};
 
-	if (type_id == BASTION_EV_EXEC)
-		return true;
+	if (type_id == BASTION_EV_EXEC) {
+		image = prio_image_key();
+		limit = cfg_prio_exec_budget;
+	}
 	if (c) {
 		if (c->window != w) {
 			c->window = w;
 			c->used = 0;
 		}
-		if (++c->used > PRIO_CPU_BUDGET)
+		if (++c->used > PRIO_CPU_BUDGET && limit > PRIO_PROC_SMALL)
 			limit = PRIO_PROC_SMALL;
 	}
-	t = bpf_map_lookup_elem(&prio_spend_tgid, &tgid);
+	if (type_id == BASTION_EV_EXEC)
+		t = image ? bpf_map_lookup_elem(&prio_spend_image, &image) : NULL;
+	else
+		t = bpf_map_lookup_elem(&prio_spend_tgid, &tgid);
 	if (!t) {
 		fresh.window = w;
 		fresh.used = 1;
-		bpf_map_update_elem(&prio_spend_tgid, &tgid, &fresh, BPF_ANY);
-		return 1 <= limit;
+		if (type_id == BASTION_EV_EXEC) {
+			if (image)
+				bpf_map_update_elem(&prio_spend_image, &image, &fresh, BPF_ANY);
+		} else {
+			bpf_map_update_elem(&prio_spend_tgid, &tgid, &fresh, BPF_ANY);
+		}
+		if (1 <= limit)
+			return true;
+		count_drop_in(&prio_demoted, type_id);
+		return false;
 	}
 	if (t->window != w) {
 		t->window = w;

@@ -17,8 +17,8 @@ from bastion import abi
 from bastion.sensors.bpf import BpfSensor
 from support.cg import run_in, scoped_cgroup
 from support.prio_flood import (
-    BIND_FLOOD, CHMODS, assert_the_payload_survived_a_priority_flood, chmods, flood_then_payload,
-    payload_seen,
+    BIND_FLOOD, CHMODS, EXEC_FLOOD, assert_the_payload_survived_a_priority_flood, chmods,
+    flood_then_payload, payload_seen,
 )
 
 pytestmark = pytest.mark.kernel
@@ -72,3 +72,18 @@ def test_a_flood_of_cheap_priority_records_does_not_take_the_payloads_down(tmp_p
                                       sensitive=[(str(secret), abi.SensClass.CUSTOM)]),
         tmp_path, flood=BIND_FLOOD)
     assert_the_payload_survived_a_priority_flood(stats, events, port)
+
+
+def test_an_exec_flood_of_one_image_does_not_take_the_payloads_down(tmp_path: Path) -> None:
+    """s24: an exec was never demoted (each exec is a new thread group, so the group
+    budget never applied): 1,000 spawns of /bin/true (~2.2 KB a record) overran a
+    512 KiB priority ring and the payload's exec, read and connect behind them were
+    lost.  An exec is charged to its image: past the image's budget (4 per 100 ms here,
+    256 by default) its execs go to the bulk ring; the payload's own stay priority."""
+    n = 1000
+    stats, events, port = flood_then_payload(
+        lambda cgid, secret: BpfSensor(cgroup_id=cgid, ring_bytes=2**16, prio_ring_bytes=2**19,
+                                      prio_exec_budget=4,
+                                      sensitive=[(str(secret), abi.SensClass.CUSTOM)]),
+        tmp_path, flood=EXEC_FLOOD, count=n)
+    assert_the_payload_survived_a_priority_flood(stats, events, port, count=n)

@@ -46,16 +46,24 @@ uid = os.getuid()
 for i in range(int(sys.argv[3])):
     os.setuid(uid)
 """
+# s24: an exec flood of one image (each exec a new thread group, so the group budget
+# never applied and an exec was never demoted): posix_spawn of /bin/true, argv[3] times
+EXEC_FLOOD = """
+import os, sys
+for i in range(int(sys.argv[3])):
+    os.waitpid(os.posix_spawn("/bin/true", ["true"], {}), 0)
+"""
 PAYLOAD = ("import socket, sys; open(sys.argv[2]).read(); "
            "socket.create_connection(('127.0.0.1', int(sys.argv[1]))).close()")
 MARK = "prio-ring-payload"
 
 
 def flood_then_payload(make: Callable[[int, Path], BpfSensor], tmp_path: Path,
-                       flood: str = FLOOD) -> tuple[dict[str, int], list[Event], int]:
+                       flood: str = FLOOD, count: int = CHMODS
+                       ) -> tuple[dict[str, int], list[Event], int]:
     """Run the flood, then the payload, in a scoped cgroup with ``make(cgroup_id,
     secret)``'s sensor open and not drained (``secret``: the file to put in its
-    sensitive set); then drain it.  Returns the sensor's counters taken before the
+    sensitive set); then drain it.  ``count``: the flood's calls.  Returns the sensor's counters taken before the
     drain, the events, and the port the payload connected to."""
     flood_dir = tmp_path / "flood"
     flood_dir.mkdir()
@@ -68,7 +76,7 @@ def flood_then_payload(make: Callable[[int, Path], BpfSensor], tmp_path: Path,
         sensor = make(cgid, secret)
         sensor.open()
         try:
-            r = run_in(cg, [sys.executable, "-c", flood, str(flood_dir), str(FILES), str(CHMODS)],
+            r = run_in(cg, [sys.executable, "-c", flood, str(flood_dir), str(FILES), str(count)],
                        timeout=120)
             assert r.returncode == 0, r.stderr
             r = run_in(cg, [sys.executable, "-c", PAYLOAD, str(port), str(secret), MARK],
@@ -104,13 +112,13 @@ def chmods(events: list[Event]) -> int:
 
 
 def assert_the_payload_survived_a_priority_flood(stats: dict[str, int], events: list[Event],
-                                                  port: int) -> None:
-    """s23 review 1: after a flood of cheap priority records from one process, the
-    payload's exec, connect and sensitive read arrived, the flood was demoted to the bulk
-    ring, and the priority ring lost nothing."""
+                                                  port: int, count: int = CHMODS) -> None:
+    """s23 review 1: after a flood of ``count`` cheap priority records from one process
+    (s24: or execs of one image), the payload's exec, connect and sensitive read arrived,
+    the flood was demoted to the bulk ring, and the priority ring lost nothing."""
     execs, reads, conns = payload_seen(events, port)
     assert len(execs) == 1, "the payload's exec was lost behind the priority flood"
     assert len(conns) == 1, "the payload's connect was lost behind the priority flood"
     assert len(reads) == 1, "the payload's sensitive read was lost behind the priority flood"
-    assert stats["prio_demoted"] > CHMODS // 2, stats
+    assert stats["prio_demoted"] > count // 2, stats
     assert stats["drops_ring.priority"] == 0, stats

@@ -16,8 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bastion import abi  # noqa: E402
 from bastion.sensors.bpf import HookSensor  # noqa: E402
 from support.prio_flood import (  # noqa: E402
-    CHMODS, SETUID_FLOOD, assert_the_payload_survived_a_priority_flood, chmods, flood_then_payload,
-    payload_seen,
+    CHMODS, EXEC_FLOOD, SETUID_FLOOD, assert_the_payload_survived_a_priority_flood, chmods,
+    flood_then_payload, payload_seen,
 )
 
 IN_VM = os.environ.get("BASTION_IN_VM") == "1"
@@ -53,3 +53,17 @@ def test_a_flood_of_cheap_priority_records_does_not_take_the_payloads_down(tmp_p
                                       sensitive=[(str(secret), abi.SensClass.CUSTOM)]),
         tmp_path, flood=SETUID_FLOOD)
     assert_the_payload_survived_a_priority_flood(stats, events, port)
+
+
+def test_an_exec_flood_of_one_image_does_not_take_the_payloads_down(tmp_path: Path) -> None:
+    """s24 on the hook sensor: 300 spawns of /bin/true (~2.2 KB a record; an exec is
+    ~10 ms under TCG) against a 256 KiB priority ring; past its image's budget (1 per
+    100 ms here) the flood goes to the bulk ring and the payload's records stay
+    priority."""
+    n = 300
+    stats, events, port = flood_then_payload(
+        lambda cgid, secret: HookSensor(cgroup_id=cgid, ring_bytes=2**16, prio_ring_bytes=2**18,
+                                      prio_exec_budget=1,
+                                      sensitive=[(str(secret), abi.SensClass.CUSTOM)]),
+        tmp_path, flood=EXEC_FLOOD, count=n)
+    assert_the_payload_survived_a_priority_flood(stats, events, port, count=n)

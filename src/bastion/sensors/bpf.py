@@ -162,6 +162,7 @@ class BpfSensor(LoaderUser):
         mmap_dedup_s: float = 0.0,
         rewrite_dedup_s: float = DEFAULT_REWRITE_DEDUP_S,
         btf_loads: bool | None = None,
+        prio_exec_budget: int | None = None,
     ) -> None:
         """``sensitive``: the patterns of the sensitive read set (empty: no read-open
         is reported outside learn mode); resolved to inodes at open and again every
@@ -174,7 +175,13 @@ class BpfSensor(LoaderUser):
         ``rewrite_dedup_s``: the window of repeat log-rewrite records (same process,
         file, act; ``bpf/lib/dedup.h``), on by default; 0 = off.
         ``btf_loads``: which open programs load (:func:`open_programs_skipped`); None:
-        as the running kernel allows (:func:`bastion.kernel.btf.btf_loads`)."""
+        as the running kernel allows (:func:`bastion.kernel.btf.btf_loads`).
+        ``prio_exec_budget``: execs of one image per 100 ms window that stay on the
+        priority ring (``bpf/lib/common.h`` ``prio_spend``); None: the object's 256."""
+        if prio_exec_budget is not None and not 1 <= prio_exec_budget < 2**32:
+            raise KernelError(f"prio_exec_budget must be 1 .. 2**32-1, got {prio_exec_budget}",
+                              location=Location(self.object_name))
+        self.prio_exec_budget = prio_exec_budget
         for what, v in (("open_dedup_s", open_dedup_s), ("net_dedup_s", net_dedup_s),
                         ("mmap_dedup_s", mmap_dedup_s), ("rewrite_dedup_s", rewrite_dedup_s)):
             if v < 0:
@@ -224,6 +231,8 @@ class BpfSensor(LoaderUser):
                 "cfg_mmap_dedup_ns": self.mmap_dedup_ns,
                 "cfg_rewrite_dedup_ns": self.rewrite_dedup_ns,
                 "cfg_host_mnt_ns": self.host_mnt_ns or host_mnt_ns(self.object_name),
+                **({} if self.prio_exec_budget is None
+                   else {"cfg_prio_exec_budget": self.prio_exec_budget}),
             },
             max_entries={"events": self.ring_bytes, "events_prio": self.prio_ring_bytes},
             prio_ring="events_prio",
@@ -372,8 +381,8 @@ class BpfSensor(LoaderUser):
         return self._dedup("rewrite_deduped", self._dedup_final[3])
 
     def prio_demoted(self) -> int:
-        """Priority records the kernel put on the bulk ring: their thread group spent its
-        priority budget (bpf/lib/common.h prio_spend, s23 review 1)."""
+        """Priority records the kernel put on the bulk ring: their thread group (an exec:
+        its image) spent its priority budget (bpf/lib/common.h prio_spend, s23 review 1)."""
         return self._dedup("prio_demoted", self._dedup_final[4])
 
     def stats(self) -> dict[str, int]:
@@ -435,10 +444,11 @@ class HookSensor(BpfSensor):
         sensitive_refresh_s: float = 30.0,
         resolve_sensitive: Callable[[Sequence[tuple[str, abi.SensClass]]], list[SensEntry]]
         = resolve,
+        prio_exec_budget: int | None = None,
     ) -> None:
         super().__init__(classes=classes, self_tgid=self_tgid, cgroup_id=cgroup_id,
                          obj_path=obj_path, open_reads=open_reads, ring_bytes=ring_bytes,
-                         prio_ring_bytes=prio_ring_bytes,
+                         prio_ring_bytes=prio_ring_bytes, prio_exec_budget=prio_exec_budget,
                          sensitive=sensitive, sensitive_refresh_s=sensitive_refresh_s,
                          resolve_sensitive=resolve_sensitive, open_dedup_s=open_dedup_s,
                          net_dedup_s=net_dedup_s, mmap_dedup_s=mmap_dedup_s)
