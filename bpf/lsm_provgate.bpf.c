@@ -640,8 +640,15 @@ int BPF_PROG(pgate_sb_umount, struct vfsmount *mnt, int flags)
  * allowed, audited; dry run: would-deny).  Not covered (docs/detection.md
  * s23-muststop): the other netfilter subsystems' non-batch changes (ipset,
  * conntrack flush, nfqueue/nflog config). */
+#define NETLINK_ROUTE_ 0
 #define NETLINK_NETFILTER_ 12
 #define NFNL_MSG_BATCH_BEGIN_ 0x10
+#define NFNL_SUBSYS_IPSET_ 6
+#define RTM_NEWROUTE_ 24
+#define RTM_NEWRULE_ 32
+#define RTN_BLACKHOLE_ 6     /* FR_ACT_BLACKHOLE the same, at the same offset of fib_rule_hdr */
+#define RTN_PROHIBIT_ 8      /* 7: unreachable */
+#define PGATE_NL_MSGS 16     /* messages of one send judged one by one */
 #define SOL_IP_ 0
 #define SOL_IPV6_ 41
 #define IPT_SO_SET_REPLACE_ 64     /* IP6T_ the same numbers at SOL_IPV6 */
@@ -685,22 +692,69 @@ static __always_inline int pgate_firewall(__u32 how, struct sock *sk)
 	return pgate_decide_how(BASTION_OP_OPEN_WRITE, how, reasons, &h, NULL, NULL, 0);
 }
 
+/* an ipset command that changes a set (create, destroy, flush, rename, swap, add,
+ * del): fail2ban's bans and every allow/deny list an iptables or nftables rule names */
+static __always_inline bool pgate_ipset_write(__u16 type)
+{
+	__u8 cmd = type & 0xff;
+
+	return (type >> 8) == NFNL_SUBSYS_IPSET_ &&
+	       ((cmd >= 2 && cmd <= 6) || cmd == 9 || cmd == 10);
+}
+
+/* Every message of the send is judged, as netlink_rcv_skb walks them (s24: the
+ * first alone let a GET carry an ipset change behind it).  Netfilter: a batch (the
+ * kernel takes a batch only when it comes first: nftables, iptables-nft, ufw,
+ * firewalld) or an ipset change.  Routing (s24, review 6 of s23): a route or a
+ * policy rule that drops traffic (blackhole, unreachable, prohibit: the agent's
+ * fleet link, updates or a monitoring host null-routed).  More messages than
+ * judged, or one that cannot be read: a change (fail closed; pgate_firewall still
+ * lets every trusted tree through). */
 SEC("lsm/netlink_send")
 int BPF_PROG(pgate_netlink_send, struct sock *sk, struct sk_buff *skb)
 {
 	struct pgate_nlmsghdr nlh = {};
 	unsigned char *data;
+	__u32 len, off = 0, how;
+	__u16 proto;
+	__u8 kind;
+	int i;
 
-	if (!sk || BPF_CORE_READ(sk, sk_protocol) != NETLINK_NETFILTER_)
+	if (!sk)
 		return 0;
-	if (BPF_CORE_READ(skb, len) < sizeof(nlh))
-		return 0;      /* no message: nfnetlink_rcv takes nothing */
+	proto = BPF_CORE_READ(sk, sk_protocol);
+	if (proto == NETLINK_NETFILTER_)
+		how = BASTION_PGATE_HOW_NFNL_WRITE;
+	else if (proto == NETLINK_ROUTE_)
+		how = BASTION_PGATE_HOW_ROUTE;
+	else
+		return 0;
+	len = BPF_CORE_READ(skb, len);
 	data = BPF_CORE_READ(skb, data);
-	if (!data || bpf_probe_read_kernel(&nlh, sizeof(nlh), data))
-		return pgate_firewall(BASTION_PGATE_HOW_NFT_BATCH, sk);   /* unread: fail closed */
-	if (nlh.nlmsg_type != NFNL_MSG_BATCH_BEGIN_)
-		return 0;      /* a GET (nft list, iptables-nft -L) */
-	return pgate_firewall(BASTION_PGATE_HOW_NFT_BATCH, sk);
+	for (i = 0; i < PGATE_NL_MSGS; i++) {
+		if (off + sizeof(nlh) > len)
+			return 0;      /* every message judged: nothing refused */
+		if (!data || bpf_probe_read_kernel(&nlh, sizeof(nlh), data + off))
+			return pgate_firewall(how, sk);
+		if (proto == NETLINK_NETFILTER_) {
+			if (i == 0 && nlh.nlmsg_type == NFNL_MSG_BATCH_BEGIN_)
+				return pgate_firewall(BASTION_PGATE_HOW_NFT_BATCH, sk);
+			if (pgate_ipset_write(nlh.nlmsg_type))
+				return pgate_firewall(how, sk);
+		} else if ((nlh.nlmsg_type == RTM_NEWROUTE_ || nlh.nlmsg_type == RTM_NEWRULE_) &&
+			   nlh.nlmsg_len >= sizeof(nlh) + 8) {
+			/* rtmsg.rtm_type / fib_rule_hdr.action: byte 7 of the body (a shorter
+			 * message is refused by the kernel itself) */
+			if (bpf_probe_read_kernel(&kind, 1, data + off + sizeof(nlh) + 7))
+				return pgate_firewall(how, sk);
+			if (kind >= RTN_BLACKHOLE_ && kind <= RTN_PROHIBIT_)
+				return pgate_firewall(how, sk);
+		}
+		if (nlh.nlmsg_len < sizeof(nlh) || nlh.nlmsg_len > len - off)
+			return 0;      /* netlink_rcv_skb stops here too */
+		off += (nlh.nlmsg_len + 3) & ~3U;
+	}
+	return off + sizeof(nlh) > len ? 0 : pgate_firewall(how, sk);
 }
 
 SEC("lsm/socket_setsockopt")

@@ -490,7 +490,7 @@ enum bastion_pgate_class {
 	BASTION_PGATE_LOG = 3,         /* write open with O_TRUNC, truncate, unlink, rename, chmod */
 	BASTION_PGATE_SECURITY_TOOL = 4, /* a harmful signal to the process */
 	BASTION_PGATE_SECURITY_CONFIG = 5, /* s23: firewall and logging configs: as persistence */
-	BASTION_PGATE_FIREWALL = 6,      /* s23: a netfilter change (nftables batch, *_SO_SET_*) */
+	BASTION_PGATE_FIREWALL = 6,      /* s23: a netfilter change (nftables batch, *_SO_SET_*); s24: ipset, null routes */
 };
 
 /* How a must-stop act was tried when the op alone does not say it (s15:
@@ -505,6 +505,8 @@ enum bastion_pgate_how {
 	BASTION_PGATE_HOW_MOUNT = 7,      /* a mount on, a move of or an unmount of an object or an ancestor */
 	BASTION_PGATE_HOW_NFT_BATCH = 8,  /* s23: a NETLINK_NETFILTER batch (nftables ruleset change) */
 	BASTION_PGATE_HOW_SOCKOPT = 9,    /* s23: setsockopt IPT/IP6T/ARPT_SO_SET_*, EBT_SO_SET_* (legacy tables) */
+	BASTION_PGATE_HOW_NFNL_WRITE = 10, /* s24: an ipset change (netfilter netlink, no batch) */
+	BASTION_PGATE_HOW_ROUTE = 11,     /* s24: a blackhole/unreachable/prohibit route or rule */
 };
 
 #define BASTION_PGATE_F_DIR (1u << 0)   /* a directory: its children are objects */

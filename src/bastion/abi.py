@@ -618,6 +618,8 @@ class PgateHow(enum.IntEnum):
     MOUNT = 7
     NFT_BATCH = 8
     SOCKOPT = 9
+    NFNL_WRITE = 10
+    ROUTE = 11
 
 
 class PipegateKind(enum.IntEnum):

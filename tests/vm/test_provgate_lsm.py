@@ -881,9 +881,9 @@ def batch(t, name):
             + msg(t, REQ | ACK | CREATE, 2, 2, 0, name_attr(name))   # NFPROTO_IPV4
             + msg(BATCH_END, REQ, 3, 0, SUBSYS_NFT))
 
-def talk(data, dump=False):
+def talk(data, dump=False, proto=NETLINK_NETFILTER):
     # (errno of the send, the first error an ack carried or 0, message types seen)
-    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, proto)
     s.settimeout(3)
     try:
         s.bind((0, 0))
@@ -923,6 +923,38 @@ if mode == "clean" and sent == 0:
     print(f"have={int(have)}")
     if have:
         print("delete=%d deleteack=%d" % talk(batch(DELTABLE, table))[:2])
+# s24: an ipset change (no batch), and one hidden behind a dump in the same send (the
+# sets need not exist: the hook judges the send, before nfnetlink looks at it)
+SUBSYS_IPSET = 6
+IPSET_CREATE, IPSET_DEL = SUBSYS_IPSET << 8 | 2, SUBSYS_IPSET << 8 | 10
+print("ipset=%d" % talk(msg(IPSET_CREATE, REQ | ACK, 6, 2, 0))[0])
+print("hidden=%d" % talk(msg(GETTABLE, REQ | DUMP, 7, 0, 0) + msg(IPSET_DEL, REQ | ACK, 8, 2, 0),
+                         dump=True)[0])
+# s24: a null route and a prohibit rule for TEST-NET-1 (192.0.2.0/24); deleted again
+# whenever the kernel took them
+NETLINK_ROUTE, NEWROUTE, DELROUTE, NEWRULE, DELRULE = 0, 24, 25, 32, 33
+BLACKHOLE, PROHIBIT, CREATE_EXCL = 6, 8, 0x600
+
+def rt(t, flags, seq, kind):
+    body = struct.pack("=BBBBBBBBI", 2, 32, 0, 0, 254, 4, 0, kind, 0)   # main table, static
+    body += struct.pack("=HH4s", 8, 1, socket.inet_aton("192.0.2.55"))  # RTA_DST
+    return struct.pack("=IHHII", 16 + len(body), t, flags, seq, 0) + body
+
+def rule(t, flags, seq, action):
+    body = struct.pack("=BBBBBBBBI", 2, 0, 24, 0, 0, 0, 0, action, 0)
+    body += struct.pack("=HH4s", 8, 2, socket.inet_aton("192.0.2.0"))   # FRA_SRC /24
+    body += struct.pack("=HHI", 8, 6, 32123)                             # FRA_PRIORITY
+    return struct.pack("=IHHII", 16 + len(body), t, flags, seq, 0) + body
+
+for name, new, delete in (("blackhole", rt(NEWROUTE, REQ | ACK | CREATE_EXCL, 9, BLACKHOLE),
+                           rt(DELROUTE, REQ | ACK, 10, BLACKHOLE)),
+                          ("rule", rule(NEWRULE, REQ | ACK | CREATE_EXCL, 11, PROHIBIT),
+                           rule(DELRULE, REQ | ACK, 12, PROHIBIT))):
+    sent, ack, _ = talk(new, proto=NETLINK_ROUTE)
+    print(f"{name}={sent} {name}ack={ack}")
+    if sent == 0 and ack == 0:
+        dsent, dack, _ = talk(delete, proto=NETLINK_ROUTE)
+        print(f"{name}del={dsent} {name}delack={dack}")
 s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
 for name, level, opt in (("ipt", 0, 64), ("ip6t", 41, 64), ("ebt", 0, 128)):
     try:
@@ -937,8 +969,12 @@ def test_a_firewall_change_is_refused_and_a_listing_allowed_in_the_hook(env: Env
     """T1562.004 (`iptables -F`): an nftables batch (iptables-nft, nft, ufw) from a /tmp
     tree is refused at netlink_send, a legacy table replace (setsockopt *_SO_SET_REPLACE,
     EBT_SO_SET_ENTRIES) at socket_setsockopt; a dump of the ruleset (a read) is sent.
+    s24: an ipset change (`ipset del f2b-sshd <ip>`: no batch), one sent behind a dump
+    in the same send (only the first message was judged), a blackhole route and a
+    prohibit rule (traffic null-routed) are refused too.
     The refused batch only creates a table of the test's own (never a flush); a clean
-    tree's same batch is sent (the table made and deleted again where nf_tables loads)."""
+    tree's same batch is sent (the table made and deleted again where nf_tables loads),
+    its route and rule made and deleted again."""
     py = env.root / "nft.py"
     py.write_text(_NFT)
     table = f"bastion_s23_{uuid.uuid4().hex[:8]}"
@@ -950,10 +986,13 @@ def test_a_firewall_change_is_refused_and_a_listing_allowed_in_the_hook(env: Env
     assert codes.get("newtable") == EPERM, r.stdout + r.stderr
     assert codes.get("list") == 0, r.stdout + r.stderr
     assert (codes.get("ipt"), codes.get("ip6t"), codes.get("ebt")) == (EPERM,) * 3, r.stdout
-    recs = env.records(4)
+    assert (codes.get("ipset"), codes.get("hidden")) == (EPERM, EPERM), r.stdout
+    assert (codes.get("blackhole"), codes.get("rule")) == (EPERM, EPERM), r.stdout
+    recs = env.records(8)
     fw = [ev for ev in recs if ev.rule_id == abi.PgateClass.FIREWALL]
     H = abi.PgateHow
-    assert sorted(ev.detail for ev in fw) == [H.NFT_BATCH, H.SOCKOPT, H.SOCKOPT, H.SOCKOPT], recs
+    assert sorted(ev.detail for ev in fw) == [H.NFT_BATCH, H.SOCKOPT, H.SOCKOPT, H.SOCKOPT,
+                                              H.NFNL_WRITE, H.NFNL_WRITE, H.ROUTE, H.ROUTE], recs
     assert all(ev.action == "deny" and ev.enforced and ev.subject == abi.PROV_TMP_SCRIPT
                for ev in fw), fw
     assert len(recs) == len(fw), recs          # the listing made no record
@@ -970,6 +1009,10 @@ def test_a_firewall_change_is_refused_and_a_listing_allowed_in_the_hook(env: Env
         assert codes.get("have") == 1 and codes.get("delete") == 0, r.stdout
         assert codes.get("deleteack") == 0, r.stdout
     assert EPERM not in (codes.get("ipt"), codes.get("ip6t"), codes.get("ebt")), r.stdout
+    assert (codes.get("ipset"), codes.get("hidden")) == (0, 0), r.stdout
+    for name in ("blackhole", "rule"):          # made by the kernel, then deleted
+        assert codes.get(name) == 0 and codes.get(f"{name}ack") == 0, r.stdout + r.stderr
+        assert (codes.get(f"{name}del"), codes.get(f"{name}delack")) == (0, 0), r.stdout
     assert env.records(0) == []
 
 
@@ -1008,6 +1051,8 @@ def test_a_firewall_change_from_an_admin_session_is_allowed_and_audited(env: Env
     codes = _codes(out)
     assert codes.get("newtable") == 0 and codes.get("list") == 0, out
     assert 1 not in (codes.get("ipt"), codes.get("ip6t"), codes.get("ebt")), out
+    assert 1 not in (codes.get("ipset"), codes.get("hidden"), codes.get("blackhole"),
+                     codes.get("rule")), out
     recs = env.records(4)
     fw = [ev for ev in recs if ev.rule_id == abi.PgateClass.FIREWALL]
     assert len(fw) >= 4 and all(ev.action == "audit" and not ev.enforced for ev in fw), recs
@@ -1031,10 +1076,12 @@ def test_a_firewall_change_in_a_network_namespace_of_its_own_is_not_refused(env:
     EPERM = 1
     assert codes.get("newtable") == 0 and codes.get("list") == 0, r.stdout + r.stderr
     assert EPERM not in (codes.get("ipt"), codes.get("ip6t"), codes.get("ebt")), r.stdout
+    assert EPERM not in (codes.get("ipset"), codes.get("blackhole"), codes.get("rule")), r.stdout
     assert env.records(0) == []
     # a network service's own tree in the host's namespace
     out = _run_with_reasons(env, f"python3 {py} clean {table}", abi.PROV_NETWORK_SERVICE)
     codes = _codes(out)
     assert codes.get("newtable") == 0, out
     assert EPERM not in (codes.get("ipt"), codes.get("ip6t"), codes.get("ebt")), out
+    assert EPERM not in (codes.get("ipset"), codes.get("blackhole"), codes.get("rule")), out
     assert env.records(0) == []

@@ -88,7 +88,9 @@ HOW_NAMES: Final[dict[int, str]] = {
     abi.PgateHow.ANCESTOR: "rename of a directory above it",
     abi.PgateHow.MOUNT: "mount or unmount on it or above it",
     abi.PgateHow.NFT_BATCH: "nftables ruleset change (netfilter netlink batch)",
-    abi.PgateHow.SOCKOPT: "legacy table replace (setsockopt *_SO_SET_*)"}
+    abi.PgateHow.SOCKOPT: "legacy table replace (setsockopt *_SO_SET_*)",
+    abi.PgateHow.NFNL_WRITE: "ipset change (netfilter netlink)",
+    abi.PgateHow.ROUTE: "blackhole, unreachable or prohibit route or rule (rtnetlink)"}
 _STRICT_CLS: Final[dict[int, int]] = {int(c): STRICTNESS.get(k, 0) for k, c in _CLASS_OF.items()}
 CLASS_NAMES: Final = {c: n for n, c in _CLASS_OF.items()}
 _U32: Final = struct.Struct("<I")
