@@ -63,6 +63,26 @@ def test_firewall_forms_are_read_by_structure() -> None:
     assert fw(["nft", "flush", "table", "inet", "filter"]) == "nft flush"
     assert fw(["nft", "flush ruleset"]) == "nft flush"
     assert fw(["ufw", "--force", "disable"]) == "ufw disable"
+    # s24: ipset changes and null routes (fail2ban's bans dropped, traffic black-holed)
+    assert fw(["ipset", "flush"]) == "ipset flush"
+    assert fw(["ipset", "-!", "del", "f2b-sshd", "203.0.113.9"]) == "ipset del"
+    assert fw(["ipset", "-X"]) == "ipset destroy"
+    assert fw(["ip", "route", "add", "blackhole", "198.51.100.7"]) == "ip route blackhole"
+    assert fw(["ip", "-4", "r", "a", "unreachable", "198.51.100.0/24"]) == \
+        "ip route unreachable"
+    assert fw(["ip", "route", "replace", "type", "prohibit", "10.9.0.0/16"]) == \
+        "ip route prohibit"
+    assert fw(["ip", "rule", "add", "to", "198.51.100.7", "prohibit"]) == "ip rule prohibit"
+    assert fw(["ip", "ru", "a", "from", "all", "type", "blackhole"]) == "ip rule blackhole"
+    for benign in (["ipset", "add", "blocklist", "203.0.113.9"], ["ipset", "list"],
+                   ["ipset", "create", "s", "hash:ip"], ["ip", "route", "show"],
+                   ["ip", "route", "add", "default", "via", "10.0.0.1"],
+                   ["ip", "route", "del", "blackhole", "198.51.100.7"],
+                   ["ip", "route", "add", "10.0.0.0/8", "dev", "blackhole"],
+                   ["ip", "-n", "box", "route", "add", "blackhole", "198.51.100.7"],
+                   ["ip", "rule", "add", "from", "10.0.0.0/8", "lookup", "100"],
+                   ["ip", "addr", "add", "10.0.0.2/24", "dev", "eth0"]):
+        assert fw(benign) is None, benign
     for benign in (["iptables", "-L", "-n"], ["iptables", "-S"], ["iptables", "-P", "INPUT", "DROP"],
                    ["iptables", "-A", "INPUT", "-m", "comment", "--comment", "-P INPUT ACCEPT",
                     "-j", "DROP"],

@@ -1750,12 +1750,13 @@ class LaunderViaDaemon(SingleEvent):
 FIREWALL_TOOLS = frozenset({"iptables", "ip6tables", "iptables-legacy", "iptables-nft",
                             "ip6tables-legacy", "ip6tables-nft", "nft", "ufw", "firewall-cmd",
                             "ebtables", "iptables-restore", "xtables-nft-multi",
-                            "xtables-legacy-multi"})
+                            "xtables-legacy-multi", "ipset", "ip"})
 
 
 # managers that rewrite the rules as their job: distinct executables from the tools
 FIREWALL_MANAGERS = frozenset({"netfilter-persistent", "firewalld", "docker", "dockerd",
-                               "libvirtd", *PACKAGE_MANAGERS})
+                               "libvirtd", "fail2ban-server", "NetworkManager",
+                               "systemd-networkd", *PACKAGE_MANAGERS})
 
 
 class FirewallTamper(SingleEvent):

@@ -455,12 +455,71 @@ def _nft_act(args: Sequence[str]) -> Act | None:
     return None
 
 
+# ip(8)'s global options that take a value (``-n NETNS``: another namespace, not the host)
+_IP_VALUED = frozenset({"-n", "-netns", "--netns", "-b", "-batch", "--batch", "-l", "-loops",
+                        "-rc", "-rcvbuf", "-c", "-color", "-f", "-family"})
+_NULL_ROUTE = ("blackhole", "unreachable", "prohibit")
+
+
+def _ip_act(args: Sequence[str]) -> Act | None:
+    """s24: ``ip route add|append|replace|change blackhole|unreachable|prohibit ...`` and
+    ``ip rule add ... prohibit|blackhole|unreachable`` (traffic null-routed: the fleet
+    link, updates, a monitoring host), in the host's namespace (no ``-n``); ip's own
+    prefixes (``ip r a``, ``ip ru add``)."""
+    i = 0
+    while i < len(args) and args[i].startswith("-"):
+        o = args[i].split("=", 1)[0]
+        if o in ("-n", "-netns", "--netns"):
+            return None                      # another network namespace
+        i += 2 if o in _IP_VALUED and "=" not in args[i] else 1
+    if i + 1 >= len(args):
+        return None
+    obj, verb, rest = args[i], args[i + 1], args[i + 2:]
+    adds = verb in ("a", "ad", "add") or (len(verb) >= 2 and "append".startswith(verb)) or \
+        (len(verb) >= 3 and "replace".startswith(verb)) or "change".startswith(verb)
+    if not adds:
+        return None
+    if "route".startswith(obj) and obj not in ("", "ru"):
+        words = [w for j, w in enumerate(rest) if j == 0 or rest[j - 1] != "dev"]
+        kind = words[0] if words else ""
+        if words[:1] == ["type"] and len(words) > 1:
+            kind = words[1]
+        if kind in _NULL_ROUTE:
+            return Act("firewall", "routing table", f"ip route {kind}")
+        return None
+    if len(obj) >= 2 and "rule".startswith(obj):
+        for j, w in enumerate(rest):
+            if w in _NULL_ROUTE and (j == 0 or rest[j - 1] in ("type", "action") or
+                                     rest[j - 1] not in ("dev", "iif", "oif", "table",
+                                                         "lookup")):
+                return Act("firewall", "routing policy", f"ip rule {w}")
+    return None
+
+
+# ipset(8): the commands that drop a set's entries or the set (fail2ban's bans, every
+# allow or deny list a rule names), long and short forms
+_IPSET_DROPS = {"flush": "flush", "-F": "flush", "destroy": "destroy", "x": "destroy",
+                "-X": "destroy", "del": "del", "-D": "del", "swap": "swap", "w": "swap",
+                "-W": "swap"}
+
+
+def _ipset_act(args: Sequence[str]) -> Act | None:
+    for a in args:
+        if a in ("-exist", "-!", "-quiet", "-q", "-resolve", "-r", "-sorted", "-s", "-name",
+                 "-n", "-terse", "-t"):
+            continue
+        how = _IPSET_DROPS.get(a)
+        return Act("firewall", "ipset", f"ipset {how}") if how else None
+    return None
+
+
 def firewall_act(tool: str, argv0: str, args: Sequence[str]) -> Act | None:
     """The firewall emptied or opened: iptables ``-F``/``-X``/``-P <chain> ACCEPT``
     (bundled and long forms and their unambiguous prefixes, any table), nft ``flush
     ruleset|table|chain`` and ``delete table|chain``, ``ufw disable|reset``,
-    firewall-cmd's trusted default zone and ``--panic-off``, ebtables ``-F``.  A line
-    the tool refuses (an ambiguous long-option prefix) does nothing: None."""
+    firewall-cmd's trusted default zone and ``--panic-off``, ebtables ``-F``; s24:
+    ``ipset flush|destroy|del|swap``, a null route or rule (``ip route add blackhole``).
+    A line the tool refuses (an ambiguous long-option prefix) does nothing: None."""
     try:
         return _firewall_act(tool, argv0, args)
     except _Refused:
@@ -476,6 +535,10 @@ def _firewall_act(tool: str, argv0: str, args: Sequence[str]) -> Act | None:
         return _iptables_act(args)
     if "nft" in names:
         return _nft_act(args)
+    if "ipset" in names:
+        return _ipset_act(args)
+    if "ip" in names:
+        return _ip_act(args)
     if "ufw" in names:
         _, ops = _operands(args, frozenset(), frozenset())
         if ops and ops[0] in ("disable", "reset"):
