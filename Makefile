@@ -84,12 +84,12 @@ test-vm-variant: setup
 	VM_LSM=$(VM_VARIANT_LSM) VM_TIMEOUT=300 bash vm/run.sh tests/vm/variant_nobpflsm.py
 
 # Unit tests share nothing (no kernel state, own temp dirs): two workers.  Kernel and
-# e2e tests share the host kernel and stay serial; the VM suite (its own kernel, one
-# core of single-threaded TCG) runs beside them, then the variant boot
-# (scripts/test-kernel-vm.sh; TEST_SERIAL=1 runs them one after the other).
+# e2e tests share the host kernel and stay serial.
 test: setup lint
 	$(PYTEST) -n 2 --durations=30 tests/unit
-	VM_VARIANT_LSM=$(VM_VARIANT_LSM) bash scripts/test-kernel-vm.sh $(PYTEST)
+	$(PYTEST) --durations=30 tests/kernel tests/e2e
+	bash vm/run.sh
+	VM_LSM=$(VM_VARIANT_LSM) VM_TIMEOUT=300 bash vm/run.sh tests/vm/variant_nobpflsm.py
 
 bench: setup
 	@for b in bench/bench_*.py; do $(VPY) $$b || exit 1; done
