@@ -230,12 +230,17 @@ def test_dead_man(world: World, tmp_path: Path) -> None:
     shutil.copy("/bin/true", tool)
     plan = _plan(Mode.ENFORCE, Action.ALLOW, _rule(1, Op.EXEC, Action.DENY, files=(_file(tool),)))
     world.hk.clear()   # one matcher at a time in this cgroup
-    hk = HipsKernel("compat", cgroup_id=world.cgid, deadline_s=1.0, cgroup_path=world.cg)
+    # the deadline runs from open(): 3 s leave a loaded host room for the first run
+    # (1 s did not: the tool ran after it, unkilled); the second run waits it out
+    first_by = time.monotonic() + 3.0          # the earliest the deadline can fall
+    hk = HipsKernel("compat", cgroup_id=world.cgid, deadline_s=3.0, cgroup_path=world.cg)
     hk.open()
+    over_at = time.monotonic() + 3.0 + 0.3     # past the latest it can fall
     try:
         hk.apply(plan)
         assert run_in(world.cg, [str(tool)], timeout=30).returncode == -signal.SIGKILL
-        time.sleep(1.3)
+        assert time.monotonic() < first_by, "the host took longer than the deadline to run it"
+        time.sleep(max(0.0, over_at - time.monotonic()))
         assert run_in(world.cg, [str(tool)], timeout=30).returncode == 0, "deny outlived its deadline"
     finally:
         hk.close()
