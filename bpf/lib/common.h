@@ -135,8 +135,10 @@ struct {
 #define PRIO_PROC_SMALL 16
 #define PRIO_CPU_BUDGET 2000
 
-/* the exec budget per image and window (a test lowers it to flood it quickly) */
+/* the exec budget per image and window, and the window (a test sets both so that a
+ * flood spends the budget however slowly it runs) */
 const volatile __u32 cfg_prio_exec_budget = PRIO_PROC_BUDGET;
+const volatile __u64 cfg_prio_window_ns = PRIO_WINDOW_NS;
 
 struct prio_spend {
 	__u64 window;
@@ -195,7 +197,7 @@ static __always_inline __u64 prio_image_key(void)
 /* May the current task put one more record of a priority type on the priority ring? */
 static __always_inline bool prio_spend(__u32 type_id)
 {
-	__u64 w = bpf_ktime_get_boot_ns() / PRIO_WINDOW_NS, image = 0;
+	__u64 w = bpf_ktime_get_boot_ns() / (cfg_prio_window_ns ?: PRIO_WINDOW_NS), image = 0;
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32, zero = 0, limit = PRIO_PROC_BUDGET;
 	struct prio_spend *c = bpf_map_lookup_elem(&prio_spend_cpu, &zero), *t, fresh = {};
 

@@ -117,8 +117,8 @@ def assert_the_payload_survived_a_priority_flood(stats: dict[str, int], events: 
     (s24: or execs of one image), the payload's exec, connect and sensitive read arrived,
     the flood was demoted to the bulk ring, and the priority ring lost nothing."""
     execs, reads, conns = payload_seen(events, port)
-    assert len(execs) == 1, "the payload's exec was lost behind the priority flood"
-    assert len(conns) == 1, "the payload's connect was lost behind the priority flood"
-    assert len(reads) == 1, "the payload's sensitive read was lost behind the priority flood"
+    assert len(execs) == 1, f"the payload's exec was lost behind the priority flood: {stats}"
+    assert len(conns) == 1, f"the payload's connect was lost behind the priority flood: {stats}"
+    assert len(reads) == 1, f"the payload's sensitive read was lost behind the priority flood: {stats}"
     assert stats["prio_demoted"] > count // 2, stats
     assert stats["drops_ring.priority"] == 0, stats

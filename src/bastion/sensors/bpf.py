@@ -163,6 +163,7 @@ class BpfSensor(LoaderUser):
         rewrite_dedup_s: float = DEFAULT_REWRITE_DEDUP_S,
         btf_loads: bool | None = None,
         prio_exec_budget: int | None = None,
+        prio_window_s: float | None = None,
     ) -> None:
         """``sensitive``: the patterns of the sensitive read set (empty: no read-open
         is reported outside learn mode); resolved to inodes at open and again every
@@ -177,11 +178,16 @@ class BpfSensor(LoaderUser):
         ``btf_loads``: which open programs load (:func:`open_programs_skipped`); None:
         as the running kernel allows (:func:`bastion.kernel.btf.btf_loads`).
         ``prio_exec_budget``: execs of one image per 100 ms window that stay on the
-        priority ring (``bpf/lib/common.h`` ``prio_spend``); None: the object's 256."""
+        priority ring (``bpf/lib/common.h`` ``prio_spend``); None: the object's 256.
+        ``prio_window_s``: the priority budgets' window; None: the object's 100 ms."""
         if prio_exec_budget is not None and not 1 <= prio_exec_budget < 2**32:
             raise KernelError(f"prio_exec_budget must be 1 .. 2**32-1, got {prio_exec_budget}",
                               location=Location(self.object_name))
+        if prio_window_s is not None and not 0.001 <= prio_window_s <= 3600:
+            raise KernelError(f"prio_window_s must be 0.001 .. 3600, got {prio_window_s}",
+                              location=Location(self.object_name))
         self.prio_exec_budget = prio_exec_budget
+        self.prio_window_ns = None if prio_window_s is None else int(prio_window_s * 1e9)
         for what, v in (("open_dedup_s", open_dedup_s), ("net_dedup_s", net_dedup_s),
                         ("mmap_dedup_s", mmap_dedup_s), ("rewrite_dedup_s", rewrite_dedup_s)):
             if v < 0:
@@ -233,6 +239,8 @@ class BpfSensor(LoaderUser):
                 "cfg_host_mnt_ns": self.host_mnt_ns or host_mnt_ns(self.object_name),
                 **({} if self.prio_exec_budget is None
                    else {"cfg_prio_exec_budget": self.prio_exec_budget}),
+                **({} if self.prio_window_ns is None
+                   else {"cfg_prio_window_ns": self.prio_window_ns}),
             },
             max_entries={"events": self.ring_bytes, "events_prio": self.prio_ring_bytes},
             prio_ring="events_prio",
@@ -445,10 +453,11 @@ class HookSensor(BpfSensor):
         resolve_sensitive: Callable[[Sequence[tuple[str, abi.SensClass]]], list[SensEntry]]
         = resolve,
         prio_exec_budget: int | None = None,
+        prio_window_s: float | None = None,
     ) -> None:
         super().__init__(classes=classes, self_tgid=self_tgid, cgroup_id=cgroup_id,
                          obj_path=obj_path, open_reads=open_reads, ring_bytes=ring_bytes,
-                         prio_ring_bytes=prio_ring_bytes, prio_exec_budget=prio_exec_budget,
+                         prio_ring_bytes=prio_ring_bytes, prio_exec_budget=prio_exec_budget, prio_window_s=prio_window_s,
                          sensitive=sensitive, sensitive_refresh_s=sensitive_refresh_s,
                          resolve_sensitive=resolve_sensitive, open_dedup_s=open_dedup_s,
                          net_dedup_s=net_dedup_s, mmap_dedup_s=mmap_dedup_s)
