@@ -289,7 +289,7 @@ def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
                 rule="bastion.store.chain_anchor", severity="critical", attack=("T1070",),
                 action="alert", title=f"Alert log anchor mismatch at start: {store.anchor_note}",
                 event=None, pid=os.getpid(), evidence={"detail": store.anchor_note}),)
-        procs = ProcessTable()
+        procs = ProcessTable(live=opts.replay_path is None)   # a replay's pids are not ours
         def load_sigma_group(quiet: bool = False) -> tuple[list[Rule], dict[str, Any]]:
             return _sigma_group(policy, opts, (lambda _m: None) if quiet else say)
 

@@ -63,7 +63,13 @@ def _read_proc(proc: Path, pid: int) -> ProcEntry | None:
 
 
 class ProcessTable:
-    def __init__(self, *, max_entries: int = 65536, linger_s: float = 30.0) -> None:
+    def __init__(self, *, max_entries: int = 65536, linger_s: float = 30.0,
+                 live: bool = True) -> None:
+        """``live``: the table may read this host's /proc (seed, a process seen first,
+        live descendants); False for a replay, whose pids are the recording's (s24:
+        a replayed actor took the exe, cmdline and ancestry of whatever live process
+        holds its pid now, and was trusted or judged as that process)."""
+        self.live = live
         self._procs: OrderedDict[int, ProcEntry] = OrderedDict()
         self.max_entries = max_entries
         self.linger_ns = int(linger_s * 1e9)
@@ -76,8 +82,10 @@ class ProcessTable:
         self.enrich_cache = 4096
 
     def seed(self, proc: Path = Path("/proc")) -> int:
-        """Load every live process from /proc; returns how many."""
+        """Load every live process from /proc; returns how many (0 when not ``live``)."""
         n = 0
+        if not self.live:
+            return n
         for d in proc.iterdir():
             if d.name.isdigit():
                 e = _read_proc(proc, int(d.name))
@@ -108,6 +116,8 @@ class ProcessTable:
         kernel's as /proc has them now (children whose fork event the loop has not
         processed yet).  At most ``limit``."""
         kids: dict[int, list[tuple[int, int]]] = {}
+        if not self.live:
+            proc = None
         for e in self._procs.values():
             if not e.exited_ns:
                 kids.setdefault(e.ppid, []).append((e.pid, e.start_ns))
@@ -206,7 +216,7 @@ class ProcessTable:
             return ev
         e = self._procs.get(ev.proc.pid)
         if e is None or not e.same_process(ev.proc.start_ns):
-            e = _read_proc(Path("/proc"), ev.proc.pid)
+            e = _read_proc(Path("/proc"), ev.proc.pid) if self.live else None
             if e is None:
                 return ev
             self._put(e)

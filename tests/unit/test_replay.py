@@ -101,3 +101,38 @@ def test_a_replay_never_acts_on_the_live_host(tmp_path: Path) -> None:
     finally:
         live.kill()
         live.wait()
+
+
+def test_a_replayed_actor_is_not_taken_for_the_live_process_holding_its_pid(
+        tmp_path: Path) -> None:
+    """s24: a replay's process table read this host's /proc: a recorded actor without
+    an exe (a record whose process the table had not seen) was given the exe, cmdline
+    and ancestry of whatever live process holds its pid now -- judged, trusted and
+    stored as that process.  A replay's table reads no /proc."""
+    import subprocess
+    import threading
+
+    from support.policies import default_policy
+
+    from bastion.assembly import AgentOptions, build_agent
+    from bastion.config import parse_policy
+
+    live = subprocess.Popen(["sleep", "60"])
+    try:
+        who = Proc(live.pid, live.pid, 1, 0, 0, 0, 7, "x", 0, "")
+        ev = FileEvent(time.time_ns(), who, op="unlink", path="/tmp/bastion-replay-probe")
+        trace = _write(tmp_path / "t.jsonl", [json.dumps(to_json(ev))])
+        pol = default_policy(tmp_path / "p.yaml", tmp_path / "shield")
+        agent = build_agent(AgentOptions(policy=parse_policy(pol.read_text(), str(pol)),
+                                         data_dir=tmp_path / "data", socket_path=None,
+                                         replay_path=trace), lambda _m: None)
+        agent.run(threading.Event())
+        stored = [r.data for r in agent.store.events(limit=50)]
+        agent.store.close()
+        mine = [e for e in stored if e.get("path") == "/tmp/bastion-replay-probe"]
+        assert len(mine) == 1, stored
+        assert mine[0].get("exe", "") == "", mine[0]
+        assert agent.procs.get(live.pid) is None or agent.procs.get(live.pid).exe == ""
+    finally:
+        live.kill()
+        live.wait()
