@@ -221,14 +221,23 @@ def destroy_links(links: list[Link]) -> None:
         n = min(len(perf), _CLOSE_THREADS)
         shares = [perf[i::n] for i in range(n)]
 
-        def run(share: list[Link]) -> None:
-            for link in share:
-                one(link)
+        def run(share: list[Link], done: threading.Event | None = None) -> None:
+            try:
+                for link in share:
+                    one(link)
+            finally:
+                if done is not None:
+                    done.set()
 
-        started: list[threading.Thread] = []
+        # s24: each thread's end is its own event: a thread whose start() a signal's
+        # exception interrupted can have an ident and not yet count as alive, and
+        # was then not waited for (its detaches still in flight when this returned)
+        started: list[threading.Event] = []
         left: list[Link] = []
         for share in shares[1:]:
-            t = threading.Thread(target=run, args=(share,), name="bastion-link-close", daemon=True)
+            done = threading.Event()
+            t = threading.Thread(target=run, args=(share, done), name="bastion-link-close",
+                                 daemon=True)
             try:
                 t.start()
             except RuntimeError:            # no thread to be had (interpreter shutdown ...)
@@ -239,12 +248,12 @@ def destroy_links(links: list[Link]) -> None:
                 if t.ident is None:         # not started
                     left += share
                     continue
-            started.append(t)
+            started.append(done)
         run(shares[0] + left)
-        for t in started:
-            while t.is_alive():
+        for done in started:
+            while not done.is_set():
                 try:
-                    t.join()
+                    done.wait()
                 except BaseException as exc:    # noqa: BLE001 -- wait for it all the same
                     errors.append(exc)
     finally:
