@@ -308,3 +308,52 @@ def test_busctl_and_iptables_long_option_prefixes() -> None:
     assert fw(["iptables", "--pol", "INPUT", "ACCEPT"]) == "--policy ACCEPT"
     assert fw(["iptables", "--t", "nat", "--flus"]) == "--flush"
     assert fw(["iptables", "--de", "INPUT", "1"]) is None         # ambiguous: refused
+
+
+def test_s24_review_ip_and_ipset_forms_by_their_parsers() -> None:
+    """s24 review: the forms ip(8) and ipset(8) accept that the first reading missed:
+    ip's global options matched as prefixes (``-c`` is a flag, ``-fam`` is -family), a
+    route's type anywhere before its prefix (``table 100 blackhole X``, ``to
+    blackhole X``), type and verb prefixes (``black``, ``prepend``, ``chg``), a
+    numeric type (strtoul: ``+6``), a rule's numeric action, a blackhole nexthop;
+    ipset's command prefixes and ``--`` forms and its valued options."""
+    def fw(argv: list[str]) -> str | None:
+        a = firewall_act(argv[0], argv[0], argv[1:])
+        return a.how if a is not None else None
+    for argv in (["ip", "-c", "route", "add", "blackhole", "198.51.100.7"],
+                 ["ip", "-fam", "inet", "route", "add", "blackhole", "198.51.100.7"],
+                 ["ip", "--color=always", "r", "a", "blackhole", "198.51.100.7"],
+                 ["ip", "route", "add", "table", "100", "blackhole", "198.51.100.7"],
+                 ["ip", "route", "add", "metric", "5", "unreachable", "198.51.100.7"],
+                 ["ip", "route", "add", "to", "prohibit", "198.51.100.0/24"],
+                 ["ip", "route", "add", "black", "198.51.100.7"],
+                 ["ip", "route", "add", "unr", "198.51.100.7"],
+                 ["ip", "route", "prepend", "blackhole", "198.51.100.7"],
+                 ["ip", "route", "chg", "blackhole", "198.51.100.7"],
+                 ["ip", "route", "r", "blackhole", "198.51.100.7"],
+                 ["ip", "route", "add", "+6", "198.51.100.7"],
+                 ["ip", "route", "add", "dev", "dev", "blackhole", "198.51.100.7"]):
+        assert fw(argv) is not None and fw(argv).startswith("ip route"), argv  # type: ignore[union-attr]
+    for argv in (["ip", "rule", "add", "to", "198.51.100.7", "type", "6"],
+                 ["ip", "rule", "add", "to", "198.51.100.7", "prohib"],
+                 ["ip", "rule", "add", "to", "198.51.100.7", "unr"]):
+        assert fw(argv) is not None and fw(argv).startswith("ip rule"), argv  # type: ignore[union-attr]
+    assert fw(["ip", "nexthop", "add", "id", "9", "blackhole"]) == "ip nexthop blackhole"
+    assert fw(["ip", "nex", "replace", "id", "9", "blackhole"]) == "ip nexthop blackhole"
+    for argv in (["ipset", "--flush"], ["ipset", "fl"], ["ipset", "des", "f2b-sshd"],
+                 ["ipset", "--destroy", "f2b-sshd"], ["ipset", "de", "f2b-sshd", "203.0.113.9"],
+                 ["ipset", "-o", "plain", "flush"], ["ipset", "--exist", "flush"],
+                 ["ipset", "-file", "/dev/null", "-X"], ["ipset", "f"]):
+        assert fw(argv) is not None, argv
+    for benign in (["ip", "route", "add", "10.0.0.0/8", "dev", "pro"],
+                   ["ip", "route", "add", "10.0.0.0/8", "table", "black"],
+                   ["ip", "route", "add", "default", "via", "10.0.0.1", "proto", "static"],
+                   ["ip", "route", "add", "local", "10.0.0.0/8", "dev", "lo"],
+                   ["ip", "route", "show", "table", "blackhole"],
+                   ["ip", "rule", "add", "from", "10.0.0.0/8", "lookup", "100"],
+                   ["ip", "rule", "add", "not", "fwmark", "51820", "table", "51820"],
+                   ["ip", "nexthop", "add", "id", "9", "via", "10.0.0.1", "dev", "eth0"],
+                   ["ip", "neigh", "add", "10.0.0.9", "lladdr", "0:1:2:3:4:5", "dev", "eth0"],
+                   ["ipset", "add", "f2b-sshd", "203.0.113.9"], ["ipset", "-o", "save", "list"],
+                   ["ipset", "test", "s", "1.2.3.4"], ["ipset", "save"]):
+        assert fw(benign) is None, benign

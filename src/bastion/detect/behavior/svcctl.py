@@ -455,61 +455,243 @@ def _nft_act(args: Sequence[str]) -> Act | None:
     return None
 
 
-# ip(8)'s global options that take a value (``-n NETNS``: another namespace, not the host)
-_IP_VALUED = frozenset({"-n", "-netns", "--netns", "-b", "-batch", "--batch", "-l", "-loops",
-                        "-rc", "-rcvbuf", "-c", "-color", "-f", "-family"})
-_NULL_ROUTE = ("blackhole", "unreachable", "prohibit")
+def _matches(word: str, name: str) -> bool:
+    """iproute2's ``matches(word, name) == 0``: a non-empty prefix of ``name``."""
+    return bool(word) and name.startswith(word)
 
 
-def _ip_act(args: Sequence[str]) -> Act | None:
-    """s24: ``ip route add|append|replace|change blackhole|unreachable|prohibit ...`` and
-    ``ip rule add ... prohibit|blackhole|unreachable`` (traffic null-routed: the fleet
-    link, updates, a monitoring host), in the host's namespace (no ``-n``); ip's own
-    prefixes (``ip r a``, ``ip ru add``)."""
-    i = 0
-    while i < len(args) and args[i].startswith("-"):
-        o = args[i].split("=", 1)[0]
-        if o in ("-n", "-netns", "--netns"):
-            return None                      # another network namespace
-        i += 2 if o in _IP_VALUED and "=" not in args[i] else 1
-    if i + 1 >= len(args):
-        return None
-    obj, verb, rest = args[i], args[i + 1], args[i + 2:]
-    adds = verb in ("a", "ad", "add") or (len(verb) >= 2 and "append".startswith(verb)) or \
-        (len(verb) >= 3 and "replace".startswith(verb)) or "change".startswith(verb)
-    if not adds:
-        return None
-    if "route".startswith(obj) and obj not in ("", "ru"):
-        words = [w for j, w in enumerate(rest) if j == 0 or rest[j - 1] != "dev"]
-        kind = words[0] if words else ""
-        if words[:1] == ["type"] and len(words) > 1:
-            kind = words[1]
-        if kind in _NULL_ROUTE:
-            return Act("firewall", "routing table", f"ip route {kind}")
-        return None
-    if len(obj) >= 2 and "rule".startswith(obj):
-        for j, w in enumerate(rest):
-            if w in _NULL_ROUTE and (j == 0 or rest[j - 1] in ("type", "action") or
-                                     rest[j - 1] not in ("dev", "iif", "oif", "table",
-                                                         "lookup")):
-                return Act("firewall", "routing policy", f"ip rule {w}")
+# ip(8)'s global options in ip.c's order (the first one ``word`` is a prefix of wins, a
+# leading ``--`` read as ``-``; True: exact only), with how many values each takes
+_IP_OPTS: tuple[tuple[str, bool, int], ...] = (
+    ("-loops", False, 1), ("-family", False, 1), ("-4", True, 0), ("-6", True, 0),
+    ("-0", True, 0), ("-M", True, 0), ("-B", True, 0), ("-human", False, 0),
+    ("-human-readable", False, 0), ("-iec", False, 0), ("-stats", False, 0),
+    ("-statistics", False, 0), ("-details", False, 0), ("-resolve", False, 0),
+    ("-oneline", False, 0), ("-timestamp", False, 0), ("-tshort", False, 0),
+    ("-Version", False, 0), ("-force", False, 0), ("-batch", False, 1), ("-brief", False, 0),
+    ("-json", False, 0), ("-pretty", False, 0), ("-rcvbuf", False, 1), ("-color", False, 0),
+    ("-help", False, 0), ("-netns", False, 1), ("-Numeric", False, 0), ("-all", False, 0),
+    ("-echo", True, 0))
+# ip's objects in its command table's order (``ip r`` is route, ``ip ru`` rule)
+_IP_OBJECTS = ("address", "addrlabel", "maddress", "route", "rule", "neighbor", "neighbour",
+               "ntable", "ntbl", "link", "l2tp", "fou", "ila", "macsec", "tunnel", "tunl",
+               "tuntap", "tap", "token", "tcpmetrics", "tcp_metrics", "monitor", "xfrm",
+               "mroute", "mrule", "netns", "netconf", "vrf", "sr", "nexthop", "mptcp", "ioam",
+               "help", "stats")
+# each object's verbs in its do_* order, and those that add or change
+_IP_VERBS = {"route": (("add", "change", "chg", "replace", "prepend", "append", "test",
+                        "delete", "list", "show", "lst", "get", "flush", "save", "restore"),
+                       {"add", "change", "chg", "replace", "prepend", "append"}),
+             "rule": (("list", "lst", "show", "save", "restore", "add", "delete", "flush"),
+                      {"add"}),
+             "nexthop": (("add", "replace", "delete", "list", "show", "lst", "get", "flush"),
+                         {"add", "replace"})}
+# a route's keywords before its [to] [TYPE] PREFIX (iproute_modify's order; True: exact),
+# with their values (``lock`` may come before a metric's); "nexthop" ends the route part
+_ROUTE_KW: tuple[tuple[str, bool, int], ...] = (
+    ("src", True, 1), ("as", True, 1), ("via", True, 1), ("from", True, 1), ("tos", True, 1),
+    ("dsfield", False, 1), ("expires", True, 1), ("metric", False, 1), ("priority", False, 1),
+    ("preference", True, 1), ("scope", True, 1), ("mtu", True, 1), ("hoplimit", True, 1),
+    ("advmss", True, 1), ("reordering", False, 1), ("rtt", True, 1), ("rto_min", True, 1),
+    ("window", False, 1), ("cwnd", False, 1), ("initcwnd", False, 1), ("initrwnd", False, 1),
+    ("features", False, 1), ("quickack", False, 1), ("congctl", False, 1),
+    ("rttvar", False, 1), ("ssthresh", False, 1), ("realms", False, 1), ("onlink", True, 0),
+    ("nexthop", True, -1), ("nhid", True, 1), ("protocol", False, 1), ("table", False, 1),
+    ("vrf", False, 1), ("dev", True, 1), ("oif", True, 1), ("pref", False, 1),
+    ("encap", True, -2), ("ttl-propagate", True, 1), ("fastopen_no_cookie", False, 1))
+_FAMILIES = frozenset({"inet", "inet6", "ipv4", "ipv6", "mpls", "bridge", "link", "dnet",
+                       "ipx", "any"})
+_NULL_TYPES = {6: "blackhole", 7: "unreachable", 8: "prohibit"}
+
+
+def _first(word: str, table: Sequence[tuple[str, bool, int]]) -> tuple[str, int] | None:
+    for name, exact, n in table:
+        if word == name or (not exact and _matches(word, name)):
+            return name, n
     return None
 
 
-# ipset(8): the commands that drop a set's entries or the set (fail2ban's bans, every
-# allow or deny list a rule names), long and short forms
-_IPSET_DROPS = {"flush": "flush", "-F": "flush", "destroy": "destroy", "x": "destroy",
-                "-X": "destroy", "del": "del", "-D": "del", "swap": "swap", "w": "swap",
-                "-W": "swap"}
+def _strtoul(word: str) -> int | None:
+    """C's strtoul(word, &end, 0) when it reads all of ``word``: leading blanks, a sign,
+    0x / 0 prefixes (``+6`` is 6)."""
+    w = word.lstrip(" \t\n\v\f\r")
+    neg = w[:1] == "-"
+    w = w[1:] if w[:1] in ("+", "-") else w
+    try:
+        v = int(w, 16) if w[:2].lower() == "0x" and len(w) > 2 and w[2] not in "+-" else \
+            int(w, 8) if w[:1] == "0" and len(w) > 1 else int(w, 10) if w.isdigit() else None
+    except ValueError:
+        return None
+    if v is None:
+        return None
+    return (2**64 - v) % 2**64 if neg else v
+
+
+def _rtntype(word: str) -> int | None:
+    """iproute2's rtnl_rtntype_a2n: a route type by name (prefixes, in its order) or
+    number (0..255)."""
+    if word == "local":
+        return 2
+    if word == "nat":
+        return 10
+    for name, n in (("broadcast", 3), ("anycast", 4), ("multicast", 5), ("prohibit", 8),
+                    ("unreachable", 7), ("blackhole", 6), ("xresolve", 11), ("unicast", 1)):
+        if _matches(word, name) or (n == 3 and word == "brd"):
+            return n
+    if word == "throw":
+        return 9
+    v = _strtoul(word)
+    return v if v is not None and v <= 255 else None
+
+
+def _ip_route_null(rest: Sequence[str]) -> str | None:
+    """The null type of ``ip route add ...``'s arguments, as iproute_modify reads them:
+    keywords and their values, then ``[to] [TYPE] PREFIX`` (a type does not start with a
+    digit).  After a keyword whose arguments it does not model (``encap``, ``features``)
+    every later word is read as a possible type."""
+    i = 0
+    loose = False
+    while i < len(rest):
+        w = rest[i]
+        kw = None if loose else _first(w, _ROUTE_KW)
+        if kw is not None:
+            name, n = kw
+            if n == -1:                       # nexthop ...: the rest is the nexthops'
+                return None
+            if n == -2 or name == "features":
+                loose = True
+                i += 1
+                continue
+            i += 1
+            if name == "via" and i < len(rest) and rest[i] in _FAMILIES:
+                i += 1
+            elif name == "as" and i < len(rest) and rest[i] == "to":
+                i += 1
+            elif i < len(rest) and rest[i] == "lock":
+                i += 1
+            i += n
+            continue
+        if w == "to" and not loose:
+            i += 1
+            w = rest[i] if i < len(rest) else ""
+        t = _rtntype(w) if w and not "0" <= w[0] <= "9" else None
+        if t in _NULL_TYPES and i + 1 < len(rest):
+            return _NULL_TYPES[t]
+        i += 1
+    return None
+
+
+def _ip_rule_null(rest: Sequence[str]) -> str | None:
+    """The null action of ``ip rule add ...``'s arguments (iprule_modify: ``[type] TYPE``
+    among its keywords, a number too)."""
+    valued = {"from", "to", "preference", "order", "priority", "tos", "dsfield", "fwmark",
+              "realms", "protocol", "tun_id", "table", "lookup", "suppress_prefixlength",
+              "sup_pl", "suppress_ifgroup", "sup_group", "dev", "iif", "oif", "uidrange",
+              "nat", "map-to", "ipproto", "sport", "dport", "dscp", "flowlabel", "goto"}
+    prefixed = ("preference", "order", "priority", "dsfield", "realms", "protocol", "tun_id",
+                "table", "suppress_prefixlength", "suppress_ifgroup", "map-to")
+    i = 0
+    while i < len(rest):
+        w = rest[i]
+        if w in valued or any(_matches(w, p) for p in prefixed):
+            i += 2
+            continue
+        if w == "type":
+            i += 1
+            w = rest[i] if i < len(rest) else ""
+        t = None if _matches(w, "goto") or _matches(w, "nop") or _matches(w, "help") \
+            else _rtntype(w)
+        if t in _NULL_TYPES:
+            return _NULL_TYPES[t]
+        i += 1
+    return None
+
+
+def _ip_act(args: Sequence[str]) -> Act | None:
+    """s24: ``ip route add|append|prepend|replace|change blackhole|unreachable|prohibit
+    ...``, ``ip rule add ... prohibit|blackhole|unreachable`` and ``ip nexthop add ...
+    blackhole`` (a route through it drops: ``nhid``) — traffic null-routed: the fleet
+    link, updates, a monitoring host — in the host's namespace (no ``-n``), read as ip(8)
+    reads them (review: options, objects, verbs and types are matched as prefixes in
+    ip's own order; a route's type comes anywhere before its prefix).  Not read:
+    ``-batch FILE`` and ``restore`` (their commands are not in the argv)."""
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "--":
+            i += 1
+            break
+        if not a.startswith("-"):
+            break
+        o = a[1:] if a.startswith("--") else a
+        if _matches(o.split("=", 1)[0], "-color"):
+            i += 1
+            continue
+        opt = _first(o, _IP_OPTS)
+        if opt is None or opt[0] in ("-netns", "-help", "-Version", "-batch"):
+            return None              # refused, another namespace, or no command here
+        i += 1 + opt[1]
+    if i + 1 >= len(args):
+        return None
+    obj = next((c for c in _IP_OBJECTS if _matches(args[i], c)), None)
+    if obj not in _IP_VERBS:
+        return None
+    order, acting = _IP_VERBS[obj]
+    verb = next((v for v in order if _matches(args[i + 1], v) or
+                 (v == "chg" and args[i + 1] == "chg")), None)
+    if verb not in acting:
+        return None
+    rest = args[i + 2:]
+    if obj == "route":
+        kind = _ip_route_null(rest)
+        return Act("firewall", "routing table", f"ip route {kind}") if kind else None
+    if obj == "rule":
+        kind = _ip_rule_null(rest)
+        return Act("firewall", "routing policy", f"ip rule {kind}") if kind else None
+    if "blackhole" in rest:
+        return Act("firewall", "routing table", "ip nexthop blackhole")
+    return None
+
+
+# ipset(8)'s commands in its table's order (ipset_match_cmd: a prefix of the name or
+# an alias, a leading ``--`` ignored; the first that matches wins), and the options that
+# take a value (``-o``, ``-f``; ipset_match_envopt: ``--x`` is ``-x``)
+_IPSET_CMDS = (("create", "n", "-N"), ("add", "a", "-A"), ("del", "d", "-D"),
+               ("test", "t", "-T"), ("destroy", "x", "-X"), ("list", "l", "-L"),
+               ("save", "s", "-S"), ("restore", "r", "-R"), ("flush", "f", "-F"),
+               ("rename", "e", "-E"), ("swap", "w", "-W"), ("help", "h", "-H"),
+               ("version", "v", "-V"), ("quit",))
+_IPSET_DROPS = frozenset({"flush", "destroy", "del", "swap"})
+_IPSET_FLAGS = frozenset({"-!", "-exist", "-q", "-quiet", "-r", "-resolve", "-s", "-sorted",
+                          "-n", "-name", "-t", "-terse"})
+_IPSET_VALUED = frozenset({"-o", "-output", "-f", "-file"})
+
+
+def _ipset_cmd(arg: str) -> str | None:
+    skip = 2 if arg.startswith("--") else 0
+    if len(arg) <= skip or arg == "-":
+        return None
+    for names in _IPSET_CMDS:
+        if any(n.startswith(arg[skip:]) for n in names):
+            return names[0]
+    return None
 
 
 def _ipset_act(args: Sequence[str]) -> Act | None:
-    for a in args:
-        if a in ("-exist", "-!", "-quiet", "-q", "-resolve", "-r", "-sorted", "-s", "-name",
-                 "-n", "-terse", "-t"):
+    """ipset's first command word, past its options (review s24: ``--flush``, ``fl``,
+    ``des``, ``-o plain flush`` were missed)."""
+    i = 0
+    while i < len(args):
+        a = args[i]
+        e = a[1:] if a.startswith("--") else a
+        if e in _IPSET_FLAGS:
+            i += 1
             continue
-        how = _IPSET_DROPS.get(a)
-        return Act("firewall", "ipset", f"ipset {how}") if how else None
+        if e in _IPSET_VALUED:
+            i += 2
+            continue
+        how = _ipset_cmd(a)
+        return Act("firewall", "ipset", f"ipset {how}") if how in _IPSET_DROPS else None
     return None
 
 
