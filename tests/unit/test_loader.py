@@ -480,3 +480,55 @@ def test_wait_does_not_sleep_over_priority_records(monkeypatch: pytest.MonkeyPat
     lo.drain_raw(10)
     lo.wait(0.5)
     assert slept == [0.5]
+
+
+class _TakenLink:
+    """A link whose destroy takes its pointer first (as libbpf.Link.destroy: idempotent)
+    and then detaches slowly; counts the detaches begun and finished."""
+
+    section = "tracepoint/x"
+
+    def __init__(self, wait_s: float, log: list[str]) -> None:
+        self.ptr: object | None = object()
+        self.wait_s = wait_s
+        self.log = log
+
+    def destroy(self) -> None:
+        ptr, self.ptr = self.ptr, None
+        if ptr is None:
+            return
+        self.log.append("begin")
+        threading.Event().wait(self.wait_s)
+        self.log.append("end")
+
+
+def test_destroy_links_waits_for_a_thread_whose_interrupted_start_left_no_ident(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """s24 review: a signal's exception out of ``Thread.start`` after the thread was
+    launched but before it set its ident (it had not run yet): its share was put on the
+    caller's list *and* ran on the thread, which was not waited for: the caller found
+    those links taken and returned with their detaches in flight."""
+    import _thread
+    from bastion.kernel.loader import destroy_links
+
+    real_start = threading.Thread.start
+
+    def late_start(self: threading.Thread) -> None:
+        def later() -> None:
+            threading.Event().wait(0.05)
+            real_start(self)
+        _thread.start_new_thread(later, ())   # the thread runs after start() raised
+        raise _Interrupted()
+
+    log: list[str] = []
+    links = [_TakenLink(0.3, log) for _ in range(4)]
+    monkeypatch.setattr(threading.Thread, "start", late_start)
+    try:
+        with pytest.raises(_Interrupted):
+            destroy_links(links)  # type: ignore[arg-type]
+        at_return = list(log)
+    finally:
+        monkeypatch.undo()
+        threading.Event().wait(1.0)       # let a stray thread finish before the next test
+    assert at_return.count("begin") == 4
+    assert at_return.count("end") == 4, "detaches left in flight"

@@ -219,43 +219,46 @@ def destroy_links(links: list[Link]) -> None:
                 one(link)
             return
         n = min(len(perf), _CLOSE_THREADS)
-        shares = [perf[i::n] for i in range(n)]
+        # s24 review: every link is *claimed* (dict.setdefault: atomic) by the one thread
+        # that destroys it, and has its own done event.  A thread whose start() a
+        # signal's exception interrupted may still run later, or never: it can only
+        # take links nobody claimed, and the caller claims every link left and then
+        # waits for every link's event (s24 lead: a thread with an ident that did not
+        # count as alive was not waited for; review: one without an ident yet had its
+        # share run on the caller *and* on itself, not waited for either, and the
+        # caller returned with that share's detaches in flight)
+        claims: dict[int, object] = {}
+        finished = [threading.Event() for _ in perf]
 
-        def run(share: list[Link], done: threading.Event | None = None) -> None:
-            try:
-                for link in share:
-                    one(link)
-            finally:
-                if done is not None:
-                    done.set()
+        def run(token: object, first: int) -> None:
+            # its share first (perf[first::n], the detaches spread over the threads),
+            # then whatever no one has claimed
+            for k in [*range(first, len(perf), n), *range(len(perf))]:
+                if claims.setdefault(k, token) is token and not finished[k].is_set():
+                    try:
+                        one(perf[k])
+                    finally:
+                        finished[k].set()
 
-        # s24: each thread's end is its own event: a thread whose start() a signal's
-        # exception interrupted can have an ident and not yet count as alive, and
-        # was then not waited for (its detaches still in flight when this returned)
-        started: list[threading.Event] = []
-        left: list[Link] = []
-        for share in shares[1:]:
-            done = threading.Event()
-            t = threading.Thread(target=run, args=(share, done), name="bastion-link-close",
+        for j in range(1, n):
+            t = threading.Thread(target=run, args=(object(), j), name="bastion-link-close",
                                  daemon=True)
             try:
                 t.start()
             except RuntimeError:            # no thread to be had (interpreter shutdown ...)
-                left += share
                 continue
-            except BaseException as exc:    # noqa: BLE001 -- a signal's: the share is ours
+            except BaseException as exc:    # noqa: BLE001 -- a signal's: it may run or not
                 errors.append(exc)
-                if t.ident is None:         # not started
-                    left += share
-                    continue
-            started.append(done)
-        run(shares[0] + left)
-        for done in started:
-            while not done.is_set():
-                try:
+        mine = object()
+        while True:
+            try:
+                # a claim of ours a signal interrupted is run again (destroy is idempotent)
+                run(mine, 0)
+                for done in finished:
                     done.wait()
-                except BaseException as exc:    # noqa: BLE001 -- wait for it all the same
-                    errors.append(exc)
+                break
+            except BaseException as exc:    # noqa: BLE001 -- wait for it all the same
+                errors.append(exc)
     finally:
         if errors:
             for other in errors[1:]:
