@@ -122,14 +122,17 @@ struct {
  * prio_demoted: they still cross unless the bulk ring is full too.  A payload's
  * few acts stay under every budget.
  *
- * s24: an exec is charged to its *image* (the executable's inode), not its thread
- * group (each exec is a new one): a loop spawning one tiny binary (~13 k/s from
- * posix_spawn of a static binary) kept the priority ring full, and the payload's
- * connect and secret read behind it were lost.  Past cfg_prio_exec_budget in a
- * window an image's execs go to the bulk ring (the same small limit while the CPU is
- * over its budget); a payload's own binary, or its first execs of a common one, stay
- * priority.  A flood that rotates many copies of a binary (each a new inode) is still
- * bounded by the CPU budget's small limit per image. */
+ * s24: an exec is charged to its *image* (the executable's inode) as spawned by one
+ * parent of one uid, not to its thread group (each exec is a new one): a loop
+ * spawning one tiny binary (~13 k/s from posix_spawn of a static binary) kept the
+ * priority ring full, and the payload's connect and secret read behind it were lost.
+ * Past cfg_prio_exec_budget in a window such execs go to the bulk ring (the same
+ * small limit while the CPU is over its budget); a payload's own binary, or its
+ * first execs of a common one, stay priority.  The parent and the uid are in the key
+ * (s24 review 3): by image alone, any user's loop of /bin/sh (every #! script's
+ * image too) demoted every other process's shell execs host-wide.  A flood that
+ * rotates copies of a binary or parents is still bounded by the CPU budget's small
+ * limit per key. */
 #define PRIO_WINDOW_NS 100000000ULL
 #define PRIO_PROC_BUDGET 256
 #define PRIO_PROC_SMALL 16
@@ -153,8 +156,9 @@ struct {
 	__type(value, struct prio_spend);
 } prio_spend_tgid SEC(".maps");
 
-/* the exec budget's key: the image's (dev, inode) folded into 64 bits (a budget, not
- * an identity: two images sharing a key share a budget, nothing else) */
+/* the exec budget's key: the image's (dev, inode), the uid and the parent's tgid folded
+ * into 64 bits (a budget, not an identity: two keys that fold alike share a budget,
+ * nothing else) */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 8192);
@@ -180,18 +184,20 @@ struct {
 
 static __always_inline void count_drop_in(void *counter, __u32 slot);
 
-/* The exec budget's key of the current task's image (its mm's exe_file: at
- * sched_process_exec, the new one); 0 when there is none. */
+/* The exec budget's key of the current task: its image (its mm's exe_file: at
+ * sched_process_exec, the new one), uid and parent; 0 when there is no image. */
 static __always_inline __u64 prio_image_key(void)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct inode *ino = BPF_CORE_READ(task, mm, exe_file, f_inode);
-	__u64 i;
+	__u64 i, who;
 
 	if (!ino)
 		return 0;
-	i = BPF_CORE_READ(ino, i_ino);
-	return (i ^ ((__u64)BPF_CORE_READ(ino, i_sb, s_dev) << 40)) | 1;
+	i = BPF_CORE_READ(ino, i_ino) ^ ((__u64)BPF_CORE_READ(ino, i_sb, s_dev) << 40);
+	who = ((__u64)(__u32)bpf_get_current_uid_gid() << 32) |
+	      (__u32)BPF_CORE_READ(task, real_parent, tgid);
+	return (i ^ (who * 0x9E3779B97F4A7C15ULL)) | 1;
 }
 
 /* May the current task put one more record of a priority type on the priority ring? */

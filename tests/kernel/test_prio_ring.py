@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from bastion import abi
+from bastion.events import ExecEvent
 from bastion.sensors.bpf import BpfSensor
 from support.cg import run_in, scoped_cgroup
 from support.prio_flood import (
@@ -81,11 +82,17 @@ def test_an_exec_flood_of_one_image_does_not_take_the_payloads_down(tmp_path: Pa
     lost.  An exec is charged to its image: past the image's budget (here 2 in a 60 s
     window, so that the flood spends it however slowly the host runs; 256 per 100 ms
     by default) its execs go to the bulk ring; the payload's own stay priority (its
-    python3 is the flood runner's image too: the second exec of it in the window)."""
+    python3 is the flood runner's image too: the second exec of it in the window).
+    Review 3: the budget is the image's as spawned by one parent of one uid -- by image
+    alone, the flood demoted every other process's execs of /bin/true (any user's
+    /bin/sh loop every shell exec on the host): another parent's /bin/true after the
+    flood stays priority."""
     n = 300
     stats, events, port = flood_then_payload(
         lambda cgid, secret: BpfSensor(cgroup_id=cgid, ring_bytes=2**16, prio_ring_bytes=2**18,
                                       prio_exec_budget=2, prio_window_s=60.0,
                                       sensitive=[(str(secret), abi.SensClass.CUSTOM)]),
-        tmp_path, flood=EXEC_FLOOD, count=n)
+        tmp_path, flood=EXEC_FLOOD, count=n, victim=("/bin/true", "prio-victim"))
     assert_the_payload_survived_a_priority_flood(stats, events, port, count=n)
+    victims = [e for e in events if isinstance(e, ExecEvent) and "prio-victim" in e.argv]
+    assert len(victims) == 1, f"another parent's exec of the flood's image was demoted: {stats}"

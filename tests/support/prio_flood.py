@@ -13,7 +13,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from bastion.events import Event, ExecEvent, FileEvent, NetEvent
 from bastion.sensors.bpf import BpfSensor
@@ -59,11 +59,12 @@ MARK = "prio-ring-payload"
 
 
 def flood_then_payload(make: Callable[[int, Path], BpfSensor], tmp_path: Path,
-                       flood: str = FLOOD, count: int = CHMODS
+                       flood: str = FLOOD, count: int = CHMODS, victim: Sequence[str] = ()
                        ) -> tuple[dict[str, int], list[Event], int]:
     """Run the flood, then the payload, in a scoped cgroup with ``make(cgroup_id,
     secret)``'s sensor open and not drained (``secret``: the file to put in its
-    sensitive set); then drain it.  ``count``: the flood's calls.  Returns the sensor's counters taken before the
+    sensitive set); then drain it.  ``count``: the flood's calls; ``victim``: a command
+    another process runs between the flood and the payload.  Returns the sensor's counters taken before the
     drain, the events, and the port the payload connected to."""
     flood_dir = tmp_path / "flood"
     flood_dir.mkdir()
@@ -79,6 +80,9 @@ def flood_then_payload(make: Callable[[int, Path], BpfSensor], tmp_path: Path,
             r = run_in(cg, [sys.executable, "-c", flood, str(flood_dir), str(FILES), str(count)],
                        timeout=120)
             assert r.returncode == 0, r.stderr
+            if victim:
+                r = run_in(cg, list(victim), timeout=60)
+                assert r.returncode == 0, r.stderr
             r = run_in(cg, [sys.executable, "-c", PAYLOAD, str(port), str(secret), MARK],
                        timeout=60)
             assert r.returncode == 0, r.stderr
