@@ -130,6 +130,18 @@ class BehaviorRule:
     def evaluate(self, ev: Event, ctx: RuleContext) -> list[Hit]:
         raise NotImplementedError
 
+    def engine_call(self) -> tuple[Callable[[Event, RuleContext], Any], int]:
+        """How the engine may call this rule (:data:`bastion.detect.engine.Entry`): the
+        ``evaluate`` under :meth:`on_event` (kind 2: hits, each made :meth:`finding`),
+        one frame less per event, when the class keeps this ``on_event`` and the rule
+        trusts no actors (``trusted_actors`` is fixed at construction); else
+        ``on_event`` (kind 0).  A method set on the instance is always honoured."""
+        if self.trusted_actors or {"on_event", "evaluate", "match"} & vars(self).keys():
+            return self.on_event, 0
+        if type(self).on_event is BehaviorRule.on_event:
+            return self.evaluate, 2
+        return self.on_event, 0
+
     def expire(self, now_ns: int) -> int:
         return sum(s.expire(now_ns) for s in self._states)
 
@@ -171,6 +183,15 @@ class SingleEvent(BehaviorRule):
             return []
         h = self.match(ev, ctx)
         return [] if h is None else [self.finding(ev, h)]
+
+    def engine_call(self) -> tuple[Callable[[Event, RuleContext], Any], int]:
+        """:meth:`BehaviorRule.engine_call`; a rule that keeps this ``on_event`` and
+        ``evaluate`` is called at ``match`` (kind 1: a hit or None)."""
+        if not self.trusted_actors and not {"on_event", "evaluate", "match"} & vars(self).keys() \
+                and type(self).on_event is SingleEvent.on_event \
+                and type(self).evaluate is _SINGLE_EVALUATE:
+            return self.match, 1
+        return super().engine_call()
 
 
 _SINGLE_EVALUATE: Final = SingleEvent.evaluate

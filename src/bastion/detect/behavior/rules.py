@@ -246,6 +246,8 @@ class EntropyProbe:
     def stalled(self) -> list[str]:
         """Files whose probe is still outstanding ``report_after_s`` after the loop
         stopped waiting for it; each reported once."""
+        if not self._inflight:
+            return []   # (every read-only open asks: no lock when nothing is out; s24)
         now = time.monotonic()
         with self._lock:
             late = [pr for pr in self._inflight.values()

@@ -385,8 +385,8 @@ class SecureDeletion(BehaviorRule):
     def _open(self, ev: FileEvent, ctx: RuleContext) -> list[Hit]:
         flags = ev.flags
         acc = flags & O_ACCMODE
-        if not ev.ino or not ev.path.startswith("/"):
-            return []
+        if acc not in (O_WRONLY, O_RDWR) or not ev.ino or not ev.path.startswith("/"):
+            return []   # (no write access: nothing below is kept or found; s24)
         ident = (ev.dev, ev.ino)
         now = ev.time_ns
         key = proc_key(ev)
