@@ -289,6 +289,10 @@ class ThresholdRule(BehaviorRule):
         """The value this event counts for (None: not counted)."""
         raise NotImplementedError
 
+    def tree_of(self, ev: Event, ctx: RuleContext) -> ProcKey:
+        """The tree key ``per_tree`` counts ``ev`` under (:func:`.state.tree_key`)."""
+        return tree_key(ev, ctx.procs)
+
     def distinct_key(self, v: str) -> str:
         """What makes two values one for ``distinct`` (the last value is kept)."""
         return v
@@ -314,9 +318,11 @@ class ThresholdRule(BehaviorRule):
                 dq.popleft()
 
     def _distinct_values(self, key: ProcKey, now: int, v: str, cap: int
-                         ) -> tuple[OrderedDict[str, tuple[int, str]], list[str]]:
+                         ) -> OrderedDict[str, tuple[int, str]]:
         """Record ``v`` among ``key``'s distinct values; those seen within the window, in
-        the order of their first event (``distinct_last``: their last, the last value).
+        the order of their first event (``distinct_last``: their last, the last value):
+        the map's values, ``(time, value)`` (the caller lists them only once there are
+        ``count``: s24, a list of up to 4 x count values was built per counted event).
         s19 review 5: a raw-event queue of count * 4 let 4 pad rewrites per encrypted
         file keep the distinct count under ``count`` (120 files encrypted, no finding)."""
         od = self._distinct.setdefault(key, now, OrderedDict)
@@ -339,7 +345,7 @@ class ThresholdRule(BehaviorRule):
         else:
             for gone in [x for x, (t, _) in od.items() if now - t > self.window_ns]:
                 del od[gone]
-        return od, [x for _, x in od.values()]
+        return od
 
     def confirm(self, ev: Event, ctx: RuleContext, values: list[str]) -> Hit | None:
         return Hit(f"{self.description or self.name}: {len(values)} in "
@@ -350,7 +356,7 @@ class ThresholdRule(BehaviorRule):
         if v is None:
             return []
         now = ev.time_ns
-        key = tree_key(ev, ctx.procs) if self.per_tree else proc_key(ev)
+        key = self.tree_of(ev, ctx) if self.per_tree else proc_key(ev)
         self.counted = (key, v)
         fired = self._fired.get(key, now)
         if fired is not None and now - fired < self.window_ns:
@@ -358,7 +364,7 @@ class ThresholdRule(BehaviorRule):
         cap = self.count * 4
         dq: deque[tuple[int, str]] | OrderedDict[str, tuple[int, str]]
         if self.distinct:
-            dq, values = self._distinct_values(key, now, v, cap)
+            dq = self._distinct_values(key, now, v, cap)
         else:
             raw = self._seen.setdefault(key, now, lambda: deque(maxlen=cap))
             if len(raw) == cap:
@@ -366,9 +372,10 @@ class ThresholdRule(BehaviorRule):
             raw.append((now, v))
             while raw and now - raw[0][0] > self.window_ns:
                 raw.popleft()
-            dq, values = raw, [x for _, x in raw]
-        if len(values) < self.count:
+            dq = raw
+        if len(dq) < self.count:
             return []
+        values = [x for _, x in (dq.values() if isinstance(dq, OrderedDict) else dq)]
         self.judging = (key,)
         hit = self.confirm(ev, ctx, values)
         if hit is not None and not self.conclusive(hit):
