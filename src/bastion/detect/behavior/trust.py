@@ -108,7 +108,7 @@ class _Located(dict[str, frozenset[Ident]]):
     def __init__(self) -> None:
         super().__init__()
         self.has: dict[Ident, set[str]] = {}
-        self.whole: dict[int, tuple[frozenset[str], tuple[str, ...]]] = {}
+        self.whole: dict[int, tuple[frozenset[str] | tuple[str, ...], tuple[str, ...]]] = {}
 
     def clear(self) -> None:
         super().clear()
@@ -171,12 +171,12 @@ class ExeTrust:
     def is_tool(self, ident: Ident, names: Iterable[str]) -> str | None:
         """The name among ``names`` whose trusted file is ``ident`` (None: none): the
         first in ``names``' order, each name located when first asked (a tool installed
-        later in a trust period is not trusted before the period's end).  A frozenset
-        whose names are all located this period is answered from the inverse map: the
-        same first name, no look-up per name."""
+        later in a trust period is not trusted before the period's end).  A frozenset or
+        tuple (immutable: its order is fixed) whose names are all located this period is
+        answered from the inverse map: the same first name, no look-up per name."""
         if ident == (0, 0):
             return None
-        if isinstance(names, frozenset):
+        if isinstance(names, (frozenset, tuple)):
             self._fresh()
             located = self._by_name
             whole = located.whole.get(id(names))
