@@ -3646,8 +3646,9 @@ class DecodedFileExec(BehaviorRule):
         hits: list[Hit] = []
         redirect = self._last_write.pop(key)
         # normalised: a script operand is as typed (``sh ./x``: /dir/./x), the kernel's paths are not
+        # (none looked up while no decoder's file is known: most execs; s24)
         ran = {os.path.normpath(p) for p in (ev.proc.exe, ev.filename, ev.script, script_of(ev))
-               if p and p.startswith("/")}
+               if p and p.startswith("/")} if len(self._decoded) else ()
         for p in ran:
             got = self._decoded.get(p, now)
             if got is not None:
