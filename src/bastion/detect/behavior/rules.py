@@ -765,7 +765,9 @@ class ExecFromTemp(SingleEvent):
         if operand and under(operand, ("/tmp", "/var/tmp")):
             return Hit(f"Ran a script from a temporary directory: {operand}",
                        {"exe": exe, "script": operand})
-        parts = exe.split("/")[:-1]
+        # (a component starting with "." follows a "/" or starts the path: most execs have
+        # none, and are not split; s24)
+        parts = exe.split("/")[:-1] if "/." in exe or exe.startswith(".") else []
         hidden = [p for p in parts if p.startswith(".") and p not in (".", "..")]
         if hidden and not any(h in HIDDEN_OK for h in hidden):
             return Hit(f"Executed a program from a hidden directory: {exe}", {"exe": exe,
