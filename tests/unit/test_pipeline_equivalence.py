@@ -343,7 +343,8 @@ def test_open_interests_lose_no_finding_and_no_state() -> None:
             "behavior.container_release_agent"} <= {r.name for r in declared}
     assert {"behavior.service_shell", "behavior.firewall_tamper", "behavior.secret_hunt",
             "behavior.kernel_module_load", "behavior.setuid_setgid", "behavior.ld_preload",
-            "behavior.hidden_temp_artifact", "behavior.account_change"} <= {
+            "behavior.hidden_temp_artifact", "behavior.account_change", "behavior.timestomp",
+            "behavior.exfil_upload"} <= {
         r.name for r in behavior_rules() if getattr(r, "exec_interest", None)}
     total = kept = 0
     for path in sorted(FIXTURES.glob("*.jsonl")):
