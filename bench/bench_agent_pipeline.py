@@ -140,6 +140,31 @@ class _QueueSensor:
         return out
 
 
+# PID_MAX_LIMIT on 64-bit: no process of this host has a pid at or above it
+PID_OFF = 1 << 22
+
+
+def _off(pid: int) -> int:
+    return pid + PID_OFF if pid > 1 else pid
+
+
+def off_host(ev: Event) -> Event:
+    """``ev`` with its process ids moved above every pid the host can give (0 and 1
+    kept): the replay's acting findings (kill, kill-tree) run as they would, but their
+    targets and /proc walks never name a live process of this host.  The recorded pids
+    (1-2,600) are the low pids of a fresh boot: unshifted, an acting finding walked the
+    live trees of whatever had them (the bench's own shell's other children were
+    killed, s24), and the figure moved with which pids were live."""
+    import dataclasses
+
+    p = ev.proc
+    ch: dict[str, int] = {f: _off(getattr(ev, f)) for f in ("child_pid", "target_pid",
+                                                           "target_tgid")
+                          if isinstance(getattr(ev, f, None), int)}
+    return dataclasses.replace(ev, proc=dataclasses.replace(
+        p, pid=_off(p.pid), tid=_off(p.tid), ppid=_off(p.ppid)), **ch)
+
+
 def replay_producer() -> tuple[float, float]:
     from support.policies import default_policy
 
@@ -160,6 +185,7 @@ def replay_producer() -> tuple[float, float]:
     import dataclasses
 
     t0_ns, stream = time.time_ns(), []
+    events = [off_host(ev) for ev in events]
     for c in range(int(REPLAY_S * 100_000 // len(events)) + 2):
         for j, ev in enumerate(events):
             stream.append(dataclasses.replace(ev, time_ns=t0_ns + (c * len(events) + j) * 10_000))

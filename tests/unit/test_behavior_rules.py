@@ -276,3 +276,20 @@ def test_engine_gives_read_only_opens_only_to_rules_that_take_them() -> None:
     engine.replace([writes], [])   # re-routed after a change of the rule set
     engine.evaluate(evs[0], ctx)
     assert len(reads.seen) == len(evs) + 1 and len(writes.seen) == 6
+
+
+@pytest.mark.parametrize("exe, hidden", [
+    ("/home/u/.hid/x", [".hid"]), (".hid/bin/x", [".hid"]), ("/home/u/.cache/x", None),
+    ("/a/./b/../c/x", None), ("/usr/bin/x", None), ("/home/u/.ssh/.k/x", [".ssh", ".k"]),
+    ("/home/u/.git/x", None), ("/x.y/.z", None), ("./x", None)])
+def test_exec_from_a_hidden_directory(exe: str, hidden: list[str] | None) -> None:
+    """exec_from_tmp's hidden-directory test (only paths with a component starting with
+    "." are split, s24): every such component but "." and "..", any not HIDDEN_OK."""
+    from bastion.detect.behavior.rules import HIDDEN_OK, ExecFromTemp
+    from bastion.events import ExecEvent, Proc
+
+    p = Proc(pid=10, tid=10, ppid=1, uid=0, euid=0, gid=0, cgroup_id=1, comm="x", exe=exe)
+    h = ExecFromTemp().match(ExecEvent(1, p, filename=exe, argv=(exe,)),
+                             RuleContext(ProcessTable()))
+    assert ".git" in HIDDEN_OK
+    assert (h.evidence["hidden"] if h is not None else None) == hidden

@@ -190,3 +190,54 @@ def test_trusted_script_by_inode(root_dir: Path, tmp_path: Path) -> None:
     shutil.copy2(sh, sh_copy)
     assert t.script_tool(str(sh_copy), ident(str(sh_copy)), ("sh", str(script)), {"dkms"}) is None
     assert stat.S_ISREG(os.stat(script).st_mode)
+
+
+def test_is_tool_answers_a_located_name_set_as_the_lazy_loop_does() -> None:
+    """is_tool answers a frozenset or tuple whose names are all located this period from the
+    inverse map (s24): the same first name as asking each name in the set's order,
+    each located when first asked (a tool installed after its name was looked up is not
+    trusted before the period ends; installed before, it is), across periods and a
+    replay's newly learnt files (``_by_name`` emptied)."""
+    import random
+
+    rnd = random.Random(16)
+    files: dict[str, tuple[int, int]] = {}
+    clock = [0.0]
+    trust = ExeTrust(dirs=("/usr/bin",), refresh_s=10.0, clock=lambda: clock[0],
+                     locate=files.get)
+    # the reference: the same located-once semantics, by a loop over the names
+    ref: dict[str, frozenset[tuple[int, int]]] = {}
+    ref_stamp = [0.0]
+
+    def ref_is_tool(ident: tuple[int, int], names: Any) -> str | None:
+        for n in names:
+            if clock[0] - ref_stamp[0] >= 10.0:
+                ref.clear()
+                ref_stamp[0] = clock[0]
+            if n not in ref:
+                got = files.get(f"/usr/bin/{n}")
+                ref[n] = frozenset({got}) if got is not None else frozenset()
+            if ident in ref[n]:
+                return n
+        return None
+
+    names = [f"t{i}" for i in range(30)]
+    sets: list[Any] = [frozenset(rnd.sample(names, rnd.randrange(1, 20))) for _ in range(6)]
+    sets += [tuple(rnd.sample(names, rnd.randrange(1, 20))) for _ in range(3)]   # ordered
+    idents = [(1, i) for i in range(1, 12)]
+    answers = set()
+    for step in range(6000):
+        r = rnd.random()
+        if r < 0.02:    # a tool installed or replaced
+            files[f"/usr/bin/{rnd.choice(names)}"] = rnd.choice(idents)
+        elif r < 0.025:
+            clock[0] += rnd.choice((1.0, 11.0))
+        elif r < 0.027:   # what RecordedTrust.learn does
+            trust._by_name.clear()
+            ref.clear()
+        else:
+            ident, s = rnd.choice(idents), rnd.choice(sets)
+            want = ref_is_tool(ident, s)
+            assert trust.is_tool(ident, s) == want, step
+            answers.add(want)
+    assert len(answers) > 5   # tools were found, under several names, and not found

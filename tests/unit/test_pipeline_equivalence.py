@@ -343,7 +343,8 @@ def test_open_interests_lose_no_finding_and_no_state() -> None:
             "behavior.container_release_agent"} <= {r.name for r in declared}
     assert {"behavior.service_shell", "behavior.firewall_tamper", "behavior.secret_hunt",
             "behavior.kernel_module_load", "behavior.setuid_setgid", "behavior.ld_preload",
-            "behavior.hidden_temp_artifact", "behavior.account_change"} <= {
+            "behavior.hidden_temp_artifact", "behavior.account_change", "behavior.timestomp",
+            "behavior.exfil_upload"} <= {
         r.name for r in behavior_rules() if getattr(r, "exec_interest", None)}
     total = kept = 0
     for path in sorted(FIXTURES.glob("*.jsonl")):
@@ -508,6 +509,15 @@ def test_the_sigma_like_event_memo_changes_no_finding() -> None:
             events.append(dataclasses.replace(shared, path=shared.path + ".x"))
             events.append(dataclasses.replace(shared, flags=shared.flags ^ 0o100))
             events.append(dataclasses.replace(shared, time_ns=shared.time_ns + 2))
+            # s24: a file event's like-key is (actor, op, path, path2, the flags its views
+            # read): each field of the key changed is a miss, the others a hit
+            for change in ({"flags": shared.flags ^ 0o1}, {"flags": shared.flags ^ 0o2},
+                           {"flags": shared.flags ^ 0o1000}, {"flags": shared.flags ^ 0o2000},
+                           {"path2": shared.path2 + ".y"}, {"ino": shared.ino + 1},
+                           {"ctime_ns": 5}, {"mode": 0o777}, {"created": True},
+                           {"sensitive": "credentials"},
+                           {"op": "unlink" if shared.op != "unlink" else "chmod"}):
+                events.append(dataclasses.replace(shared, **change))  # type: ignore[arg-type]
     memo = load_sigma([CORPUS])
     plain = load_sigma([CORPUS])
     plain.rules[0].evaluator.set_memo(0)

@@ -72,3 +72,39 @@ def test_a_fork_delivered_after_the_childs_exec_keeps_the_childs_image() -> None
     t.update(ForkEvent(5, _p(100, 1), child_pid=200, child_start_ns=9_000_000_000))
     e = t.get(200)
     assert e is not None and e.exe == "/usr/bin/find"
+
+
+def _scan(t: ProcessTable, pid: int) -> dict[int, int]:
+    """What a scan of the whole table says the live children of ``pid`` are."""
+    return {e.pid: e.start_ns for e in t if e.ppid == pid and not e.exited_ns}
+
+
+def test_child_index_is_what_a_scan_of_the_table_finds() -> None:
+    """The kill-tree walk asks the table's child index (s24) instead of scanning every
+    entry per member: after any mix of forks, execs (a re-parented or reused pid), exits
+    (one stamped 0), expiry and eviction the index says what the scan says, for every
+    pid -- a child missing from it is a process a kill-tree leaves running."""
+    import random
+
+    rnd = random.Random(24)
+    t = ProcessTable(max_entries=40, linger_s=1)
+    pids = list(range(2, 60))
+    now = 0
+    for step in range(4000):
+        now += rnd.randrange(1, 50_000_000)
+        pid, ppid = rnd.choice(pids), rnd.choice(pids[:20] + [1])
+        start = rnd.choice((1000, 2000, 3000 * pid))
+        kind = rnd.randrange(10)
+        if kind < 4:
+            t.update(ForkEvent(now, _p(ppid, 1, start), child_pid=pid,
+                               child_start_ns=rnd.choice((0, start, now))))
+        elif kind < 7:
+            t.update(ExecEvent(now, _p(pid, ppid, start, exe="/bin/x"), argv=("x",)))
+        elif kind < 9:
+            t.update(ExitEvent(rnd.choice((now, 0)), _p(pid, ppid, start)))
+        else:
+            t.expire(now)
+        if step % 50 == 0 or step > 3950:
+            for p in [1, *pids]:
+                assert dict(t.children(p)) == _scan(t, p), (step, p)
+    assert any(t.children(p) for p in pids)   # the mix left children to compare

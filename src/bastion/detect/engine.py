@@ -113,6 +113,24 @@ class Rule(Protocol):
     def on_event(self, ev: Event, ctx: RuleContext) -> list[Finding]: ...
 
 
+# How the engine calls a rule (s24): ``(rule, call, kind)``.  Kind 0: ``call`` is the
+# rule's ``on_event`` (its findings); a rule may offer a shorter way through
+# ``engine_call()`` (the behaviour rules: one Python frame less for each of the ~10
+# rules an event meets): kind 1, ``call`` returns one hit or None and the finding is
+# ``rule.finding(ev, hit)``; kind 2, ``call`` returns a list of hits, each made a finding
+# the same way.  Either gives the findings ``on_event`` gives, in its order
+# (tests/unit/test_pipeline_equivalence.py compares the two on the recorded corpus).
+Entry = tuple[Any, Callable[[Event, "RuleContext"], Any], int]
+
+
+def _entry(r: Rule) -> Entry:
+    ec = getattr(r, "engine_call", None)
+    if callable(ec):
+        call, kind = ec()
+        return (r, call, kind)
+    return (r, r.on_event, 0)
+
+
 class LsmDenyRule:
     """Every in-kernel LSM deny is reported (the kernel already refused it)."""
 
@@ -146,18 +164,19 @@ class Engine:
         for r in self.rules:
             for t in r.event_types:
                 self._by_type[t].append(r)
-        self._routes: dict[str, tuple[Rule, ...]] = {}
-        self._read_opens: tuple[Rule, ...] = ()
+        # (each route's rules as engine entries: (rule, call, kind), see ``Entry``)
+        self._routes: dict[str, tuple[Entry, ...]] = {}
+        self._read_opens: tuple[Entry, ...] = ()
         # opens: (rule, its interest test or None) for read-only and write opens, and the
         # route of each (path, write, sensitive) seen lately (bounded, emptied when full)
-        self._open_rules: dict[bool, tuple[tuple[Rule, Callable[[str, bool], bool] | None], ...]] = {}
+        self._open_rules: dict[bool, tuple[tuple[Entry, Callable[[str, bool], bool] | None], ...]] = {}
         self._open_filtered = False
-        self._open_memo: dict[tuple[str, bool, bool], tuple[Rule, ...]] = {}
+        self._open_memo: dict[tuple[str, bool, bool], tuple[Entry, ...]] = {}
         self.open_memo_max = OPEN_MEMO_MAX
         # execs: the exec rules with their interest (or None), and the route of each
         # (exe, argv[0]) seen lately (bounded like the opens')
-        self._exec_rules: tuple[tuple[Rule, ExecInterest | None], ...] = ()
-        self._exec_memo: dict[tuple[str, str], tuple[Rule, ...]] = {}
+        self._exec_rules: tuple[tuple[Entry, ExecInterest | None], ...] = ()
+        self._exec_memo: dict[tuple[str, str], tuple[Entry, ...]] = {}
         self._route()
         self.errors: dict[str, int] = {}
         self.disabled: dict[str, str] = {}   # rule name -> its last error (never disabled: s17)
@@ -208,7 +227,7 @@ class Engine:
             evidence={"failed_rule": name, "error": self.disabled[name], "event_type": ev.type,
                       "errors_total": self.errors[name], "since_last_report": unreported})
 
-    def _open_route(self, ev: FileEvent) -> tuple[Rule, ...]:
+    def _open_route(self, ev: FileEvent) -> tuple[Entry, ...]:
         """The rules an open reaches: those of its kind (read-only or write) whose interest
         (if they declared one) takes its path and sensitivity, in the rules' order."""
         key = (ev.path, bool(ev.flags & OPEN_WRITE_FLAGS), bool(ev.sensitive))
@@ -223,7 +242,7 @@ class Engine:
             memo[key] = got
         return got
 
-    def _exec_route(self, ev: ExecEvent) -> tuple[Rule, ...]:
+    def _exec_route(self, ev: ExecEvent) -> tuple[Entry, ...]:
         """The exec rules an exec reaches: those without an interest and those whose
         interest takes its executable's or argv[0]'s name, in the rules' order."""
         key = (ev.proc.exe, ev.argv[0] if ev.argv else "")
@@ -239,7 +258,7 @@ class Engine:
         return got
 
     def evaluate(self, ev: Event, ctx: RuleContext) -> list[Finding]:
-        rules: tuple[Rule, ...] | None
+        rules: tuple[Entry, ...] | None
         if type(ev) is ExecEvent and self._exec_rules:
             rules = self._exec_route(ev)
         elif type(ev) is FileEvent and ev.op == "open":
@@ -254,34 +273,42 @@ class Engine:
         if not rules:
             return []
         out: list[Finding] = []
-        for r in rules:     # a tuple: _disable builds new ones, this event's stays whole
+        for r, call, kind in rules:   # a tuple: a new route never changes this event's
             try:
-                found = r.on_event(ev, ctx)
+                found = call(ev, ctx)
+                if not found:
+                    continue
+                if kind == 0:
+                    out += found
+                elif kind == 1:
+                    out.append(r.finding(ev, found))
+                else:
+                    out += [r.finding(ev, h) for h in found]
             except Exception as exc:  # noqa: BLE001 - isolation is the point
                 f = self._failed(r, ev, exc)
                 if f is not None:
                     out.append(f)
-                continue
-            if found:
-                out += found
         return out
 
     def _route(self) -> None:
         """Event type -> its rules as a tuple, from ``_by_type`` (after every change of it)."""
-        self._routes = {t: tuple(rs) for t, rs in self._by_type.items() if rs}
+        entries = {id(r): _entry(r) for r in self.rules}
+        self._routes = {t: tuple(entries[id(r)] for r in rs)
+                        for t, rs in self._by_type.items() if rs}
         # a read-only open goes to the open rules that have not said they ignore one
         opens = self._routes.get("open", ())
-        self._read_opens = tuple(r for r in opens if getattr(r, "read_opens", True))
+        self._read_opens = tuple(e for e in opens if getattr(e[0], "read_opens", True))
 
-        def test(r: Rule, attr: str) -> Callable[[str, bool], bool] | None:
-            oi = getattr(r, attr, None)
+        def test(e: Entry, attr: str) -> Callable[[str, bool], bool] | None:
+            oi = getattr(e[0], attr, None)
             return oi.compiled() if isinstance(oi, OpenInterest) else None
-        self._open_rules = {False: tuple((r, test(r, "read_interest")) for r in self._read_opens),
-                            True: tuple((r, test(r, "write_interest")) for r in opens)}
+        self._open_rules = {False: tuple((e, test(e, "read_interest")) for e in self._read_opens),
+                            True: tuple((e, test(e, "write_interest")) for e in opens)}
         self._open_filtered = any(t is not None for rs in self._open_rules.values() for _, t in rs)
         self._open_memo = {}
-        execs = tuple((r, ei if isinstance(ei := getattr(r, "exec_interest", None), ExecInterest)
-                       else None) for r in self._routes.get("exec", ()))
+        execs = tuple((e, ei if isinstance(ei := getattr(e[0], "exec_interest", None),
+                                             ExecInterest) else None)
+                      for e in self._routes.get("exec", ()))
         self._exec_rules = execs if any(ei is not None for _, ei in execs) else ()
         self._exec_memo = {}
 

@@ -240,10 +240,7 @@ class Dispatcher:
         """``seeds`` and their descendants, parents first, each with where it came from:
         ``(pid, start_ns)`` for a member the process table saw forked into the tree (a
         re-parented escapee included), ``(pid, 0)`` for a live child found in /proc."""
-        kids: dict[int, dict[int, int]] = {}
-        for e in self.procs:
-            if not e.exited_ns:
-                kids.setdefault(e.ppid, {})[e.pid] = e.start_ns
+        children = self.procs.children   # the table's index: no scan per walk (s24)
         out: list[tuple[int, int]] = []
         seen: set[int] = set()
         todo: list[tuple[int, int]] = list(seeds)
@@ -261,7 +258,7 @@ class Dispatcher:
                     continue
             else:
                 out.append((pid, start))
-            known = kids.get(pid, {})
+            known = children(pid)
             todo += sorted(known.items()) + [(c, 0) for c in sorted(set(live_children(pid)) - set(known))]
         return out
 

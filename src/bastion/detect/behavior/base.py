@@ -130,6 +130,18 @@ class BehaviorRule:
     def evaluate(self, ev: Event, ctx: RuleContext) -> list[Hit]:
         raise NotImplementedError
 
+    def engine_call(self) -> tuple[Callable[[Event, RuleContext], Any], int]:
+        """How the engine may call this rule (:data:`bastion.detect.engine.Entry`): the
+        ``evaluate`` under :meth:`on_event` (kind 2: hits, each made :meth:`finding`),
+        one frame less per event, when the class keeps this ``on_event`` and the rule
+        trusts no actors (``trusted_actors`` is fixed at construction); else
+        ``on_event`` (kind 0).  A method set on the instance is always honoured."""
+        if self.trusted_actors or {"on_event", "evaluate", "match"} & vars(self).keys():
+            return self.on_event, 0
+        if type(self).on_event is BehaviorRule.on_event:
+            return self.evaluate, 2
+        return self.on_event, 0
+
     def expire(self, now_ns: int) -> int:
         return sum(s.expire(now_ns) for s in self._states)
 
@@ -171,6 +183,15 @@ class SingleEvent(BehaviorRule):
             return []
         h = self.match(ev, ctx)
         return [] if h is None else [self.finding(ev, h)]
+
+    def engine_call(self) -> tuple[Callable[[Event, RuleContext], Any], int]:
+        """:meth:`BehaviorRule.engine_call`; a rule that keeps this ``on_event`` and
+        ``evaluate`` is called at ``match`` (kind 1: a hit or None)."""
+        if not self.trusted_actors and not {"on_event", "evaluate", "match"} & vars(self).keys() \
+                and type(self).on_event is SingleEvent.on_event \
+                and type(self).evaluate is _SINGLE_EVALUATE:
+            return self.match, 1
+        return super().engine_call()
 
 
 _SINGLE_EVALUATE: Final = SingleEvent.evaluate
@@ -268,6 +289,10 @@ class ThresholdRule(BehaviorRule):
         """The value this event counts for (None: not counted)."""
         raise NotImplementedError
 
+    def tree_of(self, ev: Event, ctx: RuleContext) -> ProcKey:
+        """The tree key ``per_tree`` counts ``ev`` under (:func:`.state.tree_key`)."""
+        return tree_key(ev, ctx.procs)
+
     def distinct_key(self, v: str) -> str:
         """What makes two values one for ``distinct`` (the last value is kept)."""
         return v
@@ -293,9 +318,11 @@ class ThresholdRule(BehaviorRule):
                 dq.popleft()
 
     def _distinct_values(self, key: ProcKey, now: int, v: str, cap: int
-                         ) -> tuple[OrderedDict[str, tuple[int, str]], list[str]]:
+                         ) -> OrderedDict[str, tuple[int, str]]:
         """Record ``v`` among ``key``'s distinct values; those seen within the window, in
-        the order of their first event (``distinct_last``: their last, the last value).
+        the order of their first event (``distinct_last``: their last, the last value):
+        the map's values, ``(time, value)`` (the caller lists them only once there are
+        ``count``: s24, a list of up to 4 x count values was built per counted event).
         s19 review 5: a raw-event queue of count * 4 let 4 pad rewrites per encrypted
         file keep the distinct count under ``count`` (120 files encrypted, no finding)."""
         od = self._distinct.setdefault(key, now, OrderedDict)
@@ -318,7 +345,7 @@ class ThresholdRule(BehaviorRule):
         else:
             for gone in [x for x, (t, _) in od.items() if now - t > self.window_ns]:
                 del od[gone]
-        return od, [x for _, x in od.values()]
+        return od
 
     def confirm(self, ev: Event, ctx: RuleContext, values: list[str]) -> Hit | None:
         return Hit(f"{self.description or self.name}: {len(values)} in "
@@ -329,7 +356,7 @@ class ThresholdRule(BehaviorRule):
         if v is None:
             return []
         now = ev.time_ns
-        key = tree_key(ev, ctx.procs) if self.per_tree else proc_key(ev)
+        key = self.tree_of(ev, ctx) if self.per_tree else proc_key(ev)
         self.counted = (key, v)
         fired = self._fired.get(key, now)
         if fired is not None and now - fired < self.window_ns:
@@ -337,7 +364,7 @@ class ThresholdRule(BehaviorRule):
         cap = self.count * 4
         dq: deque[tuple[int, str]] | OrderedDict[str, tuple[int, str]]
         if self.distinct:
-            dq, values = self._distinct_values(key, now, v, cap)
+            dq = self._distinct_values(key, now, v, cap)
         else:
             raw = self._seen.setdefault(key, now, lambda: deque(maxlen=cap))
             if len(raw) == cap:
@@ -345,9 +372,10 @@ class ThresholdRule(BehaviorRule):
             raw.append((now, v))
             while raw and now - raw[0][0] > self.window_ns:
                 raw.popleft()
-            dq, values = raw, [x for _, x in raw]
-        if len(values) < self.count:
+            dq = raw
+        if len(dq) < self.count:
             return []
+        values = [x for _, x in (dq.values() if isinstance(dq, OrderedDict) else dq)]
         self.judging = (key,)
         hit = self.confirm(ev, ctx, values)
         if hit is not None and not self.conclusive(hit):

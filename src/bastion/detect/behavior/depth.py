@@ -31,7 +31,7 @@ from bastion.detect.behavior.rules import (
 from bastion.detect.behavior.shellargs import parse_shell_argv
 from bastion.detect.behavior.trust import ExeTrust
 from bastion.detect.behavior.state import BoundedState, Limits, ProcKey, proc_key
-from bastion.detect.engine import RuleContext
+from bastion.detect.engine import ExecInterest, RuleContext
 from bastion.abi import UTIMES_ATIME, UTIMES_MTIME
 from bastion.events import Event, ExecEvent, FileEvent, NetEvent
 
@@ -202,6 +202,7 @@ class Timestomp(SingleEvent):
 
     name = "behavior.timestomp"
     event_types = frozenset({"exec"})
+    exec_interest = ExecInterest(names=frozenset({"touch"}))   # match()'s one tool (s24)
     attack = ("T1070.006",)
     severity = "medium"
     action = "alert"
@@ -350,6 +351,7 @@ class ExfilUpload(SingleEvent):
 
     name = "behavior.exfil_upload"
     event_types = frozenset({"exec"})
+    exec_interest = ExecInterest(names=frozenset({"curl", "wget", "wget2"}))   # match()'s (s24)
     attack = ("T1048", "T1567")
     severity = "medium"
     action = "alert"

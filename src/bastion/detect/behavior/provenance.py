@@ -35,6 +35,8 @@ said in the threat model.
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 from typing import Callable
 from bastion.detect.behavior.base import (
@@ -249,21 +251,28 @@ class Provenance(BehaviorRule):
 def script_of(ev: ExecEvent) -> str | None:
     """The script file a shell or interpreter runs (its first non-option argument), as
     an absolute path (relative ones resolved against the exec's cwd); None for ``-c``
-    code, stdin, or a process that is no interpreter."""
-    if not (is_shell(ev.proc.exe) or is_interpreter(ev.proc.exe)):
+    code, stdin, or a process that is no interpreter.  A function of the executable,
+    argv and cwd, kept for the last few thousand (four rules ask per exec; s24)."""
+    argv = ev.argv
+    return _script_of(ev.proc.exe, argv if type(argv) is tuple else tuple(argv), ev.cwd)
+
+
+@functools.lru_cache(maxsize=4096)
+def _script_of(exe: str, argv: tuple[str, ...], cwd: str) -> str | None:
+    if not (is_shell(exe) or is_interpreter(exe)):
         return None
-    args = list(ev.argv[1:])
-    if base(ev.proc.exe) == "busybox":
+    args = list(argv[1:])
+    if base(exe) == "busybox":
         # one binary, many applets: the applet is argv[0]'s name (a link such as sh),
         # or argv[1] when called as busybox; only its shells run a script file
-        applet = base(ev.argv[0]) if ev.argv else "busybox"
+        applet = base(argv[0]) if argv else "busybox"
         if applet == "busybox":
             applet, args = (args[0], args[1:]) if args else ("busybox", [])
         if applet not in SHELLS or applet == "busybox":
             return None
     # the short options that mean "code follows, no script file" (bundled too: sh -ec)
-    fam = norm_interp(base(ev.proc.exe))
-    letters = "cs" if is_shell(ev.proc.exe) else {"python": "cm", "python2": "cm", "python3": "cm",
+    fam = norm_interp(base(exe))
+    letters = "cs" if is_shell(exe) else {"python": "cm", "python2": "cm", "python3": "cm",
                                                   "perl": "eE", "ruby": "e", "node": "ep",
                                                   "php": "r"}.get(fam, "ce")
     i = 0
@@ -279,8 +288,7 @@ def script_of(ev: ExecEvent) -> str | None:
             continue
         if a.startswith("/"):
             return a
-        cwd = ev.cwd or "/"
-        return cwd.rstrip("/") + "/" + a
+        return (cwd or "/").rstrip("/") + "/" + a
     return None
 
 

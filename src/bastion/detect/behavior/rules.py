@@ -246,6 +246,8 @@ class EntropyProbe:
     def stalled(self) -> list[str]:
         """Files whose probe is still outstanding ``report_after_s`` after the loop
         stopped waiting for it; each reported once."""
+        if not self._inflight:
+            return []   # (every read-only open asks: no lock when nothing is out; s24)
         now = time.monotonic()
         with self._lock:
             late = [pr for pr in self._inflight.values()
@@ -763,7 +765,9 @@ class ExecFromTemp(SingleEvent):
         if operand and under(operand, ("/tmp", "/var/tmp")):
             return Hit(f"Ran a script from a temporary directory: {operand}",
                        {"exe": exe, "script": operand})
-        parts = exe.split("/")[:-1]
+        # (a component starting with "." follows a "/" or starts the path: most execs have
+        # none, and are not split; s24)
+        parts = exe.split("/")[:-1] if "/." in exe or exe.startswith(".") else []
         hidden = [p for p in parts if p.startswith(".") and p not in (".", "..")]
         if hidden and not any(h in HIDDEN_OK for h in hidden):
             return Hit(f"Executed a program from a hidden directory: {exe}", {"exe": exe,
@@ -2483,6 +2487,11 @@ class Ransomware(ThresholdRule):
         # kept while its table entry -- an exec replaces it -- is the same)
         self._actor_trust: BoundedState[ProcKey, tuple[ProcEntry, bool]] = self.state()
         self._scope: ProcKey = (0, 0)   # the key whose draws accumulate (tree or user)
+        # the tree key of the event being evaluated, once asked (s24: _track, value and
+        # the count asked for it in turn, each walking up to 16 ancestors); only within
+        # one evaluate call, in which the process table does not change
+        self._tree_now: tuple[Event, ProcKey] | None = None
+        self._evaluating = False
         self._high_paths: set[str] = set()   # the files the last check judged high
 
     def value(self, ev: Event, ctx: RuleContext) -> str | None:
@@ -2516,7 +2525,7 @@ class Ransomware(ThresholdRule):
             # the inode the tree wrote, so the probe reads that file and no other, and its
             # ctime at the tree's first write-open of it: a file whose ctime is still that
             # was not rewritten (s20 review 3, s21)
-            fo = self._first_open.get(tree_key(ev, ctx.procs), ev.time_ns)
+            fo = self._first_open.get(self.tree_of(ev, ctx), ev.time_ns)
             first = fo.get(path) if fo is not None else None
             witness = first[1] if first is not None and first[1] >= 0 else ""
             return f"w:{path}\0{ev.ino}\0{witness}"
@@ -2592,7 +2601,7 @@ class Ransomware(ThresholdRule):
             never = ev.ctime_ns is None or bool(ev.flags & O_TRUNC) or ev.created is True or \
                 (bool(ev.flags & O_CREAT) and not _existing(ev)) or \
                 ev.ctime_ns >= now - self.FRESH_NS
-            fo = self._first_open.setdefault(tree_key(ev, ctx.procs), now, OrderedDict)
+            fo = self._first_open.setdefault(self.tree_of(ev, ctx), now, OrderedDict)
             got_ = fo.get(ev.path)
             if got_ is None or now - got_[0] > self.window_ns:
                 fo.pop(ev.path, None)
@@ -2604,14 +2613,14 @@ class Ransomware(ThresholdRule):
                 fo.popitem(last=False)
         path = self._creation(ev)
         if path is not None:
-            od = self._created.setdefault(tree_key(ev, ctx.procs), now, OrderedDict)
+            od = self._created.setdefault(self.tree_of(ev, ctx), now, OrderedDict)
             od.pop(path, None)
             od[path] = (now, ev.ino)
             while od and (len(od) > self.count * 4 or
                           now - next(iter(od.values()))[0] > self.window_ns):
                 od.popitem(last=False)
         elif ev.op in ("unlink", "rename") and len(self._created):
-            od_ = self._created.get(tree_key(ev, ctx.procs), now)
+            od_ = self._created.get(self.tree_of(ev, ctx), now)
             if od_ is None:
                 return
             got = od_.pop(ev.path, None)
@@ -2899,18 +2908,33 @@ class Ransomware(ThresholdRule):
             # nothing, so only the probe's stall report is due (issue 16.3)
             self.counted = None
             return self._stalled_hits([])
-        self._track(ev, ctx)
-        self.counted = None
-        hits = super().evaluate(ev, ctx)
-        if self.counted is not None and not any(h.severity is None for h in hits):
-            hits += self._aggregate(ev, ctx, *self.counted)
-        elif self.counted is not None:
-            # the tree is stopped: its files are no other tree's evidence
-            uw = self._agg.get((-1, ev.proc.euid), ev.time_ns)
-            if uw is not None and uw.trees.get(self.counted[0]):
-                for k in [k for k, (_, _, t) in uw.od.items() if t == self.counted[0]]:
-                    uw.drop(k)
+        self._evaluating = True
+        try:
+            self._track(ev, ctx)
+            self.counted = None
+            hits = super().evaluate(ev, ctx)
+            if self.counted is not None and not any(h.severity is None for h in hits):
+                hits += self._aggregate(ev, ctx, *self.counted)
+            elif self.counted is not None:
+                # the tree is stopped: its files are no other tree's evidence
+                uw = self._agg.get((-1, ev.proc.euid), ev.time_ns)
+                if uw is not None and uw.trees.get(self.counted[0]):
+                    for k in [k for k, (_, _, t) in uw.od.items() if t == self.counted[0]]:
+                        uw.drop(k)
+        finally:
+            self._evaluating = False
+            self._tree_now = None
         return self._stalled_hits(hits)
+
+    def tree_of(self, ev: Event, ctx: RuleContext) -> ProcKey:
+        """:func:`.state.tree_key` of ``ev``, walked once per evaluate call."""
+        got = self._tree_now
+        if got is not None and got[0] is ev:
+            return got[1]
+        key = tree_key(ev, ctx.procs)
+        if self._evaluating:
+            self._tree_now = (ev, key)
+        return key
 
     def _stalled_hits(self, hits: list[Hit]) -> list[Hit]:
         """``hits`` and the report of the entropy probes that timed out since the last."""
@@ -3625,8 +3649,9 @@ class DecodedFileExec(BehaviorRule):
         hits: list[Hit] = []
         redirect = self._last_write.pop(key)
         # normalised: a script operand is as typed (``sh ./x``: /dir/./x), the kernel's paths are not
+        # (none looked up while no decoder's file is known: most execs; s24)
         ran = {os.path.normpath(p) for p in (ev.proc.exe, ev.filename, ev.script, script_of(ev))
-               if p and p.startswith("/")}
+               if p and p.startswith("/")} if len(self._decoded) else ()
         for p in ran:
             got = self._decoded.get(p, now)
             if got is not None:

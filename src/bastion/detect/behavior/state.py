@@ -46,12 +46,21 @@ class BoundedState(Generic[K, V]):
     """LRU map with a key cap and an idle TTL; evictions under pressure are *shed*."""
 
     def __init__(self, limits: Limits) -> None:
-        if limits.max_keys < 1:
-            raise ValueError("max_keys must be at least 1")
         self.limits = limits
         self._d: OrderedDict[K, tuple[int, V]] = OrderedDict()
         self.shed = 0        # keys dropped because the cap was reached
         self.expired = 0     # keys dropped because they were idle past the TTL
+
+    @property
+    def limits(self) -> Limits:
+        return self._limits
+
+    @limits.setter
+    def limits(self, limits: Limits) -> None:
+        if limits.max_keys < 1:
+            raise ValueError("max_keys must be at least 1")
+        # (get and put run ~10 times an event: the bounds read from the instance; s24)
+        self._limits, self._ttl, self._max = limits, limits.ttl_ns, limits.max_keys
 
     def __len__(self) -> int:
         return len(self._d)
@@ -64,7 +73,7 @@ class BoundedState(Generic[K, V]):
         if item is None:
             return None
         seen, val = item
-        if now_ns - seen > self.limits.ttl_ns:
+        if now_ns - seen > self._ttl:
             del self._d[key]
             self.expired += 1
             return None
@@ -78,11 +87,13 @@ class BoundedState(Generic[K, V]):
         return val
 
     def put(self, key: K, now_ns: int, val: V) -> None:
-        self._d[key] = (now_ns, val)
-        self._d.move_to_end(key)
-        while len(self._d) > self.limits.max_keys:
-            self._d.popitem(last=False)
-            self.shed += 1
+        d = self._d
+        d[key] = (now_ns, val)
+        d.move_to_end(key)
+        if len(d) > self._max:
+            while len(d) > self._max:
+                d.popitem(last=False)
+                self.shed += 1
 
     def pop(self, key: K) -> V | None:
         item = self._d.pop(key, None)

@@ -69,6 +69,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Final
 from bastion.detect.behavior.base import (
     PACKAGE_MANAGERS, SHELLS, BehaviorRule, Hit, RuleSettings, base, glob_any,
 )
@@ -121,6 +122,9 @@ WIPE_TRUSTED = frozenset({
     *PACKAGE_MANAGERS})
 # multi-call binaries (by executable inode): the applet is argv[0]'s name, or argv[1]
 MULTI_CALL = frozenset({"busybox", "toybox"})
+# WIPE_NAMES' names in its order, immutable (ExeTrust.is_tool answers a tuple of located
+# names with one look-up; asked on every exec of no wiping tool's name: s24)
+_WIPE_ORDER: Final = tuple(WIPE_NAMES)
 # browsers (by executable inode, or installed under a root-owned program directory) and
 # their cache directories: entries rewritten, renamed into a doomed dir, deleted
 BROWSERS = frozenset({"firefox", "firefox-esr", "firefox-bin", "chrome", "chromium",
@@ -351,7 +355,7 @@ class SecureDeletion(BehaviorRule):
                 applet, argv = base(argv[1]), argv[1:]
             family = WIPE_NAMES.get(applet)
         elif family is None:
-            by_inode = self.trust.is_tool((ev.exe_dev, ev.exe_ino), WIPE_NAMES)
+            by_inode = self.trust.is_tool((ev.exe_dev, ev.exe_ino), _WIPE_ORDER)
             family = WIPE_NAMES[by_inode] if by_inode is not None else None
         if family is None:
             return []
@@ -385,8 +389,8 @@ class SecureDeletion(BehaviorRule):
     def _open(self, ev: FileEvent, ctx: RuleContext) -> list[Hit]:
         flags = ev.flags
         acc = flags & O_ACCMODE
-        if not ev.ino or not ev.path.startswith("/"):
-            return []
+        if acc not in (O_WRONLY, O_RDWR) or not ev.ino or not ev.path.startswith("/"):
+            return []   # (no write access: nothing below is kept or found; s24)
         ident = (ev.dev, ev.ino)
         now = ev.time_ns
         key = proc_key(ev)

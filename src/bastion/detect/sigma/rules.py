@@ -56,6 +56,7 @@ from bastion.detect.sigma.matcher import (
 )
 from bastion.detect.sigma.views import (
     AUDIT_EVENTS,
+    FILE_VIEW_FLAGS,
     LOGSOURCE_EVENTS,
     UserNames,
     View,
@@ -260,10 +261,19 @@ class SigmaEvaluator:
             return self._last
         key: tuple[Any, ...] | None = None
         if self.like_max > 0 and not isinstance(ev, ExecEvent):
-            vals = _all_fields(ev)
-            key = (type(ev), id(vals[1]), *vals[2:])
+            if type(ev) is FileEvent:
+                # the fields a file event's views read (views.file_view, audit_records),
+                # not all 18 (s24): a cheaper key, and an open of the same path whose
+                # inode, ctime or mode differ is alike
+                actor: Any = ev.proc
+                key = (FileEvent, id(actor), ev.op, ev.path, ev.path2,
+                       ev.flags & FILE_VIEW_FLAGS)
+            else:
+                vals = _all_fields(ev)
+                actor = vals[1]
+                key = (type(ev), id(actor), *vals[2:])
             like = self._like.get(key)
-            if like is not None and like[0] is vals[1]:
+            if like is not None and like[0] is actor:
                 self.like_hits += 1
                 self._last_ev, self._last_ctx, self._last = ev, ctx, like[1]
                 return like[1]

@@ -47,6 +47,10 @@ AUDIT_EVENTS: Final[dict[str, frozenset[str]]] = {
 _FILE_SYSCALL: Final = {"open": "openat", "unlink": "unlinkat", "rename": "rename",
                         "chmod": "fchmodat", "chown": "fchownat", "utimes": "utimensat"}
 _WRITE_INTENT: Final = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC
+#: The open flags the views of a file event read (write intent; O_CREAT: the PATH
+#: record's nametype): with its actor, op, path and path2 a file event's views are a
+#: function of ``flags & FILE_VIEW_FLAGS`` (the Sigma like-event memo's key; s24)
+FILE_VIEW_FLAGS: Final = _WRITE_INTENT
 
 
 def write_intent(flags: int) -> bool:
