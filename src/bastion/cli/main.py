@@ -22,6 +22,7 @@ import click
 from bastion import __version__
 from bastion.errors import BastionError, KernelError
 from bastion.paths import DEFAULT_DATA_DIR, DEFAULT_SOCKET, PIN_ROOT
+from bastion.textsafe import log_to_stderr
 from bastion.tier import Tier
 
 from bastion.cli.behavior import rollback_cmd
@@ -54,8 +55,7 @@ def _need_root(what: str) -> None:
 def cli(verbose: int) -> None:
     """Bastion: host intrusion prevention enforced in the kernel through BPF LSM."""
     level = logging.WARNING - 10 * verbose
-    logging.basicConfig(level=max(level, logging.DEBUG), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_to_stderr(max(level, logging.DEBUG))
 
 
 @cli.command()
