@@ -228,8 +228,19 @@ class Dispatcher:
         now = start_ns or start_ns_of(pid)
         return not now or abs(now - known) < TICK_NS
 
+    def _target_start(self, f: Finding) -> int:
+        """The start time of the process ``f`` names: its event's when the event is that
+        process's, else the process table's (s24: a finding naming another process -- the
+        pty holder, a parent -- carried none, and the pid's holder *now* was killed or
+        quarantined: after pid cycling, an unrelated process); 0 when neither knows it."""
+        ev = f.event
+        if ev is not None and ev.proc.pid == f.pid and ev.proc.start_ns:
+            return ev.proc.start_ns
+        entry = self.procs.get(f.pid)
+        return entry.start_ns if entry is not None else 0
+
     def _kill(self, f: Finding) -> str:
-        start = f.event.proc.start_ns if f.event is not None and f.event.proc.pid == f.pid else 0
+        start = self._target_start(f)
         if self._is_own(f.pid, start):
             self._refused(f.pid, start, "kill")
             return f"kill-skipped: {OWN_SKIP}"
@@ -384,7 +395,7 @@ class Dispatcher:
             (p, t) for p, t in starts.items() if p != spare)
 
     def _quarantine(self, f: Finding) -> str:
-        start = f.event.proc.start_ns if f.event is not None and f.event.proc.pid == f.pid else 0
+        start = self._target_start(f)
         if self._is_own(f.pid, start):
             # s21 review F4: the kernel mark would refuse (lsm) or kill (compat) the agent
             # or the guardian at its next write-open/connect, and every agent it starts
@@ -393,9 +404,16 @@ class Dispatcher:
         if self.quarantine is None:
             k = self._kill(f)
             return f"{k} (quarantine unavailable)"
+        now = start_ns_of(f.pid)
+        if not now:
+            # nothing to mark (a start of 0 would mark whichever process takes the pid next)
+            return "quarantine-skipped: already exited"
+        if start and abs(now - start) >= TICK_NS:
+            return "quarantine-skipped: pid reused"
         self._incident += 1
         try:
-            self.quarantine.add(f.pid, start or start_ns_of(f.pid), self._incident)
+            # the exact process: the kernel applies the mark only to this start time
+            self.quarantine.add(f.pid, now, self._incident)
         except OSError as exc:
             return f"quarantine-failed: {exc}"
         return "quarantine"
