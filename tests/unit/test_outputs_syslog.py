@@ -146,3 +146,24 @@ def test_non_utf8_path_and_newlines_neither_drop_the_batch_nor_forge_records() -
     assert "\n" not in sd and "\\x0a" in sd and "\\\\udcff" in sd, sd
     assert b"\n" not in got[0].split(b"] ", 1)[0]
     assert b'severity="low"' in got[1]
+
+
+def test_a_long_hostile_exe_and_argv_still_give_one_well_formed_parsable_record() -> None:
+    """s24: an attacker's 4 KiB executable path of newlines and a 20 KiB command line made
+    the record longer than a datagram (8 KiB): it was cut mid-value, the structured data
+    unterminated and the JSON message gone -- the SIEM's copy of every alert on that
+    process unparsable (the remote copy anchors the alert chain)."""
+    exe = "/tmp/" + "\n" * 4000
+    alert = sample_alert("critical", process={"pid": 4242, "exe": exe, "cmdline": "A" * 20000})
+    alert["event"] = {"type": "exec", "argv": ["x" * 50] * 2000, "exe": exe}
+    alert["chain"] = {"length": 7, "head": "ab" * 32}
+    raw = _fmt("alert", alert, max_msg=8192)
+    assert len(raw.encode()) <= 8192
+    m = RFC5424.match(raw)
+    assert m, raw[:300]
+    msg = json.loads(m["msg"])
+    assert msg["id"] == alert["id"] and msg["rule"] == alert["rule"]
+    assert msg["severity"] == "critical" and msg["process"]["pid"] == 4242
+    assert msg["chain"] == alert["chain"] and msg["syslog_truncated"] is True
+    assert msg["process"]["exe"].startswith("/tmp/\n")
+    assert 'rule="bastion.ptrace.attach"' in m["sd"] and 'pid="4242"' in m["sd"]
