@@ -96,3 +96,19 @@ def test_rollback_listing_escapes_the_paths(monkeypatch: pytest.MonkeyPatch, tmp
     assert len(lines) == 4, lines      # restore, keep, FAILED, summary: nothing forged
     for ln in lines:
         _terminal_safe(ln)
+
+
+def test_an_error_naming_a_hostile_path_is_one_escaped_line(monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from bastion.cli import main as cli_main
+    from bastion.errors import ControlError, Location
+
+    def boom(*a: Any, **k: Any) -> None:
+        raise ControlError(f"the agent refused: no such file {HOSTILE}", location=Location("/run/x"))
+
+    monkeypatch.setattr(cli_main.cli, "main", boom)
+    with pytest.raises(SystemExit):
+        cli_main.main()
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1
+    _terminal_safe(err.rstrip("\n"))

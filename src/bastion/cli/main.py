@@ -22,7 +22,7 @@ import click
 from bastion import __version__
 from bastion.errors import BastionError, KernelError
 from bastion.paths import DEFAULT_DATA_DIR, DEFAULT_SOCKET, PIN_ROOT
-from bastion.textsafe import log_to_stderr
+from bastion.textsafe import clean, log_to_stderr
 from bastion.tier import Tier
 
 from bastion.cli.behavior import rollback_cmd
@@ -439,7 +439,7 @@ def main() -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except BastionError as exc:
-        click.echo(f"bastion: {exc}", err=True)
+        click.echo(clean(f"bastion: {exc}"), err=True)   # it may name an attacker's path
         sys.exit(1)
     sys.exit(rv if isinstance(rv, int) else 0)
 
