@@ -167,3 +167,30 @@ def test_a_long_hostile_exe_and_argv_still_give_one_well_formed_parsable_record(
     assert msg["chain"] == alert["chain"] and msg["syslog_truncated"] is True
     assert msg["process"]["exe"].startswith("/tmp/\n")
     assert 'rule="bastion.ptrace.attach"' in m["sd"] and 'pid="4242"' in m["sd"]
+
+
+def test_a_unix_receiver_that_stops_reading_fails_the_batch_in_time(tmp_path: Path) -> None:
+    """s24: the unix transport had no timeout: a syslog daemon whose queue is full (any
+    local user can flood world-writable /dev/log) left the output's worker blocked in
+    send() for good -- every later record dropped, and the stop waited on it."""
+    path = tmp_path / "log.sock"
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    srv.bind(str(path))                       # never reads
+    out = SyslogOutput("s", transport="unix", path=str(path), hostname="h", timeout=0.5)
+    errors: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            out.write([("alert", sample_alert())] * 2000)
+        except OSError as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=send, daemon=True)
+    t.start()
+    t.join(timeout=5.0)
+    try:
+        assert not t.is_alive(), "the output's write is still blocked"
+        assert errors and isinstance(errors[0], TimeoutError)
+    finally:
+        srv.close()
+        out.close()

@@ -148,7 +148,13 @@ class SyslogOutput:
     def _connect(self) -> socket.socket:
         if self.transport == "unix":
             s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            s.connect(self.address)
+            # a receiver whose queue stays full fails the batch, never blocks for good (s24)
+            s.settimeout(self.timeout)
+            try:
+                s.connect(self.address)
+            except OSError:
+                s.close()
+                raise
             return s
         assert isinstance(self.address, tuple)
         infos = socket.getaddrinfo(self.address[0], self.address[1],
