@@ -112,3 +112,23 @@ def test_an_error_naming_a_hostile_path_is_one_escaped_line(monkeypatch: pytest.
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1
     _terminal_safe(err.rstrip("\n"))
+
+
+def test_status_warnings_naming_a_mount_are_escaped(monkeypatch: pytest.MonkeyPatch,
+                                                     tmp_path: Path) -> None:
+    """(a mount someone made under the pin root is named by its path)"""
+    from bastion.cli.main import cli
+    from bastion.guard import control as gcontrol
+    import bastion.control as control
+
+    monkeypatch.setattr(gcontrol, "guardian_status",
+                        lambda sock: {"foreign_mounts": [f"/sys/fs/bpf/bastion/{HOSTILE}"]})
+    monkeypatch.setattr(control, "request",
+                        lambda *a, **k: {"ok": True, "pid": 1, "version": "x", "uptime_s": 1.0})
+    res = CliRunner().invoke(cli, ["status", "--socket", str(tmp_path / "s"),
+                                   "--guardian-socket", str(tmp_path / "g")])
+    lines = res.output.splitlines()
+    assert lines and lines[0].startswith("WARNING")
+    assert not any(ln.startswith("2026-12-05T09:00:00Z") for ln in lines)
+    for ln in lines:
+        _terminal_safe(ln)

@@ -168,9 +168,9 @@ def status(socket_path: Path, as_json: bool, pin_root: Path, guardian_socket: Pa
             click.echo(json.dumps({"running": False, "error": str(exc), "pinned": pinned,
                                    "warnings": warnings}, indent=2))
         else:
-            click.echo(f"bastion: {exc}", err=True)
+            click.echo(clean(f"bastion: {exc}"), err=True)
             for w in warnings:
-                click.echo(f"WARNING      {w}")
+                click.echo(clean(f"WARNING      {w}"))
             click.echo("agent        not running")
             if pinned:
                 click.echo(f"pinned       enforcement still active in the kernel under {pin_root}, "
@@ -188,10 +188,10 @@ def status(socket_path: Path, as_json: bool, pin_root: Path, guardian_socket: Pa
     if as_json:
         click.echo(json.dumps(resp, indent=2))
         return
-    for w in warnings:
-        click.echo(f"WARNING      {w}")
+    for w in warnings:     # paths (a mount's) and the agent's words: one escaped line each
+        click.echo(clean(f"WARNING      {w}"))
     for line in format_status(resp):
-        click.echo(line)
+        click.echo(clean(line))
 
 
 def format_status(st: dict[str, Any]) -> list[str]:
