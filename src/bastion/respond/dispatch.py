@@ -250,19 +250,31 @@ class Dispatcher:
     def _tree(self, seeds: list[tuple[int, int]]) -> list[tuple[int, int]]:
         """``seeds`` and their descendants, parents first, each with where it came from:
         ``(pid, start_ns)`` for a member the process table saw forked into the tree (a
-        re-parented escapee included), ``(pid, 0)`` for a live child found in /proc."""
+        re-parented escapee included), ``(pid, 0)`` for a live child found in /proc.
+
+        A member the table saw exit is walked through, not returned: its children are
+        still the tree's (s24: exited entries were left out of the children, so a double
+        fork or a hopping payload -- fork, parent exits, again -- cut the walk and its live
+        descendant, re-parented out of every /proc walk, lived)."""
         kids: dict[int, dict[int, int]] = {}
+        gone: dict[int, int] = {}       # pid -> start of a member the table saw exit
         for e in self.procs:
-            if not e.exited_ns:
-                kids.setdefault(e.ppid, {})[e.pid] = e.start_ns
+            kids.setdefault(e.ppid, {})[e.pid] = e.start_ns
+            if e.exited_ns:
+                gone[e.pid] = e.start_ns
         out: list[tuple[int, int]] = []
         seen: set[int] = set()
         todo: list[tuple[int, int]] = list(seeds)
-        while todo and len(out) < 65536:
+        while todo and len(out) < 65536 and len(seen) < 262144:
             pid, start = todo.pop(0)
             if pid in seen or pid <= 1:
                 continue
             seen.add(pid)
+            if start and pid in gone and abs(gone[pid] - start) < TICK_NS:
+                # exited: nothing to signal (its pid may be another's now: no /proc walk
+                # of it either), but the table's children of it are walked
+                todo += self._kids_of(kids, pid, start)
+                continue
             if self._is_own(pid, start):
                 # the agent and its subtree are never entered; an ancestor is passed
                 # over, its other children are still the tree's
@@ -273,8 +285,16 @@ class Dispatcher:
             else:
                 out.append((pid, start))
             known = kids.get(pid, {})
-            todo += sorted(known.items()) + [(c, 0) for c in sorted(set(live_children(pid)) - set(known))]
+            todo += self._kids_of(kids, pid, start) + [
+                (c, 0) for c in sorted(set(live_children(pid)) - set(known))]
         return out
+
+    @staticmethod
+    def _kids_of(kids: dict[int, dict[int, int]], pid: int, start: int) -> list[tuple[int, int]]:
+        """The table's children of ``pid`` that started after it (``start``; 0: unknown):
+        a child of an earlier holder of the pid is not this process's."""
+        return sorted((c, s) for c, s in kids.get(pid, {}).items()
+                      if not start or not s or s + TICK_NS > start)
 
     def _open_member(self, pid: int, start_ns: int, members: dict[int, int]
                      ) -> tuple[int, int] | None:
