@@ -1095,6 +1095,7 @@ class Agent:
         # ... of them, those whose finding was high or critical, with its rule: their rows
         # may take the place of queued ones when the writer's queue is full (store.keep)
         pinned: list[tuple[Event, str]] = []
+        follow = self.dispatcher.follow
         for ev in batch:
             update(ev)
             ev = enrich(ev, True)
@@ -1103,6 +1104,8 @@ class Agent:
             keep(ev)
             t = ev.type
             batch_types[t] = batch_types.get(t, 0) + 1
+            if t == "fork" and (late := follow(ev)) is not None:
+                self._alert(late)       # forked by a tree killed lately (s24)
             found = evaluate(ev, ctx)
             for f in found:
                 self._alert(f)

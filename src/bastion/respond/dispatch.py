@@ -23,13 +23,14 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from bastion.alert import Alert, AlertProcess
 from bastion.detect.engine import Finding
-from bastion.events import HipsEvent, to_json
+from bastion.events import Event, ForkEvent, HipsEvent, to_json
 from bastion.proctable import ProcessTable
 from bastion.procstat import TICK_NS, pidfd_of, read_stat, start_ns_of
 from bastion.timefmt import format_time
@@ -64,6 +65,12 @@ RESPOND_FAILED = "bastion.respond.failed"
 
 #: Skipped outcome of an act whose target is the agent's own lineage.
 OWN_SKIP = "the agent's own lineage"
+
+#: The rule of a process forked by a member of a tree killed lately, seen after the kill.
+TREE_ESCAPEE = "bastion.respond.tree-escapee"
+#: How long, and how many, members of killed trees are followed (:meth:`Dispatcher.follow`).
+FOLLOW_S = 30.0
+FOLLOW_MAX = 65536
 
 
 def live_children(pid: int) -> list[int]:
@@ -142,6 +149,10 @@ class Dispatcher:
         self._hooked: set[str] = set()   # the rules with a hook
         self._handlers: dict[tuple[str, str], ActionHandler] = {}
         self.skipped_reused = 0     # kill-tree members whose pid was reused: not signalled
+        # members of trees killed lately, pid -> (start_ns, followed until, the rule): a
+        # fork of theirs the loop sees after the kill is the tree's (follow)
+        self._doomed: dict[int, tuple[int, float, str]] = {}
+        self.followed = 0           # processes a killed tree forked after its kill-tree
 
     def after(self, rule: str, outcome_prefix: str, hook: ActionHook) -> None:
         """Run ``hook`` after ``rule``'s finding was dispatched with an outcome starting with
@@ -247,7 +258,8 @@ class Dispatcher:
         why = self._signal(f.pid, start, signal.SIGKILL)
         return f"kill-skipped: {why}" if why else "kill"
 
-    def _tree(self, seeds: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    def _tree(self, seeds: list[tuple[int, int]], gone_out: list[tuple[int, int]] | None = None
+              ) -> list[tuple[int, int]]:
         """``seeds`` and their descendants, parents first, each with where it came from:
         ``(pid, start_ns)`` for a member the process table saw forked into the tree (a
         re-parented escapee included), ``(pid, 0)`` for a live child found in /proc.
@@ -273,6 +285,8 @@ class Dispatcher:
             if start and pid in gone and abs(gone[pid] - start) < TICK_NS:
                 # exited: nothing to signal (its pid may be another's now: no /proc walk
                 # of it either), but the table's children of it are walked
+                if gone_out is not None:
+                    gone_out.append((pid, start))
                 todo += self._kids_of(kids, pid, start)
                 continue
             if self._is_own(pid, start):
@@ -379,12 +393,13 @@ class Dispatcher:
         if not seeds:
             return f"kill-tree-skipped: {why or 'no root'}", [], []
         fd = why or "already exited"
+        gone: list[tuple[int, int]] = []
         try:
             # stop everything first (a stopped process cannot fork), re-walking
             # until no new descendant appears, then kill each through its pidfd
             for _ in range(8):
                 new = False
-                for pid, pstart in self._tree(seeds):
+                for pid, pstart in self._tree(seeds, gone):
                     if pid in fds:
                         continue
                     got = self._open_member(pid, pstart, fds) if pstart or fds or self.own else None
@@ -408,11 +423,57 @@ class Dispatcher:
         finally:
             for pfd in fds.values():
                 os.close(pfd)
+        # a fork whose event was still queued at the walk (a payload hopping: fork, parent
+        # exits, again) is followed when the loop sees it (s24)
+        for pid, pstart in [*seeds, *gone, *starts.items()]:
+            if not self._is_own(pid, pstart):
+                self._doom(pid, pstart, f.rule)
         if not fds or set(fds) == {spare}:
             # the kernel's kill was the whole tree's
             return ("kill-tree" if spare else f"kill-tree-skipped: {fd}"), [], []
         return "kill-tree", sorted(p for p in fds if p != spare), sorted(
             (p, t) for p, t in starts.items() if p != spare)
+
+    def _doom(self, pid: int, start_ns: int, rule: str) -> None:
+        if not start_ns:
+            return
+        now = time.monotonic()
+        if len(self._doomed) >= FOLLOW_MAX:
+            self._doomed = {p: v for p, v in self._doomed.items() if v[1] > now}
+            if len(self._doomed) >= FOLLOW_MAX:
+                log.error("kill-tree: %d members followed already; pid %d not followed",
+                          FOLLOW_MAX, pid)
+                return
+        self._doomed[pid] = (start_ns, now + FOLLOW_S, rule)
+
+    def follow(self, ev: Event) -> Finding | None:
+        """A fork by a member of a tree killed in the last :data:`FOLLOW_S` seconds (the
+        same process: start time): its child is the tree's, to be killed (a critical
+        :data:`TREE_ESCAPEE` finding, the child followed in turn).  The agent calls this for
+        every fork event after its process table took it (s24: a payload that hops --
+        fork, parent exits, again -- was always newer than the table at the walk, and
+        lived on after every kill-tree)."""
+        if not self._doomed or not isinstance(ev, ForkEvent):
+            return None
+        p = ev.proc
+        got = self._doomed.get(p.pid)
+        if got is None:
+            return None
+        start, until, rule = got
+        if time.monotonic() > until:
+            del self._doomed[p.pid]
+            return None
+        if not p.start_ns or abs(p.start_ns - start) >= TICK_NS or ev.child_pid <= 1:
+            return None       # another process on that pid now
+        self._doom(ev.child_pid, ev.child_start_ns, rule)
+        self.followed += 1
+        return Finding(
+            rule=TREE_ESCAPEE, severity="critical", attack=(), action="kill", event=ev,
+            pid=ev.child_pid,
+            title=f"pid {ev.child_pid} forked by pid {p.pid} of a tree killed for {rule} "
+                  "after the kill-tree: killed",
+            evidence={"parent": p.pid, "finding_rule": rule,
+                      "child_start_ns": ev.child_start_ns})
 
     def _quarantine(self, f: Finding) -> str:
         start = self._target_start(f)
