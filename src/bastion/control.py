@@ -275,6 +275,17 @@ class ControlServer:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=2)
+        with self._conns_lock:      # clients still reading or unread: dropped
+            for c in self._conns:
+                if c.state != "run" and not c.closed:
+                    try:
+                        c.sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+        # a command still running ends before its owner tears down what it uses (at most
+        # 2 s more, as the one-at-a-time server's join waited)
+        if self._run_lock.acquire(timeout=2.0):
+            self._run_lock.release()
         if self._sock is None:
             return  # never bound: the socket path is not ours to remove
         self._sock.close()
