@@ -194,3 +194,21 @@ def test_a_unix_receiver_that_stops_reading_fails_the_batch_in_time(tmp_path: Pa
     finally:
         srv.close()
         out.close()
+
+
+def test_a_shortened_ocsf_record_keeps_its_ids() -> None:
+    """(the OCSF finding's uid is nested: identifiers up to 64 characters are never cut)"""
+    from bastion.outputs.formats import make_formatter
+
+    exe = "/tmp/" + "\x01" * 4000
+    alert = sample_alert("critical", process={"pid": 4242, "exe": exe, "cmdline": "\x02" * 9000})
+    alert["event"] = {"type": "exec", "argv": ["\x03" * 60] * 300, "exe": exe, "path": exe}
+    alert["chain"] = {"length": 7, "head": "ab" * 32}
+    ocsf = make_formatter("ocsf", hostname="h1", product_version="0")
+    raw = _fmt("alert", alert, max_msg=8192, fmt=ocsf)
+    assert len(raw.encode()) <= 8192
+    m = RFC5424.match(raw)
+    assert m, raw[:300]
+    msg = json.loads(m["msg"])
+    assert msg["finding_info"]["uid"] == alert["id"]
+    assert msg["unmapped"]["chain"] == alert["chain"] and msg["syslog_truncated"] is True

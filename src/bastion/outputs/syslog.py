@@ -42,7 +42,9 @@ TRANSPORTS: Final = ("udp", "tcp", "unix")
 #: Characters of one structured-data value (an executable's path); the MSG has it all.
 SD_VALUE_MAX: Final = 256
 # shortening steps for a record longer than a datagram: each string and list at most this
-_CAPS: Final = (1024, 256, 64, 16)
+# (a string's JSON-encoded length; a list has at most a quarter as many items, 16 at least)
+# -- 68 keeps an identifier or a 64-hex hash whole wherever it is (OCSF nests the id)
+_CAPS: Final = (1024, 256, 68)
 # never shortened: what identifies the alert and anchors the chain
 _KEEP: Final = frozenset({"kind", "id", "rule", "severity", "time", "chain", "attack"})
 
@@ -108,15 +110,22 @@ def format_rfc5424(kind: str, data: Mapping[str, Any], *, facility: int, hostnam
 
 
 def _shorten(v: Any, cap: int) -> Any:
-    """``v`` with every string and list longer than ``cap`` cut to it, saying how much
-    more there was."""
+    """``v`` with every string whose JSON form is longer than ``cap`` bytes (escapes
+    counted: a control character is six) and every list longer than ``cap // 4`` items
+    cut, saying how much more there was."""
     if isinstance(v, str):
-        return v if len(v) <= cap else f"{v[:cap]}...[{len(v) - cap} more]"
+        if len(v) <= cap // 6 or len(json.dumps(v)) <= cap:
+            return v
+        n = cap
+        while n > 0 and len(json.dumps(v[:n])) > cap:
+            n = n * 2 // 3
+        return f"{v[:n]}...[{len(v) - n} more]"
     if isinstance(v, Mapping):
         return {k: _shorten(x, cap) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        out = [_shorten(x, cap) for x in v[:cap]]
-        return out + [f"...[{len(v) - cap} more]"] if len(v) > cap else out
+        items = max(16, cap // 4)
+        out = [_shorten(x, cap) for x in v[:items]]
+        return out + [f"...[{len(v) - items} more]"] if len(v) > items else out
     return v
 
 
