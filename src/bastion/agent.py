@@ -716,8 +716,17 @@ class Agent:
         if self.metrics is not None:
             self.metrics.alert(alert.severity, alert.action)
         if self.feed is not None:
-            self.feed.write((json.dumps(record) if self.feed_json else alert.feed_line()) + "\n")
-            self.feed.flush()
+            try:
+                self.feed.write((json.dumps(record) if self.feed_json else alert.feed_line())
+                                + "\n")
+                self.feed.flush()
+            except (OSError, ValueError) as exc:
+                # s24: its reader gone (the journal restarted, a pager quit, a terminal
+                # closed): the write raised out of the loop and ended it.  The feed is
+                # dropped; the store and the outputs have every alert
+                log.error("live alert feed: %s: the feed is off (alerts still go to the "
+                          "store and the outputs)", exc)
+                self.feed = None
 
     def _flush_aggregates(self, now: float) -> None:
         """One alert per key held back since the last flush: "N more like this"."""
@@ -1095,6 +1104,7 @@ class Agent:
         # ... of them, those whose finding was high or critical, with its rule: their rows
         # may take the place of queued ones when the writer's queue is full (store.keep)
         pinned: list[tuple[Event, str]] = []
+        follow = self.dispatcher.follow
         for ev in batch:
             update(ev)
             ev = enrich(ev, True)
@@ -1103,6 +1113,8 @@ class Agent:
             keep(ev)
             t = ev.type
             batch_types[t] = batch_types.get(t, 0) + 1
+            if t == "fork" and (late := follow(ev)) is not None:
+                self._alert(late)       # forked by a tree killed lately (s24)
             found = evaluate(ev, ctx)
             for f in found:
                 self._alert(f)

@@ -10,6 +10,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from bastion.textsafe import clean
+
 
 @dataclass
 class AlertProcess:
@@ -68,10 +70,12 @@ class Alert:
         return out
 
     def feed_line(self) -> str:
-        """One line of the live alert feed."""
+        """One line of the live alert feed, safe for a terminal (:func:`clean`: the exe and
+        the title name what an attacker chose; an escape or a newline in them reached the
+        administrator's terminal raw before s24)."""
         p = self.process
-        return (f"{self.time} {self.severity.upper():8} {self.rule} [{self.action}] "
-                f"pid={p.pid} {p.exe}: {self.title}")
+        return clean(f"{self.time} {self.severity.upper():8} {self.rule} [{self.action}] "
+                     f"pid={p.pid} {p.exe}: {self.title}")
 
 
 __all__ = ["Alert", "AlertProcess"]

@@ -29,6 +29,7 @@ import socket
 import stat
 import struct
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -39,6 +40,18 @@ log = logging.getLogger("bastion.control")
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 _MAX_REQUEST = 64 * 1024
+#: A request line must arrive whole within this (s24: a 2 s timeout per ``recv`` let a
+#: client trickling a byte a second hold the server for hours).
+REQUEST_DEADLINE_S = 2.0
+#: An answer must be taken within this, or the connection is dropped.
+ANSWER_DEADLINE_S = 2.0
+#: Connections served at once; a new one beyond drops the oldest still reading its
+#: request or not reading its answer.
+MAX_CONNECTIONS = 16
+#: Commands answered without waiting for the one running (the guardian's heartbeat: a
+#: long rollback must not look like a stalled agent).  Their handlers must be
+#: thread-safe.
+UNLOCKED = frozenset({"ping"})
 
 
 NONCE_KEY = "_nonce"
@@ -79,14 +92,28 @@ class Prover(Protocol):
         """(the server's challenge, the server peer) -> fields added to the request."""
 
 
-def _read_line(conn: socket.socket) -> bytes:
+def _read_line(conn: socket.socket, deadline: float | None = None) -> bytes:
+    """One request line; by ``deadline`` (monotonic) as a whole, else TimeoutError."""
     data = b""
     while not data.endswith(b"\n") and len(data) < _MAX_REQUEST:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the request did not arrive whole in time")
+            conn.settimeout(left)
         chunk = conn.recv(4096)
         if not chunk:
             break
         data += chunk
     return data
+
+
+@dataclass
+class _Conn:
+    sock: socket.socket
+    since: float
+    state: str = "read"      # read (its request), run (a handler), send (its answer)
+    closed: bool = False
 
 
 class ControlServer:
@@ -98,6 +125,10 @@ class ControlServer:
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._run_lock = threading.Lock()       # one command at a time (but UNLOCKED)
+        self._conns_lock = threading.Lock()     # _conns, and every shutdown/close of theirs
+        self._conns: list[_Conn] = []
+        self.dropped = 0                        # connections dropped for a newer one
 
     def start(self) -> None:
         run_dir = self.path.parent
@@ -126,6 +157,8 @@ class ControlServer:
         self._thread.start()
 
     def _serve(self) -> None:
+        """Accept; each connection is served on its own thread (s24: one at a time, a slow
+        or silent client held every other, the guardian's heartbeat too)."""
         assert self._sock is not None
         while not self._stop.is_set():
             try:
@@ -136,19 +169,63 @@ class ControlServer:
                 if self._stop.is_set():
                     return
                 raise
-            with conn:
-                conn.settimeout(2.0)
-                try:
-                    self._handle(conn)
-                except (OSError, ValueError) as exc:
-                    log.warning("control request failed: %s", exc)
-                except Exception:   # noqa: BLE001 -- one request's bug must not end the server
-                    # s21: a handler's KernelError (status during start-up, before the shadow
-                    # keeper was open) ended this thread: the agent never answered again.
-                    log.exception("control request failed (the server goes on)")
+            c = _Conn(conn, time.monotonic())
+            with self._conns_lock:
+                if len(self._conns) >= MAX_CONNECTIONS:
+                    old = next((o for o in self._conns if o.state != "run"), None)
+                    if old is None:     # every slot runs a command: the newcomer waits
+                        self.dropped += 1
+                        conn.close()
+                        continue
+                    self._drop(old)
+                self._conns.append(c)
+            threading.Thread(target=self._serve_one, args=(c,), daemon=True,
+                             name="bastion-control-conn").start()
 
-    def _handle(self, conn: socket.socket) -> None:
+    def _drop(self, c: _Conn) -> None:
+        """(``_conns_lock`` held) End ``c``'s reads and writes: its thread sees EOF/EPIPE."""
+        self.dropped += 1
+        self._conns.remove(c)
+        log.warning("control: %d connections open; the oldest (%.1f s, %s) dropped",
+                    MAX_CONNECTIONS, time.monotonic() - c.since, c.state)
+        if not c.closed:
+            try:
+                c.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def _serve_one(self, c: _Conn) -> None:
+        try:
+            self._handle(c.sock, c)
+        except (OSError, ValueError) as exc:
+            log.warning("control request failed: %s", exc)
+        except Exception:   # noqa: BLE001 -- one request's bug must not end the server
+            # s21: a handler's KernelError (status during start-up, before the shadow
+            # keeper was open) ended this thread: the agent never answered again.
+            log.exception("control request failed (the server goes on)")
+        finally:
+            with self._conns_lock:   # never closed while _drop may shut it down (fd reuse)
+                if c in self._conns:
+                    self._conns.remove(c)
+                c.closed = True
+                c.sock.close()
+
+    def _run(self, c: _Conn | None, cmd: object, fn: Callable[[], dict[str, Any]]
+             ) -> dict[str, Any]:
+        if c is not None:
+            c.state = "run"
+        try:
+            if cmd in UNLOCKED:
+                return fn()
+            with self._run_lock:
+                return fn()
+        finally:
+            if c is not None:
+                c.state = "send"
+
+    def _handle(self, conn: socket.socket, c: _Conn | None = None) -> None:
         peer = peer_of(conn)
+        conn.settimeout(ANSWER_DEADLINE_S)
         if peer.uid != 0:
             conn.sendall(b'{"ok": false, "error": "permission denied: root only"}\n')
             return
@@ -157,9 +234,13 @@ class ControlServer:
             req = self._read_request(conn)
             if req.get("cmd") == CHALLENGE_CMD:
                 nonce = os.urandom(32)
-                extra = self.challenge() if self.challenge is not None else {}
+                extra = self._run(c, CHALLENGE_CMD, lambda: self.challenge()
+                                  if self.challenge is not None else {})
+                conn.settimeout(ANSWER_DEADLINE_S)
                 conn.sendall(json.dumps({"ok": True, "nonce": nonce.hex(), **extra}).encode()
                              + b"\n")
+                if c is not None:
+                    c.state = "read"
                 req = self._read_request(conn)      # the client only signs meanwhile (fast)
             req.pop(NONCE_KEY, None)
             req[PEER_KEY] = peer.pid
@@ -168,21 +249,24 @@ class ControlServer:
             cmd = req.get("cmd")
             handler = self.handlers.get(cmd) if isinstance(cmd, str) else None
             if cmd == KDF_CMD:
-                resp: dict[str, Any] = {"ok": True, **(self.challenge() if self.challenge else {})}
+                resp: dict[str, Any] = {"ok": True, **self._run(
+                    c, cmd, lambda: self.challenge() if self.challenge else {})}
             elif handler is None:
                 resp = {"ok": False, "error": f"unknown command {cmd!r}"}
             else:
-                resp = {"ok": True, **handler(req)}
+                h = handler
+                resp = {"ok": True, **self._run(c, cmd, lambda: h(req))}
         except ValueError as exc:
             resp = {"ok": False, "error": f"bad request: {exc}"}
         except BastionError as exc:
             log.warning("control command failed: %s", exc)
             resp = {"ok": False, "error": str(exc)}
+        conn.settimeout(ANSWER_DEADLINE_S)    # sendall: the whole answer within it
         conn.sendall(json.dumps(resp).encode() + b"\n")
 
     @staticmethod
     def _read_request(conn: socket.socket) -> dict[str, Any]:
-        req = json.loads(_read_line(conn))
+        req = json.loads(_read_line(conn, time.monotonic() + REQUEST_DEADLINE_S))
         if not isinstance(req, dict):
             raise ValueError("request must be an object")
         return req
@@ -191,6 +275,17 @@ class ControlServer:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=2)
+        with self._conns_lock:      # clients still reading or unread: dropped
+            for c in self._conns:
+                if c.state != "run" and not c.closed:
+                    try:
+                        c.sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+        # a command still running ends before its owner tears down what it uses (at most
+        # 2 s more, as the one-at-a-time server's join waited)
+        if self._run_lock.acquire(timeout=2.0):
+            self._run_lock.release()
         if self._sock is None:
             return  # never bound: the socket path is not ours to remove
         self._sock.close()

@@ -18,21 +18,69 @@ policy).  Names:
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
-from typing import Callable, Iterable, Mapping
-from wsgiref.simple_server import WSGIServer
+from typing import Any, Callable, Iterable, Mapping
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, generate_latest,
+                               make_wsgi_app)
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from bastion import __version__
 
 # 1 µs .. 0.25 s: a rule pass over one event is microseconds; a slow one shows up.
+#: Connections the endpoint holds at once (s24); a new one beyond drops the oldest.
+MAX_CONNECTIONS = 32
+
 RULE_BUCKETS = (1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 0.025, 0.25)
 
 OutputStatsSource = Callable[[], Mapping[str, Mapping[str, int]]]
+#: Each read or write of a scrape connection must progress within this.
+CONNECTION_TIMEOUT_S = 5.0
+
+
+class _Handler(WSGIRequestHandler):
+    timeout = CONNECTION_TIMEOUT_S
+
+    def log_message(self, format: str, *args: Any) -> None:   # noqa: A002 - the base's name
+        pass     # a scrape per 15 s on stderr is noise
+
+
+class _BoundedServer(ThreadingWSGIServer):
+    """prometheus_client's threading server with at most :data:`MAX_CONNECTIONS` held:
+    a new connection beyond drops the oldest (s24: any local user's idle connections each
+    kept a thread and a descriptor in the agent for ever)."""
+
+    daemon_threads = True
+    request_queue_size = 64
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        self._held_lock = threading.Lock()   # _held, and every shutdown/close of its sockets
+        self._held: list[socket.socket] = []
+        self.dropped = 0
+        super().__init__(*args, **kw)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._held_lock:
+            if len(self._held) >= MAX_CONNECTIONS:
+                old = self._held.pop(0)
+                self.dropped += 1
+                try:
+                    old.shutdown(socket.SHUT_RDWR)   # its thread reads EOF and ends
+                except OSError:
+                    pass
+            self._held.append(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._held_lock:     # never closed while process_request may shut it down
+            if request in self._held:
+                self._held.remove(request)
+            super().shutdown_request(request)
 
 
 class _OutputCollector(Collector):
@@ -124,11 +172,17 @@ class Metrics:
     def serve(self, host: str = "127.0.0.1", port: int = 9469) -> int:
         """Start the HTTP endpoint (any path serves the text format); returns the
         bound port (``port=0`` picks a free one)."""
-        from prometheus_client import start_http_server
-
         if self._server is not None:
             raise RuntimeError("metrics endpoint already started")
-        server, thread = start_http_server(port, addr=host, registry=self.registry)
+
+        class Server(_BoundedServer):
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        server = make_server(host, port, make_wsgi_app(self.registry), Server,
+                             handler_class=_Handler)
+        thread = threading.Thread(target=server.serve_forever, name="bastion-metrics",
+                                  daemon=True)
+        thread.start()
         self._server, self._thread = server, thread
         return int(server.server_address[1])
 

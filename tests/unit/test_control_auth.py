@@ -35,8 +35,8 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     seen: list[bytes] = []
     real = control._read_line
 
-    def rec(conn: socket.socket) -> bytes:
-        data = real(conn)
+    def rec(conn: socket.socket, deadline: float | None = None) -> bytes:
+        data = real(conn, deadline)
         seen.append(data)
         return data
 

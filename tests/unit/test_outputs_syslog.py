@@ -146,3 +146,69 @@ def test_non_utf8_path_and_newlines_neither_drop_the_batch_nor_forge_records() -
     assert "\n" not in sd and "\\x0a" in sd and "\\\\udcff" in sd, sd
     assert b"\n" not in got[0].split(b"] ", 1)[0]
     assert b'severity="low"' in got[1]
+
+
+def test_a_long_hostile_exe_and_argv_still_give_one_well_formed_parsable_record() -> None:
+    """s24: an attacker's 4 KiB executable path of newlines and a 20 KiB command line made
+    the record longer than a datagram (8 KiB): it was cut mid-value, the structured data
+    unterminated and the JSON message gone -- the SIEM's copy of every alert on that
+    process unparsable (the remote copy anchors the alert chain)."""
+    exe = "/tmp/" + "\n" * 4000
+    alert = sample_alert("critical", process={"pid": 4242, "exe": exe, "cmdline": "A" * 20000})
+    alert["event"] = {"type": "exec", "argv": ["x" * 50] * 2000, "exe": exe}
+    alert["chain"] = {"length": 7, "head": "ab" * 32}
+    raw = _fmt("alert", alert, max_msg=8192)
+    assert len(raw.encode()) <= 8192
+    m = RFC5424.match(raw)
+    assert m, raw[:300]
+    msg = json.loads(m["msg"])
+    assert msg["id"] == alert["id"] and msg["rule"] == alert["rule"]
+    assert msg["severity"] == "critical" and msg["process"]["pid"] == 4242
+    assert msg["chain"] == alert["chain"] and msg["syslog_truncated"] is True
+    assert msg["process"]["exe"].startswith("/tmp/\n")
+    assert 'rule="bastion.ptrace.attach"' in m["sd"] and 'pid="4242"' in m["sd"]
+
+
+def test_a_unix_receiver_that_stops_reading_fails_the_batch_in_time(tmp_path: Path) -> None:
+    """s24: the unix transport had no timeout: a syslog daemon whose queue is full (any
+    local user can flood world-writable /dev/log) left the output's worker blocked in
+    send() for good -- every later record dropped, and the stop waited on it."""
+    path = tmp_path / "log.sock"
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    srv.bind(str(path))                       # never reads
+    out = SyslogOutput("s", transport="unix", path=str(path), hostname="h", timeout=0.5)
+    errors: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            out.write([("alert", sample_alert())] * 2000)
+        except OSError as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=send, daemon=True)
+    t.start()
+    t.join(timeout=5.0)
+    try:
+        assert not t.is_alive(), "the output's write is still blocked"
+        assert errors and isinstance(errors[0], TimeoutError)
+    finally:
+        srv.close()
+        out.close()
+
+
+def test_a_shortened_ocsf_record_keeps_its_ids() -> None:
+    """(the OCSF finding's uid is nested: identifiers up to 64 characters are never cut)"""
+    from bastion.outputs.formats import make_formatter
+
+    exe = "/tmp/" + "\x01" * 4000
+    alert = sample_alert("critical", process={"pid": 4242, "exe": exe, "cmdline": "\x02" * 9000})
+    alert["event"] = {"type": "exec", "argv": ["\x03" * 60] * 300, "exe": exe, "path": exe}
+    alert["chain"] = {"length": 7, "head": "ab" * 32}
+    ocsf = make_formatter("ocsf", hostname="h1", product_version="0")
+    raw = _fmt("alert", alert, max_msg=8192, fmt=ocsf)
+    assert len(raw.encode()) <= 8192
+    m = RFC5424.match(raw)
+    assert m, raw[:300]
+    msg = json.loads(m["msg"])
+    assert msg["finding_info"]["uid"] == alert["id"]
+    assert msg["unmapped"]["chain"] == alert["chain"] and msg["syslog_truncated"] is True

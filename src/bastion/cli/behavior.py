@@ -23,6 +23,7 @@ from typing import Any
 
 from bastion.paths import DEFAULT_DATA_DIR, DEFAULT_SOCKET, PIN_ROOT
 from bastion.respond.shadow import RollbackReport, list_incidents, rollback
+from bastion.textsafe import clean
 
 SHADOW_SUBDIR = "shadow"
 
@@ -68,19 +69,21 @@ def rollback_cmd(incident: int | None, data_dir: Path, shadow_dir: Path | None, 
     if as_json:
         click.echo(json.dumps(rep.to_json(), indent=2))
     else:
+        # the paths are the tree's choice: one escaped line each (s24: a newline in a
+        # name forged a "restore" line, an escape rewrote the administrator's terminal)
         tag = "would " if dry_run else ""
         for p in rep.recreated:
-            click.echo(f"{tag}recreate {p}/ (mode 0700)")
+            click.echo(clean(f"{tag}recreate {p}/ (mode 0700)"))
         for p in rep.restored:
-            click.echo(f"{tag}restore  {p}")
+            click.echo(clean(f"{tag}restore  {p}"))
         for p in rep.removed:
-            click.echo(f"{tag}remove   {p}")
+            click.echo(clean(f"{tag}remove   {p}"))
         for p in rep.untouched:
-            click.echo(f"only read {p} (left as it is)")
+            click.echo(clean(f"only read {p} (left as it is)"))
         for p, kept in rep.kept:
-            click.echo(f"{tag}keep     {p}: later edit kept as {kept}")
+            click.echo(clean(f"{tag}keep     {p}: later edit kept as {kept}"))
         for p, why in rep.failed:
-            click.echo(f"FAILED   {p}: {why}")
+            click.echo(clean(f"FAILED   {p}: {why}"))
         click.echo(rep.summary())
     if not rep.ok:
         sys.exit(1)

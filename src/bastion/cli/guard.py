@@ -413,8 +413,9 @@ _standalone.add_command(maintenance_group)
 if __name__ == "__main__":
     import logging
 
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from bastion.textsafe import log_to_stderr
+
+    log_to_stderr(logging.WARNING)
     try:
         _standalone.main(standalone_mode=False)
     except BastionError as exc:

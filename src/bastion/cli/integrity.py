@@ -27,6 +27,7 @@ from bastion.integrity.base import KernelView
 from bastion.integrity.checks import CHECK_NAMES, default_checks
 from bastion.integrity.scanner import ScanReport, run_scan, take_baseline
 from bastion.paths import DEFAULT_DATA_DIR
+from bastion.textsafe import clean
 
 EXIT_FINDINGS = 3
 
@@ -80,7 +81,7 @@ def _print_report(report: ScanReport) -> None:
             line += f" — {r.reason}"
         click.echo(line)
         for f in r.findings:
-            click.echo(f"  [{f.severity}] {f.title}")
+            click.echo(clean(f"  [{f.severity}] {f.title}"))   # a module's own name
         for note in r.notes:
             click.echo(f"  note: {note}")
     click.echo(f"{len(report.findings)} finding(s); scan took {report.wall_s:.3f} s "

@@ -22,6 +22,7 @@ import click
 from bastion import __version__
 from bastion.errors import BastionError, KernelError
 from bastion.paths import DEFAULT_DATA_DIR, DEFAULT_SOCKET, PIN_ROOT
+from bastion.textsafe import clean, log_to_stderr
 from bastion.tier import Tier
 
 from bastion.cli.behavior import rollback_cmd
@@ -54,8 +55,7 @@ def _need_root(what: str) -> None:
 def cli(verbose: int) -> None:
     """Bastion: host intrusion prevention enforced in the kernel through BPF LSM."""
     level = logging.WARNING - 10 * verbose
-    logging.basicConfig(level=max(level, logging.DEBUG), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_to_stderr(max(level, logging.DEBUG))
 
 
 @cli.command()
@@ -168,9 +168,9 @@ def status(socket_path: Path, as_json: bool, pin_root: Path, guardian_socket: Pa
             click.echo(json.dumps({"running": False, "error": str(exc), "pinned": pinned,
                                    "warnings": warnings}, indent=2))
         else:
-            click.echo(f"bastion: {exc}", err=True)
+            click.echo(clean(f"bastion: {exc}"), err=True)
             for w in warnings:
-                click.echo(f"WARNING      {w}")
+                click.echo(clean(f"WARNING      {w}"))
             click.echo("agent        not running")
             if pinned:
                 click.echo(f"pinned       enforcement still active in the kernel under {pin_root}, "
@@ -188,10 +188,10 @@ def status(socket_path: Path, as_json: bool, pin_root: Path, guardian_socket: Pa
     if as_json:
         click.echo(json.dumps(resp, indent=2))
         return
-    for w in warnings:
-        click.echo(f"WARNING      {w}")
+    for w in warnings:     # paths (a mount's) and the agent's words: one escaped line each
+        click.echo(clean(f"WARNING      {w}"))
     for line in format_status(resp):
-        click.echo(line)
+        click.echo(clean(line))
 
 
 def format_status(st: dict[str, Any]) -> list[str]:
@@ -439,7 +439,7 @@ def main() -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except BastionError as exc:
-        click.echo(f"bastion: {exc}", err=True)
+        click.echo(clean(f"bastion: {exc}"), err=True)   # it may name an attacker's path
         sys.exit(1)
     sys.exit(rv if isinstance(rv, int) else 0)
 

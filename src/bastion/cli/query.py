@@ -28,6 +28,7 @@ from bastion.errors import ConfigError, StoreError
 from bastion.paths import DEFAULT_DATA_DIR, DEFAULT_SOCKET
 from bastion.store import SEVERITIES, StoredRecord, StoreNotFoundError
 from bastion.store.remote import StoreReader, open_reader
+from bastion.textsafe import clean
 from bastion.timefmt import parse_since
 
 __all__ = [
@@ -92,25 +93,6 @@ def follow_rows(
 
 
 # -- rendering -------------------------------------------------------------
-
-
-def clean(value: object) -> str:
-    """``value`` as text safe for a terminal: printable characters kept, control
-    and format characters escaped, lone surrogates (undecodable bytes) as ``\\xNN``."""
-    s = value if isinstance(value, str) else str(value)
-    if s.isprintable():
-        return s
-    out = []
-    for c in s:
-        if c.isprintable():
-            out.append(c)
-        elif "\udc80" <= c <= "\udcff":
-            out.append(f"\\x{ord(c) - 0xDC00:02x}")
-        elif ord(c) < 0x100:
-            out.append(f"\\x{ord(c):02x}")
-        else:
-            out.append(f"\\u{ord(c):04x}" if ord(c) < 0x10000 else f"\\U{ord(c):08x}")
-    return "".join(out)
 
 
 # Process identity fields every event carries: columns, or not worth a table cell.

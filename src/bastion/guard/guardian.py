@@ -282,6 +282,7 @@ class Guardian:
         self._started = time.monotonic()
         self.watch = HeartbeatWatch(cfg.stall_after_s)
         self.stalls = 0
+        self.feed_off = False     # stderr's reader went away: alerts are stored, not printed
         self._stalled: tuple[int, str] | None = None   # (agent pid, why), set by the watch thread
         self.paths_watch = protect.PathWatch(cfg.watch_paths)
         self._watched_at = 0.0
@@ -642,7 +643,15 @@ class Guardian:
                 self.store.add_alert(alert.to_json())
             except BastionError as exc:
                 log.error("guardian: storing alert failed: %s", exc)
-        print(alert.feed_line(), file=sys.stderr, flush=True)
+        if self.feed_off:
+            return
+        try:
+            print(alert.feed_line(), file=sys.stderr, flush=True)
+        except (OSError, ValueError) as exc:
+            # s24: stderr's reader gone (the journal restarted): the print raised out of
+            # the guardian's loop; the alert is stored, the feed dropped
+            self.feed_off = True
+            log.error("guardian: the alert feed on stderr is off: %s", exc)
 
     def _tamper_alert(self, r: TamperRecord) -> None:
         what = r.op

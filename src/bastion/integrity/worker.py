@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from bastion.errors import BastionError, ConfigError, Location
+from bastion.textsafe import log_to_stderr
 
 if TYPE_CHECKING:
     from bastion.detect.engine import Finding
@@ -81,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--allow-bpf", action="append", default=[])
     ap.add_argument("--trust-pid", action="append", type=int, default=[])
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    log_to_stderr(logging.WARNING)
     result = _ensure(args) if args.what == "ensure" else _scan(args)
     sys.stdout.write(json.dumps(result, sort_keys=True) + "\n")
     return 0

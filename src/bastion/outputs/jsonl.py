@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import sys
 from pathlib import Path
 from typing import IO, Sequence
 
+from bastion.errors import BastionError, Location
 from bastion.outputs.base import Record
 from bastion.outputs.formats import Formatter, native
+
+
+class OutputFileError(BastionError):
+    """The output path does not hold a file this output may write."""
 
 
 class JsonlOutput:
@@ -18,6 +24,11 @@ class JsonlOutput:
     With ``max_bytes`` the file is rotated before a write would take it past
     that size: ``f`` -> ``f.1`` -> ... -> ``f.<backups>`` (the oldest is
     deleted).  Files are created 0640.  Each batch is flushed when written.
+
+    The file is opened without following a symlink and without blocking, and must be a
+    regular file of ours (this process's euid) with one link: anything else planted at
+    the path (s24: a symlink to root's ``.bashrc``, a FIFO, a user's own file, a hard
+    link) fails the batch, named, and nothing is written.
     """
 
     def __init__(self, name: str, path: Path | None, *, fmt: Formatter = native,
@@ -34,7 +45,18 @@ class JsonlOutput:
         if self.path is None:
             return sys.stdout
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+                     | os.O_NOFOLLOW | os.O_NONBLOCK, 0o640)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_nlink != 1:
+                raise OutputFileError(
+                    f"not a regular file of ours with one link (mode {st.st_mode:o}, uid "
+                    f"{st.st_uid}, {st.st_nlink} links): something was planted at the output "
+                    "path; nothing written", location=Location(str(self.path)))
+        except BaseException:
+            os.close(fd)
+            raise
         fh = os.fdopen(fd, "a", encoding="utf-8")
         self._size = os.fstat(fd).st_size
         return fh

@@ -12,6 +12,13 @@ Record: ``<PRI>1 TIMESTAMP HOSTNAME bastion PROCID MSGID [SD] MSG``
   number of RFC 5612) carries an alert's id, rule, severity, action, ATT&CK ids
   (comma-separated), pid and exe, or an event's type, pid and exe.
 - MSG is the record as one JSON object (native or OCSF), without a BOM.
+
+A record longer than a datagram (``max_msg``) is never cut mid-value (s24: an attacker's
+long executable path or command line cut the structured data open and lost the JSON
+message, so the SIEM's copy of every alert on that process was unparsable): structured
+data values are at most :data:`SD_VALUE_MAX` characters, and the message's long strings
+and lists are shortened (``...[N more]``, ``"syslog_truncated": true``) until the record
+fits; the alert's id, rule, severity, time and chain anchor are never shortened.
 """
 
 from __future__ import annotations
@@ -32,6 +39,14 @@ FACILITIES: Final = {
 SEVERITY: Final = {"critical": 2, "high": 3, "medium": 4, "low": 5, "info": 6}
 SD_ID: Final = "bastion@32473"
 TRANSPORTS: Final = ("udp", "tcp", "unix")
+#: Characters of one structured-data value (an executable's path); the MSG has it all.
+SD_VALUE_MAX: Final = 256
+# shortening steps for a record longer than a datagram: each string and list at most this
+# (a string's JSON-encoded length; a list has at most a quarter as many items, 16 at least)
+# -- 68 keeps an identifier or a 64-hex hash whole wherever it is (OCSF nests the id)
+_CAPS: Final = (1024, 256, 68)
+# never shortened: what identifies the alert and anchors the chain
+_KEEP: Final = frozenset({"kind", "id", "rule", "severity", "time", "chain", "attack"})
 
 
 def _sd_value(v: object) -> str:
@@ -39,7 +54,10 @@ def _sd_value(v: object) -> str:
     as surrogates, become ``\\udcXX`` text instead of failing the whole batch), ``\\ " ]``
     escaped, and control characters (a newline would forge a second record for a
     line-based receiver) written as ``\\xNN``."""
-    s = str(v).encode("utf-8", "backslashreplace").decode("utf-8")
+    s = str(v)
+    if len(s) > SD_VALUE_MAX:
+        s = f"{s[:SD_VALUE_MAX]}...[{len(s) - SD_VALUE_MAX} more]"
+    s = s.encode("utf-8", "backslashreplace").decode("utf-8")
     s = s.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
     return "".join(c if " " <= c and not "\x7f" <= c <= "\x9f" else f"\\x{ord(c):02x}"
                    for c in s)
@@ -77,11 +95,38 @@ def format_rfc5424(kind: str, data: Mapping[str, Any], *, facility: int, hostnam
     ts = str(data.get("time") or "-")
     header = (f"<{facility * 8 + sev}>1 {ts} {_printable(hostname, 255)} {_printable(app_name, 48)} "
               f"{procid} {_printable(msgid, 32)} {structured_data(kind, data)} ")
-    msg = json.dumps(fmt(kind, data), separators=(",", ":"))
-    raw = header.encode("utf-8") + msg.encode("utf-8")
+    rec = fmt(kind, data)
+    head = header.encode("utf-8")
+    raw = head + json.dumps(rec, separators=(",", ":")).encode("utf-8")
+    for cap in _CAPS if max_msg and len(raw) > max_msg else ():
+        short = {k: (v if k in _KEEP else _shorten(v, cap)) for k, v in rec.items()}
+        short["syslog_truncated"] = True
+        raw = head + json.dumps(short, separators=(",", ":")).encode("utf-8")
+        if len(raw) <= max_msg:
+            return raw
     if max_msg and len(raw) > max_msg:
-        raw = raw[:max_msg]
+        raw = raw[:max_msg]     # not even the shortest form fits: a tiny max_message
     return raw
+
+
+def _shorten(v: Any, cap: int) -> Any:
+    """``v`` with every string whose JSON form is longer than ``cap`` bytes (escapes
+    counted: a control character is six) and every list longer than ``cap // 4`` items
+    cut, saying how much more there was."""
+    if isinstance(v, str):
+        if len(v) <= cap // 6 or len(json.dumps(v)) <= cap:
+            return v
+        n = cap
+        while n > 0 and len(json.dumps(v[:n])) > cap:
+            n = n * 2 // 3
+        return f"{v[:n]}...[{len(v) - n} more]"
+    if isinstance(v, Mapping):
+        return {k: _shorten(x, cap) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        items = max(16, cap // 4)
+        out = [_shorten(x, cap) for x in v[:items]]
+        return out + [f"...[{len(v) - items} more]"] if len(v) > items else out
+    return v
 
 
 class SyslogOutput:
@@ -112,7 +157,13 @@ class SyslogOutput:
     def _connect(self) -> socket.socket:
         if self.transport == "unix":
             s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            s.connect(self.address)
+            # a receiver whose queue stays full fails the batch, never blocks for good (s24)
+            s.settimeout(self.timeout)
+            try:
+                s.connect(self.address)
+            except OSError:
+                s.close()
+                raise
             return s
         assert isinstance(self.address, tuple)
         infos = socket.getaddrinfo(self.address[0], self.address[1],

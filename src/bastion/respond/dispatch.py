@@ -23,13 +23,14 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from bastion.alert import Alert, AlertProcess
 from bastion.detect.engine import Finding
-from bastion.events import HipsEvent, to_json
+from bastion.events import Event, ForkEvent, HipsEvent, to_json
 from bastion.proctable import ProcessTable
 from bastion.procstat import TICK_NS, pidfd_of, read_stat, start_ns_of
 from bastion.timefmt import format_time
@@ -64,6 +65,12 @@ RESPOND_FAILED = "bastion.respond.failed"
 
 #: Skipped outcome of an act whose target is the agent's own lineage.
 OWN_SKIP = "the agent's own lineage"
+
+#: The rule of a process forked by a member of a tree killed lately, seen after the kill.
+TREE_ESCAPEE = "bastion.respond.tree-escapee"
+#: How long, and how many, members of killed trees are followed (:meth:`Dispatcher.follow`).
+FOLLOW_S = 30.0
+FOLLOW_MAX = 65536
 
 
 def live_children(pid: int) -> list[int]:
@@ -142,6 +149,10 @@ class Dispatcher:
         self._hooked: set[str] = set()   # the rules with a hook
         self._handlers: dict[tuple[str, str], ActionHandler] = {}
         self.skipped_reused = 0     # kill-tree members whose pid was reused: not signalled
+        # members of trees killed lately, pid -> (start_ns, followed until, the rule): a
+        # fork of theirs the loop sees after the kill is the tree's (follow)
+        self._doomed: dict[int, tuple[int, float, str]] = {}
+        self.followed = 0           # processes a killed tree forked after its kill-tree
 
     def after(self, rule: str, outcome_prefix: str, hook: ActionHook) -> None:
         """Run ``hook`` after ``rule``'s finding was dispatched with an outcome starting with
@@ -228,27 +239,56 @@ class Dispatcher:
         now = start_ns or start_ns_of(pid)
         return not now or abs(now - known) < TICK_NS
 
+    def _target_start(self, f: Finding) -> int:
+        """The start time of the process ``f`` names: its event's when the event is that
+        process's, else the process table's (s24: a finding naming another process -- the
+        pty holder, a parent -- carried none, and the pid's holder *now* was killed or
+        quarantined: after pid cycling, an unrelated process); 0 when neither knows it."""
+        ev = f.event
+        if ev is not None and ev.proc.pid == f.pid and ev.proc.start_ns:
+            return ev.proc.start_ns
+        entry = self.procs.get(f.pid)
+        return entry.start_ns if entry is not None else 0
+
     def _kill(self, f: Finding) -> str:
-        start = f.event.proc.start_ns if f.event is not None and f.event.proc.pid == f.pid else 0
+        start = self._target_start(f)
         if self._is_own(f.pid, start):
             self._refused(f.pid, start, "kill")
             return f"kill-skipped: {OWN_SKIP}"
         why = self._signal(f.pid, start, signal.SIGKILL)
         return f"kill-skipped: {why}" if why else "kill"
 
-    def _tree(self, seeds: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    def _tree(self, seeds: list[tuple[int, int]], gone_out: list[tuple[int, int]] | None = None
+              ) -> list[tuple[int, int]]:
         """``seeds`` and their descendants, parents first, each with where it came from:
         ``(pid, start_ns)`` for a member the process table saw forked into the tree (a
-        re-parented escapee included), ``(pid, 0)`` for a live child found in /proc."""
-        children = self.procs.children   # the table's index: no scan per walk (s24)
+        re-parented escapee included), ``(pid, 0)`` for a live child found in /proc.
+
+        A member the table saw exit is walked through, not returned: its children are
+        still the tree's (s24: exited entries were left out of the children, so a double
+        fork or a hopping payload -- fork, parent exits, again -- cut the walk and its live
+        descendant, re-parented out of every /proc walk, lived)."""
+        kids: dict[int, dict[int, int]] = {}
+        gone: dict[int, int] = {}       # pid -> start of a member the table saw exit
+        for e in self.procs:
+            kids.setdefault(e.ppid, {})[e.pid] = e.start_ns
+            if e.exited_ns:
+                gone[e.pid] = e.start_ns
         out: list[tuple[int, int]] = []
         seen: set[int] = set()
         todo: list[tuple[int, int]] = list(seeds)
-        while todo and len(out) < 65536:
+        while todo and len(out) < 65536 and len(seen) < 262144:
             pid, start = todo.pop(0)
             if pid in seen or pid <= 1:
                 continue
             seen.add(pid)
+            if start and pid in gone and abs(gone[pid] - start) < TICK_NS:
+                # exited: nothing to signal (its pid may be another's now: no /proc walk
+                # of it either), but the table's children of it are walked
+                if gone_out is not None:
+                    gone_out.append((pid, start))
+                todo += self._kids_of(kids, pid, start)
+                continue
             if self._is_own(pid, start):
                 # the agent and its subtree are never entered; an ancestor is passed
                 # over, its other children are still the tree's
@@ -258,9 +298,17 @@ class Dispatcher:
                     continue
             else:
                 out.append((pid, start))
-            known = children(pid)
-            todo += sorted(known.items()) + [(c, 0) for c in sorted(set(live_children(pid)) - set(known))]
+            known = kids.get(pid, {})
+            todo += self._kids_of(kids, pid, start) + [
+                (c, 0) for c in sorted(set(live_children(pid)) - set(known))]
         return out
+
+    @staticmethod
+    def _kids_of(kids: dict[int, dict[int, int]], pid: int, start: int) -> list[tuple[int, int]]:
+        """The table's children of ``pid`` that started after it (``start``; 0: unknown):
+        a child of an earlier holder of the pid is not this process's."""
+        return sorted((c, s) for c, s in kids.get(pid, {}).items()
+                      if not start or not s or s + TICK_NS > start)
 
     def _open_member(self, pid: int, start_ns: int, members: dict[int, int]
                      ) -> tuple[int, int] | None:
@@ -345,12 +393,13 @@ class Dispatcher:
         if not seeds:
             return f"kill-tree-skipped: {why or 'no root'}", [], []
         fd = why or "already exited"
+        gone: list[tuple[int, int]] = []
         try:
             # stop everything first (a stopped process cannot fork), re-walking
             # until no new descendant appears, then kill each through its pidfd
             for _ in range(8):
                 new = False
-                for pid, pstart in self._tree(seeds):
+                for pid, pstart in self._tree(seeds, gone):
                     if pid in fds:
                         continue
                     got = self._open_member(pid, pstart, fds) if pstart or fds or self.own else None
@@ -374,14 +423,60 @@ class Dispatcher:
         finally:
             for pfd in fds.values():
                 os.close(pfd)
+        # a fork whose event was still queued at the walk (a payload hopping: fork, parent
+        # exits, again) is followed when the loop sees it (s24)
+        for pid, pstart in [*seeds, *gone, *starts.items()]:
+            if not self._is_own(pid, pstart):
+                self._doom(pid, pstart, f.rule)
         if not fds or set(fds) == {spare}:
             # the kernel's kill was the whole tree's
             return ("kill-tree" if spare else f"kill-tree-skipped: {fd}"), [], []
         return "kill-tree", sorted(p for p in fds if p != spare), sorted(
             (p, t) for p, t in starts.items() if p != spare)
 
+    def _doom(self, pid: int, start_ns: int, rule: str) -> None:
+        if not start_ns:
+            return
+        now = time.monotonic()
+        if len(self._doomed) >= FOLLOW_MAX:
+            self._doomed = {p: v for p, v in self._doomed.items() if v[1] > now}
+            if len(self._doomed) >= FOLLOW_MAX:
+                log.error("kill-tree: %d members followed already; pid %d not followed",
+                          FOLLOW_MAX, pid)
+                return
+        self._doomed[pid] = (start_ns, now + FOLLOW_S, rule)
+
+    def follow(self, ev: Event) -> Finding | None:
+        """A fork by a member of a tree killed in the last :data:`FOLLOW_S` seconds (the
+        same process: start time): its child is the tree's, to be killed (a critical
+        :data:`TREE_ESCAPEE` finding, the child followed in turn).  The agent calls this for
+        every fork event after its process table took it (s24: a payload that hops --
+        fork, parent exits, again -- was always newer than the table at the walk, and
+        lived on after every kill-tree)."""
+        if not self._doomed or not isinstance(ev, ForkEvent):
+            return None
+        p = ev.proc
+        got = self._doomed.get(p.pid)
+        if got is None:
+            return None
+        start, until, rule = got
+        if time.monotonic() > until:
+            del self._doomed[p.pid]
+            return None
+        if not p.start_ns or abs(p.start_ns - start) >= TICK_NS or ev.child_pid <= 1:
+            return None       # another process on that pid now
+        self._doom(ev.child_pid, ev.child_start_ns, rule)
+        self.followed += 1
+        return Finding(
+            rule=TREE_ESCAPEE, severity="critical", attack=(), action="kill", event=ev,
+            pid=ev.child_pid,
+            title=f"pid {ev.child_pid} forked by pid {p.pid} of a tree killed for {rule} "
+                  "after the kill-tree: killed",
+            evidence={"parent": p.pid, "finding_rule": rule,
+                      "child_start_ns": ev.child_start_ns})
+
     def _quarantine(self, f: Finding) -> str:
-        start = f.event.proc.start_ns if f.event is not None and f.event.proc.pid == f.pid else 0
+        start = self._target_start(f)
         if self._is_own(f.pid, start):
             # s21 review F4: the kernel mark would refuse (lsm) or kill (compat) the agent
             # or the guardian at its next write-open/connect, and every agent it starts
@@ -390,9 +485,16 @@ class Dispatcher:
         if self.quarantine is None:
             k = self._kill(f)
             return f"{k} (quarantine unavailable)"
+        now = start_ns_of(f.pid)
+        if not now:
+            # nothing to mark (a start of 0 would mark whichever process takes the pid next)
+            return "quarantine-skipped: already exited"
+        if start and abs(now - start) >= TICK_NS:
+            return "quarantine-skipped: pid reused"
         self._incident += 1
         try:
-            self.quarantine.add(f.pid, start or start_ns_of(f.pid), self._incident)
+            # the exact process: the kernel applies the mark only to this start time
+            self.quarantine.add(f.pid, now, self._incident)
         except OSError as exc:
             return f"quarantine-failed: {exc}"
         return "quarantine"
