@@ -86,7 +86,7 @@ set -e
 T="$1"; shift
 mount -t tmpfs -o size=512m bastion-sbx "$T"
 mkdir -p "$T/u" "$T/w" "$T/m"
-mount -t overlay overlay -o "lowerdir=/,upperdir=$T/u,workdir=$T/w" "$T/m"
+mount -t overlay overlay -o "lowerdir=/,upperdir=$T/u,workdir=$T/w${SBX_OVL_OPTS:+,$SBX_OVL_OPTS}" "$T/m"
 M="$T/m"
 mount -t proc proc "$M/proc"
 mount --bind -o ro "$M/proc/sys" "$M/proc/sys" && mount -o remount,bind,ro "$M/proc/sys"
@@ -410,17 +410,21 @@ class Watch:
 
     def enter_sandbox_lsm(self, root: str, devs: tuple[int, ...]) -> None:
         """The lsm tier: the sandbox's must-stop objects and names entered into the in-hook
-        gate (replacing the last sandbox's), walked inside its root; a file's inode also
-        under the overlay's superblock device (``devs[0]``: the hooks see it, ``stat`` the
-        layer's); the interpreters' overlay identities as :meth:`mark_sandbox`."""
+        gate (replacing the last sandbox's), walked inside its root (its overlay mounted
+        with ``xino=on``: ``stat`` gives the keys the hooks see, checked here); the
+        interpreters' overlay identities as :meth:`mark_sandbox`."""
         from bastion.abi import InodeKey, ProvInterp
         from bastion.enforce.muststop import GateObject, KINDS, default_names, default_objects
         from bastion.sensors.provenance import letters_mask
 
+        if len(devs) != 1:
+            raise RuntimeError(f"the sandbox's overlay reports devices {devs}: its files' "
+                               "st_dev is not its superblock's (no xino?); the in-hook gate's "
+                               "keys would not be the kernel's")
         gate = self.lsmgate.gate
         objs = [GateObject(o.path[len(root):], o.kind) for o in default_objects(root, kinds=KINDS)]
         names = [(d[len(root):], n, k) for d, n, k in default_names(root)]
-        self.gate_problems = gate.apply(objs, names, root=root, file_devs=devs[:1])
+        self.gate_problems = gate.apply(objs, names, root=root)
         self.lsmgate.refresh_tools()
         n = gate.entered()
         self.gate_marks = n["objects"] + n["names"]
@@ -559,6 +563,12 @@ def run_one(a: dict[str, Any], cg: Path, root: Path, timeout: float,
     pre_fd = -1
     extra: dict[str, Any] = {}
     env = {"ATOMICS": str(root), "PATH": os.environ["PATH"], "SBX_GO": fifo}
+    if watch is not None and watch.tier == "lsm":
+        # the in-hook gate keys objects by (i_sb->s_dev, i_ino): with xino an overlayfs file
+        # has the overlay's device and a layer-unique inode number in the kernel and in
+        # stat alike; without it a lower file's st_dev is its layer's and its i_ino can
+        # equal a new upper file's (s24: new files in the sandbox were refused as objects)
+        env["SBX_OVL_OPTS"] = "xino=on"
     if prereqs:
         os.mkfifo(pre_done, 0o600)
         os.mkfifo(go2, 0o600)

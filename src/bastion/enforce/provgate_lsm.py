@@ -292,8 +292,7 @@ class LsmProvenanceGate(GateUser):
             dry_run=mask, host_mnt_ns=host_mnt_ns(OBJECT))))
 
     def apply(self, objects: Sequence[GateObject],
-              names: Sequence[tuple[str, str, Kind]] = (), *, root: str = "",
-              file_devs: Sequence[int] = ()) -> list[str]:
+              names: Sequence[tuple[str, str, Kind]] = (), *, root: str = "") -> list[str]:
         """Enter the objects (files; directories with every subdirectory, their children
         objects) and the must-stop names, and the directories above them (not to be
         renamed or mounted on), replacing the previous set; returns what was not
@@ -303,10 +302,6 @@ class LsmProvenanceGate(GateUser):
         directories' paths are as seen inside that directory (another mount namespace's
         view, ``/proc/PID/root/...``: ``/etc/cron.d``), walked inside it (an absolute link
         stays in it); the directories above them stop at it.
-        ``file_devs``: kernel devices under which each file object's inode number is
-        entered too -- an overlayfs whose layers are on other filesystems (no ``xino``)
-        reports a file's layer device in ``st_dev`` while the hooks see the overlay's
-        superblock (directories report the overlay's own: no alias needed).
 
         Incremental: only what changed is written, new entries before the old ones go;
         an update that fails part way raises with every entry of the previous set still
@@ -319,10 +314,8 @@ class LsmProvenanceGate(GateUser):
         for e in entries:
             if e.kind == "profile-dir":
                 continue   # by name (default_names): the profiles in it
-            val = bytes(abi.PgateObj(cls=_CLASS_OF[e.kind],
-                                     flags=abi.PGATE_F_DIR if e.is_dir else 0))
-            for dev in (e.key[0], *(() if e.is_dir else file_devs)):
-                objs[bytes(abi.InodeKey(ino=e.key[1], dev=dev))] = val
+            objs[bytes(abi.InodeKey(ino=e.key[1], dev=e.key[0]))] = bytes(abi.PgateObj(
+                cls=_CLASS_OF[e.kind], flags=abi.PGATE_F_DIR if e.is_dir else 0))
         nkeys: dict[bytes, bytes] = {}
         anc_of: dict[str, str] = {}      # directory above an object -> strictest kind below
         for e in entries:
