@@ -86,7 +86,7 @@ set -e
 T="$1"; shift
 mount -t tmpfs -o size=512m bastion-sbx "$T"
 mkdir -p "$T/u" "$T/w" "$T/m"
-mount -t overlay overlay -o "lowerdir=/,upperdir=$T/u,workdir=$T/w" "$T/m"
+mount -t overlay overlay -o "lowerdir=/,upperdir=$T/u,workdir=$T/w${SBX_OVL_OPTS:+,$SBX_OVL_OPTS}" "$T/m"
 M="$T/m"
 mount -t proc proc "$M/proc"
 mount --bind -o ro "$M/proc/sys" "$M/proc/sys" && mount -o remount,bind,ro "$M/proc/sys"
@@ -241,13 +241,13 @@ def sandbox_trust() -> Any:
 
 
 class Watch:
-    def __init__(self, cgid: int) -> None:
+    def __init__(self, cgid: int, tier: str = "compat") -> None:
         from bastion.config import load_policy
         from bastion.detect.behavior import behavior_rules, live_probes
         from bastion.detect.engine import Engine, RuleContext, builtin_rules
         from bastion.proctable import ProcessTable
         from bastion.respond.dispatch import Dispatcher
-        from bastion.sensors.bpf import BpfSensor
+        from bastion.sensors.bpf import BpfSensor, HookSensor
 
         from bastion.sensors.sensitive import SensEntry, resolve
 
@@ -262,11 +262,20 @@ class Watch:
             return host + [SensEntry(e.sens_id, e.path, e.pattern, e.sens_class, d, e.ino)
                            for d in self.overlay_dev for e in host]
 
-        self.sensor = BpfSensor(cgroup_id=cgid, self_tgid=os.getpid(),
-                                classes=policy.events.classes,
-                                resolve_sensitive=sandbox_sensitive, sensitive_refresh_s=0.2)
+        # the event sensor the agent assembles on the tier (assembly.event_sensor): the
+        # kernel hooks on lsm (our own process quiet in the kernel), the tracepoints on compat
+        self.tier = tier
+        if tier == "lsm":
+            self.sensor = HookSensor(cgroup_id=cgid, self_tgid=os.getpid(),
+                                     quiet_tgids=[os.getpid()], classes=policy.events.classes,
+                                     resolve_sensitive=sandbox_sensitive, sensitive_refresh_s=0.2)
+        else:
+            self.sensor = BpfSensor(cgroup_id=cgid, self_tgid=os.getpid(),
+                                    classes=policy.events.classes,
+                                    resolve_sensitive=sandbox_sensitive, sensitive_refresh_s=0.2)
         self.cgid = cgid
         self.gate: Any = None     # the compat tier's provenance gate: one per sandbox
+        self.lsmgate: Any = None  # the lsm tier's in-hook gate (AgentLsmGate): one per run
         self.prov: Any = None     # the provenance map the gates read (open_gate)
         self.gate_deadline_s = 0.0
         self.pipegate: Any = None  # s23-pipegate: the in-kernel decoder -> shell pipe gate
@@ -302,6 +311,32 @@ class Watch:
                 r.publish = publisher(prov)
         self.prov = prov
         self.gate_deadline_s = deadline_s
+        if self.tier == "lsm":
+            # s24: the in-hook gate as the agent assembles it on the lsm tier
+            # (assembly._provenance_gate: AgentLsmGate on the sensor's prov map, scoped to
+            # the runner's cgroup, armed, a dead-man deadline); the fanotify gate is off
+            # there (agent: marks_off).  Its objects are the sandbox's, entered per sandbox
+            # (enter_sandbox_lsm), not the runner's namespace's
+            import dataclasses
+
+            from bastion.enforce.provgate_lsm import AgentLsmGate, LsmProvenanceGate
+
+            class SandboxNetGate(LsmProvenanceGate):
+                """Measurement shim: a firewall change is judged in every network namespace
+                (``cfg_host_netns`` 0, the object's fail-closed setting), the sandbox's
+                empty one standing for the host's the atomic would change."""
+
+                def spec(self) -> Any:
+                    sp = super().spec()
+                    return dataclasses.replace(sp, rodata={**sp.rodata, "cfg_host_netns": 0})
+
+            gate = SandboxNetGate(prov, cgroup_id=self.cgid, deadline_s=deadline_s,
+                                  self_tgid=os.getpid())
+            gate.open()
+            part = AgentLsmGate(lambda: prov, self_tgid=os.getpid(), deadline_s=deadline_s,
+                                scope_cgroup_id=self.cgid)
+            part.gate = gate
+            self.lsmgate = part
 
     def open_pipegate(self, deadline_s: float) -> None:
         """The pipe gate (s23-pipegate) scoped to the runner's cgroup, armed."""
@@ -345,6 +380,9 @@ class Watch:
 
         if self.prov is None:
             return
+        if self.lsmgate is not None:
+            self.enter_sandbox_lsm(root, devs)
+            return
         gate = ProvenanceGate(self.prov, scope_cgroup_id=self.cgid, self_tgid=os.getpid(),
                               deadline_s=self.gate_deadline_s, decision_timeout_s=0.5)
         try:
@@ -370,6 +408,35 @@ class Watch:
                 prov.interp.update(bytes(InodeKey(ino=st.st_ino, dev=d)),
                                    bytes(ProvInterp(code_letters=letters_mask(letters))))
 
+    def enter_sandbox_lsm(self, root: str, devs: tuple[int, ...]) -> None:
+        """The lsm tier: the sandbox's must-stop objects and names entered into the in-hook
+        gate (replacing the last sandbox's), walked inside its root (its overlay mounted
+        with ``xino=on``: ``stat`` gives the keys the hooks see, checked here); the
+        interpreters' overlay identities as :meth:`mark_sandbox`."""
+        from bastion.abi import InodeKey, ProvInterp
+        from bastion.enforce.muststop import GateObject, KINDS, default_names, default_objects
+        from bastion.sensors.provenance import letters_mask
+
+        if len(devs) != 1:
+            raise RuntimeError(f"the sandbox's overlay reports devices {devs}: its files' "
+                               "st_dev is not its superblock's (no xino?); the in-hook gate's "
+                               "keys would not be the kernel's")
+        gate = self.lsmgate.gate
+        objs = [GateObject(o.path[len(root):], o.kind) for o in default_objects(root, kinds=KINDS)]
+        names = [(d[len(root):], n, k) for d, n, k in default_names(root)]
+        self.gate_problems = gate.apply(objs, names, root=root)
+        self.lsmgate.refresh_tools()
+        n = gate.entered()
+        self.gate_marks = n["objects"] + n["names"]
+        for path, letters in self.interps:
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            for d in devs:
+                self.prov.interp.update(bytes(InodeKey(ino=st.st_ino, dev=d)),
+                                        bytes(ProvInterp(code_letters=letters_mask(letters))))
+
     def drain(self, gate: Any) -> None:
         """The gate's decisions as alerts."""
         gate.poll(0)            # the HipsEvents (unused here): keep the queue short
@@ -388,8 +455,9 @@ class Watch:
             gate = self.gate
             if gate is not None:
                 self.drain(gate)
-            pg = self.pipegate
-            if pg is not None:
+            for pg in (self.lsmgate, self.pipegate):
+                if pg is None:
+                    continue
                 for pev in pg.poll(0):
                     pf = pg.finding(pev)
                     if pf is not None:
@@ -427,7 +495,7 @@ class Watch:
 def overlay_dev(cg: Path, mnt: str, deadline: float) -> tuple[int, ...]:
     """The kernel devs a file read through the overlay mounted at ``mnt`` by the sandbox
     in cgroup ``cg`` can carry: the overlay superblock's (from a sandbox process's
-    mountinfo) and the lower layer's pseudo device that ``stat`` reports; () when the
+    mountinfo; first) and the lower layer's pseudo device that ``stat`` reports; () when the
     mount did not appear before ``deadline``."""
     while time.monotonic() < deadline:
         for pid in (cg / "cgroup.procs").read_text().split():
@@ -439,13 +507,14 @@ def overlay_dev(cg: Path, mnt: str, deadline: float) -> tuple[int, ...]:
                 f = line.split()
                 if len(f) > 4 and f[4] == mnt and " - overlay " in line:
                     major, minor = (int(x) for x in f[2].split(":"))
-                    devs = {(major << 20) | minor}
+                    sb = (major << 20) | minor
+                    devs = {sb}
                     try:   # a non-directory of the lower layer: overlayfs's per-layer st_dev
                         st = os.stat(f"/proc/{pid}/root{mnt}/etc/passwd")
                         devs.add((os.major(st.st_dev) << 20) | os.minor(st.st_dev))
                     except OSError:
                         pass
-                    return tuple(sorted(devs))
+                    return (sb, *sorted(devs - {sb}))
         time.sleep(0.02)
     return ()
 
@@ -494,6 +563,12 @@ def run_one(a: dict[str, Any], cg: Path, root: Path, timeout: float,
     pre_fd = -1
     extra: dict[str, Any] = {}
     env = {"ATOMICS": str(root), "PATH": os.environ["PATH"], "SBX_GO": fifo}
+    if watch is not None and watch.tier == "lsm":
+        # the in-hook gate keys objects by (i_sb->s_dev, i_ino): with xino an overlayfs file
+        # has the overlay's device and a layer-unique inode number in the kernel and in
+        # stat alike; without it a lower file's st_dev is its layer's and its i_ino can
+        # equal a new upper file's (s24: new files in the sandbox were refused as objects)
+        env["SBX_OVL_OPTS"] = "xino=on"
     if prereqs:
         os.mkfifo(pre_done, 0o600)
         os.mkfifo(go2, 0o600)
@@ -585,8 +660,13 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=20.0)
     ap.add_argument("--label", default="")
     ap.add_argument("--gate", action="store_true",
-                    help="run the compat tier's provenance gate (issue 15: must-stop opens of "
-                         "an untrusted tree refused) on the sandbox's must-stop files")
+                    help="run the tier's provenance gate (issue 15) on the sandbox's must-stop "
+                         "objects: compat, fanotify (opens refused); lsm, in the hook "
+                         "(opens, creates, renames, unlinks, signals, firewall changes)")
+    ap.add_argument("--tier", choices=("compat", "lsm"), default="compat",
+                    help="the enforcement tier the agent would assemble here: compat (the "
+                         "tracepoint sensor, the fanotify gate) or lsm (the hook sensor, the "
+                         "in-hook gate; needs BPF LSM: the test VM, bench/vm_atomics.py)")
     ap.add_argument("--pipegate", action="store_true",
                     help="run the in-kernel pipe gate (s23-pipegate: a decoded payload piped "
                          "into a shell killed at exec) on the sandbox's decoders and shells")
@@ -612,7 +692,7 @@ def main() -> int:
     cg = cgroup.create(f"bastion-atomics-{uuid.uuid4().hex[:8]}")
     results = []
     try:
-        w = Watch(cgroup.cgroup_id(cg))
+        w = Watch(cgroup.cgroup_id(cg), tier=args.tier)
         w.sensor.open()
         if args.gate:
             w.open_gate(deadline_s=max(600.0, 4 * args.timeout * len(tests)))
@@ -667,6 +747,8 @@ def main() -> int:
             w.t.join(5)
             if w.gate is not None:
                 w.gate.close()
+            if w.lsmgate is not None:
+                w.lsmgate.close()
             if w.pipegate is not None:
                 w.pipegate.close()
             w.sensor.close()
@@ -674,6 +756,7 @@ def main() -> int:
     finally:
         cgroup.remove(cg)
     args.out.write_text(json.dumps({"label": args.label, "provenance": args.provenance,
+                                    "tier": args.tier,
                                     "prereqs": args.prereqs,
                                     "results": results,
                                     "rule_errors": errs}, indent=1))

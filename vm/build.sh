@@ -98,9 +98,11 @@ done
 # of their own (tests/support/extfs.py; the guest's /tmp is tmpfs, which never
 # reuses one).  nfnetlink and nf_tables (optional, s23-muststop): the provenance gate's
 # firewall test sends an nftables batch (tests/vm/test_provgate_lsm.py); the guest has
-# no modprobe tree to autoload them from.
+# no modprobe tree to autoload them from.  overlay (optional, s24): the atomics bench's
+# sandbox is an overlayfs over the guest's root (bench/vm_atomics.py).
 WANTED=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci
-        netfs fscache 9pnet 9pnet_virtio 9p crc32c_generic ext4 loop nfnetlink nf_tables)
+        netfs fscache 9pnet 9pnet_virtio 9p crc32c_generic ext4 loop nfnetlink nf_tables
+        overlay)
 REQUIRED=(virtio_pci 9pnet_virtio 9p)
 declare -A MODFILE=() SEEN=() BUILTIN=()
 while IFS= read -r -d '' f; do

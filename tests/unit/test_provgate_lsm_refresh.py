@@ -164,3 +164,28 @@ def test_security_config_objects_are_entered_in_their_class_and_the_firewall_fin
                                        "nftables ruleset change (netfilter netlink batch)) "
                                        "the host firewall"), f.evidence
     assert f.evidence["class"] == "firewall" and f.evidence["operation"] == "firewall-change"
+
+
+def test_objects_of_another_root_are_entered_inside_it(tmp_path: Path) -> None:
+    """s24 (the atomics bench on the lsm tier enters a sandbox's objects through
+    ``/proc/PID/root/...``): with ``root``, objects and name directories are walked inside
+    it (an absolute link stays in it) and the directories above them stop at it."""
+    maps = _maps()
+    g = _gate(maps)
+    root = tmp_path / "sbx"
+    (root / "usr" / "etc" / "cron.d").mkdir(parents=True)
+    (root / "usr" / "etc" / "shadow").write_text("x")
+    (root / "etc").symlink_to("/usr/etc")     # absolute: inside root, not this host's /usr
+    if os.lstat(root / "etc").st_uid != 0 or os.stat(root).st_uid != 0:
+        pytest.skip("needs root (the link is followed only when root's)")
+    objs = [GateObject("/etc/cron.d", "persistence"), GateObject("/etc/shadow", "credential")]
+    names: list[tuple[str, str, Kind]] = [("/etc", "ld.so.preload", "persistence")]
+    assert g.apply(objs, names, root=str(root)) == []
+    assert set(maps["pgate_objs"].d) == {_key(root / "usr" / "etc" / "cron.d"),
+                                         _key(root / "usr" / "etc" / "shadow")}
+    etc = os.stat(root / "usr" / "etc")
+    assert set(maps["pgate_names"].d) == {bytes(abi.PgateName(
+        ino=etc.st_ino, dev=kernel_dev(etc.st_dev), name=b"ld.so.preload"))}
+    anc = maps["pgate_anc"].d
+    assert {_key(root / "usr" / "etc"), _key(root / "usr"), _key(root)} <= set(anc)
+    assert _key(tmp_path) not in anc and _key(Path("/")) not in anc   # stops at root

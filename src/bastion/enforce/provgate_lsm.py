@@ -55,7 +55,7 @@ from bastion import abi
 from bastion.detect.engine import Finding
 from bastion.enforce.muststop import (
     DEFAULT_SECURITY_TOOLS, KINDS, STRICTNESS, GateObject, Kind, default_names,
-    default_objects, expand, redirected,
+    default_objects, expand, open_object_at, redirected,
 )
 from bastion.enforce.provgate import GATE_RULE
 from bastion.errors import BastionError, ConfigError, KernelError, Location
@@ -294,17 +294,22 @@ class LsmProvenanceGate(GateUser):
             dry_run=mask, host_mnt_ns=host_mnt_ns(OBJECT))))
 
     def apply(self, objects: Sequence[GateObject],
-              names: Sequence[tuple[str, str, Kind]] = ()) -> list[str]:
+              names: Sequence[tuple[str, str, Kind]] = (), *, root: str = "") -> list[str]:
         """Enter the objects (files; directories with every subdirectory, their children
         objects) and the must-stop names, and the directories above them (not to be
         renamed or mounted on), replacing the previous set; returns what was not
         entered (paths that do not exist, names too long).
 
+        ``root`` (s24, as :meth:`ProvenanceGate.apply`): the objects' and the names'
+        directories' paths are as seen inside that directory (another mount namespace's
+        view, ``/proc/PID/root/...``: ``/etc/cron.d``), walked inside it (an absolute link
+        stays in it); the directories above them stop at it.
+
         Incremental: only what changed is written, new entries before the old ones go;
         an update that fails part way raises with every entry of the previous set still
         in (the ones written meanwhile too): nothing is dropped on a failure."""
         entries, problems, over = expand(objects, max_dirs=self.max_dirs,
-                                         per_object_dirs=self.per_object_dirs)
+                                         per_object_dirs=self.per_object_dirs, root=root)
         self.over_budget = over
         problems.extend(over)
         objs: dict[bytes, bytes] = {}
@@ -317,7 +322,7 @@ class LsmProvenanceGate(GateUser):
         anc_of: dict[str, str] = {}      # directory above an object -> strictest kind below
         for e in entries:
             _above(anc_of, e.path, "persistence" if e.kind == "profile-dir" else e.kind,
-                   include_self=e.kind == "profile-dir")
+                   include_self=e.kind == "profile-dir", root=root)
         for d, n, kind in names:
             if kind not in _CLASS_OF:
                 raise ConfigError(f"provenance name kind {kind!r} is not one of "
@@ -327,15 +332,27 @@ class LsmProvenanceGate(GateUser):
                 problems.append(f"{os.path.join(d, n)}: name not entered (empty, a path, or "
                                 f"{abi.PGATE_NAME_LEN} bytes or longer)")
                 continue
-            why = redirected(d)
-            if why is not None:
-                problems.append(f"{os.path.join(d, n)}: {why}: not entered")
-                continue
-            try:
-                st = os.stat(d)
-            except OSError as exc:
-                problems.append(f"{d}: {exc.strerror}: {n} not entered")
-                continue
+            if root:
+                try:   # walked inside root, no user's link followed
+                    fd, resolved = open_object_at(d, root)
+                except OSError as exc:
+                    problems.append(f"{d}: {exc.strerror}: {n} not entered")
+                    continue
+                try:
+                    st = os.fstat(fd)
+                finally:
+                    os.close(fd)
+                d = root + resolved
+            else:
+                why = redirected(d)
+                if why is not None:
+                    problems.append(f"{os.path.join(d, n)}: {why}: not entered")
+                    continue
+                try:
+                    st = os.stat(d)
+                except OSError as exc:
+                    problems.append(f"{d}: {exc.strerror}: {n} not entered")
+                    continue
             nk = bytes(abi.PgateName(ino=st.st_ino, dev=kernel_dev(st.st_dev), name=raw))
             prev = nkeys.get(nk)
             if prev is not None and _STRICT_CLS[abi.PgateObj.from_buffer_copy(prev).cls] >= \
@@ -346,7 +363,7 @@ class LsmProvenanceGate(GateUser):
                                 f"not entered")
                 continue
             nkeys[nk] = bytes(abi.PgateObj(cls=_CLASS_OF[kind], flags=0))
-            _above(anc_of, d, kind, include_self=True)
+            _above(anc_of, d, kind, include_self=True, root=root)
         anc = self._ancestors(anc_of, objs, problems)
         _sync(self._map("pgate_objs"), self._objs, objs)
         _sync(self._map("pgate_names"), self._names, nkeys)
@@ -482,18 +499,23 @@ def _sync(m: Map | _Writer, cur: dict[bytes, bytes], new: dict[bytes, bytes]) ->
         del cur[k]
 
 
-def _above(out: dict[str, str], path: str, kind: str, *, include_self: bool) -> None:
+def _above(out: dict[str, str], path: str, kind: str, *, include_self: bool,
+           root: str = "") -> None:
     """Record the directories above ``path`` (and ``path`` itself if ``include_self``)
     in ``out``, as written and resolved (a root link on the way: both sides), each with
-    the strictest kind below it."""
-    for start in {os.path.normpath(path), os.path.realpath(path)}:
+    the strictest kind below it.  ``root``: ``path`` is inside it, resolved already (no
+    link on it), and the walk stops at it (that namespace's ``/``)."""
+    top = os.path.normpath(root) if root else "/"
+    starts = {os.path.normpath(path)} if root else {os.path.normpath(path),
+                                                   os.path.realpath(path)}
+    for start in starts:
         p = start if include_self else os.path.dirname(start)
         while True:
             prev = out.get(p)
             if prev is not None and STRICTNESS[prev] >= STRICTNESS[kind]:
                 break    # it and every directory above it are there already, as strict
             out[p] = kind
-            if p == "/":
+            if p == top or p == "/":
                 break
             p = os.path.dirname(p)
 
