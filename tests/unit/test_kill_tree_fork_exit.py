@@ -24,6 +24,7 @@ from bastion.proctable import ProcEntry, ProcessTable
 from bastion.procstat import TICK_NS, read_stat
 from bastion.respond.dispatch import Dispatcher
 from bastion.respond.shadow.store import Opener, ShadowStore
+from support.procwait import gone as _dead
 
 WORKER = ("import os,sys,time\npid=os.fork()\n"
           "if pid: print(pid, flush=True); sys.exit(0)\ntime.sleep(30)\n")
@@ -57,17 +58,6 @@ def _world(root: int, w: int, w_start: int = 0) -> tuple[ProcessTable, Event]:
         "start_ns": w_start, "exe": sys.executable, "path": "/x", "path2": "",
         "flags": 1, "mode": 0, "owner_uid": -1, "owner_gid": -1, "dev": 1, "ino": 2}
     return procs, from_json(obj)
-
-
-def _dead(pid: int) -> bool:
-    for _ in range(100):
-        try:
-            if read_stat(pid).state in ("Z", "X"):
-                return True
-        except (OSError, ValueError):
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def test_a_worker_whose_root_exited_is_killed(forked: tuple[int, int]) -> None:

