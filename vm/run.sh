@@ -7,10 +7,7 @@
 # Env:  VM_TIMEOUT=1500  hard limit in seconds for boot + suite; qemu is killed
 #                        and the run FAILS when it is reached
 #       VM_MEM=3072 VM_SMP=2
-#       VM_ACCEL=tcg,thread=single  VM_CPU=qemu64   qemu's -accel and -cpu.  qemu64 (the
-#                        x86-64 baseline: SSE2, no AVX) because TCG emulates glibc's
-#                        AVX2 string paths slowly: the same VM file ran 23 % faster than
-#                        under -cpu max (s24: 208 s against 271 s, side by side).  Not multi:
+#       VM_ACCEL=tcg,thread=single  VM_CPU=max   qemu's -accel and -cpu.  Not multi:
 #                        qemu 7.2's multi-threaded TCG can leave a vCPU re-running a stale
 #                        int3 after the kernel patches its text (both vCPUs hang; the
 #                        "guest soft lockup" of docs/testing-vm.md); VM_ACCEL=tcg,thread=multi
@@ -43,7 +40,7 @@ VM_TIMEOUT="${VM_TIMEOUT:-1500}"   # single-threaded TCG: the whole suite ~830 s
 VM_MEM="${VM_MEM:-3072}"
 VM_SMP="${VM_SMP:-2}"
 VM_ACCEL="${VM_ACCEL:-tcg,thread=single}"
-VM_CPU="${VM_CPU:-qemu64}"
+VM_CPU="${VM_CPU:-max}"
 [[ $VM_TIMEOUT =~ ^[0-9]+$ && $VM_TIMEOUT -gt 0 ]] || die "VM_TIMEOUT must be a positive number of seconds, got '$VM_TIMEOUT'"
 [[ $VM_ACCEL =~ ^[a-z0-9_=,.-]+$ ]] || die "VM_ACCEL='$VM_ACCEL' must be a qemu -accel value (e.g. tcg,thread=multi)"
 [[ $VM_CPU =~ ^[A-Za-z0-9_=,.+-]+$ ]] || die "VM_CPU='$VM_CPU' must be a qemu -cpu value (e.g. max,-x2apic)"
