@@ -40,7 +40,7 @@ VM_TIMEOUT="${VM_TIMEOUT:-2400}"   # single-threaded TCG: the whole suite 942 s 
 VM_MEM="${VM_MEM:-3072}"
 VM_SMP="${VM_SMP:-2}"
 VM_ACCEL="${VM_ACCEL:-tcg,thread=single}"
-VM_CPU="${VM_CPU:-max}"
+VM_CPU="${VM_CPU:-qemu64}"
 [[ $VM_TIMEOUT =~ ^[0-9]+$ && $VM_TIMEOUT -gt 0 ]] || die "VM_TIMEOUT must be a positive number of seconds, got '$VM_TIMEOUT'"
 [[ $VM_ACCEL =~ ^[a-z0-9_=,.-]+$ ]] || die "VM_ACCEL='$VM_ACCEL' must be a qemu -accel value (e.g. tcg,thread=multi)"
 [[ $VM_CPU =~ ^[A-Za-z0-9_=,.+-]+$ ]] || die "VM_CPU='$VM_CPU' must be a qemu -cpu value (e.g. max,-x2apic)"
