@@ -1365,6 +1365,11 @@ class Agent:
             for s in self.sensors:
                 s.open()
                 opened.append(s)
+            if self.provgate is not None:   # the maps every gate reads, before any opens
+                try:
+                    self.provgate.prime()
+                except (BastionError, OSError) as exc:   # open() below tries again, says so
+                    log.warning("provenance maps not configured before the gates: %s", exc)
             if self.quarantine is not None and not self._open_optional(
                     self.quarantine, "quarantine_unavailable",
                     "Quarantine cannot load here; rules asking for it kill instead"):

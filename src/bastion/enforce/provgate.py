@@ -682,10 +682,22 @@ class AgentGate:
         (one decision per act)."""
         self._objects = list
 
-    def open(self) -> None:
+    def prime(self) -> None:
+        """Configure the provenance maps every gate reads (user-writable directories,
+        interpreters, the user-space reasons mirrored in): before any gate opens.
+        s25: the agent opened the in-hook gate (which then said "on" in status), the
+        socket and pipe gates, and only then this: for the seconds those loads took (a
+        minute under TCG) a /tmp script was no untrusted provenance and read
+        /etc/shadow through an "on" gate, and no process it started was ever tainted."""
         prov = self._maps()
         prov.set_dirs(self._tmp_dirs)
         prov.set_interpreters(self._interpreters())
+        if self._on_map is not None:
+            self._on_map(prov)
+
+    def open(self) -> None:
+        self.prime()     # again: idempotent, and open() alone stays complete
+        prov = self._maps()
         gate = ProvenanceGate(prov, self_tgid=int(self._kw["self_tgid"] or 0),
                               deadline_s=self._kw["deadline_s"],
                               scope_cgroup_id=int(self._kw["scope_cgroup_id"] or 0),
@@ -698,8 +710,6 @@ class AgentGate:
             raise
         self.gate = gate
         self._next_refresh = time.monotonic() + self.refresh_s
-        if self._on_map is not None:
-            self._on_map(prov)
 
     def tick(self, now: float) -> Finding | None:
         """The agent's tick (``now``: ``time.monotonic()``): mark the objects again once
