@@ -633,18 +633,3 @@ def remove_all_pins(pin_root: Path, crossed: list[Path] | None = None) -> list[P
                 removed += bpffs.remove_pins(p, crossed)
     return removed
 
-
-def pinned_enforcement(pin_root: Path) -> dict[str, list[str]]:
-    """What is still pinned (and so still enforcing) under ``pin_root``: part -> link names.
-
-    Read by listing bpffs only (no bpf() call touches a pinned object)."""
-    out: dict[str, list[str]] = {}
-    if not pin_root.is_dir():
-        return out
-    for part in sorted(pin_root.iterdir()):
-        links = part / "links"
-        if links.is_dir():
-            names = sorted(p.name for p in links.iterdir())
-            if names:
-                out[part.name] = names
-    return out

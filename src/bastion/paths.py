@@ -62,3 +62,19 @@ class RunPaths:
     data_dir: Path = DEFAULT_DATA_DIR
     socket: Path = DEFAULT_SOCKET
     pin_root: Path = PIN_ROOT
+
+
+def pinned_enforcement(pin_root: Path) -> dict[str, list[str]]:
+    """What is still pinned (and so still enforcing) under ``pin_root``: part -> link names.
+
+    Read by listing bpffs only (no bpf() call touches a pinned object)."""
+    out: dict[str, list[str]] = {}
+    if not pin_root.is_dir():
+        return out
+    for part in sorted(pin_root.iterdir()):
+        links = part / "links"
+        if links.is_dir():
+            names = sorted(p.name for p in links.iterdir())
+            if names:
+                out[part.name] = names
+    return out
