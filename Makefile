@@ -84,12 +84,13 @@ test-vm-variant: setup
 	VM_LSM=$(VM_VARIANT_LSM) VM_TIMEOUT=300 bash vm/run.sh tests/vm/variant_nobpflsm.py
 
 # Unit tests share nothing (no kernel state, own temp dirs): two workers.  Kernel and
-# e2e tests share the host kernel and stay serial.
+# e2e tests share the host kernel and stay serial.  The VM suite: its files split over
+# one guest per host core side by side (each single-threaded TCG guest keeps one core
+# busy), the no-bpf-LSM variant boot after (vm/suite.sh).
 test: setup lint
 	$(PYTEST) -n 2 --durations=30 tests/unit
 	$(PYTEST) --durations=30 tests/kernel tests/e2e
-	bash vm/run.sh
-	VM_LSM=$(VM_VARIANT_LSM) VM_TIMEOUT=300 bash vm/run.sh tests/vm/variant_nobpflsm.py
+	VM_VARIANT_LSM=$(VM_VARIANT_LSM) bash vm/suite.sh
 
 bench: setup
 	@for b in bench/bench_*.py; do $(VPY) $$b || exit 1; done
