@@ -507,9 +507,27 @@ int BPF_PROG(pgate_file_mprotect, struct vm_area_struct *vma, unsigned long reqp
 /* chattr: FS_IOC_SETFLAGS / FS_IOC_FSSETXATTR (+i pins a persistence entry, -a
  * or +i on a log...).  On 6.1 vfs_fileattr_set has no hook of its own: the
  * ioctl's security_file_ioctl comes first (the compat ioctl's too). */
+#define SIOCADDRT_ 0x890B
+#define SIOCDELRT_ 0x890C
+#define S_IFMT_ 00170000
+#define S_IFSOCK_ 0140000
+static __always_inline int pgate_firewall(__u32 how, struct sock *sk);   /* below */
+
 SEC("lsm/file_ioctl")
 int BPF_PROG(pgate_file_ioctl, struct file *file, unsigned int cmd, unsigned long arg)
 {
+	if (cmd == SIOCADDRT_ || cmd == SIOCDELRT_) {
+		/* s25 (review 5 of s24): the legacy route ioctls (`route add -net ...
+		 * reject`, `route del default`) on a socket: refused whole, whatever
+		 * the rtentry says (it is user memory, read by the kernel after us) */
+		struct socket *sock;
+
+		if ((BPF_CORE_READ(file, f_inode, i_mode) & S_IFMT_) != S_IFSOCK_)
+			return 0;
+		sock = BPF_CORE_READ(file, private_data);
+		return pgate_firewall(BASTION_PGATE_HOW_ROUTE_IOCTL,
+				      sock ? BPF_CORE_READ(sock, sk) : NULL);
+	}
 	if (cmd != FS_IOC_SETFLAGS_ && cmd != FS_IOC32_SETFLAGS_ && cmd != FS_IOC_FSSETXATTR_)
 		return 0;
 	return pgate_file(BASTION_OP_CHMOD, BASTION_PGATE_HOW_IOCTL, file, C_FILES);
@@ -645,7 +663,10 @@ int BPF_PROG(pgate_sb_umount, struct vfsmount *mnt, int flags)
 #define NFNL_MSG_BATCH_BEGIN_ 0x10
 #define NFNL_SUBSYS_IPSET_ 6
 #define RTM_NEWROUTE_ 24
+#define RTM_DELROUTE_ 25
 #define RTM_NEWRULE_ 32
+#define RTM_NEWNEXTHOP_ 104
+#define RTN_LOCAL_ 2
 #define RTN_BLACKHOLE_ 6     /* FR_ACT_BLACKHOLE the same, at the same offset of fib_rule_hdr */
 #define RTN_PROHIBIT_ 8      /* 7: unreachable */
 #define PGATE_NL_MSGS 16     /* messages of one send judged one by one */
@@ -741,13 +762,29 @@ int BPF_PROG(pgate_netlink_send, struct sock *sk, struct sk_buff *skb)
 				return pgate_firewall(BASTION_PGATE_HOW_NFT_BATCH, sk);
 			if (pgate_ipset_write(nlh.nlmsg_type))
 				return pgate_firewall(how, sk);
-		} else if ((nlh.nlmsg_type == RTM_NEWROUTE_ || nlh.nlmsg_type == RTM_NEWRULE_) &&
-			   nlh.nlmsg_len >= sizeof(nlh) + 8) {
-			/* rtmsg.rtm_type / fib_rule_hdr.action: byte 7 of the body (a shorter
-			 * message is refused by the kernel itself) */
-			if (bpf_probe_read_kernel(&kind, 1, data + off + sizeof(nlh) + 7))
+		} else if (nlh.nlmsg_type == RTM_NEWNEXTHOP_) {
+			/* s25 (review 5 of s24): a nexthop object (`ip nexthop add id 1
+			 * blackhole`, then routes through it): routing daemons make them */
+			return pgate_firewall(how, sk);
+		} else if ((nlh.nlmsg_type == RTM_NEWROUTE_ || nlh.nlmsg_type == RTM_DELROUTE_ ||
+			    nlh.nlmsg_type == RTM_NEWRULE_) && nlh.nlmsg_len >= sizeof(nlh) + 8) {
+			/* rtmsg: rtm_dst_len is byte 1, rtm_type byte 7 of the body;
+			 * fib_rule_hdr.action is byte 7 too (a shorter message is refused by
+			 * the kernel itself) */
+			__u8 body[8];
+
+			if (bpf_probe_read_kernel(body, sizeof(body), data + off + sizeof(nlh)))
 				return pgate_firewall(how, sk);
-			if (kind >= RTN_BLACKHOLE_ && kind <= RTN_PROHIBIT_)
+			kind = body[7];
+			if (nlh.nlmsg_type != RTM_DELROUTE_ && kind >= RTN_BLACKHOLE_ &&
+			    kind <= RTN_PROHIBIT_)
+				return pgate_firewall(how, sk);
+			/* s25: a route: a local one (its address is then this host's:
+			 * traffic to it never leaves), the default route added, replaced
+			 * or deleted (the host cut off, or its traffic through another
+			 * gateway) */
+			if (nlh.nlmsg_type != RTM_NEWRULE_ &&
+			    ((nlh.nlmsg_type == RTM_NEWROUTE_ && kind == RTN_LOCAL_) || body[1] == 0))
 				return pgate_firewall(how, sk);
 		}
 		if (nlh.nlmsg_len < sizeof(nlh) || nlh.nlmsg_len > len - off)

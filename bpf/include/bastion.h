@@ -506,7 +506,8 @@ enum bastion_pgate_how {
 	BASTION_PGATE_HOW_NFT_BATCH = 8,  /* s23: a NETLINK_NETFILTER batch (nftables ruleset change) */
 	BASTION_PGATE_HOW_SOCKOPT = 9,    /* s23: setsockopt IPT/IP6T/ARPT_SO_SET_*, EBT_SO_SET_* (legacy tables) */
 	BASTION_PGATE_HOW_NFNL_WRITE = 10, /* s24: an ipset change (netfilter netlink, no batch) */
-	BASTION_PGATE_HOW_ROUTE = 11,     /* s24: a blackhole/unreachable/prohibit route or rule */
+	BASTION_PGATE_HOW_ROUTE = 11,     /* s24: a blackhole/unreachable/prohibit route or rule; s25: a local route, the default route added, replaced or deleted, a nexthop object */
+	BASTION_PGATE_HOW_ROUTE_IOCTL = 12, /* s25: SIOCADDRT / SIOCDELRT (the legacy route ioctls) */
 };
 
 #define BASTION_PGATE_F_DIR (1u << 0)   /* a directory: its children are objects */

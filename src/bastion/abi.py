@@ -620,6 +620,7 @@ class PgateHow(enum.IntEnum):
     SOCKOPT = 9
     NFNL_WRITE = 10
     ROUTE = 11
+    ROUTE_IOCTL = 12
 
 
 class PipegateKind(enum.IntEnum):

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TextIO
 from bastion.agent import Agent, AgentParts
 from bastion.alert import Alert
 from bastion.config import AgentConfig
-from bastion.errors import KernelError
+from bastion.errors import ConfigError, KernelError, Location
 from bastion.kernel.bpffs import HostMounts, prepare_pseudo_filesystems
-from bastion.paths import PIN_ROOT
+from bastion.paths import DEFAULT_DATA_DIR, PIN_ROOT
 from bastion.procstat import PROC
 from bastion.proctable import ProcessTable
 from bastion.respond.dispatch import ActionHook, Dispatcher, QuarantineBackend
@@ -71,6 +71,15 @@ class AgentOptions:
     feed_json: bool = False
     # event rows written by a writer process of their own (issue 16.3); False: a thread
     store_process: bool = True
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    """``a`` is ``b`` (by inode when both exist; by resolved path when one is missing)."""
+    try:
+        sa, sb = a.stat(), b.stat()
+        return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+    except OSError:
+        return a.resolve() == b.resolve()
 
 
 def _open_hips_backends(tier: Tier, pin_root: Path, deadline_s: float | None,
@@ -264,6 +273,12 @@ def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
                               sensitive=patterns_for(policy.events.sensitive_defaults,
                                                      policy.events.sensitive, policy.source))
         say(f"events from {sensor.source} ({sensor.name})")
+    replay = opts.replay_path is not None
+    if replay and _same_dir(opts.data_dir, DEFAULT_DATA_DIR):
+        # s25 (review 9 of s24): a replay wrote its alerts into the live agent's
+        # tamper-evident store, as this host's, beside the live writer
+        raise ConfigError("a replay keeps its own store: give it a --data-dir other than the "
+                          f"live agent's {DEFAULT_DATA_DIR}", location=Location(str(opts.data_dir)))
     parts = AgentParts()
     from bastion.respond.shadow.rollback import shadow_handlers
 
@@ -300,14 +315,19 @@ def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
                          *behavior_rules(policy.behavior, live_probes() if report else None,
                                          cprobes=live_container_probes() if report else None),
                          *extra])
-        if policy.outputs or policy.fleet is not None:
+        if replay and (policy.outputs or policy.fleet is not None or policy.metrics is not None):
+            # s25: a replay's alerts went to the SIEM, the fleet and the metrics as this
+            # host's own; a replay reports to its feed and its own store only
+            say("replay: the policy's outputs, fleet link and metrics are not started "
+                "(a recording's alerts are not this host's)")
+        elif policy.outputs or policy.fleet is not None:
             from bastion.outputs import build_manager
 
             parts.outputs = build_manager(list(policy.outputs), start=False)
             if policy.fleet is not None:
                 _fleet_parts(parts, policy, opts.data_dir)
             parts.outputs.start()
-        if policy.metrics is not None:
+        if policy.metrics is not None and not replay:
             from bastion.metrics import Metrics
 
             parts.metrics = Metrics()

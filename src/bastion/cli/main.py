@@ -127,6 +127,8 @@ def run(policy_path: Path | None, data_dir: Path, socket_path: Path, feed_json: 
 
     if test_cgroup_id is not None and test_deadline is None:
         raise click.UsageError("--test-cgroup-id needs --test-deadline")
+    if replay_path is not None:
+        data_dir, socket_path = _replay_paths(data_dir, socket_path)
     policy = load_policy(policy_path)
     arm_from_env()  # tests only: BASTION_TEST_FAULT_AFTER simulates a crash
     started = time.monotonic()
@@ -154,6 +156,23 @@ def run(policy_path: Path | None, data_dir: Path, socket_path: Path, feed_json: 
     finally:
         agent.store.close()
     click.echo(summary.line(), err=True)
+
+
+def _replay_paths(data_dir: Path, socket_path: Path) -> tuple[Path, Path]:
+    """A replay's store and control socket: those given on the command line, else a new
+    directory of its own (never the live agent's store or socket: s25)."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    defaulted = {ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP}
+    if ctx.get_parameter_source("data_dir") in defaulted:
+        import tempfile
+
+        data_dir = Path(tempfile.mkdtemp(prefix="bastion-replay-"))
+        _say(f"replay: its store is {data_dir} (bastion alerts --data-dir {data_dir})")
+    if ctx.get_parameter_source("socket_path") in defaulted:
+        socket_path = data_dir / "replay.sock"
+    return data_dir, socket_path
 
 
 def _say(line: str) -> None:

@@ -90,7 +90,10 @@ HOW_NAMES: Final[dict[int, str]] = {
     abi.PgateHow.NFT_BATCH: "nftables ruleset change (netfilter netlink batch)",
     abi.PgateHow.SOCKOPT: "legacy table replace (setsockopt *_SO_SET_*)",
     abi.PgateHow.NFNL_WRITE: "ipset change (netfilter netlink)",
-    abi.PgateHow.ROUTE: "blackhole, unreachable or prohibit route or rule (rtnetlink)"}
+    abi.PgateHow.ROUTE: "route change that drops or diverts traffic (rtnetlink: a blackhole, "
+                        "unreachable, prohibit or local route or rule, the default route "
+                        "added, replaced or deleted, a nexthop object)",
+    abi.PgateHow.ROUTE_IOCTL: "legacy route ioctl (SIOCADDRT/SIOCDELRT)"}
 _STRICT_CLS: Final[dict[int, int]] = {int(c): STRICTNESS.get(k, 0) for k, c in _CLASS_OF.items()}
 CLASS_NAMES: Final = {c: n for n, c in _CLASS_OF.items()}
 _U32: Final = struct.Struct("<I")
