@@ -506,15 +506,18 @@ int BPF_PROG(pgate_file_mprotect, struct vm_area_struct *vma, unsigned long reqp
 
 /* chattr: FS_IOC_SETFLAGS / FS_IOC_FSSETXATTR (+i pins a persistence entry, -a
  * or +i on a log...).  On 6.1 vfs_fileattr_set has no hook of its own: the
- * ioctl's security_file_ioctl comes first (the compat ioctl's too). */
+ * ioctl's security_file_ioctl comes first.  A 32-bit ioctl (an i386 binary, or
+ * int 0x80 from a 64-bit one) calls security_file_ioctl_compat instead where the
+ * kernel has it (6.8, and the stable kernels it went back to: Debian's 6.1.192
+ * has it): the same judgement at file_ioctl_compat (s25 review: a 32-bit
+ * SIOCADDRT or FS_IOC32_SETFLAGS passed the hook). */
 #define SIOCADDRT_ 0x890B
 #define SIOCDELRT_ 0x890C
 #define S_IFMT_ 00170000
 #define S_IFSOCK_ 0140000
 static __always_inline int pgate_firewall(__u32 how, struct sock *sk);   /* below */
 
-SEC("lsm/file_ioctl")
-int BPF_PROG(pgate_file_ioctl, struct file *file, unsigned int cmd, unsigned long arg)
+static __always_inline int pgate_ioctl(struct file *file, unsigned int cmd)
 {
 	if (cmd == SIOCADDRT_ || cmd == SIOCDELRT_) {
 		/* s25 (review 5 of s24): the legacy route ioctls (`route add -net ...
@@ -531,6 +534,18 @@ int BPF_PROG(pgate_file_ioctl, struct file *file, unsigned int cmd, unsigned lon
 	if (cmd != FS_IOC_SETFLAGS_ && cmd != FS_IOC32_SETFLAGS_ && cmd != FS_IOC_FSSETXATTR_)
 		return 0;
 	return pgate_file(BASTION_OP_CHMOD, BASTION_PGATE_HOW_IOCTL, file, C_FILES);
+}
+
+SEC("lsm/file_ioctl")
+int BPF_PROG(pgate_file_ioctl, struct file *file, unsigned int cmd, unsigned long arg)
+{
+	return pgate_ioctl(file, cmd);
+}
+
+SEC("lsm/file_ioctl_compat")
+int BPF_PROG(pgate_file_ioctl_compat, struct file *file, unsigned int cmd, unsigned long arg)
+{
+	return pgate_ioctl(file, cmd);
 }
 
 /* Writes to a log that ignore its O_APPEND: fallocate (punch hole, collapse
@@ -665,8 +680,14 @@ int BPF_PROG(pgate_sb_umount, struct vfsmount *mnt, int flags)
 #define RTM_NEWROUTE_ 24
 #define RTM_DELROUTE_ 25
 #define RTM_NEWRULE_ 32
+#define RTM_DELRULE_ 33
 #define RTM_NEWNEXTHOP_ 104
-#define RTN_LOCAL_ 2
+#define RTM_DELNEXTHOP_ 105
+#define RTM_NEWNEXTHOPBUCKET_ 116
+#define RTN_UNICAST_ 1
+#define RT_TABLE_LOCAL_ 255
+#define FR_ACT_TO_TBL_ 1
+#define AF_INET6_ 10
 #define RTN_BLACKHOLE_ 6     /* FR_ACT_BLACKHOLE the same, at the same offset of fib_rule_hdr */
 #define RTN_PROHIBIT_ 8      /* 7: unreachable */
 #define PGATE_NL_MSGS 16     /* messages of one send judged one by one */
@@ -762,29 +783,38 @@ int BPF_PROG(pgate_netlink_send, struct sock *sk, struct sk_buff *skb)
 				return pgate_firewall(BASTION_PGATE_HOW_NFT_BATCH, sk);
 			if (pgate_ipset_write(nlh.nlmsg_type))
 				return pgate_firewall(how, sk);
-		} else if (nlh.nlmsg_type == RTM_NEWNEXTHOP_) {
-			/* s25 (review 5 of s24): a nexthop object (`ip nexthop add id 1
-			 * blackhole`, then routes through it): routing daemons make them */
+		} else if (nlh.nlmsg_type == RTM_DELROUTE_ || nlh.nlmsg_type == RTM_DELRULE_ ||
+			   nlh.nlmsg_type == RTM_NEWNEXTHOP_ || nlh.nlmsg_type == RTM_DELNEXTHOP_ ||
+			   nlh.nlmsg_type == RTM_NEWNEXTHOPBUCKET_) {
+			/* s25 (review 5 of s24, then its own review): a route or policy rule
+			 * deleted (the default route, the local table's routes, the rule that
+			 * looks up the main table: the host cut off; a delete of type 0
+			 * matches any type, in any table RTA_TABLE names), a nexthop object
+			 * made, deleted (every route through it goes) or its buckets changed:
+			 * none of them for an untrusted tree */
 			return pgate_firewall(how, sk);
-		} else if ((nlh.nlmsg_type == RTM_NEWROUTE_ || nlh.nlmsg_type == RTM_DELROUTE_ ||
-			    nlh.nlmsg_type == RTM_NEWRULE_) && nlh.nlmsg_len >= sizeof(nlh) + 8) {
-			/* rtmsg: rtm_dst_len is byte 1, rtm_type byte 7 of the body;
-			 * fib_rule_hdr.action is byte 7 too (a shorter message is refused by
-			 * the kernel itself) */
+		} else if ((nlh.nlmsg_type == RTM_NEWROUTE_ || nlh.nlmsg_type == RTM_NEWRULE_) &&
+			   nlh.nlmsg_len >= sizeof(nlh) + 8) {
+			/* rtmsg: rtm_family byte 0, rtm_dst_len 1, rtm_table 4, rtm_type 7
+			 * of the body; fib_rule_hdr.action is byte 7 too (a shorter message
+			 * is refused by the kernel itself) */
 			__u8 body[8];
 
 			if (bpf_probe_read_kernel(body, sizeof(body), data + off + sizeof(nlh)))
 				return pgate_firewall(how, sk);
 			kind = body[7];
-			if (nlh.nlmsg_type != RTM_DELROUTE_ && kind >= RTN_BLACKHOLE_ &&
-			    kind <= RTN_PROHIBIT_)
+			/* a policy rule: only one that looks up a table (not blackhole,
+			 * unreachable, prohibit, nop, or goto past the main table) */
+			if (nlh.nlmsg_type == RTM_NEWRULE_ && kind != FR_ACT_TO_TBL_)
 				return pgate_firewall(how, sk);
-			/* s25: a route: a local one (its address is then this host's:
-			 * traffic to it never leaves), the default route added, replaced
-			 * or deleted (the host cut off, or its traffic through another
-			 * gateway) */
-			if (nlh.nlmsg_type != RTM_NEWRULE_ &&
-			    ((nlh.nlmsg_type == RTM_NEWROUTE_ && kind == RTN_LOCAL_) || body[1] == 0))
+			/* a route: only a unicast one, outside the local table, narrower
+			 * than /8 (/16 for IPv6): blackhole, unreachable, prohibit, throw,
+			 * local (its address then this host's), broadcast...; the default
+			 * route, or the halves that replace it (0.0.0.0/1 + 128.0.0.0/1,
+			 * ::/1, 2000::/3), through another gateway */
+			if (nlh.nlmsg_type == RTM_NEWROUTE_ &&
+			    (kind != RTN_UNICAST_ || body[4] == RT_TABLE_LOCAL_ ||
+			     body[1] < (body[0] == AF_INET6_ ? 16 : 8)))
 				return pgate_firewall(how, sk);
 		}
 		if (nlh.nlmsg_len < sizeof(nlh) || nlh.nlmsg_len > len - off)

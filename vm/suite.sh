@@ -68,6 +68,8 @@ done < "$REPO/vm/weights.txt"
 files=()
 for f in tests/vm/test_*.py; do files+=("$f"); done
 ((${#files[@]})) || die "no tests/vm/test_*.py"
+# a guest with no file would run the whole of tests/vm (run.sh's default)
+(( shards > ${#files[@]} )) && shards=${#files[@]}
 # longest first, each to the least loaded shard
 mapfile -t order < <(for f in "${files[@]}"; do echo "${weight[$f]:-60} $f"; done | sort -k1,1nr -k2)
 load=() assigned=()
@@ -81,14 +83,17 @@ for line in "${order[@]}"; do
 done
 
 logs="$(mktemp -d "${TMPDIR:-/tmp}/bastion-vmsuite.XXXXXX")"
-pids=()
+pids=() ticker=""
 cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  [[ -n $ticker ]] && kill -TERM "$ticker" 2>/dev/null
+  # each shard is a process group of its own (set -m below): its run.sh and qemu too
+  for p in "${pids[@]}"; do kill -TERM -- "-$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$logs"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+set -m   # a process group per background job: cleanup reaches the guests, not the shells alone
 
 variant_claim="$logs/variant.claim"
 shard() {   # K FILES...: the guest's run, then the variant boot if no other shard took it
@@ -104,6 +109,8 @@ shard() {   # K FILES...: the guest's run, then the variant boot if no other sha
 }
 
 echo "vm/suite.sh: ${#files[@]} files in $shards guests side by side" >&2
+[[ -n ${VM_VARIANT_LSM:-} ]] ||
+  echo "vm/suite.sh: no variant boot (VM_VARIANT_LSM is unset; make test sets it)" >&2
 for ((k = 0; k < shards; k++)); do
   # shellcheck disable=SC2086  # the file list: paths from the glob above, no spaces
   echo "vm/suite.sh: shard $k (~${load[k]} s by vm/weights.txt): ${assigned[k]}" >&2
@@ -111,6 +118,14 @@ for ((k = 0; k < shards; k++)); do
   shard "$k" ${assigned[k]} > "$logs/shard-$k.log" 2>&1 &
   pids+=($!)
 done
+# progress while the guests run (their consoles are printed whole at their ends)
+( while sleep 120; do
+    for ((k = 0; k < shards; k++)); do
+      last="$(grep -a -o '^tests/vm/[^ ]*' "$logs/shard-$k.log" 2>/dev/null | tail -n 1)"
+      echo "vm/suite.sh: shard $k at ${last:-boot}" >&2
+    done
+  done ) &
+ticker=$!
 fail=0
 for ((k = 0; k < shards; k++)); do
   rc=0
@@ -120,6 +135,8 @@ for ((k = 0; k < shards; k++)); do
   ((rc == 0)) || fail=1
 done
 pids=()
+kill -TERM "$ticker" 2>/dev/null || true
+ticker=""
 if ((fail)); then
   echo "vm/suite.sh: FAIL: a shard failed (its output above)" >&2
   exit 1

@@ -1368,8 +1368,15 @@ class Agent:
             if self.provgate is not None:   # the maps every gate reads, before any opens
                 try:
                     self.provgate.prime()
-                except (BastionError, OSError) as exc:   # open() below tries again, says so
+                except (BastionError, OSError) as exc:   # open() below tries again
                     log.warning("provenance maps not configured before the gates: %s", exc)
+                    self._pending.append(Finding(
+                        rule="bastion.provenance.maps", severity="high", attack=("T1562.001",),
+                        action="alert", event=None, pid=os.getpid(),
+                        title="Provenance maps not configured before the gates opened "
+                              f"({exc}): until the fanotify gate's start configures them, "
+                              "the in-hook, socket and pipe gates see no untrusted provenance",
+                        evidence={"error": str(exc)}))
             if self.quarantine is not None and not self._open_optional(
                     self.quarantine, "quarantine_unavailable",
                     "Quarantine cannot load here; rules asking for it kill instead"):

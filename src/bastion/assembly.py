@@ -60,6 +60,9 @@ class AgentOptions:
     socket_path: Path | None
     pin_root: Path = PIN_ROOT
     replay_path: Path | None = None
+    #: where the installed Sigma set is read (None: ``data_dir``; a replay in a store of
+    #: its own reads the live agent's installed set)
+    sigma_data_dir: Path | None = None
     sigma_dirs: tuple[Path, ...] = ()
     force: bool = False
     allow_degraded: bool = False
@@ -157,8 +160,9 @@ def _sigma_group(policy: AgentConfig, opts: AgentOptions,
     dirs = list(dict.fromkeys([*policy.sigma, *opts.sigma_dirs]))
     info: dict[str, Any] = {}
     if policy.sigma_installed:
-        info = inst.installed_info(opts.data_dir)
-        live = inst.installed_rules_dir(opts.data_dir)
+        src = opts.sigma_data_dir or opts.data_dir
+        info = inst.installed_info(src)
+        live = inst.installed_rules_dir(src)
         if live is not None and live.resolve() not in {d.resolve() for d in dirs}:
             dirs.append(live)
     rules, n = _sigma_load(dirs, say)

@@ -148,3 +148,35 @@ def test_the_provenance_maps_are_configured_before_any_gate_opens(
     assert log.index("maps.interpreters") < first_gate, log
     assert mirrored and mirrored[0] is maps   # the user-space reasons mirrored in from the start
     assert "provgate.open" in log
+
+
+class _BrokenMaps(_Maps):
+    def set_dirs(self, dirs: Any) -> int:
+        from bastion.errors import KernelError
+
+        raise KernelError("prov_dirs: update failed")
+
+
+def test_maps_that_cannot_be_configured_are_alerted(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """s25 review: a failed configuration was only logged while the in-hook gates opened
+    and said on, blind."""
+    import bastion.enforce.provgate as pg
+
+    monkeypatch.setattr(pg, "ProvenanceGate", _FanotifyGate)
+    log: list[str] = []
+    provgate = AgentGate(lambda: _BrokenMaps(log), self_tgid=1, deadline_s=None,  # type: ignore[arg-type,return-value]
+                         objects=list)
+    store = Store.open(tmp_path / "db")
+    procs = ProcessTable()
+    stop = threading.Event()
+    stop.set()
+    agent = Agent(policy=parse_policy("version: 1\n", "test.yaml"), sensors=[_Sensor(log)],
+                  store=store, procs=procs, engine=Engine([]), dispatcher=Dispatcher(procs),
+                  parts=AgentParts(provgate=provgate))
+    try:
+        agent.run(stop)
+        rules = [a.data["rule"] for a in store.alerts(limit=50)]
+    finally:
+        store.close()
+    assert "bastion.provenance.maps" in rules, rules

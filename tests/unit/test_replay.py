@@ -215,3 +215,33 @@ def test_the_cli_gives_a_replay_its_own_store_and_socket(tmp_path: Path) -> None
         import shutil
 
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_a_replay_in_its_own_store_evaluates_the_live_installed_sigma_set(tmp_path: Path) -> None:
+    """s25 review: with its own store, a replay read the installed Sigma set from that
+    new directory (none there): its Sigma detections silently differed from the live
+    agent's.  The CLI points it at the live agent's installed set (read only)."""
+    import sys
+    import threading
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from support.sigma_release import CORPUS
+
+    from bastion.assembly import AgentOptions, build_agent
+    from bastion.config import parse_policy
+    from bastion.detect.sigma import install as inst
+
+    live = tmp_path / "live"
+    inst.update(live, from_path=CORPUS)
+    trace = _write(tmp_path / "t.jsonl", [json.dumps(to_json(_shell_event()))])
+    agent = build_agent(AgentOptions(policy=parse_policy("version: 1\n", "p.yaml"),
+                                     data_dir=tmp_path / "replay", socket_path=None,
+                                     replay_path=trace, sigma_data_dir=live), lambda _m: None)
+    try:
+        agent.run(threading.Event())
+        st = agent.status()
+    finally:
+        agent.store.close()
+    sigma = st["protections"]["sigma"]
+    assert sigma["on"] and "SigmaHQ release local" in sigma["detail"], sigma
+    assert not (tmp_path / "replay" / "sigma").exists()

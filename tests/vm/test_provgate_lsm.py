@@ -1014,6 +1014,20 @@ if mode == "attack":
     print("defdel=%d defdelack=%d" % talk(struct.pack("=IHHII", 16 + len(body), DELROUTE,
                                                       REQ | ACK, 17, 0) + body,
                                           proto=NETLINK_ROUTE)[:2])
+    # s25 review: the default route's halves (0.0.0.0/1 dev lo: half of every address
+    # looped back), a throw route, a rule and a nexthop deleted (neither exists: the
+    # kernel answers ENOENT when the send passes)
+    def1 = struct.pack("=BBBBBBBBI", 2, 1, 0, 0, 254, 4, 0, 1, 0)
+    def1 += struct.pack("=HH4s", 8, 1, socket.inet_aton("0.0.0.0"))
+    def1 += struct.pack("=HHi", 8, 4, socket.if_nametoindex("lo"))
+    throw = struct.pack("=BBBBBBBBI", 2, 32, 0, 0, 254, 4, 0, 9, 0)
+    throw += struct.pack("=HH4s", 8, 1, socket.inet_aton("192.0.2.77"))
+    for name, t, body in (("def1", NEWROUTE, def1), ("throw", NEWROUTE, throw),
+                          ("delrule", DELRULE, rule(DELRULE, 0, 0, 1)[16:]),
+                          ("delnexthop", DELNEXTHOP, nexthop(DELNEXTHOP, 0, 0)[16:])):
+        sent, ack, _ = talk(struct.pack("=IHHII", 16 + len(body), t, REQ | ACK | CREATE_EXCL, 18, 0)
+                            + body, proto=NETLINK_ROUTE)
+        print(f"{name}={sent} {name}ack={ack}")
 import ctypes, fcntl
 class RtEntry(ctypes.Structure):
     _fields_ = [("pad1", ctypes.c_ulong), ("dst", ctypes.c_ubyte * 16),
@@ -1036,6 +1050,30 @@ for name, req in (("ioctl", 0x890B), ("ioctldel", 0x890C)):
     except OSError as ex:
         print(f"{name}={ex.errno}")
         break
+# s25 review: the same ioctl as a 32-bit syscall (int 0x80: compat_sys_ioctl, whose
+# hook is file_ioctl_compat on this kernel), its rtentry32 below 4 GiB
+import mmap
+
+def ioctl32(fd, req, rt):
+    m = mmap.mmap(-1, 4096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | 0x40,   # MAP_32BIT
+                  prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(m))
+    code = (b"\x53" + b"\xb8" + struct.pack("<I", 54) + b"\xbb" + struct.pack("<I", fd)
+            + b"\xb9" + struct.pack("<I", req) + b"\xba" + struct.pack("<I", addr + 256)
+            + b"\xcd\x80\x5b\xc3")                 # push rbx; ioctl by int 0x80; pop; ret
+    m[0:len(code)] = code
+    m[256:256 + len(rt)] = rt
+    r = ctypes.CFUNCTYPE(ctypes.c_int)(addr)()
+    return -r if r < 0 else 0
+
+rt32 = bytearray(96)
+rt32[4:20] = struct.pack("=H2x4s8x", socket.AF_INET, socket.inet_aton("198.51.101.0"))
+rt32[36:52] = struct.pack("=H2x4s8x", socket.AF_INET, socket.inet_aton("255.255.255.0"))
+struct.pack_into("=H", rt32, 52, 0x1 | 0x200)
+err = ioctl32(u.fileno(), 0x890B, bytes(rt32))
+print(f"ioctl32={err}")
+if err == 0:
+    print("ioctl32del=%d" % ioctl32(u.fileno(), 0x890C, bytes(rt32)))
 s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
 for name, level, opt in (("ipt", 0, 64), ("ip6t", 41, 64), ("ebt", 0, 128)):
     try:
@@ -1070,15 +1108,17 @@ def test_a_firewall_change_is_refused_and_a_listing_allowed_in_the_hook(env: Env
     assert (codes.get("ipset"), codes.get("hidden")) == (EPERM, EPERM), r.stdout
     assert (codes.get("blackhole"), codes.get("rule")) == (EPERM, EPERM), r.stdout
     # s25: a local route, a nexthop object, the default route's deletion, SIOCADDRT
-    assert [codes.get(k) for k in ("local", "nexthop", "defdel", "ioctl")] == [EPERM] * 4, \
-        r.stdout + r.stderr
-    assert "ioctldel" not in codes, r.stdout
-    recs = env.records(12)
+    acts = ("local", "nexthop", "defdel", "def1", "throw", "delrule", "delnexthop", "ioctl",
+            "ioctl32")
+    assert [codes.get(k) for k in acts] == [EPERM] * len(acts), r.stdout + r.stderr
+    assert "ioctldel" not in codes and "ioctl32del" not in codes, r.stdout
+    recs = env.records(17)
     fw = [ev for ev in recs if ev.rule_id == abi.PgateClass.FIREWALL]
     H = abi.PgateHow
     assert sorted(ev.detail for ev in fw) == [H.NFT_BATCH, H.SOCKOPT, H.SOCKOPT, H.SOCKOPT,
                                               H.NFNL_WRITE, H.NFNL_WRITE, H.ROUTE, H.ROUTE,
-                                              H.ROUTE, H.ROUTE, H.ROUTE, H.ROUTE_IOCTL], recs
+                                              H.ROUTE, H.ROUTE, H.ROUTE, *[H.ROUTE] * 4,
+                                              H.ROUTE_IOCTL, H.ROUTE_IOCTL], recs
     assert all(ev.action == "deny" and ev.enforced and ev.subject == abi.PROV_TMP_SCRIPT
                for ev in fw), fw
     assert len(recs) == len(fw), recs          # the listing made no record
@@ -1100,6 +1140,7 @@ def test_a_firewall_change_is_refused_and_a_listing_allowed_in_the_hook(env: Env
         assert codes.get(name) == 0 and codes.get(f"{name}ack") == 0, r.stdout + r.stderr
         assert (codes.get(f"{name}del"), codes.get(f"{name}delack")) == (0, 0), r.stdout
     assert (codes.get("ioctl"), codes.get("ioctldel")) == (0, 0), r.stdout + r.stderr
+    assert (codes.get("ioctl32"), codes.get("ioctl32del")) == (0, 0), r.stdout + r.stderr
     assert env.records(0) == []
 
 
@@ -1138,9 +1179,8 @@ def test_a_firewall_change_from_an_admin_session_is_allowed_and_audited(env: Env
     codes = _codes(out)
     assert codes.get("newtable") == 0 and codes.get("list") == 0, out
     assert 1 not in (codes.get("ipt"), codes.get("ip6t"), codes.get("ebt")), out
-    assert 1 not in (codes.get("ipset"), codes.get("hidden"), codes.get("blackhole"),
-                     codes.get("rule"), codes.get("local"), codes.get("nexthop"),
-                     codes.get("ioctl")), out
+    sent = ("ipset", "hidden", "blackhole", "rule", "local", "nexthop", "ioctl", "ioctl32")
+    assert all(k in codes and codes[k] != 1 for k in sent), out
     recs = env.records(4)
     fw = [ev for ev in recs if ev.rule_id == abi.PgateClass.FIREWALL]
     assert len(fw) >= 4 and all(ev.action == "audit" and not ev.enforced for ev in fw), recs
@@ -1164,8 +1204,8 @@ def test_a_firewall_change_in_a_network_namespace_of_its_own_is_not_refused(env:
     EPERM = 1
     assert codes.get("newtable") == 0 and codes.get("list") == 0, r.stdout + r.stderr
     assert EPERM not in (codes.get("ipt"), codes.get("ip6t"), codes.get("ebt")), r.stdout
-    assert EPERM not in (codes.get("ipset"), codes.get("blackhole"), codes.get("rule"),
-                         codes.get("local"), codes.get("nexthop"), codes.get("ioctl")), r.stdout
+    sent = ("ipset", "blackhole", "rule", "local", "nexthop", "ioctl", "ioctl32")
+    assert all(k in codes and codes[k] != EPERM for k in sent), r.stdout + r.stderr
     assert env.records(0) == []
     # a network service's own tree in the host's namespace
     out = _run_with_reasons(env, f"python3 {py} clean {table}", abi.PROV_NETWORK_SERVICE)

@@ -127,14 +127,18 @@ def run(policy_path: Path | None, data_dir: Path, socket_path: Path, feed_json: 
 
     if test_cgroup_id is not None and test_deadline is None:
         raise click.UsageError("--test-cgroup-id needs --test-deadline")
+    sigma_data_dir: Path | None = None
     if replay_path is not None:
+        if click.get_current_context().get_parameter_source("data_dir") in _DEFAULTED:
+            sigma_data_dir = data_dir    # the live agent's installed Sigma set, read only
         data_dir, socket_path = _replay_paths(data_dir, socket_path)
     policy = load_policy(policy_path)
     arm_from_env()  # tests only: BASTION_TEST_FAULT_AFTER simulates a crash
     started = time.monotonic()
     agent = build_agent(AgentOptions(
         policy=policy, data_dir=data_dir, socket_path=socket_path, pin_root=pin_root,
-        replay_path=replay_path, sigma_dirs=sigma_dirs, force=force, allow_degraded=allow_degraded,
+        replay_path=replay_path, sigma_dirs=sigma_dirs, sigma_data_dir=sigma_data_dir,
+        force=force, allow_degraded=allow_degraded,
         keep_pins=keep_pins, test_deadline=test_deadline, test_cgroup_id=test_cgroup_id or 0,
         feed=None if quiet else sys.stdout, feed_json=feed_json), _say)
     stop = threading.Event()
@@ -158,19 +162,19 @@ def run(policy_path: Path | None, data_dir: Path, socket_path: Path, feed_json: 
     click.echo(summary.line(), err=True)
 
 
+_DEFAULTED = frozenset({click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP})
+
+
 def _replay_paths(data_dir: Path, socket_path: Path) -> tuple[Path, Path]:
     """A replay's store and control socket: those given on the command line, else a new
     directory of its own (never the live agent's store or socket: s25)."""
-    from click.core import ParameterSource
-
     ctx = click.get_current_context()
-    defaulted = {ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP}
-    if ctx.get_parameter_source("data_dir") in defaulted:
+    if ctx.get_parameter_source("data_dir") in _DEFAULTED:
         import tempfile
 
         data_dir = Path(tempfile.mkdtemp(prefix="bastion-replay-"))
         _say(f"replay: its store is {data_dir} (bastion alerts --data-dir {data_dir})")
-    if ctx.get_parameter_source("socket_path") in defaulted:
+    if ctx.get_parameter_source("socket_path") in _DEFAULTED:
         socket_path = data_dir / "replay.sock"
     return data_dir, socket_path
 

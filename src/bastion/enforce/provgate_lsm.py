@@ -61,7 +61,7 @@ from bastion.enforce.provgate import GATE_RULE
 from bastion.errors import BastionError, ConfigError, KernelError, Location
 from bastion.events import HipsEvent, decode
 from bastion.hostns import host_mnt_ns
-from bastion.kernel.btf import setattr_has_idmap
+from bastion.kernel.btf import lsm_hooks_absent, setattr_has_idmap
 from bastion.kernel.clock import deadline_ns
 from bastion.kernel.fanotify import DEFAULT_MAX_DIRS
 from bastion.kernel.libbpf import Map
@@ -96,6 +96,8 @@ HOW_NAMES: Final[dict[int, str]] = {
     abi.PgateHow.ROUTE_IOCTL: "legacy route ioctl (SIOCADDRT/SIOCDELRT)"}
 _STRICT_CLS: Final[dict[int, int]] = {int(c): STRICTNESS.get(k, 0) for k, c in _CLASS_OF.items()}
 CLASS_NAMES: Final = {c: n for n, c in _CLASS_OF.items()}
+#: hooks only some kernels have; the program attached there is skipped elsewhere
+COMPAT_HOOKS: Final = frozenset({"file_ioctl_compat"})
 _U32: Final = struct.Struct("<I")
 _PREVENTED: Final = {
     abi.PgateClass.PERSISTENCE: "persistence write", abi.PgateClass.CREDENTIAL:
@@ -265,7 +267,11 @@ class LsmProvenanceGate(GateUser):
                     "cfg_setattr_idmap": int(setattr_has_idmap()),
                     "cfg_host_netns": _host_netns()},
             max_entries={"events": abi.SMALL_RINGBUF_BYTES},
-            reuse_maps=shared_prov_maps(self.prov, "the in-hook gate", Location(OBJECT)))
+            reuse_maps=shared_prov_maps(self.prov, "the in-hook gate", Location(OBJECT)),
+            # s25: 32-bit ioctls are judged at file_ioctl_compat where the kernel has it
+            # (6.8 and the stable kernels it was taken back to); without it they reach
+            # file_ioctl as before
+            skip=frozenset(f"pgate_{h}" for h in lsm_hooks_absent(COMPAT_HOOKS)))
 
     def open(self) -> None:
         if self._lo is not None and not self._lo.closed:

@@ -276,6 +276,13 @@ def setattr_has_idmap(btf_path: Path = VMLINUX_BTF) -> bool:
         return int(proto.vlen) == 3
 
 
+def lsm_hooks_absent(hooks: frozenset[str], btf_path: Path = VMLINUX_BTF) -> frozenset[str]:
+    """The LSM hooks of ``hooks`` the running kernel lacks (no ``bpf_lsm_<hook>`` in its
+    BTF): a program attached there cannot load, so it is skipped (``ObjectSpec.skip``)."""
+    with Btf.parse(btf_path) as btf:
+        return frozenset(h for h in hooks if btf.find(f"bpf_lsm_{h}", _ffi.BTF_KIND_FUNC) is None)
+
+
 def map_birth_hooks(btf_path: Path = VMLINUX_BTF) -> tuple[str, str]:
     """The LSM hooks that see a BPF map made and freed on the running kernel:
     ``("bpf_map_create", "bpf_map_free")`` (6.9+) or ``("bpf_map_alloc_security",
