@@ -63,6 +63,8 @@ class AgentOptions:
     #: where the installed Sigma set is read (None: ``data_dir``; a replay in a store of
     #: its own reads the live agent's installed set)
     sigma_data_dir: Path | None = None
+    #: a replay's alerts go to the policy's outputs too (never its fleet link or metrics)
+    replay_outputs: bool = False
     sigma_dirs: tuple[Path, ...] = ()
     force: bool = False
     allow_degraded: bool = False
@@ -319,16 +321,21 @@ def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
                          *behavior_rules(policy.behavior, live_probes() if report else None,
                                          cprobes=live_container_probes() if report else None),
                          *extra])
-        if replay and (policy.outputs or policy.fleet is not None or policy.metrics is not None):
-            # s25: a replay's alerts went to the SIEM, the fleet and the metrics as this
-            # host's own; a replay reports to its feed and its own store only
-            say("replay: the policy's outputs, fleet link and metrics are not started "
-                "(a recording's alerts are not this host's)")
-        elif policy.outputs or policy.fleet is not None:
+        # s25: a replay's alerts went to the SIEM, the fleet and the metrics as this host's
+        # own; a replay reports to its feed and its own store, and to the policy's
+        # outputs only when asked (``replay_outputs``: a SIEM pipeline test)
+        outputs = list(policy.outputs) if not replay or opts.replay_outputs else []
+        fleet = policy.fleet if not replay else None
+        if replay and (policy.fleet is not None or policy.metrics is not None
+                       or len(outputs) < len(policy.outputs)):
+            say("replay: the policy's " + ("fleet link and metrics" if outputs else
+                                           "outputs, fleet link and metrics")
+                + " are not started (a recording's alerts are not this host's)")
+        if outputs or fleet is not None:
             from bastion.outputs import build_manager
 
-            parts.outputs = build_manager(list(policy.outputs), start=False)
-            if policy.fleet is not None:
+            parts.outputs = build_manager(outputs, start=False)
+            if fleet is not None:
                 _fleet_parts(parts, policy, opts.data_dir)
             parts.outputs.start()
         if policy.metrics is not None and not replay:

@@ -36,7 +36,8 @@ def test_truncation_while_down_is_alerted_at_start_and_published_with_its_anchor
     policy.write_text(f"version: 1\noutputs:\n  - type: jsonl\n    path: {out}\n")
     trace = tmp_path / "empty.jsonl"
     trace.write_text("")
-    r = subprocess.run([BASTION, "run", "--replay", str(trace), "--policy", str(policy), "--quiet",
+    r = subprocess.run([BASTION, "run", "--replay", str(trace), "--replay-outputs",
+                        "--policy", str(policy), "--quiet",
                         "--data-dir", str(data), "--socket", str(tmp_path / "s.sock")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

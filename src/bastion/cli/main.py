@@ -99,6 +99,9 @@ def cli(verbose: int) -> None:
 @click.option("--quiet", is_flag=True, help="No live alert feed.")
 @click.option("--replay", "replay_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Read events from a recorded JSONL trace instead of the kernel; stops at its end.")
+@click.option("--replay-outputs", is_flag=True,
+              help="With --replay: send its alerts to the policy's outputs too (a SIEM pipeline "
+                   "test; off by default: a recording's alerts are not this host's).")
 @click.option("--sigma", "sigma_dirs", multiple=True, type=click.Path(path_type=Path, file_okay=False),
               help="Evaluate the Sigma rules under DIR live (repeatable; adds to the policy's sigma list).")
 @click.option("--force", is_flag=True, help="Apply the policy despite its warnings.")
@@ -114,7 +117,8 @@ def cli(verbose: int) -> None:
 @click.option("--keep-pins", is_flag=True,
               help="Leave pinned HIPS enforcement in force after a clean stop (the guardian's agent).")
 def run(policy_path: Path | None, data_dir: Path, socket_path: Path, feed_json: bool, quiet: bool,
-        replay_path: Path | None, sigma_dirs: tuple[Path, ...], force: bool, allow_degraded: bool,
+        replay_path: Path | None, replay_outputs: bool, sigma_dirs: tuple[Path, ...], force: bool,
+        allow_degraded: bool,
         maintenance_token_file: Path | None, pin_root: Path, test_deadline: float | None,
         test_cgroup_id: int | None, keep_pins: bool) -> None:
     """Run the agent in the foreground until SIGINT/SIGTERM (unprotected: development, replay).
@@ -127,6 +131,8 @@ def run(policy_path: Path | None, data_dir: Path, socket_path: Path, feed_json: 
 
     if test_cgroup_id is not None and test_deadline is None:
         raise click.UsageError("--test-cgroup-id needs --test-deadline")
+    if replay_outputs and replay_path is None:
+        raise click.UsageError("--replay-outputs needs --replay")
     sigma_data_dir: Path | None = None
     if replay_path is not None:
         if click.get_current_context().get_parameter_source("data_dir") in _DEFAULTED:
@@ -137,7 +143,8 @@ def run(policy_path: Path | None, data_dir: Path, socket_path: Path, feed_json: 
     started = time.monotonic()
     agent = build_agent(AgentOptions(
         policy=policy, data_dir=data_dir, socket_path=socket_path, pin_root=pin_root,
-        replay_path=replay_path, sigma_dirs=sigma_dirs, sigma_data_dir=sigma_data_dir,
+        replay_path=replay_path, replay_outputs=replay_outputs, sigma_dirs=sigma_dirs,
+        sigma_data_dir=sigma_data_dir,
         force=force, allow_degraded=allow_degraded,
         keep_pins=keep_pins, test_deadline=test_deadline, test_cgroup_id=test_cgroup_id or 0,
         feed=None if quiet else sys.stdout, feed_json=feed_json), _say)
