@@ -85,8 +85,7 @@ test-vm-variant: setup
 
 # Unit tests share nothing (no kernel state, own temp dirs): two workers.  Kernel and
 # e2e tests share the host kernel and stay serial.  The VM suite: its files split over
-# guests side by side, two per host core (a single-threaded TCG guest keeps about half
-# a core busy), the no-bpf-LSM variant boot after (vm/suite.sh).
+# guests side by side, one per host core, the no-bpf-LSM variant boot after (vm/suite.sh).
 test: setup lint
 	$(PYTEST) -n 2 --durations=30 tests/unit
 	$(PYTEST) --durations=30 tests/kernel tests/e2e
