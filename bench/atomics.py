@@ -425,6 +425,16 @@ class Watch:
         objs = [GateObject(o.path[len(root):], o.kind) for o in default_objects(root, kinds=KINDS)]
         names = [(d[len(root):], n, k) for d, n, k in default_names(root)]
         self.gate_problems = gate.apply(objs, names, root=root)
+        # which of the sandbox's must-stop directories the kernel map holds, by the key
+        # stat gives now (a row shows it: a refusal missing on one is then explained)
+        self.gate_probe = {}
+        for d in ("/etc/cron.d", "/etc/cron.daily", "/etc/systemd/system", "/var/log"):
+            try:
+                st = os.stat(root + d)
+            except OSError:
+                continue
+            k = bytes(InodeKey(ino=st.st_ino, dev=(os.major(st.st_dev) << 20) | os.minor(st.st_dev)))
+            self.gate_probe[d] = f"{st.st_dev}:{st.st_ino}:{'in' if k in gate._objs else 'out'}"
         self.lsmgate.refresh_tools()
         n = gate.entered()
         self.gate_marks = n["objects"] + n["names"]
@@ -595,6 +605,8 @@ def run_one(a: dict[str, Any], cg: Path, root: Path, timeout: float,
                 pid = next(iter((cg / "cgroup.procs").read_text().split()), "")
                 watch.mark_sandbox(f"/proc/{pid}/root{base}/m", watch.overlay_dev)
                 extra["gate_marks"] = watch.gate_marks
+                if getattr(watch, "gate_probe", None):
+                    extra["gate_probe"] = watch.gate_probe
                 if watch.gate_problems:
                     extra["gate_problems"] = watch.gate_problems[:5]
             time.sleep(0.5)   # two refreshes of the sensitive set (every 0.2 s)
@@ -650,6 +662,15 @@ def atomic_execs(execs: list[tuple[str, tuple[str, ...]]], provenance: str) -> l
 
 
 SEV = {"info": 0, "low": 1, "medium": 2, "high": 3, "critical": 4}
+
+
+def dump(args: argparse.Namespace, results: list[dict[str, Any]], errs: Any) -> None:
+    """Write the run's JSON (atomically: a reader never sees half a file)."""
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    tmp.write_text(json.dumps({"label": args.label, "provenance": args.provenance,
+                               "tier": args.tier, "prereqs": args.prereqs,
+                               "results": results, "rule_errors": errs}, indent=1))
+    os.replace(tmp, args.out)
 
 
 def main() -> int:
@@ -739,6 +760,7 @@ def main() -> int:
                 row["blocked"] = any(x["action"] in ("kill", "kill-tree", "quarantine", "deny")
                                      for x in alerts)
                 results.append(row)
+                dump(args, results, [])   # each row as it comes: a killed run keeps its rows
                 print(f"{a['technique']}-{a['n']} rc={row['rc']} det={row['detected']}"
                       f"({row['top_severity']}) blk={row['blocked']} pre={row.get('prereq', '-')} "
                       f"{a['name'][:50]}", flush=True)
@@ -755,11 +777,7 @@ def main() -> int:
             errs = w.engine.errors
     finally:
         cgroup.remove(cg)
-    args.out.write_text(json.dumps({"label": args.label, "provenance": args.provenance,
-                                    "tier": args.tier,
-                                    "prereqs": args.prereqs,
-                                    "results": results,
-                                    "rule_errors": errs}, indent=1))
+    dump(args, results, errs)
     ran = [r for r in results if "skipped" not in r]
     # ran to completion, or was stopped by a block (a killed atomic exits non-zero)
     ok = [r for r in ran if r["rc"] == 0 or r["blocked"]]
