@@ -83,13 +83,15 @@ VM_VARIANT_LSM := lockdown,capability,landlock,yama,apparmor,tomoyo
 test-vm-variant: setup
 	VM_LSM=$(VM_VARIANT_LSM) VM_TIMEOUT=300 bash vm/run.sh tests/vm/variant_nobpflsm.py
 
-# Unit tests share nothing (no kernel state, own temp dirs): two workers.  Kernel and
-# e2e tests share the host kernel and stay serial.  The VM suite: its files split over
-# guests side by side, one per host core, the no-bpf-LSM variant boot after (vm/suite.sh).
+# Kernel and e2e tests share the host kernel and stay serial.  The VM suite: its files
+# split over guests side by side, one per host core, the no-bpf-LSM variant boot after
+# (vm/suite.sh).  Unit tests share nothing (no kernel state, own temp dirs): one worker
+# beside the guests, which leave about half of each core idle (s26; `make test-unit`
+# runs them alone).
 test: setup lint
-	$(PYTEST) -n 2 --durations=30 tests/unit
 	$(PYTEST) --durations=30 tests/kernel tests/e2e
-	VM_VARIANT_LSM=$(VM_VARIANT_LSM) bash vm/suite.sh
+	VM_VARIANT_LSM=$(VM_VARIANT_LSM) VM_BESIDE="$(PYTEST) -n 1 --durations=30 tests/unit" \
+	  bash vm/suite.sh
 
 bench: setup
 	@for b in bench/bench_*.py; do $(VPY) $$b || exit 1; done
