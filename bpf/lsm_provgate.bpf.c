@@ -688,9 +688,9 @@ int BPF_PROG(pgate_sb_umount, struct vfsmount *mnt, int flags)
 #define RT_TABLE_LOCAL_ 255
 #define FR_ACT_TO_TBL_ 1
 #define AF_INET6_ 10
-#define RTN_BLACKHOLE_ 6     /* FR_ACT_BLACKHOLE the same, at the same offset of fib_rule_hdr */
-#define RTN_PROHIBIT_ 8      /* 7: unreachable */
+#define RTA_TABLE_ 15
 #define PGATE_NL_MSGS 16     /* messages of one send judged one by one */
+#define PGATE_RTA_MAX 16     /* attributes of one route message read for RTA_TABLE */
 #define SOL_IP_ 0
 #define SOL_IPV6_ 41
 #define IPT_SO_SET_REPLACE_ 64     /* IP6T_ the same numbers at SOL_IPV6 */
@@ -744,14 +744,43 @@ static __always_inline bool pgate_ipset_write(__u16 type)
 	       ((cmd >= 2 && cmd <= 6) || cmd == 9 || cmd == 10);
 }
 
+/* The table a route message puts its route in: RTA_TABLE (a u32) where the message
+ * carries one, which the kernel takes over rtm_table (s26: rtm_table 0 with
+ * RTA_TABLE 255 put a unicast route in the local table past the check below, e.g.
+ * NLM_F_REPLACE of 127.0.0.0/8: loopback gone).  -1: an attribute that cannot be
+ * read, or more than PGATE_RTA_MAX before the message's end (fail closed). */
+static __always_inline long pgate_rta_table(unsigned char *msg, __u32 msg_len, __u8 rtm_table)
+{
+	struct { __u16 len; __u16 type; } rta;
+	__u32 off = sizeof(struct pgate_nlmsghdr) + 12, val;   /* after struct rtmsg */
+	int i;
+
+	for (i = 0; i < PGATE_RTA_MAX; i++) {
+		if (off + sizeof(rta) > msg_len)
+			return rtm_table;
+		if (bpf_probe_read_kernel(&rta, sizeof(rta), msg + off))
+			return -1;
+		if (rta.len < sizeof(rta))
+			return rtm_table;      /* the kernel refuses the message */
+		if (rta.type == RTA_TABLE_ && rta.len >= sizeof(rta) + sizeof(val)) {
+			if (bpf_probe_read_kernel(&val, sizeof(val), msg + off + sizeof(rta)))
+				return -1;
+			return val;
+		}
+		off += (rta.len + 3) & ~3U;
+	}
+	return off + sizeof(rta) > msg_len ? rtm_table : -1;
+}
+
 /* Every message of the send is judged, as netlink_rcv_skb walks them (s24: the
  * first alone let a GET carry an ipset change behind it).  Netfilter: a batch (the
  * kernel takes a batch only when it comes first: nftables, iptables-nft, ufw,
- * firewalld) or an ipset change.  Routing (s24, review 6 of s23): a route or a
- * policy rule that drops traffic (blackhole, unreachable, prohibit: the agent's
- * fleet link, updates or a monitoring host null-routed).  More messages than
- * judged, or one that cannot be read: a change (fail closed; pgate_firewall still
- * lets every trusted tree through). */
+ * firewalld) or an ipset change.  Routing: every route, rule and nexthop change
+ * but a unicast route of /8 or narrower (/16 IPv6) outside the local table and a
+ * rule that looks up a table (s24 review 6 of s23, s25 review 5 of s24: traffic
+ * null-routed, the default route replaced or deleted, the host's own addresses
+ * taken).  More messages than judged, or one that cannot be read: a change (fail
+ * closed; pgate_firewall still lets every trusted tree through). */
 SEC("lsm/netlink_send")
 int BPF_PROG(pgate_netlink_send, struct sock *sk, struct sk_buff *skb)
 {
@@ -807,15 +836,22 @@ int BPF_PROG(pgate_netlink_send, struct sock *sk, struct sk_buff *skb)
 			 * unreachable, prohibit, nop, or goto past the main table) */
 			if (nlh.nlmsg_type == RTM_NEWRULE_ && kind != FR_ACT_TO_TBL_)
 				return pgate_firewall(how, sk);
-			/* a route: only a unicast one, outside the local table, narrower
-			 * than /8 (/16 for IPv6): blackhole, unreachable, prohibit, throw,
+			/* a route: only a unicast one, outside the local table (rtm_table
+			 * or RTA_TABLE), with a prefix of /8 or longer (/16 for IPv6):
+			 * refused are blackhole, unreachable, prohibit, throw,
 			 * local (its address then this host's), broadcast...; the default
 			 * route, or the halves that replace it (0.0.0.0/1 + 128.0.0.0/1,
 			 * ::/1, 2000::/3), through another gateway */
-			if (nlh.nlmsg_type == RTM_NEWROUTE_ &&
-			    (kind != RTN_UNICAST_ || body[4] == RT_TABLE_LOCAL_ ||
-			     body[1] < (body[0] == AF_INET6_ ? 16 : 8)))
-				return pgate_firewall(how, sk);
+			if (nlh.nlmsg_type == RTM_NEWROUTE_) {
+				long table;
+
+				if (kind != RTN_UNICAST_ || body[1] < (body[0] == AF_INET6_ ? 16 : 8))
+					return pgate_firewall(how, sk);
+				table = pgate_rta_table(data + off, nlh.nlmsg_len < len - off ?
+							nlh.nlmsg_len : len - off, body[4]);
+				if (table == RT_TABLE_LOCAL_ || table < 0)
+					return pgate_firewall(how, sk);
+			}
 		}
 		if (nlh.nlmsg_len < sizeof(nlh) || nlh.nlmsg_len > len - off)
 			return 0;      /* netlink_rcv_skb stops here too */

@@ -1000,8 +1000,19 @@ def nexthop(t, flags, seq):
         body += struct.pack("=HH", 4, 4)                                   # NHA_BLACKHOLE
     return struct.pack("=IHHII", 16 + len(body), t, flags, seq, 0) + body
 
+# s26: a unicast route put in the local table by RTA_TABLE (rtm_table 0: the kernel
+# takes the attribute over the header's byte; the header alone was checked)
+def ltable(t, flags, seq, table=255, dst="198.51.100.9"):
+    body = struct.pack("=BBBBBBBBI", 2, 32, 0, 0, 0, 4, 253, 1, 0)    # unspec table, link
+    body += struct.pack("=HH4s", 8, 1, socket.inet_aton(dst))            # RTA_DST
+    body += struct.pack("=HHi", 8, 4, socket.if_nametoindex("lo"))       # RTA_OIF
+    body += struct.pack("=HHI", 8, 15, table)                            # RTA_TABLE
+    return struct.pack("=IHHII", 16 + len(body), t, flags, seq, 0) + body
+
 for name, new, delete in (("local", local(NEWROUTE, REQ | ACK | CREATE_EXCL, 13),
                            local(DELROUTE, REQ | ACK, 14)),
+                          ("ltable", ltable(NEWROUTE, REQ | ACK | CREATE_EXCL, 19),
+                           ltable(DELROUTE, REQ | ACK, 20)),
                           ("nexthop", nexthop(NEWNEXTHOP, REQ | ACK | CREATE_EXCL, 15),
                            nexthop(DELNEXTHOP, REQ | ACK, 16))):
     sent, ack, _ = talk(new, proto=NETLINK_ROUTE)
@@ -1022,6 +1033,11 @@ if mode == "attack":
     def1 += struct.pack("=HHi", 8, 4, socket.if_nametoindex("lo"))
     throw = struct.pack("=BBBBBBBBI", 2, 32, 0, 0, 254, 4, 0, 9, 0)
     throw += struct.pack("=HH4s", 8, 1, socket.inet_aton("192.0.2.77"))
+    # the same walk takes a unicast /32 whose RTA_TABLE is the main table (replaced:
+    # a rerun in the same boot finds it there)
+    sent, ack, _ = talk(ltable(NEWROUTE, REQ | ACK | 0x500, 21, 254, "198.51.100.10"),
+                        proto=NETLINK_ROUTE)
+    print(f"mtable={sent} mtableack={ack}")
     for name, t, body in (("def1", NEWROUTE, def1), ("throw", NEWROUTE, throw),
                           ("delrule", DELRULE, rule(DELRULE, 0, 0, 1)[16:]),
                           ("delnexthop", DELNEXTHOP, nexthop(DELNEXTHOP, 0, 0)[16:])):
@@ -1093,7 +1109,9 @@ def test_a_firewall_change_is_refused_and_a_listing_allowed_in_the_hook(env: Env
     prohibit rule (traffic null-routed) are refused too.
     The refused batch only creates a table of the test's own (never a flush); a clean
     tree's same batch is sent (the table made and deleted again where nf_tables loads),
-    its route and rule made and deleted again."""
+    its route and rule made and deleted again.  s26: a unicast route put in the local
+    table by RTA_TABLE (the header's rtm_table 0) is refused, one whose RTA_TABLE names
+    the main table is made."""
     py = env.root / "nft.py"
     py.write_text(_NFT)
     table = f"bastion_s23_{uuid.uuid4().hex[:8]}"
@@ -1109,15 +1127,17 @@ def test_a_firewall_change_is_refused_and_a_listing_allowed_in_the_hook(env: Env
     assert (codes.get("blackhole"), codes.get("rule")) == (EPERM, EPERM), r.stdout
     # s25: a local route, a nexthop object, the default route's deletion, SIOCADDRT
     acts = ("local", "nexthop", "defdel", "def1", "throw", "delrule", "delnexthop", "ioctl",
-            "ioctl32")
+            "ioctl32", "ltable")
     assert [codes.get(k) for k in acts] == [EPERM] * len(acts), r.stdout + r.stderr
     assert "ioctldel" not in codes and "ioctl32del" not in codes, r.stdout
-    recs = env.records(17)
+    # s26: a unicast route whose RTA_TABLE names the main table is sent and made
+    assert (codes.get("mtable"), codes.get("mtableack")) == (0, 0), r.stdout + r.stderr
+    recs = env.records(18)
     fw = [ev for ev in recs if ev.rule_id == abi.PgateClass.FIREWALL]
     H = abi.PgateHow
     assert sorted(ev.detail for ev in fw) == [H.NFT_BATCH, H.SOCKOPT, H.SOCKOPT, H.SOCKOPT,
                                               H.NFNL_WRITE, H.NFNL_WRITE, H.ROUTE, H.ROUTE,
-                                              H.ROUTE, H.ROUTE, H.ROUTE, *[H.ROUTE] * 4,
+                                              H.ROUTE, H.ROUTE, H.ROUTE, *[H.ROUTE] * 5,
                                               H.ROUTE_IOCTL, H.ROUTE_IOCTL], recs
     assert all(ev.action == "deny" and ev.enforced and ev.subject == abi.PROV_TMP_SCRIPT
                for ev in fw), fw
@@ -1136,7 +1156,7 @@ def test_a_firewall_change_is_refused_and_a_listing_allowed_in_the_hook(env: Env
         assert codes.get("deleteack") == 0, r.stdout
     assert EPERM not in (codes.get("ipt"), codes.get("ip6t"), codes.get("ebt")), r.stdout
     assert (codes.get("ipset"), codes.get("hidden")) == (0, 0), r.stdout
-    for name in ("blackhole", "rule", "local", "nexthop"):   # made by the kernel, deleted
+    for name in ("blackhole", "rule", "local", "nexthop", "ltable"):   # made, deleted
         assert codes.get(name) == 0 and codes.get(f"{name}ack") == 0, r.stdout + r.stderr
         assert (codes.get(f"{name}del"), codes.get(f"{name}delack")) == (0, 0), r.stdout
     assert (codes.get("ioctl"), codes.get("ioctldel")) == (0, 0), r.stdout + r.stderr
@@ -1179,7 +1199,8 @@ def test_a_firewall_change_from_an_admin_session_is_allowed_and_audited(env: Env
     codes = _codes(out)
     assert codes.get("newtable") == 0 and codes.get("list") == 0, out
     assert 1 not in (codes.get("ipt"), codes.get("ip6t"), codes.get("ebt")), out
-    sent = ("ipset", "hidden", "blackhole", "rule", "local", "nexthop", "ioctl", "ioctl32")
+    sent = ("ipset", "hidden", "blackhole", "rule", "local", "nexthop", "ioctl", "ioctl32",
+            "ltable")
     assert all(k in codes and codes[k] != 1 for k in sent), out
     recs = env.records(4)
     fw = [ev for ev in recs if ev.rule_id == abi.PgateClass.FIREWALL]
