@@ -517,9 +517,48 @@ int BPF_PROG(pgate_file_mprotect, struct vm_area_struct *vma, unsigned long reqp
 #define S_IFSOCK_ 0140000
 static __always_inline int pgate_firewall(__u32 how, struct sock *sk);   /* below */
 
+/* s26: the legacy ioctls that change an interface, its addresses, the ARP table,
+ * a bridge or a bond (`ifconfig eth0 down`, `ifconfig eth0 0.0.0.0`, `arp -s GW
+ * MAC`, `brctl delif`): the host cut off or its traffic diverted, as the rtnetlink
+ * link/address/neighbour messages.  Reads (SIOCGIF*) are not listed. */
+static __always_inline bool pgate_netdev_ioctl(unsigned int cmd)
+{
+	switch (cmd) {
+	case 0x8911: /* SIOCSIFLINK */
+	case 0x8914: /* SIOCSIFFLAGS */
+	case 0x8916: /* SIOCSIFADDR */
+	case 0x8918: /* SIOCSIFDSTADDR */
+	case 0x891a: /* SIOCSIFBRDADDR */
+	case 0x891c: /* SIOCSIFNETMASK */
+	case 0x8922: /* SIOCSIFMTU */
+	case 0x8923: /* SIOCSIFNAME */
+	case 0x8924: /* SIOCSIFHWADDR */
+	case 0x8926: /* SIOCSIFENCAP */
+	case 0x8934: /* SIOCSIFPFLAGS */
+	case 0x8936: /* SIOCDIFADDR */
+	case 0x8937: /* SIOCSIFHWBROADCAST */
+	case 0x8943: /* SIOCSIFTXQLEN */
+	case 0x8949: /* SIOCSMIIREG: a PHY register written (powered down) */
+	case 0x8953: /* SIOCDARP */
+	case 0x8955: /* SIOCSARP */
+	case 0x8971: /* SIOCSIFMAP */
+	case 0x8983: /* SIOCSIFVLAN */
+	case 0x8990: /* SIOCBONDENSLAVE */
+	case 0x8991: /* SIOCBONDRELEASE */
+	case 0x8992: /* SIOCBONDSETHWADDR */
+	case 0x8995: /* SIOCBONDCHANGEACTIVE */
+	case 0x89a0: /* SIOCBRADDBR */
+	case 0x89a1: /* SIOCBRDELBR */
+	case 0x89a2: /* SIOCBRADDIF */
+	case 0x89a3: /* SIOCBRDELIF */
+		return true;
+	}
+	return false;
+}
+
 static __always_inline int pgate_ioctl(struct file *file, unsigned int cmd)
 {
-	if (cmd == SIOCADDRT_ || cmd == SIOCDELRT_) {
+	if (cmd == SIOCADDRT_ || cmd == SIOCDELRT_ || pgate_netdev_ioctl(cmd)) {
 		/* s25 (review 5 of s24): the legacy route ioctls (`route add -net ...
 		 * reject`, `route del default`) on a socket: refused whole, whatever
 		 * the rtentry says (it is user memory, read by the kernel after us) */
@@ -528,7 +567,8 @@ static __always_inline int pgate_ioctl(struct file *file, unsigned int cmd)
 		if ((BPF_CORE_READ(file, f_inode, i_mode) & S_IFMT_) != S_IFSOCK_)
 			return 0;
 		sock = BPF_CORE_READ(file, private_data);
-		return pgate_firewall(BASTION_PGATE_HOW_ROUTE_IOCTL,
+		return pgate_firewall(cmd == SIOCADDRT_ || cmd == SIOCDELRT_ ?
+				      BASTION_PGATE_HOW_ROUTE_IOCTL : BASTION_PGATE_HOW_NETDEV_IOCTL,
 				      sock ? BPF_CORE_READ(sock, sk) : NULL);
 	}
 	if (cmd != FS_IOC_SETFLAGS_ && cmd != FS_IOC32_SETFLAGS_ && cmd != FS_IOC_FSSETXATTR_)
@@ -677,6 +717,19 @@ int BPF_PROG(pgate_sb_umount, struct vfsmount *mnt, int flags)
 #define NETLINK_NETFILTER_ 12
 #define NFNL_MSG_BATCH_BEGIN_ 0x10
 #define NFNL_SUBSYS_IPSET_ 6
+#define RTM_NEWLINK_ 16
+#define RTM_DELLINK_ 17
+#define RTM_SETLINK_ 19
+#define RTM_NEWADDR_ 20
+#define RTM_DELADDR_ 21
+#define RTM_NEWNEIGH_ 28
+#define RTM_DELNEIGH_ 29
+#define RTM_NEWQDISC_ 36     /* ... 49: qdisc, tclass, tfilter, action (new, del, get each) */
+#define RTM_DELACTION_ 49
+#define RTM_NEWCHAIN_ 100
+#define RTM_DELCHAIN_ 101
+#define RTM_NEWVLAN_ 112
+#define RTM_DELVLAN_ 113
 #define RTM_NEWROUTE_ 24
 #define RTM_DELROUTE_ 25
 #define RTM_NEWRULE_ 32
@@ -772,6 +825,22 @@ static __always_inline long pgate_rta_table(unsigned char *msg, __u32 msg_len, _
 	return off + sizeof(rta) > msg_len ? rtm_table : -1;
 }
 
+/* s26: an rtnetlink change of a link (set down, deleted, renamed, its MTU or
+ * address; a link made: a tunnel or a bridge), an address (added: another host's
+ * address made this one's, as a local route; removed), a neighbour entry (the
+ * gateway's MAC replaced), traffic control (`tc qdisc add dev eth0 root netem
+ * loss 100%`, a filter that drops) or a bridge vlan: the host cut off or its
+ * traffic diverted.  Their GETs (dumps) are sent. */
+static __always_inline bool pgate_netdev_msg(__u16 type)
+{
+	if (type >= RTM_NEWQDISC_ && type <= RTM_DELACTION_)
+		return (type & 3) != 2;     /* RTM_GET* of each family is base + 2 */
+	return type == RTM_NEWLINK_ || type == RTM_DELLINK_ || type == RTM_SETLINK_ ||
+	       type == RTM_NEWADDR_ || type == RTM_DELADDR_ || type == RTM_NEWNEIGH_ ||
+	       type == RTM_DELNEIGH_ || type == RTM_NEWCHAIN_ || type == RTM_DELCHAIN_ ||
+	       type == RTM_NEWVLAN_ || type == RTM_DELVLAN_;
+}
+
 /* Every message of the send is judged, as netlink_rcv_skb walks them (s24: the
  * first alone let a GET carry an ipset change behind it).  Netfilter: a batch (the
  * kernel takes a batch only when it comes first: nftables, iptables-nft, ufw,
@@ -812,6 +881,8 @@ int BPF_PROG(pgate_netlink_send, struct sock *sk, struct sk_buff *skb)
 				return pgate_firewall(BASTION_PGATE_HOW_NFT_BATCH, sk);
 			if (pgate_ipset_write(nlh.nlmsg_type))
 				return pgate_firewall(how, sk);
+		} else if (pgate_netdev_msg(nlh.nlmsg_type)) {
+			return pgate_firewall(BASTION_PGATE_HOW_NETDEV, sk);
 		} else if (nlh.nlmsg_type == RTM_DELROUTE_ || nlh.nlmsg_type == RTM_DELRULE_ ||
 			   nlh.nlmsg_type == RTM_NEWNEXTHOP_ || nlh.nlmsg_type == RTM_DELNEXTHOP_ ||
 			   nlh.nlmsg_type == RTM_NEWNEXTHOPBUCKET_) {

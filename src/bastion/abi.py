@@ -621,6 +621,8 @@ class PgateHow(enum.IntEnum):
     NFNL_WRITE = 10
     ROUTE = 11
     ROUTE_IOCTL = 12
+    NETDEV = 13
+    NETDEV_IOCTL = 14
 
 
 class PipegateKind(enum.IntEnum):

@@ -1090,6 +1090,43 @@ err = ioctl32(u.fileno(), 0x890B, bytes(rt32))
 print(f"ioctl32={err}")
 if err == 0:
     print("ioctl32del=%d" % ioctl32(u.fileno(), 0x890C, bytes(rt32)))
+# s26: links, addresses, neighbours and traffic control (rtnetlink), each a no-op or
+# undone when the kernel takes it: lo's MTU set to what it is, TEST-NET-2's .20 added
+# to lo (deleted again), .21 removed (not there: the kernel answers EADDRNOTAVAIL),
+# a neighbour deleted and lo's root qdisc deleted (neither exists); lo's flags set by
+# SIOCSIFFLAGS to what they are (ifconfig's ioctl)
+LO = socket.if_nametoindex("lo")
+NEWLINK, NEWADDR, DELADDR, DELNEIGH, DELQDISC = 16, 20, 21, 29, 37
+
+def rtm(t, flags, seq, body):
+    return struct.pack("=IHHII", 16 + len(body), t, flags, seq, 0) + body
+
+mtu = int(open("/sys/class/net/lo/mtu").read())
+link = struct.pack("=BBHiII", 0, 0, 0, LO, 0, 0) + struct.pack("=HHI", 8, 4, mtu)  # IFLA_MTU
+
+def ifaddr(a):
+    return (struct.pack("=BBBBI", 2, 32, 0, 254, LO)                     # host scope
+            + struct.pack("=HH4s", 8, 2, socket.inet_aton(a))             # IFA_LOCAL
+            + struct.pack("=HH4s", 8, 1, socket.inet_aton(a)))            # IFA_ADDRESS
+
+neigh = struct.pack("=BBHiHBB", 2, 0, 0, LO, 0, 0, 0) + struct.pack(
+    "=HH4s", 8, 1, socket.inet_aton("198.51.100.22"))                     # NDA_DST
+qdisc = struct.pack("=BBHiIII", 0, 0, 0, LO, 0, 0xFFFFFFFF, 0)            # TC_H_ROOT
+for name, t, body in (("mtu", NEWLINK, link), ("addr", NEWADDR, ifaddr("198.51.100.20")),
+                      ("deladdr", DELADDR, ifaddr("198.51.100.21")),
+                      ("delneigh", DELNEIGH, neigh), ("delqdisc", DELQDISC, qdisc)):
+    sent, ack, _ = talk(rtm(t, REQ | ACK | (CREATE_EXCL if t == NEWADDR else 0), 30, body),
+                        proto=NETLINK_ROUTE)
+    print(f"{name}={sent} {name}ack={ack}")
+    if name == "addr" and sent == 0 and ack == 0:
+        print("addrdel=%d addrdelack=%d" % talk(rtm(DELADDR, REQ | ACK, 31, body),
+                                                proto=NETLINK_ROUTE)[:2])
+flags = fcntl.ioctl(u, 0x8913, struct.pack("16sH22x", b"lo", 0))       # SIOCGIFFLAGS
+try:
+    fcntl.ioctl(u, 0x8914, flags)                                        # SIOCSIFFLAGS
+    print("ifflags=0")
+except OSError as ex:
+    print(f"ifflags={ex.errno}")
 s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
 for name, level, opt in (("ipt", 0, 64), ("ip6t", 41, 64), ("ebt", 0, 128)):
     try:
@@ -1127,18 +1164,19 @@ def test_a_firewall_change_is_refused_and_a_listing_allowed_in_the_hook(env: Env
     assert (codes.get("blackhole"), codes.get("rule")) == (EPERM, EPERM), r.stdout
     # s25: a local route, a nexthop object, the default route's deletion, SIOCADDRT
     acts = ("local", "nexthop", "defdel", "def1", "throw", "delrule", "delnexthop", "ioctl",
-            "ioctl32", "ltable")
+            "ioctl32", "ltable", "mtu", "addr", "deladdr", "delneigh", "delqdisc", "ifflags")
     assert [codes.get(k) for k in acts] == [EPERM] * len(acts), r.stdout + r.stderr
     assert "ioctldel" not in codes and "ioctl32del" not in codes, r.stdout
     # s26: a unicast route whose RTA_TABLE names the main table is sent and made
     assert (codes.get("mtable"), codes.get("mtableack")) == (0, 0), r.stdout + r.stderr
-    recs = env.records(18)
+    recs = env.records(24)
     fw = [ev for ev in recs if ev.rule_id == abi.PgateClass.FIREWALL]
     H = abi.PgateHow
     assert sorted(ev.detail for ev in fw) == [H.NFT_BATCH, H.SOCKOPT, H.SOCKOPT, H.SOCKOPT,
                                               H.NFNL_WRITE, H.NFNL_WRITE, H.ROUTE, H.ROUTE,
                                               H.ROUTE, H.ROUTE, H.ROUTE, *[H.ROUTE] * 5,
-                                              H.ROUTE_IOCTL, H.ROUTE_IOCTL], recs
+                                              H.ROUTE_IOCTL, H.ROUTE_IOCTL, *[H.NETDEV] * 5,
+                                              H.NETDEV_IOCTL], recs
     assert all(ev.action == "deny" and ev.enforced and ev.subject == abi.PROV_TMP_SCRIPT
                for ev in fw), fw
     assert len(recs) == len(fw), recs          # the listing made no record
@@ -1161,6 +1199,14 @@ def test_a_firewall_change_is_refused_and_a_listing_allowed_in_the_hook(env: Env
         assert (codes.get(f"{name}del"), codes.get(f"{name}delack")) == (0, 0), r.stdout
     assert (codes.get("ioctl"), codes.get("ioctldel")) == (0, 0), r.stdout + r.stderr
     assert (codes.get("ioctl32"), codes.get("ioctl32del")) == (0, 0), r.stdout + r.stderr
+    # s26: the link, address, neighbour, qdisc and interface-flag changes reach the
+    # kernel (the address made and removed again; the others answered by the kernel)
+    assert (codes.get("mtu"), codes.get("mtuack"), codes.get("ifflags")) == (0, 0, 0), r.stdout
+    assert [codes.get(k) for k in ("addr", "addrack", "addrdel", "addrdelack")] == [0] * 4, \
+        r.stdout + r.stderr
+    assert [codes.get(k) for k in ("deladdr", "delneigh", "delqdisc")] == [0] * 3, r.stdout
+    assert EPERM not in [codes.get(f"{k}ack") for k in ("deladdr", "delneigh", "delqdisc")], \
+        r.stdout
     assert env.records(0) == []
 
 
@@ -1200,7 +1246,7 @@ def test_a_firewall_change_from_an_admin_session_is_allowed_and_audited(env: Env
     assert codes.get("newtable") == 0 and codes.get("list") == 0, out
     assert 1 not in (codes.get("ipt"), codes.get("ip6t"), codes.get("ebt")), out
     sent = ("ipset", "hidden", "blackhole", "rule", "local", "nexthop", "ioctl", "ioctl32",
-            "ltable")
+            "ltable", "mtu", "addr", "deladdr", "delneigh", "delqdisc", "ifflags")
     assert all(k in codes and codes[k] != 1 for k in sent), out
     recs = env.records(4)
     fw = [ev for ev in recs if ev.rule_id == abi.PgateClass.FIREWALL]
@@ -1225,7 +1271,8 @@ def test_a_firewall_change_in_a_network_namespace_of_its_own_is_not_refused(env:
     EPERM = 1
     assert codes.get("newtable") == 0 and codes.get("list") == 0, r.stdout + r.stderr
     assert EPERM not in (codes.get("ipt"), codes.get("ip6t"), codes.get("ebt")), r.stdout
-    sent = ("ipset", "blackhole", "rule", "local", "nexthop", "ioctl", "ioctl32")
+    sent = ("ipset", "blackhole", "rule", "local", "nexthop", "ioctl", "ioctl32", "ltable",
+            "mtu", "addr", "deladdr", "delneigh", "delqdisc", "ifflags")
     assert all(k in codes and codes[k] != EPERM for k in sent), r.stdout + r.stderr
     assert env.records(0) == []
     # a network service's own tree in the host's namespace

@@ -93,7 +93,12 @@ HOW_NAMES: Final[dict[int, str]] = {
     abi.PgateHow.ROUTE: "route change that drops or diverts traffic (rtnetlink: a blackhole, "
                         "unreachable, prohibit or local route or rule, the default route "
                         "added, replaced or deleted, a nexthop object)",
-    abi.PgateHow.ROUTE_IOCTL: "legacy route ioctl (SIOCADDRT/SIOCDELRT)"}
+    abi.PgateHow.ROUTE_IOCTL: "legacy route ioctl (SIOCADDRT/SIOCDELRT)",
+    abi.PgateHow.NETDEV: "link, address, neighbour or traffic-control change (rtnetlink: "
+                         "a link set down or deleted, an address added or removed, an ARP "
+                         "entry, a tc qdisc, class, filter or action)",
+    abi.PgateHow.NETDEV_IOCTL: "legacy interface ioctl (SIOCSIFFLAGS, SIOCSIFADDR, "
+                               "SIOCDIFADDR, SIOCSARP...: ifconfig, arp, brctl)"}
 _STRICT_CLS: Final[dict[int, int]] = {int(c): STRICTNESS.get(k, 0) for k, c in _CLASS_OF.items()}
 CLASS_NAMES: Final = {c: n for n, c in _CLASS_OF.items()}
 #: hooks only some kernels have; the program attached there is skipped elsewhere
