@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TextIO
 from bastion.agent import Agent, AgentParts
 from bastion.alert import Alert
 from bastion.config import AgentConfig
-from bastion.errors import ConfigError, KernelError, Location
+from bastion.errors import ConfigError, KernelError, Location, StoreError
 from bastion.kernel.bpffs import HostMounts, prepare_pseudo_filesystems
 from bastion.paths import DEFAULT_DATA_DIR, PIN_ROOT
 from bastion.procstat import PROC
@@ -85,6 +85,21 @@ def _same_dir(a: Path, b: Path) -> bool:
         return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
     except OSError:
         return a.resolve() == b.resolve()
+
+
+def _lock_data_dir(data_dir: Path, wait_s: float) -> int:
+    """The data dir's owner lock, waiting up to ``wait_s`` for a holder to let go (the
+    agent a guardian just killed is still exiting while its successor starts)."""
+    from bastion.store.db import DataDirBusy, lock_data_dir
+
+    end = time.monotonic() + wait_s
+    while True:
+        try:
+            return lock_data_dir(data_dir)
+        except DataDirBusy:
+            if time.monotonic() >= end:
+                raise
+            time.sleep(0.05)
 
 
 def _open_hips_backends(tier: Tier, pin_root: Path, deadline_s: float | None,
@@ -251,7 +266,7 @@ def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
     """
     from bastion.detect.behavior import behavior_rules, live_container_probes, live_probes
     from bastion.detect.engine import Engine, builtin_rules
-    from bastion.store.db import Retention, Store
+    from bastion.store.db import Retention, Store, lock_data_dir
 
     policy = opts.policy
     report: TierReport | None = None
@@ -285,6 +300,15 @@ def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
         # tamper-evident store, as this host's, beside the live writer
         raise ConfigError("a replay keeps its own store: give it a --data-dir other than the "
                           f"live agent's {DEFAULT_DATA_DIR}", location=Location(str(opts.data_dir)))
+    replay_lock: int | None = None
+    if replay and opts.data_dir.exists():
+        # s26: the same into a live agent's data dir elsewhere (its owner lock held, or
+        # its tamper protection refusing the lock file): refused before the store opens
+        try:
+            replay_lock = lock_data_dir(opts.data_dir)
+        except StoreError as exc:
+            raise ConfigError(f"a replay keeps its own store: {exc.message}",
+                              location=exc.location) from exc
     parts = AgentParts()
     from bastion.respond.shadow.rollback import shadow_handlers
 
@@ -298,10 +322,33 @@ def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
         parts.policies = PolicyManager(report.tier, open_backends=_open_hips_backends(
             report.tier, opts.pin_root, opts.test_deadline, say))
         parts.policies.prepare(policy, force=opts.force, allow_degraded=opts.allow_degraded)
-    store = Store.open(opts.data_dir, retention=Retention(
-        max_age_s=policy.store.max_age_s, max_events=policy.store.max_events,
-        max_bytes=policy.store.max_bytes, max_alerts=policy.store.max_alerts), busy_timeout_s=1.0)
     try:
+        store = Store.open(opts.data_dir, retention=Retention(
+            max_age_s=policy.store.max_age_s, max_events=policy.store.max_events,
+            max_bytes=policy.store.max_bytes, max_alerts=policy.store.max_alerts),
+            busy_timeout_s=1.0)
+    except BaseException:
+        if replay_lock is not None:
+            os.close(replay_lock)
+        raise
+    store.owner_lock = replay_lock
+    try:
+        if store.owner_lock is None:
+            try:
+                store.owner_lock = _lock_data_dir(opts.data_dir, 0.0 if replay else 5.0)
+            except StoreError as exc:
+                if replay:
+                    raise ConfigError(f"a replay keeps its own store: {exc.message}",
+                                      location=exc.location) from exc
+                # a live agent goes on (a root who holds the file must not keep the agent
+                # down), and says so: another writer in its store
+                say(f"warning: {exc}")
+                from bastion.detect.engine import Finding
+                parts.notices += (Finding(
+                    rule="bastion.store.owner_lock", severity="high", attack=("T1562.001",),
+                    action="alert", event=None, pid=os.getpid(),
+                    title=f"The data dir's owner lock is not this agent's: {exc.message}",
+                    evidence={"error": str(exc), "data_dir": str(opts.data_dir)}),)
         if store.anchor_note:
             # the alert chain lost records (or its anchor) while no agent ran: said before
             # the store is re-anchored at its current head (the alert itself is chained)

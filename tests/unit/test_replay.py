@@ -245,3 +245,62 @@ def test_a_replay_in_its_own_store_evaluates_the_live_installed_sigma_set(tmp_pa
     sigma = st["protections"]["sigma"]
     assert sigma["on"] and "SigmaHQ release local" in sigma["detail"], sigma
     assert not (tmp_path / "replay" / "sigma").exists()
+
+
+def test_a_replay_refuses_a_data_dir_another_agent_holds(tmp_path: Path) -> None:
+    """s26 (left by the s25 review): a replay given a live agent's data dir other than
+    the default wrote into its store beside the live writer.  The live agent holds the
+    data dir's owner lock; a replay aimed there is refused before the store is opened
+    (no row, no anchor touched), and runs once the holder is gone."""
+    import threading
+
+    from bastion.assembly import AgentOptions, build_agent
+    from bastion.config import parse_policy
+    from bastion.errors import ConfigError
+    from bastion.store.db import DB_NAME, lock_data_dir
+
+    data = tmp_path / "live"
+    data.mkdir(mode=0o700)
+    held = lock_data_dir(data)          # the live agent's hold (another open file description)
+    trace = _write(tmp_path / "t.jsonl", [json.dumps(to_json(_shell_event()))])
+    opts = AgentOptions(policy=parse_policy("version: 1\n", "p.yaml"), data_dir=data,
+                        socket_path=None, replay_path=trace)
+    try:
+        with pytest.raises(ConfigError, match="another Bastion process holds this data dir") as ei:
+            build_agent(opts, lambda _m: None)
+        assert f"pid {os.getpid()}" in str(ei.value) and "agent.lock" in str(ei.value)
+        assert not (data / DB_NAME).exists()
+    finally:
+        os.close(held)
+    agent = build_agent(opts, lambda _m: None)
+    agent.run(threading.Event())
+    try:
+        assert [a.data["rule"] for a in agent.store.alerts(limit=50)]
+        # the replay held the lock while it ran and let it go with its store
+        with pytest.raises(Exception, match="another Bastion process"):
+            lock_data_dir(data)
+    finally:
+        agent.store.close()
+    os.close(lock_data_dir(data))
+
+
+def test_the_owner_lock_is_never_a_symlink_or_a_fifo(tmp_path: Path) -> None:
+    """The lock file is opened as root in a data dir: a symlink planted there (to
+    /etc/shadow) is not followed and a fifo is refused; neither target is written."""
+    from bastion.errors import StoreError
+    from bastion.store.db import OWNER_LOCK, lock_data_dir
+
+    victim = tmp_path / "victim"
+    victim.write_text("keep\n")
+    d1 = tmp_path / "d1"
+    d1.mkdir()
+    (d1 / OWNER_LOCK).symlink_to(victim)
+    with pytest.raises(StoreError, match="owner lock") as ei:
+        lock_data_dir(d1)
+    assert str(d1 / OWNER_LOCK) in str(ei.value)
+    assert victim.read_text() == "keep\n"
+    d2 = tmp_path / "d2"
+    d2.mkdir()
+    os.mkfifo(d2 / OWNER_LOCK)
+    with pytest.raises(StoreError, match="not a regular file"):
+        lock_data_dir(d2)

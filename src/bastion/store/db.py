@@ -12,6 +12,7 @@ database path, with the sqlite error chained.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import itertools
@@ -20,6 +21,7 @@ import logging
 import math
 import os
 import sqlite3
+import stat
 import threading
 import time
 import uuid
@@ -48,6 +50,9 @@ __all__ = [
 ]
 
 DB_NAME = "bastion.db"
+#: the data dir's owner lock: an agent holds it for its lifetime, a replay for its run
+#: (s26: a replay given a live agent's non-default data dir wrote into its store)
+OWNER_LOCK = "agent.lock"
 _GLOB_CHARS = frozenset("*?[")
 # Retention deletes in chunks so one call never holds the write lock (or grows
 # the WAL) for a whole multi-million-row delete.
@@ -151,6 +156,47 @@ def _is_glob(pattern: str) -> bool:
     return not _GLOB_CHARS.isdisjoint(pattern)
 
 
+class DataDirBusy(StoreError):
+    """Another process (an agent, a replay) holds the data dir's owner lock."""
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Take the data dir's owner lock: an exclusive ``flock`` on ``<data_dir>/agent.lock``
+    (made 0600 if missing; never through a symlink; a regular file only), held for as
+    long as the returned descriptor is open, and the holder's pid written in it.
+    Raises :class:`DataDirBusy` naming the holder when another process holds it, and
+    :class:`StoreError` when the file cannot be opened or locked (a tamper-protected
+    data dir refuses the open to anyone but its agent)."""
+    path = Path(data_dir) / OWNER_LOCK
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+                     | os.O_NONBLOCK, 0o600)
+    except OSError as exc:
+        raise StoreError(f"cannot open the data dir's owner lock: {exc.strerror or exc}",
+                         location=Location(str(path))) from exc
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise StoreError("the data dir's owner lock is not a regular file",
+                             location=Location(str(path)))
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            raise DataDirBusy(
+                "another Bastion process holds this data dir (pid "
+                f"{holder if holder.isdigit() else 'unknown'}): an agent or a replay "
+                "writes into its store", location=Location(str(path))) from None
+        except OSError as exc:
+            raise StoreError(f"cannot lock the data dir: {exc.strerror or exc}",
+                             location=Location(str(path))) from exc
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 class Store:
     """Handle on ``<data_dir>/bastion.db``.  Create with :meth:`open`."""
 
@@ -180,6 +226,9 @@ class Store:
         self.anchor_error = ""
         #: events retention deleted (rows of coalesced repeats count their ``n``)
         self.event_facts_deleted = 0
+        #: the data dir's owner lock (:func:`lock_data_dir`) this handle holds, if any:
+        #: released by :meth:`close`
+        self.owner_lock: int | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -425,6 +474,9 @@ class Store:
                 pass  # best effort; closing must not fail on it
             finally:
                 self._conn.close()
+                if self.owner_lock is not None:
+                    os.close(self.owner_lock)
+                    self.owner_lock = None
 
     def __enter__(self) -> Store:
         return self
