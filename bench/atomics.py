@@ -428,7 +428,8 @@ class Watch:
         # which of the sandbox's must-stop directories the kernel map holds, by the key
         # stat gives now (a row shows it: a refusal missing on one is then explained)
         self.gate_probe = {}
-        for d in ("/etc/cron.d", "/etc/cron.daily", "/etc/systemd/system", "/var/log"):
+        for d in ("/etc/cron.d", "/etc/cron.daily", "/etc/systemd/system", "/var/log",
+                  "/root/.bashrc", "/root/.profile", "/root/.bash_history", "/etc/rsyslog.conf"):
             try:
                 st = os.stat(root + d)
             except OSError:
