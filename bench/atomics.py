@@ -254,12 +254,16 @@ class Watch:
         policy = load_policy(None)
         # the sandbox's overlay device, set per atomic (see overlay_dev())
         self.overlay_dev: tuple[int, ...] = ()
+        # the bits overlayfs's xino puts above a lower file's inode number (lsm mode's
+        # overlay; 0 without xino), set per atomic (see overlay_ino_bits())
+        self.overlay_bits = 0
 
         def sandbox_sensitive(patterns: Any) -> list[SensEntry]:
             """The host's sensitive entries plus the same inodes on the sandbox's overlay
             device (an overlayfs file keeps the lower inode number, not the device)."""
             host = resolve(patterns)
-            return host + [SensEntry(e.sens_id, e.path, e.pattern, e.sens_class, d, e.ino)
+            return host + [SensEntry(e.sens_id, e.path, e.pattern, e.sens_class, d,
+                                     e.ino | self.overlay_bits)
                            for d in self.overlay_dev for e in host]
 
         # the event sensor the agent assembles on the tier (assembly.event_sensor): the
@@ -358,10 +362,11 @@ class Watch:
 
         def idents(name: str) -> frozenset[tuple[int, int]]:
             host = trust.idents(name)
-            return host | {(d, ino) for d in devs for _, ino in host}
+            return host | {(d, ino | bits) for d in devs for _, ino in host}
 
+        bits = self.overlay_bits
         sh = installed_shells()
-        shells = {**sh, **{(d, ino): f for d in devs for (_, ino), f in sh.items()}}
+        shells = {**sh, **{(d, ino | bits): f for d in devs for (_, ino), f in sh.items()}}
         self.pipegate.apply(idents=idents, shells=lambda: shells)
 
     def mark_sandbox(self, root: str, devs: tuple[int, ...]) -> None:
@@ -405,7 +410,7 @@ class Watch:
             except OSError:
                 continue
             for d in devs:
-                prov.interp.update(bytes(InodeKey(ino=st.st_ino, dev=d)),
+                prov.interp.update(bytes(InodeKey(ino=st.st_ino | self.overlay_bits, dev=d)),
                                    bytes(ProvInterp(code_letters=letters_mask(letters))))
 
     def enter_sandbox_lsm(self, root: str, devs: tuple[int, ...]) -> None:
@@ -445,7 +450,12 @@ class Watch:
             except OSError:
                 continue
             for d in devs:
-                self.prov.interp.update(bytes(InodeKey(ino=st.st_ino, dev=d)),
+                # s26: with xino the overlay's number is the host's with the layer's
+                # bits above it; the host's number alone left every interpreter scan
+                # of the sandbox unmatched (a tmp-script's taint came only from user
+                # space's mirror, after the act when the run was slow)
+                self.prov.interp.update(bytes(InodeKey(ino=st.st_ino | self.overlay_bits,
+                                                       dev=d)),
                                         bytes(ProvInterp(code_letters=letters_mask(letters))))
 
     def drain(self, gate: Any) -> None:
@@ -501,6 +511,21 @@ class Watch:
             out = (self.events, self.execs, self.alerts)
             self.events, self.execs, self.alerts = 0, [], []
         return out
+
+
+def overlay_ino_bits(pid: str, mnt: str) -> int:
+    """The bits overlayfs's xino puts above a lower file's inode number in the overlay
+    mounted at ``mnt`` in ``pid``'s namespace (lsm mode: ``xino=on``, the lower layer's
+    fsid in the top bits); 0 without xino.  Checked on /etc/passwd: the overlay's number
+    must be the host's with bits added, else the sandbox's identities are not derivable
+    (RuntimeError: the run would measure a gate that matches nothing)."""
+    host = os.stat("/etc/passwd").st_ino
+    sbx = os.stat(f"/proc/{pid}/root{mnt}/etc/passwd").st_ino
+    bits = sbx & ~host
+    if host | bits != sbx:
+        raise RuntimeError(f"the sandbox's /etc/passwd is inode {sbx:#x}, the host's {host:#x}: "
+                           "not the host's number with bits above it")
+    return bits
 
 
 def overlay_dev(cg: Path, mnt: str, deadline: float) -> tuple[int, ...]:
@@ -601,9 +626,11 @@ def run_one(a: dict[str, Any], cg: Path, root: Path, timeout: float,
     try:
         if watch is not None:
             watch.overlay_dev = overlay_dev(cg, f"{base}/m", t0 + 10)
+            pid = next(iter((cg / "cgroup.procs").read_text().split()), "")
+            watch.overlay_bits = overlay_ino_bits(pid, f"{base}/m") if watch.overlay_dev else 0
+            extra["overlay_bits"] = f"{watch.overlay_bits:#x}"
             watch.enter_pipegate(watch.overlay_dev)
             if watch.prov is not None:
-                pid = next(iter((cg / "cgroup.procs").read_text().split()), "")
                 watch.mark_sandbox(f"/proc/{pid}/root{base}/m", watch.overlay_dev)
                 extra["gate_marks"] = watch.gate_marks
                 if getattr(watch, "gate_probe", None):
@@ -635,6 +662,7 @@ def run_one(a: dict[str, Any], cg: Path, root: Path, timeout: float,
     finally:
         if watch is not None:
             watch.overlay_dev = ()
+            watch.overlay_bits = 0
         os.unlink(fifo)
         if prereqs:
             os.close(pre_fd)
