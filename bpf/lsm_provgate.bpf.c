@@ -742,6 +742,7 @@ int BPF_PROG(pgate_sb_umount, struct vfsmount *mnt, int flags)
 #define FR_ACT_TO_TBL_ 1
 #define AF_INET6_ 10
 #define RTA_TABLE_ 15
+#define NLA_TYPE_MASK_ 0x3fff    /* ~(NLA_F_NESTED | NLA_F_NET_BYTEORDER) */
 #define PGATE_NL_MSGS 16     /* messages of one send judged one by one */
 #define PGATE_RTA_MAX 16     /* attributes of one route message read for RTA_TABLE */
 #define SOL_IP_ 0
@@ -800,29 +801,34 @@ static __always_inline bool pgate_ipset_write(__u16 type)
 /* The table a route message puts its route in: RTA_TABLE (a u32) where the message
  * carries one, which the kernel takes over rtm_table (s26: rtm_table 0 with
  * RTA_TABLE 255 put a unicast route in the local table past the check below, e.g.
- * NLM_F_REPLACE of 127.0.0.0/8: loopback gone).  -1: an attribute that cannot be
- * read, or more than PGATE_RTA_MAX before the message's end (fail closed). */
+ * NLM_F_REPLACE of 127.0.0.0/8: loopback gone); the last one, type flags masked,
+ * as the kernel parses them.  -1: an attribute that cannot be read, or more than
+ * PGATE_RTA_MAX before the message's end (fail closed). */
 static __always_inline long pgate_rta_table(unsigned char *msg, __u32 msg_len, __u8 rtm_table)
 {
 	struct { __u16 len; __u16 type; } rta;
 	__u32 off = sizeof(struct pgate_nlmsghdr) + 12, val;   /* after struct rtmsg */
+	long table = rtm_table;
 	int i;
 
 	for (i = 0; i < PGATE_RTA_MAX; i++) {
 		if (off + sizeof(rta) > msg_len)
-			return rtm_table;
+			return table;
 		if (bpf_probe_read_kernel(&rta, sizeof(rta), msg + off))
 			return -1;
 		if (rta.len < sizeof(rta))
-			return rtm_table;      /* the kernel refuses the message */
-		if (rta.type == RTA_TABLE_ && rta.len >= sizeof(rta) + sizeof(val)) {
+			return table;          /* the kernel refuses the message */
+		/* the type as nla_type() reads it (NLA_F_NESTED and NLA_F_NET_BYTEORDER
+		 * masked off); the last RTA_TABLE wins, as nla_parse keeps the last */
+		if ((rta.type & NLA_TYPE_MASK_) == RTA_TABLE_ &&
+		    rta.len >= sizeof(rta) + sizeof(val)) {
 			if (bpf_probe_read_kernel(&val, sizeof(val), msg + off + sizeof(rta)))
 				return -1;
-			return val;
+			table = val;
 		}
 		off += (rta.len + 3) & ~3U;
 	}
-	return off + sizeof(rta) > msg_len ? rtm_table : -1;
+	return off + sizeof(rta) > msg_len ? table : -1;
 }
 
 /* s26: an rtnetlink change of a link (set down, deleted, renamed, its MTU or

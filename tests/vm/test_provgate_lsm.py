@@ -1002,17 +1002,24 @@ def nexthop(t, flags, seq):
 
 # s26: a unicast route put in the local table by RTA_TABLE (rtm_table 0: the kernel
 # takes the attribute over the header's byte; the header alone was checked)
-def ltable(t, flags, seq, table=255, dst="198.51.100.9"):
+def ltable(t, flags, seq, table=255, dst="198.51.100.9", decoy=False):
     body = struct.pack("=BBBBBBBBI", 2, 32, 0, 0, 0, 4, 253, 1, 0)    # unspec table, link
     body += struct.pack("=HH4s", 8, 1, socket.inet_aton(dst))            # RTA_DST
     body += struct.pack("=HHi", 8, 4, socket.if_nametoindex("lo"))       # RTA_OIF
-    body += struct.pack("=HHI", 8, 15, table)                            # RTA_TABLE
+    if decoy:   # a main-table RTA_TABLE first: the kernel keeps the last, flags masked
+        body += struct.pack("=HHI", 8, 15, 254)
+        body += struct.pack("=HHI", 8, 15 | 0x4000, table)               # NLA_F_NET_BYTEORDER
+    else:
+        body += struct.pack("=HHI", 8, 15, table)                        # RTA_TABLE
     return struct.pack("=IHHII", 16 + len(body), t, flags, seq, 0) + body
 
 for name, new, delete in (("local", local(NEWROUTE, REQ | ACK | CREATE_EXCL, 13),
                            local(DELROUTE, REQ | ACK, 14)),
                           ("ltable", ltable(NEWROUTE, REQ | ACK | CREATE_EXCL, 19),
                            ltable(DELROUTE, REQ | ACK, 20)),
+                          ("ltable2", ltable(NEWROUTE, REQ | ACK | CREATE_EXCL, 22,
+                                             dst="198.51.100.11", decoy=True),
+                           ltable(DELROUTE, REQ | ACK, 23, dst="198.51.100.11", decoy=True)),
                           ("nexthop", nexthop(NEWNEXTHOP, REQ | ACK | CREATE_EXCL, 15),
                            nexthop(DELNEXTHOP, REQ | ACK, 16))):
     sent, ack, _ = talk(new, proto=NETLINK_ROUTE)
@@ -1164,17 +1171,18 @@ def test_a_firewall_change_is_refused_and_a_listing_allowed_in_the_hook(env: Env
     assert (codes.get("blackhole"), codes.get("rule")) == (EPERM, EPERM), r.stdout
     # s25: a local route, a nexthop object, the default route's deletion, SIOCADDRT
     acts = ("local", "nexthop", "defdel", "def1", "throw", "delrule", "delnexthop", "ioctl",
-            "ioctl32", "ltable", "mtu", "addr", "deladdr", "delneigh", "delqdisc", "ifflags")
+            "ioctl32", "ltable", "ltable2", "mtu", "addr", "deladdr", "delneigh", "delqdisc",
+            "ifflags")
     assert [codes.get(k) for k in acts] == [EPERM] * len(acts), r.stdout + r.stderr
     assert "ioctldel" not in codes and "ioctl32del" not in codes, r.stdout
     # s26: a unicast route whose RTA_TABLE names the main table is sent and made
     assert (codes.get("mtable"), codes.get("mtableack")) == (0, 0), r.stdout + r.stderr
-    recs = env.records(24)
+    recs = env.records(25)
     fw = [ev for ev in recs if ev.rule_id == abi.PgateClass.FIREWALL]
     H = abi.PgateHow
     assert sorted(ev.detail for ev in fw) == [H.NFT_BATCH, H.SOCKOPT, H.SOCKOPT, H.SOCKOPT,
                                               H.NFNL_WRITE, H.NFNL_WRITE, H.ROUTE, H.ROUTE,
-                                              H.ROUTE, H.ROUTE, H.ROUTE, *[H.ROUTE] * 5,
+                                              H.ROUTE, H.ROUTE, H.ROUTE, *[H.ROUTE] * 6,
                                               H.ROUTE_IOCTL, H.ROUTE_IOCTL, *[H.NETDEV] * 5,
                                               H.NETDEV_IOCTL], recs
     assert all(ev.action == "deny" and ev.enforced and ev.subject == abi.PROV_TMP_SCRIPT
@@ -1194,7 +1202,7 @@ def test_a_firewall_change_is_refused_and_a_listing_allowed_in_the_hook(env: Env
         assert codes.get("deleteack") == 0, r.stdout
     assert EPERM not in (codes.get("ipt"), codes.get("ip6t"), codes.get("ebt")), r.stdout
     assert (codes.get("ipset"), codes.get("hidden")) == (0, 0), r.stdout
-    for name in ("blackhole", "rule", "local", "nexthop", "ltable"):   # made, deleted
+    for name in ("blackhole", "rule", "local", "nexthop", "ltable", "ltable2"):   # made, deleted
         assert codes.get(name) == 0 and codes.get(f"{name}ack") == 0, r.stdout + r.stderr
         assert (codes.get(f"{name}del"), codes.get(f"{name}delack")) == (0, 0), r.stdout
     assert (codes.get("ioctl"), codes.get("ioctldel")) == (0, 0), r.stdout + r.stderr
