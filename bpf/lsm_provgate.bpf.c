@@ -518,9 +518,10 @@ int BPF_PROG(pgate_file_mprotect, struct vm_area_struct *vma, unsigned long reqp
 static __always_inline int pgate_firewall(__u32 how, struct sock *sk);   /* below */
 
 /* s26: the legacy ioctls that change an interface, its addresses, the ARP table,
- * a bridge or a bond (`ifconfig eth0 down`, `ifconfig eth0 0.0.0.0`, `arp -s GW
- * MAC`, `brctl delif`): the host cut off or its traffic diverted, as the rtnetlink
- * link/address/neighbour messages.  Reads (SIOCGIF*) are not listed. */
+ * a bridge, a bond, a vlan or the NIC (`ifconfig eth0 down`, `ifconfig eth0
+ * 0.0.0.0`, `arp -s GW MAC`, `brctl delif`, `vconfig rem`, `ethtool -s`): the host
+ * cut off or its traffic diverted, as the rtnetlink messages.  Reads (SIOCGIF*)
+ * are not listed, but for the two "get" numbers whose argument names a change. */
 static __always_inline bool pgate_netdev_ioctl(unsigned int cmd)
 {
 	switch (cmd) {
@@ -551,9 +552,19 @@ static __always_inline bool pgate_netdev_ioctl(unsigned int cmd)
 	case 0x89a1: /* SIOCBRDELBR */
 	case 0x89a2: /* SIOCBRADDIF */
 	case 0x89a3: /* SIOCBRDELIF */
+	/* s26 review: numbers that reach the same changes */
+	case 0x8931: /* SIOCADDMULTI */
+	case 0x8932: /* SIOCDELMULTI: the solicited-node filter gone, IPv6 ND broken */
+	case 0x8940: /* SIOCGIFBR: old_deviceless takes BRCTL_DEL_BRIDGE through it */
+	case 0x8941: /* SIOCSIFBR */
+	case 0x8946: /* SIOCETHTOOL: link settings, a NIC reset, EEPROM and firmware writes */
+	case 0x894a: /* SIOCWANDEV */
+	case 0x8982: /* SIOCGIFVLAN: vlan_ioctl_hook acts on args.cmd (DEL_VLAN_CMD) */
 		return true;
 	}
-	return false;
+	/* SIOCDEVPRIVATE..+15: the bonding driver's BOND_*_OLD, the bridge's BRCTL_*;
+	 * the argument is user memory read after us: refused whole */
+	return cmd >= 0x89f0 && cmd <= 0x89ff;
 }
 
 static __always_inline int pgate_ioctl(struct file *file, unsigned int cmd)
@@ -714,37 +725,24 @@ int BPF_PROG(pgate_sb_umount, struct vfsmount *mnt, int flags)
  * s23-muststop): the other netfilter subsystems' non-batch changes (ipset,
  * conntrack flush, nfqueue/nflog config). */
 #define NETLINK_ROUTE_ 0
+#define NETLINK_XFRM_ 6
 #define NETLINK_NETFILTER_ 12
+#define RTM_BASE_ 16
+#define RTM_NEWNSID_ 88
+#define XFRM_MSG_BASE_ 0x10
+#define IFLA_NET_NS_PID_ 19
+#define IFLA_NET_NS_FD_ 28
+#define IFLA_LINK_NETNSID_ 37
+#define IFLA_NEW_NETNSID_ 45
+#define IFLA_TARGET_NETNSID_ 46
+#define PGATE_IFLA_MAX 32    /* attributes of one link message read for a namespace */
 #define NFNL_MSG_BATCH_BEGIN_ 0x10
 #define NFNL_SUBSYS_IPSET_ 6
 #define RTM_NEWLINK_ 16
 #define RTM_DELLINK_ 17
 #define RTM_SETLINK_ 19
-#define RTM_NEWADDR_ 20
-#define RTM_DELADDR_ 21
-#define RTM_NEWNEIGH_ 28
-#define RTM_DELNEIGH_ 29
-#define RTM_NEWQDISC_ 36     /* ... 49: qdisc, tclass, tfilter, action (new, del, get each) */
-#define RTM_DELACTION_ 49
-#define RTM_NEWCHAIN_ 100
-#define RTM_DELCHAIN_ 101
-#define RTM_NEWVLAN_ 112
-#define RTM_DELVLAN_ 113
-#define RTM_NEWROUTE_ 24
-#define RTM_DELROUTE_ 25
-#define RTM_NEWRULE_ 32
-#define RTM_DELRULE_ 33
-#define RTM_NEWNEXTHOP_ 104
-#define RTM_DELNEXTHOP_ 105
-#define RTM_NEWNEXTHOPBUCKET_ 116
-#define RTN_UNICAST_ 1
-#define RT_TABLE_LOCAL_ 255
-#define FR_ACT_TO_TBL_ 1
-#define AF_INET6_ 10
-#define RTA_TABLE_ 15
 #define NLA_TYPE_MASK_ 0x3fff    /* ~(NLA_F_NESTED | NLA_F_NET_BYTEORDER) */
 #define PGATE_NL_MSGS 16     /* messages of one send judged one by one */
-#define PGATE_RTA_MAX 16     /* attributes of one route message read for RTA_TABLE */
 #define SOL_IP_ 0
 #define SOL_IPV6_ 41
 #define IPT_SO_SET_REPLACE_ 64     /* IP6T_ the same numbers at SOL_IPV6 */
@@ -773,12 +771,12 @@ const volatile __u32 cfg_host_netns = 0;
  * calico, a VPN daemon manage the firewall as their job (the user-space
  * firewall rule judges those with its managers' trust); a tree with any other
  * reason (a /tmp script, a downloaded binary, a decoded payload) is refused. */
-static __always_inline int pgate_firewall(__u32 how, struct sock *sk)
+static __always_inline int pgate_firewall_ns(__u32 how, struct sock *sk, bool any_ns)
 {
 	__u32 reasons;
 	struct pgate_hit h = {};
 
-	if (!sk || (cfg_host_netns &&
+	if (!sk || (!any_ns && cfg_host_netns &&
 		    BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum) != cfg_host_netns))
 		return 0;
 	reasons = pgate_actor();
@@ -786,6 +784,11 @@ static __always_inline int pgate_firewall(__u32 how, struct sock *sk)
 		return 0;
 	h.cls = BASTION_PGATE_FIREWALL;
 	return pgate_decide_how(BASTION_OP_OPEN_WRITE, how, reasons, &h, NULL, NULL, 0);
+}
+
+static __always_inline int pgate_firewall(__u32 how, struct sock *sk)
+{
+	return pgate_firewall_ns(how, sk, false);
 }
 
 /* an ipset command that changes a set (create, destroy, flush, rename, swap, add,
@@ -798,72 +801,63 @@ static __always_inline bool pgate_ipset_write(__u16 type)
 	       ((cmd >= 2 && cmd <= 6) || cmd == 9 || cmd == 10);
 }
 
-/* The table a route message puts its route in: RTA_TABLE (a u32) where the message
- * carries one, which the kernel takes over rtm_table (s26: rtm_table 0 with
- * RTA_TABLE 255 put a unicast route in the local table past the check below, e.g.
- * NLM_F_REPLACE of 127.0.0.0/8: loopback gone); the last one, type flags masked,
- * as the kernel parses them.  -1: an attribute that cannot be read, or more than
- * PGATE_RTA_MAX before the message's end (fail closed). */
-static __always_inline long pgate_rta_table(unsigned char *msg, __u32 msg_len, __u8 rtm_table)
+/* s26 review: a link message that names another network namespace
+ * (IFLA_NET_NS_PID, IFLA_NET_NS_FD, IFLA_LINK_NETNSID, IFLA_NEW_NETNSID,
+ * IFLA_TARGET_NETNSID): sent from a namespace of the tree's own it may act on the
+ * host's (`unshare -n`, an nsid for /proc/1/ns/net, then RTM_DELLINK of the host's
+ * wg0 with IFLA_TARGET_NETNSID; a macvlan on the host's eth0 with
+ * IFLA_LINK_NETNSID).  True also when the attributes cannot be read or there are
+ * more than PGATE_IFLA_MAX (fail closed). */
+static __always_inline bool pgate_link_names_ns(unsigned char *msg, __u32 msg_len)
 {
 	struct { __u16 len; __u16 type; } rta;
-	__u32 off = sizeof(struct pgate_nlmsghdr) + 12, val;   /* after struct rtmsg */
-	long table = rtm_table;
+	__u32 off = sizeof(struct pgate_nlmsghdr) + 16;   /* after struct ifinfomsg */
+	__u16 t;
 	int i;
 
-	for (i = 0; i < PGATE_RTA_MAX; i++) {
+	for (i = 0; i < PGATE_IFLA_MAX; i++) {
 		if (off + sizeof(rta) > msg_len)
-			return table;
+			return false;
 		if (bpf_probe_read_kernel(&rta, sizeof(rta), msg + off))
-			return -1;
+			return true;
 		if (rta.len < sizeof(rta))
-			return table;          /* the kernel refuses the message */
-		/* the type as nla_type() reads it (NLA_F_NESTED and NLA_F_NET_BYTEORDER
-		 * masked off); the last RTA_TABLE wins, as nla_parse keeps the last */
-		if ((rta.type & NLA_TYPE_MASK_) == RTA_TABLE_ &&
-		    rta.len >= sizeof(rta) + sizeof(val)) {
-			if (bpf_probe_read_kernel(&val, sizeof(val), msg + off + sizeof(rta)))
-				return -1;
-			table = val;
-		}
+			return false;          /* the kernel refuses the message */
+		t = rta.type & NLA_TYPE_MASK_;
+		if (t == IFLA_NET_NS_PID_ || t == IFLA_NET_NS_FD_ || t == IFLA_LINK_NETNSID_ ||
+		    t == IFLA_NEW_NETNSID_ || t == IFLA_TARGET_NETNSID_)
+			return true;
 		off += (rta.len + 3) & ~3U;
 	}
-	return off + sizeof(rta) > msg_len ? table : -1;
+	return off + sizeof(rta) <= msg_len;
 }
 
-/* s26: an rtnetlink change of a link (set down, deleted, renamed, its MTU or
- * address; a link made: a tunnel or a bridge), an address (added: another host's
- * address made this one's, as a local route; removed), a neighbour entry (the
- * gateway's MAC replaced), traffic control (`tc qdisc add dev eth0 root netem
- * loss 100%`, a filter that drops) or a bridge vlan: the host cut off or its
- * traffic diverted.  Their GETs (dumps) are sent. */
-static __always_inline bool pgate_netdev_msg(__u16 type)
+/* rtnetlink's route, rule and nexthop families (HOW_ROUTE); the rest is NETDEV */
+static __always_inline bool pgate_route_family(__u16 type)
 {
-	if (type >= RTM_NEWQDISC_ && type <= RTM_DELACTION_)
-		return (type & 3) != 2;     /* RTM_GET* of each family is base + 2 */
-	return type == RTM_NEWLINK_ || type == RTM_DELLINK_ || type == RTM_SETLINK_ ||
-	       type == RTM_NEWADDR_ || type == RTM_DELADDR_ || type == RTM_NEWNEIGH_ ||
-	       type == RTM_DELNEIGH_ || type == RTM_NEWCHAIN_ || type == RTM_DELCHAIN_ ||
-	       type == RTM_NEWVLAN_ || type == RTM_DELVLAN_;
+	return (type >= 24 && type <= 27) || (type >= 32 && type <= 35) ||
+	       (type >= 104 && type <= 107) || (type >= 116 && type <= 119);
 }
 
 /* Every message of the send is judged, as netlink_rcv_skb walks them (s24: the
  * first alone let a GET carry an ipset change behind it).  Netfilter: a batch (the
  * kernel takes a batch only when it comes first: nftables, iptables-nft, ufw,
- * firewalld) or an ipset change.  Routing: every route, rule and nexthop change
- * but a unicast route of /8 or narrower (/16 IPv6) outside the local table and a
- * rule that looks up a table (s24 review 6 of s23, s25 review 5 of s24: traffic
- * null-routed, the default route replaced or deleted, the host's own addresses
- * taken).  More messages than judged, or one that cannot be read: a change (fail
- * closed; pgate_firewall still lets every trusted tree through). */
+ * firewalld) or an ipset change.  rtnetlink (s26 review: a list of the harmful
+ * types always missed some -- RTM_SETNEIGHTBL, link properties, the MDB, DCB,
+ * tunnels -- and unicast /8 routes through another gateway replaced the default
+ * route 16 at a time): every message but a GET (each family's base + 2) and the
+ * control types below RTM_BASE; routes, rules and nexthops are ROUTE, the rest
+ * NETDEV.  xfrm (`ip xfrm policy add dir out action block`): every message but its
+ * GETs.  A link message naming another namespace is judged from any namespace,
+ * RTM_NEWNSID too (it gives a namespace of the tree's own an id for the host's).
+ * More messages than judged, or one that cannot be read: a change (fail closed;
+ * pgate_firewall still lets every trusted tree through). */
 SEC("lsm/netlink_send")
 int BPF_PROG(pgate_netlink_send, struct sock *sk, struct sk_buff *skb)
 {
 	struct pgate_nlmsghdr nlh = {};
 	unsigned char *data;
 	__u32 len, off = 0, how;
-	__u16 proto;
-	__u8 kind;
+	__u16 proto, t;
 	int i;
 
 	if (!sk)
@@ -873,6 +867,8 @@ int BPF_PROG(pgate_netlink_send, struct sock *sk, struct sk_buff *skb)
 		how = BASTION_PGATE_HOW_NFNL_WRITE;
 	else if (proto == NETLINK_ROUTE_)
 		how = BASTION_PGATE_HOW_ROUTE;
+	else if (proto == NETLINK_XFRM_)
+		how = BASTION_PGATE_HOW_NETDEV;
 	else
 		return 0;
 	len = BPF_CORE_READ(skb, len);
@@ -881,60 +877,32 @@ int BPF_PROG(pgate_netlink_send, struct sock *sk, struct sk_buff *skb)
 		if (off + sizeof(nlh) > len)
 			return 0;      /* every message judged: nothing refused */
 		if (!data || bpf_probe_read_kernel(&nlh, sizeof(nlh), data + off))
-			return pgate_firewall(how, sk);
+			return pgate_firewall_ns(how, sk, proto == NETLINK_ROUTE_);
+		t = nlh.nlmsg_type;
 		if (proto == NETLINK_NETFILTER_) {
-			if (i == 0 && nlh.nlmsg_type == NFNL_MSG_BATCH_BEGIN_)
+			if (i == 0 && t == NFNL_MSG_BATCH_BEGIN_)
 				return pgate_firewall(BASTION_PGATE_HOW_NFT_BATCH, sk);
-			if (pgate_ipset_write(nlh.nlmsg_type))
+			if (pgate_ipset_write(t))
 				return pgate_firewall(how, sk);
-		} else if (pgate_netdev_msg(nlh.nlmsg_type)) {
-			return pgate_firewall(BASTION_PGATE_HOW_NETDEV, sk);
-		} else if (nlh.nlmsg_type == RTM_DELROUTE_ || nlh.nlmsg_type == RTM_DELRULE_ ||
-			   nlh.nlmsg_type == RTM_NEWNEXTHOP_ || nlh.nlmsg_type == RTM_DELNEXTHOP_ ||
-			   nlh.nlmsg_type == RTM_NEWNEXTHOPBUCKET_) {
-			/* s25 (review 5 of s24, then its own review): a route or policy rule
-			 * deleted (the default route, the local table's routes, the rule that
-			 * looks up the main table: the host cut off; a delete of type 0
-			 * matches any type, in any table RTA_TABLE names), a nexthop object
-			 * made, deleted (every route through it goes) or its buckets changed:
-			 * none of them for an untrusted tree */
-			return pgate_firewall(how, sk);
-		} else if ((nlh.nlmsg_type == RTM_NEWROUTE_ || nlh.nlmsg_type == RTM_NEWRULE_) &&
-			   nlh.nlmsg_len >= sizeof(nlh) + 8) {
-			/* rtmsg: rtm_family byte 0, rtm_dst_len 1, rtm_table 4, rtm_type 7
-			 * of the body; fib_rule_hdr.action is byte 7 too (a shorter message
-			 * is refused by the kernel itself) */
-			__u8 body[8];
-
-			if (bpf_probe_read_kernel(body, sizeof(body), data + off + sizeof(nlh)))
+		} else if (proto == NETLINK_XFRM_) {
+			/* GETs: GETSA, GETPOLICY, GETAE, GETSADINFO, GETSPDINFO, GETDEFAULT */
+			if (t >= XFRM_MSG_BASE_ && t != 0x12 && t != 0x15 && t != 0x1f &&
+			    t != 0x23 && t != 0x25 && t != 0x28)
 				return pgate_firewall(how, sk);
-			kind = body[7];
-			/* a policy rule: only one that looks up a table (not blackhole,
-			 * unreachable, prohibit, nop, or goto past the main table) */
-			if (nlh.nlmsg_type == RTM_NEWRULE_ && kind != FR_ACT_TO_TBL_)
-				return pgate_firewall(how, sk);
-			/* a route: only a unicast one, outside the local table (rtm_table
-			 * or RTA_TABLE), with a prefix of /8 or longer (/16 for IPv6):
-			 * refused are blackhole, unreachable, prohibit, throw,
-			 * local (its address then this host's), broadcast...; the default
-			 * route, or the halves that replace it (0.0.0.0/1 + 128.0.0.0/1,
-			 * ::/1, 2000::/3), through another gateway */
-			if (nlh.nlmsg_type == RTM_NEWROUTE_) {
-				long table;
-
-				if (kind != RTN_UNICAST_ || body[1] < (body[0] == AF_INET6_ ? 16 : 8))
-					return pgate_firewall(how, sk);
-				table = pgate_rta_table(data + off, nlh.nlmsg_len < len - off ?
-							nlh.nlmsg_len : len - off, body[4]);
-				if (table == RT_TABLE_LOCAL_ || table < 0)
-					return pgate_firewall(how, sk);
-			}
+		} else if (t >= RTM_BASE_ && (t & 3) != 2) {
+			if (t == RTM_NEWNSID_ ||
+			    ((t == RTM_NEWLINK_ || t == RTM_DELLINK_ || t == RTM_SETLINK_) &&
+			     pgate_link_names_ns(data + off, nlh.nlmsg_len < len - off ?
+						 nlh.nlmsg_len : len - off)))
+				return pgate_firewall_ns(BASTION_PGATE_HOW_NETDEV, sk, true);
+			return pgate_firewall(pgate_route_family(t) ? BASTION_PGATE_HOW_ROUTE :
+					      BASTION_PGATE_HOW_NETDEV, sk);
 		}
 		if (nlh.nlmsg_len < sizeof(nlh) || nlh.nlmsg_len > len - off)
 			return 0;      /* netlink_rcv_skb stops here too */
 		off += (nlh.nlmsg_len + 3) & ~3U;
 	}
-	return off + sizeof(nlh) > len ? 0 : pgate_firewall(how, sk);
+	return off + sizeof(nlh) > len ? 0 : pgate_firewall_ns(how, sk, proto == NETLINK_ROUTE_);
 }
 
 SEC("lsm/socket_setsockopt")

@@ -508,7 +508,7 @@ enum bastion_pgate_how {
 	BASTION_PGATE_HOW_NFNL_WRITE = 10, /* s24: an ipset change (netfilter netlink, no batch) */
 	BASTION_PGATE_HOW_ROUTE = 11,     /* s24: a blackhole/unreachable/prohibit route or rule; s25: a local route, the default route added, replaced or deleted, a nexthop object */
 	BASTION_PGATE_HOW_ROUTE_IOCTL = 12, /* s25: SIOCADDRT / SIOCDELRT (the legacy route ioctls) */
-	BASTION_PGATE_HOW_NETDEV = 13,    /* s26: a link, address, neighbour, traffic-control or bridge-vlan change (rtnetlink) */
+	BASTION_PGATE_HOW_NETDEV = 13,    /* s26: any other rtnetlink change (a link, an address, a neighbour, traffic control, a namespace id...), an xfrm (IPsec) change */
 	BASTION_PGATE_HOW_NETDEV_IOCTL = 14, /* s26: a legacy interface, address, ARP, bridge or bonding ioctl (SIOCSIFFLAGS...) */
 };
 

@@ -263,10 +263,58 @@ def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
 
     A policy that cannot be applied here is refused before anything is
     attached.  ``say`` prints one operator-facing line (stderr in the CLI).
+
+    The data dir's owner lock is taken first, before anything is loaded or opened
+    (s26): a replay that cannot take it is refused; a live agent that cannot take it
+    in 5 s (its predecessor still exiting) goes on, says so and raises a high
+    finding (a root who holds the file must not keep the agent down).
     """
+    replay = opts.replay_path is not None
+    if replay and _same_dir(opts.data_dir, DEFAULT_DATA_DIR):
+        # s25 (review 9 of s24): a replay wrote its alerts into the live agent's
+        # tamper-evident store, as this host's, beside the live writer
+        raise ConfigError("a replay keeps its own store: give it a --data-dir other than the "
+                          f"live agent's {DEFAULT_DATA_DIR}", location=Location(str(opts.data_dir)))
+    held: list[int | None] = [None]
+    lock_error: StoreError | None = None
+    try:
+        held[0] = _take_data_dir(opts.data_dir, 0.0 if replay else 5.0)
+    except StoreError as exc:
+        if replay:
+            # s26: a replay into a live agent's data dir elsewhere (its owner lock held,
+            # or its tamper protection refusing the lock file)
+            raise ConfigError(f"a replay keeps its own store: {exc.message}",
+                              location=exc.location) from exc
+        say(f"warning: {exc}")
+        lock_error = exc
+    try:
+        return _build_agent(opts, say, held, lock_error)
+    except BaseException:
+        if held[0] is not None:
+            os.close(held[0])
+        raise
+
+
+def _take_data_dir(data_dir: Path, wait_s: float) -> int:
+    """The data dir (made 0700 when missing, as the store makes it) and its owner lock."""
+    try:
+        made = not data_dir.exists()
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if made:
+            os.chmod(data_dir, 0o700)   # mkdir's mode is masked by the umask
+    except OSError as exc:
+        raise StoreError(f"cannot create the data dir: {exc.strerror or exc}",
+                         location=Location(str(data_dir))) from exc
+    return _lock_data_dir(data_dir, wait_s)
+
+
+def _build_agent(opts: AgentOptions, say: Callable[[str], None], held: list[int | None],
+                 lock_error: StoreError | None) -> Agent:
+    """:func:`build_agent` once the owner lock is decided: ``held[0]`` (the lock's
+    descriptor, or None) goes to the store, which releases it at its close."""
     from bastion.detect.behavior import behavior_rules, live_container_probes, live_probes
     from bastion.detect.engine import Engine, builtin_rules
-    from bastion.store.db import Retention, Store, lock_data_dir
+    from bastion.store.db import Retention, Store
 
     policy = opts.policy
     report: TierReport | None = None
@@ -295,20 +343,6 @@ def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
                                                      policy.events.sensitive, policy.source))
         say(f"events from {sensor.source} ({sensor.name})")
     replay = opts.replay_path is not None
-    if replay and _same_dir(opts.data_dir, DEFAULT_DATA_DIR):
-        # s25 (review 9 of s24): a replay wrote its alerts into the live agent's
-        # tamper-evident store, as this host's, beside the live writer
-        raise ConfigError("a replay keeps its own store: give it a --data-dir other than the "
-                          f"live agent's {DEFAULT_DATA_DIR}", location=Location(str(opts.data_dir)))
-    replay_lock: int | None = None
-    if replay and opts.data_dir.exists():
-        # s26: the same into a live agent's data dir elsewhere (its owner lock held, or
-        # its tamper protection refusing the lock file): refused before the store opens
-        try:
-            replay_lock = lock_data_dir(opts.data_dir)
-        except StoreError as exc:
-            raise ConfigError(f"a replay keeps its own store: {exc.message}",
-                              location=exc.location) from exc
     parts = AgentParts()
     from bastion.respond.shadow.rollback import shadow_handlers
 
@@ -322,33 +356,21 @@ def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
         parts.policies = PolicyManager(report.tier, open_backends=_open_hips_backends(
             report.tier, opts.pin_root, opts.test_deadline, say))
         parts.policies.prepare(policy, force=opts.force, allow_degraded=opts.allow_degraded)
+    store = Store.open(opts.data_dir, retention=Retention(
+        max_age_s=policy.store.max_age_s, max_events=policy.store.max_events,
+        max_bytes=policy.store.max_bytes, max_alerts=policy.store.max_alerts),
+        busy_timeout_s=1.0)
+    store.owner_lock, held[0] = held[0], None     # released with the store
     try:
-        store = Store.open(opts.data_dir, retention=Retention(
-            max_age_s=policy.store.max_age_s, max_events=policy.store.max_events,
-            max_bytes=policy.store.max_bytes, max_alerts=policy.store.max_alerts),
-            busy_timeout_s=1.0)
-    except BaseException:
-        if replay_lock is not None:
-            os.close(replay_lock)
-        raise
-    store.owner_lock = replay_lock
-    try:
-        if store.owner_lock is None:
-            try:
-                store.owner_lock = _lock_data_dir(opts.data_dir, 0.0 if replay else 5.0)
-            except StoreError as exc:
-                if replay:
-                    raise ConfigError(f"a replay keeps its own store: {exc.message}",
-                                      location=exc.location) from exc
-                # a live agent goes on (a root who holds the file must not keep the agent
-                # down), and says so: another writer in its store
-                say(f"warning: {exc}")
-                from bastion.detect.engine import Finding
-                parts.notices += (Finding(
-                    rule="bastion.store.owner_lock", severity="high", attack=("T1562.001",),
-                    action="alert", event=None, pid=os.getpid(),
-                    title=f"The data dir's owner lock is not this agent's: {exc.message}",
-                    evidence={"error": str(exc), "data_dir": str(opts.data_dir)}),)
+        if lock_error is not None:
+            # a live agent that could not take its data dir's owner lock: another writer
+            # in its store (an agent or a replay), or a root holding the file
+            from bastion.detect.engine import Finding
+            parts.notices += (Finding(
+                rule="bastion.store.owner_lock", severity="high", attack=("T1562.001",),
+                action="alert", event=None, pid=os.getpid(),
+                title=f"The data dir's owner lock is not this agent's: {lock_error.message}",
+                evidence={"error": str(lock_error), "data_dir": str(opts.data_dir)}),)
         if store.anchor_note:
             # the alert chain lost records (or its anchor) while no agent ran: said before
             # the store is re-anchored at its current head (the alert itself is chained)

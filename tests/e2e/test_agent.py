@@ -143,6 +143,38 @@ def test_a_replay_into_a_live_agents_data_dir_is_refused(agent: AgentProc,
     agent.cli("status", "--socket", str(agent.socket))
 
 
+def test_an_agent_whose_data_dir_lock_is_held_runs_and_says_so(tmp_path: Path) -> None:
+    """s26 review: a root who holds the owner lock must not keep the agent down.  The
+    agent waits 5 s for the holder, then runs and raises a high
+    `bastion.store.owner_lock` naming the holder's pid (from /proc/locks)."""
+    if os.geteuid() != 0:
+        pytest.skip("the agent needs root")
+    from bastion.store.db import lock_data_dir
+
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    held = lock_data_dir(data)
+    try:
+        agent = start_agent(tmp_path, "--quiet")
+        try:
+            assert any("another Bastion process holds this data dir" in l
+                       and f"pid {os.getpid()}" in l for l in agent.stderr), agent.stderr
+            deadline = time.monotonic() + 20
+            while True:
+                r = agent.cli("alerts", "--data-dir", str(agent.data_dir), "--json")
+                rows = [json.loads(l) for l in r.stdout.splitlines() if l.strip()]
+                got = [a for a in rows if a["rule"] == "bastion.store.owner_lock"]
+                if got or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            assert got and got[0]["severity"] == "high", rows
+            assert agent.proc.poll() is None
+        finally:
+            agent.stop()
+    finally:
+        os.close(held)
+
+
 def test_reset_emergency_removes_bastion_pins(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root")

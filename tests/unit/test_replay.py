@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -284,23 +285,37 @@ def test_a_replay_refuses_a_data_dir_another_agent_holds(tmp_path: Path) -> None
     os.close(lock_data_dir(data))
 
 
-def test_the_owner_lock_is_never_a_symlink_or_a_fifo(tmp_path: Path) -> None:
-    """The lock file is opened as root in a data dir: a symlink planted there (to
-    /etc/shadow) is not followed and a fifo is refused; neither target is written."""
+def test_the_owner_lock_is_never_a_symlink_a_fifo_a_device_or_a_hard_link(tmp_path: Path) -> None:
+    """The lock file is opened as root in a data dir: it is looked at first (O_PATH) and
+    taken only as this user's own private regular file with one link.  A symlink
+    planted there (to a file of value), a fifo, a device node (never opened: a
+    watchdog or a tty would act on an open) and a hard link to another file are
+    refused with the file named, and no target is written or truncated (s26 review)."""
     from bastion.errors import StoreError
     from bastion.store.db import OWNER_LOCK, lock_data_dir
 
     victim = tmp_path / "victim"
     victim.write_text("keep\n")
-    d1 = tmp_path / "d1"
-    d1.mkdir()
-    (d1 / OWNER_LOCK).symlink_to(victim)
-    with pytest.raises(StoreError, match="owner lock") as ei:
-        lock_data_dir(d1)
-    assert str(d1 / OWNER_LOCK) in str(ei.value)
-    assert victim.read_text() == "keep\n"
-    d2 = tmp_path / "d2"
-    d2.mkdir()
-    os.mkfifo(d2 / OWNER_LOCK)
-    with pytest.raises(StoreError, match="not a regular file"):
-        lock_data_dir(d2)
+    victim.chmod(0o600)
+    cases = {"symlink": lambda f: f.symlink_to(victim), "fifo": lambda f: os.mkfifo(f),
+             "hardlink": lambda f: os.link(victim, f)}
+    if os.geteuid() == 0:
+        cases["device"] = lambda f: os.mknod(f, 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    for name, plant in cases.items():
+        d = tmp_path / name
+        d.mkdir()
+        plant(d / OWNER_LOCK)
+        with pytest.raises(StoreError, match="owner lock is not") as ei:
+            lock_data_dir(d)
+        assert str(d / OWNER_LOCK) in str(ei.value), name
+        assert victim.read_text() == "keep\n", name
+    d = tmp_path / "shared"
+    d.mkdir()
+    (d / OWNER_LOCK).write_text("")
+    (d / OWNER_LOCK).chmod(0o644)          # readable by others: not private
+    with pytest.raises(StoreError, match="private file"):
+        lock_data_dir(d)
+    fresh = tmp_path / "fresh"                 # the control: made 0600 and taken
+    fresh.mkdir()
+    os.close(lock_data_dir(fresh))
+    assert stat.S_IMODE((fresh / OWNER_LOCK).stat().st_mode) == 0o600

@@ -90,15 +90,14 @@ HOW_NAMES: Final[dict[int, str]] = {
     abi.PgateHow.NFT_BATCH: "nftables ruleset change (netfilter netlink batch)",
     abi.PgateHow.SOCKOPT: "legacy table replace (setsockopt *_SO_SET_*)",
     abi.PgateHow.NFNL_WRITE: "ipset change (netfilter netlink)",
-    abi.PgateHow.ROUTE: "route change that drops or diverts traffic (rtnetlink: a blackhole, "
-                        "unreachable, prohibit or local route or rule, the default route "
-                        "added, replaced or deleted, a nexthop object)",
+    abi.PgateHow.ROUTE: "route, policy rule or nexthop change (rtnetlink)",
     abi.PgateHow.ROUTE_IOCTL: "legacy route ioctl (SIOCADDRT/SIOCDELRT)",
-    abi.PgateHow.NETDEV: "link, address, neighbour or traffic-control change (rtnetlink: "
-                         "a link set down or deleted, an address added or removed, an ARP "
-                         "entry, a tc qdisc, class, filter or action)",
+    abi.PgateHow.NETDEV: "network configuration change (rtnetlink: a link set down, deleted "
+                         "or made, an address, a neighbour entry, traffic control, a namespace "
+                         "id; or an IPsec policy or state, xfrm)",
     abi.PgateHow.NETDEV_IOCTL: "legacy interface ioctl (SIOCSIFFLAGS, SIOCSIFADDR, "
-                               "SIOCDIFADDR, SIOCSARP...: ifconfig, arp, brctl)"}
+                               "SIOCDIFADDR, SIOCSARP, SIOCETHTOOL...: ifconfig, arp, brctl, "
+                               "vconfig, ethtool)"}
 _STRICT_CLS: Final[dict[int, int]] = {int(c): STRICTNESS.get(k, 0) for k, c in _CLASS_OF.items()}
 CLASS_NAMES: Final = {c: n for n, c in _CLASS_OF.items()}
 #: hooks only some kernels have; the program attached there is skipped elsewhere

@@ -51,7 +51,8 @@ __all__ = [
 
 DB_NAME = "bastion.db"
 #: the data dir's owner lock: an agent holds it for its lifetime, a replay for its run
-#: (s26: a replay given a live agent's non-default data dir wrote into its store)
+#: (s26: a replay given a live agent's non-default data dir wrote into its store); the
+#: holder is what /proc/locks says
 OWNER_LOCK = "agent.lock"
 _GLOB_CHARS = frozenset("*?[")
 # Retention deletes in chunks so one call never holds the write lock (or grows
@@ -160,37 +161,84 @@ class DataDirBusy(StoreError):
     """Another process (an agent, a replay) holds the data dir's owner lock."""
 
 
+def lock_holders(st: os.stat_result) -> list[int]:
+    """The pids that hold a ``flock`` on the file ``st`` describes, from /proc/locks
+    (what the kernel says, not what a file says); [] when none or unreadable."""
+    want = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    out: list[int] = []
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == want:
+                    if fields[4].isdigit():
+                        out.append(int(fields[4]))
+    except OSError:
+        return []
+    return out
+
+
 def lock_data_dir(data_dir: Path) -> int:
     """Take the data dir's owner lock: an exclusive ``flock`` on ``<data_dir>/agent.lock``
-    (made 0600 if missing; never through a symlink; a regular file only), held for as
-    long as the returned descriptor is open, and the holder's pid written in it.
-    Raises :class:`DataDirBusy` naming the holder when another process holds it, and
-    :class:`StoreError` when the file cannot be opened or locked (a tamper-protected
-    data dir refuses the open to anyone but its agent)."""
+    (made 0600 if missing), held for as long as the returned descriptor is open.
+
+    The file is looked at before it is opened (``O_PATH``, never through a symlink): it
+    must be a regular file of this user's with one link and no group or other access
+    (a device node planted there is never opened, a hard link to another file never
+    taken), then opened read-only through that handle; nothing is written to it.
+    Raises :class:`DataDirBusy` naming the holders (from /proc/locks) when another
+    process holds it, and :class:`StoreError` when the file is not acceptable or
+    cannot be opened (a tamper-protected data dir refuses it to anyone but its
+    agent)."""
     path = Path(data_dir) / OWNER_LOCK
+    where = Location(str(path))
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-                     | os.O_NONBLOCK, 0o600)
+        try:
+            handle = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                                 | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK, 0o600))
+            except FileExistsError:
+                pass            # made by another opener meanwhile: looked at below
+            handle = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
         raise StoreError(f"cannot open the data dir's owner lock: {exc.strerror or exc}",
-                         location=Location(str(path))) from exc
+                         location=where) from exc
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise StoreError("the data dir's owner lock is not a regular file",
-                             location=Location(str(path)))
+        st = os.fstat(handle)
+        if not stat.S_ISREG(st.st_mode):
+            raise StoreError("the data dir's owner lock is not a regular file (a symlink, "
+                             "a device, a fifo...)", location=where)
+        if st.st_nlink != 1 or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            raise StoreError(
+                f"the data dir's owner lock is not this user's own private file "
+                f"(links {st.st_nlink}, owner {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o})",
+                location=where)
+        try:
+            fd = os.open(f"/proc/self/fd/{handle}", os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY
+                         | os.O_NONBLOCK)
+        except OSError as exc:
+            raise StoreError(f"cannot open the data dir's owner lock: {exc.strerror or exc}",
+                             location=where) from exc
+    finally:
+        os.close(handle)
+    try:
+        now = os.fstat(fd)
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):   # the same inode, always
+            raise StoreError("the data dir's owner lock changed while it was opened",
+                             location=where)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            pids = [p for p in lock_holders(st) if p != os.getpid()] or lock_holders(st)
             raise DataDirBusy(
                 "another Bastion process holds this data dir (pid "
-                f"{holder if holder.isdigit() else 'unknown'}): an agent or a replay "
-                "writes into its store", location=Location(str(path))) from None
+                f"{', '.join(map(str, pids)) if pids else 'unknown'}): an agent or a replay "
+                "writes into its store", location=where) from None
         except OSError as exc:
             raise StoreError(f"cannot lock the data dir: {exc.strerror or exc}",
-                             location=Location(str(path))) from exc
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                             location=where) from exc
     except BaseException:
         os.close(fd)
         raise
