@@ -87,21 +87,6 @@ def _same_dir(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve()
 
 
-def _lock_data_dir(data_dir: Path, wait_s: float) -> int:
-    """The data dir's owner lock, waiting up to ``wait_s`` for a holder to let go (the
-    agent a guardian just killed is still exiting while its successor starts)."""
-    from bastion.store.db import DataDirBusy, lock_data_dir
-
-    end = time.monotonic() + wait_s
-    while True:
-        try:
-            return lock_data_dir(data_dir)
-        except DataDirBusy:
-            if time.monotonic() >= end:
-                raise
-            time.sleep(0.05)
-
-
 def _open_hips_backends(tier: Tier, pin_root: Path, deadline_s: float | None,
                         say: Callable[[str], None]) -> Callable[[], Any]:
     """A factory for the HIPS enforcement backends of this tier (loaded on first need)."""
@@ -269,6 +254,8 @@ def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
     in 5 s (its predecessor still exiting) goes on, says so and raises a high
     finding (a root who holds the file must not keep the agent down).
     """
+    from bastion.store.db import lock_data_dir
+
     replay = opts.replay_path is not None
     if replay and _same_dir(opts.data_dir, DEFAULT_DATA_DIR):
         # s25 (review 9 of s24): a replay wrote its alerts into the live agent's
@@ -278,7 +265,7 @@ def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
     held: list[int | None] = [None]
     lock_error: StoreError | None = None
     try:
-        held[0] = _take_data_dir(opts.data_dir, 0.0 if replay else 5.0)
+        held[0] = lock_data_dir(opts.data_dir, wait_s=0.0 if replay else 5.0)
     except StoreError as exc:
         if replay:
             # s26: a replay into a live agent's data dir elsewhere (its owner lock held,
@@ -293,19 +280,6 @@ def build_agent(opts: AgentOptions, say: Callable[[str], None]) -> Agent:
         if held[0] is not None:
             os.close(held[0])
         raise
-
-
-def _take_data_dir(data_dir: Path, wait_s: float) -> int:
-    """The data dir (made 0700 when missing, as the store makes it) and its owner lock."""
-    try:
-        made = not data_dir.exists()
-        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if made:
-            os.chmod(data_dir, 0o700)   # mkdir's mode is masked by the umask
-    except OSError as exc:
-        raise StoreError(f"cannot create the data dir: {exc.strerror or exc}",
-                         location=Location(str(data_dir))) from exc
-    return _lock_data_dir(data_dir, wait_s)
 
 
 def _build_agent(opts: AgentOptions, say: Callable[[str], None], held: list[int | None],

@@ -178,9 +178,19 @@ def lock_holders(st: os.stat_result) -> list[int]:
     return out
 
 
-def lock_data_dir(data_dir: Path) -> int:
+def make_data_dir(data_dir: Path) -> None:
+    """``data_dir`` made 0700 when missing (mkdir's mode is masked by the umask)."""
+    created = not data_dir.exists()
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if created:
+        os.chmod(data_dir, 0o700)
+
+
+def lock_data_dir(data_dir: Path, wait_s: float = 0.0) -> int:
     """Take the data dir's owner lock: an exclusive ``flock`` on ``<data_dir>/agent.lock``
-    (made 0600 if missing), held for as long as the returned descriptor is open.
+    (the dir made as the store makes it, the file 0600 if missing), held for as long as
+    the returned descriptor is open; a holder is waited for up to ``wait_s`` (an agent a
+    guardian just killed is still exiting while its successor starts).
 
     The file is looked at before it is opened (``O_PATH``, never through a symlink): it
     must be a regular file of this user's with one link and no group or other access
@@ -190,7 +200,23 @@ def lock_data_dir(data_dir: Path) -> int:
     process holds it, and :class:`StoreError` when the file is not acceptable or
     cannot be opened (a tamper-protected data dir refuses it to anyone but its
     agent)."""
-    path = Path(data_dir) / OWNER_LOCK
+    try:
+        make_data_dir(Path(data_dir))
+    except OSError as exc:
+        raise StoreError(f"cannot create the data dir: {exc.strerror or exc}",
+                         location=Location(str(data_dir))) from exc
+    end = time.monotonic() + wait_s
+    while True:
+        try:
+            return _lock_once(Path(data_dir) / OWNER_LOCK)
+        except DataDirBusy:
+            if time.monotonic() >= end:
+                raise
+            time.sleep(0.05)
+
+
+def _lock_once(path: Path) -> int:
+    """One try of :func:`lock_data_dir`."""
     where = Location(str(path))
     try:
         try:
@@ -306,10 +332,7 @@ class Store:
         if readonly:
             return cls._open_reader(path, retention or Retention(), immutable=immutable)
         try:
-            created_dir = not data_dir.exists()
-            data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            if created_dir:
-                os.chmod(data_dir, 0o700)  # mkdir's mode is masked by the umask
+            make_data_dir(data_dir)
             if not path.exists():
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
                 os.close(fd)
