@@ -4,9 +4,11 @@
  * thread (ctypes releases the GIL).  It waits for events (spinning up to
  * spin_us after the last one, then poll()), reads a batch, answers FAN_ALLOW
  * itself for every permission event whose inode is in the published allow
- * table for its kind (open or exec: inodes the plan allows every task), in
- * one writev with one response per iovec, closes those event fds, and returns
- * the other events to Python, which decides them as before.
+ * table for its kind (open or exec: inodes the plan allows every task; or a
+ * read-only open of an inode every task may read but not write, the opener's
+ * flags taken from /proc/TID/syscall), in one writev with one response per
+ * iovec, closes those event fds, and returns the other events to Python, which
+ * decides them as before.
  *
  * Kernel-safety contract with the Python watchdog:
  *  - every event of the batch being handled sits in a slot whose state word is
@@ -18,9 +20,10 @@
  *  - a slot reused by the next batch carries a new seq, so a stale
  *    compare-and-swap fails and a torn read of fd/mask is discarded.
  * Nothing here may wait on a filesystem: the inode comes from
- * statx(AT_EMPTY_PATH | AT_STATX_DONT_SYNC) of the event fd.  The one path it
- * opens is procfs (/proc/TID/stat, see follow()), after the batch is answered
- * and outside the slot window.
+ * statx(AT_EMPTY_PATH | AT_STATX_DONT_SYNC) of the event fd.  The paths it
+ * opens are procfs: /proc/TID/syscall of a blocked opener (opener_reads_only(),
+ * inside the slot window: the watchdog answers the batch if that read stalls)
+ * and /proc/TID/stat (see follow()), after the batch is answered.
  *
  * CPU placement: an opener waits for its answer, so its CPU is free while it
  * does; a listener on that CPU answers with two context switches, one on
@@ -83,7 +86,8 @@ struct bfan_event {           /* what bfan_run / bfan_rescue hand to Python */
 
 struct entry {
 	uint64_t dev, ino;
-	uint32_t bits;            /* 1: allow open, 2: allow exec; 0: empty */
+	uint32_t bits;            /* 1: allow open, 2: allow exec, 4: allow a read-only open;
+				   * 0: empty */
 	uint32_t pad;
 };
 
@@ -116,6 +120,9 @@ struct bfan_ctx {
 	int have_mask;
 	cpu_set_t mask;               /* the thread's affinity before it was pinned */
 	uint64_t follows;             /* pins to an opener's CPU (test seam) */
+	/* the last opener's /proc/TID/syscall, open (opener_reads_only; the loop only) */
+	int sc_fd;
+	int32_t sc_tid;
 	struct slot slots[SLOTS];
 	/* counters (read by Python under mu) */
 	uint64_t events, perm_events, fast_allows, errors;
@@ -155,6 +162,7 @@ struct bfan_ctx *bfan_new(uint32_t spin_us)
 	pthread_mutex_init(&c->mu, NULL);
 	c->spin_us = spin_us;
 	c->pinned_cpu = -1;
+	c->sc_fd = -1;
 	return c;
 }
 
@@ -162,6 +170,8 @@ void bfan_free(struct bfan_ctx *c)
 {
 	if (!c)
 		return;
+	if (c->sc_fd >= 0)
+		close(c->sc_fd);
 	free(c->table);
 	pthread_mutex_destroy(&c->mu);
 	free(c);
@@ -185,7 +195,7 @@ int bfan_publish(struct bfan_ctx *c, const uint64_t *triples, size_t n)
 		t->cap = cap;
 		for (size_t i = 0; i < n; i++) {
 			uint64_t dev = triples[3 * i], ino = triples[3 * i + 1];
-			uint32_t bits = (uint32_t)triples[3 * i + 2] & 3;
+			uint32_t bits = (uint32_t)triples[3 * i + 2] & 7;
 			size_t j = mix(dev, ino) & (cap - 1);
 
 			if (!bits)
@@ -244,6 +254,68 @@ static int fd_key(int fd, uint64_t *dev, uint64_t *ino)
 	*dev = ((uint64_t)sx.stx_dev_major << 20) | sx.stx_dev_minor;
 	*ino = sx.stx_ino;
 	return 0;
+}
+
+/* Is the blocked opener @tid's open read-only?  From its /proc/TID/syscall (the
+ * syscall it sleeps in and its register arguments, which cannot change while it
+ * waits for our answer): open, openat or open_by_handle_at of this ABI with
+ * O_RDONLY and without O_TRUNC.  Anything else -- another syscall (execve, a
+ * 32-bit task's numbers, an io_uring worker), openat2 (its flags are in the
+ * opener's memory), a task not asleep yet ("running"), a read error -- is 0: the
+ * event goes to Python, which decides it in full (kernel/opener.py: open_flags). */
+static int opener_reads_only(struct bfan_ctx *c, int32_t tid)
+{
+	char path[32], b[256], *p, *end;
+	int idx;
+	ssize_t n = -1;
+	long nr;
+	unsigned long long flags = 0;
+
+	if (tid <= 0)
+		return 0;
+	/* the last opener's file is kept: a hot opener costs one pread, not an open, a
+	 * read and a close.  It names that task for good (its struct pid): once the task
+	 * is gone the read fails, even if another task has its number now, and the file
+	 * is opened afresh. */
+	if (c->sc_fd >= 0 && c->sc_tid == tid)
+		n = pread(c->sc_fd, b, sizeof(b) - 1, 0);
+	if (n <= 0) {
+		if (c->sc_fd >= 0)
+			close(c->sc_fd);
+		c->sc_fd = -1;
+		if (snprintf(path, sizeof(path), "/proc/%d/syscall", tid) >= (int)sizeof(path))
+			return 0;
+		c->sc_fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+		if (c->sc_fd < 0)
+			return 0;
+		c->sc_tid = tid;
+		n = pread(c->sc_fd, b, sizeof(b) - 1, 0);
+	}
+	if (n <= 0)
+		return 0;
+	b[n] = 0;
+	nr = strtol(b, &end, 10);
+	if (end == b || *end != ' ')
+		return 0;   /* "running", or not a number */
+#if defined(__x86_64__)
+	idx = nr == 2 ? 1 : (nr == 257 || nr == 304) ? 2 : -1;
+#elif defined(__aarch64__)
+	idx = (nr == 56 || nr == 265) ? 2 : -1;
+#else
+	idx = -1;
+#endif
+	if (idx < 0)
+		return 0;
+	p = end;
+	for (int i = 0; i <= idx; i++) {
+		errno = 0;
+		flags = strtoull(p, &end, 16);
+		if (end == p || errno)
+			return 0;
+		p = end;
+	}
+	flags &= 0xffffffffULL;
+	return (flags & O_ACCMODE) == O_RDONLY && !(flags & O_TRUNC);
 }
 
 static int claim(struct slot *s, uint64_t seq, int to)
@@ -443,7 +515,7 @@ int bfan_run(struct bfan_ctx *c, int fan_fd, int wake_fd, int timeout_ms,
 		for (int i = 0; i < ns; i++) {
 			struct slot *s = &c->slots[i];
 			uint64_t dev, ino;
-			uint32_t want;
+			uint32_t want, bits;
 
 			c->events++;
 			if (s->fd < 0 || !(s->mask & FAN_PERM_EVENTS))
@@ -452,7 +524,12 @@ int bfan_run(struct bfan_ctx *c, int fan_fd, int wake_fd, int timeout_ms,
 			if (!t)
 				continue;
 			want = (s->mask & FAN_OPEN_EXEC_PERM) ? 2 : (s->mask & FAN_ACCESS_PERM) ? 0 : 1;
-			if (!want || fd_key(s->fd, &dev, &ino) != 0 || !(lookup(t, dev, ino) & want))
+			if (!want || fd_key(s->fd, &dev, &ino) != 0)
+				continue;
+			bits = lookup(t, dev, ino);
+			/* an inode every task may read but not write (a write-protected file):
+			 * a read-only open is allowed here, the rest goes to Python */
+			if (!(bits & want) && !(want == 1 && (bits & 4) && opener_reads_only(c, s->pid)))
 				continue;
 			if (!claim(s, seq, ST_DONE))
 				continue;    /* the watchdog took it: it answers and closes */

@@ -1,7 +1,10 @@
 """Issue 16 item 4: the compiled listener loop (src/native/fanloop.c) on this host.
 
 It answers the plan's precomputed allow sets itself and hands every other event
-to Python.  What it must never do: answer from a table a plan change replaced,
+to Python.  Since s27 an inode every task may open is not marked at all, so the hot
+file of these tests is a write-protected one (a deny of writes for everyone): its
+read-only opens are the allow set the loop answers (``allow_read``, the opener's
+flags from ``/proc/TID/syscall``), its writes go to Python.  What it must never do: answer from a table a plan change replaced,
 leave an event unanswered when it stalls, or answer a stalled event with
 anything but the current plan's fallback.
 
@@ -90,16 +93,16 @@ def _wait(pred: object, timeout_s: float = 5.0) -> bool:
 
 def test_the_compiled_loop_answers_the_allow_set_and_python_the_rest(
         tmp_path: Path, cg: tuple[Path, int]) -> None:
-    """Hot opens of an inode every task may open are answered by the compiled loop
-    (timed, counted as in-time allows); a denied inode next to it still reaches the
-    Python decision and is refused and reported."""
+    """Hot read-only opens of an inode every task may read are answered by the compiled
+    loop (timed, counted as in-time allows); a denied inode next to it still reaches
+    the Python decision and is refused and reported."""
     hot, secret = tmp_path / "hot", tmp_path / "secret"
     hot.write_text("hot\n")
     secret.write_text("s\n")
     enf = _enforcer(cg[1], 2.0)
     try:
         assert enf.listener.compiled_loop, enf.listener.compiled_why
-        a = rule(1, (Op.OPEN_READ, Op.OPEN_WRITE), hot, Action.ALLOW)
+        a = rule(1, (Op.OPEN_WRITE,), hot, Action.DENY)
         d = rule(2, (Op.OPEN_READ,), secret, Action.DENY)
         enf.apply(plan_of(a, d), targets_of(a, d))
         p = run_in(cg[0], ["sh", "-c", f"for i in 1 2 3 4 5 6 7 8; do cat {hot}; done; cat {secret}"],
@@ -110,6 +113,89 @@ def test_the_compiled_loop_answers_the_allow_set_and_python_the_rest(
         assert s["compiled_loop"] == 1 and s["fast_allows"] >= 8, s
         assert s["denies"] == 1 and s["fail_opens"] == 0 and s["errors"] == 0, s
         assert s["allows"] >= s["fast_allows"] and s["decisions_timed"] >= 9, s
+    finally:
+        enf.close()
+
+
+def _marked_inodes(enf: FanotifyEnforcer) -> set[int]:
+    """The inode numbers of the group's marks, as the kernel holds them (fdinfo)."""
+    text = Path(f"/proc/self/fdinfo/{enf.listener.fd}").read_text()
+    return {int(tok.split(":", 1)[1], 16) for ln in text.splitlines()
+            if ln.startswith("fanotify ino:") for tok in ln.split() if tok.startswith("ino:")}
+
+
+def test_an_inode_only_allow_rules_name_raises_no_permission_event(
+        tmp_path: Path, cg: tuple[Path, int]) -> None:
+    """s27: an inode every task may open and exec (allow rules only, as a learned policy
+    writes them) is not marked, so its opens cost nothing; before, each was a permission
+    event (7x an open with the compiled loop, ~30x in Python) answered ALLOW.  A
+    deny on the same plan's other inode is still marked and refused."""
+    hot, secret = tmp_path / "hot", tmp_path / "secret"
+    hot.write_text("hot\n")
+    secret.write_text("s\n")
+    enf = _enforcer(cg[1], 2.0)
+    try:
+        a = rule(1, (Op.OPEN_READ, Op.OPEN_WRITE, Op.EXEC), hot, Action.ALLOW)
+        d = rule(2, (Op.OPEN_READ,), secret, Action.DENY)
+        enf.apply(plan_of(a, d), targets_of(a, d))
+        assert _marked_inodes(enf) == {secret.stat().st_ino}
+        before = enf.stats()["perm_events"]
+        p = run_in(cg[0], ["sh", "-c", f"for i in 1 2 3 4 5; do cat {hot} >/dev/null || exit 9; "
+                                       f"echo x >> {hot} || exit 8; done; cat {secret}"],
+                   timeout=TIMEOUT)
+        assert p.returncode == 1 and p.stderr.count(EPERM_TEXT) == 1 and "secret" in p.stderr, p
+        assert hot.read_text() == "hot\n" + "x\n" * 5
+        s = enf.stats()
+        assert s["perm_events"] - before == 1 and s["denies"] == 1, s
+        # a plan swap that denies it marks it again, and the next open is refused
+        d2 = rule(3, (Op.OPEN_READ,), hot, Action.DENY)
+        enf.apply(plan_of(d2, d), targets_of(d2, d))
+        assert _marked_inodes(enf) == {secret.stat().st_ino, hot.stat().st_ino}
+        assert run_in(cg[0], ["cat", str(hot)], timeout=TIMEOUT).returncode != 0
+    finally:
+        enf.close()
+
+
+_OPEN = ("import os, sys\nflags = {'r': os.O_RDONLY, 'rt': os.O_RDONLY | os.O_TRUNC,"
+         " 'rw': os.O_RDWR, 'a': os.O_WRONLY | os.O_APPEND, 'rc': os.O_RDONLY | os.O_CREAT}\n"
+         "for how in sys.argv[2:]:\n"
+         "    try:\n        os.close(os.open(sys.argv[1], flags[how]))\n        print(how, 'ok')\n"
+         "    except OSError as e:\n        print(how, e.errno)\n")
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+def test_a_write_protected_file_is_read_without_python_and_its_writes_are_still_refused(
+        tmp_path: Path, cg: tuple[Path, int], compiled: bool) -> None:
+    """Attack: every task may read the file, no task may write it.  The compiled loop
+    answers the read-only opens from the opener's flags (/proc/TID/syscall, while the
+    opener sleeps in its open: its registers cannot change); an open for writing in any
+    spelling -- O_RDWR, O_WRONLY|O_APPEND, and O_RDONLY|O_TRUNC, which truncates -- is
+    not read-only, goes to the Python decision and is refused.  Without the compiled
+    loop, Python answers the read-only opens from the flags alone (no other fact)."""
+    prot = tmp_path / "prot"
+    prot.write_text("keep\n")
+    enf = FanotifyEnforcer(scope_cgroup_id=cg[1], deadline_s=DEADLINE_S, decision_timeout_s=2.0,
+                           compiled=compiled)
+    enf.open()
+    enf.start()
+    try:
+        w = rule(1, (Op.OPEN_WRITE,), prot, Action.DENY)
+        enf.apply(plan_of(w), targets_of(w))
+        hows = ["r", "rc"] * 10 + ["rt", "rw", "a", "r"]
+        p = run_in(cg[0], ["python3", "-c", _OPEN, str(prot), *hows], timeout=TIMEOUT)
+        assert p.returncode == 0, p
+        got = dict.fromkeys(hows, "")
+        for line in p.stdout.splitlines():
+            how, res = line.split()
+            got[how] = res
+        assert got == {"r": "ok", "rc": "ok", "rt": "1", "rw": "1", "a": "1"}, p.stdout
+        fast = 21 if compiled else 0
+        assert _wait(lambda: enf.stats()["fast_allows"] >= fast and enf.stats()["denies"] >= 3)
+        s = enf.stats()
+        assert s["fast_allows"] == fast and s["denies"] == 3 and s["errors"] == 0, s
+        assert s["compiled_loop"] == int(compiled), s
+        assert s["fail_opens"] == 0, s
+        assert prot.read_text() == "keep\n"   # (this read is one more fast allow: anyone's)
     finally:
         enf.close()
 
@@ -125,7 +211,7 @@ def test_a_stalled_compiled_loop_is_answered_by_the_watchdog(tmp_path: Path,
     hot.write_text("hot\n")
     enf = _enforcer(cg[1], 0.3)
     try:
-        a = rule(1, (Op.OPEN_READ, Op.OPEN_WRITE), hot, Action.ALLOW)
+        a = rule(1, (Op.OPEN_WRITE,), hot, Action.DENY)
         enf.apply(plan_of(a), targets_of(a))
         _fast(enf).set_stall(3.0)
         t0 = time.monotonic()
@@ -159,7 +245,7 @@ def test_a_stalled_compiled_batch_gets_the_new_plans_fallback(tmp_path: Path,
     enf = _enforcer(cg[1], 0.5)
     kid: subprocess.Popen[str] | None = None
     try:
-        a = rule(1, (Op.OPEN_READ, Op.OPEN_WRITE), hot, Action.ALLOW)
+        a = rule(1, (Op.OPEN_WRITE,), hot, Action.DENY)
         d = rule(2, (Op.OPEN_READ,), hot, Action.DENY)
         enf.apply(plan_of(a), targets_of(a))
         fast = _fast(enf)
@@ -235,7 +321,7 @@ def test_the_compiled_loop_answers_beside_a_hot_opener_then_lets_go(
     hot.write_text("hot\n")
     enf = _enforcer(cg[1], 2.0)
     try:
-        a = rule(1, (Op.OPEN_READ, Op.OPEN_WRITE), hot, Action.ALLOW)
+        a = rule(1, (Op.OPEN_WRITE,), hot, Action.DENY)
         enf.apply(plan_of(a), targets_of(a))
         thread = enf.listener._listener   # white box: the thread that runs the compiled loop
         assert thread is not None and thread.native_id is not None

@@ -1,10 +1,12 @@
 """The fanotify enforcer's precomputed allow sets (issue 16 item 4).
 
 An open of a marked inode in ``allow_open`` (or an exec of one in
-``allow_exec``) is answered ALLOW without reading a single procfs fact, so
-these sets must hold exactly the inodes for which the reference
+``allow_exec``, or a read-only open of one in ``allow_read``) is answered ALLOW
+without reading a single procfs fact about the task (``allow_read``: only its
+flags), so these sets must hold exactly the inodes for which the reference
 :class:`~bastion.policy.match.Matcher` allows *every* task, whatever its exe,
-parent exe, uid and cgroup.  Pinned against the matcher by brute force over
+parent exe, uid and cgroup.  The same test pins ``_needed_marks`` (s27): an
+event kind is left unmarked exactly when every task is allowed it.  Pinned against the matcher by brute force over
 seeded random plans, plus the cases an attacker would aim at: a deny for one
 subject on an inode everyone else may open, a deny on ``any``, a deny default
 with no rule for everyone, an audit rule (must still be reported).
@@ -18,7 +20,8 @@ import random
 import pytest
 
 from bastion import abi
-from bastion.enforce.fanotify import _allow_sets
+from bastion.enforce.fanotify import _allow_sets, _Mark, _needed_marks
+from bastion.kernel.fanotify import FAN_OPEN_EXEC_PERM, FAN_OPEN_PERM
 from bastion.errors import Location
 from bastion.policy.compile import (
     CompileError, FileTarget, MapPlan, ResolvedPolicy, ResolvedRule, compile_plan,
@@ -51,11 +54,18 @@ def brute(plan: MapPlan, op: abi.HipsOp, key: tuple[int, int]) -> bool:
 
 def check(plan: MapPlan) -> None:
     marks = {k: None for k in INODES}
-    opn, exe = _allow_sets(plan, marks, False)
+    opn, exe, rd = _allow_sets(plan, marks, False)
+    both = FAN_OPEN_PERM | FAN_OPEN_EXEC_PERM
+    needed = _needed_marks(plan, {k: _Mark(f"/f{k[1]}", both) for k in INODES})
     for k in INODES:
-        want_open = brute(plan, abi.HipsOp.OPEN_READ, k) and brute(plan, abi.HipsOp.OPEN_WRITE, k)
+        read = brute(plan, abi.HipsOp.OPEN_READ, k)
+        want_open = read and brute(plan, abi.HipsOp.OPEN_WRITE, k)
+        want_exec = brute(plan, abi.HipsOp.EXEC, k)
         assert (k in opn) == want_open, (k, plan.rules)
-        assert (k in exe) == brute(plan, abi.HipsOp.EXEC, k), (k, plan.rules)
+        assert (k in exe) == want_exec, (k, plan.rules)
+        assert (k in rd) == (read and not want_open), (k, plan.rules)
+        mask = (0 if want_open else FAN_OPEN_PERM) | (0 if want_exec else FAN_OPEN_EXEC_PERM)
+        assert (needed[k].mask if k in needed else 0) == mask, (k, plan.rules)
 
 
 def plan_of(default: Action, *rules: ResolvedRule) -> MapPlan:
@@ -84,8 +94,8 @@ def test_a_deny_for_one_subject_keeps_the_inode_out_of_the_allow_set() -> None:
     plan = plan_of(Action.ALLOW,
                    rule(1, (), (Op.OPEN_READ, Op.OPEN_WRITE), (f,), Action.ALLOW),
                    rule(2, ((abi.SubjectKind.UID, 1000, 0),), (Op.OPEN_WRITE,), (f,), Action.DENY))
-    opn, exe = _allow_sets(plan, {INODES[0]: None}, False)
-    assert INODES[0] not in opn and INODES[0] in exe
+    opn, exe, rd = _allow_sets(plan, {INODES[0]: None}, False)
+    assert INODES[0] not in opn and INODES[0] in exe and INODES[0] in rd   # reads: everyone
     check(plan)
 
 
@@ -105,7 +115,7 @@ def test_a_deny_default_allows_only_what_the_rule_for_everyone_allows() -> None:
                    rule(1, (), (Op.OPEN_READ, Op.OPEN_WRITE), (f,), Action.ALLOW),
                    rule(2, ((abi.SubjectKind.UID, 1000, 0),), (Op.OPEN_READ, Op.OPEN_WRITE), (g,),
                         Action.ALLOW))
-    opn, _exe = _allow_sets(plan, {INODES[0]: None, INODES[1]: None}, False)
+    opn, _exe, _rd = _allow_sets(plan, {INODES[0]: None, INODES[1]: None}, False)
     assert opn == {INODES[0]}    # uid 1001 falls to the default on g
     check(plan)
 
@@ -113,4 +123,21 @@ def test_a_deny_default_allows_only_what_the_rule_for_everyone_allows() -> None:
 def test_directory_objects_disable_the_allow_sets() -> None:
     plan = plan_of(Action.ALLOW, rule(1, (), (Op.OPEN_READ, Op.OPEN_WRITE), (target(INODES[0]),),
                                       Action.ALLOW))
-    assert _allow_sets(plan, {INODES[0]: None}, True) == (frozenset(), frozenset())
+    assert _allow_sets(plan, {INODES[0]: None}, True) == (frozenset(), frozenset(), frozenset())
+
+
+def test_an_inode_only_allow_rules_name_is_not_marked_and_a_read_allowed_one_only_for_writes(
+        ) -> None:
+    """s27: a learned policy's allow rules made every open of their inodes a permission
+    event answered ALLOW; a write-protected file kept its read events too."""
+    f, g = target(INODES[0]), target(INODES[1])
+    plan = plan_of(Action.ALLOW,
+                   rule(1, ((abi.SubjectKind.EXE, 7, 8),), (Op.OPEN_READ, Op.OPEN_WRITE, Op.EXEC),
+                        (f,), Action.ALLOW),
+                   rule(2, (), (Op.OPEN_WRITE,), (g,), Action.DENY))
+    both = FAN_OPEN_PERM | FAN_OPEN_EXEC_PERM
+    needed = _needed_marks(plan, {INODES[0]: _Mark("/f", both), INODES[1]: _Mark("/g", FAN_OPEN_PERM)})
+    assert needed == {INODES[1]: _Mark("/g", FAN_OPEN_PERM)}
+    assert _allow_sets(plan, needed, False) == (frozenset(), frozenset({INODES[1]}),
+                                                frozenset({INODES[1]}))
+    check(plan)

@@ -145,20 +145,22 @@ class _PlanState:
     # precomputed from the plan: the marked inodes whose opens (``allow_open``: read and
     # write) or execs (``allow_exec``) every task is allowed, whoever it is; their events
     # are answered without a procfs read.  Empty when directory objects exist (an
-    # ancestor's rule could apply).
+    # ancestor's rule could apply).  Without directory objects such an event kind is not
+    # marked at all (``_needed_marks``): these answer only the other kind's inodes' events
+    # raised before the mark shrank (a plan swap)
     allow_open: frozenset[tuple[int, int]] = frozenset()
     allow_exec: frozenset[tuple[int, int]] = frozenset()
+    # ... and those whose read-only opens every task is allowed, not their writes (a
+    # write-protected file): the compiled loop answers a read-only open of them (the
+    # opener's flags from /proc/TID/syscall); the rest is decided here
+    allow_read: frozenset[tuple[int, int]] = frozenset()
 
 
-def _allow_sets(plan: MapPlan, marks: Mapping[tuple[int, int], object], dirs: bool
-                ) -> tuple[frozenset[tuple[int, int]], frozenset[tuple[int, int]]]:
-    """(allow_open, allow_exec) of :class:`_PlanState`: the marked inodes for which
-    :meth:`Matcher.decide_file` (no ancestors) gives ALLOW whatever the task's
-    subjects: every rule a subject could hit (on the inode or on ``any``) allows,
-    and a task with no rule of its own gets the rule for everyone or the default,
-    which allows too."""
-    if dirs:
-        return frozenset(), frozenset()
+def _everyone_allows(plan: MapPlan) -> Callable[[tuple[int, int], abi.HipsOp], bool]:
+    """``allowed(inode, op)``: does :meth:`Matcher.decide_file` (no ancestors) give ALLOW
+    for ``op`` on ``inode`` whatever the task's subjects?  Every rule a subject could hit
+    (on the inode or on ``any``) allows, and a task with no rule of its own gets the rule
+    for everyone or the default, which allows too."""
     acts: dict[tuple[int, int, int, int], int] = {}   # (subject, op, dev, ino) -> action
     subjects: set[int] = {0}
     for (subj, op, dev, ino), (act, _rid) in plan.rules:
@@ -179,11 +181,46 @@ def _allow_sets(plan: MapPlan, marks: Mapping[tuple[int, int], object], dirs: bo
             if act is not None and act != abi.HipsAction.ALLOW:
                 return False
         return True
+    return allowed
 
+
+def _needed_marks(plan: MapPlan, marks: Mapping[tuple[int, int], _Mark]
+                  ) -> dict[tuple[int, int], _Mark]:
+    """``marks`` without the event kinds whose every decision is ALLOW (s27): an inode
+    only allow rules name (a learned policy names hundreds) raised a permission event
+    on every open, each a round trip to the listener (7x an open with the compiled
+    loop, ~30x in Python), to be answered ALLOW whoever opened it.  Only for a plan
+    without directory objects: an ancestor's rule can apply to a marked inode there.
+    An 'any' rule of a subject applies only to inodes other rules name, so such an
+    inode is not all-allowed and stays marked (``_everyone_allows`` reads ``any``)."""
+    allowed = _everyone_allows(plan)
+    out: dict[tuple[int, int], _Mark] = {}
+    for key, m in marks.items():
+        mask = m.mask
+        if mask & FAN_OPEN_PERM and allowed(key, abi.HipsOp.OPEN_READ) \
+                and allowed(key, abi.HipsOp.OPEN_WRITE):
+            mask &= ~FAN_OPEN_PERM
+        if mask & FAN_OPEN_EXEC_PERM and allowed(key, abi.HipsOp.EXEC):
+            mask &= ~FAN_OPEN_EXEC_PERM
+        if mask & (FAN_OPEN_PERM | FAN_OPEN_EXEC_PERM):
+            out[key] = _Mark(m.path, mask)
+    return out
+
+
+def _allow_sets(plan: MapPlan, marks: Mapping[tuple[int, int], object], dirs: bool
+                ) -> tuple[frozenset[tuple[int, int]], frozenset[tuple[int, int]],
+                           frozenset[tuple[int, int]]]:
+    """(allow_open, allow_exec, allow_read) of :class:`_PlanState`: the marked inodes
+    whose opens (read and write), execs, or read-only opens (not writes) every task is
+    allowed (``_everyone_allows``)."""
+    if dirs:
+        return frozenset(), frozenset(), frozenset()
+    allowed = _everyone_allows(plan)
     opn = frozenset(k for k in marks if allowed(k, abi.HipsOp.OPEN_READ)
                     and allowed(k, abi.HipsOp.OPEN_WRITE))
     exe = frozenset(k for k in marks if allowed(k, abi.HipsOp.EXEC))
-    return opn, exe
+    rd = frozenset(k for k in marks if k not in opn and allowed(k, abi.HipsOp.OPEN_READ))
+    return opn, exe, rd
 
 
 @dataclass
@@ -356,6 +393,8 @@ class FanotifyEnforcer:
                 raise KernelError("fanotify enforcer is past its deadline: nothing is marked",
                                   location=Location("fanotify"))
             marks, child_dirs, problems, fc = self._plan_marks(plan, targets)
+            if not (child_dirs or plan.flags & abi.HIPS_F_DIR_OBJECTS):
+                marks = _needed_marks(plan, marks)
             old = self._state
             old_marks: Mapping[tuple[int, int], _Mark] = old.marks if old is not None else {}
             added: list[tuple[tuple[int, int], _Mark]] = []
@@ -392,18 +431,19 @@ class FanotifyEnforcer:
             self._gen += 1
             retired = ((old.retired_dirs | old.child_dirs) if old is not None else frozenset())
             needs_parents = bool(child_dirs) or bool(plan.flags & abi.HIPS_F_DIR_OBJECTS)
-            allow_open, allow_exec = _allow_sets(plan, marks, needs_parents)
+            allow_open, allow_exec, allow_read = _allow_sets(plan, marks, needs_parents)
             self._state = _PlanState(
                 plan, Matcher(plan), self._gen, MappingProxyType(dict(marks)),
                 frozenset(child_dirs), frozenset(abi.SubjectKind(k) for (k, _a, _b), _s in plan.subjects),
                 needs_parents, deny_open=fc.deny_open, deny_exec=fc.deny_exec, deny_open_dir=fc.deny_open_dir,
                 deny_exec_dir=fc.deny_exec_dir, dir_tops=fc.dir_tops,
                 retired_dirs=frozenset(retired - child_dirs), deny_read=fc.deny_read,
-                deny_read_dir=fc.deny_read_dir, allow_open=allow_open, allow_exec=allow_exec)
+                deny_read_dir=fc.deny_read_dir, allow_open=allow_open, allow_exec=allow_exec,
+                allow_read=allow_read)
             # the compiled loop answers these itself (never with a decision hook: the
             # hook must see every decided event); from here on, not from the old sets
             if self.decision_hook is None:
-                lis.set_fast_allow(allow_open, allow_exec)
+                lis.set_fast_allow(allow_open, allow_exec, allow_read)
             else:
                 lis.set_fast_allow(frozenset(), frozenset())
             for key, m in old_marks.items():
@@ -591,6 +631,12 @@ class FanotifyEnforcer:
         if (obj in (state.allow_exec if ev.is_exec else state.allow_open)
                 and self.decision_hook is None):
             return ALLOW   # the plan allows every task this open: no fact to gather
+        if not ev.is_exec and obj in state.allow_read and self.decision_hook is None:
+            # every task may read it (a write-protected file): only the flags matter
+            flags = open_flags(tid)
+            if flags is not None and flags >= 0 and (flags & os.O_ACCMODE) == os.O_RDONLY \
+                    and not flags & os.O_TRUNC:
+                return ALLOW
         path = ""
         parents: list[tuple[int, int]] = []
         unplaced = False

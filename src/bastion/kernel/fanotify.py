@@ -330,14 +330,18 @@ class FastLoop:
         return self._ctx
 
     def publish(self, allow_open: frozenset[tuple[int, int]],
-                allow_exec: frozenset[tuple[int, int]]) -> None:
-        """Make these the inodes answered ALLOW without Python (open, exec); when it
+                allow_exec: frozenset[tuple[int, int]],
+                allow_read: frozenset[tuple[int, int]] = frozenset()) -> None:
+        """Make these the inodes answered ALLOW without Python (open, exec, a read-only
+        open: the opener's flags read from ``/proc/TID/syscall`` by the loop); when it
         returns, no batch answers from the previous table any more."""
         bits: dict[tuple[int, int], int] = {}
         for k in allow_open:
             bits[k] = bits.get(k, 0) | 1
         for k in allow_exec:
             bits[k] = bits.get(k, 0) | 2
+        for k in allow_read:
+            bits[k] = bits.get(k, 0) | 4
         flat = (ctypes.c_uint64 * (3 * len(bits) or 1))()
         for n, ((dev, ino), b) in enumerate(bits.items()):
             flat[3 * n], flat[3 * n + 1], flat[3 * n + 2] = dev, ino, b
@@ -838,14 +842,17 @@ class PermissionListener:
             log.error("fanotify: flushing marks at %s failed: %s", why, exc)
 
     def set_fast_allow(self, allow_open: frozenset[tuple[int, int]],
-                       allow_exec: frozenset[tuple[int, int]]) -> None:
-        """The inodes whose open (``allow_open``) or exec (``allow_exec``) events the
-        compiled loop answers ALLOW itself, without calling ``decide``: only inodes
-        ``decide`` would allow for every task and every kind of open.  Replaces the
-        previous sets; when it returns, no event is answered from them any more.
-        Without the compiled loop, nothing to do (``decide`` sees every event)."""
+                       allow_exec: frozenset[tuple[int, int]],
+                       allow_read: frozenset[tuple[int, int]] = frozenset()) -> None:
+        """The inodes whose open (``allow_open``), exec (``allow_exec``) or read-only
+        open (``allow_read``) events the compiled loop answers ALLOW itself, without
+        calling ``decide``: only inodes ``decide`` would allow for every task, for every
+        kind of open (``allow_open``) or for a read-only one (``allow_read``: an open the
+        loop cannot see is read-only goes to ``decide``).  Replaces the previous sets;
+        when it returns, no event is answered from them any more.  Without the compiled
+        loop, nothing to do (``decide`` sees every event)."""
         if self._fast is not None and not self._expired:
-            self._fast.publish(allow_open, allow_exec)
+            self._fast.publish(allow_open, allow_exec, allow_read)
 
     @property
     def compiled_loop(self) -> bool:
