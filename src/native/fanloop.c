@@ -5,8 +5,9 @@
  * spin_us after the last one, then poll()), reads a batch, answers FAN_ALLOW
  * itself for every permission event whose inode is in the published allow
  * table for its kind (open or exec: inodes the plan allows every task; or a
- * read-only open of an inode every task may read but not write, the opener's
- * flags taken from /proc/TID/syscall), in one writev with one response per
+ * read-only open of an inode every task may read but not write, or of any inode
+ * when the plan allows every read -- a write-protected directory tree --, the
+ * opener's flags taken from /proc/TID/syscall), in one writev with one response per
  * iovec, closes those event fds, and returns the other events to Python, which
  * decides them as before.
  *
@@ -93,6 +94,7 @@ struct entry {
 
 struct table {
 	size_t cap;               /* power of two */
+	uint32_t any_bits;        /* the bits of every inode (the published entry (0, 0)) */
 	int users;                /* batches using it (under ctx->mu) */
 	int retired;
 	struct entry e[];
@@ -200,6 +202,10 @@ int bfan_publish(struct bfan_ctx *c, const uint64_t *triples, size_t n)
 
 			if (!bits)
 				continue;
+			if (!dev && !ino) {
+				t->any_bits |= bits;
+				continue;
+			}
 			while (t->e[j].bits && !(t->e[j].dev == dev && t->e[j].ino == ino))
 				j = (j + 1) & (cap - 1);
 			t->e[j].dev = dev;
@@ -526,7 +532,7 @@ int bfan_run(struct bfan_ctx *c, int fan_fd, int wake_fd, int timeout_ms,
 			want = (s->mask & FAN_OPEN_EXEC_PERM) ? 2 : (s->mask & FAN_ACCESS_PERM) ? 0 : 1;
 			if (!want || fd_key(s->fd, &dev, &ino) != 0)
 				continue;
-			bits = lookup(t, dev, ino);
+			bits = lookup(t, dev, ino) | t->any_bits;
 			/* an inode every task may read but not write (a write-protected file):
 			 * a read-only open is allowed here, the rest goes to Python */
 			if (!(bits & want) && !(want == 1 && (bits & 4) && opener_reads_only(c, s->pid)))

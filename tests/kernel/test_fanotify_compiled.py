@@ -200,6 +200,47 @@ def test_a_write_protected_file_is_read_without_python_and_its_writes_are_still_
         enf.close()
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+def test_a_write_protected_directory_tree_is_read_from_the_flags_and_written_nowhere(
+        tmp_path: Path, cg: tuple[Path, int], compiled: bool) -> None:
+    """s27: a directory object whose writes are denied (the shape of "nobody writes
+    /etc/") marks every directory of the tree, so every open below it is an event; the
+    plan allows every read, so a read-only open anywhere is answered from the opener's
+    flags alone (the compiled loop: no Python at all; Python: no path walk).  Attack:
+    writes in every spelling, in the top directory and in a subdirectory, are still
+    decided in Python and refused.  (A hard link out of the tree is the directory
+    object's documented limit, not this path's: docs/policy.md.)"""
+    top = tmp_path / "etc"
+    (top / "sub").mkdir(parents=True)
+    files = [top / "a.conf", top / "sub" / "b.conf"]
+    for f in files:
+        f.write_text("keep\n")
+    st = os.stat(top)
+    tree = FileTarget(kernel_dev(st.st_dev), st.st_ino, True, str(top))
+    enf = FanotifyEnforcer(scope_cgroup_id=cg[1], deadline_s=DEADLINE_S, decision_timeout_s=2.0,
+                           compiled=compiled)
+    enf.open()
+    enf.start()
+    try:
+        w = ResolvedRule(1, "r1", Location("test", 1), (), "test", (Op.OPEN_WRITE,), (tree,), (),
+                         Action.DENY)
+        enf.apply(plan_of(w), [tree])
+        assert enf._state is not None and enf._state.read_anywhere   # white box
+        hows = ["r", "rc"] * 5 + ["rt", "rw", "a"]
+        for f in files:
+            p = run_in(cg[0], ["python3", "-c", _OPEN, str(f), *hows], timeout=TIMEOUT)
+            assert p.returncode == 0, p
+            got = dict(line.split() for line in p.stdout.splitlines())
+            assert got == {"r": "ok", "rc": "ok", "rt": "1", "rw": "1", "a": "1"}, (f, p.stdout)
+        fast = 20 if compiled else 0
+        assert _wait(lambda: enf.stats()["fast_allows"] >= fast and enf.stats()["denies"] >= 6)
+        s = enf.stats()
+        assert s["fast_allows"] == fast and s["denies"] == 6 and s["errors"] == 0, s
+        assert all(f.read_text() == "keep\n" for f in files)
+    finally:
+        enf.close()
+
+
 def test_a_stalled_compiled_loop_is_answered_by_the_watchdog(tmp_path: Path,
                                                               cg: tuple[Path, int]) -> None:
     """Attack: the compiled loop stalls holding a batch (a test seam sleeps 3 s after

@@ -20,7 +20,7 @@ import random
 import pytest
 
 from bastion import abi
-from bastion.enforce.fanotify import _allow_sets, _Mark, _needed_marks
+from bastion.enforce.fanotify import _allow_sets, _Mark, _needed_marks, _reads_anywhere
 from bastion.kernel.fanotify import FAN_OPEN_EXEC_PERM, FAN_OPEN_PERM
 from bastion.errors import Location
 from bastion.policy.compile import (
@@ -66,6 +66,12 @@ def check(plan: MapPlan) -> None:
         assert (k in rd) == (read and not want_open), (k, plan.rules)
         mask = (0 if want_open else FAN_OPEN_PERM) | (0 if want_exec else FAN_OPEN_EXEC_PERM)
         assert (needed[k].mask if k in needed else 0) == mask, (k, plan.rules)
+    # read_anywhere: every read of every inode, below any directory, is allowed to every task
+    m = Matcher(plan)
+    every_read = all(m.decide_file(t, abi.HipsOp.OPEN_READ, k, parents).action
+                     is abi.HipsAction.ALLOW for t in TASKS for k in INODES
+                     for parents in ([], [INODES[3]], [INODES[2], INODES[3]]))
+    assert _reads_anywhere(plan) == every_read, plan.rules
 
 
 def plan_of(default: Action, *rules: ResolvedRule) -> MapPlan:
@@ -141,3 +147,18 @@ def test_an_inode_only_allow_rules_name_is_not_marked_and_a_read_allowed_one_onl
     assert _allow_sets(plan, needed, False) == (frozenset(), frozenset({INODES[1]}),
                                                 frozenset({INODES[1]}))
     check(plan)
+
+
+def test_a_write_protected_tree_allows_every_read_and_a_read_rule_or_default_takes_it_back(
+        ) -> None:
+    """read_anywhere (s27): a plan whose rules only restrict writes and execs (and allow
+    reads) lets the compiled loop answer any read-only open from the flags alone; one
+    audited or denied read, or a default that does not allow, turns it off."""
+    d = FileTarget(8, 103, True, "/etc/")
+    w = rule(1, ((abi.SubjectKind.EXE, 7, 8),), (Op.OPEN_WRITE, Op.EXEC), (d,), Action.DENY)
+    ok = rule(2, (), (Op.OPEN_READ,), (target(INODES[0]),), Action.ALLOW)
+    assert _reads_anywhere(plan_of(Action.ALLOW, w, ok))
+    for extra in (rule(3, ((abi.SubjectKind.UID, 1000, 0),), (Op.OPEN_READ,), (ANY,), Action.AUDIT),
+                  rule(3, (), (Op.OPEN_READ,), (d,), Action.DENY)):
+        assert not _reads_anywhere(plan_of(Action.ALLOW, w, ok, extra))
+    assert not _reads_anywhere(plan_of(Action.DENY, w, ok))

@@ -154,6 +154,10 @@ class _PlanState:
     # write-protected file): the compiled loop answers a read-only open of them (the
     # opener's flags from /proc/TID/syscall); the rest is decided here
     allow_read: frozenset[tuple[int, int]] = frozenset()
+    # every read-only open is allowed to every task, of any inode, whatever its directory
+    # (no rule on reads but allow rules, a default that allows): a write-protected
+    # directory tree's read-only opens are answered from the opener's flags alone
+    read_anywhere: bool = False
 
 
 def _everyone_allows(plan: MapPlan) -> Callable[[tuple[int, int], abi.HipsOp], bool]:
@@ -221,6 +225,16 @@ def _allow_sets(plan: MapPlan, marks: Mapping[tuple[int, int], object], dirs: bo
     exe = frozenset(k for k in marks if allowed(k, abi.HipsOp.EXEC))
     rd = frozenset(k for k in marks if k not in opn and allowed(k, abi.HipsOp.OPEN_READ))
     return opn, exe, rd
+
+
+def _reads_anywhere(plan: MapPlan) -> bool:
+    """Does :meth:`Matcher.decide_file` give ALLOW for every read-only open, whoever the
+    task, whatever the inode and its ancestors?  True when every rule on reads allows
+    and so does the default (the decision is then a rule that allows or the default)."""
+    if plan.default_action is not abi.HipsAction.ALLOW:
+        return False
+    return all(act == abi.HipsAction.ALLOW for (_s, op, _d, _i), (act, _r) in plan.rules
+               if op == abi.HipsOp.OPEN_READ)
 
 
 @dataclass
@@ -439,11 +453,12 @@ class FanotifyEnforcer:
                 deny_exec_dir=fc.deny_exec_dir, dir_tops=fc.dir_tops,
                 retired_dirs=frozenset(retired - child_dirs), deny_read=fc.deny_read,
                 deny_read_dir=fc.deny_read_dir, allow_open=allow_open, allow_exec=allow_exec,
-                allow_read=allow_read)
+                allow_read=allow_read, read_anywhere=_reads_anywhere(plan))
             # the compiled loop answers these itself (never with a decision hook: the
             # hook must see every decided event); from here on, not from the old sets
             if self.decision_hook is None:
-                lis.set_fast_allow(allow_open, allow_exec, allow_read)
+                lis.set_fast_allow(allow_open, allow_exec, allow_read,
+                                   read_anywhere=self._state.read_anywhere)
             else:
                 lis.set_fast_allow(frozenset(), frozenset())
             for key, m in old_marks.items():
@@ -631,7 +646,8 @@ class FanotifyEnforcer:
         if (obj in (state.allow_exec if ev.is_exec else state.allow_open)
                 and self.decision_hook is None):
             return ALLOW   # the plan allows every task this open: no fact to gather
-        if not ev.is_exec and obj in state.allow_read and self.decision_hook is None:
+        if not ev.is_exec and (state.read_anywhere or obj in state.allow_read) \
+                and self.decision_hook is None:
             # every task may read it (a write-protected file): only the flags matter
             flags = open_flags(tid)
             if flags is not None and flags >= 0 and (flags & os.O_ACCMODE) == os.O_RDONLY \
