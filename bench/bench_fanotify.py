@@ -24,7 +24,10 @@ answer), ``bench fanotify_open_added <us> us`` (marked minus unmarked median
 per open+close) and ``bench fanotify_open_overhead <ratio> x`` (marked /
 unmarked, ratio of median ns per open+close; the unmarked figure is ~2.5-5.5
 us on this shared host, so the ratio swings with it), for the compiled loop;
-the same three as ``fanotify_python_*`` for the Python-only listener.
+the same three as ``fanotify_python_*`` for the Python-only listener, and
+``fanotify_program_open_added`` / ``_overhead`` for the compiled loop when the marked
+file is under a rule for another program (the opener's executable is no subject: it is
+answered from that alone, no flags).
 (s27: before, the marked file was one every task may open, which no longer
 needs a mark; the figures before s27 measured that case.)
 Targets (issue 16 item 4): decision median <= 15 us, overhead <= 5x.
@@ -38,6 +41,7 @@ from pathlib import Path
 
 from _common import c_program, calibrate, check_target, emit, finish, log, median, require_fanotify, run_loop
 
+from bastion import abi
 from bastion.enforce.fanotify import FanotifyEnforcer
 from bastion.errors import Location
 from bastion.policy.compile import FileTarget, ResolvedPolicy, ResolvedRule, compile_plan, kernel_dev
@@ -53,12 +57,24 @@ def _target(path: Path) -> FileTarget:
 
 
 def _session(exe: Path, compiled: bool, marked: Path, plain: Path, denied: Path,
-             n_plain: int) -> tuple[list[float], list[float], dict[str, int | float]]:
-    """(ns per marked open, ns per unmarked open, listener stats) of one enforcer."""
-    protect = ResolvedRule(1, "protect-marked", Location("bench"), (), "everyone",
-                           (Op.OPEN_WRITE,), (_target(marked),), (), Action.DENY)
-    deny = ResolvedRule(2, "deny-other", Location("bench"), (), "everyone",
-                        (Op.OPEN_READ,), (_target(denied),), (), Action.DENY)
+             n_plain: int, case: str = "protected"
+             ) -> tuple[list[float], list[float], dict[str, int | float]]:
+    """(ns per marked open, ns per unmarked open, listener stats) of one enforcer.
+    ``case`` "protected": the marked file is write-protected (writes denied to every
+    task), another file read-denied to every task; "program": a rule for one program
+    (``/usr/bin/true``'s executable, which the loop is not) denies it the marked file."""
+    if case == "protected":
+        protect = ResolvedRule(1, "protect-marked", Location("bench"), (), "everyone",
+                               (Op.OPEN_WRITE,), (_target(marked),), (), Action.DENY)
+        deny = ResolvedRule(2, "deny-other", Location("bench"), (), "everyone",
+                            (Op.OPEN_READ,), (_target(denied),), (), Action.DENY)
+    else:
+        prog = os.stat("/usr/bin/true")
+        ident = ((abi.SubjectKind.EXE, prog.st_ino, kernel_dev(prog.st_dev)),)
+        protect = ResolvedRule(1, "program-marked", Location("bench"), ident, "true",
+                               (Op.OPEN_READ, Op.OPEN_WRITE), (_target(marked),), (), Action.DENY)
+        deny = ResolvedRule(2, "program-other", Location("bench"), ident, "true",
+                            (Op.OPEN_READ,), (_target(denied),), (), Action.DENY)
     allow = ResolvedRule(3, "allow-plain", Location("bench"), (), "everyone",
                          (Op.OPEN_READ, Op.OPEN_WRITE), (_target(plain),), (), Action.ALLOW)
     plan = compile_plan(ResolvedPolicy(Mode.ENFORCE, Action.ALLOW, (protect, deny, allow)))
@@ -76,7 +92,8 @@ def _session(exe: Path, compiled: bool, marked: Path, plain: Path, denied: Path,
             f"permission events for its 1000 opens (s27: an allow-only inode is not marked)")
         n_marked = max(calibrate(lambda k: run_loop([exe, "read", k, marked]), LOOP_S, 500)
                        for _ in range(2))
-        which_loop = "compiled loop" if compiled else "Python only"
+        which_loop = ("compiled loop" if compiled else "Python only") + \
+            (", a rule for another program" if case == "program" else "")
         log(f"{which_loop}: per loop {n_marked} opens of the marked file, {n_plain} of the "
             f"unmarked one; {ROUNDS} pairs (ABBA) after a warm-up pair")
         run_loop([exe, "read", n_marked, marked])
@@ -104,7 +121,7 @@ def _report(name: str, on: list[float], off: list[float], s: dict[str, int | flo
     ratio = median(on) / median(off)
     log(f"{name}: unmarked file {median(off):.0f} ns/open+close with the enforcer running "
         f"({median(off) / base_ns:.3f}x of {base_ns:.0f} ns without it)")
-    log(f"{name}: marked file (write-protected, opened to read): {median(on):.0f} ns/open+close "
+    log(f"{name}: marked file (opened to read): {median(on):.0f} ns/open+close "
         f"(min {min(on):.0f}, max {max(on):.0f}) -> {ratio:.1f}x the unmarked file, "
         f"+{(median(on) - median(off)) / 1000:.1f} us per open")
     log(f"{name}: {s['perm_events']} permission events ({s['fast_allows']} answered by the "
@@ -129,11 +146,13 @@ def main() -> None:
         before = [run_loop([exe, "read", n_plain, plain]).seconds for _ in range(3)]
         py = _session(exe, False, marked, plain, denied, n_plain)
         cc = _session(exe, True, marked, plain, denied, n_plain)
+        pg = _session(exe, True, marked, plain, denied, n_plain, "program")
         after = [run_loop([exe, "read", n_plain, plain]).seconds for _ in range(3)]
     log("load average at end: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
     base_ns = median(before + after) / n_plain * 1e9
     py_med, py_ratio = _report("Python only", *py, base_ns)
     cc_med, cc_ratio = _report("compiled loop", *cc, base_ns)
+    _pg_med, pg_ratio = _report("compiled loop, a rule for another program", *pg, base_ns)
     check_target("fanotify decision median (us)", cc_med, 15.0)
     check_target("fanotify marked / unmarked open", cc_ratio, 5.0)
     emit("fanotify_python_decision_median", py_med, "us", ".1f")
@@ -142,6 +161,8 @@ def main() -> None:
     emit("fanotify_decision_median", cc_med, "us", ".1f")
     emit("fanotify_open_added", (median(cc[0]) - median(cc[1])) / 1000, "us", ".1f")
     emit("fanotify_open_overhead", cc_ratio, "x", ".2f")
+    emit("fanotify_program_open_added", (median(pg[0]) - median(pg[1])) / 1000, "us", ".1f")
+    emit("fanotify_program_open_overhead", pg_ratio, "x", ".2f")
     finish()
 
 

@@ -7,7 +7,9 @@
  * table for its kind (open or exec: inodes the plan allows every task; or a
  * read-only open of an inode every task may read but not write, or of any inode
  * when the plan allows every read -- a write-protected directory tree --, the
- * opener's flags taken from /proc/TID/syscall), in one writev with one response per
+ * opener's flags taken from /proc/TID/syscall; or any open, read-only open or exec
+ * the plan allows every task no subject names, when its subjects are executables
+ * and the opener's is none of them -- a per-program policy --), in one writev with one response per
  * iovec, closes those event fds, and returns the other events to Python, which
  * decides them as before.
  *
@@ -88,9 +90,18 @@ struct bfan_event {           /* what bfan_run / bfan_rescue hand to Python */
 struct entry {
 	uint64_t dev, ino;
 	uint32_t bits;            /* 1: allow open, 2: allow exec, 4: allow a read-only open;
+				   * 64: an executable some subject names (see NOSUBJ_*);
 				   * 0: empty */
 	uint32_t pad;
 };
+
+/* any_bits only: what a task no subject names is allowed, on every inode (the plan's
+ * subjects are all executables: such a task is one whose executable has no bit 64) */
+#define NOSUBJ_OPEN 8u
+#define NOSUBJ_READ 16u
+#define NOSUBJ_EXEC 32u
+#define SUBJECT_EXE 64u
+#define TABLE_BITS 127u
 
 struct table {
 	size_t cap;               /* power of two */
@@ -122,9 +133,10 @@ struct bfan_ctx {
 	int have_mask;
 	cpu_set_t mask;               /* the thread's affinity before it was pinned */
 	uint64_t follows;             /* pins to an opener's CPU (test seam) */
-	/* the last opener's /proc/TID/syscall, open (opener_reads_only; the loop only) */
-	int sc_fd;
-	int32_t sc_tid;
+	/* the last opener's /proc/TID/syscall and stack, open (opener_reads_only; the loop
+	 * only) */
+	int sc_fd, st_fd;
+	int32_t sc_tid, st_tid;
 	struct slot slots[SLOTS];
 	/* counters (read by Python under mu) */
 	uint64_t events, perm_events, fast_allows, errors;
@@ -165,6 +177,7 @@ struct bfan_ctx *bfan_new(uint32_t spin_us)
 	c->spin_us = spin_us;
 	c->pinned_cpu = -1;
 	c->sc_fd = -1;
+	c->st_fd = -1;
 	return c;
 }
 
@@ -174,6 +187,8 @@ void bfan_free(struct bfan_ctx *c)
 		return;
 	if (c->sc_fd >= 0)
 		close(c->sc_fd);
+	if (c->st_fd >= 0)
+		close(c->st_fd);
 	free(c->table);
 	pthread_mutex_destroy(&c->mu);
 	free(c);
@@ -197,7 +212,7 @@ int bfan_publish(struct bfan_ctx *c, const uint64_t *triples, size_t n)
 		t->cap = cap;
 		for (size_t i = 0; i < n; i++) {
 			uint64_t dev = triples[3 * i], ino = triples[3 * i + 1];
-			uint32_t bits = (uint32_t)triples[3 * i + 2] & 7;
+			uint32_t bits = (uint32_t)triples[3 * i + 2] & TABLE_BITS;
 			size_t j = mix(dev, ino) & (cap - 1);
 
 			if (!bits)
@@ -262,12 +277,91 @@ static int fd_key(int fd, uint64_t *dev, uint64_t *ino)
 	return 0;
 }
 
+/* Is the open the blocked task @tid waits on its system call's own, so that the
+ * syscall's registers describe it?  Its /proc/TID/stack must show do_filp_open called
+ * by do_sys_openat2/do_sys_open (or do_file_open_root by file_open_root by
+ * do_handle_open), and no frame of an open the kernel makes on the task's behalf in
+ * another context: io_uring task work run on the way back from a blocked syscall (the
+ * registers are that syscall's), an io_uring worker (a copy of the submitter's), a
+ * core dump from the signal path.  The same test as Python's kernel/opener.py
+ * own_open; a stack that cannot be read or named is 0 (the event goes to Python,
+ * which then decides strictly).  The kept file is the one of c->sc_tid. */
+static const char *const not_own[] = {
+	"task_work_run", "get_signal", "arch_do_signal_or_restart", "exit_to_user_mode_loop",
+	"do_coredump", "vfs_coredump", "io_wq_worker", "io_worker_handle_work",
+	"io_wq_submit_work", "io_issue_sqe", "__io_issue_sqe", "io_openat2", "io_openat",
+	"io_req_task_submit", "tctx_task_work", "tctx_task_work_run", "ret_from_fork", "kthread",
+};
+
+static int frame_is(const char *f, size_t n, const char *name)
+{
+	return strlen(name) == n && memcmp(f, name, n) == 0;
+}
+
+static int own_open(struct bfan_ctx *c, int32_t tid)
+{
+	char path[32], b[2048];
+	const char *f[64];
+	size_t len[64];
+	int nf = 0;
+	ssize_t n = -1;
+
+	if (c->st_fd >= 0 && c->st_tid == tid)
+		n = pread(c->st_fd, b, sizeof(b) - 1, 0);
+	if (n <= 0) {
+		if (c->st_fd >= 0)
+			close(c->st_fd);
+		c->st_fd = -1;
+		if (snprintf(path, sizeof(path), "/proc/%d/stack", tid) >= (int)sizeof(path))
+			return 0;
+		c->st_fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+		if (c->st_fd < 0)
+			return 0;
+		c->st_tid = tid;
+		n = pread(c->st_fd, b, sizeof(b) - 1, 0);
+	}
+	if (n <= 0 || n >= (ssize_t)sizeof(b) - 1)
+		return 0;   /* nothing, or cut short: not judged */
+	b[n] = 0;
+	/* "[<0>] name+0x.../0x...\n" per frame, innermost first */
+	for (char *p = b; *p && nf < 64;) {
+		char *nl = strchr(p, '\n'), *name = strstr(p, "] "), *plus;
+
+		if (!nl)
+			nl = p + strlen(p);
+		if (name && name < nl) {
+			name += 2;
+			plus = memchr(name, '+', (size_t)(nl - name));
+			f[nf] = name;
+			len[nf] = (size_t)((plus ? plus : nl) - name);
+			nf++;
+		}
+		p = *nl ? nl + 1 : nl;
+	}
+	if (nf == 64)
+		return 0;
+	for (int i = 0; i < nf; i++)
+		for (size_t k = 0; k < sizeof(not_own) / sizeof(not_own[0]); k++)
+			if (frame_is(f[i], len[i], not_own[k]))
+				return 0;
+	for (int i = 0; i + 1 < nf; i++) {
+		if (frame_is(f[i], len[i], "do_filp_open"))
+			return frame_is(f[i + 1], len[i + 1], "do_sys_openat2") ||
+			       frame_is(f[i + 1], len[i + 1], "do_sys_open");
+		if (frame_is(f[i], len[i], "do_file_open_root"))
+			return i + 2 < nf && frame_is(f[i + 1], len[i + 1], "file_open_root") &&
+			       frame_is(f[i + 2], len[i + 2], "do_handle_open");
+	}
+	return 0;
+}
+
 /* Is the blocked opener @tid's open read-only?  From its /proc/TID/syscall (the
  * syscall it sleeps in and its register arguments, which cannot change while it
  * waits for our answer): open, openat or open_by_handle_at of this ABI with
- * O_RDONLY and without O_TRUNC.  Anything else -- another syscall (execve, a
- * 32-bit task's numbers, an io_uring worker), openat2 (its flags are in the
- * opener's memory), a task not asleep yet ("running"), a read error -- is 0: the
+ * O_RDONLY and without O_TRUNC, whose stack shows the open is that syscall's own
+ * (own_open).  Anything else -- another syscall (execve, a 32-bit task's numbers),
+ * io_uring or a core dump opening on the task's behalf, openat2 (its flags are in
+ * the opener's memory), a task not asleep yet ("running"), a read error -- is 0: the
  * event goes to Python, which decides it in full (kernel/opener.py: open_flags). */
 static int opener_reads_only(struct bfan_ctx *c, int32_t tid)
 {
@@ -321,7 +415,24 @@ static int opener_reads_only(struct bfan_ctx *c, int32_t tid)
 		p = end;
 	}
 	flags &= 0xffffffffULL;
-	return (flags & O_ACCMODE) == O_RDONLY && !(flags & O_TRUNC);
+	return (flags & O_ACCMODE) == O_RDONLY && !(flags & O_TRUNC) && own_open(c, tid);
+}
+
+/* Is the opener @tid's executable one the plan's subjects name?  1: yes, 0: no, -1:
+ * unknown (the event goes to Python).  Its identity from statx of /proc/TID/exe (the
+ * cached inode: AT_STATX_DONT_SYNC, never the executable's filesystem), as Python's
+ * exe_key; its threads share it and an exec by another thread ends this one first. */
+static int opener_is_subject(const struct table *t, int32_t tid)
+{
+	char path[32];
+	struct statx sx;
+
+	if (tid <= 0 || snprintf(path, sizeof(path), "/proc/%d/exe", tid) >= (int)sizeof(path))
+		return -1;
+	if (statx(AT_FDCWD, path, AT_STATX_DONT_SYNC, STATX_INO, &sx) != 0)
+		return -1;
+	return (lookup(t, ((uint64_t)sx.stx_dev_major << 20) | sx.stx_dev_minor, sx.stx_ino)
+		& SUBJECT_EXE) ? 1 : 0;
 }
 
 static int claim(struct slot *s, uint64_t seq, int to)
@@ -454,6 +565,19 @@ static int wait_events(struct bfan_ctx *c, int fan_fd, int wake_fd, int timeout_
 	}
 }
 
+/* Is the event allowed because its opener is a task no subject names (the plan allows
+ * such a task every open, every read-only open, or every exec, of any inode)? */
+static int nosubj_allows(struct bfan_ctx *c, const struct table *t, uint32_t want, int32_t tid)
+{
+	uint32_t any = t->any_bits;
+
+	if (want == 2 ? !(any & NOSUBJ_EXEC) : !(any & (NOSUBJ_OPEN | NOSUBJ_READ)))
+		return 0;
+	if (opener_is_subject(t, tid) != 0)
+		return 0;
+	return want == 2 || (any & NOSUBJ_OPEN) || opener_reads_only(c, tid);
+}
+
 /* One call: wait, read batches and answer the fast ones until some event must go
  * to Python (returned: their count, copied to out), the wake fd or stop, or
  * timeout_ms without events (0).  -errno on a read error (nothing pending). */
@@ -535,7 +659,8 @@ int bfan_run(struct bfan_ctx *c, int fan_fd, int wake_fd, int timeout_ms,
 			bits = lookup(t, dev, ino) | t->any_bits;
 			/* an inode every task may read but not write (a write-protected file):
 			 * a read-only open is allowed here, the rest goes to Python */
-			if (!(bits & want) && !(want == 1 && (bits & 4) && opener_reads_only(c, s->pid)))
+			if (!(bits & want) && !(want == 1 && (bits & 4) && opener_reads_only(c, s->pid))
+			    && !nosubj_allows(c, t, want, s->pid))
 				continue;
 			if (!claim(s, seq, ST_DONE))
 				continue;    /* the watchdog took it: it answers and closes */
@@ -544,6 +669,22 @@ int bfan_run(struct bfan_ctx *c, int fan_fd, int wake_fd, int timeout_ms,
 			iov[nd].iov_base = &resp[nd];
 			iov[nd].iov_len = sizeof(resp[nd]);
 			done_idx[nd++] = i;
+		}
+		if (nd) {
+			/* the procfs reads above may have stalled (a task's stack or syscall
+			 * file waits for its exec lock) past the 1 s bfan_publish waits for this
+			 * batch: once it retired the table, nothing is answered from it -- the
+			 * slots go back to pending, for Python (or the watchdog) below */
+			int stale;
+
+			pthread_mutex_lock(&c->mu);
+			stale = t->retired;
+			pthread_mutex_unlock(&c->mu);
+			if (stale) {
+				for (int i = 0; i < nd; i++)
+					atomic_store(&c->slots[done_idx[i]].word, seq << 8 | ST_PENDING);
+				nd = 0;
+			}
 		}
 		for (int i = 0; i < nd;) {
 			/* one response per iovec: fanotify_write takes one per write and the

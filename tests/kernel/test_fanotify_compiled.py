@@ -17,6 +17,8 @@ subprocess has a timeout.
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from bastion import abi
 from bastion.enforce.fanotify import FanotifyEnforcer, supported
 from bastion.errors import KernelError, Location
 from bastion.kernel.fanotify import FastLoop, PermissionListener
@@ -237,6 +240,212 @@ def test_a_write_protected_directory_tree_is_read_from_the_flags_and_written_now
         s = enf.stats()
         assert s["fast_allows"] == fast and s["denies"] == 6 and s["errors"] == 0, s
         assert all(f.read_text() == "keep\n" for f in files)
+    finally:
+        enf.close()
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+def test_a_per_program_rule_on_a_tree_costs_the_other_programs_only_their_executable(
+        tmp_path: Path, cg: tuple[Path, int], compiled: bool) -> None:
+    """s27: a rule for one program on a directory (the shape of "nginx may not read
+    /home/") marks every directory of the tree, so every program's opens below it are
+    events.  A task whose executable no subject names is allowed everything there, so
+    its opens are answered from its executable's identity (statx of /proc/TID/exe), by
+    the compiled loop without Python, by Python before any path walk.  Attack: the
+    program itself, and under another name (a hard link: the same inode), is still
+    refused."""
+    top = tmp_path / "home"
+    (top / "sub").mkdir(parents=True)
+    files = [top / "a.txt", top / "sub" / "b.txt"]
+    for f in files:
+        f.write_text("data\n")
+    prog = tmp_path / "nginx"
+    shutil.copy2(shutil.which("cat") or "/bin/cat", prog)
+    os.link(prog, tmp_path / "innocent")
+    pst, st = os.stat(prog), os.stat(top)
+    tree = FileTarget(kernel_dev(st.st_dev), st.st_ino, True, str(top))
+    enf = FanotifyEnforcer(scope_cgroup_id=cg[1], deadline_s=DEADLINE_S, decision_timeout_s=2.0,
+                           compiled=compiled)
+    enf.open()
+    enf.start()
+    try:
+        r = ResolvedRule(1, "r1", Location("test", 1),
+                         ((abi.SubjectKind.EXE, pst.st_ino, kernel_dev(pst.st_dev)),), "nginx",
+                         (Op.OPEN_READ,), (tree,), (), Action.DENY)
+        enf.apply(plan_of(r), [tree])
+        assert enf._state is not None and enf._state.nosubj == (True, False, True)  # white box
+        for f in files:
+            p = run_in(cg[0], ["sh", "-c", f"cat {f} {f} {f} >/dev/null && echo more >> {f}"],
+                       timeout=TIMEOUT)
+            assert p.returncode == 0, p
+        for name in ("nginx", "innocent"):
+            p = run_in(cg[0], [str(tmp_path / name), str(files[1])], timeout=TIMEOUT)
+            assert p.returncode != 0 and EPERM_TEXT in p.stderr, (name, p)
+        fast = 8 if compiled else 0
+        assert _wait(lambda: enf.stats()["fast_allows"] >= fast and enf.stats()["denies"] >= 2)
+        s = enf.stats()
+        assert s["fast_allows"] == fast and s["denies"] == 2 and s["errors"] == 0, s
+    finally:
+        enf.close()
+    assert [f.read_text() for f in files] == ["data\nmore\n"] * 2
+
+
+# An io_uring OPENAT for writing, run (tw) as task work on the way back from a
+# read-only openat of a FIFO that blocks (its registers stay that openat's), (wq) by an
+# io_uring worker, or (wqtw) by a worker created from that task work.  Prints the
+# openat's result ("res N") and, when it got a descriptor, writes "PWNED" through it.
+_URING_C = r"""
+#define _GNU_SOURCE
+#include <linux/io_uring.h>
+#include <sys/syscall.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+static unsigned *sq_tail, *sq_mask, *sq_array, *cq_head, *cq_tail, *cq_mask;
+static struct io_uring_sqe *sqes;
+static struct io_uring_cqe *cqes;
+static struct io_uring_sqe *get(void)
+{
+	unsigned t = *sq_tail, i = t & *sq_mask;
+	memset(&sqes[i], 0, sizeof(sqes[i]));
+	sq_array[i] = i;
+	__atomic_store_n(sq_tail, t + 1, __ATOMIC_RELEASE);
+	return &sqes[i];
+}
+int main(int argc, char **argv)
+{
+	static struct __kernel_timespec ts = { 0, 200000000 };
+	struct io_uring_params p;
+	const char *mode = argv[1], *prot = argv[2], *fifo = argv[3];
+	int ring, n = 1;
+	memset(&p, 0, sizeof(p));
+	ring = syscall(__NR_io_uring_setup, 8, &p);
+	if (ring < 0) { perror("io_uring_setup"); return 3; }
+	char *sq = mmap(0, p.sq_off.array + p.sq_entries * 4, PROT_READ | PROT_WRITE,
+			MAP_SHARED | MAP_POPULATE, ring, IORING_OFF_SQ_RING);
+	char *cq = mmap(0, p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe),
+			PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, ring, IORING_OFF_CQ_RING);
+	sqes = mmap(0, p.sq_entries * sizeof(struct io_uring_sqe), PROT_READ | PROT_WRITE,
+		    MAP_SHARED | MAP_POPULATE, ring, IORING_OFF_SQES);
+	sq_tail = (void *)(sq + p.sq_off.tail); sq_mask = (void *)(sq + p.sq_off.ring_mask);
+	sq_array = (void *)(sq + p.sq_off.array); cq_head = (void *)(cq + p.cq_off.head);
+	cq_tail = (void *)(cq + p.cq_off.tail); cq_mask = (void *)(cq + p.cq_off.ring_mask);
+	cqes = (void *)(cq + p.cq_off.cqes);
+	if (strcmp(mode, "wq")) {
+		struct io_uring_sqe *t = get();
+		t->opcode = IORING_OP_TIMEOUT; t->addr = (unsigned long)&ts; t->len = 1;
+		t->timeout_flags = IORING_TIMEOUT_ETIME_SUCCESS; t->flags = IOSQE_IO_LINK;
+		n = 2;
+	}
+	struct io_uring_sqe *o = get();
+	o->opcode = IORING_OP_OPENAT; o->fd = AT_FDCWD; o->addr = (unsigned long)prot;
+	o->open_flags = O_RDWR;
+	if (strcmp(mode, "tw"))
+		o->flags |= IOSQE_ASYNC;
+	if (!strcmp(mode, "wq")) {
+		syscall(__NR_io_uring_enter, ring, 1, 1, IORING_ENTER_GETEVENTS, NULL, 0);
+	} else {
+		syscall(__NR_io_uring_enter, ring, n, 0, 0, NULL, 0);
+		if (fork() == 0) { sleep(1); close(open(fifo, O_WRONLY)); _exit(0); }
+		close(syscall(__NR_openat, AT_FDCWD, fifo, O_RDONLY));
+		wait(NULL);
+	}
+	usleep(300000);
+	for (unsigned h = *cq_head; h != __atomic_load_n(cq_tail, __ATOMIC_ACQUIRE); h++) {
+		int r = cqes[h & *cq_mask].res;
+		if (r == -62)
+			continue;   /* the timeout's own completion */
+		printf("res %d\n", r);
+		if (r >= 0 && write(r, "PWNED\n", 6) != 6)
+			return 4;
+	}
+	return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def uring_attacker(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("uring")
+    (d / "u.c").write_text(_URING_C)
+    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    assert cc is not None, "no C compiler (make deps installs clang)"
+    subprocess.run([cc, "-O1", "-o", str(d / "u"), str(d / "u.c")], check=True, timeout=120)
+    return d / "u"
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+@pytest.mark.parametrize("mode", ["tw", "wq", "wqtw"])
+def test_an_open_io_uring_makes_under_a_read_only_syscall_is_not_taken_for_a_read(
+        tmp_path: Path, cg: tuple[Path, int], uring_attacker: Path, compiled: bool,
+        mode: str) -> None:
+    """Attack (s27 review, unprivileged): /proc/TID/syscall describes the system call a
+    thread is in, not the open being decided.  io_uring runs a queued O_RDWR open as
+    task work when a blocked read-only openat of a FIFO returns (the registers still
+    show that openat), or in a worker that copied them.  Before the fix both the
+    compiled loop and Python took it for a read of the write-protected file (allowed,
+    nothing reported) and the file was overwritten; now the stack shows whose open it
+    is, the flags count as unknown and the write rule refuses it."""
+    prot, fifo = tmp_path / "prot", tmp_path / "fifo"
+    prot.write_text("keep\n")
+    os.mkfifo(fifo)
+    enf = FanotifyEnforcer(scope_cgroup_id=cg[1], deadline_s=DEADLINE_S, decision_timeout_s=2.0,
+                           compiled=compiled)
+    enf.open()
+    enf.start()
+    try:
+        w = rule(1, (Op.OPEN_WRITE,), prot, Action.DENY)
+        enf.apply(plan_of(w), targets_of(w))
+        p = run_in(cg[0], [str(uring_attacker), mode, str(prot), str(fifo)], timeout=TIMEOUT)
+        assert p.returncode == 0, p           # 3: io_uring unavailable (then no attack)
+        assert p.stdout.strip() == "res -1", p   # EPERM
+        assert _wait(lambda: enf.stats()["denies"] >= 1)
+        s = enf.stats()
+        assert s["denies"] == 1 and s["fast_allows"] == 0, s
+        assert prot.read_text() == "keep\n"      # (a read: anyone's, a fast allow)
+    finally:
+        enf.close()
+
+
+def test_a_core_dump_into_a_write_protected_tree_is_refused(tmp_path: Path,
+                                                            cg: tuple[Path, int]) -> None:
+    """Attack (s27 review): a process blocked in a read-only open of a FIFO inside a
+    write-protected tree gets SIGQUIT; the core dump's O_WRONLY|O_CREAT open comes from
+    the signal path with the openat's registers.  Its write is refused (with the
+    ``core`` pattern of this host kind the dump lands in the working directory; an empty
+    file stays behind: fanotify has no create permission event)."""
+    pattern = Path("/proc/sys/kernel/core_pattern").read_text().strip()
+    assert not pattern.startswith("|") and "/" not in pattern, \
+        f"core_pattern {pattern!r}: the dump would not land in the protected tree"
+    top = tmp_path / "etc"
+    top.mkdir()
+    os.mkfifo(top / "fifo")
+    st = os.stat(top)
+    tree = FileTarget(kernel_dev(st.st_dev), st.st_ino, True, str(top))
+    enf = _enforcer(cg[1], 2.0)
+    try:
+        w = ResolvedRule(1, "r1", Location("test", 1), (), "test", (Op.OPEN_WRITE,), (tree,), (),
+                         Action.DENY)
+        enf.apply(plan_of(w), [tree])
+        shell = (f'echo $$ > {cg[0]}/cgroup.procs && cd {top} && ulimit -c unlimited && '
+                 f'exec python3 -c "import os; os.open(\'fifo\', os.O_RDONLY)"')
+        kid = subprocess.Popen(["/bin/sh", "-c", shell])
+        try:
+            assert _wait(lambda: Path(f"/proc/{kid.pid}/syscall").read_text().startswith("257 "))
+            os.kill(kid.pid, signal.SIGQUIT)
+            kid.wait(timeout=TIMEOUT)
+        finally:
+            if kid.poll() is None:
+                kid.kill()
+                kid.wait()
+        cores = [f for f in top.iterdir() if f.name.startswith("core")]
+        assert all(f.stat().st_size == 0 for f in cores), cores
+        assert _wait(lambda: enf.stats()["denies"] >= 1)
+        assert enf.stats()["fast_allows"] == 0
     finally:
         enf.close()
 

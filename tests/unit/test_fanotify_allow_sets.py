@@ -20,7 +20,7 @@ import random
 import pytest
 
 from bastion import abi
-from bastion.enforce.fanotify import _allow_sets, _Mark, _needed_marks, _reads_anywhere
+from bastion.enforce.fanotify import _allow_sets, _Mark, _needed_marks, _nosubj, _reads_anywhere
 from bastion.kernel.fanotify import FAN_OPEN_EXEC_PERM, FAN_OPEN_PERM
 from bastion.errors import Location
 from bastion.policy.compile import (
@@ -162,3 +162,55 @@ def test_a_write_protected_tree_allows_every_read_and_a_read_rule_or_default_tak
                   rule(3, (), (Op.OPEN_READ,), (d,), Action.DENY)):
         assert not _reads_anywhere(plan_of(Action.ALLOW, w, ok, extra))
     assert not _reads_anywhere(plan_of(Action.DENY, w, ok))
+
+
+# ---- s27: a per-program plan answers a task no subject names from its executable alone ----
+
+EXE_IDS = [(), ((abi.SubjectKind.EXE, 7, 8),), ((abi.SubjectKind.EXE, 9, 8),)]
+EXE_TASKS = [TaskFacts(exe, (8, 90), 1001, 56) for exe in [(8, 7), (8, 9), (8, 70), (0, 0)]]
+DIRS = [FileTarget(8, 103, True, "/d3/"), FileTarget(8, 102, True, "/d2/")]
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_what_a_task_no_subject_names_is_allowed_is_exactly_what_the_matcher_gives_it(
+        seed: int) -> None:
+    rnd = random.Random(1000 + seed)
+    rules: list[ResolvedRule] = []
+    for rid in range(1, rnd.randint(1, 6) + 1):
+        files = tuple(rnd.sample([*map(target, INODES[:2]), ANY, *DIRS], rnd.randint(1, 2)))
+        ops = tuple(rnd.sample([Op.OPEN_READ, Op.OPEN_WRITE, Op.EXEC], rnd.randint(1, 3)))
+        action = rnd.choice([Action.ALLOW, Action.ALLOW, Action.AUDIT, Action.DENY, Action.KILL])
+        new = rule(rid, rnd.choice(EXE_IDS), ops, files, action)
+        try:
+            plan_of(Action.ALLOW, *rules, new)
+        except CompileError:
+            continue
+        rules.append(new)
+    plan = plan_of(rnd.choice([Action.ALLOW, Action.ALLOW, Action.DENY, Action.AUDIT]), *rules)
+    (opn, rd, exe), exes = _nosubj(plan)
+    m = Matcher(plan)
+    walks = [(k, parents) for k in INODES for parents in ([], [INODES[3]], [INODES[2], INODES[3]])]
+
+    def all_allow(op: abi.HipsOp) -> bool:
+        return all(m.decide_file(t, op, k, parents).action is abi.HipsAction.ALLOW
+                   for t in EXE_TASKS if t.exe not in exes for k, parents in walks)
+    want = (all_allow(abi.HipsOp.OPEN_READ) and all_allow(abi.HipsOp.OPEN_WRITE),
+            all_allow(abi.HipsOp.OPEN_READ), all_allow(abi.HipsOp.EXEC))
+    # sound: what it says is allowed, the matcher allows every such task on every inode
+    assert (not opn or want[0]) and (not rd or want[1]) and (not exe or want[2]), plan.rules
+    if plan.default_action is abi.HipsAction.ALLOW:
+        # ... and complete with the default that allows (a deny default: none of it)
+        assert exes == {(b, a) for (_k, a, b), _s in plan.subjects}
+        assert (opn, rd or opn, exe) == want, plan.rules
+    else:
+        assert (opn, rd, exe) == (False, False, False)
+
+
+def test_a_plan_with_a_subject_of_another_kind_answers_no_task_from_its_executable() -> None:
+    """A uid, parent or cgroup subject needs facts the executable does not give."""
+    f = target(INODES[0])
+    for ident in ((abi.SubjectKind.UID, 1000, 0),), ((abi.SubjectKind.PARENT_EXE, 9, 8),), \
+            ((abi.SubjectKind.CGROUP, 55, 0),):
+        plan = plan_of(Action.ALLOW, rule(1, ident, (Op.OPEN_READ,), (f,), Action.DENY),
+                       rule(2, ((abi.SubjectKind.EXE, 7, 8),), (Op.OPEN_WRITE,), (f,), Action.DENY))
+        assert _nosubj(plan) == ((False, False, False), frozenset())

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bastion.kernel.opener import Scope, fd_path, stat_ppid_start
+from bastion.kernel.opener import Scope, fd_path, own_open, stat_ppid_start
 
 
 @pytest.fixture
@@ -102,3 +102,52 @@ def test_a_blocked_opener_caught_running_is_waited_for_then_given_up(
     reads.clear()
     monkeypatch.setattr(opener, "read_proc", lambda path: (reads.append(1), b"-1 0x0 0x0\n")[1])
     assert opener._blocked_syscall(1) == b"-1 0x0 0x0\n" and len(reads) == 1
+
+
+# ---- whose open is it (s27 review: io_uring and core dumps open with other registers) ----
+
+def _stack(*names: str) -> bytes:
+    return "".join(f"[<0>] {n}+0x10/0x20\n" for n in names).encode()
+
+
+_TOP = ("fanotify_handle_event", "fsnotify", "__fsnotify_parent", "do_dentry_open", "vfs_open",
+        "path_openat")
+# as /proc/TID/stack showed them on this host (6.18) for a blocked opener
+_OPENAT = _stack(*_TOP, "do_filp_open", "do_sys_openat2", "__x64_sys_openat", "do_syscall_64",
+                 "entry_SYSCALL_64_after_hwframe")
+_BY_HANDLE = _stack(*_TOP, "do_file_open_root", "file_open_root", "do_handle_open", "do_syscall_64",
+                    "entry_SYSCALL_64_after_hwframe")
+_IO_TASK_WORK = _stack(*_TOP, "do_filp_open", "io_openat2", "__io_issue_sqe", "io_issue_sqe",
+                       "io_req_task_submit", "io_handle_tw_list", "tctx_task_work_run",
+                       "tctx_task_work", "task_work_run", "get_signal", "arch_do_signal_or_restart",
+                       "exit_to_user_mode_loop", "do_syscall_64", "entry_SYSCALL_64_after_hwframe")
+_IO_WORKER = _stack(*_TOP, "do_filp_open", "io_openat2", "__io_issue_sqe", "io_issue_sqe",
+                    "io_wq_submit_work", "io_worker_handle_work", "io_wq_worker", "ret_from_fork",
+                    "ret_from_fork_asm")
+_CORE_DUMP = _stack(*_TOP, "do_filp_open", "file_open_name", "filp_open", "vfs_coredump",
+                    "get_signal", "arch_do_signal_or_restart", "exit_to_user_mode_loop",
+                    "do_syscall_64", "entry_SYSCALL_64_after_hwframe")
+_EXEC = _stack(*_TOP, "do_filp_open", "do_open_execat", "alloc_bprm", "do_execveat_common",
+               "__x64_sys_execve", "do_syscall_64", "entry_SYSCALL_64_after_hwframe")
+
+
+@pytest.mark.parametrize(("text", "exec_", "own"), [
+    (_OPENAT, False, True), (_BY_HANDLE, False, True), (_EXEC, True, True),
+    (_IO_TASK_WORK, False, False), (_IO_WORKER, False, False), (_CORE_DUMP, False, False),
+    (_OPENAT, True, False),                  # no execve frame: not execve's own open
+    (_EXEC, False, False),                   # execve's open is no open(2)
+    (_IO_TASK_WORK, True, False),
+    (b"", False, False),                     # unreadable: unknown
+    (b"[<0>] 0xffffffff81234567\n" * 12, False, False),   # no symbols (no kallsyms)
+    (_stack(*_TOP, "do_filp_open"), False, False),          # cut short: no caller
+    (_stack(*_TOP, "do_file_open_root", "file_open_root"), False, False),
+    (_stack(*_TOP, "do_filp_open", "do_sys_openat2_not"), False, False),   # a name, not a prefix
+    (_stack("x_task_work_run_y", *_TOP[1:], "do_filp_open", "do_sys_openat2"), False, True),
+])
+def test_own_open_tells_the_syscalls_own_open_from_one_made_on_its_behalf(
+        text: bytes, exec_: bool, own: bool) -> None:
+    """The registers /proc/TID/syscall shows describe the open being decided only when
+    it is that syscall's own; io_uring's task work (run on the way back from a blocked
+    ``openat``, whose registers stay), an io_uring worker (a copy of the submitter's)
+    and a core dump open files with the flags of something else."""
+    assert own_open(text, exec_) is own

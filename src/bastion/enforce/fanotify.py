@@ -35,8 +35,9 @@ What this tier cannot see (the caveats of the compat tier):
 
 * Only ``open`` raises a permission event (pinned by
   tests/kernel/test_fanotify.py).  Not enforceable here: ``create`` (an
-  ``O_CREAT`` open in a protected directory is refused, but only after the
-  file was created: an empty file stays behind), ``unlink``/``rmdir``,
+  ``O_CREAT`` open for writing in a protected directory is refused, but only after
+  the file was created: an empty file stays behind; ``O_RDONLY|O_CREAT`` is a
+  read, allowed where reads are), ``unlink``/``rmdir``,
   ``rename``, ``link``, ``chmod``/``chown``/``setxattr``, and ``truncate(2)``
   by path (``ftruncate`` needs a write open, which is refused; ``O_TRUNC``
   counts as a write open).  A descriptor opened before the plan (inherited,
@@ -49,18 +50,25 @@ What this tier cannot see (the caveats of the compat tier):
   marked until the next ``apply``.  :meth:`FanotifyEnforcer.unenforced`
   lists what a plan asks that this tier cannot do.
 * Read vs write comes from ``/proc/<tid>/syscall`` of the blocked opener
-  (x86-64/arm64 native syscalls; ``openat2`` read from its memory).  When it
-  cannot be known (32-bit compat tasks, io_uring workers) the stricter of
-  the ``open-read`` and ``open-write`` decisions applies (fail closed),
-  counted as ``flags_unknown``.
+  (x86-64/arm64 native syscalls), trusted only when ``/proc/<tid>/stack`` shows
+  the open is that syscall's own (s27: io_uring's task work and workers and a
+  core dump open files while the registers show another call).  When it cannot
+  be known (32-bit compat tasks, ``openat2``, io_uring, a core dump, no readable
+  stack) the stricter of the ``open-read`` and ``open-write`` decisions applies
+  (fail closed), counted as ``flags_unknown``.
 * Decisions are made in user space: every open of a marked inode costs a
-  round trip to the listener.  An inode the plan allows every task (the
-  precomputed ``allow_open``/``allow_exec`` sets, published to the listener's
-  compiled loop at every :meth:`FanotifyEnforcer.apply`) is answered by the
-  compiled loop without Python (under 1 us from read to ``writev`` here; the
-  ``writev`` that wakes the opener costs most of the round trip); every other
-  event is decided here, reading subject facts from procfs when the plan
-  needs them.
+  round trip to the listener.  Only the event kinds some task could be refused
+  or audited are marked (s27).  The listener's compiled loop answers without
+  Python, from tables published at every :meth:`FanotifyEnforcer.apply`: an
+  inode every task may open or exec (``allow_open``/``allow_exec``: left from a
+  plan swap), a read-only open of an inode every task may read
+  (``allow_read``) or of any inode when the plan allows every read
+  (``read_anywhere``), and, for a plan whose subjects are all executables,
+  what it allows a task whose executable is none of them (``nosubj``); the
+  flags from ``/proc/<tid>/syscall`` and ``stack``, the executable from a
+  ``statx`` of ``/proc/<tid>/exe``.  Python takes the same short cuts first;
+  every other event is decided here, reading subject facts from procfs when
+  the plan needs them.
   The watchdog shares this process (and its GIL): on a starved host a
   decision slower than ``decision_timeout_s`` gets the listener's fallback:
   refused when a deny/kill rule (or a deny/kill default) covers the inode
@@ -158,6 +166,12 @@ class _PlanState:
     # (no rule on reads but allow rules, a default that allows): a write-protected
     # directory tree's read-only opens are answered from the opener's flags alone
     read_anywhere: bool = False
+    # a per-program plan (its subjects are all executables): what a task no subject names
+    # is allowed on every inode, whatever its directory (open: read and write; read: a
+    # read-only open; exec), and the executables that are subjects.  Such a task's events
+    # are answered from its executable's identity (and the flags) alone
+    nosubj: tuple[bool, bool, bool] = (False, False, False)
+    subject_exes: frozenset[tuple[int, int]] = frozenset()
 
 
 def _everyone_allows(plan: MapPlan) -> Callable[[tuple[int, int], abi.HipsOp], bool]:
@@ -235,6 +249,29 @@ def _reads_anywhere(plan: MapPlan) -> bool:
         return False
     return all(act == abi.HipsAction.ALLOW for (_s, op, _d, _i), (act, _r) in plan.rules
                if op == abi.HipsOp.OPEN_READ)
+
+
+def _nosubj(plan: MapPlan) -> tuple[tuple[bool, bool, bool], frozenset[tuple[int, int]]]:
+    """((open, read, exec), subject executables) of :class:`_PlanState`: when every
+    subject of the plan is an executable (``exe:``), whether :meth:`Matcher.decide_file`
+    gives ALLOW to a task whose executable is none of them, for every inode and ancestor:
+    every open (read and write), only a read-only one, every exec.  Such a task has no
+    subject, so its decision is the rule for everyone, then the default: it allows when
+    every rule for everyone on that operation allows and so does the default.  Any
+    other subject kind (parent, uid, cgroup) needs facts of its own: none of this."""
+    if any(kind != abi.SubjectKind.EXE for (kind, _a, _b), _s in plan.subjects) or \
+            plan.default_action is not abi.HipsAction.ALLOW:
+        return (False, False, False), frozenset()
+
+    def everyone_allows(op: abi.HipsOp) -> bool:
+        return all(act == abi.HipsAction.ALLOW for (subj, o, _d, _i), (act, _r) in plan.rules
+                   if subj == 0 and o == op)
+    read = everyone_allows(abi.HipsOp.OPEN_READ)
+    opn = read and everyone_allows(abi.HipsOp.OPEN_WRITE)
+    exe = everyone_allows(abi.HipsOp.EXEC)
+    # the key of an exe subject is (EXE, ino, dev); an identity is (dev, ino)
+    exes = frozenset((b, a) for (_k, a, b), _s in plan.subjects)
+    return (opn, read and not opn, exe), exes
 
 
 @dataclass
@@ -446,6 +483,7 @@ class FanotifyEnforcer:
             retired = ((old.retired_dirs | old.child_dirs) if old is not None else frozenset())
             needs_parents = bool(child_dirs) or bool(plan.flags & abi.HIPS_F_DIR_OBJECTS)
             allow_open, allow_exec, allow_read = _allow_sets(plan, marks, needs_parents)
+            nosubj, subject_exes = _nosubj(plan)
             self._state = _PlanState(
                 plan, Matcher(plan), self._gen, MappingProxyType(dict(marks)),
                 frozenset(child_dirs), frozenset(abi.SubjectKind(k) for (k, _a, _b), _s in plan.subjects),
@@ -453,14 +491,23 @@ class FanotifyEnforcer:
                 deny_exec_dir=fc.deny_exec_dir, dir_tops=fc.dir_tops,
                 retired_dirs=frozenset(retired - child_dirs), deny_read=fc.deny_read,
                 deny_read_dir=fc.deny_read_dir, allow_open=allow_open, allow_exec=allow_exec,
-                allow_read=allow_read, read_anywhere=_reads_anywhere(plan))
+                allow_read=allow_read, read_anywhere=_reads_anywhere(plan),
+                nosubj=nosubj, subject_exes=subject_exes)
             # the compiled loop answers these itself (never with a decision hook: the
             # hook must see every decided event); from here on, not from the old sets
-            if self.decision_hook is None:
-                lis.set_fast_allow(allow_open, allow_exec, allow_read,
-                                   read_anywhere=self._state.read_anywhere)
-            else:
+            try:
+                if self.decision_hook is None:
+                    lis.set_fast_allow(allow_open, allow_exec, allow_read,
+                                       read_anywhere=self._state.read_anywhere, nosubj=nosubj,
+                                       subject_exes=subject_exes)
+                else:
+                    lis.set_fast_allow(frozenset(), frozenset())
+            except KernelError:
+                # the new table could not be made (out of memory): the old one must not
+                # answer for the new plan (it may allow any read); an empty one cannot
+                # fail, and every event goes to Python
                 lis.set_fast_allow(frozenset(), frozenset())
+                raise
             for key, m in old_marks.items():
                 new = marks.get(key)
                 lis.unmark(m.path, key, m.mask & ~(new.mask if new is not None else 0))
@@ -646,13 +693,22 @@ class FanotifyEnforcer:
         if (obj in (state.allow_exec if ev.is_exec else state.allow_open)
                 and self.decision_hook is None):
             return ALLOW   # the plan allows every task this open: no fact to gather
-        if not ev.is_exec and (state.read_anywhere or obj in state.allow_read) \
-                and self.decision_hook is None:
-            # every task may read it (a write-protected file): only the flags matter
-            flags = open_flags(tid)
-            if flags is not None and flags >= 0 and (flags & os.O_ACCMODE) == os.O_RDONLY \
-                    and not flags & os.O_TRUNC:
-                return ALLOW
+        if self.decision_hook is None:
+            nosubj_open, nosubj_read, nosubj_exec = state.nosubj
+            read_ok = not ev.is_exec and (state.read_anywhere or obj in state.allow_read)
+            if (nosubj_exec if ev.is_exec else nosubj_open or nosubj_read) \
+                    and exe_key(tid) not in state.subject_exes:
+                # a per-program plan and an opener no subject names: allowed anywhere
+                if ev.is_exec or nosubj_open:
+                    return ALLOW
+                read_ok = True
+            if read_ok:
+                # every task may read it (a write-protected file), or this one anything:
+                # only the flags matter
+                flags = open_flags(tid)
+                if flags is not None and flags >= 0 and \
+                        (flags & os.O_ACCMODE) == os.O_RDONLY and not flags & os.O_TRUNC:
+                    return ALLOW
         path = ""
         parents: list[tuple[int, int]] = []
         unplaced = False

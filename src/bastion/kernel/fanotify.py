@@ -332,11 +332,14 @@ class FastLoop:
     def publish(self, allow_open: frozenset[tuple[int, int]],
                 allow_exec: frozenset[tuple[int, int]],
                 allow_read: frozenset[tuple[int, int]] = frozenset(), *,
-                read_anywhere: bool = False) -> None:
+                read_anywhere: bool = False, nosubj: tuple[bool, bool, bool] = (False, False, False),
+                subject_exes: frozenset[tuple[int, int]] = frozenset()) -> None:
         """Make these the inodes answered ALLOW without Python (open, exec, a read-only
         open: the opener's flags read from ``/proc/TID/syscall`` by the loop; with
-        ``read_anywhere``, a read-only open of any inode: the entry (0, 0)); when it
-        returns, no batch answers from the previous table any more."""
+        ``read_anywhere``, a read-only open of any inode: the entry (0, 0)); and, for an
+        opener whose executable (``/proc/TID/exe``) is none of ``subject_exes``, every
+        open, read-only open or exec of any inode as ``nosubj`` (open, read, exec) says;
+        when it returns, no batch answers from the previous table any more."""
         bits: dict[tuple[int, int], int] = {}
         for k in allow_open:
             bits[k] = bits.get(k, 0) | 1
@@ -344,8 +347,13 @@ class FastLoop:
             bits[k] = bits.get(k, 0) | 2
         for k in allow_read:
             bits[k] = bits.get(k, 0) | 4
-        if read_anywhere:
-            bits[(0, 0)] = 4   # no inode has number 0: the loop reads it as "any inode"
+        anyb = (4 if read_anywhere else 0) | (8 if nosubj[0] else 0) | \
+            (16 if nosubj[1] else 0) | (32 if nosubj[2] else 0)
+        if anyb:
+            bits[(0, 0)] = anyb   # no inode has number 0: the loop reads it as "any inode"
+        if anyb & (8 | 16 | 32):
+            for k in subject_exes:
+                bits[k] = bits.get(k, 0) | 64
         flat = (ctypes.c_uint64 * (3 * len(bits) or 1))()
         for n, ((dev, ino), b) in enumerate(bits.items()):
             flat[3 * n], flat[3 * n + 1], flat[3 * n + 2] = dev, ino, b
@@ -848,17 +856,22 @@ class PermissionListener:
     def set_fast_allow(self, allow_open: frozenset[tuple[int, int]],
                        allow_exec: frozenset[tuple[int, int]],
                        allow_read: frozenset[tuple[int, int]] = frozenset(), *,
-                       read_anywhere: bool = False) -> None:
+                       read_anywhere: bool = False,
+                       nosubj: tuple[bool, bool, bool] = (False, False, False),
+                       subject_exes: frozenset[tuple[int, int]] = frozenset()) -> None:
         """The inodes whose open (``allow_open``), exec (``allow_exec``) or read-only
         open (``allow_read``) events the compiled loop answers ALLOW itself, without
         calling ``decide``: only inodes ``decide`` would allow for every task, for every
         kind of open (``allow_open``) or for a read-only one (``allow_read``; with
         ``read_anywhere``, any inode's: an open the loop cannot see is read-only goes to
-        ``decide``).  Replaces the previous sets;
+        ``decide``), or whose opener's executable is none of ``subject_exes`` when
+        ``nosubj`` (open, read-only open, exec) says the plan allows a task no subject
+        names that on any inode.  Replaces the previous sets;
         when it returns, no event is answered from them any more.  Without the compiled
         loop, nothing to do (``decide`` sees every event)."""
         if self._fast is not None and not self._expired:
-            self._fast.publish(allow_open, allow_exec, allow_read, read_anywhere=read_anywhere)
+            self._fast.publish(allow_open, allow_exec, allow_read, read_anywhere=read_anywhere,
+                               nosubj=nosubj, subject_exes=subject_exes)
 
     @property
     def compiled_loop(self) -> bool:

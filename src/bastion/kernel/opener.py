@@ -32,7 +32,7 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Callable, Final, Mapping
+from typing import Callable, Final, Mapping, Sequence
 
 from bastion.procstat import TICK_NS, parse_stat
 from bastion.errors import BastionError, KernelError, Location
@@ -425,13 +425,76 @@ def _blocked_syscall(tid: int, settle_s: float = SYSCALL_SETTLE_S) -> bytes:
     return line
 
 
+# /proc/TID/stack frames (s27, review of the compiled read path): a file opened by the
+# kernel on the task's behalf while its registers still show another system call -- an
+# io_uring request run as task work on the way back from a blocked ``openat`` (its
+# registers: that openat's), an io_uring worker (a copy of the submitter's registers),
+# a core dump written from the signal path -- is never the syscall's own open
+_NOT_OWN_FRAMES: Final = frozenset({
+    "task_work_run", "get_signal", "arch_do_signal_or_restart", "exit_to_user_mode_loop",
+    "do_coredump", "vfs_coredump", "io_wq_worker", "io_worker_handle_work", "io_wq_submit_work",
+    "io_issue_sqe", "__io_issue_sqe", "io_openat2", "io_openat", "io_req_task_submit",
+    "tctx_task_work", "tctx_task_work_run", "ret_from_fork", "kthread"})
+# the open path's own callers: do_filp_open called by the open syscalls' helper;
+# do_file_open_root through open_by_handle_at's; do_open_execat is execve's own
+_OWN_OPEN_CALLERS: Final = frozenset({b"do_sys_openat2", b"do_sys_open"})
+
+
+# the most telling of them, looked for directly (the caller test below already tells
+# each of these paths from the syscall's own)
+_NOT_OWN: Final = (b"] task_work_run+", b"] get_signal+", b"] io_wq_worker+", b"coredump+")
+
+
+def _caller(text: bytes, frame: bytes, n: int = 1) -> list[bytes] | None:
+    """The names of the ``n`` frames below the first ``frame`` of a ``/proc/TID/stack``
+    text (its caller, then the caller's), None when ``frame`` is not there."""
+    at = text.find(b"] " + frame + b"+")
+    if at < 0:
+        return None
+    out: list[bytes] = []
+    for _ in range(n):
+        at = text.find(b"\n", at)
+        if at < 0:
+            return out
+        start = text.find(b"] ", at) + 2
+        end = text.find(b"+", start)
+        if start < 2 or end < 0:
+            return out
+        out.append(text[start:end])
+        at = end
+    return out
+
+
+def own_open(text: bytes, exec_: bool) -> bool:
+    """Is the file open the blocked task waits on the one its system call makes (the
+    syscall's registers then describe it)?  ``text``: its ``/proc/TID/stack``;
+    ``exec_``: the open of ``execve``.  False for an open the kernel makes on the
+    task's behalf in another context (io_uring task work or worker, a core dump:
+    :data:`_NOT_OWN_FRAMES`: the caller of their ``do_filp_open`` is io_uring's or the
+    core dump's) and for a stack it cannot read (no kallsyms, no
+    CONFIG_STACKTRACE): the caller then treats the flags as unknown, which is the
+    strict decision.  Only do_filp_open called by the open syscalls' helper, or
+    do_file_open_root by open_by_handle_at's, is an open(2)'s own."""
+    if not text or any(name in text for name in _NOT_OWN):
+        return False
+    got = _caller(text, b"do_filp_open")
+    if exec_:
+        return got == [b"do_open_execat"]
+    if got is not None:
+        return bool(got) and got[0] in _OWN_OPEN_CALLERS
+    return _caller(text, b"do_file_open_root", 2) == [b"file_open_root", b"do_handle_open"]
+
+
 def open_flags(tid: int) -> int | None:
     """The blocked opener's open flags; -1 inside execve; None when unknown.
 
-    Read from ``/proc/TID/syscall`` (x86-64/arm64 native syscalls).  Unknown
-    for ``openat2`` (its flags are in the opener's memory, which may be backed
-    by a file or userfaultfd the attacker stalls: never read), for 32-bit
-    compat tasks and for io_uring workers.
+    Read from ``/proc/TID/syscall`` (x86-64/arm64 native syscalls), and trusted only
+    when ``/proc/TID/stack`` shows that the open being decided is that system call's
+    own (:func:`own_open`; a creat is a write whatever its stack).  Unknown for
+    ``openat2`` (its flags are in the opener's memory, which may be backed by a file
+    or userfaultfd the attacker stalls: never read), for 32-bit compat tasks, for
+    io_uring (its task work runs with the registers of the syscall it interrupted; a
+    worker copies the submitter's) and for a core dump.
     """
     sc = _SYS
     if sc is None:
@@ -442,14 +505,18 @@ def open_flags(tid: int) -> int | None:
         args = [int(x, 16) for x in fields[1:7]]
     except (OSError, ValueError, IndexError):
         return None
-    if nr in sc.exec_:
-        return -1
     if nr in sc.creat:
         return os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-    idx = sc.open_flags_arg.get(nr)
-    if idx is not None:
-        return args[idx] & 0xFFFFFFFF
-    return None   # openat2 (struct open_how in the opener's memory) and the rest
+    if nr in sc.exec_:
+        got: int | None = -1
+    else:
+        idx = sc.open_flags_arg.get(nr)
+        if idx is None:
+            return None   # openat2 (struct open_how in the opener's memory) and the rest
+        got = args[idx] & 0xFFFFFFFF
+    if not own_open(read_proc(f"/proc/{tid}/stack"), nr in sc.exec_):
+        return None
+    return got
 
 
 @dataclass(frozen=True)
