@@ -290,6 +290,35 @@ def test_a_per_program_rule_on_a_tree_costs_the_other_programs_only_their_execut
     assert [f.read_text() for f in files] == ["data\nmore\n"] * 2
 
 
+def test_a_kernel_whose_stacks_cannot_tell_whose_open_it_is_says_so_and_keeps_reads_in_python(
+        tmp_path: Path, cg: tuple[Path, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where /proc/TID/stack cannot tell a syscall's own open (no stack traces, no
+    symbol names, another open path: ``stack_verifiable`` says why), the compiled loop
+    answers no read, Python takes the syscall's flags as they are (as before s27), and
+    the plan lists it as not enforced -- loudly, never silently; writes stay refused."""
+    from bastion.enforce import fanotify as enforce_fan
+    from bastion.kernel import opener
+
+    why = "test: no stack traces"
+    monkeypatch.setattr(enforce_fan, "stack_verifiable", lambda: why)
+    monkeypatch.setattr(opener, "stack_verifiable", lambda: why)
+    prot = tmp_path / "prot"
+    prot.write_text("keep\n")
+    enf = _enforcer(cg[1], 2.0)
+    try:
+        w = rule(1, (Op.OPEN_WRITE,), prot, Action.DENY)
+        enf.apply(plan_of(w), targets_of(w))
+        assert any(why in u and "io_uring" in u for u in enf.unenforced()), enf.unenforced()
+        p = run_in(cg[0], ["python3", "-c", _OPEN, str(prot), "r", "rc", "rw", "a"],
+                   timeout=TIMEOUT)
+        assert p.stdout.split() == ["r", "ok", "rc", "ok", "rw", "1", "a", "1"], p
+        assert _wait(lambda: enf.stats()["denies"] >= 2)
+        s = enf.stats()
+        assert s["fast_allows"] == 0 and s["denies"] == 2, s
+    finally:
+        enf.close()
+
+
 # An io_uring OPENAT for writing, run (tw) as task work on the way back from a
 # read-only openat of a FIFO that blocks (its registers stay that openat's), (wq) by an
 # io_uring worker, or (wqtw) by a worker created from that task work.  Prints the

@@ -103,7 +103,7 @@ from bastion.kernel.fanotify import (
     FAN_OPEN_EXEC_PERM, FAN_OPEN_PERM, PermEvent, PermissionListener, Verdict, subdirs, supported,
 )
 from bastion.kernel.opener import (
-    IsOurs, Scope, Task, exe_key, fd_path, locate, open_flags, read_proc,
+    IsOurs, Scope, Task, exe_key, fd_path, locate, open_flags, read_proc, stack_verifiable,
 )
 from bastion.policy.compile import FileTarget, MapPlan, kernel_dev
 from bastion.policy.match import Decision, Matcher, TaskFacts
@@ -484,6 +484,12 @@ class FanotifyEnforcer:
             needs_parents = bool(child_dirs) or bool(plan.flags & abi.HIPS_F_DIR_OBJECTS)
             allow_open, allow_exec, allow_read = _allow_sets(plan, marks, needs_parents)
             nosubj, subject_exes = _nosubj(plan)
+            unverified = stack_verifiable()
+            if unverified is not None and marks:
+                problems.append(
+                    f"read vs write of an open is taken from the system call the opener is "
+                    f"in, unchecked ({unverified}): an open io_uring or a core dump makes on "
+                    f"its behalf is judged by that call's flags")
             self._state = _PlanState(
                 plan, Matcher(plan), self._gen, MappingProxyType(dict(marks)),
                 frozenset(child_dirs), frozenset(abi.SubjectKind(k) for (k, _a, _b), _s in plan.subjects),
@@ -496,9 +502,14 @@ class FanotifyEnforcer:
             # the compiled loop answers these itself (never with a decision hook: the
             # hook must see every decided event); from here on, not from the old sets
             try:
-                if self.decision_hook is None:
+                if self.decision_hook is None and unverified is None:
                     lis.set_fast_allow(allow_open, allow_exec, allow_read,
                                        read_anywhere=self._state.read_anywhere, nosubj=nosubj,
+                                       subject_exes=subject_exes)
+                elif self.decision_hook is None:
+                    # the compiled loop checks each read's stack: without one that can
+                    # be read, no read is answered there (Python decides, as it can)
+                    lis.set_fast_allow(allow_open, allow_exec, nosubj=(nosubj[0], False, nosubj[2]),
                                        subject_exes=subject_exes)
                 else:
                     lis.set_fast_allow(frozenset(), frozenset())

@@ -24,7 +24,10 @@ from __future__ import annotations
 import collections
 import ctypes
 import errno
+import functools
 import os
+import shutil
+import tempfile
 import struct
 import threading
 import time
@@ -485,12 +488,66 @@ def own_open(text: bytes, exec_: bool) -> bool:
     return _caller(text, b"do_file_open_root", 2) == [b"file_open_root", b"do_handle_open"]
 
 
+@functools.cache
+def stack_verifiable() -> str | None:
+    """None when this kernel's ``/proc/TID/stack`` tells a system call's own open
+    (:func:`own_open`), else why not (a kernel without stack traces or symbol names, or
+    whose open path has other frames).  Probed once: a thread of this process blocked in
+    a read-only ``open`` of a FIFO of its own (private directory), looked at, released."""
+    d = tempfile.mkdtemp(prefix="bastion-ownopen-")
+    fifo = os.path.join(d, "f")
+    tid: list[int] = []
+    started = threading.Event()
+
+    def opener() -> None:
+        tid.append(threading.get_native_id())
+        started.set()
+        try:
+            os.close(os.open(fifo, os.O_RDONLY | os.O_CLOEXEC))
+        except OSError:
+            pass
+
+    try:
+        os.mkfifo(fifo, 0o600)
+        t = threading.Thread(target=opener, name="bastion-ownopen", daemon=True)
+        t.start()
+        text = b""
+        try:
+            if not started.wait(5):
+                return "the probe thread did not start"
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline:
+                text = read_proc(f"/proc/self/task/{tid[0]}/stack")
+                if b"] do_filp_open+" in text or b"fifo_open" in text:
+                    break
+                time.sleep(0.001)
+        finally:
+            try:   # a reader waits: a non-blocking write open succeeds and releases it
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+            except OSError:
+                pass
+            t.join(5)
+        if not text:
+            return "/proc/TID/stack is empty or unreadable"
+        if not own_open(text, False):
+            names = b" <- ".join(ln.partition(b"] ")[2].partition(b"+")[0]
+                                 for ln in text.splitlines()[:12])
+            return f"an open's stack is not recognised ({names.decode('ascii', 'replace')})"
+        return None
+    except OSError as exc:
+        return f"probe failed: {exc.strerror}"
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def open_flags(tid: int) -> int | None:
     """The blocked opener's open flags; -1 inside execve; None when unknown.
 
     Read from ``/proc/TID/syscall`` (x86-64/arm64 native syscalls), and trusted only
     when ``/proc/TID/stack`` shows that the open being decided is that system call's
-    own (:func:`own_open`; a creat is a write whatever its stack).  Unknown for
+    own (:func:`own_open`; a creat is a write whatever its stack; on a kernel whose
+    stack cannot tell, :func:`stack_verifiable`, the syscall's flags are taken as they
+    are and the callers say so).  Unknown for
     ``openat2`` (its flags are in the opener's memory, which may be backed by a file
     or userfaultfd the attacker stalls: never read), for 32-bit compat tasks, for
     io_uring (its task work runs with the registers of the syscall it interrupted; a
@@ -514,7 +571,8 @@ def open_flags(tid: int) -> int | None:
         if idx is None:
             return None   # openat2 (struct open_how in the opener's memory) and the rest
         got = args[idx] & 0xFFFFFFFF
-    if not own_open(read_proc(f"/proc/{tid}/stack"), nr in sc.exec_):
+    if stack_verifiable() is None and \
+            not own_open(read_proc(f"/proc/{tid}/stack"), nr in sc.exec_):
         return None
     return got
 
