@@ -24,9 +24,11 @@
  *    compare-and-swap fails and a torn read of fd/mask is discarded.
  * Nothing here may wait on a filesystem: the inode comes from
  * statx(AT_EMPTY_PATH | AT_STATX_DONT_SYNC) of the event fd.  The paths it
- * opens are procfs: /proc/TID/syscall of a blocked opener (opener_reads_only(),
- * inside the slot window: the watchdog answers the batch if that read stalls)
- * and /proc/TID/stat (see follow()), after the batch is answered.
+ * opens or looks at are procfs: /proc/TID/syscall and /proc/TID/stack of a blocked
+ * opener (opener_reads_only(), own_open()) and a statx(AT_STATX_DONT_SYNC) of
+ * /proc/TID/exe (opener_is_subject()), inside the slot window (the watchdog answers
+ * the batch if one stalls; a table retired meanwhile answers nothing), and
+ * /proc/TID/stat (see follow()), after the batch is answered.
  *
  * CPU placement: an opener waits for its answer, so its CPU is free while it
  * does; a listener on that CPU answers with two context switches, one on
@@ -298,12 +300,68 @@ static int frame_is(const char *f, size_t n, const char *name)
 	return strlen(name) == n && memcmp(f, name, n) == 0;
 }
 
+/* The judgement of own_open on a /proc/TID/stack text (NUL-terminated, modified):
+ * "[<0>] name+0x.../0x...\n" per frame, innermost first.  Also refused: a second file
+ * open nested between the fanotify frames and do_filp_open (a stacked filesystem such
+ * as eCryptfs opening its lower file with flags of its own inside the caller's open). */
+static int stack_is_own_open(char *b)
+{
+	const char *f[64];
+	size_t len[64];
+	int nf = 0, opens = 0;
+
+	for (char *p = b; *p && nf < 64;) {
+		char *nl = strchr(p, '\n'), *name, *plus;
+
+		if (!nl)
+			nl = p + strlen(p);
+		name = memmem(p, (size_t)(nl - p), "] ", 2);
+		if (name) {
+			name += 2;
+			plus = memchr(name, '+', (size_t)(nl - name));
+			f[nf] = name;
+			len[nf] = (size_t)((plus ? plus : nl) - name);
+			nf++;
+		}
+		p = *nl ? nl + 1 : nl;
+	}
+	if (nf == 64)
+		return 0;   /* cut short: not judged */
+	for (int i = 0; i < nf; i++)
+		for (size_t k = 0; k < sizeof(not_own) / sizeof(not_own[0]); k++)
+			if (frame_is(f[i], len[i], not_own[k]))
+				return 0;
+	for (int i = 0; i + 1 < nf; i++) {
+		if (frame_is(f[i], len[i], "do_dentry_open"))
+			opens++;
+		if (frame_is(f[i], len[i], "dentry_open") || frame_is(f[i], len[i], "kernel_file_open"))
+			return 0;
+		if (frame_is(f[i], len[i], "do_filp_open"))
+			return opens == 1 && (frame_is(f[i + 1], len[i + 1], "do_sys_openat2") ||
+					      frame_is(f[i + 1], len[i + 1], "do_sys_open"));
+		if (frame_is(f[i], len[i], "do_file_open_root"))
+			return opens == 1 && i + 2 < nf &&
+			       frame_is(f[i + 1], len[i + 1], "file_open_root") &&
+			       frame_is(f[i + 2], len[i + 2], "do_handle_open");
+	}
+	return 0;
+}
+
+/* Test seam: stack_is_own_open on @text (tests/unit compares it with Python's). */
+int bfan_stack_own_open(const char *text)
+{
+	char b[2048];
+	size_t n = strlen(text);
+
+	if (n >= sizeof(b))
+		return 0;
+	memcpy(b, text, n + 1);
+	return stack_is_own_open(b);
+}
+
 static int own_open(struct bfan_ctx *c, int32_t tid)
 {
 	char path[32], b[2048];
-	const char *f[64];
-	size_t len[64];
-	int nf = 0;
 	ssize_t n = -1;
 
 	if (c->st_fd >= 0 && c->st_tid == tid)
@@ -323,36 +381,7 @@ static int own_open(struct bfan_ctx *c, int32_t tid)
 	if (n <= 0 || n >= (ssize_t)sizeof(b) - 1)
 		return 0;   /* nothing, or cut short: not judged */
 	b[n] = 0;
-	/* "[<0>] name+0x.../0x...\n" per frame, innermost first */
-	for (char *p = b; *p && nf < 64;) {
-		char *nl = strchr(p, '\n'), *name = strstr(p, "] "), *plus;
-
-		if (!nl)
-			nl = p + strlen(p);
-		if (name && name < nl) {
-			name += 2;
-			plus = memchr(name, '+', (size_t)(nl - name));
-			f[nf] = name;
-			len[nf] = (size_t)((plus ? plus : nl) - name);
-			nf++;
-		}
-		p = *nl ? nl + 1 : nl;
-	}
-	if (nf == 64)
-		return 0;
-	for (int i = 0; i < nf; i++)
-		for (size_t k = 0; k < sizeof(not_own) / sizeof(not_own[0]); k++)
-			if (frame_is(f[i], len[i], not_own[k]))
-				return 0;
-	for (int i = 0; i + 1 < nf; i++) {
-		if (frame_is(f[i], len[i], "do_filp_open"))
-			return frame_is(f[i + 1], len[i + 1], "do_sys_openat2") ||
-			       frame_is(f[i + 1], len[i + 1], "do_sys_open");
-		if (frame_is(f[i], len[i], "do_file_open_root"))
-			return i + 2 < nf && frame_is(f[i + 1], len[i + 1], "file_open_root") &&
-			       frame_is(f[i + 2], len[i + 2], "do_handle_open");
-	}
-	return 0;
+	return stack_is_own_open(b);
 }
 
 /* Is the blocked opener @tid's open read-only?  From its /proc/TID/syscall (the
@@ -670,21 +699,17 @@ int bfan_run(struct bfan_ctx *c, int fan_fd, int wake_fd, int timeout_ms,
 			iov[nd].iov_len = sizeof(resp[nd]);
 			done_idx[nd++] = i;
 		}
-		if (nd) {
-			/* the procfs reads above may have stalled (a task's stack or syscall
-			 * file waits for its exec lock) past the 1 s bfan_publish waits for this
-			 * batch: once it retired the table, nothing is answered from it -- the
-			 * slots go back to pending, for Python (or the watchdog) below */
-			int stale;
-
-			pthread_mutex_lock(&c->mu);
-			stale = t->retired;
-			pthread_mutex_unlock(&c->mu);
-			if (stale) {
-				for (int i = 0; i < nd; i++)
-					atomic_store(&c->slots[done_idx[i]].word, seq << 8 | ST_PENDING);
-				nd = 0;
-			}
+		/* the procfs reads above may have stalled (a task's stack or syscall file
+		 * waits for its exec lock) past the 1 s bfan_publish waits for this batch:
+		 * once it retired the table, nothing is answered from it -- the slots go back
+		 * to pending, for Python (or the watchdog) below.  mu is held from that check
+		 * through the answers (writev to our own group never blocks), so publish
+		 * cannot retire the table in between */
+		pthread_mutex_lock(&c->mu);
+		if (nd && t->retired) {
+			for (int i = 0; i < nd; i++)
+				atomic_store(&c->slots[done_idx[i]].word, seq << 8 | ST_PENDING);
+			nd = 0;
 		}
 		for (int i = 0; i < nd;) {
 			/* one response per iovec: fanotify_write takes one per write and the
@@ -703,6 +728,7 @@ int bfan_run(struct bfan_ctx *c, int fan_fd, int wake_fd, int timeout_ms,
 				i += (int)(w / (ssize_t)sizeof(struct response));
 			}
 		}
+		pthread_mutex_unlock(&c->mu);
 		for (int i = 0; i < nd; i++)
 			close(c->slots[done_idx[i]].fd);
 		{

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from bastion.kernel.fanotify import FastLoop
 from bastion.kernel.opener import Scope, fd_path, own_open, stat_ppid_start
 
 
@@ -143,6 +144,12 @@ _EXEC = _stack(*_TOP, "do_filp_open", "do_open_execat", "alloc_bprm", "do_execve
     (_stack(*_TOP, "do_file_open_root", "file_open_root"), False, False),
     (_stack(*_TOP, "do_filp_open", "do_sys_openat2_not"), False, False),   # a name, not a prefix
     (_stack("x_task_work_run_y", *_TOP[1:], "do_filp_open", "do_sys_openat2"), False, True),
+    # a stacked filesystem's own open of its lower file inside the caller's (eCryptfs)
+    (_stack(*_TOP, "do_filp_open", "dentry_open", "ecryptfs_privileged_open", "ecryptfs_open",
+            "do_dentry_open", "vfs_open", "path_openat", "do_filp_open", "do_sys_openat2",
+            "__x64_sys_openat"), False, False),
+    (_stack(*_TOP[:3], "do_dentry_open", "kernel_file_open", "x", *_TOP[3:], "do_filp_open",
+            "do_sys_openat2"), False, False),
 ])
 def test_own_open_tells_the_syscalls_own_open_from_one_made_on_its_behalf(
         text: bytes, exec_: bool, own: bool) -> None:
@@ -151,3 +158,9 @@ def test_own_open_tells_the_syscalls_own_open_from_one_made_on_its_behalf(
     ``openat``, whose registers stay), an io_uring worker (a copy of the submitter's)
     and a core dump open files with the flags of something else."""
     assert own_open(text, exec_) is own
+    if not exec_:   # the compiled loop judges open(2)'s stacks the same way (its own parser)
+        fast = FastLoop()
+        try:
+            assert fast.stack_own_open(text) is own
+        finally:
+            fast.free()

@@ -298,6 +298,7 @@ class FastLoop:
         for name, res, args in (
                 ("bfan_abi", i32, []), ("bfan_new", p, [u32]), ("bfan_free", None, [p]),
                 ("bfan_publish", i32, [p, ctypes.POINTER(ctypes.c_uint64), ctypes.c_size_t]),
+                ("bfan_stack_own_open", i32, [ctypes.c_char_p]),
                 ("bfan_run", i32, [p, i32, i32, i32, ev_p, i32]),
                 ("bfan_rescue", i32, [p, i64, ev_p, i32]),
                 ("bfan_stop", None, [p, i32]), ("bfan_set_stall", None, [p, i64]),
@@ -328,6 +329,11 @@ class FastLoop:
         if self._ctx is None:
             raise KernelError("compiled fanotify loop is closed", location=Location("fanotify"))
         return self._ctx
+
+    def stack_own_open(self, text: bytes) -> bool:
+        """The loop's judgement of a ``/proc/TID/stack`` text: is the open the task waits
+        on its system call's own (test seam: the same as :func:`.opener.own_open`)?"""
+        return bool(self._lib.bfan_stack_own_open(text))
 
     def publish(self, allow_open: frozenset[tuple[int, int]],
                 allow_exec: frozenset[tuple[int, int]],

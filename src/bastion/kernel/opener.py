@@ -428,24 +428,20 @@ def _blocked_syscall(tid: int, settle_s: float = SYSCALL_SETTLE_S) -> bytes:
     return line
 
 
-# /proc/TID/stack frames (s27, review of the compiled read path): a file opened by the
-# kernel on the task's behalf while its registers still show another system call -- an
-# io_uring request run as task work on the way back from a blocked ``openat`` (its
-# registers: that openat's), an io_uring worker (a copy of the submitter's registers),
-# a core dump written from the signal path -- is never the syscall's own open
-_NOT_OWN_FRAMES: Final = frozenset({
-    "task_work_run", "get_signal", "arch_do_signal_or_restart", "exit_to_user_mode_loop",
-    "do_coredump", "vfs_coredump", "io_wq_worker", "io_worker_handle_work", "io_wq_submit_work",
-    "io_issue_sqe", "__io_issue_sqe", "io_openat2", "io_openat", "io_req_task_submit",
-    "tctx_task_work", "tctx_task_work_run", "ret_from_fork", "kthread"})
+# /proc/TID/stack (s27, reviews of the compiled read path): a file opened by the kernel
+# on the task's behalf while its registers still show another system call -- an io_uring
+# request run as task work on the way back from a blocked ``openat`` (its registers:
+# that openat's), an io_uring worker (a copy of the submitter's registers), a core dump
+# written from the signal path -- is never the syscall's own open.  The caller test in
+# own_open tells each of them (their do_filp_open is called by io_uring or the core
+# dump); these frames are looked for as well
+_NOT_OWN: Final = (b"] task_work_run+", b"] get_signal+", b"] io_wq_worker+", b"coredump+")
 # the open path's own callers: do_filp_open called by the open syscalls' helper;
 # do_file_open_root through open_by_handle_at's; do_open_execat is execve's own
 _OWN_OPEN_CALLERS: Final = frozenset({b"do_sys_openat2", b"do_sys_open"})
-
-
-# the most telling of them, looked for directly (the caller test below already tells
-# each of these paths from the syscall's own)
-_NOT_OWN: Final = (b"] task_work_run+", b"] get_signal+", b"] io_wq_worker+", b"coredump+")
+# a second open nested inside the caller's (a stacked filesystem opening its lower file
+# with flags of its own, as eCryptfs does): not the syscall's flags
+_NESTED_OPENS: Final = (b"] dentry_open+", b"] kernel_file_open+")
 
 
 def _caller(text: bytes, frame: bytes, n: int = 1) -> list[bytes] | None:
@@ -472,9 +468,9 @@ def own_open(text: bytes, exec_: bool) -> bool:
     """Is the file open the blocked task waits on the one its system call makes (the
     syscall's registers then describe it)?  ``text``: its ``/proc/TID/stack``;
     ``exec_``: the open of ``execve``.  False for an open the kernel makes on the
-    task's behalf in another context (io_uring task work or worker, a core dump:
-    :data:`_NOT_OWN_FRAMES`: the caller of their ``do_filp_open`` is io_uring's or the
-    core dump's) and for a stack it cannot read (no kallsyms, no
+    task's behalf in another context (io_uring task work or worker, a core dump: the
+    caller of their ``do_filp_open`` is io_uring's or the core dump's, :data:`_NOT_OWN`),
+    for one nested in the caller's (:data:`_NESTED_OPENS`) and for a stack it cannot read (no kallsyms, no
     CONFIG_STACKTRACE): the caller then treats the flags as unknown, which is the
     strict decision.  Only do_filp_open called by the open syscalls' helper, or
     do_file_open_root by open_by_handle_at's, is an open(2)'s own."""
@@ -483,6 +479,13 @@ def own_open(text: bytes, exec_: bool) -> bool:
     got = _caller(text, b"do_filp_open")
     if exec_:
         return got == [b"do_open_execat"]
+    at = text.find(b"] do_filp_open+")
+    if at < 0:
+        at = text.find(b"] do_file_open_root+")
+    inner = text[:at]
+    if at < 0 or inner.count(b"] do_dentry_open+") != 1 or \
+            any(name in inner for name in _NESTED_OPENS):
+        return False
     if got is not None:
         return bool(got) and got[0] in _OWN_OPEN_CALLERS
     return _caller(text, b"do_file_open_root", 2) == [b"file_open_root", b"do_handle_open"]
