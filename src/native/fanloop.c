@@ -334,6 +334,8 @@ static int stack_is_own_open(char *b)
 	for (int i = 0; i + 1 < nf; i++) {
 		if (frame_is(f[i], len[i], "do_dentry_open"))
 			opens++;
+		if (frame_is(f[i], len[i], "backing_file_open"))
+			opens--;   /* an overlay's real file, opened with the caller's flags */
 		if (frame_is(f[i], len[i], "dentry_open") || frame_is(f[i], len[i], "kernel_file_open"))
 			return 0;
 		if (frame_is(f[i], len[i], "do_filp_open"))

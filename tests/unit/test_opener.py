@@ -150,6 +150,9 @@ _EXEC = _stack(*_TOP, "do_filp_open", "do_open_execat", "alloc_bprm", "do_execve
             "__x64_sys_openat"), False, False),
     (_stack(*_TOP[:3], "do_dentry_open", "kernel_file_open", "x", *_TOP[3:], "do_filp_open",
             "do_sys_openat2"), False, False),
+    # an overlay's real file, opened inside the caller's open with the caller's flags
+    (_stack(*_TOP[:3], "do_dentry_open", "vfs_open", "backing_file_open", "ovl_open_realfile",
+            "ovl_open", *_TOP[3:], "do_filp_open", "do_sys_openat2"), False, True),
 ])
 def test_own_open_tells_the_syscalls_own_open_from_one_made_on_its_behalf(
         text: bytes, exec_: bool, own: bool) -> None:

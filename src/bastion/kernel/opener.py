@@ -483,8 +483,9 @@ def own_open(text: bytes, exec_: bool) -> bool:
     if at < 0:
         at = text.find(b"] do_file_open_root+")
     inner = text[:at]
-    if at < 0 or inner.count(b"] do_dentry_open+") != 1 or \
-            any(name in inner for name in _NESTED_OPENS):
+    # an overlay's backing file is opened with the caller's own flags: not another open
+    opens = inner.count(b"] do_dentry_open+") - inner.count(b"] backing_file_open+")
+    if at < 0 or opens != 1 or any(name in inner for name in _NESTED_OPENS):
         return False
     if got is not None:
         return bool(got) and got[0] in _OWN_OPEN_CALLERS
