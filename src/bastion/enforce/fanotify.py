@@ -386,6 +386,7 @@ class FanotifyEnforcer:
             raise
         if why is not None:
             log.warning("fanotify: no cgroup v2 hierarchy (%s): cgroup subjects never match", why)
+        stack_verifiable()   # probed now, before any mark exists (cached for the decisions)
         return self
 
     def start(self) -> FanotifyEnforcer:

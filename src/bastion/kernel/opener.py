@@ -497,7 +497,10 @@ def stack_verifiable() -> str | None:
     """None when this kernel's ``/proc/TID/stack`` tells a system call's own open
     (:func:`own_open`), else why not (a kernel without stack traces or symbol names, or
     whose open path has other frames).  Probed once: a thread of this process blocked in
-    a read-only ``open`` of a FIFO of its own (private directory), looked at, released."""
+    a read-only ``open`` of a FIFO of its own, looked at, released.  The FIFO's directory
+    is new, so no inode mark of ours (a directory object's marks its directories when
+    applied) raises an event for it; the fanotify enforcer probes at its open, before it
+    marks anything (an event of ours answered by our own busy listener would wait)."""
     d = tempfile.mkdtemp(prefix="bastion-ownopen-")
     fifo = os.path.join(d, "f")
     tid: list[int] = []
