@@ -20,6 +20,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -465,13 +466,25 @@ def test_a_core_dump_into_a_write_protected_tree_is_refused(tmp_path: Path,
         w = ResolvedRule(1, "r1", Location("test", 1), (), "test", (Op.OPEN_WRITE,), (tree,), (),
                          Action.DENY)
         enf.apply(plan_of(w), [tree])
+        # the interpreter itself (a pyenv shim is a bash script, and bash ignores SIGQUIT:
+        # CI-L of s27 signalled the shim and timed out), told it is ready, SIGQUIT at its
+        # default action (a shell's background job inherits it ignored)
+        code = ("import os, signal; signal.signal(signal.SIGQUIT, signal.SIG_DFL); "
+                "print('ready', flush=True); os.open('fifo', os.O_RDONLY)")
         shell = (f'echo $$ > {cg[0]}/cgroup.procs && cd {top} && ulimit -c unlimited && '
-                 f'exec python3 -c "import os; os.open(\'fifo\', os.O_RDONLY)"')
-        kid = subprocess.Popen(["/bin/sh", "-c", shell])
+                 f'exec {sys.executable} -c "{code}"')
+        kid = subprocess.Popen(["/bin/sh", "-c", shell], stdout=subprocess.PIPE, text=True)
         try:
+            assert kid.stdout is not None and kid.stdout.readline() == "ready\n"
             assert _wait(lambda: Path(f"/proc/{kid.pid}/syscall").read_text().startswith("257 "))
             os.kill(kid.pid, signal.SIGQUIT)
-            kid.wait(timeout=TIMEOUT)
+            try:
+                kid.wait(timeout=TIMEOUT)
+            except subprocess.TimeoutExpired:
+                where = {n: Path(f"/proc/{kid.pid}/{n}").read_text(errors="replace")
+                         for n in ("stack", "status", "wchan")}
+                raise AssertionError(f"the dumping process did not end: {where}, "
+                                     f"listener {enf.stats()}") from None
         finally:
             if kid.poll() is None:
                 kid.kill()
