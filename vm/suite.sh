@@ -17,8 +17,7 @@
 #                       printed whole at its end and its failure fails the suite
 #       every other VM_* variable as vm/run.sh takes it
 # Files are assigned longest first to the least loaded guest by their seconds in
-# vm/weights.txt (a file not listed counts 60 s; the variant boot's line loads the last
-# guest before any file); `bash vm/suite.sh --weights DIR...`
+# vm/weights.txt (a file not listed counts 60 s); `bash vm/suite.sh --weights DIR...`
 # prints the weights measured in kept results (DIR/shard-*/junit.xml) instead.
 # Exit status: 0 only when every guest's run passed.
 set -euo pipefail
@@ -80,12 +79,6 @@ for f in tests/vm/test_*.py; do files+=("$f"); done
 mapfile -t order < <(for f in "${files[@]}"; do echo "${weight[$f]:-60} $f"; done | sort -k1,1nr -k2)
 load=() assigned=()
 for ((k = 0; k < shards; k++)); do load[k]=0; assigned[k]=""; done
-# the variant boot runs after the files of the guest that finishes first: count it in the
-# last guest's load, which is then given that much less and finishes first (s27: it went
-# to a guest already as long as the other, 866 s against 1,028 s in s26's CI)
-if [[ -n ${VM_VARIANT_LSM:-} ]] && (( shards > 1 )); then
-  load[shards - 1]=${weight[tests/vm/variant_nobpflsm.py]:-100}
-fi
 for line in "${order[@]}"; do
   w=${line%% *} f=${line#* }
   best=0

@@ -508,7 +508,7 @@ def test_the_agent_refuses_a_tmp_script_in_the_hook_and_alerts(tmp_path: Path) -
                 with Store.open(data, readonly=True) as st:
                     return [a.data for a in st.alerts(limit=10000)
                             if a.data.get("rule") == "bastion.provenance.gate"]
-            got = _wait("the gate's alert", gate_alerts, 30, agent, log)
+            got = _wait("the gate's alert", gate_alerts, 90, agent, log)
             assert isinstance(got, list)
             a = got[0]
             assert a["action"] == "deny" and a.get("enforced_by") == "lsm-prov", a
