@@ -119,6 +119,12 @@ struct slot {
 	uint64_t mask;
 };
 
+/* A /proc/TID file of the last opener, kept open (kept_read). */
+struct kept {
+	int fd;
+	int32_t tid;
+};
+
 struct bfan_ctx {
 	pthread_mutex_t mu;
 	struct table *table;          /* current allow table (NULL: none) */
@@ -137,8 +143,7 @@ struct bfan_ctx {
 	uint64_t follows;             /* pins to an opener's CPU (test seam) */
 	/* the last opener's /proc/TID/syscall and stack, open (opener_reads_only; the loop
 	 * only) */
-	int sc_fd, st_fd;
-	int32_t sc_tid, st_tid;
+	struct kept sc, st;
 	struct slot slots[SLOTS];
 	/* counters (read by Python under mu) */
 	uint64_t events, perm_events, fast_allows, errors;
@@ -178,8 +183,8 @@ struct bfan_ctx *bfan_new(uint32_t spin_us)
 	pthread_mutex_init(&c->mu, NULL);
 	c->spin_us = spin_us;
 	c->pinned_cpu = -1;
-	c->sc_fd = -1;
-	c->st_fd = -1;
+	c->sc.fd = -1;
+	c->st.fd = -1;
 	return c;
 }
 
@@ -187,10 +192,10 @@ void bfan_free(struct bfan_ctx *c)
 {
 	if (!c)
 		return;
-	if (c->sc_fd >= 0)
-		close(c->sc_fd);
-	if (c->st_fd >= 0)
-		close(c->st_fd);
+	if (c->sc.fd >= 0)
+		close(c->sc.fd);
+	if (c->st.fd >= 0)
+		close(c->st.fd);
 	free(c->table);
 	pthread_mutex_destroy(&c->mu);
 	free(c);
@@ -287,7 +292,7 @@ static int fd_key(int fd, uint64_t *dev, uint64_t *ino)
  * registers are that syscall's), an io_uring worker (a copy of the submitter's), a
  * core dump from the signal path.  The same test as Python's kernel/opener.py
  * own_open; a stack that cannot be read or named is 0 (the event goes to Python,
- * which then decides strictly).  The kept file is the one of c->sc_tid. */
+ * which then decides strictly). */
 static const char *const not_own[] = {
 	"task_work_run", "get_signal", "arch_do_signal_or_restart", "exit_to_user_mode_loop",
 	"do_coredump", "vfs_coredump", "io_wq_worker", "io_worker_handle_work",
@@ -361,25 +366,37 @@ int bfan_stack_own_open(const char *text)
 	return stack_is_own_open(b);
 }
 
-static int own_open(struct bfan_ctx *c, int32_t tid)
+/* /proc/@tid/@name into @b (at most @size - 1 bytes; not terminated), from the
+ * file kept in @k when it is @tid's: a hot opener costs one pread, not an open, a
+ * read and a close.  The file names that task for good (its struct pid): once the
+ * task is gone the read fails, even if another task has its number now, and the
+ * file is opened afresh.  The bytes read, <= 0 when none. */
+static ssize_t kept_read(struct kept *k, int32_t tid, const char *name, char *b, size_t size)
 {
-	char path[32], b[2048];
+	char path[48];
 	ssize_t n = -1;
 
-	if (c->st_fd >= 0 && c->st_tid == tid)
-		n = pread(c->st_fd, b, sizeof(b) - 1, 0);
-	if (n <= 0) {
-		if (c->st_fd >= 0)
-			close(c->st_fd);
-		c->st_fd = -1;
-		if (snprintf(path, sizeof(path), "/proc/%d/stack", tid) >= (int)sizeof(path))
-			return 0;
-		c->st_fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-		if (c->st_fd < 0)
-			return 0;
-		c->st_tid = tid;
-		n = pread(c->st_fd, b, sizeof(b) - 1, 0);
-	}
+	if (k->fd >= 0 && k->tid == tid)
+		n = pread(k->fd, b, size - 1, 0);
+	if (n > 0)
+		return n;
+	if (k->fd >= 0)
+		close(k->fd);
+	k->fd = -1;
+	if (snprintf(path, sizeof(path), "/proc/%d/%s", tid, name) >= (int)sizeof(path))
+		return -1;
+	k->fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (k->fd < 0)
+		return -1;
+	k->tid = tid;
+	return pread(k->fd, b, size - 1, 0);
+}
+
+static int own_open(struct bfan_ctx *c, int32_t tid)
+{
+	char b[2048];
+	ssize_t n = kept_read(&c->st, tid, "stack", b, sizeof(b));
+
 	if (n <= 0 || n >= (ssize_t)sizeof(b) - 1)
 		return 0;   /* nothing, or cut short: not judged */
 	b[n] = 0;
@@ -396,32 +413,15 @@ static int own_open(struct bfan_ctx *c, int32_t tid)
  * event goes to Python, which decides it in full (kernel/opener.py: open_flags). */
 static int opener_reads_only(struct bfan_ctx *c, int32_t tid)
 {
-	char path[32], b[256], *p, *end;
+	char b[256], *p, *end;
 	int idx;
-	ssize_t n = -1;
+	ssize_t n;
 	long nr;
 	unsigned long long flags = 0;
 
 	if (tid <= 0)
 		return 0;
-	/* the last opener's file is kept: a hot opener costs one pread, not an open, a
-	 * read and a close.  It names that task for good (its struct pid): once the task
-	 * is gone the read fails, even if another task has its number now, and the file
-	 * is opened afresh. */
-	if (c->sc_fd >= 0 && c->sc_tid == tid)
-		n = pread(c->sc_fd, b, sizeof(b) - 1, 0);
-	if (n <= 0) {
-		if (c->sc_fd >= 0)
-			close(c->sc_fd);
-		c->sc_fd = -1;
-		if (snprintf(path, sizeof(path), "/proc/%d/syscall", tid) >= (int)sizeof(path))
-			return 0;
-		c->sc_fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-		if (c->sc_fd < 0)
-			return 0;
-		c->sc_tid = tid;
-		n = pread(c->sc_fd, b, sizeof(b) - 1, 0);
-	}
+	n = kept_read(&c->sc, tid, "syscall", b, sizeof(b));
 	if (n <= 0)
 		return 0;
 	b[n] = 0;

@@ -73,8 +73,11 @@ def cg() -> Iterator[tuple[Path, int]]:
         yield c
 
 
-def _enforcer(cg_id: int, timeout_s: float) -> FanotifyEnforcer:
-    enf = FanotifyEnforcer(scope_cgroup_id=cg_id, deadline_s=DEADLINE_S, decision_timeout_s=timeout_s)
+def _enforcer(cg_id: int, timeout_s: float, compiled: bool = True) -> FanotifyEnforcer:
+    """Opened and started, scoped to the test's cgroup; ``compiled``: the compiled loop
+    answers what it can (False: Python decides every event)."""
+    enf = FanotifyEnforcer(scope_cgroup_id=cg_id, deadline_s=DEADLINE_S, decision_timeout_s=timeout_s,
+                           compiled=compiled)
     enf.open()
     enf.start()
     return enf
@@ -178,10 +181,7 @@ def test_a_write_protected_file_is_read_without_python_and_its_writes_are_still_
     loop, Python answers the read-only opens from the flags alone (no other fact)."""
     prot = tmp_path / "prot"
     prot.write_text("keep\n")
-    enf = FanotifyEnforcer(scope_cgroup_id=cg[1], deadline_s=DEADLINE_S, decision_timeout_s=2.0,
-                           compiled=compiled)
-    enf.open()
-    enf.start()
+    enf = _enforcer(cg[1], 2.0, compiled)
     try:
         w = rule(1, (Op.OPEN_WRITE,), prot, Action.DENY)
         enf.apply(plan_of(w), targets_of(w))
@@ -221,10 +221,7 @@ def test_a_write_protected_directory_tree_is_read_from_the_flags_and_written_now
         f.write_text("keep\n")
     st = os.stat(top)
     tree = FileTarget(kernel_dev(st.st_dev), st.st_ino, True, str(top))
-    enf = FanotifyEnforcer(scope_cgroup_id=cg[1], deadline_s=DEADLINE_S, decision_timeout_s=2.0,
-                           compiled=compiled)
-    enf.open()
-    enf.start()
+    enf = _enforcer(cg[1], 2.0, compiled)
     try:
         w = ResolvedRule(1, "r1", Location("test", 1), (), "test", (Op.OPEN_WRITE,), (tree,), (),
                          Action.DENY)
@@ -266,10 +263,7 @@ def test_a_per_program_rule_on_a_tree_costs_the_other_programs_only_their_execut
     os.link(prog, tmp_path / "innocent")
     pst, st = os.stat(prog), os.stat(top)
     tree = FileTarget(kernel_dev(st.st_dev), st.st_ino, True, str(top))
-    enf = FanotifyEnforcer(scope_cgroup_id=cg[1], deadline_s=DEADLINE_S, decision_timeout_s=2.0,
-                           compiled=compiled)
-    enf.open()
-    enf.start()
+    enf = _enforcer(cg[1], 2.0, compiled)
     try:
         r = ResolvedRule(1, "r1", Location("test", 1),
                          ((abi.SubjectKind.EXE, pst.st_ino, kernel_dev(pst.st_dev)),), "nginx",
@@ -428,10 +422,7 @@ def test_an_open_io_uring_makes_under_a_read_only_syscall_is_not_taken_for_a_rea
     prot, fifo = tmp_path / "prot", tmp_path / "fifo"
     prot.write_text("keep\n")
     os.mkfifo(fifo)
-    enf = FanotifyEnforcer(scope_cgroup_id=cg[1], deadline_s=DEADLINE_S, decision_timeout_s=2.0,
-                           compiled=compiled)
-    enf.open()
-    enf.start()
+    enf = _enforcer(cg[1], 2.0, compiled)
     try:
         w = rule(1, (Op.OPEN_WRITE,), prot, Action.DENY)
         enf.apply(plan_of(w), targets_of(w))
