@@ -92,6 +92,22 @@ int BPF_PROG(tamper_setrlimit, struct task_struct *p, unsigned int resource)
 	return -EPERM_;
 }
 
+/* The executable identity (see changes_exe_identity): refused to every task
+ * in scope but ours, so an exe: rule, the loader allowlist or a trusted
+ * installer's identity cannot be shed or borrowed.  task_prctl's default is
+ * -ENOSYS ("not an LSM's option"): a BPF LSM program's 0 lets the hook's own
+ * body return it, so every other prctl runs as before. */
+SEC("lsm/task_prctl")
+int BPF_PROG(tamper_prctl, int option, unsigned long arg2, unsigned long arg3, unsigned long arg4,
+	     unsigned long arg5)
+{
+	if (!changes_exe_identity(option, arg2) || !current_in_scope())
+		return 0;
+	tamper_report(BASTION_TAMPER_EXE_IDENTITY, BASTION_TV_DENIED, -EPERM_, 0, arg2, NULL, NULL,
+		      NULL);
+	return -EPERM_;
+}
+
 /* ---- files ---- */
 
 SEC("lsm/file_open")

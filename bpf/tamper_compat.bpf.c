@@ -147,6 +147,19 @@ int tamper_prlimit(struct trace_event_raw_sys_enter *ctx)
 	return 0;
 }
 
+/* The executable identity (see changes_exe_identity).  The prctl still runs
+ * (no LSM here) but the caller dies on its way back to user space, every thread
+ * with it: no code of its runs under the borrowed identity.  Left: another of
+ * its threads already inside a syscall may finish that one under it. */
+SEC("tracepoint/syscalls/sys_enter_prctl")
+int tamper_prctl(struct trace_event_raw_sys_enter *ctx)
+{
+	if (!changes_exe_identity((int)ctx->args[0], ctx->args[1]) || !current_in_scope())
+		return 0;
+	kill_current(BASTION_TAMPER_EXE_IDENTITY, 0, ctx->args[1], NULL);
+	return 0;
+}
+
 /* The process a pidfd names: struct pid in the pidfs inode (6.9+) or the
  * anon file's private data (before). */
 static __always_inline __u32 pidfd_pid_nr(int fd)

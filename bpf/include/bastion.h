@@ -25,7 +25,7 @@
 #define BASTION_H
 
 #define BASTION_ABI_MAJOR 3
-#define BASTION_ABI_MINOR 2
+#define BASTION_ABI_MINOR 3
 #define BASTION_ABI_VERSION ((BASTION_ABI_MAJOR << 16) | BASTION_ABI_MINOR)
 
 #define BASTION_COMM_LEN 16
@@ -835,6 +835,10 @@ enum bastion_tamper_op {
 	BASTION_TAMPER_CGROUP_MOVE = 20, /* both tiers: ours moved to another cgroup (mover killed) */
 	BASTION_TAMPER_BPF_MAP_FD = 21, /* lsm: a write-mode fd of a protected map (bpf_map hook:
 					 * GET_FD_BY_ID, OBJ_GET of a pin); arg = fmode, obj_id = map id */
+	BASTION_TAMPER_EXE_IDENTITY = 22, /* ABI 3.3: prctl(PR_SET_MM, PR_SET_MM_EXE_FILE or
+					   * PR_SET_MM_MAP), a process changing the executable
+					   * every exe-keyed check reads (mm->exe_file);
+					   * arg = the PR_SET_MM sub-option */
 };
 
 enum bastion_tamper_verdict {

@@ -103,6 +103,23 @@ static __always_inline bool current_in_scope(void)
 	return in_scope() && !task_is_ours((struct task_struct *)bpf_get_current_task());
 }
 
+/* prctl(PR_SET_MM, PR_SET_MM_EXE_FILE | PR_SET_MM_MAP): the only way a process
+ * changes mm->exe_file after exec, the executable identity every exe-keyed check
+ * of Bastion reads (HIPS exe: subjects, the BPF loader allowlist, the exec
+ * budget, the services gate, trusted installers, our own identities).  It needs
+ * CAP_SYS_RESOURCE in the mm's user namespace, which an unprivileged user gets
+ * from unshare(CLONE_NEWUSER), and the old image unmapped (s27 review 2).  Only
+ * checkpoint/restore (CRIU) does this legitimately; PR_SET_MM_MAP_SIZE is a query
+ * and the other PR_SET_MM fields (argv, env, brk) are not an identity. */
+#define PR_SET_MM_ 35
+#define PR_SET_MM_EXE_FILE_ 13
+#define PR_SET_MM_MAP_ 14
+
+static __always_inline bool changes_exe_identity(int option, unsigned long arg2)
+{
+	return option == PR_SET_MM_ && (arg2 == PR_SET_MM_EXE_FILE_ || arg2 == PR_SET_MM_MAP_);
+}
+
 struct tamper_hit {
 	__u64 ino;
 	__u32 dev;

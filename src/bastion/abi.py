@@ -29,7 +29,7 @@ from typing import Final, Protocol
 from bastion.errors import AbiMismatchError, BastionError, DecodeError, Location
 
 ABI_MAJOR: Final = 3
-ABI_MINOR: Final = 2
+ABI_MINOR: Final = 3
 ABI_VERSION: Final = (ABI_MAJOR << 16) | ABI_MINOR
 
 COMM_LEN: Final = 16
@@ -692,6 +692,7 @@ class TamperOp(enum.IntEnum):
     PIDFD_GETFD = 19
     CGROUP_MOVE = 20
     BPF_MAP_FD = 21
+    EXE_IDENTITY = 22   # ABI 3.3: prctl(PR_SET_MM, EXE_FILE or MAP); arg = the sub-option
 
 
 class TamperVerdict(enum.IntEnum):

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
@@ -27,6 +29,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from support import tamper as T  # noqa: E402
+from support.mmswap import PRCTL_OK  # noqa: E402
+from support.mmswap import build as build_mmswap  # noqa: E402
 from support.cg import scoped_cgroup  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
@@ -70,6 +74,7 @@ def _killed(inst: T.Instance, name: str, argv: list[str], rule: str,
 def test_01_partial(inst: T.Instance) -> None:
     st = inst.status()
     assert st["tier"] == "compat" and st["tamper_protection"] == "partial"
+    assert st["tamper_exe_identity"] == "on", st
 
 
 @pytest.mark.parametrize("sig", ["-9", "-15"])
@@ -199,6 +204,45 @@ def test_12_link_detach_last(inst: T.Instance) -> None:
     _killed(inst, "bpftool link detach", ["bpftool", "link", "detach", "pinned", str(link)],
             "bastion.tamper.bpf-link")
     RESULTS["bpftool link detach"] = "ran (that program is detached); bpftool SIGKILLed"
+
+
+@pytest.fixture(scope="module")
+def mmswap() -> Iterator[Path]:
+    """The executable-identity attack (tests/support/mmswap.c), where nobody can run it."""
+    d = Path(tempfile.mkdtemp(prefix="bastion-test-mmswap-"))
+    try:
+        yield build_mmswap(d)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.parametrize("who", ["root", "nobody"])
+def test_12a_exe_identity_change_attacker_killed(inst: T.Instance, mmswap: Path,
+                                                 who: str) -> None:
+    """s27 review 2: a process takes another program's identity (``/proc/PID/exe``,
+    ``mm->exe_file``: what HIPS ``exe:`` subjects, the loader allowlist and trusted
+    installers are keyed on) with ``unshare(CLONE_NEWUSER)`` + ``prctl(PR_SET_MM,
+    PR_SET_MM_MAP)``, no privilege needed.  Before the fix it ran on as /usr/bin/true
+    ("exe=/usr/bin/true", exit 0); now it dies before any code of its runs under the new
+    identity, and the alert names the sub-option."""
+    argv = [str(mmswap), "map", "/usr/bin/true", str(inst.etc / "policy.yaml")]
+    if who == "nobody":
+        argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv]
+    r = _killed(inst, f"exe identity ({who})", argv, "bastion.tamper.exe-identity")
+    assert "unmapped=" in r.stdout and "exe=" not in r.stdout, r.stdout
+    a = inst.wait_alert("bastion.tamper.exe-identity",
+                        lambda a: a["process"]["uid"] == (0 if who == "root" else 65534))
+    assert a["evidence"]["arg"] == 14 and "PR_SET_MM_MAP" in str(a["title"]), a
+    assert str(a["process"]["exe"]).endswith("/mmswap"), a
+    RESULTS[f"exe identity ({who})"] = "prctl ran; attacker SIGKILLed before its next instruction"
+
+
+def test_12b_other_prctls_pass(inst: T.Instance) -> None:
+    """Only the identity is guarded: a name, a query of the map size and a dumpable flag
+    in the test cgroup run and answer as without protection."""
+    r = inst.attack_py(PRCTL_OK)
+    assert r.returncode == 0 and r.stdout.split() == ["ok", "b'renamed'", "104", "1"], \
+        (r.returncode, r.stdout, r.stderr)
 
 
 def test_13_break_glass(inst: T.Instance) -> None:

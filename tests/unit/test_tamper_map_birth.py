@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from bastion.guard.kernel import MAP_BIRTH_LINKS, MAP_BIRTH_PROGRAMS, TamperKernel
+from bastion.guard.kernel import EXE_IDENTITY_LINKS, MAP_BIRTH_LINKS, MAP_BIRTH_PROGRAMS, TamperKernel
 from bastion.kernel.btf import VMLINUX_BTF, map_birth_hooks
 from bastion.kernel.libbpf import BpfObject
 from bastion.paths import bpf_object
@@ -53,3 +53,20 @@ def test_status_says_when_the_armed_object_cannot_protect_maps_from_creation() -
     assert "older version" in why and "tamper_map_create+tamper_map_free" in why
     assert "tamper_bpf_ret" in _tk(Tier.COMPAT, ["tamper_bpf"], False).map_birth_gap()
     assert TamperKernel(Tier.LSM, pin_dir=Path("/x")).map_birth_gap() == "tamper protection is not open"
+
+
+def test_status_says_when_the_armed_object_does_not_guard_the_executable_identity() -> None:
+    """s28: pins of a version before ``tamper_prctl`` adopted leave ``prctl(PR_SET_MM,
+    EXE_FILE|MAP)`` unguarded; the status names the program, never "on"."""
+    with BpfObject.open(bpf_object("lsm_tamper.bpf.o")) as o:
+        lsm = {p.name: p.section_name for p in o.programs()}
+    with BpfObject.open(bpf_object("tamper_compat.bpf.o")) as o:
+        compat = {p.name: p.section_name for p in o.programs()}
+    assert lsm[EXE_IDENTITY_LINKS["lsm"][0][0]] == "lsm/task_prctl"
+    assert compat[EXE_IDENTITY_LINKS["compat"][0][0]] == "tracepoint/syscalls/sys_enter_prctl"
+    for tier in (Tier.LSM, Tier.COMPAT):
+        assert _tk(tier, ["tamper_bpf", "tamper_prctl"], True).exe_identity_gap() == ""
+        why = _tk(tier, ["tamper_bpf"], True).exe_identity_gap()
+        assert "older version" in why and "tamper_prctl" in why, why
+    assert TamperKernel(Tier.COMPAT, pin_dir=Path("/x")).exe_identity_gap() \
+        == "tamper protection is not open"

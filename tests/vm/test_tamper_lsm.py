@@ -15,9 +15,11 @@ import ctypes
 import errno
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -33,6 +35,8 @@ from bastion.kernel.libbpf import BpfObject, Map  # noqa: E402
 from bastion.paths import bpf_object  # noqa: E402
 from support import map_poller  # noqa: E402
 from support import tamper as T  # noqa: E402
+from support.mmswap import PRCTL_OK  # noqa: E402
+from support.mmswap import build as build_mmswap  # noqa: E402
 from support.cg import scoped_cgroup  # noqa: E402
 
 IN_VM = os.environ.get("BASTION_IN_VM") == "1"
@@ -89,6 +93,7 @@ def _refused(inst: T.Instance, name: str, argv: list[str], rule: str,
 def test_01_tier_and_identity(inst: T.Instance) -> None:
     st = inst.status()
     assert st["tier"] == "lsm" and st["tamper_protection"] == "full"
+    assert st["tamper_exe_identity"] == "on", st
     roles = {i["role"] for i in st["identities"]}  # type: ignore[union-attr,index]
     assert roles == {"agent", "guardian"}
 
@@ -536,6 +541,50 @@ def test_16_pid_reuse_is_not_exempt(inst: T.Instance) -> None:
     finally:
         idents.close()
     RESULTS["pid reuse (same pid, other start/exe)"] = "refused; exact identity exempt"
+
+
+@pytest.fixture(scope="module")
+def mmswap() -> Iterator[Path]:
+    """The executable-identity attack (tests/support/mmswap.c), where nobody can run it."""
+    d = Path(tempfile.mkdtemp(prefix="bastion-test-mmswap-"))
+    try:
+        yield build_mmswap(d)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.parametrize("mode,uid", [("exe-file", 0), ("map", 65534)])
+def test_16a_exe_identity_change_refused(inst: T.Instance, mmswap: Path, mode: str,
+                                         uid: int) -> None:
+    """s27 review 2: a process takes another program's identity (``mm->exe_file``: what
+    HIPS ``exe:`` subjects, the loader allowlist and trusted installers are keyed on):
+    root with ``PR_SET_MM_EXE_FILE``, anybody with ``unshare(CLONE_NEWUSER)`` +
+    ``PR_SET_MM_MAP``.  Before the fix both ran on as /usr/bin/true (exit 0); now
+    ``lsm/task_prctl`` refuses the change (EPERM), the identity stays, the alert names
+    the sub-option."""
+    argv = [str(mmswap), mode, "/usr/bin/true"]
+    if uid:
+        argv = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *argv]
+    agent = inst.agent_pid()
+    r = inst.attack(argv)
+    assert r.returncode == 3 and "prctl=-1 errno=1\n" in r.stdout, (r.returncode, r.stdout, r.stderr)
+    assert f"exe={mmswap}\n" in r.stdout, r.stdout
+    opt = 13 if mode == "exe-file" else 14
+    a = inst.wait_alert("bastion.tamper.exe-identity",
+                        lambda a: a["action"] == "denied" and a["process"]["uid"] == uid)
+    assert a["severity"] == "critical" and a["evidence"]["arg"] == opt, a
+    assert str(a["process"]["exe"]).endswith("/mmswap"), a
+    assert inst.agent_pid() == agent
+    RESULTS[f"exe identity ({mode})"] = "refused (EPERM), alert bastion.tamper.exe-identity"
+
+
+def test_16b_other_prctls_pass(inst: T.Instance) -> None:
+    """task_prctl's default return is -ENOSYS ("not an LSM's option"): our program's 0
+    must leave every other prctl to the kernel, in scope too: a name, the map-size query
+    and the dumpable flag answer as without protection."""
+    r = inst.attack_py(PRCTL_OK)
+    assert r.returncode == 0 and r.stdout.split() == ["ok", "b'renamed'", "104", "1"], \
+        (r.returncode, r.stdout, r.stderr)
 
 
 def test_17_guardian_crash_enforcement_outlives_and_adopt(inst: T.Instance) -> None:

@@ -245,6 +245,7 @@ def status(socket_path: Path, as_json: bool, pin_root: Path, guardian_socket: Pa
     resp.pop("ok", None)
     resp["tamper_protection"] = gst.get("tamper_protection", "off")
     resp["tamper_map_birth"] = gst.get("tamper_map_birth", "off")
+    resp["tamper_exe_identity"] = gst.get("tamper_exe_identity", "off")
     resp["warnings"] = warnings
     if as_json:
         click.echo(json.dumps(resp, indent=2))
@@ -264,7 +265,8 @@ def format_status(st: dict[str, Any]) -> list[str]:
            f"policy       {st.get('policy')} (HIPS mode {st.get('policy_mode')}, generation "
            f"{st.get('policy_generation')})",
            f"tamper       {st.get('tamper_protection')} (BPF maps from their creation: "
-           f"{st.get('tamper_map_birth', 'off')})"]
+           f"{st.get('tamper_map_birth', 'off')}; executable identity: "
+           f"{st.get('tamper_exe_identity', 'off')})"]
     prot = st.get("protections") or {}
     if prot:
         out.append("protections")

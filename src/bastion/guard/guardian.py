@@ -74,8 +74,11 @@ IGNORED_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.S
 ATTACK: Final = {"signal": ["T1562.001", "T1489"], "ptrace": ["T1562.001", "T1055.008"],
                  "proc-mem": ["T1562.001", "T1055.009"], "vm-write": ["T1562.001", "T1055"],
                  "sigio": ["T1562.001", "T1489"], "prlimit": ["T1562.001", "T1489"],
-                 "pidfd-getfd": ["T1562.001", "T1055"], "cgroup-move": ["T1562.001", "T1489"]}
+                 "pidfd-getfd": ["T1562.001", "T1055"], "cgroup-move": ["T1562.001", "T1489"],
+                 "exe-identity": ["T1562.001", "T1036"]}
 DEFAULT_ATTACK: Final = ["T1562.001"]
+#: the PR_SET_MM sub-options an exe-identity record names (bpf/lib/tamper.h)
+PR_SET_MM_OPTIONS: Final = {13: "PR_SET_MM_EXE_FILE", 14: "PR_SET_MM_MAP"}
 # how long a `maintenance` request waits for the loop to remove protection before it
 # answers (under the clients' 30 s timeout; ~3 s measured in the TCG VM)
 REMOVE_WAIT_S: Final = 25.0
@@ -274,6 +277,7 @@ class Guardian:
         self._flushed_at = time.monotonic()
         self.protection = "off"           # "full", "partial", "off"
         self.map_birth = "off"            # "on" | "off: why" (maps protected from creation)
+        self.exe_identity = "off"         # "on" | "off: why" (prctl PR_SET_MM guarded)
         self.unenforced: list[str] = []
         self._lock = threading.Lock()
         self._stop_req = threading.Event()
@@ -401,6 +405,14 @@ class Guardian:
             self._alert("bastion.tamper.map-birth-off",
                         f"our BPF maps are writable by id from their creation until the agent "
                         f"enters their ids: {why}", "high", {"tier": self.tk.tier, "reason": why})
+        why = self.tk.exe_identity_gap()
+        self.exe_identity = f"off: {why}" if why else "on"
+        if why:
+            self._alert("bastion.tamper.exe-identity-off",
+                        f"a process can take another program's executable identity (prctl "
+                        f"PR_SET_MM), which exe: rules, the BPF loader allowlist and trusted "
+                        f"installers are keyed on: {why}", "high",
+                        {"tier": self.tk.tier, "reason": why})
         if self.tk.tier == Tier.COMPAT:
             self._open_files()
         self._alert("bastion.tamper.protection-on",
@@ -668,6 +680,9 @@ class Guardian:
             what = f"{r.op} of pid {r.target_pid}"
         elif r.op in ("ptrace", "proc-mem", "vm-write"):
             what = f"{r.op} of pid {r.target_pid}"
+        elif r.op == "exe-identity":
+            what = ("a change of its own executable identity (prctl PR_SET_MM, "
+                    f"{PR_SET_MM_OPTIONS.get(r.arg, r.arg)})")
         elif r.op == "bpf-map-fd":
             what = f"a write-mode fd (fmode {r.arg:#x}) of protected map id {r.obj_id}"
         elif r.op.startswith("bpf-"):
@@ -895,6 +910,7 @@ class Guardian:
             idents, idents_error = [], f"being removed or re-armed: {exc}"
         return {"pid": os.getpid(), "tier": tk.tier if tk else "none",
                 "tamper_protection": self.protection, "tamper_map_birth": self.map_birth,
+                "tamper_exe_identity": self.exe_identity,
                 "agent_pid": a.pid if a else 0, "restarts": self.restarts, "resumes": self.resumes,
                 "alerts": self.alerts, "alerts_suppressed": self.suppressed,
                 "adopted": bool(tk and tk.adopted),
@@ -1047,7 +1063,7 @@ class Guardian:
             finally:
                 self._crossed_mounts(self.tk, "removing the protection for a maintenance window")
             self.tk = None
-            self.protection = self.map_birth = "off"
+            self.protection = self.map_birth = self.exe_identity = "off"
             self._alert("bastion.tamper.protection-off",
                         f"tamper protection removed ({len(removed)} pins) under a maintenance window",
                         "high", {"pins_removed": len(removed)})

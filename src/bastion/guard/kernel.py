@@ -48,6 +48,9 @@ MAP_BIRTH_PROGRAMS: Final = {True: frozenset({"tamper_map_alloc", "tamper_map_fr
 MAP_BIRTH_LINKS: Final = {"lsm": (("tamper_map_create", "tamper_map_free"),
                                   ("tamper_map_alloc", "tamper_map_free_sec")),
                           "compat": (("tamper_bpf_ret",),)}
+#: The program that guards the executable identity (``prctl(PR_SET_MM, EXE_FILE|MAP)``,
+#: bpf/lib/tamper.h), per tier (:meth:`TamperKernel.exe_identity_gap`).
+EXE_IDENTITY_LINKS: Final = {"lsm": (("tamper_prctl",),), "compat": (("tamper_prctl",),)}
 PINNED_MAPS: Final = ("tamper_idents", "tamper_tids", "tamper_objs", "tamper_sbs",
                       "tamper_map_ids", "tamper_link_ids", "events", "drops")
 
@@ -606,10 +609,20 @@ class TamperKernel(LoaderUser):
         (its map-birth programs attached, or adopted from pins), else why not: pins of
         an older version adopted, or nothing open.  The guardian's status says it and
         raises ``bastion.tamper.map-birth-off``."""
+        return self._links_gap(MAP_BIRTH_LINKS[self.tier])
+
+    def exe_identity_gap(self) -> str:
+        """"" when the armed object guards the executable identity of every process
+        (``tamper_prctl`` attached or adopted), else why not: pins of an older version
+        adopted, or nothing open.  The guardian's status says it and raises
+        ``bastion.tamper.exe-identity-off``."""
+        return self._links_gap(EXE_IDENTITY_LINKS[self.tier])
+
+    def _links_gap(self, groups: tuple[tuple[str, ...], ...]) -> str:
+        """"" when one of ``groups`` (program names) is attached or adopted whole."""
         if self._lo is None or self._lo.closed:
             return "tamper protection is not open"
         have = set(self._lo.attached)
-        groups = MAP_BIRTH_LINKS[self.tier]
         if any(set(g) <= have for g in groups):
             return ""
         want = " or ".join("+".join(g) for g in groups)

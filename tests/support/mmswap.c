@@ -1,0 +1,167 @@
+/* The executable-identity attack of the s27 review (threat model row "a program
+ * named as an exe: subject changes its own executable identity"), for the tamper
+ * tests of both tiers.  Built twice from this file by tests/support/mmswap.py:
+ * libmmswap.so (the attack) and mmswap (MMSWAP_MAIN: a main that calls it).
+ *
+ *   mmswap MODE FAKE [TARGET]
+ *     MODE exe-file: prctl(PR_SET_MM, PR_SET_MM_EXE_FILE, fd of FAKE)  (root)
+ *          map:      unshare(CLONE_NEWUSER), then prctl(PR_SET_MM, PR_SET_MM_MAP)
+ *                    with exe_fd = FAKE (no privilege needed)
+ *
+ * The kernel refuses the change while the old image is mapped (EBUSY), so every
+ * mapping of our own executable is unmapped first; the attack runs from the
+ * library and never returns into main.  It prints one line per step:
+ *   unmapped=N / prctl=R errno=E / exe=<readlink /proc/self/exe> / read=<first line>
+ * and exits 0 when the identity changed, 3 when the prctl failed, 4 on a setup
+ * failure, 5 when TARGET could not be opened. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+#include <linux/prctl.h>
+
+void mmswap(const char *mode, const char *fake, const char *target);
+
+#ifdef MMSWAP_MAIN
+int main(int argc, char **argv)
+{
+	if (argc < 3) {
+		fprintf(stderr, "usage: %s exe-file|map FAKE [TARGET]\n", argv[0]);
+		return 2;
+	}
+	mmswap(argv[1], argv[2], argc > 3 ? argv[3] : NULL);
+	return 4;
+}
+#else
+static void say(const char *s)
+{
+	if (write(1, s, strlen(s)) < 0)
+		_exit(4);
+}
+
+static void fail(const char *what)
+{
+	char b[256];
+
+	snprintf(b, sizeof b, "setup: %s: errno=%d\n", what, errno);
+	say(b);
+	_exit(4);
+}
+
+/* the fields /proc/self/stat gives (1-based), after the comm's ')' */
+static void stat_fields(unsigned long *v, int n)
+{
+	char st[4096], *p, *tok, *save = NULL;
+	int fd = open("/proc/self/stat", O_RDONLY), field = 3;
+	ssize_t l;
+
+	if (fd < 0 || (l = read(fd, st, sizeof st - 1)) <= 0)
+		fail("/proc/self/stat");
+	close(fd);
+	st[l] = 0;
+	p = strrchr(st, ')');
+	if (!p)
+		fail("/proc/self/stat format");
+	for (tok = strtok_r(p + 2, " ", &save); tok; tok = strtok_r(NULL, " ", &save), field++)
+		if (field < n)
+			v[field] = strtoul(tok, NULL, 10);
+}
+
+static int unmap_image(void)
+{
+	char exe[512], line[1024];
+	unsigned long lo[32], hi[32];
+	ssize_t l = readlink("/proc/self/exe", exe, sizeof exe - 1);
+	FILE *f;
+	int k = 0, i;
+
+	if (l <= 0)
+		fail("readlink /proc/self/exe");
+	exe[l] = 0;
+	f = fopen("/proc/self/maps", "r");
+	if (!f)
+		fail("/proc/self/maps");
+	while (fgets(line, sizeof line, f) && k < 32) {
+		char *path = strchr(line, '/');
+
+		if (path && strncmp(path, exe, strlen(exe)) == 0 && path[strlen(exe)] == '\n')
+			if (sscanf(line, "%lx-%lx", &lo[k], &hi[k]) == 2)
+				k++;
+	}
+	fclose(f);
+	for (i = 0; i < k; i++)
+		if (munmap((void *)lo[i], hi[i] - lo[i]))
+			fail("munmap");
+	return k;
+}
+
+void mmswap(const char *mode, const char *fake, const char *target)
+{
+	char buf[600];
+	unsigned long v[64] = {0};
+	struct prctl_mm_map m = {0};
+	int xfd, r, n;
+	ssize_t l;
+
+	if (strcmp(mode, "map") == 0) {
+		if (unshare(CLONE_NEWUSER))
+			fail("unshare(CLONE_NEWUSER)");
+		stat_fields(v, 64);
+		m.start_code = v[26];
+		m.end_code = v[27];
+		m.start_stack = v[28];
+		m.start_data = v[45];
+		m.end_data = v[46];
+		m.start_brk = v[47];
+		m.brk = (unsigned long)sbrk(0);
+		m.arg_start = v[48];
+		m.arg_end = v[49];
+		m.env_start = v[50];
+		m.env_end = v[51];
+	} else if (strcmp(mode, "exe-file") != 0) {
+		errno = EINVAL;
+		fail("mode");
+	}
+	xfd = open(fake, O_RDONLY | O_CLOEXEC);
+	if (xfd < 0)
+		fail("open FAKE");
+	m.exe_fd = xfd;
+	n = unmap_image();
+	snprintf(buf, sizeof buf, "unmapped=%d\n", n);
+	say(buf);
+	if (strcmp(mode, "map") == 0)
+		r = prctl(PR_SET_MM, PR_SET_MM_MAP, (unsigned long)&m, sizeof m, 0);
+	else
+		r = prctl(PR_SET_MM, PR_SET_MM_EXE_FILE, xfd, 0, 0);
+	snprintf(buf, sizeof buf, "prctl=%d errno=%d\n", r, r ? errno : 0);
+	say(buf);
+	l = readlink("/proc/self/exe", buf + 4, sizeof buf - 6);
+	memcpy(buf, "exe=", 4);
+	buf[4 + (l > 0 ? l : 0)] = '\n';
+	buf[5 + (l > 0 ? l : 0)] = 0;
+	say(buf);
+	if (r)
+		_exit(3);
+	if (target) {
+		int fd = open(target, O_RDONLY);
+
+		if (fd < 0) {
+			snprintf(buf, sizeof buf, "open: errno=%d\n", errno);
+			say(buf);
+			_exit(5);
+		}
+		l = read(fd, buf + 5, 64);
+		memcpy(buf, "read=", 5);
+		buf[5 + (l > 0 ? l : 0)] = '\n';
+		buf[6 + (l > 0 ? l : 0)] = 0;
+		say(buf);
+	}
+	_exit(0);
+}
+#endif
