@@ -150,7 +150,11 @@ int tamper_prlimit(struct trace_event_raw_sys_enter *ctx)
 /* The executable identity (see changes_exe_identity).  The prctl still runs
  * (no LSM here) but the caller dies on its way back to user space, every thread
  * with it: no code of its runs under the borrowed identity.  Left: another of
- * its threads already inside a syscall may finish that one under it. */
+ * its threads already inside a syscall may finish that one under it; and, as
+ * for every syscall tracepoint here, a 64-bit program's ia32 (int $0x80) or x32
+ * prctl is not seen (trace_get_syscall_nr is -1 for them; a kprobe on
+ * replace_mm_exe_file would be, but this host kind's kernel has no kprobes):
+ * docs/threat-model.md. */
 SEC("tracepoint/syscalls/sys_enter_prctl")
 int tamper_prctl(struct trace_event_raw_sys_enter *ctx)
 {

@@ -610,9 +610,12 @@ def _compile_lookalikes(c: Corpus) -> None:
               expect=("cargo run -q --offline", "target/debug/hello"), timeout=180)
     (work / "dev.c").write_text('#include <stdio.h>\nint main(void) { puts("dev"); return 0; }\n')
     if shutil.which("script"):
-        # a developer's shell on a terminal (script gives it a pty), typing the commands
+        # a developer's shell on a terminal (script gives it a pty), typing the commands;
+        # without the host's rc files: root's ~/.bashrc ran `pyenv init`, whose rehash
+        # waited 60 s on a stale pyenv lock file left on this host (s28)
         c.run("an interactive developer compile at a terminal (pty)",
-              "printf 'gcc -o dev dev.c && ./dev\\nexit\\n' | SHELL=/bin/bash script -q -e /dev/null\n",
+              "printf 'gcc -o dev dev.c && ./dev\\nexit\\n' | "
+              "script -q -e -c 'bash --noprofile --norc -i' /dev/null\n",
               work, expect=("gcc -o dev dev.c", "./dev"))
 
 

@@ -216,25 +216,40 @@ def mmswap() -> Iterator[Path]:
         shutil.rmtree(d, ignore_errors=True)
 
 
-@pytest.mark.parametrize("who", ["root", "nobody"])
+IA32_LEFT = ("left (docs/threat-model.md): syscall tracepoints never fire for a 64-bit "
+             "program's ia32 (int $0x80) or x32 calls, and this kernel has no kprobes to "
+             "see replace_mm_exe_file; the lsm tier's task_prctl hook refuses it")
+
+
+@pytest.mark.parametrize("who,mode", [
+    ("root", "map"), ("nobody", "map"),
+    pytest.param("nobody", "map32", marks=pytest.mark.xfail(strict=True, reason=IA32_LEFT))])
 def test_12a_exe_identity_change_attacker_killed(inst: T.Instance, mmswap: Path,
-                                                 who: str) -> None:
+                                                 who: str, mode: str) -> None:
     """s27 review 2: a process takes another program's identity (``/proc/PID/exe``,
     ``mm->exe_file``: what HIPS ``exe:`` subjects, the loader allowlist and trusted
     installers are keyed on) with ``unshare(CLONE_NEWUSER)`` + ``prctl(PR_SET_MM,
     PR_SET_MM_MAP)``, no privilege needed.  Before the fix it ran on as /usr/bin/true
     ("exe=/usr/bin/true", exit 0); now it dies before any code of its runs under the new
-    identity, and the alert names the sub-option."""
-    argv = [str(mmswap), "map", "/usr/bin/true", str(inst.etc / "policy.yaml")]
+    identity, and the alert names the sub-option.  ``map32``: the same prctl by the ia32
+    entry (``int $0x80`` from the 64-bit program), which no syscall tracepoint sees: left
+    on this tier (strict xfail: it fails the day it is caught)."""
+    argv = [str(mmswap), mode, "/usr/bin/true", str(inst.etc / "policy.yaml")]
     if who == "nobody":
         argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv]
-    r = _killed(inst, f"exe identity ({who})", argv, "bastion.tamper.exe-identity")
+    seen = len(inst.alerts())
+    r = _killed(inst, f"exe identity ({who}, {mode})", argv, "bastion.tamper.exe-identity")
     assert "unmapped=" in r.stdout and "exe=" not in r.stdout, r.stdout
     a = inst.wait_alert("bastion.tamper.exe-identity",
-                        lambda a: a["process"]["uid"] == (0 if who == "root" else 65534))
+                        lambda a: a["process"]["uid"] == (0 if who == "root" else 65534),
+                        after=seen)
     assert a["evidence"]["arg"] == 14 and "PR_SET_MM_MAP" in str(a["title"]), a
     assert str(a["process"]["exe"]).endswith("/mmswap"), a
-    RESULTS[f"exe identity ({who})"] = "prctl ran; attacker SIGKILLed before its next instruction"
+    time.sleep(0.3)   # one attempt, one alert (the tracepoint and the kprobe both fire)
+    assert len([x for x in inst.alerts()[seen:] if x["rule"] == "bastion.tamper.exe-identity"]) \
+        == 1, inst.alerts()[seen:]
+    RESULTS[f"exe identity ({who}, {mode})"] = \
+        "prctl ran; attacker SIGKILLed before its next instruction"
 
 
 def test_12b_other_prctls_pass(inst: T.Instance) -> None:

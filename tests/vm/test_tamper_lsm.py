@@ -553,15 +553,16 @@ def mmswap() -> Iterator[Path]:
         shutil.rmtree(d, ignore_errors=True)
 
 
-@pytest.mark.parametrize("mode,uid", [("exe-file", 0), ("map", 65534)])
+@pytest.mark.parametrize("mode,uid", [("exe-file", 0), ("map", 65534), ("map32", 65534)])
 def test_16a_exe_identity_change_refused(inst: T.Instance, mmswap: Path, mode: str,
                                          uid: int) -> None:
     """s27 review 2: a process takes another program's identity (``mm->exe_file``: what
     HIPS ``exe:`` subjects, the loader allowlist and trusted installers are keyed on):
     root with ``PR_SET_MM_EXE_FILE``, anybody with ``unshare(CLONE_NEWUSER)`` +
-    ``PR_SET_MM_MAP``.  Before the fix both ran on as /usr/bin/true (exit 0); now
-    ``lsm/task_prctl`` refuses the change (EPERM), the identity stays, the alert names
-    the sub-option."""
+    ``PR_SET_MM_MAP``, also by the ia32 entry (``map32``: ``int $0x80``, which the compat
+    tier's syscall tracepoint never sees).  Before the fix all ran on as /usr/bin/true
+    (exit 0); now ``lsm/task_prctl`` refuses the change (EPERM), the identity stays, the
+    alert names the sub-option."""
     argv = [str(mmswap), mode, "/usr/bin/true"]
     if uid:
         argv = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *argv]
