@@ -96,15 +96,27 @@ int BPF_PROG(tamper_setrlimit, struct task_struct *p, unsigned int resource)
  * in scope but ours, so an exe: rule, the loader allowlist or a trusted
  * installer's identity cannot be shed or borrowed.  task_prctl's default is
  * -ENOSYS ("not an LSM's option"): a BPF LSM program's 0 lets the hook's own
- * body return it, so every other prctl runs as before. */
+ * body return it, so every other prctl runs as before.
+ *
+ * PR_SET_MM_MAP is refused whatever its exe_fd; one whose exe_fd reads -1
+ * (keep the executable: liblxc's setproctitle for "[lxc monitor]", criu check)
+ * is refused without a report.  That read of user memory only decides the
+ * report, never the refusal, so a thread racing it gains nothing. */
 SEC("lsm/task_prctl")
 int BPF_PROG(tamper_prctl, int option, unsigned long arg2, unsigned long arg3, unsigned long arg4,
 	     unsigned long arg5)
 {
+	__u32 exe_fd = 0;
+
 	if (!changes_exe_identity(option, arg2) || !current_in_scope())
 		return 0;
-	tamper_report(BASTION_TAMPER_EXE_IDENTITY, BASTION_TV_DENIED, -EPERM_, 0, arg2, NULL, NULL,
-		      NULL);
+	if ((int)arg2 == PR_SET_MM_MAP_ &&
+	    !bpf_probe_read_user(&exe_fd, sizeof(exe_fd),
+				 (void *)(arg3 + __builtin_offsetof(struct prctl_mm_map, exe_fd))) &&
+	    exe_fd == (__u32)-1)
+		return -EPERM_;
+	tamper_report(BASTION_TAMPER_EXE_IDENTITY, BASTION_TV_DENIED, -EPERM_, 0, (int)arg2, NULL,
+		      NULL, NULL);
 	return -EPERM_;
 }
 

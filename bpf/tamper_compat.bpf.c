@@ -148,19 +148,67 @@ int tamper_prlimit(struct trace_event_raw_sys_enter *ctx)
 }
 
 /* The executable identity (see changes_exe_identity).  The prctl still runs
- * (no LSM here) but the caller dies on its way back to user space, every thread
- * with it: no code of its runs under the borrowed identity.  Left: another of
- * its threads already inside a syscall may finish that one under it; and, as
- * for every syscall tracepoint here, a 64-bit program's ia32 (int $0x80) or x32
- * prctl is not seen (trace_get_syscall_nr is -1 for them; a kprobe on
- * replace_mm_exe_file would be, but this host kind's kernel has no kprobes):
- * docs/threat-model.md. */
+ * (no LSM here), so the executable is taken at its entry and compared at its
+ * exit: a caller whose mm->exe_file changed dies on its way back to user space,
+ * every thread with it, and no code of its runs under the borrowed identity.
+ * A PR_SET_MM_MAP that keeps the executable (exe_fd -1: liblxc's setproctitle,
+ * criu check) or fails changes nothing and passes.  Left (docs/threat-model.md):
+ * another of its threads already inside a syscall may finish that one under it;
+ * a process sharing the mm by clone(CLONE_VM) without CLONE_THREAD (vfork, a
+ * clone child, its parent) is not killed and runs on as the other program; and,
+ * as for every syscall tracepoint here, a 64-bit program's ia32 (int $0x80) or
+ * x32 prctl is not seen (trace_get_syscall_nr is -1 for them; a kprobe on
+ * replace_mm_exe_file would be, but this host kind's kernel has no kprobes). */
+struct prctl_entry {
+	__u64 exe;   /* mm->exe_file at entry */
+	__s64 sub;   /* the PR_SET_MM sub-option */
+};
+
+/* Not an LRU: callers blocked on the mm's lock (thousands of threads of one
+ * attacker) would evict each other's entries.  Full, the caller is killed at
+ * entry instead (fail closed). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);                 /* thread id */
+	__type(value, struct prctl_entry);
+} tamper_prctl_at SEC(".maps");
+
+static __always_inline __u64 current_exe_file(void)
+{
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+
+	return (__u64)BPF_CORE_READ(t, mm, exe_file);
+}
+
 SEC("tracepoint/syscalls/sys_enter_prctl")
 int tamper_prctl(struct trace_event_raw_sys_enter *ctx)
 {
+	struct prctl_entry e = {};
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+
 	if (!changes_exe_identity((int)ctx->args[0], ctx->args[1]) || !current_in_scope())
 		return 0;
-	kill_current(BASTION_TAMPER_EXE_IDENTITY, 0, ctx->args[1], NULL);
+	e.exe = current_exe_file();
+	e.sub = (int)ctx->args[1];
+	if (bpf_map_update_elem(&tamper_prctl_at, &tid, &e, BPF_ANY))
+		kill_current(BASTION_TAMPER_EXE_IDENTITY, 0, e.sub, NULL);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_prctl")
+int tamper_prctl_ret(struct trace_event_raw_sys_exit *ctx)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct prctl_entry *e = bpf_map_lookup_elem(&tamper_prctl_at, &tid);
+	struct prctl_entry got;
+
+	if (!e)
+		return 0;
+	got = *e;
+	bpf_map_delete_elem(&tamper_prctl_at, &tid);
+	if (current_exe_file() != got.exe)
+		kill_current(BASTION_TAMPER_EXE_IDENTITY, 0, got.sub, NULL);
 	return 0;
 }
 

@@ -115,9 +115,13 @@ static __always_inline bool current_in_scope(void)
 #define PR_SET_MM_EXE_FILE_ 13
 #define PR_SET_MM_MAP_ 14
 
+/* The kernel passes arg2 on as prctl_set_mm's int opt: only its low 32 bits
+ * count, so (1 << 32) | PR_SET_MM_MAP is PR_SET_MM_MAP (s28 review). */
 static __always_inline bool changes_exe_identity(int option, unsigned long arg2)
 {
-	return option == PR_SET_MM_ && (arg2 == PR_SET_MM_EXE_FILE_ || arg2 == PR_SET_MM_MAP_);
+	int sub = (int)arg2;
+
+	return option == PR_SET_MM_ && (sub == PR_SET_MM_EXE_FILE_ || sub == PR_SET_MM_MAP_);
 }
 
 struct tamper_hit {

