@@ -88,6 +88,39 @@ int BPF_PROG(tamper_newtask, struct task_struct *task, __u64 clone_flags)
 	return 0;
 }
 
+/* The executable identity (see changes_exe_identity).  The prctl still runs
+ * (no LSM here).  A caller that is not alone in its thread group, or that asks
+ * for PR_SET_MM_EXE_FILE (root, CRIU only) or a PR_SET_MM_MAP with an exe_fd,
+ * is killed at the prctl's entry: the SIGKILL reaches every thread before the
+ * change is made, so no other thread of it acts under the borrowed identity
+ * while the caller still waits in the kernel (s28 review 2).  Otherwise the
+ * executable is taken at the entry and compared at the exit: a caller whose
+ * mm->exe_file changed (its exe_fd was changed after the entry read it) dies on
+ * its way back to user space, before any instruction of its runs as the other
+ * program; a single-threaded PR_SET_MM_MAP that keeps the executable (exe_fd -1:
+ * liblxc's setproctitle, criu check) runs.  Left (docs/threat-model.md): a
+ * process sharing the mm by clone(CLONE_VM) without CLONE_THREAD (vfork, a clone
+ * child, its parent) is not killed and runs on as the other program; and, as for
+ * every syscall tracepoint here, a 64-bit program's ia32 (int $0x80) or x32
+ * prctl is not seen (trace_get_syscall_nr is -1 for them; a kprobe on
+ * replace_mm_exe_file would be, but this host kind's kernel has no kprobes). */
+struct prctl_entry {
+	__u64 exe;     /* mm->exe_file at entry */
+	__u64 start;   /* the thread's start_boottime: a later thread with its id is not it */
+	__s64 sub;     /* the PR_SET_MM sub-option */
+};
+
+/* Not an LRU: callers blocked on the mm's lock (thousands of threads of one
+ * attacker) would evict each other's entries.  Full, the caller is killed at
+ * entry instead (fail closed).  An entry whose exit was missed goes with its
+ * thread (tamper_thread_exit). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);                 /* thread id */
+	__type(value, struct prctl_entry);
+} tamper_prctl_at SEC(".maps");
+
 SEC("tp_btf/sched_process_exit")
 int BPF_PROG(tamper_thread_exit, struct task_struct *p)
 {
@@ -95,6 +128,8 @@ int BPF_PROG(tamper_thread_exit, struct task_struct *p)
 
 	if (bpf_map_lookup_elem(&tamper_tids, &tid))
 		bpf_map_delete_elem(&tamper_tids, &tid);
+	if (bpf_map_lookup_elem(&tamper_prctl_at, &tid))
+		bpf_map_delete_elem(&tamper_prctl_at, &tid);
 	return 0;
 }
 
@@ -147,38 +182,31 @@ int tamper_prlimit(struct trace_event_raw_sys_enter *ctx)
 	return 0;
 }
 
-/* The executable identity (see changes_exe_identity).  The prctl still runs
- * (no LSM here), so the executable is taken at its entry and compared at its
- * exit: a caller whose mm->exe_file changed dies on its way back to user space,
- * every thread with it, and no code of its runs under the borrowed identity.
- * A PR_SET_MM_MAP that keeps the executable (exe_fd -1: liblxc's setproctitle,
- * criu check) or fails changes nothing and passes.  Left (docs/threat-model.md):
- * another of its threads already inside a syscall may finish that one under it;
- * a process sharing the mm by clone(CLONE_VM) without CLONE_THREAD (vfork, a
- * clone child, its parent) is not killed and runs on as the other program; and,
- * as for every syscall tracepoint here, a 64-bit program's ia32 (int $0x80) or
- * x32 prctl is not seen (trace_get_syscall_nr is -1 for them; a kprobe on
- * replace_mm_exe_file would be, but this host kind's kernel has no kprobes). */
-struct prctl_entry {
-	__u64 exe;   /* mm->exe_file at entry */
-	__s64 sub;   /* the PR_SET_MM sub-option */
-};
-
-/* Not an LRU: callers blocked on the mm's lock (thousands of threads of one
- * attacker) would evict each other's entries.  Full, the caller is killed at
- * entry instead (fail closed). */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
-	__type(key, __u32);                 /* thread id */
-	__type(value, struct prctl_entry);
-} tamper_prctl_at SEC(".maps");
-
 static __always_inline __u64 current_exe_file(void)
 {
 	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
 
 	return (__u64)BPF_CORE_READ(t, mm, exe_file);
+}
+
+static __always_inline __u64 current_start(void)
+{
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+
+	return BPF_CORE_READ(t, start_boottime);
+}
+
+/* Must the caller die before its prctl runs (see above)? */
+static __always_inline bool kill_before_change(int sub, unsigned long arg3)
+{
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	__u32 exe_fd = 0;
+
+	if (sub == PR_SET_MM_EXE_FILE_ || BPF_CORE_READ(t, signal, nr_threads) > 1)
+		return true;
+	return bpf_probe_read_user(&exe_fd, sizeof(exe_fd),
+				   (void *)(arg3 + __builtin_offsetof(struct prctl_mm_map, exe_fd))) ||
+	       exe_fd != (__u32)-1;
 }
 
 SEC("tracepoint/syscalls/sys_enter_prctl")
@@ -190,8 +218,10 @@ int tamper_prctl(struct trace_event_raw_sys_enter *ctx)
 	if (!changes_exe_identity((int)ctx->args[0], ctx->args[1]) || !current_in_scope())
 		return 0;
 	e.exe = current_exe_file();
+	e.start = current_start();
 	e.sub = (int)ctx->args[1];
-	if (bpf_map_update_elem(&tamper_prctl_at, &tid, &e, BPF_ANY))
+	if (kill_before_change((int)e.sub, ctx->args[2]) ||
+	    bpf_map_update_elem(&tamper_prctl_at, &tid, &e, BPF_ANY))
 		kill_current(BASTION_TAMPER_EXE_IDENTITY, 0, e.sub, NULL);
 	return 0;
 }
@@ -207,8 +237,8 @@ int tamper_prctl_ret(struct trace_event_raw_sys_exit *ctx)
 		return 0;
 	got = *e;
 	bpf_map_delete_elem(&tamper_prctl_at, &tid);
-	if (current_exe_file() != got.exe)
-		kill_current(BASTION_TAMPER_EXE_IDENTITY, 0, got.sub, NULL);
+	if (got.start == current_start() && current_exe_file() != got.exe)
+		kill_current(BASTION_TAMPER_EXE_IDENTITY, 0, got.sub | BASTION_EXE_ID_CHANGED, NULL);
 	return 0;
 }
 

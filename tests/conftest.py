@@ -131,7 +131,10 @@ def _tracepoint_detach_without_grace_periods(request: pytest.FixtureRequest) -> 
              str(Path(__file__).with_name("support") / "tpkeeper.py"), *sorted(names)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert keeper.stdout is not None
-        ready = keeper.stdout.readline().strip()
+        import select
+
+        ready = (keeper.stdout.readline().strip()
+                 if select.select([keeper.stdout], [], [], 60)[0] else "no answer in 60 s")
         if not ready.startswith("ready "):
             warnings.warn(f"tpkeeper did not start ({ready!r}, exit {keeper.poll()}): "
                           "tracepoint detaches wait for grace periods", stacklevel=1)

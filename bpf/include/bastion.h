@@ -838,8 +838,13 @@ enum bastion_tamper_op {
 	BASTION_TAMPER_EXE_IDENTITY = 22, /* ABI 3.3: prctl(PR_SET_MM, PR_SET_MM_EXE_FILE or
 					   * PR_SET_MM_MAP), a process changing the executable
 					   * every exe-keyed check reads (mm->exe_file);
-					   * arg = the PR_SET_MM sub-option */
+					   * arg = the PR_SET_MM sub-option, plus
+					   * BASTION_EXE_ID_CHANGED (compat) when the caller
+					   * was killed after its identity changed (none:
+					   * refused, or killed before the change) */
 };
+
+#define BASTION_EXE_ID_CHANGED 0x100
 
 enum bastion_tamper_verdict {
 	BASTION_TV_DENIED = 1,   /* the hook returned -EPERM (lsm) */

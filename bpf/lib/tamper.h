@@ -106,9 +106,11 @@ static __always_inline bool current_in_scope(void)
 /* prctl(PR_SET_MM, PR_SET_MM_EXE_FILE | PR_SET_MM_MAP): the only way a process
  * changes mm->exe_file after exec, the executable identity every exe-keyed check
  * of Bastion reads (HIPS exe: subjects, the BPF loader allowlist, the exec
- * budget, the services gate, trusted installers, our own identities).  It needs
- * CAP_SYS_RESOURCE in the mm's user namespace, which an unprivileged user gets
- * from unshare(CLONE_NEWUSER), and the old image unmapped (s27 review 2).  Only
+ * budget, the services gate, trusted installers, our own identities).
+ * PR_SET_MM_EXE_FILE needs CAP_SYS_RESOURCE (init namespace); PR_SET_MM_MAP with
+ * an exe_fd needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN in the caller's user
+ * namespace, which anybody gets from unshare(CLONE_NEWUSER); both need the old
+ * image unmapped (s27 review 2).  Only
  * checkpoint/restore (CRIU) does this legitimately; PR_SET_MM_MAP_SIZE is a query
  * and the other PR_SET_MM fields (argv, env, brk) are not an identity. */
 #define PR_SET_MM_ 35

@@ -695,6 +695,10 @@ class TamperOp(enum.IntEnum):
     EXE_IDENTITY = 22   # ABI 3.3: prctl(PR_SET_MM, EXE_FILE or MAP); arg = the sub-option
 
 
+#: a compat exe-identity record's arg: the caller was killed after its identity changed
+EXE_ID_CHANGED: Final = 0x100
+
+
 class TamperVerdict(enum.IntEnum):
     DENIED = 1
     KILLED = 2
@@ -903,6 +907,7 @@ DEFINES: Final[dict[str, int]] = {
     "BASTION_HIPS_STAT_VC_MISS": HIPS_STAT_VC_MISS,
     "BASTION_HIPS_STAT_VC_STORE": HIPS_STAT_VC_STORE,
     "BASTION_TOBJ_SELF": TOBJ_SELF,
+    "BASTION_EXE_ID_CHANGED": EXE_ID_CHANGED,
     "BASTION_TOBJ_SUBTREE": TOBJ_SUBTREE,
     "BASTION_TOBJ_ANCESTOR": TOBJ_ANCESTOR,
 }

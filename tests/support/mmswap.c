@@ -14,6 +14,10 @@
  *          vmshare:  map, made by a child that shares our mm (clone(CLONE_VM)
  *                    without CLONE_THREAD): the identity is the mm's, so killing
  *                    the child leaves us running as FAKE
+ *          threads:  map, with two more threads: one keeps the mm's lock busy
+ *                    (mprotect in a loop), which holds the caller inside the
+ *                    prctl after the change; one watches /proc/self/exe and says
+ *                    "watcher saw FAKE" the moment the identity is FAKE
  *          keep:     PR_SET_MM_MAP with exe_fd -1, as liblxc's setproctitle does
  *                    (no user namespace, nothing unmapped): a legitimate call that
  *                    changes no identity
@@ -28,6 +32,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -133,6 +138,37 @@ static long prctl32(long option, long arg2, long arg3, long arg4)
 }
 
 static struct prctl_mm_map *shared_map;
+static const char *watched_fake;
+
+static void *lock_hog(void *unused)
+{
+	char *p = mmap(NULL, 1 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	(void)unused;
+	if (p == MAP_FAILED)
+		return NULL;
+	for (;;) {
+		mprotect(p, 1 << 20, PROT_READ);
+		mprotect(p, 1 << 20, PROT_READ | PROT_WRITE);
+	}
+	return NULL;
+}
+
+static void *watcher(void *unused)
+{
+	char b[512];
+	ssize_t l;
+
+	(void)unused;
+	for (;;) {
+		l = readlink("/proc/self/exe", b, sizeof b - 1);
+		if (l > 0 && (size_t)l == strlen(watched_fake) && memcmp(b, watched_fake, l) == 0) {
+			say("watcher saw FAKE\n");
+			return NULL;
+		}
+	}
+	return NULL;
+}
 
 static int vm_child(void *unused)
 {
@@ -178,7 +214,9 @@ void mmswap(const char *mode, const char *fake, const char *target)
 	int hi = strcmp(mode, "maphi") == 0 || strcmp(mode, "exehi") == 0;
 	int keep = strcmp(mode, "keep") == 0;
 	int vmshare = strcmp(mode, "vmshare") == 0;
-	int map = ia32 || keep || vmshare || strcmp(mode, "map") == 0 || strcmp(mode, "maphi") == 0;
+	int threads = strcmp(mode, "threads") == 0;
+	int map = ia32 || keep || vmshare || threads || strcmp(mode, "map") == 0 ||
+		  strcmp(mode, "maphi") == 0;
 	ssize_t l;
 
 	/* ia32: the structure below 4 GiB, where a 32-bit register can point */
@@ -210,6 +248,14 @@ void mmswap(const char *mode, const char *fake, const char *target)
 	if (xfd < 0)
 		fail("open FAKE");
 	m.exe_fd = keep ? (__u32)-1 : (__u32)xfd;
+	if (threads) {   /* before the image goes: thread set-up reads its link map */
+		pthread_t a, b;
+
+		watched_fake = fake;
+		if (pthread_create(&a, NULL, lock_hog, NULL) || pthread_create(&b, NULL, watcher, NULL))
+			fail("pthread_create");
+		usleep(100000);
+	}
 	n = keep ? 0 : unmap_image();
 	snprintf(buf, sizeof buf, "unmapped=%d\n", n);
 	say(buf);

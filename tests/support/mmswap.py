@@ -41,10 +41,10 @@ def build(into: Path) -> Path:
     into.mkdir(parents=True, exist_ok=True)
     lib, prog = into / "libmmswap.so", into / "mmswap"
     # bound now: a lazy binding after the image is gone would read its .dynamic
-    subprocess.run([cc, "-O1", "-shared", "-fPIC", "-Wl,-z,now", "-o", str(lib), str(SRC)],
+    subprocess.run([cc, "-O1", "-shared", "-fPIC", "-pthread", "-Wl,-z,now", "-o", str(lib), str(SRC)],
                    check=True, timeout=120)
     subprocess.run([cc, "-O1", "-DMMSWAP_MAIN", "-Wl,-z,now", "-o", str(prog), str(SRC),
-                    f"-L{into}", "-lmmswap", "-Wl,-rpath,$ORIGIN"], check=True, timeout=120)
+                    f"-L{into}", "-lmmswap", "-Wl,-rpath,$ORIGIN", "-pthread"], check=True, timeout=120)
     for p in (into, lib, prog):
         p.chmod(0o755)
     return prog

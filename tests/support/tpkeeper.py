@@ -44,6 +44,7 @@ def main(names: list[str]) -> int:
     mnt = tempfile.mkdtemp(prefix="bastion-tpkeeper-")
     if libc.mount(b"tracefs", mnt.encode(), b"tracefs", 0, None) != 0:
         print(f"tpkeeper: mount tracefs: errno {ctypes.get_errno()}", file=sys.stderr)
+        os.rmdir(mnt)
         return 1
     held, missing = [], []
     for name in names:

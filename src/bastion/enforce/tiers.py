@@ -254,7 +254,7 @@ def probe() -> TierReport:
                        "mount cgroup2 (e.g. /sys/fs/cgroup/unified)" if cg_root is None else lsm_remedy),
             Capability("tamper_protection", fan_ok,
                        "partial: kill-the-sender (tp_btf/signal_generate, sys_enter_ptrace/"
-                       "process_vm_writev/open*/bpf/prctl, sys_exit_bpf) + fanotify write-open deny + guardian restart",
+                       "process_vm_writev/open*/bpf/prctl, sys_exit_bpf/prctl) + fanotify write-open deny + guardian restart",
                        "signals, ptrace and bpf() on Bastion's objects cannot be refused without BPF "
                        "LSM: the sender is SIGKILLed, the agent restarted or resumed; unlink, rename, "
                        "truncate(2), chmod, mounts and pin removal are not refused", lsm_remedy),

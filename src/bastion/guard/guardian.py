@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from bastion import abi
 from bastion.enforce.tiers import quiet_libbpf
 from bastion.tier import Tier
 from bastion.alert import Alert, AlertProcess
@@ -681,10 +682,13 @@ class Guardian:
         elif r.op in ("ptrace", "proc-mem", "vm-write"):
             what = f"{r.op} of pid {r.target_pid}"
         elif r.op == "exe-identity":
-            how = f"prctl PR_SET_MM, {PR_SET_MM_OPTIONS.get(r.arg, r.arg)}"
-            # compat reports after the change: the exe is the one it took, comm its own
-            what = (f"a change of its own executable identity ({how})" if r.verdict == "denied"
-                    else f"its executable identity changed to {r.exe} ({how}; comm {r.comm})")
+            sub = r.arg & ~abi.EXE_ID_CHANGED
+            how = f"prctl PR_SET_MM, {PR_SET_MM_OPTIONS.get(sub, sub)}"
+            # compat kills after the change (exe_fd changed once read): the exe is the one
+            # it took, comm its own; otherwise before it (lsm: refused)
+            what = (f"its executable identity changed to {r.exe} ({how}; comm {r.comm})"
+                    if r.arg & abi.EXE_ID_CHANGED
+                    else f"a change of its own executable identity ({how})")
         elif r.op == "bpf-map-fd":
             what = f"a write-mode fd (fmode {r.arg:#x}) of protected map id {r.obj_id}"
         elif r.op.startswith("bpf-"):
