@@ -106,14 +106,9 @@ SEC("lsm/task_prctl")
 int BPF_PROG(tamper_prctl, int option, unsigned long arg2, unsigned long arg3, unsigned long arg4,
 	     unsigned long arg5)
 {
-	__u32 exe_fd = 0;
-
 	if (!changes_exe_identity(option, arg2) || !current_in_scope())
 		return 0;
-	if ((int)arg2 == PR_SET_MM_MAP_ &&
-	    !bpf_probe_read_user(&exe_fd, sizeof(exe_fd),
-				 (void *)(arg3 + __builtin_offsetof(struct prctl_mm_map, exe_fd))) &&
-	    exe_fd == (__u32)-1)
+	if ((int)arg2 == PR_SET_MM_MAP_ && mm_map_keeps_exe(arg3))
 		return -EPERM_;
 	tamper_report(BASTION_TAMPER_EXE_IDENTITY, BASTION_TV_DENIED, -EPERM_, 0, (int)arg2, NULL,
 		      NULL, NULL);

@@ -200,13 +200,9 @@ static __always_inline __u64 current_start(void)
 static __always_inline bool kill_before_change(int sub, unsigned long arg3)
 {
 	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
-	__u32 exe_fd = 0;
 
-	if (sub == PR_SET_MM_EXE_FILE_ || BPF_CORE_READ(t, signal, nr_threads) > 1)
-		return true;
-	return bpf_probe_read_user(&exe_fd, sizeof(exe_fd),
-				   (void *)(arg3 + __builtin_offsetof(struct prctl_mm_map, exe_fd))) ||
-	       exe_fd != (__u32)-1;
+	return sub == PR_SET_MM_EXE_FILE_ || BPF_CORE_READ(t, signal, nr_threads) > 1 ||
+	       !mm_map_keeps_exe(arg3);
 }
 
 SEC("tracepoint/syscalls/sys_enter_prctl")

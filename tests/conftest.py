@@ -9,8 +9,12 @@ directory so a test cannot sit in the wrong layer.
 from __future__ import annotations
 
 import os
+import select
 import shutil
+import subprocess
+import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -109,10 +113,6 @@ def _tracepoint_detach_without_grace_periods(request: pytest.FixtureRequest) -> 
     if os.geteuid() != 0 or not layers & _MUST_RUN:
         yield
         return
-    import subprocess
-    import sys
-    import warnings
-
     from bastion.kernel.libbpf import BpfObject
 
     names: set[str] = set()
@@ -131,8 +131,6 @@ def _tracepoint_detach_without_grace_periods(request: pytest.FixtureRequest) -> 
              str(Path(__file__).with_name("support") / "tpkeeper.py"), *sorted(names)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert keeper.stdout is not None
-        import select
-
         ready = (keeper.stdout.readline().strip()
                  if select.select([keeper.stdout], [], [], 60)[0] else "no answer in 60 s")
         if not ready.startswith("ready "):

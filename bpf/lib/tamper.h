@@ -126,6 +126,20 @@ static __always_inline bool changes_exe_identity(int option, unsigned long arg2)
 	return option == PR_SET_MM_ && (sub == PR_SET_MM_EXE_FILE_ || sub == PR_SET_MM_MAP_);
 }
 
+/* Does the struct prctl_mm_map at user address @map keep the executable (its
+ * exe_fd reads -1, as liblxc's setproctitle and criu check pass it)?  User
+ * memory: another thread or process may change it after this read, so callers
+ * let it decide only what cannot be abused (a report; a single-threaded caller
+ * whose exit is checked). */
+static __always_inline bool mm_map_keeps_exe(unsigned long map)
+{
+	__u32 exe_fd = 0;
+
+	return !bpf_probe_read_user(&exe_fd, sizeof(exe_fd),
+				    (void *)(map + __builtin_offsetof(struct prctl_mm_map, exe_fd))) &&
+	       exe_fd == (__u32)-1;
+}
+
 struct tamper_hit {
 	__u64 ino;
 	__u32 dev;

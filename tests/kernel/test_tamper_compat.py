@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
@@ -30,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from support import tamper as T  # noqa: E402
 from support.mmswap import PRCTL_OK  # noqa: E402
-from support.mmswap import build as build_mmswap  # noqa: E402
+from support.mmswap import built as built_mmswap  # noqa: E402
 from support.cg import scoped_cgroup  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
@@ -209,11 +207,8 @@ def test_12_link_detach_last(inst: T.Instance) -> None:
 @pytest.fixture(scope="module")
 def mmswap() -> Iterator[Path]:
     """The executable-identity attack (tests/support/mmswap.c), where nobody can run it."""
-    d = Path(tempfile.mkdtemp(prefix="bastion-test-mmswap-"))
-    try:
-        yield build_mmswap(d)
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
+    with built_mmswap() as prog:
+        yield prog
 
 
 VMSHARE_LEFT = ("left (docs/threat-model.md): the identity is the mm's; the kill reaches "
@@ -264,18 +259,6 @@ def test_12a_exe_identity_change_attacker_killed(inst: T.Instance, mmswap: Path,
         "prctl ran; attacker SIGKILLed before its next instruction"
 
 
-def _settled_alerts(inst: T.Instance, quiet_s: float = 1.0, timeout_s: float = 10.0) -> int:
-    """The number of tamper alerts once none has arrived for ``quiet_s``: an earlier
-    test's attacker (a strict xfail's killed child) may still be reported."""
-    n, since, deadline = len(inst.alerts()), time.monotonic(), time.monotonic() + timeout_s
-    while time.monotonic() - since < quiet_s and time.monotonic() < deadline:
-        time.sleep(0.1)
-        m = len(inst.alerts())
-        if m != n:
-            n, since = m, time.monotonic()
-    return n
-
-
 @pytest.mark.parametrize("who", ["root", "nobody"])
 def test_12c_a_map_that_keeps_the_executable_runs(inst: T.Instance, mmswap: Path,
                                                   who: str) -> None:
@@ -285,7 +268,7 @@ def test_12c_a_map_that_keeps_the_executable_runs(inst: T.Instance, mmswap: Path
     argv = [str(mmswap), "keep", "/usr/bin/true"]
     if who == "nobody":
         argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv]
-    seen = _settled_alerts(inst)
+    seen = inst.settled_alerts()
     r = inst.attack(argv)
     # 3: the identity did not change (the prctl itself succeeded)
     assert r.returncode == 3 and "prctl=0 errno=0\n" in r.stdout, (r.returncode, r.stdout)

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 SRC = Path(__file__).with_name("mmswap.c")
@@ -48,3 +51,14 @@ def build(into: Path) -> Path:
     for p in (into, lib, prog):
         p.chmod(0o755)
     return prog
+
+
+@contextmanager
+def built() -> Iterator[Path]:
+    """:func:`build` into a fresh directory under /tmp (where nobody can run it), removed
+    at the end."""
+    d = Path(tempfile.mkdtemp(prefix="bastion-test-mmswap-"))
+    try:
+        yield build(d)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

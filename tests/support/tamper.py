@@ -136,6 +136,18 @@ class Instance:
             return [r.data for r in st.alerts(limit=10000)
                     if str(r.data.get("rule", "")).startswith(rule_prefix)]
 
+    def settled_alerts(self, quiet_s: float = 1.0, timeout_s: float = 10.0) -> int:
+        """The number of tamper alerts once none has arrived for ``quiet_s``: an earlier
+        test's attacker (a strict xfail's killed child) may still be reported."""
+        n, since = len(self.alerts()), time.monotonic()
+        deadline = since + timeout_s
+        while time.monotonic() - since < quiet_s and time.monotonic() < deadline:
+            time.sleep(0.1)
+            m = len(self.alerts())
+            if m != n:
+                n, since = m, time.monotonic()
+        return n
+
     def wait_alert(self, rule: str, pred: object = None, timeout: float = 5,
                    after: int = 0) -> dict[str, object]:
         """The first alert ``rule`` matching ``pred`` among the tamper alerts stored
