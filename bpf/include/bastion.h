@@ -25,7 +25,7 @@
 #define BASTION_H
 
 #define BASTION_ABI_MAJOR 3
-#define BASTION_ABI_MINOR 3
+#define BASTION_ABI_MINOR 4
 #define BASTION_ABI_VERSION ((BASTION_ABI_MAJOR << 16) | BASTION_ABI_MINOR)
 
 #define BASTION_COMM_LEN 16
@@ -948,5 +948,31 @@ struct bastion_mmap_event {
 #ifdef __bpf__
 _Static_assert(sizeof(struct bastion_mmap_event) == 72 + 48 + 256, "mmap_event");
 #endif
+
+/* ==================================================================== */
+/* Open context (ABI 3.4, the compat fanotify listener, s29): threads   */
+/* whose saved registers may not describe the file open a fanotify      */
+/* permission event stands for.  /proc/TID/syscall shows the system     */
+/* call a thread is in; io_uring runs queued opens as task work in the  */
+/* submitting thread on its way back from a blocked openat (registers   */
+/* still that openat's), an io_uring or vhost worker starts with a copy */
+/* of its creator's registers, and a core dump opens its file from the  */
+/* signal path.  openctx.bpf.o sets the bit of each such thread (by tid,*/
+/* never cleared: a reused tid only costs the listener a stack read) in */
+/* an mmapable bitmap the listener reads without a system call; a       */
+/* thread whose bit is clear is in its own open.  A stacked filesystem  */
+/* opening its lower file with flags of its own inside the caller's     */
+/* open (eCryptfs) is counted per registered backing device.            */
+/* ==================================================================== */
+
+/* Words of the tid bitmap: PID_MAX_LIMIT (4M) / 64. */
+#define BASTION_OPENCTX_WORDS 65536
+
+/* The one entry of the counts map (mmapable; user space reads it in place). */
+struct bastion_openctx_counts {
+	__u64 nested_bdis;   /* eCryptfs backing devices registered since load (a sysfs */
+			     /* scan of /sys/class/bdi tells which still exist) */
+	__u64 marked;        /* bits set since load, by every program */
+};
 
 #endif /* BASTION_H */

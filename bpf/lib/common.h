@@ -62,6 +62,7 @@ struct bastion_abi_types {
 	struct bastion_mmap_event mmap;
 	enum bastion_mmap_op mmap_op;
 	enum bastion_rewrite_act rewrite_act;
+	struct bastion_openctx_counts openctx_counts;
 };
 const volatile struct bastion_abi_types bastion_abi_types_anchor __attribute__((unused));
 

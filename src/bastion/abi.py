@@ -29,7 +29,7 @@ from typing import Final, Protocol
 from bastion.errors import AbiMismatchError, BastionError, DecodeError, Location
 
 ABI_MAJOR: Final = 3
-ABI_MINOR: Final = 3
+ABI_MINOR: Final = 4
 ABI_VERSION: Final = (ABI_MAJOR << 16) | ABI_MINOR
 
 COMM_LEN: Final = 16
@@ -663,6 +663,15 @@ class PgateCfg(ctypes.Structure):
     _fields_ = [("dry_run", c_u32), ("host_mnt_ns", c_u32)]
 
 
+# ---- the open context (bastion.h, "Open context", ABI 3.4; bastion.kernel.openctx) ----
+
+OPENCTX_WORDS: Final = 65536   # u64 words of the tid bitmap (PID_MAX_LIMIT / 64)
+
+
+class OpenctxCounts(ctypes.Structure):
+    _fields_ = [("nested_bdis", c_u64), ("marked", c_u64)]
+
+
 # ---- tamper protection (bastion.h, tamper section; src/bastion/guard/) ----------------
 
 
@@ -770,6 +779,7 @@ STRUCTS: Final[dict[str, type[ctypes.Structure]]] = {
     "bastion_pgate_name": PgateName,
     "bastion_pgate_tool": PgateTool,
     "bastion_pgate_cfg": PgateCfg,
+    "bastion_openctx_counts": OpenctxCounts,
     "bastion_sens_val": SensVal,
     "bastion_tamper_ident": TamperIdent,
     "bastion_tamper_obj": TamperObj,
@@ -908,6 +918,7 @@ DEFINES: Final[dict[str, int]] = {
     "BASTION_HIPS_STAT_VC_STORE": HIPS_STAT_VC_STORE,
     "BASTION_TOBJ_SELF": TOBJ_SELF,
     "BASTION_EXE_ID_CHANGED": EXE_ID_CHANGED,
+    "BASTION_OPENCTX_WORDS": OPENCTX_WORDS,
     "BASTION_TOBJ_SUBTREE": TOBJ_SUBTREE,
     "BASTION_TOBJ_ANCESTOR": TOBJ_ANCESTOR,
 }

@@ -50,12 +50,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
-#define BFAN_ABI 1
+#define BFAN_ABI 2
 #define SLOTS 1024            /* events per read: 64 KiB / 24-byte metadata < 2731 */
 #define READ_BUF (SLOTS * 24)
 #define LAT_RING 4096
@@ -125,6 +127,11 @@ struct kept {
 	int32_t tid;
 };
 
+struct oc_counts {            /* struct bastion_openctx_counts */
+	_Atomic uint64_t nested_bdis;
+	_Atomic uint64_t marked;
+};
+
 struct bfan_ctx {
 	pthread_mutex_t mu;
 	struct table *table;          /* current allow table (NULL: none) */
@@ -144,9 +151,22 @@ struct bfan_ctx {
 	/* the last opener's /proc/TID/syscall and stack, open (opener_reads_only; the loop
 	 * only) */
 	struct kept sc, st;
+	/* the open context (bfan_set_marks; bastion.h "Open context"): the bitmap of
+	 * threads whose registers may not describe their open, and the counts, both
+	 * mapped from openctx.bpf.o's maps; marks_ready once Python's scan of the threads
+	 * that were already there is in */
+	const _Atomic uint64_t *oc_tids;
+	size_t oc_words;
+	const struct oc_counts *oc_counts;
+	_Atomic int oc_ready;
+	uint64_t oc_seen;             /* nested_bdis when /sys/class/bdi was last scanned */
+	int oc_nested;                /* that scan found an eCryptfs device (or could not tell) */
+	int64_t oc_scan_ns;
+	char oc_bdi_dir[128];
 	struct slot slots[SLOTS];
 	/* counters (read by Python under mu) */
 	uint64_t events, perm_events, fast_allows, errors;
+	uint64_t reads_marks, reads_stack;   /* read-only opens trusted by the marks / the stack */
 	uint64_t lat_head, lat_tail;
 	float lat_us[LAT_RING];
 	char buf[READ_BUF] __attribute__((aligned(8)));
@@ -196,6 +216,10 @@ void bfan_free(struct bfan_ctx *c)
 		close(c->sc.fd);
 	if (c->st.fd >= 0)
 		close(c->st.fd);
+	if (c->oc_tids)
+		munmap((void *)c->oc_tids, c->oc_words * sizeof(uint64_t));
+	if (c->oc_counts)
+		munmap((void *)c->oc_counts, (size_t)sysconf(_SC_PAGESIZE));
 	free(c->table);
 	pthread_mutex_destroy(&c->mu);
 	free(c);
@@ -403,11 +427,120 @@ static int own_open(struct bfan_ctx *c, int32_t tid)
 	return stack_is_own_open(b);
 }
 
+/* ---- the open context (bastion.h "Open context", bpf/openctx.bpf.c) ---------------- */
+
+/* Map openctx.bpf.o's bitmap (@tids_fd, @words u64 words) and counts (@counts_fd), and
+ * take the backing devices in @bdi_dir (/sys/class/bdi; a test's directory) as they
+ * are now.  Before the loop runs.  Reads are trusted on the marks only after
+ * bfan_marks_ready.  0 or -errno. */
+int bfan_set_marks(struct bfan_ctx *c, int tids_fd, uint32_t words, int counts_fd,
+		   const char *bdi_dir)
+{
+	void *t, *n;
+	size_t page = (size_t)sysconf(_SC_PAGESIZE);
+
+	if (c->oc_tids || !words || strlen(bdi_dir) >= sizeof(c->oc_bdi_dir))
+		return -EINVAL;
+	t = mmap(NULL, (size_t)words * sizeof(uint64_t), PROT_READ | PROT_WRITE, MAP_SHARED,
+		 tids_fd, 0);
+	if (t == MAP_FAILED)
+		return -errno;
+	n = mmap(NULL, page, PROT_READ, MAP_SHARED, counts_fd, 0);
+	if (n == MAP_FAILED) {
+		int e = -errno;
+
+		munmap(t, (size_t)words * sizeof(uint64_t));
+		return e;
+	}
+	memcpy(c->oc_bdi_dir, bdi_dir, strlen(bdi_dir) + 1);
+	c->oc_words = words;
+	c->oc_counts = n;
+	c->oc_tids = t;
+	c->oc_seen = atomic_load(&c->oc_counts->nested_bdis);
+	c->oc_nested = 1;    /* scanned at the first read (after bfan_marks_ready) */
+	c->oc_scan_ns = 0;
+	return 0;
+}
+
+/* Set @tid's bit (Python's scan of the threads already there at load): the atomic or
+ * of the programs'.  0, or -EINVAL when the tid does not fit. */
+int bfan_mark_tid(struct bfan_ctx *c, int32_t tid)
+{
+	if (!c->oc_tids || tid <= 0 || (size_t)(tid >> 6) >= c->oc_words)
+		return -EINVAL;
+	atomic_fetch_or((_Atomic uint64_t *)&c->oc_tids[tid >> 6], 1ULL << (tid & 63));
+	return 0;
+}
+
+void bfan_marks_ready(struct bfan_ctx *c)
+{
+	if (c->oc_tids)
+		atomic_store_explicit(&c->oc_ready, 1, memory_order_release);
+}
+
+/* Is an eCryptfs backing device in oc_bdi_dir?  1 yes, 0 no, -1 cannot tell. */
+static int scan_bdi(const struct bfan_ctx *c)
+{
+	DIR *d = opendir(c->oc_bdi_dir);
+	struct dirent *e;
+	int found = 0;
+
+	if (!d)
+		return -1;
+	while ((e = readdir(d)))
+		if (strncmp(e->d_name, "ecryptfs-", 9) == 0) {
+			found = 1;
+			break;
+		}
+	closedir(d);
+	return found;
+}
+
+/* Can an open be nested in another one's with flags of its own (an eCryptfs mount
+ * exists, or a scan could not tell)?  The count of eCryptfs devices registered moves
+ * before any such mount can be used; while it has not moved since a scan that found
+ * none, the answer stands.  While one exists, /sys/class/bdi is looked at again at
+ * most once a second (an unmount is not counted). */
+static int nested_fs(struct bfan_ctx *c)
+{
+	uint64_t n = atomic_load_explicit(&c->oc_counts->nested_bdis, memory_order_acquire);
+	int64_t now;
+	int found;
+
+	if (n == c->oc_seen && !c->oc_nested)
+		return 0;
+	now = now_ns();
+	if (n == c->oc_seen && c->oc_scan_ns && now - c->oc_scan_ns < 1000000000)
+		return 1;
+	found = scan_bdi(c);
+	c->oc_seen = n;
+	c->oc_scan_ns = now;
+	/* a device registered during the scan moved the count: the next read scans again */
+	c->oc_nested = found != 0 ||
+		       atomic_load_explicit(&c->oc_counts->nested_bdis, memory_order_acquire) != n;
+	return c->oc_nested;
+}
+
+/* Do @tid's registers describe the open it waits on, by the marks (no /proc)?  1 when
+ * the marks are ready, its bit is clear and no open can be nested; 0: ask its stack. */
+static int marks_trust(struct bfan_ctx *c, int32_t tid)
+{
+	uint64_t w;
+
+	if (!atomic_load_explicit(&c->oc_ready, memory_order_acquire) ||
+	    (size_t)(tid >> 6) >= c->oc_words)
+		return 0;
+	w = atomic_load_explicit(&c->oc_tids[tid >> 6], memory_order_acquire);
+	if (w & (1ULL << (tid & 63)))
+		return 0;
+	return !nested_fs(c);
+}
+
 /* Is the blocked opener @tid's open read-only?  From its /proc/TID/syscall (the
  * syscall it sleeps in and its register arguments, which cannot change while it
  * waits for our answer): open, openat or open_by_handle_at of this ABI with
- * O_RDONLY and without O_TRUNC, whose stack shows the open is that syscall's own
- * (own_open).  Anything else -- another syscall (execve, a 32-bit task's numbers),
+ * O_RDONLY and without O_TRUNC, whose open is that syscall's own: by the marks
+ * (marks_trust: no /proc read), else by its stack (own_open).  Anything else -- another syscall (execve, a 32-bit task's numbers),
  * io_uring or a core dump opening on the task's behalf, openat2 (its flags are in
  * the opener's memory), a task not asleep yet ("running"), a read error -- is 0: the
  * event goes to Python, which decides it in full (kernel/opener.py: open_flags). */
@@ -446,7 +579,14 @@ static int opener_reads_only(struct bfan_ctx *c, int32_t tid)
 		p = end;
 	}
 	flags &= 0xffffffffULL;
-	return (flags & O_ACCMODE) == O_RDONLY && !(flags & O_TRUNC) && own_open(c, tid);
+	if ((flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC))
+		return 0;
+	if (marks_trust(c, tid)) {
+		c->reads_marks++;
+		return 1;
+	}
+	c->reads_stack++;
+	return own_open(c, tid);
 }
 
 /* Is the opener @tid's executable one the plan's subjects name?  1: yes, 0: no, -1:
@@ -805,6 +945,8 @@ int bfan_stats(struct bfan_ctx *c, uint64_t *out, float *lat, int cap)
 	out[1] = c->perm_events;
 	out[2] = c->fast_allows;
 	out[3] = c->errors;
+	out[4] = c->reads_marks;
+	out[5] = c->reads_stack;
 	if (c->lat_head - c->lat_tail > LAT_RING)
 		c->lat_tail = c->lat_head - LAT_RING;
 	while (c->lat_tail < c->lat_head && n < cap)

@@ -31,6 +31,7 @@ from bastion import abi
 from bastion.enforce.fanotify import FanotifyEnforcer, supported
 from bastion.errors import KernelError, Location
 from bastion.kernel.fanotify import FastLoop, PermissionListener
+from bastion.kernel.openctx import OpenContext
 from bastion.policy.compile import FileTarget, MapPlan, ResolvedPolicy, ResolvedRule, compile_plan, kernel_dev
 from bastion.policy.model import Action, Mode, Op
 from support.cg import run_in, scoped_cgroup
@@ -73,14 +74,27 @@ def cg() -> Iterator[tuple[Path, int]]:
         yield c
 
 
-def _enforcer(cg_id: int, timeout_s: float, compiled: bool = True) -> FanotifyEnforcer:
+def _enforcer(cg_id: int, timeout_s: float, compiled: bool = True,
+              marks: bool = True) -> FanotifyEnforcer:
     """Opened and started, scoped to the test's cgroup; ``compiled``: the compiled loop
-    answers what it can (False: Python decides every event)."""
+    answers what it can (False: Python decides every event); ``marks``: it trusts a
+    read's registers on the open context's marks (False: on the opener's stack)."""
     enf = FanotifyEnforcer(scope_cgroup_id=cg_id, deadline_s=DEADLINE_S, decision_timeout_s=timeout_s,
-                           compiled=compiled)
+                           compiled=compiled, open_context=marks)
     enf.open()
+    assert enf.stats()["open_context"] == int(compiled and marks), enf.open_context_why
     enf.start()
     return enf
+
+
+# how the read-only opens of a write-protected file are told from the others: the
+# compiled loop on the open context's marks, the compiled loop on the opener's stack,
+# Python on the stack
+LOOPS = pytest.mark.parametrize("loop", ["marks", "stack", "python"])
+
+
+def _loop_enforcer(cg_id: int, timeout_s: float, loop: str) -> FanotifyEnforcer:
+    return _enforcer(cg_id, timeout_s, compiled=loop != "python", marks=loop == "marks")
 
 
 def _fast(enf: FanotifyEnforcer) -> FastLoop:
@@ -170,18 +184,20 @@ _OPEN = ("import os, sys\nflags = {'r': os.O_RDONLY, 'rt': os.O_RDONLY | os.O_TR
          "    except OSError as e:\n        print(how, e.errno)\n")
 
 
-@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+@LOOPS
 def test_a_write_protected_file_is_read_without_python_and_its_writes_are_still_refused(
-        tmp_path: Path, cg: tuple[Path, int], compiled: bool) -> None:
+        tmp_path: Path, cg: tuple[Path, int], loop: str) -> None:
     """Attack: every task may read the file, no task may write it.  The compiled loop
     answers the read-only opens from the opener's flags (/proc/TID/syscall, while the
     opener sleeps in its open: its registers cannot change); an open for writing in any
     spelling -- O_RDWR, O_WRONLY|O_APPEND, and O_RDONLY|O_TRUNC, which truncates -- is
     not read-only, goes to the Python decision and is refused.  Without the compiled
-    loop, Python answers the read-only opens from the flags alone (no other fact)."""
+    loop, Python answers the read-only opens from the flags alone (no other fact).
+    With the open context's marks, no read of the loop needs the opener's stack."""
+    compiled = loop != "python"
     prot = tmp_path / "prot"
     prot.write_text("keep\n")
-    enf = _enforcer(cg[1], 2.0, compiled)
+    enf = _loop_enforcer(cg[1], 2.0, loop)
     try:
         w = rule(1, (Op.OPEN_WRITE,), prot, Action.DENY)
         enf.apply(plan_of(w), targets_of(w))
@@ -199,6 +215,8 @@ def test_a_write_protected_file_is_read_without_python_and_its_writes_are_still_
         assert s["fast_allows"] == fast and s["denies"] == 3 and s["errors"] == 0, s
         assert s["compiled_loop"] == int(compiled), s
         assert s["fail_opens"] == 0, s
+        assert (s["reads_by_marks"], s["reads_by_stack"]) == \
+            {"marks": (fast, 0), "stack": (0, fast), "python": (0, 0)}[loop], s
         assert prot.read_text() == "keep\n"   # (this read is one more fast allow: anyone's)
     finally:
         enf.close()
@@ -364,18 +382,36 @@ int main(int argc, char **argv)
 	sq_array = (void *)(sq + p.sq_off.array); cq_head = (void *)(cq + p.cq_off.head);
 	cq_tail = (void *)(cq + p.cq_off.tail); cq_mask = (void *)(cq + p.cq_off.ring_mask);
 	cqes = (void *)(cq + p.cq_off.cqes);
-	if (strcmp(mode, "wq")) {
+	if (!strcmp(mode, "pre")) {
+		/* armed before the listener starts: a read of stdin linked to the open, run
+		 * as task work on the way back from the blocked openat once stdin has a byte */
+		static char b;
+		struct io_uring_sqe *r = get();
+		r->opcode = IORING_OP_READ; r->fd = 0; r->addr = (unsigned long)&b; r->len = 1;
+		r->off = (__u64)-1; r->flags = IOSQE_IO_LINK;
+		struct io_uring_sqe *o = get();
+		o->opcode = IORING_OP_OPENAT; o->fd = AT_FDCWD; o->addr = (unsigned long)prot;
+		o->open_flags = O_RDWR;
+		syscall(__NR_io_uring_enter, ring, 2, 0, 0, NULL, 0);
+		printf("armed\n");
+		fflush(stdout);
+		close(syscall(__NR_openat, AT_FDCWD, fifo, O_RDONLY));
+		n = 0;
+	} else if (strcmp(mode, "wq")) {
 		struct io_uring_sqe *t = get();
 		t->opcode = IORING_OP_TIMEOUT; t->addr = (unsigned long)&ts; t->len = 1;
 		t->timeout_flags = IORING_TIMEOUT_ETIME_SUCCESS; t->flags = IOSQE_IO_LINK;
 		n = 2;
 	}
+	if (n) {
 	struct io_uring_sqe *o = get();
 	o->opcode = IORING_OP_OPENAT; o->fd = AT_FDCWD; o->addr = (unsigned long)prot;
 	o->open_flags = O_RDWR;
 	if (strcmp(mode, "tw"))
 		o->flags |= IOSQE_ASYNC;
-	if (!strcmp(mode, "wq")) {
+	}
+	if (!n) {
+	} else if (!strcmp(mode, "wq")) {
 		syscall(__NR_io_uring_enter, ring, 1, 1, IORING_ENTER_GETEVENTS, NULL, 0);
 	} else {
 		syscall(__NR_io_uring_enter, ring, n, 0, 0, NULL, 0);
@@ -386,8 +422,8 @@ int main(int argc, char **argv)
 	usleep(300000);
 	for (unsigned h = *cq_head; h != __atomic_load_n(cq_tail, __ATOMIC_ACQUIRE); h++) {
 		int r = cqes[h & *cq_mask].res;
-		if (r == -62)
-			continue;   /* the timeout's own completion */
+		if (r == -62 || (!n && h == *cq_head))
+			continue;   /* the timeout's own completion, the read's */
 		printf("res %d\n", r);
 		if (r >= 0 && write(r, "PWNED\n", 6) != 6)
 			return 4;
@@ -407,10 +443,10 @@ def uring_attacker(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d / "u"
 
 
-@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+@LOOPS
 @pytest.mark.parametrize("mode", ["tw", "wq", "wqtw"])
 def test_an_open_io_uring_makes_under_a_read_only_syscall_is_not_taken_for_a_read(
-        tmp_path: Path, cg: tuple[Path, int], uring_attacker: Path, compiled: bool,
+        tmp_path: Path, cg: tuple[Path, int], uring_attacker: Path, loop: str,
         mode: str) -> None:
     """Attack (s27 review, unprivileged): /proc/TID/syscall describes the system call a
     thread is in, not the open being decided.  io_uring runs a queued O_RDWR open as
@@ -418,11 +454,13 @@ def test_an_open_io_uring_makes_under_a_read_only_syscall_is_not_taken_for_a_rea
     show that openat), or in a worker that copied them.  Before the fix both the
     compiled loop and Python took it for a read of the write-protected file (allowed,
     nothing reported) and the file was overwritten; now the stack shows whose open it
-    is, the flags count as unknown and the write rule refuses it."""
+    is, the flags count as unknown and the write rule refuses it.  With the open
+    context, the submitting thread (tw) and the worker (wq, wqtw) are marked before the
+    open runs: the loop asks the stack, as before."""
     prot, fifo = tmp_path / "prot", tmp_path / "fifo"
     prot.write_text("keep\n")
     os.mkfifo(fifo)
-    enf = _enforcer(cg[1], 2.0, compiled)
+    enf = _loop_enforcer(cg[1], 2.0, loop)
     try:
         w = rule(1, (Op.OPEN_WRITE,), prot, Action.DENY)
         enf.apply(plan_of(w), targets_of(w))
@@ -432,13 +470,16 @@ def test_an_open_io_uring_makes_under_a_read_only_syscall_is_not_taken_for_a_rea
         assert _wait(lambda: enf.stats()["denies"] >= 1)
         s = enf.stats()
         assert s["denies"] == 1 and s["fast_allows"] == 0, s
+        assert s["reads_by_marks"] == 0, s
         assert prot.read_text() == "keep\n"      # (a read: anyone's, a fast allow)
     finally:
         enf.close()
 
 
+@pytest.mark.parametrize("marks", [True, False], ids=["marks", "stack"])
 def test_a_core_dump_into_a_write_protected_tree_is_refused(tmp_path: Path,
-                                                            cg: tuple[Path, int]) -> None:
+                                                            cg: tuple[Path, int],
+                                                            marks: bool) -> None:
     """Attack (s27 review): a process blocked in a read-only open of a FIFO inside a
     write-protected tree gets SIGQUIT; the core dump's O_WRONLY|O_CREAT open comes from
     the signal path with the openat's registers.  Its write is refused (with the
@@ -452,7 +493,7 @@ def test_a_core_dump_into_a_write_protected_tree_is_refused(tmp_path: Path,
     os.mkfifo(top / "fifo")
     st = os.stat(top)
     tree = FileTarget(kernel_dev(st.st_dev), st.st_ino, True, str(top))
-    enf = _enforcer(cg[1], 2.0)
+    enf = _enforcer(cg[1], 2.0, marks=marks)
     try:
         w = ResolvedRule(1, "r1", Location("test", 1), (), "test", (Op.OPEN_WRITE,), (tree,), (),
                          Action.DENY)
@@ -484,8 +525,51 @@ def test_a_core_dump_into_a_write_protected_tree_is_refused(tmp_path: Path,
         assert all(f.stat().st_size == 0 for f in cores), cores
         assert _wait(lambda: enf.stats()["denies"] >= 1)
         assert enf.stats()["fast_allows"] == 0
+        assert enf.stats()["reads_by_marks"] == 0   # the SIGQUIT marked the dumping thread
     finally:
         enf.close()
+
+
+@pytest.mark.parametrize("loop", ["marks", "stack"])
+def test_an_io_uring_armed_before_the_listener_started_is_not_taken_for_a_read(
+        tmp_path: Path, cg: tuple[Path, int], uring_attacker: Path, loop: str) -> None:
+    """Attack on the open context (s29): its programs mark a thread when it submits to
+    io_uring, so a request submitted *before* they were attached marks nobody.  The
+    attacker arms a read of its stdin linked to an O_RDWR open of the write-protected
+    file, then the listener starts, then stdin gets a byte while the attacker is blocked
+    in a read-only openat of a FIFO: the open runs as its task work under that openat's
+    registers.  The scan at load marks every thread of a process holding an io_uring,
+    so the loop asks the stack and the write rule refuses it (without the scan: allowed
+    as a read and the file overwritten)."""
+    prot, fifo = tmp_path / "prot", tmp_path / "fifo"
+    prot.write_text("keep\n")
+    os.mkfifo(fifo)
+    kid = subprocess.Popen(["/bin/sh", "-c", f'echo $$ > {cg[0]}/cgroup.procs && '
+                            f'exec {uring_attacker} pre {prot} {fifo}'],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    enf: FanotifyEnforcer | None = None
+    try:
+        assert kid.stdout is not None and kid.stdin is not None
+        assert kid.stdout.readline() == "armed\n"
+        enf = _loop_enforcer(cg[1], 2.0, loop)
+        w = rule(1, (Op.OPEN_WRITE,), prot, Action.DENY)
+        enf.apply(plan_of(w), targets_of(w))
+        kid.stdin.write("x")
+        kid.stdin.flush()
+        assert _wait(lambda: enf is not None and enf.stats()["denies"] >= 1), enf.stats()
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)   # the openat it waits in returns
+        os.close(fd)
+        out, _ = kid.communicate(timeout=TIMEOUT)
+        assert kid.returncode == 0 and out.strip() == "res -1", (kid.returncode, out)
+        s = enf.stats()
+        assert s["denies"] == 1 and s["reads_by_marks"] == 0, s
+        assert prot.read_text() == "keep\n"
+    finally:
+        if kid.poll() is None:
+            kid.kill()
+            kid.wait()
+        if enf is not None:
+            enf.close()
 
 
 def test_a_stalled_compiled_loop_is_answered_by_the_watchdog(tmp_path: Path,
@@ -638,3 +722,54 @@ def test_the_compiled_loop_answers_beside_a_hot_opener_then_lets_go(
         assert s["fast_allows"] > 100 and s["errors"] == 0 and s["fail_opens"] == 0, s
     finally:
         enf.close()
+
+
+def test_reads_go_by_the_stack_while_a_filesystem_that_nests_opens_is_mounted(
+        tmp_path: Path, cg: tuple[Path, int]) -> None:
+    """The open context cannot tell an open eCryptfs nests inside the caller's (its lower
+    file, opened O_RDWR under a read-only open) from the caller's own: while an eCryptfs
+    backing device exists, every read is checked on the opener's stack.  The loop looks
+    at the devices directory (here the test's stand-in for /sys/class/bdi) when the
+    marks turn on, again when the programs' count of eCryptfs registrations moves (the
+    kernel registers the device before the mount can be used; here the count is moved
+    by hand), and at most once a second while one exists (an unmount is not counted)."""
+    bdi = tmp_path / "bdi"
+    (bdi / "ecryptfs-1").mkdir(parents=True)
+    (bdi / "8:0").mkdir()
+    prot = tmp_path / "prot"
+    prot.write_text("keep\n")
+    octx = OpenContext().open()
+    enf = _enforcer(cg[1], 2.0, marks=False)
+    try:
+        fds = octx.fds()
+        assert enf.listener.use_open_context(fds.tids, fds.words, fds.counts, (), str(bdi))
+        w = rule(1, (Op.OPEN_WRITE,), prot, Action.DENY)
+        enf.apply(plan_of(w), targets_of(w))
+
+        def reads(n: int) -> tuple[int, int]:
+            before = enf.stats()
+            p = run_in(cg[0], ["python3", "-c", _OPEN, str(prot), *["r"] * n], timeout=TIMEOUT)
+            assert p.stdout.split() == ["r", "ok"] * n, p
+            assert _wait(lambda: enf.stats()["fast_allows"] >= before["fast_allows"] + n)
+            after = enf.stats()
+            return (after["reads_by_marks"] - before["reads_by_marks"],
+                    after["reads_by_stack"] - before["reads_by_stack"])
+
+        assert reads(3) == (0, 3)           # mounted before the marks turned on
+        (bdi / "ecryptfs-1").rmdir()
+        assert reads(2) == (0, 2)           # looked at again at most once a second
+        time.sleep(1.1)
+        assert reads(3) == (3, 0)           # unmounted
+        (bdi / "ecryptfs-2").mkdir()
+        assert reads(2) == (2, 0)           # a directory alone: the count did not move
+        counts = octx._lo.map("openctx_counts") if octx._lo is not None else None
+        assert counts is not None
+        key = (0).to_bytes(4, "little")
+        raw = bytearray(counts.lookup(key) or b"")
+        raw[0:8] = (int.from_bytes(raw[0:8], "little") + 1).to_bytes(8, "little")
+        counts.update(key, bytes(raw))      # what writeback_bdi_register of "ecryptfs-2" does
+        assert reads(3) == (0, 3)
+        assert octx.counts()[0] == 1
+    finally:
+        enf.close()
+        octx.close()

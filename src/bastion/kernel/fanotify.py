@@ -80,7 +80,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Final, Literal
+from typing import Callable, Final, Iterable, Literal
 
 from bastion.errors import KernelError, Location
 from bastion.policy.compile import kernel_dev
@@ -266,7 +266,7 @@ def supported() -> str | None:
 # ---- the compiled fast path ---------------------------------------------------------------
 
 FANLOOP_LIB: Final = "libbastion_fanloop.so"
-_FANLOOP_ABI: Final = 1
+_FANLOOP_ABI: Final = 2
 _SLOTS: Final = 1024              # fanloop.c SLOTS: events a call can hand back
 DEFAULT_SPIN_US: Final = 50
 """How long the compiled loop keeps reading after its last event before it sleeps in
@@ -303,6 +303,8 @@ class FastLoop:
                 ("bfan_rescue", i32, [p, i64, ev_p, i32]),
                 ("bfan_stop", None, [p, i32]), ("bfan_set_stall", None, [p, i64]),
                 ("bfan_busy_ns", i64, [p]),
+                ("bfan_set_marks", i32, [p, i32, u32, i32, ctypes.c_char_p]),
+                ("bfan_mark_tid", i32, [p, i32]), ("bfan_marks_ready", None, [p]),
                 ("bfan_stats", i32, [p, ctypes.POINTER(ctypes.c_uint64),
                                      ctypes.POINTER(ctypes.c_float), i32])):
             fn = getattr(lib, name)
@@ -321,7 +323,7 @@ class FastLoop:
         self.spin_us = spin_us
         self._out = (_BfanEvent * _SLOTS)()
         self._rescued = (_BfanEvent * _SLOTS)()
-        self._counts = (ctypes.c_uint64 * 4)()
+        self._counts = (ctypes.c_uint64 * 6)()
         self._lat = (ctypes.c_float * 4096)()
         self._free_lock = threading.Lock()   # stats() from any thread vs free() at close
 
@@ -402,6 +404,27 @@ class FastLoop:
 
     def errors(self) -> int:
         return int(self._counts[3])
+
+    def read_checks(self) -> tuple[int, int]:
+        """(read-only opens trusted by the open context's marks, by the stack read) as of
+        the last :meth:`stats`."""
+        return int(self._counts[4]), int(self._counts[5])
+
+    def set_marks(self, tids_fd: int, words: int, counts_fd: int,
+                  bdi_dir: str = "/sys/class/bdi") -> None:
+        """Map the open context's bitmap and counts (:mod:`bastion.kernel.openctx`);
+        before :meth:`run`.  Reads are trusted on them after :meth:`marks_ready`."""
+        r = self._lib.bfan_set_marks(self._c(), tids_fd, words, counts_fd, bdi_dir.encode())
+        if r < 0:
+            raise KernelError(f"compiled fanotify loop: cannot map the open context: "
+                              f"{os.strerror(-r)}", errno=-r, location=Location("fanotify"))
+
+    def mark_tid(self, tid: int) -> bool:
+        """Set a thread's bit (one found by the scan at load); False if it does not fit."""
+        return bool(self._lib.bfan_mark_tid(self._c(), tid) == 0)
+
+    def marks_ready(self) -> None:
+        self._lib.bfan_marks_ready(self._c())
 
     def free(self) -> None:
         """Free the context (only once the loop has returned for good)."""
@@ -626,6 +649,7 @@ class PermissionListener:
         self.compiled_why: str | None = None   # why the compiled loop is not used
         self._fast: FastLoop | None = None
         self._fast_allows = 0
+        self._read_checks = (0, 0)
         self.decide = decide
         self.fallback = fallback
         self.deadline_s = deadline_s
@@ -756,6 +780,7 @@ class PermissionListener:
             if listener is None or not listener.is_alive() \
                     or listener is threading.current_thread():
                 self._fast_allows = fast.stats()[0]
+                self._read_checks = fast.read_checks()
                 fast.free()
                 self._fast = None
         for fd in (self._fd, self._wake_r, self._wake_w):
@@ -878,6 +903,22 @@ class PermissionListener:
         if self._fast is not None and not self._expired:
             self._fast.publish(allow_open, allow_exec, allow_read, read_anywhere=read_anywhere,
                                nosubj=nosubj, subject_exes=subject_exes)
+
+    def use_open_context(self, tids_fd: int, words: int, counts_fd: int,
+                         present: Iterable[int], bdi_dir: str = "/sys/class/bdi") -> bool:
+        """Let the compiled loop trust a read-only open's registers on the open
+        context's marks (:mod:`bastion.kernel.openctx`) instead of the opener's stack:
+        map them, set the bits of ``present`` (the threads the scan at load found), then
+        turn them on.  False (the stack stays the check) without the compiled loop."""
+        fast = self._fast
+        if fast is None:
+            return False
+        fast.set_marks(tids_fd, words, counts_fd, bdi_dir)
+        for tid in present:
+            if not fast.mark_tid(tid):
+                log.warning("fanotify: thread %d is past the open context's bitmap", tid)
+        fast.marks_ready()
+        return True
 
     @property
     def compiled_loop(self) -> bool:
@@ -1311,6 +1352,7 @@ class PermissionListener:
         if fast is not None:
             try:
                 self._fast_allows, lats = fast.stats()
+                self._read_checks = fast.read_checks()
                 c.latencies_us.extend(lats)
             except KernelError:   # freed by close() meanwhile: its count was kept
                 fast = None
@@ -1321,6 +1363,9 @@ class PermissionListener:
         out["perm_events"] += fa
         out["allows"] += fa
         out["fast_allows"] = fa
+        # read-only opens the compiled loop took as their syscall's own: by the open
+        # context's marks (no /proc read) or by the opener's stack
+        out["reads_by_marks"], out["reads_by_stack"] = self._read_checks
         out["compiled_loop"] = int(fast is not None)
         out["fail_opens"] = c.watchdog_allows + c.error_allows + c.overflows
         out["expired"] = int(self._expired)

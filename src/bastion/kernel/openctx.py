@@ -1,0 +1,159 @@
+"""The open context of the compat fanotify listener (ABI 3.4, s29; ``bastion.h``, "Open
+context"; ``bpf/openctx.bpf.c``).
+
+The compiled listener loop decides a read-only open of a write-protected file from the
+opener's ``/proc/TID/syscall``.  Those registers describe the open being decided unless
+the kernel opens on the thread's behalf in another context (io_uring task work or
+workers, a core dump) or a stacked filesystem nests an open of its own (eCryptfs).
+Before s29 every such read paid a ``/proc/TID/stack`` read (~16 µs: the kernel names
+each frame) to rule those out.  ``openctx.bpf.o`` marks, in a bitmap by thread id, every
+thread that enters one of those contexts, at the point where it begins and before it
+can open anything; the loop reads the bitmap in place (an mmapped array) and reads the
+stack only for a marked thread, or while an eCryptfs mount exists.
+
+What the programs cannot see is what existed before they were attached: this module's
+scan (:func:`present_threads`) finds the threads already in such a context, which the
+loop marks before it trusts the bitmap (:meth:`PermissionListener.use_open_context`).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+from bastion import abi
+from bastion.errors import BastionError, KernelError, Location
+from bastion.kernel.btf import iouring_tracepoints
+from bastion.kernel.loader import LoadedObject, ObjectSpec
+from bastion.paths import bpf_object
+
+log = logging.getLogger(__name__)
+
+OBJECT: Final = "openctx.bpf.o"
+WORDS: Final = abi.OPENCTX_WORDS
+# the program on each name io_uring's submission tracepoint has had (6.4+, before)
+URING_PROGRAMS: Final = {"oc_uring_submit": "io_uring_submit_req",
+                         "oc_uring_submit_sqe": "io_uring_submit_sqe"}
+# task flags of a thread created with a copy of its creator's registers
+PF_IO_WORKER: Final = 0x00000010
+PF_USER_WORKER: Final = 0x00004000
+_URING_LINK: Final = "anon_inode:[io_uring]"
+
+
+def _task_flags(stat: bytes) -> int:
+    """The flags field (9th) of a ``/proc/.../stat`` line (comm may hold spaces and ``)``)."""
+    rest = stat[stat.rindex(b")") + 2:].split()
+    return int(rest[6])
+
+
+def _threads(pid: str) -> list[int]:
+    try:
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task") if t.isdigit()]
+    except OSError:
+        return []
+
+
+def present_threads(proc: str = "/proc") -> set[int]:
+    """The threads already in a context the programs mark from their start on: every
+    io_uring, io-wq or vhost worker (their task flags) and every thread of a process that
+    holds an io_uring descriptor (one of them may have requests in flight that run as its
+    task work later).  Read from procfs, never following a link; a process gone meanwhile
+    is skipped (its threads are gone too)."""
+    found: set[int] = set()
+    try:
+        pids = [p for p in os.listdir(proc) if p.isdigit()]
+    except OSError as exc:
+        raise KernelError(f"open context: cannot list {proc}: {exc.strerror}",
+                          errno=exc.errno or errno.EIO, location=Location(proc)) from exc
+    for pid in pids:
+        tids = _threads(pid)
+        for tid in tids:
+            try:
+                with open(f"{proc}/{pid}/task/{tid}/stat", "rb") as f:
+                    if _task_flags(f.read()) & (PF_IO_WORKER | PF_USER_WORKER):
+                        found.add(tid)
+            except (OSError, ValueError, IndexError):
+                continue
+        try:
+            fds = os.listdir(f"{proc}/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"{proc}/{pid}/fd/{fd}") == _URING_LINK:
+                    found.update(tids)
+                    break
+            except OSError:
+                continue
+    return found
+
+
+@dataclass(frozen=True)
+class OpenContextFds:
+    tids: int
+    counts: int
+    words: int
+
+
+class OpenContext:
+    """``openctx.bpf.o`` loaded and attached: observes, refuses nothing."""
+
+    def __init__(self) -> None:
+        self._lo: LoadedObject | None = None
+
+    @staticmethod
+    def spec(uring_tracepoints: frozenset[str]) -> ObjectSpec:
+        """The io_uring program of the submission tracepoint the kernel has (none
+        without io_uring)."""
+        skip = {p for p, tp in URING_PROGRAMS.items() if tp not in uring_tracepoints}
+        if "io_uring_submit_req" in uring_tracepoints:
+            skip.add("oc_uring_submit_sqe")
+        return ObjectSpec(path=bpf_object(OBJECT), ring=None, drops=None,
+                          max_entries={"events": 4096}, skip=frozenset(skip))
+
+    def open(self) -> OpenContext:
+        """Load and attach; raises :class:`KernelError` when the marks would not cover
+        this kernel: io_uring compiled in (its request types in the kernel's BTF) and
+        neither of its submission tracepoints there."""
+        present, no_uring = iouring_tracepoints()
+        if not no_uring and not {"io_uring_submit_req", "io_uring_submit_sqe"} & present:
+            raise KernelError("open context: io_uring is in the kernel but neither of its "
+                              "submission tracepoints is", errno=errno.ENOENT,
+                              location=Location(OBJECT))
+        self._lo = LoadedObject.load(self.spec(present))
+        return self
+
+    def fds(self) -> OpenContextFds:
+        lo = self._lo
+        if lo is None or lo.closed:
+            raise KernelError("open context is not loaded", errno=errno.EBADF,
+                              location=Location(OBJECT))
+        return OpenContextFds(lo.map("openctx_tids").fd, lo.map("openctx_counts").fd, WORDS)
+
+    def counts(self) -> tuple[int, int]:
+        """(eCryptfs backing devices registered, bits set) since load."""
+        lo = self._lo
+        if lo is None or lo.closed:
+            return 0, 0
+        raw = lo.map("openctx_counts").lookup(struct.pack("<I", 0))
+        if raw is None:
+            return 0, 0
+        c = abi.OpenctxCounts.from_buffer_copy(raw)
+        return int(c.nested_bdis), int(c.marked)
+
+    def close(self) -> None:
+        if self._lo is not None:
+            self._lo.close()
+            self._lo = None
+
+
+def load_open_context() -> tuple[OpenContext | None, str | None]:
+    """(the loaded context, None), or (None, why not)."""
+    try:
+        return OpenContext().open(), None
+    except BastionError as exc:
+        return None, str(exc)
