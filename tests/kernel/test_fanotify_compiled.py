@@ -538,9 +538,9 @@ def test_an_io_uring_armed_before_the_listener_started_is_not_taken_for_a_read(
     attacker arms a read of its stdin linked to an O_RDWR open of the write-protected
     file, then the listener starts, then stdin gets a byte while the attacker is blocked
     in a read-only openat of a FIFO: the open runs as its task work under that openat's
-    registers.  The scan at load marks every thread of a process holding an io_uring,
-    so the loop asks the stack and the write rule refuses it (without the scan: allowed
-    as a read and the file overwritten)."""
+    registers.  The scan at load marks every thread already there, so the loop asks the
+    stack and the write rule refuses it (without the scan: allowed as a read and the
+    file overwritten)."""
     prot, fifo = tmp_path / "prot", tmp_path / "fifo"
     prot.write_text("keep\n")
     os.mkfifo(fifo)

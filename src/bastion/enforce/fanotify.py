@@ -398,8 +398,8 @@ class FanotifyEnforcer:
         return self
 
     def _use_open_context(self) -> None:
-        """Load openctx.bpf.o and hand its marks to the compiled loop (attached first, so
-        the scan of the threads already there misses none that comes after)."""
+        """Load openctx.bpf.o and hand its marks to the compiled loop (attached first,
+        then every thread already there is marked: none falls between the two)."""
         if not self.open_context:
             self.open_context_why = "turned off"
             return
@@ -423,8 +423,8 @@ class FanotifyEnforcer:
             raise
         self._octx = octx
         self.open_context_why = None
-        log.info("fanotify: open context on (%d threads already in io_uring or a worker, "
-                 "scanned in %.0f ms)", len(present), (time.monotonic() - t0) * 1e3)
+        log.info("fanotify: open context on (%d threads already there keep the stack "
+                 "check; scanned in %.0f ms)", len(present), (time.monotonic() - t0) * 1e3)
 
     def start(self) -> FanotifyEnforcer:
         """Run the listener in a daemon thread."""

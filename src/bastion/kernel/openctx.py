@@ -11,9 +11,9 @@ thread that enters one of those contexts, at the point where it begins and befor
 can open anything; the loop reads the bitmap in place (an mmapped array) and reads the
 stack only for a marked thread, or while an eCryptfs mount exists.
 
-What the programs cannot see is what existed before they were attached: this module's
-scan (:func:`present_threads`) finds the threads already in such a context, which the
-loop marks before it trusts the bitmap (:meth:`PermissionListener.use_open_context`).
+What the programs cannot see is what began before they were attached: every thread
+already there when they were (:func:`present_threads`) is marked before the loop trusts
+the bitmap (:meth:`PermissionListener.use_open_context`).
 """
 
 from __future__ import annotations
@@ -38,31 +38,24 @@ WORDS: Final = abi.OPENCTX_WORDS
 # the program on each name io_uring's submission tracepoint has had (6.4+, before)
 URING_PROGRAMS: Final = {"oc_uring_submit": "io_uring_submit_req",
                          "oc_uring_submit_sqe": "io_uring_submit_sqe"}
-# task flags of a thread created with a copy of its creator's registers
-PF_IO_WORKER: Final = 0x00000010
-PF_USER_WORKER: Final = 0x00004000
-_URING_LINK: Final = "anon_inode:[io_uring]"
-
-
-def _task_flags(stat: bytes) -> int:
-    """The flags field (9th) of a ``/proc/.../stat`` line (comm may hold spaces and ``)``)."""
-    rest = stat[stat.rindex(b")") + 2:].split()
-    return int(rest[6])
-
-
-def _threads(pid: str) -> list[int]:
+def _threads(proc: str, pid: str) -> list[int]:
     try:
-        return [int(t) for t in os.listdir(f"/proc/{pid}/task") if t.isdigit()]
+        return [int(t) for t in os.listdir(f"{proc}/{pid}/task") if t.isdigit()]
     except OSError:
         return []
 
 
 def present_threads(proc: str = "/proc") -> set[int]:
-    """The threads already in a context the programs mark from their start on: every
-    io_uring, io-wq or vhost worker (their task flags) and every thread of a process that
-    holds an io_uring descriptor (one of them may have requests in flight that run as its
-    task work later).  Read from procfs, never following a link; a process gone meanwhile
-    is skipped (its threads are gone too)."""
+    """Every thread there is now: each is marked before the loop trusts the bitmap.
+
+    The programs mark a thread where a context begins; one that began before they were
+    attached left no mark, and procfs cannot show them all: an io_uring request armed
+    earlier runs as its submitter's task work later, and the submitter need hold
+    neither a ring descriptor (``IORING_REGISTER_RING_FDS``, then close) nor a ring
+    mapping (``IORING_SETUP_NO_MMAP``, or munmap after submitting).  So the threads
+    already there pay the stack read for their whole life, as every thread did before
+    s29; threads created afterwards (most, since the agent starts early at boot) take
+    the marks.  A process gone meanwhile is skipped (its threads are gone too)."""
     found: set[int] = set()
     try:
         pids = [p for p in os.listdir(proc) if p.isdigit()]
@@ -70,25 +63,7 @@ def present_threads(proc: str = "/proc") -> set[int]:
         raise KernelError(f"open context: cannot list {proc}: {exc.strerror}",
                           errno=exc.errno or errno.EIO, location=Location(proc)) from exc
     for pid in pids:
-        tids = _threads(pid)
-        for tid in tids:
-            try:
-                with open(f"{proc}/{pid}/task/{tid}/stat", "rb") as f:
-                    if _task_flags(f.read()) & (PF_IO_WORKER | PF_USER_WORKER):
-                        found.add(tid)
-            except (OSError, ValueError, IndexError):
-                continue
-        try:
-            fds = os.listdir(f"{proc}/{pid}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                if os.readlink(f"{proc}/{pid}/fd/{fd}") == _URING_LINK:
-                    found.update(tids)
-                    break
-            except OSError:
-                continue
+        found.update(_threads(proc, pid))
     return found
 
 
