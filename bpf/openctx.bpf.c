@@ -14,8 +14,12 @@
  *    their creator's registers (task_newtask of a PF_IO_WORKER / PF_USER_WORKER task);
  *  - a core dump: written by the thread that takes a core-dumping signal whose action
  *    is the default (signal_deliver, which get_signal traces before it dumps).
- * Bits are never cleared: a thread that used io_uring keeps paying the listener's
- * stack read, and so does an unrelated thread that later gets its number.
+ * User space fills the bitmap with ones once the programs are attached (every thread
+ * already there is marked: a context it began earlier left no trace the kernel can be
+ * asked for), then freezes both maps (no bpf() write, no writable mmap: root cannot
+ * clear a bit); from then on only these programs write it.  A bit is cleared only when
+ * a new thread takes the number (task_newtask): a thread that used io_uring keeps
+ * paying the listener's stack read for its whole life.
  * A stacked filesystem that opens its lower file with flags of its own inside the
  * caller's open (eCryptfs: ecryptfs_get_lower_file, O_RDWR) is not per thread: each
  * eCryptfs superblock registers a backing device named "ecryptfs-N"
@@ -75,19 +79,35 @@ static __always_inline int mark_current(void)
 	return 0;
 }
 
-/* io_uring: one of the two names attaches (bastion.kernel.openctx checks that one
- * did wherever io_uring exists) */
-SEC("tracepoint/io_uring/io_uring_submit_req")
-int oc_uring_submit(void *ctx) { return mark_current(); }
+/* Every program is a tp_btf (raw tracepoint) one: a perf-event tracepoint program is
+ * skipped while the CPU's bpf_prog_active is held, which a preempted bpf() map call
+ * holds for whoever runs next there; a raw tracepoint program is skipped only when it
+ * is itself running on that CPU already. */
 
-SEC("tracepoint/io_uring/io_uring_submit_sqe")
-int oc_uring_submit_sqe(void *ctx) { return mark_current(); }
+/* io_uring: the program of the name the kernel has loads (bastion.kernel.openctx) */
+SEC("tp_btf/io_uring_submit_req")
+int BPF_PROG(oc_uring_submit) { return mark_current(); }
 
+SEC("tp_btf/io_uring_submit_sqe")
+int BPF_PROG(oc_uring_submit_sqe) { return mark_current(); }
+
+/* A new thread: a worker starts with a copy of its creator's registers (marked); any
+ * other starts with no io_uring context, no task work and no signal taken, so its bit
+ * is cleared -- it may carry the mark of the thread that had its number, or the
+ * all-ones fill of the threads that were there before the programs were attached. */
 SEC("tp_btf/task_newtask")
 int BPF_PROG(oc_newtask, struct task_struct *task, __u64 clone_flags)
 {
-	if (task->flags & (PF_IO_WORKER_ | PF_USER_WORKER_))
-		mark_tid((__u32)task->pid);
+	__u32 tid = (__u32)task->pid, w = tid >> 6;
+	__u64 *v;
+
+	if (task->flags & (PF_IO_WORKER_ | PF_USER_WORKER_)) {
+		mark_tid(tid);
+		return 0;
+	}
+	v = bpf_map_lookup_elem(&openctx_tids, &w);
+	if (v && (*v & (1ULL << (tid & 63))))
+		__sync_fetch_and_and(v, ~(1ULL << (tid & 63)));
 	return 0;
 }
 
@@ -96,24 +116,22 @@ int BPF_PROG(oc_newtask, struct task_struct *task, __u64 clone_flags)
 #define COREDUMP_SIGS ((1ULL << 3) | (1ULL << 4) | (1ULL << 5) | (1ULL << 6) | (1ULL << 7) | \
 		       (1ULL << 8) | (1ULL << 11) | (1ULL << 24) | (1ULL << 25) | (1ULL << 31))
 
-SEC("tracepoint/signal/signal_deliver")
-int oc_signal_deliver(struct trace_event_raw_signal_deliver *ctx)
+SEC("tp_btf/signal_deliver")
+int BPF_PROG(oc_signal_deliver, int sig, struct kernel_siginfo *info, struct k_sigaction *ka)
 {
-	int sig = ctx->sig;
-
 	if (sig <= 0 || sig >= 64 || !(COREDUMP_SIGS & (1ULL << sig)) ||
-	    ctx->sa_handler != SIG_DFL_)
+	    (unsigned long)ka->sa.sa_handler != SIG_DFL_)
 		return 0;
 	return mark_current();
 }
 
-SEC("tracepoint/writeback/writeback_bdi_register")
-int oc_bdi_register(struct trace_event_raw_writeback_bdi_register *ctx)
+SEC("tp_btf/writeback_bdi_register")
+int BPF_PROG(oc_bdi_register, struct backing_dev_info *bdi)
 {
 	char n[9];
 	struct bastion_openctx_counts *c;
 
-	if (bpf_probe_read_kernel(n, sizeof(n), ctx->name))
+	if (bpf_probe_read_kernel(n, sizeof(n), bdi->dev_name))
 		return 0;
 	if (n[0] != 'e' || n[1] != 'c' || n[2] != 'r' || n[3] != 'y' || n[4] != 'p' ||
 	    n[5] != 't' || n[6] != 'f' || n[7] != 's' || n[8] != '-')

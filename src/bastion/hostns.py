@@ -65,3 +65,17 @@ def host_mnt_ns(where: str) -> int:
 
 
 __all__ = ["host_mnt_ns", "kthreadd_mnt_ns"]
+
+
+def in_init_pid_ns(proc: str = "/proc") -> bool:
+    """Is this process in the initial pid namespace (its ``NSpid`` has one number)?
+    False when its status cannot be read.  A kernel without ``NSpid`` (before 4.1) has
+    one pid namespace that counts."""
+    try:
+        with open(f"{proc}/self/status") as f:
+            for line in f:
+                if line.startswith("NSpid:"):
+                    return len(line.split()) == 2
+    except OSError:
+        return False
+    return True

@@ -53,6 +53,7 @@
 #include <dirent.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -68,7 +69,8 @@
 #define FAN_PERM_EVENTS (FAN_OPEN_PERM | FAN_ACCESS_PERM | FAN_OPEN_EXEC_PERM)
 #define FAN_ALLOW 0x01
 #define META_VERSION 3
-#define FOLLOW_NS 100000000   /* look up the opener's CPU at most every 100 ms */
+#define FOLLOW_NS 100000000
+#define SYSFS_MAGIC 0x62656572   /* look up the opener's CPU at most every 100 ms */
 
 enum { ST_FREE = 0, ST_FILLING = 1, ST_PENDING = 2, ST_DONE = 3, ST_HANDED = 4, ST_CLAIMED = 5 };
 
@@ -153,8 +155,7 @@ struct bfan_ctx {
 	struct kept sc, st;
 	/* the open context (bfan_set_marks; bastion.h "Open context"): the bitmap of
 	 * threads whose registers may not describe their open, and the counts, both
-	 * mapped from openctx.bpf.o's maps; marks_ready once Python's scan of the threads
-	 * that were already there is in */
+	 * mapped read-only from openctx.bpf.o's (frozen) maps; oc_ready once mapped */
 	const _Atomic uint64_t *oc_tids;
 	size_t oc_words;
 	const struct oc_counts *oc_counts;
@@ -162,7 +163,7 @@ struct bfan_ctx {
 	uint64_t oc_seen;             /* nested_bdis when /sys/class/bdi was last scanned */
 	int oc_nested;                /* that scan found an eCryptfs device (or could not tell) */
 	int64_t oc_scan_ns;
-	char oc_bdi_dir[128];
+	int oc_bdi_fd;                /* the devices directory (/sys/class/bdi), kept open */
 	struct slot slots[SLOTS];
 	/* counters (read by Python under mu) */
 	uint64_t events, perm_events, fast_allows, errors;
@@ -205,6 +206,7 @@ struct bfan_ctx *bfan_new(uint32_t spin_us)
 	c->pinned_cpu = -1;
 	c->sc.fd = -1;
 	c->st.fd = -1;
+	c->oc_bdi_fd = -1;
 	return c;
 }
 
@@ -218,6 +220,8 @@ void bfan_free(struct bfan_ctx *c)
 		close(c->st.fd);
 	if (c->oc_tids)
 		munmap((void *)c->oc_tids, c->oc_words * sizeof(uint64_t));
+	if (c->oc_bdi_fd >= 0)
+		close(c->oc_bdi_fd);
 	if (c->oc_counts)
 		munmap((void *)c->oc_counts, (size_t)sysconf(_SC_PAGESIZE));
 	free(c->table);
@@ -429,30 +433,45 @@ static int own_open(struct bfan_ctx *c, int32_t tid)
 
 /* ---- the open context (bastion.h "Open context", bpf/openctx.bpf.c) ---------------- */
 
-/* Map openctx.bpf.o's bitmap (@tids_fd, @words u64 words) and counts (@counts_fd), and
- * take the backing devices in @bdi_dir (/sys/class/bdi; a test's directory) as they
- * are now.  Before the loop runs.  Reads are trusted on the marks only after
- * bfan_marks_ready.  0 or -errno. */
+/* Map openctx.bpf.o's bitmap (@tids_fd, @words u64 words) and counts (@counts_fd),
+ * read-only (user space froze them), and keep the devices directory @bdi_fd
+ * (/sys/class/bdi, opened by the caller; duplicated here, so a mount over that path
+ * later changes nothing: it must be sysfs when @need_sysfs, a test's own directory
+ * otherwise).  Before the loop runs; the marks are trusted after bfan_marks_ready.
+ * 0 or -errno. */
 int bfan_set_marks(struct bfan_ctx *c, int tids_fd, uint32_t words, int counts_fd,
-		   const char *bdi_dir)
+		   int bdi_fd, int need_sysfs)
 {
 	void *t, *n;
 	size_t page = (size_t)sysconf(_SC_PAGESIZE);
+	struct statfs sf;
+	int d;
 
-	if (c->oc_tids || !words || strlen(bdi_dir) >= sizeof(c->oc_bdi_dir))
+	if (c->oc_tids || !words)
 		return -EINVAL;
-	t = mmap(NULL, (size_t)words * sizeof(uint64_t), PROT_READ | PROT_WRITE, MAP_SHARED,
-		 tids_fd, 0);
-	if (t == MAP_FAILED)
+	if (fstatfs(bdi_fd, &sf) != 0)
 		return -errno;
+	if (need_sysfs && sf.f_type != SYSFS_MAGIC)
+		return -EXDEV;
+	d = fcntl(bdi_fd, F_DUPFD_CLOEXEC, 0);
+	if (d < 0)
+		return -errno;
+	t = mmap(NULL, (size_t)words * sizeof(uint64_t), PROT_READ, MAP_SHARED, tids_fd, 0);
+	if (t == MAP_FAILED) {
+		int e = -errno;
+
+		close(d);
+		return e;
+	}
 	n = mmap(NULL, page, PROT_READ, MAP_SHARED, counts_fd, 0);
 	if (n == MAP_FAILED) {
 		int e = -errno;
 
 		munmap(t, (size_t)words * sizeof(uint64_t));
+		close(d);
 		return e;
 	}
-	memcpy(c->oc_bdi_dir, bdi_dir, strlen(bdi_dir) + 1);
+	c->oc_bdi_fd = d;
 	c->oc_words = words;
 	c->oc_counts = n;
 	c->oc_tids = t;
@@ -462,31 +481,26 @@ int bfan_set_marks(struct bfan_ctx *c, int tids_fd, uint32_t words, int counts_f
 	return 0;
 }
 
-/* Set @tid's bit (Python's scan of the threads already there at load): the atomic or
- * of the programs'.  0, or -EINVAL when the tid does not fit. */
-int bfan_mark_tid(struct bfan_ctx *c, int32_t tid)
-{
-	if (!c->oc_tids || tid <= 0 || (size_t)(tid >> 6) >= c->oc_words)
-		return -EINVAL;
-	atomic_fetch_or((_Atomic uint64_t *)&c->oc_tids[tid >> 6], 1ULL << (tid & 63));
-	return 0;
-}
-
 void bfan_marks_ready(struct bfan_ctx *c)
 {
 	if (c->oc_tids)
 		atomic_store_explicit(&c->oc_ready, 1, memory_order_release);
 }
 
-/* Is an eCryptfs backing device in oc_bdi_dir?  1 yes, 0 no, -1 cannot tell. */
+/* Is an eCryptfs backing device in the kept devices directory?  1 yes, 0 no, -1 cannot
+ * tell. */
 static int scan_bdi(const struct bfan_ctx *c)
 {
-	DIR *d = opendir(c->oc_bdi_dir);
+	int fd = openat(c->oc_bdi_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
 	struct dirent *e;
 	int found = 0;
 
-	if (!d)
+	if (!d) {
+		if (fd >= 0)
+			close(fd);
 		return -1;
+	}
 	while ((e = readdir(d)))
 		if (strncmp(e->d_name, "ecryptfs-", 9) == 0) {
 			found = 1;

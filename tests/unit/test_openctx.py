@@ -1,49 +1,25 @@
-"""The open context's user-space side (bastion.kernel.openctx, s29): the scan of the
-threads already there when the programs attached, and which io_uring program loads.
-No kernel: a stand-in procfs tree."""
+"""The open context's user-space side (bastion.kernel.openctx, s29): which io_uring
+program loads, and the pid namespace it is for.  No kernel."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from bastion import hostns
 from bastion.kernel import openctx
 
 
-def _stat(tid: int, comm: str, flags: int) -> str:
-    # pid (comm) state ppid pgrp session tty_nr tpgid flags ...
-    return f"{tid} ({comm}) S 1 {tid} {tid} 0 -1 {flags} 0 0 0 0 1 2 0 0 20 0 1 0 100\n"
-
-
-def _proc(root: Path, pid: int, threads: dict[int, tuple[str, int]],
-          fds: dict[int, str]) -> None:
-    for tid, (comm, flags) in threads.items():
-        d = root / str(pid) / "task" / str(tid)
-        d.mkdir(parents=True)
-        (d / "stat").write_text(_stat(tid, comm, flags))
-    (root / str(pid) / "fd").mkdir(parents=True, exist_ok=True)
-    for fd, target in fds.items():
-        os.symlink(target, root / str(pid) / "fd" / str(fd))
-
-
-def test_the_scan_marks_every_thread_already_there(tmp_path: Path) -> None:
-    """A context begun before the programs were attached left no mark, and procfs cannot
-    show one (a registered ring fd closed, rings not mapped): every thread there is
-    marked, whatever its flags, name or descriptors; only pid directories count."""
-    _proc(tmp_path, 10, {10: ("plain", 0x400000), 11: ("iou-wrk-10", 0x400000)},
-          {0: "/dev/null", 1: "pipe:[5]"})
-    _proc(tmp_path, 20, {20: ("db", 0x400000), 21: ("w", 0x400010 | 0x4000)}, {})
-    _proc(tmp_path, 30, {30: ("a) b) c", 0x400000), 31: ("t", 0x400000)},
-          {3: "socket:[9]", 4: "anon_inode:[io_uring]"})
-    (tmp_path / "self").mkdir()            # not a pid
-    (tmp_path / "40" / "task" / "x").mkdir(parents=True)   # not a tid
-    assert openctx.present_threads(str(tmp_path)) == {10, 11, 20, 21, 30, 31}
-
-
-def test_a_process_gone_during_the_scan_is_skipped(tmp_path: Path) -> None:
-    (tmp_path / "50").mkdir()              # no task/: exited meanwhile
-    _proc(tmp_path, 60, {60: ("x", 0x10)}, {})
-    assert openctx.present_threads(str(tmp_path)) == {60}
+def test_only_the_initial_pid_namespace_counts(tmp_path: Path) -> None:
+    """fanotify reports thread ids as the agent sees them, the programs as the kernel
+    numbers them: the marks are for an agent in the initial pid namespace only."""
+    (tmp_path / "self").mkdir()
+    status = tmp_path / "self" / "status"
+    status.write_text("Name:\tx\nNSpid:\t4242\n")
+    assert hostns.in_init_pid_ns(str(tmp_path))
+    status.write_text("Name:\tx\nNSpid:\t4242\t7\n")
+    assert not hostns.in_init_pid_ns(str(tmp_path))
+    status.unlink()
+    assert not hostns.in_init_pid_ns(str(tmp_path))
 
 
 def test_one_io_uring_program_loads_for_the_kernels_tracepoint() -> None:

@@ -105,7 +105,7 @@ from bastion.kernel.fanotify import (
 from bastion.kernel.opener import (
     IsOurs, Scope, Task, exe_key, fd_path, locate, open_flags, read_proc, stack_verifiable,
 )
-from bastion.kernel.openctx import OpenContext, load_open_context, present_threads
+from bastion.kernel.openctx import OpenContext, load_open_context
 from bastion.policy.compile import FileTarget, MapPlan, kernel_dev
 from bastion.policy.match import Decision, Matcher, TaskFacts
 
@@ -398,8 +398,8 @@ class FanotifyEnforcer:
         return self
 
     def _use_open_context(self) -> None:
-        """Load openctx.bpf.o and hand its marks to the compiled loop (attached first,
-        then every thread already there is marked: none falls between the two)."""
+        """Load openctx.bpf.o and hand its marks to the compiled loop.  Where it cannot
+        be used, say why (``open_context_why``, a warning): the stack stays the check."""
         if not self.open_context:
             self.open_context_why = "turned off"
             return
@@ -414,17 +414,20 @@ class FanotifyEnforcer:
                         why)
             return
         try:
-            t0 = time.monotonic()
-            present = present_threads()
             fds = octx.fds()
-            self.listener.use_open_context(fds.tids, fds.words, fds.counts, present)
+            self.listener.use_open_context(fds.tids, fds.words, fds.counts)
+        except KernelError as exc:
+            octx.close()
+            self.open_context_why = str(exc)
+            log.warning("fanotify: open context refused (%s): each read-only open of a "
+                        "write-protected file is checked on the opener's stack", exc)
+            return
         except BaseException:
             octx.close()
             raise
         self._octx = octx
         self.open_context_why = None
-        log.info("fanotify: open context on (%d threads already there keep the stack "
-                 "check; scanned in %.0f ms)", len(present), (time.monotonic() - t0) * 1e3)
+        log.info("fanotify: open context on (threads already there keep the stack check)")
 
     def start(self) -> FanotifyEnforcer:
         """Run the listener in a daemon thread."""

@@ -17,6 +17,7 @@ import os
 from typing import Any, Mapping
 
 from bastion.integrity.base import Check, IntegrityFinding
+from bastion.hostns import in_init_pid_ns
 from bastion.integrity.kread import IterTask
 
 
@@ -27,17 +28,6 @@ def _comm(proc: str, pid: int) -> str:
     except OSError:
         return ""
     return "".join("?" if b <= 0x20 or b == 0x7F else chr(b) for b in raw[:15])
-
-
-def _in_init_pid_ns(proc: str) -> bool:
-    try:
-        with open(f"{proc}/self/status") as f:
-            for line in f:
-                if line.startswith("NSpid:"):
-                    return len(line.split()) == 2
-    except OSError:
-        return False
-    return True
 
 
 class HiddenTaskCheck(Check):
@@ -52,7 +42,7 @@ class HiddenTaskCheck(Check):
         reason = self.view.reader_reason()
         if reason:
             return reason
-        if not _in_init_pid_ns(str(self.view.proc)):
+        if not in_init_pid_ns(str(self.view.proc)):
             return "the scanner runs in a child pid namespace: iterator and /proc pids differ"
         return None
 

@@ -217,6 +217,7 @@ _LIBBPF_PROTOS: dict[str, tuple[Any, list[Any]]] = {
     # low-level syscall wrappers (by fd)
     "bpf_map_lookup_elem": (c_int, [c_int, c_void_p, c_void_p]),
     "bpf_map_update_elem": (c_int, [c_int, c_void_p, c_void_p, c_u64]),
+    "bpf_map_freeze": (c_int, [c_int]),
     "bpf_map_delete_elem": (c_int, [c_int, c_void_p]),
     "bpf_map_get_next_key": (c_int, [c_int, c_void_p, c_void_p]),
     "bpf_obj_get": (c_int, [c_char_p]),

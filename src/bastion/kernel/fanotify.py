@@ -269,6 +269,7 @@ FANLOOP_LIB: Final = "libbastion_fanloop.so"
 _FANLOOP_ABI: Final = 2
 _SLOTS: Final = 1024              # fanloop.c SLOTS: events a call can hand back
 DEFAULT_SPIN_US: Final = 50
+BDI_DIR: Final = "/sys/class/bdi"   # every backing device (an eCryptfs mount registers one)
 """How long the compiled loop keeps reading after its last event before it sleeps in
 ``poll``: the next open of a hot marked file is then read without a wake-up of the
 listener (bounded: an idle host spends nothing, a busy one at most this per event)."""
@@ -303,8 +304,8 @@ class FastLoop:
                 ("bfan_rescue", i32, [p, i64, ev_p, i32]),
                 ("bfan_stop", None, [p, i32]), ("bfan_set_stall", None, [p, i64]),
                 ("bfan_busy_ns", i64, [p]),
-                ("bfan_set_marks", i32, [p, i32, u32, i32, ctypes.c_char_p]),
-                ("bfan_mark_tid", i32, [p, i32]), ("bfan_marks_ready", None, [p]),
+                ("bfan_set_marks", i32, [p, i32, u32, i32, i32, i32]),
+                ("bfan_marks_ready", None, [p]),
                 ("bfan_stats", i32, [p, ctypes.POINTER(ctypes.c_uint64),
                                      ctypes.POINTER(ctypes.c_float), i32])):
             fn = getattr(lib, name)
@@ -410,18 +411,20 @@ class FastLoop:
         the last :meth:`stats`."""
         return int(self._counts[4]), int(self._counts[5])
 
-    def set_marks(self, tids_fd: int, words: int, counts_fd: int,
-                  bdi_dir: str = "/sys/class/bdi") -> None:
-        """Map the open context's bitmap and counts (:mod:`bastion.kernel.openctx`);
-        before :meth:`run`.  Reads are trusted on them after :meth:`marks_ready`."""
-        r = self._lib.bfan_set_marks(self._c(), tids_fd, words, counts_fd, bdi_dir.encode())
+    def set_marks(self, tids_fd: int, words: int, counts_fd: int, bdi_fd: int,
+                  need_sysfs: bool = True) -> None:
+        """Map the open context's bitmap and counts (:mod:`bastion.kernel.openctx`) and
+        keep the devices directory ``bdi_fd`` (duplicated); before :meth:`run`.  Reads
+        are trusted on them after :meth:`marks_ready`."""
+        r = self._lib.bfan_set_marks(self._c(), tids_fd, words, counts_fd, bdi_fd,
+                                     int(need_sysfs))
+        if r == -errno.EXDEV:
+            raise KernelError("compiled fanotify loop: the backing devices directory is not "
+                              "sysfs (something is mounted over it)", errno=errno.EXDEV,
+                              location=Location("/sys/class/bdi"))
         if r < 0:
             raise KernelError(f"compiled fanotify loop: cannot map the open context: "
                               f"{os.strerror(-r)}", errno=-r, location=Location("fanotify"))
-
-    def mark_tid(self, tid: int) -> bool:
-        """Set a thread's bit (one found by the scan at load); False if it does not fit."""
-        return bool(self._lib.bfan_mark_tid(self._c(), tid) == 0)
 
     def marks_ready(self) -> None:
         self._lib.bfan_marks_ready(self._c())
@@ -905,18 +908,24 @@ class PermissionListener:
                                nosubj=nosubj, subject_exes=subject_exes)
 
     def use_open_context(self, tids_fd: int, words: int, counts_fd: int,
-                         present: Iterable[int], bdi_dir: str = "/sys/class/bdi") -> bool:
+                         bdi_dir: str = BDI_DIR, need_sysfs: bool = True) -> bool:
         """Let the compiled loop trust a read-only open's registers on the open
         context's marks (:mod:`bastion.kernel.openctx`) instead of the opener's stack:
-        map them, set the bits of ``present`` (the threads the scan at load found), then
-        turn them on.  False (the stack stays the check) without the compiled loop."""
+        map them and keep ``bdi_dir`` open (sysfs unless a test's ``need_sysfs`` is
+        False), then turn them on.  False (the stack stays the check) without the
+        compiled loop."""
         fast = self._fast
         if fast is None:
             return False
-        fast.set_marks(tids_fd, words, counts_fd, bdi_dir)
-        for tid in present:
-            if not fast.mark_tid(tid):
-                log.warning("fanotify: thread %d is past the open context's bitmap", tid)
+        try:
+            fd = os.open(bdi_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            raise KernelError(f"open context: cannot open {bdi_dir}: {exc.strerror}",
+                              errno=exc.errno or errno.EIO, location=Location(bdi_dir)) from exc
+        try:
+            fast.set_marks(tids_fd, words, counts_fd, fd, need_sysfs)
+        finally:
+            os.close(fd)
         fast.marks_ready()
         return True
 

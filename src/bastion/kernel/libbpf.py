@@ -849,6 +849,13 @@ class Map(Closing):
         rc = int(LIB.bpf_map_update_elem(self.fd, key, value, flags))
         _ffi.check(rc, "update", location=self._loc())
 
+    def freeze(self) -> None:
+        """Make the map read-only to user space for good (``BPF_MAP_FREEZE``: no update
+        or delete through any fd, no writable mmap); its programs still write it.
+        EBUSY while a writable mapping of it exists."""
+        rc = int(LIB.bpf_map_freeze(self.fd))
+        _ffi.check(rc, "freeze", location=self._loc())
+
     def update_percpu(self, key: bytes, values: Sequence[bytes], flags: int = _ffi.BPF_ANY) -> None:
         """Set every CPU's value (``num_possible_cpus()`` values of ``value_size``)."""
         ncpu = num_possible_cpus()

@@ -11,16 +11,16 @@ thread that enters one of those contexts, at the point where it begins and befor
 can open anything; the loop reads the bitmap in place (an mmapped array) and reads the
 stack only for a marked thread, or while an eCryptfs mount exists.
 
-What the programs cannot see is what began before they were attached: every thread
-already there when they were (:func:`present_threads`) is marked before the loop trusts
-the bitmap (:meth:`PermissionListener.use_open_context`).
+What the programs cannot see is what began before they were attached: every bit is set
+once they are (:meth:`OpenContext._fill`), a new thread's is cleared as it is created,
+and the maps are frozen (root cannot clear a bit from user space).
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-import os
+import mmap
 import struct
 from dataclasses import dataclass
 from typing import Final
@@ -28,6 +28,7 @@ from typing import Final
 from bastion import abi
 from bastion.errors import BastionError, KernelError, Location
 from bastion.kernel.btf import iouring_tracepoints
+from bastion.hostns import in_init_pid_ns
 from bastion.kernel.loader import LoadedObject, ObjectSpec
 from bastion.paths import bpf_object
 
@@ -38,35 +39,6 @@ WORDS: Final = abi.OPENCTX_WORDS
 # the program on each name io_uring's submission tracepoint has had (6.4+, before)
 URING_PROGRAMS: Final = {"oc_uring_submit": "io_uring_submit_req",
                          "oc_uring_submit_sqe": "io_uring_submit_sqe"}
-def _threads(proc: str, pid: str) -> list[int]:
-    try:
-        return [int(t) for t in os.listdir(f"{proc}/{pid}/task") if t.isdigit()]
-    except OSError:
-        return []
-
-
-def present_threads(proc: str = "/proc") -> set[int]:
-    """Every thread there is now: each is marked before the loop trusts the bitmap.
-
-    The programs mark a thread where a context begins; one that began before they were
-    attached left no mark, and procfs cannot show them all: an io_uring request armed
-    earlier runs as its submitter's task work later, and the submitter need hold
-    neither a ring descriptor (``IORING_REGISTER_RING_FDS``, then close) nor a ring
-    mapping (``IORING_SETUP_NO_MMAP``, or munmap after submitting).  So the threads
-    already there pay the stack read for their whole life, as every thread did before
-    s29; threads created afterwards (most, since the agent starts early at boot) take
-    the marks.  A process gone meanwhile is skipped (its threads are gone too)."""
-    found: set[int] = set()
-    try:
-        pids = [p for p in os.listdir(proc) if p.isdigit()]
-    except OSError as exc:
-        raise KernelError(f"open context: cannot list {proc}: {exc.strerror}",
-                          errno=exc.errno or errno.EIO, location=Location(proc)) from exc
-    for pid in pids:
-        found.update(_threads(proc, pid))
-    return found
-
-
 @dataclass(frozen=True)
 class OpenContextFds:
     tids: int
@@ -90,17 +62,42 @@ class OpenContext:
         return ObjectSpec(path=bpf_object(OBJECT), ring=None, drops=None,
                           max_entries={"events": 4096}, skip=frozenset(skip))
 
-    def open(self) -> OpenContext:
-        """Load and attach; raises :class:`KernelError` when the marks would not cover
-        this kernel: io_uring compiled in (its request types in the kernel's BTF) and
-        neither of its submission tracepoints there."""
+    def open(self, *, freeze: bool = True) -> OpenContext:
+        """Load, attach, mark every thread already there and freeze both maps (``freeze``
+        False: a test that moves a count by hand).  Raises :class:`KernelError` when the
+        marks would not cover this kernel: io_uring compiled in (its request types in
+        the kernel's BTF) and neither of its submission tracepoints there."""
         present, no_uring = iouring_tracepoints()
         if not no_uring and not {"io_uring_submit_req", "io_uring_submit_sqe"} & present:
             raise KernelError("open context: io_uring is in the kernel but neither of its "
                               "submission tracepoints is", errno=errno.ENOENT,
                               location=Location(OBJECT))
-        self._lo = LoadedObject.load(self.spec(present))
+        lo = LoadedObject.load(self.spec(present))
+        try:
+            self._fill(lo)
+            if freeze:
+                lo.map("openctx_tids").freeze()
+                lo.map("openctx_counts").freeze()
+        except BaseException:
+            lo.close()
+            raise
+        self._lo = lo
         return self
+
+    @staticmethod
+    def _fill(lo: LoadedObject) -> None:
+        """Set every bit, once the programs are attached: each thread already there is
+        marked (a context it began before left no trace the kernel can be asked for:
+        a request armed earlier runs later as its submitter's task work, and the
+        submitter need hold neither a ring descriptor nor a ring mapping).  A new
+        thread's bit is cleared by ``oc_newtask``; so those already there pay the
+        stack read for their whole life, as every thread did before s29, and the ones
+        created afterwards (most: the agent starts early at boot) take the marks."""
+        fd = lo.map("openctx_tids").fd
+        size = WORDS * 8
+        with mmap.mmap(fd, size, flags=mmap.MAP_SHARED,
+                       prot=mmap.PROT_READ | mmap.PROT_WRITE) as mm:
+            mm[:] = b"\xff" * size
 
     def fds(self) -> OpenContextFds:
         lo = self._lo
@@ -127,7 +124,12 @@ class OpenContext:
 
 
 def load_open_context() -> tuple[OpenContext | None, str | None]:
-    """(the loaded context, None), or (None, why not)."""
+    """(the loaded context, None), or (None, why not).  Refused when this process is not
+    in the initial pid namespace: fanotify reports thread ids as this process sees them,
+    the programs as the kernel numbers them."""
+    if not in_init_pid_ns():
+        return None, "the agent is not in the initial pid namespace (fanotify's thread ids " \
+                     "and the programs' differ)"
     try:
         return OpenContext().open(), None
     except BastionError as exc:
