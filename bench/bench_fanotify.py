@@ -127,7 +127,9 @@ def _report(name: str, on: list[float], off: list[float], s: dict[str, int | flo
     log(f"{name}: {s['perm_events']} permission events ({s['fast_allows']} answered by the "
         f"compiled loop), decision (read -> answer) median {s['decision_us_median']:.1f} us, "
         f"p99 {s['decision_us_p99']:.1f} us, max {s['decision_us_max']:.1f} us; denies "
-        f"{s['denies']}, watchdog_allows {s['watchdog_allows']}, errors {s['errors']}")
+        f"{s['denies']}, watchdog_allows {s['watchdog_allows']}, errors {s['errors']}; "
+        f"read-only opens taken as their syscall's own by the open context's marks "
+        f"{s['reads_by_marks']}, by the opener's stack {s['reads_by_stack']}")
     return float(s["decision_us_median"]), ratio
 
 

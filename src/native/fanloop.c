@@ -24,8 +24,10 @@
  *    compare-and-swap fails and a torn read of fd/mask is discarded.
  * Nothing here may wait on a filesystem: the inode comes from
  * statx(AT_EMPTY_PATH | AT_STATX_DONT_SYNC) of the event fd.  The paths it
- * opens or looks at are procfs: /proc/TID/syscall and /proc/TID/stack of a blocked
- * opener (opener_reads_only(), own_open()) and a statx(AT_STATX_DONT_SYNC) of
+ * opens or looks at are procfs: /proc/TID/syscall and, for a thread the open context
+ * marks (bfan_set_marks: openctx.bpf.o's bitmap, read in place) or while an eCryptfs
+ * device exists (a readdir of the kept /sys/class/bdi descriptor), /proc/TID/stack of
+ * a blocked opener (opener_reads_only(), own_open()), and a statx(AT_STATX_DONT_SYNC) of
  * /proc/TID/exe (opener_is_subject()), inside the slot window (the watchdog answers
  * the batch if one stalls; a table retired meanwhile answers nothing), and
  * /proc/TID/stat (see follow()), after the batch is answered.
