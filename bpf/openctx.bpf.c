@@ -16,8 +16,9 @@
  *    is the default (signal_deliver, which get_signal traces before it dumps).
  * User space fills the bitmap with ones once the programs are attached (every thread
  * already there is marked: a context it began earlier left no trace the kernel can be
- * asked for), then freezes both maps (no bpf() write, no writable mmap: root cannot
- * clear a bit); from then on only these programs write it.  A bit is cleared only when
+ * asked for), then freezes both maps (no bpf() write, no writable mmap, root's
+ * included; a BPF program of root's could still write them: the compat tier does not
+ * refuse BPF loads); from then on only programs write it.  A bit is cleared only when
  * a new thread takes the number (task_newtask): a thread that used io_uring keeps
  * paying the listener's stack read for its whole life.
  * A stacked filesystem that opens its lower file with flags of its own inside the

@@ -957,9 +957,9 @@ _Static_assert(sizeof(struct bastion_mmap_event) == 72 + 48 + 256, "mmap_event")
 /* submitting thread on its way back from a blocked openat (registers   */
 /* still that openat's), an io_uring or vhost worker starts with a copy */
 /* of its creator's registers, and a core dump opens its file from the  */
-/* signal path.  openctx.bpf.o sets the bit of each such thread (by tid,*/
-/* never cleared: a reused tid only costs the listener a stack read) in */
-/* an mmapable bitmap the listener reads without a system call; a       */
+/* signal path.  openctx.bpf.o sets the bit of each such thread (by tid;*/
+/* all bits are set at load, a new thread's is cleared as it is made)   */
+/* in an mmapable bitmap the listener reads without a system call; a    */
 /* thread whose bit is clear is in its own open.  A stacked filesystem  */
 /* opening its lower file with flags of its own inside the caller's     */
 /* open (eCryptfs) is counted per registered backing device.            */

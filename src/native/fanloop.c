@@ -71,8 +71,8 @@
 #define FAN_PERM_EVENTS (FAN_OPEN_PERM | FAN_ACCESS_PERM | FAN_OPEN_EXEC_PERM)
 #define FAN_ALLOW 0x01
 #define META_VERSION 3
-#define FOLLOW_NS 100000000
-#define SYSFS_MAGIC 0x62656572   /* look up the opener's CPU at most every 100 ms */
+#define FOLLOW_NS 100000000   /* look up the opener's CPU at most every 100 ms */
+#define SYSFS_MAGIC 0x62656572
 
 enum { ST_FREE = 0, ST_FILLING = 1, ST_PENDING = 2, ST_DONE = 3, ST_HANDED = 4, ST_CLAIMED = 5 };
 

@@ -734,7 +734,7 @@ def test_reads_go_by_the_stack_while_a_filesystem_that_nests_opens_is_mounted(
     marks turn on, again when the programs' count of eCryptfs registrations moves (the
     kernel registers the device before the mount can be used; here the count is moved
     by hand), and at most once a second while one exists (an unmount is not counted).
-    In the agent the directory is /sys/class/bdi, kept open, and must be sysfs."""
+    In the agent the directory is class/bdi of a sysfs mount of its own, kept open."""
     bdi = tmp_path / "bdi"
     (bdi / "ecryptfs-1").mkdir(parents=True)
     (bdi / "8:0").mkdir()
@@ -742,9 +742,10 @@ def test_reads_go_by_the_stack_while_a_filesystem_that_nests_opens_is_mounted(
     prot.write_text("keep\n")
     octx = OpenContext().open(freeze=False)   # the count is moved by hand below
     enf = _enforcer(cg[1], 2.0, marks=False)
+    bdi_fd = os.open(bdi, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fds = octx.fds()
-        assert enf.listener.use_open_context(fds.tids, fds.words, fds.counts, str(bdi),
+        assert enf.listener.use_open_context(fds.tids, fds.words, fds.counts, bdi_fd,
                                              need_sysfs=False)
         w = rule(1, (Op.OPEN_WRITE,), prot, Action.DENY)
         enf.apply(plan_of(w), targets_of(w))
@@ -773,19 +774,23 @@ def test_reads_go_by_the_stack_while_a_filesystem_that_nests_opens_is_mounted(
         assert reads(3) == (0, 3)
         assert octx.counts()[0] == 1
     finally:
+        os.close(bdi_fd)
         enf.close()
         octx.close()
 
 
 def test_root_can_neither_clear_a_mark_nor_hide_the_devices_directory(
         tmp_path: Path, cg: tuple[Path, int]) -> None:
-    """Attacks on the open context by root (review of s29): clear its own thread's bit
+    """Attacks on the open context by root (reviews of s29): clear its own thread's bit
     before running an io_uring open under a read-only openat's registers -- through the
-    map (a bpf() update, or a writable mmap of it) -- or mount a tmpfs over
-    /sys/class/bdi before mounting eCryptfs, so the loop's scan finds no device.  The
-    maps are frozen once filled (update: EPERM; writable mmap: EPERM), and the devices
-    directory is opened once and must be sysfs (a directory that is not: refused, the
-    stack stays the check)."""
+    map (a bpf() update, or a writable mmap of it) -- or put something over
+    /sys/class/bdi before the agent starts (a tmpfs; another sysfs directory bound
+    there, which passes a filesystem-type check) and then mount eCryptfs, so the loop's
+    scan finds no device.  The maps are frozen once filled (update: EPERM; writable
+    mmap: EPERM); the devices directory comes from a sysfs mount of the agent's own, in
+    no mount table (here: the directory it gives is /sys/class/bdi's inode even with
+    another sysfs directory bound over that path in a mount namespace of the check's
+    own), and the loop refuses one that is not sysfs."""
     import mmap
 
     octx = OpenContext().open()
@@ -804,13 +809,28 @@ def test_root_can_neither_clear_a_mark_nor_hide_the_devices_directory(
             lo.map("openctx_counts").update(key, bytes(16))
         assert err.value.errno == errno.EPERM, err.value
         enf = _enforcer(cg[1], 2.0, marks=False)
+        fake = tmp_path / "bdi"
+        fake.mkdir()
+        fake_fd = os.open(fake, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            fake = tmp_path / "bdi"
-            fake.mkdir()
             with pytest.raises(KernelError, match="not sysfs"):
-                enf.listener.use_open_context(fds.tids, fds.words, fds.counts, str(fake))
-            assert enf.listener.use_open_context(fds.tids, fds.words, fds.counts)
+                enf.listener.use_open_context(fds.tids, fds.words, fds.counts, fake_fd)
         finally:
+            os.close(fake_fd)
             enf.close()
     finally:
         octx.close()
+    real = os.stat("/sys/class/bdi")
+    check = ("import os, subprocess, sys\n"
+             "from bastion.kernel.openctx import private_bdi_dir\n"
+             "subprocess.run(['mount', '--bind', '/sys/fs', '/sys/class/bdi'], check=True)\n"
+             "assert os.stat('/sys/class/bdi').st_ino != int(sys.argv[1])\n"
+             "fd = private_bdi_dir()\n"
+             "st = os.fstat(fd)\n"
+             "print(st.st_dev, st.st_ino, len(os.listdir(fd)))\n")
+    p = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable, "-c",
+                        check, str(real.st_ino)], capture_output=True, text=True, timeout=TIMEOUT)
+    assert p.returncode == 0, p
+    dev, ino, n = map(int, p.stdout.split())
+    assert (dev, ino) == (real.st_dev, real.st_ino), p.stdout
+    assert n == len(os.listdir("/sys/class/bdi")) > 0, p.stdout

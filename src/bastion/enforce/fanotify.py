@@ -105,7 +105,7 @@ from bastion.kernel.fanotify import (
 from bastion.kernel.opener import (
     IsOurs, Scope, Task, exe_key, fd_path, locate, open_flags, read_proc, stack_verifiable,
 )
-from bastion.kernel.openctx import OpenContext, load_open_context
+from bastion.kernel.openctx import OpenContext, load_open_context, private_bdi_dir
 from bastion.policy.compile import FileTarget, MapPlan, kernel_dev
 from bastion.policy.match import Decision, Matcher, TaskFacts
 
@@ -415,7 +415,11 @@ class FanotifyEnforcer:
             return
         try:
             fds = octx.fds()
-            self.listener.use_open_context(fds.tids, fds.words, fds.counts)
+            bdi = private_bdi_dir()
+            try:
+                self.listener.use_open_context(fds.tids, fds.words, fds.counts, bdi)
+            finally:
+                os.close(bdi)
         except KernelError as exc:
             octx.close()
             self.open_context_why = str(exc)

@@ -269,7 +269,6 @@ FANLOOP_LIB: Final = "libbastion_fanloop.so"
 _FANLOOP_ABI: Final = 2
 _SLOTS: Final = 1024              # fanloop.c SLOTS: events a call can hand back
 DEFAULT_SPIN_US: Final = 50
-BDI_DIR: Final = "/sys/class/bdi"   # every backing device (an eCryptfs mount registers one)
 """How long the compiled loop keeps reading after its last event before it sleeps in
 ``poll``: the next open of a hot marked file is then read without a wake-up of the
 listener (bounded: an idle host spends nothing, a busy one at most this per event)."""
@@ -907,25 +906,18 @@ class PermissionListener:
             self._fast.publish(allow_open, allow_exec, allow_read, read_anywhere=read_anywhere,
                                nosubj=nosubj, subject_exes=subject_exes)
 
-    def use_open_context(self, tids_fd: int, words: int, counts_fd: int,
-                         bdi_dir: str = BDI_DIR, need_sysfs: bool = True) -> bool:
+    def use_open_context(self, tids_fd: int, words: int, counts_fd: int, bdi_fd: int,
+                         need_sysfs: bool = True) -> bool:
         """Let the compiled loop trust a read-only open's registers on the open
         context's marks (:mod:`bastion.kernel.openctx`) instead of the opener's stack:
-        map them and keep ``bdi_dir`` open (sysfs unless a test's ``need_sysfs`` is
-        False), then turn them on.  False (the stack stays the check) without the
-        compiled loop."""
+        map them and keep (a duplicate of) ``bdi_fd``, the backing devices directory
+        (:func:`~bastion.kernel.openctx.private_bdi_dir`: sysfs, unless a test's
+        ``need_sysfs`` is False), then turn them on.  False (the stack stays the check)
+        without the compiled loop."""
         fast = self._fast
         if fast is None:
             return False
-        try:
-            fd = os.open(bdi_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError as exc:
-            raise KernelError(f"open context: cannot open {bdi_dir}: {exc.strerror}",
-                              errno=exc.errno or errno.EIO, location=Location(bdi_dir)) from exc
-        try:
-            fast.set_marks(tids_fd, words, counts_fd, fd, need_sysfs)
-        finally:
-            os.close(fd)
+        fast.set_marks(tids_fd, words, counts_fd, bdi_fd, need_sysfs)
         fast.marks_ready()
         return True
 

@@ -13,21 +13,27 @@ stack only for a marked thread, or while an eCryptfs mount exists.
 
 What the programs cannot see is what began before they were attached: every bit is set
 once they are (:meth:`OpenContext._fill`), a new thread's is cleared as it is created,
-and the maps are frozen (root cannot clear a bit from user space).
+and the maps are frozen (no bpf() write or writable mmap of them, root's included; a
+BPF program of root's could still write them: the compat tier does not refuse BPF loads,
+docs/threat-model.md).
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import mmap
+import os
 import struct
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 from bastion import abi
 from bastion.errors import BastionError, KernelError, Location
-from bastion.kernel.btf import iouring_tracepoints
+from bastion.kernel._ffi import BTF_KIND_STRUCT
+from bastion.kernel.btf import VMLINUX_BTF, Btf, iouring_tracepoints
 from bastion.hostns import in_init_pid_ns
 from bastion.kernel.loader import LoadedObject, ObjectSpec
 from bastion.paths import bpf_object
@@ -39,6 +45,57 @@ WORDS: Final = abi.OPENCTX_WORDS
 # the program on each name io_uring's submission tracepoint has had (6.4+, before)
 URING_PROGRAMS: Final = {"oc_uring_submit": "io_uring_submit_req",
                          "oc_uring_submit_sqe": "io_uring_submit_sqe"}
+_NR_FSOPEN: Final = 430      # x86-64 and the generic table (arm64) alike
+_NR_FSCONFIG: Final = 431
+_NR_FSMOUNT: Final = 432
+_FSOPEN_CLOEXEC: Final = 0x1
+_FSCONFIG_CMD_CREATE: Final = 6
+_FSMOUNT_CLOEXEC: Final = 0x1
+_MOUNT_ATTR_LOCKED_DOWN: Final = 0x1 | 0x2 | 0x4 | 0x8   # RDONLY NOSUID NODEV NOEXEC
+
+
+def io_uring_in_kernel(btf_path: Path = VMLINUX_BTF) -> bool:
+    """Is io_uring compiled in (its request type in the kernel's BTF)?  Decided on that
+    one type, not on every type the sensor's io_uring programs read: a kernel without
+    one of those (``io_connect`` needs ``CONFIG_NET``) still runs io_uring's task work,
+    so the marks need its submission program there."""
+    with Btf.parse(btf_path) as btf:
+        return btf.find("io_kiocb", BTF_KIND_STRUCT) is not None
+
+
+def private_bdi_dir() -> int:
+    """A descriptor of ``class/bdi`` in a sysfs mount of this process's own (fsopen +
+    fsmount: detached, in no mount table), never the path ``/sys/class/bdi``: root may
+    have mounted anything there -- a tmpfs, another sysfs directory bound over it -- to
+    hide an eCryptfs device from the loop's scan.  The caller closes it.  Raises
+    :class:`KernelError` where it cannot be made (before 5.2, no ``CAP_SYS_ADMIN``)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    where = Location("sysfs (private mount)")
+
+    def call(nr: int, *args: object) -> int:
+        r = int(libc.syscall(nr, *args))
+        if r < 0:
+            e = ctypes.get_errno()
+            raise KernelError(f"open context: a private sysfs mount failed: {os.strerror(e)}",
+                              errno=e, location=where)
+        return r
+
+    fs = call(_NR_FSOPEN, b"sysfs", _FSOPEN_CLOEXEC)
+    try:
+        call(_NR_FSCONFIG, fs, _FSCONFIG_CMD_CREATE, None, None, 0)
+        mnt = call(_NR_FSMOUNT, fs, _FSMOUNT_CLOEXEC, _MOUNT_ATTR_LOCKED_DOWN)
+    finally:
+        os.close(fs)
+    try:
+        return os.open("class/bdi", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                       dir_fd=mnt)
+    except OSError as exc:
+        raise KernelError(f"open context: no class/bdi in sysfs: {exc.strerror}",
+                          errno=exc.errno or errno.EIO, location=where) from exc
+    finally:
+        os.close(mnt)   # the directory's descriptor keeps the detached mount
+
+
 @dataclass(frozen=True)
 class OpenContextFds:
     tids: int
@@ -67,8 +124,8 @@ class OpenContext:
         False: a test that moves a count by hand).  Raises :class:`KernelError` when the
         marks would not cover this kernel: io_uring compiled in (its request types in
         the kernel's BTF) and neither of its submission tracepoints there."""
-        present, no_uring = iouring_tracepoints()
-        if not no_uring and not {"io_uring_submit_req", "io_uring_submit_sqe"} & present:
+        present, _why = iouring_tracepoints()
+        if io_uring_in_kernel() and not {"io_uring_submit_req", "io_uring_submit_sqe"} & present:
             raise KernelError("open context: io_uring is in the kernel but neither of its "
                               "submission tracepoints is", errno=errno.ENOENT,
                               location=Location(OBJECT))
@@ -95,9 +152,13 @@ class OpenContext:
         created afterwards (most: the agent starts early at boot) take the marks."""
         fd = lo.map("openctx_tids").fd
         size = WORDS * 8
-        with mmap.mmap(fd, size, flags=mmap.MAP_SHARED,
-                       prot=mmap.PROT_READ | mmap.PROT_WRITE) as mm:
-            mm[:] = b"\xff" * size
+        try:
+            with mmap.mmap(fd, size, flags=mmap.MAP_SHARED,
+                           prot=mmap.PROT_READ | mmap.PROT_WRITE) as mm:
+                mm[:] = b"\xff" * size
+        except OSError as exc:
+            raise KernelError(f"open context: cannot fill the thread bitmap: {exc.strerror}",
+                              errno=exc.errno or errno.EIO, location=Location(OBJECT)) from exc
 
     def fds(self) -> OpenContextFds:
         lo = self._lo
