@@ -754,7 +754,17 @@ static int wait_events(struct bfan_ctx *c, int fan_fd, int wake_fd, int timeout_
 
 /* Is the event allowed because its opener is a task no subject names (the plan allows
  * such a task every open, every read-only open, or every exec, of any inode)? */
-static int nosubj_allows(struct bfan_ctx *c, const struct table *t, uint32_t want, int32_t tid)
+/* opener_reads_only once per event: *@ro is -1 until asked (the answer costs procfs
+ * reads, and the two checks below may both want it) */
+static int reads_only_once(struct bfan_ctx *c, int32_t tid, int *ro)
+{
+	if (*ro < 0)
+		*ro = opener_reads_only(c, tid);
+	return *ro;
+}
+
+static int nosubj_allows(struct bfan_ctx *c, const struct table *t, uint32_t want, int32_t tid,
+			 int *ro)
 {
 	uint32_t any = t->any_bits;
 
@@ -762,7 +772,7 @@ static int nosubj_allows(struct bfan_ctx *c, const struct table *t, uint32_t wan
 		return 0;
 	if (opener_is_subject(t, tid) != 0)
 		return 0;
-	return want == 2 || (any & NOSUBJ_OPEN) || opener_reads_only(c, tid);
+	return want == 2 || (any & NOSUBJ_OPEN) || reads_only_once(c, tid, ro);
 }
 
 /* One call: wait, read batches and answer the fast ones until some event must go
@@ -833,6 +843,7 @@ int bfan_run(struct bfan_ctx *c, int fan_fd, int wake_fd, int timeout_ms,
 			struct slot *s = &c->slots[i];
 			uint64_t dev, ino;
 			uint32_t want, bits;
+			int ro;
 
 			c->events++;
 			if (s->fd < 0 || !(s->mask & FAN_PERM_EVENTS))
@@ -846,8 +857,9 @@ int bfan_run(struct bfan_ctx *c, int fan_fd, int wake_fd, int timeout_ms,
 			bits = lookup(t, dev, ino) | t->any_bits;
 			/* an inode every task may read but not write (a write-protected file):
 			 * a read-only open is allowed here, the rest goes to Python */
-			if (!(bits & want) && !(want == 1 && (bits & 4) && opener_reads_only(c, s->pid))
-			    && !nosubj_allows(c, t, want, s->pid))
+			ro = -1;
+			if (!(bits & want) && !(want == 1 && (bits & 4) && reads_only_once(c, s->pid, &ro))
+			    && !nosubj_allows(c, t, want, s->pid, &ro))
 				continue;
 			if (!claim(s, seq, ST_DONE))
 				continue;    /* the watchdog took it: it answers and closes */

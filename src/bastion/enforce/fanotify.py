@@ -280,6 +280,7 @@ class _Counters:
     denies: int = 0
     kills: int = 0
     kill_failures: int = 0
+    kills_gone: int = 0          # denied, then gone (exited and reaped) before the kill landed
     audits: int = 0
     audit_only: int = 0          # deny/kill decided in audit mode: reported, allowed
     flags_unknown: int = 0
@@ -888,6 +889,13 @@ class FanotifyEnforcer:
                     if pidfd >= 0:
                         try:
                             signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                        except ProcessLookupError:
+                            # the open failed (denied above), the opener exited and its
+                            # parent reaped it before this kill: nothing is left to kill
+                            # (CI-S of s29: a shell reaped its cat in between)
+                            self._c.kills_gone += 1
+                            log.info("fanotify: pid %d was gone (denied, exited) before its "
+                                     "kill", task.tgid)
                         except OSError as exc:
                             self._c.kill_failures += 1
                             log.error("fanotify: kill of pid %d failed: %s", task.tgid, exc)
