@@ -370,6 +370,7 @@ class Agent:
             "policy_degraded": (self.policies.current.degraded
                                 if self.policies and self.policies.current else []),
             "hips_files": self.policies.file_stats() if self.policies else {},
+            "file_read_check": self.policies.file_read_check() if self.policies else "",
             # container context: lookups, first resolutions, cached cgroups, state read errors
             "containers": self.containers.stats() if self.containers is not None else "off",
             "uptime_s": round(uptime, 1),

@@ -218,6 +218,9 @@ def test_a_write_protected_file_is_read_without_python_and_its_writes_are_still_
         assert s["fail_opens"] == 0, s
         assert (s["reads_by_marks"], s["reads_by_stack"]) == \
             {"marks": (fast, 0), "stack": (0, fast), "python": (0, 0)}[loop], s
+        assert enf.read_check().startswith(
+            {"marks": "open context marks", "stack": "the opener's stack (open context off: "
+             "turned off)", "python": "Python on the opener's stack"}[loop]), enf.read_check()
         assert prot.read_text() == "keep\n"   # (this read is one more fast allow: anyone's)
     finally:
         enf.close()

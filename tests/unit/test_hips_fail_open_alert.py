@@ -43,6 +43,9 @@ class _Files:
     def stats(self) -> dict[str, int | float]:
         return dict(self.s)
 
+    def read_check(self) -> str:
+        return "the opener's stack (open context off: test)"
+
 
 def test_each_interval_with_new_fail_opens_or_stalls_raises_one_alert(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "db")
@@ -66,6 +69,10 @@ def test_each_interval_with_new_fail_opens_or_stalls_raises_one_alert(tmp_path: 
         alerts = [a.data for a in store.alerts(rule="bastion.hips.fail_open")]
         closed = [a.data for a in store.alerts(rule="bastion.hips.fail_closed")]
         assert agent.status()["hips_files"]["fail_opens"] == 4
+        st = agent.status()
+        assert st["file_read_check"] == "the opener's stack (open context off: test)"
+        from bastion.cli.main import format_status
+        assert "file reads   the opener's stack (open context off: test)" in format_status(st)
     finally:
         store.close()
     assert len(alerts) == 2, alerts

@@ -187,14 +187,21 @@ def test_enforcement_falls_back_to_compat_mechanisms(tmp_path: Path) -> None:
             files.apply(plan, list(r_write.files))
             ran = run_in(cg, [str(tool)], timeout=30)
             wrote = run_in(cg, ["/bin/sh", "-c", f"echo gone > {guarded}"], timeout=30)
-            read = run_in(cg, ["/bin/cat", str(guarded)], timeout=30)
+            # s29: on this distribution kernel the open context loads (tp_btf programs,
+            # io_uring's submission tracepoint of 6.1, frozen mmapable maps) and a new
+            # process's read of the write-protected file is taken on its marks, never on
+            # its stack.  Until one is: the loop hands a read to Python when its opener is
+            # not asleep yet (/proc/TID/syscall says "running"), which under TCG happens
+            # (CI-T of s29: the one read of the first form went so)
+            for _ in range(20):
+                read = run_in(cg, ["/bin/cat", str(guarded)], timeout=30)
+                assert read.returncode == 0 and read.stdout == "keep\n", read
+                if files.stats()["reads_by_marks"] >= 1:
+                    break
             got: list[HipsEvent] = []
             end = time.monotonic() + 5
             while time.monotonic() < end and len(got) < 2:
                 got += hk.poll(0.05) + files.poll(0.05)
-            # s29: on this distribution kernel the open context loads (tp_btf programs,
-            # io_uring's submission tracepoint of 6.1, frozen mmapable maps) and a new
-            # process's read of the write-protected file is taken on its marks
             fstats = files.stats()
         finally:
             files.close()
@@ -202,7 +209,6 @@ def test_enforcement_falls_back_to_compat_mechanisms(tmp_path: Path) -> None:
     assert ran.returncode == -signal.SIGKILL, ran
     assert wrote.returncode != 0 and "Operation not permitted" in wrote.stderr, wrote
     assert guarded.read_text() == "keep\n"
-    assert read.returncode == 0 and read.stdout == "keep\n", read
     assert fstats["open_context"] == 1, files.open_context_why
     assert fstats["reads_by_marks"] >= 1 and fstats["reads_by_stack"] == 0, fstats
     mechs = {(e.op, e.mechanism, e.enforced) for e in got}

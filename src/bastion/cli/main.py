@@ -267,6 +267,8 @@ def format_status(st: dict[str, Any]) -> list[str]:
            f"tamper       {st.get('tamper_protection')} (BPF maps from their creation: "
            f"{st.get('tamper_map_birth', 'off')}; executable identity: "
            f"{st.get('tamper_exe_identity', 'off')})"]
+    if st.get("file_read_check"):
+        out.append(f"file reads   {st.get('file_read_check')}")
     prot = st.get("protections") or {}
     if prot:
         out.append("protections")

@@ -953,6 +953,16 @@ class FanotifyEnforcer:
             self._events.clear()
         return out
 
+    def read_check(self) -> str:
+        """For ``status``: how a read-only open of a write-protected file is told from the
+        others -- the open context's marks (threads that were there before them: their
+        stack), the opener's stack and why, or Python alone."""
+        if not self.listener.compiled_loop:
+            return f"Python on the opener's stack (no compiled loop: {self.listener.compiled_why})"
+        if self._octx is not None:
+            return "open context marks (threads older than them: the opener's stack)"
+        return f"the opener's stack (open context off: {self.open_context_why})"
+
     def stats(self) -> dict[str, int | float]:
         c = self._c
         state = None if self.listener.expired else self._state   # expired: nothing marked

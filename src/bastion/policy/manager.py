@@ -52,6 +52,7 @@ class FileBackend(Protocol):
     def poll(self, timeout_s: float) -> list[HipsEvent] | None: ...
     def close(self) -> None: ...
     def stats(self) -> dict[str, int | float]: ...
+    def read_check(self) -> str: ...
 
 
 Backends = tuple[KernelBackend | None, FileBackend | None]
@@ -311,6 +312,12 @@ class PolicyManager:
         (stalled decisions failed closed), ``errors``, ``overflows``, ``unplaced``..."""
         files = self.files
         return dict(files.stats()) if files is not None else {}
+
+    def file_read_check(self) -> str:
+        """How the compat file enforcer tells a read-only open of a write-protected file
+        from the others ("" without one): see :meth:`FanotifyEnforcer.read_check`."""
+        files = self.files
+        return files.read_check() if files is not None else ""
 
     def refresh(self, *, full: bool = True) -> list[Finding]:
         """Re-resolve the running policy; when an object or subject changed inode, install
