@@ -329,3 +329,19 @@ def iouring_tracepoints(btf_path: Path = VMLINUX_BTF) -> tuple[frozenset[str], s
             return frozenset(), f"no io_uring in the kernel's BTF (struct {', '.join(absent)})"
         return frozenset(t for t in IOURING_TRACEPOINTS
                          if btf.find(f"btf_trace_{t}", _ffi.BTF_KIND_TYPEDEF) is not None), ""
+
+
+def iouring_in_kernel(btf_path: Path = VMLINUX_BTF) -> tuple[bool, frozenset[str]]:
+    """(is io_uring compiled in, its tracepoints as :func:`iouring_tracepoints` gives
+    them), from one parse of the kernel's BTF.  Compiled in is decided on the request
+    type alone (``io_kiocb``), not on every type the sensor's programs read: a kernel
+    without one of those (``io_connect`` needs ``CONFIG_NET``) still runs io_uring's
+    task work (the open context, :mod:`bastion.kernel.openctx`, needs its submission
+    program there)."""
+    with Btf.parse(btf_path) as btf:
+        if btf.find("io_kiocb", _ffi.BTF_KIND_STRUCT) is None:
+            return False, frozenset()
+        if any(btf.find(t, _ffi.BTF_KIND_STRUCT) is None for t in IOURING_TYPES):
+            return True, frozenset()
+        return True, frozenset(t for t in IOURING_TRACEPOINTS
+                               if btf.find(f"btf_trace_{t}", _ffi.BTF_KIND_TYPEDEF) is not None)

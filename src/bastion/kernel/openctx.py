@@ -27,13 +27,11 @@ import mmap
 import os
 import struct
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Final
 
 from bastion import abi
 from bastion.errors import BastionError, KernelError, Location
-from bastion.kernel._ffi import BTF_KIND_STRUCT
-from bastion.kernel.btf import VMLINUX_BTF, Btf, iouring_tracepoints
+from bastion.kernel.btf import iouring_in_kernel
 from bastion.hostns import in_init_pid_ns
 from bastion.kernel.loader import LoadedObject, ObjectSpec
 from bastion.paths import bpf_object
@@ -52,15 +50,6 @@ _FSOPEN_CLOEXEC: Final = 0x1
 _FSCONFIG_CMD_CREATE: Final = 6
 _FSMOUNT_CLOEXEC: Final = 0x1
 _MOUNT_ATTR_LOCKED_DOWN: Final = 0x1 | 0x2 | 0x4 | 0x8   # RDONLY NOSUID NODEV NOEXEC
-
-
-def io_uring_in_kernel(btf_path: Path = VMLINUX_BTF) -> bool:
-    """Is io_uring compiled in (its request type in the kernel's BTF)?  Decided on that
-    one type, not on every type the sensor's io_uring programs read: a kernel without
-    one of those (``io_connect`` needs ``CONFIG_NET``) still runs io_uring's task work,
-    so the marks need its submission program there."""
-    with Btf.parse(btf_path) as btf:
-        return btf.find("io_kiocb", BTF_KIND_STRUCT) is not None
 
 
 def private_bdi_dir() -> int:
@@ -124,8 +113,8 @@ class OpenContext:
         False: a test that moves a count by hand).  Raises :class:`KernelError` when the
         marks would not cover this kernel: io_uring compiled in (its request types in
         the kernel's BTF) and neither of its submission tracepoints there."""
-        present, _why = iouring_tracepoints()
-        if io_uring_in_kernel() and not {"io_uring_submit_req", "io_uring_submit_sqe"} & present:
+        in_kernel, present = iouring_in_kernel()
+        if in_kernel and not {"io_uring_submit_req", "io_uring_submit_sqe"} & present:
             raise KernelError("open context: io_uring is in the kernel but neither of its "
                               "submission tracepoints is", errno=errno.ENOENT,
                               location=Location(OBJECT))
