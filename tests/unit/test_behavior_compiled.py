@@ -18,7 +18,7 @@ from bastion.detect.behavior.compiled import sources_of, staging_spot, tool_name
 from bastion.detect.engine import Engine, Finding, RuleContext
 from bastion.proctable import ProcessTable
 from bastion.sensors.replay import read_all
-from support.trust import RecordedTrust
+from support.trust import RecordedTrust, path_ino
 
 RULE = "behavior.compile_after_delivery"
 GCC = "/usr/bin/x86_64-linux-gnu-gcc-12"
@@ -53,7 +53,7 @@ class Rec:
              nlink: int = 1) -> "Rec":
         self.procs[pid] = (ppid, exe, uid)
         self.lines.append({"type": "exec", **self._hdr(pid), "filename": exe, "cwd": cwd,
-                           "argv": argv, "exe_dev": 1, "exe_ino": ino or 1000 + len(exe),
+                           "argv": argv, "exe_dev": 1, "exe_ino": ino or path_ino(exe),
                            "exe_nlink": nlink, "stdin": stdin, "stdout": stdout})
         return self
 

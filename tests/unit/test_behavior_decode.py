@@ -17,7 +17,7 @@ from bastion.detect.engine import Engine, Finding, RuleContext
 from bastion.events import ExecEvent, Proc
 from bastion.proctable import ProcessTable
 from bastion.sensors.replay import read_all
-from support.trust import RecordedTrust
+from support.trust import RecordedTrust, path_ino
 
 NEW = ("behavior.inline_decode", "behavior.script_decode", "behavior.generated_shell")
 
@@ -47,7 +47,7 @@ class Rec:
              stdout: str = "tty", cwd: str = "/root") -> "Rec":
         self.procs[pid] = (ppid, exe)
         self.lines.append({"type": "exec", **self._hdr(pid), "filename": exe, "cwd": cwd,
-                           "argv": argv, "exe_dev": 1, "exe_ino": 1000 + len(exe),
+                           "argv": argv, "exe_dev": 1, "exe_ino": path_ino(exe),
                            "exe_nlink": 1, "stdin": stdin, "stdout": stdout})
         return self
 

@@ -11,7 +11,7 @@ from bastion.detect.behavior import behavior_rules
 from bastion.detect.engine import Engine, Finding, RuleContext
 from bastion.proctable import ProcessTable
 from bastion.sensors.replay import read_all
-from support.trust import RecordedTrust
+from support.trust import RecordedTrust, path_ino
 
 
 class Rec:
@@ -36,7 +36,7 @@ class Rec:
              stdout: str = "tty", cwd: str = "/root") -> "Rec":
         self.procs[pid] = (ppid, exe)
         self.lines.append({"type": "exec", **self._hdr(pid), "filename": exe, "cwd": cwd,
-                           "argv": argv, "exe_dev": 1, "exe_ino": 1000 + len(exe),
+                           "argv": argv, "exe_dev": 1, "exe_ino": path_ino(exe),
                            "exe_nlink": 1, "stdin": stdin, "stdout": stdout})
         return self
 

@@ -16,7 +16,7 @@ from bastion.detect.engine import Engine, Finding, RuleContext
 from bastion.events import ExecEvent, Proc
 from bastion.proctable import ProcessTable
 from bastion.sensors.replay import read_all
-from support.trust import RecordedTrust
+from support.trust import RecordedTrust, path_ino
 
 
 class Rec:
@@ -41,7 +41,7 @@ class Rec:
              stdout: str = "tty", cwd: str = "/root", ino: int = 0) -> "Rec":
         self.procs[pid] = (ppid, exe)
         self.lines.append({"type": "exec", **self._hdr(pid), "filename": exe, "cwd": cwd,
-                           "argv": argv, "exe_dev": 1, "exe_ino": ino or 1000 + len(exe),
+                           "argv": argv, "exe_dev": 1, "exe_ino": ino or path_ino(exe),
                            "exe_nlink": 1, "stdin": stdin, "stdout": stdout})
         return self
 

@@ -17,7 +17,7 @@ from bastion.detect.behavior.wipe import SecureDeletion, wipe_command
 from bastion.detect.engine import Engine, Finding, RuleContext
 from bastion.proctable import ProcessTable
 from bastion.sensors.replay import read_all
-from support.trust import RecordedTrust
+from support.trust import RecordedTrust, path_ino
 
 RULE = "behavior.secure_deletion"
 W, WC, WCT, RW, RWC, RWCX = 0o1, 0o101, 0o1101, 0o2, 0o102, 0o302
@@ -50,7 +50,7 @@ class Rec:
         self.procs[pid] = (ppid, exe)
         self.lines.append({"type": "exec", **self._hdr(pid, at_s), "filename": exe,
                            "cwd": cwd, "argv": argv, "exe_dev": 1,
-                           "exe_ino": ino or 1000 + len(exe), "exe_nlink": 1})
+                           "exe_ino": ino or path_ino(exe), "exe_nlink": 1})
         return self
 
     def _file(self, pid: int, op: str, path: str, path2: str = "", flags: int = 0,

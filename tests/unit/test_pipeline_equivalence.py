@@ -344,7 +344,8 @@ def test_open_interests_lose_no_finding_and_no_state() -> None:
     assert {"behavior.service_shell", "behavior.firewall_tamper", "behavior.secret_hunt",
             "behavior.kernel_module_load", "behavior.setuid_setgid", "behavior.ld_preload",
             "behavior.hidden_temp_artifact", "behavior.account_change", "behavior.timestomp",
-            "behavior.exfil_upload"} <= {
+            "behavior.exfil_upload", "behavior.reverse_shell", "behavior.reverse_shell_command",
+            "behavior.masquerade", "behavior.log_clearing", "behavior.decoded_payload_shell"} <= {
         r.name for r in behavior_rules() if getattr(r, "exec_interest", None)}
     total = kept = 0
     for path in sorted(FIXTURES.glob("*.jsonl")):

@@ -464,17 +464,18 @@ class _DecodeRule(BehaviorRule):
 
     def _exec(self, ev: ExecEvent, ctx: RuleContext, now: int, hits: list[Hit]) -> None:
         key = proc_key(ev)
-        mine = self._pending.get(key, now)
-        if mine is not None:          # exec in place: the old image's decision
-            self.on_child(mine, ev, ctx, True)
-            self._settle(key, mine, now, hits, final=True)
-        parent = ctx.procs.get(ev.proc.ppid)
-        if parent is not None:
-            pkey = (parent.pid, parent.start_ns)
-            pp = self._pending.get(pkey, now)
-            if pp is not None:
-                self.on_child(pp, ev, ctx, False)
-                self._settle(pkey, pp, now, hits)
+        if len(self._pending):   # (most execs: nothing pending, nothing to settle; 16.3)
+            mine = self._pending.get(key, now)
+            if mine is not None:          # exec in place: the old image's decision
+                self.on_child(mine, ev, ctx, True)
+                self._settle(key, mine, now, hits, final=True)
+            parent = ctx.procs.get(ev.proc.ppid)
+            if parent is not None:
+                pkey = (parent.pid, parent.start_ns)
+                pp = self._pending.get(pkey, now)
+                if pp is not None:
+                    self.on_child(pp, ev, ctx, False)
+                    self._settle(pkey, pp, now, hits)
         if ev.stdin.startswith("pipe:"):
             runs = reads_commands_from_stdin(ev) or _shell_reads_stdin(ev, self.trust)
             self._readers.put(ev.stdin, now, (ev.proc.pid, ev.proc.exe, ev.argv, runs))

@@ -97,8 +97,8 @@ class RelayedShell(BehaviorRule):
                 return []
             return [self._hit(shell, f"{ev.daddr}:{ev.dport}", base(ev.proc.exe), ev.proc.pid,
                               pipe or "")]
-        if not isinstance(ev, ExecEvent):
-            return []
+        if not isinstance(ev, ExecEvent) or not _stream(ev.stdin):
+            return []   # both branches below want a pipe (or, for a shell, a socket) on fd 0
         key = proc_key(ev)
         if not _command_shell(ev, self.trust):
             if ev.stdin.startswith("pipe:"):
@@ -109,8 +109,6 @@ class RelayedShell(BehaviorRule):
                 if shell is not None and peer is not None:
                     self._shell_out.pop(ev.stdin)
                     return [self._hit(shell, peer, base(ev.proc.exe), ev.proc.pid, ev.stdin)]
-            return []
-        if not _stream(ev.stdin):
             return []
         shell = (ev.proc.pid, ev.proc.exe, tuple(ev.argv), _shell_kind(ev, self.trust) or "")
         parent = ctx.procs.get(ev.proc.ppid)

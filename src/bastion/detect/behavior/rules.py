@@ -498,6 +498,10 @@ class ReverseShell(SequenceRule):
     description = "Reverse shell: a process connected out, then ran a shell on the connection"
     steps = (Step(frozenset({"connect"}), _inet_connect, "connect"),
              Step(frozenset({"exec"}), _shell_exec, "exec"))
+    # every exec branch (the exec step, the stdio checks) asks is_shell or is_interpreter
+    # of the executable; another exec could only drop this process's expired progress,
+    # which its next event drops as well (issue 16.3)
+    exec_interest = ExecInterest(test=lambda n: is_shell(n) or is_interpreter(n))
     window_ns = 30 * NS
     lineage_depth = 0
 
@@ -593,6 +597,9 @@ class ReverseShellCommand(SingleEvent):
 
     name = "behavior.reverse_shell_command"
     event_types = frozenset({"exec", "connect"})
+    # revshell_structure(): a netcat or socat by name, else a shell or an interpreter
+    exec_interest = ExecInterest(names=NETCATS | {"socat"},
+                                 test=lambda n: is_shell(n) or is_interpreter(n))
     attack = ("T1059.004",)
     severity = "critical"
     action = "kill"
@@ -811,9 +818,17 @@ MASQ_NAMES = frozenset({"sshd", "systemd", "init", "cron", "crond", "rsyslogd", 
 _KTHREAD = re.compile(r"^\[[\w/:.\-]+\]$")
 
 
+def _masq_named(name: str) -> bool:
+    """Can an exec whose executable or argv[0] has this last component be a masquerade?
+    A kernel-thread argv[0] (``[kworker/0:1]``: its last component ends in ``]``) or a
+    system binary's name, itself or before a ``:`` (``sshd: root``)."""
+    return name.endswith("]") or name.partition(":")[0] in MASQ_NAMES
+
+
 class Masquerade(SingleEvent):
     name = "behavior.masquerade"
     event_types = frozenset({"exec"})
+    exec_interest = ExecInterest(test=_masq_named)   # match()'s two tests, by name
     attack = ("T1036.005",)
     severity = "high"
     action = "alert"
@@ -1463,6 +1478,9 @@ class LogClearing(SingleEvent):
     event_types = frozenset({"open", "unlink", "rename", "exec", "truncate", "mount_setattr",
                              "fspick", "rewrite"})
     read_opens = False   # a read-only open has no written path: nothing to match
+    # _match()'s exec branch: the executable's name is one of these tools
+    exec_interest = ExecInterest(names=frozenset({"shred", "truncate", "wipe", "srm",
+                                                  "journalctl", "ln"}))
     attack = ("T1070.002", "T1070.003")
     severity = "high"
     action = "alert"
@@ -2171,9 +2189,12 @@ class PtySocketShell(SingleEvent):
         self.probes = probes or Probes()
 
     def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
-        if not isinstance(ev, ExecEvent) or self.prov is None or \
-                _shell_kind(ev, self.trust) is None:
+        # the cheap tests first (issue 16.3): most execs have no networked parent, and
+        # the shell test may read /proc/PID/exe (trust.exec_shell); none keeps state
+        if not isinstance(ev, ExecEvent) or self.prov is None:
             return None
+        if ev.stdin and ev.stdin != "tty":
+            return None   # the kernel's fd 0 at exec (ABI 1.4) is a pipe, file or socket: no pty
         parent = ctx.procs.get(ev.proc.ppid)
         if parent is None or parent.pid <= 1:
             return None
@@ -2182,10 +2203,8 @@ class PtySocketShell(SingleEvent):
         svc = self.prov.reasons_of(pkey, ev.time_ns).get("network-service")
         if peer is None and svc is None:
             return None
-        if self._trusted_entry(parent, PTY_HOSTS):
+        if _shell_kind(ev, self.trust) is None or self._trusted_entry(parent, PTY_HOSTS):
             return None
-        if ev.stdin and ev.stdin != "tty":
-            return None   # the kernel's fd 0 at exec (ABI 1.4) is a pipe, file or socket: no pty
         ev_: dict[str, Any] = {"pty_holder": parent.exe, "pty_holder_pid": parent.pid,
                                "network": peer or svc, "argv": list(ev.argv)}
         if self.probes.stdio is not None:
@@ -2211,9 +2230,15 @@ class PtySocketShell(SingleEvent):
 
 # ---- 19c. decoded payload piped into a shell -------------------------------------------------------
 
+DECODER_TOOLS = frozenset({"base64", "base32", "basenc", "xxd", "uudecode", "openssl"})
+
+
 def decoder(ev: ExecEvent) -> str | None:
-    """Is this exec a decoder writing its output (``base64 -d``, ``xxd -r``, ...)?"""
+    """Is this exec a decoder writing its output (``base64 -d``, ``xxd -r``, ...)?  Only
+    an executable named in ``DECODER_TOOLS`` is."""
     tool = base(ev.proc.exe)
+    if tool not in DECODER_TOOLS:
+        return None
     args = list(ev.argv[1:])
     if tool in ("base64", "base32", "basenc") and any(
             a in ("-d", "--decode", "-D") or (a.startswith("-") and not a.startswith("--")
@@ -2254,6 +2279,10 @@ class DecodedPayloadShell(SingleEvent):
 
     name = "behavior.decoded_payload_shell"
     event_types = frozenset({"exec"})
+    # match() keeps or uses state only for a decoder() (by its executable's name) or an
+    # exec reads_commands_from_stdin() takes (a shell or an interpreter, by name)
+    exec_interest = ExecInterest(names=DECODER_TOOLS,
+                                 test=lambda n: is_shell(n) or is_interpreter(n))
     attack = ("T1140", "T1059.004", "T1027")
     severity = "critical"
     action = "kill"
