@@ -28,6 +28,7 @@ class RecordedTrust(ExeTrust):
             # the latest inode at that path (a recording may show an upgrade)
             self.table[ev.proc.exe] = (ev.exe_dev, ev.exe_ino)
             self._by_name.clear()
+            self._at_path.clear()
             self._devs = None
 
 

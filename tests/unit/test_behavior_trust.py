@@ -241,3 +241,41 @@ def test_is_tool_answers_a_located_name_set_as_the_lazy_loop_does() -> None:
             assert trust.is_tool(ident, s) == want, step
             answers.add(want)
     assert len(answers) > 5   # tools were found, under several names, and not found
+
+
+def test_a_script_s_children_cannot_make_the_agent_resolve_its_path_per_event(
+        root_dir: Path) -> None:
+    """Attack (found profiling the live agent, s30): a rule asking whether an event's
+    actor or its parent is a trusted tool (``trusted(..., depth=1)``: the memory and
+    environment readers, ptrace, the log and credential rules) asked whether the parent,
+    an installed interpreter running an absolute script path, runs a trusted script --
+    and resolved that path anew (realpath, a stat per directory) for every event.  The
+    children of any ``sh /abs/job.sh`` reading other processes' environ in a loop cost the
+    agent ~300 µs of path walks per event (55 % of its CPU under a 200 Hz reader): a flood
+    the rules could not keep up with.  The path's identity is now kept for the trust's
+    refresh period, like the tools' own."""
+    from bastion.detect.behavior.trust import _locate_here
+
+    script = root_dir / "job.sh"
+    script.write_text("#!/bin/sh\n")
+    os.chmod(script, 0o755)
+    asked: list[str] = []
+
+    def locate(path: str) -> tuple[int, int] | None:
+        asked.append(path)
+        return _locate_here(path)
+
+    h = Host()
+    h.engine = Engine(behavior_rules(trust=ExeTrust(locate=locate)))
+    sh = os.path.realpath("/bin/sh")
+    h.exec(60, sh, ["sh", str(script)])
+    h.exec(61, "/usr/bin/cat", ["cat"], ppid=60)
+    found = []
+    for k in range(200):
+        found += h.feed({"type": "open", **h.proc(61), "path": f"/proc/{4000 + k}/environ",
+                         "path2": "", "flags": 0, "mode": 0o400, "owner_uid": 0,
+                         "owner_gid": 0, "dev": 5, "ino": 100 + k})
+    # the reads are still judged (cat is no debugger, its parent runs no trusted one) ...
+    assert len(rule(found, "behavior.proc_mem_access")) == 200
+    # ... and the script's path was resolved once, not once per event
+    assert asked.count(str(script)) == 1, asked.count(str(script))

@@ -12,7 +12,10 @@ itself ``dkms`` with ``prctl(PR_SET_NAME)`` is never trusted, whatever its name.
 Scripts (``dkms``, ``update-initramfs``, ``pam-auth-update``...) run as an
 interpreter whose ``argv[1]`` is the script: the interpreter's inode must be a
 trusted system file and ``argv[1]`` an absolute path whose (device, inode) is a
-trusted tool (checked now: the file sits in a root-only directory).
+trusted tool (the file sits in a root-only directory; looked up once per path and
+refresh, like the tools' own identities: only root can change what a root-only path
+holds, and re-resolving it per event let any script's children make the agent walk
+and stat the script's path for every event of theirs a rule asked about).
 
 Identities are resolved lazily per tool name and re-resolved every
 ``refresh_s`` (an upgrade replaces the inode).  Device numbers are the kernel's
@@ -53,6 +56,7 @@ TRUST_DIRS: tuple[str, ...] = ("/usr/bin", "/usr/sbin", "/bin", "/sbin", "/usr/l
                                "/usr/libexec", *_interpreter_dir())
 
 Ident = tuple[int, int]   # (kernel dev, ino)
+AT_PATH_MAX = 4096        # paths whose identity ExeTrust keeps for a refresh period
 
 
 def secure_file(path: str) -> os.stat_result | None:
@@ -211,18 +215,26 @@ class ExeTrust:
             self._devs = self._system_devs()
         if ident[0] not in self._devs:
             return False    # a loop-mounted image's uid-0 files, a user mount (s17 item 8)
-        if path not in self._at_path:
-            if len(self._at_path) >= 4096:
-                self._at_path.clear()
-            self._at_path[path] = self._locate(path)
-        return self._at_path[path] == ident
+        return self._ident_at(path) == ident
+
+    def _ident_at(self, path: str) -> Ident | None:
+        """``_locate(path)``, looked up once per path and refresh period (bounded: the
+        map is emptied at ``AT_PATH_MAX`` paths)."""
+        self._fresh()
+        at = self._at_path
+        if path in at:
+            return at[path]
+        if len(at) >= AT_PATH_MAX:
+            at.clear()
+        got = at[path] = self._locate(path)
+        return got
 
     def root_only(self, path: str) -> bool:
         """Is the file at the absolute ``path`` root-only (:func:`secure_file`) on a
         system device (as :meth:`installed`)?"""
         if not path.startswith("/"):
             return False
-        ident = self._locate(path)
+        ident = self._ident_at(path)
         return ident is not None and self.installed(path, ident)
 
     def shell(self, exe: str, ident: Ident, pid: int) -> str | None:
@@ -251,7 +263,7 @@ class ExeTrust:
             return None
         if self.is_tool(exe_ident, [os.path.basename(exe)]) is None:
             return None
-        ident = self._locate(argv[1])
+        ident = self._ident_at(argv[1])
         return self.is_tool(ident, names) if ident is not None else None
 
 
