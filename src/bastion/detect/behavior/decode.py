@@ -398,6 +398,8 @@ class _DecodeRule(BehaviorRule):
     def on_event(self, ev: Event, ctx: RuleContext) -> list[Finding]:
         """Findings carry the act's own exec event (its process, cgroup, time), not the
         later event (another process's exit, the sweep) that settled the decision."""
+        if type(ev) is ExitEvent and not len(self._pending) and ev.exit_code not in (126, 127):
+            return []   # nothing pending to settle, no failed start to note (issue 16.3)
         self._acts.clear()
         out: list[Finding] = []
         for h in self.evaluate(ev, ctx):

@@ -37,7 +37,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, Final, Iterable, Sequence
+from typing import IO, Any, Callable, Final, Iterable, Iterator, Sequence
 
 from bastion.abi import RewriteAct, kernel_dev
 from bastion.detect.behavior.base import (
@@ -3297,21 +3297,24 @@ class ShellEscape(BehaviorRule):
         # (pid, start) of a forked child of a launcher's tree -> (that launcher,)
         self._born: BoundedState[tuple[int, int], tuple[str, ...]] = self.state()
 
-    def _chain(self, pid: int, start_ns: int, ctx: RuleContext, now: int) -> list[str]:
+    def _chain(self, pid: int, start_ns: int, ctx: RuleContext, now: int) -> Iterator[str]:
         """Image names before and around ``pid``, nearest first: its own images (newest
-        first), what its fork inherited, then each live ancestor's images."""
+        first), what its fork inherited, then each live ancestor's images.  Lazily: the
+        launcher is the first name that is no shell, most often the process's own image,
+        and every fork asks (issue 16.3: the eager walk of six ancestors per fork was
+        most of this rule's cost under a fork+exec loop)."""
         key = (pid, start_ns)
-        chain: list[str] = list(reversed(self._images.get(key, now) or ()))
+        yield from reversed(self._images.get(key, now) or ())
         born = self._born.get(key, now)
         if born is not None:
-            return chain + list(born)
+            yield from born
+            return
         for anc in ctx.procs.ancestry(pid, 6)[1:]:
-            chain.append(norm_interp(base(anc.exe) or anc.comm))
-            chain.extend(reversed(self._images.get((anc.pid, anc.start_ns), now) or ()))
-        return chain
+            yield norm_interp(base(anc.exe) or anc.comm)
+            yield from reversed(self._images.get((anc.pid, anc.start_ns), now) or ())
 
     @staticmethod
-    def _launcher(chain: list[str]) -> str | None:
+    def _launcher(chain: Iterable[str]) -> str | None:
         return next((n for n in chain if n and n not in SHELLS and n != "env"), None)
 
     def evaluate(self, ev: Event, ctx: RuleContext) -> list[Hit]:
