@@ -34,6 +34,12 @@ class ProcEntry:
     exe_dev: int = 0       # the executable's device (kernel encoding) and inode, 0: unknown
     exe_ino: int = 0
 
+    def exited_at(self, ns: int) -> "ProcEntry":
+        """``dataclasses.replace(self, exited_ns=ns)`` without its per-call field
+        introspection (every exit event; checked against replace in the unit tests)."""
+        return ProcEntry(self.pid, self.ppid, self.start_ns, self.exe, self.cmdline, self.uid,
+                         self.comm, ns, self.exe_dev, self.exe_ino)
+
     def same_process(self, start_ns: int) -> bool:
         """Is a process that started at ``start_ns`` this one (tick tolerance)?"""
         return not start_ns or not self.start_ns or abs(self.start_ns - start_ns) < TICK_NS
@@ -224,7 +230,7 @@ class ProcessTable:
         elif isinstance(ev, ExitEvent):
             cur = self._procs.get(p.pid)
             if cur is not None and cur.same_process(p.start_ns):
-                gone = dataclasses.replace(cur, exited_ns=ev.time_ns)
+                gone = cur.exited_at(ev.time_ns)
                 if not cur.exited_ns:
                     self._unlink_kid(cur)
                 self._procs[p.pid] = gone

@@ -555,6 +555,27 @@ def test_with_proc_equals_dataclasses_replace_for_every_event_class() -> None:
     assert {type(e) for e in _corpus()} >= {TYPES["exec"], TYPES["open"], TYPES["fork"]}
 
 
+def test_the_hand_written_copies_equal_dataclasses_replace() -> None:
+    """proc_with_exe and ProcEntry.exited_at (the exec and exit paths' copies) build what
+    ``dataclasses.replace`` builds, every field set to a value of its own (a field added
+    to Proc or ProcEntry and not copied fails here)."""
+    from bastion.containers import Container
+    from bastion.events import proc_with_exe
+    from bastion.events import Proc as P
+    from bastion.proctable import ProcEntry
+
+    vals: dict[str, Any] = {}
+    for i, f in enumerate(dataclasses.fields(P)):
+        vals[f.name] = f"v{i}" if f.type in ("str", str) else i + 11
+    vals["container"] = Container(id="c" * 12, runtime="docker", name="n", image="i")
+    p = P(**vals)
+    assert proc_with_exe(p, "/new") == dataclasses.replace(p, exe="/new")
+    ent = ProcEntry(**{f.name: ((f"v{i}",) if f.name == "cmdline" else
+                                f"v{i}" if f.type in ("str", str) else i + 11)
+                       for i, f in enumerate(dataclasses.fields(ProcEntry))})
+    assert ent.exited_at(99) == dataclasses.replace(ent, exited_ns=99)
+
+
 def test_cached_enrichment_follows_the_table() -> None:
     """The actor's exe comes from the table entry of the moment: a cached enrichment is
     never reused after an exec replaced the entry (same pid, same start)."""
