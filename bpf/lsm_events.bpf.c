@@ -458,13 +458,13 @@ int BPF_PROG(on_ptrace_access, struct task_struct *child, unsigned int mode)
 {
 	if (!(mode & PTRACE_MODE_ATTACH_))
 		return 0;
-	return ptrace_record(PTRACE_ATTACH_, BPF_CORE_READ(child, pid), 0);
+	return ptrace_once(PTRACE_ATTACH_, BPF_CORE_READ(child, pid), 0);
 }
 
 SEC("fentry/security_ptrace_traceme")
 int BPF_PROG(on_ptrace_traceme, struct task_struct *parent)
 {
-	return ptrace_record(PTRACE_TRACEME_, BPF_CORE_READ(parent, pid), 0);
+	return ptrace_once(PTRACE_TRACEME_, BPF_CORE_READ(parent, pid), 0);
 }
 
 /* bpf(): the kernel's copy of the attributes (3 arguments on 6.1, 4 later:

@@ -1082,7 +1082,7 @@ int on_accept4_ret(void *ctx) { return accept_exit(RET(ctx)); }
 SEC("tracepoint/syscalls/sys_enter_ptrace")
 int on_ptrace(void *ctx)
 {
-	return ptrace_record(ARG(ctx, 0), ARG(ctx, 1), ARG(ctx, 2));
+	return ptrace_once(ARG(ctx, 0), ARG(ctx, 1), ARG(ctx, 2));
 }
 
 /* Another process's memory read or written without ptrace (s23): reported as a
@@ -1091,12 +1091,12 @@ int on_ptrace(void *ctx)
 SEC("tracepoint/syscalls/sys_enter_process_vm_readv")
 int on_process_vm_readv(void *ctx)
 {
-	return ptrace_record(BASTION_PTRACE_VM_READV, ARG(ctx, 0), 0);
+	return ptrace_once(BASTION_PTRACE_VM_READV, ARG(ctx, 0), 0);
 }
 SEC("tracepoint/syscalls/sys_enter_process_vm_writev")
 int on_process_vm_writev(void *ctx)
 {
-	return ptrace_record(BASTION_PTRACE_VM_WRITEV, ARG(ctx, 0), 0);
+	return ptrace_once(BASTION_PTRACE_VM_WRITEV, ARG(ctx, 0), 0);
 }
 
 /* Every signal the current task sends to another process (s16-sig): the

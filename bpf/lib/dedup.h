@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause */
 /* Repeat records filtered in the kernel (issue 16.2), shared by both event
  * sensors: an open of the same inode with the same access, or a connect
- * (accept) to (from) the same address and port, by the same process (tgid +
- * leader start time: a reused tgid is another process) within the window is
- * counted and not sent.  The first one always crosses the ring, so every rule
+ * (accept) to (from) the same address and port, by the same process image
+ * (tgid + leader start time: a reused tgid is another process; + the thread's
+ * self_exec_id: after an exec the same pid runs another program, whose acts
+ * the rules judge afresh, s30) within the window is counted and not sent.  The first one always crosses the ring, so every rule
  * still sees that the process did it; what is lost is the count of repeats
  * within one window (no rule counts them: port scans count distinct
  * addresses and ports, which are distinct keys).  Windows are .rodata
@@ -31,6 +32,7 @@ struct dedup_key {
 	__u32 c;   /* open: write flags;  net: family << 16 | port */
 	__u32 d;   /* open: the inode's i_generation */
 	__u64 e;   /* open: the struct inode's address */
+	__u64 exec_id; /* the thread's self_exec_id: one more at every exec */
 };
 
 struct {
@@ -66,6 +68,7 @@ static __always_inline bool dedup_hit(struct dedup_key *k, __u64 window, void *c
 
 	k->tgid = bpf_get_current_pid_tgid() >> 32;
 	k->start_ns = BPF_CORE_READ(task, group_leader, start_boottime);
+	k->exec_id = BPF_CORE_READ(task, self_exec_id);
 	now = bpf_ktime_get_boot_ns();
 	last = bpf_map_lookup_elem(&dedup_seen, k);
 	if (last && now - *last < window) {
@@ -212,6 +215,46 @@ static __always_inline bool rewrite_seen_recently(__u32 act, __u32 dev, __u64 in
 	k.a = ino;
 	k.b = dev;
 	return dedup_hit(&k, cfg_rewrite_dedup_ns, &rewrite_deduped);
+}
+
+/* ptrace records (s30): one per (process image, request, target) within
+ * cfg_ptrace_dedup_ns.  Any user may read its own child's memory with
+ * process_vm_readv(2) in a loop (1.2 M calls/s here; also PTRACE_PEEKDATA, a
+ * debugger's PTRACE_SYSCALL per stop, and on the lsm sensor every attach-mode
+ * check): each was a record, 1.8 M dropped in 3 s, and the file and kill
+ * records of those seconds with them (the agent blinded).  The first crosses
+ * (the rules judge the act: a read or a write of that target's memory, an
+ * attach), the repeats are counted in ptrace_deduped; another request or
+ * another target is another key; the address a request reads is not in it. */
+const volatile __u64 cfg_ptrace_dedup_ns = 0;
+
+#define DEDUP_PTRACE 64
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} ptrace_deduped SEC(".maps");
+
+static __always_inline bool ptrace_seen_recently(__s64 request, __s32 target)
+{
+	struct dedup_key k = {};
+
+	if (!cfg_ptrace_dedup_ns)
+		return false;
+	k.kind = DEDUP_PTRACE;
+	k.a = (__u64)request;
+	k.c = (__u32)target;
+	return dedup_hit(&k, cfg_ptrace_dedup_ns, &ptrace_deduped);
+}
+
+/* ptrace_record() of a request not seen from this process image within the window. */
+static __always_inline int ptrace_once(__s64 request, __s32 target, __u64 addr)
+{
+	if (!wanted(BASTION_EV_PTRACE) || ptrace_seen_recently(request, target))
+		return 0;
+	return ptrace_record(request, target, addr);
 }
 
 #endif /* BASTION_DEDUP_H */

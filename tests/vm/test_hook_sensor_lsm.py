@@ -21,10 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bastion import abi  # noqa: E402
 from bastion.enforce.tiers import probe  # noqa: E402
-from bastion.events import Event, ExecEvent, FileEvent, NetEvent  # noqa: E402
+from bastion.events import Event, ExecEvent, ExitEvent, FileEvent, NetEvent, PtraceEvent  # noqa: E402
 from bastion.sensors.bpf import BpfSensor, HookSensor  # noqa: E402
 from support.cg import run_in, scoped_cgroup  # noqa: E402
 from support.extfs import REUSE_SCRIPT, ext4_mount  # noqa: E402
+from support.ptraceloop import XMEM_SCRIPT  # noqa: E402
 
 IN_VM = os.environ.get("BASTION_IN_VM") == "1"
 pytestmark = pytest.mark.skipif(
@@ -243,6 +244,32 @@ def test_open_dedup_and_quiet_tgids(tmp_path: Path) -> None:
     hot = [e for e in events if isinstance(e, FileEvent) and e.path == str(f)]
     assert len(hot) == 1 and deduped == 9, (len(hot), deduped)
     assert len([e for e in all_events if isinstance(e, FileEvent) and e.path == str(f)]) == 10
+
+
+# s30: a process_vm_readv loop on one's own child (any user) was one attach-mode
+# ptrace_access_check record per call on this sensor too: one per (process image,
+# request, target) per window now, and the exec of the same pid is a new image.
+def test_a_memory_read_loop_crosses_once_per_target_and_image(tmp_path: Path) -> None:
+    script = tmp_path / "xmem.py"
+    script.write_text(XMEM_SCRIPT)
+    with scoped_cgroup() as (cg, cgid):
+        sensor = HookSensor(cgroup_id=cgid)          # the ptrace window: the default
+        sensor.open()
+        try:
+            r = run_in(cg, [sys.executable, str(script), str(tmp_path), "50"], timeout=120)
+            assert r.returncode == 0, r.stderr
+            me, a, b = (int(x) for x in r.stdout.split())
+            events = _collect(sensor, lambda evs: any(
+                isinstance(e, ExitEvent) and e.proc.pid == me for e in evs))
+            deduped = sensor.ptrace_deduplicated()
+        finally:
+            sensor.close()
+    reads: dict[int, int] = {}
+    for e in events:
+        if isinstance(e, PtraceEvent) and e.proc.pid == me and e.request_name == "ATTACH":
+            reads[e.target_pid] = reads.get(e.target_pid, 0) + 1
+    assert reads == {a: 2, b: 1}, reads
+    assert deduped >= 3 * 49, deduped
 
 
 # s19 review: the open dedup's key was (process, inode number, device, access, flags),

@@ -65,6 +65,9 @@ DEFAULT_MMAP_DEDUP_S: Final = 10.0
 # window, always on (an untrusted process's hole-punching loop on its own file would
 # flood the ring); the rule needs the first.
 DEFAULT_REWRITE_DEDUP_S: Final = 10.0
+# ptrace records (bpf/lib/dedup.h, s30): one per (process image, request, target) a second,
+# on by default in both sensors: a process_vm_readv loop on one's own child blinded the agent
+DEFAULT_PTRACE_DEDUP_S: Final = 1.0
 
 # Records decoded per poll at most: the ring holds ~82 k typical file records since they
 # are variable-size (ABI 2.0; ~14.7 k before), and a poll that took them all held them
@@ -161,6 +164,7 @@ class BpfSensor(LoaderUser):
         net_dedup_s: float = 0.0,
         mmap_dedup_s: float = 0.0,
         rewrite_dedup_s: float = DEFAULT_REWRITE_DEDUP_S,
+        ptrace_dedup_s: float = DEFAULT_PTRACE_DEDUP_S,
         btf_loads: bool | None = None,
         prio_exec_budget: int | None = None,
         prio_window_s: float | None = None,
@@ -175,6 +179,8 @@ class BpfSensor(LoaderUser):
         op, reasons, file; ``bpf/lib/xmem.h``); 0 = off.
         ``rewrite_dedup_s``: the window of repeat log-rewrite records (same process,
         file, act; ``bpf/lib/dedup.h``), on by default; 0 = off.
+        ``ptrace_dedup_s``: the window of repeat ptrace records (same process image,
+        request, target; ``bpf/lib/dedup.h``), on by default; 0 = off.
         ``btf_loads``: which open programs load (:func:`open_programs_skipped`); None:
         as the running kernel allows (:func:`bastion.kernel.btf.btf_loads`).
         ``prio_exec_budget``: execs of one image per 100 ms window that stay on the
@@ -189,7 +195,8 @@ class BpfSensor(LoaderUser):
         self.prio_exec_budget = prio_exec_budget
         self.prio_window_ns = None if prio_window_s is None else int(prio_window_s * 1e9)
         for what, v in (("open_dedup_s", open_dedup_s), ("net_dedup_s", net_dedup_s),
-                        ("mmap_dedup_s", mmap_dedup_s), ("rewrite_dedup_s", rewrite_dedup_s)):
+                        ("mmap_dedup_s", mmap_dedup_s), ("rewrite_dedup_s", rewrite_dedup_s),
+                        ("ptrace_dedup_s", ptrace_dedup_s)):
             if v < 0:
                 raise KernelError(f"{what} must be >= 0, got {v}",
                                   location=Location(self.object_name))
@@ -197,6 +204,7 @@ class BpfSensor(LoaderUser):
         self.net_dedup_ns = int(net_dedup_s * 1e9)
         self.mmap_dedup_ns = int(mmap_dedup_s * 1e9)
         self.rewrite_dedup_ns = int(rewrite_dedup_s * 1e9)
+        self.ptrace_dedup_ns = int(ptrace_dedup_s * 1e9)
         self.classes = tuple(classes)
         self.mask = event_mask(self.classes)
         self.self_tgid = self_tgid
@@ -216,7 +224,7 @@ class BpfSensor(LoaderUser):
         self._sens_at = 0.0
         # keeps the actors of a flood decoded once, and a record repeated by a flood
         self._decoder = RepeatDecoder()
-        self._dedup_final = (0, 0, 0, 0, 0)   # the dedup counters as they were at close()
+        self._dedup_final = (0, 0, 0, 0, 0, 0)   # the dedup counters as they were at close()
         # the io_uring tracepoints of this kernel (None: read from its BTF at load),
         # why there are none, and the programs missing for lack of them
         self.iou_present: frozenset[str] | None = None
@@ -236,6 +244,7 @@ class BpfSensor(LoaderUser):
                 "cfg_net_dedup_ns": self.net_dedup_ns,
                 "cfg_mmap_dedup_ns": self.mmap_dedup_ns,
                 "cfg_rewrite_dedup_ns": self.rewrite_dedup_ns,
+                "cfg_ptrace_dedup_ns": self.ptrace_dedup_ns,
                 "cfg_host_mnt_ns": self.host_mnt_ns or host_mnt_ns(self.object_name),
                 **({} if self.prio_exec_budget is None
                    else {"cfg_prio_exec_budget": self.prio_exec_budget}),
@@ -363,7 +372,7 @@ class BpfSensor(LoaderUser):
             if not self._lo.closed:
                 self._dedup_final = (self.deduplicated(), self.net_deduplicated(),
                                      self.mmap_deduplicated(), self.rewrite_deduplicated(),
-                                     self.prio_demoted())
+                                     self.prio_demoted(), self.ptrace_deduplicated())
             self._lo.close()
 
     def _dedup(self, name: str, final: int) -> int:
@@ -388,6 +397,10 @@ class BpfSensor(LoaderUser):
         """Log-rewrite records the kernel did not send: one like it was within the window."""
         return self._dedup("rewrite_deduped", self._dedup_final[3])
 
+    def ptrace_deduplicated(self) -> int:
+        """ptrace records the kernel did not send: one like it was within the window."""
+        return self._dedup("ptrace_deduped", self._dedup_final[5])
+
     def prio_demoted(self) -> int:
         """Priority records the kernel put on the bulk ring: their thread group (an exec:
         its image) spent its priority budget (bpf/lib/common.h prio_spend, s23 review 1)."""
@@ -398,7 +411,8 @@ class BpfSensor(LoaderUser):
                 "open_deduplicated": self.deduplicated(),
                 "net_deduplicated": self.net_deduplicated(),
                 "mmap_deduplicated": self.mmap_deduplicated(),
-                "rewrite_deduplicated": self.rewrite_deduplicated()}
+                "rewrite_deduplicated": self.rewrite_deduplicated(),
+                "ptrace_deduplicated": self.ptrace_deduplicated()}
 
 
 # Hooks of lsm_events.bpf.o a kernel may lack (CONFIG_SECURITY_PATH off, older kernels).
@@ -498,5 +512,5 @@ class HookSensor(BpfSensor):
 
 
 
-__all__ = ["BTF_OPEN_PROGRAMS", "BpfSensor", "IOURING_PROGRAMS", "iouring_programs_skipped", "PROBE_OPEN_PROGRAMS", "open_programs_skipped", "DEFAULT_MMAP_DEDUP_S", "DEFAULT_REWRITE_DEDUP_S", "DEFAULT_NET_DEDUP_S", "DEFAULT_OPEN_DEDUP_S", "EVENT_CLASSES",
+__all__ = ["BTF_OPEN_PROGRAMS", "BpfSensor", "IOURING_PROGRAMS", "iouring_programs_skipped", "PROBE_OPEN_PROGRAMS", "open_programs_skipped", "DEFAULT_MMAP_DEDUP_S", "DEFAULT_REWRITE_DEDUP_S", "DEFAULT_PTRACE_DEDUP_S", "DEFAULT_NET_DEDUP_S", "DEFAULT_OPEN_DEDUP_S", "EVENT_CLASSES",
            "HOOK_OPTIONAL_PROGRAMS", "HookSensor", "OPTIONAL_PROGRAMS", "event_mask"]
