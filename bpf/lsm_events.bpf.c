@@ -444,7 +444,14 @@ int on_accept(void *ctx)
 SEC("fentry/security_task_kill")
 int BPF_PROG(on_task_kill, struct task_struct *p, struct kernel_siginfo *info, int sig)
 {
-	return kill_ev(BASTION_KILL_TGKILL, BPF_CORE_READ(p, pid), BPF_CORE_READ(p, tgid), sig);
+	struct dedup_key k = {};
+
+	if (sig == 0 || !wanted(BASTION_EV_KILL) || kill_seen_recently(sig, p, &k))
+		return 0; /* signal 0 only probes for existence */
+	if (!kill_ev(BASTION_KILL_TGKILL, BPF_CORE_READ(p, pid), BPF_CORE_READ(p, tgid), sig) &&
+	    cfg_kill_dedup_ns)
+		dedup_unstamp(&k);   /* not sent: its repeats are not hidden behind it */
+	return 0;
 }
 
 #define PTRACE_TRACEME_ 0
@@ -458,13 +465,15 @@ int BPF_PROG(on_ptrace_access, struct task_struct *child, unsigned int mode)
 {
 	if (!(mode & PTRACE_MODE_ATTACH_))
 		return 0;
-	return ptrace_once(PTRACE_ATTACH_, BPF_CORE_READ(child, pid), 0);
+	return ptrace_once(PTRACE_ATTACH_, BPF_CORE_READ(child, pid), 0,
+			   BPF_CORE_READ(child, group_leader, start_boottime));
 }
 
 SEC("fentry/security_ptrace_traceme")
 int BPF_PROG(on_ptrace_traceme, struct task_struct *parent)
 {
-	return ptrace_once(PTRACE_TRACEME_, BPF_CORE_READ(parent, pid), 0);
+	return ptrace_once(PTRACE_TRACEME_, BPF_CORE_READ(parent, pid), 0,
+			   BPF_CORE_READ(parent, group_leader, start_boottime));
 }
 
 /* bpf(): the kernel's copy of the attributes (3 arguments on 6.1, 4 later:

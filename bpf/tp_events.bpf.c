@@ -1079,25 +1079,76 @@ int on_accept4_ret(void *ctx) { return accept_exit(RET(ctx)); }
 /* ------------------------------------------------------------------ */
 /* process interaction and privilege                                   */
 
+/* ptrace(2) and another process's memory read or written without it (s23: a
+ * ptrace record with a request no ptrace(2) has; target_pid as passed, in the
+ * caller's pid namespace).  Reported at the syscall's exit, when it succeeded
+ * (s30 review): a failed call did nothing, and entry records let any user make
+ * a new dedup key per call (a loop over pids that do not exist, or request
+ * numbers that are none), a flood no key could hold and one that emptied the
+ * dedup map the opens share.  Distinct keys now need distinct live targets the
+ * caller may trace: its own processes. */
+struct ptrace_args {
+	__s64 request;
+	__u64 addr;
+	__s32 target;
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u64);
+	__type(value, struct ptrace_args);
+} pending_ptrace SEC(".maps");
+
+static __always_inline int ptrace_enter(__s64 request, __s32 target, __u64 addr)
+{
+	struct ptrace_args a = { .request = request, .addr = addr, .target = target };
+	__u64 id;
+
+	if (!wanted(BASTION_EV_PTRACE))
+		return 0;
+	id = bpf_get_current_pid_tgid();
+	bpf_map_update_elem(&pending_ptrace, &id, &a, BPF_ANY);
+	return 0;
+}
+
+static __always_inline int ptrace_exit(long ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct ptrace_args *p = bpf_map_lookup_elem(&pending_ptrace, &id);
+	struct ptrace_args a;
+
+	if (!p)
+		return 0;
+	a = *p;
+	bpf_map_delete_elem(&pending_ptrace, &id);
+	if (ret < 0)
+		return 0;
+	return ptrace_once(a.request, a.target, a.addr, 0);
+}
+
 SEC("tracepoint/syscalls/sys_enter_ptrace")
 int on_ptrace(void *ctx)
 {
-	return ptrace_once(ARG(ctx, 0), ARG(ctx, 1), ARG(ctx, 2));
+	return ptrace_enter(ARG(ctx, 0), ARG(ctx, 1), ARG(ctx, 2));
 }
-
-/* Another process's memory read or written without ptrace (s23): reported as a
- * ptrace record with a request no ptrace(2) has.  target_pid as passed (the
- * caller's pid namespace, as for ptrace). */
+SEC("tracepoint/syscalls/sys_exit_ptrace")
+int on_ptrace_ret(void *ctx) { return ptrace_exit(RET(ctx)); }
 SEC("tracepoint/syscalls/sys_enter_process_vm_readv")
 int on_process_vm_readv(void *ctx)
 {
-	return ptrace_once(BASTION_PTRACE_VM_READV, ARG(ctx, 0), 0);
+	return ptrace_enter(BASTION_PTRACE_VM_READV, ARG(ctx, 0), 0);
 }
+SEC("tracepoint/syscalls/sys_exit_process_vm_readv")
+int on_process_vm_readv_ret(void *ctx) { return ptrace_exit(RET(ctx)); }
 SEC("tracepoint/syscalls/sys_enter_process_vm_writev")
 int on_process_vm_writev(void *ctx)
 {
-	return ptrace_once(BASTION_PTRACE_VM_WRITEV, ARG(ctx, 0), 0);
+	return ptrace_enter(BASTION_PTRACE_VM_WRITEV, ARG(ctx, 0), 0);
 }
+SEC("tracepoint/syscalls/sys_exit_process_vm_writev")
+int on_process_vm_writev_ret(void *ctx) { return ptrace_exit(RET(ctx)); }
 
 /* Every signal the current task sends to another process (s16-sig): the
  * signal:signal_generate tracepoint fires wherever a signal is generated
@@ -1178,6 +1229,7 @@ int BPF_PROG(on_kill, int sig, struct kernel_siginfo *info, struct task_struct *
 {
 	struct bastion_kill_event *e;
 	struct task_struct *cur;
+	struct dedup_key k = {};
 	__u32 tgid = BPF_CORE_READ(task, tgid), syscall, flags = 0;
 	long nr;
 	int code;
@@ -1202,9 +1254,13 @@ int BPF_PROG(on_kill, int sig, struct kernel_siginfo *info, struct task_struct *
 	if (code != SI_USER_ && code != SI_TKILL_ && syscall != BASTION_KILL_RT_SIGQUEUEINFO &&
 	    syscall != BASTION_KILL_RT_TGSIGQUEUEINFO && syscall != BASTION_KILL_PIDFD)
 		return 0;
-	e = RESERVE(struct bastion_kill_event, BASTION_EV_KILL);
-	if (!e)
+	if (kill_seen_recently(sig, task, &k))
 		return 0;
+	e = RESERVE(struct bastion_kill_event, BASTION_EV_KILL);
+	if (!e) {
+		dedup_unstamp(&k);   /* not sent: its repeats are not hidden behind it */
+		return 0;
+	}
 	e->target_pid = group ? tgid : BPF_CORE_READ(task, pid);
 	e->target_tgid = tgid;
 	e->sig = sig;

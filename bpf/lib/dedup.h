@@ -58,8 +58,9 @@ struct {
 	__type(value, __u64);
 } net_deduped SEC(".maps");
 
-/* true: a record with key @k (tgid and start filled here) was sent less than
- * @window ns ago; counted in @counter.  Else the key is stamped now. */
+/* true: a record with key @k (tgid, start and exec id filled here) was sent
+ * less than @window ns ago; counted in @counter.  Else the key is stamped now
+ * (dedup_unstamp() takes it back when the record could not be sent). */
 static __always_inline bool dedup_hit(struct dedup_key *k, __u64 window, void *counter)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
@@ -80,6 +81,11 @@ static __always_inline bool dedup_hit(struct dedup_key *k, __u64 window, void *c
 	}
 	bpf_map_update_elem(&dedup_seen, k, &now, BPF_ANY);
 	return false;
+}
+
+static __always_inline void dedup_unstamp(struct dedup_key *k)
+{
+	bpf_map_delete_elem(&dedup_seen, k);
 }
 
 /* The open flags that tell one write-open from another for the rules (s18 review: the
@@ -237,24 +243,62 @@ struct {
 	__type(value, __u64);
 } ptrace_deduped SEC(".maps");
 
-static __always_inline bool ptrace_seen_recently(__s64 request, __s32 target)
+/* ptrace_record() of a request not seen from this process image within the
+ * window.  @target_start: the target process's start time where the caller has
+ * the task (lsm: a pid reused by a new process is a new key), else 0.  A record
+ * the ring had no room for takes its stamp back (s30 review): its repeats, an
+ * injection's next POKEDATA, must not be hidden behind a record never sent. */
+static __always_inline int ptrace_once(__s64 request, __s32 target, __u64 addr,
+				       __u64 target_start)
 {
 	struct dedup_key k = {};
 
-	if (!cfg_ptrace_dedup_ns)
-		return false;
-	k.kind = DEDUP_PTRACE;
-	k.a = (__u64)request;
-	k.c = (__u32)target;
-	return dedup_hit(&k, cfg_ptrace_dedup_ns, &ptrace_deduped);
+	if (!wanted(BASTION_EV_PTRACE))
+		return 0;
+	if (cfg_ptrace_dedup_ns) {
+		k.kind = DEDUP_PTRACE;
+		k.a = (__u64)request;
+		k.b = target_start;
+		k.c = (__u32)target;
+		if (dedup_hit(&k, cfg_ptrace_dedup_ns, &ptrace_deduped))
+			return 0;
+	}
+	if (!ptrace_record(request, target, addr) && cfg_ptrace_dedup_ns)
+		dedup_unstamp(&k);
+	return 0;
 }
 
-/* ptrace_record() of a request not seen from this process image within the window. */
-static __always_inline int ptrace_once(__s64 request, __s32 target, __u64 addr)
+/* Signal records (s30): one per (process image, signal, target thread, target
+ * process's start time) within cfg_kill_dedup_ns.  Any user may send its own
+ * child a harmful-listed signal (SIGUSR1, SIGTERM...) in a loop (1.3 M kill(2)
+ * calls/s here; a pending standard signal is not queued again, but each call is
+ * checked and traced): each was a record.  The first crosses (the rules judge a
+ * signal to a target once: a security tool stopped); the repeats are counted in
+ * kill_deduped.  The target's start time keeps a pid reused by a new process (a
+ * restarted security tool) a new key. */
+const volatile __u64 cfg_kill_dedup_ns = 0;
+
+#define DEDUP_KILL 80
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} kill_deduped SEC(".maps");
+
+/* @k: the key, for dedup_unstamp() when the record finds no room (all zero
+ * when the window is off: nothing was stamped). */
+static __always_inline bool kill_seen_recently(int sig, struct task_struct *target,
+					       struct dedup_key *k)
 {
-	if (!wanted(BASTION_EV_PTRACE) || ptrace_seen_recently(request, target))
-		return 0;
-	return ptrace_record(request, target, addr);
+	if (!cfg_kill_dedup_ns)
+		return false;
+	k->kind = DEDUP_KILL;
+	k->a = BPF_CORE_READ(target, pid);
+	k->b = BPF_CORE_READ(target, group_leader, start_boottime);
+	k->c = (__u32)sig;
+	return dedup_hit(k, cfg_kill_dedup_ns, &kill_deduped);
 }
 
 #endif /* BASTION_DEDUP_H */

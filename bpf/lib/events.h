@@ -345,6 +345,7 @@ static __always_inline void file_submit(struct bastion_file_event *e)
 
 /* A ptrace record (both sensors: ptrace(2) and process_vm_readv/writev on compat, the
  * attach-mode access check and traceme on lsm). */
+/* 1: the record was sent; 0: not wanted, or no room on the ring. */
 static __always_inline int ptrace_record(__s64 request, __s32 target, __u64 addr)
 {
 	struct bastion_ptrace_event *e;
@@ -359,7 +360,7 @@ static __always_inline int ptrace_record(__s64 request, __s32 target, __u64 addr
 	e->_pad = 0;
 	e->addr = addr;
 	SUBMIT(e);
-	return 0;
+	return 1;
 }
 
 /* A network record with every field neutral. */
@@ -383,7 +384,7 @@ static __always_inline struct bastion_net_event *net_event(__u32 op)
 }
 
 /* A kill record of the lsm sensor (fentry/security_task_kill); the compat
- * sensor's is on_kill (tp_events.bpf.c: signal:signal_generate). */
+ * sensor's is on_kill (tp_events.bpf.c: signal:signal_generate).  1: sent. */
 static __always_inline int kill_ev(__u32 syscall, __s32 target, __s32 tgid, __s32 sig)
 {
 	struct bastion_kill_event *e;
@@ -402,7 +403,7 @@ static __always_inline int kill_ev(__u32 syscall, __s32 target, __s32 tgid, __s3
 	e->flags = 0;
 	e->result = 0;
 	SUBMIT(e);
-	return 0;
+	return 1;
 }
 
 /* bpf() commands worth seeing: creation, loading, attaching, pinning and

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from bastion.events import Event, FileEvent, NetEvent, PtraceEvent
+from bastion.events import Event, FileEvent, KillEvent, NetEvent, PtraceEvent
 from bastion.sensors.bpf import BpfSensor
 from support.cg import run_in, scoped_cgroup
 from support.extfs import REUSE_SCRIPT, ext4_mount
-from support.ptraceloop import XMEM_SCRIPT
+from support.floods import KILL_SCRIPT, XMEM_SCRIPT
 from support.live import drain_events
 
 pytestmark = pytest.mark.kernel
@@ -138,14 +138,15 @@ def test_new_file_on_a_freed_inode_number_is_reported(tmp_path: Path) -> None:
 # s30: any user may read its own child's memory with process_vm_readv(2) in a loop (1.2 M
 # calls/s here): each call was a ptrace record, an agent under such a loop dropped 1.8 M
 # records in 3 s, and with them the file and kill records of those seconds.  Now one
-# record per (process image, request, target) per window (support/ptraceloop.py: child A
+# record per (process image, request, target) per window (support/floods.py: child A
 # and B read REPEATS times, an exec of the same pid, A read again; the new image's read
 # is its own act: the exec is in the key, for opens too).
 
 
-def _xmem(tmp: Path, **kw: float) -> tuple[list[Event], BpfSensor, tuple[int, int, int]]:
-    script = tmp / "xmem.py"
-    script.write_text(XMEM_SCRIPT)
+def _xmem(tmp: Path, script_text: str = XMEM_SCRIPT,
+          **kw: float) -> tuple[list[Event], BpfSensor, tuple[int, int, int]]:
+    script = tmp / "flood.py"
+    script.write_text(script_text)
     with scoped_cgroup() as (cg, cgid):
         sensor = BpfSensor(cgroup_id=cgid, **kw)  # type: ignore[arg-type]
         sensor.open()
@@ -182,3 +183,26 @@ def test_the_ptrace_window_off_reports_every_read(tmp_path: Path) -> None:
     events, sensor, (me, a, b) = _xmem(tmp_path, ptrace_dedup_s=0)
     assert _reads(events, me) == {a: 2 * REPEATS, b: REPEATS}
     assert sensor.stats()["ptrace_deduplicated"] == 0
+
+
+# s30: the same with signals: a kill(2) loop sending one's own child SIGUSR1 (1.3 M calls/s
+# here) was a record per call.  One per (process image, signal, target) per window now.
+def _signals(events: list[Event], me: int) -> dict[tuple[int, int], int]:
+    out: dict[tuple[int, int], int] = {}
+    for e in events:
+        if isinstance(e, KillEvent) and e.proc.pid == me and e.signal in (10, 12):
+            k = (e.target_pid, e.signal)
+            out[k] = out.get(k, 0) + 1
+    return out
+
+
+def test_a_signal_loop_crosses_once_per_signal_target_and_image(tmp_path: Path) -> None:
+    events, sensor, (me, a, b) = _xmem(tmp_path, KILL_SCRIPT)   # the kill window: the default
+    assert _signals(events, me) == {(a, 10): 2, (a, 12): 1, (b, 10): 1}
+    assert sensor.stats()["kill_deduplicated"] >= 4 * (REPEATS - 1)
+
+
+def test_the_kill_window_off_reports_every_signal(tmp_path: Path) -> None:
+    events, sensor, (me, a, b) = _xmem(tmp_path, KILL_SCRIPT, kill_dedup_s=0)
+    assert _signals(events, me) == {(a, 10): 2 * REPEATS, (a, 12): REPEATS, (b, 10): REPEATS}
+    assert sensor.stats()["kill_deduplicated"] == 0

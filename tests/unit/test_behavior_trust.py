@@ -279,3 +279,32 @@ def test_a_script_s_children_cannot_make_the_agent_resolve_its_path_per_event(
     assert len(rule(found, "behavior.proc_mem_access")) == 200
     # ... and the script's path was resolved once, not once per event
     assert asked.count(str(script)) == 1, asked.count(str(script))
+
+
+def test_a_script_path_through_a_user_s_symlink_is_not_trusted(root_dir: Path,
+                                                               tmp_path: Path) -> None:
+    """s30 review: secure_file checked the directories of the real file only, so a path
+    through a symlink in a directory a user owns (``/home/u/l -> /usr/sbin``) passed --
+    and with the script identities kept for a refresh period (s30) a user could prime
+    the cache with ``sh /home/u/l/dkms`` and then point ``l`` at their own directory:
+    their script trusted as dkms for the rest of the period.  The path as written must
+    be root-only too (and in its normal form)."""
+    script = root_dir / "dkms"
+    script.write_text("#!/bin/sh\n")
+    os.chmod(script, 0o755)
+    user = tmp_path / "u"
+    user.mkdir()
+    os.chown(user, 65534, 65534)          # a directory a user owns
+    (user / "l").symlink_to(root_dir)
+    sh = os.path.realpath("/bin/sh")
+    t = ExeTrust((str(root_dir), os.path.dirname(sh)))
+    assert t.script_tool(sh, ident(sh), ("sh", str(script)), {"dkms"}) == "dkms"
+    assert t.script_tool(sh, ident(sh), ("sh", f"{user}/l/dkms"), {"dkms"}) is None
+    assert secure_file(f"{user}/l/dkms") is None
+    # the written path in its normal form only: a ".." would be walked after the link
+    assert secure_file(f"{root_dir}/../{root_dir.name}/dkms") is None
+    assert secure_file(f"{root_dir}//dkms") is None
+    # a symlink in a root-only directory (merged /usr: /bin -> usr/bin) is root's own
+    link = root_dir / "bin"
+    link.symlink_to(root_dir)
+    assert secure_file(f"{link}/dkms") is not None

@@ -374,6 +374,21 @@ def test_open_interests_lose_no_finding_and_no_state() -> None:
     assert kept < total * 0.9, (kept, total)   # the interests keep opens from rules
 
 
+def test_the_exec_interests_take_the_kernel_thread_names_their_rule_takes() -> None:
+    """s30 review: masquerade's kernel-thread test (``_KTHREAD``, whose ``$`` also takes a
+    final newline) found ``[kworker/0:1]\n`` critical, and the exec interest first
+    declared for it ("the last component ends in ]") kept that exec from the rule."""
+    from bastion.events import Proc
+
+    p = Proc(pid=4242, tid=4242, ppid=1, uid=1000, euid=1000, gid=1000, cgroup_id=1,
+             comm="kw", start_ns=5, exe="/tmp/.x/kw")
+    for argv0 in ("[kworker/0:1]", "[kworker/0:1]\n", "[kworker]"):
+        ev = ExecEvent(1_767_225_600 * 10**9, p, filename=p.exe, cwd="/tmp", argv=(argv0,))
+        found = [f for f in Engine(behavior_rules()).evaluate(ev, RuleContext(ProcessTable()))
+                 if f.rule == "behavior.masquerade"]
+        assert found and found[0].severity == "critical", argv0
+
+
 def test_a_single_event_rule_s_direct_path_finds_what_the_generic_path_finds() -> None:
     """SingleEvent.on_event skips the evaluate layer (issue 16.3): on the recorded corpus
     every such rule finds, event for event, what BehaviorRule.on_event finds (a second

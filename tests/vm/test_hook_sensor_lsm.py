@@ -21,11 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bastion import abi  # noqa: E402
 from bastion.enforce.tiers import probe  # noqa: E402
-from bastion.events import Event, ExecEvent, ExitEvent, FileEvent, NetEvent, PtraceEvent  # noqa: E402
+from bastion.events import Event, ExecEvent, ExitEvent, FileEvent, KillEvent, NetEvent, PtraceEvent  # noqa: E402
 from bastion.sensors.bpf import BpfSensor, HookSensor  # noqa: E402
 from support.cg import run_in, scoped_cgroup  # noqa: E402
 from support.extfs import REUSE_SCRIPT, ext4_mount  # noqa: E402
-from support.ptraceloop import XMEM_SCRIPT  # noqa: E402
+from support.floods import KILL_SCRIPT, XMEM_SCRIPT  # noqa: E402
 
 IN_VM = os.environ.get("BASTION_IN_VM") == "1"
 pytestmark = pytest.mark.skipif(
@@ -270,6 +270,31 @@ def test_a_memory_read_loop_crosses_once_per_target_and_image(tmp_path: Path) ->
             reads[e.target_pid] = reads.get(e.target_pid, 0) + 1
     assert reads == {a: 2, b: 1}, reads
     assert deduped >= 3 * 49, deduped
+
+
+# s30: and a kill(2) loop on one's own child: one record per (process image, signal,
+# target) per window on this sensor too (security_task_kill).
+def test_a_signal_loop_crosses_once_per_signal_target_and_image(tmp_path: Path) -> None:
+    script = tmp_path / "kill.py"
+    script.write_text(KILL_SCRIPT)
+    with scoped_cgroup() as (cg, cgid):
+        sensor = HookSensor(cgroup_id=cgid)          # the kill window: the default
+        sensor.open()
+        try:
+            r = run_in(cg, [sys.executable, str(script), str(tmp_path), "50"], timeout=120)
+            assert r.returncode == 0, r.stderr
+            me, a, b = (int(x) for x in r.stdout.split())
+            events = _collect(sensor, lambda evs: any(
+                isinstance(e, ExitEvent) and e.proc.pid == me for e in evs))
+            deduped = sensor.kill_deduplicated()
+        finally:
+            sensor.close()
+    sent: dict[tuple[int, int], int] = {}
+    for e in events:
+        if isinstance(e, KillEvent) and e.proc.pid == me and e.signal in (10, 12):
+            sent[(e.target_pid, e.signal)] = sent.get((e.target_pid, e.signal), 0) + 1
+    assert sent == {(a, 10): 2, (a, 12): 1, (b, 10): 1}, sent
+    assert deduped >= 4 * 49, deduped
 
 
 # s19 review: the open dedup's key was (process, inode number, device, access, flags),

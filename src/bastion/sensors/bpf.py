@@ -68,6 +68,9 @@ DEFAULT_REWRITE_DEDUP_S: Final = 10.0
 # ptrace records (bpf/lib/dedup.h, s30): one per (process image, request, target) a second,
 # on by default in both sensors: a process_vm_readv loop on one's own child blinded the agent
 DEFAULT_PTRACE_DEDUP_S: Final = 1.0
+# signal records (bpf/lib/dedup.h, s30): one per (process image, signal, target) a second, on
+# by default in both sensors: a kill(2) loop on one's own child blinded the agent the same way
+DEFAULT_KILL_DEDUP_S: Final = 1.0
 
 # Records decoded per poll at most: the ring holds ~82 k typical file records since they
 # are variable-size (ABI 2.0; ~14.7 k before), and a poll that took them all held them
@@ -165,6 +168,7 @@ class BpfSensor(LoaderUser):
         mmap_dedup_s: float = 0.0,
         rewrite_dedup_s: float = DEFAULT_REWRITE_DEDUP_S,
         ptrace_dedup_s: float = DEFAULT_PTRACE_DEDUP_S,
+        kill_dedup_s: float = DEFAULT_KILL_DEDUP_S,
         btf_loads: bool | None = None,
         prio_exec_budget: int | None = None,
         prio_window_s: float | None = None,
@@ -181,6 +185,8 @@ class BpfSensor(LoaderUser):
         file, act; ``bpf/lib/dedup.h``), on by default; 0 = off.
         ``ptrace_dedup_s``: the window of repeat ptrace records (same process image,
         request, target; ``bpf/lib/dedup.h``), on by default; 0 = off.
+        ``kill_dedup_s``: the window of repeat signal records (same process image,
+        signal, target thread and its process's start), on by default; 0 = off.
         ``btf_loads``: which open programs load (:func:`open_programs_skipped`); None:
         as the running kernel allows (:func:`bastion.kernel.btf.btf_loads`).
         ``prio_exec_budget``: execs of one image per 100 ms window that stay on the
@@ -196,7 +202,7 @@ class BpfSensor(LoaderUser):
         self.prio_window_ns = None if prio_window_s is None else int(prio_window_s * 1e9)
         for what, v in (("open_dedup_s", open_dedup_s), ("net_dedup_s", net_dedup_s),
                         ("mmap_dedup_s", mmap_dedup_s), ("rewrite_dedup_s", rewrite_dedup_s),
-                        ("ptrace_dedup_s", ptrace_dedup_s)):
+                        ("ptrace_dedup_s", ptrace_dedup_s), ("kill_dedup_s", kill_dedup_s)):
             if v < 0:
                 raise KernelError(f"{what} must be >= 0, got {v}",
                                   location=Location(self.object_name))
@@ -205,6 +211,7 @@ class BpfSensor(LoaderUser):
         self.mmap_dedup_ns = int(mmap_dedup_s * 1e9)
         self.rewrite_dedup_ns = int(rewrite_dedup_s * 1e9)
         self.ptrace_dedup_ns = int(ptrace_dedup_s * 1e9)
+        self.kill_dedup_ns = int(kill_dedup_s * 1e9)
         self.classes = tuple(classes)
         self.mask = event_mask(self.classes)
         self.self_tgid = self_tgid
@@ -224,7 +231,7 @@ class BpfSensor(LoaderUser):
         self._sens_at = 0.0
         # keeps the actors of a flood decoded once, and a record repeated by a flood
         self._decoder = RepeatDecoder()
-        self._dedup_final = (0, 0, 0, 0, 0, 0)   # the dedup counters as they were at close()
+        self._dedup_final = (0, 0, 0, 0, 0, 0, 0)   # the dedup counters as they were at close()
         # the io_uring tracepoints of this kernel (None: read from its BTF at load),
         # why there are none, and the programs missing for lack of them
         self.iou_present: frozenset[str] | None = None
@@ -245,6 +252,7 @@ class BpfSensor(LoaderUser):
                 "cfg_mmap_dedup_ns": self.mmap_dedup_ns,
                 "cfg_rewrite_dedup_ns": self.rewrite_dedup_ns,
                 "cfg_ptrace_dedup_ns": self.ptrace_dedup_ns,
+                "cfg_kill_dedup_ns": self.kill_dedup_ns,
                 "cfg_host_mnt_ns": self.host_mnt_ns or host_mnt_ns(self.object_name),
                 **({} if self.prio_exec_budget is None
                    else {"cfg_prio_exec_budget": self.prio_exec_budget}),
@@ -372,7 +380,8 @@ class BpfSensor(LoaderUser):
             if not self._lo.closed:
                 self._dedup_final = (self.deduplicated(), self.net_deduplicated(),
                                      self.mmap_deduplicated(), self.rewrite_deduplicated(),
-                                     self.prio_demoted(), self.ptrace_deduplicated())
+                                     self.prio_demoted(), self.ptrace_deduplicated(),
+                                     self.kill_deduplicated())
             self._lo.close()
 
     def _dedup(self, name: str, final: int) -> int:
@@ -401,6 +410,10 @@ class BpfSensor(LoaderUser):
         """ptrace records the kernel did not send: one like it was within the window."""
         return self._dedup("ptrace_deduped", self._dedup_final[5])
 
+    def kill_deduplicated(self) -> int:
+        """Signal records the kernel did not send: one like it was within the window."""
+        return self._dedup("kill_deduped", self._dedup_final[6])
+
     def prio_demoted(self) -> int:
         """Priority records the kernel put on the bulk ring: their thread group (an exec:
         its image) spent its priority budget (bpf/lib/common.h prio_spend, s23 review 1)."""
@@ -412,7 +425,8 @@ class BpfSensor(LoaderUser):
                 "net_deduplicated": self.net_deduplicated(),
                 "mmap_deduplicated": self.mmap_deduplicated(),
                 "rewrite_deduplicated": self.rewrite_deduplicated(),
-                "ptrace_deduplicated": self.ptrace_deduplicated()}
+                "ptrace_deduplicated": self.ptrace_deduplicated(),
+                "kill_deduplicated": self.kill_deduplicated()}
 
 
 # Hooks of lsm_events.bpf.o a kernel may lack (CONFIG_SECURITY_PATH off, older kernels).
@@ -512,5 +526,5 @@ class HookSensor(BpfSensor):
 
 
 
-__all__ = ["BTF_OPEN_PROGRAMS", "BpfSensor", "IOURING_PROGRAMS", "iouring_programs_skipped", "PROBE_OPEN_PROGRAMS", "open_programs_skipped", "DEFAULT_MMAP_DEDUP_S", "DEFAULT_REWRITE_DEDUP_S", "DEFAULT_PTRACE_DEDUP_S", "DEFAULT_NET_DEDUP_S", "DEFAULT_OPEN_DEDUP_S", "EVENT_CLASSES",
+__all__ = ["BTF_OPEN_PROGRAMS", "BpfSensor", "IOURING_PROGRAMS", "iouring_programs_skipped", "PROBE_OPEN_PROGRAMS", "open_programs_skipped", "DEFAULT_MMAP_DEDUP_S", "DEFAULT_REWRITE_DEDUP_S", "DEFAULT_PTRACE_DEDUP_S", "DEFAULT_KILL_DEDUP_S", "DEFAULT_NET_DEDUP_S", "DEFAULT_OPEN_DEDUP_S", "EVENT_CLASSES",
            "HOOK_OPTIONAL_PROGRAMS", "HookSensor", "OPTIONAL_PROGRAMS", "event_mask"]

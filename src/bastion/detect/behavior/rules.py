@@ -820,9 +820,10 @@ _KTHREAD = re.compile(r"^\[[\w/:.\-]+\]$")
 
 def _masq_named(name: str) -> bool:
     """Can an exec whose executable or argv[0] has this last component be a masquerade?
-    A kernel-thread argv[0] (``[kworker/0:1]``: its last component ends in ``]``) or a
+    A kernel-thread argv[0] (``[kworker/0:1]``: its last component has the ``]``; not
+    "ends in": ``_KTHREAD``'s ``$`` also takes ``[kworker/0:1]\n``, s30 review) or a
     system binary's name, itself or before a ``:`` (``sshd: root``)."""
-    return name.endswith("]") or name.partition(":")[0] in MASQ_NAMES
+    return "]" in name or name.partition(":")[0] in MASQ_NAMES
 
 
 class Masquerade(SingleEvent):

@@ -59,10 +59,31 @@ Ident = tuple[int, int]   # (kernel dev, ino)
 AT_PATH_MAX = 4096        # paths whose identity ExeTrust keeps for a refresh period
 
 
+def _root_only_dirs(d: str) -> bool:
+    """Is every directory from ``d`` up to ``/`` owned by root and not group/other-writable?"""
+    while True:
+        try:
+            ds = os.stat(d)
+        except OSError:
+            return False
+        if ds.st_uid != 0 or ds.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return False
+        if d == "/":
+            return True
+        d = os.path.dirname(d)
+
+
 def secure_file(path: str) -> os.stat_result | None:
     """``stat`` of the real file behind ``path`` when it is a regular file owned by
     root and not group/other-writable, below directories that are all owned by root
-    and not group/other-writable; else None."""
+    and not group/other-writable, and the directories of ``path`` as written are too;
+    else None.  The second chain (s30 review): a symlink in a directory a user owns
+    (``/home/u/l -> /usr/bin``) is the user's to point elsewhere, so ``/home/u/l/gcore``
+    is no root-only path whatever the link names now; an absolute path in its
+    normal form only (no ``.``, ``..`` or doubled slashes, which would make the
+    written chain another than the one the kernel walks)."""
+    if not path.startswith("/") or os.path.normpath(path) != path:
+        return None
     try:
         real = os.path.realpath(path, strict=True)
         st = os.stat(real)
@@ -70,17 +91,11 @@ def secure_file(path: str) -> os.stat_result | None:
         return None
     if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         return None
-    d = os.path.dirname(real)
-    while True:
-        try:
-            ds = os.stat(d)
-        except OSError:
-            return None
-        if ds.st_uid != 0 or ds.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            return None
-        if d == "/":
-            return st
-        d = os.path.dirname(d)
+    if not _root_only_dirs(os.path.dirname(real)):
+        return None
+    if real != path and not _root_only_dirs(os.path.dirname(path)):
+        return None
+    return st
 
 
 def _locate_here(path: str) -> Ident | None:
