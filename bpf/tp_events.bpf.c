@@ -1091,41 +1091,47 @@ struct ptrace_args {
 	__s64 request;
 	__u64 addr;
 	__s32 target;
-	__u32 _pad;
+	__u32 armed;
 };
 
+/* Task-local (no capacity to fill: a thread blocked in the call, e.g. on a
+ * userfaultfd page, holds its own slot, and no number of other blocked threads
+ * can push it out before its exit, as they could out of an LRU map). */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 1024);
-	__type(key, __u64);
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct ptrace_args);
 } pending_ptrace SEC(".maps");
 
 static __always_inline int ptrace_enter(__s64 request, __s32 target, __u64 addr)
 {
-	struct ptrace_args a = { .request = request, .addr = addr, .target = target };
-	__u64 id;
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct ptrace_args *p;
 
 	if (!wanted(BASTION_EV_PTRACE))
 		return 0;
-	id = bpf_get_current_pid_tgid();
-	bpf_map_update_elem(&pending_ptrace, &id, &a, BPF_ANY);
+	p = bpf_task_storage_get(&pending_ptrace, t, NULL, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!p)   /* no slot (no memory; 6.1: the storage busy on this CPU): the call as made */
+		return ptrace_once(request, target, addr, 0);
+	p->request = request;
+	p->addr = addr;
+	p->target = target;
+	p->armed = 1;
 	return 0;
 }
 
 static __always_inline int ptrace_exit(long ret)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	struct ptrace_args *p = bpf_map_lookup_elem(&pending_ptrace, &id);
-	struct ptrace_args a;
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct ptrace_args *p = bpf_task_storage_get(&pending_ptrace, t, NULL, 0);
 
-	if (!p)
+	if (!p || !p->armed)
 		return 0;
-	a = *p;
-	bpf_map_delete_elem(&pending_ptrace, &id);
+	p->armed = 0;
 	if (ret < 0)
 		return 0;
-	return ptrace_once(a.request, a.target, a.addr, 0);
+	return ptrace_once(p->request, p->target, p->addr, 0);
 }
 
 SEC("tracepoint/syscalls/sys_enter_ptrace")
