@@ -450,7 +450,7 @@ int BPF_PROG(on_task_kill, struct task_struct *p, struct kernel_siginfo *info, i
 		return 0; /* signal 0 only probes for existence */
 	if (!kill_ev(BASTION_KILL_TGKILL, BPF_CORE_READ(p, pid), BPF_CORE_READ(p, tgid), sig) &&
 	    cfg_kill_dedup_ns)
-		dedup_unstamp(&k);   /* not sent: its repeats are not hidden behind it */
+		kill_unstamp(&k, sig);   /* not sent: its repeats are not hidden behind it */
 	return 0;
 }
 

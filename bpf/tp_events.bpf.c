@@ -1091,8 +1091,12 @@ struct ptrace_args {
 	__s64 request;
 	__u64 addr;
 	__s32 target;
-	__u32 armed;
+	__u32 armed;   /* the syscall whose exit reports it (PT_SYS_*), 0: none pending */
 };
+
+#define PT_SYS_PTRACE 1
+#define PT_SYS_VM_READV 2
+#define PT_SYS_VM_WRITEV 3
 
 /* Task-local (no capacity to fill: a thread blocked in the call, e.g. on a
  * userfaultfd page, holds its own slot, and no number of other blocked threads
@@ -1104,7 +1108,7 @@ struct {
 	__type(value, struct ptrace_args);
 } pending_ptrace SEC(".maps");
 
-static __always_inline int ptrace_enter(__s64 request, __s32 target, __u64 addr)
+static __always_inline int ptrace_enter(__u32 sys, __s64 request, __s32 target, __u64 addr)
 {
 	struct task_struct *t = bpf_get_current_task_btf();
 	struct ptrace_args *p;
@@ -1117,16 +1121,18 @@ static __always_inline int ptrace_enter(__s64 request, __s32 target, __u64 addr)
 	p->request = request;
 	p->addr = addr;
 	p->target = target;
-	p->armed = 1;
+	p->armed = sys;
 	return 0;
 }
 
-static __always_inline int ptrace_exit(long ret)
+/* (another syscall's arguments, left by a call in flight when the programs
+ * attached, are not this one's) */
+static __always_inline int ptrace_exit(__u32 sys, long ret)
 {
 	struct task_struct *t = bpf_get_current_task_btf();
 	struct ptrace_args *p = bpf_task_storage_get(&pending_ptrace, t, NULL, 0);
 
-	if (!p || !p->armed)
+	if (!p || p->armed != sys)
 		return 0;
 	p->armed = 0;
 	if (ret < 0)
@@ -1137,24 +1143,24 @@ static __always_inline int ptrace_exit(long ret)
 SEC("tracepoint/syscalls/sys_enter_ptrace")
 int on_ptrace(void *ctx)
 {
-	return ptrace_enter(ARG(ctx, 0), ARG(ctx, 1), ARG(ctx, 2));
+	return ptrace_enter(PT_SYS_PTRACE, ARG(ctx, 0), ARG(ctx, 1), ARG(ctx, 2));
 }
 SEC("tracepoint/syscalls/sys_exit_ptrace")
-int on_ptrace_ret(void *ctx) { return ptrace_exit(RET(ctx)); }
+int on_ptrace_ret(void *ctx) { return ptrace_exit(PT_SYS_PTRACE, RET(ctx)); }
 SEC("tracepoint/syscalls/sys_enter_process_vm_readv")
 int on_process_vm_readv(void *ctx)
 {
-	return ptrace_enter(BASTION_PTRACE_VM_READV, ARG(ctx, 0), 0);
+	return ptrace_enter(PT_SYS_VM_READV, BASTION_PTRACE_VM_READV, ARG(ctx, 0), 0);
 }
 SEC("tracepoint/syscalls/sys_exit_process_vm_readv")
-int on_process_vm_readv_ret(void *ctx) { return ptrace_exit(RET(ctx)); }
+int on_process_vm_readv_ret(void *ctx) { return ptrace_exit(PT_SYS_VM_READV, RET(ctx)); }
 SEC("tracepoint/syscalls/sys_enter_process_vm_writev")
 int on_process_vm_writev(void *ctx)
 {
-	return ptrace_enter(BASTION_PTRACE_VM_WRITEV, ARG(ctx, 0), 0);
+	return ptrace_enter(PT_SYS_VM_WRITEV, BASTION_PTRACE_VM_WRITEV, ARG(ctx, 0), 0);
 }
 SEC("tracepoint/syscalls/sys_exit_process_vm_writev")
-int on_process_vm_writev_ret(void *ctx) { return ptrace_exit(RET(ctx)); }
+int on_process_vm_writev_ret(void *ctx) { return ptrace_exit(PT_SYS_VM_WRITEV, RET(ctx)); }
 
 /* Every signal the current task sends to another process (s16-sig): the
  * signal:signal_generate tracepoint fires wherever a signal is generated
@@ -1264,7 +1270,7 @@ int BPF_PROG(on_kill, int sig, struct kernel_siginfo *info, struct task_struct *
 		return 0;
 	e = RESERVE(struct bastion_kill_event, BASTION_EV_KILL);
 	if (!e) {
-		dedup_unstamp(&k);   /* not sent: its repeats are not hidden behind it */
+		kill_unstamp(&k, sig);   /* not sent: its repeats are not hidden behind it */
 		return 0;
 	}
 	e->target_pid = group ? tgid : BPF_CORE_READ(task, pid);

@@ -60,8 +60,10 @@ struct {
 
 /* true: a record with key @k (tgid, start and exec id filled here) was sent
  * less than @window ns ago; counted in @counter.  Else the key is stamped now
- * (dedup_unstamp() takes it back when the record could not be sent). */
-static __always_inline bool dedup_hit(struct dedup_key *k, __u64 window, void *counter)
+ * (the ptrace and signal stamps are taken back when the record could not be
+ * sent: ptrace_once, kill_unstamp). */
+static __always_inline bool dedup_hit_in(void *map, struct dedup_key *k, __u64 window,
+					 void *counter)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	__u64 now, *last;
@@ -71,7 +73,7 @@ static __always_inline bool dedup_hit(struct dedup_key *k, __u64 window, void *c
 	k->start_ns = BPF_CORE_READ(task, group_leader, start_boottime);
 	k->exec_id = BPF_CORE_READ(task, self_exec_id);
 	now = bpf_ktime_get_boot_ns();
-	last = bpf_map_lookup_elem(&dedup_seen, k);
+	last = bpf_map_lookup_elem(map, k);
 	if (last && now - *last < window) {
 		__u64 *n = bpf_map_lookup_elem(counter, &zero);
 
@@ -79,13 +81,13 @@ static __always_inline bool dedup_hit(struct dedup_key *k, __u64 window, void *c
 			__sync_fetch_and_add(n, 1);
 		return true;
 	}
-	bpf_map_update_elem(&dedup_seen, k, &now, BPF_ANY);
+	bpf_map_update_elem(map, k, &now, BPF_ANY);
 	return false;
 }
 
-static __always_inline void dedup_unstamp(struct dedup_key *k)
+static __always_inline bool dedup_hit(struct dedup_key *k, __u64 window, void *counter)
 {
-	bpf_map_delete_elem(&dedup_seen, k);
+	return dedup_hit_in(&dedup_seen, k, window, counter);
 }
 
 /* The open flags that tell one write-open from another for the rules (s18 review: the
@@ -236,6 +238,15 @@ const volatile __u64 cfg_ptrace_dedup_ns = 0;
 
 #define DEDUP_PTRACE 64
 
+/* Its own stamps (review 2): a ptrace flood over many targets does not push the
+ * open dedup's stamps out of dedup_seen. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct dedup_key);
+	__type(value, __u64);
+} ptrace_seen SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
@@ -260,25 +271,43 @@ static __always_inline int ptrace_once(__s64 request, __s32 target, __u64 addr,
 		k.a = (__u64)request;
 		k.b = target_start;
 		k.c = (__u32)target;
-		if (dedup_hit(&k, cfg_ptrace_dedup_ns, &ptrace_deduped))
+		if (dedup_hit_in(&ptrace_seen, &k, cfg_ptrace_dedup_ns, &ptrace_deduped))
 			return 0;
 	}
 	if (!ptrace_record(request, target, addr) && cfg_ptrace_dedup_ns)
-		dedup_unstamp(&k);
+		bpf_map_delete_elem(&ptrace_seen, &k);
 	return 0;
 }
 
-/* Signal records (s30): one per (process image, signal, target thread, target
- * process's start time) within cfg_kill_dedup_ns.  Any user may send its own
- * child a harmful-listed signal (SIGUSR1, SIGTERM...) in a loop (1.3 M kill(2)
- * calls/s here; a pending standard signal is not queued again, but each call is
- * checked and traced): each was a record.  The first crosses (the rules judge a
- * signal to a target once: a security tool stopped); the repeats are counted in
- * kill_deduped.  The target's start time keeps a pid reused by a new process (a
- * restarted security tool) a new key. */
+/* Signal records (s30): one per (process image, signal, target process) within
+ * cfg_kill_dedup_ns.  Any user may send its own child a harmful-listed signal
+ * (SIGUSR1, SIGTERM...) in a loop (1.3 M kill(2) calls/s here; a pending
+ * standard signal is not queued again, but each call is checked and traced):
+ * each was a record.  The first of each signal crosses (the rules judge a
+ * signal to a target: a security tool stopped); the repeats are counted in
+ * kill_deduped.  The key is the sender's image and the target process: its
+ * tgid, its leader's start time (a pid reused by a restarted security tool is a
+ * new key) and the leader's self_exec_id (a wrapper that exec'd the tool is a
+ * new key: review 2); the value the signals sent within the window, a bit each
+ * (a signal not sent yet crosses).  One key per target process, not per thread
+ * and signal (review 2: a child with 265 threads that ignores 62 signals was
+ * 16 k keys, every call a miss); its own map, so a signal flood does not push
+ * the open dedup's stamps out. */
 const volatile __u64 cfg_kill_dedup_ns = 0;
 
 #define DEDUP_KILL 80
+
+struct kill_seen_val {
+	__u64 since;
+	__u64 sigs;   /* bit sig - 1 */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct dedup_key);
+	__type(value, struct kill_seen_val);
+} kill_seen SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -287,18 +316,55 @@ struct {
 	__type(value, __u64);
 } kill_deduped SEC(".maps");
 
-/* @k: the key, for dedup_unstamp() when the record finds no room (all zero
- * when the window is off: nothing was stamped). */
+/* @k: the key, for kill_unstamp() when the record finds no room (all zero when
+ * the window is off: nothing was stamped). */
 static __always_inline bool kill_seen_recently(int sig, struct task_struct *target,
 					       struct dedup_key *k)
 {
-	if (!cfg_kill_dedup_ns)
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct kill_seen_val *v, fresh = {};
+	__u64 bit, now;
+	__u32 zero = 0;
+
+	if (!cfg_kill_dedup_ns || sig < 1 || sig > 64)
 		return false;
+	bit = 1ULL << (sig - 1);
+	k->tgid = bpf_get_current_pid_tgid() >> 32;
+	k->start_ns = BPF_CORE_READ(task, group_leader, start_boottime);
+	k->exec_id = BPF_CORE_READ(task, self_exec_id);
 	k->kind = DEDUP_KILL;
-	k->a = BPF_CORE_READ(target, pid);
+	k->a = BPF_CORE_READ(target, tgid);
 	k->b = BPF_CORE_READ(target, group_leader, start_boottime);
-	k->c = (__u32)sig;
-	return dedup_hit(k, cfg_kill_dedup_ns, &kill_deduped);
+	k->e = BPF_CORE_READ(target, group_leader, self_exec_id);
+	now = bpf_ktime_get_boot_ns();
+	v = bpf_map_lookup_elem(&kill_seen, k);
+	if (v && now - v->since < cfg_kill_dedup_ns) {
+		if (v->sigs & bit) {
+			__u64 *n = bpf_map_lookup_elem(&kill_deduped, &zero);
+
+			if (n)
+				__sync_fetch_and_add(n, 1);
+			return true;
+		}
+		__sync_fetch_and_or(&v->sigs, bit);
+		return false;
+	}
+	fresh.since = now;
+	fresh.sigs = bit;
+	bpf_map_update_elem(&kill_seen, k, &fresh, BPF_ANY);
+	return false;
+}
+
+/* The record of @sig for key @k was not sent: its repeats are not hidden. */
+static __always_inline void kill_unstamp(struct dedup_key *k, int sig)
+{
+	struct kill_seen_val *v;
+
+	if (!cfg_kill_dedup_ns || sig < 1 || sig > 64)
+		return;
+	v = bpf_map_lookup_elem(&kill_seen, k);
+	if (v)
+		__sync_fetch_and_and(&v->sigs, ~(1ULL << (sig - 1)));
 }
 
 #endif /* BASTION_DEDUP_H */

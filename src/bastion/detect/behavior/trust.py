@@ -60,7 +60,10 @@ AT_PATH_MAX = 4096        # paths whose identity ExeTrust keeps for a refresh pe
 
 
 def _root_only_dirs(d: str) -> bool:
-    """Is every directory from ``d`` up to ``/`` owned by root and not group/other-writable?"""
+    """Is every directory from ``d`` up to its root owned by root and not
+    group/other-writable?  (The walk ends where ``dirname`` stops moving: ``/``, and
+    ``//``, which POSIX keeps: a loop that waited for ``/`` spun for ever on a script
+    path ``//usr/...``, s30 review.)"""
     while True:
         try:
             ds = os.stat(d)
@@ -68,9 +71,10 @@ def _root_only_dirs(d: str) -> bool:
             return False
         if ds.st_uid != 0 or ds.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
             return False
-        if d == "/":
+        up = os.path.dirname(d)
+        if up == d:
             return True
-        d = os.path.dirname(d)
+        d = up
 
 
 def secure_file(path: str) -> os.stat_result | None:
@@ -82,7 +86,7 @@ def secure_file(path: str) -> os.stat_result | None:
     is no root-only path whatever the link names now; an absolute path in its
     normal form only (no ``.``, ``..`` or doubled slashes, which would make the
     written chain another than the one the kernel walks)."""
-    if not path.startswith("/") or os.path.normpath(path) != path:
+    if not path.startswith("/") or path.startswith("//") or os.path.normpath(path) != path:
         return None
     try:
         real = os.path.realpath(path, strict=True)
