@@ -12,6 +12,8 @@
  *  - adding an event type, or a field at the END of a struct: bump
  *    BASTION_ABI_VERSION's minor part (user space of the same major decodes
  *    the prefix it knows);
+ *  - a padding field given a meaning whose 0 says "not recorded" (what every
+ *    object before it wrote there): a minor, as exec's mnt_ns in 3.5;
  *  - changing or removing a field, or an enum value: bump the major part.
  *  User space refuses an object whose major differs from its own.
  *  A variable-size record (the file record since 2.0: strings after its fixed
@@ -25,7 +27,7 @@
 #define BASTION_H
 
 #define BASTION_ABI_MAJOR 3
-#define BASTION_ABI_MINOR 4
+#define BASTION_ABI_MINOR 5
 #define BASTION_ABI_VERSION ((BASTION_ABI_MAJOR << 16) | BASTION_ABI_MINOR)
 
 #define BASTION_COMM_LEN 16
@@ -210,6 +212,11 @@ enum bastion_kill_syscall {
  * of another name (closed, or reused, within the batch: s22 review H5). */
 #define BASTION_F_IOURING     (1u << 13) /* FILE, NET: from an io_uring request */
 #define BASTION_F_IOURING_NOFD (1u << 14) /* FILE OPEN (with F_IOURING): no file; the name as passed */
+#define BASTION_F_ROOTED      (1u << 15) /* EXEC (ABI 3.5): the process's root directory is not the
+					    agent's (cfg_root_dev/ino: a chroot), or can be changed by
+					    another process (a shared fs_struct), so its absolute
+					    paths may name other files than the agent's do.  The last
+					    free bit of hdr.flags: the next flag is a major change */
 
 /* Common header of every ring-buffer record. */
 struct bastion_event_hdr {
@@ -247,7 +254,8 @@ struct bastion_exec_event {
 	__u64 stdout_ino;
 	__u16 stdin_type;    /* S_IFMT >> 12 of fd 0: 1 fifo, 2 chr, 4 dir, 8 reg, 12 sock; 0 closed */
 	__u16 stdout_type;
-	__u32 _pad2;
+	__u32 mnt_ns;        /* ABI 3.5: inode of the mount namespace the process execs in (the
+			        one its argv's paths name files in); 0 before 3.5 */
 	char script[BASTION_PATH_LEN];   /* F_SCRIPT: the script the kernel ran (filename, or the
 					    descriptor's file for /dev/fd/N); may be relative to cwd */
 	char env[BASTION_ENV_LEN];       /* NUL-separated NAME=value of the watched variables

@@ -16,6 +16,27 @@
  * binfmt_misc's open-binary flag keeps it, as bprm->executable), so the
  * script is named by what the kernel opened first: bprm->filename (or the
  * descriptor behind /dev/fd/N). */
+/* The agent's root directory (its superblock's device, inode; set at load): an exec'ing
+ * process whose root is another directory (chroot; an open descriptor of a genuine
+ * interpreter fexecve'd there) is flagged BASTION_F_ROOTED, since its absolute paths (a
+ * script's argv[1]) name files the agent's do not (s31).  So is one whose root another
+ * process can still change (its fs_struct shared by clone(CLONE_FS) with a process that
+ * is no thread of its: a sibling's chroot after the exec, before the interpreter opens
+ * argv[1]; the kernel's LSM_UNSAFE_SHARE case, s31 review).  0: not set, every exec
+ * flagged. */
+const volatile __u32 cfg_root_dev = 0;
+const volatile __u64 cfg_root_ino = 0;
+
+static __always_inline bool rooted_elsewhere(struct task_struct *p)
+{
+	struct fs_struct *fs = BPF_CORE_READ(p, fs);
+	struct dentry *root = BPF_CORE_READ(fs, root.dentry);
+
+	return !cfg_root_ino || BPF_CORE_READ(fs, users) > 1 ||
+	       BPF_CORE_READ(root, d_inode, i_ino) != cfg_root_ino ||
+	       BPF_CORE_READ(root, d_sb, s_dev) != cfg_root_dev;
+}
+
 static __always_inline int emit_exec(struct task_struct *p, struct linux_binprm *bprm)
 {
 	struct bastion_exec_event *e;
@@ -80,7 +101,9 @@ static __always_inline int emit_exec(struct task_struct *p, struct linux_binprm 
 	}
 	fd_kind(0, &e->stdin_type, &e->stdin_ino);
 	fd_kind(1, &e->stdout_type, &e->stdout_ino);
-	e->_pad2 = 0;
+	e->mnt_ns = BPF_CORE_READ(p, nsproxy, mnt_ns, ns.inum);
+	if (rooted_elsewhere(p))
+		e->hdr.flags |= BASTION_F_ROOTED;
 
 	mm = BPF_CORE_READ(p, mm);
 	if (env_scan(mm, e->env, &e->env_len))

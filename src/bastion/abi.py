@@ -29,7 +29,7 @@ from typing import Final, Protocol
 from bastion.errors import AbiMismatchError, BastionError, DecodeError, Location
 
 ABI_MAJOR: Final = 3
-ABI_MINOR: Final = 4
+ABI_MINOR: Final = 5
 ABI_VERSION: Final = (ABI_MAJOR << 16) | ABI_MINOR
 
 COMM_LEN: Final = 16
@@ -204,6 +204,8 @@ F_CTIME: Final = 1 << 12
 # ABI 3.1 (s22-uring): a record of an io_uring request (compat sensor: io_uring tracepoints)
 F_IOURING: Final = 1 << 13
 F_IOURING_NOFD: Final = 1 << 14   # OPEN: no file (fixed slot, skipped CQE, fd closed by completion): name as passed
+# ABI 3.5 (s31): EXEC, the process's root is not the agent's (a chroot)
+F_ROOTED: Final = 1 << 15
 # FileOp.UTIMES's mode bits (ABI 3.2)
 UTIMES_ATIME: Final = 1 << 0
 UTIMES_MTIME: Final = 1 << 1
@@ -260,7 +262,7 @@ class ExecEvent(ctypes.Structure):
         ("stdout_ino", c_u64),
         ("stdin_type", c_u16),
         ("stdout_type", c_u16),
-        ("_pad2", c_u32),
+        ("mnt_ns", c_u32),      # ABI 3.5
         ("script", ctypes.c_char * PATH_LEN),
         ("env", c_u8 * ENV_LEN),
     ]
@@ -896,6 +898,7 @@ DEFINES: Final[dict[str, int]] = {
     "BASTION_F_CTIME": F_CTIME,
     "BASTION_F_IOURING": F_IOURING,
     "BASTION_F_IOURING_NOFD": F_IOURING_NOFD,
+    "BASTION_F_ROOTED": F_ROOTED,
     "BASTION_UTIMES_ATIME": UTIMES_ATIME,
     "BASTION_UTIMES_MTIME": UTIMES_MTIME,
     "BASTION_PTRACE_VM_READV": PTRACE_VM_READV,

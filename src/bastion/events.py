@@ -75,6 +75,15 @@ class ExecEvent(_Base):
     env: tuple[str, ...] = ()  # NAME=value of the watched variables (WATCHED_ENV) it started with
     stdin: str = ""         # fd 0 as /proc shows it: pipe:[ino], socket:[ino], tty, file, ...; "" closed
     stdout: str = ""        # fd 1, the same way
+    # ABI 3.5 (s31): the mount namespace the process execs in (its inode; 0: not recorded),
+    # and whether its root directory is another than the agent's (a chroot)
+    mnt_ns: int = 0
+    rooted: bool = False
+
+    def paths_ns(self) -> int:
+        """The mount namespace the process's absolute paths name files in, as the agent
+        sees them: ``mnt_ns``, 0 when unknown or under another root (a chroot)."""
+        return 0 if self.rooted else self.mnt_ns
 
 
 @dataclass(frozen=True, slots=True)
@@ -406,6 +415,7 @@ def _exec(r: Any, t: int, p: Proc, trunc: bool) -> Event:
         exec_fd=bool(flags & abi.F_EXEC_FD),
         env=_env(bytes(r.env)[: min(r.env_len, abi.ENV_LEN)]),
         stdin=_fd_kind(r.stdin_type, r.stdin_ino), stdout=_fd_kind(r.stdout_type, r.stdout_ino),
+        mnt_ns=r.mnt_ns, rooted=bool(flags & abi.F_ROOTED),
     )
 
 

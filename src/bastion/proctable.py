@@ -33,12 +33,15 @@ class ProcEntry:
     exited_ns: int = 0     # wall-clock ns of exit, 0 while alive
     exe_dev: int = 0       # the executable's device (kernel encoding) and inode, 0: unknown
     exe_ino: int = 0
+    # the mount namespace its absolute paths name files in (ExecEvent.paths_ns: 0 when
+    # unknown, or under a root other than the agent's), s31
+    mnt_ns: int = 0
 
     def exited_at(self, ns: int) -> "ProcEntry":
         """``dataclasses.replace(self, exited_ns=ns)`` without its per-call field
         introspection (every exit event; checked against replace in the unit tests)."""
         return ProcEntry(self.pid, self.ppid, self.start_ns, self.exe, self.cmdline, self.uid,
-                         self.comm, ns, self.exe_dev, self.exe_ino)
+                         self.comm, ns, self.exe_dev, self.exe_ino, self.mnt_ns)
 
     def same_process(self, start_ns: int) -> bool:
         """Is a process that started at ``start_ns`` this one (tick tolerance)?"""
@@ -62,8 +65,15 @@ def _read_proc(proc: Path, pid: int) -> ProcEntry | None:
             dev, ino = kernel_dev(st.st_dev), st.st_ino
         except OSError:
             exe, dev, ino = "", 0, 0  # kernel threads, or a process we may not inspect
+        try:
+            mnt_ns = os.stat(base / "ns" / "mnt").st_ino
+            root, ours = os.stat(base / "root"), os.stat("/")
+            if (root.st_dev, root.st_ino) != (ours.st_dev, ours.st_ino):
+                mnt_ns = 0     # chrooted: its paths are not the agent's
+        except OSError:
+            mnt_ns = 0
         return ProcEntry(pid, ps.ppid, ps.start_ns, exe, cmdline, uid, ps.comm,
-                         exe_dev=dev, exe_ino=ino)
+                         exe_dev=dev, exe_ino=ino, mnt_ns=mnt_ns)
     except (OSError, ValueError, IndexError):
         return None  # raced with exit
 
@@ -211,7 +221,7 @@ class ProcessTable:
         p = ev.proc
         if isinstance(ev, ExecEvent):
             self._put(ProcEntry(p.pid, p.ppid, p.start_ns, p.exe, ev.argv, p.uid, p.comm,
-                                exe_dev=ev.exe_dev, exe_ino=ev.exe_ino))
+                                exe_dev=ev.exe_dev, exe_ino=ev.exe_ino, mnt_ns=ev.paths_ns()))
         elif isinstance(ev, ForkEvent):
             known = self._procs.get(ev.child_pid)
             if known is not None and known.ppid == p.pid and ev.child_start_ns \
@@ -226,6 +236,7 @@ class ProcessTable:
                 parent.exe if parent else p.exe, parent.cmdline if parent else (),
                 p.uid, p.comm,
                 exe_dev=parent.exe_dev if parent else 0, exe_ino=parent.exe_ino if parent else 0,
+                mnt_ns=parent.mnt_ns if parent else 0,
             ))
         elif isinstance(ev, ExitEvent):
             cur = self._procs.get(p.pid)

@@ -61,3 +61,93 @@ def test_live_exec_identity_is_trusted_only_for_the_installed_file(tmp_path: Pat
     write = next(e for e in evs if isinstance(e, FileEvent) and e.path == str(out))
     assert write.proc.comm == "dpkg"                     # the name says dpkg...
     assert not trusted(write, ctx, {"dpkg"}, depth=3, trust=trust)   # ...the inode does not
+
+
+# s31: a root of one's own in the agent's mount namespace: a descriptor of the genuine
+# (static) busybox opened first, then chroot into one's tree and fexecve it as
+# ``sh <the trusted script's path>``, which the shell resolves in the chroot
+CHROOT_EXEC = r"""
+import os, sys
+fd = os.open("/bin/busybox", os.O_RDONLY)
+os.chroot(sys.argv[1])
+os.chdir("/")
+os.execve(fd, ["sh", sys.argv[2], "install"], {})
+"""
+# s31 review: a process whose root another process can change after its exec (its
+# fs_struct shared by clone(CLONE_FS): a sibling's chroot before the interpreter opens
+# argv[1])
+CLONE_FS_EXEC = r"""
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+pid = libc.syscall(56, 0x200 | 17, 0, 0, 0, 0)    # clone(CLONE_FS | SIGCHLD), no new stack
+if pid == 0:
+    os.execv(sys.argv[1], ["sh", sys.argv[2], "install"])
+assert pid > 0, ctypes.get_errno()
+sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+
+
+def test_a_script_bind_mounted_over_in_another_mount_namespace_is_not_the_tool(
+        tmp_path: Path) -> None:
+    """s31: the attack as a user runs it (``unshare -Urm``; here root's ``unshare -m``,
+    the same private mount namespace): their script bind-mounted over a trusted script's
+    path, then ``sh <that path>``.  The agent resolved the path in its own namespace, found
+    the genuine file and trusted the user's script as that tool.  And its chroot form
+    (``unshare -Ur`` gives a user CAP_SYS_CHROOT in the agent's mount namespace): the
+    genuine interpreter through a descriptor opened before the chroot, or a sibling
+    sharing the root (``clone(CLONE_FS)``) that chroots after the exec.  The exec record
+    now says which namespace the process exec'd in and whether its root is the agent's,
+    and a script path counts only in the agent's namespace under the agent's root."""
+    import os
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="bastion-trust-", dir="/run"))  # root-only, as /usr/sbin
+    try:
+        os.chmod(root, 0o755)
+        tool = root / "dkms"
+        tool.write_text("#!/bin/sh\nexit 0\n")
+        os.chmod(tool, 0o755)
+        evil = tmp_path / "evil.sh"
+        ran = tmp_path / "ran"
+        evil.write_text(f"#!/bin/sh\necho evil > {ran}\n")
+        jail = tmp_path / "jail"                         # the user's tree: their dkms there
+        (jail / str(root).lstrip("/")).mkdir(parents=True)
+        (jail / str(root).lstrip("/") / "dkms").write_text("echo jailed > /ran\n")
+        sh = os.path.realpath("/bin/sh")
+        swap = f"mount --bind {evil} {tool} && exec {sh} {tool} install"
+        with scoped_cgroup() as (cg, cgid):
+            sensor = BpfSensor(cgroup_id=cgid)
+            sensor.open()
+            try:
+                for argv in ([sh, str(tool), "install"], ["unshare", "-m", sh, "-c", swap],
+                             [sys.executable, "-c", CHROOT_EXEC, str(jail), str(tool)],
+                             [sys.executable, "-c", CLONE_FS_EXEC, sh, str(tool)]):
+                    r = run_in(cg, argv, timeout=30)
+                    assert r.returncode == 0, (argv, r.stderr)
+                procs = ProcessTable()
+                execs: list[ExecEvent] = []
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline and len(execs) < 4:
+                    for ev in sensor.poll(0.05) or []:
+                        procs.update(ev)
+                        if isinstance(ev, ExecEvent) and ev.argv[1:2] == (str(tool),):
+                            execs.append(ev)
+            finally:
+                sensor.close()
+        assert ran.read_text() == "evil\n"                # the user's scripts are what ran
+        assert (jail / "ran").read_text() == "jailed\n"
+        assert len(execs) == 4, execs
+        genuine, swapped, jailed, shared = execs
+        here = os.stat("/proc/self/ns/mnt").st_ino
+        assert genuine.mnt_ns == here and not genuine.rooted, genuine
+        assert swapped.mnt_ns not in (0, here), (swapped.mnt_ns, here)
+        assert jailed.mnt_ns == here and jailed.rooted, jailed
+        assert shared.mnt_ns == here and shared.rooted, shared
+        trust = ExeTrust((str(root), os.path.dirname(sh), "/bin", "/usr/bin"))
+        ctx = RuleContext(procs)
+        assert trusted(genuine, ctx, {"dkms"}, depth=0, trust=trust)
+        assert not trusted(swapped, ctx, {"dkms"}, depth=0, trust=trust)
+        assert not trusted(jailed, ctx, {"dkms"}, depth=0, trust=trust)
+        assert not trusted(shared, ctx, {"dkms"}, depth=0, trust=trust)
+    finally:
+        shutil.rmtree(root)

@@ -7,6 +7,7 @@ make, configure's conftest, go test, a run after the window)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,8 @@ class Rec:
         self.procs[pid] = (ppid, exe, uid)
         self.lines.append({"type": "exec", **self._hdr(pid), "filename": exe, "cwd": cwd,
                            "argv": argv, "exe_dev": 1, "exe_ino": ino or path_ino(exe),
-                           "exe_nlink": nlink, "stdin": stdin, "stdout": stdout})
+                           "exe_nlink": nlink, "stdin": stdin, "stdout": stdout,
+                           "mnt_ns": os.stat("/proc/self/ns/mnt").st_ino})   # recorded here
         return self
 
     def write(self, pid: int, path: str, *, ino: int | None = None, mode: int = 0o666) -> int:
@@ -565,10 +567,12 @@ def test_installed_only_on_system_devices() -> None:
     /media/u/X) is not a root-installed toolchain."""
     from bastion.detect.behavior.trust import ExeTrust
     table = {"/media/u/X/usr/bin/make": (77, 5), "/opt/go/bin/go": (1, 6)}
-    trust = ExeTrust(dirs=(), locate=table.get, system_devs=lambda: frozenset({1}))
+    trust = ExeTrust(dirs=(), locate=table.get, system_devs=lambda: frozenset({1}), mnt_ns=9)
     assert not trust.installed("/media/u/X/usr/bin/make", (77, 5))
     assert trust.installed("/opt/go/bin/go", (1, 6))
-    assert not trust.root_only("/media/u/X/usr/bin/make") and trust.root_only("/opt/go/bin/go")
+    assert not trust.root_only("/media/u/X/usr/bin/make", 9) and trust.root_only("/opt/go/bin/go", 9)
+    # s31: a path resolved here names nothing for a process of another mount namespace
+    assert not trust.root_only("/opt/go/bin/go", 10) and not trust.root_only("/opt/go/bin/go", 0)
 
 
 def test_loop_mounted_make_is_no_build(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from bastion.proctable import ProcessTable
 
 NS = 1_000_000_000
 DPKG = "/usr/bin/dpkg"
+HERE = os.stat("/proc/self/ns/mnt").st_ino     # this process's mount namespace
 
 
 def ident(path: str) -> tuple[int, int]:
@@ -59,11 +60,12 @@ class Host:
                 "cgroup_id": 1, "comm": m["comm"], "start_ns": pid * 1000, "exe": m["exe"]}
 
     def exec(self, pid: int, exe: str, argv: list[str], ppid: int = 1,
-             comm: str | None = None) -> list[Finding]:
+             comm: str | None = None, mnt_ns: int = HERE, rooted: bool = False) -> list[Finding]:
         self.meta[pid] = {"ppid": ppid, "exe": exe, "comm": comm or os.path.basename(exe)[:15]}
         dev, ino = ident(exe)
         return self.feed({"type": "exec", **self.proc(pid), "filename": exe, "cwd": "/root",
-                          "argv": argv, "exe_dev": dev, "exe_ino": ino, "exe_nlink": 1})
+                          "argv": argv, "exe_dev": dev, "exe_ino": ino, "exe_nlink": 1,
+                          "mnt_ns": mnt_ns, "rooted": rooted})
 
     def write(self, pid: int, path: str) -> list[Finding]:
         return self.feed({"type": "open", **self.proc(pid), "path": path, "path2": "",
@@ -180,15 +182,15 @@ def test_trusted_script_by_inode(root_dir: Path, tmp_path: Path) -> None:
     os.chmod(script, 0o755)
     sh = os.path.realpath("/bin/sh")
     t = ExeTrust((str(root_dir), os.path.dirname(sh)))
-    assert t.script_tool(sh, ident(sh), ("sh", str(script)), {"dkms"}) == "dkms"
+    assert t.script_tool(sh, ident(sh), ("sh", str(script)), {"dkms"}, HERE) == "dkms"
     fake = tmp_path / "dkms"
     fake.write_text("#!/bin/sh\n")
-    assert t.script_tool(sh, ident(sh), ("sh", str(fake)), {"dkms"}) is None
-    assert t.script_tool(sh, ident(sh), ("sh", "dkms"), {"dkms"}) is None   # relative
+    assert t.script_tool(sh, ident(sh), ("sh", str(fake)), {"dkms"}, HERE) is None
+    assert t.script_tool(sh, ident(sh), ("sh", "dkms"), {"dkms"}, HERE) is None   # relative
     # an interpreter copied out of the system directory is not the installed one
     sh_copy = tmp_path / os.path.basename(sh)
     shutil.copy2(sh, sh_copy)
-    assert t.script_tool(str(sh_copy), ident(str(sh_copy)), ("sh", str(script)), {"dkms"}) is None
+    assert t.script_tool(str(sh_copy), ident(str(sh_copy)), ("sh", str(script)), {"dkms"}, HERE) is None
     assert stat.S_ISREG(os.stat(script).st_mode)
 
 
@@ -298,8 +300,8 @@ def test_a_script_path_through_a_user_s_symlink_is_not_trusted(root_dir: Path,
     (user / "l").symlink_to(root_dir)
     sh = os.path.realpath("/bin/sh")
     t = ExeTrust((str(root_dir), os.path.dirname(sh)))
-    assert t.script_tool(sh, ident(sh), ("sh", str(script)), {"dkms"}) == "dkms"
-    assert t.script_tool(sh, ident(sh), ("sh", f"{user}/l/dkms"), {"dkms"}) is None
+    assert t.script_tool(sh, ident(sh), ("sh", str(script)), {"dkms"}, HERE) == "dkms"
+    assert t.script_tool(sh, ident(sh), ("sh", f"{user}/l/dkms"), {"dkms"}, HERE) is None
     assert secure_file(f"{user}/l/dkms") is None
     # the written path in its normal form only: a ".." would be walked after the link
     assert secure_file(f"{root_dir}/../{root_dir.name}/dkms") is None
@@ -309,8 +311,87 @@ def test_a_script_path_through_a_user_s_symlink_is_not_trusted(root_dir: Path,
     # rules.  Refused, in a bounded time
     assert secure_file("/" + str(script)) is None
     t2 = ExeTrust((str(root_dir), os.path.dirname(sh)))
-    assert t2.script_tool(sh, ident(sh), ("sh", "/" + str(script)), {"dkms"}) is None
+    assert t2.script_tool(sh, ident(sh), ("sh", "/" + str(script)), {"dkms"}, HERE) is None
     # a symlink in a root-only directory (merged /usr: /bin -> usr/bin) is root's own
     link = root_dir / "bin"
     link.symlink_to(root_dir)
     assert secure_file(f"{link}/dkms") is not None
+
+
+def test_a_debugger_s_debuggee_is_not_trusted_as_a_debugger(root_dir: Path, tmp_path: Path) -> None:
+    """s31: the ptrace and /proc/PID/mem rules trusted a debugger's children (depth 1),
+    and a debugger's child is whatever the user started under it: ``strace -f ./inject``
+    or ``gdb --args ./inject`` exempted any injector from both rules, kill included.
+    The debugger itself stays exempt; its children are judged as themselves."""
+    strace = root_dir / "strace"
+    shutil.copy2("/bin/true", strace)          # an installed debugger, by inode
+    inject = tmp_path / "inject"
+    shutil.copy2("/bin/true", inject)           # the user's own program
+    h = Host()
+    h.engine = Engine(behavior_rules(trust=ExeTrust((str(root_dir),))))
+    h.exec(70, str(strace), ["strace", "-f", str(inject)])
+    h.exec(71, str(inject), [str(inject)], ppid=70)
+
+    def ptrace(pid: int, name: str, request: int) -> list[Finding]:
+        return h.feed({"type": "ptrace", **h.proc(pid), "request": request,
+                       "request_name": name, "target_pid": 999, "addr": 0})
+
+    # the debugger's own requests: exempt
+    assert rule(ptrace(70, "POKEDATA", 5), "behavior.ptrace_injection") == []
+    assert rule(ptrace(70, "VM_READV", -1), "behavior.proc_mem_access") == []
+    # its debuggee's: judged (and the write stopped)
+    poke = rule(ptrace(71, "POKEDATA", 5), "behavior.ptrace_injection")
+    assert len(poke) == 1 and poke[0].action == "kill", poke
+    assert len(rule(ptrace(71, "VM_READV", -1), "behavior.proc_mem_access")) == 1
+    mem = rule(h.write(71, "/proc/999/mem"), "behavior.proc_mem_access")
+    assert len(mem) == 1 and mem[0].action == "kill", mem
+
+
+def test_a_script_path_is_trusted_only_in_the_namespace_it_is_resolved_in(root_dir: Path) -> None:
+    """s31: the agent resolves a trusted script's path (``sh /usr/sbin/dkms``) in its own
+    mount namespace.  In one of their own (``unshare -Urm``, any user on Debian) a user
+    bind-mounts their script over that path and runs ``sh /usr/sbin/dkms``: the agent
+    found the genuine dkms there and trusted the user's script as dkms (here: a
+    modprobe.d write, the system-hook persistence dkms is exempt from).  The same with a
+    root of one's own in the agent's namespace (``unshare -Ur``, a descriptor of the
+    genuine interpreter, ``chroot ~/t``, ``fexecve``: the path names ``~/t/usr/sbin/dkms``).
+    A script path counts only for a process that exec'd in the agent's namespace under
+    the agent's root; a record without a namespace (before ABI 3.5) counts as elsewhere."""
+    script = root_dir / "dkms"
+    script.write_text("#!/bin/sh\n")
+    os.chmod(script, 0o755)
+    sh = os.path.realpath("/bin/sh")
+    h = Host()
+    h.engine = Engine(behavior_rules(trust=ExeTrust((str(root_dir), os.path.dirname(sh)))))
+    hook = "behavior.persistence_system_hook"
+    h.exec(90, sh, ["sh", str(script), "install"])
+    assert rule(h.write(90, "/etc/modprobe.d/dkms.conf"), hook) == []
+    for pid, other, rooted in ((91, HERE + 1, False), (92, 0, False), (93, HERE, True)):
+        h.exec(pid, sh, ["sh", str(script), "install"], mnt_ns=other, rooted=rooted)
+        assert len(rule(h.write(pid, "/etc/modprobe.d/dkms.conf"), hook)) == 1, (other, rooted)
+
+
+def test_a_script_path_through_procfs_is_not_trusted(root_dir: Path) -> None:
+    """s31 review: procfs's directories are root's, and its magic links name what the
+    *agent's* process has.  ``python3 /proc/self/cwd/usr/bin/gcore`` is the genuine gcore
+    to the agent (whose cwd is ``/``) and the user's ``./usr/bin/gcore`` to the user's
+    interpreter: any user was trusted as a debugger (or dkms, or pip) with no namespace
+    of their own.  ``/dev/fd/N/...`` likewise.  A path through procfs is refused."""
+    script = root_dir / "dkms"
+    script.write_text("#!/bin/sh\n")
+    os.chmod(script, 0o755)
+    sh = os.path.realpath("/bin/sh")
+    t = ExeTrust((str(root_dir), os.path.dirname(sh)))
+    assert t.script_tool(sh, ident(sh), ("sh", str(script)), {"dkms"}, HERE) == "dkms"
+    here = os.getcwd()
+    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.chdir("/")
+        for via in (f"/proc/self/cwd{script}", f"/proc/{os.getpid()}/root{script}",
+                    f"/dev/fd/{fd}{script}", f"/proc/self/fd/{fd}{script}"):
+            assert os.path.realpath(via) == str(script), via     # the agent's view
+            assert secure_file(via) is None, via
+            assert t.script_tool(sh, ident(sh), ("sh", via), {"dkms"}, HERE) is None, via
+    finally:
+        os.chdir(here)
+        os.close(fd)

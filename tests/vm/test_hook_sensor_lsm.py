@@ -109,6 +109,31 @@ def test_events_with_paths_from_kernel_objects(tmp_path: Path) -> None:
     assert any(e.daddr == "127.0.0.1" and e.dport == 9 for e in conns), conns
 
 
+# s31: an exec record names the mount namespace the process exec'd in, so a trusted
+# script's path (resolved in the agent's namespace) is not taken for a file a user
+# bind-mounted over it in a namespace of their own (unshare -Urm).
+def test_an_exec_names_its_mount_namespace() -> None:
+    here = os.stat("/proc/self/ns/mnt").st_ino
+    script = "/bin/true marker-host; unshare -m /bin/true marker-private; exit 4"
+    with scoped_cgroup() as (cg, cgid):
+        sensor = HookSensor(cgroup_id=cgid)
+        sensor.open()
+        try:
+            r = run_in(cg, ["/bin/sh", "-c", script], timeout=60)
+            assert r.returncode == 4, r.stderr
+            events = _collect(sensor, _exited(4))
+        finally:
+            sensor.close()
+    execs = {e.argv[1]: e for e in events
+             if isinstance(e, ExecEvent) and e.argv[1:2] in (("marker-host",), ("marker-private",))}
+    ns = {k: e.mnt_ns for k, e in execs.items()}
+    assert ns.get("marker-host") == here, (ns, here)
+    assert ns.get("marker-private") not in (None, 0, here), (ns, here)
+    # under the agent's own root, unshared: not flagged (a flag on every exec would
+    # trust no script anywhere)
+    assert not execs["marker-host"].rooted and not execs["marker-private"].rooted, execs
+
+
 # io_uring: an openat submitted through the ring, with no open/openat syscall.
 IO_URING_OPEN = r'''
 import ctypes, mmap, os, struct, sys
@@ -246,14 +271,14 @@ def test_open_dedup_and_quiet_tgids(tmp_path: Path) -> None:
     assert len([e for e in all_events if isinstance(e, FileEvent) and e.path == str(f)]) == 10
 
 
-# s30: a process_vm_readv loop on one's own child (any user) was one attach-mode
-# ptrace_access_check record per call on this sensor too: one per (process image,
-# request, target) per window now, and the exec of the same pid is a new image.
-def test_a_memory_read_loop_crosses_once_per_target_and_image(tmp_path: Path) -> None:
-    script = tmp_path / "xmem.py"
-    script.write_text(XMEM_SCRIPT)
+def _run_flood(tmp_path: Path, workload: str, counter: str) -> tuple[list[Event], int, int, int, int]:
+    """Run a tests/support/floods.py workload (50 rounds) in a scoped cgroup under the
+    hook sensor with its default windows; (events up to the workload's exit, the
+    workload's pid, its two targets, the sensor's ``counter``)."""
+    script = tmp_path / "flood.py"
+    script.write_text(workload)
     with scoped_cgroup() as (cg, cgid):
-        sensor = HookSensor(cgroup_id=cgid)          # the ptrace window: the default
+        sensor = HookSensor(cgroup_id=cgid)
         sensor.open()
         try:
             r = run_in(cg, [sys.executable, str(script), str(tmp_path), "50"], timeout=120)
@@ -261,9 +286,17 @@ def test_a_memory_read_loop_crosses_once_per_target_and_image(tmp_path: Path) ->
             me, a, b = (int(x) for x in r.stdout.split())
             events = _collect(sensor, lambda evs: any(
                 isinstance(e, ExitEvent) and e.proc.pid == me for e in evs))
-            deduped = sensor.ptrace_deduplicated()
+            count: int = getattr(sensor, counter)()
         finally:
             sensor.close()
+    return events, me, a, b, count
+
+
+# s30: a process_vm_readv loop on one's own child (any user) was one attach-mode
+# ptrace_access_check record per call on this sensor too: one per (process image,
+# request, target) per window now, and the exec of the same pid is a new image.
+def test_a_memory_read_loop_crosses_once_per_target_and_image(tmp_path: Path) -> None:
+    events, me, a, b, deduped = _run_flood(tmp_path, XMEM_SCRIPT, "ptrace_deduplicated")
     reads: dict[int, int] = {}
     for e in events:
         if isinstance(e, PtraceEvent) and e.proc.pid == me and e.request_name == "ATTACH":
@@ -275,20 +308,7 @@ def test_a_memory_read_loop_crosses_once_per_target_and_image(tmp_path: Path) ->
 # s30: and a kill(2) loop on one's own child: one record per (process image, signal,
 # target) per window on this sensor too (security_task_kill).
 def test_a_signal_loop_crosses_once_per_signal_target_and_image(tmp_path: Path) -> None:
-    script = tmp_path / "kill.py"
-    script.write_text(KILL_SCRIPT)
-    with scoped_cgroup() as (cg, cgid):
-        sensor = HookSensor(cgroup_id=cgid)          # the kill window: the default
-        sensor.open()
-        try:
-            r = run_in(cg, [sys.executable, str(script), str(tmp_path), "50"], timeout=120)
-            assert r.returncode == 0, r.stderr
-            me, a, b = (int(x) for x in r.stdout.split())
-            events = _collect(sensor, lambda evs: any(
-                isinstance(e, ExitEvent) and e.proc.pid == me for e in evs))
-            deduped = sensor.kill_deduplicated()
-        finally:
-            sensor.close()
+    events, me, a, b, deduped = _run_flood(tmp_path, KILL_SCRIPT, "kill_deduplicated")
     sent: dict[tuple[int, int], int] = {}
     for e in events:
         if isinstance(e, KillEvent) and e.proc.pid == me and e.signal in (10, 12):

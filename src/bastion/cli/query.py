@@ -99,8 +99,8 @@ def follow_rows(
 _COMMON_KEYS = frozenset({"type", "time", "pid", "ppid", "exe", "tid", "uid", "euid", "gid",
                           "cgroup_id", "comm", "start_ns", "count", "last_time"})
 # Type fields that only matter in --json (identifiers, raw values, defaults).
-_QUIET_KEYS = frozenset({"filename", "cwd", "exe_dev", "exe_ino", "exe_nlink", "dev", "ino",
-                         "status", "child_start_ns", "request", "addr", "fd", "backlog"})
+_QUIET_KEYS = frozenset({"filename", "cwd", "exe_dev", "exe_ino", "exe_nlink", "mnt_ns", "dev",
+                         "ino", "status", "child_start_ns", "request", "addr", "fd", "backlog"})
 _NEW_PATH_KEYS = ("path2", "new_path", "newpath", "new", "dest", "target")
 _ADDR_KEYS = (("daddr", "dport"), ("saddr", "sport"), ("addr", "port"))
 

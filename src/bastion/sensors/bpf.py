@@ -142,6 +142,26 @@ def event_mask(classes: Iterable[str]) -> int:
     return mask
 
 
+def _agent_root(mountinfo: str = "/proc/self/mountinfo") -> dict[str, int]:
+    """The agent's root directory as the exec builder compares it: ``cfg_root_dev``, its
+    superblock's device in the kernel's encoding, ``cfg_root_ino``; an exec under another
+    root (a chroot) is flagged ``F_ROOTED`` (s31).  The device is the mount's, as
+    ``mountinfo`` gives it (``d_sb->s_dev``): ``stat`` gives a btrfs subvolume's own
+    device instead (the s31 review: every exec on a subvolume root would be flagged)."""
+    st = os.stat("/")
+    dev = abi.kernel_dev(st.st_dev)
+    try:
+        with open(mountinfo, "rb") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4 and fields[4] == b"/":
+                    major, _, minor = fields[2].partition(b":")
+                    dev = int(major) << 20 | int(minor)      # the last mount on / (on top)
+    except (OSError, ValueError) as e:
+        log.warning("%s: %s: the root's device taken from stat", mountinfo, e)
+    return {"cfg_root_dev": dev, "cfg_root_ino": st.st_ino}
+
+
 class BpfSensor(LoaderUser):
     """The tracepoint sensor: owns ``tp_events.bpf.o`` (through the loader) and its counters."""
 
@@ -254,6 +274,7 @@ class BpfSensor(LoaderUser):
                 "cfg_ptrace_dedup_ns": self.ptrace_dedup_ns,
                 "cfg_kill_dedup_ns": self.kill_dedup_ns,
                 "cfg_host_mnt_ns": self.host_mnt_ns or host_mnt_ns(self.object_name),
+                **_agent_root(),
                 **({} if self.prio_exec_budget is None
                    else {"cfg_prio_exec_budget": self.prio_exec_budget}),
                 **({} if self.prio_window_ns is None

@@ -934,8 +934,14 @@ class CredentialAccess(SingleEvent):
 
 # ---- 8./9. other processes' memory, ptrace injection -----------------------------------
 
-DEBUGGERS = frozenset({"gdb", "lldb", "strace", "ltrace", "perf", "rr", "criu", "valgrind",
-                       "gdbserver", "py-spy", "pstack", "gcore", "eu-stack", "bpftrace"})
+# Trusted as the actor itself only (depth 0): a debugger's debuggee is whatever the user
+# started under it, so trusting a debugger's children let anyone exempt an injector by
+# starting it as ``strace -f ./inject`` (s31).  The helpers that do a debugger's ptrace
+# work from a child process are named here themselves (lldb-server, vgdb; Debian and Ubuntu
+# install lldb-server only under its version's name, lldb-server-NN).
+DEBUGGERS = frozenset({"gdb", "lldb", "lldb-server", "strace", "ltrace", "perf", "rr", "criu",
+                       "valgrind", "vgdb", "gdbserver", "py-spy", "pstack", "gcore", "eu-stack",
+                       "bpftrace", *(f"lldb-server-{v}" for v in range(11, 25))})
 _PROC_MEM = re.compile(r"^/proc/(\d+|self|thread-self)/(?:task/\d+/)?(mem|environ)$")
 
 
@@ -951,7 +957,7 @@ class ProcMemAccess(SingleEvent):
         if isinstance(ev, PtraceEvent):
             if ev.request_name in ("PEEKDATA", "PEEKTEXT", "VM_READV") \
                     and ev.target_pid != ev.proc.pid \
-                    and not self.trusted(ev, ctx, DEBUGGERS, depth=1):
+                    and not self.trusted(ev, ctx, DEBUGGERS, depth=0):
                 how = "process_vm_readv" if ev.request_name == "VM_READV" else "ptrace"
                 return Hit(f"Read the memory of process {ev.target_pid} with {how}",
                            {"target_pid": ev.target_pid, "request": ev.request_name})
@@ -962,7 +968,7 @@ class ProcMemAccess(SingleEvent):
         m = _PROC_MEM.match(path)
         if not m or m.group(1) in ("self", "thread-self", str(ev.proc.pid)):
             return None
-        if self.trusted(ev, ctx, DEBUGGERS, depth=1):
+        if self.trusted(ev, ctx, DEBUGGERS, depth=0):
             return None
         write = written_path(ev) is not None
         if m.group(2) == "environ":
@@ -985,7 +991,7 @@ class PtraceInjection(SingleEvent):
     def match(self, ev: Event, ctx: RuleContext) -> Hit | None:
         if not isinstance(ev, PtraceEvent) or ev.target_pid == ev.proc.pid:
             return None
-        if self.trusted(ev, ctx, DEBUGGERS, depth=1):
+        if self.trusted(ev, ctx, DEBUGGERS, depth=0):
             return None
         if ev.request_name in ("POKETEXT", "POKEDATA", "POKEUSR", "SETREGS", "SETREGSET",
                                "VM_WRITEV"):

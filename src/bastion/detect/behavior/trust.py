@@ -15,7 +15,13 @@ trusted system file and ``argv[1]`` an absolute path whose (device, inode) is a
 trusted tool (the file sits in a root-only directory; looked up once per path and
 refresh, like the tools' own identities: only root can change what a root-only path
 holds, and re-resolving it per event let any script's children make the agent walk
-and stat the script's path for every event of theirs a rule asked about).
+and stat the script's path for every event of theirs a rule asked about).  The path
+is resolved here, in the agent's mount namespace, so it names the process's file only
+for a process that exec'd in that namespace (the exec record's ``mnt_ns``, s31): in a
+mount namespace of its own a user (``unshare -Urm``) bind-mounts their script over
+``/usr/sbin/dkms``, and ``sh /usr/sbin/dkms`` ran it trusted as dkms.  Elsewhere, or
+where the record has no namespace (a recording from before ABI 3.5), no script is
+trusted.
 
 Identities are resolved lazily per tool name and re-resolved every
 ``refresh_s`` (an upgrade replaces the inode).  Device numbers are the kernel's
@@ -34,6 +40,7 @@ import time
 from typing import TYPE_CHECKING, Callable, Iterable
 
 from bastion.abi import kernel_dev
+from bastion.detect.behavior.content import fs_magic
 from bastion.detect.behavior.shells import ShellIdents, installed_shell_paths
 
 if TYPE_CHECKING:
@@ -59,17 +66,37 @@ Ident = tuple[int, int]   # (kernel dev, ino)
 AT_PATH_MAX = 4096        # paths whose identity ExeTrust keeps for a refresh period
 
 
+PROC_SUPER_MAGIC = 0x9FA0
+
+
+def _on_procfs(d: str) -> bool:
+    """Is the directory ``d`` (followed) on a proc filesystem?  True when that cannot be
+    told (the caller refuses)."""
+    try:
+        fd = os.open(d, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return True
+    try:
+        return fs_magic(fd) in (PROC_SUPER_MAGIC, None)
+    finally:
+        os.close(fd)
+
+
 def _root_only_dirs(d: str) -> bool:
-    """Is every directory from ``d`` up to its root owned by root and not
-    group/other-writable?  (The walk ends where ``dirname`` stops moving: ``/``, and
-    ``//``, which POSIX keeps: a loop that waited for ``/`` spun for ever on a script
-    path ``//usr/...``, s30 review.)"""
+    """Is every directory from ``d`` up to its root owned by root, not
+    group/other-writable, and not on procfs?  (The walk ends where ``dirname`` stops
+    moving: ``/``, and ``//``, which POSIX keeps: a loop that waited for ``/`` spun for
+    ever on a script path ``//usr/...``, s30 review.)  procfs (s31 review): its
+    directories are root's, and its magic links name what *the agent's* process has:
+    ``/proc/self/cwd/usr/bin/gcore`` is the genuine gcore to the agent (whose cwd is
+    ``/``) and the user's ``./usr/bin/gcore`` to the user's interpreter, as is
+    ``/dev/fd/N/...``."""
     while True:
         try:
             ds = os.stat(d)
         except OSError:
             return False
-        if ds.st_uid != 0 or ds.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        if ds.st_uid != 0 or ds.st_mode & (stat.S_IWGRP | stat.S_IWOTH) or _on_procfs(d):
             return False
         up = os.path.dirname(d)
         if up == d:
@@ -105,6 +132,15 @@ def secure_file(path: str) -> os.stat_result | None:
 def _locate_here(path: str) -> Ident | None:
     st = secure_file(path)
     return (kernel_dev(st.st_dev), st.st_ino) if st is not None else None
+
+
+def _mnt_ns_here() -> int | None:
+    """The inode of the agent's own mount namespace (where :func:`secure_file` resolves
+    paths); None when it cannot be read (then no script path is trusted)."""
+    try:
+        return os.stat("/proc/self/ns/mnt").st_ino
+    except OSError:
+        return None
 
 
 def _system_devs_here() -> frozenset[int]:
@@ -145,17 +181,21 @@ class ExeTrust:
     def __init__(self, dirs: Iterable[str] = TRUST_DIRS, *, refresh_s: float = 300.0,
                  clock: Callable[[], float] = time.monotonic,
                  locate: Callable[[str], Ident | None] | None = None,
-                 system_devs: Callable[[], frozenset[int]] | None = None) -> None:
+                 system_devs: Callable[[], frozenset[int]] | None = None,
+                 mnt_ns: int | None = None) -> None:
         """``locate(path)``: the identity of the trusted file at the absolute ``path``
         (None: absent or not root-only); default :func:`secure_file` on this host.
         ``system_devs()``: the devices :meth:`installed` accepts files on (default: the
         root file system's and /usr's on this host).  A replay of another host's
-        recording passes that host's table and devices."""
+        recording passes that host's table and devices.  ``mnt_ns``: the mount namespace
+        ``locate`` resolves paths in (default: the agent's own); a script path is trusted
+        only for a process that exec'd there."""
         self.dirs = tuple(dirs)
         self.refresh_s = refresh_s
         self._clock = clock
         self._locate = locate or _locate_here
         self._system_devs = system_devs or _system_devs_here
+        self.mnt_ns = mnt_ns if mnt_ns is not None else _mnt_ns_here()
         self._devs: frozenset[int] | None = None          # installed(): cached per refresh
         self._by_name = _Located()
         self._at_path: dict[str, Ident | None] = {}   # installed(): path -> its identity
@@ -248,10 +288,11 @@ class ExeTrust:
         got = at[path] = self._locate(path)
         return got
 
-    def root_only(self, path: str) -> bool:
+    def root_only(self, path: str, mnt_ns: int) -> bool:
         """Is the file at the absolute ``path`` root-only (:func:`secure_file`) on a
-        system device (as :meth:`installed`)?"""
-        if not path.startswith("/"):
+        system device (as :meth:`installed`), for a process that exec'd in the mount
+        namespace ``mnt_ns`` (the path names that file only in :attr:`mnt_ns`)?"""
+        if not path.startswith("/") or not mnt_ns or mnt_ns != self.mnt_ns:
             return False
         ident = self._ident_at(path)
         return ident is not None and self.installed(path, ident)
@@ -275,10 +316,12 @@ class ExeTrust:
         return kind
 
     def script_tool(self, exe: str, exe_ident: Ident, argv: tuple[str, ...],
-                    names: Iterable[str]) -> str | None:
+                    names: Iterable[str], mnt_ns: int) -> str | None:
         """An interpreter (itself the trusted system file named as its ``exe``) running
-        ``argv[1]``, an absolute path to the trusted file of one of ``names``."""
-        if len(argv) < 2 or not argv[1].startswith("/"):
+        ``argv[1]``, an absolute path to the trusted file of one of ``names``, in a
+        process that exec'd in the mount namespace ``mnt_ns``: the path names that file
+        only where the namespace is the one it is resolved in (:attr:`mnt_ns`)."""
+        if len(argv) < 2 or not argv[1].startswith("/") or not mnt_ns or mnt_ns != self.mnt_ns:
             return None
         if self.is_tool(exe_ident, [os.path.basename(exe)]) is None:
             return None
