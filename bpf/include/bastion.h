@@ -213,9 +213,10 @@ enum bastion_kill_syscall {
 #define BASTION_F_IOURING     (1u << 13) /* FILE, NET: from an io_uring request */
 #define BASTION_F_IOURING_NOFD (1u << 14) /* FILE OPEN (with F_IOURING): no file; the name as passed */
 #define BASTION_F_ROOTED      (1u << 15) /* EXEC (ABI 3.5): the process's root directory is not the
-					    agent's (cfg_root_dev/ino: a chroot), or can be changed by
-					    another process (a shared fs_struct), so its absolute
-					    paths may name other files than the agent's do.  The last
+					    agent's (cfg_root_mnt_id: a chroot), can be changed by
+					    another process (a shared fs_struct), or a seccomp
+					    supervisor answers its calls: its absolute paths may name
+					    other files than the agent's do (lib/events.h).  The last
 					    free bit of hdr.flags: the next flag is a major change */
 
 /* Common header of every ring-buffer record. */

@@ -16,25 +16,48 @@
  * binfmt_misc's open-binary flag keeps it, as bprm->executable), so the
  * script is named by what the kernel opened first: bprm->filename (or the
  * descriptor behind /dev/fd/N). */
-/* The agent's root directory (its superblock's device, inode; set at load): an exec'ing
- * process whose root is another directory (chroot; an open descriptor of a genuine
- * interpreter fexecve'd there) is flagged BASTION_F_ROOTED, since its absolute paths (a
- * script's argv[1]) name files the agent's do not (s31).  So is one whose root another
- * process can still change (its fs_struct shared by clone(CLONE_FS) with a process that
- * is no thread of its: a sibling's chroot after the exec, before the interpreter opens
- * argv[1]; the kernel's LSM_UNSAFE_SHARE case, s31 review).  0: not set, every exec
- * flagged. */
-const volatile __u32 cfg_root_dev = 0;
-const volatile __u64 cfg_root_ino = 0;
+/* The mount the agent's root directory is (its mnt_id; set at load).  An exec'ing
+ * process whose absolute paths may name other files than the agent's do (a script's
+ * argv[1], which the agent resolves in its own view) is flagged BASTION_F_ROOTED (s31):
+ *  - its root is not the root of that mount (a chroot, e.g. into a directory of its own
+ *    with an open descriptor of a genuine interpreter fexecve'd there: `unshare -Ur`
+ *    gives any user CAP_SYS_CHROOT).  Mount and dentry, not (device, inode): every btrfs
+ *    subvolume's root is inode 256 on one superblock (s31 review 2);
+ *  - its root can still be changed by another process: its fs_struct shared by
+ *    clone(CLONE_FS) with a process that is no thread of its (threads are gone by
+ *    now), whose chroot after this record and before the interpreter opens argv[1]
+ *    would move it (the kernel's LSM_UNSAFE_SHARE case, s31 review);
+ *  - a seccomp filter of its has a user-notification listener: the supervisor answers
+ *    the interpreter's openat with a descriptor of its choosing (s31 review 2).  The
+ *    chain is walked SECCOMP_WALK filters deep; a deeper one counts as notified.
+ * 0: not set, every exec flagged. */
+const volatile __u32 cfg_root_mnt_id = 0;
+
+#define SECCOMP_WALK 16
+
+static __always_inline bool seccomp_notified(struct task_struct *p)
+{
+	struct seccomp_filter *f = BPF_CORE_READ(p, seccomp.filter);
+	int i;
+
+	for (i = 0; i < SECCOMP_WALK && f; i++) {
+		if (BPF_CORE_READ(f, notif))
+			return true;
+		f = BPF_CORE_READ(f, prev);
+	}
+	return f != NULL;
+}
 
 static __always_inline bool rooted_elsewhere(struct task_struct *p)
 {
 	struct fs_struct *fs = BPF_CORE_READ(p, fs);
-	struct dentry *root = BPF_CORE_READ(fs, root.dentry);
+	struct vfsmount *vm = BPF_CORE_READ(fs, root.mnt);
+	struct mount *m = container_of(vm, struct mount, mnt);
 
-	return !cfg_root_ino || BPF_CORE_READ(fs, users) > 1 ||
-	       BPF_CORE_READ(root, d_inode, i_ino) != cfg_root_ino ||
-	       BPF_CORE_READ(root, d_sb, s_dev) != cfg_root_dev;
+	return !cfg_root_mnt_id || !fs || BPF_CORE_READ(fs, users) > 1 ||
+	       (__u32)BPF_CORE_READ(m, mnt_id) != cfg_root_mnt_id ||
+	       BPF_CORE_READ(fs, root.dentry) != BPF_CORE_READ(vm, mnt_root) ||
+	       seccomp_notified(p);
 }
 
 static __always_inline int emit_exec(struct task_struct *p, struct linux_binprm *bprm)

@@ -65,15 +65,12 @@ def _read_proc(proc: Path, pid: int) -> ProcEntry | None:
             dev, ino = kernel_dev(st.st_dev), st.st_ino
         except OSError:
             exe, dev, ino = "", 0, 0  # kernel threads, or a process we may not inspect
-        try:
-            mnt_ns = os.stat(base / "ns" / "mnt").st_ino
-            root, ours = os.stat(base / "root"), os.stat("/")
-            if (root.st_dev, root.st_ino) != (ours.st_dev, ours.st_ino):
-                mnt_ns = 0     # chrooted: its paths are not the agent's
-        except OSError:
-            mnt_ns = 0
+        # mnt_ns 0: what /proc shows is the namespace, root and command line the process
+        # has now, which it may have changed since its exec (setns back into the host's,
+        # a rewritten argv naming an installed script: s31 review 2): no script path
+        # of a process seen first through /proc is trusted
         return ProcEntry(pid, ps.ppid, ps.start_ns, exe, cmdline, uid, ps.comm,
-                         exe_dev=dev, exe_ino=ino, mnt_ns=mnt_ns)
+                         exe_dev=dev, exe_ino=ino, mnt_ns=0)
     except (OSError, ValueError, IndexError):
         return None  # raced with exit
 

@@ -85,6 +85,28 @@ if pid == 0:
 assert pid > 0, ctypes.get_errno()
 sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
 """
+# s31 review 2: a seccomp user-notification supervisor answers the interpreter's calls
+# (an openat of argv[1] answered with a descriptor of the user's script): a filter with
+# a listener (notifying a syscall nobody makes), the listener held by a child, then exec
+SECCOMP_NOTIF_EXEC = r"""
+import ctypes, os, struct, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+prog = b"".join(struct.pack("<HBBI", *i) for i in (
+    (0x20, 0, 0, 0),                  # ld [nr]
+    (0x15, 0, 1, 999),                # jeq #999 (no such syscall)
+    (0x06, 0, 0, 0x7fc00000),         # ret USER_NOTIF
+    (0x06, 0, 0, 0x7fff0000)))        # ret ALLOW
+buf = ctypes.create_string_buffer(prog)
+fprog = struct.pack("<HxxxxxxQ", 4, ctypes.addressof(buf))
+assert libc.prctl(38, 1, 0, 0, 0) == 0                                 # NO_NEW_PRIVS
+fd = libc.syscall(317, 1, 8, ctypes.c_char_p(fprog))   # seccomp(SET_MODE_FILTER, NEW_LISTENER)
+assert fd >= 0, ctypes.get_errno()
+if os.fork() == 0:                    # the supervisor: holds the listener
+    time.sleep(5)
+    os._exit(0)
+os.execv(sys.argv[1], ["sh", sys.argv[2], "install"])
+"""
 
 
 def test_a_script_bind_mounted_over_in_another_mount_namespace_is_not_the_tool(
@@ -94,8 +116,9 @@ def test_a_script_bind_mounted_over_in_another_mount_namespace_is_not_the_tool(
     path, then ``sh <that path>``.  The agent resolved the path in its own namespace, found
     the genuine file and trusted the user's script as that tool.  And its chroot form
     (``unshare -Ur`` gives a user CAP_SYS_CHROOT in the agent's mount namespace): the
-    genuine interpreter through a descriptor opened before the chroot, or a sibling
-    sharing the root (``clone(CLONE_FS)``) that chroots after the exec.  The exec record
+    genuine interpreter through a descriptor opened before the chroot, a sibling sharing
+    the root (``clone(CLONE_FS)``) that chroots after the exec, or a seccomp supervisor
+    answering the interpreter's openat with its own descriptor.  The exec record
     now says which namespace the process exec'd in and whether its root is the agent's,
     and a script path counts only in the agent's namespace under the agent's root."""
     import os
@@ -121,13 +144,14 @@ def test_a_script_bind_mounted_over_in_another_mount_namespace_is_not_the_tool(
             try:
                 for argv in ([sh, str(tool), "install"], ["unshare", "-m", sh, "-c", swap],
                              [sys.executable, "-c", CHROOT_EXEC, str(jail), str(tool)],
-                             [sys.executable, "-c", CLONE_FS_EXEC, sh, str(tool)]):
+                             [sys.executable, "-c", CLONE_FS_EXEC, sh, str(tool)],
+                             [sys.executable, "-c", SECCOMP_NOTIF_EXEC, sh, str(tool)]):
                     r = run_in(cg, argv, timeout=30)
                     assert r.returncode == 0, (argv, r.stderr)
                 procs = ProcessTable()
                 execs: list[ExecEvent] = []
                 deadline = time.monotonic() + 10
-                while time.monotonic() < deadline and len(execs) < 4:
+                while time.monotonic() < deadline and len(execs) < 5:
                     for ev in sensor.poll(0.05) or []:
                         procs.update(ev)
                         if isinstance(ev, ExecEvent) and ev.argv[1:2] == (str(tool),):
@@ -136,18 +160,20 @@ def test_a_script_bind_mounted_over_in_another_mount_namespace_is_not_the_tool(
                 sensor.close()
         assert ran.read_text() == "evil\n"                # the user's scripts are what ran
         assert (jail / "ran").read_text() == "jailed\n"
-        assert len(execs) == 4, execs
-        genuine, swapped, jailed, shared = execs
+        assert len(execs) == 5, execs
+        genuine, swapped, jailed, shared, supervised = execs
         here = os.stat("/proc/self/ns/mnt").st_ino
         assert genuine.mnt_ns == here and not genuine.rooted, genuine
-        assert swapped.mnt_ns not in (0, here), (swapped.mnt_ns, here)
+        assert swapped.mnt_ns not in (0, here) and swapped.rooted, swapped   # a copied mount
         assert jailed.mnt_ns == here and jailed.rooted, jailed
         assert shared.mnt_ns == here and shared.rooted, shared
+        assert supervised.mnt_ns == here and supervised.rooted, supervised
         trust = ExeTrust((str(root), os.path.dirname(sh), "/bin", "/usr/bin"))
         ctx = RuleContext(procs)
         assert trusted(genuine, ctx, {"dkms"}, depth=0, trust=trust)
         assert not trusted(swapped, ctx, {"dkms"}, depth=0, trust=trust)
         assert not trusted(jailed, ctx, {"dkms"}, depth=0, trust=trust)
         assert not trusted(shared, ctx, {"dkms"}, depth=0, trust=trust)
+        assert not trusted(supervised, ctx, {"dkms"}, depth=0, trust=trust)
     finally:
         shutil.rmtree(root)

@@ -395,3 +395,49 @@ def test_a_script_path_through_procfs_is_not_trusted(root_dir: Path) -> None:
     finally:
         os.chdir(here)
         os.close(fd)
+
+
+def test_only_an_interpreter_makes_an_installed_script_s_path_a_tool(root_dir: Path) -> None:
+    """s31 review 2: any installed program with a tool's path as its first argument was
+    that tool: ``tee /usr/sbin/dkms /etc/modprobe.d/x.conf`` wrote as dkms (the write to
+    dkms fails, tee goes on), ``find /usr/sbin/dkms -exec ...`` ran its children as dkms.
+    Only a shell or a script interpreter runs the script it names."""
+    script = root_dir / "dkms"
+    script.write_text("#!/bin/sh\n")
+    os.chmod(script, 0o755)
+    sh, tee = os.path.realpath("/bin/sh"), os.path.realpath("/usr/bin/tee")
+    t = ExeTrust((str(root_dir), os.path.dirname(sh), os.path.dirname(tee)))
+    assert t.script_tool(sh, ident(sh), ("sh", str(script)), {"dkms"}, HERE) == "dkms"
+    assert t.script_tool(tee, ident(tee), ("tee", str(script)), {"dkms"}, HERE) is None
+    h = Host()
+    h.engine = Engine(behavior_rules(trust=t))
+    h.exec(95, tee, ["tee", str(script), "/etc/modprobe.d/x.conf"])
+    assert len(rule(h.write(95, "/etc/modprobe.d/x.conf"), "behavior.persistence_system_hook")) == 1
+
+
+def test_a_root_owned_link_into_a_user_s_tree_is_no_root_only_path(root_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    """s31 review 2: only the path as written and the real path were checked, not the
+    links on the way.  An administrator's ``/opt/app -> /srv/app/current`` with
+    ``current`` a deploy user's link: the user points it at their own directory when the
+    interpreter opens the script and at the genuine one when the agent looks.  Every
+    directory a look-up passes through, link targets included, must be root-only."""
+    script = root_dir / "dkms"
+    script.write_text("#!/bin/sh\n")
+    os.chmod(script, 0o755)
+    user = tmp_path / "u"
+    user.mkdir()
+    os.chown(user, 65534, 65534)
+    (user / "current").symlink_to(root_dir)          # the user's link, now at the genuine dir
+    admin = root_dir / "opt"
+    admin.mkdir()
+    (admin / "app").symlink_to(user / "current")    # root's link into the user's tree
+    via = f"{admin}/app/dkms"
+    assert os.path.realpath(via) == str(script)
+    assert secure_file(str(script)) is not None
+    assert secure_file(via) is None
+    # root's own links stay: a relative one, and one through root's directories only
+    (admin / "rel").symlink_to("..")
+    assert secure_file(f"{admin}/rel/dkms") is not None
+    (admin / "abs").symlink_to(root_dir)
+    assert secure_file(f"{admin}/abs/dkms") is not None

@@ -114,7 +114,9 @@ def test_events_with_paths_from_kernel_objects(tmp_path: Path) -> None:
 # bind-mounted over it in a namespace of their own (unshare -Urm).
 def test_an_exec_names_its_mount_namespace() -> None:
     here = os.stat("/proc/self/ns/mnt").st_ino
-    script = "/bin/true marker-host; unshare -m /bin/true marker-private; exit 4"
+    script = ("/bin/true marker-host; unshare -m /bin/true marker-private; "
+              "chroot / /bin/true marker-root; chroot /usr /bin/busybox true marker-jailed; "
+              "exit 4")
     with scoped_cgroup() as (cg, cgid):
         sensor = HookSensor(cgroup_id=cgid)
         sensor.open()
@@ -124,14 +126,18 @@ def test_an_exec_names_its_mount_namespace() -> None:
             events = _collect(sensor, _exited(4))
         finally:
             sensor.close()
-    execs = {e.argv[1]: e for e in events
-             if isinstance(e, ExecEvent) and e.argv[1:2] in (("marker-host",), ("marker-private",))}
+    markers = (("marker-host",), ("marker-private",), ("marker-root",), ("marker-jailed",))
+    execs = {e.argv[-1]: e for e in events      # the programs run, not unshare(1)/chroot(1)
+             if isinstance(e, ExecEvent) and e.argv[-1:] in markers
+             and os.path.basename(e.proc.exe) not in ("unshare", "chroot")}
     ns = {k: e.mnt_ns for k, e in execs.items()}
     assert ns.get("marker-host") == here, (ns, here)
     assert ns.get("marker-private") not in (None, 0, here), (ns, here)
-    # under the agent's own root, unshared: not flagged (a flag on every exec would
-    # trust no script anywhere)
-    assert not execs["marker-host"].rooted and not execs["marker-private"].rooted, execs
+    # under the agent's own root: not flagged (a flag on every exec would trust no script
+    # anywhere), a chroot to it neither; under another root, or the copy of the root
+    # mount a new namespace has: flagged
+    assert not execs["marker-host"].rooted and not execs["marker-root"].rooted, execs
+    assert execs["marker-jailed"].rooted and execs["marker-private"].rooted, execs
 
 
 # io_uring: an openat submitted through the ring, with no open/openat syscall.

@@ -142,24 +142,27 @@ def event_mask(classes: Iterable[str]) -> int:
     return mask
 
 
-def _agent_root(mountinfo: str = "/proc/self/mountinfo") -> dict[str, int]:
-    """The agent's root directory as the exec builder compares it: ``cfg_root_dev``, its
-    superblock's device in the kernel's encoding, ``cfg_root_ino``; an exec under another
-    root (a chroot) is flagged ``F_ROOTED`` (s31).  The device is the mount's, as
-    ``mountinfo`` gives it (``d_sb->s_dev``): ``stat`` gives a btrfs subvolume's own
-    device instead (the s31 review: every exec on a subvolume root would be flagged)."""
-    st = os.stat("/")
-    dev = abi.kernel_dev(st.st_dev)
+def _agent_root() -> dict[str, int]:
+    """``cfg_root_mnt_id``: the id of the mount the agent's root directory is (the
+    ``mnt_id`` of a descriptor of ``/``, as ``/proc/self/fdinfo`` gives it: the mount the
+    root *is*, not one stacked on ``/`` later, which moves no process's root).  An exec
+    whose root is another directory or mount is flagged ``F_ROOTED`` (s31).
+    KernelError when it cannot be read (then every script trust would silently end)."""
     try:
-        with open(mountinfo, "rb") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) > 4 and fields[4] == b"/":
-                    major, _, minor = fields[2].partition(b":")
-                    dev = int(major) << 20 | int(minor)      # the last mount on / (on top)
+        fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            with open(f"/proc/self/fdinfo/{fd}", "rb") as f:
+                info = f.read()
+        finally:
+            os.close(fd)
+        for line in info.splitlines():
+            key, _, value = line.partition(b":")
+            if key == b"mnt_id":
+                return {"cfg_root_mnt_id": int(value)}
+        raise ValueError("no mnt_id line")
     except (OSError, ValueError) as e:
-        log.warning("%s: %s: the root's device taken from stat", mountinfo, e)
-    return {"cfg_root_dev": dev, "cfg_root_ino": st.st_ino}
+        raise KernelError(f"/proc/self/fdinfo: the root directory's mount id: {e}",
+                          location=Location("sensors.bpf")) from e
 
 
 class BpfSensor(LoaderUser):

@@ -31,7 +31,7 @@ from bastion.containers import Selector
 from bastion.detect.engine import ExecInterest, Finding, OpenInterest, RuleContext
 from bastion.events import Event
 from bastion.detect.behavior.state import BoundedState, Limits, ProcKey, proc_key, tree_key
-from bastion.detect.behavior.trust import ExeTrust
+from bastion.detect.behavior.trust import ExeTrust, norm_interp
 from bastion.proctable import ProcEntry
 
 if TYPE_CHECKING:
@@ -445,14 +445,6 @@ def base(path: str) -> str:
 
 
 @functools.lru_cache(maxsize=1024)
-def norm_interp(name: str) -> str:
-    """python3.11 -> python3; perl5.36 -> perl."""
-    for pfx in ("python3", "python2", "python", "perl", "ruby", "php", "node", "lua"):
-        if name.startswith(pfx) and (name == pfx or name[len(pfx):].replace(".", "").isdigit()):
-            return pfx
-    return name
-
-
 def is_shell(exe: str) -> bool:
     return base(exe) in SHELLS
 

@@ -10,8 +10,9 @@ root can have put that inode there.  ``/tmp/dpkg`` or a process that renamed
 itself ``dkms`` with ``prctl(PR_SET_NAME)`` is never trusted, whatever its name.
 
 Scripts (``dkms``, ``update-initramfs``, ``pam-auth-update``...) run as an
-interpreter whose ``argv[1]`` is the script: the interpreter's inode must be a
-trusted system file and ``argv[1]`` an absolute path whose (device, inode) is a
+interpreter whose ``argv[1]`` is the script: the interpreter a shell or script
+interpreter (:func:`runs_scripts`) whose inode is the trusted system file of its name,
+and ``argv[1]`` an absolute path whose (device, inode) is a
 trusted tool (the file sits in a root-only directory; looked up once per path and
 refresh, like the tools' own identities: only root can change what a root-only path
 holds, and re-resolving it per event let any script's children make the agent walk
@@ -19,9 +20,11 @@ and stat the script's path for every event of theirs a rule asked about).  The p
 is resolved here, in the agent's mount namespace, so it names the process's file only
 for a process that exec'd in that namespace (the exec record's ``mnt_ns``, s31): in a
 mount namespace of its own a user (``unshare -Urm``) bind-mounts their script over
-``/usr/sbin/dkms``, and ``sh /usr/sbin/dkms`` ran it trusted as dkms.  Elsewhere, or
-where the record has no namespace (a recording from before ABI 3.5), no script is
-trusted.
+``/usr/sbin/dkms``, and ``sh /usr/sbin/dkms`` ran it trusted as dkms.  Elsewhere, under
+another root or a seccomp supervisor (the record's ``rooted``), where the record has no
+namespace (a recording from before ABI 3.5) or the process was first seen through
+``/proc``, no script is trusted.  The path itself is walked by :func:`secure_file`, a
+component at a time, through root-only local directories only.
 
 Identities are resolved lazily per tool name and re-resolved every
 ``refresh_s`` (an upgrade replaces the inode).  Device numbers are the kernel's
@@ -29,7 +32,8 @@ encoding (``major << 20 | minor``), as exec events carry them.
 
 Limit (said, not hidden): a genuine tool started with an attacker's environment
 (``LD_PRELOAD``, ``BASH_ENV``, ``PERL5OPT``) runs attacker code under a trusted
-inode; the environment is not captured by the sensor.
+inode; the exec record carries the watched variables (``ExecEvent.env``), the trust does
+not look at them yet.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import time
 from typing import TYPE_CHECKING, Callable, Iterable
 
 from bastion.abi import kernel_dev
-from bastion.detect.behavior.content import fs_magic
+from bastion.enforce.muststop import REMOTE_FS, fs_magic
 from bastion.detect.behavior.shells import ShellIdents, installed_shell_paths
 
 if TYPE_CHECKING:
@@ -62,71 +66,105 @@ TRUST_DIRS: tuple[str, ...] = ("/usr/bin", "/usr/sbin", "/bin", "/sbin", "/usr/l
                                "/usr/local/sbin", "/usr/lib/apt", "/usr/lib/systemd",
                                "/usr/libexec", *_interpreter_dir())
 
+# The programs that run the script named as their first argument (``sh /path``,
+# ``python3 /path``): only these make an installed script's path a tool (s31 review: any
+# installed program did, so ``tee /usr/bin/dpkg ~/.bashrc`` wrote as dpkg and
+# ``find /usr/sbin/dkms -exec ...`` ran its children as dkms).
+SCRIPT_SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "busybox"})
+SCRIPT_INTERPRETERS = frozenset({"python", "python2", "python3", "perl", "ruby", "php", "node",
+                                 "lua", "tclsh"})
+
+
+def norm_interp(name: str) -> str:
+    """python3.11 -> python3; perl5.36 -> perl."""
+    for pfx in ("python3", "python2", "python", "perl", "ruby", "php", "node", "lua"):
+        if name.startswith(pfx) and (name == pfx or name[len(pfx):].replace(".", "").isdigit()):
+            return pfx
+    return name
+
+
+def runs_scripts(name: str) -> bool:
+    """Does the program installed as ``name`` run a script named as its first argument?"""
+    return name in SCRIPT_SHELLS or norm_interp(name) in SCRIPT_INTERPRETERS
+
+
 Ident = tuple[int, int]   # (kernel dev, ino)
 AT_PATH_MAX = 4096        # paths whose identity ExeTrust keeps for a refresh period
 
 
 PROC_SUPER_MAGIC = 0x9FA0
+MAX_HOPS = 40             # symbolic links followed in one path, as the kernel's limit
 
 
-def _on_procfs(d: str) -> bool:
-    """Is the directory ``d`` (followed) on a proc filesystem?  True when that cannot be
-    told (the caller refuses)."""
+def _bad_dir(d: str, st: os.stat_result) -> bool:
+    """Is the directory ``d`` (``st``: its ``lstat``) no place only root can change:
+    not root's, group/other-writable, or on procfs, a network filesystem, FUSE or an
+    automount (:data:`REMOTE_FS`)?  procfs (s31 review): its directories are root's and
+    its magic links name what the *agent's* process has (``/proc/self/cwd/usr/bin/gcore``
+    is the genuine gcore to the agent, whose cwd is ``/``, and ``./usr/bin/gcore`` to a
+    user's interpreter; ``/dev/fd/N/...`` likewise); the others: a look-up below them can
+    wait on a server for as long as it likes."""
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return True
     try:
-        fd = os.open(d, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        fd = os.open(d, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return True
     try:
-        return fs_magic(fd) in (PROC_SUPER_MAGIC, None)
+        magic = fs_magic(fd)
     finally:
         os.close(fd)
-
-
-def _root_only_dirs(d: str) -> bool:
-    """Is every directory from ``d`` up to its root owned by root, not
-    group/other-writable, and not on procfs?  (The walk ends where ``dirname`` stops
-    moving: ``/``, and ``//``, which POSIX keeps: a loop that waited for ``/`` spun for
-    ever on a script path ``//usr/...``, s30 review.)  procfs (s31 review): its
-    directories are root's, and its magic links name what *the agent's* process has:
-    ``/proc/self/cwd/usr/bin/gcore`` is the genuine gcore to the agent (whose cwd is
-    ``/``) and the user's ``./usr/bin/gcore`` to the user's interpreter, as is
-    ``/dev/fd/N/...``."""
-    while True:
-        try:
-            ds = os.stat(d)
-        except OSError:
-            return False
-        if ds.st_uid != 0 or ds.st_mode & (stat.S_IWGRP | stat.S_IWOTH) or _on_procfs(d):
-            return False
-        up = os.path.dirname(d)
-        if up == d:
-            return True
-        d = up
+    return magic in (-1, PROC_SUPER_MAGIC) or magic in REMOTE_FS
 
 
 def secure_file(path: str) -> os.stat_result | None:
-    """``stat`` of the real file behind ``path`` when it is a regular file owned by
-    root and not group/other-writable, below directories that are all owned by root
-    and not group/other-writable, and the directories of ``path`` as written are too;
-    else None.  The second chain (s30 review): a symlink in a directory a user owns
-    (``/home/u/l -> /usr/bin``) is the user's to point elsewhere, so ``/home/u/l/gcore``
-    is no root-only path whatever the link names now; an absolute path in its
-    normal form only (no ``.``, ``..`` or doubled slashes, which would make the
-    written chain another than the one the kernel walks)."""
+    """``lstat`` of the regular file ``path`` names when only root can have put it there,
+    else None: the file owned by root and not group/other-writable, and every directory
+    looked up in on the way to it, from ``/`` and through every symbolic link's target
+    (:data:`MAX_HOPS` at most), owned by root, not group/other-writable and on no procfs,
+    network, FUSE or automount filesystem (:func:`_bad_dir`).  The walk is this
+    function's own, a component at a time from the top, and stops at the first directory
+    that fails: a link a user can repoint anywhere on the way (s30 review: in a directory
+    of theirs; s31 review: a root-owned link into a tree of theirs, ``/opt/app ->
+    /srv/app/current``) or a directory whose look-ups a server answers is never entered.
+    ``path``: absolute, in its normal form (no ``.``, ``..``, doubled slashes; s30: a
+    leading ``//`` hung the walk of the first form)."""
     if not path.startswith("/") or path.startswith("//") or os.path.normpath(path) != path:
         return None
+    todo = [c for c in reversed(path.split("/")) if c]
+    cur, hops = "/", 0
     try:
-        real = os.path.realpath(path, strict=True)
-        st = os.stat(real)
+        if _bad_dir(cur, os.lstat(cur)):
+            return None
+        while todo:
+            name = todo.pop()
+            if name == ".":
+                continue
+            if name == "..":
+                cur = os.path.dirname(cur)     # cur is real: a checked chain of directories
+                continue
+            nxt = os.path.join(cur, name)
+            st = os.lstat(nxt)
+            if stat.S_ISLNK(st.st_mode):
+                hops += 1
+                if hops > MAX_HOPS:
+                    return None
+                target = os.readlink(nxt)
+                if target.startswith("/"):
+                    cur = "/"
+                todo.extend(c for c in reversed(target.split("/")) if c)
+                continue
+            if not todo:                       # the file itself
+                if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or \
+                        st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+                    return None
+                return st
+            if _bad_dir(nxt, st):
+                return None
+            cur = nxt
     except (OSError, ValueError):
         return None
-    if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        return None
-    if not _root_only_dirs(os.path.dirname(real)):
-        return None
-    if real != path and not _root_only_dirs(os.path.dirname(path)):
-        return None
-    return st
+    return None                                # the path named a directory
 
 
 def _locate_here(path: str) -> Ident | None:
@@ -317,13 +355,15 @@ class ExeTrust:
 
     def script_tool(self, exe: str, exe_ident: Ident, argv: tuple[str, ...],
                     names: Iterable[str], mnt_ns: int) -> str | None:
-        """An interpreter (itself the trusted system file named as its ``exe``) running
-        ``argv[1]``, an absolute path to the trusted file of one of ``names``, in a
+        """An interpreter (a shell or script interpreter by name, :func:`runs_scripts`, and
+        by inode the trusted system file of that name) running ``argv[1]``, an absolute
+        path to the trusted file of one of ``names``, in a
         process that exec'd in the mount namespace ``mnt_ns``: the path names that file
         only where the namespace is the one it is resolved in (:attr:`mnt_ns`)."""
         if len(argv) < 2 or not argv[1].startswith("/") or not mnt_ns or mnt_ns != self.mnt_ns:
             return None
-        if self.is_tool(exe_ident, [os.path.basename(exe)]) is None:
+        name = os.path.basename(exe)
+        if not runs_scripts(name) or self.is_tool(exe_ident, [name]) is None:
             return None
         ident = self._ident_at(argv[1])
         return self.is_tool(ident, names) if ident is not None else None
