@@ -27,25 +27,21 @@
  *    clone(CLONE_FS) with a process that is no thread of its (threads are gone by
  *    now), whose chroot after this record and before the interpreter opens argv[1]
  *    would move it (the kernel's LSM_UNSAFE_SHARE case, s31 review);
- *  - a seccomp filter of its has a user-notification listener: the supervisor answers
- *    the interpreter's openat with a descriptor of its choosing (s31 review 2).  The
- *    chain is walked SECCOMP_WALK filters deep; a deeper one counts as notified.
+ *  - it runs under a seccomp filter it could have installed itself (no_new_privs set,
+ *    or in a user namespace: the only ways without CAP_SYS_ADMIN in the initial one):
+ *    a user-notification supervisor answers the interpreter's openat with a descriptor
+ *    of its choosing, and an errno-0 rule makes the open of the script "return" fd 0,
+ *    the user's stdin (s31 reviews 2 and 3).  Root's own filters (systemd's
+ *    SystemCallFilter= without NoNewPrivileges=) do not flag.
  * 0: not set, every exec flagged. */
 const volatile __u32 cfg_root_mnt_id = 0;
 
-#define SECCOMP_WALK 16
-
-static __always_inline bool seccomp_notified(struct task_struct *p)
+static __always_inline bool seccomp_by_user(struct task_struct *p)
 {
-	struct seccomp_filter *f = BPF_CORE_READ(p, seccomp.filter);
-	int i;
-
-	for (i = 0; i < SECCOMP_WALK && f; i++) {
-		if (BPF_CORE_READ(f, notif))
-			return true;
-		f = BPF_CORE_READ(f, prev);
-	}
-	return f != NULL;
+	if (!BPF_CORE_READ(p, seccomp.filter))
+		return false;
+	return (BPF_CORE_READ(p, atomic_flags) & 1) /* PFA_NO_NEW_PRIVS */ ||
+	       BPF_CORE_READ(p, cred, user_ns, level) != 0;
 }
 
 static __always_inline bool rooted_elsewhere(struct task_struct *p)
@@ -57,7 +53,7 @@ static __always_inline bool rooted_elsewhere(struct task_struct *p)
 	return !cfg_root_mnt_id || !fs || BPF_CORE_READ(fs, users) > 1 ||
 	       (__u32)BPF_CORE_READ(m, mnt_id) != cfg_root_mnt_id ||
 	       BPF_CORE_READ(fs, root.dentry) != BPF_CORE_READ(vm, mnt_root) ||
-	       seccomp_notified(p);
+	       seccomp_by_user(p);
 }
 
 static __always_inline int emit_exec(struct task_struct *p, struct linux_binprm *bprm)

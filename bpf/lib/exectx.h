@@ -64,6 +64,13 @@ static __always_inline bool env_watched(__u64 v)
 	case PFX8('N', 'O', 'D', 'E', '_', 'P', 'A', 'T'): /* NODE_PATH */
 	case PFX8('B', 'A', 'S', 'H', '_', 'E', 'N', 'V'): /* BASH_ENV */
 	case PFX8('G', 'C', 'O', 'N', 'V', '_', 'P', 'A'): /* GCONV_PATH */
+	/* s31 review 3: what else runs a user's code in a trusted interpreter */
+	case PFX8('B', 'A', 'S', 'H', '_', 'F', 'U', 'N'): /* BASH_FUNC_<name>%% (exported functions) */
+	case PFX8('S', 'H', 'E', 'L', 'L', 'O', 'P', 'T'): /* SHELLOPTS */
+	case PFX8('B', 'A', 'S', 'H', 'O', 'P', 'T', 'S'): /* BASHOPTS */
+	case PFX8('P', 'Y', 'T', 'H', 'O', 'N', 'U', 'S'): /* PYTHONUSERBASE */
+	case PFX8('Z', 'D', 'O', 'T', 'D', 'I', 'R', '='): /* ZDOTDIR */
+	case PFX8('P', 'E', 'R', 'L', '5', 'D', 'B', '='): /* PERL5DB */
 		return true;
 	}
 	return false;

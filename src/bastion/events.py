@@ -312,6 +312,8 @@ WATCHED_ENV: Final = frozenset({
     "LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME",
     "PERL5LIB", "PERL5OPT", "PERLLIB", "RUBYOPT", "RUBYLIB", "NODE_OPTIONS", "NODE_PATH",
     "BASH_ENV", "GCONV_PATH",
+    # s31 review 3: code a trusted interpreter runs from the environment
+    "SHELLOPTS", "BASHOPTS", "PYTHONUSERBASE", "ZDOTDIR", "PERL5DB",
 })
 SENS_NAMES: Final = {c: c.name.lower().replace("_", "-") for c in abi.SensClass}
 # S_IFMT >> 12 of a descriptor -> how fds 0/1 are shown (pipe and socket with the inode,
@@ -393,7 +395,8 @@ def _env(raw: bytes) -> tuple[str, ...]:
     out = []
     for entry in raw.split(b"\0"):
         name, eq, _ = entry.partition(b"=")
-        if eq and _str(name) in WATCHED_ENV:
+        # and bash's exported functions, BASH_FUNC_<name>%% (s31 review 3)
+        if eq and (_str(name) in WATCHED_ENV or name.startswith(b"BASH_FUNC_")):
             out.append(_str(entry))
     return tuple(out)
 

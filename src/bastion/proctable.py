@@ -33,19 +33,35 @@ class ProcEntry:
     exited_ns: int = 0     # wall-clock ns of exit, 0 while alive
     exe_dev: int = 0       # the executable's device (kernel encoding) and inode, 0: unknown
     exe_ino: int = 0
-    # the mount namespace its absolute paths name files in (ExecEvent.paths_ns: 0 when
-    # unknown, or under a root other than the agent's), s31
-    mnt_ns: int = 0
+    # the mount namespace in which the agent may resolve the paths its command line names
+    # (a script an interpreter runs): paths_ns_of(); 0: in none, s31
+    paths_ns: int = 0
 
     def exited_at(self, ns: int) -> "ProcEntry":
         """``dataclasses.replace(self, exited_ns=ns)`` without its per-call field
         introspection (every exit event; checked against replace in the unit tests)."""
         return ProcEntry(self.pid, self.ppid, self.start_ns, self.exe, self.cmdline, self.uid,
-                         self.comm, ns, self.exe_dev, self.exe_ino, self.mnt_ns)
+                         self.comm, ns, self.exe_dev, self.exe_ino, self.paths_ns)
 
     def same_process(self, start_ns: int) -> bool:
         """Is a process that started at ``start_ns`` this one (tick tolerance)?"""
         return not start_ns or not self.start_ns or abs(self.start_ns - start_ns) < TICK_NS
+
+
+def paths_ns_of(ev: ExecEvent) -> int:
+    """The mount namespace in which the agent may resolve the paths the command line of
+    ``ev``'s process names (``sh /usr/sbin/dkms``: is that the installed dkms?), or 0 when
+    in none (s31 and its reviews): a namespace unknown (a record from before ABI 3.5) or
+    other than the exec's, a root other than the agent's, a root another process can
+    change, a seccomp filter the process installed (a supervisor, or an errno-0 rule, can
+    hand the interpreter another file); a watched loader or interpreter variable in its
+    environment, or an environment too long to scan (``BASH_ENV``, ``PYTHONPATH``,
+    exported ``BASH_FUNC_``s run the user's code in the interpreter); or not root (a
+    user's interpreter reads their own start-up files: python's ``usercustomize``,
+    ``~/.zshenv``)."""
+    if ev.env or ev.truncated or ev.proc.uid != 0 or ev.proc.euid != 0:
+        return 0
+    return ev.paths_ns()
 
 
 def _read_proc(proc: Path, pid: int) -> ProcEntry | None:
@@ -65,12 +81,12 @@ def _read_proc(proc: Path, pid: int) -> ProcEntry | None:
             dev, ino = kernel_dev(st.st_dev), st.st_ino
         except OSError:
             exe, dev, ino = "", 0, 0  # kernel threads, or a process we may not inspect
-        # mnt_ns 0: what /proc shows is the namespace, root and command line the process
+        # paths_ns 0: what /proc shows is the namespace, root and command line the process
         # has now, which it may have changed since its exec (setns back into the host's,
         # a rewritten argv naming an installed script: s31 review 2): no script path
         # of a process seen first through /proc is trusted
         return ProcEntry(pid, ps.ppid, ps.start_ns, exe, cmdline, uid, ps.comm,
-                         exe_dev=dev, exe_ino=ino, mnt_ns=0)
+                         exe_dev=dev, exe_ino=ino, paths_ns=0)
     except (OSError, ValueError, IndexError):
         return None  # raced with exit
 
@@ -218,7 +234,7 @@ class ProcessTable:
         p = ev.proc
         if isinstance(ev, ExecEvent):
             self._put(ProcEntry(p.pid, p.ppid, p.start_ns, p.exe, ev.argv, p.uid, p.comm,
-                                exe_dev=ev.exe_dev, exe_ino=ev.exe_ino, mnt_ns=ev.paths_ns()))
+                                exe_dev=ev.exe_dev, exe_ino=ev.exe_ino, paths_ns=paths_ns_of(ev)))
         elif isinstance(ev, ForkEvent):
             known = self._procs.get(ev.child_pid)
             if known is not None and known.ppid == p.pid and ev.child_start_ns \
@@ -233,7 +249,7 @@ class ProcessTable:
                 parent.exe if parent else p.exe, parent.cmdline if parent else (),
                 p.uid, p.comm,
                 exe_dev=parent.exe_dev if parent else 0, exe_ino=parent.exe_ino if parent else 0,
-                mnt_ns=parent.mnt_ns if parent else 0,
+                paths_ns=parent.paths_ns if parent else 0,
             ))
         elif isinstance(ev, ExitEvent):
             cur = self._procs.get(p.pid)

@@ -85,9 +85,11 @@ if pid == 0:
 assert pid > 0, ctypes.get_errno()
 sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
 """
-# s31 review 2: a seccomp user-notification supervisor answers the interpreter's calls
-# (an openat of argv[1] answered with a descriptor of the user's script): a filter with
-# a listener (notifying a syscall nobody makes), the listener held by a child, then exec
+# s31 reviews 2 and 3: a seccomp filter a user installed answers the interpreter's calls
+# (a supervisor hands it a descriptor of the user's script for its openat of argv[1]; an
+# errno-0 rule makes that openat "return" fd 0, the user's stdin).  Here a filter of
+# no consequence (notifying, with a listener when argv[3] says so, a syscall nobody
+# makes): any filter installed under no_new_privs flags the exec
 SECCOMP_NOTIF_EXEC = r"""
 import ctypes, os, struct, sys, time
 libc = ctypes.CDLL(None, use_errno=True)
@@ -100,7 +102,7 @@ prog = b"".join(struct.pack("<HBBI", *i) for i in (
 buf = ctypes.create_string_buffer(prog)
 fprog = struct.pack("<HxxxxxxQ", 4, ctypes.addressof(buf))
 assert libc.prctl(38, 1, 0, 0, 0) == 0                                 # NO_NEW_PRIVS
-fd = libc.syscall(317, 1, 8, ctypes.c_char_p(fprog))   # seccomp(SET_MODE_FILTER, NEW_LISTENER)
+fd = libc.syscall(317, 1, int(sys.argv[3]), ctypes.c_char_p(fprog))  # SET_MODE_FILTER, flags
 assert fd >= 0, ctypes.get_errno()
 if os.fork() == 0:                    # the supervisor: holds the listener
     time.sleep(5)
@@ -145,13 +147,15 @@ def test_a_script_bind_mounted_over_in_another_mount_namespace_is_not_the_tool(
                 for argv in ([sh, str(tool), "install"], ["unshare", "-m", sh, "-c", swap],
                              [sys.executable, "-c", CHROOT_EXEC, str(jail), str(tool)],
                              [sys.executable, "-c", CLONE_FS_EXEC, sh, str(tool)],
-                             [sys.executable, "-c", SECCOMP_NOTIF_EXEC, sh, str(tool)]):
+                             [sys.executable, "-c", SECCOMP_NOTIF_EXEC, sh, str(tool), "8"],
+                             [sys.executable, "-c", SECCOMP_NOTIF_EXEC, sh, str(tool), "0"],
+                             ["env", "BASH_FUNC_cat%%=() { :; }", sh, str(tool), "install"]):
                     r = run_in(cg, argv, timeout=30)
                     assert r.returncode == 0, (argv, r.stderr)
                 procs = ProcessTable()
                 execs: list[ExecEvent] = []
                 deadline = time.monotonic() + 10
-                while time.monotonic() < deadline and len(execs) < 5:
+                while time.monotonic() < deadline and len(execs) < 7:
                     for ev in sensor.poll(0.05) or []:
                         procs.update(ev)
                         if isinstance(ev, ExecEvent) and ev.argv[1:2] == (str(tool),):
@@ -160,20 +164,24 @@ def test_a_script_bind_mounted_over_in_another_mount_namespace_is_not_the_tool(
                 sensor.close()
         assert ran.read_text() == "evil\n"                # the user's scripts are what ran
         assert (jail / "ran").read_text() == "jailed\n"
-        assert len(execs) == 5, execs
-        genuine, swapped, jailed, shared, supervised = execs
+        assert len(execs) == 7, execs
+        genuine, swapped, jailed, shared, supervised, filtered, exported = execs
         here = os.stat("/proc/self/ns/mnt").st_ino
         assert genuine.mnt_ns == here and not genuine.rooted, genuine
         assert swapped.mnt_ns not in (0, here) and swapped.rooted, swapped   # a copied mount
         assert jailed.mnt_ns == here and jailed.rooted, jailed
         assert shared.mnt_ns == here and shared.rooted, shared
         assert supervised.mnt_ns == here and supervised.rooted, supervised
+        assert filtered.mnt_ns == here and filtered.rooted, filtered
+        # an exported bash function is in the record's environment (and voids script trust)
+        assert not exported.rooted and exported.env == ("BASH_FUNC_cat%%=() { :; }",), exported
         trust = ExeTrust((str(root), os.path.dirname(sh), "/bin", "/usr/bin"))
         ctx = RuleContext(procs)
         assert trusted(genuine, ctx, {"dkms"}, depth=0, trust=trust)
         assert not trusted(swapped, ctx, {"dkms"}, depth=0, trust=trust)
         assert not trusted(jailed, ctx, {"dkms"}, depth=0, trust=trust)
         assert not trusted(shared, ctx, {"dkms"}, depth=0, trust=trust)
-        assert not trusted(supervised, ctx, {"dkms"}, depth=0, trust=trust)
+        for ev in (supervised, filtered, exported):
+            assert not trusted(ev, ctx, {"dkms"}, depth=0, trust=trust), ev
     finally:
         shutil.rmtree(root)

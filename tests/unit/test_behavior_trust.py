@@ -60,12 +60,14 @@ class Host:
                 "cgroup_id": 1, "comm": m["comm"], "start_ns": pid * 1000, "exe": m["exe"]}
 
     def exec(self, pid: int, exe: str, argv: list[str], ppid: int = 1,
-             comm: str | None = None, mnt_ns: int = HERE, rooted: bool = False) -> list[Finding]:
+             comm: str | None = None, mnt_ns: int = HERE, rooted: bool = False,
+             env: tuple[str, ...] = (), uid: int = 0) -> list[Finding]:
         self.meta[pid] = {"ppid": ppid, "exe": exe, "comm": comm or os.path.basename(exe)[:15]}
         dev, ino = ident(exe)
         return self.feed({"type": "exec", **self.proc(pid), "filename": exe, "cwd": "/root",
                           "argv": argv, "exe_dev": dev, "exe_ino": ino, "exe_nlink": 1,
-                          "mnt_ns": mnt_ns, "rooted": rooted})
+                          "mnt_ns": mnt_ns, "rooted": rooted, "env": list(env),
+                          "uid": uid, "euid": uid})
 
     def write(self, pid: int, path: str) -> list[Finding]:
         return self.feed({"type": "open", **self.proc(pid), "path": path, "path2": "",
@@ -441,3 +443,27 @@ def test_a_root_owned_link_into_a_user_s_tree_is_no_root_only_path(root_dir: Pat
     assert secure_file(f"{admin}/rel/dkms") is not None
     (admin / "abs").symlink_to(root_dir)
     assert secure_file(f"{admin}/abs/dkms") is not None
+
+
+def test_a_script_run_with_the_user_s_code_at_hand_is_not_the_tool(root_dir: Path) -> None:
+    """s31 review 3: a genuine interpreter runs the user's code before or instead of the
+    script when its environment says so (``BASH_ENV``, an exported ``BASH_FUNC_cat%%``,
+    ``PYTHONPATH``), or from the user's own start-up files when it is not root's
+    (python's ``usercustomize``, ``~/.zshenv``); and busybox's argv[1] names an applet
+    (``busybox /usr/sbin/dkms`` runs no script).  None of them is the tool."""
+    script = root_dir / "dkms"
+    script.write_text("#!/bin/sh\n")
+    os.chmod(script, 0o755)
+    sh, bb = os.path.realpath("/bin/sh"), os.path.realpath("/bin/busybox")
+    t = ExeTrust((str(root_dir), os.path.dirname(sh), os.path.dirname(bb)))
+    h = Host()
+    h.engine = Engine(behavior_rules(trust=t))
+    hook = "behavior.persistence_system_hook"
+    h.exec(100, sh, ["sh", str(script)])
+    assert rule(h.write(100, "/etc/modprobe.d/x.conf"), hook) == []
+    for pid, kw in ((101, {"env": ("BASH_FUNC_cat%%=() { id; }",)}),
+                    (102, {"env": ("BASH_ENV=/home/u/.x",)}), (103, {"uid": 1000})):
+        h.exec(pid, sh, ["sh", str(script)], **kw)       # type: ignore[arg-type]
+        assert len(rule(h.write(pid, "/etc/modprobe.d/x.conf"), hook)) == 1, kw
+    assert t.script_tool(bb, ident(bb), ("sh", str(script)), {"dkms"}, HERE) == "dkms"
+    assert t.script_tool(bb, ident(bb), ("busybox", str(script)), {"dkms"}, HERE) is None

@@ -522,7 +522,7 @@ def trusted_as(e: ProcEntry, names: Iterable[str], trust: ExeTrust) -> str | Non
     interpreter running that tool's installed script); None when it runs none."""
     ident = (e.exe_dev, e.exe_ino)
     return trust.is_tool(ident, names) or trust.script_tool(e.exe, ident, e.cmdline, names,
-                                                            e.mnt_ns)
+                                                            e.paths_ns)
 
 
 def trusted(ev: Event, ctx: RuleContext, names: Iterable[str], depth: int = 3, *,
@@ -614,7 +614,7 @@ def python_installer(entry: ProcEntry, trust: ExeTrust, *, venv: bool = False) -
     name = base(what)
     if name.rstrip("0123456789.") in PY_INSTALLERS:
         if trust.script_tool(entry.exe, (entry.exe_dev, entry.exe_ino),
-                             (entry.cmdline[0], what), [name], entry.mnt_ns) is not None:
+                             (entry.cmdline[0], what), [name], entry.paths_ns) is not None:
             return name
         argv0 = entry.cmdline[0] if entry.cmdline else ""
         if venv and os.path.dirname(argv0) == os.path.dirname(what) \
@@ -622,7 +622,7 @@ def python_installer(entry: ProcEntry, trust: ExeTrust, *, venv: bool = False) -
             return name
         return None
     if name == "__pip-runner__.py" and base(os.path.dirname(what)) == "pip" and (
-            trust.root_only(what, entry.mnt_ns) or (venv and base(os.path.dirname(os.path.dirname(what)))
+            trust.root_only(what, entry.paths_ns) or (venv and base(os.path.dirname(os.path.dirname(what)))
                                       == "site-packages")):
         return "pip"        # pip's own build-isolation installs
     return None

@@ -96,25 +96,33 @@ PROC_SUPER_MAGIC = 0x9FA0
 MAX_HOPS = 40             # symbolic links followed in one path, as the kernel's limit
 
 
-def _bad_dir(d: str, st: os.stat_result) -> bool:
+def _bad_dir(d: str, st: os.stat_result, system: frozenset[int]) -> bool:
     """Is the directory ``d`` (``st``: its ``lstat``) no place only root can change:
-    not root's, group/other-writable, or on procfs, a network filesystem, FUSE or an
+    not root's, group/other-writable, on procfs, or off the system's own devices
+    (``system``: ``st_dev`` of ``/`` and ``/usr``) on a network filesystem, FUSE or an
     automount (:data:`REMOTE_FS`)?  procfs (s31 review): its directories are root's and
     its magic links name what the *agent's* process has (``/proc/self/cwd/usr/bin/gcore``
     is the genuine gcore to the agent, whose cwd is ``/``, and ``./usr/bin/gcore`` to a
     user's interpreter; ``/dev/fd/N/...`` likewise); the others: a look-up below them can
-    wait on a server for as long as it likes."""
+    wait on a server for as long as it likes (a root file system on NFS, 9p or virtiofs
+    is the system's, and passes: review 3).  Opened ``O_PATH`` without ``O_DIRECTORY``,
+    which would trigger an automount point (review 3), and compared with the ``lstat``."""
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         return True
     try:
-        fd = os.open(d, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(d, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return True
     try:
+        got = os.fstat(fd)
         magic = fs_magic(fd)
+    except OSError:
+        return True
     finally:
         os.close(fd)
-    return magic in (-1, PROC_SUPER_MAGIC) or magic in REMOTE_FS
+    if (got.st_dev, got.st_ino) != (st.st_dev, st.st_ino) or magic in (-1, PROC_SUPER_MAGIC):
+        return True
+    return magic in REMOTE_FS and st.st_dev not in system
 
 
 def secure_file(path: str) -> os.stat_result | None:
@@ -134,7 +142,8 @@ def secure_file(path: str) -> os.stat_result | None:
     todo = [c for c in reversed(path.split("/")) if c]
     cur, hops = "/", 0
     try:
-        if _bad_dir(cur, os.lstat(cur)):
+        system = frozenset(os.stat(d).st_dev for d in ("/", "/usr"))
+        if _bad_dir(cur, os.lstat(cur), system):
             return None
         while todo:
             name = todo.pop()
@@ -159,7 +168,7 @@ def secure_file(path: str) -> os.stat_result | None:
                         st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
                     return None
                 return st
-            if _bad_dir(nxt, st):
+            if _bad_dir(nxt, st, system):
                 return None
             cur = nxt
     except (OSError, ValueError):
@@ -365,6 +374,8 @@ class ExeTrust:
         name = os.path.basename(exe)
         if not runs_scripts(name) or self.is_tool(exe_ident, [name]) is None:
             return None
+        if name == "busybox" and os.path.basename(argv[0]) not in ("sh", "ash"):
+            return None     # argv[1] names an applet (busybox /usr/bin/dpkg: s31 review 3)
         ident = self._ident_at(argv[1])
         return self.is_tool(ident, names) if ident is not None else None
 
