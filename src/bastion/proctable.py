@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from bastion.abi import kernel_dev
-from bastion.events import Event, ExecEvent, ExitEvent, ForkEvent, Proc, with_proc
+from bastion.events import WATCHED_ENV, Event, ExecEvent, ExitEvent, ForkEvent, Proc, with_proc
 from bastion.procstat import PROC, TICK_NS, parse_stat, read_stat
 
 
@@ -56,22 +56,84 @@ def paths_ns_of(ev: ExecEvent) -> int:
     change, a seccomp filter the process installed (a supervisor, or an errno-0 rule, can
     hand the interpreter another file); a watched loader or interpreter variable in its
     environment, or an environment too long to scan (``BASH_ENV``, ``PYTHONPATH``,
-    exported ``BASH_FUNC_``s run the user's code in the interpreter); or not root (a
-    user's interpreter reads their own start-up files: python's ``usercustomize``,
-    ``~/.zshenv``)."""
-    if ev.env or ev.truncated or ev.proc.uid != 0 or ev.proc.euid != 0:
+    exported ``BASH_FUNC_``s run the user's code in the interpreter).  (A non-root
+    process's scripts are trusted as tools by no rule but the installers' exemption:
+    ``base.trusted_as``.)"""
+    if ev.env or ev.truncated:
         return 0
     return ev.paths_ns()
 
 
-def _read_proc(proc: Path, pid: int) -> ProcEntry | None:
+Ident3 = tuple[int, int, int]     # (st_dev, st_ino, mount id) of a root directory
+
+
+def root_ident(fd: int) -> Ident3:
+    """(st_dev, st_ino, mnt_id) of the directory open at ``fd``."""
+    st = os.fstat(fd)
+    with open(f"/proc/self/fdinfo/{fd}", "rb") as f:
+        for line in f:
+            key, _, value = line.partition(b":")
+            if key == b"mnt_id":
+                return st.st_dev, st.st_ino, int(value)
+    raise ValueError("fdinfo without mnt_id")
+
+
+def _own_root() -> tuple[int, Ident3] | None:
+    """The agent's mount namespace and root (what a seeded process must share for its
+    script paths to be trusted); None when they cannot be read."""
+    try:
+        fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            return os.stat("/proc/self/ns/mnt").st_ino, root_ident(fd)
+        finally:
+            os.close(fd)
+    except (OSError, ValueError):
+        return None
+
+
+def _seeded_paths_ns(base: Path, status: list[str], own: tuple[int, Ident3] | None) -> int:
+    """``paths_ns`` of a process that was running before the agent (s31 review 4: a root
+    daemon that is a script, fail2ban's server, lost its trust at every agent start), from
+    what /proc shows now: root's in every uid, no no_new_privs, no seccomp filter, the
+    agent's namespace and root, none of the watched variables in its environment.  0 when
+    anything differs or cannot be read.  (Left: a root process that rewrote its argv.)"""
+    if own is None:
+        return 0
+    fields = dict(line.split(":", 1) for line in status if ":" in line)
+    if fields.get("Uid", "").split() != ["0"] * 4 or fields.get("NoNewPrivs", "1").strip() != "0" \
+            or fields.get("Seccomp", "1").strip() != "0":
+        return 0
+    ns, root = own
+    if os.stat(base / "ns" / "mnt").st_ino != ns:
+        return 0
+    fd = os.open(base / "root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if root_ident(fd) != root:
+            return 0
+    finally:
+        os.close(fd)
+    for entry in (base / "environ").read_bytes().split(b"\0"):
+        name, eq, _ = entry.partition(b"=")
+        if eq and (name.decode("utf-8", "replace") in WATCHED_ENV or name.startswith(b"BASH_FUNC_")):
+            return 0
+    return ns
+
+
+def _read_proc(proc: Path, pid: int, own: tuple[int, Ident3] | None = None) -> ProcEntry | None:
+    """The entry of a process as /proc shows it.  ``own`` (seeding only: the agent's
+    namespace and root, :func:`_own_root`): its script paths may be trusted when
+    :func:`_seeded_paths_ns` says so; else (a process first seen later, through an event)
+    they are not: its namespace, root and command line are what it has now, which it
+    may have changed since its exec (setns back into the host's, a rewritten argv naming
+    an installed script: s31 review 2)."""
     base = proc / str(pid)
     try:
         ps = read_stat(pid, proc)
         raw = (base / "cmdline").read_bytes()
         cmdline = tuple(a.decode("utf-8", "backslashreplace") for a in raw.rstrip(b"\0").split(b"\0")) if raw else ()
         uid = 0
-        for line in (base / "status").read_text().splitlines():
+        status = (base / "status").read_text().splitlines()
+        for line in status:
             if line.startswith("Uid:"):
                 uid = int(line.split()[1])
                 break
@@ -81,12 +143,12 @@ def _read_proc(proc: Path, pid: int) -> ProcEntry | None:
             dev, ino = kernel_dev(st.st_dev), st.st_ino
         except OSError:
             exe, dev, ino = "", 0, 0  # kernel threads, or a process we may not inspect
-        # paths_ns 0: what /proc shows is the namespace, root and command line the process
-        # has now, which it may have changed since its exec (setns back into the host's,
-        # a rewritten argv naming an installed script: s31 review 2): no script path
-        # of a process seen first through /proc is trusted
+        try:
+            paths_ns = _seeded_paths_ns(base, status, own)
+        except (OSError, ValueError):
+            paths_ns = 0
         return ProcEntry(pid, ps.ppid, ps.start_ns, exe, cmdline, uid, ps.comm,
-                         exe_dev=dev, exe_ino=ino, paths_ns=0)
+                         exe_dev=dev, exe_ino=ino, paths_ns=paths_ns)
     except (OSError, ValueError, IndexError):
         return None  # raced with exit
 
@@ -123,9 +185,10 @@ class ProcessTable:
         n = 0
         if not self.live:
             return n
+        own = _own_root()
         for d in proc.iterdir():
             if d.name.isdigit():
-                e = _read_proc(proc, int(d.name))
+                e = _read_proc(proc, int(d.name), own)
                 if e is not None:
                     self._put(e)
                     n += 1

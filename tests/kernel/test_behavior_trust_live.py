@@ -7,6 +7,7 @@ is scoped to a test cgroup; nothing is enforced."""
 from __future__ import annotations
 
 import shutil
+import struct
 import sys
 import time
 from pathlib import Path
@@ -111,6 +112,22 @@ os.execv(sys.argv[1], ["sh", sys.argv[2], "install"])
 """
 
 
+def _static_elf(path: str) -> bool:
+    """Is ``path`` a 64-bit ELF without a program interpreter (PT_INTERP)?"""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            if head[:5] != b"\x7fELF\x02":
+                return False
+            phoff, = struct.unpack_from("<Q", head, 0x20)
+            phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
+            f.seek(phoff)
+            table = f.read(phentsize * phnum)
+    except OSError:
+        return False
+    return all(struct.unpack_from("<I", table, i * phentsize)[0] != 3 for i in range(phnum))
+
+
 def test_a_script_bind_mounted_over_in_another_mount_namespace_is_not_the_tool(
         tmp_path: Path) -> None:
     """s31: the attack as a user runs it (``unshare -Urm``; here root's ``unshare -m``,
@@ -126,6 +143,10 @@ def test_a_script_bind_mounted_over_in_another_mount_namespace_is_not_the_tool(
     import os
     import tempfile
 
+    import pytest
+
+    if not _static_elf("/bin/busybox"):
+        pytest.skip("needs a static /bin/busybox (make deps installs busybox-static)")
     root = Path(tempfile.mkdtemp(prefix="bastion-trust-", dir="/run"))  # root-only, as /usr/sbin
     try:
         os.chmod(root, 0o755)
@@ -150,7 +171,9 @@ def test_a_script_bind_mounted_over_in_another_mount_namespace_is_not_the_tool(
                              [sys.executable, "-c", SECCOMP_NOTIF_EXEC, sh, str(tool), "8"],
                              [sys.executable, "-c", SECCOMP_NOTIF_EXEC, sh, str(tool), "0"],
                              ["env", "BASH_FUNC_cat%%=() { :; }", sh, str(tool), "install"]):
-                    r = run_in(cg, argv, timeout=30)
+                    # a clean environment: the runner's own PYTHONPATH or exported
+                    # functions would void the genuine exec's trust
+                    r = run_in(cg, argv, timeout=30, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
                     assert r.returncode == 0, (argv, r.stderr)
                 procs = ProcessTable()
                 execs: list[ExecEvent] = []
@@ -185,3 +208,34 @@ def test_a_script_bind_mounted_over_in_another_mount_namespace_is_not_the_tool(
             assert not trusted(ev, ctx, {"dkms"}, depth=0, trust=trust), ev
     finally:
         shutil.rmtree(root)
+
+
+def test_a_process_seen_first_through_proc_keeps_script_trust_only_as_it_was_made() -> None:
+    """s31 review 4: a root daemon that is a script and was running before the agent
+    (fail2ban's server) lost its trust at every agent start, as every process first seen
+    through /proc did.  Seeding now trusts a script path for a process that is root's in
+    every uid, has no no_new_privs and no seccomp filter, shares the agent's namespace and
+    root, and has none of the watched variables in its environment; a process first seen
+    later through an event still gets none."""
+    import subprocess
+
+    from bastion.proctable import _own_root, _read_proc
+
+    own = _own_root()
+    assert own is not None
+    clean = {"PATH": "/usr/bin:/bin"}
+    procs = [subprocess.Popen(["sleep", "30"], env=env) for env in (
+        clean, {**clean, "BASH_FUNC_ls%%": "() { id; }"}, {**clean, "PYTHONPATH": "/tmp/x"})]
+    nnp = subprocess.Popen(["/usr/bin/setpriv", "--no-new-privs", "sleep", "30"], env=clean)
+    jailed = subprocess.Popen(["/usr/sbin/chroot", "/usr", "/bin/busybox", "sleep", "30"], env=clean)
+    try:
+        time.sleep(0.3)
+        got = [_read_proc(Path("/proc"), p.pid, own) for p in (*procs, nnp, jailed)]
+        assert all(e is not None for e in got), got
+        assert [e.paths_ns for e in got if e is not None] == [own[0], 0, 0, 0, 0], got
+        later = _read_proc(Path("/proc"), procs[0].pid)       # not seeding
+        assert later is not None and later.paths_ns == 0
+    finally:
+        for p in (*procs, nnp, jailed):
+            p.kill()
+            p.wait()

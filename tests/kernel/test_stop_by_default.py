@@ -369,8 +369,11 @@ def test_ransomware_in_another_mount_namespace_is_judged_on_its_own_files() -> N
                               inner, sys.executable, REWRITE, str(d)])
             rc = reap(p, 40)
             got = [a for a in w.alerts if a["rule"] == "behavior.ransomware"]
-            assert got and got[0]["action"] == "kill-tree", [(a["rule"], a["action"], a["title"])
-                                                             for a in w.alerts]
+            # a first look may find the newest files not yet written (the alert "Mass
+            # file rewrite", s31 CI): judged on the host's plaintext it would never
+            # get further; on its own files the tree is stopped
+            assert any(a["action"] == "kill-tree" for a in got), \
+                [(a["rule"], a["action"], a["title"]) for a in w.alerts]
             assert rc == -signal.SIGKILL
     finally:
         shutil.rmtree(d)

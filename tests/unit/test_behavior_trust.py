@@ -417,8 +417,7 @@ def test_only_an_interpreter_makes_an_installed_script_s_path_a_tool(root_dir: P
     assert len(rule(h.write(95, "/etc/modprobe.d/x.conf"), "behavior.persistence_system_hook")) == 1
 
 
-def test_a_root_owned_link_into_a_user_s_tree_is_no_root_only_path(root_dir: Path,
-                                                                  tmp_path: Path) -> None:
+def test_a_root_owned_link_into_a_user_s_tree_is_no_root_only_path(root_dir: Path) -> None:
     """s31 review 2: only the path as written and the real path were checked, not the
     links on the way.  An administrator's ``/opt/app -> /srv/app/current`` with
     ``current`` a deploy user's link: the user points it at their own directory when the
@@ -427,8 +426,8 @@ def test_a_root_owned_link_into_a_user_s_tree_is_no_root_only_path(root_dir: Pat
     script = root_dir / "dkms"
     script.write_text("#!/bin/sh\n")
     os.chmod(script, 0o755)
-    user = tmp_path / "u"
-    user.mkdir()
+    user = root_dir / "u"                            # in a root-only tree: only its owner
+    user.mkdir()                                     # makes it the user's
     os.chown(user, 65534, 65534)
     (user / "current").symlink_to(root_dir)          # the user's link, now at the genuine dir
     admin = root_dir / "opt"
@@ -454,6 +453,8 @@ def test_a_script_run_with_the_user_s_code_at_hand_is_not_the_tool(root_dir: Pat
     script = root_dir / "dkms"
     script.write_text("#!/bin/sh\n")
     os.chmod(script, 0o755)
+    if not os.path.exists("/bin/busybox"):
+        pytest.skip("needs /bin/busybox (make deps installs busybox-static)")
     sh, bb = os.path.realpath("/bin/sh"), os.path.realpath("/bin/busybox")
     t = ExeTrust((str(root_dir), os.path.dirname(sh), os.path.dirname(bb)))
     h = Host()
@@ -467,3 +468,24 @@ def test_a_script_run_with_the_user_s_code_at_hand_is_not_the_tool(root_dir: Pat
         assert len(rule(h.write(pid, "/etc/modprobe.d/x.conf"), hook)) == 1, kw
     assert t.script_tool(bb, ident(bb), ("sh", str(script)), {"dkms"}, HERE) == "dkms"
     assert t.script_tool(bb, ident(bb), ("busybox", str(script)), {"dkms"}, HERE) is None
+
+
+def test_a_user_s_pip_is_still_an_installer(root_dir: Path) -> None:
+    """s31 review 4: with script trust root's only, a user's ``python3 /usr/bin/pip
+    install --user x`` was no installer, and running ``x`` within the window was killed as
+    a download run.  A user's pip counts as an installer as a venv's does (the
+    installers' exemption only); the other script tools stay root's."""
+    from bastion.detect.behavior.base import package_installer, trusted_as
+
+    pip = root_dir / "pip"
+    pip.write_text("#!/usr/bin/python3\n")
+    os.chmod(pip, 0o755)
+    py = os.path.realpath("/usr/bin/python3")
+    t = ExeTrust((str(root_dir), os.path.dirname(py)))
+    h = Host()
+    h.engine = Engine(behavior_rules(trust=t))
+    h.exec(110, py, ["python3", str(pip), "install", "--user", "x"], uid=1000)
+    ev = from_json({"type": "exit", **h.proc(110), "time": "2026-01-01T00:00:00Z"})
+    assert package_installer(ev, h.ctx, t) == "pip"
+    entry = h.procs.get(110)
+    assert entry is not None and trusted_as(entry, {"pip"}, t) is None

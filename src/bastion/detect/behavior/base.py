@@ -444,7 +444,6 @@ def base(path: str) -> str:
     return os.path.basename(path.rstrip("/")) if path else ""
 
 
-@functools.lru_cache(maxsize=1024)
 def is_shell(exe: str) -> bool:
     return base(exe) in SHELLS
 
@@ -518,11 +517,13 @@ SESSION_ROOTS = frozenset({"systemd", "init", "sshd", "sshd-session", "login", "
 
 
 def trusted_as(e: ProcEntry, names: Iterable[str], trust: ExeTrust) -> str | None:
-    """The tool of ``names`` process ``e`` runs, by executable inode (or as an
-    interpreter running that tool's installed script); None when it runs none."""
+    """The tool of ``names`` process ``e`` runs, by executable inode (or, for root, as an
+    interpreter running that tool's installed script: a user's interpreter runs their
+    own start-up files first, python's ``usercustomize``, ``~/.zshenv``; s31 review 3);
+    None when it runs none."""
     ident = (e.exe_dev, e.exe_ino)
     return trust.is_tool(ident, names) or trust.script_tool(e.exe, ident, e.cmdline, names,
-                                                            e.paths_ns)
+                                                            e.paths_ns if e.uid == 0 else 0)
 
 
 def trusted(ev: Event, ctx: RuleContext, names: Iterable[str], depth: int = 3, *,
@@ -606,6 +607,9 @@ def python_installer(entry: ProcEntry, trust: ExeTrust, *, venv: bool = False) -
     if norm_interp(exe) not in ("python", "python3") \
             or trust.is_tool((entry.exe_dev, entry.exe_ino), [exe]) is None:
         return None
+    # a user's pip is an installer as a venv's is (the user's own code either way: s31
+    # review 4: a user's `pip install --user x` then `x` was killed as a download run)
+    ns = entry.paths_ns if venv or entry.uid == 0 else 0
     kind, what = python_module_or_script(entry.cmdline)
     if kind == "module":
         return what if what in PY_INSTALLERS else None
@@ -614,7 +618,7 @@ def python_installer(entry: ProcEntry, trust: ExeTrust, *, venv: bool = False) -
     name = base(what)
     if name.rstrip("0123456789.") in PY_INSTALLERS:
         if trust.script_tool(entry.exe, (entry.exe_dev, entry.exe_ino),
-                             (entry.cmdline[0], what), [name], entry.paths_ns) is not None:
+                             (entry.cmdline[0], what), [name], ns) is not None:
             return name
         argv0 = entry.cmdline[0] if entry.cmdline else ""
         if venv and os.path.dirname(argv0) == os.path.dirname(what) \
@@ -622,8 +626,8 @@ def python_installer(entry: ProcEntry, trust: ExeTrust, *, venv: bool = False) -
             return name
         return None
     if name == "__pip-runner__.py" and base(os.path.dirname(what)) == "pip" and (
-            trust.root_only(what, entry.paths_ns) or (venv and base(os.path.dirname(os.path.dirname(what)))
-                                      == "site-packages")):
+            trust.root_only(what, ns) or (venv and base(os.path.dirname(os.path.dirname(what)))
+                                          == "site-packages")):
         return "pip"        # pip's own build-isolation installs
     return None
 

@@ -38,6 +38,7 @@ not look at them yet.
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 import time
@@ -75,6 +76,7 @@ SCRIPT_INTERPRETERS = frozenset({"python", "python2", "python3", "perl", "ruby",
                                  "lua", "tclsh"})
 
 
+@functools.lru_cache(maxsize=1024)
 def norm_interp(name: str) -> str:
     """python3.11 -> python3; perl5.36 -> perl."""
     for pfx in ("python3", "python2", "python", "perl", "ruby", "php", "node", "lua"):
