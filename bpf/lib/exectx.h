@@ -9,7 +9,12 @@
 #include "path.h"
 
 #define ENV_CHUNK 256           /* one read; an entry is cut at ENV_CHUNK - 1 bytes */
-#define ENV_STEPS 192           /* reads per exec (entries, plus one per extra chunk of a long one) */
+/* reads per exec (entries, plus one per extra chunk of a long one).  An environment longer
+ * than this is cut (F_TRUNC_ENV), and behavior.loader_env reports the cut: padding the
+ * environment to push an LD_PRELOAD past the scan hid it (s31).  1,024 keeps the report
+ * for padding (a pod with hundreds of service variables stays under it); the loop ends
+ * at the environment's end, so a usual one costs what it did. */
+#define ENV_STEPS 1024
 
 struct env_ctx {
 	unsigned long pos, end;

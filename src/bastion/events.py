@@ -79,6 +79,10 @@ class ExecEvent(_Base):
     # and whether its root directory is another than the agent's (a chroot)
     mnt_ns: int = 0
     rooted: bool = False
+    # the environment's scan stopped before its end (F_TRUNC_ENV: more entries than the
+    # kernel reads, or more watched variables than the record holds): a loader variable
+    # past it is unseen (s31)
+    env_cut: bool = False
 
     def paths_ns(self) -> int:
         """The mount namespace the process's absolute paths name files in, as the agent
@@ -418,7 +422,7 @@ def _exec(r: Any, t: int, p: Proc, trunc: bool) -> Event:
         exec_fd=bool(flags & abi.F_EXEC_FD),
         env=_env(bytes(r.env)[: min(r.env_len, abi.ENV_LEN)]),
         stdin=_fd_kind(r.stdin_type, r.stdin_ino), stdout=_fd_kind(r.stdout_type, r.stdout_ino),
-        mnt_ns=r.mnt_ns, rooted=bool(flags & abi.F_ROOTED),
+        mnt_ns=r.mnt_ns, rooted=bool(flags & abi.F_ROOTED), env_cut=bool(flags & abi.F_TRUNC_ENV),
     )
 
 

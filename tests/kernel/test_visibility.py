@@ -141,6 +141,17 @@ def test_loader_env_read_in_the_kernel(recorded) -> None:  # type: ignore[no-unt
     assert [f for f in findings if f.rule == "behavior.loader_env" and f.pid == ex[0].proc.pid]
 
 
+def test_a_preload_behind_a_padded_environment_is_reported(recorded) -> None:  # type: ignore[no-untyped-def]
+    # s31: 1,100 padding variables pushed an LD_PRELOAD past the kernel's scan (192
+    # entries then): the exec's record carried no variable and loader_env said nothing.
+    # The cut is in the record, and reported
+    events, _, tag, findings = recorded
+    ex = [e for e in _execs(events) if e.argv == ("/bin/true", f"padded-{tag}")]
+    assert len(ex) == 1 and ex[0].env_cut and not any("hidden" in v for v in ex[0].env), ex
+    got = [f for f in findings if f.rule == "behavior.loader_env" and f.pid == ex[0].proc.pid]
+    assert len(got) == 1 and got[0].severity == "medium" and "too long" in got[0].title, got
+
+
 def test_decoded_payload_piped_into_shell(recorded) -> None:  # type: ignore[no-untyped-def]
     events, _, _, findings = recorded
     b64 = [e for e in _execs(events) if e.argv[:2] == ("base64", "-d")]

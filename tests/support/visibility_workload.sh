@@ -24,6 +24,9 @@ chmod 700 "$S"
 "$S"
 rm -f "$S"
 LD_PRELOAD="$W/evil-$T.so" /bin/true 2>/dev/null || true
+# s31: the same preload behind 1,100 padding variables, past the kernel's scan
+env $(i=0; while [ $i -lt 1100 ]; do echo "PAD$i=x"; i=$((i+1)); done) \
+    LD_PRELOAD="$W/hidden-$T.so" /bin/true "padded-$T" 2>/dev/null || true
 echo ZXhpdCAw | base64 -d | sh
 # 15.3 execveat(memfd, "", AT_EMPTY_PATH): a script and a binary run from a memfd.
 python3 - "$T" <<'PY'

@@ -1059,7 +1059,11 @@ class LoaderEnvInjection(BehaviorRule):
 
     Read in the kernel from the new image's environment, not from a command line.
     Children inherit the environment: one alert per injection, not one per exec of
-    the tree (a child whose parent was reported with the same value is not)."""
+    the tree (a child whose parent was reported with the same value is not).  An
+    environment the kernel's scan could not finish (``env_cut``: over a thousand
+    entries, or more watched variables than the record holds) is reported too
+    (medium): padding the environment pushed an ``LD_PRELOAD`` past the scan, unseen
+    (s31)."""
 
     name = "behavior.loader_env"
     event_types = frozenset({"exec"})
@@ -1072,9 +1076,13 @@ class LoaderEnvInjection(BehaviorRule):
         super().__init__(settings, limits)
         self._seen: BoundedState[int, frozenset[str]] = self.state()
 
+    CUT = "\0cut"     # the entry that stands for a cut scan (no NAME=value has a NUL)
+
     @staticmethod
     def judge(entry: str) -> tuple[str, str] | None:
         """(severity, why) for one NAME=value, None when it is harmless."""
+        if entry == LoaderEnvInjection.CUT:
+            return "medium", "an environment too long to scan (a loader variable past it is unseen)"
         name, _, value = entry.partition("=")
         if not value:
             return None
@@ -1101,10 +1109,10 @@ class LoaderEnvInjection(BehaviorRule):
         return None
 
     def evaluate(self, ev: Event, ctx: RuleContext) -> list[Hit]:
-        if not isinstance(ev, ExecEvent) or not ev.env:
+        if not isinstance(ev, ExecEvent) or not (ev.env or ev.env_cut):
             return []
         now = ev.time_ns
-        entries = frozenset(ev.env)
+        entries = frozenset((*ev.env, self.CUT) if ev.env_cut else ev.env)
         inherited = self._seen.get(ev.proc.ppid, now) or frozenset()
         self._seen.put(ev.proc.pid, now, entries)
         worst: tuple[str, str, str] | None = None
@@ -1115,7 +1123,8 @@ class LoaderEnvInjection(BehaviorRule):
         if worst is None:
             return []
         return [Hit(f"Loader/interpreter injection: {worst[1]} ({base(ev.proc.exe)})",
-                    {"env": list(ev.env), "exe": ev.proc.exe, "argv": list(ev.argv)},
+                    {"env": list(ev.env), "exe": ev.proc.exe, "argv": list(ev.argv),
+                     **({"env_cut": True} if ev.env_cut else {})},
                     severity=worst[0])]
 
 
