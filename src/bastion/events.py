@@ -395,12 +395,18 @@ def _fd_kind(kind: int, ino: int) -> str:
     return f"{name}:[{ino}]" if kind in (1, 12) else name
 
 
+def watched_env(name: bytes) -> bool:
+    """Is the environment variable ``name`` one the kernel reports at exec: a
+    :data:`WATCHED_ENV` name, or bash's exported functions, ``BASH_FUNC_<name>%%``
+    (s31 review 3)?"""
+    return name.startswith(b"BASH_FUNC_") or _str(name) in WATCHED_ENV
+
+
 def _env(raw: bytes) -> tuple[str, ...]:
     out = []
     for entry in raw.split(b"\0"):
         name, eq, _ = entry.partition(b"=")
-        # and bash's exported functions, BASH_FUNC_<name>%% (s31 review 3)
-        if eq and (_str(name) in WATCHED_ENV or name.startswith(b"BASH_FUNC_")):
+        if eq and watched_env(name):
             out.append(_str(entry))
     return tuple(out)
 
@@ -1047,5 +1053,5 @@ def summary(ev: Event) -> str:
 __all__ = [
     "Proc", "Event", "ExecEvent", "ForkEvent", "ExitEvent", "FileEvent", "NetEvent",
     "PtraceEvent", "KillEvent", "BpfEvent", "MemfdEvent", "CredEvent", "LsmDenyEvent", "HipsEvent",
-    "MmapEvent", "XM_NAMES", "TYPES", "DECODERS", "Decoder", "RepeatDecoder", "all_fields", "decode", "decode_reference", "with_proc", "to_json", "from_json", "repeats", "summary", "WATCHED_ENV", "SENS_NAMES",
+    "MmapEvent", "XM_NAMES", "TYPES", "DECODERS", "Decoder", "RepeatDecoder", "all_fields", "decode", "decode_reference", "with_proc", "to_json", "from_json", "repeats", "summary", "WATCHED_ENV", "watched_env", "SENS_NAMES",
 ]

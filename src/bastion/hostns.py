@@ -64,7 +64,23 @@ def host_mnt_ns(where: str) -> int:
     return ino
 
 
-__all__ = ["host_mnt_ns", "kthreadd_mnt_ns"]
+Ident3 = tuple[int, int, int]     # (st_dev, st_ino, mount id) of a root directory
+
+
+def root_ident(fd: int) -> Ident3:
+    """(st_dev, st_ino, mnt_id) of the directory open at ``fd`` (the mount id as
+    ``/proc/self/fdinfo`` gives it: the mount the directory *is*, not one stacked on it
+    later).  OSError, ValueError when it cannot be read."""
+    st = os.fstat(fd)
+    with open(f"/proc/self/fdinfo/{fd}", "rb") as f:
+        for line in f:
+            key, _, value = line.partition(b":")
+            if key == b"mnt_id":
+                return st.st_dev, st.st_ino, int(value)
+    raise ValueError("fdinfo without mnt_id")
+
+
+__all__ = ["host_mnt_ns", "kthreadd_mnt_ns", "root_ident", "Ident3"]
 
 
 def in_init_pid_ns(proc: str = "/proc") -> bool:

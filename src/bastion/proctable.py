@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Iterator
 
 from bastion.abi import kernel_dev
-from bastion.events import WATCHED_ENV, Event, ExecEvent, ExitEvent, ForkEvent, Proc, with_proc
+from bastion.events import Event, ExecEvent, ExitEvent, ForkEvent, Proc, watched_env, with_proc
+from bastion.hostns import Ident3, root_ident
 from bastion.procstat import PROC, TICK_NS, parse_stat, read_stat
 
 
@@ -64,20 +65,6 @@ def paths_ns_of(ev: ExecEvent) -> int:
     return ev.paths_ns()
 
 
-Ident3 = tuple[int, int, int]     # (st_dev, st_ino, mount id) of a root directory
-
-
-def root_ident(fd: int) -> Ident3:
-    """(st_dev, st_ino, mnt_id) of the directory open at ``fd``."""
-    st = os.fstat(fd)
-    with open(f"/proc/self/fdinfo/{fd}", "rb") as f:
-        for line in f:
-            key, _, value = line.partition(b":")
-            if key == b"mnt_id":
-                return st.st_dev, st.st_ino, int(value)
-    raise ValueError("fdinfo without mnt_id")
-
-
 def _own_root() -> tuple[int, Ident3] | None:
     """The agent's mount namespace and root (what a seeded process must share for its
     script paths to be trusted); None when they cannot be read."""
@@ -114,7 +101,7 @@ def _seeded_paths_ns(base: Path, status: list[str], own: tuple[int, Ident3] | No
         os.close(fd)
     for entry in (base / "environ").read_bytes().split(b"\0"):
         name, eq, _ = entry.partition(b"=")
-        if eq and (name.decode("utf-8", "replace") in WATCHED_ENV or name.startswith(b"BASH_FUNC_")):
+        if eq and watched_env(name):
             return 0
     return ns
 

@@ -98,6 +98,14 @@ def root_dir() -> Iterator[Path]:
         shutil.rmtree(d)
 
 
+def installed_script(root_dir: Path, name: str) -> Path:
+    """A shell script ``name`` installed in the root-only ``root_dir`` (root's, 0755)."""
+    script = root_dir / name
+    script.write_text("#!/bin/sh\n")
+    os.chmod(script, 0o755)
+    return script
+
+
 def test_genuine_dpkg_is_trusted() -> None:
     h = Host()
     h.exec(50, DPKG, ["dpkg", "-i", "libc.deb"])
@@ -179,9 +187,7 @@ def test_trust_dirs_and_refresh(root_dir: Path) -> None:
 def test_trusted_script_by_inode(root_dir: Path, tmp_path: Path) -> None:
     """dkms is a shell script: the interpreter must be the installed one and argv[1]
     the installed script, both by inode."""
-    script = root_dir / "dkms"
-    script.write_text("#!/bin/sh\n")
-    os.chmod(script, 0o755)
+    script = installed_script(root_dir, "dkms")
     sh = os.path.realpath("/bin/sh")
     t = ExeTrust((str(root_dir), os.path.dirname(sh)))
     assert t.script_tool(sh, ident(sh), ("sh", str(script)), {"dkms"}, HERE) == "dkms"
@@ -293,9 +299,7 @@ def test_a_script_path_through_a_user_s_symlink_is_not_trusted(root_dir: Path,
     the cache with ``sh /home/u/l/dkms`` and then point ``l`` at their own directory:
     their script trusted as dkms for the rest of the period.  The path as written must
     be root-only too (and in its normal form)."""
-    script = root_dir / "dkms"
-    script.write_text("#!/bin/sh\n")
-    os.chmod(script, 0o755)
+    script = installed_script(root_dir, "dkms")
     user = tmp_path / "u"
     user.mkdir()
     os.chown(user, 65534, 65534)          # a directory a user owns
@@ -359,9 +363,7 @@ def test_a_script_path_is_trusted_only_in_the_namespace_it_is_resolved_in(root_d
     genuine interpreter, ``chroot ~/t``, ``fexecve``: the path names ``~/t/usr/sbin/dkms``).
     A script path counts only for a process that exec'd in the agent's namespace under
     the agent's root; a record without a namespace (before ABI 3.5) counts as elsewhere."""
-    script = root_dir / "dkms"
-    script.write_text("#!/bin/sh\n")
-    os.chmod(script, 0o755)
+    script = installed_script(root_dir, "dkms")
     sh = os.path.realpath("/bin/sh")
     h = Host()
     h.engine = Engine(behavior_rules(trust=ExeTrust((str(root_dir), os.path.dirname(sh)))))
@@ -379,9 +381,7 @@ def test_a_script_path_through_procfs_is_not_trusted(root_dir: Path) -> None:
     to the agent (whose cwd is ``/``) and the user's ``./usr/bin/gcore`` to the user's
     interpreter: any user was trusted as a debugger (or dkms, or pip) with no namespace
     of their own.  ``/dev/fd/N/...`` likewise.  A path through procfs is refused."""
-    script = root_dir / "dkms"
-    script.write_text("#!/bin/sh\n")
-    os.chmod(script, 0o755)
+    script = installed_script(root_dir, "dkms")
     sh = os.path.realpath("/bin/sh")
     t = ExeTrust((str(root_dir), os.path.dirname(sh)))
     assert t.script_tool(sh, ident(sh), ("sh", str(script)), {"dkms"}, HERE) == "dkms"
@@ -404,9 +404,7 @@ def test_only_an_interpreter_makes_an_installed_script_s_path_a_tool(root_dir: P
     that tool: ``tee /usr/sbin/dkms /etc/modprobe.d/x.conf`` wrote as dkms (the write to
     dkms fails, tee goes on), ``find /usr/sbin/dkms -exec ...`` ran its children as dkms.
     Only a shell or a script interpreter runs the script it names."""
-    script = root_dir / "dkms"
-    script.write_text("#!/bin/sh\n")
-    os.chmod(script, 0o755)
+    script = installed_script(root_dir, "dkms")
     sh, tee = os.path.realpath("/bin/sh"), os.path.realpath("/usr/bin/tee")
     t = ExeTrust((str(root_dir), os.path.dirname(sh), os.path.dirname(tee)))
     assert t.script_tool(sh, ident(sh), ("sh", str(script)), {"dkms"}, HERE) == "dkms"
@@ -423,9 +421,7 @@ def test_a_root_owned_link_into_a_user_s_tree_is_no_root_only_path(root_dir: Pat
     ``current`` a deploy user's link: the user points it at their own directory when the
     interpreter opens the script and at the genuine one when the agent looks.  Every
     directory a look-up passes through, link targets included, must be root-only."""
-    script = root_dir / "dkms"
-    script.write_text("#!/bin/sh\n")
-    os.chmod(script, 0o755)
+    script = installed_script(root_dir, "dkms")
     user = root_dir / "u"                            # in a root-only tree: only its owner
     user.mkdir()                                     # makes it the user's
     os.chown(user, 65534, 65534)
@@ -450,9 +446,7 @@ def test_a_script_run_with_the_user_s_code_at_hand_is_not_the_tool(root_dir: Pat
     ``PYTHONPATH``), or from the user's own start-up files when it is not root's
     (python's ``usercustomize``, ``~/.zshenv``); and busybox's argv[1] names an applet
     (``busybox /usr/sbin/dkms`` runs no script).  None of them is the tool."""
-    script = root_dir / "dkms"
-    script.write_text("#!/bin/sh\n")
-    os.chmod(script, 0o755)
+    script = installed_script(root_dir, "dkms")
     if not os.path.exists("/bin/busybox"):
         pytest.skip("needs /bin/busybox (make deps installs busybox-static)")
     sh, bb = os.path.realpath("/bin/sh"), os.path.realpath("/bin/busybox")

@@ -78,21 +78,27 @@ def test_hook_sensor_loads_without_syscall_tracepoints() -> None:
     assert "sys_enter" not in links.stdout and "sys_exit" not in links.stdout
 
 
+def _run_shell(script: str, code: int, **sensor_kw: Any) -> list[Event]:
+    """``sh -c script`` in a scoped cgroup under the hook sensor (``sensor_kw``: its
+    settings); the events up to its exit with ``code``."""
+    with scoped_cgroup() as (cg, cgid):
+        sensor = HookSensor(cgroup_id=cgid, **sensor_kw)
+        sensor.open()
+        try:
+            r = run_in(cg, ["/bin/sh", "-c", script], timeout=60)
+            assert r.returncode == code, r.stderr
+            return _collect(sensor, _exited(code))
+        finally:
+            sensor.close()
+
+
 def test_events_with_paths_from_kernel_objects(tmp_path: Path) -> None:
     d = tmp_path / "work"
     d.mkdir()
     script = (f"cd {d} && echo x > a && mv a b && chmod 600 b && ln b l && rm b && /bin/true; "
               f"{PY} -c \"import socket; s=socket.socket(); s.settimeout(1)\n"
               f"try: s.connect(('127.0.0.1', 9))\nexcept OSError: pass\"; exit 7")
-    with scoped_cgroup() as (cg, cgid):
-        sensor = HookSensor(cgroup_id=cgid, open_dedup_s=0)
-        sensor.open()
-        try:
-            r = run_in(cg, ["/bin/sh", "-c", script], timeout=60)
-            assert r.returncode == 7, r.stderr
-            events = _collect(sensor, _exited(7))
-        finally:
-            sensor.close()
+    events = _run_shell(script, 7, open_dedup_s=0)
     files = [e for e in events if isinstance(e, FileEvent)]
     opens = [e for e in files if e.op == "open" and e.path == f"{d}/a"]
     assert opens and opens[0].flags & os.O_WRONLY and opens[0].ino > 0, files
@@ -117,15 +123,7 @@ def test_an_exec_names_its_mount_namespace() -> None:
     script = ("/bin/true marker-host; unshare -m /bin/true marker-private; "
               "chroot / /bin/true marker-root; chroot /usr /bin/busybox true marker-jailed; "
               "exit 4")
-    with scoped_cgroup() as (cg, cgid):
-        sensor = HookSensor(cgroup_id=cgid)
-        sensor.open()
-        try:
-            r = run_in(cg, ["/bin/sh", "-c", script], timeout=60)
-            assert r.returncode == 4, r.stderr
-            events = _collect(sensor, _exited(4))
-        finally:
-            sensor.close()
+    events = _run_shell(script, 4)
     markers = (("marker-host",), ("marker-private",), ("marker-root",), ("marker-jailed",))
     execs = {e.argv[-1]: e for e in events      # the programs run, not unshare(1)/chroot(1)
              if isinstance(e, ExecEvent) and e.argv[-1:] in markers

@@ -41,7 +41,7 @@ from bastion import abi
 from bastion.abi import EVENT_CLASSES
 from bastion.errors import KernelError, Location
 from bastion.events import Event, RepeatDecoder
-from bastion.hostns import host_mnt_ns
+from bastion.hostns import host_mnt_ns, root_ident
 from bastion.kernel.btf import btf_loads as kernel_btf_loads
 from bastion.kernel.btf import iouring_tracepoints as kernel_iouring_tracepoints
 from bastion.kernel.libbpf import Map
@@ -151,15 +151,9 @@ def _agent_root() -> dict[str, int]:
     try:
         fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            with open(f"/proc/self/fdinfo/{fd}", "rb") as f:
-                info = f.read()
+            return {"cfg_root_mnt_id": root_ident(fd)[2]}
         finally:
             os.close(fd)
-        for line in info.splitlines():
-            key, _, value = line.partition(b":")
-            if key == b"mnt_id":
-                return {"cfg_root_mnt_id": int(value)}
-        raise ValueError("no mnt_id line")
     except (OSError, ValueError) as e:
         raise KernelError(f"/proc/self/fdinfo: the root directory's mount id: {e}",
                           location=Location("sensors.bpf")) from e
